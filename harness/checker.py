@@ -1,0 +1,436 @@
+"""The one checker: rules R1–R13 of PROTOCOL.md §3 as a pure, incremental state machine.
+
+Feed a ChatTracker the events of one chat with their receipt times and ask it for a verdict; a
+ConnectionChecker routes the decoded frames of one connection to its chats and catches cross-talk. Neither
+touches a socket, a clock or a global: every time comes in as an argument (the sans-I/O shape of websockets).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal
+
+from .events import Event, Frame, Outcome, Role, Violation
+
+ExpectError = Literal["recoverable", "fatal", "invalid_input"] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Expectations:
+    """What one chat must show: required roles, limits in seconds, relaxations, an expected error."""
+
+    required: frozenset[Role]
+    first_event_limit: float = 2.0
+    deadline: float = 60.0
+    stall_limit: float = 30.0
+    thinking_before_tool: bool = True
+    expect_error: ExpectError = None
+    # Span names that must be closed by the terminal event (from the profile); others may stay open.
+    spans_must_close: frozenset[str] | None = None
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """The verdict on one chat, with everything a report, a metric or a JUnit case needs."""
+
+    chat_id: str
+    scenario: str
+    outcome: Outcome
+    violations: list[Violation]
+    missing: list[Role]
+    events: list[Event]
+    sent_at: float
+    time_to_first_event: float | None
+    duration: float | None
+    event_delays: dict[Role, float]
+    run_id: str | None = None
+    thread_id: str | None = None
+    reconnects: list[str] = field(default_factory=list)
+    error: str | None = None
+    error_kind: str | None = None
+    note: str = ""
+
+    @property
+    def missed_events(self) -> bool:
+        return bool(self.missing)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chat_id": self.chat_id,
+            "scenario": self.scenario,
+            "outcome": self.outcome.value,
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "time_to_first_event": self.time_to_first_event,
+            "duration": self.duration,
+            "missing": [r.value for r in self.missing],
+            "violations": [
+                {"rule": v.rule, "reason": v.reason, "event_index": v.event_index} for v in self.violations
+            ],
+            "event_delays": {r.value: d for r, d in self.event_delays.items()},
+            "events": [
+                {
+                    "index": i,
+                    "role": e.role.value if e.role else None,
+                    "wire_type": e.wire_type,
+                    "seq": e.seq,
+                    "t": round(e.received_at - self.sent_at, 6),
+                    "server_time": e.server_time,
+                }
+                for i, e in enumerate(self.events)
+            ],
+            "reconnects": self.reconnects,
+            "error": self.error,
+            "error_kind": self.error_kind,
+            "note": self.note,
+        }
+
+
+class ChatTracker:
+    """Rules R1–R13 for one chat (one message and the run it triggers), fed incrementally."""
+
+    __slots__ = (
+        "chat_id", "scenario", "exp", "sent_at", "thread_id", "run_id", "message_id", "events",
+        "violations", "roles", "first_delay", "terminal_index", "terminal_at", "last_at", "seqs", "max_seq",
+        "open_spans", "saw_tool", "saw_thinking", "error_seen", "reconnects", "lost", "connection_error",
+        "_result", "late_violations",
+    )
+
+    def __init__(
+        self,
+        chat_id: str,
+        expectations: Expectations,
+        sent_at: float,
+        *,
+        scenario: str = "",
+        thread_id: str | None = None,
+        run_id: str | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        self.chat_id = chat_id
+        self.scenario = scenario
+        self.exp = expectations
+        self.sent_at = sent_at
+        self.thread_id = thread_id
+        self.run_id = run_id
+        self.message_id = message_id
+        self.events: list[Event] = []
+        self.violations: list[Violation] = []
+        self.roles: dict[Role, float] = {}
+        self.first_delay: float | None = None
+        self.terminal_index: int | None = None
+        self.terminal_at: float | None = None
+        self.last_at = sent_at
+        self.seqs: set[int] = set()
+        self.max_seq = 0
+        self.open_spans: dict[tuple[str, str | None], int] = {}
+        self.saw_tool = False
+        self.saw_thinking = False
+        self.error_seen: Event | None = None
+        self.reconnects: list[str] = []
+        self.lost = False
+        self.connection_error: Frame | None = None
+        self._result: ChatResult | None = None
+
+    # -- state --
+    @property
+    def done(self) -> bool:
+        """The chat needs nothing more: its terminal event (or, for an invalid-input probe, the error) came."""
+        if self.exp.expect_error == "invalid_input":
+            return self.connection_error is not None
+        return self.terminal_index is not None
+
+    def wait_deadline(self) -> float:
+        return self.sent_at + self.exp.deadline
+
+    def _flag(self, rule: str, reason: str, index: int | None = None) -> None:
+        self.violations.append(Violation(rule, reason, index))
+
+    # -- input --
+    def feed(self, ev: Event) -> None:
+        """One event of this chat's run, in arrival order."""
+        idx = len(self.events)
+        self.events.append(ev)
+        at = ev.received_at
+        role = ev.role
+        if idx == 0:
+            self.first_delay = at - self.sent_at
+            if role is not Role.AGENT_STARTED:
+                self._flag("R1", f"first event is {_name(ev)}, not agent_started", idx)
+            if self.first_delay > self.exp.first_event_limit:
+                self._flag(
+                    "R9",
+                    f"first event after {self.first_delay:.3f}s, over the {self.exp.first_event_limit:g}s limit",
+                    idx,
+                )
+        else:
+            gap = at - self.last_at
+            if gap > self.exp.stall_limit:
+                self._flag("R11", f"{gap:.3f}s without an event, over the {self.exp.stall_limit:g}s stall limit", idx)
+        self.last_at = at
+        if self.run_id is None and ev.run_id is not None:
+            self.run_id = ev.run_id
+
+        # R7: sequence numbers, where the server sends them.
+        if ev.seq is not None:
+            s = ev.seq
+            if s in self.seqs:
+                self._flag("R7", f"seq {s} received twice (duplicate event)", idx)
+            else:
+                if s < self.max_seq:
+                    self._flag("R7", f"seq {s} arrived after seq {self.max_seq} (out of order)", idx)
+                self.seqs.add(s)
+                if s > self.max_seq:
+                    self.max_seq = s
+
+        if self.terminal_index is not None:
+            if ev.terminal:
+                self._flag("R3", f"second terminal event {_name(ev)} (the run already ended at event #{self.terminal_index})", idx)
+            else:
+                self._flag("R4", f"{_name(ev)} after the terminal event #{self.terminal_index}", idx)
+            return
+
+        if role is not None and role not in self.roles:
+            self.roles[role] = at - self.sent_at
+
+        if role is Role.AGENT_THINKING:
+            self.saw_thinking = True
+        elif role is Role.TOOL_EXECUTING and not self.saw_tool:
+            self.saw_tool = True
+            if self.exp.thinking_before_tool and not self.saw_thinking:
+                self._flag("R6", "tool_executing before any agent_thinking", idx)
+        elif role is Role.ERROR_EVENT:
+            self.error_seen = ev
+            if self.exp.expect_error is None:
+                kind = "recoverable" if ev.recoverable else "fatal"
+                if not ev.recoverable:
+                    self._flag("R13", f"unexpected {kind} error event ({ev.wire_type})", idx)
+
+        if ev.span is not None:
+            self._span(ev, idx)
+
+        if ev.terminal:
+            self.terminal_index = idx
+            self.terminal_at = at
+            must = self.exp.spans_must_close
+            for (name, key), _count in self.open_spans.items():
+                if must is None or name in must:
+                    self._flag("R5", f"{name} {key or ''} still open at the terminal event".replace("  ", " "), idx)
+
+    def _span(self, ev: Event, idx: int) -> None:
+        name, kind, key = ev.span  # type: ignore[misc]
+        k = (name, key)
+        if kind == "open":
+            self.open_spans[k] = self.open_spans.get(k, 0) + 1
+        elif k not in self.open_spans:
+            what = "closes" if kind == "close" else "continues"
+            self._flag("R5", f"{_name(ev)} {what} {name} {key!r}, which is not open", idx)
+        elif kind == "close":
+            n = self.open_spans[k] - 1
+            if n:
+                self.open_spans[k] = n
+            else:
+                del self.open_spans[k]
+
+    def malformed(self, detail: str, at: float) -> None:
+        self._flag("R12", f"malformed frame: {detail}", len(self.events) or None)
+
+    def foreign(self, ev: Event, why: str) -> None:
+        self._flag("R8", f"received {_name(ev)} of {why}: cross-talk", len(self.events) or None)
+
+    def error_frame(self, frame: Frame, at: float) -> None:
+        """A connection-level error frame (INVALID_MESSAGE …) arrived while this chat was open."""
+        if self.exp.expect_error == "invalid_input" and self.connection_error is None:
+            self.connection_error = frame
+            self.last_at = at
+            if self.first_delay is None:
+                self.first_delay = at - self.sent_at
+
+    def connection_lost(self, at: float) -> None:
+        if self.error_seen is not None and self.exp.expect_error in ("recoverable", "fatal"):
+            self._flag("R13", "the connection closed after the expected error; it must stay open", None)
+        elif self.exp.expect_error == "invalid_input" and self.connection_error is not None:
+            self._flag("R13", "the connection closed after the invalid message; it must stay open", None)
+
+    def reconnected(self, resumed: bool) -> None:
+        self.reconnects.append("resumed" if resumed else "lost")
+        if not resumed:
+            self.lost = True
+
+    # -- verdict --
+    def finish(self, now: float, *, lost: bool = False, note: str = "") -> ChatResult:
+        """Judge the chat as it stands at `now` (its deadline, the end of its connection, or later)."""
+        if self._result is not None:
+            return self._result
+        lost = lost or self.lost
+        violations = list(self.violations)
+        exp = self.exp
+        elapsed = now - self.sent_at
+        index = len(self.events) or None
+
+        if exp.expect_error == "invalid_input":
+            missing: list[Role] = []
+            if self.connection_error is None:
+                violations.append(Violation("R13", "no error_message answered the invalid client message", None))
+            outcome = Outcome.FAILED if violations else Outcome.PASSED
+            return self._make(outcome, violations, missing, now, note)
+
+        if self.first_delay is None and elapsed > exp.first_event_limit:
+            violations.append(Violation("R9", f"no event within the {exp.first_event_limit:g}s limit", None))
+        if self.max_seq:
+            gaps = sorted(set(range(1, self.max_seq + 1)) - self.seqs)
+            if gaps:
+                shown = ", ".join(map(str, gaps[:5])) + (" …" if len(gaps) > 5 else "")
+                violations.append(Violation("R7", f"seq {shown} never arrived (lost event{'s' if len(gaps) > 1 else ''})", None))
+
+        terminal = self.events[self.terminal_index] if self.terminal_index is not None else None
+        required = set(exp.required)
+        if exp.expect_error:
+            required.add(Role.ERROR_EVENT)
+            if exp.expect_error == "fatal":
+                required.discard(Role.AGENT_COMPLETED)
+        elif terminal is not None and terminal.role is Role.ERROR_EVENT:
+            # An unexpected fatal error (already an R13) ends the run: the user was told; nothing more is owed.
+            required &= {Role.AGENT_STARTED}
+        missing = [r for r in Role if r in required and r not in self.roles]
+
+        if exp.expect_error and self.error_seen is None:
+            violations.append(Violation("R13", f"the expected {exp.expect_error} error_event never arrived", None))
+        elif exp.expect_error == "recoverable" and self.error_seen is not None and not self.error_seen.recoverable:
+            violations.append(Violation("R13", "a recoverable error was expected, the error was fatal", None))
+
+        if terminal is None:
+            if self.events and now - self.last_at > exp.stall_limit and not lost:
+                violations.append(Violation("R11", f"{now - self.last_at:.3f}s without an event, over the {exp.stall_limit:g}s stall limit", index))
+            if lost:
+                reason = note or "connection lost and the run could not be resumed"
+                outcome = Outcome.INCOMPLETE
+            else:
+                violations.append(Violation("R10", f"no terminal event within {exp.deadline:g}s ({len(self.events)} events received)", index))
+                outcome = Outcome.INCOMPLETE
+                reason = note
+            return self._make(outcome, violations, missing, now, reason)
+
+        if missing:
+            violations.append(Violation("R2", "missing " + ", ".join(r.value for r in missing), self.terminal_index))
+        outcome = Outcome.FAILED if violations else Outcome.PASSED
+        return self._make(outcome, violations, missing, now, note)
+
+    def _make(self, outcome: Outcome, violations: list[Violation], missing: list[Role], now: float, note: str) -> ChatResult:
+        res = ChatResult(
+            chat_id=self.chat_id,
+            scenario=self.scenario,
+            outcome=outcome,
+            violations=violations,
+            missing=missing,
+            events=self.events,
+            sent_at=self.sent_at,
+            time_to_first_event=self.first_delay,
+            duration=(self.terminal_at - self.sent_at) if self.terminal_at is not None else None,
+            event_delays=dict(self.roles),
+            run_id=self.run_id,
+            thread_id=self.thread_id,
+            reconnects=list(self.reconnects),
+            note=note,
+        )
+        self._result = res
+        return res
+
+
+def error_result(chat_id: str, scenario: str, sent_at: float, kind: str, message: str) -> ChatResult:
+    """A chat that could not be connected or sent: outcome `error`, with a classified kind."""
+    return ChatResult(
+        chat_id=chat_id, scenario=scenario, outcome=Outcome.ERROR, violations=[], missing=[], events=[],
+        sent_at=sent_at, time_to_first_event=None, duration=None, event_delays={}, error=message, error_kind=kind,
+    )
+
+
+class ConnectionChecker:
+    """Routes one connection's decoded frames to its chats; catches events of runs this client never started."""
+
+    def __init__(self, user_id: str | None = None) -> None:
+        self.user_id = user_id
+        self.by_run: dict[str, ChatTracker] = {}
+        self.by_message: dict[str, ChatTracker] = {}
+        self.by_thread: dict[str, ChatTracker] = {}
+        self.chats: list[ChatTracker] = []
+        self.malformed = 0
+        self.foreign = 0
+
+    def add(self, chat: ChatTracker) -> None:
+        self.chats.append(chat)
+        if chat.run_id:
+            self.by_run[chat.run_id] = chat
+        if chat.message_id:
+            self.by_message[chat.message_id] = chat
+        if chat.thread_id:
+            self.by_thread[chat.thread_id] = chat
+
+    def active(self) -> list[ChatTracker]:
+        return [c for c in self.chats if not c.done]
+
+    def welcome(self, frame: Frame) -> None:
+        data = frame.raw.get("data") if isinstance(frame.raw.get("data"), dict) else frame.raw
+        uid = data.get("user_id") if isinstance(data, dict) else None
+        if isinstance(uid, str) and self.user_id is None:
+            self.user_id = uid
+
+    def route(self, ev: Event) -> ChatTracker | None:
+        """Give the event to its chat; None when it belongs to none of them (then R8 is recorded)."""
+        if self.user_id is not None and ev.user_id is not None and ev.user_id != self.user_id:
+            self._foreign(ev, "another user")
+            return None
+        chat = None
+        if ev.run_id is not None:
+            chat = self.by_run.get(ev.run_id)
+            if chat is None:
+                cand = (self.by_message.get(ev.message_id) if ev.message_id else None) or (
+                    self.by_thread.get(ev.thread_id) if ev.thread_id else None
+                )
+                if cand is not None and cand.run_id is None:
+                    cand.run_id = ev.run_id
+                    self.by_run[ev.run_id] = cand
+                    chat = cand
+        elif ev.thread_id is not None:
+            chat = self.by_thread.get(ev.thread_id)
+        else:
+            active = self.active()
+            if len(active) == 1:
+                chat = active[0]
+        if chat is None:
+            self._foreign(ev, "a run this client did not start" if ev.run_id else "no run of this client")
+            return None
+        if ev.thread_id is not None and chat.thread_id is not None and ev.thread_id != chat.thread_id:
+            chat.foreign(ev, f"thread {ev.thread_id!r} inside this client's run")
+        chat.feed(ev)
+        return chat
+
+    def _foreign(self, ev: Event, why: str) -> None:
+        self.foreign += 1
+        for chat in self._witnesses():
+            chat.foreign(ev, why)
+
+    def on_malformed(self, frame: Frame, at: float) -> None:
+        self.malformed += 1
+        for chat in self._witnesses():
+            chat.malformed(frame.detail, at)
+
+    def on_error(self, frame: Frame, at: float) -> None:
+        for chat in self.active():
+            chat.error_frame(frame, at)
+
+    def _witnesses(self) -> Iterable[ChatTracker]:
+        """The chats on screen when something bad arrived: all open ones, else the latest one."""
+        active = self.active()
+        if active:
+            return active
+        return self.chats[-1:]
+
+
+_ids = itertools.count(1)
+
+
+def _name(ev: Event) -> str:
+    if ev.role is None or ev.role.value == ev.wire_type:
+        return ev.wire_type
+    return f"{ev.role.value} ({ev.wire_type})"

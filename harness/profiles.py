@@ -1,0 +1,303 @@
+"""Protocol profiles as data: how one wire dialect's frames map onto the seven canonical roles.
+
+A profile is a YAML file (see harness/profiles/netra.yaml). `Profile.decode` turns one text frame into an
+Event (an agent event of some run) or a Frame (welcome, ping, connection-level error, malformed): the only
+place where wire-format details live.
+"""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .events import DEFAULT_REQUIRED, Event, Frame, Role
+from .yamlfile import ConfigError, load_model
+
+_MISSING = object()
+
+
+class RoleMatch(BaseModel):
+    """A wire type mapped to a role, optionally only when the frame names a run (`when: run`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str
+    when: Literal["always", "run"] = "always"
+
+
+class Span(BaseModel):
+    """Wire types (or roles) that open, continue and close something by key, e.g. a tool call (R5)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    open: list[str]
+    close: list[str]
+    inner: list[str] = []
+    key: str
+    key_fallback: str | None = None
+    # Whether a span still open at the terminal event is a violation.
+    must_close: bool = True
+
+
+class Fields(BaseModel):
+    """For each canonical field, the wire names to try, in order (a dotted name is a path from the root)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: list[str] = ["type"]
+    run_id: list[str] = ["run_id"]
+    thread_id: list[str] = ["thread_id"]
+    user_id: list[str] = ["user_id"]
+    message_id: list[str] = ["message_id"]
+    seq: list[str] = ["seq"]
+    tool_call_id: list[str] = ["tool_call_id"]
+    tool_name: list[str] = ["tool_name"]
+    recoverable: list[str] = ["is_recoverable"]
+    timestamp: list[str] = ["timestamp"]
+    error_code: list[str] = ["error_code"]
+    error_message: list[str] = ["error_message", "message"]
+    extra: dict[str, list[str]] = {}
+
+
+class Ping(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    types: list[str] = ["ping"]
+    reply: dict[str, Any] | None = {"type": "pong"}
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    transport: Literal["websocket", "sse"] = "websocket"
+    # Paths for the transports: the WebSocket path or the SSE endpoint path appended to the target URL.
+    path: str = ""
+    # The chat message a client sends; "{content}", "{thread_id}", "{run_id}", "{message_id}", "{user_id}"
+    # are filled in, and a key whose whole value is a placeholder with no value is left out.
+    request: dict[str, Any]
+    resume: dict[str, Any] | None = None
+    # Containers searched for each field, in order: "" is the frame's root.
+    lookup: list[str] = [""]
+    fields: Fields = Fields()
+    roles: dict[Role, list[str | RoleMatch]]
+    # Wire types that belong to a run but map to no role (span markers, raw chunks…).
+    unmapped: list[str] = []
+    control: list[str] = []
+    ping: Ping = Ping()
+    connection_error: list[str] = []
+    # Fields whose presence marks a frame as a welcome / control frame even when its type is unknown.
+    spans: list[Span] = []
+    required: list[Role] = list(DEFAULT_REQUIRED)
+    thinking_before_tool: bool = True
+    # A terminal error is recoverable only when the recoverable field says so.
+    auth_subprotocol: bool = True
+
+    @field_validator("lookup")
+    @classmethod
+    def _lookup_nonempty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("lookup needs at least one container ('' for the root)")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "Profile":
+        seen: dict[str, str] = {}
+        for role, matches in self.roles.items():
+            for m in matches:
+                t = m if isinstance(m, str) else m.type
+                cond = "always" if isinstance(m, str) else m.when
+                if (t, cond) in seen:
+                    raise ValueError(f"wire type {t!r} is mapped to both {seen[(t, cond)]} and {role.value}")
+                seen[(t, cond)] = role.value  # type: ignore[index]
+        span_types: set[str] = set()
+        for span in self.spans:
+            for t in span.open + span.inner + span.close:
+                if t in span_types:
+                    raise ValueError(f"wire type or role {t!r} belongs to more than one span")
+                span_types.add(t)
+        self._compile()
+        return self
+
+    # -- compiled lookup tables (built once; decode is the per-frame hot path) --
+    def _compile(self) -> None:
+        always: dict[str, Role] = {}
+        with_run: dict[str, Role] = {}
+        for role, matches in self.roles.items():
+            for m in matches:
+                if isinstance(m, str):
+                    always[m] = role
+                elif m.when == "run":
+                    with_run[m.type] = role
+                else:
+                    always[m.type] = role
+        span_of: dict[str, tuple[Span, str]] = {}
+        for span in self.spans:
+            for kind, names in (("open", span.open), ("inner", span.inner), ("close", span.close)):
+                for n in names:
+                    span_of[n] = (span, kind)
+        object.__setattr__(self, "_always", always)
+        object.__setattr__(self, "_with_run", with_run)
+        object.__setattr__(self, "_unmapped", frozenset(self.unmapped))
+        object.__setattr__(self, "_control", frozenset(self.control))
+        object.__setattr__(self, "_ping", frozenset(self.ping.types))
+        object.__setattr__(self, "_conn_error", frozenset(self.connection_error))
+        object.__setattr__(self, "_span_of", span_of)
+        object.__setattr__(self, "_containers", [c.split(".") if c else [] for c in self.lookup])
+
+    # -- field lookup --
+    def _get(self, frame: dict[str, Any], names: list[str]) -> Any:
+        for path in self._containers:  # type: ignore[attr-defined]
+            container: Any = frame
+            for p in path:
+                container = container.get(p) if isinstance(container, dict) else None
+            if not isinstance(container, dict):
+                continue
+            for name in names:
+                if "." in name:
+                    continue
+                v = container.get(name, _MISSING)
+                if v is not _MISSING and v is not None:
+                    return v
+        for name in names:
+            if "." in name:
+                v: Any = frame
+                for p in name.split("."):
+                    v = v.get(p) if isinstance(v, dict) else None
+                if v is not None:
+                    return v
+        return None
+
+    def field(self, frame: dict[str, Any], name: str) -> Any:
+        names = self.fields.extra.get(name) or getattr(self.fields, name)
+        return self._get(frame, names)
+
+    # -- the one decode --
+    def decode(self, text: str | bytes, received_at: float) -> Event | Frame:
+        if isinstance(text, (bytes, bytearray)):
+            return Frame("malformed", detail=f"binary frame of {len(text)} bytes where JSON text was expected")
+        try:
+            frame = json.loads(text)
+        except (ValueError, RecursionError):
+            return Frame("malformed", detail=f"not JSON: {text[:60]!r}")
+        return self.decode_obj(frame, received_at)
+
+    def decode_obj(self, frame: Any, received_at: float) -> Event | Frame:
+        if not isinstance(frame, dict):
+            return Frame("malformed", detail=f"a JSON {type(frame).__name__}, not an object")
+        f = self.fields
+        wire_type = self._get(frame, f.type)
+        if not isinstance(wire_type, str) or not wire_type:
+            return Frame("malformed", detail="JSON object without a 'type'", raw=frame)
+        if wire_type in self._ping:  # type: ignore[attr-defined]
+            return Frame("ping", wire_type=wire_type, raw=frame)
+        if wire_type in self._control:  # type: ignore[attr-defined]
+            return Frame("control", wire_type=wire_type, raw=frame)
+        run_id = self._get(frame, f.run_id)
+        role = self._always.get(wire_type)  # type: ignore[attr-defined]
+        if role is None and run_id is not None:
+            role = self._with_run.get(wire_type)  # type: ignore[attr-defined]
+        if role is None and wire_type not in self._unmapped:  # type: ignore[attr-defined]
+            if wire_type in self._conn_error:  # type: ignore[attr-defined]
+                return Frame(
+                    "error",
+                    wire_type=wire_type,
+                    error_code=_str(self._get(frame, f.error_code)),
+                    detail=str(self._get(frame, f.error_message) or "")[:200],
+                    raw=frame,
+                )
+            return Frame("unknown", wire_type=wire_type, raw=frame)
+        seq = self._get(frame, f.seq)
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            seq = None
+        ev = Event(
+            role=role,
+            wire_type=wire_type,
+            received_at=received_at,
+            run_id=_str(run_id),
+            thread_id=_str(self._get(frame, f.thread_id)),
+            user_id=_str(self._get(frame, f.user_id)),
+            message_id=_str(self._get(frame, f.message_id)),
+            seq=seq,
+            server_time=self._get(frame, f.timestamp),
+        )
+        if role is Role.TOOL_EXECUTING or role is Role.TOOL_COMPLETED or wire_type in self._span_of:  # type: ignore[attr-defined]
+            ev.tool_call_id = _str(self._get(frame, f.tool_call_id))
+            ev.tool_name = _str(self._get(frame, f.tool_name))
+        if role is Role.ERROR_EVENT:
+            ev.recoverable = self._get(frame, f.recoverable) is True
+        span = self._span_of.get(wire_type) or (self._span_of.get(role.value) if role else None)  # type: ignore[attr-defined]
+        if span is not None:
+            sp, kind = span
+            key = self._get(frame, self.fields.extra.get(sp.key) or getattr(self.fields, sp.key, [sp.key]))
+            if key is None and sp.key_fallback:
+                key = self._get(frame, self.fields.extra.get(sp.key_fallback) or getattr(self.fields, sp.key_fallback, [sp.key_fallback]))
+            ev.span = (sp.name, kind, _str(key))
+        return ev
+
+    # -- building what the client sends --
+    def build_request(self, **values: Any) -> dict[str, Any]:
+        return _fill(self.request, values)
+
+    def build_resume(self, run_id: str, last_seq: int) -> dict[str, Any] | None:
+        if self.resume is None:
+            return None
+        return _fill(self.resume, {"run_id": run_id, "last_seq": last_seq})
+
+    def ping_reply(self) -> dict[str, Any] | None:
+        return self.ping.reply
+
+
+def _str(v: Any) -> str | None:
+    if v is None:
+        return None
+    return v if isinstance(v, str) else str(v)
+
+
+def _fill(template: Any, values: dict[str, Any]) -> Any:
+    if isinstance(template, dict):
+        out = {}
+        for k, v in template.items():
+            filled = _fill(v, values)
+            if filled is _MISSING:
+                continue
+            out[k] = filled
+        return out
+    if isinstance(template, list):
+        return [x for x in (_fill(v, values) for v in template) if x is not _MISSING]
+    if isinstance(template, str) and "{" in template:
+        if template.startswith("{") and template.endswith("}") and template.count("{") == 1:
+            name = template[1:-1]
+            v = values.get(name)
+            return _MISSING if v is None else v
+        try:
+            return template.format_map(_Blank(values))
+        except (ValueError, IndexError):
+            return template
+    return template
+
+
+class _Blank(dict):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+BUILTIN_DIR = resources.files("harness") / "profiles"
+
+
+def builtin_profiles() -> list[str]:
+    return sorted(p.name[:-5] for p in BUILTIN_DIR.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A built-in profile by name ("netra", "ag-ui") or a user's YAML file by path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return load_model(Profile, p)
+    candidate = BUILTIN_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise ConfigError(
+            f"--profile: no built-in profile {name_or_path!r} and no such file (built-ins: {', '.join(builtin_profiles())})"
+        )
+    return load_model(Profile, f"harness/profiles/{name_or_path}.yaml", candidate.read_text(encoding="utf-8"))

@@ -1,0 +1,67 @@
+"""Where results leave the harness: a Sink receives every verdict and connection outcome of a driver.
+
+Drivers (runner, monitor, proxy, Locust user) call these hooks; sinks (metrics, console, JSON, JUnit) are
+handed in from outside, so harness/ never imports monitors/.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from .checker import ChatResult
+    from .events import Event
+
+# Values of the `result` label of chatprobe_connections_total (METRICS.md).
+CONNECTION_RESULTS = ("ok", "refused", "auth_failed", "timeout", "tls_error", "protocol_error")
+RECONNECT_RESULTS = ("resumed", "lost")
+
+
+class Sink:
+    """Every hook is optional; override what you need."""
+
+    def chat_started(self, scenario: str) -> None: ...
+
+    def event_received(self, scenario: str, event: "Event") -> None: ...
+
+    def chat_finished(self, result: "ChatResult") -> None: ...
+
+    def chat_abandoned(self, scenario: str) -> None: ...
+
+    def connection_attempt(self, scenario: str, result: str) -> None: ...
+
+    def reconnect(self, scenario: str, result: str) -> None: ...
+
+    def run_finished(self, success: bool) -> None: ...
+
+
+class Fanout(Sink):
+    def __init__(self, sinks: Iterable[Sink]) -> None:
+        self.sinks = [s for s in sinks if s is not None]
+
+    def chat_started(self, scenario: str) -> None:
+        for s in self.sinks:
+            s.chat_started(scenario)
+
+    def event_received(self, scenario: str, event: "Event") -> None:
+        for s in self.sinks:
+            s.event_received(scenario, event)
+
+    def chat_finished(self, result: "ChatResult") -> None:
+        for s in self.sinks:
+            s.chat_finished(result)
+
+    def chat_abandoned(self, scenario: str) -> None:
+        for s in self.sinks:
+            s.chat_abandoned(scenario)
+
+    def connection_attempt(self, scenario: str, result: str) -> None:
+        for s in self.sinks:
+            s.connection_attempt(scenario, result)
+
+    def reconnect(self, scenario: str, result: str) -> None:
+        for s in self.sinks:
+            s.reconnect(scenario, result)
+
+    def run_finished(self, success: bool) -> None:
+        for s in self.sinks:
+            s.run_finished(success)
