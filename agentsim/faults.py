@@ -1,0 +1,247 @@
+"""Fault injection for agentsim: the ``--fault`` grammar, its parser, and the per-run fault plan.
+
+Grammar (one fault per ``--fault`` flag or per item of ``faults:`` in the YAML config)::
+
+    NAME[:ARG]=RATE            e.g.  drop:tool_completed=0.08
+    NAME[:ARG][=VALUE]@RATE    e.g.  delay_first=2.5s@0.1   stall@0.2   oversized=3MiB@0.05
+
+RATE is a probability in [0, 1]; unless stated it is drawn once per chat (run).  VALUE is a
+duration (``2.5s``, ``250ms``, ``2.5`` = seconds) or a size (``2MiB``, ``512KiB``, ``1000``).
+A fault with a VALUE uses its default when written ``NAME=RATE``.  ROLE is a wire event type
+(agent_started, agent_thinking, tool_executing, tool_completed, partial_result, agent_completed,
+agent_error; ``error_event`` is accepted for agent_error).
+
+Faults (all off by default):
+
+  drop:ROLE=RATE           skip sending the run's first event of ROLE; its seq number is still
+                           consumed (a real lost event: gap in seq, not replayed on resume)
+  drop=RATE                same, for a random event of the run
+  delay_first[=DUR]@RATE   delay the run's first event by DUR (default 2s)
+  duplicate[:ROLE]=RATE    send an event twice with the same seq (random event without ROLE)
+  swap[:ROLE]=RATE         send two adjacent events in the wrong order (the ROLE event and its successor)
+  crosstalk[:ROLE]=RATE    also deliver an event of the run to a connection of another user, if one is open
+  stall[=DUR]@RATE         pause DUR mid-run (default 5s)
+  close[:clean|abort]=RATE close the connection(s) of the run mid-run; ``clean`` = close handshake
+                           (code 1001), ``abort`` = TCP reset via transport.abort(); default clean.
+                           The run goes on server-side, so the client can resume it.
+  malformed[:KIND]=RATE    send a malformed frame mid-run; KIND is notjson (default), binary,
+                           notype or unknowntype
+  oversized[=SIZE]@RATE    send a frame of SIZE bytes mid-run (default 2MiB)
+  after_terminal=RATE      send one more event (partial_result, next seq) after the terminal event
+  refuse=RATE              answer a new connection with HTTP 503 before the upgrade (rate per connection)
+  exit=RATE                os._exit(3) mid-run (rate per chat)
+  exit_after=N             os._exit(3) right after the N-th chat's terminal event (VALUE is a count, not a rate)
+
+Every decision comes from a random.Random seeded with ``(seed, run key)`` so the same seed and the
+same chats give the same faults, whatever the interleaving of concurrent runs.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+WIRE_ROLES = (
+    "agent_started",
+    "agent_thinking",
+    "tool_executing",
+    "tool_completed",
+    "partial_result",
+    "agent_completed",
+    "agent_error",
+)
+ROLE_ALIASES = {"error_event": "agent_error"}
+MALFORMED_KINDS = ("notjson", "binary", "notype", "unknowntype")
+CLOSE_KINDS = ("clean", "abort")
+
+# name -> (arg kind, value kind, default value)
+#   arg kind: None (no ARG allowed), "role" (optional role), "role!" (required), or a tuple of choices
+#   value kind: None, "duration", "size", "count"
+FAULTS: dict[str, tuple[object, str | None, object]] = {
+    "drop": ("role", None, None),
+    "delay_first": (None, "duration", 2.0),
+    "duplicate": ("role", None, None),
+    "swap": ("role", None, None),
+    "crosstalk": ("role", None, None),
+    "stall": (None, "duration", 5.0),
+    "close": (CLOSE_KINDS, None, "clean"),
+    "malformed": (MALFORMED_KINDS, None, "notjson"),
+    "oversized": (None, "size", 2 * 1024 * 1024),
+    "after_terminal": (None, None, None),
+    "refuse": (None, None, None),
+    "exit": (None, None, None),
+    "exit_after": (None, "count", None),
+}
+ALIASES = {"cross_talk": "crosstalk", "dup": "duplicate", "reset": "close", "delay": "delay_first"}
+
+_NAME_RE = re.compile(r"^[a-z_]+$")
+
+
+class FaultSpecError(ValueError):
+    """A fault spec that does not follow the grammar; the message says why."""
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    name: str
+    rate: float = 1.0
+    arg: str | None = None
+    value: float | int | None = None
+    text: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        return self.text or self.name
+
+
+def parse_duration(text: str) -> float:
+    t = text.strip().lower()
+    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?", t)
+    if not m:
+        raise FaultSpecError(f"bad duration {text!r} (use e.g. 2.5s, 250ms)")
+    num = float(m.group(1))
+    unit = m.group(2) or "s"
+    return num / 1000.0 if unit == "ms" else num * 60.0 if unit == "m" else num
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2}
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([a-z]*)", text.strip().lower())
+    if not m or m.group(2) not in _SIZE_UNITS:
+        raise FaultSpecError(f"bad size {text!r} (use e.g. 2MiB, 512KiB, 1000)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
+def _parse_rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        raise FaultSpecError(f"bad rate {text!r} (a probability between 0 and 1)") from None
+    if not 0.0 <= rate <= 1.0:
+        raise FaultSpecError(f"rate {text!r} is not between 0 and 1")
+    return rate
+
+
+def parse_fault(text: str) -> FaultSpec:
+    """Parse one fault spec; raises FaultSpecError with a one-line reason."""
+    try:
+        return _parse_fault(text)
+    except FaultSpecError as exc:
+        msg = str(exc)
+        if isinstance(text, str) and not msg.startswith(repr(text.strip())):
+            msg = f"{text.strip()!r}: {msg}"
+        raise FaultSpecError(msg) from None
+
+
+def _parse_fault(text: str) -> FaultSpec:
+    if not isinstance(text, str) or not text.strip():
+        raise FaultSpecError("empty fault spec")
+    src = text.strip()
+    value_text: str | None = None
+    if "@" in src:
+        left, rate_text = src.rsplit("@", 1)
+        if "=" in left:
+            left, value_text = left.split("=", 1)
+    elif "=" in src:
+        left, rate_text = src.split("=", 1)
+    else:
+        raise FaultSpecError(f"{src!r}: missing rate (write NAME=RATE or NAME=VALUE@RATE)")
+    name, _, arg = left.partition(":")
+    name = name.strip().lower().replace("-", "_")
+    name = ALIASES.get(name, name)
+    original_name = left.partition(":")[0].strip().lower()
+    arg = arg.strip() or None
+    if not _NAME_RE.match(name) or name not in FAULTS:
+        raise FaultSpecError(f"{src!r}: unknown fault {name!r} (known: {', '.join(FAULTS)})")
+    arg_kind, value_kind, default = FAULTS[name]
+    if original_name == "reset" and arg is None:
+        arg = "abort"
+
+    if value_kind == "count":
+        # exit_after=N: the number after '=' is a count of chats, not a rate.
+        count_text = value_text if value_text is not None else rate_text
+        try:
+            count = int(count_text)
+        except ValueError:
+            raise FaultSpecError(f"{src!r}: exit_after needs a whole number of chats") from None
+        if count < 1:
+            raise FaultSpecError(f"{src!r}: exit_after needs at least 1 chat")
+        rate = _parse_rate(rate_text) if value_text is not None else 1.0
+        return FaultSpec(name, rate, None, count, src)
+
+    rate = _parse_rate(rate_text)
+
+    if arg_kind is None and arg is not None:
+        raise FaultSpecError(f"{src!r}: fault {name!r} takes no ':{arg}' argument")
+    if arg_kind == "role" and arg is not None:
+        arg = ROLE_ALIASES.get(arg, arg)
+        if arg not in WIRE_ROLES:
+            raise FaultSpecError(f"{src!r}: unknown event role {arg!r} (known: {', '.join(WIRE_ROLES)})")
+    if isinstance(arg_kind, tuple):
+        if arg is None:
+            arg = default  # type: ignore[assignment]
+        elif arg not in arg_kind:
+            raise FaultSpecError(f"{src!r}: {name} kind must be one of {', '.join(arg_kind)}")
+
+    value: float | int | None = None
+    if value_kind is None:
+        if value_text is not None:
+            raise FaultSpecError(f"{src!r}: fault {name!r} takes no value (write {name}=RATE)")
+    elif value_kind == "duration":
+        value = parse_duration(value_text) if value_text is not None else float(default)  # type: ignore[arg-type]
+    elif value_kind == "size":
+        value = parse_size(value_text) if value_text is not None else int(default)  # type: ignore[call-overload]
+        if value < 1:
+            raise FaultSpecError(f"{src!r}: size must be positive")
+    return FaultSpec(name, rate, arg, value, src)
+
+
+# Faults decided per run; the others (refuse, exit_after) are handled by the server.
+RUN_FAULTS = ("drop", "delay_first", "duplicate", "swap", "crosstalk", "stall", "close",
+              "malformed", "oversized", "after_terminal", "exit")
+
+
+@dataclass
+class PlannedFault:
+    spec: FaultSpec
+    position: int  # index into the run's planned event list (-1: after the terminal event)
+
+
+def plan_run_faults(specs: list[FaultSpec], roles: list[str], rng: random.Random) -> list[PlannedFault]:
+    """Decide which faults hit a run whose events will have these roles, and where."""
+    planned: list[PlannedFault] = []
+    n = len(roles)
+    for spec in specs:
+        if spec.name not in RUN_FAULTS:
+            continue
+        hit = rng.random() < spec.rate
+        pick = rng.random()  # always drawn, so one fault's outcome never shifts another's
+        if not hit or n == 0:
+            continue
+        name = spec.name
+        if name in ("drop", "duplicate", "crosstalk", "swap") and spec.arg:
+            candidates = [i for i, r in enumerate(roles) if r == spec.arg]
+            if name == "swap":
+                candidates = [i for i in candidates if i < n - 1]
+            if not candidates:
+                continue
+            pos = candidates[0]
+        elif name in ("drop", "duplicate", "crosstalk"):
+            pos = int(pick * n)
+        elif name == "swap":
+            if n < 2:
+                continue
+            pos = int(pick * (n - 1))
+        elif name == "delay_first":
+            pos = 0
+        elif name == "after_terminal":
+            pos = -1
+        else:  # mid-run: after event `pos`, with at least one event still to come
+            if n < 3:
+                pos = 0
+            else:
+                pos = 1 + int(pick * (n - 2))
+        planned.append(PlannedFault(spec, pos))
+    return planned

@@ -1,0 +1,643 @@
+"""agentsim's WebSocket server: auth, chat runs, isolation, resume, fault injection and ground truth."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from .agent import Latency, build_script, parse_latency
+from .faults import FaultSpec, PlannedFault, parse_fault, plan_run_faults
+
+logger = logging.getLogger("agentsim")
+
+DEFAULT_JWT_SECRET = "chatprobe-dev-secret"
+WS_PATHS = ("/ws", "/websocket")
+CHAT_TYPES = ("user_message", "start_agent", "chat")
+IGNORED_TYPES = ("pong", "heartbeat", "heartbeat_ack", "ack")
+EXIT_CODE_FAULT = 3
+
+
+def _default_secret() -> str:
+    return os.environ.get("AGENTSIM_JWT_SECRET") or DEFAULT_JWT_SECRET
+
+
+@dataclass
+class SimConfig:
+    """Everything agentsim can be told; the CLI and the YAML config both fill this."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    no_auth: bool = False
+    jwt_secret: str = field(default_factory=_default_secret)
+    think: Any = 0.05  # seconds, "lo-hi" or (lo, hi)
+    tool_latency: Any = 0.02
+    seed: int | None = None
+    faults: list[Any] = field(default_factory=list)  # FaultSpec or spec strings
+    ground_truth: str | None = None
+    resume_ttl: float = 300.0
+    max_size: int = 1024 * 1024  # largest frame accepted from a client
+    max_runs: int = 10000
+    max_events_per_run: int = 1000
+    compression: bool = False
+
+    def __post_init__(self) -> None:
+        self.think = parse_latency(self.think)
+        self.tool_latency = parse_latency(self.tool_latency)
+        self.faults = [f if isinstance(f, FaultSpec) else parse_fault(f) for f in self.faults]
+
+
+class GroundTruth:
+    """Append-only JSON-lines record of what the server really did, flushed per line."""
+
+    def __init__(self, path: str | None) -> None:
+        self._file = open(path, "a", encoding="utf-8") if path else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._file is not None
+
+    def write(self, record: dict) -> None:
+        if self._file is None:
+            return
+        record.setdefault("t", time.time())
+        self._file.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class Conn:
+    __slots__ = ("ws", "connection_id", "user_id", "runs", "open")
+
+    def __init__(self, ws: ServerConnection, connection_id: str, user_id: str) -> None:
+        self.ws = ws
+        self.connection_id = connection_id
+        self.user_id = user_id
+        self.runs: set[Run] = set()
+        self.open = True
+
+
+class Run:
+    def __init__(self, run_id: str, user_id: str, thread_id: str, message_id: str, max_events: int) -> None:
+        self.run_id = run_id
+        self.user_id = user_id
+        self.thread_id = thread_id
+        self.message_id = message_id
+        self.events: deque[tuple[int, str, str]] = deque(maxlen=max_events)  # (seq, role, frame)
+        self.subscribers: list[Conn] = []
+        self.lock = asyncio.Lock()
+        self.last_seq = 0
+        self.finished_at: float | None = None
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _error(code: str, message: str, **extra: Any) -> str:
+    frame = {"type": "error_message", "error_code": code, "error_message": message, "timestamp": time.time()}
+    frame.update(extra)
+    return json.dumps(frame)
+
+
+def _field(obj: dict, name: str) -> Any:
+    """Look a field up under payload, then at the root, then under data."""
+    for where in (obj.get("payload"), obj, obj.get("data")):
+        if isinstance(where, dict) and where.get(name) is not None:
+            return where[name]
+    return None
+
+
+class AgentSim:
+    """The reference agent chat server; ``async with AgentSim(SimConfig(port=0)) as sim: sim.url``."""
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config or SimConfig()
+        self.seed = self.config.seed if self.config.seed is not None else random.SystemRandom().getrandbits(48)
+        self._server: Server | None = None
+        self.port: int | None = None
+        self.conns: dict[str, Conn] = {}
+        self.runs: dict[str, Run] = {}
+        self._finished: deque[tuple[float, str]] = deque()
+        self._tasks: set[asyncio.Task] = set()
+        self._user_chats: dict[str, int] = {}
+        self._conn_counter = 0
+        self.chats_started = 0
+        self.chats_finished = 0
+        self.gt = GroundTruth(self.config.ground_truth)
+        self._run_faults = [f for f in self.config.faults if f.name not in ("refuse", "exit_after")]
+        self._refuse = [f for f in self.config.faults if f.name == "refuse"]
+        self._exit_after = [f for f in self.config.faults if f.name == "exit_after"]
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"ws://{host}:{self.port}/ws"
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handler,
+            self.config.host,
+            self.config.port,
+            process_request=self._process_request,
+            select_subprotocol=lambda conn, protos: "jwt-auth" if "jwt-auth" in protos else None,
+            max_size=self.config.max_size,
+            compression="deflate" if self.config.compression else None,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.gt.write({"kind": "server_started", "url": self.url, "seed": self.seed,
+                       "faults": [str(f) for f in self.config.faults], "pid": os.getpid()})
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=5)
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), timeout=10)
+            except asyncio.TimeoutError:
+                logger.warning("connections did not close within 10 s")
+            self._server = None
+            self.gt.write({"kind": "server_stopped"})
+        self.gt.close()
+
+    async def __aenter__(self) -> "AgentSim":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    # ---- handshake -------------------------------------------------------------------------
+    def _process_request(self, connection: ServerConnection, request: Any) -> Any:
+        path = urlsplit(request.path).path
+        if path not in WS_PATHS:
+            return connection.respond(HTTPStatus.NOT_FOUND, "Not Found (agentsim serves /ws and /websocket)\n")
+        self._conn_counter += 1
+        for spec in self._refuse:
+            rng = random.Random(f"{self.seed}|conn|{self._conn_counter}|{spec.text}")
+            if rng.random() < spec.rate:
+                self.gt.write({"kind": "fault", "fault": "refuse", "arg": None, "run_id": None,
+                               "user_id": None, "seq": None, "connection_number": self._conn_counter})
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "agentsim fault: refuse\n")
+        return None
+
+    def _authenticate(self, ws: ServerConnection) -> tuple[str | None, str]:
+        """Returns (user_id, "") or (None, reason). Never puts the token in the reason."""
+        request = ws.request
+        assert request is not None
+        if self.config.no_auth:
+            query = parse_qs(urlsplit(request.path).query)
+            name = (query.get("user") or [""])[0].strip()
+            return (name[:128] if name else f"anon-{uuid.uuid4().hex[:12]}"), ""
+        token = None
+        auth = request.headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            token = auth[7:].strip()
+        else:
+            for header in request.headers.get_all("Sec-WebSocket-Protocol"):
+                for proto in header.split(","):
+                    proto = proto.strip()
+                    if proto.startswith("jwt.") and len(proto) > 4:
+                        raw = proto[4:]
+                        try:
+                            decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
+                            token = decoded if decoded.count(".") == 2 else raw
+                        except (ValueError, UnicodeDecodeError):
+                            token = raw
+        if not token:
+            return None, "missing token (send Authorization: Bearer <JWT> or subprotocol jwt.<base64url(JWT)>)"
+        try:
+            claims = jwt.decode(token, self.config.jwt_secret, algorithms=["HS256"],
+                                options={"require": ["sub"]})
+        except jwt.ExpiredSignatureError:
+            return None, "token expired"
+        except jwt.InvalidSignatureError:
+            return None, "invalid token signature"
+        except jwt.InvalidTokenError as exc:
+            return None, f"invalid token ({type(exc).__name__})"
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            return None, "token has no usable sub claim"
+        return sub, ""
+
+    # ---- connection ------------------------------------------------------------------------
+    async def _handler(self, ws: ServerConnection) -> None:
+        connection_id = f"c-{uuid.uuid4().hex[:16]}"
+        user_id, reason = self._authenticate(ws)
+        if user_id is None:
+            logger.info("connection %s rejected: %s", connection_id, reason)
+            self.gt.write({"kind": "auth_failed", "connection_id": connection_id, "reason": reason})
+            try:
+                await ws.send(_error("AUTH_FAILED", f"authentication failed: {reason}"))
+                await ws.close(1008, "authentication failed")
+            except ConnectionClosed:
+                pass
+            return
+        conn = Conn(ws, connection_id, user_id)
+        self.conns[connection_id] = conn
+        self.gt.write({"kind": "connection_opened", "connection_id": connection_id, "user_id": user_id})
+        try:
+            await ws.send(json.dumps({
+                "type": "connection_established",
+                "data": {"connection_id": connection_id, "user_id": user_id, "server_time": _now_iso()},
+                "timestamp": time.time(),
+            }))
+            async for message in ws:
+                await self._on_message(conn, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            conn.open = False
+            self.conns.pop(connection_id, None)
+            for run in conn.runs:
+                if conn in run.subscribers:
+                    run.subscribers.remove(conn)
+            conn.runs.clear()
+            self.gt.write({"kind": "connection_closed", "connection_id": connection_id, "user_id": user_id})
+
+    async def _on_message(self, conn: Conn, message: str | bytes) -> None:
+        ws = conn.ws
+        if isinstance(message, bytes):
+            await ws.send(_error("INVALID_MESSAGE", "binary frames are not supported; send JSON text"))
+            return
+        try:
+            obj = json.loads(message)
+        except ValueError:
+            await ws.send(_error("INVALID_MESSAGE", "frame is not valid JSON"))
+            return
+        if not isinstance(obj, dict):
+            await ws.send(_error("INVALID_MESSAGE", "frame is not a JSON object"))
+            return
+        mtype = obj.get("type")
+        if not isinstance(mtype, str) or not mtype:
+            await ws.send(_error("INVALID_MESSAGE", "frame has no type"))
+        elif mtype == "ping":
+            await ws.send(json.dumps({"type": "pong", "data": {"timestamp": time.time()}}))
+        elif mtype in IGNORED_TYPES:
+            return
+        elif mtype in CHAT_TYPES:
+            await self._on_chat(conn, mtype, obj)
+        elif mtype == "resume":
+            await self._on_resume(conn, obj)
+        else:
+            await ws.send(_error("INVALID_MESSAGE", f"unknown message type {mtype[:64]!r}"))
+
+    # ---- chats -----------------------------------------------------------------------------
+    async def _on_chat(self, conn: Conn, mtype: str, obj: dict) -> None:
+        content = _field(obj, "user_request") if mtype == "start_agent" else None
+        if content is None:
+            content = _field(obj, "content")
+        if content is None:
+            content = _field(obj, "message")
+        if not isinstance(content, str) or not content.strip():
+            await conn.ws.send(_error("INVALID_MESSAGE", "empty message: no content to send to the agent"))
+            return
+        ids = {}
+        for name in ("thread_id", "run_id", "message_id"):
+            value = _field(obj, name)
+            if value is not None and (not isinstance(value, (str, int)) or len(str(value)) > 200):
+                await conn.ws.send(_error("INVALID_MESSAGE", f"{name} must be a short string"))
+                return
+            ids[name] = str(value) if value is not None and str(value) else None
+        user_id = conn.user_id
+        run_id = ids["run_id"]
+        if run_id is not None:
+            if run_id in self.runs:
+                await conn.ws.send(_error("INVALID_MESSAGE", f"run_id {run_id!r} is already in use"))
+                return
+            key = f"run|{run_id}"
+        else:
+            n = self._user_chats.get(user_id, 0) + 1
+            if len(self._user_chats) > 100_000:
+                self._user_chats.clear()
+            self._user_chats[user_id] = n
+            key = f"user|{user_id}|{n}"
+        rng = random.Random(f"{self.seed}|{key}")
+        if run_id is None:
+            run_id = f"r-{rng.getrandbits(64):016x}"
+            while run_id in self.runs:
+                run_id = f"r-{uuid.uuid4().hex[:16]}"
+        thread_id = ids["thread_id"] or f"t-{rng.getrandbits(48):012x}"
+        message_id = ids["message_id"] or f"m-{rng.getrandbits(48):012x}"
+
+        script = build_script(content, message_id, self.config.think, self.config.tool_latency, rng)
+        planned = plan_run_faults(self._run_faults, script.roles, rng)
+        run = Run(run_id, user_id, thread_id, message_id, self.config.max_events_per_run)
+        self._register(run)
+        run.subscribers.append(conn)
+        conn.runs.add(run)
+        self.chats_started += 1
+        self.gt.write({"kind": "run_started", "run_id": run_id, "user_id": user_id, "thread_id": thread_id,
+                       "message_id": message_id, "connection_id": conn.connection_id,
+                       "roles": script.roles, "faults": [p.spec.name for p in planned]})
+        task = asyncio.create_task(self._execute(run, script, planned, rng))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _register(self, run: Run) -> None:
+        now = time.monotonic()
+        ttl = self.config.resume_ttl
+        while self._finished and (self._finished[0][0] + ttl < now or len(self.runs) >= self.config.max_runs):
+            _, old = self._finished.popleft()
+            self.runs.pop(old, None)
+        while len(self.runs) >= self.config.max_runs:
+            self.runs.pop(next(iter(self.runs)))
+        self.runs[run.run_id] = run
+
+    def _find_run(self, run_id: str) -> Run | None:
+        run = self.runs.get(run_id)
+        if run is not None and run.finished_at is not None and run.finished_at + self.config.resume_ttl < time.monotonic():
+            return None
+        return run
+
+    def _frame(self, run: Run, role: str, seq: int, payload: dict) -> str:
+        return json.dumps({"type": role, "run_id": run.run_id, "thread_id": run.thread_id, "user_id": run.user_id,
+                           "seq": seq, "timestamp": time.time(), "payload": payload},
+                          separators=(",", ":"), default=str)
+
+    def _fault_record(self, run: Run, pf: PlannedFault, seq: int | None, **extra: Any) -> None:
+        rec = {"kind": "fault", "fault": pf.spec.name, "arg": pf.spec.arg, "value": pf.spec.value,
+               "run_id": run.run_id, "user_id": run.user_id, "thread_id": run.thread_id, "seq": seq}
+        rec.update(extra)
+        self.gt.write(rec)
+
+    async def _deliver(self, run: Run, seq: int, role: str, frame: str, to: list[Conn] | None = None,
+                       replay: bool = False) -> None:
+        targets = run.subscribers if to is None else to
+        for conn in list(targets):
+            try:
+                await conn.ws.send(frame)
+            except ConnectionClosed:
+                if conn in run.subscribers:
+                    run.subscribers.remove(conn)
+                continue
+            if self.gt.enabled:
+                rec = {"kind": "event", "run_id": run.run_id, "user_id": run.user_id, "thread_id": run.thread_id,
+                       "role": role, "seq": seq, "t": time.time(), "connection_id": conn.connection_id}
+                if replay:
+                    rec["replay"] = True
+                if conn.user_id != run.user_id:
+                    rec["to_user_id"] = conn.user_id
+                self.gt.write(rec)
+
+    async def _send_and_buffer(self, run: Run, seq: int, role: str, frame: str) -> None:
+        async with run.lock:
+            run.events.append((seq, role, frame))
+            await self._deliver(run, seq, role, frame)
+
+    async def _execute(self, run: Run, script: Any, planned: list[PlannedFault], rng: random.Random) -> None:
+        ctx: dict[str, Any] = {"t0": time.monotonic()}
+        at: dict[int, list[PlannedFault]] = {}
+        for pf in planned:
+            at.setdefault(pf.position, []).append(pf)
+        held: tuple[int, str, str] | None = None
+        outcome = "cancelled"
+        steps = script.steps
+        try:
+            for i, step in enumerate(steps):
+                here = at.get(i, ())
+                delay = step.delay
+                for pf in here:
+                    if pf.spec.name == "delay_first":
+                        delay += float(pf.spec.value)
+                        self._fault_record(run, pf, run.last_seq + 1, duration=pf.spec.value)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                payload = step.build(ctx)
+                run.last_seq += 1
+                seq = run.last_seq
+                frame = self._frame(run, step.role, seq, payload)
+                names = {pf.spec.name: pf for pf in here}
+                if "drop" in names:
+                    self._fault_record(run, names["drop"], seq, role=step.role)
+                elif "swap" in names and held is None and i < len(steps) - 1:
+                    held = (seq, step.role, frame)
+                    self._fault_record(run, names["swap"], seq, role=step.role, swapped_with=seq + 1)
+                    continue
+                else:
+                    await self._send_and_buffer(run, seq, step.role, frame)
+                    if "duplicate" in names:
+                        self._fault_record(run, names["duplicate"], seq, role=step.role)
+                        await self._deliver(run, seq, step.role, frame)
+                    if "crosstalk" in names:
+                        await self._crosstalk(run, names["crosstalk"], seq, step.role, frame, rng)
+                if held is not None:
+                    await self._send_and_buffer(run, *held)
+                    held = None
+                for pf in here:
+                    await self._mid_run_fault(run, pf, seq)
+            if held is not None:
+                await self._send_and_buffer(run, *held)
+            outcome = "failed" if steps[-1].role == "agent_error" else "completed"
+            for pf in at.get(-1, ()):
+                run.last_seq += 1
+                seq = run.last_seq
+                self._fault_record(run, pf, seq, role="partial_result")
+                frame = self._frame(run, "partial_result", seq,
+                                    {"content": "late chunk after the terminal event", "is_complete": True})
+                await self._send_and_buffer(run, seq, "partial_result", frame)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("run %s crashed", run.run_id)
+            outcome = "crashed"
+        finally:
+            run.finished_at = time.monotonic()
+            self._finished.append((run.finished_at, run.run_id))
+            self.chats_finished += 1
+            self.gt.write({"kind": "run_finished", "run_id": run.run_id, "user_id": run.user_id,
+                           "thread_id": run.thread_id, "outcome": outcome, "last_seq": run.last_seq})
+            for conn in run.subscribers:
+                conn.runs.discard(run)
+            run.subscribers = []
+        for spec in self._exit_after:
+            if self.chats_finished == int(spec.value or 0):
+                self._exit(run, spec.name, run.last_seq, spec.arg, spec.value)
+
+    async def _crosstalk(self, run: Run, pf: PlannedFault, seq: int, role: str, frame: str,
+                         rng: random.Random) -> None:
+        others = sorted((c for c in self.conns.values() if c.user_id != run.user_id and c.open),
+                        key=lambda c: c.connection_id)
+        target = others[rng.randrange(len(others))] if others else None
+        self._fault_record(run, pf, seq, role=role,
+                           target_connection_id=target.connection_id if target else None,
+                           target_user_id=target.user_id if target else None, delivered=target is not None)
+        if target is not None:
+            await self._deliver(run, seq, role, frame, to=[target])
+
+    async def _mid_run_fault(self, run: Run, pf: PlannedFault, seq: int) -> None:
+        name = pf.spec.name
+        if name == "stall":
+            self._fault_record(run, pf, seq, duration=pf.spec.value)
+            await asyncio.sleep(float(pf.spec.value))
+        elif name == "close":
+            conns = list(run.subscribers)
+            self._fault_record(run, pf, seq, connection_ids=[c.connection_id for c in conns])
+            for conn in conns:
+                run.subscribers.remove(conn)
+                conn.runs.discard(run)
+                if pf.spec.arg == "abort":
+                    conn.ws.transport.abort()
+                else:
+                    task = asyncio.create_task(conn.ws.close(1001, "agentsim fault: close"))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        elif name in ("malformed", "oversized"):
+            if name == "oversized":
+                size = int(pf.spec.value)
+                head = '{"type":"system_message","data":{"event":"oversized","padding":"'
+                data: str | bytes = head + "x" * max(0, size - len(head) - 3) + '"}}'
+            else:
+                data = {
+                    "notjson": '{"type": "agent_thinking", "payload": {"thought": unterminated',
+                    "binary": b"\x00\xffagentsim binary frame\x00",
+                    "notype": json.dumps({"payload": {"note": "agentsim malformed frame: no type"}}),
+                    "unknowntype": json.dumps({"type": "zz_agentsim_unknown", "payload": {}}),
+                }[pf.spec.arg or "notjson"]
+            conns = list(run.subscribers)
+            self._fault_record(run, pf, seq, connection_ids=[c.connection_id for c in conns])
+            for conn in conns:
+                try:
+                    await conn.ws.send(data)
+                except ConnectionClosed:
+                    pass
+        elif name == "exit":
+            self._exit(run, name, seq, pf.spec.arg, pf.spec.value)
+
+    def _exit(self, run: Run, name: str, seq: int, arg: Any, value: Any) -> None:
+        self.gt.write({"kind": "fault", "fault": name, "arg": arg, "value": value, "run_id": run.run_id,
+                       "user_id": run.user_id, "thread_id": run.thread_id, "seq": seq})
+        self.gt.close()
+        logger.warning("agentsim fault: exiting the process (%s)", name)
+        os._exit(EXIT_CODE_FAULT)
+
+    # ---- resume ----------------------------------------------------------------------------
+    async def _on_resume(self, conn: Conn, obj: dict) -> None:
+        run_id = _field(obj, "run_id")
+        last_seq = _field(obj, "last_seq")
+        if last_seq is None:
+            last_seq = 0
+        if not isinstance(run_id, str) or not run_id or not isinstance(last_seq, int) or isinstance(last_seq, bool):
+            await conn.ws.send(_error("INVALID_MESSAGE", "resume needs payload.run_id (string) and last_seq (integer)"))
+            return
+        run = self._find_run(run_id)
+        if run is None or run.user_id != conn.user_id:
+            # A foreign run is reported exactly like an unknown one: no information leaks.
+            await conn.ws.send(_error("RESUME_UNKNOWN_RUN", f"unknown or expired run {run_id[:64]!r}",
+                                      run_id=run_id))
+            return
+        async with run.lock:
+            missed = [e for e in run.events if e[0] > last_seq]
+            self.gt.write({"kind": "resume", "run_id": run_id, "user_id": run.user_id,
+                           "connection_id": conn.connection_id, "last_seq": last_seq, "replayed": len(missed),
+                           "finished": run.finished_at is not None})
+            for seq, role, frame in missed:
+                await self._deliver(run, seq, role, frame, to=[conn], replay=True)
+            if run.finished_at is None and conn.open and conn not in run.subscribers:
+                run.subscribers.append(conn)
+                conn.runs.add(run)
+
+
+class ThreadHandle:
+    """An AgentSim running on its own event loop in a daemon thread (for Locust / gevent code)."""
+
+    def __init__(self, sim: AgentSim, loop: asyncio.AbstractEventLoop, thread: threading.Thread,
+                 stop_event: asyncio.Event) -> None:
+        self.sim = sim
+        self.loop = loop
+        self.thread = thread
+        self._stop_event = stop_event
+
+    @property
+    def url(self) -> str:
+        return self.sim.url
+
+    @property
+    def port(self) -> int | None:
+        return self.sim.port
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self._stop_event.set)
+            self.thread.join(timeout)
+
+    def __enter__(self) -> "ThreadHandle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_in_thread(config: SimConfig | None = None, timeout: float = 10.0) -> ThreadHandle:
+    """Start AgentSim in a daemon thread; returns once it listens (or raises after ``timeout``)."""
+    sim = AgentSim(config or SimConfig(port=0))
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def main() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        box["loop"] = loop
+
+        async def runner() -> None:
+            stop_event = asyncio.Event()
+            box["stop"] = stop_event
+            try:
+                await sim.start()
+            except BaseException as exc:
+                box["error"] = exc
+                ready.set()
+                return
+            ready.set()
+            try:
+                await stop_event.wait()
+            finally:
+                await sim.stop()
+
+        try:
+            loop.run_until_complete(runner())
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=main, name="agentsim", daemon=True)
+    thread.start()
+    if not ready.wait(timeout):
+        raise TimeoutError(f"agentsim did not start listening within {timeout} s")
+    if "error" in box:
+        raise box["error"]
+    return ThreadHandle(sim, box["loop"], thread, box["stop"])
