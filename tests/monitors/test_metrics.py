@@ -1,0 +1,288 @@
+"""The metrics sink: conservation of chats, the label contract, pre-initialised series, target_label."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness.checker import ChatResult
+from harness.events import Event, Outcome, Role, Violation
+from monitors import metrics as metrics_module
+from monitors.metrics import (
+    MAX_SCENARIOS,
+    OVERFLOW_SCENARIO,
+    TIME_TO_FIRST_EVENT_BUCKETS,
+    ChatMetrics,
+    MetricsSink,
+    default_metrics,
+    metric_names,
+    target_label,
+)
+
+RUN_ID = "run-7f3a9c2e-5b1d-4e8f-a0c6-123456789abc"
+CHAT_ID = "chat-0c1d2e3f-4a5b-6c7d-8e9f-abcdef012345"
+THREAD_ID = "thread-99aa88bb77cc"
+USER_ID = "user-4242-secret"
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl"
+
+
+def _sink(target: str = "agent:443", source: str = "synthetic", now: float = 1_700_000_000.0):
+    reg = CollectorRegistry()
+    m = ChatMetrics(reg)
+    return reg, MetricsSink(m, target, source, clock=lambda: now)
+
+
+def _samples(reg: CollectorRegistry) -> list:
+    text = generate_latest(reg).decode()
+    return [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+
+def _value(reg: CollectorRegistry, name: str, **labels: str) -> float:
+    """Sum of the samples named `name` whose labels include `labels`."""
+    return sum(
+        s.value for s in _samples(reg) if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def _event(role: Role | None, t: float, wire: str | None = None) -> Event:
+    return Event(
+        role=role, wire_type=wire or (role.value if role else "TEXT_MESSAGE_START"), received_at=t,
+        run_id=RUN_ID, thread_id=THREAD_ID, user_id=USER_ID, message_id="msg-" + CHAT_ID, seq=None,
+        tool_call_id="call-" + RUN_ID,
+    )
+
+
+def _result(
+    outcome: Outcome = Outcome.PASSED,
+    *,
+    scenario: str = "basic",
+    missing: tuple[Role, ...] = (),
+    rules: tuple[str, ...] = (),
+    ttfe: float | None = 0.4,
+    duration: float | None = 3.0,
+) -> ChatResult:
+    sent = 100.0
+    roles = [r for r in (Role.AGENT_STARTED, Role.AGENT_THINKING, Role.TOOL_EXECUTING, Role.TOOL_COMPLETED,
+                         Role.AGENT_COMPLETED) if r not in missing]
+    events = [_event(r, sent + 0.4 + i * 0.5) for i, r in enumerate(roles)]
+    events.insert(1, _event(None, sent + 0.5))  # a wire type with no role: never counted
+    return ChatResult(
+        chat_id=CHAT_ID, scenario=scenario, outcome=outcome,
+        violations=[Violation(r, f"broken in run {RUN_ID} token {TOKEN}", 0) for r in rules],
+        missing=list(missing), events=events, sent_at=sent, time_to_first_event=ttfe, duration=duration,
+        event_delays={e.role: e.received_at - sent for e in events if e.role is not None},
+        run_id=RUN_ID, thread_id=THREAD_ID, error=f"token={TOKEN}", error_kind="auth_failed",
+        note=f"chat {CHAT_ID}",
+    )
+
+
+def test_conservation_started_equals_outcomes_plus_in_flight():
+    reg, sink = _sink()
+    plan = [
+        ("basic", Outcome.PASSED), ("basic", Outcome.FAILED), ("basic", Outcome.INCOMPLETE),
+        ("basic", Outcome.ERROR), ("tools", Outcome.PASSED), ("tools", Outcome.PASSED),
+    ]
+    started = {"basic": 0, "tools": 0}
+    for scenario, _ in plan:
+        sink.chat_started(scenario)
+        started[scenario] += 1
+    # three still in flight: one per scenario never judged, plus one more started later
+    for scenario in ("basic", "tools", "tools"):
+        sink.chat_started(scenario)
+        started[scenario] += 1
+    for scenario, outcome in plan:
+        sink.chat_finished(_result(outcome, scenario=scenario))
+
+    for scenario, n in started.items():
+        judged = _value(reg, "chatprobe_chats_total", scenario=scenario)
+        in_flight = _value(reg, "chatprobe_chats_in_flight", scenario=scenario)
+        assert judged + in_flight == n, scenario
+    assert _value(reg, "chatprobe_chats_in_flight", scenario="basic") == 1
+    assert _value(reg, "chatprobe_chats_in_flight", scenario="tools") == 2
+    for outcome in ("passed", "failed", "incomplete", "error"):
+        assert _value(reg, "chatprobe_chats_total", scenario="basic", outcome=outcome) == 1
+
+
+def test_chat_started_touches_only_in_flight():
+    reg, sink = _sink()
+    sink.chat_started("basic")
+    nonzero = {(s.name, tuple(sorted(s.labels.items()))) for s in _samples(reg)
+               if s.value and not s.name.endswith("_created")}
+    assert nonzero == {("chatprobe_chats_in_flight",
+                        (("scenario", "basic"), ("source", "synthetic"), ("target", "agent:443")))}
+
+
+def test_chat_finished_records_every_part_of_the_verdict():
+    reg, sink = _sink()
+    sink.chat_started("basic")
+    sink.event_received("basic", _event(Role.AGENT_STARTED, 1.0))  # a no-op: counted from the verdict
+    sink.chat_finished(_result(Outcome.FAILED, missing=(Role.TOOL_COMPLETED, Role.AGENT_THINKING),
+                               rules=("R2", "R8", "R8"), ttfe=2.5, duration=7.0))
+    v = lambda name, **kw: _value(reg, name, scenario="basic", **kw)  # noqa: E731
+    assert v("chatprobe_chats_total", outcome="failed") == 1
+    assert v("chatprobe_chats_missing_events_total") == 1
+    assert v("chatprobe_missing_events_total", event="tool_completed") == 1
+    assert v("chatprobe_missing_events_total", event="agent_thinking") == 1
+    assert v("chatprobe_missing_events_total", event="agent_started") == 0
+    assert v("chatprobe_events_total") == 3  # the role-less event and the missing roles are not counted
+    assert v("chatprobe_events_total", event="agent_started") == 1
+    assert v("chatprobe_events_total", event="tool_completed") == 0
+    assert v("chatprobe_rule_violations_total", rule="R8") == 2
+    assert v("chatprobe_rule_violations_total", rule="R2") == 1
+    assert v("chatprobe_time_to_first_event_seconds_count") == 1
+    assert v("chatprobe_time_to_first_event_seconds_bucket", le="2.0") == 0
+    assert v("chatprobe_time_to_first_event_seconds_bucket", le="3.0") == 1
+    assert v("chatprobe_chat_duration_seconds_sum") == 7.0
+    assert v("chatprobe_event_delay_seconds_count", event="agent_started") == 1
+    assert v("chatprobe_event_delay_seconds_count", event="agent_completed") == 1
+    assert v("chatprobe_event_delay_seconds_count", event="tool_completed") == 0
+    assert v("chatprobe_chats_in_flight") == 0
+
+
+def test_chat_without_first_event_or_terminal_observes_no_time():
+    reg, sink = _sink()
+    sink.chat_started("basic")
+    sink.chat_finished(_result(Outcome.ERROR, ttfe=None, duration=None))
+    assert _value(reg, "chatprobe_time_to_first_event_seconds_count") == 0
+    assert _value(reg, "chatprobe_chat_duration_seconds_count") == 0
+    assert _value(reg, "chatprobe_chats_total", outcome="error") == 1
+
+
+def test_connections_reconnects_abandoned_and_freshness():
+    reg, sink = _sink(now=1234.5)
+    sink.connection_attempt("basic", "ok")
+    sink.connection_attempt("basic", "auth_failed")
+    sink.connection_attempt("basic", "auth_failed")
+    sink.reconnect("basic", "resumed")
+    sink.chat_abandoned("basic")
+    assert _value(reg, "chatprobe_connections_total", result="auth_failed") == 2
+    assert _value(reg, "chatprobe_connections_total", result="ok") == 1
+    assert _value(reg, "chatprobe_reconnects_total", result="resumed") == 1
+    assert _value(reg, "chatprobe_reconnects_total", result="lost") == 0
+    assert _value(reg, "chatprobe_chats_abandoned_total") == 1
+
+    sink.run_finished(False)
+    assert _value(reg, "chatprobe_last_run_timestamp_seconds") == 1234.5
+    assert not [s for s in _samples(reg) if s.name == "chatprobe_last_success_timestamp_seconds"]
+    sink.clock = lambda: 2000.0
+    sink.run_finished(True)
+    assert _value(reg, "chatprobe_last_run_timestamp_seconds", target="agent:443", source="synthetic") == 2000.0
+    assert _value(reg, "chatprobe_last_success_timestamp_seconds") == 2000.0
+
+
+def test_label_combinations_exist_from_zero_on_first_use():
+    reg, sink = _sink(source="live")
+    sink.chat_abandoned("basic")
+    by_name: dict[str, set] = {}
+    for s in _samples(reg):
+        if s.labels.get("scenario") == "basic":
+            assert s.labels["source"] == "live"
+            by_name.setdefault(s.name, set()).add(
+                s.labels.get("outcome") or s.labels.get("result") or s.labels.get("rule") or s.labels.get("event")
+            )
+    assert by_name["chatprobe_chats_total"] == {"passed", "failed", "incomplete", "error"}
+    assert by_name["chatprobe_connections_total"] == {
+        "ok", "refused", "auth_failed", "timeout", "tls_error", "protocol_error"}
+    assert by_name["chatprobe_reconnects_total"] == {"resumed", "lost"}
+    assert by_name["chatprobe_rule_violations_total"] == {f"R{i}" for i in range(1, 14)}
+    roles = {r.value for r in Role}
+    assert by_name["chatprobe_missing_events_total"] == roles
+    assert by_name["chatprobe_events_total"] == roles
+    assert by_name["chatprobe_event_delay_seconds_count"] == roles
+    for name in ("chatprobe_chats_missing_events_total", "chatprobe_chats_in_flight",
+                 "chatprobe_time_to_first_event_seconds_count", "chatprobe_chat_duration_seconds_count"):
+        assert name in by_name
+    buckets = {s.labels["le"] for s in _samples(reg) if s.name == "chatprobe_time_to_first_event_seconds_bucket"}
+    assert "2.0" in buckets
+
+
+def test_cardinality_is_bounded():
+    reg, sink = _sink()
+    for i in range(MAX_SCENARIOS + 20):
+        sink.chat_started(f"scenario-{i}")
+    scenarios = {s.labels["scenario"] for s in _samples(reg) if "scenario" in s.labels}
+    assert len(scenarios) == MAX_SCENARIOS + 1
+    assert OVERFLOW_SCENARIO in scenarios
+    sink.connection_attempt("basic", "something-new")
+    sink.reconnect("basic", "weird")
+    results = {s.labels["result"] for s in _samples(reg) if s.name == "chatprobe_connections_total"}
+    assert results == {"ok", "refused", "auth_failed", "timeout", "tls_error", "protocol_error"}
+    with pytest.raises(ValueError):
+        sink.chat_finished(_result(rules=("R99",)))
+
+
+def test_no_label_value_carries_a_token_or_an_id():
+    reg = CollectorRegistry()
+    m = ChatMetrics(reg)
+    url = f"wss://bot:{TOKEN}@Agent.Example.com:8443/ws/{USER_ID}?token={TOKEN}&run={RUN_ID}#x"
+    sinks = [MetricsSink(m, url, "synthetic"), MetricsSink(m, "staging", "live")]
+    for sink in sinks:
+        for outcome in Outcome:
+            sink.chat_started("basic")
+            sink.connection_attempt("basic", "ok")
+            sink.reconnect("basic", "resumed")
+            sink.chat_finished(_result(outcome, missing=(Role.TOOL_COMPLETED,), rules=("R8", "R2")))
+        sink.chat_abandoned("basic")
+        sink.run_finished(True)
+    text = generate_latest(reg).decode()
+    for secret in (TOKEN, RUN_ID, CHAT_ID, THREAD_ID, USER_ID, "bot", "/ws", "token", "run-", "chat-", "msg-"):
+        assert secret not in text
+    values = {v for s in _samples(reg) for v in s.labels.values()}
+    assert "agent.example.com:8443" in values
+    for v in values:
+        assert re.fullmatch(r"[A-Za-z0-9_.:+\-\[\]]{1,64}", v), v
+
+
+@pytest.mark.parametrize(
+    ("url", "label"),
+    [
+        ("wss://user:pw@Chat.Example.com/ws?token=abc", "chat.example.com:443"),
+        ("ws://localhost:8765/ws/run-1", "localhost:8765"),
+        ("http://10.0.0.7/x", "10.0.0.7:80"),
+        ("https://[::1]:9000/path", "[::1]:9000"),
+        ("agent.internal:7000", "agent.internal:7000"),
+        ("ws://agent/#frag", "agent:80"),
+    ],
+)
+def test_target_label_keeps_only_host_and_port(url, label):
+    assert target_label(url) == label
+
+
+def test_target_label_rejects_what_has_no_host():
+    with pytest.raises(ValueError):
+        target_label("wss:///only/a/path")
+
+
+def test_sink_rejects_an_unknown_source():
+    with pytest.raises(ValueError):
+        _sink(source="prod")
+
+
+def test_each_metric_is_declared_once_and_on_the_given_registry():
+    reg_a, reg_b = CollectorRegistry(), CollectorRegistry()
+    ChatMetrics(reg_a)
+    ChatMetrics(reg_b, probe=True)  # a fresh registry per /probe: no duplicate-registration error
+    names = metric_names()
+    for name in ("chatprobe_chats_total", "chatprobe_chats_missing_events_total", "chatprobe_missing_events_total",
+                 "chatprobe_events_total", "chatprobe_rule_violations_total",
+                 "chatprobe_time_to_first_event_seconds_bucket", "chatprobe_chat_duration_seconds_bucket",
+                 "chatprobe_event_delay_seconds_bucket", "chatprobe_connections_total", "chatprobe_reconnects_total",
+                 "chatprobe_chats_abandoned_total", "chatprobe_chats_in_flight",
+                 "chatprobe_last_run_timestamp_seconds", "chatprobe_last_success_timestamp_seconds",
+                 "probe_success", "probe_duration_seconds"):
+        assert name in names
+    assert 2.0 in TIME_TO_FIRST_EVENT_BUCKETS
+    assert max(metrics_module.CHAT_DURATION_BUCKETS) == 120
+
+
+def test_default_metrics_is_created_once_and_lazily(monkeypatch):
+    reg = CollectorRegistry()
+    monkeypatch.setattr(metrics_module, "REGISTRY", reg)
+    monkeypatch.setattr(metrics_module, "_default", None)
+    first = default_metrics()
+    assert first is default_metrics()
+    assert first.registry is reg
+    MetricsSink(first, "t", "synthetic").chat_started("basic")
+    assert "chatprobe_chats_in_flight" in generate_latest(reg).decode()
