@@ -1,0 +1,224 @@
+"""Command line of agentsim: flags and the YAML config file become a SimConfig, then serve until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any, NoReturn
+
+import yaml
+
+from . import faults as faults_mod
+from .agent import parse_latency
+from .faults import FaultSpecError, parse_fault, parse_size
+from .server import DEFAULT_JWT_SECRET, AgentSim, SimConfig
+
+EXIT_USAGE = 2
+
+_EPILOG = (
+    "Fault grammar (repeat --fault; all off by default):\n"
+    + "\n".join("  " + line for line in faults_mod.__doc__.split("Faults (all off by default):", 1)[1]
+                .split("Every decision")[0].strip("\n").splitlines())
+    + "\n\n  Forms: NAME[:ARG]=RATE  or  NAME[:ARG][=VALUE]@RATE; RATE in [0,1], per chat unless stated."
+    + "\n  Example: --fault drop:tool_completed=0.08 --fault delay_first=2.5s@0.1 --fault close:abort=0.02"
+    + "\n\nMessage directives: #fail-tool #fail-agent #tools=N #chunks=N #think=SECONDS #tool-latency=SECONDS"
+    + "\n\nConfig file keys (YAML mapping): host, port, no_auth, jwt_secret, think, tool_latency, seed,"
+    + "\n  faults (list of fault specs), ground_truth, resume_ttl, max_size, max_runs, max_events_per_run,"
+    + "\n  compression. Command-line flags override the file; --fault adds to its faults."
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class ConfigError(Exception):
+    """A bad config file; the message names file, line and field."""
+
+
+def _fault_arg(text: str) -> Any:
+    try:
+        return parse_fault(text)
+    except FaultSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _latency_arg(text: str) -> Any:
+    try:
+        return parse_latency(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except FaultSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="agentsim", description="agentsim: the reference agent chat server of chatprobe "
+                "(netra wire format, JWT auth, resume, seeded fault injection).",
+                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port to bind, 0 = any free port (default 8765)")
+    p.add_argument("--no-auth", action="store_true", default=None,
+                   help="accept connections without a JWT; ?user=NAME names the user")
+    p.add_argument("--jwt-secret", default=None,
+                   help=f"HS256 secret (default $AGENTSIM_JWT_SECRET or {DEFAULT_JWT_SECRET!r})")
+    p.add_argument("--think", type=_latency_arg, default=None,
+                   help="think time per thinking step: 0, 0.05 or a uniform range 0.02-0.2 (default 0.05)")
+    p.add_argument("--tool-latency", type=_latency_arg, default=None,
+                   help="tool call latency, same forms as --think (default 0.02)")
+    p.add_argument("--seed", type=int, default=None, help="seed of every random choice, for repeatable runs")
+    p.add_argument("--fault", type=_fault_arg, action="append", default=[], metavar="SPEC",
+                   help="inject a fault, e.g. drop:tool_completed=0.08 (repeatable; grammar below)")
+    p.add_argument("--config", default=None, metavar="FILE", help="YAML file with the same settings")
+    p.add_argument("--ground-truth", default=None, metavar="FILE.jsonl",
+                   help="append a JSON line per event sent, fault injected, run and connection")
+    p.add_argument("--resume-ttl", type=float, default=None,
+                   help="seconds a finished run stays resumable (default 300)")
+    p.add_argument("--max-size", type=_size_arg, default=None,
+                   help="largest frame accepted from a client, e.g. 1MiB (default 1MiB)")
+    p.add_argument("--compression", action="store_true", default=None, help="offer permessage-deflate")
+    p.add_argument("-v", "--verbose", action="store_true", help="log connections and runs to stderr")
+    return p
+
+
+_CONFIG_FIELDS: dict[str, Any] = {
+    "host": str, "port": int, "no_auth": bool, "jwt_secret": str, "think": "latency",
+    "tool_latency": "latency", "seed": int, "faults": "faults", "ground_truth": str, "resume_ttl": float,
+    "max_size": "size", "max_runs": int, "max_events_per_run": int, "compression": bool,
+}
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """Read and validate a YAML config file; raises ConfigError naming file:line and field."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    if root is None:
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{path}:{root.start_mark.line + 1}: the config must be a mapping of settings")
+    out: dict[str, Any] = {}
+    for key_node, value_node in root.value:
+        line = key_node.start_mark.line + 1
+        key = str(key_node.value).replace("-", "_")
+        if key == "fault":
+            key = "faults"
+        where = f"{path}:{line}: field {key_node.value!r}"
+        if key not in _CONFIG_FIELDS:
+            raise ConfigError(f"{where}: unknown field (known: {', '.join(_CONFIG_FIELDS)})")
+        kind = _CONFIG_FIELDS[key]
+        value = yaml.safe_load(yaml.serialize(value_node))
+        try:
+            if kind == "faults":
+                items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                specs = []
+                for item in items:
+                    if not isinstance(item, yaml.ScalarNode):
+                        raise ConfigError(f"{path}:{item.start_mark.line + 1}: field 'faults': "
+                                          "each fault is a string like drop:tool_completed=0.08")
+                    try:
+                        specs.append(parse_fault(str(item.value)))
+                    except FaultSpecError as exc:
+                        raise ConfigError(f"{path}:{item.start_mark.line + 1}: field 'faults': {exc}") from None
+                value = specs
+            elif kind == "latency":
+                value = parse_latency(value)
+            elif kind == "size":
+                value = parse_size(str(value))
+            elif kind is bool:
+                if not isinstance(value, bool):
+                    raise ValueError(f"expected true or false, got {value!r}")
+            elif kind is int:
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise ValueError(f"expected a whole number, got {value!r}")
+            elif kind is float:
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                    raise ValueError(f"expected a non-negative number, got {value!r}")
+                value = float(value)
+            elif kind is str:
+                if not isinstance(value, (str, int)) or isinstance(value, bool):
+                    raise ValueError(f"expected a string, got {value!r}")
+                value = str(value)
+        except (ValueError, FaultSpecError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        out[key] = value
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    settings: dict[str, Any] = load_config(args.config) if args.config else {}
+    for name in ("host", "port", "no_auth", "think", "tool_latency", "seed", "ground_truth", "resume_ttl",
+                 "max_size", "compression"):
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    if args.jwt_secret is not None:
+        settings["jwt_secret"] = args.jwt_secret
+    elif os.environ.get("AGENTSIM_JWT_SECRET"):
+        settings["jwt_secret"] = os.environ["AGENTSIM_JWT_SECRET"]
+    settings["faults"] = list(settings.get("faults", [])) + list(args.fault)
+    return SimConfig(**settings)
+
+
+async def _serve(config: SimConfig) -> int:
+    sim = AgentSim(config)
+    try:
+        await sim.start()
+    except OSError as exc:
+        print(f"agentsim: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    print(f"agentsim listening on {sim.url}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await sim.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"agentsim: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FaultSpecError) as exc:
+        print(f"agentsim: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s agentsim %(levelname)s %(message)s")
+    try:
+        return asyncio.run(_serve(config))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
