@@ -11,6 +11,7 @@ import random
 import threading
 import time
 import uuid
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
+import jwt.warnings
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -26,6 +28,10 @@ from .agent import Latency, build_script, parse_latency
 from .faults import FaultSpec, PlannedFault, parse_fault, plan_run_faults
 
 logger = logging.getLogger("agentsim")
+# websockets logs request headers (the Authorization token) at DEBUG: keep its server log above that.
+ws_logger = logging.getLogger("agentsim.websockets")
+ws_logger.setLevel(logging.INFO)
+warnings.filterwarnings("ignore", category=jwt.warnings.InsecureKeyLengthWarning)
 
 DEFAULT_JWT_SECRET = "chatprobe-dev-secret"
 WS_PATHS = ("/ws", "/websocket")
@@ -171,6 +177,7 @@ class AgentSim:
             select_subprotocol=lambda conn, protos: "jwt-auth" if "jwt-auth" in protos else None,
             max_size=self.config.max_size,
             compression="deflate" if self.config.compression else None,
+            logger=ws_logger,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self.gt.write({"kind": "server_started", "url": self.url, "seed": self.seed,
