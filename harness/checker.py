@@ -434,3 +434,11 @@ def _name(ev: Event) -> str:
     if ev.role is None or ev.role.value == ev.wire_type:
         return ev.wire_type
     return f"{ev.role.value} ({ev.wire_type})"
+
+
+def abandon(tracker: ChatTracker, now: float) -> ChatResult:
+    """The client left on purpose mid-run: judge only what arrived (no required roles, no terminal owed)."""
+    if tracker._result is not None:
+        return tracker._result
+    outcome = Outcome.FAILED if tracker.violations else Outcome.PASSED
+    return tracker._make(outcome, list(tracker.violations), [], now, f"abandoned by the client after {len(tracker.events)} events")

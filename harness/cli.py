@@ -1,0 +1,244 @@
+"""The composition root: `chatprobe run | sim | monitor | proxy`, wiring drivers, sinks and servers together.
+
+Exit codes of `run`: 0 all objectives met, 1 an objective failed, 2 usage or configuration error,
+3 target unreachable.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+from rich.console import Console
+
+from .client import Target, TokenProvider
+from .profiles import load_profile
+from .report import LiveView, print_summary, write_json, write_junit
+from .runner import ScenarioRun, run_scenario
+from .scenario import BUILTIN_SUITE, apply_overrides, builtin_scenarios, load_scenario
+from .sinks import Sink
+from .yamlfile import ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def target_name(url: str) -> str:
+    """host:port, never a path, query or credential (a bounded `target` label)."""
+    parts = urlsplit(url)
+    port = parts.port or {"ws": 80, "http": 80, "wss": 443, "https": 443}.get(parts.scheme, 0)
+    host = parts.hostname or "unknown"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("target")
+    g.add_argument("--target", metavar="URL", help="ws://, wss://, http(s):// (SSE) URL of the server; "
+                   "omitted: start the embedded agentsim on a free loopback port")
+    g.add_argument("--target-name", metavar="NAME", help="short name for reports and the `target` label "
+                   "(default host:port)")
+    g.add_argument("--profile", metavar="NAME|FILE", help="wire-format profile: netra (default), ag-ui, or a YAML file")
+    g.add_argument("--auth", choices=("header", "subprotocol", "none"), default="header",
+                   help="send the token as an Authorization header or as the jwt.<token> subprotocol")
+    g.add_argument("--token-env", metavar="VAR", default=None,
+                   help="read a bearer token from this environment variable (default CHATPROBE_TOKEN if set)")
+    g.add_argument("--token-file", metavar="FILE", help="read a bearer token from this file")
+    g.add_argument("--jwt-secret-env", metavar="VAR", default=None,
+                   help="mint an HS256 JWT per virtual user with the secret in this variable "
+                        "(default CHATPROBE_JWT_SECRET if set)")
+    g.add_argument("--ca-file", metavar="PEM", help="CA bundle to verify a wss:// / https:// server")
+    g.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="chatprobe", description="Prove that an agent chat server streams every event, in order, "
+                "to the right user, fast — and keep proving it in production.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run scenarios once and exit with their verdict (the CI gate)",
+                       description="Run scenarios against a target (default: the built-in suite against the "
+                                   "embedded agentsim). Exit 0 objectives met, 1 failed, 2 usage, 3 unreachable.")
+    r.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"built-in name or YAML file "
+                   f"(built-ins: {', '.join(builtin_scenarios())}); default: {' '.join(BUILTIN_SUITE)}")
+    add_target_args(r)
+    r.add_argument("--objective", action="append", default=[], metavar="NAME.STAT=VALUE",
+                   help="override an objective, like a k6 threshold (e.g. time_to_first_event.p95=1.5s)")
+    r.add_argument("--json", metavar="FILE", help="write the full result, one record per chat")
+    r.add_argument("--junit", metavar="FILE", help="write JUnit XML, one test case per scenario")
+    r.add_argument("--pushgateway", metavar="URL", help="push the run's metrics to a Prometheus Pushgateway")
+    r.add_argument("--job", default="chatprobe", help="Pushgateway job name (default chatprobe)")
+    r.add_argument("--sim-fault", action="append", default=[], metavar="SPEC",
+                   help="inject a fault into the embedded agentsim (see `chatprobe sim --help`)")
+    r.add_argument("--sim-seed", type=int, default=None, help="seed of the embedded agentsim")
+    r.add_argument("--quiet", "-q", action="store_true", help="print only the verdict table")
+
+    s = sub.add_parser("sim", help="run agentsim, the reference agent chat server", add_help=False)
+    s.add_argument("sim_args", nargs=argparse.REMAINDER)
+
+    m = sub.add_parser("monitor", help="probe continuously and serve /metrics and /probe", add_help=False)
+    m.add_argument("monitor_args", nargs=argparse.REMAINDER)
+
+    x = sub.add_parser("proxy", help="watch real users' chats passing through and serve /metrics", add_help=False)
+    x.add_argument("proxy_args", nargs=argparse.REMAINDER)
+
+    sub.add_parser("list", help="list built-in scenarios and profiles")
+    return p
+
+
+def read_token(args: argparse.Namespace) -> TokenProvider:
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"--token-file {args.token_file}: cannot read: {exc.strerror}") from None
+        if not token:
+            raise ConfigError(f"--token-file {args.token_file}: the file is empty")
+        return TokenProvider(token=token)
+    token_var = args.token_env or ("CHATPROBE_TOKEN" if os.environ.get("CHATPROBE_TOKEN") else None)
+    if token_var:
+        token = os.environ.get(token_var)
+        if not token:
+            raise ConfigError(f"--token-env {token_var}: the variable is not set or empty")
+        return TokenProvider(token=token)
+    secret_var = args.jwt_secret_env or ("CHATPROBE_JWT_SECRET" if os.environ.get("CHATPROBE_JWT_SECRET") else None)
+    if secret_var:
+        secret = os.environ.get(secret_var)
+        if not secret:
+            raise ConfigError(f"--jwt-secret-env {secret_var}: the variable is not set or empty")
+        return TokenProvider(jwt_secret=secret)
+    return TokenProvider()
+
+
+def make_target(args: argparse.Namespace, url: str, tokens: TokenProvider, default_profile: str | None = None) -> Target:
+    profile = load_profile(args.profile or default_profile or "netra")
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
+        raise ConfigError(f"--target {url!r}: expected a ws://, wss://, http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise ConfigError("--target: put credentials in --token-env or --token-file, not in the URL")
+    if args.ca_file and not Path(args.ca_file).is_file():
+        raise ConfigError(f"--ca-file {args.ca_file}: no such file")
+    if not parts.path and profile.path:
+        url = url.rstrip("/") + profile.path
+    return Target(url=url, profile=profile, name=args.target_name or target_name(url), tokens=tokens,
+                  auth=args.auth if tokens.for_user("x") else "none", ca_file=args.ca_file, insecure=args.insecure)
+
+
+@contextlib.asynccontextmanager
+async def embedded_sim(faults: list[str], seed: int | None):
+    """The reference server on a free loopback port, with a fresh secret the harness mints tokens from."""
+    from agentsim.faults import FaultSpecError, parse_fault
+    from agentsim.server import AgentSim, SimConfig
+
+    try:
+        parsed = [parse_fault(f) for f in faults]
+    except FaultSpecError as exc:
+        raise ConfigError(f"--sim-fault: {exc}") from None
+    secret = secrets.token_urlsafe(24)
+    sim = AgentSim(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think="0.005-0.03",
+                             tool_latency="0.002-0.01", seed=seed, faults=parsed))
+    await sim.start()
+    try:
+        yield sim, TokenProvider(jwt_secret=secret)
+    finally:
+        await sim.stop()
+
+
+async def _run(args: argparse.Namespace, console: Console) -> int:
+    names = args.scenarios or list(BUILTIN_SUITE)
+    scenarios = [apply_overrides(load_scenario(n), args.objective) for n in names]
+    if args.target and args.sim_fault:
+        raise ConfigError("--sim-fault applies to the embedded agentsim only; leave out --target to use it")
+    if args.job and args.pushgateway is None and args.job != "chatprobe":
+        raise ConfigError("--job needs --pushgateway")
+
+    async with contextlib.AsyncExitStack() as stack:
+        if args.target:
+            tokens = read_token(args)
+            url = args.target
+        else:
+            sim, tokens = await stack.enter_async_context(embedded_sim(args.sim_fault, args.sim_seed))
+            url = sim.url
+            if not args.quiet:
+                console.print(f"[dim]embedded agentsim on {url}[/dim]")
+        runs: list[ScenarioRun] = []
+        metrics_sinks = []
+        for scenario in scenarios:
+            target = make_target(args, url, tokens, scenario.profile)
+            sinks: list[Sink] = []
+            if args.pushgateway:
+                from monitors.push import PushSink
+
+                ps = PushSink(target.name, scenario.name)
+                metrics_sinks.append(ps)
+                sinks.append(ps)
+            live = LiveView(console)
+            sinks.append(live)
+            from .sinks import Fanout
+
+            with live if not args.quiet else contextlib.nullcontext():
+                run = await run_scenario(scenario, target, Fanout(sinks))
+            runs.append(run)
+            if not args.quiet and not console.is_terminal:
+                st = run.stats
+                console.print(f"{scenario.name}: {st.chats} chats, {st.outcomes['passed']} passed, "
+                              f"{'objectives met' if run.passed else 'OBJECTIVES FAILED'} in {run.elapsed:.1f}s")
+    print_summary(console, runs)
+    if args.json:
+        write_json(args.json, runs)
+    if args.junit:
+        write_junit(args.junit, runs)
+    if args.pushgateway:
+        for ps in metrics_sinks:
+            ps.push(args.pushgateway, args.job)
+    if any(r.unreachable for r in runs):
+        return EXIT_UNREACHABLE
+    return EXIT_OK if all(r.passed for r in runs) else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console(highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None,
+                      width=None if sys.stdout.isatty() else 160)
+    try:
+        if args.command == "sim":
+            from agentsim.cli import main as sim_main
+
+            return sim_main(args.sim_args)
+        if args.command == "monitor":
+            from monitors.monitor import main as monitor_main
+
+            return monitor_main(args.monitor_args)
+        if args.command == "proxy":
+            from monitors.proxy import main as proxy_main
+
+            return proxy_main(args.proxy_args)
+        if args.command == "list":
+            from .profiles import builtin_profiles
+
+            console.print("scenarios: " + ", ".join(builtin_scenarios()))
+            console.print("profiles:  " + ", ".join(builtin_profiles()))
+            return EXIT_OK
+        return asyncio.run(_run(args, console))
+    except ConfigError as exc:
+        print(f"chatprobe: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("chatprobe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Scenarios as YAML data: who chats, what they send, which roles are required, and the objectives to meet."""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .checker import Expectations
+from .durations import Seconds
+from .events import Role
+from .yamlfile import ConfigError, load_model
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Expect(Strict):
+    """Per-chat expectations; any left out come from the profile and PROTOCOL.md's defaults."""
+
+    required: list[Role] | None = None
+    streaming: bool = False  # adds partial_result to the required roles
+    first_event_limit: Seconds = 2.0
+    deadline: Seconds = 60.0
+    stall_limit: Seconds = 30.0
+    thinking_before_tool: bool | None = None
+    # After the terminal event, listen this long for late events (R3/R4/R7) before judging.
+    settle: Seconds = 0.1
+
+
+class ChatStep(Strict):
+    message: str | None = None
+    expect_error: Literal["recoverable", "fatal"] | None = None
+    # Drop the socket after this many events of the run, reconnect and resume (no event lost or duplicated).
+    disconnect_after: int | None = Field(default=None, ge=1)
+    # Leave for good after this many events: the server must stay healthy for the next chat.
+    abandon_after: int | None = Field(default=None, ge=0)
+    required: list[Role] | None = None
+    repeat: int = Field(default=1, ge=1, le=10000)
+
+
+class RawStep(Strict):
+    """Send a frame the server must reject with an error_message while keeping the connection open."""
+
+    send_raw: str
+    repeat: int = Field(default=1, ge=1, le=1000)
+
+
+class ChatStepWrapper(Strict):
+    chat: ChatStep
+
+
+Step = Union[ChatStepWrapper, RawStep]
+
+
+class Stat(Strict):
+    p50: Seconds | None = None
+    p90: Seconds | None = None
+    p95: Seconds | None = None
+    p99: Seconds | None = None
+    max: Seconds | None = None
+    avg: Seconds | None = None
+
+
+class Bound(Strict):
+    max: float | None = None
+    min: float | None = None
+
+
+class Objectives(Strict):
+    """Pass/fail criteria for the whole scenario, like k6 thresholds: a CI reads them as the exit code."""
+
+    time_to_first_event: Stat = Stat(p95=2.0)
+    chat_duration: Stat = Stat()
+    missing_events_ratio: Bound = Bound(max=0.0)
+    violations: Bound = Bound(max=0)
+    passed_ratio: Bound = Bound(min=1.0)
+    error_ratio: Bound = Bound(max=0.0)
+
+
+class Scenario(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str = ""
+    profile: str | None = None
+    users: int = Field(default=1, ge=1, le=100000)
+    chats_per_user: int = Field(default=1, ge=1, le=100000)
+    concurrency: int | None = Field(default=None, ge=1)
+    ramp_up: Seconds = 0.0
+    parallel_chats: int = Field(default=1, ge=1, le=1000)
+    message: str = "What is 17 * 23? Then look up the capital of France."
+    messages: list[str] | None = None
+    client_run_id: bool = False
+    reconnect: bool = True
+    max_reconnects: int = Field(default=3, ge=0, le=100)
+    connect_timeout: Seconds = 10.0
+    max_duration: Seconds = 600.0
+    expect: Expect = Expect()
+    steps: list[Step] | None = None
+    objectives: Objectives = Objectives()
+
+    @model_validator(mode="after")
+    def _steps_or_messages(self) -> "Scenario":
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages: give at least one message, or leave it out")
+        return self
+
+    def expectations(self, profile_required: list[Role], profile_thinking: bool, step: ChatStep | None = None,
+                     spans_must_close: frozenset[str] | None = None) -> Expectations:
+        e = self.expect
+        required = set(step.required if step and step.required is not None else (e.required or profile_required))
+        if e.streaming:
+            required.add(Role.PARTIAL_RESULT)
+        return Expectations(
+            required=frozenset(required),
+            first_event_limit=e.first_event_limit,
+            deadline=e.deadline,
+            stall_limit=e.stall_limit,
+            thinking_before_tool=profile_thinking if e.thinking_before_tool is None else e.thinking_before_tool,
+            expect_error=step.expect_error if step else None,
+            spans_must_close=spans_must_close,
+        )
+
+    def message_for(self, n: int) -> str:
+        if self.messages:
+            return self.messages[n % len(self.messages)]
+        return self.message
+
+
+BUILTIN_DIR = resources.files("scenarios")
+BUILTIN_SUITE = ("basic", "concurrent", "errors", "reconnection", "performance", "abandonment")
+
+
+def builtin_scenarios() -> list[str]:
+    return sorted(p.name[:-5] for p in BUILTIN_DIR.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return load_model(Scenario, p)
+    candidate = BUILTIN_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise ConfigError(
+            f"scenario {name_or_path!r}: no such file and no built-in of that name (built-ins: {', '.join(builtin_scenarios())})"
+        )
+    return load_model(Scenario, f"scenarios/{name_or_path}.yaml", candidate.read_text(encoding="utf-8"))
+
+
+def apply_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
+    """`--objective time_to_first_event.p95=1.5s` style overrides, validated like the file."""
+    data: dict[str, Any] = scenario.objectives.model_dump()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or parts[0] not in data:
+            raise ConfigError(
+                f"--objective {item!r}: expected NAME.STAT=VALUE with NAME one of {', '.join(data)} "
+                "(e.g. time_to_first_event.p95=1.5s, missing_events_ratio.max=0.05)"
+            )
+        if parts[1] not in data[parts[0]]:
+            raise ConfigError(f"--objective {item!r}: {parts[0]} has no {parts[1]!r} (it has {', '.join(data[parts[0]])})")
+        data[parts[0]][parts[1]] = value.strip()
+    try:
+        objectives = Objectives.model_validate(data)
+    except Exception as exc:  # pydantic ValidationError: name the flag, not a traceback
+        first = exc.errors()[0] if hasattr(exc, "errors") else {"msg": str(exc), "loc": ()}
+        raise ConfigError(f"--objective: field '{'.'.join(map(str, first['loc']))}': {first['msg']}") from None
+    return scenario.model_copy(update={"objectives": objectives})

@@ -1,0 +1,164 @@
+"""Transports put a profile's frames on the road: WebSocket here (SSE lives beside it), every wait with a deadline.
+
+A transport knows nothing of events or rules; it connects, sends JSON, hands each received frame with its
+monotonic receipt time to a callback, and classifies connection failures with the `result` values of
+METRICS.md (refused, auth_failed, timeout, tls_error, protocol_error).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+FrameCallback = Callable[[str | bytes, float], None]
+
+
+class ConnectFailed(Exception):
+    """Could not open a usable connection; `kind` is a connections_total result label."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class ConnectSettings:
+    url: str
+    token: str | None = None
+    auth: str = "header"  # header | subprotocol | none
+    ca_file: str | None = None
+    insecure: bool = False
+    connect_timeout: float = 10.0
+    max_size: int = 4 * 1024 * 1024
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    def redacted_url(self) -> str:
+        """The URL without credentials or query, safe for logs and reports."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def ssl_context(settings: ConnectSettings) -> ssl.SSLContext | None:
+    if not settings.url.startswith(("wss://", "https://")):
+        return None
+    ctx = ssl.create_default_context(cafile=settings.ca_file)
+    if settings.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """A connection exception as (result label, one-line reason with no secret in it)."""
+    if isinstance(exc, ConnectFailed):
+        return exc.kind, str(exc)
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timeout", "timed out while connecting"
+    if isinstance(exc, ssl.SSLError):
+        return "tls_error", f"TLS: {getattr(exc, 'reason', None) or exc.__class__.__name__}"
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        if status in (401, 403):
+            return "auth_failed", f"HTTP {status} at the WebSocket handshake"
+        if status == 503:
+            return "refused", "HTTP 503: the server refused the connection"
+        return "protocol_error", f"HTTP {status} at the WebSocket handshake"
+    if isinstance(exc, InvalidURI):
+        return "protocol_error", "invalid WebSocket URL"
+    if isinstance(exc, InvalidHandshake):
+        return "protocol_error", f"WebSocket handshake failed: {exc.__class__.__name__}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused", "connection refused"
+    if isinstance(exc, OSError):
+        return "refused", f"network error: {exc.strerror or exc.__class__.__name__}"
+    if isinstance(exc, ConnectionClosed):
+        return "protocol_error", f"closed during the handshake (code {exc.rcvd.code if exc.rcvd else 'none'})"
+    return "protocol_error", exc.__class__.__name__
+
+
+class WebSocketTransport:
+    """One WebSocket connection: auth by header or subprotocol, wss:// with a CA file, JSON text frames."""
+
+    def __init__(self, settings: ConnectSettings) -> None:
+        self.settings = settings
+        self.ws: ClientConnection | None = None
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+
+    async def open(self) -> None:
+        s = self.settings
+        headers = dict(s.extra_headers)
+        subprotocols = None
+        if s.token and s.auth == "header":
+            headers["Authorization"] = f"Bearer {s.token}"
+        elif s.token and s.auth == "subprotocol":
+            encoded = base64.urlsafe_b64encode(s.token.encode()).decode().rstrip("=")
+            subprotocols = ["jwt-auth", f"jwt.{encoded}"]
+        try:
+            async with asyncio.timeout(s.connect_timeout):
+                self.ws = await connect(
+                    s.url,
+                    additional_headers=headers or None,
+                    subprotocols=subprotocols,  # type: ignore[arg-type]
+                    ssl=ssl_context(s),
+                    open_timeout=None,
+                    ping_interval=None,
+                    close_timeout=2,
+                    max_size=s.max_size,
+                    max_queue=None,
+                    compression=None,
+                    proxy=None,
+                    user_agent_header="chatprobe",
+                )
+        except Exception as exc:
+            kind, reason = classify(exc)
+            raise ConnectFailed(kind, reason) from None
+
+    async def send(self, obj: Any) -> None:
+        assert self.ws is not None
+        await self.ws.send(obj if isinstance(obj, (str, bytes)) else json.dumps(obj))
+
+    async def run(self, on_frame: FrameCallback) -> None:
+        """Read frames until the connection ends (normally or not); never raises for what a server does."""
+        ws = self.ws
+        assert ws is not None
+        clock = time.monotonic
+        try:
+            async for message in ws:
+                on_frame(message, clock())
+        except ConnectionClosed:
+            pass
+        except Exception as exc:  # a protocol error from the server's side (e.g. an oversized frame)
+            self.close_reason = f"{exc.__class__.__name__}: {str(exc)[:120]}"
+        finally:
+            rcvd = ws.protocol.close_rcvd
+            if rcvd is not None:
+                self.close_code = rcvd.code
+                self.close_reason = self.close_reason or rcvd.reason
+            elif self.close_code is None:
+                self.close_code = 1006
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            try:
+                async with asyncio.timeout(3):
+                    await self.ws.close()
+            except Exception:
+                pass
+
+    def abort(self) -> None:
+        """Drop the socket without a closing handshake, as a lost network would."""
+        if self.ws is not None:
+            self.ws.transport.abort()
