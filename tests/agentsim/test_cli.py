@@ -1,0 +1,150 @@
+"""agentsim's command line: listening line, signals, exit faults, and exit 2 on bad flags or config."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import websockets.sync.client
+
+from agentsim import cli
+from agentsim.faults import FAULTS
+from agentsim.server import SimConfig, run_in_thread
+
+from .wsclient import connect, is_terminal, read_gt, recv, send
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def start_cli(*args: str) -> tuple[asyncio.subprocess.Process, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentsim", "--port", "0", "--no-auth", "--think", "0", "--tool-latency", "0", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=str(ROOT))
+    async with asyncio.timeout(15):
+        line = (await proc.stdout.readline()).decode()
+    assert line.startswith("agentsim listening on ws://127.0.0.1:"), line
+    return proc, line.split()[-1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_cli_serves_and_stops_cleanly(sig):
+    proc, url = await start_cli()
+    ws, _ = await connect(url, "alice")
+    async with ws:
+        await send(ws, {"type": "user_message", "payload": {"content": "hi"}})
+        while not is_terminal(await recv(ws)):
+            pass
+    proc.send_signal(sig)
+    async with asyncio.timeout(15):
+        assert await proc.wait() == 0
+
+
+async def test_exit_fault_kills_process_mid_run(tmp_path):
+    gt = tmp_path / "gt.jsonl"
+    proc, url = await start_cli("--fault", "exit=1", "--ground-truth", str(gt), "--seed", "1")
+    ws, _ = await connect(url, "alice")
+    await send(ws, {"type": "user_message", "payload": {"content": "hi #tools=2"}})
+    with pytest.raises(websockets.ConnectionClosed):
+        while True:
+            frame = await recv(ws)
+            assert not is_terminal(frame)
+    async with asyncio.timeout(15):
+        assert await proc.wait() == 3
+    assert [r["fault"] for r in read_gt(gt) if r["kind"] == "fault"] == ["exit"]
+
+
+async def test_exit_after_n_chats(tmp_path):
+    gt = tmp_path / "gt.jsonl"
+    proc, url = await start_cli("--fault", "exit_after=2", "--ground-truth", str(gt))
+    ws, _ = await connect(url, "alice")
+    completed = 0
+    with pytest.raises(websockets.ConnectionClosed):
+        for _ in range(3):
+            await send(ws, {"type": "user_message", "payload": {"content": "hi"}})
+            while not is_terminal(frame := await recv(ws)):
+                pass
+            completed += frame["type"] == "agent_completed"
+    async with asyncio.timeout(15):
+        assert await proc.wait() == 3
+    assert completed == 2
+    records = read_gt(gt)
+    assert sum(r["kind"] == "run_finished" for r in records) == 2
+    assert records[-1]["kind"] == "fault" and records[-1]["fault"] == "exit_after"
+
+
+@pytest.mark.parametrize("flag,needle", [
+    (["--fault", "drop:tool_complet=0.1"], "--fault"),
+    (["--fault", "teleport=0.1"], "unknown fault"),
+    (["--fault", "drop=1.5"], "between 0 and 1"),
+    (["--fault", "stall=soon@0.1"], "bad duration"),
+    (["--think", "fast"], "--think"),
+])
+def test_bad_flag_exits_2_with_one_line(capsys, flag, needle):
+    with pytest.raises(SystemExit) as info:
+        cli.main(flag)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("seed: 1\nfaults:\n  - drop=0.1\n  - nonsense=0.2\n", ":4: field 'faults': 'nonsense=0.2': unknown fault"),
+    ("seed: 1\nthinc: 0\n", ":2: field 'thinc': unknown field"),
+    ("port: eighty\n", ":1: field 'port': expected a whole number"),
+    ("think: 0.2-0.1\n", ":1: field 'think': bad latency"),
+    ("faults: [\n", "invalid YAML"),
+    ("- just\n- a list\n", ":1: the config must be a mapping"),
+])
+def test_bad_config_exits_2_naming_file_line_field(tmp_path, capsys, text, needle):
+    path = tmp_path / "agentsim.yaml"
+    path.write_text(text)
+    assert cli.main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and needle in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_config_file_and_flags_merge(tmp_path):
+    path = tmp_path / "agentsim.yaml"
+    path.write_text("seed: 5\nthink: 0.02-0.2\nno_auth: true\nfaults:\n  - drop:tool_completed=0.08\n"
+                    "resume_ttl: 30\nmax_size: 2MiB\n")
+    args = cli.build_parser().parse_args(["--config", str(path), "--fault", "delay_first=2.5s@0.1", "--seed", "6"])
+    config = cli.config_from_args(args)
+    assert config.seed == 6 and config.think == (0.02, 0.2) and config.no_auth and config.resume_ttl == 30
+    assert config.max_size == 2 * 1024 * 1024
+    assert [(f.name, f.arg, f.value, f.rate) for f in config.faults] == [
+        ("drop", "tool_completed", None, 0.08), ("delay_first", None, 2.5, 0.1)]
+
+
+def test_help_documents_every_fault(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for name in FAULTS:
+        assert name in out
+    for flag in ("--host", "--port", "--no-auth", "--jwt-secret", "--think", "--tool-latency", "--seed",
+                 "--fault", "--config", "--ground-truth", "--resume-ttl", "--max-size"):
+        assert flag in out
+
+
+def test_run_in_thread_with_sync_client():
+    handle = run_in_thread(SimConfig(port=0, no_auth=True, think=0, tool_latency=0))
+    try:
+        assert handle.url.startswith("ws://127.0.0.1:") and handle.url.endswith("/ws")
+        with websockets.sync.client.connect(handle.url + "?user=sync", open_timeout=5) as ws:
+            assert json.loads(ws.recv(timeout=5))["type"] == "connection_established"
+            ws.send(json.dumps({"type": "user_message", "payload": {"content": "hi"}}))
+            types = []
+            while not types or types[-1] != "agent_completed":
+                types.append(json.loads(ws.recv(timeout=5))["type"])
+        assert types[0] == "agent_started"
+    finally:
+        handle.stop()
+    assert not handle.thread.is_alive()
