@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s agentsim %(levelname)s %(message)s")
+    if args.verbose:
+        logging.getLogger("agentsim.websockets").setLevel(logging.INFO)
     try:
         return asyncio.run(_serve(config))
     except KeyboardInterrupt:

@@ -30,7 +30,7 @@ from .faults import FaultSpec, PlannedFault, parse_fault, plan_run_faults
 logger = logging.getLogger("agentsim")
 # websockets logs request headers (the Authorization token) at DEBUG: keep its server log above that.
 ws_logger = logging.getLogger("agentsim.websockets")
-ws_logger.setLevel(logging.INFO)
+ws_logger.setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", category=jwt.warnings.InsecureKeyLengthWarning)
 
 DEFAULT_JWT_SECRET = "chatprobe-dev-secret"
