@@ -285,13 +285,11 @@ class ChatTracker:
 
         terminal = self.events[self.terminal_index] if self.terminal_index is not None else None
         required = set(exp.required)
+        if terminal is not None and terminal.role is Role.ERROR_EVENT:
+            # A fatal error ends the run (an R13 when unexpected): the user was told, nothing more is owed.
+            required &= {Role.AGENT_STARTED}
         if exp.expect_error:
             required.add(Role.ERROR_EVENT)
-            if exp.expect_error == "fatal":
-                required.discard(Role.AGENT_COMPLETED)
-        elif terminal is not None and terminal.role is Role.ERROR_EVENT:
-            # An unexpected fatal error (already an R13) ends the run: the user was told; nothing more is owed.
-            required &= {Role.AGENT_STARTED}
         missing = [r for r in Role if r in required and r not in self.roles]
 
         if exp.expect_error and self.error_seen is None:

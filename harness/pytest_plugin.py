@@ -1,0 +1,102 @@
+"""pytest plugin: a `chatprobe` fixture giving a connected chat client and the checker, so a user's own
+mission-critical tests read like `assert chatprobe.chat("refund order 42").passed`.
+
+Target: `--chatprobe-target URL` (with `--chatprobe-profile`, `--chatprobe-token-env`), else the embedded
+agentsim on a free loopback port. The client runs on its own event loop thread, so the fixture works in
+plain and in asyncio tests alike.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import threading
+from typing import Any, Iterator
+
+import pytest
+
+from .checker import ChatResult, Expectations
+from .client import Session, Target, TokenProvider
+from .events import Outcome, Role
+from .profiles import load_profile
+from .sinks import Sink
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("chatprobe")
+    g.addoption("--chatprobe-target", default=None, help="agent chat server URL (default: embedded agentsim)")
+    g.addoption("--chatprobe-profile", default="netra", help="wire-format profile name or file")
+    g.addoption("--chatprobe-token-env", default="CHATPROBE_TOKEN", help="environment variable with the token")
+
+
+class ChatProbe:
+    """A connected chat client for tests: `chat()` sends one message and returns its verdict."""
+
+    def __init__(self, target: Target, user_id: str, timeout: float = 60.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="chatprobe-client", daemon=True)
+        self._thread.start()
+        self.session = Session(target, user_id, "pytest", Sink())
+
+    def _call(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout or self.timeout)
+
+    def chat(self, message: str, *, required: list[Role] | None = None, streaming: bool = False,
+             expect_error: str | None = None, first_event_limit: float = 2.0, deadline: float = 60.0,
+             stall_limit: float = 30.0, **kwargs: Any) -> ChatResult:
+        profile = self.target.profile
+        req = set(required if required is not None else profile.required)
+        if streaming:
+            req.add(Role.PARTIAL_RESULT)
+        exp = Expectations(
+            required=frozenset(req), first_event_limit=first_event_limit, deadline=deadline,
+            stall_limit=stall_limit, thinking_before_tool=profile.thinking_before_tool, expect_error=expect_error,  # type: ignore[arg-type]
+            spans_must_close=frozenset(s.name for s in profile.spans if s.must_close),
+        )
+        return self._call(self.session.chat(message, exp, **kwargs), deadline + 15)
+
+    @staticmethod
+    def check(result: ChatResult) -> ChatResult:
+        """Fail the test with the chat's violations, one per line, unless it passed."""
+        if result.outcome is not Outcome.PASSED:
+            lines = [f"chat {result.outcome.value}: {result.note or result.error or ''}"]
+            lines += [f"  {v}" for v in result.violations]
+            raise AssertionError("\n".join(lines))
+        return result
+
+    def close(self) -> None:
+        try:
+            self._call(self.session.close(), 10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def chatprobe_target(request: pytest.FixtureRequest) -> Iterator[Target]:
+    url = request.config.getoption("--chatprobe-target")
+    profile = load_profile(request.config.getoption("--chatprobe-profile"))
+    if url:
+        token = os.environ.get(request.config.getoption("--chatprobe-token-env"))
+        yield Target(url=url, profile=profile, name="pytest", tokens=TokenProvider(token=token),
+                     auth="header" if token else "none")
+        return
+    from agentsim.server import SimConfig, run_in_thread
+
+    secret = secrets.token_urlsafe(24)
+    handle = run_in_thread(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think=0.005, tool_latency=0.002))
+    try:
+        yield Target(url=handle.url, profile=profile, name="pytest", tokens=TokenProvider(jwt_secret=secret))
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def chatprobe(chatprobe_target: Target) -> Iterator[ChatProbe]:
+    probe = ChatProbe(chatprobe_target, f"pytest-{secrets.token_hex(4)}")
+    try:
+        yield probe
+    finally:
+        probe.close()

@@ -1,0 +1,218 @@
+"""Unit tests of every rule of the pure checker (R1–R13), one behaviour each."""
+from __future__ import annotations
+
+import dataclasses
+
+from harness.checker import ChatTracker, ConnectionChecker, Expectations, abandon
+from harness.events import Frame, Outcome, Role
+
+from .runs import EXP, ev, judge, rules, valid_run
+
+
+def test_valid_run_passes_with_timings():
+    res = judge(valid_run(tools=2, thinks=2, chunks=3))
+    assert res.outcome is Outcome.PASSED, res.violations
+    assert res.violations == [] and res.missing == []
+    assert res.time_to_first_event == 0.05
+    assert res.duration == valid_run(tools=2, thinks=2, chunks=3)[-1].received_at
+    assert set(res.event_delays) == {Role.AGENT_STARTED, Role.AGENT_THINKING, Role.TOOL_EXECUTING,
+                                     Role.TOOL_COMPLETED, Role.PARTIAL_RESULT, Role.AGENT_COMPLETED}
+
+
+def test_r1_first_event_must_be_agent_started():
+    run = valid_run()
+    run[0], run[1] = run[1], run[0]
+    res = judge(run)
+    assert "R1" in rules(res)
+    assert [v.event_index for v in res.violations if v.rule == "R1"] == [0]
+
+
+def test_r2_missing_required_role_counts_as_missing_events():
+    run = [e for e in valid_run() if e.role is not Role.TOOL_COMPLETED]
+    for i, e in enumerate(run):
+        e.seq = i + 1
+    exp = dataclasses.replace(EXP, spans_must_close=frozenset())
+    res = judge(run, exp)
+    assert rules(res) == {"R2"}
+    assert res.missing == [Role.TOOL_COMPLETED]
+    assert res.outcome is Outcome.FAILED
+
+
+def test_r2_streaming_requires_partial_result():
+    run = [e for e in valid_run(chunks=0)]
+    exp = dataclasses.replace(EXP, required=EXP.required | {Role.PARTIAL_RESULT})
+    res = judge(run, exp)
+    assert res.missing == [Role.PARTIAL_RESULT] and "R2" in rules(res)
+
+
+def test_r3_second_terminal():
+    run = valid_run()
+    run.append(ev(Role.AGENT_COMPLETED, len(run) + 1, 1.0))
+    res = judge(run)
+    assert rules(res) == {"R3"}
+
+
+def test_r4_event_after_terminal():
+    run = valid_run()
+    run.append(ev(Role.PARTIAL_RESULT, len(run) + 1, 1.0))
+    res = judge(run)
+    assert rules(res) == {"R4"}
+    assert res.violations[0].event_index == len(run) - 1
+
+
+def test_r5_completion_without_open_call_and_call_left_open():
+    run = valid_run()
+    run[3].tool_call_id = "other"
+    run[3].span = ("tool call", "close", "other")
+    res = judge(run)
+    reasons = [v.reason for v in res.violations if v.rule == "R5"]
+    assert any("not open" in r for r in reasons)
+    assert any("still open" in r for r in reasons)
+
+
+def test_r5_pairs_by_tool_name_without_ids():
+    run = valid_run(tools=2)
+    for e in run:
+        if e.span:
+            e.span = (e.span[0], e.span[1], "calculator")
+    assert judge(run).outcome is Outcome.PASSED
+
+
+def test_r6_thinking_before_tool_and_relaxation():
+    run = valid_run(thinks=0)
+    assert "R6" in rules(judge(run))
+    relaxed = dataclasses.replace(EXP, thinking_before_tool=False, required=EXP.required - {Role.AGENT_THINKING})
+    assert judge(run, relaxed).outcome is Outcome.PASSED
+
+
+def test_r7_gap_duplicate_out_of_order():
+    gap = valid_run(thinks=2)
+    del gap[2]  # seq 3 lost
+    res = judge(gap)
+    assert any(v.rule == "R7" and "seq 3 never arrived" in v.reason for v in res.violations)
+    dup = valid_run()
+    dup.insert(2, dataclasses.replace(dup[1]))
+    assert any(v.rule == "R7" and "twice" in v.reason for v in judge(dup).violations)
+    swapped = valid_run(thinks=2)
+    swapped[1], swapped[2] = swapped[2], swapped[1]
+    res = judge(swapped)
+    assert any(v.rule == "R7" and "out of order" in v.reason for v in res.violations)
+    assert not any("never arrived" in v.reason for v in res.violations)
+
+
+def test_r7_without_seq_falls_back_to_content():
+    run = valid_run()
+    for e in run:
+        e.seq = None
+    assert judge(run).outcome is Outcome.PASSED
+
+
+def test_r8_foreign_user_and_foreign_run_are_cross_talk():
+    conn = ConnectionChecker(user_id="u1")
+    chat = ChatTracker("c1", EXP, 0.0, thread_id="t1", run_id="r1")
+    conn.add(chat)
+    conn.route(ev(Role.AGENT_STARTED, 1, 0.1))
+    assert conn.route(ev(Role.AGENT_STARTED, 1, 0.2, run="r-other", user="u2", thread="t9")) is None
+    assert conn.route(ev(Role.AGENT_STARTED, 1, 0.3, run="r-other", user="u1", thread="t9")) is None
+    assert conn.foreign == 2
+    assert [v.rule for v in chat.violations] == ["R8", "R8"]
+
+
+def test_server_assigned_run_id_correlates_by_message_id():
+    conn = ConnectionChecker(user_id="u1")
+    chat = ChatTracker("c1", EXP, 0.0, thread_id=None, message_id="m-1")
+    conn.add(chat)
+    first = ev(Role.AGENT_STARTED, 1, 0.1, run="srv-7", thread=None)
+    first.message_id = "m-1"
+    assert conn.route(first) is chat
+    assert chat.run_id == "srv-7"
+    assert conn.route(ev(Role.AGENT_THINKING, 2, 0.2, run="srv-7", thread=None)) is chat
+
+
+def test_r9_first_event_late_and_never():
+    run = valid_run(start=2.5)
+    res = judge(run)
+    assert "R9" in rules(res)
+    res = judge([], now=61.0)
+    assert {"R9", "R10"} <= rules(res)
+    assert res.outcome is Outcome.INCOMPLETE
+
+
+def test_r10_deadline_incomplete_counts_every_unseen_role_missing():
+    run = valid_run()[:3]
+    res = judge(run, now=60.0)
+    assert res.outcome is Outcome.INCOMPLETE
+    assert "R10" in rules(res)
+    assert set(res.missing) == {Role.TOOL_COMPLETED, Role.AGENT_COMPLETED}
+
+
+def test_r11_stall_between_events():
+    run = valid_run()
+    for e in run[3:]:
+        e.received_at += 31.0
+    res = judge(run)
+    assert rules(res) == {"R11"}
+
+
+def test_r12_malformed_frames_on_the_connection():
+    conn = ConnectionChecker(user_id="u1")
+    chat = ChatTracker("c1", EXP, 0.0, thread_id="t1", run_id="r1")
+    conn.add(chat)
+    conn.on_malformed(Frame("malformed", detail="not JSON"), 0.2)
+    for e in valid_run():
+        conn.route(e)
+    res = chat.finish(1.0)
+    assert rules(res) == {"R12"} and conn.malformed == 1
+
+
+def test_r13_expected_error_arrives_and_connection_stays_open():
+    exp = dataclasses.replace(EXP, expect_error="recoverable")
+    run = valid_run()
+    err = ev(Role.ERROR_EVENT, None, 0.075, recoverable=True)
+    run.insert(4, err)
+    for i, e in enumerate(run):
+        e.seq = i + 1
+    assert judge(run, exp).outcome is Outcome.PASSED
+    missing_error = judge(valid_run(), exp)
+    assert "R13" in rules(missing_error)
+    t = ChatTracker("c1", exp, 0.0, run_id="r1")
+    for e in run:
+        t.feed(e)
+    t.connection_lost(1.0)
+    assert "R13" in rules(t.finish(1.0))
+
+
+def test_r13_fatal_error_expected_and_unexpected():
+    fatal = [ev(Role.AGENT_STARTED, 1, 0.1), ev(Role.AGENT_THINKING, 2, 0.2), ev(Role.ERROR_EVENT, 3, 0.3)]
+    exp = dataclasses.replace(EXP, expect_error="fatal")
+    assert judge(fatal, exp).outcome is Outcome.PASSED
+    res = judge(fatal)
+    assert rules(res) == {"R13"}
+    assert res.missing == []  # the user was told: an error is not a blank screen
+
+
+def test_invalid_input_probe():
+    exp = Expectations(required=frozenset(), expect_error="invalid_input", deadline=5.0)
+    t = ChatTracker("c1", exp, 0.0)
+    assert not t.done
+    t.error_frame(Frame("error", error_code="INVALID_MESSAGE"), 0.01)
+    assert t.done and t.finish(0.1).outcome is Outcome.PASSED
+    t2 = ChatTracker("c2", exp, 0.0)
+    assert "R13" in rules(t2.finish(5.0))
+
+
+def test_abandon_judges_only_what_arrived():
+    t = ChatTracker("c1", EXP, 0.0, run_id="r1")
+    for e in valid_run()[:2]:
+        t.feed(e)
+    res = abandon(t, 0.5)
+    assert res.outcome is Outcome.PASSED and res.missing == [] and "abandoned" in res.note
+
+
+def test_lost_connection_is_incomplete_without_deadline_violation():
+    t = ChatTracker("c1", EXP, 0.0, run_id="r1")
+    for e in valid_run()[:3]:
+        t.feed(e)
+    res = t.finish(1.0, lost=True, note="connection lost")
+    assert res.outcome is Outcome.INCOMPLETE and "R10" not in rules(res)
+    assert Role.AGENT_COMPLETED in res.missing
