@@ -1,0 +1,1 @@
+"""Fixtures and a raw websockets client for the agentsim tests."""
