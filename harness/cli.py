@@ -144,7 +144,7 @@ async def embedded_sim(faults: list[str], seed: int | None):
         parsed = [parse_fault(f) for f in faults]
     except FaultSpecError as exc:
         raise ConfigError(f"--sim-fault: {exc}") from None
-    secret = secrets.token_urlsafe(24)
+    secret = secrets.token_urlsafe(32)
     sim = AgentSim(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think="0.005-0.03",
                              tool_latency="0.002-0.01", seed=seed, faults=parsed))
     await sim.start()

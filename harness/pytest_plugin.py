@@ -85,7 +85,7 @@ def chatprobe_target(request: pytest.FixtureRequest) -> Iterator[Target]:
         return
     from agentsim.server import SimConfig, run_in_thread
 
-    secret = secrets.token_urlsafe(24)
+    secret = secrets.token_urlsafe(32)
     handle = run_in_thread(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think=0.005, tool_latency=0.002))
     try:
         yield Target(url=handle.url, profile=profile, name="pytest", tokens=TokenProvider(jwt_secret=secret))

@@ -51,13 +51,17 @@ class ScenarioRun:
         return [o for o in self.objectives if not o.ok]
 
 
-async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = None) -> ScenarioRun:
-    """Run every virtual user of the scenario, bounded by its max_duration; every chat gets a verdict."""
+async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = None, *,
+                       user_prefix: str | None = None) -> ScenarioRun:
+    """Run every virtual user of the scenario, bounded by its max_duration; every chat gets a verdict.
+
+    Virtual users are `<user_prefix>-u<N>`; the default prefix is random so parallel runs never share users.
+    """
     collector = _Collector()
     out = Fanout([collector, sink] if sink is not None else [collector])
     profile = target.profile
     spans_must_close = frozenset(s.name for s in profile.spans if s.must_close)
-    run_tag = uuid.uuid4().hex[:6]
+    prefix = user_prefix or f"cp-{uuid.uuid4().hex[:6]}"
     concurrency = asyncio.Semaphore(scenario.concurrency or scenario.users)
     started_wall = time.time()
     started = time.monotonic()
@@ -82,7 +86,7 @@ async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = N
         if scenario.ramp_up and scenario.users > 1:
             await asyncio.sleep(scenario.ramp_up * i / scenario.users)  # the ramp schedule itself
         async with concurrency:
-            session = Session(target, f"cp-{run_tag}-u{i}", scenario.name, out, connect_timeout=scenario.connect_timeout)
+            session = Session(target, f"{prefix}-u{i}", scenario.name, out, connect_timeout=scenario.connect_timeout)
             try:
                 if scenario.steps:
                     n = 0
