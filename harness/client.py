@@ -17,7 +17,7 @@ from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, a
 from .events import Event, Frame
 from .profiles import Profile
 from .sinks import Sink
-from .transport import ConnectFailed, ConnectSettings, WebSocketTransport, classify
+from .transport import ConnectFailed, ConnectSettings, WebSocketTransport, classify, make_transport
 
 
 class TokenProvider:
@@ -93,12 +93,13 @@ class Session:
         self._resume_unknown: set[str] = set()
         self._lock = asyncio.Lock()
         self._pending_sends: set[asyncio.Task] = set()
+        self._send_failure: ConnectFailed | None = None
 
     # -- connection --
     async def connect(self) -> None:
         """Open (or reopen) the connection and wait for the welcome; raises ConnectFailed, classified."""
         settings = self.target.settings_for(self.user_id, self.connect_timeout)
-        transport = WebSocketTransport(settings)
+        transport = make_transport(settings)
         self._welcomed = asyncio.Event()
         self._auth_failed = None
         try:
@@ -111,6 +112,11 @@ class Session:
         self.generation += 1
         gen = self.generation
         self.reader = asyncio.get_running_loop().create_task(self._read(transport, gen))
+        if transport.connects_on_send or not self.profile.welcome:
+            # Nothing to wait for: SSE connects when the message is sent; an AG-UI server speaks only when asked.
+            if not transport.connects_on_send:
+                self.sink.connection_attempt(self.scenario, "ok")
+            return
         try:
             async with asyncio.timeout(self.connect_timeout):
                 while not self._welcomed.is_set() and not self.closed:
@@ -145,6 +151,8 @@ class Session:
         try:
             await transport.run(self._on_frame)
         finally:
+            if transport.protocol_error is not None:
+                self.checker.on_malformed(Frame("malformed", detail=transport.protocol_error), self.clock())
             if gen == self.generation:
                 self.closed = True
                 for ev in self._wake.values():
@@ -202,6 +210,9 @@ class Session:
             async with asyncio.timeout(self.connect_timeout):
                 await transport.send(obj)
             return True
+        except ConnectFailed as exc:  # SSE: the request is the connection, classified like one
+            self._send_failure = exc
+            return False
         except Exception:
             return False
 
@@ -251,7 +262,7 @@ class Session:
         settle: float = 0.1,
     ) -> ChatResult:
         """Send one message and follow its run to a verdict, within the chat's deadline."""
-        tracker = self._new_tracker(expectations, client_run_id)
+        tracker = self._new_tracker(expectations, client_run_id or self.profile.client_run_id)
         self.sink.chat_started(self.scenario)
         if self.closed:
             try:
@@ -265,12 +276,22 @@ class Session:
             message_id=tracker.message_id, user_id=self.user_id,
         )
         tracker.sent_at = tracker.last_at = self.clock()
+        self._send_failure = None
         if not await self._safe_send(request):
             self._wake.pop(tracker.chat_id, None)
+            if (failure := self._send_failure) is not None:
+                self.sink.connection_attempt(self.scenario, failure.kind)
+                return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, failure.kind, str(failure)))
             return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, "send_failed",
                                                "the connection closed before the message could be sent"))
+        per_chat = self.transport is not None and self.transport.connects_on_send
+        if per_chat:
+            self.sink.connection_attempt(self.scenario, "ok")
         try:
-            return await self._follow(tracker, wake, disconnect_after, abandon_after, reconnect, max_reconnects, settle)
+            result = await self._follow(tracker, wake, disconnect_after, abandon_after, reconnect, max_reconnects, settle)
+            if per_chat:
+                await self.close()  # SSE: the stream was this chat's; the next chat opens its own
+            return result
         except asyncio.CancelledError:
             # Stopped from outside (the scenario's max_duration, Ctrl-C): still judged, so counters add up.
             self._finished(tracker.finish(self.clock(), lost=not tracker.done, note="stopped before the chat ended"))
@@ -311,7 +332,8 @@ class Session:
                 tracker.connection_lost(clock())
                 can_resume = self.profile.resume is not None and tracker.run_id is not None
                 if not (reconnect and can_resume and reconnects < max_reconnects):
-                    lost_note = "connection lost mid-run" + ("" if can_resume else " before the run had an id to resume")
+                    lost_note = (self.transport.ended_note if self.transport is not None else "") or (
+                        "connection lost mid-run" + ("" if can_resume else " before the run had an id to resume"))
                     break
                 reconnects += 1
                 if not await self._reconnect(generation):

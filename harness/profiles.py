@@ -66,14 +66,25 @@ class Ping(BaseModel):
     reply: dict[str, Any] | None = {"type": "pong"}
 
 
+TransportName = Literal["websocket", "sse"]
+
+
 class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
     description: str = ""
-    transport: Literal["websocket", "sse"] = "websocket"
+    # The transport(s) this dialect is spoken over, the first being its usual one; the target URL's scheme picks
+    # one (ws/wss: websocket, http/https: sse), and a scheme the profile does not list is a usage error.
+    transport: TransportName | list[TransportName] = "websocket"
     # Paths for the transports: the WebSocket path or the SSE endpoint path appended to the target URL.
     path: str = ""
+    # Whether the server greets a new WebSocket connection with a frame (welcome, control, or an event) before any
+    # chat; false when it stays silent until asked (AG-UI). SSE never has one: its stream opens with the request.
+    welcome: bool = True
+    # Whether every request carries a run id the client chooses (AG-UI's RunAgentInput.runId is required), whatever
+    # the scenario's client_run_id says.
+    client_run_id: bool = False
     # The chat message a client sends; "{content}", "{thread_id}", "{run_id}", "{message_id}", "{user_id}"
     # are filled in, and a key whose whole value is a placeholder with no value is left out.
     request: dict[str, Any]
@@ -87,6 +98,8 @@ class Profile(BaseModel):
     control: list[str] = []
     ping: Ping = Ping()
     connection_error: list[str] = []
+    # Error codes of a connection_error frame that never end a run, even when the frame names one.
+    connection_error_codes: list[str] = ["AUTH_FAILED", "INVALID_MESSAGE", "RESUME_UNKNOWN_RUN"]
     # Fields whose presence marks a frame as a welcome / control frame even when its type is unknown.
     spans: list[Span] = []
     required: list[Role] = list(DEFAULT_REQUIRED)
@@ -101,24 +114,47 @@ class Profile(BaseModel):
             raise ValueError("lookup needs at least one container ('' for the root)")
         return v
 
-    @model_validator(mode="after")
-    def _check(self) -> "Profile":
-        seen: dict[str, str] = {}
-        for role, matches in self.roles.items():
+    @field_validator("transport")
+    @classmethod
+    def _transport_nonempty(cls, v: Any) -> Any:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("transport: give one of websocket, sse, or a list of them without repeats")
+        return v
+
+    # Checks across entries are field validators, so that an error names the field and its line in the file.
+    @field_validator("roles")
+    @classmethod
+    def _roles_once(cls, roles: dict[Role, list[str | RoleMatch]]) -> dict[Role, list[str | RoleMatch]]:
+        seen: dict[tuple[str, str], str] = {}
+        for role, matches in roles.items():
             for m in matches:
                 t = m if isinstance(m, str) else m.type
                 cond = "always" if isinstance(m, str) else m.when
                 if (t, cond) in seen:
                     raise ValueError(f"wire type {t!r} is mapped to both {seen[(t, cond)]} and {role.value}")
-                seen[(t, cond)] = role.value  # type: ignore[index]
+                seen[(t, cond)] = role.value
+        return roles
+
+    @field_validator("spans")
+    @classmethod
+    def _spans_disjoint(cls, spans: list[Span]) -> list[Span]:
         span_types: set[str] = set()
-        for span in self.spans:
+        for span in spans:
             for t in span.open + span.inner + span.close:
                 if t in span_types:
                     raise ValueError(f"wire type or role {t!r} belongs to more than one span")
                 span_types.add(t)
+        return spans
+
+    @model_validator(mode="after")
+    def _check(self) -> "Profile":
         self._compile()
         return self
+
+    @property
+    def transports(self) -> list[str]:
+        """The transports this profile may be spoken over, its usual one first."""
+        return list(self.transport) if isinstance(self.transport, list) else [self.transport]
 
     # -- compiled lookup tables (built once; decode is the per-frame hot path) --
     def _compile(self) -> None:
@@ -195,18 +231,16 @@ class Profile(BaseModel):
         if wire_type in self._control:  # type: ignore[attr-defined]
             return Frame("control", wire_type=wire_type, raw=frame)
         run_id = self._get(frame, f.run_id)
+        if wire_type in self._conn_error:  # type: ignore[attr-defined]
+            code = _str(self._get(frame, f.error_code))
+            # A connection-level answer (bad input, auth, resume) even when it names a run.
+            if run_id is None or code in self.connection_error_codes:
+                return Frame("error", wire_type=wire_type, error_code=code,
+                             detail=str(self._get(frame, f.error_message) or "")[:200], raw=frame)
         role = self._always.get(wire_type)  # type: ignore[attr-defined]
         if role is None and run_id is not None:
             role = self._with_run.get(wire_type)  # type: ignore[attr-defined]
         if role is None and wire_type not in self._unmapped:  # type: ignore[attr-defined]
-            if wire_type in self._conn_error:  # type: ignore[attr-defined]
-                return Frame(
-                    "error",
-                    wire_type=wire_type,
-                    error_code=_str(self._get(frame, f.error_code)),
-                    detail=str(self._get(frame, f.error_message) or "")[:200],
-                    raw=frame,
-                )
             return Frame("unknown", wire_type=wire_type, raw=frame)
         seq = self._get(frame, f.seq)
         if not isinstance(seq, int) or isinstance(seq, bool):

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI
 
 FrameCallback = Callable[[str | bytes, float], None]
 
@@ -77,6 +77,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "protocol_error", f"HTTP {status} at the WebSocket handshake"
     if isinstance(exc, InvalidURI):
         return "protocol_error", "invalid WebSocket URL"
+    if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, (EOFError, ConnectionError)):
+        return "refused", "the server closed the connection during the handshake"
     if isinstance(exc, InvalidHandshake):
         return "protocol_error", f"WebSocket handshake failed: {exc.__class__.__name__}"
     if isinstance(exc, ConnectionRefusedError):
@@ -91,11 +93,17 @@ def classify(exc: BaseException) -> tuple[str, str]:
 class WebSocketTransport:
     """One WebSocket connection: auth by header or subprotocol, wss:// with a CA file, JSON text frames."""
 
+    # The connection is made by open(); SSE's is made by send() (see harness/sse.py).
+    connects_on_send = False
+    # Why the connection ended, when a transport knows better than "connection lost" (SSE does).
+    ended_note = ""
+
     def __init__(self, settings: ConnectSettings) -> None:
         self.settings = settings
         self.ws: ClientConnection | None = None
         self.close_code: int | None = None
         self.close_reason: str = ""
+        self.protocol_error: str | None = None
 
     async def open(self) -> None:
         s = self.settings
@@ -143,6 +151,12 @@ class WebSocketTransport:
         except Exception as exc:  # a protocol error from the server's side (e.g. an oversized frame)
             self.close_reason = f"{exc.__class__.__name__}: {str(exc)[:120]}"
         finally:
+            sent = ws.protocol.close_sent
+            if sent is not None and sent.code in (1002, 1007, 1009):
+                # We closed because of what the server sent: a frame over max_size, bad UTF-8, bad framing.
+                self.protocol_error = {1009: f"frame larger than the {self.settings.max_size} byte limit",
+                                       1007: "text frame that is not valid UTF-8",
+                                       1002: "WebSocket protocol error"}[sent.code]
             rcvd = ws.protocol.close_rcvd
             if rcvd is not None:
                 self.close_code = rcvd.code
@@ -162,3 +176,12 @@ class WebSocketTransport:
         """Drop the socket without a closing handshake, as a lost network would."""
         if self.ws is not None:
             self.ws.transport.abort()
+
+
+def make_transport(settings: ConnectSettings) -> "WebSocketTransport":
+    """The transport the URL's scheme names: ws:// and wss:// WebSocket, http:// and https:// SSE."""
+    if urlsplit(settings.url).scheme in ("http", "https"):
+        from .sse import SSETransport
+
+        return SSETransport(settings)  # type: ignore[return-value]
+    return WebSocketTransport(settings)

@@ -1,0 +1,176 @@
+"""The SSE transport: each chat is an HTTP POST whose `text/event-stream` answer carries the run's events.
+
+It has the WebSocket transport's shape (open, send, run, close, abort) so the client stays one: `send` makes the
+request and reads the response head within the connect deadline (failures classified with the same labels),
+`run` hands the data of each server-sent event with its monotonic receipt time to the same callback, and returns
+when the server ends the stream. The SSE wire format is parsed by httpx-sse.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource, SSEError
+
+from .transport import ConnectFailed, ConnectSettings, FrameCallback, ssl_context
+
+EVENT_STREAM = "text/event-stream"
+
+
+def classify_http(exc: BaseException) -> tuple[str, str]:
+    """An httpx failure as (result label, one-line reason with no secret in it)."""
+    if isinstance(exc, ConnectFailed):
+        return exc.kind, str(exc)
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, httpx.TimeoutException)):
+        return "timeout", "timed out while connecting"
+    cause: BaseException | None = exc
+    while cause is not None:  # httpx wraps the socket's own error
+        if isinstance(cause, ssl.SSLError):
+            return "tls_error", f"TLS: {getattr(cause, 'reason', None) or cause.__class__.__name__}"
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.ConnectError):
+        return "refused", "connection refused" if "refused" in str(exc).lower() else f"network error: {str(exc)[:80]}"
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return "protocol_error", "invalid SSE URL"
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ProtocolError)):
+        return "protocol_error", f"HTTP protocol error: {str(exc)[:80]}"
+    if isinstance(exc, (ConnectionRefusedError,)):
+        return "refused", "connection refused"
+    if isinstance(exc, (OSError, httpx.NetworkError)):
+        return "refused", f"network error: {exc.__class__.__name__}"
+    return "protocol_error", exc.__class__.__name__
+
+
+def classify_status(status: int, content_type: str) -> tuple[str, str] | None:
+    """The response head as a failure (label, reason), or None when it opens an event stream."""
+    if status in (401, 403):
+        return "auth_failed", f"HTTP {status} from the SSE endpoint"
+    if status == 503:
+        return "refused", "HTTP 503: the server refused the request"
+    if not 200 <= status < 300:
+        return "protocol_error", f"HTTP {status} from the SSE endpoint"
+    if content_type.partition(";")[0].strip().lower() != EVENT_STREAM:
+        return "protocol_error", f"content type {content_type or '(none)'!r}, not {EVENT_STREAM}"
+    return None
+
+
+class SSETransport:
+    """HTTP POST of the chat request, then the Server-Sent Events of one run; one stream at a time."""
+
+    # The server is reached when the first message is sent, not at open(): the Session counts the connection then.
+    connects_on_send = True
+
+    def __init__(self, settings: ConnectSettings) -> None:
+        self.settings = settings
+        self.client: httpx.AsyncClient | None = None
+        self.response: httpx.Response | None = None
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+        # Why the stream ended, for a chat that was still waiting for its terminal event.
+        self.ended_note: str = ""
+        self._stream_ready = asyncio.Event()
+        self._closing = False
+        self._pump: asyncio.Task | None = None
+
+    async def open(self) -> None:
+        s = self.settings
+        self.client = httpx.AsyncClient(
+            verify=ssl_context(s) or True,
+            timeout=httpx.Timeout(s.connect_timeout, read=None),  # reads are bounded by the chat's deadline
+            follow_redirects=False,
+            trust_env=False,  # like the WebSocket transport: no proxy from the environment
+        )
+
+    async def send(self, obj: Any) -> None:
+        """POST the request and read the response head; raises ConnectFailed, classified, when no stream opens."""
+        if self.response is not None or self._closing:
+            raise ConnectFailed("protocol_error", "an SSE connection carries one chat at a time: "
+                                                  "use more users, not parallel_chats, for concurrency over SSE")
+        assert self.client is not None
+        s = self.settings
+        headers = {
+            "Accept": EVENT_STREAM,
+            "Cache-Control": "no-store",
+            "Content-Type": "application/json",
+            "User-Agent": "chatprobe",
+            **s.extra_headers,
+        }
+        if s.token and s.auth != "none":
+            headers["Authorization"] = f"Bearer {s.token}"
+        body = obj if isinstance(obj, (str, bytes)) else json.dumps(obj)
+        request = self.client.build_request("POST", s.url, content=body, headers=headers)
+        response: httpx.Response | None = None
+        try:
+            async with asyncio.timeout(s.connect_timeout):
+                response = await self.client.send(request, stream=True)
+        except Exception as exc:
+            raise ConnectFailed(*classify_http(exc)) from None
+        failure = classify_status(response.status_code, response.headers.get("content-type", ""))
+        if failure is not None:
+            await response.aclose()
+            raise ConnectFailed(*failure)
+        self.response = response
+        self._stream_ready.set()
+
+    async def run(self, on_frame: FrameCallback) -> None:
+        """Hand over each event's data until the stream ends (or close/abort); never raises for what a server does."""
+        await self._stream_ready.wait()
+        if self.response is None:
+            return
+        self._pump = asyncio.ensure_future(self._read_events(self.response, on_frame))
+        try:
+            await asyncio.wait({self._pump})
+        finally:
+            if self._pump.cancelled():
+                self.close_reason = self.close_reason or "closed by the client"
+            self.close_code = self.close_code if self.close_code is not None else 1000
+            if self.client is not None:  # one stream per transport: its end is the connection's
+                try:
+                    async with asyncio.timeout(3):
+                        await self.client.aclose()
+                except Exception:
+                    pass
+
+    async def _read_events(self, response: httpx.Response, on_frame: FrameCallback) -> None:
+        clock = time.monotonic
+        try:
+            async for sse in EventSource(response).aiter_sse():
+                # Per the SSE spec an event with an empty data buffer is not dispatched (e.g. only `event:` or `id:`).
+                if sse.data:
+                    on_frame(sse.data, clock())
+            self.ended_note = "the server ended the event stream before the run's terminal event (truncated run)"
+        except SSEError as exc:
+            self.ended_note = f"not an event stream: {exc}"[:200]
+        except (httpx.HTTPError, OSError) as exc:
+            self.ended_note = f"the event stream broke before the run's terminal event ({exc.__class__.__name__})"
+            self.close_reason = f"{exc.__class__.__name__}: {str(exc)[:120]}"
+        finally:
+            try:
+                async with asyncio.timeout(2):
+                    await response.aclose()
+            except BaseException:  # noqa: BLE001 - closing what is already broken may fail in many ways
+                pass
+
+    async def close(self) -> None:
+        self._closing = True
+        self._stream_ready.set()
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()
+            await asyncio.wait({self._pump}, timeout=3)
+        if self.client is not None:
+            try:
+                async with asyncio.timeout(3):
+                    await self.client.aclose()
+            except Exception:
+                pass
+
+    def abort(self) -> None:
+        """Drop the stream at once, as a lost network would."""
+        self._closing = True
+        self._stream_ready.set()
+        if self._pump is not None:
+            self._pump.cancel()

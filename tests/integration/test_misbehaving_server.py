@@ -1,0 +1,178 @@
+"""Raw servers written here misbehave on purpose; every case ends in a classified verdict within its deadline."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import pytest
+from websockets.asyncio.server import serve
+
+from harness.client import Target
+from harness.events import Outcome
+from harness.profiles import load_profile
+from harness.runner import run_scenario
+from harness.scenario import Scenario
+
+WELCOME = json.dumps({"type": "connection_established", "data": {"connection_id": "c", "user_id": "u"}})
+
+
+def quick(**kw) -> Scenario:
+    base = dict(name="raw", users=1, chats_per_user=1, connect_timeout="1s", max_reconnects=1,
+                expect={"deadline": "1s", "first_event_limit": "0.5s", "settle": "0.05s"})
+    base.update(kw)
+    return Scenario.model_validate(base)
+
+
+async def run_against(handler, scenario: Scenario | None = None, profile: str = "netra"):
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile(profile), name="raw")
+        async with asyncio.timeout(15):  # a hang fails the test
+            return await run_scenario(scenario or quick(), target)
+
+
+def rules(run) -> set[str]:
+    return {v.rule for r in run.results for v in r.violations}
+
+
+def event(kind, seq, run_id="r1", **payload):
+    return json.dumps({"type": kind, "run_id": run_id, "thread_id": None, "seq": seq, "payload": payload})
+
+
+async def test_garbage_frames_then_silence():
+    async def handler(ws):
+        await ws.send(WELCOME)
+        msg = json.loads(await ws.recv())
+        mid = msg["payload"]["message_id"]
+        await ws.send(json.dumps({"type": "agent_started", "run_id": "r1", "seq": 1, "payload": {"message_id": mid}}))
+        for junk in ("not json {", b"\x00\x01binary", "[1, 2]", '{"no": "type"}'):
+            await ws.send(junk)
+        await ws.wait_closed()
+
+    run = await run_against(handler)
+    (r,) = run.results
+    assert r.outcome is Outcome.INCOMPLETE
+    assert sum(1 for v in r.violations if v.rule == "R12") == 4
+    assert "R10" in rules(run)
+
+
+async def test_close_mid_run_without_resume_support():
+    async def handler(ws):
+        await ws.send(WELCOME)
+        msg = json.loads(await ws.recv())
+        if msg["type"] == "resume":
+            await ws.send(json.dumps({"type": "error_message", "error_code": "RESUME_UNKNOWN_RUN",
+                                      "error_message": "unknown run", "run_id": msg["payload"]["run_id"]}))
+            await ws.wait_closed()
+            return
+        mid = msg["payload"]["message_id"]
+        await ws.send(json.dumps({"type": "agent_started", "run_id": "r1", "seq": 1, "payload": {"message_id": mid}}))
+        await ws.close(1011, "boom")
+
+    run = await run_against(handler)
+    (r,) = run.results
+    assert r.outcome is Outcome.INCOMPLETE
+    assert r.reconnects == ["lost"]
+    assert "RESUME_UNKNOWN_RUN" in r.note
+
+
+async def test_no_welcome_is_a_timeout():
+    async def handler(ws):
+        await ws.wait_closed()
+
+    run = await run_against(handler)
+    (r,) = run.results
+    assert r.outcome is Outcome.ERROR and r.error_kind == "timeout"
+
+
+async def test_tcp_accept_without_handshake_is_a_timeout():
+    async def swallow(reader, writer):
+        await reader.read()  # reads until the client gives up
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="raw")
+        async with asyncio.timeout(15):
+            run = await run_scenario(quick(), target)
+    finally:
+        server.close()
+    assert [r.error_kind for r in run.results] == ["timeout"]
+    assert run.unreachable
+
+
+async def test_nothing_listening_is_refused():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="raw")
+    run = await run_scenario(quick(users=2), target)
+    assert [r.error_kind for r in run.results] == ["refused", "refused"]
+    assert run.unreachable
+
+
+async def test_auth_failed_frame_and_1008():
+    async def handler(ws):
+        await ws.send(json.dumps({"type": "error_message", "error_code": "AUTH_FAILED", "error_message": "no"}))
+        await ws.close(1008, "auth")
+
+    run = await run_against(handler)
+    assert [r.error_kind for r in run.results] == ["auth_failed"]
+
+
+@pytest.mark.parametrize("variant", ["newest", "bridge", "oldest"])
+async def test_netra_variants_are_accepted(variant):
+    """The three deployed shapes of netra frames, with agent_response and stream_chunk, all pass."""
+
+    def frame(kind, seq, **fields):
+        if variant == "newest":
+            return {"type": kind, "run_id": "r1", "seq": seq, **fields}
+        if variant == "bridge":
+            return {"type": kind, "run_id": "r1", "user_id": "u", "agent_name": "a", "seq": seq,
+                    "timestamp": "2026-11-25T00:00:00Z", "data": fields}
+        return {"type": kind, "payload": {"run_id": "r1", **fields}, "sender": None, "timestamp": 1.0}
+
+    async def handler(ws):
+        await ws.send(json.dumps({"type": "system_message", "data": {"event": "connection_established", "user_id": "u"}}))
+        msg = json.loads(await ws.recv())
+        mid = msg["payload"]["message_id"]
+        frames = [
+            frame("agent_started", 1, message_id=mid),
+            frame("agent_thinking", 2, reasoning="hmm"),
+            frame("tool_executing", 3, tool_name="calc", parameters={"x": 1}),
+            frame("tool_completed", 4, tool_name="calc", results=2, execution_time_ms=3),
+            frame("stream_chunk", 5, content="4"),
+            frame("agent_response", 6, final_response="4"),
+        ]
+        for f in frames:
+            await ws.send(json.dumps(f))
+        await ws.wait_closed()
+
+    run = await run_against(handler, quick(expect={"streaming": True, "deadline": "2s", "settle": "0.05s"}))
+    (r,) = run.results
+    assert r.outcome is Outcome.PASSED, r.violations
+    assert len(r.events) == 6
+
+
+async def test_server_pings_are_answered():
+    got_pong = asyncio.Event()
+
+    async def handler(ws):
+        await ws.send(WELCOME)
+        msg = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "ping", "data": {}}))
+        await ws.send(json.dumps({"type": "heartbeat"}))
+        reply = json.loads(await ws.recv())
+        if reply == {"type": "pong"}:
+            got_pong.set()
+        mid = msg["payload"]["message_id"]
+        for i, kind in enumerate(["agent_started", "agent_thinking", "tool_executing", "tool_completed",
+                                  "agent_completed"], start=1):
+            await ws.send(json.dumps({"type": kind, "run_id": "r1", "seq": i,
+                                      "payload": {"message_id": mid, "tool_call_id": "t"}}))
+        await ws.wait_closed()
+
+    run = await run_against(handler)
+    assert got_pong.is_set()
+    assert run.results[0].outcome is Outcome.PASSED, run.results[0].violations

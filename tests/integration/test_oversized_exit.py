@@ -1,0 +1,51 @@
+"""Faults that break the connection itself: an oversized frame and a server that dies mid-run."""
+from __future__ import annotations
+
+from harness.events import Outcome
+from harness.runner import run_scenario
+
+from .conftest import faults_by_run, scenario
+
+
+async def test_oversized_frame_is_a_malformed_frame_and_the_run_is_resumed(sim_factory):
+    async with sim_factory(faults=["oversized=5MiB@0.5"]) as (sim, target, gt):
+        run = await run_scenario(scenario(users=2, chats_per_user=4), target)
+    faulted = faults_by_run(gt)
+    hit = [r for r in run.results if r.run_id in faulted]
+    assert hit
+    for r in hit:
+        assert "R12" in {v.rule for v in r.violations}, r.violations
+        assert r.reconnects == ["resumed"] and not r.missing
+    for r in run.results:
+        if r.run_id not in faulted:
+            assert r.outcome is Outcome.PASSED, r.violations
+
+
+async def test_server_exit_mid_run_ends_in_verdicts_not_a_hang(sim_factory, tmp_path):
+    import subprocess
+    import sys
+
+    gt = tmp_path / "gt.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentsim", "--port", "0", "--no-auth", "--think", "0.01", "--seed", "1",
+         "--fault", "exit_after=2", "--ground-truth", str(gt)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "listening on" in line, line
+        url = line.split("listening on", 1)[1].strip()
+        from harness.client import Target
+        from harness.profiles import load_profile
+
+        target = Target(url=url, profile=load_profile("netra"), name="sim", no_auth_user_param=True)
+        sc = scenario(users=1, chats_per_user=4, max_reconnects=1, connect_timeout="2s")
+        run = await run_scenario(sc, target)
+        assert proc.wait(timeout=10) == 3
+    finally:
+        proc.kill()
+    outcomes = [r.outcome for r in run.results]
+    assert outcomes[:2] == [Outcome.PASSED, Outcome.PASSED]
+    assert all(o is Outcome.ERROR for o in outcomes[2:]), outcomes
+    assert {r.error_kind for r in run.results[2:]} == {"refused"}, [(r.error_kind, r.error) for r in run.results]
+    assert run.stats.chats == 4
