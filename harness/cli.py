@@ -209,7 +209,12 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv and argv[0] in ("sim", "monitor", "proxy"):
+        # argparse.REMAINDER drops a sub-command's leading --options: hand them over untouched.
+        rest = list(argv[1:])
+        args = argparse.Namespace(command=argv[0], sim_args=rest, monitor_args=rest, proxy_args=rest)
+    else:
+        args = parser.parse_args(argv)
     console = Console(highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None,
                       width=None if sys.stdout.isatty() else 160)
     try:

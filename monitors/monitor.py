@@ -1,0 +1,450 @@
+"""`chatprobe monitor`: probe named targets every interval into /metrics, and answer blackbox-style /probe.
+
+One asyncio loop runs the probes; a small threaded WSGI server (standard library) serves the HTTP side and
+hands each /probe to the loop. Nothing of a probe outlives it but the bounded counters of MetricsSink.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Annotated, Any, Callable, Iterable, Literal, NoReturn
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, make_wsgi_app
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from harness.cli import add_target_args, embedded_sim, make_target, read_token
+from harness.client import Target, TokenProvider
+from harness.durations import Seconds, parse_duration
+from harness.runner import ScenarioRun, run_scenario
+from harness.scenario import Scenario, load_scenario
+from harness.yamlfile import ConfigError, load_model
+
+from .metrics import ChatMetrics, MetricsSink, default_metrics
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_LISTEN = "127.0.0.1:9464"
+DEFAULT_INTERVAL = 15.0
+MAX_TIMEOUT = 60.0
+# A probe that overruns its deadline gets this long to wind down (judge its chats, close sockets).
+GRACE = 2.0
+# /probe runs a real chat per request: a flood of them must not become a load test of the target.
+MAX_CONCURRENT_PROBES = 8
+
+log = logging.getLogger("chatprobe.monitor")
+
+TargetName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\[\]-]{1,64}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TargetConfig(_Strict):
+    """One named target of `--config`; the fields mirror `chatprobe run`'s target flags."""
+
+    url: str
+    profile: str | None = None
+    auth: Literal["header", "subprotocol", "none"] = "header"
+    token_env: str | None = None
+    token_file: str | None = None
+    jwt_secret_env: str | None = None
+    ca_file: str | None = None
+    insecure: bool = False
+    scenarios: list[str] | None = Field(default=None, min_length=1)
+
+
+class MonitorConfig(_Strict):
+    targets: dict[TargetName, TargetConfig] = Field(min_length=1)
+    scenarios: list[str] = Field(default_factory=lambda: ["probe"], min_length=1)
+    interval: Seconds | None = None
+    timeout: Seconds | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One (target, scenario) pair the monitor runs every interval and /probe can run on demand."""
+
+    target: Target
+    scenario: Scenario
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.target.name, self.scenario.name)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="chatprobe monitor",
+                description="Probe agent chat servers continuously and serve /metrics (the probes' counters) and "
+                            "/probe?target=NAME&scenario=NAME (one probe now, blackbox_exporter style).")
+    add_target_args(p)
+    p.add_argument("--scenario", action="append", default=None, metavar="NAME|FILE",
+                   help="scenario to probe with, built-in name or YAML file; repeatable (default: probe)")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML with named targets (targets: {NAME: {url, profile, auth, token_env, "
+                        "jwt_secret_env, ca_file}}) and scenarios; instead of --target")
+    p.add_argument("--interval", type=_duration_arg, default=None, metavar="DURATION",
+                   help=f"time between probe rounds (default {DEFAULT_INTERVAL:g}s)")
+    p.add_argument("--timeout", type=_duration_arg, default=None, metavar="DURATION",
+                   help=f"deadline of one probe (default the interval, at most {MAX_TIMEOUT:g}s)")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                   help=f"address of /metrics and /probe (default {DEFAULT_LISTEN}; port 0 = any free port)")
+    p.add_argument("--once", action="store_true", help="run one probe round, print the verdicts and exit 0 "
+                   "(all passed) or 1; serves nothing")
+    return p
+
+
+# -- building the probes ---------------------------------------------------------------------------------------
+
+def _load_scenarios(names: Iterable[str], base: Path | None) -> list[Scenario]:
+    out: list[Scenario] = []
+    for name in names:
+        if base is not None and name.endswith((".yaml", ".yml")) and not Path(name).is_absolute():
+            name = str(base / name)
+        out.append(load_scenario(name))
+    seen: set[str] = set()
+    for s in out:
+        if s.name in seen:
+            raise ConfigError(f"scenario name {s.name!r} is given twice: /probe and the labels need unique names")
+        seen.add(s.name)
+    return out
+
+
+def _cap(scenario: Scenario, timeout: float) -> Scenario:
+    """The scenario bounded by the probe's deadline, so the runner itself stops and judges every chat."""
+    update: dict[str, Any] = {}
+    if scenario.max_duration > timeout:
+        update["max_duration"] = timeout
+    if scenario.connect_timeout > timeout:
+        update["connect_timeout"] = timeout
+    return scenario.model_copy(update=update) if update else scenario
+
+
+def probes_from_args(args: argparse.Namespace, url: str, tokens: TokenProvider, timeout: float) -> list[Probe]:
+    scenarios = _load_scenarios(args.scenario or ["probe"], None)
+    return [Probe(make_target(args, url, tokens, s.profile), _cap(s, timeout)) for s in scenarios]
+
+
+def load_config(path: str) -> MonitorConfig:
+    return load_model(MonitorConfig, path)
+
+
+def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list[Probe]:
+    base = Path(path).resolve().parent
+    probes: list[Probe] = []
+    for name, tc in config.targets.items():
+        ca_file = tc.ca_file
+        if ca_file and not Path(ca_file).is_absolute():
+            ca_file = str(base / ca_file)
+        token_file = tc.token_file
+        if token_file and not Path(token_file).is_absolute():
+            token_file = str(base / token_file)
+        ns = argparse.Namespace(target=tc.url, target_name=name, profile=tc.profile, auth=tc.auth,
+                                token_env=tc.token_env, token_file=token_file, jwt_secret_env=tc.jwt_secret_env,
+                                ca_file=ca_file, insecure=tc.insecure)
+        try:
+            tokens = read_token(ns)
+            scenarios = _load_scenarios(tc.scenarios or config.scenarios, base)
+            probes.extend(Probe(make_target(ns, tc.url, tokens, s.profile), _cap(s, timeout)) for s in scenarios)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: targets.{name}: {exc}") from None
+    return probes
+
+
+# -- probing ---------------------------------------------------------------------------------------------------
+
+class Monitor:
+    """Runs probes: every interval into the process-wide metrics, or once into a fresh registry for /probe."""
+
+    def __init__(self, probes: list[Probe], interval: float, timeout: float,
+                 metrics: ChatMetrics | None = None) -> None:
+        self.probes = probes
+        self.by_key = {p.key: p for p in probes}
+        self.interval = interval
+        self.timeout = timeout
+        m = metrics or default_metrics()
+        # One sink per target for the life of the process: its label sets are fixed by the config.
+        self.sinks = {p.target.name: MetricsSink(m, p.target.name, "synthetic") for p in probes}
+        self._state: dict[tuple[str, str], str] = {}
+
+    async def run_probe(self, probe: Probe, sink: MetricsSink, timeout: float | None = None) -> ScenarioRun | None:
+        """One scenario run against one target, bounded by the deadline; never raises (but for cancellation)."""
+        timeout = self.timeout if timeout is None else timeout
+        scenario = _cap(probe.scenario, timeout)
+        try:
+            async with asyncio.timeout(timeout + GRACE):
+                return await run_scenario(scenario, probe.target, sink, user_prefix=None)
+        except TimeoutError:
+            log.warning("%s / %s: the probe did not wind down within its deadline of %gs", *probe.key, timeout)
+        except Exception as exc:  # a bug in one probe must not stop the monitor, which would go blind
+            log.error("%s / %s: the probe failed: %s: %s", *probe.key, type(exc).__name__, exc)
+        return None
+
+    async def round(self) -> list[tuple[Probe, ScenarioRun | None]]:
+        """Every probe once, concurrently."""
+        runs = await asyncio.gather(*(self.run_probe(p, self.sinks[p.target.name]) for p in self.probes))
+        for probe, run in zip(self.probes, runs):
+            self._note(probe, run)
+        return list(zip(self.probes, runs))
+
+    def _note(self, probe: Probe, run: ScenarioRun | None) -> None:
+        """Log a probe's verdict when it changes, not every round: a daemon's log stays readable for months."""
+        state = verdict(run)
+        if self._state.get(probe.key) != state:
+            self._state[probe.key] = state
+            log.info("%s / %s: %s", *probe.key, state if run is None else describe(run))
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while not stop.is_set():
+            await self.round()
+            next_at += self.interval
+            now = loop.time()
+            if next_at < now:  # a round overran: skip the missed ticks rather than run back to back
+                next_at += math.ceil((now - next_at) / self.interval) * self.interval
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(next_at - now):
+                    await stop.wait()
+
+    async def probe_now(self, target: str, scenario: str | None, timeout: float) -> bytes:
+        """One probe into a fresh registry, like blackbox_exporter: probe_success, probe_duration_seconds and
+        the chat metrics of this probe only."""
+        probe = self.lookup(target, scenario)
+        registry = CollectorRegistry()
+        metrics = ChatMetrics(registry, probe=True)
+        sink = MetricsSink(metrics, probe.target.name, "synthetic")
+        started = time.monotonic()
+        run = await self.run_probe(probe, sink, timeout)
+        assert metrics.probe_success is not None and metrics.probe_duration is not None
+        metrics.probe_duration.set(time.monotonic() - started)
+        metrics.probe_success.set(1 if run is not None and run.passed else 0)
+        return generate_latest(registry)
+
+    def lookup(self, target: str, scenario: str | None) -> Probe:
+        """The configured probe of that name; KeyError with a message for anything else (never a URL)."""
+        names = sorted({p.target.name for p in self.probes})
+        if target not in names:
+            raise KeyError(f"unknown target {target[:64]!r}; known targets: {', '.join(names)}")
+        choices = [p for p in self.probes if p.target.name == target]
+        if scenario is None:
+            return choices[0]
+        for p in choices:
+            if p.scenario.name == scenario:
+                return p
+        raise KeyError(f"unknown scenario {scenario[:64]!r} for target {target!r}; known: "
+                       f"{', '.join(p.scenario.name for p in choices)}")
+
+
+def verdict(run: ScenarioRun | None) -> str:
+    if run is None:
+        return "no verdict"
+    if run.unreachable:
+        return "unreachable"
+    return "passed" if run.passed else "failed"
+
+
+def describe(run: ScenarioRun) -> str:
+    st = run.stats
+    text = f"{verdict(run)}: {st.chats} chats, {st.outcomes['passed']} passed"
+    if run.unreachable:
+        text += f" ({run.results[0].error_kind}: {run.results[0].error})"
+    elif not run.passed:
+        text += f"; failed: {', '.join(o.name for o in run.failed_objectives) or 'unreachable'}"
+    return text
+
+
+# -- HTTP ------------------------------------------------------------------------------------------------------
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        pass
+
+
+_INDEX = b"""<html><head><title>chatprobe monitor</title></head><body><h1>chatprobe monitor</h1>
+<p><a href="/metrics">/metrics</a>: the continuous probes' counters</p>
+<p>/probe?target=NAME&amp;scenario=NAME: run one probe now (blackbox_exporter style)</p></body></html>"""
+
+
+def make_app(monitor: Monitor, loop: asyncio.AbstractEventLoop) -> Callable:
+    metrics_app = make_wsgi_app()
+    slots = threading.BoundedSemaphore(MAX_CONCURRENT_PROBES)
+
+    def text(start_response: Callable, status: str, body: str) -> list[bytes]:
+        data = (body.rstrip("\n") + "\n").encode()
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def probe(environ: dict, start_response: Callable) -> list[bytes]:
+        query = parse_qs(environ.get("QUERY_STRING", ""), max_num_fields=10)
+        target = (query.get("target") or [""])[0]
+        scenario = (query.get("scenario") or [None])[0]
+        if not target:
+            return text(start_response, "400 Bad Request", "the target parameter is missing")
+        try:
+            monitor.lookup(target, scenario)
+        except KeyError as exc:
+            return text(start_response, "400 Bad Request", exc.args[0])
+        timeout = monitor.timeout
+        header = environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS")
+        with contextlib.suppress(ValueError):
+            if header:  # answer before Prometheus gives up on the scrape, as blackbox_exporter does
+                timeout = max(0.5, min(timeout, float(header) - GRACE - 0.5))
+        if not slots.acquire(blocking=False):
+            return text(start_response, "503 Service Unavailable",
+                        f"{MAX_CONCURRENT_PROBES} probes are already running; try again later")
+        try:
+            future = asyncio.run_coroutine_threadsafe(monitor.probe_now(target, scenario, timeout), loop)
+            try:
+                body = future.result(timeout + 2 * GRACE)
+            except Exception as exc:  # the loop is stopping, or the probe overran even its grace
+                future.cancel()
+                return text(start_response, "503 Service Unavailable", f"no probe result: {type(exc).__name__}")
+        finally:
+            slots.release()
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/probe":
+            return probe(environ, start_response)
+        if path in ("/-/healthy", "/-/ready"):
+            return text(start_response, "200 OK", "OK")
+        if path == "/":
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+            return [_INDEX]
+        return text(start_response, "404 Not Found", "not found: try /metrics or /probe?target=NAME")
+
+    return app
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def start_http(app: Callable, host: str, port: int) -> _ThreadingWSGIServer:
+    server_class = _ThreadingWSGIServer
+    if ":" in host:
+        server_class = type("_ThreadingWSGIServer6", (_ThreadingWSGIServer,), {"address_family": socket.AF_INET6})
+    try:
+        server = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+    except OSError as exc:
+        raise ConfigError(f"--listen {host}:{port}: cannot listen: {exc.strerror or exc}") from None
+    threading.Thread(target=server.serve_forever, name="chatprobe-monitor-http", daemon=True).start()
+    return server
+
+
+# -- main ------------------------------------------------------------------------------------------------------
+
+async def _main(args: argparse.Namespace) -> int:
+    if args.config and args.target:
+        raise ConfigError("give --target or --config, not both")
+    if args.config and args.scenario:
+        raise ConfigError("--scenario applies to --target; with --config list scenarios in the file")
+    config = load_config(args.config) if args.config else None
+    interval = args.interval or (config.interval if config and config.interval else None) or DEFAULT_INTERVAL
+    if interval <= 0:
+        raise ConfigError(f"{args.config}: field 'interval': must be more than 0")
+    timeout = args.timeout or (config.timeout if config and config.timeout else None) or min(interval, MAX_TIMEOUT)
+
+    async with contextlib.AsyncExitStack() as stack:
+        if config is not None:
+            probes = probes_from_config(args.config, config, timeout)
+        elif args.target:
+            probes = probes_from_args(args, args.target, read_token(args), timeout)
+        else:
+            sim, tokens = await stack.enter_async_context(embedded_sim([], None))
+            print(f"chatprobe monitor: no --target: probing the embedded agentsim on {sim.url}", file=sys.stderr)
+            probes = probes_from_args(args, sim.url, tokens, timeout)
+        monitor = Monitor(probes, interval, timeout)
+
+        if args.once:
+            results = await monitor.round()
+            for probe, run in results:
+                print(f"{probe.target.name} / {probe.scenario.name}: "
+                      f"{describe(run) if run is not None else verdict(run)}")
+            return EXIT_OK if all(run is not None and run.passed for _, run in results) else EXIT_FAILED
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        host, port = parse_listen(args.listen)
+        server = start_http(make_app(monitor, loop), host, port)
+        stack.callback(server.server_close)
+        stack.callback(server.shutdown)
+        bound_host, bound_port = server.server_address[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        print(f"chatprobe monitor listening on http://{shown}:{bound_port}", flush=True)
+        log.info("probing %s every %gs (deadline %gs)",
+                 ", ".join(f"{t} / {s}" for t, s in monitor.by_key), interval, timeout)
+        task = asyncio.create_task(monitor.run_forever(stop))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        task.cancel()
+        stopped.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the probe loop crashed: %r", task.exception())
+            return EXIT_FAILED
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        log.info("stopped")
+        return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s chatprobe monitor: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+    try:
+        return asyncio.run(_main(args))
+    except ConfigError as exc:
+        print(f"chatprobe monitor: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # a signal before the handlers were installed
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
