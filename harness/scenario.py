@@ -5,7 +5,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from .checker import Expectations
 from .durations import Seconds
@@ -52,7 +52,16 @@ class ChatStepWrapper(Strict):
     chat: ChatStep
 
 
-Step = Union[ChatStepWrapper, RawStep]
+def _step_kind(v: Any) -> str | None:
+    if isinstance(v, dict):
+        return "chat" if "chat" in v else "send_raw" if "send_raw" in v else None
+    return "chat" if isinstance(v, ChatStepWrapper) else "send_raw" if isinstance(v, RawStep) else None
+
+
+Step = Annotated[
+    Union[Annotated[ChatStepWrapper, Tag("chat")], Annotated[RawStep, Tag("send_raw")]],
+    Discriminator(_step_kind, custom_error_type="step", custom_error_message="a step is either `chat:` or `send_raw:`"),
+]
 
 
 class Stat(Strict):

@@ -14,12 +14,12 @@ class ConfigError(Exception):
     """A user's file or flag is wrong: the message names the file, the line and the field. Exit code 2."""
 
 
-def _node_line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """Follow a pydantic error location through the YAML node tree to the line it points at."""
+def _resolve(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, list[str]]:
+    """Follow a pydantic error location through the YAML node tree: the line it points at and the field
+    path as the file spells it (union tags and model names, which are not in the file, are dropped)."""
     line = node.start_mark.line + 1 if node is not None else None
-    for part in loc:
-        if node is None:
-            break
+    shown: list[str] = []
+    for i, part in enumerate(loc):
         nxt = None
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
@@ -29,19 +29,22 @@ def _node_line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             nxt = node.value[part]
         if nxt is None:
-            break
+            if i == len(loc) - 1 and not (isinstance(part, str) and part[:1].isupper()):
+                shown.append(str(part))  # a missing field: named, though not in the file
+            continue
+        shown.append(str(part))
         node = nxt
         line = node.start_mark.line + 1
-    return line
+    return line, shown
 
 
 def format_validation_error(path: str, err: ValidationError, node: yaml.Node | None) -> str:
-    first = err.errors()[0]
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    field = ".".join(str(p) for p in loc) or "(top level)"
-    line = _node_line(node, loc)
+    errors = err.errors()
+    first = errors[0]
+    line, shown = _resolve(node, tuple(first["loc"]))
+    field = ".".join(shown) or "(top level)"
     where = f"{path}:{line}" if line else path
-    more = len(err.errors()) - 1
+    more = len(errors) - 1
     tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{where}: field '{field}': {first['msg']}{tail}"
 

@@ -1,0 +1,137 @@
+"""`chatprobe run` as a CI gate: exit codes, reports, and clear answers to bad files and flags."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+
+CHATPROBE = [sys.executable, "-m", "harness"]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([*CHATPROBE, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "NO_COLOR": "1", **(env or {})})
+
+
+def test_builtin_suite_passes_against_embedded_agentsim(tmp_path):
+    out, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    proc = run_cli("run", "--json", str(out), "--junit", str(junit))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    names = [s["scenario"] for s in doc["scenarios"]]
+    assert names == ["basic", "concurrent", "errors", "reconnection", "performance", "abandonment"]
+    for s in doc["scenarios"]:
+        assert s["passed"] and s["stats"]["chats"] == len(s["chats"]) > 0
+        assert s["stats"]["outcomes"]["passed"] == s["stats"]["chats"]
+    concurrent = next(s for s in doc["scenarios"] if s["scenario"] == "concurrent")
+    assert concurrent["stats"]["chats"] == 200
+    reconnection = next(s for s in doc["scenarios"] if s["scenario"] == "reconnection")
+    assert sum(c["reconnects"] == ["resumed"] for c in reconnection["chats"]) == 10
+    cases = ET.parse(junit).getroot().findall(".//testcase")
+    assert [c.get("name") for c in cases] == names
+    assert not ET.parse(junit).getroot().findall(".//failure")
+    assert "objectives met" in proc.stdout
+
+
+def test_fault_makes_the_gate_fail_with_reasons(tmp_path):
+    junit = tmp_path / "r.xml"
+    proc = run_cli("run", "basic", "--sim-fault", "drop:tool_completed=1", "--junit", str(junit))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "missing_events_ratio" in proc.stdout and "R2" in proc.stdout
+    failure = ET.parse(junit).getroot().find(".//failure")
+    assert failure is not None and "missing tool_completed" in failure.text
+
+
+def test_objective_override_on_the_command_line():
+    # 0 ms is impossible: the override must make the gate fail.
+    proc = run_cli("run", "basic", "--objective", "time_to_first_event.p95=0ms")
+    assert proc.returncode == 1
+    assert "time_to_first_event.p95" in proc.stdout
+
+
+def test_unreachable_target_exits_3():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = run_cli("run", "basic", "--target", f"ws://127.0.0.1:{port}/ws")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "unreachable" in proc.stdout.lower()
+    assert "Traceback" not in proc.stderr
+
+
+def test_token_never_printed_or_written(tmp_path):
+    secret_token = "tok-SECRET-1234567890"
+    out = tmp_path / "r.json"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = run_cli("run", "basic", "--target", f"ws://127.0.0.1:{port}/ws", "--token-env", "MY_TOKEN",
+                   "--json", str(out), env={"MY_TOKEN": secret_token})
+    assert proc.returncode == 3
+    assert secret_token not in proc.stdout + proc.stderr + out.read_text()
+
+
+BAD_SCENARIOS = {
+    "users: zero": ("name: x\nusers: 0\n", "line 2", "users"),
+    "unknown field": ("name: x\nuserz: 3\n", "line 2", "userz"),
+    "bad duration": ("name: x\nexpect:\n  deadline: soon\n", "line 3", "expect.deadline"),
+    "bad role": ("name: x\nexpect:\n  required: [agent_started, agent_dancing]\n", "line 3", "expect.required.1"),
+    "not yaml": ("name: x\nusers: [1,\n", "line 3", "YAML"),
+    "bad step": ("name: x\nsteps:\n  - chat: {message: hi, disconnect_after: 0}\n", "line 3", "steps.0"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SCENARIOS))
+def test_bad_scenario_file_exits_2_naming_file_line_field(tmp_path, capsys, case):
+    text, line, field = BAD_SCENARIOS[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one message
+    assert str(path) in err and f":{line.split()[1]}:" in err and field in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "no-such-scenario"], "no-such-scenario"),
+    (["run", "basic", "--objective", "time_to_first_event.p77=1s"], "p77"),
+    (["run", "basic", "--objective", "nonsense"], "NAME.STAT=VALUE"),
+    (["run", "basic", "--objective", "time_to_first_event.p95=fast"], "time_to_first_event.p95"),
+    (["run", "basic", "--target", "ftp://x"], "--target"),
+    (["run", "basic", "--profile", "no-such-profile"], "no-such-profile"),
+    (["run", "basic", "--sim-fault", "explode=1"], "--sim-fault"),
+    (["run", "basic", "--token-env", "CHATPROBE_SURELY_UNSET_VAR", "--target", "ws://127.0.0.1:1/ws"],
+     "CHATPROBE_SURELY_UNSET_VAR"),
+    (["run", "--bogus-flag"], "--bogus-flag"),
+])
+def test_bad_flags_exit_2_with_one_message(capsys, argv, needle):
+    with pytest.raises(SystemExit) if "--bogus-flag" in argv else _nullcontext() as exc:
+        code = main(argv)
+    if exc is not None and hasattr(exc, "value"):
+        code = exc.value.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_list_shows_builtins(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "concurrent" in out and "netra" in out
