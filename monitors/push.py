@@ -1,0 +1,104 @@
+"""`chatprobe run --pushgateway URL --job NAME`: one scenario's metrics in their own registry, pushed after the run.
+
+Follows the Pushgateway's advice for batch jobs: one group per job + scenario + target, replaced by each run,
+with `chatprobe_last_run_timestamp_seconds`, and `chatprobe_last_success_timestamp_seconds` kept from the last
+successful run when this one failed.
+"""
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Callable, Iterable, TextIO
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, push_to_gateway, pushadd_to_gateway
+
+from harness.sinks import Sink
+
+from .metrics import PREFIX, ChatMetrics, MetricsSink
+
+if TYPE_CHECKING:
+    from harness.checker import ChatResult
+    from harness.events import Event
+
+PUSH_TIMEOUT = 10.0
+LAST_SUCCESS = f"{PREFIX}_last_success_timestamp_seconds"
+
+
+class _Without:
+    """A registry view without some metric families (what pushadd must leave untouched on the gateway)."""
+
+    def __init__(self, registry: CollectorRegistry, names: set[str]) -> None:
+        self._registry = registry
+        self._names = names
+
+    def collect(self) -> Iterable:
+        return (family for family in self._registry.collect() if family.name not in self._names)
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    host = parts.hostname or url
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+
+
+class PushSink(Sink):
+    """Records one scenario of a `chatprobe run` (source `synthetic`) and pushes it to a Pushgateway."""
+
+    def __init__(self, target_name: str, scenario_name: str, *, stderr: TextIO | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = ChatMetrics(self.registry)
+        self.sink = MetricsSink(self.metrics, target_name, "synthetic")
+        self.target = self.sink.target  # the bounded label value, also used in the grouping key
+        self.scenario = scenario_name
+        self.success: bool | None = None
+        self._stderr = stderr
+
+    # -- Sink: record through the one MetricsSink --
+    def chat_started(self, scenario: str) -> None:
+        self.sink.chat_started(scenario)
+
+    def event_received(self, scenario: str, event: "Event") -> None:
+        self.sink.event_received(scenario, event)
+
+    def chat_finished(self, result: "ChatResult") -> None:
+        self.sink.chat_finished(result)
+
+    def chat_abandoned(self, scenario: str) -> None:
+        self.sink.chat_abandoned(scenario)
+
+    def connection_attempt(self, scenario: str, result: str) -> None:
+        self.sink.connection_attempt(scenario, result)
+
+    def reconnect(self, scenario: str, result: str) -> None:
+        self.sink.reconnect(scenario, result)
+
+    def run_finished(self, success: bool) -> None:
+        self.success = success
+        self.sink.run_finished(success)
+
+    # -- pushing --
+    def grouping_key(self) -> dict[str, str]:
+        return {"scenario": self.scenario, "target": self.target}
+
+    def push(self, url: str, job: str, *, timeout: float = PUSH_TIMEOUT,
+             handler: Callable | None = None) -> bool:
+        """Push this run's group; a failure prints one line to stderr and returns False, never raises.
+
+        A successful run replaces the whole group (PUT). A failed one replaces every metric but the last-success
+        timestamp (POST without that family), so the gateway keeps the time of the last run that passed.
+        """
+        kwargs = {"handler": handler} if handler is not None else {}
+        try:
+            if self.success:
+                push_to_gateway(url, job=job, registry=self.registry, grouping_key=self.grouping_key(),
+                                timeout=timeout, **kwargs)
+            else:
+                pushadd_to_gateway(url, job=job, registry=_Without(self.registry, {LAST_SUCCESS}),
+                                   grouping_key=self.grouping_key(), timeout=timeout, **kwargs)
+        except Exception as exc:  # URLError, HTTPError, OSError, ValueError: the run's verdict must stand
+            reason = getattr(exc, "reason", None) or exc
+            print(f"chatprobe: warning: could not push scenario {self.scenario!r} to the Pushgateway at "
+                  f"{_redacted(url)}: {reason} (the run's verdict and exit code are unchanged)",
+                  file=self._stderr or sys.stderr)
+            return False
+        return True
