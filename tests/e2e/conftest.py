@@ -1,0 +1,222 @@
+"""End-to-end fixtures: real subprocesses (agentsim, `chatprobe monitor`, Prometheus, Pushgateway) on free loopback
+ports with their own temp dirs, never the system's daemons; each one is stopped in teardown."""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+def chatprobe_bin() -> str:
+    exe = VENV_BIN / "chatprobe"
+    if not exe.exists():
+        exe = ROOT / ".venv" / "bin" / "chatprobe"
+    return str(exe)
+
+
+def system_binary(name: str) -> str:
+    """A Debian-installed server binary; missing is a failure, not a skip (the test command installs them)."""
+    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run scripts/install-system-deps.sh (or apt-get install {name})")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.2,
+             diagnostics: Callable[[], str] | None = None) -> T:
+    """Poll `condition` until it returns something truthy, within the deadline; fail saying what never happened."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            extra = f"\nlast error: {last_exc!r}" if last_exc else ""
+            if diagnostics is not None:
+                extra += "\n" + diagnostics()
+            pytest.fail(f"within {timeout:g}s: {what}{extra}")
+        time.sleep(interval)  # the poll interval of a deadline loop, not a wait for a condition
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    stdout: Path
+    stderr: Path
+    info: dict = field(default_factory=dict)
+
+    def out(self) -> str:
+        return self.stdout.read_text(errors="replace") if self.stdout.exists() else ""
+
+    def err(self) -> str:
+        return self.stderr.read_text(errors="replace") if self.stderr.exists() else ""
+
+    def tail(self, n: int = 30) -> str:
+        lines = (self.out() + self.err()).splitlines()[-n:]
+        return f"--- {self.name} (exit {self.popen.poll()}) ---\n" + "\n".join(lines)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait_for_line(self, pattern: str, timeout: float = 20.0) -> re.Match:
+        rx = re.compile(pattern)
+
+        def found() -> re.Match | None:
+            m = rx.search(self.out())
+            if m is None and not self.alive():
+                pytest.fail(f"{self.name} exited before printing {pattern!r}\n{self.tail()}")
+            return m
+
+        return wait_for(found, timeout, f"{self.name} prints {pattern!r}", diagnostics=self.tail)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+@pytest.fixture
+def procs(tmp_path: Path):
+    """`procs.start(name, argv, env=...)` → Proc; every process started here is stopped at teardown."""
+    started: list[Proc] = []
+
+    class _Procs:
+        def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+            full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", **(env or {})}
+            out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+            with open(out, "wb") as fo, open(err, "wb") as fe:
+                popen = subprocess.Popen(argv, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, env=full_env,
+                                         cwd=tmp_path, start_new_session=True)
+            proc = Proc(name, popen, out, err)
+            started.append(proc)
+            return proc
+
+    yield _Procs()
+    for proc in reversed(started):
+        proc.stop()
+
+
+@pytest.fixture
+def agentsim(procs):
+    """`agentsim(faults=[...], seed=N)` → (Proc, ws URL, secret env name, secret env)."""
+
+    def start(faults: list[str] = (), seed: int = 11, think: str = "0.002-0.01", tool_latency: str = "0.001-0.005"):
+        secret = secrets.token_urlsafe(32)
+        argv = [sys.executable, "-m", "agentsim", "--port", "0", "--seed", str(seed), "--think", think,
+                "--tool-latency", tool_latency]
+        for f in faults:
+            argv += ["--fault", f]
+        proc = procs.start("agentsim", argv, env={"AGENTSIM_JWT_SECRET": secret})
+        url = proc.wait_for_line(r"agentsim listening on (ws://\S+)").group(1)
+        return proc, url, {"E2E_JWT_SECRET": secret}
+
+    return start
+
+
+@pytest.fixture
+def monitor(procs):
+    """`monitor(*args, env=...)` → (Proc, base http URL) once it printed its listening line."""
+
+    def start(*args: str, env: dict[str, str] | None = None):
+        proc = procs.start("monitor", [chatprobe_bin(), "monitor", "--listen", "127.0.0.1:0", *args], env=env)
+        base = proc.wait_for_line(r"chatprobe monitor listening on (http://\S+)").group(1)
+        return proc, base
+
+    return start
+
+
+@pytest.fixture
+def prometheus(procs, tmp_path: Path):
+    """`prometheus(scrape_targets, rule_file)` → (Proc, base URL), ready to answer queries."""
+
+    def start(scrape_targets: list[str], rule_file: Path | None = None):
+        binary = system_binary("prometheus")
+        port = free_port()
+        cfg = tmp_path / "prometheus.yml"
+        lines = ["global:", "  scrape_interval: 1s", "  scrape_timeout: 1s", "  evaluation_interval: 1s"]
+        if rule_file is not None:
+            lines += ["rule_files:", f"  - {rule_file}"]
+        lines += ["scrape_configs:", "  - job_name: chatprobe", "    static_configs:",
+                  f"      - targets: [{', '.join(repr(t) for t in scrape_targets)}]"]
+        cfg.write_text("\n".join(lines) + "\n")
+        data = tmp_path / "tsdb"
+        data.mkdir()
+        proc = procs.start("prometheus", [binary, f"--config.file={cfg}", f"--storage.tsdb.path={data}",
+                                           f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"])
+        base = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            if not proc.alive():
+                pytest.fail(f"prometheus exited\n{proc.tail()}")
+            return httpx.get(f"{base}/-/ready", timeout=2).status_code == 200
+
+        wait_for(ready, 30, "prometheus is ready", diagnostics=proc.tail)
+        return proc, base
+
+    return start
+
+
+@pytest.fixture
+def pushgateway(procs):
+    def start():
+        binary = system_binary("prometheus-pushgateway")
+        port = free_port()
+        proc = procs.start("pushgateway", [binary, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"])
+        base = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            if not proc.alive():
+                pytest.fail(f"pushgateway exited\n{proc.tail()}")
+            return httpx.get(f"{base}/-/ready", timeout=2).status_code == 200
+
+        wait_for(ready, 20, "the pushgateway is ready", diagnostics=proc.tail)
+        return proc, base
+
+    return start
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    """A /metrics page as {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url, timeout=5).text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    """Sum of the samples named `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, lb), v in samples.items() if n == name and want <= lb)

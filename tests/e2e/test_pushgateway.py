@@ -1,0 +1,52 @@
+"""`chatprobe run --pushgateway` against a real Pushgateway: the run's group holds its counts, and a failed run
+leaves the last-success timestamp of the run before it."""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from .conftest import chatprobe_bin, free_port, scrape, value
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([chatprobe_bin(), "run", *args], capture_output=True, text=True, timeout=60,
+                          env={"NO_COLOR": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_push_round_trip(pushgateway):
+    _, base = pushgateway()
+    before = time.time()
+    r = run("basic", "-q", "--target-name", "agentsim", "--pushgateway", base, "--job", "ci")
+    assert r.returncode == 0, r.stdout + r.stderr
+    group = dict(job="ci", scenario="basic", target="agentsim", source="synthetic")
+    samples = scrape(f"{base}/metrics")
+    assert value(samples, "chatprobe_chats_total", outcome="passed", **group) == 1
+    assert value(samples, "chatprobe_chats_total", outcome="failed", **group) == 0
+    assert value(samples, "chatprobe_chats_missing_events_total", **group) == 0
+    assert value(samples, "chatprobe_connections_total", result="ok", **group) == 1
+    last_run = value(samples, "chatprobe_last_run_timestamp_seconds", **group)
+    last_success = value(samples, "chatprobe_last_success_timestamp_seconds", **group)
+    assert before <= last_run <= time.time() and last_success == last_run
+
+    # A failing run of the same group replaces its counts but keeps the last success.
+    r = run("basic", "-q", "--target-name", "agentsim", "--pushgateway", base, "--job", "ci",
+            "--sim-fault", "drop:tool_completed=1.0")
+    assert r.returncode == 1, r.stdout + r.stderr
+    samples = scrape(f"{base}/metrics")
+    assert value(samples, "chatprobe_chats_total", outcome="passed", **group) == 0
+    assert value(samples, "chatprobe_chats_total", outcome="failed", **group) == 1
+    assert value(samples, "chatprobe_rule_violations_total", rule="R2", **group) >= 1
+    assert value(samples, "chatprobe_last_run_timestamp_seconds", **group) > last_run
+    assert value(samples, "chatprobe_last_success_timestamp_seconds", **group) == last_success
+
+
+def test_push_failure_warns_and_keeps_the_verdict():
+    r = run("basic", "-q", "--pushgateway", f"http://127.0.0.1:{free_port()}", "--job", "ci")
+    assert r.returncode == 0, r.stdout + r.stderr
+    warnings = [line for line in r.stderr.splitlines() if "could not push" in line]
+    assert len(warnings) == 1 and "Pushgateway" in warnings[0], r.stderr
+    assert "Traceback" not in r.stderr
