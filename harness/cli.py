@@ -23,6 +23,7 @@ from .report import LiveView, print_summary, write_json, write_junit
 from .runner import ScenarioRun, run_scenario
 from .scenario import BUILTIN_SUITE, apply_overrides, builtin_scenarios, load_scenario
 from .sinks import Sink
+from .transport import target_label
 from .yamlfile import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -31,14 +32,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def target_name(url: str) -> str:
-    """host:port, never a path, query or credential (a bounded `target` label)."""
-    parts = urlsplit(url)
-    port = parts.port or {"ws": 80, "http": 80, "wss": 443, "https": 443}.get(parts.scheme, 0)
-    host = parts.hostname or "unknown"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def add_target_args(p: argparse.ArgumentParser) -> None:
@@ -126,11 +119,17 @@ def make_target(args: argparse.Namespace, url: str, tokens: TokenProvider, defau
         raise ConfigError(f"--target {url!r}: expected a ws://, wss://, http:// or https:// URL with a host")
     if parts.username or parts.password:
         raise ConfigError("--target: put credentials in --token-env or --token-file, not in the URL")
+    transport = "sse" if parts.scheme in ("http", "https") else "websocket"
+    if transport not in profile.transports:
+        raise ConfigError(f"--target {parts.scheme}:// means {transport}, but profile {profile.name!r} is spoken over "
+                          f"{' or '.join(profile.transports)} only")
+    if transport == "sse" and args.auth == "subprotocol":
+        raise ConfigError("--auth subprotocol is for WebSocket targets; SSE sends the token as an Authorization header")
     if args.ca_file and not Path(args.ca_file).is_file():
         raise ConfigError(f"--ca-file {args.ca_file}: no such file")
     if not parts.path and profile.path:
         url = url.rstrip("/") + profile.path
-    return Target(url=url, profile=profile, name=args.target_name or target_name(url), tokens=tokens,
+    return Target(url=url, profile=profile, name=args.target_name or target_label(url), tokens=tokens,
                   auth=args.auth if tokens.for_user("x") else "none", ca_file=args.ca_file, insecure=args.insecure)
 
 

@@ -213,6 +213,10 @@ class Session:
         except ConnectFailed as exc:  # SSE: the request is the connection, classified like one
             self._send_failure = exc
             return False
+        except TimeoutError:
+            if transport.connects_on_send:
+                self._send_failure = ConnectFailed("timeout", f"no response within {self.connect_timeout:g}s")
+            return False
         except Exception:
             return False
 

@@ -72,6 +72,8 @@ class SSETransport:
         self.close_reason: str = ""
         # Why the stream ended, for a chat that was still waiting for its terminal event.
         self.ended_note: str = ""
+        # Set when the client itself had to drop the stream for what the server sent (counted as R12 by the client).
+        self.protocol_error: str | None = None
         self._stream_ready = asyncio.Event()
         self._closing = False
         self._pump: asyncio.Task | None = None

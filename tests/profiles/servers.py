@@ -1,0 +1,151 @@
+"""Small agent servers for profile tests: AG-UI over HTTP+SSE (HTTP/1.1 by hand) and any dialect over WebSocket.
+
+A server is given a *script*: a function of the decoded request that returns what to stream, so each test states
+the exact event order it wants the harness to judge.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from ag_ui.core import BaseEvent, RunAgentInput
+from ag_ui.encoder import EventEncoder
+from websockets.asyncio.server import ServerConnection, serve
+
+# What a script yields: an AG-UI event (encoded with the package's own encoder) or raw bytes of the stream.
+Item = BaseEvent | bytes
+Script = Callable[[RunAgentInput], Iterable[Item]]
+
+
+@dataclass
+class Response:
+    status: int = 200
+    content_type: str = "text/event-stream"
+    hang: bool = False  # accept the request, never answer it
+
+
+@dataclass
+class AguiSSEServer:
+    """AG-UI over HTTP POST + SSE on a loopback port, speaking HTTP/1.1 by hand (one request per connection)."""
+
+    script: Script
+    response: Response = field(default_factory=Response)
+    chunk_size: int | None = None  # write the stream in pieces this small, to test reassembly
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    server: asyncio.Server | None = None
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}/agent"
+
+    async def __aenter__(self) -> "AguiSSEServer":
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in list(self.writers):  # a hanging request must not keep wait_closed() waiting
+            w.close()
+        async with asyncio.timeout(5):
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        try:
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+            self.headers.append(headers)
+            request = json.loads(body)
+            self.requests.append(request)
+            run_input = RunAgentInput.model_validate(request)  # the harness's request is a valid RunAgentInput
+            r = self.response
+            if r.hang:
+                await reader.read()  # until the client gives up
+                return
+            reason = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 500: "Internal Server Error"}.get(r.status, "X")
+            writer.write(f"HTTP/1.1 {r.status} {reason}\r\nContent-Type: {r.content_type}\r\n"
+                         "Cache-Control: no-cache\r\nConnection: close\r\n\r\n".encode())
+            if r.status != 200 or r.content_type != "text/event-stream":
+                writer.write(b'{"error": "no"}')
+                await writer.drain()
+                return
+            encoder = EventEncoder()
+            for item in self.script(run_input):
+                data = item if isinstance(item, bytes) else encoder.encode(item).encode()
+                step = self.chunk_size or len(data) or 1
+                for i in range(0, len(data), step):
+                    writer.write(data[i:i + step])
+                    await writer.drain()
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+
+
+WsScript = Callable[[dict[str, Any]], Iterable[dict[str, Any] | str]]
+
+
+@dataclass
+class WsServer:
+    """Any JSON dialect over WebSocket: `script(request)` gives the frames to send back, in order."""
+
+    script: WsScript
+    welcome: dict[str, Any] | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    server: Any = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return f"ws://{host}:{port}/chat"
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        if self.welcome is not None:
+            await ws.send(json.dumps(self.welcome))
+        async for message in ws:
+            request = json.loads(message)
+            self.requests.append(request)
+            for frame in self.script(request):
+                await ws.send(frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def __aenter__(self) -> "WsServer":
+        self.server = await serve(self._handler, "127.0.0.1", 0, compression=None)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        async with asyncio.timeout(5):
+            await self.server.wait_closed()
+
+
+class InThread:
+    """Run an async server in its own event loop thread, so a synchronous test can call `chatprobe` in-process."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> Any:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.__aenter__(), self.loop).result(timeout=5)
+        return self.server
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.__aexit__(None, None, None), self.loop).result(timeout=5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.loop.close()
