@@ -21,6 +21,26 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMes
 
 FrameCallback = Callable[[str | bytes, float], None]
 
+_DEFAULT_PORTS = {"ws": 80, "http": 80, "wss": 443, "https": 443}
+
+
+def target_label(url: str) -> str:
+    """Reduce a server URL to `host:port` for the `target` label: never a path, a query or credentials."""
+    text = url.strip()
+    parts = urlsplit(text if "://" in text else "//" + text)
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ValueError(f"no host in {url!r}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad port in {url!r}") from exc
+    if port is None:
+        port = _DEFAULT_PORTS.get(parts.scheme.lower())
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{host}:{port}" if port is not None else host
+
 
 class ConnectFailed(Exception):
     """Could not open a usable connection; `kind` is a connections_total result label."""

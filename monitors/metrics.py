@@ -8,12 +8,12 @@ from __future__ import annotations
 import threading
 import time
 from typing import TYPE_CHECKING, Callable
-from urllib.parse import urlsplit
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from harness.events import ALL_ROLES, RULES, Outcome
 from harness.sinks import CONNECTION_RESULTS, RECONNECT_RESULTS, Sink
+from harness.transport import target_label  # noqa: F401  (one definition, re-exported here)
 
 if TYPE_CHECKING:
     from harness.checker import ChatResult
@@ -40,7 +40,6 @@ MAX_SCENARIOS = 64
 OVERFLOW_SCENARIO = "other"
 MAX_LABEL_LENGTH = 64
 
-_DEFAULT_PORTS = {"ws": 80, "http": 80, "wss": 443, "https": 443}
 
 
 class ChatMetrics:
@@ -123,24 +122,6 @@ def metric_names(metrics: ChatMetrics | None = None) -> set[str]:
         elif family.type == "histogram":
             names.update(family.name + s for s in ("_bucket", "_count", "_sum", "_created"))
     return names
-
-
-def target_label(url: str) -> str:
-    """Reduce a server URL to `host:port` for the `target` label: never a path, a query or credentials."""
-    text = url.strip()
-    parts = urlsplit(text if "://" in text else "//" + text)
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise ValueError(f"no host in {url!r}")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"bad port in {url!r}") from exc
-    if port is None:
-        port = _DEFAULT_PORTS.get(parts.scheme.lower())
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    return f"{host}:{port}" if port is not None else host
 
 
 def _clean(value: str) -> str:
