@@ -1,0 +1,135 @@
+"""The monitor's pieces in process: config validation, name-only /probe lookup, one probe into a fresh registry,
+and PushSink's grouping and last-success handling."""
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agentsim.server import AgentSim, SimConfig
+from harness.client import TokenProvider
+from harness.yamlfile import ConfigError
+from monitors.metrics import ChatMetrics
+from monitors.monitor import Monitor, load_config, parse_listen, probes_from_config
+from monitors.push import PushSink
+
+
+def _values(text: str) -> dict:
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def _get(samples: dict, name: str, **labels) -> float:
+    return sum(v for (n, lb), v in samples.items() if n == name and set(labels.items()) <= lb)
+
+
+def test_config_errors_name_file_line_and_field(tmp_path):
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("targets:\n  prod:\n    url: ws://a/ws\n    profil: netra\n")
+    with pytest.raises(ConfigError, match=rf"{cfg}:4: field 'targets.prod.profil'"):
+        load_config(str(cfg))
+    cfg.write_text("targets: {}\n")
+    with pytest.raises(ConfigError, match="targets"):
+        load_config(str(cfg))
+    cfg.write_text("targets:\n  'has space':\n    url: ws://a/ws\n")
+    with pytest.raises(ConfigError, match=r"m\.yaml:\d+: field 'targets.has space"):
+        load_config(str(cfg))
+
+
+def test_config_targets_and_scenarios(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROD_TOKEN", "t0ken")
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("scenarios: [probe]\ninterval: 30s\ntargets:\n"
+                   "  prod: {url: 'wss://agent.example', token_env: PROD_TOKEN}\n"
+                   "  staging: {url: 'ws://staging:8765/ws', auth: none, scenarios: [probe, basic]}\n")
+    config = load_config(str(cfg))
+    assert config.interval == 30.0
+    probes = probes_from_config(str(cfg), config, timeout=10)
+    assert [p.key for p in probes] == [("prod", "probe"), ("staging", "probe"), ("staging", "basic")]
+    assert probes[0].target.url == "wss://agent.example/ws"  # the profile's path
+    assert all(p.scenario.max_duration <= 10 for p in probes)
+    monkeypatch.delenv("PROD_TOKEN")
+    with pytest.raises(ConfigError, match=r"targets\.prod: --token-env PROD_TOKEN"):
+        probes_from_config(str(cfg), config, timeout=10)
+
+
+def test_parse_listen():
+    assert parse_listen("127.0.0.1:9464") == ("127.0.0.1", 9464)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    assert parse_listen(":9464") == ("0.0.0.0", 9464)
+    with pytest.raises(ConfigError):
+        parse_listen("9464x")
+
+
+async def test_probe_now_fresh_registry_and_lookup_by_name_only(tmp_path, monkeypatch):
+    secret = secrets.token_urlsafe(32)
+    sim = AgentSim(SimConfig(port=0, jwt_secret=secret, think=0.001, tool_latency=0.001, seed=1))
+    await sim.start()
+    try:
+        cfg = tmp_path / "m.yaml"
+        cfg.write_text(f"targets:\n  sim: {{url: '{sim.url}', jwt_secret_env: SIM_SECRET}}\n")
+        monkeypatch.setenv("SIM_SECRET", secret)
+        probes = probes_from_config(str(cfg), load_config(str(cfg)), timeout=5)
+        mon = Monitor(probes, interval=1, timeout=5, metrics=ChatMetrics(CollectorRegistry()))
+        for bad in ("ws://evil/ws", sim.url, "other"):
+            with pytest.raises(KeyError):
+                mon.lookup(bad, None)
+        with pytest.raises(KeyError):
+            mon.lookup("sim", "basic")
+        first = _values((await mon.probe_now("sim", "probe", 5)).decode())
+        second = _values((await mon.probe_now("sim", None, 5)).decode())
+        for samples in (first, second):  # each probe counts itself only
+            assert _get(samples, "probe_success") == 1
+            assert _get(samples, "chatprobe_chats_total", outcome="passed", target="sim", scenario="probe") == 1
+        # the continuous metrics are untouched by /probe
+        continuous = _values(generate_latest(mon.sinks["sim"].metrics.registry).decode())
+        assert _get(continuous, "chatprobe_chats_total") == 0
+        rounds = await mon.round()
+        assert rounds[0][1] is not None and rounds[0][1].passed
+    finally:
+        await sim.stop()
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, url, method, timeout, headers, data):
+        def send():
+            self.calls.append((url, method, data.decode()))
+        return send
+
+
+def test_push_sink_groups_and_keeps_last_success_on_failure():
+    rec = _Recorder()
+    ok = PushSink("agent.example:443", "basic")
+    ok.chat_started("basic")
+    ok.run_finished(True)
+    assert ok.push("http://pg:9091", "ci", handler=rec)
+    url, method, body = rec.calls[-1]
+    assert method == "PUT" and "/job/ci/" in url and "/scenario/basic" in url and "/target/" in url
+    assert "chatprobe_last_success_timestamp_seconds{" in body
+
+    bad = PushSink("agent.example:443", "basic")
+    bad.run_finished(False)
+    assert bad.push("http://pg:9091", "ci", handler=rec)
+    url, method, body = rec.calls[-1]
+    assert method == "POST"
+    assert "chatprobe_last_success_timestamp_seconds" not in body
+    assert "chatprobe_last_run_timestamp_seconds{" in body
+
+
+def test_push_failure_is_one_line_and_no_raise(capsys):
+    sink = PushSink("t:1", "basic")
+    sink.run_finished(True)
+
+    def broken(url, method, timeout, headers, data):
+        def send():
+            raise OSError("connection refused")
+        return send
+
+    assert sink.push("http://user:pw@pg.example:9091", "ci", handler=broken) is False
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not push" in err[0] and "pw" not in err[0]
