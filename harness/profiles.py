@@ -88,6 +88,8 @@ class Profile(BaseModel):
     # The chat message a client sends; "{content}", "{thread_id}", "{run_id}", "{message_id}", "{user_id}"
     # are filled in, and a key whose whole value is a placeholder with no value is left out.
     request: dict[str, Any]
+    # Client frame types that start a run (what the proxy watches for); default: the request's own type.
+    request_types: list[str] = []
     resume: dict[str, Any] | None = None
     # Containers searched for each field, in order: "" is the frame's root.
     lookup: list[str] = [""]
@@ -114,11 +116,12 @@ class Profile(BaseModel):
             raise ValueError("lookup needs at least one container ('' for the root)")
         return v
 
-    @field_validator("transport")
+    @field_validator("transport", mode="before")
     @classmethod
-    def _transport_nonempty(cls, v: Any) -> Any:
-        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
-            raise ValueError("transport: give one of websocket, sse, or a list of them without repeats")
+    def _transport_known(cls, v: Any) -> Any:
+        names = v if isinstance(v, list) else [v]
+        if not names or len(set(map(str, names))) != len(names) or any(n not in ("websocket", "sse") for n in names):
+            raise ValueError(f"expected websocket, sse, or a list of them without repeats, got {v!r}")
         return v
 
     # Checks across entries are field validators, so that an error names the field and its line in the file.

@@ -1,0 +1,328 @@
+"""`chatprobe proxy`: a WebSocket reverse proxy in front of an agent chat server that judges real users'
+chats as they pass (source="live") and serves /metrics. It forwards every frame first and checks second,
+so it never delays a user; what it checks is the same ChatTracker the runner uses.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from http import HTTPStatus
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+from prometheus_client import start_http_server
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Request, Response
+
+from harness.checker import ChatTracker, ConnectionChecker, Expectations, abandon
+from harness.durations import parse_duration
+from harness.events import Event, Role
+from harness.profiles import Profile, load_profile
+from harness.transport import classify, target_label
+from harness.yamlfile import ConfigError
+
+from .metrics import MetricsSink, default_metrics
+
+log = logging.getLogger("chatprobe.proxy")
+EXIT_OK, EXIT_USAGE = 0, 2
+# Headers a client sends that the upstream handshake must see too (auth, origin, cookies); never logged.
+FORWARDED_HEADERS = ("authorization", "cookie", "origin", "user-agent", "x-request-id")
+# Runs followed across reconnects (resume) are kept this long, bounded in count.
+MAX_TRACKED_RUNS = 10000
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _hostport(value: str, flag: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{flag} {value!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class LiveChats:
+    """Every chat seen through the proxy: trackers by connection, judged at terminal+settle, deadline, or leave."""
+
+    def __init__(self, profile: Profile, sink: MetricsSink, expectations: Expectations, scenario: str,
+                 settle: float) -> None:
+        self.profile = profile
+        self.sink = sink
+        self.exp = expectations
+        self.scenario = scenario
+        self.settle = settle
+        self.request_types = set(profile.request_types or [profile.request.get("type")])
+        self.resume_type = (profile.resume or {}).get("type")
+        self.by_run: dict[str, ChatTracker] = {}  # runs still open, for a resume on another connection
+        self._n = 0
+
+    def client_frame(self, checker: ConnectionChecker, text: str | bytes, now: float) -> None:
+        """A frame from the user to the server: a new chat, a resume, or anything else (ignored)."""
+        if not isinstance(text, str) or len(text) > 1_000_000:
+            return
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(frame, dict):
+            return
+        kind = frame.get("type")
+        if kind in self.request_types:
+            self._n += 1
+            tracker = ChatTracker(
+                f"live-{self._n}", self.exp, now, scenario=self.scenario,
+                thread_id=_s(self.profile.field(frame, "thread_id")),
+                run_id=_s(self.profile.field(frame, "run_id")),
+                message_id=_s(self.profile.field(frame, "message_id")),
+            )
+            checker.add(tracker)
+            self.sink.chat_started(self.scenario)
+        elif kind is not None and kind == self.resume_type:
+            run_id = _s(self.profile.field(frame, "run_id"))
+            tracker = self.by_run.get(run_id) if run_id else None
+            if tracker is not None:
+                checker.add(tracker)
+                tracker.reconnected(True)
+                self.sink.reconnect(self.scenario, "resumed")
+
+    def remember(self, tracker: ChatTracker) -> None:
+        if tracker.run_id and not tracker.done and tracker.run_id not in self.by_run:
+            if len(self.by_run) >= MAX_TRACKED_RUNS:
+                self.by_run.pop(next(iter(self.by_run)))
+            self.by_run[tracker.run_id] = tracker
+
+    def judge_ready(self, checker: ConnectionChecker, now: float) -> None:
+        """Finish chats whose terminal event is `settle` old, or whose deadline has passed."""
+        for chat in list(checker.chats):
+            if chat._result is not None:
+                continue
+            if chat.done and chat.terminal_at is not None and now - chat.terminal_at >= self.settle:
+                self._finish(chat, chat.finish(now))
+            elif not chat.done and now >= chat.wait_deadline():
+                self._finish(chat, chat.finish(now))
+
+    def connection_closed(self, checker: ConnectionChecker, now: float, by_client: bool) -> None:
+        for chat in checker.chats:
+            if chat._result is not None:
+                continue
+            if chat.done:
+                self._finish(chat, chat.finish(now))
+            elif by_client:
+                # The user left before the answer; a resume on another connection may still pick it up,
+                # but the chat on this screen is over.
+                self.sink.chat_abandoned(self.scenario)
+                self._finish(chat, abandon(chat, now))
+            else:
+                self._finish(chat, chat.finish(now, lost=True, note="the server closed the connection mid-run"))
+
+    def _finish(self, chat: ChatTracker, result: Any) -> None:
+        if chat.run_id:
+            self.by_run.pop(chat.run_id, None)
+        self.sink.chat_finished(result)
+
+    def next_wakeup(self, checker: ConnectionChecker) -> float | None:
+        times = []
+        for chat in checker.chats:
+            if chat._result is not None:
+                continue
+            times.append(chat.terminal_at + self.settle if chat.done and chat.terminal_at is not None
+                         else chat.wait_deadline())
+        return min(times) if times else None
+
+
+def _s(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+class Proxy:
+    def __init__(self, upstream: str, live: LiveChats, connect_timeout: float = 10.0) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.live = live
+        self.connect_timeout = connect_timeout
+        self.clock = time.monotonic
+
+    async def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        """Open the upstream connection during the client's handshake, so auth and subprotocol mirror it."""
+        headers = {k: v for k, v in request.headers.raw_items() if k.lower() in FORWARDED_HEADERS}
+        offered = [p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol") for p in h.split(",")]
+        path = request.path
+        base = urlsplit(self.upstream)
+        url = f"{base.scheme}://{base.netloc}{path if path != '/' else (base.path or '/')}"
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                upstream = await connect(url, additional_headers=headers, subprotocols=offered or None,  # type: ignore[arg-type]
+                                         open_timeout=None, ping_interval=None, compression=None, proxy=None,
+                                         max_size=None, user_agent_header=None)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            self.live.sink.connection_attempt(self.live.scenario, classify(exc)[0])
+            return conn.respond(HTTPStatus(status), f"upstream answered HTTP {status}\n")
+        except Exception as exc:
+            self.live.sink.connection_attempt(self.live.scenario, classify(exc)[0])
+            return conn.respond(HTTPStatus.BAD_GATEWAY, "upstream unreachable\n")
+        conn.upstream = upstream  # type: ignore[attr-defined]
+        return None
+
+    def select_subprotocol(self, conn: ServerConnection, offered: Any) -> Any:
+        upstream = getattr(conn, "upstream", None)
+        return upstream.subprotocol if upstream is not None else None
+
+    async def handler(self, client: ServerConnection) -> None:
+        upstream = client.upstream  # type: ignore[attr-defined]
+        self.live.sink.connection_attempt(self.live.scenario, "ok")
+        checker = ConnectionChecker(None)
+        changed = asyncio.Event()
+        profile = self.live.profile
+        closed_by: list[str] = []
+
+        async def client_to_upstream() -> None:
+            try:
+                async for message in client:
+                    self.live.client_frame(checker, message, self.clock())
+                    await upstream.send(message)
+            except ConnectionClosed:
+                pass
+            finally:
+                closed_by.append("client")
+                changed.set()
+
+        async def upstream_to_client() -> None:
+            try:
+                async for message in upstream:
+                    try:
+                        await client.send(message)
+                    except ConnectionClosed:
+                        break
+                    decoded = profile.decode(message, self.clock())
+                    if isinstance(decoded, Event):
+                        chat = checker.route(decoded)
+                        if chat is not None:
+                            self.live.remember(chat)
+                    elif decoded.kind == "control":
+                        checker.welcome(decoded)
+                    elif decoded.kind == "malformed":
+                        checker.on_malformed(decoded, self.clock())
+                    elif decoded.kind == "error":
+                        checker.on_error(decoded, self.clock())
+                    changed.set()
+            except ConnectionClosed:
+                pass
+            finally:
+                closed_by.append("server")
+                changed.set()
+
+        async def judge() -> None:
+            while True:
+                wake = self.live.next_wakeup(checker)
+                changed.clear()
+                timeout = None if wake is None else max(0.0, wake - self.clock())
+                try:
+                    async with asyncio.timeout(timeout):
+                        await changed.wait()
+                except TimeoutError:
+                    pass
+                self.live.judge_ready(checker, self.clock())
+
+        tasks = [asyncio.ensure_future(client_to_upstream()), asyncio.ensure_future(upstream_to_client())]
+        judge_task = asyncio.ensure_future(judge())
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            judge_task.cancel()
+            await asyncio.gather(*tasks, judge_task, return_exceptions=True)
+            # Give an upstream close to the client and vice versa, within a bound.
+            for ws in (client, upstream):
+                try:
+                    async with asyncio.timeout(2):
+                        await ws.close()
+                except Exception:
+                    pass
+            self.live.connection_closed(checker, self.clock(), by_client=bool(closed_by) and closed_by[0] == "client")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="chatprobe proxy", description="Judge real users' chats passing through to an agent chat "
+                "server (WebSocket), and serve chatprobe's metrics with source=\"live\".")
+    p.add_argument("--upstream", required=True, metavar="URL", help="the real server, e.g. ws://10.0.0.5:8000")
+    p.add_argument("--listen", default="127.0.0.1:8780", metavar="HOST:PORT", help="where users connect")
+    p.add_argument("--metrics-listen", default="127.0.0.1:9465", metavar="HOST:PORT", help="/metrics (port 0: off)")
+    p.add_argument("--profile", default="netra", metavar="NAME|FILE")
+    p.add_argument("--target-name", metavar="NAME", help="the `target` label (default upstream host:port)")
+    p.add_argument("--scenario", default="live", help="the `scenario` label (default live)")
+    p.add_argument("--first-event-limit", default="2s")
+    p.add_argument("--deadline", default="60s")
+    p.add_argument("--stall-limit", default="30s")
+    p.add_argument("--settle", default="0.5s", help="listen this long after a terminal event before judging")
+    p.add_argument("--streaming", action="store_true", help="require partial_result")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+async def start_proxy(proxy: Proxy, host: str, port: int) -> Any:
+    """Listen (port 0: any free port); returns the websockets Server, to `close()` and `wait_closed()`."""
+    return await serve(proxy.handler, host, port, process_request=proxy.process_request,
+                       select_subprotocol=proxy.select_subprotocol, compression=None, max_size=None,
+                       ping_interval=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        profile = load_profile(args.profile)
+        host, port = _hostport(args.listen, "--listen")
+        mhost, mport = _hostport(args.metrics_listen, "--metrics-listen")
+        up = urlsplit(args.upstream)
+        if up.scheme not in ("ws", "wss") or not up.hostname:
+            raise ConfigError(f"--upstream {args.upstream!r}: expected a ws:// or wss:// URL")
+        limits = {}
+        for flag in ("first_event_limit", "deadline", "stall_limit", "settle"):
+            try:
+                limits[flag] = parse_duration(getattr(args, flag))
+            except ValueError as exc:
+                raise ConfigError(f"--{flag.replace('_', '-')}: {exc}") from None
+    except ConfigError as exc:
+        print(f"chatprobe proxy: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    required = set(profile.required) | ({Role.PARTIAL_RESULT} if args.streaming else set())
+    exp = Expectations(
+        required=frozenset(required), first_event_limit=limits["first_event_limit"], deadline=limits["deadline"],
+        stall_limit=limits["stall_limit"], thinking_before_tool=profile.thinking_before_tool,
+        spans_must_close=frozenset(s.name for s in profile.spans if s.must_close),
+    )
+    sink = MetricsSink(default_metrics(), args.target_name or target_label(args.upstream), "live")
+    live = LiveChats(profile, sink, exp, args.scenario, limits["settle"])
+    if mport:
+        start_http_server(mport, addr=mhost)
+        print(f"chatprobe proxy metrics on http://{mhost}:{mport}/metrics", flush=True)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        server = await start_proxy(Proxy(args.upstream, live), host, port)
+        print(f"chatprobe proxy listening on ws://{host}:{server.sockets[0].getsockname()[1]}", flush=True)
+        await stop.wait()
+        server.close()
+        await server.wait_closed()
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        print(f"chatprobe proxy: error: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return EXIT_OK
