@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 
 
 def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v * 1000:.0f} ms"
+    if v is None:
+        return "-"
+    ms = v * 1000
+    return f"{ms:.1f} ms" if ms < 10 else f"{ms:,.0f} ms"
 
 
 class LiveView(Sink):
