@@ -6,11 +6,13 @@ touches a socket, a clock or a global: every time comes in as an argument (the s
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
 from .events import Event, Frame, Outcome, Role, Violation
+
+# Judged chats a connection remembers for late events; older ones are forgotten (bounded memory).
+KEEP_FINISHED = 64
 
 ExpectError = Literal["recoverable", "fatal", "invalid_input"] | None
 
@@ -356,13 +358,29 @@ class ConnectionChecker:
         self.foreign = 0
 
     def add(self, chat: ChatTracker) -> None:
-        self.chats.append(chat)
+        """Register a chat (again, after a reconnect: then it is not duplicated)."""
+        if len(self.chats) >= 2 * KEEP_FINISHED:
+            self._prune()
+        if chat not in self.chats:
+            self.chats.append(chat)
         if chat.run_id:
             self.by_run[chat.run_id] = chat
         if chat.message_id:
             self.by_message[chat.message_id] = chat
         if chat.thread_id:
             self.by_thread[chat.thread_id] = chat
+
+    def _prune(self) -> None:
+        """Forget all but the latest judged chats, so a connection carrying endless chats stays bounded; the
+        ones kept still catch late events (R4) of recent runs."""
+        judged = [c for c in self.chats if c._result is not None]
+        drop = {id(c) for c in judged[:-KEEP_FINISHED]}
+        if not drop:
+            return
+        self.chats = [c for c in self.chats if id(c) not in drop]
+        for table in (self.by_run, self.by_message, self.by_thread):
+            for key in [k for k, c in table.items() if id(c) in drop]:
+                del table[key]
 
     def active(self) -> list[ChatTracker]:
         return [c for c in self.chats if not c.done]
@@ -427,9 +445,6 @@ class ConnectionChecker:
         if active:
             return active
         return self.chats[-1:]
-
-
-_ids = itertools.count(1)
 
 
 def _name(ev: Event) -> str:

@@ -216,3 +216,24 @@ def test_lost_connection_is_incomplete_without_deadline_violation():
     res = t.finish(1.0, lost=True, note="connection lost")
     assert res.outcome is Outcome.INCOMPLETE and "R10" not in rules(res)
     assert Role.AGENT_COMPLETED in res.missing
+
+
+def test_connection_memory_is_bounded_and_resume_does_not_duplicate():
+    from harness.checker import KEEP_FINISHED
+
+    conn = ConnectionChecker(user_id="u1")
+    for i in range(10 * KEEP_FINISHED):
+        chat = ChatTracker(f"c{i}", EXP, 0.0, thread_id=f"t{i}", run_id=f"r{i}")
+        conn.add(chat)
+        conn.add(chat)  # re-registered after a reconnect
+        for e in valid_run():
+            e.run_id, e.thread_id = f"r{i}", f"t{i}"
+            conn.route(e)
+        chat.finish(1.0)
+    assert len(conn.chats) <= 2 * KEEP_FINISHED
+    assert len(conn.by_run) <= 2 * KEEP_FINISHED and len(conn.by_thread) <= 2 * KEEP_FINISHED
+    assert conn.foreign == 0
+    # A late event of a recent run is still that run's (R4), not cross-talk.
+    last = conn.chats[-1]
+    late = ev(Role.PARTIAL_RESULT, 99, 2.0, run=last.run_id, thread=last.thread_id)
+    assert conn.route(late) is last
