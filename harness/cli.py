@@ -12,7 +12,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 from rich.console import Console

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from .events import DEFAULT_REQUIRED, Event, Frame, Role
-from .yamlfile import ConfigError, load_model
+from .yamlfile import builtin_names, load_builtin_or_file
 
 _MISSING = object()
 
@@ -324,17 +323,9 @@ BUILTIN_DIR = resources.files("harness") / "profiles"
 
 
 def builtin_profiles() -> list[str]:
-    return sorted(p.name[:-5] for p in BUILTIN_DIR.iterdir() if p.name.endswith(".yaml"))
+    return builtin_names(BUILTIN_DIR)
 
 
 def load_profile(name_or_path: str) -> Profile:
     """A built-in profile by name ("netra", "ag-ui") or a user's YAML file by path."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return load_model(Profile, p)
-    candidate = BUILTIN_DIR / f"{name_or_path}.yaml"
-    if not candidate.is_file():
-        raise ConfigError(
-            f"--profile: no built-in profile {name_or_path!r} and no such file (built-ins: {', '.join(builtin_profiles())})"
-        )
-    return load_model(Profile, f"harness/profiles/{name_or_path}.yaml", candidate.read_text(encoding="utf-8"))
+    return load_builtin_or_file(Profile, name_or_path, BUILTIN_DIR, "harness/profiles", "--profile")

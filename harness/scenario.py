@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
@@ -10,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 from .checker import Expectations
 from .durations import Seconds
 from .events import Role
-from .yamlfile import ConfigError, load_model
+from .yamlfile import ConfigError, builtin_names, load_builtin_or_file
 
 
 class Strict(BaseModel):
@@ -142,19 +141,12 @@ BUILTIN_SUITE = ("basic", "concurrent", "errors", "reconnection", "performance",
 
 
 def builtin_scenarios() -> list[str]:
-    return sorted(p.name[:-5] for p in BUILTIN_DIR.iterdir() if p.name.endswith(".yaml"))
+    return builtin_names(BUILTIN_DIR)
 
 
 def load_scenario(name_or_path: str) -> Scenario:
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return load_model(Scenario, p)
-    candidate = BUILTIN_DIR / f"{name_or_path}.yaml"
-    if not candidate.is_file():
-        raise ConfigError(
-            f"scenario {name_or_path!r}: no such file and no built-in of that name (built-ins: {', '.join(builtin_scenarios())})"
-        )
-    return load_model(Scenario, f"scenarios/{name_or_path}.yaml", candidate.read_text(encoding="utf-8"))
+    """A built-in scenario by name ("basic", …) or a user's YAML file by path."""
+    return load_builtin_or_file(Scenario, name_or_path, BUILTIN_DIR, "scenarios", "scenario")
 
 
 def apply_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:

@@ -1,6 +1,7 @@
 """Load YAML data files into pydantic models with errors that name the file, line and field."""
 from __future__ import annotations
 
+from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,3 +73,19 @@ def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
         return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(path, err, node)) from None
+
+
+def builtin_names(folder: Traversable) -> list[str]:
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_builtin_or_file(model: type[M], name_or_path: str, folder: Traversable, shown_folder: str, what: str) -> M:
+    """A built-in data file by name (from a package folder) or the user's own YAML file by path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return load_model(model, p)
+    candidate = folder / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise ConfigError(f"{what} {name_or_path!r}: no such file and no built-in of that name "
+                          f"(built-ins: {', '.join(builtin_names(folder))})")
+    return load_model(model, f"{shown_folder}/{name_or_path}.yaml", candidate.read_text(encoding="utf-8"))
