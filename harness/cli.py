@@ -11,6 +11,7 @@ import contextlib
 import os
 import secrets
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 from rich.console import Console
 
 from .client import Target, TokenProvider
+from .durations import parse_duration
 from .profiles import load_profile
 from .report import LiveView, print_summary, write_json, write_junit
 from .runner import ScenarioRun, run_scenario
@@ -73,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sim-fault", action="append", default=[], metavar="SPEC",
                    help="inject a fault into the embedded agentsim (see `chatprobe sim --help`)")
     r.add_argument("--sim-seed", type=int, default=None, help="seed of the embedded agentsim")
+    r.add_argument("--max-duration", metavar="DURATION", default=None,
+                   help="bound on the whole run (e.g. 10m): each scenario gets at most what is left")
     r.add_argument("--quiet", "-q", action="store_true", help="print only the verdict table")
 
     s = sub.add_parser("sim", help="run agentsim, the reference agent chat server", add_help=False)
@@ -156,6 +160,12 @@ async def embedded_sim(faults: list[str], seed: int | None):
 async def _run(args: argparse.Namespace, console: Console) -> int:
     names = args.scenarios or list(BUILTIN_SUITE)
     scenarios = [apply_overrides(load_scenario(n), args.objective) for n in names]
+    run_deadline = None
+    if args.max_duration is not None:
+        try:
+            run_deadline = time.monotonic() + parse_duration(args.max_duration)
+        except ValueError as exc:
+            raise ConfigError(f"--max-duration: {exc}") from None
     if args.target and args.sim_fault:
         raise ConfigError("--sim-fault applies to the embedded agentsim only; leave out --target to use it")
     if args.job and args.pushgateway is None and args.job != "chatprobe":
@@ -173,6 +183,9 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         runs: list[ScenarioRun] = []
         metrics_sinks = []
         for scenario in scenarios:
+            if run_deadline is not None:
+                left = max(0.0, run_deadline - time.monotonic())
+                scenario = scenario.model_copy(update={"max_duration": min(scenario.max_duration, left)})
             target = make_target(args, url, tokens, scenario.profile)
             sinks: list[Sink] = []
             if args.pushgateway:

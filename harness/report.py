@@ -102,6 +102,8 @@ def print_summary(console: Console, runs: list["ScenarioRun"], worst: int = 3) -
         if run.passed:
             continue
         console.print(Text(f"\n{run.scenario.name}: objectives not met", style="bold red"))
+        if run.stopped_early:
+            console.print(escape(f"  stopped at its max_duration ({run.scenario.max_duration:g}s); chats in flight were judged as they stood"))
         if run.unreachable:
             kinds = Counter(r.error_kind for r in run.results)
             first = run.results[0].error if run.results else ""
