@@ -17,7 +17,7 @@ from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, a
 from .events import Event, Frame
 from .profiles import Profile
 from .sinks import Sink
-from .transport import ConnectFailed, ConnectSettings, WebSocketTransport, classify, make_transport
+from .transport import ConnectFailed, ConnectSettings, WebSocketTransport, make_transport
 
 
 class TokenProvider:
@@ -70,6 +70,86 @@ class Target:
 _chat_ids = itertools.count(1)
 
 
+def new_tracker(expectations: Expectations, scenario: str, now: float, client_run_id: bool) -> ChatTracker:
+    """A chat with fresh thread, message and (when the client names runs) run ids."""
+    n = next(_chat_ids)
+    return ChatTracker(
+        f"c{n}-{uuid.uuid4().hex[:8]}", expectations, now, scenario=scenario,
+        thread_id=f"t-{uuid.uuid4().hex[:12]}", message_id=f"m-{uuid.uuid4().hex[:12]}",
+        run_id=f"r-{uuid.uuid4().hex[:12]}" if client_run_id else None,
+    )
+
+
+def resume_frame(profile: Profile, tracker: ChatTracker) -> dict | None:
+    """The frame that resumes a chat's run after a reconnect, or None when it cannot be resumed."""
+    if profile.resume is None or tracker.run_id is None:
+        return None
+    return profile.build_resume(tracker.run_id, tracker.max_seq or len(tracker.events))
+
+
+def lost_note_for(transport: object | None, can_resume: bool) -> str:
+    """Why a chat ended without its terminal event when the connection went and was not resumed."""
+    return getattr(transport, "ended_note", "") or (
+        "connection lost mid-run" + ("" if can_resume else " before the run had an id to resume"))
+
+
+WAKE_ALL = "*"
+
+
+class FrameRouter:
+    """The sans-I/O half of a client connection, shared by the asyncio Session and the gevent client.
+
+    `on_frame` decodes one frame with the profile, routes events to their chats through the ConnectionChecker and
+    says what the I/O layer must do: which chat to wake (a chat id, WAKE_ALL or None) and what to reply (a ping).
+    """
+
+    def __init__(self, profile: Profile, checker: ConnectionChecker, sink: Sink, scenario: str) -> None:
+        self.profile = profile
+        self.checker = checker
+        self.sink = sink
+        self.scenario = scenario
+        self.answered = False  # the server spoke on this connection (welcome, event or AUTH_FAILED)
+        self.auth_failed: Frame | None = None
+        self.resume_unknown: set[str] = set()
+
+    def new_connection(self) -> None:
+        self.answered = False
+        self.auth_failed = None
+
+    def on_frame(self, message: str | bytes, at: float) -> tuple[str | None, dict | None]:
+        """(whom to wake, what to send back) for one received frame."""
+        decoded = self.profile.decode(message, at)
+        if isinstance(decoded, Event):
+            chat = self.checker.route(decoded)
+            self.sink.event_received(self.scenario, decoded)
+            self.answered = True
+            return (chat.chat_id if chat is not None else WAKE_ALL), None
+        kind = decoded.kind
+        if kind == "ping":
+            return None, self.profile.ping_reply()
+        if kind == "control":
+            self.checker.welcome(decoded)
+            self.answered = True
+        elif kind == "error":
+            code = decoded.error_code or ""
+            if code == "AUTH_FAILED":
+                self.auth_failed = decoded
+                self.answered = True
+            elif code == "RESUME_UNKNOWN_RUN":
+                rid = decoded.raw.get("run_id") or (decoded.raw.get("payload") or {}).get("run_id")
+                self.resume_unknown.add(str(rid) if rid else "*")
+            self.checker.on_error(decoded, at)
+            return WAKE_ALL, None
+        elif kind == "malformed":
+            self.checker.on_malformed(decoded, at)
+            return WAKE_ALL, None
+        return None, None
+
+    def on_protocol_error(self, detail: str, at: float) -> None:
+        """The transport closed because of what the server sent (oversized frame, bad UTF-8): an R12."""
+        self.checker.on_malformed(Frame("malformed", detail=detail), at)
+
+
 class Session:
     """One virtual user: a connection that carries chats (several at once if asked) and survives drops."""
 
@@ -88,9 +168,8 @@ class Session:
         self.generation = 0
         self.closed = True
         self._wake: dict[str, asyncio.Event] = {}
+        self.router = FrameRouter(self.profile, self.checker, sink, scenario)
         self._welcomed: asyncio.Event | None = None
-        self._auth_failed: Frame | None = None
-        self._resume_unknown: set[str] = set()
         self._lock = asyncio.Lock()
         self._pending_sends: set[asyncio.Task] = set()
         self._send_failure: ConnectFailed | None = None
@@ -101,7 +180,7 @@ class Session:
         settings = self.target.settings_for(self.user_id, self.connect_timeout)
         transport = make_transport(settings)
         self._welcomed = asyncio.Event()
-        self._auth_failed = None
+        self.router.new_connection()
         try:
             await transport.open()
         except ConnectFailed as exc:
@@ -129,7 +208,7 @@ class Session:
             await self._drop(transport)
             self.sink.connection_attempt(self.scenario, "timeout")
             raise ConnectFailed("timeout", f"no welcome frame within {self.connect_timeout:g}s") from None
-        if self._auth_failed is not None or (self.closed and transport.close_code == 1008):
+        if self.router.auth_failed is not None or (self.closed and transport.close_code == 1008):
             await self._drop(transport)
             self.sink.connection_attempt(self.scenario, "auth_failed")
             raise ConnectFailed("auth_failed", "the server rejected the credentials (AUTH_FAILED)")
@@ -152,51 +231,24 @@ class Session:
             await transport.run(self._on_frame)
         finally:
             if transport.protocol_error is not None:
-                self.checker.on_malformed(Frame("malformed", detail=transport.protocol_error), self.clock())
+                self.router.on_protocol_error(transport.protocol_error, self.clock())
             if gen == self.generation:
                 self.closed = True
                 for ev in self._wake.values():
                     ev.set()
 
     def _on_frame(self, message: str | bytes, at: float) -> None:
-        decoded = self.profile.decode(message, at)
-        if isinstance(decoded, Event):
-            chat = self.checker.route(decoded)
-            self.sink.event_received(self.scenario, decoded)
-            if self._welcomed is not None:
-                self._welcomed.set()
-            if chat is not None:
-                w = self._wake.get(chat.chat_id)
-                if w is not None:
-                    w.set()
-            else:
-                self._wake_all()
-            return
-        kind = decoded.kind
-        if kind == "ping":
-            reply = self.profile.ping_reply()
-            if reply is not None and self.transport is not None:
-                t = asyncio.get_running_loop().create_task(self._safe_send(reply))
-                self._pending_sends.add(t)
-                t.add_done_callback(self._pending_sends.discard)
-        elif kind == "control":
-            self.checker.welcome(decoded)
-            if self._welcomed is not None:
-                self._welcomed.set()
-        elif kind == "error":
-            code = decoded.error_code or ""
-            if code == "AUTH_FAILED":
-                self._auth_failed = decoded
-                if self._welcomed is not None:
-                    self._welcomed.set()
-            elif code == "RESUME_UNKNOWN_RUN":
-                rid = decoded.raw.get("run_id") or (decoded.raw.get("payload") or {}).get("run_id")
-                self._resume_unknown.add(str(rid) if rid else "*")
-            self.checker.on_error(decoded, at)
+        wake, reply = self.router.on_frame(message, at)
+        if reply is not None and self.transport is not None:
+            t = asyncio.get_running_loop().create_task(self._safe_send(reply))
+            self._pending_sends.add(t)
+            t.add_done_callback(self._pending_sends.discard)
+        if self.router.answered and self._welcomed is not None:
+            self._welcomed.set()
+        if wake == WAKE_ALL:
             self._wake_all()
-        elif kind == "malformed":
-            self.checker.on_malformed(decoded, at)
-            self._wake_all()
+        elif wake is not None and (w := self._wake.get(wake)) is not None:
+            w.set()
 
     def _wake_all(self) -> None:
         for ev in self._wake.values():
@@ -245,13 +297,7 @@ class Session:
 
     # -- chats --
     def _new_tracker(self, expectations: Expectations, client_run_id: bool) -> ChatTracker:
-        n = next(_chat_ids)
-        chat_id = f"c{n}-{uuid.uuid4().hex[:8]}"
-        return ChatTracker(
-            chat_id, expectations, self.clock(), scenario=self.scenario,
-            thread_id=f"t-{uuid.uuid4().hex[:12]}", message_id=f"m-{uuid.uuid4().hex[:12]}",
-            run_id=f"r-{uuid.uuid4().hex[:12]}" if client_run_id else None,
-        )
+        return new_tracker(expectations, self.scenario, self.clock(), client_run_id)
 
     async def chat(
         self,
@@ -267,41 +313,55 @@ class Session:
     ) -> ChatResult:
         """Send one message and follow its run to a verdict, within the chat's deadline."""
         tracker = self._new_tracker(expectations, client_run_id or self.profile.client_run_id)
-        self.sink.chat_started(self.scenario)
-        if self.closed:
-            try:
-                await self.connect()
-            except ConnectFailed as exc:
-                return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, exc.kind, str(exc)))
-        wake = self._wake[tracker.chat_id] = asyncio.Event()
-        self.checker.add(tracker)
-        request = self.profile.build_request(
-            content=content, thread_id=tracker.thread_id, run_id=tracker.run_id,
-            message_id=tracker.message_id, user_id=self.user_id,
-        )
-        tracker.sent_at = tracker.last_at = self.clock()
-        self._send_failure = None
-        if not await self._safe_send(request):
-            self._wake.pop(tracker.chat_id, None)
-            if (failure := self._send_failure) is not None:
-                self.sink.connection_attempt(self.scenario, failure.kind)
-                return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, failure.kind, str(failure)))
-            return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, "send_failed",
-                                               "the connection closed before the message could be sent"))
-        per_chat = self.transport is not None and self.transport.connects_on_send
-        if per_chat:
-            self.sink.connection_attempt(self.scenario, "ok")
+        if (failed := await self._begin(tracker)) is not None:
+            return failed
+        wake = self._wake[tracker.chat_id]
         try:
+            request = self.profile.build_request(
+                content=content, thread_id=tracker.thread_id, run_id=tracker.run_id,
+                message_id=tracker.message_id, user_id=self.user_id,
+            )
+            tracker.sent_at = tracker.last_at = self.clock()
+            self._send_failure = None
+            if not await self._safe_send(request):
+                if (failure := self._send_failure) is not None:
+                    self.sink.connection_attempt(self.scenario, failure.kind)
+                    return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, failure.kind,
+                                                       str(failure)))
+                return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, "send_failed",
+                                                   "the connection closed before the message could be sent"))
+            per_chat = self.transport is not None and self.transport.connects_on_send
+            if per_chat:
+                self.sink.connection_attempt(self.scenario, "ok")
             result = await self._follow(tracker, wake, disconnect_after, abandon_after, reconnect, max_reconnects, settle)
             if per_chat:
                 await self.close()  # SSE: the stream was this chat's; the next chat opens its own
             return result
         except asyncio.CancelledError:
             # Stopped from outside (the scenario's max_duration, Ctrl-C): still judged, so counters add up.
-            self._finished(tracker.finish(self.clock(), lost=not tracker.done, note="stopped before the chat ended"))
+            if tracker._result is None:
+                stopped = not tracker.done
+                self._finished(tracker.finish(self.clock(), lost=stopped,
+                                              note="stopped before the chat ended" if stopped else ""))
             raise
         finally:
             self._wake.pop(tracker.chat_id, None)
+
+    async def _begin(self, tracker: ChatTracker) -> ChatResult | None:
+        """Count the chat as started and make sure a connection carries it; its result when none can."""
+        self.sink.chat_started(self.scenario)
+        if self.closed:
+            try:
+                await self.connect()
+            except ConnectFailed as exc:
+                return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, exc.kind, str(exc)))
+            except asyncio.CancelledError:
+                self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, "stopped",
+                                            "stopped before the connection was open"))
+                raise
+        self._wake[tracker.chat_id] = asyncio.Event()
+        self.checker.add(tracker)
+        return None
 
     async def _follow(self, tracker: ChatTracker, wake: asyncio.Event, disconnect_after: int | None,
                       abandon_after: int | None, reconnect: bool, max_reconnects: int, settle: float) -> ChatResult:
@@ -334,10 +394,9 @@ class Session:
                     self.sink.reconnect(self.scenario, tracker.reconnects[-1])
                     events_at_reconnect = None
                 tracker.connection_lost(clock())
-                can_resume = self.profile.resume is not None and tracker.run_id is not None
+                can_resume = resume_frame(self.profile, tracker) is not None
                 if not (reconnect and can_resume and reconnects < max_reconnects):
-                    lost_note = (self.transport.ended_note if self.transport is not None else "") or (
-                        "connection lost mid-run" + ("" if can_resume else " before the run had an id to resume"))
+                    lost_note = lost_note_for(self.transport, can_resume)
                     break
                 reconnects += 1
                 if not await self._reconnect(generation):
@@ -347,11 +406,10 @@ class Session:
                     break
                 generation = self.generation
                 self.checker.add(tracker)
-                resume = self.profile.build_resume(tracker.run_id, tracker.max_seq or len(tracker.events))  # type: ignore[arg-type]
                 events_at_reconnect = len(tracker.events)
-                await self._safe_send(resume)
+                await self._safe_send(resume_frame(self.profile, tracker))
                 continue
-            if tracker.run_id is not None and tracker.run_id in self._resume_unknown:
+            if tracker.run_id is not None and tracker.run_id in self.router.resume_unknown:
                 lost_note = "the server did not know the run when resuming (RESUME_UNKNOWN_RUN)"
                 break
             remaining = deadline - clock()
@@ -381,14 +439,9 @@ class Session:
     async def send_invalid(self, raw: str, expectations: Expectations) -> ChatResult:
         """Send a frame the server must answer with an error_message, keeping the connection open (R13)."""
         tracker = self._new_tracker(expectations, False)
-        self.sink.chat_started(self.scenario)
-        if self.closed:
-            try:
-                await self.connect()
-            except ConnectFailed as exc:
-                return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, exc.kind, str(exc)))
-        wake = self._wake[tracker.chat_id] = asyncio.Event()
-        self.checker.add(tracker)
+        if (failed := await self._begin(tracker)) is not None:
+            return failed
+        wake = self._wake[tracker.chat_id]
         tracker.sent_at = self.clock()
         try:
             if not await self._safe_send(raw):
@@ -405,6 +458,10 @@ class Session:
             if self.closed:
                 tracker.connection_lost(self.clock())
             return self._finished(tracker.finish(self.clock()))
+        except asyncio.CancelledError:
+            if tracker._result is None:
+                self._finished(tracker.finish(self.clock(), lost=True, note="stopped before the answer"))
+            raise
         finally:
             self._wake.pop(tracker.chat_id, None)
 

@@ -109,6 +109,45 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return "protocol_error", exc.__class__.__name__
 
 
+def handshake_options(settings: ConnectSettings) -> dict[str, Any]:
+    """Keyword arguments of a websockets `connect` (asyncio or sync): auth, TLS, limits; the one handshake."""
+    headers = dict(settings.extra_headers)
+    subprotocols = None
+    if settings.token and settings.auth == "header":
+        headers["Authorization"] = f"Bearer {settings.token}"
+    elif settings.token and settings.auth == "subprotocol":
+        encoded = base64.urlsafe_b64encode(settings.token.encode()).decode().rstrip("=")
+        subprotocols = ["jwt-auth", f"jwt.{encoded}"]
+    return {
+        "additional_headers": headers or None,
+        "subprotocols": subprotocols,
+        "ssl": ssl_context(settings),
+        "ping_interval": None,
+        "close_timeout": 2,
+        "max_size": settings.max_size,
+        "max_queue": None,
+        "compression": None,
+        "proxy": None,
+        "user_agent_header": "chatprobe",
+    }
+
+
+def record_close(transport: Any, protocol: Any) -> None:
+    """Set a transport's close_code, close_reason and protocol_error from a websockets protocol that ended."""
+    sent = protocol.close_sent
+    if sent is not None and sent.code in (1002, 1007, 1009):
+        # We closed because of what the server sent: a frame over max_size, bad UTF-8, bad framing.
+        transport.protocol_error = {1009: f"frame larger than the {transport.settings.max_size} byte limit",
+                                    1007: "text frame that is not valid UTF-8",
+                                    1002: "WebSocket protocol error"}[sent.code]
+    rcvd = protocol.close_rcvd
+    if rcvd is not None:
+        transport.close_code = rcvd.code
+        transport.close_reason = transport.close_reason or rcvd.reason
+    elif transport.close_code is None:
+        transport.close_code = 1006
+
+
 class WebSocketTransport:
     """One WebSocket connection: auth by header or subprotocol, wss:// with a CA file, JSON text frames."""
 
@@ -126,29 +165,9 @@ class WebSocketTransport:
 
     async def open(self) -> None:
         s = self.settings
-        headers = dict(s.extra_headers)
-        subprotocols = None
-        if s.token and s.auth == "header":
-            headers["Authorization"] = f"Bearer {s.token}"
-        elif s.token and s.auth == "subprotocol":
-            encoded = base64.urlsafe_b64encode(s.token.encode()).decode().rstrip("=")
-            subprotocols = ["jwt-auth", f"jwt.{encoded}"]
         try:
             async with asyncio.timeout(s.connect_timeout):
-                self.ws = await connect(
-                    s.url,
-                    additional_headers=headers or None,
-                    subprotocols=subprotocols,  # type: ignore[arg-type]
-                    ssl=ssl_context(s),
-                    open_timeout=None,
-                    ping_interval=None,
-                    close_timeout=2,
-                    max_size=s.max_size,
-                    max_queue=None,
-                    compression=None,
-                    proxy=None,
-                    user_agent_header="chatprobe",
-                )
+                self.ws = await connect(s.url, open_timeout=None, **handshake_options(s))
         except Exception as exc:
             kind, reason = classify(exc)
             raise ConnectFailed(kind, reason) from None
@@ -170,18 +189,7 @@ class WebSocketTransport:
         except Exception as exc:  # a protocol error from the server's side (e.g. an oversized frame)
             self.close_reason = f"{exc.__class__.__name__}: {str(exc)[:120]}"
         finally:
-            sent = ws.protocol.close_sent
-            if sent is not None and sent.code in (1002, 1007, 1009):
-                # We closed because of what the server sent: a frame over max_size, bad UTF-8, bad framing.
-                self.protocol_error = {1009: f"frame larger than the {self.settings.max_size} byte limit",
-                                       1007: "text frame that is not valid UTF-8",
-                                       1002: "WebSocket protocol error"}[sent.code]
-            rcvd = ws.protocol.close_rcvd
-            if rcvd is not None:
-                self.close_code = rcvd.code
-                self.close_reason = self.close_reason or rcvd.reason
-            elif self.close_code is None:
-                self.close_code = 1006
+            record_close(self, ws.protocol)
 
     async def close(self) -> None:
         if self.ws is not None:
