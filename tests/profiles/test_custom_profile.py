@@ -1,0 +1,161 @@
+"""A made-up dialect described by a user's profile file, driven end to end through `chatprobe run`; bad files exit 2."""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+
+from .servers import InThread, WsServer
+
+# Types begin/think/call/called/chunk/done/oops, every field under `body`, the run id named `rid`, a `hello` greeting.
+ACME = """\
+name: acme
+description: the ACME assistant's own wire format
+transport: websocket
+path: /chat
+client_run_id: true
+request:
+  op: ask
+  body:
+    text: "{content}"
+    conv: "{thread_id}"
+    rid: "{run_id}"
+lookup: ["", body]
+fields:
+  type: [kind]
+  run_id: [rid]
+  thread_id: [conv]
+  tool_call_id: [call_id]
+  tool_name: [tool]
+  recoverable: [retry]
+roles:
+  agent_started: [begin]
+  agent_thinking: [think]
+  tool_executing: [call]
+  tool_completed: [called]
+  partial_result: [chunk]
+  agent_completed: [done]
+  error_event: [oops]
+control: [hello]
+ping: {types: [], reply: null}
+spans:
+  - name: tool call
+    open: [call]
+    close: [called]
+    key: tool_call_id
+required: [agent_started, agent_thinking, tool_executing, tool_completed, agent_completed]
+"""
+
+SCENARIO = """\
+name: acme-basic
+users: 2
+chats_per_user: 2
+message: "What is 6 * 7?"
+expect:
+  streaming: true
+  deadline: 10s
+"""
+
+
+def acme_run(request: dict, *, fault: str | None = None):
+    body = request["body"]
+    ids = {"rid": body["rid"], "conv": body["conv"]}
+
+    def frame(kind: str, **fields):
+        return {"kind": kind, "body": {**ids, **fields}}
+
+    yield frame("begin")
+    yield frame("think", text="multiply")
+    if fault != "unpaired":
+        yield frame("call", call_id="k1", tool="calc")
+    yield frame("called", call_id="k1", tool="calc", out=42)
+    yield frame("chunk", text="42")
+    yield frame("done")
+
+
+def run_cli(tmp_path: Path, url: str, profile_text: str = ACME) -> tuple[int, dict]:
+    profile = tmp_path / "acme.yaml"
+    profile.write_text(profile_text)
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(SCENARIO)
+    out = tmp_path / "out.json"
+    code = main(["run", "--target", url, "--profile", str(profile), str(scenario), "--json", str(out), "-q"])
+    return code, json.loads(out.read_text()) if out.exists() else {}
+
+
+def test_custom_dialect_passes_end_to_end(tmp_path):
+    with InThread(WsServer(acme_run, welcome={"kind": "hello"})) as server:
+        code, doc = run_cli(tmp_path, server.url)
+    assert code == 0, doc
+    (scenario,) = doc["scenarios"]
+    assert [c["outcome"] for c in scenario["chats"]] == ["passed"] * 4
+    assert [e["wire_type"] for e in scenario["chats"][0]["events"]] == ["begin", "think", "call", "called", "chunk", "done"]
+    assert all(r["op"] == "ask" and r["body"]["text"] == "What is 6 * 7?" and r["body"]["rid"] for r in server.requests)
+
+
+def test_custom_dialect_fault_fails_with_its_rule(tmp_path):
+    with InThread(WsServer(lambda r: acme_run(r, fault="unpaired"), welcome={"kind": "hello"})) as server:
+        code, doc = run_cli(tmp_path, server.url)
+    assert code == 1
+    chats = doc["scenarios"][0]["chats"]
+    assert {c["outcome"] for c in chats} == {"failed"}
+    assert chats[0]["violations"][0]["rule"] == "R5"
+    assert "closes tool call 'k1', which is not open" in chats[0]["violations"][0]["reason"]
+
+
+def test_welcome_is_awaited_unless_the_profile_says_none(tmp_path):
+    # No hello from this server: with `welcome: false` the client does not wait for one.
+    with InThread(WsServer(acme_run)) as server:
+        code, doc = run_cli(tmp_path, server.url, ACME.replace("client_run_id: true", "client_run_id: true\nwelcome: false"))
+    assert code == 0, doc
+
+
+# -- bad profile files: exit 2, a message that names the file, the line and the field --
+
+@pytest.mark.parametrize("edit,line,field,words", [
+    (("client_run_id: true", "client_run_id: true\nwelcom: false"), 6, "welcom", "Extra inputs are not permitted"),
+    (("roles:", "rolez:"), 1, "roles", "Field required (and 1 more problem)"),
+    (("  agent_thinking: [think]", "  agent_thinkin: [think]"), 22, "roles.agent_thinkin.[key]", "'agent_thinking'"),
+    (("  partial_result: [chunk]", "  partial_result: [chunk, think]"), 21, "roles",
+     "wire type 'think' is mapped to both agent_thinking and partial_result"),
+    (("transport: websocket", "transport: carrier-pigeon"), 3, "transport", "expected websocket, sse"),
+    (("transport: websocket", "transport: [sse, sse]"), 3, "transport", "without repeats"),
+    (("    key: tool_call_id", "    key: [tool_call_id]"), 34, "spans.0.key", "valid string"),
+    (("    key: tool_call_id\n", "    key: tool_call_id\n  - {name: again, open: [called], close: [done], key: rid}\n"),
+     31, "spans", "'called' belongs to more than one span"),
+    (("lookup: [\"\", body]", "lookup: []"), 12, "lookup", "at least one container"),
+])
+def test_bad_profile_file_exits_2_naming_file_line_and_field(tmp_path, capsys, edit, line, field, words):
+    old, new = edit
+    assert old in ACME
+    code, _ = run_cli(tmp_path, "ws://127.0.0.1:9/chat", ACME.replace(old, new, 1))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"acme.yaml:{line}: field '{field}'" in err, err
+    assert words in err, err
+
+
+def test_profile_that_is_not_yaml_exits_2(tmp_path, capsys):
+    code, _ = run_cli(tmp_path, "ws://127.0.0.1:9/chat", "name: acme\nroles: [unclosed\n")
+    assert code == 2
+    assert "acme.yaml:3: not valid YAML" in capsys.readouterr().err
+
+
+def test_target_scheme_the_profile_does_not_speak_exits_2(tmp_path, capsys):
+    code, _ = run_cli(tmp_path, "http://127.0.0.1:9/chat")
+    assert code == 2
+    assert "http:// means sse, but profile 'acme' is spoken over websocket only" in capsys.readouterr().err
+
+
+def test_builtin_agui_accepts_both_schemes_and_netra_only_websocket(tmp_path, capsys):
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(textwrap.dedent(SCENARIO))
+    assert main(["run", "--target", "http://127.0.0.1:9/", "--profile", "netra", str(scenario), "-q"]) == 2
+    assert "spoken over websocket only" in capsys.readouterr().err
+    # ag-ui over either: unreachable (exit 3), not a usage error.
+    for url in ("http://127.0.0.1:9/agent", "ws://127.0.0.1:9/agent"):
+        assert main(["run", "--target", url, "--profile", "ag-ui", str(scenario), "-q"]) == 3
