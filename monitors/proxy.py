@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import EXTERNAL_CLOSE_CODES
 from websockets.http11 import Request, Response
 
 from harness.checker import ChatTracker, ConnectionChecker, Expectations, abandon
@@ -140,6 +141,14 @@ class LiveChats:
         return min(times) if times else None
 
 
+def _close_of(ws: Any) -> tuple[int, str]:
+    """The close code and reason `ws`'s peer sent, when one may be sent on (else 1000, "")."""
+    rcvd = getattr(getattr(ws, "protocol", None), "close_rcvd", None)
+    if rcvd is not None and (rcvd.code in EXTERNAL_CLOSE_CODES or 3000 <= rcvd.code < 5000):
+        return rcvd.code, rcvd.reason
+    return 1000, ""
+
+
 def _s(v: Any) -> str | None:
     return None if v is None else str(v)
 
@@ -179,11 +188,18 @@ class Proxy:
 
     async def handler(self, client: ServerConnection) -> None:
         upstream = client.upstream  # type: ignore[attr-defined]
-        self.live.sink.connection_attempt(self.live.scenario, "ok")
         checker = ConnectionChecker(None)
         changed = asyncio.Event()
         profile = self.live.profile
         closed_by: list[str] = []
+        # Servers that read the JWT from a subprotocol accept the handshake and only then reject it (an AUTH_FAILED
+        # frame, close 1008): the attempt's result is known at the first server frame, or at the close.
+        attempt: list[str] = []
+
+        def record(result: str) -> None:
+            if not attempt:
+                attempt.append(result)
+                self.live.sink.connection_attempt(self.live.scenario, result)
 
         async def client_to_upstream() -> None:
             try:
@@ -204,6 +220,8 @@ class Proxy:
                     except ConnectionClosed:
                         break
                     decoded = profile.decode(message, self.clock())
+                    record("auth_failed" if getattr(decoded, "kind", None) == "error"
+                           and decoded.error_code == "AUTH_FAILED" else "ok")
                     if isinstance(decoded, Event):
                         chat = checker.route(decoded)
                         if chat is not None:
@@ -242,13 +260,17 @@ class Proxy:
                 t.cancel()
             judge_task.cancel()
             await asyncio.gather(*tasks, judge_task, return_exceptions=True)
-            # Give an upstream close to the client and vice versa, within a bound.
-            for ws in (client, upstream):
+            # Give an upstream close to the client and vice versa (same code and reason), within a bound.
+            for ws, other in ((client, upstream), (upstream, client)):
+                code, reason = _close_of(other)
                 try:
                     async with asyncio.timeout(2):
-                        await ws.close()
+                        await ws.close(code, reason)
                 except Exception:
                     pass
+            if not attempt:
+                code = _close_of(upstream)[0]
+                record("auth_failed" if code == 1008 else "ok" if closed_by[:1] == ["client"] else "protocol_error")
             self.live.connection_closed(checker, self.clock(), by_client=bool(closed_by) and closed_by[0] == "client")
 
 
