@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .checker import ChatResult
-from .events import Outcome
+from .events import Outcome, Role
 from .scenario import Objectives
 
 
@@ -85,26 +85,91 @@ def _stat(values: list[float]) -> dict[str, float | None]:
     }
 
 
-def compute(results: list[ChatResult]) -> ScenarioStats:
-    st = ScenarioStats()
-    ttfe: list[float] = []
-    dur: list[float] = []
-    for r in results:
-        st.chats += 1
-        st.outcomes[r.outcome] += 1
-        st.events += len(r.events)
+@dataclass
+class Tally:
+    """Verdicts reduced to counts and samples: what a scenario's stats are computed from, and what processes merge.
+
+    A Locust worker sends its tally of an interval to the master, which merges them and computes the same stats
+    `chatprobe run` prints; `to_dict`/`from_dict` are the wire form (plain JSON types, msgpack-safe).
+    """
+
+    chats: int = 0
+    outcomes: Counter = field(default_factory=Counter)  # Outcome -> chats
+    error_kinds: Counter = field(default_factory=Counter)  # error_kind of chats with outcome error
+    missing_chats: int = 0
+    missing_roles: Counter = field(default_factory=Counter)  # Role -> chats missing it
+    violations: Counter = field(default_factory=Counter)  # rule id -> violations
+    events: int = 0
+    ttfe: list[float] = field(default_factory=list)
+    duration: list[float] = field(default_factory=list)
+
+    def add(self, r: ChatResult) -> None:
+        self.chats += 1
+        self.outcomes[r.outcome] += 1
+        if r.outcome is Outcome.ERROR:
+            self.error_kinds[r.error_kind or "unknown"] += 1
+        self.events += len(r.events)
         if r.missing:
-            st.missing_chats += 1
-            st.missing_roles.update(r.missing)
+            self.missing_chats += 1
+            self.missing_roles.update(r.missing)
         for v in r.violations:
-            st.violations[v.rule] += 1
+            self.violations[v.rule] += 1
         if r.time_to_first_event is not None:
-            ttfe.append(r.time_to_first_event)
+            self.ttfe.append(r.time_to_first_event)
         if r.duration is not None:
-            dur.append(r.duration)
-    st.ttfe = _stat(ttfe)
-    st.duration = _stat(dur)
-    return st
+            self.duration.append(r.duration)
+
+    def merge(self, other: "Tally") -> None:
+        self.chats += other.chats
+        self.outcomes.update(other.outcomes)
+        self.error_kinds.update(other.error_kinds)
+        self.missing_chats += other.missing_chats
+        self.missing_roles.update(other.missing_roles)
+        self.violations.update(other.violations)
+        self.events += other.events
+        self.ttfe.extend(other.ttfe)
+        self.duration.extend(other.duration)
+
+    def stats(self) -> ScenarioStats:
+        return ScenarioStats(
+            chats=self.chats, outcomes=Counter(self.outcomes), missing_chats=self.missing_chats,
+            missing_roles=Counter(self.missing_roles), violations=Counter(self.violations),
+            ttfe=_stat(self.ttfe), duration=_stat(self.duration), events=self.events,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chats": self.chats,
+            "outcomes": {str(k): v for k, v in self.outcomes.items()},
+            "error_kinds": dict(self.error_kinds),
+            "missing_chats": self.missing_chats,
+            "missing_roles": {str(k): v for k, v in self.missing_roles.items()},
+            "violations": dict(self.violations),
+            "events": self.events,
+            "ttfe": self.ttfe,
+            "duration": self.duration,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Tally":
+        return cls(
+            chats=int(d["chats"]),
+            outcomes=Counter({Outcome(k): int(v) for k, v in d["outcomes"].items()}),
+            error_kinds=Counter({str(k): int(v) for k, v in d.get("error_kinds", {}).items()}),
+            missing_chats=int(d["missing_chats"]),
+            missing_roles=Counter({Role(k): int(v) for k, v in d["missing_roles"].items()}),
+            violations=Counter({str(k): int(v) for k, v in d["violations"].items()}),
+            events=int(d["events"]),
+            ttfe=[float(x) for x in d["ttfe"]],
+            duration=[float(x) for x in d["duration"]],
+        )
+
+
+def compute(results: list[ChatResult]) -> ScenarioStats:
+    tally = Tally()
+    for r in results:
+        tally.add(r)
+    return tally.stats()
 
 
 def evaluate(stats: ScenarioStats, objectives: Objectives) -> list[ObjectiveResult]:
