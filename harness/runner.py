@@ -6,7 +6,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from .checker import ChatResult
+from .checker import ChatResult, Expectations
 from .client import Session, Target
 from .events import Outcome
 from .scenario import ChatStep, ChatStepWrapper, RawStep, Scenario
@@ -22,6 +22,13 @@ class _Collector(Sink):
 
     def chat_finished(self, result: ChatResult) -> None:
         self.results.append(result)
+
+
+def invalid_input_expectations(scenario: Scenario) -> Expectations:
+    """What a `send_raw:` step expects: an error_message answer on an open connection (R13), within 10 s."""
+    e = scenario.expect
+    return Expectations(required=frozenset(), first_event_limit=e.first_event_limit,
+                        deadline=min(e.deadline, 10.0), stall_limit=e.stall_limit, expect_error="invalid_input")
 
 
 @dataclass
@@ -110,11 +117,7 @@ async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = N
                 await session.close()
 
     def expectations_invalid():
-        from .checker import Expectations
-
-        e = scenario.expect
-        return Expectations(required=frozenset(), first_event_limit=e.first_event_limit,
-                            deadline=min(e.deadline, 10.0), stall_limit=e.stall_limit, expect_error="invalid_input")
+        return invalid_input_expectations(scenario)
 
     tasks = [asyncio.ensure_future(user(i)) for i in range(scenario.users)]
     try:
