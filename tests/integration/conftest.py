@@ -53,6 +53,6 @@ def faults_by_run(path: Path) -> dict[str, list[dict]]:
 
 def scenario(**kw) -> Scenario:
     base = dict(name="t", users=4, chats_per_user=5, message="What is 2 * 3? #tools=2 #chunks=2",
-                expect={"streaming": True, "settle": "0.05s", "deadline": "10s"})
+                expect={"streaming": True, "settle": "0.05s", "deadline": "3s"})
     base.update(kw)
     return Scenario.model_validate(base)
