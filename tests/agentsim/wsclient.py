@@ -74,7 +74,7 @@ async def wait_until(cond: Callable[[], bool], timeout: float = DEADLINE, what: 
     while not cond():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # wait-ok: poll interval inside the deadline loop above
 
 
 def read_gt(path: str | Path) -> list[dict]:

@@ -47,7 +47,7 @@ async def setup(faults=(), settle=0.2):
 async def until(cond, timeout=10.0):
     async with asyncio.timeout(timeout):
         while not cond():
-            await asyncio.sleep(0.02)  # polling a condition, bounded by the timeout
+            await asyncio.sleep(0.02)  # wait-ok: poll interval of a condition wait bounded by the timeout
 
 
 def sample(metrics, name, **labels):
