@@ -382,6 +382,14 @@ class ConnectionChecker:
             for key in [k for k, c in table.items() if id(c) in drop]:
                 del table[key]
 
+    def discard(self, chat: ChatTracker) -> None:
+        """Forget a chat whose message never reached the server (its stream could not be opened)."""
+        if chat in self.chats:
+            self.chats.remove(chat)
+        for index in (self.by_run, self.by_message, self.by_thread):
+            for key in [k for k, c in index.items() if c is chat]:
+                del index[key]
+
     def active(self) -> list[ChatTracker]:
         return [c for c in self.chats if not c.done]
 

@@ -325,6 +325,7 @@ class Session:
             self._send_failure = None
             if not await self._safe_send(request):
                 if (failure := self._send_failure) is not None:
+                    self.checker.discard(tracker)  # never reached the server: not a chat to route events to
                     self.sink.connection_attempt(self.scenario, failure.kind)
                     return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, failure.kind,
                                                        str(failure)))

@@ -76,6 +76,7 @@ class SSETransport:
         self.protocol_error: str | None = None
         self._stream_ready = asyncio.Event()
         self._closing = False
+        self._requested = False
         self._pump: asyncio.Task | None = None
 
     async def open(self) -> None:
@@ -89,10 +90,11 @@ class SSETransport:
 
     async def send(self, obj: Any) -> None:
         """POST the request and read the response head; raises ConnectFailed, classified, when no stream opens."""
-        if self.response is not None or self._closing:
+        if self._requested or self._closing:
             raise ConnectFailed("protocol_error", "an SSE connection carries one chat at a time: "
                                                   "use more users, not parallel_chats, for concurrency over SSE")
         assert self.client is not None
+        self._requested = True
         s = self.settings
         headers = {
             "Accept": EVENT_STREAM,
@@ -111,8 +113,12 @@ class SSETransport:
                 response = await self.client.send(request, stream=True)
         except Exception as exc:
             raise ConnectFailed(*classify_http(exc)) from None
+        finally:
+            if response is None:  # no stream came of it (also when cancelled): the next chat may try again
+                self._requested = False
         failure = classify_status(response.status_code, response.headers.get("content-type", ""))
         if failure is not None:
+            self._requested = False
             await response.aclose()
             raise ConnectFailed(*failure)
         self.response = response

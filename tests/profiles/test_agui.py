@@ -342,3 +342,17 @@ async def test_agui_over_websocket_fault_is_caught():
     async with WsServer(bad) as server:
         result = await chat(server.url)
     assert rules(result) == ["R5"] and "tool call c1 still open" in result.violations[0].reason
+
+
+async def test_a_second_chat_in_flight_on_one_sse_user_is_an_explained_error():
+    async with AguiSSEServer(text_only, chunk_size=1) as server:
+        target = Target(url=server.url, profile=PROFILE, name="t")
+        exp = Scenario(name="t").expectations(PROFILE.required, PROFILE.thinking_before_tool)
+        session = Session(target, "u1", "t", Sink(), connect_timeout=5)
+        try:
+            first, second = await asyncio.gather(session.chat("one", exp, settle=0.05), session.chat("two", exp, settle=0.05))
+        finally:
+            await session.close()
+    assert first.outcome is Outcome.PASSED, first.violations
+    assert (second.outcome, second.error_kind) == (Outcome.ERROR, "protocol_error")
+    assert "one chat at a time" in (second.error or "")
