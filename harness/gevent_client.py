@@ -164,6 +164,12 @@ class SyncSession:
             self._abort(conn)
         self._join(conn, 3.0)
 
+    def _ensure_connected(self) -> None:
+        """Connect unless connected; chats starting together share the one connection."""
+        with self._connect_lock:
+            if self.closed:
+                self.connect()
+
     def _reconnect(self, seen_generation: int) -> bool:
         """Reconnect once per lost connection, however many chats noticed; True when connected."""
         with self._connect_lock:
@@ -215,12 +221,10 @@ class SyncSession:
         tracker = new_tracker(expectations, self.scenario, self.clock(), client_run_id or self.profile.client_run_id)
         self.sink.chat_started(self.scenario)
         try:
-            if self.closed:
-                try:
-                    self.connect()
-                except ConnectFailed as exc:
-                    return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, exc.kind,
-                                                       str(exc)))
+            try:
+                self._ensure_connected()
+            except ConnectFailed as exc:
+                return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, exc.kind, str(exc)))
             with self._cond:
                 self.checker.add(tracker)
             request = self.profile.build_request(
@@ -305,12 +309,10 @@ class SyncSession:
         tracker = new_tracker(expectations, self.scenario, self.clock(), False)
         self.sink.chat_started(self.scenario)
         try:
-            if self.closed:
-                try:
-                    self.connect()
-                except ConnectFailed as exc:
-                    return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, exc.kind,
-                                                       str(exc)))
+            try:
+                self._ensure_connected()
+            except ConnectFailed as exc:
+                return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, exc.kind, str(exc)))
             with self._cond:
                 self.checker.add(tracker)
             tracker.sent_at = self.clock()
