@@ -215,7 +215,9 @@ class ChatTracker:
             self.terminal_index = idx
             self.terminal_at = at
             must = self.exp.spans_must_close
-            for (name, key), _count in self.open_spans.items():
+            # A fatal error may cut a tool call or a message short: only a completed run owes closed spans.
+            still_open = self.open_spans.items() if role is Role.AGENT_COMPLETED else ()
+            for (name, key), _count in still_open:
                 if must is None or name in must:
                     self._flag("R5", f"{name} {key or ''} still open at the terminal event".replace("  ", " "), idx)
 

@@ -237,3 +237,12 @@ def test_connection_memory_is_bounded_and_resume_does_not_duplicate():
     last = conn.chats[-1]
     late = ev(Role.PARTIAL_RESULT, 99, 2.0, run=last.run_id, thread=last.thread_id)
     assert conn.route(late) is last
+
+
+def test_r5_open_call_at_a_fatal_error_is_not_a_pairing_violation():
+    run = [ev(Role.AGENT_STARTED, 1, 0.1), ev(Role.AGENT_THINKING, 2, 0.2),
+           ev(Role.TOOL_EXECUTING, 3, 0.3, call="c1"), ev(Role.ERROR_EVENT, 4, 0.4)]
+    exp = dataclasses.replace(EXP, expect_error="fatal")
+    assert judge(run, exp).outcome is Outcome.PASSED
+    completed = run[:3] + [ev(Role.AGENT_COMPLETED, 4, 0.4)]
+    assert "R5" in rules(judge(completed))
