@@ -38,6 +38,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_LISTEN = "127.0.0.1:9464"
 DEFAULT_INTERVAL = 15.0
 MAX_TIMEOUT = 60.0
+# A short interval must not cut a normal chat short: the default deadline is never below this.
+MIN_DEFAULT_TIMEOUT = 10.0
 # A probe that overruns its deadline gets this long to wind down (judge its chats, close sockets).
 GRACE = 2.0
 # /probe runs a real chat per request: a flood of them must not become a load test of the target.
@@ -113,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=_duration_arg, default=None, metavar="DURATION",
                    help=f"time between probe rounds (default {DEFAULT_INTERVAL:g}s)")
     p.add_argument("--timeout", type=_duration_arg, default=None, metavar="DURATION",
-                   help=f"deadline of one probe (default the interval, at most {MAX_TIMEOUT:g}s)")
+                   help=f"deadline of one probe (default the interval, within {MIN_DEFAULT_TIMEOUT:g}-{MAX_TIMEOUT:g}s); "
+                        "a round that overruns the interval skips the missed ticks")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"address of /metrics and /probe (default {DEFAULT_LISTEN}; port 0 = any free port)")
     p.add_argument("--once", action="store_true", help="run one probe round, print the verdicts and exit 0 "
@@ -384,7 +387,8 @@ async def _main(args: argparse.Namespace) -> int:
     interval = args.interval or (config.interval if config and config.interval else None) or DEFAULT_INTERVAL
     if interval <= 0:
         raise ConfigError(f"{args.config}: field 'interval': must be more than 0")
-    timeout = args.timeout or (config.timeout if config and config.timeout else None) or min(interval, MAX_TIMEOUT)
+    timeout = (args.timeout or (config.timeout if config and config.timeout else None)
+               or min(max(interval, MIN_DEFAULT_TIMEOUT), MAX_TIMEOUT))
 
     async with contextlib.AsyncExitStack() as stack:
         if config is not None:
