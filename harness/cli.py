@@ -178,6 +178,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         else:
             sim, tokens = await stack.enter_async_context(embedded_sim(args.sim_fault, args.sim_seed))
             url = sim.url
+            # A stable `target` label: the embedded server's port changes every run.
+            args.target_name = args.target_name or "agentsim"
             if not args.quiet:
                 console.print(f"[dim]embedded agentsim on {url}[/dim]")
         runs: list[ScenarioRun] = []

@@ -353,7 +353,9 @@ class Session:
         self.sink.chat_started(self.scenario)
         if self.closed:
             try:
-                await self.connect()
+                async with self._lock:  # chats in parallel share one connection: only the first one opens it
+                    if self.closed:
+                        await self.connect()
             except ConnectFailed as exc:
                 return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, exc.kind, str(exc)))
             except asyncio.CancelledError:

@@ -176,3 +176,23 @@ async def test_server_pings_are_answered():
     run = await run_against(handler)
     assert got_pong.is_set()
     assert run.results[0].outcome is Outcome.PASSED, run.results[0].violations
+
+
+async def test_parallel_chats_share_one_connection():
+    connections = []
+
+    async def handler(ws):
+        connections.append(ws)
+        await ws.send(WELCOME)
+        async for raw in ws:
+            msg = json.loads(raw)
+            mid = msg["payload"]["message_id"]
+            run_id = "r-" + mid
+            for i, kind in enumerate(["agent_started", "agent_thinking", "tool_executing", "tool_completed",
+                                      "agent_completed"], start=1):
+                await ws.send(json.dumps({"type": kind, "run_id": run_id, "seq": i,
+                                          "payload": {"message_id": mid, "tool_call_id": "t"}}))
+
+    run = await run_against(handler, quick(chats_per_user=6, parallel_chats=3))
+    assert [r.outcome for r in run.results] == [Outcome.PASSED] * 6
+    assert len(connections) == 1
