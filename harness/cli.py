@@ -21,7 +21,7 @@ from rich.console import Console
 from .client import Target, TokenProvider
 from .durations import parse_duration
 from .profiles import load_profile
-from .report import LiveView, print_summary, write_json, write_junit
+from .report import LiveView, print_summary, write_html, write_json, write_junit
 from .runner import ScenarioRun, run_scenario
 from .scenario import BUILTIN_SUITE, apply_overrides, builtin_scenarios, load_scenario
 from .sinks import Sink
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override an objective, like a k6 threshold (e.g. time_to_first_event.p95=1.5s)")
     r.add_argument("--json", metavar="FILE", help="write the full result, one record per chat")
     r.add_argument("--junit", metavar="FILE", help="write JUnit XML, one test case per scenario")
+    r.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
     r.add_argument("--pushgateway", metavar="URL", help="push the run's metrics to a Prometheus Pushgateway")
     r.add_argument("--job", default="chatprobe", help="Pushgateway job name (default chatprobe)")
     r.add_argument("--sim-fault", action="append", default=[], metavar="SPEC",
@@ -212,6 +213,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         write_json(args.json, runs)
     if args.junit:
         write_junit(args.junit, runs)
+    if args.html:
+        write_html(args.html, runs)
     if args.pushgateway:
         for ps in metrics_sinks:
             ps.push(args.pushgateway, args.job)

@@ -42,9 +42,12 @@ def test_builtin_suite_passes_against_embedded_agentsim(tmp_path):
 
 
 def test_fault_makes_the_gate_fail_with_reasons(tmp_path):
-    junit = tmp_path / "r.xml"
-    proc = run_cli("run", "basic", "--sim-fault", "drop:tool_completed=1", "--junit", str(junit))
+    junit, html = tmp_path / "r.xml", tmp_path / "r.html"
+    proc = run_cli("run", "basic", "--sim-fault", "drop:tool_completed=1", "--junit", str(junit), "--html", str(html))
     assert proc.returncode == 1, proc.stdout + proc.stderr
+    page = html.read_text()
+    assert "<title>chatprobe report</title>" in page and "missing tool_completed" in page
+    assert "missing_events_ratio.max" in page and "timeline" in page
     assert "missing_events_ratio" in proc.stdout and "R2" in proc.stdout
     failure = ET.parse(junit).getroot().find(".//failure")
     assert failure is not None and "missing tool_completed" in failure.text
