@@ -6,10 +6,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from .checker import ChatResult, Expectations
+from .checker import ChatResult
 from .client import Session, Target
 from .events import Outcome
-from .scenario import ChatStep, ChatStepWrapper, RawStep, Scenario
+from .scenario import ChatCall, ChatGroup, RawCall, Scenario, UserScript
 from .sinks import Fanout, Sink
 from .stats import ObjectiveResult, ScenarioStats, compute, evaluate
 
@@ -22,13 +22,6 @@ class _Collector(Sink):
 
     def chat_finished(self, result: ChatResult) -> None:
         self.results.append(result)
-
-
-def invalid_input_expectations(scenario: Scenario) -> Expectations:
-    """What a `send_raw:` step expects: an error_message answer on an open connection (R13), within 10 s."""
-    e = scenario.expect
-    return Expectations(required=frozenset(), first_event_limit=e.first_event_limit,
-                        deadline=min(e.deadline, 10.0), stall_limit=e.stall_limit, expect_error="invalid_input")
 
 
 @dataclass
@@ -67,57 +60,38 @@ async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = N
     collector = _Collector()
     out = Fanout([collector, sink] if sink is not None else [collector])
     profile = target.profile
-    spans_must_close = frozenset(s.name for s in profile.spans if s.must_close)
     prefix = user_prefix or f"cp-{uuid.uuid4().hex[:6]}"
     concurrency = asyncio.Semaphore(scenario.concurrency or scenario.users)
     started_wall = time.time()
     started = time.monotonic()
     stopped_early = False
 
-    def expectations(step: ChatStep | None = None):
-        return scenario.expectations(profile.required, profile.thinking_before_tool, step, spans_must_close)
-
-    async def chat(session: Session, n: int, step: ChatStep | None) -> None:
-        await session.chat(
-            (step.message if step and step.message else None) or scenario.message_for(n),
-            expectations(step),
-            client_run_id=scenario.client_run_id,
-            disconnect_after=step.disconnect_after if step else None,
-            abandon_after=step.abandon_after if step else None,
-            reconnect=scenario.reconnect,
-            max_reconnects=scenario.max_reconnects,
-            settle=scenario.expect.settle,
-        )
-
     async def user(i: int) -> None:
         if scenario.ramp_up and scenario.users > 1:
             await asyncio.sleep(scenario.ramp_up * i / scenario.users)  # the ramp schedule itself
         async with concurrency:
             session = Session(target, f"{prefix}-u{i}", scenario.name, out, connect_timeout=scenario.connect_timeout)
+            script = scenario.user_script(profile)
             try:
-                if scenario.steps:
-                    n = 0
-                    for step in scenario.steps:
-                        if isinstance(step, RawStep):
-                            for _ in range(step.repeat):
-                                await session.send_invalid(step.send_raw, expectations_invalid())
-                        elif isinstance(step, ChatStepWrapper):
-                            for _ in range(step.chat.repeat):
-                                await chat(session, n, step.chat)
-                                n += 1
-                else:
-                    per_user = asyncio.Semaphore(scenario.parallel_chats)
-
-                    async def one(n: int) -> None:
-                        async with per_user:
-                            await chat(session, n, None)
-
-                    await asyncio.gather(*(one(n) for n in range(scenario.chats_per_user)))
+                for item in script.plan():
+                    if isinstance(item, ChatCall):
+                        await session.chat(item.content, item.expectations, **item.options)
+                    elif isinstance(item, RawCall):
+                        await session.send_invalid(item.raw, item.expectations)
+                    else:
+                        await chat_group(session, script, item)
             finally:
                 await session.close()
 
-    def expectations_invalid():
-        return invalid_input_expectations(scenario)
+    async def chat_group(session: Session, script: UserScript, group: ChatGroup) -> None:
+        in_flight = asyncio.Semaphore(group.parallel)
+
+        async def one() -> None:
+            async with in_flight:
+                call = script.chat()
+                await session.chat(call.content, call.expectations, **call.options)
+
+        await asyncio.gather(*(one() for _ in range(group.count)))
 
     tasks = [asyncio.ensure_future(user(i)) for i in range(scenario.users)]
     try:

@@ -1,8 +1,9 @@
 """Scenarios as YAML data: who chats, what they send, which roles are required, and the objectives to meet."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
@@ -10,6 +11,9 @@ from .checker import Expectations
 from .durations import Seconds
 from .events import Role
 from .yamlfile import ConfigError, builtin_names, load_builtin_or_file
+
+if TYPE_CHECKING:
+    from .profiles import Profile
 
 
 class Strict(BaseModel):
@@ -134,6 +138,89 @@ class Scenario(Strict):
         if self.messages:
             return self.messages[n % len(self.messages)]
         return self.message
+
+    def invalid_input_expectations(self) -> Expectations:
+        """What a `send_raw:` step expects: an error_message answer on an open connection (R13), within 10 s."""
+        e = self.expect
+        return Expectations(required=frozenset(), first_event_limit=e.first_event_limit,
+                            deadline=min(e.deadline, 10.0), stall_limit=e.stall_limit, expect_error="invalid_input")
+
+    def user_script(self, profile: "Profile") -> "UserScript":
+        """What each virtual user does, against a target speaking `profile`."""
+        return UserScript(self, profile)
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """One chat of a user: `session.chat(call.content, call.expectations, **call.options)`."""
+
+    content: str
+    expectations: Expectations
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RawCall:
+    """One invalid-input probe of a user: `session.send_invalid(call.raw, call.expectations)`."""
+
+    raw: str
+    expectations: Expectations
+
+
+@dataclass(frozen=True)
+class ChatGroup:
+    """`count` chats with at most `parallel` in flight; each takes its ChatCall from `UserScript.chat()` as it starts."""
+
+    count: int
+    parallel: int
+
+
+class UserScript:
+    """One virtual user's script, the same for every driver (asyncio runner, Locust): its steps, or chats_per_user
+    chats with parallel_chats in flight. Chats are numbered across plays, to cycle through the scenario's messages."""
+
+    def __init__(self, scenario: Scenario, profile: "Profile") -> None:
+        self.scenario = scenario
+        self.required = profile.required
+        self.thinking_before_tool = profile.thinking_before_tool
+        self.spans_must_close = frozenset(s.name for s in profile.spans if s.must_close)
+        self.chats = 0
+        self._default: Expectations | None = None
+
+    def chat(self, step: ChatStep | None = None) -> ChatCall:
+        """The next chat: the step's message and options, else the scenario's."""
+        sc = self.scenario
+        n, self.chats = self.chats, self.chats + 1
+        if step is None:
+            if self._default is None:
+                self._default = sc.expectations(self.required, self.thinking_before_tool, None, self.spans_must_close)
+            expectations = self._default
+        else:
+            expectations = sc.expectations(self.required, self.thinking_before_tool, step, self.spans_must_close)
+        return ChatCall(
+            (step.message if step and step.message else None) or sc.message_for(n), expectations,
+            {"client_run_id": sc.client_run_id,
+             "disconnect_after": step.disconnect_after if step else None,
+             "abandon_after": step.abandon_after if step else None,
+             "reconnect": sc.reconnect, "max_reconnects": sc.max_reconnects, "settle": sc.expect.settle},
+        )
+
+    def plan(self) -> Iterator[ChatCall | RawCall | ChatGroup]:
+        """One play of the script, item by item (a ChatCall is made when the previous item is done)."""
+        sc = self.scenario
+        if sc.steps:
+            for step in sc.steps:
+                if isinstance(step, RawStep):
+                    for _ in range(step.repeat):
+                        yield RawCall(step.send_raw, sc.invalid_input_expectations())
+                else:
+                    for _ in range(step.chat.repeat):
+                        yield self.chat(step.chat)
+        elif sc.parallel_chats == 1:
+            for _ in range(sc.chats_per_user):
+                yield self.chat()
+        else:
+            yield ChatGroup(sc.chats_per_user, sc.parallel_chats)
 
 
 BUILTIN_DIR = resources.files("scenarios")

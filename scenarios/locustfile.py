@@ -34,8 +34,8 @@ from harness.cli import make_target, read_token
 from harness.client import Target
 from harness.events import RULES, Outcome
 from harness.gevent_client import SyncSession
-from harness.runner import UNREACHABLE_KINDS, ScenarioRun, invalid_input_expectations
-from harness.scenario import ChatStepWrapper, RawStep, Scenario, builtin_scenarios, load_scenario
+from harness.runner import UNREACHABLE_KINDS, ScenarioRun
+from harness.scenario import ChatCall, RawCall, Scenario, builtin_scenarios, load_scenario
 from harness.stats import Tally, evaluate
 from harness.yamlfile import ConfigError
 
@@ -248,53 +248,36 @@ class ChatUser(User):
             run.load()
         assert run.scenario is not None and run.target is not None
         self.run = run
-        self.n = 0
         worker = max(getattr(self.environment.runner, "worker_index", 0), 0)
         user_id = f"{run.user_prefix}-w{worker}-u{next(_user_numbers)}"
         self.session = SyncSession(run.target, user_id, run.scenario.name, run.metrics_sink,
                                    connect_timeout=run.scenario.connect_timeout)
-        profile = run.target.profile
-        self.spans_must_close = frozenset(s.name for s in profile.spans if s.must_close)
+        self.script = run.scenario.user_script(run.target.profile)
 
     def on_stop(self) -> None:
         self.session.close()
 
-    def _chat(self, step=None) -> None:
-        sc, profile = self.run.scenario, self.run.target.profile
-        n, self.n = self.n, self.n + 1
+    def _chat(self, call: ChatCall | None = None) -> None:
+        call = call or self.script.chat()
         t0 = time.monotonic()
-        result = self.session.chat(
-            (step.message if step and step.message else None) or sc.message_for(n),
-            sc.expectations(profile.required, profile.thinking_before_tool, step, self.spans_must_close),
-            client_run_id=sc.client_run_id,
-            disconnect_after=step.disconnect_after if step else None,
-            abandon_after=step.abandon_after if step else None,
-            reconnect=sc.reconnect, max_reconnects=sc.max_reconnects, settle=sc.expect.settle,
-        )
+        result = self.session.chat(call.content, call.expectations, **call.options)
         self.run.record(result, time.monotonic() - t0)
 
     @task
     def play(self) -> None:
-        """The scenario's script for one user: its steps, or chats_per_user chats with parallel_chats in flight."""
-        sc = self.run.scenario
-        if sc.steps:
-            for step in sc.steps:
-                if isinstance(step, RawStep):
-                    for _ in range(step.repeat):
-                        t0 = time.monotonic()
-                        result = self.session.send_invalid(step.send_raw, invalid_input_expectations(sc))
-                        self.run.record(result, time.monotonic() - t0)
-                elif isinstance(step, ChatStepWrapper):
-                    for _ in range(step.chat.repeat):
-                        self._chat(step.chat)
-        elif sc.parallel_chats == 1:
-            for _ in range(sc.chats_per_user):
-                self._chat()
-        else:
-            pool = gevent.pool.Pool(sc.parallel_chats)
-            try:
-                for _ in range(sc.chats_per_user):
-                    pool.spawn(self._chat)
-                pool.join(raise_error=True)
-            finally:
-                pool.kill()
+        """One play of the scenario's user script: its steps, or chats_per_user chats with parallel_chats in flight."""
+        for item in self.script.plan():
+            if isinstance(item, ChatCall):
+                self._chat(item)
+            elif isinstance(item, RawCall):
+                t0 = time.monotonic()
+                result = self.session.send_invalid(item.raw, item.expectations)
+                self.run.record(result, time.monotonic() - t0)
+            else:
+                pool = gevent.pool.Pool(item.parallel)
+                try:
+                    for _ in range(item.count):
+                        pool.spawn(self._chat)
+                    pool.join(raise_error=True)
+                finally:
+                    pool.kill()
