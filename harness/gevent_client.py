@@ -1,7 +1,7 @@
 """The synchronous chat client of one virtual user, for gevent (Locust) or plain threads.
 
-The asyncio Session's twin over websockets' threading layer: the same FrameRouter (profile decode, ConnectionChecker,
-ChatTrackers), handshake and resume frame; it only moves frames and waits, every wait with a deadline.
+The asyncio Session's twin over websockets' threading layer: the same sans-I/O FrameRouter and ChatFlow
+(harness/flow.py) decide; it only moves frames and waits, every wait with a deadline.
 """
 from __future__ import annotations
 
@@ -15,20 +15,17 @@ from urllib.parse import urlsplit
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, error_result
-from .client import FrameRouter, Target, lost_note_for, new_tracker, resume_frame
+from .checker import ChatResult, ConnectionChecker, Expectations
+from .client import Target
+from .flow import STOPPED_NOTE, ChatFlow, Close, Connect, Drop, FrameRouter, Reconnect, Send, Wait
 from .sinks import Sink
 from .transport import ConnectFailed, ConnectSettings, classify, handshake_options, record_close
 
-# A chat cut off from outside (Locust stopping the user, Ctrl-C) is judged on what arrived, as an abandonment:
-# the load generator left, the server is not to blame.
-STOPPED_NOTE = "stopped by the load generator before the chat ended"
+__all__ = ["STOPPED_NOTE", "SyncSession"]
 
 
 class _Connection:
-    """One WebSocket connection and how it ended (the fields record_close and lost_note_for read)."""
-
-    ended_note = ""
+    """One WebSocket connection and how it ended (the fields record_close reads)."""
 
     def __init__(self, settings: ConnectSettings, ws: Any, generation: int) -> None:
         self.settings = settings
@@ -64,6 +61,7 @@ class SyncSession:
         self._cond = threading.Condition()
         self._ticks = 0
         self._connect_lock = threading.Lock()
+        self.ended_note = ""  # a WebSocket connection ends with a close code, never a note
 
     # -- connection --
     def connect(self) -> None:
@@ -88,19 +86,11 @@ class SyncSession:
             self.sink.connection_attempt(self.scenario, "ok")
             return
         with self._cond:
-            answered = self._cond.wait_for(lambda: self.router.answered or self.closed, self.connect_timeout)
-        if not answered:
+            in_time = self._cond.wait_for(lambda: self.router.answered or self.closed, self.connect_timeout)
+            kind, reason = self.router.welcome_outcome(in_time, self.closed, conn.close_code, self.connect_timeout)
+        if kind != "ok":
             self._drop(conn)
-            self.sink.connection_attempt(self.scenario, "timeout")
-            raise ConnectFailed("timeout", f"no welcome frame within {self.connect_timeout:g}s")
-        if self.router.auth_failed is not None or (self.closed and conn.close_code == 1008):
-            self._drop(conn)
-            self.sink.connection_attempt(self.scenario, "auth_failed")
-            raise ConnectFailed("auth_failed", "the server rejected the credentials (AUTH_FAILED)")
-        if self.closed:
-            self.sink.connection_attempt(self.scenario, "protocol_error")
-            raise ConnectFailed("protocol_error", f"closed before the welcome frame (code {conn.close_code})")
-        self.sink.connection_attempt(self.scenario, "ok")
+            raise ConnectFailed(kind, reason)
 
     def _read(self, conn: _Connection) -> None:
         ws = conn.ws
@@ -186,20 +176,6 @@ class SyncSession:
         with self._cond:
             self._cond.wait_for(lambda: self._ticks != seen_ticks, timeout)
 
-    def _stopped(self, tracker: ChatTracker) -> None:
-        """The chat was interrupted from outside: judged on what arrived, so the sink's counters add up."""
-        if tracker._result is not None:  # already judged and recorded
-            return
-        with self._cond:
-            result = abandon(tracker, self.clock())
-        result.note = STOPPED_NOTE
-        self.sink.chat_abandoned(self.scenario)
-        self._finished(result)
-
-    def _finished(self, result: ChatResult) -> ChatResult:
-        self.sink.chat_finished(result)
-        return result
-
     # -- chats --
     def chat(
         self,
@@ -218,114 +194,55 @@ class SyncSession:
         Interrupted from outside (GreenletExit when Locust stops the user), the chat is judged as abandoned
         (STOPPED_NOTE) for the sink, and the interruption goes on: the caller gets no result to report.
         """
-        tracker = new_tracker(expectations, self.scenario, self.clock(), client_run_id or self.profile.client_run_id)
-        self.sink.chat_started(self.scenario)
-        try:
-            try:
-                self._ensure_connected()
-            except ConnectFailed as exc:
-                return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, exc.kind, str(exc)))
-            with self._cond:
-                self.checker.add(tracker)
-            request = self.profile.build_request(
-                content=content, thread_id=tracker.thread_id, run_id=tracker.run_id,
-                message_id=tracker.message_id, user_id=self.user_id,
-            )
-            tracker.sent_at = tracker.last_at = self.clock()
-            if not self._send(request):
-                return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, "send_failed",
-                                                   "the connection closed before the message could be sent"))
-            return self._follow(tracker, disconnect_after, abandon_after, reconnect, max_reconnects, settle)
-        except BaseException:
-            self._stopped(tracker)
-            raise
-
-    def _follow(self, tracker: ChatTracker, disconnect_after: int | None, abandon_after: int | None, reconnect: bool,
-                max_reconnects: int, settle: float) -> ChatResult:
-        clock = self.clock
-        deadline = tracker.wait_deadline()
-        generation = self.generation
-        reconnects = 0
-        dropped_on_purpose = False
-        events_at_reconnect: int | None = None
-        lost_note = ""
-        while not tracker.done:
-            seen = self._ticks
-            if abandon_after is not None and len(tracker.events) >= abandon_after:
-                self.close()
-                self.sink.chat_abandoned(self.scenario)
-                with self._cond:
-                    return self._finished(abandon(tracker, clock()))
-            if disconnect_after is not None and not dropped_on_purpose and len(tracker.events) >= disconnect_after:
-                dropped_on_purpose = True
-                if self.conn is not None and not self.closed:
-                    self._drop(self.conn)
-                continue
-            if self.closed or generation != self.generation:
-                if events_at_reconnect is not None:
-                    tracker.reconnected(len(tracker.events) > events_at_reconnect)
-                    self.sink.reconnect(self.scenario, tracker.reconnects[-1])
-                    events_at_reconnect = None
-                with self._cond:
-                    tracker.connection_lost(clock())
-                can_resume = resume_frame(self.profile, tracker) is not None
-                if not (reconnect and can_resume and reconnects < max_reconnects):
-                    lost_note = lost_note_for(self.conn, can_resume)
-                    break
-                reconnects += 1
-                if not self._reconnect(generation):
-                    lost_note = "connection lost mid-run and reconnecting failed"
-                    tracker.reconnected(False)
-                    self.sink.reconnect(self.scenario, "lost")
-                    break
-                generation = self.generation
-                with self._cond:
-                    self.checker.add(tracker)
-                    resume = resume_frame(self.profile, tracker)
-                events_at_reconnect = len(tracker.events)
-                self._send(resume)
-                continue
-            if tracker.run_id is not None and tracker.run_id in self.router.resume_unknown:
-                lost_note = "the server did not know the run when resuming (RESUME_UNKNOWN_RUN)"
-                break
-            remaining = deadline - clock()
-            if remaining <= 0:
-                break
-            self._wait(seen, remaining)
-        if events_at_reconnect is not None:
-            tracker.reconnected(len(tracker.events) > events_at_reconnect)
-            self.sink.reconnect(self.scenario, tracker.reconnects[-1])
-        if tracker.done and settle > 0 and not self.closed:
-            # Listen a little longer for late events (R3, R4, R7): an observation window, not a wait for a condition.
-            until = (tracker.terminal_at or clock()) + settle
-            with self._cond:
-                self._cond.wait_for(lambda: self.closed, max(0.0, until - clock()))
-        with self._cond:
-            result = tracker.finish(clock(), lost=bool(lost_note) and not tracker.done, note=lost_note)
-        return self._finished(result)
+        flow = ChatFlow.chat(self.router, content, expectations, user_id=self.user_id, now=self.clock(),
+                             client_run_id=client_run_id, disconnect_after=disconnect_after,
+                             abandon_after=abandon_after, reconnect=reconnect, max_reconnects=max_reconnects,
+                             settle=settle)
+        return self._play(flow)
 
     def send_invalid(self, raw: str, expectations: Expectations) -> ChatResult:
         """Send a frame the server must answer with an error_message, keeping the connection open (R13)."""
-        tracker = new_tracker(expectations, self.scenario, self.clock(), False)
-        self.sink.chat_started(self.scenario)
+        return self._play(ChatFlow.invalid_input(self.router, raw, expectations, now=self.clock()))
+
+    def _play(self, flow: ChatFlow) -> ChatResult:
+        """Perform what the chat's flow asks with this connection and the condition's waits, until its verdict.
+
+        The flow reads and changes the trackers the reader thread feeds, so it is only asked under the condition.
+        """
+        cond, clock = self._cond, self.clock
         try:
-            try:
-                self._ensure_connected()
-            except ConnectFailed as exc:
-                return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, exc.kind, str(exc)))
-            with self._cond:
-                self.checker.add(tracker)
-            tracker.sent_at = self.clock()
-            if not self._send(raw):
-                return self._finished(error_result(tracker.chat_id, self.scenario, tracker.sent_at, "send_failed",
-                                                   "the connection closed before the frame could be sent"))
-            deadline = tracker.wait_deadline()
-            with self._cond:
-                self._cond.wait_for(lambda: tracker.done or self.closed, max(0.0, deadline - self.clock()))
-                if self.closed:
-                    tracker.connection_lost(self.clock())
-                result = tracker.finish(self.clock())
-            return self._finished(result)
+            while True:
+                with cond:
+                    seen = self._ticks
+                    action = flow.next(clock(), self)
+                kind = type(action)
+                if kind is Wait:
+                    self._wait(seen, action.until - clock())
+                elif kind is Send:
+                    sent = self._send(action.frame)
+                    with cond:
+                        flow.sent(sent)
+                elif kind is Connect:
+                    try:
+                        self._ensure_connected()
+                    except ConnectFailed as exc:
+                        with cond:
+                            flow.connect_failed(exc.kind, str(exc))
+                    else:
+                        with cond:
+                            flow.connected()
+                elif kind is Reconnect:
+                    reconnected = self._reconnect(action.generation)
+                    with cond:
+                        flow.reconnected(reconnected)
+                elif kind is Drop:
+                    if self.conn is not None and not self.closed:
+                        self._drop(self.conn)
+                elif kind is Close:
+                    self.close()
+                else:
+                    return action.result
         except BaseException:
-            self._stopped(tracker)
+            with cond:
+                flow.left(clock())
             raise

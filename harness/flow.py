@@ -1,0 +1,402 @@
+"""The sans-I/O core of a chat client: what a connection does with a frame (FrameRouter) and what a chat does next
+(ChatFlow), decided from data only; the asyncio Session and the threaded SyncSession perform the actions.
+"""
+from __future__ import annotations
+
+import itertools
+import uuid
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, error_result
+from .events import Event, Frame
+from .profiles import Profile
+from .sinks import Sink
+
+_chat_ids = itertools.count(1)
+
+
+def new_tracker(expectations: Expectations, scenario: str, now: float, client_run_id: bool) -> ChatTracker:
+    """A chat with fresh thread, message and (when the client names runs) run ids."""
+    n = next(_chat_ids)
+    return ChatTracker(
+        f"c{n}-{uuid.uuid4().hex[:8]}", expectations, now, scenario=scenario,
+        thread_id=f"t-{uuid.uuid4().hex[:12]}", message_id=f"m-{uuid.uuid4().hex[:12]}",
+        run_id=f"r-{uuid.uuid4().hex[:12]}" if client_run_id else None,
+    )
+
+
+def resume_frame(profile: Profile, tracker: ChatTracker) -> dict | None:
+    """The frame that resumes a chat's run after a reconnect, or None when it cannot be resumed."""
+    if profile.resume is None or tracker.run_id is None:
+        return None
+    return profile.build_resume(tracker.run_id, tracker.max_seq or len(tracker.events))
+
+
+def lost_note_for(ended_note: str, can_resume: bool) -> str:
+    """Why a chat ended without its terminal event when the connection went and was not resumed."""
+    return ended_note or ("connection lost mid-run" + ("" if can_resume else " before the run had an id to resume"))
+
+
+WAKE_ALL = "*"
+
+
+class FrameRouter:
+    """The sans-I/O half of a client connection, shared by the asyncio Session and the threaded SyncSession.
+
+    `on_frame` decodes one frame with the profile, routes events to their chats through the ConnectionChecker and
+    says what the I/O layer must do: which chat to wake (a chat id, WAKE_ALL or None) and what to reply (a ping).
+    """
+
+    def __init__(self, profile: Profile, checker: ConnectionChecker, sink: Sink, scenario: str) -> None:
+        self.profile = profile
+        self.checker = checker
+        self.sink = sink
+        self.scenario = scenario
+        self.answered = False  # the server spoke on this connection (welcome, event or AUTH_FAILED)
+        self.auth_failed: Frame | None = None
+        self.resume_unknown: set[str] = set()
+
+    def new_connection(self) -> None:
+        self.answered = False
+        self.auth_failed = None
+
+    def on_frame(self, message: str | bytes, at: float) -> tuple[str | None, dict | None]:
+        """(whom to wake, what to send back) for one received frame."""
+        decoded = self.profile.decode(message, at)
+        if isinstance(decoded, Event):
+            chat = self.checker.route(decoded)
+            self.sink.event_received(self.scenario, decoded)
+            self.answered = True
+            return (chat.chat_id if chat is not None else WAKE_ALL), None
+        kind = decoded.kind
+        if kind == "ping":
+            return None, self.profile.ping_reply()
+        if kind == "control":
+            self.checker.welcome(decoded)
+            self.answered = True
+        elif kind == "error":
+            code = decoded.error_code or ""
+            if code == "AUTH_FAILED":
+                self.auth_failed = decoded
+                self.answered = True
+            elif code == "RESUME_UNKNOWN_RUN":
+                rid = decoded.raw.get("run_id") or (decoded.raw.get("payload") or {}).get("run_id")
+                self.resume_unknown.add(str(rid) if rid else "*")
+            self.checker.on_error(decoded, at)
+            return WAKE_ALL, None
+        elif kind == "malformed":
+            self.checker.on_malformed(decoded, at)
+            return WAKE_ALL, None
+        return None, None
+
+    def welcome_outcome(self, in_time: bool, closed: bool, close_code: int | None, timeout: float) -> tuple[str, str]:
+        """How opening the connection went once the welcome was awaited (`in_time`: the server answered or the
+        connection closed within `timeout`), reported to the sink: ("ok", "") or a ConnectFailed's (kind, reason)."""
+        if not in_time:
+            outcome = "timeout", f"no welcome frame within {timeout:g}s"
+        elif self.auth_failed is not None or (closed and close_code == 1008):
+            outcome = "auth_failed", "the server rejected the credentials (AUTH_FAILED)"
+        elif closed:
+            outcome = "protocol_error", f"closed before the welcome frame (code {close_code})"
+        else:
+            outcome = "ok", ""
+        self.sink.connection_attempt(self.scenario, outcome[0])
+        return outcome
+
+    def on_protocol_error(self, detail: str, at: float) -> None:
+        """The transport closed because of what the server sent (oversized frame, bad UTF-8): an R12."""
+        self.checker.on_malformed(Frame("malformed", detail=detail), at)
+
+
+# -- what a chat asks its I/O layer to do --
+
+class Connect(NamedTuple):
+    """Make sure the connection is open (chats in parallel share it: open it only when closed), then report
+    `flow.connected()` or `flow.connect_failed(kind, message)`."""
+
+
+class Send(NamedTuple):
+    """Send this frame, then report `flow.sent(ok, failure_kind, failure_message)`. `what` is "message" (the chat's
+    request: on a transport that connects on send it opens the chat's own stream), "raw" or "resume"."""
+
+    frame: object
+    what: str
+
+
+class Wait(NamedTuple):
+    """Wait until something arrives for this chat or the connection ends, at most until `until` (clock time)."""
+
+    until: float
+
+
+class Drop(NamedTuple):
+    """Drop the socket without a closing handshake, as a lost network would (disconnect_after), and wait a bounded
+    time for the reader to notice."""
+
+
+class Close(NamedTuple):
+    """Close the connection: the chat leaves for good (abandon_after)."""
+
+
+class Reconnect(NamedTuple):
+    """Reconnect unless another chat already replaced connection `generation`, then report `flow.reconnected(ok)`."""
+
+    generation: int
+
+
+class Finish(NamedTuple):
+    """The chat is judged (and reported to the sink): return this result."""
+
+    result: ChatResult
+
+
+Action = Connect | Send | Wait | Drop | Close | Reconnect | Finish
+CONNECT, DROP, CLOSE = Connect(), Drop(), Close()
+
+
+class Link(Protocol):
+    """The connection as the I/O layer sees it: which one it is (a new generation on every connect) and whether it
+    ended; `ended_note` says why it ended when the transport knows (a truncated event stream)."""
+
+    generation: int
+    closed: bool
+    ended_note: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatOptions:
+    """How a chat is played: drop the socket after N events (then reconnect and resume, at most max_reconnects
+    times, when `reconnect`), leave for good after N events, listen `settle` seconds after the terminal event."""
+
+    disconnect_after: int | None = None
+    abandon_after: int | None = None
+    reconnect: bool = True
+    max_reconnects: int = 3
+    settle: float = 0.1
+
+
+DEFAULTS = ChatOptions()
+
+# States of a ChatFlow.
+NEW, CONNECTING, CONNECTED, SENDING, FOLLOWING, RECONNECTING, RESUMING, ABANDONING, ENDING, SETTLING, FINISHED = range(11)
+
+STOPPED_NOTE = "stopped by the load generator before the chat ended"
+
+
+class ChatFlow:
+    """One chat's life as a state machine: count it started, have it connected and registered, send its message,
+    follow its run to a verdict (drop, abandon, reconnect and resume as asked), listen for late events, judge it.
+
+    The I/O layer loops: `action = flow.next(now, link)`, performs the action and reports its outcome where the action
+    asks for one, until a Finish. Every Wait has a deadline; a chat stopped from outside is still judged (`stopped`,
+    `left`), so the sink's counters add up: started = judged + in flight.
+    """
+
+    def __init__(self, router: FrameRouter, tracker: ChatTracker, frame: object, options: ChatOptions = DEFAULTS, *,
+                 probe: bool = False) -> None:
+        self.router, self.tracker, self.frame, self.options = router, tracker, frame, options
+        self.probe = probe  # an invalid-input probe: the answer is an error_message on an open connection (R13)
+        self.chat_id = tracker.chat_id
+        self.state, self.result = NEW, None
+        self.generation = self.reconnects = 0  # the connection the chat is on; reconnects so far
+        self.dropped_on_purpose = False
+        self.events_at_reconnect: int | None = None  # events when the last resume was sent, until it is judged
+        self.lost_note = ""
+        self._until, self._wait = 0.0, None
+
+    @classmethod
+    def chat(cls, router: FrameRouter, content: str, expectations: Expectations, *, user_id: str, now: float,
+             client_run_id: bool = False, **options) -> "ChatFlow":
+        """A chat sending `content` (options: disconnect_after, abandon_after, reconnect, max_reconnects, settle)."""
+        profile = router.profile
+        tracker = new_tracker(expectations, router.scenario, now, client_run_id or profile.client_run_id)
+        request = profile.build_request(content=content, thread_id=tracker.thread_id, run_id=tracker.run_id,
+                                        message_id=tracker.message_id, user_id=user_id)
+        return cls(router, tracker, request, ChatOptions(**options))
+
+    @classmethod
+    def invalid_input(cls, router: FrameRouter, raw: str, expectations: Expectations, *, now: float) -> "ChatFlow":
+        """A frame the server must answer with an error_message, keeping the connection open (R13)."""
+        return cls(router, new_tracker(expectations, router.scenario, now, False), raw, probe=True)
+
+    # -- the next action --
+    def next(self, now: float, link: Link) -> Action:
+        state = self.state
+        if state == FOLLOWING:
+            return self._follow(now, link)
+        if state == SETTLING:
+            if link.closed or now >= self._until:
+                return self._judge(now)
+            return self._wait
+        if state == NEW:
+            self.router.sink.chat_started(self.router.scenario)
+            if link.closed:
+                self.state = CONNECTING
+                return CONNECT
+            state = CONNECTED
+        if state == CONNECTED:
+            tracker = self.tracker
+            self.router.checker.add(tracker)
+            tracker.sent_at = tracker.last_at = now
+            self._until = tracker.wait_deadline()
+            self._wait = Wait(self._until)
+            self.generation = link.generation
+            self.state = SENDING
+            return Send(self.frame, "raw" if self.probe else "message")
+        if state == RESUMING:
+            self.generation = link.generation
+            self.router.checker.add(self.tracker)
+            self.events_at_reconnect = len(self.tracker.events)
+            self.state = FOLLOWING
+            return Send(resume_frame(self.router.profile, self.tracker), "resume")
+        if state == ABANDONING:
+            self.router.sink.chat_abandoned(self.router.scenario)
+            return self._finish(abandon(self.tracker, now))
+        if state == ENDING:
+            return self._end(now, link)
+        if state == FINISHED:
+            assert self.result is not None
+            return Finish(self.result)
+        raise RuntimeError(f"ChatFlow.next in state {state}: report the outcome of the last action first")
+
+    def _follow(self, now: float, link: Link) -> Action:
+        tracker = self.tracker
+        if self.probe:
+            if tracker.done or link.closed or now >= self._until:
+                if link.closed:
+                    tracker.connection_lost(now)
+                return self._finish(tracker.finish(now))
+            return self._wait
+        if not tracker.done and (action := self._on_the_way(now, link)) is not None:
+            return action
+        return self._end(now, link)
+
+    def _on_the_way(self, now: float, link: Link) -> Action | None:
+        """While the run goes on: what to do about it, or None when following it is over (lost, or out of time)."""
+        tracker, options = self.tracker, self.options
+        events = len(tracker.events)
+        if options.abandon_after is not None and events >= options.abandon_after:
+            self.state = ABANDONING
+            return CLOSE
+        if options.disconnect_after is not None and not self.dropped_on_purpose and events >= options.disconnect_after:
+            self.dropped_on_purpose = True
+            if not link.closed:
+                return DROP
+        if link.closed or self.generation != link.generation:
+            self._judge_resume()
+            tracker.connection_lost(now)
+            can_resume = resume_frame(self.router.profile, tracker) is not None
+            if not (options.reconnect and can_resume and self.reconnects < options.max_reconnects):
+                self.lost_note = lost_note_for(link.ended_note, can_resume)
+                return None
+            self.reconnects += 1
+            self.state = RECONNECTING
+            return Reconnect(self.generation)
+        if tracker.run_id is not None and tracker.run_id in self.router.resume_unknown:
+            self.lost_note = "the server did not know the run when resuming (RESUME_UNKNOWN_RUN)"
+            return None
+        if now >= self._until:
+            return None
+        return self._wait
+
+    def _end(self, now: float, link: Link) -> Action:
+        """The run ended, the deadline passed or the connection is gone for good: settle, then judge."""
+        self._judge_resume()
+        tracker = self.tracker
+        settle = self.options.settle
+        if tracker.done and settle > 0 and not link.closed:
+            # Listen a little longer for late events (R3, R4, R7): an observation window, not a wait for a condition.
+            self._until = (tracker.terminal_at or now) + settle
+            if now < self._until:
+                self.state = SETTLING
+                self._wait = Wait(self._until)
+                return self._wait
+        return self._judge(now)
+
+    def _judge_resume(self) -> None:
+        """Whether the last resume brought events back: resumed or lost, on the tracker and to the sink."""
+        if self.events_at_reconnect is not None:
+            self.tracker.reconnected(len(self.tracker.events) > self.events_at_reconnect)
+            self.router.sink.reconnect(self.router.scenario, self.tracker.reconnects[-1])
+            self.events_at_reconnect = None
+
+    def _judge(self, now: float) -> Finish:
+        tracker = self.tracker
+        lost = bool(self.lost_note) and not tracker.done
+        return self._finish(tracker.finish(now, lost=lost, note=self.lost_note))
+
+    def _finish(self, result: ChatResult) -> Finish:
+        self.result = result
+        self.state = FINISHED
+        self.router.sink.chat_finished(result)
+        return Finish(result)
+
+    def _error(self, kind: str, message: str) -> None:
+        tracker = self.tracker
+        self._finish(error_result(tracker.chat_id, self.router.scenario, tracker.sent_at, kind, message))
+
+    # -- outcomes of actions --
+    def connected(self) -> None:
+        self._expect(CONNECTING)
+        self.state = CONNECTED
+
+    def connect_failed(self, kind: str, message: str) -> None:
+        self._expect(CONNECTING)
+        self._error(kind, message)
+
+    def sent(self, ok: bool, failure_kind: str | None = None, failure_message: str = "") -> None:
+        """The outcome of a Send: `failure_kind` when sending was connecting and that failed (SSE), classified."""
+        if self.state != SENDING:  # a resume frame: a failure shows as the connection's end
+            return
+        if ok:
+            self.state = FOLLOWING
+        elif self.probe:
+            self._error("send_failed", "the connection closed before the frame could be sent")
+        elif failure_kind is not None:
+            self.router.checker.discard(self.tracker)  # never reached the server: not a chat to route events to
+            self.router.sink.connection_attempt(self.router.scenario, failure_kind)
+            self._error(failure_kind, failure_message)
+        else:
+            self._error("send_failed", "the connection closed before the message could be sent")
+
+    def reconnected(self, ok: bool) -> None:
+        self._expect(RECONNECTING)
+        if ok:
+            self.state = RESUMING
+            return
+        self.lost_note = "connection lost mid-run and reconnecting failed"
+        self.tracker.reconnected(False)
+        self.router.sink.reconnect(self.router.scenario, "lost")
+        self.state = ENDING
+
+    def _expect(self, state: int) -> None:
+        if self.state != state:
+            raise RuntimeError(f"ChatFlow: outcome reported in state {self.state}, expected {state}")
+
+    # -- stopped from outside --
+    def stopped(self, now: float) -> ChatResult:
+        """Cut short by the run itself (its max_duration, Ctrl-C): judged on what arrived, a lost chat."""
+        if self.result is not None:
+            return self.result
+        tracker = self.tracker
+        if self.state in (NEW, CONNECTING):
+            self._error("stopped", "stopped before the connection was open")
+        elif self.probe:
+            self._finish(tracker.finish(now, lost=True, note="stopped before the answer"))
+        else:
+            stopped = not tracker.done
+            self._finish(tracker.finish(now, lost=stopped, note="stopped before the chat ended" if stopped else ""))
+        assert self.result is not None
+        return self.result
+
+    def left(self, now: float) -> ChatResult:
+        """Interrupted by the load generator (Locust stopping the user): judged on what arrived, as an abandonment,
+        since the load generator left and the server is not to blame."""
+        if self.result is not None:
+            return self.result
+        result = abandon(self.tracker, now)
+        result.note = STOPPED_NOTE
+        self.router.sink.chat_abandoned(self.router.scenario)
+        self._finish(result)
+        return result

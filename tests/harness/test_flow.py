@@ -1,0 +1,360 @@
+"""The chat flow as a pure state machine: feed it times, connection states and events; check what it asks for."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from harness.checker import ConnectionChecker, Expectations
+from harness.events import DEFAULT_REQUIRED, Event, Role
+from harness.flow import (
+    CLOSE, CONNECT, DROP, STOPPED_NOTE, ChatFlow, Finish, FrameRouter, Reconnect, Send, Wait, lost_note_for,
+)
+from harness.profiles import load_profile
+from harness.scenario import ChatCall, ChatGroup, RawCall, Scenario
+from harness.sinks import Sink
+
+EXP = Expectations(required=frozenset(DEFAULT_REQUIRED), first_event_limit=2.0, deadline=10.0, stall_limit=30.0)
+INVALID = Expectations(required=frozenset(), deadline=5.0, expect_error="invalid_input")
+ROLES = [Role.AGENT_STARTED, Role.AGENT_THINKING, Role.TOOL_EXECUTING, Role.TOOL_COMPLETED, Role.PARTIAL_RESULT,
+         Role.AGENT_COMPLETED]
+
+
+@dataclass
+class FakeLink:
+    generation: int = 0
+    closed: bool = True
+    ended_note: str = ""
+
+
+class Recorder(Sink):
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def chat_started(self, scenario):
+        self.calls.append(("started",))
+
+    def chat_finished(self, result):
+        self.calls.append(("finished", result.outcome.value))
+
+    def chat_abandoned(self, scenario):
+        self.calls.append(("abandoned",))
+
+    def connection_attempt(self, scenario, result):
+        self.calls.append(("connection", result))
+
+    def reconnect(self, scenario, result):
+        self.calls.append(("reconnect", result))
+
+    def count(self, name: str) -> int:
+        return sum(c[0] == name for c in self.calls)
+
+
+def make(probe: bool = False, **options) -> tuple[ChatFlow, Recorder, FakeLink]:
+    sink = Recorder()
+    router = FrameRouter(load_profile("netra"), ConnectionChecker(None), sink, "s")
+    if probe:
+        flow = ChatFlow.invalid_input(router, "not json", INVALID, now=0.0)
+    else:
+        flow = ChatFlow.chat(router, "hi", EXP, user_id="u1", now=0.0, client_run_id=True, **options)
+    return flow, sink, FakeLink()
+
+
+def start(flow: ChatFlow, link: FakeLink, now: float = 0.0) -> Send:
+    """Connect (the link starts closed) and send the message; the flow is then following the run."""
+    assert flow.next(now, link) == CONNECT
+    link.closed, link.generation = False, link.generation + 1
+    flow.connected()
+    send = flow.next(now, link)
+    assert isinstance(send, Send) and send.what in ("message", "raw")
+    flow.sent(True)
+    return send
+
+
+def feed(flow: ChatFlow, n: int, t: float, first: int = 0) -> None:
+    """Events first+1 … first+n of the chat's run, as the router would route them."""
+    tr = flow.tracker
+    for i in range(first, first + n):
+        role = ROLES[min(i, len(ROLES) - 1)]
+        e = Event(role=role, wire_type=role.value, received_at=t, run_id=tr.run_id, seq=i + 1, user_id="u1",
+                  thread_id=tr.thread_id)
+        if role in (Role.TOOL_EXECUTING, Role.TOOL_COMPLETED):
+            e.tool_call_id = "c1"
+            e.span = ("tool call", "open" if role is Role.TOOL_EXECUTING else "close", "c1")
+        tr.feed(e)
+
+
+def test_a_chat_connects_sends_waits_until_its_deadline_and_passes_after_the_settle_window():
+    flow, sink, link = make(settle=0.5)
+    send = start(flow, link, now=1.0)
+    assert send.frame["payload"]["content"] == "hi" and flow.tracker.sent_at == 1.0
+    assert flow.next(1.1, link) == Wait(11.0)  # sent at 1.0, deadline 10 s
+    feed(flow, 6, 1.2)
+    assert flow.next(1.2, link) == Wait(1.7)  # the settle window after the terminal event
+    assert flow.next(1.5, link) == Wait(1.7)
+    done = flow.next(1.7, link)
+    assert isinstance(done, Finish) and done.result.outcome.value == "passed"
+    assert sink.calls == [("started",), ("finished", "passed")]
+    assert flow.next(2.0, link) == done  # finished for good, reported once
+    assert sink.count("finished") == 1
+
+
+def test_a_chat_on_an_open_connection_sends_at_once_and_registers_with_the_checker():
+    flow, sink, link = make(settle=0)
+    link.closed, link.generation = False, 3
+    send = flow.next(0.0, link)
+    assert isinstance(send, Send) and send.what == "message"
+    assert flow.tracker in flow.router.checker.active()
+    flow.sent(True)
+    feed(flow, 6, 0.1)
+    assert isinstance(flow.next(0.1, link), Finish)  # no settle window
+
+
+def test_the_settle_window_ends_early_when_the_connection_closes():
+    flow, _, link = make(settle=5)
+    start(flow, link)
+    feed(flow, 6, 0.2)
+    assert flow.next(0.2, link) == Wait(5.2)
+    link.closed = True
+    assert flow.next(0.3, link).result.outcome.value == "passed"
+
+
+def test_no_terminal_by_the_deadline_is_judged_incomplete_r10():
+    flow, sink, link = make()
+    start(flow, link)
+    feed(flow, 2, 0.1)
+    assert flow.next(9.99, link) == Wait(10.0)
+    result = flow.next(10.0, link).result
+    assert result.outcome.value == "incomplete" and "R10" in {v.rule for v in result.violations}
+
+
+def test_connect_failure_is_an_error_verdict_of_that_kind():
+    flow, sink, link = make()
+    assert flow.next(0.0, link) == CONNECT
+    flow.connect_failed("refused", "connection refused")
+    done = flow.next(0.1, link)
+    assert done.result.outcome.value == "error" and done.result.error_kind == "refused"
+    assert sink.calls == [("started",), ("finished", "error")]
+
+
+def test_a_message_that_cannot_be_sent_is_send_failed_or_the_connect_kind_when_sending_connects():
+    flow, _, link = make()
+    flow.next(0.0, link)
+    flow.connected()
+    flow.next(0.0, link)
+    flow.sent(False)
+    assert flow.next(0.0, link).result.error_kind == "send_failed"
+
+    flow, sink, link = make()
+    flow.next(0.0, link)
+    flow.connected()
+    flow.next(0.0, link)
+    flow.sent(False, "refused", "no server")
+    assert flow.next(0.0, link).result.error_kind == "refused"
+    assert ("connection", "refused") in sink.calls
+    assert flow.tracker not in flow.router.checker.active()  # never reached the server
+
+
+def test_disconnect_after_drops_once_then_reconnects_and_resumes_from_the_last_seq():
+    flow, sink, link = make(disconnect_after=2, settle=0)
+    start(flow, link)
+    feed(flow, 2, 0.1)
+    assert flow.next(0.1, link) == DROP
+    link.closed = True
+    assert flow.next(0.2, link) == Reconnect(1)
+    flow.reconnected(True)
+    link.closed, link.generation = False, 2
+    resume = flow.next(0.3, link)
+    assert isinstance(resume, Send) and resume.what == "resume"
+    assert resume.frame["payload"]["last_seq"] == 2 and resume.frame["payload"]["run_id"] == flow.tracker.run_id
+    flow.sent(True)
+    assert flow.next(0.3, link) == Wait(10.0)  # not dropped a second time
+    feed(flow, 4, 0.4, first=2)
+    result = flow.next(0.4, link).result
+    assert result.outcome.value == "passed" and result.reconnects == ["resumed"]
+    assert ("reconnect", "resumed") in sink.calls
+
+
+def test_a_resume_that_brings_nothing_back_is_lost():
+    flow, sink, link = make(settle=0)
+    start(flow, link)
+    feed(flow, 2, 0.1)
+    link.closed = True
+    assert flow.next(0.2, link) == Reconnect(1)
+    flow.reconnected(True)
+    link.closed, link.generation = False, 2
+    flow.next(0.2, link)
+    flow.sent(True)
+    link.closed = True  # gone again before any event: the first resume lost the run, and no more tries
+    assert flow.next(0.3, link) == Reconnect(2)
+    assert flow.tracker.reconnects == ["lost"] and ("reconnect", "lost") in sink.calls
+
+
+def test_reconnect_gives_up_after_max_reconnects_and_judges_the_chat_lost():
+    flow, sink, link = make(max_reconnects=1, settle=0)
+    start(flow, link)
+    feed(flow, 1, 0.1)
+    link.closed = True
+    assert isinstance(flow.next(0.2, link), Reconnect)
+    flow.reconnected(True)
+    link.closed, link.generation = False, 2
+    flow.next(0.2, link)
+    flow.sent(True)
+    feed(flow, 1, 0.3, first=1)
+    link.closed = True
+    result = flow.next(0.4, link).result
+    assert result.outcome.value == "incomplete" and result.note == "connection lost mid-run"
+    assert result.reconnects == ["resumed"]
+
+
+def test_failed_reconnect_is_reported_lost_and_ends_the_chat():
+    flow, sink, link = make()
+    start(flow, link)
+    feed(flow, 1, 0.1)
+    link.closed = True
+    flow.next(0.2, link)
+    flow.reconnected(False)
+    result = flow.next(0.3, link).result
+    assert result.outcome.value == "incomplete"
+    assert result.note == "connection lost mid-run and reconnecting failed"
+    assert result.reconnects == ["lost"] and sink.calls[-2:] == [("reconnect", "lost"), ("finished", "incomplete")]
+
+
+def test_no_reconnect_when_told_not_to_and_the_transports_note_is_kept():
+    flow, _, link = make(reconnect=False)
+    start(flow, link)
+    feed(flow, 1, 0.1)
+    link.closed, link.ended_note = True, "the server ended the event stream"
+    result = flow.next(0.2, link).result
+    assert result.outcome.value == "incomplete" and result.note == "the server ended the event stream"
+    assert lost_note_for("", False) == "connection lost mid-run before the run had an id to resume"
+
+
+def test_another_chat_reconnecting_is_noticed_by_the_generation():
+    flow, _, link = make()
+    start(flow, link)
+    link.generation = 2  # closed and reopened by a chat in parallel
+    assert flow.next(0.2, link) == Reconnect(1)
+
+
+def test_resume_unknown_run_ends_the_chat():
+    flow, _, link = make()
+    start(flow, link)
+    feed(flow, 1, 0.1)
+    flow.router.resume_unknown.add(flow.tracker.run_id)
+    result = flow.next(0.2, link).result
+    assert "RESUME_UNKNOWN_RUN" in result.note and result.outcome.value == "incomplete"
+
+
+def test_abandon_after_closes_then_judges_only_what_arrived():
+    flow, sink, link = make(abandon_after=3)
+    start(flow, link)
+    feed(flow, 2, 0.1)
+    assert flow.next(0.1, link) == Wait(10.0)
+    feed(flow, 1, 0.2, first=2)
+    assert flow.next(0.2, link) == CLOSE
+    link.closed = True
+    result = flow.next(0.3, link).result
+    assert result.outcome.value == "passed" and result.note == "abandoned by the client after 3 events"
+    assert sink.calls[-2:] == [("abandoned",), ("finished", "passed")]
+
+
+def test_invalid_input_probe_passes_on_the_error_and_fails_when_the_connection_closes():
+    from harness.events import Frame
+
+    flow, sink, link = make(probe=True)
+    send = start(flow, link)
+    assert send == Send("not json", "raw")
+    assert flow.next(0.1, link) == Wait(5.0)
+    flow.tracker.error_frame(Frame("error", error_code="INVALID_MESSAGE"), 0.2)
+    assert flow.next(0.2, link).result.outcome.value == "passed"
+
+    flow, _, link = make(probe=True)
+    start(flow, link)
+    flow.tracker.error_frame(Frame("error", error_code="INVALID_MESSAGE"), 0.2)
+    link.closed = True
+    result = flow.next(0.2, link).result
+    assert result.outcome.value == "failed" and "R13" in {v.rule for v in result.violations}
+
+    flow, _, link = make(probe=True)
+    start(flow, link)
+    assert flow.next(5.0, link).result.outcome.value == "failed"  # no answer by the deadline
+
+
+def test_stopped_from_outside_is_still_judged_once():
+    flow, sink, link = make()
+    assert flow.next(0.0, link) == CONNECT
+    assert flow.stopped(0.1).error_kind == "stopped"  # while connecting
+
+    flow, sink, link = make()
+    start(flow, link)
+    feed(flow, 2, 0.1)
+    result = flow.stopped(0.5)
+    assert result.outcome.value == "incomplete" and result.note == "stopped before the chat ended"
+    assert flow.stopped(0.6) is result and sink.count("finished") == 1
+    assert isinstance(flow.next(0.7, link), Finish)
+
+    flow, sink, link = make(probe=True)
+    start(flow, link)
+    assert flow.stopped(0.5).note == "stopped before the answer"
+
+
+def test_left_by_the_load_generator_is_an_abandonment():
+    flow, sink, link = make()
+    start(flow, link)
+    feed(flow, 2, 0.1)
+    result = flow.left(0.5)
+    assert result.outcome.value == "passed" and result.note == STOPPED_NOTE
+    assert sink.calls == [("started",), ("abandoned",), ("finished", "passed")]
+    assert flow.left(0.6) is result and sink.count("finished") == 1
+
+
+def test_an_outcome_reported_out_of_turn_is_refused():
+    flow, _, link = make()
+    with pytest.raises(RuntimeError):
+        flow.connected()
+    start(flow, link)
+    with pytest.raises(RuntimeError):
+        flow.reconnected(True)
+
+
+# -- the user script --
+
+PROFILE = load_profile("netra")
+
+
+def test_user_script_steps_repeat_and_number_chats():
+    sc = Scenario.model_validate({"name": "x", "messages": ["a", "b", "c"], "steps": [
+        {"chat": {"repeat": 2}}, {"send_raw": "oops", "repeat": 2}, {"chat": {"message": "own", "abandon_after": 3}},
+        {"chat": {}},
+    ]})
+    items = list(sc.user_script(PROFILE).plan())
+    kinds = [type(i) for i in items]
+    assert kinds == [ChatCall, ChatCall, RawCall, RawCall, ChatCall, ChatCall]
+    assert [i.content for i in items if isinstance(i, ChatCall)] == ["a", "b", "own", "a"]
+    assert items[4].options["abandon_after"] == 3 and items[0].options["abandon_after"] is None
+    assert items[2].raw == "oops" and items[2].expectations.expect_error == "invalid_input"
+
+
+def test_user_script_chats_per_user_sequential_or_a_parallel_group_numbered_across_plays():
+    sc = Scenario.model_validate({"name": "x", "chats_per_user": 3, "messages": ["a", "b"]})
+    script = sc.user_script(PROFILE)
+    assert [c.content for c in script.plan()] == ["a", "b", "a"]
+    assert [c.content for c in script.plan()] == ["b", "a", "b"]  # the next play goes on numbering
+    par = Scenario.model_validate({"name": "x", "chats_per_user": 5, "parallel_chats": 2}).user_script(PROFILE)
+    assert list(par.plan()) == [ChatGroup(5, 2)]
+    call = par.chat()
+    assert call.options == {"client_run_id": False, "disconnect_after": None, "abandon_after": None,
+                            "reconnect": True, "max_reconnects": 3, "settle": 0.1}
+
+
+def test_welcome_outcome_classifies_the_handshake_and_reports_it():
+    sink = Recorder()
+    router = FrameRouter(PROFILE, ConnectionChecker(None), sink, "s")
+    assert router.welcome_outcome(True, False, None, 5) == ("ok", "")
+    assert router.welcome_outcome(False, False, None, 5) == ("timeout", "no welcome frame within 5s")
+    assert router.welcome_outcome(True, True, 1008, 5)[0] == "auth_failed"
+    assert router.welcome_outcome(True, True, 1011, 5) == ("protocol_error", "closed before the welcome frame (code 1011)")
+    router.on_frame('{"type": "error_message", "error_code": "AUTH_FAILED", "error_message": "no"}', 0.0)
+    assert router.welcome_outcome(True, False, None, 5)[0] == "auth_failed"
+    assert [c[1] for c in sink.calls] == ["ok", "timeout", "auth_failed", "protocol_error", "auth_failed"]
