@@ -6,6 +6,7 @@ touches a socket, a clock or a global: every time comes in as an argument (the s
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
@@ -13,6 +14,10 @@ from .events import Event, Frame, Outcome, Role, Violation
 
 # Judged chats a connection remembers for late events; older ones are forgotten (bounded memory).
 KEEP_FINISHED = 64
+# A flooding server must not take the client down: per chat, events and violations past these are counted,
+# not kept (the verdict and every counter stay exact).
+MAX_EVENTS_KEPT = 10_000
+MAX_VIOLATIONS_KEPT = 200
 
 ExpectError = Literal["recoverable", "fatal", "invalid_input"] | None
 
@@ -51,10 +56,23 @@ class ChatResult:
     error: str | None = None
     error_kind: str | None = None
     note: str = ""
+    events_received: int = 0  # all of them; `events` keeps the first MAX_EVENTS_KEPT
+    violations_not_listed: dict[str, int] = field(default_factory=dict)  # by rule, past MAX_VIOLATIONS_KEPT
+    event_counts: dict[Role, int] = field(default_factory=dict)  # every event received, by role
 
     @property
     def missed_events(self) -> bool:
         return bool(self.missing)
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome is Outcome.PASSED
+
+    def rule_counts(self) -> Counter:
+        """Violations by rule id, the listed ones and those past the listing cap."""
+        counts = Counter(v.rule for v in self.violations)
+        counts.update(self.violations_not_listed)
+        return counts
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +99,8 @@ class ChatResult:
                 }
                 for i, e in enumerate(self.events)
             ],
+            "events_received": self.events_received,
+            "violations_not_listed": self.violations_not_listed,
             "reconnects": self.reconnects,
             "error": self.error,
             "error_kind": self.error_kind,
@@ -95,7 +115,7 @@ class ChatTracker:
         "chat_id", "scenario", "exp", "sent_at", "thread_id", "run_id", "message_id", "events",
         "violations", "roles", "first_delay", "terminal_index", "terminal_at", "last_at", "seqs", "max_seq",
         "open_spans", "saw_tool", "saw_thinking", "error_seen", "reconnects", "lost", "connection_error",
-        "_result", "late_violations",
+        "_result", "n_events", "overflow", "role_counts", "terminal_event",
     )
 
     def __init__(
@@ -133,6 +153,10 @@ class ChatTracker:
         self.lost = False
         self.connection_error: Frame | None = None
         self._result: ChatResult | None = None
+        self.n_events = 0
+        self.overflow: dict[str, int] = {}
+        self.role_counts: dict[Role, int] = {}
+        self.terminal_event: Event | None = None
 
     # -- state --
     @property
@@ -146,18 +170,26 @@ class ChatTracker:
         return self.sent_at + self.exp.deadline
 
     def _flag(self, rule: str, reason: str, index: int | None = None) -> None:
-        self.violations.append(Violation(rule, reason, index))
+        if len(self.violations) < MAX_VIOLATIONS_KEPT:
+            self.violations.append(Violation(rule, reason, index))
+        else:
+            self.overflow[rule] = self.overflow.get(rule, 0) + 1
 
     # -- input --
     def feed(self, ev: Event) -> None:
         """One event of this chat's run, in arrival order."""
-        idx = len(self.events)
-        self.events.append(ev)
+        idx = self.n_events
+        self.n_events += 1
+        if idx < MAX_EVENTS_KEPT:
+            self.events.append(ev)
         at = ev.received_at
         role = ev.role
+        if role is not None:
+            self.role_counts[role] = self.role_counts.get(role, 0) + 1
         if idx == 0:
             self.first_delay = at - self.sent_at
-            if role is not Role.AGENT_STARTED:
+            # A run may fail before it starts: a fatal error as the first event is told to the user.
+            if role is not Role.AGENT_STARTED and not (role is Role.ERROR_EVENT and ev.terminal):
                 self._flag("R1", f"first event is {_name(ev)}, not agent_started", idx)
             if self.first_delay > self.exp.first_event_limit:
                 self._flag(
@@ -166,6 +198,8 @@ class ChatTracker:
                     idx,
                 )
         else:
+            if role is Role.AGENT_STARTED and Role.AGENT_STARTED in self.roles and self.terminal_index is None:
+                self._flag("R1", "a second agent_started in the same run", idx)
             gap = at - self.last_at
             if gap > self.exp.stall_limit:
                 self._flag("R11", f"{gap:.3f}s without an event, over the {self.exp.stall_limit:g}s stall limit", idx)
@@ -176,7 +210,9 @@ class ChatTracker:
         # R7: sequence numbers, where the server sends them.
         if ev.seq is not None:
             s = ev.seq
-            if s in self.seqs:
+            if s < 1:
+                self._flag("R7", f"seq {s} is not a positive sequence number", idx)
+            elif s in self.seqs:
                 self._flag("R7", f"seq {s} received twice (duplicate event)", idx)
             else:
                 if s < self.max_seq:
@@ -213,6 +249,7 @@ class ChatTracker:
 
         if ev.terminal:
             self.terminal_index = idx
+            self.terminal_event = ev
             self.terminal_at = at
             must = self.exp.spans_must_close
             # A fatal error may cut a tool call or a message short: only a completed run owes closed spans.
@@ -225,6 +262,10 @@ class ChatTracker:
         name, kind, key = ev.span  # type: ignore[misc]
         k = (name, key)
         if kind == "open":
+            # Several open at once are fine when keyed by a fallback (two calls of one tool, no call ids).
+            by_fallback = ev.tool_call_id is None and key is not None and key == ev.tool_name
+            if k in self.open_spans and not by_fallback:
+                self._flag("R5", f"{_name(ev)} opens {name} {key!r} again while it is open", idx)
             self.open_spans[k] = self.open_spans.get(k, 0) + 1
         elif k not in self.open_spans:
             what = "closes" if kind == "close" else "continues"
@@ -237,10 +278,10 @@ class ChatTracker:
                 del self.open_spans[k]
 
     def malformed(self, detail: str, at: float) -> None:
-        self._flag("R12", f"malformed frame: {detail}", len(self.events) or None)
+        self._flag("R12", f"malformed frame: {detail}", self.n_events or None)
 
     def foreign(self, ev: Event, why: str) -> None:
-        self._flag("R8", f"received {_name(ev)} of {why}: cross-talk", len(self.events) or None)
+        self._flag("R8", f"received {_name(ev)} of {why}: cross-talk", self.n_events or None)
 
     def error_frame(self, frame: Frame, at: float) -> None:
         """A connection-level error frame (INVALID_MESSAGE …) arrived while this chat was open."""
@@ -270,7 +311,7 @@ class ChatTracker:
         violations = list(self.violations)
         exp = self.exp
         elapsed = now - self.sent_at
-        index = len(self.events) or None
+        index = self.n_events or None
 
         if exp.expect_error == "invalid_input":
             missing: list[Role] = []
@@ -282,16 +323,24 @@ class ChatTracker:
         if self.first_delay is None and elapsed > exp.first_event_limit:
             violations.append(Violation("R9", f"no event within the {exp.first_event_limit:g}s limit", None))
         if self.max_seq:
-            gaps = sorted(set(range(1, self.max_seq + 1)) - self.seqs)
-            if gaps:
-                shown = ", ".join(map(str, gaps[:5])) + (" …" if len(gaps) > 5 else "")
-                violations.append(Violation("R7", f"seq {shown} never arrived (lost event{'s' if len(gaps) > 1 else ''})", None))
+            # Counted, never enumerated: a server may send seq 10**12 (bounded work and memory).
+            gaps = self.max_seq - len(self.seqs)
+            if gaps > 0:
+                first: list[int] = []
+                s = 1
+                while len(first) < 5 and s <= self.max_seq:
+                    if s not in self.seqs:
+                        first.append(s)
+                    s += 1
+                shown = ", ".join(map(str, first)) + (f" … ({gaps} in all)" if gaps > len(first) else "")
+                violations.append(Violation("R7", f"seq {shown} never arrived (lost event{'s' if gaps > 1 else ''})", None))
 
-        terminal = self.events[self.terminal_index] if self.terminal_index is not None else None
+        terminal = self.terminal_event
         required = set(exp.required)
         if terminal is not None and terminal.role is Role.ERROR_EVENT:
-            # A fatal error ends the run (an R13 when unexpected): the user was told, nothing more is owed.
-            required &= {Role.AGENT_STARTED}
+            # A fatal error ends the run (an R13 when unexpected): the user was told, nothing more is owed
+            # (R1 still asks that a run that got going began with agent_started).
+            required = set()
         if exp.expect_error:
             required.add(Role.ERROR_EVENT)
         missing = [r for r in Role if r in required and r not in self.roles]
@@ -308,7 +357,7 @@ class ChatTracker:
                 reason = note or "connection lost and the run could not be resumed"
                 outcome = Outcome.INCOMPLETE
             else:
-                violations.append(Violation("R10", f"no terminal event within {exp.deadline:g}s ({len(self.events)} events received)", index))
+                violations.append(Violation("R10", f"no terminal event within {exp.deadline:g}s ({self.n_events} events received)", index))
                 outcome = Outcome.INCOMPLETE
                 reason = note
             return self._make(outcome, violations, missing, now, reason)
@@ -334,6 +383,9 @@ class ChatTracker:
             thread_id=self.thread_id,
             reconnects=list(self.reconnects),
             note=note,
+            events_received=self.n_events,
+            violations_not_listed=dict(self.overflow),
+            event_counts=dict(self.role_counts),
         )
         self._result = res
         return res

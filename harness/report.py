@@ -68,7 +68,7 @@ class LiveView(Sink):
 
     def chat_finished(self, result: "ChatResult") -> None:
         self.outcomes[result.outcome] += 1
-        self.events += len(result.events)
+        self.events += result.events_received
 
 
 def _timeline(result: "ChatResult", limit: int = 14) -> str:
@@ -77,8 +77,8 @@ def _timeline(result: "ChatResult", limit: int = 14) -> str:
         role = e.role.value if e.role else e.wire_type
         seq = f"#{e.seq}" if e.seq is not None else ""
         parts.append(f"{(e.received_at - result.sent_at) * 1000:.0f}ms {role}{seq}")
-    if len(result.events) > limit:
-        parts.append(f"… +{len(result.events) - limit}")
+    if result.events_received > limit:
+        parts.append(f"… +{result.events_received - limit}")
     return " → ".join(parts) or "(no events)"
 
 

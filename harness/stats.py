@@ -108,12 +108,11 @@ class Tally:
         self.outcomes[r.outcome] += 1
         if r.outcome is Outcome.ERROR:
             self.error_kinds[r.error_kind or "unknown"] += 1
-        self.events += len(r.events)
+        self.events += r.events_received
         if r.missing:
             self.missing_chats += 1
             self.missing_roles.update(r.missing)
-        for v in r.violations:
-            self.violations[v.rule] += 1
+        self.violations.update(r.rule_counts())
         if r.time_to_first_event is not None:
             self.ttfe.append(r.time_to_first_event)
         if r.duration is not None:

@@ -212,11 +212,10 @@ class MetricsSink(Sink):
             m.chats_missing_events.labels(*base).inc()
             for role in result.missing:
                 m.missing_events.labels(*base, str(role)).inc()
-        for event in result.events:
-            if event.role is not None:
-                m.events.labels(*base, str(event.role)).inc()
-        for violation in result.violations:
-            m.rule_violations.labels(*base, _known(violation.rule, RULE_IDS, None)).inc()
+        for role, count in result.event_counts.items():
+            m.events.labels(*base, str(role)).inc(count)
+        for rule, count in result.rule_counts().items():
+            m.rule_violations.labels(*base, _known(rule, RULE_IDS, None)).inc(count)
         if result.time_to_first_event is not None:
             m.time_to_first_event.labels(*base).observe(result.time_to_first_event)
         if result.duration is not None:

@@ -102,7 +102,7 @@ class _Run:
         request = self.environment.events.request
         name = self.scenario.name
         ms = (result.duration if result.duration is not None else elapsed) * 1000
-        request.fire(request_type="chat", name=name, response_time=ms, response_length=len(result.events),
+        request.fire(request_type="chat", name=name, response_time=ms, response_length=result.events_received,
                      exception=None if result.outcome is Outcome.PASSED else ChatNotPassed(reason(result)),
                      context={})
         if result.time_to_first_event is not None:

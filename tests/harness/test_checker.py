@@ -246,3 +246,55 @@ def test_r5_open_call_at_a_fatal_error_is_not_a_pairing_violation():
     assert judge(run, exp).outcome is Outcome.PASSED
     completed = run[:3] + [ev(Role.AGENT_COMPLETED, 4, 0.4)]
     assert "R5" in rules(judge(completed))
+
+
+def test_huge_seq_is_counted_not_enumerated():
+    run = valid_run()
+    run[2].seq = 10**12
+    for i, e in enumerate(run[3:], start=1):
+        e.seq = 10**12 + i
+    res = judge(run)
+    gap = [v for v in res.violations if v.rule == "R7" and "never arrived" in v.reason]
+    assert gap and "in all" in gap[0].reason  # bounded work: a count, the first few listed
+
+
+def test_non_positive_seq_is_a_seq_violation():
+    run = valid_run()
+    run[0].seq = 0
+    assert any(v.rule == "R7" and "not a positive" in v.reason for v in judge(run).violations)
+
+
+def test_flood_keeps_bounded_lists_and_exact_counts():
+    from harness.checker import MAX_EVENTS_KEPT, MAX_VIOLATIONS_KEPT
+
+    t = ChatTracker("c1", EXP, 0.0, run_id="r1")
+    n = MAX_EVENTS_KEPT + 500
+    t.feed(ev(Role.AGENT_STARTED, None, 0.01))
+    for i in range(n):
+        t.feed(ev(Role.AGENT_THINKING, None, 0.02))
+    for i in range(MAX_VIOLATIONS_KEPT + 50):
+        t.malformed("junk", 0.03)
+    res = t.finish(60.0)
+    assert len(res.events) == MAX_EVENTS_KEPT and res.events_received == n + 1
+    assert res.event_counts[Role.AGENT_THINKING] == n
+    assert len(res.violations) <= MAX_VIOLATIONS_KEPT + 5
+    assert res.rule_counts()["R12"] == MAX_VIOLATIONS_KEPT + 50
+
+
+def test_second_agent_started_and_reopened_span():
+    run = valid_run()
+    run.insert(2, ev(Role.AGENT_STARTED, None, 0.055))
+    for e in run:
+        e.seq = None
+    assert any("second agent_started" in v.reason for v in judge(run).violations)
+    twice = valid_run(tools=1)
+    dup = ev(Role.TOOL_EXECUTING, None, twice[2].received_at, call="c0")
+    twice.insert(3, dup)
+    for e in twice:
+        e.seq = None
+    assert any(v.rule == "R5" and "again" in v.reason for v in judge(twice).violations)
+
+
+def test_fatal_error_as_first_event_is_not_r1():
+    res = judge([ev(Role.ERROR_EVENT, 1, 0.1)], dataclasses.replace(EXP, expect_error="fatal"))
+    assert res.outcome is Outcome.PASSED, res.violations

@@ -75,6 +75,8 @@ def _result(
         event_delays={e.role: e.received_at - sent for e in events if e.role is not None},
         run_id=RUN_ID, thread_id=THREAD_ID, error=f"token={TOKEN}", error_kind="auth_failed",
         note=f"chat {CHAT_ID}",
+        events_received=len(events),
+        event_counts={r: sum(1 for e in events if e.role is r) for r in roles},
     )
 
 
