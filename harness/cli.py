@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 from typing import NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from rich.console import Console
 
@@ -117,11 +117,39 @@ def read_token(args: argparse.Namespace) -> TokenProvider:
     return TokenProvider()
 
 
+def check_url(url: str, flag: str, schemes: tuple[str, ...]) -> SplitResult:
+    """A server URL checked whole (scheme, host, port) before anything connects: a ConfigError otherwise."""
+    expected = ", ".join(f"{x}://" for x in schemes)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise ConfigError(f"{flag} {url!r}: not a valid URL ({exc})") from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ConfigError(f"{flag} {url!r}: expected a {expected} URL with a host")
+    return parts
+
+
+def check_writable(path: str | None, flag: str) -> None:
+    """Fail before the run, not after it, when a report cannot be written there."""
+    if not path:
+        return
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise ConfigError(f"{flag} {path}: is a directory")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise ConfigError(f"{flag} {path}: cannot write there ({probe} is not a writable directory)")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ConfigError(f"{flag} {path}: the file is not writable")
+
+
 def make_target(args: argparse.Namespace, url: str, tokens: TokenProvider, default_profile: str | None = None) -> Target:
     profile = load_profile(args.profile or default_profile or "netra")
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
-        raise ConfigError(f"--target {url!r}: expected a ws://, wss://, http:// or https:// URL with a host")
+    parts = check_url(url, "--target", ("ws", "wss", "http", "https"))
     if parts.username or parts.password:
         raise ConfigError("--target: put credentials in --token-env or --token-file, not in the URL")
     transport = "sse" if parts.scheme in ("http", "https") else "websocket"
@@ -160,6 +188,8 @@ async def embedded_sim(faults: list[str], seed: int | None):
 
 async def _run(args: argparse.Namespace, console: Console) -> int:
     names = args.scenarios or list(BUILTIN_SUITE)
+    for flag, path in (("--json", args.json), ("--junit", args.junit), ("--html", args.html)):
+        check_writable(path, flag)
     scenarios = [apply_overrides(load_scenario(n), args.objective) for n in names]
     run_deadline = None
     if args.max_duration is not None:
@@ -209,12 +239,14 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
                 console.print(f"{scenario.name}: {st.chats} chats, {st.outcomes['passed']} passed, "
                               f"{'objectives met' if run.passed else 'OBJECTIVES FAILED'} in {run.elapsed:.1f}s")
     print_summary(console, runs)
-    if args.json:
-        write_json(args.json, runs)
-    if args.junit:
-        write_junit(args.junit, runs)
-    if args.html:
-        write_html(args.html, runs)
+    for flag, path, write in (("--json", args.json, write_json), ("--junit", args.junit, write_junit),
+                              ("--html", args.html, write_html)):
+        if path:
+            try:
+                write(path, runs)
+            except OSError as exc:
+                # The verdict is printed above; a CI that asked for the file must not pass without it.
+                raise ConfigError(f"{flag} {path}: could not write the report: {exc.strerror or exc}") from None
     if args.pushgateway:
         for ps in metrics_sinks:
             ps.push(args.pushgateway, args.job)

@@ -1,6 +1,7 @@
 """Durations as people write them in YAML and flags ("2s", "250ms", "1m", 1.5) parsed to seconds."""
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -19,6 +20,8 @@ def parse_duration(value: Any) -> float:
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
         raise ValueError(f"{value!r} is not a duration (examples: 2s, 250ms, 1m, 1.5)")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a finite duration")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds

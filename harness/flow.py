@@ -94,7 +94,10 @@ class FrameRouter:
         """How opening the connection went once the welcome was awaited (`in_time`: the server answered or the
         connection closed within `timeout`), reported to the sink: ("ok", "") or a ConnectFailed's (kind, reason)."""
         if not in_time:
-            outcome = "timeout", f"no welcome frame within {timeout:g}s"
+            # The server accepted the WebSocket and said nothing it could be understood by: reachable, wrong dialect
+            # or stuck (a handshake that never completes is the transport's `timeout`).
+            outcome = "protocol_error", (f"no welcome frame within {timeout:g}s (does the profile list the server's "
+                                         "welcome type under control?)")
         elif self.auth_failed is not None or (closed and close_code == 1008):
             outcome = "auth_failed", "the server rejected the credentials (AUTH_FAILED)"
         elif closed:

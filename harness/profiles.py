@@ -97,6 +97,9 @@ class Profile(BaseModel):
     # Wire types that belong to a run but map to no role (span markers, raw chunks…).
     unmapped: list[str] = []
     control: list[str] = []
+    # A frame whose type the profile does not know: an R12 (well-formed means a type of this dialect), or ignored
+    # for servers that add types of their own freely.
+    unknown_types: Literal["violation", "ignore"] = "violation"
     ping: Ping = Ping()
     connection_error: list[str] = []
     # Error codes of a connection_error frame that never end a run, even when the frame names one.
@@ -243,6 +246,9 @@ class Profile(BaseModel):
         if role is None and run_id is not None:
             role = self._with_run.get(wire_type)  # type: ignore[attr-defined]
         if role is None and wire_type not in self._unmapped:  # type: ignore[attr-defined]
+            if self.unknown_types == "violation":
+                return Frame("malformed", wire_type=wire_type, raw=frame,
+                             detail=f"type {wire_type[:60]!r} is not in profile {self.name!r} (add it to control or unmapped)")
             return Frame("unknown", wire_type=wire_type, raw=frame)
         seq = self._get(frame, f.seq)
         if not isinstance(seq, int) or isinstance(seq, bool):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
@@ -10,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 from .checker import Expectations
 from .durations import Seconds
 from .events import Role
-from .yamlfile import ConfigError, builtin_names, load_builtin_or_file
+from .yamlfile import ConfigError, builtin_names, line_of, load_builtin_or_file
 
 if TYPE_CHECKING:
     from .profiles import Profile
@@ -34,7 +35,7 @@ class Expect(Strict):
 
 
 class ChatStep(Strict):
-    message: str | None = None
+    message: str | None = Field(default=None, min_length=1)
     expect_error: Literal["recoverable", "fatal"] | None = None
     # Drop the socket after this many events of the run, reconnect and resume (no event lost or duplicated).
     disconnect_after: int | None = Field(default=None, ge=1)
@@ -101,8 +102,8 @@ class Scenario(Strict):
     concurrency: int | None = Field(default=None, ge=1)
     ramp_up: Seconds = 0.0
     parallel_chats: int = Field(default=1, ge=1, le=1000)
-    message: str = "What is 17 * 23? Then look up the capital of France."
-    messages: list[str] | None = None
+    message: str = Field(default="What is 17 * 23? Then look up the capital of France.", min_length=1)
+    messages: list[Annotated[str, Field(min_length=1)]] | None = None
     client_run_id: bool = False
     reconnect: bool = True
     max_reconnects: int = Field(default=3, ge=0, le=100)
@@ -233,7 +234,17 @@ def builtin_scenarios() -> list[str]:
 
 def load_scenario(name_or_path: str) -> Scenario:
     """A built-in scenario by name ("basic", …) or a user's YAML file by path."""
-    return load_builtin_or_file(Scenario, name_or_path, BUILTIN_DIR, "scenarios", "scenario")
+    scenario = load_builtin_or_file(Scenario, name_or_path, BUILTIN_DIR, "scenarios", "scenario")
+    if scenario.profile is not None:
+        from .profiles import load_profile
+
+        try:
+            load_profile(scenario.profile)
+        except ConfigError as exc:
+            path = name_or_path if Path(name_or_path).exists() else f"scenarios/{name_or_path}.yaml"
+            line = line_of(name_or_path, ("profile",)) if Path(name_or_path).exists() else None
+            raise ConfigError(f"{path}:{line or 1}: field 'profile': {exc}") from None
+    return scenario
 
 
 def apply_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:

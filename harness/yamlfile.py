@@ -50,6 +50,22 @@ def format_validation_error(path: str, err: ValidationError, node: yaml.Node | N
     return f"{where}: field '{field}': {first['msg']}{tail}"
 
 
+def _no_duplicate_keys(node: yaml.Node | None) -> None:
+    """YAML lets a later key silently replace an earlier one; in a config that is always a mistake."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                raise yaml.MarkedYAMLError(
+                    problem=f"duplicate key {key!r} (first on line {seen[key]})", problem_mark=key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+            _no_duplicate_keys(value_node)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _no_duplicate_keys(item)
+
+
 def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
     path = str(path)
     try:
@@ -57,8 +73,11 @@ def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
             text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _no_duplicate_keys(node)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -73,6 +92,17 @@ def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
         return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(path, err, node)) from None
+
+
+def line_of(path: str | Path, loc: tuple[Any, ...], text: str | None = None) -> int | None:
+    """The line of a field (as a location like ("targets", "prod", "url")) in a YAML file, for messages that
+    are found after validation (a URL that will not parse, a profile that does not exist)."""
+    try:
+        node = yaml.compose(text if text is not None else Path(path).read_text(encoding="utf-8"),
+                            Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return _resolve(node, loc)[0]
 
 
 def builtin_names(folder: Traversable) -> list[str]:

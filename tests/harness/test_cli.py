@@ -89,6 +89,11 @@ BAD_SCENARIOS = {
     "bad role": ("name: x\nexpect:\n  required: [agent_started, agent_dancing]\n", "line 3", "expect.required.1"),
     "not yaml": ("name: x\nusers: [1,\n", "line 3", "YAML"),
     "bad step": ("name: x\nsteps:\n  - chat: {message: hi, disconnect_after: 0}\n", "line 3", "steps.0"),
+    "duplicate key": ("name: x\nusers: 2\nusers: 3\n", "line 3", "duplicate key 'users'"),
+    "nan duration": ("name: x\nexpect:\n  deadline: .nan\n", "line 3", "expect.deadline"),
+    "infinite duration": ("name: x\nexpect:\n  stall_limit: .inf\n", "line 3", "expect.stall_limit"),
+    "empty message": ("name: x\nmessage: ''\n", "line 2", "message"),
+    "unknown profile": ("name: x\nprofile: nosuch\n", "line 2", "profile"),
 }
 
 
@@ -115,6 +120,10 @@ def test_bad_scenario_file_exits_2_naming_file_line_field(tmp_path, capsys, case
     (["run", "basic", "--token-env", "CHATPROBE_SURELY_UNSET_VAR", "--target", "ws://127.0.0.1:1/ws"],
      "CHATPROBE_SURELY_UNSET_VAR"),
     (["run", "--bogus-flag"], "--bogus-flag"),
+    (["run", "basic", "--target", "ws://127.0.0.1:notaport/ws"], "not a valid URL"),
+    (["run", "basic", "--target", "ws://[::1"], "not a valid URL"),
+    (["run", "basic", "--json", "/etc/hostname/x.json"], "--json"),
+    (["run", "basic", "--max-duration", "forever"], "--max-duration"),
 ])
 def test_bad_flags_exit_2_with_one_message(capsys, argv, needle):
     with pytest.raises(SystemExit) if "--bogus-flag" in argv else _nullcontext() as exc:
@@ -138,3 +147,11 @@ def test_list_shows_builtins(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "concurrent" in out and "netra" in out
+
+
+def test_non_utf8_scenario_file_exits_2(tmp_path, capsys):
+    path = tmp_path / "bin.yaml"
+    path.write_bytes(b"\xff\xfe name: x")
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "UTF-8" in err and "Traceback" not in err

@@ -352,9 +352,10 @@ def test_welcome_outcome_classifies_the_handshake_and_reports_it():
     sink = Recorder()
     router = FrameRouter(PROFILE, ConnectionChecker(None), sink, "s")
     assert router.welcome_outcome(True, False, None, 5) == ("ok", "")
-    assert router.welcome_outcome(False, False, None, 5) == ("timeout", "no welcome frame within 5s")
+    kind, reason = router.welcome_outcome(False, False, None, 5)
+    assert kind == "protocol_error" and reason.startswith("no welcome frame within 5s")
     assert router.welcome_outcome(True, True, 1008, 5)[0] == "auth_failed"
     assert router.welcome_outcome(True, True, 1011, 5) == ("protocol_error", "closed before the welcome frame (code 1011)")
     router.on_frame('{"type": "error_message", "error_code": "AUTH_FAILED", "error_message": "no"}', 0.0)
     assert router.welcome_outcome(True, False, None, 5)[0] == "auth_failed"
-    assert [c[1] for c in sink.calls] == ["ok", "timeout", "auth_failed", "protocol_error", "auth_failed"]
+    assert [c[1] for c in sink.calls] == ["ok", "protocol_error", "auth_failed", "protocol_error", "auth_failed"]

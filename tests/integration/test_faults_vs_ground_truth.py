@@ -19,6 +19,7 @@ CASES = {
     "malformed:notjson=0.5": ("R12", {}),
     "malformed:binary=0.5": ("R12", {}),
     "malformed:notype=0.5": ("R12", {}),
+    "malformed:unknowntype=0.5": ("R12", {}),
     "delay_first=0.4s@0.5": ("R9", {"expect": {"first_event_limit": "0.2s", "settle": "0.05s", "deadline": "10s"}}),
     "stall=0.6s@0.5": ("R11", {"expect": {"stall_limit": "0.3s", "settle": "0.05s", "deadline": "10s"}}),
 }

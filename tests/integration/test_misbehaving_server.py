@@ -77,13 +77,14 @@ async def test_close_mid_run_without_resume_support():
     assert "RESUME_UNKNOWN_RUN" in r.note
 
 
-async def test_no_welcome_is_a_timeout():
+async def test_no_welcome_is_a_protocol_error_not_unreachable():
     async def handler(ws):
         await ws.wait_closed()
 
     run = await run_against(handler)
     (r,) = run.results
-    assert r.outcome is Outcome.ERROR and r.error_kind == "timeout"
+    assert r.outcome is Outcome.ERROR and r.error_kind == "protocol_error"
+    assert "welcome" in r.error and not run.unreachable
 
 
 async def test_tcp_accept_without_handshake_is_a_timeout():
