@@ -125,7 +125,7 @@ def handshake_options(settings: ConnectSettings) -> dict[str, Any]:
         "ping_interval": None,
         "close_timeout": 2,
         "max_size": settings.max_size,
-        "max_queue": None,
+        "max_queue": 1024,  # frames buffered before the socket is read no further (backpressure, bounded memory)
         "compression": None,
         "proxy": None,
         "user_agent_header": "chatprobe",
