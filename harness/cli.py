@@ -102,18 +102,15 @@ def read_token(args: argparse.Namespace) -> TokenProvider:
         if not token:
             raise ConfigError(f"--token-file {args.token_file}: the file is empty")
         return TokenProvider(token=token)
-    token_var = args.token_env or ("CHATPROBE_TOKEN" if os.environ.get("CHATPROBE_TOKEN") else None)
-    if token_var:
-        token = os.environ.get(token_var)
-        if not token:
-            raise ConfigError(f"--token-env {token_var}: the variable is not set or empty")
-        return TokenProvider(token=token)
-    secret_var = args.jwt_secret_env or ("CHATPROBE_JWT_SECRET" if os.environ.get("CHATPROBE_JWT_SECRET") else None)
-    if secret_var:
-        secret = os.environ.get(secret_var)
-        if not secret:
-            raise ConfigError(f"--jwt-secret-env {secret_var}: the variable is not set or empty")
-        return TokenProvider(jwt_secret=secret)
+    # A bearer token, else a secret to mint one per user: named by the flag, or found in the default variable.
+    for flag, named, default, kind in (("--token-env", args.token_env, "CHATPROBE_TOKEN", "token"),
+                                       ("--jwt-secret-env", args.jwt_secret_env, "CHATPROBE_JWT_SECRET", "jwt_secret")):
+        var = named or (default if os.environ.get(default) else None)
+        if var:
+            value = os.environ.get(var)
+            if not value:
+                raise ConfigError(f"{flag} {var}: the variable is not set or empty")
+            return TokenProvider(**{kind: value})
     return TokenProvider()
 
 
