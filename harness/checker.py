@@ -18,6 +18,8 @@ KEEP_FINISHED = 64
 # not kept (the verdict and every counter stay exact).
 MAX_EVENTS_KEPT = 10_000
 MAX_VIOLATIONS_KEPT = 200
+# Connection-level error codes that answer the session (credentials, a resume), never one chat's message.
+SESSION_ERROR_CODES = frozenset({"AUTH_FAILED", "RESUME_UNKNOWN_RUN"})
 
 ExpectError = Literal["recoverable", "fatal", "invalid_input"] | None
 
@@ -164,7 +166,7 @@ class ChatTracker:
         """The chat needs nothing more: its terminal event (or, for an invalid-input probe, the error) came."""
         if self.exp.expect_error == "invalid_input":
             return self.connection_error is not None
-        return self.terminal_index is not None
+        return self.terminal_index is not None or self.connection_error is not None
 
     def wait_deadline(self) -> float:
         return self.sent_at + self.exp.deadline
@@ -291,6 +293,13 @@ class ChatTracker:
             if self.first_delay is None:
                 self.first_delay = at - self.sent_at
 
+    def rejected(self, frame: Frame, at: float) -> None:
+        """The server answered this chat's message with a connection-level error (INVALID_MESSAGE…): there
+        will be no run, so the chat ends now instead of at its deadline."""
+        if self.connection_error is None and self.n_events == 0:
+            self.connection_error = frame
+            self.last_at = at
+
     def connection_lost(self, at: float) -> None:
         if self.error_seen is not None and self.exp.expect_error in ("recoverable", "fatal"):
             self._flag("R13", "the connection closed after the expected error; it must stay open", None)
@@ -312,6 +321,13 @@ class ChatTracker:
         exp = self.exp
         elapsed = now - self.sent_at
         index = self.n_events or None
+
+        if exp.expect_error != "invalid_input" and self.connection_error is not None:
+            frame = self.connection_error
+            res = self._make(Outcome.ERROR, violations, [], now, note)
+            res.error = f"the server rejected the message: {frame.error_code or frame.wire_type} {frame.detail}".rstrip()
+            res.error_kind = "rejected"
+            return res
 
         if exp.expect_error == "invalid_input":
             missing: list[Role] = []
@@ -498,8 +514,17 @@ class ConnectionChecker:
             chat.malformed(frame.detail, at)
 
     def on_error(self, frame: Frame, at: float) -> None:
-        for chat in self.active():
-            chat.error_frame(frame, at)
+        """A connection-level error: the answer an invalid-input probe waits for; else, when exactly one chat
+        is waiting for its first event, that chat's message was rejected."""
+        active = self.active()
+        probes = [c for c in active if c.exp.expect_error == "invalid_input"]
+        if probes:
+            for chat in probes:
+                chat.error_frame(frame, at)
+        elif frame.error_code not in SESSION_ERROR_CODES:
+            waiting = [c for c in active if c.n_events == 0]
+            if len(waiting) == 1:
+                waiting[0].rejected(frame, at)
 
     def _witnesses(self) -> Iterable[ChatTracker]:
         """The chats on screen when something bad arrived: all open ones, else the latest one."""

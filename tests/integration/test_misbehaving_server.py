@@ -197,3 +197,17 @@ async def test_parallel_chats_share_one_connection():
     run = await run_against(handler, quick(chats_per_user=6, parallel_chats=3))
     assert [r.outcome for r in run.results] == [Outcome.PASSED] * 6
     assert len(connections) == 1
+
+
+async def test_a_rejected_message_ends_the_chat_at_once_as_an_error():
+    async def handler(ws):
+        await ws.send(WELCOME)
+        async for _ in ws:
+            await ws.send(json.dumps({"type": "error_message", "error_code": "INVALID_MESSAGE",
+                                      "error_message": "unknown message shape"}))
+
+    # A 30 s deadline the test would hit (and pytest-timeout fail) if the rejection were not recognised.
+    run = await run_against(handler, quick(expect={"deadline": "30s", "first_event_limit": "10s"}))
+    (r,) = run.results
+    assert r.outcome is Outcome.ERROR and r.error_kind == "rejected"
+    assert "INVALID_MESSAGE" in r.error and not run.unreachable
