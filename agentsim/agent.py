@@ -12,6 +12,7 @@ Directives in the message (removed before tools are chosen):
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import time
@@ -42,6 +43,8 @@ def parse_latency(value: Any) -> Latency:
         hi = float(m.group(2)) if m.group(2) else lo
     else:
         raise ValueError(f"bad latency {value!r} (use e.g. 0, 0.05 or 0.02-0.2)")
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"bad latency {value!r}: need a finite number of seconds")
     if lo < 0 or hi < lo:
         raise ValueError(f"bad latency {value!r}: need 0 <= low <= high")
     return (lo, hi)

@@ -15,7 +15,8 @@ import yaml
 from . import faults as faults_mod
 from .agent import parse_latency
 from .faults import FaultSpecError, parse_fault, parse_size
-from .server import DEFAULT_JWT_SECRET, AgentSim, SimConfig
+from .server import (DEFAULT_JWT_SECRET, AgentSim, SimConfig, check_port, check_positive, check_seconds,
+                     check_size)
 
 EXIT_USAGE = 2
 
@@ -57,9 +58,43 @@ def _latency_arg(text: str) -> Any:
 
 def _size_arg(text: str) -> int:
     try:
-        return parse_size(text)
-    except FaultSpecError as exc:
+        return check_size(parse_size(text))
+    except (FaultSpecError, ValueError) as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# -- value checks shared by the flags and the config file (ValueError: a one-line reason) ----------------------
+
+def check_writable(path: str) -> str:
+    """A file agentsim can append to, checked without creating it: a clear message now rather than a traceback
+    when the server opens it."""
+    if not path:
+        raise ValueError("expected a file path")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{path} is not writable")
+        return path
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(parent):
+        raise ValueError(f"cannot create {path}: the directory {parent} does not exist")
+    if not os.path.isdir(parent):
+        raise ValueError(f"cannot create {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot create {path}: the directory {parent} is not writable")
+    return path
+
+
+def _checked(parse: Any, check: Any) -> Any:
+    def convert(text: str) -> Any:
+        value = parse(text)  # a ValueError here reads "invalid int value: 'x'", as argparse says it
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc) or f"invalid value {text!r}") from None
+    convert.__name__ = getattr(parse, "__name__", "value")  # argparse names the type in its messages
+    return convert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "(netra wire format, JWT auth, resume, seeded fault injection).",
                 epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port to bind, 0 = any free port (default 8765)")
+    p.add_argument("--port", type=_checked(int, check_port), default=None, help="port to bind, 0 = any free port (default 8765)")
     p.add_argument("--no-auth", action="store_true", default=None,
                    help="accept connections without a JWT; ?user=NAME names the user")
     p.add_argument("--jwt-secret", default=None,
@@ -80,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault", type=_fault_arg, action="append", default=[], metavar="SPEC",
                    help="inject a fault, e.g. drop:tool_completed=0.08 (repeatable; grammar below)")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML file with the same settings")
-    p.add_argument("--ground-truth", default=None, metavar="FILE.jsonl",
+    p.add_argument("--ground-truth", type=_checked(str, check_writable), default=None, metavar="FILE.jsonl",
                    help="append a JSON line per event sent, fault injected, run and connection")
-    p.add_argument("--resume-ttl", type=float, default=None,
+    p.add_argument("--resume-ttl", type=_checked(float, check_seconds), default=None,
                    help="seconds a finished run stays resumable (default 300)")
     p.add_argument("--max-size", type=_size_arg, default=None,
                    help="largest frame accepted from a client, e.g. 1MiB (default 1MiB)")
@@ -96,6 +131,11 @@ _CONFIG_FIELDS: dict[str, Any] = {
     "tool_latency": "latency", "seed": int, "faults": "faults", "ground_truth": str, "resume_ttl": float,
     "max_size": "size", "max_runs": int, "max_events_per_run": int, "compression": bool,
 }
+# Range checks of a field, after its type: the same as the flag's.
+_CONFIG_CHECKS: dict[str, Any] = {
+    "port": check_port, "resume_ttl": check_seconds, "max_size": check_size, "max_runs": check_positive,
+    "max_events_per_run": check_positive, "ground_truth": check_writable,
+}
 
 
 def load_config(path: str) -> dict[str, Any]:
@@ -105,6 +145,11 @@ def load_config(path: str) -> dict[str, Any]:
             text = fh.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        with open(path, "rb") as fh:
+            line = fh.read()[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start})") from None
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
@@ -150,13 +195,15 @@ def load_config(path: str) -> dict[str, Any]:
                 if not isinstance(value, int) or isinstance(value, bool):
                     raise ValueError(f"expected a whole number, got {value!r}")
             elif kind is float:
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
                     raise ValueError(f"expected a non-negative number, got {value!r}")
                 value = float(value)
             elif kind is str:
                 if not isinstance(value, (str, int)) or isinstance(value, bool):
                     raise ValueError(f"expected a string, got {value!r}")
                 value = str(value)
+            if key in _CONFIG_CHECKS:
+                value = _CONFIG_CHECKS[key](value)
         except (ValueError, FaultSpecError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
         out[key] = value
@@ -179,7 +226,12 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 
 async def _serve(config: SimConfig) -> int:
-    sim = AgentSim(config)
+    try:
+        sim = AgentSim(config)
+    except OSError as exc:  # the ground truth file, checked up front, went away or turned read-only since
+        print(f"agentsim: error: cannot open the ground truth file {config.ground_truth}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         await sim.start()
     except OSError as exc:

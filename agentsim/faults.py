@@ -38,6 +38,7 @@ same chats give the same faults, whatever the interleaving of concurrent runs.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -111,7 +112,10 @@ def parse_size(text: str) -> int:
     m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([a-z]*)", text.strip().lower())
     if not m or m.group(2) not in _SIZE_UNITS:
         raise FaultSpecError(f"bad size {text!r} (use e.g. 2MiB, 512KiB, 1000)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    size = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    if not math.isfinite(size):
+        raise FaultSpecError(f"bad size {text!r}: too large")
+    return int(size)
 
 
 def _parse_rate(text: str) -> float:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import os
 import random
 import threading
@@ -44,6 +45,32 @@ def _default_secret() -> str:
     return os.environ.get("AGENTSIM_JWT_SECRET") or DEFAULT_JWT_SECRET
 
 
+# -- range checks of settings, shared with the command line (ValueError: a one-line reason) ----------------
+
+def check_port(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"port {value} is not between 0 and 65535")
+    return value
+
+
+def check_seconds(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"expected a finite, non-negative number of seconds, got {value!r}")
+    return value
+
+
+def check_positive(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
+    return value
+
+
+def check_size(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"expected a size of at least 1 byte, got {value!r}")
+    return value
+
+
 @dataclass
 class SimConfig:
     """Everything agentsim can be told; the CLI and the YAML config both fill this."""
@@ -67,6 +94,12 @@ class SimConfig:
         self.think = parse_latency(self.think)
         self.tool_latency = parse_latency(self.tool_latency)
         self.faults = [f if isinstance(f, FaultSpec) else parse_fault(f) for f in self.faults]
+        for name, check in (("port", check_port), ("resume_ttl", check_seconds), ("max_size", check_size),
+                            ("max_runs", check_positive), ("max_events_per_run", check_positive)):
+            try:
+                check(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
 
 
 class GroundTruth:

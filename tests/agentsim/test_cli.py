@@ -85,6 +85,13 @@ async def test_exit_after_n_chats(tmp_path):
     (["--fault", "drop=1.5"], "between 0 and 1"),
     (["--fault", "stall=soon@0.1"], "bad duration"),
     (["--think", "fast"], "--think"),
+    (["--port", "99999"], "argument --port: port 99999 is not between 0 and 65535"),
+    (["--port", "-1"], "argument --port"),
+    (["--resume-ttl", "-1"], "argument --resume-ttl"),
+    (["--resume-ttl", "nan"], "argument --resume-ttl"),
+    (["--resume-ttl", "inf"], "argument --resume-ttl"),
+    (["--max-size", "0"], "argument --max-size"),
+    (["--max-size", "9" * 400], "argument --max-size"),
 ])
 def test_bad_flag_exits_2_with_one_line(capsys, flag, needle):
     with pytest.raises(SystemExit) as info:
@@ -101,6 +108,16 @@ def test_bad_flag_exits_2_with_one_line(capsys, flag, needle):
     ("think: 0.2-0.1\n", ":1: field 'think': bad latency"),
     ("faults: [\n", "invalid YAML"),
     ("- just\n- a list\n", ":1: the config must be a mapping"),
+    ("seed: 1\nport: 99999\n", ":2: field 'port': port 99999 is not between 0 and 65535"),
+    ("port: -1\n", ":1: field 'port'"),
+    ("max_runs: 0\n", ":1: field 'max_runs': expected a whole number of at least 1"),
+    ("max_events_per_run: -3\n", ":1: field 'max_events_per_run'"),
+    ("think: .nan\n", ":1: field 'think': bad latency"),
+    ("think: .inf\n", ":1: field 'think': bad latency"),
+    ("tool_latency: [0, .inf]\n", ":1: field 'tool_latency': bad latency"),
+    ("resume_ttl: .nan\n", ":1: field 'resume_ttl'"),
+    ("resume_ttl: .inf\n", ":1: field 'resume_ttl'"),
+    ("resume_ttl: -1\n", ":1: field 'resume_ttl'"),
 ])
 def test_bad_config_exits_2_naming_file_line_field(tmp_path, capsys, text, needle):
     path = tmp_path / "agentsim.yaml"
@@ -109,6 +126,42 @@ def test_bad_config_exits_2_naming_file_line_field(tmp_path, capsys, text, needl
     err = capsys.readouterr().err
     assert str(path) in err and needle in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_ground_truth_that_cannot_be_written_exits_2(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    bad = afile / "gt.jsonl"  # its parent is a file
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--port", "0", "--ground-truth", str(bad)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --ground-truth" in err and "is not a directory" in err and len(err.strip().splitlines()) == 1
+    for target, needle in ((bad, "is not a directory"), (tmp_path / "no" / "gt.jsonl", "does not exist"),
+                           (tmp_path, "is a directory")):
+        path = tmp_path / "agentsim.yaml"
+        path.write_text(f"port: 0\nground_truth: '{target}'\n")
+        assert cli.main(["--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"{path}:2: field 'ground_truth'" in err and needle in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "no").exists()
+
+
+def test_non_utf8_config_names_the_file(tmp_path, capsys):
+    path = tmp_path / "agentsim.yaml"
+    path.write_bytes(b"seed: 1\nhost: \xff\xfe\n")
+    assert cli.main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:2: not UTF-8" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("field,value", [("port", 99999), ("port", -1), ("max_runs", 0), ("max_events_per_run", -3),
+                                         ("resume_ttl", float("nan")), ("resume_ttl", float("inf")),
+                                         ("max_size", 0), ("think", float("nan")), ("tool_latency", float("inf"))])
+def test_sim_config_rejects_out_of_range_settings(field, value):
+    with pytest.raises(ValueError):
+        SimConfig(**{field: value})
 
 
 def test_config_file_and_flags_merge(tmp_path):
