@@ -30,7 +30,8 @@ from harness.client import Target, TokenProvider
 from harness.durations import Seconds, parse_duration
 from harness.runner import ScenarioRun, run_scenario
 from harness.scenario import Scenario, load_scenario
-from harness.yamlfile import ConfigError, load_model
+from harness.profiles import load_profile
+from harness.yamlfile import ConfigError, line_of, load_model
 
 from .metrics import ChatMetrics, MetricsSink, default_metrics
 
@@ -48,6 +49,13 @@ MAX_CONCURRENT_PROBES = 8
 log = logging.getLogger("chatprobe.monitor")
 
 TargetName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\[\]-]{1,64}$")]
+
+
+def quiet_http_loggers() -> None:
+    """httpx logs every request at INFO ("HTTP Request: POST ..."): a line per SSE probe drowns the monitor's own
+    log, and a URL may carry what a log should not. Their warnings and errors still show."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class _Strict(BaseModel):
@@ -68,11 +76,15 @@ class TargetConfig(_Strict):
     scenarios: list[str] | None = Field(default=None, min_length=1)
 
 
+# A deadline or a period: more than 0 and finite (0 would spin, inf would wait forever).
+PositiveSeconds = Annotated[Seconds, Field(gt=0, allow_inf_nan=False)]
+
+
 class MonitorConfig(_Strict):
     targets: dict[TargetName, TargetConfig] = Field(min_length=1)
     scenarios: list[str] = Field(default_factory=lambda: ["probe"], min_length=1)
-    interval: Seconds | None = None
-    timeout: Seconds | None = None
+    interval: PositiveSeconds | None = None
+    timeout: PositiveSeconds | None = None
 
 
 @dataclass(frozen=True)
@@ -97,8 +109,8 @@ def _duration_arg(text: str) -> float:
         seconds = parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 and finite")
     return seconds
 
 
@@ -126,18 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- building the probes ---------------------------------------------------------------------------------------
 
-def _load_scenarios(names: Iterable[str], base: Path | None) -> list[Scenario]:
-    out: list[Scenario] = []
-    for name in names:
-        if base is not None and name.endswith((".yaml", ".yml")) and not Path(name).is_absolute():
-            name = str(base / name)
-        out.append(load_scenario(name))
+def _load_scenarios(names: Iterable[str]) -> list[Scenario]:
+    out = [load_scenario(name) for name in names]
     seen: set[str] = set()
     for s in out:
         if s.name in seen:
             raise ConfigError(f"scenario name {s.name!r} is given twice: /probe and the labels need unique names")
         seen.add(s.name)
     return out
+
+
+def _relative_to(name: str, base: Path | None) -> str:
+    """A YAML file named in the config is found next to the config; a built-in name is left alone."""
+    if base is not None and name.endswith((".yaml", ".yml")) and not Path(name).is_absolute():
+        return str(base / name)
+    return name
 
 
 def _cap(scenario: Scenario, timeout: float) -> Scenario:
@@ -151,7 +166,7 @@ def _cap(scenario: Scenario, timeout: float) -> Scenario:
 
 
 def probes_from_args(args: argparse.Namespace, url: str, tokens: TokenProvider, timeout: float) -> list[Probe]:
-    scenarios = _load_scenarios(args.scenario or ["probe"], None)
+    scenarios = _load_scenarios(args.scenario or ["probe"])
     return [Probe(make_target(args, url, tokens, s.profile), _cap(s, timeout)) for s in scenarios]
 
 
@@ -159,7 +174,28 @@ def load_config(path: str) -> MonitorConfig:
     return load_model(MonitorConfig, path)
 
 
+# Which field of a target a harness error is about, by the flag it names; the flag is dropped from the message.
+_FLAG_FIELDS = (("--target", "url"), ("--profile", "profile"), ("--auth", "auth"), ("--token-env", "token_env"),
+                ("--token-file", "token_file"), ("--jwt-secret-env", "jwt_secret_env"), ("--ca-file", "ca_file"))
+
+
+def _field_error(path: str, loc: tuple[Any, ...], message: str) -> ConfigError:
+    """A ConfigError as `file:LINE: field 'a.b.c': message`, the line found in the file by the field's location."""
+    line = line_of(path, loc)
+    where = f"{path}:{line}" if line else path
+    return ConfigError(f"{where}: field '{'.'.join(map(str, loc))}': {message}")
+
+
+def _target_error(path: str, name: str, message: str) -> ConfigError:
+    for flag, field_name in _FLAG_FIELDS:
+        if message.startswith(flag + " ") or message.startswith(flag + ":"):
+            rest = message[len(flag):].lstrip(":").strip()
+            return _field_error(path, ("targets", name, field_name), rest or message)
+    return _field_error(path, ("targets", name), message)
+
+
 def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list[Probe]:
+    """The probes of a config file; every error names the file, the line and the field it is about."""
     base = Path(path).resolve().parent
     probes: list[Probe] = []
     for name, tc in config.targets.items():
@@ -169,15 +205,37 @@ def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list
         token_file = tc.token_file
         if token_file and not Path(token_file).is_absolute():
             token_file = str(base / token_file)
-        ns = argparse.Namespace(target=tc.url, target_name=name, profile=tc.profile, auth=tc.auth,
+        profile = _relative_to(tc.profile, base) if tc.profile else None
+        if profile is not None:
+            try:
+                load_profile(profile)
+            except ConfigError as exc:
+                message = str(exc).removeprefix("--profile ")  # a config has no flags: the field is named
+                raise _field_error(path, ("targets", name, "profile"), message) from None
+        ns = argparse.Namespace(target=tc.url, target_name=name, profile=profile, auth=tc.auth,
                                 token_env=tc.token_env, token_file=token_file, jwt_secret_env=tc.jwt_secret_env,
                                 ca_file=ca_file, insecure=tc.insecure)
         try:
             tokens = read_token(ns)
-            scenarios = _load_scenarios(tc.scenarios or config.scenarios, base)
-            probes.extend(Probe(make_target(ns, tc.url, tokens, s.profile), _cap(s, timeout)) for s in scenarios)
         except ConfigError as exc:
-            raise ConfigError(f"{path}: targets.{name}: {exc}") from None
+            raise _target_error(path, name, str(exc)) from None
+        names = tc.scenarios or config.scenarios
+        prefix: tuple[Any, ...] = ("targets", name, "scenarios") if tc.scenarios else ("scenarios",)
+        scenarios: list[Scenario] = []
+        for i, scenario_name in enumerate(names):
+            try:
+                scenarios.append(load_scenario(_relative_to(scenario_name, base)))
+            except ConfigError as exc:
+                raise _field_error(path, (*prefix, i), str(exc)) from None
+            if any(s.name == scenarios[-1].name for s in scenarios[:-1]):
+                raise _field_error(path, (*prefix, i), f"scenario name {scenarios[-1].name!r} is given twice: "
+                                   "/probe and the labels need unique names")
+        for s in scenarios:
+            try:
+                target = make_target(ns, tc.url, tokens, s.profile)
+            except ConfigError as exc:
+                raise _target_error(path, name, str(exc)) from None
+            probes.append(Probe(target, _cap(s, timeout)))
     return probes
 
 
@@ -378,17 +436,23 @@ def start_http(app: Callable, host: str, port: int) -> _ThreadingWSGIServer:
 
 # -- main ------------------------------------------------------------------------------------------------------
 
+def _first_set(*values: float | None) -> float:
+    return next(v for v in values if v is not None)
+
+
 async def _main(args: argparse.Namespace) -> int:
     if args.config and args.target:
         raise ConfigError("give --target or --config, not both")
     if args.config and args.scenario:
         raise ConfigError("--scenario applies to --target; with --config list scenarios in the file")
     config = load_config(args.config) if args.config else None
-    interval = args.interval or (config.interval if config and config.interval else None) or DEFAULT_INTERVAL
-    if interval <= 0:
-        raise ConfigError(f"{args.config}: field 'interval': must be more than 0")
-    timeout = (args.timeout or (config.timeout if config and config.timeout else None)
-               or min(max(interval, MIN_DEFAULT_TIMEOUT), MAX_TIMEOUT))
+    # `is not None`, never `or`: a 0 that slipped through must not silently become the default.
+    interval = _first_set(args.interval, config.interval if config else None, DEFAULT_INTERVAL)
+    timeout = _first_set(args.timeout, config.timeout if config else None,
+                         min(max(interval, MIN_DEFAULT_TIMEOUT), MAX_TIMEOUT))
+    for what, value in (("interval", interval), ("timeout", timeout)):
+        if not (math.isfinite(value) and value > 0):  # the flags and the file check this; a last guard
+            raise ConfigError(f"{what} {value!r}: must be more than 0 and finite")
 
     async with contextlib.AsyncExitStack() as stack:
         if config is not None:
@@ -441,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s chatprobe monitor: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+    quiet_http_loggers()
     try:
         return asyncio.run(_main(args))
     except ConfigError as exc:

@@ -2,7 +2,13 @@
 and PushSink's grouping and last-success handling."""
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -12,8 +18,11 @@ from agentsim.server import AgentSim, SimConfig
 from harness.client import TokenProvider
 from harness.yamlfile import ConfigError
 from monitors.metrics import ChatMetrics
-from monitors.monitor import Monitor, load_config, parse_listen, probes_from_config
+from monitors.monitor import Monitor, load_config, main, parse_listen, probes_from_config
 from monitors.push import PushSink
+
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _values(text: str) -> dict:
@@ -51,8 +60,96 @@ def test_config_targets_and_scenarios(tmp_path, monkeypatch):
     assert probes[0].target.url == "wss://agent.example/ws"  # the profile's path
     assert all(p.scenario.max_duration <= 10 for p in probes)
     monkeypatch.delenv("PROD_TOKEN")
-    with pytest.raises(ConfigError, match=r"targets\.prod: --token-env PROD_TOKEN"):
+    with pytest.raises(ConfigError, match=rf"{cfg}:4: field 'targets.prod.token_env': PROD_TOKEN: the variable"):
         probes_from_config(str(cfg), config, timeout=10)
+
+
+@pytest.mark.parametrize("lines,needle", [
+    (["url: 'ws://[::1'"], ":6: field 'targets.sim.url': 'ws://[::1': not a valid URL"),
+    (["url: 'ws://127.0.0.1:notaport/ws'"], ":6: field 'targets.sim.url'"),
+    (["url: 'ws://127.0.0.1:99999/ws'"], ":6: field 'targets.sim.url'"),
+    (["url: 'ftp://agent'"], ":6: field 'targets.sim.url'"),
+    (["url: ws://a/ws", "profile: nosuch"], ":7: field 'targets.sim.profile': 'nosuch': no such file"),
+    (["url: ws://a/ws", "scenarios: [probe, nosuch]"], ":7: field 'targets.sim.scenarios.1': scenario 'nosuch'"),
+    (["url: ws://a/ws", "scenarios:", "  - probe", "  - probe"], ":9: field 'targets.sim.scenarios.1': "
+                                                                "scenario name 'probe' is given twice"),
+    (["url: ws://a/ws", "token_env: CHATPROBE_TEST_UNSET"], ":7: field 'targets.sim.token_env': CHATPROBE_TEST_UNSET"),
+    (["url: ws://a/ws", "token_file: no-token"], ":7: field 'targets.sim.token_file'"),
+    (["url: ws://a/ws", "ca_file: no-ca.pem"], ":7: field 'targets.sim.ca_file'"),
+    (["url: http://a/run", "profile: ag-ui", "auth: subprotocol"], ":8: field 'targets.sim.auth'"),
+])
+def test_config_target_errors_name_file_line_and_field(tmp_path, monkeypatch, lines, needle):
+    monkeypatch.delenv("CHATPROBE_TEST_UNSET", raising=False)
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("scenarios: [probe]\ninterval: 30s\ntargets:\n  other: {url: 'ws://b/ws'}\n  sim:\n"
+                   + "".join(f"    {line}\n" for line in lines))
+    with pytest.raises(ConfigError) as info:
+        probes_from_config(str(cfg), load_config(str(cfg)), timeout=10)
+    assert str(info.value).startswith(f"{cfg}:") and needle in str(info.value), str(info.value)
+
+
+def test_config_top_level_scenario_error_names_its_line(tmp_path):
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("scenarios:\n  - probe\n  - nosuch.yaml\ntargets:\n  sim: {url: 'ws://b/ws'}\n")
+    with pytest.raises(ConfigError, match=rf"{cfg}:3: field 'scenarios.1': .*nosuch.yaml"):
+        probes_from_config(str(cfg), load_config(str(cfg)), timeout=10)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("interval: 0\n", ":1: field 'interval'"),
+    ("interval: 0s\n", ":1: field 'interval'"),
+    ("timeout: .inf\n", ":1: field 'timeout'"),
+    ("timeout: .nan\n", ":1: field 'timeout'"),
+    ("timeout: 0\n", ":1: field 'timeout'"),
+])
+def test_config_interval_and_timeout_must_be_positive_and_finite(tmp_path, capsys, text, needle):
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(text + "targets:\n  sim: {url: 'ws://127.0.0.1:9/ws'}\n")
+    with pytest.raises(ConfigError, match=rf"{cfg}{needle}"):
+        load_config(str(cfg))
+    assert main(["--config", str(cfg), "--once"]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}{needle}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag", [["--interval", "0"], ["--timeout", "0s"], ["--timeout", "inf"],
+                                  ["--interval", "9" * 400], ["--target", "ws://[::1"],
+                                  ["--target", "ws://127.0.0.1:notaport/ws"]])
+def test_bad_flags_exit_2_with_one_line(capsys, flag):
+    try:
+        code = main([*flag, "--once"])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert flag[0] in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_sse_probes_do_not_log_every_http_request(tmp_path):
+    """httpx logs each request at INFO; the monitor's log carries its own lines only."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the stdlib's name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/run"
+        proc = subprocess.run([sys.executable, "-m", "monitors.monitor", "--once", "--target", url, "--profile", "ag-ui",
+                               "--timeout", "5s"], capture_output=True, text=True, timeout=60, cwd=str(ROOT),
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 1, proc.stderr
+    assert "HTTP Request" not in proc.stderr and "httpx" not in proc.stderr, proc.stderr
+    assert "no verdict" in proc.stdout or "unreachable" in proc.stdout or "failed" in proc.stdout, proc.stdout
 
 
 def test_parse_listen():
