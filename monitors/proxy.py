@@ -24,6 +24,7 @@ from websockets.frames import EXTERNAL_CLOSE_CODES
 from websockets.http11 import Request, Response
 
 from harness.checker import ChatTracker, ConnectionChecker, Expectations, abandon
+from harness.cli import check_url
 from harness.durations import parse_duration
 from harness.events import Event, Role
 from harness.profiles import Profile, load_profile
@@ -38,6 +39,11 @@ EXIT_OK, EXIT_USAGE = 0, 2
 FORWARDED_HEADERS = ("authorization", "cookie", "origin", "user-agent", "x-request-id")
 # Runs followed across reconnects (resume) are kept this long, bounded in count.
 MAX_TRACKED_RUNS = 10000
+# A peer that stops reading must not hold a connection (and its chats) forever: a frame not taken within this
+# long ends the connection, as if that peer had left.
+DEFAULT_SEND_TIMEOUT = 30.0
+# How long a closing handshake may take before the connection is dropped.
+CLOSE_TIMEOUT = 2.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,8 +53,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _hostport(value: str, flag: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"{flag} {value!r}: expected HOST:PORT")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{flag} {value!r}: expected HOST:PORT with a port from 0 to 65535")
     return host.strip("[]"), int(port)
 
 
@@ -149,15 +155,27 @@ def _close_of(ws: Any) -> tuple[int, str]:
     return 1000, ""
 
 
+async def _close_within(ws: Any, code: int, reason: str, timeout: float = CLOSE_TIMEOUT) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await ws.close(code, reason)
+    except Exception:
+        transport = getattr(ws, "transport", None)
+        if transport is not None:
+            transport.abort()
+
+
 def _s(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
 class Proxy:
-    def __init__(self, upstream: str, live: LiveChats, connect_timeout: float = 10.0) -> None:
+    def __init__(self, upstream: str, live: LiveChats, connect_timeout: float = 10.0,
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT) -> None:
         self.upstream = upstream.rstrip("/")
         self.live = live
         self.connect_timeout = connect_timeout
+        self.send_timeout = send_timeout
         self.clock = time.monotonic
 
     async def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
@@ -202,22 +220,35 @@ class Proxy:
                 self.live.sink.connection_attempt(self.live.scenario, result)
 
         async def client_to_upstream() -> None:
+            side = "client"
             try:
                 async for message in client:
                     self.live.client_frame(checker, message, self.clock())
-                    await upstream.send(message)
+                    try:
+                        async with asyncio.timeout(self.send_timeout):
+                            await upstream.send(message)
+                    except TimeoutError:
+                        log.warning("the upstream took no frame for %gs: closing the connection", self.send_timeout)
+                        side = "server"
+                        break
             except ConnectionClosed:
                 pass
             finally:
-                closed_by.append("client")
+                closed_by.append(side)
                 changed.set()
 
         async def upstream_to_client() -> None:
+            side = "server"
             try:
                 async for message in upstream:
                     try:
-                        await client.send(message)
+                        async with asyncio.timeout(self.send_timeout):
+                            await client.send(message)
                     except ConnectionClosed:
+                        break
+                    except TimeoutError:
+                        log.warning("a client took no frame for %gs: closing its connection", self.send_timeout)
+                        side = "client"
                         break
                     decoded = profile.decode(message, self.clock())
                     record("auth_failed" if getattr(decoded, "kind", None) == "error"
@@ -236,7 +267,7 @@ class Proxy:
             except ConnectionClosed:
                 pass
             finally:
-                closed_by.append("server")
+                closed_by.append(side)
                 changed.set()
 
         async def judge() -> None:
@@ -260,14 +291,10 @@ class Proxy:
                 t.cancel()
             judge_task.cancel()
             await asyncio.gather(*tasks, judge_task, return_exceptions=True)
-            # Give an upstream close to the client and vice versa (same code and reason), within a bound.
-            for ws, other in ((client, upstream), (upstream, client)):
-                code, reason = _close_of(other)
-                try:
-                    async with asyncio.timeout(2):
-                        await ws.close(code, reason)
-                except Exception:
-                    pass
+            # Give an upstream close to the client and vice versa (same code and reason), within a bound; a peer
+            # that does not answer the close in time (it stopped reading) has its connection dropped.
+            await asyncio.gather(_close_within(client, *_close_of(upstream)),
+                                 _close_within(upstream, *_close_of(client)))
             if not attempt:
                 code = _close_of(upstream)[0]
                 record("auth_failed" if code == 1008 else "ok" if closed_by[:1] == ["client"] else "protocol_error")
@@ -287,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline", default="60s")
     p.add_argument("--stall-limit", default="30s")
     p.add_argument("--settle", default="0.5s", help="listen this long after a terminal event before judging")
+    p.add_argument("--send-timeout", default=f"{DEFAULT_SEND_TIMEOUT:g}s", metavar="DURATION",
+                   help="a peer that takes no frame for this long has its connection closed "
+                        f"(default {DEFAULT_SEND_TIMEOUT:g}s)")
     p.add_argument("--streaming", action="store_true", help="require partial_result")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -303,19 +333,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in ("httpx", "httpcore"):  # a line per HTTP request is noise (and may carry what a log should not)
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         profile = load_profile(args.profile)
         host, port = _hostport(args.listen, "--listen")
         mhost, mport = _hostport(args.metrics_listen, "--metrics-listen")
-        up = urlsplit(args.upstream)
-        if up.scheme not in ("ws", "wss") or not up.hostname:
-            raise ConfigError(f"--upstream {args.upstream!r}: expected a ws:// or wss:// URL")
+        check_url(args.upstream, "--upstream", ("ws", "wss"))
         limits = {}
-        for flag in ("first_event_limit", "deadline", "stall_limit", "settle"):
+        for flag in ("first_event_limit", "deadline", "stall_limit", "settle", "send_timeout"):
             try:
                 limits[flag] = parse_duration(getattr(args, flag))
             except ValueError as exc:
                 raise ConfigError(f"--{flag.replace('_', '-')}: {exc}") from None
+        if limits["send_timeout"] <= 0:
+            raise ConfigError("--send-timeout: must be more than 0")
     except ConfigError as exc:
         print(f"chatprobe proxy: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -328,7 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     sink = MetricsSink(default_metrics(), args.target_name or target_label(args.upstream), "live")
     live = LiveChats(profile, sink, exp, args.scenario, limits["settle"])
     if mport:
-        start_http_server(mport, addr=mhost)
+        try:
+            start_http_server(mport, addr=mhost)
+        except OSError as exc:
+            print(f"chatprobe proxy: error: cannot listen on {args.metrics_listen} (--metrics-listen): "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 1
         print(f"chatprobe proxy metrics on http://{mhost}:{mport}/metrics", flush=True)
 
     async def run() -> None:
@@ -336,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        server = await start_proxy(Proxy(args.upstream, live), host, port)
+        server = await start_proxy(Proxy(args.upstream, live, send_timeout=limits["send_timeout"]), host, port)
         print(f"chatprobe proxy listening on ws://{host}:{server.sockets[0].getsockname()[1]}", flush=True)
         await stop.wait()
         server.close()
@@ -345,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(run())
     except OSError as exc:
-        print(f"chatprobe proxy: error: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
+        print(f"chatprobe proxy: error: cannot listen on {args.listen} (--listen): {exc.strerror or exc}",
+              file=sys.stderr)
         return 1
     return EXIT_OK

@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import secrets
+import socket
 
+import pytest
+import websockets
+import websockets.asyncio.client
+import websockets.asyncio.server
 from prometheus_client import CollectorRegistry, generate_latest
 
 from agentsim.server import AgentSim, SimConfig
@@ -119,10 +125,88 @@ async def test_bad_token_is_passed_through_as_auth_failure():
         await sim.stop()
 
 
-def test_bad_flags_exit_2(capsys):
+class WatchedChats(LiveChats):
+    """LiveChats that tells when the proxy is done with a connection (its handler's last step)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.closed = asyncio.Event()
+
+    def connection_closed(self, checker, now, by_client):
+        super().connection_closed(checker, now, by_client)
+        self.closed.set()
+
+
+BIG = b"x" * 256 * 1024
+
+
+@pytest.mark.parametrize("stuck", ["client", "upstream"])
+async def test_a_peer_that_stops_reading_does_not_hold_the_proxy(stuck):
+    """Every send has a deadline: a client (or server) that takes no frames ends its connection, not hangs it."""
+    async def upstream_handler(ws):
+        if stuck == "client":  # the server streams, the client never reads
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    await ws.send(BIG)
+        else:  # the server never reads what the client sends
+            await ws.wait_closed()
+
+    upstream = await websockets.asyncio.server.serve(upstream_handler, "127.0.0.1", 0, max_size=None, max_queue=1,
+                                                     ping_interval=None, close_timeout=0.5)
+    metrics = ChatMetrics(CollectorRegistry())
+    live = WatchedChats(load_profile("netra"), MetricsSink(metrics, "up", "live"), EXP, "live", 0.1)
+    up_port = upstream.sockets[0].getsockname()[1]
+    proxy = await start_proxy(Proxy(f"ws://127.0.0.1:{up_port}", live, send_timeout=0.5), "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    flood = None
+    try:
+        client = await websockets.asyncio.client.connect(f"ws://127.0.0.1:{port}/ws", max_size=None, max_queue=1,
+                                                         ping_interval=None, open_timeout=5, close_timeout=1)
+        if stuck == "upstream":
+            async def send_forever():
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    while True:
+                        await client.send(BIG)
+            flood = asyncio.ensure_future(send_forever())
+        async with asyncio.timeout(10):  # the send deadline, then at most the close deadline
+            await live.closed.wait()
+    finally:
+        if flood is not None:
+            flood.cancel()
+            await asyncio.gather(flood, return_exceptions=True)
+        client.transport.abort()
+        proxy.close()
+        upstream.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await asyncio.gather(proxy.wait_closed(), upstream.wait_closed())
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--upstream", "ftp://x"], "--upstream"),
+    (["--upstream", "ws://127.0.0.1:1", "--deadline", "soon"], "--deadline"),
+    (["--upstream", "ws://[::1"], "--upstream 'ws://[::1': not a valid URL"),
+    (["--upstream", "ws://127.0.0.1:notaport/ws"], "--upstream 'ws://127.0.0.1:notaport/ws'"),
+    (["--upstream", "ws://127.0.0.1:1/ws", "--listen", "127.0.0.1:99999"], "--listen '127.0.0.1:99999'"),
+    (["--upstream", "ws://127.0.0.1:1/ws", "--metrics-listen", "127.0.0.1:99999"], "--metrics-listen"),
+    (["--upstream", "ws://127.0.0.1:1/ws", "--send-timeout", "0"], "--send-timeout"),
+])
+def test_bad_flags_exit_2(capsys, args, needle):
     from monitors.proxy import main
 
-    assert main(["--upstream", "ftp://x"]) == 2
-    assert "--upstream" in capsys.readouterr().err
-    assert main(["--upstream", "ws://127.0.0.1:1", "--deadline", "soon"]) == 2
-    assert "--deadline" in capsys.readouterr().err
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_metrics_port_in_use_is_one_line_and_exit_1(capsys):
+    from monitors.proxy import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["--upstream", "ws://127.0.0.1:1/ws", "--listen", "127.0.0.1:0",
+                     "--metrics-listen", f"127.0.0.1:{port}"]) == 1
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}" in err and "--metrics-listen" in err and len(err.strip().splitlines()) == 1, err
