@@ -110,8 +110,7 @@ def test_conservation_started_equals_outcomes_plus_in_flight():
 def test_chat_started_touches_only_in_flight():
     reg, sink = _sink()
     sink.chat_started("basic")
-    nonzero = {(s.name, tuple(sorted(s.labels.items()))) for s in _samples(reg)
-               if s.value and not s.name.endswith("_created")}
+    nonzero = {(s.name, tuple(sorted(s.labels.items()))) for s in _samples(reg) if s.value}
     assert nonzero == {("chatprobe_chats_in_flight",
                         (("scenario", "basic"), ("source", "synthetic"), ("target", "agent:443")))}
 
@@ -277,6 +276,17 @@ def test_each_metric_is_declared_once_and_on_the_given_registry():
         assert name in names
     assert 2.0 in TIME_TO_FIRST_EVENT_BUCKETS
     assert max(metrics_module.CHAT_DURATION_BUCKETS) == 120
+
+
+def test_no_created_series_are_exported():
+    """prometheus_client's `_created` series would double the series for nothing: they are off."""
+    reg, sink = _sink()
+    sink.chat_started("basic")
+    sink.chat_finished(_result())
+    text = generate_latest(reg).decode()
+    assert "chatprobe_chats_total{" in text and "chatprobe_chat_duration_seconds_bucket{" in text
+    assert "_created" not in text
+    assert not {n for n in metric_names() if n.endswith("_created")}
 
 
 def test_default_metrics_is_created_once_and_lazily(monkeypatch):
