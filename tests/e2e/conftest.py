@@ -193,7 +193,10 @@ def pushgateway(procs):
     def start():
         binary = system_binary("prometheus-pushgateway")
         port = free_port()
-        proc = procs.start("pushgateway", [binary, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"])
+        # An empty --persistence.file keeps metrics in memory only: the packaged default
+        # (/var/lib/prometheus/pushgateway.data) would carry groups from one run, or a system service, to the next.
+        proc = procs.start("pushgateway", [binary, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+                                           "--persistence.file="])
         base = f"http://127.0.0.1:{port}"
 
         def ready() -> bool:
@@ -202,6 +205,8 @@ def pushgateway(procs):
             return httpx.get(f"{base}/-/ready", timeout=2).status_code == 200
 
         wait_for(ready, 20, "the pushgateway is ready", diagnostics=proc.tail)
+        groups = httpx.get(f"{base}/api/v1/metrics", timeout=5).json()["data"]
+        assert groups == [], f"the pushgateway did not start empty: {len(groups)} groups"
         return proc, base
 
     return start

@@ -17,6 +17,18 @@ def run(*args: str) -> subprocess.CompletedProcess:
                           env={"NO_COLOR": "1", "PATH": "/usr/bin:/bin"})
 
 
+def test_each_pushgateway_starts_empty(pushgateway):
+    """No state shared between runs: a group pushed to one gateway (which persists what it holds when it stops,
+    if it has a persistence file) is not in the next one; the fixture also checks that each starts empty."""
+    first_proc, first = pushgateway()
+    r = run("basic", "-q", "--target-name", "agentsim", "--pushgateway", first, "--job", "empty-check")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert value(scrape(f"{first}/metrics"), "chatprobe_chats_total", outcome="passed", job="empty-check") == 1
+    first_proc.stop()
+    _, second = pushgateway()
+    assert not [k for k in scrape(f"{second}/metrics") if k[0].startswith("chatprobe_")]
+
+
 def test_push_round_trip(pushgateway):
     _, base = pushgateway()
     before = time.time()
