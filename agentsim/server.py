@@ -25,7 +25,7 @@ import jwt.warnings
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from .agent import Latency, build_script, parse_latency
+from .agent import build_script, parse_latency
 from .faults import FaultSpec, PlannedFault, parse_fault, plan_run_faults
 
 logger = logging.getLogger("agentsim")

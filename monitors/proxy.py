@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 from prometheus_client import start_http_server
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import EXTERNAL_CLOSE_CODES
 from websockets.http11 import Request, Response
@@ -113,7 +112,8 @@ class LiveChats:
         for chat in list(checker.chats):
             if chat._result is not None:
                 continue
-            if chat.done and chat.terminal_at is not None and now - chat.terminal_at >= self.settle:
+            if chat.done and (chat.terminal_at is None or now - chat.terminal_at >= self.settle):
+                # (no terminal_at: the message was rejected; there is nothing more to listen for)
                 self._finish(chat, chat.finish(now))
             elif not chat.done and now >= chat.wait_deadline():
                 self._finish(chat, chat.finish(now))
@@ -142,8 +142,10 @@ class LiveChats:
         for chat in checker.chats:
             if chat._result is not None:
                 continue
-            times.append(chat.terminal_at + self.settle if chat.done and chat.terminal_at is not None
-                         else chat.wait_deadline())
+            if chat.done:
+                times.append(chat.terminal_at + self.settle if chat.terminal_at is not None else 0.0)
+            else:
+                times.append(chat.wait_deadline())
         return min(times) if times else None
 
 

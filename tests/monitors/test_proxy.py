@@ -210,3 +210,18 @@ def test_metrics_port_in_use_is_one_line_and_exit_1(capsys):
                      "--metrics-listen", f"127.0.0.1:{port}"]) == 1
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port}" in err and "--metrics-listen" in err and len(err.strip().splitlines()) == 1, err
+
+
+async def test_a_rejected_message_is_judged_at_once_by_the_proxy():
+    sim, server, metrics, live, target = await setup()
+    try:
+        client = Session(target, "dave", "user", Recorder())
+        await client.connect()
+        await client.transport.send({"type": "user_message", "payload": {"content": "", "message_id": "m-1"}})
+        labels = dict(target="agentsim", scenario="live", source="live")
+        await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="error", **labels) == 1)
+        assert sample(metrics, "chatprobe_chats_in_flight", **labels) == 0
+        await client.close()
+    finally:
+        server.close()
+        await sim.stop()
