@@ -186,33 +186,46 @@ class Profile(BaseModel):
         object.__setattr__(self, "_conn_error", frozenset(self.connection_error))
         object.__setattr__(self, "_span_of", span_of)
         object.__setattr__(self, "_containers", [c.split(".") if c else [] for c in self.lookup])
+        # Each field's names split once into plain keys (looked up in every container) and dotted paths.
+        compiled = {name: _split_names(getattr(self.fields, name)) for name in Fields.model_fields if name != "extra"}
+        compiled.update({name: _split_names(names) for name, names in self.fields.extra.items()})
+        object.__setattr__(self, "_names", compiled)
 
-    # -- field lookup --
-    def _get(self, frame: dict[str, Any], names: list[str]) -> Any:
+    # -- field lookup (the per-frame hot path: containers resolved once per frame, names split once) --
+    def _scopes(self, frame: dict[str, Any]) -> list[dict[str, Any]]:
+        scopes = []
         for path in self._containers:  # type: ignore[attr-defined]
             container: Any = frame
             for p in path:
                 container = container.get(p) if isinstance(container, dict) else None
-            if not isinstance(container, dict):
-                continue
-            for name in names:
-                if "." in name:
-                    continue
-                v = container.get(name, _MISSING)
-                if v is not _MISSING and v is not None:
-                    return v
-        for name in names:
-            if "." in name:
-                v: Any = frame
-                for p in name.split("."):
-                    v = v.get(p) if isinstance(v, dict) else None
+            if isinstance(container, dict):
+                scopes.append(container)
+        return scopes
+
+    @staticmethod
+    def _find(frame: dict[str, Any], scopes: list[dict[str, Any]], names: tuple[tuple[str, ...], tuple[list[str], ...]]) -> Any:
+        plain, dotted = names
+        for container in scopes:
+            for name in plain:
+                v = container.get(name)
                 if v is not None:
                     return v
+        for path in dotted:
+            v: Any = frame
+            for p in path:
+                v = v.get(p) if isinstance(v, dict) else None
+            if v is not None:
+                return v
         return None
 
+    def _get(self, frame: dict[str, Any], names: list[str]) -> Any:
+        return self._find(frame, self._scopes(frame), _split_names(names))
+
     def field(self, frame: dict[str, Any], name: str) -> Any:
-        names = self.fields.extra.get(name) or getattr(self.fields, name)
-        return self._get(frame, names)
+        names = self._names.get(name)  # type: ignore[attr-defined]
+        if names is None:
+            return self._get(frame, [name])
+        return self._find(frame, self._scopes(frame), names)
 
     # -- the one decode --
     def decode(self, text: str | bytes, received_at: float) -> Event | Frame:
@@ -227,21 +240,23 @@ class Profile(BaseModel):
     def decode_obj(self, frame: Any, received_at: float) -> Event | Frame:
         if not isinstance(frame, dict):
             return Frame("malformed", detail=f"a JSON {type(frame).__name__}, not an object")
-        f = self.fields
-        wire_type = self._get(frame, f.type)
+        n = self._names  # type: ignore[attr-defined]
+        scopes = self._scopes(frame)
+        find = self._find
+        wire_type = find(frame, scopes, n["type"])
         if not isinstance(wire_type, str) or not wire_type:
             return Frame("malformed", detail="JSON object without a 'type'", raw=frame)
         if wire_type in self._ping:  # type: ignore[attr-defined]
             return Frame("ping", wire_type=wire_type, raw=frame)
         if wire_type in self._control:  # type: ignore[attr-defined]
             return Frame("control", wire_type=wire_type, raw=frame)
-        run_id = self._get(frame, f.run_id)
+        run_id = find(frame, scopes, n["run_id"])
         if wire_type in self._conn_error:  # type: ignore[attr-defined]
-            code = _str(self._get(frame, f.error_code))
+            code = _str(find(frame, scopes, n["error_code"]))
             # A connection-level answer (bad input, auth, resume) even when it names a run.
             if run_id is None or code in self.connection_error_codes:
                 return Frame("error", wire_type=wire_type, error_code=code,
-                             detail=str(self._get(frame, f.error_message) or "")[:200], raw=frame)
+                             detail=str(find(frame, scopes, n["error_message"]) or "")[:200], raw=frame)
         role = self._always.get(wire_type)  # type: ignore[attr-defined]
         if role is None and run_id is not None:
             role = self._with_run.get(wire_type)  # type: ignore[attr-defined]
@@ -250,7 +265,7 @@ class Profile(BaseModel):
                 return Frame("malformed", wire_type=wire_type, raw=frame,
                              detail=f"type {wire_type[:60]!r} is not in profile {self.name!r} (add it to control or unmapped)")
             return Frame("unknown", wire_type=wire_type, raw=frame)
-        seq = self._get(frame, f.seq)
+        seq = find(frame, scopes, n["seq"])
         if not isinstance(seq, int) or isinstance(seq, bool):
             seq = None
         ev = Event(
@@ -258,23 +273,23 @@ class Profile(BaseModel):
             wire_type=wire_type,
             received_at=received_at,
             run_id=_str(run_id),
-            thread_id=_str(self._get(frame, f.thread_id)),
-            user_id=_str(self._get(frame, f.user_id)),
-            message_id=_str(self._get(frame, f.message_id)),
+            thread_id=_str(find(frame, scopes, n["thread_id"])),
+            user_id=_str(find(frame, scopes, n["user_id"])),
+            message_id=_str(find(frame, scopes, n["message_id"])),
             seq=seq,
-            server_time=self._get(frame, f.timestamp),
+            server_time=find(frame, scopes, n["timestamp"]),
         )
         if role is Role.TOOL_EXECUTING or role is Role.TOOL_COMPLETED or wire_type in self._span_of:  # type: ignore[attr-defined]
-            ev.tool_call_id = _str(self._get(frame, f.tool_call_id))
-            ev.tool_name = _str(self._get(frame, f.tool_name))
+            ev.tool_call_id = _str(find(frame, scopes, n["tool_call_id"]))
+            ev.tool_name = _str(find(frame, scopes, n["tool_name"]))
         if role is Role.ERROR_EVENT:
-            ev.recoverable = self._get(frame, f.recoverable) is True
+            ev.recoverable = find(frame, scopes, n["recoverable"]) is True
         span = self._span_of.get(wire_type) or (self._span_of.get(role.value) if role else None)  # type: ignore[attr-defined]
         if span is not None:
             sp, kind = span
-            key = self._get(frame, self.fields.extra.get(sp.key) or getattr(self.fields, sp.key, [sp.key]))
+            key = find(frame, scopes, n.get(sp.key) or _split_names([sp.key]))
             if key is None and sp.key_fallback:
-                key = self._get(frame, self.fields.extra.get(sp.key_fallback) or getattr(self.fields, sp.key_fallback, [sp.key_fallback]))
+                key = find(frame, scopes, n.get(sp.key_fallback) or _split_names([sp.key_fallback]))
             ev.span = (sp.name, kind, _str(key))
         return ev
 
@@ -289,6 +304,10 @@ class Profile(BaseModel):
 
     def ping_reply(self) -> dict[str, Any] | None:
         return self.ping.reply
+
+
+def _split_names(names: list[str]) -> tuple[tuple[str, ...], tuple[list[str], ...]]:
+    return tuple(x for x in names if "." not in x), tuple(x.split(".") for x in names if "." in x)
 
 
 def _str(v: Any) -> str | None:
