@@ -61,7 +61,7 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
             if diagnostics is not None:
                 extra += "\n" + diagnostics()
             pytest.fail(f"within {timeout:g}s: {what}{extra}")
-        time.sleep(interval)  # the poll interval of a deadline loop, not a wait for a condition
+        time.sleep(interval)  # wait-ok: the poll interval of a deadline loop, not a wait for a condition
 
 
 @dataclass

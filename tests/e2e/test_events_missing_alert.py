@@ -123,7 +123,7 @@ def test_alert_stays_silent_when_2_percent_of_chats_miss_an_event(tmp_path, agen
     while (left := OBSERVATION - (time.monotonic() - started)) > 0:
         states = [a["state"] for a in _alerts(prom, "ChatEventsMissing")]
         assert "firing" not in states, diagnostics()
-        time.sleep(min(1.0, left))  # the poll interval of a fixed observation window
+        time.sleep(min(1.0, left))  # wait-ok: the poll interval of a fixed observation window
     assert not [a for a in _alerts(prom, "ChatEventsMissing") if a["state"] == "firing"], diagnostics()
     ratio = _scalar(prom, RATIO)
     chats_after = _scalar(prom, chats) or 0.0
