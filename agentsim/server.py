@@ -39,6 +39,8 @@ WS_PATHS = ("/ws", "/websocket")
 CHAT_TYPES = ("user_message", "start_agent", "chat")
 IGNORED_TYPES = ("pong", "heartbeat", "heartbeat_ack", "ack")
 EXIT_CODE_FAULT = 3
+# Longest a run waits to hand one event to one connection before it drops that connection.
+SEND_TIMEOUT = 10.0
 
 
 def _default_secret() -> str:
@@ -440,9 +442,7 @@ class AgentSim:
                        replay: bool = False) -> None:
         targets = run.subscribers if to is None else to
         for conn in list(targets):
-            try:
-                await conn.ws.send(frame)
-            except ConnectionClosed:
+            if not await self._send_to(conn, frame):
                 if conn in run.subscribers:
                     run.subscribers.remove(conn)
                 continue
@@ -454,6 +454,17 @@ class AgentSim:
                 if conn.user_id != run.user_id:
                     rec["to_user_id"] = conn.user_id
                 self.gt.write(rec)
+
+    async def _send_to(self, conn: Conn, data: str | bytes) -> bool:
+        """One frame to one connection, within SEND_TIMEOUT. A client that stops reading must not hold a run
+        forever: it is dropped like a lost network (the run goes on buffering, so it can still resume)."""
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await conn.ws.send(data)
+            return True
+        except (ConnectionClosed, TimeoutError):
+            conn.ws.transport.abort()
+            return False
 
     async def _send_and_buffer(self, run: Run, seq: int, role: str, frame: str) -> None:
         async with run.lock:
@@ -572,10 +583,7 @@ class AgentSim:
             conns = list(run.subscribers)
             self._fault_record(run, pf, seq, connection_ids=[c.connection_id for c in conns])
             for conn in conns:
-                try:
-                    await conn.ws.send(data)
-                except ConnectionClosed:
-                    pass
+                await self._send_to(conn, data)
         elif name == "exit":
             self._exit(run, name, seq, pf.spec.arg, pf.spec.value)
 
