@@ -18,6 +18,8 @@ KEEP_FINISHED = 64
 # not kept (the verdict and every counter stay exact).
 MAX_EVENTS_KEPT = 10_000
 MAX_VIOLATIONS_KEPT = 200
+MAX_SEQS_AHEAD = 10_000
+MAX_OPEN_SPANS = 1_000
 # Connection-level error codes that answer the session (credentials, a resume), never one chat's message.
 SESSION_ERROR_CODES = frozenset({"AUTH_FAILED", "RESUME_UNKNOWN_RUN"})
 
@@ -115,7 +117,7 @@ class ChatTracker:
 
     __slots__ = (
         "chat_id", "scenario", "exp", "sent_at", "thread_id", "run_id", "message_id", "events",
-        "violations", "roles", "first_delay", "terminal_index", "terminal_at", "last_at", "seqs", "max_seq",
+        "violations", "roles", "first_delay", "terminal_index", "terminal_at", "last_at", "seq_low", "seqs_above", "max_seq",
         "open_spans", "saw_tool", "saw_thinking", "error_seen", "reconnects", "lost", "connection_error",
         "_result", "n_events", "overflow", "role_counts", "terminal_event",
     )
@@ -145,7 +147,9 @@ class ChatTracker:
         self.terminal_index: int | None = None
         self.terminal_at: float | None = None
         self.last_at = sent_at
-        self.seqs: set[int] = set()
+        # Seqs seen: all of 1..seq_low, plus those above it (an in-order stream keeps this set empty).
+        self.seq_low = 0
+        self.seqs_above: set[int] = set()
         self.max_seq = 0
         self.open_spans: dict[tuple[str, str | None], int] = {}
         self.saw_tool = False
@@ -211,17 +215,9 @@ class ChatTracker:
 
         # R7: sequence numbers, where the server sends them.
         if ev.seq is not None:
-            s = ev.seq
-            if s < 1:
-                self._flag("R7", f"seq {s} is not a positive sequence number", idx)
-            elif s in self.seqs:
-                self._flag("R7", f"seq {s} received twice (duplicate event)", idx)
-            else:
-                if s < self.max_seq:
-                    self._flag("R7", f"seq {s} arrived after seq {self.max_seq} (out of order)", idx)
-                self.seqs.add(s)
-                if s > self.max_seq:
-                    self.max_seq = s
+            self._seq(ev.seq, idx)
+        elif ev.bad_seq is not None:
+            self._flag("R7", f"seq {str(ev.bad_seq)[:40]!r} is not an integer", idx)
 
         if self.terminal_index is not None:
             if ev.terminal:
@@ -260,6 +256,31 @@ class ChatTracker:
                 if must is None or name in must:
                     self._flag("R5", f"{name} {key or ''} still open at the terminal event".replace("  ", " "), idx)
 
+    def _seq(self, s: int, idx: int) -> None:
+        if s < 1:
+            self._flag("R7", f"seq {s} is not a positive sequence number", idx)
+            return
+        above = self.seqs_above
+        if s <= self.seq_low or s in above:
+            self._flag("R7", f"seq {s} received twice (duplicate event)", idx)
+            return
+        if s < self.max_seq:
+            self._flag("R7", f"seq {s} arrived after seq {self.max_seq} (out of order)", idx)
+        if s > self.max_seq:
+            self.max_seq = s
+        if s == self.seq_low + 1:
+            low = s
+            while low + 1 in above:
+                low += 1
+                above.discard(low)
+            self.seq_low = low
+        elif len(above) < MAX_SEQS_AHEAD:
+            above.add(s)
+        else:  # a server that skips seqs forever: stop remembering them (memory stays bounded)
+            self.seq_low = self.max_seq
+            above.clear()
+            self._flag("R7", f"more than {MAX_SEQS_AHEAD} seqs ahead of a gap: stopped tracking the gaps", idx)
+
     def _span(self, ev: Event, idx: int) -> None:
         name, kind, key = ev.span  # type: ignore[misc]
         k = (name, key)
@@ -268,6 +289,9 @@ class ChatTracker:
             by_fallback = ev.tool_call_id is None and key is not None and key == ev.tool_name
             if k in self.open_spans and not by_fallback:
                 self._flag("R5", f"{_name(ev)} opens {name} {key!r} again while it is open", idx)
+            elif k not in self.open_spans and len(self.open_spans) >= MAX_OPEN_SPANS:
+                self._flag("R5", f"more than {MAX_OPEN_SPANS} spans open at once: {name} {key!r} not tracked", idx)
+                return
             self.open_spans[k] = self.open_spans.get(k, 0) + 1
         elif k not in self.open_spans:
             what = "closes" if kind == "close" else "continues"
@@ -340,12 +364,12 @@ class ChatTracker:
             violations.append(Violation("R9", f"no event within the {exp.first_event_limit:g}s limit", None))
         if self.max_seq:
             # Counted, never enumerated: a server may send seq 10**12 (bounded work and memory).
-            gaps = self.max_seq - len(self.seqs)
+            gaps = self.max_seq - self.seq_low - len(self.seqs_above)
             if gaps > 0:
                 first: list[int] = []
-                s = 1
+                s = self.seq_low + 1
                 while len(first) < 5 and s <= self.max_seq:
-                    if s not in self.seqs:
+                    if s not in self.seqs_above:
                         first.append(s)
                     s += 1
                 shown = ", ".join(map(str, first)) + (f" … ({gaps} in all)" if gaps > len(first) else "")
@@ -522,9 +546,10 @@ class ConnectionChecker:
             for chat in probes:
                 chat.error_frame(frame, at)
         elif frame.error_code not in SESSION_ERROR_CODES:
-            waiting = [c for c in active if c.n_events == 0]
-            if len(waiting) == 1:
-                waiting[0].rejected(frame, at)
+            # Servers answer messages in order: the rejection is the oldest waiting message's.
+            waiting = [c for c in active if c.n_events == 0 and c.connection_error is None]
+            if waiting:
+                min(waiting, key=lambda c: c.sent_at).rejected(frame, at)
 
     def _witnesses(self) -> Iterable[ChatTracker]:
         """The chats on screen when something bad arrived: all open ones, else the latest one."""

@@ -114,12 +114,7 @@ class Session:
         in_time = True
         try:
             async with asyncio.timeout(self.connect_timeout):
-                while not self._welcomed.is_set() and not self.closed:
-                    waiter = asyncio.ensure_future(self._welcomed.wait())
-                    closed = asyncio.ensure_future(asyncio.shield(self.reader))
-                    await asyncio.wait({waiter, closed}, return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
-                    closed.cancel()
+                await self._welcomed.wait()  # set by the first answer, or by the reader when the connection ends
         except TimeoutError:
             in_time = False
         kind, reason = self.router.welcome_outcome(in_time, self.closed, transport.close_code, self.connect_timeout)
@@ -144,6 +139,8 @@ class Session:
                 self.router.on_protocol_error(transport.protocol_error, self.clock())
             if gen == self.generation:
                 self.closed = True
+                if self._welcomed is not None:
+                    self._welcomed.set()
                 for ev in self._wake.values():
                     ev.set()
 

@@ -76,6 +76,7 @@ class Event:
     # (span name, "open" | "inner" | "close", key) when the profile pairs this wire type with others.
     span: tuple[str, str, str | None] | None = None
     server_time: Any = None
+    bad_seq: Any = None  # a `seq` that is present but not an integer (an R7)
 
     @property
     def terminal(self) -> bool:

@@ -39,6 +39,8 @@ def lost_note_for(ended_note: str, can_resume: bool) -> str:
 
 
 WAKE_ALL = "*"
+# Shortest time between two answers to a server's pings (real servers ping every few seconds at most).
+PONG_INTERVAL = 0.5
 
 
 class FrameRouter:
@@ -54,6 +56,7 @@ class FrameRouter:
         self.sink = sink
         self.scenario = scenario
         self.answered = False  # the server spoke on this connection (welcome, event or AUTH_FAILED)
+        self.last_pong = float("-inf")
         self.auth_failed: Frame | None = None
         self.resume_unknown: set[str] = set()
 
@@ -71,6 +74,11 @@ class FrameRouter:
             return (chat.chat_id if chat is not None else WAKE_ALL), None
         kind = decoded.kind
         if kind == "ping":
+            # At most one reply per PONG_INTERVAL: a server flooding pings must not make the client flood back
+            # (or pile up sends on a socket it never reads).
+            if at - self.last_pong < PONG_INTERVAL:
+                return None, None
+            self.last_pong = at
             return None, self.profile.ping_reply()
         if kind == "control":
             self.checker.welcome(decoded)

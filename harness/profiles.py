@@ -266,8 +266,9 @@ class Profile(BaseModel):
                              detail=f"type {wire_type[:60]!r} is not in profile {self.name!r} (add it to control or unmapped)")
             return Frame("unknown", wire_type=wire_type, raw=frame)
         seq = find(frame, scopes, n["seq"])
-        if not isinstance(seq, int) or isinstance(seq, bool):
-            seq = None
+        bad_seq = None
+        if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+            bad_seq, seq = seq, None
         ev = Event(
             role=role,
             wire_type=wire_type,
@@ -277,6 +278,7 @@ class Profile(BaseModel):
             user_id=_str(find(frame, scopes, n["user_id"])),
             message_id=_str(find(frame, scopes, n["message_id"])),
             seq=seq,
+            bad_seq=bad_seq,
             server_time=find(frame, scopes, n["timestamp"]),
         )
         if role is Role.TOOL_EXECUTING or role is Role.TOOL_COMPLETED or wire_type in self._span_of:  # type: ignore[attr-defined]

@@ -298,3 +298,43 @@ def test_second_agent_started_and_reopened_span():
 def test_fatal_error_as_first_event_is_not_r1():
     res = judge([ev(Role.ERROR_EVENT, 1, 0.1)], dataclasses.replace(EXP, expect_error="fatal"))
     assert res.outcome is Outcome.PASSED, res.violations
+
+
+def test_seq_memory_stays_bounded_in_order_and_when_a_server_skips_forever():
+    from harness.checker import MAX_SEQS_AHEAD
+
+    t = ChatTracker("c1", EXP, 0.0, run_id="r1")
+    for i in range(1, 50_001):
+        t.feed(ev(Role.AGENT_THINKING, i, 0.01))
+    assert t.seq_low == 50_000 and not t.seqs_above  # in order: nothing remembered but a number
+    skip = ChatTracker("c2", EXP, 0.0, run_id="r1")
+    for i in range(2, 4 * MAX_SEQS_AHEAD, 2):  # every other seq lost
+        skip.feed(ev(Role.AGENT_THINKING, i, 0.01))
+    assert len(skip.seqs_above) <= MAX_SEQS_AHEAD
+    assert any("stopped tracking" in v.reason for v in skip.violations)
+
+
+def test_seq_that_is_not_an_integer_is_r7():
+    from harness.profiles import load_profile
+
+    profile = load_profile("netra")
+    e = profile.decode('{"type": "agent_started", "run_id": "r1", "seq": "3"}', 0.1)
+    assert e.seq is None and e.bad_seq == "3"
+    run = valid_run()
+    run[1].seq, run[1].bad_seq = None, "2"
+    assert any(v.rule == "R7" and "not an integer" in v.reason for v in judge(run).violations)
+
+
+def test_rejections_end_waiting_chats_oldest_first():
+    conn = ConnectionChecker(user_id="u1")
+    chats = [ChatTracker(f"c{i}", EXP, float(i), message_id=f"m{i}") for i in range(3)]
+    for c in chats:
+        conn.add(c)
+    reject = Frame("error", wire_type="error_message", error_code="INVALID_MESSAGE")
+    conn.on_error(reject, 5.0)
+    assert [c.done for c in chats] == [True, False, False]
+    conn.on_error(reject, 5.1)
+    conn.on_error(reject, 5.2)
+    assert all(c.done for c in chats)
+    assert {c.finish(6.0).error_kind for c in chats} == {"rejected"}
+    conn.on_error(Frame("error", wire_type="error_message", error_code="AUTH_FAILED"), 6.0)  # never a chat's

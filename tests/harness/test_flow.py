@@ -359,3 +359,13 @@ def test_welcome_outcome_classifies_the_handshake_and_reports_it():
     router.on_frame('{"type": "error_message", "error_code": "AUTH_FAILED", "error_message": "no"}', 0.0)
     assert router.welcome_outcome(True, False, None, 5)[0] == "auth_failed"
     assert [c[1] for c in sink.calls] == ["ok", "protocol_error", "auth_failed", "protocol_error", "auth_failed"]
+
+
+def test_a_ping_flood_gets_at_most_one_pong_per_interval():
+    from harness.flow import PONG_INTERVAL
+
+    router = FrameRouter(PROFILE, ConnectionChecker(None), Recorder(), "s")
+    replies = [router.on_frame('{"type": "ping"}', i * 0.001)[1] for i in range(2000)]  # 2 s of pings
+    sent = [r for r in replies if r is not None]
+    assert sent and sent[0] == {"type": "pong"}
+    assert len(sent) <= 2.0 / PONG_INTERVAL + 1

@@ -211,3 +211,31 @@ async def test_a_rejected_message_ends_the_chat_at_once_as_an_error():
     (r,) = run.results
     assert r.outcome is Outcome.ERROR and r.error_kind == "rejected"
     assert "INVALID_MESSAGE" in r.error and not run.unreachable
+
+
+async def test_rejected_messages_with_chats_in_parallel_all_end_at_once():
+    async def handler(ws):
+        await ws.send(WELCOME)
+        async for _ in ws:
+            await ws.send(json.dumps({"type": "error_message", "error_code": "INVALID_MESSAGE", "error_message": "no"}))
+
+    run = await run_against(handler, quick(chats_per_user=3, parallel_chats=3,
+                                           expect={"deadline": "30s", "first_event_limit": "10s"}))
+    assert [r.error_kind for r in run.results] == ["rejected"] * 3
+
+
+async def test_a_ping_flood_from_a_server_that_never_reads_ends_in_a_verdict():
+    async def handler(ws):
+        await ws.send(WELCOME)
+        await ws.recv()
+        ping = json.dumps({"type": "ping"})
+        try:
+            for _ in range(200_000):
+                await ws.send(ping)
+        except Exception:
+            pass
+        await ws.wait_closed()
+
+    run = await run_against(handler)  # quick(): a 1 s chat deadline; run_against bounds the whole run
+    (r,) = run.results
+    assert r.outcome is Outcome.INCOMPLETE and "R10" in {v.rule for v in r.violations}
