@@ -9,7 +9,9 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import secrets
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -26,7 +28,7 @@ from .runner import ScenarioRun, run_scenario
 from .scenario import BUILTIN_SUITE, apply_overrides, builtin_scenarios, load_scenario
 from .sinks import Sink
 from .transport import target_label
-from .yamlfile import ConfigError
+from .yamlfile import ConfigError, read_text_file
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -95,10 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_token(args: argparse.Namespace) -> TokenProvider:
     if args.token_file:
-        try:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"--token-file {args.token_file}: cannot read: {exc.strerror}") from None
+        token = read_text_file(args.token_file, "--token-file", limit=64 * 1024).strip()
         if not token:
             raise ConfigError(f"--token-file {args.token_file}: the file is empty")
         return TokenProvider(token=token)
@@ -155,8 +154,13 @@ def make_target(args: argparse.Namespace, url: str, tokens: TokenProvider, defau
                           f"{' or '.join(profile.transports)} only")
     if transport == "sse" and args.auth == "subprotocol":
         raise ConfigError("--auth subprotocol is for WebSocket targets; SSE sends the token as an Authorization header")
-    if args.ca_file and not Path(args.ca_file).is_file():
-        raise ConfigError(f"--ca-file {args.ca_file}: no such file")
+    if args.ca_file:
+        if not Path(args.ca_file).is_file():
+            raise ConfigError(f"--ca-file {args.ca_file}: no such file")
+        try:
+            ssl.create_default_context(cafile=args.ca_file)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(f"--ca-file {args.ca_file}: not a PEM bundle of CA certificates ({exc})") from None
     if not parts.path and profile.path:
         url = url.rstrip("/") + profile.path
     return Target(url=url, profile=profile, name=args.target_name or target_label(url), tokens=tokens,
@@ -191,13 +195,18 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     run_deadline = None
     if args.max_duration is not None:
         try:
-            run_deadline = time.monotonic() + parse_duration(args.max_duration)
+            max_duration = parse_duration(args.max_duration)
         except ValueError as exc:
             raise ConfigError(f"--max-duration: {exc}") from None
+        if max_duration <= 0:
+            raise ConfigError("--max-duration: must be more than 0")
+        run_deadline = time.monotonic() + max_duration
     if args.target and args.sim_fault:
         raise ConfigError("--sim-fault applies to the embedded agentsim only; leave out --target to use it")
     if args.job and args.pushgateway is None and args.job != "chatprobe":
         raise ConfigError("--job needs --pushgateway")
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", args.job or ""):
+        raise ConfigError(f"--job {args.job!r}: a job name is 1-128 letters, digits, '_', '.', ':' or '-'")
 
     async with contextlib.AsyncExitStack() as stack:
         if args.target:

@@ -50,8 +50,12 @@ def format_validation_error(path: str, err: ValidationError, node: yaml.Node | N
     return f"{where}: field '{field}': {first['msg']}{tail}"
 
 
-def _no_duplicate_keys(node: yaml.Node | None) -> None:
+def _no_duplicate_keys(node: yaml.Node | None, seen_nodes: set[int] | None = None) -> None:
     """YAML lets a later key silently replace an earlier one; in a config that is always a mistake."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if node is None or id(node) in seen_nodes:  # an alias points at a node already checked
+        return
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
@@ -60,22 +64,42 @@ def _no_duplicate_keys(node: yaml.Node | None) -> None:
                 raise yaml.MarkedYAMLError(
                     problem=f"duplicate key {key!r} (first on line {seen[key]})", problem_mark=key_node.start_mark)
             seen[key] = key_node.start_mark.line + 1
-            _no_duplicate_keys(value_node)
+            _no_duplicate_keys(value_node, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _no_duplicate_keys(item)
+            _no_duplicate_keys(item, seen_nodes)
+
+
+# A configuration file is small: these bound what a hostile or mistaken file (a device, an alias bomb, deep
+# nesting) can cost before it is rejected.
+MAX_FILE_BYTES = 1024 * 1024
+MAX_ALIASES = 20
+
+
+def read_text_file(path: str | Path, what: str = "", limit: int = MAX_FILE_BYTES) -> str:
+    """A UTF-8 text file of at most `limit` bytes, or a ConfigError naming it (never a hang on /dev/zero)."""
+    label = f"{what} {path}" if what else str(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > limit:
+        raise ConfigError(f"{label}: larger than {limit // 1024} KiB; is this the right file?")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{label}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
 
 
 def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
     path = str(path)
+    if text is None:
+        text = read_text_file(path)
     try:
-        if text is None:
-            text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
-    try:
+        aliases = sum(1 for event in yaml.parse(text, Loader=yaml.SafeLoader) if isinstance(event, yaml.AliasEvent))
+        if aliases > MAX_ALIASES:
+            raise ConfigError(f"{path}: more than {MAX_ALIASES} YAML aliases; refusing to expand them")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         _no_duplicate_keys(node)
         data = yaml.safe_load(text)
@@ -84,6 +108,10 @@ def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
         where = f"{path}:{mark.line + 1}" if mark else path
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a configuration") from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        raise ConfigError(f"{path}: a value cannot be read: {str(exc)[:120]}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -92,6 +120,8 @@ def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
         return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(path, err, node)) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a configuration") from None
 
 
 def line_of(path: str | Path, loc: tuple[Any, ...], text: str | None = None) -> int | None:

@@ -155,3 +155,29 @@ def test_non_utf8_scenario_file_exits_2(tmp_path, capsys):
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "UTF-8" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("a: &a [x, x, x]\n" + "".join(f"b{i}: &b{i} [*a, *a, *a]\n" for i in range(30)) + "name: x\n", "aliases"),
+    ("name: x\nusers: " + "9" * 5000 + "\n", "cannot be read"),
+    ("name: x\nmessages: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+])
+def test_hostile_scenario_files_exit_2_quickly(tmp_path, capsys, text, needle):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and str(path) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "/dev/zero"], "larger than"),
+    (["run", "basic", "--target", "ws://127.0.0.1:1/ws", "--token-file", "/dev/zero"], "--token-file"),
+    (["run", "basic", "--max-duration", "0s"], "--max-duration"),
+    (["run", "basic", "--pushgateway", "http://127.0.0.1:1", "--job", "a/b"], "--job"),
+    (["run", "basic", "--target", "wss://127.0.0.1:1/ws", "--ca-file", "/etc/hostname"], "--ca-file"),
+])
+def test_more_bad_inputs_exit_2(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
