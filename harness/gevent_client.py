@@ -148,11 +148,19 @@ class SyncSession:
         conn = self.conn
         if conn is None:
             return
-        try:
-            conn.ws.close()  # bounded by close_timeout
-        except Exception:
-            self._abort(conn)
+        # Shut the socket down first and let the reading threads see the end before the fd is closed: closing
+        # an fd that a greenlet still waits on aborts gevent's loop (libev asserts), which a server that floods
+        # and never answers the closing handshake would otherwise trigger. The server sees the connection end
+        # without a close frame, as when a load generator stops.
+        self._abort(conn)
         self._join(conn, 3.0)
+        internal = getattr(conn.ws, "recv_events_thread", None)
+        if internal is not None and internal is not threading.current_thread():
+            internal.join(3.0)
+        try:
+            conn.ws.close()  # nothing left to wait for: bounded by close_timeout in any case
+        except Exception:
+            pass
 
     def _ensure_connected(self) -> None:
         """Connect unless connected; chats starting together share the one connection."""

@@ -97,3 +97,34 @@ def test_distributed_counters_add_up_and_the_master_fails_the_objectives(procs, 
     assert int(chat["Request Count"]) == chats, (chat, summary[0])
     assert missing > 0 and int(chat["Failure Count"]) == missing, (chat, summary[0])
     assert "missing_events_ratio.max" in master.out(), master.tail(60)
+
+
+def test_a_server_flooding_pings_and_never_reading_ends_in_a_verdict_not_a_crash(procs, tmp_path: Path):
+    """The Locust user must stop cleanly when Locust stops it mid-chat on a hostile server (once a native
+    gevent abort: an fd closed under a waiting greenlet)."""
+    port = free_port()
+    server = tmp_path / "flood.py"
+    server.write_text(
+        "import asyncio, json, sys\n"
+        "from websockets.asyncio.server import serve\n"
+        "async def handler(ws):\n"
+        "    await ws.send(json.dumps({'type': 'connection_established', 'data': {'user_id': 'u'}}))\n"
+        "    try:\n"
+        "        while True:\n"
+        "            await ws.send(json.dumps({'type': 'ping'}))\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "async def main():\n"
+        f"    async with serve(handler, '127.0.0.1', {port}, compression=None):\n"
+        "        print('ready', flush=True)\n"
+        "        await asyncio.Future()\n"
+        "asyncio.run(main())\n")
+    flooder = procs.start("flooder", [str(VENV_BIN / "python"), str(server)])
+    wait_for(lambda: "ready" in flooder.out(), 10, "the flooding server is listening", diagnostics=flooder.tail)
+    proc = procs.start("locust", [
+        locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "2", "-r", "2", "--run-time", "3s",
+        "--host", f"ws://127.0.0.1:{port}/ws", "--chatprobe-scenario", "basic", "--chatprobe-auth", "none",
+        "--exit-code-on-error", "0",
+    ])
+    assert finish(proc) == 1, proc.tail(60)  # objectives failed: a verdict, not a signal (134) or a hang
+    assert SUMMARY.search(proc.out()) is not None, proc.tail(60)
