@@ -138,11 +138,18 @@ _CONFIG_CHECKS: dict[str, Any] = {
 }
 
 
+# A config file is small: bounds on what a hostile or mistaken file can cost before it is rejected.
+MAX_CONFIG_CHARS = 1024 * 1024
+MAX_ALIASES = 20
+
+
 def load_config(path: str) -> dict[str, Any]:
     """Read and validate a YAML config file; raises ConfigError naming file:line and field."""
     try:
         with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+            text = fh.read(MAX_CONFIG_CHARS + 1)
+        if len(text) > MAX_CONFIG_CHARS:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_CHARS // 1024} KiB; is this the right file?")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
@@ -151,7 +158,11 @@ def load_config(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
                           f"{exc.start})") from None
     try:
-        root = yaml.compose(text)
+        if sum(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=yaml.SafeLoader)) > MAX_ALIASES:
+            raise ConfigError(f"{path}: more than {MAX_ALIASES} YAML aliases; refusing to expand them")
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a configuration") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path

@@ -201,3 +201,15 @@ def test_run_in_thread_with_sync_client():
     finally:
         handle.stop()
     assert not handle.thread.is_alive()
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("a: &a [x, x]\n" + "".join(f"b{i}: &b{i} [*a, *a]\n" for i in range(30)), "aliases"),
+    ("seed: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+])
+def test_hostile_config_exits_2_quickly(tmp_path, capsys, text, needle):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    assert cli.main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
