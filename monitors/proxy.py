@@ -8,6 +8,8 @@ import argparse
 import asyncio
 import json
 import logging
+import math
+import re
 import signal
 import sys
 import time
@@ -25,7 +27,7 @@ from websockets.http11 import Request, Response
 from harness.checker import ChatTracker, ConnectionChecker, Expectations, abandon
 from harness.cli import check_url
 from harness.durations import parse_duration
-from harness.events import Event, Role
+from harness.events import Event, Frame, Role
 from harness.profiles import Profile, load_profile
 from harness.transport import classify, target_label
 from harness.yamlfile import ConfigError
@@ -43,6 +45,23 @@ MAX_TRACKED_RUNS = 10000
 DEFAULT_SEND_TIMEOUT = 30.0
 # How long a closing handshake may take before the connection is dropped.
 CLOSE_TIMEOUT = 2.0
+# The largest frame taken from either side (the harness's WebSocket limit): a bigger one closes that connection
+# with 1009, so neither a client nor the upstream can make the proxy buffer more than this per connection.
+DEFAULT_MAX_SIZE = 4 * 1024 * 1024
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2}
+
+
+def parse_size(text: str) -> int:
+    """A byte count: `1048576`, `512KiB`, `4MiB`, `2MB` (agentsim's size syntax); raises ValueError."""
+    m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([a-z]*)", text.strip().lower())
+    if not m or m.group(2) not in _SIZE_UNITS:
+        raise ValueError(f"bad size {text!r} (use e.g. 4MiB, 512KiB, 1000000)")
+    size = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    if not math.isfinite(size) or size > 2**62:
+        raise ValueError(f"bad size {text!r}: too large")
+    if int(size) < 1:
+        raise ValueError(f"bad size {text!r}: must be at least 1 byte")
+    return int(size)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -157,6 +176,13 @@ def _close_of(ws: Any) -> tuple[int, str]:
     return 1000, ""
 
 
+def _cut_for_size(ws: Any) -> bool:
+    """True when the proxy itself closed `ws` with 1009: its peer sent a frame over the proxy's max size."""
+    protocol = getattr(ws, "protocol", None)
+    sent = getattr(protocol, "close_sent", None)
+    return sent is not None and sent.code == 1009 and not getattr(protocol, "close_rcvd_then_sent", False)
+
+
 async def _close_within(ws: Any, code: int, reason: str, timeout: float = CLOSE_TIMEOUT) -> None:
     try:
         async with asyncio.timeout(timeout):
@@ -173,11 +199,12 @@ def _s(v: Any) -> str | None:
 
 class Proxy:
     def __init__(self, upstream: str, live: LiveChats, connect_timeout: float = 10.0,
-                 send_timeout: float = DEFAULT_SEND_TIMEOUT) -> None:
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT, max_size: int = DEFAULT_MAX_SIZE) -> None:
         self.upstream = upstream.rstrip("/")
         self.live = live
         self.connect_timeout = connect_timeout
         self.send_timeout = send_timeout
+        self.max_size = max_size
         self.clock = time.monotonic
 
     async def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
@@ -191,7 +218,7 @@ class Proxy:
             async with asyncio.timeout(self.connect_timeout):
                 upstream = await connect(url, additional_headers=headers, subprotocols=offered or None,  # type: ignore[arg-type]
                                          open_timeout=None, ping_interval=None, compression=None, proxy=None,
-                                         max_size=None, user_agent_header=None)
+                                         max_size=self.max_size, user_agent_header=None)
         except InvalidStatus as exc:
             status = exc.response.status_code
             self.live.sink.connection_attempt(self.live.scenario, classify(exc)[0])
@@ -267,7 +294,9 @@ class Proxy:
                         checker.on_error(decoded, self.clock())
                     changed.set()
             except ConnectionClosed:
-                pass
+                if _cut_for_size(upstream):  # as the harness judges an oversized frame: an R12 for the chats on it
+                    checker.on_malformed(Frame("malformed", detail=f"frame larger than the {self.max_size} byte "
+                                                                   "limit"), self.clock())
             finally:
                 closed_by.append(side)
                 changed.set()
@@ -295,8 +324,15 @@ class Proxy:
             await asyncio.gather(*tasks, judge_task, return_exceptions=True)
             # Give an upstream close to the client and vice versa (same code and reason), within a bound; a peer
             # that does not answer the close in time (it stopped reading) has its connection dropped.
-            await asyncio.gather(_close_within(client, *_close_of(upstream)),
-                                 _close_within(upstream, *_close_of(client)))
+            to_client, to_upstream = _close_of(upstream), _close_of(client)
+            # A side the proxy cut off for an oversized frame got 1009; the other side is told why it ends, not 1009
+            # (it sent nothing too big): the client that the upstream misbehaved (1014, bad gateway), the upstream
+            # that its client is gone (1001).
+            if _cut_for_size(upstream):
+                to_client = 1014, f"upstream frame over the proxy's {self.max_size} byte limit"
+            if _cut_for_size(client):
+                to_upstream = 1001, "the client sent a frame over the proxy's size limit"
+            await asyncio.gather(_close_within(client, *to_client), _close_within(upstream, *to_upstream))
             if not attempt:
                 code = _close_of(upstream)[0]
                 record("auth_failed" if code == 1008 else "ok" if closed_by[:1] == ["client"] else "protocol_error")
@@ -319,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--send-timeout", default=f"{DEFAULT_SEND_TIMEOUT:g}s", metavar="DURATION",
                    help="a peer that takes no frame for this long has its connection closed "
                         f"(default {DEFAULT_SEND_TIMEOUT:g}s)")
+    p.add_argument("--max-size", default="4MiB", metavar="SIZE",
+                   help="the largest frame taken from a client or from the upstream, e.g. 1048576, 512KiB, 4MiB; "
+                        "a bigger one closes that connection with 1009 (default 4MiB)")
     p.add_argument("--streaming", action="store_true", help="require partial_result")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -327,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def start_proxy(proxy: Proxy, host: str, port: int) -> Any:
     """Listen (port 0: any free port); returns the websockets Server, to `close()` and `wait_closed()`."""
     return await serve(proxy.handler, host, port, process_request=proxy.process_request,
-                       select_subprotocol=proxy.select_subprotocol, compression=None, max_size=None,
+                       select_subprotocol=proxy.select_subprotocol, compression=None, max_size=proxy.max_size,
                        ping_interval=None)
 
 
@@ -350,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--{flag.replace('_', '-')}: {exc}") from None
         if limits["send_timeout"] <= 0:
             raise ConfigError("--send-timeout: must be more than 0")
+        try:
+            max_size = parse_size(args.max_size)
+        except ValueError as exc:
+            raise ConfigError(f"--max-size: {exc}") from None
     except ConfigError as exc:
         print(f"chatprobe proxy: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -375,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        server = await start_proxy(Proxy(args.upstream, live, send_timeout=limits["send_timeout"]), host, port)
+        server = await start_proxy(Proxy(args.upstream, live, send_timeout=limits["send_timeout"], max_size=max_size),
+                                   host, port)
         print(f"chatprobe proxy listening on ws://{host}:{server.sockets[0].getsockname()[1]}", flush=True)
         await stop.wait()
         server.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import secrets
 import socket
 
@@ -37,14 +38,14 @@ class Recorder(Sink):
         self.abandoned += 1
 
 
-async def setup(faults=(), settle=0.2):
+async def setup(faults=(), settle=0.2, **proxy_options):
     secret = secrets.token_urlsafe(32)
     sim = AgentSim(SimConfig(port=0, jwt_secret=secret, think=0.005, tool_latency=0.002, faults=list(faults), seed=5))
     await sim.start()
     metrics = ChatMetrics(CollectorRegistry())
     sink = MetricsSink(metrics, "agentsim", "live")
     live = LiveChats(load_profile("netra"), sink, EXP, "live", settle)
-    server = await start_proxy(Proxy(sim.url.rsplit("/", 1)[0], live), "127.0.0.1", 0)
+    server = await start_proxy(Proxy(sim.url.rsplit("/", 1)[0], live, **proxy_options), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     return sim, server, metrics, live, Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"),
                                               name="proxy", tokens=TokenProvider(jwt_secret=secret))
@@ -190,6 +191,8 @@ async def test_a_peer_that_stops_reading_does_not_hold_the_proxy(stuck):
     (["--upstream", "ws://127.0.0.1:1/ws", "--listen", "127.0.0.1:99999"], "--listen '127.0.0.1:99999'"),
     (["--upstream", "ws://127.0.0.1:1/ws", "--metrics-listen", "127.0.0.1:99999"], "--metrics-listen"),
     (["--upstream", "ws://127.0.0.1:1/ws", "--send-timeout", "0"], "--send-timeout"),
+    (["--upstream", "ws://127.0.0.1:1/ws", "--max-size", "lots"], "--max-size: bad size 'lots'"),
+    (["--upstream", "ws://127.0.0.1:1/ws", "--max-size", "0"], "--max-size"),
 ])
 def test_bad_flags_exit_2(capsys, args, needle):
     from monitors.proxy import main
@@ -224,4 +227,122 @@ async def test_a_rejected_message_is_judged_at_once_by_the_proxy():
         await client.close()
     finally:
         server.close()
+        await sim.stop()
+
+
+# -- frame size: neither a client nor the upstream can make the proxy buffer more than --max-size --
+
+SMALL_LIMIT = 64 * 1024  # the proxy's --max-size in these tests; agentsim itself takes frames up to 1 MiB
+LIVE = dict(target="agentsim", scenario="live", source="live")
+
+
+def test_max_size_flag_syntax():
+    from monitors.proxy import DEFAULT_MAX_SIZE, build_parser, parse_size
+
+    assert build_parser().parse_args(["--upstream", "ws://x"]).max_size == "4MiB"
+    assert parse_size("4MiB") == DEFAULT_MAX_SIZE == 4 * 1024 * 1024
+    assert parse_size("512KiB") == 512 * 1024 and parse_size("1000") == 1000 and parse_size("2MB") == 2_000_000
+    for bad in ("", "-1", "0", "4 parsecs", "1e400"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+async def test_a_client_frame_over_max_size_closes_only_that_client_with_1009():
+    sim, server, metrics, live, target = await setup(max_size=SMALL_LIMIT)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        # A well-behaved user is mid-chat on its own connection when another sends a frame over the limit.
+        good = Session(target, "erin", "user", Recorder())
+        chat = asyncio.ensure_future(good.chat("What is 3 * 3? #think=0.3", EXP))
+        token = target.tokens.for_user("oscar")
+        async with websockets.asyncio.client.connect(
+                f"ws://127.0.0.1:{port}/ws", additional_headers={"Authorization": f"Bearer {token}"},
+                max_size=None, ping_interval=None, open_timeout=5, close_timeout=2) as big:
+            await big.recv()  # the welcome
+            content = "y" * (2 * SMALL_LIMIT)
+            await big.send(json.dumps({"type": "user_message", "payload": {"content": content}}))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                async with asyncio.timeout(5):
+                    while True:
+                        await big.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        result = await chat
+        assert result.outcome is Outcome.PASSED, result.violations
+        # The proxy is still up: a new connection's chat passes too.
+        again = await good.chat("What is 2 + 2?", EXP)
+        assert again.outcome is Outcome.PASSED, again.violations
+        await good.close()
+        await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="passed", **LIVE) == 2)
+    finally:
+        server.close()
+        await sim.stop()
+
+
+async def test_an_upstream_frame_over_max_size_ends_only_that_connection():
+    """Between the proxy and agentsim, a relay adds one valid but oversized frame to the connections on /big."""
+    secret = secrets.token_urlsafe(32)
+    sim = AgentSim(SimConfig(port=0, jwt_secret=secret, think=0.005, tool_latency=0.002, seed=5))
+    await sim.start()
+    padding = json.dumps({"type": "system_message", "data": {"event": "padding", "padding": "z" * 2 * SMALL_LIMIT}})
+
+    async def relay(ws):
+        big = ws.request.path.startswith("/big")
+        auth = {"Authorization": ws.request.headers["Authorization"]}
+        async with websockets.asyncio.client.connect(sim.url, additional_headers=auth, max_size=None,
+                                                     ping_interval=None, close_timeout=1) as agent:
+            async def up():
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    async for m in ws:
+                        await agent.send(m)
+
+            async def down():
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    async for m in agent:
+                        await ws.send(m)
+                        if big and '"agent_started"' in m:
+                            await ws.send(padding)
+
+            pumps = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            for p in pumps:
+                p.cancel()
+
+    upstream = await websockets.asyncio.server.serve(relay, "127.0.0.1", 0, max_size=None, ping_interval=None)
+    metrics = ChatMetrics(CollectorRegistry())
+    live = LiveChats(load_profile("netra"), MetricsSink(metrics, "agentsim", "live"), EXP, "live", 0.2)
+    up_port = upstream.sockets[0].getsockname()[1]
+    server = await start_proxy(Proxy(f"ws://127.0.0.1:{up_port}", live, max_size=SMALL_LIMIT), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    base = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="proxy",
+                  tokens=TokenProvider(jwt_secret=secret))
+    try:
+        good = Session(base, "erin", "user", Recorder())
+        good_chat = asyncio.ensure_future(good.chat("What is 3 * 3? #think=0.3", EXP))
+        token = base.tokens.for_user("oscar")
+        async with websockets.asyncio.client.connect(
+                f"ws://127.0.0.1:{port}/big", additional_headers={"Authorization": f"Bearer {token}"},
+                max_size=None, ping_interval=None, open_timeout=5, close_timeout=2) as user:
+            await user.recv()  # the welcome
+            await user.send(json.dumps({"type": "user_message", "payload": {"content": "What is 4 * 4? #think=0.3"}}))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                async with asyncio.timeout(5):
+                    while True:
+                        await user.recv()
+        # The user on /big lost the connection mid-run: the proxy closed it, saying why (1014: bad gateway) ...
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1014, closed.value
+        assert str(SMALL_LIMIT) in closed.value.rcvd.reason
+        # ... while the other user's chat, on the same proxy at the same time, passes.
+        good_result = await good_chat
+        assert good_result.outcome is Outcome.PASSED, good_result.violations
+        await good.close()
+        # The proxy judged the cut-off chat like the harness judges an oversized frame: an R12 (and not passed).
+        await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="passed", **LIVE) == 1
+                    and sample(metrics, "chatprobe_rule_violations_total", rule="R12", **LIVE) == 1)
+        await until(lambda: sample(metrics, "chatprobe_chats_in_flight", **LIVE) == 0)
+        judged = sum(sample(metrics, "chatprobe_chats_total", outcome=o, **LIVE)
+                     for o in ("passed", "failed", "incomplete", "error"))
+        assert judged == 2
+    finally:
+        server.close()
+        upstream.close()
         await sim.stop()
