@@ -1,4 +1,5 @@
-"""Durations as people write them in YAML and flags ("2s", "250ms", "1m", 1.5) parsed to seconds."""
+"""Durations and sizes as people write them in YAML and flags ("2s", "250ms", 1.5; "4MiB", "512KiB") parsed to
+seconds and bytes."""
 from __future__ import annotations
 
 import math
@@ -28,3 +29,19 @@ def parse_duration(value: Any) -> float:
 
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2}
+
+
+def parse_size(text: str) -> int:
+    """A byte count: `1048576`, `512KiB`, `4MiB`, `2MB` (agentsim's size syntax); raises ValueError."""
+    m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([a-z]*)", text.strip().lower())
+    if not m or m.group(2) not in _SIZE_UNITS:
+        raise ValueError(f"bad size {text!r} (use e.g. 4MiB, 512KiB, 1000000)")
+    size = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    if not math.isfinite(size) or size > 2**62:
+        raise ValueError(f"bad size {text!r}: too large")
+    if int(size) < 1:
+        raise ValueError(f"bad size {text!r}: must be at least 1 byte")
+    return int(size)

@@ -8,8 +8,6 @@ import argparse
 import asyncio
 import json
 import logging
-import math
-import re
 import signal
 import sys
 import time
@@ -26,7 +24,7 @@ from websockets.http11 import Request, Response
 
 from harness.checker import ChatTracker, ConnectionChecker, Expectations, abandon
 from harness.cli import check_url
-from harness.durations import parse_duration
+from harness.durations import parse_duration, parse_size
 from harness.events import Event, Frame, Role
 from harness.profiles import Profile, load_profile
 from harness.transport import classify, target_label
@@ -48,22 +46,6 @@ CLOSE_TIMEOUT = 2.0
 # The largest frame taken from either side (the harness's WebSocket limit): a bigger one closes that connection
 # with 1009, so neither a client nor the upstream can make the proxy buffer more than this per connection.
 DEFAULT_MAX_SIZE = 4 * 1024 * 1024
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2}
-
-
-def parse_size(text: str) -> int:
-    """A byte count: `1048576`, `512KiB`, `4MiB`, `2MB` (agentsim's size syntax); raises ValueError."""
-    m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([a-z]*)", text.strip().lower())
-    if not m or m.group(2) not in _SIZE_UNITS:
-        raise ValueError(f"bad size {text!r} (use e.g. 4MiB, 512KiB, 1000000)")
-    size = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    if not math.isfinite(size) or size > 2**62:
-        raise ValueError(f"bad size {text!r}: too large")
-    if int(size) < 1:
-        raise ValueError(f"bad size {text!r}: must be at least 1 byte")
-    return int(size)
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
