@@ -65,10 +65,6 @@ class ChatResult:
     event_counts: dict[Role, int] = field(default_factory=dict)  # every event received, by role
 
     @property
-    def missed_events(self) -> bool:
-        return bool(self.missing)
-
-    @property
     def passed(self) -> bool:
         return self.outcome is Outcome.PASSED
 

@@ -152,6 +152,9 @@ def make_target(args: argparse.Namespace, url: str, tokens: TokenProvider, defau
     if transport not in profile.transports:
         raise ConfigError(f"--target {parts.scheme}:// means {transport}, but profile {profile.name!r} is spoken over "
                           f"{' or '.join(profile.transports)} only")
+    if args.auth == "subprotocol" and not profile.auth_subprotocol:
+        raise ConfigError(f"--auth subprotocol: profile {profile.name!r} says its servers do not take the token as a "
+                          "subprotocol (auth_subprotocol: false); use --auth header")
     if transport == "sse" and args.auth == "subprotocol":
         raise ConfigError("--auth subprotocol is for WebSocket targets; SSE sends the token as an Authorization header")
     if args.ca_file:

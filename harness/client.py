@@ -29,10 +29,6 @@ class TokenProvider:
     def __repr__(self) -> str:  # never show a secret
         return "TokenProvider(<redacted>)"
 
-    @property
-    def mints(self) -> bool:
-        return self._secret is not None
-
     def for_user(self, user_id: str) -> str | None:
         if self._token is not None:
             return self._token

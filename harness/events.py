@@ -82,15 +82,6 @@ class Event:
     def terminal(self) -> bool:
         return self.role is Role.AGENT_COMPLETED or (self.role is Role.ERROR_EVENT and not self.recoverable)
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "role": self.role.value if self.role else None,
-            "wire_type": self.wire_type,
-            "run_id": self.run_id,
-            "seq": self.seq,
-            "received_at": self.received_at,
-        }
-
 
 @dataclass(slots=True, frozen=True)
 class Violation:

@@ -124,6 +124,8 @@ def test_bad_scenario_file_exits_2_naming_file_line_field(tmp_path, capsys, case
     (["run", "basic", "--target", "ws://[::1"], "not a valid URL"),
     (["run", "basic", "--json", "/etc/hostname/x.json"], "--json"),
     (["run", "basic", "--max-duration", "forever"], "--max-duration"),
+    (["run", "basic", "--profile", "ag-ui", "--auth", "subprotocol", "--target", "ws://127.0.0.1:1/ws",
+      "--token-env", "PATH"], "auth_subprotocol"),
 ])
 def test_bad_flags_exit_2_with_one_message(capsys, argv, needle):
     with pytest.raises(SystemExit) if "--bogus-flag" in argv else _nullcontext() as exc:
