@@ -22,7 +22,7 @@ TITLE = "chatprobe — agent chat events"
 OUTPUT = Path(__file__).with_name(f"{UID}.json")
 
 DATASOURCE = dash_m.DataSourceRef(type_val="prometheus", uid="${datasource}")
-# Every chat panel filters on the three common labels (METRICS.md).
+# Every chat panel filters on the three common labels (docs/metrics.md#labels).
 SEL = 'target=~"$target",scenario=~"$scenario",source=~"$source"'
 RUN_SEL = 'target=~"$target",source=~"$source"'
 RATE = "$__rate_interval"
@@ -58,6 +58,7 @@ def _timeseries(
     stacked: bool = False,
     width: int = 12,
     max_value: float | None = None,
+    low_is_bad: bool = False,
 ) -> ts_b.Panel:
     panel = (
         ts_b.Panel()
@@ -84,8 +85,9 @@ def _timeseries(
     if stacked:
         panel = panel.stacking(common_b.StackingConfig().mode(common.StackingMode.NORMAL))
     if line is not None:
-        # The alert's line, drawn on the graph.
-        panel = panel.thresholds(_thresholds((None, "green"), (line, "red"))).thresholds_style(
+        # The alert's line, drawn on the graph: red on the side where the alert fires.
+        steps = ((None, "red"), (line, "green")) if low_is_bad else ((None, "green"), (line, "red"))
+        panel = panel.thresholds(_thresholds(*steps)).thresholds_style(
             common_b.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.DASHED)
         )
     return panel
@@ -185,14 +187,18 @@ def build() -> dash_m.Dashboard:
         ),
         _timeseries(
             "Share of chats with a first event within 2 s",
-            "From the le=2 bucket over every chat sent (all outcomes but error); ChatTimeToFirstEventSlow opens a "
-            "ticket below 95%.",
+            "Of the chats that received a first event, the share that received it within 2 s: the le=2 bucket over "
+            "the _count of the same histogram, so it never exceeds 100%. Green at or above the 95% objective, red "
+            "below it. ChatTimeToFirstEventSlow (docs/metrics.md#alerts) also counts chats that saw no event at all "
+            "as slow; those show as incomplete in \"Chats by outcome\".",
             [_query(
-                f"sum by (target, scenario) (rate(chatprobe_time_to_first_event_seconds_bucket{{{SEL},{LE_2S}}}[5m]))"
-                f"\n/\nsum by (target, scenario) (rate(chatprobe_chats_total{{{SEL},outcome!=\"error\"}}[5m]))",
+                "clamp_max(\n"
+                f"  sum by (target, scenario) (rate(chatprobe_time_to_first_event_seconds_bucket{{{SEL},{LE_2S}}}[5m]))"
+                f"\n  /\n  sum by (target, scenario) (rate(chatprobe_time_to_first_event_seconds_count{{{SEL}}}[5m])),"
+                "\n  1\n)",
                 "{{target}} {{scenario}}",
             )],
-            unit="percentunit", line=FIRST_EVENT_OBJECTIVE, max_value=1, width=8,
+            unit="percentunit", line=FIRST_EVENT_OBJECTIVE, low_is_bad=True, max_value=1, width=8,
         ),
         _timeseries(
             "Chat duration",
@@ -221,7 +227,7 @@ def build() -> dash_m.Dashboard:
     rules_row = [
         _timeseries(
             "Rule violations by rule",
-            "Violations of the protocol rules R1–R13 (PROTOCOL.md §3) per interval.",
+            "Violations of the protocol rules R1–R13 (docs/protocol.md#rules) per interval.",
             [_query(f"sum by (rule) (increase(chatprobe_rule_violations_total{{{SEL}}}[{RATE}]))", "{{rule}}")],
             bars=True, stacked=True, width=18,
         ),
@@ -275,7 +281,8 @@ def build() -> dash_m.Dashboard:
         dash_b.Dashboard(TITLE)
         .uid(UID)
         .description("Agent chat servers as chatprobe sees them: verdicts, missing events, timing, rule "
-                     "violations, connections and probe health. Runbook: docs/runbook.md.")
+                     "violations, connections and probe health. Runbook: docs/runbook.md; metrics and alerts: "
+                     "docs/metrics.md.")
         .tags(["chatprobe", "agents", "websocket"])
         .editable()
         .time("now-6h", "now")

@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 from harness.events import ALL_ROLES, RULES, Outcome
 from harness.sinks import CONNECTION_RESULTS, RECONNECT_RESULTS, Sink
-from harness.transport import target_label  # noqa: F401  (one definition, re-exported here)
+from harness.targets import target_label  # re-exported: one definition for every driver
 
 if TYPE_CHECKING:
     from harness.checker import ChatResult
@@ -33,10 +41,18 @@ COMMON_LABELS = ("target", "scenario", "source")
 # Freshness is per driver, not per scenario: a run covers all of its scenarios.
 RUN_LABELS = ("target", "source")
 
-# 2 s must be a bucket boundary: the "first event within 2 s" SLO reads the le="2" bucket.
-TIME_TO_FIRST_EVENT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
-CHAT_DURATION_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0)
-EVENT_DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+# Servers answer in milliseconds to tens of seconds: the buckets resolve both (a first event at 8 ms and one at
+# 40 ms must not fall into one bucket). 2 s must be a boundary: the "first event within 2 s" SLO reads the le="2"
+# bucket. The top boundaries follow the checker's default limits (30 s stall, 60 s deadline); beyond them is +Inf.
+TIME_TO_FIRST_EVENT_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+)
+# A whole run: tens of milliseconds (agentsim) to minutes (real tools); 60 s is the default deadline, 120 s and
+# 300 s hold scenarios that raise it.
+CHAT_DURATION_BUCKETS = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0,
+)
+EVENT_DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
 # A scenario name comes from a file, but a proxy or a careless caller could feed anything: past this many
 # distinct values per sink, further scenarios are recorded as OVERFLOW_SCENARIO.
@@ -203,11 +219,11 @@ class MetricsSink(Sink):
     def chat_started(self, scenario: str) -> None:
         self.metrics.chats_in_flight.labels(*self._base(scenario)).inc()
 
-    def event_received(self, scenario: str, event: "Event") -> None:
+    def event_received(self, scenario: str, event: Event) -> None:
         # Events are counted once, from the verdict (chat_finished), so a chat is never counted twice.
         pass
 
-    def chat_finished(self, result: "ChatResult") -> None:
+    def chat_finished(self, result: ChatResult) -> None:
         m = self.metrics
         base = self._base(result.scenario)
         m.chats_in_flight.labels(*base).dec()

@@ -121,7 +121,7 @@ def test_chat_finished_records_every_part_of_the_verdict():
     sink.event_received("basic", _event(Role.AGENT_STARTED, 1.0))  # a no-op: counted from the verdict
     sink.chat_finished(_result(Outcome.FAILED, missing=(Role.TOOL_COMPLETED, Role.AGENT_THINKING),
                                rules=("R2", "R8", "R8"), ttfe=2.5, duration=7.0))
-    v = lambda name, **kw: _value(reg, name, scenario="basic", **kw)  # noqa: E731
+    v = lambda name, **kw: _value(reg, name, scenario="basic", **kw)
     assert v("chatprobe_chats_total", outcome="failed") == 1
     assert v("chatprobe_chats_missing_events_total") == 1
     assert v("chatprobe_missing_events_total", event="tool_completed") == 1
@@ -275,7 +275,38 @@ def test_each_metric_is_declared_once_and_on_the_given_registry():
                  "probe_success", "probe_duration_seconds"):
         assert name in names
     assert 2.0 in TIME_TO_FIRST_EVENT_BUCKETS
-    assert max(metrics_module.CHAT_DURATION_BUCKETS) == 120
+
+
+def _cumulative(reg: CollectorRegistry, name: str) -> dict[float, float]:
+    return {float(s.labels["le"]): s.value for s in _samples(reg) if s.name == name and s.labels.get("scenario") == "basic"}
+
+
+def test_first_event_buckets_resolve_milliseconds_and_split_at_2s():
+    """Latencies of 4, 8, 20 and 40 ms land in four different buckets; 2.0 s exactly counts as within 2 s, 2.001 s
+    does not; 59 s is still below the last finite bucket (not lumped into +Inf)."""
+    reg, sink = _sink()
+    observed = (0.004, 0.008, 0.02, 0.04, 2.0, 2.001, 59.0)
+    for ttfe in observed:
+        sink.chat_started("basic")
+        sink.chat_finished(_result(ttfe=ttfe))
+    le = _cumulative(reg, "chatprobe_time_to_first_event_seconds_bucket")
+    assert min(TIME_TO_FIRST_EVENT_BUCKETS) <= 0.005
+    small = [le[b] for b in sorted(le) if b <= 0.05]
+    assert small[:4] == [1, 2, 3, 4], le  # one more observation per bucket: each one resolved
+    assert le[2.0] == 5 and le[3.0] == 6
+    assert max(TIME_TO_FIRST_EVENT_BUCKETS) >= 60 and le[60.0] == len(observed)
+
+
+def test_chat_duration_buckets_span_agentsim_runs_to_the_default_deadline():
+    reg, sink = _sink()
+    for duration in (0.03, 0.08, 0.3, 59.0):
+        sink.chat_started("basic")
+        sink.chat_finished(_result(duration=duration))
+    le = _cumulative(reg, "chatprobe_chat_duration_seconds_bucket")
+    bounds = metrics_module.CHAT_DURATION_BUCKETS
+    assert list(bounds) == sorted(set(bounds))
+    assert le[0.05] == 1 and le[0.1] == 2 and le[0.5] == 3  # a fast run is not lumped with a 0.5 s one
+    assert le[60.0] == 4 and max(bounds) >= 120  # the default 60 s deadline, with room for raised ones
 
 
 def test_no_created_series_are_exported():
