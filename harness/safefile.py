@@ -1,0 +1,134 @@
+"""Write a report where a user pointed without destroying what is there: a regular file is replaced atomically
+(through a symlink: its target), a FIFO or a character device is opened and written to, never replaced."""
+from __future__ import annotations
+
+import errno
+import os
+import select
+import stat
+import tempfile
+import time
+from contextlib import suppress
+
+# How long a FIFO may go without a reader, or a reader without reading, before the write gives up.
+STALL_TIMEOUT = 60.0
+# Paths the kernel makes up (/dev/stdout, /proc/self/fd/1): whatever they lead to is written in place, never
+# replaced (replacing the file behind /dev/stdout would cut it off from the shell that redirected into it).
+_IN_PLACE_ROOTS = ("/dev/", "/proc/")
+
+
+def write_report(path: str | os.PathLike[str], data: str | bytes, *, stall_timeout: float = STALL_TIMEOUT) -> None:
+    """Write `data` to `path`, as every report writer does. Raises OSError (with strerror) when it cannot."""
+    if isinstance(data, str):
+        # Lone surrogates cannot be encoded; they are escaped rather than crash a report at the very end.
+        data = data.encode("utf-8", "backslashreplace")
+    p = os.fspath(path)
+    try:
+        st: os.stat_result | None = os.stat(p)  # follows symlinks: the thing the report lands on
+    except FileNotFoundError:
+        st = None  # nothing there yet (or a dangling symlink: its target is created)
+    if st is not None:
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), p)
+        if stat.S_ISBLK(mode):
+            # A report written over a disk would destroy it; nobody means that.
+            raise OSError(errno.EINVAL, "refusing to write a report onto a block device", p)
+        if not stat.S_ISREG(mode) or _kernel_path(p):
+            _write_in_place(p, data, mode, stall_timeout)
+            return
+    _replace(os.path.realpath(p), data, st)
+
+
+def writable_problem(path: str) -> str | None:
+    """Why a report could not be written at `path` (checked before a run), or None when it looks writable."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            return "is a directory"
+        if stat.S_ISBLK(st.st_mode):
+            return "is a block device"
+        if not os.access(path, os.W_OK):
+            return "not writable"
+        if not stat.S_ISREG(st.st_mode) or _kernel_path(path):
+            return None  # written in place: the directory need not be writable
+    parent = os.path.dirname(os.path.realpath(path)) or "."
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent) or "."
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        return f"cannot write there ({parent} is not a writable directory)"
+    return None
+
+
+def _kernel_path(p: str) -> bool:
+    return any(x.startswith(_IN_PLACE_ROOTS) for x in (os.path.abspath(p) + "/", os.path.realpath(p) + "/"))
+
+
+def _replace(real: str, data: bytes, st: os.stat_result | None) -> None:
+    directory = os.path.dirname(real) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(real)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp makes 0600: keep the replaced file's mode, or give a new one what open() would have.
+        os.chmod(tmp, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask())
+        os.replace(tmp, real)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_in_place(p: str, data: bytes, mode: int, stall_timeout: float) -> None:
+    fifo = stat.S_ISFIFO(mode)
+    flags = os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC
+    if stat.S_ISREG(mode):
+        flags |= os.O_APPEND  # /dev/stdout redirected to a file: add to it, never overwrite what is there
+    else:
+        flags |= os.O_NONBLOCK  # never block forever on a FIFO nobody reads or a stuck terminal
+    deadline = time.monotonic() + stall_timeout
+    while True:
+        try:
+            fd = os.open(p, flags)  # no O_CREAT, no O_TRUNC: the node stays what it is
+            break
+        except OSError as exc:
+            # A FIFO with no reader yet: opening it for writing fails with ENXIO until one opens it. There is no
+            # call that waits for a reader with a timeout, so try again until the deadline.
+            if not (fifo and exc.errno == errno.ENXIO) or time.monotonic() >= deadline:
+                if fifo and exc.errno == errno.ENXIO:
+                    raise OSError(errno.ENXIO, f"no reader opened the FIFO within {stall_timeout:g}s", p) from None
+                raise
+            time.sleep(0.05)
+    try:
+        view = memoryview(data)
+        deadline = time.monotonic() + stall_timeout
+        while view:
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise OSError(errno.ETIMEDOUT, f"the reader took nothing for {stall_timeout:g}s", p) from None
+                select.select([], [fd], [], left)
+                continue
+            view = view[n:]
+            deadline = time.monotonic() + stall_timeout  # the deadline is for no progress, not for the whole write
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it, which races with other threads; Linux shows it in /proc.
+    with suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii", errors="replace") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022

@@ -1,0 +1,132 @@
+"""Reports land on what a path points at, on real paths: symlinks, FIFOs, devices, regular files."""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from harness.safefile import writable_problem, write_report
+
+
+def test_regular_file_is_replaced_atomically(tmp_path):
+    target = tmp_path / "r.json"
+    target.write_text("old report")
+    os.chmod(target, 0o640)
+    before = os.stat(target)
+    with open(target) as reader:  # a reader that opened the old file keeps reading it whole
+        write_report(target, "new report")
+        assert reader.read() == "old report"
+    after = os.stat(target)
+    assert target.read_text() == "new report"
+    assert after.st_ino != before.st_ino  # a new inode renamed over the old one, not an in-place rewrite
+    assert stat.S_IMODE(after.st_mode) == 0o640  # the mode of the file it replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temp file left behind
+
+
+def test_new_file_gets_an_ordinary_mode_and_its_directories(tmp_path):
+    target = tmp_path / "a" / "b" / "r.xml"
+    write_report(target, "<x/>")
+    assert target.read_text() == "<x/>"
+    assert stat.S_IMODE(os.stat(target).st_mode) & 0o644 == 0o644 & ~0o022  # not mkstemp's 0600
+
+
+def test_symlink_is_followed_and_kept(tmp_path):
+    real = tmp_path / "reports" / "latest.json"
+    real.parent.mkdir()
+    real.write_text("old")
+    link = tmp_path / "r.json"
+    link.symlink_to(real)
+    write_report(link, "new")
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert real.read_text() == "new"
+
+
+def test_dangling_symlink_creates_its_target(tmp_path):
+    real = tmp_path / "out.json"
+    link = tmp_path / "r.json"
+    link.symlink_to(real)
+    write_report(link, "made")
+    assert link.is_symlink() and real.read_text() == "made"
+
+
+def test_fifo_is_written_to_not_replaced(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    # Big enough to fill the pipe buffer several times: the writer must wait for the reader, not fail.
+    payload = ("x" * 1023 + "\n") * 1024
+
+    def read() -> None:
+        with open(fifo, "rb") as f:
+            got.append(f.read())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    write_report(fifo, payload, stall_timeout=20)
+    reader.join(20)
+    assert not reader.is_alive()
+    assert got == [payload.encode()]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still the FIFO
+
+
+def test_fifo_without_a_reader_is_a_clean_error(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError) as exc:
+        write_report(fifo, "{}", stall_timeout=0.3)
+    assert exc.value.errno == errno.ENXIO and "no reader" in exc.value.strerror
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_dev_null_stays_a_device():
+    write_report("/dev/null", "{}" * 1000)
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+
+
+def test_dev_full_is_a_clean_oserror_and_the_device_stays():
+    with pytest.raises(OSError) as exc:
+        write_report("/dev/full", "{}")
+    assert exc.value.errno == errno.ENOSPC
+    assert stat.S_ISCHR(os.lstat("/dev/full").st_mode)
+    assert os.major(os.lstat("/dev/full").st_rdev) == 1  # the same device node, not a file put in its place
+
+
+def test_symlink_to_a_device_writes_the_device(tmp_path):
+    link = tmp_path / "r.json"
+    link.symlink_to("/dev/full")
+    with pytest.raises(OSError) as exc:
+        write_report(link, "{}")
+    assert exc.value.errno == errno.ENOSPC
+    assert link.is_symlink() and stat.S_ISCHR(os.lstat("/dev/full").st_mode)
+
+
+def test_directory_is_refused(tmp_path):
+    with pytest.raises(IsADirectoryError):
+        write_report(tmp_path, "{}")
+
+
+def test_dev_stdout_redirected_to_a_file_is_appended_to(tmp_path):
+    # /dev/stdout of a child whose stdout is a file: the report goes after what it printed, into the same file.
+    import subprocess
+    import sys
+
+    out = tmp_path / "stdout.txt"
+    code = ("import sys; print('printed first', flush=True); "
+            "from harness.safefile import write_report; write_report('/dev/stdout', 'the report\\n')")
+    with open(out, "w") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, check=True, timeout=60,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert out.read_text() == "printed first\nthe report\n"
+
+
+def test_writable_problem(tmp_path):
+    assert writable_problem("/dev/null") is None
+    assert writable_problem(str(tmp_path)) == "is a directory"
+    assert writable_problem(str(tmp_path / "new" / "r.json")) is None
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert writable_problem(str(fifo)) is None
