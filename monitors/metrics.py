@@ -108,6 +108,16 @@ class ChatMetrics:
             f"{PREFIX}_last_success_timestamp_seconds", "Unix time the last successful run finished.", RUN_LABELS,
             registry=registry, multiprocess_mode="max",
         )
+        # The proxy's own front door (source="live" only): refusals by why, and connections open now, so an SRE
+        # sees a proxy at its cap (or one address hogging it) apart from the upstream's connection results.
+        self.proxy_refused = Counter(
+            f"{PREFIX}_proxy_refused_connections", "Client connections the proxy refused, by reason.",
+            ("target", "source", "reason"), registry=registry,
+        )
+        self.proxy_connections = Gauge(
+            f"{PREFIX}_proxy_connections", "Client connections the proxy holds open now.", ("target", "source"),
+            registry=registry, multiprocess_mode="livesum",
+        )
         # blackbox_exporter's names, only on a /probe registry, unlabelled like blackbox's.
         self.probe_success: Gauge | None = None
         self.probe_duration: Gauge | None = None

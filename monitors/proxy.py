@@ -13,7 +13,6 @@ import sys
 import time
 from http import HTTPStatus
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
 from prometheus_client import start_http_server
 from websockets.asyncio.client import connect
@@ -21,15 +20,30 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import EXTERNAL_CLOSE_CODES
 from websockets.http11 import Request, Response
+from websockets.uri import parse_uri
 
 from harness.checker import ChatTracker, ConnectionChecker, Expectations, abandon
-from harness.cli import check_url
 from harness.durations import parse_duration, parse_size
 from harness.events import Event, Frame, Role
 from harness.profiles import Profile, load_profile
-from harness.transport import classify, target_label
+from harness.targets import check_url, target_label
+from harness.transports.websocket import classify
 from harness.yamlfile import ConfigError
 
+from .frontdoor import (
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    BadTarget,
+    FrontDoor,
+    client_address,
+    connections_for_fds,
+    default_per_address,
+    install_accept_errors,
+    limit_key,
+    open_file_limit,
+    parse_trusted,
+    upstream_url,
+)
 from .metrics import MetricsSink, default_metrics
 
 log = logging.getLogger("chatprobe.proxy")
@@ -46,6 +60,15 @@ CLOSE_TIMEOUT = 2.0
 # The largest frame taken from either side (the harness's WebSocket limit): a bigger one closes that connection
 # with 1009, so neither a client nor the upstream can make the proxy buffer more than this per connection.
 DEFAULT_MAX_SIZE = 4 * 1024 * 1024
+# The per-connection byte budget. Per direction, websockets holds: the frame being read (up to --max-size M), the
+# frames queued for the forwarding loop (reading pauses once more than MAX_QUEUE wait, so at most two, the rest
+# stays in the kernel), the message the loop is forwarding (as bytes, then as str, then encoded again), and the
+# write buffer to the other peer (WRITE_LIMIT, plus the one frame being written on top of it). That is at most
+# about 6 M + WRITE_LIMIT per direction, 12 M + 128 KiB per connection: ~50 MiB at the default 4 MiB, ~12 MiB at
+# 1 MiB. websockets' default max_queue (16) would let a fast writer facing a slow reader park 16 frames more per
+# side (another 128 MiB per connection at 4 MiB). Size --max-connections x this budget to the host's memory.
+MAX_QUEUE = 1
+WRITE_LIMIT = 64 * 1024
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -189,23 +212,45 @@ class Proxy:
         self.max_size = max_size
         self.clock = time.monotonic
 
+    door: FrontDoor | None = None  # admission limits and keepalive; start_proxy sets it
+
     async def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        """Open the upstream connection during the client's handshake, so auth and subprotocol mirror it."""
+        """Admit the client (a plain path, a free slot), then open the upstream connection during its handshake, so
+        auth and subprotocol mirror it. Only --upstream is ever connected to, whatever the request names."""
+        door = self.door or FrontDoor.defaults()
+        self.door = door
+        sink = self.live.sink
+        peer = conn.remote_address[0] if conn.remote_address else None
+        try:
+            url = upstream_url(self.upstream, request.path)
+        except BadTarget as exc:
+            door.refuse(sink, "bad_request", peer)
+            return conn.respond(HTTPStatus.BAD_REQUEST, f"bad request target: {exc}\n")
+        key = limit_key(client_address(peer, request.headers.get_all("X-Forwarded-For"), door.trusted))
+        if door.admit(conn, key, sink) is not None:
+            refusal = conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections, try again later\n")
+            refusal.headers["Retry-After"] = "5"
+            return refusal
         headers = {k: v for k, v in request.headers.raw_items() if k.lower() in FORWARDED_HEADERS}
         offered = [p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol") for p in h.split(",")]
-        path = request.path
-        base = urlsplit(self.upstream)
-        url = f"{base.scheme}://{base.netloc}{path if path != '/' else (base.path or '/')}"
+        where = parse_uri(url)
         try:
             async with asyncio.timeout(self.connect_timeout):
+                # host and port given explicitly: websockets then refuses to follow a redirect to another origin
+                # (the credentials would go with it), and the proxy answers 502 instead.
                 upstream = await connect(url, additional_headers=headers, subprotocols=offered or None,  # type: ignore[arg-type]
-                                         open_timeout=None, ping_interval=None, compression=None, proxy=None,
-                                         max_size=self.max_size, user_agent_header=None)
+                                         host=where.host, port=where.port, open_timeout=None,
+                                         ping_interval=door.ping_interval, ping_timeout=door.ping_timeout,
+                                         close_timeout=CLOSE_TIMEOUT, compression=None, proxy=None,
+                                         max_size=self.max_size, max_queue=MAX_QUEUE, write_limit=WRITE_LIMIT,
+                                         user_agent_header=None)
         except InvalidStatus as exc:
             status = exc.response.status_code
             self.live.sink.connection_attempt(self.live.scenario, classify(exc)[0])
-            return conn.respond(HTTPStatus(status), f"upstream answered HTTP {status}\n")
-        except Exception as exc:
+            if 400 <= status <= 599 and status in HTTPStatus._value2member_map_:
+                return conn.respond(HTTPStatus(status), f"upstream answered HTTP {status}\n")
+            return conn.respond(HTTPStatus.BAD_GATEWAY, f"upstream answered HTTP {status}\n")
+        except Exception as exc:  # noqa: BLE001 - whatever stops the upstream handshake is a 502, classified
             self.live.sink.connection_attempt(self.live.scenario, classify(exc)[0])
             return conn.respond(HTTPStatus.BAD_GATEWAY, "upstream unreachable\n")
         conn.upstream = upstream  # type: ignore[attr-defined]
@@ -340,16 +385,88 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", default="4MiB", metavar="SIZE",
                    help="the largest frame taken from a client or from the upstream, e.g. 1048576, 512KiB, 4MiB; "
                         "a bigger one closes that connection with 1009 (default 4MiB)")
+    p.add_argument("--max-connections", metavar="N",
+                   help="client connections held at once; past it a new one is answered HTTP 503 (default: what the "
+                        "open-file limit carries with headroom, two descriptors a connection)")
+    p.add_argument("--max-connections-per-ip", metavar="N",
+                   help="connections one client address (an IPv6 /64) may hold, as nginx's limit_conn; past it HTTP "
+                        "503 (default a tenth of --max-connections)")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
+                   help="a load balancer in front of the proxy (repeatable): only from these peers is the client "
+                        "address taken from X-Forwarded-For")
+    p.add_argument("--ping-interval", default=f"{DEFAULT_PING_INTERVAL:g}s", metavar="DURATION",
+                   help="keepalive ping to the client and to the upstream this often (0: off; default "
+                        f"{DEFAULT_PING_INTERVAL:g}s)")
+    p.add_argument("--ping-timeout", default=f"{DEFAULT_PING_TIMEOUT:g}s", metavar="DURATION",
+                   help="a peer whose pong does not come within this long is dropped (default "
+                        f"{DEFAULT_PING_TIMEOUT:g}s)")
     p.add_argument("--streaming", action="store_true", help="require partial_result")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
-async def start_proxy(proxy: Proxy, host: str, port: int) -> Any:
-    """Listen (port 0: any free port); returns the websockets Server, to `close()` and `wait_closed()`."""
-    return await serve(proxy.handler, host, port, process_request=proxy.process_request,
+# Keepalive settings beyond this are typos (and asyncio timers overflow long before infinity).
+MAX_PING_SECONDS = 3600.0
+
+
+def _count(value: str | None, flag: str) -> int | None:
+    """A positive whole number of connections from a flag, or None if not given."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdigit() or len(text) > 9 or int(text) < 1:
+        raise ConfigError(f"{flag} {value[:40]!r}: expected a whole number from 1 to 999999999")
+    return int(text)
+
+
+def front_door(args: argparse.Namespace) -> FrontDoor:
+    """The admission settings from the flags; ConfigError names the flag. A --max-connections the open-file limit
+    cannot carry is refused here rather than discovered as EMFILE under load."""
+    pings = {}
+    for flag in ("ping_interval", "ping_timeout"):
+        try:
+            pings[flag] = parse_duration(getattr(args, flag))
+        except ValueError as exc:
+            raise ConfigError(f"--{flag.replace('_', '-')}: {exc}") from None
+        if pings[flag] > MAX_PING_SECONDS:
+            raise ConfigError(f"--{flag.replace('_', '-')}: at most {MAX_PING_SECONDS:g}s")
+    if pings["ping_interval"] and not pings["ping_timeout"]:
+        raise ConfigError("--ping-timeout: must be more than 0 while --ping-interval is on")
+    nofile = open_file_limit()
+    fits = connections_for_fds(nofile)
+    total = _count(args.max_connections, "--max-connections")
+    if total is None:
+        if fits < 1:
+            raise ConfigError(f"the open-file limit ({nofile}, ulimit -n) is too low to proxy any connection")
+        total = fits
+    elif total > fits:
+        raise ConfigError(f"--max-connections {total}: each connection takes two file descriptors and the open-file "
+                          f"limit ({nofile}, ulimit -n) carries at most {fits} with headroom; raise the limit or "
+                          "lower the flag")
+    per = _count(args.max_connections_per_ip, "--max-connections-per-ip") or default_per_address(total)
+    try:
+        trusted = parse_trusted(args.trusted_proxy)
+    except ValueError as exc:
+        raise ConfigError(f"--trusted-proxy {exc}") from None
+    return FrontDoor(total, per, trusted, ping_interval=pings["ping_interval"] or None,
+                     ping_timeout=pings["ping_timeout"] or None)
+
+
+async def start_proxy(proxy: Proxy, host: str, port: int, door: FrontDoor | None = None) -> Any:
+    """Listen (port 0: any free port); returns the websockets Server, to `close()` and `wait_closed()`.
+    `door` sets the connection caps and keepalive (default: caps from the open-file limit, pings every 20s)."""
+    proxy.door = door or proxy.door or FrontDoor.defaults()
+    proxy.door.init_metrics(proxy.live.sink)
+    install_accept_errors(asyncio.get_running_loop(), proxy.door.throttle)
+
+    async def handle(client: ServerConnection) -> None:
+        client.handled = True  # type: ignore[attr-defined]  # the handler closes the upstream from here on
+        await proxy.handler(client)
+
+    return await serve(handle, host, port, process_request=proxy.process_request,
                        select_subprotocol=proxy.select_subprotocol, compression=None, max_size=proxy.max_size,
-                       ping_interval=None)
+                       max_queue=MAX_QUEUE, write_limit=WRITE_LIMIT, ping_interval=proxy.door.ping_interval,
+                       ping_timeout=proxy.door.ping_timeout, close_timeout=CLOSE_TIMEOUT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -375,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
             max_size = parse_size(args.max_size)
         except ValueError as exc:
             raise ConfigError(f"--max-size: {exc}") from None
+        door = front_door(args)
     except ConfigError as exc:
         print(f"chatprobe proxy: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -401,8 +519,9 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         server = await start_proxy(Proxy(args.upstream, live, send_timeout=limits["send_timeout"], max_size=max_size),
-                                   host, port)
-        print(f"chatprobe proxy listening on ws://{host}:{server.sockets[0].getsockname()[1]}", flush=True)
+                                   host, port, door)
+        print(f"chatprobe proxy listening on ws://{host}:{server.sockets[0].getsockname()[1]} (at most "
+              f"{door.max_connections} connections, {door.max_per_address} per client address)", flush=True)
         await stop.wait()
         server.close()
         await server.wait_closed()

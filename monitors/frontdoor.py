@@ -1,0 +1,301 @@
+"""The proxy's front door: which request targets may pass and to what upstream URL, who the client is, how many
+connections it may hold, and quiet handling of running out of file descriptors."""
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import re
+import resource
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+log = logging.getLogger("chatprobe.proxy")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+REFUSAL_REASONS = ("bad_request", "over_capacity", "per_address_limit")
+# Every proxied connection holds two file descriptors (the client's socket and the upstream's). Out of the
+# open-file limit, this many plus a tenth stay free for handshakes in progress, refusals being answered, /metrics,
+# logs and the interpreter itself.
+HEADROOM_FDS = 32
+# With no open-file limit at all, memory is the bound: see the per-connection byte budget in proxy.py.
+UNLIMITED_DEFAULT_CONNECTIONS = 10000
+# One client address may take this share of --max-connections by default (nginx's limit_conn has no default;
+# without one a single address could take every slot).
+DEFAULT_PER_ADDRESS_SHARE = 10
+DEFAULT_PING_INTERVAL = 20.0
+DEFAULT_PING_TIMEOUT = 20.0
+# A repeated warning (out of descriptors, refusals) is one line per this many seconds, never one per event.
+WARN_EVERY = 60.0
+
+# Controls, space, DEL, backslash (some servers read it as "/"), and "#" (a fragment has no place in a request).
+_UNSAFE = re.compile(r"[\x00-\x20\x7f\\#]")
+
+
+class BadTarget(ValueError):
+    """A request target that is not a plain origin-form path (and query)."""
+
+
+def upstream_url(upstream: str, target: str) -> str:
+    """The URL to connect to for a client's request target: the configured upstream's scheme, host, port and base
+    path, then the target's path and query. Only origin-form targets pass (RFC 9112 §3.2.1: "/" path ["?" query]);
+    anything else (`//host/ws`, `@host:9000/ws`, `ws://host/ws`, a backslash, a control character, a dot segment
+    that would climb out of the base path) raises BadTarget, so no request can choose where the proxy connects.
+    A target of exactly "/" means the upstream's own path."""
+    if not target.startswith("/") or target.startswith("//") or not target.isascii() or _UNSAFE.search(target):
+        raise BadTarget("the request target must be a path starting with a single '/'")
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or parts.fragment:
+        raise BadTarget("the request target names a scheme or host")
+    if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
+        raise BadTarget("the request target has a dot segment")
+    base = urlsplit(upstream)
+    path = (base.path or "/") if parts.path == "/" else base.path.rstrip("/") + parts.path
+    return urlunsplit((base.scheme, base.netloc, path, parts.query, ""))
+
+
+def parse_ip(text: str | None) -> IPAddress | None:
+    """An address as a socket or X-Forwarded-For gives it; IPv4-mapped IPv6 becomes IPv4; None if not one."""
+    if not text:
+        return None
+    try:
+        ip = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def parse_trusted(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """--trusted-proxy CIDRs (or bare addresses); ValueError names the bad one."""
+    nets = []
+    for v in values:
+        try:
+            nets.append(ipaddress.ip_network(v.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{v!r} is not an address or CIDR (e.g. 10.0.0.0/8, 192.0.2.7, fd00::/8)") from None
+    return tuple(nets)
+
+
+def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[IPNetwork, ...]) -> IPAddress | None:
+    """Who the client is: the socket's peer, or, when that peer is a trusted proxy, the rightmost X-Forwarded-For
+    hop that is not itself trusted (as nginx's real_ip_recursive). Hops left of it were written by the client and
+    prove nothing; a hop that is not an address stops the walk at the last good one."""
+    addr = parse_ip(peer)
+    if addr is None or not _trusted(addr, trusted):
+        return addr
+    hops = [hop for value in forwarded_for for hop in value.split(",")]
+    for hop in reversed(hops):
+        ip = parse_ip(hop)
+        if ip is None:
+            break
+        addr = ip
+        if not _trusted(ip, trusted):
+            break
+    return addr
+
+
+def _trusted(ip: IPAddress, trusted: tuple[IPNetwork, ...]) -> bool:
+    return any(ip.version == net.version and ip in net for net in trusted)
+
+
+def limit_key(ip: IPAddress | None) -> str:
+    """What the per-address cap counts by: an IPv4 address, or an IPv6 /64 (one host usually holds a whole /64,
+    so counting single IPv6 addresses would let it open a connection from each)."""
+    if ip is None:
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def open_file_limit() -> int | None:
+    """The soft RLIMIT_NOFILE, None when unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def connections_for_fds(nofile: int | None) -> int:
+    """The most proxied connections `nofile` descriptors carry with headroom (0 when it carries none)."""
+    if nofile is None:
+        return UNLIMITED_DEFAULT_CONNECTIONS
+    return max(0, (nofile - HEADROOM_FDS - nofile // 10) // 2)
+
+
+def default_per_address(max_connections: int) -> int:
+    return max(1, max_connections // DEFAULT_PER_ADDRESS_SHARE)
+
+
+class ConnectionSlots:
+    """At most `total` connections at once, and at most `per_address` for one limit key (nginx's limit_conn)."""
+
+    def __init__(self, total: int, per_address: int) -> None:
+        self.total = total
+        self.per_address = per_address
+        self.open = 0
+        self.by_key: dict[str, int] = {}  # only keys holding a slot: bounded by `total`
+
+    def acquire(self, key: str) -> str | None:
+        """Take a slot for `key`; None if taken, else the refusal reason."""
+        if self.open >= self.total:
+            return "over_capacity"
+        held = self.by_key.get(key, 0)
+        if held >= self.per_address:
+            return "per_address_limit"
+        self.open += 1
+        self.by_key[key] = held + 1
+        return None
+
+    def release(self, key: str) -> None:
+        held = self.by_key.get(key, 0)
+        if held <= 1:
+            self.by_key.pop(key, None)
+        else:
+            self.by_key[key] = held - 1
+        self.open = max(0, self.open - 1)
+
+
+class Throttled:
+    """A warning logged at most once per `every` seconds per key, with the count of the ones held back."""
+
+    def __init__(self, every: float = WARN_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self.clock = clock
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warn(self, key: str, message: str, *args: Any) -> None:
+        now = self.clock()
+        if now < self._next.get(key, 0.0):
+            self._held[key] = self._held.get(key, 0) + 1
+            return
+        held = self._held.pop(key, 0)
+        self._next[key] = now + self.every
+        log.warning(message + (f" ({held} more since the last such line)" if held else ""), *args)
+
+
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class AcceptErrors:
+    """An event-loop exception handler for asyncio's "socket.accept() out of system resource": asyncio already stops
+    accepting for a second and retries (the open connections go on); this turns its traceback-a-second into one
+    warning line a minute. Everything else goes to the handler that was there before."""
+
+    def __init__(self, previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], Any] | None,
+                 throttle: Throttled) -> None:
+        self.previous = previous
+        self.throttle = throttle
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCES and "accept" in str(context.get("message")):
+            limit = open_file_limit()
+            self.throttle.warn(
+                "accept", "out of %s accepting a connection (%s; open-file limit %s): new connections wait in the "
+                "listen backlog, accepting again in a second; open connections are unaffected",
+                "file descriptors" if exc.errno in (errno.EMFILE, errno.ENFILE) else "memory",
+                errno.errorcode.get(exc.errno or 0, exc.errno), "unlimited" if limit is None else limit)
+            return
+        if self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+
+def install_accept_errors(loop: asyncio.AbstractEventLoop, throttle: Throttled) -> None:
+    if not isinstance(loop.get_exception_handler(), AcceptErrors):
+        loop.set_exception_handler(AcceptErrors(loop.get_exception_handler(), throttle))
+
+
+@dataclass
+class FrontDoor:
+    """The proxy's admission settings and the slots they guard.
+
+    ping_interval/ping_timeout: keepalive on both sides; a peer that answers no ping within
+    ping_interval + ping_timeout (+ the close timeout) is dropped. None: no keepalive."""
+
+    max_connections: int
+    max_per_address: int
+    trusted: tuple[IPNetwork, ...] = ()
+    ping_interval: float | None = DEFAULT_PING_INTERVAL
+    ping_timeout: float | None = DEFAULT_PING_TIMEOUT
+    slots: ConnectionSlots = field(init=False)
+    throttle: Throttled = field(default_factory=Throttled)
+    _holders: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.slots = ConnectionSlots(self.max_connections, self.max_per_address)
+
+    @classmethod
+    def defaults(cls, **overrides: Any) -> FrontDoor:
+        """Limits derived from this process's open-file limit (a floor of one connection)."""
+        total = overrides.pop("max_connections", None) or max(1, connections_for_fds(open_file_limit()))
+        per = overrides.pop("max_per_address", None) or default_per_address(total)
+        return cls(total, per, **overrides)
+
+    # -- admission --
+    def refuse(self, sink: Any, reason: str, peer: str | None = None) -> None:
+        """Count a refusal (`chatprobe_proxy_refused_connections_total{reason}`) and say so, a line a minute."""
+        metrics = getattr(sink, "metrics", None)
+        if metrics is not None and hasattr(metrics, "proxy_refused"):
+            metrics.proxy_refused.labels(sink.target, sink.source, reason).inc()
+        if reason == "bad_request":
+            self.throttle.warn(reason, "answered 400 to a request target that is not a plain path (from %s): the "
+                               "proxy only ever connects to --upstream", peer or "unknown")
+        elif reason == "over_capacity":
+            self.throttle.warn(reason, "answered 503: all %d connections (--max-connections) are in use",
+                               self.max_connections)
+        else:
+            self.throttle.warn(reason, "answered 503 to %s: it holds %d connections (--max-connections-per-ip); "
+                               "behind a load balancer, name it with --trusted-proxy", peer or "unknown",
+                               self.max_per_address)
+
+    def admit(self, conn: Any, key: str, sink: Any) -> str | None:
+        """Give `conn` a slot until its socket closes; None if admitted, else the refusal reason (counted)."""
+        reason = self.slots.acquire(key)
+        if reason is not None:
+            self.refuse(sink, reason, key)
+            return reason
+        self._gauge(sink, 1)
+        holder = asyncio.ensure_future(self._hold(conn, key, sink))
+        self._holders.add(holder)
+        holder.add_done_callback(self._holders.discard)
+        return None
+
+    async def _hold(self, conn: Any, key: str, sink: Any) -> None:
+        try:
+            await conn.wait_closed()
+        finally:
+            self.slots.release(key)
+            self._gauge(sink, -1)
+            # The client's handshake failed after the upstream was opened for it (the handler, which closes the
+            # upstream, never ran): close it here, or it would leak a descriptor and an upstream session.
+            upstream = getattr(conn, "upstream", None)
+            if upstream is not None and not getattr(conn, "handled", False):
+                try:
+                    async with asyncio.timeout(2.0):
+                        await upstream.close(1001, "the client is gone")
+                except (TimeoutError, OSError):
+                    upstream.transport.abort()
+
+    @staticmethod
+    def _gauge(sink: Any, delta: int) -> None:
+        metrics = getattr(sink, "metrics", None)
+        if metrics is not None and hasattr(metrics, "proxy_connections"):
+            metrics.proxy_connections.labels(sink.target, sink.source).inc(delta)
+
+    def init_metrics(self, sink: Any) -> None:
+        """Every refusal reason at 0 from the start, so rate() and alerts see the series before the first one."""
+        metrics = getattr(sink, "metrics", None)
+        if metrics is not None and hasattr(metrics, "proxy_refused"):
+            for reason in REFUSAL_REASONS:
+                metrics.proxy_refused.labels(sink.target, sink.source, reason)
+            metrics.proxy_connections.labels(sink.target, sink.source)
