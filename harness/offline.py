@@ -1,0 +1,334 @@
+"""`chatprobe check`: recorded traffic judged offline on the live road (FrameRouter, ConnectionChecker, ChatTracker)
+with the recorded times, one ScenarioRun per file for the same summary, JSON, JUnit and HTML reports.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
+from .events import Event, Outcome
+from .flow import WAKE_ALL, FrameRouter
+from .profiles import Profile
+from .recordings import (
+    DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_TEXT,
+    FORMATS,
+    Recorded,
+    RecordingError,
+    read_recording,
+)
+from .results import ScenarioRun
+from .scenario import Scenario, Stat
+from .sinks import Sink
+from .stats import Tally, evaluate
+
+# Connections (or streams) followed at once; past this the least recently seen one is judged as it stands.
+MAX_OPEN_CONNS = 10_000
+# Chats not yet judged, across connections; past this the oldest is judged as it stands (a recording of endless
+# messages never answered must not grow without bound).
+MAX_OPEN_CHATS = 10_000
+# Runs whose connection ended mid-run, kept for a resume on another connection.
+MAX_PARKED = 10_000
+# What the reports list: the stats count every chat, the listings keep the first ones (non-passing first).
+MAX_CHATS_LISTED = 1_000
+MAX_EVENTS_LISTED = 1_000
+
+ENDED_NOTE = "the recording ends before the run's terminal event"
+CLOSED_NOTE = "the connection closed mid-run"
+NOT_RESUMED_NOTE = "the connection was lost mid-run and no resume of the run was recorded"
+CROWDED_NOTE = "judged as it stood: too many chats open at once in the recording"
+UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive times, or no events): first-event time "
+                "and chat duration not judged")
+
+
+class _Conn:
+    """One recorded connection (or SSE stream): the live client's router and checker for it."""
+
+    __slots__ = ("checker", "clients", "key", "last_t", "router", "untimed", "wake")
+
+    def __init__(self, key: str, profile: Profile, sink: Sink, scenario: str) -> None:
+        self.key = key
+        self.checker = ConnectionChecker(None)
+        self.router = FrameRouter(profile, self.checker, sink, scenario)
+        self.clients = False  # a client frame that opens a chat was recorded on it
+        self.last_t: float | None = None
+        self.untimed = False  # a frame without a recorded time was received on it
+        self.wake = float("inf")  # no chat of it can be judged before this time
+
+
+class OfflineCheck:
+    """Feed it one file's records in order, then `end()`: every chat found is judged as the live client would
+    have judged it at the recorded times. A chat opens at each client frame of a request type (its ids from the
+    frame, as the proxy does); on a connection with none recorded, at each new run id; with neither, one chat
+    per connection."""
+
+    def __init__(self, profile: Profile, scenario: Scenario, sink: Sink | None = None) -> None:
+        self.profile = profile
+        self.scenario = scenario
+        self.name = scenario.name
+        self.sink = sink or Sink()
+        self.exp: Expectations = scenario.expectations(profile)
+        self.settle = scenario.expect.settle
+        self.request_types = set(profile.request_types or [profile.request.get("type")])
+        self.resume_type = (profile.resume or {}).get("type")
+        self.conns: dict[str, _Conn] = {}
+        self.open: dict[str, tuple[ChatTracker, _Conn]] = {}  # chats not judged yet, oldest first
+        self.parked: dict[str, ChatTracker] = {}  # run id -> a chat whose connection ended mid-run
+        self.untimed: set[str] = set()  # chats whose send or receive times are not recorded
+        self.resumed: dict[str, int] = {}  # chat id -> its events when its resume was sent
+        self.tally = Tally()
+        self.listed: list[ChatResult] = []
+        self.listed_passing = self.listed_failing = 0
+        self.first_t: float | None = None
+        self.now = 0.0
+        self.n = 0
+
+    # -- input --
+    def feed(self, rec: Recorded) -> None:
+        conn = self.conns.get(rec.conn)
+        if conn is None:
+            conn = self.conns[rec.conn] = _Conn(rec.conn, self.profile, self.sink, self.name)
+            if len(self.conns) > MAX_OPEN_CONNS:
+                oldest = next(iter(self.conns.values()))
+                self._close(self.conns.pop(oldest.key), oldest.last_t or self.now, None, ENDED_NOTE)
+        else:
+            # Least recently seen first, for the bound above.
+            self.conns[rec.conn] = self.conns.pop(rec.conn)
+        if rec.t is not None:
+            at = rec.t
+            self.now = at
+            if self.first_t is None:
+                self.first_t = at
+            self._judge_ready(conn, at)
+            self._judge_parked(at)
+        else:
+            at = conn.last_t if conn.last_t is not None else self.now
+        conn.last_t = at
+        direction = rec.direction
+        if direction == "recv":
+            if rec.t is None:
+                conn.untimed = True
+            self._received(conn, rec.frame, at)
+        elif direction == "send":
+            self._sent(conn, rec.frame, at)
+        elif direction == "close":
+            del self.conns[conn.key]
+            self._close(conn, at, rec, CLOSED_NOTE)
+        else:  # a problem: what the recording holds there could not be read
+            if not conn.checker.chats:
+                self._open(conn, at, timed=False)
+            conn.router.on_protocol_error(f"{rec.detail} ({rec.where})" if rec.where else rec.detail, at)
+            conn.wake = at
+
+    def _received(self, conn: _Conn, frame: str | bytes | None, at: float) -> None:
+        if frame is None:
+            return
+        if not conn.clients:
+            # No client frame says where chats begin: a new run id begins one; else the connection is one chat.
+            decoded = self.profile.decode(frame, at)
+            checker = conn.checker
+            if isinstance(decoded, Event):
+                if decoded.run_id is not None:
+                    if decoded.run_id not in checker.by_run:
+                        self._open(conn, at, run_id=decoded.run_id, thread_id=decoded.thread_id, timed=False)
+                elif (not checker.active() and (decoded.thread_id is None or decoded.thread_id not in checker.by_thread)
+                      and (not checker.chats or checker.chats[-1]._result is not None)):
+                    self._open(conn, at, thread_id=decoded.thread_id, timed=False)
+            elif decoded.kind == "malformed" and not checker.chats:
+                self._open(conn, at, timed=False)
+        wake, _reply = conn.router.on_frame(frame, at)
+        if wake == WAKE_ALL:
+            conn.wake = at  # an error or a malformed frame may have ended a chat: look at them all next time
+        elif wake is not None and (entry := self.open.get(wake)) is not None:
+            tracker = entry[0]
+            if tracker.done:
+                conn.wake = min(conn.wake, (tracker.terminal_at if tracker.terminal_at is not None else at) + self.settle)
+
+    def _sent(self, conn: _Conn, frame: str | bytes | None, at: float) -> None:
+        if not isinstance(frame, str):
+            return
+        try:
+            obj = json.loads(frame)
+        except (ValueError, RecursionError):
+            return
+        if not isinstance(obj, dict):
+            return
+        profile = self.profile
+        kind = profile.field(obj, "type")
+        if kind in self.request_types:
+            conn.clients = True
+            self._open(conn, at, thread_id=_s(profile.field(obj, "thread_id")), run_id=_s(profile.field(obj, "run_id")),
+                       message_id=_s(profile.field(obj, "message_id")), timed=True)
+        elif kind is not None and kind == self.resume_type:
+            run_id = _s(profile.field(obj, "run_id"))
+            tracker = self.parked.pop(run_id, None) if run_id else None
+            if tracker is None and run_id:
+                tracker = next((t for t, c in self.open.values() if t.run_id == run_id and c is not conn), None)
+            if tracker is not None:
+                conn.clients = True
+                conn.checker.add(tracker)
+                self.open[tracker.chat_id] = (tracker, conn)
+                self._judge_resume(tracker)
+                self.resumed[tracker.chat_id] = tracker.n_events
+                conn.wake = min(conn.wake, tracker.wait_deadline())
+
+    # -- chats --
+    def _open(self, conn: _Conn, at: float, *, thread_id: str | None = None, run_id: str | None = None,
+              message_id: str | None = None, timed: bool) -> ChatTracker:
+        self.n += 1
+        tracker = ChatTracker(f"{conn.key}#{self.n}", self.exp, at, scenario=self.name, thread_id=thread_id,
+                              run_id=run_id, message_id=message_id)
+        conn.checker.add(tracker)
+        self.open[tracker.chat_id] = (tracker, conn)
+        if not timed:
+            self.untimed.add(tracker.chat_id)
+        self.sink.chat_started(self.name)
+        conn.wake = min(conn.wake, tracker.wait_deadline())
+        if len(self.open) > MAX_OPEN_CHATS:
+            oldest, _ = next(iter(self.open.values()))
+            self._finish(oldest, oldest.finish(at, lost=not oldest.done, note=CROWDED_NOTE))
+        return tracker
+
+    def _judge_ready(self, conn: _Conn, at: float) -> None:
+        """Judge the chats whose terminal event is `settle` old, or whose deadline passed (as LiveChats does)."""
+        if at < conn.wake:
+            return
+        wake = float("inf")
+        for chat in list(conn.checker.chats):
+            if chat._result is not None or chat.chat_id not in self.open:
+                continue
+            if chat.done:
+                ready = chat.terminal_at + self.settle if chat.terminal_at is not None else at
+                if at >= ready:
+                    self._finish(chat, chat.finish(at))
+                    continue
+                wake = min(wake, ready)
+            elif at >= chat.wait_deadline():
+                self._finish(chat, chat.finish(chat.wait_deadline()))
+            else:
+                wake = min(wake, chat.wait_deadline())
+        conn.wake = wake
+
+    def _judge_parked(self, at: float) -> None:
+        if not self.parked:
+            return
+        for run_id, chat in list(self.parked.items()):
+            if at >= chat.wait_deadline():
+                del self.parked[run_id]
+                self._finish(chat, chat.finish(chat.wait_deadline(), lost=True, note=NOT_RESUMED_NOTE))
+
+    def _judge_resume(self, tracker: ChatTracker) -> None:
+        """Whether the last resume brought events back, as the live ChatFlow judges it."""
+        before = self.resumed.pop(tracker.chat_id, None)
+        if before is not None:
+            tracker.reconnected(tracker.n_events > before)
+
+    def _close(self, conn: _Conn, at: float, rec: Recorded | None, note: str) -> None:
+        """The connection ended (a close record, or the end of the recording: `rec` None)."""
+        self._judge_ready(conn, at)
+        resumable = self.profile.resume is not None
+        for chat in list(conn.checker.chats):
+            entry = self.open.get(chat.chat_id)
+            if chat._result is not None or entry is None or entry[1] is not conn:
+                continue  # judged, or followed on another connection since a resume
+            if chat.done:
+                self._finish(chat, chat.finish(at))
+                continue
+            chat.connection_lost(at)
+            if rec is not None and resumable and chat.run_id and len(self.parked) < MAX_PARKED:
+                self._judge_resume(chat)
+                self.open.pop(chat.chat_id, None)
+                self.parked[chat.run_id] = chat
+            else:
+                self._finish(chat, chat.finish(at, lost=True, note=note))
+
+    def _finish(self, tracker: ChatTracker, result: ChatResult) -> None:
+        entry = self.open.pop(tracker.chat_id, None)
+        self._judge_resume(tracker)
+        untimed = tracker.chat_id in self.untimed or (entry is not None and entry[1].untimed)
+        self.untimed.discard(tracker.chat_id)
+        if untimed:
+            result.time_to_first_event = None
+            result.duration = None
+        self.tally.add(result)
+        self.sink.chat_finished(result)
+        passing = result.outcome is Outcome.PASSED
+        if (self.listed_passing if passing else self.listed_failing) < MAX_CHATS_LISTED:
+            del result.events[MAX_EVENTS_LISTED:]
+            self.listed.append(result)
+            if passing:
+                self.listed_passing += 1
+            else:
+                self.listed_failing += 1
+
+    def end(self) -> None:
+        """The recording ended: every chat still open is judged as it stands."""
+        for conn in list(self.conns.values()):
+            self._close(conn, conn.last_t if conn.last_t is not None else self.now, None, ENDED_NOTE)
+        self.conns.clear()
+        for chat in list(self.parked.values()):
+            self._finish(chat, chat.finish(self.now, lost=True, note=NOT_RESUMED_NOTE))
+        self.parked.clear()
+
+    def run(self, target: str, elapsed: float) -> ScenarioRun:
+        stats = self.tally.stats()
+        objectives = self.scenario.objectives
+        errors: list[str] = []
+        if not self.tally.ttfe:
+            # Nothing timed to judge: a latency objective without a sample would fail for want of one.
+            objectives = objectives.model_copy(update={"time_to_first_event": Stat(), "chat_duration": Stat()})
+            if self.tally.chats:
+                errors.append(UNTIMED_NOTE)
+        if not self.tally.chats:
+            errors.append("no chat found in the recording (is it the profile's dialect?)")
+        if self.tally.chats > len(self.listed):
+            errors.append(f"{self.tally.chats} chats judged, the first {len(self.listed)} listed")
+        started = self.first_t if self.first_t is not None and self.first_t > 1e9 else time.time()
+        return ScenarioRun(scenario=self.scenario, target=target, results=self.listed, stats=stats,
+                           objectives=evaluate(stats, objectives), started_at=started, elapsed=elapsed, errors=errors)
+
+
+def _s(v: object) -> str | None:
+    return None if v is None else str(v)
+
+
+def run_name(path: str | Path) -> str:
+    """A scenario name (the reports' first column) for a recording file."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).name)[:64] or "recording"
+
+
+def check_file(path: str | Path, profile: Profile, scenario: Scenario | None = None, fmt: str | None = None, *,
+               sink: Sink | None = None, max_frame: int = DEFAULT_MAX_FRAME,
+               max_text: int = DEFAULT_MAX_TEXT) -> ScenarioRun:
+    """One recording judged: a ScenarioRun named after the file, its target the file's path. Raises
+    RecordingError (a ConfigError: exit 2) when the file cannot be read as a recording at all."""
+    base = scenario or Scenario(name="check")
+    named = base.model_copy(update={"name": run_name(path)})
+    check = OfflineCheck(profile, named, sink)
+    wall = time.monotonic()
+    for rec in read_recording(path, fmt, max_frame=max_frame, max_text=max_text):
+        check.feed(rec)
+    check.end()
+    span = (check.now - check.first_t) if check.first_t is not None else time.monotonic() - wall
+    return check.run(str(path), max(span, 0.0))
+
+
+def check_files(paths: Iterable[str | Path], profile: Profile, scenario: Scenario | None = None,
+                fmt: str | None = None, *, sink: Sink | None = None, max_frame: int = DEFAULT_MAX_FRAME,
+                max_text: int = DEFAULT_MAX_TEXT) -> list[ScenarioRun]:
+    """`chatprobe check FILE...`: one ScenarioRun per file, for print_summary, write_json, write_junit and
+    write_html; exit 0 when every run passed, 1 otherwise. Every path and `fmt` are checked before any file is
+    read (RecordingError, a ConfigError: exit 2)."""
+    paths = list(paths)
+    if not paths:
+        raise RecordingError("chatprobe check: give at least one recording file")
+    if fmt is not None and fmt not in FORMATS:
+        raise RecordingError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    for p in paths:
+        if not Path(p).is_file():
+            raise RecordingError(f"{p}: no such recording file")
+    return [check_file(p, profile, scenario, fmt, sink=sink, max_frame=max_frame, max_text=max_text) for p in paths]

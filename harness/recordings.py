@@ -1,0 +1,467 @@
+"""Recorded traffic (JSON Lines, an SSE body, a browser's HAR) read as a stream of frames with their recorded times.
+
+Pure and bounded: files are read piece by piece, every line, frame and string has a size limit, and what cannot
+be read becomes a `problem` record (judged as an R12 where it falls), never an exception mid-file.
+
+The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\n` or `\\r\\n` ended)::
+
+    {"t": 1764639000.125, "dir": "send", "conn": "u1", "frame": {"type": "user_message", "payload": {...}}}
+    {"t": 1764639000.131, "dir": "recv", "conn": "u1", "frame": "{\\"type\\": \\"agent_started\\", ...}"}
+    {"t": 1764639001.002, "dir": "close", "conn": "u1", "code": 1000}
+
+  t       the time the frame was sent or received, in epoch seconds (a float; any clock whose differences are
+          seconds will do: only differences are judged); optional: a record without one takes the last time seen
+  dir     "recv" (server to client), "send" (client to server) or "close" (the connection ended: its chats still
+          waiting are judged then); "receive" and "sent" are accepted too; default "recv"
+  conn    the connection (or SSE stream) the frame travelled on, any string; default "-"
+  frame   the frame: its text as a JSON string (as it was on the wire), or the JSON value itself
+  frame_b64  instead of frame, a binary frame, base64
+  code, reason  on a close record, optional
+
+A line that is a JSON object without `frame`/`frame_b64` and is not a close record is a bare frame (received,
+no time). Blank lines are skipped.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from .eventstream import EventStreamParser, EventTooLarge
+from .yamlfile import ConfigError
+
+# One frame (the harness's WebSocket frame limit); a JSON Lines line may be about twice that (a frame's escaping).
+DEFAULT_MAX_FRAME = 4 * 1024 * 1024
+# One string inside a HAR: a WebSocket message, or a whole SSE response body.
+DEFAULT_MAX_TEXT = 64 * 1024 * 1024
+# HAR nesting deeper than this is refused (real HAR files nest about 6 deep; a bracket bomb must cost nothing).
+MAX_HAR_DEPTH = 64
+CHUNK = 1 << 16
+FORMATS = ("jsonl", "sse", "har")
+DIRECTIONS = {"recv": "recv", "receive": "recv", "send": "send", "sent": "send", "close": "close"}
+ENVELOPE_KEYS = frozenset({"t", "dir", "conn", "frame", "frame_b64", "code", "reason"})
+DEFAULT_CONN = "-"
+EVENT_STREAM = "text/event-stream"
+
+
+class RecordingError(ConfigError):
+    """A file that cannot be read as a recording at all (missing, empty, not the format asked): exit 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One thing a recording holds, in file order.
+
+    direction: "recv" / "send" (a frame), "close" (the connection ended), "problem" (something that could not be
+    read: `detail` says what, as an R12 detail). `where` locates it in the file for a person ("chat.jsonl:17").
+    """
+
+    direction: str
+    conn: str
+    t: float | None = None
+    frame: str | bytes | None = None
+    detail: str = ""
+    where: str = ""
+
+
+def detect_format(head: bytes) -> str:
+    """"har", "sse" or "jsonl" from the first bytes of a file."""
+    text = head.lstrip(b"\xef\xbb\xbf").lstrip()
+    if re.match(rb'\{\s*"log"\s*:\s*\{', text):
+        return "har"
+    if re.match(rb"(data|event|id|retry)?:", text) or re.match(rb"(data|event|id|retry)[ \t]*\r?\n", text):
+        return "sse"
+    return "jsonl"
+
+
+def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int = DEFAULT_MAX_FRAME,
+                   max_text: int = DEFAULT_MAX_TEXT) -> Iterator[Recorded]:
+    """The records of one file, in order; `fmt` forces a format (one of FORMATS), else it is told from content.
+
+    Raises RecordingError (before any record) when the file cannot be opened, is empty or the format is unknown.
+    """
+    p = Path(path)
+    if fmt is not None and fmt not in FORMATS:
+        raise RecordingError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+            if not head.strip():
+                raise RecordingError(f"{p}: the recording is empty")
+            kind = fmt or detect_format(head)
+            stream = _Prefixed(head, f)
+            if kind == "jsonl":
+                yield from read_jsonl(stream, p.name, max_frame)
+            elif kind == "sse":
+                yield from read_sse(stream, p.name, max_frame)
+            else:
+                yield from read_har(stream, p.name, max_frame, max_text)
+    except OSError as exc:
+        raise RecordingError(f"{p}: cannot read the recording ({exc.strerror or exc.__class__.__name__})") from None
+
+
+class _Prefixed(io.RawIOBase):
+    """A binary file whose first bytes were already read for format detection."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(b))
+        n = len(data)
+        b[:n] = data
+        return n
+
+
+# -- JSON Lines --
+
+def _lines(f: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, line without its end) for each line, or (number, None) for a line over `limit` bytes
+    (skipped in pieces: never more than `limit` bytes held)."""
+    reader = f if isinstance(f, io.BufferedIOBase) else io.BufferedReader(f, CHUNK)  # type: ignore[arg-type]
+    n = 0
+    while True:
+        line = reader.readline(limit + 1)
+        if not line:
+            return
+        n += 1
+        if len(line) > limit and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):
+                line = reader.readline(CHUNK)
+            yield n, None
+            continue
+        yield n, line.rstrip(b"\r\n")
+
+
+def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME) -> Iterator[Recorded]:
+    """The JSON Lines form (module docstring): one record per line; a line that is not one is an R12 problem or,
+    when it is text, a frame as received (the profile's decode calls it malformed), on the last connection seen."""
+    conn = DEFAULT_CONN
+    max_line = 2 * max_frame + 4096
+    for n, line in _lines(f, max_line):
+        where = f"{name}:{n}"
+        if line is None:
+            yield Recorded("problem", conn, detail=f"line {n} longer than the {max_line} byte limit", where=where)
+            continue
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            yield Recorded("problem", conn, detail=f"line {n} is not UTF-8", where=where)
+            continue
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError):
+            # Not JSON: what a server sent that is not a frame of any profile; judged as received.
+            yield Recorded("recv", conn, frame=text[:max_frame], where=where)
+            continue
+        rec = _envelope(obj, text, conn, where, max_frame)
+        conn = rec.conn
+        yield rec
+
+
+def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Recorded:
+    if not isinstance(obj, dict) or not (("frame" in obj or "frame_b64" in obj or obj.get("dir") == "close")
+                                         and obj.keys() <= ENVELOPE_KEYS):
+        return Recorded("recv", conn, frame=text, where=where)  # a bare frame
+    raw_conn = obj.get("conn", DEFAULT_CONN)
+    if isinstance(raw_conn, (str, int)) and not isinstance(raw_conn, bool):
+        conn = str(raw_conn)[:200]
+    else:
+        return Recorded("problem", conn, detail="field 'conn' must be a string", where=where)
+    t = obj.get("t")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
+        return Recorded("problem", conn, detail="field 't' must be a time in epoch seconds", where=where)
+    direction = DIRECTIONS.get(obj.get("dir", "recv")) if isinstance(obj.get("dir", "recv"), str) else None
+    if direction is None:
+        return Recorded("problem", conn, t=t, detail="field 'dir' must be recv, send or close", where=where)
+    if direction == "close":
+        return Recorded("close", conn, t=t, where=where)
+    frame: str | bytes
+    if "frame_b64" in obj:
+        try:
+            frame = base64.b64decode(str(obj["frame_b64"]), validate=True)
+        except (binascii.Error, ValueError):
+            return Recorded("problem", conn, t=t, detail="field 'frame_b64' is not base64", where=where)
+    elif isinstance(obj["frame"], str):
+        frame = obj["frame"]
+    else:
+        frame = json.dumps(obj["frame"], separators=(",", ":"))
+    if len(frame) > max_frame:
+        return Recorded("problem", conn, t=t, detail=f"frame larger than the {max_frame} byte limit", where=where)
+    return Recorded(direction, conn, t=t, frame=frame, where=where)
+
+
+# -- an SSE response body --
+
+def read_sse(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, conn: str = "sse") -> Iterator[Recorded]:
+    """Each event's data of a `text/event-stream` body, parsed by the harness's own SSE parser (the one the live
+    transport uses); a body has no times. A line or event over the limit ends the stream with a problem record,
+    as the live transport drops such a stream."""
+    parser = EventStreamParser(max_frame)
+    n = 0
+    while True:
+        chunk = f.read(CHUNK)
+        if not chunk:
+            return
+        try:
+            events = parser.feed(chunk)
+        except EventTooLarge as exc:
+            yield Recorded("problem", conn, detail=str(exc), where=f"{name}: after event {n}")
+            return
+        for data in events:
+            n += 1
+            yield Recorded("recv", conn, frame=data, where=f"{name}: event {n}")
+
+
+# -- HAR 1.2 --
+
+class HarTooLarge(Exception):
+    """A string or a nesting level in a HAR file over its limit (ijson itself has no bound on either)."""
+
+
+class _BoundedJSON(io.RawIOBase):
+    """Passes a JSON file's bytes through, raising HarTooLarge as soon as a string grows past `max_string` bytes or
+    arrays and objects nest deeper than `max_depth`: ijson would build any string whole, and its prefixes grow
+    with depth, so without this a hostile HAR could take all memory. A lexer of strings and brackets only (the
+    parsing proper is ijson's); outside a string a stray backslash is invalid JSON, which ijson reports."""
+
+    _IN_STRING = re.compile(rb'\\.|"', re.DOTALL)
+    _OUTSIDE = re.compile(rb'["\[\]{}]')
+
+    def __init__(self, raw: IO[bytes], max_string: int, max_depth: int) -> None:
+        self.raw = raw
+        self.max_string = max_string
+        self.max_depth = max_depth
+        self.offset = 0
+        self.in_string = False
+        self.string_len = 0
+        self.escape_pending = False  # the last chunk ended inside a string on a backslash
+        self.depth = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.raw.read(len(b))
+        n = len(data)
+        b[:n] = data
+        self._scan(data)
+        self.offset += n
+        return n
+
+    def _scan(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        if self.escape_pending and end:
+            self.escape_pending = False
+            pos = 1
+        while pos < end:
+            if self.in_string:
+                m = self._IN_STRING.search(data, pos)
+                if m is None:
+                    # No quote and no escape pair left: a backslash here can only be the last byte, its escaped
+                    # byte the first of the next chunk.
+                    self.escape_pending = data.endswith(b"\\")
+                    self._grow(end - pos)
+                    return
+                if m.group() == b'"':
+                    self._grow(m.start() - pos)
+                    self.in_string = False
+                    pos = m.end()
+                else:
+                    self._grow(m.end() - pos)
+                    pos = m.end()
+            else:
+                m = self._OUTSIDE.search(data, pos)
+                if m is None:
+                    return
+                c = m.group()
+                if c == b'"':
+                    self.in_string, self.string_len = True, 0
+                elif c in (b"[", b"{"):
+                    self.depth += 1
+                    if self.depth > self.max_depth:
+                        raise HarTooLarge(f"nested more than {self.max_depth} deep at byte {self.offset + m.start()}")
+                else:
+                    self.depth -= 1
+                pos = m.end()
+
+    def _grow(self, n: int) -> None:
+        self.string_len += n
+        if self.string_len > self.max_string:
+            raise HarTooLarge(f"a string longer than the {self.max_string} byte limit at byte {self.offset}")
+
+
+def _epoch(v: Any) -> float | None:
+    """A HAR message time: epoch seconds (Chromium), or milliseconds when the number is too big to be seconds."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return v / 1000.0 if v > 1e11 else float(v)
+
+
+def _iso(v: Any) -> float | None:
+    if not isinstance(v, str):
+        return None
+    try:
+        return datetime.fromisoformat(v).timestamp()
+    except ValueError:
+        return None
+
+
+class _Entry:
+    """What is kept of one HAR entry while it is parsed: small fields, and an SSE body and request (bounded)."""
+
+    __slots__ = ("content_type", "encoding", "index", "messages", "mime", "post", "started", "text")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.started: float | None = None
+        self.mime = ""
+        self.content_type = ""
+        self.text: str | None = None
+        self.encoding = ""
+        self.post: str | None = None
+        self.messages = 0
+
+
+_ENTRY = "log.entries.item"
+_MSG = "log.entries.item._webSocketMessages.item"
+_ENTRY_FIELDS = {
+    "log.entries.item.startedDateTime": "started",
+    "log.entries.item.response.content.mimeType": "mime",
+    "log.entries.item.response.content.text": "text",
+    "log.entries.item.response.content.encoding": "encoding",
+    "log.entries.item.request.postData.text": "post",
+}
+
+
+def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
+             max_text: int = DEFAULT_MAX_TEXT) -> Iterator[Recorded]:
+    """WebSocket messages (`_webSocketMessages`, Chromium's and Firefox's form: type send/receive, time in epoch
+    seconds, opcode 1 text / 2 binary base64, data) on connection "ws<entry>", closed at the end of the entry; and
+    SSE responses (content.mimeType text/event-stream) as stream "sse<entry>": the request body as the client
+    frame sent at startedDateTime, the body's events after it. Streamed with ijson: one message at a time."""
+    import ijson  # a compiled streaming parser; imported here so the JSON Lines path needs no extra package
+
+    guard = _BoundedJSON(f, max_text, MAX_HAR_DEPTH)
+    entry: _Entry | None = None
+    msg: dict[str, Any] | None = None
+    seen_log = False
+    n_entries = 0
+    try:
+        for prefix, event, value in ijson.parse(guard, buf_size=CHUNK, use_float=True):
+            if prefix == _MSG:
+                if event == "start_map":
+                    msg = {}
+                elif event == "end_map" and msg is not None and entry is not None:
+                    entry.messages += 1
+                    yield _ws_message(msg, entry, name, max_frame)
+                    msg = None
+            elif msg is not None and prefix.startswith(_MSG + ".") and event in ("string", "number", "integer"):
+                key = prefix[len(_MSG) + 1:]
+                if key in ("type", "time", "opcode", "data"):
+                    msg[key] = value
+            elif prefix == _ENTRY:
+                if event == "start_map":
+                    entry = _Entry(n_entries)
+                    n_entries += 1
+                elif event == "end_map" and entry is not None:
+                    yield from _entry_end(entry, name, max_frame)
+                    entry = None
+            elif entry is not None and prefix in _ENTRY_FIELDS and event == "string":
+                attr = _ENTRY_FIELDS[prefix]
+                setattr(entry, attr, _iso(value) if attr == "started" else value)
+            elif entry is not None and prefix == "log.entries.item.response.headers.item.value" and event == "string":
+                if value.lower().startswith(EVENT_STREAM):
+                    entry.content_type = EVENT_STREAM
+            elif prefix == "log" and event == "start_map":
+                seen_log = True
+    except HarTooLarge as exc:
+        conn = _conn_of(entry)
+        if not seen_log:
+            raise RecordingError(f"{name}: not a HAR file ({exc})") from None
+        yield Recorded("problem", conn, detail=f"HAR file cut short: {exc}", where=f"{name}: byte {guard.offset}")
+        return
+    except (ijson.JSONError, ValueError, UnicodeDecodeError) as exc:
+        if not seen_log:
+            raise RecordingError(f"{name}: not a HAR file (invalid JSON near byte {guard.offset})") from None
+        if entry is not None:
+            yield from _entry_end(entry, name, max_frame, complete=False)
+        message = " ".join(str(exc).split("(right here)")[0].split())[:80]
+        what = "truncated" if "premature eof" in message.lower() or "incomplete" in message.lower() else "invalid JSON"
+        yield Recorded("problem", _conn_of(entry), detail=f"HAR file {what} near byte {guard.offset}: {message}",
+                       where=f"{name}: byte {guard.offset}")
+        return
+    if not seen_log:
+        raise RecordingError(f"{name}: not a HAR file (no \"log\" object)")
+
+
+def _conn_of(entry: _Entry | None) -> str:
+    if entry is None:
+        return DEFAULT_CONN
+    return f"ws{entry.index}" if entry.messages else f"sse{entry.index}"
+
+
+def _ws_message(msg: dict[str, Any], entry: _Entry, name: str, max_frame: int) -> Recorded:
+    conn = f"ws{entry.index}"
+    where = f"{name}: entry {entry.index} message {entry.messages}"
+    t = _epoch(msg.get("time"))
+    kind = msg.get("type")
+    direction = {"send": "send", "receive": "recv"}.get(kind) if isinstance(kind, str) else None
+    if direction is None:
+        return Recorded("problem", conn, t=t, detail=f"WebSocket message type {str(kind)[:20]!r} is not send or "
+                        "receive", where=where)
+    data = msg.get("data")
+    if not isinstance(data, str):
+        return Recorded("problem", conn, t=t, detail="WebSocket message without data", where=where)
+    frame: str | bytes = data
+    if msg.get("opcode") == 2:  # a binary frame, base64 in the HAR
+        try:
+            frame = base64.b64decode(data)
+        except (binascii.Error, ValueError):
+            return Recorded("problem", conn, t=t, detail="binary WebSocket message not in base64", where=where)
+    if len(frame) > max_frame:
+        return Recorded("problem", conn, t=t, detail=f"frame larger than the {max_frame} byte limit", where=where)
+    return Recorded(direction, conn, t=t, frame=frame, where=where)
+
+
+def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True) -> Iterator[Recorded]:
+    if entry.messages:
+        if complete:  # the socket's messages are all there: its chats still waiting are judged
+            yield Recorded("close", f"ws{entry.index}", where=f"{name}: entry {entry.index}")
+        return
+    is_sse = entry.mime.partition(";")[0].strip().lower() == EVENT_STREAM or entry.content_type == EVENT_STREAM
+    if not is_sse or entry.text is None:
+        return
+    conn = f"sse{entry.index}"
+    if entry.post is not None:
+        yield Recorded("send", conn, t=entry.started, frame=entry.post[:max_frame], where=f"{name}: entry {entry.index} request")
+    if entry.encoding == "base64":
+        try:
+            body = base64.b64decode(entry.text)
+        except (binascii.Error, ValueError):
+            yield Recorded("problem", conn, detail="SSE body not in base64", where=f"{name}: entry {entry.index}")
+            return
+    else:
+        body = entry.text.encode("utf-8", "surrogatepass")
+    yield from read_sse(io.BytesIO(body), f"{name}: entry {entry.index}", max_frame, conn)
+    if complete:
+        yield Recorded("close", conn, where=f"{name}: entry {entry.index}")
