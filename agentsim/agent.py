@@ -16,8 +16,9 @@ import math
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .tools import ToolCall, plan_tool_calls, run_tool
 

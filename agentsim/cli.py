@@ -15,8 +15,16 @@ import yaml
 from . import faults as faults_mod
 from .agent import parse_latency
 from .faults import FaultSpecError, parse_fault, parse_size
-from .server import (DEFAULT_JWT_SECRET, AgentSim, SimConfig, check_port, check_positive, check_seconds,
-                     check_size)
+from .server import (
+    DEFAULT_JWT_SECRET,
+    AgentSim,
+    SimConfig,
+    check_port,
+    check_positive,
+    check_seconds,
+    check_size,
+    security_warnings,
+)
 
 EXIT_USAGE = 2
 
@@ -28,8 +36,9 @@ _EPILOG = (
     + "\n  Example: --fault drop:tool_completed=0.08 --fault delay_first=2.5s@0.1 --fault close:abort=0.02"
     + "\n\nMessage directives: #fail-tool #fail-agent #tools=N #chunks=N #think=SECONDS #tool-latency=SECONDS"
     + "\n\nConfig file keys (YAML mapping): host, port, no_auth, jwt_secret, think, tool_latency, seed,"
-    + "\n  faults (list of fault specs), ground_truth, resume_ttl, max_size, max_runs, max_events_per_run,"
-    + "\n  compression. Command-line flags override the file; --fault adds to its faults."
+    + "\n  faults (list of fault specs), ground_truth, resume_ttl, max_size, max_runs, max_live_runs_per_user,"
+    + "\n  max_runs_per_user, max_events_per_run, compression, allow_no_exp. Command-line flags override the"
+    + "\n  file; --fault adds to its faults."
 )
 
 
@@ -121,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a finished run stays resumable (default 300)")
     p.add_argument("--max-size", type=_size_arg, default=None,
                    help="largest frame accepted from a client, e.g. 1MiB (default 1MiB)")
+    p.add_argument("--max-live-runs-per-user", type=_checked(int, check_positive), default=None, metavar="N",
+                   help="runs one user may have in progress; a chat past it gets error QUOTA_EXCEEDED (default 100)")
+    p.add_argument("--allow-no-exp", action="store_true", default=None,
+                   help="accept tokens without an exp claim (refused by default: they never expire); for tests")
     p.add_argument("--compression", action="store_true", default=None, help="offer permessage-deflate")
     p.add_argument("-v", "--verbose", action="store_true", help="log connections and runs to stderr")
     return p
@@ -129,11 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
 _CONFIG_FIELDS: dict[str, Any] = {
     "host": str, "port": int, "no_auth": bool, "jwt_secret": str, "think": "latency",
     "tool_latency": "latency", "seed": int, "faults": "faults", "ground_truth": str, "resume_ttl": float,
-    "max_size": "size", "max_runs": int, "max_events_per_run": int, "compression": bool,
+    "max_size": "size", "max_runs": int, "max_live_runs_per_user": int, "max_runs_per_user": int,
+    "max_events_per_run": int, "compression": bool, "allow_no_exp": bool,
 }
 # Range checks of a field, after its type: the same as the flag's.
 _CONFIG_CHECKS: dict[str, Any] = {
     "port": check_port, "resume_ttl": check_seconds, "max_size": check_size, "max_runs": check_positive,
+    "max_live_runs_per_user": check_positive, "max_runs_per_user": check_positive,
     "max_events_per_run": check_positive, "ground_truth": check_writable,
 }
 
@@ -224,7 +239,7 @@ def load_config(path: str) -> dict[str, Any]:
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     settings: dict[str, Any] = load_config(args.config) if args.config else {}
     for name in ("host", "port", "no_auth", "think", "tool_latency", "seed", "ground_truth", "resume_ttl",
-                 "max_size", "compression"):
+                 "max_size", "compression", "max_live_runs_per_user", "allow_no_exp"):
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
@@ -256,6 +271,8 @@ async def _serve(config: SimConfig) -> int:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    for warning in security_warnings(config):
+        print(f"agentsim: warning: {warning}", file=sys.stderr, flush=True)
     print(f"agentsim listening on {sim.url}", flush=True)
     try:
         await stop.wait()

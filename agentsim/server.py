@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import logging
 import math
@@ -15,9 +16,9 @@ import uuid
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
@@ -41,6 +42,9 @@ IGNORED_TYPES = ("pong", "heartbeat", "heartbeat_ack", "ack")
 EXIT_CODE_FAULT = 3
 # Longest a run waits to hand one event to one connection before it drops that connection.
 SEND_TIMEOUT = 10.0
+# A chat over a user's live-run quota, or while the server holds max_runs live runs, is refused with these.
+QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+SERVER_BUSY = "SERVER_BUSY"
 
 
 def _default_secret() -> str:
@@ -88,27 +92,57 @@ class SimConfig:
     ground_truth: str | None = None
     resume_ttl: float = 300.0
     max_size: int = 1024 * 1024  # largest frame accepted from a client
-    max_runs: int = 10000
+    max_runs: int = 10000  # runs kept in all (live ones are never evicted; finished ones go oldest first)
+    max_live_runs_per_user: int = 100  # one user's flood is refused past this, never paid for by other users
+    max_runs_per_user: int = 1000  # runs one user keeps; past it that user's own oldest finished run goes
     max_events_per_run: int = 1000
     compression: bool = False
+    allow_no_exp: bool = False  # accept tokens without an exp claim (tests only: such a token never expires)
 
     def __post_init__(self) -> None:
         self.think = parse_latency(self.think)
         self.tool_latency = parse_latency(self.tool_latency)
         self.faults = [f if isinstance(f, FaultSpec) else parse_fault(f) for f in self.faults]
         for name, check in (("port", check_port), ("resume_ttl", check_seconds), ("max_size", check_size),
-                            ("max_runs", check_positive), ("max_events_per_run", check_positive)):
+                            ("max_runs", check_positive), ("max_live_runs_per_user", check_positive),
+                            ("max_runs_per_user", check_positive), ("max_events_per_run", check_positive)):
             try:
                 check(getattr(self, name))
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
 
 
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost, or "" (every interface): may be reachable from afar
+        return False
+
+
+def security_warnings(config: SimConfig) -> list[str]:
+    """One line per setting that makes this agentsim unsafe to expose, for the command line to print at start."""
+    out = []
+    if config.no_auth:
+        out.append("--no-auth: any client can connect as any user (?user=NAME); use it only on a trusted machine")
+    elif config.jwt_secret == DEFAULT_JWT_SECRET:
+        out.append(f"the JWT secret is the built-in development secret {DEFAULT_JWT_SECRET!r}: anyone can mint a "
+                   "token for any user; set --jwt-secret or AGENTSIM_JWT_SECRET")
+    if config.allow_no_exp and not config.no_auth:
+        out.append("--allow-no-exp: tokens without an exp claim are accepted and never expire; for tests only")
+    if not _is_loopback(config.host):
+        out.append(f"--host {config.host or '(every interface)'} is not loopback: agentsim, a test server, is "
+                   "reachable from other machines")
+    return out
+
+
 class GroundTruth:
     """Append-only JSON-lines record of what the server really did, flushed per line."""
 
     def __init__(self, path: str | None) -> None:
-        self._file = open(path, "a", encoding="utf-8") if path else None
+        # Open for the server's whole life, closed by close(): no single block to put a `with` around.
+        self._file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
 
     @property
     def enabled(self) -> bool:
@@ -128,7 +162,7 @@ class GroundTruth:
 
 
 class Conn:
-    __slots__ = ("ws", "connection_id", "user_id", "runs", "open")
+    __slots__ = ("connection_id", "open", "runs", "user_id", "ws")
 
     def __init__(self, ws: ServerConnection, connection_id: str, user_id: str) -> None:
         self.ws = ws
@@ -155,7 +189,7 @@ class Run:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def _error(code: str, message: str, **extra: Any) -> str:
@@ -181,8 +215,13 @@ class AgentSim:
         self._server: Server | None = None
         self.port: int | None = None
         self.conns: dict[str, Conn] = {}
-        self.runs: dict[str, Run] = {}
-        self._finished: deque[tuple[float, str]] = deque()
+        # Runs are keyed by (user, run id): a run id means something only to its owner, so another user can
+        # neither collide with it nor learn that it exists.
+        self.runs: dict[tuple[str, str], Run] = {}
+        self._finished: deque[Run] = deque()  # in finishing order; may hold runs evicted since (skipped)
+        self._user_finished: dict[str, dict[str, Run]] = {}  # per user, finished runs still kept, oldest first
+        self._live: dict[str, int] = {}  # per user, runs not finished yet
+        self._live_total = 0
         self._tasks: set[asyncio.Task] = set()
         self._user_chats: dict[str, int] = {}
         self._conn_counter = 0
@@ -227,13 +266,13 @@ class AgentSim:
                 await asyncio.wait(list(self._tasks), timeout=5)
             try:
                 await asyncio.wait_for(self._server.wait_closed(), timeout=10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 logger.warning("connections did not close within 10 s")
             self._server = None
             self.gt.write({"kind": "server_stopped"})
         self.gt.close()
 
-    async def __aenter__(self) -> "AgentSim":
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -283,11 +322,16 @@ class AgentSim:
                             token = raw
         if not token:
             return None, "missing token (send Authorization: Bearer <JWT> or subprotocol jwt.<base64url(JWT)>)"
+        # A token without exp is valid forever once leaked: refused unless a test asked for it.
+        required = ["sub"] if self.config.allow_no_exp else ["sub", "exp"]
         try:
-            claims = jwt.decode(token, self.config.jwt_secret, algorithms=["HS256"],
-                                options={"require": ["sub"]})
+            claims = jwt.decode(token, self.config.jwt_secret, algorithms=["HS256"], options={"require": required})
         except jwt.ExpiredSignatureError:
             return None, "token expired"
+        except jwt.MissingRequiredClaimError as exc:
+            if exc.claim == "exp":
+                return None, "token has no exp claim: a token that never expires is refused"
+            return None, f"token has no {exc.claim} claim"
         except jwt.InvalidSignatureError:
             return None, "invalid token signature"
         except jwt.InvalidTokenError as exc:
@@ -378,8 +422,13 @@ class AgentSim:
             ids[name] = str(value) if value is not None and str(value) else None
         user_id = conn.user_id
         run_id = ids["run_id"]
+        refused = self._over_quota(user_id)
+        if refused is not None:
+            logger.info("chat of %s refused: %s", user_id, refused[1])
+            await conn.ws.send(_error(*refused))
+            return
         if run_id is not None:
-            if run_id in self.runs:
+            if (user_id, run_id) in self.runs:
                 await conn.ws.send(_error("INVALID_MESSAGE", f"run_id {run_id!r} is already in use"))
                 return
             key = f"run|{run_id}"
@@ -392,7 +441,7 @@ class AgentSim:
         rng = random.Random(f"{self.seed}|{key}")
         if run_id is None:
             run_id = f"r-{rng.getrandbits(64):016x}"
-            while run_id in self.runs:
+            while (user_id, run_id) in self.runs:
                 run_id = f"r-{uuid.uuid4().hex[:16]}"
         thread_id = ids["thread_id"] or f"t-{rng.getrandbits(48):012x}"
         message_id = ids["message_id"] or f"m-{rng.getrandbits(48):012x}"
@@ -411,18 +460,62 @@ class AgentSim:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _over_quota(self, user_id: str) -> tuple[str, str] | None:
+        """Why a new chat of this user is refused, as (error code, message), or None. Live runs are never
+        evicted to make room: a flood is refused, and only its sender sees that."""
+        limit = self.config.max_live_runs_per_user
+        if self._live.get(user_id, 0) >= limit:
+            return QUOTA_EXCEEDED, (f"this user already has {limit} runs in progress (the per-user limit); "
+                                    "send the next message when one has finished")
+        if self._live_total >= self.config.max_runs:
+            return SERVER_BUSY, f"the server already runs {self.config.max_runs} chats; try again later"
+        return None
+
+    def _evict(self, run: Run) -> None:
+        key = (run.user_id, run.run_id)
+        if self.runs.get(key) is run:
+            del self.runs[key]
+        mine = self._user_finished.get(run.user_id)
+        if mine is not None and mine.get(run.run_id) is run:
+            del mine[run.run_id]
+            if not mine:
+                del self._user_finished[run.user_id]
+
+    def _kept(self, run: Run) -> bool:
+        return self.runs.get((run.user_id, run.run_id)) is run
+
     def _register(self, run: Run) -> None:
         now = time.monotonic()
         ttl = self.config.resume_ttl
-        while self._finished and (self._finished[0][0] + ttl < now or len(self.runs) >= self.config.max_runs):
-            _, old = self._finished.popleft()
-            self.runs.pop(old, None)
-        while len(self.runs) >= self.config.max_runs:
-            self.runs.pop(next(iter(self.runs)))
-        self.runs[run.run_id] = run
+        finished = self._finished
+        while finished and (not self._kept(finished[0]) or (finished[0].finished_at or 0.0) + ttl < now):
+            self._evict(finished.popleft())
+        # A user past their own allowance makes room from their own finished runs, never from anyone else's.
+        mine = self._user_finished.get(run.user_id)
+        while mine and len(mine) + self._live.get(run.user_id, 0) >= self.config.max_runs_per_user:
+            self._evict(next(iter(mine.values())))
+        while finished and len(self.runs) >= self.config.max_runs:
+            self._evict(finished.popleft())
+        if len(finished) > 2 * self.config.max_runs:  # runs a user's allowance evicted: drop them in one pass
+            self._finished = deque(r for r in finished if self._kept(r))
+        self.runs[(run.user_id, run.run_id)] = run
+        self._live[run.user_id] = self._live.get(run.user_id, 0) + 1
+        self._live_total += 1
 
-    def _find_run(self, run_id: str) -> Run | None:
-        run = self.runs.get(run_id)
+    def _finish(self, run: Run) -> None:
+        run.finished_at = time.monotonic()
+        left = self._live.get(run.user_id, 1) - 1
+        if left > 0:
+            self._live[run.user_id] = left
+        else:
+            self._live.pop(run.user_id, None)
+        self._live_total -= 1
+        if self._kept(run):
+            self._finished.append(run)
+            self._user_finished.setdefault(run.user_id, {})[run.run_id] = run
+
+    def _find_run(self, user_id: str, run_id: str) -> Run | None:
+        run = self.runs.get((user_id, run_id))
         if run is not None and run.finished_at is not None and run.finished_at + self.config.resume_ttl < time.monotonic():
             return None
         return run
@@ -528,8 +621,7 @@ class AgentSim:
             logger.exception("run %s crashed", run.run_id)
             outcome = "crashed"
         finally:
-            run.finished_at = time.monotonic()
-            self._finished.append((run.finished_at, run.run_id))
+            self._finish(run)
             self.chats_finished += 1
             self.gt.write({"kind": "run_finished", "run_id": run.run_id, "user_id": run.user_id,
                            "thread_id": run.thread_id, "outcome": outcome, "last_seq": run.last_seq})
@@ -603,9 +695,9 @@ class AgentSim:
         if not isinstance(run_id, str) or not run_id or not isinstance(last_seq, int) or isinstance(last_seq, bool):
             await conn.ws.send(_error("INVALID_MESSAGE", "resume needs payload.run_id (string) and last_seq (integer)"))
             return
-        run = self._find_run(run_id)
-        if run is None or run.user_id != conn.user_id:
-            # A foreign run is reported exactly like an unknown one: no information leaks.
+        run = self._find_run(conn.user_id, run_id)
+        if run is None:
+            # Looked up under the asking user only: another user's run is unknown here, not forbidden.
             await conn.ws.send(_error("RESUME_UNKNOWN_RUN", f"unknown or expired run {run_id[:64]!r}",
                                       run_id=run_id))
             return
@@ -644,7 +736,7 @@ class ThreadHandle:
             self.loop.call_soon_threadsafe(self._stop_event.set)
             self.thread.join(timeout)
 
-    def __enter__(self) -> "ThreadHandle":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -667,7 +759,7 @@ def run_in_thread(config: SimConfig | None = None, timeout: float = 10.0) -> Thr
             box["stop"] = stop_event
             try:
                 await sim.start()
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, which raises it
                 box["error"] = exc
                 ready.set()
                 return

@@ -7,7 +7,7 @@ import operator
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 _BIN_OPS = {
@@ -76,7 +76,7 @@ LOOKUP_TABLE: dict[str, str] = {
 }
 
 _EXPR_RE = re.compile(r"[-+(]*\d[\d.\s]*(?:(?:\*\*|//|[-+*/%^])[\s(]*[-+]?\d[\d.\s)]*)+")
-_TIME_RE = re.compile(r"\b(time|date|clock|today|now)\b", re.I)
+_TIME_RE = re.compile(r"\b(time|date|clock|today|now)\b", re.IGNORECASE)
 _WORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
@@ -120,7 +120,7 @@ def run_tool(call: ToolCall) -> tuple[bool, Any]:
             return False, f"calculator error: {exc}"
     if call.tool_name == "current_time":
         now = time.time()
-        return True, {"iso": datetime.fromtimestamp(now, timezone.utc).isoformat(), "epoch": now}
+        return True, {"iso": datetime.fromtimestamp(now, UTC).isoformat(), "epoch": now}
     if call.tool_name == "lookup":
         query = call.parameters.get("query", "")
         hit = LOOKUP_TABLE.get(query)

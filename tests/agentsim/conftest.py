@@ -13,8 +13,10 @@ async def make_sim(tmp_path):
     sims: list[AgentSim] = []
 
     async def make(**overrides) -> AgentSim:
-        settings = dict(port=0, no_auth=True, think=0, tool_latency=0,
-                        ground_truth=str(tmp_path / f"gt-{len(sims)}.jsonl"))
+        # The fault tests start 200 chats at once as one user: above the default per-user quota, which the
+        # abuse tests set themselves.
+        settings = {"port": 0, "no_auth": True, "think": 0, "tool_latency": 0, "max_live_runs_per_user": 1000,
+                    "ground_truth": str(tmp_path / f"gt-{len(sims)}.jsonl")}
         settings.update(overrides)
         sim = AgentSim(SimConfig(**settings))
         await sim.start()

@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import time
+from pathlib import Path
 
 import jwt
 import pytest
@@ -61,7 +62,7 @@ async def test_auth_rejected(authsim, case, caplog):
         server_log = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("websockets.client"))
         assert bad not in server_log
         assert bad not in err["error_message"]
-        assert bad not in open(authsim.config.ground_truth).read()
+        assert bad not in Path(authsim.config.ground_truth).read_text()
 
 
 async def test_isolation_50_concurrent_users(agentsim):
@@ -114,7 +115,7 @@ async def test_resume_after_mid_run_disconnect(make_sim):
     run_id = first["run_id"]
     await ws.close()
     # the run goes on server-side while nobody listens
-    await wait_until(lambda: sim.runs[run_id].last_seq >= 3, what="the run to progress")
+    await wait_until(lambda: sim.runs[("alice", run_id)].last_seq >= 3, what="the run to progress")
     ws2, _ = await connect(sim.url, "alice")
     async with ws2:
         await send(ws2, {"type": "resume", "payload": {"run_id": run_id, "last_seq": 1}})
@@ -166,7 +167,7 @@ async def test_runs_are_bounded_and_expire(make_sim):
     ws, _ = await connect(sim2.url, "alice")
     async with ws:
         events = await chat(ws, "one")
-        await wait_until(lambda: sim2.runs[events[0]["run_id"]].finished_at is not None, what="run end")
+        await wait_until(lambda: sim2.runs[("alice", events[0]["run_id"])].finished_at is not None, what="run end")
         await send(ws, {"type": "resume", "payload": {"run_id": events[0]["run_id"], "last_seq": 0}})
         assert (await recv(ws))["error_code"] == "RESUME_UNKNOWN_RUN"
 
@@ -176,4 +177,4 @@ async def test_run_event_buffer_bounded(make_sim):
     ws, _ = await connect(sim.url, "alice")
     async with ws:
         events = await chat(ws, "hello #tools=5")
-        assert len(sim.runs[events[0]["run_id"]].events) == 4
+        assert len(sim.runs[("alice", events[0]["run_id"])].events) == 4

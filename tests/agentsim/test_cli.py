@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -92,6 +91,7 @@ async def test_exit_after_n_chats(tmp_path):
     (["--resume-ttl", "inf"], "argument --resume-ttl"),
     (["--max-size", "0"], "argument --max-size"),
     (["--max-size", "9" * 400], "argument --max-size"),
+    (["--max-live-runs-per-user", "0"], "argument --max-live-runs-per-user"),
 ])
 def test_bad_flag_exits_2_with_one_line(capsys, flag, needle):
     with pytest.raises(SystemExit) as info:
@@ -111,6 +111,8 @@ def test_bad_flag_exits_2_with_one_line(capsys, flag, needle):
     ("seed: 1\nport: 99999\n", ":2: field 'port': port 99999 is not between 0 and 65535"),
     ("port: -1\n", ":1: field 'port'"),
     ("max_runs: 0\n", ":1: field 'max_runs': expected a whole number of at least 1"),
+    ("max_runs_per_user: 0\n", ":1: field 'max_runs_per_user': expected a whole number of at least 1"),
+    ("allow_no_exp: 1\n", ":1: field 'allow_no_exp': expected true or false"),
     ("max_events_per_run: -3\n", ":1: field 'max_events_per_run'"),
     ("think: .nan\n", ":1: field 'think': bad latency"),
     ("think: .inf\n", ":1: field 'think': bad latency"),
@@ -183,7 +185,8 @@ def test_help_documents_every_fault(capsys):
     for name in FAULTS:
         assert name in out
     for flag in ("--host", "--port", "--no-auth", "--jwt-secret", "--think", "--tool-latency", "--seed",
-                 "--fault", "--config", "--ground-truth", "--resume-ttl", "--max-size"):
+                 "--fault", "--config", "--ground-truth", "--resume-ttl", "--max-size", "--max-live-runs-per-user",
+                 "--allow-no-exp"):
         assert flag in out
 
 
