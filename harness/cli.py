@@ -8,53 +8,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
-import secrets
-import ssl
 import sys
 import time
 from pathlib import Path
 from typing import NoReturn
-from urllib.parse import SplitResult, urlsplit
 
 from rich.console import Console
 
-from .client import Target, TokenProvider
 from .durations import parse_duration
-from .profiles import load_profile
 from .report import LiveView, print_summary, write_html, write_json, write_junit
-from .runner import ScenarioRun, run_scenario
+from .results import ExitCode, ScenarioRun, exit_code
+from .runner import run_scenario
 from .scenario import BUILTIN_SUITE, apply_overrides, builtin_scenarios, load_scenario
-from .sinks import Sink
-from .transport import target_label
-from .yamlfile import ConfigError, read_text_file
+from .sinks import Fanout, Sink
+from .targets import TokenProvider, add_target_args, embedded_sim, make_target, options_from_args, read_token
+from .yamlfile import ConfigError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE,
+                                                      ExitCode.UNREACHABLE)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def add_target_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("target")
-    g.add_argument("--target", metavar="URL", help="ws://, wss://, http(s):// (SSE) URL of the server; "
-                   "omitted: start the embedded agentsim on a free loopback port")
-    g.add_argument("--target-name", metavar="NAME", help="short name for reports and the `target` label "
-                   "(default host:port)")
-    g.add_argument("--profile", metavar="NAME|FILE", help="wire-format profile: netra (default), ag-ui, or a YAML file")
-    g.add_argument("--auth", choices=("header", "subprotocol", "none"), default="header",
-                   help="send the token as an Authorization header or as the jwt.<token> subprotocol")
-    g.add_argument("--token-env", metavar="VAR", default=None,
-                   help="read a bearer token from this environment variable (default CHATPROBE_TOKEN if set)")
-    g.add_argument("--token-file", metavar="FILE", help="read a bearer token from this file")
-    g.add_argument("--jwt-secret-env", metavar="VAR", default=None,
-                   help="mint an HS256 JWT per virtual user with the secret in this variable "
-                        "(default CHATPROBE_JWT_SECRET if set)")
-    g.add_argument("--ca-file", metavar="PEM", help="CA bundle to verify a wss:// / https:// server")
-    g.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,37 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_token(args: argparse.Namespace) -> TokenProvider:
-    if args.token_file:
-        token = read_text_file(args.token_file, "--token-file", limit=64 * 1024).strip()
-        if not token:
-            raise ConfigError(f"--token-file {args.token_file}: the file is empty")
-        return TokenProvider(token=token)
-    # A bearer token, else a secret to mint one per user: named by the flag, or found in the default variable.
-    for flag, named, default, kind in (("--token-env", args.token_env, "CHATPROBE_TOKEN", "token"),
-                                       ("--jwt-secret-env", args.jwt_secret_env, "CHATPROBE_JWT_SECRET", "jwt_secret")):
-        var = named or (default if os.environ.get(default) else None)
-        if var:
-            value = os.environ.get(var)
-            if not value:
-                raise ConfigError(f"{flag} {var}: the variable is not set or empty")
-            return TokenProvider(**{kind: value})
-    return TokenProvider()
-
-
-def check_url(url: str, flag: str, schemes: tuple[str, ...]) -> SplitResult:
-    """A server URL checked whole (scheme, host, port) before anything connects: a ConfigError otherwise."""
-    expected = ", ".join(f"{x}://" for x in schemes)
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
-    except ValueError as exc:
-        raise ConfigError(f"{flag} {url!r}: not a valid URL ({exc})") from None
-    if parts.scheme not in schemes or not parts.hostname:
-        raise ConfigError(f"{flag} {url!r}: expected a {expected} URL with a host")
-    return parts
-
-
 def check_writable(path: str | None, flag: str) -> None:
     """Fail before the run, not after it, when a report cannot be written there."""
     if not path:
@@ -143,53 +91,6 @@ def check_writable(path: str | None, flag: str) -> None:
         raise ConfigError(f"{flag} {path}: the file is not writable")
 
 
-def make_target(args: argparse.Namespace, url: str, tokens: TokenProvider, default_profile: str | None = None) -> Target:
-    profile = load_profile(args.profile or default_profile or "netra")
-    parts = check_url(url, "--target", ("ws", "wss", "http", "https"))
-    if parts.username or parts.password:
-        raise ConfigError("--target: put credentials in --token-env or --token-file, not in the URL")
-    transport = "sse" if parts.scheme in ("http", "https") else "websocket"
-    if transport not in profile.transports:
-        raise ConfigError(f"--target {parts.scheme}:// means {transport}, but profile {profile.name!r} is spoken over "
-                          f"{' or '.join(profile.transports)} only")
-    if args.auth == "subprotocol" and not profile.auth_subprotocol:
-        raise ConfigError(f"--auth subprotocol: profile {profile.name!r} says its servers do not take the token as a "
-                          "subprotocol (auth_subprotocol: false); use --auth header")
-    if transport == "sse" and args.auth == "subprotocol":
-        raise ConfigError("--auth subprotocol is for WebSocket targets; SSE sends the token as an Authorization header")
-    if args.ca_file:
-        if not Path(args.ca_file).is_file():
-            raise ConfigError(f"--ca-file {args.ca_file}: no such file")
-        try:
-            ssl.create_default_context(cafile=args.ca_file)
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            raise ConfigError(f"--ca-file {args.ca_file}: not a PEM bundle of CA certificates ({exc})") from None
-    if not parts.path and profile.path:
-        url = url.rstrip("/") + profile.path
-    return Target(url=url, profile=profile, name=args.target_name or target_label(url), tokens=tokens,
-                  auth=args.auth if tokens.for_user("x") else "none", ca_file=args.ca_file, insecure=args.insecure)
-
-
-@contextlib.asynccontextmanager
-async def embedded_sim(faults: list[str], seed: int | None):
-    """The reference server on a free loopback port, with a fresh secret the harness mints tokens from."""
-    from agentsim.faults import FaultSpecError, parse_fault
-    from agentsim.server import AgentSim, SimConfig
-
-    try:
-        parsed = [parse_fault(f) for f in faults]
-    except FaultSpecError as exc:
-        raise ConfigError(f"--sim-fault: {exc}") from None
-    secret = secrets.token_urlsafe(32)
-    sim = AgentSim(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think="0.005-0.03",
-                             tool_latency="0.002-0.01", seed=seed, faults=parsed))
-    await sim.start()
-    try:
-        yield sim, TokenProvider(jwt_secret=secret)
-    finally:
-        await sim.stop()
-
-
 async def _run(args: argparse.Namespace, console: Console) -> int:
     names = args.scenarios or list(BUILTIN_SUITE)
     for flag, path in (("--json", args.json), ("--junit", args.junit), ("--html", args.html)):
@@ -204,7 +105,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         if max_duration <= 0:
             raise ConfigError("--max-duration: must be more than 0")
         run_deadline = time.monotonic() + max_duration
-    if args.target and args.sim_fault:
+    opts = options_from_args(args)
+    if opts.url is not None and args.sim_fault:
         raise ConfigError("--sim-fault applies to the embedded agentsim only; leave out --target to use it")
     if args.job and args.pushgateway is None and args.job != "chatprobe":
         raise ConfigError("--job needs --pushgateway")
@@ -212,14 +114,17 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(f"--job {args.job!r}: a job name is 1-128 letters, digits, '_', '.', ':' or '-'")
 
     async with contextlib.AsyncExitStack() as stack:
-        if args.target:
-            tokens = read_token(args)
-            url = args.target
+        if opts.url is not None:
+            tokens = read_token(opts)
+            url = opts.url
         else:
+            # Checked before the server starts: a wrong --profile is a usage error, not a run.
+            for scenario in scenarios:
+                make_target(opts, TokenProvider(), scenario.profile, url="ws://127.0.0.1:1")
             sim, tokens = await stack.enter_async_context(embedded_sim(args.sim_fault, args.sim_seed))
             url = sim.url
             # A stable `target` label: the embedded server's port changes every run.
-            args.target_name = args.target_name or "agentsim"
+            opts = dataclasses.replace(opts, name=opts.name or "agentsim")
             if not args.quiet:
                 console.print(f"[dim]embedded agentsim on {url}[/dim]")
         runs: list[ScenarioRun] = []
@@ -228,7 +133,7 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
             if run_deadline is not None:
                 left = max(0.0, run_deadline - time.monotonic())
                 scenario = scenario.model_copy(update={"max_duration": min(scenario.max_duration, left)})
-            target = make_target(args, url, tokens, scenario.profile)
+            target = make_target(opts, tokens, scenario.profile, url=url)
             sinks: list[Sink] = []
             if args.pushgateway:
                 from monitors.push import PushSink
@@ -238,8 +143,6 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
                 sinks.append(ps)
             live = LiveView(console)
             sinks.append(live)
-            from .sinks import Fanout
-
             with live if not args.quiet else contextlib.nullcontext():
                 run = await run_scenario(scenario, target, Fanout(sinks))
             runs.append(run)
@@ -259,9 +162,7 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     if args.pushgateway:
         for ps in metrics_sinks:
             ps.push(args.pushgateway, args.job)
-    if any(r.unreachable for r in runs):
-        return EXIT_UNREACHABLE
-    return EXIT_OK if all(r.passed for r in runs) else EXIT_FAILED
+    return int(exit_code(runs))
 
 
 def main(argv: list[str] | None = None) -> int:

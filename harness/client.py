@@ -6,59 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
-import jwt
-
 from .checker import ChatResult, ConnectionChecker, Expectations
-from .flow import WAKE_ALL, ChatFlow, Close, Connect, Drop, FrameRouter, Reconnect, Send, Wait
+from .flow import DEFAULTS, ChatOptions, WAKE_ALL, ChatFlow, Close, Connect, Drop, FrameRouter, Reconnect, Send, Wait
 from .profiles import Profile
 from .sinks import Sink
-from .transport import ConnectFailed, ConnectSettings, WebSocketTransport, make_transport
-
-
-class TokenProvider:
-    """A fixed token for every user, or an HS256 JWT minted per virtual user (sub = user id)."""
-
-    def __init__(self, token: str | None = None, jwt_secret: str | None = None, ttl: float = 3600) -> None:
-        self._token = token
-        self._secret = jwt_secret
-        self._ttl = ttl
-
-    def __repr__(self) -> str:  # never show a secret
-        return "TokenProvider(<redacted>)"
-
-    def for_user(self, user_id: str) -> str | None:
-        if self._token is not None:
-            return self._token
-        if self._secret is not None:
-            now = int(time.time())
-            return jwt.encode({"sub": user_id, "iat": now, "exp": now + int(self._ttl)}, self._secret, algorithm="HS256")
-        return None
-
-
-@dataclass
-class Target:
-    """Where and how to connect: URL, profile, auth and TLS, and the short name used as the `target` label."""
-
-    url: str
-    profile: Profile
-    name: str
-    tokens: TokenProvider = field(default_factory=TokenProvider)
-    auth: str = "header"
-    ca_file: str | None = None
-    insecure: bool = False
-    no_auth_user_param: bool = False  # agentsim --no-auth: name the user with ?user=
-
-    def settings_for(self, user_id: str, connect_timeout: float) -> ConnectSettings:
-        url = self.url
-        if self.no_auth_user_param:
-            url += ("&" if "?" in url else "?") + f"user={user_id}"
-        return ConnectSettings(
-            url=url, token=self.tokens.for_user(user_id), auth=self.auth, ca_file=self.ca_file,
-            insecure=self.insecure, connect_timeout=connect_timeout,
-        )
+from .targets import Target
+from .transports import ConnectFailed, Transport, make_transport
 
 
 class Session:
@@ -74,7 +29,7 @@ class Session:
         self.connect_timeout = connect_timeout
         self.clock = clock
         self.checker = ConnectionChecker(None)
-        self.transport: WebSocketTransport | None = None
+        self.transport: Transport | None = None
         self.reader: asyncio.Task | None = None
         self.generation = 0
         self.closed = True
@@ -118,7 +73,7 @@ class Session:
             await self._drop(transport)
             raise ConnectFailed(kind, reason)
 
-    async def _drop(self, transport: WebSocketTransport) -> None:
+    async def _drop(self, transport: Transport) -> None:
         transport.abort()
         if self.reader is not None:
             try:
@@ -127,7 +82,7 @@ class Session:
             except (TimeoutError, asyncio.CancelledError):
                 self.reader.cancel()
 
-    async def _read(self, transport: WebSocketTransport, gen: int) -> None:
+    async def _read(self, transport: Transport, gen: int) -> None:
         try:
             await transport.run(self._on_frame)
         finally:
@@ -204,23 +159,10 @@ class Session:
         """Why the connection ended, when the transport knows (a truncated event stream)."""
         return self.transport.ended_note if self.transport is not None else ""
 
-    async def chat(
-        self,
-        content: str,
-        expectations: Expectations,
-        *,
-        client_run_id: bool = False,
-        disconnect_after: int | None = None,
-        abandon_after: int | None = None,
-        reconnect: bool = True,
-        max_reconnects: int = 3,
-        settle: float = 0.1,
-    ) -> ChatResult:
+    async def chat(self, content: str, expectations: Expectations, options: ChatOptions = DEFAULTS) -> ChatResult:
         """Send one message and follow its run to a verdict, within the chat's deadline."""
         flow = ChatFlow.chat(self.router, content, expectations, user_id=self.user_id, now=self.clock(),
-                             client_run_id=client_run_id, disconnect_after=disconnect_after,
-                             abandon_after=abandon_after, reconnect=reconnect, max_reconnects=max_reconnects,
-                             settle=settle)
+                             options=options)
         return await self._play(flow)
 
     async def send_invalid(self, raw: str, expectations: Expectations) -> ChatResult:

@@ -177,9 +177,11 @@ class Link(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ChatOptions:
-    """How a chat is played: drop the socket after N events (then reconnect and resume, at most max_reconnects
-    times, when `reconnect`), leave for good after N events, listen `settle` seconds after the terminal event."""
+    """How a chat is played, the same for every driver: name the run from the client (`client_run_id`), drop the
+    socket after N events (then reconnect and resume, at most max_reconnects times, when `reconnect`), leave for good
+    after N events, listen `settle` seconds after the terminal event."""
 
+    client_run_id: bool = False
     disconnect_after: int | None = None
     abandon_after: int | None = None
     reconnect: bool = True
@@ -218,13 +220,13 @@ class ChatFlow:
 
     @classmethod
     def chat(cls, router: FrameRouter, content: str, expectations: Expectations, *, user_id: str, now: float,
-             client_run_id: bool = False, **options) -> "ChatFlow":
-        """A chat sending `content` (options: disconnect_after, abandon_after, reconnect, max_reconnects, settle)."""
+             options: ChatOptions = DEFAULTS) -> "ChatFlow":
+        """A chat sending `content`, played as `options` say."""
         profile = router.profile
-        tracker = new_tracker(expectations, router.scenario, now, client_run_id or profile.client_run_id)
+        tracker = new_tracker(expectations, router.scenario, now, options.client_run_id or profile.client_run_id)
         request = profile.build_request(content=content, thread_id=tracker.thread_id, run_id=tracker.run_id,
                                         message_id=tracker.message_id, user_id=user_id)
-        return cls(router, tracker, request, ChatOptions(**options))
+        return cls(router, tracker, request, options)
 
     @classmethod
     def invalid_input(cls, router: FrameRouter, raw: str, expectations: Expectations, *, now: float) -> "ChatFlow":

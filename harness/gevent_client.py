@@ -10,16 +10,16 @@ import socket
 import threading
 import time
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from .checker import ChatResult, ConnectionChecker, Expectations
-from .client import Target
-from .flow import STOPPED_NOTE, ChatFlow, Close, Connect, Drop, FrameRouter, Reconnect, Send, Wait
+from .targets import Target
+from .flow import DEFAULTS, ChatOptions, STOPPED_NOTE, ChatFlow, Close, Connect, Drop, FrameRouter, Reconnect, Send, Wait
 from .sinks import Sink
-from .transport import ConnectFailed, ConnectSettings, classify, handshake_options, record_close
+from .transports import ConnectFailed, ConnectSettings
+from .transports.websocket import classify, handshake_options, record_close
 
 __all__ = ["STOPPED_NOTE", "SyncSession"]
 
@@ -42,7 +42,7 @@ class SyncSession:
 
     def __init__(self, target: Target, user_id: str, scenario: str, sink: Sink, *, connect_timeout: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if urlsplit(target.url).scheme not in ("ws", "wss"):
+        if target.transport != "websocket":
             raise ValueError(f"the gevent client speaks WebSocket only (ws://, wss://), not {target.url.split(':')[0]}")
         self.target = target
         self.profile = target.profile
@@ -185,27 +185,14 @@ class SyncSession:
             self._cond.wait_for(lambda: self._ticks != seen_ticks, timeout)
 
     # -- chats --
-    def chat(
-        self,
-        content: str,
-        expectations: Expectations,
-        *,
-        client_run_id: bool = False,
-        disconnect_after: int | None = None,
-        abandon_after: int | None = None,
-        reconnect: bool = True,
-        max_reconnects: int = 3,
-        settle: float = 0.1,
-    ) -> ChatResult:
+    def chat(self, content: str, expectations: Expectations, options: ChatOptions = DEFAULTS) -> ChatResult:
         """Send one message and follow its run to a verdict, within the chat's deadline.
 
         Interrupted from outside (GreenletExit when Locust stops the user), the chat is judged as abandoned
         (STOPPED_NOTE) for the sink, and the interruption goes on: the caller gets no result to report.
         """
         flow = ChatFlow.chat(self.router, content, expectations, user_id=self.user_id, now=self.clock(),
-                             client_run_id=client_run_id, disconnect_after=disconnect_after,
-                             abandon_after=abandon_after, reconnect=reconnect, max_reconnects=max_reconnects,
-                             settle=settle)
+                             options=options)
         return self._play(flow)
 
     def send_invalid(self, raw: str, expectations: Expectations) -> ChatResult:

@@ -157,6 +157,11 @@ class Profile(BaseModel):
         return self
 
     @property
+    def spans_must_close(self) -> frozenset[str]:
+        """Names of the spans a completed run must have closed (R5)."""
+        return frozenset(s.name for s in self.spans if s.must_close)
+
+    @property
     def transports(self) -> list[str]:
         """The transports this profile may be spoken over, its usual one first."""
         return list(self.transport) if isinstance(self.transport, list) else [self.transport]

@@ -15,11 +15,14 @@ from typing import Any, Iterator
 
 import pytest
 
-from .checker import ChatResult, Expectations
-from .client import Session, Target, TokenProvider
+from .checker import ChatResult, ExpectError
+from .client import Session
 from .events import Outcome, Role
-from .profiles import load_profile
+from .flow import DEFAULTS, ChatOptions
+from .scenario import Expect, expectations_for
 from .sinks import Sink
+from .targets import Target, TargetOptions, TokenProvider, make_target, read_token
+from .yamlfile import ConfigError
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,18 +47,13 @@ class ChatProbe:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout or self.timeout)
 
     def chat(self, message: str, *, required: list[Role] | None = None, streaming: bool = False,
-             expect_error: str | None = None, first_event_limit: float = 2.0, deadline: float = 60.0,
-             stall_limit: float = 30.0, **kwargs: Any) -> ChatResult:
-        profile = self.target.profile
-        req = set(required if required is not None else profile.required)
-        if streaming:
-            req.add(Role.PARTIAL_RESULT)
-        exp = Expectations(
-            required=frozenset(req), first_event_limit=first_event_limit, deadline=deadline,
-            stall_limit=stall_limit, thinking_before_tool=profile.thinking_before_tool, expect_error=expect_error,  # type: ignore[arg-type]
-            spans_must_close=frozenset(s.name for s in profile.spans if s.must_close),
-        )
-        return self._call(self.session.chat(message, exp, **kwargs), deadline + 15)
+             expect_error: ExpectError = None, first_event_limit: float = 2.0, deadline: float = 60.0,
+             stall_limit: float = 30.0, options: ChatOptions = DEFAULTS) -> ChatResult:
+        """Send one message and return its verdict; the limits and roles are a scenario's `expect:`."""
+        expect = Expect(required=required, streaming=streaming, first_event_limit=first_event_limit,
+                        deadline=deadline, stall_limit=stall_limit, settle=options.settle)
+        exp = expectations_for(self.target.profile, expect, required=required, expect_error=expect_error)
+        return self._call(self.session.chat(message, exp, options), deadline + 15)
 
     @staticmethod
     def check(result: ChatResult) -> ChatResult:
@@ -77,18 +75,22 @@ class ChatProbe:
 @pytest.fixture(scope="session")
 def chatprobe_target(request: pytest.FixtureRequest) -> Iterator[Target]:
     url = request.config.getoption("--chatprobe-target")
-    profile = load_profile(request.config.getoption("--chatprobe-profile"))
-    if url:
-        token = os.environ.get(request.config.getoption("--chatprobe-token-env"))
-        yield Target(url=url, profile=profile, name="pytest", tokens=TokenProvider(token=token),
-                     auth="header" if token else "none")
+    token_env = request.config.getoption("--chatprobe-token-env")
+    opts = TargetOptions(url=url, name="pytest", profile=request.config.getoption("--chatprobe-profile"),
+                         token_env=token_env if os.environ.get(token_env) else None)
+    try:
+        target = make_target(opts, read_token(opts), url=url or "ws://127.0.0.1:1")  # checked before agentsim starts
+    except ConfigError as exc:
+        raise pytest.UsageError(f"chatprobe: {exc}") from None
+    if url is not None:
+        yield target
         return
     from agentsim.server import SimConfig, run_in_thread
 
     secret = secrets.token_urlsafe(32)
     handle = run_in_thread(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think=0.005, tool_latency=0.002))
     try:
-        yield Target(url=handle.url, profile=profile, name="pytest", tokens=TokenProvider(jwt_secret=secret))
+        yield make_target(opts, TokenProvider(jwt_secret=secret), url=handle.url)
     finally:
         handle.stop()
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass, field
 
 from .checker import ChatResult
-from .client import Session, Target
-from .events import Outcome
+from .client import Session
+from .results import ScenarioRun
 from .scenario import ChatCall, ChatGroup, RawCall, Scenario, UserScript
 from .sinks import Fanout, Sink
-from .stats import ObjectiveResult, ScenarioStats, compute, evaluate
-
-UNREACHABLE_KINDS = frozenset({"refused", "timeout", "tls_error"})
+from .stats import compute, evaluate
+from .targets import Target
 
 
 class _Collector(Sink):
@@ -22,33 +20,6 @@ class _Collector(Sink):
 
     def chat_finished(self, result: ChatResult) -> None:
         self.results.append(result)
-
-
-@dataclass
-class ScenarioRun:
-    scenario: Scenario
-    target: str
-    results: list[ChatResult]
-    stats: ScenarioStats
-    objectives: list[ObjectiveResult]
-    started_at: float
-    elapsed: float
-    stopped_early: bool = False
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(o.ok for o in self.objectives) and not self.unreachable
-
-    @property
-    def unreachable(self) -> bool:
-        return bool(self.results) and all(
-            r.outcome is Outcome.ERROR and r.error_kind in UNREACHABLE_KINDS for r in self.results
-        )
-
-    @property
-    def failed_objectives(self) -> list[ObjectiveResult]:
-        return [o for o in self.objectives if not o.ok]
 
 
 async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = None, *,
@@ -75,7 +46,7 @@ async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = N
             try:
                 for item in script.plan():
                     if isinstance(item, ChatCall):
-                        await session.chat(item.content, item.expectations, **item.options)
+                        await session.chat(item.content, item.expectations, item.options)
                     elif isinstance(item, RawCall):
                         await session.send_invalid(item.raw, item.expectations)
                     else:
@@ -89,7 +60,7 @@ async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = N
         async def one() -> None:
             async with in_flight:
                 call = script.chat()
-                await session.chat(call.content, call.expectations, **call.options)
+                await session.chat(call.content, call.expectations, call.options)
 
         await asyncio.gather(*(one() for _ in range(group.count)))
 

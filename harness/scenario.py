@@ -1,6 +1,7 @@
 """Scenarios as YAML data: who chats, what they send, which roles are required, and the objectives to meet."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -8,9 +9,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from .checker import Expectations
+from .checker import ExpectError, Expectations
 from .durations import Seconds
 from .events import Role
+from .flow import ChatOptions
 from .yamlfile import ConfigError, builtin_names, line_of, load_builtin_or_file
 
 if TYPE_CHECKING:
@@ -119,21 +121,10 @@ class Scenario(Strict):
             raise ValueError("messages: give at least one message, or leave it out")
         return self
 
-    def expectations(self, profile_required: list[Role], profile_thinking: bool, step: ChatStep | None = None,
-                     spans_must_close: frozenset[str] | None = None) -> Expectations:
-        e = self.expect
-        required = set(step.required if step and step.required is not None else (e.required or profile_required))
-        if e.streaming:
-            required.add(Role.PARTIAL_RESULT)
-        return Expectations(
-            required=frozenset(required),
-            first_event_limit=e.first_event_limit,
-            deadline=e.deadline,
-            stall_limit=e.stall_limit,
-            thinking_before_tool=profile_thinking if e.thinking_before_tool is None else e.thinking_before_tool,
-            expect_error=step.expect_error if step else None,
-            spans_must_close=spans_must_close,
-        )
+    def expectations(self, profile: "Profile", step: ChatStep | None = None) -> Expectations:
+        """What each chat of this scenario (or of one of its steps) must show, against a target speaking `profile`."""
+        return expectations_for(profile, self.expect, required=step.required if step else None,
+                                expect_error=step.expect_error if step else None)
 
     def message_for(self, n: int) -> str:
         if self.messages:
@@ -142,22 +133,47 @@ class Scenario(Strict):
 
     def invalid_input_expectations(self) -> Expectations:
         """What a `send_raw:` step expects: an error_message answer on an open connection (R13), within 10 s."""
-        e = self.expect
-        return Expectations(required=frozenset(), first_event_limit=e.first_event_limit,
-                            deadline=min(e.deadline, 10.0), stall_limit=e.stall_limit, expect_error="invalid_input")
+        return invalid_input_expectations(self.expect)
 
     def user_script(self, profile: "Profile") -> "UserScript":
         """What each virtual user does, against a target speaking `profile`."""
         return UserScript(self, profile)
 
 
+def expectations_for(profile: "Profile", expect: Expect | None = None, *, required: list[Role] | None = None,
+                     expect_error: ExpectError = None) -> Expectations:
+    """The one place a chat's Expectations are built, from the profile and the scenario's `expect` (the runner, the
+    Locust user, the pytest plugin and the proxy all come here): required roles (the step's, else the scenario's,
+    else the profile's, plus partial_result when streaming), limits, R6, and the spans that must close."""
+    e = expect or Expect()
+    roles = set(required if required is not None else (e.required or profile.required))
+    if e.streaming:
+        roles.add(Role.PARTIAL_RESULT)
+    return Expectations(
+        required=frozenset(roles),
+        first_event_limit=e.first_event_limit,
+        deadline=e.deadline,
+        stall_limit=e.stall_limit,
+        thinking_before_tool=profile.thinking_before_tool if e.thinking_before_tool is None else e.thinking_before_tool,
+        expect_error=expect_error,
+        spans_must_close=profile.spans_must_close,
+    )
+
+
+def invalid_input_expectations(expect: Expect | None = None) -> Expectations:
+    """What an invalid-input probe expects: an error_message answer on an open connection (R13), within 10 s."""
+    e = expect or Expect()
+    return Expectations(required=frozenset(), first_event_limit=e.first_event_limit,
+                        deadline=min(e.deadline, 10.0), stall_limit=e.stall_limit, expect_error="invalid_input")
+
+
 @dataclass(frozen=True)
 class ChatCall:
-    """One chat of a user: `session.chat(call.content, call.expectations, **call.options)`."""
+    """One chat of a user: `session.chat(call.content, call.expectations, call.options)`."""
 
     content: str
     expectations: Expectations
-    options: dict[str, Any]
+    options: ChatOptions
 
 
 @dataclass(frozen=True)
@@ -182,11 +198,11 @@ class UserScript:
 
     def __init__(self, scenario: Scenario, profile: "Profile") -> None:
         self.scenario = scenario
-        self.required = profile.required
-        self.thinking_before_tool = profile.thinking_before_tool
-        self.spans_must_close = frozenset(s.name for s in profile.spans if s.must_close)
+        self.profile = profile
         self.chats = 0
         self._default: Expectations | None = None
+        self._options = ChatOptions(client_run_id=scenario.client_run_id, reconnect=scenario.reconnect,
+                                    max_reconnects=scenario.max_reconnects, settle=scenario.expect.settle)
 
     def chat(self, step: ChatStep | None = None) -> ChatCall:
         """The next chat: the step's message and options, else the scenario's."""
@@ -194,17 +210,13 @@ class UserScript:
         n, self.chats = self.chats, self.chats + 1
         if step is None:
             if self._default is None:
-                self._default = sc.expectations(self.required, self.thinking_before_tool, None, self.spans_must_close)
-            expectations = self._default
-        else:
-            expectations = sc.expectations(self.required, self.thinking_before_tool, step, self.spans_must_close)
-        return ChatCall(
-            (step.message if step and step.message else None) or sc.message_for(n), expectations,
-            {"client_run_id": sc.client_run_id,
-             "disconnect_after": step.disconnect_after if step else None,
-             "abandon_after": step.abandon_after if step else None,
-             "reconnect": sc.reconnect, "max_reconnects": sc.max_reconnects, "settle": sc.expect.settle},
-        )
+                self._default = sc.expectations(self.profile)
+            return ChatCall(sc.message_for(n), self._default, self._options)
+        options = self._options
+        if step.disconnect_after is not None or step.abandon_after is not None:
+            options = dataclasses.replace(options, disconnect_after=step.disconnect_after,
+                                          abandon_after=step.abandon_after)
+        return ChatCall(step.message or sc.message_for(n), sc.expectations(self.profile, step), options)
 
     def plan(self) -> Iterator[ChatCall | RawCall | ChatGroup]:
         """One play of the script, item by item (a ChatCall is made when the previous item is done)."""

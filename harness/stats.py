@@ -43,6 +43,7 @@ class ScenarioStats:
     ttfe: dict[str, float | None] = field(default_factory=dict)
     duration: dict[str, float | None] = field(default_factory=dict)
     events: int = 0
+    error_kinds: Counter = field(default_factory=Counter)  # error_kind of chats with outcome error
 
     @property
     def judged(self) -> int:
@@ -134,6 +135,7 @@ class Tally:
             chats=self.chats, outcomes=Counter(self.outcomes), missing_chats=self.missing_chats,
             missing_roles=Counter(self.missing_roles), violations=Counter(self.violations),
             ttfe=_stat(self.ttfe), duration=_stat(self.duration), events=self.events,
+            error_kinds=Counter(self.error_kinds),
         )
 
     def to_dict(self) -> dict[str, Any]:

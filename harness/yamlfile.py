@@ -12,7 +12,16 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(Exception):
-    """A user's file or flag is wrong: the message names the file, the line and the field. Exit code 2."""
+    """A user's file or flag is wrong: the message names the file, the line and the field. Exit code 2.
+
+    `field` (when set) is the option the error is about, by its TargetOptions / config name (`ca_file`), and
+    `detail` the message without it, so a caller names it its own way (`--ca-file`, `targets.prod.ca_file`).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.detail = detail if detail is not None else message
 
 
 def _resolve(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, list[str]]:

@@ -25,10 +25,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, make_wsgi_app
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from harness.cli import add_target_args, embedded_sim, make_target, read_token
-from harness.client import Target, TokenProvider
+from harness.targets import (Target, TargetOptions, TokenProvider, add_target_args, embedded_sim, make_target,
+                             options_from_args, read_token)
 from harness.durations import Seconds, parse_duration
-from harness.runner import ScenarioRun, run_scenario
+from harness.results import ScenarioRun
+from harness.runner import run_scenario
 from harness.scenario import Scenario, load_scenario
 from harness.profiles import load_profile
 from harness.yamlfile import ConfigError, line_of, load_model
@@ -165,18 +166,14 @@ def _cap(scenario: Scenario, timeout: float) -> Scenario:
     return scenario.model_copy(update=update) if update else scenario
 
 
-def probes_from_args(args: argparse.Namespace, url: str, tokens: TokenProvider, timeout: float) -> list[Probe]:
-    scenarios = _load_scenarios(args.scenario or ["probe"])
-    return [Probe(make_target(args, url, tokens, s.profile), _cap(s, timeout)) for s in scenarios]
+def probes_from_args(opts: TargetOptions, scenario_names: list[str] | None, url: str, tokens: TokenProvider,
+                     timeout: float) -> list[Probe]:
+    scenarios = _load_scenarios(scenario_names or ["probe"])
+    return [Probe(make_target(opts, tokens, s.profile, url=url), _cap(s, timeout)) for s in scenarios]
 
 
 def load_config(path: str) -> MonitorConfig:
     return load_model(MonitorConfig, path)
-
-
-# Which field of a target a harness error is about, by the flag it names; the flag is dropped from the message.
-_FLAG_FIELDS = (("--target", "url"), ("--profile", "profile"), ("--auth", "auth"), ("--token-env", "token_env"),
-                ("--token-file", "token_file"), ("--jwt-secret-env", "jwt_secret_env"), ("--ca-file", "ca_file"))
 
 
 def _field_error(path: str, loc: tuple[Any, ...], message: str) -> ConfigError:
@@ -186,12 +183,11 @@ def _field_error(path: str, loc: tuple[Any, ...], message: str) -> ConfigError:
     return ConfigError(f"{where}: field '{'.'.join(map(str, loc))}': {message}")
 
 
-def _target_error(path: str, name: str, message: str) -> ConfigError:
-    for flag, field_name in _FLAG_FIELDS:
-        if message.startswith(flag + " ") or message.startswith(flag + ":"):
-            rest = message[len(flag):].lstrip(":").strip()
-            return _field_error(path, ("targets", name, field_name), rest or message)
-    return _field_error(path, ("targets", name), message)
+def _target_error(path: str, name: str, exc: ConfigError) -> ConfigError:
+    """A target option's error, named by its field in the file (`targets.prod.ca_file`), not by its flag."""
+    if exc.field is not None:
+        return _field_error(path, ("targets", name, exc.field), exc.detail)
+    return _field_error(path, ("targets", name), str(exc))
 
 
 def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list[Probe]:
@@ -212,13 +208,13 @@ def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list
             except ConfigError as exc:
                 message = str(exc).removeprefix("--profile ")  # a config has no flags: the field is named
                 raise _field_error(path, ("targets", name, "profile"), message) from None
-        ns = argparse.Namespace(target=tc.url, target_name=name, profile=profile, auth=tc.auth,
-                                token_env=tc.token_env, token_file=token_file, jwt_secret_env=tc.jwt_secret_env,
-                                ca_file=ca_file, insecure=tc.insecure)
+        opts = TargetOptions(url=tc.url, name=name, profile=profile, auth=tc.auth, token_env=tc.token_env,
+                             token_file=token_file, jwt_secret_env=tc.jwt_secret_env, ca_file=ca_file,
+                             insecure=tc.insecure)
         try:
-            tokens = read_token(ns)
+            tokens = read_token(opts)
         except ConfigError as exc:
-            raise _target_error(path, name, str(exc)) from None
+            raise _target_error(path, name, exc) from None
         names = tc.scenarios or config.scenarios
         prefix: tuple[Any, ...] = ("targets", name, "scenarios") if tc.scenarios else ("scenarios",)
         scenarios: list[Scenario] = []
@@ -232,9 +228,9 @@ def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list
                                    "/probe and the labels need unique names")
         for s in scenarios:
             try:
-                target = make_target(ns, tc.url, tokens, s.profile)
+                target = make_target(opts, tokens, s.profile)
             except ConfigError as exc:
-                raise _target_error(path, name, str(exc)) from None
+                raise _target_error(path, name, exc) from None
             probes.append(Probe(target, _cap(s, timeout)))
     return probes
 
@@ -457,12 +453,13 @@ async def _main(args: argparse.Namespace) -> int:
     async with contextlib.AsyncExitStack() as stack:
         if config is not None:
             probes = probes_from_config(args.config, config, timeout)
-        elif args.target:
-            probes = probes_from_args(args, args.target, read_token(args), timeout)
+        elif args.target is not None:
+            opts = options_from_args(args)
+            probes = probes_from_args(opts, args.scenario, args.target, read_token(opts), timeout)
         else:
             sim, tokens = await stack.enter_async_context(embedded_sim([], None))
             print(f"chatprobe monitor: no --target: probing the embedded agentsim on {sim.url}", file=sys.stderr)
-            probes = probes_from_args(args, sim.url, tokens, timeout)
+            probes = probes_from_args(options_from_args(args), args.scenario, sim.url, tokens, timeout)
         monitor = Monitor(probes, interval, timeout)
 
         if args.once:

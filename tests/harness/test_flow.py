@@ -8,7 +8,7 @@ import pytest
 from harness.checker import ConnectionChecker, Expectations
 from harness.events import DEFAULT_REQUIRED, Event, Role
 from harness.flow import (
-    CLOSE, CONNECT, DROP, STOPPED_NOTE, ChatFlow, Finish, FrameRouter, Reconnect, Send, Wait, lost_note_for,
+    CLOSE, CONNECT, DROP, STOPPED_NOTE, ChatFlow, ChatOptions, Finish, FrameRouter, Reconnect, Send, Wait, lost_note_for,
 )
 from harness.profiles import load_profile
 from harness.scenario import ChatCall, ChatGroup, RawCall, Scenario
@@ -56,7 +56,7 @@ def make(probe: bool = False, **options) -> tuple[ChatFlow, Recorder, FakeLink]:
     if probe:
         flow = ChatFlow.invalid_input(router, "not json", INVALID, now=0.0)
     else:
-        flow = ChatFlow.chat(router, "hi", EXP, user_id="u1", now=0.0, client_run_id=True, **options)
+        flow = ChatFlow.chat(router, "hi", EXP, user_id="u1", now=0.0, options=ChatOptions(client_run_id=True, **options))
     return flow, sink, FakeLink()
 
 
@@ -332,7 +332,7 @@ def test_user_script_steps_repeat_and_number_chats():
     kinds = [type(i) for i in items]
     assert kinds == [ChatCall, ChatCall, RawCall, RawCall, ChatCall, ChatCall]
     assert [i.content for i in items if isinstance(i, ChatCall)] == ["a", "b", "own", "a"]
-    assert items[4].options["abandon_after"] == 3 and items[0].options["abandon_after"] is None
+    assert items[4].options.abandon_after == 3 and items[0].options.abandon_after is None
     assert items[2].raw == "oops" and items[2].expectations.expect_error == "invalid_input"
 
 
@@ -344,8 +344,8 @@ def test_user_script_chats_per_user_sequential_or_a_parallel_group_numbered_acro
     par = Scenario.model_validate({"name": "x", "chats_per_user": 5, "parallel_chats": 2}).user_script(PROFILE)
     assert list(par.plan()) == [ChatGroup(5, 2)]
     call = par.chat()
-    assert call.options == {"client_run_id": False, "disconnect_after": None, "abandon_after": None,
-                            "reconnect": True, "max_reconnects": 3, "settle": 0.1}
+    assert call.options == ChatOptions(client_run_id=False, disconnect_after=None, abandon_after=None,
+                                       reconnect=True, max_reconnects=3, settle=0.1)
 
 
 def test_welcome_outcome_classifies_the_handshake_and_reports_it():

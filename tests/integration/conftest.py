@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agentsim.server import AgentSim, SimConfig
-from harness.client import Target, TokenProvider
+from harness.targets import Target, TokenProvider
 from harness.profiles import load_profile
 from harness.scenario import Scenario
 

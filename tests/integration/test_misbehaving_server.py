@@ -8,7 +8,7 @@ import socket
 import pytest
 from websockets.asyncio.server import serve
 
-from harness.client import Target
+from harness.targets import Target
 from harness.events import Outcome
 from harness.profiles import load_profile
 from harness.runner import run_scenario

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentsim.server import AgentSim, SimConfig
-from harness.client import TokenProvider
+from harness.targets import TokenProvider
 from harness.yamlfile import ConfigError
 from monitors.metrics import ChatMetrics
 from monitors.monitor import Monitor, load_config, main, parse_listen, probes_from_config

@@ -16,8 +16,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from agentsim.server import AgentSim, SimConfig
 from harness.checker import Expectations
-from harness.client import Session, Target, TokenProvider
+from harness.client import Session
+from harness.targets import Target, TokenProvider
 from harness.events import DEFAULT_REQUIRED, Outcome
+from harness.flow import ChatOptions
 from harness.profiles import load_profile
 from harness.sinks import Sink
 from monitors.metrics import ChatMetrics, MetricsSink
@@ -101,7 +103,7 @@ async def test_user_leaving_mid_run_is_abandoned():
     sim, server, metrics, live, target = await setup()
     try:
         client = Session(target, "carol", "user", Recorder())
-        r = await client.chat("Look up the capital of Peru. #think=0.3", EXP, abandon_after=1)
+        r = await client.chat("Look up the capital of Peru. #think=0.3", EXP, ChatOptions(abandon_after=1))
         assert "abandoned" in r.note
         labels = dict(target="agentsim", scenario="live", source="live")
         await until(lambda: sample(metrics, "chatprobe_chats_abandoned_total", **labels) == 1)

@@ -30,8 +30,10 @@ from ag_ui.core import (
 )
 
 from harness.checker import ChatResult
-from harness.client import Session, Target, TokenProvider
+from harness.client import Session
+from harness.targets import Target, TokenProvider
 from harness.events import Outcome, Role
+from harness.flow import ChatOptions
 from harness.profiles import load_profile
 from harness.scenario import Expect, Scenario
 from harness.sinks import Sink
@@ -39,6 +41,7 @@ from harness.sinks import Sink
 from .servers import AguiSSEServer, Response, WsServer
 
 PROFILE = load_profile("ag-ui")
+FAST = ChatOptions(settle=0.05)
 
 
 class Recorder(Sink):
@@ -53,11 +56,10 @@ async def chat(url: str, *, deadline: float = 10.0, streaming: bool = False, tok
                connect_timeout: float = 5.0, sink: Sink | None = None, ca_file: str | None = None) -> ChatResult:
     target = Target(url=url, profile=PROFILE, name="t", tokens=TokenProvider(token=token), ca_file=ca_file)
     scenario = Scenario(name="t", expect=Expect(deadline=deadline, streaming=streaming))
-    exp = scenario.expectations(PROFILE.required, PROFILE.thinking_before_tool, None,
-                                frozenset(s.name for s in PROFILE.spans if s.must_close))
+    exp = scenario.expectations(PROFILE)
     session = Session(target, "u1", "t", sink or Sink(), connect_timeout=connect_timeout)
     try:
-        return await session.chat("What is 6 * 7?", exp, settle=0.05)
+        return await session.chat("What is 6 * 7?", exp, FAST)
     finally:
         await session.close()
 
@@ -241,10 +243,10 @@ async def test_run_error_expected_by_the_scenario_passes():
         scenario = Scenario(name="t", expect=Expect(deadline=10))
         from harness.scenario import ChatStep
 
-        exp = scenario.expectations(PROFILE.required, PROFILE.thinking_before_tool, ChatStep(expect_error="fatal"))
+        exp = scenario.expectations(PROFILE, ChatStep(expect_error="fatal"))
         session = Session(target, "u1", "t", Sink(), connect_timeout=5)
         try:
-            result = await session.chat("x", exp, settle=0.05)
+            result = await session.chat("x", exp, FAST)
         finally:
             await session.close()
     assert result.outcome is Outcome.PASSED, result.violations
@@ -253,11 +255,11 @@ async def test_run_error_expected_by_the_scenario_passes():
 async def test_chats_in_a_row_each_open_their_own_stream():
     async with AguiSSEServer(text_only) as server:
         target = Target(url=server.url, profile=PROFILE, name="t")
-        exp = Scenario(name="t").expectations(PROFILE.required, PROFILE.thinking_before_tool)
+        exp = Scenario(name="t").expectations(PROFILE)
         sink = Recorder()
         session = Session(target, "u1", "t", sink, connect_timeout=5)
         try:
-            results = [await session.chat(f"message {i}", exp, settle=0.05) for i in range(3)]
+            results = [await session.chat(f"message {i}", exp, FAST) for i in range(3)]
         finally:
             await session.close()
     assert [r.outcome for r in results] == [Outcome.PASSED] * 3
@@ -347,10 +349,10 @@ async def test_agui_over_websocket_fault_is_caught():
 async def test_a_second_chat_in_flight_on_one_sse_user_is_an_explained_error():
     async with AguiSSEServer(text_only, chunk_size=1) as server:
         target = Target(url=server.url, profile=PROFILE, name="t")
-        exp = Scenario(name="t").expectations(PROFILE.required, PROFILE.thinking_before_tool)
+        exp = Scenario(name="t").expectations(PROFILE)
         session = Session(target, "u1", "t", Sink(), connect_timeout=5)
         try:
-            first, second = await asyncio.gather(session.chat("one", exp, settle=0.05), session.chat("two", exp, settle=0.05))
+            first, second = await asyncio.gather(session.chat("one", exp, FAST), session.chat("two", exp, FAST))
         finally:
             await session.close()
     assert first.outcome is Outcome.PASSED, first.violations

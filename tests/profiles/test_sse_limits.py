@@ -9,7 +9,7 @@ import tracemalloc
 from ag_ui.core import RunAgentInput, RunFinishedEvent, RunStartedEvent, TextMessageEndEvent, TextMessageStartEvent
 
 from harness.events import Outcome
-from harness.transport import ConnectSettings
+from harness.transports import ConnectSettings
 
 from .servers import AguiSSEServer
 from .test_agui import chat, rules, text_only
@@ -98,7 +98,7 @@ async def test_a_large_event_under_the_limit_still_passes():
 
 
 def test_parser_limit_is_inclusive_and_bom_is_dropped():
-    from harness.sse import EventStreamParser, EventTooLarge
+    from harness.eventstream import EventStreamParser, EventTooLarge
 
     parser = EventStreamParser(10)
     assert parser.feed(b"\xef\xbb") == []  # a byte-order mark split over chunks

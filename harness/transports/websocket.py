@@ -1,9 +1,4 @@
-"""Transports put a profile's frames on the road: WebSocket here (SSE lives beside it), every wait with a deadline.
-
-A transport knows nothing of events or rules; it connects, sends JSON, hands each received frame with its
-monotonic receipt time to a callback, and classifies connection failures with the `result` values of
-METRICS.md (refused, auth_failed, timeout, tls_error, protocol_error).
-"""
+"""The WebSocket transport (websockets' asyncio client): auth by header or subprotocol, JSON text frames, limits."""
 from __future__ import annotations
 
 import asyncio
@@ -11,72 +6,12 @@ import base64
 import json
 import ssl
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI
 
-FrameCallback = Callable[[str | bytes, float], None]
-
-_DEFAULT_PORTS = {"ws": 80, "http": 80, "wss": 443, "https": 443}
-
-
-def target_label(url: str) -> str:
-    """Reduce a server URL to `host:port` for the `target` label: never a path, a query or credentials."""
-    text = url.strip()
-    parts = urlsplit(text if "://" in text else "//" + text)
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise ValueError(f"no host in {url!r}")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"bad port in {url!r}") from exc
-    if port is None:
-        port = _DEFAULT_PORTS.get(parts.scheme.lower())
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    return f"{host}:{port}" if port is not None else host
-
-
-class ConnectFailed(Exception):
-    """Could not open a usable connection; `kind` is a connections_total result label."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-@dataclass
-class ConnectSettings:
-    url: str
-    token: str | None = None
-    auth: str = "header"  # header | subprotocol | none
-    ca_file: str | None = None
-    insecure: bool = False
-    connect_timeout: float = 10.0
-    max_size: int = 4 * 1024 * 1024
-    extra_headers: dict[str, str] = field(default_factory=dict)
-
-    def redacted_url(self) -> str:
-        """The URL without credentials or query, safe for logs and reports."""
-        parts = urlsplit(self.url)
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def ssl_context(settings: ConnectSettings) -> ssl.SSLContext | None:
-    if not settings.url.startswith(("wss://", "https://")):
-        return None
-    ctx = ssl.create_default_context(cafile=settings.ca_file)
-    if settings.insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+from . import ConnectFailed, ConnectSettings, FrameCallback, ssl_context
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -203,12 +138,3 @@ class WebSocketTransport:
         """Drop the socket without a closing handshake, as a lost network would."""
         if self.ws is not None:
             self.ws.transport.abort()
-
-
-def make_transport(settings: ConnectSettings) -> "WebSocketTransport":
-    """The transport the URL's scheme names: ws:// and wss:// WebSocket, http:// and https:// SSE."""
-    if urlsplit(settings.url).scheme in ("http", "https"):
-        from .sse import SSETransport
-
-        return SSETransport(settings)  # type: ignore[return-value]
-    return WebSocketTransport(settings)

@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 
-from .transport import ConnectFailed, ConnectSettings, FrameCallback, ssl_context
+from ..eventstream import EventStreamParser, EventTooLarge
+from . import ConnectFailed, ConnectSettings, FrameCallback, ssl_context
 
 EVENT_STREAM = "text/event-stream"
-_BOM = b"\xef\xbb\xbf"
 
 
 def classify_http(exc: BaseException) -> tuple[str, str]:
@@ -59,84 +59,6 @@ def classify_status(status: int, content_type: str) -> tuple[str, str] | None:
     if content_type.partition(";")[0].strip().lower() != EVENT_STREAM:
         return "protocol_error", f"content type {content_type or '(none)'!r}, not {EVENT_STREAM}"
     return None
-
-
-class EventTooLarge(Exception):
-    """What the server sent does not fit the size limit; the message is the R12's detail."""
-
-
-class EventStreamParser:
-    """The `text/event-stream` format (WHATWG HTML, "Server-sent events"), fed bytes, giving each event's data.
-
-    `\n`, `\r\n` and `\r` end a line; an empty line dispatches the event; `data:` lines join with a newline;
-    comments, `event:`, `id:`, `retry:` and unknown fields are ignored; an event with empty data is not handed over;
-    a leading byte-order mark is dropped; an event not ended by an empty line when the stream ends is discarded.
-    A line longer than `limit` bytes, or an event whose data is, raises EventTooLarge: at most about `limit`
-    bytes (plus one chunk) are ever buffered. Bytes that are not UTF-8 are replaced, as the spec says.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._partial = bytearray()  # the current line, until its end comes
-        self._data: list[bytes] = []
-        self._data_size = -1  # bytes of the joined data so far (-1: no data line yet)
-        self._pending_cr = False  # the last chunk ended with \r: a \n that starts the next one belongs to it
-        self._started = False
-
-    def feed(self, chunk: bytes) -> list[str]:
-        """The data of the events this chunk completes, in order."""
-        if not self._started:
-            if self._partial:
-                chunk = bytes(self._partial) + chunk
-                self._partial.clear()
-            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
-                self._partial += chunk  # too short to tell yet whether the stream starts with a byte-order mark
-                return []
-            self._started = True
-            if chunk.startswith(_BOM):
-                chunk = chunk[len(_BOM):]
-        if self._pending_cr:
-            self._pending_cr = False
-            if chunk.startswith(b"\n"):
-                chunk = chunk[1:]
-        if chunk.endswith(b"\r"):
-            self._pending_cr = True  # the line ends here; whether \r\n or \r is known with the next chunk
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        lines = chunk.split(b"\n")
-        rest = lines.pop()  # the start of a line whose end has not come yet (b"" after a line end)
-        events: list[str] = []
-        if lines:
-            if self._partial:
-                lines[0] = bytes(self._partial) + lines[0]
-                self._partial.clear()
-            for line in lines:
-                self._line(line, events)
-        if len(self._partial) + len(rest) > self.limit:
-            raise EventTooLarge(f"event stream line longer than the {self.limit} byte limit")
-        self._partial += rest
-        return events
-
-    def _line(self, line: bytes, events: list[str]) -> None:
-        if len(line) > self.limit:
-            raise EventTooLarge(f"event stream line longer than the {self.limit} byte limit")
-        if not line:  # dispatch
-            if self._data_size > 0:
-                events.append(b"\n".join(self._data).decode("utf-8", "replace"))
-            self._data.clear()
-            self._data_size = -1
-            return
-        if line.startswith(b":"):
-            return
-        name, _, value = line.partition(b":")
-        if name != b"data":
-            return
-        if value.startswith(b" "):
-            value = value[1:]
-        self._data_size += len(value) + 1
-        if self._data_size > self.limit:
-            raise EventTooLarge(f"event larger than the {self.limit} byte limit")
-        self._data.append(value)
 
 
 class SSETransport:

@@ -1,0 +1,299 @@
+"""chatprobe under Locust, as a library: `ChatUser` (abstract, like locust.contrib's users) plays a scenario's chats
+over and over, every chat judged; importing this module adds the chatprobe options and listeners to Locust.
+
+    # locustfile.py
+    from harness.locust_user import ChatUser
+
+    class ScenarioUser(ChatUser):
+        pass
+
+    locust -f locustfile.py --headless -u 50 -r 10 --run-time 5m \\
+        --host wss://chat.example.com/ws --chatprobe-scenario basic
+
+Each chat is a Locust request (type "chat", name = scenario; failed when the verdict is not `passed`) and a
+"first_event" request timed to the first event. Every verdict goes to the chatprobe metrics (source="load"),
+served on --chatprobe-metrics-port by each process that runs users (each worker on port + its index: scrape
+them all and sum, like any replicated service; the master runs no chats and serves none). Workers send the
+master their verdicts as counts and samples each stats interval; at the end the master (or the single
+process) judges the scenario's objectives on the whole run and sets the exit code: 0 met, 1 an objective
+failed, 3 the target was unreachable.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+import itertools
+import logging
+import sys
+import time
+import uuid
+from collections import Counter
+
+import gevent
+import gevent.pool
+from locust import stats as locust_stats
+from locust import User, constant, events, task
+from locust.runners import MasterRunner, WorkerRunner
+from rich.console import Console
+
+from .checker import ChatResult
+from .events import RULES, Outcome
+from .gevent_client import SyncSession
+from .results import ExitCode, ScenarioRun, exit_code
+from .scenario import ChatCall, RawCall, Scenario, builtin_scenarios, load_scenario
+from .stats import Tally, evaluate
+from .targets import Target, TargetOptions, make_target, read_token
+from .yamlfile import ConfigError
+
+if TYPE_CHECKING:
+    import argparse
+
+logger = logging.getLogger("chatprobe.locust")
+TALLY_MESSAGE = "chatprobe_tally"
+
+
+@events.init_command_line_parser.add_listener
+def _arguments(parser: "argparse.ArgumentParser") -> None:
+    g = parser.add_argument_group("chatprobe")
+    g.add_argument("--chatprobe-scenario", default="basic", metavar="NAME|FILE",
+                   help=f"chatprobe scenario to play (built-ins: {', '.join(builtin_scenarios())})")
+    g.add_argument("--chatprobe-profile", default=None, metavar="NAME|FILE",
+                   help="wire-format profile (default: the scenario's, else netra)")
+    g.add_argument("--chatprobe-auth", choices=("header", "subprotocol", "none"), default="header",
+                   help="token as an Authorization header or the jwt.<token> subprotocol; the token comes from "
+                        "CHATPROBE_TOKEN, or is minted per user from CHATPROBE_JWT_SECRET")
+    g.add_argument("--chatprobe-target-name", default=None, metavar="NAME",
+                   help="the `target` label (default host:port)")
+    g.add_argument("--chatprobe-ca-file", default=None, metavar="PEM", help="CA bundle for a wss:// target")
+    g.add_argument("--chatprobe-metrics-port", type=int, default=0, metavar="PORT",
+                   help="serve chatprobe /metrics on this port (workers: PORT + worker index); 0: off")
+    g.add_argument("--chatprobe-metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="address /metrics listens on (0.0.0.0 to let a remote Prometheus scrape)")
+
+
+class _Run:
+    """This process's part of the load test: the scenario, the target, the metrics sink and the verdict tally."""
+
+    def __init__(self, environment) -> None:
+        self.environment = environment
+        self.scenario: Scenario | None = None
+        self.target: Target | None = None
+        self.metrics_sink = None
+        self.tally = Tally()  # single process: the whole run; worker: since the last report; master: merged
+        self.by_worker: Counter = Counter()  # master: chats each worker reported
+        self.started = time.monotonic()
+        self.user_prefix = f"lc-{uuid.uuid4().hex[:6]}"
+
+    def load(self) -> None:
+        """Scenario and target from the options (on a worker, the master's options arrive with the first spawn)."""
+        opts = self.environment.parsed_options
+        scenario = load_scenario(opts.chatprobe_scenario)
+        host = self.environment.host or getattr(opts, "host", None)
+        if not host:
+            raise ConfigError("--host: give the ws:// or wss:// URL of the chat server")
+        options = TargetOptions(url=host, name=opts.chatprobe_target_name, profile=opts.chatprobe_profile,
+                                auth=opts.chatprobe_auth, ca_file=opts.chatprobe_ca_file)
+        try:
+            target = make_target(options, read_token(options), scenario.profile, transports=("websocket",))
+        except ConfigError as exc:
+            if exc.field == "url":  # Locust's flag for the URL is --host
+                raise ConfigError(f"--host {exc.detail} (the Locust user speaks WebSocket)", field="url",
+                                  detail=exc.detail) from None
+            raise
+        if self.metrics_sink is None or self.target is None or self.target.name != target.name:
+            from monitors.metrics import MetricsSink, default_metrics
+
+            self.metrics_sink = MetricsSink(default_metrics(), target.name, "load")
+        self.scenario, self.target = scenario, target
+
+    # -- verdicts --
+    def record(self, result: ChatResult, elapsed: float) -> None:
+        """One verdict into Locust's stats (a chat request and a first_event request) and the tally."""
+        assert self.scenario is not None
+        self.tally.add(result)
+        request = self.environment.events.request
+        name = self.scenario.name
+        ms = (result.duration if result.duration is not None else elapsed) * 1000
+        request.fire(request_type="chat", name=name, response_time=ms, response_length=result.events_received,
+                     exception=None if result.outcome is Outcome.PASSED else ChatNotPassed(reason(result)),
+                     context={})
+        if result.time_to_first_event is not None:
+            slow = next((v for v in result.violations if v.rule == "R9"), None)
+            request.fire(request_type="first_event", name=name, response_time=result.time_to_first_event * 1000,
+                         response_length=0, exception=ChatNotPassed(f"R9 {RULES['R9']}") if slow else None,
+                         context={})
+
+    def take(self) -> Tally:
+        tally, self.tally = self.tally, Tally()
+        return tally
+
+    # -- the end --
+    def verdict(self) -> int:
+        """Judge the objectives on the whole run, print the summary, return the exit code."""
+        if self.scenario is None:
+            print("chatprobe: no scenario ran", flush=True)
+            return 1
+        stats = self.tally.stats()
+        objectives = evaluate(stats, self.scenario.objectives)
+        run = ScenarioRun(scenario=self.scenario, target=self.target.name if self.target else "", results=[],
+                          stats=stats, objectives=objectives, started_at=time.time(),
+                          elapsed=time.monotonic() - self.started)
+        code = exit_code([run])
+        ok, unreachable = code is ExitCode.OK, code is ExitCode.UNREACHABLE
+        from harness.report import print_summary
+
+        print_summary(Console(highlight=False, width=160, file=sys.stdout), [run])
+        workers = ""
+        if self.by_worker:
+            workers = " (workers: " + ", ".join(f"{w}={n}" for w, n in sorted(self.by_worker.items())) + ")"
+        missing = f", {stats.missing_chats} missing events"
+        print(f"{self.scenario.name}: {stats.chats} chats, {stats.outcomes[Outcome.PASSED]} passed{missing}, "
+              f"{'objectives met' if ok else 'UNREACHABLE' if unreachable else 'OBJECTIVES FAILED'} "
+              f"in {run.elapsed:.1f}s{workers}", flush=True)
+        if self.metrics_sink is not None:
+            self.metrics_sink.run_finished(ok)
+        return int(code)
+
+
+class ChatNotPassed(Exception):
+    """A chat's verdict as a Locust failure: outcome and rules, short enough to group failures by."""
+
+
+def reason(result: ChatResult) -> str:
+    if result.outcome is Outcome.ERROR:
+        return f"error: {result.error_kind or 'unknown'}"
+    rules = sorted({v.rule for v in result.violations}, key=lambda r: int(r[1:]))
+    text = f"{result.outcome.value}: " + (", ".join(f"{r} {RULES.get(r, '')}".strip() for r in rules) or result.note)
+    if result.missing:
+        text += " (missing " + ", ".join(r.value for r in result.missing) + ")"
+    return text
+
+
+_run: _Run | None = None
+_user_numbers = itertools.count(1)
+
+
+def current() -> _Run:
+    assert _run is not None, "the chatprobe locustfile's init listener has not run"
+    return _run
+
+
+def _load_or_exit(run: _Run) -> None:
+    """A usage error (bad host scheme, unknown scenario) ends the process with exit 2, as `chatprobe run` does."""
+    try:
+        run.load()
+    except ConfigError as exc:
+        print(f"chatprobe: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(int(ExitCode.USAGE))
+
+
+@events.init.add_listener
+def _init(environment, runner=None, **_kw) -> None:
+    global _run
+    _run = _Run(environment)
+    if isinstance(runner, MasterRunner):
+        runner.register_message(TALLY_MESSAGE, _on_tally)
+        _load_or_exit(_run)  # fail early on a bad scenario or host
+        return
+    if not isinstance(runner, WorkerRunner):
+        _load_or_exit(_run)
+    port = environment.parsed_options.chatprobe_metrics_port if environment.parsed_options else 0
+    if port:
+        from prometheus_client import start_http_server
+
+        if isinstance(runner, WorkerRunner):
+            port += max(runner.worker_index, 0)
+        host = environment.parsed_options.chatprobe_metrics_host
+        start_http_server(port, addr=host)
+        logger.info("chatprobe metrics on http://%s:%d/metrics", host, port)
+
+
+@events.test_start.add_listener
+def _test_start(environment, **_kw) -> None:
+    run = current()
+    run.tally = Tally()
+    run.by_worker.clear()
+    run.started = time.monotonic()
+    if not isinstance(environment.runner, MasterRunner):
+        try:
+            run.load()  # a worker has the master's options now
+        except ConfigError as exc:
+            logger.error("chatprobe: %s", exc)
+            environment.runner.quit()
+
+
+@events.report_to_master.add_listener
+def _report(client_id, data, **_kw) -> None:
+    """Each stats interval (and the final report), a worker sends the verdicts since the last one."""
+    run = current()
+    tally = run.take()
+    if tally.chats:
+        run.environment.runner.send_message(
+            TALLY_MESSAGE, {"worker": run.environment.runner.worker_index, "tally": tally.to_dict()})
+
+
+def _on_tally(environment, msg, **_kw) -> None:
+    run = current()
+    tally = Tally.from_dict(msg.data["tally"])
+    run.tally.merge(tally)
+    run.by_worker[f"w{msg.data['worker']}"] += tally.chats
+
+
+@events.quitting.add_listener
+def _quitting(environment, **_kw) -> None:
+    # The master judges here, not at test_stop: its test_stop fires before the workers' final reports arrive.
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    environment.process_exit_code = current().verdict()
+    if getattr(environment.parsed_options, "csv_prefix", None):
+        # Locust rewrites its CSV once per CSV_STATS_INTERVAL_SEC and not at exit: give it one more turn, so
+        # the CSV holds the same final numbers as the verdict above.
+        gevent.sleep(locust_stats.CSV_STATS_INTERVAL_SEC + 0.2)
+
+
+class ChatUser(User):
+    """One virtual user: a connection that plays the scenario's per-user chats (or steps), again and again.
+
+    Abstract, as locust.contrib's users are: a locustfile subclasses it (scenarios/locustfile.py)."""
+
+    abstract = True
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        run = current()
+        if run.scenario is None:
+            run.load()
+        assert run.scenario is not None and run.target is not None
+        self.run = run
+        worker = max(getattr(self.environment.runner, "worker_index", 0), 0)
+        user_id = f"{run.user_prefix}-w{worker}-u{next(_user_numbers)}"
+        self.session = SyncSession(run.target, user_id, run.scenario.name, run.metrics_sink,
+                                   connect_timeout=run.scenario.connect_timeout)
+        self.script = run.scenario.user_script(run.target.profile)
+
+    def on_stop(self) -> None:
+        self.session.close()
+
+    def _chat(self, call: ChatCall | None = None) -> None:
+        call = call or self.script.chat()
+        t0 = time.monotonic()
+        result = self.session.chat(call.content, call.expectations, call.options)
+        self.run.record(result, time.monotonic() - t0)
+
+    @task
+    def play(self) -> None:
+        """One play of the scenario's user script: its steps, or chats_per_user chats with parallel_chats in flight."""
+        for item in self.script.plan():
+            if isinstance(item, ChatCall):
+                self._chat(item)
+            elif isinstance(item, RawCall):
+                t0 = time.monotonic()
+                result = self.session.send_invalid(item.raw, item.expectations)
+                self.run.record(result, time.monotonic() - t0)
+            else:
+                pool = gevent.pool.Pool(item.parallel)
+                try:
+                    for _ in range(item.count):
+                        pool.spawn(self._chat)
+                    pool.join(raise_error=True)
+                finally:
+                    pool.kill()

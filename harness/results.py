@@ -1,0 +1,71 @@
+"""A scenario's run as every sink and driver sees it, and the one mapping from verdicts to a process exit code."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TYPE_CHECKING, Iterable
+
+from .checker import ChatResult
+from .events import Outcome
+from .stats import ObjectiveResult, ScenarioStats
+
+if TYPE_CHECKING:
+    from .scenario import Scenario
+
+# Connection failures that mean the target could not be reached at all (exit 3 when every chat failed so).
+UNREACHABLE_KINDS = frozenset({"refused", "timeout", "tls_error"})
+
+
+class ExitCode(IntEnum):
+    """What `chatprobe run`, `check`, `monitor --once` and Locust exit with."""
+
+    OK = 0  # every objective met
+    FAILED = 1  # an objective failed
+    USAGE = 2  # usage or configuration error (the message names the file, line and field)
+    UNREACHABLE = 3  # the target could not be reached
+    INTERRUPTED = 130  # SIGINT (128 + 2)
+    TERMINATED = 143  # SIGTERM (128 + 15)
+
+
+def all_unreachable(chats: int, error_kinds: dict[str, int]) -> bool:
+    """Every chat ended with a connection failure that means "unreachable" (and there was at least one chat)."""
+    return chats > 0 and sum(n for kind, n in error_kinds.items() if kind in UNREACHABLE_KINDS) == chats
+
+
+@dataclass
+class ScenarioRun:
+    scenario: "Scenario"
+    target: str
+    results: list[ChatResult]
+    stats: ScenarioStats
+    objectives: list[ObjectiveResult]
+    started_at: float
+    elapsed: float
+    stopped_early: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(o.ok for o in self.objectives) and not self.unreachable
+
+    @property
+    def unreachable(self) -> bool:
+        kinds: dict[str, int] = {}
+        for r in self.results:
+            if r.outcome is Outcome.ERROR and r.error_kind:
+                kinds[r.error_kind] = kinds.get(r.error_kind, 0) + 1
+        if self.results:
+            return all_unreachable(len(self.results), kinds)
+        return all_unreachable(self.stats.chats, dict(self.stats.error_kinds))
+
+    @property
+    def failed_objectives(self) -> list[ObjectiveResult]:
+        return [o for o in self.objectives if not o.ok]
+
+
+def exit_code(runs: Iterable[ScenarioRun]) -> ExitCode:
+    """The verdict of a whole command: unreachable beats failed beats ok."""
+    runs = list(runs)
+    if any(r.unreachable for r in runs):
+        return ExitCode.UNREACHABLE
+    return ExitCode.OK if runs and all(r.passed for r in runs) else ExitCode.FAILED

@@ -1,0 +1,277 @@
+"""Where and how to connect: target options (a typed dataclass), tokens, the checked Target, the embedded agentsim.
+
+Every driver builds its target here (the CLI, the monitor's config file, the Locust user, the pytest plugin); an
+error is a ConfigError whose `field` names the option, so each caller names it its own way (`--ca-file`,
+`targets.prod.ca_file`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, AsyncIterator, Literal
+from urllib.parse import SplitResult, urlsplit
+
+from .profiles import Profile, load_profile
+from .transports import SCHEMES, ConnectSettings
+from .yamlfile import ConfigError, read_text_file
+
+if TYPE_CHECKING:
+    import argparse
+
+    from agentsim.server import AgentSim
+
+AuthMode = Literal["header", "subprotocol", "none"]
+
+# The command-line flag of each TargetOptions field, for messages.
+FLAGS: dict[str, str] = {
+    "url": "--target", "name": "--target-name", "profile": "--profile", "auth": "--auth",
+    "token_env": "--token-env", "token_file": "--token-file", "jwt_secret_env": "--jwt-secret-env",
+    "ca_file": "--ca-file", "insecure": "--insecure",
+}
+
+
+def option_error(option: str, message: str) -> ConfigError:
+    """A ConfigError about one option: shown with its flag, `field`/`detail` for callers that name it otherwise."""
+    return ConfigError(f"{FLAGS.get(option, option)} {message}" if not message.startswith(":") else
+                       f"{FLAGS.get(option, option)}{message}", field=option, detail=message.lstrip(": "))
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """The target as a user gave it (flags, a monitor config entry, Locust options); checked by `make_target`."""
+
+    url: str | None = None  # None: the embedded agentsim
+    name: str | None = None
+    profile: str | None = None
+    auth: AuthMode = "header"
+    token_env: str | None = None
+    token_file: str | None = None
+    jwt_secret_env: str | None = None
+    ca_file: str | None = None
+    insecure: bool = False
+
+
+class TokenProvider:
+    """A fixed token for every user, or an HS256 JWT minted per virtual user (sub = user id)."""
+
+    def __init__(self, token: str | None = None, jwt_secret: str | None = None, ttl: float = 3600) -> None:
+        self._token = token
+        self._secret = jwt_secret
+        self._ttl = ttl
+        self._subject: str | None = None
+
+    def __repr__(self) -> str:  # never show a secret
+        return "TokenProvider(<redacted>)"
+
+    @property
+    def configured(self) -> bool:
+        return self._token is not None or self._secret is not None
+
+    def for_user(self, user_id: str) -> str | None:
+        if self._token is not None:
+            return self._token
+        if self._secret is not None:
+            import jwt  # PyJWT: loaded only when tokens are minted
+
+            now = int(time.time())
+            return jwt.encode({"sub": user_id, "iat": now, "exp": now + int(self._ttl)}, self._secret, algorithm="HS256")
+        return None
+
+    def subject(self, user_id: str) -> str | None:
+        """The user the server will know this virtual user as: the `sub` of the token (minted: the user id; given:
+        read from the token, unverified, when it is a JWT), so events of another user are caught (R8) even when the
+        server's welcome names nobody."""
+        if self._secret is not None and self._token is None:
+            return user_id
+        if self._token is None:
+            return None
+        if self._subject is None:
+            self._subject = _jwt_subject(self._token) or ""
+        return self._subject or None
+
+
+def _jwt_subject(token: str) -> str | None:
+    if token.count(".") != 2 or len(token) > 16 * 1024:
+        return None
+    import jwt
+
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return sub if isinstance(sub, str) and sub else None
+
+
+@dataclass
+class Target:
+    """Where and how to connect: URL, profile, auth and TLS, and the short name used as the `target` label."""
+
+    url: str
+    profile: Profile
+    name: str
+    tokens: TokenProvider = field(default_factory=TokenProvider)
+    auth: str = "header"
+    ca_file: str | None = None
+    insecure: bool = False
+    no_auth_user_param: bool = False  # agentsim --no-auth: name the user with ?user=
+
+    @property
+    def transport(self) -> str:
+        return SCHEMES[urlsplit(self.url).scheme.lower()].transport
+
+    def settings_for(self, user_id: str, connect_timeout: float) -> ConnectSettings:
+        url = self.url
+        if self.no_auth_user_param:
+            url += ("&" if "?" in url else "?") + f"user={user_id}"
+        return ConnectSettings(
+            url=url, token=self.tokens.for_user(user_id), auth=self.auth, ca_file=self.ca_file,
+            insecure=self.insecure, connect_timeout=connect_timeout,
+        )
+
+
+def target_label(url: str) -> str:
+    """Reduce a server URL to `host:port` for the `target` label: never a path, a query or credentials."""
+    text = url.strip()
+    parts = urlsplit(text if "://" in text else "//" + text)
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ValueError(f"no host in {url!r}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad port in {url!r}") from exc
+    if port is None:
+        scheme = SCHEMES.get(parts.scheme.lower())
+        port = scheme.default_port if scheme else None
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{host}:{port}" if port is not None else host
+
+
+def check_url(url: str, option: str, schemes: tuple[str, ...] = tuple(SCHEMES)) -> SplitResult:
+    """A server URL checked whole (scheme, host, port) before anything connects; a ConfigError about `option`."""
+    expected = ", ".join(f"{x}://" for x in schemes)
+    if not url.strip():
+        raise option_error(option, f"{url!r}: is empty (expected a {expected} URL); leave the option out to use the "
+                                   "embedded server")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise option_error(option, f"{url!r}: not a valid URL ({exc})") from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise option_error(option, f"{url!r}: expected a {expected} URL with a host")
+    return parts
+
+
+def read_token(opts: TargetOptions) -> TokenProvider:
+    """The token source the options name: a file, a variable, a secret to mint per-user JWTs from, or none."""
+    if opts.token_file:
+        try:
+            token = read_text_file(opts.token_file, "--token-file", limit=64 * 1024).strip()
+        except ConfigError as exc:
+            raise ConfigError(str(exc), field="token_file", detail=str(exc).removeprefix("--token-file ")) from None
+        if not token:
+            raise option_error("token_file", f"{opts.token_file}: the file is empty")
+        return TokenProvider(token=token)
+    # A bearer token, else a secret to mint one per user: named by the option, or found in the default variable.
+    for option, named, default, kind in (("token_env", opts.token_env, "CHATPROBE_TOKEN", "token"),
+                                         ("jwt_secret_env", opts.jwt_secret_env, "CHATPROBE_JWT_SECRET", "jwt_secret")):
+        var = named or (default if os.environ.get(default) else None)
+        if var:
+            value = os.environ.get(var)
+            if not value:
+                raise option_error(option, f"{var}: the variable is not set or empty")
+            return TokenProvider(**{kind: value})
+    return TokenProvider()
+
+
+def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str | None = None, *,
+                url: str | None = None, transports: tuple[str, ...] | None = None) -> Target:
+    """The checked Target for `url` (default `opts.url`); `transports` limits what a driver can speak."""
+    url = opts.url if url is None else url
+    if url is None:
+        raise option_error("url", ": no URL given")
+    try:
+        profile = load_profile(opts.profile or default_profile or "netra")
+    except ConfigError as exc:
+        raise ConfigError(str(exc), field="profile", detail=str(exc).removeprefix("--profile ")) from None
+    schemes = tuple(s for s, v in SCHEMES.items() if transports is None or v.transport in transports)
+    parts = check_url(url, "url", schemes)
+    if parts.username or parts.password:
+        raise option_error("url", ": put credentials in --token-env or --token-file, not in the URL")
+    transport = SCHEMES[parts.scheme].transport
+    if transport not in profile.transports:
+        raise option_error("url", f"{parts.scheme}:// means {transport}, but profile {profile.name!r} is spoken over "
+                                  f"{' or '.join(profile.transports)} only")
+    if opts.auth == "subprotocol" and not profile.auth_subprotocol:
+        raise option_error("auth", f"subprotocol: profile {profile.name!r} says its servers do not take the token as "
+                                   "a subprotocol (auth_subprotocol: false); use --auth header")
+    if transport == "sse" and opts.auth == "subprotocol":
+        raise option_error("auth", "subprotocol is for WebSocket targets; SSE sends the token as an Authorization "
+                                   "header")
+    if opts.ca_file:
+        if not Path(opts.ca_file).is_file():
+            raise option_error("ca_file", f"{opts.ca_file}: no such file")
+        try:
+            ssl.create_default_context(cafile=opts.ca_file)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise option_error("ca_file", f"{opts.ca_file}: not a PEM bundle of CA certificates ({exc})") from None
+    if not parts.path and profile.path:
+        url = url.rstrip("/") + profile.path
+    return Target(url=url, profile=profile, name=opts.name or target_label(url), tokens=tokens,
+                  auth=opts.auth if tokens.configured else "none", ca_file=opts.ca_file, insecure=opts.insecure)
+
+
+# -- the command line's view of the same options ---------------------------------------------------------------
+
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("target")
+    g.add_argument("--target", metavar="URL", help="ws://, wss://, http(s):// (SSE) URL of the server; "
+                   "omitted: start the embedded agentsim on a free loopback port")
+    g.add_argument("--target-name", metavar="NAME", help="short name for reports and the `target` label "
+                   "(default host:port)")
+    g.add_argument("--profile", metavar="NAME|FILE", help="wire-format profile: netra (default), ag-ui, or a YAML file")
+    g.add_argument("--auth", choices=("header", "subprotocol", "none"), default="header",
+                   help="send the token as an Authorization header or as the jwt.<token> subprotocol")
+    g.add_argument("--token-env", metavar="VAR", default=None,
+                   help="read a bearer token from this environment variable (default CHATPROBE_TOKEN if set)")
+    g.add_argument("--token-file", metavar="FILE", help="read a bearer token from this file")
+    g.add_argument("--jwt-secret-env", metavar="VAR", default=None,
+                   help="mint an HS256 JWT per virtual user with the secret in this variable "
+                        "(default CHATPROBE_JWT_SECRET if set)")
+    g.add_argument("--ca-file", metavar="PEM", help="CA bundle to verify a wss:// / https:// server")
+    g.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
+
+
+def options_from_args(args: Any) -> TargetOptions:
+    """The TargetOptions of parsed `add_target_args` flags."""
+    return TargetOptions(url=args.target, name=args.target_name, profile=args.profile, auth=args.auth,
+                         token_env=args.token_env, token_file=args.token_file, jwt_secret_env=args.jwt_secret_env,
+                         ca_file=args.ca_file, insecure=args.insecure)
+
+
+@contextlib.asynccontextmanager
+async def embedded_sim(faults: list[str], seed: int | None) -> AsyncIterator[tuple[AgentSim, TokenProvider]]:
+    """The reference server on a free loopback port, with a fresh secret the harness mints tokens from."""
+    from agentsim.faults import FaultSpecError, parse_fault
+    from agentsim.server import AgentSim, SimConfig
+
+    try:
+        parsed = [parse_fault(f) for f in faults]
+    except FaultSpecError as exc:
+        raise ConfigError(f"--sim-fault: {exc}", field="sim_fault", detail=str(exc)) from None
+    secret = secrets.token_urlsafe(32)
+    sim = AgentSim(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think="0.005-0.03",
+                             tool_latency="0.002-0.01", seed=seed, faults=parsed))
+    await sim.start()
+    try:
+        yield sim, TokenProvider(jwt_secret=secret)
+    finally:
+        await sim.stop()
