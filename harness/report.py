@@ -2,25 +2,68 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import socket
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Self
 
 from rich.console import Console
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from . import redact
 from .events import Outcome
+from .safefile import write_report
 from .sinks import Sink
 
 if TYPE_CHECKING:
     from .checker import ChatResult
-    from .runner import ScenarioRun
+    from .results import ScenarioRun
+
+
+# A string from the server shown in a report or on the terminal: reports stay proportional to what they show.
+FIELD_LIMIT = 1024
+# Integers past this are shown as strings: JSON parsers that read numbers as doubles would change them.
+_MAX_JSON_INT = 2**53
+
+
+def _c(value: object, limit: int | None = FIELD_LIMIT) -> str:
+    """Any text that reaches a report or the terminal: secrets redacted, controls escaped, length bounded."""
+    return redact.clean(value if type(value) is str else str(value), limit)
+
+
+def _t(value: object, style: str = "") -> Text:
+    # Text, never a str: rich would read `[...]` in a server's string as markup.
+    return Text(_c(value), style)
+
+
+def json_safe(obj: Any) -> Any:
+    """The value as strict JSON can carry it, clean: strings through `_c`, NaN and ±Infinity as null, huge
+    integers as strings, anything else as its cleaned text."""
+    if isinstance(obj, str):
+        return _c(obj)
+    if obj is None or isinstance(obj, bool):
+        return obj
+    if isinstance(obj, int):
+        return obj if -_MAX_JSON_INT <= obj <= _MAX_JSON_INT else _c(obj, 64)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {_c(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return _c(obj)
+
+
+def iso(epoch: float) -> str:
+    """Epoch seconds as ISO 8601 in UTC, to the millisecond: 2026-12-02T01:33:15.123Z."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _ms(v: float | None) -> str:
@@ -42,14 +85,14 @@ class LiveView(Sink):
         self.t0 = time.monotonic()
         self._live: Live | None = None
 
-    def __enter__(self) -> "LiveView":
+    def __enter__(self) -> Self:
         if self.console.is_terminal:
             self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True,
                               get_renderable=self._render)
             self._live.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._live is not None:
             self._live.__exit__(*exc)
 
@@ -58,7 +101,7 @@ class LiveView(Sink):
         rate = self.events / max(time.monotonic() - self.t0, 1e-6)
         bad = done - self.outcomes[Outcome.PASSED]
         return Text.assemble(
-            (f"{self.scenario} ", "bold"), f"chats {done}/{self.started}  ", f"events/s {rate:,.0f}  ",
+            (f"{_c(self.scenario, 80)} ", "bold"), f"chats {done}/{self.started}  ", f"events/s {rate:,.0f}  ",
             ("failures " + str(bad), "red" if bad else "green"),
         )
 
@@ -66,61 +109,73 @@ class LiveView(Sink):
         self.scenario = scenario
         self.started += 1
 
-    def chat_finished(self, result: "ChatResult") -> None:
+    def chat_finished(self, result: ChatResult) -> None:
         self.outcomes[result.outcome] += 1
         self.events += result.events_received
 
 
-def _timeline(result: "ChatResult", limit: int = 14) -> str:
+def _timeline(result: ChatResult, limit: int = 14) -> str:
     parts = []
-    for i, e in enumerate(result.events[:limit]):
-        role = e.role.value if e.role else e.wire_type
-        seq = f"#{e.seq}" if e.seq is not None else ""
+    for e in result.events[:limit]:
+        role = e.role.value if e.role else _c(e.wire_type, 64)
+        seq = f"#{_c(e.seq, 24)}" if e.seq is not None else ""
         parts.append(f"{(e.received_at - result.sent_at) * 1000:.0f}ms {role}{seq}")
     if result.events_received > limit:
         parts.append(f"… +{result.events_received - limit}")
     return " → ".join(parts) or "(no events)"
 
 
-def print_summary(console: Console, runs: list["ScenarioRun"], worst: int = 3) -> None:
+def print_summary(console: Console, runs: list[ScenarioRun], worst: int = 3) -> None:
+    """The verdict table, then for each failed scenario its unmet objectives and worst chats. Every string that
+    came from the server (reasons, wire types, errors, notes) is redacted and escaped before it is printed."""
     table = Table(title="chatprobe results", show_lines=False)
     for col in ("scenario", "chats", "passed", "failed", "incompl.", "error", "missing %", "1st ev p50",
                 "p95", "p99", "dur p95", "violations", "objectives"):
         table.add_column(col, justify="right" if col not in ("scenario", "violations", "objectives") else "left")
     for run in runs:
         st = run.stats
-        viol = " ".join(f"{k}:{v}" for k, v in sorted(st.violations.items(), key=lambda kv: int(kv[0][1:]))) or "-"
+        viol = " ".join(f"{k}:{v}" for k, v in sorted(st.violations.items(), key=lambda kv: _rule_order(kv[0]))) or "-"
         verdict = Text("met", "green") if run.passed else Text(
             "UNREACHABLE" if run.unreachable else f"FAILED ({len(run.failed_objectives)})", "bold red")
         table.add_row(
-            run.scenario.name, str(st.chats), str(st.outcomes[Outcome.PASSED]), str(st.outcomes[Outcome.FAILED]),
+            _t(run.scenario.name), str(st.chats), str(st.outcomes[Outcome.PASSED]), str(st.outcomes[Outcome.FAILED]),
             str(st.outcomes[Outcome.INCOMPLETE]), str(st.outcomes[Outcome.ERROR]), f"{st.missing_ratio * 100:.1f}",
-            _ms(st.ttfe["p50"]), _ms(st.ttfe["p95"]), _ms(st.ttfe["p99"]), _ms(st.duration["p95"]), viol, verdict,
+            _ms(st.ttfe["p50"]), _ms(st.ttfe["p95"]), _ms(st.ttfe["p99"]), _ms(st.duration["p95"]), _t(viol), verdict,
         )
     console.print(table)
     for run in runs:
         if run.passed:
             continue
-        console.print(Text(f"\n{run.scenario.name}: objectives not met", style="bold red"))
+        console.print(Text(f"\n{_c(run.scenario.name)}: objectives not met", style="bold red"))
         if run.stopped_early:
-            console.print(escape(f"  stopped at its max_duration ({run.scenario.max_duration:g}s); chats in flight were judged as they stood"))
+            console.print(Text(f"  stopped at its max_duration ({run.scenario.max_duration:g}s); "
+                               "chats in flight were judged as they stood"))
         if run.unreachable:
             kinds = Counter(r.error_kind for r in run.results)
             first = run.results[0].error if run.results else ""
-            console.print(escape(f"  target unreachable: {dict(kinds)} — {first}"))
+            console.print(_t(f"  target unreachable: {dict(kinds)} — {_c(first)}"))
         for o in run.failed_objectives:
-            console.print(escape(f"  ✗ {o.describe()}"))
-        bad = [r for r in run.results if r.outcome is not Outcome.PASSED]
-        bad.sort(key=lambda r: (r.outcome is not Outcome.INCOMPLETE, -len(r.violations)))
-        for r in bad[:worst]:
-            console.print(escape(f"  chat {r.chat_id} [{r.outcome.value}] {r.note or r.error or ''}".rstrip()))
+            console.print(_t(f"  ✗ {o.describe()}"))
+        for r in _worst(run, worst):
+            console.print(_t(f"  chat {_c(r.chat_id)} [{r.outcome.value}] {_c(r.note or r.error or '')}".rstrip()))
             for v in r.violations[:6]:
-                console.print(escape(f"      {v}"))
+                console.print(_t(f"      {_c(v)}"))
             if r.events:
-                console.print(escape(f"      timeline: {_timeline(r)}"))
+                console.print(_t(f"      timeline: {_timeline(r)}"))
 
 
-def write_html(path: str, runs: list["ScenarioRun"]) -> None:
+def _rule_order(rule: str) -> tuple[int, str]:
+    return (int(rule[1:]), rule) if rule[1:].isdigit() else (10**6, rule)
+
+
+def _worst(run: ScenarioRun, n: int) -> list[ChatResult]:
+    """The `n` chats most worth reading: incomplete ones first, then those with the most violations."""
+    bad = [r for r in run.results if r.outcome is not Outcome.PASSED]
+    bad.sort(key=lambda r: (r.outcome is not Outcome.INCOMPLETE, -len(r.violations)))
+    return bad[:n]
+
+
+def write_html(path: str, runs: list[ScenarioRun]) -> None:
     """A self-contained HTML page: the summary table, every objective, and each non-passing chat's violations
     and event timeline (rich's own HTML export of what a terminal would show, with more chats)."""
     from rich.terminal_theme import MONOKAI
@@ -139,15 +194,21 @@ def write_html(path: str, runs: list["ScenarioRun"]) -> None:
     _atomic_write(path, html.replace("<head>", "<head>\n<title>chatprobe report</title>", 1))
 
 
-def run_to_dict(run: "ScenarioRun", include_chats: bool = True) -> dict[str, Any]:
+def run_to_dict(run: ScenarioRun, include_chats: bool = True) -> dict[str, Any]:
+    """One scenario's run as strict, clean JSON values (see docs/json-report.md and the schema it names)."""
+    finished = run.started_at + run.elapsed
     d: dict[str, Any] = {
         "scenario": run.scenario.name,
         "target": run.target,
         "passed": run.passed,
         "unreachable": run.unreachable,
         "started_at": run.started_at,
+        "started_at_iso": iso(run.started_at),
+        "finished_at": finished,
+        "finished_at_iso": iso(finished),
         "elapsed_seconds": run.elapsed,
         "stopped_early": run.stopped_early,
+        "errors": list(run.errors),
         "stats": run.stats.to_dict(),
         "objectives": [
             {"name": o.name, "op": o.op, "limit": o.limit, "value": o.value, "ok": o.ok} for o in run.objectives
@@ -155,51 +216,139 @@ def run_to_dict(run: "ScenarioRun", include_chats: bool = True) -> dict[str, Any
     }
     if include_chats:
         d["chats"] = [r.to_dict() for r in run.results]
-    return d
+    return json_safe(d)
 
 
-def write_json(path: str, runs: list["ScenarioRun"]) -> None:
-    doc = {"chatprobe": 1, "passed": all(r.passed for r in runs), "scenarios": [run_to_dict(r) for r in runs]}
-    _atomic_write(path, json.dumps(doc, indent=1, default=str))
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chatprobe")
+    except PackageNotFoundError:
+        return "unknown"
 
 
-def write_junit(path: str, runs: list["ScenarioRun"]) -> None:
-    """One test case per scenario; a failure lists the unmet objectives and the worst chats' reasons."""
-    suites = ET.Element("testsuites", name="chatprobe")
-    suite = ET.SubElement(
-        suites, "testsuite", name="chatprobe", tests=str(len(runs)),
-        failures=str(sum(1 for r in runs if not r.passed)), errors="0",
-        time=f"{sum(r.elapsed for r in runs):.3f}",
-    )
+def write_json(path: str, runs: list[ScenarioRun]) -> None:
+    """The whole run as one JSON document, valid against harness/schemas/result.schema.json: strict JSON (no NaN
+    or Infinity), every server string redacted and escaped."""
+    now = time.time()
+    doc = {
+        "chatprobe": 1, "version": _version(), "generated_at": now, "generated_at_iso": iso(now),
+        "passed": bool(runs) and all(r.passed for r in runs), "scenarios": [run_to_dict(r) for r in runs],
+    }
+    _atomic_write(path, json.dumps(doc, indent=1, allow_nan=False, ensure_ascii=False) + "\n")
+
+
+def _classname(target: str) -> str:
+    """A JUnit class name from the target's label: CIs split class names at dots (package.Class), so the host's
+    dots and the port's colon must not reach it."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", redact.scrub(target)).strip("_")[:100] or "target"
+
+
+def _could_not_run(run: ScenarioRun) -> str | None:
+    """Why the scenario could not be judged at all (a JUnit <error>, not a <failure>), or None."""
+    if run.unreachable:
+        kinds = Counter(r.error_kind or "unknown" for r in run.results)
+        first = next((r.error for r in run.results if r.error), "")
+        return f"target unreachable ({', '.join(f'{k} x{n}' for k, n in kinds.most_common())}): {first}"
+    if run.errors and not run.results:
+        return f"the scenario could not run: {run.errors[0]}"
+    if not run.results and not run.stats.chats:
+        return "the scenario could not run: no chat was started"
+    if run.results and all(r.outcome is Outcome.ERROR for r in run.results):
+        kinds = Counter(r.error_kind or "unknown" for r in run.results)
+        first = next((r.error for r in run.results if r.error), "")
+        return f"no chat could be held ({', '.join(f'{k} x{n}' for k, n in kinds.most_common())}): {first}"
+    return None
+
+
+def _run_text(run: ScenarioRun, worst: int = 10) -> str:
+    """What a person reads in the CI's test view: counts, latencies, violations, objectives, the worst chats."""
+    st = run.stats
+    lines = [
+        f"scenario {run.scenario.name} against {run.target}: {st.chats} chats in {run.elapsed:.1f}s"
+        + (" (stopped at its max_duration)" if run.stopped_early else ""),
+        "outcomes: " + ", ".join(f"{o.value} {st.outcomes[o]}" for o in Outcome),
+        (f"time to first event: p50 {_ms(st.ttfe.get('p50'))}, p95 {_ms(st.ttfe.get('p95'))}, "
+         f"p99 {_ms(st.ttfe.get('p99'))}; chat duration p95 {_ms(st.duration.get('p95'))}"),
+        "violations: " + (", ".join(f"{k} x{v}" for k, v in sorted(st.violations.items(),
+                                                                    key=lambda kv: _rule_order(kv[0]))) or "none"),
+        "objectives:",
+    ]
+    lines += [f"  {'ok  ' if o.ok else 'FAIL'} {o.describe()}" for o in run.objectives]
+    bad = _worst(run, worst)
+    if bad:
+        n_bad = sum(1 for r in run.results if r.outcome is not Outcome.PASSED)
+        lines.append(f"chats not passed (the {len(bad)} worst of {n_bad}):")
+        for r in bad:
+            lines.append(f"  chat {r.chat_id} [{r.outcome.value}] {r.note or r.error or ''}".rstrip())
+            lines += [f"    {v}" for v in r.violations[:5]]
+            if r.events:
+                lines.append(f"    timeline: {_timeline(r)}")
+    return "\n".join(_c(line, 4 * FIELD_LIMIT) for line in lines)
+
+
+def write_junit(path: str, runs: list[ScenarioRun]) -> None:
+    """JUnit XML valid against the usual JUnit XSD (Jenkins xunit's junit-10.xsd): one <testsuite> per target,
+    one <testcase> per scenario; an unreachable target or a scenario that could not run is an <error>, an unmet
+    objective a <failure>; <properties> on the suite (the only place the schema allows them); every string
+    redacted and escaped, so the XML always parses."""
+    groups: dict[str, list[ScenarioRun]] = {}
     for run in runs:
-        case = ET.SubElement(suite, "testcase", classname=f"chatprobe.{run.target}", name=run.scenario.name,
-                             time=f"{run.elapsed:.3f}")
-        st = run.stats
-        props = ET.SubElement(case, "properties")
-        for k, v in (("chats", st.chats), ("passed", st.outcomes[Outcome.PASSED]),
-                     ("missing_events_ratio", f"{st.missing_ratio:.4f}")):
-            ET.SubElement(props, "property", name=k, value=str(v))
-        if not run.passed:
-            lines = [f"objective failed: {o.describe()}" for o in run.failed_objectives]
-            if run.unreachable:
-                lines.insert(0, "target unreachable")
-            for r in [r for r in run.results if r.outcome is not Outcome.PASSED][:10]:
-                reasons = "; ".join(str(v) for v in r.violations[:5]) or (r.note or r.error or "")
-                lines.append(f"chat {r.chat_id} {r.outcome.value}: {reasons}")
-            failure = ET.SubElement(case, "failure", message=lines[0] if lines else "objectives not met",
-                                    type="ObjectiveFailed")
-            failure.text = "\n".join(lines)
-        out = ET.SubElement(case, "system-out")
-        out.text = (f"chats={st.chats} outcomes={ {o.value: st.outcomes[o] for o in Outcome} } "
-                    f"violations={dict(st.violations)}")
-    ET.indent(suites)
-    _atomic_write(path, ET.tostring(suites, encoding="unicode", xml_declaration=True))
+        groups.setdefault(run.target, []).append(run)
+    verdicts = {id(run): (_could_not_run(run), run.passed) for run in runs}
+    n_errors = sum(1 for e, _ in verdicts.values() if e)
+    n_failures = sum(1 for e, ok in verdicts.values() if not e and not ok)
+    root = ET.Element("testsuites", name="chatprobe", tests=str(len(runs)), failures=str(n_failures),
+                      errors=str(n_errors), time=f"{sum(r.elapsed for r in runs):.3f}")
+    host = _c(socket.gethostname(), 255) or "localhost"
+    for i, (target, truns) in enumerate(groups.items()):
+        cls = f"chatprobe.{_classname(target)}"
+        errors = sum(1 for r in truns if verdicts[id(r)][0])
+        failures = sum(1 for r in truns if not verdicts[id(r)][0] and not verdicts[id(r)][1])
+        suite = ET.SubElement(
+            root, "testsuite", name=cls, tests=str(len(truns)), failures=str(failures), errors=str(errors),
+            skipped="0", time=f"{sum(r.elapsed for r in truns):.3f}",
+            # Ant's form (no zone, UTC): what Jenkins, GitLab and the Ant schema all read.
+            timestamp=datetime.fromtimestamp(min(r.started_at for r in truns), UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+            hostname=host, id=str(i), package="chatprobe",
+        )
+        props = ET.SubElement(suite, "properties")
+        prop_items: list[tuple[str, object]] = [("target", target), ("chatprobe.version", _version())]
+        for run in truns:
+            st = run.stats
+            name = run.scenario.name
+            prop_items += [
+                (f"{name}.chats", st.chats), (f"{name}.passed", st.outcomes[Outcome.PASSED]),
+                (f"{name}.missing_events_ratio", f"{st.missing_ratio:.4f}"),
+                (f"{name}.time_to_first_event.p95", "" if st.ttfe.get("p95") is None else f"{st.ttfe['p95']:.4f}"),
+            ]
+        for k, v in prop_items:
+            ET.SubElement(props, "property", name=_c(k, 200), value=_c(v, FIELD_LIMIT))
+        for run in truns:
+            error, passed = verdicts[id(run)]
+            case = ET.SubElement(suite, "testcase", name=_c(run.scenario.name, 200), classname=cls,
+                                 time=f"{run.elapsed:.3f}")
+            if error:
+                el = ET.SubElement(case, "error", type="Unreachable" if run.unreachable else "CouldNotRun",
+                                   message=_c(error, 500))
+                el.text = _c(error, 4 * FIELD_LIMIT) + "\n\n" + _run_text(run)
+            elif not passed:
+                failed = run.failed_objectives
+                lines = [f"objective failed: {o.describe()}" for o in failed]
+                for r in _worst(run, 10):
+                    reasons = "; ".join(str(v) for v in r.violations[:5]) or (r.note or r.error or "")
+                    lines.append(f"chat {r.chat_id} {r.outcome.value}: {reasons}")
+                el = ET.SubElement(case, "failure", type="ObjectiveFailed",
+                                   message=_c(lines[0] if lines else "objectives not met", 500))
+                el.text = "\n".join(_c(line, 4 * FIELD_LIMIT) for line in lines)
+            out = ET.SubElement(case, "system-out")
+            out.text = _run_text(run)
+    ET.indent(root)
+    _atomic_write(path, ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n")
 
 
 def _atomic_write(path: str, text: str) -> None:
-    p = Path(path)
-    if p.parent and not p.parent.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(p)
+    """Every report writer's one way out: see `harness.safefile.write_report` (symlinks followed, FIFOs and
+    devices written in place, regular files replaced atomically)."""
+    write_report(path, text)
