@@ -10,11 +10,9 @@ from __future__ import annotations
 # a tooltip would give is in a table or a caption beside its chart.
 import bisect
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import altair as alt
@@ -22,13 +20,9 @@ import vl_convert as vlc
 from jinja2 import Environment
 from markupsafe import Markup
 
+from . import redact
 from .events import RULES, Outcome, Role
-
-try:
-    from .redact import scrub
-except ImportError:  # harness/redact.py is written alongside; until it lands, strings are only escaped
-    def scrub(text: str) -> str:
-        return text
+from .safefile import write_report
 
 if TYPE_CHECKING:
     from .checker import ChatResult
@@ -47,6 +41,8 @@ OUTCOME_COLORS = {Outcome.PASSED: "#2e7d32", Outcome.FAILED: "#c62828", Outcome.
 OTHER_LANE = "(no role)"
 LANES = [r.value for r in Role] + [OTHER_LANE]
 WIDTH = 760
+# A string from the server shown in the report, at most this long (the terminal and JSON reports use the same).
+FIELD_LIMIT = 1024
 
 
 def write_html(path: str, runs: list[ScenarioRun]) -> None:
@@ -56,11 +52,7 @@ def write_html(path: str, runs: list[ScenarioRun]) -> None:
         runs=runs, sections=sections, passed=all(r.passed for r in runs),
         generated=_iso(time.time()), write_seconds=time.perf_counter() - t0,
     )
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + f".tmp{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(p)
+    write_report(path, page)
 
 
 # ---- one scenario --------------------------------------------------------------------------------------------
@@ -69,7 +61,7 @@ def write_html(path: str, runs: list[ScenarioRun]) -> None:
 class _Chat:
     result: ChatResult
     svg: Markup
-    caption: str
+    caption: list[str]
     violations: list[str]
     more_violations: int
 
@@ -230,7 +222,7 @@ def _chat(r: ChatResult, limit: float) -> _Chat:
         caption.append(r.note)
     listed = [str(v) for v in r.violations[:VIOLATIONS_LISTED]]
     more = len(r.violations) - len(listed) + sum(r.violations_not_listed.values())
-    return _Chat(result=r, svg=_timeline_chart(r, drawn, limit), caption=" · ".join(caption), violations=listed,
+    return _Chat(result=r, svg=_timeline_chart(r, drawn, limit), caption=caption, violations=listed,
                  more_violations=more)
 
 
@@ -240,7 +232,7 @@ def _timeline_chart(r: ChatResult, drawn: list, limit: float) -> Markup:
     if not drawn and not r.violations:
         return Markup('<p class="empty">No events.</p>')
     events = [{"t": (e.received_at - r.sent_at) * 1000, "lane": e.role.value if e.role else OTHER_LANE,
-               "what": scrub(e.wire_type) + (f" #{e.seq}" if e.seq is not None else "")} for e in drawn]
+               "what": redact.clean(e.wire_type, 64) + (f" #{e.seq}" if e.seq is not None else "")} for e in drawn]
     spans: dict[str, list[float]] = {}
     for ev in events:
         s = spans.setdefault(ev["lane"], [ev["t"], ev["t"]])
@@ -320,11 +312,11 @@ def _iso(epoch: float) -> str:
 
 
 def _finalize(value: Any) -> Any:
-    # Every string the template prints goes through the secret scrubber before autoescape; the charts' SVG is
-    # Markup (its strings were scrubbed before they were drawn).
+    # Every string the template prints is redacted (secrets, credentials in URLs), made printable and bounded
+    # before autoescape; the charts' SVG is Markup (its few strings were cleaned before they were drawn).
     if isinstance(value, Markup) or not isinstance(value, str):
         return value
-    return scrub(value)
+    return redact.clean(value, FIELD_LIMIT)
 
 
 def _objective_value(o: Any) -> str:
@@ -405,7 +397,7 @@ footer { max-width: 1000px; margin: 24px auto; padding: 0 24px; color: #888; fon
 {% for c in s.chats %}
 <div class="chat">
 <h4>chat {{ c.result.chat_id }}</h4>
-<p class="caption">{{ c.caption }}</p>
+<p class="caption">{% for part in c.caption %}{{ part }}{% if not loop.last %} · {% endif %}{% endfor %}</p>
 {% if c.violations %}<ul class="violations">{% for v in c.violations %}<li>{{ v }}</li>{% endfor %}
 {% if c.more_violations %}<li>… and {{ c.more_violations }} more</li>{% endif %}</ul>{% endif %}
 <figure class="chart" data-chart="timeline">{{ c.svg }}</figure>

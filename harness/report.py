@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import socket
 import time
@@ -176,22 +175,12 @@ def _worst(run: ScenarioRun, n: int) -> list[ChatResult]:
 
 
 def write_html(path: str, runs: list[ScenarioRun]) -> None:
-    """A self-contained HTML page: the summary table, every objective, and each non-passing chat's violations
-    and event timeline (rich's own HTML export of what a terminal would show, with more chats)."""
-    from rich.terminal_theme import MONOKAI
+    """A self-contained HTML page (harness/html_report.py): per scenario the charts, the objectives and the event
+    timelines of a sample of its failing chats, drawn at write time as static SVG (no script, works offline)."""
+    # Imported only when asked: altair and vl-convert take a while to load.
+    from .html_report import write_html as write_charts
 
-    console = Console(record=True, width=160, file=open(os.devnull, "w"), force_terminal=True)
-    print_summary(console, runs, worst=50)
-    for run in runs:
-        table = Table(title=f"{run.scenario.name}: objectives", title_justify="left")
-        for col in ("objective", "value", "limit", "met"):
-            table.add_column(col)
-        for o in run.objectives:
-            table.add_row(o.name, "n/a" if o.value is None else f"{o.value:.4g}", f"{o.op} {o.limit:g}",
-                          Text("yes", "green") if o.ok else Text("NO", "bold red"))
-        console.print(table)
-    html = console.export_html(theme=MONOKAI, inline_styles=True)
-    _atomic_write(path, html.replace("<head>", "<head>\n<title>chatprobe report</title>", 1))
+    write_charts(path, runs)
 
 
 def run_to_dict(run: ScenarioRun, include_chats: bool = True) -> dict[str, Any]:
