@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections import OrderedDict
 from urllib.parse import quote
 
@@ -20,11 +21,18 @@ _lock = threading.Lock()
 _fixed: set[str] = set()  # the token given, the JWT secret: searched in every string
 _minted: OrderedDict[str, None] = OrderedDict()  # minted JWTs: searched only in strings holding "eyJ"
 _fixed_re: re.Pattern[str] | None = None
+_fixed_list: list[str] = []
 _minted_re: re.Pattern[str] | None = None
-_dirty = False
+_dirty = False  # a fixed secret came: recompile before the next scrub
+_minted_dirty = False  # a minted token came: recompile at most once a second (its JWT shape catches it meanwhile)
+_minted_compiled_at = 0.0
 
 # Any compact JWS (base64url of '{"' starts "eyJ"): a bearer credential whoever minted it.
-_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+# A JWT cut short by a field's size bound is caught too (the shape, not the three parts, decides).
+_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,2}")
+# A secret that a field's size bound cut short still must not show: a run of at least this many of its first
+# characters is redacted too.
+PREFIX_LEN = 8
 _BEARER_RE = re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s\"'<>`]+")
 _USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
@@ -42,7 +50,7 @@ _UNSAFE_RE = re.compile(
 
 def register(secret: str | None, *, minted: bool = False) -> None:
     """Remember a secret the process holds, so that no output shows it (nor its URL- or JSON-escaped form)."""
-    global _dirty
+    global _dirty, _minted_dirty
     if not isinstance(secret, str) or len(secret.strip()) < MIN_SECRET_LEN:
         return
     forms = {secret, quote(secret, safe=""), json.dumps(secret)[1:-1]}
@@ -53,18 +61,19 @@ def register(secret: str | None, *, minted: bool = False) -> None:
                 _minted.move_to_end(f)
             while len(_minted) > MAX_MINTED:
                 _minted.popitem(last=False)
-        else:
+            _minted_dirty = True
+        elif not forms <= _fixed:
             _fixed.update(forms)
-        _dirty = True
+            _dirty = True
 
 
 def forget_all() -> None:
     """Drop every registered secret (tests; a process that reloads its credentials)."""
-    global _dirty
+    global _dirty, _minted_dirty
     with _lock:
         _fixed.clear()
         _minted.clear()
-        _dirty = True
+        _dirty = _minted_dirty = True
 
 
 def _alternation(items: set[str] | OrderedDict[str, None]) -> re.Pattern[str] | None:
@@ -75,13 +84,37 @@ def _alternation(items: set[str] | OrderedDict[str, None]) -> re.Pattern[str] | 
 
 
 def _patterns() -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
-    global _fixed_re, _minted_re, _dirty
-    if _dirty:  # compiled lazily: tokens are minted per connection, outputs are written far less often
+    global _fixed_re, _minted_re, _dirty, _minted_dirty, _minted_compiled_at
+    # Compiled lazily: tokens are minted per connection, outputs are written far less often; a thousand minted
+    # tokens take ~0.1 s to compile, so a live view redrawn 4 times a second never recompiles more than once a
+    # second (until then the JWT shape rule redacts a new token just as well).
+    if _dirty or (_minted_dirty and time.monotonic() - _minted_compiled_at >= 1.0):
         with _lock:
-            _fixed_re = _alternation(_fixed)
-            _minted_re = _alternation(_minted)
-            _dirty = False
+            if _dirty:
+                _fixed_re = _alternation(_fixed)
+                _fixed_list[:] = sorted(_fixed, key=len, reverse=True)
+                _dirty = False
+            if _minted_dirty:
+                _minted_re = _alternation(_minted)
+                _minted_dirty = False
+                _minted_compiled_at = time.monotonic()
     return _fixed_re, _minted_re
+
+
+def _redact_prefix_runs(text: str, secret: str) -> str:
+    """Replace each run of text that matches the start of `secret` for at least PREFIX_LEN characters."""
+    head = secret[:PREFIX_LEN]
+    out: list[str] = []
+    i = 0
+    while (at := text.find(head, i)) >= 0:
+        j, k = at + len(head), len(head)
+        while j < len(text) and k < len(secret) and text[j] == secret[k]:
+            j += 1
+            k += 1
+        out += [text[i:at], REDACTED]
+        i = j
+    out.append(text[i:])
+    return "".join(out)
 
 
 def redact_url(url: str) -> str:
@@ -109,6 +142,9 @@ def scrub(text: str) -> str:
     fixed, minted = _patterns()
     if fixed is not None:
         text = fixed.sub(REDACTED, text)
+        for secret in _fixed_list:
+            if secret[:PREFIX_LEN] in text:
+                text = _redact_prefix_runs(text, secret)
     if "eyJ" in text:
         if minted is not None:
             text = minted.sub(REDACTED, text)

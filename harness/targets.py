@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Literal
 from urllib.parse import SplitResult, urlsplit
 
+from . import redact
 from .profiles import Profile, load_profile
 from .transports import SCHEMES, ConnectSettings
 from .yamlfile import ConfigError, read_text_file
@@ -64,6 +65,9 @@ class TokenProvider:
         self._secret = jwt_secret
         self._ttl = ttl
         self._subject: str | None = None
+        # Whatever the server echoes back, no report, log line or metric may show these (harness/redact.py).
+        redact.register(token)
+        redact.register(jwt_secret)
 
     def __repr__(self) -> str:  # never show a secret
         return "TokenProvider(<redacted>)"
@@ -79,7 +83,9 @@ class TokenProvider:
             import jwt  # PyJWT: loaded only when tokens are minted
 
             now = int(time.time())
-            return jwt.encode({"sub": user_id, "iat": now, "exp": now + int(self._ttl)}, self._secret, algorithm="HS256")
+            minted = jwt.encode({"sub": user_id, "iat": now, "exp": now + int(self._ttl)}, self._secret, algorithm="HS256")
+            redact.register(minted, minted=True)
+            return minted
         return None
 
     def subject(self, user_id: str) -> str | None:

@@ -1,0 +1,116 @@
+"""A server that echoes the bearer token back (in error frames, event fields, close reasons) never gets it into
+the console, the JSON or the JUnit report: a raw agentsim-like WebSocket server written here, the real harness."""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import jwt
+import pytest
+from rich.console import Console
+from websockets.asyncio.server import serve
+
+from harness import redact
+from harness.profiles import load_profile
+from harness.report import print_summary, write_json, write_junit
+from harness.runner import run_scenario
+from harness.scenario import Scenario
+
+from .reports import check_json_report, check_junit_report
+
+try:
+    from harness.targets import Target, TokenProvider
+except ImportError:  # before the lead's move
+    from harness.client import Target, TokenProvider  # type: ignore[no-redef]
+
+GIVEN_TOKEN = "cp-given-token-7f3a9c2e41b8d605"
+JWT_SECRET = "jwt-secret-for-the-echo-test-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry():
+    redact.forget_all()
+    yield
+    redact.forget_all()
+
+
+def echoing_server(seen: list[str], knows_secret: bool):
+    """netra over WebSocket, except that it repeats the caller's credential (and the JWT secret, when it verifies
+    minted tokens with it, as agentsim does) wherever a string goes."""
+    leak = f" secret={JWT_SECRET}" if knows_secret else ""
+
+    async def handler(ws):
+        auth = ws.request.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ").strip()
+        seen.append(token)
+        await ws.send(json.dumps({"type": "connection_established",
+                                  "data": {"connection_id": f"conn-{token}", "note": f"hello {auth}"}}))
+        n = 0
+        async for raw in ws:
+            msg = json.loads(raw)
+            if msg.get("type") == "ping":
+                continue
+            n += 1
+            mid = msg["payload"]["message_id"]
+            run = f"run{n}"
+
+            def ev(kind, seq, run=run, mid=mid, ts=None, **fields):
+                return json.dumps({"type": kind, "run_id": run, "seq": seq, "timestamp": ts or f"t-{token}",
+                                   "payload": {"message_id": mid, **fields}})
+
+            if n == 1:
+                await ws.send(ev("agent_started", 1))
+                await ws.send(ev(f"agent_{token}", 2))  # an unknown wire type that is the token
+                await ws.send(ev("agent_thinking", 3, ts=leak.strip() or None))
+                await ws.send(ev("tool_executing", 4, tool_call_id=f"call-{token}", tool_name=token))
+                await ws.send(ev("agent_error", 5, error_message=f"bad credential {auth} (token={token}){leak}",
+                                 is_recoverable=False))
+            else:
+                await ws.send(json.dumps({"type": "error_message", "error_code": "INVALID_MESSAGE",
+                                          "error_message": f"see https://auth.example/cb?access_token={token}"
+                                                           f" and https://u:{token}@auth.example/ ({token})"}))
+                await ws.close(1011, f"bye {token}"[:100])
+                return
+
+    return handler
+
+
+def quick() -> Scenario:
+    return Scenario.model_validate({"name": "echo", "users": 2, "chats_per_user": 2, "connect_timeout": "2s",
+                                    "max_reconnects": 0, "expect": {"deadline": "2s", "settle": "0.05s"}})
+
+
+@pytest.mark.parametrize("mode", ["given", "minted"])
+async def test_echoed_token_appears_in_no_output(tmp_path, mode):
+    seen: list[str] = []
+    tokens = TokenProvider(token=GIVEN_TOKEN) if mode == "given" else TokenProvider(jwt_secret=JWT_SECRET)
+    async with serve(echoing_server(seen, mode == "minted"), "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name=f"127.0.0.1:{port}",
+                        tokens=tokens)
+        async with asyncio.timeout(30):
+            run = await run_scenario(quick(), target)
+
+    assert seen and all(seen)  # the server did get a credential to echo
+    if mode == "minted":
+        assert {jwt.decode(t, JWT_SECRET, algorithms=["HS256"])["sub"] for t in seen}  # minted from the secret
+    secrets = {*seen, JWT_SECRET, GIVEN_TOKEN}
+    # The verdicts still carry the server's strings: without redaction the token would be in the reports.
+    raw = json.dumps([r.to_dict() for r in run.results]) + " ".join(str(r.error) + r.note for r in run.results)
+    assert any(s in raw for s in seen)
+    assert (JWT_SECRET in raw) == (mode == "minted")
+
+    out, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    write_json(str(out), [run])
+    write_junit(str(junit), [run])
+    check_json_report(out)
+    check_junit_report(junit)
+    console = io.StringIO()
+    print_summary(Console(file=console, width=250, color_system=None), [run], worst=10)
+    outputs = {"json": out.read_text(), "junit": junit.read_text(), "console": console.getvalue()}
+    for name, text in outputs.items():
+        for secret in secrets:
+            assert secret not in text, f"{name} shows a secret"
+        assert "[REDACTED]" in text, name
+    assert "auth.example" in outputs["json"]  # the URL is still there, its credentials are not
