@@ -3,10 +3,12 @@ with the recorded times, one ScenarioRun per file for the same summary, JSON, JU
 """
 from __future__ import annotations
 
+import dataclasses
+import heapq
 import json
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
@@ -36,6 +38,8 @@ MAX_PARKED = 10_000
 # What the reports list: the stats count every chat, the listings keep the first ones (non-passing first).
 MAX_CHATS_LISTED = 1_000
 MAX_EVENTS_LISTED = 1_000
+# Files of one directory judged together (each is open while they are merged).
+MAX_FILES_MERGED = 512
 
 ENDED_NOTE = "the recording ends before the run's terminal event"
 CLOSED_NOTE = "the connection closed mid-run"
@@ -133,7 +137,7 @@ class OfflineCheck:
             checker = conn.checker
             if isinstance(decoded, Event):
                 if decoded.run_id is not None:
-                    if decoded.run_id not in checker.by_run:
+                    if decoded.run_id not in checker.by_run and not self._adopt(checker, decoded):
                         self._open(conn, at, run_id=decoded.run_id, thread_id=decoded.thread_id, timed=False)
                 elif (not checker.active() and (decoded.thread_id is None or decoded.thread_id not in checker.by_thread)
                       and (not checker.chats or checker.chats[-1]._result is not None)):
@@ -147,6 +151,17 @@ class OfflineCheck:
             tracker = entry[0]
             if tracker.done:
                 conn.wake = min(conn.wake, (tracker.terminal_at if tracker.terminal_at is not None else at) + self.settle)
+
+    @staticmethod
+    def _adopt(checker: ConnectionChecker, ev: Event) -> bool:
+        """The connection's chat, opened by events that named no run, learns its run id from this one (as a live
+        client that did not choose the run id learns it from the first event that names it)."""
+        for chat in checker.active():
+            if chat.run_id is None and chat.thread_id in (None, ev.thread_id):
+                chat.run_id = ev.run_id
+                checker.by_run[ev.run_id] = chat  # type: ignore[index]
+                return True
+        return False
 
     def _sent(self, conn: _Conn, frame: str | bytes | None, at: float) -> None:
         if not isinstance(frame, str):
@@ -190,7 +205,7 @@ class OfflineCheck:
         conn.wake = min(conn.wake, tracker.wait_deadline())
         if len(self.open) > MAX_OPEN_CHATS:
             oldest, _ = next(iter(self.open.values()))
-            self._finish(oldest, oldest.finish(at, lost=not oldest.done, note=CROWDED_NOTE))
+            self._finish(oldest, at, lost=not oldest.done, note=CROWDED_NOTE)
         return tracker
 
     def _judge_ready(self, conn: _Conn, at: float) -> None:
@@ -204,11 +219,11 @@ class OfflineCheck:
             if chat.done:
                 ready = chat.terminal_at + self.settle if chat.terminal_at is not None else at
                 if at >= ready:
-                    self._finish(chat, chat.finish(at))
+                    self._finish(chat, at)
                     continue
                 wake = min(wake, ready)
             elif at >= chat.wait_deadline():
-                self._finish(chat, chat.finish(chat.wait_deadline()))
+                self._finish(chat, chat.wait_deadline())
             else:
                 wake = min(wake, chat.wait_deadline())
         conn.wake = wake
@@ -219,7 +234,7 @@ class OfflineCheck:
         for run_id, chat in list(self.parked.items()):
             if at >= chat.wait_deadline():
                 del self.parked[run_id]
-                self._finish(chat, chat.finish(chat.wait_deadline(), lost=True, note=NOT_RESUMED_NOTE))
+                self._finish(chat, chat.wait_deadline(), lost=True, note=NOT_RESUMED_NOTE)
 
     def _judge_resume(self, tracker: ChatTracker) -> None:
         """Whether the last resume brought events back, as the live ChatFlow judges it."""
@@ -236,7 +251,7 @@ class OfflineCheck:
             if chat._result is not None or entry is None or entry[1] is not conn:
                 continue  # judged, or followed on another connection since a resume
             if chat.done:
-                self._finish(chat, chat.finish(at))
+                self._finish(chat, at)
                 continue
             chat.connection_lost(at)
             if rec is not None and resumable and chat.run_id and len(self.parked) < MAX_PARKED:
@@ -244,11 +259,13 @@ class OfflineCheck:
                 self.open.pop(chat.chat_id, None)
                 self.parked[chat.run_id] = chat
             else:
-                self._finish(chat, chat.finish(at, lost=True, note=note))
+                self._finish(chat, at, lost=True, note=note)
 
-    def _finish(self, tracker: ChatTracker, result: ChatResult) -> None:
+    def _finish(self, tracker: ChatTracker, now: float, *, lost: bool = False, note: str = "") -> None:
+        """Judge the chat at `now` (ChatTracker.finish) and count its verdict."""
         entry = self.open.pop(tracker.chat_id, None)
         self._judge_resume(tracker)
+        result = tracker.finish(now, lost=lost, note=note)
         untimed = tracker.chat_id in self.untimed or (entry is not None and entry[1].untimed)
         self.untimed.discard(tracker.chat_id)
         if untimed:
@@ -271,7 +288,7 @@ class OfflineCheck:
             self._close(conn, conn.last_t if conn.last_t is not None else self.now, None, ENDED_NOTE)
         self.conns.clear()
         for chat in list(self.parked.values()):
-            self._finish(chat, chat.finish(self.now, lost=True, note=NOT_RESUMED_NOTE))
+            self._finish(chat, self.now, lost=True, note=NOT_RESUMED_NOTE)
         self.parked.clear()
 
     def run(self, target: str, elapsed: float) -> ScenarioRun:
@@ -301,16 +318,45 @@ def run_name(path: str | Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).name)[:64] or "recording"
 
 
+def _merged(paths: list[Path], fmt: str | None, max_frame: int, max_text: int) -> Iterator[Recorded]:
+    """The records of several files in recorded-time order (a record without a time keeps its file's place),
+    connections named apart by file: what `--record` wrote for one run, where a resumed chat spans connections."""
+
+    def keyed(i: int, p: Path) -> Iterator[tuple[float, int, int, Recorded]]:
+        last = float("-inf")
+        for n, rec in enumerate(read_recording(p, fmt, max_frame=max_frame, max_text=max_text)):
+            if rec.t is not None:
+                last = rec.t
+            yield last, i, n, dataclasses.replace(rec, conn=f"{i}:{rec.conn}")
+
+    for *_, rec in heapq.merge(*(keyed(i, p) for i, p in enumerate(paths))):
+        yield rec
+
+
+def _recording_files(directory: Path) -> list[Path]:
+    files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise RecordingError(f"{directory}: no recording file in the directory")
+    if len(files) > MAX_FILES_MERGED:
+        raise RecordingError(f"{directory}: {len(files)} files, more than the {MAX_FILES_MERGED} judged together; "
+                             "check them in parts")
+    return files
+
+
 def check_file(path: str | Path, profile: Profile, scenario: Scenario | None = None, fmt: str | None = None, *,
                sink: Sink | None = None, max_frame: int = DEFAULT_MAX_FRAME,
                max_text: int = DEFAULT_MAX_TEXT) -> ScenarioRun:
-    """One recording judged: a ScenarioRun named after the file, its target the file's path. Raises
-    RecordingError (a ConfigError: exit 2) when the file cannot be read as a recording at all."""
+    """One recording judged: a ScenarioRun named after the file, its target the file's path. A directory is one
+    recording: its files merged in time order (what `--record DIR` wrote). Raises RecordingError (a ConfigError:
+    exit 2) when a file cannot be read as a recording at all."""
     base = scenario or Scenario(name="check")
     named = base.model_copy(update={"name": run_name(path)})
     check = OfflineCheck(profile, named, sink)
     wall = time.monotonic()
-    for rec in read_recording(path, fmt, max_frame=max_frame, max_text=max_text):
+    p = Path(path)
+    records = (_merged(_recording_files(p), fmt, max_frame, max_text) if p.is_dir()
+               else read_recording(p, fmt, max_frame=max_frame, max_text=max_text))
+    for rec in records:
         check.feed(rec)
     check.end()
     span = (check.now - check.first_t) if check.first_t is not None else time.monotonic() - wall
@@ -320,15 +366,17 @@ def check_file(path: str | Path, profile: Profile, scenario: Scenario | None = N
 def check_files(paths: Iterable[str | Path], profile: Profile, scenario: Scenario | None = None,
                 fmt: str | None = None, *, sink: Sink | None = None, max_frame: int = DEFAULT_MAX_FRAME,
                 max_text: int = DEFAULT_MAX_TEXT) -> list[ScenarioRun]:
-    """`chatprobe check FILE...`: one ScenarioRun per file, for print_summary, write_json, write_junit and
-    write_html; exit 0 when every run passed, 1 otherwise. Every path and `fmt` are checked before any file is
-    read (RecordingError, a ConfigError: exit 2)."""
+    """`chatprobe check PATH...`: one ScenarioRun per file (a directory: one run for all its files), for
+    print_summary, write_json, write_junit and write_html; exit 0 when every run passed, 1 otherwise. Every path
+    and `fmt` are checked before any file is read (RecordingError, a ConfigError: exit 2)."""
     paths = list(paths)
     if not paths:
         raise RecordingError("chatprobe check: give at least one recording file")
     if fmt is not None and fmt not in FORMATS:
         raise RecordingError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     for p in paths:
-        if not Path(p).is_file():
+        if not (Path(p).is_file() or Path(p).is_dir()):
             raise RecordingError(f"{p}: no such recording file")
+        if Path(p).is_dir():
+            _recording_files(Path(p))
     return [check_file(p, profile, scenario, fmt, sink=sink, max_frame=max_frame, max_text=max_text) for p in paths]

@@ -1,0 +1,181 @@
+"""`--record DIR`: each connection's frames written to DIR in the JSON Lines form `chatprobe check` reads
+(harness/recordings.py), secrets scrubbed, bounded per file, in file count and in bytes (the oldest rotated out).
+
+Hooks: a driver wraps each transport it opens in `RecordingTransport(transport, recorder.connection(label))`
+(the runner), or calls `log.frame(...)` for what it forwards and `recorder.save(log, keep)` when the connection
+ends (the proxy: keep only connections with a failing chat).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .redact import scrub
+from .transports import FrameCallback, Transport
+
+DEFAULT_MAX_FILES = 1000
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # all recordings in DIR written by one process
+DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024  # one connection's file; frames past it are not written
+FLUSH_BYTES = 64 * 1024  # a connection's lines are buffered this much, then appended to its part file
+
+
+class ConnectionLog:
+    """One connection's frames, as JSON Lines: buffered, then appended to a part file that `Recorder.save` keeps
+    (renamed) or deletes. Frames past the file's byte limit are counted in `dropped`, not written."""
+
+    def __init__(self, recorder: Recorder, label: str, part: Path) -> None:
+        self.recorder = recorder
+        self.label = label
+        self.part = part
+        self.size = 0
+        self.dropped = 0
+        self.closed = False
+        self._buffer: list[str] = []
+        self._buffered = 0
+
+    def frame(self, direction: str, frame: Any, at: float) -> None:
+        """A frame sent ("send") or received ("recv") at `at` (the recorder's clock, time.monotonic by default)."""
+        record: dict[str, Any] = {"t": round(self.recorder.epoch(at), 6), "dir": direction, "conn": self.label}
+        if isinstance(frame, (bytes, bytearray)):
+            record["frame_b64"] = base64.b64encode(frame).decode("ascii")
+        else:
+            text = frame if isinstance(frame, str) else json.dumps(frame)
+            record["frame"] = scrub(text)  # a token a client put in a frame never reaches a file
+        self._write(json.dumps(record, ensure_ascii=False))
+
+    def close(self, at: float, code: int | None = None) -> None:
+        if self.closed:
+            return
+        record: dict[str, Any] = {"t": round(self.recorder.epoch(at), 6), "dir": "close", "conn": self.label}
+        if code is not None:
+            record["code"] = code
+        self._write(json.dumps(record), force=True)
+        self.closed = True
+
+    def _write(self, line: str, force: bool = False) -> None:
+        n = len(line.encode("utf-8", "surrogatepass")) + 1
+        if self.size + n > self.recorder.max_file_bytes and not force:
+            self.dropped += 1
+            return
+        self.size += n
+        self._buffer.append(line)
+        self._buffered += n
+        if self._buffered >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        data = "\n".join(self._buffer) + "\n"
+        self._buffer.clear()
+        self._buffered = 0
+        with open(self.part, "a", encoding="utf-8", errors="surrogatepass") as f:
+            f.write(data)
+
+
+class Recorder:
+    """Where recordings go: DIR, at most `max_files` files and `max_bytes` bytes written by this process (the
+    oldest deleted first), each file at most `max_file_bytes`. `keep_all`: keep every connection (run); else only
+    those `save` is told to keep (the proxy: connections with a failing chat)."""
+
+    def __init__(self, directory: str | Path, *, keep_all: bool = True, max_files: int = DEFAULT_MAX_FILES,
+                 max_bytes: int = DEFAULT_MAX_BYTES, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.keep_all = keep_all
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self.max_file_bytes = max_file_bytes
+        self.clock = clock
+        # Recorded times are epoch seconds; the transports stamp frames with the monotonic clock.
+        self._offset = time.time() - clock()
+        self._lock = threading.Lock()
+        self._n = 0
+        self._saved: deque[tuple[Path, int]] = deque()
+        self._saved_bytes = 0
+
+    def epoch(self, at: float) -> float:
+        return at + self._offset
+
+    def connection(self, label: str) -> ConnectionLog:
+        with self._lock:
+            self._n += 1
+            n = self._n
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", scrub(label))[:80] or "conn"
+        return ConnectionLog(self, f"{safe}.{n}", self.directory / f".{n:06d}-{safe}.jsonl.part")
+
+    def save(self, log: ConnectionLog, keep: bool | None = None) -> Path | None:
+        """The connection ended: its file kept (when `keep`, or always with keep_all) or deleted; returns the path."""
+        if not log.closed:
+            log.close(self.clock())
+        log.flush()
+        if not (self.keep_all if keep is None else keep) or not log.part.exists():
+            log.part.unlink(missing_ok=True)
+            return None
+        final = log.part.with_name(log.part.name[1:].removesuffix(".part"))
+        os.replace(log.part, final)
+        with self._lock:
+            self._saved.append((final, log.size))
+            self._saved_bytes += log.size
+            while self._saved and (len(self._saved) > self.max_files or self._saved_bytes > self.max_bytes):
+                old, size = self._saved.popleft()
+                self._saved_bytes -= size
+                old.unlink(missing_ok=True)
+        return final if final.exists() else None
+
+
+class RecordingTransport:
+    """A Transport that writes what passes both ways to a ConnectionLog, and saves it when the connection ends."""
+
+    def __init__(self, inner: Transport, log: ConnectionLog, clock: Callable[[], float] = time.monotonic) -> None:
+        self._inner = inner
+        self._log = log
+        self._clock = clock
+        self._saved = False
+
+    def __getattr__(self, name: str) -> Any:  # connects_on_send, close_code, ended_note, protocol_error…
+        return getattr(self._inner, name)
+
+    async def open(self) -> None:
+        try:
+            await self._inner.open()
+        except BaseException:
+            self._save(keep=False)  # nothing passed: no file
+            raise
+
+    async def send(self, obj: Any) -> None:
+        self._log.frame("send", obj, self._clock())
+        await self._inner.send(obj)
+
+    async def run(self, on_frame: FrameCallback) -> None:
+        log = self._log
+
+        def tap(message: str | bytes, at: float) -> None:
+            log.frame("recv", message, at)
+            on_frame(message, at)
+
+        try:
+            await self._inner.run(tap)
+        finally:
+            self._save()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+    def _save(self, keep: bool | None = None) -> None:
+        if not self._saved:
+            self._saved = True
+            self._log.close(self._clock(), getattr(self._inner, "close_code", None))
+            self._log.recorder.save(self._log, keep)

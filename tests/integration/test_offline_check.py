@@ -1,0 +1,159 @@
+"""Recorded traffic judged offline gives the verdicts the live run gave: the real harness against agentsim with a
+fault on, its frames recorded on the way (harness/recorder.py around each real transport), then `check_files`
+on the recording; AG-UI SSE bodies saved from a real server, and the same in a HAR, against the live chats."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness import client
+from harness.events import Outcome
+from harness.offline import check_files
+from harness.profiles import load_profile
+from harness.recorder import Recorder, RecordingTransport
+from harness.recordings import read_recording
+from harness.runner import run_scenario
+from harness.scenario import Scenario
+
+from ..profiles.servers import AguiSSEServer
+from ..profiles.test_agui import FAULTS, chat, full_run
+from .conftest import faults_by_run, scenario
+
+# fault -> scenario overrides; each fault's live verdicts must come out the same offline.
+CASES = {
+    "drop:tool_completed=0.5": {"message": "What is 2 * 3? #tools=1"},
+    "duplicate=0.5": {},
+    "after_terminal=0.5": {"expect": {"streaming": True, "settle": "0.3s", "deadline": "10s"}},
+    "malformed:notjson=0.5": {},
+    "malformed:binary=0.5": {},
+    "delay_first=0.4s@0.5": {"expect": {"first_event_limit": "0.2s", "settle": "0.05s", "deadline": "10s"}},
+    "stall=0.6s@0.5": {"expect": {"stall_limit": "0.3s", "settle": "0.05s", "deadline": "10s"}},
+    "close:clean=0.5": {"users": 3, "chats_per_user": 3},
+    "crosstalk=0.5": {"users": 6, "chats_per_user": 4},
+}
+
+
+def verdicts(results) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Each chat's outcome, rules (with their counts) and reconnects, by run id."""
+    out = {}
+    for r in results:
+        assert r.run_id, r
+        counts = Counter(r.rule_counts())
+        out[r.run_id] = (r.outcome.value, tuple(sorted(f"{k}x{v}" for k, v in counts.items())), tuple(r.reconnects))
+    return out
+
+
+@pytest.fixture
+def record_runs(tmp_path, monkeypatch):
+    """Every transport the runner opens is wrapped in a RecordingTransport writing to tmp_path/rec (the hook
+    `chatprobe run --record DIR` uses); yields the directory."""
+    directory = tmp_path / "rec"
+    recorder = Recorder(directory)
+    real = client.make_transport
+    monkeypatch.setattr(client, "make_transport",
+                        lambda settings: RecordingTransport(real(settings), recorder.connection("agentsim")))
+    return directory
+
+
+@pytest.mark.parametrize("spec", list(CASES))
+async def test_recorded_run_is_judged_offline_as_it_was_live(sim_factory, record_runs, spec):
+    sc = scenario(**CASES[spec])
+    async with sim_factory(faults=[spec], think=0.01) as (_sim, target, gt):
+        live = await run_scenario(sc, target)
+    faulted = faults_by_run(gt)
+    if spec.startswith("close"):  # the client resumes the run on a new connection: a chat spanning two files
+        assert any(r.run_id in faulted and r.reconnects == ["resumed"] for r in live.results)
+    else:
+        assert any(r.run_id in faulted and r.outcome is not Outcome.PASSED for r in live.results), spec
+    files = sorted(record_runs.iterdir())
+    assert files and all(f.suffix == ".jsonl" for f in files)
+    [offline] = check_files([record_runs], target.profile, sc)
+    assert verdicts(offline.results) == verdicts(live.results)
+    assert offline.stats.outcomes == live.stats.outcomes
+    assert offline.stats.violations == live.stats.violations
+    assert offline.passed is live.passed
+    # Judged from the recorded times: the first-event times are the live ones, to the recorder's clock.
+    live_ttfe = {r.run_id: r.time_to_first_event for r in live.results}
+    for r in offline.results:
+        if r.time_to_first_event is not None and live_ttfe[r.run_id] is not None:
+            assert abs(r.time_to_first_event - live_ttfe[r.run_id]) < 0.05
+
+
+async def test_a_clean_recorded_run_passes_offline_and_one_file_alone_is_a_run(sim_factory, record_runs):
+    sc = scenario(users=2, chats_per_user=3)
+    async with sim_factory() as (_sim, target, _gt):
+        live = await run_scenario(sc, target)
+    assert live.passed
+    files = sorted(record_runs.iterdir())
+    runs = check_files(files, target.profile, sc)
+    assert [r.scenario.name for r in runs] == [f.name for f in files]
+    assert sum(r.stats.chats for r in runs) == 6 and all(r.passed for r in runs)
+    # Tokens never reach a recording: the client's JWT travels in the handshake, and is scrubbed from frames.
+    text = "".join(f.read_text() for f in files)
+    assert "eyJ" not in text
+    sends = [r for f in files for r in read_recording(f) if r.direction == "send"]
+    assert len([s for s in sends if json.loads(s.frame)["type"] == "user_message"]) == 6
+
+
+def _save_body(url: str, path: Path) -> dict:
+    """POST a RunAgentInput and save the text/event-stream body as curl -o would; returns the request."""
+    request = {"threadId": "t-1", "runId": "r-1", "state": {}, "messages": [{"id": "m1", "role": "user",
+               "content": "What is 6 * 7?"}], "tools": [], "context": [], "forwardedProps": {}}
+    with httpx.stream("POST", url, json=request, headers={"Accept": "text/event-stream"}, timeout=10) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        path.write_bytes(b"".join(response.iter_bytes()))
+    return request
+
+
+def _har(entries: list[tuple[dict, bytes]], started: float) -> dict:
+    """A HAR 1.2 log of SSE exchanges, as a browser's export has them."""
+    iso = datetime.fromtimestamp(started, UTC).isoformat().replace("+00:00", "Z")
+    return {"log": {"version": "1.2", "creator": {"name": "WebInspector", "version": "537.36"}, "pages": [],
+                    "entries": [{
+                        "startedDateTime": iso, "time": 12.5,
+                        "request": {"method": "POST", "url": "http://127.0.0.1/agent", "httpVersion": "HTTP/1.1",
+                                    "headers": [], "queryString": [], "cookies": [], "headersSize": -1,
+                                    "bodySize": 10, "postData": {"mimeType": "application/json",
+                                                                 "text": json.dumps(req)}},
+                        "response": {"status": 200, "statusText": "OK", "httpVersion": "HTTP/1.1",
+                                     "headers": [{"name": "Content-Type", "value": "text/event-stream"}],
+                                     "cookies": [], "redirectURL": "", "headersSize": -1, "bodySize": len(body),
+                                     "content": {"size": len(body), "mimeType": "text/event-stream",
+                                                 **({"text": base64.b64encode(body).decode(), "encoding": "base64"}
+                                                    if i % 2 else {"text": body.decode()})}},
+                        "cache": {}, "timings": {"send": 0, "wait": 10, "receive": 2.5}, "_resourceType": "fetch",
+                    } for i, (req, body) in enumerate(entries)]}}
+
+
+AGUI_CASES = {"full run": (full_run, True)} | {name: (script, False) for name, (script, _rule, _r) in FAULTS.items()}
+
+
+@pytest.mark.parametrize("case", list(AGUI_CASES))
+async def test_saved_agui_sse_body_and_har_are_judged_as_live(tmp_path, case):
+    script, streaming = AGUI_CASES[case]
+    profile = load_profile("ag-ui")
+    sc = Scenario(name="t", expect={"streaming": streaming, "settle": "0.05s"})
+    async with AguiSSEServer(script) as server:
+        live = await chat(server.url, streaming=streaming)
+        body_file = tmp_path / "body.sse"
+        request = await asyncio.to_thread(_save_body, server.url, body_file)
+    expected = (live.outcome.value, sorted(v.rule for v in live.violations))
+    assert (live.outcome is Outcome.PASSED) == (case == "full run")
+
+    [run] = check_files([body_file], profile, sc)
+    [chat_offline] = run.results
+    assert (chat_offline.outcome.value, sorted(v.rule for v in chat_offline.violations)) == expected
+    assert chat_offline.run_id == "r-1" and run.passed is (case == "full run")
+
+    har = tmp_path / "page.har"
+    har.write_text(json.dumps(_har([(request, body_file.read_bytes())] * 2, 1764637200.0), indent=2))
+    [run] = check_files([har], profile, sc)
+    assert [(r.outcome.value, sorted(v.rule for v in r.violations)) for r in run.results] == [expected] * 2
+    assert run.stats.chats == 2
