@@ -1,7 +1,7 @@
 """`chatprobe monitor`: probe named targets every interval into /metrics, and answer blackbox-style /probe.
 
-One asyncio loop runs the probes; a small threaded WSGI server (standard library) serves the HTTP side and
-hands each /probe to the loop. Nothing of a probe outlives it but the bounded counters of MetricsSink.
+One asyncio loop runs the probes; a WSGI server with a fixed pool of threads (monitors.httpserver) serves the
+HTTP side and hands each /probe to the loop. Nothing of a probe outlives it but the bounded counters of MetricsSink.
 """
 from __future__ import annotations
 
@@ -11,18 +11,13 @@ import contextlib
 import logging
 import math
 import signal
-import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Annotated, Any, Callable, Iterable, Literal, NoReturn
-from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, make_wsgi_app
+from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from harness.targets import (Target, TargetOptions, TokenProvider, add_target_args, embedded_sim, make_target,
@@ -34,6 +29,7 @@ from harness.scenario import Scenario, load_scenario
 from harness.profiles import load_profile
 from harness.yamlfile import ConfigError, line_of, load_model
 
+from . import httpserver
 from .metrics import ChatMetrics, MetricsSink, default_metrics
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -44,8 +40,6 @@ MAX_TIMEOUT = 60.0
 MIN_DEFAULT_TIMEOUT = 10.0
 # A probe that overruns its deadline gets this long to wind down (judge its chats, close sockets).
 GRACE = 2.0
-# /probe runs a real chat per request: a flood of them must not become a load test of the target.
-MAX_CONCURRENT_PROBES = 8
 
 log = logging.getLogger("chatprobe.monitor")
 
@@ -340,74 +334,8 @@ def describe(run: ScenarioRun) -> str:
 
 # -- HTTP ------------------------------------------------------------------------------------------------------
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        pass
-
-
-_INDEX = b"""<html><head><title>chatprobe monitor</title></head><body><h1>chatprobe monitor</h1>
-<p><a href="/metrics">/metrics</a>: the continuous probes' counters</p>
-<p>/probe?target=NAME&amp;scenario=NAME: run one probe now (blackbox_exporter style)</p></body></html>"""
-
-
 def make_app(monitor: Monitor, loop: asyncio.AbstractEventLoop) -> Callable:
-    metrics_app = make_wsgi_app()
-    slots = threading.BoundedSemaphore(MAX_CONCURRENT_PROBES)
-
-    def text(start_response: Callable, status: str, body: str) -> list[bytes]:
-        data = (body.rstrip("\n") + "\n").encode()
-        start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))])
-        return [data]
-
-    def probe(environ: dict, start_response: Callable) -> list[bytes]:
-        query = parse_qs(environ.get("QUERY_STRING", ""), max_num_fields=10)
-        target = (query.get("target") or [""])[0]
-        scenario = (query.get("scenario") or [None])[0]
-        if not target:
-            return text(start_response, "400 Bad Request", "the target parameter is missing")
-        try:
-            monitor.lookup(target, scenario)
-        except KeyError as exc:
-            return text(start_response, "400 Bad Request", exc.args[0])
-        timeout = monitor.timeout
-        header = environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS")
-        with contextlib.suppress(ValueError):
-            if header:  # answer before Prometheus gives up on the scrape, as blackbox_exporter does
-                timeout = max(0.5, min(timeout, float(header) - GRACE - 0.5))
-        if not slots.acquire(blocking=False):
-            return text(start_response, "503 Service Unavailable",
-                        f"{MAX_CONCURRENT_PROBES} probes are already running; try again later")
-        try:
-            future = asyncio.run_coroutine_threadsafe(monitor.probe_now(target, scenario, timeout), loop)
-            try:
-                body = future.result(timeout + 2 * GRACE)
-            except Exception as exc:  # the loop is stopping, or the probe overran even its grace
-                future.cancel()
-                return text(start_response, "503 Service Unavailable", f"no probe result: {type(exc).__name__}")
-        finally:
-            slots.release()
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
-        return [body]
-
-    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "/")
-        if path == "/metrics":
-            return metrics_app(environ, start_response)
-        if path == "/probe":
-            return probe(environ, start_response)
-        if path in ("/-/healthy", "/-/ready"):
-            return text(start_response, "200 OK", "OK")
-        if path == "/":
-            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-            return [_INDEX]
-        return text(start_response, "404 Not Found", "not found: try /metrics or /probe?target=NAME")
-
-    return app
+    return httpserver.make_app(monitor, loop, grace=GRACE)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -418,16 +346,12 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def start_http(app: Callable, host: str, port: int) -> _ThreadingWSGIServer:
-    server_class = _ThreadingWSGIServer
-    if ":" in host:
-        server_class = type("_ThreadingWSGIServer6", (_ThreadingWSGIServer,), {"address_family": socket.AF_INET6})
+def start_http(app: Callable, host: str, port: int) -> httpserver.HttpServer:
+    """The HTTP server, serving (bounded worker threads, slow clients timed out: see monitors.httpserver)."""
     try:
-        server = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+        return httpserver.start_http(app, host, port)
     except OSError as exc:
         raise ConfigError(f"--listen {host}:{port}: cannot listen: {exc.strerror or exc}") from None
-    threading.Thread(target=server.serve_forever, name="chatprobe-monitor-http", daemon=True).start()
-    return server
 
 
 # -- main ------------------------------------------------------------------------------------------------------

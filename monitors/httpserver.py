@@ -1,0 +1,257 @@
+"""The monitor's HTTP side (/metrics, /probe, health): a WSGI app served by waitress with a fixed pool of worker
+threads, slow clients timed out, and /probe's query checked field by field (400 with a one-line reason)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import resource
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+from prometheus_client import CONTENT_TYPE_LATEST, make_wsgi_app
+from waitress.channel import HTTPChannel
+from waitress.server import create_server
+from waitress.task import ErrorTask
+
+log = logging.getLogger("chatprobe.monitor")
+
+# /probe runs a real chat per request: a flood of them must not become a load test of the target.
+MAX_CONCURRENT_PROBES = 8
+# Workers that serve requests: every probe slot, plus two that /metrics and health always find free. Slow or idle
+# clients hold no worker at all: waitress reads requests in one I/O thread and hands only complete ones over.
+HTTP_THREADS = MAX_CONCURRENT_PROBES + 2
+# A connection that sends nothing for this long with no request in progress is closed (slowloris, idle keepalive).
+SLOW_CLIENT_TIMEOUT = 10
+MAX_CONNECTIONS = 10_000
+FD_HEADROOM = 256  # descriptors kept for the probes' own sockets, out of the open-file limit
+MAX_REQUEST_HEADER = 16 * 1024  # a scrape's request line and headers are a few hundred bytes
+MAX_REQUEST_BODY = 64 * 1024
+
+PROBE_FIELDS = ("target", "scenario")
+MAX_QUERY = 1024
+MAX_QUERY_FIELDS = 8
+MAX_VALUE = 128
+# A % not followed by two hex digits: unquote() would keep it as it is, and a name would silently not match.
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_PRINTABLE_ASCII = re.compile(r"^[\x21-\x7e]*$")
+
+
+class ProbeRunner(Protocol):
+    """What the app needs of a Monitor: known names, the default deadline, and a probe into fresh metrics."""
+
+    timeout: float
+
+    def lookup(self, target: str, scenario: str | None) -> Any: ...
+
+    async def probe_now(self, target: str, scenario: str | None, timeout: float) -> bytes: ...
+
+
+class QueryError(ValueError):
+    """A /probe query the monitor will not run; the message is one line, safe to send back."""
+
+
+def _shown(text: str) -> str:
+    return repr(text[:64]) + ("..." if len(text) > 64 else "")
+
+
+def parse_probe_query(query: str) -> tuple[str, str | None]:
+    """(target, scenario) of a /probe query string; QueryError for anything else: unknown or repeated fields, too
+    many or too long ones, bad percent-encoding, text that is not UTF-8, control characters."""
+    if len(query) > MAX_QUERY:
+        raise QueryError(f"the query string is longer than {MAX_QUERY} bytes")
+    if not _PRINTABLE_ASCII.match(query):  # WSGI hands the raw bytes over as latin-1: anything else is unencoded
+        raise QueryError("the query string has characters that must be percent-encoded")
+    if _BAD_PERCENT.search(query):
+        raise QueryError("the query string has a % that is not followed by two hex digits")
+    if query.count("&") + 1 > MAX_QUERY_FIELDS:
+        raise QueryError(f"more than {MAX_QUERY_FIELDS} query fields; /probe takes target and scenario")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True, encoding="utf-8", errors="strict",
+                          max_num_fields=MAX_QUERY_FIELDS) if query else []
+    except UnicodeDecodeError:
+        raise QueryError("a query field is not UTF-8 once percent-decoded") from None
+    except ValueError:
+        raise QueryError("the query string has an empty field or a field without '='") from None
+    fields: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in PROBE_FIELDS:
+            raise QueryError(f"unknown query field {_shown(key)}; /probe takes {' and '.join(PROBE_FIELDS)}")
+        if key in fields:
+            raise QueryError(f"the query field {key!r} is given more than once")
+        if len(value) > MAX_VALUE:
+            raise QueryError(f"the query field {key!r} is longer than {MAX_VALUE} characters")
+        if not value.isprintable():
+            raise QueryError(f"the query field {key!r} has control characters")
+        fields[key] = value
+    if not fields.get("target"):
+        raise QueryError("the target parameter is missing: /probe?target=NAME[&scenario=NAME]")
+    return fields["target"], fields.get("scenario") or None
+
+
+_INDEX = b"""<html><head><title>chatprobe monitor</title></head><body><h1>chatprobe monitor</h1>
+<p><a href="/metrics">/metrics</a>: the continuous probes' counters</p>
+<p>/probe?target=NAME&amp;scenario=NAME: run one probe now (blackbox_exporter style)</p></body></html>"""
+
+
+def _scrape_timeout(header: str | None, timeout: float, grace: float) -> float:
+    """The probe's deadline: within Prometheus' scrape timeout when it sends one, as blackbox_exporter does."""
+    if not header:
+        return timeout
+    with contextlib.suppress(ValueError):
+        seconds = float(header[:32])
+        if math.isfinite(seconds):
+            return max(0.5, min(timeout, seconds - grace - 0.5))
+    return timeout
+
+
+def make_app(monitor: ProbeRunner, loop: asyncio.AbstractEventLoop, grace: float,
+             max_probes: int = MAX_CONCURRENT_PROBES) -> Callable:
+    metrics_app = make_wsgi_app()
+    slots = threading.BoundedSemaphore(max_probes)
+
+    def text(start_response: Callable, status: str, body: str, headers: Iterable[tuple[str, str]] = (),
+             exc_info: Any = None) -> list[bytes]:
+        data = (body.rstrip("\n") + "\n").encode()
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data))),
+                                *headers], exc_info)
+        return [data]
+
+    def probe(environ: dict, start_response: Callable) -> list[bytes]:
+        try:
+            target, scenario = parse_probe_query(environ.get("QUERY_STRING", ""))
+            monitor.lookup(target, scenario)
+        except QueryError as exc:
+            return text(start_response, "400 Bad Request", str(exc))
+        except KeyError as exc:
+            return text(start_response, "400 Bad Request", exc.args[0])
+        timeout = _scrape_timeout(environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"), monitor.timeout, grace)
+        if not slots.acquire(blocking=False):
+            return text(start_response, "503 Service Unavailable",
+                        f"{max_probes} probes are already running; try again later")
+        try:
+            future = asyncio.run_coroutine_threadsafe(monitor.probe_now(target, scenario, timeout), loop)
+            try:
+                body = future.result(timeout + 2 * grace)
+            except Exception as exc:  # noqa: BLE001 - the loop is stopping, or the probe overran even its grace
+                future.cancel()
+                return text(start_response, "503 Service Unavailable", f"no probe result: {type(exc).__name__}")
+        finally:
+            slots.release()
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def route(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return text(start_response, "405 Method Not Allowed", "only GET and HEAD", [("Allow", "GET, HEAD")])
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/probe":
+            return probe(environ, start_response)
+        if path in ("/-/healthy", "/-/ready"):
+            return text(start_response, "200 OK", "OK")
+        if path == "/":
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                                      ("Content-Length", str(len(_INDEX)))])
+            return [_INDEX]
+        return text(start_response, "404 Not Found", "not found: try /metrics or /probe?target=NAME")
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        try:
+            return route(environ, start_response)
+        except Exception as exc:  # noqa: BLE001 - one log line and a plain 500, never a traceback to the client
+            log.error("HTTP %s: %s: %s", environ.get("PATH_INFO", "?")[:64], type(exc).__name__, exc)
+            return text(start_response, "500 Internal Server Error", "internal error", (), sys.exc_info())
+
+    return app
+
+
+def connection_limit() -> int:
+    """Open connections the server accepts: below the open-file limit, with room left for the probes' sockets.
+    Past it waitress stops accepting until some close (the kernel's backlog holds the rest)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(16, min(MAX_CONNECTIONS, soft - FD_HEADROOM))
+
+
+class _OneLineError(ErrorTask):
+    """waitress's own refusals (a bad request line, headers over the limit) as one plain line, like the app's;
+    its default body spans five lines with its name in it."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        line = f"{error.reason}: {error.body}" if error.body else error.reason
+        body = (" ".join(str(line).split())[:200] + "\n").encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "text/plain; charset=utf-8"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _Channel(HTTPChannel):
+    error_task_class = _OneLineError
+
+
+class HttpServer:
+    """waitress serving one WSGI app on one socket, in a daemon I/O thread plus `threads` workers."""
+
+    def __init__(self, app: Callable, sock: socket.socket, threads: int, slow_client_timeout: int,
+                 max_connections: int) -> None:
+        self._map: dict = {}
+        self._server = create_server(
+            app, map=self._map, sockets=[sock], threads=threads, connection_limit=max_connections,
+            channel_timeout=slow_client_timeout, cleanup_interval=1, asyncore_use_poll=True,  # poll: no 1024-fd cap
+            max_request_header_size=MAX_REQUEST_HEADER, max_request_body_size=MAX_REQUEST_BODY,
+            ident="chatprobe-monitor", expose_tracebacks=False,
+            log_socket_errors=False)  # a client that resets, or an accept() that fails, is not worth a traceback
+        self._server.channel_class = _Channel
+        self.server_address = sock.getsockname()
+        self._thread = threading.Thread(target=self._server.run, name="chatprobe-monitor-http", daemon=True)
+        self._closed = False
+
+    def start(self) -> HttpServer:
+        self._thread.start()
+        return self
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop accepting, close every connection, and stop the workers (a running /probe gets `timeout`)."""
+        if self._closed:
+            return
+        self._closed = True
+
+        def close_all() -> None:  # runs in the I/O thread, which owns the map: the loop ends when it is empty
+            for channel in list(self._map.values()):
+                with contextlib.suppress(OSError):
+                    channel.close()
+
+        self._server.trigger.pull_trigger(close_all)
+        self._thread.join(timeout)
+        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)
+
+    def server_close(self) -> None:
+        self.shutdown()
+
+
+def start_http(app: Callable, host: str, port: int, *, threads: int = HTTP_THREADS,
+               slow_client_timeout: int = SLOW_CLIENT_TIMEOUT, max_connections: int | None = None) -> HttpServer:
+    """Listen on host:port and serve; OSError (cannot listen) is the caller's to report."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=1024)
+    try:
+        server = HttpServer(app, sock, threads, slow_client_timeout,
+                            connection_limit() if max_connections is None else max_connections)
+    except BaseException:
+        sock.close()
+        raise
+    # waitress logs "Serving on ..." and each closed idle channel at INFO: the monitor says what it listens on.
+    logging.getLogger("waitress").setLevel(logging.WARNING)
+    return server.start()

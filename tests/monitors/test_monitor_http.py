@@ -1,0 +1,217 @@
+"""The monitor's HTTP server over real sockets: odd /probe queries get 400 and one line, slowloris clients hold
+no threads and are closed within the timeout, and /metrics answers while they are held."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import resource
+import secrets
+import selectors
+import socket
+import threading
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from agentsim.server import AgentSim, SimConfig
+from monitors import httpserver
+from monitors.metrics import ChatMetrics
+from monitors.monitor import (
+    Monitor,
+    load_config,
+    make_app,
+    probes_from_config,
+    start_http,
+)
+
+DEADLINE = 10.0
+
+
+def http(port: int, request: bytes, timeout: float = DEADLINE) -> tuple[int, bytes]:
+    """One raw request (bytes exactly as given: no client normalizes the query), the answer read to EOF."""
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.sendall(request)
+            while chunk := sock.recv(65536):
+                data += chunk
+        except (ConnectionResetError, BrokenPipeError):  # the server answered and closed before reading it all
+            pass
+    if not data:
+        return 0, b""
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def get(port: int, target: bytes, timeout: float = DEADLINE, method: bytes = b"GET") -> tuple[int, bytes]:
+    return http(port, method + b" " + target + b" HTTP/1.1\r\nHost: monitor\r\nConnection: close\r\n\r\n", timeout)
+
+
+@pytest.fixture
+async def monitor_http(tmp_path, monkeypatch):
+    """A real Monitor probing a real agentsim (target `sim`), its HTTP server on a free loopback port."""
+    secret = secrets.token_urlsafe(32)
+    sim = AgentSim(SimConfig(port=0, jwt_secret=secret, think=0.001, tool_latency=0.001, seed=1))
+    await sim.start()
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(f"targets:\n  sim: {{url: '{sim.url}', jwt_secret_env: SIM_SECRET}}\n")
+    monkeypatch.setenv("SIM_SECRET", secret)
+    mon = Monitor(probes_from_config(str(cfg), load_config(str(cfg)), timeout=5), interval=1, timeout=5,
+                  metrics=ChatMetrics(CollectorRegistry()))
+    server = start_http(make_app(mon, asyncio.get_running_loop()), "127.0.0.1", 0)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.shutdown)
+        await sim.stop()
+
+
+ODD_QUERIES = {
+    "repeated key": b"target=sim&target=sim",
+    "unknown key": b"target=sim&module=http_2xx",
+    "unknown key only": b"debug=true",
+    "many fields": b"&".join(b"f%d=1" % i for i in range(300)),
+    "huge value": b"target=" + b"a" * 8_000,
+    "giant request line": b"target=" + b"a" * 1_000_000,
+    "long value": b"target=" + b"a" * 200,
+    "bad percent": b"target=%zz",
+    "lone percent": b"target=sim%",
+    "not utf-8": b"target=%ff%fe",
+    "raw non-ascii": b"target=\xffsim",
+    "control char": b"target=sim%0d%0aX-Evil:%201",
+    "empty field": b"target=sim&&scenario=probe",
+    "no equals": b"target",
+    "missing target": b"scenario=probe",
+    "empty": b"",
+    "unknown target": b"target=ws%3A%2F%2Fevil.example%2Fws",
+    "unknown scenario": b"target=sim&scenario=..%2F..%2Fetc%2Fpasswd",
+}
+
+
+async def test_odd_probe_queries_answer_400_with_one_line(monitor_http, caplog):
+    caplog.set_level(logging.DEBUG)
+    port = monitor_http.server_address[1]
+    for name, query in ODD_QUERIES.items():
+        status, body = await asyncio.to_thread(get, port, b"/probe?" + query)
+        # waitress refuses a request over its header limit before the app: 431, or a reset when it closes with
+        # the rest of the request unread, is fine; a 500 is not.
+        expected = (431, 400, 0) if len(query) > httpserver.MAX_REQUEST_HEADER else (400,)
+        assert status in expected, (name, status, body)
+        if status == 400 and len(query) <= httpserver.MAX_REQUEST_HEADER:
+            text = body.decode()
+            assert text.endswith("\n") and text.count("\n") == 1 and len(text) < 300, (name, text)
+        assert b"Traceback" not in body, name
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text
+    # A well-formed query still runs a probe.
+    status, body = await asyncio.to_thread(get, port, b"/probe?target=sim&scenario=probe")
+    assert status == 200 and re.search(rb"^probe_success 1\.0$", body, re.MULTILINE), body
+    status, body = await asyncio.to_thread(get, port, b"/probe?target=sim")
+    assert status == 200 and re.search(rb"^probe_success 1\.0$", body, re.MULTILINE), body
+
+
+async def test_probe_reasons_name_the_problem(monitor_http):
+    port = monitor_http.server_address[1]
+    for query, needle in ((b"target=sim&target=sim", b"'target' is given more than once"),
+                          (b"target=sim&module=x", b"unknown query field 'module'"),
+                          (b"target=%zz", b"not followed by two hex digits"),
+                          (b"target=%ff", b"not UTF-8"),
+                          (b"target=a%0ab", b"control characters")):
+        status, body = await asyncio.to_thread(get, port, b"/probe?" + query)
+        assert status == 400 and needle in body, (query, body)
+    status, body = await asyncio.to_thread(get, port, b"/probe?target=sim", method=b"POST")
+    assert status == 405
+
+
+def test_an_app_error_is_a_plain_500_and_one_log_line(caplog):
+    class Broken:
+        timeout = 1.0
+
+        def lookup(self, target, scenario):
+            raise RuntimeError("boom")
+
+    loop = asyncio.new_event_loop()
+    server = httpserver.start_http(httpserver.make_app(Broken(), loop, grace=1.0), "127.0.0.1", 0)
+    try:
+        status, body = get(server.server_address[1], b"/probe?target=x")
+    finally:
+        server.shutdown()
+        loop.close()
+    assert status == 500 and body == b"internal error\n"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and not errors[0].exc_info and "RuntimeError: boom" in errors[0].getMessage()
+
+
+# -- slow clients ----------------------------------------------------------------------------------------------
+
+N_SLOWLORIS = 400
+SLOW_TIMEOUT = 3
+
+
+@pytest.fixture
+def enough_files():
+    """Room for both ends of every slowloris socket in this one process, under a low default open-file limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4 * N_SLOWLORIS + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            pytest.fail(f"the open-file limit ({hard}) is below the {want} this test needs")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_slowloris_holds_no_threads_and_is_timed_out(enough_files):
+    loop = asyncio.new_event_loop()  # /metrics never touches it
+    app = httpserver.make_app(type("NoProbes", (), {"timeout": 1.0})(), loop, grace=1.0)
+    server = httpserver.start_http(app, "127.0.0.1", 0, slow_client_timeout=SLOW_TIMEOUT)
+    port = server.server_address[1]
+    held: list[socket.socket] = []
+    try:
+        threads_before = threading.active_count()
+        assert threads_before <= 2 + httpserver.HTTP_THREADS + 10  # the pool exists up front, and is small
+        for _ in range(N_SLOWLORIS):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+            sock.sendall(b"GET /metr")  # half a request line, then nothing
+            held.append(sock)
+        opened = time.monotonic()
+        # The server has accepted them all (its own map: one entry per connection, plus itself and its trigger) ...
+        deadline = opened + DEADLINE
+        while len(server._map) < N_SLOWLORIS:
+            assert time.monotonic() < deadline, f"the server accepted {len(server._map)} of {N_SLOWLORIS}"
+            time.sleep(0.01)  # wait-ok: poll interval inside the deadline loop above
+        # ... holds no thread for them, and a scrape still answers at once while they are held.
+        assert threading.active_count() <= threads_before
+        status, body = get(port, b"/metrics", timeout=2)
+        assert status == 200 and b"# HELP" in body
+        assert len(server._map) >= N_SLOWLORIS and time.monotonic() - opened < SLOW_TIMEOUT
+        assert threading.active_count() <= threads_before
+        # Every held socket is closed by the server within its timeout (plus the 1 s sweep and some slack).
+        selector = selectors.DefaultSelector()
+        for sock in held:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        open_left = set(held)
+        deadline = opened + SLOW_TIMEOUT + 5
+        while open_left:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{len(open_left)} of {N_SLOWLORIS} slow clients still open after {SLOW_TIMEOUT + 5}s"
+            for key, _ in selector.select(timeout=left):
+                try:
+                    data = key.fileobj.recv(4096)
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    selector.unregister(key.fileobj)
+                    open_left.discard(key.fileobj)
+        assert time.monotonic() - opened >= SLOW_TIMEOUT - 0.5  # closed by the timeout, not at once
+        selector.close()
+        status, _ = get(port, b"/metrics", timeout=2)
+        assert status == 200
+    finally:
+        for sock in held:
+            sock.close()
+        server.shutdown()
+        loop.close()
