@@ -71,6 +71,7 @@ class _Section:
     run: ScenarioRun
     anchor: str
     facts: list[tuple[str, str]]
+    partial: str
     ttfe: Markup
     over_time: Markup
     by_rule: Markup
@@ -84,6 +85,9 @@ def _scenario(run: ScenarioRun) -> _Section:
     results = run.results
     failing = [r for r in results if r.outcome is not Outcome.PASSED]
     st = run.stats
+    # A recording judged offline or an interrupted run may list fewer chats than it counted: the charts say so.
+    partial = (f"The charts are drawn from the {len(results):,} chats listed; the figures above count all "
+               f"{st.chats:,}.") if len(results) < st.chats else ""
     facts = [
         ("target", run.target),
         ("started", _iso(run.started_at)),
@@ -97,12 +101,12 @@ def _scenario(run: ScenarioRun) -> _Section:
     facts += [("error", e) for e in run.errors]
     rules = sorted(st.violations.items(), key=lambda kv: _rule_key(kv[0]))
     return _Section(
-        run=run, anchor=f"s-{run.scenario.name}", facts=facts,
+        run=run, anchor=f"s-{run.scenario.name}", facts=facts, partial=partial,
         ttfe=_ttfe_chart([r.time_to_first_event for r in results if r.time_to_first_event is not None], limit),
         over_time=_over_time_chart(results),
         by_rule=_rules_chart(rules),
         rule_rows=[(rule, RULES.get(rule, ""), n) for rule, n in rules],
-        failing_total=len(failing),
+        failing_total=max(len(failing), st.chats - st.outcomes[Outcome.PASSED]),
         chats=[_chat(r, limit) for r in sample_failing(failing, FAILING_SAMPLE)],
     )
 
@@ -231,8 +235,9 @@ def _timeline_chart(r: ChatResult, drawn: list, limit: float) -> Markup:
     a violation tied to an event is a red diamond on that event, the others a red rule at the chat's end."""
     if not drawn and not r.violations:
         return Markup('<p class="empty">No events.</p>')
-    events = [{"t": (e.received_at - r.sent_at) * 1000, "lane": e.role.value if e.role else OTHER_LANE,
-               "what": redact.clean(e.wire_type, 64) + (f" #{e.seq}" if e.seq is not None else "")} for e in drawn]
+    # Only times and role names reach the chart: the server's own strings are in the HTML around it.
+    events = [{"t": (e.received_at - r.sent_at) * 1000, "lane": e.role.value if e.role else OTHER_LANE}
+              for e in drawn]
     spans: dict[str, list[float]] = {}
     for ev in events:
         s = spans.setdefault(ev["lane"], [ev["t"], ev["t"]])
@@ -373,6 +378,7 @@ footer { max-width: 1000px; margin: 24px auto; padding: 0 24px; color: #888; fon
 {% for k, v in s.facts %}<dt>{{ k }}</dt><dd>{{ v }}</dd>
 {% endfor %}
 </dl>
+{% if s.partial %}<p class="caption">{{ s.partial }}</p>{% endif %}
 <h3>Objectives</h3>
 <table class="objectives">
 <tr><th>objective</th><th>value</th><th>must be</th><th>met</th></tr>

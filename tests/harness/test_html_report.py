@@ -166,3 +166,15 @@ def test_a_run_with_no_chat_and_an_unreachable_run_still_render(tmp_path):
     text = out.read_text(encoding="utf-8")
     assert text.count("No chat received a first event.") == 2
     assert "No chats." in text and "UNREACHABLE" in text and "connection refused" in text
+
+
+def test_a_run_listing_fewer_chats_than_it_counted_says_so(tmp_path):
+    """`chatprobe check` keeps a bounded list of a recording's chats; the stats count them all."""
+    results = [chat(i, 0.0, drop=Role.TOOL_COMPLETED if i % 2 else None).finish(9.0) for i in range(40)]
+    run = run_of(results)
+    run.results = results[:10]
+    out = tmp_path / "r.html"
+    write_html(str(out), [run])
+    text = out.read_text(encoding="utf-8")
+    assert "drawn from the 10 chats listed; the figures above count all 40." in text
+    assert "Failing chats: 5 of 20" in text
