@@ -11,6 +11,7 @@ import resource
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
@@ -27,7 +28,8 @@ MAX_CONCURRENT_PROBES = 8
 # Workers that serve requests: every probe slot, plus two that /metrics and health always find free. Slow or idle
 # clients hold no worker at all: waitress reads requests in one I/O thread and hands only complete ones over.
 HTTP_THREADS = MAX_CONCURRENT_PROBES + 2
-# A connection that sends nothing for this long with no request in progress is closed (slowloris, idle keepalive).
+# A connection is closed when it sends nothing for this long with no request in progress (slowloris, idle
+# keep-alive), or when a request's head and body have not all arrived this long after its first byte (a trickle).
 SLOW_CLIENT_TIMEOUT = 10
 MAX_CONNECTIONS = 10_000
 FD_HEADROOM = 256  # descriptors kept for the probes' own sockets, out of the open-file limit
@@ -199,6 +201,17 @@ class _OneLineError(ErrorTask):
 
 class _Channel(HTTPChannel):
     error_task_class = _OneLineError
+    # When the first byte of the request being read arrived (0: none is being read). waitress times out only
+    # silence: a client trickling a byte a second would otherwise hold its connection forever.
+    request_started = 0.0
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None and data:
+            self.request_started = time.time()  # waitress' own clock in maintenance()
+        done = super().received(data)
+        if self.request is None:
+            self.request_started = 0.0
+        return done
 
 
 class HttpServer:
@@ -214,6 +227,16 @@ class HttpServer:
             ident="chatprobe-monitor", expose_tracebacks=False,
             log_socket_errors=False)  # a client that resets, or an accept() that fails, is not worth a traceback
         self._server.channel_class = _Channel
+        sweep = self._server.maintenance
+
+        def maintenance(now: float) -> None:  # every cleanup_interval, in the I/O thread
+            sweep(now)  # closes connections silent for slow_client_timeout
+            cutoff = now - slow_client_timeout
+            for channel in self._server.active_channels.values():
+                if 0 < getattr(channel, "request_started", 0) < cutoff and not channel.requests:
+                    channel.will_close = True
+
+        self._server.maintenance = maintenance
         self.server_address = sock.getsockname()
         self._thread = threading.Thread(target=self._server.run, name="chatprobe-monitor-http", daemon=True)
         self._closed = False

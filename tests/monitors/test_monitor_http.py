@@ -215,3 +215,35 @@ def test_slowloris_holds_no_threads_and_is_timed_out(enough_files):
             sock.close()
         server.shutdown()
         loop.close()
+
+
+def test_a_client_trickling_its_request_is_closed_within_the_timeout():
+    """Never silent long enough for the idle timeout, but the request never completes: closed all the same."""
+    loop = asyncio.new_event_loop()
+    app = httpserver.make_app(type("NoProbes", (), {"timeout": 1.0})(), loop, grace=1.0)
+    server = httpserver.start_http(app, "127.0.0.1", 0, slow_client_timeout=2)
+    sock = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=DEADLINE)
+    selector = selectors.DefaultSelector()
+    try:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nX-Trickle: ")
+        started = time.monotonic()
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+        closed = False
+        while not closed:
+            assert time.monotonic() - started < 2 + 5, "a trickling client is still connected"
+            try:
+                if selector.select(timeout=0.3):  # the attacker's pace, and a check for the server's EOF
+                    closed = sock.recv(4096) == b""
+                if not closed:
+                    sock.send(b"a")
+            except (ConnectionResetError, BrokenPipeError):
+                closed = True
+        assert time.monotonic() - started >= 2 - 0.5
+        status, _ = get(server.server_address[1], b"/metrics", timeout=2)
+        assert status == 200
+    finally:
+        selector.close()
+        sock.close()
+        server.shutdown()
+        loop.close()
