@@ -99,3 +99,18 @@ def test_html_report_is_clean(tmp_path, run, token_known):
 def test_clean_is_identity_for_ordinary_text():
     for s in ("agent_started", "R2 required: missing tool_completed (event #4)", "über 2 s → ok", ""):
         assert redact.clean(s) == s
+
+
+def test_a_big_run_is_written_compact_and_still_valid(tmp_path, run, token_known):
+    import copy
+
+    from harness.report import INDENT_MAX_CHATS
+    from harness.stats import compute
+
+    run.results = [copy.copy(run.results[i % len(run.results)]) for i in range(INDENT_MAX_CHATS + 1)]
+    run.stats = compute(run.results)
+    out = tmp_path / "r.json"
+    write_json(str(out), [run])
+    assert out.read_text().count("\n") == 1  # compact: one line
+    doc = check_json_report(out)
+    assert len(doc["scenarios"][0]["chats"]) == INDENT_MAX_CHATS + 1
