@@ -209,6 +209,7 @@ DEV_SECRET = "chatprobe-dev-secret"
     (["--jwt-secret", SECRET, "--host", "0.0.0.0"], {}, SECRET, "--host 0.0.0.0 is not loopback"),
     (["--jwt-secret", SECRET, "--allow-no-exp"], {}, SECRET, "--allow-no-exp"),
 ])
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # the short development secret
 async def test_unsafe_settings_warn_once_at_start(args, env, secret, needle):
     proc, url = await start_cli(*args, env=env)
     try:
