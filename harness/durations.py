@@ -10,21 +10,35 @@ from pydantic import BeforeValidator
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
 _RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|)\s*$")
+# Longer than this is a typo, and past about 292 years the OS's timeouts (threading, sockets) overflow.
+MAX_SECONDS = 366 * 24 * 3600.0
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it: a 400-digit number or a megabyte string is cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
-        raise ValueError("a duration like 2s, 250ms or 1.5 is needed, not a boolean")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _RE.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ValueError(f"{value!r} is not a duration (examples: 2s, 250ms, 1m, 1.5)")
+        # ValueError, not TypeError: pydantic turns only ValueError into a validation error (file:line:field).
+        raise ValueError("a duration like 2s, 250ms or 1.5 is needed, not a boolean")  # noqa: TRY004
+    try:
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        elif isinstance(value, str) and len(value) <= 64 and (m := _RE.match(value)):
+            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        else:
+            raise ValueError(f"{_shown(value)} is not a duration (examples: 2s, 250ms, 1m, 1.5)")
+    except OverflowError:  # an integer of hundreds of digits
+        raise ValueError(f"{_shown(value)} is too long a duration (at most 366 days)") from None
     if not math.isfinite(seconds):
-        raise ValueError(f"{value!r} is not a finite duration")
+        raise ValueError(f"{_shown(value)} is not a finite duration")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{_shown(value)} is too long a duration (at most 366 days)")
     return seconds
 
 

@@ -7,7 +7,17 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+from pydantic import Strict as StrictType
 
 from .checker import ExpectError, Expectations
 from .durations import Seconds
@@ -23,15 +33,23 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Numbers and switches as YAML writes them, never coerced: `users: true` is a mistake, not 1 user; `reconnect: 1`
+# is not a boolean; an objective must be a finite number (NaN passes or fails every comparison silently).
+Int = Annotated[int, StrictType()]
+Bool = Annotated[bool, StrictType()]
+Count = Annotated[float, StrictType(), Field(ge=0, allow_inf_nan=False)]
+Ratio = Annotated[float, StrictType(), Field(ge=0, le=1, allow_inf_nan=False)]
+
+
 class Expect(Strict):
     """Per-chat expectations; any left out come from the profile and PROTOCOL.md's defaults."""
 
     required: list[Role] | None = None
-    streaming: bool = False  # adds partial_result to the required roles
+    streaming: Bool = False  # adds partial_result to the required roles
     first_event_limit: Seconds = 2.0
     deadline: Seconds = 60.0
     stall_limit: Seconds = 30.0
-    thinking_before_tool: bool | None = None
+    thinking_before_tool: Bool | None = None
     # After the terminal event, listen this long for late events (R3/R4/R7) before judging.
     settle: Seconds = 0.1
 
@@ -40,18 +58,18 @@ class ChatStep(Strict):
     message: str | None = Field(default=None, min_length=1)
     expect_error: Literal["recoverable", "fatal"] | None = None
     # Drop the socket after this many events of the run, reconnect and resume (no event lost or duplicated).
-    disconnect_after: int | None = Field(default=None, ge=1)
+    disconnect_after: Int | None = Field(default=None, ge=1, le=1_000_000)
     # Leave for good after this many events: the server must stay healthy for the next chat.
-    abandon_after: int | None = Field(default=None, ge=0)
+    abandon_after: Int | None = Field(default=None, ge=0, le=1_000_000)
     required: list[Role] | None = None
-    repeat: int = Field(default=1, ge=1, le=10000)
+    repeat: Int = Field(default=1, ge=1, le=10000)
 
 
 class RawStep(Strict):
     """Send a frame the server must reject with an error_message while keeping the connection open."""
 
     send_raw: str
-    repeat: int = Field(default=1, ge=1, le=1000)
+    repeat: Int = Field(default=1, ge=1, le=1000)
 
 
 class ChatStepWrapper(Strict):
@@ -80,8 +98,23 @@ class Stat(Strict):
 
 
 class Bound(Strict):
-    max: float | None = None
-    min: float | None = None
+    """A count that must stay within [min, max] (either may be left out)."""
+
+    max: Count | None = None
+    min: Count | None = None
+
+    @model_validator(mode="after")
+    def _meetable(self) -> Bound:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}: no run can meet both")
+        return self
+
+
+class RatioBound(Bound):
+    """A share of chats, from 0 to 1."""
+
+    max: Ratio | None = None
+    min: Ratio | None = None
 
 
 class Objectives(Strict):
@@ -89,26 +122,26 @@ class Objectives(Strict):
 
     time_to_first_event: Stat = Stat(p95=2.0)
     chat_duration: Stat = Stat()
-    missing_events_ratio: Bound = Bound(max=0.0)
+    missing_events_ratio: RatioBound = RatioBound(max=0.0)
     violations: Bound = Bound(max=0)
-    passed_ratio: Bound = Bound(min=1.0)
-    error_ratio: Bound = Bound(max=0.0)
+    passed_ratio: RatioBound = RatioBound(min=1.0)
+    error_ratio: RatioBound = RatioBound(max=0.0)
 
 
 class Scenario(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     description: str = ""
     profile: str | None = None
-    users: int = Field(default=1, ge=1, le=100000)
-    chats_per_user: int = Field(default=1, ge=1, le=100000)
-    concurrency: int | None = Field(default=None, ge=1)
+    users: Int = Field(default=1, ge=1, le=100000)
+    chats_per_user: Int = Field(default=1, ge=1, le=100000)
+    concurrency: Int | None = Field(default=None, ge=1, le=100000)
     ramp_up: Seconds = 0.0
-    parallel_chats: int = Field(default=1, ge=1, le=1000)
+    parallel_chats: Int = Field(default=1, ge=1, le=1000)
     message: str = Field(default="What is 17 * 23? Then look up the capital of France.", min_length=1)
     messages: list[Annotated[str, Field(min_length=1)]] | None = None
-    client_run_id: bool = False
-    reconnect: bool = True
-    max_reconnects: int = Field(default=3, ge=0, le=100)
+    client_run_id: Bool = False
+    reconnect: Bool = True
+    max_reconnects: Int = Field(default=3, ge=0, le=100)
     connect_timeout: Seconds = 10.0
     max_duration: Seconds = 600.0
     expect: Expect = Expect()
@@ -260,22 +293,34 @@ def load_scenario(name_or_path: str) -> Scenario:
 
 
 def apply_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
-    """`--objective time_to_first_event.p95=1.5s` style overrides, validated like the file."""
+    """`--objective time_to_first_event.p95=1.5s` style overrides, validated like the file (the value is read as a
+    YAML scalar, so `0.05` is a number, `1.5s` a duration and `.nan` or `true` are refused as they would be there)."""
     data: dict[str, Any] = scenario.objectives.model_dump()
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = key.strip().split(".")
         if not sep or len(parts) != 2 or parts[0] not in data:
             raise ConfigError(
-                f"--objective {item!r}: expected NAME.STAT=VALUE with NAME one of {', '.join(data)} "
+                f"--objective {item[:80]!r}: expected NAME.STAT=VALUE with NAME one of {', '.join(data)} "
                 "(e.g. time_to_first_event.p95=1.5s, missing_events_ratio.max=0.05)"
             )
         if parts[1] not in data[parts[0]]:
-            raise ConfigError(f"--objective {item!r}: {parts[0]} has no {parts[1]!r} (it has {', '.join(data[parts[0]])})")
-        data[parts[0]][parts[1]] = value.strip()
+            raise ConfigError(f"--objective {item[:80]!r}: {parts[0]} has no {parts[1]!r} "
+                              f"(it has {', '.join(data[parts[0]])})")
+        data[parts[0]][parts[1]] = _flag_scalar(value.strip())
     try:
         objectives = Objectives.model_validate(data)
-    except Exception as exc:  # pydantic ValidationError: name the flag, not a traceback
-        first = exc.errors()[0] if hasattr(exc, "errors") else {"msg": str(exc), "loc": ()}
+    except ValidationError as exc:  # name the flag and the field, not a traceback
+        first = exc.errors()[0]
         raise ConfigError(f"--objective: field '{'.'.join(map(str, first['loc']))}': {first['msg']}") from None
     return scenario.model_copy(update={"objectives": objectives})
+
+
+def _flag_scalar(text: str) -> Any:
+    """A flag's value as the same text would be in a scenario file (a number, a string, null); anything that is not
+    one scalar stays the text, for the model to refuse."""
+    try:
+        value = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, OverflowError):
+        return text
+    return value if isinstance(value, (int, float, str, bool)) or value is None else text

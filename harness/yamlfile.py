@@ -59,30 +59,100 @@ def format_validation_error(path: str, err: ValidationError, node: yaml.Node | N
     return f"{where}: field '{field}': {first['msg']}{tail}"
 
 
-def _no_duplicate_keys(node: yaml.Node | None, seen_nodes: set[int] | None = None) -> None:
-    """YAML lets a later key silently replace an earlier one; in a config that is always a mistake."""
-    seen_nodes = set() if seen_nodes is None else seen_nodes
-    if node is None or id(node) in seen_nodes:  # an alias points at a node already checked
-        return
-    seen_nodes.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value
-            if key in seen:
-                raise yaml.MarkedYAMLError(
-                    problem=f"duplicate key {key!r} (first on line {seen[key]})", problem_mark=key_node.start_mark)
-            seen[key] = key_node.start_mark.line + 1
-            _no_duplicate_keys(value_node, seen_nodes)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _no_duplicate_keys(item, seen_nodes)
-
-
 # A configuration file is small: these bound what a hostile or mistaken file (a device, an alias bomb, deep
-# nesting) can cost before it is rejected.
+# nesting, a flood of values) can cost before it is rejected. Every config of chatprobe nests fewer than ten levels.
 MAX_FILE_BYTES = 1024 * 1024
 MAX_ALIASES = 20
+MAX_DEPTH = 64
+# Values in the file, and again with its aliases expanded: real configurations hold hundreds; this many take
+# PyYAML (libyaml) and pydantic about half a second.
+MAX_NODES = 25_000
+# libyaml when PyYAML has it (its wheels do): the pure-Python parser needs tens of seconds for a 1 MiB file.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _path_text(parts: list[Any]) -> str:
+    shown = ".".join(str(p) for p in parts[:4])
+    return shown + ("…" if len(parts) > 4 else "") or "(top level)"
+
+
+def _check_events(text: str, path: str) -> None:
+    """One pass over the event stream, before anything is composed: depth, value count and aliases are checked as
+    they come, so a file nested 500,000 levels deep is refused at level 65 instead of costing minutes (PyYAML's
+    scanner works per open level on every token, and its composer recurses)."""
+    # Per open collection: [is_mapping, children so far, last key]; the path shown names where it went wrong.
+    stack: list[list[Any]] = []
+    nodes = aliases = 0
+    for event in yaml.parse(text, Loader=_LOADER):
+        if isinstance(event, yaml.CollectionEndEvent):
+            stack.pop()
+            continue
+        if not isinstance(event, yaml.NodeEvent):
+            continue
+        line = event.start_mark.line + 1
+        if stack:
+            top = stack[-1]
+            if top[0] and top[1] % 2 == 0:  # a mapping's key
+                top[2] = event.value if isinstance(event, yaml.ScalarEvent) else "?"
+            top[1] += 1
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise ConfigError(f"{path}:{line}: more than {MAX_NODES} values; too large to be a configuration")
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise ConfigError(f"{path}:{line}: more than {MAX_ALIASES} YAML aliases; refusing to expand them")
+        elif isinstance(event, yaml.CollectionStartEvent):
+            if len(stack) >= MAX_DEPTH:
+                field = _path_text([top[2] if top[0] else top[1] - 1 for top in stack])
+                raise ConfigError(f"{path}:{line}: field '{field}': nested too deeply (more than {MAX_DEPTH} "
+                                  "levels) to be a configuration")
+            stack.append([isinstance(event, yaml.MappingStartEvent), 0, None])
+
+
+def _check_nodes(node: yaml.Node | None, path: str) -> None:
+    """Duplicate keys (YAML lets a later key silently replace an earlier one; in a config that is always a mistake),
+    and the size with aliases expanded (20 aliases that each double a list still make a million values)."""
+    sizes: dict[int, int] = {}
+
+    def visit(n: yaml.Node) -> int:
+        known = sizes.get(id(n))
+        if known is not None:  # an alias of a node already checked: only its size counts again
+            return known
+        size = 1
+        if isinstance(n, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in n.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    key = key_node.value
+                    if key in seen:
+                        raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r} (first on line {seen[key]})",
+                                                   problem_mark=key_node.start_mark)
+                    seen[key] = key_node.start_mark.line + 1
+                size += visit(key_node) + visit(value_node)
+        elif isinstance(n, yaml.SequenceNode):
+            for item in n.value:
+                size += visit(item)
+        sizes[id(n)] = size
+        if size > MAX_NODES:
+            raise ConfigError(f"{path}:{n.start_mark.line + 1}: more than {MAX_NODES} values once its aliases are "
+                              "expanded; too large to be a configuration")
+        return size
+
+    if node is not None:
+        visit(node)  # recursion at most MAX_DEPTH deep: _check_events ran first
+
+
+def _compose_checked(text: str, path: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for lines in messages) and the data of a file that passed every check."""
+    _check_events(text, path)
+    loader = _LOADER(text)
+    try:
+        node = loader.get_single_node()
+        _check_nodes(node, path)
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
 
 
 def read_text_file(path: str | Path, what: str = "", limit: int = MAX_FILE_BYTES) -> str:
@@ -106,20 +176,17 @@ def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
     if text is None:
         text = read_text_file(path)
     try:
-        aliases = sum(1 for event in yaml.parse(text, Loader=yaml.SafeLoader) if isinstance(event, yaml.AliasEvent))
-        if aliases > MAX_ALIASES:
-            raise ConfigError(f"{path}: more than {MAX_ALIASES} YAML aliases; refusing to expand them")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        _no_duplicate_keys(node)
-        data = yaml.safe_load(text)
+        node, data = _compose_checked(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
         problem = getattr(exc, "problem", None) or str(exc)
+        if "maximum nesting depth" in problem:  # libyaml's own limit, met while it reads ahead of our check
+            raise ConfigError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels) to be a configuration") from None
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
-    except RecursionError:
+    except RecursionError:  # not expected past _check_events; kept so that no parser change brings a traceback
         raise ConfigError(f"{path}: nested too deeply to be a configuration") from None
-    except ValueError as exc:  # e.g. an integer of thousands of digits
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of thousands of digits
         raise ConfigError(f"{path}: a value cannot be read: {str(exc)[:120]}") from None
     if data is None:
         data = {}
@@ -137,9 +204,8 @@ def line_of(path: str | Path, loc: tuple[Any, ...], text: str | None = None) -> 
     """The line of a field (as a location like ("targets", "prod", "url")) in a YAML file, for messages that
     are found after validation (a URL that will not parse, a profile that does not exist)."""
     try:
-        node = yaml.compose(text if text is not None else Path(path).read_text(encoding="utf-8"),
-                            Loader=yaml.SafeLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        node, _ = _compose_checked(text if text is not None else read_text_file(path), str(path))
+    except (ConfigError, yaml.YAMLError, RecursionError, ValueError, OverflowError):
         return None
     return _resolve(node, loc)[0]
 
