@@ -37,7 +37,17 @@ def write_report(path: str | os.PathLike[str], data: str | bytes, *, stall_timeo
         if not stat.S_ISREG(mode) or _kernel_path(p):
             _write_in_place(p, data, mode, stall_timeout)
             return
-    _replace(os.path.realpath(p), data, st)
+    real = os.path.realpath(p)
+    try:
+        _replace(real, data, st)
+    except PermissionError:
+        # A writable file in a directory we may not create files in (a single file mounted into a container):
+        # rewriting it in place is the only way; not atomic, but what `>` in a shell would do.
+        if st is None or not os.access(real, os.W_OK):
+            raise
+        fd = os.open(real, os.O_WRONLY | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
 
 
 def writable_problem(path: str) -> str | None:
@@ -53,10 +63,9 @@ def writable_problem(path: str) -> str | None:
             return "is a directory"
         if stat.S_ISBLK(st.st_mode):
             return "is a block device"
-        if not os.access(path, os.W_OK):
-            return "not writable"
-        if not stat.S_ISREG(st.st_mode) or _kernel_path(path):
-            return None  # written in place: the directory need not be writable
+        # Written in place (a FIFO, a device), or replaced (rewritten in place when its directory is not
+        # writable): either way the directory need not be writable.
+        return None if os.access(path, os.W_OK) else "not writable"
     parent = os.path.dirname(os.path.realpath(path)) or "."
     while not os.path.exists(parent):
         parent = os.path.dirname(parent) or "."

@@ -130,3 +130,31 @@ def test_writable_problem(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     assert writable_problem(str(fifo)) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_unprivileged_user_writes_a_writable_file_in_a_read_only_directory_and_dev_null():
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    base = tempfile.mkdtemp(prefix="cp-ro-")
+    try:
+        os.chmod(base, 0o755)  # others may enter, not create
+        report = Path(base, "r.json")
+        report.write_text("old")
+        os.chmod(report, 0o666)
+        # Imports first: the interpreter's own files may not be readable by the unprivileged user.
+        code = ("import os, sys; from harness.safefile import write_report, writable_problem; "
+                "os.setgid(65534); os.setuid(65534); "
+                "assert writable_problem('/dev/null') is None, writable_problem('/dev/null'); "
+                "assert writable_problem(sys.argv[1]) is None; "
+                "assert writable_problem(os.path.join(os.path.dirname(sys.argv[1]), 'new.json')); "
+                "write_report('/dev/null', 'x'); write_report(sys.argv[1], 'new')")
+        proc = subprocess.run([sys.executable, "-c", code, str(report)], capture_output=True, text=True,
+                              timeout=60, cwd=Path(__file__).resolve().parents[2], check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert report.read_text() == "new"
+    finally:
+        shutil.rmtree(base)
