@@ -38,6 +38,7 @@ FLAGS: dict[str, str] = {
 
 def option_error(option: str, message: str) -> ConfigError:
     """A ConfigError about one option: shown with its flag, `field`/`detail` for callers that name it otherwise."""
+    message = redact.scrub(message)  # a URL given with credentials or ?token= is shown without them
     return ConfigError(f"{FLAGS.get(option, option)} {message}" if not message.startswith(":") else
                        f"{FLAGS.get(option, option)}{message}", field=option, detail=message.lstrip(": "))
 

@@ -51,3 +51,10 @@ def test_junit_to_a_fifo_and_json_through_a_symlink(tmp_path):
     assert got and got[0].startswith(b"<?xml") and b'<testcase name="basic"' in got[0]
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and link.is_symlink()
     assert json.loads(real.read_text())["scenarios"][0]["scenario"] == "basic"
+
+
+def test_a_bad_url_with_credentials_is_shown_without_them():
+    proc = run_cli("run", "basic", "--target", "wss://user:hunter22@example.invalid:99999/ws?token=abc123xyz")
+    assert proc.returncode == 2
+    assert "--target" in proc.stderr and "example.invalid" in proc.stderr
+    assert "hunter22" not in proc.stderr + proc.stdout and "abc123xyz" not in proc.stderr + proc.stdout
