@@ -102,7 +102,8 @@ class LiveView(Sink):
         rate = self.events / max(time.monotonic() - self.t0, 1e-6)
         bad = done - self.outcomes[Outcome.PASSED]
         return Text.assemble(
-            (f"{_c(self.scenario, 80)} ", "bold"), f"chats {done}/{self.started}  ", f"events/s {rate:,.0f}  ",
+            # The scenario's name is config, not the server's: escaped only (no secret search 4 times a second).
+            (f"{redact.printable(self.scenario)[:80]} ", "bold"), f"chats {done}/{self.started}  ", f"events/s {rate:,.0f}  ",
             ("failures " + str(bad), "red" if bad else "green"),
         )
 
