@@ -244,7 +244,8 @@ class _BoundedJSON(io.RawIOBase):
     with depth, so without this a hostile HAR could take all memory. A lexer of strings and brackets only (the
     parsing proper is ijson's); outside a string a stray backslash is invalid JSON, which ijson reports."""
 
-    _IN_STRING = re.compile(rb'\\.|"', re.DOTALL)
+    # A string's body up to its closing quote (or the chunk's end), escapes included, matched in C.
+    _BODY = re.compile(rb'(?:[^"\\]+|\\.)*', re.DOTALL)
     _OUTSIDE = re.compile(rb'["\[\]{}]')
 
     def __init__(self, raw: IO[bytes], max_string: int, max_depth: int) -> None:
@@ -272,37 +273,35 @@ class _BoundedJSON(io.RawIOBase):
         pos, end = 0, len(data)
         if self.escape_pending and end:
             self.escape_pending = False
+            self._grow(1)
             pos = 1
         while pos < end:
             if self.in_string:
-                m = self._IN_STRING.search(data, pos)
-                if m is None:
-                    # No quote and no escape pair left: a backslash here can only be the last byte, its escaped
-                    # byte the first of the next chunk.
-                    self.escape_pending = data.endswith(b"\\")
-                    self._grow(end - pos)
+                stop = self._BODY.match(data, pos).end()  # type: ignore[union-attr]  # matches the empty string
+                self._grow(stop - pos)
+                if stop == end:
                     return
-                if m.group() == b'"':
-                    self._grow(m.start() - pos)
+                if data[stop] == 0x22:  # the closing quote
                     self.in_string = False
-                    pos = m.end()
-                else:
-                    self._grow(m.end() - pos)
-                    pos = m.end()
+                    pos = stop + 1
+                    continue
+                # A backslash as the chunk's last byte: the byte it escapes starts the next chunk.
+                self.escape_pending = True
+                self._grow(1)
+                return
+            m = self._OUTSIDE.search(data, pos)
+            if m is None:
+                return
+            c = m.group()
+            if c == b'"':
+                self.in_string, self.string_len = True, 0
+            elif c in (b"[", b"{"):
+                self.depth += 1
+                if self.depth > self.max_depth:
+                    raise HarTooLarge(f"nested more than {self.max_depth} deep at byte {self.offset + m.start()}")
             else:
-                m = self._OUTSIDE.search(data, pos)
-                if m is None:
-                    return
-                c = m.group()
-                if c == b'"':
-                    self.in_string, self.string_len = True, 0
-                elif c in (b"[", b"{"):
-                    self.depth += 1
-                    if self.depth > self.max_depth:
-                        raise HarTooLarge(f"nested more than {self.max_depth} deep at byte {self.offset + m.start()}")
-                else:
-                    self.depth -= 1
-                pos = m.end()
+                self.depth -= 1
+            pos = m.end()
 
     def _grow(self, n: int) -> None:
         self.string_len += n

@@ -1,0 +1,372 @@
+"""Recordings read (JSON Lines, SSE bodies, HAR) and split into chats judged offline, hostile files included; the
+recorder's bounds and scrubbing."""
+from __future__ import annotations
+
+import base64
+import json
+import tracemalloc
+from itertools import zip_longest
+from pathlib import Path
+
+import pytest
+
+from harness import redact
+from harness.events import Outcome
+from harness.offline import check_files
+from harness.profiles import load_profile
+from harness.recorder import Recorder
+from harness.recordings import RecordingError, detect_format, read_recording
+from harness.scenario import Scenario
+from harness.yamlfile import ConfigError
+
+NETRA = load_profile("netra")
+AGUI = load_profile("ag-ui")
+SC = Scenario(name="t", expect={"settle": "0.05s", "deadline": "10s", "first_event_limit": "1s",
+                                "stall_limit": "2s"})
+ROLES = ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed"]
+
+
+def netra_run(run: str, t0: float, conn: str = "c1", *, thread: str = "t1", gap: float = 0.01,
+              roles: list[str] = ROLES) -> list[dict]:
+    """The received records of one clean netra run."""
+    out = []
+    for i, role in enumerate(roles):
+        frame = {"type": role, "run_id": run, "thread_id": thread, "seq": i + 1}
+        if role.startswith("tool_"):
+            frame |= {"tool_call_id": f"{run}-c1", "tool_name": "calc"}
+        out.append({"t": t0 + 0.1 + i * gap, "dir": "recv", "conn": conn, "frame": json.dumps(frame)})
+    return out
+
+
+def send(t: float, conn: str = "c1", thread: str = "t1", message: str = "m1") -> dict:
+    return {"t": t, "dir": "send", "conn": conn,
+            "frame": {"type": "user_message", "payload": {"content": "hi", "thread_id": thread, "message_id": message}}}
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def verdicts(run) -> list[tuple[str | None, str, list[str]]]:
+    return [(r.run_id, r.outcome.value, sorted(v.rule for v in r.violations)) for r in run.results]
+
+
+# -- JSON Lines --
+
+def test_jsonl_records_bare_frames_close_binary_and_crlf(tmp_path):
+    f = tmp_path / "r.jsonl"
+    f.write_bytes(b'{"t": 1.5, "dir": "recv", "conn": "a", "frame": "{\\"type\\": \\"ping\\"}"}\r\n'
+                  b"\n"
+                  b'{"t": 2, "dir": "send", "conn": "b", "frame": {"type": "pong"}}\n'
+                  b'{"type": "agent_started", "run_id": "r1"}\n'
+                  b'{"t": 3, "conn": "b", "frame_b64": "AAE="}\n'
+                  b'{"t": 4, "dir": "close", "conn": "b", "code": 1000}\n')
+    recs = list(read_recording(f))
+    assert [(r.direction, r.conn, r.t) for r in recs] == [
+        ("recv", "a", 1.5), ("send", "b", 2), ("recv", "b", None), ("recv", "b", 3), ("close", "b", 4)]
+    assert recs[0].frame == '{"type": "ping"}' and json.loads(recs[1].frame) == {"type": "pong"}
+    assert recs[2].frame == '{"type": "agent_started", "run_id": "r1"}' and recs[3].frame == b"\x00\x01"
+    assert recs[4].where == "r.jsonl:6"
+
+
+def test_jsonl_bad_envelope_fields_are_problems_not_crashes(tmp_path):
+    f = write_jsonl(tmp_path / "r.jsonl", [
+        {"t": "noon", "dir": "recv", "frame": "{}"}, {"t": 1, "dir": "sideways", "frame": "{}"},
+        {"t": 1, "conn": [1], "frame": "{}"}, {"t": 1, "frame_b64": "!!"}, '{"t": 1e999, "frame": "{}"}',
+        "\udcff" if False else '{"t": 1, "frame": 5}'])
+    recs = list(read_recording(f))
+    assert [r.direction for r in recs] == ["problem"] * 5 + ["recv"]
+    assert "field 't'" in recs[0].detail and "field 'dir'" in recs[1].detail and "'conn'" in recs[2].detail
+    assert "base64" in recs[3].detail and "field 't'" in recs[4].detail and recs[5].frame == "5"
+
+
+def test_a_non_json_line_is_an_r12_on_the_chat_it_falls_in(tmp_path):
+    recs = [send(100.0), *netra_run("r1", 100.0)]
+    recs.insert(3, "<html>502 Bad Gateway</html>")
+    f = write_jsonl(tmp_path / "r.jsonl", recs)
+    [run] = check_files([f], NETRA, SC)
+    [chat] = run.results
+    assert chat.outcome is Outcome.FAILED and [v.rule for v in chat.violations] == ["R12"]
+    assert "not JSON" in chat.violations[0].reason and not run.passed
+
+
+def test_a_line_over_the_limit_is_an_r12_and_is_skipped_in_bounded_memory(tmp_path):
+    f = tmp_path / "big.jsonl"
+    with f.open("w") as out:
+        out.write(json.dumps(send(100.0)) + "\n")
+        for r in netra_run("r1", 100.0)[:2]:
+            out.write(json.dumps(r) + "\n")
+        out.write('{"t": 100.5, "dir": "recv", "conn": "c1", "frame": "' + "x" * (40 << 20) + '"}\n')
+        for r in netra_run("r1", 100.0)[2:]:
+            out.write(json.dumps(r) + "\n")
+    tracemalloc.start()
+    try:
+        [run] = check_files([f], NETRA, SC, max_frame=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak} bytes for a 40 MiB line"
+    [chat] = run.results
+    assert [v.rule for v in chat.violations] == ["R12"] and "longer than" in chat.violations[0].reason
+    assert chat.events_received == 5  # the lines after it were read
+
+
+# -- splitting into chats, with the recorded times --
+
+def test_client_frames_open_chats_and_events_find_them(tmp_path):
+    recs = [{"t": 99.9, "conn": "c1", "frame": {"type": "connection_established", "user_id": "u1"}},
+            send(100.0, message="m1"), *netra_run("r1", 100.0),
+            send(101.0, message="m2"), *netra_run("r2", 101.0, gap=0.02)]
+    [run] = check_files([write_jsonl(tmp_path / "r.jsonl", recs)], NETRA, SC)
+    assert verdicts(run) == [("r1", "passed", []), ("r2", "passed", [])]
+    assert [round(r.time_to_first_event, 3) for r in run.results] == [0.1, 0.1]
+    assert run.results[1].duration == pytest.approx(0.18) and run.passed
+
+
+def test_without_client_frames_one_chat_per_run_id_interleaved(tmp_path):
+    a, b = netra_run("ra", 100.0), netra_run("rb", 100.0, thread="t2", roles=ROLES[:3] + ROLES[4:])
+    recs = [x for pair in zip_longest(a, b) for x in pair if x is not None]
+    [run] = check_files([write_jsonl(tmp_path / "r.jsonl", recs)], NETRA, SC)
+    assert verdicts(run) == [("ra", "passed", []), ("rb", "failed", ["R2", "R5"])]
+    # No send time recorded: the first-event time is not judged (nor turned into an objective without samples).
+    assert all(r.time_to_first_event is None for r in run.results)
+    assert not any(o.name.startswith("time_to_first_event") for o in run.objectives)
+
+
+def test_with_nothing_else_one_chat_per_connection(tmp_path):
+    def stream(conn: str, terminal: bool) -> list[dict]:
+        types = ["RUN_STARTED", "TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END"]
+        types += ["RUN_FINISHED"] if terminal else []
+        return [{"dir": "recv", "conn": conn, "frame": {"type": t, "messageId": "a1", "delta": "x"}} for t in types]
+
+    [run] = check_files([write_jsonl(tmp_path / "r.jsonl", stream("s1", True) + stream("s2", False))], AGUI, SC)
+    assert [(r.chat_id.split("#")[0], r.outcome.value) for r in run.results] == [("s1", "passed"), ("s2", "incomplete")]
+    assert run.results[1].note == "the recording ends before the run's terminal event"
+
+
+def test_times_from_the_recording_judge_first_event_stall_and_deadline(tmp_path):
+    late = netra_run("r1", 100.0)
+    late[0]["t"] = 101.5  # first event 1.5 s after the message (limit 1 s)
+    stalled = netra_run("r2", 200.0)
+    for r in stalled[3:]:
+        r["t"] += 3.0  # 3 s gap (limit 2 s)
+    unfinished = netra_run("r3", 300.0)[:3]
+    recs = [send(100.0, "a"), *late, send(200.0, "a", "t2"), *stalled, send(300.0, "a", "t3"), *unfinished,
+            {"t": 311.0, "dir": "close", "conn": "a"}]
+    for r in recs:
+        r["conn"] = "a"
+    stalled_thread = {"r2": "t2", "r3": "t3"}
+    for r in recs:
+        if r["dir"] == "recv":
+            frame = json.loads(r["frame"])
+            frame["thread_id"] = stalled_thread.get(frame["run_id"], "t1")
+            r["frame"] = json.dumps(frame)
+    [run] = check_files([write_jsonl(tmp_path / "r.jsonl", recs)], NETRA, SC)
+    assert verdicts(run) == [("r1", "failed", ["R9"]), ("r2", "failed", ["R11"]), ("r3", "incomplete", ["R10", "R11"])]
+
+
+def test_a_connection_ending_mid_run_then_resumed_on_another(tmp_path):
+    run_events = netra_run("r1", 100.0, "a")
+    recs = [send(100.0, "a"), *run_events[:2], {"t": 100.2, "dir": "close", "conn": "a"},
+            {"t": 100.3, "dir": "send", "conn": "b", "frame": {"type": "resume", "payload": {"run_id": "r1", "last_seq": 2}}},
+            *[dict(r, conn="b") for r in run_events[2:]]]
+    [run] = check_files([write_jsonl(tmp_path / "r.jsonl", recs)], NETRA, SC)
+    [chat] = run.results
+    assert chat.outcome is Outcome.PASSED and chat.reconnects == ["resumed"]
+    # Without the resume, the chat is lost when the recording ends.
+    [run] = check_files([write_jsonl(tmp_path / "lost.jsonl", recs[:4])], NETRA, SC)
+    assert run.results[0].outcome is Outcome.INCOMPLETE and "no resume" in run.results[0].note
+
+
+# -- SSE bodies --
+
+def test_sse_body_parsed_as_the_spec_says(tmp_path):
+    f = tmp_path / "body.txt"
+    f.write_bytes(b'\xef\xbb\xbf: hello\r\nevent: x\r\ndata: {"type":"RUN_STARTED","runId":"r1"}\r\n\r\n'
+                  b'data: {"type":"TEXT_MESSAGE_START",\rdata: "messageId":"a"}\r\r'
+                  b'id: 3\ndata:{"type":"TEXT_MESSAGE_END","messageId":"a"}\n\n'
+                  b'data: {"type":"RUN_FINISHED","runId":"r1"}\n\n'
+                  b'data: {"type":"never dispatched"}')
+    assert detect_format(f.read_bytes()[:100]) == "sse"
+    frames = [r.frame for r in read_recording(f)]
+    assert frames == ['{"type":"RUN_STARTED","runId":"r1"}', '{"type":"TEXT_MESSAGE_START",\n"messageId":"a"}',
+                      '{"type":"TEXT_MESSAGE_END","messageId":"a"}', '{"type":"RUN_FINISHED","runId":"r1"}']
+    [run] = check_files([f], AGUI, SC)
+    assert verdicts(run) == [("r1", "passed", [])] and run.passed
+
+
+def test_sse_event_over_the_limit_ends_the_stream_with_an_r12(tmp_path):
+    f = tmp_path / "body.sse"
+    f.write_bytes(b'data: {"type":"RUN_STARTED","runId":"r1"}\n\ndata: ' + b"y" * (3 << 20) + b"\n\n")
+    [run] = check_files([f], AGUI, SC, max_frame=1 << 20)
+    [chat] = run.results
+    assert chat.outcome is Outcome.INCOMPLETE and [v.rule for v in chat.violations] == ["R12"]
+
+
+# -- HAR --
+
+def ws_entry(messages: list[tuple[str, float, str | bytes]], url: str = "ws://127.0.0.1/ws") -> dict:
+    out = []
+    for kind, t, data in messages:
+        binary = isinstance(data, bytes)
+        out.append({"type": kind, "time": t, "opcode": 2 if binary else 1,
+                    "data": base64.b64encode(data).decode() if binary else data})
+    return {"startedDateTime": "2026-12-02T01:00:00.000Z", "time": 0, "request": {"method": "GET", "url": url},
+            "response": {"status": 101, "content": {"size": 0, "mimeType": "x-unknown"}},
+            "_resourceType": "websocket", "_webSocketMessages": out}
+
+
+def chromium_har(entries: list[dict]) -> dict:
+    return {"log": {"version": "1.2", "creator": {"name": "WebInspector", "version": "537.36"},
+                    "pages": [{"id": "page_1", "title": "chat"}],
+                    "entries": [{"_initiator": {"type": "script"}, "cache": {}, "timings": {}, **e} for e in entries]}}
+
+
+def socket(run: str, thread: str, t0: float) -> list[tuple[str, float, str | bytes]]:
+    msgs: list[tuple[str, float, str | bytes]] = [
+        ("receive", t0, json.dumps({"type": "connection_established", "user_id": "u1"})),
+        ("send", t0 + 0.01, json.dumps({"type": "user_message", "payload": {"content": "hi", "thread_id": thread}}))]
+    msgs += [("receive", r["t"], r["frame"]) for r in netra_run(run, t0, thread=thread)]
+    return msgs
+
+
+def test_har_sockets_kept_apart_sent_and_received_told_apart(tmp_path):
+    a = socket("ra", "ta", 1764637200.0)
+    b = socket("rb", "tb", 1764637200.05)
+    del b[5]  # socket b misses its tool_completed
+    b.insert(4, ("receive", 1764637200.2, b"\x00\x01"))  # and gets a binary frame
+    f = tmp_path / "page.har"
+    f.write_text(json.dumps(chromium_har([
+        {"startedDateTime": "2026-12-02T01:00:00Z", "request": {"url": "http://x/app.js"},
+         "response": {"content": {"mimeType": "text/javascript", "text": "data: x\n\n"}}},
+        ws_entry(a), ws_entry(b)]), indent=2))
+    recs = list(read_recording(f))
+    assert {r.conn for r in recs} == {"ws1", "ws2"}
+    assert [r.direction for r in recs if r.conn == "ws1"] == ["recv", "send"] + ["recv"] * 5 + ["close"]
+    [run] = check_files([f], NETRA, SC)
+    assert verdicts(run) == [("ra", "passed", []), ("rb", "failed", ["R12", "R2", "R5", "R7"])]
+    assert run.results[0].time_to_first_event == pytest.approx(0.09)
+
+
+def test_firefox_har_millisecond_times_are_read_as_seconds(tmp_path):
+    msgs = [(k, t * 1000, d) for k, t, d in socket("r1", "t1", 1764637200.0)]
+    f = tmp_path / "firefox.har"
+    f.write_text(json.dumps({"log": {"version": "1.2", "creator": {"name": "Firefox", "version": "133.0"},
+                                     "entries": [ws_entry(msgs)]}}))
+    [run] = check_files([f], NETRA, SC)
+    assert verdicts(run) == [("r1", "passed", [])]
+    assert run.results[0].time_to_first_event == pytest.approx(0.09)
+
+
+def test_truncated_har_judges_what_came_and_says_so(tmp_path):
+    text = json.dumps(chromium_har([ws_entry(socket("r1", "t1", 1764637200.0))]), indent=1)
+    f = tmp_path / "cut.har"
+    f.write_text(text[: text.index("tool_completed")])
+    [run] = check_files([f], NETRA, SC)
+    [chat] = run.results
+    assert chat.outcome is Outcome.INCOMPLETE and [v.rule for v in chat.violations] == ["R12"]
+    assert "HAR file truncated" in chat.violations[0].reason
+
+
+def test_har_with_a_huge_string_or_deep_nesting_is_refused_in_bounded_memory(tmp_path):
+    head = '{"log": {"version": "1.2", "entries": [{"_webSocketMessages": [{"type": "receive", "time": 1, "data": "'
+    f = tmp_path / "huge.har"
+    with f.open("w") as out:
+        out.write(head)
+        for _ in range(40):
+            out.write("\\\"x" * (1 << 18))  # escaped quotes do not end the string
+        out.write('"}]}]}}')
+    tracemalloc.start()
+    try:
+        [run] = check_files([f], NETRA, SC, max_text=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak} bytes"
+    [chat] = run.results
+    assert [v.rule for v in chat.violations] == ["R12"] and "longer than the 1048576 byte limit" in chat.violations[0].reason
+
+    deep = tmp_path / "deep.har"
+    deep.write_text('{"log": {"entries": [{"x": ' + "[" * 200_000 + "]" * 200_000 + "}]}}")
+    with pytest.raises(RecordingError, match="deep.har: not a HAR file .nested more than 64 deep"):
+        check_files([deep], NETRA, SC)
+
+
+def test_a_har_with_many_messages_is_streamed(tmp_path):
+    f = tmp_path / "many.har"
+    n = 20_000
+    with f.open("w") as out:
+        out.write('{"log": {"version": "1.2", "entries": [{"request": {"url": "ws://x"}, "_webSocketMessages": [')
+        out.write(json.dumps({"type": "send", "time": 1000.0, "opcode": 1,
+                              "data": json.dumps({"type": "user_message", "payload": {"content": "hi"}})}))
+        out.write(',{"type": "receive", "time": 1000.1, "opcode": 1, "data": "{\\"type\\": \\"agent_started\\", '
+                  '\\"run_id\\": \\"r1\\", \\"seq\\": 1}"}')
+        for i in range(n):
+            frame = {"type": "partial_result", "run_id": "r1", "seq": i + 2, "payload": {"text": "w" * 400}}
+            out.write("," + json.dumps({"type": "receive", "time": 1000.1 + i * 1e-5, "opcode": 1,
+                                        "data": json.dumps(frame)}))
+        out.write("]}]}}")
+    tracemalloc.start()
+    try:
+        [run] = check_files([f], NETRA, SC)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    [chat] = run.results
+    assert chat.events_received == n + 1 and chat.outcome is Outcome.INCOMPLETE
+    # json.load of the whole file alone would take several times its size.
+    assert peak < f.stat().st_size, f"peak {peak} bytes for a {f.stat().st_size} byte HAR"
+
+
+# -- usage errors: exit 2, one message naming the file --
+
+def test_unreadable_recordings_are_config_errors(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    not_har = tmp_path / "x.har"
+    not_har.write_text('{"log": [1, 2')
+    with pytest.raises(ConfigError, match="no such recording file"):
+        check_files([tmp_path / "missing.jsonl"], NETRA)
+    with pytest.raises(RecordingError, match="empty.jsonl: the recording is empty"):
+        check_files([empty], NETRA)
+    with pytest.raises(RecordingError, match="--format 'xml'"):
+        check_files([empty], NETRA, fmt="xml")
+    with pytest.raises(RecordingError, match="not a HAR file"):
+        check_files([not_har], NETRA, fmt="har")
+
+
+def test_format_forced_over_detection(tmp_path):
+    f = write_jsonl(tmp_path / "r.txt", [send(100.0), *netra_run("r1", 100.0)])
+    assert detect_format(f.read_bytes()) == "jsonl"
+    [run] = check_files([f], NETRA, SC, fmt="sse")  # read as an event stream: no `data:` line, nothing at all
+    assert run.stats.chats == 0 and not run.passed and "no chat found" in run.errors[0]
+
+
+# -- the recorder --
+
+def test_recorder_scrubs_secrets_bounds_files_and_rotates(tmp_path):
+    redact.register("s3cret-token-value")
+    try:
+        rec = Recorder(tmp_path, max_files=2, max_file_bytes=600, clock=lambda: 10.0)
+        paths = []
+        for i in range(3):
+            log = rec.connection(f"user {i}")
+            log.frame("send", {"type": "user_message", "token": "s3cret-token-value"}, 10.0)
+            log.frame("recv", b"\x00", 10.5)
+            for _ in range(20):
+                log.frame("recv", '{"type": "partial_result", "payload": "' + "z" * 40 + '"}', 11.0)
+            paths.append(rec.save(log))
+        dropped = rec.connection("gone")
+        dropped.frame("recv", "{}", 12.0)
+        assert rec.save(dropped, keep=False) is None
+    finally:
+        redact.forget_all()
+    assert not paths[0].exists() and paths[1].exists() and paths[2].exists()  # rotated: at most 2 files
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths[1:])
+    text = paths[2].read_text()
+    assert "s3cret" not in text and "[REDACTED]" in text
+    assert len(text.encode()) <= 600 + 100  # the close record may go past the limit, nothing else
+    recs = list(read_recording(paths[2]))
+    assert recs[0].direction == "send" and recs[1].frame == b"\x00" and recs[-1].direction == "close"
+    assert recs[0].t == pytest.approx(recs[1].t - 0.5)
