@@ -18,8 +18,9 @@ The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\
   frame_b64  instead of frame, a binary frame, base64
   code, reason  on a close record, optional
 
-A line that is a JSON object without `frame`/`frame_b64` and is not a close record is a bare frame (received,
-no time). Blank lines are skipped.
+A record is an object with `frame` (or `frame_b64`) and at least one of t, dir, conn (or a close record); other
+keys are ignored. Any other line that is JSON is a bare frame (received, no time); a line that is not JSON is a
+frame as received too (the profile's decode calls it malformed: R12). Blank lines are skipped.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ MAX_HAR_DEPTH = 64
 CHUNK = 1 << 16
 FORMATS = ("jsonl", "sse", "har")
 DIRECTIONS = {"recv": "recv", "receive": "recv", "send": "send", "sent": "send", "close": "close"}
-ENVELOPE_KEYS = frozenset({"t", "dir", "conn", "frame", "frame_b64", "code", "reason"})
+# A record has `frame` (or `frame_b64`) and one of these; other keys are ignored (room for later fields).
+ENVELOPE_MARKS = frozenset({"t", "dir", "conn"})
 DEFAULT_CONN = "-"
 EVENT_STREAM = "text/event-stream"
 
@@ -180,7 +182,7 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME) -> I
 
 def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Recorded:
     if not isinstance(obj, dict) or not (("frame" in obj or "frame_b64" in obj or obj.get("dir") == "close")
-                                         and obj.keys() <= ENVELOPE_KEYS):
+                                         and not obj.keys().isdisjoint(ENVELOPE_MARKS)):
         return Recorded("recv", conn, frame=text, where=where)  # a bare frame
     raw_conn = obj.get("conn", DEFAULT_CONN)
     if isinstance(raw_conn, (str, int)) and not isinstance(raw_conn, bool):

@@ -74,11 +74,14 @@ def test_jsonl_bad_envelope_fields_are_problems_not_crashes(tmp_path):
     f = write_jsonl(tmp_path / "r.jsonl", [
         {"t": "noon", "dir": "recv", "frame": "{}"}, {"t": 1, "dir": "sideways", "frame": "{}"},
         {"t": 1, "conn": [1], "frame": "{}"}, {"t": 1, "frame_b64": "!!"}, '{"t": 1e999, "frame": "{}"}',
-        "\udcff" if False else '{"t": 1, "frame": 5}'])
+        '{"t": 1, "frame": 5, "later_field": true}'])
+    with f.open("ab") as out:
+        out.write(b'{"type": "agent_started", "text": "\xff\xfe"}\n')
     recs = list(read_recording(f))
-    assert [r.direction for r in recs] == ["problem"] * 5 + ["recv"]
+    assert [r.direction for r in recs] == ["problem"] * 5 + ["recv", "problem"]
     assert "field 't'" in recs[0].detail and "field 'dir'" in recs[1].detail and "'conn'" in recs[2].detail
     assert "base64" in recs[3].detail and "field 't'" in recs[4].detail and recs[5].frame == "5"
+    assert recs[6].detail == "line 7 is not UTF-8"
 
 
 def test_a_non_json_line_is_an_r12_on_the_chat_it_falls_in(tmp_path):
@@ -177,6 +180,17 @@ def test_a_connection_ending_mid_run_then_resumed_on_another(tmp_path):
     # Without the resume, the chat is lost when the recording ends.
     [run] = check_files([write_jsonl(tmp_path / "lost.jsonl", recs[:4])], NETRA, SC)
     assert run.results[0].outcome is Outcome.INCOMPLETE and "no resume" in run.results[0].note
+
+
+def test_many_chats_are_all_counted_and_the_first_listed(tmp_path):
+    recs = []
+    for i in range(2500):
+        recs += [send(100.0 + i, thread=f"t{i}", message=f"m{i}"),
+                 *netra_run(f"r{i}", 100.0 + i, thread=f"t{i}", roles=ROLES if i % 2 else ROLES[:-1])]
+    [run] = check_files([write_jsonl(tmp_path / "r.jsonl", recs)], NETRA, SC)
+    assert run.stats.chats == 2500 and run.stats.outcomes[Outcome.PASSED] == 1250
+    assert len(run.results) == 2000 and "2500 chats judged, the first 2000 listed" in run.errors
+    assert sum(r.outcome is Outcome.PASSED for r in run.results) == 1000
 
 
 # -- SSE bodies --
