@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
 from .events import Event, Outcome
-from .flow import WAKE_ALL, FrameRouter
+from .flow import WAKE_ALL, FrameRouter, verdict_due
 from .profiles import Profile
 from .recordings import (
     DEFAULT_MAX_FRAME,
@@ -140,7 +140,7 @@ class OfflineCheck:
                     if decoded.run_id not in checker.by_run and not self._adopt(checker, decoded):
                         self._open(conn, at, run_id=decoded.run_id, thread_id=decoded.thread_id, timed=False)
                 elif (not checker.active() and (decoded.thread_id is None or decoded.thread_id not in checker.by_thread)
-                      and (not checker.chats or checker.chats[-1]._result is not None)):
+                      and (not checker.chats or checker.chats[-1].judged)):
                     self._open(conn, at, thread_id=decoded.thread_id, timed=False)
             elif decoded.kind == "malformed" and not checker.chats:
                 self._open(conn, at, timed=False)
@@ -209,23 +209,19 @@ class OfflineCheck:
         return tracker
 
     def _judge_ready(self, conn: _Conn, at: float) -> None:
-        """Judge the chats whose terminal event is `settle` old, or whose deadline passed (as LiveChats does)."""
+        """Judge the chats whose verdict is due by `at` (flow.verdict_due, as the live client and the proxy time
+        theirs); one whose deadline passed is judged as at its deadline, not at the next recorded frame."""
         if at < conn.wake:
             return
         wake = float("inf")
         for chat in list(conn.checker.chats):
-            if chat._result is not None or chat.chat_id not in self.open:
+            if chat.judged or chat.chat_id not in self.open:
                 continue
-            if chat.done:
-                ready = chat.terminal_at + self.settle if chat.terminal_at is not None else at
-                if at >= ready:
-                    self._finish(chat, at)
-                    continue
-                wake = min(wake, ready)
-            elif at >= chat.wait_deadline():
-                self._finish(chat, chat.wait_deadline())
+            due = verdict_due(chat, self.settle)
+            if at < due:
+                wake = min(wake, due)
             else:
-                wake = min(wake, chat.wait_deadline())
+                self._finish(chat, at if chat.done else due)
         conn.wake = wake
 
     def _judge_parked(self, at: float) -> None:
@@ -248,7 +244,7 @@ class OfflineCheck:
         resumable = self.profile.resume is not None
         for chat in list(conn.checker.chats):
             entry = self.open.get(chat.chat_id)
-            if chat._result is not None or entry is None or entry[1] is not conn:
+            if chat.judged or entry is None or entry[1] is not conn:
                 continue  # judged, or followed on another connection since a resume
             if chat.done:
                 self._finish(chat, at)
