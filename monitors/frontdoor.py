@@ -230,6 +230,7 @@ class FrontDoor:
     slots: ConnectionSlots = field(init=False)
     throttle: Throttled = field(default_factory=Throttled)
     _holders: set[asyncio.Task[None]] = field(default_factory=set)
+    admitted: set[Any] = field(default_factory=set)  # client connections holding a slot (to cut at shutdown)
 
     def __post_init__(self) -> None:
         self.slots = ConnectionSlots(self.max_connections, self.max_per_address)
@@ -265,6 +266,7 @@ class FrontDoor:
             self.refuse(sink, reason, key)
             return reason
         self._gauge(sink, 1)
+        self.admitted.add(conn)
         holder = asyncio.ensure_future(self._hold(conn, key, sink))
         self._holders.add(holder)
         holder.add_done_callback(self._holders.discard)
@@ -274,6 +276,7 @@ class FrontDoor:
         try:
             await conn.wait_closed()
         finally:
+            self.admitted.discard(conn)
             self.slots.release(key)
             self._gauge(sink, -1)
             # The client's handshake failed after the upstream was opened for it (the handler, which closes the
@@ -291,6 +294,14 @@ class FrontDoor:
         metrics = getattr(sink, "metrics", None)
         if metrics is not None and hasattr(metrics, "proxy_connections"):
             metrics.proxy_connections.labels(sink.target, sink.source).inc(delta)
+
+    def cut_all(self) -> None:
+        """Abort every admitted connection and its upstream, at once (the end of a shutdown's grace period)."""
+        for conn in list(self.admitted):
+            for ws in (conn, getattr(conn, "upstream", None)):
+                transport = getattr(ws, "transport", None)
+                if transport is not None:
+                    transport.abort()
 
     def init_metrics(self, sink: Any) -> None:
         """Every refusal reason at 0 from the start, so rate() and alerts see the series before the first one."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import hashlib
 import logging
 import signal
 import sys
@@ -22,10 +22,11 @@ from websockets.frames import EXTERNAL_CLOSE_CODES
 from websockets.http11 import Request, Response
 from websockets.uri import parse_uri
 
-from harness.checker import ChatTracker, ConnectionChecker, Expectations, abandon
+from harness.checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
 from harness.durations import parse_duration, parse_size
-from harness.events import Event, Frame, Role
+from harness.flow import FrameRouter, PassiveChats
 from harness.profiles import Profile, load_profile
+from harness.scenario import Expect, expectations_for
 from harness.targets import check_url, target_label
 from harness.transports.websocket import classify
 from harness.yamlfile import ConfigError
@@ -82,7 +83,8 @@ def _hostport(value: str, flag: str) -> tuple[str, int]:
 
 
 class LiveChats:
-    """Every chat seen through the proxy: trackers by connection, judged at terminal+settle, deadline, or leave."""
+    """Every chat seen through the proxy, for all its connections: what they share (the profile, the expectations,
+    the sink, runs open for a resume on another connection of the same user)."""
 
     def __init__(self, profile: Profile, sink: MetricsSink, expectations: Expectations, scenario: str,
                  settle: float) -> None:
@@ -91,86 +93,103 @@ class LiveChats:
         self.exp = expectations
         self.scenario = scenario
         self.settle = settle
-        self.request_types = set(profile.request_types or [profile.request.get("type")])
-        self.resume_type = (profile.resume or {}).get("type")
-        self.by_run: dict[str, ChatTracker] = {}  # runs still open, for a resume on another connection
+        # Runs still open, for a resume on another connection: (who started it, its tracker), bounded in count.
+        self.by_run: dict[str, tuple[str, ChatTracker]] = {}
         self._n = 0
 
-    def client_frame(self, checker: ConnectionChecker, text: str | bytes, now: float) -> None:
-        """A frame from the user to the server: a new chat, a resume, or anything else (ignored)."""
-        if not isinstance(text, str) or len(text) > 1_000_000:
-            return
-        try:
-            frame = json.loads(text)
-        except ValueError:
-            return
-        if not isinstance(frame, dict):
-            return
-        kind = frame.get("type")
-        if kind in self.request_types:
-            self._n += 1
-            tracker = ChatTracker(
-                f"live-{self._n}", self.exp, now, scenario=self.scenario,
-                thread_id=_s(self.profile.field(frame, "thread_id")),
-                run_id=_s(self.profile.field(frame, "run_id")),
-                message_id=_s(self.profile.field(frame, "message_id")),
-            )
-            checker.add(tracker)
-            self.sink.chat_started(self.scenario)
-        elif kind is not None and kind == self.resume_type:
-            run_id = _s(self.profile.field(frame, "run_id"))
-            tracker = self.by_run.get(run_id) if run_id else None
-            if tracker is not None:
-                checker.add(tracker)
-                tracker.reconnected(True)
-                self.sink.reconnect(self.scenario, "resumed")
+    def connection(self, identity: str = "") -> "LiveConnection":
+        """A new proxied connection; `identity` stands for its credentials (a resume only picks up a run that a
+        connection with the same credentials started)."""
+        return LiveConnection(self, identity)
 
-    def remember(self, tracker: ChatTracker) -> None:
+    def new_chat_id(self) -> str:
+        self._n += 1
+        return f"live-{self._n}"
+
+    def remember(self, identity: str, tracker: ChatTracker) -> None:
         if tracker.run_id and not tracker.done and tracker.run_id not in self.by_run:
             if len(self.by_run) >= MAX_TRACKED_RUNS:
                 self.by_run.pop(next(iter(self.by_run)))
-            self.by_run[tracker.run_id] = tracker
+            self.by_run[tracker.run_id] = (identity, tracker)
 
-    def judge_ready(self, checker: ConnectionChecker, now: float) -> None:
-        """Finish chats whose terminal event is `settle` old, or whose deadline has passed."""
-        for chat in list(checker.chats):
-            if chat._result is not None:
-                continue
-            if chat.done and (chat.terminal_at is None or now - chat.terminal_at >= self.settle):
-                # (no terminal_at: the message was rejected; there is nothing more to listen for)
-                self._finish(chat, chat.finish(now))
-            elif not chat.done and now >= chat.wait_deadline():
-                self._finish(chat, chat.finish(now))
+    def resumed(self, identity: str, run_id: str | None) -> ChatTracker | None:
+        """The open run a resume names, when the same user started it; another user's resume changes nothing."""
+        entry = self.by_run.get(run_id) if run_id else None
+        if entry is None or entry[0] != identity or entry[1].judged:
+            return None
+        return entry[1]
 
-    def connection_closed(self, checker: ConnectionChecker, now: float, by_client: bool) -> None:
-        for chat in checker.chats:
-            if chat._result is not None:
-                continue
-            if chat.done:
-                self._finish(chat, chat.finish(now))
-            elif by_client:
-                # The user left before the answer; a resume on another connection may still pick it up,
-                # but the chat on this screen is over.
-                self.sink.chat_abandoned(self.scenario)
-                self._finish(chat, abandon(chat, now))
-            else:
-                self._finish(chat, chat.finish(now, lost=True, note="the server closed the connection mid-run"))
+    def connection_closed(self, conn: "LiveConnection") -> None:
+        """The proxy is done with a connection (its handler's last step); every chat on it is judged."""
 
-    def _finish(self, chat: ChatTracker, result: Any) -> None:
-        if chat.run_id:
-            self.by_run.pop(chat.run_id, None)
-        self.sink.chat_finished(result)
+    def finished(self, result: ChatResult, *, abandoned: bool = False) -> None:
+        """A verdict to the sink. A message the server rejected because the client sent something invalid is the
+        client's doing: counted apart (client_rejected), never as one of the server's outcomes."""
+        if result.run_id:
+            self.by_run.pop(result.run_id, None)
+        if abandoned:
+            self.sink.chat_abandoned(self.scenario)
+        if result.error_kind == "rejected":
+            self.sink.client_rejected(result)
+        else:
+            self.sink.chat_finished(result)
 
-    def next_wakeup(self, checker: ConnectionChecker) -> float | None:
-        times = []
-        for chat in checker.chats:
-            if chat._result is not None:
-                continue
-            if chat.done:
-                times.append(chat.terminal_at + self.settle if chat.terminal_at is not None else 0.0)
-            else:
-                times.append(chat.wait_deadline())
-        return min(times) if times else None
+
+class LiveConnection:
+    """One proxied connection on the one road: the client's frames open chats (the profile tells requests and
+    resumes apart), the server's go through the FrameRouter to the ChatTrackers, PassiveChats judges them when due."""
+
+    def __init__(self, live: LiveChats, identity: str) -> None:
+        self.live = live
+        self.identity = identity
+        self.checker = ConnectionChecker(None, events_name_run=live.profile.events_name_run)
+        self.router = FrameRouter(live.profile, self.checker, live.sink, live.scenario)
+        self.chats = PassiveChats(self.checker, live.settle)
+        self._by_id: dict[str, ChatTracker] = {}
+
+    @property
+    def auth_failed(self) -> bool:
+        return self.router.auth_failed is not None
+
+    def client_frame(self, text: str | bytes, now: float) -> None:
+        """A frame from the user to the server: a new chat, a resume, or anything else (not judged)."""
+        frame = self.live.profile.decode_client(text)
+        live = self.live
+        if frame.kind == "request":
+            tracker = ChatTracker(live.new_chat_id(), live.exp, now, scenario=live.scenario,
+                                  thread_id=frame.thread_id, run_id=frame.run_id, message_id=frame.message_id)
+            self.checker.add(tracker)
+            self._by_id = {c.chat_id: c for c in self.checker.chats}
+            live.sink.chat_started(live.scenario)
+        elif frame.kind == "resume":
+            tracker = live.resumed(self.identity, frame.run_id)
+            if tracker is not None:
+                self.checker.add(tracker)
+                self._by_id[tracker.chat_id] = tracker
+                tracker.reconnected(True)
+                live.sink.reconnect(live.scenario, "resumed")
+
+    def server_frame(self, text: str | bytes, now: float) -> None:
+        """A frame from the server to the user, decoded and routed as the harness's own client does."""
+        wake, _reply = self.router.on_frame(text, now)  # the user's own client answers pings
+        if wake is not None and (chat := self._by_id.get(wake)) is not None:
+            self.live.remember(self.identity, chat)
+
+    def oversized(self, limit: int, now: float) -> None:
+        """The proxy cut the upstream off for a frame over `limit` bytes: an R12, as the harness judges it."""
+        self.router.on_protocol_error(f"frame larger than the {limit} byte limit", now)
+
+    def judge_due(self, now: float) -> None:
+        for result in self.chats.due(now):
+            self.live.finished(result)
+
+    def next_due(self) -> float | None:
+        return self.chats.next_due()
+
+    def closed(self, now: float, *, by_client: bool) -> None:
+        for result, abandoned in self.chats.closed(now, by_client=by_client):
+            self.live.finished(result, abandoned=abandoned)
+        self.live.connection_closed(self)
 
 
 def _close_of(ws: Any) -> tuple[int, str]:
@@ -198,8 +217,15 @@ async def _close_within(ws: Any, code: int, reason: str, timeout: float = CLOSE_
             transport.abort()
 
 
-def _s(v: Any) -> str | None:
-    return None if v is None else str(v)
+def credentials_identity(headers: dict[str, str]) -> str:
+    """Who a connection is, as far as a resume is concerned: a digest of its credentials (never the credentials
+    themselves, which are never kept or logged)."""
+    h = hashlib.sha256()
+    for name in ("authorization", "cookie"):
+        for k, v in headers.items():
+            if k.lower() == name:
+                h.update(f"{name}\0{v}\0".encode("utf-8", "replace"))
+    return h.hexdigest()[:32]
 
 
 class Proxy:
@@ -254,6 +280,7 @@ class Proxy:
             self.live.sink.connection_attempt(self.live.scenario, classify(exc)[0])
             return conn.respond(HTTPStatus.BAD_GATEWAY, "upstream unreachable\n")
         conn.upstream = upstream  # type: ignore[attr-defined]
+        conn.identity = credentials_identity(headers)  # type: ignore[attr-defined]
         return None
 
     def select_subprotocol(self, conn: ServerConnection, offered: Any) -> Any:
@@ -262,9 +289,8 @@ class Proxy:
 
     async def handler(self, client: ServerConnection) -> None:
         upstream = client.upstream  # type: ignore[attr-defined]
-        checker = ConnectionChecker(None)
+        conn = self.live.connection(getattr(client, "identity", ""))
         changed = asyncio.Event()
-        profile = self.live.profile
         closed_by: list[str] = []
         # Servers that read the JWT from a subprotocol accept the handshake and only then reject it (an AUTH_FAILED
         # frame, close 1008): the attempt's result is known at the first server frame, or at the close.
@@ -279,7 +305,7 @@ class Proxy:
             side = "client"
             try:
                 async for message in client:
-                    self.live.client_frame(checker, message, self.clock())
+                    conn.client_frame(message, self.clock())
                     try:
                         async with asyncio.timeout(self.send_timeout):
                             await upstream.send(message)
@@ -306,31 +332,19 @@ class Proxy:
                         log.warning("a client took no frame for %gs: closing its connection", self.send_timeout)
                         side = "client"
                         break
-                    decoded = profile.decode(message, self.clock())
-                    record("auth_failed" if getattr(decoded, "kind", None) == "error"
-                           and decoded.error_code == "AUTH_FAILED" else "ok")
-                    if isinstance(decoded, Event):
-                        chat = checker.route(decoded)
-                        if chat is not None:
-                            self.live.remember(chat)
-                    elif decoded.kind == "control":
-                        checker.welcome(decoded)
-                    elif decoded.kind == "malformed":
-                        checker.on_malformed(decoded, self.clock())
-                    elif decoded.kind == "error":
-                        checker.on_error(decoded, self.clock())
+                    conn.server_frame(message, self.clock())
+                    record("auth_failed" if conn.auth_failed else "ok")
                     changed.set()
             except ConnectionClosed:
                 if _cut_for_size(upstream):  # as the harness judges an oversized frame: an R12 for the chats on it
-                    checker.on_malformed(Frame("malformed", detail=f"frame larger than the {self.max_size} byte "
-                                                                   "limit"), self.clock())
+                    conn.oversized(self.max_size, self.clock())
             finally:
                 closed_by.append(side)
                 changed.set()
 
         async def judge() -> None:
             while True:
-                wake = self.live.next_wakeup(checker)
+                wake = conn.next_due()
                 changed.clear()
                 timeout = None if wake is None else max(0.0, wake - self.clock())
                 try:
@@ -338,7 +352,7 @@ class Proxy:
                         await changed.wait()
                 except TimeoutError:
                     pass
-                self.live.judge_ready(checker, self.clock())
+                conn.judge_due(self.clock())
 
         tasks = [asyncio.ensure_future(client_to_upstream()), asyncio.ensure_future(upstream_to_client())]
         judge_task = asyncio.ensure_future(judge())
@@ -363,7 +377,7 @@ class Proxy:
             if not attempt:
                 code = _close_of(upstream)[0]
                 record("auth_failed" if code == 1008 else "ok" if closed_by[:1] == ["client"] else "protocol_error")
-            self.live.connection_closed(checker, self.clock(), by_client=bool(closed_by) and closed_by[0] == "client")
+            conn.closed(self.clock(), by_client=bool(closed_by) and closed_by[0] == "client")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -469,6 +483,29 @@ async def start_proxy(proxy: Proxy, host: str, port: int, door: FrontDoor | None
                        ping_timeout=proxy.door.ping_timeout, close_timeout=CLOSE_TIMEOUT)
 
 
+# On SIGTERM, connections get 1001 and this long to finish closing; then they are cut. (websockets' close() waits
+# for its write buffer to drain before its close timeout starts, so a peer that reads nothing would hold the
+# shutdown for good, past any orchestrator's grace period.)
+SHUTDOWN_GRACE = 5.0
+
+
+async def stop_proxy(server: Any, door: FrontDoor, grace: float = SHUTDOWN_GRACE) -> None:
+    """Close the listener and every connection (1001), within `grace` seconds; cut what is left after it."""
+    server.close()
+    try:
+        async with asyncio.timeout(grace):
+            await server.wait_closed()
+        return
+    except TimeoutError:
+        pass
+    door.cut_all()
+    try:
+        async with asyncio.timeout(grace):
+            await server.wait_closed()
+    except TimeoutError:
+        log.warning("connections still open %gs after shutdown began; exiting anyway", 2 * grace)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
@@ -496,12 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"chatprobe proxy: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    required = set(profile.required) | ({Role.PARTIAL_RESULT} if args.streaming else set())
-    exp = Expectations(
-        required=frozenset(required), first_event_limit=limits["first_event_limit"], deadline=limits["deadline"],
-        stall_limit=limits["stall_limit"], thinking_before_tool=profile.thinking_before_tool,
-        spans_must_close=frozenset(s.name for s in profile.spans if s.must_close),
-    )
+    exp = expectations_for(profile, Expect(streaming=args.streaming, first_event_limit=limits["first_event_limit"],
+                                           deadline=limits["deadline"], stall_limit=limits["stall_limit"]))
     sink = MetricsSink(default_metrics(), args.target_name or target_label(args.upstream), "live")
     live = LiveChats(profile, sink, exp, args.scenario, limits["settle"])
     if mport:
@@ -523,8 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chatprobe proxy listening on ws://{host}:{server.sockets[0].getsockname()[1]} (at most "
               f"{door.max_connections} connections, {door.max_per_address} per client address)", flush=True)
         await stop.wait()
-        server.close()
-        await server.wait_closed()
+        await stop_proxy(server, door)
 
     try:
         asyncio.run(run())

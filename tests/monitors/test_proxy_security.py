@@ -1,0 +1,528 @@
+"""The proxy's front door under attack, over real sockets: no open relay, bounded connections per address and in
+all, keepalive drops frozen peers, out-of-descriptors is quiet, and a flood of huge frames stays in a byte budget."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import resource
+import secrets
+import signal
+import socket
+import sys
+import time
+from http import HTTPStatus
+from pathlib import Path
+
+import pytest
+import websockets
+from prometheus_client import CollectorRegistry
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
+from websockets.utils import accept_key
+
+from agentsim.server import AgentSim, SimConfig
+from harness.checker import Expectations
+from harness.events import DEFAULT_REQUIRED
+from harness.profiles import load_profile
+from harness.targets import TokenProvider
+from monitors.frontdoor import FrontDoor, client_address, parse_trusted, upstream_url
+from monitors.metrics import ChatMetrics, MetricsSink
+from monitors.proxy import LiveChats, Proxy, start_proxy
+
+ROOT = Path(__file__).resolve().parents[2]
+EXP = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=10.0)
+
+
+# -- helpers: a recording upstream, a listener that must stay silent, a raw HTTP upgrade --
+
+class Recorded:
+    """A WebSocket upstream that remembers each handshake (path and headers) and echoes frames."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.open = 0
+        self.server = None
+
+    async def start(self, **options):
+        async def handler(ws):
+            self.open += 1
+            try:
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    async for m in ws:
+                        await ws.send(m)
+            finally:
+                self.open -= 1
+
+        def process_request(conn, request):
+            self.requests.append((request.path, {k.lower(): v for k, v in request.headers.raw_items()}))
+
+        self.server = await serve(handler, "127.0.0.1", 0, process_request=process_request, ping_interval=None,
+                                  **options)
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.server.sockets[0].getsockname()[1]
+
+
+class Silent:
+    """The "other host": a TCP listener that counts every connection it is offered (there must be none)."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+
+    async def start(self):
+        async def on_conn(reader, writer):
+            self.accepted += 1
+            writer.close()
+
+        self.server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+
+def upgrade_request(target: str, host: str, extra: dict[str, str] | None = None) -> bytes:
+    headers = {"Host": host, "Upgrade": "websocket", "Connection": "Upgrade",
+               "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(), "Sec-WebSocket-Version": "13",
+               "Authorization": "Bearer do-not-leak", "Cookie": "session=do-not-leak", **(extra or {})}
+    head = f"GET {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    return head.encode("latin-1")
+
+
+async def raw_upgrade(port: int, target: str, source: str = "127.0.0.1", extra: dict[str, str] | None = None):
+    """Send a real HTTP upgrade with `target` as the request target; returns (status, reader, writer)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    writer.write(upgrade_request(target, f"127.0.0.1:{port}", extra))
+    await writer.drain()
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, reader, writer
+
+
+async def status_of(port: int, target: str, **kw) -> int:
+    status, _, writer = await raw_upgrade(port, target, **kw)
+    writer.close()
+    return status
+
+
+async def until(cond, timeout=10.0):
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.02)  # wait-ok: poll interval of a condition wait bounded by the timeout
+
+
+async def in_process_proxy(upstream: str, door: FrontDoor | None = None, **options):
+    metrics = ChatMetrics(CollectorRegistry())
+    live = LiveChats(load_profile("netra"), MetricsSink(metrics, "up", "live"), EXP, "live", 0.1)
+    server = await start_proxy(Proxy(upstream, live, **options), "127.0.0.1", 0, door)
+    return server, server.sockets[0].getsockname()[1], metrics
+
+
+def refused(metrics, reason):
+    return metrics.registry.get_sample_value("chatprobe_proxy_refused_connections_total",
+                                             {"target": "up", "source": "live", "reason": reason}) or 0.0
+
+
+def held(metrics):
+    return metrics.registry.get_sample_value("chatprobe_proxy_connections", {"target": "up", "source": "live"}) or 0.0
+
+
+# -- 1. no open relay --
+
+def relay_targets(other: int) -> list[str]:
+    return [
+        f"@127.0.0.1:{other}/ws", f"//127.0.0.1:{other}/ws", f"ws://127.0.0.1:{other}/ws",
+        f"http://127.0.0.1:{other}/", f"127.0.0.1:{other}", f"\\\\127.0.0.1:{other}\\ws", f"/\\127.0.0.1:{other}/ws",
+        f"/\\\\127.0.0.1:{other}/ws", "*", "ws", "/ws\x01", "/ws\x7f", "/ws\t", "/../ws", "/a/%2e%2e/ws", "/ws#x",
+        f"///127.0.0.1:{other}/ws",
+    ]
+
+
+async def test_no_request_target_makes_the_proxy_connect_anywhere_but_the_upstream():
+    upstream, other = await Recorded().start(), await Silent().start()
+    server, port, metrics = await in_process_proxy(f"ws://127.0.0.1:{upstream.port}")
+    try:
+        targets = relay_targets(other.port)
+        for target in targets:
+            assert await status_of(port, target) == 400, target
+        assert other.accepted == 0 and upstream.requests == []
+        assert refused(metrics, "bad_request") == len(targets)
+        # A Host header naming the other host changes nothing: the upgrade goes to --upstream, with the credentials.
+        status, _, writer = await raw_upgrade(port, "/ws", extra={"Host": f"127.0.0.1:{other.port}"})
+        assert status == 101
+        writer.close()
+        assert other.accepted == 0 and [p for p, _ in upstream.requests] == ["/ws"]
+        assert upstream.requests[0][1]["authorization"] == "Bearer do-not-leak"
+    finally:
+        server.close()
+        upstream.server.close()
+        other.server.close()
+
+
+async def test_upstream_url_is_the_base_path_plus_the_request_path_and_query():
+    upstream = await Recorded().start()
+    server, port, _ = await in_process_proxy(f"ws://127.0.0.1:{upstream.port}/base/")
+    try:
+        for target in ("/ws?x=1&y=%2F", "/", "/a/b/?q=%40other"):
+            status, _, writer = await raw_upgrade(port, target)
+            assert status == 101, target
+            writer.close()
+        assert [p for p, _ in upstream.requests] == ["/base/ws?x=1&y=%2F", "/base", "/base/a/b/?q=%40other"]
+        headers = upstream.requests[0][1]
+        assert headers["cookie"] == "session=do-not-leak" and headers["host"] == f"127.0.0.1:{upstream.port}"
+    finally:
+        server.close()
+        upstream.server.close()
+
+
+def test_upstream_url_building():
+    base = "ws://10.0.0.5:8000"
+    assert upstream_url(base, "/ws") == "ws://10.0.0.5:8000/ws"
+    assert upstream_url(base + "/chat", "/") == "ws://10.0.0.5:8000/chat"
+    assert upstream_url("wss://[::1]:9/p", "/ws?token=a") == "wss://[::1]:9/p/ws?token=a"
+    assert upstream_url(base, "/@evil:1/ws") == "ws://10.0.0.5:8000/@evil:1/ws"  # a path segment, not a host
+
+
+async def test_a_redirect_to_another_host_is_not_followed_with_the_credentials():
+    other = await Silent().start()
+
+    def redirect(conn, request):
+        response = conn.respond(HTTPStatus.FOUND, "")
+        response.headers["Location"] = f"ws://127.0.0.1:{other.port}/ws"
+        return response
+
+    async def never(ws):
+        await ws.close()
+
+    upstream = await serve(never, "127.0.0.1", 0, process_request=redirect)
+    up_port = upstream.sockets[0].getsockname()[1]
+    server, port, _ = await in_process_proxy(f"ws://127.0.0.1:{up_port}")
+    try:
+        assert await status_of(port, "/ws") == 502
+        assert other.accepted == 0
+    finally:
+        server.close()
+        upstream.close()
+        other.server.close()
+
+
+# -- 3. bounded connections --
+
+def test_client_address_trusts_forwarded_for_only_from_a_trusted_proxy():
+    lb = parse_trusted(["10.0.0.0/8", "fd00::/8"])
+    assert str(client_address("10.1.2.3", ["6.6.6.6, 198.51.100.7"], lb)) == "198.51.100.7"
+    assert str(client_address("10.1.2.3", ["198.51.100.7, 10.9.9.9"], lb)) == "198.51.100.7"  # two LBs
+    assert str(client_address("203.0.113.1", ["198.51.100.7"], lb)) == "203.0.113.1"  # not trusted: ignored
+    assert str(client_address("10.1.2.3", ["nonsense"], lb)) == "10.1.2.3"
+    assert str(client_address("::ffff:10.1.2.3", ["2001:db8::1"], lb)) == "2001:db8::1"
+    with pytest.raises(ValueError):
+        parse_trusted(["10.0.0.0/33"])
+
+
+async def test_per_address_and_total_caps_answer_503_and_count_why():
+    upstream = await Recorded().start()
+    door = FrontDoor(max_connections=5, max_per_address=2, trusted=parse_trusted(["127.0.0.9"]), ping_interval=None)
+    server, port, metrics = await in_process_proxy(f"ws://127.0.0.1:{upstream.port}", door)
+    kept = []
+
+    async def attempt(source, xff=None):
+        status, _, writer = await raw_upgrade(port, "/ws", source,
+                                                   {"X-Forwarded-For": xff} if xff else None)
+        if status == 101:
+            kept.append(writer)
+        else:
+            writer.close()
+        return status
+
+    try:
+        assert [await attempt("127.0.0.1") for _ in range(3)] == [101, 101, 503]
+        # Untrusted peers' X-Forwarded-For is the client's own claim: it does not buy another slot.
+        assert await attempt("127.0.0.1", "203.0.113.5") == 503
+        # Behind the trusted balancer, each real client (the hop it appended) has its own share.
+        assert [await attempt("127.0.0.9", "6.6.6.6, 198.51.100.7") for _ in range(3)] == [101, 101, 503]
+        assert await attempt("127.0.0.9", "198.51.100.8") == 101
+        assert await attempt("127.0.0.4") == 503  # all 5 in use
+        assert refused(metrics, "per_address_limit") == 3 and refused(metrics, "over_capacity") == 1
+        assert held(metrics) == 5 and upstream.open == 5
+        kept.pop(0).close()  # one of 127.0.0.1's goes: its slot comes back
+        await until(lambda: held(metrics) == 4)
+        assert await attempt("127.0.0.4") == 101
+    finally:
+        for w in kept:
+            w.close()
+        server.close()
+        upstream.server.close()
+
+
+async def frozen_upstream():
+    """A server that completes the WebSocket handshake and then never reads again (no pong, ever)."""
+    conns = []
+
+    async def on_conn(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = re.search(rb"(?i)sec-websocket-key:\s*(\S+)", head).group(1).decode()
+        writer.write(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n".encode())
+        conns.append(writer)
+
+    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    return server, conns
+
+
+@pytest.mark.parametrize("frozen", ["client", "upstream"])
+async def test_a_peer_that_answers_no_ping_is_dropped(frozen):
+    """Pings every 0.2 s, 0.2 s to answer: a frozen peer goes within a couple of seconds, its slot with it, while a
+    client that answers pings stays."""
+    if frozen == "client":
+        recorded = await Recorded().start()
+        upstream_server, up_port = recorded.server, recorded.port
+    else:
+        upstream_server, _ = await frozen_upstream()
+        up_port = upstream_server.sockets[0].getsockname()[1]
+    door = FrontDoor(max_connections=10, max_per_address=1, ping_interval=0.2, ping_timeout=0.2)
+    server, port, metrics = await in_process_proxy(f"ws://127.0.0.1:{up_port}", door)
+    good = None
+    try:
+        good = await connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5, close_timeout=1)  # answers pings
+        if frozen == "upstream":
+            async with asyncio.timeout(10):  # the upstream answered no ping: the proxy ends the client's connection
+                await good.wait_closed()
+            await until(lambda: held(metrics) == 0)
+            return
+        # The raw client never reads again, so never answers a ping: the proxy drops it and frees its slot.
+        status, reader, _ = await raw_upgrade(port, "/ws", "127.0.0.5")
+        assert status == 101
+        await until(lambda: held(metrics) == 1)
+        async with asyncio.timeout(5):  # its socket was closed by the proxy
+            with contextlib.suppress(ConnectionError):
+                while await reader.read(65536):
+                    pass
+        # The same span of pings went by for the client that answers them: it is still there, and works.
+        await good.send("still here")
+        async with asyncio.timeout(5):
+            assert await good.recv() == "still here"
+        # The dropped connection's slot is free again (one per address here).
+        again, _, w2 = await raw_upgrade(port, "/ws", "127.0.0.5")
+        assert again == 101
+        w2.close()
+    finally:
+        if good is not None:
+            await good.close()
+        server.close()
+        upstream_server.close()
+
+
+# -- 3. under a lowered open-file limit, in a real process --
+
+PROXY_MAIN = "import sys; from monitors.proxy import main; sys.exit(main(sys.argv[1:]))"
+
+
+@contextlib.asynccontextmanager
+async def proxy_process(upstream: str, tmp_path: Path, nofile: int, *flags: str):
+    """`chatprobe proxy` in a child process whose open-file limit is `nofile`; yields (port, pid, stderr path,
+    the listening line)."""
+    err_path = tmp_path / "proxy.stderr"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    with err_path.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", PROXY_MAIN, "--upstream", upstream, "--listen", "127.0.0.1:0",
+            "--metrics-listen", "127.0.0.1:0", *flags, stdout=asyncio.subprocess.PIPE, stderr=err, cwd=ROOT,
+            preexec_fn=limit)
+    try:
+        async with asyncio.timeout(30):
+            line = (await proc.stdout.readline()).decode()
+        match = re.search(r"ws://127\.0\.0\.1:(\d+)", line)
+        assert match, (line, err_path.read_text())
+        yield int(match.group(1)), proc.pid, err_path, line
+        # SIGTERM ends it within its shutdown grace (5 s, then connections are cut), even with a stuck peer.
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            assert await proc.wait() == 0, err_path.read_text()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def start_sim():
+    secret = secrets.token_urlsafe(32)
+    sim = AgentSim(SimConfig(port=0, jwt_secret=secret, think=0.005, tool_latency=0.002, seed=5))
+    await sim.start()
+    return sim, TokenProvider(jwt_secret=secret)
+
+
+async def open_ws(port: int, token: str, source: str):
+    return await connect(f"ws://127.0.0.1:{port}/ws", additional_headers={"Authorization": f"Bearer {token}"},
+                         local_addr=(source, 0), open_timeout=10, ping_interval=None, close_timeout=1)
+
+
+async def chat_on(ws) -> str:
+    """One chat over an open connection; the terminal frame's type."""
+    await ws.send(json.dumps({"type": "user_message", "payload": {"content": "What is 2 * 21?"}}))
+    async with asyncio.timeout(10):
+        async for message in ws:
+            kind = json.loads(message).get("type")
+            if kind in ("agent_completed", "error_message"):
+                return kind
+    return "closed"
+
+
+def fds_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def test_one_address_cannot_take_every_slot_under_a_low_open_file_limit(tmp_path):
+    sim, tokens = await start_sim()
+    upstream = sim.url.rsplit("/", 1)[0]
+    nofile = 128
+    conns = []
+    try:
+        async with proxy_process(upstream, tmp_path, nofile) as (port, pid, err_path, line):
+            total, per = map(int, re.search(r"at most (\d+) connections, (\d+) per", line).groups())
+            assert 2 * total < nofile and 1 <= per < total  # the defaults come from the limit, with headroom
+            # 127.0.0.1 opens idle connections until it is refused: exactly its share, then a clean 503.
+            with pytest.raises(websockets.InvalidStatus) as refusal:
+                for i in range(total + 1):
+                    conns.append(await open_ws(port, tokens.for_user(f"idle-{i}"), "127.0.0.1"))
+            assert refusal.value.response.status_code == 503 and len(conns) == per
+            # Another address still gets through, and its chat completes.
+            async with await open_ws(port, tokens.for_user("alice"), "127.0.0.2") as alice:
+                assert await chat_on(alice) == "agent_completed"
+            # Many addresses together fill every slot, and then get 503 too, without running out of descriptors.
+            sources = iter(f"127.0.0.{i}" for i in range(3, 250))
+            with pytest.raises(websockets.InvalidStatus) as full:
+                while True:
+                    source = next(sources)
+                    for _ in range(per):
+                        conns.append(await open_ws(port, tokens.for_user(f"u-{len(conns)}"), source))
+            assert full.value.response.status_code == 503 and len(conns) == total
+            assert fds_of(pid) < nofile
+            # Every held connection still works: the first and the last one chat.
+            assert await chat_on(conns[0]) == "agent_completed"
+            assert await chat_on(conns[-1]) == "agent_completed"
+            for ws in conns[:per]:
+                await ws.close()
+            async with await open_ws(port, tokens.for_user("bob"), "127.0.0.2") as bob:
+                assert await chat_on(bob) == "agent_completed"
+        err = err_path.read_text()
+        assert "Traceback" not in err and "file descriptors" not in err, err
+        assert err.count("--max-connections-per-ip") <= 1 and err.count("--max-connections)") <= 1, err
+    finally:
+        for ws in conns:
+            ws.transport.abort()
+        await sim.stop()
+
+
+async def test_running_out_of_file_descriptors_is_one_line_and_the_open_connections_go_on(tmp_path):
+    sim, tokens = await start_sim()
+    upstream = sim.url.rsplit("/", 1)[0]
+    raw: list[socket.socket] = []
+    try:
+        async with proxy_process(upstream, tmp_path, 128) as (port, pid, err_path, _):
+            alice = await open_ws(port, tokens.for_user("alice"), "127.0.0.2")
+
+            def flood() -> None:
+                # Connections that never send a request: each takes a descriptor until the handshake times out.
+                # Once the proxy holds all 128, a few more wait in the listen backlog, where accept() fails.
+                extra = 0
+                while extra < 10:
+                    assert len(raw) < 400, "the proxy never ran out of descriptors"
+                    raw.append(socket.create_connection(("127.0.0.1", port), timeout=5,
+                                                        source_address=("127.0.0.3", 0)))
+                    if extra or fds_of(pid) >= 128:
+                        extra += 1
+
+            await asyncio.wait_for(asyncio.to_thread(flood), 30)
+            await until(lambda: err_path.stat().st_size > 0)  # the proxy said something about it
+            assert await chat_on(alice) == "agent_completed"  # the open connection is served throughout
+            # asyncio retries accept each second: let it fail a few more times (the log must not grow).
+            await asyncio.sleep(2.5)  # wait-ok: time for repeated EMFILE, not a condition
+            for s in raw:
+                s.close()
+            async with await open_ws(port, tokens.for_user("bob"), "127.0.0.4") as bob:
+                assert await chat_on(bob) == "agent_completed"
+            await alice.close()
+        err = err_path.read_text()
+        assert "Traceback" not in err, err
+        assert sum("out of file descriptors" in ln for ln in err.splitlines()) == 1, err
+    finally:
+        for s in raw:
+            s.close()
+        await sim.stop()
+
+
+# -- 4. huge frames: the proxy's own buffers stay within a byte budget --
+
+def peak_rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+
+
+HUGE = 4_000_000  # a 4 MB timestamp in every event, under the proxy's 4 MiB frame limit
+
+
+@pytest.mark.parametrize("direction", ["upstream_to_client", "client_to_upstream"])
+async def test_a_fast_writer_facing_a_slow_reader_does_not_pile_up_frames(tmp_path, direction):
+    """A writer sends 4 MB frames as fast as it can; the reader on the other side reads nothing. The proxy takes a
+    few frames and then stops reading (backpressure): its peak memory grows by a few frames, not by the flood."""
+    event = json.dumps({"type": "agent_thinking", "run_id": "r-1", "thread_id": "t-1",
+                        "payload": {"thought": "x"}, "timestamp": "9" * HUGE})
+    progress = {"sent": 0, "at": time.monotonic()}
+    stalled = asyncio.Event()
+
+    async def writer(ws):
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while progress["sent"] < 200:  # 800 MB if the proxy took it all
+                await ws.send(event)
+                progress["sent"] += 1
+                progress["at"] = time.monotonic()
+
+    async def watch():
+        # The writer is stuck when its last send finished a second ago while it still has frames to send.
+        while not (progress["sent"] >= 3 and time.monotonic() - progress["at"] > 1.0):
+            await asyncio.sleep(0.05)  # wait-ok: poll interval of a condition wait bounded by the caller
+        stalled.set()
+
+    async def upstream_handler(ws):
+        if direction == "upstream_to_client":
+            await writer(ws)
+        else:
+            ws.transport.pause_reading()
+        await ws.wait_closed()
+
+    upstream = await serve(upstream_handler, "127.0.0.1", 0, max_size=None, ping_interval=None)
+    up_port = upstream.sockets[0].getsockname()[1]
+    client = None
+    try:
+        async with proxy_process(f"ws://127.0.0.1:{up_port}", tmp_path, 1024, "--send-timeout", "60s") as (
+                port, pid, err_path, _):
+            before = peak_rss(pid)
+            client = await connect(f"ws://127.0.0.1:{port}/ws", max_size=None, ping_interval=None, open_timeout=10,
+                                   close_timeout=1)
+            if direction == "upstream_to_client":
+                client.transport.pause_reading()
+                flood = None
+            else:
+                flood = asyncio.ensure_future(writer(client))
+            await asyncio.wait_for(watch(), 60)
+            grown = peak_rss(pid) - before
+            assert progress["sent"] < 40, progress  # the writer was held back, not buffered for
+            # The budget for one direction: ~6 frames of 4 MB (see proxy.py); websockets' default queue alone
+            # would park 16 more.
+            assert grown < 40 * 1024 * 1024, (grown, progress)
+            if flood is not None:
+                flood.cancel()
+                await asyncio.gather(flood, return_exceptions=True)
+        assert "Traceback" not in err_path.read_text()
+    finally:
+        if client is not None:
+            client.transport.abort()
+        upstream.close()
