@@ -376,3 +376,32 @@ def check_files(paths: Iterable[str | Path], profile: Profile, scenario: Scenari
         if Path(p).is_dir():
             _recording_files(Path(p))
     return [check_file(p, profile, scenario, fmt, sink=sink, max_frame=max_frame, max_text=max_text) for p in paths]
+
+
+def check_recording(path: str | Path, profile: str | Profile = "netra", scenario: str | Scenario | None = None,
+                    fmt: str | None = None) -> ScenarioRun:
+    """One recording judged, the profile and the scenario given by name or file (the pytest plugin's helper, for
+    browser tests that already save HAR files): `assert_passed(check_recording("run.har"))`."""
+    from .profiles import load_profile
+    from .scenario import load_scenario
+
+    prof = profile if isinstance(profile, Profile) else load_profile(profile)
+    sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
+    if fmt is not None and fmt not in FORMATS:
+        raise RecordingError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if not (Path(path).is_file() or Path(path).is_dir()):
+        raise RecordingError(f"{path}: no such recording file")
+    return check_file(path, prof, sc, fmt)
+
+
+def assert_passed(run: ScenarioRun, worst: int = 10) -> ScenarioRun:
+    """Fail with the unmet objectives and the first non-passing chats' violations, one per line, unless the run
+    met its objectives."""
+    if run.passed:
+        return run
+    lines = [f"{run.target}: objectives not met"] + [f"  {o.describe()}" for o in run.failed_objectives]
+    lines += [f"  {e}" for e in run.errors]
+    for r in [r for r in run.results if r.outcome is not Outcome.PASSED][:worst]:
+        lines.append(f"  chat {r.chat_id} (run {r.run_id}) {r.outcome.value}: {r.note or r.error or ''}".rstrip())
+        lines += [f"    {v}" for v in r.violations[:10]]
+    raise AssertionError("\n".join(lines))

@@ -12,7 +12,7 @@ import pytest
 
 from harness import redact
 from harness.events import Outcome
-from harness.offline import check_files
+from harness.offline import assert_passed, check_files, check_recording
 from harness.profiles import load_profile
 from harness.recorder import Recorder
 from harness.recordings import RecordingError, detect_format, read_recording
@@ -355,6 +355,18 @@ def test_format_forced_over_detection(tmp_path):
     assert detect_format(f.read_bytes()) == "jsonl"
     [run] = check_files([f], NETRA, SC, fmt="sse")  # read as an event stream: no `data:` line, nothing at all
     assert run.stats.chats == 0 and not run.passed and "no chat found" in run.errors[0]
+
+
+def test_the_pytest_helper_fails_with_the_chats_reasons(tmp_path):
+    good = write_jsonl(tmp_path / "good.jsonl", [send(100.0), *netra_run("r1", 100.0)])
+    assert assert_passed(check_recording(good)).stats.chats == 1
+    bad = write_jsonl(tmp_path / "bad.jsonl", [send(100.0), *netra_run("r1", 100.0, roles=ROLES[:3] + ROLES[4:])])
+    with pytest.raises(AssertionError) as failed:
+        assert_passed(check_recording(bad, "netra", "basic"))
+    text = str(failed.value)
+    assert "bad.jsonl: objectives not met" in text and "run r1) failed" in text and "R2 required: missing" in text
+    with pytest.raises(ConfigError, match="no such recording"):
+        check_recording(tmp_path / "nope.har")
 
 
 # -- the recorder --
