@@ -6,11 +6,12 @@ touches a socket, a clock or a global: every time comes in as an argument (the s
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
-from .events import Event, Frame, Outcome, Role, Violation
+from .events import Event, Frame, Outcome, Role, Rule, SessionError, Violation
 
 # Judged chats a connection remembers for late events; older ones are forgotten (bounded memory).
 KEEP_FINISHED = 64
@@ -20,8 +21,6 @@ MAX_EVENTS_KEPT = 10_000
 MAX_VIOLATIONS_KEPT = 200
 MAX_SEQS_AHEAD = 10_000
 MAX_OPEN_SPANS = 1_000
-# Connection-level error codes that answer the session (credentials, a resume), never one chat's message.
-SESSION_ERROR_CODES = frozenset({"AUTH_FAILED", "RESUME_UNKNOWN_RUN"})
 
 ExpectError = Literal["recoverable", "fatal", "invalid_input"] | None
 
@@ -162,6 +161,15 @@ class ChatTracker:
 
     # -- state --
     @property
+    def judged(self) -> bool:
+        """The verdict is in (`finish` or `abandon` was called); later calls return the same result."""
+        return self._result is not None
+
+    @property
+    def result(self) -> ChatResult | None:
+        return self._result
+
+    @property
     def done(self) -> bool:
         """The chat needs nothing more: its terminal event (or, for an invalid-input probe, the error) came."""
         if self.exp.expect_error == "invalid_input":
@@ -171,7 +179,7 @@ class ChatTracker:
     def wait_deadline(self) -> float:
         return self.sent_at + self.exp.deadline
 
-    def _flag(self, rule: str, reason: str, index: int | None = None) -> None:
+    def _flag(self, rule: Rule, reason: str, index: int | None = None) -> None:
         if len(self.violations) < MAX_VIOLATIONS_KEPT:
             self.violations.append(Violation(rule, reason, index))
         else:
@@ -192,34 +200,36 @@ class ChatTracker:
             self.first_delay = at - self.sent_at
             # A run may fail before it starts: a fatal error as the first event is told to the user.
             if role is not Role.AGENT_STARTED and not (role is Role.ERROR_EVENT and ev.terminal):
-                self._flag("R1", f"first event is {_name(ev)}, not agent_started", idx)
+                self._flag(Rule.R1, f"first event is {_name(ev)}, not agent_started", idx)
             if self.first_delay > self.exp.first_event_limit:
-                self._flag(
-                    "R9",
+                self._flag(Rule.R9,
                     f"first event after {self.first_delay:.3f}s, over the {self.exp.first_event_limit:g}s limit",
                     idx,
                 )
         else:
             if role is Role.AGENT_STARTED and Role.AGENT_STARTED in self.roles and self.terminal_index is None:
-                self._flag("R1", "a second agent_started in the same run", idx)
+                self._flag(Rule.R1, "a second agent_started in the same run", idx)
             gap = at - self.last_at
             if gap > self.exp.stall_limit:
-                self._flag("R11", f"{gap:.3f}s without an event, over the {self.exp.stall_limit:g}s stall limit", idx)
+                self._flag(Rule.R11, f"{gap:.3f}s without an event, over the {self.exp.stall_limit:g}s stall limit", idx)
         self.last_at = at
         if self.run_id is None and ev.run_id is not None:
             self.run_id = ev.run_id
+
+        if ev.oversized:
+            self._flag(Rule.R12, f"{_name(ev)} has {', '.join(ev.oversized)} over the size limit (kept truncated)", idx)
 
         # R7: sequence numbers, where the server sends them.
         if ev.seq is not None:
             self._seq(ev.seq, idx)
         elif ev.bad_seq is not None:
-            self._flag("R7", f"seq {str(ev.bad_seq)[:40]!r} is not an integer", idx)
+            self._flag(Rule.R7, f"seq {str(ev.bad_seq)[:40]!r} is not an integer", idx)
 
         if self.terminal_index is not None:
             if ev.terminal:
-                self._flag("R3", f"second terminal event {_name(ev)} (the run already ended at event #{self.terminal_index})", idx)
+                self._flag(Rule.R3, f"second terminal event {_name(ev)} (the run already ended at event #{self.terminal_index})", idx)
             else:
-                self._flag("R4", f"{_name(ev)} after the terminal event #{self.terminal_index}", idx)
+                self._flag(Rule.R4, f"{_name(ev)} after the terminal event #{self.terminal_index}", idx)
             return
 
         if role is not None and role not in self.roles:
@@ -230,13 +240,13 @@ class ChatTracker:
         elif role is Role.TOOL_EXECUTING and not self.saw_tool:
             self.saw_tool = True
             if self.exp.thinking_before_tool and not self.saw_thinking:
-                self._flag("R6", "tool_executing before any agent_thinking", idx)
+                self._flag(Rule.R6, "tool_executing before any agent_thinking", idx)
         elif role is Role.ERROR_EVENT:
             self.error_seen = ev
             if self.exp.expect_error is None:
                 kind = "recoverable" if ev.recoverable else "fatal"
                 if not ev.recoverable:
-                    self._flag("R13", f"unexpected {kind} error event ({ev.wire_type})", idx)
+                    self._flag(Rule.R13, f"unexpected {kind} error event ({ev.wire_type})", idx)
 
         if ev.span is not None:
             self._span(ev, idx)
@@ -250,18 +260,18 @@ class ChatTracker:
             still_open = self.open_spans.items() if role is Role.AGENT_COMPLETED else ()
             for (name, key), _count in still_open:
                 if must is None or name in must:
-                    self._flag("R5", f"{name} {key or ''} still open at the terminal event".replace("  ", " "), idx)
+                    self._flag(Rule.R5, f"{name} {key or ''} still open at the terminal event".replace("  ", " "), idx)
 
     def _seq(self, s: int, idx: int) -> None:
         if s < 1:
-            self._flag("R7", f"seq {s} is not a positive sequence number", idx)
+            self._flag(Rule.R7, f"seq {s} is not a positive sequence number", idx)
             return
         above = self.seqs_above
         if s <= self.seq_low or s in above:
-            self._flag("R7", f"seq {s} received twice (duplicate event)", idx)
+            self._flag(Rule.R7, f"seq {s} received twice (duplicate event)", idx)
             return
         if s < self.max_seq:
-            self._flag("R7", f"seq {s} arrived after seq {self.max_seq} (out of order)", idx)
+            self._flag(Rule.R7, f"seq {s} arrived after seq {self.max_seq} (out of order)", idx)
         if s > self.max_seq:
             self.max_seq = s
         if s == self.seq_low + 1:
@@ -275,7 +285,7 @@ class ChatTracker:
         else:  # a server that skips seqs forever: stop remembering them (memory stays bounded)
             self.seq_low = self.max_seq
             above.clear()
-            self._flag("R7", f"more than {MAX_SEQS_AHEAD} seqs ahead of a gap: stopped tracking the gaps", idx)
+            self._flag(Rule.R7, f"more than {MAX_SEQS_AHEAD} seqs ahead of a gap: stopped tracking the gaps", idx)
 
     def _span(self, ev: Event, idx: int) -> None:
         name, kind, key = ev.span  # type: ignore[misc]
@@ -284,14 +294,14 @@ class ChatTracker:
             # Several open at once are fine when keyed by a fallback (two calls of one tool, no call ids).
             by_fallback = ev.tool_call_id is None and key is not None and key == ev.tool_name
             if k in self.open_spans and not by_fallback:
-                self._flag("R5", f"{_name(ev)} opens {name} {key!r} again while it is open", idx)
+                self._flag(Rule.R5, f"{_name(ev)} opens {name} {key!r} again while it is open", idx)
             elif k not in self.open_spans and len(self.open_spans) >= MAX_OPEN_SPANS:
-                self._flag("R5", f"more than {MAX_OPEN_SPANS} spans open at once: {name} {key!r} not tracked", idx)
+                self._flag(Rule.R5, f"more than {MAX_OPEN_SPANS} spans open at once: {name} {key!r} not tracked", idx)
                 return
             self.open_spans[k] = self.open_spans.get(k, 0) + 1
         elif k not in self.open_spans:
             what = "closes" if kind == "close" else "continues"
-            self._flag("R5", f"{_name(ev)} {what} {name} {key!r}, which is not open", idx)
+            self._flag(Rule.R5, f"{_name(ev)} {what} {name} {key!r}, which is not open", idx)
         elif kind == "close":
             n = self.open_spans[k] - 1
             if n:
@@ -300,15 +310,15 @@ class ChatTracker:
                 del self.open_spans[k]
 
     def malformed(self, detail: str, at: float) -> None:
-        self._flag("R12", f"malformed frame: {detail}", self.n_events or None)
+        self._flag(Rule.R12, f"malformed frame: {detail}", self.n_events or None)
 
     def foreign(self, ev: Event, why: str) -> None:
-        self._flag("R8", f"received {_name(ev)} of {why}: cross-talk", self.n_events or None)
+        self._flag(Rule.R8, f"received {_name(ev)} of {why}: cross-talk", self.n_events or None)
 
     def error_frame(self, frame: Frame, at: float) -> None:
         """A connection-level error frame (INVALID_MESSAGE …) arrived while this chat was open."""
         if self.exp.expect_error == "invalid_input" and self.connection_error is None:
-            self.connection_error = frame
+            self.connection_error = _slim(frame)
             self.last_at = at
             if self.first_delay is None:
                 self.first_delay = at - self.sent_at
@@ -317,14 +327,14 @@ class ChatTracker:
         """The server answered this chat's message with a connection-level error (INVALID_MESSAGE…): there
         will be no run, so the chat ends now instead of at its deadline."""
         if self.connection_error is None and self.n_events == 0:
-            self.connection_error = frame
+            self.connection_error = _slim(frame)
             self.last_at = at
 
     def connection_lost(self, at: float) -> None:
         if self.error_seen is not None and self.exp.expect_error in ("recoverable", "fatal"):
-            self._flag("R13", "the connection closed after the expected error; it must stay open", None)
+            self._flag(Rule.R13, "the connection closed after the expected error; it must stay open", None)
         elif self.exp.expect_error == "invalid_input" and self.connection_error is not None:
-            self._flag("R13", "the connection closed after the invalid message; it must stay open", None)
+            self._flag(Rule.R13, "the connection closed after the invalid message; it must stay open", None)
 
     def reconnected(self, resumed: bool) -> None:
         self.reconnects.append("resumed" if resumed else "lost")
@@ -352,12 +362,12 @@ class ChatTracker:
         if exp.expect_error == "invalid_input":
             missing: list[Role] = []
             if self.connection_error is None:
-                violations.append(Violation("R13", "no error_message answered the invalid client message", None))
+                violations.append(Violation(Rule.R13, "no error_message answered the invalid client message", None))
             outcome = Outcome.FAILED if violations else Outcome.PASSED
             return self._make(outcome, violations, missing, now, note)
 
         if self.first_delay is None and elapsed > exp.first_event_limit:
-            violations.append(Violation("R9", f"no event within the {exp.first_event_limit:g}s limit", None))
+            violations.append(Violation(Rule.R9, f"no event within the {exp.first_event_limit:g}s limit", None))
         if self.max_seq:
             # Counted, never enumerated: a server may send seq 10**12 (bounded work and memory).
             gaps = self.max_seq - self.seq_low - len(self.seqs_above)
@@ -369,7 +379,7 @@ class ChatTracker:
                         first.append(s)
                     s += 1
                 shown = ", ".join(map(str, first)) + (f" … ({gaps} in all)" if gaps > len(first) else "")
-                violations.append(Violation("R7", f"seq {shown} never arrived (lost event{'s' if gaps > 1 else ''})", None))
+                violations.append(Violation(Rule.R7, f"seq {shown} never arrived (lost event{'s' if gaps > 1 else ''})", None))
 
         terminal = self.terminal_event
         required = set(exp.required)
@@ -382,24 +392,24 @@ class ChatTracker:
         missing = [r for r in Role if r in required and r not in self.roles]
 
         if exp.expect_error and self.error_seen is None:
-            violations.append(Violation("R13", f"the expected {exp.expect_error} error_event never arrived", None))
+            violations.append(Violation(Rule.R13, f"the expected {exp.expect_error} error_event never arrived", None))
         elif exp.expect_error == "recoverable" and self.error_seen is not None and not self.error_seen.recoverable:
-            violations.append(Violation("R13", "a recoverable error was expected, the error was fatal", None))
+            violations.append(Violation(Rule.R13, "a recoverable error was expected, the error was fatal", None))
 
         if terminal is None:
             if self.events and now - self.last_at > exp.stall_limit and not lost:
-                violations.append(Violation("R11", f"{now - self.last_at:.3f}s without an event, over the {exp.stall_limit:g}s stall limit", index))
+                violations.append(Violation(Rule.R11, f"{now - self.last_at:.3f}s without an event, over the {exp.stall_limit:g}s stall limit", index))
             if lost:
                 reason = note or "connection lost and the run could not be resumed"
                 outcome = Outcome.INCOMPLETE
             else:
-                violations.append(Violation("R10", f"no terminal event within {exp.deadline:g}s ({self.n_events} events received)", index))
+                violations.append(Violation(Rule.R10, f"no terminal event within {exp.deadline:g}s ({self.n_events} events received)", index))
                 outcome = Outcome.INCOMPLETE
                 reason = note
             return self._make(outcome, violations, missing, now, reason)
 
         if missing:
-            violations.append(Violation("R2", "missing " + ", ".join(r.value for r in missing), self.terminal_index))
+            violations.append(Violation(Rule.R2, "missing " + ", ".join(r.value for r in missing), self.terminal_index))
         outcome = Outcome.FAILED if violations else Outcome.PASSED
         return self._make(outcome, violations, missing, now, note)
 
@@ -438,8 +448,11 @@ def error_result(chat_id: str, scenario: str, sent_at: float, kind: str, message
 class ConnectionChecker:
     """Routes one connection's decoded frames to its chats; catches events of runs this client never started."""
 
-    def __init__(self, user_id: str | None = None) -> None:
+    def __init__(self, user_id: str | None = None, *, events_name_run: bool = False) -> None:
+        # The user this connection authenticated as (the token's `sub`), else the one its welcome names.
         self.user_id = user_id
+        # The dialect names the run in every event (netra): an event naming none is not this client's (R8).
+        self.events_name_run = events_name_run
         self.by_run: dict[str, ChatTracker] = {}
         self.by_message: dict[str, ChatTracker] = {}
         self.by_thread: dict[str, ChatTracker] = {}
@@ -484,10 +497,9 @@ class ConnectionChecker:
         return [c for c in self.chats if not c.done]
 
     def welcome(self, frame: Frame) -> None:
-        data = frame.raw.get("data") if isinstance(frame.raw.get("data"), dict) else frame.raw
-        uid = data.get("user_id") if isinstance(data, dict) else None
-        if isinstance(uid, str) and self.user_id is None:
-            self.user_id = uid
+        """A control frame: when it names the user (a welcome, decoded by the profile), events of others are R8."""
+        if frame.user_id is not None and self.user_id is None:
+            self.user_id = frame.user_id
 
     def route(self, ev: Event) -> ChatTracker | None:
         """Give the event to its chat; None when it belongs to none of them (then R8 is recorded)."""
@@ -500,13 +512,16 @@ class ConnectionChecker:
             if chat is None:
                 cand = (self.by_message.get(ev.message_id) if ev.message_id else None) or (
                     self.by_thread.get(ev.thread_id) if ev.thread_id else None
-                )
+                ) or self._unnamed_waiting(ev)
                 if cand is not None and cand.run_id is None:
                     cand.run_id = ev.run_id
                     self.by_run[ev.run_id] = cand
                     chat = cand
         elif ev.thread_id is not None:
             chat = self.by_thread.get(ev.thread_id)
+        elif self.events_name_run:
+            self._foreign(ev, "no run (this dialect names the run in every event)")
+            return None
         else:
             active = self.active()
             if len(active) == 1:
@@ -522,6 +537,15 @@ class ConnectionChecker:
             chat.foreign(ev, f"thread {ev.thread_id!r} inside this client's run")
         chat.feed(ev)
         return chat
+
+    def _unnamed_waiting(self, ev: Event) -> ChatTracker | None:
+        """The chat a new run answers when nothing names it: the oldest one still waiting for its run whose own ids
+        (if it sent any) the event does not contradict. A client that sends no thread or message id (the server
+        assigns them) is thus not cross-talk; a run naming another thread or message still is."""
+        waiting = [c for c in self.chats if c.run_id is None and c.n_events == 0 and not c.done and not c.judged
+                   and (c.thread_id is None or ev.thread_id is None)
+                   and (c.message_id is None or ev.message_id is None)]
+        return min(waiting, key=lambda c: c.sent_at) if waiting else None
 
     def _foreign(self, ev: Event, why: str) -> None:
         self.foreign += 1
@@ -541,7 +565,7 @@ class ConnectionChecker:
         if probes:
             for chat in probes:
                 chat.error_frame(frame, at)
-        elif frame.error_code not in SESSION_ERROR_CODES:
+        elif frame.session_error is None:  # credentials and resumes answer the session, never a chat's message
             # Servers answer messages in order: the rejection is the oldest waiting message's.
             waiting = [c for c in active if c.n_events == 0 and c.connection_error is None]
             if waiting:
@@ -553,6 +577,11 @@ class ConnectionChecker:
         if active:
             return active
         return self.chats[-1:]
+
+
+def _slim(frame: Frame) -> Frame:
+    """A frame to keep with a chat: without its raw JSON (a server may make that megabytes)."""
+    return dataclasses.replace(frame, raw={}) if frame.raw else frame
 
 
 def _name(ev: Event) -> str:

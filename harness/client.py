@@ -28,7 +28,7 @@ class Session:
         self.sink = sink
         self.connect_timeout = connect_timeout
         self.clock = clock
-        self.checker = ConnectionChecker(None)
+        self.checker = ConnectionChecker(target.tokens.subject(user_id), events_name_run=self.profile.events_name_run)
         self.transport: Transport | None = None
         self.reader: asyncio.Task | None = None
         self.generation = 0

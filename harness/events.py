@@ -41,7 +41,36 @@ class Outcome(str, Enum):
         return self.value
 
 
-RULES: dict[str, str] = {
+class Rule(str, Enum):
+    """The protocol's rules (docs/protocol.md §3); `title` is the short name reports and labels show."""
+
+    R1 = "R1"
+    R2 = "R2"
+    R3 = "R3"
+    R4 = "R4"
+    R5 = "R5"
+    R6 = "R6"
+    R7 = "R7"
+    R8 = "R8"
+    R9 = "R9"
+    R10 = "R10"
+    R11 = "R11"
+    R12 = "R12"
+    R13 = "R13"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def title(self) -> str:
+        return _RULE_TITLES[self.value]
+
+    @property
+    def number(self) -> int:
+        return int(self.value[1:])
+
+
+_RULE_TITLES = {
     "R1": "first",
     "R2": "required",
     "R3": "terminal",
@@ -56,6 +85,29 @@ RULES: dict[str, str] = {
     "R12": "well-formed",
     "R13": "error handling",
 }
+
+# Rule id -> title, for tables and metric labels.
+RULES: dict[str, str] = {r.value: r.title for r in Rule}
+
+
+class FrameKind(str, Enum):
+    """What a profile made of a frame that is not an agent event."""
+
+    CONTROL = "control"  # welcome, pong, heartbeat…: belongs to no run
+    PING = "ping"  # the server asks for a reply
+    ERROR = "error"  # a connection-level error (bad input, credentials, resume)
+    MALFORMED = "malformed"  # not a frame of this dialect (R12)
+    UNKNOWN = "unknown"  # a type the profile does not know, with `unknown_types: ignore`
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SessionError(str, Enum):
+    """Connection-level error codes that answer the session, never one chat's message (a map in the profile)."""
+
+    AUTH_FAILED = "auth_failed"  # the credentials were refused
+    RESUME_UNKNOWN = "resume_unknown"  # the server does not know the run a resume named
 
 
 @dataclass(slots=True)
@@ -77,6 +129,7 @@ class Event:
     span: tuple[str, str, str | None] | None = None
     server_time: Any = None
     bad_seq: Any = None  # a `seq` that is present but not an integer (an R7)
+    oversized: tuple[str, ...] = ()  # fields over the size limit, kept truncated (an R12)
 
     @property
     def terminal(self) -> bool:
@@ -85,21 +138,24 @@ class Event:
 
 @dataclass(slots=True, frozen=True)
 class Violation:
-    rule: str  # "R1" … "R13"
+    rule: Rule
     reason: str  # one line a person understands
     event_index: int | None = None  # index of the offending event in the chat's event list
 
     def __str__(self) -> str:
         where = f" (event #{self.event_index})" if self.event_index is not None else ""
-        return f"{self.rule} {RULES.get(self.rule, '')}: {self.reason}{where}"
+        return f"{self.rule} {RULES.get(self.rule, '')}: {self.reason}{where}"  # RULES: also a plain "R1" string
 
 
 @dataclass(slots=True)
 class Frame:
-    """What a profile made of one wire frame that is not an agent event."""
+    """What a profile made of one wire frame that is not an agent event, with the fields the rules read."""
 
-    kind: str  # "control" (welcome, pong, heartbeat…), "ping", "error" (connection-level error), "malformed"
+    kind: FrameKind
     wire_type: str | None = None
     error_code: str | None = None
     detail: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None  # the run an error names (a resume the server did not know)
+    user_id: str | None = None  # the user a welcome names
+    session_error: SessionError | None = None  # an error that answers the session, not a chat's message

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, error_result
-from .events import Event, Frame
+from .events import Event, Frame, FrameKind, SessionError
 from .profiles import Profile
 from .sinks import Sink
 
@@ -41,6 +41,8 @@ def lost_note_for(ended_note: str, can_resume: bool) -> str:
 WAKE_ALL = "*"
 # Shortest time between two answers to a server's pings (real servers ping every few seconds at most).
 PONG_INTERVAL = 0.5
+# Run ids a connection remembers the server did not know on resume (each at most MAX_ID_BYTES).
+MAX_RESUME_UNKNOWN = 256
 
 
 class FrameRouter:
@@ -73,27 +75,26 @@ class FrameRouter:
             self.answered = True
             return (chat.chat_id if chat is not None else WAKE_ALL), None
         kind = decoded.kind
-        if kind == "ping":
+        if kind is FrameKind.PING:
             # At most one reply per PONG_INTERVAL: a server flooding pings must not make the client flood back
             # (or pile up sends on a socket it never reads).
             if at - self.last_pong < PONG_INTERVAL:
                 return None, None
             self.last_pong = at
             return None, self.profile.ping_reply()
-        if kind == "control":
+        if kind is FrameKind.CONTROL:
             self.checker.welcome(decoded)
             self.answered = True
-        elif kind == "error":
-            code = decoded.error_code or ""
-            if code == "AUTH_FAILED":
+        elif kind is FrameKind.ERROR:
+            if decoded.session_error is SessionError.AUTH_FAILED:
                 self.auth_failed = decoded
                 self.answered = True
-            elif code == "RESUME_UNKNOWN_RUN":
-                rid = decoded.raw.get("run_id") or (decoded.raw.get("payload") or {}).get("run_id")
-                self.resume_unknown.add(str(rid) if rid else "*")
+            elif decoded.session_error is SessionError.RESUME_UNKNOWN:
+                if len(self.resume_unknown) < MAX_RESUME_UNKNOWN:  # a server flooding them stays bounded
+                    self.resume_unknown.add(decoded.run_id or "*")
             self.checker.on_error(decoded, at)
             return WAKE_ALL, None
-        elif kind == "malformed":
+        elif kind is FrameKind.MALFORMED:
             self.checker.on_malformed(decoded, at)
             return WAKE_ALL, None
         return None, None
@@ -117,7 +118,7 @@ class FrameRouter:
 
     def on_protocol_error(self, detail: str, at: float) -> None:
         """The transport closed because of what the server sent (oversized frame, bad UTF-8): an R12."""
-        self.checker.on_malformed(Frame("malformed", detail=detail), at)
+        self.checker.on_malformed(Frame(FrameKind.MALFORMED, detail=detail), at)
 
 
 # -- what a chat asks its I/O layer to do --
@@ -317,10 +318,9 @@ class ChatFlow:
         """The run ended, the deadline passed or the connection is gone for good: settle, then judge."""
         self._judge_resume()
         tracker = self.tracker
-        settle = self.options.settle
-        if tracker.done and settle > 0 and not link.closed:
+        if tracker.done and not link.closed:
             # Listen a little longer for late events (R3, R4, R7): an observation window, not a wait for a condition.
-            self._until = (tracker.terminal_at or now) + settle
+            self._until = verdict_due(tracker, self.options.settle)
             if now < self._until:
                 self.state = SETTLING
                 self._wait = Wait(self._until)
@@ -413,3 +413,51 @@ class ChatFlow:
         self.router.sink.chat_abandoned(self.router.scenario)
         self._finish(result)
         return result
+
+
+# -- chats the harness watches rather than plays (the proxy, recordings) --
+
+def verdict_due(tracker: ChatTracker, settle: float) -> float:
+    """When a chat is judged (clock time): `settle` after its terminal event, listening for late events (R3, R4, R7);
+    at once when its message was rejected (nothing more will come); else at its deadline. ChatFlow and
+    PassiveChats both time their verdicts by this."""
+    if tracker.done:
+        return tracker.terminal_at + settle if tracker.terminal_at is not None else float("-inf")
+    return tracker.wait_deadline()
+
+
+class PassiveChats:
+    """The chats of one connection the harness only watches (`chatprobe proxy`, a recording): each judged when its
+    verdict is due, or when the connection ends (the user leaving mid-run is an abandonment, the server closing is a
+    lost run). Pure: times come in as arguments; results go out as return values, never to a sink."""
+
+    def __init__(self, checker: ConnectionChecker, settle: float) -> None:
+        self.checker = checker
+        self.settle = settle
+
+    def due(self, now: float) -> list[ChatResult]:
+        """Judge every chat whose verdict is due at `now`."""
+        out = []
+        for chat in list(self.checker.chats):
+            if not chat.judged and now >= verdict_due(chat, self.settle):
+                out.append(chat.finish(now))
+        return out
+
+    def next_due(self) -> float | None:
+        """The earliest time a chat's verdict falls due, None when no chat waits for one."""
+        times = [verdict_due(c, self.settle) for c in self.checker.chats if not c.judged]
+        return min(times) if times else None
+
+    def closed(self, now: float, *, by_client: bool) -> list[tuple[ChatResult, bool]]:
+        """The connection ended: every chat not yet judged is, now; (result, abandoned by the client) pairs."""
+        out = []
+        for chat in self.checker.chats:
+            if chat.judged:
+                continue
+            if chat.done:
+                out.append((chat.finish(now), False))
+            elif by_client:
+                out.append((abandon(chat, now), True))
+            else:
+                out.append((chat.finish(now, lost=True, note="the server closed the connection mid-run"), False))
+        return out

@@ -51,7 +51,7 @@ class SyncSession:
         self.sink = sink
         self.connect_timeout = connect_timeout
         self.clock = clock
-        self.checker = ConnectionChecker(None)
+        self.checker = ConnectionChecker(target.tokens.subject(user_id), events_name_run=self.profile.events_name_run)
         self.router = FrameRouter(self.profile, self.checker, sink, scenario)
         self.conn: _Connection | None = None
         self.generation = 0

@@ -7,12 +7,13 @@ place where wire-format details live.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
-from .events import DEFAULT_REQUIRED, Event, Frame, Role
+from .events import DEFAULT_REQUIRED, Event, Frame, FrameKind, Role, SessionError
 from .yamlfile import builtin_names, load_builtin_or_file
 
 _MISSING = object()
@@ -59,6 +60,14 @@ class Fields(BaseModel):
     extra: dict[str, list[str]] = {}
 
 
+class SessionErrors(BaseModel):
+    """Error codes of a connection_error frame that answer the session rather than a chat's message."""
+
+    model_config = ConfigDict(extra="forbid")
+    auth_failed: list[str] = ["AUTH_FAILED"]  # the credentials were refused
+    resume_unknown: list[str] = ["RESUME_UNKNOWN_RUN"]  # a resume named a run the server does not know
+
+
 class Ping(BaseModel):
     model_config = ConfigDict(extra="forbid")
     types: list[str] = ["ping"]
@@ -89,6 +98,8 @@ class Profile(BaseModel):
     request: dict[str, Any]
     # Client frame types that start a run (what the proxy watches for); default: the request's own type.
     request_types: list[str] = []
+    # Client frame types that resume a run; default: the resume template's own type.
+    resume_types: list[str] = []
     resume: dict[str, Any] | None = None
     # Containers searched for each field, in order: "" is the frame's root.
     lookup: list[str] = [""]
@@ -104,12 +115,18 @@ class Profile(BaseModel):
     connection_error: list[str] = []
     # Error codes of a connection_error frame that never end a run, even when the frame names one.
     connection_error_codes: list[str] = ["AUTH_FAILED", "INVALID_MESSAGE", "RESUME_UNKNOWN_RUN"]
+    # Which of those codes mean "bad credentials" and "unknown run on resume".
+    session_errors: SessionErrors = SessionErrors()
     # Fields whose presence marks a frame as a welcome / control frame even when its type is unknown.
     spans: list[Span] = []
     required: list[Role] = list(DEFAULT_REQUIRED)
     thinking_before_tool: bool = True
+    # Every agent event of this dialect names its run (netra): one that names none is not this client's (R8).
+    events_name_run: bool = False
     # A terminal error is recoverable only when the recoverable field says so.
     auth_subprotocol: bool = True
+
+    _decoder: "Decoder" = PrivateAttr()
 
     @field_validator("lookup")
     @classmethod
@@ -151,10 +168,8 @@ class Profile(BaseModel):
                 span_types.add(t)
         return spans
 
-    @model_validator(mode="after")
-    def _check(self) -> "Profile":
-        self._compile()
-        return self
+    def model_post_init(self, __context: Any) -> None:
+        self._decoder = Decoder(self)
 
     @property
     def spans_must_close(self) -> frozenset[str]:
@@ -166,139 +181,21 @@ class Profile(BaseModel):
         """The transports this profile may be spoken over, its usual one first."""
         return list(self.transport) if isinstance(self.transport, list) else [self.transport]
 
-    # -- compiled lookup tables (built once; decode is the per-frame hot path) --
-    def _compile(self) -> None:
-        always: dict[str, Role] = {}
-        with_run: dict[str, Role] = {}
-        for role, matches in self.roles.items():
-            for m in matches:
-                if isinstance(m, str):
-                    always[m] = role
-                elif m.when == "run":
-                    with_run[m.type] = role
-                else:
-                    always[m.type] = role
-        span_of: dict[str, tuple[Span, str]] = {}
-        for span in self.spans:
-            for kind, names in (("open", span.open), ("inner", span.inner), ("close", span.close)):
-                for n in names:
-                    span_of[n] = (span, kind)
-        object.__setattr__(self, "_always", always)
-        object.__setattr__(self, "_with_run", with_run)
-        object.__setattr__(self, "_unmapped", frozenset(self.unmapped))
-        object.__setattr__(self, "_control", frozenset(self.control))
-        object.__setattr__(self, "_ping", frozenset(self.ping.types))
-        object.__setattr__(self, "_conn_error", frozenset(self.connection_error))
-        object.__setattr__(self, "_span_of", span_of)
-        object.__setattr__(self, "_containers", [c.split(".") if c else [] for c in self.lookup])
-        # Each field's names split once into plain keys (looked up in every container) and dotted paths.
-        compiled = {name: _split_names(getattr(self.fields, name)) for name in Fields.model_fields if name != "extra"}
-        compiled.update({name: _split_names(names) for name, names in self.fields.extra.items()})
-        object.__setattr__(self, "_names", compiled)
-
-    # -- field lookup (the per-frame hot path: containers resolved once per frame, names split once) --
-    def _scopes(self, frame: dict[str, Any]) -> list[dict[str, Any]]:
-        scopes = []
-        for path in self._containers:  # type: ignore[attr-defined]
-            container: Any = frame
-            for p in path:
-                container = container.get(p) if isinstance(container, dict) else None
-            if isinstance(container, dict):
-                scopes.append(container)
-        return scopes
-
-    @staticmethod
-    def _find(frame: dict[str, Any], scopes: list[dict[str, Any]], names: tuple[tuple[str, ...], tuple[list[str], ...]]) -> Any:
-        plain, dotted = names
-        for container in scopes:
-            for name in plain:
-                v = container.get(name)
-                if v is not None:
-                    return v
-        for path in dotted:
-            v: Any = frame
-            for p in path:
-                v = v.get(p) if isinstance(v, dict) else None
-            if v is not None:
-                return v
-        return None
-
-    def _get(self, frame: dict[str, Any], names: list[str]) -> Any:
-        return self._find(frame, self._scopes(frame), _split_names(names))
-
-    def field(self, frame: dict[str, Any], name: str) -> Any:
-        names = self._names.get(name)  # type: ignore[attr-defined]
-        if names is None:
-            return self._get(frame, [name])
-        return self._find(frame, self._scopes(frame), names)
-
-    # -- the one decode --
+    # -- the one decode (the compiled Decoder does the work) --
     def decode(self, text: str | bytes, received_at: float) -> Event | Frame:
-        if isinstance(text, (bytes, bytearray)):
-            return Frame("malformed", detail=f"binary frame of {len(text)} bytes where JSON text was expected")
-        try:
-            frame = json.loads(text)
-        except (ValueError, RecursionError):
-            return Frame("malformed", detail=f"not JSON: {text[:60]!r}")
-        return self.decode_obj(frame, received_at)
+        """One frame from the server: an agent event of some run, or a Frame (control, ping, error, malformed)."""
+        return self._decoder.decode(text, received_at)
 
     def decode_obj(self, frame: Any, received_at: float) -> Event | Frame:
-        if not isinstance(frame, dict):
-            return Frame("malformed", detail=f"a JSON {type(frame).__name__}, not an object")
-        n = self._names  # type: ignore[attr-defined]
-        scopes = self._scopes(frame)
-        find = self._find
-        wire_type = find(frame, scopes, n["type"])
-        if not isinstance(wire_type, str) or not wire_type:
-            return Frame("malformed", detail="JSON object without a 'type'", raw=frame)
-        if wire_type in self._ping:  # type: ignore[attr-defined]
-            return Frame("ping", wire_type=wire_type, raw=frame)
-        if wire_type in self._control:  # type: ignore[attr-defined]
-            return Frame("control", wire_type=wire_type, raw=frame)
-        run_id = find(frame, scopes, n["run_id"])
-        if wire_type in self._conn_error:  # type: ignore[attr-defined]
-            code = _str(find(frame, scopes, n["error_code"]))
-            # A connection-level answer (bad input, auth, resume) even when it names a run.
-            if run_id is None or code in self.connection_error_codes:
-                return Frame("error", wire_type=wire_type, error_code=code,
-                             detail=str(find(frame, scopes, n["error_message"]) or "")[:200], raw=frame)
-        role = self._always.get(wire_type)  # type: ignore[attr-defined]
-        if role is None and run_id is not None:
-            role = self._with_run.get(wire_type)  # type: ignore[attr-defined]
-        if role is None and wire_type not in self._unmapped:  # type: ignore[attr-defined]
-            if self.unknown_types == "violation":
-                return Frame("malformed", wire_type=wire_type, raw=frame,
-                             detail=f"type {wire_type[:60]!r} is not in profile {self.name!r} (add it to control or unmapped)")
-            return Frame("unknown", wire_type=wire_type, raw=frame)
-        seq = find(frame, scopes, n["seq"])
-        bad_seq = None
-        if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
-            bad_seq, seq = seq, None
-        ev = Event(
-            role=role,
-            wire_type=wire_type,
-            received_at=received_at,
-            run_id=_str(run_id),
-            thread_id=_str(find(frame, scopes, n["thread_id"])),
-            user_id=_str(find(frame, scopes, n["user_id"])),
-            message_id=_str(find(frame, scopes, n["message_id"])),
-            seq=seq,
-            bad_seq=bad_seq,
-            server_time=find(frame, scopes, n["timestamp"]),
-        )
-        if role is Role.TOOL_EXECUTING or role is Role.TOOL_COMPLETED or wire_type in self._span_of:  # type: ignore[attr-defined]
-            ev.tool_call_id = _str(find(frame, scopes, n["tool_call_id"]))
-            ev.tool_name = _str(find(frame, scopes, n["tool_name"]))
-        if role is Role.ERROR_EVENT:
-            ev.recoverable = find(frame, scopes, n["recoverable"]) is True
-        span = self._span_of.get(wire_type) or (self._span_of.get(role.value) if role else None)  # type: ignore[attr-defined]
-        if span is not None:
-            sp, kind = span
-            key = find(frame, scopes, n.get(sp.key) or _split_names([sp.key]))
-            if key is None and sp.key_fallback:
-                key = find(frame, scopes, n.get(sp.key_fallback) or _split_names([sp.key_fallback]))
-            ev.span = (sp.name, kind, _str(key))
-        return ev
+        return self._decoder.decode_obj(frame, received_at)
+
+    def decode_client(self, text: str | bytes) -> ClientFrame:
+        """One frame from the client (what the proxy and recordings see): a chat request, a resume, or other."""
+        return self._decoder.decode_client(text)
+
+    def field(self, frame: dict[str, Any], name: str) -> Any:
+        """A canonical field (`run_id`, …) of a decoded JSON frame, looked up as the profile says."""
+        return self._decoder.field(frame, name)
 
     # -- building what the client sends --
     def build_request(self, **values: Any) -> dict[str, Any]:
@@ -313,14 +210,216 @@ class Profile(BaseModel):
         return self.ping.reply
 
 
+# Longest id (run, thread, user, message, tool call, tool name, wire type) and server timestamp kept as sent; longer
+# ones are an R12 and kept truncated, so a server cannot make the harness hold megabytes per event.
+MAX_ID_BYTES = 1024
+MAX_TIME_BYTES = 64
+
+Names = tuple[tuple[str, ...], tuple[list[str], ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFrame:
+    """What a profile made of a frame the client sent: a chat request, a resume, or anything else."""
+
+    kind: Literal["request", "resume", "other", "malformed"]
+    wire_type: str | None = None
+    run_id: str | None = None
+    thread_id: str | None = None
+    message_id: str | None = None
+
+
+class Decoder:
+    """A profile compiled once into lookup tables for the per-frame hot path (decode and the field lookups)."""
+
+    __slots__ = ("profile", "always", "with_run", "unmapped", "control", "ping", "conn_error", "span_of",
+                 "containers", "names", "session_errors", "request_types", "resume_types")
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.always: dict[str, Role] = {}
+        self.with_run: dict[str, Role] = {}
+        for role, matches in profile.roles.items():
+            for m in matches:
+                if isinstance(m, str):
+                    self.always[m] = role
+                elif m.when == "run":
+                    self.with_run[m.type] = role
+                else:
+                    self.always[m.type] = role
+        self.span_of: dict[str, tuple[Span, str]] = {}
+        for span in profile.spans:
+            for kind, types in (("open", span.open), ("inner", span.inner), ("close", span.close)):
+                for t in types:
+                    self.span_of[t] = (span, kind)
+        self.unmapped = frozenset(profile.unmapped)
+        self.control = frozenset(profile.control)
+        self.ping = frozenset(profile.ping.types)
+        self.conn_error = frozenset(profile.connection_error)
+        self.containers = [c.split(".") if c else [] for c in profile.lookup]
+        # Each field's names split once into plain keys (looked up in every container) and dotted paths.
+        self.names: dict[str, Names] = {
+            name: _split_names(getattr(profile.fields, name)) for name in Fields.model_fields if name != "extra"}
+        self.names.update({name: _split_names(names) for name, names in profile.fields.extra.items()})
+        self.session_errors: dict[str, SessionError] = {}
+        for code in profile.session_errors.auth_failed:
+            self.session_errors[code] = SessionError.AUTH_FAILED
+        for code in profile.session_errors.resume_unknown:
+            self.session_errors[code] = SessionError.RESUME_UNKNOWN
+        request_type = self.find(profile.request, self.scopes(profile.request), self.names["type"])
+        self.request_types = frozenset(profile.request_types or ([request_type] if isinstance(request_type, str) else []))
+        resume_type = (self.find(profile.resume, self.scopes(profile.resume), self.names["type"])
+                       if profile.resume else None)
+        self.resume_types = frozenset(profile.resume_types or ([resume_type] if isinstance(resume_type, str) else []))
+
+    # -- field lookup: containers resolved once per frame, names split once --
+    def scopes(self, frame: dict[str, Any]) -> list[dict[str, Any]]:
+        scopes = []
+        for path in self.containers:
+            container: Any = frame
+            for p in path:
+                container = container.get(p) if isinstance(container, dict) else None
+            if isinstance(container, dict):
+                scopes.append(container)
+        return scopes
+
+    @staticmethod
+    def find(frame: dict[str, Any], scopes: list[dict[str, Any]], names: Names) -> Any:
+        plain, dotted = names
+        for container in scopes:
+            for name in plain:
+                v = container.get(name)
+                if v is not None:
+                    return v
+        for path in dotted:
+            v = frame
+            for p in path:
+                v = v.get(p) if isinstance(v, dict) else None
+            if v is not None:
+                return v
+        return None
+
+    def field(self, frame: dict[str, Any], name: str) -> Any:
+        names = self.names.get(name) or _split_names([name])
+        return self.find(frame, self.scopes(frame), names)
+
+    # -- frames from the server --
+    def decode(self, text: str | bytes, received_at: float) -> Event | Frame:
+        if isinstance(text, (bytes, bytearray)):
+            return Frame(FrameKind.MALFORMED, detail=f"binary frame of {len(text)} bytes where JSON text was expected")
+        try:
+            frame = json.loads(text)
+        except (ValueError, RecursionError):
+            return Frame(FrameKind.MALFORMED, detail=f"not JSON: {text[:60]!r}")
+        return self.decode_obj(frame, received_at)
+
+    def decode_obj(self, frame: Any, received_at: float) -> Event | Frame:
+        if not isinstance(frame, dict):
+            return Frame(FrameKind.MALFORMED, detail=f"a JSON {type(frame).__name__}, not an object")
+        n = self.names
+        scopes = self.scopes(frame)
+        find = self.find
+        wire_type = find(frame, scopes, n["type"])
+        if not isinstance(wire_type, str) or not wire_type:
+            return Frame(FrameKind.MALFORMED, detail="JSON object without a 'type'", raw=frame)
+        if len(wire_type) > MAX_ID_BYTES:
+            return Frame(FrameKind.MALFORMED, detail=f"type of {len(wire_type)} characters (over {MAX_ID_BYTES})")
+        if wire_type in self.ping:
+            return Frame(FrameKind.PING, wire_type=wire_type, raw=frame)
+        if wire_type in self.control:
+            return Frame(FrameKind.CONTROL, wire_type=wire_type, raw=frame,
+                         user_id=_id(find(frame, scopes, n["user_id"]))[0])
+        run_id = find(frame, scopes, n["run_id"])
+        profile = self.profile
+        if wire_type in self.conn_error:
+            code = _id(find(frame, scopes, n["error_code"]))[0]
+            # A connection-level answer (bad input, auth, resume) even when it names a run.
+            if run_id is None or code in profile.connection_error_codes:
+                return Frame(FrameKind.ERROR, wire_type=wire_type, error_code=code,
+                             detail=str(find(frame, scopes, n["error_message"]) or "")[:200], raw=frame,
+                             run_id=_id(run_id)[0], session_error=self.session_errors.get(code or ""))
+        role = self.always.get(wire_type)
+        if role is None and run_id is not None:
+            role = self.with_run.get(wire_type)
+        if role is None and wire_type not in self.unmapped:
+            if profile.unknown_types == "violation":
+                return Frame(FrameKind.MALFORMED, wire_type=wire_type, raw=frame,
+                             detail=f"type {wire_type[:60]!r} is not in profile {profile.name!r} (add it to control or unmapped)")
+            return Frame(FrameKind.UNKNOWN, wire_type=wire_type, raw=frame)
+        seq = find(frame, scopes, n["seq"])
+        bad_seq = None
+        if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+            bad_seq, seq = _id(seq)[0], None
+        oversized: list[str] = []
+        rid, thread_id, user_id, message_id = (
+            _id(run_id, "run_id", oversized)[0], _id(find(frame, scopes, n["thread_id"]), "thread_id", oversized)[0],
+            _id(find(frame, scopes, n["user_id"]), "user_id", oversized)[0],
+            _id(find(frame, scopes, n["message_id"]), "message_id", oversized)[0])
+        server_time = find(frame, scopes, n["timestamp"])
+        if server_time is not None and not isinstance(server_time, (int, float)):
+            server_time, _ = _id(server_time, "timestamp", oversized, MAX_TIME_BYTES)
+        ev = Event(role=role, wire_type=wire_type, received_at=received_at, run_id=rid, thread_id=thread_id,
+                   user_id=user_id, message_id=message_id, seq=seq, bad_seq=bad_seq, server_time=server_time)
+        if role is Role.TOOL_EXECUTING or role is Role.TOOL_COMPLETED or wire_type in self.span_of:
+            ev.tool_call_id = _id(find(frame, scopes, n["tool_call_id"]), "tool_call_id", oversized)[0]
+            ev.tool_name = _id(find(frame, scopes, n["tool_name"]), "tool_name", oversized)[0]
+        if role is Role.ERROR_EVENT:
+            ev.recoverable = find(frame, scopes, n["recoverable"]) is True
+        span = self.span_of.get(wire_type) or (self.span_of.get(role.value) if role else None)
+        if span is not None:
+            sp, kind = span
+            key = find(frame, scopes, n.get(sp.key) or _split_names([sp.key]))
+            if key is None and sp.key_fallback:
+                key = find(frame, scopes, n.get(sp.key_fallback) or _split_names([sp.key_fallback]))
+            ev.span = (sp.name, kind, _id(key, sp.key, oversized)[0])
+        if oversized:
+            ev.oversized = tuple(oversized)
+        return ev
+
+    # -- frames from the client --
+    def decode_client(self, text: str | bytes) -> ClientFrame:
+        if not isinstance(text, str):
+            return ClientFrame("malformed")
+        try:
+            frame = json.loads(text)
+        except (ValueError, RecursionError):
+            return ClientFrame("malformed")
+        if not isinstance(frame, dict):
+            return ClientFrame("malformed")
+        scopes = self.scopes(frame)
+        n = self.names
+        wire_type = _id(self.find(frame, scopes, n["type"]))[0]
+        kind: Literal["request", "resume", "other"] = (
+            "request" if wire_type in self.request_types else "resume" if wire_type in self.resume_types else "other")
+        if kind == "other":
+            return ClientFrame("other", wire_type)
+        return ClientFrame(kind, wire_type, run_id=_id(self.find(frame, scopes, n["run_id"]))[0],
+                           thread_id=_id(self.find(frame, scopes, n["thread_id"]))[0],
+                           message_id=_id(self.find(frame, scopes, n["message_id"]))[0])
+
+
+def _id(v: Any, name: str = "", oversized: list[str] | None = None, limit: int = MAX_ID_BYTES) -> tuple[str | None, bool]:
+    """A field as a string, cut to `limit` characters (then its name goes to `oversized`, an R12)."""
+    if v is None:
+        return None, False
+    text = v if isinstance(v, str) else str(v) if isinstance(v, (int, float, bool)) else _short_repr(v, limit)
+    if len(text) > limit:
+        if oversized is not None:
+            oversized.append(name)
+        return text[:limit] + "…", True
+    return text, False
+
+
+def _short_repr(v: Any, limit: int) -> str:
+    """A container where a scalar was expected: its JSON, cut to a little over the limit before it is built whole."""
+    try:
+        return json.dumps(v)[: limit + 1]
+    except (TypeError, ValueError, RecursionError):
+        return type(v).__name__
+
+
 def _split_names(names: list[str]) -> tuple[tuple[str, ...], tuple[list[str], ...]]:
     return tuple(x for x in names if "." not in x), tuple(x.split(".") for x in names if "." in x)
-
-
-def _str(v: Any) -> str | None:
-    if v is None:
-        return None
-    return v if isinstance(v, str) else str(v)
 
 
 def _fill(template: Any, values: dict[str, Any]) -> Any:

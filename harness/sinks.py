@@ -27,6 +27,11 @@ class Sink:
 
     def chat_abandoned(self, scenario: str) -> None: ...
 
+    def client_rejected(self, result: "ChatResult") -> None:
+        """A watched chat (the proxy) ended because the server rejected what the client sent: not one of the
+        server's outcomes. By default it is a verdict like any other."""
+        self.chat_finished(result)
+
     def connection_attempt(self, scenario: str, result: str) -> None: ...
 
     def reconnect(self, scenario: str, result: str) -> None: ...
@@ -53,6 +58,10 @@ class Fanout(Sink):
     def chat_abandoned(self, scenario: str) -> None:
         for s in self.sinks:
             s.chat_abandoned(scenario)
+
+    def client_rejected(self, result: "ChatResult") -> None:
+        for s in self.sinks:
+            s.client_rejected(result)
 
     def connection_attempt(self, scenario: str, result: str) -> None:
         for s in self.sinks:

@@ -96,6 +96,9 @@ class ChatMetrics:
         self.connections = counter("connections", "Connection attempts, by result.", ("result",))
         self.reconnects = counter("reconnects", "Reconnections and whether the flow continued.", ("result",))
         self.chats_abandoned = counter("chats_abandoned", "Chats the user left before the terminal event.")
+        self.client_rejections = counter(
+            "client_rejections", "Chats the server rejected because the client sent an invalid message "
+            "(proxy: the user's client, not the server, is at fault); not in chatprobe_chats_total.")
         self.chats_in_flight = Gauge(
             f"{PREFIX}_chats_in_flight", "Chats started and not yet judged.", c, registry=registry,
             multiprocess_mode="livesum",
@@ -218,6 +221,7 @@ class MetricsSink(Sink):
             m.event_delay.labels(*base, role)
         m.chats_missing_events.labels(*base)
         m.chats_abandoned.labels(*base)
+        m.client_rejections.labels(*base)
         m.chats_in_flight.labels(*base)
         m.time_to_first_event.labels(*base)
         m.chat_duration.labels(*base)
@@ -255,6 +259,11 @@ class MetricsSink(Sink):
 
     def chat_abandoned(self, scenario: str) -> None:
         self.metrics.chats_abandoned.labels(*self._base(scenario)).inc()
+
+    def client_rejected(self, result: ChatResult) -> None:
+        base = self._base(result.scenario)
+        self.metrics.chats_in_flight.labels(*base).dec()
+        self.metrics.client_rejections.labels(*base).inc()
 
     def connection_attempt(self, scenario: str, result: str) -> None:
         self.metrics.connections.labels(*self._base(scenario), _known(result, CONNECTION_RESULTS, "protocol_error")).inc()

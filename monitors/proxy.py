@@ -516,7 +516,13 @@ def main(argv: list[str] | None = None) -> int:
         profile = load_profile(args.profile)
         host, port = _hostport(args.listen, "--listen")
         mhost, mport = _hostport(args.metrics_listen, "--metrics-listen")
-        check_url(args.upstream, "--upstream", ("ws", "wss"))
+        upstream_parts = check_url(args.upstream, "--upstream", ("ws", "wss"))
+        # The upstream URL is this one's scheme, host, port and path plus each client's path and query: a query of
+        # its own would be silently replaced, and credentials belong in the clients' headers, not in argv.
+        if upstream_parts.query or upstream_parts.fragment:
+            raise ConfigError("--upstream: no query or fragment (each client's own query is forwarded)")
+        if upstream_parts.username is not None or upstream_parts.password is not None:
+            raise ConfigError("--upstream: no credentials in the URL (clients' Authorization headers are forwarded)")
         limits = {}
         for flag in ("first_event_limit", "deadline", "stall_limit", "settle", "send_timeout"):
             try:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 
 from harness.checker import ChatTracker, ConnectionChecker, Expectations, abandon
-from harness.events import Frame, Outcome, Role
+from harness.events import Frame, Outcome, Role, SessionError
+from harness.profiles import load_profile
 
 from .runs import EXP, ev, judge, rules, valid_run
 
@@ -337,4 +338,10 @@ def test_rejections_end_waiting_chats_oldest_first():
     conn.on_error(reject, 5.2)
     assert all(c.done for c in chats)
     assert {c.finish(6.0).error_kind for c in chats} == {"rejected"}
-    conn.on_error(Frame("error", wire_type="error_message", error_code="AUTH_FAILED"), 6.0)  # never a chat's
+    late = ChatTracker("c9", EXP, 6.0, message_id="m9")
+    conn.add(late)
+    # A session error (the profile decoded AUTH_FAILED as one) never ends a chat's message.
+    auth = load_profile("netra").decode('{"type": "error_message", "payload": {"error_code": "AUTH_FAILED"}}', 6.0)
+    assert isinstance(auth, Frame) and auth.session_error is SessionError.AUTH_FAILED
+    conn.on_error(auth, 6.1)
+    assert not late.done

@@ -135,8 +135,8 @@ class WatchedChats(LiveChats):
         super().__init__(*args, **kwargs)
         self.closed = asyncio.Event()
 
-    def connection_closed(self, checker, now, by_client):
-        super().connection_closed(checker, now, by_client)
+    def connection_closed(self, conn):
+        super().connection_closed(conn)
         self.closed.set()
 
 
@@ -224,8 +224,11 @@ async def test_a_rejected_message_is_judged_at_once_by_the_proxy():
         await client.connect()
         await client.transport.send({"type": "user_message", "payload": {"content": "", "message_id": "m-1"}})
         labels = dict(target="agentsim", scenario="live", source="live")
-        await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="error", **labels) == 1)
+        # The client's garbage is the client's doing: counted apart, never one of the server's outcomes (no SLO burn).
+        await until(lambda: sample(metrics, "chatprobe_client_rejections_total", **labels) == 1)
         assert sample(metrics, "chatprobe_chats_in_flight", **labels) == 0
+        assert sum(sample(metrics, "chatprobe_chats_total", outcome=o, **labels)
+                   for o in ("passed", "failed", "incomplete", "error")) == 0
         await client.close()
     finally:
         server.close()
@@ -347,4 +350,57 @@ async def test_an_upstream_frame_over_max_size_ends_only_that_connection():
     finally:
         server.close()
         upstream.close()
+        await sim.stop()
+
+
+# -- no false isolation alarms; another user's resume never changes a verdict --
+
+async def _raw_client(target: Target, user: str):
+    token = target.tokens.for_user(user)
+    ws = await websockets.asyncio.client.connect(target.url, additional_headers={"Authorization": f"Bearer {token}"},
+                                                 open_timeout=5, ping_interval=None)
+    async with asyncio.timeout(5):
+        welcome = json.loads(await ws.recv())
+    assert welcome["type"] == "connection_established"
+    return ws
+
+
+async def test_a_client_that_sends_no_thread_or_message_id_is_not_cross_talk():
+    sim, server, metrics, live, target = await setup()
+    try:
+        ws = await _raw_client(target, "erin")
+        await ws.send(json.dumps({"type": "user_message", "payload": {"content": "What is 2 * 2?"}}))
+        async with asyncio.timeout(10):
+            while json.loads(await ws.recv())["type"] != "agent_completed":
+                pass
+        await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="passed", **LIVE) == 1)
+        assert sample(metrics, "chatprobe_rule_violations_total", rule="R8", **LIVE) == 0
+        await ws.close()
+    finally:
+        server.close()
+        await sim.stop()
+
+
+async def test_another_users_resume_of_a_run_never_changes_its_verdict():
+    sim, server, metrics, live, target = await setup(faults=["drop:tool_completed=1.0"])
+    try:
+        alice = Session(target, "alice", "user", Recorder())
+        chat = asyncio.ensure_future(alice.chat("What is 3 * 3? #think=0.4 #tools=1", EXP))
+        await until(lambda: any(c.run_id and c.events for c in alice.checker.chats))
+        run_id = next(c.run_id for c in alice.checker.chats if c.run_id)
+        mallory = await _raw_client(target, "mallory")
+        await mallory.send(json.dumps({"type": "resume", "payload": {"run_id": run_id, "last_seq": 0}}))
+        async with asyncio.timeout(5):
+            reply = json.loads(await mallory.recv())
+        assert "RESUME_UNKNOWN_RUN" in json.dumps(reply), reply  # agentsim keeps run ids per user
+        await mallory.close()  # leaving must not abandon (or judge) alice's chat
+        result = await chat
+        await alice.close()
+        assert result.outcome is Outcome.FAILED
+        await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="failed", **LIVE) == 1)
+        assert sample(metrics, "chatprobe_chats_abandoned_total", **LIVE) == 0
+        assert sample(metrics, "chatprobe_chats_total", outcome="passed", **LIVE) == 0
+        assert sample(metrics, "chatprobe_reconnects_total", result="resumed", **LIVE) == 0
+    finally:
+        server.close()
         await sim.stop()

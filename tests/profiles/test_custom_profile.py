@@ -159,3 +159,44 @@ def test_builtin_agui_accepts_both_schemes_and_netra_only_websocket(tmp_path, ca
     # ag-ui over either: unreachable (exit 3), not a usage error.
     for url in ("http://127.0.0.1:9/agent", "ws://127.0.0.1:9/agent"):
         assert main(["run", "--target", url, "--profile", "ag-ui", str(scenario), "-q"]) == 3
+
+
+# -- every field a rule reads is the profile's: a user id named `uid` under `meta` still catches cross-talk (R8) --
+
+META_UID = ACME.replace("fields:\n", "fields:\n  user_id: [meta.uid]\n").replace("control: [hello]", "control: [hello]\nevents_name_run: true")
+
+
+def acme_run_with_user(request: dict, *, intruder: bool):
+    """acme's run, every event naming its user under meta.uid; with `intruder`, one event of another user's run."""
+    for frame in acme_run(request):
+        frame["meta"] = {"uid": "alice"}
+        yield frame
+        if intruder and frame["kind"] == "think":
+            yield {"kind": "chunk", "meta": {"uid": "mallory"}, "body": {"rid": "r-other", "conv": "c-other", "text": "hi"}}
+
+
+@pytest.mark.parametrize("intruder", [False, True])
+def test_cross_talk_is_caught_with_the_profiles_user_field(tmp_path, intruder):
+    server = WsServer(lambda r: acme_run_with_user(r, intruder=intruder), welcome={"kind": "hello", "meta": {"uid": "alice"}})
+    with InThread(server) as s:
+        code, doc = run_cli(tmp_path, s.url, META_UID)
+    chats = doc["scenarios"][0]["chats"]
+    if not intruder:
+        assert code == 0, doc
+        return
+    assert code == 1
+    assert all(any(v["rule"] == "R8" and "another user" in v["reason"] for v in c["violations"]) for c in chats)
+
+
+def test_an_event_naming_no_run_is_cross_talk_where_the_dialect_names_runs(tmp_path):
+    def script(request):
+        for frame in acme_run(request):
+            yield frame
+            if frame["kind"] == "begin":
+                yield {"kind": "chunk", "body": {"text": "whose is this?"}}  # no rid, no conv
+
+    with InThread(WsServer(script, welcome={"kind": "hello"})) as s:
+        code, doc = run_cli(tmp_path, s.url, META_UID)
+    assert code == 1
+    chats = doc["scenarios"][0]["chats"]
+    assert all(any(v["rule"] == "R8" and "no run" in v["reason"] for v in c["violations"]) for c in chats)
