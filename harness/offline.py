@@ -82,6 +82,7 @@ class OfflineCheck:
         self.conns: dict[str, _Conn] = {}
         self.open: dict[str, tuple[ChatTracker, _Conn]] = {}  # chats not judged yet, oldest first
         self.parked: dict[str, ChatTracker] = {}  # run id -> a chat whose connection ended mid-run
+        self.parked_wake = float("inf")  # no parked chat's deadline passes before this time
         self.untimed: set[str] = set()  # chats whose send or receive times are not recorded
         self.resumed: dict[str, int] = {}  # chat id -> its events when its resume was sent
         self.tally = Tally()
@@ -114,8 +115,8 @@ class OfflineCheck:
         conn.last_t = at
         direction = rec.direction
         if direction == "recv":
-            if rec.t is None:
-                conn.untimed = True
+            if rec.t is None and isinstance(rec.frame, str) and rec.frame.lstrip().startswith("{"):
+                conn.untimed = True  # a frame without its time (not junk, which carries no event anyway)
             self._received(conn, rec.frame, at)
         elif direction == "send":
             self._sent(conn, rec.frame, at)
@@ -150,7 +151,7 @@ class OfflineCheck:
         elif wake is not None and (entry := self.open.get(wake)) is not None:
             tracker = entry[0]
             if tracker.done:
-                conn.wake = min(conn.wake, (tracker.terminal_at if tracker.terminal_at is not None else at) + self.settle)
+                conn.wake = min(conn.wake, verdict_due(tracker, self.settle))
 
     @staticmethod
     def _adopt(checker: ConnectionChecker, ev: Event) -> bool:
@@ -225,8 +226,10 @@ class OfflineCheck:
         conn.wake = wake
 
     def _judge_parked(self, at: float) -> None:
-        if not self.parked:
+        if at < self.parked_wake:
             return
+        self.parked_wake = min((c.wait_deadline() for c in self.parked.values() if c.wait_deadline() > at),
+                               default=float("inf"))
         for run_id, chat in list(self.parked.items()):
             if at >= chat.wait_deadline():
                 del self.parked[run_id]
@@ -254,6 +257,7 @@ class OfflineCheck:
                 self._judge_resume(chat)
                 self.open.pop(chat.chat_id, None)
                 self.parked[chat.run_id] = chat
+                self.parked_wake = min(self.parked_wake, chat.wait_deadline())
             else:
                 self._finish(chat, at, lost=True, note=note)
 

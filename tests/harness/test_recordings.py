@@ -92,6 +92,7 @@ def test_a_non_json_line_is_an_r12_on_the_chat_it_falls_in(tmp_path):
     [chat] = run.results
     assert chat.outcome is Outcome.FAILED and [v.rule for v in chat.violations] == ["R12"]
     assert "not JSON" in chat.violations[0].reason and not run.passed
+    assert chat.time_to_first_event == pytest.approx(0.1)  # a junk line has no time, the frames around it do
 
 
 def test_a_line_over_the_limit_is_an_r12_and_is_skipped_in_bounded_memory(tmp_path):
@@ -172,7 +173,8 @@ def test_times_from_the_recording_judge_first_event_stall_and_deadline(tmp_path)
 def test_a_connection_ending_mid_run_then_resumed_on_another(tmp_path):
     run_events = netra_run("r1", 100.0, "a")
     recs = [send(100.0, "a"), *run_events[:2], {"t": 100.2, "dir": "close", "conn": "a"},
-            {"t": 100.3, "dir": "send", "conn": "b", "frame": {"type": "resume", "payload": {"run_id": "r1", "last_seq": 2}}},
+            {"t": 100.3, "dir": "send", "conn": "b",
+             "frame": {"type": "resume", "payload": {"run_id": "r1", "last_seq": 2}}},
             *[dict(r, conn="b") for r in run_events[2:]]]
     [run] = check_files([write_jsonl(tmp_path / "r.jsonl", recs)], NETRA, SC)
     [chat] = run.results
@@ -299,7 +301,8 @@ def test_har_with_a_huge_string_or_deep_nesting_is_refused_in_bounded_memory(tmp
         tracemalloc.stop()
     assert peak < 8 << 20, f"peak {peak} bytes"
     [chat] = run.results
-    assert [v.rule for v in chat.violations] == ["R12"] and "longer than the 1048576 byte limit" in chat.violations[0].reason
+    assert [v.rule for v in chat.violations] == ["R12"]
+    assert "longer than the 1048576 byte limit" in chat.violations[0].reason
 
     deep = tmp_path / "deep.har"
     deep.write_text('{"log": {"entries": [{"x": ' + "[" * 200_000 + "]" * 200_000 + "}]}}")
