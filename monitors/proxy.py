@@ -276,7 +276,7 @@ class Proxy:
             if 400 <= status <= 599 and status in HTTPStatus._value2member_map_:
                 return conn.respond(HTTPStatus(status), f"upstream answered HTTP {status}\n")
             return conn.respond(HTTPStatus.BAD_GATEWAY, f"upstream answered HTTP {status}\n")
-        except Exception as exc:  # noqa: BLE001 - whatever stops the upstream handshake is a 502, classified
+        except Exception as exc:
             self.live.sink.connection_attempt(self.live.scenario, classify(exc)[0])
             return conn.respond(HTTPStatus.BAD_GATEWAY, "upstream unreachable\n")
         conn.upstream = upstream  # type: ignore[attr-defined]

@@ -526,3 +526,30 @@ async def test_a_fast_writer_facing_a_slow_reader_does_not_pile_up_frames(tmp_pa
         if client is not None:
             client.transport.abort()
         upstream.close()
+
+
+# -- flags --
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--max-connections", "0"], "--max-connections '0'"),
+    (["--max-connections", "lots"], "--max-connections 'lots'"),
+    (["--max-connections", "9" * 400], "--max-connections '9999"),
+    (["--max-connections", "1000000"], "open-file limit"),  # more than the limit carries: refused up front
+    (["--max-connections-per-ip", "-1"], "--max-connections-per-ip"),
+    (["--trusted-proxy", "10.0.0.0/33"], "--trusted-proxy '10.0.0.0/33'"),
+    (["--trusted-proxy", "lb.example"], "--trusted-proxy 'lb.example'"),
+    (["--ping-interval", "soon"], "--ping-interval"),
+    (["--ping-interval", "9" * 400], "--ping-interval"),
+    (["--ping-timeout", "2h"], "--ping-timeout: at most 3600s"),
+    (["--ping-timeout", "0"], "--ping-timeout: must be more than 0"),
+    (["--upstream", "ws://127.0.0.1:1/ws?token=s3cret"], "--upstream: no query"),
+    (["--upstream", "ws://user:s3cret@127.0.0.1:1/ws"], "--upstream: no credentials"),
+])
+def test_bad_front_door_flags_exit_2_with_one_line(capsys, flags, needle):
+    from monitors.proxy import main
+
+    args = ["--upstream", "ws://127.0.0.1:1/ws", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *flags]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "s3cret" not in err
