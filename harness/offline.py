@@ -77,7 +77,8 @@ class OfflineCheck:
         self.sink = sink or Sink()
         self.exp: Expectations = scenario.expectations(profile)
         self.settle = scenario.expect.settle
-        self.request_types = set(profile.request_types or [profile.request.get("type")])
+        self.request_types: set[str | None] = (set(profile.request_types) if profile.request_types
+                                               else {profile.request.get("type")})
         self.resume_type = (profile.resume or {}).get("type")
         self.conns: dict[str, _Conn] = {}
         self.open: dict[str, tuple[ChatTracker, _Conn]] = {}  # chats not judged yet, oldest first

@@ -99,7 +99,7 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
             if not head.strip():
                 raise RecordingError(f"{p}: the recording is empty")
             kind = fmt or detect_format(head)
-            stream = _Prefixed(head, f)
+            stream = io.BufferedReader(_Prefixed(head, f), CHUNK)
             if kind == "jsonl":
                 yield from read_jsonl(stream, p.name, max_frame)
             elif kind == "sse":
@@ -137,16 +137,15 @@ class _Prefixed(io.RawIOBase):
 def _lines(f: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None]]:
     """(line number, line without its end) for each line, or (number, None) for a line over `limit` bytes
     (skipped in pieces: never more than `limit` bytes held)."""
-    reader = f if isinstance(f, io.BufferedIOBase) else io.BufferedReader(f, CHUNK)  # type: ignore[arg-type]
     n = 0
     while True:
-        line = reader.readline(limit + 1)
+        line = f.readline(limit + 1)
         if not line:
             return
         n += 1
         if len(line) > limit and not line.endswith(b"\n"):
             while line and not line.endswith(b"\n"):
-                line = reader.readline(CHUNK)
+                line = f.readline(CHUNK)
             yield n, None
             continue
         yield n, line.rstrip(b"\r\n")
