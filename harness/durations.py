@@ -23,7 +23,7 @@ def _shown(value: Any) -> str:
 def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         # ValueError, not TypeError: pydantic turns only ValueError into a validation error (file:line:field).
-        raise ValueError("a duration like 2s, 250ms or 1.5 is needed, not a boolean")  # noqa: TRY004
+        raise ValueError("a duration like 2s, 250ms or 1.5 is needed, not a boolean")
     try:
         if isinstance(value, (int, float)):
             seconds = float(value)

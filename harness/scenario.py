@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -19,7 +22,7 @@ from pydantic import (
 )
 from pydantic import Strict as StrictType
 
-from .checker import ExpectError, Expectations
+from .checker import Expectations, ExpectError
 from .durations import Seconds
 from .events import Role
 from .flow import ChatOptions
@@ -34,15 +37,35 @@ class Strict(BaseModel):
 
 
 # Numbers and switches as YAML writes them, never coerced: `users: true` is a mistake, not 1 user; `reconnect: 1`
-# is not a boolean; an objective must be a finite number (NaN passes or fails every comparison silently).
+# is not a boolean; an objective must be a finite number (NaN passes or fails every comparison silently) and
+# a ratio a share from 0 to 1.
 Int = Annotated[int, StrictType()]
 Bool = Annotated[bool, StrictType()]
-Count = Annotated[float, StrictType(), Field(ge=0, allow_inf_nan=False)]
-Ratio = Annotated[float, StrictType(), Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+def _plain_number(value: Any) -> Any:
+    # A number written as text ("0.05", 1e3 in YAML 1.1) is still a number; a boolean never is (pydantic makes
+    # `true` 1.0). NaN is refused here, before the range checks would call it "not >= 0". ValueError, not
+    # TypeError: pydantic reports only ValueError as the field's error.
+    if isinstance(value, bool):
+        raise ValueError("a number is needed, not a boolean")
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value  # not a number at all: pydantic says so
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValueError(f"{str(value)[:40]} is not a finite number")
+    return value
+
+
+Count = Annotated[float, BeforeValidator(_plain_number), Field(ge=0, allow_inf_nan=False)]
+Ratio = Annotated[float, BeforeValidator(_plain_number), Field(ge=0, le=1, allow_inf_nan=False)]
 
 
 class Expect(Strict):
-    """Per-chat expectations; any left out come from the profile and PROTOCOL.md's defaults."""
+    """Per-chat expectations; any left out come from the profile and docs/protocol.md's defaults."""
 
     required: list[Role] | None = None
     streaming: Bool = False  # adds partial_result to the required roles
@@ -83,7 +106,7 @@ def _step_kind(v: Any) -> str | None:
 
 
 Step = Annotated[
-    Union[Annotated[ChatStepWrapper, Tag("chat")], Annotated[RawStep, Tag("send_raw")]],
+    Annotated[ChatStepWrapper, Tag("chat")] | Annotated[RawStep, Tag("send_raw")],
     Discriminator(_step_kind, custom_error_type="step", custom_error_message="a step is either `chat:` or `send_raw:`"),
 ]
 

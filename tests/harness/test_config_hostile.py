@@ -185,9 +185,10 @@ def test_possible_objectives_are_still_accepted_as_numbers_and_durations():
     scenario = load_scenario("basic")
     got = apply_overrides(scenario, ["missing_events_ratio.max=0.05", "passed_ratio.min=0", "violations.max=3",
                                      "time_to_first_event.p95=1.5s", "chat_duration.p99=250ms",
-                                     "error_ratio.max=1"]).objectives
+                                     "error_ratio.max=1", "passed_ratio.max=1e0"]).objectives
     assert got.missing_events_ratio.max == 0.05 and got.passed_ratio.min == 0 and got.violations.max == 3
     assert got.time_to_first_event.p95 == 1.5 and got.chat_duration.p99 == 0.25 and got.error_ratio.max == 1
+    assert got.passed_ratio.max == 1  # 1e0 is text in YAML 1.1, and still a number
     assert Objectives().passed_ratio.min == 1.0  # the defaults themselves pass the checks
 
 
@@ -196,11 +197,12 @@ def test_boundary_values_in_a_file_are_accepted(tmp_path):
     path.write_text(yaml.safe_dump({
         "name": "edge", "users": 1, "chats_per_user": 100000, "reconnect": False,
         "objectives": {"missing_events_ratio": {"max": 0}, "passed_ratio": {"min": 1, "max": 1},
-                       "violations": {"max": 0}, "error_ratio": {"max": 1.0},
+                       "violations": {"max": 0}, "error_ratio": {"max": "0.05"},
                        "time_to_first_event": {"p95": "2s"}},
     }))
     scenario = load_scenario(str(path))
     assert scenario.users == 1 and scenario.objectives.passed_ratio.min == 1.0
+    assert scenario.objectives.error_ratio.max == 0.05  # a quoted number is still a number (a boolean is not)
 
 
 def test_without_libyaml_deep_nesting_is_still_refused(tmp_path, monkeypatch):
