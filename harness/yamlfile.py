@@ -72,7 +72,7 @@ _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _path_text(parts: list[Any]) -> str:
-    shown = ".".join(str(p) for p in parts[:4])
+    shown = ".".join(str(p)[:40] for p in parts[:4])  # a key may be a megabyte long
     return shown + ("…" if len(parts) > 4 else "") or "(top level)"
 
 
