@@ -158,7 +158,7 @@ def build() -> dash_m.Dashboard:
         _timeseries(
             "Missing-events ratio",
             "Share of chats that ended without a role their scenario requires; ChatEventsMissing pages above the "
-            "5% line (over 5 m, for 5 m, with at least 3 chats/min).",
+            "5% line (over 5 m, for 5 m, with at least 3 chats/min; docs/metrics.md#chateventsmissing).",
             [_query(
                 f"sum by (target, scenario) (rate(chatprobe_chats_missing_events_total{{{SEL}}}[5m]))\n/\n"
                 f"sum by (target, scenario) (rate(chatprobe_chats_total{{{SEL}}}[5m]))",
@@ -233,8 +233,8 @@ def build() -> dash_m.Dashboard:
         ),
         _stat(
             "Isolation breaches (R8)",
-            "Events of a run this client did not start, over the selected time range: cross-talk between users, "
-            "a security failure. ChatEventIsolationBreach is critical on the first one.",
+            "Events of a run this client did not start (R8, docs/protocol.md#r8-isolation), over the selected time "
+            "range: cross-talk between users, a security failure. ChatEventIsolationBreach is critical on the first one.",
             _query(
                 f'sum(increase(chatprobe_rule_violations_total{{{SEL},rule="R8"}}[$__range])) or vector(0)', "R8"
             ),
@@ -302,7 +302,7 @@ def build() -> dash_m.Dashboard:
         builder = builder.with_row(dash_b.Row(title).id(next_id))
         next_id += 1
         for panel in panels:
-            builder = builder.with_panel(panel.id(next_id))
+            builder = builder.with_panel(panel.id(next_id))  # type: ignore[attr-defined]
             next_id += 1
     return builder.build()
 
