@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.checker import ChatResult
-from harness.events import Event, Outcome, Role, Violation
+from harness.events import Event, Outcome, Role, Rule, Violation
 from monitors import metrics as metrics_module
 from monitors.metrics import (
     MAX_SCENARIOS,
@@ -70,7 +70,7 @@ def _result(
     events.insert(1, _event(None, sent + 0.5))  # a wire type with no role: never counted
     return ChatResult(
         chat_id=CHAT_ID, scenario=scenario, outcome=outcome,
-        violations=[Violation(r, f"broken in run {RUN_ID} token {TOKEN}", 0) for r in rules],
+        violations=[Violation(Rule(r), f"broken in run {RUN_ID} token {TOKEN}", 0) for r in rules],
         missing=list(missing), events=events, sent_at=sent, time_to_first_event=ttfe, duration=duration,
         event_delays={e.role: e.received_at - sent for e in events if e.role is not None},
         run_id=RUN_ID, thread_id=THREAD_ID, error=f"token={TOKEN}", error_kind="auth_failed",
@@ -121,7 +121,9 @@ def test_chat_finished_records_every_part_of_the_verdict():
     sink.event_received("basic", _event(Role.AGENT_STARTED, 1.0))  # a no-op: counted from the verdict
     sink.chat_finished(_result(Outcome.FAILED, missing=(Role.TOOL_COMPLETED, Role.AGENT_THINKING),
                                rules=("R2", "R8", "R8"), ttfe=2.5, duration=7.0))
-    v = lambda name, **kw: _value(reg, name, scenario="basic", **kw)
+    def v(name, **kw):
+        return _value(reg, name, scenario="basic", **kw)
+
     assert v("chatprobe_chats_total", outcome="failed") == 1
     assert v("chatprobe_chats_missing_events_total") == 1
     assert v("chatprobe_missing_events_total", event="tool_completed") == 1
