@@ -1,4 +1,4 @@
-"""Every chatprobe metric of METRICS.md, declared once, and the sink that records harness results into them.
+"""Every chatprobe metric of docs/metrics.md, declared once, and the sink that records harness results into them.
 
 `ChatMetrics(registry)` builds the whole set on one registry (a fresh one per `/probe`, like blackbox_exporter);
 `default_metrics()` is the process-wide set on prometheus_client's default registry.

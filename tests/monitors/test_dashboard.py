@@ -79,7 +79,7 @@ def test_every_dashboard_query_uses_only_defined_metrics(board):
         assert names, expr
         assert names <= known, f"unknown metric in {expr!r}: {names - known}"
         used |= names
-    # every metric of METRICS.md (except the /probe ones) has a panel
+    # every metric of docs/metrics.md (except the /probe and proxy front-door ones) has a panel
     for name in ("chatprobe_chats_total", "chatprobe_chats_missing_events_total", "chatprobe_missing_events_total",
                  "chatprobe_events_total", "chatprobe_rule_violations_total",
                  "chatprobe_time_to_first_event_seconds_bucket", "chatprobe_chat_duration_seconds_bucket",
