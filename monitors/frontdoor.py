@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from websockets.asyncio.server import ServerConnection
+
 log = logging.getLogger("chatprobe.proxy")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -22,8 +24,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 REFUSAL_REASONS = ("bad_request", "over_capacity", "per_address_limit")
 # Every proxied connection holds two file descriptors (the client's socket and the upstream's). Out of the
 # open-file limit, this many plus a tenth stay free for handshakes in progress, refusals being answered, /metrics,
-# logs and the interpreter itself.
+# logs and the interpreter itself ...
 HEADROOM_FDS = 32
+# ... and one accept batch: asyncio accepts up to its listen backlog (100) of sockets in one go before any of them
+# can be looked at, so a burst from one address takes that many descriptors for a moment before it is cut.
+ACCEPT_BATCH = 100
 # With no open-file limit at all, memory is the bound: see the per-connection byte budget in proxy.py.
 UNLIMITED_DEFAULT_CONNECTIONS = 10000
 # One client address may take this share of --max-connections by default (nginx's limit_conn has no default;
@@ -126,7 +131,7 @@ def connections_for_fds(nofile: int | None) -> int:
     """The most proxied connections `nofile` descriptors carry with headroom (0 when it carries none)."""
     if nofile is None:
         return UNLIMITED_DEFAULT_CONNECTIONS
-    return max(0, (nofile - HEADROOM_FDS - nofile // 10) // 2)
+    return max(0, (nofile - HEADROOM_FDS - ACCEPT_BATCH - nofile // 10) // 2)
 
 
 def default_per_address(max_connections: int) -> int:
@@ -231,6 +236,8 @@ class FrontDoor:
     throttle: Throttled = field(default_factory=Throttled)
     _holders: set[asyncio.Task[None]] = field(default_factory=set)
     admitted: set[Any] = field(default_factory=set)  # client connections holding a slot (to cut at shutdown)
+    sockets: dict[str, int] = field(default_factory=dict)  # open sockets by untrusted peer, handshake or not
+    sink: Any = None  # where socket-level refusals are counted (start_proxy sets it)
 
     def __post_init__(self) -> None:
         self.slots = ConnectionSlots(self.max_connections, self.max_per_address)
@@ -294,6 +301,55 @@ class FrontDoor:
         metrics = getattr(sink, "metrics", None)
         if metrics is not None and hasattr(metrics, "proxy_connections"):
             metrics.proxy_connections.labels(sink.target, sink.source).inc(delta)
+
+    @property
+    def max_sockets_per_address(self) -> int:
+        """Sockets one untrusted peer may hold, handshakes included: twice its connection share, so a client at its
+        share still gets a clean 503, while a flood of sockets that never finish a handshake (each one a file
+        descriptor until the handshake times out) is cut at accept and cannot starve everyone else."""
+        return 2 * self.max_per_address
+
+    def socket_opened(self, peername: Any) -> str | None:
+        """A socket accepted from `peername`: the key it counts under, "" if not counted (a trusted proxy), or None
+        if the peer is over its socket share (cut it)."""
+        ip = parse_ip(peername[0] if isinstance(peername, tuple) and peername else None)
+        if ip is None or _trusted(ip, self.trusted):
+            return ""
+        key = limit_key(ip)
+        held = self.sockets.get(key, 0)
+        if held >= self.max_sockets_per_address:
+            self.refuse(self.sink, "per_address_limit", key)
+            return None
+        self.sockets[key] = held + 1
+        return key
+
+    def socket_closed(self, key: str | None) -> None:
+        if key:
+            held = self.sockets.get(key, 0)
+            if held <= 1:
+                self.sockets.pop(key, None)
+            else:
+                self.sockets[key] = held - 1
+
+    def connection_class(self) -> type[ServerConnection]:
+        """websockets' ServerConnection, counting each socket per peer from accept to close (see socket_opened)."""
+        door = self
+
+        class CountedConnection(ServerConnection):
+            door_key: str | None = None
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                super().connection_made(transport)
+                self.door_key = door.socket_opened(transport.get_extra_info("peername"))
+                if self.door_key is None and isinstance(transport, asyncio.Transport):
+                    transport.abort()
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                door.socket_closed(self.door_key)
+                self.door_key = None
+                super().connection_lost(exc)
+
+        return CountedConnection
 
     def cut_all(self) -> None:
         """Abort every admitted connection and its upstream, at once (the end of a shutdown's grace period)."""

@@ -162,11 +162,11 @@ class LiveConnection:
             self._by_id = {c.chat_id: c for c in self.checker.chats}
             live.sink.chat_started(live.scenario)
         elif frame.kind == "resume":
-            tracker = live.resumed(self.identity, frame.run_id)
-            if tracker is not None:
-                self.checker.add(tracker)
-                self._by_id[tracker.chat_id] = tracker
-                tracker.reconnected(True)
+            resumed = live.resumed(self.identity, frame.run_id)
+            if resumed is not None:
+                self.checker.add(resumed)
+                self._by_id[resumed.chat_id] = resumed
+                resumed.reconnected(True)
                 live.sink.reconnect(live.scenario, "resumed")
 
     def server_frame(self, text: str | bytes, now: float) -> None:
@@ -471,6 +471,7 @@ async def start_proxy(proxy: Proxy, host: str, port: int, door: FrontDoor | None
     `door` sets the connection caps and keepalive (default: caps from the open-file limit, pings every 20s)."""
     proxy.door = door or proxy.door or FrontDoor.defaults()
     proxy.door.init_metrics(proxy.live.sink)
+    proxy.door.sink = proxy.live.sink
     install_accept_errors(asyncio.get_running_loop(), proxy.door.throttle)
 
     async def handle(client: ServerConnection) -> None:
@@ -480,7 +481,8 @@ async def start_proxy(proxy: Proxy, host: str, port: int, door: FrontDoor | None
     return await serve(handle, host, port, process_request=proxy.process_request,
                        select_subprotocol=proxy.select_subprotocol, compression=None, max_size=proxy.max_size,
                        max_queue=MAX_QUEUE, write_limit=WRITE_LIMIT, ping_interval=proxy.door.ping_interval,
-                       ping_timeout=proxy.door.ping_timeout, close_timeout=CLOSE_TIMEOUT)
+                       ping_timeout=proxy.door.ping_timeout, close_timeout=CLOSE_TIMEOUT,
+                       create_connection=proxy.door.connection_class())
 
 
 # On SIGTERM, connections get 1001 and this long to finish closing; then they are cut. (websockets' close() waits

@@ -382,7 +382,7 @@ def fds_of(pid: int) -> int:
 async def test_one_address_cannot_take_every_slot_under_a_low_open_file_limit(tmp_path):
     sim, tokens = await start_sim()
     upstream = sim.url.rsplit("/", 1)[0]
-    nofile = 128
+    nofile = 256
     conns = []
     try:
         async with proxy_process(upstream, tmp_path, nofile) as (port, pid, err_path, line):
@@ -421,23 +421,65 @@ async def test_one_address_cannot_take_every_slot_under_a_low_open_file_limit(tm
         await sim.stop()
 
 
+def closed_by_peer(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+
+
+async def test_one_address_flooding_sockets_that_never_handshake_cannot_exhaust_descriptors(tmp_path):
+    """Slowloris from one address: 300 sockets that send nothing. Past its socket share (twice its connection
+    share) each is cut at accept, so the proxy never runs out of descriptors and others still chat."""
+    sim, tokens = await start_sim()
+    upstream = sim.url.rsplit("/", 1)[0]
+    raw: list[socket.socket] = []
+    try:
+        async with proxy_process(upstream, tmp_path, 256) as (port, pid, err_path, line):
+            per = int(re.search(r"(\d+) per client address", line).group(1))
+
+            def flood() -> None:
+                for _ in range(300):
+                    raw.append(socket.create_connection(("127.0.0.1", port), timeout=5,
+                                                        source_address=("127.0.0.3", 0)))
+
+            await asyncio.wait_for(asyncio.to_thread(flood), 30)
+            # The proxy has dealt with every one of them: all but its share were cut.
+            await until(lambda: sum(not closed_by_peer(s) for s in raw) <= 2 * per, timeout=20)
+            assert fds_of(pid) < 64
+            async with await open_ws(port, tokens.for_user("alice"), "127.0.0.2") as alice:
+                assert await chat_on(alice) == "agent_completed"
+        err = err_path.read_text()
+        assert "Traceback" not in err and "file descriptors" not in err, err
+        assert sum("127.0.0.3" in ln for ln in err.splitlines()) == 1, err  # one line a minute, not one a socket
+    finally:
+        for s in raw:
+            s.close()
+        await sim.stop()
+
+
 async def test_running_out_of_file_descriptors_is_one_line_and_the_open_connections_go_on(tmp_path):
     sim, tokens = await start_sim()
     upstream = sim.url.rsplit("/", 1)[0]
     raw: list[socket.socket] = []
     try:
-        async with proxy_process(upstream, tmp_path, 128) as (port, pid, err_path, _):
+        async with proxy_process(upstream, tmp_path, 256) as (port, pid, err_path, _):
             alice = await open_ws(port, tokens.for_user("alice"), "127.0.0.2")
 
             def flood() -> None:
                 # Connections that never send a request: each takes a descriptor until the handshake times out.
-                # Once the proxy holds all 128, a few more wait in the listen backlog, where accept() fails.
+                # Once the proxy holds all 256, a few more wait in the listen backlog, where accept() fails.
+                # Each from its own address (one address is cut at a few sockets, see the test above).
                 extra = 0
                 while extra < 10:
                     assert len(raw) < 400, "the proxy never ran out of descriptors"
+                    source = f"127.0.{1 + len(raw) // 200}.{10 + len(raw) % 200}"
                     raw.append(socket.create_connection(("127.0.0.1", port), timeout=5,
-                                                        source_address=("127.0.0.3", 0)))
-                    if extra or fds_of(pid) >= 128:
+                                                        source_address=(source, 0)))
+                    if extra or fds_of(pid) >= 256:
                         extra += 1
 
             await asyncio.wait_for(asyncio.to_thread(flood), 30)
