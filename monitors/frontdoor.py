@@ -250,11 +250,16 @@ class FrontDoor:
         return cls(total, per, **overrides)
 
     # -- admission --
-    def refuse(self, sink: Any, reason: str, peer: str | None = None) -> None:
-        """Count a refusal (`chatprobe_proxy_refused_connections_total{reason}`) and say so, a line a minute."""
+    @staticmethod
+    def count_refusal(sink: Any, reason: str) -> None:
+        """`chatprobe_proxy_refused_connections_total{reason}` + 1."""
         metrics = getattr(sink, "metrics", None)
         if metrics is not None and hasattr(metrics, "proxy_refused"):
             metrics.proxy_refused.labels(sink.target, sink.source, reason).inc()
+
+    def refuse(self, sink: Any, reason: str, peer: str | None = None) -> None:
+        """Count a refusal and say so, a line a minute."""
+        self.count_refusal(sink, reason)
         if reason == "bad_request":
             self.throttle.warn(reason, "answered 400 to a request target that is not a plain path (from %s): the "
                                "proxy only ever connects to --upstream", peer or "unknown")
@@ -318,7 +323,9 @@ class FrontDoor:
         key = limit_key(ip)
         held = self.sockets.get(key, 0)
         if held >= self.max_sockets_per_address:
-            self.refuse(self.sink, "per_address_limit", key)
+            self.count_refusal(self.sink, "per_address_limit")
+            self.throttle.warn("sockets", "cut sockets from %s at accept: it holds %d (twice "
+                               "--max-connections-per-ip), most of them not even through the handshake", key, held)
             return None
         self.sockets[key] = held + 1
         return key

@@ -252,6 +252,11 @@ async def test_per_address_and_total_caps_answer_503_and_count_why():
         kept.pop(0).close()  # one of 127.0.0.1's goes: its slot comes back
         await until(lambda: held(metrics) == 4)
         assert await attempt("127.0.0.4") == 101
+        # Sockets that never send a request count too: past twice the share, one address's are cut at accept.
+        before = refused(metrics, "per_address_limit")
+        for _ in range(6):
+            kept.append((await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.7", 0)))[1])
+        await until(lambda: refused(metrics, "per_address_limit") == before + 2)
     finally:
         for w in kept:
             w.close()
