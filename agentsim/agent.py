@@ -102,7 +102,7 @@ def parse_directives(content: str) -> tuple[Directives, str]:
 class Step:
     role: str
     delay: float
-    build: Callable[[dict], dict]
+    build: Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
@@ -168,7 +168,7 @@ def build_script(content: str, message_id: str, think: Latency, tool_latency: La
         add(Step("tool_executing", 0.0, executing))
         add(Step("tool_completed", sample(tool_latency, rng), completed))
         if fail:
-            add(Step("agent_error", 0.0, lambda ctx, call=call, call_id=call_id: {
+            add(Step("agent_error", 0.0, lambda ctx, call=call, call_id=call_id: {  # type: ignore[misc]
                 "error_message": f"tool {call.tool_name} ({call_id}) failed; continuing without it",
                 "error_type": "ToolExecutionError", "is_recoverable": True, "severity": "warning"}))
     if calls:
@@ -182,7 +182,7 @@ def build_script(content: str, message_id: str, think: Latency, tool_latency: La
         return ctx["answer"]
 
     for k in range(d.chunks):
-        add(Step("partial_result", 0.0, lambda ctx, k=k: {
+        add(Step("partial_result", 0.0, lambda ctx, k=k: {  # type: ignore[misc]
             "content": _chunks(answer(ctx), d.chunks)[k], "is_complete": k == d.chunks - 1}))
     add(Step("agent_completed", 0.0, lambda ctx: {
         "result": answer(ctx), "duration_ms": round((time.monotonic() - ctx["t0"]) * 1000.0, 3)}))

@@ -152,11 +152,11 @@ def _parse_fault(text: str) -> FaultSpec:
         left, rate_text = src.split("=", 1)
     else:
         raise FaultSpecError(f"{src!r}: missing rate (write NAME=RATE or NAME=VALUE@RATE)")
-    name, _, arg = left.partition(":")
+    name, _, arg_text = left.partition(":")
     name = name.strip().lower().replace("-", "_")
     name = ALIASES.get(name, name)
     original_name = left.partition(":")[0].strip().lower()
-    arg = arg.strip() or None
+    arg: str | None = arg_text.strip() or None
     if not _NAME_RE.match(name) or name not in FAULTS:
         raise FaultSpecError(f"{src!r}: unknown fault {name!r} (known: {', '.join(FAULTS)})")
     arg_kind, value_kind, default = FAULTS[name]
@@ -185,7 +185,7 @@ def _parse_fault(text: str) -> FaultSpec:
             raise FaultSpecError(f"{src!r}: unknown event role {arg!r} (known: {', '.join(WIRE_ROLES)})")
     if isinstance(arg_kind, tuple):
         if arg is None:
-            arg = default  # type: ignore[assignment]
+            arg = str(default) if default is not None else None
         elif arg not in arg_kind:
             raise FaultSpecError(f"{src!r}: {name} kind must be one of {', '.join(arg_kind)}")
 

@@ -25,6 +25,7 @@ import jwt
 import jwt.warnings
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from .agent import build_script, parse_latency
 from .faults import FaultSpec, PlannedFault, parse_fault, plan_run_faults
@@ -142,7 +143,7 @@ class GroundTruth:
 
     def __init__(self, path: str | None) -> None:
         # Open for the server's whole life, closed by close(): no single block to put a `with` around.
-        self._file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self._file = open(path, "a", encoding="utf-8") if path else None
 
     @property
     def enabled(self) -> bool:
@@ -248,7 +249,7 @@ class AgentSim:
             self.config.host,
             self.config.port,
             process_request=self._process_request,
-            select_subprotocol=lambda conn, protos: "jwt-auth" if "jwt-auth" in protos else None,
+            select_subprotocol=lambda conn, protos: Subprotocol("jwt-auth") if "jwt-auth" in protos else None,
             max_size=self.config.max_size,
             compression="deflate" if self.config.compression else None,
             logger=ws_logger,
@@ -578,7 +579,7 @@ class AgentSim:
                 delay = step.delay
                 for pf in here:
                     if pf.spec.name == "delay_first":
-                        delay += float(pf.spec.value)
+                        delay += float(pf.spec.value or 0)
                         self._fault_record(run, pf, run.last_seq + 1, duration=pf.spec.value)
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -647,7 +648,7 @@ class AgentSim:
         name = pf.spec.name
         if name == "stall":
             self._fault_record(run, pf, seq, duration=pf.spec.value)
-            await asyncio.sleep(float(pf.spec.value))
+            await asyncio.sleep(float(pf.spec.value or 0))
         elif name == "close":
             conns = list(run.subscribers)
             self._fault_record(run, pf, seq, connection_ids=[c.connection_id for c in conns])
@@ -662,16 +663,17 @@ class AgentSim:
                     task.add_done_callback(self._tasks.discard)
         elif name in ("malformed", "oversized"):
             if name == "oversized":
-                size = int(pf.spec.value)
+                size = int(pf.spec.value or 0)
                 head = '{"type":"system_message","data":{"event":"oversized","padding":"'
                 data: str | bytes = head + "x" * max(0, size - len(head) - 3) + '"}}'
             else:
-                data = {
+                malformed: dict[str, str | bytes] = {
                     "notjson": '{"type": "agent_thinking", "payload": {"thought": unterminated',
                     "binary": b"\x00\xffagentsim binary frame\x00",
                     "notype": json.dumps({"payload": {"note": "agentsim malformed frame: no type"}}),
                     "unknowntype": json.dumps({"type": "zz_agentsim_unknown", "payload": {}}),
-                }[pf.spec.arg or "notjson"]
+                }
+                data = malformed[pf.spec.arg or "notjson"]
             conns = list(run.subscribers)
             self._fault_record(run, pf, seq, connection_ids=[c.connection_id for c in conns])
             for conn in conns:
@@ -759,7 +761,7 @@ def run_in_thread(config: SimConfig | None = None, timeout: float = 10.0) -> Thr
             box["stop"] = stop_event
             try:
                 await sim.start()
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, which raises it
+            except BaseException as exc:
                 box["error"] = exc
                 ready.set()
                 return

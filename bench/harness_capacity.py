@@ -21,10 +21,10 @@ sys.path.insert(0, str(ROOT))
 from bench.harness_throughput import start_sim  # noqa: E402
 from harness.checker import Expectations  # noqa: E402
 from harness.client import Session  # noqa: E402
-from harness.targets import Target  # noqa: E402
 from harness.events import DEFAULT_REQUIRED  # noqa: E402
 from harness.profiles import load_profile  # noqa: E402
 from harness.sinks import Sink  # noqa: E402
+from harness.targets import Target  # noqa: E402
 
 
 def rss_mib() -> float:

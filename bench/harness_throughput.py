@@ -24,10 +24,10 @@ import websockets
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.targets import Target  # noqa: E402
 from harness.profiles import load_profile  # noqa: E402
 from harness.runner import run_scenario  # noqa: E402
 from harness.scenario import Scenario  # noqa: E402
+from harness.targets import Target  # noqa: E402
 
 MESSAGE = "what is 6*7"
 

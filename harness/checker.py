@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
-from .events import Event, Frame, Outcome, Role, Rule, SessionError, Violation
+from .events import Event, Frame, Outcome, Role, Rule, Violation
 
 # Judged chats a connection remembers for late events; older ones are forgotten (bounded memory).
 KEEP_FINISHED = 64
@@ -67,9 +68,9 @@ class ChatResult:
     def passed(self) -> bool:
         return self.outcome is Outcome.PASSED
 
-    def rule_counts(self) -> Counter:
+    def rule_counts(self) -> Counter[str]:
         """Violations by rule id, the listed ones and those past the listing cap."""
-        counts = Counter(v.rule for v in self.violations)
+        counts: Counter[str] = Counter(v.rule.value for v in self.violations)
         counts.update(self.violations_not_listed)
         return counts
 
@@ -227,7 +228,8 @@ class ChatTracker:
 
         if self.terminal_index is not None:
             if ev.terminal:
-                self._flag(Rule.R3, f"second terminal event {_name(ev)} (the run already ended at event #{self.terminal_index})", idx)
+                self._flag(Rule.R3, f"second terminal event {_name(ev)} "
+                                    f"(the run already ended at event #{self.terminal_index})", idx)
             else:
                 self._flag(Rule.R4, f"{_name(ev)} after the terminal event #{self.terminal_index}", idx)
             return
@@ -398,12 +400,14 @@ class ChatTracker:
 
         if terminal is None:
             if self.events and now - self.last_at > exp.stall_limit and not lost:
-                violations.append(Violation(Rule.R11, f"{now - self.last_at:.3f}s without an event, over the {exp.stall_limit:g}s stall limit", index))
+                violations.append(Violation(Rule.R11, f"{now - self.last_at:.3f}s without an event, over the "
+                                                      f"{exp.stall_limit:g}s stall limit", index))
             if lost:
                 reason = note or "connection lost and the run could not be resumed"
                 outcome = Outcome.INCOMPLETE
             else:
-                violations.append(Violation(Rule.R10, f"no terminal event within {exp.deadline:g}s ({self.n_events} events received)", index))
+                violations.append(Violation(Rule.R10, f"no terminal event within {exp.deadline:g}s "
+                                                      f"({self.n_events} events received)", index))
                 outcome = Outcome.INCOMPLETE
                 reason = note
             return self._make(outcome, violations, missing, now, reason)
@@ -595,4 +599,5 @@ def abandon(tracker: ChatTracker, now: float) -> ChatResult:
     if tracker._result is not None:
         return tracker._result
     outcome = Outcome.FAILED if tracker.violations else Outcome.PASSED
-    return tracker._make(outcome, list(tracker.violations), [], now, f"abandoned by the client after {len(tracker.events)} events")
+    return tracker._make(outcome, list(tracker.violations), [], now,
+                         f"abandoned by the client after {len(tracker.events)} events")

@@ -19,6 +19,7 @@ from typing import NoReturn
 from rich.console import Console
 
 from .durations import parse_duration
+from .events import Outcome
 from .report import LiveView, print_summary, write_html, write_json, write_junit
 from .results import ExitCode, ScenarioRun, exit_code
 from .runner import run_scenario
@@ -148,7 +149,7 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
             runs.append(run)
             if not args.quiet and not console.is_terminal:
                 st = run.stats
-                console.print(f"{scenario.name}: {st.chats} chats, {st.outcomes['passed']} passed, "
+                console.print(f"{scenario.name}: {st.chats} chats, {st.outcomes[Outcome.PASSED]} passed, "
                               f"{'objectives met' if run.passed else 'OBJECTIVES FAILED'} in {run.elapsed:.1f}s")
     print_summary(console, runs)
     for flag, path, write in (("--json", args.json, write_json), ("--junit", args.junit, write_junit),

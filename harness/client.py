@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .checker import ChatResult, ConnectionChecker, Expectations
-from .flow import DEFAULTS, ChatOptions, WAKE_ALL, ChatFlow, Close, Connect, Drop, FrameRouter, Reconnect, Send, Wait
-from .profiles import Profile
+from .flow import DEFAULTS, WAKE_ALL, ChatFlow, ChatOptions, Close, Connect, Drop, FrameRouter, Reconnect, Send, Wait
 from .sinks import Sink
 from .targets import Target
 from .transports import ConnectFailed, Transport, make_transport
@@ -177,15 +176,14 @@ class Session:
         try:
             while True:
                 action = flow.next(clock(), self)
-                kind = type(action)
-                if kind is Wait:
+                if isinstance(action, Wait):
                     wake.clear()
                     try:
                         async with asyncio.timeout(action.until - clock()):
                             await wake.wait()
                     except TimeoutError:
                         pass
-                elif kind is Send:
+                elif isinstance(action, Send):
                     self._send_failure = None
                     sent = await self._safe_send(action.frame)
                     if sent and action.what == "message" and self.transport is not None and self.transport.connects_on_send:
@@ -193,7 +191,7 @@ class Session:
                         self.sink.connection_attempt(self.scenario, "ok")
                     failure = self._send_failure
                     flow.sent(sent, failure.kind if failure else None, str(failure) if failure else "")
-                elif kind is Connect:
+                elif isinstance(action, Connect):
                     try:
                         async with self._lock:  # chats in parallel share one connection: only the first one opens it
                             if self.closed:
@@ -202,11 +200,11 @@ class Session:
                         flow.connect_failed(exc.kind, str(exc))
                     else:
                         flow.connected()
-                elif kind is Reconnect:
+                elif isinstance(action, Reconnect):
                     flow.reconnected(await self._reconnect(action.generation))
-                elif kind is Drop:
+                elif isinstance(action, Drop):
                     await self._drop_on_purpose()
-                elif kind is Close:
+                elif isinstance(action, Close):
                     if self.transport is not None:
                         await self.transport.close()
                 else:

@@ -62,7 +62,8 @@ class Rule(str, Enum):
         return self.value
 
     @property
-    def title(self) -> str:
+    def caption(self) -> str:
+        """The rule's short name: "first", "required", "isolation"…"""
         return _RULE_TITLES[self.value]
 
     @property
@@ -87,7 +88,7 @@ _RULE_TITLES = {
 }
 
 # Rule id -> title, for tables and metric labels.
-RULES: dict[str, str] = {r.value: r.title for r in Rule}
+RULES: dict[str, str] = {r.value: r.caption for r in Rule}
 
 
 class FrameKind(str, Enum):

@@ -3,10 +3,11 @@
 """
 from __future__ import annotations
 
+import enum
 import itertools
 import uuid
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, error_result
 from .events import Event, Frame, FrameKind, SessionError
@@ -26,7 +27,7 @@ def new_tracker(expectations: Expectations, scenario: str, now: float, client_ru
     )
 
 
-def resume_frame(profile: Profile, tracker: ChatTracker) -> dict | None:
+def resume_frame(profile: Profile, tracker: ChatTracker) -> dict[str, Any] | None:
     """The frame that resumes a chat's run after a reconnect, or None when it cannot be resumed."""
     if profile.resume is None or tracker.run_id is None:
         return None
@@ -66,7 +67,7 @@ class FrameRouter:
         self.answered = False
         self.auth_failed = None
 
-    def on_frame(self, message: str | bytes, at: float) -> tuple[str | None, dict | None]:
+    def on_frame(self, message: str | bytes, at: float) -> tuple[str | None, dict[str, Any] | None]:
         """(whom to wake, what to send back) for one received frame."""
         decoded = self.profile.decode(message, at)
         if isinstance(decoded, Event):
@@ -171,9 +172,14 @@ class Link(Protocol):
     """The connection as the I/O layer sees it: which one it is (a new generation on every connect) and whether it
     ended; `ended_note` says why it ended when the transport knows (a truncated event stream)."""
 
-    generation: int
-    closed: bool
-    ended_note: str
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def ended_note(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +199,27 @@ class ChatOptions:
 DEFAULTS = ChatOptions()
 
 # States of a ChatFlow.
-NEW, CONNECTING, CONNECTED, SENDING, FOLLOWING, RECONNECTING, RESUMING, ABANDONING, ENDING, SETTLING, FINISHED = range(11)
+class ChatState(enum.IntEnum):
+    """Where a ChatFlow is in a chat's life (named, so an error says "state SENDING", not "state 3")."""
+
+    NEW = 0
+    CONNECTING = 1
+    CONNECTED = 2
+    SENDING = 3
+    FOLLOWING = 4
+    RECONNECTING = 5
+    RESUMING = 6
+    ABANDONING = 7
+    ENDING = 8
+    SETTLING = 9
+    FINISHED = 10
+
+    def __str__(self) -> str:
+        return self.name
+
+
+(NEW, CONNECTING, CONNECTED, SENDING, FOLLOWING, RECONNECTING, RESUMING, ABANDONING, ENDING, SETTLING,
+ FINISHED) = tuple(ChatState)
 
 STOPPED_NOTE = "stopped by the load generator before the chat ended"
 
@@ -212,12 +238,14 @@ class ChatFlow:
         self.router, self.tracker, self.frame, self.options = router, tracker, frame, options
         self.probe = probe  # an invalid-input probe: the answer is an error_message on an open connection (R13)
         self.chat_id = tracker.chat_id
-        self.state, self.result = NEW, None
+        self.state: ChatState = NEW
+        self.result: ChatResult | None = None
         self.generation = self.reconnects = 0  # the connection the chat is on; reconnects so far
         self.dropped_on_purpose = False
         self.events_at_reconnect: int | None = None  # events when the last resume was sent, until it is judged
         self.lost_note = ""
-        self._until, self._wait = 0.0, None
+        self._until = 0.0
+        self._wait = Wait(0.0)
 
     @classmethod
     def chat(cls, router: FrameRouter, content: str, expectations: Expectations, *, user_id: str, now: float,
@@ -383,7 +411,7 @@ class ChatFlow:
         self.router.sink.reconnect(self.router.scenario, "lost")
         self.state = ENDING
 
-    def _expect(self, state: int) -> None:
+    def _expect(self, state: ChatState) -> None:
         if self.state != state:
             raise RuntimeError(f"ChatFlow: outcome reported in state {self.state}, expected {state}")
 

@@ -9,15 +9,28 @@ import json
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from .checker import ChatResult, ConnectionChecker, Expectations
-from .targets import Target
-from .flow import DEFAULTS, ChatOptions, STOPPED_NOTE, ChatFlow, Close, Connect, Drop, FrameRouter, Reconnect, Send, Wait
+from .flow import (
+    DEFAULTS,
+    STOPPED_NOTE,
+    ChatFlow,
+    ChatOptions,
+    Close,
+    Connect,
+    Drop,
+    FrameRouter,
+    Reconnect,
+    Send,
+    Wait,
+)
 from .sinks import Sink
+from .targets import Target
 from .transports import ConnectFailed, ConnectSettings
 from .transports.websocket import classify, handshake_options, record_close
 
@@ -210,14 +223,13 @@ class SyncSession:
                 with cond:
                     seen = self._ticks
                     action = flow.next(clock(), self)
-                kind = type(action)
-                if kind is Wait:
+                if isinstance(action, Wait):
                     self._wait(seen, action.until - clock())
-                elif kind is Send:
+                elif isinstance(action, Send):
                     sent = self._send(action.frame)
                     with cond:
                         flow.sent(sent)
-                elif kind is Connect:
+                elif isinstance(action, Connect):
                     try:
                         self._ensure_connected()
                     except ConnectFailed as exc:
@@ -226,14 +238,14 @@ class SyncSession:
                     else:
                         with cond:
                             flow.connected()
-                elif kind is Reconnect:
+                elif isinstance(action, Reconnect):
                     reconnected = self._reconnect(action.generation)
                     with cond:
                         flow.reconnected(reconnected)
-                elif kind is Drop:
+                elif isinstance(action, Drop):
                     if self.conn is not None and not self.closed:
                         self._drop(self.conn)
-                elif kind is Close:
+                elif isinstance(action, Close):
                     self.close()
                 else:
                     return action.result

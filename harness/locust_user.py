@@ -20,18 +20,18 @@ failed, 3 the target was unreachable.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 import itertools
 import logging
 import sys
 import time
 import uuid
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import gevent
 import gevent.pool
-from locust import stats as locust_stats
 from locust import User, constant, events, task
+from locust import stats as locust_stats
 from locust.runners import MasterRunner, WorkerRunner
 from rich.console import Console
 
@@ -40,6 +40,7 @@ from .events import RULES, Outcome
 from .gevent_client import SyncSession
 from .results import ExitCode, ScenarioRun, exit_code
 from .scenario import ChatCall, RawCall, Scenario, builtin_scenarios, load_scenario
+from .sinks import Sink
 from .stats import Tally, evaluate
 from .targets import Target, TargetOptions, make_target, read_token
 from .yamlfile import ConfigError
@@ -77,7 +78,7 @@ class _Run:
         self.environment = environment
         self.scenario: Scenario | None = None
         self.target: Target | None = None
-        self.metrics_sink = None
+        self.metrics_sink: Sink = Sink()  # the chatprobe metrics once a scenario is loaded
         self.tally = Tally()  # single process: the whole run; worker: since the last report; master: merged
         self.by_worker: Counter = Counter()  # master: chats each worker reported
         self.started = time.monotonic()
@@ -99,7 +100,7 @@ class _Run:
                 raise ConfigError(f"--host {exc.detail} (the Locust user speaks WebSocket)", field="url",
                                   detail=exc.detail) from None
             raise
-        if self.metrics_sink is None or self.target is None or self.target.name != target.name:
+        if self.target is None or self.target.name != target.name:
             from monitors.metrics import MetricsSink, default_metrics
 
             self.metrics_sink = MetricsSink(default_metrics(), target.name, "load")
@@ -263,7 +264,7 @@ class ChatUser(User):
         if run.scenario is None:
             run.load()
         assert run.scenario is not None and run.target is not None
-        self.run = run
+        self.chatprobe = run
         worker = max(getattr(self.environment.runner, "worker_index", 0), 0)
         user_id = f"{run.user_prefix}-w{worker}-u{next(_user_numbers)}"
         self.session = SyncSession(run.target, user_id, run.scenario.name, run.metrics_sink,
@@ -277,7 +278,7 @@ class ChatUser(User):
         call = call or self.script.chat()
         t0 = time.monotonic()
         result = self.session.chat(call.content, call.expectations, call.options)
-        self.run.record(result, time.monotonic() - t0)
+        self.chatprobe.record(result, time.monotonic() - t0)
 
     @task
     def play(self) -> None:
@@ -288,7 +289,7 @@ class ChatUser(User):
             elif isinstance(item, RawCall):
                 t0 = time.monotonic()
                 result = self.session.send_invalid(item.raw, item.expectations)
-                self.run.record(result, time.monotonic() - t0)
+                self.chatprobe.record(result, time.monotonic() - t0)
             else:
                 pool = gevent.pool.Pool(item.parallel)
                 try:

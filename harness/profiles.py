@@ -199,12 +199,14 @@ class Profile(BaseModel):
 
     # -- building what the client sends --
     def build_request(self, **values: Any) -> dict[str, Any]:
-        return _fill(self.request, values)
+        filled: dict[str, Any] = _fill(self.request, values)
+        return filled
 
     def build_resume(self, run_id: str, last_seq: int) -> dict[str, Any] | None:
         if self.resume is None:
             return None
-        return _fill(self.resume, {"run_id": run_id, "last_seq": last_seq})
+        filled: dict[str, Any] = _fill(self.resume, {"run_id": run_id, "last_seq": last_seq})
+        return filled
 
     def ping_reply(self) -> dict[str, Any] | None:
         return self.ping.reply
@@ -445,7 +447,7 @@ def _fill(template: Any, values: dict[str, Any]) -> Any:
     return template
 
 
-class _Blank(dict):
+class _Blank(dict[str, Any]):
     def __missing__(self, key: str) -> str:
         return ""
 

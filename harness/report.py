@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import re
-import socket
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from rich.console import Console
@@ -79,7 +80,7 @@ class LiveView(Sink):
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.outcomes: Counter = Counter()
+        self.outcomes: Counter[str] = Counter()
         self.events = 0
         self.started = 0
         self.scenario = ""
@@ -93,9 +94,10 @@ class LiveView(Sink):
             self._live.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if self._live is not None:
-            self._live.__exit__(*exc)
+            self._live.__exit__(exc_type, exc, tb)
 
     def _render(self) -> Text:
         done = sum(self.outcomes.values())
@@ -208,7 +210,8 @@ def run_to_dict(run: ScenarioRun, include_chats: bool = True) -> dict[str, Any]:
     }
     if include_chats:
         d["chats"] = [r.to_dict() for r in run.results]
-    return json_safe(d)
+    safe: dict[str, Any] = json_safe(d)
+    return safe
 
 
 def _version() -> str:
@@ -296,7 +299,7 @@ def write_junit(path: str, runs: list[ScenarioRun]) -> None:
     n_failures = sum(1 for e, ok in verdicts.values() if not e and not ok)
     root = ET.Element("testsuites", name="chatprobe", tests=str(len(runs)), failures=str(n_failures),
                       errors=str(n_errors), time=f"{sum(r.elapsed for r in runs):.3f}")
-    host = _c(socket.gethostname(), 255) or "localhost"
+    host = _c(platform.node(), 255) or "localhost"
     for i, (target, truns) in enumerate(groups.items()):
         cls = f"chatprobe.{_classname(target)}"
         errors = sum(1 for r in truns if verdicts[id(r)][0])

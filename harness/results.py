@@ -1,9 +1,10 @@
 """A scenario's run as every sink and driver sees it, and the one mapping from verdicts to a process exit code."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from .checker import ChatResult
 from .events import Outcome

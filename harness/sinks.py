@@ -5,7 +5,8 @@ handed in from outside, so harness/ never imports monitors/.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .checker import ChatResult

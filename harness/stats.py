@@ -36,14 +36,14 @@ class ObjectiveResult:
 @dataclass
 class ScenarioStats:
     chats: int = 0
-    outcomes: Counter = field(default_factory=Counter)
+    outcomes: Counter[Outcome] = field(default_factory=Counter)
     missing_chats: int = 0
-    missing_roles: Counter = field(default_factory=Counter)
-    violations: Counter = field(default_factory=Counter)
+    missing_roles: Counter[Role] = field(default_factory=Counter)
+    violations: Counter[str] = field(default_factory=Counter)
     ttfe: dict[str, float | None] = field(default_factory=dict)
     duration: dict[str, float | None] = field(default_factory=dict)
     events: int = 0
-    error_kinds: Counter = field(default_factory=Counter)  # error_kind of chats with outcome error
+    error_kinds: Counter[str] = field(default_factory=Counter)  # error_kind of chats with outcome error
 
     @property
     def judged(self) -> int:
@@ -95,11 +95,11 @@ class Tally:
     """
 
     chats: int = 0
-    outcomes: Counter = field(default_factory=Counter)  # Outcome -> chats
-    error_kinds: Counter = field(default_factory=Counter)  # error_kind of chats with outcome error
+    outcomes: Counter[Outcome] = field(default_factory=Counter)  # Outcome -> chats
+    error_kinds: Counter[str] = field(default_factory=Counter)  # error_kind of chats with outcome error
     missing_chats: int = 0
-    missing_roles: Counter = field(default_factory=Counter)  # Role -> chats missing it
-    violations: Counter = field(default_factory=Counter)  # rule id -> violations
+    missing_roles: Counter[Role] = field(default_factory=Counter)  # Role -> chats missing it
+    violations: Counter[str] = field(default_factory=Counter)  # rule id -> violations
     events: int = 0
     ttfe: list[float] = field(default_factory=list)
     duration: list[float] = field(default_factory=list)

@@ -11,9 +11,10 @@ import os
 import secrets
 import ssl
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
 from . import redact
@@ -195,7 +196,7 @@ def read_token(opts: TargetOptions) -> TokenProvider:
             value = os.environ.get(var)
             if not value:
                 raise option_error(option, f"{var}: the variable is not set or empty")
-            return TokenProvider(**{kind: value})
+            return TokenProvider(token=value) if kind == "token" else TokenProvider(jwt_secret=value)
     return TokenProvider()
 
 

@@ -89,7 +89,7 @@ def _check_events(text: str, path: str) -> None:
             continue
         if not isinstance(event, yaml.NodeEvent):
             continue
-        line = event.start_mark.line + 1
+        line = event.start_mark.line + 1 if event.start_mark is not None else 0
         if stack:
             top = stack[-1]
             if top[0] and top[1] % 2 == 0:  # a mapping's key

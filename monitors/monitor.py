@@ -13,20 +13,30 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from harness.targets import (Target, TargetOptions, TokenProvider, add_target_args, embedded_sim, make_target,
-                             options_from_args, read_token)
 from harness.durations import Seconds, parse_duration
+from harness.events import Outcome
+from harness.profiles import load_profile
 from harness.results import ScenarioRun
 from harness.runner import run_scenario
 from harness.scenario import Scenario, load_scenario
-from harness.profiles import load_profile
+from harness.targets import (
+    Target,
+    TargetOptions,
+    TokenProvider,
+    add_target_args,
+    embedded_sim,
+    make_target,
+    options_from_args,
+    read_token,
+)
 from harness.yamlfile import ConfigError, line_of, load_model
 
 from . import httpserver
@@ -261,9 +271,9 @@ class Monitor:
     async def round(self) -> list[tuple[Probe, ScenarioRun | None]]:
         """Every probe once, concurrently."""
         runs = await asyncio.gather(*(self.run_probe(p, self.sinks[p.target.name]) for p in self.probes))
-        for probe, run in zip(self.probes, runs):
+        for probe, run in zip(self.probes, runs, strict=True):
             self._note(probe, run)
-        return list(zip(self.probes, runs))
+        return list(zip(self.probes, runs, strict=True))
 
     def _note(self, probe: Probe, run: ScenarioRun | None) -> None:
         """Log a probe's verdict when it changes, not every round: a daemon's log stays readable for months."""
@@ -324,7 +334,7 @@ def verdict(run: ScenarioRun | None) -> str:
 
 def describe(run: ScenarioRun) -> str:
     st = run.stats
-    text = f"{verdict(run)}: {st.chats} chats, {st.outcomes['passed']} passed"
+    text = f"{verdict(run)}: {st.chats} chats, {st.outcomes[Outcome.PASSED]} passed"
     if run.unreachable:
         text += f" ({run.results[0].error_kind}: {run.results[0].error})"
     elif not run.passed:

@@ -7,7 +7,8 @@ successful run when this one failed.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Callable, Iterable, TextIO
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, push_to_gateway, pushadd_to_gateway
@@ -87,7 +88,7 @@ class PushSink(Sink):
         A successful run replaces the whole group (PUT). A failed one replaces every metric but the last-success
         timestamp (POST without that family), so the gateway keeps the time of the last run that passed.
         """
-        kwargs = {"handler": handler} if handler is not None else {}
+        kwargs: dict[str, Any] = {"handler": handler} if handler is not None else {}
         try:
             if self.success:
                 push_to_gateway(url, job=job, registry=self.registry, grouping_key=self.grouping_key(),

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from ..eventstream import EventStreamParser, EventTooLarge
-from . import ConnectFailed, ConnectSettings, FrameCallback, ssl_context
+from .base import ConnectFailed, ConnectSettings, FrameCallback, ssl_context
 
 EVENT_STREAM = "text/event-stream"
 
@@ -166,7 +166,7 @@ class SSETransport:
             try:
                 async with asyncio.timeout(2):
                     await response.aclose()
-            except BaseException:  # noqa: BLE001 - closing what is already broken may fail in many ways
+            except BaseException:
                 pass
 
     async def close(self) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI
 
-from . import ConnectFailed, ConnectSettings, FrameCallback, ssl_context
+from .base import ConnectFailed, ConnectSettings, FrameCallback, ssl_context
 
 
 def classify(exc: BaseException) -> tuple[str, str]:

@@ -86,8 +86,6 @@ async def test_isolation_50_concurrent_users(agentsim):
             assert set(runs) == started[k]
 
         await asyncio.gather(drive(0), drive(1))
-        for _, c in conns:
-            pass
         for ws, _ in conns:
             await ws.close()
         return name, started, seen

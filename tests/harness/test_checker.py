@@ -271,9 +271,9 @@ def test_flood_keeps_bounded_lists_and_exact_counts():
     t = ChatTracker("c1", EXP, 0.0, run_id="r1")
     n = MAX_EVENTS_KEPT + 500
     t.feed(ev(Role.AGENT_STARTED, None, 0.01))
-    for i in range(n):
+    for _ in range(n):
         t.feed(ev(Role.AGENT_THINKING, None, 0.02))
-    for i in range(MAX_VIOLATIONS_KEPT + 50):
+    for _ in range(MAX_VIOLATIONS_KEPT + 50):
         t.malformed("junk", 0.03)
     res = t.finish(60.0)
     assert len(res.events) == MAX_EVENTS_KEPT and res.events_received == n + 1

@@ -44,7 +44,7 @@ def valid_runs(draw, with_seq: bool = True):
     gaps = draw(st.lists(st.floats(0.0, 2.0), min_size=len(roles), max_size=len(roles)))
     t = draw(st.floats(0.0, 1.9))
     events = []
-    for i, ((role, call), g) in enumerate(zip(roles, gaps)):
+    for i, ((role, call), g) in enumerate(zip(roles, gaps, strict=True)):
         if i:
             t += g
         events.append(ev(role, i + 1 if with_seq else None, t, call=call))

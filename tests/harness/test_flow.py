@@ -8,7 +8,18 @@ import pytest
 from harness.checker import ConnectionChecker, Expectations
 from harness.events import DEFAULT_REQUIRED, Event, Role
 from harness.flow import (
-    CLOSE, CONNECT, DROP, STOPPED_NOTE, ChatFlow, ChatOptions, Finish, FrameRouter, Reconnect, Send, Wait, lost_note_for,
+    CLOSE,
+    CONNECT,
+    DROP,
+    STOPPED_NOTE,
+    ChatFlow,
+    ChatOptions,
+    Finish,
+    FrameRouter,
+    Reconnect,
+    Send,
+    Wait,
+    lost_note_for,
 )
 from harness.profiles import load_profile
 from harness.scenario import ChatCall, ChatGroup, RawCall, Scenario

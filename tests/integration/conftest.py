@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from agentsim.server import AgentSim, SimConfig
-from harness.targets import Target, TokenProvider
 from harness.profiles import load_profile
 from harness.scenario import Scenario
+from harness.targets import Target, TokenProvider
 
 
 @pytest.fixture

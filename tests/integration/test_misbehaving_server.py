@@ -8,11 +8,11 @@ import socket
 import pytest
 from websockets.asyncio.server import serve
 
-from harness.targets import Target
 from harness.events import Outcome
 from harness.profiles import load_profile
 from harness.runner import run_scenario
 from harness.scenario import Scenario
+from harness.targets import Target
 
 WELCOME = json.dumps({"type": "connection_established", "data": {"connection_id": "c", "user_id": "u"}})
 

@@ -35,8 +35,8 @@ async def test_server_exit_mid_run_ends_in_verdicts_not_a_hang(sim_factory, tmp_
         line = proc.stdout.readline()
         assert "listening on" in line, line
         url = line.split("listening on", 1)[1].strip()
-        from harness.targets import Target
         from harness.profiles import load_profile
+        from harness.targets import Target
 
         target = Target(url=url, profile=load_profile("netra"), name="sim", no_auth_user_param=True)
         sc = scenario(users=1, chats_per_user=4, max_reconnects=1, connect_timeout="2s")

@@ -7,11 +7,11 @@ import ssl
 import trustme
 from websockets.asyncio.server import serve
 
-from harness.targets import Target
 from harness.events import Outcome
 from harness.profiles import load_profile
 from harness.runner import run_scenario
 from harness.scenario import Scenario
+from harness.targets import Target
 
 ROLES = ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed"]
 

@@ -15,12 +15,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentsim.server import AgentSim, SimConfig
-from harness.targets import TokenProvider
 from harness.yamlfile import ConfigError
 from monitors.metrics import ChatMetrics
 from monitors.monitor import Monitor, load_config, main, parse_listen, probes_from_config
 from monitors.push import PushSink
-
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,7 +126,7 @@ def test_bad_flags_exit_2_with_one_line(capsys, flag):
 def test_sse_probes_do_not_log_every_http_request(tmp_path):
     """httpx logs each request at INFO; the monitor's log carries its own lines only."""
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - the stdlib's name
+        def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self.send_response(503)
             self.send_header("Content-Length", "0")

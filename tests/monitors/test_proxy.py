@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from agentsim.server import AgentSim, SimConfig
 from harness.checker import Expectations
 from harness.client import Session
-from harness.targets import Target, TokenProvider
 from harness.events import DEFAULT_REQUIRED, Outcome
 from harness.flow import ChatOptions
 from harness.profiles import load_profile
 from harness.sinks import Sink
+from harness.targets import Target, TokenProvider
 from monitors.metrics import ChatMetrics, MetricsSink
 from monitors.proxy import LiveChats, Proxy, start_proxy
 

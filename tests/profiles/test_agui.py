@@ -31,12 +31,12 @@ from ag_ui.core import (
 
 from harness.checker import ChatResult
 from harness.client import Session
-from harness.targets import Target, TokenProvider
 from harness.events import Outcome, Role
 from harness.flow import ChatOptions
 from harness.profiles import load_profile
 from harness.scenario import Expect, Scenario
 from harness.sinks import Sink
+from harness.targets import Target, TokenProvider
 
 from .servers import AguiSSEServer, Response, WsServer
 

@@ -163,7 +163,8 @@ def test_builtin_agui_accepts_both_schemes_and_netra_only_websocket(tmp_path, ca
 
 # -- every field a rule reads is the profile's: a user id named `uid` under `meta` still catches cross-talk (R8) --
 
-META_UID = ACME.replace("fields:\n", "fields:\n  user_id: [meta.uid]\n").replace("control: [hello]", "control: [hello]\nevents_name_run: true")
+META_UID = (ACME.replace("fields:\n", "fields:\n  user_id: [meta.uid]\n")
+            .replace("control: [hello]", "control: [hello]\nevents_name_run: true"))
 
 
 def acme_run_with_user(request: dict, *, intruder: bool):

@@ -1,0 +1,126 @@
+"""The shape of the code, enforced: who may import whom (docs/architecture.md), and no import cycles.
+
+Read from the source with `ast`, so it holds for imports inside functions too; imports under `if TYPE_CHECKING:`
+are for the type checker only and are left out.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("harness", "agentsim", "monitors", "scenarios", "dashboards")
+# The pure core: data in, verdicts out; no I/O framework, no command line, no driver.
+PURE = ("harness.events", "harness.checker", "harness.flow", "harness.profiles", "harness.scenario",
+        "harness.stats", "harness.report", "harness.results", "harness.eventstream", "harness.durations",
+        "harness.yamlfile", "harness.sinks", "harness.recordings", "harness.offline")
+IO_LIBRARIES = ("asyncio", "websockets", "httpx", "gevent", "argparse", "locust", "socket", "threading")
+DRIVERS = ("harness.cli", "harness.client", "harness.gevent_client", "harness.runner", "harness.locust_user",
+           "harness.pytest_plugin", "harness.transports", "harness.targets", "monitors", "agentsim")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _type_checking_only(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every module `module` imports (absolute names), outside `if TYPE_CHECKING:` blocks."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _type_checking_only(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            for alias in node.names:  # `from . import x` may name a module
+                found.add(f"{target}.{alias.name}")
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        graph[name] = {m for m in _imports(path, name) if m in modules and m != name}
+    return graph
+
+
+GRAPH = _graph()
+
+
+def _names(prefixes: tuple[str, ...], imported: set[str]) -> list[str]:
+    return sorted(m for m in imported if any(m == p or m.startswith(p + ".") for p in prefixes))
+
+
+def _all_imports(module: str) -> set[str]:
+    path = next(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if _module_name(p) == module)
+    return _imports(path, module)
+
+
+def test_the_graph_sees_the_code():
+    assert "harness.checker" in GRAPH["harness.flow"]  # a relative import is resolved
+    assert "harness.flow" in GRAPH["monitors.proxy"]  # an absolute one too
+
+
+def test_nothing_imports_the_composition_root():
+    # `python -m harness` is the root's own launcher, like the `chatprobe` console script.
+    importers = sorted(m for m, deps in GRAPH.items() if "harness.cli" in deps and m != "harness.__main__")
+    assert importers == [], f"harness/cli.py is the composition root; imported by {importers}"
+
+
+def test_agentsim_imports_nothing_of_the_harness():
+    for module in (m for m in GRAPH if m.startswith("agentsim")):
+        assert not _names(("harness", "monitors", "scenarios", "dashboards"), _all_imports(module)), module
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_the_pure_core_does_no_io_and_knows_no_driver(module):
+    imported = _all_imports(module)
+    assert not _names(IO_LIBRARIES, imported), f"{module} imports {_names(IO_LIBRARIES, imported)}"
+    assert not _names(DRIVERS, imported), f"{module} imports {_names(DRIVERS, imported)}"
+
+
+def test_no_import_cycles():
+    seen: dict[str, int] = {}  # 1: on the path, 2: done
+    cycles: list[list[str]] = []
+
+    def walk(node: str, path: list[str]) -> None:
+        seen[node] = 1
+        for dep in sorted(GRAPH.get(node, ())):
+            if seen.get(dep) == 1:
+                cycles.append(path[path.index(dep):] + [dep] if dep in path else [node, dep])
+            elif dep not in seen:
+                walk(dep, path + [dep])
+        seen[node] = 2
+
+    for module in sorted(GRAPH):
+        if module not in seen:
+            walk(module, [module])
+    assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
