@@ -186,7 +186,9 @@ class Link(Protocol):
 class ChatOptions:
     """How a chat is played, the same for every driver: name the run from the client (`client_run_id`), drop the
     socket after N events (then reconnect and resume, at most max_reconnects times, when `reconnect`), leave for good
-    after N events, listen `settle` seconds after the terminal event."""
+    after N events, listen `settle` seconds after the terminal event. `due_at` (clock time): when an open-model
+    chat was due; its times (first event, duration, deadline) count from then, so a saturated client or server
+    cannot hide the queueing before the message left (coordinated omission)."""
 
     client_run_id: bool = False
     disconnect_after: int | None = None
@@ -194,6 +196,7 @@ class ChatOptions:
     reconnect: bool = True
     max_reconnects: int = 3
     settle: float = 0.1
+    due_at: float | None = None
 
 
 DEFAULTS = ChatOptions()
@@ -280,7 +283,8 @@ class ChatFlow:
         if state == CONNECTED:
             tracker = self.tracker
             self.router.checker.add(tracker)
-            tracker.sent_at = tracker.last_at = now
+            due = self.options.due_at
+            tracker.sent_at = tracker.last_at = now if due is None or due > now else due
             self._until = tracker.wait_deadline()
             self._wait = Wait(self._until)
             self.generation = link.generation
