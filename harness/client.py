@@ -38,6 +38,8 @@ class Session:
         self._lock = asyncio.Lock()
         self._pending_sends: set[asyncio.Task] = set()
         self._send_failure: ConnectFailed | None = None
+        # Chats listening out their settle window in the background (ChatOptions.overlap_settle), by task.
+        self._settling: dict[asyncio.Task, ChatFlow] = {}
 
     # -- connection --
     async def connect(self) -> None:
@@ -129,7 +131,33 @@ class Session:
         except Exception:
             return False
 
+    async def settled(self) -> list[ChatResult]:
+        """Wait until every chat listening out its settle window in the background is judged; their verdicts."""
+        if not self._settling:
+            return []
+        flows = list(self._settling.values())
+        try:
+            await asyncio.gather(*self._settling)
+        except BaseException:
+            # Stopped from outside: judged now, on what arrived, so the counters add up before anyone reads them.
+            self._stop_settling()
+            raise
+        return [f.result for f in flows if f.result is not None]
+
+    def _stop_settling(self) -> None:
+        now = self.clock()
+        for task, flow in list(self._settling.items()):
+            flow.stopped(now)
+            task.cancel()
+
     async def close(self) -> None:
+        """Listen out the settle windows still open, then close the connection."""
+        try:
+            await self.settled()
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
         if self.transport is not None and not self.closed:
             await self.transport.close()
         if self.reader is not None:
@@ -159,24 +187,37 @@ class Session:
         return self.transport.ended_note if self.transport is not None else ""
 
     async def chat(self, content: str, expectations: Expectations, options: ChatOptions = DEFAULTS) -> ChatResult:
-        """Send one message and follow its run to a verdict, within the chat's deadline."""
+        """Send one message and follow its run to a verdict, within the chat's deadline.
+
+        With `options.overlap_settle` (and a profile whose events name their run, over a connection that carries
+        several chats) it returns when the run ends, with the verdict as it stands (`ChatFlow.provisional`); the
+        settle window goes on listening in the background and the final verdict goes to the sink when it ends
+        (`settled()` waits for them; `close()` does first)."""
         flow = ChatFlow.chat(self.router, content, expectations, user_id=self.user_id, now=self.clock(),
                              options=options)
-        return await self._play(flow)
+        return await self._play(flow, overlap=options.overlap_settle and self.profile.events_name_run)
 
     async def send_invalid(self, raw: str, expectations: Expectations) -> ChatResult:
         """Send a frame the server must answer with an error_message, keeping the connection open (R13)."""
         return await self._play(ChatFlow.invalid_input(self.router, raw, expectations, now=self.clock()))
 
-    async def _play(self, flow: ChatFlow) -> ChatResult:
-        """Perform what the chat's flow asks, with this connection and asyncio's waits, until its verdict."""
+    async def _play(self, flow: ChatFlow, overlap: bool = False) -> ChatResult:
+        """Perform what the chat's flow asks, with this connection and asyncio's waits, until its verdict (with
+        `overlap`: until its settle window starts, then listen it out in the background)."""
         clock = self.clock
         wake = self._wake[flow.chat_id] = asyncio.Event()
         own_stream = False
+        background = False
         try:
             while True:
                 action = flow.next(clock(), self)
                 if isinstance(action, Wait):
+                    if overlap and flow.settling and not own_stream:
+                        task = asyncio.get_running_loop().create_task(self._listen_out(flow, wake))
+                        self._settling[task] = flow
+                        task.add_done_callback(self._settling_done)
+                        background = True
+                        return flow.provisional(clock())
                     wake.clear()
                     try:
                         async with asyncio.timeout(action.until - clock()):
@@ -216,7 +257,32 @@ class Session:
             flow.stopped(clock())
             raise
         finally:
+            if not background:
+                self._wake.pop(flow.chat_id, None)
+
+    async def _listen_out(self, flow: ChatFlow, wake: asyncio.Event) -> ChatResult:
+        """A chat's settle window, in the background: late events still reach its tracker; judged when it ends."""
+        clock = self.clock
+        try:
+            while True:
+                action = flow.next(clock(), self)
+                if not isinstance(action, Wait):  # in SETTLING the flow only waits or finishes
+                    assert flow.result is not None
+                    return flow.result
+                wake.clear()
+                try:
+                    async with asyncio.timeout(action.until - clock()):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
+        except asyncio.CancelledError:
+            flow.stopped(clock())
+            raise
+        finally:
             self._wake.pop(flow.chat_id, None)
+
+    def _settling_done(self, task: asyncio.Task) -> None:
+        self._settling.pop(task, None)
 
     async def _drop_on_purpose(self) -> None:
         """Drop the socket as a lost network would, and give the reader a bounded time to see it."""

@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import copy
 import enum
 import itertools
 import uuid
@@ -196,6 +197,12 @@ class ChatOptions:
     reconnect: bool = True
     max_reconnects: int = 3
     settle: float = 0.1
+    # Listen out the settle window in the background: the asyncio Session returns at the terminal event with the
+    # verdict as it stands (`ChatFlow.provisional`) and judges the chat, to the sink, when the window ends, so the
+    # user's next chat starts at once; a late event still fails the chat it belongs to (R3, R4, R7). Only where
+    # every event names its run (else a late event could not be told from the next chat's); the SyncSession
+    # and probes always wait the window out.
+    overlap_settle: bool = False
     due_at: float | None = None
 
 
@@ -380,6 +387,16 @@ class ChatFlow:
     def _error(self, kind: str, message: str) -> None:
         tracker = self.tracker
         self._finish(error_result(tracker.chat_id, self.router.scenario, tracker.sent_at, kind, message))
+
+    @property
+    def settling(self) -> bool:
+        """The run ended and the chat listens out its settle window (the next action is a Wait or its Finish)."""
+        return self.state == SETTLING
+
+    def provisional(self, now: float) -> ChatResult:
+        """The verdict as it stands while the settle window still listens: what it will be unless a late event comes.
+        Judged on a copy, so the chat itself is judged (and counted) once, when the window ends."""
+        return copy.copy(self.tracker).finish(now)
 
     # -- outcomes of actions --
     def connected(self) -> None:

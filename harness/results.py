@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from .checker import ChatResult
 from .events import Outcome
-from .stats import ObjectiveResult, ScenarioStats
+from .stats import ObjectiveResult, ScenarioStats, StageStats, knee
 
 if TYPE_CHECKING:
     from .scenario import Scenario
@@ -44,6 +44,19 @@ class ScenarioRun:
     elapsed: float
     stopped_early: bool = False
     errors: list[str] = field(default_factory=list)
+    stages: list[StageStats] = field(default_factory=list)  # a shaped run (stages, arrival_rate): per stage
+    warnings: list[str] = field(default_factory=list)  # e.g. the rate the load generator could not reach
+
+    @property
+    def slo_limit(self) -> float:
+        """The first-event limit a stage's p95 is held to: the p95 objective, else the chats' first_event_limit."""
+        p95 = self.scenario.objectives.time_to_first_event.p95
+        return p95 if p95 is not None else self.scenario.expect.first_event_limit
+
+    @property
+    def knee(self) -> StageStats | None:
+        """The first stage whose first-event p95 broke the SLO (`slo_limit`), None when every stage held it."""
+        return knee(self.stages, self.slo_limit)
 
     @property
     def passed(self) -> bool:

@@ -1,84 +1,242 @@
-"""The runner: plays a scenario's virtual users against a target and collects one verdict per chat."""
+"""The runner: plays a scenario's load (users, stages of users, or an arrival rate of chats) against a target and
+collects one verdict per chat."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from .checker import ChatResult
 from .client import Session
 from .results import ScenarioRun
-from .scenario import ChatCall, ChatGroup, RawCall, Scenario, UserScript
+from .scenario import ChatCall, ChatGroup, RawCall, Scenario, Shape, UserScript
 from .sinks import Fanout, Sink
-from .stats import compute, evaluate
+from .stats import StageTallies, compute, evaluate, generator_warnings
 from .targets import Target
+
+# How often a staged run of users looks at its schedule: a ramp adds or removes users on these ticks.
+SCHEDULE_TICK = 0.05
 
 
 class _Collector(Sink):
     def __init__(self) -> None:
         self.results: list[ChatResult] = []
+        self.dropped = 0
 
     def chat_finished(self, result: ChatResult) -> None:
         self.results.append(result)
 
+    def chat_dropped(self, scenario: str) -> None:
+        self.dropped += 1
+
+
+class _Play:
+    """One run's drivers: the closed model (users playing their script, maybe through stages of users) and the
+    open model (chats started at the stages' rate, at most max_in_flight at once, the others dropped)."""
+
+    def __init__(self, scenario: Scenario, target: Target, out: Sink, prefix: str, started: float,
+                 stages: StageTallies | None) -> None:
+        self.scenario, self.target, self.out, self.prefix = scenario, target, out, prefix
+        self.started = started
+        self.stages = stages
+        self.users = 0
+
+    def session(self) -> Session:
+        i, self.users = self.users, self.users + 1
+        return Session(self.target, f"{self.prefix}-u{i}", self.scenario.name, self.out,
+                       connect_timeout=self.scenario.connect_timeout)
+
+    async def item(self, session: Session, script: UserScript, item: ChatCall | RawCall | ChatGroup) -> None:
+        if isinstance(item, ChatCall):
+            await session.chat(item.content, item.expectations, item.options)
+        elif isinstance(item, RawCall):
+            await session.send_invalid(item.raw, item.expectations)
+        else:
+            in_flight = asyncio.Semaphore(item.parallel)
+
+            async def one() -> None:
+                async with in_flight:
+                    call = script.chat()
+                    await session.chat(call.content, call.expectations, call.options)
+
+            await asyncio.gather(*(one() for _ in range(item.count)))
+
+    async def user(self, leave: asyncio.Event | None = None, *, again: bool = False) -> None:
+        """One virtual user: its script once (or, `again`, over and over until `leave`), thinking between chats;
+        a user asked to leave finishes the chat it is in (k6's graceful ramp-down)."""
+        session = self.session()
+        script = self.scenario.user_script(self.target.profile)
+        last: ChatCall | RawCall | ChatGroup | None = None
+        try:
+            while True:
+                for item in script.plan():
+                    if last is not None and (pause := script.pause(last)) > 0:
+                        if await _wait(leave, pause):
+                            return
+                    if leave is not None and leave.is_set():
+                        return
+                    await self.item(session, script, item)
+                    last = item
+                if not again:
+                    return
+        finally:
+            await session.close()
+
+    async def closed(self) -> None:
+        concurrency = asyncio.Semaphore(self.scenario.concurrency or self.scenario.users)
+        sc = self.scenario
+
+        async def user(i: int) -> None:
+            if sc.ramp_up and sc.users > 1:
+                await asyncio.sleep(sc.ramp_up * i / sc.users)  # the ramp schedule itself
+            async with concurrency:
+                await self.user()
+
+        async with asyncio.TaskGroup() as tg:
+            for i in range(sc.users):
+                tg.create_task(user(i))
+
+    async def staged_users(self, shape: Shape) -> None:
+        """Users through the stages: as many as the shape says at each tick, each playing its script again and
+        again; the newest leave first when a stage ramps down, all of them at the end of the last stage."""
+        active: list[asyncio.Event] = []
+        async with asyncio.TaskGroup() as tg:
+            while (t := time.monotonic() - self.started) < shape.total:
+                want = shape.users_at(t)
+                while len(active) < want:
+                    leave = asyncio.Event()
+                    active.append(leave)
+                    tg.create_task(self.user(leave, again=True))
+                while len(active) > want:
+                    active.pop().set()
+                await asyncio.sleep(min(SCHEDULE_TICK, shape.total - t))  # the schedule's tick itself
+            for leave in active:
+                leave.set()
+
+    async def arrivals(self, shape: Shape) -> None:
+        """The open model: each chat starts when it is due, on an idle connection or a new one, whatever the
+        chats before it are doing; one due while max_in_flight are in flight is dropped and counted, never
+        delayed. Its times count from when it was due (ChatOptions.due_at)."""
+        stages = self.stages
+        assert stages is not None
+        script = self.scenario.user_script(self.target.profile)
+        idle: list[Session] = []
+        sessions: list[Session] = []
+        in_flight = 0
+        limit = self.scenario.max_in_flight
+        clock, started, name = time.monotonic, self.started, self.scenario.name
+
+        async def one(session: Session, due_at: float) -> None:
+            nonlocal in_flight
+            stages.begun(clock() - started)  # when the event loop got to it: late when the process is saturated
+            try:
+                call = script.chat()
+                await session.chat(call.content, call.expectations, dataclasses.replace(call.options, due_at=due_at))
+            finally:
+                in_flight -= 1
+                idle.append(session)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for due in shape.arrivals():
+                    at = started + due
+                    if (delay := at - clock()) > 0:
+                        await asyncio.sleep(delay)  # the arrival schedule itself
+                    if in_flight >= limit:
+                        stages.dropped(due)
+                        self.out.chat_dropped(name)
+                        continue
+                    in_flight += 1
+                    if idle:
+                        session = idle.pop()
+                    else:
+                        session = self.session()
+                        sessions.append(session)
+                    tg.create_task(one(session, at))
+        finally:
+            await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
 
 async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = None, *,
-                       user_prefix: str | None = None) -> ScenarioRun:
-    """Run every virtual user of the scenario, bounded by its max_duration; every chat gets a verdict.
+                       user_prefix: str | None = None, stop: asyncio.Event | None = None) -> ScenarioRun:
+    """Run the scenario's load, bounded by its max_duration (or until `stop` is set); every chat gets a verdict.
 
     Virtual users are `<user_prefix>-u<N>`; the default prefix is random so parallel runs never share users.
     """
     collector = _Collector()
     out = Fanout([collector, sink] if sink is not None else [collector])
-    profile = target.profile
     prefix = user_prefix or f"cp-{uuid.uuid4().hex[:6]}"
-    concurrency = asyncio.Semaphore(scenario.concurrency or scenario.users)
+    shape = scenario.shape()
+    stages = StageTallies(shape) if shape is not None else None
     started_wall = time.time()
     started = time.monotonic()
+    play = _Play(scenario, target, out, prefix, started, stages)
     stopped_early = False
 
-    async def user(i: int) -> None:
-        if scenario.ramp_up and scenario.users > 1:
-            await asyncio.sleep(scenario.ramp_up * i / scenario.users)  # the ramp schedule itself
-        async with concurrency:
-            session = Session(target, f"{prefix}-u{i}", scenario.name, out, connect_timeout=scenario.connect_timeout)
-            script = scenario.user_script(profile)
-            try:
-                for item in script.plan():
-                    if isinstance(item, ChatCall):
-                        await session.chat(item.content, item.expectations, item.options)
-                    elif isinstance(item, RawCall):
-                        await session.send_invalid(item.raw, item.expectations)
-                    else:
-                        await chat_group(session, script, item)
-            finally:
-                await session.close()
-
-    async def chat_group(session: Session, script: UserScript, group: ChatGroup) -> None:
-        in_flight = asyncio.Semaphore(group.parallel)
-
-        async def one() -> None:
-            async with in_flight:
-                call = script.chat()
-                await session.chat(call.content, call.expectations, call.options)
-
-        await asyncio.gather(*(one() for _ in range(group.count)))
-
-    tasks = [asyncio.ensure_future(user(i)) for i in range(scenario.users)]
+    body: Callable[[], Coroutine[Any, Any, None]]
+    if shape is None:
+        body = play.closed
+    elif shape.kind == "users":
+        body = lambda: play.staged_users(shape)  # noqa: E731
+    else:
+        body = lambda: play.arrivals(shape)  # noqa: E731
+    task = asyncio.ensure_future(body())
     try:
         async with asyncio.timeout(scenario.max_duration):
-            await asyncio.gather(*tasks)
-    except TimeoutError:
+            await _until_done_or_stopped([task], stop)
+    except (TimeoutError, _Stopped):
+        # Out of time, or stopped from outside (Ctrl-C, SIGTERM): the chats in flight are judged as they stand.
         stopped_early = True
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    elapsed = time.monotonic() - started
     stats = compute(collector.results)
+    stats.dropped = collector.dropped
     run = ScenarioRun(
         scenario=scenario, target=target.name, results=collector.results, stats=stats,
         objectives=evaluate(stats, scenario.objectives), started_at=started_wall,
-        elapsed=time.monotonic() - started, stopped_early=stopped_early,
+        elapsed=elapsed, stopped_early=stopped_early,
     )
+    if stages is not None:
+        for r in collector.results:
+            stages.add(r, r.sent_at - started)
+        run.stages = stages.stats()
+        run.warnings = generator_warnings([s for s in run.stages if s.end <= elapsed])
     out.run_finished(run.passed)
     return run
+
+
+async def _wait(event: asyncio.Event | None, seconds: float) -> bool:
+    """Think for `seconds`, cut short when `event` is set; True when it was."""
+    if event is None:
+        await asyncio.sleep(seconds)  # the think time itself
+        return False
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+        return True
+    except TimeoutError:
+        return False
+
+
+class _Stopped(Exception):
+    pass
+async def _until_done_or_stopped(tasks: Sequence[asyncio.Future[None]], stop: asyncio.Event | None) -> None:
+    """Wait for every user, or until `stop` is set (then raise _Stopped); a user's error is raised."""
+    everyone = asyncio.gather(*tasks)
+    if stop is None:
+        await everyone
+        return
+    stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({everyone, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not everyone.done():
+        everyone.cancel()
+        raise _Stopped
+    everyone.result()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -18,9 +19,11 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic import Strict as StrictType
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .checker import Expectations, ExpectError
 from .durations import Seconds
@@ -64,6 +67,66 @@ Count = Annotated[float, BeforeValidator(_plain_number), Field(ge=0, allow_inf_n
 Ratio = Annotated[float, BeforeValidator(_plain_number), Field(ge=0, le=1, allow_inf_nan=False)]
 
 
+# Chats per second one process may be asked for: above it no Python process keeps up (BENCHMARKS.md, "arrival
+# rate"), so it is a usage error; below it a rate the machine still cannot generate is a warning with the rate
+# achieved.
+MAX_RATE = 5000.0
+Rate = Annotated[float, BeforeValidator(_plain_number), Field(ge=0, le=MAX_RATE, allow_inf_nan=False)]
+
+
+def _field_error(loc: tuple[int | str, ...], message: str, value: Any) -> ValidationError:
+    """A validation error at `loc` under the field being validated, so the message names its line and field."""
+    return ValidationError.from_exception_data("Scenario", [InitErrorDetails(
+        type=PydanticCustomError("shape", message), loc=loc, input=value)])
+
+
+class ThinkTime(Strict):
+    """A user's pause between two chats: `2s` (fixed) or `{min: 1s, max: 3s}` (uniform)."""
+
+    min: Seconds
+    max: Seconds
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scalar(cls, value: Any) -> Any:
+        return {"min": value, "max": value} if not isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ThinkTime:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min:g}s is above max {self.max:g}s")
+        return self
+
+    def sample(self, rng: random.Random) -> float:
+        return self.min if self.min == self.max else rng.uniform(self.min, self.max)
+
+
+class Stage(Strict):
+    """One stage of the load, like k6's stages: for `duration` (or `until` that time since the start, as Locust's
+    stages example writes it), ramp linearly from the previous stage's target to `users` (closed model) or `rate`
+    (chats per second, open model); `ramp: false` holds the target for the whole stage (a step)."""
+
+    duration: Seconds | None = None
+    until: Seconds | None = None
+    users: Int | None = Field(default=None, ge=0, le=100000)
+    rate: Rate | None = None
+    ramp: Bool = True
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> Stage:
+        if (self.duration is None) == (self.until is None):
+            raise ValueError("a stage has either `duration` (its length) or `until` (its end, since the start)")
+        if (self.users is None) == (self.rate is None):
+            raise ValueError("a stage has either `users` (closed model) or `rate` (chats per second, open model)")
+        if self.duration is not None and self.duration <= 0:
+            raise ValueError("a stage's duration must be more than 0")
+        return self
+
+    @property
+    def target(self) -> float:
+        return float(self.users if self.users is not None else self.rate or 0.0)
+
+
 class Expect(Strict):
     """Per-chat expectations; any left out come from the profile and docs/protocol.md's defaults."""
 
@@ -86,6 +149,8 @@ class ChatStep(Strict):
     abandon_after: Int | None = Field(default=None, ge=0, le=1_000_000)
     required: list[Role] | None = None
     repeat: Int = Field(default=1, ge=1, le=10000)
+    # The pause after each chat of this step (the scenario's think_time when left out).
+    think_time: ThinkTime | None = None
 
 
 class RawStep(Strict):
@@ -170,12 +235,80 @@ class Scenario(Strict):
     expect: Expect = Expect()
     steps: list[Step] | None = None
     objectives: Objectives = Objectives()
+    # Load shape: a user's pause between chats; stages of users (closed model) or of chats per second (open model);
+    # a constant `arrival_rate` for `duration`; at most `max_in_flight` chats at once in the open model (a chat due
+    # when that many are in flight is dropped and counted, never delayed).
+    think_time: ThinkTime | None = None
+    stages: list[Stage] | None = Field(default=None, min_length=1, max_length=1000)
+    arrival_rate: Rate | None = None
+    duration: Seconds | None = None
+    max_in_flight: Int = Field(default=100, ge=1, le=100000)
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_in_order(cls, stages: list[Stage] | None) -> list[Stage] | None:
+        if not stages:
+            return stages
+        kind = "users" if stages[0].users is not None else "rate"
+        end = 0.0
+        for i, st in enumerate(stages):
+            if (st.users is not None) != (kind == "users"):
+                raise _field_error((i, "rate" if kind == "users" else "users"),
+                                   f"every stage gives `{kind}` as the first one does (a shape is either users or a "
+                                   "rate of chats)", st.target)
+            if st.until is not None:
+                if st.until <= end:
+                    raise _field_error((i, "until"), f"stages out of order: until {st.until:g}s is not after the "
+                                       f"previous stage's end at {end:g}s", st.until)
+                end = st.until
+            else:
+                end += st.duration or 0.0
+        return stages
 
     @model_validator(mode="after")
     def _steps_or_messages(self) -> "Scenario":
         if self.messages is not None and not self.messages:
             raise ValueError("messages: give at least one message, or leave it out")
+        given = self.model_fields_set
+        if self.arrival_rate is not None:
+            if self.stages:
+                raise _field_error(("arrival_rate",), "give either arrival_rate (constant) or stages with `rate`",
+                                   self.arrival_rate)
+            if self.duration is None or self.duration <= 0:
+                raise _field_error(("duration",), "arrival_rate needs a duration (how long to hold the rate), "
+                                   "more than 0", self.duration)
+        elif self.duration is not None:
+            raise _field_error(("duration",), "duration goes with arrival_rate (stages have their own)",
+                               self.duration)
+        if self.open_model:
+            closed_only = ("users", "chats_per_user", "concurrency", "ramp_up", "parallel_chats", "steps",
+                           "think_time")
+            for name in closed_only:
+                if name in given:
+                    raise _field_error((name,), "an open-model scenario (arrival_rate, or stages with `rate`) "
+                                       "starts single chats at a rate; leave out " + name, getattr(self, name))
+        elif self.stages:
+            for name in ("users", "concurrency", "ramp_up"):
+                if name in given:
+                    raise _field_error((name,), f"the stages give the number of users; leave out {name}",
+                                       getattr(self, name))
+        elif "max_in_flight" in given:
+            raise _field_error(("max_in_flight",), "max_in_flight goes with an open model (arrival_rate, or "
+                               "stages with `rate`)", self.max_in_flight)
         return self
+
+    @property
+    def open_model(self) -> bool:
+        """Chats start at a rate (k6's arrival-rate executors), not when a user's previous chat ended."""
+        return self.arrival_rate is not None or bool(self.stages and self.stages[0].rate is not None)
+
+    def shape(self) -> "Shape | None":
+        """The stages as times and targets (a constant arrival_rate is one held stage); None without stages."""
+        if self.arrival_rate is not None:
+            return Shape("rate", [Stage(duration=self.duration, rate=self.arrival_rate, ramp=False)])
+        if self.stages:
+            return Shape("users" if self.stages[0].users is not None else "rate", self.stages)
+        return None
 
     def expectations(self, profile: "Profile", step: ChatStep | None = None) -> Expectations:
         """What each chat of this scenario (or of one of its steps) must show, against a target speaking `profile`."""
@@ -190,6 +323,14 @@ class Scenario(Strict):
     def invalid_input_expectations(self) -> Expectations:
         """What a `send_raw:` step expects: an error_message answer on an open connection (R13), within 10 s."""
         return invalid_input_expectations(self.expect)
+
+    def planned_chats(self) -> int | None:
+        """How many chats (and invalid-input probes) the scenario plays, for progress; None when open-ended."""
+        if self.steps:
+            per_user = sum(s.chat.repeat if isinstance(s, ChatStepWrapper) else s.repeat for s in self.steps)
+        else:
+            per_user = self.chats_per_user
+        return self.users * per_user
 
     def user_script(self, profile: "Profile") -> "UserScript":
         """What each virtual user does, against a target speaking `profile`."""
@@ -223,6 +364,97 @@ def invalid_input_expectations(expect: Expect | None = None) -> Expectations:
                         deadline=min(e.deadline, 10.0), stall_limit=e.stall_limit, expect_error="invalid_input")
 
 
+@dataclass(frozen=True, slots=True)
+class StageWindow:
+    """One stage on the clock of its run: from `start` to `end` seconds, its target going from `begin` to `target`
+    (users, or chats per second)."""
+
+    index: int
+    start: float
+    end: float
+    begin: float
+    target: float
+    ramp: bool
+
+    @property
+    def length(self) -> float:
+        return self.end - self.start
+
+    @property
+    def mean(self) -> float:
+        """The stage's average target: chats per second asked over the stage, in the open model."""
+        return (self.begin + self.target) / 2
+
+    def at(self, t: float) -> float:
+        if self.length <= 0:
+            return self.target
+        return self.begin + (self.target - self.begin) * min(max((t - self.start) / self.length, 0.0), 1.0)
+
+    def label(self, kind: str) -> str:
+        unit = " users" if kind == "users" else "/s"
+        span = f"{self.begin:g}→{self.target:g}" if self.begin != self.target else f"{self.target:g}"
+        return f"{span}{unit}"
+
+
+class Shape:
+    """A scenario's stages as a schedule, the same for every driver: how many users at time t (closed model), when
+    each chat is due (open model), which stage a time falls in, and what Locust's LoadTestShape.tick returns."""
+
+    def __init__(self, kind: str, stages: list[Stage]) -> None:
+        self.kind = kind  # "users" or "rate"
+        self.windows: list[StageWindow] = []
+        prev = start = 0.0
+        for i, st in enumerate(stages):
+            end = st.until if st.until is not None else start + (st.duration or 0.0)
+            self.windows.append(StageWindow(i, start, end, prev if st.ramp else st.target, st.target, st.ramp))
+            prev, start = st.target, end
+        self.total = start
+
+    def stage_at(self, t: float) -> StageWindow | None:
+        """The stage running at `t` seconds since the start, None before the start or after the end."""
+        for w in self.windows:
+            if w.start <= t < w.end:
+                return w
+        return None
+
+    def at(self, t: float) -> float:
+        w = self.stage_at(t)
+        return w.at(t) if w is not None else 0.0
+
+    def users_at(self, t: float) -> int:
+        """Users wanted at `t` (a ramp adds a user as soon as the line passes the next whole user, as Locust does)."""
+        return math.ceil(self.at(t) - 1e-9)
+
+    def arrivals(self) -> Iterator[float]:
+        """When each chat is due, in seconds since the start: the k-th when the rate's integral passes k + 0.5, so a
+        held rate r over T seconds starts r*T chats, spaced 1/r apart (a ramp's spacing follows the line)."""
+        done = 0.0  # the integral of the rate up to the current stage's start
+        k = 0
+        for w in self.windows:
+            a, b, length = w.begin, w.target, w.length
+            area = (a + b) / 2 * length
+            while k + 0.5 <= done + area:
+                x = k + 0.5 - done  # chats into this stage
+                if abs(b - a) < 1e-12:
+                    s = x / a
+                else:
+                    slope = (b - a) / length
+                    s = (-a + math.sqrt(max(a * a + 2 * slope * x, 0.0))) / slope
+                yield w.start + min(max(s, 0.0), length)
+                k += 1
+            done += area
+
+    def tick(self, t: float) -> tuple[int, float] | None:
+        """Locust's LoadTestShape.tick at `t`: (users, spawn rate) moving linearly to the stage's target over the
+        stage, as `users_at` does; None once the last stage is over (Locust stops)."""
+        w = self.stage_at(t)
+        if w is None:
+            return None
+        if not w.ramp or w.begin == w.target:
+            return math.ceil(w.target - 1e-9), 10_000.0  # a step: every user at once
+        return math.ceil(w.target - 1e-9), abs(w.target - w.begin) / w.length
+
+
 @dataclass(frozen=True)
 class ChatCall:
     """One chat of a user: `session.chat(call.content, call.expectations, call.options)`."""
@@ -230,6 +462,7 @@ class ChatCall:
     content: str
     expectations: Expectations
     options: ChatOptions
+    think: ThinkTime | None = None  # the pause after it
 
 
 @dataclass(frozen=True)
@@ -238,6 +471,7 @@ class RawCall:
 
     raw: str
     expectations: Expectations
+    think: ThinkTime | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +480,7 @@ class ChatGroup:
 
     count: int
     parallel: int
+    think: ThinkTime | None = None
 
 
 class UserScript:
@@ -256,6 +491,7 @@ class UserScript:
         self.scenario = scenario
         self.profile = profile
         self.chats = 0
+        self.rng = random.Random()
         self._default: Expectations | None = None
         self._options = ChatOptions(client_run_id=scenario.client_run_id, reconnect=scenario.reconnect,
                                     max_reconnects=scenario.max_reconnects, settle=scenario.expect.settle)
@@ -267,12 +503,18 @@ class UserScript:
         if step is None:
             if self._default is None:
                 self._default = sc.expectations(self.profile)
-            return ChatCall(sc.message_for(n), self._default, self._options)
+            return ChatCall(sc.message_for(n), self._default, self._options, sc.think_time)
         options = self._options
         if step.disconnect_after is not None or step.abandon_after is not None:
             options = dataclasses.replace(options, disconnect_after=step.disconnect_after,
                                           abandon_after=step.abandon_after)
-        return ChatCall(step.message or sc.message_for(n), sc.expectations(self.profile, step), options)
+        return ChatCall(step.message or sc.message_for(n), sc.expectations(self.profile, step), options,
+                        step.think_time or sc.think_time)
+
+    def pause(self, item: ChatCall | RawCall | ChatGroup | None) -> float:
+        """Seconds to think after `item` (the scenario's or its step's think_time), before the user's next chat."""
+        think = item.think if item is not None else self.scenario.think_time
+        return think.sample(self.rng) if think is not None else 0.0
 
     def plan(self) -> Iterator[ChatCall | RawCall | ChatGroup]:
         """One play of the script, item by item (a ChatCall is made when the previous item is done)."""
@@ -281,7 +523,7 @@ class UserScript:
             for step in sc.steps:
                 if isinstance(step, RawStep):
                     for _ in range(step.repeat):
-                        yield RawCall(step.send_raw, sc.invalid_input_expectations())
+                        yield RawCall(step.send_raw, sc.invalid_input_expectations(), sc.think_time)
                 else:
                     for _ in range(step.chat.repeat):
                         yield self.chat(step.chat)
@@ -289,11 +531,12 @@ class UserScript:
             for _ in range(sc.chats_per_user):
                 yield self.chat()
         else:
-            yield ChatGroup(sc.chats_per_user, sc.parallel_chats)
+            yield ChatGroup(sc.chats_per_user, sc.parallel_chats, sc.think_time)
 
 
 BUILTIN_DIR = resources.files("scenarios")
 BUILTIN_SUITE = ("basic", "concurrent", "errors", "reconnection", "performance", "abandonment")
+# `knee` is built in but not in the suite: it drives the process to saturation on purpose.
 
 
 def builtin_scenarios() -> list[str]:

@@ -28,6 +28,9 @@ class Sink:
 
     def chat_abandoned(self, scenario: str) -> None: ...
 
+    def chat_dropped(self, scenario: str) -> None:
+        """An open-model chat fell due while max_in_flight chats were in flight: never started, counted."""
+
     def client_rejected(self, result: "ChatResult") -> None:
         """A watched chat (the proxy) ended because the server rejected what the client sent: not one of the
         server's outcomes. By default it is a verdict like any other."""
@@ -59,6 +62,10 @@ class Fanout(Sink):
     def chat_abandoned(self, scenario: str) -> None:
         for s in self.sinks:
             s.chat_abandoned(scenario)
+
+    def chat_dropped(self, scenario: str) -> None:
+        for s in self.sinks:
+            s.chat_dropped(scenario)
 
     def client_rejected(self, result: "ChatResult") -> None:
         for s in self.sinks:

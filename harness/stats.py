@@ -8,7 +8,7 @@ from typing import Any
 
 from .checker import ChatResult
 from .events import Outcome, Role
-from .scenario import Objectives
+from .scenario import Objectives, Shape
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -44,6 +44,7 @@ class ScenarioStats:
     duration: dict[str, float | None] = field(default_factory=dict)
     events: int = 0
     error_kinds: Counter[str] = field(default_factory=Counter)  # error_kind of chats with outcome error
+    dropped: int = 0  # open model: chats due while max_in_flight were in flight, never started (not in `chats`)
 
     @property
     def judged(self) -> int:
@@ -72,6 +73,7 @@ class ScenarioStats:
             "time_to_first_event": self.ttfe,
             "chat_duration": self.duration,
             "events": self.events,
+            "dropped_chats": self.dropped,
         }
 
 
@@ -103,6 +105,8 @@ class Tally:
     events: int = 0
     ttfe: list[float] = field(default_factory=list)
     duration: list[float] = field(default_factory=list)
+    dropped: int = 0  # open model: chats never started because max_in_flight were in flight
+    begun: int = 0  # open model: chats (and drops) the load generator got to within their stage's window
 
     def add(self, r: ChatResult) -> None:
         self.chats += 1
@@ -129,13 +133,15 @@ class Tally:
         self.events += other.events
         self.ttfe.extend(other.ttfe)
         self.duration.extend(other.duration)
+        self.dropped += other.dropped
+        self.begun += other.begun
 
     def stats(self) -> ScenarioStats:
         return ScenarioStats(
             chats=self.chats, outcomes=Counter(self.outcomes), missing_chats=self.missing_chats,
             missing_roles=Counter(self.missing_roles), violations=Counter(self.violations),
             ttfe=_stat(self.ttfe), duration=_stat(self.duration), events=self.events,
-            error_kinds=Counter(self.error_kinds),
+            error_kinds=Counter(self.error_kinds), dropped=self.dropped,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +155,8 @@ class Tally:
             "events": self.events,
             "ttfe": self.ttfe,
             "duration": self.duration,
+            "dropped": self.dropped,
+            "begun": self.begun,
         }
 
     @classmethod
@@ -163,7 +171,111 @@ class Tally:
             events=int(d["events"]),
             ttfe=[float(x) for x in d["ttfe"]],
             duration=[float(x) for x in d["duration"]],
+            dropped=int(d.get("dropped", 0)),
+            begun=int(d.get("begun", 0)),
         )
+
+
+@dataclass
+class StageStats:
+    """One stage's share of a run: the chats sent (or due) in it, their outcomes and first-event times, the chats
+    dropped, and in the open model the rate asked and the rate the load generator achieved."""
+
+    index: int
+    kind: str  # "users" or "rate"
+    label: str  # e.g. "0→10 users", "40/s"
+    start: float  # seconds since the run's start
+    end: float
+    target: float  # the users, or chats per second, at the stage's end
+    asked_rate: float | None  # open model: the stage's mean rate
+    achieved_rate: float | None  # open model: chats begun (or dropped) in the stage's window, per second
+    chats: int
+    outcomes: Counter[Outcome]
+    ttfe: dict[str, float | None]
+    dropped: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.index + 1, "kind": self.kind, "label": self.label, "start": self.start, "end": self.end,
+            "target": self.target, "asked_rate": self.asked_rate, "achieved_rate": self.achieved_rate,
+            "chats": self.chats, "outcomes": {o.value: self.outcomes[o] for o in Outcome},
+            "time_to_first_event": {k: self.ttfe.get(k) for k in ("p50", "p95", "p99")}, "dropped_chats": self.dropped,
+        }
+
+
+class StageTallies:
+    """A Tally per stage of a shaped run: each chat goes to the stage its sending (or, open model, its due time)
+    fell in, `t` seconds since the run's start; what a Locust worker sends with its tally, keyed by stage."""
+
+    def __init__(self, shape: Shape) -> None:
+        self.shape = shape
+        self.by_stage: dict[int, Tally] = {}
+
+    def _at(self, t: float) -> Tally | None:
+        w = self.shape.stage_at(t)
+        if w is None and self.shape.windows and t >= self.shape.total:
+            w = self.shape.windows[-1]  # sent the instant the last stage ended: still its chat
+        if w is None:
+            return None
+        return self.by_stage.setdefault(w.index, Tally())
+
+    def add(self, result: ChatResult, t: float) -> None:
+        if (tally := self._at(t)) is not None:
+            tally.add(result)
+
+    def dropped(self, t: float) -> None:
+        if (tally := self._at(t)) is not None:
+            tally.dropped += 1
+            tally.begun += 1
+
+    def begun(self, t: float) -> None:
+        """An open-model chat began `t` seconds since the start (however late after it was due)."""
+        w = self.shape.stage_at(t)
+        if w is not None:
+            self.by_stage.setdefault(w.index, Tally()).begun += 1
+
+    def merge(self, other: dict[int, Tally]) -> None:
+        for i, tally in other.items():
+            self.by_stage.setdefault(i, Tally()).merge(tally)
+
+    def stats(self) -> list[StageStats]:
+        out = []
+        for w in self.shape.windows:
+            tally = self.by_stage.get(w.index, Tally())
+            st = _stat(tally.ttfe)
+            rate = self.shape.kind == "rate"
+            out.append(StageStats(
+                index=w.index, kind=self.shape.kind, label=w.label(self.shape.kind), start=w.start, end=w.end,
+                target=w.target, asked_rate=w.mean if rate else None,
+                achieved_rate=(tally.begun / w.length if w.length > 0 else None) if rate else None,
+                chats=tally.chats, outcomes=Counter(tally.outcomes),
+                ttfe={k: st[k] for k in ("p50", "p95", "p99")}, dropped=tally.dropped,
+            ))
+        return out
+
+
+def knee(stages: list[StageStats], limit: float) -> StageStats | None:
+    """The first stage whose first-event p95 is over `limit` (the SLO broke there), or None when none is."""
+    for st in stages:
+        p95 = st.ttfe.get("p95")
+        if p95 is not None and p95 > limit:
+            return st
+    return None
+
+
+def generator_warnings(stages: list[StageStats], tolerance: float = 0.05) -> list[str]:
+    """Open model: a stage whose load generator began fewer chats than asked (by more than `tolerance`, and by
+    more than one chat) means this process could not generate the rate; say so with the rate achieved."""
+    out = []
+    for st in stages:
+        if st.asked_rate is None or st.achieved_rate is None or st.asked_rate <= 0:
+            continue
+        short = st.asked_rate - st.achieved_rate
+        if short > tolerance * st.asked_rate and short * (st.end - st.start) > 1:
+            out.append(f"stage {st.index + 1} asked {st.asked_rate:g} chats/s and the load generator achieved "
+                       f"{st.achieved_rate:.4g}/s: this process cannot generate the rate (run fewer per process, "
+                       "or several processes)")
+    return out
 
 
 def compute(results: list[ChatResult]) -> ScenarioStats:

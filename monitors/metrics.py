@@ -96,6 +96,9 @@ class ChatMetrics:
         self.connections = counter("connections", "Connection attempts, by result.", ("result",))
         self.reconnects = counter("reconnects", "Reconnections and whether the flow continued.", ("result",))
         self.chats_abandoned = counter("chats_abandoned", "Chats the user left before the terminal event.")
+        self.chats_dropped = counter(
+            "chats_dropped", "Open-model chats not started because max_in_flight chats were in flight (like k6's "
+            "dropped_iterations); not in chatprobe_chats_total.")
         self.client_rejections = counter(
             "client_rejections", "Chats the server rejected because the client sent an invalid message "
             "(proxy: the user's client, not the server, is at fault); not in chatprobe_chats_total.")
@@ -221,6 +224,7 @@ class MetricsSink(Sink):
             m.event_delay.labels(*base, role)
         m.chats_missing_events.labels(*base)
         m.chats_abandoned.labels(*base)
+        m.chats_dropped.labels(*base)
         m.client_rejections.labels(*base)
         m.chats_in_flight.labels(*base)
         m.time_to_first_event.labels(*base)
@@ -259,6 +263,9 @@ class MetricsSink(Sink):
 
     def chat_abandoned(self, scenario: str) -> None:
         self.metrics.chats_abandoned.labels(*self._base(scenario)).inc()
+
+    def chat_dropped(self, scenario: str) -> None:
+        self.metrics.chats_dropped.labels(*self._base(scenario)).inc()
 
     def client_rejected(self, result: ChatResult) -> None:
         base = self._base(result.scenario)

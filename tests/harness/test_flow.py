@@ -110,6 +110,22 @@ def test_a_chat_connects_sends_waits_until_its_deadline_and_passes_after_the_set
     assert sink.count("finished") == 1
 
 
+def test_a_provisional_verdict_while_settling_judges_nothing_and_a_late_event_still_fails_the_chat():
+    flow, sink, link = make(settle=0.5, overlap_settle=True)
+    start(flow, link)
+    feed(flow, 6, 0.2)
+    assert flow.next(0.2, link) == Wait(0.7) and flow.settling
+    early = flow.provisional(0.3)
+    assert early.outcome.value == "passed"
+    assert not flow.tracker.judged and sink.count("finished") == 0  # judged once, when the window ends
+    feed(flow, 1, 0.4, first=1)  # a late agent_thinking (seq 2 again: R7 duplicate, and R4 after the terminal)
+    assert flow.next(0.4, link) == Wait(0.7)
+    done = flow.next(0.7, link)
+    assert isinstance(done, Finish) and done.result.outcome.value == "failed"
+    assert {v.rule.value for v in done.result.violations} == {"R4", "R7"}
+    assert early.outcome.value == "passed" and sink.calls == [("started",), ("finished", "failed")]
+
+
 def test_a_chat_on_an_open_connection_sends_at_once_and_registers_with_the_checker():
     flow, sink, link = make(settle=0)
     link.closed, link.generation = False, 3
