@@ -148,6 +148,9 @@ def print_summary(console: Console, runs: list[ScenarioRun], worst: int = 3) -> 
         )
     console.print(table)
     for run in runs:
+        if run.stages:
+            print_stages(console, run)
+    for run in runs:
         if run.passed:
             continue
         console.print(Text(f"\n{_c(run.scenario.name)}: objectives not met", style="bold red"))
@@ -166,6 +169,51 @@ def print_summary(console: Console, runs: list[ScenarioRun], worst: int = 3) -> 
                 console.print(_t(f"      {_c(v)}"))
             if r.events:
                 console.print(_t(f"      timeline: {_timeline(r)}"))
+
+
+def print_stages(console: Console, run: ScenarioRun) -> None:
+    """A shaped run, stage by stage: the load asked (and, open model, achieved), chats, outcomes, first-event
+    percentiles and dropped chats; then where the first-event SLO broke, and any rate the generator missed."""
+    rate = run.stages[0].kind == "rate"
+    table = Table(title=f"{_c(run.scenario.name)} by stage", show_lines=False)
+    cols = ["stage", "time", "load", *(["achieved/s"] if rate else []), "chats", "passed", "failed", "incompl.",
+            "error", "dropped", "1st ev p50", "p95", "p99"]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("time", "load") else "right")
+    limit = run.slo_limit
+    for st in run.stages:
+        p95 = st.ttfe.get("p95")
+        row = [str(st.index + 1), f"{st.start:g}-{st.end:g}s", st.label]
+        if rate:
+            row.append("-" if st.achieved_rate is None else f"{st.achieved_rate:.4g}")
+        row += [str(st.chats), str(st.outcomes[Outcome.PASSED]), str(st.outcomes[Outcome.FAILED]),
+                str(st.outcomes[Outcome.INCOMPLETE]), str(st.outcomes[Outcome.ERROR]), str(st.dropped),
+                _ms(st.ttfe.get("p50"))]
+        cells: list[str | Text] = [*row, Text(_ms(p95), "bold red" if p95 is not None and p95 > limit else ""),
+                                   _ms(st.ttfe.get("p99"))]
+        table.add_row(*cells)
+    console.print(table)
+    knee = run.knee
+    slo = f"first-event p95 <= {limit:g} s"
+    if knee is None:
+        console.print(Text(f"{_c(run.scenario.name)}: {slo} held through every stage"))
+    else:
+        at = f" at {knee.asked_rate:g} chats/s" if knee.asked_rate is not None else f" at {knee.label}"
+        console.print(Text(f"{_c(run.scenario.name)}: knee: {slo} broke in stage {knee.index + 1}{at} "
+                           f"(p95 {_ms(knee.ttfe.get('p95'))})", "bold"))
+    if run.stats.dropped:
+        console.print(Text(f"{_c(run.scenario.name)}: {run.stats.dropped} chats dropped (due while max_in_flight "
+                           f"{run.scenario.max_in_flight} were in flight; never started)", "yellow"))
+    for warning in run.warnings:
+        console.print(Text(f"{_c(run.scenario.name)}: warning: {_c(warning)}", "yellow"))
+
+
+def knee_to_dict(run: ScenarioRun) -> dict[str, Any] | None:
+    knee = run.knee
+    if knee is None:
+        return None
+    return {"stage": knee.index + 1, "label": knee.label, "rate": knee.asked_rate, "limit": run.slo_limit,
+            "p95": knee.ttfe.get("p95")}
 
 
 def _rule_order(rule: str) -> tuple[int, str]:
@@ -203,11 +251,15 @@ def run_to_dict(run: ScenarioRun, include_chats: bool = True) -> dict[str, Any]:
         "elapsed_seconds": run.elapsed,
         "stopped_early": run.stopped_early,
         "errors": list(run.errors),
+        "warnings": list(run.warnings),
         "stats": run.stats.to_dict(),
         "objectives": [
             {"name": o.name, "op": o.op, "limit": o.limit, "value": o.value, "ok": o.ok} for o in run.objectives
         ],
     }
+    if run.stages:
+        d["stages"] = [st.to_dict() for st in run.stages]
+        d["knee"] = knee_to_dict(run)
     if include_chats:
         d["chats"] = [r.to_dict() for r in run.results]
     safe: dict[str, Any] = json_safe(d)

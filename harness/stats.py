@@ -255,10 +255,11 @@ class StageTallies:
 
 
 def knee(stages: list[StageStats], limit: float) -> StageStats | None:
-    """The first stage whose first-event p95 is over `limit` (the SLO broke there), or None when none is."""
+    """The first stage whose first-event p95 is over `limit` (the SLO broke there), or None when none is. A chat
+    dropped (never started) waited forever: more than 5% of a stage's chats dropped breaks it too."""
     for st in stages:
         p95 = st.ttfe.get("p95")
-        if p95 is not None and p95 > limit:
+        if (p95 is not None and p95 > limit) or st.dropped > 0.05 * (st.chats + st.dropped):
             return st
     return None
 
