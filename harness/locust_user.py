@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import gevent
 import gevent.pool
-from locust import User, constant, events, task
+from locust import User, events, task
 from locust import stats as locust_stats
 from locust.runners import MasterRunner, WorkerRunner
 from rich.console import Console
@@ -39,9 +39,9 @@ from .checker import ChatResult
 from .events import RULES, Outcome
 from .gevent_client import SyncSession
 from .results import ExitCode, ScenarioRun, exit_code
-from .scenario import ChatCall, RawCall, Scenario, builtin_scenarios, load_scenario
+from .scenario import ChatCall, ChatGroup, RawCall, Scenario, builtin_scenarios, load_scenario
 from .sinks import Sink
-from .stats import Tally, evaluate
+from .stats import StageTallies, Tally, evaluate
 from .targets import Target, TargetOptions, make_target, read_token
 from .yamlfile import ConfigError
 
@@ -80,6 +80,7 @@ class _Run:
         self.target: Target | None = None
         self.metrics_sink: Sink = Sink()  # the chatprobe metrics once a scenario is loaded
         self.tally = Tally()  # single process: the whole run; worker: since the last report; master: merged
+        self.stages: StageTallies | None = None  # the same, per stage of a staged scenario
         self.by_worker: Counter = Counter()  # master: chats each worker reported
         self.started = time.monotonic()
         self.user_prefix = f"lc-{uuid.uuid4().hex[:6]}"
@@ -88,6 +89,10 @@ class _Run:
         """Scenario and target from the options (on a worker, the master's options arrive with the first spawn)."""
         opts = self.environment.parsed_options
         scenario = load_scenario(opts.chatprobe_scenario)
+        if scenario.open_model:
+            raise ConfigError(f"--chatprobe-scenario {opts.chatprobe_scenario}: an open-model scenario (arrival_rate, "
+                              "or stages with `rate`) runs under `chatprobe run` only; under Locust give stages of "
+                              "`users` and a think_time", field="scenario")
         host = self.environment.host or getattr(opts, "host", None)
         if not host:
             raise ConfigError("--host: give the ws:// or wss:// URL of the chat server")
@@ -105,12 +110,17 @@ class _Run:
 
             self.metrics_sink = MetricsSink(default_metrics(), target.name, "load")
         self.scenario, self.target = scenario, target
+        shape = scenario.shape()
+        if shape is not None and (self.stages is None or self.stages.shape.windows != shape.windows):
+            self.stages = StageTallies(shape)
 
     # -- verdicts --
     def record(self, result: ChatResult, elapsed: float) -> None:
         """One verdict into Locust's stats (a chat request and a first_event request) and the tally."""
         assert self.scenario is not None
         self.tally.add(result)
+        if self.stages is not None:
+            self.stages.add(result, result.sent_at - self.started)
         request = self.environment.events.request
         name = self.scenario.name
         ms = (result.duration if result.duration is not None else elapsed) * 1000
@@ -123,9 +133,12 @@ class _Run:
                          response_length=0, exception=ChatNotPassed(f"R9 {RULES['R9']}") if slow else None,
                          context={})
 
-    def take(self) -> Tally:
+    def take(self) -> tuple[Tally, dict[int, Tally]]:
         tally, self.tally = self.tally, Tally()
-        return tally
+        stages: dict[int, Tally] = {}
+        if self.stages is not None:
+            stages, self.stages.by_stage = self.stages.by_stage, {}
+        return tally, stages
 
     # -- the end --
     def verdict(self) -> int:
@@ -138,6 +151,8 @@ class _Run:
         run = ScenarioRun(scenario=self.scenario, target=self.target.name if self.target else "", results=[],
                           stats=stats, objectives=objectives, started_at=time.time(),
                           elapsed=time.monotonic() - self.started)
+        if self.stages is not None:
+            run.stages = self.stages.stats()
         code = exit_code([run])
         ok, unreachable = code is ExitCode.OK, code is ExitCode.UNREACHABLE
         from harness.report import print_summary
@@ -212,6 +227,8 @@ def _init(environment, runner=None, **_kw) -> None:
 def _test_start(environment, **_kw) -> None:
     run = current()
     run.tally = Tally()
+    if run.stages is not None:
+        run.stages.by_stage = {}
     run.by_worker.clear()
     run.started = time.monotonic()
     if not isinstance(environment.runner, MasterRunner):
@@ -226,16 +243,19 @@ def _test_start(environment, **_kw) -> None:
 def _report(client_id, data, **_kw) -> None:
     """Each stats interval (and the final report), a worker sends the verdicts since the last one."""
     run = current()
-    tally = run.take()
+    tally, stages = run.take()
     if tally.chats:
         run.environment.runner.send_message(
-            TALLY_MESSAGE, {"worker": run.environment.runner.worker_index, "tally": tally.to_dict()})
+            TALLY_MESSAGE, {"worker": run.environment.runner.worker_index, "tally": tally.to_dict(),
+                            "stages": {str(i): t.to_dict() for i, t in stages.items()}})
 
 
 def _on_tally(environment, msg, **_kw) -> None:
     run = current()
     tally = Tally.from_dict(msg.data["tally"])
     run.tally.merge(tally)
+    if run.stages is not None:
+        run.stages.merge({int(i): Tally.from_dict(t) for i, t in msg.data.get("stages", {}).items()})
     run.by_worker[f"w{msg.data['worker']}"] += tally.chats
 
 
@@ -257,7 +277,6 @@ class ChatUser(User):
     Abstract, as locust.contrib's users are: a locustfile subclasses it (scenarios/locustfile.py)."""
 
     abstract = True
-    wait_time = constant(0)
 
     def on_start(self) -> None:
         run = current()
@@ -270,6 +289,12 @@ class ChatUser(User):
         self.session = SyncSession(run.target, user_id, run.scenario.name, run.metrics_sink,
                                    connect_timeout=run.scenario.connect_timeout)
         self.script = run.scenario.user_script(run.target.profile)
+        self._plan = self.script.plan()
+        self._last: ChatCall | RawCall | ChatGroup | None = None
+
+    def wait_time(self) -> float:
+        """The scenario's think_time (a step's own after its chats): Locust waits this between the user's chats."""
+        return self.script.pause(self._last) if self._last is not None else 0.0
 
     def on_stop(self) -> None:
         self.session.close()
@@ -282,19 +307,24 @@ class ChatUser(User):
 
     @task
     def play(self) -> None:
-        """One play of the scenario's user script: its steps, or chats_per_user chats with parallel_chats in flight."""
-        for item in self.script.plan():
-            if isinstance(item, ChatCall):
-                self._chat(item)
-            elif isinstance(item, RawCall):
-                t0 = time.monotonic()
-                result = self.session.send_invalid(item.raw, item.expectations)
-                self.chatprobe.record(result, time.monotonic() - t0)
-            else:
-                pool = gevent.pool.Pool(item.parallel)
-                try:
-                    for _ in range(item.count):
-                        pool.spawn(self._chat)
-                    pool.join(raise_error=True)
-                finally:
-                    pool.kill()
+        """The next item of the scenario's user script (its steps, or chats_per_user chats with parallel_chats in
+        flight), played again and again; Locust's wait_time (the think time) comes between items."""
+        item = next(self._plan, None)
+        if item is None:
+            self._plan = self.script.plan()
+            item = next(self._plan)
+        self._last = item
+        if isinstance(item, ChatCall):
+            self._chat(item)
+        elif isinstance(item, RawCall):
+            t0 = time.monotonic()
+            result = self.session.send_invalid(item.raw, item.expectations)
+            self.chatprobe.record(result, time.monotonic() - t0)
+        else:
+            pool = gevent.pool.Pool(item.parallel)
+            try:
+                for _ in range(item.count):
+                    pool.spawn(self._chat)
+                pool.join(raise_error=True)
+            finally:
+                pool.kill()
