@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .events import Event, Frame, Outcome, Role, Rule, Violation
+from .payload_checks import CHECKS, Finding, RunChecks, RunContext
 
 # Judged chats a connection remembers for late events; older ones are forgotten (bounded memory).
 KEEP_FINISHED = 64
@@ -22,6 +23,9 @@ MAX_EVENTS_KEPT = 10_000
 MAX_VIOLATIONS_KEPT = 200
 MAX_SEQS_AHEAD = 10_000
 MAX_OPEN_SPANS = 1_000
+MAX_WARNINGS_KEPT = 50
+# Further runs one stream may carry after the chat's own (AG-UI: RUN_STARTED with parentRunId after RUN_FINISHED).
+MAX_FOLLOWUP_RUNS = 32
 
 ExpectError = Literal["recoverable", "fatal", "invalid_input"] | None
 
@@ -38,6 +42,9 @@ class Expectations:
     expect_error: ExpectError = None
     # Span names that must be closed by the terminal event (from the profile); others may stay open.
     spans_must_close: frozenset[str] | None = None
+    # The profile's payload check sets (harness/payload_checks.py) and the tools the request offered the agent.
+    checks: tuple[str, ...] = ()
+    offered_tools: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -63,6 +70,9 @@ class ChatResult:
     events_received: int = 0  # all of them; `events` keeps the first MAX_EVENTS_KEPT
     violations_not_listed: dict[str, int] = field(default_factory=dict)  # by rule, past MAX_VIOLATIONS_KEPT
     event_counts: dict[Role, int] = field(default_factory=dict)  # every event received, by role
+    # Advice apart from the contract (docs/profiles.md): shown in reports, never failing the chat.
+    warnings: list[Violation] = field(default_factory=list)
+    parent_run_id: str | None = None  # a further run of the same stream: the run it continues
 
     @property
     def passed(self) -> bool:
@@ -87,6 +97,10 @@ class ChatResult:
             "violations": [
                 {"rule": v.rule, "reason": v.reason, "event_index": v.event_index} for v in self.violations
             ],
+            "warnings": [
+                {"rule": v.rule, "reason": v.reason, "event_index": v.event_index} for v in self.warnings
+            ],
+            "parent_run_id": self.parent_run_id,
             "event_delays": {r.value: d for r, d in self.event_delays.items()},
             "events": [
                 {
@@ -115,7 +129,8 @@ class ChatTracker:
         "chat_id", "scenario", "exp", "sent_at", "thread_id", "run_id", "message_id", "events",
         "violations", "roles", "first_delay", "terminal_index", "terminal_at", "last_at", "seq_low", "seqs_above", "max_seq",
         "open_spans", "saw_tool", "saw_thinking", "error_seen", "reconnects", "lost", "connection_error",
-        "_result", "n_events", "overflow", "role_counts", "terminal_event",
+        "_result", "n_events", "overflow", "role_counts", "terminal_event", "warnings", "run_checks", "followups",
+        "wake_id", "parent_run_id", "root",
     )
 
     def __init__(
@@ -159,6 +174,17 @@ class ChatTracker:
         self.overflow: dict[str, int] = {}
         self.role_counts: dict[Role, int] = {}
         self.terminal_event: Event | None = None
+        self.warnings: list[Violation] = []
+        self.run_checks: RunChecks | None = None
+        if expectations.checks:
+            ctx = RunContext(expectations.offered_tools, (message_id,) if message_id else ())
+            self.run_checks = _Combined([CHECKS[name].start(ctx) for name in expectations.checks])
+        # Further runs the stream carried after this one (multi-run streams), each judged as its own chat; they wake
+        # the flow that plays this chat (wake_id).
+        self.followups: list[ChatTracker] = []
+        self.wake_id = chat_id
+        self.parent_run_id: str | None = None
+        self.root: ChatTracker = self
 
     # -- state --
     @property
@@ -179,6 +205,27 @@ class ChatTracker:
 
     def wait_deadline(self) -> float:
         return self.sent_at + self.exp.deadline
+
+    def last_run(self) -> "ChatTracker":
+        """The latest run of this chat's stream: itself, or the last further run it carried."""
+        return self.followups[-1] if self.followups else self
+
+    def followup(self, run_id: str) -> "ChatTracker":
+        """A further run on this chat's stream after this run's clean end: a chat of its own, of the same user and
+        thread, timed from that end, whose payload checks continue this run's (ids, state)."""
+        root = self.root
+        chat = ChatTracker(f"{root.chat_id}.{len(root.followups) + 1}", self.exp, self.terminal_at or self.last_at,
+                           scenario=self.scenario, thread_id=self.thread_id, run_id=run_id)
+        chat.parent_run_id = self.run_id
+        chat.wake_id, chat.root = root.wake_id, root
+        if self.run_checks is not None:
+            chat.run_checks = self.run_checks.followup()
+        root.followups.append(chat)
+        return chat
+
+    def _warn(self, rule: Rule, reason: str, index: int | None) -> None:
+        if len(self.warnings) < MAX_WARNINGS_KEPT:
+            self.warnings.append(Violation(rule, reason, index))
 
     def _flag(self, rule: Rule, reason: str, index: int | None = None) -> None:
         if len(self.violations) < MAX_VIOLATIONS_KEPT:
@@ -219,6 +266,8 @@ class ChatTracker:
 
         if ev.oversized:
             self._flag(Rule.R12, f"{_name(ev)} has {', '.join(ev.oversized)} over the size limit (kept truncated)", idx)
+        if ev.problems or ev.advice or ev.payload is not None:
+            self._payload(ev, idx)
 
         # R7: sequence numbers, where the server sends them.
         if ev.seq is not None:
@@ -257,12 +306,28 @@ class ChatTracker:
             self.terminal_index = idx
             self.terminal_event = ev
             self.terminal_at = at
+            if self.run_checks is not None:
+                for finding in self.run_checks.end(ev):
+                    (self._warn if finding.warning else self._flag)(finding.rule, finding.reason, idx)
+            ev.payload = None
             must = self.exp.spans_must_close
             # A fatal error may cut a tool call or a message short: only a completed run owes closed spans.
             still_open = self.open_spans.items() if role is Role.AGENT_COMPLETED else ()
             for (name, key), _count in still_open:
                 if must is None or name in must:
                     self._flag(Rule.R5, f"{name} {key or ''} still open at the terminal event".replace("  ", " "), idx)
+
+    def _payload(self, ev: Event, idx: int) -> None:
+        """The dialect's payload rules (harness/payload_checks.py): the schema's verdict, then the run's checks."""
+        for problem in ev.problems:
+            self._flag(Rule.R12, problem, idx)
+        for advice in ev.advice:
+            self._warn(Rule.R12, advice, idx)
+        if self.run_checks is not None and self.terminal_index is None:
+            for finding in self.run_checks.event(ev):
+                (self._warn if finding.warning else self._flag)(finding.rule, finding.reason, idx)
+        if not ev.terminal or self.terminal_index is not None:
+            ev.payload = None  # read: the events kept for reports hold no payload (the terminal one is read at its end)
 
     def _seq(self, s: int, idx: int) -> None:
         if s < 1:
@@ -436,6 +501,8 @@ class ChatTracker:
             events_received=self.n_events,
             violations_not_listed=dict(self.overflow),
             event_counts=dict(self.role_counts),
+            warnings=list(self.warnings),
+            parent_run_id=self.parent_run_id,
         )
         self._result = res
         return res
@@ -521,6 +588,8 @@ class ConnectionChecker:
                     cand.run_id = ev.run_id
                     self.by_run[ev.run_id] = cand
                     chat = cand
+                elif ev.role is Role.AGENT_STARTED:
+                    chat = self._new_run(ev, cand)
         elif ev.thread_id is not None:
             chat = self.by_thread.get(ev.thread_id)
         elif self.events_name_run:
@@ -541,6 +610,20 @@ class ConnectionChecker:
             chat.foreign(ev, f"thread {ev.thread_id!r} inside this client's run")
         chat.feed(ev)
         return chat
+
+    def _new_run(self, ev: Event, same_thread: ChatTracker | None) -> ChatTracker | None:
+        """A run start naming a run this client did not start. After a clean end, naming the finished run as its
+        parent (AG-UI's parentRunId), it is a further run of that chat's stream: a chat of its own. Else, on the
+        thread of a chat of this client, it is that run starting again (R1) or an event after its end (R4): not
+        cross-talk."""
+        parent = self.by_run.get(ev.parent_run_id) if ev.parent_run_id else None
+        if (parent is not None and ev.run_id is not None and parent.terminal_event is not None
+                and parent.terminal_event.role is Role.AGENT_COMPLETED and parent is parent.root.last_run()
+                and len(parent.root.followups) < MAX_FOLLOWUP_RUNS and not parent.root.judged):
+            chat = parent.followup(ev.run_id)
+            self.add(chat)
+            return chat
+        return same_thread
 
     def _unnamed_waiting(self, ev: Event) -> ChatTracker | None:
         """The chat a new run answers when nothing names it: the oldest one still waiting for its run whose own ids
@@ -594,6 +677,19 @@ def _name(ev: Event) -> str:
     return f"{ev.role.value} ({ev.wire_type})"
 
 
+def judge_followups(tracker: ChatTracker, now: float) -> list[ChatResult]:
+    """The further runs a chat's stream carried, each judged as its own chat when the chat is: one still going is
+    cut short (its stream ended, or the chat was stopped) unless its deadline has passed (R10)."""
+    out = []
+    for chat in tracker.followups:
+        if chat._result is None:
+            cut = not chat.done and now < chat.wait_deadline()
+            chat.finish(now, lost=cut, note="the stream ended before this run's terminal event" if cut else "")
+        assert chat._result is not None
+        out.append(chat._result)
+    return out
+
+
 def abandon(tracker: ChatTracker, now: float) -> ChatResult:
     """The client left on purpose mid-run: judge only what arrived (no required roles, no terminal owed)."""
     if tracker._result is not None:
@@ -601,3 +697,19 @@ def abandon(tracker: ChatTracker, now: float) -> ChatResult:
     outcome = Outcome.FAILED if tracker.violations else Outcome.PASSED
     return tracker._make(outcome, list(tracker.violations), [], now,
                          f"abandoned by the client after {len(tracker.events)} events")
+
+
+class _Combined(RunChecks):
+    """Several check sets' run checks as one."""
+
+    def __init__(self, parts: list[RunChecks]) -> None:
+        self.parts = parts
+
+    def event(self, ev: Event) -> list[Finding]:
+        return [f for p in self.parts for f in p.event(ev)]
+
+    def end(self, ev: Event) -> list[Finding]:
+        return [f for p in self.parts for f in p.end(ev)]
+
+    def followup(self) -> RunChecks:
+        return _Combined([p.followup() for p in self.parts])

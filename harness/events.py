@@ -131,6 +131,12 @@ class Event:
     server_time: Any = None
     bad_seq: Any = None  # a `seq` that is present but not an integer (an R7)
     oversized: tuple[str, ...] = ()  # fields over the size limit, kept truncated (an R12)
+    parent_run_id: str | None = None  # the run this one continues (AG-UI's parentRunId): a new run on the stream
+    # The fields the profile's payload checks read (harness/payload_checks.py): references into the decoded frame,
+    # dropped by the checker once read, so events kept for reports hold none of them.
+    payload: dict[str, Any] | None = None
+    problems: tuple[str, ...] = ()  # the frame breaks the dialect's schema (an R12 each), field named
+    advice: tuple[str, ...] = ()  # the frame is off the schema's advice (warnings, not violations)
 
     @property
     def terminal(self) -> bool:

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, error_result
+from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, error_result, judge_followups
 from .events import Event, Frame, FrameKind, SessionError
 from .profiles import Profile
 from .sinks import Sink
@@ -75,7 +75,7 @@ class FrameRouter:
             chat = self.checker.route(decoded)
             self.sink.event_received(self.scenario, decoded)
             self.answered = True
-            return (chat.chat_id if chat is not None else WAKE_ALL), None
+            return (chat.wake_id if chat is not None else WAKE_ALL), None
         kind = decoded.kind
         if kind is FrameKind.PING:
             # At most one reply per PONG_INTERVAL: a server flooding pings must not make the client flood back
@@ -278,8 +278,11 @@ class ChatFlow:
         if state == FOLLOWING:
             return self._follow(now, link)
         if state == SETTLING:
-            if link.closed or now >= self._until:
+            verdict_at = verdict_due(self.tracker, self.options.settle)  # later when a further run started
+            if link.closed or now >= verdict_at:
                 return self._judge(now)
+            if verdict_at != self._until:
+                self._until, self._wait = verdict_at, Wait(verdict_at)
             return self._wait
         if state == NEW:
             self.router.sink.chat_started(self.router.scenario)
@@ -305,7 +308,7 @@ class ChatFlow:
             return Send(resume_frame(self.router.profile, self.tracker), "resume")
         if state == ABANDONING:
             self.router.sink.chat_abandoned(self.router.scenario)
-            return self._finish(abandon(self.tracker, now))
+            return self._finish(abandon(self.tracker, now), now)
         if state == ENDING:
             return self._end(now, link)
         if state == FINISHED:
@@ -376,12 +379,17 @@ class ChatFlow:
     def _judge(self, now: float) -> Finish:
         tracker = self.tracker
         lost = bool(self.lost_note) and not tracker.done
-        return self._finish(tracker.finish(now, lost=lost, note=self.lost_note))
+        return self._finish(tracker.finish(now, lost=lost, note=self.lost_note), now)
 
-    def _finish(self, result: ChatResult) -> Finish:
+    def _finish(self, result: ChatResult, now: float | None = None) -> Finish:
         self.result = result
         self.state = FINISHED
-        self.router.sink.chat_finished(result)
+        sink = self.router.sink
+        sink.chat_finished(result)
+        if now is not None and self.tracker.followups:  # further runs the stream carried: chats of their own
+            for run in judge_followups(self.tracker, now):
+                sink.chat_started(self.router.scenario)
+                sink.chat_finished(run)
         return Finish(result)
 
     def _error(self, kind: str, message: str) -> None:
@@ -448,7 +456,7 @@ class ChatFlow:
             self._finish(tracker.finish(now, lost=True, note="stopped before the answer"))
         else:
             stopped = not tracker.done
-            self._finish(tracker.finish(now, lost=stopped, note="stopped before the chat ended" if stopped else ""))
+            self._finish(tracker.finish(now, lost=stopped, note="stopped before the chat ended" if stopped else ""), now)
         assert self.result is not None
         return self.result
 
@@ -460,7 +468,7 @@ class ChatFlow:
         result = abandon(self.tracker, now)
         result.note = STOPPED_NOTE
         self.router.sink.chat_abandoned(self.router.scenario)
-        self._finish(result)
+        self._finish(result, now)
         return result
 
 
@@ -470,9 +478,10 @@ def verdict_due(tracker: ChatTracker, settle: float) -> float:
     """When a chat is judged (clock time): `settle` after its terminal event, listening for late events (R3, R4, R7);
     at once when its message was rejected (nothing more will come); else at its deadline. ChatFlow and
     PassiveChats both time their verdicts by this."""
-    if tracker.done:
-        return tracker.terminal_at + settle if tracker.terminal_at is not None else float("-inf")
-    return tracker.wait_deadline()
+    last = tracker.last_run()  # a stream that carried further runs: its latest one decides
+    if last.done:
+        return last.terminal_at + settle if last.terminal_at is not None else float("-inf")
+    return last.wait_deadline()
 
 
 class PassiveChats:

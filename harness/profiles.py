@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
 from .events import DEFAULT_REQUIRED, Event, Frame, FrameKind, Role, SessionError
+from .payload_checks import CHECKS, CheckSet
 from .yamlfile import builtin_names, load_builtin_or_file
 
 _MISSING = object()
@@ -47,6 +48,8 @@ class Fields(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: list[str] = ["type"]
     run_id: list[str] = ["run_id"]
+    # On the event that starts a run: the finished run it continues, so a new run on the same stream is its own chat.
+    parent_run_id: list[str] = ["parent_run_id"]
     thread_id: list[str] = ["thread_id"]
     user_id: list[str] = ["user_id"]
     message_id: list[str] = ["message_id"]
@@ -125,6 +128,8 @@ class Profile(BaseModel):
     events_name_run: bool = False
     # A terminal error is recoverable only when the recoverable field says so.
     auth_subprotocol: bool = True
+    # Named payload check sets (harness/payload_checks.py) run on every event: the schema, ids, arguments, state.
+    checks: list[str] = []
 
     _decoder: "Decoder" = PrivateAttr()
 
@@ -167,6 +172,21 @@ class Profile(BaseModel):
                     raise ValueError(f"wire type or role {t!r} belongs to more than one span")
                 span_types.add(t)
         return spans
+
+    @field_validator("checks")
+    @classmethod
+    def _checks_known(cls, v: list[str]) -> list[str]:
+        unknown = [n for n in v if n not in CHECKS]
+        if unknown:
+            raise ValueError(f"unknown check set {unknown[0]!r} (known: {', '.join(CHECKS)})")
+        return v
+
+    @property
+    def offered_tools(self) -> frozenset[str]:
+        """The names of the tools the request offers the agent (AG-UI's RunAgentInput.tools)."""
+        tools = self.request.get("tools")
+        return frozenset(t["name"] for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)) \
+            if isinstance(tools, list) else frozenset()
 
     def model_post_init(self, __context: Any) -> None:
         self._decoder = Decoder(self)
@@ -235,7 +255,7 @@ class Decoder:
     """A profile compiled once into lookup tables for the per-frame hot path (decode and the field lookups)."""
 
     __slots__ = ("profile", "always", "with_run", "unmapped", "control", "ping", "conn_error", "span_of",
-                 "containers", "names", "session_errors", "request_types", "resume_types")
+                 "containers", "names", "session_errors", "request_types", "resume_types", "checks", "check_fields")
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
@@ -273,6 +293,8 @@ class Decoder:
         resume_type = (self.find(profile.resume, self.scopes(profile.resume), self.names["type"])
                        if profile.resume else None)
         self.resume_types = frozenset(profile.resume_types or ([resume_type] if isinstance(resume_type, str) else []))
+        self.checks: tuple[CheckSet, ...] = tuple(CHECKS[name] for name in profile.checks)
+        self.check_fields = tuple(dict.fromkeys(f for c in self.checks for f in c.fields))
 
     # -- field lookup: containers resolved once per frame, names split once --
     def scopes(self, frame: dict[str, Any]) -> list[dict[str, Any]]:
@@ -372,6 +394,10 @@ class Decoder:
             ev.tool_name = _id(find(frame, scopes, n["tool_name"]), "tool_name", oversized)[0]
         if role is Role.ERROR_EVENT:
             ev.recoverable = find(frame, scopes, n["recoverable"]) is True
+        elif role is Role.AGENT_STARTED:
+            ev.parent_run_id = _id(find(frame, scopes, n["parent_run_id"]), "parent_run_id", oversized)[0]
+        if self.checks:
+            self._check(frame, scopes, ev)
         span = self.span_of.get(wire_type) or (self.span_of.get(role.value) if role else None)
         if span is not None:
             sp, kind = span
@@ -382,6 +408,21 @@ class Decoder:
         if oversized:
             ev.oversized = tuple(oversized)
         return ev
+
+    def _check(self, frame: dict[str, Any], scopes: list[dict[str, Any]], ev: Event) -> None:
+        """The profile's payload checks: the stateless ones now, and the fields the checker's ones will read."""
+        problems: tuple[str, ...] = ()
+        advice: tuple[str, ...] = ()
+        for check in self.checks:
+            p, a = check.frame(frame)
+            problems, advice = problems + p, advice + a
+        ev.problems, ev.advice = problems, advice
+        payload = {}
+        for name in self.check_fields:
+            v = self.find(frame, scopes, ((name,), ()))
+            if v is not None:
+                payload[name] = v
+        ev.payload = payload
 
     # -- frames from the client --
     def decode_client(self, text: str | bytes) -> ClientFrame:

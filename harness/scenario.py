@@ -220,6 +220,9 @@ class Scenario(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     description: str = ""
     profile: str | None = None
+    # The dialects (profile names) a server can carry this scenario in; None: any. A built-in scenario that needs a
+    # dialect's own features (netra's resume, its invalid-input answer) lists only the dialects that have them.
+    dialects: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]] | None = None
     users: Int = Field(default=1, ge=1, le=100000)
     chats_per_user: Int = Field(default=1, ge=1, le=100000)
     concurrency: Int | None = Field(default=None, ge=1, le=100000)
@@ -354,6 +357,8 @@ def expectations_for(profile: "Profile", expect: Expect | None = None, *, requir
         thinking_before_tool=profile.thinking_before_tool if e.thinking_before_tool is None else e.thinking_before_tool,
         expect_error=expect_error,
         spans_must_close=profile.spans_must_close,
+        checks=tuple(profile.checks),
+        offered_tools=profile.offered_tools,
     )
 
 

@@ -142,7 +142,8 @@ def test_with_nothing_else_one_chat_per_connection(tmp_path):
     def stream(conn: str, terminal: bool) -> list[dict]:
         types = ["RUN_STARTED", "TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END"]
         types += ["RUN_FINISHED"] if terminal else []
-        return [{"dir": "recv", "conn": conn, "frame": {"type": t, "messageId": "a1", "delta": "x"}} for t in types]
+        return [{"dir": "recv", "conn": conn, "frame": {"type": t, "threadId": "t", "runId": conn, "messageId": "a1",
+                                                        "delta": "x"}} for t in types]
 
     [run] = check_files([write_jsonl(tmp_path / "r.jsonl", stream("s1", True) + stream("s2", False))], AGUI, SC)
     assert [(r.chat_id.split("#")[0], r.outcome.value) for r in run.results] == [("s1", "passed"), ("s2", "incomplete")]
@@ -199,22 +200,22 @@ def test_many_chats_are_all_counted_and_the_first_listed(tmp_path):
 
 def test_sse_body_parsed_as_the_spec_says(tmp_path):
     f = tmp_path / "body.txt"
-    f.write_bytes(b'\xef\xbb\xbf: hello\r\nevent: x\r\ndata: {"type":"RUN_STARTED","runId":"r1"}\r\n\r\n'
+    f.write_bytes(b'\xef\xbb\xbf: hello\r\nevent: x\r\ndata: {"type":"RUN_STARTED","threadId":"t","runId":"r1"}\r\n\r\n'
                   b'data: {"type":"TEXT_MESSAGE_START",\rdata: "messageId":"a"}\r\r'
                   b'id: 3\ndata:{"type":"TEXT_MESSAGE_END","messageId":"a"}\n\n'
-                  b'data: {"type":"RUN_FINISHED","runId":"r1"}\n\n'
+                  b'data: {"type":"RUN_FINISHED","threadId":"t","runId":"r1"}\n\n'
                   b'data: {"type":"never dispatched"}')
     assert detect_format(f.read_bytes()[:100]) == "sse"
     frames = [r.frame for r in read_recording(f)]
-    assert frames == ['{"type":"RUN_STARTED","runId":"r1"}', '{"type":"TEXT_MESSAGE_START",\n"messageId":"a"}',
-                      '{"type":"TEXT_MESSAGE_END","messageId":"a"}', '{"type":"RUN_FINISHED","runId":"r1"}']
+    assert frames == ['{"type":"RUN_STARTED","threadId":"t","runId":"r1"}', '{"type":"TEXT_MESSAGE_START",\n"messageId":"a"}',
+                      '{"type":"TEXT_MESSAGE_END","messageId":"a"}', '{"type":"RUN_FINISHED","threadId":"t","runId":"r1"}']
     [run] = check_files([f], AGUI, SC)
     assert verdicts(run) == [("r1", "passed", [])] and run.passed
 
 
 def test_sse_event_over_the_limit_ends_the_stream_with_an_r12(tmp_path):
     f = tmp_path / "body.sse"
-    f.write_bytes(b'data: {"type":"RUN_STARTED","runId":"r1"}\n\ndata: ' + b"y" * (3 << 20) + b"\n\n")
+    f.write_bytes(b'data: {"type":"RUN_STARTED","threadId":"t","runId":"r1"}\n\ndata: ' + b"y" * (3 << 20) + b"\n\n")
     [run] = check_files([f], AGUI, SC, max_frame=1 << 20)
     [chat] = run.results
     assert chat.outcome is Outcome.INCOMPLETE and [v.rule for v in chat.violations] == ["R12"]

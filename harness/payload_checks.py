@@ -1,0 +1,372 @@
+"""Payload rules as small, named checks: what a dialect's events must carry, beyond the order the profile describes.
+
+A profile names the check sets that apply (`checks: [agui]`). The Decoder runs a set's stateless `frame` check on
+each decoded frame (the official schema) and hands the fields the set reads to the Event (`Event.payload`, transient);
+the ChatTracker runs the set's stateful `RunChecks` on each event of a run. Pure: no I/O; each state bounded in bytes.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from .events import Event, Rule
+
+# Per run: remembered ids (messages, tool calls), argument text per tool call, and the agent state, bounded so that a
+# flooding or hostile server costs the client this much and no more (past a bound the check says so and stops).
+MAX_IDS = 10_000
+MAX_ARGS_BYTES = 256 * 1024
+MAX_STATE_BYTES = 1024 * 1024
+# Schema failures reported per event, each cut to this many characters.
+MAX_PROBLEMS = 3
+MAX_PROBLEM_CHARS = 200
+
+
+class Finding(NamedTuple):
+    """One rule broken by an event's payload; `warning` findings are advice, shown in reports, never failing a chat."""
+
+    rule: Rule
+    reason: str
+    warning: bool = False
+
+
+class RunContext(NamedTuple):
+    """What a run's checks know of the request that started it."""
+
+    offered_tools: frozenset[str] = frozenset()  # tools the client offered (the request's `tools`)
+    request_message_ids: tuple[str, ...] = ()  # ids of the messages the client sent
+
+
+class RunChecks:
+    """The stateful checks of one run; `event` sees each event in order, `end` the terminal one."""
+
+    def event(self, ev: Event) -> Iterable[Finding]:
+        return ()
+
+    def end(self, ev: Event) -> Iterable[Finding]:
+        return ()
+
+    def followup(self) -> "RunChecks":
+        """The checks of a further run on the same stream (it inherits what is known: ids, state)."""
+        return type(self)()
+
+
+@dataclass(frozen=True)
+class CheckSet:
+    """A named set of checks: the payload fields it reads, a stateless check of the whole frame, a run's checks."""
+
+    name: str
+    fields: tuple[str, ...]
+    frame: Callable[[dict[str, Any]], tuple[tuple[str, ...], tuple[str, ...]]]  # (problems: R12, advice)
+    start: Callable[[RunContext], RunChecks]
+
+
+# -- AG-UI ---------------------------------------------------------------------------------------------------------
+
+_TYPED_EVENT: Any = None  # ag_ui.core's Event union as a pydantic TypeAdapter, built on first use
+_EVENT_TYPES: frozenset[str] = frozenset()
+
+
+def _schema() -> tuple[Any, frozenset[str]]:
+    """The official AG-UI event schema (the ag-ui-protocol package's models), loaded only when a profile uses it."""
+    global _TYPED_EVENT, _EVENT_TYPES
+    if _TYPED_EVENT is None:
+        from ag_ui.core import Event as AguiEvent
+        from ag_ui.core import EventType
+        from pydantic import TypeAdapter
+
+        _EVENT_TYPES = frozenset(t.value for t in EventType)
+        _TYPED_EVENT = TypeAdapter(AguiEvent)
+    return _TYPED_EVENT, _EVENT_TYPES
+
+
+def agui_frame(frame: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The frame against ag_ui.core's models (wire names only): each failure names its field."""
+    from pydantic import ValidationError
+
+    adapter, types = _schema()
+    wire_type = frame.get("type")
+    if wire_type not in types:
+        # The profile knows it (else the decoder would have refused it): a name from before AG-UI 1.0 (THINKING_*).
+        return (), (f"{str(wire_type)[:60]} is not an AG-UI 1.0 event (1.0 replaced THINKING_* with REASONING_*)",)
+    try:
+        adapter.validate_python(frame, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False)[:MAX_PROBLEMS]:
+            loc = ".".join(str(p) for p in err["loc"][1:]) or "(event)"
+            problems.append(f"{wire_type} field '{loc}': {err['msg']}"[:MAX_PROBLEM_CHARS])
+        return tuple(problems), ()
+    except (RecursionError, ValueError) as exc:  # a pathologically nested frame
+        return (f"{wire_type}: not checkable against the schema ({exc.__class__.__name__})",), ()
+    return (), ()
+
+
+@dataclass
+class _Call:
+    name: str
+    ended: bool = False
+    answered: bool = False
+    args: list[str] = field(default_factory=list)
+    args_bytes: int = 0
+
+
+def _text(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+class AguiRunChecks(RunChecks):
+    """AG-UI's payload rules for one run (docs/profiles.md lists them with their rule ids)."""
+
+    def __init__(self, ctx: RunContext = RunContext()) -> None:
+        self.ctx = ctx
+        self.messages: set[str] = set(ctx.request_message_ids)  # message ids known in this conversation
+        self.open_messages: set[str] = set()
+        self.closed_messages: set[str] = set()
+        self.calls: dict[str, _Call] = {}
+        self.state: Any = {}  # the request's state (the profile's template sends {})
+        self.state_tracked = True
+        self.warned: set[str] = set()
+        self.schema_failed = False  # the event at hand broke the schema (already an R12)
+
+    def followup(self) -> "AguiRunChecks":
+        nxt = AguiRunChecks(self.ctx)
+        nxt.messages = set(self.messages)
+        nxt.state, nxt.state_tracked = self.state, self.state_tracked
+        # Calls the finished run left for the application (frontend tools) may be answered in the next one.
+        nxt.calls = {k: _Call(c.name, ended=True, answered=c.answered) for k, c in self.calls.items()}
+        nxt.warned = set(self.warned)
+        return nxt
+
+    def _warn_once(self, key: str, reason: str) -> list[Finding]:
+        if key in self.warned:
+            return []
+        self.warned.add(key)
+        return [Finding(Rule.R12, reason, warning=True)]
+
+    def _remember(self, ids: set[str], value: str) -> None:
+        if len(ids) < MAX_IDS:
+            ids.add(value)
+
+    def event(self, ev: Event) -> list[Finding]:
+        p = ev.payload or {}
+        t = ev.wire_type
+        out: list[Finding] = []
+        if p.get("timestamp") is None:
+            out += self._warn_once("timestamp", f"{t} has no timestamp (advice: events should carry one)")
+        handler = _HANDLERS.get(t)
+        self.schema_failed = bool(ev.problems)
+        if handler is not None:
+            out += handler(self, p, t)
+        return out
+
+    # -- messages --
+    def _message_start(self, p: dict[str, Any], t: str) -> list[Finding]:
+        mid = _text(p.get("messageId"))
+        if mid is None:
+            return []
+        out = []
+        if mid in self.closed_messages or (mid in self.messages and mid not in self.open_messages):
+            out.append(Finding(Rule.R5, f"{t} reuses message id {mid[:80]!r}: a message with that id already exists"))
+        self._remember(self.messages, mid)
+        self._remember(self.open_messages, mid)
+        return out
+
+    def _message_content(self, p: dict[str, Any], t: str) -> list[Finding]:
+        if p.get("delta") == "":
+            return [Finding(Rule.R12, f"{t} with an empty delta")]
+        return []
+
+    def _message_end(self, p: dict[str, Any], t: str) -> list[Finding]:
+        mid = _text(p.get("messageId"))
+        if mid is not None and mid in self.open_messages:
+            self.open_messages.discard(mid)
+            self._remember(self.closed_messages, mid)
+        return []
+
+    def _message_chunk(self, p: dict[str, Any], t: str) -> list[Finding]:
+        mid = _text(p.get("messageId"))
+        if mid is not None:
+            self._remember(self.messages, mid)
+        return []
+
+    def _messages_snapshot(self, p: dict[str, Any], t: str) -> list[Finding]:
+        for m in p.get("messages") or ():
+            if isinstance(m, dict) and isinstance(m.get("id"), str):
+                self._remember(self.messages, m["id"])
+                for call in m.get("toolCalls") or ():
+                    if isinstance(call, dict) and isinstance(call.get("id"), str) and call["id"] not in self.calls \
+                            and len(self.calls) < MAX_IDS:
+                        self.calls[call["id"]] = _Call(str((call.get("function") or {}).get("name", "")), ended=True)
+            if isinstance(m, dict) and m.get("role") == "tool" and isinstance(m.get("toolCallId"), str):
+                if (c := self.calls.get(m["toolCallId"])) is not None:
+                    c.answered = True
+        return []
+
+    # -- tool calls --
+    def _call_start(self, p: dict[str, Any], t: str) -> list[Finding]:
+        cid, name = _text(p.get("toolCallId")), _text(p.get("toolCallName")) or ""
+        if cid is None:
+            return []
+        out = []
+        if cid in self.calls:
+            if self.calls[cid].ended:
+                out.append(Finding(Rule.R5, f"{t} reuses tool call id {cid[:80]!r}: that call already ended"))
+        elif len(self.calls) < MAX_IDS:
+            self.calls[cid] = _Call(name)
+        parent = _text(p.get("parentMessageId"))
+        if parent is not None and parent not in self.messages:
+            out.append(Finding(Rule.R5, f"{t} {cid[:80]!r} names parentMessageId {parent[:80]!r}, which is no message "
+                                        "of this conversation"))
+        return out
+
+    def _call_args(self, p: dict[str, Any], t: str) -> list[Finding]:
+        call = self.calls.get(_text(p.get("toolCallId")) or "")
+        delta = p.get("delta")
+        if call is None or call.ended or not isinstance(delta, str) or call.args_bytes < 0:
+            return []
+        call.args_bytes += len(delta)
+        if call.args_bytes > MAX_ARGS_BYTES:
+            call.args, call.args_bytes = [], -1  # stop buffering: the arguments are not checked
+            return self._warn_once("args", f"{t}: tool call arguments over {MAX_ARGS_BYTES} bytes, not checked as JSON")
+        call.args.append(delta)
+        return []
+
+    def _call_end(self, p: dict[str, Any], t: str) -> list[Finding]:
+        cid = _text(p.get("toolCallId")) or ""
+        call = self.calls.get(cid)
+        if call is None or call.ended:
+            return []
+        call.ended = True
+        text, call.args = "".join(call.args), []
+        if call.args_bytes > 0 and text.strip():
+            try:
+                json.loads(text)
+            except (ValueError, RecursionError) as exc:
+                return [Finding(Rule.R12, f"tool call {cid[:80]!r}: the TOOL_CALL_ARGS deltas do not concatenate to "
+                                          f"valid JSON ({str(exc)[:80]})")]
+        return []
+
+    def _call_chunk(self, p: dict[str, Any], t: str) -> list[Finding]:
+        # The chunk shorthand has no explicit end: a call it names is taken as started and ended (its result owed).
+        cid = _text(p.get("toolCallId"))
+        if cid is not None and cid not in self.calls and len(self.calls) < MAX_IDS:
+            self.calls[cid] = _Call(_text(p.get("toolCallName")) or "", ended=True)
+        return []
+
+    def _call_result(self, p: dict[str, Any], t: str) -> list[Finding]:
+        cid = _text(p.get("toolCallId")) or ""
+        out = []
+        call = self.calls.get(cid)
+        if call is None:
+            out.append(Finding(Rule.R5, f"{t} for tool call {cid[:80]!r}, which never started"))
+        elif not call.ended:
+            out.append(Finding(Rule.R5, f"{t} for tool call {cid[:80]!r} before its TOOL_CALL_END"))
+        elif call.answered:
+            out.append(Finding(Rule.R5, f"a second {t} for tool call {cid[:80]!r}"))
+        if call is not None:
+            call.answered = True
+        mid = _text(p.get("messageId"))
+        if mid is not None:
+            if mid in self.messages:
+                out.append(Finding(Rule.R5, f"{t} reuses message id {mid[:80]!r}: a message with that id already exists"))
+            self._remember(self.messages, mid)
+        return out
+
+    # -- state --
+    def _state_snapshot(self, p: dict[str, Any], t: str) -> list[Finding]:
+        snapshot = p.get("snapshot")
+        if _json_size(snapshot) > MAX_STATE_BYTES:
+            self.state, self.state_tracked = None, False
+            return self._warn_once("state", f"{t}: state over {MAX_STATE_BYTES} bytes, later STATE_DELTAs not checked")
+        self.state, self.state_tracked = snapshot, True
+        return []
+
+    def _state_delta(self, p: dict[str, Any], t: str) -> list[Finding]:
+        import jsonpatch
+        import jsonpointer
+
+        patch = p.get("delta")
+        if not self.state_tracked or not isinstance(patch, list) or self.schema_failed:
+            return []  # not a JSON Patch: the schema check reported it
+        try:
+            new = jsonpatch.JsonPatch(patch).apply(self.state, in_place=False)
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError, IndexError,
+                ValueError, AttributeError) as exc:
+            return [Finding(Rule.R12, f"{t} does not apply to the current state (RFC 6902): {str(exc)[:120]}")]
+        if _json_size(new) > MAX_STATE_BYTES:
+            self.state, self.state_tracked = None, False
+            return self._warn_once("state", f"{t}: state over {MAX_STATE_BYTES} bytes, later STATE_DELTAs not checked")
+        self.state = new
+        return []
+
+    # -- advice --
+    def _raw(self, p: dict[str, Any], t: str) -> list[Finding]:
+        inner = p.get("event")
+        _, types = _schema()
+        if isinstance(inner, dict) and inner.get("type") in types:
+            return [Finding(Rule.R12, f"RAW wraps a typed AG-UI event ({str(inner.get('type'))[:40]}): send it as "
+                                      "itself", warning=True)]
+        return []
+
+    def end(self, ev: Event) -> list[Finding]:
+        """At RUN_FINISHED: every backend tool call (a tool the client did not offer) owes its TOOL_CALL_RESULT."""
+        if ev.wire_type != "RUN_FINISHED":
+            return []  # RUN_ERROR: the run failed, nothing more is owed
+        outcome = (ev.payload or {}).get("outcome")
+        kind = outcome.get("type") if isinstance(outcome, dict) else None
+        if kind == "cancelled":
+            return []
+        waiting: set[Any] = set()
+        if kind == "interrupt" and isinstance(outcome, dict):
+            # A tool approval pauses its call: the result comes in the run that resumes it.
+            waiting = {i.get("toolCallId") for i in outcome.get("interrupts") or () if isinstance(i, dict)}
+        out = []
+        for cid, call in self.calls.items():
+            if call.answered or not call.ended or cid in waiting or call.name in self.ctx.offered_tools:
+                continue  # (a call still open at the end is the tool call span's R5)
+            out.append(Finding(Rule.R5, f"tool call {cid[:80]!r} ({call.name[:60] or 'unnamed'}: a backend tool, not "
+                                        "offered by the client) has no TOOL_CALL_RESULT before the run's end"))
+            if len(out) >= 20:
+                break
+        return out
+
+
+def _json_size(v: Any) -> int:
+    try:
+        return len(json.dumps(v, separators=(",", ":")))
+    except (TypeError, ValueError, RecursionError):
+        return MAX_STATE_BYTES + 1
+
+
+_HANDLERS: dict[str, Callable[[AguiRunChecks, dict[str, Any], str], list[Finding]]] = {
+    "TEXT_MESSAGE_START": AguiRunChecks._message_start,
+    "TEXT_MESSAGE_CONTENT": AguiRunChecks._message_content,
+    "TEXT_MESSAGE_END": AguiRunChecks._message_end,
+    "TEXT_MESSAGE_CHUNK": AguiRunChecks._message_chunk,
+    "REASONING_MESSAGE_START": AguiRunChecks._message_start,
+    "REASONING_MESSAGE_CONTENT": AguiRunChecks._message_content,
+    "REASONING_MESSAGE_END": AguiRunChecks._message_end,
+    "REASONING_MESSAGE_CHUNK": AguiRunChecks._message_chunk,
+    "MESSAGES_SNAPSHOT": AguiRunChecks._messages_snapshot,
+    "TOOL_CALL_START": AguiRunChecks._call_start,
+    "TOOL_CALL_ARGS": AguiRunChecks._call_args,
+    "TOOL_CALL_END": AguiRunChecks._call_end,
+    "TOOL_CALL_CHUNK": AguiRunChecks._call_chunk,
+    "TOOL_CALL_RESULT": AguiRunChecks._call_result,
+    "STATE_SNAPSHOT": AguiRunChecks._state_snapshot,
+    "STATE_DELTA": AguiRunChecks._state_delta,
+    "RAW": AguiRunChecks._raw,
+}
+
+AGUI = CheckSet(
+    name="agui",
+    fields=("timestamp", "messageId", "delta", "toolCallId", "toolCallName", "parentMessageId", "messages",
+            "snapshot", "event", "outcome", "parentRunId"),
+    frame=agui_frame,
+    start=AguiRunChecks,
+)
+
+# The registry a profile's `checks:` names come from.
+CHECKS: dict[str, CheckSet] = {AGUI.name: AGUI}

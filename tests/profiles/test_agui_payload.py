@@ -1,0 +1,235 @@
+"""AG-UI's payload rules (harness/payload_checks.py, the `agui` check set), each against a real loopback AG-UI server
+built with the ag-ui-protocol encoder: one stream that breaks the rule, one that keeps it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from ag_ui.core import (
+    RawEvent,
+    RunAgentInput,
+    RunFinishedEvent,
+    RunStartedEvent,
+    StateDeltaEvent,
+    StateSnapshotEvent,
+    TextMessageContentEvent,
+    TextMessageEndEvent,
+    TextMessageStartEvent,
+    ToolCallArgsEvent,
+    ToolCallEndEvent,
+    ToolCallResultEvent,
+    ToolCallStartEvent,
+)
+
+from harness.checker import ChatResult
+from harness.client import Session
+from harness.events import Outcome, Rule
+from harness.flow import ChatOptions
+from harness.profiles import Profile, load_profile
+from harness.scenario import Expect, Scenario
+from harness.sinks import Sink
+from harness.targets import Target
+
+from .servers import AguiSSEServer
+
+AGUI = load_profile("ag-ui")
+FAST = ChatOptions(settle=0.05)
+TS = 1_700_000_000_000  # timestamps on every event, so the "no timestamp" advice stays out of the way
+
+
+def offering(*tools: str) -> Profile:
+    """The ag-ui profile whose RunAgentInput offers these frontend tools."""
+    data = AGUI.model_dump()
+    data["request"] = {**data["request"], "tools": [{"name": t, "description": t} for t in tools]}
+    return Profile.model_validate(data)
+
+
+async def chat(url: str, profile: Profile = AGUI) -> ChatResult:
+    target = Target(url=url, profile=profile, name="t")
+    exp = Scenario(name="t", expect=Expect(deadline=10)).expectations(profile)
+    session = Session(target, "u1", "t", Sink(), connect_timeout=5)
+    try:
+        return await session.chat("What is 6 * 7?", exp, FAST)
+    finally:
+        await session.close()
+
+
+def run(*middle):
+    """A script: RUN_STARTED, the events given (built with the run's input, or raw bytes), RUN_FINISHED."""
+    def script(inp: RunAgentInput):
+        yield RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS)
+        for item in middle:
+            yield item(inp) if callable(item) else item
+        yield RunFinishedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS)
+    return script
+
+
+def raw(obj: dict) -> bytes:
+    return f"data: {json.dumps({'timestamp': TS, **obj})}\n\n".encode()
+
+
+def call(cid="c1", name="calc", args=('{"x": ', "1}"), *, parent=None, end=True, result=True):
+    events = [ToolCallStartEvent(tool_call_id=cid, tool_call_name=name, parent_message_id=parent, timestamp=TS)]
+    events += [ToolCallArgsEvent(tool_call_id=cid, delta=a, timestamp=TS) for a in args]
+    if end:
+        events.append(ToolCallEndEvent(tool_call_id=cid, timestamp=TS))
+    if result:
+        events.append(ToolCallResultEvent(message_id=f"r-{cid}", tool_call_id=cid, content="1", timestamp=TS))
+    return events
+
+
+def text(mid="a1", *deltas):
+    return [TextMessageStartEvent(message_id=mid, role="assistant", timestamp=TS),
+            *(TextMessageContentEvent(message_id=mid, delta=d, timestamp=TS) for d in (deltas or ("hi",))),
+            TextMessageEndEvent(message_id=mid, timestamp=TS)]
+
+
+def content(mid: str, delta: str) -> bytes:  # the encoder's own models would not let some of these be built
+    return raw({"type": "TEXT_MESSAGE_CONTENT", "messageId": mid, "delta": delta})
+
+
+# name: (script, profile, rule expected or None when the stream keeps the rule, words of the reason)
+CASES = {
+    # a backend tool call owes its result; a frontend one does not
+    "backend call without TOOL_CALL_RESULT": (run(*call(result=False)), AGUI, "R5", "has no TOOL_CALL_RESULT"),
+    "backend call with its TOOL_CALL_RESULT": (run(*call()), AGUI, None, ""),
+    "frontend call without TOOL_CALL_RESULT": (run(*call(name="confirm", result=False)), offering("confirm"), None, ""),
+    "backend call paused by an interrupt": (
+        lambda inp: [RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS), *call(result=False),
+                     raw({"type": "RUN_FINISHED", "threadId": inp.thread_id, "runId": inp.run_id, "outcome": {
+                         "type": "interrupt", "interrupts": [{"id": "i1", "reason": "approve", "toolCallId": "c1"}]}})],
+        AGUI, None, ""),
+    # results only for ended calls
+    "TOOL_CALL_RESULT before TOOL_CALL_END": (
+        run(*call(end=False, result=False), ToolCallResultEvent(message_id="r1", tool_call_id="c1", content="1", timestamp=TS),
+            ToolCallEndEvent(tool_call_id="c1", timestamp=TS)), AGUI, "R5", "before its TOOL_CALL_END"),
+    "TOOL_CALL_RESULT for a call that never started": (
+        run(ToolCallResultEvent(message_id="r1", tool_call_id="nope", content="1", timestamp=TS)), AGUI, "R5",
+        "'nope', which never started"),
+    "two TOOL_CALL_RESULTs for one call": (
+        run(*call(), ToolCallResultEvent(message_id="r2", tool_call_id="c1", content="1", timestamp=TS)), AGUI, "R5",
+        "a second TOOL_CALL_RESULT"),
+    # arguments parse as JSON at TOOL_CALL_END
+    "TOOL_CALL_ARGS that are not JSON": (run(*call(args=('{"x": ', "1"))), AGUI, "R12", "do not concatenate to valid JSON"),
+    "TOOL_CALL_ARGS in many pieces, valid JSON": (run(*call(args=("{", '"x"', ":", " [1, 2]", "}"))), AGUI, None, ""),
+    "a call with no arguments at all": (run(*call(args=())), AGUI, None, ""),
+    # non-empty deltas
+    "empty TEXT_MESSAGE_CONTENT delta": (
+        run(TextMessageStartEvent(message_id="a1", timestamp=TS), content("a1", ""),
+            TextMessageEndEvent(message_id="a1", timestamp=TS)), AGUI, "R12", "empty delta"),
+    # known parent message ids
+    "parentMessageId naming no message": (run(*call(parent="ghost")), AGUI, "R5", "parentMessageId 'ghost'"),
+    "parentMessageId naming a streamed message": (run(*text("a1"), *call(parent="a1")), AGUI, None, ""),
+    "parentMessageId naming the user's message": (
+        lambda inp: run(*call(parent=inp.messages[0].id))(inp), AGUI, None, ""),
+    # ids unique within a run
+    "message id reused after it closed": (run(*text("a1"), *text("a1")), AGUI, "R5", "reuses message id 'a1'"),
+    "tool call id reused after it ended": (
+        run(*call(), *call(result=False)[:1], ToolCallEndEvent(tool_call_id="c1", timestamp=TS)), AGUI, "R5",
+        "reuses tool call id 'c1'"),
+    "two messages, two ids": (run(*text("a1"), *text("a2")), AGUI, None, ""),
+    # state: RFC 6902 patches that apply to the current state
+    "STATE_DELTA that applies": (
+        run(StateSnapshotEvent(snapshot={"n": 1, "items": []}, timestamp=TS),
+            StateDeltaEvent(delta=[{"op": "replace", "path": "/n", "value": 2},
+                                   {"op": "add", "path": "/items/-", "value": "x"}], timestamp=TS),
+            StateDeltaEvent(delta=[{"op": "test", "path": "/items/0", "value": "x"}], timestamp=TS)), AGUI, None, ""),
+    "STATE_DELTA on a path that does not exist": (
+        run(StateSnapshotEvent(snapshot={"n": 1}, timestamp=TS),
+            StateDeltaEvent(delta=[{"op": "replace", "path": "/missing/deep", "value": 2}], timestamp=TS)),
+        AGUI, "R12", "does not apply to the current state"),
+    "STATE_DELTA whose test fails": (
+        run(StateDeltaEvent(delta=[{"op": "add", "path": "/n", "value": 1}], timestamp=TS),
+            StateDeltaEvent(delta=[{"op": "test", "path": "/n", "value": 2}], timestamp=TS)),
+        AGUI, "R12", "does not apply"),
+    "STATE_DELTA that is not JSON Patch": (
+        run(raw({"type": "STATE_DELTA", "delta": [{"op": "frobnicate", "path": "/n"}]})), AGUI, "R12", "STATE_DELTA field"),
+    # the official schema
+    "TOOL_CALL_START without toolCallName": (
+        run(raw({"type": "TOOL_CALL_START", "toolCallId": "c1"}), raw({"type": "TOOL_CALL_END", "toolCallId": "c1"}),
+            raw({"type": "TOOL_CALL_RESULT", "messageId": "r", "toolCallId": "c1", "content": "x"})),
+        AGUI, "R12", "TOOL_CALL_START field 'toolCallName': Field required"),
+    "TEXT_MESSAGE_CONTENT with a numeric delta": (
+        run(TextMessageStartEvent(message_id="a1", timestamp=TS), raw({"type": "TEXT_MESSAGE_CONTENT", "messageId": "a1",
+                                                                        "delta": 5}),
+            TextMessageEndEvent(message_id="a1", timestamp=TS)), AGUI, "R12", "field 'delta'"),
+    "a fractional timestamp": (run(raw({"type": "CUSTOM", "name": "n", "value": 1, "timestamp": 1.5})), AGUI, "R12",
+                               "CUSTOM field 'timestamp'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_payload_rule(case):
+    script, profile, rule, words = CASES[case]
+    async with AguiSSEServer(script) as server:
+        result = await chat(server.url, profile)
+    if rule is None:
+        assert result.outcome is Outcome.PASSED, result.violations
+        assert result.warnings == [], result.warnings
+    else:
+        assert result.outcome is Outcome.FAILED
+        assert [v.rule for v in result.violations] == [Rule(rule)], result.violations
+        assert words in result.violations[0].reason, result.violations[0].reason
+
+
+# -- advice: warnings show, the chat passes --
+
+async def test_events_without_timestamps_are_advice_once_per_chat():
+    def script(inp: RunAgentInput):
+        yield RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id)
+        yield from (TextMessageStartEvent(message_id="a1"), TextMessageContentEvent(message_id="a1", delta="x"),
+                    TextMessageEndEvent(message_id="a1"))
+        yield RunFinishedEvent(thread_id=inp.thread_id, run_id=inp.run_id)
+
+    async with AguiSSEServer(script) as server:
+        result = await chat(server.url)
+    assert result.outcome is Outcome.PASSED and result.violations == []
+    assert len(result.warnings) == 1 and "no timestamp" in result.warnings[0].reason
+    assert result.to_dict()["warnings"][0]["rule"] == "R12"
+
+
+async def test_raw_wrapping_a_typed_event_is_advice():
+    script = run(RawEvent(event={"type": "TEXT_MESSAGE_START", "messageId": "x"}, source="me", timestamp=TS),
+                 RawEvent(event={"provider": "thing"}, timestamp=TS))
+    async with AguiSSEServer(script) as server:
+        result = await chat(server.url)
+    assert result.outcome is Outcome.PASSED and result.violations == []
+    assert [w.reason.split(" (")[0] for w in result.warnings] == ["RAW wraps a typed AG-UI event"]
+
+
+async def test_a_pre_1_0_thinking_event_is_advice_not_a_schema_failure():
+    script = run(raw({"type": "THINKING_START"}), raw({"type": "THINKING_END"}))
+    async with AguiSSEServer(script) as server:
+        result = await chat(server.url)
+    assert result.outcome is Outcome.PASSED, result.violations
+    assert result.warnings and "not an AG-UI 1.0 event" in result.warnings[0].reason
+
+
+async def test_events_kept_for_reports_hold_no_payload():
+    async with AguiSSEServer(run(StateSnapshotEvent(snapshot={"big": "x" * 10_000}, timestamp=TS), *call())) as server:
+        result = await chat(server.url)
+    assert result.outcome is Outcome.PASSED, result.violations
+    assert all(e.payload is None for e in result.events)
+
+
+async def test_state_over_the_bound_is_not_tracked_and_says_so():
+    from harness.payload_checks import MAX_STATE_BYTES
+
+    script = run(StateSnapshotEvent(snapshot={"big": "x" * (MAX_STATE_BYTES + 1)}, timestamp=TS),
+                 StateDeltaEvent(delta=[{"op": "remove", "path": "/nothing"}], timestamp=TS))
+    async with AguiSSEServer(script) as server:
+        result = await chat(server.url)
+    assert result.outcome is Outcome.PASSED, result.violations
+    assert any("state over" in w.reason for w in result.warnings)
+
+
+def test_the_payload_checks_are_pure():
+    import ast
+    from pathlib import Path
+
+    import harness.payload_checks as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level}
+    assert not imported & {"asyncio", "websockets", "httpx", "gevent", "socket", "threading", "argparse", "locust"}
