@@ -199,8 +199,8 @@ def print_stages(console: Console, run: ScenarioRun) -> None:
         console.print(Text(f"{_c(run.scenario.name)}: {slo} held through every stage"))
     else:
         at = f" at {knee.asked_rate:g} chats/s" if knee.asked_rate is not None else f" at {knee.label}"
-        console.print(Text(f"{_c(run.scenario.name)}: knee: {slo} broke in stage {knee.index + 1}{at} "
-                           f"(p95 {_ms(knee.ttfe.get('p95'))})", "bold"))
+        console.print(Text(f"{_c(run.scenario.name)}: the knee: {slo} broke in stage {knee.index + 1}{at} "
+                           f"(p95 {_ms(knee.ttfe.get('p95'))}, {knee.dropped} dropped)", "bold"))
     if run.stats.dropped:
         console.print(Text(f"{_c(run.scenario.name)}: {run.stats.dropped} chats dropped (due while max_in_flight "
                            f"{run.scenario.max_in_flight} were in flight; never started)", "yellow"))
