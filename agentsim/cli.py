@@ -106,8 +106,8 @@ def _checked(parse: Any, check: Any) -> Any:
     return convert
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="agentsim", description="agentsim: the reference agent chat server of chatprobe "
+def build_parser(prog: str = "agentsim") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="agentsim: the reference agent chat server of chatprobe "
                 "(netra wire format, JWT auth, resume, seeded fault injection).",
                 epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
@@ -274,6 +274,7 @@ async def _serve(config: SimConfig) -> int:
     for warning in security_warnings(config):
         print(f"agentsim: warning: {warning}", file=sys.stderr, flush=True)
     print(f"agentsim listening on {sim.url}", flush=True)
+    print(f"agentsim: connect with: {connect_hint(config, sim.url)}", flush=True)
     try:
         await stop.wait()
     finally:
@@ -281,8 +282,17 @@ async def _serve(config: SimConfig) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def connect_hint(config: SimConfig, url: str) -> str:
+    """The command that runs chatprobe against this server as it is configured (never a secret of the user's)."""
+    if config.no_auth:
+        return f"chatprobe run --target '{url}?user=demo' --auth none"
+    if config.jwt_secret == DEFAULT_JWT_SECRET:  # the public development secret: safe to show
+        return f"CHATPROBE_JWT_SECRET={DEFAULT_JWT_SECRET} chatprobe run --target {url}"
+    return f"chatprobe run --target {url} --jwt-secret-env AGENTSIM_JWT_SECRET  (the secret this server was given)"
+
+
+def main(argv: list[str] | None = None, prog: str = "agentsim") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)

@@ -1,7 +1,8 @@
-"""The composition root: `chatprobe run | sim | monitor | proxy`, wiring drivers, sinks and servers together.
+"""The composition root: `chatprobe run | check | sim | monitor | proxy | list`, wiring drivers, sinks and servers.
 
-Exit codes of `run`: 0 all objectives met, 1 an objective failed, 2 usage or configuration error,
-3 target unreachable.
+Exit codes (harness/results.py ExitCode): 0 every objective met, 1 an objective failed, 2 usage or configuration
+error (also: the server rejected the credentials of every chat), 3 target unreachable, 130 / 143 interrupted by
+SIGINT / SIGTERM (the chats in flight judged, every report written).
 """
 from __future__ import annotations
 
@@ -11,25 +12,39 @@ import contextlib
 import dataclasses
 import os
 import re
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from rich.console import Console
-
-from .durations import parse_duration
+from .durations import parse_duration, parse_size
 from .events import Outcome
-from .report import LiveView, print_summary, write_html, write_json, write_junit
 from .results import ExitCode, ScenarioRun, exit_code
-from .runner import run_scenario
 from .scenario import BUILTIN_SUITE, apply_overrides, builtin_scenarios, load_scenario
-from .sinks import Fanout, Sink
-from .targets import TokenProvider, add_target_args, embedded_sim, make_target, options_from_args, read_token
+from .targets import (
+    EMBEDDED_DIALECTS,
+    TokenProvider,
+    add_target_args,
+    check_scenario_fits,
+    embedded_sim,
+    make_target,
+    options_from_args,
+    read_token,
+)
 from .yamlfile import ConfigError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .sinks import Sink
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE,
                                                       ExitCode.UNREACHABLE)
+# A line of progress this often when the output is not a terminal (a CI log), so the run is seen to be alive.
+PROGRESS_EVERY = 5.0
+REPORT_FLAGS = ("json", "junit", "html")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,22 +52,41 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chatprobe")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _add_report_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reports")
+    g.add_argument("--json", metavar="FILE", help="write the full result, one record per chat (docs/json-report.md)")
+    g.add_argument("--junit", metavar="FILE", help="write JUnit XML, one test case per scenario")
+    g.add_argument("--html", metavar="FILE", help="write a self-contained HTML report with charts")
+    g.add_argument("--quiet", "-q", action="store_true", help="print only the verdict table")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="chatprobe", description="Prove that an agent chat server streams every event, in order, "
                 "to the right user, fast — and keep proving it in production.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p.add_argument("--version", action="version", version=f"chatprobe {_version()}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
     r = sub.add_parser("run", help="run scenarios once and exit with their verdict (the CI gate)",
                        description="Run scenarios against a target (default: the built-in suite against the "
-                                   "embedded agentsim). Exit 0 objectives met, 1 failed, 2 usage, 3 unreachable.")
+                                   "embedded agentsim). Exit 0 objectives met, 1 failed, 2 usage, 3 unreachable, "
+                                   "130/143 interrupted (reports still written).")
     r.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"built-in name or YAML file "
                    f"(built-ins: {', '.join(builtin_scenarios())}); default: {' '.join(BUILTIN_SUITE)}")
     add_target_args(r)
     r.add_argument("--objective", action="append", default=[], metavar="NAME.STAT=VALUE",
                    help="override an objective, like a k6 threshold (e.g. time_to_first_event.p95=1.5s)")
-    r.add_argument("--json", metavar="FILE", help="write the full result, one record per chat")
-    r.add_argument("--junit", metavar="FILE", help="write JUnit XML, one test case per scenario")
-    r.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
+    _add_report_args(r)
+    r.add_argument("--record", metavar="DIR", help="write every connection's frames to DIR as JSON Lines, secrets "
+                   "scrubbed, for `chatprobe check` (bounded: 1,000 files, 256 MiB, oldest rotated out)")
     r.add_argument("--pushgateway", metavar="URL", help="push the run's metrics to a Prometheus Pushgateway")
     r.add_argument("--job", default="chatprobe", help="Pushgateway job name (default chatprobe)")
     r.add_argument("--sim-fault", action="append", default=[], metavar="SPEC",
@@ -60,12 +94,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sim-seed", type=int, default=None, help="seed of the embedded agentsim")
     r.add_argument("--max-duration", metavar="DURATION", default=None,
                    help="bound on the whole run (e.g. 10m): each scenario gets at most what is left")
-    r.add_argument("--quiet", "-q", action="store_true", help="print only the verdict table")
+    r.add_argument("--progress-interval", metavar="DURATION", default=f"{PROGRESS_EVERY:g}s",
+                   help="when the output is not a terminal (CI), print a progress line this often "
+                        f"(default {PROGRESS_EVERY:g}s)")
+
+    c = sub.add_parser("check", help="judge recorded traffic offline (JSON Lines, SSE bodies, HAR)",
+                       description="Judge recordings with the same profiles, rules and reports as `run`: JSON Lines "
+                                   "(what --record writes), text/event-stream bodies, or HAR 1.2 files from a "
+                                   "browser; a directory is one recording. Exit 0 passed, 1 failed, 2 usage.")
+    c.add_argument("paths", nargs="+", metavar="FILE", help="recording files or directories")
+    c.add_argument("--profile", default="netra", metavar="NAME|FILE", help="wire-format profile (default netra)")
+    c.add_argument("--scenario", default=None, metavar="NAME|FILE",
+                   help="the expectations and objectives to judge by (default: the profile's defaults)")
+    c.add_argument("--format", choices=("jsonl", "sse", "har"), default=None,
+                   help="the recordings' format (default: told from the content)")
+    c.add_argument("--max-size", default="4MiB", metavar="SIZE", help="the largest frame taken (default 4MiB)")
+    c.add_argument("--objective", action="append", default=[], metavar="NAME.STAT=VALUE",
+                   help="override an objective of the scenario")
+    _add_report_args(c)
 
     s = sub.add_parser("sim", help="run agentsim, the reference agent chat server", add_help=False)
     s.add_argument("sim_args", nargs=argparse.REMAINDER)
 
-    m = sub.add_parser("monitor", help="probe continuously and serve /metrics and /probe", add_help=False)
+    m = sub.add_parser("monitor", help="probe continuously and serve /metrics, /probe and recent probes at /",
+                       add_help=False)
     m.add_argument("monitor_args", nargs=argparse.REMAINDER)
 
     x = sub.add_parser("proxy", help="watch real users' chats passing through and serve /metrics", add_help=False)
@@ -79,33 +131,75 @@ def check_writable(path: str | None, flag: str) -> None:
     """Fail before the run, not after it, when a report cannot be written there."""
     if not path:
         return
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if p.is_dir():
-        raise ConfigError(f"{flag} {path}: is a directory")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise ConfigError(f"{flag} {path}: cannot write there ({probe} is not a writable directory)")
-    if p.exists() and not os.access(p, os.W_OK):
-        raise ConfigError(f"{flag} {path}: the file is not writable")
+    from .safefile import writable_problem
+
+    problem = writable_problem(path)
+    if problem is not None:
+        raise ConfigError(f"{flag} {path}: {problem}")
 
 
-async def _run(args: argparse.Namespace, console: Console) -> int:
+def _max_duration(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"--max-duration: {exc}") from None
+    if seconds <= 0:
+        raise ConfigError("--max-duration: must be more than 0")
+    return seconds
+
+
+class _Interrupt:
+    """SIGINT / SIGTERM while a run goes on: stop starting chats, judge those in flight, write the reports."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.signal: int | None = None
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._fire, sig)
+
+    def _fire(self, sig: int) -> None:
+        if self.signal is None:
+            self.signal = sig
+            print(f"\nchatprobe: {signal.Signals(sig).name}: stopping; the chats in flight are judged as they stand",
+                  file=sys.stderr, flush=True)
+        self.event.set()
+
+    @property
+    def exit_code(self) -> ExitCode | None:
+        if self.signal is None:
+            return None
+        return ExitCode.INTERRUPTED if self.signal == signal.SIGINT else ExitCode.TERMINATED
+
+
+async def _progress(view: Any, console: Console, every: float) -> None:
+    """One plain line every `every` seconds (no escape codes): a CI log shows the run is alive and how it goes."""
+    while True:
+        await asyncio.sleep(every)  # the reporting period itself, not a wait for a condition
+        console.print(view.progress_line(), markup=False, highlight=False)
+
+
+async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt) -> int:
+    from .report import LiveView
+    from .runner import run_scenario
+    from .sinks import Fanout
+
     names = args.scenarios or list(BUILTIN_SUITE)
-    for flag, path in (("--json", args.json), ("--junit", args.junit), ("--html", args.html)):
-        check_writable(path, flag)
+    for flag in REPORT_FLAGS:
+        check_writable(getattr(args, flag), f"--{flag}")
     scenarios = [apply_overrides(load_scenario(n), args.objective) for n in names]
-    run_deadline = None
-    if args.max_duration is not None:
-        try:
-            max_duration = parse_duration(args.max_duration)
-        except ValueError as exc:
-            raise ConfigError(f"--max-duration: {exc}") from None
-        if max_duration <= 0:
-            raise ConfigError("--max-duration: must be more than 0")
-        run_deadline = time.monotonic() + max_duration
+    max_duration = _max_duration(args.max_duration)
+    try:
+        progress_every = parse_duration(args.progress_interval)
+    except ValueError as exc:
+        raise ConfigError(f"--progress-interval: {exc}") from None
+    if not 0 < progress_every < float("inf"):
+        raise ConfigError("--progress-interval: must be more than 0")
+    run_deadline = None if max_duration is None else time.monotonic() + max_duration
     opts = options_from_args(args)
     if opts.url is not None and args.sim_fault:
         raise ConfigError("--sim-fault applies to the embedded agentsim only; leave out --target to use it")
@@ -113,57 +207,127 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError("--job needs --pushgateway")
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", args.job or ""):
         raise ConfigError(f"--job {args.job!r}: a job name is 1-128 letters, digits, '_', '.', ':' or '-'")
+    recorder = None
+    if args.record:
+        from .recorder import Recorder
+
+        try:
+            recorder = Recorder(args.record)
+        except OSError as exc:
+            raise ConfigError(f"--record {args.record}: {exc.strerror or exc}") from None
 
     async with contextlib.AsyncExitStack() as stack:
         if opts.url is not None:
             tokens = read_token(opts)
             url = opts.url
         else:
-            # Checked before the server starts: a wrong --profile is a usage error, not a run.
+            # Everything is checked before the server starts: a wrong --profile or scenario is a usage error.
             for scenario in scenarios:
-                make_target(opts, TokenProvider(), scenario.profile, url="ws://127.0.0.1:1")
+                target = make_target(opts, TokenProvider(), scenario.profile, url="ws://127.0.0.1:1")
+                if target.profile.name not in EMBEDDED_DIALECTS:
+                    raise ConfigError(f"--profile {target.profile.name}: the embedded agentsim speaks "
+                                      f"{', '.join(sorted(EMBEDDED_DIALECTS))}; give --target URL of a "
+                                      f"{target.profile.name} server")
+                check_scenario_fits(scenario, target)
             sim, tokens = await stack.enter_async_context(embedded_sim(args.sim_fault, args.sim_seed))
             url = sim.url
             # A stable `target` label: the embedded server's port changes every run.
             opts = dataclasses.replace(opts, name=opts.name or "agentsim")
             if not args.quiet:
                 console.print(f"[dim]embedded agentsim on {url}[/dim]")
-        runs: list[ScenarioRun] = []
-        metrics_sinks = []
+        targets = []
         for scenario in scenarios:
+            target = make_target(opts, tokens, scenario.profile, url=url)
+            check_scenario_fits(scenario, target)
+            targets.append(dataclasses.replace(target, recorder=recorder))
+        runs: list[ScenarioRun] = []
+        push_sinks = []
+        for scenario, target in zip(scenarios, targets, strict=True):
+            if interrupt.event.is_set():
+                break
             if run_deadline is not None:
                 left = max(0.0, run_deadline - time.monotonic())
                 scenario = scenario.model_copy(update={"max_duration": min(scenario.max_duration, left)})
-            target = make_target(opts, tokens, scenario.profile, url=url)
             sinks: list[Sink] = []
             if args.pushgateway:
                 from monitors.push import PushSink
 
                 ps = PushSink(target.name, scenario.name)
-                metrics_sinks.append(ps)
+                push_sinks.append(ps)
                 sinks.append(ps)
-            live = LiveView(console)
+            live = LiveView(console, scenario.name, planned=scenario.planned_chats())
             sinks.append(live)
-            with live if not args.quiet else contextlib.nullcontext():
-                run = await run_scenario(scenario, target, Fanout(sinks))
+            ticker = None
+            if not args.quiet and not console.is_terminal:
+                ticker = asyncio.ensure_future(_progress(live, console, progress_every))
+            try:
+                with live if not args.quiet else contextlib.nullcontext():
+                    run = await run_scenario(scenario, target, Fanout(sinks), stop=interrupt.event)
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
             runs.append(run)
             if not args.quiet and not console.is_terminal:
                 st = run.stats
-                console.print(f"{scenario.name}: {st.chats} chats, {st.outcomes[Outcome.PASSED]} passed, "
-                              f"{'objectives met' if run.passed else 'OBJECTIVES FAILED'} in {run.elapsed:.1f}s")
+                verdict = "UNREACHABLE" if run.unreachable else "objectives met" if run.passed else "OBJECTIVES FAILED"
+                console.print(f"{scenario.name}: {st.chats} chats, {st.outcomes[Outcome.PASSED]} passed, {verdict} in "
+                              f"{run.elapsed:.1f}s", markup=False, highlight=False)
+    return _finish(args, console, runs, push_sinks, interrupt)
+
+
+def _finish(args: argparse.Namespace, console: Console, runs: list[ScenarioRun], push_sinks: list[Any],
+            interrupt: _Interrupt | None) -> int:
+    """The summary, every report asked for, the Pushgateway; then the exit code."""
+    from .report import print_summary, write_html, write_json, write_junit
+
     print_summary(console, runs)
-    for flag, path, write in (("--json", args.json, write_json), ("--junit", args.junit, write_junit),
-                              ("--html", args.html, write_html)):
+    writers: dict[str, Callable[[str, list[ScenarioRun]], None]] = {
+        "json": write_json, "junit": write_junit, "html": write_html}
+    for flag in REPORT_FLAGS:
+        path = getattr(args, flag)
         if path:
             try:
-                write(path, runs)
+                writers[flag](path, runs)
             except OSError as exc:
                 # The verdict is printed above; a CI that asked for the file must not pass without it.
-                raise ConfigError(f"{flag} {path}: could not write the report: {exc.strerror or exc}") from None
-    if args.pushgateway:
-        for ps in metrics_sinks:
-            ps.push(args.pushgateway, args.job)
-    return int(exit_code(runs))
+                raise ConfigError(f"--{flag} {path}: could not write the report: {exc.strerror or exc}") from None
+    for ps in push_sinks:
+        ps.push(args.pushgateway, args.job)
+    code = exit_code(runs)
+    if code is ExitCode.USAGE:
+        print("chatprobe: error: the server rejected the credentials of every chat (AUTH_FAILED / HTTP 401/403): "
+              "check --token-env, --token-file or --jwt-secret-env, and --auth", file=sys.stderr)
+    if interrupt is not None and interrupt.exit_code is not None:
+        return int(interrupt.exit_code)
+    return int(code)
+
+
+def _check(args: argparse.Namespace, console: Console) -> int:
+    from .offline import check_files
+    from .profiles import load_profile
+
+    for flag in REPORT_FLAGS:
+        check_writable(getattr(args, flag), f"--{flag}")
+    profile = load_profile(args.profile)
+    scenario = apply_overrides(load_scenario(args.scenario), args.objective) if args.scenario else None
+    if scenario is None and args.objective:
+        raise ConfigError("--objective needs --scenario (the objectives it overrides)")
+    try:
+        max_frame = parse_size(args.max_size)
+    except ValueError as exc:
+        raise ConfigError(f"--max-size: {exc}") from None
+    for path in args.paths:
+        if not Path(path).exists():
+            raise ConfigError(f"{path}: no such file or directory")
+    runs = check_files(args.paths, profile, scenario, args.format, max_frame=max_frame)
+    return _finish(args, console, runs, [], None)
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None,
+                   width=None if sys.stdout.isatty() else 160)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,13 +339,14 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(command=argv[0], sim_args=rest, monitor_args=rest, proxy_args=rest)
     else:
         args = parser.parse_args(argv)
-    console = Console(highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None,
-                      width=None if sys.stdout.isatty() else 160)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
     try:
         if args.command == "sim":
             from agentsim.cli import main as sim_main
 
-            return sim_main(args.sim_args)
+            return sim_main(args.sim_args, prog="chatprobe sim")
         if args.command == "monitor":
             from monitors.monitor import main as monitor_main
 
@@ -193,16 +358,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             from .profiles import builtin_profiles
 
-            console.print("scenarios: " + ", ".join(builtin_scenarios()))
-            console.print("profiles:  " + ", ".join(builtin_profiles()))
+            print("scenarios: " + ", ".join(builtin_scenarios()))
+            print("profiles:  " + ", ".join(builtin_profiles()))
             return EXIT_OK
-        return asyncio.run(_run(args, console))
+        console = _console()
+        if args.command == "check":
+            return _check(args, console)
+        return asyncio.run(_run_interruptible(args, console))
     except ConfigError as exc:
-        print(f"chatprobe: error: {exc}", file=sys.stderr)
+        from .redact import scrub
+
+        print(f"chatprobe: error: {scrub(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the signal handlers were installed
         print("chatprobe: interrupted", file=sys.stderr)
-        return 130
+        return int(ExitCode.INTERRUPTED)
+
+
+async def _run_interruptible(args: argparse.Namespace, console: Console) -> int:
+    interrupt = _Interrupt()
+    interrupt.install(asyncio.get_running_loop())
+    return await _run(args, console, interrupt)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,10 @@ class Session:
         """Open (or reopen) the connection and wait for the welcome; raises ConnectFailed, classified."""
         settings = self.target.settings_for(self.user_id, self.connect_timeout)
         transport = make_transport(settings)
+        if self.target.recorder is not None:  # --record: the frames both ways, for `chatprobe check`
+            from .recorder import RecordingTransport
+
+            transport = RecordingTransport(transport, self.target.recorder.connection(self.user_id))
         self._welcomed = asyncio.Event()
         self.router.new_connection()
         try:

@@ -7,7 +7,7 @@ import platform
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections import Counter
+from collections import Counter, deque
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -21,10 +21,12 @@ from . import redact
 from .events import Outcome
 from .safefile import write_report
 from .sinks import Sink
+from .stats import percentile
 
 if TYPE_CHECKING:
     from .checker import ChatResult
     from .results import ScenarioRun
+    from .stats import ObjectiveResult
 
 
 # A string from the server shown in a report or on the terminal: reports stay proportional to what they show.
@@ -76,14 +78,20 @@ def _ms(v: float | None) -> str:
 
 
 class LiveView(Sink):
-    """Counts as chats finish; on a terminal, a rich live line (chats done, events/s, failures so far)."""
+    """Progress of one scenario as it runs, like k6's: elapsed time, chats done / planned, in flight, the live p95
+    first-event time and failures by rule. A rich live line on a terminal; `progress_line()` for a plain log."""
 
-    def __init__(self, console: Console) -> None:
+    RECENT = 1000  # first-event times the live p95 is taken over (the latest ones)
+
+    def __init__(self, console: Console, scenario: str = "", planned: int | None = None) -> None:
         self.console = console
+        self.scenario = scenario
+        self.planned = planned
         self.outcomes: Counter[str] = Counter()
+        self.rules: Counter[str] = Counter()
+        self.recent_ttfe: deque[float] = deque(maxlen=self.RECENT)
         self.events = 0
         self.started = 0
-        self.scenario = ""
         self.t0 = time.monotonic()
         self._live: Live | None = None
 
@@ -99,23 +107,44 @@ class LiveView(Sink):
         if self._live is not None:
             self._live.__exit__(exc_type, exc, tb)
 
-    def _render(self) -> Text:
+    def snapshot(self) -> dict[str, Any]:
         done = sum(self.outcomes.values())
-        rate = self.events / max(time.monotonic() - self.t0, 1e-6)
-        bad = done - self.outcomes[Outcome.PASSED]
+        p95 = percentile(list(self.recent_ttfe), 95) if self.recent_ttfe else None
+        return {"elapsed": time.monotonic() - self.t0, "done": done, "planned": self.planned,
+                "in_flight": self.started - done, "p95": p95, "failed": done - self.outcomes[Outcome.PASSED],
+                "rules": sorted(self.rules.items(), key=lambda kv: _rule_order(kv[0]))}
+
+    def progress_line(self, final: bool = False) -> str:
+        """One line with no escape codes, for a log that is not a terminal."""
+        s = self.snapshot()
+        planned = f"/{s['planned']}" if s["planned"] else ""
+        rules = " ".join(f"{k}:{v}" for k, v in s["rules"]) or "none"
+        return (f"{redact.printable(self.scenario)[:80]} {'done' if final else 'running'} {s['elapsed']:.0f}s: "
+                f"chats {s['done']}{planned}, in flight {s['in_flight']}, first event p95 {_ms(s['p95'])}, "
+                f"failed {s['failed']} (rules {rules})")
+
+    def _render(self) -> Text:
+        s = self.snapshot()
+        planned = f"/{s['planned']}" if s["planned"] else ""
+        rules = " ".join(f"{k}:{v}" for k, v in s["rules"])
         return Text.assemble(
             # The scenario's name is config, not the server's: escaped only (no secret search 4 times a second).
-            (f"{redact.printable(self.scenario)[:80]} ", "bold"), f"chats {done}/{self.started}  ", f"events/s {rate:,.0f}  ",
-            ("failures " + str(bad), "red" if bad else "green"),
+            (f"{redact.printable(self.scenario)[:80]} ", "bold"), f"{s['elapsed']:.0f}s  ",
+            f"chats {s['done']}{planned}  in flight {s['in_flight']}  ", f"1st event p95 {_ms(s['p95'])}  ",
+            ("failed " + str(s["failed"]) + (f" ({rules})" if rules else ""), "red" if s["failed"] else "green"),
         )
 
     def chat_started(self, scenario: str) -> None:
-        self.scenario = scenario
+        self.scenario = self.scenario or scenario
         self.started += 1
 
     def chat_finished(self, result: ChatResult) -> None:
         self.outcomes[result.outcome] += 1
         self.events += result.events_received
+        if result.time_to_first_event is not None:
+            self.recent_ttfe.append(result.time_to_first_event)
+        for rule, n in result.rule_counts().items():
+            self.rules[rule] += n
 
 
 def _timeline(result: ChatResult, limit: int = 14) -> str:
@@ -147,6 +176,10 @@ def print_summary(console: Console, runs: list[ScenarioRun], worst: int = 3) -> 
             _ms(st.ttfe["p50"]), _ms(st.ttfe["p95"]), _ms(st.ttfe["p99"]), _ms(st.duration["p95"]), _t(viol), verdict,
         )
     console.print(table)
+    # Every objective in effect, the defaults included: what "met" was measured against.
+    for run in runs:
+        marks = "  ".join(("✓ " if o.ok else "✗ ") + _objective(o) for o in run.objectives)
+        console.print(_t(f"{_c(run.scenario.name)} objectives: {marks or 'none'}"))
     for run in runs:
         if run.stages:
             print_stages(console, run)
@@ -214,6 +247,13 @@ def knee_to_dict(run: ScenarioRun) -> dict[str, Any] | None:
         return None
     return {"stage": knee.index + 1, "label": knee.label, "rate": knee.asked_rate, "limit": run.slo_limit,
             "p95": knee.ttfe.get("p95")}
+
+
+def _objective(o: ObjectiveResult) -> str:
+    seconds = o.name.startswith(("time_to_first_event", "chat_duration"))
+    value = "n/a" if o.value is None else _ms(o.value) if seconds else f"{o.value:.4g}"
+    limit = (f"{o.limit:g} s" if o.limit >= 1 else _ms(o.limit)) if seconds else f"{o.limit:g}"
+    return f"{o.name} {o.op} {limit} ({value})"
 
 
 def _rule_order(rule: str) -> tuple[int, str]:

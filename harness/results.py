@@ -77,9 +77,17 @@ class ScenarioRun:
         return [o for o in self.objectives if not o.ok]
 
 
+def credentials_refused(runs: Iterable[ScenarioRun]) -> bool:
+    """The server rejected the credentials of every chat: a configuration error, not a failing server."""
+    chats = sum(r.stats.chats for r in runs)
+    return chats > 0 and sum(r.stats.error_kinds.get("auth_failed", 0) for r in runs) == chats
+
+
 def exit_code(runs: Iterable[ScenarioRun]) -> ExitCode:
-    """The verdict of a whole command: unreachable beats failed beats ok."""
+    """The verdict of a whole command: credentials refused everywhere (usage), unreachable, failed, ok."""
     runs = list(runs)
+    if credentials_refused(runs):
+        return ExitCode.USAGE
     if any(r.unreachable for r in runs):
         return ExitCode.UNREACHABLE
     return ExitCode.OK if runs and all(r.passed for r in runs) else ExitCode.FAILED

@@ -237,6 +237,7 @@ async def _until_done_or_stopped(tasks: Sequence[asyncio.Future[None]], stop: as
     finally:
         stopper.cancel()
     if not everyone.done():
-        everyone.cancel()
+        # The caller cancels and awaits the users; whatever the gather ends with is then retrieved here.
+        everyone.add_done_callback(lambda f: f.cancelled() or f.exception())
         raise _Stopped
     everyone.result()

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
     from agentsim.server import AgentSim
 
+    from .recorder import Recorder
+    from .scenario import Scenario
+
 AuthMode = Literal["header", "subprotocol", "none"]
 
 # The command-line flag of each TargetOptions field, for messages.
@@ -128,6 +131,7 @@ class Target:
     ca_file: str | None = None
     insecure: bool = False
     no_auth_user_param: bool = False  # agentsim --no-auth: name the user with ?user=
+    recorder: Recorder | None = None  # --record: every connection's frames written for `chatprobe check`
 
     @property
     def transport(self) -> str:
@@ -235,6 +239,22 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
         url = url.rstrip("/") + profile.path
     return Target(url=url, profile=profile, name=opts.name or target_label(url), tokens=tokens,
                   auth=opts.auth if tokens.configured else "none", ca_file=opts.ca_file, insecure=opts.insecure)
+
+
+def check_scenario_fits(scenario: Scenario, target: Target) -> None:
+    """A scenario the target's transport cannot carry is a usage error before the run, not failed chats."""
+    if target.transport == "sse":
+        if scenario.parallel_chats > 1:
+            raise ConfigError(f"scenario {scenario.name!r}: field 'parallel_chats': {scenario.parallel_chats} chats "
+                              f"in flight per user cannot be carried over SSE ({target.url.split(':')[0]}://: one "
+                              "stream per chat); raise `users` instead", field="parallel_chats")
+        if scenario.steps and any(not hasattr(step, "chat") for step in scenario.steps):
+            raise ConfigError(f"scenario {scenario.name!r}: field 'steps': `send_raw:` needs a WebSocket target "
+                              "(over SSE every request is its own stream)", field="steps")
+
+
+# The dialects the embedded agentsim speaks (a run with no --target in another one is a usage error).
+EMBEDDED_DIALECTS = frozenset({"netra"})
 
 
 # -- the command line's view of the same options ---------------------------------------------------------------

@@ -1,0 +1,178 @@
+"""The command line as users meet it, as real processes: help and version, progress in a CI log, Ctrl-C and SIGTERM
+keeping the results, usage errors caught before the run, `sim` saying how to connect, `--record` then `check`."""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CHATPROBE = [sys.executable, "-m", "harness"]
+ENV = {**os.environ, "NO_COLOR": "1", "CHATPROBE_TOKEN": "", "CHATPROBE_JWT_SECRET": ""}
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*CHATPROBE, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**ENV, **(env or {})})
+
+
+def read_until(proc: subprocess.Popen, pattern: str, timeout: float = 30) -> tuple[str, re.Match]:
+    """Lines from the process's stdout until one matches, within a deadline (a reader thread: a pipe's buffered
+    lines are not seen by select)."""
+    lines: queue.Queue[str] = getattr(proc, "_lines", None) or queue.Queue()
+    if not hasattr(proc, "_lines"):
+        proc._lines = lines  # type: ignore[attr-defined]
+        reader = threading.Thread(target=lambda: [lines.put(x) for x in iter(proc.stdout.readline, "")], daemon=True)
+        reader.start()
+        proc._reader = reader  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        seen += line
+        if m := re.search(pattern, line):
+            return seen, m
+    raise AssertionError(f"no line matching {pattern!r} within {timeout}s; got:\n{seen}")
+
+
+def test_version_and_bare_help():
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and re.fullmatch(r"chatprobe \S+\n", proc.stdout)
+    bare = run_cli()
+    assert bare.returncode == 0 and "usage: chatprobe" in bare.stdout and "check" in bare.stdout
+
+
+def test_sim_help_names_the_command_it_was_given_as():
+    proc = run_cli("sim", "--help")
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: chatprobe sim")
+
+
+def test_ci_log_gets_plain_progress_lines(tmp_path):
+    scenario = tmp_path / "slow.yaml"
+    scenario.write_text("name: slow\nusers: 4\nchats_per_user: 3\nmessage: 'What is 2 * 3? #think=0.3'\n")
+    proc = run_cli("run", str(scenario), "--progress-interval", "0.2s")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("slow running")]
+    assert lines, proc.stdout
+    assert all("\x1b" not in line for line in proc.stdout.splitlines())
+    assert re.search(r"chats \d+/12, in flight \d+, first event p95 [\d.,]+ ms, failed 0", lines[-1]), lines[-1]
+    assert "slow: 12 chats, 12 passed, objectives met" in proc.stdout
+
+
+def _drain(proc: subprocess.Popen) -> list[str]:
+    """The rest of an ended process's stdout: its reader thread ends at end of file."""
+    proc._reader.join(10)  # type: ignore[attr-defined]
+    lines: queue.Queue[str] = proc._lines  # type: ignore[attr-defined]
+    return [lines.get_nowait() for _ in range(lines.qsize())]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_run_judges_chats_in_flight_and_writes_every_report(tmp_path, sig, code):
+    scenario = tmp_path / "long.yaml"
+    scenario.write_text("name: long\nusers: 5\nchats_per_user: 50\nmessage: 'Think hard. #think=0.5'\n"
+                        "expect: {deadline: 30s}\n")
+    out, junit, html = tmp_path / "r.json", tmp_path / "r.xml", tmp_path / "r.html"
+    proc = subprocess.Popen([*CHATPROBE, "run", str(scenario), "--json", str(out), "--junit", str(junit),
+                             "--html", str(html), "--progress-interval", "0.1s"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        seen, _ = read_until(proc, r"long running .* in flight [1-9]")
+        proc.send_signal(sig)
+        proc.wait(60)
+        stdout = seen + "".join(_drain(proc))
+        stderr = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, stdout + stderr
+    assert "stopping" in stderr and "Traceback" not in stderr
+    assert "chatprobe results" in stdout  # the summary is printed
+    doc = json.loads(out.read_text())
+    (run,) = doc["scenarios"]
+    chats = run["chats"]
+    assert 0 < len(chats) < 250 and run["stats"]["chats"] == len(chats)
+    # The chats that were in flight are judged as they stood: stopped, not passed, not lost from the counts.
+    assert any(c["outcome"] in ("incomplete", "error") and "stopped" in (c["note"] + str(c["error"])) for c in chats)
+    assert junit.read_text().startswith("<?xml") and html.stat().st_size > 0
+
+
+def test_a_transport_that_cannot_carry_the_scenario_is_a_usage_error_before_the_run():
+    # Port 1 refuses: were the run attempted, this would be "unreachable" (exit 3), not a usage error.
+    proc = run_cli("run", "concurrent", "--target", "http://127.0.0.1:1/agent", "--profile", "ag-ui")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "parallel_chats" in proc.stderr and "SSE" in proc.stderr
+
+
+def test_an_empty_target_is_a_usage_error_never_a_run_against_the_embedded_server():
+    proc = run_cli("run", "basic", "--target", "")
+    assert proc.returncode == 2 and "--target" in proc.stderr and "embedded agentsim on" not in proc.stdout
+
+
+def test_a_dialect_the_embedded_server_does_not_speak_fails_fast():
+    proc = run_cli("run", "basic", "--profile", "ag-ui", timeout=20)
+    assert proc.returncode == 2 and "--profile" in proc.stderr and "--target" in proc.stderr
+
+
+@pytest.fixture
+def sim():
+    """`chatprobe sim` as a user starts it, on a free port; yields (process, the connect line it printed)."""
+    proc = subprocess.Popen([*CHATPROBE, "sim", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+    try:
+        _, m = read_until(proc, r"agentsim: connect with: (.*)$")
+        yield proc, m.group(1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_sim_says_how_to_connect_and_that_command_passes(sim):
+    _, hint = sim
+    env_part, _, command = hint.partition(" chatprobe ")
+    assert env_part.startswith("CHATPROBE_JWT_SECRET=")
+    name, _, value = env_part.partition("=")
+    proc = run_cli(*command.split(), "basic", env={name: value})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_credentials_refused_for_every_chat_is_a_configuration_error(sim):
+    _, hint = sim
+    url = re.search(r"--target (\S+)", hint).group(1)
+    proc = run_cli("run", "basic", "--target", url, env={"CHATPROBE_TOKEN": "not-a-valid-token"})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "rejected the credentials of every chat" in proc.stderr
+    assert "not-a-valid-token" not in proc.stdout + proc.stderr
+
+
+def test_record_then_check_gives_the_same_verdicts(tmp_path):
+    rec, live, offline = tmp_path / "rec", tmp_path / "live.json", tmp_path / "offline.json"
+    proc = run_cli("run", "concurrent", "--sim-fault", "drop:tool_completed=0.3", "--sim-seed", "3",
+                   "--record", str(rec), "--json", str(live))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    files = sorted(Path(rec).iterdir())
+    assert files and all(f.suffix == ".jsonl" for f in files)
+    check = run_cli("check", str(rec), "--scenario", "concurrent", "--json", str(offline))
+    assert check.returncode == 1, check.stdout + check.stderr
+
+    def verdicts(path: Path) -> dict[str, tuple[str, list[str]]]:
+        doc = json.loads(path.read_text())
+        return {c["run_id"]: (c["outcome"], sorted(v["rule"] for v in c["violations"]))
+                for s in doc["scenarios"] for c in s["chats"]}
+
+    assert verdicts(offline) == verdicts(live)
+    bad = run_cli("check", str(tmp_path / "nothing-here"))
+    assert bad.returncode == 2 and "nothing-here" in bad.stderr
