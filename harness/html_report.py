@@ -28,6 +28,7 @@ from .safefile import write_report
 if TYPE_CHECKING:
     from .checker import ChatResult
     from .results import ScenarioRun
+    from .stats import StageStats
 
 # Failing chats drawn per scenario: a report of a 10,000-chat run stays a few hundred kB.
 FAILING_SAMPLE = 20
@@ -80,6 +81,9 @@ class _Section:
     rule_rows: list[tuple[str, str, int]]
     failing_total: int
     chats: list[_Chat]
+    stages: list[StageStats]
+    stage_chart: Markup
+    knee: str
 
 
 def _scenario(run: ScenarioRun) -> _Section:
@@ -110,7 +114,38 @@ def _scenario(run: ScenarioRun) -> _Section:
         rule_rows=[(rule, RULES.get(rule, ""), n) for rule, n in rules],
         failing_total=max(len(failing), st.chats - st.outcomes[Outcome.PASSED]),
         chats=[_chat(r, limit) for r in sample_failing(failing, FAILING_SAMPLE)],
+        stages=run.stages, stage_chart=_stage_chart(run.stages, run.slo_limit) if run.stages else Markup(""),
+        knee=_knee_text(run) if run.stages else "",
     )
+
+
+def _knee_text(run: ScenarioRun) -> str:
+    knee, limit = run.knee, run.slo_limit
+    if knee is None:
+        return f"First-event p95 stayed within {limit:g} s in every stage."
+    at = f"{knee.asked_rate:g} chats/s" if knee.asked_rate is not None else knee.label
+    return (f"The knee: first-event p95 crossed {limit:g} s in stage {knee.index + 1} ({at}): "
+            f"p95 {_ms(knee.ttfe.get('p95'))}, {knee.dropped:,} chats dropped.")
+
+
+def _stage_chart(stages: list[StageStats], limit: float) -> Markup:
+    """First-event p95 by stage (the load on the x axis, in stage order), red past the limit, the limit a rule."""
+    rows = [{"stage": f"{st.index + 1}: {st.label}", "p95": st.ttfe.get("p95"), "order": st.index,
+             "side": "over the limit" if (st.ttfe.get("p95") or 0) > limit else "within the limit"}
+            for st in stages if st.ttfe.get("p95") is not None]
+    if not rows:
+        return Markup('<p class="empty">No stage had a chat with a first event.</p>')
+    order = [r["stage"] for r in sorted(rows, key=lambda r: r["order"])]
+    bars = alt.Chart(alt.Data(values=rows)).mark_bar().encode(
+        x=alt.X("stage:N", sort=order, title="stage: load", axis=alt.Axis(labelAngle=0, labelLimit=160)),
+        y=alt.Y("p95:Q", title="first event p95 (s)"),
+        color=alt.Color("side:N", scale=alt.Scale(domain=["within the limit", "over the limit"],
+                                                  range=["#1565c0", "#c62828"]),
+                        legend=alt.Legend(title=None, orient="top", labelLimit=300, columnPadding=24)),
+    )
+    mark = alt.Data(values=[{"y": limit, "label": f"{limit:g} s limit"}])
+    rule = alt.Chart(mark).mark_rule(color="#c62828", strokeDash=[6, 3], strokeWidth=2).encode(y="y:Q")
+    return _svg((bars + rule).properties(width=WIDTH, height=180))
 
 
 def sample_failing(failing: list[ChatResult], n: int) -> list[ChatResult]:
@@ -334,6 +369,7 @@ def _objective_value(o: Any) -> str:
 _ENV = Environment(autoescape=True, finalize=_finalize, trim_blocks=True, lstrip_blocks=True)
 _ENV.filters["objective_value"] = _objective_value
 _ENV.filters["num"] = _num
+_ENV.filters["ms"] = _ms
 _TEMPLATE = _ENV.from_string("""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -389,6 +425,21 @@ footer { max-width: 1000px; margin: 24px auto; padding: 0 24px; color: #888; fon
 <tr><td>{{ o.name }}</td><td class="num">{{ o|objective_value }}</td><td>{{ o.op }} {{ o.limit|num }}</td><td>{% if o.ok %}<span class="ok">yes</span>{% else %}<span class="no">NO</span>{% endif %}</td></tr>
 {% endfor %}
 </table>
+{% if s.stages %}
+<h3>By stage</h3>
+<p class="caption knee">{{ s.knee }}</p>
+<figure class="chart" data-chart="stages">{{ s.stage_chart }}</figure>
+<table class="stages">
+<tr><th>stage</th><th>time</th><th>load</th>{% if s.stages[0].asked_rate is not none %}<th>achieved/s</th>{% endif %}<th>chats</th>{% for o in outcomes %}<th>{{ o.value }}</th>{% endfor %}<th>dropped</th><th>1st event p50</th><th>p95</th><th>p99</th></tr>
+{% for st in s.stages %}
+<tr><td class="num">{{ st.index + 1 }}</td><td>{{ st.start|num }}–{{ st.end|num }} s</td><td>{{ st.label }}</td>
+{% if st.asked_rate is not none %}<td class="num">{{ '-' if st.achieved_rate is none else '%.4g'|format(st.achieved_rate) }}</td>{% endif %}
+<td class="num">{{ st.chats }}</td>{% for o in outcomes %}<td class="num">{{ st.outcomes[o] }}</td>{% endfor %}
+<td class="num">{{ st.dropped }}</td>{% for k in ('p50', 'p95', 'p99') %}<td class="num">{{ st.ttfe.get(k)|ms }}</td>{% endfor %}</tr>
+{% endfor %}
+</table>
+{% for w in s.run.warnings %}<p class="caption">warning: {{ w }}</p>{% endfor %}
+{% endif %}
 <h3>Time to first event</h3>
 <figure class="chart" data-chart="ttfe">{{ s.ttfe }}</figure>
 <h3>Chats over time, by outcome</h3>
