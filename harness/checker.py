@@ -26,6 +26,8 @@ MAX_OPEN_SPANS = 1_000
 MAX_WARNINGS_KEPT = 50
 # Further runs one stream may carry after the chat's own (AG-UI: RUN_STARTED with parentRunId after RUN_FINISHED).
 MAX_FOLLOWUP_RUNS = 32
+# Run ids a connection maps to a chat of this client besides its own (a run restarted under another id).
+MAX_RUN_ALIASES = 1024
 
 ExpectError = Literal["recoverable", "fatal", "invalid_input"] | None
 
@@ -623,6 +625,8 @@ class ConnectionChecker:
             chat = parent.followup(ev.run_id)
             self.add(chat)
             return chat
+        if same_thread is not None and ev.run_id is not None and len(self.by_run) < MAX_RUN_ALIASES:
+            self.by_run[ev.run_id] = same_thread  # the rest of that "run" goes to the same chat (R4, R3), not R8
         return same_thread
 
     def _unnamed_waiting(self, ev: Event) -> ChatTracker | None:

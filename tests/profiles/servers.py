@@ -16,8 +16,16 @@ from ag_ui.core import BaseEvent, RunAgentInput
 from ag_ui.encoder import EventEncoder
 from websockets.asyncio.server import ServerConnection, serve
 
-# What a script yields: an AG-UI event (encoded with the package's own encoder) or raw bytes of the stream.
-Item = BaseEvent | bytes
+
+@dataclass(frozen=True)
+class Pause:
+    """A script item: the server waits this long before what comes next (a later run, a slow tool)."""
+
+    seconds: float
+
+
+# What a script yields: an AG-UI event (encoded with the package's own encoder), raw bytes of the stream, or a Pause.
+Item = BaseEvent | bytes | Pause
 Script = Callable[[RunAgentInput], Iterable[Item]]
 
 
@@ -83,6 +91,10 @@ class AguiSSEServer:
                 return
             encoder = EventEncoder()
             for item in self.script(run_input):
+                if isinstance(item, Pause):
+                    await writer.drain()
+                    await asyncio.sleep(item.seconds)
+                    continue
                 data = item if isinstance(item, bytes) else encoder.encode(item).encode()
                 step = self.chunk_size or len(data) or 1
                 for i in range(0, len(data), step):

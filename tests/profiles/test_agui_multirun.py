@@ -1,0 +1,182 @@
+"""Multi-run AG-UI streams over real loopback SSE and WebSocket: a RUN_STARTED after a clean RUN_FINISHED, naming the
+finished run as parentRunId, is a further run judged as its own chat of the same user; another RUN_STARTED inside a
+run is R1 whatever its runId, never cross-talk."""
+from __future__ import annotations
+
+from ag_ui.core import (
+    RunAgentInput,
+    RunErrorEvent,
+    RunFinishedEvent,
+    RunStartedEvent,
+    TextMessageContentEvent,
+    TextMessageEndEvent,
+    TextMessageStartEvent,
+    ToolCallEndEvent,
+    ToolCallResultEvent,
+    ToolCallStartEvent,
+)
+
+from harness.checker import ChatResult
+from harness.client import Session
+from harness.events import Outcome, Rule
+from harness.flow import ChatOptions
+from harness.profiles import load_profile
+from harness.scenario import Expect, Scenario
+from harness.sinks import Sink
+from harness.targets import Target
+
+from .servers import AguiSSEServer, Pause, WsServer
+
+AGUI = load_profile("ag-ui")
+TS = 1_700_000_000_000
+
+
+class Collector(Sink):
+    def __init__(self) -> None:
+        self.started = 0
+        self.results: list[ChatResult] = []
+
+    def chat_started(self, scenario: str) -> None:
+        self.started += 1
+
+    def chat_finished(self, result: ChatResult) -> None:
+        self.results.append(result)
+
+
+async def chat(url: str, settle: float = 0.05) -> tuple[ChatResult, Collector]:
+    sink = Collector()
+    target = Target(url=url, profile=AGUI, name="t")
+    session = Session(target, "u1", "t", sink, connect_timeout=5)
+    try:
+        result = await session.chat("book it", Scenario(name="t", expect=Expect(deadline=10)).expectations(AGUI),
+                                    ChatOptions(settle=settle))
+    finally:
+        await session.close()
+    return result, sink
+
+
+def text(mid: str) -> list:
+    return [TextMessageStartEvent(message_id=mid, timestamp=TS),
+            TextMessageContentEvent(message_id=mid, delta="ok", timestamp=TS), TextMessageEndEvent(message_id=mid, timestamp=TS)]
+
+
+def hitl(inp: RunAgentInput, *, parent: str | None = "own", pause: float = 0.0, second_ends: bool = True,
+         second_id: str = "run-2"):
+    """A run, then in the same response a further run continuing it (parentRunId), as a human-in-the-loop server
+    answers an approval."""
+    yield RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS)
+    yield from text("a1")
+    yield RunFinishedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS)
+    if pause:
+        yield Pause(pause)
+    yield RunStartedEvent(thread_id=inp.thread_id, run_id=second_id, timestamp=TS,
+                          parent_run_id=inp.run_id if parent == "own" else parent)
+    yield ToolCallStartEvent(tool_call_id="c1", tool_call_name="book", timestamp=TS)
+    yield ToolCallEndEvent(tool_call_id="c1", timestamp=TS)
+    yield ToolCallResultEvent(message_id="r1", tool_call_id="c1", content="booked", timestamp=TS)
+    yield from text("a2")
+    if second_ends:
+        yield RunFinishedEvent(thread_id=inp.thread_id, run_id=second_id, timestamp=TS)
+
+
+def rules(result: ChatResult) -> list[Rule]:
+    return [v.rule for v in result.violations]
+
+
+async def test_a_run_continuing_the_finished_one_is_a_chat_of_its_own_over_sse():
+    async with AguiSSEServer(hitl) as server:
+        result, sink = await chat(server.url)
+    assert result.outcome is Outcome.PASSED, result.violations
+    assert [r.outcome for r in sink.results] == [Outcome.PASSED, Outcome.PASSED], [r.violations for r in sink.results]
+    first, second = sink.results
+    assert second.run_id == "run-2" and second.parent_run_id == first.run_id and second.thread_id == first.thread_id
+    assert second.chat_id == f"{first.chat_id}.1" and len(second.events) == 8 and len(first.events) == 5
+    assert sink.started == 2  # counted as started and judged: the counters add up
+    assert second.to_dict()["parent_run_id"] == first.run_id
+
+
+async def test_the_same_over_websocket():
+    def script(request: dict):
+        for ev in hitl(RunAgentInput.model_validate(request)):
+            yield ev.model_dump_json(by_alias=True, exclude_none=True)
+
+    async with WsServer(script) as server:
+        _, sink = await chat(server.url)
+    assert [r.outcome for r in sink.results] == [Outcome.PASSED, Outcome.PASSED], [r.violations for r in sink.results]
+
+
+async def test_a_further_run_starting_within_the_settle_window_is_followed_to_its_end():
+    # After a terminal event the client listens `settle` seconds (expect.settle) for late events and further runs; a
+    # further run that starts within it is followed to its own end, however long it takes.
+    async with AguiSSEServer(lambda inp: hitl(inp, pause=0.3)) as server:
+        _, sink = await chat(server.url, settle=1.0)
+    assert [r.outcome for r in sink.results] == [Outcome.PASSED, Outcome.PASSED], [r.violations for r in sink.results]
+
+
+async def test_a_further_run_after_the_settle_window_is_not_waited_for():
+    async with AguiSSEServer(lambda inp: hitl(inp, pause=1.0)) as server:
+        first, sink = await chat(server.url, settle=0.05)
+    assert first.outcome is Outcome.PASSED and len(sink.results) == 1
+
+
+async def test_a_further_run_cut_short_by_the_end_of_the_stream_is_incomplete():
+    async with AguiSSEServer(lambda inp: hitl(inp, second_ends=False)) as server:
+        first, sink = await chat(server.url)
+    assert first.outcome is Outcome.PASSED, first.violations
+    second = sink.results[1]
+    assert second.outcome is Outcome.INCOMPLETE and "ended before this run's terminal event" in second.note
+
+
+async def test_a_second_run_started_inside_a_run_is_r1_whatever_its_run_id():
+    def script(inp: RunAgentInput):
+        yield RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS)
+        yield RunStartedEvent(thread_id=inp.thread_id, run_id="another", timestamp=TS)
+        yield from text("a1")
+        yield RunFinishedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS)
+
+    async with AguiSSEServer(script) as server:
+        result, _ = await chat(server.url)
+    assert rules(result) == [Rule.R1], result.violations
+    assert "second agent_started" in result.violations[0].reason
+
+
+async def test_a_new_run_without_parent_run_id_after_the_end_is_after_terminal_not_cross_talk():
+    async with AguiSSEServer(lambda inp: hitl(inp, parent=None)) as server:
+        result, sink = await chat(server.url)
+    assert len(sink.results) == 1 and Rule.R8 not in rules(result)
+    assert rules(result)[0] is Rule.R4 and "after the terminal event" in result.violations[0].reason
+
+
+async def test_a_new_run_naming_another_parent_is_not_a_chat_of_its_own():
+    async with AguiSSEServer(lambda inp: hitl(inp, parent="somebody-else")) as server:
+        result, sink = await chat(server.url)
+    assert len(sink.results) == 1 and Rule.R4 in rules(result) and Rule.R8 not in rules(result)
+
+
+async def test_after_a_run_error_a_new_run_is_not_a_continuation():
+    def script(inp: RunAgentInput):
+        yield RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS)
+        yield RunErrorEvent(message="boom", timestamp=TS)
+        yield RunStartedEvent(thread_id=inp.thread_id, run_id="run-2", parent_run_id=inp.run_id, timestamp=TS)
+        yield RunFinishedEvent(thread_id=inp.thread_id, run_id="run-2", timestamp=TS)
+
+    async with AguiSSEServer(script) as server:
+        result, sink = await chat(server.url)
+    assert len(sink.results) == 1 and Rule.R4 in rules(result)
+
+
+async def test_the_further_run_inherits_what_the_first_one_knew():
+    # The second run answers a tool call the first one left to the application: a known call, not "never started".
+    def script(inp: RunAgentInput):
+        yield RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS)
+        yield ToolCallStartEvent(tool_call_id="c9", tool_call_name="approve", timestamp=TS)
+        yield ToolCallEndEvent(tool_call_id="c9", timestamp=TS)
+        yield RunFinishedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS, outcome={
+            "type": "interrupt", "interrupts": [{"id": "i1", "reason": "approval", "toolCallId": "c9"}]})
+        yield RunStartedEvent(thread_id=inp.thread_id, run_id="run-2", parent_run_id=inp.run_id, timestamp=TS)
+        yield ToolCallResultEvent(message_id="r9", tool_call_id="c9", content="approved", timestamp=TS)
+        yield RunFinishedEvent(thread_id=inp.thread_id, run_id="run-2", timestamp=TS)
+
+    async with AguiSSEServer(script) as server:
+        _, sink = await chat(server.url)
+    assert [r.outcome for r in sink.results] == [Outcome.PASSED, Outcome.PASSED], [r.violations for r in sink.results]
