@@ -24,8 +24,10 @@ from websockets.uri import parse_uri
 
 from harness.checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
 from harness.durations import parse_duration, parse_size
+from harness.events import Outcome
 from harness.flow import FrameRouter, PassiveChats
 from harness.profiles import Profile, load_profile
+from harness.recorder import Recorder
 from harness.scenario import Expect, expectations_for
 from harness.targets import check_url, target_label
 from harness.transports.websocket import classify
@@ -87,8 +89,10 @@ class LiveChats:
     the sink, runs open for a resume on another connection of the same user)."""
 
     def __init__(self, profile: Profile, sink: MetricsSink, expectations: Expectations, scenario: str,
-                 settle: float) -> None:
+                 settle: float, recorder: Recorder | None = None) -> None:
         self.profile = profile
+        # --record: each connection's frames, kept when a chat on it did not pass (or all, with --record-all).
+        self.recorder = recorder
         self.sink = sink
         self.exp = expectations
         self.scenario = scenario
@@ -146,6 +150,8 @@ class LiveConnection:
         self.router = FrameRouter(live.profile, self.checker, live.sink, live.scenario)
         self.chats = PassiveChats(self.checker, live.settle)
         self._by_id: dict[str, ChatTracker] = {}
+        self.log = live.recorder.connection("live") if live.recorder is not None else None
+        self.failing = False  # a chat on this connection did not pass: its recording is kept
 
     @property
     def auth_failed(self) -> bool:
@@ -153,6 +159,8 @@ class LiveConnection:
 
     def client_frame(self, text: str | bytes, now: float) -> None:
         """A frame from the user to the server: a new chat, a resume, or anything else (not judged)."""
+        if self.log is not None:
+            self.log.frame("send", text, now)
         frame = self.live.profile.decode_client(text)
         live = self.live
         if frame.kind == "request":
@@ -171,6 +179,8 @@ class LiveConnection:
 
     def server_frame(self, text: str | bytes, now: float) -> None:
         """A frame from the server to the user, decoded and routed as the harness's own client does."""
+        if self.log is not None:
+            self.log.frame("recv", text, now)
         wake, _reply = self.router.on_frame(text, now)  # the user's own client answers pings
         if wake is not None and (chat := self._by_id.get(wake)) is not None:
             self.live.remember(self.identity, chat)
@@ -181,15 +191,23 @@ class LiveConnection:
 
     def judge_due(self, now: float) -> None:
         for result in self.chats.due(now):
-            self.live.finished(result)
+            self._finished(result)
 
     def next_due(self) -> float | None:
         return self.chats.next_due()
 
     def closed(self, now: float, *, by_client: bool) -> None:
         for result, abandoned in self.chats.closed(now, by_client=by_client):
-            self.live.finished(result, abandoned=abandoned)
+            self._finished(result, abandoned=abandoned)
+        if self.log is not None and self.live.recorder is not None:
+            self.log.close(now)
+            self.live.recorder.save(self.log, keep=self.failing)
         self.live.connection_closed(self)
+
+    def _finished(self, result: ChatResult, *, abandoned: bool = False) -> None:
+        if result.outcome is not Outcome.PASSED:
+            self.failing = True
+        self.live.finished(result, abandoned=abandoned)
 
 
 def _close_of(ws: Any) -> tuple[int, str]:
@@ -415,6 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a peer whose pong does not come within this long is dropped (default "
                         f"{DEFAULT_PING_TIMEOUT:g}s)")
     p.add_argument("--streaming", action="store_true", help="require partial_result")
+    p.add_argument("--record", metavar="DIR", help="write the frames of connections with a chat that did not pass "
+                   "to DIR as JSON Lines (for `chatprobe check`), secrets scrubbed; bounded: 1,000 files, 256 MiB, "
+                   "16 MiB a connection, the oldest rotated out")
+    p.add_argument("--record-all", action="store_true", help="with --record: keep every connection's frames")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -538,13 +560,21 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise ConfigError(f"--max-size: {exc}") from None
         door = front_door(args)
+        if args.record_all and not args.record:
+            raise ConfigError("--record-all needs --record DIR")
+        recorder = None
+        if args.record:
+            try:
+                recorder = Recorder(args.record, keep_all=args.record_all)
+            except OSError as exc:
+                raise ConfigError(f"--record {args.record}: {exc.strerror or exc}") from None
     except ConfigError as exc:
         print(f"chatprobe proxy: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     exp = expectations_for(profile, Expect(streaming=args.streaming, first_event_limit=limits["first_event_limit"],
                                            deadline=limits["deadline"], stall_limit=limits["stall_limit"]))
     sink = MetricsSink(default_metrics(), args.target_name or target_label(args.upstream), "live")
-    live = LiveChats(profile, sink, exp, args.scenario, limits["settle"])
+    live = LiveChats(profile, sink, exp, args.scenario, limits["settle"], recorder)
     if mport:
         try:
             start_http_server(mport, addr=mhost)

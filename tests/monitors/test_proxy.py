@@ -28,7 +28,7 @@ from monitors.proxy import LiveChats, Proxy, start_proxy
 EXP = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=10.0)
 
 
-class Recorder(Sink):
+class Recorder_(Sink):
     def __init__(self):
         self.results = []
         self.abandoned = 0
@@ -68,7 +68,7 @@ async def test_proxy_judges_real_chats_and_the_client_sees_everything():
     sim, server, metrics, live, target = await setup()
     try:
         for auth in ("header", "subprotocol"):
-            client = Session(dataclasses.replace(target, auth=auth), "alice", "user", Recorder())
+            client = Session(dataclasses.replace(target, auth=auth), "alice", "user", Recorder_())
             results = [await client.chat("What is 2 * 21?", EXP) for _ in range(3)]
             await client.close()
             assert all(r.outcome is Outcome.PASSED for r in results), [r.violations for r in results]
@@ -86,7 +86,7 @@ async def test_proxy_judges_real_chats_and_the_client_sees_everything():
 async def test_proxy_sees_missing_events_the_client_also_sees():
     sim, server, metrics, live, target = await setup(faults=["drop:tool_completed=1.0"])
     try:
-        client = Session(target, "bob", "user", Recorder())
+        client = Session(target, "bob", "user", Recorder_())
         r = await client.chat("What is 1 + 1? #tools=1", EXP)
         await client.close()
         assert r.outcome is Outcome.FAILED
@@ -102,7 +102,7 @@ async def test_proxy_sees_missing_events_the_client_also_sees():
 async def test_user_leaving_mid_run_is_abandoned():
     sim, server, metrics, live, target = await setup()
     try:
-        client = Session(target, "carol", "user", Recorder())
+        client = Session(target, "carol", "user", Recorder_())
         r = await client.chat("Look up the capital of Peru. #think=0.3", EXP, ChatOptions(abandon_after=1))
         assert "abandoned" in r.note
         labels = dict(target="agentsim", scenario="live", source="live")
@@ -120,7 +120,7 @@ async def test_bad_token_is_passed_through_as_auth_failure():
     sim, server, metrics, live, target = await setup()
     try:
         bad = dataclasses.replace(target, tokens=TokenProvider(token="not-a-jwt"))
-        client = Session(bad, "mallory", "user", Recorder())
+        client = Session(bad, "mallory", "user", Recorder_())
         r = await client.chat("hi", EXP)
         assert r.outcome is Outcome.ERROR and r.error_kind == "auth_failed"
     finally:
@@ -134,9 +134,11 @@ class WatchedChats(LiveChats):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.closed = asyncio.Event()
+        self.closed_count = 0
 
     def connection_closed(self, conn):
         super().connection_closed(conn)
+        self.closed_count += 1
         self.closed.set()
 
 
@@ -220,7 +222,7 @@ def test_metrics_port_in_use_is_one_line_and_exit_1(capsys):
 async def test_a_rejected_message_is_judged_at_once_by_the_proxy():
     sim, server, metrics, live, target = await setup()
     try:
-        client = Session(target, "dave", "user", Recorder())
+        client = Session(target, "dave", "user", Recorder_())
         await client.connect()
         await client.transport.send({"type": "user_message", "payload": {"content": "", "message_id": "m-1"}})
         labels = dict(target="agentsim", scenario="live", source="live")
@@ -257,7 +259,7 @@ async def test_a_client_frame_over_max_size_closes_only_that_client_with_1009():
     port = server.sockets[0].getsockname()[1]
     try:
         # A well-behaved user is mid-chat on its own connection when another sends a frame over the limit.
-        good = Session(target, "erin", "user", Recorder())
+        good = Session(target, "erin", "user", Recorder_())
         chat = asyncio.ensure_future(good.chat("What is 3 * 3? #think=0.3", EXP))
         token = target.tokens.for_user("oscar")
         async with websockets.asyncio.client.connect(
@@ -321,7 +323,7 @@ async def test_an_upstream_frame_over_max_size_ends_only_that_connection():
     base = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="proxy",
                   tokens=TokenProvider(jwt_secret=secret))
     try:
-        good = Session(base, "erin", "user", Recorder())
+        good = Session(base, "erin", "user", Recorder_())
         good_chat = asyncio.ensure_future(good.chat("What is 3 * 3? #think=0.3", EXP))
         token = base.tokens.for_user("oscar")
         async with websockets.asyncio.client.connect(
@@ -384,7 +386,7 @@ async def test_a_client_that_sends_no_thread_or_message_id_is_not_cross_talk():
 async def test_another_users_resume_of_a_run_never_changes_its_verdict():
     sim, server, metrics, live, target = await setup(faults=["drop:tool_completed=1.0"])
     try:
-        alice = Session(target, "alice", "user", Recorder())
+        alice = Session(target, "alice", "user", Recorder_())
         chat = asyncio.ensure_future(alice.chat("What is 3 * 3? #think=0.4 #tools=1", EXP))
         await until(lambda: any(c.run_id and c.events for c in alice.checker.chats))
         run_id = next(c.run_id for c in alice.checker.chats if c.run_id)
@@ -404,3 +406,40 @@ async def test_another_users_resume_of_a_run_never_changes_its_verdict():
     finally:
         server.close()
         await sim.stop()
+
+
+# -- --record: the frames of a failing live chat kept for `chatprobe check`, passing ones dropped, no secrets --
+
+async def test_the_proxy_records_failing_connections_only_and_check_gives_the_same_verdict(tmp_path):
+    from harness.offline import check_files
+    from harness.recorder import Recorder
+
+    secret = secrets.token_urlsafe(32)
+    sim = AgentSim(SimConfig(port=0, jwt_secret=secret, think=0.005, tool_latency=0.002, seed=5))
+    await sim.start()
+    metrics = ChatMetrics(CollectorRegistry())
+    live = WatchedChats(load_profile("netra"), MetricsSink(metrics, "agentsim", "live"), EXP, "live", 0.2,
+                        Recorder(tmp_path / "rec", keep_all=False))
+    server = await start_proxy(Proxy(sim.url.rsplit("/", 1)[0], live), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="proxy",
+                    tokens=TokenProvider(jwt_secret=secret))
+    try:
+        good = Session(target, "alice", "user", Recorder_())
+        assert (await good.chat("What is 2 * 2?", EXP)).outcome is Outcome.PASSED
+        await good.close()
+        await until(lambda: live.closed_count == 1)
+        bad = Session(target, "bob", "user", Recorder_())
+        failed = await bad.chat("What is 3 * 3? #fail-agent", EXP)  # an unexpected fatal error: R13
+        await bad.close()
+        await until(lambda: live.closed_count == 2)
+        assert failed.outcome is Outcome.FAILED
+    finally:
+        server.close()
+        await sim.stop()
+    (recording,) = list((tmp_path / "rec").glob("*.jsonl"))  # the passing connection's file was not kept
+    text = recording.read_text()
+    assert secret not in text and target.tokens.for_user("bob").split(".")[0] not in text
+    (run,) = check_files([recording], load_profile("netra"))
+    (chat,) = run.results
+    assert chat.outcome is Outcome.FAILED and {v.rule for v in chat.violations} == {v.rule for v in failed.violations}
