@@ -277,9 +277,11 @@ class Scenario(Strict):
             if self.stages:
                 raise _field_error(("arrival_rate",), "give either arrival_rate (constant) or stages with `rate`",
                                    self.arrival_rate)
-            if self.duration is None or self.duration <= 0:
-                raise _field_error(("duration",), "arrival_rate needs a duration (how long to hold the rate), "
-                                   "more than 0", self.duration)
+            if self.duration is None:
+                raise _field_error(("arrival_rate",), "arrival_rate needs a duration (how long to hold the rate)",
+                                   self.arrival_rate)
+            if self.duration <= 0:
+                raise _field_error(("duration",), "must be more than 0", self.duration)
         elif self.duration is not None:
             raise _field_error(("duration",), "duration goes with arrival_rate (stages have their own)",
                                self.duration)

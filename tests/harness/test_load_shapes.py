@@ -1,0 +1,154 @@
+"""Load shapes as data: think time, stages and arrival rates read from YAML (a bad shape is exit 2 naming the file,
+line and field), the schedule a Shape gives every driver, per-stage tallies and the knee."""
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from harness.checker import ChatResult
+from harness.events import Outcome
+from harness.scenario import MAX_RATE, Scenario, load_scenario
+from harness.stats import StageTallies, generator_warnings, knee
+from harness.yamlfile import ConfigError
+
+
+def scenario_file(tmp_path, text: str):
+    path = tmp_path / "shape.yaml"
+    path.write_text("name: shape\n" + text)
+    return str(path)
+
+
+# -- reading shapes --
+
+def test_think_time_fixed_range_and_per_step(tmp_path):
+    sc = load_scenario(scenario_file(tmp_path, "think_time: {min: 1s, max: 3s}\nsteps:\n"
+                                               "  - chat: {message: a, think_time: 250ms}\n  - chat: {message: b}\n"))
+    assert (sc.think_time.min, sc.think_time.max) == (1.0, 3.0)
+    script = sc.user_script(_profile())
+    first, second = list(script.plan())
+    assert script.pause(first) == 0.25  # the step's own
+    rng_draws = [script.pause(second) for _ in range(200)]
+    assert all(1.0 <= d <= 3.0 for d in rng_draws) and max(rng_draws) - min(rng_draws) > 1.0  # uniform, not fixed
+    fixed = Scenario.model_validate({"name": "f", "think_time": "2s"})
+    assert fixed.think_time.sample(random.Random(1)) == 2.0
+
+
+def test_stages_by_duration_or_until_make_one_schedule():
+    sc = Scenario.model_validate({"name": "s", "stages": [
+        {"duration": "10s", "users": 10}, {"until": "30s", "users": 10, "ramp": False}, {"duration": 5, "users": 0}]})
+    shape = sc.shape()
+    assert shape.kind == "users" and shape.total == 35
+    assert [(w.start, w.end, w.begin, w.target) for w in shape.windows] == [
+        (0, 10, 0, 10), (10, 30, 10, 10), (30, 35, 10, 0)]
+    assert [shape.users_at(t) for t in (0.01, 0.99, 1.01, 5, 9.95, 20, 30.01, 34.99)] == [1, 1, 2, 5, 10, 10, 10, 1]
+    # Locust's tick: ramp to the stage's target at the stage's slope; a held stage at once; None after the end.
+    assert shape.tick(3) == (10, 1.0) and shape.tick(12) == (10, 10.0) and shape.tick(31) == (0, 2.0)
+    assert shape.tick(35.5) is None
+
+
+def test_arrivals_hold_a_rate_and_follow_a_ramp():
+    held = Scenario.model_validate({"name": "a", "arrival_rate": 10, "duration": "20s"}).shape()
+    times = list(held.arrivals())
+    assert len(times) == 200 and times[0] == pytest.approx(0.05)
+    assert all(b - a == pytest.approx(0.1) for a, b in zip(times, times[1:]))
+    ramp = Scenario.model_validate({"name": "r", "stages": [{"duration": 10, "rate": 20}]}).shape()
+    times = list(ramp.arrivals())
+    assert len(times) == 100  # the area under 0 -> 20/s over 10 s
+    per_second = Counter(int(t) for t in times)
+    assert [per_second[s] for s in range(10)] == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]  # linear
+
+
+@pytest.mark.parametrize("text, where, words", [
+    ("arrival_rate: -5\nduration: 10s\n", ":2: field 'arrival_rate'", "greater than or equal to 0"),
+    (f"arrival_rate: {MAX_RATE * 2:g}\nduration: 10s\n", ":2: field 'arrival_rate'", "less than or equal to"),
+    ("arrival_rate: 5\n", ":2: field 'arrival_rate'", "arrival_rate needs a duration"),
+    ("arrival_rate: 5\nduration: 0s\n", ":3: field 'duration'", "must be more than 0"),
+    ("stages:\n  - {until: 20s, rate: 5}\n  - {until: 10s, rate: 8}\n", ":4: field 'stages.1.until'",
+     "stages out of order: until 10s is not after the previous stage's end at 20s"),
+    ("stages:\n  - {duration: 5s, rate: -1}\n", ":3: field 'stages.0.rate'", "greater than or equal to 0"),
+    ("stages:\n  - {duration: 0s, users: 3}\n", ":3: field 'stages.0'", "duration must be more than 0"),
+    ("stages:\n  - {duration: 5s, users: 3}\n  - {duration: 5s, rate: 3}\n", ":4: field 'stages.1.rate'",
+     "every stage gives `users`"),
+    ("stages:\n  - {duration: 5s}\n", ":3: field 'stages.0'", "either `users`"),
+    ("arrival_rate: 5\nduration: 5s\nusers: 4\n", ":4: field 'users'", "open-model scenario"),
+    ("stages:\n  - {duration: 5s, users: 3}\nusers: 4\n", ":4: field 'users'", "the stages give the number of users"),
+    ("max_in_flight: 5\n", ":2: field 'max_in_flight'", "goes with an open model"),
+    ("think_time: {min: 3s, max: 1s}\n", ":2: field 'think_time'", "min 3s is above max 1s"),
+    ("think_time: -1s\n", ":2: field 'think_time.min'", "'-1s' is not a duration"),
+])
+def test_a_bad_shape_names_file_line_and_field(tmp_path, text, where, words):
+    path = scenario_file(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load_scenario(path)
+    assert f"{path}{where}" in str(exc.value) and words in str(exc.value), str(exc.value)
+
+
+def test_a_bad_shape_is_exit_2_from_the_command_line(tmp_path):
+    path = scenario_file(tmp_path, "stages:\n  - {until: 20s, rate: 5}\n  - {until: 10s, rate: 8}\n")
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", path], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{path}:4: field 'stages.1.until'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_builtin_knee_scenario_is_bounded_and_open():
+    sc = load_scenario("knee")
+    assert sc.open_model and sc.shape().total < 45 and sc.max_duration < 60
+    rates = [w.target for w in sc.shape().windows]
+    assert rates == sorted(rates) and rates[-1] >= 1000
+
+
+# -- results by stage --
+
+def _result(sent_at: float, ttfe: float | None, outcome=Outcome.PASSED) -> ChatResult:
+    return ChatResult(chat_id="c", scenario="s", outcome=outcome, violations=[], missing=[], events=[],
+                      sent_at=sent_at, time_to_first_event=ttfe, duration=None, event_delays={})
+
+
+def test_stage_tallies_knee_and_the_rate_achieved():
+    shape = Scenario.model_validate({"name": "k", "stages": [
+        {"duration": 10, "rate": 10, "ramp": False}, {"duration": 10, "rate": 20, "ramp": False},
+        {"duration": 10, "rate": 40, "ramp": False}]}).shape()
+    tallies = StageTallies(shape)
+    for i in range(100):
+        tallies.add(_result(i * 0.1, 0.01), i * 0.1)
+        tallies.begun(i * 0.1)
+    for i in range(200):
+        tallies.add(_result(10 + i * 0.05, 2.5 if i % 10 == 0 else 0.02), 10 + i * 0.05)  # 10% over 2 s
+        tallies.begun(10 + i * 0.05)
+    for i in range(300):  # the generator fell behind: 300 of 400 begun, 20 of them dropped
+        if i < 20:
+            tallies.dropped(20 + i * 0.033)
+        else:
+            tallies.add(_result(20 + i * 0.033, 0.05), 20 + i * 0.033)
+            tallies.begun(20 + i * 0.033)
+    stats = tallies.stats()
+    assert [s.chats for s in stats] == [100, 200, 280] and [s.dropped for s in stats] == [0, 0, 20]
+    assert [s.achieved_rate for s in stats] == [10, 20, 30] and [s.asked_rate for s in stats] == [10, 20, 40]
+    assert stats[1].ttfe["p95"] == 2.5 and stats[0].ttfe["p95"] == 0.01
+    assert knee(stats, 2.0) is stats[1]
+    assert knee(stats[:1], 2.0) is None
+    assert knee([stats[2]], 2.0) is stats[2]  # 20 of 300 dropped (6.7%): broken though every chat was fast
+    warnings = generator_warnings(stats)
+    assert len(warnings) == 1 and "stage 3 asked 40 chats/s" in warnings[0] and "achieved 30/s" in warnings[0]
+
+
+def test_stage_tallies_travel_as_plain_data():
+    shape = Scenario.model_validate({"name": "t", "stages": [{"duration": 5, "users": 2}]}).shape()
+    a, b = StageTallies(shape), StageTallies(shape)
+    a.add(_result(1, 0.1), 1)
+    b.add(_result(2, 0.3), 2)
+    from harness.stats import Tally
+
+    wire = {str(i): t.to_dict() for i, t in b.by_stage.items()}
+    a.merge({int(i): Tally.from_dict(t) for i, t in wire.items()})
+    assert a.stats()[0].chats == 2 and a.stats()[0].ttfe["p95"] == 0.3
+
+
+def _profile():
+    from harness.profiles import load_profile
+
+    return load_profile("netra")
