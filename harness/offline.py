@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import json
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -77,9 +76,6 @@ class OfflineCheck:
         self.sink = sink or Sink()
         self.exp: Expectations = scenario.expectations(profile)
         self.settle = scenario.expect.settle
-        self.request_types: set[str | None] = (set(profile.request_types) if profile.request_types
-                                               else {profile.request.get("type")})
-        self.resume_type = (profile.resume or {}).get("type")
         self.conns: dict[str, _Conn] = {}
         self.open: dict[str, tuple[ChatTracker, _Conn]] = {}  # chats not judged yet, oldest first
         self.parked: dict[str, ChatTracker] = {}  # run id -> a chat whose connection ended mid-run
@@ -166,22 +162,14 @@ class OfflineCheck:
         return False
 
     def _sent(self, conn: _Conn, frame: str | bytes | None, at: float) -> None:
-        if not isinstance(frame, str):
+        if frame is None:
             return
-        try:
-            obj = json.loads(frame)
-        except (ValueError, RecursionError):
-            return
-        if not isinstance(obj, dict):
-            return
-        profile = self.profile
-        kind = profile.field(obj, "type")
-        if kind in self.request_types:
+        sent = self.profile.decode_client(frame)  # the profile tells requests and resumes apart, as for the proxy
+        if sent.kind == "request":
             conn.clients = True
-            self._open(conn, at, thread_id=_s(profile.field(obj, "thread_id")), run_id=_s(profile.field(obj, "run_id")),
-                       message_id=_s(profile.field(obj, "message_id")), timed=True)
-        elif kind is not None and kind == self.resume_type:
-            run_id = _s(profile.field(obj, "run_id"))
+            self._open(conn, at, thread_id=sent.thread_id, run_id=sent.run_id, message_id=sent.message_id, timed=True)
+        elif sent.kind == "resume":
+            run_id = sent.run_id
             tracker = self.parked.pop(run_id, None) if run_id else None
             if tracker is None and run_id:
                 tracker = next((t for t, c in self.open.values() if t.run_id == run_id and c is not conn), None)
