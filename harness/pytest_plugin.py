@@ -12,7 +12,8 @@ import os
 import secrets
 import threading
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -20,10 +21,13 @@ from .checker import ChatResult, ExpectError
 from .client import Session
 from .events import Outcome, Role
 from .flow import DEFAULTS, ChatOptions
-from .scenario import Expect, expectations_for
+from .scenario import Expect, Scenario, expectations_for
 from .sinks import Sink
 from .targets import Target, TargetOptions, TokenProvider, make_target, read_token
 from .yamlfile import ConfigError
+
+if TYPE_CHECKING:
+    from .results import ScenarioRun
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -55,6 +59,14 @@ class ChatProbe:
                         deadline=deadline, stall_limit=stall_limit, settle=options.settle)
         exp = expectations_for(self.target.profile, expect, required=required, expect_error=expect_error)
         return self._call(self.session.chat(message, exp, options), deadline + 15)
+
+    def check_recording(self, path: str | Path, scenario: str | Scenario | None = None,
+                        fmt: str | None = None) -> ScenarioRun:
+        """Judge a recording offline with this target's profile (a HAR your browser test saved, `--record`'s JSON
+        Lines, an SSE body) and fail the test with the reasons unless every objective is met."""
+        from .offline import assert_passed, check_recording
+
+        return assert_passed(check_recording(path, self.target.profile, scenario, fmt))
 
     @staticmethod
     def check(result: ChatResult) -> ChatResult:

@@ -38,3 +38,25 @@ def test_plugin_in_a_users_own_test_file(pytester):
     res = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     res.assert_outcomes(passed=1, failed=1)
     res.stdout.fnmatch_lines(["*R2 required: missing error_event*"])
+
+
+def test_the_fixture_checks_a_recording_a_users_test_saved(pytester, tmp_path):
+    """A team whose tests already save recordings: `chatprobe.check_recording(path)` judges them with the same rules."""
+    from harness.cli import main
+
+    rec = tmp_path / "rec"
+    assert main(["run", "basic", "--record", str(rec), "-q"]) == 0
+    bad = tmp_path / "bad"
+    assert main(["run", "basic", "--sim-fault", "drop:tool_completed=1.0", "--record", str(bad), "-q"]) == 1
+    pytester.makepyfile(
+        f"""
+        def test_good(chatprobe):
+            assert chatprobe.check_recording({str(rec)!r}).stats.chats == 1
+
+        def test_bad(chatprobe):
+            chatprobe.check_recording({str(bad)!r}, "basic")
+        """
+    )
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    res.assert_outcomes(passed=1, failed=1)
+    res.stdout.fnmatch_lines(["*objectives not met*", "*R2 required: missing tool_completed*"])
