@@ -5,6 +5,14 @@ Pure: the SSE transport feeds it a response's chunks as they come, `chatprobe ch
 from __future__ import annotations
 
 _BOM = b"\xef\xbb\xbf"
+_FIELDS = (b"data", b"event", b"id", b"retry")
+# Problems (lines that are not SSE fields) kept between two feeds; more are counted in one last problem.
+MAX_PROBLEMS = 20
+
+
+class StreamProblem(str):
+    """A line of the stream that is not an SSE field, handed on in order among the events' data: never valid JSON,
+    so a decoder that does not know this type reports it as a malformed frame (an R12), never drops it."""
 
 
 class EventTooLarge(Exception):
@@ -15,7 +23,8 @@ class EventStreamParser:
     """The `text/event-stream` format (WHATWG HTML, "Server-sent events"), fed bytes, giving each event's data.
 
     `\n`, `\r\n` and `\r` end a line; an empty line dispatches the event; `data:` lines join with a newline;
-    comments, `event:`, `id:`, `retry:` and unknown fields are ignored; an event with empty data is not handed over;
+    comments, `event:`, `id:` and `retry:` are ignored; an event with empty data is not handed over; a line that is
+    no SSE field (the spec ignores it, but the event it carried is lost) is handed over as a StreamProblem;
     a leading byte-order mark is dropped; an event not ended by an empty line when the stream ends is discarded.
     A line longer than `limit` bytes, or an event whose data is, raises EventTooLarge: at most about `limit`
     bytes (plus one chunk) are ever buffered. Bytes that are not UTF-8 are replaced, as the spec says.
@@ -28,6 +37,7 @@ class EventStreamParser:
         self._data_size = -1  # bytes of the joined data so far (-1: no data line yet)
         self._pending_cr = False  # the last chunk ended with \r: a \n that starts the next one belongs to it
         self._started = False
+        self._problems = 0  # in the current feed
 
     def feed(self, chunk: bytes) -> list[str]:
         """The data of the events this chunk completes, in order."""
@@ -52,6 +62,7 @@ class EventStreamParser:
         lines = chunk.split(b"\n")
         rest = lines.pop()  # the start of a line whose end has not come yet (b"" after a line end)
         events: list[str] = []
+        self._problems = 0
         if lines:
             if self._partial:
                 lines[0] = bytes(self._partial) + lines[0]
@@ -76,6 +87,8 @@ class EventStreamParser:
             return
         name, _, value = line.partition(b":")
         if name != b"data":
+            if name not in _FIELDS:
+                self._problem(line, events)
             return
         if value.startswith(b" "):
             value = value[1:]
@@ -83,3 +96,12 @@ class EventStreamParser:
         if self._data_size > self.limit:
             raise EventTooLarge(f"event larger than the {self.limit} byte limit")
         self._data.append(value)
+
+    def _problem(self, line: bytes, events: list[str]) -> None:
+        self._problems += 1
+        if self._problems < MAX_PROBLEMS:
+            text = line[:80].decode("utf-8", "replace")
+            events.append(StreamProblem(f"event stream line is not an SSE field (its content is lost): {text!r}"))
+        elif self._problems == MAX_PROBLEMS:
+            events.append(StreamProblem(f"more than {MAX_PROBLEMS - 1} event stream lines that are not SSE fields in "
+                                        "one read: the rest are not reported one by one"))

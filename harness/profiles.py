@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
 from .events import DEFAULT_REQUIRED, Event, Frame, FrameKind, Role, SessionError
+from .eventstream import StreamProblem
 from .payload_checks import CHECKS, CheckSet
 from .yamlfile import builtin_names, load_builtin_or_file
 
@@ -339,6 +340,8 @@ class Decoder:
             try:
                 frame = json.loads(text)
             except (ValueError, RecursionError):
+                if isinstance(text, StreamProblem):  # what the transport found wrong in the stream itself
+                    return Frame(FrameKind.MALFORMED, detail=str(text))
                 return Frame(FrameKind.MALFORMED, detail=f"not JSON: {text[:60]!r}")
         return self.decode_obj(frame, received_at)
 

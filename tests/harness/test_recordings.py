@@ -357,8 +357,10 @@ def test_unreadable_recordings_are_config_errors(tmp_path):
 def test_format_forced_over_detection(tmp_path):
     f = write_jsonl(tmp_path / "r.txt", [send(100.0), *netra_run("r1", 100.0)])
     assert detect_format(f.read_bytes()) == "jsonl"
-    [run] = check_files([f], NETRA, SC, fmt="sse")  # read as an event stream: no `data:` line, nothing at all
-    assert run.stats.chats == 0 and not run.passed and "no chat found" in run.errors[0]
+    [run] = check_files([f], NETRA, SC, fmt="sse")  # read as an event stream: no `data:` line, no event at all,
+    # and every line, not being an SSE field, is reported (R12)
+    assert not run.passed and run.stats.events == 0
+    assert [v.reason.count("not an SSE field") for r in run.results for v in r.violations] == [1] * 6
 
 
 def test_the_pytest_helper_fails_with_the_chats_reasons(tmp_path):

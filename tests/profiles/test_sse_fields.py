@@ -1,0 +1,67 @@
+"""A line of an SSE stream that is not an SSE field is reported (R12), never dropped without a word: the parser hands
+it on among the events' data, the decoder makes it a malformed frame, the checker an R12 of the chat on screen."""
+from __future__ import annotations
+
+import json
+
+from ag_ui.core import RunAgentInput
+
+from harness.client import Session
+from harness.events import Outcome, Rule
+from harness.eventstream import EventStreamParser, StreamProblem
+from harness.flow import ChatOptions
+from harness.profiles import load_profile
+from harness.scenario import Scenario
+from harness.sinks import Sink
+from harness.targets import Target
+
+from .servers import AguiSSEServer
+
+AGUI = load_profile("ag-ui")
+
+
+def frames(inp: RunAgentInput, middle: bytes) -> list[bytes]:
+    ts = 1_700_000_000_000
+    start = {"type": "RUN_STARTED", "threadId": inp.thread_id, "runId": inp.run_id, "timestamp": ts}
+    end = {"type": "RUN_FINISHED", "threadId": inp.thread_id, "runId": inp.run_id, "timestamp": ts}
+    return [f"data: {json.dumps(start)}\n\n".encode(), middle, f"data: {json.dumps(end)}\n\n".encode()]
+
+
+async def chat(middle: bytes):
+    async with AguiSSEServer(lambda inp: frames(inp, middle), chunk_size=7) as server:
+        target = Target(url=server.url, profile=AGUI, name="t")
+        session = Session(target, "u1", "t", Sink(), connect_timeout=5)
+        try:
+            return await session.chat("hi", Scenario(name="t").expectations(AGUI), ChatOptions(settle=0.05))
+        finally:
+            await session.close()
+
+
+async def test_a_json_line_without_data_prefix_is_an_r12_naming_the_line():
+    result = await chat(b'{"type":"CUSTOM","name":"n","value":1}\n\n')
+    assert result.outcome is Outcome.FAILED
+    assert [v.rule for v in result.violations] == [Rule.R12], result.violations
+    assert "not an SSE field" in result.violations[0].reason and '{"type":"CUSTOM"' in result.violations[0].reason
+    assert [e.wire_type for e in result.events] == ["RUN_STARTED", "RUN_FINISHED"]  # the lost event is not made up
+
+
+async def test_the_fields_the_spec_names_and_comments_pass():
+    result = await chat(b': keep-alive\nevent: message\nid: 4\nretry: 100\ndata: {"type":"CUSTOM","name":"n","value":1,'
+                        b'"timestamp":1}\n\n')
+    assert result.outcome is Outcome.PASSED, result.violations
+    assert len(result.events) == 3
+
+
+def test_the_parser_hands_problems_on_in_order_and_bounded():
+    parser = EventStreamParser(1 << 20)
+    out = parser.feed(b"data: a\n\nnonsense\ndata: b\n\n")
+    assert out[0] == "a" and isinstance(out[1], StreamProblem) and out[2] == "b"
+    assert "nonsense" in out[1]
+    flood = parser.feed(b"x\n" * 1000)
+    assert len(flood) == 20 and all(isinstance(p, StreamProblem) for p in flood) and "more than 19" in flood[-1]
+
+
+def test_a_problem_never_decodes_as_an_event():
+    problem = StreamProblem('event stream line is not an SSE field (its content is lost): \'{"type":"RUN_STARTED"}\'')
+    frame = AGUI.decode(problem, 0.0)
+    assert frame.kind.value == "malformed" and "not an SSE field" in frame.detail  # type: ignore[union-attr]
