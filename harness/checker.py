@@ -20,6 +20,10 @@ KEEP_FINISHED = 64
 # A flooding server must not take the client down: per chat, events and violations past these are counted,
 # not kept (the verdict and every counter stay exact).
 MAX_EVENTS_KEPT = 10_000
+# …and past this many bytes of kept events (their strings, each at most the decoder's 1 KiB per id): a server
+# sending big ids costs a chat this much at most, whatever the event count.
+MAX_KEPT_BYTES = 4 * 1024 * 1024
+EVENT_OVERHEAD = 200  # an Event's own size, roughly
 MAX_VIOLATIONS_KEPT = 200
 MAX_SEQS_AHEAD = 10_000
 MAX_OPEN_SPANS = 1_000
@@ -131,7 +135,7 @@ class ChatTracker:
         "chat_id", "scenario", "exp", "sent_at", "thread_id", "run_id", "message_id", "events",
         "violations", "roles", "first_delay", "terminal_index", "terminal_at", "last_at", "seq_low", "seqs_above", "max_seq",
         "open_spans", "saw_tool", "saw_thinking", "error_seen", "reconnects", "lost", "connection_error",
-        "_result", "n_events", "overflow", "role_counts", "terminal_event", "warnings", "run_checks", "followups",
+        "_result", "n_events", "kept_bytes", "overflow", "role_counts", "terminal_event", "warnings", "run_checks", "followups",
         "wake_id", "parent_run_id", "root",
     )
 
@@ -173,6 +177,7 @@ class ChatTracker:
         self.connection_error: Frame | None = None
         self._result: ChatResult | None = None
         self.n_events = 0
+        self.kept_bytes = 0
         self.overflow: dict[str, int] = {}
         self.role_counts: dict[Role, int] = {}
         self.terminal_event: Event | None = None
@@ -240,8 +245,9 @@ class ChatTracker:
         """One event of this chat's run, in arrival order."""
         idx = self.n_events
         self.n_events += 1
-        if idx < MAX_EVENTS_KEPT:
+        if idx < MAX_EVENTS_KEPT and self.kept_bytes < MAX_KEPT_BYTES:
             self.events.append(ev)
+            self.kept_bytes += _event_bytes(ev)
         at = ev.received_at
         role = ev.role
         if role is not None:
@@ -668,6 +674,17 @@ class ConnectionChecker:
         if active:
             return active
         return self.chats[-1:]
+
+
+def _event_bytes(ev: Event) -> int:
+    """What keeping an event costs, about: its object and its strings."""
+    n = EVENT_OVERHEAD + len(ev.wire_type)
+    for s in (ev.run_id, ev.thread_id, ev.user_id, ev.message_id, ev.tool_call_id, ev.tool_name):
+        if s is not None:
+            n += len(s)
+    if isinstance(ev.server_time, str):
+        n += len(ev.server_time)
+    return n
 
 
 def _slim(frame: Frame) -> Frame:

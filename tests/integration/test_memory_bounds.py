@@ -1,0 +1,101 @@
+"""Memory bounded in bytes against a hostile server, measured on a real `chatprobe run` process: 200 events with 4 MB
+fields, or 300 fat RESUME_UNKNOWN_RUN frames, leave it under a few hundred MB and the chat failed, never passed."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+from websockets.asyncio.server import serve
+
+WELCOME = json.dumps({"type": "connection_established", "data": {"connection_id": "c", "user_id": "u"}})
+BIG = 4_000_000  # under the 4 MiB frame limit: the frame is taken, its field is what is too big
+LIMIT_KB = 250 * 1024  # "a few hundred MB" of peak RSS for the whole process (about 80 MB seen)
+# Runs the command as its only child and prints that child's peak RSS (ru_maxrss of RUSAGE_CHILDREN) last on stderr.
+MEASURE = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+           "print(f'peak_kb={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', file=sys.stderr); "
+           "sys.exit(p.returncode)")
+
+
+def fat_events(mid: str) -> list[str]:
+    frames = [json.dumps({"type": "agent_started", "run_id": "r1", "seq": 1, "payload": {"message_id": mid}})]
+    for seq in range(2, 202):
+        frames.append(json.dumps({"type": "partial_result", "run_id": "r1", "seq": seq,
+                                  "payload": {"timestamp": "x" * BIG, "content": "y"}}))
+    frames.append(json.dumps({"type": "agent_completed", "run_id": "r1", "seq": 202, "payload": {}}))
+    return frames
+
+
+def fat_resume_errors(mid: str) -> list[str]:
+    started = json.dumps({"type": "agent_started", "run_id": "r1", "seq": 1, "payload": {"message_id": mid}})
+    err = json.dumps({"type": "error_message", "payload": {"error_code": "RESUME_UNKNOWN_RUN",
+                                                           "run_id": "r" * BIG, "error_message": "m" * 1000}})
+    return [started] + [err] * 300 + [json.dumps({"type": "agent_completed", "run_id": "r1", "seq": 2})]
+
+
+class Server:
+    """A raw WebSocket server on its own loop thread that answers the first chat with `frames(message_id)`."""
+
+    def __init__(self, frames):
+        self.frames = frames
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.port = 0
+
+    async def handler(self, ws):
+        await ws.send(WELCOME)
+        msg = json.loads(await ws.recv())
+        for frame in self.frames(msg["payload"]["message_id"]):
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    def __enter__(self):
+        async def start():
+            self.server = await serve(self.handler, "127.0.0.1", 0, compression=None, max_size=None)
+            self.port = self.server.sockets[0].getsockname()[1]
+            self.ready.set()
+
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        asyncio.run_coroutine_threadsafe(start(), self.loop)
+        assert self.ready.wait(10)
+        return self
+
+    def __exit__(self, *exc):
+        async def stop():
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@pytest.mark.parametrize("frames, rule", [(fat_events, "R12"), (fat_resume_errors, None)])
+def test_a_flood_of_fat_fields_costs_bounded_memory_and_fails_the_chat(tmp_path, frames, rule):
+    scenario = tmp_path / "one.yaml"
+    scenario.write_text("name: one\nexpect: {deadline: 60s, settle: 0.1s}\n")
+    out = tmp_path / "r.json"
+    with Server(frames) as server:
+        proc = subprocess.Popen([sys.executable, "-c", MEASURE, sys.executable, "-m", "harness", "run", str(scenario),
+                                 "--target",
+                                 f"ws://127.0.0.1:{server.port}/ws", "--json", str(out), "-q"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, "NO_COLOR": "1", "CHATPROBE_TOKEN": "t"})
+        try:
+            stdout, stderr = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    peak_kb = int(stderr.decode().strip().splitlines()[-1].rpartition("peak_kb=")[2])
+    print(f"peak RSS {peak_kb // 1024} MB")
+    assert peak_kb < LIMIT_KB, f"peak RSS {peak_kb // 1024} MB"
+    assert proc.returncode == 1, stdout.decode() + stderr.decode()
+    (scenario_doc,) = json.loads(out.read_text())["scenarios"]
+    (chat,) = scenario_doc["chats"]
+    assert chat["outcome"] != "passed"
+    if rule:
+        assert any(v["rule"] == rule and "timestamp" in v["reason"] for v in chat["violations"])
+    assert len(out.read_bytes()) < 20 * 1024 * 1024  # the report is proportional to what it shows
