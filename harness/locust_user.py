@@ -16,17 +16,22 @@ served on --chatprobe-metrics-port by each process that runs users (each worker 
 them all and sum, like any replicated service; the master runs no chats and serves none). Workers send the
 master their verdicts as counts and samples each stats interval; at the end the master (or the single
 process) judges the scenario's objectives on the whole run and sets the exit code: 0 met, 1 an objective
-failed, 3 the target was unreachable.
+failed, 2 a usage error (bad --host scheme, unknown scenario or profile; a worker that cannot use the master's
+options exits 2 and so does the master), 3 the target was unreachable.
+
+A user whose connections fail backs off (exponential with jitter, capped at BACKOFF_CAP, reset by a chat that
+connects): an unreachable host costs a few attempts a second, not thousands. Locust prints `--help` before it
+imports any locustfile (locustio/locust#2917), so the chatprobe flags show with `--chatprobe-help` instead.
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 import logging
 import sys
 import time
 import uuid
 from collections import Counter
-from typing import TYPE_CHECKING
 
 import gevent
 import gevent.pool
@@ -35,6 +40,8 @@ from locust import stats as locust_stats
 from locust.runners import MasterRunner, WorkerRunner
 from rich.console import Console
 
+from . import redact
+from .backoff import Backoff
 from .checker import ChatResult
 from .events import RULES, Outcome
 from .gevent_client import SyncSession
@@ -45,16 +52,30 @@ from .stats import StageTallies, Tally, evaluate
 from .targets import Target, TargetOptions, make_target, read_token
 from .yamlfile import ConfigError
 
-if TYPE_CHECKING:
-    import argparse
-
 logger = logging.getLogger("chatprobe.locust")
 TALLY_MESSAGE = "chatprobe_tally"
+USAGE_ERROR_MESSAGE = "chatprobe_usage_error"
+# Connection failures that mean the server never took the chat (the handshake or the welcome failed): the user
+# backs off (harness/backoff.py) until one of its chats connects again.
+CONNECT_FAILURES = frozenset({"refused", "timeout", "tls_error", "auth_failed"})
+
+
+class _HelpAction(argparse.Action):
+    """`--chatprobe-help`: Locust's whole help with the chatprobe group, which plain --help cannot show."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.print_help()
+        parser.exit(0)
 
 
 @events.init_command_line_parser.add_listener
 def _arguments(parser: "argparse.ArgumentParser") -> None:
-    g = parser.add_argument_group("chatprobe")
+    g = parser.add_argument_group("chatprobe", "Locust prints --help before it reads the locustfile: "
+                                  "`locust -f scenarios/locustfile.py --chatprobe-help` shows these.")
+    g.add_argument("--chatprobe-help", action=_HelpAction, help="show this help, the chatprobe flags included, and exit")
     g.add_argument("--chatprobe-scenario", default="basic", metavar="NAME|FILE",
                    help=f"chatprobe scenario to play (built-ins: {', '.join(builtin_scenarios())})")
     g.add_argument("--chatprobe-profile", default=None, metavar="NAME|FILE",
@@ -82,6 +103,7 @@ class _Run:
         self.tally = Tally()  # single process: the whole run; worker: since the last report; master: merged
         self.stages: StageTallies | None = None  # the same, per stage of a staged scenario
         self.by_worker: Counter = Counter()  # master: chats each worker reported
+        self.usage_error: str | None = None  # master: a worker could not use the options (exit 2)
         self.started = time.monotonic()
         self.user_prefix = f"lc-{uuid.uuid4().hex[:6]}"
 
@@ -143,6 +165,9 @@ class _Run:
     # -- the end --
     def verdict(self) -> int:
         """Judge the objectives on the whole run, print the summary, return the exit code."""
+        if self.usage_error is not None:
+            print(f"chatprobe: error: {self.usage_error}", file=sys.stderr, flush=True)
+            return int(ExitCode.USAGE)
         if self.scenario is None:
             print("chatprobe: no scenario ran", flush=True)
             return 1
@@ -168,6 +193,11 @@ class _Run:
         if self.metrics_sink is not None:
             self.metrics_sink.run_finished(ok)
         return int(code)
+
+
+def connect_failed(result: ChatResult) -> bool:
+    """The chat never reached the server's agent: its connection (handshake, credentials, welcome) failed."""
+    return result.outcome is Outcome.ERROR and result.error_kind in CONNECT_FAILURES
 
 
 class ChatNotPassed(Exception):
@@ -208,6 +238,7 @@ def _init(environment, runner=None, **_kw) -> None:
     _run = _Run(environment)
     if isinstance(runner, MasterRunner):
         runner.register_message(TALLY_MESSAGE, _on_tally)
+        runner.register_message(USAGE_ERROR_MESSAGE, _on_usage_error)
         _load_or_exit(_run)  # fail early on a bad scenario or host
         return
     if not isinstance(runner, WorkerRunner):
@@ -235,8 +266,15 @@ def _test_start(environment, **_kw) -> None:
         try:
             run.load()  # a worker has the master's options now
         except ConfigError as exc:
-            logger.error("chatprobe: %s", exc)
-            environment.runner.quit()
+            # The master checked the same options at its start: what fails here is this worker's own view of them
+            # (a scenario file it cannot read, ...). A usage error all the same: exit 2 here and at the master.
+            print(f"chatprobe: error: {redact.clean(str(exc), 1000)}", file=sys.stderr, flush=True)
+            environment.process_exit_code = int(ExitCode.USAGE)
+            runner = environment.runner
+            if isinstance(runner, WorkerRunner):
+                runner.send_message(USAGE_ERROR_MESSAGE, {"worker": runner.worker_index,
+                                                          "error": redact.clean(str(exc), 1000)})
+            gevent.spawn(runner.quit)  # not from inside the spawn message's handler, which quit() kills
 
 
 @events.report_to_master.add_listener
@@ -248,6 +286,14 @@ def _report(client_id, data, **_kw) -> None:
         run.environment.runner.send_message(
             TALLY_MESSAGE, {"worker": run.environment.runner.worker_index, "tally": tally.to_dict(),
                             "stages": {str(i): t.to_dict() for i, t in stages.items()}})
+
+
+def _on_usage_error(environment, msg, **_kw) -> None:
+    """A worker could not use the options: the run is a usage error (exit 2); stop it rather than run short."""
+    run = current()
+    if run.usage_error is None:
+        run.usage_error = redact.clean(f"worker {msg.data.get('worker')}: {msg.data.get('error')}", 1000)
+        gevent.spawn(environment.runner.quit)
 
 
 def _on_tally(environment, msg, **_kw) -> None:
@@ -291,10 +337,15 @@ class ChatUser(User):
         self.script = run.scenario.user_script(run.target.profile)
         self._plan = self.script.plan()
         self._last: ChatCall | RawCall | ChatGroup | None = None
+        self.backoff = Backoff()
+        self._connected = self._refused = False  # of the current script item's chats
 
     def wait_time(self) -> float:
-        """The scenario's think_time (a step's own after its chats): Locust waits this between the user's chats."""
-        return self.script.pause(self._last) if self._last is not None else 0.0
+        """The scenario's think_time (a step's own after its chats): Locust waits this between the user's chats;
+        after chats whose connection failed, at least the backoff (the load schedule of a user that cannot
+        connect, so an unreachable host is not hammered)."""
+        think = self.script.pause(self._last) if self._last is not None else 0.0
+        return max(think, self.backoff.delay())
 
     def on_stop(self) -> None:
         self.session.close()
@@ -303,7 +354,14 @@ class ChatUser(User):
         call = call or self.script.chat()
         t0 = time.monotonic()
         result = self.session.chat(call.content, call.expectations, call.options)
+        self._record(result, t0)
+
+    def _record(self, result: ChatResult, t0: float) -> None:
         self.chatprobe.record(result, time.monotonic() - t0)
+        if connect_failed(result):
+            self._refused = True
+        else:
+            self._connected = True
 
     @task
     def play(self) -> None:
@@ -314,17 +372,23 @@ class ChatUser(User):
             self._plan = self.script.plan()
             item = next(self._plan)
         self._last = item
-        if isinstance(item, ChatCall):
-            self._chat(item)
-        elif isinstance(item, RawCall):
-            t0 = time.monotonic()
-            result = self.session.send_invalid(item.raw, item.expectations)
-            self.chatprobe.record(result, time.monotonic() - t0)
-        else:
-            pool = gevent.pool.Pool(item.parallel)
-            try:
-                for _ in range(item.count):
-                    pool.spawn(self._chat)
-                pool.join(raise_error=True)
-            finally:
-                pool.kill()
+        self._connected = self._refused = False
+        try:
+            if isinstance(item, ChatCall):
+                self._chat(item)
+            elif isinstance(item, RawCall):
+                t0 = time.monotonic()
+                self._record(self.session.send_invalid(item.raw, item.expectations), t0)
+            else:
+                pool = gevent.pool.Pool(item.parallel)
+                try:
+                    for _ in range(item.count):
+                        pool.spawn(self._chat)
+                    pool.join(raise_error=True)
+                finally:
+                    pool.kill()
+        finally:
+            if self._connected:
+                self.backoff.succeeded()
+            elif self._refused:
+                self.backoff.failed()

@@ -1,10 +1,14 @@
 """Real Locust playing chatprobe scenarios against agentsim: one process, then a master with two workers whose
-verdicts add up at the master, which judges the objectives and sets the exit code. Loopback only."""
+verdicts add up at the master, which judges the objectives and sets the exit code; usage errors exit 2 (single
+process, master, and a worker that cannot use the master's options); an unreachable host is backed off (bounded
+connection attempts) and exits 3. Loopback only."""
 from __future__ import annotations
 
 import csv
 import re
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -128,3 +132,127 @@ def test_a_server_flooding_pings_and_never_reading_ends_in_a_verdict_not_a_crash
     ])
     assert finish(proc) == 1, proc.tail(60)  # objectives failed: a verdict, not a signal (134) or a hang
     assert SUMMARY.search(proc.out()) is not None, proc.tail(60)
+
+
+# -- usage errors exit 2; an unreachable host is backed off and exits 3 -----------------------------------------
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released: connecting is refused)."""
+    return free_port()
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--host", "http://127.0.0.1:9/ws"], "--host 'http://127.0.0.1:9/ws': expected a ws://, wss:// URL"),
+    (["--chatprobe-scenario", "nosuch"], "scenario 'nosuch': no such file"),
+    (["--chatprobe-profile", "nosuch"], "--profile 'nosuch': no such file"),
+    (["--chatprobe-scenario", "knee"], "--chatprobe-scenario knee: an open-model scenario"),
+])
+def test_a_usage_error_exits_2_with_one_line(procs, flags, needle):
+    argv = [locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "1", "-r", "1", "--run-time", "2s",
+            "--host", f"ws://127.0.0.1:{closed_port()}/ws", *flags]
+    proc = procs.start("locust", argv)
+    assert finish(proc, 30) == 2, proc.tail()
+    errors = [line for line in proc.err().splitlines() if line.startswith("chatprobe: error:")]
+    assert len(errors) == 1 and needle in errors[0], proc.tail()
+    assert "Traceback" not in proc.err(), proc.tail()
+
+
+def test_a_master_with_a_bad_host_exits_2_before_waiting_for_workers(procs):
+    master = procs.start("master", [
+        locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
+        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(free_port()),
+        "-u", "1", "-r", "1", "--run-time", "2s", "--host", "https://agent.example/ws"])
+    assert finish(master, 20) == 2, master.tail()  # well before --expect-workers-max-wait
+    assert "chatprobe: error: --host 'https://agent.example/ws'" in master.err(), master.tail()
+
+
+def test_a_worker_that_cannot_use_the_masters_options_exits_2_and_so_does_the_master(procs, tmp_path: Path):
+    """The master checks the options at its start; a worker can still fail them (here the scenario file is gone
+    by the time the worker loads it). The worker exits 2, tells the master, and the master stops and exits 2."""
+    scenario = tmp_path / "mine.yaml"
+    scenario.write_text((ROOT / "scenarios" / "probe.yaml").read_text())
+    master_port = free_port()
+    master = procs.start("master", [
+        locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
+        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port),
+        "-u", "1", "-r", "1", "--run-time", "20s", "--host", f"ws://127.0.0.1:{closed_port()}/ws",
+        "--chatprobe-scenario", str(scenario), "--chatprobe-auth", "none"])
+    wait_for(lambda: "Waiting for workers to be ready" in master.err(), 20, "the master checked its options and waits",
+             diagnostics=master.tail)
+    scenario.unlink()
+    worker = procs.start("worker", [locust_bin(), "-f", LOCUSTFILE, "--worker", "--master-host", "127.0.0.1",
+                                    "--master-port", str(master_port)])
+    assert finish(worker, 30) == 2, worker.tail()
+    assert f"chatprobe: error: {scenario}: cannot read" in worker.err(), worker.tail()
+    assert finish(master, 30) == 2, master.tail()  # stopped, not run out to its 20 s
+    assert f"chatprobe: error: worker 0: {scenario}: cannot read" in master.err(), master.tail()
+    assert "Traceback" not in master.err() + worker.err()
+
+
+def test_chatprobe_help_lists_the_chatprobe_flags(procs):
+    """Locust prints --help before it imports the locustfile; --chatprobe-help prints it after, flags included."""
+    proc = procs.start("help", [locust_bin(), "-f", LOCUSTFILE, "--chatprobe-help"])
+    assert finish(proc, 30) == 0, proc.tail()
+    for flag in ("--chatprobe-scenario", "--chatprobe-profile", "--chatprobe-auth", "--chatprobe-target-name",
+                 "--chatprobe-ca-file", "--chatprobe-metrics-port", "--chatprobe-metrics-host", "--host", "--users"):
+        assert flag in proc.out(), (flag, proc.tail(80))
+
+
+# Two users for 4 s against a host that refuses: ~12,000 connection attempts before the backoff (0.1 s doubling
+# to 5 s: about 7 per user in 4 s); the bound leaves room for a slow machine and catches any spin.
+MAX_ATTEMPTS = 60
+
+
+def test_an_unreachable_host_is_backed_off_and_exits_3(procs):
+    metrics_port = free_port()
+    target = f"127.0.0.1:{closed_port()}"
+    proc = procs.start("locust", [
+        locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "2", "-r", "2", "--run-time", "4s",
+        "--host", f"ws://{target}/ws", "--chatprobe-scenario", "basic", "--chatprobe-auth", "none",
+        "--chatprobe-metrics-port", str(metrics_port), "--exit-code-on-error", "0"])
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    seen = [0.0]
+
+    def attempts_until_exit() -> bool:
+        # The metrics die with the process: keep the last count read while it ran.
+        if proc.alive():
+            seen[0] = max(seen[0], value(scrape(url), "chatprobe_connections_total", target=target, source="load"))
+        return not proc.alive()
+
+    wait_for(attempts_until_exit, 40, "the run ends", interval=0.1, diagnostics=proc.tail)
+    assert finish(proc) == 3, proc.tail(60)
+    assert 2 <= seen[0] <= MAX_ATTEMPTS, (seen[0], proc.tail())
+    summary = SUMMARY.search(proc.out())
+    assert summary is not None and summary["verdict"] == "UNREACHABLE", proc.tail(60)
+    assert int(summary["chats"]) <= MAX_ATTEMPTS, summary[0]
+
+
+def test_connection_attempts_counted_at_the_socket_stay_bounded(procs):
+    """A raw listener that accepts and closes every connection counts the attempts exactly, after the run."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    accepted = [0]
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            accepted[0] += 1
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        proc = procs.start("locust", [
+            locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "2", "-r", "2", "--run-time", "4s",
+            "--host", f"ws://127.0.0.1:{listener.getsockname()[1]}/ws", "--chatprobe-scenario", "basic",
+            "--chatprobe-auth", "none", "--exit-code-on-error", "0"])
+        assert finish(proc) == 3, proc.tail(60)
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    assert 2 <= accepted[0] <= MAX_ATTEMPTS, (accepted[0], proc.tail())
