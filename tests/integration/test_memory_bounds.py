@@ -99,3 +99,29 @@ def test_a_flood_of_fat_fields_costs_bounded_memory_and_fails_the_chat(tmp_path,
     if rule:
         assert any(v["rule"] == rule and "timestamp" in v["reason"] for v in chat["violations"])
     assert len(out.read_bytes()) < 20 * 1024 * 1024  # the report is proportional to what it shows
+
+
+def test_a_server_that_stops_reading_and_floods_pings_does_not_outlive_max_duration(tmp_path):
+    """Pongs owed to a server that never reads are not buffered without bound, and the run ends at its deadline."""
+    async def handler(ws):
+        await ws.send(WELCOME)
+        await ws.recv()  # the chat's message; then never read again
+        ping = json.dumps({"type": "ping", "data": "x" * 60_000})
+        while True:
+            await ws.send(ping)
+
+    class PingServer(Server):
+        async def handler(self, ws):
+            await handler(ws)
+
+    scenario = tmp_path / "one.yaml"
+    scenario.write_text("name: one\nexpect: {deadline: 60s}\n")
+    with PingServer(None) as server:
+        proc = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "harness", "run", str(scenario),
+                               "--target", f"ws://127.0.0.1:{server.port}/ws", "--max-duration", "2s", "-q"],
+                              capture_output=True, timeout=30,  # a hang fails here
+                              env={**os.environ, "NO_COLOR": "1", "CHATPROBE_TOKEN": "t"})
+    peak_kb = int(proc.stderr.decode().strip().splitlines()[-1].rpartition("peak_kb=")[2])
+    assert proc.returncode == 1, proc.stdout.decode() + proc.stderr.decode()
+    assert peak_kb < LIMIT_KB
+    assert "stopped at its max_duration" in proc.stdout.decode()
