@@ -32,6 +32,22 @@ Faults (all off by default):
   exit=RATE                os._exit(3) mid-run (rate per chat)
   exit_after=N             os._exit(3) right after the N-th chat's terminal event (VALUE is a count, not a rate)
 
+AG-UI faults (``--protocol ag-ui``; each strikes the first event it can, and is logged only where it struck):
+
+  drop_result=RATE         the first TOOL_CALL_RESULT of a backend tool call is not sent           (R5)
+  bad_args=RATE            the TOOL_CALL_ARGS of the first call do not concatenate to JSON         (R12)
+  bad_state_delta=RATE     a STATE_DELTA whose path does not exist in the state                    (R12)
+  empty_delta=RATE         a TEXT_MESSAGE_CONTENT with an empty delta                              (R12)
+  result_before_end=RATE   a TOOL_CALL_RESULT before its call's TOOL_CALL_END                      (R5)
+  orphan_result=RATE       a TOOL_CALL_RESULT for a tool call that never started                   (R5)
+  unknown_parent=RATE      a TOOL_CALL_START whose parentMessageId names no message                (R5)
+  reused_id=RATE           a text message started again with the id of one already closed         (R5)
+  second_start=RATE        a second RUN_STARTED, with another runId, inside the run                (R1)
+  missing_field=RATE       a TOOL_CALL_START without its required toolCallName                     (R12)
+  bad_sse_line=RATE        a stream line that is not an SSE field (over WebSocket: a non-JSON frame) (R12)
+  (drop:ROLE and duplicate:ROLE name the AG-UI event carrying the role: tool_completed is TOOL_CALL_RESULT;
+  swap, crosstalk and oversized are netra only)
+
 Every decision comes from a random.Random seeded with ``(seed, run key)`` so the same seed and the
 same chats give the same faults, whatever the interleaving of concurrent runs.
 """
@@ -73,7 +89,21 @@ FAULTS: dict[str, tuple[object, str | None, object]] = {
     "refuse": (None, None, None),
     "exit": (None, None, None),
     "exit_after": (None, "count", None),
+    # AG-UI's own rules (agentsim --protocol ag-ui only; see agentsim/agui.py)
+    "drop_result": (None, None, None),
+    "bad_args": (None, None, None),
+    "bad_state_delta": (None, None, None),
+    "empty_delta": (None, None, None),
+    "result_before_end": (None, None, None),
+    "orphan_result": (None, None, None),
+    "unknown_parent": (None, None, None),
+    "reused_id": (None, None, None),
+    "second_start": (None, None, None),
+    "missing_field": (None, None, None),
+    "bad_sse_line": (None, None, None),
 }
+AGUI_ONLY = ("drop_result", "bad_args", "bad_state_delta", "empty_delta", "result_before_end", "orphan_result",
+             "unknown_parent", "reused_id", "second_start", "missing_field", "bad_sse_line")
 ALIASES = {"cross_talk": "crosstalk", "dup": "duplicate", "reset": "close", "delay": "delay_first"}
 
 _NAME_RE = re.compile(r"^[a-z_]+$")

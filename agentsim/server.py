@@ -37,6 +37,7 @@ ws_logger.setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", category=jwt.warnings.InsecureKeyLengthWarning)
 
 DEFAULT_JWT_SECRET = "chatprobe-dev-secret"
+PROTOCOLS = ("netra", "ag-ui")
 WS_PATHS = ("/ws", "/websocket")
 CHAT_TYPES = ("user_message", "start_agent", "chat")
 IGNORED_TYPES = ("pong", "heartbeat", "heartbeat_ack", "ack")
@@ -99,11 +100,14 @@ class SimConfig:
     max_events_per_run: int = 1000
     compression: bool = False
     allow_no_exp: bool = False  # accept tokens without an exp claim (tests only: such a token never expires)
+    protocol: str = "netra"  # the wire dialect: netra (WebSocket) or ag-ui (HTTP POST + SSE, and WebSocket)
 
     def __post_init__(self) -> None:
         self.think = parse_latency(self.think)
         self.tool_latency = parse_latency(self.tool_latency)
         self.faults = [f if isinstance(f, FaultSpec) else parse_fault(f) for f in self.faults]
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         for name, check in (("port", check_port), ("resume_ttl", check_seconds), ("max_size", check_size),
                             ("max_runs", check_positive), ("max_live_runs_per_user", check_positive),
                             ("max_runs_per_user", check_positive), ("max_events_per_run", check_positive)):
@@ -136,6 +140,28 @@ def security_warnings(config: SimConfig) -> list[str]:
         out.append(f"--host {config.host or '(every interface)'} is not loopback: agentsim, a test server, is "
                    "reachable from other machines")
     return out
+
+
+def verify_token(config: SimConfig, token: str) -> tuple[str | None, str]:
+    """(the token's user, "") or (None, why not); never puts the token in the reason."""
+    # A token without exp is valid forever once leaked: refused unless a test asked for it.
+    required = ["sub"] if config.allow_no_exp else ["sub", "exp"]
+    try:
+        claims = jwt.decode(token, config.jwt_secret, algorithms=["HS256"], options={"require": required})
+    except jwt.ExpiredSignatureError:
+        return None, "token expired"
+    except jwt.MissingRequiredClaimError as exc:
+        if exc.claim == "exp":
+            return None, "token has no exp claim: a token that never expires is refused"
+        return None, f"token has no {exc.claim} claim"
+    except jwt.InvalidSignatureError:
+        return None, "invalid token signature"
+    except jwt.InvalidTokenError as exc:
+        return None, f"invalid token ({type(exc).__name__})"
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        return None, "token has no usable sub claim"
+    return sub, ""
 
 
 class GroundTruth:
@@ -323,24 +349,7 @@ class AgentSim:
                             token = raw
         if not token:
             return None, "missing token (send Authorization: Bearer <JWT> or subprotocol jwt.<base64url(JWT)>)"
-        # A token without exp is valid forever once leaked: refused unless a test asked for it.
-        required = ["sub"] if self.config.allow_no_exp else ["sub", "exp"]
-        try:
-            claims = jwt.decode(token, self.config.jwt_secret, algorithms=["HS256"], options={"require": required})
-        except jwt.ExpiredSignatureError:
-            return None, "token expired"
-        except jwt.MissingRequiredClaimError as exc:
-            if exc.claim == "exp":
-                return None, "token has no exp claim: a token that never expires is refused"
-            return None, f"token has no {exc.claim} claim"
-        except jwt.InvalidSignatureError:
-            return None, "invalid token signature"
-        except jwt.InvalidTokenError as exc:
-            return None, f"invalid token ({type(exc).__name__})"
-        sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub:
-            return None, "token has no usable sub claim"
-        return sub, ""
+        return verify_token(self.config, token)
 
     # ---- connection ------------------------------------------------------------------------
     async def _handler(self, ws: ServerConnection) -> None:

@@ -573,7 +573,8 @@ class ConnectionChecker:
                 del index[key]
 
     def active(self) -> list[ChatTracker]:
-        return [c for c in self.chats if not c.done]
+        """The chats still waiting for something: not done, not judged (a judged chat cut short takes no more)."""
+        return [c for c in self.chats if not c.done and c._result is None]
 
     def welcome(self, frame: Frame) -> None:
         """A control frame: when it names the user (a welcome, decoded by the profile), events of others are R8."""
