@@ -1,5 +1,6 @@
-"""The monitor's HTTP side (/metrics, /probe, health): a WSGI app served by waitress with a fixed pool of worker
-threads, slow clients timed out, and /probe's query checked field by field (400 with a one-line reason)."""
+"""The monitor's HTTP side (/ and /probes/ID: the recent probes; /metrics, /probe, health): a WSGI app served by
+waitress with a fixed pool of worker threads, slow clients timed out, and /probe's query checked field by field
+(400 with a one-line reason)."""
 from __future__ import annotations
 
 import asyncio
@@ -20,6 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, make_wsgi_app
 from waitress.channel import HTTPChannel
 from waitress.server import create_server
 from waitress.task import ErrorTask
+
+from . import probes_page
 
 log = logging.getLogger("chatprobe.monitor")
 
@@ -49,6 +52,7 @@ class ProbeRunner(Protocol):
     """What the app needs of a Monitor: known names, the default deadline, and a probe into fresh metrics."""
 
     timeout: float
+    recent: probes_page.RecentProbes
 
     def lookup(self, target: str, scenario: str | None) -> Any: ...
 
@@ -97,9 +101,12 @@ def parse_probe_query(query: str) -> tuple[str, str | None]:
     return fields["target"], fields.get("scenario") or None
 
 
-_INDEX = b"""<html><head><title>chatprobe monitor</title></head><body><h1>chatprobe monitor</h1>
-<p><a href="/metrics">/metrics</a>: the continuous probes' counters</p>
-<p>/probe?target=NAME&amp;scenario=NAME: run one probe now (blackbox_exporter style)</p></body></html>"""
+# A probe's page: /probes/ and its number, nothing else (no query, no trailing parts).
+_PROBE_PAGE = re.compile(r"^/probes/([1-9][0-9]{0,17})$")
+# The pages run no script and fetch nothing: a browser is told so, and a server's string that slipped through
+# escaping still could not run.
+_HTML_HEADERS = [("Content-Type", "text/html; charset=utf-8"), ("Content-Security-Policy", probes_page.CONTENT_SECURITY_POLICY),
+                 ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store")]
 
 
 def _scrape_timeout(header: str | None, timeout: float, grace: float) -> float:
@@ -124,6 +131,10 @@ def make_app(monitor: ProbeRunner, loop: asyncio.AbstractEventLoop, grace: float
         start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data))),
                                 *headers], exc_info)
         return [data]
+
+    def html(start_response: Callable, body: bytes) -> list[bytes]:
+        start_response("200 OK", [*_HTML_HEADERS, ("Content-Length", str(len(body)))])
+        return [body]
 
     def probe(environ: dict, start_response: Callable) -> list[bytes]:
         try:
@@ -160,10 +171,16 @@ def make_app(monitor: ProbeRunner, loop: asyncio.AbstractEventLoop, grace: float
         if path in ("/-/healthy", "/-/ready"):
             return text(start_response, "200 OK", "OK")
         if path == "/":
-            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
-                                      ("Content-Length", str(len(_INDEX)))])
-            return [_INDEX]
-        return text(start_response, "404 Not Found", "not found: try /metrics or /probe?target=NAME")
+            return html(start_response, probes_page.index_page(monitor.recent))
+        if (m := _PROBE_PAGE.match(path)) is not None:
+            record = monitor.recent.get(int(m.group(1)))
+            page = probes_page.detail_page(record) if record is not None else None
+            if page is None:
+                return text(start_response, "404 Not Found", "no such probe kept: the page keeps the last "
+                            f"{monitor.recent.per_probe} probes per target and scenario, and the details of failing "
+                            "ones within a memory bound; see /")
+            return html(start_response, page)
+        return text(start_response, "404 Not Found", "not found: try /, /metrics or /probe?target=NAME")
 
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
         try:

@@ -1,7 +1,8 @@
 """`chatprobe monitor`: probe named targets every interval into /metrics, and answer blackbox-style /probe.
 
 One asyncio loop runs the probes; a WSGI server with a fixed pool of threads (monitors.httpserver) serves the
-HTTP side and hands each /probe to the loop. Nothing of a probe outlives it but the bounded counters of MetricsSink.
+HTTP side and hands each /probe to the loop. Nothing of a probe outlives it but the bounded counters of MetricsSink
+and its row among the recent probes (monitors.probes_page: a count per probe, a byte budget for failing details).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from harness.yamlfile import ConfigError, line_of, load_model
 
 from . import httpserver
 from .metrics import ChatMetrics, MetricsSink, default_metrics
+from .probes_page import RecentProbes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_LISTEN = "127.0.0.1:9464"
@@ -254,6 +256,7 @@ class Monitor:
         # One sink per target for the life of the process: its label sets are fixed by the config.
         self.sinks = {p.target.name: MetricsSink(m, p.target.name, "synthetic") for p in probes}
         self._state: dict[tuple[str, str], str] = {}
+        self.recent = RecentProbes(self.by_key)  # what the / page lists
 
     async def run_probe(self, probe: Probe, sink: MetricsSink, timeout: float | None = None) -> ScenarioRun | None:
         """One scenario run against one target, bounded by the deadline; never raises (but for cancellation)."""
@@ -268,16 +271,29 @@ class Monitor:
             log.error("%s / %s: the probe failed: %s: %s", *probe.key, type(exc).__name__, exc)
         return None
 
+    async def _timed(self, probe: Probe, sink: MetricsSink,
+                     timeout: float | None = None) -> tuple[ScenarioRun | None, float, float]:
+        """The probe's run, its start (epoch seconds) and how long it took."""
+        started, t0 = time.time(), time.monotonic()
+        run = await self.run_probe(probe, sink, timeout)
+        return run, started, time.monotonic() - t0
+
     async def round(self) -> list[tuple[Probe, ScenarioRun | None]]:
         """Every probe once, concurrently."""
-        runs = await asyncio.gather(*(self.run_probe(p, self.sinks[p.target.name]) for p in self.probes))
-        for probe, run in zip(self.probes, runs, strict=True):
-            self._note(probe, run)
-        return list(zip(self.probes, runs, strict=True))
+        timed = await asyncio.gather(*(self._timed(p, self.sinks[p.target.name]) for p in self.probes))
+        for probe, (run, started, took) in zip(self.probes, timed, strict=True):
+            self._note(probe, run, started, took)
+        return [(probe, run) for probe, (run, _, _) in zip(self.probes, timed, strict=True)]
 
-    def _note(self, probe: Probe, run: ScenarioRun | None) -> None:
-        """Log a probe's verdict when it changes, not every round: a daemon's log stays readable for months."""
+    def _note(self, probe: Probe, run: ScenarioRun | None, started: float, took: float,
+              via: str = "interval") -> None:
+        """Keep the probe for the / page; log its verdict when it changes, not every round: a daemon's log stays
+        readable for months."""
         state = verdict(run)
+        self.recent.add(*probe.key, run, state, started, took, via=via,
+                        first_event_limit=probe.scenario.expect.first_event_limit)
+        if via != "interval":
+            return
         if self._state.get(probe.key) != state:
             self._state[probe.key] = state
             log.info("%s / %s: %s", *probe.key, state if run is None else describe(run))
@@ -302,11 +318,11 @@ class Monitor:
         registry = CollectorRegistry()
         metrics = ChatMetrics(registry, probe=True)
         sink = MetricsSink(metrics, probe.target.name, "synthetic")
-        started = time.monotonic()
-        run = await self.run_probe(probe, sink, timeout)
+        run, started, took = await self._timed(probe, sink, timeout)
         assert metrics.probe_success is not None and metrics.probe_duration is not None
-        metrics.probe_duration.set(time.monotonic() - started)
+        metrics.probe_duration.set(took)
         metrics.probe_success.set(1 if run is not None and run.passed else 0)
+        self._note(probe, run, started, took, via="/probe")
         return generate_latest(registry)
 
     def lookup(self, target: str, scenario: str | None) -> Probe:
