@@ -14,9 +14,11 @@ import yaml
 
 from . import faults as faults_mod
 from .agent import parse_latency
+from .agui import AguiSim
 from .faults import FaultSpecError, parse_fault, parse_size
 from .server import (
     DEFAULT_JWT_SECRET,
+    PROTOCOLS,
     AgentSim,
     SimConfig,
     check_port,
@@ -120,6 +122,9 @@ def build_parser(prog: str = "agentsim") -> argparse.ArgumentParser:
                    help="think time per thinking step: 0, 0.05 or a uniform range 0.02-0.2 (default 0.05)")
     p.add_argument("--tool-latency", type=_latency_arg, default=None,
                    help="tool call latency, same forms as --think (default 0.02)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                   help="the wire dialect: netra (WebSocket, the default) or ag-ui (HTTP POST + SSE at the URL printed, "
+                        "and the same events over WebSocket at a second port)")
     p.add_argument("--seed", type=int, default=None, help="seed of every random choice, for repeatable runs")
     p.add_argument("--fault", type=_fault_arg, action="append", default=[], metavar="SPEC",
                    help="inject a fault, e.g. drop:tool_completed=0.08 (repeatable; grammar below)")
@@ -143,7 +148,7 @@ _CONFIG_FIELDS: dict[str, Any] = {
     "host": str, "port": int, "no_auth": bool, "jwt_secret": str, "think": "latency",
     "tool_latency": "latency", "seed": int, "faults": "faults", "ground_truth": str, "resume_ttl": float,
     "max_size": "size", "max_runs": int, "max_live_runs_per_user": int, "max_runs_per_user": int,
-    "max_events_per_run": int, "compression": bool, "allow_no_exp": bool,
+    "max_events_per_run": int, "compression": bool, "allow_no_exp": bool, "protocol": str,
 }
 # Range checks of a field, after its type: the same as the flag's.
 _CONFIG_CHECKS: dict[str, Any] = {
@@ -239,7 +244,7 @@ def load_config(path: str) -> dict[str, Any]:
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     settings: dict[str, Any] = load_config(args.config) if args.config else {}
     for name in ("host", "port", "no_auth", "think", "tool_latency", "seed", "ground_truth", "resume_ttl",
-                 "max_size", "compression", "max_live_runs_per_user", "allow_no_exp"):
+                 "max_size", "compression", "max_live_runs_per_user", "allow_no_exp", "protocol"):
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
@@ -253,7 +258,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 async def _serve(config: SimConfig) -> int:
     try:
-        sim = AgentSim(config)
+        sim: AgentSim | AguiSim = AguiSim(config) if config.protocol == "ag-ui" else AgentSim(config)
+    except FaultSpecError as exc:
+        print(f"agentsim: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:  # the ground truth file, checked up front, went away or turned read-only since
         print(f"agentsim: error: cannot open the ground truth file {config.ground_truth}: {exc.strerror or exc}",
               file=sys.stderr)
@@ -274,6 +282,8 @@ async def _serve(config: SimConfig) -> int:
     for warning in security_warnings(config):
         print(f"agentsim: warning: {warning}", file=sys.stderr, flush=True)
     print(f"agentsim listening on {sim.url}", flush=True)
+    if isinstance(sim, AguiSim):
+        print(f"agentsim: the same AG-UI events over WebSocket at {sim.ws_url}", flush=True)
     print(f"agentsim: connect with: {connect_hint(config, sim.url)}", flush=True)
     try:
         await stop.wait()
@@ -284,11 +294,13 @@ async def _serve(config: SimConfig) -> int:
 
 def connect_hint(config: SimConfig, url: str) -> str:
     """The command that runs chatprobe against this server as it is configured (never a secret of the user's)."""
+    profile = " --profile ag-ui" if config.protocol == "ag-ui" else ""
     if config.no_auth:
-        return f"chatprobe run --target '{url}?user=demo' --auth none"
+        return f"chatprobe run --target '{url}?user=demo'{profile} --auth none"
     if config.jwt_secret == DEFAULT_JWT_SECRET:  # the public development secret: safe to show
-        return f"CHATPROBE_JWT_SECRET={DEFAULT_JWT_SECRET} chatprobe run --target {url}"
-    return f"chatprobe run --target {url} --jwt-secret-env AGENTSIM_JWT_SECRET  (the secret this server was given)"
+        return f"CHATPROBE_JWT_SECRET={DEFAULT_JWT_SECRET} chatprobe run --target {url}{profile}"
+    return (f"chatprobe run --target {url}{profile} --jwt-secret-env AGENTSIM_JWT_SECRET  "
+            "(the secret this server was given)")
 
 
 def main(argv: list[str] | None = None, prog: str = "agentsim") -> int:

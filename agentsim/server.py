@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from .agent import build_script, parse_latency
-from .faults import FaultSpec, PlannedFault, parse_fault, plan_run_faults
+from .faults import AGUI_ONLY, FaultSpec, FaultSpecError, PlannedFault, parse_fault, plan_run_faults
 
 logger = logging.getLogger("agentsim")
 # websockets logs request headers (the Authorization token) at DEBUG: keep its server log above that.
@@ -255,6 +255,9 @@ class AgentSim:
         self.chats_started = 0
         self.chats_finished = 0
         self.gt = GroundTruth(self.config.ground_truth)
+        for f in self.config.faults:
+            if f.name in AGUI_ONLY:
+                raise FaultSpecError(f"{f.text or f.name!r}: fault {f.name!r} is for --protocol ag-ui only")
         self._run_faults = [f for f in self.config.faults if f.name not in ("refuse", "exit_after")]
         self._refuse = [f for f in self.config.faults if f.name == "refuse"]
         self._exit_after = [f for f in self.config.faults if f.name == "exit_after"]

@@ -320,6 +320,10 @@ class Scenario(Strict):
         return expectations_for(profile, self.expect, required=step.required if step else None,
                                 expect_error=step.expect_error if step else None)
 
+    def carried_by(self, dialect: str) -> bool:
+        """Whether a server speaking `dialect` (a profile name) can carry this scenario (its `dialects`, else any)."""
+        return self.dialects is None or dialect in self.dialects
+
     def message_for(self, n: int) -> str:
         if self.messages:
             return self.messages[n % len(self.messages)]

@@ -25,6 +25,7 @@ from .yamlfile import ConfigError, read_text_file
 if TYPE_CHECKING:
     import argparse
 
+    from agentsim.agui import AguiSim
     from agentsim.server import AgentSim
 
     from .recorder import Recorder
@@ -286,18 +287,23 @@ def options_from_args(args: Any) -> TargetOptions:
 
 
 @contextlib.asynccontextmanager
-async def embedded_sim(faults: list[str], seed: int | None) -> AsyncIterator[tuple[AgentSim, TokenProvider]]:
-    """The reference server on a free loopback port, with a fresh secret the harness mints tokens from."""
+async def embedded_sim(faults: list[str], seed: int | None, protocol: str = "netra",
+                       ) -> AsyncIterator[tuple[AgentSim | AguiSim, TokenProvider]]:
+    """The reference server on a free loopback port, with a fresh secret the harness mints tokens from, speaking
+    `protocol` (a dialect of EMBEDDED_DIALECTS): netra over WebSocket, or ag-ui (its `url` is the HTTP POST + SSE
+    endpoint; `ws_url` carries the same events over WebSocket)."""
+    from agentsim.agui import AguiSim
     from agentsim.faults import FaultSpecError, parse_fault
     from agentsim.server import AgentSim, SimConfig
 
+    secret = secrets.token_urlsafe(32)
     try:
-        parsed = [parse_fault(f) for f in faults]
+        config = SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think="0.005-0.03",
+                           tool_latency="0.002-0.01", seed=seed, faults=[parse_fault(f) for f in faults],
+                           protocol=protocol)
+        sim: AgentSim | AguiSim = AguiSim(config) if protocol == "ag-ui" else AgentSim(config)
     except FaultSpecError as exc:
         raise ConfigError(f"--sim-fault: {exc}", field="sim_fault", detail=str(exc)) from None
-    secret = secrets.token_urlsafe(32)
-    sim = AgentSim(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think="0.005-0.03",
-                             tool_latency="0.002-0.01", seed=seed, faults=parsed))
     await sim.start()
     try:
         yield sim, TokenProvider(jwt_secret=secret)
