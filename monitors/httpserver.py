@@ -184,7 +184,13 @@ def make_app(monitor: ProbeRunner, loop: asyncio.AbstractEventLoop, grace: float
 
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
         try:
-            return route(environ, start_response)
+            body = route(environ, start_response)
+            if environ.get("REQUEST_METHOD") == "HEAD":  # the headers (Content-Length included), no body:
+                close = getattr(body, "close", None)     # waitress sends what the app returns, even for HEAD
+                if close is not None:
+                    close()
+                return []
+            return body
         except Exception as exc:
             log.error("HTTP %s: %s: %s", environ.get("PATH_INFO", "?")[:64], type(exc).__name__, exc)
             return text(start_response, "500 Internal Server Error", "internal error", (), sys.exc_info())
