@@ -63,6 +63,12 @@ class FrameRouter:
         self.last_pong = float("-inf")
         self.auth_failed: Frame | None = None
         self.resume_unknown: set[str] = set()
+        # Chats whose flow acts on a count of events (disconnect_after, abandon_after): woken on every event. Any
+        # other chat is woken when its run is done (or the connection says something to everyone): a wake per
+        # event would cost each chat a task switch per event for nothing.
+        self.every_event: set[str] = set()
+        # The compiled decoder, bound once: pydantic's private-attribute lookup on every frame costs more than JSON.
+        self._decode = profile._decoder.decode
 
     def new_connection(self) -> None:
         self.answered = False
@@ -70,12 +76,16 @@ class FrameRouter:
 
     def on_frame(self, message: str | bytes, at: float) -> tuple[str | None, dict[str, Any] | None]:
         """(whom to wake, what to send back) for one received frame."""
-        decoded = self.profile.decode(message, at)
+        decoded = self._decode(message, at)
         if isinstance(decoded, Event):
             chat = self.checker.route(decoded)
             self.sink.event_received(self.scenario, decoded)
             self.answered = True
-            return (chat.wake_id if chat is not None else WAKE_ALL), None
+            if chat is None:
+                return WAKE_ALL, None
+            if chat.done or chat.root is not chat or chat.wake_id in self.every_event:
+                return chat.wake_id, None
+            return None, None
         kind = decoded.kind
         if kind is FrameKind.PING:
             # At most one reply per PONG_INTERVAL: a server flooding pings must not make the client flood back
@@ -293,6 +303,8 @@ class ChatFlow:
         if state == CONNECTED:
             tracker = self.tracker
             self.router.checker.add(tracker)
+            if self.options.abandon_after is not None or self.options.disconnect_after is not None:
+                self.router.every_event.add(tracker.wake_id)
             due = self.options.due_at
             tracker.sent_at = tracker.last_at = now if due is None or due > now else due
             self._until = tracker.wait_deadline()
@@ -384,6 +396,7 @@ class ChatFlow:
     def _finish(self, result: ChatResult, now: float | None = None) -> Finish:
         self.result = result
         self.state = FINISHED
+        self.router.every_event.discard(self.tracker.wake_id)
         sink = self.router.sink
         sink.chat_finished(result)
         if now is not None and self.tracker.followups:  # further runs the stream carried: chats of their own

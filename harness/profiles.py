@@ -452,7 +452,7 @@ class Decoder:
 try:  # about 3x json.loads on event frames; the decode of every frame is the client's largest single cost
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - orjson is a dependency; json is the fallback of a stripped install
-    _fast_loads = json.loads
+    _fast_loads = json.loads  # type: ignore[assignment]
 
 
 def _id(v: Any, name: str = "", oversized: list[str] | None = None, limit: int = MAX_ID_BYTES) -> tuple[str | None, bool]:

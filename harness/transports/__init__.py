@@ -21,8 +21,8 @@ from .base import (
     ssl_context,
 )
 
-__all__ = ["SCHEMES", "ConnectFailed", "ConnectSettings", "FrameCallback", "Scheme", "Transport", "TransportName",
-           "make_transport", "scheme_of", "schemes_for", "ssl_context"]
+__all__ = ["SCHEMES", "WEBSOCKET_CLIENTS", "ConnectFailed", "ConnectSettings", "FrameCallback", "Scheme", "Transport",
+           "TransportName", "make_transport", "scheme_of", "schemes_for", "ssl_context", "websocket_client"]
 
 
 class Transport(Protocol):
@@ -52,13 +52,36 @@ class Transport(Protocol):
     def abort(self) -> None: ...
 
 
+# The WebSocket clients a ws:// or wss:// URL can be carried by (ConnectSettings.client): picows is the lean one
+# (a Cython parser, frames handed over from its protocol callback; no permessage-deflate), websockets the complete
+# one (deflate, the sync client, agentsim and the proxy use it too). "auto" takes picows unless compression is on.
+WEBSOCKET_CLIENTS = ("picows", "websockets")
+
+
+def websocket_client(settings: ConnectSettings) -> str:
+    """The WebSocket client that carries these settings: the one asked for, else picows when it can, else websockets."""
+    if settings.client in WEBSOCKET_CLIENTS:
+        return settings.client
+    if settings.compression != "none":
+        return "websockets"
+    try:
+        import picows  # noqa: F401
+    except ImportError:  # an install without the lean client still works
+        return "websockets"
+    return "picows"
+
+
 def make_transport(settings: ConnectSettings) -> Transport:
-    """The transport the URL's scheme names in SCHEMES."""
+    """The transport the URL's scheme names in SCHEMES (for WebSocket, the client `websocket_client` picks)."""
     scheme = scheme_of(settings.url)
     if scheme is not None and scheme.transport == "sse":
         from .sse import SSETransport
 
         return SSETransport(settings)
+    if websocket_client(settings) == "picows":
+        from .picows_ws import PicowsTransport
+
+        return PicowsTransport(settings)
     from .websocket import WebSocketTransport
 
     return WebSocketTransport(settings)

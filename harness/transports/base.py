@@ -1,6 +1,7 @@
 """What every transport shares: the scheme table, connection settings, TLS, and the classified connection failure."""
 from __future__ import annotations
 
+import base64
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from urllib.parse import urlsplit
 
 FrameCallback = Callable[[str | bytes, float], None]
 TransportName = Literal["websocket", "sse"]
+Compression = Literal["none", "deflate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,24 @@ class ConnectSettings:
     connect_timeout: float = 10.0
     max_size: int = 4 * 1024 * 1024
     extra_headers: dict[str, str] = field(default_factory=dict)
+    # Offer permessage-deflate (as browsers do) or not. "none" by default: on loopback and LAN deflate costs both
+    # ends more CPU than it saves in bytes, and agentsim offers none; a server that needs it is tested with it.
+    compression: Compression = "none"
+    # Which WebSocket client carries ws:// and wss:// (WEBSOCKET_CLIENTS): "auto" takes the lean one (picows) when
+    # it is installed and compression is off, else websockets, which supports everything.
+    client: str = "auto"
+
+
+def auth_headers(settings: ConnectSettings) -> tuple[dict[str, str], list[str] | None]:
+    """(headers, subprotocols) of a WebSocket handshake: the bearer token as a header or as a subprotocol."""
+    headers = dict(settings.extra_headers)
+    subprotocols = None
+    if settings.token and settings.auth == "header":
+        headers["Authorization"] = f"Bearer {settings.token}"
+    elif settings.token and settings.auth == "subprotocol":
+        encoded = base64.urlsafe_b64encode(settings.token.encode()).decode().rstrip("=")
+        subprotocols = ["jwt-auth", f"jwt.{encoded}"]
+    return headers, subprotocols
 
 
 def ssl_context(settings: ConnectSettings) -> ssl.SSLContext | None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import ssl
 import time
@@ -11,7 +10,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI
 
-from .base import ConnectFailed, ConnectSettings, FrameCallback, ssl_context
+from .base import ConnectFailed, ConnectSettings, FrameCallback, auth_headers, ssl_context
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -46,13 +45,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
 
 def handshake_options(settings: ConnectSettings) -> dict[str, Any]:
     """Keyword arguments of a websockets `connect` (asyncio or sync): auth, TLS, limits; the one handshake."""
-    headers = dict(settings.extra_headers)
-    subprotocols = None
-    if settings.token and settings.auth == "header":
-        headers["Authorization"] = f"Bearer {settings.token}"
-    elif settings.token and settings.auth == "subprotocol":
-        encoded = base64.urlsafe_b64encode(settings.token.encode()).decode().rstrip("=")
-        subprotocols = ["jwt-auth", f"jwt.{encoded}"]
+    headers, subprotocols = auth_headers(settings)
     return {
         "additional_headers": headers or None,
         "subprotocols": subprotocols,
@@ -60,8 +53,10 @@ def handshake_options(settings: ConnectSettings) -> dict[str, Any]:
         "ping_interval": None,
         "close_timeout": 2,
         "max_size": settings.max_size,
-        "max_queue": 1024,  # frames buffered before the socket is read no further (backpressure, bounded memory)
-        "compression": None,
+        # Frames buffered before the socket is read no further: a bound in bytes too (16 x max_size = 64 MiB at the
+        # default), where 1,024 frames of 4 MiB let a fast server push the client past 4 GiB.
+        "max_queue": 16,
+        "compression": "deflate" if settings.compression == "deflate" else None,
         "proxy": None,
         "user_agent_header": "chatprobe",
     }

@@ -1,0 +1,180 @@
+"""Both WebSocket clients (picows, websockets) against raw servers written here: the same handshake failures, the
+same close codes and R12 details for what a server must not send, fragments joined within the size limit."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import struct
+
+import pytest
+
+from harness.transports import ConnectFailed, make_transport
+from harness.transports.base import ConnectSettings
+
+CLIENTS = ["picows", "websockets"]
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """One unmasked server frame."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([n])
+    elif n < 65536:
+        head += bytes([126]) + struct.pack("!H", n)
+    else:
+        head += bytes([127]) + struct.pack("!Q", n)
+    return head + payload
+
+
+class RawServer:
+    """Accepts one upgrade (or answers `status`), then writes `frames`, then keeps reading until the client leaves."""
+
+    def __init__(self, frames: list[bytes], status: int = 101, hang_up: bool = False) -> None:
+        self.frames, self.status, self.hang_up = frames, status, hang_up
+        self.request = b""
+        self.client_frames: list[tuple[int, bytes]] = []
+        self.got_frame = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            self.request = await reader.readuntil(b"\r\n\r\n")
+            if self.hang_up:
+                return
+            if self.status != 101:
+                writer.write(f"HTTP/1.1 {self.status} No\r\nContent-Length: 0\r\n\r\n".encode())
+                return
+            key = next(line.split(b":", 1)[1].strip() for line in self.request.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))
+            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            for f in self.frames:
+                writer.write(f)
+            await writer.drain()
+            while True:  # the client's frames, until its close (answered by hanging up, as a server does)
+                head = await reader.readexactly(2)
+                n = head[1] & 0x7F
+                if n == 126:
+                    n = struct.unpack("!H", await reader.readexactly(2))[0]
+                elif n == 127:
+                    n = struct.unpack("!Q", await reader.readexactly(8))[0]
+                mask = await reader.readexactly(4)
+                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(await reader.readexactly(n)))
+                self.client_frames.append((head[0] & 0x0F, payload))
+                self.got_frame.set()
+                if head[0] & 0x0F == 8:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def exchange(client: str, server: RawServer, max_size: int = 1024, token: str | None = None,
+                   auth: str = "header"):
+    """Open, read every frame until the connection ends; (transport, frames) or the ConnectFailed."""
+    srv = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    settings = ConnectSettings(url=f"ws://127.0.0.1:{port}/ws", token=token, auth=auth, connect_timeout=3,
+                               max_size=max_size, client=client)
+    transport = make_transport(settings)
+    got: list = []
+    try:
+        async with asyncio.timeout(10):  # a hang fails the test
+            try:
+                await transport.open()
+            except ConnectFailed as exc:
+                return None, exc
+            await transport.run(lambda message, at: got.append(message))
+    finally:
+        srv.close()
+    return transport, got
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_frames_arrive_as_text_and_a_server_close_code_is_kept(client):
+    server = RawServer([frame(1, b'{"type": "a"}'), frame(1, b'{"type": "b"}'),
+                        frame(8, struct.pack("!H", 4001) + b"bye")])
+    transport, got = await exchange(client, server)
+    assert got == ['{"type": "a"}', '{"type": "b"}']
+    assert transport.close_code == 4001 and transport.protocol_error is None
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_fragmented_message_is_joined(client):
+    server = RawServer([frame(1, b'{"type": ', fin=False), frame(0, b'"joined"', fin=False), frame(0, b"}"),
+                        frame(8, struct.pack("!H", 1000))])
+    transport, got = await exchange(client, server)
+    assert got == ['{"type": "joined"}'] and transport.close_code == 1000
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("frames", [[frame(1, b"x" * 2000)],
+                                    [frame(1, b"x" * 600, fin=False), frame(0, b"x" * 600)]],
+                         ids=["one frame", "fragments"])
+async def test_a_message_over_max_size_closes_with_1009_and_an_r12_detail(client, frames):
+    transport, got = await exchange(client, RawServer([frame(1, b'{"ok": 1}'), *frames]))
+    assert got == ['{"ok": 1}']
+    assert transport.protocol_error == "frame larger than the 1024 byte limit"
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_text_that_is_not_utf8_closes_with_1007(client):
+    transport, got = await exchange(client, RawServer([frame(1, b'{"a": "\xff\xfe"}')]))
+    assert got == [] and transport.protocol_error == "text frame that is not valid UTF-8"
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize(("server", "kind"), [(RawServer([], status=401), "auth_failed"),
+                                              (RawServer([], status=503), "refused"),
+                                              (RawServer([], status=404), "protocol_error"),
+                                              (RawServer([], hang_up=True), "refused")],
+                         ids=["401", "503", "404", "hang up"])
+async def test_handshake_failures_are_classified_alike(client, server, kind):
+    transport, failure = await exchange(client, server)
+    assert transport is None and failure.kind == kind
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_connection_refused(client):
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    transport = make_transport(ConnectSettings(url=f"ws://127.0.0.1:{port}/ws", connect_timeout=3, client=client))
+    with pytest.raises(ConnectFailed) as info:
+        async with asyncio.timeout(10):
+            await transport.open()
+    assert info.value.kind == "refused"
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("auth", ["header", "subprotocol"])
+async def test_the_token_reaches_the_server_as_asked(client, auth):
+    server = RawServer([frame(8, struct.pack("!H", 1000))])
+    await exchange(client, server, token="s3cret", auth=auth)
+    head = server.request.decode().lower()
+    if auth == "header":
+        assert "authorization: bearer s3cret" in head
+    else:
+        encoded = base64.urlsafe_b64encode(b"s3cret").decode().rstrip("=").lower()
+        assert f"jwt.{encoded}" in head and "jwt-auth" in head
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_server_ping_is_answered_with_its_payload(client):
+    server = RawServer([frame(9, b"hello")])
+    srv = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    transport = make_transport(ConnectSettings(url=f"ws://127.0.0.1:{port}/ws", connect_timeout=3, client=client))
+    async with asyncio.timeout(10):  # a hang fails the test
+        await transport.open()
+        reader = asyncio.ensure_future(transport.run(lambda m, at: None))
+        await server.got_frame.wait()
+        await transport.close()
+        await reader
+    srv.close()
+    assert server.client_frames[0] == (10, b"hello")  # a pong with the ping's payload
