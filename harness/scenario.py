@@ -456,14 +456,21 @@ class Shape:
             done += area
 
     def tick(self, t: float) -> tuple[int, float] | None:
-        """Locust's LoadTestShape.tick at `t`: (users, spawn rate) moving linearly to the stage's target over the
-        stage, as `users_at` does; None once the last stage is over (Locust stops)."""
-        w = self.stage_at(t)
-        if w is None:
+        """Locust's LoadTestShape.tick at `t`: (users, spawn rate); None once the last stage is over (Locust stops).
+
+        Locust asks once a second and spawns in per-second batches, so a ramp handed over as (target, slope) runs
+        up to a second ahead of the line. Each tick asks instead for the line's users at the middle of the coming
+        second, all at once: Locust's user count then averages the ramp over each second, as `users_at` does."""
+        if self.stage_at(t) is None:
             return None
-        if not w.ramp or w.begin == w.target:
-            return math.ceil(w.target - 1e-9), max(w.target, 1.0)  # a step: every user within a second
-        return math.ceil(w.target - 1e-9), abs(w.target - w.begin) / w.length
+        # Ticks fall on whole seconds (plus the worker's few milliseconds): sample on that grid, not at t + 0.5,
+        # where a ramp's ceiling would flip on those milliseconds.
+        users = self.users_at(min(round(t / TICK) * TICK + TICK / 2, self.total - 1e-9))
+        return users, float(max(users, 1))
+
+
+# Locust's shape worker calls tick() about once a second.
+TICK = 1.0
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 line and field), the schedule a Shape gives every driver, per-stage tallies and the knee."""
 from __future__ import annotations
 
+import itertools
 import random
 import subprocess
 import sys
@@ -45,16 +46,17 @@ def test_stages_by_duration_or_until_make_one_schedule():
     assert [(w.start, w.end, w.begin, w.target) for w in shape.windows] == [
         (0, 10, 0, 10), (10, 30, 10, 10), (30, 35, 10, 0)]
     assert [shape.users_at(t) for t in (0.01, 0.99, 1.01, 5, 9.95, 20, 30.01, 34.99)] == [1, 1, 2, 5, 10, 10, 10, 1]
-    # Locust's tick: ramp to the stage's target at the stage's slope; a held stage at once; None after the end.
-    assert shape.tick(3) == (10, 1.0) and shape.tick(12) == (10, 10.0) and shape.tick(31) == (0, 2.0)
-    assert shape.tick(35.5) is None
+    # Locust's tick (once a second): the line's users half a second on, all at once; None after the end.
+    assert [shape.tick(t)[0] for t in (0, 1, 2, 9, 12, 30, 31, 34)] == [1, 2, 3, 10, 10, 9, 7, 1]
+    assert shape.tick(34.9) == (1, 1.0) and shape.tick(35) is None and shape.tick(35.5) is None
+    assert shape.tick(0.004)[0] == 1 and shape.tick(1.003)[0] == 2  # a tick a few ms late asks the same
 
 
 def test_arrivals_hold_a_rate_and_follow_a_ramp():
     held = Scenario.model_validate({"name": "a", "arrival_rate": 10, "duration": "20s"}).shape()
     times = list(held.arrivals())
     assert len(times) == 200 and times[0] == pytest.approx(0.05)
-    assert all(b - a == pytest.approx(0.1) for a, b in zip(times, times[1:]))
+    assert all(b - a == pytest.approx(0.1) for a, b in itertools.pairwise(times))
     ramp = Scenario.model_validate({"name": "r", "stages": [{"duration": 10, "rate": 20}]}).shape()
     times = list(ramp.arrivals())
     assert len(times) == 100  # the area under 0 -> 20/s over 10 s

@@ -1,0 +1,129 @@
+"""Load shapes against a real agentsim on loopback, checked against what the server itself recorded (its ground
+truth): think time spaces a user's chats, stages ramp and hold users, an arrival rate starts chats on schedule
+whatever the server does, chats past max_in_flight are dropped and counted, and first-event time counts from
+when a chat was due."""
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness.client import Session
+from harness.events import Outcome, Rule
+from harness.flow import ChatOptions
+from harness.runner import run_scenario
+from harness.scenario import Scenario, expectations_for
+from harness.sinks import Sink
+from monitors.metrics import ChatMetrics, MetricsSink
+
+from .conftest import ground_truth, scenario
+
+pytestmark = pytest.mark.timeout(60)
+QUICK = {"settle": "0.02s", "deadline": "5s"}
+
+
+def shaped(**kw) -> Scenario:
+    return Scenario.model_validate({"name": "t", "message": "hi", "expect": QUICK, **kw})
+
+
+def records(path, kind: str) -> list[dict]:
+    return [r for r in ground_truth(path) if r.get("kind") == kind]
+
+
+async def test_think_time_spaces_each_users_chats(sim_factory):
+    async with sim_factory() as (_, target, gt):
+        sc = scenario(users=2, chats_per_user=4, think_time="300ms", message="hi", expect=QUICK)
+        run = await run_scenario(sc, target)
+        assert run.stats.outcomes[Outcome.PASSED] == 8
+        starts: dict[str, list[float]] = {}
+        for r in records(gt, "run_started"):
+            starts.setdefault(r["user_id"], []).append(r["t"])
+        assert len(starts) == 2
+        for times in starts.values():
+            gaps = [b - a for a, b in itertools.pairwise(times)]
+            assert len(gaps) == 3 and all(0.3 <= g < 0.6 for g in gaps), gaps
+
+        # A range is drawn for each pause (uniform), a step's own think time wins over the scenario's.
+        sc = scenario(users=1, think_time={"min": "100ms", "max": "500ms"}, expect=QUICK,
+                      steps=[{"chat": {"message": "a", "repeat": 6}}, {"chat": {"message": "b", "think_time": "0.7s"}},
+                             {"chat": {"message": "c"}}])
+        before = len(records(gt, "run_started"))
+        await run_scenario(sc, target)
+        times = [r["t"] for r in records(gt, "run_started")[before:]]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert len(gaps) == 7
+        assert all(0.1 <= g < 0.65 for g in gaps[:6]) and max(gaps[:6]) - min(gaps[:6]) > 0.05, gaps  # drawn
+        assert 0.7 <= gaps[6] < 0.9, gaps  # after step b: its own 0.7 s
+
+
+async def test_stages_ramp_users_up_hold_them_and_ramp_down(sim_factory):
+    async with sim_factory() as (_, target, gt):
+        sc = shaped(think_time="50ms", stages=[{"duration": "2s", "users": 4},
+                                               {"duration": "1s", "users": 4, "ramp": False},
+                                               {"duration": "1s", "users": 0}])
+        t0 = time.time()
+        run = await run_scenario(sc, target)
+        opened = sorted(r["t"] - t0 for r in records(gt, "connection_opened"))
+        closed = sorted(r["t"] - t0 for r in records(gt, "connection_closed"))
+    # 0 -> 4 users over 2 s: one more user each time the line passes a whole user (0, 0.5, 1.0, 1.5 s).
+    assert len(opened) == 4, opened
+    for got, want in zip(opened, (0.0, 0.5, 1.0, 1.5), strict=True):
+        assert want <= got < want + 0.25, opened
+    # 4 -> 0 over the last second: a user leaves after the chat it is in (3 s, 3.25, 3.5, 3.75).
+    assert len(closed) == 4, closed
+    for got, want in zip(closed, (3.0, 3.25, 3.5, 3.75), strict=True):
+        assert want <= got < want + 0.3, closed
+    assert [s.label for s in run.stages] == ["0→4 users", "4 users", "4→0 users"]
+    assert all(s.chats > 0 and s.outcomes[Outcome.PASSED] == s.chats for s in run.stages)
+    # Held stage: 4 users, each chat ~10-30 ms plus 50 ms of thought, for 1 s.
+    assert 4 * 1 / 0.12 < run.stages[1].chats < 4 * 1 / 0.05 + 4, run.stages[1].chats
+
+
+async def test_an_arrival_rate_starts_chats_on_schedule_however_slow_the_server(sim_factory):
+    async with sim_factory() as (_, target, gt):
+        # Each run takes over half a second (#think): a closed model would slow down, the open model does not.
+        sc = shaped(message="slow #think=0.25", arrival_rate=20, duration="3s", max_in_flight=100)
+        run = await run_scenario(sc, target)
+        starts = sorted(r["t"] for r in records(gt, "run_started"))
+    assert run.stats.chats == 60 and run.stats.outcomes[Outcome.PASSED] == 60 and run.stats.dropped == 0
+    assert len(starts) == 60
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert sum(gaps) / len(gaps) == pytest.approx(0.05, rel=0.05)
+    assert max(gaps) < 0.1, max(gaps)  # never waited for a slow chat to end
+    assert run.stages[0].achieved_rate == pytest.approx(20, rel=0.03)
+    assert max(r.duration for r in run.results) > 0.5  # the runs were slow indeed
+
+
+async def test_chats_past_max_in_flight_are_dropped_and_counted(sim_factory):
+    registry = CollectorRegistry()
+    metrics = MetricsSink(ChatMetrics(registry), "agentsim", "load")
+    async with sim_factory() as (_, target, gt):
+        sc = shaped(message="slow #think=1", arrival_rate=20, duration="1s", max_in_flight=4)
+        run = await run_scenario(sc, target, metrics)
+        started = len(records(gt, "run_started"))
+    assert run.stats.chats == started == 4  # the server saw exactly the chats that started
+    assert run.stats.dropped == 16 == run.stages[0].dropped
+    assert run.stats.outcomes[Outcome.PASSED] == 4
+    exported = {s.name: s.value for fam in text_string_to_metric_families(generate_latest(registry).decode())
+                for s in fam.samples if s.labels.get("scenario") == "t"}
+    assert exported["chatprobe_chats_dropped_total"] == 16
+    assert sum(v for k, v in exported.items() if k == "chatprobe_chats_total") <= 4
+    assert run.knee is run.stages[0]  # 80% dropped: the stage broke
+
+
+async def test_first_event_time_counts_from_when_the_chat_was_due(sim_factory):
+    async with sim_factory() as (_, target, _gt):
+        exp = expectations_for(target.profile, shaped().expect)
+        session = Session(target, "due-user", "t", Sink())
+        try:
+            on_time = await session.chat("hi", exp, ChatOptions(settle=0.02))
+            late = await session.chat("hi", exp, ChatOptions(settle=0.02, due_at=time.monotonic() - 2.5))
+        finally:
+            await session.close()
+    assert on_time.time_to_first_event < 0.5 and on_time.passed
+    # Due 2.5 s ago (a saturated generator or server kept it queued): the wait counts, and breaks R9's 2 s.
+    assert late.time_to_first_event >= 2.5
+    assert any(v.rule is Rule.R9 for v in late.violations) and not late.passed
