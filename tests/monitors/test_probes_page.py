@@ -117,3 +117,13 @@ async def test_served_over_http_with_no_script_and_odd_paths_refused(faulty_moni
         assert status == 200 and body == b""
     finally:
         await asyncio.to_thread(server.shutdown)
+
+
+def test_every_alert_of_the_runbook_points_at_the_page():
+    from pathlib import Path
+
+    runbook = (Path(__file__).resolve().parents[2] / "docs" / "runbook.md").read_text()
+    sections = runbook.split("\n## ")[1:]
+    assert len(sections) == 6
+    for section in sections:
+        assert "monitor's `/` page" in section, section.splitlines()[0]
