@@ -110,6 +110,7 @@ class _Call:
     answered: bool = False
     args: list[str] = field(default_factory=list)
     args_bytes: int = 0
+    owed: bool = True  # started in this run (a call known from an earlier run owes nothing here)
 
 
 def _text(v: Any) -> str | None:
@@ -135,7 +136,7 @@ class AguiRunChecks(RunChecks):
         nxt.messages = set(self.messages)
         nxt.state, nxt.state_tracked = self.state, self.state_tracked
         # Calls the finished run left for the application (frontend tools) may be answered in the next one.
-        nxt.calls = {k: _Call(c.name, ended=True, answered=c.answered) for k, c in self.calls.items()}
+        nxt.calls = {k: _Call(c.name, ended=True, answered=c.answered, owed=False) for k, c in self.calls.items()}
         nxt.warned = set(self.warned)
         return nxt
 
@@ -191,6 +192,14 @@ class AguiRunChecks(RunChecks):
             self._remember(self.messages, mid)
         return []
 
+    def _run_started(self, p: dict[str, Any], t: str) -> list[Finding]:
+        # The request echoed back (RUN_STARTED.input): its messages, and the tool calls in them, are known ids, so a
+        # run resuming an interrupted one may answer a call the earlier run made.
+        inp = p.get("input")
+        if isinstance(inp, dict) and isinstance(inp.get("messages"), list):
+            return self._messages_snapshot({"messages": inp["messages"]}, t)
+        return []
+
     def _messages_snapshot(self, p: dict[str, Any], t: str) -> list[Finding]:
         for m in p.get("messages") or ():
             if isinstance(m, dict) and isinstance(m.get("id"), str):
@@ -198,7 +207,9 @@ class AguiRunChecks(RunChecks):
                 for call in m.get("toolCalls") or ():
                     if isinstance(call, dict) and isinstance(call.get("id"), str) and call["id"] not in self.calls \
                             and len(self.calls) < MAX_IDS:
-                        self.calls[call["id"]] = _Call(str((call.get("function") or {}).get("name", "")), ended=True)
+                        fn = call.get("function")
+                        name = fn.get("name") if isinstance(fn, dict) else None
+                        self.calls[call["id"]] = _Call(str(name or ""), ended=True, owed=False)
             if isinstance(m, dict) and m.get("role") == "tool" and isinstance(m.get("toolCallId"), str):
                 if (c := self.calls.get(m["toolCallId"])) is not None:
                     c.answered = True
@@ -324,7 +335,7 @@ class AguiRunChecks(RunChecks):
             waiting = {i.get("toolCallId") for i in outcome.get("interrupts") or () if isinstance(i, dict)}
         out = []
         for cid, call in self.calls.items():
-            if call.answered or not call.ended or cid in waiting or call.name in self.ctx.offered_tools:
+            if call.answered or not call.owed or not call.ended or cid in waiting or call.name in self.ctx.offered_tools:
                 continue  # (a call still open at the end is the tool call span's R5)
             out.append(Finding(Rule.R5, f"tool call {cid[:80]!r} ({call.name[:60] or 'unnamed'}: a backend tool, not "
                                         "offered by the client) has no TOOL_CALL_RESULT before the run's end"))
@@ -341,6 +352,7 @@ def _json_size(v: Any) -> int:
 
 
 _HANDLERS: dict[str, Callable[[AguiRunChecks, dict[str, Any], str], list[Finding]]] = {
+    "RUN_STARTED": AguiRunChecks._run_started,
     "TEXT_MESSAGE_START": AguiRunChecks._message_start,
     "TEXT_MESSAGE_CONTENT": AguiRunChecks._message_content,
     "TEXT_MESSAGE_END": AguiRunChecks._message_end,
@@ -363,7 +375,7 @@ _HANDLERS: dict[str, Callable[[AguiRunChecks, dict[str, Any], str], list[Finding
 AGUI = CheckSet(
     name="agui",
     fields=("timestamp", "messageId", "delta", "toolCallId", "toolCallName", "parentMessageId", "messages",
-            "snapshot", "event", "outcome", "parentRunId"),
+            "snapshot", "event", "outcome", "parentRunId", "input"),
     frame=agui_frame,
     start=AguiRunChecks,
 )
