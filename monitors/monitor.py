@@ -123,7 +123,8 @@ def _duration_arg(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="chatprobe monitor",
-                description="Probe agent chat servers continuously and serve /metrics (the probes' counters) and "
+                description="Probe agent chat servers continuously and serve / (the recent probes; a failing one's "
+                            "violations and event timeline), /metrics (the probes' counters) and "
                             "/probe?target=NAME&scenario=NAME (one probe now, blackbox_exporter style).")
     add_target_args(p)
     p.add_argument("--scenario", action="append", default=None, metavar="NAME|FILE",
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"deadline of one probe (default the interval, within {MIN_DEFAULT_TIMEOUT:g}-{MAX_TIMEOUT:g}s); "
                         "a round that overruns the interval skips the missed ticks")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
-                   help=f"address of /metrics and /probe (default {DEFAULT_LISTEN}; port 0 = any free port)")
+                   help=f"address of /, /metrics and /probe (default {DEFAULT_LISTEN}; port 0 = any free port)")
     p.add_argument("--once", action="store_true", help="run one probe round, print the verdicts and exit 0 "
                    "(all passed) or 1; serves nothing")
     return p

@@ -74,7 +74,7 @@ class RecentProbes:
             duration: float, via: str = "interval", first_event_limit: float = 2.0) -> ProbeRecord:
         chats = run.stats.chats if run is not None else 0
         passed = run.stats.outcomes[Outcome.PASSED] if run is not None else 0
-        summary = _summary(run, verdict)
+        summary = redact.clean(_summary(run, verdict), 4 * FIELD_LIMIT)  # held for hours: bounded and clean
         with self._lock:
             record = ProbeRecord(id=self._next_id, target=target, scenario=scenario, started_at=started_at,
                                  duration=duration, verdict=verdict, chats=chats, passed=passed, via=via,
