@@ -183,6 +183,14 @@ def print_summary(console: Console, runs: list[ScenarioRun], worst: int = 3) -> 
     for run in runs:
         if run.stages:
             print_stages(console, run)
+    for run in runs:  # advice apart from the contract (docs/profiles.md): shown, never a failure
+        advice = Counter(w.reason for r in run.results for w in r.warnings)
+        if advice:
+            chats = sum(1 for r in run.results if r.warnings)
+            console.print(Text(f"\n{_c(run.scenario.name)}: advice in {chats} chat(s) (warnings, not failures)",
+                               style="yellow"))
+            for reason, n in advice.most_common(3):
+                console.print(_t(f"  ! {_c(reason)}" + (f" (x{n})" if n > 1 else "")))
     for run in runs:
         if run.passed:
             continue
@@ -209,8 +217,8 @@ def print_stages(console: Console, run: ScenarioRun) -> None:
     percentiles and dropped chats; then where the first-event SLO broke, and any rate the generator missed."""
     rate = run.stages[0].kind == "rate"
     table = Table(title=f"{_c(run.scenario.name)} by stage", show_lines=False)
-    cols = ["stage", "time", "load", *(["achieved/s"] if rate else []), "chats", "passed", "failed", "incompl.",
-            "error", "dropped", "1st ev p50", "p95", "p99"]
+    cols = ["stage", "time", "load", *(["achieved/s", "late"] if rate else []), "chats", "passed", "failed",
+            "incompl.", "error", "dropped", "1st ev p50", "p95", "p99"]
     for col in cols:
         table.add_column(col, justify="left" if col in ("time", "load") else "right")
     limit = run.slo_limit
@@ -218,7 +226,7 @@ def print_stages(console: Console, run: ScenarioRun) -> None:
         p95 = st.ttfe.get("p95")
         row = [str(st.index + 1), f"{st.start:g}-{st.end:g}s", st.label]
         if rate:
-            row.append("-" if st.achieved_rate is None else f"{st.achieved_rate:.4g}")
+            row += ["-" if st.achieved_rate is None else f"{st.achieved_rate:.4g}", str(st.late)]
         row += [str(st.chats), str(st.outcomes[Outcome.PASSED]), str(st.outcomes[Outcome.FAILED]),
                 str(st.outcomes[Outcome.INCOMPLETE]), str(st.outcomes[Outcome.ERROR]), str(st.dropped),
                 _ms(st.ttfe.get("p50"))]

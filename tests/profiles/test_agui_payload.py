@@ -233,3 +233,21 @@ def test_the_payload_checks_are_pure():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level}
     assert not imported & {"asyncio", "websockets", "httpx", "gevent", "socket", "threading", "argparse", "locust"}
+
+
+async def test_advice_shows_in_the_console_report_and_the_run_still_passes():
+    import io
+
+    from rich.console import Console
+
+    from harness.report import print_summary
+    from harness.runner import run_scenario
+
+    script = run(RawEvent(event={"type": "RUN_FINISHED", "threadId": "t", "runId": "r"}, timestamp=TS))
+    async with AguiSSEServer(script) as server:
+        run_ = await run_scenario(Scenario(name="advice", users=2, chats_per_user=1), Target(url=server.url, profile=AGUI,
+                                                                                                name="t"))
+    out = io.StringIO()
+    print_summary(Console(file=out, width=200, color_system=None), [run_])
+    assert run_.passed
+    assert "advice in 2 chat(s) (warnings, not failures)" in out.getvalue() and "RAW wraps a typed" in out.getvalue()
