@@ -430,10 +430,10 @@ footer { max-width: 1000px; margin: 24px auto; padding: 0 24px; color: #888; fon
 <p class="caption knee">{{ s.knee }}</p>
 <figure class="chart" data-chart="stages">{{ s.stage_chart }}</figure>
 <table class="stages">
-<tr><th>stage</th><th>time</th><th>load</th>{% if s.stages[0].asked_rate is not none %}<th>achieved/s</th>{% endif %}<th>chats</th>{% for o in outcomes %}<th>{{ o.value }}</th>{% endfor %}<th>dropped</th><th>1st event p50</th><th>p95</th><th>p99</th></tr>
+<tr><th>stage</th><th>time</th><th>load</th>{% if s.stages[0].asked_rate is not none %}<th>achieved/s</th><th>began late</th>{% endif %}<th>chats</th>{% for o in outcomes %}<th>{{ o.value }}</th>{% endfor %}<th>dropped</th><th>1st event p50</th><th>p95</th><th>p99</th></tr>
 {% for st in s.stages %}
 <tr><td class="num">{{ st.index + 1 }}</td><td>{{ st.start|num }}–{{ st.end|num }} s</td><td>{{ st.label }}</td>
-{% if st.asked_rate is not none %}<td class="num">{{ '-' if st.achieved_rate is none else '%.4g'|format(st.achieved_rate) }}</td>{% endif %}
+{% if st.asked_rate is not none %}<td class="num">{{ '-' if st.achieved_rate is none else '%.4g'|format(st.achieved_rate) }}</td><td class="num">{{ st.late }}</td>{% endif %}
 <td class="num">{{ st.chats }}</td>{% for o in outcomes %}<td class="num">{{ st.outcomes[o] }}</td>{% endfor %}
 <td class="num">{{ st.dropped }}</td>{% for k in ('p50', 'p95', 'p99') %}<td class="num">{{ st.ttfe.get(k)|ms }}</td>{% endfor %}</tr>
 {% endfor %}

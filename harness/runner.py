@@ -131,7 +131,7 @@ class _Play:
 
         async def one(session: Session, due_at: float) -> None:
             nonlocal in_flight
-            stages.begun(clock() - started)  # when the event loop got to it: late when the process is saturated
+            stages.begun(due_at - started, clock() - due_at)  # late when the process is saturated
             try:
                 call = script.chat()
                 await session.chat(call.content, call.expectations, dataclasses.replace(call.options, due_at=due_at))

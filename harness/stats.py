@@ -106,7 +106,9 @@ class Tally:
     ttfe: list[float] = field(default_factory=list)
     duration: list[float] = field(default_factory=list)
     dropped: int = 0  # open model: chats never started because max_in_flight were in flight
-    begun: int = 0  # open model: chats (and drops) the load generator got to within their stage's window
+    begun: int = 0  # open model: chats (and drops) the load generator got to on time (within LATE of due)
+    late: int = 0  # open model: chats that began more than LATE after they were due (the process lagged)
+    lag_max: float = 0.0  # the latest a chat began after it was due, in seconds
 
     def add(self, r: ChatResult) -> None:
         self.chats += 1
@@ -135,6 +137,8 @@ class Tally:
         self.duration.extend(other.duration)
         self.dropped += other.dropped
         self.begun += other.begun
+        self.late += other.late
+        self.lag_max = max(self.lag_max, other.lag_max)
 
     def stats(self) -> ScenarioStats:
         return ScenarioStats(
@@ -157,6 +161,8 @@ class Tally:
             "duration": self.duration,
             "dropped": self.dropped,
             "begun": self.begun,
+            "late": self.late,
+            "lag_max": self.lag_max,
         }
 
     @classmethod
@@ -173,6 +179,8 @@ class Tally:
             duration=[float(x) for x in d["duration"]],
             dropped=int(d.get("dropped", 0)),
             begun=int(d.get("begun", 0)),
+            late=int(d.get("late", 0)),
+            lag_max=float(d.get("lag_max", 0.0)),
         )
 
 
@@ -188,11 +196,13 @@ class StageStats:
     end: float
     target: float  # the users, or chats per second, at the stage's end
     asked_rate: float | None  # open model: the stage's mean rate
-    achieved_rate: float | None  # open model: chats begun (or dropped) in the stage's window, per second
+    achieved_rate: float | None  # open model: chats begun on time (or dropped) in the stage, per second
     chats: int
     outcomes: Counter[Outcome]
     ttfe: dict[str, float | None]
     dropped: int
+    late: int = 0  # open model: chats that began more than LATE after they were due
+    lag_max: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -200,7 +210,12 @@ class StageStats:
             "target": self.target, "asked_rate": self.asked_rate, "achieved_rate": self.achieved_rate,
             "chats": self.chats, "outcomes": {o.value: self.outcomes[o] for o in Outcome},
             "time_to_first_event": {k: self.ttfe.get(k) for k in ("p50", "p95", "p99")}, "dropped_chats": self.dropped,
+            "late_chats": self.late, "max_lag": self.lag_max,
         }
+
+
+# An open-model chat that began more than this after it was due was late: the process could not keep the schedule.
+LATE = 0.1
 
 
 class StageTallies:
@@ -228,11 +243,14 @@ class StageTallies:
             tally.dropped += 1
             tally.begun += 1
 
-    def begun(self, t: float) -> None:
-        """An open-model chat began `t` seconds since the start (however late after it was due)."""
-        w = self.shape.stage_at(t)
-        if w is not None:
-            self.by_stage.setdefault(w.index, Tally()).begun += 1
+    def begun(self, t: float, lag: float) -> None:
+        """An open-model chat due `t` seconds since the start began `lag` seconds after that."""
+        if (tally := self._at(t)) is not None:
+            if lag <= LATE:
+                tally.begun += 1
+            else:
+                tally.late += 1
+            tally.lag_max = max(tally.lag_max, lag)
 
     def merge(self, other: dict[int, Tally]) -> None:
         for i, tally in other.items():
@@ -249,7 +267,8 @@ class StageTallies:
                 target=w.target, asked_rate=w.mean if rate else None,
                 achieved_rate=(tally.begun / w.length if w.length > 0 else None) if rate else None,
                 chats=tally.chats, outcomes=Counter(tally.outcomes),
-                ttfe={k: st[k] for k in ("p50", "p95", "p99")}, dropped=tally.dropped,
+                ttfe={k: st[k] for k in ("p50", "p95", "p99")}, dropped=tally.dropped, late=tally.late,
+                lag_max=tally.lag_max,
             ))
         return out
 
@@ -265,17 +284,18 @@ def knee(stages: list[StageStats], limit: float) -> StageStats | None:
 
 
 def generator_warnings(stages: list[StageStats], tolerance: float = 0.05) -> list[str]:
-    """Open model: a stage whose load generator began fewer chats than asked (by more than `tolerance`, and by
-    more than one chat) means this process could not generate the rate; say so with the rate achieved."""
+    """Open model: a stage whose load generator began fewer chats on time than asked (by more than `tolerance`,
+    and by more than one chat) means this process could not generate the rate; say so with the rate achieved."""
     out = []
     for st in stages:
         if st.asked_rate is None or st.achieved_rate is None or st.asked_rate <= 0:
             continue
         short = st.asked_rate - st.achieved_rate
         if short > tolerance * st.asked_rate and short * (st.end - st.start) > 1:
+            late = f"; {st.late} chats began up to {st.lag_max:.2g} s late" if st.late else ""
             out.append(f"stage {st.index + 1} asked {st.asked_rate:g} chats/s and the load generator achieved "
-                       f"{st.achieved_rate:.4g}/s: this process cannot generate the rate (run fewer per process, "
-                       "or several processes)")
+                       f"{st.achieved_rate:.4g}/s on time{late}: this process cannot generate the rate (run fewer "
+                       "chats per process, or several processes)")
     return out
 
 

@@ -117,25 +117,30 @@ def test_stage_tallies_knee_and_the_rate_achieved():
     tallies = StageTallies(shape)
     for i in range(100):
         tallies.add(_result(i * 0.1, 0.01), i * 0.1)
-        tallies.begun(i * 0.1)
+        tallies.begun(i * 0.1, 0.002)
     for i in range(200):
         tallies.add(_result(10 + i * 0.05, 2.5 if i % 10 == 0 else 0.02), 10 + i * 0.05)  # 10% over 2 s
-        tallies.begun(10 + i * 0.05)
-    for i in range(300):  # the generator fell behind: 300 of 400 begun, 20 of them dropped
+        tallies.begun(10 + i * 0.05, 0.002)
+    for i in range(400):  # the generator fell behind: 20 dropped, 280 begun on time, 100 up to 0.5 s late
+        t = 20 + i * 0.025
         if i < 20:
-            tallies.dropped(20 + i * 0.033)
-        else:
-            tallies.add(_result(20 + i * 0.033, 0.05), 20 + i * 0.033)
-            tallies.begun(20 + i * 0.033)
+            tallies.dropped(t)
+            continue
+        tallies.add(_result(t, 0.05), t)
+        tallies.begun(t, 0.5 if i >= 300 else 0.01)
     stats = tallies.stats()
-    assert [s.chats for s in stats] == [100, 200, 280] and [s.dropped for s in stats] == [0, 0, 20]
+    assert [s.chats for s in stats] == [100, 200, 380] and [s.dropped for s in stats] == [0, 0, 20]
     assert [s.achieved_rate for s in stats] == [10, 20, 30] and [s.asked_rate for s in stats] == [10, 20, 40]
+    assert stats[2].late == 100 and stats[2].lag_max == 0.5
     assert stats[1].ttfe["p95"] == 2.5 and stats[0].ttfe["p95"] == 0.01
     assert knee(stats, 2.0) is stats[1]
     assert knee(stats[:1], 2.0) is None
-    assert knee([stats[2]], 2.0) is stats[2]  # 20 of 300 dropped (6.7%): broken though every chat was fast
+    assert knee([stats[2]], 2.0) is None  # 20 of 400 dropped: 5% is not over 5%
+    stats[2].dropped = 21
+    assert knee([stats[2]], 2.0) is stats[2]  # over 5% dropped: broken though every chat was fast
     warnings = generator_warnings(stats)
-    assert len(warnings) == 1 and "stage 3 asked 40 chats/s" in warnings[0] and "achieved 30/s" in warnings[0]
+    assert len(warnings) == 1 and "stage 3 asked 40 chats/s" in warnings[0], warnings
+    assert "achieved 30/s on time; 100 chats began up to 0.5 s late" in warnings[0], warnings
 
 
 def test_stage_tallies_travel_as_plain_data():

@@ -4,6 +4,7 @@ whatever the server does, chats past max_in_flight are dropped and counted, and 
 when a chat was due."""
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 
@@ -127,3 +128,27 @@ async def test_first_event_time_counts_from_when_the_chat_was_due(sim_factory):
     # Due 2.5 s ago (a saturated generator or server kept it queued): the wait counts, and breaks R9's 2 s.
     assert late.time_to_first_event >= 2.5
     assert any(v.rule is Rule.R9 for v in late.violations) and not late.passed
+
+
+async def test_a_rate_the_process_cannot_generate_is_a_warning_with_the_rate_achieved(sim_factory):
+    """The process stalls for 0.8 s (here: a blocking computation on the event loop, as an overloaded generator
+    would): the chats due meanwhile start late, so that stage reports the rate it really generated, a warning says
+    so, and their first-event times include the wait (counted from when they were due)."""
+    async with sim_factory() as (_, target, _gt):
+        sc = shaped(stages=[{"duration": "1s", "rate": 50, "ramp": False}, {"duration": "1s", "rate": 50, "ramp": False}],
+                    max_in_flight=500)
+
+        async def hog() -> None:
+            await asyncio.sleep(0.15)  # the moment the stall begins, on the run's clock
+            end = time.monotonic() + 0.8
+            while time.monotonic() < end:  # busy: the loop runs nothing else
+                pass
+
+        hogger = asyncio.ensure_future(hog())
+        run = await run_scenario(sc, target)
+        await hogger
+    first, second = run.stages
+    assert run.stats.chats == 100 and run.stats.outcomes[Outcome.PASSED] == 100
+    assert first.asked_rate == 50 and first.achieved_rate < 30, first
+    assert any("stage 1 asked 50 chats/s and the load generator achieved" in w for w in run.warnings), run.warnings
+    assert first.ttfe["p95"] > 0.5, first.ttfe  # the stall is in the chats' times, not hidden
