@@ -159,3 +159,59 @@ def _profile():
     from harness.profiles import load_profile
 
     return load_profile("netra")
+
+
+def _shaped_run(tmp_path):
+    from harness.results import ScenarioRun
+    from harness.stats import compute, evaluate
+
+    sc = Scenario.model_validate({"name": "steps", "stages": [
+        {"duration": 5, "rate": 10, "ramp": False}, {"duration": 5, "rate": 40, "ramp": False}], "max_in_flight": 50})
+    tallies = StageTallies(sc.shape())
+    results = [_result(i * 0.1, 0.02) for i in range(50)] + [_result(5 + i * 0.025, 3.0) for i in range(150)]
+    for r in results:
+        tallies.add(r, r.sent_at)
+        tallies.begun(r.sent_at, 0.001)
+    for i in range(50):
+        tallies.dropped(5 + i * 0.1)
+    stats = compute(results)
+    stats.dropped = 50
+    run = ScenarioRun(scenario=sc, target="sim", results=results, stats=stats,
+                      objectives=evaluate(stats, sc.objectives), started_at=1.7e9, elapsed=10.5)
+    run.stages = tallies.stats()
+    return run
+
+
+def test_the_reports_show_each_stage_and_the_knee(tmp_path):
+    import json
+
+    import jsonschema
+    from rich.console import Console
+
+    from harness.report import print_summary, write_html, write_json
+
+    run = _shaped_run(tmp_path)
+    console = Console(record=True, width=200)
+    print_summary(console, [run])
+    text = console.export_text()
+    assert "steps by stage" in text and "10/s" in text and "40/s" in text
+    assert "the knee: first-event p95 <= 2 s broke in stage 2 at 40 chats/s (p95 3,000 ms, 50 dropped)" in text
+    assert "50 chats dropped (due while max_in_flight 50 were in flight" in text
+
+    write_json(str(tmp_path / "r.json"), [run])
+    doc = json.loads((tmp_path / "r.json").read_text())
+    schema = json.loads(open("harness/schemas/result.schema.json").read())
+    jsonschema.validate(doc, schema)
+    scenario = doc["scenarios"][0]
+    assert [s["chats"] for s in scenario["stages"]] == [50, 150]
+    assert [s["dropped_chats"] for s in scenario["stages"]] == [0, 50] and scenario["stats"]["dropped_chats"] == 50
+    assert scenario["stages"][1]["time_to_first_event"]["p95"] == 3.0
+    assert scenario["knee"] == {"stage": 2, "label": "40/s", "rate": 40.0, "limit": 2.0, "p95": 3.0}
+
+    write_html(str(tmp_path / "r.html"), [run])
+    page = (tmp_path / "r.html").read_text()
+    assert "<h3>By stage</h3>" in page and 'data-chart="stages"' in page and "<svg" in page
+    assert "The knee: first-event p95 crossed 2 s in stage 2 (40 chats/s): p95 3,000 ms, 50 chats dropped." in page
+    table = page[page.index('<table class="stages">'):]
+    table = table[:table.index("</table>")]
+    assert table.count("<tr>") == 3 and "10/s" in table and "40/s" in table
