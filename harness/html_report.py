@@ -386,6 +386,7 @@ h3 { font-size: 15px; margin: 20px 0 4px; } h4 { font-size: 13px; margin: 14px 0
 .met { background: #2e7d32; } .notmet { background: #c62828; }
 table { border-collapse: collapse; margin: 6px 0; } td, th { padding: 3px 10px; border-bottom: 1px solid #e5e5e5; text-align: left; }
 th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.stages td { white-space: nowrap; }
 .ok { color: #2e7d32; font-weight: 600; } .no { color: #c62828; font-weight: 700; }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: 6px 0; }
 dl.facts dt { color: #666; } dl.facts dd { margin: 0; }
