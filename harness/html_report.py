@@ -135,7 +135,7 @@ def _stage_chart(stages: list[StageStats], limit: float) -> Markup:
             for st in stages if st.ttfe.get("p95") is not None]
     if not rows:
         return Markup('<p class="empty">No stage had a chat with a first event.</p>')
-    order = [r["stage"] for r in sorted(rows, key=lambda r: r["order"])]
+    order = [f"{st.index + 1}: {st.label}" for st in stages]
     bars = alt.Chart(alt.Data(values=rows)).mark_bar().encode(
         x=alt.X("stage:N", sort=order, title="stage: load", axis=alt.Axis(labelAngle=0, labelLimit=160)),
         y=alt.Y("p95:Q", title="first event p95 (s)"),
