@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from harness.durations import Seconds, parse_duration
 from harness.events import Outcome
 from harness.profiles import load_profile
-from harness.results import ScenarioRun
+from harness.results import ScenarioRun, exit_code
 from harness.runner import run_scenario
 from harness.scenario import Scenario, load_scenario
 from harness.targets import (
@@ -418,7 +418,9 @@ async def _main(args: argparse.Namespace) -> int:
             for probe, run in results:
                 print(f"{probe.target.name} / {probe.scenario.name}: "
                       f"{describe(run) if run is not None else verdict(run)}")
-            return EXIT_OK if all(run is not None and run.passed for _, run in results) else EXIT_FAILED
+            if any(run is None for _, run in results):
+                return EXIT_FAILED  # a probe that could not run proves nothing
+            return int(exit_code([run for _, run in results if run is not None]))
 
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
