@@ -109,3 +109,25 @@ def test_one_scenario_file_gives_the_same_load_under_chatprobe_run_and_locust(pr
     for (a, b), tolerance in zip(zip(stages_run, stages_locust, strict=True), (0.25, 0.1, 0.25), strict=True):
         assert a > 0 and b > 0 and abs(a - b) <= tolerance * max(a, b), (stages_run, stages_locust)
     assert [s["chats"] for s in doc["stages"]][1] == pytest.approx(stages_run[1], rel=0.1)
+
+
+def test_the_builtin_knee_scenario_finds_where_the_first_event_slo_breaks_within_a_minute(procs, tmp_path: Path):
+    report = tmp_path / "knee.json"
+    proc = procs.start("chatprobe", [chatprobe_bin(), "run", "knee", "--json", str(report)], env={"NO_COLOR": "1"})
+    try:
+        code = proc.popen.wait(60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"chatprobe run knee did not end within 60s\n{proc.tail()}")
+    assert code == 0, proc.tail(60)
+    doc = json.loads(report.read_text())["scenarios"][0]
+    assert doc["elapsed_seconds"] < 50
+    stages, knee = doc["stages"], doc["knee"]
+    # One Python process playing client and embedded server cannot hold 1,600 chats/s: the knee is found.
+    assert knee is not None, proc.tail(60)
+    broke = stages[knee["stage"] - 1]
+    assert knee["rate"] == broke["asked_rate"] and knee["limit"] == 2.0
+    assert broke["time_to_first_event"]["p95"] > 2.0 or broke["dropped_chats"] > 0.05 * (broke["chats"] + broke["dropped_chats"])
+    for held in stages[:knee["stage"] - 1]:  # every stage before it held the SLO, with every chat judged
+        assert held["time_to_first_event"]["p95"] <= 2.0
+        assert held["chats"] + held["dropped_chats"] == round(held["asked_rate"] * 4)
+    assert f"the knee: first-event p95 <= 2 s broke in stage {knee['stage']} at {knee['rate']:g} chats/s" in proc.out()
