@@ -634,6 +634,9 @@ class ConnectionChecker:
             return chat
         if same_thread is not None and ev.run_id is not None and len(self.by_run) < MAX_RUN_ALIASES:
             self.by_run[ev.run_id] = same_thread  # the rest of that "run" goes to the same chat (R4, R3), not R8
+            if same_thread.n_events == 0:  # the run the client asked for, started under another id
+                same_thread._warn(Rule.R8, f"{ev.wire_type} names run {ev.run_id[:80]!r}, not the run id the client "
+                                           f"sent ({(same_thread.run_id or '')[:80]!r})", 0)
         return same_thread
 
     def _unnamed_waiting(self, ev: Event) -> ChatTracker | None:

@@ -180,3 +180,15 @@ async def test_the_further_run_inherits_what_the_first_one_knew():
     async with AguiSSEServer(script) as server:
         _, sink = await chat(server.url)
     assert [r.outcome for r in sink.results] == [Outcome.PASSED, Outcome.PASSED], [r.violations for r in sink.results]
+
+
+async def test_a_run_started_under_another_id_than_the_client_sent_is_its_run_with_a_warning():
+    def script(inp: RunAgentInput):
+        yield RunStartedEvent(thread_id=inp.thread_id, run_id="server-chosen", timestamp=TS)
+        yield from text("a1")
+        yield RunFinishedEvent(thread_id=inp.thread_id, run_id="server-chosen", timestamp=TS)
+
+    async with AguiSSEServer(script) as server:
+        result, sink = await chat(server.url)
+    assert result.outcome is Outcome.PASSED and len(sink.results) == 1, result.violations
+    assert [w.rule for w in result.warnings] == [Rule.R8] and "'server-chosen', not the run id" in result.warnings[0].reason
