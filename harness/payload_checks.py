@@ -130,6 +130,8 @@ class AguiRunChecks(RunChecks):
         self.state_tracked = True
         self.warned: set[str] = set()
         self.schema_failed = False  # the event at hand broke the schema (already an R12)
+        self.activities: dict[str, Any] = {}  # activity message id -> its content (ACTIVITY_SNAPSHOT, then deltas)
+        self.activity_bytes = 0
 
     def followup(self) -> "AguiRunChecks":
         nxt = AguiRunChecks(self.ctx)
@@ -295,21 +297,46 @@ class AguiRunChecks(RunChecks):
         return []
 
     def _state_delta(self, p: dict[str, Any], t: str) -> list[Finding]:
-        import jsonpatch
-        import jsonpointer
-
         patch = p.get("delta")
         if not self.state_tracked or not isinstance(patch, list) or self.schema_failed:
             return []  # not a JSON Patch: the schema check reported it
-        try:
-            new = jsonpatch.JsonPatch(patch).apply(self.state, in_place=False)
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError, IndexError,
-                ValueError, AttributeError) as exc:
-            return [Finding(Rule.R12, f"{t} does not apply to the current state (RFC 6902): {str(exc)[:120]}")]
+        new, problem = _apply(self.state, patch)
+        if problem:
+            return [Finding(Rule.R12, f"{t} does not apply to the current state (RFC 6902): {problem}")]
         if _json_size(new) > MAX_STATE_BYTES:
             self.state, self.state_tracked = None, False
             return self._warn_once("state", f"{t}: state over {MAX_STATE_BYTES} bytes, later STATE_DELTAs not checked")
         self.state = new
+        return []
+
+    # -- activities: the same snapshot/delta pattern, per activity message --
+    def _activity_snapshot(self, p: dict[str, Any], t: str) -> list[Finding]:
+        mid, content = _text(p.get("messageId")), p.get("content")
+        if mid is None or self.schema_failed:
+            return []
+        if p.get("replace") is False and mid in self.activities:
+            return []  # "leave what is already there": the existing content stands
+        size = _json_size(content)
+        if mid not in self.activities and (len(self.activities) >= MAX_IDS or self.activity_bytes + size > MAX_STATE_BYTES):
+            return self._warn_once("activity", f"{t}: activities over {MAX_STATE_BYTES} bytes, later deltas not checked")
+        self.activity_bytes += size
+        self.activities[mid] = content
+        return []
+
+    def _activity_delta(self, p: dict[str, Any], t: str) -> list[Finding]:
+        mid, patch = _text(p.get("messageId")), p.get("patch")
+        if mid is None or not isinstance(patch, list) or self.schema_failed:
+            return []
+        if mid not in self.activities:
+            if self.activity_bytes >= MAX_STATE_BYTES or len(self.activities) >= MAX_IDS:
+                return []  # not tracked (said once)
+            return [Finding(Rule.R5, f"{t} for activity {mid[:80]!r}, which no ACTIVITY_SNAPSHOT started")]
+        new, problem = _apply(self.activities[mid], patch)
+        if problem:
+            return [Finding(Rule.R12, f"{t} does not apply to activity {mid[:80]!r} (RFC 6902): {problem}")]
+        size = _json_size(new)
+        self.activity_bytes += max(0, size - _json_size(self.activities[mid]))
+        self.activities[mid] = new
         return []
 
     # -- advice --
@@ -329,11 +356,17 @@ class AguiRunChecks(RunChecks):
         kind = outcome.get("type") if isinstance(outcome, dict) else None
         if kind == "cancelled":
             return []
+        out = []
+        pending = outcome.get("pendingToolCallIds") if isinstance(outcome, dict) else None
+        for cid in pending if isinstance(pending, list) else ():
+            call = self.calls.get(cid) if isinstance(cid, str) else None
+            if call is None or call.answered:
+                out.append(Finding(Rule.R5, f"pendingToolCallIds names {str(cid)[:80]!r}, "
+                                            f"{'which never started' if call is None else 'which has its result'}"))
         waiting: set[Any] = set()
         if kind == "interrupt" and isinstance(outcome, dict):
             # A tool approval pauses its call: the result comes in the run that resumes it.
             waiting = {i.get("toolCallId") for i in outcome.get("interrupts") or () if isinstance(i, dict)}
-        out = []
         for cid, call in self.calls.items():
             if call.answered or not call.owed or not call.ended or cid in waiting or call.name in self.ctx.offered_tools:
                 continue  # (a call still open at the end is the tool call span's R5)
@@ -342,6 +375,18 @@ class AguiRunChecks(RunChecks):
             if len(out) >= 20:
                 break
         return out
+
+
+def _apply(doc: Any, patch: list[Any]) -> tuple[Any, str]:
+    """`patch` applied to a copy of `doc` with the jsonpatch library: (the result, "") or (None, why it does not apply)."""
+    import jsonpatch
+    import jsonpointer
+
+    try:
+        return jsonpatch.JsonPatch(patch).apply(doc, in_place=False), ""
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError, IndexError,
+            ValueError, AttributeError, RecursionError) as exc:
+        return None, str(exc)[:120] or exc.__class__.__name__
 
 
 def _json_size(v: Any) -> int:
@@ -370,12 +415,14 @@ _HANDLERS: dict[str, Callable[[AguiRunChecks, dict[str, Any], str], list[Finding
     "STATE_SNAPSHOT": AguiRunChecks._state_snapshot,
     "STATE_DELTA": AguiRunChecks._state_delta,
     "RAW": AguiRunChecks._raw,
+    "ACTIVITY_SNAPSHOT": AguiRunChecks._activity_snapshot,
+    "ACTIVITY_DELTA": AguiRunChecks._activity_delta,
 }
 
 AGUI = CheckSet(
     name="agui",
     fields=("timestamp", "messageId", "delta", "toolCallId", "toolCallName", "parentMessageId", "messages",
-            "snapshot", "event", "outcome", "parentRunId", "input"),
+            "snapshot", "event", "outcome", "parentRunId", "input", "content", "patch", "replace"),
     frame=agui_frame,
     start=AguiRunChecks,
 )

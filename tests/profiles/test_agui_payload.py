@@ -144,6 +144,29 @@ CASES = {
         AGUI, "R12", "does not apply"),
     "STATE_DELTA that is not JSON Patch": (
         run(raw({"type": "STATE_DELTA", "delta": [{"op": "frobnicate", "path": "/n"}]})), AGUI, "R12", "STATE_DELTA field"),
+    # activities: deltas apply to their snapshot
+    "ACTIVITY_DELTA that applies": (
+        run(raw({"type": "ACTIVITY_SNAPSHOT", "messageId": "p1", "activityType": "PLAN", "content": {"steps": []}}),
+            raw({"type": "ACTIVITY_DELTA", "messageId": "p1", "activityType": "PLAN",
+                 "patch": [{"op": "add", "path": "/steps/-", "value": "search"}]})), AGUI, None, ""),
+    "ACTIVITY_DELTA that does not apply": (
+        run(raw({"type": "ACTIVITY_SNAPSHOT", "messageId": "p1", "activityType": "PLAN", "content": {"steps": []}}),
+            raw({"type": "ACTIVITY_DELTA", "messageId": "p1", "activityType": "PLAN",
+                 "patch": [{"op": "remove", "path": "/steps/3"}]})), AGUI, "R12", "does not apply to activity 'p1'"),
+    "ACTIVITY_DELTA of no activity": (
+        run(raw({"type": "ACTIVITY_DELTA", "messageId": "p9", "activityType": "PLAN", "patch": []})), AGUI, "R5",
+        "which no ACTIVITY_SNAPSHOT started"),
+    # pendingToolCallIds agree with the stream
+    "pendingToolCallIds naming the call left pending": (
+        lambda inp: [RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS),
+                     *call(name="confirm", result=False),
+                     raw({"type": "RUN_FINISHED", "threadId": inp.thread_id, "runId": inp.run_id,
+                          "outcome": {"type": "success", "pendingToolCallIds": ["c1"]}})], offering("confirm"), None, ""),
+    "pendingToolCallIds naming a call that never started": (
+        lambda inp: [RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS),
+                     raw({"type": "RUN_FINISHED", "threadId": inp.thread_id, "runId": inp.run_id,
+                          "outcome": {"type": "success", "pendingToolCallIds": ["ghost"]}})], AGUI, "R5",
+        "pendingToolCallIds names 'ghost', which never started"),
     # the official schema
     "TOOL_CALL_START without toolCallName": (
         run(raw({"type": "TOOL_CALL_START", "toolCallId": "c1"}), raw({"type": "TOOL_CALL_END", "toolCallId": "c1"}),
