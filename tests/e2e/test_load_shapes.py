@@ -131,3 +131,12 @@ def test_the_builtin_knee_scenario_finds_where_the_first_event_slo_breaks_within
         assert held["time_to_first_event"]["p95"] <= 2.0
         assert held["chats"] + held["dropped_chats"] == round(held["asked_rate"] * 4)
     assert f"the knee: first-event p95 <= 2 s broke in stage {knee['stage']} at {knee['rate']:g} chats/s" in proc.out()
+
+
+def test_an_open_model_scenario_under_locust_is_a_usage_error(procs, tmp_path: Path):
+    scenario = tmp_path / "open.yaml"
+    scenario.write_text("name: open\narrival_rate: 5\nduration: 5s\n")
+    locust = procs.start("locust", [locust_bin(), "-f", LOCUSTFILE, "--headless", "--host", "ws://127.0.0.1:9/ws",
+                                    "--chatprobe-scenario", str(scenario)])
+    assert finish(locust, 30) == 2, locust.tail(60)
+    assert "an open-model scenario (arrival_rate, or stages with `rate`) runs under `chatprobe run` only" in locust.err()
