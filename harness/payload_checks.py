@@ -16,7 +16,8 @@ from .events import Event, Rule
 # Per run: remembered ids (messages, tool calls), argument text per tool call, and the agent state, bounded so that a
 # flooding or hostile server costs the client this much and no more (past a bound the check says so and stops).
 MAX_IDS = 10_000
-MAX_ARGS_BYTES = 256 * 1024
+MAX_ID_CHARS = 1024  # harness.profiles.MAX_ID_BYTES: an id kept longer than that is cut
+MAX_ARGS_BYTES = 256 * 1024  # argument text buffered per run, all calls together
 MAX_STATE_BYTES = 1024 * 1024
 # Schema failures reported per event, each cut to this many characters.
 MAX_PROBLEMS = 3
@@ -114,7 +115,10 @@ class _Call:
 
 
 def _text(v: Any) -> str | None:
-    return v if isinstance(v, str) else None
+    """An id as a check keeps it: a string, cut as the decoder cuts ids (so 10,000 of them stay ~10 MiB at most)."""
+    if not isinstance(v, str):
+        return None
+    return v if len(v) <= MAX_ID_CHARS else v[:MAX_ID_CHARS]
 
 
 class AguiRunChecks(RunChecks):
@@ -130,6 +134,7 @@ class AguiRunChecks(RunChecks):
         self.state_tracked = True
         self.warned: set[str] = set()
         self.schema_failed = False  # the event at hand broke the schema (already an R12)
+        self.args_bytes = 0  # argument text buffered now, all open calls together
         self.activities: dict[str, Any] = {}  # activity message id -> its content (ACTIVITY_SNAPSHOT, then deltas)
         self.activity_bytes = 0
 
@@ -203,18 +208,21 @@ class AguiRunChecks(RunChecks):
         return []
 
     def _messages_snapshot(self, p: dict[str, Any], t: str) -> list[Finding]:
-        for m in p.get("messages") or ():
-            if isinstance(m, dict) and isinstance(m.get("id"), str):
-                self._remember(self.messages, m["id"])
-                for call in m.get("toolCalls") or ():
-                    if isinstance(call, dict) and isinstance(call.get("id"), str) and call["id"] not in self.calls \
-                            and len(self.calls) < MAX_IDS:
-                        fn = call.get("function")
-                        name = fn.get("name") if isinstance(fn, dict) else None
-                        self.calls[call["id"]] = _Call(str(name or ""), ended=True, owed=False)
-            if isinstance(m, dict) and m.get("role") == "tool" and isinstance(m.get("toolCallId"), str):
-                if (c := self.calls.get(m["toolCallId"])) is not None:
-                    c.answered = True
+        messages = p.get("messages")
+        for m in messages if isinstance(messages, list) else ():
+            if not isinstance(m, dict):
+                continue
+            if (mid := _text(m.get("id"))) is not None:
+                self._remember(self.messages, mid)
+            calls = m.get("toolCalls")
+            for call in calls if isinstance(calls, list) else ():
+                cid = _text(call.get("id")) if isinstance(call, dict) else None
+                if cid is not None and cid not in self.calls and len(self.calls) < MAX_IDS:
+                    fn = call.get("function")
+                    self.calls[cid] = _Call(_text(fn.get("name") if isinstance(fn, dict) else None) or "", ended=True,
+                                            owed=False)
+            if m.get("role") == "tool" and (c := self.calls.get(_text(m.get("toolCallId")) or "")) is not None:
+                c.answered = True
         return []
 
     # -- tool calls --
@@ -240,9 +248,12 @@ class AguiRunChecks(RunChecks):
         if call is None or call.ended or not isinstance(delta, str) or call.args_bytes < 0:
             return []
         call.args_bytes += len(delta)
-        if call.args_bytes > MAX_ARGS_BYTES:
-            call.args, call.args_bytes = [], -1  # stop buffering: the arguments are not checked
-            return self._warn_once("args", f"{t}: tool call arguments over {MAX_ARGS_BYTES} bytes, not checked as JSON")
+        self.args_bytes += len(delta)
+        if self.args_bytes > MAX_ARGS_BYTES:
+            self.args_bytes -= call.args_bytes
+            call.args, call.args_bytes = [], -1  # stop buffering: these arguments are not checked
+            return self._warn_once("args", f"{t}: tool call arguments over {MAX_ARGS_BYTES} bytes in all, "
+                                           "not checked as JSON")
         call.args.append(delta)
         return []
 
@@ -253,6 +264,7 @@ class AguiRunChecks(RunChecks):
             return []
         call.ended = True
         text, call.args = "".join(call.args), []
+        self.args_bytes -= max(0, call.args_bytes)
         if call.args_bytes > 0 and text.strip():
             try:
                 json.loads(text)

@@ -274,3 +274,23 @@ async def test_advice_shows_in_the_console_report_and_the_run_still_passes():
     print_summary(Console(file=out, width=200, color_system=None), [run_])
     assert run_.passed
     assert "advice in 2 chat(s) (warnings, not failures)" in out.getvalue() and "RAW wraps a typed" in out.getvalue()
+
+
+def test_a_flooding_server_keeps_the_checks_bounded_in_bytes():
+    from harness.checker import ChatTracker
+    from harness.payload_checks import MAX_ARGS_BYTES, MAX_ID_CHARS, MAX_IDS
+
+    tracker = ChatTracker("c", Scenario(name="t").expectations(AGUI), 0.0, run_id="r", message_id="m")
+    feed = [{"type": "RUN_STARTED", "threadId": "t", "runId": "r", "timestamp": TS}]
+    for i in range(MAX_IDS + 500):  # more calls than remembered, each with a huge id and huge arguments, none ended
+        cid = f"{i}-" + "x" * 5000
+        feed += [{"type": "TOOL_CALL_START", "toolCallId": cid, "toolCallName": "n" * 5000, "timestamp": TS},
+                 {"type": "TOOL_CALL_ARGS", "toolCallId": cid, "delta": "{" * 100, "timestamp": TS}]
+    for frame in feed:
+        tracker.feed(AGUI.decode_obj(frame, 0.0))
+    [checks] = tracker.run_checks.parts  # type: ignore[union-attr]
+    assert len(checks.calls) <= MAX_IDS and checks.args_bytes <= MAX_ARGS_BYTES
+    assert all(len(k) <= MAX_ID_CHARS and len(c.name) <= MAX_ID_CHARS for k, c in checks.calls.items())
+    assert sum(len(a) for c in checks.calls.values() for a in c.args) <= MAX_ARGS_BYTES
+    assert any("not checked as JSON" in w.reason for w in tracker.warnings)
+    assert all(e.payload is None for e in tracker.events)
