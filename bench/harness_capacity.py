@@ -10,47 +10,73 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.harness_throughput import start_sim  # noqa: E402
 from harness.checker import Expectations  # noqa: E402
 from harness.client import Session  # noqa: E402
 from harness.events import DEFAULT_REQUIRED  # noqa: E402
+from harness.flow import ChatOptions  # noqa: E402
 from harness.profiles import load_profile  # noqa: E402
 from harness.sinks import Sink  # noqa: E402
 from harness.targets import Target  # noqa: E402
 
+HOLD = ChatOptions(settle=0)
 
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
+
+def start_sim(core: int, tmp: Path) -> tuple[subprocess.Popen, str]:
+    """agentsim --no-auth on core `core`, allowed to hold every run of the benchmark (max_runs from a config)."""
+    config = tmp / "sim.yaml"
+    config.write_text("max_runs: 100000\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentsim", "--port", "0", "--no-auth", "--think", "0", "--tool-latency", "0",
+         "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(proc.pid, {core})
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise SystemExit(f"agentsim did not start: {line!r}")
+    return proc, line.split("listening on", 1)[1].strip()
+
+
+def rss_mib(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
 
-async def hold(url: str, n: int, think: float) -> tuple[int, float, float]:
+async def hold(url: str, n: int, think: float, bound: float, wave: int) -> tuple[int, float, float]:
     target = Target(url=url, profile=load_profile("netra"), name="cap", no_auth_user_param=True)
     exp = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=think + 30, first_event_limit=10)
     before = rss_mib()
     sessions = [Session(target, f"cap-{i}", "capacity", Sink(), connect_timeout=30) for i in range(n)]
-    tasks = []
-    for s in sessions:
-        tasks.append(asyncio.ensure_future(s.chat(f"hold #think={think}", exp, settle=0)))
-    deadline = time.monotonic() + 120
-    # Poll until every chat has its first event (bounded); the benchmark's own condition wait.
-    while time.monotonic() < deadline:
-        open_chats = sum(1 for s in sessions for c in s.checker.chats if c.events)
-        if open_chats >= n:
-            break
-        await asyncio.sleep(0.2)
-    open_chats = sum(1 for s in sessions for c in s.checker.chats if c.events)
+    tasks: list[asyncio.Future] = []
+    deadline = time.monotonic() + bound
+
+    def opened() -> int:
+        return sum(1 for s in sessions for c in s.checker.chats if c.events)
+
+    # Connections open in waves of `wave` (a listen backlog overflowing makes SYNs wait out retransmission timers,
+    # which is the kernel's limit, not the harness's); each wave waits until its chats have their first event.
+    for start in range(0, n, wave):
+        for s in sessions[start:start + wave]:
+            tasks.append(asyncio.ensure_future(s.chat(f"hold #think={think}", exp, HOLD)))
+        # Poll until the wave's chats have their first event (bounded); the benchmark's own condition wait.
+        while time.monotonic() < deadline and opened() < len(tasks):
+            await asyncio.sleep(0.1)
+    open_chats = opened()
     after = rss_mib()
     for t in tasks:
         t.cancel()
@@ -62,22 +88,30 @@ async def hold(url: str, n: int, think: float) -> tuple[int, float, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, nargs="+", default=[500, 1000, 2000, 4000])
-    p.add_argument("--think", type=float, default=60.0)
+    p.add_argument("--think", type=float, default=300.0)
+    p.add_argument("--bound", type=float, default=240.0, help="seconds to wait for every chat's first event")
+    p.add_argument("--wave", type=int, default=500, help="connections opened at once")
     args = p.parse_args()
+    # One socket per chat on each side: the soft open-file limit up to the hard one (20,000 here), for this process
+    # and for agentsim, which inherits it.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    proc, url = start_sim(0)
+    tmp = tempfile.TemporaryDirectory()
+    proc, url = start_sim(0, Path(tmp.name))
     try:
         for n in args.steps:
-            held, before, after = asyncio.run(hold(url, n, args.think))
+            sim_before = rss_mib(proc.pid)
+            held, before, after = asyncio.run(hold(url, n, args.think, args.bound, args.wave))
+            sim_after = rss_mib(proc.pid)
             per = (after - before) * 1024 / max(held, 1)
-            print(f"{n:6d} asked  {held:6d} open  RSS {before:7.1f} -> {after:7.1f} MiB  {per:6.1f} KiB per open chat",
-                  flush=True)
+            print(f"{n:6d} asked  {held:6d} open  RSS {before:7.1f} -> {after:7.1f} MiB  {per:6.1f} KiB per open chat"
+                  f"  (agentsim {sim_before:.1f} -> {sim_after:.1f} MiB)", flush=True)
             if held < n:
                 break
     finally:
         proc.terminate()
         proc.wait(10)
+        tmp.cleanup()
     return 0
 
 

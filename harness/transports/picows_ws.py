@@ -30,6 +30,9 @@ _LOG = logging.getLogger("picows.chatprobe")
 _LOG.setLevel(logging.CRITICAL + 1)
 _LOG.propagate = False
 
+# picows' read buffer starts at 16 KiB per connection and grows as frames need: agent events are a few hundred bytes,
+# and 15,000 open chats must fit in 10 KiB each (BENCHMARKS.md).
+READ_BUFFER = 2048
 # Frames kept while nobody reads yet (between open() and run()); past it the socket is read no further.
 MAX_EARLY = 1024
 PROTOCOL_ERRORS = {1009: "frame larger than the {} byte limit", 1007: "text frame that is not valid UTF-8",
@@ -113,7 +116,7 @@ class PicowsTransport:
                 self.ws, _ = await ws_connect(
                     lambda: _Listener(self), s.url, ssl_context=ssl_context(s), websocket_handshake_timeout=None,
                     logger_name=_LOG, enable_auto_pong=True, max_frame_size=s.max_size, extra_headers=headers,
-                    max_redirects=0, proxy=None, use_aiofastnet=False)
+                    max_redirects=0, proxy=None, use_aiofastnet=False, read_buffer_init_size=READ_BUFFER)
         except Exception as exc:
             kind, reason = classify(exc)
             raise ConnectFailed(kind, reason) from None
@@ -124,6 +127,11 @@ class PicowsTransport:
     # -- frames, from picows' protocol callback --
     def _on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
+        if frame.payload_size > self.settings.max_size:
+            # picows checks max_frame_size on the frame's header, but not on every path (a frame in the same read
+            # as the upgrade response got through in tests): checked again here, before anything is decoded.
+            self._fail(transport, 1009)
+            return
         if kind is WSMsgType.TEXT and frame.fin and not self._parts:
             try:
                 message: str | bytes = frame.get_payload_as_utf8_text()
