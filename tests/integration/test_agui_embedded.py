@@ -46,3 +46,10 @@ async def test_a_netra_only_fault_for_the_agui_sim_is_a_usage_error():
     with pytest.raises(ConfigError, match="--sim-fault: .*netra-only"):
         async with embedded_sim(["swap=1"], 7, protocol="ag-ui"):
             pass
+
+
+def test_a_bad_dialects_key_is_a_usage_error_naming_file_line_and_field(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("name: s\nusers: 1\ndialects: netra\n")
+    with pytest.raises(ConfigError, match=r"s.yaml:3: field 'dialects'"):
+        load_scenario(str(bad))
