@@ -80,12 +80,22 @@ class Session:
 
     async def _drop(self, transport: Transport) -> None:
         transport.abort()
-        if self.reader is not None:
-            try:
-                async with asyncio.timeout(2):
-                    await asyncio.shield(self.reader)
-            except (TimeoutError, asyncio.CancelledError):
+        await self._join_reader(2, cancel=True)
+
+    async def _join_reader(self, timeout: float, *, cancel: bool) -> None:
+        """Give the reader `timeout` seconds to see the connection's end; past it, cancel it (when `cancel`)."""
+        if self.reader is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self.reader)
+        except TimeoutError:
+            if cancel:
                 self.reader.cancel()
+        except asyncio.CancelledError:
+            if not cancel:
+                raise
+            self.reader.cancel()
 
     async def _read(self, transport: Transport, gen: int) -> None:
         try:
@@ -164,12 +174,7 @@ class Session:
     async def _close(self) -> None:
         if self.transport is not None and not self.closed:
             await self.transport.close()
-        if self.reader is not None:
-            try:
-                async with asyncio.timeout(3):
-                    await asyncio.shield(self.reader)
-            except (TimeoutError, asyncio.CancelledError):
-                self.reader.cancel()
+        await self._join_reader(3, cancel=True)
         for t in list(self._pending_sends):
             t.cancel()
 
@@ -292,9 +297,4 @@ class Session:
         """Drop the socket as a lost network would, and give the reader a bounded time to see it."""
         if self.transport is not None and not self.closed:
             self.transport.abort()
-            if self.reader is not None:
-                try:
-                    async with asyncio.timeout(2):
-                        await asyncio.shield(self.reader)
-                except TimeoutError:
-                    pass
+            await self._join_reader(2, cancel=False)
