@@ -113,9 +113,13 @@ class SyncSession:
                 message = ws.recv()
                 at = clock()
                 with self._cond:
-                    _wake, reply = self.router.on_frame(message, at)
-                    self._ticks += 1
-                    self._cond.notify_all()
+                    answered = self.router.answered
+                    wake, reply = self.router.on_frame(message, at)
+                    if wake is not None or self.router.answered is not answered:
+                        # A chat to wake (its run is done, or it counts events), everyone, or the welcome came:
+                        # waking every chat of the connection on every event would cost a switch per event.
+                        self._ticks += 1
+                        self._cond.notify_all()
                 if reply is not None:
                     self._send(reply)
         except ConnectionClosed:

@@ -18,7 +18,8 @@ export const options = {
 };
 
 export default function () {
-  const ws = new WebSocket(`${URL}?user=k6-${__VU}`);
+  const params = __ENV.COMPRESSION === 'deflate' ? { compression: 'deflate' } : {};
+  const ws = new WebSocket(`${URL}?user=k6-${__VU}`, null, params);
   let done = 0;
   let events = 0;
   const send = () => { events = 0; ws.send(REQUEST); };
