@@ -72,15 +72,15 @@ async def test_stages_ramp_users_up_hold_them_and_ramp_down(sim_factory):
     # 0 -> 4 users over 2 s: one more user each time the line passes a whole user (0, 0.5, 1.0, 1.5 s).
     assert len(opened) == 4, opened
     for got, want in zip(opened, (0.0, 0.5, 1.0, 1.5), strict=True):
-        assert want <= got < want + 0.25, opened
+        assert want <= got < want + 0.4, opened  # late only by scheduling on a busy machine
     # 4 -> 0 over the last second: a user leaves after the chat it is in (3 s, 3.25, 3.5, 3.75).
     assert len(closed) == 4, closed
     for got, want in zip(closed, (3.0, 3.25, 3.5, 3.75), strict=True):
-        assert want <= got < want + 0.3, closed
+        assert want <= got < want + 0.5, closed
     assert [s.label for s in run.stages] == ["0→4 users", "4 users", "4→0 users"]
     assert all(s.chats > 0 and s.outcomes[Outcome.PASSED] == s.chats for s in run.stages)
-    # Held stage: 4 users, each chat ~10-30 ms plus 50 ms of thought, for 1 s.
-    assert 4 * 1 / 0.12 < run.stages[1].chats < 4 * 1 / 0.05 + 4, run.stages[1].chats
+    # Held stage: 4 users, each chat ~10-30 ms (more on a busy machine) plus 50 ms of thought, for 1 s.
+    assert 4 * 1 / 0.2 < run.stages[1].chats < 4 * 1 / 0.05 + 4, run.stages[1].chats
 
 
 async def test_an_arrival_rate_starts_chats_on_schedule_however_slow_the_server(sim_factory):
