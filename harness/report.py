@@ -217,8 +217,8 @@ def print_stages(console: Console, run: ScenarioRun) -> None:
     percentiles and dropped chats; then where the first-event SLO broke, and any rate the generator missed."""
     rate = run.stages[0].kind == "rate"
     table = Table(title=f"{_c(run.scenario.name)} by stage", show_lines=False)
-    cols = ["stage", "time", "load", *(["achieved/s"] if rate else []), "chats", "passed", "failed", "incompl.",
-            "error", "dropped", "1st ev p50", "p95", "p99"]
+    cols = ["stage", "time", "load", *(["achieved/s", "late"] if rate else []), "chats", "passed", "failed",
+            "incompl.", "error", "dropped", "1st ev p50", "p95", "p99"]
     for col in cols:
         table.add_column(col, justify="left" if col in ("time", "load") else "right")
     limit = run.slo_limit
@@ -226,7 +226,7 @@ def print_stages(console: Console, run: ScenarioRun) -> None:
         p95 = st.ttfe.get("p95")
         row = [str(st.index + 1), f"{st.start:g}-{st.end:g}s", st.label]
         if rate:
-            row.append("-" if st.achieved_rate is None else f"{st.achieved_rate:.4g}")
+            row += ["-" if st.achieved_rate is None else f"{st.achieved_rate:.4g}", str(st.late)]
         row += [str(st.chats), str(st.outcomes[Outcome.PASSED]), str(st.outcomes[Outcome.FAILED]),
                 str(st.outcomes[Outcome.INCOMPLETE]), str(st.outcomes[Outcome.ERROR]), str(st.dropped),
                 _ms(st.ttfe.get("p50"))]
