@@ -335,6 +335,10 @@ class Scenario(Strict):
 
     def planned_chats(self) -> int | None:
         """How many chats (and invalid-input probes) the scenario plays, for progress; None when open-ended."""
+        shape = self.shape()
+        if shape is not None:
+            # Open model: the chats due (some may be dropped); stages of users play until the last stage ends.
+            return sum(round(w.mean * w.length) for w in shape.windows) if shape.kind == "rate" else None
         if self.steps:
             per_user = sum(s.chat.repeat if isinstance(s, ChatStepWrapper) else s.repeat for s in self.steps)
         else:
