@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import enum
 import itertools
-import uuid
+import os
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -21,10 +21,12 @@ _chat_ids = itertools.count(1)
 def new_tracker(expectations: Expectations, scenario: str, now: float, client_run_id: bool) -> ChatTracker:
     """A chat with fresh thread, message and (when the client names runs) run ids."""
     n = next(_chat_ids)
+    # One read of the OS's randomness for the four ids (48 random bits each, as before), not four uuid4() calls.
+    r = os.urandom(22).hex()
     return ChatTracker(
-        f"c{n}-{uuid.uuid4().hex[:8]}", expectations, now, scenario=scenario,
-        thread_id=f"t-{uuid.uuid4().hex[:12]}", message_id=f"m-{uuid.uuid4().hex[:12]}",
-        run_id=f"r-{uuid.uuid4().hex[:12]}" if client_run_id else None,
+        f"c{n}-{r[36:44]}", expectations, now, scenario=scenario,
+        thread_id=f"t-{r[:12]}", message_id=f"m-{r[12:24]}",
+        run_id=f"r-{r[24:36]}" if client_run_id else None,
     )
 
 

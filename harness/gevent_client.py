@@ -12,8 +12,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
+from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.frames import Frame as WireFrame
+from websockets.frames import Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from .checker import ChatResult, ConnectionChecker, Expectations
 from .flow import (
@@ -37,10 +42,159 @@ from .transports.websocket import classify, handshake_options, record_close
 __all__ = ["STOPPED_NOTE", "SyncSession"]
 
 
+class _Wire:
+    """One WebSocket connection on websockets' Sans-I/O protocol, read by the session's own reader (a greenlet under
+    Locust): no second thread per connection and no hand-off of every frame through a queue and a lock, which is
+    where websockets' threading client spent most of a Locust user's CPU (BENCHMARKS.md). The same handshake options,
+    limits and close codes as the asyncio transport; the protocol object is what record_close reads."""
+
+    def __init__(self, settings: ConnectSettings) -> None:
+        self.settings = settings
+        self.sock: socket.socket | None = None
+        self.protocol: ClientProtocol | None = None
+        self.lock = threading.Lock()  # the protocol and the socket's writes; the reader only reads outside it
+        self.early: list[Any] = []  # frames that came with the handshake response
+        self.parts: list[bytes] = []  # a fragmented message so far
+        self.parts_text = True
+
+    def open(self) -> None:
+        """Connect and complete the handshake within connect_timeout; raises what classify() classifies."""
+        s = self.settings
+        opts = handshake_options(s)
+        uri = parse_uri(s.url)
+        deadline = time.monotonic() + s.connect_timeout
+        sock = socket.create_connection((uri.host, uri.port), timeout=s.connect_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+            if opts["ssl"] is not None:
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                sock = opts["ssl"].wrap_socket(sock, server_hostname=uri.host)
+            extensions = [ClientPerMessageDeflateFactory()] if opts["compression"] == "deflate" else None
+            protocol = ClientProtocol(uri, extensions=extensions, subprotocols=opts["subprotocols"],
+                                      max_size=s.max_size)
+            request = protocol.connect()
+            if opts["additional_headers"]:
+                request.headers.update(opts["additional_headers"])
+            request.headers.setdefault("User-Agent", opts["user_agent_header"])
+            protocol.send_request(request)
+            sock.sendall(b"".join(protocol.data_to_send()))
+            events: list[Any] = []
+            while not any(isinstance(e, Response) for e in events) and protocol.handshake_exc is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("timed out while waiting for the handshake response")
+                sock.settimeout(left)
+                data = sock.recv(65536)
+                if data:
+                    protocol.receive_data(data)
+                else:
+                    protocol.receive_eof()
+                events += protocol.events_received()
+            if protocol.handshake_exc is not None:
+                raise protocol.handshake_exc
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock, self.protocol = sock, protocol
+        self.early = [e for e in events if isinstance(e, WireFrame)]
+
+    def send_text(self, data: str) -> None:
+        assert self.protocol is not None and self.sock is not None
+        with self.lock:
+            if self.protocol.state is not State.OPEN:
+                raise ConnectionError("the connection is closed")
+            self.protocol.send_text(data.encode())
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write what the protocol has to send (under the lock); an empty chunk means: end the write side."""
+        assert self.protocol is not None and self.sock is not None
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.sock.sendall(chunk)
+            else:
+                try:
+                    self.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+    def read(self, deliver: Callable[[str | bytes], None]) -> None:
+        """Read until the connection ends, handing each whole message to `deliver`; never raises for what a server
+        does (the protocol answers pings and closes, and fails the connection on a frame over max_size)."""
+        protocol, sock = self.protocol, self.sock
+        assert protocol is not None and sock is not None
+        early, self.early = self.early, []
+        for frame in early:
+            self._on_frame(frame, deliver)
+        while protocol.state is not State.CLOSED:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            with self.lock:
+                if data:
+                    protocol.receive_data(data)
+                else:
+                    protocol.receive_eof()
+                events = protocol.events_received()
+                try:
+                    self._flush()
+                except OSError:
+                    pass
+            for event in events:
+                if isinstance(event, WireFrame):
+                    self._on_frame(event, deliver)
+            if not data:
+                break
+
+    def _on_frame(self, frame: WireFrame, deliver: Callable[[str | bytes], None]) -> None:
+        opcode, payload = frame.opcode, bytes(frame.data)
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:
+                message: str | bytes | None = self._text(payload) if opcode is Opcode.TEXT else payload
+            else:
+                self.parts, self.parts_text, message = [payload], opcode is Opcode.TEXT, None
+        elif opcode is Opcode.CONT:
+            self.parts.append(payload)  # the protocol bounds the whole message by max_size
+            if not frame.fin:
+                return
+            data, self.parts = b"".join(self.parts), []
+            message = self._text(data) if self.parts_text else data
+        else:  # ping, pong, close: the protocol answered
+            return
+        if message is not None:
+            deliver(message)
+
+    def _text(self, data: bytes) -> str | None:
+        try:
+            return data.decode()
+        except UnicodeDecodeError:
+            with self.lock:  # as websockets does: close with 1007 (record_close makes it an R12)
+                assert self.protocol is not None
+                self.protocol.fail(1007, "invalid UTF-8")
+                try:
+                    self._flush()
+                except OSError:
+                    pass
+            return None
+
+    def abort(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
 class _Connection:
     """One WebSocket connection and how it ended (the fields record_close reads)."""
 
-    def __init__(self, settings: ConnectSettings, ws: Any, generation: int) -> None:
+    def __init__(self, settings: ConnectSettings, ws: _Wire, generation: int) -> None:
         self.settings = settings
         self.ws = ws
         self.generation = generation
@@ -80,9 +234,9 @@ class SyncSession:
     def connect(self) -> None:
         """Open (or reopen) the connection and wait for the welcome; raises ConnectFailed, classified."""
         settings = self.target.settings_for(self.user_id, self.connect_timeout)
+        ws = _Wire(settings)
         try:
-            # connect(...) is a context manager in websockets >= 14; entering it opens the connection.
-            ws = connect(settings.url, open_timeout=settings.connect_timeout, **handshake_options(settings)).__enter__()
+            ws.open()
         except Exception as exc:
             kind, reason = classify(exc)
             self.sink.connection_attempt(self.scenario, kind)
@@ -108,23 +262,23 @@ class SyncSession:
     def _read(self, conn: _Connection) -> None:
         ws = conn.ws
         clock = self.clock
+
+        def deliver(message: str | bytes) -> None:
+            at = clock()
+            with self._cond:
+                answered = self.router.answered
+                wake, reply = self.router.on_frame(message, at)
+                if wake is not None or self.router.answered is not answered:
+                    # A chat to wake (its run is done, or it counts events), everyone, or the welcome came:
+                    # waking every chat of the connection on every event would cost a switch per event.
+                    self._ticks += 1
+                    self._cond.notify_all()
+            if reply is not None:
+                self._send(reply)
+
         try:
-            while True:
-                message = ws.recv()
-                at = clock()
-                with self._cond:
-                    answered = self.router.answered
-                    wake, reply = self.router.on_frame(message, at)
-                    if wake is not None or self.router.answered is not answered:
-                        # A chat to wake (its run is done, or it counts events), everyone, or the welcome came:
-                        # waking every chat of the connection on every event would cost a switch per event.
-                        self._ticks += 1
-                        self._cond.notify_all()
-                if reply is not None:
-                    self._send(reply)
-        except ConnectionClosed:
-            pass
-        except Exception as exc:  # what the server did (an oversized frame…) never escapes the reader
+            ws.read(deliver)
+        except Exception as exc:  # what the server did never escapes the reader
             conn.close_reason = f"{exc.__class__.__name__}: {str(exc)[:120]}"
         finally:
             record_close(conn, ws.protocol)
@@ -141,17 +295,14 @@ class SyncSession:
         if conn is None or self.closed:
             return False
         try:
-            conn.ws.send(obj if isinstance(obj, (str, bytes)) else json.dumps(obj))
+            conn.ws.send_text(obj.decode() if isinstance(obj, bytes) else obj if isinstance(obj, str) else json.dumps(obj))
             return True
         except Exception:
             return False
 
     def _abort(self, conn: _Connection) -> None:
         """Drop the socket without a closing handshake, as a lost network would."""
-        try:
-            conn.ws.socket.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        conn.ws.abort()
 
     def _drop(self, conn: _Connection) -> None:
         self._abort(conn)
@@ -171,13 +322,7 @@ class SyncSession:
         # without a close frame, as when a load generator stops.
         self._abort(conn)
         self._join(conn, 3.0)
-        internal = getattr(conn.ws, "recv_events_thread", None)
-        if internal is not None and internal is not threading.current_thread():
-            internal.join(3.0)
-        try:
-            conn.ws.close()  # nothing left to wait for: bounded by close_timeout in any case
-        except Exception:
-            pass
+        conn.ws.close()
 
     def _ensure_connected(self) -> None:
         """Connect unless connected; chats starting together share the one connection."""
