@@ -122,6 +122,7 @@ class _Run:
                                 auth=opts.chatprobe_auth, ca_file=opts.chatprobe_ca_file)
         try:
             target = make_target(options, read_token(options), scenario.profile, transports=("websocket",))
+            target.compression = scenario.compression  # offer permessage-deflate or not, as the scenario says
         except ConfigError as exc:
             if exc.field == "url":  # Locust's flag for the URL is --host
                 raise ConfigError(f"--host {exc.detail} (the Locust user speaks WebSocket)", field="url",

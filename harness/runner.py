@@ -168,6 +168,8 @@ async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = N
     """
     collector = _Collector()
     out = Fanout([collector, sink] if sink is not None else [collector])
+    if target.compression != scenario.compression:  # the scenario says whether to offer permessage-deflate
+        target = dataclasses.replace(target, compression=scenario.compression)
     prefix = user_prefix or f"cp-{uuid.uuid4().hex[:6]}"
     shape = scenario.shape()
     stages = StageTallies(shape) if shape is not None else None

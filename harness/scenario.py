@@ -234,6 +234,10 @@ class Scenario(Strict):
     reconnect: Bool = True
     max_reconnects: Int = Field(default=3, ge=0, le=100)
     connect_timeout: Seconds = 10.0
+    # Offer permessage-deflate on WebSocket connections (as browsers do) or not. "none" by default: on loopback and
+    # a LAN it costs both ends more CPU than it saves in bytes (BENCHMARKS.md), and chatprobe's lean client does
+    # without it; "deflate" tests a server as browsers reach it. SSE ignores it.
+    compression: Literal["none", "deflate"] = "none"
     max_duration: Seconds = 600.0
     expect: Expect = Expect()
     steps: list[Step] | None = None

@@ -20,6 +20,7 @@ from urllib.parse import SplitResult, urlsplit
 from . import redact
 from .profiles import Profile, load_profile
 from .transports import SCHEMES, ConnectSettings
+from .transports.base import Compression
 from .yamlfile import ConfigError, read_text_file
 
 if TYPE_CHECKING:
@@ -133,6 +134,7 @@ class Target:
     insecure: bool = False
     no_auth_user_param: bool = False  # agentsim --no-auth: name the user with ?user=
     recorder: Recorder | None = None  # --record: every connection's frames written for `chatprobe check`
+    compression: Compression = "none"  # offer permessage-deflate: the scenario's `compression`
 
     @property
     def transport(self) -> str:
@@ -144,7 +146,7 @@ class Target:
             url += ("&" if "?" in url else "?") + f"user={user_id}"
         return ConnectSettings(
             url=url, token=self.tokens.for_user(user_id), auth=self.auth, ca_file=self.ca_file,
-            insecure=self.insecure, connect_timeout=connect_timeout,
+            insecure=self.insecure, connect_timeout=connect_timeout, compression=self.compression,
         )
 
 
