@@ -17,21 +17,31 @@ from harness.eventstream import EventStreamParser
 
 def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "agentsim", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def _line_with(proc: subprocess.Popen, words: str, deadline: float = 15.0) -> str:
-    end = time.monotonic() + deadline
+_seen: dict[int, bytes] = {}  # what each process printed so far
+
+
+def _line_with(proc: subprocess.Popen, words: str, deadline: float = 30.0) -> str:
+    """The first line the process printed that holds `words`, waiting at most `deadline` seconds for it."""
     assert proc.stdout is not None
-    while (left := end - time.monotonic()) > 0:
-        if not select.select([proc.stdout], [], [], left)[0]:
-            break  # nothing within the deadline
-        line = proc.stdout.readline()  # whole lines: the server prints each one at once; "" is its exit
-        if not line:
+    fd = proc.stdout.fileno()
+    end = time.monotonic() + deadline
+    while True:
+        for line in _seen.get(proc.pid, b"").decode(errors="replace").splitlines():
+            if words in line:
+                return line.strip()
+        left = end - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
             break
-        if words in line:
-            return line.strip()
-    raise AssertionError(f"no line with {words!r}; stderr: {proc.stderr.read() if proc.stderr else ''}")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break  # the process exited
+        _seen[proc.pid] = _seen.get(proc.pid, b"") + chunk
+    proc.kill()
+    _, err = proc.communicate(timeout=10)
+    raise AssertionError(f"no line with {words!r} within {deadline:g}s; stderr: {err.decode(errors='replace')[-500:]}")
 
 
 def test_agentsim_speaks_agui_over_http_and_sse():
@@ -62,10 +72,10 @@ def test_agentsim_speaks_agui_over_http_and_sse():
 def test_a_netra_only_fault_is_a_usage_error():
     proc = _start("--protocol", "ag-ui", "--port", "0", "--fault", "crosstalk=0.5")
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 2 and "netra-only" in err
+    assert proc.returncode == 2 and b"netra-only" in err
 
 
 def test_an_agui_only_fault_in_netra_mode_is_a_usage_error():
     proc = _start("--port", "0", "--fault", "bad_args=0.5")
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 2 and "--protocol ag-ui only" in err
+    assert proc.returncode == 2 and b"--protocol ag-ui only" in err
