@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .durations import parse_duration, parse_size
 from .events import Outcome
+from .profiles import load_profile
 from .results import ExitCode, ScenarioRun, exit_code
 from .scenario import BUILTIN_SUITE, apply_overrides, builtin_scenarios, load_scenario
 from .targets import (
@@ -192,6 +193,10 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
     for flag in REPORT_FLAGS:
         check_writable(getattr(args, flag), f"--{flag}")
     scenarios = [apply_overrides(load_scenario(n), args.objective) for n in names]
+    opts = options_from_args(args)
+    if not args.scenarios:
+        # The built-in suite: the scenarios a server of the target's dialect can carry (its `dialects`).
+        scenarios = [s for s in scenarios if s.carried_by(load_profile(opts.profile or s.profile or "netra").name)]
     max_duration = _max_duration(args.max_duration)
     try:
         progress_every = parse_duration(args.progress_interval)
@@ -200,7 +205,6 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
     if not 0 < progress_every < float("inf"):
         raise ConfigError("--progress-interval: must be more than 0")
     run_deadline = None if max_duration is None else time.monotonic() + max_duration
-    opts = options_from_args(args)
     if opts.url is not None and args.sim_fault:
         raise ConfigError("--sim-fault applies to the embedded agentsim only; leave out --target to use it")
     if args.job and args.pushgateway is None and args.job != "chatprobe":
@@ -222,14 +226,22 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
             url = opts.url
         else:
             # Everything is checked before the server starts: a wrong --profile or scenario is a usage error.
+            dialects = set()
             for scenario in scenarios:
-                target = make_target(opts, TokenProvider(), scenario.profile, url="ws://127.0.0.1:1")
-                if target.profile.name not in EMBEDDED_DIALECTS:
-                    raise ConfigError(f"--profile {target.profile.name}: the embedded agentsim speaks "
+                profile = make_target(opts, TokenProvider(), scenario.profile, url="ws://127.0.0.1:1").profile
+                if profile.name not in EMBEDDED_DIALECTS:
+                    raise ConfigError(f"--profile {profile.name}: the embedded agentsim speaks "
                                       f"{', '.join(sorted(EMBEDDED_DIALECTS))}; give --target URL of a "
-                                      f"{target.profile.name} server")
-                check_scenario_fits(scenario, target)
-            sim, tokens = await stack.enter_async_context(embedded_sim(args.sim_fault, args.sim_seed))
+                                      f"{profile.name} server")
+                probe_url = "http://127.0.0.1:1" if profile.transports[0] == "sse" else "ws://127.0.0.1:1"
+                check_scenario_fits(scenario, make_target(opts, TokenProvider(), scenario.profile, url=probe_url))
+                dialects.add(profile.name)
+            if len(dialects) > 1:
+                raise ConfigError(f"the embedded agentsim speaks one dialect per run; these scenarios need "
+                                  f"{', '.join(sorted(dialects))}: run them apart, or give --target")
+            protocol = dialects.pop() if dialects else "netra"
+            sim, tokens = await stack.enter_async_context(embedded_sim(args.sim_fault, args.sim_seed,
+                                                                       protocol=protocol))
             url = sim.url
             # A stable `target` label: the embedded server's port changes every run.
             opts = dataclasses.replace(opts, name=opts.name or "agentsim")

@@ -245,7 +245,11 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
 
 
 def check_scenario_fits(scenario: Scenario, target: Target) -> None:
-    """A scenario the target's transport cannot carry is a usage error before the run, not failed chats."""
+    """A scenario the target's dialect or transport cannot carry is a usage error before the run, not failed chats."""
+    if not scenario.carried_by(target.profile.name):
+        raise ConfigError(f"scenario {scenario.name!r}: field 'dialects': written for "
+                          f"{', '.join(scenario.dialects or [])}; a {target.profile.name} server cannot carry it",
+                          field="dialects")
     if target.transport == "sse":
         if scenario.parallel_chats > 1:
             raise ConfigError(f"scenario {scenario.name!r}: field 'parallel_chats': {scenario.parallel_chats} chats "
@@ -257,7 +261,7 @@ def check_scenario_fits(scenario: Scenario, target: Target) -> None:
 
 
 # The dialects the embedded agentsim speaks (a run with no --target in another one is a usage error).
-EMBEDDED_DIALECTS = frozenset({"netra"})
+EMBEDDED_DIALECTS = frozenset({"netra", "ag-ui"})
 
 
 # -- the command line's view of the same options ---------------------------------------------------------------

@@ -119,9 +119,22 @@ def test_an_empty_target_is_a_usage_error_never_a_run_against_the_embedded_serve
     assert proc.returncode == 2 and "--target" in proc.stderr and "embedded agentsim on" not in proc.stdout
 
 
-def test_a_dialect_the_embedded_server_does_not_speak_fails_fast():
-    proc = run_cli("run", "basic", "--profile", "ag-ui", timeout=20)
-    assert proc.returncode == 2 and "--profile" in proc.stderr and "--target" in proc.stderr
+def test_a_dialect_the_embedded_server_does_not_speak_fails_fast(tmp_path):
+    profile = tmp_path / "acme.yaml"
+    profile.write_text((Path(__file__).parents[2] / "harness" / "profiles" / "netra.yaml").read_text()
+                       .replace("name: netra", "name: acme"))
+    proc = run_cli("run", "basic", "--profile", str(profile), timeout=20)
+    assert proc.returncode == 2 and "--profile acme" in proc.stderr and "--target" in proc.stderr
+
+
+def test_ag_ui_runs_against_the_embedded_ag_ui_server_and_only_what_it_can_carry():
+    proc = run_cli("run", "--profile", "ag-ui", "--json", "/dev/stdout", "-q")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "embedded agentsim on http://" not in proc.stdout  # -q
+    names = re.findall(r'"scenario": "(\w+)"', proc.stdout)
+    assert "basic" in names and "concurrent" not in names  # the suite, less what an AG-UI server cannot carry
+    named = run_cli("run", "errors", "--profile", "ag-ui")
+    assert named.returncode == 2 and "field 'dialects'" in named.stderr
 
 
 @pytest.fixture
