@@ -107,11 +107,15 @@ def test_a_signal_stops_the_run_judges_chats_in_flight_and_writes_every_report(t
     assert junit.read_text().startswith("<?xml") and html.stat().st_size > 0
 
 
-def test_a_transport_that_cannot_carry_the_scenario_is_a_usage_error_before_the_run():
+def test_a_transport_that_cannot_carry_the_scenario_is_a_usage_error_before_the_run(tmp_path):
     # Port 1 refuses: were the run attempted, this would be "unreachable" (exit 3), not a usage error.
-    proc = run_cli("run", "concurrent", "--target", "http://127.0.0.1:1/agent", "--profile", "ag-ui")
+    scenario = tmp_path / "par.yaml"
+    scenario.write_text("name: par\nusers: 2\nchats_per_user: 4\nparallel_chats: 2\n")
+    proc = run_cli("run", str(scenario), "--target", "http://127.0.0.1:1/agent", "--profile", "ag-ui")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "parallel_chats" in proc.stderr and "SSE" in proc.stderr
+    builtin = run_cli("run", "concurrent", "--target", "http://127.0.0.1:1/agent", "--profile", "ag-ui")
+    assert builtin.returncode == 2 and "field 'dialects'" in builtin.stderr
 
 
 def test_an_empty_target_is_a_usage_error_never_a_run_against_the_embedded_server():
