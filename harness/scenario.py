@@ -519,8 +519,11 @@ class UserScript:
         self.chats = 0
         self.rng = random.Random()
         self._default: Expectations | None = None
+        # overlap_settle: a user's next chat starts while the last one's settle window still listens (the asyncio
+        # Session does it where events name their run; the runner never reads chat()'s provisional result).
         self._options = ChatOptions(client_run_id=scenario.client_run_id, reconnect=scenario.reconnect,
-                                    max_reconnects=scenario.max_reconnects, settle=scenario.expect.settle)
+                                    max_reconnects=scenario.max_reconnects, settle=scenario.expect.settle,
+                                    overlap_settle=True)
 
     def chat(self, step: ChatStep | None = None) -> ChatCall:
         """The next chat: the step's message and options, else the scenario's."""

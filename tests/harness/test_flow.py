@@ -372,7 +372,7 @@ def test_user_script_chats_per_user_sequential_or_a_parallel_group_numbered_acro
     assert list(par.plan()) == [ChatGroup(5, 2)]
     call = par.chat()
     assert call.options == ChatOptions(client_run_id=False, disconnect_after=None, abandon_after=None,
-                                       reconnect=True, max_reconnects=3, settle=0.1)
+                                       reconnect=True, max_reconnects=3, settle=0.1, overlap_settle=True)
 
 
 def test_welcome_outcome_classifies_the_handshake_and_reports_it():

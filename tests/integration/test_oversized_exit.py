@@ -44,8 +44,14 @@ async def test_server_exit_mid_run_ends_in_verdicts_not_a_hang(sim_factory, tmp_
         assert proc.wait(timeout=10) == 3
     finally:
         proc.kill()
-    outcomes = [r.outcome for r in run.results]
+    results = sorted(run.results, key=lambda r: r.sent_at)  # verdicts arrive as settle windows end: by start
+    outcomes = [r.outcome for r in results]
     assert outcomes[:2] == [Outcome.PASSED, Outcome.PASSED]
-    assert all(o is Outcome.ERROR for o in outcomes[2:]), outcomes
-    assert {r.error_kind for r in run.results[2:]} == {"refused"}, [(r.error_kind, r.error) for r in run.results]
+    # The third message goes out while the second chat's settle window listens (overlap_settle): it may reach the
+    # server before it exits (then its run is lost mid-way, incomplete) or find it gone (refused). The fourth finds
+    # it gone.
+    third, fourth = results[2:]
+    assert (third.outcome is Outcome.INCOMPLETE and "connection lost" in third.note) or \
+        (third.outcome is Outcome.ERROR and third.error_kind == "refused"), (third.outcome, third.note, third.error)
+    assert fourth.outcome is Outcome.ERROR and fourth.error_kind == "refused", (fourth.error_kind, fourth.error)
     assert run.stats.chats == 4
