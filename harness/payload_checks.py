@@ -313,9 +313,9 @@ class AguiRunChecks(RunChecks):
         if not self.state_tracked or not isinstance(patch, list) or self.schema_failed:
             return []  # not a JSON Patch: the schema check reported it
         new, problem = _apply(self.state, patch)
-        if problem:
+        if problem and problem is not TOO_BIG:
             return [Finding(Rule.R12, f"{t} does not apply to the current state (RFC 6902): {problem}")]
-        if _json_size(new) > MAX_STATE_BYTES:
+        if problem is TOO_BIG or _json_size(new) > MAX_STATE_BYTES:
             self.state, self.state_tracked = None, False
             return self._warn_once("state", f"{t}: state over {MAX_STATE_BYTES} bytes, later STATE_DELTAs not checked")
         self.state = new
@@ -344,9 +344,13 @@ class AguiRunChecks(RunChecks):
                 return []  # not tracked (said once)
             return [Finding(Rule.R5, f"{t} for activity {mid[:80]!r}, which no ACTIVITY_SNAPSHOT started")]
         new, problem = _apply(self.activities[mid], patch)
+        if problem is TOO_BIG:
+            return self._warn_once("activity", f"{t}: activity {mid[:80]!r} over {MAX_STATE_BYTES} bytes, not changed")
         if problem:
             return [Finding(Rule.R12, f"{t} does not apply to activity {mid[:80]!r} (RFC 6902): {problem}")]
         size = _json_size(new)
+        if self.activity_bytes + max(0, size - _json_size(self.activities[mid])) > MAX_STATE_BYTES:
+            return self._warn_once("activity", f"{t}: activities over {MAX_STATE_BYTES} bytes, later deltas not checked")
         self.activity_bytes += max(0, size - _json_size(self.activities[mid]))
         self.activities[mid] = new
         return []
@@ -389,13 +393,29 @@ class AguiRunChecks(RunChecks):
         return out
 
 
+# What _apply says when a patch would grow the document past MAX_STATE_BYTES (it stops before building it).
+TOO_BIG = "over the byte limit"
+
+
 def _apply(doc: Any, patch: list[Any]) -> tuple[Any, str]:
-    """`patch` applied to a copy of `doc` with the jsonpatch library: (the result, "") or (None, why it does not apply)."""
+    """`patch` applied to a copy of `doc` with the jsonpatch library: (the result, "") or (None, why it does not apply),
+    (None, TOO_BIG) when it would grow past MAX_STATE_BYTES. Applied one operation at a time, each `copy` weighed
+    before it is made: a patch copying the root into itself 40 times would otherwise build 2^40 times the state."""
+    import copy
+
     import jsonpatch
     import jsonpointer
 
     try:
-        return jsonpatch.JsonPatch(patch).apply(doc, in_place=False), ""
+        new = copy.deepcopy(doc)
+        copied = _json_size(new)
+        for op in patch:
+            if isinstance(op, dict) and op.get("op") == "copy" and isinstance(op.get("from"), str):
+                copied += _json_size(jsonpointer.resolve_pointer(new, op["from"]))
+                if copied > MAX_STATE_BYTES:
+                    return None, TOO_BIG
+            new = jsonpatch.JsonPatch([op]).apply(new, in_place=True)
+        return new, ""
     except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError, IndexError,
             ValueError, AttributeError, RecursionError) as exc:
         return None, str(exc)[:120] or exc.__class__.__name__
