@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import re
+import tempfile
 import threading
 import time
 from collections import deque
@@ -45,7 +46,9 @@ class ConnectionLog:
         """A frame sent ("send") or received ("recv") at `at` (the recorder's clock, time.monotonic by default)."""
         record: dict[str, Any] = {"t": round(self.recorder.epoch(at), 6), "dir": direction, "conn": self.label}
         if isinstance(frame, (bytes, bytearray)):
-            record["frame_b64"] = base64.b64encode(frame).decode("ascii")
+            # A token a server echoes in a binary frame is scrubbed too (its text as UTF-8, other bytes kept).
+            data = scrub(bytes(frame).decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+            record["frame_b64"] = base64.b64encode(data).decode("ascii")
         else:
             text = frame if isinstance(frame, str) else json.dumps(frame)
             record["frame"] = scrub(text)  # a token a client put in a frame never reaches a file
@@ -74,11 +77,18 @@ class ConnectionLog:
     def flush(self) -> None:
         if not self._buffer:
             return
-        data = "\n".join(self._buffer) + "\n"
+        data = ("\n".join(self._buffer) + "\n").encode("utf-8", "surrogatepass")
+        dropped = len(self._buffer)
         self._buffer.clear()
         self._buffered = 0
-        with open(self.part, "a", encoding="utf-8", errors="surrogatepass") as f:
-            f.write(data)
+        try:
+            # O_NOFOLLOW: a symlink planted at the part file's (predictable) name must not carry the frames out of DIR.
+            fd = os.open(self.part, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "ab") as f:
+                f.write(data)
+        except OSError:
+            # DIR became unwritable or full mid-run: the recording loses these frames, the run goes on.
+            self.dropped += dropped
 
 
 class Recorder:
@@ -91,6 +101,10 @@ class Recorder:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        # A directory that exists but takes no file (read-only, /proc/self) fails here, before the run (OSError).
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=self.directory)
+        os.close(fd)
+        os.unlink(probe)
         self.keep_all = keep_all
         self.max_files = max_files
         self.max_bytes = max_bytes
@@ -118,11 +132,15 @@ class Recorder:
         if not log.closed:
             log.close(self.clock())
         log.flush()
-        if not (self.keep_all if keep is None else keep) or not log.part.exists():
+        if not (self.keep_all if keep is None else keep) or not log.part.exists() or log.part.is_symlink():
             log.part.unlink(missing_ok=True)
             return None
         final = log.part.with_name(log.part.name[1:].removesuffix(".part"))
-        os.replace(log.part, final)
+        try:
+            os.replace(log.part, final)
+        except OSError:
+            log.part.unlink(missing_ok=True)
+            return None
         with self._lock:
             self._saved.append((final, log.size))
             self._saved_bytes += log.size

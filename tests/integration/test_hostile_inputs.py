@@ -2,11 +2,16 @@
 (peak RSS of the process), with a classified verdict or exit 2, never a traceback."""
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,9 +26,13 @@ _WRAPPER = ("import resource, subprocess, sys; cap = lambda: resource.setrlimit(
 
 def chatprobe(*args: str, timeout: float = 90.0) -> tuple[int, str, int]:
     """(exit code, output, peak RSS in MiB) of `chatprobe ARGS`, killed (its process group) at `timeout`."""
+    return chatprobe_env({}, *args, timeout=timeout)
+
+
+def chatprobe_env(env: dict[str, str], *args: str, timeout: float = 90.0) -> tuple[int, str, int]:
     proc = subprocess.Popen([sys.executable, "-c", _WRAPPER, sys.executable, "-m", "harness", *args], cwd=ROOT,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **env})
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -54,3 +63,82 @@ def test_agui_state_delta_copying_the_state_into_itself_is_bounded(tmp_path):
     assert "Traceback" not in out and code == 0 and rss < 300, (code, rss, out[-2000:])
     assert "STATE_DELTA: state over 1048576 bytes" in out, out[-2000:]
     assert "activity 'a1' over 1048576 bytes" in out, out[-2000:]
+
+
+# -- run --record DIR --
+
+def test_record_into_a_directory_that_takes_no_file_is_a_usage_error_before_the_run():
+    code, out, _ = chatprobe("run", "basic", "--record", "/proc/self", "--quiet", timeout=60)
+    assert code == 2 and "Traceback" not in out, out[-3000:]
+    assert out.strip().splitlines() == [out.strip().splitlines()[0]] and "--record /proc/self" in out, out
+
+
+@contextlib.contextmanager
+def echoing_server():
+    """A WebSocket server on loopback (its own loop in a thread) that sends each client its request's headers back
+    in a binary frame, then closes: a server echoing the client's token."""
+    from websockets.asyncio.server import serve
+
+    ready: queue.Queue = queue.Queue()
+    stop: list = []
+
+    async def handler(ws):
+        headers = "\n".join(f"{k}: {v}" for k, v in ws.request.headers.raw_items())
+        await ws.send(b"\x00\xff" + headers.encode() + b"\xfe")
+        await ws.close()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        stop.append(lambda: loop.call_soon_threadsafe(done.set_result, None))
+        async with serve(handler, "127.0.0.1", 0) as server:
+            ready.put(server.sockets[0].getsockname()[1])
+            await done
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    port = ready.get(timeout=10)
+    try:
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        stop[0]()
+        thread.join(timeout=10)
+
+
+def test_a_token_echoed_in_a_binary_frame_never_reaches_the_recording(tmp_path):
+    token = "tok-" + "Zq8" * 12
+    directory = tmp_path / "rec"
+    with echoing_server() as url:
+        env_code, out, _ = chatprobe_env({"ECHO_TOKEN": token}, "run", "basic", "--target", url, "--token-env",
+                                         "ECHO_TOKEN", "--record", str(directory), "--quiet", timeout=90)
+    assert "Traceback" not in out, out[-3000:]
+    files = list(directory.iterdir())
+    assert files, out[-2000:]
+    frames = []
+    for f in files:
+        text = f.read_text()
+        assert token not in text
+        for line in text.splitlines():
+            rec = json.loads(line)
+            if "frame_b64" in rec:
+                frames.append(base64.b64decode(rec["frame_b64"]))
+    assert frames and all(token.encode() not in b for b in frames)
+    assert any(b"[REDACTED]" in b and b.startswith(b"\x00\xff") for b in frames), frames  # the rest kept as it was
+
+
+def test_recorder_writes_nothing_outside_dir_whatever_the_label_or_a_planted_symlink(tmp_path):
+    from harness.recorder import Recorder
+
+    directory, outside = tmp_path / "rec", tmp_path / "outside"
+    directory.mkdir()
+    outside.write_text("kept\n")
+    # The first connection's part file name is predictable: someone with write access to DIR plants a link there.
+    (directory / ".000001-.._.._outside.jsonl.part").symlink_to(outside)
+    rec = Recorder(directory)
+    for label in ("../../outside", "/etc/passwd", "..", "a/../../b"):
+        log = rec.connection(label)
+        log.frame("recv", '{"type": "agent_started"}', 1.0)
+        rec.save(log)
+    assert outside.read_text() == "kept\n"
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(directory)] == [outside]
+    assert all(p.parent == directory and not p.is_symlink() for p in directory.iterdir())
