@@ -519,11 +519,13 @@ class UserScript:
         self.chats = 0
         self.rng = random.Random()
         self._default: Expectations | None = None
-        # overlap_settle: a user's next chat starts while the last one's settle window still listens (the asyncio
-        # Session does it where events name their run; the runner never reads chat()'s provisional result).
+        # overlap_settle: a user who does not think between chats starts the next one while the last one's settle
+        # window still listens (the asyncio Session does it where events name their run; the runner never reads
+        # chat()'s provisional result). A user who thinks waits the window out first, as the Locust user does, so one
+        # scenario file gives the same load under both engines.
         self._options = ChatOptions(client_run_id=scenario.client_run_id, reconnect=scenario.reconnect,
                                     max_reconnects=scenario.max_reconnects, settle=scenario.expect.settle,
-                                    overlap_settle=True)
+                                    overlap_settle=scenario.think_time is None)
 
     def chat(self, step: ChatStep | None = None) -> ChatCall:
         """The next chat: the step's message and options, else the scenario's."""
