@@ -46,6 +46,9 @@ DEFAULT_MAX_TEXT = 64 * 1024 * 1024
 # HAR nesting deeper than this is refused (real HAR files nest about 6 deep; a bracket bomb must cost nothing).
 MAX_HAR_DEPTH = 64
 CHUNK = 1 << 16
+# A recorded time (seconds) further from 0 than this is no time (year 5138): differences of such times overflow
+# to infinity (1e308 - -1e308) and no report can place them.
+MAX_TIME = 1e11
 FORMATS = ("jsonl", "sse", "har")
 DIRECTIONS = {"recv": "recv", "receive": "recv", "send": "send", "sent": "send", "close": "close"}
 # A record has `frame` (or `frame_b64`) and one of these; other keys are ignored (room for later fields).
@@ -189,7 +192,7 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
     else:
         return Recorded("problem", conn, detail="field 'conn' must be a string", where=where)
     t = obj.get("t")
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not abs(t) <= MAX_TIME):
         return Recorded("problem", conn, detail="field 't' must be a time in epoch seconds", where=where)
     direction = DIRECTIONS.get(obj.get("dir", "recv")) if isinstance(obj.get("dir", "recv"), str) else None
     if direction is None:
@@ -314,7 +317,8 @@ def _epoch(v: Any) -> float | None:
     """A HAR message time: epoch seconds (Chromium), or milliseconds when the number is too big to be seconds."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         return None
-    return v / 1000.0 if v > 1e11 else float(v)
+    t = v / 1000.0 if v > 1e11 else float(v)
+    return t if abs(t) <= MAX_TIME else None
 
 
 def _iso(v: Any) -> float | None:

@@ -14,12 +14,14 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-# Runs chatprobe as its only child, its address space capped at 3 GiB (a regression fails with MemoryError instead of
+# Runs chatprobe as its only child, its data segment capped at 3 GiB (a regression fails with MemoryError instead of
 # taking the machine), and prints the child's peak RSS (KiB) last: the test's own children don't count.
-_WRAPPER = ("import resource, subprocess, sys; cap = lambda: resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
+_WRAPPER = ("import resource, subprocess, sys; cap = lambda: resource.setrlimit(resource.RLIMIT_DATA, (3 << 30, 3 << 30)); "
             "r = subprocess.run(sys.argv[1:], preexec_fn=cap); sys.stdout.flush(); "
             "print(f'\\nPEAK_RSS_KIB={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}'); sys.exit(r.returncode)")
 
@@ -142,3 +144,22 @@ def test_recorder_writes_nothing_outside_dir_whatever_the_label_or_a_planted_sym
     assert outside.read_text() == "kept\n"
     assert [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(directory)] == [outside]
     assert all(p.parent == directory and not p.is_symlink() for p in directory.iterdir())
+
+
+# -- chatprobe check: hostile recordings --
+
+def test_recorded_times_out_of_any_range_are_r12_and_every_report_is_written(tmp_path):
+    started = {"type": "agent_started", "run_id": "r1"}
+    f = tmp_path / "times.jsonl"
+    f.write_text("".join(json.dumps({"t": t, "conn": "c", "frame": started}) + "\n"
+                         for t in (-1e308, 1e308, -5, 0, 1e11, -1e11)))
+    har = tmp_path / "times.har"
+    har.write_text(json.dumps({"log": {"entries": [{"_webSocketMessages": [
+        {"type": "receive", "time": t, "opcode": 1, "data": json.dumps(started)} for t in (1e308, -1e308, 5.0)]}]}}))
+    reports = [tmp_path / "r.html", tmp_path / "r.json", tmp_path / "r.xml"]
+    code, out, _ = chatprobe("check", str(f), str(har), "--html", str(reports[0]), "--json", str(reports[1]),
+                             "--junit", str(reports[2]), timeout=60)
+    assert code == 1 and "Traceback" not in out, out[-3000:]
+    assert "field 't' must be a time in epoch seconds (times.jsonl:1)" in out and "(times.jsonl:2)" in out
+    assert all(r.stat().st_size > 0 for r in reports)
+    json.loads(reports[1].read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON report"))
