@@ -10,8 +10,7 @@ that process's own user+system time (os.wait4), start-up included. Workload: USE
   bare       a raw websockets client: send, read until the frame naming agent_completed; no decoding, no checks
   chatprobe  `chatprobe run` (the real CLI) with a scenario of the same shape: every rule on every event; exit 0
              means every chat passed (the default objectives ask passed_ratio 1.0)
-  chatprobe-preview the same CLI with what BENCHMARKS.md proposes to switch on (bench/preview_cli.py): uvloop's
-                    event loop and ChatOptions.overlap_settle for the scenario's chats
+  chatprobe-preview the same CLI on uvloop (bench/preview_cli.py), as BENCHMARKS.md proposes for harness/cli.py
   bare-uvloop       the bare loop on uvloop
 
 Compression is the same on every side: `--compression none` (default) or `deflate` (agentsim offers it; every
