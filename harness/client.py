@@ -195,9 +195,14 @@ class Session:
             task.cancel()
 
     async def close(self) -> None:
-        """Listen out the settle windows still open, then close the connection."""
+        """Listen out the settle windows still open, then close the connection. Closed by a task being cancelled
+        (the run stopped: max_duration, Ctrl-C), the windows are judged at once, on what arrived, not waited out."""
+        task = asyncio.current_task()
         try:
-            await self.settled()
+            if task is not None and task.cancelling():
+                self._stop_settling()
+            else:
+                await self.settled()
         finally:
             await self._close()
 

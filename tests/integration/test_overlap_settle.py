@@ -103,3 +103,20 @@ async def test_close_while_settling_is_stopped_from_outside_and_still_counted():
             await asyncio.gather(closing, return_exceptions=True)
     # Cut short: judged on what arrived (a passed chat), once.
     assert sink.started == 1 and [r.outcome for r in sink.finished] == [Outcome.PASSED]
+
+
+async def test_a_run_stopped_while_windows_listen_still_judges_every_chat_it_started(sim_factory):
+    # Long settle windows, overlapped, and a run cut short: every chat started is judged exactly once, the ones
+    # still listening judged on what arrived when the run stopped.
+    from harness.runner import run_scenario
+    from harness.scenario import Scenario
+
+    scenario = Scenario.model_validate({"name": "stop", "users": 3, "chats_per_user": 1000, "max_duration": "1.5s",
+                                        "message": "What is 2 * 3?", "expect": {"settle": "30s", "deadline": "5s"}})
+    counts = Counts()
+    async with sim_factory() as (_sim, target, _gt):
+        async with asyncio.timeout(30):  # the windows (30 s) must not hold the stop
+            run = await run_scenario(scenario, target, counts)
+    assert run.stopped_early
+    assert counts.started == len(counts.finished) == run.stats.chats > 3
+    assert len({r.chat_id for r in counts.finished}) == len(counts.finished)
