@@ -536,13 +536,15 @@ class ConnectionChecker:
         self.by_message: dict[str, ChatTracker] = {}
         self.by_thread: dict[str, ChatTracker] = {}
         self.chats: list[ChatTracker] = []
+        self._prune_at = 2 * KEEP_FINISHED  # amortized: a prune that finds little to forget waits for twice as many
         self.malformed = 0
         self.foreign = 0
 
     def add(self, chat: ChatTracker) -> None:
         """Register a chat (again, after a reconnect: then it is not duplicated)."""
-        if len(self.chats) >= 2 * KEEP_FINISHED:
+        if len(self.chats) >= self._prune_at:
             self._prune()
+            self._prune_at = max(2 * KEEP_FINISHED, 2 * len(self.chats))
         if chat not in self.chats:
             self.chats.append(chat)
         if chat.run_id:

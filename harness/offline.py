@@ -32,6 +32,10 @@ MAX_OPEN_CONNS = 10_000
 # Chats not yet judged, across connections; past this the oldest is judged as it stands (a recording of endless
 # messages never answered must not grow without bound).
 MAX_OPEN_CHATS = 10_000
+# Chats not yet judged on one connection; past this its oldest is judged as it stands. Each frame's routing looks at a
+# connection's open chats: without this bound 10,000 of them on one connection (times going backwards, so that no
+# deadline ever passes) cost 10,000 steps per frame, hours for a recording of a million frames.
+MAX_OPEN_PER_CONN = 1_000
 # Runs whose connection ended mid-run, kept for a resume on another connection.
 MAX_PARKED = 10_000
 # What the reports list: the stats count every chat, the listings keep the first ones (non-passing first).
@@ -51,7 +55,7 @@ UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive ti
 class _Conn:
     """One recorded connection (or SSE stream): the live client's router and checker for it."""
 
-    __slots__ = ("checker", "clients", "key", "last_t", "router", "untimed", "wake")
+    __slots__ = ("checker", "clients", "key", "last_t", "open", "router", "unnamed", "untimed", "wake")
 
     def __init__(self, key: str, profile: Profile, sink: Sink, scenario: str) -> None:
         self.key = key
@@ -61,6 +65,8 @@ class _Conn:
         self.last_t: float | None = None
         self.untimed = False  # a frame without a recorded time was received on it
         self.wake = float("inf")  # no chat of it can be judged before this time
+        self.open: dict[str, ChatTracker] = {}  # its chats not judged yet, oldest first
+        self.unnamed: dict[str, ChatTracker] = {}  # those opened without a run id (one may learn it: _adopt)
 
 
 class OfflineCheck:
@@ -135,9 +141,10 @@ class OfflineCheck:
             checker = conn.checker
             if isinstance(decoded, Event):
                 if decoded.run_id is not None:
-                    if decoded.run_id not in checker.by_run and not self._adopt(checker, decoded):
+                    if decoded.run_id not in checker.by_run and not self._adopt(conn, decoded):
                         self._open(conn, at, run_id=decoded.run_id, thread_id=decoded.thread_id, timed=False)
-                elif (not checker.active() and (decoded.thread_id is None or decoded.thread_id not in checker.by_thread)
+                elif (not any(not c.done for c in conn.open.values())
+                      and (decoded.thread_id is None or decoded.thread_id not in checker.by_thread)
                       and (not checker.chats or checker.chats[-1].judged)):
                     self._open(conn, at, thread_id=decoded.thread_id, timed=False)
             elif decoded.kind == "malformed" and not checker.chats:
@@ -151,13 +158,16 @@ class OfflineCheck:
                 conn.wake = min(conn.wake, verdict_due(tracker, self.settle))
 
     @staticmethod
-    def _adopt(checker: ConnectionChecker, ev: Event) -> bool:
+    def _adopt(conn: _Conn, ev: Event) -> bool:
         """The connection's chat, opened by events that named no run, learns its run id from this one (as a live
         client that did not choose the run id learns it from the first event that names it)."""
-        for chat in checker.active():
-            if chat.run_id is None and chat.thread_id in (None, ev.thread_id):
+        for key, chat in list(conn.unnamed.items()):
+            if chat.run_id is not None or chat.judged or key not in conn.open:
+                del conn.unnamed[key]
+            elif not chat.done and chat.thread_id in (None, ev.thread_id):
+                del conn.unnamed[key]
                 chat.run_id = ev.run_id
-                checker.by_run[ev.run_id] = chat  # type: ignore[index]
+                conn.checker.by_run[ev.run_id] = chat  # type: ignore[index]
                 return True
         return False
 
@@ -176,7 +186,7 @@ class OfflineCheck:
             if tracker is not None:
                 conn.clients = True
                 conn.checker.add(tracker)
-                self.open[tracker.chat_id] = (tracker, conn)
+                self._track(tracker, conn)
                 self._judge_resume(tracker)
                 self.resumed[tracker.chat_id] = tracker.n_events
                 conn.wake = min(conn.wake, tracker.wait_deadline())
@@ -188,15 +198,28 @@ class OfflineCheck:
         tracker = ChatTracker(f"{conn.key}#{self.n}", self.exp, at, scenario=self.name, thread_id=thread_id,
                               run_id=run_id, message_id=message_id)
         conn.checker.add(tracker)
-        self.open[tracker.chat_id] = (tracker, conn)
+        self._track(tracker, conn)
+        if run_id is None:
+            conn.unnamed[tracker.chat_id] = tracker
         if not timed:
             self.untimed.add(tracker.chat_id)
         self.sink.chat_started(self.name)
         conn.wake = min(conn.wake, tracker.wait_deadline())
+        if len(conn.open) > MAX_OPEN_PER_CONN:
+            oldest = next(iter(conn.open.values()))
+            self._finish(oldest, at, lost=not oldest.done, note=CROWDED_NOTE)
         if len(self.open) > MAX_OPEN_CHATS:
             oldest, _ = next(iter(self.open.values()))
             self._finish(oldest, at, lost=not oldest.done, note=CROWDED_NOTE)
         return tracker
+
+    def _track(self, tracker: ChatTracker, conn: _Conn) -> None:
+        """The chat is followed on `conn` (opened there, or resumed there from another connection)."""
+        entry = self.open.get(tracker.chat_id)
+        if entry is not None:
+            entry[1].open.pop(tracker.chat_id, None)
+        self.open[tracker.chat_id] = (tracker, conn)
+        conn.open[tracker.chat_id] = tracker
 
     def _judge_ready(self, conn: _Conn, at: float) -> None:
         """Judge the chats whose verdict is due by `at` (flow.verdict_due, as the live client and the proxy time
@@ -204,8 +227,8 @@ class OfflineCheck:
         if at < conn.wake:
             return
         wake = float("inf")
-        for chat in list(conn.checker.chats):
-            if chat.judged or chat.chat_id not in self.open:
+        for chat in list(conn.open.values()):
+            if chat.judged:
                 continue
             due = verdict_due(chat, self.settle)
             if at < due:
@@ -234,10 +257,9 @@ class OfflineCheck:
         """The connection ended (a close record, or the end of the recording: `rec` None)."""
         self._judge_ready(conn, at)
         resumable = self.profile.resume is not None
-        for chat in list(conn.checker.chats):
-            entry = self.open.get(chat.chat_id)
-            if chat.judged or entry is None or entry[1] is not conn:
-                continue  # judged, or followed on another connection since a resume
+        for chat in list(conn.open.values()):  # (not those followed on another connection since a resume)
+            if chat.judged:
+                continue
             if chat.done:
                 self._finish(chat, at)
                 continue
@@ -245,6 +267,8 @@ class OfflineCheck:
             if rec is not None and resumable and chat.run_id and len(self.parked) < MAX_PARKED:
                 self._judge_resume(chat)
                 self.open.pop(chat.chat_id, None)
+                conn.open.pop(chat.chat_id, None)
+                conn.unnamed.pop(chat.chat_id, None)
                 self.parked[chat.run_id] = chat
                 self.parked_wake = min(self.parked_wake, chat.wait_deadline())
             else:
@@ -253,6 +277,9 @@ class OfflineCheck:
     def _finish(self, tracker: ChatTracker, now: float, *, lost: bool = False, note: str = "") -> None:
         """Judge the chat at `now` (ChatTracker.finish) and count its verdict."""
         entry = self.open.pop(tracker.chat_id, None)
+        if entry is not None:
+            entry[1].open.pop(tracker.chat_id, None)
+            entry[1].unnamed.pop(tracker.chat_id, None)
         self._judge_resume(tracker)
         result = tracker.finish(now, lost=lost, note=note)
         untimed = tracker.chat_id in self.untimed or (entry is not None and entry[1].untimed)

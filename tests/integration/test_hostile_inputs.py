@@ -163,3 +163,18 @@ def test_recorded_times_out_of_any_range_are_r12_and_every_report_is_written(tmp
     assert "field 't' must be a time in epoch seconds (times.jsonl:1)" in out and "(times.jsonl:2)" in out
     assert all(r.stat().st_size > 0 for r in reports)
     json.loads(reports[1].read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON report"))
+
+
+def test_many_chats_open_on_one_connection_with_time_going_backwards_end_in_linear_time(tmp_path):
+    # Each line a new run on one connection, each earlier than the last: no deadline ever passes, so every chat stays
+    # open; routing each frame past all of them took hours (20,000 lines: 27 s; 100,000: ~11 min).
+    f = tmp_path / "backwards.jsonl"
+    with f.open("w") as out:
+        for i in range(100_000):
+            out.write(json.dumps({"t": 1.7e9 - i, "conn": "c", "frame": {"type": "agent_started", "run_id": f"r{i}"}})
+                      + "\n")
+    report = tmp_path / "r.json"
+    code, out, rss = chatprobe("check", str(f), "--quiet", "--json", str(report), timeout=60)
+    assert code == 1 and "Traceback" not in out and rss < 300, (code, rss, out[-2000:])
+    [run] = json.loads(report.read_text())["scenarios"]
+    assert run["stats"]["chats"] == 100_000 and "100000 chats judged, the first 1000 listed" in run["errors"]
