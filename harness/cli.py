@@ -19,26 +19,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .durations import parse_duration, parse_size
-from .events import Outcome
-from .profiles import load_profile
-from .results import ExitCode, ScenarioRun, exit_code
-from .scenario import BUILTIN_SUITE, apply_overrides, builtin_scenarios, load_scenario
-from .targets import (
-    EMBEDDED_DIALECTS,
-    TokenProvider,
-    add_target_args,
-    check_scenario_fits,
-    embedded_sim,
-    make_target,
-    options_from_args,
-    read_token,
-)
-from .yamlfile import ConfigError
+# Only what --help, `list` and every command need is imported here; the rest loads with the command that uses it,
+# so that `chatprobe --help` or `list` costs no pydantic models, no asyncio client, no reports (start-up CPU).
+from .catalog import BUILTIN_SUITE, builtin_scenarios
+from .errors import ConfigError, ExitCode
+from .targets import add_target_args, options_from_args
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from .results import ScenarioRun
     from .sinks import Sink
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE,
@@ -140,6 +130,8 @@ def check_writable(path: str | None, flag: str) -> None:
 
 
 def _max_duration(text: str | None) -> float | None:
+    from .durations import parse_duration
+
     if text is None:
         return None
     try:
@@ -185,9 +177,14 @@ async def _progress(view: Any, console: Console, every: float) -> None:
 
 
 async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt) -> int:
+    from .durations import parse_duration
+    from .events import Outcome
+    from .profiles import load_profile
     from .report import LiveView
     from .runner import run_scenario
+    from .scenario import apply_overrides, load_scenario
     from .sinks import Fanout
+    from .targets import EMBEDDED_DIALECTS, TokenProvider, check_scenario_fits, embedded_sim, make_target, read_token
 
     names = args.scenarios or list(BUILTIN_SUITE)
     for flag in REPORT_FLAGS:
@@ -291,6 +288,7 @@ def _finish(args: argparse.Namespace, console: Console, runs: list[ScenarioRun],
             interrupt: _Interrupt | None) -> int:
     """The summary, every report asked for, the Pushgateway; then the exit code."""
     from .report import print_summary, write_html, write_json, write_junit
+    from .results import exit_code
 
     print_summary(console, runs)
     writers: dict[str, Callable[[str, list[ScenarioRun]], None]] = {
@@ -315,8 +313,10 @@ def _finish(args: argparse.Namespace, console: Console, runs: list[ScenarioRun],
 
 
 def _check(args: argparse.Namespace, console: Console) -> int:
+    from .durations import parse_size
     from .offline import check_files
     from .profiles import load_profile
+    from .scenario import apply_overrides, load_scenario
 
     for flag in REPORT_FLAGS:
         check_writable(getattr(args, flag), f"--{flag}")
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return proxy_main(args.proxy_args)
         if args.command == "list":
-            from .profiles import builtin_profiles
+            from .catalog import builtin_profiles
 
             print("scenarios: " + ", ".join(builtin_scenarios()))
             print("profiles:  " + ", ".join(builtin_profiles()))

@@ -42,11 +42,13 @@ from rich.console import Console
 
 from . import redact
 from .backoff import Backoff
+from .catalog import builtin_scenarios
 from .checker import ChatResult
+from .errors import ExitCode
 from .events import RULES, Outcome
 from .gevent_client import SyncSession
-from .results import ExitCode, ScenarioRun, exit_code
-from .scenario import ChatCall, ChatGroup, RawCall, Scenario, builtin_scenarios, load_scenario
+from .results import ScenarioRun, exit_code
+from .scenario import ChatCall, ChatGroup, RawCall, Scenario, load_scenario
 from .sinks import Sink
 from .stats import StageTallies, Tally, evaluate
 from .targets import Target, TargetOptions, make_target, read_token

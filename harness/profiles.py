@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
+from .catalog import PROFILES_DIR
 from .events import DEFAULT_REQUIRED, Event, Frame, FrameKind, Role, SessionError
 from .eventstream import StreamProblem
 from .payload_checks import CHECKS, CheckSet
-from .yamlfile import builtin_names, load_builtin_or_file
+from .yamlfile import load_builtin_or_file
 
 _MISSING = object()
 
@@ -507,11 +507,9 @@ class _Blank(dict[str, Any]):
         return ""
 
 
-BUILTIN_DIR = resources.files("harness") / "profiles"
+BUILTIN_DIR = PROFILES_DIR
 
 
-def builtin_profiles() -> list[str]:
-    return builtin_names(BUILTIN_DIR)
 
 
 def load_profile(name_or_path: str) -> Profile:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from .checker import ChatResult
+from .errors import ExitCode
 from .events import Outcome
 from .stats import ObjectiveResult, ScenarioStats, StageStats, knee
 
@@ -15,17 +15,6 @@ if TYPE_CHECKING:
 
 # Connection failures that mean the target could not be reached at all (exit 3 when every chat failed so).
 UNREACHABLE_KINDS = frozenset({"refused", "timeout", "tls_error"})
-
-
-class ExitCode(IntEnum):
-    """What `chatprobe run`, `check`, `monitor --once` and Locust exit with."""
-
-    OK = 0  # every objective met
-    FAILED = 1  # an objective failed
-    USAGE = 2  # usage or configuration error (the message names the file, line and field)
-    UNREACHABLE = 3  # the target could not be reached
-    INTERRUPTED = 130  # SIGINT (128 + 2)
-    TERMINATED = 143  # SIGTERM (128 + 15)
 
 
 def all_unreachable(chats: int, error_kinds: dict[str, int]) -> bool:

@@ -6,7 +6,6 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -25,11 +24,12 @@ from pydantic import (
 from pydantic import Strict as StrictType
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from .catalog import SCENARIOS_DIR
 from .checker import Expectations, ExpectError
 from .durations import Seconds
 from .events import Role
 from .flow import ChatOptions
-from .yamlfile import ConfigError, builtin_names, line_of, load_builtin_or_file
+from .yamlfile import ConfigError, line_of, load_builtin_or_file
 
 if TYPE_CHECKING:
     from .profiles import Profile
@@ -565,13 +565,10 @@ class UserScript:
             yield ChatGroup(sc.chats_per_user, sc.parallel_chats, sc.think_time)
 
 
-BUILTIN_DIR = resources.files("scenarios")
-BUILTIN_SUITE = ("basic", "concurrent", "errors", "reconnection", "performance", "abandonment")
+BUILTIN_DIR = SCENARIOS_DIR
 # `knee` is built in but not in the suite: it drives the process to saturation on purpose.
 
 
-def builtin_scenarios() -> list[str]:
-    return builtin_names(BUILTIN_DIR)
 
 
 def load_scenario(name_or_path: str) -> Scenario:

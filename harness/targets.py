@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
 from . import redact
-from .profiles import Profile, load_profile
+from .errors import ConfigError
 from .transports import SCHEMES, ConnectSettings
 from .transports.base import Compression
-from .yamlfile import ConfigError, read_text_file
 
 if TYPE_CHECKING:
     import argparse
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
     from agentsim.agui import AguiSim
     from agentsim.server import AgentSim
 
+    from .profiles import Profile
     from .recorder import Recorder
     from .scenario import Scenario
 
@@ -189,6 +189,8 @@ def read_token(opts: TargetOptions) -> TokenProvider:
     """The token source the options name: a file, a variable, a secret to mint per-user JWTs from, or none."""
     if opts.token_file:
         try:
+            from .yamlfile import read_text_file
+
             token = read_text_file(opts.token_file, "--token-file", limit=64 * 1024).strip()
         except ConfigError as exc:
             raise ConfigError(str(exc), field="token_file", detail=str(exc).removeprefix("--token-file ")) from None
@@ -214,6 +216,8 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
     if url is None:
         raise option_error("url", ": no URL given")
     try:
+        from .profiles import load_profile  # pydantic models: loaded when a target is built, not at start-up
+
         profile = load_profile(opts.profile or default_profile or "netra")
     except ConfigError as exc:
         raise ConfigError(str(exc), field="profile", detail=str(exc).removeprefix("--profile ")) from None

@@ -8,20 +8,12 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from .catalog import builtin_names
+from .errors import ConfigError
+
+__all__ = ["ConfigError"]
+
 M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigError(Exception):
-    """A user's file or flag is wrong: the message names the file, the line and the field. Exit code 2.
-
-    `field` (when set) is the option the error is about, by its TargetOptions / config name (`ca_file`), and
-    `detail` the message without it, so a caller names it its own way (`--ca-file`, `targets.prod.ca_file`).
-    """
-
-    def __init__(self, message: str, *, field: str | None = None, detail: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-        self.detail = detail if detail is not None else message
 
 
 def _resolve(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, list[str]]:
@@ -208,10 +200,6 @@ def line_of(path: str | Path, loc: tuple[Any, ...], text: str | None = None) -> 
     except (ConfigError, yaml.YAMLError, RecursionError, ValueError, OverflowError):
         return None
     return _resolve(node, loc)[0]
-
-
-def builtin_names(folder: Traversable) -> list[str]:
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def load_builtin_or_file(model: type[M], name_or_path: str, folder: Traversable, shown_folder: str, what: str) -> M:

@@ -15,7 +15,7 @@ PACKAGES = ("harness", "agentsim", "monitors", "scenarios", "dashboards")
 # The pure core: data in, verdicts out; no I/O framework, no command line, no driver.
 PURE = ("harness.events", "harness.checker", "harness.flow", "harness.profiles", "harness.scenario",
         "harness.stats", "harness.report", "harness.results", "harness.eventstream", "harness.durations",
-        "harness.yamlfile", "harness.sinks", "harness.recordings", "harness.offline", "harness.payload_checks")
+        "harness.yamlfile", "harness.sinks", "harness.recordings", "harness.offline", "harness.payload_checks", "harness.errors", "harness.catalog")
 IO_LIBRARIES = ("asyncio", "websockets", "httpx", "gevent", "argparse", "locust", "socket", "threading")
 DRIVERS = ("harness.cli", "harness.client", "harness.gevent_client", "harness.runner", "harness.locust_user",
            "harness.pytest_plugin", "harness.transports", "harness.targets", "monitors", "agentsim")
@@ -124,3 +124,20 @@ def test_no_import_cycles():
         if module not in seen:
             walk(module, [module])
     assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_help_and_list_load_no_heavy_library():
+    """Start-up cost is measured in bench/ (BENCHMARKS.md); what keeps it low is that `--help` and `list` import no
+    pydantic model, no client, no report library. Checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io; from harness.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    main(['list'])\n"
+            "    try:\n        main(['run', '--help'])\n    except SystemExit:\n        pass\n"
+            "heavy = ['pydantic', 'websockets', 'httpx', 'rich', 'jwt', 'altair', 'prometheus_client', 'yaml']\n"
+            "print(sorted(m for m in heavy if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -6,7 +6,8 @@ import pytest
 
 from harness.profiles import load_profile
 from harness.runner import run_scenario
-from harness.scenario import builtin_scenarios, load_scenario
+from harness.catalog import builtin_scenarios
+from harness.scenario import load_scenario
 from harness.targets import Target, embedded_sim
 from harness.yamlfile import ConfigError
 

@@ -1,0 +1,31 @@
+"""What ends a command early, and how it exits: the configuration error (file, line, field) and the exit codes.
+
+Light on purpose (no pydantic, no YAML): the command line imports it before anything else.
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ConfigError(Exception):
+    """A user's file or flag is wrong: the message names the file, the line and the field. Exit code 2.
+
+    `field` (when set) is the option the error is about, by its TargetOptions / config name (`ca_file`), and
+    `detail` the message without it, so a caller names it its own way (`--ca-file`, `targets.prod.ca_file`).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.detail = detail if detail is not None else message
+
+
+class ExitCode(IntEnum):
+    """What `chatprobe run`, `check`, `monitor --once` and Locust exit with."""
+
+    OK = 0  # every objective met
+    FAILED = 1  # an objective failed
+    USAGE = 2  # usage or configuration error (the message names the file, line and field)
+    UNREACHABLE = 3  # the target could not be reached
+    INTERRUPTED = 130  # SIGINT (128 + 2)
+    TERMINATED = 143  # SIGTERM (128 + 15)
