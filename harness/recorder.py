@@ -15,11 +15,12 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from .redact import scrub
+from .redact import MIN_SECRET_LEN, REDACTED, scrub
 from .transports import FrameCallback, Transport
 
 DEFAULT_MAX_FILES = 1000
@@ -32,10 +33,11 @@ class ConnectionLog:
     """One connection's frames, as JSON Lines: buffered, then appended to a part file that `Recorder.save` keeps
     (renamed) or deletes. Frames past the file's byte limit are counted in `dropped`, not written."""
 
-    def __init__(self, recorder: Recorder, label: str, part: Path) -> None:
+    def __init__(self, recorder: Recorder, label: str, part: Path, secrets: tuple[str, ...] = ()) -> None:
         self.recorder = recorder
         self.label = label
         self.part = part
+        self.secrets = secrets  # this connection's own credentials (the proxy's users'), as redact.register forms them
         self.size = 0
         self.dropped = 0
         self.closed = False
@@ -47,12 +49,19 @@ class ConnectionLog:
         record: dict[str, Any] = {"t": round(self.recorder.epoch(at), 6), "dir": direction, "conn": self.label}
         if isinstance(frame, (bytes, bytearray)):
             # A token a server echoes in a binary frame is scrubbed too (its text as UTF-8, other bytes kept).
-            data = scrub(bytes(frame).decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+            data = self._scrub(bytes(frame).decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
             record["frame_b64"] = base64.b64encode(data).decode("ascii")
         else:
             text = frame if isinstance(frame, str) else json.dumps(frame)
-            record["frame"] = scrub(text)  # a token a client put in a frame never reaches a file
+            record["frame"] = self._scrub(text)  # a token a client put in a frame never reaches a file
         self._write(json.dumps(record, ensure_ascii=False))
+
+    def _scrub(self, text: str) -> str:
+        text = scrub(text)
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
 
     def close(self, at: float, code: int | None = None) -> None:
         if self.closed:
@@ -120,12 +129,16 @@ class Recorder:
     def epoch(self, at: float) -> float:
         return at + self._offset
 
-    def connection(self, label: str) -> ConnectionLog:
+    def connection(self, label: str, secrets: Iterable[str] = ()) -> ConnectionLog:
+        """A connection's log; `secrets`: credentials of this connection alone (not registered process-wide, as a
+        proxy's users' tokens are many and not the process's own), scrubbed from its frames with the global ones."""
+        forms = {f for s in secrets if len(s.strip()) >= MIN_SECRET_LEN for f in (s, quote(s, safe=""), json.dumps(s)[1:-1])}
         with self._lock:
             self._n += 1
             n = self._n
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", scrub(label))[:80] or "conn"
-        return ConnectionLog(self, f"{safe}.{n}", self.directory / f".{n:06d}-{safe}.jsonl.part")
+        return ConnectionLog(self, f"{safe}.{n}", self.directory / f".{n:06d}-{safe}.jsonl.part",
+                             tuple(sorted(forms, key=len, reverse=True)))
 
     def save(self, log: ConnectionLog, keep: bool | None = None) -> Path | None:
         """The connection ended: its file kept (when `keep`, or always with keep_all) or deleted; returns the path."""

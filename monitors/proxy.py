@@ -101,10 +101,10 @@ class LiveChats:
         self.by_run: dict[str, tuple[str, ChatTracker]] = {}
         self._n = 0
 
-    def connection(self, identity: str = "") -> "LiveConnection":
+    def connection(self, identity: str = "", secrets: tuple[str, ...] = ()) -> "LiveConnection":
         """A new proxied connection; `identity` stands for its credentials (a resume only picks up a run that a
-        connection with the same credentials started)."""
-        return LiveConnection(self, identity)
+        connection with the same credentials started), `secrets` are those credentials, kept out of --record."""
+        return LiveConnection(self, identity, secrets)
 
     def new_chat_id(self) -> str:
         self._n += 1
@@ -143,14 +143,14 @@ class LiveConnection:
     """One proxied connection on the one road: the client's frames open chats (the profile tells requests and
     resumes apart), the server's go through the FrameRouter to the ChatTrackers, PassiveChats judges them when due."""
 
-    def __init__(self, live: LiveChats, identity: str) -> None:
+    def __init__(self, live: LiveChats, identity: str, secrets: tuple[str, ...] = ()) -> None:
         self.live = live
         self.identity = identity
         self.checker = ConnectionChecker(None, events_name_run=live.profile.events_name_run)
         self.router = FrameRouter(live.profile, self.checker, live.sink, live.scenario)
         self.chats = PassiveChats(self.checker, live.settle)
         self._by_id: dict[str, ChatTracker] = {}
-        self.log = live.recorder.connection("live") if live.recorder is not None else None
+        self.log = live.recorder.connection("live", secrets) if live.recorder is not None else None
         self.failing = False  # a chat on this connection did not pass: its recording is kept
 
     @property
@@ -201,7 +201,7 @@ class LiveConnection:
             self._finished(result, abandoned=abandoned)
         if self.log is not None and self.live.recorder is not None:
             self.log.close(now)
-            self.live.recorder.save(self.log, keep=self.failing)
+            self.live.recorder.save(self.log, keep=True if self.failing else None)  # None: --record-all decides
         self.live.connection_closed(self)
 
     def _finished(self, result: ChatResult, *, abandoned: bool = False) -> None:
@@ -244,6 +244,19 @@ def credentials_identity(headers: dict[str, str]) -> str:
             if k.lower() == name:
                 h.update(f"{name}\0{v}\0".encode("utf-8", "replace"))
     return h.hexdigest()[:32]
+
+
+def credentials_of(headers: dict[str, str], subprotocols: list[str]) -> tuple[str, ...]:
+    """A connection's credentials as a server might echo them: the Authorization value and its credential, each
+    cookie's value, a `jwt.<token>` subprotocol's token (kept out of --record; never logged)."""
+    out: list[str] = []
+    for k, v in headers.items():
+        if k.lower() == "authorization":
+            out += [v, v.partition(" ")[2].strip()]
+        elif k.lower() == "cookie":
+            out += [v] + [c.partition("=")[2].strip() for c in v.split(";")]
+    out += [p[4:] for p in subprotocols if p.startswith("jwt.")]
+    return tuple(s for s in out if len(s) >= 8)  # shorter is no credential, and would redact common words
 
 
 class Proxy:
@@ -299,6 +312,7 @@ class Proxy:
             return conn.respond(HTTPStatus.BAD_GATEWAY, "upstream unreachable\n")
         conn.upstream = upstream  # type: ignore[attr-defined]
         conn.identity = credentials_identity(headers)  # type: ignore[attr-defined]
+        conn.secrets = credentials_of(headers, offered)  # type: ignore[attr-defined]
         return None
 
     def select_subprotocol(self, conn: ServerConnection, offered: Any) -> Any:
@@ -307,7 +321,7 @@ class Proxy:
 
     async def handler(self, client: ServerConnection) -> None:
         upstream = client.upstream  # type: ignore[attr-defined]
-        conn = self.live.connection(getattr(client, "identity", ""))
+        conn = self.live.connection(getattr(client, "identity", ""), getattr(client, "secrets", ()))
         changed = asyncio.Event()
         closed_by: list[str] = []
         # Servers that read the JWT from a subprotocol accept the handshake and only then reject it (an AUTH_FAILED

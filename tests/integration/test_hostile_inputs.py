@@ -178,3 +178,54 @@ def test_many_chats_open_on_one_connection_with_time_going_backwards_end_in_line
     assert code == 1 and "Traceback" not in out and rss < 300, (code, rss, out[-2000:])
     [run] = json.loads(report.read_text())["scenarios"]
     assert run["stats"]["chats"] == 100_000 and "100000 chats judged, the first 1000 listed" in run["errors"]
+
+
+# -- proxy --record: a server echoing a user's opaque credentials --
+
+async def test_the_proxy_never_records_a_users_opaque_token_or_cookie_that_the_server_echoes(tmp_path):
+    from prometheus_client import CollectorRegistry
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import serve
+
+    from harness.checker import Expectations
+    from harness.events import DEFAULT_REQUIRED
+    from harness.profiles import load_profile
+    from harness.recorder import Recorder
+    from monitors.metrics import ChatMetrics, MetricsSink
+    from monitors.proxy import LiveChats, Proxy, start_proxy
+
+    token, cookie, sub = "opaque-user-credential-7Hq2", "cookie-value-Zk93m", "subprotocol-token-Pw51x"
+
+    async def echo(ws):  # the upstream: every credential it was given, back in a text and a binary frame
+        said = " ".join(f"{k}={v}" for k, v in ws.request.headers.raw_items())
+        await ws.send(json.dumps({"type": "agent_started", "run_id": "r1", "echo": said}))
+        await ws.send(said.encode())
+        await ws.close()
+
+    upstream = await serve(echo, "127.0.0.1", 0, select_subprotocol=lambda conn, offered: offered[0])
+    directory = tmp_path / "rec"
+    live = LiveChats(load_profile("netra"), MetricsSink(ChatMetrics(CollectorRegistry()), "up", "live"),
+                     Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=10.0), "live", 0.1,
+                     Recorder(directory, keep_all=True))
+    port = upstream.sockets[0].getsockname()[1]
+    proxy = await start_proxy(Proxy(f"ws://127.0.0.1:{port}", live), "127.0.0.1", 0)
+    try:
+        url = f"ws://127.0.0.1:{proxy.sockets[0].getsockname()[1]}/ws"
+        async with asyncio.timeout(10):
+            async with connect(url, additional_headers={"Authorization": f"Token {token}", "Cookie": f"s={cookie}"},
+                               subprotocols=[f"jwt.{sub}"]) as ws:  # type: ignore[list-item]
+                frames = [m async for m in ws]
+            assert any(token in (m if isinstance(m, str) else m.decode()) for m in frames)  # the echo did pass
+            # The chat is left unfinished by the client, not failed: its file is there only because of keep_all
+            # (--record-all), which the proxy used to override with keep=False.
+            while not any(directory.glob("*.jsonl")):
+                await asyncio.sleep(0.02)  # wait-ok: poll interval of a condition wait bounded by the timeout
+    finally:
+        proxy.close()
+        upstream.close()
+    for f in directory.glob("*.jsonl"):
+        text = f.read_text()
+        frames_b64 = [base64.b64decode(json.loads(line)["frame_b64"]).decode() for line in text.splitlines()
+                      if "frame_b64" in line]
+        for secret in (token, cookie, sub):
+            assert secret not in text and all(secret not in b for b in frames_b64), (secret, text)
