@@ -229,3 +229,17 @@ async def test_the_proxy_never_records_a_users_opaque_token_or_cookie_that_the_s
                       if "frame_b64" in line]
         for secret in (token, cookie, sub):
             assert secret not in text and all(secret not in b for b in frames_b64), (secret, text)
+
+
+def test_a_directory_of_files_with_a_4_mib_frame_each_holds_one_copy_of_each_head_while_merged(tmp_path):
+    # The files of a directory are merged in time order, the next record of each held meanwhile: it held the line,
+    # its text and its JSON too (16 MiB a file: 512 files, 8 GiB); now the frame alone (4 MiB a file).
+    directory = tmp_path / "rec"
+    directory.mkdir()
+    frame = json.dumps({"type": "agent_started", "x": "a" * (4 * 1024 * 1024 - 64)})
+    for i in range(24):
+        (directory / f"{i:03d}.jsonl").write_text(
+            json.dumps({"t": 1.0 + i, "conn": "c", "frame": frame}) + "\n"
+            + json.dumps({"t": 1.0 + i, "conn": "c", "frame": {"type": "agent_thinking"}}) + "\n")
+    code, out, rss = chatprobe("check", str(directory), "--quiet", timeout=60)
+    assert code == 1 and "Traceback" not in out and rss < 300, (code, rss, out[-2000:])
