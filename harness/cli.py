@@ -290,7 +290,7 @@ def _finish(args: argparse.Namespace, console: Console, runs: list[ScenarioRun],
     from .report import print_summary, write_html, write_json, write_junit
     from .results import exit_code
 
-    print_summary(console, runs)
+    print_summary(console, runs, table_only=args.quiet)
     writers: dict[str, Callable[[str, list[ScenarioRun]], None]] = {
         "json": write_json, "junit": write_junit, "html": write_html}
     for flag in REPORT_FLAGS:

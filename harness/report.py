@@ -158,9 +158,10 @@ def _timeline(result: ChatResult, limit: int = 14) -> str:
     return " → ".join(parts) or "(no events)"
 
 
-def print_summary(console: Console, runs: list[ScenarioRun], worst: int = 3) -> None:
-    """The verdict table, then for each failed scenario its unmet objectives and worst chats. Every string that
-    came from the server (reasons, wire types, errors, notes) is redacted and escaped before it is printed."""
+def print_summary(console: Console, runs: list[ScenarioRun], worst: int = 3, *, table_only: bool = False) -> None:
+    """The verdict table, then (unless `table_only`, the CLI's -q) every objective in effect and, for each failed
+    scenario, its unmet objectives and worst chats. Every string that came from the server (reasons, wire types,
+    errors, notes) is redacted and escaped before it is printed."""
     table = Table(title="chatprobe results", show_lines=False)
     for col in ("scenario", "chats", "passed", "failed", "incompl.", "error", "missing %", "1st ev p50",
                 "p95", "p99", "dur p95", "violations", "objectives"):
@@ -176,6 +177,8 @@ def print_summary(console: Console, runs: list[ScenarioRun], worst: int = 3) -> 
             _ms(st.ttfe["p50"]), _ms(st.ttfe["p95"]), _ms(st.ttfe["p99"]), _ms(st.duration["p95"]), _t(viol), verdict,
         )
     console.print(table)
+    if table_only:
+        return
     # Every objective in effect, the defaults included: what "met" was measured against.
     for run in runs:
         marks = "  ".join(("✓ " if o.ok else "✗ ") + _objective(o) for o in run.objectives)

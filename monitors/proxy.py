@@ -416,15 +416,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="chatprobe proxy", description="Judge real users' chats passing through to an agent chat "
                 "server (WebSocket), and serve chatprobe's metrics with source=\"live\".")
     p.add_argument("--upstream", required=True, metavar="URL", help="the real server, e.g. ws://10.0.0.5:8000")
-    p.add_argument("--listen", default="127.0.0.1:8780", metavar="HOST:PORT", help="where users connect")
-    p.add_argument("--metrics-listen", default="127.0.0.1:9465", metavar="HOST:PORT", help="/metrics (port 0: off)")
-    p.add_argument("--profile", default="netra", metavar="NAME|FILE")
+    p.add_argument("--listen", default="127.0.0.1:8780", metavar="HOST:PORT",
+                   help="where users connect (default 127.0.0.1:8780)")
+    p.add_argument("--metrics-listen", default="127.0.0.1:9465", metavar="HOST:PORT",
+                   help="where /metrics is served (default 127.0.0.1:9465; port 0: off)")
+    p.add_argument("--profile", default="netra", metavar="NAME|FILE",
+                   help="the upstream's wire format: netra (default), ag-ui, or a YAML profile")
     p.add_argument("--target-name", metavar="NAME", help="the `target` label (default upstream host:port)")
     p.add_argument("--scenario", default="live", help="the `scenario` label (default live)")
-    p.add_argument("--first-event-limit", default="2s")
-    p.add_argument("--deadline", default="60s")
-    p.add_argument("--stall-limit", default="30s")
-    p.add_argument("--settle", default="0.5s", help="listen this long after a terminal event before judging")
+    p.add_argument("--first-event-limit", default="2s", metavar="DURATION",
+                   help="a chat's first event later than this is an R9 (default 2s)")
+    p.add_argument("--deadline", default="60s", metavar="DURATION",
+                   help="a chat with no terminal event this long after its message is incomplete, R10 (default 60s)")
+    p.add_argument("--stall-limit", default="30s", metavar="DURATION",
+                   help="this long without an event mid-run is an R11 (default 30s)")
+    p.add_argument("--settle", default="0.5s", metavar="DURATION",
+                   help="listen this long after a terminal event for late events before judging (default 0.5s)")
     p.add_argument("--send-timeout", default=f"{DEFAULT_SEND_TIMEOUT:g}s", metavar="DURATION",
                    help="a peer that takes no frame for this long has its connection closed "
                         f"(default {DEFAULT_SEND_TIMEOUT:g}s)")
@@ -446,12 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ping-timeout", default=f"{DEFAULT_PING_TIMEOUT:g}s", metavar="DURATION",
                    help="a peer whose pong does not come within this long is dropped (default "
                         f"{DEFAULT_PING_TIMEOUT:g}s)")
-    p.add_argument("--streaming", action="store_true", help="require partial_result")
+    p.add_argument("--streaming", action="store_true", help="require partial_result in every chat (R2)")
     p.add_argument("--record", metavar="DIR", help="write the frames of connections with a chat that did not pass "
                    "to DIR as JSON Lines (for `chatprobe check`), secrets scrubbed; bounded: 1,000 files, 256 MiB, "
                    "16 MiB a connection, the oldest rotated out")
     p.add_argument("--record-all", action="store_true", help="with --record: keep every connection's frames")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log each connection's start and end (INFO)")
     return p
 
 

@@ -193,3 +193,30 @@ def test_record_then_check_gives_the_same_verdicts(tmp_path):
     assert verdicts(offline) == verdicts(live)
     bad = run_cli("check", str(tmp_path / "nothing-here"))
     assert bad.returncode == 2 and "nothing-here" in bad.stderr
+
+
+def test_every_flag_of_every_command_has_help_text():
+    import argparse
+
+    from agentsim.cli import build_parser as sim_parser
+    from harness.cli import build_parser
+    from monitors.monitor import build_parser as monitor_parser
+    from monitors.proxy import build_parser as proxy_parser
+
+    root = build_parser()
+    sub = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
+    parsers = {"run": sub.choices["run"], "check": sub.choices["check"], "monitor": monitor_parser(),
+               "proxy": proxy_parser(), "sim": sim_parser()}
+    missing = [f"{name} {a.option_strings[0]}" for name, p in parsers.items() for a in p._actions
+               if a.option_strings and not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+    assert missing == []
+
+
+def test_quiet_prints_only_the_verdict_table():
+    proc = run_cli("run", "basic", "-q", "--sim-fault", "drop:tool_completed=1.0")
+    assert proc.returncode == 1
+    out = proc.stdout
+    assert "chatprobe results" in out and "basic" in out
+    assert "objectives:" not in out and "timeline" not in out and "embedded agentsim" not in out
+    loud = run_cli("run", "basic", "--sim-fault", "drop:tool_completed=1.0")
+    assert "objectives not met" in loud.stdout and "basic objectives:" in loud.stdout
