@@ -45,6 +45,7 @@ DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 DEFAULT_MAX_TEXT = 64 * 1024 * 1024
 # HAR nesting deeper than this is refused (real HAR files nest about 6 deep; a bracket bomb must cost nothing).
 MAX_HAR_DEPTH = 64
+MAX_HAR_TOKEN = 4096  # bytes of one number or literal (true, false, null) in a HAR
 CHUNK = 1 << 16
 # A recorded time (seconds) further from 0 than this is no time (year 5138): differences of such times overflow
 # to infinity (1e308 - -1e308) and no report can place them.
@@ -256,6 +257,9 @@ class _BoundedJSON(io.RawIOBase):
     # A string's body up to its closing quote (or the chunk's end), escapes included, matched in C.
     _BODY = re.compile(rb'(?:[^"\\]+|\\.)*', re.DOTALL)
     _OUTSIDE = re.compile(rb'["\[\]{}]')
+    # A number or literal (what lies outside strings between separators): ijson's parser rescans a token that spans
+    # its reads, so a 300 MB number took hours; HAR numbers are short.
+    _TOKEN = re.compile(rb'[^\s\[\]{}:,"]+')
 
     def __init__(self, raw: IO[bytes], max_string: int, max_depth: int) -> None:
         self.raw = raw
@@ -266,6 +270,7 @@ class _BoundedJSON(io.RawIOBase):
         self.string_len = 0
         self.escape_pending = False  # the last chunk ended inside a string on a backslash
         self.depth = 0
+        self.token_len = 0  # a number or literal running up to the last chunk's end
 
     def readable(self) -> bool:
         return True
@@ -299,8 +304,10 @@ class _BoundedJSON(io.RawIOBase):
                 self._grow(1)
                 return
             m = self._OUTSIDE.search(data, pos)
+            self._tokens(data, pos, end if m is None else m.start())
             if m is None:
                 return
+            self.token_len = 0
             c = m.group()
             if c == b'"':
                 self.in_string, self.string_len = True, 0
@@ -311,6 +318,15 @@ class _BoundedJSON(io.RawIOBase):
             else:
                 self.depth -= 1
             pos = m.end()
+
+    def _tokens(self, data: bytes, start: int, stop: int) -> None:
+        carried, self.token_len = self.token_len, 0
+        for t in self._TOKEN.finditer(data, start, stop):
+            n = t.end() - t.start() + (carried if t.start() == start else 0)
+            if n > MAX_HAR_TOKEN:
+                raise HarTooLarge(f"a number or literal longer than {MAX_HAR_TOKEN} bytes at byte {self.offset + t.start()}")
+            if t.end() == stop:
+                self.token_len = n
 
     def _grow(self, n: int) -> None:
         self.string_len += n

@@ -243,3 +243,19 @@ def test_a_directory_of_files_with_a_4_mib_frame_each_holds_one_copy_of_each_hea
             + json.dumps({"t": 1.0 + i, "conn": "c", "frame": {"type": "agent_thinking"}}) + "\n")
     code, out, rss = chatprobe("check", str(directory), "--quiet", timeout=60)
     assert code == 1 and "Traceback" not in out and rss < 300, (code, rss, out[-2000:])
+
+
+def test_a_har_with_a_50_mb_number_is_cut_short_at_once(tmp_path):
+    # ijson's parser rescans a number that spans its reads: quadratic (10 MB 1.3 s, 20 MB 4.3 s, 50 MB ~27 s, 300 MB
+    # ~20 min), unbounded by the string limit. Cut at 4 KiB it takes well under a second.
+    msg = json.dumps({"type": "send", "time": 1.5, "opcode": 1, "data": "{}"})  # past ijson's first read
+    f = tmp_path / "number.har"
+    with f.open("wb") as out:
+        out.write(b'{"log": {"entries": [{"_webSocketMessages": [' + ",".join([msg] * 2000).encode())
+        out.write(b', {"type": "receive", "opcode": 1, "data": "{}", "time": 1')
+        for _ in range(50):
+            out.write(b"7" * 1_000_000)
+        out.write(b"}]}]}}")
+    code, out, rss = chatprobe("check", str(f), timeout=10)
+    assert code == 1 and "Traceback" not in out and rss < 300, (code, rss, out[-2000:])
+    assert "HAR file cut short: a number or literal longer than 4096 bytes" in out, out[-2000:]
