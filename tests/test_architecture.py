@@ -15,7 +15,8 @@ PACKAGES = ("harness", "agentsim", "monitors", "scenarios", "dashboards")
 # The pure core: data in, verdicts out; no I/O framework, no command line, no driver.
 PURE = ("harness.events", "harness.checker", "harness.flow", "harness.profiles", "harness.scenario",
         "harness.stats", "harness.report", "harness.results", "harness.eventstream", "harness.durations",
-        "harness.yamlfile", "harness.sinks", "harness.recordings", "harness.offline", "harness.payload_checks", "harness.errors", "harness.catalog")
+        "harness.yamlfile", "harness.sinks", "harness.recordings", "harness.offline", "harness.payload_checks",
+        "harness.errors", "harness.catalog")
 IO_LIBRARIES = ("asyncio", "websockets", "httpx", "gevent", "argparse", "locust", "socket", "threading")
 DRIVERS = ("harness.cli", "harness.client", "harness.gevent_client", "harness.runner", "harness.locust_user",
            "harness.pytest_plugin", "harness.transports", "harness.targets", "monitors", "agentsim")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from harness.catalog import builtin_scenarios
 from harness.profiles import load_profile
 from harness.runner import run_scenario
-from harness.catalog import builtin_scenarios
 from harness.scenario import load_scenario
 from harness.targets import Target, embedded_sim
 from harness.yamlfile import ConfigError
