@@ -212,6 +212,8 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
     if args.record:
         from .recorder import Recorder
 
+        if Path(args.record).exists() and not Path(args.record).is_dir():
+            raise ConfigError(f"--record {args.record}: not a directory")
         try:
             recorder = Recorder(args.record)
         except OSError as exc:

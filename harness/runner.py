@@ -227,9 +227,19 @@ async def _wait(event: asyncio.Event | None, seconds: float) -> bool:
 
 class _Stopped(Exception):
     pass
+
+
+def _retrieve(f: asyncio.Future[Any]) -> None:
+    """Mark whatever a gather ended with as seen: when the run's deadline or a signal cut the wait, the caller cancels
+    and awaits the users itself, and nothing else would (asyncio would log "exception was never retrieved")."""
+    if not f.cancelled():
+        f.exception()
+
+
 async def _until_done_or_stopped(tasks: Sequence[asyncio.Future[None]], stop: asyncio.Event | None) -> None:
     """Wait for every user, or until `stop` is set (then raise _Stopped); a user's error is raised."""
     everyone = asyncio.gather(*tasks)
+    everyone.add_done_callback(_retrieve)
     if stop is None:
         await everyone
         return
@@ -239,7 +249,5 @@ async def _until_done_or_stopped(tasks: Sequence[asyncio.Future[None]], stop: as
     finally:
         stopper.cancel()
     if not everyone.done():
-        # The caller cancels and awaits the users; whatever the gather ends with is then retrieved here.
-        everyone.add_done_callback(lambda f: f.cancelled() or f.exception())
         raise _Stopped
     everyone.result()

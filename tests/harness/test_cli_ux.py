@@ -193,6 +193,8 @@ def test_record_then_check_gives_the_same_verdicts(tmp_path):
     assert verdicts(offline) == verdicts(live)
     bad = run_cli("check", str(tmp_path / "nothing-here"))
     assert bad.returncode == 2 and "nothing-here" in bad.stderr
+    not_a_dir = run_cli("run", "basic", "--record", str(live))
+    assert not_a_dir.returncode == 2 and "--record" in not_a_dir.stderr and "not a directory" in not_a_dir.stderr
 
 
 def test_every_flag_of_every_command_has_help_text():

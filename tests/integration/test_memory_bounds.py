@@ -118,10 +118,11 @@ def test_a_server_that_stops_reading_and_floods_pings_does_not_outlive_max_durat
     scenario.write_text("name: one\nexpect: {deadline: 60s}\n")
     with PingServer(None) as server:
         proc = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "harness", "run", str(scenario),
-                               "--target", f"ws://127.0.0.1:{server.port}/ws", "--max-duration", "2s", "-q"],
+                               "--target", f"ws://127.0.0.1:{server.port}/ws", "--max-duration", "2s"],
                               capture_output=True, timeout=30,  # a hang fails here
                               env={**os.environ, "NO_COLOR": "1", "CHATPROBE_TOKEN": "t"})
     peak_kb = int(proc.stderr.decode().strip().splitlines()[-1].rpartition("peak_kb=")[2])
     assert proc.returncode == 1, proc.stdout.decode() + proc.stderr.decode()
     assert peak_kb < LIMIT_KB
     assert "stopped at its max_duration" in proc.stdout.decode()
+    assert "Traceback" not in proc.stderr.decode() and "never retrieved" not in proc.stderr.decode(), proc.stderr
