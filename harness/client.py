@@ -8,11 +8,21 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from .checker import ChatResult, ConnectionChecker, Expectations
-from .flow import DEFAULTS, WAKE_ALL, ChatFlow, ChatOptions, Close, Connect, Drop, FrameRouter, Reconnect, Send, Wait
+from .checker import ChatResult, Expectations
+from .flow import DEFAULTS, WAKE_ALL, ChatFlow, ChatOptions, Close, Connect, Drop, Reconnect, Send, VirtualUser, Wait
 from .sinks import Sink
 from .targets import Target
 from .transports import ConnectFailed, Transport, make_transport
+
+
+async def _woken_or_until(wake: Wake, timeout: float) -> None:
+    """A chat's Wait: until something arrives for it (or its connection ends), at most `timeout` seconds."""
+    wake.clear()
+    try:
+        async with asyncio.timeout(timeout):
+            await wake.wait()
+    except TimeoutError:
+        pass
 
 
 class Wake:
@@ -44,25 +54,17 @@ class Wake:
             self._waiter = None
 
 
-class Session:
+class Session(VirtualUser):
     """One virtual user: a connection that carries chats (several at once if asked) and survives drops."""
 
     def __init__(self, target: Target, user_id: str, scenario: str, sink: Sink, *, connect_timeout: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.target = target
-        self.profile = target.profile
-        self.user_id = user_id
-        self.scenario = scenario
-        self.sink = sink
-        self.connect_timeout = connect_timeout
-        self.clock = clock
-        self.checker = ConnectionChecker(target.tokens.subject(user_id), events_name_run=self.profile.events_name_run)
+        super().__init__(target, user_id, scenario, sink, connect_timeout=connect_timeout, clock=clock)
         self.transport: Transport | None = None
         self.reader: asyncio.Task | None = None
         self.generation = 0
         self.closed = True
         self._wake: dict[str, Wake] = {}
-        self.router = FrameRouter(self.profile, self.checker, sink, scenario)
         self._welcomed: Wake | None = None
         self._lock = asyncio.Lock()
         self._pending_sends: set[asyncio.Task] = set()
@@ -262,12 +264,7 @@ class Session:
                         task.add_done_callback(self._settling_done)
                         background = True
                         return flow.provisional(clock())
-                    wake.clear()
-                    try:
-                        async with asyncio.timeout(action.until - clock()):
-                            await wake.wait()
-                    except TimeoutError:
-                        pass
+                    await _woken_or_until(wake, action.until - clock())
                 elif isinstance(action, Send):
                     self._send_failure = None
                     sent = await self._safe_send(action.frame)
@@ -313,12 +310,7 @@ class Session:
                 if not isinstance(action, Wait):  # in SETTLING the flow only waits or finishes
                     assert flow.result is not None
                     return flow.result
-                wake.clear()
-                try:
-                    async with asyncio.timeout(action.until - clock()):
-                        await wake.wait()
-                except TimeoutError:
-                    pass
+                await _woken_or_until(wake, action.until - clock())
         except asyncio.CancelledError:
             flow.stopped(clock())
             raise

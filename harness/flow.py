@@ -7,13 +7,18 @@ import copy
 import enum
 import itertools
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, error_result, judge_followups
 from .events import Event, Frame, FrameKind, SessionError
 from .profiles import Profile
 from .sinks import Sink
+
+if TYPE_CHECKING:
+    from .targets import Target
 
 _chat_ids = itertools.count(1)
 
@@ -133,6 +138,25 @@ class FrameRouter:
     def on_protocol_error(self, detail: str, at: float) -> None:
         """The transport closed because of what the server sent (oversized frame, bad UTF-8): an R12."""
         self.checker.on_malformed(Frame(FrameKind.MALFORMED, detail=detail), at)
+
+
+class VirtualUser:
+    """What both clients (the asyncio Session and the threaded SyncSession) keep for one virtual user: its target,
+    its name, where results go, and the sans-I/O half of its connection (the checker and the FrameRouter). The user
+    the checker knows is the one the token says (its `sub`), so another user's events are R8 even when the server's
+    welcome names nobody."""
+
+    def __init__(self, target: Target, user_id: str, scenario: str, sink: Sink, *, connect_timeout: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.target = target
+        self.profile = target.profile
+        self.user_id = user_id
+        self.scenario = scenario
+        self.sink = sink
+        self.connect_timeout = connect_timeout
+        self.clock = clock
+        self.checker = ConnectionChecker(target.tokens.subject(user_id), events_name_run=self.profile.events_name_run)
+        self.router = FrameRouter(self.profile, self.checker, sink, scenario)
 
 
 # -- what a chat asks its I/O layer to do --

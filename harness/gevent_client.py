@@ -20,7 +20,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from .checker import ChatResult, ConnectionChecker, Expectations
+from .checker import ChatResult, Expectations
 from .flow import (
     DEFAULTS,
     STOPPED_NOTE,
@@ -29,9 +29,9 @@ from .flow import (
     Close,
     Connect,
     Drop,
-    FrameRouter,
     Reconnect,
     Send,
+    VirtualUser,
     Wait,
 )
 from .sinks import Sink
@@ -204,22 +204,14 @@ class _Connection:
         self.reader: threading.Thread | None = None
 
 
-class SyncSession:
+class SyncSession(VirtualUser):
     """One virtual user: a connection carrying its chats (several at once from several greenlets), surviving drops."""
 
     def __init__(self, target: Target, user_id: str, scenario: str, sink: Sink, *, connect_timeout: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if target.transport != "websocket":
             raise ValueError(f"the gevent client speaks WebSocket only (ws://, wss://), not {target.url.split(':')[0]}")
-        self.target = target
-        self.profile = target.profile
-        self.user_id = user_id
-        self.scenario = scenario
-        self.sink = sink
-        self.connect_timeout = connect_timeout
-        self.clock = clock
-        self.checker = ConnectionChecker(target.tokens.subject(user_id), events_name_run=self.profile.events_name_run)
-        self.router = FrameRouter(self.profile, self.checker, sink, scenario)
+        super().__init__(target, user_id, scenario, sink, connect_timeout=connect_timeout, clock=clock)
         self.conn: _Connection | None = None
         self.generation = 0
         self.closed = True
