@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procs import agentsim_url  # noqa: E402
 from harness.checker import Expectations  # noqa: E402
 from harness.client import Session  # noqa: E402
 from harness.events import DEFAULT_REQUIRED  # noqa: E402
@@ -41,12 +42,7 @@ def start_sim(core: int, tmp: Path) -> tuple[subprocess.Popen, str]:
          "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(proc.pid, {core})
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        proc.kill()
-        raise SystemExit(f"agentsim did not start: {line!r}")
-    return proc, line.split("listening on", 1)[1].strip()
+    return proc, agentsim_url(proc)
 
 
 def rss_mib(pid: int | str = "self") -> float:

@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procs import agentsim_url  # noqa: E402
 from harness.checker import ChatResult  # noqa: E402
 from harness.profiles import load_profile  # noqa: E402
 from harness.runner import run_scenario  # noqa: E402
@@ -43,12 +44,7 @@ def start_sim(gt: Path, think: str) -> tuple[subprocess.Popen, str]:
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(proc.pid, {0})
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        proc.kill()
-        raise SystemExit(f"agentsim did not start: {line!r}")
-    return proc, line.split("listening on", 1)[1].strip()
+    return proc, agentsim_url(proc)
 
 
 class Keep(Sink):

@@ -31,6 +31,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.procs import agentsim_url  # noqa: E402
+
 K6_VENV = ROOT / "bench" / ".venv-k6"
 K6_VERSION = "1.1.0"
 PY = sys.executable
@@ -58,12 +62,7 @@ def start_sim(compression: str, extra: list[str] | None = None) -> tuple[subproc
         cmd.append("--compression")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
                             preexec_fn=pin(0))
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        proc.kill()
-        raise SystemExit(f"agentsim did not start: {line!r}")
-    return proc, line.split("listening on", 1)[1].strip()
+    return proc, agentsim_url(proc)
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> tuple[float, int, str, str]:

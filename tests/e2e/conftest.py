@@ -2,6 +2,7 @@
 ports with their own temp dirs, never the system's daemons; each one is stopped in teardown."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -11,10 +12,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -226,3 +227,32 @@ def value(samples: dict, name: str, **labels: str) -> float:
     """Sum of the samples named `name` whose labels include `labels`."""
     want = set(labels.items())
     return sum(v for (n, lb), v in samples.items() if n == name and want <= lb)
+
+
+# Debian's Chromium, headless, with the flags that keep it off this machine's closed network.
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+@contextlib.contextmanager
+def chromium(workdir: Path, *, window: str = "1000,800", logs: dict[str, str] | None = None,
+             page_load_timeout: float = 15) -> Iterator[Any]:
+    """Debian's Chromium + ChromeDriver, headless, its profile and driver log under `workdir`; `logs` are
+    goog:loggingPrefs (browser console, performance events). Missing binaries fail the test (never a skip, never a
+    download)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = system_binary("chromium")
+    for flag in (*CHROMIUM_FLAGS, f"--window-size={window}", f"--user-data-dir={workdir / 'chromium-profile'}"):
+        options.add_argument(flag)
+    if logs:
+        options.set_capability("goog:loggingPrefs", logs)
+    service = Service(executable_path=system_binary("chromedriver"), log_output=str(workdir / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    try:
+        driver.set_page_load_timeout(page_load_timeout)
+        yield driver
+    finally:
+        driver.quit()

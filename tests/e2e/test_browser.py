@@ -17,22 +17,17 @@ from urllib.parse import quote
 
 import jwt
 import pytest
-from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from .conftest import chatprobe_bin, free_port, scrape, system_binary, value, wait_for
+from .conftest import chatprobe_bin, chromium, free_port, scrape, value, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 PAGE = Path(__file__).with_name("chat_page.html")
 SCREENSHOT = Path("/tmp/chatprobe-browser.png")
 LIVE = {"source": "live"}
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--window-size=1000,800")
 DEFAULT_ROLES = ("agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed")
 
 
@@ -58,20 +53,8 @@ def page_base(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    """Debian's Chromium + ChromeDriver, headless; missing binaries fail the tests (never a skip, never a download)."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = system_binary("chromium")
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    service = Service(executable_path=system_binary("chromedriver"), log_output=str(
-        tmp_path_factory.mktemp("chromedriver") / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    try:
-        driver.set_page_load_timeout(15)
+    with chromium(tmp_path_factory.mktemp("chromium")) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture

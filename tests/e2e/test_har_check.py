@@ -13,16 +13,14 @@ from types import SimpleNamespace
 
 import jwt
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 
 from harness.offline import check_files
 from harness.profiles import load_profile
 from harness.scenario import Scenario
 
 from . import test_browser
-from .conftest import chatprobe_bin, free_port, scrape, system_binary, value, wait_for
-from .test_browser import CHROMIUM_FLAGS, dataset, open_chat, send_chat, wait_page
+from .conftest import chatprobe_bin, chromium, free_port, scrape, value, wait_for
+from .test_browser import dataset, open_chat, send_chat, wait_page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -33,21 +31,9 @@ page_base = test_browser.page_base  # the chat page on a loopback HTTP server (a
 
 @pytest.fixture(scope="module")
 def recording_browser(tmp_path_factory):
-    """Debian's Chromium, headless, with its network events logged (what DevTools records a HAR from)."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = system_binary("chromium")
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-har-profile')}")
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    service = Service(executable_path=system_binary("chromedriver"), log_output=str(
-        tmp_path_factory.mktemp("chromedriver-har") / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    try:
-        driver.set_page_load_timeout(15)
+    """Chromium with its network events logged (what DevTools records a HAR from)."""
+    with chromium(tmp_path_factory.mktemp("chromium-har"), logs={"performance": "ALL"}) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture

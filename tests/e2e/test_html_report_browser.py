@@ -9,17 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 
-from .conftest import ROOT, chatprobe_bin, system_binary
+from .conftest import ROOT, chatprobe_bin, chromium
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1200,900")
 FAULTS = ("drop:tool_completed=0.1", "delay_first=2.2s@0.05", "after_terminal=0.05", "malformed=0.03")
 
 
@@ -39,21 +34,10 @@ def report(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    """Debian's Chromium + ChromeDriver, headless, its console log kept; missing binaries fail (never a skip)."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = system_binary("chromium")
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(executable_path=system_binary("chromedriver"),
-                      log_output=str(tmp_path_factory.mktemp("chromedriver") / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    try:
-        driver.set_page_load_timeout(30)
+    """Chromium with its console log kept."""
+    with chromium(tmp_path_factory.mktemp("chromium"), window="1200,900", logs={"browser": "ALL"},
+                  page_load_timeout=30) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 CHARTS_JS = """
