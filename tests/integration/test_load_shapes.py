@@ -139,7 +139,7 @@ async def test_a_rate_the_process_cannot_generate_is_a_warning_with_the_rate_ach
                     max_in_flight=500)
 
         async def hog() -> None:
-            await asyncio.sleep(0.15)  # the moment the stall begins, on the run's clock
+            await asyncio.sleep(0.15)  # wait-ok: when the stall begins is part of the load schedule under test
             end = time.monotonic() + 0.8
             while time.monotonic() < end:  # busy: the loop runs nothing else
                 pass

@@ -93,7 +93,7 @@ class AguiSSEServer:
             for item in self.script(run_input):
                 if isinstance(item, Pause):
                     await writer.drain()
-                    await asyncio.sleep(item.seconds)
+                    await asyncio.sleep(item.seconds)  # wait-ok: the scripted server pauses its stream (the behaviour under test)
                     continue
                 data = item if isinstance(item, bytes) else encoder.encode(item).encode()
                 step = self.chunk_size or len(data) or 1
