@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from .results import ScenarioRun
     from .sinks import Sink
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE,
-                                                      ExitCode.UNREACHABLE)
 # A line of progress this often when the output is not a terminal (a CI log), so the run is seen to be alive.
 PROGRESS_EVERY = 5.0
 REPORT_FLAGS = ("json", "junit", "html")
@@ -40,7 +38,7 @@ REPORT_FLAGS = ("json", "junit", "html")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _version() -> str:
@@ -355,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return EXIT_OK
+        return int(ExitCode.OK)
     try:
         if args.command == "sim":
             from agentsim.cli import main as sim_main
@@ -374,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print("scenarios: " + ", ".join(builtin_scenarios()))
             print("profiles:  " + ", ".join(builtin_profiles()))
-            return EXIT_OK
+            return int(ExitCode.OK)
         console = _console()
         if args.command == "check":
             return _check(args, console)
@@ -383,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         from .redact import scrub
 
         print(f"chatprobe: error: {scrub(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
+        return int(ExitCode.USAGE)
     except KeyboardInterrupt:  # before the signal handlers were installed
         print("chatprobe: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)

@@ -325,9 +325,6 @@ class OfflineCheck:
                            objectives=evaluate(stats, objectives), started_at=started, elapsed=elapsed, errors=errors)
 
 
-def _s(v: object) -> str | None:
-    return None if v is None else str(v)
-
 
 def run_name(path: str | Path) -> str:
     """A scenario name (the reports' first column) for a recording file."""

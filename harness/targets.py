@@ -259,7 +259,9 @@ def check_scenario_fits(scenario: Scenario, target: Target) -> None:
             raise ConfigError(f"scenario {scenario.name!r}: field 'parallel_chats': {scenario.parallel_chats} chats "
                               f"in flight per user cannot be carried over SSE ({target.url.split(':')[0]}://: one "
                               "stream per chat); raise `users` instead", field="parallel_chats")
-        if scenario.steps and any(not hasattr(step, "chat") for step in scenario.steps):
+        from .scenario import RawStep
+
+        if scenario.steps and any(isinstance(step, RawStep) for step in scenario.steps):
             raise ConfigError(f"scenario {scenario.name!r}: field 'steps': `send_raw:` needs a WebSocket target "
                               "(over SSE every request is its own stream)", field="steps")
 

@@ -114,6 +114,10 @@ def test_a_transport_that_cannot_carry_the_scenario_is_a_usage_error_before_the_
     proc = run_cli("run", str(scenario), "--target", "http://127.0.0.1:1/agent", "--profile", "ag-ui")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "parallel_chats" in proc.stderr and "SSE" in proc.stderr
+    raw = tmp_path / "raw.yaml"
+    raw.write_text("name: raw\nsteps:\n  - chat: {}\n  - send_raw: 'not json'\n")
+    probe = run_cli("run", str(raw), "--target", "http://127.0.0.1:1/agent", "--profile", "ag-ui")
+    assert probe.returncode == 2 and "send_raw" in probe.stderr, probe.stderr
     builtin = run_cli("run", "concurrent", "--target", "http://127.0.0.1:1/agent", "--profile", "ag-ui")
     assert builtin.returncode == 2 and "field 'dialects'" in builtin.stderr
 
