@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .events import Event, Frame, Outcome, Role, Rule, Violation
+from .events import ALL_ROLES, Event, Frame, Outcome, Role, Rule, Violation, kept_bytes
 from .payload_checks import CHECKS, Finding, RunChecks, RunContext
 
 # Judged chats a connection remembers for late events; older ones are forgotten (bounded memory).
@@ -23,7 +23,6 @@ MAX_EVENTS_KEPT = 10_000
 # …and past this many bytes of kept events (their strings, each at most the decoder's 1 KiB per id): a server
 # sending big ids costs a chat this much at most, whatever the event count.
 MAX_KEPT_BYTES = 4 * 1024 * 1024
-EVENT_OVERHEAD = 200  # an Event's own size, roughly
 MAX_VIOLATIONS_KEPT = 200
 MAX_SEQS_AHEAD = 10_000
 MAX_OPEN_SPANS = 1_000
@@ -247,7 +246,7 @@ class ChatTracker:
         self.n_events += 1
         if idx < MAX_EVENTS_KEPT and self.kept_bytes < MAX_KEPT_BYTES:
             self.events.append(ev)
-            self.kept_bytes += _event_bytes(ev)
+            self.kept_bytes += ev.nbytes or kept_bytes(ev)  # the decoder measured it, else measured here
         at = ev.received_at
         role = ev.role
         if role is not None:
@@ -464,7 +463,7 @@ class ChatTracker:
             required = set()
         if exp.expect_error:
             required.add(Role.ERROR_EVENT)
-        missing = [r for r in Role if r in required and r not in self.roles]
+        missing = [r for r in ALL_ROLES if r in required and r not in self.roles]
 
         if exp.expect_error and self.error_seen is None:
             violations.append(Violation(Rule.R13, f"the expected {exp.expect_error} error_event never arrived", None))
@@ -680,17 +679,6 @@ class ConnectionChecker:
         if active:
             return active
         return self.chats[-1:]
-
-
-def _event_bytes(ev: Event) -> int:
-    """What keeping an event costs, about: its object and its strings."""
-    n = EVENT_OVERHEAD + len(ev.wire_type)
-    for s in (ev.run_id, ev.thread_id, ev.user_id, ev.message_id, ev.tool_call_id, ev.tool_name):
-        if s is not None:
-            n += len(s)
-    if isinstance(ev.server_time, str):
-        n += len(ev.server_time)
-    return n
 
 
 def _slim(frame: Frame) -> Frame:

@@ -137,10 +137,26 @@ class Event:
     payload: dict[str, Any] | None = None
     problems: tuple[str, ...] = ()  # the frame breaks the dialect's schema (an R12 each), field named
     advice: tuple[str, ...] = ()  # the frame is off the schema's advice (warnings, not violations)
+    # What keeping the event costs (kept_bytes), measured by the decoder while the strings are at hand; 0: not measured.
+    nbytes: int = field(default=0, compare=False, repr=False)
 
     @property
     def terminal(self) -> bool:
         return self.role is Role.AGENT_COMPLETED or (self.role is Role.ERROR_EVENT and not self.recoverable)
+
+
+EVENT_OVERHEAD = 200  # an Event's own size, roughly
+
+
+def kept_bytes(ev: Event) -> int:
+    """What keeping an event costs, about: its object and its strings."""
+    n = EVENT_OVERHEAD + len(ev.wire_type)
+    for s in (ev.run_id, ev.thread_id, ev.user_id, ev.message_id, ev.tool_call_id, ev.tool_name):
+        if s is not None:
+            n += len(s)
+    if isinstance(ev.server_time, str):
+        n += len(ev.server_time)
+    return n
 
 
 @dataclass(slots=True, frozen=True)

@@ -6,14 +6,17 @@ place where wire-format details live.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
 from .catalog import PROFILES_DIR
-from .events import DEFAULT_REQUIRED, Event, Frame, FrameKind, Role, SessionError
+from .events import DEFAULT_REQUIRED, EVENT_OVERHEAD, Event, Frame, FrameKind, Role, SessionError
 from .eventstream import StreamProblem
 from .payload_checks import CHECKS, CheckSet
 from .yamlfile import load_builtin_or_file
@@ -253,10 +256,15 @@ class ClientFrame:
 
 
 class Decoder:
-    """A profile compiled once into lookup tables for the per-frame hot path (decode and the field lookups)."""
+    """A profile compiled once for the per-frame hot path: `decode_obj` is Python source generated from the profile
+    (every wire name in it a repr() literal, never code), so a frame costs a few dict lookups, not a walk of tables."""
 
     __slots__ = ("profile", "always", "with_run", "unmapped", "control", "ping", "conn_error", "span_of",
-                 "containers", "names", "session_errors", "request_types", "resume_types", "checks", "check_fields")
+                 "containers", "names", "session_errors", "request_types", "resume_types", "checks", "check_fields",
+                 "source", "decode_obj", "decode")
+
+    decode_obj: Callable[[Any, float], Event | Frame]
+    decode: Callable[[str | bytes, float], Event | Frame]
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
@@ -296,6 +304,10 @@ class Decoder:
         self.resume_types = frozenset(profile.resume_types or ([resume_type] if isinstance(resume_type, str) else []))
         self.checks: tuple[CheckSet, ...] = tuple(CHECKS[name] for name in profile.checks)
         self.check_fields = tuple(dict.fromkeys(f for c in self.checks for f in c.fields))
+        self.source, namespace = _generate(self)
+        exec(compile(self.source, f"<decoder of profile {profile.name[:60]!r}>", "exec"), namespace)
+        self.decode_obj = namespace["decode_obj"]
+        self.decode = _text_decoder(self.decode_obj)
 
     # -- field lookup: containers resolved once per frame, names split once --
     def scopes(self, frame: dict[str, Any]) -> list[dict[str, Any]]:
@@ -327,105 +339,6 @@ class Decoder:
     def field(self, frame: dict[str, Any], name: str) -> Any:
         names = self.names.get(name) or _split_names([name])
         return self.find(frame, self.scopes(frame), names)
-
-    # -- frames from the server --
-    def decode(self, text: str | bytes, received_at: float) -> Event | Frame:
-        if isinstance(text, (bytes, bytearray)):
-            return Frame(FrameKind.MALFORMED, detail=f"binary frame of {len(text)} bytes where JSON text was expected")
-        try:
-            frame = _fast_loads(text)
-        except ValueError:
-            # orjson refuses what json accepts (NaN, integers past 64 bits, depth past 1024): json decides, so a
-            # frame means what it always meant.
-            try:
-                frame = json.loads(text)
-            except (ValueError, RecursionError):
-                if isinstance(text, StreamProblem):  # what the transport found wrong in the stream itself
-                    return Frame(FrameKind.MALFORMED, detail=str(text))
-                return Frame(FrameKind.MALFORMED, detail=f"not JSON: {text[:60]!r}")
-        return self.decode_obj(frame, received_at)
-
-    def decode_obj(self, frame: Any, received_at: float) -> Event | Frame:
-        if not isinstance(frame, dict):
-            return Frame(FrameKind.MALFORMED, detail=f"a JSON {type(frame).__name__}, not an object")
-        n = self.names
-        scopes = self.scopes(frame)
-        find = self.find
-        wire_type = find(frame, scopes, n["type"])
-        if not isinstance(wire_type, str) or not wire_type:
-            return Frame(FrameKind.MALFORMED, detail="JSON object without a 'type'", raw=frame)
-        if len(wire_type) > MAX_ID_BYTES:
-            return Frame(FrameKind.MALFORMED, detail=f"type of {len(wire_type)} characters (over {MAX_ID_BYTES})")
-        if wire_type in self.ping:
-            return Frame(FrameKind.PING, wire_type=wire_type, raw=frame)
-        if wire_type in self.control:
-            return Frame(FrameKind.CONTROL, wire_type=wire_type, raw=frame,
-                         user_id=_id(find(frame, scopes, n["user_id"]))[0])
-        run_id = find(frame, scopes, n["run_id"])
-        profile = self.profile
-        if wire_type in self.conn_error:
-            code = _id(find(frame, scopes, n["error_code"]))[0]
-            # A connection-level answer (bad input, auth, resume) even when it names a run.
-            if run_id is None or code in profile.connection_error_codes:
-                return Frame(FrameKind.ERROR, wire_type=wire_type, error_code=code,
-                             detail=str(find(frame, scopes, n["error_message"]) or "")[:200], raw=frame,
-                             run_id=_id(run_id)[0], session_error=self.session_errors.get(code or ""))
-        role = self.always.get(wire_type)
-        if role is None and run_id is not None:
-            role = self.with_run.get(wire_type)
-        if role is None and wire_type not in self.unmapped:
-            if profile.unknown_types == "violation":
-                return Frame(FrameKind.MALFORMED, wire_type=wire_type, raw=frame,
-                             detail=f"type {wire_type[:60]!r} is not in profile {profile.name!r} (add it to control or unmapped)")
-            return Frame(FrameKind.UNKNOWN, wire_type=wire_type, raw=frame)
-        seq = find(frame, scopes, n["seq"])
-        bad_seq = None
-        if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
-            bad_seq, seq = _id(seq)[0], None
-        oversized: list[str] = []
-        rid, thread_id, user_id, message_id = (
-            _id(run_id, "run_id", oversized)[0], _id(find(frame, scopes, n["thread_id"]), "thread_id", oversized)[0],
-            _id(find(frame, scopes, n["user_id"]), "user_id", oversized)[0],
-            _id(find(frame, scopes, n["message_id"]), "message_id", oversized)[0])
-        server_time = find(frame, scopes, n["timestamp"])
-        if server_time is not None and not isinstance(server_time, (int, float)):
-            server_time, _ = _id(server_time, "timestamp", oversized, MAX_TIME_BYTES)
-        ev = Event(role=role, wire_type=wire_type, received_at=received_at, run_id=rid, thread_id=thread_id,
-                   user_id=user_id, message_id=message_id, seq=seq, bad_seq=bad_seq, server_time=server_time)
-        if role is Role.TOOL_EXECUTING or role is Role.TOOL_COMPLETED or wire_type in self.span_of:
-            ev.tool_call_id = _id(find(frame, scopes, n["tool_call_id"]), "tool_call_id", oversized)[0]
-            ev.tool_name = _id(find(frame, scopes, n["tool_name"]), "tool_name", oversized)[0]
-        if role is Role.ERROR_EVENT:
-            ev.recoverable = find(frame, scopes, n["recoverable"]) is True
-        elif role is Role.AGENT_STARTED:
-            ev.parent_run_id = _id(find(frame, scopes, n["parent_run_id"]), "parent_run_id", oversized)[0]
-        if self.checks:
-            self._check(frame, scopes, ev)
-        span = self.span_of.get(wire_type) or (self.span_of.get(role.value) if role else None)
-        if span is not None:
-            sp, kind = span
-            key = find(frame, scopes, n.get(sp.key) or _split_names([sp.key]))
-            if key is None and sp.key_fallback:
-                key = find(frame, scopes, n.get(sp.key_fallback) or _split_names([sp.key_fallback]))
-            ev.span = (sp.name, kind, _id(key, sp.key, oversized)[0])
-        if oversized:
-            ev.oversized = tuple(oversized)
-        return ev
-
-    def _check(self, frame: dict[str, Any], scopes: list[dict[str, Any]], ev: Event) -> None:
-        """The profile's payload checks: the stateless ones now, and the fields the checker's ones will read."""
-        problems: tuple[str, ...] = ()
-        advice: tuple[str, ...] = ()
-        for check in self.checks:
-            p, a = check.frame(frame)
-            problems, advice = problems + p, advice + a
-        ev.problems, ev.advice = problems, advice
-        payload = {}
-        for name in self.check_fields:
-            v = self.find(frame, scopes, ((name,), ()))
-            if v is not None:
-                payload[name] = v
-        ev.payload = payload
 
     # -- frames from the client --
     def decode_client(self, text: str | bytes) -> ClientFrame:
@@ -505,6 +418,263 @@ def _fill(template: Any, values: dict[str, Any]) -> Any:
 class _Blank(dict[str, Any]):
     def __missing__(self, key: str) -> str:
         return ""
+
+
+def _text_decoder(decode_obj: Callable[[Any, float], Event | Frame]) -> Callable[[str | bytes, float], Event | Frame]:
+    """One text frame parsed, then decoded by the profile's compiled `decode_obj`."""
+
+    def decode(text: str | bytes, received_at: float) -> Event | Frame:
+        if isinstance(text, (bytes, bytearray)):
+            return Frame(FrameKind.MALFORMED, detail=f"binary frame of {len(text)} bytes where JSON text was expected")
+        try:
+            frame = _fast_loads(text)
+        except ValueError:
+            # orjson refuses what json accepts (NaN, integers past 64 bits, depth past 1024): json decides, so a
+            # frame means what it always meant.
+            try:
+                frame = json.loads(text)
+            except (ValueError, RecursionError):
+                if isinstance(text, StreamProblem):  # what the transport found wrong in the stream itself
+                    return Frame(FrameKind.MALFORMED, detail=str(text))
+                return Frame(FrameKind.MALFORMED, detail=f"not JSON: {text[:60]!r}")
+        return decode_obj(frame, received_at)
+
+    return decode
+
+
+class _Source:
+    """Lines of the generated decoder. Whatever comes from the profile (wire names, field names, container paths) is
+    written only as a repr() literal; every identifier is one of this module's."""
+
+    def __init__(self, containers: list[list[str]]) -> None:
+        self.lines: list[str] = []
+        self.depth = 1
+        # The variable holding each lookup container, in the profile's order ("frame" is the root, never None).
+        self.scopes: list[str] = []
+        for i, path in enumerate(containers):
+            if not path:
+                self.scopes.append("frame")
+                continue
+            var = f"c{i}"
+            self.emit(f"{var} = frame.get({path[0]!r})")
+            for key in path[1:]:
+                self.emit(f"{var} = {var}.get({key!r}) if isinstance({var}, dict) else None")
+            self.emit(f"if {var}.__class__ is not dict and not isinstance({var}, dict):")
+            self.emit(f"    {var} = None")
+            self.scopes.append(var)
+
+    def emit(self, line: str) -> None:
+        self.lines.append("    " * self.depth + line)
+
+    @contextmanager
+    def block(self, header: str | None) -> Iterator[None]:
+        """An indented block under `header` (with a `pass` when nothing was written in it); None: no block."""
+        if header is None:
+            yield
+            return
+        self.emit(header)
+        self.depth += 1
+        start = len(self.lines)
+        yield
+        if len(self.lines) == start:
+            self.emit("pass")
+        self.depth -= 1
+
+    def find(self, var: str, names: Names) -> bool:
+        """`var` = the first non-null value of the names (plain ones in each container, then dotted paths from the
+        root), as Decoder.find; False when the field has no names (then it is always None)."""
+        plain, dotted = names
+        first = True
+        for scope in self.scopes:
+            for name in plain:
+                get = f"{scope}.get({name!r})"
+                if scope == "frame":
+                    self.emit(f"{var} = {get}" if first else f"if {var} is None: {var} = {get}")
+                elif first:
+                    self.emit(f"{var} = {get} if {scope} is not None else None")
+                else:
+                    self.emit(f"if {var} is None and {scope} is not None: {var} = {get}")
+                first = False
+        for path in dotted:
+            if first:
+                self.emit(f"{var} = None")
+                first = False
+            self.emit(f"if {var} is None:")
+            if len(path) == 1:
+                self.emit(f"    {var} = frame.get({path[0]!r})")
+                continue
+            self.emit(f"    _w = frame.get({path[0]!r})")
+            indent = "    "
+            for key in path[1:-1]:
+                self.emit(f"{indent}if isinstance(_w, dict):")
+                indent += "    "
+                self.emit(f"{indent}_w = _w.get({key!r})")
+            self.emit(f"{indent}if isinstance(_w, dict):")
+            self.emit(f"{indent}    {var} = _w.get({path[-1]!r})")
+        if first:
+            self.emit(f"{var} = None")
+            return False
+        return True
+
+    def find_id(self, var: str, names: Names, name: str | None) -> bool:
+        """`var` as _id makes it: a string cut to MAX_ID_BYTES (then `name` goes to the oversized list `ov`)."""
+        if not self.find(var, names):
+            return False
+        extra = "" if name is None else f", {name!r}, ov"
+        self.emit(f"if {var} is not None and ({var}.__class__ is not str or len({var}) > {MAX_ID_BYTES}):")
+        self.emit(f"    {var} = _id({var}{extra})[0]")
+        return True
+
+
+def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
+    """The source of `decode_obj` for one profile and the namespace it runs in: the same Event or Frame for every
+    frame as the table-driven lookups (Decoder.find) give, the fields looked up only where the frame needs them."""
+    profile, n = dec.profile, dec.names
+    ns: dict[str, Any] = {
+        "Event": Event, "Frame": Frame, "_id": _id, "MALFORMED": FrameKind.MALFORMED, "PING_KIND": FrameKind.PING,
+        "CONTROL_KIND": FrameKind.CONTROL, "ERROR_KIND": FrameKind.ERROR, "UNKNOWN_KIND": FrameKind.UNKNOWN,
+        "PING": dec.ping, "CONTROL": dec.control, "CONN_ERROR": dec.conn_error, "ALWAYS": dec.always,
+        "WITH_RUN": dec.with_run, "UNMAPPED": dec.unmapped, "SESSION_ERRORS": dec.session_errors,
+        "CONN_CODES": frozenset(profile.connection_error_codes), "CHECK_FRAMES": tuple(c.frame for c in dec.checks),
+        "UNKNOWN_SUFFIX": f" is not in profile {profile.name!r} (add it to control or unmapped)",
+        "R_TOOL_EXECUTING": Role.TOOL_EXECUTING, "R_TOOL_COMPLETED": Role.TOOL_COMPLETED,
+        "R_ERROR_EVENT": Role.ERROR_EVENT, "R_AGENT_STARTED": Role.AGENT_STARTED,
+    }
+    # Spans by wire type or role: (name, kind, which key lookup), the lookups shared by spans keyed alike.
+    keys: list[tuple[str, str | None]] = []
+    span_of: dict[str, tuple[str, str, int]] = {}
+    for t, (sp, kind) in dec.span_of.items():
+        if (sp.key, sp.key_fallback) not in keys:
+            keys.append((sp.key, sp.key_fallback))
+        span_of[t] = (sp.name, kind, keys.index((sp.key, sp.key_fallback)))
+    ns["SPAN_OF"] = span_of
+    ns["SPAN_OF_ROLE"] = {role: span_of[role.value] for role in Role if role.value in span_of}
+
+    src = _Source(dec.containers)
+    head = ["def decode_obj(frame, received_at):",
+            "    if not isinstance(frame, dict):",
+            "        return Frame(MALFORMED, detail=f'a JSON {type(frame).__name__}, not an object')"]
+    emit = src.emit
+    src.find("wire_type", n["type"])
+    emit("if not isinstance(wire_type, str) or not wire_type:")
+    emit("    return Frame(MALFORMED, detail=\"JSON object without a 'type'\", raw=frame)")
+    emit(f"if len(wire_type) > {MAX_ID_BYTES}:")
+    emit(f"    return Frame(MALFORMED, detail=f'type of {{len(wire_type)}} characters (over {MAX_ID_BYTES})')")
+    if dec.ping:
+        emit("if wire_type in PING:")
+        emit("    return Frame(PING_KIND, wire_type=wire_type, raw=frame)")
+    if dec.control:
+        with src.block("if wire_type in CONTROL:"):
+            src.find_id("user_id", n["user_id"], None)
+            emit("return Frame(CONTROL_KIND, wire_type=wire_type, raw=frame, user_id=user_id)")
+    src.find("run_id", n["run_id"])
+    if dec.conn_error:
+        with src.block("if wire_type in CONN_ERROR:"):
+            src.find_id("code", n["error_code"], None)
+            # A connection-level answer (bad input, auth, resume) even when it names a run.
+            with src.block("if run_id is None or code in CONN_CODES:"):
+                src.find("message", n["error_message"])
+                emit(f"if run_id is not None and (run_id.__class__ is not str or len(run_id) > {MAX_ID_BYTES}):")
+                emit("    run_id = _id(run_id)[0]")
+                emit("return Frame(ERROR_KIND, wire_type=wire_type, error_code=code, detail=str(message or '')[:200], "
+                     "raw=frame, run_id=run_id, session_error=SESSION_ERRORS.get(code or ''))")
+    emit("role = ALWAYS.get(wire_type)")
+    if dec.with_run:
+        emit("if role is None and run_id is not None:")
+        emit("    role = WITH_RUN.get(wire_type)")
+    emit("if role is None and wire_type not in UNMAPPED:")
+    if profile.unknown_types == "violation":
+        emit("    return Frame(MALFORMED, wire_type=wire_type, raw=frame, detail='type ' + repr(wire_type[:60]) + "
+             "UNKNOWN_SUFFIX)")
+    else:
+        emit("    return Frame(UNKNOWN_KIND, wire_type=wire_type, raw=frame)")
+    emit("bad_seq = None")
+    if src.find("seq", n["seq"]):
+        emit("if seq is not None and seq.__class__ is not int and (not isinstance(seq, int) or isinstance(seq, bool)):")
+        emit("    bad_seq, seq = _id(seq)[0], None")
+    emit("ov = []")
+    # The fields in the order the R12's list names them (oversized).
+    emit(f"if run_id is not None and (run_id.__class__ is not str or len(run_id) > {MAX_ID_BYTES}):")
+    emit("    run_id = _id(run_id, 'run_id', ov)[0]")
+    sized = ["run_id"]
+    for name in ("thread_id", "user_id", "message_id"):
+        if src.find_id(name, n[name], name):
+            sized.append(name)
+    if src.find("server_time", n["timestamp"]):
+        emit("if server_time is not None and server_time.__class__ is not float and server_time.__class__ is not int "
+             "and not isinstance(server_time, (int, float)):")
+        emit(f"    server_time = _id(server_time, 'timestamp', ov, {MAX_TIME_BYTES})[0]")
+        sized.append("server_time")
+    emit("tool_call_id = tool_name = parent_run_id = None")
+    emit("recoverable = False")
+    with src.block("if role is R_TOOL_EXECUTING or role is R_TOOL_COMPLETED" + (" or wire_type in SPAN_OF:" if span_of else ":")):
+        sized += [name for name in ("tool_call_id", "tool_name") if src.find_id(name, n[name], name)]
+    if n["recoverable"] != ((), ()):
+        with src.block("if role is R_ERROR_EVENT:"):
+            src.find("recoverable", n["recoverable"])
+            emit("recoverable = recoverable is True")
+    if n["parent_run_id"] != ((), ()):
+        with src.block(("el" if n["recoverable"] != ((), ()) else "") + "if role is R_AGENT_STARTED:"):
+            src.find_id("parent_run_id", n["parent_run_id"], "parent_run_id")
+    if dec.checks:
+        # The payload checks: the stateless ones now, and the fields the checker's ones will read.
+        emit("problems = advice = ()")
+        emit("for check in CHECK_FRAMES:")
+        emit("    p, a = check(frame)")
+        emit("    problems, advice = problems + p, advice + a")
+        emit("payload = {}")
+        for name in dec.check_fields:
+            src.find("v", ((name,), ()))
+            emit("if v is not None:")
+            emit(f"    payload[{name!r}] = v")
+    else:
+        emit("problems = advice = ()")
+        emit("payload = None")
+    emit("span = None")
+    if span_of:
+        emit("sp = SPAN_OF.get(wire_type)")
+        emit("if sp is None and role is not None:")
+        emit("    sp = SPAN_OF_ROLE.get(role)")
+        with src.block("if sp is not None:"):
+            for i, (key, fallback) in enumerate(keys):
+                # One lookup per key the spans use (the span's index picks it).
+                with src.block(f"{'if' if i == 0 else 'elif'} sp[2] == {i}:" if len(keys) > 1 else None):
+                    src.find("key", n.get(key) or _split_names([key]))
+                    if fallback:
+                        with src.block("if key is None:"):
+                            src.find("key", n.get(fallback) or _split_names([fallback]))
+                    emit(f"if key is not None and (key.__class__ is not str or len(key) > {MAX_ID_BYTES}):")
+                    emit(f"    key = _id(key, {key!r}, ov)[0]")
+            emit("span = (sp[0], sp[1], key)")
+    # What keeping the event costs the checker's byte budget (events.kept_bytes), measured here once.
+    emit(f"nbytes = {EVENT_OVERHEAD} + len(wire_type)")
+    for name in sized:
+        if name == "server_time":
+            emit("if isinstance(server_time, str):")
+        else:
+            emit(f"if {name} is not None:")
+        emit(f"    nbytes += len({name})")
+    args = {"role": "role", "wire_type": "wire_type", "received_at": "received_at", "run_id": "run_id",
+            "thread_id": "thread_id", "user_id": "user_id", "message_id": "message_id", "seq": "seq",
+            "tool_call_id": "tool_call_id", "tool_name": "tool_name", "recoverable": "recoverable", "span": "span",
+            "server_time": "server_time", "bad_seq": "bad_seq", "oversized": "tuple(ov) if ov else ()",
+            "parent_run_id": "parent_run_id", "payload": "payload", "problems": "problems", "advice": "advice",
+            "nbytes": "nbytes"}
+    # Positional while the fields come in the order known here, by keyword after that (a field added to Event later
+    # keeps its default).
+    positional, keyword, in_order = [], [], True
+    for f in dataclasses.fields(Event):
+        if f.name not in args:
+            in_order = False
+            continue
+        if in_order:
+            positional.append(args.pop(f.name))
+        else:
+            keyword.append(f"{f.name}={args.pop(f.name)}")
+    if args:
+        raise AssertionError(f"Event has no field {next(iter(args))}")
+    emit(f"return Event({', '.join(positional + keyword)})")
+    return "\n".join(head + src.lines) + "\n", ns
 
 
 BUILTIN_DIR = PROFILES_DIR

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.events import Event, Frame
+from harness.events import Event, Frame, kept_bytes
 from harness.eventstream import StreamProblem
 from harness.profiles import Profile, load_profile
 
@@ -287,3 +287,14 @@ def test_decode_is_pinned(name: str) -> None:
     assert set(got) == set(pinned), "a frame was added or removed: regenerate on purpose"
     for label in pinned:
         assert got[label] == pinned[label], label
+
+
+@pytest.mark.parametrize("name", ["netra", "ag-ui", "dotty", "rootlast"])
+def test_decoder_measures_what_the_checker_would(name: str) -> None:
+    """The byte budget of a chat's kept events (checker.MAX_KEPT_BYTES) counts what the decoder measured: the same sum
+    kept_bytes makes of the finished event, oversized ids cut included."""
+    profile = profiles()[name]
+    events = [r for _, text in FRAMES if isinstance(r := profile.decode(text, 1.5), Event)]
+    assert len(events) > 10
+    for ev in events:
+        assert ev.nbytes == kept_bytes(ev) > 0, ev
