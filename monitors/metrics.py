@@ -8,7 +8,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from enum import Enum
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import (
     REGISTRY,
@@ -22,6 +23,8 @@ from prometheus_client import (
 from harness.events import ALL_ROLES, RULES, Outcome
 from harness.sinks import CONNECTION_RESULTS, RECONNECT_RESULTS, Sink
 from harness.targets import target_label  # re-exported: one definition for every driver
+
+_C = TypeVar("_C")
 
 if TYPE_CHECKING:
     from harness.checker import ChatResult
@@ -59,6 +62,8 @@ EVENT_DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 
 MAX_SCENARIOS = 64
 OVERFLOW_SCENARIO = "other"
 MAX_LABEL_LENGTH = 64
+# Scenario names remembered as given (each maps to its label's children), so a hot path looks a name up once.
+MAX_LOOKUPS = 4 * MAX_SCENARIOS
 
 
 
@@ -165,6 +170,39 @@ def _clean(value: str) -> str:
     return value[:MAX_LABEL_LENGTH]
 
 
+class _Children:
+    """One scenario's label children of every metric, looked up once. A closed set's children are keyed by its
+    strings and, for roles and outcomes, by the enum members too (a str enum hashes by its name, not its value)."""
+
+    __slots__ = ("in_flight", "chats", "chats_error", "chats_missing_events", "missing_events", "events",
+                 "rule_violations", "time_to_first_event", "chat_duration", "event_delay", "connections", "reconnects",
+                 "chats_abandoned", "chats_dropped", "client_rejections")
+
+    def __init__(self, m: ChatMetrics, base: tuple[str, str, str]) -> None:
+        self.in_flight = m.chats_in_flight.labels(*base)
+        self.chats = _keyed(tuple(Outcome), lambda o: m.chats.labels(*base, o))
+        self.chats_error = self.chats["error"]
+        self.chats_missing_events = m.chats_missing_events.labels(*base)
+        self.missing_events = _keyed(ALL_ROLES, lambda r: m.missing_events.labels(*base, r))
+        self.events = _keyed(ALL_ROLES, lambda r: m.events.labels(*base, r))
+        self.rule_violations = {r: m.rule_violations.labels(*base, r) for r in RULE_IDS}
+        self.time_to_first_event = m.time_to_first_event.labels(*base)
+        self.chat_duration = m.chat_duration.labels(*base)
+        self.event_delay = _keyed(ALL_ROLES, lambda r: m.event_delay.labels(*base, r))
+        self.connections = {r: m.connections.labels(*base, r) for r in CONNECTION_RESULTS}
+        self.reconnects = {r: m.reconnects.labels(*base, r) for r in RECONNECT_RESULTS}
+        self.chats_abandoned = m.chats_abandoned.labels(*base)
+        self.chats_dropped = m.chats_dropped.labels(*base)
+        self.client_rejections = m.client_rejections.labels(*base)
+
+
+def _keyed(members: tuple[Enum, ...], child: Callable[[str], _C]) -> dict[object, _C]:
+    out: dict[object, _C] = {}
+    for member in members:
+        out[member] = out[member.value] = child(member.value)
+    return out
+
+
 class MetricsSink(Sink):
     """Records a driver's verdicts and connection outcomes into a ChatMetrics for one target and source."""
 
@@ -187,96 +225,79 @@ class MetricsSink(Sink):
         self.target = _clean(target)
         self.source = source
         self.clock = clock
-        self._scenarios: set[str] = set()
+        self._named: dict[str, _Children] = {}  # by label value: at most MAX_SCENARIOS + the overflow
+        self._lookup: dict[str, _Children] = {}  # by the name a driver gave (uncut, or past the bound)
         self._lock = threading.Lock()
 
     # -- labels --
-    def _scenario(self, scenario: str) -> str:
-        """The scenario label value, initialising every fixed label combination on its first use."""
+    def _scenario(self, scenario: str) -> _Children:
+        """The label children of a scenario, every fixed label combination initialised and looked up on its first
+        use: `.labels(...)` takes a lock and hashes a tuple per call, about a tenth of a Locust chat's CPU when a
+        verdict ran it some twenty times."""
+        children = self._lookup.get(scenario)
+        return children if children is not None else self._add(scenario)
+
+    def _add(self, scenario: str) -> _Children:
         name = _clean(scenario or "default")
-        if name in self._scenarios:
-            return name
         with self._lock:
-            if name in self._scenarios:
-                return name
-            if len(self._scenarios) >= MAX_SCENARIOS:
+            if name not in self._named and len(self._named) >= MAX_SCENARIOS:
                 name = OVERFLOW_SCENARIO
-                if name in self._scenarios:
-                    return name
-            self._init(name)
-            self._scenarios.add(name)
-        return name
-
-    def _init(self, scenario: str) -> None:
-        m = self.metrics
-        base = (self.target, scenario, self.source)
-        for outcome in OUTCOMES:
-            m.chats.labels(*base, outcome)
-        for result in CONNECTION_RESULTS:
-            m.connections.labels(*base, result)
-        for result in RECONNECT_RESULTS:
-            m.reconnects.labels(*base, result)
-        for rule in RULE_IDS:
-            m.rule_violations.labels(*base, rule)
-        for role in ROLES:
-            m.missing_events.labels(*base, role)
-            m.events.labels(*base, role)
-            m.event_delay.labels(*base, role)
-        m.chats_missing_events.labels(*base)
-        m.chats_abandoned.labels(*base)
-        m.chats_dropped.labels(*base)
-        m.client_rejections.labels(*base)
-        m.chats_in_flight.labels(*base)
-        m.time_to_first_event.labels(*base)
-        m.chat_duration.labels(*base)
-
-    def _base(self, scenario: str) -> tuple[str, str, str]:
-        return (self.target, self._scenario(scenario), self.source)
+            children = self._named.get(name)
+            if children is None:
+                children = self._named[name] = _Children(self.metrics, (self.target, name, self.source))
+            if len(self._lookup) < MAX_LOOKUPS:  # past it, further names take this path each time: bounded memory
+                self._lookup[scenario] = children
+        return children
 
     # -- hooks --
     def chat_started(self, scenario: str) -> None:
-        self.metrics.chats_in_flight.labels(*self._base(scenario)).inc()
+        self._scenario(scenario).in_flight.inc()
 
     def event_received(self, scenario: str, event: Event) -> None:
         # Events are counted once, from the verdict (chat_finished), so a chat is never counted twice.
         pass
 
     def chat_finished(self, result: ChatResult) -> None:
-        m = self.metrics
-        base = self._base(result.scenario)
-        m.chats_in_flight.labels(*base).dec()
-        m.chats.labels(*base, _known(str(result.outcome), OUTCOMES, "error")).inc()
+        c = self._scenario(result.scenario)
+        c.in_flight.dec()
+        c.chats.get(result.outcome, c.chats_error).inc()
         if result.missing:
-            m.chats_missing_events.labels(*base).inc()
+            c.chats_missing_events.inc()
             for role in result.missing:
-                m.missing_events.labels(*base, str(role)).inc()
+                c.missing_events[role].inc()
         for role, count in result.event_counts.items():
-            m.events.labels(*base, str(role)).inc(count)
-        for rule, count in result.rule_counts().items():
-            m.rule_violations.labels(*base, _known(rule, RULE_IDS, None)).inc(count)
+            c.events[role].inc(count)
+        if result.violations or result.violations_not_listed:
+            for rule, count in result.rule_counts().items():
+                child = c.rule_violations.get(rule)
+                if child is None:
+                    raise ValueError(f"{rule!r} is not one of {', '.join(RULE_IDS)}")
+                child.inc(count)
         if result.time_to_first_event is not None:
-            m.time_to_first_event.labels(*base).observe(result.time_to_first_event)
+            c.time_to_first_event.observe(result.time_to_first_event)
         if result.duration is not None:
-            m.chat_duration.labels(*base).observe(result.duration)
+            c.chat_duration.observe(result.duration)
         for role, delay in result.event_delays.items():
-            m.event_delay.labels(*base, str(role)).observe(delay)
+            c.event_delay[role].observe(delay)
 
     def chat_abandoned(self, scenario: str) -> None:
-        self.metrics.chats_abandoned.labels(*self._base(scenario)).inc()
+        self._scenario(scenario).chats_abandoned.inc()
 
     def chat_dropped(self, scenario: str) -> None:
-        self.metrics.chats_dropped.labels(*self._base(scenario)).inc()
+        self._scenario(scenario).chats_dropped.inc()
 
     def client_rejected(self, result: ChatResult) -> None:
-        base = self._base(result.scenario)
-        self.metrics.chats_in_flight.labels(*base).dec()
-        self.metrics.client_rejections.labels(*base).inc()
+        c = self._scenario(result.scenario)
+        c.in_flight.dec()
+        c.client_rejections.inc()
 
     def connection_attempt(self, scenario: str, result: str) -> None:
-        self.metrics.connections.labels(*self._base(scenario), _known(result, CONNECTION_RESULTS, "protocol_error")).inc()
+        c = self._scenario(scenario)
+        c.connections.get(result, c.connections["protocol_error"]).inc()
 
     def reconnect(self, scenario: str, result: str) -> None:
-        self.metrics.reconnects.labels(*self._base(scenario), _known(result, RECONNECT_RESULTS, "lost")).inc()
+        c = self._scenario(scenario)
+        c.reconnects.get(result, c.reconnects["lost"]).inc()
 
     def run_finished(self, success: bool) -> None:
         now = self.clock()
@@ -284,11 +305,3 @@ class MetricsSink(Sink):
         if success:
             self.metrics.last_success_timestamp.labels(self.target, self.source).set(now)
 
-
-def _known(value: str, allowed: tuple[str, ...], fallback: str | None) -> str:
-    """Keep label values to the contract's closed sets; an unknown value never becomes a new series."""
-    if value in allowed:
-        return value
-    if fallback is None:
-        raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
-    return fallback
