@@ -18,9 +18,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from .redact import MIN_SECRET_LEN, REDACTED, scrub
+from .redact import MIN_SECRET_LEN, scrub, secrets_of
 from .transports import FrameCallback, Transport
 
 DEFAULT_MAX_FILES = 1000
@@ -37,7 +36,9 @@ class ConnectionLog:
         self.recorder = recorder
         self.label = label
         self.part = part
-        self.secrets = secrets  # this connection's own credentials (the proxy's users'), as redact.register forms them
+        # This connection's own credentials (the proxy's users'): matched in every form redact knows (escaped,
+        # URL-encoded, base64) as the process's registered secrets are.
+        self.secrets = secrets_of(secrets) if secrets else None
         self.size = 0
         self.dropped = 0
         self.closed = False
@@ -58,10 +59,7 @@ class ConnectionLog:
 
     def _scrub(self, text: str) -> str:
         text = scrub(text)
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
+        return text if self.secrets is None else self.secrets.sub(text)
 
     def close(self, at: float, code: int | None = None) -> None:
         if self.closed:
@@ -132,13 +130,13 @@ class Recorder:
     def connection(self, label: str, secrets: Iterable[str] = ()) -> ConnectionLog:
         """A connection's log; `secrets`: credentials of this connection alone (not registered process-wide, as a
         proxy's users' tokens are many and not the process's own), scrubbed from its frames with the global ones."""
-        forms = {f for s in secrets if len(s.strip()) >= MIN_SECRET_LEN for f in (s, quote(s, safe=""), json.dumps(s)[1:-1])}
+        own = tuple(sorted({s for s in secrets if len(s.strip()) >= MIN_SECRET_LEN}))
         with self._lock:
             self._n += 1
             n = self._n
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", scrub(label))[:80] or "conn"
         return ConnectionLog(self, f"{safe}.{n}", self.directory / f".{n:06d}-{safe}.jsonl.part",
-                             tuple(sorted(forms, key=len, reverse=True)))
+                             own)
 
     def save(self, log: ConnectionLog, keep: bool | None = None) -> Path | None:
         """The connection ended: its file kept (when `keep`, or always with keep_all) or deleted; returns the path."""

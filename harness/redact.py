@@ -3,12 +3,16 @@ credentials, and control characters shown as escapes, so a hostile server can ne
 terminal through a report or a console line."""
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import json
 import re
 import threading
 import time
 from collections import OrderedDict
-from urllib.parse import quote
+from collections.abc import Iterable
+from urllib.parse import quote, unquote
 
 REDACTED = "[REDACTED]"
 # A secret this short would turn every report into noise (each "abc" replaced); it is not a real credential.
@@ -20,8 +24,7 @@ MAX_MINTED = 1024
 _lock = threading.Lock()
 _fixed: set[str] = set()  # the token given, the JWT secret: searched in every string
 _minted: OrderedDict[str, None] = OrderedDict()  # minted JWTs: searched only in strings holding "eyJ"
-_fixed_re: re.Pattern[str] | None = None
-_fixed_list: list[str] = []
+_fixed_matcher: Secrets | None = None
 _minted_re: re.Pattern[str] | None = None
 _dirty = False  # a fixed secret came: recompile before the next scrub
 _minted_dirty = False  # a minted token came: recompile at most once a second (its JWT shape catches it meanwhile)
@@ -30,6 +33,23 @@ _minted_compiled_at = 0.0
 # Any compact JWS (base64url of '{"' starts "eyJ"): a bearer credential whoever minted it.
 # A JWT cut short by a field's size bound is caught too (the shape, not the three parts, decides).
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,2}")
+# The same shape with any character \u- or %-escaped (a server's JSON encoder, a URL): only the escapes of the
+# base64url alphabet and the dot continue it, so a run never backtracks.
+_B64URL_HEX = "(?:3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]|2[Dd]|5[Ff])"
+# An escape's backslash, doubled any number of times (a JSON string inside JSON, a repr in a message): a whole run
+# of them, tried only from the run's start and never given back (a hostile run of backslashes costs linear time,
+# not quadratic); it starts with a literal backslash, which lets the engine skip ahead to each.
+_BACKSLASHES = r"\\(?<!\\\\)\\*+"
+_JWT_CHAR = rf"(?:[A-Za-z0-9_-]|{_BACKSLASHES}u00{_B64URL_HEX}|%{_B64URL_HEX})"
+_JWT_DOT = rf"(?:\.|{_BACKSLASHES}u002[Ee]|%2[Ee])"
+_JWT_DISGUISED_RE = re.compile(
+    rf"(?:e|{_BACKSLASHES}u0065|%65)(?:y|{_BACKSLASHES}u0079|%79)(?:J|{_BACKSLASHES}u004[Aa]|%4[Aa])"
+    rf"{_JWT_CHAR}{{8,}}(?:{_JWT_DOT}{_JWT_CHAR}*){{0,2}}"
+)
+# A JWT inside base64 text holds one of these (how "eyJ" reads in base64 at each byte alignment): such a run is
+# decoded at each of its four character offsets, and redacted whole if a JWT is inside.
+_B64_RUN_RE = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+_B64_JWT_MARKS = ("ZXlK", "V5S", "leU")
 # A secret that a field's size bound cut short still must not show: a run of at least this many of its first
 # characters is redacted too.
 PREFIX_LEN = 8
@@ -48,22 +68,159 @@ _UNSAFE_RE = re.compile(
 )
 
 
+def _base64_forms(secret: str) -> set[str]:
+    """What the secret looks like inside any standard or urlsafe base64 text: at each of the three byte alignments,
+    the characters that depend on the secret's bytes alone (those at its edges also depend on its neighbours)."""
+    data = secret.encode("utf-8", "surrogatepass")
+    out = set()
+    for k in range(3):
+        encoded = base64.b64encode(b"\0" * k + data).decode("ascii")
+        core = encoded[-(-8 * k // 6): 8 * (k + len(data)) // 6]
+        if len(core) >= MIN_SECRET_LEN:
+            out |= {core, core.replace("+", "-").replace("/", "_")}
+    return out
+
+
+def literal_forms(secret: str) -> set[str]:
+    """The secret as it may be echoed: as is, URL-encoded, JSON-escaped, and inside base64 text."""
+    return {secret, quote(secret, safe=""), json.dumps(secret)[1:-1]} | _base64_forms(secret)
+
+
+def _hex(n: int, width: int) -> str:
+    # Hex digits in either case (\u00E9 and %2f are as valid as \u00e9 and %2F).
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{n:0{width}x}")
+
+
+def _disguised_char(c: str) -> str:
+    """A pattern for one character of a secret: as is, %-encoded (its UTF-8 bytes), or JSON-escaped; an escape's
+    backslash may be doubled any number of times (a JSON string inside JSON, a repr in a message)."""
+    cp = ord(c)
+    alts = [re.escape(c), "%".join(["", *(_hex(b, 2) for b in c.encode("utf-8", "surrogatepass"))])]
+    if cp < 0x10000:
+        alts.append(_BACKSLASHES + "u" + _hex(cp, 4))
+    else:  # JSON spells a character outside the BMP as a surrogate pair
+        hi, lo = 0xD800 + ((cp - 0x10000) >> 10), 0xDC00 + ((cp - 0x10000) & 0x3FF)
+        alts.append(_BACKSLASHES + "u" + _hex(hi, 4) + _BACKSLASHES + "u" + _hex(lo, 4))
+    if c in "/\"":
+        alts.append(_BACKSLASHES + re.escape(c))
+    return "(?:" + "|".join(alts) + ")"
+
+
+_JSON_ESCAPE_RE = re.compile(_BACKSLASHES + r'(?:u([0-9A-Fa-f]{4})|([/"]))')
+# Spelled to start with a literal "%" (not "(?:…)+"), which lets the engine skip ahead to each "%".
+_PERCENT_RUN_RE = re.compile("%[0-9A-Fa-f]{2}(?:%[0-9A-Fa-f]{2})*")
+_SURROGATE_PAIR_RE = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _unescaped(text: str) -> str:
+    """The text with its JSON escapes (however often their backslash is doubled) and %-escapes decoded: what a
+    disguised secret reads as."""
+    if "\\" in text:
+        surrogates = False
+
+        def one(m: re.Match[str]) -> str:
+            nonlocal surrogates
+            if m[2]:
+                return m[2]
+            c = int(m[1], 16)
+            surrogates = surrogates or 0xD800 <= c <= 0xDFFF
+            return chr(c)
+
+        text = _JSON_ESCAPE_RE.sub(one, text)
+        if surrogates:
+            text = _SURROGATE_PAIR_RE.sub(
+                lambda m: m[0].encode("utf-16-le", "surrogatepass").decode("utf-16-le"), text)
+    if "%" in text:
+        text = _PERCENT_RUN_RE.sub(lambda m: unquote(m[0], errors="surrogateescape"), text)
+    return text
+
+
+class _Disguised:
+    """Secrets with any of their characters JSON-escaped (\\u0065, \\/) or %-encoded (%65), mixed as they come: a
+    pattern finds the first PREFIX_LEN characters of one, then it is followed character by character as far as it
+    matches (a disguised secret cut short by a field's bound is redacted as a plain one is). One fixed alternation
+    per character: nothing backtracks past a character, and no pattern grows with a secret's length."""
+
+    def __init__(self, forms: list[str]) -> None:
+        self.forms = forms
+        # One group per form: the group that matched tells which form to follow.
+        self.head = re.compile("|".join(f"({''.join(map(_disguised_char, f[:PREFIX_LEN]))})" for f in forms))
+        self.char = {c: re.compile(_disguised_char(c)) for f in forms for c in f[PREFIX_LEN:]}
+
+    def sub(self, text: str) -> str:
+        out: list[str] = []
+        i = 0
+        while (m := self.head.search(text, i)) is not None:
+            end = m.end()
+            for c in self.forms[(m.lastindex or 1) - 1][PREFIX_LEN:]:
+                if (step := self.char[c].match(text, end)) is None:
+                    break
+                end = step.end()
+            out += [text[i:m.start()], REDACTED]
+            i = end
+        out.append(text[i:])
+        return "".join(out)
+
+
+class Secrets:
+    """Matchers for a set of secrets in all their forms: literal ones (as is, URL-encoded, JSON-escaped, inside
+    base64), a run of at least PREFIX_LEN of their first characters, and any mix of \\u- and %-escapes."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        secrets = {s for s in secrets if isinstance(s, str) and len(s.strip()) >= MIN_SECRET_LEN}
+        forms: set[str] = set().union(*(literal_forms(s) for s in secrets))
+        self.literal = _alternation(forms)
+        self.forms = sorted(forms, key=len, reverse=True)
+        self.heads = {f[:PREFIX_LEN] for f in forms}
+        # The secret and its base64 forms, any character escaped (base64 holds '/' a JSON encoder may write as \/);
+        # the URL-encoded and JSON-escaped forms are among the secret's disguises already.
+        disguise = sorted(set(secrets).union(*(_base64_forms(s) for s in secrets)), key=len, reverse=True)
+        self.disguised_heads = {f[:PREFIX_LEN] for f in disguise}
+        self.disguised = _Disguised(disguise) if disguise else None
+
+    def sub(self, text: str, decoded: str | None = None) -> str:
+        """The text without these secrets; `decoded`: the text's _unescaped form, when the caller has it."""
+        if self.literal is None:
+            return text
+        # The per-character patterns are slow on text full of escapes (any non-ASCII JSON): they run only when the
+        # text, its escapes decoded, does hold the start of a secret.
+        if self.disguised is not None and ("\\" in text or "%" in text):
+            if decoded is None:
+                decoded = _unescaped(text)
+            if decoded != text and any(h in decoded for h in self.disguised_heads):
+                text = self.disguised.sub(text)
+        # Substring tests first: far cheaper than the alternation when (as almost always) no secret is there.
+        if any(h in text for h in self.heads):
+            text = self.literal.sub(REDACTED, text)
+            for secret in self.forms:  # a form cut short by a field's bound: its first PREFIX_LEN characters and on
+                if secret[:PREFIX_LEN] in text:
+                    text = _redact_prefix_runs(text, secret)
+        return text
+
+
+@functools.lru_cache(maxsize=256)
+def secrets_of(secrets: tuple[str, ...]) -> Secrets:
+    """The matchers of a connection's own credentials (the proxy's users'), compiled once per distinct set."""
+    return Secrets(secrets)
+
+
 def register(secret: str | None, *, minted: bool = False) -> None:
-    """Remember a secret the process holds, so that no output shows it (nor its URL- or JSON-escaped form)."""
+    """Remember a secret the process holds, so that no output shows it (nor its URL-, JSON- or base64-encoded
+    form)."""
     global _dirty, _minted_dirty
     if not isinstance(secret, str) or len(secret.strip()) < MIN_SECRET_LEN:
         return
-    forms = {secret, quote(secret, safe=""), json.dumps(secret)[1:-1]}
     with _lock:
         if minted:
-            for f in forms:
+            # Minted tokens are JWTs: their disguised forms are caught by the JWT shape rules.
+            for f in (secret, quote(secret, safe=""), json.dumps(secret)[1:-1]):
                 _minted[f] = None
                 _minted.move_to_end(f)
             while len(_minted) > MAX_MINTED:
                 _minted.popitem(last=False)
             _minted_dirty = True
-        elif not forms <= _fixed:
-            _fixed.update(forms)
+        elif secret not in _fixed:
+            _fixed.add(secret)
             _dirty = True
 
 
@@ -83,22 +240,21 @@ def _alternation(items: set[str] | OrderedDict[str, None]) -> re.Pattern[str] | 
     return re.compile("|".join(re.escape(s) for s in sorted(items, key=len, reverse=True)))
 
 
-def _patterns() -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
-    global _fixed_re, _minted_re, _dirty, _minted_dirty, _minted_compiled_at
+def _patterns() -> tuple[Secrets | None, re.Pattern[str] | None]:
+    global _fixed_matcher, _minted_re, _dirty, _minted_dirty, _minted_compiled_at
     # Compiled lazily: tokens are minted per connection, outputs are written far less often; a thousand minted
     # tokens take ~0.1 s to compile, so a live view redrawn 4 times a second never recompiles more than once a
     # second (until then the JWT shape rule redacts a new token just as well).
     if _dirty or (_minted_dirty and time.monotonic() - _minted_compiled_at >= 1.0):
         with _lock:
             if _dirty:
-                _fixed_re = _alternation(_fixed)
-                _fixed_list[:] = sorted(_fixed, key=len, reverse=True)
+                _fixed_matcher = Secrets(_fixed) if _fixed else None
                 _dirty = False
             if _minted_dirty:
                 _minted_re = _alternation(_minted)
                 _minted_dirty = False
                 _minted_compiled_at = time.monotonic()
-    return _fixed_re, _minted_re
+    return _fixed_matcher, _minted_re
 
 
 def _redact_prefix_runs(text: str, secret: str) -> str:
@@ -115,6 +271,23 @@ def _redact_prefix_runs(text: str, secret: str) -> str:
         i = j
     out.append(text[i:])
     return "".join(out)
+
+
+def _redact_base64_jwt(m: re.Match[str]) -> str:
+    run = m.group(0)
+    if not any(mark in run for mark in _B64_JWT_MARKS):
+        return run
+    run_std = run.rstrip("=").replace("-", "+").replace("_", "/")
+    for offset in range(4):
+        chunk = run_std[offset:]
+        chunk = chunk[: len(chunk) - len(chunk) % 4]
+        try:
+            decoded = binascii.a2b_base64(chunk).decode("latin-1")
+        except binascii.Error:
+            continue
+        if "eyJ" in decoded and _JWT_RE.search(decoded):
+            return REDACTED
+    return run
 
 
 def redact_url(url: str) -> str:
@@ -140,15 +313,19 @@ def scrub(text: str) -> str:
     if not text:
         return text
     fixed, minted = _patterns()
+    # Escapes decoded once: what a secret or JWT disguised as \u0065yJ… or %65yJ… reads as.
+    decoded = _unescaped(text) if "\\" in text or "%" in text else text
     if fixed is not None:
-        text = fixed.sub(REDACTED, text)
-        for secret in _fixed_list:
-            if secret[:PREFIX_LEN] in text:
-                text = _redact_prefix_runs(text, secret)
-    if "eyJ" in text:
+        text = fixed.sub(text, decoded)
+    disguised_jwt = "eyJ" in decoded and decoded != text
+    if "eyJ" in text or disguised_jwt:
         if minted is not None:
             text = minted.sub(REDACTED, text)
+        if disguised_jwt:  # the whole disguised token first: the plain rule would cut it at its first plain "eyJ"
+            text = _JWT_DISGUISED_RE.sub(REDACTED, text)
         text = _JWT_RE.sub(REDACTED, text)
+    if "ZXlK" in text or "V5S" in text or "leU" in text:
+        text = _B64_RUN_RE.sub(_redact_base64_jwt, text)
     if "://" in text:
         text = _URL_RE.sub(lambda m: redact_url(m.group(0)), text)
     if "earer" in text or "EARER" in text:

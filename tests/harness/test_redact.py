@@ -1,7 +1,11 @@
 """harness/redact.py: what may leave the process (secrets, URL credentials, control characters)."""
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import json
+import re
 from importlib.resources import files
 
 import jwt
@@ -85,3 +89,81 @@ def test_clean_bounds_length_after_redacting():
 def test_the_json_schema_ships_with_the_package():
     schema = json.loads(files("harness").joinpath("schemas/result.schema.json").read_text(encoding="utf-8"))
     assert schema["title"].startswith("chatprobe")
+
+
+# -- a secret in disguise: JSON \u escapes (backslash doubled or not), \/, %-encoded, base64 --
+
+def _u(s: str, every: int = 1, upper: bool = False) -> str:
+    return "".join((f"\\u{ord(c):04X}" if upper else f"\\u{ord(c):04x}") if i % every == 0 else c
+                   for i, c in enumerate(s))
+
+
+@pytest.mark.parametrize("shown", [
+    _u("pa55/w0rd+user-secret"),  # every character
+    _u("pa55/w0rd+user-secret", 3, upper=True),  # some, upper-case hex
+    "pa55\\/w0rd+user-secret",  # JSON's optional \/
+    _u("pa55/w0rd+user-secret", 2).replace("\\", "\\\\"),  # a JSON string inside JSON, or a repr
+    "pa55%2Fw0rd%2Buser-secret",  # a URL's quote
+    "%70%61%35%35%2f%77%30%72%64%2b%75%73%65%72%2d%73%65%63%72%65%74",  # every byte
+    "p\\u0061%355\\/w0rd+user-secret",  # mixed
+    _u("pa55/w0rd+user-secret")[:60],  # cut short by a field's bound (10 characters)
+])
+def test_a_secret_in_disguise_is_redacted(shown):
+    redact.register("pa55/w0rd+user-secret")
+    text = scrub(f"echo: {shown} end")
+    assert text.startswith(f"echo: {REDACTED}") and text.endswith(" end"), text
+    assert "w0rd" not in redact._unescaped(text)
+
+
+def test_a_secret_inside_base64_is_redacted_at_each_alignment():
+    secret = "pa55/w0rd+user-secret"
+    redact.register(secret)
+    for pre in (b"", b"x", b"xy", b"xyz"):
+        for enc in (base64.b64encode, base64.urlsafe_b64encode):
+            text = scrub(f"blob {enc(pre + secret.encode() + b'!').decode()} end")
+            assert REDACTED in text and secret not in _decoded_runs(text), (pre, enc, text)
+
+
+def test_a_jwt_in_disguise_is_redacted_whoever_minted_it():
+    token = jwt.encode({"sub": "someone-else"}, "not-our-secret-0123456789abcdef0123", algorithm="HS256")
+    for shown in (_u(token, 2), "%65" + token[1:], _u(token).replace("\\", "\\\\"),
+                  base64.b64encode(b"Bearer " + token.encode()).decode(),
+                  base64.urlsafe_b64encode(b"t=" + token.encode()).decode()):
+        assert scrub(f"user {shown} ok") == f"user {REDACTED} ok", shown
+
+
+def test_escapes_that_hold_no_secret_are_left_as_they_are():
+    redact.register("pa55/w0rd+user-secret")
+    for text in ('{"msg": "caf\\u00e9 50% off \\/ \\\\"}', "%41%42 \\u0041", "\\" * 10_000 + "u0070a55",
+                 "ZXlKaGVsbG8gd29ybGQ= leU V5S plain base64"):
+        assert scrub(text) == text
+
+
+def test_a_connection_s_own_credentials_are_kept_out_of_its_recording_in_disguise(tmp_path):
+    from harness.recorder import Recorder
+
+    own = "opaque-user-credential-7Hq2"
+    recorder = Recorder(tmp_path)
+    log = recorder.connection("live", [own])
+    for shown in (_u(own, 2), own.replace("-", "%2D"), base64.b64encode(b"u:" + own.encode()).decode()):
+        log.frame("recv", f'{{"echo": "{shown}"}}', 1.0)
+        log.frame("recv", f"echo {shown}".encode(), 1.0)
+    path = recorder.save(log)
+    assert path is not None
+    text = path.read_text()
+    frames = [json.loads(line) for line in text.splitlines()]
+    shown_all = text + "".join(base64.b64decode(f["frame_b64"]).decode() for f in frames if "frame_b64" in f)
+    assert shown_all.count(REDACTED) == 6
+    assert own not in _decoded_runs(redact._unescaped(shown_all.replace("\\\\", "\\")))
+    assert REDACTED not in scrub(f"echo {_u(own)}")  # another connection's (or the process's) outputs don't know it
+
+
+def _decoded_runs(text: str) -> str:
+    out = [text]
+    for run in re.findall(r"[A-Za-z0-9+/_-]{8,}", text):
+        run = run.replace("-", "+").replace("_", "/")
+        for offset in range(4):
+            chunk = run[offset:]
+            with contextlib.suppress(binascii.Error):
+                out.append(base64.b64decode(chunk[: len(chunk) - len(chunk) % 4]).decode("latin-1"))
+    return "\n".join(out)
