@@ -20,6 +20,7 @@ class Role(str, Enum):
 
 
 ALL_ROLES: tuple[Role, ...] = tuple(Role)
+_COMPLETED, _ERROR = Role.AGENT_COMPLETED, Role.ERROR_EVENT  # bound once: Role.X costs a lookup each time
 
 # The roles a successful run must show when a scenario says nothing else (PROTOCOL.md R2).
 DEFAULT_REQUIRED: tuple[Role, ...] = (
@@ -142,7 +143,8 @@ class Event:
 
     @property
     def terminal(self) -> bool:
-        return self.role is Role.AGENT_COMPLETED or (self.role is Role.ERROR_EVENT and not self.recoverable)
+        role = self.role
+        return role is _COMPLETED or (role is _ERROR and not self.recoverable)
 
 
 EVENT_OVERHEAD = 200  # an Event's own size, roughly

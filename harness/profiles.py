@@ -307,7 +307,7 @@ class Decoder:
         self.source, namespace = _generate(self)
         exec(compile(self.source, f"<decoder of profile {profile.name[:60]!r}>", "exec"), namespace)
         self.decode_obj = namespace["decode_obj"]
-        self.decode = _text_decoder(self.decode_obj)
+        self.decode = namespace["decode"]
 
     # -- field lookup: containers resolved once per frame, names split once --
     def scopes(self, frame: dict[str, Any]) -> list[dict[str, Any]]:
@@ -420,26 +420,16 @@ class _Blank(dict[str, Any]):
         return ""
 
 
-def _text_decoder(decode_obj: Callable[[Any, float], Event | Frame]) -> Callable[[str | bytes, float], Event | Frame]:
-    """One text frame parsed, then decoded by the profile's compiled `decode_obj`."""
-
-    def decode(text: str | bytes, received_at: float) -> Event | Frame:
-        if isinstance(text, (bytes, bytearray)):
-            return Frame(FrameKind.MALFORMED, detail=f"binary frame of {len(text)} bytes where JSON text was expected")
-        try:
-            frame = _fast_loads(text)
-        except ValueError:
-            # orjson refuses what json accepts (NaN, integers past 64 bits, depth past 1024): json decides, so a
-            # frame means what it always meant.
-            try:
-                frame = json.loads(text)
-            except (ValueError, RecursionError):
-                if isinstance(text, StreamProblem):  # what the transport found wrong in the stream itself
-                    return Frame(FrameKind.MALFORMED, detail=str(text))
-                return Frame(FrameKind.MALFORMED, detail=f"not JSON: {text[:60]!r}")
-        return decode_obj(frame, received_at)
-
-    return decode
+def _loads_or_malformed(text: str) -> Any:
+    """A text frame orjson refused, as json reads it, or the MALFORMED Frame it is."""
+    # orjson refuses what json accepts (NaN, integers past 64 bits, depth past 1024): json decides, so a frame means
+    # what it always meant.
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        if isinstance(text, StreamProblem):  # what the transport found wrong in the stream itself
+            return Frame(FrameKind.MALFORMED, detail=str(text))
+        return Frame(FrameKind.MALFORMED, detail=f"not JSON: {text[:60]!r}")
 
 
 class _Source:
@@ -548,12 +538,20 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
             keys.append((sp.key, sp.key_fallback))
         span_of[t] = (sp.name, kind, keys.index((sp.key, sp.key_fallback)))
     ns["SPAN_OF"] = span_of
-    ns["SPAN_OF_ROLE"] = {role: span_of[role.value] for role in Role if role.value in span_of}
+    span_of_role = {role: span_of[role.value] for role in Role if role.value in span_of}
+    ns["SPAN_OF_ROLE"] = span_of_role
+    # Wire types whose role does not hang on the frame (all but `when: run` ones): role, span and whether the tool
+    # fields are read, in one lookup.
+    known: dict[str, tuple[Role | None, tuple[str, str, int] | None, bool]] = {}
+    for t in dec.unmapped:
+        if t not in dec.with_run:
+            known[t] = (None, span_of.get(t), t in span_of)
+    for t, role in dec.always.items():
+        known[t] = (role, span_of.get(t) or span_of_role.get(role),
+                    role is Role.TOOL_EXECUTING or role is Role.TOOL_COMPLETED or t in span_of)
+    ns["KNOWN"] = known
 
     src = _Source(dec.containers)
-    head = ["def decode_obj(frame, received_at):",
-            "    if not isinstance(frame, dict):",
-            "        return Frame(MALFORMED, detail=f'a JSON {type(frame).__name__}, not an object')"]
     emit = src.emit
     src.find("wire_type", n["type"])
     emit("if not isinstance(wire_type, str) or not wire_type:")
@@ -578,16 +576,21 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
                 emit("    run_id = _id(run_id)[0]")
                 emit("return Frame(ERROR_KIND, wire_type=wire_type, error_code=code, detail=str(message or '')[:200], "
                      "raw=frame, run_id=run_id, session_error=SESSION_ERRORS.get(code or ''))")
-    emit("role = ALWAYS.get(wire_type)")
-    if dec.with_run:
-        emit("if role is None and run_id is not None:")
-        emit("    role = WITH_RUN.get(wire_type)")
-    emit("if role is None and wire_type not in UNMAPPED:")
-    if profile.unknown_types == "violation":
-        emit("    return Frame(MALFORMED, wire_type=wire_type, raw=frame, detail='type ' + repr(wire_type[:60]) + "
-             "UNKNOWN_SUFFIX)")
-    else:
-        emit("    return Frame(UNKNOWN_KIND, wire_type=wire_type, raw=frame)")
+    emit("known = KNOWN.get(wire_type)")
+    emit("if known is not None:")
+    emit("    role, sp, tools = known")
+    with src.block("else:"):
+        emit("role = WITH_RUN.get(wire_type) if run_id is not None else None")
+        emit("if role is None and wire_type not in UNMAPPED:")
+        if profile.unknown_types == "violation":
+            emit("    return Frame(MALFORMED, wire_type=wire_type, raw=frame, detail='type ' + repr(wire_type[:60]) + "
+                 "UNKNOWN_SUFFIX)")
+        else:
+            emit("    return Frame(UNKNOWN_KIND, wire_type=wire_type, raw=frame)")
+        emit("sp = SPAN_OF.get(wire_type)")
+        emit("if sp is None and role is not None:")
+        emit("    sp = SPAN_OF_ROLE.get(role)")
+        emit("tools = role is R_TOOL_EXECUTING or role is R_TOOL_COMPLETED or wire_type in SPAN_OF")
     emit("bad_seq = None")
     if src.find("seq", n["seq"]):
         emit("if seq is not None and seq.__class__ is not int and (not isinstance(seq, int) or isinstance(seq, bool)):")
@@ -607,7 +610,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
         sized.append("server_time")
     emit("tool_call_id = tool_name = parent_run_id = None")
     emit("recoverable = False")
-    with src.block("if role is R_TOOL_EXECUTING or role is R_TOOL_COMPLETED" + (" or wire_type in SPAN_OF:" if span_of else ":")):
+    with src.block("if tools:"):
         sized += [name for name in ("tool_call_id", "tool_name") if src.find_id(name, n[name], name)]
     if n["recoverable"] != ((), ()):
         with src.block("if role is R_ERROR_EVENT:"):
@@ -632,9 +635,6 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
         emit("payload = None")
     emit("span = None")
     if span_of:
-        emit("sp = SPAN_OF.get(wire_type)")
-        emit("if sp is None and role is not None:")
-        emit("    sp = SPAN_OF_ROLE.get(role)")
         with src.block("if sp is not None:"):
             for i, (key, fallback) in enumerate(keys):
                 # One lookup per key the spans use (the span's index picks it).
@@ -674,7 +674,20 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     if args:
         raise AssertionError(f"Event has no field {next(iter(args))}")
     emit(f"return Event({', '.join(positional + keyword)})")
-    return "\n".join(head + src.lines) + "\n", ns
+    body = ["    if not isinstance(frame, dict):",
+            "        return Frame(MALFORMED, detail=f'a JSON {type(frame).__name__}, not an object')", *src.lines]
+    # The same body twice: after the JSON parse of a text frame (a call fewer per frame), and for a parsed frame.
+    ns.update(_loads=_fast_loads, _loads_or_malformed=_loads_or_malformed)
+    parse = ["def decode(text, received_at):",
+             "    if text.__class__ is not str and isinstance(text, (bytes, bytearray)):",
+             "        return Frame(MALFORMED, detail=f'binary frame of {len(text)} bytes where JSON text was expected')",
+             "    try:",
+             "        frame = _loads(text)",
+             "    except ValueError:",
+             "        frame = _loads_or_malformed(text)",
+             "        if frame.__class__ is Frame:",
+             "            return frame"]
+    return "\n".join(["def decode_obj(frame, received_at):", *body, "", *parse, *body]) + "\n", ns
 
 
 BUILTIN_DIR = PROFILES_DIR
