@@ -221,6 +221,10 @@ class SyncSession(VirtualUser):
         self._ticks = 0
         self._connect_lock = threading.Lock()
         self.ended_note = ""  # a WebSocket connection ends with a close code, never a note
+        # Chats listening out their settle window while the session's next chats play (ChatOptions.overlap_settle),
+        # each with where its verdict goes; `_settle_at`: the earliest time one of them may be due.
+        self._settling: list[tuple[ChatFlow, Callable[[ChatResult], None]]] = []
+        self._settle_at = float("inf")
 
     # -- connection --
     def connect(self) -> None:
@@ -305,6 +309,14 @@ class SyncSession(VirtualUser):
             conn.reader.join(timeout)
 
     def close(self) -> None:
+        """Listen out the settle windows still open (judged at once if interrupted: Locust stopping the user), then
+        close the connection."""
+        try:
+            self._listen_out()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
         conn = self.conn
         if conn is None:
             return
@@ -339,33 +351,54 @@ class SyncSession(VirtualUser):
             self._cond.wait_for(lambda: self._ticks != seen_ticks, timeout)
 
     # -- chats --
-    def chat(self, content: str, expectations: Expectations, options: ChatOptions = DEFAULTS) -> ChatResult:
-        """Send one message and follow its run to a verdict, within the chat's deadline.
+    def chat(self, content: str, expectations: Expectations, options: ChatOptions = DEFAULTS,
+             verdict: Callable[[ChatResult], None] | None = None) -> ChatResult | None:
+        """Send one message and follow its run to a verdict, within the chat's deadline; the verdict is returned and,
+        when given, handed to `verdict` too.
 
-        Interrupted from outside (GreenletExit when Locust stops the user), the chat is judged as abandoned
-        (STOPPED_NOTE) for the sink, and the interruption goes on: the caller gets no result to report.
+        With `verdict`, `options.overlap_settle` and a profile whose events name their run, it returns None when the
+        run ends: the settle window is listened out while the session's next chats play (or by close()), and the
+        final verdict goes to `verdict` then, so a user without think time starts its next chat at once, as under
+        `chatprobe run`. Interrupted from outside (GreenletExit when Locust stops the user), the chat is judged as
+        abandoned (STOPPED_NOTE) for the sink, and the interruption goes on: nothing goes to `verdict`.
         """
         flow = ChatFlow.chat(self.router, content, expectations, user_id=self.user_id, now=self.clock(),
                              options=options)
-        return self._play(flow)
+        overlap = verdict is not None and options.overlap_settle and self.profile.events_name_run
+        result = self._play(flow, verdict if overlap else None)
+        if result is not None and verdict is not None:
+            verdict(result)
+        return result
 
     def send_invalid(self, raw: str, expectations: Expectations) -> ChatResult:
         """Send a frame the server must answer with an error_message, keeping the connection open (R13)."""
-        return self._play(ChatFlow.invalid_input(self.router, raw, expectations, now=self.clock()))
+        result = self._play(ChatFlow.invalid_input(self.router, raw, expectations, now=self.clock()))
+        assert result is not None
+        return result
 
-    def _play(self, flow: ChatFlow) -> ChatResult:
-        """Perform what the chat's flow asks with this connection and the condition's waits, until its verdict.
+    def _play(self, flow: ChatFlow, background: Callable[[ChatResult], None] | None = None) -> ChatResult | None:
+        """Perform what the chat's flow asks with this connection and the condition's waits, until its verdict (with
+        `background`: until its settle window starts; the window is then the session's to listen out).
 
         The flow reads and changes the trackers the reader thread feeds, so it is only asked under the condition.
+        While it plays, it also judges the session's chats whose settle windows have ended.
         """
         cond, clock = self._cond, self.clock
         try:
             while True:
                 with cond:
                     seen = self._ticks
-                    action = flow.next(clock(), self)
+                    now = clock()
+                    action = flow.next(now, self)
+                    if isinstance(action, Wait) and background is not None and flow.settling:
+                        self._settling.append((flow, background))
+                        self._settle_at = min(self._settle_at, action.until)
+                        return None
+                    due = self._due(now) if self._settling and (now >= self._settle_at or self.closed) else None
+                if due:
+                    self._deliver(due)
                 if isinstance(action, Wait):
-                    self._wait(seen, action.until - clock())
+                    self._wait(seen, min(action.until, self._settle_at) - clock())
                 elif isinstance(action, Send):
                     sent = self._send(action.frame)
                     with cond:
@@ -387,10 +420,54 @@ class SyncSession(VirtualUser):
                     if self.conn is not None and not self.closed:
                         self._drop(self.conn)
                 elif isinstance(action, Close):
-                    self.close()
+                    self._close()  # chats still settling are judged now: their connection is gone
                 else:
                     return action.result
         except BaseException:
             with cond:
                 flow.left(clock())
+            raise
+
+    # -- settle windows listened out in the background --
+    def _due(self, now: float) -> list[tuple[ChatFlow, Callable[[ChatResult], None]]]:
+        """Judge the settling chats whose windows ended (all of them once the connection is gone); under the condition.
+        A window only moves later (a further run on the stream), so `_settle_at` never misses one."""
+        due, keep, at = [], [], float("inf")
+        for item in self._settling:
+            action = item[0].next(now, self)
+            if isinstance(action, Wait):
+                keep.append(item)
+                at = min(at, action.until)
+            else:
+                due.append(item)
+        self._settling, self._settle_at = keep, at
+        return due
+
+    @staticmethod
+    def _deliver(due: list[tuple[ChatFlow, Callable[[ChatResult], None]]]) -> None:
+        for flow, verdict in due:
+            assert flow.result is not None
+            verdict(flow.result)
+
+    def _listen_out(self) -> None:
+        """Wait until every settling chat is judged; stopped from outside, judge the rest at once on what arrived."""
+        cond, clock = self._cond, self.clock
+        try:
+            while True:
+                with cond:
+                    if not self._settling:
+                        return
+                    seen = self._ticks
+                    due = self._due(clock())
+                if due:
+                    self._deliver(due)
+                else:
+                    self._wait(seen, self._settle_at - clock())
+        except BaseException:
+            with cond:
+                now = clock()
+                due, self._settling, self._settle_at = self._settling, [], float("inf")
+                for flow, _ in due:
+                    flow.stopped(now)
+            self._deliver(due)
             raise

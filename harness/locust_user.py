@@ -355,9 +355,18 @@ class ChatUser(User):
 
     def _chat(self, call: ChatCall | None = None) -> None:
         call = call or self.script.chat()
-        t0 = time.monotonic()
-        result = self.session.chat(call.content, call.expectations, call.options)
-        self._record(result, t0)
+        # Without think time the verdict comes when the settle window ends, while the next chat already plays
+        # (overlap_settle, as under `chatprobe run`): recorded then, by _verdict; None here means the run ended.
+        result = self.session.chat(call.content, call.expectations, call.options, self._verdict)
+        if result is not None and connect_failed(result):
+            self._refused = True
+        else:
+            self._connected = True
+
+    def _verdict(self, result: ChatResult) -> None:
+        """A chat's final verdict into Locust's stats and the tally; its time when it has none (an error): from
+        when the chat began (sent_at, on the session's monotonic clock) to now."""
+        self.chatprobe.record(result, time.monotonic() - result.sent_at)
 
     def _record(self, result: ChatResult, t0: float) -> None:
         self.chatprobe.record(result, time.monotonic() - t0)
