@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from typing import Any, NoReturn
@@ -158,35 +159,93 @@ _CONFIG_CHECKS: dict[str, Any] = {
 }
 
 
-# A config file is small: bounds on what a hostile or mistaken file can cost before it is rejected.
-MAX_CONFIG_CHARS = 1024 * 1024
+# A config file is small (a flat mapping; its faults a list of strings): bounds on what a hostile or mistaken file
+# (a device, deep nesting, a flood of values, an alias bomb) can cost before it is rejected. agentsim imports
+# nothing of harness, so these are its own, in the manner of harness/yamlfile.py.
+MAX_CONFIG_BYTES = 1024 * 1024
 MAX_ALIASES = 20
+MAX_DEPTH = 16
+MAX_NODES = 10_000
+# libyaml when PyYAML has it (its wheels do): the pure-Python parser needs tens of seconds for a 1 MiB file.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+_TOP_KEY_RE = re.compile(rb"^([A-Za-z_][A-Za-z0-9_-]*)[ \t]*:", re.MULTILINE)
+
+
+def _field_before(raw: bytes, end: int | None = None) -> str:
+    """" field 'KEY':" for the last top-level key in raw[:end] (where a parser stopped), or ""."""
+    keys = _TOP_KEY_RE.findall(raw, 0, len(raw) if end is None else end)
+    return f" field {keys[-1][:40].decode('utf-8', 'replace')!r}:" if keys else ""
+
+
+def _check_events(text: str, path: str) -> None:
+    """One pass over the YAML event stream, before anything is composed: depth, values and aliases are counted as
+    they come, so a file nested 500,000 levels deep is refused at level MAX_DEPTH + 1, not after minutes (the
+    composer recurses per level). The message names the top-level field the problem is in."""
+    depth = nodes = aliases = 0
+    field: str | None = None
+    expect_key = False  # the next node at depth 1 is a top-level key
+    for event in yaml.parse(text, Loader=_LOADER):
+        if isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+            expect_key = depth == 1
+            continue
+        if not isinstance(event, yaml.NodeEvent):
+            continue
+        line = event.start_mark.line + 1 if event.start_mark is not None else 0
+        if depth == 1:
+            if expect_key:
+                field = str(event.value)[:40] if isinstance(event, yaml.ScalarEvent) else "?"
+            expect_key = not expect_key
+        where = f"{path}:{line}: field {field!r}" if field is not None else f"{path}:{line}"
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise ConfigError(f"{where}: more than {MAX_NODES} values; too large to be a configuration")
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise ConfigError(f"{where}: more than {MAX_ALIASES} YAML aliases; refusing to expand them")
+        elif isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels) to be a "
+                                  "configuration")
+            expect_key = depth == 1
 
 
 def load_config(path: str) -> dict[str, Any]:
     """Read and validate a YAML config file; raises ConfigError naming file:line and field."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read(MAX_CONFIG_CHARS + 1)
-        if len(text) > MAX_CONFIG_CHARS:
-            raise ConfigError(f"{path}: larger than {MAX_CONFIG_CHARS // 1024} KiB; is this the right file?")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)  # never a hang on /dev/zero
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        # Where the bound was crossed, and the last top-level key before it: the field that made it too large.
+        line = raw.count(b"\n", 0, MAX_CONFIG_BYTES) + 1
+        raise ConfigError(f"{path}:{line}:{_field_before(raw[:MAX_CONFIG_BYTES])} larger than "
+                          f"{MAX_CONFIG_BYTES // 1024} KiB; too large to be a configuration")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        with open(path, "rb") as fh:
-            line = fh.read()[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
                           f"{exc.start})") from None
     try:
-        if sum(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=yaml.SafeLoader)) > MAX_ALIASES:
-            raise ConfigError(f"{path}: more than {MAX_ALIASES} YAML aliases; refusing to expand them")
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except RecursionError:
+        _check_events(text, path)
+        root = yaml.compose(text, Loader=_LOADER)
+    except RecursionError:  # not expected past _check_events; kept so that no parser change brings a traceback
         raise ConfigError(f"{path}: nested too deeply to be a configuration") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
-        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        problem = getattr(exc, "problem", None) or str(exc)
+        if "maximum nesting depth" in problem:  # libyaml's own limit, met while it reads ahead of our check
+            field = _field_before(raw, mark.index if mark else len(raw))
+            raise ConfigError(f"{where}:{field} nested too deeply (more than {MAX_DEPTH} levels) to be a "
+                              "configuration") from None
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     if root is None:
         return {}
     if not isinstance(root, yaml.MappingNode):
@@ -201,7 +260,7 @@ def load_config(path: str) -> dict[str, Any]:
         if key not in _CONFIG_FIELDS:
             raise ConfigError(f"{where}: unknown field (known: {', '.join(_CONFIG_FIELDS)})")
         kind = _CONFIG_FIELDS[key]
-        value = yaml.safe_load(yaml.serialize(value_node))
+        value = yaml.load(yaml.serialize(value_node), Loader=_LOADER)
         try:
             if kind == "faults":
                 items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -216,3 +217,23 @@ def test_hostile_config_exits_2_quickly(tmp_path, capsys, text, needle):
     assert cli.main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text, needle", [
+    # 200,000 levels in flow style (PyYAML's composer would recurse per level; its scanner works per open level).
+    ("seed: 1\nthink: " + "[" * 200_000 + "]" * 200_000 + "\n", ":2: field 'think': nested too deeply"),
+    ("seed: 1\nthink:\n" + "".join(" " * i + "-\n" for i in range(40)), ": field 'think': nested too deeply"),
+    ("seed: 1\nfaults: [" + ", ".join(["drop=0.1"] * 20_000) + "]\n", ":2: field 'faults': more than 10000 values"),
+    ("seed: 1\nfaults:\n" + "  - drop=0.1\n" * 100_000, ": field 'faults': larger than 1024 KiB"),
+    ("a: &a [x, x]\n" + "".join(f"b{i}: &b{i} [*a, *a]\n" for i in range(30)), ":12: field 'b10': more than 20 YAML aliases"),
+])
+def test_a_huge_or_deep_config_is_refused_at_once_by_a_real_agentsim(tmp_path, text, needle):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "agentsim", "--config", str(path), "--port", "0"],
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip()
+    assert err.startswith(f"agentsim: error: {path}:") and needle in err, err[:2000]
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and not proc.stdout
