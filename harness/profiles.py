@@ -261,10 +261,7 @@ class Decoder:
 
     __slots__ = ("profile", "always", "with_run", "unmapped", "control", "ping", "conn_error", "span_of",
                  "containers", "names", "session_errors", "request_types", "resume_types", "checks", "check_fields",
-                 "source", "decode_obj", "decode")
-
-    decode_obj: Callable[[Any, float], Event | Frame]
-    decode: Callable[[str | bytes, float], Event | Frame]
+                 "_source", "_decode_obj", "_decode")
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
@@ -304,10 +301,32 @@ class Decoder:
         self.resume_types = frozenset(profile.resume_types or ([resume_type] if isinstance(resume_type, str) else []))
         self.checks: tuple[CheckSet, ...] = tuple(CHECKS[name] for name in profile.checks)
         self.check_fields = tuple(dict.fromkeys(f for c in self.checks for f in c.fields))
-        self.source, namespace = _generate(self)
-        exec(compile(self.source, f"<decoder of profile {profile.name[:60]!r}>", "exec"), namespace)
-        self.decode_obj = namespace["decode_obj"]
-        self.decode = namespace["decode"]
+        # Compiled on first use (a few ms a profile): loading profiles to list or filter them compiles nothing.
+        self._source = ""
+        self._decode_obj: Callable[[Any, float], Event | Frame] | None = None
+        self._decode: Callable[[str | bytes, float], Event | Frame] | None = None
+
+    # -- frames from the server: the compiled functions (bind them once: each is the whole per-frame work) --
+    @property
+    def decode(self) -> Callable[[str | bytes, float], Event | Frame]:
+        """(text frame, receipt time) -> the Event or Frame it is."""
+        return self._decode or self._compile()[0]
+
+    @property
+    def decode_obj(self) -> Callable[[Any, float], Event | Frame]:
+        """(parsed JSON frame, receipt time) -> the Event or Frame it is."""
+        return self._decode_obj or self._compile()[1]
+
+    @property
+    def source(self) -> str:
+        """The generated Python of both functions (for reading; it is exec'd once)."""
+        return self._source or self._compile()[2]
+
+    def _compile(self) -> tuple[Callable[[str | bytes, float], Event | Frame], Callable[[Any, float], Event | Frame], str]:
+        source, namespace = _generate(self)
+        exec(compile(source, f"<decoder of profile {self.profile.name[:60]!r}>", "exec"), namespace)
+        self._source, self._decode, self._decode_obj = source, namespace["decode"], namespace["decode_obj"]
+        return namespace["decode"], namespace["decode_obj"], source
 
     # -- field lookup: containers resolved once per frame, names split once --
     def scopes(self, frame: dict[str, Any]) -> list[dict[str, Any]]:
@@ -517,14 +536,15 @@ class _Source:
 
 
 def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
-    """The source of `decode_obj` for one profile and the namespace it runs in: the same Event or Frame for every
-    frame as the table-driven lookups (Decoder.find) give, the fields looked up only where the frame needs them."""
+    """The source of `decode_obj` (a parsed frame) and `decode` (a text frame) for one profile, and the namespace they
+    run in: the same Event or Frame for every frame as the table-driven lookups (Decoder.find) give, each field looked
+    up only where the frame needs it."""
     profile, n = dec.profile, dec.names
     ns: dict[str, Any] = {
         "Event": Event, "Frame": Frame, "_id": _id, "MALFORMED": FrameKind.MALFORMED, "PING_KIND": FrameKind.PING,
         "CONTROL_KIND": FrameKind.CONTROL, "ERROR_KIND": FrameKind.ERROR, "UNKNOWN_KIND": FrameKind.UNKNOWN,
-        "PING": dec.ping, "CONTROL": dec.control, "CONN_ERROR": dec.conn_error, "ALWAYS": dec.always,
-        "WITH_RUN": dec.with_run, "UNMAPPED": dec.unmapped, "SESSION_ERRORS": dec.session_errors,
+        "PING": dec.ping, "CONTROL": dec.control, "CONN_ERROR": dec.conn_error, "WITH_RUN": dec.with_run,
+        "UNMAPPED": dec.unmapped, "SESSION_ERRORS": dec.session_errors,
         "CONN_CODES": frozenset(profile.connection_error_codes), "CHECK_FRAMES": tuple(c.frame for c in dec.checks),
         "UNKNOWN_SUFFIX": f" is not in profile {profile.name!r} (add it to control or unmapped)",
         "R_TOOL_EXECUTING": Role.TOOL_EXECUTING, "R_TOOL_COMPLETED": Role.TOOL_COMPLETED,
