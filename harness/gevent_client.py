@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Frame as WireFrame
@@ -99,12 +100,13 @@ class _Wire:
         self.sock, self.protocol = sock, protocol
         self.early = [e for e in events if isinstance(e, WireFrame)]
 
-    def send_text(self, data: str) -> None:
+    def send_text(self, data: bytes) -> None:
+        """Send one text message, given as UTF-8."""
         assert self.protocol is not None and self.sock is not None
         with self.lock:
             if self.protocol.state is not State.OPEN:
                 raise ConnectionError("the connection is closed")
-            self.protocol.send_text(data.encode())
+            self.protocol.send_text(data)
             self._flush()
 
     def _flush(self) -> None:
@@ -112,21 +114,27 @@ class _Wire:
         assert self.protocol is not None and self.sock is not None
         for chunk in self.protocol.data_to_send():
             if chunk:
-                self.sock.sendall(chunk)
+                # One send() takes a small frame whole; gevent's sendall() asks the kernel for the buffer size
+                # (a getsockopt) on every call before it sends anything.
+                sent = self.sock.send(chunk)
+                if sent < len(chunk):
+                    self.sock.sendall(memoryview(chunk)[sent:])
             else:
                 try:
                     self.sock.shutdown(socket.SHUT_WR)
                 except OSError:
                     pass
 
-    def read(self, deliver: Callable[[str | bytes], None]) -> None:
-        """Read until the connection ends, handing each whole message to `deliver`; never raises for what a server
-        does (the protocol answers pings and closes, and fails the connection on a frame over max_size)."""
+    def read(self, deliver: Callable[[list[str | bytes]], None]) -> None:
+        """Read until the connection ends, handing the whole messages of each read to `deliver` at once (one wake-up
+        and one hand-off per read, not per message); never raises for what a server does (the protocol answers
+        pings and closes, and fails the connection on a frame over max_size)."""
         protocol, sock = self.protocol, self.sock
         assert protocol is not None and sock is not None
         early, self.early = self.early, []
-        for frame in early:
-            self._on_frame(frame, deliver)
+        messages = [m for m in map(self._on_frame, early) if m is not None]
+        if messages:
+            deliver(messages)
         while protocol.state is not State.CLOSED:
             try:
                 data = sock.recv(65536)
@@ -142,13 +150,16 @@ class _Wire:
                     self._flush()
                 except OSError:
                     pass
-            for event in events:
-                if isinstance(event, WireFrame):
-                    self._on_frame(event, deliver)
+            messages = [m for m in map(self._on_frame, events) if m is not None]
+            if messages:
+                deliver(messages)
             if not data:
                 break
 
-    def _on_frame(self, frame: WireFrame, deliver: Callable[[str | bytes], None]) -> None:
+    def _on_frame(self, frame: Any) -> str | bytes | None:
+        """The whole message a frame completes, if any (events that are not frames, control frames: None)."""
+        if not isinstance(frame, WireFrame):
+            return None
         opcode, payload = frame.opcode, bytes(frame.data)
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             if frame.fin:
@@ -158,13 +169,12 @@ class _Wire:
         elif opcode is Opcode.CONT:
             self.parts.append(payload)  # the protocol bounds the whole message by max_size
             if not frame.fin:
-                return
+                return None
             data, self.parts = b"".join(self.parts), []
             message = self._text(data) if self.parts_text else data
         else:  # ping, pong, close: the protocol answered
-            return
-        if message is not None:
-            deliver(message)
+            return None
+        return message
 
     def _text(self, data: bytes) -> str | None:
         try:
@@ -215,10 +225,12 @@ class SyncSession(VirtualUser):
         self.conn: _Connection | None = None
         self.generation = 0
         self.closed = True
-        # One condition guards the checker and trackers (the reader feeds them) and wakes waiting chats;
-        # `_ticks` changes on every frame and every close, so a waiter never misses a wake-up.
-        self._cond = threading.Condition()
-        self._ticks = 0
+        # One lock guards the checker and trackers (the reader feeds them). Waiting chats wait on `_woken`, taken
+        # under the lock; a wake-up sets it and puts a fresh one in its place, so a waiter never misses one that
+        # came after it looked (an Event per wake-up is gevent's cheapest wait with a timeout; a Condition
+        # allocated a lock per wait and an RLock per entry).
+        self._lock = threading.Lock()
+        self._woken = threading.Event()
         self._connect_lock = threading.Lock()
         self.ended_note = ""  # a WebSocket connection ends with a close code, never a note
         # Chats listening out their settle window while the session's next chats play (ChatOptions.overlap_settle),
@@ -237,7 +249,7 @@ class SyncSession(VirtualUser):
             kind, reason = classify(exc)
             self.sink.connection_attempt(self.scenario, kind)
             raise ConnectFailed(kind, reason) from None
-        with self._cond:
+        with self._lock:
             self.generation += 1
             conn = self.conn = _Connection(settings, ws, self.generation)
             self.router.new_connection()
@@ -248,9 +260,17 @@ class SyncSession(VirtualUser):
         if not self.profile.welcome:
             self.sink.connection_attempt(self.scenario, "ok")
             return
-        with self._cond:
-            in_time = self._cond.wait_for(lambda: self.router.answered or self.closed, self.connect_timeout)
-            kind, reason = self.router.welcome_outcome(in_time, self.closed, conn.close_code, self.connect_timeout)
+        deadline = self.clock() + self.connect_timeout
+        while True:
+            with self._lock:
+                in_time = self.router.answered or self.closed
+                left = deadline - self.clock()
+                if in_time or left <= 0:
+                    kind, reason = self.router.welcome_outcome(in_time, self.closed, conn.close_code,
+                                                               self.connect_timeout)
+                    break
+                woken = self._woken
+            woken.wait(left)
         if kind != "ok":
             self._drop(conn)
             raise ConnectFailed(kind, reason)
@@ -259,17 +279,24 @@ class SyncSession(VirtualUser):
         ws = conn.ws
         clock = self.clock
 
-        def deliver(message: str | bytes) -> None:
-            at = clock()
-            with self._cond:
-                answered = self.router.answered
-                wake, reply = self.router.on_frame(message, at)
-                if wake is not None or self.router.answered is not answered:
+        router = self.router
+
+        def deliver(messages: list[str | bytes]) -> None:
+            at = clock()  # the messages of one read arrived together
+            replies = []
+            with self._lock:
+                answered, wake = router.answered, False
+                for message in messages:
+                    whom, reply = router.on_frame(message, at)
+                    if whom is not None:
+                        wake = True
+                    if reply is not None:
+                        replies.append(reply)
+                if wake or router.answered is not answered:
                     # A chat to wake (its run is done, or it counts events), everyone, or the welcome came:
                     # waking every chat of the connection on every event would cost a switch per event.
-                    self._ticks += 1
-                    self._cond.notify_all()
-            if reply is not None:
+                    self._wake()
+            for reply in replies:
                 self._send(reply)
 
         try:
@@ -278,20 +305,24 @@ class SyncSession(VirtualUser):
             conn.close_reason = f"{exc.__class__.__name__}: {str(exc)[:120]}"
         finally:
             record_close(conn, ws.protocol)
-            with self._cond:
+            with self._lock:
                 if conn.protocol_error is not None:
                     self.router.on_protocol_error(conn.protocol_error, clock())
                 if conn.generation == self.generation:
                     self.closed = True
-                self._ticks += 1
-                self._cond.notify_all()
+                self._wake()
+
+    def _wake(self) -> None:
+        """Wake every waiting chat (under the lock)."""
+        woken, self._woken = self._woken, threading.Event()
+        woken.set()
 
     def _send(self, obj: object) -> bool:
         conn = self.conn
         if conn is None or self.closed:
             return False
         try:
-            conn.ws.send_text(obj.decode() if isinstance(obj, bytes) else obj if isinstance(obj, str) else json.dumps(obj))
+            conn.ws.send_text(_encode(obj))
             return True
         except Exception:
             return False
@@ -345,10 +376,11 @@ class SyncSession(VirtualUser):
             except ConnectFailed:
                 return False
 
-    def _wait(self, seen_ticks: int, timeout: float) -> None:
-        """Until a frame arrives or the connection ends (anything after `seen_ticks`), at most `timeout`."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._ticks != seen_ticks, timeout)
+    @staticmethod
+    def _wait(woken: threading.Event, timeout: float) -> None:
+        """Until a wake-up after `woken` was taken (a frame for the chat, the connection's end), at most `timeout`."""
+        if timeout > 0:
+            woken.wait(timeout)
 
     # -- chats --
     def chat(self, content: str, expectations: Expectations, options: ChatOptions = DEFAULTS,
@@ -377,17 +409,17 @@ class SyncSession(VirtualUser):
         return result
 
     def _play(self, flow: ChatFlow, background: Callable[[ChatResult], None] | None = None) -> ChatResult | None:
-        """Perform what the chat's flow asks with this connection and the condition's waits, until its verdict (with
+        """Perform what the chat's flow asks with this connection and the lock's waits, until its verdict (with
         `background`: until its settle window starts; the window is then the session's to listen out).
 
-        The flow reads and changes the trackers the reader thread feeds, so it is only asked under the condition.
+        The flow reads and changes the trackers the reader thread feeds, so it is only asked under the lock.
         While it plays, it also judges the session's chats whose settle windows have ended.
         """
-        cond, clock = self._cond, self.clock
+        lock, clock = self._lock, self.clock
         try:
             while True:
-                with cond:
-                    seen = self._ticks
+                with lock:
+                    woken = self._woken
                     now = clock()
                     action = flow.next(now, self)
                     if isinstance(action, Wait) and background is not None and flow.settling:
@@ -398,23 +430,23 @@ class SyncSession(VirtualUser):
                 if due:
                     self._deliver(due)
                 if isinstance(action, Wait):
-                    self._wait(seen, min(action.until, self._settle_at) - clock())
+                    self._wait(woken, min(action.until, self._settle_at) - clock())
                 elif isinstance(action, Send):
                     sent = self._send(action.frame)
-                    with cond:
+                    with lock:
                         flow.sent(sent)
                 elif isinstance(action, Connect):
                     try:
                         self._ensure_connected()
                     except ConnectFailed as exc:
-                        with cond:
+                        with lock:
                             flow.connect_failed(exc.kind, str(exc))
                     else:
-                        with cond:
+                        with lock:
                             flow.connected()
                 elif isinstance(action, Reconnect):
                     reconnected = self._reconnect(action.generation)
-                    with cond:
+                    with lock:
                         flow.reconnected(reconnected)
                 elif isinstance(action, Drop):
                     if self.conn is not None and not self.closed:
@@ -424,13 +456,13 @@ class SyncSession(VirtualUser):
                 else:
                     return action.result
         except BaseException:
-            with cond:
+            with lock:
                 flow.left(clock())
             raise
 
     # -- settle windows listened out in the background --
     def _due(self, now: float) -> list[tuple[ChatFlow, Callable[[ChatResult], None]]]:
-        """Judge the settling chats whose windows ended (all of them once the connection is gone); under the condition.
+        """Judge the settling chats whose windows ended (all of them once the connection is gone); under the lock.
         A window only moves later (a further run on the stream), so `_settle_at` never misses one."""
         due, keep, at = [], [], float("inf")
         for item in self._settling:
@@ -451,23 +483,36 @@ class SyncSession(VirtualUser):
 
     def _listen_out(self) -> None:
         """Wait until every settling chat is judged; stopped from outside, judge the rest at once on what arrived."""
-        cond, clock = self._cond, self.clock
+        lock, clock = self._lock, self.clock
         try:
             while True:
-                with cond:
+                with lock:
                     if not self._settling:
                         return
-                    seen = self._ticks
+                    woken = self._woken
                     due = self._due(clock())
                 if due:
                     self._deliver(due)
                 else:
-                    self._wait(seen, self._settle_at - clock())
+                    self._wait(woken, self._settle_at - clock())
         except BaseException:
-            with cond:
+            with lock:
                 now = clock()
                 due, self._settling, self._settle_at = self._settling, [], float("inf")
                 for flow, _ in due:
                     flow.stopped(now)
             self._deliver(due)
             raise
+
+
+def _encode(obj: object) -> bytes:
+    """A frame to send as UTF-8 text: orjson for a dict (what json.dumps gives, compact), json for what it refuses."""
+    if isinstance(obj, bytes):
+        obj.decode()  # text must be UTF-8: refused (the send fails) as websockets would
+        return obj
+    if isinstance(obj, str):
+        return obj.encode()
+    try:
+        return orjson.dumps(obj)
+    except TypeError:  # integers past 64 bits, keys that are not strings
+        return json.dumps(obj).encode()
