@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, error_result, judge_followups
 from .events import Event, Frame, FrameKind, SessionError
 from .profiles import Profile
-from .sinks import Sink
+from .sinks import Fanout, Sink
 
 if TYPE_CHECKING:
     from .targets import Target
@@ -48,6 +48,7 @@ def lost_note_for(ended_note: str, can_resume: bool) -> str:
 
 
 WAKE_ALL = "*"
+NO_IDS: frozenset[str] = frozenset()  # the id sets of a FrameRouter until their first member (memory per connection)
 # Shortest time between two answers to a server's pings (real servers ping every few seconds at most).
 PONG_INTERVAL = 0.5
 # Run ids a connection remembers the server did not know on resume (each at most MAX_ID_BYTES).
@@ -61,6 +62,9 @@ class FrameRouter:
     says what the I/O layer must do: which chat to wake (a chat id, WAKE_ALL or None) and what to reply (a ping).
     """
 
+    __slots__ = ("profile", "checker", "sink", "scenario", "answered", "last_pong", "auth_failed", "resume_unknown",
+                 "every_event", "_decode", "_on_event")
+
     def __init__(self, profile: Profile, checker: ConnectionChecker, sink: Sink, scenario: str) -> None:
         self.profile = profile
         self.checker = checker
@@ -69,13 +73,15 @@ class FrameRouter:
         self.answered = False  # the server spoke on this connection (welcome, event or AUTH_FAILED)
         self.last_pong = float("-inf")
         self.auth_failed: Frame | None = None
-        self.resume_unknown: set[str] = set()
+        self.resume_unknown: set[str] | frozenset[str] = NO_IDS
         # Chats whose flow acts on a count of events (disconnect_after, abandon_after): woken on every event. Any
         # other chat is woken when its run is done (or the connection says something to everyone): a wake per
         # event would cost each chat a task switch per event for nothing.
-        self.every_event: set[str] = set()
+        self.every_event: set[str] | frozenset[str] = NO_IDS
         # The compiled decoder, bound once: pydantic's private-attribute lookup on every frame costs more than JSON.
         self._decode = profile._decoder.decode
+        # The sink's per-event hook, or None when no sink listens to events (a call per event saved).
+        self._on_event = sink.event_received if listens_to_events(sink) else None
 
     def new_connection(self) -> None:
         self.answered = False
@@ -86,7 +92,8 @@ class FrameRouter:
         decoded = self._decode(message, at)
         if isinstance(decoded, Event):
             chat = self.checker.route(decoded)
-            self.sink.event_received(self.scenario, decoded)
+            if self._on_event is not None:
+                self._on_event(self.scenario, decoded)
             self.answered = True
             if chat is None:
                 return WAKE_ALL, None
@@ -110,7 +117,7 @@ class FrameRouter:
                 self.answered = True
             elif decoded.session_error is SessionError.RESUME_UNKNOWN:
                 if len(self.resume_unknown) < MAX_RESUME_UNKNOWN:  # a server flooding them stays bounded
-                    self.resume_unknown.add(decoded.run_id or "*")
+                    self.resume_unknown = self.resume_unknown | {decoded.run_id or "*"}
             self.checker.on_error(decoded, at)
             return WAKE_ALL, None
         elif kind is FrameKind.MALFORMED:
@@ -140,11 +147,20 @@ class FrameRouter:
         self.checker.on_malformed(Frame(FrameKind.MALFORMED, detail=detail), at)
 
 
+def listens_to_events(sink: Sink) -> bool:
+    """Whether a sink does anything with each event (most count verdicts only)."""
+    if isinstance(sink, Fanout):
+        return any(listens_to_events(s) for s in sink.sinks)
+    return type(sink).event_received is not Sink.event_received
+
+
 class VirtualUser:
     """What both clients (the asyncio Session and the threaded SyncSession) keep for one virtual user: its target,
     its name, where results go, and the sans-I/O half of its connection (the checker and the FrameRouter). The user
     the checker knows is the one the token says (its `sub`), so another user's events are R8 even when the server's
     welcome names nobody."""
+
+    __slots__ = ("target", "profile", "user_id", "scenario", "sink", "connect_timeout", "clock", "checker", "router")
 
     def __init__(self, target: Target, user_id: str, scenario: str, sink: Sink, *, connect_timeout: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -279,6 +295,9 @@ class ChatFlow:
     `left`), so the sink's counters add up: started = judged + in flight.
     """
 
+    __slots__ = ("router", "tracker", "frame", "options", "probe", "chat_id", "state", "result", "generation",
+                 "reconnects", "dropped_on_purpose", "events_at_reconnect", "lost_note", "_until", "_wait")
+
     def __init__(self, router: FrameRouter, tracker: ChatTracker, frame: object, options: ChatOptions = DEFAULTS, *,
                  probe: bool = False) -> None:
         self.router, self.tracker, self.frame, self.options = router, tracker, frame, options
@@ -330,7 +349,7 @@ class ChatFlow:
             tracker = self.tracker
             self.router.checker.add(tracker)
             if self.options.abandon_after is not None or self.options.disconnect_after is not None:
-                self.router.every_event.add(tracker.wake_id)
+                self.router.every_event = self.router.every_event | {tracker.wake_id}
             due = self.options.due_at
             tracker.sent_at = tracker.last_at = now if due is None or due > now else due
             self._until = tracker.wait_deadline()
@@ -422,7 +441,8 @@ class ChatFlow:
     def _finish(self, result: ChatResult, now: float | None = None) -> Finish:
         self.result = result
         self.state = FINISHED
-        self.router.every_event.discard(self.tracker.wake_id)
+        if self.router.every_event:
+            self.router.every_event = self.router.every_event - {self.tracker.wake_id}
         sink = self.router.sink
         sink.chat_finished(result)
         if now is not None and self.tracker.followups:  # further runs the stream carried: chats of their own

@@ -268,7 +268,7 @@ def test_resume_unknown_run_ends_the_chat():
     flow, _, link = make()
     start(flow, link)
     feed(flow, 1, 0.1)
-    flow.router.resume_unknown.add(flow.tracker.run_id)
+    flow.router.resume_unknown = {flow.tracker.run_id}
     result = flow.next(0.2, link).result
     assert "RESUME_UNKNOWN_RUN" in result.note and result.outcome.value == "incomplete"
 
