@@ -21,6 +21,7 @@ from .recordings import (
     Recorded,
     RecordingError,
     read_recording,
+    recorded_runs,
 )
 from .results import ScenarioRun
 from .scenario import Scenario, Stat
@@ -346,40 +347,68 @@ def _merged(paths: list[Path], fmt: str | None, max_frame: int, max_text: int) -
         yield rec
 
 
-def _recording_files(directory: Path) -> list[Path]:
-    files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not files:
+def _recording_files(directory: Path) -> list[tuple[str | None, list[Path]]]:
+    """A directory's recordings, one group per run `--record` wrote into it (then the other files as one)."""
+    runs = recorded_runs(directory)
+    if not runs:
         raise RecordingError(f"{directory}: no recording file in the directory")
-    if len(files) > MAX_FILES_MERGED:
-        raise RecordingError(f"{directory}: {len(files)} files, more than the {MAX_FILES_MERGED} judged together; "
-                             "check them in parts")
-    return files
+    for run_id, files in runs:
+        if len(files) > MAX_FILES_MERGED:
+            run = f" (run {run_id})" if run_id else ""
+            raise RecordingError(f"{directory}{run}: {len(files)} files, more than the {MAX_FILES_MERGED} judged "
+                                 "together; check them in parts")
+    return runs
+
+
+def _check_each(path: str | Path, profile: Profile, scenario: Scenario | None, fmt: str | None, sink: Sink | None,
+                max_frame: int, max_text: int) -> Iterator[ScenarioRun]:
+    """A file judged as one run; a directory as one run per run `--record DIR` wrote into it (each run's files
+    merged in time order), named after the directory and the run id when it holds more than one."""
+    p = Path(path)
+    if not p.is_dir():
+        yield _judge(run_name(path), str(path), read_recording(p, fmt, max_frame=max_frame, max_text=max_text),
+                     profile, scenario, sink)
+        return
+    runs = _recording_files(p)
+    for run_id, files in runs:
+        name, target = run_name(path), str(path)
+        if len(runs) > 1 and run_id is not None:
+            name, target = run_name(f"{p.name}-{run_id}"), f"{path} (run {run_id})"
+        yield _judge(name, target, _merged(files, fmt, max_frame, max_text), profile, scenario, sink)
+
+
+def _judge(name: str, target: str, records: Iterable[Recorded], profile: Profile, scenario: Scenario | None,
+           sink: Sink | None) -> ScenarioRun:
+    base = scenario or Scenario(name="check")
+    check = OfflineCheck(profile, base.model_copy(update={"name": name}), sink)
+    wall = time.monotonic()
+    for rec in records:
+        check.feed(rec)
+    check.end()
+    span = (check.now - check.first_t) if check.first_t is not None else time.monotonic() - wall
+    return check.run(target, max(span, 0.0))
 
 
 def check_file(path: str | Path, profile: Profile, scenario: Scenario | None = None, fmt: str | None = None, *,
                sink: Sink | None = None, max_frame: int = DEFAULT_MAX_FRAME,
                max_text: int = DEFAULT_MAX_TEXT) -> ScenarioRun:
     """One recording judged: a ScenarioRun named after the file, its target the file's path. A directory is one
-    recording: its files merged in time order (what `--record DIR` wrote). Raises RecordingError (a ConfigError:
-    exit 2) when a file cannot be read as a recording at all."""
-    base = scenario or Scenario(name="check")
-    named = base.model_copy(update={"name": run_name(path)})
-    check = OfflineCheck(profile, named, sink)
-    wall = time.monotonic()
+    recording: its files merged in time order (what `--record DIR` wrote); one that `--record` wrote several runs
+    into is refused (check_files judges each). Raises RecordingError (a ConfigError: exit 2) when a file cannot be
+    read as a recording at all."""
     p = Path(path)
-    records = (_merged(_recording_files(p), fmt, max_frame, max_text) if p.is_dir()
-               else read_recording(p, fmt, max_frame=max_frame, max_text=max_text))
-    for rec in records:
-        check.feed(rec)
-    check.end()
-    span = (check.now - check.first_t) if check.first_t is not None else time.monotonic() - wall
-    return check.run(str(path), max(span, 0.0))
+    if p.is_dir() and len(runs := _recording_files(p)) > 1:
+        ids = ", ".join(run_id or "other files" for run_id, _ in runs[:5])
+        raise RecordingError(f"{path}: holds {len(runs)} recorded runs ({ids}{', …' if len(runs) > 5 else ''}); "
+                             "`chatprobe check DIR` judges each")
+    (run,) = _check_each(path, profile, scenario, fmt, sink, max_frame, max_text)
+    return run
 
 
 def check_files(paths: Iterable[str | Path], profile: Profile, scenario: Scenario | None = None,
                 fmt: str | None = None, *, sink: Sink | None = None, max_frame: int = DEFAULT_MAX_FRAME,
                 max_text: int = DEFAULT_MAX_TEXT) -> list[ScenarioRun]:
-    """`chatprobe check PATH...`: one ScenarioRun per file (a directory: one run for all its files), for
+    """`chatprobe check PATH...`: one ScenarioRun per file (a directory: one per run `--record` wrote there), for
     print_summary, write_json, write_junit and write_html; exit 0 when every run passed, 1 otherwise. Every path
     and `fmt` are checked before any file is read (RecordingError, a ConfigError: exit 2)."""
     paths = list(paths)
@@ -392,7 +421,7 @@ def check_files(paths: Iterable[str | Path], profile: Profile, scenario: Scenari
             raise RecordingError(f"{p}: no such recording file")
         if Path(p).is_dir():
             _recording_files(Path(p))
-    return [check_file(p, profile, scenario, fmt, sink=sink, max_frame=max_frame, max_text=max_text) for p in paths]
+    return [run for p in paths for run in _check_each(p, profile, scenario, fmt, sink, max_frame, max_text)]
 
 
 def check_recording(path: str | Path, profile: str | Profile = "netra", scenario: str | Scenario | None = None,

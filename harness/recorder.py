@@ -1,5 +1,7 @@
 """`--record DIR`: each connection's frames written to DIR in the JSON Lines form `chatprobe check` reads
 (harness/recordings.py), secrets scrubbed, bounded per file, in file count and in bytes (the oldest rotated out).
+Each Recorder (one run, one proxy process) names its files after a run id of its own, so a second run into the same
+DIR neither overwrites the first one's files nor is merged with them: `chatprobe check DIR` judges each run.
 
 Hooks: a driver wraps each transport it opens in `RecordingTransport(transport, recorder.connection(label))`
 (the runner), or calls `log.frame(...)` for what it forwards and `recorder.save(log, keep)` when the connection
@@ -11,6 +13,7 @@ import base64
 import json
 import os
 import re
+import secrets as random_ids
 import tempfile
 import threading
 import time
@@ -98,14 +101,22 @@ class ConnectionLog:
             self.dropped += dropped
 
 
+def new_run_id() -> str:
+    """A run id for file names: the UTC start time (so names sort by run) and 6 random hex digits (two runs in one
+    second). harness/recordings.py's RECORDED_RUN_RE reads it back."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{random_ids.token_hex(3)}"
+
+
 class Recorder:
     """Where recordings go: DIR, at most `max_files` files and `max_bytes` bytes written by this process (the
-    oldest deleted first), each file at most `max_file_bytes`. `keep_all`: keep every connection (run); else only
-    those `save` is told to keep (the proxy: connections with a failing chat)."""
+    oldest deleted first), each file at most `max_file_bytes`, named `RUN-NNNNNN-LABEL.jsonl` (RUN: `run_id`, new
+    for each Recorder). `keep_all`: keep every connection (run); else only those `save` is told to keep (the proxy:
+    connections with a failing chat)."""
 
     def __init__(self, directory: str | Path, *, keep_all: bool = True, max_files: int = DEFAULT_MAX_FILES,
                  max_bytes: int = DEFAULT_MAX_BYTES, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, run_id: str | None = None) -> None:
+        self.run_id = run_id or new_run_id()
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         # A directory that exists but takes no file (read-only, /proc/self) fails here, before the run (OSError).
@@ -135,8 +146,7 @@ class Recorder:
             self._n += 1
             n = self._n
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", scrub(label))[:80] or "conn"
-        return ConnectionLog(self, f"{safe}.{n}", self.directory / f".{n:06d}-{safe}.jsonl.part",
-                             own)
+        return ConnectionLog(self, f"{safe}.{n}", self.directory / f".{self.run_id}-{n:06d}-{safe}.jsonl.part", own)
 
     def save(self, log: ConnectionLog, keep: bool | None = None) -> Path | None:
         """The connection ended: its file kept (when `keep`, or always with keep_all) or deleted; returns the path."""

@@ -58,6 +58,23 @@ DEFAULT_CONN = "-"
 EVENT_STREAM = "text/event-stream"
 
 
+# The files `--record DIR` writes (harness/recorder.py): RUN-NNNNNN-LABEL.jsonl, RUN the run id (UTC start time,
+# 6 random hex digits). A directory holds one group of them per run; other files there are a recording of their own.
+RECORDED_RUN_RE = re.compile(r"^(\d{8}T\d{6}Z-[0-9a-f]{6})-\d{6}-.*\.jsonl$")
+
+
+def recorded_runs(directory: Path) -> list[tuple[str | None, list[Path]]]:
+    """The recordings in a directory: one group per run `--record` wrote there (its run id and files, oldest run
+    first), then every other file as one group (run id None). Hidden files (a recorder's part files) are skipped."""
+    runs: dict[str | None, list[Path]] = {}
+    for p in sorted(directory.iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        m = RECORDED_RUN_RE.match(p.name)
+        runs.setdefault(m.group(1) if m else None, []).append(p)
+    return sorted(runs.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))
+
+
 class RecordingError(ConfigError):
     """A file that cannot be read as a recording at all (missing, empty, not the format asked): exit 2."""
 

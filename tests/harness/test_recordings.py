@@ -402,3 +402,56 @@ def test_recorder_scrubs_secrets_bounds_files_and_rotates(tmp_path):
     recs = list(read_recording(paths[2]))
     assert recs[0].direction == "send" and recs[1].frame == b"\x00" and recs[-1].direction == "close"
     assert recs[0].t == pytest.approx(recs[1].t - 0.5)
+
+
+# -- --record DIR twice: each run's files kept, and judged apart --
+
+def test_two_runs_recorded_into_one_directory_are_each_judged_as_they_were_live(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from harness.report import run_to_dict
+
+    root = Path(__file__).resolve().parents[2]
+
+    def chatprobe(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "harness", *args], cwd=root, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+
+    rec = tmp_path / "rec"
+    live = [tmp_path / "live1.json", tmp_path / "live2.json"]
+    # The same scenario twice (the same connection labels: once, the second run's files replaced the first's),
+    # the second with every tool result dropped.
+    first = chatprobe("run", "basic", "--record", str(rec), "--json", str(live[0]), "-q")
+    assert first.returncode == 0, first.stdout + first.stderr
+    files_first = sorted(p.name for p in rec.iterdir())
+    second = chatprobe("run", "basic", "--sim-fault", "drop:tool_completed=1.0", "--record", str(rec),
+                       "--json", str(live[1]), "-q")
+    assert second.returncode == 1, second.stdout + second.stderr
+    files = sorted(p.name for p in rec.iterdir())
+    assert set(files_first) < set(files) and len(files) == 2 * len(files_first), files  # nothing overwritten
+
+    offline = tmp_path / "offline.json"
+    check = chatprobe("check", str(rec), "--scenario", "basic", "--json", str(offline))
+    assert check.returncode == 1, check.stdout + check.stderr
+
+    def chats(doc: dict) -> dict[str, tuple[str, list[str]]]:
+        return {c["run_id"]: (c["outcome"], sorted(v["rule"] for v in c["violations"])) for c in doc["chats"]}
+
+    judged = json.loads(offline.read_text())["scenarios"]
+    recorded = [json.loads(p.read_text())["scenarios"][0] for p in live]
+    assert len(judged) == 2, [s["scenario"] for s in judged]  # one per run, oldest first, named after DIR and run
+    assert [chats(s) for s in judged] == [chats(s) for s in recorded]
+    assert [s["passed"] for s in judged] == [True, False]
+    assert all(s["scenario"].startswith("rec-") for s in judged) and judged[0]["scenario"] != judged[1]["scenario"]
+    # One recorded run alone: a directory holding a single run is judged as before, named after the directory.
+    (rec / "only").mkdir()
+    for name in files_first:
+        (rec / name).rename(rec / "only" / name)
+    [alone] = check_files([rec / "only"], load_profile("netra"), Scenario(name="basic"))
+    assert alone.scenario.name == "only" and alone.passed and chats(run_to_dict(alone)) == chats(recorded[0])
+    # check_recording judges one recording: a directory of several runs is refused with their ids, not merged.
+    with pytest.raises(RecordingError, match="holds 2 recorded runs"):
+        (rec / "only" / files[-1]).write_text((rec / files[-1]).read_text())
+        check_recording(rec / "only")
