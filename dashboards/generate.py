@@ -33,6 +33,9 @@ MISSING_EVENTS_LIMIT = 0.05  # ChatEventsMissing: more than 5% of chats
 FIRST_EVENT_LIMIT_SECONDS = 2.0
 FIRST_EVENT_OBJECTIVE = 0.95  # ChatTimeToFirstEventSlow: fewer than 95% within 2 s
 PROBE_STALE_SECONDS = 300  # ChatProbeDown
+# Panels added after the first layout, by title: their ids follow every first-layout id, in this order.
+LATER_PANELS = ("Dropped chats (open model)", "Client rejections (proxy)", "Proxy client connections",
+                "Proxy refused connections by reason")
 
 
 def _query(expr: str, legend: str, ref: str = "A") -> prom_b.Dataquery:
@@ -177,6 +180,23 @@ def build() -> dash_m.Dashboard:
             "Chats started and not yet judged. Started = judged (all outcomes) + in flight.",
             [_query(f"sum by (target, scenario) (chatprobe_chats_in_flight{{{SEL}}})", "{{target}} {{scenario}}")],
         ),
+        _timeseries(
+            "Dropped chats (open model)",
+            "Chats an arrival-rate load shape had due while max_in_flight chats were in flight, so never started "
+            "(like k6's dropped_iterations), per second; not in \"Chats by outcome\". A rising rate means the load "
+            "generator's cap, not the server, set the load (docs/metrics.md#metrics).",
+            [_query(f"sum by (target, scenario) (rate(chatprobe_chats_dropped_total{{{SEL}}}[{RATE}]))",
+                    "{{target}} {{scenario}}")],
+            unit="reqps",
+        ),
+        _timeseries(
+            "Client rejections (proxy)",
+            "Chats whose message the server rejected because the user's client sent something invalid, per "
+            "second: the client's fault, so not in \"Chats by outcome\" and no alert (docs/metrics.md#metrics).",
+            [_query(f"sum by (target, scenario) (rate(chatprobe_client_rejections_total{{{SEL}}}[{RATE}]))",
+                    "{{target}} {{scenario}}")],
+            unit="reqps",
+        ),
     ]
     timing_row = [
         _timeseries(
@@ -275,6 +295,22 @@ def build() -> dash_m.Dashboard:
             ],
             unit="s", line=PROBE_STALE_SECONDS, width=8,
         ),
+        # The proxy's front door: per target and source only (a connection has no scenario yet).
+        _timeseries(
+            "Proxy client connections",
+            "Client connections `chatprobe proxy` holds open now (docs/metrics.md#metrics).",
+            [_query(f"sum by (target, source) (chatprobe_proxy_connections{{{RUN_SEL}}})",
+                    "{{target}} {{source}}")],
+            width=12,
+        ),
+        _timeseries(
+            "Proxy refused connections by reason",
+            "Client connections `chatprobe proxy` refused per second: bad_request (400), over_capacity and "
+            "per_address_limit (503) (docs/metrics.md#metrics).",
+            [_query(f"sum by (reason) (rate(chatprobe_proxy_refused_connections_total{{{RUN_SEL}}}[{RATE}]))",
+                    "{{reason}}")],
+            unit="reqps", bars=True, stacked=True, width=12,
+        ),
     ]
 
     builder = (
@@ -291,19 +327,27 @@ def build() -> dash_m.Dashboard:
         .tooltip(dash_m.DashboardCursorSync.CROSSHAIR)
         .variables(_variables())
     )
-    # Fixed, unique ids keep panel links (viewPanel=…) stable across regenerations.
-    next_id = 1
-    for title, panels in (
+    rows = (
         ("Chats", chats_row),
         ("Timing", timing_row),
         ("Rule violations", rules_row),
         ("Connections and probe", connections_row),
-    ):
-        builder = builder.with_row(dash_b.Row(title).id(next_id))
-        next_id += 1
+    )
+    # Fixed, unique ids keep panel links (viewPanel=…) stable across regenerations: the first layout's rows and
+    # panels are numbered in order, panels added later take the next ids in the order of LATER_PANELS.
+    ids: dict[str, int] = {}
+    for title, panels in rows:
+        ids[f"row {title}"] = len(ids) + 1
         for panel in panels:
-            builder = builder.with_panel(panel.id(next_id))  # type: ignore[attr-defined]
-            next_id += 1
+            name = panel.build().title or ""
+            if name not in LATER_PANELS:
+                ids[name] = len(ids) + 1
+    first_layout = len(ids)
+    ids |= {name: first_layout + i + 1 for i, name in enumerate(LATER_PANELS)}
+    for title, panels in rows:
+        builder = builder.with_row(dash_b.Row(title).id(ids[f"row {title}"]))
+        for panel in panels:
+            builder = builder.with_panel(panel.id(ids[panel.build().title or ""]))  # type: ignore[attr-defined]
     return builder.build()
 
 

@@ -54,6 +54,21 @@ def _exprs(board: dict) -> list[str]:
     return [t["expr"] for p in _panels(board) for t in p.get("targets", [])]
 
 
+def _without_scenario() -> set[str]:
+    """The metrics docs/metrics.md says carry "only `target`, `source`" (no scenario label), as the series names a
+    query selects (a counter's with _total)."""
+    names = set()
+    for line in (ROOT / "docs" / "metrics.md").read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 4 and cells[3].startswith("only `target`, `source`"):
+            name = cells[1].strip("`")
+            names.add(name if cells[2] != "counter" or name.endswith("_total") else f"{name}_total")
+    return names
+
+
+WITHOUT_SCENARIO = _without_scenario()
+
+
 @pytest.fixture(scope="module")
 def board() -> dict:
     return json.loads(DASHBOARD.read_text(encoding="utf-8"))
@@ -79,13 +94,15 @@ def test_every_dashboard_query_uses_only_defined_metrics(board):
         assert names, expr
         assert names <= known, f"unknown metric in {expr!r}: {names - known}"
         used |= names
-    # every metric of docs/metrics.md (except the /probe and proxy front-door ones) has a panel
+    # every metric of docs/metrics.md (except the /probe ones) has a panel
     for name in ("chatprobe_chats_total", "chatprobe_chats_missing_events_total", "chatprobe_missing_events_total",
                  "chatprobe_events_total", "chatprobe_rule_violations_total",
                  "chatprobe_time_to_first_event_seconds_bucket", "chatprobe_chat_duration_seconds_bucket",
                  "chatprobe_event_delay_seconds_bucket", "chatprobe_connections_total", "chatprobe_reconnects_total",
                  "chatprobe_chats_abandoned_total", "chatprobe_chats_in_flight",
-                 "chatprobe_last_run_timestamp_seconds", "chatprobe_last_success_timestamp_seconds"):
+                 "chatprobe_last_run_timestamp_seconds", "chatprobe_last_success_timestamp_seconds",
+                 "chatprobe_chats_dropped_total", "chatprobe_client_rejections_total",
+                 "chatprobe_proxy_refused_connections_total", "chatprobe_proxy_connections"):
         assert name in used, name
 
 
@@ -109,7 +126,8 @@ def test_dashboard_identity_variables_and_filters(board):
         for target in panel["targets"]:
             expr = target["expr"]
             assert 'target=~"$target"' in expr and 'source=~"$source"' in expr, (panel["title"], expr)
-            if "timestamp" not in expr:  # run freshness is per target and source, not per scenario
+            # Run freshness and the proxy's front door are per target and source, not per scenario.
+            if not promql_metric_names(expr) <= WITHOUT_SCENARIO:
                 assert 'scenario=~"$scenario"' in expr, (panel["title"], expr)
 
 
@@ -195,3 +213,85 @@ def test_share_within_2s_never_exceeds_100_percent(board, tmp_path):
         f"chatprobe_time_to_first_event_seconds_count{{{LBL}}}": "0+1200x20",
     }
     assert _instant(expr, series, tmp_path) == 1
+
+
+# -- every panel's query run by Prometheus's own engine --
+
+# One series of each metric the dashboard reads, with the labels docs/metrics.md gives it (a scenario unless the
+# metric has "only target, source"): a query that names a metric or a label wrongly, or does not parse, finds nothing.
+TS = 'target="agent:443",source="synthetic"'
+SERIES = {
+    f'chatprobe_chats_total{{{LBL},outcome="passed"}}': "0+60x20",
+    f"chatprobe_chats_missing_events_total{{{LBL}}}": "0+6x20",
+    f'chatprobe_missing_events_total{{{LBL},event="tool_completed"}}': "0+6x20",
+    f'chatprobe_events_total{{{LBL},event="agent_started"}}': "0+60x20",
+    f'chatprobe_rule_violations_total{{{LBL},rule="R8"}}': "0+1x20",
+    **{f'chatprobe_{h}_bucket{{{LBL},{extra}le="{le}"}}': "0+60x20"
+       for h, extra in (("time_to_first_event_seconds", ""), ("chat_duration_seconds", ""),
+                        ("event_delay_seconds", 'event="agent_started",'))
+       for le in ("2.0", "+Inf")},
+    f"chatprobe_time_to_first_event_seconds_count{{{LBL}}}": "0+60x20",
+    f'chatprobe_connections_total{{{LBL},result="ok"}}': "0+60x20",
+    f'chatprobe_reconnects_total{{{LBL},result="resumed"}}': "0+6x20",
+    f"chatprobe_chats_abandoned_total{{{LBL}}}": "0+6x20",
+    f"chatprobe_chats_in_flight{{{LBL}}}": "3x20",
+    f"chatprobe_chats_dropped_total{{{LBL}}}": "0+60x20",
+    f"chatprobe_client_rejections_total{{{LBL}}}": "0+30x20",
+    f"chatprobe_last_run_timestamp_seconds{{{TS}}}": "0+60x20",
+    f"chatprobe_last_success_timestamp_seconds{{{TS}}}": "0+60x20",
+    f"chatprobe_proxy_connections{{{TS}}}": "7x20",
+    f'chatprobe_proxy_refused_connections_total{{{TS},reason="over_capacity"}}': "0+60x20",
+}
+
+
+def _evaluate_all(exprs: list[str], series: dict[str, str], tmp_path: Path) -> list[str]:
+    """What Prometheus's engine (promtool) gives for each query at 10m over the series: its samples as promtool
+    prints them ("nil" for none), or "err: …"."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not found: run scripts/install-system-deps.sh (Debian package `prometheus`)"
+    (tmp_path / "none.rules.yml").write_text("groups: []\n")
+    tests = [{"expr": _concrete(e), "eval_time": "10m", "exp_samples": [{"labels": "{}", "value": -12345}]}
+             for e in exprs]
+    case = {"rule_files": ["none.rules.yml"], "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                       "promql_expr_test": tests}]}
+    (tmp_path / "all.yml").write_text(yaml.safe_dump(case))
+    proc = subprocess.run([promtool, "test", "rules", "all.yml"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, check=False)  # every query fails on purpose: the sentinel value
+    out = proc.stdout + proc.stderr
+    got = re.findall(r'expr: "(?:[^"\\]|\\.)*", time: [^,]+,(?:\s*(err: [^\n]*)|\s*exp: [^\n]*\n\s*got: ([^\n]*))', out)
+    assert len(got) == len(exprs), out
+    return [err or samples for err, samples in got]
+
+
+def _concrete(expr: str) -> str:
+    """The query as Grafana sends it with one target, scenario and source picked (not "All": `.*` would match a
+    label the series lacks, hiding a filter on a label the metric does not have)."""
+    return (expr.replace('"$target"', '"agent:443"').replace('"$scenario"', '"basic"')
+            .replace('"$source"', '"synthetic"').replace("$__rate_interval", "5m").replace("$__range", "10m"))
+
+
+def test_every_panel_query_runs_on_prometheus_and_finds_its_series(board, tmp_path):
+    queries = [(p["title"], t["expr"]) for p in _panels(board) for t in p.get("targets", [])]
+    used = set().union(*(promql_metric_names(e) for _, e in queries))
+    assert used <= set(SERIES_NAMES := {k.split("{")[0] for k in SERIES}), used - SERIES_NAMES  # a series for each
+    results = _evaluate_all([e for _, e in queries], SERIES, tmp_path)
+    for (title, expr), got in zip(queries, results, strict=True):
+        assert not got.startswith("err") and got != "nil", (title, expr, got)
+
+
+@pytest.mark.parametrize(("title", "series", "value"), [
+    ("Dropped chats (open model)", {f"chatprobe_chats_dropped_total{{{LBL}}}": "0+60x20"}, 1.0),
+    ("Client rejections (proxy)", {f"chatprobe_client_rejections_total{{{LBL}}}": "0+30x20"}, 0.5),
+    # Summed over the proxy's processes (a gauge per process, livesum) per target and source.
+    ("Proxy client connections", {f'chatprobe_proxy_connections{{{TS},instance="a"}}': "7x20",
+                                  f'chatprobe_proxy_connections{{{TS},instance="b"}}': "5x20"}, 12.0),
+    # Per reason, over targets: 1/s refused at one, 2/s at another.
+    ("Proxy refused connections by reason",
+     {f'chatprobe_proxy_refused_connections_total{{{TS},reason="over_capacity"}}': "0+60x20",
+      'chatprobe_proxy_refused_connections_total{target="b:443",source="synthetic",reason="over_capacity"}':
+          "0+120x20"}, 3.0),
+])
+def test_the_front_door_and_load_generator_panels_show_their_rates(board, tmp_path, title, series, value):
+    (expr,) = [t["expr"] for t in _panel(board, title)["targets"]]
+    assert _instant(expr, series, tmp_path) == pytest.approx(value)
