@@ -7,6 +7,7 @@ place where wire-format details live.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -208,32 +209,40 @@ class Profile(BaseModel):
     # -- the one decode (the compiled Decoder does the work) --
     def decode(self, text: str | bytes, received_at: float) -> Event | Frame:
         """One frame from the server: an agent event of some run, or a Frame (control, ping, error, malformed)."""
-        return self._decoder.decode(text, received_at)
+        return _decoder_of(self).decode(text, received_at)
 
     def decode_obj(self, frame: Any, received_at: float) -> Event | Frame:
-        return self._decoder.decode_obj(frame, received_at)
+        return _decoder_of(self).decode_obj(frame, received_at)
 
     def decode_client(self, text: str | bytes) -> ClientFrame:
         """One frame from the client (what the proxy and recordings see): a chat request, a resume, or other."""
-        return self._decoder.decode_client(text)
+        return _decoder_of(self).decode_client(text)
 
     def field(self, frame: dict[str, Any], name: str) -> Any:
         """A canonical field (`run_id`, …) of a decoded JSON frame, looked up as the profile says."""
-        return self._decoder.field(frame, name)
+        return _decoder_of(self).field(frame, name)
 
     # -- building what the client sends --
     def build_request(self, **values: Any) -> dict[str, Any]:
-        filled: dict[str, Any] = _fill(self.request, values)
+        filled: dict[str, Any] = _decoder_of(self).filler(self.request)(values)
         return filled
 
     def build_resume(self, run_id: str, last_seq: int) -> dict[str, Any] | None:
         if self.resume is None:
             return None
-        filled: dict[str, Any] = _fill(self.resume, {"run_id": run_id, "last_seq": last_seq})
+        filled: dict[str, Any] = _decoder_of(self).filler(self.resume)({"run_id": run_id, "last_seq": last_seq})
         return filled
 
     def ping_reply(self) -> dict[str, Any] | None:
         return self.ping.reply
+
+
+def _decoder_of(profile: Profile) -> Decoder:
+    """profile._decoder without pydantic's private-attribute __getattr__ (about 1.5 us a call: more than a decode)."""
+    private = profile.__pydantic_private__
+    assert private is not None
+    decoder: Decoder = private["_decoder"]
+    return decoder
 
 
 # Longest id (run, thread, user, message, tool call, tool name, wire type) and server timestamp kept as sent; longer
@@ -255,13 +264,16 @@ class ClientFrame:
     message_id: str | None = None
 
 
+_COMPILED = ("_source", "_decode_obj", "_decode", "_fillers")
+
+
 class Decoder:
     """A profile compiled once for the per-frame hot path: `decode_obj` is Python source generated from the profile
     (every wire name in it a repr() literal, never code), so a frame costs a few dict lookups, not a walk of tables."""
 
     __slots__ = ("profile", "always", "with_run", "unmapped", "control", "ping", "conn_error", "span_of",
                  "containers", "names", "session_errors", "request_types", "resume_types", "checks", "check_fields",
-                 "_source", "_decode_obj", "_decode")
+                 *_COMPILED)
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
@@ -305,6 +317,16 @@ class Decoder:
         self._source = ""
         self._decode_obj: Callable[[Any, float], Event | Frame] | None = None
         self._decode: Callable[[str | bytes, float], Event | Frame] | None = None
+        self._fillers: dict[int, tuple[Any, Filler]] = {}
+
+    # Functions made by exec do not pickle: a copy or an unpickled decoder compiles again on first use.
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__ if name not in _COMPILED}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+        self._source, self._decode_obj, self._decode, self._fillers = "", None, None, {}
 
     # -- frames from the server: the compiled functions (bind them once: each is the whole per-frame work) --
     @property
@@ -327,6 +349,17 @@ class Decoder:
         exec(compile(source, f"<decoder of profile {self.profile.name[:60]!r}>", "exec"), namespace)
         self._source, self._decode, self._decode_obj = source, namespace["decode"], namespace["decode_obj"]
         return namespace["decode"], namespace["decode_obj"], source
+
+    def filler(self, template: dict[str, Any]) -> Filler:
+        """The function filling this template (the request or resume) with values, made once per template object."""
+        known = self._fillers.get(id(template))
+        if known is not None and known[0] is template:
+            return known[1]
+        if len(self._fillers) >= 8:  # a profile has two templates: a caller passing others must not grow this
+            self._fillers.clear()
+        filler = _filler(template)
+        self._fillers[id(template)] = (template, filler)
+        return filler
 
     # -- field lookup: containers resolved once per frame, names split once --
     def scopes(self, frame: dict[str, Any]) -> list[dict[str, Any]]:
@@ -411,27 +444,61 @@ def _split_names(names: list[str]) -> tuple[tuple[str, ...], tuple[list[str], ..
     return tuple(x for x in names if "." not in x), tuple(x.split(".") for x in names if "." in x)
 
 
-def _fill(template: Any, values: dict[str, Any]) -> Any:
+Filler = Callable[[dict[str, Any]], Any]
+_CONSTANT, _PLACEHOLDER, _NESTED = 0, 1, 2
+
+
+def _filler(template: Any) -> Filler:
+    """The template filled with values, its shape read once: a string that is one "{name}" becomes that value (a key
+    or item whose value is missing is left out), other strings with braces are formatted (unknown names blank), dicts
+    and lists are new ones, anything else is kept as it is."""
     if isinstance(template, dict):
-        out = {}
-        for k, v in template.items():
-            filled = _fill(v, values)
-            if filled is _MISSING:
-                continue
-            out[k] = filled
-        return out
+        # Each entry as (key, how, what): a constant and a whole placeholder are filled in line, no call.
+        entries = [(k, *_entry(v)) for k, v in template.items()]
+
+        def fill_dict(values: dict[str, Any]) -> Any:
+            out = {}
+            for k, how, what in entries:
+                if how == _CONSTANT:
+                    out[k] = what
+                elif how == _PLACEHOLDER:
+                    v = values.get(what)
+                    if v is not None:
+                        out[k] = v
+                else:
+                    v = what(values)
+                    if v is not _MISSING:
+                        out[k] = v
+            return out
+
+        return fill_dict
     if isinstance(template, list):
-        return [x for x in (_fill(v, values) for v in template) if x is not _MISSING]
-    if isinstance(template, str) and "{" in template:
-        if template.startswith("{") and template.endswith("}") and template.count("{") == 1:
-            name = template[1:-1]
-            v = values.get(name)
-            return _MISSING if v is None else v
-        try:
-            return template.format_map(_Blank(values))
-        except (ValueError, IndexError):
-            return template
-    return template
+        items = [_filler(v) for v in template]
+        return lambda values: [x for x in (f(values) for f in items) if x is not _MISSING]
+    how, what = _entry(template)
+    if how == _PLACEHOLDER:
+        return lambda values: _MISSING if (v := values.get(what)) is None else v
+    if how == _CONSTANT:
+        return lambda values: what
+    return what  # type: ignore[no-any-return]
+
+
+def _entry(v: Any) -> tuple[int, Any]:
+    """How a template value is filled: (_CONSTANT, the value), (_PLACEHOLDER, the name) or (_NESTED, its filler)."""
+    if isinstance(v, (dict, list)):
+        return _NESTED, _filler(v)
+    if isinstance(v, str) and "{" in v:
+        if v.startswith("{") and v.endswith("}") and v.count("{") == 1:
+            return _PLACEHOLDER, v[1:-1]
+        return _NESTED, functools.partial(_format, v)
+    return _CONSTANT, v
+
+
+def _format(template: str, values: dict[str, Any]) -> Any:
+    try:
+        return template.format_map(_Blank(values))
+    except (ValueError, IndexError):
+        return template
 
 
 class _Blank(dict[str, Any]):

@@ -6,8 +6,10 @@ only on purpose (CHATPROBE_PIN_REGEN=1) when a decode is meant to change, and re
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -298,3 +300,11 @@ def test_decoder_measures_what_the_checker_would(name: str) -> None:
     assert len(events) > 10
     for ev in events:
         assert ev.nbytes == kept_bytes(ev) > 0, ev
+
+
+def test_copied_and_pickled_profiles_decode_alike() -> None:
+    """The compiled functions do not travel with a copy or a pickle: the copy compiles its own, to the same decode."""
+    for profile in profiles().values():
+        want = decoded(profile)
+        for other in (copy.deepcopy(profile), pickle.loads(pickle.dumps(profile))):
+            assert decoded(other) == want
