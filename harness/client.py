@@ -5,8 +5,10 @@ It only moves frames: decoding is the profile's, judging is the ChatTracker's, r
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 from .checker import ChatResult, Expectations
 from .flow import DEFAULTS, WAKE_ALL, ChatFlow, ChatOptions, Close, Connect, Drop, Reconnect, Send, VirtualUser, Wait
@@ -14,63 +16,83 @@ from .sinks import Sink
 from .targets import Target
 from .transports import ConnectFailed, Transport, make_transport
 
-
-async def _woken_or_until(wake: Wake, timeout: float) -> None:
-    """A chat's Wait: until something arrives for it (or its connection ends), at most `timeout` seconds."""
-    wake.clear()
-    try:
-        async with asyncio.timeout(timeout):
-            await wake.wait()
-    except TimeoutError:
-        pass
+# The client's timers run in this one empty context, not in a copy of the caller's each (64 bytes per open chat);
+# nothing in them reads a context variable, and a timer callback never runs inside another one.
+_TIMER_CONTEXT = contextvars.Context()
 
 
 class Wake:
-    """asyncio.Event for one waiter (a chat's own task, or the connection's welcome): a bare future, no deque of
-    waiters, which is most of an Event's memory when 15,000 chats are open."""
+    """What a chat (or a connection's welcome) waits on: a bare future, resolved by what arrives for it or by its
+    connection's end, and one timer for its deadline, re-armed only when the deadline moves earlier (a timer that
+    fires before a later deadline only makes the waiter look and wait again). One waiter at a time; cheaper than an
+    asyncio.Event and an asyncio.timeout per wait, in CPU and in memory when 15,000 chats are open."""
 
-    __slots__ = ("_is_set", "_waiter")
+    __slots__ = ("_waiter", "_timer", "_timer_at")
 
     def __init__(self) -> None:
-        self._is_set = False
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def set(self) -> None:
-        self._is_set = True
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._is_set = False
-
-    async def wait(self) -> None:
-        if self._is_set:
-            return
-        self._waiter = waiter = asyncio.get_running_loop().create_future()
-        try:
-            await waiter
-        finally:
+        if waiter is not None:
             self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def until(self, when: float, now: float) -> asyncio.Future[None]:
+        """What to await: resolved by `set()` or at `when` (clock time; `now` is the clock now), whichever is first.
+        Whoever waits looks again afterwards: a wake is a reason to look, not a verdict."""
+        loop = asyncio.get_running_loop()
+        timer = self._timer
+        if timer is None or self._timer_at > when:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_later(when - now, self._fire, context=_TIMER_CONTEXT)
+            self._timer_at = when
+        self._waiter = waiter = loop.create_future()
+        return waiter
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.set()
+
+    def cancel(self) -> None:
+        """No more waits: the timer goes with them (a chat's deadline may be minutes away)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class Session(VirtualUser):
     """One virtual user: a connection that carries chats (several at once if asked) and survives drops."""
 
+    __slots__ = ("transport", "reader", "generation", "closed", "_wake", "_welcomed", "_opening", "_pending_sends",
+                 "_send_failure", "_settling", "_send_now", "_listening", "_ending")
+
     def __init__(self, target: Target, user_id: str, scenario: str, sink: Sink, *, connect_timeout: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(target, user_id, scenario, sink, connect_timeout=connect_timeout, clock=clock)
         self.transport: Transport | None = None
+        # The task reading the connection, for a transport that must be read (websockets, SSE); picows calls back.
         self.reader: asyncio.Task | None = None
         self.generation = 0
         self.closed = True
         self._wake: dict[str, Wake] = {}
         self._welcomed: Wake | None = None
-        self._lock = asyncio.Lock()
-        self._pending_sends: set[asyncio.Task] = set()
+        # Set while a chat (re)connects: the others wait for it instead of opening a connection of their own.
+        self._opening: asyncio.Future[None] | None = None
+        # Replies (pongs) being sent by a transport whose send waits; created with the first one.
+        self._pending_sends: set[asyncio.Task] | None = None
         self._send_failure: ConnectFailed | None = None
         # Chats listening out their settle window in the background (ChatOptions.overlap_settle), by task.
         self._settling: dict[asyncio.Task, ChatFlow] = {}
+        # The transport's send when it never waits (picows writes into the socket's buffer): no timeout around it.
+        self._send_now: Callable[[Any], None] | None = None
+        # The connection that calls back (picows) and has not ended yet; who waits for its end.
+        self._listening: Transport | None = None
+        self._ending: Wake | None = None
 
     # -- connection --
     async def connect(self) -> None:
@@ -81,88 +103,148 @@ class Session(VirtualUser):
             from .recorder import RecordingTransport
 
             transport = RecordingTransport(transport, self.target.recorder.connection(self.user_id))
-        self._welcomed = Wake()
+        self._welcomed = welcomed = Wake()
         self.router.new_connection()
         try:
             await transport.open()
         except ConnectFailed as exc:
+            self._welcomed = None
             self.sink.connection_attempt(self.scenario, exc.kind)
             raise
         self.transport = transport
         self.closed = False
         self.generation += 1
-        gen = self.generation
-        self.reader = asyncio.get_running_loop().create_task(self._read(transport, gen))
+        # Looked up on the class: a wrapper that forwards attributes (RecordingTransport) must not be bypassed.
+        kind = type(transport)
+        self._send_now = transport.send_now if getattr(kind, "send_now", None) is not None else None  # type: ignore[attr-defined]
+        if getattr(kind, "listen", None) is not None:
+            self.reader = None
+            self._listening = transport
+            transport.listen(self._on_frame, self._ended)  # type: ignore[attr-defined]
+        else:
+            self.reader = asyncio.get_running_loop().create_task(self._read(transport))
         if transport.connects_on_send or not self.profile.welcome:
             # Nothing to wait for: SSE connects when the message is sent; an AG-UI server speaks only when asked.
+            self._welcomed = None
             if not transport.connects_on_send:
                 self.sink.connection_attempt(self.scenario, "ok")
             return
-        in_time = True
+        clock = self.clock
+        deadline = clock() + self.connect_timeout
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                await self._welcomed.wait()  # set by the first answer, or by the reader when the connection ends
-        except TimeoutError:
-            in_time = False
-        self._welcomed = None  # nothing waits for it any more (memory per open connection)
-        kind, reason = self.router.welcome_outcome(in_time, self.closed, transport.close_code, self.connect_timeout)
-        if kind != "ok":
+            # Set by the first answer, or when the connection ends.
+            while not (self.router.answered or self.closed) and (now := clock()) < deadline:
+                await welcomed.until(deadline, now)
+        finally:
+            welcomed.cancel()
+            self._welcomed = None  # nothing waits for it any more (memory per open connection)
+        in_time = self.router.answered or self.closed
+        kind_, reason = self.router.welcome_outcome(in_time, self.closed, transport.close_code, self.connect_timeout)
+        if kind_ != "ok":
             await self._drop(transport)
-            raise ConnectFailed(kind, reason)
+            raise ConnectFailed(kind_, reason)
 
     async def _drop(self, transport: Transport) -> None:
         transport.abort()
         await self._join_reader(2, cancel=True)
 
     async def _join_reader(self, timeout: float, *, cancel: bool) -> None:
-        """Give the reader `timeout` seconds to see the connection's end; past it, cancel it (when `cancel`)."""
-        if self.reader is None:
+        """Give the connection `timeout` seconds to end; past it (when `cancel`) take it as ended: its reader is
+        cancelled, or a connection that calls back is told to stop."""
+        reader = self.reader
+        if reader is not None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(reader)
+            except TimeoutError:
+                if cancel:
+                    reader.cancel()
+            except asyncio.CancelledError:
+                if not cancel:
+                    raise
+                reader.cancel()
             return
+        transport = self._listening
+        if transport is None:
+            return
+        clock = self.clock
+        deadline = clock() + timeout
+        ending = self._ending = Wake()
         try:
-            async with asyncio.timeout(timeout):
-                await asyncio.shield(self.reader)
-        except TimeoutError:
-            if cancel:
-                self.reader.cancel()
+            while self._listening is transport and (now := clock()) < deadline:
+                await ending.until(deadline, now)
         except asyncio.CancelledError:
             if not cancel:
                 raise
-            self.reader.cancel()
+        finally:
+            ending.cancel()
+            self._ending = None
+        if cancel and self._listening is transport:
+            transport.stop_listening()  # type: ignore[attr-defined]
+            self._ended(transport)
 
-    async def _read(self, transport: Transport, gen: int) -> None:
+    async def _read(self, transport: Transport) -> None:
         try:
             await transport.run(self._on_frame)
         finally:
-            if transport.protocol_error is not None:
-                self.router.on_protocol_error(transport.protocol_error, self.clock())
-            if gen == self.generation:
-                self.closed = True
-                if self._welcomed is not None:
-                    self._welcomed.set()
-                for ev in self._wake.values():
-                    ev.set()
+            self._ended(transport)
+
+    def _ended(self, transport: Transport) -> None:
+        """A connection ended (its reader returned, or the transport said so): what the client closed it for is an
+        R12; when it is the current one, every waiter is woken to see it."""
+        if transport.protocol_error is not None:
+            self.router.on_protocol_error(transport.protocol_error, self.clock())
+        if self._listening is transport:
+            self._listening = None
+            if self._ending is not None:
+                self._ending.set()
+        if transport is self.transport:
+            self.closed = True
+            if self._welcomed is not None:
+                self._welcomed.set()
+            for ev in self._wake.values():
+                ev.set()
 
     def _on_frame(self, message: str | bytes, at: float) -> None:
         wake, reply = self.router.on_frame(message, at)
         if reply is not None and self.transport is not None:
-            t = asyncio.get_running_loop().create_task(self._safe_send(reply))
-            self._pending_sends.add(t)
-            t.add_done_callback(self._pending_sends.discard)
-        if self.router.answered and self._welcomed is not None:
+            self._reply(reply)
+        if self._welcomed is not None and self.router.answered:
             self._welcomed.set()
-        if wake == WAKE_ALL:
-            self._wake_all()
-        elif wake is not None and (w := self._wake.get(wake)) is not None:
-            w.set()
+        if wake is not None:
+            if wake == WAKE_ALL:
+                for w in self._wake.values():
+                    w.set()
+            elif (one := self._wake.get(wake)) is not None:
+                one.set()
 
-    def _wake_all(self) -> None:
-        for ev in self._wake.values():
-            ev.set()
+    def _reply(self, reply: object) -> None:
+        """Answer the server (a pong) without holding up the frames behind the one that asked."""
+        send_now = self._send_now
+        if send_now is not None:
+            if not self.closed:
+                try:
+                    send_now(reply)
+                except Exception:  # the connection is going: its end is seen by the reader
+                    pass
+            return
+        t = asyncio.get_running_loop().create_task(self._safe_send(reply))
+        if self._pending_sends is None:
+            self._pending_sends = set()
+        self._pending_sends.add(t)
+        t.add_done_callback(self._pending_sends.discard)
 
     async def _safe_send(self, obj: object) -> bool:
         transport = self.transport
         if transport is None or self.closed:
             return False
+        send_now = self._send_now
+        if send_now is not None:
+            try:
+                send_now(obj)
+                return True
+            except Exception:
+                return False
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await transport.send(obj)
@@ -212,12 +294,35 @@ class Session(VirtualUser):
         if self.transport is not None and not self.closed:
             await self.transport.close()
         await self._join_reader(3, cancel=True)
-        for t in list(self._pending_sends):
+        for t in list(self._pending_sends or ()):
             t.cancel()
+
+    async def _exclusive(self) -> asyncio.Future[None]:
+        """Wait until no other chat of this session is (re)connecting, then claim that; set the future to release.
+        (An asyncio.Lock would do, at some 200 bytes more per open connection.)"""
+        while (busy := self._opening) is not None:
+            await asyncio.shield(busy)  # a waiter cancelled must not release the holder's claim
+        self._opening = claim = asyncio.get_running_loop().create_future()
+        return claim
+
+    def _release(self, claim: asyncio.Future[None]) -> None:
+        if self._opening is claim:
+            self._opening = None
+        claim.set_result(None)
+
+    async def _open_shared(self) -> None:
+        """Open the connection unless it is open: chats in parallel share it, only the first one opens it."""
+        claim = await self._exclusive()
+        try:
+            if self.closed:
+                await self.connect()
+        finally:
+            self._release(claim)
 
     async def _reconnect(self, seen_generation: int) -> bool:
         """Reconnect once per lost connection, however many chats noticed; True when connected."""
-        async with self._lock:
+        claim = await self._exclusive()
+        try:
             if self.generation != seen_generation and not self.closed:
                 return True
             try:
@@ -225,6 +330,8 @@ class Session(VirtualUser):
                 return True
             except ConnectFailed:
                 return False
+        finally:
+            self._release(claim)
 
     # -- chats --
     @property
@@ -232,22 +339,39 @@ class Session(VirtualUser):
         """Why the connection ended, when the transport knows (a truncated event stream)."""
         return self.transport.ended_note if self.transport is not None else ""
 
-    async def chat(self, content: str, expectations: Expectations, options: ChatOptions = DEFAULTS) -> ChatResult:
-        """Send one message and follow its run to a verdict, within the chat's deadline.
+    def chat(self, content: str, expectations: Expectations,
+             options: ChatOptions = DEFAULTS) -> Coroutine[Any, Any, ChatResult]:
+        """Send one message and follow its run to a verdict, within the chat's deadline (a coroutine to await).
 
         With `options.overlap_settle` (and a profile whose events name their run, over a connection that carries
         several chats) it returns when the run ends, with the verdict as it stands (`ChatFlow.provisional`); the
         settle window goes on listening in the background and the final verdict goes to the sink when it ends
         (`settled()` waits for them; `close()` does first)."""
-        flow = ChatFlow.chat(self.router, content, expectations, user_id=self.user_id, now=self.clock(),
+        # A plain function returning _play's coroutine: one suspended frame fewer per open chat.
+        return cast("Coroutine[Any, Any, ChatResult]", self._play(self._flow(content, expectations, options),
+                                                                  overlap=self._overlaps(options)))
+
+    def play(self, content: str, expectations: Expectations,
+             options: ChatOptions = DEFAULTS) -> Coroutine[Any, Any, ChatResult | None]:
+        """chat() for a caller that reads its verdicts from the sink (the runner): with overlap_settle it returns
+        None at the run's end instead of judging a copy of the chat for a provisional verdict."""
+        return self._play(self._flow(content, expectations, options), overlap=self._overlaps(options),
+                          provisional=False)
+
+    def _flow(self, content: str, expectations: Expectations, options: ChatOptions) -> ChatFlow:
+        return ChatFlow.chat(self.router, content, expectations, user_id=self.user_id, now=self.clock(),
                              options=options)
-        return await self._play(flow, overlap=options.overlap_settle and self.profile.events_name_run)
+
+    def _overlaps(self, options: ChatOptions) -> bool:
+        return options.overlap_settle and self.profile.events_name_run
 
     async def send_invalid(self, raw: str, expectations: Expectations) -> ChatResult:
         """Send a frame the server must answer with an error_message, keeping the connection open (R13)."""
-        return await self._play(ChatFlow.invalid_input(self.router, raw, expectations, now=self.clock()))
+        result = await self._play(ChatFlow.invalid_input(self.router, raw, expectations, now=self.clock()))
+        assert result is not None
+        return result
 
-    async def _play(self, flow: ChatFlow, overlap: bool = False) -> ChatResult:
+    async def _play(self, flow: ChatFlow, overlap: bool = False, provisional: bool = True) -> ChatResult | None:
         """Perform what the chat's flow asks, with this connection and asyncio's waits, until its verdict (with
         `overlap`: until its settle window starts, then listen it out in the background)."""
         clock = self.clock
@@ -256,15 +380,16 @@ class Session(VirtualUser):
         background = False
         try:
             while True:
-                action = flow.next(clock(), self)
+                now = clock()
+                action = flow.next(now, self)
                 if isinstance(action, Wait):
                     if overlap and flow.settling and not own_stream:
                         task = asyncio.get_running_loop().create_task(self._listen_out(flow, wake))
                         self._settling[task] = flow
                         task.add_done_callback(self._settling_done)
                         background = True
-                        return flow.provisional(clock())
-                    await _woken_or_until(wake, action.until - clock())
+                        return flow.provisional(clock()) if provisional else None
+                    await wake.until(action.until, now)
                 elif isinstance(action, Send):
                     self._send_failure = None
                     sent = await self._safe_send(action.frame)
@@ -275,9 +400,7 @@ class Session(VirtualUser):
                     flow.sent(sent, failure.kind if failure else None, str(failure) if failure else "")
                 elif isinstance(action, Connect):
                     try:
-                        async with self._lock:  # chats in parallel share one connection: only the first one opens it
-                            if self.closed:
-                                await self.connect()
+                        await self._open_shared()
                     except ConnectFailed as exc:
                         flow.connect_failed(exc.kind, str(exc))
                     else:
@@ -300,22 +423,25 @@ class Session(VirtualUser):
         finally:
             if not background:
                 self._wake.pop(flow.chat_id, None)
+                wake.cancel()
 
     async def _listen_out(self, flow: ChatFlow, wake: Wake) -> ChatResult:
         """A chat's settle window, in the background: late events still reach its tracker; judged when it ends."""
         clock = self.clock
         try:
             while True:
-                action = flow.next(clock(), self)
+                now = clock()
+                action = flow.next(now, self)
                 if not isinstance(action, Wait):  # in SETTLING the flow only waits or finishes
                     assert flow.result is not None
                     return flow.result
-                await _woken_or_until(wake, action.until - clock())
+                await wake.until(action.until, now)
         except asyncio.CancelledError:
             flow.stopped(clock())
             raise
         finally:
             self._wake.pop(flow.chat_id, None)
+            wake.cancel()
 
     def _settling_done(self, task: asyncio.Task) -> None:
         self._settling.pop(task, None)

@@ -51,7 +51,7 @@ class _Play:
 
     async def item(self, session: Session, script: UserScript, item: ChatCall | RawCall | ChatGroup) -> None:
         if isinstance(item, ChatCall):
-            await session.chat(item.content, item.expectations, item.options)
+            await session.play(item.content, item.expectations, item.options)
         elif isinstance(item, RawCall):
             await session.send_invalid(item.raw, item.expectations)
         else:
@@ -60,7 +60,7 @@ class _Play:
             async def one() -> None:
                 async with in_flight:
                     call = script.chat()
-                    await session.chat(call.content, call.expectations, call.options)
+                    await session.play(call.content, call.expectations, call.options)
 
             await asyncio.gather(*(one() for _ in range(item.count)))
 
@@ -134,7 +134,7 @@ class _Play:
             stages.begun(due_at - started, clock() - due_at)  # late when the process is saturated
             try:
                 call = script.chat()
-                await session.chat(call.content, call.expectations, dataclasses.replace(call.options, due_at=due_at))
+                await session.play(call.content, call.expectations, dataclasses.replace(call.options, due_at=due_at))
             finally:
                 in_flight -= 1
                 idle.append(session)

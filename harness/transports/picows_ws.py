@@ -1,5 +1,6 @@
 """The lean WebSocket transport (picows, a Cython client): the same handshake, limits and close codes as websocket.py
-at a fraction of its CPU per frame; frames reach the callback from picows' protocol callback, with no queue or task.
+at a fraction of its CPU per frame; frames reach the callback from picows' protocol callback, with no queue or task,
+and so does the connection's end (`listen`): nothing waits on a connection while it is open.
 
 picows hands over raw frames: fragments are joined here (bounded by `max_size`, as one websockets message is), text
 is checked to be UTF-8 here, and a server's close is answered here; a connection the client closes for what the
@@ -12,6 +13,7 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
@@ -25,10 +27,20 @@ try:
 except ImportError:  # pragma: no cover - orjson is a dependency
     _dumps = None
 
-# picows logs a server's protocol errors at ERROR level; chatprobe reports them as R12 violations instead.
-_LOG = logging.getLogger("picows.chatprobe")
-_LOG.setLevel(logging.CRITICAL + 1)
-_LOG.propagate = False
+
+class _Quiet(logging.LoggerAdapter):
+    """picows' logger: it logs a server's protocol errors at ERROR level, which chatprobe reports as R12 violations
+    instead. An adapter, not a Logger: picows makes a child Logger per connection of a Logger it is given (~1 KiB
+    per open connection)."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return False
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+_LOG = _Quiet(logging.getLogger("picows.chatprobe"))
 
 # picows' read buffer starts at 16 KiB per connection and grows as frames need: agent events are a few hundred bytes,
 # and 15,000 open chats must fit in 10 KiB each (BENCHMARKS.md).
@@ -72,26 +84,15 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return "protocol_error", exc.__class__.__name__
 
 
-class _Listener(WSListener):
-    """picows' callbacks, handed to the PicowsTransport that owns them."""
-
-    __slots__ = ("owner",)
-
-    def __init__(self, owner: PicowsTransport) -> None:
-        self.owner = owner
-
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        self.owner._on_ws_frame(transport, frame)
-
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self.owner._on_disconnected()
-
-
-class PicowsTransport:
-    """One WebSocket connection on picows: auth by header or subprotocol, wss:// with a CA file, JSON text frames."""
+class PicowsTransport(WSListener):
+    """One WebSocket connection on picows: auth by header or subprotocol, wss:// with a CA file, JSON text frames.
+    It is its own picows listener (one object and one call per frame fewer)."""
 
     connects_on_send = False
     ended_note = ""
+
+    __slots__ = ("settings", "ws", "close_code", "close_reason", "protocol_error", "_on_frame", "_on_end", "_early",
+                 "_parts", "_parts_size", "_parts_text", "_read_at")
 
     def __init__(self, settings: ConnectSettings) -> None:
         self.settings = settings
@@ -100,10 +101,14 @@ class PicowsTransport:
         self.close_reason: str = ""
         self.protocol_error: str | None = None
         self._on_frame: FrameCallback | None = None
-        self._early: list[tuple[str | bytes, float]] = []
-        self._parts: list[bytes] = []  # a fragmented message so far
+        self._on_end: Callable[[Any], None] | None = None
+        self._early: list[tuple[str | bytes, float]] | None = None  # frames before anyone listens (rare)
+        self._parts: list[bytes] | None = None  # a fragmented message so far
         self._parts_size = 0
         self._parts_text = True
+        # When the bytes of the current socket read came: every frame of one read is stamped with it, so a frame's
+        # time does not include handling the frames before it in the same read. 0 between reads.
+        self._read_at = 0.0
 
     async def open(self) -> None:
         s = self.settings
@@ -113,26 +118,37 @@ class PicowsTransport:
         headers.setdefault("User-Agent", "chatprobe")
         try:
             async with asyncio.timeout(s.connect_timeout):
+                # Pings are answered here, not by picows (enable_auto_pong): a ping it swallowed as the last frame
+                # of a read would leave that read's time stamped on the next one's frames.
                 self.ws, _ = await ws_connect(
-                    lambda: _Listener(self), s.url, ssl_context=ssl_context(s), websocket_handshake_timeout=None,
-                    logger_name=_LOG, enable_auto_pong=True, max_frame_size=s.max_size, extra_headers=headers,
+                    lambda: self, s.url, ssl_context=ssl_context(s), websocket_handshake_timeout=None,
+                    logger_name=_LOG, enable_auto_pong=False, max_frame_size=s.max_size, extra_headers=headers,
                     max_redirects=0, proxy=None, use_aiofastnet=False, read_buffer_init_size=READ_BUFFER)
         except Exception as exc:
             kind, reason = classify(exc)
             raise ConnectFailed(kind, reason) from None
-        if self.ws.is_disconnected and self.ws.response is None:
+        ws = self.ws
+        if ws.is_disconnected and ws.response is None:
             # picows returns, not raises, when the server hangs up before answering the upgrade.
             raise ConnectFailed("refused", "the server closed the connection during the handshake")
+        # The upgrade's headers are not read again: ~1 KiB per open connection, and the request's carry the credential.
+        for message in (ws.request, ws.response):
+            if message is not None:
+                message.headers.clear()
 
     # -- frames, from picows' protocol callback --
-    def _on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        at = self._read_at
+        if not at:  # the first frame of this read
+            at = time.monotonic()
+        self._read_at = 0.0 if frame.last_in_buffer else at
         kind = frame.msg_type
         if frame.payload_size > self.settings.max_size:
             # picows checks max_frame_size on the frame's header, but not on every path (a frame in the same read
             # as the upgrade response got through in tests): checked again here, before anything is decoded.
             self._fail(transport, 1009)
             return
-        if kind is WSMsgType.TEXT and frame.fin and not self._parts:
+        if kind is WSMsgType.TEXT and frame.fin and self._parts is None:
             try:
                 message: str | bytes = frame.get_payload_as_utf8_text()
             except UnicodeDecodeError:
@@ -141,20 +157,25 @@ class PicowsTransport:
         elif kind is WSMsgType.CLOSE:
             self._on_close_frame(transport, frame)
             return
-        elif kind is WSMsgType.BINARY and frame.fin and not self._parts:
+        elif kind is WSMsgType.BINARY and frame.fin and self._parts is None:
             message = frame.get_payload_as_bytes()
         elif kind in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
             joined = self._join(transport, frame)
             if joined is None:
                 return
             message = joined
-        else:  # PING is answered by picows; a PONG answers nothing we asked
+        elif kind is WSMsgType.PING:
+            if not transport.is_close_frame_sent:
+                transport.send_pong(frame.get_payload_as_bytes())
             return
-        at = time.monotonic()
+        else:  # a PONG answers nothing we asked
+            return
         on_frame = self._on_frame
         if on_frame is not None:
             on_frame(message, at)
         else:
+            if self._early is None:
+                self._early = []
             self._early.append((message, at))
             if len(self._early) >= MAX_EARLY:
                 transport.underlying_transport.pause_reading()
@@ -162,21 +183,23 @@ class PicowsTransport:
     def _join(self, transport: WSTransport, frame: WSFrame) -> str | bytes | None:
         """A fragment of a message: the whole message when this one ends it, else None (kept, or refused)."""
         kind = frame.msg_type
-        if (kind is WSMsgType.CONTINUATION) != bool(self._parts):  # a continuation of nothing, or a new message
+        parts = self._parts
+        if (kind is WSMsgType.CONTINUATION) != (parts is not None):  # a continuation of nothing, or a new message
             self._fail(transport, 1002)  # inside another one
             return None
-        if kind is not WSMsgType.CONTINUATION:
+        if parts is None:
             self._parts_text = kind is WSMsgType.TEXT
+            self._parts = parts = []
         size = self._parts_size + frame.payload_size
         if size > self.settings.max_size:
             self._fail(transport, 1009)
             return None
-        self._parts.append(frame.get_payload_as_bytes())
+        parts.append(frame.get_payload_as_bytes())
         self._parts_size = size
         if not frame.fin:
             return None
-        data = b"".join(self._parts)
-        self._parts, self._parts_size = [], 0
+        data = b"".join(parts)
+        self._parts, self._parts_size = None, 0
         if not self._parts_text:
             return data
         try:
@@ -204,17 +227,26 @@ class PicowsTransport:
         """Close for what the server sent (as websockets does): an R12 for the client, the code for the server."""
         if self.protocol_error is None:
             self.protocol_error = PROTOCOL_ERRORS[code].format(self.settings.max_size)
-        self._parts, self._parts_size = [], 0
+        self._parts, self._parts_size = None, 0
         if not transport.is_close_frame_sent:
             transport.send_close(WSCloseCode(code))
         transport.disconnect()
 
-    def _on_disconnected(self) -> None:
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.close_code is None:
             self.close_code = 1006
+        on_end = self._on_end
+        if on_end is not None:  # listen(): nobody waits on picows' future, so its end is told from here
+            self._on_end = self._on_frame = None
+            self._record_close(transport)
+            # picows' future may carry the exception it closed on (an oversized frame): read, so asyncio logs nothing.
+            asyncio.get_running_loop().create_task(_reap(transport))
+            on_end(self)
 
     # -- the Transport protocol --
-    async def send(self, obj: Any) -> None:
+    def send_now(self, obj: Any) -> None:
+        """Send one frame: a write into the socket's buffer, nothing to wait for (raises when the connection is
+        closed)."""
         ws = self.ws
         assert ws is not None
         if ws.is_disconnected or ws.is_close_frame_sent:
@@ -227,16 +259,42 @@ class PicowsTransport:
             data = _encode(obj)
         ws.send(WSMsgType.TEXT, data)
 
+    async def send(self, obj: Any) -> None:
+        self.send_now(obj)
+
+    def _start(self, on_frame: FrameCallback) -> None:
+        """Frames from now on go to `on_frame`, those that came before anyone listened first."""
+        ws = self.ws
+        assert ws is not None
+        early, self._early = self._early, None
+        if early:
+            for message, at in early:
+                on_frame(message, at)
+        self._on_frame = on_frame
+        if early and len(early) >= MAX_EARLY:
+            ws.underlying_transport.resume_reading()
+
+    def listen(self, on_frame: FrameCallback, on_end: Callable[[Any], None]) -> None:
+        """Hand over frames as picows reads them, and call `on_end(self)` once when the connection ends (close_code
+        and protocol_error set by then); no task waits meanwhile. Instead of `run`."""
+        ws = self.ws
+        assert ws is not None
+        self._on_end = on_end
+        self._start(on_frame)
+        if ws.is_disconnected and self._on_end is not None:  # it ended before anyone listened
+            self.on_ws_disconnected(ws)
+
+    def stop_listening(self) -> None:
+        """No more callbacks (the client gave up waiting for the end); the socket is dropped."""
+        self._on_end = self._on_frame = None
+        if self.ws is not None and not self.ws.is_disconnected:
+            self.ws.disconnect(graceful=False)
+
     async def run(self, on_frame: FrameCallback) -> None:
         """Hand over frames until the connection ends (normally or not); never raises for what a server does."""
         ws = self.ws
         assert ws is not None
-        early, self._early = self._early, []
-        for message, at in early:
-            on_frame(message, at)
-        self._on_frame = on_frame
-        if len(early) >= MAX_EARLY:
-            ws.underlying_transport.resume_reading()
+        self._start(on_frame)
         try:
             # picows' own future: it carries the exception picows closed on (an oversized frame), read here.
             await ws.wait_disconnected()
@@ -277,6 +335,13 @@ class PicowsTransport:
         """Drop the socket without a closing handshake, as a lost network would."""
         if self.ws is not None:
             self.ws.underlying_transport.abort()
+
+
+async def _reap(ws: WSTransport) -> None:
+    try:
+        await ws.wait_disconnected()
+    except Exception:
+        pass
 
 
 def _known(code: int) -> bool:
