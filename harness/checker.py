@@ -35,6 +35,8 @@ MAX_RUN_ALIASES = 1024
 # The roles feed() compares against, bound once: an enum member looked up on its class costs ~60 ns each time.
 _STARTED, _THINKING, _TOOL_EXECUTING = Role.AGENT_STARTED, Role.AGENT_THINKING, Role.TOOL_EXECUTING
 _COMPLETED, _ERROR = Role.AGENT_COMPLETED, Role.ERROR_EVENT
+_PASSED, _FAILED = Outcome.PASSED, Outcome.FAILED
+_NONE_REQUIRED: frozenset[Role] = frozenset()
 
 ExpectError = Literal["recoverable", "fatal", "invalid_input"] | None
 
@@ -469,13 +471,13 @@ class ChatTracker:
                 violations.append(Violation(Rule.R7, f"seq {shown} never arrived (lost event{'s' if gaps > 1 else ''})", None))
 
         terminal = self.terminal_event
-        required = set(exp.required)
-        if terminal is not None and terminal.role is Role.ERROR_EVENT:
+        required = exp.required
+        if terminal is not None and terminal.role is _ERROR:
             # A fatal error ends the run (an R13 when unexpected): the user was told, nothing more is owed
             # (R1 still asks that a run that got going began with agent_started).
-            required = set()
+            required = _NONE_REQUIRED
         if exp.expect_error:
-            required.add(Role.ERROR_EVENT)
+            required = required | {_ERROR}
         missing = [r for r in ALL_ROLES if r in required and r not in self.roles]
 
         if exp.expect_error and self.error_seen is None:
@@ -499,7 +501,7 @@ class ChatTracker:
 
         if missing:
             violations.append(Violation(Rule.R2, "missing " + ", ".join(r.value for r in missing), self.terminal_index))
-        outcome = Outcome.FAILED if violations else Outcome.PASSED
+        outcome = _FAILED if violations else _PASSED
         return self._make(outcome, violations, missing, now, note)
 
     def _make(self, outcome: Outcome, violations: list[Violation], missing: list[Role], now: float, note: str) -> ChatResult:
