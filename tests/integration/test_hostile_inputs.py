@@ -134,9 +134,11 @@ def test_recorder_writes_nothing_outside_dir_whatever_the_label_or_a_planted_sym
     directory, outside = tmp_path / "rec", tmp_path / "outside"
     directory.mkdir()
     outside.write_text("kept\n")
-    # The first connection's part file name is predictable: someone with write access to DIR plants a link there.
-    (directory / ".000001-.._.._outside.jsonl.part").symlink_to(outside)
-    rec = Recorder(directory)
+    # The first connection's part file name is predictable to whoever knows the run id (its start time, 6 random
+    # hex digits): someone with write access to DIR plants a link there.
+    run = "20260101T000000Z-abcdef"
+    (directory / f".{run}-000001-.._.._outside.jsonl.part").symlink_to(outside)
+    rec = Recorder(directory, run_id=run)
     for label in ("../../outside", "/etc/passwd", "..", "a/../../b"):
         log = rec.connection(label)
         log.frame("recv", '{"type": "agent_started"}', 1.0)
