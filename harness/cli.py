@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override an objective, like a k6 threshold (e.g. time_to_first_event.p95=1.5s)")
     _add_report_args(r)
     r.add_argument("--record", metavar="DIR", help="write every connection's frames to DIR as JSON Lines, secrets "
-                   "scrubbed, for `chatprobe check` (bounded: 1,000 files, 256 MiB, oldest rotated out)")
+                   "scrubbed, for `chatprobe check`; each run's files are named after a run id of its own, so runs "
+                   "recorded into one DIR are kept and judged apart (bounded per run: 1,000 files, 256 MiB, oldest "
+                   "rotated out)")
     r.add_argument("--pushgateway", metavar="URL", help="push the run's metrics to a Prometheus Pushgateway")
     r.add_argument("--job", default="chatprobe", help="Pushgateway job name (default chatprobe)")
     r.add_argument("--sim-fault", action="append", default=[], metavar="SPEC",
@@ -90,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="judge recorded traffic offline (JSON Lines, SSE bodies, HAR)",
                        description="Judge recordings with the same profiles, rules and reports as `run`: JSON Lines "
                                    "(what --record writes), text/event-stream bodies, or HAR 1.2 files from a "
-                                   "browser; a directory is one recording. Exit 0 passed, 1 failed, 2 usage.")
+                                   "browser; a directory is one recording (one per run when --record wrote several runs "
+                                   "into it). Exit 0 passed, 1 failed, 2 usage.")
     c.add_argument("paths", nargs="+", metavar="FILE", help="recording files or directories")
     c.add_argument("--profile", default="netra", metavar="NAME|FILE", help="wire-format profile (default netra)")
     c.add_argument("--scenario", default=None, metavar="NAME|FILE",
