@@ -592,14 +592,26 @@ class _Source:
             return False
         return True
 
-    def find_id(self, var: str, names: Names, name: str | None) -> bool:
-        """`var` as _id makes it: a string cut to MAX_ID_BYTES (then `name` goes to the oversized list `ov`)."""
+    def find_id(self, var: str, names: Names, name: str | None, sized: bool = False) -> bool:
+        """`var` as _id makes it: a string cut to MAX_ID_BYTES (then `name` goes to the oversized list `ov`); `sized`:
+        its length added to `nbytes`, what keeping the event costs (events.kept_bytes)."""
         if not self.find(var, names):
             return False
         extra = "" if name is None else f", {name!r}, ov"
-        self.emit(f"if {var} is not None and ({var}.__class__ is not str or len({var}) > {MAX_ID_BYTES}):")
-        self.emit(f"    {var} = _id({var}{extra})[0]")
+        if not sized:
+            self.emit(f"if {var} is not None and ({var}.__class__ is not str or len({var}) > {MAX_ID_BYTES}):")
+            self.emit(f"    {var} = _id({var}{extra})[0]")
+            return True
+        self.size_id(var, extra)
         return True
+
+    def size_id(self, var: str, extra: str) -> None:
+        with self.block(f"if {var} is not None:"):
+            self.emit(f"if {var}.__class__ is str and (length := len({var})) <= {MAX_ID_BYTES}:")
+            self.emit("    nbytes += length")
+            self.emit("else:")
+            self.emit(f"    {var} = _id({var}{extra})[0]")
+            self.emit(f"    nbytes += len({var})")
 
 
 def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
@@ -643,8 +655,9 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     src.find("wire_type", n["type"])
     emit("if not isinstance(wire_type, str) or not wire_type:")
     emit("    return Frame(MALFORMED, detail=\"JSON object without a 'type'\", raw=frame)")
-    emit(f"if len(wire_type) > {MAX_ID_BYTES}:")
-    emit(f"    return Frame(MALFORMED, detail=f'type of {{len(wire_type)}} characters (over {MAX_ID_BYTES})')")
+    emit("nbytes = len(wire_type)")
+    emit(f"if nbytes > {MAX_ID_BYTES}:")
+    emit(f"    return Frame(MALFORMED, detail=f'type of {{nbytes}} characters (over {MAX_ID_BYTES})')")
     if dec.ping:
         emit("if wire_type in PING:")
         emit("    return Frame(PING_KIND, wire_type=wire_type, raw=frame)")
@@ -683,22 +696,25 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
         emit("if seq is not None and seq.__class__ is not int and (not isinstance(seq, int) or isinstance(seq, bool)):")
         emit("    bad_seq, seq = _id(seq)[0], None")
     emit("ov = []")
+    # What keeping the event costs the checker's byte budget (events.kept_bytes): the event, its type, its ids and a
+    # timestamp kept as text, measured here while the lengths are at hand.
+    emit(f"nbytes += {EVENT_OVERHEAD}")
     # The fields in the order the R12's list names them (oversized).
-    emit(f"if run_id is not None and (run_id.__class__ is not str or len(run_id) > {MAX_ID_BYTES}):")
-    emit("    run_id = _id(run_id, 'run_id', ov)[0]")
-    sized = ["run_id"]
+    src.size_id("run_id", ", 'run_id', ov")
     for name in ("thread_id", "user_id", "message_id"):
-        if src.find_id(name, n[name], name):
-            sized.append(name)
+        src.find_id(name, n[name], name, sized=True)
     if src.find("server_time", n["timestamp"]):
-        emit("if server_time is not None and server_time.__class__ is not float and server_time.__class__ is not int "
-             "and not isinstance(server_time, (int, float)):")
-        emit(f"    server_time = _id(server_time, 'timestamp', ov, {MAX_TIME_BYTES})[0]")
-        sized.append("server_time")
+        with src.block("if server_time is not None and server_time.__class__ is not float "
+                       "and server_time.__class__ is not int:"):
+            emit("if not isinstance(server_time, (int, float)):")
+            emit(f"    server_time = _id(server_time, 'timestamp', ov, {MAX_TIME_BYTES})[0]")
+            emit("if isinstance(server_time, str):")
+            emit("    nbytes += len(server_time)")
     emit("tool_call_id = tool_name = parent_run_id = None")
     emit("recoverable = False")
     with src.block("if tools:"):
-        sized += [name for name in ("tool_call_id", "tool_name") if src.find_id(name, n[name], name)]
+        for name in ("tool_call_id", "tool_name"):
+            src.find_id(name, n[name], name, sized=True)
     if n["recoverable"] != ((), ()):
         with src.block("if role is R_ERROR_EVENT:"):
             src.find("recoverable", n["recoverable"])
@@ -733,14 +749,6 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
                     emit(f"if key is not None and (key.__class__ is not str or len(key) > {MAX_ID_BYTES}):")
                     emit(f"    key = _id(key, {key!r}, ov)[0]")
             emit("span = (sp[0], sp[1], key)")
-    # What keeping the event costs the checker's byte budget (events.kept_bytes), measured here once.
-    emit(f"nbytes = {EVENT_OVERHEAD} + len(wire_type)")
-    for name in sized:
-        if name == "server_time":
-            emit("if isinstance(server_time, str):")
-        else:
-            emit(f"if {name} is not None:")
-        emit(f"    nbytes += len({name})")
     args = {"role": "role", "wire_type": "wire_type", "received_at": "received_at", "run_id": "run_id",
             "thread_id": "thread_id", "user_id": "user_id", "message_id": "message_id", "seq": "seq",
             "tool_call_id": "tool_call_id", "tool_name": "tool_name", "recoverable": "recoverable", "span": "span",
