@@ -3,8 +3,9 @@
 agentsim (--no-auth, zero think and tool time) runs pinned to core 0; `locust -f scenarios/locustfile.py --headless`
 runs pinned to core 1 with USERS users for RUN_TIME, playing a scenario of back-to-back chats (no think time); its
 CPU is the Locust process's own user+system time (RUSAGE_CHILDREN around it, start-up included) and its chats
-are the `chat` requests in Locust's stats CSV (every one judged by chatprobe's rules). Rounds are repeated; the
-median is printed. Nothing is asserted.
+are the `chat` requests in Locust's stats CSV (every one judged by chatprobe's rules). The scenario has no think
+time, so each user overlaps its chats' settle windows as `chatprobe run` does (since 534a4dc; before, every chat
+waited out its 0.1 s window, ≈10 chats/s per user). Rounds are repeated; the median is printed. Nothing is asserted.
 
     .venv/bin/python bench/locust_cpu.py --users 50 --run-time 20 --rounds 3
 """
@@ -67,8 +68,8 @@ def main() -> int:
                 if not chats:
                     raise SystemExit(f"no chats counted (exit {done.returncode}): {done.stderr.strip()[-400:]}")
                 per_chat.append(cpu / chats)
-                print(f"round {r + 1}: {chats} chats ({failed} failed) in {wall:.1f} s wall, CPU {cpu:.2f} s = "
-                      f"{cpu / chats * 1e6:.0f} us per chat", flush=True)
+                print(f"round {r + 1}: {chats} chats ({failed} failed, {chats / args.run_time:.0f}/s) in {wall:.1f} s "
+                      f"wall, CPU {cpu:.2f} s = {cpu / chats * 1e6:.0f} us per chat", flush=True)
         finally:
             proc.terminate()
             proc.wait(10)
