@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
@@ -25,33 +26,41 @@ class Wake:
     """What a chat (or a connection's welcome) waits on: a bare future, resolved by what arrives for it or by its
     connection's end, and one timer for its deadline, re-armed only when the deadline moves earlier (a timer that
     fires before a later deadline only makes the waiter look and wait again). One waiter at a time; cheaper than an
-    asyncio.Event and an asyncio.timeout per wait, in CPU and in memory when 15,000 chats are open."""
+    asyncio.Event and an asyncio.timeout per wait, in CPU and in memory when 15,000 chats are open. With `call` set
+    nothing awaits it: a wake (or the deadline) calls `call()` instead."""
 
-    __slots__ = ("_waiter", "_timer", "_timer_at")
+    __slots__ = ("_waiter", "_timer", "_timer_at", "call")
 
     def __init__(self) -> None:
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self.call: Callable[[], None] | None = None
 
     def set(self) -> None:
+        if self.call is not None:
+            self.call()
+            return
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
 
-    def until(self, when: float, now: float) -> asyncio.Future[None]:
-        """What to await: resolved by `set()` or at `when` (clock time; `now` is the clock now), whichever is first.
-        Whoever waits looks again afterwards: a wake is a reason to look, not a verdict."""
-        loop = asyncio.get_running_loop()
+    def arm(self, when: float, now: float) -> None:
+        """Have the timer fire by `when` (clock time; `now` is the clock now)."""
         timer = self._timer
         if timer is None or self._timer_at > when:
             if timer is not None:
                 timer.cancel()
-            self._timer = loop.call_later(when - now, self._fire, context=_TIMER_CONTEXT)
+            self._timer = asyncio.get_running_loop().call_later(when - now, self._fire, context=_TIMER_CONTEXT)
             self._timer_at = when
-        self._waiter = waiter = loop.create_future()
+
+    def until(self, when: float, now: float) -> asyncio.Future[None]:
+        """What to await: resolved by `set()` or at `when` (clock time; `now` is the clock now), whichever is first.
+        Whoever waits looks again afterwards: a wake is a reason to look, not a verdict."""
+        self.arm(when, now)
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
         return waiter
 
     def _fire(self) -> None:
@@ -60,6 +69,7 @@ class Wake:
 
     def cancel(self) -> None:
         """No more waits: the timer goes with them (a chat's deadline may be minutes away)."""
+        self.call = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -69,7 +79,7 @@ class Session(VirtualUser):
     """One virtual user: a connection that carries chats (several at once if asked) and survives drops."""
 
     __slots__ = ("transport", "reader", "generation", "closed", "_wake", "_welcomed", "_opening", "_pending_sends",
-                 "_send_failure", "_settling", "_send_now", "_listening", "_ending")
+                 "_send_failure", "_settling", "_all_settled", "_send_now", "_listening", "_ending")
 
     def __init__(self, target: Target, user_id: str, scenario: str, sink: Sink, *, connect_timeout: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -86,8 +96,10 @@ class Session(VirtualUser):
         # Replies (pongs) being sent by a transport whose send waits; created with the first one.
         self._pending_sends: set[asyncio.Task] | None = None
         self._send_failure: ConnectFailed | None = None
-        # Chats listening out their settle window in the background (ChatOptions.overlap_settle), by task.
-        self._settling: dict[asyncio.Task, ChatFlow] = {}
+        # Chats listening out their settle window in the background (ChatOptions.overlap_settle), and their Wakes;
+        # what settled() awaits until there are none.
+        self._settling: dict[ChatFlow, Wake] = {}
+        self._all_settled: asyncio.Future[None] | None = None
         # The transport's send when it never waits (picows writes into the socket's buffer): no timeout around it.
         self._send_now: Callable[[Any], None] | None = None
         # The connection that calls back (picows) and has not ended yet; who waits for its end.
@@ -202,7 +214,7 @@ class Session(VirtualUser):
             self.closed = True
             if self._welcomed is not None:
                 self._welcomed.set()
-            for ev in self._wake.values():
+            for ev in list(self._wake.values()):  # a chat settling in the background leaves as it is judged
                 ev.set()
 
     def _on_frame(self, message: str | bytes, at: float) -> None:
@@ -213,7 +225,7 @@ class Session(VirtualUser):
             self._welcomed.set()
         if wake is not None:
             if wake == WAKE_ALL:
-                for w in self._wake.values():
+                for w in list(self._wake.values()):
                     w.set()
             elif (one := self._wake.get(wake)) is not None:
                 one.set()
@@ -260,23 +272,28 @@ class Session(VirtualUser):
             return False
 
     async def settled(self) -> list[ChatResult]:
-        """Wait until every chat listening out its settle window in the background is judged; their verdicts."""
+        """Wait until every chat listening out its settle window in the background is judged; their verdicts.
+        (Bounded: each window ends by its own timer.)"""
         if not self._settling:
             return []
-        flows = list(self._settling.values())
+        flows = list(self._settling)
         try:
-            await asyncio.gather(*self._settling)
+            while self._settling:
+                self._all_settled = done = asyncio.get_running_loop().create_future()
+                await done
         except BaseException:
             # Stopped from outside: judged now, on what arrived, so the counters add up before anyone reads them.
             self._stop_settling()
             raise
+        finally:
+            self._all_settled = None
         return [f.result for f in flows if f.result is not None]
 
     def _stop_settling(self) -> None:
         now = self.clock()
-        for task, flow in list(self._settling.items()):
+        for flow, wake in list(self._settling.items()):
             flow.stopped(now)
-            task.cancel()
+            self._settled(flow, wake)
 
     async def close(self) -> None:
         """Listen out the settle windows still open, then close the connection. Closed by a task being cancelled
@@ -384,9 +401,7 @@ class Session(VirtualUser):
                 action = flow.next(now, self)
                 if isinstance(action, Wait):
                     if overlap and flow.settling and not own_stream:
-                        task = asyncio.get_running_loop().create_task(self._listen_out(flow, wake))
-                        self._settling[task] = flow
-                        task.add_done_callback(self._settling_done)
+                        self._listen_out(flow, wake, action.until, now)
                         background = True
                         return flow.provisional(clock()) if provisional else None
                     await wake.until(action.until, now)
@@ -425,26 +440,28 @@ class Session(VirtualUser):
                 self._wake.pop(flow.chat_id, None)
                 wake.cancel()
 
-    async def _listen_out(self, flow: ChatFlow, wake: Wake) -> ChatResult:
-        """A chat's settle window, in the background: late events still reach its tracker; judged when it ends."""
-        clock = self.clock
-        try:
-            while True:
-                now = clock()
-                action = flow.next(now, self)
-                if not isinstance(action, Wait):  # in SETTLING the flow only waits or finishes
-                    assert flow.result is not None
-                    return flow.result
-                await wake.until(action.until, now)
-        except asyncio.CancelledError:
-            flow.stopped(clock())
-            raise
-        finally:
-            self._wake.pop(flow.chat_id, None)
-            wake.cancel()
+    def _listen_out(self, flow: ChatFlow, wake: Wake, until: float, now: float) -> None:
+        """A chat's settle window, in the background and with no task of its own: what wakes the chat (a late event,
+        the connection's end, the window's end) asks its flow again; judged, to the sink, when the window ends."""
+        self._settling[flow] = wake
+        wake.call = functools.partial(self._settle_step, flow, wake)
+        wake.arm(until, now)
 
-    def _settling_done(self, task: asyncio.Task) -> None:
-        self._settling.pop(task, None)
+    def _settle_step(self, flow: ChatFlow, wake: Wake) -> None:
+        now = self.clock()
+        action = flow.next(now, self)
+        if isinstance(action, Wait):  # in SETTLING the flow only waits or finishes
+            wake.arm(action.until, now)
+        else:
+            self._settled(flow, wake)
+
+    def _settled(self, flow: ChatFlow, wake: Wake) -> None:
+        wake.cancel()
+        self._wake.pop(flow.chat_id, None)
+        self._settling.pop(flow, None)
+        done = self._all_settled
+        if not self._settling and done is not None and not done.done():
+            done.set_result(None)
 
     async def _drop_on_purpose(self) -> None:
         """Drop the socket as a lost network would, and give the reader a bounded time to see it."""
