@@ -49,10 +49,8 @@ class _Play:
         return Session(self.target, f"{self.prefix}-u{i}", self.scenario.name, self.out,
                        connect_timeout=self.scenario.connect_timeout)
 
-    async def item(self, session: Session, script: UserScript, item: ChatCall | RawCall | ChatGroup) -> None:
-        if isinstance(item, ChatCall):
-            await session.play(item.content, item.expectations, item.options)
-        elif isinstance(item, RawCall):
+    async def item(self, session: Session, script: UserScript, item: RawCall | ChatGroup) -> None:
+        if isinstance(item, RawCall):
             await session.send_invalid(item.raw, item.expectations)
         else:
             in_flight = asyncio.Semaphore(item.parallel)
@@ -78,7 +76,10 @@ class _Play:
                             return
                     if leave is not None and leave.is_set():
                         return
-                    await self.item(session, script, item)
+                    if isinstance(item, ChatCall):  # played here: no coroutine of its own per open chat
+                        await session.play(item.content, item.expectations, item.options)
+                    else:
+                        await self.item(session, script, item)
                     last = item
                 if not again:
                     return
