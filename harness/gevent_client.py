@@ -1,6 +1,6 @@
 """The synchronous chat client of one virtual user, for gevent (Locust) or plain threads.
 
-The asyncio Session's twin over websockets' threading layer: the same sans-I/O FrameRouter and ChatFlow
+The asyncio Session's twin over websockets' Sans-I/O protocol: the same sans-I/O FrameRouter and ChatFlow
 (harness/flow.py) decide; it only moves frames and waits, every wait with a deadline.
 """
 from __future__ import annotations

@@ -11,13 +11,14 @@ over and over, every chat judged; importing this module adds the chatprobe optio
         --host wss://chat.example.com/ws --chatprobe-scenario basic
 
 Each chat is a Locust request (type "chat", name = scenario; failed when the verdict is not `passed`) and a
-"first_event" request timed to the first event. Every verdict goes to the chatprobe metrics (source="load"),
-served on --chatprobe-metrics-port by each process that runs users (each worker on port + its index: scrape
-them all and sum, like any replicated service; the master runs no chats and serves none). Workers send the
-master their verdicts as counts and samples each stats interval; at the end the master (or the single
-process) judges the scenario's objectives on the whole run and sets the exit code: 0 met, 1 an objective
-failed, 2 a usage error (bad --host scheme, unknown scenario or profile; a worker that cannot use the master's
-options exits 2 and so does the master), 3 the target was unreachable.
+"first_event" request timed to the first event, recorded with the final verdict: without think time a user's next
+chat starts at the run's end while the last one's settle window still listens, as under `chatprobe run`. Every
+verdict goes to the chatprobe metrics (source="load"), served on --chatprobe-metrics-port by each process that runs
+users (each worker on port + its index: scrape them all and sum, like any replicated service; the master runs no
+chats and serves none). Workers send the master their verdicts as counts and samples each stats interval; at the end
+the master (or the single process) judges the scenario's objectives on the whole run and sets the exit code: 0 met,
+1 an objective failed, 2 a usage error (bad --host scheme, unknown scenario or profile; a worker that cannot use the
+master's options exits 2 and so does the master), 3 the target was unreachable.
 
 A user whose connections fail backs off (exponential with jitter, capped at BACKOFF_CAP, reset by a chat that
 connects): an unreachable host costs a few attempts a second, not thousands. Locust prints `--help` before it
