@@ -579,14 +579,12 @@ class _Source:
             if len(path) == 1:
                 self.emit(f"    {var} = frame.get({path[0]!r})")
                 continue
+            # Flat, one line a key: a profile's path of any depth must not nest the source (Python's indent limit).
             self.emit(f"    _w = frame.get({path[0]!r})")
-            indent = "    "
             for key in path[1:-1]:
-                self.emit(f"{indent}if isinstance(_w, dict):")
-                indent += "    "
-                self.emit(f"{indent}_w = _w.get({key!r})")
-            self.emit(f"{indent}if isinstance(_w, dict):")
-            self.emit(f"{indent}    {var} = _w.get({path[-1]!r})")
+                self.emit(f"    _w = _w.get({key!r}) if isinstance(_w, dict) else None")
+            self.emit("    if isinstance(_w, dict):")
+            self.emit(f"        {var} = _w.get({path[-1]!r})")
         if first:
             self.emit(f"{var} = None")
             return False

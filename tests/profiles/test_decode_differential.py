@@ -230,3 +230,25 @@ def test_profile_strings_are_data_never_code() -> None:
     assert isinstance(got, Frame) and got.kind is FrameKind.MALFORMED and repr(profile.name) in got.detail
     got = profile.decode(json.dumps({q: c}), 1.0)
     assert isinstance(got, Frame) and got.kind is FrameKind.CONTROL
+
+
+def test_deep_paths_compile_flat() -> None:
+    """A profile's dotted field and container paths of any depth compile (Python's source allows ~100 indents) and
+    find what the reference finds."""
+    deep = [f"k{i}" for i in range(150)]
+    profile = Profile.model_validate({
+        "name": "deep", "request": {"type": "go"}, "lookup": ["", ".".join(deep)],
+        "fields": {"type": ["type"], "run_id": ["rid", ".".join(deep + ["run"])]},
+        "roles": {"agent_started": ["start"]},
+    })
+    nested: dict[str, Any] = {"run": "deep-run", "rid": "container-run"}
+    for key in reversed(deep):
+        nested = {key: nested}
+    frame = {"type": "start", **nested}
+    for text in (json.dumps(frame), json.dumps({**frame, "rid": None})):
+        got = profile.decode(text, 1.0)
+        _same(got, reference_decode(profile._decoder, text, 1.0))
+        assert isinstance(got, Event) and got.run_id == "container-run"
+    bare = {"type": "start", **{deep[0]: {deep[1]: "not a dict all the way"}}}
+    got = profile.decode(json.dumps(bare), 1.0)
+    _same(got, reference_decode(profile._decoder, json.dumps(bare), 1.0))
