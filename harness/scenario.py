@@ -521,8 +521,8 @@ class UserScript:
         self._default: Expectations | None = None
         # overlap_settle: a user who does not think between chats starts the next one while the last one's settle
         # window still listens (the asyncio Session does it where events name their run; the runner never reads
-        # chat()'s provisional result). A user who thinks waits the window out first, as the Locust user does, so one
-        # scenario file gives the same load under both engines.
+        # chat()'s provisional result; the Locust user does it too). A user who thinks waits the window out first,
+        # under both engines, so one scenario file gives the same load under both.
         self._options = ChatOptions(client_run_id=scenario.client_run_id, reconnect=scenario.reconnect,
                                     max_reconnects=scenario.max_reconnects, settle=scenario.expect.settle,
                                     overlap_settle=scenario.think_time is None)
