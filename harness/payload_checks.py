@@ -21,6 +21,7 @@ MAX_IDS = 10_000
 MAX_ID_CHARS = 1024  # harness.profiles.MAX_ID_BYTES: an id kept longer than that is cut
 MAX_ARGS_BYTES = 256 * 1024  # argument text buffered per run, all calls together
 MAX_STATE_BYTES = 1024 * 1024
+MAX_LANES = 1000  # chunk streams open at once, one per lane (the parent agent, each subagent)
 # Schema failures reported per event, each cut to this many characters.
 MAX_PROBLEMS = 3
 MAX_PROBLEM_CHARS = 200
@@ -101,7 +102,27 @@ def agui_frame(frame: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]
         return tuple(problems), ()
     except (RecursionError, ValueError) as exc:  # a pathologically nested frame
         return (f"{wire_type}: not checkable against the schema ({exc.__class__.__name__})",), ()
+    ts = frame.get("timestamp")
+    if ts.__class__ is str or ts.__class__ is bool:
+        # The schema's `integer`; pydantic's lax mode turns "17..." and true into ints, JSON Schema does not.
+        return (f"{wire_type} field 'timestamp': {str(ts)[:40]!r} is a JSON {'string' if ts.__class__ is str else 'boolean'}"
+                ", not an integer (milliseconds since the epoch)",), ()
+    if wire_type == "RUN_STARTED" and isinstance(inp := frame.get("input"), dict):
+        return (), _input_echo(frame, inp)
     return (), ()
+
+
+def _input_echo(frame: dict[str, Any], inp: dict[str, Any]) -> tuple[str, ...]:
+    """RUN_STARTED "MAY echo the input the run was started from" (spec 1.1, Runs and Steps): an echo naming another
+    thread or run is not that input. Advice: the spec states no MUST for it. The event's own ids are checked against the
+    client's request elsewhere (R8), so this also ties the echo to the request."""
+    out = []
+    for key in ("threadId", "runId"):
+        echoed, own = inp.get(key), frame.get(key)
+        if echoed is not None and own is not None and echoed != own:
+            out.append(f"RUN_STARTED.input.{key} {str(echoed)[:80]!r} is not the run's own {key} {str(own)[:80]!r}: "
+                       "the echo is not the input this run was started from")
+    return tuple(out)
 
 
 @dataclass
@@ -112,6 +133,23 @@ class _Call:
     args: list[str] = field(default_factory=list)
     args_bytes: int = 0
     owed: bool = True  # started in this run (a call known from an earlier run owes nothing here)
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """A chunk stream being assembled in one lane: its family, item id, and what its first chunk established."""
+
+    kind: str  # TEXT_MESSAGE_CHUNK, TOOL_CALL_CHUNK or REASONING_MESSAGE_CHUNK
+    id: str
+    role: str | None = None  # text: the role (absent: assistant); tool: the tool's name
+    name: str | None = None  # text: the speaker's name; tool: parentMessageId
+
+
+# Chunk expansion (spec 1.1, Streaming Messages, "Closing a chunk stream"): these stand aside and close no chunk
+# stream; run-level events close every lane; any other event closes the open chunk stream of its own lane.
+_STAND_ASIDE = frozenset({"RAW", "ACTIVITY_SNAPSHOT", "ACTIVITY_DELTA", "REASONING_ENCRYPTED_VALUE", "SUBAGENT_STARTED",
+                          "TEXT_MESSAGE_CHUNK", "TOOL_CALL_CHUNK", "REASONING_MESSAGE_CHUNK"})
+_RUN_LEVEL = frozenset({"RUN_STARTED", "RUN_FINISHED", "RUN_ERROR", "MESSAGES_SNAPSHOT"})
 
 
 def _text(v: Any) -> str | None:
@@ -137,6 +175,8 @@ class AguiRunChecks(RunChecks):
         self.args_bytes = 0  # argument text buffered now, all open calls together
         self.activities: dict[str, Any] = {}  # activity message id -> its content (ACTIVITY_SNAPSHOT, then deltas)
         self.activity_bytes = 0
+        # Open chunk streams by lane (None: the parent agent; else the subagentRunId), expanded as the spec says.
+        self.lanes: dict[str | None, _Chunk] = {}
 
     def followup(self) -> "AguiRunChecks":
         nxt = AguiRunChecks(self.ctx)
@@ -165,6 +205,13 @@ class AguiRunChecks(RunChecks):
             out += self._warn_once("timestamp", f"{t} has no timestamp (advice: events should carry one)")
         handler = _HANDLERS.get(t)
         self.schema_failed = bool(ev.problems)
+        if self.lanes and t not in _STAND_ASIDE:
+            # The chunk shorthand has no end event: this one ends the chunk stream of its lane (a run-level one, all).
+            if t in _RUN_LEVEL:
+                for lane in list(self.lanes):
+                    out += self._close_chunk(lane, check=t != "RUN_ERROR")
+            elif (lane := p.get("subagentRunId")) in self.lanes:
+                out += self._close_chunk(lane)
         if handler is not None:
             out += handler(self, p, t)
         return out
@@ -193,11 +240,6 @@ class AguiRunChecks(RunChecks):
             self._remember(self.closed_messages, mid)
         return []
 
-    def _message_chunk(self, p: dict[str, Any], t: str) -> list[Finding]:
-        mid = _text(p.get("messageId"))
-        if mid is not None:
-            self._remember(self.messages, mid)
-        return []
 
     def _run_started(self, p: dict[str, Any], t: str) -> list[Finding]:
         # The request echoed back (RUN_STARTED.input): its messages, and the tool calls in them, are known ids, so a
@@ -269,16 +311,128 @@ class AguiRunChecks(RunChecks):
             try:
                 json.loads(text)
             except (ValueError, RecursionError) as exc:
-                return [Finding(Rule.R12, f"tool call {cid[:80]!r}: the TOOL_CALL_ARGS deltas do not concatenate to "
-                                          f"valid JSON ({str(exc)[:80]})")]
+                return [Finding(Rule.R12, f"tool call {cid[:80]!r}: the "
+                                          f"{'TOOL_CALL_CHUNK' if t == 'TOOL_CALL_CHUNK' else 'TOOL_CALL_ARGS'} deltas "
+                                          f"do not concatenate to valid JSON ({str(exc)[:80]})")]
         return []
 
-    def _call_chunk(self, p: dict[str, Any], t: str) -> list[Finding]:
-        # The chunk shorthand has no explicit end: a call it names is taken as started and ended (its result owed).
-        cid = _text(p.get("toolCallId"))
-        if cid is not None and cid not in self.calls and len(self.calls) < MAX_IDS:
-            self.calls[cid] = _Call(_text(p.get("toolCallName")) or "", ended=True)
-        return []
+    # -- the chunk shorthand, expanded into START / CONTENT|ARGS / END as the spec's Streaming Messages page says --
+    def _chunk(self, p: dict[str, Any], t: str) -> list[Finding]:
+        tool = t == "TOOL_CALL_CHUNK"
+        key = "toolCallId" if tool else "messageId"
+        cid = _text(p.get(key))
+        tag = p.get("subagentRunId")
+        tag = tag if isinstance(tag, str) else None
+        out: list[Finding] = []
+        if cid is None:
+            lane, problem = self._continued_lane(t, tag)
+            if problem:
+                return [Finding(Rule.R5, f"{t} without {key} {problem}: the first chunk of a "
+                                         f"{'call' if tool else 'message'} must carry {key} "
+                                         f"{'and toolCallName ' if tool else ''}(a consumer rejects it)")]
+            cid = self.lanes[lane].id
+            out += self._conflicts(self.lanes[lane], p, t)
+        else:
+            lane = next((k for k, c in self.lanes.items() if c.kind == t and c.id == cid), tag)
+            if tag is not None and lane != tag:
+                out.append(Finding(Rule.R12, f"{t} for {cid[:80]!r} says subagentRunId {tag[:80]!r}, but the chunk "
+                                             f"stream was opened by {'the parent agent' if lane is None else repr(lane[:80])}"))
+            cur = self.lanes.get(lane)
+            if cur is not None and cur.kind == t and cur.id == cid:
+                out += self._conflicts(cur, p, t)
+            else:  # a first chunk: the lane's open stream (if any) ends, this one opens
+                if cur is not None:
+                    out += self._close_chunk(lane)
+                if len(self.lanes) >= MAX_LANES:
+                    return out + self._warn_once("lanes", f"{t}: over {MAX_LANES} chunk streams open at once, "
+                                                          "not tracked")
+                out += self._open_chunk(lane, t, cid, p)
+                if lane not in self.lanes:
+                    return out  # not opened (it mixed the spellings): its delta belongs to nothing
+        delta = p.get("delta")
+        if tool and isinstance(delta, str) and delta:
+            out += self._call_args({"toolCallId": cid, "delta": delta}, t)
+        return out
+
+    def _continued_lane(self, t: str, tag: str | None) -> tuple[str | None, str]:
+        """The lane an id-less chunk continues (its tag's; else the parent's; else the sole one of its family), or
+        why it continues none."""
+        if tag is not None:
+            cur = self.lanes.get(tag)
+            return tag, "" if cur is not None and cur.kind == t else f"continues no chunk stream of subagent {tag[:80]!r}"
+        cur = self.lanes.get(None)
+        if cur is not None and cur.kind == t:
+            return None, ""
+        lanes = [k for k, c in self.lanes.items() if c.kind == t]
+        if len(lanes) == 1:
+            return lanes[0], ""
+        if lanes:
+            return None, (f"is ambiguous: {len(lanes)} subagents have a {t} stream open and none is the parent "
+                          "agent's (continuations must name their subagentRunId)")
+        return None, "continues no open chunk stream"
+
+    def _open_chunk(self, lane: str | None, t: str, cid: str, p: dict[str, Any]) -> list[Finding]:
+        out = []
+        if t == "TOOL_CALL_CHUNK":
+            name, parent = _text(p.get("toolCallName")), _text(p.get("parentMessageId"))
+            if name is None:
+                out.append(Finding(Rule.R12, f"{t} opening call {cid[:80]!r} has no toolCallName: the first chunk of "
+                                             "a call must carry toolCallId and toolCallName"))
+            call = self.calls.get(cid)
+            if call is not None and not call.ended:
+                out.append(Finding(Rule.R5, f"{t} opens tool call {cid[:80]!r}, which TOOL_CALL_START already opened "
+                                            "(the two spellings do not mix within one call)"))
+                return out
+            if call is not None:
+                # Reopening a closed call is allowed (spec 1.1); its arguments, now in two parts, are not checked.
+                call.ended, call.args, call.args_bytes = False, [], -1
+            elif len(self.calls) < MAX_IDS:
+                self.calls[cid] = _Call(name or "")
+            if parent is not None and parent not in self.messages:
+                out.append(Finding(Rule.R5, f"{t} {cid[:80]!r} names parentMessageId {parent[:80]!r}, which is no "
+                                            "message of this conversation"))
+            self.lanes[lane] = _Chunk(t, cid, name, parent)
+            return out
+        if cid in self.open_messages:
+            start = "REASONING_MESSAGE_START" if t == "REASONING_MESSAGE_CHUNK" else "TEXT_MESSAGE_START"
+            return [Finding(Rule.R5, f"{t} opens message {cid[:80]!r}, which {start} already opened (the two "
+                                     "spellings do not mix within one message)")]
+        # (A closed message may be reopened: spec 1.1, Text Messages. So no reuse check here.)
+        self._remember(self.messages, cid)
+        self._remember(self.open_messages, cid)
+        role = p.get("role")
+        self.lanes[lane] = _Chunk(t, cid, _text(role) or "assistant" if t == "TEXT_MESSAGE_CHUNK" else None,
+                                  _text(p.get("name")))
+        return out
+
+    def _conflicts(self, cur: _Chunk, p: dict[str, Any], t: str) -> list[Finding]:
+        """A continuation may repeat what its first chunk established, with the same value only (a MUST)."""
+        if t == "TOOL_CALL_CHUNK":
+            fields = (("toolCallName", cur.role), ("parentMessageId", cur.name))
+        elif t == "TEXT_MESSAGE_CHUNK":
+            fields = (("role", cur.role), ("name", cur.name))
+        else:
+            return []
+        out = []
+        for key, established in fields:
+            v = p.get(key)
+            if v is not None and established is not None and _text(v) != established:
+                out.append(Finding(Rule.R12, f"{t} continuing {cur.id[:80]!r} says {key} {str(v)[:60]!r}, its first "
+                                             f"chunk {established[:60]!r} (a conflicting repeat)"))
+        return out
+
+    def _close_chunk(self, lane: str | None, check: bool = True) -> list[Finding]:
+        """The synthesized end of a lane's chunk stream."""
+        cur = self.lanes.pop(lane)
+        if cur.kind != "TOOL_CALL_CHUNK":
+            return self._message_end({"messageId": cur.id}, cur.kind)
+        if not check:  # RUN_ERROR: the call may have been cut short
+            call = self.calls.get(cur.id)
+            if call is not None and not call.ended:
+                self.args_bytes -= max(0, call.args_bytes)
+                call.ended, call.args, call.args_bytes = True, [], -1
+            return []
+        return self._call_end({"toolCallId": cur.id}, cur.kind)
 
     def _call_result(self, p: dict[str, Any], t: str) -> list[Finding]:
         cid = _text(p.get("toolCallId")) or ""
@@ -433,16 +587,16 @@ _HANDLERS: dict[str, Callable[[AguiRunChecks, dict[str, Any], str], list[Finding
     "TEXT_MESSAGE_START": AguiRunChecks._message_start,
     "TEXT_MESSAGE_CONTENT": AguiRunChecks._message_content,
     "TEXT_MESSAGE_END": AguiRunChecks._message_end,
-    "TEXT_MESSAGE_CHUNK": AguiRunChecks._message_chunk,
+    "TEXT_MESSAGE_CHUNK": AguiRunChecks._chunk,
     "REASONING_MESSAGE_START": AguiRunChecks._message_start,
     "REASONING_MESSAGE_CONTENT": AguiRunChecks._message_content,
     "REASONING_MESSAGE_END": AguiRunChecks._message_end,
-    "REASONING_MESSAGE_CHUNK": AguiRunChecks._message_chunk,
+    "REASONING_MESSAGE_CHUNK": AguiRunChecks._chunk,
     "MESSAGES_SNAPSHOT": AguiRunChecks._messages_snapshot,
     "TOOL_CALL_START": AguiRunChecks._call_start,
     "TOOL_CALL_ARGS": AguiRunChecks._call_args,
     "TOOL_CALL_END": AguiRunChecks._call_end,
-    "TOOL_CALL_CHUNK": AguiRunChecks._call_chunk,
+    "TOOL_CALL_CHUNK": AguiRunChecks._chunk,
     "TOOL_CALL_RESULT": AguiRunChecks._call_result,
     "STATE_SNAPSHOT": AguiRunChecks._state_snapshot,
     "STATE_DELTA": AguiRunChecks._state_delta,
@@ -454,7 +608,8 @@ _HANDLERS: dict[str, Callable[[AguiRunChecks, dict[str, Any], str], list[Finding
 AGUI = CheckSet(
     name="agui",
     fields=("timestamp", "messageId", "delta", "toolCallId", "toolCallName", "parentMessageId", "messages",
-            "snapshot", "event", "outcome", "parentRunId", "input", "content", "patch", "replace"),
+            "snapshot", "event", "outcome", "parentRunId", "input", "content", "patch", "replace", "subagentRunId",
+            "role", "name"),
     frame=agui_frame,
     start=AguiRunChecks,
 )
