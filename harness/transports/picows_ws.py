@@ -99,7 +99,8 @@ class PicowsTransport(WSListener):
                  "_parts", "_parts_size", "_parts_text", "_read_at", "_max_size")
 
     def __init__(self, settings: ConnectSettings) -> None:
-        self.settings = settings
+        # Let go once the connection is open (~300 bytes per open connection, and the credential with them).
+        self.settings: ConnectSettings | None = settings
         self._max_size = settings.max_size
         self.ws: WSTransport | None = None
         self.close_code: int | None = None
@@ -117,6 +118,7 @@ class PicowsTransport(WSListener):
 
     async def open(self) -> None:
         s = self.settings
+        assert s is not None, "a PicowsTransport opens once"
         headers, subprotocols = auth_headers(s)
         if subprotocols:
             headers["Sec-WebSocket-Protocol"] = ", ".join(subprotocols)
@@ -136,6 +138,7 @@ class PicowsTransport(WSListener):
         if ws.is_disconnected and ws.response is None:
             # picows returns, not raises, when the server hangs up before answering the upgrade.
             raise ConnectFailed("refused", "the server closed the connection during the handshake")
+        self.settings = None
         # The upgrade's headers are not read again: ~1 KiB per open connection, and the request's carry the credential.
         for message in (ws.request, ws.response):
             if message is not None:
@@ -196,7 +199,7 @@ class PicowsTransport(WSListener):
             self._parts_text = kind is WSMsgType.TEXT
             self._parts = parts = []
         size = self._parts_size + frame.payload_size
-        if size > self.settings.max_size:
+        if size > self._max_size:
             self._fail(transport, 1009)
             return None
         parts.append(frame.get_payload_as_bytes())
@@ -231,7 +234,7 @@ class PicowsTransport(WSListener):
     def _fail(self, transport: WSTransport, code: int) -> None:
         """Close for what the server sent (as websockets does): an R12 for the client, the code for the server."""
         if self.protocol_error is None:
-            self.protocol_error = PROTOCOL_ERRORS[code].format(self.settings.max_size)
+            self.protocol_error = PROTOCOL_ERRORS[code].format(self._max_size)
         self._parts, self._parts_size = None, 0
         if not transport.is_close_frame_sent:
             transport.send_close(WSCloseCode(code))
@@ -317,7 +320,7 @@ class PicowsTransport(WSListener):
         if sent is not None and self.protocol_error is None:
             code = getattr(sent.code, "value", sent.code)
             if code in PROTOCOL_ERRORS:
-                self.protocol_error = PROTOCOL_ERRORS[code].format(self.settings.max_size)
+                self.protocol_error = PROTOCOL_ERRORS[code].format(self._max_size)
         if self.close_code is None:
             self.close_code = 1006
 
