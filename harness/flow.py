@@ -356,7 +356,8 @@ class ChatFlow:
             self._wait = Wait(self._until)
             self.generation = link.generation
             self.state = SENDING
-            return Send(self.frame, "raw" if self.probe else "message")
+            frame, self.frame = self.frame, None  # sent once: not kept for the chat's life (memory per open chat)
+            return Send(frame, "raw" if self.probe else "message")
         if state == RESUMING:
             self.generation = link.generation
             self.router.checker.add(self.tracker)
