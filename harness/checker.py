@@ -563,6 +563,9 @@ class ConnectionChecker:
         self.by_message: dict[str, ChatTracker] = {}
         self.by_thread: dict[str, ChatTracker] = {}
         self.chats: list[ChatTracker] = []
+        # Chats added without a run id, oldest first: those a run nothing names may answer (`waiting_for_run`). Kept
+        # apart so a new run looks at these only, not at every chat (a recording may hold a thousand open ones).
+        self.unnamed: dict[str, ChatTracker] = {}
         self._prune_at = 2 * KEEP_FINISHED  # amortized: a prune that finds little to forget waits for twice as many
         self.malformed = 0
         self.foreign = 0
@@ -576,6 +579,8 @@ class ConnectionChecker:
             self.chats.append(chat)
         if chat.run_id:
             self.by_run[chat.run_id] = chat
+        elif not chat.done:
+            self.unnamed[chat.chat_id] = chat
         if chat.message_id:
             self.by_message[chat.message_id] = chat
         if chat.thread_id:
@@ -589,7 +594,7 @@ class ConnectionChecker:
         if not drop:
             return
         self.chats = [c for c in self.chats if id(c) not in drop]
-        for table in (self.by_run, self.by_message, self.by_thread):
+        for table in (self.by_run, self.by_message, self.by_thread, self.unnamed):
             for key in [k for k, c in table.items() if id(c) in drop]:
                 del table[key]
 
@@ -597,7 +602,7 @@ class ConnectionChecker:
         """Forget a chat whose message never reached the server (its stream could not be opened)."""
         if chat in self.chats:
             self.chats.remove(chat)
-        for index in (self.by_run, self.by_message, self.by_thread):
+        for index in (self.by_run, self.by_message, self.by_thread, self.unnamed):
             for key in [k for k, c in index.items() if c is chat]:
                 del index[key]
 
@@ -619,9 +624,7 @@ class ConnectionChecker:
         if ev.run_id is not None:
             chat = self.by_run.get(ev.run_id)
             if chat is None:
-                cand = (self.by_message.get(ev.message_id) if ev.message_id else None) or (
-                    self.by_thread.get(ev.thread_id) if ev.thread_id else None
-                ) or self._unnamed_waiting(ev)
+                cand = self._named_or_waiting(ev)
                 if cand is not None and cand.run_id is None:
                     cand.run_id = ev.run_id
                     self.by_run[ev.run_id] = cand
@@ -668,14 +671,33 @@ class ConnectionChecker:
                                            f"sent ({(same_thread.run_id or '')[:80]!r})", 0)
         return same_thread
 
-    def _unnamed_waiting(self, ev: Event) -> ChatTracker | None:
-        """The chat a new run answers when nothing names it: the oldest one still waiting for its run whose own ids
-        (if it sent any) the event does not contradict. A client that sends no thread or message id (the server
-        assigns them) is thus not cross-talk; a run naming another thread or message still is."""
-        waiting = [c for c in self.chats if c.run_id is None and c.n_events == 0 and not c.done and not c.judged
-                   and (c.thread_id is None or ev.thread_id is None)
-                   and (c.message_id is None or ev.message_id is None)]
-        return min(waiting, key=lambda c: c.sent_at) if waiting else None
+    def waiting_for_run(self, ev: Event) -> ChatTracker | None:
+        """The chat a run this connection has not seen yet answers (`ev` names it), None when it answers none: THE
+        adoption rule, for the live clients, the proxy and `chatprobe check`. The chat whose message or thread id the
+        event names, if it has no run yet; else the oldest chat still waiting for its run (no run id yet, not done, not
+        judged) whose own ids the event does not contradict, whether or not events that named no run came before
+        (AG-UI's first event may precede RUN_STARTED). A client that sends no ids (the server assigns them) is thus
+        not cross-talk; a run naming another thread or message still is."""
+        cand = self._named_or_waiting(ev)
+        return cand if cand is not None and cand.run_id is None else None
+
+    def _named_or_waiting(self, ev: Event) -> ChatTracker | None:
+        """The chat the event's message or thread id names (whatever its run), else the oldest one waiting."""
+        return (self.by_message.get(ev.message_id) if ev.message_id else None) or (
+            self.by_thread.get(ev.thread_id) if ev.thread_id else None
+        ) or (self._oldest_waiting(ev) if self.unnamed else None)
+
+    def _oldest_waiting(self, ev: Event) -> ChatTracker | None:
+        oldest = None
+        unnamed = self.unnamed
+        for key, c in list(unnamed.items()):
+            if c.run_id is not None or c.done or c._result is not None:
+                del unnamed[key]  # for good: none of these turns back into a chat waiting for its run
+            elif ((c.thread_id is None or ev.thread_id is None or c.thread_id == ev.thread_id)
+                  and (c.message_id is None or ev.message_id is None or c.message_id == ev.message_id)
+                  and (oldest is None or c.sent_at < oldest.sent_at)):
+                oldest = c
+        return oldest
 
     def _foreign(self, ev: Event, why: str) -> None:
         self.foreign += 1

@@ -56,7 +56,7 @@ UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive ti
 class _Conn:
     """One recorded connection (or SSE stream): the live client's router and checker for it."""
 
-    __slots__ = ("checker", "clients", "key", "last_t", "open", "router", "unnamed", "untimed", "wake")
+    __slots__ = ("checker", "clients", "key", "last_t", "open", "router", "untimed", "wake")
 
     def __init__(self, key: str, profile: Profile, sink: Sink, scenario: str) -> None:
         self.key = key
@@ -67,7 +67,6 @@ class _Conn:
         self.untimed = False  # a frame without a recorded time was received on it
         self.wake = float("inf")  # no chat of it can be judged before this time
         self.open: dict[str, ChatTracker] = {}  # its chats not judged yet, oldest first
-        self.unnamed: dict[str, ChatTracker] = {}  # those opened without a run id (one may learn it: _adopt)
 
 
 class OfflineCheck:
@@ -142,7 +141,9 @@ class OfflineCheck:
             checker = conn.checker
             if isinstance(decoded, Event):
                 if decoded.run_id is not None:
-                    if decoded.run_id not in checker.by_run and not self._adopt(conn, decoded):
+                    # A chat this run answers (ConnectionChecker's one adoption rule, as live) learns its id when
+                    # the router routes the event; else the run is a chat of its own.
+                    if decoded.run_id not in checker.by_run and checker.waiting_for_run(decoded) is None:
                         self._open(conn, at, run_id=decoded.run_id, thread_id=decoded.thread_id, timed=False)
                 elif (not any(not c.done for c in conn.open.values())
                       and (decoded.thread_id is None or decoded.thread_id not in checker.by_thread)
@@ -157,20 +158,6 @@ class OfflineCheck:
             tracker = entry[0]
             if tracker.done:
                 conn.wake = min(conn.wake, verdict_due(tracker, self.settle))
-
-    @staticmethod
-    def _adopt(conn: _Conn, ev: Event) -> bool:
-        """The connection's chat, opened by events that named no run, learns its run id from this one (as a live
-        client that did not choose the run id learns it from the first event that names it)."""
-        for key, chat in list(conn.unnamed.items()):
-            if chat.run_id is not None or chat.judged or key not in conn.open:
-                del conn.unnamed[key]
-            elif not chat.done and chat.thread_id in (None, ev.thread_id):
-                del conn.unnamed[key]
-                chat.run_id = ev.run_id
-                conn.checker.by_run[ev.run_id] = chat  # type: ignore[index]
-                return True
-        return False
 
     def _sent(self, conn: _Conn, frame: str | bytes | None, at: float) -> None:
         if frame is None:
@@ -200,8 +187,6 @@ class OfflineCheck:
                               run_id=run_id, message_id=message_id)
         conn.checker.add(tracker)
         self._track(tracker, conn)
-        if run_id is None:
-            conn.unnamed[tracker.chat_id] = tracker
         if not timed:
             self.untimed.add(tracker.chat_id)
         self.sink.chat_started(self.name)
@@ -269,7 +254,6 @@ class OfflineCheck:
                 self._judge_resume(chat)
                 self.open.pop(chat.chat_id, None)
                 conn.open.pop(chat.chat_id, None)
-                conn.unnamed.pop(chat.chat_id, None)
                 self.parked[chat.run_id] = chat
                 self.parked_wake = min(self.parked_wake, chat.wait_deadline())
             else:
@@ -280,7 +264,6 @@ class OfflineCheck:
         entry = self.open.pop(tracker.chat_id, None)
         if entry is not None:
             entry[1].open.pop(tracker.chat_id, None)
-            entry[1].unnamed.pop(tracker.chat_id, None)
         self._judge_resume(tracker)
         result = tracker.finish(now, lost=lost, note=note)
         untimed = tracker.chat_id in self.untimed or (entry is not None and entry[1].untimed)

@@ -2,9 +2,10 @@
 the routing rules a watcher needs (a client that names no ids, a resume, a session error), with real profile decodes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
-from harness.checker import ChatTracker, ConnectionChecker, Expectations
+from harness.checker import KEEP_FINISHED, ChatTracker, ConnectionChecker, Expectations
 from harness.events import DEFAULT_REQUIRED, Outcome
 from harness.flow import PassiveChats, verdict_due
 from harness.profiles import load_profile
@@ -122,3 +123,45 @@ def test_client_frames_are_told_apart_by_the_profile():
     assert (request.kind, request.thread_id) == ("request", "t1")
     assert (resume.kind, resume.run_id) == ("resume", "r9")
     assert other.kind == "other" and NETRA.decode_client("{").kind == "malformed"
+
+
+AGUI = load_profile("ag-ui")
+
+
+def agui_run_named_late(run: str) -> list[str]:
+    """An AG-UI stream whose first event comes before RUN_STARTED (an R1), so before anything names the run."""
+    return [json.dumps(f) for f in (
+        {"type": "TEXT_MESSAGE_START", "messageId": "a1", "role": "assistant"},
+        {"type": "RUN_STARTED", "threadId": "t-1", "runId": run},
+        {"type": "TEXT_MESSAGE_CONTENT", "messageId": "a1", "delta": "x"},
+        {"type": "TEXT_MESSAGE_END", "messageId": "a1"},
+        {"type": "RUN_FINISHED", "threadId": "t-1", "runId": run})]
+
+
+def test_a_run_named_after_its_first_events_is_its_chats_whether_the_client_named_it_or_not():
+    """The one adoption rule: a chat that named no run takes the first run named to it even after events that named
+    none (as `chatprobe check` does for a stream recorded without its request), so the same stream gets the same
+    verdict whether the client sent the run id or not: its R1, and no cross-talk."""
+    exp = dataclasses.replace(EXP, required=frozenset())
+    verdicts = []
+    for sent_run in ("r-1", None):
+        checker = ConnectionChecker(None)
+        chat = ChatTracker("c1", exp, 0.0, run_id=sent_run)
+        checker.add(chat)
+        for i, f in enumerate(agui_run_named_late("r-1")):
+            assert checker.route(AGUI.decode(f, 0.1 + i / 100)) is chat  # type: ignore[arg-type]
+        assert checker.foreign == 0 and chat.run_id == "r-1"
+        result = chat.finish(1.0)
+        verdicts.append((result.outcome, sorted(v.rule for v in result.violations)))
+    assert verdicts[0] == verdicts[1] == (Outcome.FAILED, ["R1"])
+
+
+def test_a_done_or_judged_chat_adopts_no_run_and_the_waiting_index_stays_bounded():
+    checker = ConnectionChecker(None, events_name_run=True)
+    for i in range(20 * KEEP_FINISHED):
+        chat = ChatTracker(f"c{i}", EXP, float(i))
+        checker.add(chat)
+        chat.finish(float(i) + 1)  # judged without a run (a client that gave up): nothing more is its
+    assert len(checker.unnamed) <= 2 * KEEP_FINISHED
+    checker.route(NETRA.decode(frame("agent_started", run="late"), 9e3))  # type: ignore[arg-type]
+    assert checker.foreign == 1 and not checker.unnamed
