@@ -210,8 +210,8 @@ class AguiRunChecks(RunChecks):
             if t in _RUN_LEVEL:
                 for lane in list(self.lanes):
                     out += self._close_chunk(lane, check=t != "RUN_ERROR")
-            elif (lane := p.get("subagentRunId")) in self.lanes:
-                out += self._close_chunk(lane)
+            elif ((lane := p.get("subagentRunId")) is None or lane.__class__ is str) and lane in self.lanes:
+                out += self._close_chunk(lane)  # (a list or object there is the schema's R12, and unhashable)
         if handler is not None:
             out += handler(self, p, t)
         return out

@@ -78,6 +78,9 @@ CASES = {
     "a continuation attributed to a subagent with no stream open": (
         run(SUB1, text("a", messageId="m1"), text("b", subagentRunId="sa1"), END1), AGUI, "R5",
         "continues no chunk stream of subagent 'sa1'"),
+    "a subagentRunId that is a list, a chunk stream open": (
+        run(text("a", messageId="m1"), {"type": "STATE_SNAPSHOT", "snapshot": {}, "subagentRunId": ["x"]}), AGUI,
+        "R12", "subagentRunId"),  # the schema's R12, and no traceback from the lane lookup
     # timestamps are JSON integers (pydantic's lax mode would take these)
     "a timestamp sent as a string": (
         run({"type": "CUSTOM", "name": "n", "value": 1, "timestamp": "1700000000000"}), AGUI, "R12",
