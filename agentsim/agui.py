@@ -120,7 +120,8 @@ class Planned:
 _TARGET = {"drop_result": "TOOL_CALL_RESULT", "bad_args": "TOOL_CALL_ARGS", "bad_state_delta": "STATE_SNAPSHOT",
            "empty_delta": "TEXT_MESSAGE_CONTENT", "result_before_end": "TOOL_CALL_END",
            "orphan_result": "TOOL_CALL_RESULT", "unknown_parent": "TOOL_CALL_START", "reused_id": "TEXT_MESSAGE_END",
-           "second_start": "RUN_STARTED", "missing_field": "TOOL_CALL_START"}
+           "second_start": "RUN_STARTED", "missing_field": "TOOL_CALL_START", "chunk_without_id": "TEXT_MESSAGE_END",
+           "string_timestamp": "STATE_SNAPSHOT"}
 
 
 def plan_agui_faults(specs: list[FaultSpec], slots: list[Slot], rng: random.Random) -> list[Planned]:
@@ -548,6 +549,9 @@ class AguiSim:
         if "bad_args" in here:
             event["delta"] = event["delta"].rstrip("}")  # the last closing brace lost: not JSON any more
             record(here["bad_args"], role=t)
+        if "string_timestamp" in here:
+            event["timestamp"] = str(_ms())  # the schema's integer, as a string
+            record(here["string_timestamp"], role=t)
         if "result_before_end" in here:  # the result before the call's end
             record(here["result_before_end"], role=t)
             if not await send({"type": "TOOL_CALL_RESULT", "messageId": f"early-{event['toolCallId']}",
@@ -572,9 +576,11 @@ class AguiSim:
             extra += [{"type": "TEXT_MESSAGE_START", "messageId": mid, "role": "assistant"},
                       {"type": "TEXT_MESSAGE_CONTENT", "messageId": mid, "delta": "again"},
                       {"type": "TEXT_MESSAGE_END", "messageId": mid}]
+        if "chunk_without_id" in here:  # a continuation chunk with no chunk stream open to continue
+            extra.append({"type": "TEXT_MESSAGE_CHUNK", "delta": " and more"})
         if "second_start" in here:
             extra.append({"type": "RUN_STARTED", "threadId": event["threadId"], "runId": f"{event['runId']}-again"})
-        for name in ("bad_state_delta", "empty_delta", "orphan_result", "reused_id", "second_start"):
+        for name in ("bad_state_delta", "empty_delta", "orphan_result", "reused_id", "second_start", "chunk_without_id"):
             if name in here:
                 record(here[name], role=t)
         for obj in extra:

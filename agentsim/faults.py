@@ -45,6 +45,8 @@ AG-UI faults (``--protocol ag-ui``; each strikes the first event it can, and is 
   second_start=RATE        a second RUN_STARTED, with another runId, inside the run                (R1)
   missing_field=RATE       a TOOL_CALL_START without its required toolCallName                     (R12)
   bad_sse_line=RATE        a stream line that is not an SSE field (over WebSocket: a non-JSON frame) (R12)
+  chunk_without_id=RATE    a TEXT_MESSAGE_CHUNK without messageId, no chunk stream open           (R5)
+  string_timestamp=RATE    a STATE_SNAPSHOT whose timestamp is a JSON string                      (R12)
   (drop:ROLE and duplicate:ROLE name the AG-UI event carrying the role: tool_completed is TOOL_CALL_RESULT;
   swap, crosstalk and oversized are netra only)
 
@@ -101,9 +103,12 @@ FAULTS: dict[str, tuple[object, str | None, object]] = {
     "second_start": (None, None, None),
     "missing_field": (None, None, None),
     "bad_sse_line": (None, None, None),
+    "chunk_without_id": (None, None, None),
+    "string_timestamp": (None, None, None),
 }
 AGUI_ONLY = ("drop_result", "bad_args", "bad_state_delta", "empty_delta", "result_before_end", "orphan_result",
-             "unknown_parent", "reused_id", "second_start", "missing_field", "bad_sse_line")
+             "unknown_parent", "reused_id", "second_start", "missing_field", "bad_sse_line", "chunk_without_id",
+             "string_timestamp")
 ALIASES = {"cross_talk": "crosstalk", "dup": "duplicate", "reset": "close", "delay": "delay_first"}
 
 _NAME_RE = re.compile(r"^[a-z_]+$")
