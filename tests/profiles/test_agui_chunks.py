@@ -88,6 +88,15 @@ CASES = {
     "a timestamp sent as a boolean": (
         run({"type": "CUSTOM", "name": "n", "value": 1, "timestamp": True}), AGUI, "R12", "is a JSON boolean"),
     # streams that keep the rules
+    "a MESSAGES_SNAPSHOT restating a streamed message and leaving out another (the spec allows both)": (
+        run({"type": "TEXT_MESSAGE_START", "messageId": "m1"}, {"type": "TEXT_MESSAGE_CONTENT", "messageId": "m1",
+                                                                  "delta": "draft"},
+            {"type": "TEXT_MESSAGE_END", "messageId": "m1"}, text("gone", messageId="m2"),
+            {"type": "MESSAGES_SNAPSHOT", "messages": [{"id": "m1", "role": "assistant", "content": "final"}]}),
+        AGUI, None, ""),
+    "timestamps that go back (informational: arrival order is the protocol's order)": (
+        run({"type": "CUSTOM", "name": "a", "value": 1, "timestamp": TS + 5000},
+            {"type": "CUSTOM", "name": "b", "value": 2, "timestamp": 1_700_000}), AGUI, None, ""),
     "spec 1.1's chunked tool call, ended by RUN_FINISHED": (
         run(tool('{"q":', toolCallId="c1", toolCallName="calc"), tool(" 1}")), offering("calc"), None, ""),
     "a chunked call whose parentMessageId names no message": (
