@@ -628,6 +628,7 @@ class ConnectionChecker:
                 if cand is not None and cand.run_id is None:
                     cand.run_id = ev.run_id
                     self.by_run[ev.run_id] = cand
+                    self.unnamed.pop(cand.chat_id, None)
                     chat = cand
                 elif ev.role is _STARTED:
                     chat = self._new_run(ev, cand)
