@@ -20,6 +20,7 @@ from .transports import ConnectFailed, Transport, make_transport
 # The client's timers run in this one empty context, not in a copy of the caller's each (64 bytes per open chat);
 # nothing in them reads a context variable, and a timer callback never runs inside another one.
 _TIMER_CONTEXT = contextvars.Context()
+_MIN_TIMER = 0.001  # seconds (see Wake.arm)
 
 
 class Wake:
@@ -48,12 +49,17 @@ class Wake:
                 waiter.set_result(None)
 
     def arm(self, when: float, now: float) -> None:
-        """Have the timer fire by `when` (clock time; `now` is the clock now)."""
+        """Have the timer fire at `when` (clock time; `now` is the clock now), or within a millisecond after."""
         timer = self._timer
         if timer is None or self._timer_at > when:
             if timer is not None:
                 timer.cancel()
-            self._timer = asyncio.get_running_loop().call_later(when - now, self._fire, context=_TIMER_CONTEXT)
+            # uvloop's timers count whole milliseconds from a clock read once per loop turn: they fire up to ~1 ms
+            # early, and a wait of less than 1 ms becomes 0 ms, so the waiter looked and waited again ~16 times
+            # at the end of every window. A timer of at least 1 ms ends that (asyncio's are exact to begin with).
+            delay = when - now
+            self._timer = asyncio.get_running_loop().call_later(delay if delay > _MIN_TIMER else _MIN_TIMER,
+                                                                  self._fire, context=_TIMER_CONTEXT)
             self._timer_at = when
 
     def until(self, when: float, now: float) -> asyncio.Future[None]:
