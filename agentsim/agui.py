@@ -119,7 +119,7 @@ class Planned:
 # Where each AG-UI rule's fault strikes: the first event of this type (the fault is not applied without one).
 _TARGET = {"drop_result": "TOOL_CALL_RESULT", "bad_args": "TOOL_CALL_ARGS", "bad_state_delta": "STATE_SNAPSHOT",
            "empty_delta": "TEXT_MESSAGE_CONTENT", "result_before_end": "TOOL_CALL_END",
-           "orphan_result": "TOOL_CALL_RESULT", "unknown_parent": "TOOL_CALL_START", "reused_id": "TEXT_MESSAGE_END",
+           "orphan_result": "TOOL_CALL_RESULT", "unknown_parent": "TOOL_CALL_START", "reused_id": "TEXT_MESSAGE_START",
            "second_start": "RUN_STARTED", "missing_field": "TOOL_CALL_START", "chunk_without_id": "TEXT_MESSAGE_END",
            "string_timestamp": "STATE_SNAPSHOT"}
 
@@ -572,10 +572,9 @@ class AguiSim:
             extra.append({"type": "TOOL_CALL_RESULT", "messageId": "orphan-result", "toolCallId": "never-started",
                           "content": "?"})
         if "reused_id" in here:
-            mid = event["messageId"]
-            extra += [{"type": "TEXT_MESSAGE_START", "messageId": mid, "role": "assistant"},
-                      {"type": "TEXT_MESSAGE_CONTENT", "messageId": mid, "delta": "again"},
-                      {"type": "TEXT_MESSAGE_END", "messageId": mid}]
+            # The message's id opened again while it is still open: spec 1.1's streaming pattern forbids it ("MUST NOT
+            # open an item whose identifier is already open"); reopening a closed one is allowed, so not that.
+            extra.append({"type": "TEXT_MESSAGE_START", "messageId": event["messageId"], "role": "assistant"})
         if "chunk_without_id" in here:  # a continuation chunk with no chunk stream open to continue
             extra.append({"type": "TEXT_MESSAGE_CHUNK", "delta": " and more"})
         if "second_start" in here:

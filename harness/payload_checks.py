@@ -166,7 +166,6 @@ class AguiRunChecks(RunChecks):
         self.ctx = ctx
         self.messages: set[str] = set(ctx.request_message_ids)  # message ids known in this conversation
         self.open_messages: set[str] = set()
-        self.closed_messages: set[str] = set()
         self.calls: dict[str, _Call] = {}
         self.state: Any = {}  # the request's state (the profile's template sends {})
         self.state_tracked = True
@@ -221,12 +220,11 @@ class AguiRunChecks(RunChecks):
         mid = _text(p.get("messageId"))
         if mid is None:
             return []
-        out = []
-        if mid in self.closed_messages or (mid in self.messages and mid not in self.open_messages):
-            out.append(Finding(Rule.R5, f"{t} reuses message id {mid[:80]!r}: a message with that id already exists"))
+        # A closed message "MAY reopen" with a new START (spec 1.1, Text Messages; Reasoning: "closed ... before its
+        # messageId is used again"): it is open again. A START while the id is open is the spans' R5 (checker).
         self._remember(self.messages, mid)
         self._remember(self.open_messages, mid)
-        return out
+        return []
 
     def _message_content(self, p: dict[str, Any], t: str) -> list[Finding]:
         if p.get("delta") == "":
@@ -235,9 +233,8 @@ class AguiRunChecks(RunChecks):
 
     def _message_end(self, p: dict[str, Any], t: str) -> list[Finding]:
         mid = _text(p.get("messageId"))
-        if mid is not None and mid in self.open_messages:
+        if mid is not None:
             self.open_messages.discard(mid)
-            self._remember(self.closed_messages, mid)
         return []
 
 
@@ -273,9 +270,13 @@ class AguiRunChecks(RunChecks):
         if cid is None:
             return []
         out = []
-        if cid in self.calls:
-            if self.calls[cid].ended:
-                out.append(Finding(Rule.R5, f"{t} reuses tool call id {cid[:80]!r}: that call already ended"))
+        call = self.calls.get(cid)
+        if call is not None:
+            if call.ended:
+                # A closed call "MAY be reopened by a new TOOL_CALL_START" (spec 1.1, Tool Calls): open again, its
+                # further arguments appending (not checked as JSON: the text is now in two parts). A START while it is
+                # still open is the spans' R5 (checker).
+                call.ended, call.args, call.args_bytes = False, [], -1  # (its END released its bytes)
         elif len(self.calls) < MAX_IDS:
             self.calls[cid] = _Call(name)
         parent = _text(p.get("parentMessageId"))
@@ -308,12 +309,15 @@ class AguiRunChecks(RunChecks):
         text, call.args = "".join(call.args), []
         self.args_bytes -= max(0, call.args_bytes)
         if call.args_bytes > 0 and text.strip():
+            # Advice only: "closing establishes completeness, not validity", and argument text that does not parse is
+            # "the application's decision, not a protocol violation" (spec 1.1, Tool Calls).
             try:
                 json.loads(text)
             except (ValueError, RecursionError) as exc:
                 return [Finding(Rule.R12, f"tool call {cid[:80]!r}: the "
                                           f"{'TOOL_CALL_CHUNK' if t == 'TOOL_CALL_CHUNK' else 'TOOL_CALL_ARGS'} deltas "
-                                          f"do not concatenate to valid JSON ({str(exc)[:80]})")]
+                                          f"do not concatenate to valid JSON ({str(exc)[:80]}; advice: the spec leaves "
+                                          "unparsable arguments to the application)", warning=True)]
         return []
 
     # -- the chunk shorthand, expanded into START / CONTENT|ARGS / END as the spec's Streaming Messages page says --
