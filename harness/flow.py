@@ -253,7 +253,7 @@ class ChatOptions:
     # verdict as it stands (`ChatFlow.provisional`) and judges the chat, to the sink, when the window ends, so the
     # user's next chat starts at once; a late event still fails the chat it belongs to (R3, R4, R7). Only where
     # every event names its run (else a late event could not be told from the next chat's); the SyncSession
-    # and probes always wait the window out.
+    # does it when chat() is given a verdict callback (the Locust user); probes always wait the window out.
     overlap_settle: bool = False
     due_at: float | None = None
 
