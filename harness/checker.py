@@ -10,6 +10,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 from .events import ALL_ROLES, Event, Frame, Outcome, Role, Rule, Violation, kept_bytes
@@ -37,6 +38,14 @@ _STARTED, _THINKING, _TOOL_EXECUTING = Role.AGENT_STARTED, Role.AGENT_THINKING, 
 _COMPLETED, _ERROR = Role.AGENT_COMPLETED, Role.ERROR_EVENT
 _PASSED, _FAILED = Outcome.PASSED, Outcome.FAILED
 _NONE_REQUIRED: frozenset[Role] = frozenset()
+
+# A chat's containers it may never need (violations, gaps in seqs, spans, reconnects…) start as these shared empty
+# immutables, replaced by a container of its own when first written: an open chat allocates only what it uses, and
+# each container not made is an object less for the garbage collector. Typed Any so each slot keeps the type of the
+# container that replaces it; a write that forgot to replace one raises (they are immutable) instead of sharing it.
+_NO_LIST: Any = ()
+_NO_DICT: Any = MappingProxyType({})
+_NO_SET: Any = frozenset()
 
 ExpectError = Literal["recoverable", "fatal", "invalid_input"] | None
 
@@ -141,7 +150,7 @@ class ChatTracker:
         "violations", "roles", "first_delay", "terminal_index", "terminal_at", "last_at", "seq_low", "seqs_above", "max_seq",
         "open_spans", "saw_tool", "saw_thinking", "error_seen", "reconnects", "lost", "connection_error",
         "_result", "n_events", "kept_bytes", "overflow", "role_counts", "terminal_event", "warnings", "run_checks", "followups",
-        "wake_id", "parent_run_id", "root",
+        "wake_id", "parent_run_id", "_root",
     )
 
     def __init__(
@@ -162,47 +171,54 @@ class ChatTracker:
         self.thread_id = thread_id
         self.run_id = run_id
         self.message_id = message_id
-        self.events: list[Event] = []
-        self.violations: list[Violation] = []
-        self.roles: dict[Role, float] = {}
+        self.events: list[Event] = _NO_LIST
+        self.violations: list[Violation] = _NO_LIST
+        self.roles: dict[Role, float] = _NO_DICT
         self.first_delay: float | None = None
         self.terminal_index: int | None = None
         self.terminal_at: float | None = None
         self.last_at = sent_at
         # Seqs seen: all of 1..seq_low, plus those above it (an in-order stream keeps this set empty).
         self.seq_low = 0
-        self.seqs_above: set[int] = set()
+        self.seqs_above: set[int] = _NO_SET
         self.max_seq = 0
-        self.open_spans: dict[tuple[str, str | None], int] = {}
+        self.open_spans: dict[tuple[str, str | None], int] = _NO_DICT
         self.saw_tool = False
         self.saw_thinking = False
         self.error_seen: Event | None = None
-        self.reconnects: list[str] = []
+        self.reconnects: list[str] = _NO_LIST
         self.lost = False
         self.connection_error: Frame | None = None
         self._result: ChatResult | None = None
         self.n_events = 0
         self.kept_bytes = 0
-        self.overflow: dict[str, int] = {}
-        self.role_counts: dict[Role, int] = {}
+        self.overflow: dict[str, int] = _NO_DICT
+        self.role_counts: dict[Role, int] = _NO_DICT
         self.terminal_event: Event | None = None
-        self.warnings: list[Violation] = []
+        self.warnings: list[Violation] = _NO_LIST
         self.run_checks: RunChecks | None = None
         if expectations.checks:
             ctx = RunContext(expectations.offered_tools, (message_id,) if message_id else ())
             self.run_checks = _Combined([CHECKS[name].start(ctx) for name in expectations.checks])
         # Further runs the stream carried after this one (multi-run streams), each judged as its own chat; they wake
         # the flow that plays this chat (wake_id).
-        self.followups: list[ChatTracker] = []
+        self.followups: list[ChatTracker] = _NO_LIST
         self.wake_id = chat_id
         self.parent_run_id: str | None = None
-        self.root: ChatTracker = self
+        # The chat whose stream carried this further run; None: this chat itself (a reference to itself would make
+        # every chat a reference cycle, freed only by the garbage collector's full passes).
+        self._root: ChatTracker | None = None
 
     def __copy__(self) -> "ChatTracker":
         """A shallow copy (a provisional verdict is judged on one while the chat listens on), slot by slot."""
         return _copy_tracker(self)
 
     # -- state --
+    @property
+    def root(self) -> "ChatTracker":
+        """The chat whose stream carried this run: itself, or the one this further run followed."""
+        return self._root or self
+
     @property
     def judged(self) -> bool:
         """The verdict is in (`finish` or `abandon` was called); later calls return the same result."""
@@ -233,20 +249,28 @@ class ChatTracker:
         chat = ChatTracker(f"{root.chat_id}.{len(root.followups) + 1}", self.exp, self.terminal_at or self.last_at,
                            scenario=self.scenario, thread_id=self.thread_id, run_id=run_id)
         chat.parent_run_id = self.run_id
-        chat.wake_id, chat.root = root.wake_id, root
+        chat.wake_id, chat._root = root.wake_id, root
         if self.run_checks is not None:
             chat.run_checks = self.run_checks.followup()
+        if not root.followups:
+            root.followups = []
         root.followups.append(chat)
         return chat
 
     def _warn(self, rule: Rule, reason: str, index: int | None) -> None:
+        if not self.warnings:
+            self.warnings = []
         if len(self.warnings) < MAX_WARNINGS_KEPT:
             self.warnings.append(Violation(rule, reason, index))
 
     def _flag(self, rule: Rule, reason: str, index: int | None = None) -> None:
-        if len(self.violations) < MAX_VIOLATIONS_KEPT:
+        if not self.violations:
+            self.violations = [Violation(rule, reason, index)]
+        elif len(self.violations) < MAX_VIOLATIONS_KEPT:
             self.violations.append(Violation(rule, reason, index))
         else:
+            if not self.overflow:
+                self.overflow = {}
             self.overflow[rule] = self.overflow.get(rule, 0) + 1
 
     # -- input --
@@ -255,13 +279,20 @@ class ChatTracker:
         idx = self.n_events
         self.n_events = idx + 1
         if idx < MAX_EVENTS_KEPT and self.kept_bytes < MAX_KEPT_BYTES:
-            self.events.append(ev)
+            if idx or self.events is not _NO_LIST:  # the first event makes the list (or a verdict before it did)
+                self.events.append(ev)
+            else:
+                self.events = [ev]
             self.kept_bytes += ev.nbytes or kept_bytes(ev)  # the decoder measured it, else measured here
         at = ev.received_at
         role = ev.role
         terminal = ev.terminal
         if role is not None:
-            self.role_counts[role] = self.role_counts.get(role, 0) + 1
+            counts = self.role_counts
+            if counts:
+                counts[role] = counts.get(role, 0) + 1
+            else:
+                self.role_counts = {role: 1}
         if idx == 0:
             self.first_delay = at - self.sent_at
             # A run may fail before it starts: a fatal error as the first event is told to the user.
@@ -306,7 +337,10 @@ class ChatTracker:
             return
 
         if role is not None and role not in self.roles:
-            self.roles[role] = at - self.sent_at
+            if self.roles:
+                self.roles[role] = at - self.sent_at
+            else:
+                self.roles = {role: at - self.sent_at}
 
         if role is _THINKING:
             self.saw_thinking = True
@@ -370,6 +404,8 @@ class ChatTracker:
                 above.discard(low)
             self.seq_low = low
         elif len(above) < MAX_SEQS_AHEAD:
+            if not above:
+                above = self.seqs_above = set()
             above.add(s)
         else:  # a server that skips seqs forever: stop remembering them (memory stays bounded)
             self.seq_low = self.max_seq
@@ -387,6 +423,8 @@ class ChatTracker:
             elif k not in self.open_spans and len(self.open_spans) >= MAX_OPEN_SPANS:
                 self._flag(Rule.R5, f"more than {MAX_OPEN_SPANS} spans open at once: {name} {key!r} not tracked", idx)
                 return
+            if not self.open_spans:
+                self.open_spans = {}
             self.open_spans[k] = self.open_spans.get(k, 0) + 1
         elif k not in self.open_spans:
             what = "closes" if kind == "close" else "continues"
@@ -426,6 +464,8 @@ class ChatTracker:
             self._flag(Rule.R13, "the connection closed after the invalid message; it must stay open", None)
 
     def reconnected(self, resumed: bool) -> None:
+        if not self.reconnects:
+            self.reconnects = []
         self.reconnects.append("resumed" if resumed else "lost")
         if not resumed:
             self.lost = True
@@ -505,6 +545,8 @@ class ChatTracker:
         return self._make(outcome, violations, missing, now, note)
 
     def _make(self, outcome: Outcome, violations: list[Violation], missing: list[Role], now: float, note: str) -> ChatResult:
+        if not self.events:
+            self.events = []  # the result shares the chat's list (late events it receives show in the report)
         res = ChatResult(
             chat_id=self.chat_id,
             scenario=self.scenario,
@@ -563,6 +605,7 @@ class ConnectionChecker:
         self.by_message: dict[str, ChatTracker] = {}
         self.by_thread: dict[str, ChatTracker] = {}
         self.chats: list[ChatTracker] = []
+        self._members: set[ChatTracker] = set()  # the same chats, for an O(1) "is it here" (a tracker hashes by identity)
         # Chats added without a run id, oldest first: those a run nothing names may answer (`waiting_for_run`). Kept
         # apart so a new run looks at these only, not at every chat (a recording may hold a thousand open ones).
         self.unnamed: dict[str, ChatTracker] = {}
@@ -575,7 +618,8 @@ class ConnectionChecker:
         if len(self.chats) >= self._prune_at:
             self._prune()
             self._prune_at = max(2 * KEEP_FINISHED, 2 * len(self.chats))
-        if chat not in self.chats:
+        if chat not in self._members:
+            self._members.add(chat)
             self.chats.append(chat)
         if chat.run_id:
             self.by_run[chat.run_id] = chat
@@ -594,13 +638,15 @@ class ConnectionChecker:
         if not drop:
             return
         self.chats = [c for c in self.chats if id(c) not in drop]
+        self._members = set(self.chats)
         for table in (self.by_run, self.by_message, self.by_thread, self.unnamed):
             for key in [k for k, c in table.items() if id(c) in drop]:
                 del table[key]
 
     def discard(self, chat: ChatTracker) -> None:
         """Forget a chat whose message never reached the server (its stream could not be opened)."""
-        if chat in self.chats:
+        if chat in self._members:
+            self._members.discard(chat)
             self.chats.remove(chat)
         for index in (self.by_run, self.by_message, self.by_thread, self.unnamed):
             for key in [k for k, c in index.items() if c is chat]:
