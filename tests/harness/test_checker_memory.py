@@ -1,0 +1,129 @@
+"""What an open chat costs the process: no reference cycle (freed without the garbage collector), no container it has not
+written, and a connection's membership test that does not scan its chats."""
+from __future__ import annotations
+
+import gc
+import types
+from typing import Any
+
+from harness.checker import KEEP_FINISHED, MAX_VIOLATIONS_KEPT, ChatTracker, ConnectionChecker
+from harness.events import Role
+
+from .runs import EXP, ev, valid_run
+
+# The containers a chat makes only when it first writes one.
+LAZY = ("violations", "warnings", "reconnects", "followups", "seqs_above", "open_spans", "overflow")
+
+
+def _reaches(start: object, target: object) -> bool:
+    """Whether `target` is reachable from `start` through instance references (classes, modules and functions are
+    shared by every chat, and reach everything: not followed)."""
+    seen: set[int] = set()
+    todo: list[Any] = list(gc.get_referents(start))
+    while todo:
+        obj = todo.pop()
+        if obj is target:
+            return True
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType)):
+            continue
+        seen.add(id(obj))
+        todo.extend(gc.get_referents(obj))
+    return False
+
+
+def _busy_chat() -> ChatTracker:
+    """A chat that wrote every container it has: violations past the listing cap, a warning, a gap in its seqs, a
+    span left open, a reconnect."""
+    chat = ChatTracker("c1", EXP, 0.0, thread_id="t1", run_id="r1")
+    for e in valid_run()[:2]:
+        chat.feed(e)
+    chat.feed(ev(Role.TOOL_EXECUTING, 9, 0.3, call="open"))
+    for _ in range(MAX_VIOLATIONS_KEPT + 3):
+        chat.malformed("junk", 0.4)
+    chat._warn(chat.violations[0].rule, "advice", 0)
+    chat.reconnected(resumed=False)
+    return chat
+
+
+def test_a_chat_in_any_state_is_no_reference_cycle() -> None:
+    fresh = ChatTracker("c0", EXP, 0.0)
+    open_chat = ChatTracker("c1", EXP, 0.0, run_id="r1")
+    open_chat.feed(valid_run()[0])
+    done = ChatTracker("c2", EXP, 0.0, thread_id="t1", run_id="r1")
+    for e in valid_run():
+        done.feed(e)
+    done.finish(1.0)
+    busy = _busy_chat()
+    busy.finish(1.0)
+    for chat in (fresh, open_chat, done, busy):
+        assert chat.root is chat and not _reaches(chat, chat), chat.chat_id
+
+
+def test_chats_are_freed_without_the_garbage_collector() -> None:
+    conn = ConnectionChecker(user_id="u1")
+    for i in range(50):
+        chat = ChatTracker(f"c{i}", EXP, 0.0, thread_id="t1", run_id=f"r{i}")
+        conn.add(chat)
+        for e in valid_run():
+            e.run_id = f"r{i}"
+            conn.route(e)
+        chat.finish(1.0)
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        del conn, chat
+        assert gc.collect() == 0  # reference counting freed them all: nothing was left for the collector
+    finally:
+        if was:
+            gc.enable()
+
+
+def test_an_open_chat_holds_only_the_containers_it_wrote_and_never_writes_a_shared_one() -> None:
+    open_chat = ChatTracker("c1", EXP, 0.0, run_id="r1")
+    open_chat.feed(valid_run()[0])
+    other = ChatTracker("c2", EXP, 0.0)
+    for name in LAZY:  # not made: the same empty object every chat starts with
+        assert getattr(open_chat, name) is getattr(other, name) and not getattr(open_chat, name), name
+    busy = _busy_chat()
+    for name in LAZY:
+        if name != "followups":  # made by a further run of the stream (tests/profiles/test_agui_multirun.py)
+            assert getattr(busy, name) is not getattr(other, name) and getattr(busy, name), name
+    # Writing one chat's containers left the empty ones every other chat shares empty: a later chat is clean.
+    later = ChatTracker("c3", EXP, 0.0, thread_id="t1", run_id="r1")
+    for e in valid_run():
+        later.feed(e)
+    res = later.finish(1.0)
+    assert res.passed and res.violations == [] and res.warnings == [] and res.reconnects == []
+    assert res.violations_not_listed == {} and not later.open_spans and not later.seqs_above
+    assert busy.finish(1.0).violations_not_listed == {"R12": 3}
+
+
+def test_a_chat_judged_before_any_event_shares_its_event_list_with_its_verdict() -> None:
+    chat = ChatTracker("c1", EXP, 0.0, run_id="r1")
+    res = chat.finish(100.0)
+    assert res.events == [] and res.events is chat.events
+    chat.feed(valid_run()[0])  # a late event: shown with the verdict, as for a chat that had events
+    assert len(res.events) == 1
+
+
+def test_membership_survives_prune_and_discard() -> None:
+    conn = ConnectionChecker(user_id="u1")
+    chats = []
+    for i in range(3 * KEEP_FINISHED):
+        chat = ChatTracker(f"c{i}", EXP, 0.0, thread_id=f"t{i}", run_id=f"r{i}")
+        conn.add(chat)
+        chat.finish(1.0)
+        chats.append(chat)
+    conn.add(ChatTracker("trigger", EXP, 0.0))  # over the prune mark: the oldest judged chats are forgotten
+    kept, forgotten = conn.chats[0], chats[0]
+    assert forgotten not in conn.chats and len(conn.chats) <= 2 * KEEP_FINISHED
+    n = len(conn.chats)
+    conn.add(kept)  # still here: not added twice
+    assert len(conn.chats) == n
+    conn.add(forgotten)  # forgotten by the prune: added again
+    assert conn.chats[-1] is forgotten and len(conn.chats) == n + 1
+    conn.discard(forgotten)
+    assert forgotten not in conn.chats
+    conn.add(forgotten)  # discarded: added again, once
+    assert conn.chats.count(forgotten) == 1
