@@ -149,7 +149,7 @@ class ChatTracker:
         "chat_id", "scenario", "exp", "sent_at", "thread_id", "run_id", "message_id", "events",
         "violations", "roles", "first_delay", "terminal_index", "terminal_at", "last_at", "seq_low", "seqs_above", "max_seq",
         "open_spans", "saw_tool", "saw_thinking", "error_seen", "reconnects", "lost", "connection_error",
-        "_result", "n_events", "kept_bytes", "overflow", "role_counts", "terminal_event", "warnings", "run_checks", "followups",
+        "_result", "n_events", "kept_bytes", "overflow", "unkept_counts", "terminal_event", "warnings", "run_checks", "followups",
         "wake_id", "parent_run_id", "_root",
     )
 
@@ -193,7 +193,9 @@ class ChatTracker:
         self.n_events = 0
         self.kept_bytes = 0
         self.overflow: dict[str, int] = _NO_DICT
-        self.role_counts: dict[Role, int] = _NO_DICT
+        # Events by role past those kept (MAX_EVENTS_KEPT, MAX_KEPT_BYTES): the verdict counts the kept ones, so a chat
+        # pays no dict, and no update per event, for counts its event list already holds.
+        self.unkept_counts: dict[Role, int] = _NO_DICT
         self.terminal_event: Event | None = None
         self.warnings: list[Violation] = _NO_LIST
         self.run_checks: RunChecks | None = None
@@ -278,21 +280,19 @@ class ChatTracker:
         """One event of this chat's run, in arrival order."""
         idx = self.n_events
         self.n_events = idx + 1
+        role = ev.role
         if idx < MAX_EVENTS_KEPT and self.kept_bytes < MAX_KEPT_BYTES:
             if idx or self.events is not _NO_LIST:  # the first event makes the list (or a verdict before it did)
                 self.events.append(ev)
             else:
                 self.events = [ev]
             self.kept_bytes += ev.nbytes or kept_bytes(ev)  # the decoder measured it, else measured here
+        elif role is not None:
+            if not self.unkept_counts:
+                self.unkept_counts = {}
+            self.unkept_counts[role] = self.unkept_counts.get(role, 0) + 1
         at = ev.received_at
-        role = ev.role
         terminal = ev.terminal
-        if role is not None:
-            counts = self.role_counts
-            if counts:
-                counts[role] = counts.get(role, 0) + 1
-            else:
-                self.role_counts = {role: 1}
         if idx == 0:
             self.first_delay = at - self.sent_at
             # A run may fail before it starts: a fatal error as the first event is told to the user.
@@ -564,12 +564,23 @@ class ChatTracker:
             note=note,
             events_received=self.n_events,
             violations_not_listed=dict(self.overflow),
-            event_counts=dict(self.role_counts),
+            event_counts=self._event_counts(),
             warnings=list(self.warnings),
             parent_run_id=self.parent_run_id,
         )
         self._result = res
         return res
+
+    def _event_counts(self) -> dict[Role, int]:
+        """Every event received, by role: the kept ones counted now, the others as they came."""
+        counts: dict[Role, int] = {}
+        for ev in self.events:
+            role = ev.role
+            if role is not None:
+                counts[role] = counts.get(role, 0) + 1
+        for role, n in self.unkept_counts.items():
+            counts[role] = counts.get(role, 0) + n
+        return counts
 
 
 def _slot_copier(cls: type[ChatTracker]) -> Callable[[ChatTracker], ChatTracker]:

@@ -127,3 +127,25 @@ def test_membership_survives_prune_and_discard() -> None:
     assert forgotten not in conn.chats
     conn.add(forgotten)  # discarded: added again, once
     assert conn.chats.count(forgotten) == 1
+
+
+def test_event_counts_are_exact_for_kept_and_unkept_events_and_no_role() -> None:
+    from collections import Counter
+
+    from harness.checker import MAX_KEPT_BYTES
+    from harness.events import Event
+
+    chat = ChatTracker("c1", EXP, 0.0, thread_id="t1", run_id="r1")
+    fed = valid_run()[:-1]
+    fed += [Event(None, "TEXT_MESSAGE_START", 0.5, run_id="r1")] * 3
+    fed += [ev(Role.PARTIAL_RESULT, None, 0.6)]
+    big = ev(Role.PARTIAL_RESULT, None, 0.7)
+    big.nbytes = MAX_KEPT_BYTES  # fills the byte budget: the events after it are counted, not kept
+    fed += [big] + [ev(Role.PARTIAL_RESULT, None, 0.8)] * 4 + [ev(Role.TOOL_COMPLETED, None, 0.8, call="x")]
+    fed += [ev(Role.AGENT_COMPLETED, None, 0.9)]
+    for e in fed:
+        chat.feed(e)
+    res = chat.finish(1.0)
+    assert len(res.events) < len(fed) and res.events_received == len(fed)
+    assert res.event_counts == {r: n for r, n in Counter(e.role for e in fed).items() if r is not None}
+    assert None not in res.event_counts
