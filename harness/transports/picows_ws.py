@@ -45,6 +45,8 @@ _LOG = _Quiet(logging.getLogger("picows.chatprobe"))
 # picows' read buffer starts at 16 KiB per connection and grows as frames need: agent events are a few hundred bytes,
 # and 15,000 open chats must fit in 10 KiB each (BENCHMARKS.md).
 READ_BUFFER = 2048
+# Bytes waiting to be written past which a ping is not answered (see on_ws_frame).
+MAX_UNSENT = 64 * 1024
 # Frames kept while nobody reads yet (between open() and run()); past it the socket is read no further.
 MAX_EARLY = 1024
 # Bound once: an Enum member looked up on its class costs ~80 ns, several times per frame.
@@ -173,7 +175,10 @@ class PicowsTransport(WSListener):
                 return
             message = joined
         elif kind is _PING:
-            if not transport.is_close_frame_sent:
+            # A server that floods pings and reads nothing would grow the unsent pongs without end: past
+            # MAX_UNSENT bytes waiting for the socket, a ping goes unanswered (that server cannot read the pong).
+            if (not transport.is_close_frame_sent
+                    and transport.underlying_transport.get_write_buffer_size() <= MAX_UNSENT):
                 transport.send_pong(frame.get_payload_as_bytes())
             return
         else:  # a PONG answers nothing we asked

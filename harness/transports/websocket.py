@@ -78,6 +78,23 @@ def record_close(transport: Any, protocol: Any) -> None:
         transport.close_code = 1006
 
 
+class _BoundedConnection(ClientConnection):
+    """websockets answers every ping at once and writes without bound: a server that floods pings and reads nothing
+    would grow the unsent pongs without end (~100 MB a second on loopback). While asyncio holds writing paused (the
+    write buffer over websockets' write_limit), the socket is read no further; reading resumes once it drains,
+    unless websockets' own max_queue still holds it paused."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.paused:  # writing paused: this read's pongs did not fit either
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if not self.recv_messages.paused:
+            self.transport.resume_reading()
+
+
 class WebSocketTransport:
     """One WebSocket connection: auth by header or subprotocol, wss:// with a CA file, JSON text frames."""
 
@@ -97,7 +114,8 @@ class WebSocketTransport:
         s = self.settings
         try:
             async with asyncio.timeout(s.connect_timeout):
-                self.ws = await connect(s.url, open_timeout=None, **handshake_options(s))
+                self.ws = await connect(s.url, open_timeout=None, create_connection=_BoundedConnection,
+                                        **handshake_options(s))
         except Exception as exc:
             kind, reason = classify(exc)
             raise ConnectFailed(kind, reason) from None

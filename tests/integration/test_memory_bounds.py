@@ -126,3 +126,51 @@ def test_a_server_that_stops_reading_and_floods_pings_does_not_outlive_max_durat
     assert peak_kb < LIMIT_KB
     assert "stopped at its max_duration" in proc.stdout.decode()
     assert "Traceback" not in proc.stderr.decode() and "never retrieved" not in proc.stderr.decode(), proc.stderr
+
+
+@pytest.mark.parametrize("compression", ["none", "deflate"])  # picows, and the websockets client (deflate)
+def test_a_server_that_floods_websocket_pings_and_reads_nothing_does_not_grow_the_unsent_pongs(tmp_path, compression):
+    """WebSocket pings from a peer that never reads: the pongs owed queue up in the client's write buffer; past a
+    bound they go unanswered, so the process stays small, and the run ends at its deadline."""
+    import base64
+    import hashlib
+
+    ping = b"\x89\x7d" + b"p" * 125  # a ping frame with the largest control payload (125 bytes)
+    burst = ping * 8192  # ~1 MB per write
+
+    async def raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        welcome = WELCOME.encode()
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + b"\x81" + bytes([len(welcome)]) + welcome)
+        try:
+            while True:  # never reads again: the client's pongs pile up in its own buffers
+                writer.write(burst)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    server = asyncio.run_coroutine_threadsafe(asyncio.start_server(raw, "127.0.0.1", 0), loop).result(10)
+    port = server.sockets[0].getsockname()[1]
+    scenario = tmp_path / "one.yaml"
+    scenario.write_text(f"name: one\ncompression: {compression}\nexpect: {{deadline: 60s}}\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "harness", "run", str(scenario),
+                               "--target", f"ws://127.0.0.1:{port}/ws", "--max-duration", "3s"],
+                              capture_output=True, timeout=60,  # a hang fails here
+                              env={**os.environ, "NO_COLOR": "1", "CHATPROBE_TOKEN": "t"})
+    finally:
+        server.close()
+        loop.call_soon_threadsafe(loop.stop)
+    peak_kb = int(proc.stderr.decode().strip().splitlines()[-1].rpartition("peak_kb=")[2])
+    print(f"peak RSS {peak_kb // 1024} MB")
+    assert proc.returncode == 1, proc.stdout.decode() + proc.stderr.decode()
+    assert peak_kb < 120 * 1024, f"peak RSS {peak_kb // 1024} MB"
+    assert "Traceback" not in proc.stderr.decode(), proc.stderr.decode()
