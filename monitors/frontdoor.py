@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from websockets.asyncio.server import ServerConnection
 
+from harness.transports.websocket import BoundedPongs
+
 log = logging.getLogger("chatprobe.proxy")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -342,7 +344,7 @@ class FrontDoor:
         """websockets' ServerConnection, counting each socket per peer from accept to close (see socket_opened)."""
         door = self
 
-        class CountedConnection(ServerConnection):
+        class CountedConnection(BoundedPongs, ServerConnection):
             door_key: str | None = None
 
             def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -30,7 +30,7 @@ from harness.profiles import Profile, load_profile
 from harness.recorder import Recorder
 from harness.scenario import Expect, expectations_for
 from harness.targets import check_url, target_label
-from harness.transports.websocket import classify
+from harness.transports.websocket import BoundedClientConnection, classify
 from harness.yamlfile import ConfigError
 
 from .frontdoor import (
@@ -300,7 +300,7 @@ class Proxy:
                                          ping_interval=door.ping_interval, ping_timeout=door.ping_timeout,
                                          close_timeout=CLOSE_TIMEOUT, compression=None, proxy=None,
                                          max_size=self.max_size, max_queue=MAX_QUEUE, write_limit=WRITE_LIMIT,
-                                         user_agent_header=None)
+                                         user_agent_header=None, create_connection=BoundedClientConnection)
         except InvalidStatus as exc:
             status = exc.response.status_code
             self.live.sink.connection_attempt(self.live.scenario, classify(exc)[0])

@@ -78,21 +78,30 @@ def record_close(transport: Any, protocol: Any) -> None:
         transport.close_code = 1006
 
 
-class _BoundedConnection(ClientConnection):
-    """websockets answers every ping at once and writes without bound: a server that floods pings and reads nothing
+class BoundedPongs:
+    """websockets answers every ping at once and writes without bound: a peer that floods pings and reads nothing
     would grow the unsent pongs without end (~100 MB a second on loopback). While asyncio holds writing paused (the
     write buffer over websockets' write_limit), the socket is read no further; reading resumes once it drains,
-    unless websockets' own max_queue still holds it paused."""
+    unless websockets' own max_queue still holds it paused. Mixed into a websockets connection class (client side
+    here, server side in the proxy)."""
+
+    paused: bool
+    transport: asyncio.Transport
+    recv_messages: Any
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[misc]
         if self.paused:  # writing paused: this read's pongs did not fit either
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        super().resume_writing()
+        super().resume_writing()  # type: ignore[misc]
         if not self.recv_messages.paused:
             self.transport.resume_reading()
+
+
+class BoundedClientConnection(BoundedPongs, ClientConnection):
+    pass
 
 
 class WebSocketTransport:
@@ -114,7 +123,7 @@ class WebSocketTransport:
         s = self.settings
         try:
             async with asyncio.timeout(s.connect_timeout):
-                self.ws = await connect(s.url, open_timeout=None, create_connection=_BoundedConnection,
+                self.ws = await connect(s.url, open_timeout=None, create_connection=BoundedClientConnection,
                                         **handshake_options(s))
         except Exception as exc:
             kind, reason = classify(exc)

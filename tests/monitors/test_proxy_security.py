@@ -575,6 +575,87 @@ async def test_a_fast_writer_facing_a_slow_reader_does_not_pile_up_frames(tmp_pa
         upstream.close()
 
 
+PING_FLOOD_BYTES = 400 * 1024 * 1024  # what a flooder writes at most: the proxy owes as many bytes of pongs
+
+
+async def _flood_pings(writer: asyncio.StreamWriter, masked: bool, progress: dict) -> None:
+    """Ping frames (125-byte payloads) as fast as the socket takes them; never reads."""
+    frame = (b"\x89\xfd\x00\x00\x00\x00" if masked else b"\x89\x7d") + b"p" * 125  # a zero mask leaves it as is
+    burst = frame * 8192
+    with contextlib.suppress(ConnectionError, OSError):
+        while progress["sent"] < PING_FLOOD_BYTES:
+            writer.write(burst)
+            await writer.drain()
+            progress["sent"] += len(burst)
+            progress["at"] = time.monotonic()
+
+
+async def _stalled(progress: dict) -> None:
+    """Until the flooder is held back (its last write drained a second ago) or has written everything."""
+    while not (progress["sent"] >= PING_FLOOD_BYTES
+               or (progress["sent"] > 0 and time.monotonic() - progress["at"] > 1.0)):
+        await asyncio.sleep(0.05)  # wait-ok: poll interval of a condition wait bounded by the caller
+
+
+async def _raw_upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The server side of a WebSocket upgrade, by hand."""
+    request = await reader.readuntil(b"\r\n\r\n")
+    key = next(line.split(b":", 1)[1].strip().decode() for line in request.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key:"))
+    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n")
+    await writer.drain()
+
+
+@pytest.mark.parametrize("side", ["client", "upstream"])
+async def test_a_peer_that_floods_pings_and_reads_nothing_does_not_grow_the_proxys_memory(tmp_path, side):
+    """A client (or an upstream) sends WebSocket pings as fast as it can and reads nothing: the pongs the proxy owes
+    it cannot be sent, and the proxy stops reading that peer instead of queueing pongs without end."""
+    progress = {"sent": 0, "at": time.monotonic()}
+    flooders: list[asyncio.Task] = []
+
+    async def raw_upstream(reader, writer):
+        await _raw_upgrade(reader, writer)
+        if side == "upstream":
+            await _flood_pings(writer, False, progress)
+        with contextlib.suppress(ConnectionError, OSError):
+            await reader.read()  # until the proxy closes
+
+    async def normal_upstream(ws):
+        await ws.wait_closed()
+
+    upstream = (await asyncio.start_server(raw_upstream, "127.0.0.1", 0) if side == "upstream"
+                else await serve(normal_upstream, "127.0.0.1", 0, ping_interval=None))
+    up_port = upstream.sockets[0].getsockname()[1]
+    client_writer = None
+    try:
+        async with proxy_process(f"ws://127.0.0.1:{up_port}", tmp_path, 1024, "--ping-interval", "1h") as (
+                port, pid, err_path, _):
+            before = peak_rss(pid)
+            reader, client_writer = await asyncio.open_connection("127.0.0.1", port)
+            key = base64.b64encode(os.urandom(16)).decode()
+            client_writer.write(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                                "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101"), head
+            if side == "client":
+                flooders.append(asyncio.ensure_future(_flood_pings(client_writer, True, progress)))
+            await asyncio.wait_for(_stalled(progress), 120)
+            grown = peak_rss(pid) - before
+            assert progress["sent"] < PING_FLOOD_BYTES, progress  # held back, not answered without end
+            assert grown < 60 * 1024 * 1024, (grown, progress)
+            for task in flooders:
+                task.cancel()
+            await asyncio.gather(*flooders, return_exceptions=True)
+        assert "Traceback" not in err_path.read_text()
+    finally:
+        if client_writer is not None:
+            client_writer.transport.abort()
+        upstream.close()
+
+
 # -- flags --
 
 @pytest.mark.parametrize("flags,needle", [
