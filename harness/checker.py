@@ -10,6 +10,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ MAX_RUN_ALIASES = 1024
 _STARTED, _THINKING, _TOOL_EXECUTING = Role.AGENT_STARTED, Role.AGENT_THINKING, Role.TOOL_EXECUTING
 _COMPLETED, _ERROR = Role.AGENT_COMPLETED, Role.ERROR_EVENT
 _PASSED, _FAILED = Outcome.PASSED, Outcome.FAILED
+_N_ROLES = len(ALL_ROLES)
 _NONE_REQUIRED: frozenset[Role] = frozenset()
 
 # A chat's containers it may never need (violations, gaps in seqs, spans, reconnects…) start as these shared empty
@@ -147,7 +149,8 @@ class ChatTracker:
 
     __slots__ = (
         "chat_id", "scenario", "exp", "sent_at", "thread_id", "run_id", "message_id", "events",
-        "violations", "roles", "first_delay", "terminal_index", "terminal_at", "last_at", "seq_low", "seqs_above", "max_seq",
+        "violations", "saw_started", "roles_past_kept", "first_delay", "terminal_index", "terminal_at", "last_at",
+        "seq_low", "seqs_above", "max_seq",
         "open_spans", "saw_tool", "saw_thinking", "error_seen", "reconnects", "lost", "connection_error",
         "_result", "n_events", "kept_bytes", "overflow", "unkept_counts", "terminal_event", "warnings", "run_checks", "followups",
         "wake_id", "parent_run_id", "_root",
@@ -173,7 +176,11 @@ class ChatTracker:
         self.message_id = message_id
         self.events: list[Event] = _NO_LIST
         self.violations: list[Violation] = _NO_LIST
-        self.roles: dict[Role, float] = _NO_DICT
+        # Each role's first time up to the terminal event is read from the kept events by the verdict, so an open chat
+        # keeps no dict of them (nor updates one per event); past the kept events (MAX_EVENTS_KEPT, MAX_KEPT_BYTES)
+        # they are all here, from the kept ones on.
+        self.saw_started = False
+        self.roles_past_kept: dict[Role, float] = _NO_DICT
         self.first_delay: float | None = None
         self.terminal_index: int | None = None
         self.terminal_at: float | None = None
@@ -281,16 +288,20 @@ class ChatTracker:
         idx = self.n_events
         self.n_events = idx + 1
         role = ev.role
-        if idx < MAX_EVENTS_KEPT and self.kept_bytes < MAX_KEPT_BYTES:
+        kept = idx < MAX_EVENTS_KEPT and self.kept_bytes < MAX_KEPT_BYTES
+        if kept:
             if idx or self.events is not _NO_LIST:  # the first event makes the list (or a verdict before it did)
                 self.events.append(ev)
             else:
                 self.events = [ev]
             self.kept_bytes += ev.nbytes or kept_bytes(ev)  # the decoder measured it, else measured here
-        elif role is not None:
-            if not self.unkept_counts:
-                self.unkept_counts = {}
-            self.unkept_counts[role] = self.unkept_counts.get(role, 0) + 1
+        else:
+            if self.roles_past_kept is _NO_DICT:
+                self.roles_past_kept = self._kept_delays()
+            if role is not None:
+                if not self.unkept_counts:
+                    self.unkept_counts = {}
+                self.unkept_counts[role] = self.unkept_counts.get(role, 0) + 1
         at = ev.received_at
         terminal = ev.terminal
         if idx == 0:
@@ -304,7 +315,7 @@ class ChatTracker:
                     idx,
                 )
         else:
-            if role is _STARTED and _STARTED in self.roles and self.terminal_index is None:
+            if role is _STARTED and self.saw_started and self.terminal_index is None:
                 self._flag(Rule.R1, "a second agent_started in the same run", idx)
             gap = at - self.last_at
             if gap > self.exp.stall_limit:
@@ -336,11 +347,8 @@ class ChatTracker:
                 self._flag(Rule.R4, f"{_name(ev)} after the terminal event #{self.terminal_index}", idx)
             return
 
-        if role is not None and role not in self.roles:
-            if self.roles:
-                self.roles[role] = at - self.sent_at
-            else:
-                self.roles = {role: at - self.sent_at}
+        if not kept and role is not None and role not in self.roles_past_kept:
+            self.roles_past_kept[role] = at - self.sent_at
 
         if role is _THINKING:
             self.saw_thinking = True
@@ -354,6 +362,8 @@ class ChatTracker:
                 kind = "recoverable" if ev.recoverable else "fatal"
                 if not ev.recoverable:
                     self._flag(Rule.R13, f"unexpected {kind} error event ({ev.wire_type})", idx)
+        elif role is _STARTED:
+            self.saw_started = True
 
         if ev.span is not None:
             self._span(ev, idx)
@@ -518,7 +528,8 @@ class ChatTracker:
             required = _NONE_REQUIRED
         if exp.expect_error:
             required = required | {_ERROR}
-        missing = [r for r in ALL_ROLES if r in required and r not in self.roles]
+        delays = self._event_delays()
+        missing = [r for r in ALL_ROLES if r in required and r not in delays]
 
         if exp.expect_error and self.error_seen is None:
             violations.append(Violation(Rule.R13, f"the expected {exp.expect_error} error_event never arrived", None))
@@ -537,14 +548,15 @@ class ChatTracker:
                                                       f"({self.n_events} events received)", index))
                 outcome = Outcome.INCOMPLETE
                 reason = note
-            return self._make(outcome, violations, missing, now, reason)
+            return self._make(outcome, violations, missing, now, reason, delays)
 
         if missing:
             violations.append(Violation(Rule.R2, "missing " + ", ".join(r.value for r in missing), self.terminal_index))
         outcome = _FAILED if violations else _PASSED
-        return self._make(outcome, violations, missing, now, note)
+        return self._make(outcome, violations, missing, now, note, delays)
 
-    def _make(self, outcome: Outcome, violations: list[Violation], missing: list[Role], now: float, note: str) -> ChatResult:
+    def _make(self, outcome: Outcome, violations: list[Violation], missing: list[Role], now: float, note: str,
+              delays: dict[Role, float] | None = None) -> ChatResult:
         if not self.events:
             self.events = []  # the result shares the chat's list (late events it receives show in the report)
         res = ChatResult(
@@ -557,7 +569,7 @@ class ChatTracker:
             sent_at=self.sent_at,
             time_to_first_event=self.first_delay,
             duration=(self.terminal_at - self.sent_at) if self.terminal_at is not None else None,
-            event_delays=dict(self.roles),
+            event_delays=self._event_delays() if delays is None else delays,
             run_id=self.run_id,
             thread_id=self.thread_id,
             reconnects=list(self.reconnects),
@@ -570,6 +582,24 @@ class ChatTracker:
         )
         self._result = res
         return res
+
+    def _event_delays(self) -> dict[Role, float]:
+        """Each role seen up to the terminal event, at its first event's time after the message, in order of them."""
+        if self.roles_past_kept is not _NO_DICT:
+            return dict(self.roles_past_kept)
+        return self._kept_delays()
+
+    def _kept_delays(self) -> dict[Role, float]:
+        delays: dict[Role, float] = {}
+        sent = self.sent_at
+        end = len(self.events) if self.terminal_index is None else self.terminal_index + 1
+        for ev in islice(self.events, end):
+            role = ev.role
+            if role is not None and role not in delays:
+                delays[role] = ev.received_at - sent
+                if len(delays) == _N_ROLES:
+                    break
+        return delays
 
     def _event_counts(self) -> dict[Role, int]:
         """Every event received, by role: the kept ones counted now, the others as they came."""

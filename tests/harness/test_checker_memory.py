@@ -149,3 +149,30 @@ def test_event_counts_are_exact_for_kept_and_unkept_events_and_no_role() -> None
     assert len(res.events) < len(fed) and res.events_received == len(fed)
     assert res.event_counts == {r: n for r, n in Counter(e.role for e in fed).items() if r is not None}
     assert None not in res.event_counts
+
+
+def test_event_delays_are_each_roles_first_time_up_to_the_terminal_event_kept_or_not() -> None:
+    from harness.checker import MAX_KEPT_BYTES
+
+    sent = 1.0
+    chat = ChatTracker("c1", EXP, sent, thread_id="t1", run_id="r1")
+    big = ev(Role.AGENT_THINKING, None, 1.375)
+    big.nbytes = MAX_KEPT_BYTES  # the events after it are not kept
+    fed = [ev(Role.AGENT_STARTED, None, 1.125), ev(Role.AGENT_THINKING, None, 1.25), big,
+           ev(Role.TOOL_EXECUTING, None, 1.5, call="a"), ev(Role.TOOL_EXECUTING, None, 1.75, call="b"),
+           ev(Role.TOOL_COMPLETED, None, 2.0, call="a"), ev(Role.TOOL_COMPLETED, None, 2.0, call="b"),
+           ev(Role.AGENT_COMPLETED, None, 3.0),
+           ev(Role.ERROR_EVENT, None, 4.0, recoverable=True)]  # after the terminal event: an R4, no delay
+    for e in fed:
+        chat.feed(e)
+    res = chat.finish(5.0)
+    assert len(res.events) == 3
+    assert res.event_delays == {Role.AGENT_STARTED: 0.125, Role.AGENT_THINKING: 0.25, Role.TOOL_EXECUTING: 0.5,
+                                Role.TOOL_COMPLETED: 1.0, Role.AGENT_COMPLETED: 2.0}
+    assert list(res.event_delays) == [Role.AGENT_STARTED, Role.AGENT_THINKING, Role.TOOL_EXECUTING,
+                                      Role.TOOL_COMPLETED, Role.AGENT_COMPLETED]
+    assert res.missing == [] and "R4" in {v.rule for v in res.violations}
+    kept_only = ChatTracker("c2", EXP, sent, thread_id="t1", run_id="r1")
+    for e in fed[:2] + fed[3:]:
+        kept_only.feed(e)
+    assert kept_only.finish(5.0).event_delays == res.event_delays
