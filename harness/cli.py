@@ -7,7 +7,6 @@ SIGINT / SIGTERM (the chats in flight judged, every report written).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import gc
@@ -27,6 +26,8 @@ from .errors import ConfigError, ExitCode
 from .targets import add_target_args, options_from_args
 
 if TYPE_CHECKING:
+    import asyncio
+
     from rich.console import Console
 
     from .results import ScenarioRun
@@ -51,6 +52,20 @@ def _version() -> str:
         return "unknown"
 
 
+class _VersionAction(argparse.Action):
+    """--version, reading the package metadata only when asked (importlib.metadata costs every other command
+    ~8 ms of start-up)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"chatprobe {_version()}")  # on stdout, as argparse's own version action
+        parser.exit()
+
+
 def _add_report_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("reports")
     g.add_argument("--json", metavar="FILE", help="write the full result, one record per chat (docs/json-report.md)")
@@ -62,7 +77,7 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="chatprobe", description="Prove that an agent chat server streams every event, in order, "
                 "to the right user, fast — and keep proving it in production.")
-    p.add_argument("--version", action="version", version=f"chatprobe {_version()}")
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
     r = sub.add_parser("run", help="run scenarios once and exit with their verdict (the CI gate)",
@@ -149,6 +164,8 @@ class _Interrupt:
     """SIGINT / SIGTERM while a run goes on: stop starting chats, judge those in flight, write the reports."""
 
     def __init__(self) -> None:
+        import asyncio  # loaded by the commands that run something, not by --help or list
+
         self.event = asyncio.Event()
         self.signal: int | None = None
 
@@ -173,12 +190,16 @@ class _Interrupt:
 
 async def _progress(view: Any, console: Console, every: float) -> None:
     """One plain line every `every` seconds (no escape codes): a CI log shows the run is alive and how it goes."""
+    import asyncio
+
     while True:
         await asyncio.sleep(every)  # the reporting period itself, not a wait for a condition
         console.print(view.progress_line(), markup=False, highlight=False)
 
 
 async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt) -> int:
+    import asyncio
+
     from .durations import parse_duration
     from .events import Outcome
     from .profiles import load_profile
@@ -384,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         console = _console()
         if args.command == "check":
             return _check(args, console)
+        import asyncio
+
         return asyncio.run(_run_interruptible(args, console))
     except ConfigError as exc:
         from .redact import scrub
@@ -396,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run_interruptible(args: argparse.Namespace, console: Console) -> int:
+    import asyncio
+
     interrupt = _Interrupt()
     interrupt.install(asyncio.get_running_loop())
     return await _run(args, console, interrupt)
