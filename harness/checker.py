@@ -102,6 +102,8 @@ class ChatResult:
 
     def rule_counts(self) -> Counter[str]:
         """Violations by rule id, the listed ones and those past the listing cap."""
+        if not self.violations and not self.violations_not_listed:
+            return Counter()  # the common case, read by every sink for every chat: no generator, no update
         counts: Counter[str] = Counter(v.rule.value for v in self.violations)
         counts.update(self.violations_not_listed)
         return counts
