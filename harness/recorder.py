@@ -102,9 +102,12 @@ class ConnectionLog:
 
 
 def new_run_id() -> str:
-    """A run id for file names: the UTC start time (so names sort by run) and 6 random hex digits (two runs in one
-    second). harness/recordings.py's RECORDED_RUN_RE reads it back."""
-    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{random_ids.token_hex(3)}"
+    """A run id for file names: the UTC start time to the microsecond (so names sort by run, even two runs started
+    in one second) and 6 random hex digits (two recorders started at once). harness/recordings.py's RECORDED_RUN_RE
+    reads it back."""
+    now = time.time()
+    micros = int(now * 1_000_000) % 1_000_000
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}{micros:06d}Z-{random_ids.token_hex(3)}"
 
 
 class Recorder:

@@ -58,9 +58,10 @@ DEFAULT_CONN = "-"
 EVENT_STREAM = "text/event-stream"
 
 
-# The files `--record DIR` writes (harness/recorder.py): RUN-NNNNNN-LABEL.jsonl, RUN the run id (UTC start time,
-# 6 random hex digits). A directory holds one group of them per run; other files there are a recording of their own.
-RECORDED_RUN_RE = re.compile(r"^(\d{8}T\d{6}Z-[0-9a-f]{6})-\d{6}-.*\.jsonl$")
+# The files `--record DIR` writes (harness/recorder.py): RUN-NNNNNN-LABEL.jsonl, RUN the run id (UTC start time to
+# the microsecond, or to the second in the first recordings; 6 random hex digits). A directory holds one group of them
+# per run; other files there are a recording of their own.
+RECORDED_RUN_RE = re.compile(r"^(\d{8}T\d{6}(?:\d{6})?Z-[0-9a-f]{6})-\d{6}-.*\.jsonl$")
 
 
 def recorded_runs(directory: Path) -> list[tuple[str | None, list[Path]]]:
