@@ -518,6 +518,21 @@ def _loads_or_malformed(text: str) -> Any:
         return Frame(FrameKind.MALFORMED, detail=f"not JSON: {text[:60]!r}")
 
 
+# A field looked up in more (container, name) pairs than this is looked up in a loop (_find_plain), not unrolled.
+_UNROLL_MAX = 32
+
+
+def _find_plain(scopes: tuple[dict[str, Any] | None, ...], names: tuple[str, ...]) -> Any:
+    """The first non-null value of the names in each container in turn (None: a container the frame lacks)."""
+    for container in scopes:
+        if container is not None:
+            for name in names:
+                v = container.get(name)
+                if v is not None:
+                    return v
+    return None
+
+
 class _Source:
     """Lines of the generated decoder. Whatever comes from the profile (wire names, field names, container paths) is
     written only as a repr() literal; every identifier is one of this module's."""
@@ -538,6 +553,8 @@ class _Source:
             self.emit(f"if {var}.__class__ is not dict and not isinstance({var}, dict):")
             self.emit(f"    {var} = None")
             self.scopes.append(var)
+        # Where `_scopes` (all containers in one tuple) goes once a lookup too large to unroll needs it.
+        self.scopes_at: int | None = len(self.lines)
 
     def emit(self, line: str) -> None:
         self.lines.append("    " * self.depth + line)
@@ -561,6 +578,14 @@ class _Source:
         root), as Decoder.find; False when the field has no names (then it is always None)."""
         plain, dotted = names
         first = True
+        if len(self.scopes) * len(plain) > _UNROLL_MAX:
+            # Unrolled, containers x names lines: a profile within the YAML bounds (1,000 of each) made a million
+            # lines, gigabytes and a MemoryError at compile time; a loop costs a call per frame, only for it.
+            if self.scopes_at is not None:
+                self.lines.insert(self.scopes_at, f"    _scopes = ({', '.join(self.scopes)},)")
+                self.scopes_at = None
+            self.emit(f"{var} = _find_plain(_scopes, {tuple(plain)!r})")
+            plain, first = (), False
         for scope in self.scopes:
             for name in plain:
                 get = f"{scope}.get({name!r})"
@@ -618,7 +643,8 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     up only where the frame needs it."""
     profile, n = dec.profile, dec.names
     ns: dict[str, Any] = {
-        "Event": Event, "Frame": Frame, "_id": _id, "MALFORMED": FrameKind.MALFORMED, "PING_KIND": FrameKind.PING,
+        "Event": Event, "Frame": Frame, "_id": _id, "_find_plain": _find_plain, "MALFORMED": FrameKind.MALFORMED,
+        "PING_KIND": FrameKind.PING,
         "CONTROL_KIND": FrameKind.CONTROL, "ERROR_KIND": FrameKind.ERROR, "UNKNOWN_KIND": FrameKind.UNKNOWN,
         "PING": dec.ping, "CONTROL": dec.control, "CONN_ERROR": dec.conn_error, "WITH_RUN": dec.with_run,
         "UNMAPPED": dec.unmapped, "SESSION_ERRORS": dec.session_errors,
