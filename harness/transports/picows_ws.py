@@ -226,14 +226,20 @@ class PicowsTransport(WSListener):
             code = int(frame.get_close_code().value)
         except ValueError:
             code = 1005
+        if code == 0:  # picows' NO_INFO: a close frame with no payload (websockets and RFC 6455 say 1005)
+            code = 1005
+        elif code >= 5000:  # picows refuses the other codes RFC 6455 7.4 forbids, not these
+            self._fail(transport, 1002)
+            return
         self.close_code = code
         try:
-            self.close_reason = self.close_reason or frame.get_close_reason()
+            self.close_reason = self.close_reason or frame.get_close_reason() or ""
         except UnicodeDecodeError:
             self.close_reason = self.close_reason or "(close reason not UTF-8)"
         if not transport.is_close_frame_sent:
-            transport.send_close(WSCloseCode.OK if code == 1000 else WSCloseCode(code) if _known(code)
-                                 else WSCloseCode.OK)
+            # Echoed only when it is a code an endpoint may send (RFC 6455 7.4): picows' NO_INFO went out as code 0.
+            sendable = 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code < 5000
+            transport.send_close(WSCloseCode(code) if sendable else WSCloseCode.OK)
         transport.disconnect()
 
     def _fail(self, transport: WSTransport, code: int) -> None:
@@ -355,14 +361,6 @@ async def _reap(ws: WSTransport) -> None:
         await ws.wait_disconnected()
     except Exception:
         pass
-
-
-def _known(code: int) -> bool:
-    try:
-        WSCloseCode(code)
-        return True
-    except ValueError:
-        return False
 
 
 def _encode(obj: Any) -> bytes:

@@ -1,0 +1,66 @@
+"""What a server's close frame says, read by the picows transport as the websockets one reads it: an empty close is
+1005 (picows' NO_INFO 0 was recorded and echoed on the wire as code 0), a code of 5000 or more is a protocol error.
+Real sockets: a raw server written here."""
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+
+from harness.transports.base import ConnectSettings
+from harness.transports.picows_ws import PicowsTransport
+
+from .test_picows_listen import frame, read_frame, serve, until, upgrade
+
+
+async def _closed_by(payload: bytes) -> tuple[PicowsTransport, list[tuple[int, bytes]]]:
+    echoed: list[tuple[int, bytes]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await upgrade(reader, writer)
+            await read_frame(reader)
+            writer.write(frame(8, payload))
+            async with asyncio.timeout(5):
+                while not echoed or echoed[-1][0] != 8:
+                    echoed.append(await read_frame(reader))
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    srv, url = await serve(handler)
+    ends: list[object] = []
+    transport = PicowsTransport(ConnectSettings(url=url, connect_timeout=3))
+    try:
+        async with asyncio.timeout(10):  # a hang fails the test
+            await transport.open()
+            transport.listen(lambda message, at: None, ends.append)
+            transport.send_now("start")
+            await until(lambda: bool(ends))
+            await until(lambda: bool(echoed) and echoed[-1][0] == 8)
+    finally:
+        srv.close()
+    return transport, echoed
+
+
+async def test_an_empty_close_frame_is_1005_and_answered_with_a_code_a_peer_may_send() -> None:
+    transport, echoed = await _closed_by(b"")
+    assert transport.close_code == 1005 and transport.protocol_error is None
+    assert transport.close_reason == ""
+    code = struct.unpack("!H", echoed[-1][1][:2])[0]
+    assert code == 1000  # not 0 (RFC 6455 7.4: never sent)
+
+
+@pytest.mark.parametrize("code", [5000, 65535])
+async def test_a_close_code_past_4999_is_a_protocol_error(code: int) -> None:
+    transport, echoed = await _closed_by(struct.pack("!H", code) + b"bye")
+    assert transport.protocol_error == "WebSocket protocol error"
+    assert struct.unpack("!H", echoed[-1][1][:2])[0] == 1002
+
+
+async def test_an_application_close_code_is_kept() -> None:
+    transport, echoed = await _closed_by(struct.pack("!H", 4000) + b"bye")
+    assert (transport.close_code, transport.close_reason, transport.protocol_error) == (4000, "bye", None)
+    assert struct.unpack("!H", echoed[-1][1][:2])[0] == 4000
