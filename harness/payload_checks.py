@@ -209,7 +209,8 @@ class AguiRunChecks(RunChecks):
             if t in _RUN_LEVEL:
                 for lane in list(self.lanes):
                     out += self._close_chunk(lane, check=t != "RUN_ERROR")
-            elif ((lane := p.get("subagentRunId")) is None or lane.__class__ is str) and lane in self.lanes:
+            elif (((lane := p.get("subagentRunId")) is None or lane.__class__ is str)
+                  and (lane := _text(lane)) in self.lanes):
                 out += self._close_chunk(lane)  # (a list or object there is the schema's R12, and unhashable)
         if handler is not None:
             out += handler(self, p, t)
@@ -325,8 +326,8 @@ class AguiRunChecks(RunChecks):
         tool = t == "TOOL_CALL_CHUNK"
         key = "toolCallId" if tool else "messageId"
         cid = _text(p.get(key))
-        tag = p.get("subagentRunId")
-        tag = tag if isinstance(tag, str) else None
+        # Cut as ids are: a lane's key is kept while its stream is open (1,000 lanes of 4 MiB tags were 4 GB a run).
+        tag = _text(p.get("subagentRunId"))
         out: list[Finding] = []
         if cid is None:
             lane, problem = self._continued_lane(t, tag)

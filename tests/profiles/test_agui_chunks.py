@@ -196,3 +196,22 @@ def test_chunk_lanes_stay_bounded_against_a_flooding_server():
         findings += checks.event(ev)
     assert len(checks.lanes) == MAX_LANES
     assert [f.warning for f in findings] == [True] and "not tracked" in findings[0].reason
+
+
+async def test_chunk_lanes_of_huge_subagent_run_ids_stay_bounded_in_bytes():
+    """A lane's key is cut as ids are: 200 open chunk streams, each under a distinct 256 KiB subagentRunId, over a
+    real SSE stream, kept 50 MiB for the run before; now a few MiB at the peak (the frames in flight)."""
+    import tracemalloc
+
+    big = 256 * 1024
+    frames = [text("x", messageId=f"m{i}", subagentRunId=f"{i:06d}" + "s" * big) for i in range(200)]
+    frames.append(text("y", subagentRunId="000007" + "s" * big))  # a continuation finds its lane by the cut key
+    async with AguiSSEServer(run(*frames)) as server:
+        tracemalloc.start()
+        try:
+            result_ = await chat(server.url)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert result_.outcome is Outcome.PASSED, result_.violations
+    assert peak < 20 * 1024 * 1024, peak
