@@ -146,16 +146,26 @@ class _Disguised:
         # One group per form: the group that matched tells which form to follow.
         self.head = re.compile("|".join(f"({''.join(map(_disguised_char, f[:PREFIX_LEN]))})" for f in forms))
         self.char = {c: re.compile(_disguised_char(c)) for f in forms for c in f[PREFIX_LEN:]}
+        # Forms that share their head (a secret's standard and urlsafe base64 differ only where a '+' or '/' comes):
+        # the alternation names one of them, whichever sorted first; each is followed, the longest run wins (only
+        # the one named was, so the rest of the other showed, depending on the hash seed).
+        self.alike: dict[str, list[str]] = {}
+        for f in forms:
+            self.alike.setdefault(f[:PREFIX_LEN], []).append(f)
+
+    def _follow(self, text: str, end: int, form: str) -> int:
+        for c in form[PREFIX_LEN:]:
+            if (step := self.char[c].match(text, end)) is None:
+                break
+            end = step.end()
+        return end
 
     def sub(self, text: str) -> str:
         out: list[str] = []
         i = 0
         while (m := self.head.search(text, i)) is not None:
-            end = m.end()
-            for c in self.forms[(m.lastindex or 1) - 1][PREFIX_LEN:]:
-                if (step := self.char[c].match(text, end)) is None:
-                    break
-                end = step.end()
+            head = self.forms[(m.lastindex or 1) - 1][:PREFIX_LEN]
+            end = max(self._follow(text, m.end(), form) for form in self.alike[head])
             out += [text[i:m.start()], REDACTED]
             i = end
         out.append(text[i:])

@@ -139,6 +139,9 @@ def disguises(secret: str) -> list[str]:
         "".join(f"%{b:02x}" for b in raw),
         *(enc(pre + raw + b"\xfe").decode() for pre in (b"", b"x", b"xy")
           for enc in (base64.b64encode, base64.urlsafe_b64encode)),
+        # base64 in a URL's query: '+', '/' and '=' percent-encoded
+        *(quote(enc(pre + raw).decode(), safe="") for pre in (b"", b"x", b"xy")
+          for enc in (base64.b64encode, base64.urlsafe_b64encode)),
     ]
 
 
@@ -241,3 +244,30 @@ async def test_a_token_echoed_in_disguise_appears_in_no_output(tmp_path, mode):
         for secret in secrets:
             assert secret not in shown, f"{name} shows {secret!r}"
         assert "[REDACTED]" in text, name
+
+
+# Its base64 has a '+' (urlsafe: '-') only past the first 8 characters: the two forms share their head.
+TILDE_TOKEN = "cp-given-tok~~~~~~en7f3a9c2e41b8d605"
+
+
+async def test_a_token_whose_base64_forms_share_their_head_shows_no_part_in_any_output(tmp_path):
+    """Echoed as percent-encoded standard and urlsafe base64 in one string: whichever form the redaction followed,
+    the other's rest past the '+' showed (decoded: 'en7f3a9c2e41b8d605')."""
+    from harness.html_report import write_html
+
+    seen: list[str] = []
+    async with serve(disguising_server(seen, False), "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name=f"127.0.0.1:{port}",
+                        tokens=TokenProvider(token=TILDE_TOKEN))
+        async with asyncio.timeout(30):
+            run = await run_scenario(quick(), target)
+    assert seen == [TILDE_TOKEN] * len(seen) and seen
+    out, junit, page = tmp_path / "r.json", tmp_path / "r.xml", tmp_path / "r.html"
+    write_json(str(out), [run])
+    write_junit(str(junit), [run])
+    write_html(str(page), [run])
+    parts = {TILDE_TOKEN[i:i + 12] for i in range(len(TILDE_TOKEN) - 11)}
+    for path in (out, junit, page):
+        shown = revealed(path.read_text())
+        assert not [p for p in parts if p in shown], f"{path.name} shows part of the token"
