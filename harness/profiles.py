@@ -346,9 +346,25 @@ class Decoder:
 
     def _compile(self) -> tuple[Callable[[str | bytes, float], Event | Frame], Callable[[Any, float], Event | Frame], str]:
         source, namespace = _generate(self)
-        exec(compile(source, f"<decoder of profile {self.profile.name[:60]!r}>", "exec"), namespace)
-        self._source, self._decode, self._decode_obj = source, namespace["decode"], namespace["decode_obj"]
-        return namespace["decode"], namespace["decode_obj"], source
+        code = compile(source, f"<decoder of profile {self.profile.name[:60]!r}>", "exec")
+        exec(code, namespace)
+        decode_obj = namespace["decode_obj"]
+        # orjson reads an integer past 64 bits as a float (it does not refuse it), so two ids sent as huge numbers
+        # could read as one: the text path runs with an _id that gives up on an integral float that large, and such a
+        # frame is parsed again by json, which keeps the integer. Nothing changes for strings or ordinary numbers.
+        wide = dict(namespace, _id=_id_or_wide)
+        exec(code, wide)
+        text_decode = wide["decode"]
+
+        def decode(text: str | bytes, received_at: float) -> Event | Frame:
+            try:
+                result: Event | Frame = text_decode(text, received_at)
+            except _WideInt:
+                return decode_obj(json.loads(text), received_at)  # type: ignore[no-any-return]
+            return result
+
+        self._source, self._decode, self._decode_obj = source, decode, decode_obj
+        return decode, decode_obj, source
 
     def filler(self, template: dict[str, Any]) -> Filler:
         """The function filling this template (the request or resume) with values, made once per template object."""
@@ -430,6 +446,20 @@ def _id(v: Any, name: str = "", oversized: list[str] | None = None, limit: int =
             oversized.append(name)
         return text[:limit] + "…", True
     return text, False
+
+
+class _WideInt(Exception):
+    """An integral float past 64 bits where orjson parsed the frame: it may have been an integer (see _compile)."""
+
+
+_WIDE = float(2**63)
+
+
+def _id_or_wide(v: Any, name: str = "", oversized: list[str] | None = None,
+                limit: int = MAX_ID_BYTES) -> tuple[str | None, bool]:
+    if v.__class__ is float and (v >= _WIDE or v <= -_WIDE) and v.is_integer():
+        raise _WideInt
+    return _id(v, name, oversized, limit)
 
 
 def _short_repr(v: Any, limit: int) -> str:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from harness.events import Event, Frame, FrameKind, Role, kept_bytes
 from harness.eventstream import StreamProblem
-from harness.profiles import MAX_ID_BYTES, MAX_TIME_BYTES, Decoder, Profile, _id, _split_names
+from harness.profiles import MAX_ID_BYTES, MAX_TIME_BYTES, Decoder, Profile, _id, _id_or_wide, _split_names, _WideInt
 
 from .test_decode_pinned import FRAMES as PINNED_FRAMES
 from .test_decode_pinned import profiles
@@ -118,7 +118,17 @@ def reference_decode(self: Decoder, text: str | bytes, received_at: float) -> Ev
             if isinstance(text, StreamProblem):  # what the transport found wrong in the stream itself
                 return Frame(FrameKind.MALFORMED, detail=str(text))
             return Frame(FrameKind.MALFORMED, detail=f"not JSON: {text[:60]!r}")
-    return reference_decode_obj(self, frame, received_at)
+    # One rule added since (tested on its own in test_integers_past_64_bits_stay_integers): an integral float past 64
+    # bits that the decoder reads as an id or seq, where orjson parsed the text, means json parses the frame again.
+    global _id
+    plain, _id = _id, _id_or_wide
+    try:
+        return reference_decode_obj(self, frame, received_at)
+    except _WideInt:
+        _id = plain
+        return reference_decode_obj(self, json.loads(text), received_at)
+    finally:
+        _id = plain
 
 
 # -- frames made of every profile's own names, so that containers, dotted paths and alternatives are all hit --
@@ -252,3 +262,21 @@ def test_deep_paths_compile_flat() -> None:
     bare = {"type": "start", **{deep[0]: {deep[1]: "not a dict all the way"}}}
     got = profile.decode(json.dumps(bare), 1.0)
     _same(got, reference_decode(profile._decoder, json.dumps(bare), 1.0))
+
+
+def test_integers_past_64_bits_stay_integers() -> None:
+    """orjson reads an integer past 64 bits as a float: two run ids sent as huge numbers would read as one, and a seq
+    of 2**64 as "not an integer". The text path hands such a frame to json, which keeps the integer; a float the
+    server wrote as one stays a float."""
+    profile = PROFILES["netra"]
+    a = profile.decode('{"type":"agent_started","run_id":123456789012345678901234567890,"seq":18446744073709551616}', 1.0)
+    b = profile.decode('{"type":"agent_started","run_id":123456789012345678901234567891,"seq":1}', 1.0)
+    assert isinstance(a, Event) and isinstance(b, Event)
+    assert (a.run_id, b.run_id) == ("123456789012345678901234567890", "123456789012345678901234567891")
+    assert a.seq == 2**64 and a.bad_seq is None
+    ctl = profile.decode('{"type":"connection_established","data":{"user_id":-92233720368547758090}}', 1.0)
+    assert isinstance(ctl, Frame) and ctl.user_id == "-92233720368547758090"
+    c = profile.decode('{"type":"agent_started","run_id":1e30,"seq":1}', 1.0)
+    assert isinstance(c, Event) and c.run_id == "1e+30"
+    small = '{"type":"agent_started","run_id":42,"seq":3}'
+    _same(profile.decode(small, 1.0), reference_decode(profile._decoder, small, 1.0))
