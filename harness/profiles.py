@@ -538,8 +538,8 @@ class _Blank(dict[str, Any]):
 
 def _loads_or_malformed(text: str) -> Any:
     """A text frame orjson refused, as json reads it, or the MALFORMED Frame it is."""
-    # orjson refuses what json accepts (NaN, integers past 64 bits, depth past 1024): json decides, so a frame means
-    # what it always meant.
+    # orjson refuses what json accepts (NaN, depth past 1024): json decides, so a frame means what it always meant.
+    # (Integers past 64 bits orjson reads as floats instead: see Decoder._compile.)
     try:
         return json.loads(text)
     except (ValueError, RecursionError):
