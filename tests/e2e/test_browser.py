@@ -61,8 +61,10 @@ def browser(tmp_path_factory):
 def stack(procs):
     """agentsim and `chatprobe proxy` in front of it, as subprocesses; both stopped by `procs` at teardown."""
     secret = secrets.token_urlsafe(32)
-    sim = procs.start("agentsim", [sys.executable, "-m", "agentsim", "--port", "0", "--jwt-secret", secret,
-                                   "--think", "0.01", "--tool-latency", "0.005", "--seed", "7"])
+    # The secret by environment, as a user would (not on argv, where `ps` shows it and a leading '-' reads as a flag).
+    sim = procs.start("agentsim", [sys.executable, "-m", "agentsim", "--port", "0",
+                                   "--think", "0.01", "--tool-latency", "0.005", "--seed", "7"],
+                      env={"AGENTSIM_JWT_SECRET": secret})
     sim_url = sim.wait_for_line(r"agentsim listening on (ws://\S+)").group(1)
     upstream = sim_url.rsplit("/", 1)[0]
     proxy = procs.start("proxy", [chatprobe_bin(), "proxy", "--upstream", upstream, "--listen", "127.0.0.1:0",

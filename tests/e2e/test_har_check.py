@@ -40,9 +40,10 @@ def recording_browser(tmp_path_factory):
 def faulty_stack(procs):
     """agentsim losing half the runs' tool_completed, behind `chatprobe proxy` (subprocesses)."""
     secret = secrets.token_urlsafe(32)
-    sim = procs.start("agentsim", [sys.executable, "-m", "agentsim", "--port", "0", "--jwt-secret", secret,
+    # The secret by environment (on argv a leading '-' reads as a flag, and `ps` shows it).
+    sim = procs.start("agentsim", [sys.executable, "-m", "agentsim", "--port", "0",
                                    "--think", "0.01", "--tool-latency", "0.005", "--seed", "7",
-                                   "--fault", "drop:tool_completed=0.5"])
+                                   "--fault", "drop:tool_completed=0.5"], env={"AGENTSIM_JWT_SECRET": secret})
     upstream = sim.wait_for_line(r"agentsim listening on (ws://\S+)").group(1).rsplit("/", 1)[0]
     proxy = procs.start("proxy", [chatprobe_bin(), "proxy", "--upstream", upstream, "--listen", "127.0.0.1:0",
                                   "--metrics-listen", f"127.0.0.1:{free_port()}", "--settle", SETTLE])
