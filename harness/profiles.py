@@ -350,19 +350,12 @@ class Decoder:
         exec(code, namespace)
         decode_obj = namespace["decode_obj"]
         # orjson reads an integer past 64 bits as a float (it does not refuse it), so two ids sent as huge numbers
-        # could read as one: the text path runs with an _id that gives up on an integral float that large, and such a
-        # frame is parsed again by json, which keeps the integer. Nothing changes for strings or ordinary numbers.
-        wide = dict(namespace, _id=_id_or_wide)
+        # could read as one: the text path runs with an _id that gives up on an integral float that large, and the
+        # generated decode then hands the frame, parsed by json (which keeps the integer), to the plain decode_obj.
+        # Nothing changes for strings or ordinary numbers, and no call is added per frame.
+        wide = dict(namespace, _id=_id_or_wide, _plain_obj=decode_obj)
         exec(code, wide)
-        text_decode = wide["decode"]
-
-        def decode(text: str | bytes, received_at: float) -> Event | Frame:
-            try:
-                result: Event | Frame = text_decode(text, received_at)
-            except _WideInt:
-                return decode_obj(json.loads(text), received_at)  # type: ignore[no-any-return]
-            return result
-
+        decode = wide["decode"]
         self._source, self._decode, self._decode_obj = source, decode, decode_obj
         return decode, decode_obj, source
 
@@ -826,7 +819,8 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     body = ["    if not isinstance(frame, dict):",
             "        return Frame(MALFORMED, detail=f'a JSON {type(frame).__name__}, not an object')", *src.lines]
     # The same body twice: after the JSON parse of a text frame (a call fewer per frame), and for a parsed frame.
-    ns.update(_loads=_fast_loads, _loads_or_malformed=_loads_or_malformed)
+    ns.update(_loads=_fast_loads, _loads_or_malformed=_loads_or_malformed, _WideInt=_WideInt, _json_loads=json.loads,
+              _plain_obj=None)
     parse = ["def decode(text, received_at):",
              "    if text.__class__ is not str and isinstance(text, (bytes, bytearray)):",
              "        return Frame(MALFORMED, detail=f'binary frame of {len(text)} bytes where JSON text was expected')",
@@ -836,7 +830,10 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
              "        frame = _loads_or_malformed(text)",
              "        if frame.__class__ is Frame:",
              "            return frame"]
-    return "\n".join(["def decode_obj(frame, received_at):", *body, "", *parse, *body]) + "\n", ns
+    # The text path's body inside a try (free in Python 3.11 until it raises): see Decoder._compile for _WideInt.
+    guarded = ["    try:", *("    " + line for line in body),
+               "    except _WideInt:", "        return _plain_obj(_json_loads(text), received_at)"]
+    return "\n".join(["def decode_obj(frame, received_at):", *body, "", *parse, *guarded]) + "\n", ns
 
 
 BUILTIN_DIR = PROFILES_DIR

@@ -280,3 +280,9 @@ def test_integers_past_64_bits_stay_integers() -> None:
     assert isinstance(c, Event) and c.run_id == "1e+30"
     small = '{"type":"agent_started","run_id":42,"seq":3}'
     _same(profile.decode(small, 1.0), reference_decode(profile._decoder, small, 1.0))
+
+
+def test_the_decoder_is_compiled_once() -> None:
+    """Compiling is milliseconds: the functions are made on first use and kept, not made again per frame."""
+    dec = Profile.model_validate(PROFILES["netra"].model_dump())._decoder
+    assert dec.decode is dec.decode and dec.decode_obj is dec.decode_obj and dec.source is dec.source
