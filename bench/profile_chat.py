@@ -205,7 +205,8 @@ def label(func: tuple[str, int, str]) -> str:
 def run_client(mode: str, out: Path, base: list[str], total: int, children: Children) -> tuple[float, float]:
     """(process CPU seconds, CPU seconds at its first connect) of one `chatprobe run`, checked to pass every chat."""
     c0 = children.cpu()
-    wall, rc, stdout, stderr = measure([PY, "-c", CHILD, mode, str(out), "run", *base])
+    wall, rc, stdout, stderr = measure([PY, "-c", CHILD, "profile" if mode == "profile" else "time", str(out), "run",
+                                        *base])
     cpu = children.cpu() - c0
     if validated("chatprobe", rc, stdout, total) != total:
         tail = (stderr or stdout).strip().splitlines()[-3:]
@@ -213,7 +214,7 @@ def run_client(mode: str, out: Path, base: list[str], total: int, children: Chil
     startup = float(out.read_text())
     if startup < 0:
         raise SystemExit(f"chatprobe ({mode}) never connected")
-    print(f"{mode:8s} CPU {cpu:6.2f} s ({cpu / total * 1e6:5.0f} us/chat), {startup:5.3f} s of it before the first "
+    print(f"{mode:7s} CPU {cpu:6.2f} s ({cpu / total * 1e6:5.0f} us/chat), {startup:5.3f} s of it before the first "
           f"connect; wall {wall:6.2f} s", flush=True)
     return cpu, startup
 
@@ -237,7 +238,11 @@ def main() -> int:
         scenario = scenario_file(tmp, args.users, args.chats, "none", None)
         proc, url = start_sim("none")
         base = [str(scenario), "--target", url, "--auth", "none", "--quiet"]
+        warm = tmp / "warm"
+        warm.mkdir()
         try:
+            # Once, not counted: a fresh clone's first run would also pay for writing the .pyc files of harness/.
+            run_client("warm-up", warm / "out", [str(scenario_file(warm, 1, 1, "none", None)), *base[1:]], 1, children)
             plain = [run_client("plain", tmp / "plain", base, total, children) for _ in range(args.rounds)]
             profiled_cpu, _ = run_client("profile", out, base, total, children)
         finally:
