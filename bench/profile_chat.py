@@ -202,11 +202,16 @@ def label(func: tuple[str, int, str]) -> str:
     return f"{short}:{line} {name}"
 
 
+# As an installed chatprobe runs: from .pyc files (the warm-up writes them), even where the environment says
+# PYTHONDONTWRITEBYTECODE (an empty value turns it off), which would compile harness/ from source in every run.
+WRITE_BYTECODE = {"PYTHONDONTWRITEBYTECODE": ""}
+
+
 def run_client(mode: str, out: Path, base: list[str], total: int, children: Children) -> tuple[float, float]:
     """(process CPU seconds, CPU seconds at its first connect) of one `chatprobe run`, checked to pass every chat."""
     c0 = children.cpu()
-    wall, rc, stdout, stderr = measure([PY, "-c", CHILD, "profile" if mode == "profile" else "time", str(out), "run",
-                                        *base])
+    cmd = [PY, "-c", CHILD, "profile" if mode == "profile" else "time", str(out), "run", *base]
+    wall, rc, stdout, stderr = measure(cmd, env=WRITE_BYTECODE)
     cpu = children.cpu() - c0
     if validated("chatprobe", rc, stdout, total) != total:
         tail = (stderr or stdout).strip().splitlines()[-3:]
@@ -241,7 +246,7 @@ def main() -> int:
         warm = tmp / "warm"
         warm.mkdir()
         try:
-            # Once, not counted: a fresh clone's first run would also pay for writing the .pyc files of harness/.
+            # Once, not counted: it writes the .pyc files a fresh clone lacks (see WRITE_BYTECODE).
             run_client("warm-up", warm / "out", [str(scenario_file(warm, 1, 1, "none", None)), *base[1:]], 1, children)
             plain = [run_client("plain", tmp / "plain", base, total, children) for _ in range(args.rounds)]
             profiled_cpu, _ = run_client("profile", out, base, total, children)
