@@ -194,12 +194,13 @@ def label(func: tuple[str, int, str]) -> str:
     if filename == "~":
         return re.sub(r" at 0x[0-9a-f]+", "", name)
     path = Path(filename)
+    parts = path.parts
+    if "site-packages" in parts:
+        return f"{'/'.join(parts[parts.index('site-packages') + 1:])}:{line} {name}"
     for base in (ROOT, STDLIB):
         if path.is_relative_to(base):
             return f"{path.relative_to(base)}:{line} {name}"
-    parts = path.parts
-    short = "/".join(parts[parts.index("site-packages") + 1:]) if "site-packages" in parts else filename
-    return f"{short}:{line} {name}"
+    return f"{filename}:{line} {name}"
 
 
 # As an installed chatprobe runs: from .pyc files (the warm-up writes them), even where the environment says
@@ -256,13 +257,58 @@ def main() -> int:
         table = attribute(pstats.Stats(f"{out}.run"))
         startup_stats = pstats.Stats(f"{out}.startup").stats  # type: ignore[attr-defined]
         table[STARTUP] = [(tt, func, "") for func, (_, _, tt, _, _) in startup_stats.items()]
+        startup_views = startup_breakdown(startup_stats, args.top + 3)
     plain_cpu = statistics.median(cpu for cpu, _ in plain)
     plain_startup = statistics.median(startup for _, startup in plain)
     report = summarize(table, total, plain_cpu, plain_startup, profiled_cpu, args.top)
+    report["startup"] = startup_views
     print_report(report, args)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def package_of(filename: str) -> str | None:
+    """Who a start-up function's own time is for: a harness module, a third-party package, a standard library module,
+    "import machinery" (importlib's frozen bootstrap), "generated code"; None for a C function (its callers')."""
+    if filename == "~":
+        return None
+    if filename.startswith("<frozen"):
+        return "import machinery"
+    if filename.startswith("<"):
+        return "generated code (<string>)"
+    path = Path(filename)
+    rest = harness_part(path)
+    if rest is not None:
+        return "harness." + ".".join(rest).removesuffix(".py")
+    parts = path.parts
+    if "site-packages" in parts:
+        return parts[parts.index("site-packages") + 1].split(".")[0]
+    if path.is_relative_to(STDLIB):
+        return "stdlib " + path.relative_to(STDLIB).parts[0].removesuffix(".py")
+    return filename
+
+
+def startup_breakdown(raw: dict[Any, Any], top: int) -> dict[str, list[dict[str, object]]]:
+    """Start-up two ways: own time by package (a C function's split over its callers' packages; the lists add up),
+    and the slowest module top levels by cumulative time (a module's imports included, so these overlap)."""
+    own: dict[str, float] = defaultdict(float)
+    for func, (_, _, tottime, _, callers) in raw.items():
+        package = package_of(func[0])
+        if package is not None:
+            own[package] += tottime
+            continue
+        edges = {caller: edge[2] for caller, edge in callers.items()}
+        for caller, secs in edges.items():
+            own[package_of(caller[0]) or "C functions"] += secs
+        own["C functions" if not edges else package_of(max(edges, key=edges.__getitem__)[0]) or "C functions"] += (
+            tottime - sum(edges.values()))
+    modules = sorted(((ct, func) for func, (_, _, _, ct, _) in raw.items() if func[2] == "<module>"), reverse=True)
+    return {
+        "own_by_package": [{"package": k, "cpu_s": round(v, 4)} for k, v in sorted(own.items(), key=lambda kv: -kv[1])[:top]],
+        "module_top_levels_cumulative": [{"module": label(func).rsplit(":", 1)[0], "cpu_s": round(ct, 4)}
+                                         for ct, func in modules[:top]],
+    }
 
 
 def summarize(table: dict[str, list[tuple[float, tuple[str, int, str], str]]], total: int, plain_cpu: float,
@@ -312,6 +358,13 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
             print(f"\n{b['bucket']}:")
             for row in b["top"]:
                 print(f"  {row['cpu_s']:7.3f} s  {row['function']}")
+    views = report["startup"]
+    print("\nstart-up, own time by package (profiled; C functions by their callers):")
+    for row in views["own_by_package"]:
+        print(f"  {row['cpu_s']:7.3f} s  {row['package']}")
+    print("start-up, slowest module top levels (profiled, cumulative: each includes its own imports, so they overlap):")
+    for row in views["module_top_levels_cumulative"]:
+        print(f"  {row['cpu_s']:7.3f} s  {row['module']}")
 
 
 if __name__ == "__main__":
