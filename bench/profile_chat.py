@@ -82,8 +82,9 @@ finally:
 sys.exit(rc)
 """
 
-# (bucket, rule) in order, first match wins; a rule matches on the profile's filename (posix path, or "~" for a C
-# function) and the function's name. The generated decoder's filename is what Decoder._compile passes to compile().
+# The buckets; bucket_of holds the rules. The generated decoder's filename is what Decoder._compile passes to
+# compile() (harness/profiles.py): "<decoder of profile 'NAME'>".
+DECODER_FILE = "<decoder of profile "
 STARTUP = "start-up (before the first connect)"
 DECODE = "decode (profiles.py, generated decoder, orjson/json)"
 CHECKER = "checker (checker.py, payload_checks.py)"
@@ -117,7 +118,7 @@ def bucket_of(func: tuple[str, int, str]) -> str | None:
     (`collections.Counter`, `abc`, a dataclass's or namedtuple's generated `__init__` in "<string>")."""
     filename, _, name = func
     path = filename.replace(os.sep, "/")
-    if path.startswith("<decoder of profile"):
+    if path.startswith(DECODER_FILE):
         return DECODE
     if path == "~":
         for piece, bucket in C_NAMES:
@@ -158,7 +159,7 @@ def attribute(stats: pstats.Stats) -> dict[str, list[tuple[float, tuple[str, int
     memo: dict[tuple[str, int, str], str] = {}
 
     def inherited(func: tuple[str, int, str], depth: int = 0) -> str:
-        """The bucket of a C function no rule names: its callers' (the one it cost most in, for a chain of them)."""
+        """The bucket of a helper no rule names: its callers' (the one it cost most in, for a chain of them)."""
         if func in memo:
             return memo[func]
         own = bucket_of(func)
@@ -254,7 +255,11 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(10)
-        table = attribute(pstats.Stats(f"{out}.run"))
+        run_stats = pstats.Stats(f"{out}.run")
+        if not any(func[0].startswith(DECODER_FILE) for func in run_stats.stats):  # type: ignore[attr-defined]
+            print(f"warning: no function of a file named {DECODER_FILE}...> in the profile: has Decoder._compile's "
+                  "filename changed? Its time goes to its callers' buckets.", file=sys.stderr)
+        table = attribute(run_stats)
         startup_stats = pstats.Stats(f"{out}.startup").stats  # type: ignore[attr-defined]
         table[STARTUP] = [(tt, func, "") for func, (_, _, tt, _, _) in startup_stats.items()]
         startup_views = startup_breakdown(startup_stats, args.top + 3)
