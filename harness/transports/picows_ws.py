@@ -148,6 +148,11 @@ class PicowsTransport(WSListener):
 
     # -- frames, from picows' protocol callback --
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.protocol_error is not None or self.close_code is not None:
+            # picows goes on calling back for the frames left in the same read after we failed the connection or
+            # read its close frame: RFC 6455 7.1.7 says discard them (a server that writes a burst in one write
+            # put events behind an oversized frame, and they were counted as if the connection had not failed).
+            return
         at = self._read_at
         if not at:  # the first frame of this read
             at = _monotonic()

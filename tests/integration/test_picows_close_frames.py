@@ -64,3 +64,39 @@ async def test_an_application_close_code_is_kept() -> None:
     transport, echoed = await _closed_by(struct.pack("!H", 4000) + b"bye")
     assert (transport.close_code, transport.close_reason, transport.protocol_error) == (4000, "bye", None)
     assert struct.unpack("!H", echoed[-1][1][:2])[0] == 4000
+
+
+@pytest.mark.parametrize("first", [
+    frame(8, struct.pack("!H", 1000) + b"bye"),  # a close frame
+    frame(1, b"\xff\xfe not UTF-8"),  # a frame that fails the connection (1007)
+], ids=["close-frame", "invalid-utf8"])
+async def test_nothing_after_a_close_or_a_failing_frame_in_the_same_read_is_taken(first: bytes) -> None:
+    """A server writes a frame that ends the connection and an event behind it in one write: the event is not
+    the client's (RFC 6455 7.1.7: no more data after the connection is failed or closed)."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await upgrade(reader, writer)
+            await read_frame(reader)
+            writer.write(first + frame(1, b'{"type":"agent_completed"}'))
+            async with asyncio.timeout(5):
+                while (await read_frame(reader))[0] != 8:
+                    pass
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    srv, url = await serve(handler)
+    got: list[object] = []
+    ends: list[object] = []
+    transport = PicowsTransport(ConnectSettings(url=url, connect_timeout=3))
+    try:
+        async with asyncio.timeout(10):
+            await transport.open()
+            transport.listen(lambda message, at: got.append(message), ends.append)
+            transport.send_now("start")
+            await until(lambda: bool(ends))
+    finally:
+        srv.close()
+    assert got == []
+    assert transport.close_code is not None
