@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import gc
 import os
 import re
 import signal
@@ -200,6 +199,7 @@ async def _progress(view: Any, console: Console, every: float) -> None:
 async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt) -> int:
     import asyncio
 
+    from .collector import tune_collector
     from .durations import parse_duration
     from .events import Outcome
     from .profiles import load_profile
@@ -274,10 +274,10 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
             target = make_target(opts, tokens, scenario.profile, url=url)
             check_scenario_fits(scenario, target)
             targets.append(dataclasses.replace(target, recorder=recorder))
-        # What start-up built (modules, pydantic's validators, the embedded server: objects that live as long as
-        # the process) is frozen out of the collector's sight: a full collection during the run then walks only what
-        # the run allocated (its pauses delay every chat due meanwhile; BENCHMARKS.md, arrival rate).
-        gc.freeze()
+        # What start-up built is frozen out of the collector's sight (a full collection during the run then walks
+        # only what the run allocated: its pauses delay every chat due meanwhile; BENCHMARKS.md, arrival rate), and
+        # the youngest generation is collected less often.
+        tune_collector()
         runs: list[ScenarioRun] = []
         push_sinks = []
         for scenario, target in zip(scenarios, targets, strict=True):

@@ -27,7 +27,6 @@ imports any locustfile (locustio/locust#2917), so the chatprobe flags show with 
 from __future__ import annotations
 
 import argparse
-import gc
 import itertools
 import logging
 import sys
@@ -46,6 +45,7 @@ from . import redact
 from .backoff import Backoff
 from .catalog import builtin_scenarios
 from .checker import ChatResult
+from .collector import tune_collector
 from .errors import ExitCode
 from .events import RULES, Outcome
 from .gevent_client import SyncSession
@@ -62,8 +62,6 @@ USAGE_ERROR_MESSAGE = "chatprobe_usage_error"
 # Connection failures that mean the server never took the chat (the handshake or the welcome failed): the user
 # backs off (harness/backoff.py) until one of its chats connects again.
 CONNECT_FAILURES = frozenset({"refused", "timeout", "tls_error", "auth_failed"})
-# Allocations between two collections of the youngest generation in a process that runs users (Python's default 700).
-YOUNG_COLLECTION = 20_000
 
 
 class _HelpAction(argparse.Action):
@@ -270,7 +268,7 @@ def _test_start(environment, **_kw) -> None:
     run.by_worker.clear()
     run.started = time.monotonic()
     if not isinstance(environment.runner, MasterRunner):
-        _tune_collector()
+        tune_collector()
         try:
             run.load()  # a worker has the master's options now
         except ConfigError as exc:
@@ -283,18 +281,6 @@ def _test_start(environment, **_kw) -> None:
                 runner.send_message(USAGE_ERROR_MESSAGE, {"worker": runner.worker_index,
                                                           "error": redact.clean(str(exc), 1000)})
             gevent.spawn(runner.quit)  # not from inside the spawn message's handler, which quit() kills
-
-
-def _tune_collector() -> None:
-    """Before the users start. What start-up allocated (Locust, gevent, pydantic: tens of thousands of objects that
-    live as long as the process) is frozen out of the collector's sight, and the youngest generation is collected
-    every YOUNG_COLLECTION allocations rather than 700: a chat's objects die within its settle window, but every
-    collection promoted the chats then in flight, which set off full collections walking everything (a sixth of a
-    chat's CPU). Cyclic garbage waits a little longer; everything else is freed by its reference count as before."""
-    gc.collect()
-    gc.freeze()
-    young, middle, old = gc.get_threshold()
-    gc.set_threshold(max(young, YOUNG_COLLECTION), middle, old)
 
 
 @events.report_to_master.add_listener
