@@ -33,6 +33,8 @@ MAX_WARNINGS_KEPT = 50
 MAX_FOLLOWUP_RUNS = 32
 # Run ids a connection maps to a chat of this client besides its own (a run restarted under another id).
 MAX_RUN_ALIASES = 1024
+# Chats a connection holds before it keeps a set of them beside the list (see ConnectionChecker._members).
+SMALL_CONNECTION = 8
 
 # The roles feed() compares against, bound once: an enum member looked up on its class costs ~60 ns each time.
 _STARTED, _THINKING, _TOOL_EXECUTING = Role.AGENT_STARTED, Role.AGENT_THINKING, Role.TOOL_EXECUTING
@@ -639,6 +641,9 @@ def error_result(chat_id: str, scenario: str, sent_at: float, kind: str, message
 class ConnectionChecker:
     """Routes one connection's decoded frames to its chats; catches events of runs this client never started."""
 
+    __slots__ = ("user_id", "events_name_run", "by_run", "by_message", "by_thread", "chats", "_members", "unnamed",
+                 "_prune_at", "malformed", "foreign")
+
     def __init__(self, user_id: str | None = None, *, events_name_run: bool = False) -> None:
         # The user this connection authenticated as (the token's `sub`), else the one its welcome names.
         self.user_id = user_id
@@ -648,10 +653,15 @@ class ConnectionChecker:
         self.by_message: dict[str, ChatTracker] = {}
         self.by_thread: dict[str, ChatTracker] = {}
         self.chats: list[ChatTracker] = []
-        self._members: set[ChatTracker] = set()  # the same chats, for an O(1) "is it here" (a tracker hashes by identity)
+        # The same chats as a set, for an O(1) "is it here" (a tracker hashes by identity), once there are more than
+        # SMALL_CONNECTION of them: below that a look through the list costs no more, and no set (216 bytes) is made
+        # for the one or two chats most connections carry.
+        self._members: set[ChatTracker] | None = None
         # Chats added without a run id, oldest first: those a run nothing names may answer (`waiting_for_run`). Kept
-        # apart so a new run looks at these only, not at every chat (a recording may hold a thousand open ones).
-        self.unnamed: dict[str, ChatTracker] = {}
+        # apart so a new run looks at these only, not at every chat (a recording may hold a thousand open ones). The
+        # shared empty mapping while none waits: a chat's wait for its run id is short, and a dict emptied by it keeps
+        # its table (184 bytes per open connection).
+        self.unnamed: dict[str, ChatTracker] = _NO_DICT
         self._prune_at = 2 * KEEP_FINISHED  # amortized: a prune that finds little to forget waits for twice as many
         self.malformed = 0
         self.foreign = 0
@@ -661,17 +671,38 @@ class ConnectionChecker:
         if len(self.chats) >= self._prune_at:
             self._prune()
             self._prune_at = max(2 * KEEP_FINISHED, 2 * len(self.chats))
-        if chat not in self._members:
-            self._members.add(chat)
+        if not self._has(chat):
             self.chats.append(chat)
+            if self._members is not None:
+                self._members.add(chat)
+            elif len(self.chats) > SMALL_CONNECTION:
+                self._members = set(self.chats)
         if chat.run_id:
             self.by_run[chat.run_id] = chat
         elif not chat.done:
+            if self.unnamed is _NO_DICT:
+                self.unnamed = {}
             self.unnamed[chat.chat_id] = chat
         if chat.message_id:
             self.by_message[chat.message_id] = chat
         if chat.thread_id:
             self.by_thread[chat.thread_id] = chat
+
+    def _has(self, chat: ChatTracker) -> bool:
+        members = self._members
+        if members is not None:
+            return chat in members
+        # A tracker compares by identity (no __eq__): the same answer as the set's.
+        return chat in self.chats
+
+    def _unname(self, key: str) -> None:
+        """A chat waits for its run id no more: forgotten from `unnamed`, which goes back to the shared empty mapping
+        when it empties."""
+        unnamed = self.unnamed
+        if key in unnamed:
+            del unnamed[key]
+            if not unnamed:
+                self.unnamed = _NO_DICT
 
     def _prune(self) -> None:
         """Forget all but the latest judged chats, so a connection carrying endless chats stays bounded; the
@@ -681,19 +712,24 @@ class ConnectionChecker:
         if not drop:
             return
         self.chats = [c for c in self.chats if id(c) not in drop]
-        self._members = set(self.chats)
-        for table in (self.by_run, self.by_message, self.by_thread, self.unnamed):
+        self._members = set(self.chats) if len(self.chats) > SMALL_CONNECTION else None
+        for table in (self.by_run, self.by_message, self.by_thread):
             for key in [k for k, c in table.items() if id(c) in drop]:
                 del table[key]
+        for key in [k for k, c in self.unnamed.items() if id(c) in drop]:
+            self._unname(key)
 
     def discard(self, chat: ChatTracker) -> None:
         """Forget a chat whose message never reached the server (its stream could not be opened)."""
-        if chat in self._members:
-            self._members.discard(chat)
+        if self._has(chat):
+            if self._members is not None:
+                self._members.discard(chat)
             self.chats.remove(chat)
-        for index in (self.by_run, self.by_message, self.by_thread, self.unnamed):
+        for index in (self.by_run, self.by_message, self.by_thread):
             for key in [k for k, c in index.items() if c is chat]:
                 del index[key]
+        for key in [k for k, c in self.unnamed.items() if c is chat]:
+            self._unname(key)
 
     def active(self) -> list[ChatTracker]:
         """The chats still waiting for something: not done, not judged (a judged chat cut short takes no more)."""
@@ -717,7 +753,7 @@ class ConnectionChecker:
                 if cand is not None and cand.run_id is None:
                     cand.run_id = ev.run_id
                     self.by_run[ev.run_id] = cand
-                    self.unnamed.pop(cand.chat_id, None)
+                    self._unname(cand.chat_id)
                     chat = cand
                 elif ev.role is _STARTED:
                     chat = self._new_run(ev, cand)
@@ -779,10 +815,9 @@ class ConnectionChecker:
 
     def _oldest_waiting(self, ev: Event) -> ChatTracker | None:
         oldest = None
-        unnamed = self.unnamed
-        for key, c in list(unnamed.items()):
+        for key, c in list(self.unnamed.items()):
             if c.run_id is not None or c.done or c._result is not None:
-                del unnamed[key]  # for good: none of these turns back into a chat waiting for its run
+                self._unname(key)  # for good: none of these turns back into a chat waiting for its run
             elif ((c.thread_id is None or ev.thread_id is None or c.thread_id == ev.thread_id)
                   and (c.message_id is None or ev.message_id is None or c.message_id == ev.message_id)
                   and (oldest is None or c.sent_at < oldest.sent_at)):

@@ -1,12 +1,12 @@
 """What an open chat costs the process: no reference cycle (freed without the garbage collector), no container it has not
-written, and a connection's membership test that does not scan its chats."""
+written, and a connection's membership test that scans no more than a few chats."""
 from __future__ import annotations
 
 import gc
 import types
 from typing import Any
 
-from harness.checker import KEEP_FINISHED, MAX_VIOLATIONS_KEPT, ChatTracker, ConnectionChecker
+from harness.checker import KEEP_FINISHED, MAX_VIOLATIONS_KEPT, SMALL_CONNECTION, ChatTracker, ConnectionChecker
 from harness.events import Role
 
 from .runs import EXP, ev, valid_run
@@ -129,6 +129,31 @@ def test_membership_survives_prune_and_discard() -> None:
     assert forgotten not in conn.chats
     conn.add(forgotten)  # discarded: added again, once
     assert conn.chats.count(forgotten) == 1
+
+
+def test_a_connection_with_few_chats_makes_no_membership_set_and_keeps_no_emptied_table() -> None:
+    conn = ConnectionChecker(user_id="u1")
+    other = ConnectionChecker(user_id="u2")
+    chat = ChatTracker("c1", EXP, 0.0, thread_id="t1", message_id="m1")  # the server names the run
+    conn.add(chat)
+    assert chat in conn.unnamed.values() and conn.unnamed is not other.unnamed
+    first = valid_run()[0]
+    first.thread_id = "t1"
+    assert conn.route(first) is chat and chat.run_id == "r1"
+    # Adopted: it waits for its run no more, and the table it waited in is the empty one every connection shares.
+    assert not conn.unnamed and conn.unnamed is other.unnamed
+    assert conn._members is None  # one chat: looked for in the list
+    chats = [chat] + [ChatTracker(f"c{i}", EXP, 0.0, run_id=f"r{i}") for i in range(2, SMALL_CONNECTION + 3)]
+    for c in chats:
+        conn.add(c)
+        conn.add(c)  # a second add (after a reconnect) never duplicates it, list or set
+        assert conn.chats.count(c) == 1
+        assert (conn._members is None) == (len(conn.chats) <= SMALL_CONNECTION)
+    assert conn.chats == chats and conn._members == set(chats)
+    conn.discard(chats[-1])
+    assert chats[-1] not in conn.chats and chats[-1] not in conn._members
+    conn.add(chats[-1])
+    assert conn.chats.count(chats[-1]) == 1
 
 
 def test_event_counts_are_exact_for_kept_and_unkept_events_and_no_role() -> None:
