@@ -53,6 +53,7 @@ NO_IDS: frozenset[str] = frozenset()  # the id sets of a FrameRouter until their
 PONG_INTERVAL = 0.5
 # Run ids a connection remembers the server did not know on resume (each at most MAX_ID_BYTES).
 MAX_RESUME_UNKNOWN = 256
+_NEVER = float("-inf")  # one float for every connection's "no pong yet" (24 bytes each otherwise)
 
 
 class FrameRouter:
@@ -71,7 +72,7 @@ class FrameRouter:
         self.sink = sink
         self.scenario = scenario
         self.answered = False  # the server spoke on this connection (welcome, event or AUTH_FAILED)
-        self.last_pong = float("-inf")
+        self.last_pong = _NEVER
         self.auth_failed: Frame | None = None
         self.resume_unknown: set[str] | frozenset[str] = NO_IDS
         # Chats whose flow acts on a count of events (disconnect_after, abandon_after): woken on every event. Any
