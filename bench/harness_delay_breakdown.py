@@ -73,13 +73,13 @@ def main() -> int:
 
     # Each frame's stamp, next to the select() it was read after (the Session's frame callback, wrapped).
     stamped: dict[float, float] = {}
-    on_frame = client.Session._on_frame
+    on_frame = client.Session.on_frame
 
     def noting(self: client.Session, message: str | bytes, at: float) -> None:
         stamped.setdefault(at, selector.returned[-1] if selector.returned else at)
         on_frame(self, message, at)
 
-    client.Session._on_frame = noting  # type: ignore[method-assign]
+    client.Session.on_frame = noting  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as tmp:
         gt = Path(tmp) / "gt.jsonl"
         proc, url = start_sim(gt, args.think)

@@ -85,7 +85,8 @@ class Wake:
 class Session(VirtualUser):
     """One virtual user: a connection that carries chats (several at once if asked) and survives drops."""
 
-    __slots__ = ("transport", "reader", "generation", "closed", "_wake", "_welcomed", "_opening", "_pending_sends",
+    __slots__ = ("transport", "reader", "generation", "closed", "_wake_id", "_wake_one", "_wakes", "_welcomed",
+                 "_opening", "_pending_sends",
                  "_send_failure", "_settling", "_all_settled", "_sends_now", "_listening", "_ending")
 
     def __init__(self, target: Target, user_id: str, scenario: str, sink: Sink, *, connect_timeout: float = 10.0,
@@ -96,7 +97,11 @@ class Session(VirtualUser):
         self.reader: asyncio.Task | None = None
         self.generation = 0
         self.closed = True
-        self._wake: dict[str, Wake] = {}
+        # What each chat in flight waits on, by its wake id: the first in two slots (a connection mostly carries one
+        # chat at a time: no dict, ~250 bytes per open chat), others in a dict, each newer than the one in the slots.
+        self._wake_id: str | None = None
+        self._wake_one: Wake | None = None
+        self._wakes: dict[str, Wake] | None = None
         self._welcomed: Wake | None = None
         # Set while a chat (re)connects: the others wait for it instead of opening a connection of their own.
         self._opening: asyncio.Future[None] | None = None
@@ -140,7 +145,7 @@ class Session(VirtualUser):
         if getattr(kind, "listen", None) is not None:
             self.reader = None
             self._listening = transport
-            transport.listen(self._on_frame, self._ended)  # type: ignore[attr-defined]
+            transport.listen(self)  # type: ignore[attr-defined]
         else:
             self.reader = asyncio.get_running_loop().create_task(self._read(transport))
         if transport.connects_on_send or not self.profile.welcome:
@@ -201,15 +206,15 @@ class Session(VirtualUser):
             self._ending = None
         if cancel and self._listening is transport:
             transport.stop_listening()  # type: ignore[attr-defined]
-            self._ended(transport)
+            self.on_end(transport)
 
     async def _read(self, transport: Transport) -> None:
         try:
-            await transport.run(self._on_frame)
+            await transport.run(self.on_frame)
         finally:
-            self._ended(transport)
+            self.on_end(transport)
 
-    def _ended(self, transport: Transport) -> None:
+    def on_end(self, transport: Transport) -> None:
         """A connection ended (its reader returned, or the transport said so): what the client closed it for is an
         R12; when it is the current one, every waiter is woken to see it."""
         if transport.protocol_error is not None:
@@ -222,21 +227,46 @@ class Session(VirtualUser):
             self.closed = True
             if self._welcomed is not None:
                 self._welcomed.set()
-            for ev in list(self._wake.values()):  # a chat settling in the background leaves as it is judged
-                ev.set()
+            self._wake_all()
 
-    def _on_frame(self, message: str | bytes, at: float) -> None:
+    def on_frame(self, message: str | bytes, at: float) -> None:
         wake, reply = self.router.on_frame(message, at)
         if reply is not None and self.transport is not None:
             self._reply(reply)
         if self._welcomed is not None and self.router.answered:
             self._welcomed.set()
         if wake is not None:
-            if wake == WAKE_ALL:
-                for w in list(self._wake.values()):
-                    w.set()
-            elif (one := self._wake.get(wake)) is not None:
+            if wake == self._wake_id:
+                self._wake_one.set()  # type: ignore[union-attr]
+            elif wake == WAKE_ALL:
+                self._wake_all()
+            elif self._wakes is not None and (one := self._wakes.get(wake)) is not None:
                 one.set()
+
+    def _wake_all(self) -> None:
+        """Wake every chat in flight, oldest first (a chat settling in the background leaves as it is judged)."""
+        one = self._wake_one
+        others = list(self._wakes.values()) if self._wakes is not None else ()
+        if one is not None:
+            one.set()
+        for w in others:
+            w.set()
+
+    def _add_wake(self, wake_id: str, wake: Wake) -> None:
+        if self._wake_id is None and self._wakes is None:
+            self._wake_id, self._wake_one = wake_id, wake
+        else:
+            if self._wakes is None:
+                self._wakes = {}
+            self._wakes[wake_id] = wake
+
+    def _drop_wake(self, wake_id: str) -> None:
+        if wake_id == self._wake_id:
+            self._wake_id = self._wake_one = None
+        elif self._wakes is not None:
+            self._wakes.pop(wake_id, None)
+            if not self._wakes:
+                self._wakes = None
 
     def _reply(self, reply: object) -> None:
         """Answer the server (a pong) without holding up the frames behind the one that asked."""
@@ -398,7 +428,8 @@ class Session(VirtualUser):
         """Perform what the chat's flow asks, with this connection and asyncio's waits, until its verdict (with
         `overlap`: until its settle window starts, then listen it out in the background)."""
         clock = self.clock
-        wake = self._wake[flow.chat_id] = Wake()
+        wake = Wake()
+        self._add_wake(flow.chat_id, wake)
         own_stream = False
         background = False
         try:
@@ -443,7 +474,7 @@ class Session(VirtualUser):
             raise
         finally:
             if not background:
-                self._wake.pop(flow.chat_id, None)
+                self._drop_wake(flow.chat_id)
                 wake.cancel()
 
     def _listen_out(self, flow: ChatFlow, wake: Wake, until: float, now: float) -> None:
@@ -465,7 +496,7 @@ class Session(VirtualUser):
 
     def _settled(self, flow: ChatFlow, wake: Wake) -> None:
         wake.cancel()
-        self._wake.pop(flow.chat_id, None)
+        self._drop_wake(flow.chat_id)
         if self._settling is not None:
             self._settling.pop(flow, None)
             if not self._settling:

@@ -13,8 +13,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from picows.common import WSHandshakeError
@@ -90,6 +89,15 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return "protocol_error", exc.__class__.__name__
 
 
+class FrameListener(Protocol):
+    """Whom a listening connection calls (`PicowsTransport.listen`): with each frame and its time, and once with the
+    connection's end. One object, not two callbacks: a bound method each would be 128 bytes per open connection."""
+
+    def on_frame(self, message: str | bytes, at: float) -> None: ...
+
+    def on_end(self, transport: Any) -> None: ...
+
+
 class PicowsTransport(WSListener):
     """One WebSocket connection on picows: auth by header or subprotocol, wss:// with a CA file, JSON text frames.
     It is its own picows listener (one object and one call per frame fewer)."""
@@ -97,7 +105,7 @@ class PicowsTransport(WSListener):
     connects_on_send = False
     ended_note = ""
 
-    __slots__ = ("settings", "ws", "close_code", "close_reason", "protocol_error", "_on_frame", "_on_end", "_early",
+    __slots__ = ("settings", "ws", "close_code", "close_reason", "protocol_error", "_on_frame", "_listener", "_early",
                  "_parts", "_parts_size", "_parts_text", "_read_at", "_max_size")
 
     def __init__(self, settings: ConnectSettings) -> None:
@@ -108,8 +116,8 @@ class PicowsTransport(WSListener):
         self.close_code: int | None = None
         self.close_reason: str = ""
         self.protocol_error: str | None = None
-        self._on_frame: FrameCallback | None = None
-        self._on_end: Callable[[Any], None] | None = None
+        self._on_frame: FrameCallback | None = None  # run()'s
+        self._listener: FrameListener | None = None  # listen()'s
         self._early: list[tuple[str | bytes, float]] | None = None  # frames before anyone listens (rare)
         self._parts: list[bytes] | None = None  # a fragmented message so far
         self._parts_size = 0
@@ -188,8 +196,10 @@ class PicowsTransport(WSListener):
             return
         else:  # a PONG answers nothing we asked
             return
-        on_frame = self._on_frame
-        if on_frame is not None:
+        listener = self._listener
+        if listener is not None:
+            listener.on_frame(message, at)
+        elif (on_frame := self._on_frame) is not None:
             on_frame(message, at)
         else:
             if self._early is None:
@@ -259,13 +269,13 @@ class PicowsTransport(WSListener):
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.close_code is None:
             self.close_code = 1006
-        on_end = self._on_end
-        if on_end is not None:  # listen(): nobody waits on picows' future, so its end is told from here
-            self._on_end = self._on_frame = None
+        listener = self._listener
+        if listener is not None:  # listen(): nobody waits on picows' future, so its end is told from here
+            self._listener = None
             self._record_close(transport)
             # picows' future may carry the exception it closed on (an oversized frame): read, so asyncio logs nothing.
             asyncio.get_running_loop().create_task(_reap(transport))
-            on_end(self)
+            listener.on_end(self)
 
     # -- the Transport protocol --
     def send_now(self, obj: Any) -> None:
@@ -294,23 +304,24 @@ class PicowsTransport(WSListener):
         if early:
             for message, at in early:
                 on_frame(message, at)
-        self._on_frame = on_frame
+        if self._listener is None:
+            self._on_frame = on_frame
         if early and len(early) >= MAX_EARLY:
             ws.underlying_transport.resume_reading()
 
-    def listen(self, on_frame: FrameCallback, on_end: Callable[[Any], None]) -> None:
-        """Hand over frames as picows reads them, and call `on_end(self)` once when the connection ends (close_code
-        and protocol_error set by then); no task waits meanwhile. Instead of `run`."""
+    def listen(self, listener: FrameListener) -> None:
+        """Hand over frames as picows reads them (`listener.on_frame`), and call `listener.on_end(self)` once when the
+        connection ends (close_code and protocol_error set by then); no task waits meanwhile. Instead of `run`."""
         ws = self.ws
         assert ws is not None
-        self._on_end = on_end
-        self._start(on_frame)
-        if ws.is_disconnected and self._on_end is not None:  # it ended before anyone listened
+        self._listener = listener
+        self._start(listener.on_frame)
+        if ws.is_disconnected and self._listener is not None:  # it ended before anyone listened
             self.on_ws_disconnected(ws)
 
     def stop_listening(self) -> None:
         """No more callbacks (the client gave up waiting for the end); the socket is dropped."""
-        self._on_end = self._on_frame = None
+        self._listener = self._on_frame = None
         if self.ws is not None and not self.ws.is_disconnected:
             self.ws.disconnect(graceful=False)
 

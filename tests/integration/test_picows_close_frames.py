@@ -11,7 +11,7 @@ import pytest
 from harness.transports.base import ConnectSettings
 from harness.transports.picows_ws import PicowsTransport
 
-from .test_picows_listen import frame, read_frame, serve, until, upgrade
+from .test_picows_listen import Listener, frame, read_frame, serve, until, upgrade
 
 
 async def _closed_by(payload: bytes) -> tuple[PicowsTransport, list[tuple[int, bytes]]]:
@@ -36,7 +36,7 @@ async def _closed_by(payload: bytes) -> tuple[PicowsTransport, list[tuple[int, b
     try:
         async with asyncio.timeout(10):  # a hang fails the test
             await transport.open()
-            transport.listen(lambda message, at: None, ends.append)
+            transport.listen(Listener(lambda message, at: None, ends.append))
             transport.send_now("start")
             await until(lambda: bool(ends))
             await until(lambda: bool(echoed) and echoed[-1][0] == 8)
@@ -93,7 +93,7 @@ async def test_nothing_after_a_close_or_a_failing_frame_in_the_same_read_is_take
     try:
         async with asyncio.timeout(10):
             await transport.open()
-            transport.listen(lambda message, at: got.append(message), ends.append)
+            transport.listen(Listener(lambda message, at: got.append(message), ends.append))
             transport.send_now("start")
             await until(lambda: bool(ends))
     finally:

@@ -50,6 +50,13 @@ async def serve(handler) -> tuple[asyncio.AbstractServer, str]:
     return srv, f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/ws"
 
 
+class Listener:
+    """What PicowsTransport.listen calls, made of two callbacks."""
+
+    def __init__(self, on_frame, on_end) -> None:
+        self.on_frame, self.on_end = on_frame, on_end
+
+
 async def until(condition, seconds: float = 10) -> None:
     """Wait for a condition the callbacks make true, bounded."""
     async with asyncio.timeout(seconds):
@@ -83,7 +90,7 @@ async def test_frames_of_one_read_share_its_time_and_a_ping_ending_a_read_does_n
     try:
         async with asyncio.timeout(10):  # a hang fails the test
             await transport.open()
-            transport.listen(lambda message, at: got.append((message, at)), ends.append)
+            transport.listen(Listener(lambda message, at: got.append((message, at)), ends.append))
             transport.send_now("start")
             await until(lambda: len(got) == 2)
             go_at = time.monotonic()
@@ -121,7 +128,7 @@ def test_a_connection_closed_for_an_oversized_frame_is_told_once_with_1009_and_n
         try:
             async with asyncio.timeout(10):  # a hang fails the test
                 await transport.open()
-                transport.listen(lambda message, at: None, lambda _transport: ends.append(1))
+                transport.listen(Listener(lambda message, at: None, lambda _transport: ends.append(1)))
                 transport.send_now("start")
                 await until(lambda: bool(ends))
         finally:
