@@ -298,7 +298,9 @@ class ChatTracker:
                 self.events.append(ev)
             else:
                 self.events = [ev]
-            self.kept_bytes += ev.nbytes or kept_bytes(ev)  # the decoder measured it, else measured here
+            if n := ev.nbytes:  # the decoder measured it (else measured here); spent: no int kept per event
+                ev.nbytes = 0
+            self.kept_bytes += n or kept_bytes(ev)
         else:
             if self.roles_past_kept is _NO_DICT:
                 self.roles_past_kept = self._kept_delays()
@@ -741,10 +743,15 @@ class ConnectionChecker:
             self.user_id = frame.user_id
 
     def route(self, ev: Event) -> ChatTracker | None:
-        """Give the event to its chat; None when it belongs to none of them (then R8 is recorded)."""
-        if self.user_id is not None and ev.user_id is not None and ev.user_id != self.user_id:
-            self._foreign(ev, "another user")
-            return None
+        """Give the event to its chat; None when it belongs to none of them (then R8 is recorded).
+
+        An id the event names that equals the connection's or the chat's is replaced by that string: a kept event
+        holds no copy of it (~60 bytes each, three of them in most events)."""
+        if (user := ev.user_id) is not None and (own := self.user_id) is not None:
+            if user != own:
+                self._foreign(ev, "another user")
+                return None
+            ev.user_id = own
         chat = None
         if ev.run_id is not None:
             chat = self.by_run.get(ev.run_id)
@@ -773,8 +780,13 @@ class ConnectionChecker:
         if chat is None:
             self._foreign(ev, "a run this client did not start" if ev.run_id else "no run of this client")
             return None
-        if ev.thread_id is not None and chat.thread_id is not None and ev.thread_id != chat.thread_id:
-            chat.foreign(ev, f"thread {ev.thread_id!r} inside this client's run")
+        if (thread := ev.thread_id) is not None and (own := chat.thread_id) is not None:
+            if thread != own:
+                chat.foreign(ev, f"thread {thread!r} inside this client's run")
+            else:
+                ev.thread_id = own
+        if (message := ev.message_id) is not None and message == chat.message_id:
+            ev.message_id = chat.message_id
         chat.feed(ev)
         return chat
 
