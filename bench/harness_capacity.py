@@ -57,7 +57,8 @@ async def hold(url: str, n: int, think: float, bound: float, wave: int) -> tuple
     target = Target(url=url, profile=load_profile("netra"), name="cap", no_auth_user_param=True)
     exp = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=think + 30, first_event_limit=10)
     before = rss_mib()
-    sessions = [Session(target, f"cap-{i}", "capacity", Sink(), connect_timeout=30) for i in range(n)]
+    sink = Sink()  # one for every session, as `chatprobe run` has
+    sessions = [Session(target, f"cap-{i}", "capacity", sink, connect_timeout=30) for i in range(n)]
     tasks: list[asyncio.Future] = []
     deadline = time.monotonic() + bound
 

@@ -441,7 +441,10 @@ class Session(VirtualUser):
                         self._listen_out(flow, wake, action.until, now)
                         background = True
                         return flow.provisional(clock()) if provisional else None
-                    await wake.until(action.until, now)
+                    waiter = wake.until(action.until, now)
+                    del now  # not kept while the chat waits, maybe minutes (a float per open chat)
+                    await waiter
+                    del waiter
                 elif isinstance(action, Send):
                     self._send_failure = None
                     sent = await self._safe_send(action.frame)
