@@ -4,7 +4,7 @@ agentsim (subprocess, --no-auth) is told `#think=SECONDS` so every run stays ope
 chatprobe opens N connections through its real Session, each with one chat in flight, waits until every
 chat has its first event, then reads this process's RSS. Memory per chat = (RSS at N - RSS before) / N.
 
-    .venv/bin/python bench/harness_capacity.py --steps 500 1000 2000 4000
+    .venv/bin/python bench/harness_capacity.py --steps 500 1000 2000 4000 [--uvloop]
 """
 from __future__ import annotations
 
@@ -88,6 +88,7 @@ def main() -> int:
     p.add_argument("--think", type=float, default=300.0)
     p.add_argument("--bound", type=float, default=240.0, help="seconds to wait for every chat's first event")
     p.add_argument("--wave", type=int, default=500, help="connections opened at once")
+    p.add_argument("--uvloop", action="store_true", help="on uvloop's event loop (chatprobe run uses asyncio's)")
     args = p.parse_args()
     # One socket per chat on each side: the soft open-file limit up to the hard one (20,000 here), for this process
     # and for agentsim, which inherits it.
@@ -98,7 +99,13 @@ def main() -> int:
     try:
         for n in args.steps:
             sim_before = rss_mib(proc.pid)
-            held, before, after = asyncio.run(hold(url, n, args.think, args.bound, args.wave))
+            coro = hold(url, n, args.think, args.bound, args.wave)
+            if args.uvloop:
+                import uvloop
+
+                held, before, after = uvloop.run(coro)
+            else:
+                held, before, after = asyncio.run(coro)
             sim_after = rss_mib(proc.pid)
             per = (after - before) * 1024 / max(held, 1)
             print(f"{n:6d} asked  {held:6d} open  RSS {before:7.1f} -> {after:7.1f} MiB  {per:6.1f} KiB per open chat"
