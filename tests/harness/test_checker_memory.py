@@ -156,17 +156,19 @@ def test_a_connection_with_few_chats_makes_no_membership_set_and_keeps_no_emptie
     assert conn.chats.count(chats[-1]) == 1
 
 
-def test_a_kept_event_holds_the_chats_and_the_connections_id_strings_not_copies() -> None:
+def test_a_kept_event_holds_the_chats_the_connections_and_its_roles_strings_not_copies() -> None:
     conn = ConnectionChecker(user_id="".join(["u", "1"]))  # built: not the literal "u1" the events carry
     chat = ChatTracker("c1", EXP, 0.0, thread_id="".join(["t", "1"]), run_id="r1", message_id="".join(["m", "1"]))
     conn.add(chat)
     first, second = valid_run()[:2]
     first.message_id = "m1"
+    first.wire_type = "".join(["agent_", "started"])  # as a decoder makes it: a string of its own
     first.nbytes = 321
     assert first.user_id == conn.user_id and first.user_id is not conn.user_id
     assert first.thread_id == chat.thread_id and first.thread_id is not chat.thread_id
     assert conn.route(first) is chat
     assert first.user_id is conn.user_id and first.thread_id is chat.thread_id and first.message_id is chat.message_id
+    assert first.wire_type is Role.AGENT_STARTED.value
     assert chat.kept_bytes == 321 and first.nbytes == 0  # the decoder's measure, counted once, not kept
     second.thread_id = "t2"  # another thread inside this client's run: R8, and the event keeps what it said
     assert conn.route(second) is chat and second.thread_id == "t2"
