@@ -3,8 +3,10 @@
 agentsim (subprocess, --no-auth) is told `#think=SECONDS` so every run stays open after agent_started.
 chatprobe opens N connections through its real Session, each with one chat in flight, waits until every
 chat has its first event, then reads this process's RSS. Memory per chat = (RSS at N - RSS before) / N.
+With --runner the chats are played by run_scenario, as `chatprobe run` plays them (N users of one chat each,
+started over N / 1000 seconds): the virtual user's own objects (its script, its coroutines) count too.
 
-    .venv/bin/python bench/harness_capacity.py --steps 500 1000 2000 4000 [--uvloop]
+    .venv/bin/python bench/harness_capacity.py --steps 500 1000 2000 4000 [--uvloop] [--runner]
 """
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ sys.path.insert(0, str(ROOT))
 from bench.procs import agentsim_url  # noqa: E402
 from harness.checker import Expectations  # noqa: E402
 from harness.client import Session  # noqa: E402
-from harness.events import DEFAULT_REQUIRED  # noqa: E402
+from harness.events import DEFAULT_REQUIRED, Event, Role  # noqa: E402
 from harness.flow import ChatOptions  # noqa: E402
 from harness.profiles import load_profile  # noqa: E402
+from harness.runner import run_scenario  # noqa: E402
+from harness.scenario import Scenario  # noqa: E402
 from harness.sinks import Sink  # noqa: E402
 from harness.targets import Target  # noqa: E402
 
@@ -82,6 +86,39 @@ async def hold(url: str, n: int, think: float, bound: float, wave: int) -> tuple
     return open_chats, before, after
 
 
+class FirstEvents(Sink):
+    """Counts the chats that have their first event (agent_started)."""
+
+    def __init__(self) -> None:
+        self.started = 0
+
+    def event_received(self, scenario: str, event: Event) -> None:
+        if event.role is Role.AGENT_STARTED:
+            self.started += 1
+
+
+async def hold_run(url: str, n: int, think: float, bound: float) -> tuple[int, float, float]:
+    """N users of one held chat each, played by run_scenario (the `chatprobe run` path)."""
+    scenario = Scenario.model_validate({
+        "name": "cap", "users": n, "chats_per_user": 1, "message": f"hold #think={think}", "ramp_up": n / 1000,
+        "connect_timeout": 30, "max_duration": think + 60,
+        "expect": {"deadline": think + 30, "first_event_limit": 10, "settle": 0}})
+    target = Target(url=url, profile=load_profile("netra"), name="cap", no_auth_user_param=True)
+    counter = FirstEvents()
+    stop = asyncio.Event()
+    before = rss_mib()
+    task = asyncio.ensure_future(run_scenario(scenario, target, counter, stop=stop))
+    deadline = time.monotonic() + bound
+    # Poll until every chat has its first event (bounded); the benchmark's own condition wait.
+    while time.monotonic() < deadline and counter.started < n and not task.done():
+        await asyncio.sleep(0.1)
+    open_chats = counter.started
+    after = rss_mib()
+    stop.set()
+    await asyncio.gather(task, return_exceptions=True)
+    return open_chats, before, after
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, nargs="+", default=[500, 1000, 2000, 4000])
@@ -89,6 +126,7 @@ def main() -> int:
     p.add_argument("--bound", type=float, default=240.0, help="seconds to wait for every chat's first event")
     p.add_argument("--wave", type=int, default=500, help="connections opened at once")
     p.add_argument("--uvloop", action="store_true", help="on uvloop's event loop (chatprobe run uses asyncio's)")
+    p.add_argument("--runner", action="store_true", help="the chats played by run_scenario, as chatprobe run does")
     args = p.parse_args()
     # One socket per chat on each side: the soft open-file limit up to the hard one (20,000 here), for this process
     # and for agentsim, which inherits it.
@@ -99,7 +137,8 @@ def main() -> int:
     try:
         for n in args.steps:
             sim_before = rss_mib(proc.pid)
-            coro = hold(url, n, args.think, args.bound, args.wave)
+            coro = (hold_run(url, n, args.think, args.bound) if args.runner
+                    else hold(url, n, args.think, args.bound, args.wave))
             if args.uvloop:
                 import uvloop
 
