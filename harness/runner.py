@@ -62,43 +62,48 @@ class _Play:
 
             await asyncio.gather(*(one() for _ in range(item.count)))
 
-    async def user(self, leave: asyncio.Event | None = None, *, again: bool = False) -> None:
+    async def user(self, leave: asyncio.Event | None = None, *, again: bool = False, after: float = 0.0,
+                   slots: asyncio.Semaphore | None = None) -> None:
         """One virtual user: its script once (or, `again`, over and over until `leave`), thinking between chats;
-        a user asked to leave finishes the chat it is in (k6's graceful ramp-down)."""
-        session = self.session()
-        script = self.scenario.user_script(self.target.profile)
-        last: ChatCall | RawCall | ChatGroup | None = None
+        a user asked to leave finishes the chat it is in (k6's graceful ramp-down). It starts `after` seconds (the
+        ramp-up), once it holds one of `slots` (the scenario's concurrency): here, not in a coroutine around this
+        one, which every user would keep for its whole life (~250 bytes per open chat)."""
+        if after > 0:
+            await asyncio.sleep(after)  # the ramp schedule itself
+        if slots is not None:
+            await slots.acquire()
         try:
-            while True:
-                for item in script.plan():
-                    if last is not None and (pause := script.pause(last)) > 0:
-                        if await _wait(leave, pause):
+            session = self.session()
+            script = self.scenario.user_script(self.target.profile)
+            last: ChatCall | RawCall | ChatGroup | None = None
+            try:
+                while True:
+                    for item in script.plan():
+                        if last is not None and (pause := script.pause(last)) > 0:
+                            if await _wait(leave, pause):
+                                return
+                        if leave is not None and leave.is_set():
                             return
-                    if leave is not None and leave.is_set():
+                        if isinstance(item, ChatCall):  # played here: no coroutine of its own per open chat
+                            await session.play(item.content, item.expectations, item.options)
+                        else:
+                            await self.item(session, script, item)
+                        last = item
+                    if not again:
                         return
-                    if isinstance(item, ChatCall):  # played here: no coroutine of its own per open chat
-                        await session.play(item.content, item.expectations, item.options)
-                    else:
-                        await self.item(session, script, item)
-                    last = item
-                if not again:
-                    return
+            finally:
+                await session.close()
         finally:
-            await session.close()
+            if slots is not None:
+                slots.release()
 
     async def closed(self) -> None:
-        concurrency = asyncio.Semaphore(self.scenario.concurrency or self.scenario.users)
         sc = self.scenario
-
-        async def user(i: int) -> None:
-            if sc.ramp_up and sc.users > 1:
-                await asyncio.sleep(sc.ramp_up * i / sc.users)  # the ramp schedule itself
-            async with concurrency:
-                await self.user()
-
+        slots = asyncio.Semaphore(sc.concurrency or sc.users)
+        ramp = sc.ramp_up if sc.users > 1 else 0.0
         async with asyncio.TaskGroup() as tg:
             for i in range(sc.users):
-                tg.create_task(user(i))
+                tg.create_task(self.user(after=ramp * i / sc.users, slots=slots))
 
     async def staged_users(self, shape: Shape) -> None:
         """Users through the stages: as many as the shape says at each tick, each playing its script again and
