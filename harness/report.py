@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import re
 import time
-import xml.etree.ElementTree as ET
 from collections import Counter, deque
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -24,6 +21,8 @@ from .sinks import Sink
 from .stats import percentile
 
 if TYPE_CHECKING:
+    from rich.live import Live
+
     from .checker import ChatResult
     from .results import ScenarioRun
     from .stats import ObjectiveResult
@@ -97,6 +96,8 @@ class LiveView(Sink):
 
     def __enter__(self) -> Self:
         if self.console.is_terminal:
+            from rich.live import Live  # a terminal's only: not imported by a run in CI or with -q
+
             self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True,
                               get_renderable=self._render)
             self._live.__enter__()
@@ -394,6 +395,9 @@ def write_junit(path: str, runs: list[ScenarioRun]) -> None:
     one <testcase> per scenario; an unreachable target or a scenario that could not run is an <error>, an unmet
     objective a <failure>; <properties> on the suite (the only place the schema allows them); every string
     redacted and escaped, so the XML always parses."""
+    import platform
+    import xml.etree.ElementTree as ET  # only with --junit
+
     groups: dict[str, list[ScenarioRun]] = {}
     for run in runs:
         groups.setdefault(run.target, []).append(run)
