@@ -21,6 +21,7 @@ client offers it too). Medians of the rounds and the ratios to k6 are printed; n
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import statistics
@@ -114,6 +115,10 @@ def main() -> int:
     p.add_argument("--clients", nargs="+", default=["k6", "bare", "chatprobe", "chatprobe-preview", "bare-uvloop"])
     args = p.parse_args()
     k6 = ensure_k6() if "k6" in args.clients else None
+    # As an installed package is: compiled once. Under PYTHONDONTWRITEBYTECODE (set in some shells and CI images) a
+    # checkout's modules would otherwise be compiled from source in every client process, inside the measured CPU.
+    for package in ("harness", "agentsim", "bench"):
+        compileall.compile_dir(ROOT / package, quiet=1)
     total = args.users * args.chats
     children = Children()
     with tempfile.TemporaryDirectory() as tmpdir:
