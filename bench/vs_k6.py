@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.agentsim_throughput import cpu_of  # noqa: E402
 from bench.procs import agentsim_url  # noqa: E402
 
 K6_VENV = ROOT / "bench" / ".venv-k6"
@@ -143,16 +144,18 @@ def main() -> int:
                 order = args.clients[r % len(args.clients):] + args.clients[: r % len(args.clients)]
                 for name in order:
                     cmd, env = commands[name]
-                    c0 = children.cpu()
+                    c0, s0 = children.cpu(), cpu_of(proc.pid)
                     wall, rc, out, err = measure(cmd, env)
-                    cpu = children.cpu() - c0
+                    cpu, s1 = children.cpu() - c0, cpu_of(proc.pid)
                     ok = validated(name, rc, out, total)
                     if ok != total:
                         tail = (err or out).strip().splitlines()[-3:]
                         raise SystemExit(f"{name}: {ok} of {total} chats validated (exit {rc}): {tail}")
                     rows[name].append((cpu, wall))
+                    # agentsim's CPU meanwhile: near the wall time, the server was the bottleneck of that round.
+                    server = f"  agentsim CPU {s1 - s0:5.2f} s" if s0 is not None and s1 is not None else ""
                     print(f"round {r + 1} {name:17s} CPU {cpu:6.2f} s ({cpu / total * 1e6:6.0f} us/chat)  "
-                          f"wall {wall:6.2f} s", flush=True)
+                          f"wall {wall:6.2f} s{server}", flush=True)
         finally:
             proc.terminate()
             proc.wait(10)
