@@ -202,7 +202,7 @@ class Conn:
         self.user_id = user_id
         self.runs: set[Run] = set()
         self.open = True
-        self.queued = False  # frames wait in the protocol's buffer for flush()
+        self.queued = 0  # bytes of frames waiting in the protocol's buffer for flush()
 
     def queue(self, data: str | bytes) -> bool:
         """Put one frame on the connection without writing it yet; False when the connection is not open or the
@@ -210,19 +210,22 @@ class Conn:
         own send(2) and costs an asyncio.timeout per frame: at zero think time that was half of agentsim's CPU
         per chat. Queued on websockets' Sans-I/O protocol, a burst of frames leaves in one write (flush)."""
         ws = self.ws
-        if ws.protocol.state is not State.OPEN or ws.transport.get_write_buffer_size() >= QUEUE_LIMIT:
+        # What waits in the protocol's buffer counts too: the transport does not see it until flush(), and a
+        # client that floods resumes and reads nothing would have every replay of a read queued at once.
+        if ws.protocol.state is not State.OPEN or ws.transport.get_write_buffer_size() + self.queued >= QUEUE_LIMIT:
             return False
         if isinstance(data, str):
-            ws.protocol.send_text(data.encode())
+            data = data.encode()
+            ws.protocol.send_text(data)
         else:
             ws.protocol.send_binary(data)
-        self.queued = True
+        self.queued += len(data)
         return True
 
     def flush(self) -> None:
         """Write what queue() left in the protocol's buffer, in one write. (websockets writes whatever is pending
         itself too, whenever it sends a frame of its own, e.g. a pong; the order of frames is the buffer's.)"""
-        self.queued = False
+        self.queued = 0
         ws = self.ws
         chunks = ws.protocol.data_to_send()
         if not chunks or ws.transport.is_closing():
