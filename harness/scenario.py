@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     ValidationError,
     field_validator,
@@ -217,6 +218,8 @@ class Objectives(Strict):
 
 
 class Scenario(Strict):
+    # shared_by_users(): (id of the model it was built for, profile, expectations, options)
+    _shared: tuple[int, Any, Expectations, ChatOptions] | None = PrivateAttr(default=None)
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     description: str = ""
     profile: str | None = None
@@ -352,6 +355,24 @@ class Scenario(Strict):
     def user_script(self, profile: "Profile") -> "UserScript":
         """What each virtual user does, against a target speaking `profile`."""
         return UserScript(self, profile)
+
+    def shared_by_users(self, profile: "Profile") -> tuple[Expectations, ChatOptions]:
+        """The default chat's expectations and options: the same for every user of this scenario against `profile`,
+        so built once (per user they were ~1 KB of every open chat held by `chatprobe run`). Kept with this model's
+        id: a model_copy (which copies private attributes) with other settings builds its own."""
+        cached = self._shared
+        if cached is not None and cached[0] == id(self) and cached[1] is profile:
+            return cached[2], cached[3]
+        expectations = self.expectations(profile)
+        # overlap_settle: a user who does not think between chats starts the next one while the last one's settle
+        # window still listens (the asyncio Session does it where events name their run; the runner never reads
+        # chat()'s provisional result; the Locust user does it too). A user who thinks waits the window out first,
+        # under both engines, so one scenario file gives the same load under both.
+        options = ChatOptions(client_run_id=self.client_run_id, reconnect=self.reconnect,
+                              max_reconnects=self.max_reconnects, settle=self.expect.settle,
+                              overlap_settle=self.think_time is None)
+        self._shared = (id(self), profile, expectations, options)
+        return expectations, options
 
 
 def expectations_for(profile: "Profile", expect: Expect | None = None, *, required: list[Role] | None = None,
@@ -509,31 +530,28 @@ class ChatGroup:
     think: ThinkTime | None = None
 
 
+# Think times are drawn from one generator for every user (unseeded, as each user's own was; a Random is ~2.9 KB,
+# which every open chat held by `chatprobe run` paid).
+_THINK_RNG = random.Random()
+
+
 class UserScript:
     """One virtual user's script, the same for every driver (asyncio runner, Locust): its steps, or chats_per_user
     chats with parallel_chats in flight. Chats are numbered across plays, to cycle through the scenario's messages."""
+
+    __slots__ = ("_default", "_options", "chats", "profile", "scenario")
 
     def __init__(self, scenario: Scenario, profile: "Profile") -> None:
         self.scenario = scenario
         self.profile = profile
         self.chats = 0
-        self.rng = random.Random()
-        self._default: Expectations | None = None
-        # overlap_settle: a user who does not think between chats starts the next one while the last one's settle
-        # window still listens (the asyncio Session does it where events name their run; the runner never reads
-        # chat()'s provisional result; the Locust user does it too). A user who thinks waits the window out first,
-        # under both engines, so one scenario file gives the same load under both.
-        self._options = ChatOptions(client_run_id=scenario.client_run_id, reconnect=scenario.reconnect,
-                                    max_reconnects=scenario.max_reconnects, settle=scenario.expect.settle,
-                                    overlap_settle=scenario.think_time is None)
+        self._default, self._options = scenario.shared_by_users(profile)
 
     def chat(self, step: ChatStep | None = None) -> ChatCall:
         """The next chat: the step's message and options, else the scenario's."""
         sc = self.scenario
         n, self.chats = self.chats, self.chats + 1
         if step is None:
-            if self._default is None:
-                self._default = sc.expectations(self.profile)
             return ChatCall(sc.message_for(n), self._default, self._options, sc.think_time)
         options = self._options
         if step.disconnect_after is not None or step.abandon_after is not None:
@@ -545,7 +563,7 @@ class UserScript:
     def pause(self, item: ChatCall | RawCall | ChatGroup | None) -> float:
         """Seconds to think after `item` (the scenario's or its step's think_time), before the user's next chat."""
         think = item.think if item is not None else self.scenario.think_time
-        return think.sample(self.rng) if think is not None else 0.0
+        return think.sample(_THINK_RNG) if think is not None else 0.0
 
     def plan(self) -> Iterator[ChatCall | RawCall | ChatGroup]:
         """One play of the script, item by item (a ChatCall is made when the previous item is done)."""

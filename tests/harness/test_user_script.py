@@ -1,0 +1,27 @@
+"""Every virtual user of a scenario shares one default Expectations and ChatOptions (built once, not per user),
+and a copy of the scenario with other settings gets its own."""
+from __future__ import annotations
+
+from harness.profiles import load_profile
+from harness.scenario import Scenario
+
+
+def _scenario(**extra) -> Scenario:
+    return Scenario.model_validate({"name": "s", "users": 3, "chats_per_user": 2, "message": "hi", **extra})
+
+
+def test_users_share_the_default_chat_and_a_copy_with_other_settings_does_not():
+    netra = load_profile("netra")
+    sc = _scenario(expect={"settle": "50ms"})
+    a, b = sc.user_script(netra).chat(), sc.user_script(netra).chat()
+    assert a.expectations is b.expectations and a.options is b.options
+    assert a.options.settle == 0.05 and a.options.overlap_settle
+
+    longer = sc.model_copy(update={"expect": sc.expect.model_copy(update={"settle": 0.5}), "think_time": None})
+    c = longer.user_script(netra).chat()
+    assert c.options is not a.options and c.options.settle == 0.5
+    assert sc.user_script(netra).chat().options is a.options  # the original keeps its own
+
+    other = load_profile("ag-ui")
+    d = sc.user_script(other).chat()
+    assert d.expectations is not a.expectations and d.expectations.required != a.expectations.required
