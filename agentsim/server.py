@@ -212,7 +212,9 @@ class Conn:
         ws = self.ws
         # What waits in the protocol's buffer counts too: the transport does not see it until flush(), and a
         # client that floods resumes and reads nothing would have every replay of a read queued at once.
-        if ws.protocol.state is not State.OPEN or ws.transport.get_write_buffer_size() + self.queued >= QUEUE_LIMIT:
+        transport = ws.transport
+        if (ws.protocol.state is not State.OPEN or transport.is_closing()
+                or transport.get_write_buffer_size() + self.queued >= QUEUE_LIMIT):
             return False
         if isinstance(data, str):
             data = data.encode()
@@ -626,6 +628,10 @@ class AgentSim:
                     asyncio.get_running_loop().call_soon(self._flush_all)
             return True
         self._flush(conn)
+        if conn.ws.transport.is_closing():
+            # Reset (the close:abort fault, a dropped client) while websockets has not yet heard: its send() would
+            # drop the frame in silence, and the ground truth would log it as delivered.
+            return False
         try:
             async with asyncio.timeout(SEND_TIMEOUT):
                 await conn.ws.send(data)
