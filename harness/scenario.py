@@ -502,7 +502,7 @@ class Shape:
 TICK = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChatCall:
     """One chat of a user: `session.chat(call.content, call.expectations, call.options)`."""
 
@@ -512,7 +512,7 @@ class ChatCall:
     think: ThinkTime | None = None  # the pause after it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RawCall:
     """One invalid-input probe of a user: `session.send_invalid(call.raw, call.expectations)`."""
 
@@ -521,7 +521,7 @@ class RawCall:
     think: ThinkTime | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChatGroup:
     """`count` chats with at most `parallel` in flight; each takes its ChatCall from `UserScript.chat()` as it starts."""
 
@@ -539,12 +539,13 @@ class UserScript:
     """One virtual user's script, the same for every driver (asyncio runner, Locust): its steps, or chats_per_user
     chats with parallel_chats in flight. Chats are numbered across plays, to cycle through the scenario's messages."""
 
-    __slots__ = ("_default", "_options", "chats", "profile", "scenario")
+    __slots__ = ("_default", "_left", "_options", "chats", "profile", "scenario")
 
     def __init__(self, scenario: Scenario, profile: "Profile") -> None:
         self.scenario = scenario
         self.profile = profile
         self.chats = 0
+        self._left = 0
         self._default, self._options = scenario.shared_by_users(profile)
 
     def chat(self, step: ChatStep | None = None) -> ChatCall:
@@ -568,6 +569,24 @@ class UserScript:
     def plan(self) -> Iterator[ChatCall | RawCall | ChatGroup]:
         """One play of the script, item by item (a ChatCall is made when the previous item is done)."""
         sc = self.scenario
+        if not sc.steps and sc.parallel_chats == 1:
+            # The common script, chats_per_user chats one after another: the script is its own iterator (a generator
+            # frame is ~256 bytes of every open chat held by `chatprobe run`).
+            self._left = sc.chats_per_user
+            return self
+        return self._items()
+
+    def __iter__(self) -> "UserScript":
+        return self
+
+    def __next__(self) -> ChatCall:
+        if self._left <= 0:
+            raise StopIteration
+        self._left -= 1
+        return self.chat()
+
+    def _items(self) -> Iterator[ChatCall | RawCall | ChatGroup]:
+        sc = self.scenario
         if sc.steps:
             for step in sc.steps:
                 if isinstance(step, RawStep):
@@ -576,9 +595,6 @@ class UserScript:
                 else:
                     for _ in range(step.chat.repeat):
                         yield self.chat(step.chat)
-        elif sc.parallel_chats == 1:
-            for _ in range(sc.chats_per_user):
-                yield self.chat()
         else:
             yield ChatGroup(sc.chats_per_user, sc.parallel_chats, sc.think_time)
 
