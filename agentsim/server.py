@@ -588,7 +588,8 @@ class AgentSim:
         obj = {"type": role, "run_id": run.run_id, "thread_id": run.thread_id, "user_id": run.user_id,
                "seq": seq, "timestamp": time.time(), "payload": payload}
         try:
-            # orjson: a tenth of json's cost per frame, the same JSON (compact, UTF-8 rather than \u escapes).
+            # orjson: a tenth of json's cost per frame; compact, UTF-8 rather than \u escapes, and an infinite
+            # number is null (json wrote Infinity, which is not JSON).
             return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
         except orjson.JSONEncodeError:  # e.g. an integer past 64 bits, which json writes as it is
             return json.dumps(obj, separators=(",", ":"), default=str)

@@ -147,6 +147,15 @@ async def test_client_run_id_is_used(agentsim):
         assert err["error_code"] == "INVALID_MESSAGE"
 
 
+async def test_a_calculation_too_large_to_write_fails_the_tool_not_the_run(agentsim):
+    ws, _ = await connect(agentsim.url, "alice")
+    async with ws:
+        events = await chat(ws, "What is " + "*".join(["1000000**64"] * 12))
+        assert events[-1]["type"] == "agent_completed"
+        done = [e["payload"] for e in events if e["type"] == "tool_completed"]
+        assert done and done[0]["success"] is False and "too large" in str(done[0]["result"])
+
+
 async def test_tools_lookup_time_and_default(agentsim):
     ws, _ = await connect(agentsim.url, "alice")
     async with ws:
