@@ -19,6 +19,8 @@ from .targets import Target
 
 # How often a staged run of users looks at its schedule: a ramp adds or removes users on these ticks.
 SCHEDULE_TICK = 0.05
+# Task names: one string for all (asyncio would make a "Task-N" string per task, ~55 bytes of every open chat).
+USER_TASK, CHAT_TASK = "chatprobe-user", "chatprobe-chat"
 
 
 class _Collector(Sink):
@@ -103,7 +105,7 @@ class _Play:
         ramp = sc.ramp_up if sc.users > 1 else 0.0
         async with asyncio.TaskGroup() as tg:
             for i in range(sc.users):
-                tg.create_task(self.user(after=ramp * i / sc.users, slots=slots))
+                tg.create_task(self.user(after=ramp * i / sc.users, slots=slots), name=USER_TASK)
 
     async def staged_users(self, shape: Shape) -> None:
         """Users through the stages: as many as the shape says at each tick, each playing its script again and
@@ -115,7 +117,7 @@ class _Play:
                 while len(active) < want:
                     leave = asyncio.Event()
                     active.append(leave)
-                    tg.create_task(self.user(leave, again=True))
+                    tg.create_task(self.user(leave, again=True), name=USER_TASK)
                 while len(active) > want:
                     active.pop().set()
                 await asyncio.sleep(min(SCHEDULE_TICK, shape.total - t))  # the schedule's tick itself
@@ -161,7 +163,7 @@ class _Play:
                     else:
                         session = self.session()
                         sessions.append(session)
-                    tg.create_task(one(session, at))
+                    tg.create_task(one(session, at), name=CHAT_TASK)
         finally:
             await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
 
