@@ -10,7 +10,7 @@ that process's own user+system time (os.wait4), start-up included. Workload: USE
   bare       a raw websockets client: send, read until the frame naming agent_completed; no decoding, no checks
   chatprobe  `chatprobe run` (the real CLI) with a scenario of the same shape: every rule on every event; exit 0
              means every chat passed (the default objectives ask passed_ratio 1.0)
-  chatprobe-preview the same CLI on uvloop (bench/preview_cli.py), as BENCHMARKS.md proposes for harness/cli.py
+  chatprobe-asyncio the same CLI on asyncio's own loop (bench/asyncio_cli.py), as where uvloop is not installed
   bare-uvloop       the bare loop on uvloop
 
 Compression is the same on every side: `--compression none` (default) or `deflate` (agentsim offers it; every
@@ -113,7 +113,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--compression", choices=("none", "deflate"), default="none")
     p.add_argument("--settle", default=None, help="the scenario's expect.settle (default: chatprobe's default)")
-    p.add_argument("--clients", nargs="+", default=["k6", "bare", "chatprobe", "chatprobe-preview", "bare-uvloop"])
+    p.add_argument("--clients", nargs="+", default=["k6", "bare", "chatprobe", "chatprobe-asyncio", "bare-uvloop"])
     args = p.parse_args()
     k6 = ensure_k6() if "k6" in args.clients else None
     # As an installed package is: compiled once. Under PYTHONDONTWRITEBYTECODE (set in some shells and CI images) a
@@ -136,7 +136,7 @@ def main() -> int:
             "bare-uvloop": ([PY, str(ROOT / "bench" / "bare_ws.py"), url, str(args.users), str(args.chats),
                              args.compression, "--uvloop"], None),
             "chatprobe": ([PY, "-m", "harness", "run", *base], None),
-            "chatprobe-preview": ([PY, str(ROOT / "bench" / "preview_cli.py"), "run", *base], None),
+            "chatprobe-asyncio": ([PY, str(ROOT / "bench" / "asyncio_cli.py"), "run", *base], None),
         }
         rows: dict[str, list[tuple[float, float]]] = {c: [] for c in args.clients}
         try:

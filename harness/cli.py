@@ -14,7 +14,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -405,9 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         console = _console()
         if args.command == "check":
             return _check(args, console)
-        import asyncio
-
-        return asyncio.run(_run_interruptible(args, console))
+        return _event_loop_run()(_run_interruptible(args, console))
     except ConfigError as exc:
         from .redact import scrub
 
@@ -416,6 +414,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before the signal handlers were installed
         print("chatprobe: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
+
+
+def _event_loop_run() -> Callable[[Coroutine[Any, Any, int]], int]:
+    """uvloop's asyncio.run where it is installed (Linux and macOS CPython): its timers and callbacks are C, ~8% of
+    a chat's CPU on vs_k6's workload (BENCHMARKS.md); asyncio's own loop elsewhere."""
+    try:
+        import uvloop
+    except ImportError:
+        import asyncio
+
+        return asyncio.run
+    return uvloop.run
 
 
 async def _run_interruptible(args: argparse.Namespace, console: Console) -> int:
