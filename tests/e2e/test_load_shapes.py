@@ -122,7 +122,7 @@ def test_the_builtin_knee_scenario_finds_where_the_first_event_slo_breaks_within
     doc = json.loads(report.read_text())["scenarios"][0]
     assert doc["elapsed_seconds"] < 50
     stages, knee = doc["stages"], doc["knee"]
-    # One Python process playing client and embedded server cannot hold 1,600 chats/s: the knee is found.
+    # One Python process playing client and embedded server cannot hold 5,000 chats/s: the knee is found.
     assert knee is not None, proc.tail(60)
     broke = stages[knee["stage"] - 1]
     assert knee["rate"] == broke["asked_rate"] and knee["limit"] == 2.0
