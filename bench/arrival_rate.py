@@ -76,18 +76,24 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--think", default="0.005-0.03")
     p.add_argument("--tool-latency", default="0.002-0.01")
+    p.add_argument("--uvloop", action="store_true", help="on uvloop's event loop, as chatprobe run runs where installed")
     args = p.parse_args()
     proc, url = start_sim(0, args.think, args.tool_latency)
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
     best = None
     fails = 0
+    if args.uvloop:
+        import uvloop
+        run = uvloop.run
+    else:
+        run = asyncio.run
     print("| asked chats/s | chats | passed | dropped | on time | late (max lag) | first event p50 / p95 / p99 ms "
           "| harness CPU | sustained |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     try:
         for rate in args.rates:
-            r = asyncio.run(hold(url, rate, args.seconds))
+            r = run(hold(url, rate, args.seconds))
             print(f"| {rate:g} | {r['chats']:,} | {r['passed']:,} | {r['dropped']:,} | {r['on_time'] * 100:.1f}% "
                   f"| {r['late']:,} ({r['lag_max']:.2f} s) | {ms(r['p50'])} / {ms(r['p95'])} / {ms(r['p99'])} "
                   f"| {r['cpu'] * 100:.0f}% | {'yes' if r['ok'] else 'no'}"

@@ -125,7 +125,7 @@ def main() -> int:
     p.add_argument("--think", type=float, default=300.0)
     p.add_argument("--bound", type=float, default=240.0, help="seconds to wait for every chat's first event")
     p.add_argument("--wave", type=int, default=500, help="connections opened at once")
-    p.add_argument("--uvloop", action="store_true", help="on uvloop's event loop (chatprobe run uses asyncio's)")
+    p.add_argument("--uvloop", action="store_true", help="on uvloop's event loop, as chatprobe run runs where installed")
     p.add_argument("--runner", action="store_true", help="the chats played by run_scenario, as chatprobe run does")
     args = p.parse_args()
     # One socket per chat on each side: the soft open-file limit up to the hard one (20,000 here), for this process
