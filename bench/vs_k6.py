@@ -17,6 +17,9 @@ Compression is the same on every side: `--compression none` (default) or `deflat
 client offers it too). Medians of the rounds and the ratios to k6 are printed; nothing is asserted.
 
     .venv/bin/python bench/vs_k6.py --rounds 5
+
+`--agentsim-rev REV` serves with agentsim as it was at a git revision (git archive), e.g. 1440c1c, which wrote every
+frame with its own send(2) (today's writes a run's burst of frames at once): the clients' figures against each.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.agentsim_throughput import cpu_of  # noqa: E402
+from bench.agentsim_throughput import baseline_tree, cpu_of  # noqa: E402
 from bench.procs import agentsim_url  # noqa: E402
 
 K6_VENV = ROOT / "bench" / ".venv-k6"
@@ -58,12 +61,13 @@ def pin(core: int):
     return pre
 
 
-def start_sim(compression: str, extra: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+def start_sim(compression: str, extra: list[str] | None = None, source: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    """agentsim on core 0; `source` is the tree it runs from (another revision's, for --agentsim-rev)."""
     cmd = [PY, "-m", "agentsim", "--port", "0", "--no-auth", "--think", "0", "--tool-latency", "0", *(extra or [])]
     if compression == "deflate":
         cmd.append("--compression")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
-                            preexec_fn=pin(0))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=source,
+                            env={**os.environ, "PYTHONPATH": str(source)}, preexec_fn=pin(0))
     return proc, agentsim_url(proc)
 
 
@@ -113,6 +117,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--compression", choices=("none", "deflate"), default="none")
     p.add_argument("--settle", default=None, help="the scenario's expect.settle (default: chatprobe's default)")
+    p.add_argument("--agentsim-rev", metavar="REV",
+                   help="serve with agentsim as of this git revision (e.g. 1440c1c: a write per frame) instead of today's")
     p.add_argument("--clients", nargs="+", default=["k6", "bare", "chatprobe", "chatprobe-asyncio", "bare-uvloop"])
     args = p.parse_args()
     k6 = ensure_k6() if "k6" in args.clients else None
@@ -125,7 +131,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         scenario = scenario_file(tmp, args.users, args.chats, args.compression, args.settle)
-        proc, url = start_sim(args.compression)
+        source = baseline_tree(args.agentsim_rev, tmp) if args.agentsim_rev else ROOT
+        proc, url = start_sim(args.compression, source=source)
         base = [str(scenario), "--target", url, "--auth", "none", "--quiet"]
         commands = {
             "k6": ([str(k6), "run", "--quiet", "-e", f"URL={url}", "-e", f"USERS={args.users}", "-e",
