@@ -15,13 +15,23 @@ from .test_picows_listen import Listener, frame, read_frame, serve, until, upgra
 
 
 async def _closed_by(payload: bytes) -> tuple[PicowsTransport, list[tuple[int, bytes]]]:
+    """The server answers the client's first frame with a close frame carrying `payload`: the client's transport and
+    the frames it sent back."""
+    transport, echoed, _ = await _ended_by(frame(8, payload))
+    return transport, echoed
+
+
+async def _ended_by(written: bytes) -> tuple[PicowsTransport, list[tuple[int, bytes]], list[object]]:
+    """The server answers the client's first frame with `written` (one write) and reads until the client's close:
+    the client's transport, the frames it sent back and the messages it took."""
     echoed: list[tuple[int, bytes]] = []
+    got: list[object] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await upgrade(reader, writer)
             await read_frame(reader)
-            writer.write(frame(8, payload))
+            writer.write(written)
             async with asyncio.timeout(5):
                 while not echoed or echoed[-1][0] != 8:
                     echoed.append(await read_frame(reader))
@@ -36,13 +46,13 @@ async def _closed_by(payload: bytes) -> tuple[PicowsTransport, list[tuple[int, b
     try:
         async with asyncio.timeout(10):  # a hang fails the test
             await transport.open()
-            transport.listen(Listener(lambda message, at: None, ends.append))
+            transport.listen(Listener(lambda message, at: got.append(message), ends.append))
             transport.send_now("start")
             await until(lambda: bool(ends))
             await until(lambda: bool(echoed) and echoed[-1][0] == 8)
     finally:
         srv.close()
-    return transport, echoed
+    return transport, echoed, got
 
 
 async def test_an_empty_close_frame_is_1005_and_answered_with_a_code_a_peer_may_send() -> None:
@@ -73,30 +83,6 @@ async def test_an_application_close_code_is_kept() -> None:
 async def test_nothing_after_a_close_or_a_failing_frame_in_the_same_read_is_taken(first: bytes) -> None:
     """A server writes a frame that ends the connection and an event behind it in one write: the event is not
     the client's (RFC 6455 7.1.7: no more data after the connection is failed or closed)."""
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await upgrade(reader, writer)
-            await read_frame(reader)
-            writer.write(first + frame(1, b'{"type":"agent_completed"}'))
-            async with asyncio.timeout(5):
-                while (await read_frame(reader))[0] != 8:
-                    pass
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            pass
-        finally:
-            writer.close()
-
-    srv, url = await serve(handler)
-    got: list[object] = []
-    ends: list[object] = []
-    transport = PicowsTransport(ConnectSettings(url=url, connect_timeout=3))
-    try:
-        async with asyncio.timeout(10):
-            await transport.open()
-            transport.listen(Listener(lambda message, at: got.append(message), ends.append))
-            transport.send_now("start")
-            await until(lambda: bool(ends))
-    finally:
-        srv.close()
+    transport, echoed, got = await _ended_by(first + frame(1, b'{"type":"agent_completed"}'))
     assert got == []
     assert transport.close_code is not None
