@@ -218,8 +218,8 @@ class Objectives(Strict):
 
 
 class Scenario(Strict):
-    # shared_by_users(): (id of the model it was built for, profile, expectations, options)
-    _shared: tuple[int, Any, Expectations, ChatOptions] | None = PrivateAttr(default=None)
+    # shared_by_users(): (the model it was built for, profile, expectations, options)
+    _shared: tuple[Any, Any, Expectations, ChatOptions] | None = PrivateAttr(default=None)
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     description: str = ""
     profile: str | None = None
@@ -358,10 +358,11 @@ class Scenario(Strict):
 
     def shared_by_users(self, profile: "Profile") -> tuple[Expectations, ChatOptions]:
         """The default chat's expectations and options: the same for every user of this scenario against `profile`,
-        so built once (per user they were ~1 KB of every open chat held by `chatprobe run`). Kept with this model's
-        id: a model_copy (which copies private attributes) with other settings builds its own."""
+        so built once (per user they were ~1 KB of every open chat held by `chatprobe run`). Kept with this model
+        itself, not its id: a model_copy (which copies private attributes) with other settings builds its own, and
+        an id is reused once its model is freed (a copy of a copy made after that got the freed model's options)."""
         cached = self._shared
-        if cached is not None and cached[0] == id(self) and cached[1] is profile:
+        if cached is not None and cached[0] is self and cached[1] is profile:
             return cached[2], cached[3]
         expectations = self.expectations(profile)
         # overlap_settle: a user who does not think between chats starts the next one while the last one's settle
@@ -371,7 +372,7 @@ class Scenario(Strict):
         options = ChatOptions(client_run_id=self.client_run_id, reconnect=self.reconnect,
                               max_reconnects=self.max_reconnects, settle=self.expect.settle,
                               overlap_settle=self.think_time is None)
-        self._shared = (id(self), profile, expectations, options)
+        self._shared = (self, profile, expectations, options)
         return expectations, options
 
 

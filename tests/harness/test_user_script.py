@@ -25,3 +25,17 @@ def test_users_share_the_default_chat_and_a_copy_with_other_settings_does_not():
     other = load_profile("ag-ui")
     d = sc.user_script(other).chat()
     assert d.expectations is not a.expectations and d.expectations.required != a.expectations.required
+
+
+def test_a_copy_of_a_copy_made_after_the_original_is_freed_builds_its_own():
+    # A copy carries its original's cache; keyed by the original's id, a copy of that copy allocated where the freed
+    # original was (CPython reuses the address at once) took the original's options as its own.
+    netra = load_profile("netra")
+    for _ in range(20):
+        a = _scenario(expect={"settle": "50ms"})
+        a.user_script(netra)
+        b = a.model_copy(update={"expect": a.expect.model_copy(update={"settle": 0.5})})
+        del a
+        c = b.model_copy(update={"reconnect": False})
+        options = c.user_script(netra).chat().options
+        assert options.reconnect is False and options.settle == 0.5
