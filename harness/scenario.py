@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -534,6 +535,10 @@ class ChatGroup:
 # Think times are drawn from one generator for every user (unseeded, as each user's own was; a Random is ~2.9 KB,
 # which every open chat held by `chatprobe run` paid).
 _THINK_RNG = random.Random()
+# A process forked after this module loaded (locust --processes) draws its own think times, as its users' own
+# generators did: without a new seed every child would draw the parent's sequence, the same pauses in step.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_THINK_RNG.seed)
 
 
 class UserScript:

@@ -39,3 +39,25 @@ def test_a_copy_of_a_copy_made_after_the_original_is_freed_builds_its_own():
         c = b.model_copy(update={"reconnect": False})
         options = c.user_script(netra).chat().options
         assert options.reconnect is False and options.settle == 0.5
+
+
+def test_a_forked_process_draws_its_own_think_times():
+    # locust --processes forks after the locustfile (and this module) loaded: every user's think times now come from
+    # one module-level generator, which a child must not share with its parent (the same pauses in every process).
+    import os
+
+    netra = load_profile("netra")
+    script = _scenario(think_time={"min": "1s", "max": "2s"}).user_script(netra)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next few draws, then gone without running the parent's cleanup
+        try:
+            os.write(write, repr([script.pause(None) for _ in range(4)]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        child = f.read()
+    os.waitpid(pid, 0)
+    parent = repr([script.pause(None) for _ in range(4)])
+    assert child and child != parent
