@@ -5,6 +5,7 @@ import dataclasses
 import math
 import os
 import random
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    PrivateAttr,
     Tag,
     ValidationError,
     field_validator,
@@ -219,8 +219,6 @@ class Objectives(Strict):
 
 
 class Scenario(Strict):
-    # shared_by_users(): (the model it was built for, profile, expectations, options)
-    _shared: tuple[Any, Any, Expectations, ChatOptions] | None = PrivateAttr(default=None)
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     description: str = ""
     profile: str | None = None
@@ -359,11 +357,11 @@ class Scenario(Strict):
 
     def shared_by_users(self, profile: "Profile") -> tuple[Expectations, ChatOptions]:
         """The default chat's expectations and options: the same for every user of this scenario against `profile`,
-        so built once (per user they were ~1 KB of every open chat held by `chatprobe run`). Kept with this model
-        itself, not its id: a model_copy (which copies private attributes) with other settings builds its own, and
-        an id is reused once its model is freed (a copy of a copy made after that got the freed model's options)."""
-        cached = self._shared
-        if cached is not None and cached[0] is self and cached[1] is profile:
+        so built once (per user they were ~1 KB of every open chat held by `chatprobe run`). A model_copy with other
+        settings builds its own (see _SHARED)."""
+        key = id(self)
+        cached = _SHARED.get(key)
+        if cached is not None and cached[0]() is self and cached[1] is profile:
             return cached[2], cached[3]
         expectations = self.expectations(profile)
         # overlap_settle: a user who does not think between chats starts the next one while the last one's settle
@@ -373,8 +371,20 @@ class Scenario(Strict):
         options = ChatOptions(client_run_id=self.client_run_id, reconnect=self.reconnect,
                               max_reconnects=self.max_reconnects, settle=self.expect.settle,
                               overlap_settle=self.think_time is None)
-        self._shared = (self, profile, expectations, options)
+        _SHARED[key] = (weakref.ref(self, lambda ref: _forget_shared(key, ref)), profile, expectations, options)
         return expectations, options
+
+
+# Scenario.shared_by_users, by the scenario's id, with a weak reference to it: an id is reused once its scenario is
+# freed, and the entry goes with it. Not a private attribute: model_copy copies those (and an id-keyed one got to a
+# copy of a copy made where a freed scenario was: its options), and pydantic's == compares them.
+_SHARED: dict[int, tuple[weakref.ref[Scenario], Any, Expectations, ChatOptions]] = {}
+
+
+def _forget_shared(key: int, ref: weakref.ref[Scenario]) -> None:
+    entry = _SHARED.get(key)
+    if entry is not None and entry[0] is ref:
+        del _SHARED[key]
 
 
 def expectations_for(profile: "Profile", expect: Expect | None = None, *, required: list[Role] | None = None,

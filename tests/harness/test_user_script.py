@@ -61,3 +61,14 @@ def test_a_forked_process_draws_its_own_think_times():
     os.waitpid(pid, 0)
     parent = repr([script.pause(None) for _ in range(4)])
     assert child and child != parent
+
+
+def test_scenarios_compare_by_their_settings_once_their_users_shared_the_default_chat():
+    # The cache is no part of a scenario: pydantic's == compares private attributes (a cache holding the scenario
+    # recursed without end, one holding its id made equal scenarios unequal).
+    netra = load_profile("netra")
+    a = _scenario()
+    b, c = a.model_copy(), _scenario()
+    a.user_script(netra), b.user_script(netra), c.user_script(netra)
+    assert a == b == c
+    assert a != _scenario(reconnect=False)
