@@ -151,8 +151,10 @@ class _Play:
             async with asyncio.TaskGroup() as tg:
                 for due in shape.arrivals():
                     at = started + due
-                    if (delay := at - clock()) > 0:
-                        await asyncio.sleep(delay)  # the arrival schedule itself
+                    # The arrival schedule itself; again until it is due: uvloop's timers fire up to a millisecond
+                    # early, and a chat begun before it was due counted in the stage before a boundary.
+                    while (delay := at - clock()) > 0:
+                        await asyncio.sleep(delay)
                     if in_flight >= limit:
                         stages.dropped(due)
                         self.out.chat_dropped(name)

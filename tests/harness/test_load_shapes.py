@@ -101,7 +101,7 @@ def test_the_builtin_knee_scenario_is_bounded_and_open():
     assert sc.open_model and sc.shape().total < 45 and sc.max_duration < 60
     rates = [w.target for w in sc.shape().windows]
     assert rates == sorted(rates) and rates[-1] >= 1000
-    assert sc.planned_chats() == len(list(sc.shape().arrivals())) == 12600  # the live view's "done/planned"
+    assert sc.planned_chats() == len(list(sc.shape().arrivals())) == 45400  # the live view's "done/planned"
     staged = Scenario.model_validate({"name": "u", "stages": [{"duration": 5, "users": 3}]})
     assert staged.planned_chats() is None  # users play until the last stage ends: open-ended
 

@@ -152,3 +152,27 @@ async def test_a_rate_the_process_cannot_generate_is_a_warning_with_the_rate_ach
     assert first.asked_rate == 50 and first.achieved_rate < 30, first
     assert any("stage 1 asked 50 chats/s and the load generator achieved" in w for w in run.warnings), run.warnings
     assert first.ttfe["p95"] > 0.5, first.ttfe  # the stall is in the chats' times, not hidden
+
+
+def test_on_uvloop_no_open_model_chat_starts_before_it_is_due():
+    """uvloop's timers fire up to a millisecond early (whole milliseconds from a clock read once per loop turn): a chat
+    due a fraction of a millisecond into a stage began before it, in the stage before, and was counted there (the
+    knee scenario's stage of 400/s once had 1,601 chats). `chatprobe run` runs on uvloop."""
+    import uvloop
+
+    from agentsim.server import AgentSim, SimConfig
+    from harness.profiles import load_profile
+    from harness.targets import Target
+
+    async def main():
+        sim = AgentSim(SimConfig(port=0, no_auth=True, think=0, tool_latency=0, max_live_runs_per_user=10_000))
+        await sim.start()
+        try:
+            target = Target(url=sim.url, profile=load_profile("netra"), name="sim", no_auth_user_param=True)
+            stages = [{"duration": "0.25s", "rate": rate, "ramp": False} for rate in (400, 800) * 8]
+            return await run_scenario(shaped(stages=stages, max_in_flight=5000), target)
+        finally:
+            await sim.stop()
+
+    run = uvloop.run(main())
+    assert [(s.chats + s.dropped) for s in run.stages] == [round(s.asked_rate * 0.25) for s in run.stages]
