@@ -182,7 +182,8 @@ class SSEOut:
             async with asyncio.timeout(SEND_TIMEOUT):
                 await self.writer.drain()
             return True
-        except (ConnectionError, TimeoutError, h11.LocalProtocolError):
+        except (ConnectionError, TimeoutError, h11.LocalProtocolError, RuntimeError):
+            # RuntimeError: uvloop's transports raise it for a write after the client went (asyncio's ignore it).
             self.writer.transport.abort()
             return False
 
@@ -378,7 +379,7 @@ class AguiSim:
             try:
                 writer.write(conn.send(h11.EndOfMessage()) or b"")
                 await writer.drain()
-            except (ConnectionError, h11.LocalProtocolError):
+            except (ConnectionError, h11.LocalProtocolError, RuntimeError):  # RuntimeError: uvloop, client gone
                 pass
         except (TimeoutError, ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError):
             pass
@@ -417,7 +418,7 @@ class AguiSim:
             writer.write(conn.send(h11.Data(data=body)) or b"")
             writer.write(conn.send(h11.EndOfMessage()) or b"")
             await writer.drain()
-        except (ConnectionError, h11.LocalProtocolError):
+        except (ConnectionError, h11.LocalProtocolError, RuntimeError):  # RuntimeError: uvloop, client gone
             pass
 
     # ---- WebSocket ----------------------------------------------------------------------------------
