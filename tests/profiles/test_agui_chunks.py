@@ -9,7 +9,7 @@ from harness.events import Outcome, Rule
 from harness.payload_checks import MAX_LANES, AguiRunChecks
 
 from .servers import AguiSSEServer
-from .test_agui_payload import AGUI, TS, chat, offering, raw
+from .test_agui_payload import AGUI, TS, chat, judged_as, offering, raw
 
 
 def run(*frames: dict):
@@ -136,16 +136,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 async def test_chunk_and_envelope_rules(case):
-    script, profile, rule, words = CASES[case]
-    async with AguiSSEServer(script) as server:
-        result_ = await chat(server.url, profile)
-    if rule is None:
-        assert result_.outcome is Outcome.PASSED, result_.violations
-        assert result_.warnings == [], result_.warnings
-    else:
-        assert result_.outcome is Outcome.FAILED
-        assert [v.rule for v in result_.violations] == [Rule(rule)], result_.violations
-        assert words in result_.violations[0].reason, result_.violations[0].reason
+    await judged_as(*CASES[case])
 
 
 async def test_chunked_arguments_that_are_not_json_are_advice():

@@ -194,9 +194,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-async def test_payload_rule(case):
-    script, profile, rule, words = CASES[case]
+async def judged_as(script, profile: Profile, rule: str | None, words: str) -> None:
+    """One chat against a server playing `script`: it passes with no warning (rule None), or fails on `rule` alone
+    with `words` in its reason."""
     async with AguiSSEServer(script) as server:
         result = await chat(server.url, profile)
     if rule is None:
@@ -206,6 +206,11 @@ async def test_payload_rule(case):
         assert result.outcome is Outcome.FAILED
         assert [v.rule for v in result.violations] == [Rule(rule)], result.violations
         assert words in result.violations[0].reason, result.violations[0].reason
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_payload_rule(case):
+    await judged_as(*CASES[case])
 
 
 # -- advice: warnings show, the chat passes --
