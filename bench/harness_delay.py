@@ -55,6 +55,16 @@ class Keep(Sink):
         self.results.append(result)
 
 
+def send_times(gt: Path) -> dict[tuple[str, int], float]:
+    """(run id, seq) -> the wall time agentsim handed that event to the socket, from its ground truth."""
+    sent = {}
+    for line in gt.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("kind") == "event":
+            sent[(rec["run_id"], rec["seq"])] = rec["t"]
+    return sent
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
@@ -99,11 +109,7 @@ def main() -> int:
                 proc.terminate()
                 proc.wait(10)
             offset = time.time() - time.monotonic()
-            sent = {}
-            for line in gt.read_text().splitlines():
-                rec = json.loads(line)
-                if rec.get("kind") == "event":
-                    sent[(rec["run_id"], rec["seq"])] = rec["t"]
+            sent = send_times(gt)
             firsts, every = [], []
             for res in results:
                 for i, ev in enumerate(res.events):

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import bisect
 import collections
-import json
 import os
 import resource
 import selectors
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import harness.client as client  # noqa: E402
-from bench.harness_delay import one_round, pct, start_sim  # noqa: E402
+from bench.harness_delay import one_round, pct, send_times, start_sim  # noqa: E402
 
 SLOW_MS = 2.0
 
@@ -93,11 +92,7 @@ def main() -> int:
             proc.terminate()
             proc.wait(10)
         offset = time.time() - time.monotonic()
-        sent = {}
-        for line in gt.read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("kind") == "event":
-                sent[(rec["run_id"], rec["seq"])] = rec["t"]
+        sent = send_times(gt)
     rows: dict[str, list[float]] = collections.defaultdict(list)
     causes: collections.Counter[str] = collections.Counter()
     for res in results:
