@@ -223,3 +223,51 @@ def test_event_delays_are_each_roles_first_time_up_to_the_terminal_event_kept_or
     for e in fed[:2] + fed[3:]:
         kept_only.feed(e)
     assert kept_only.finish(5.0).event_delays == res.event_delays
+
+
+def test_a_connection_carrying_one_chat_indexes_it_without_a_dict() -> None:
+    conn = ConnectionChecker(user_id="u1")
+    chat = ChatTracker("c1", EXP, 0.0, thread_id="t1", run_id="r1", message_id="m1")
+    conn.add(chat)
+    conn.add(chat)  # again, after a reconnect
+    for index in (conn.by_run, conn.by_message, conn.by_thread):
+        assert index._many is None and len(index) == 1
+    first = valid_run()[0]
+    assert conn.route(first) is chat
+    second = ChatTracker("c2", EXP, 0.0, thread_id="t2", run_id="r2")
+    conn.add(second)  # a second key: now a dict, holding both
+    assert conn.by_run._many == {"r1": chat, "r2": second} and conn.by_message._many is None
+    assert conn.by_thread.get("t2") is second and conn.by_thread.get("t1") is chat
+
+
+def test_a_chat_index_answers_as_a_dict_would() -> None:
+    import random
+
+    from harness.checker import ChatIndex
+
+    rng = random.Random(7)
+    chats = [ChatTracker(f"c{i}", EXP, 0.0) for i in range(3)]
+    for _ in range(200):
+        index, model = ChatIndex(), {}
+        for _ in range(rng.randrange(1, 12)):
+            key = rng.choice(["a", "b", "c", ""])
+            op = rng.random()
+            if op < 0.6:
+                chat = rng.choice(chats)
+                index[key] = chat
+                model[key] = chat
+            elif key in model:
+                assert key in index
+                del index[key]
+                del model[key]
+            else:
+                assert key not in index
+                try:
+                    del index[key]
+                except KeyError:
+                    pass
+                else:
+                    raise AssertionError("deleted a key it does not hold")
+            assert len(index) == len(model) and sorted(index.items()) == sorted(model.items())
+            for k in ("a", "b", "c", "", "zz"):
+                assert index.get(k) is model.get(k) and (k in index) == (k in model)
