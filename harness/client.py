@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import heapq
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -23,18 +25,111 @@ _TIMER_CONTEXT = contextvars.Context()
 _MIN_TIMER = 0.001  # seconds (see Wake.arm)
 
 
+class _Deadlines:
+    """Every Wake's timer on one event loop: a heap of [when, seq, wake] entries (loop time) and one loop timer, for
+    the earliest. A loop timer per waiting chat (on uvloop a TimerHandle, its UVTimer and libuv's timer: ~420 bytes,
+    ~2.3 us to arm and cancel) was the largest piece of an open chat after its socket; an entry is a small list, pushed
+    and popped with heapq. asyncio has no shared timer of its own to hang many deadlines on (its heap is per handle),
+    hence this. A cancelled entry stays where it is, its wake cleared, until it comes up or until cancelled ones are
+    most of the heap: then the heap is rebuilt without them (bounded in bytes by the waits in force, not those made)."""
+
+    __slots__ = ("heap", "timer", "timer_at", "stale", "seq")
+
+    def __init__(self) -> None:
+        self.heap: list[list[Any]] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.stale = 0
+        self.seq = 0
+
+    def add(self, loop: asyncio.AbstractEventLoop, delay: float, wake: Wake) -> list[Any]:
+        # At least a millisecond ahead (as a loop timer of its own was): an entry armed while the heap is being
+        # fired is never due in the same pass, so a wake that arms again at once cannot keep the pass going.
+        at = loop.time() + (delay if delay > _MIN_TIMER else _MIN_TIMER)
+        self.seq = seq = self.seq + 1
+        entry = [at, seq, wake]  # seq: two entries due at once compare by it, never by their wakes
+        heapq.heappush(self.heap, entry)
+        if self.timer is None or at < self.timer_at:
+            self._arm(loop, at)
+        return entry
+
+    def cancel(self, entry: list[Any]) -> None:
+        if entry[2] is None:
+            return
+        entry[2] = None
+        self.stale += 1
+        heap = self.heap
+        if self.stale * 2 > len(heap):
+            heap[:] = [e for e in heap if e[2] is not None]
+            heapq.heapify(heap)
+            self.stale = 0
+            if not heap and self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        # uvloop's timers count whole milliseconds from a clock read once per loop turn: they fire up to ~1 ms
+        # early, and a wait of less than 1 ms becomes 0 ms, so an entry not yet due was looked at again ~16 times.
+        # A timer of at least 1 ms ends that (asyncio's are exact to begin with).
+        delay = at - loop.time()
+        self.timer = loop.call_later(delay if delay > _MIN_TIMER else _MIN_TIMER, self._fire, loop,
+                                     context=_TIMER_CONTEXT)
+        self.timer_at = at
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.timer = None
+        heap = self.heap
+        now = loop.time()
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            wake = entry[2]
+            if wake is None:
+                self.stale -= 1
+                continue
+            entry[2] = None
+            wake._timer = None
+            try:
+                wake.set()
+            except Exception as exc:  # one chat's failure is the loop's to report, not the other chats' to share
+                loop.call_exception_handler({"message": "chatprobe: a chat's timer failed", "exception": exc})
+        if heap and (self.timer is None or self.timer_at > heap[0][0]):  # a wake may have armed it already
+            self._arm(loop, heap[0][0])
+
+
+# One heap per event loop, kept on the loop (an attribute is the cheapest look-up, and it goes with its loop); a loop
+# class that takes no attribute keeps it here instead, weakly. A test or a Locust user may run several loops in turn.
+_DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines] = weakref.WeakKeyDictionary()
+_ATTR = "_chatprobe_deadlines"
+
+
+def _deadlines(loop: asyncio.AbstractEventLoop) -> _Deadlines:
+    try:
+        deadlines: _Deadlines = getattr(loop, _ATTR)
+        return deadlines
+    except AttributeError:
+        pass
+    deadlines = _DEADLINES.get(loop) or _Deadlines()
+    try:
+        setattr(loop, _ATTR, deadlines)
+    except AttributeError:
+        _DEADLINES[loop] = deadlines
+    return deadlines
+
+
 class Wake:
     """What a chat (or a connection's welcome) waits on: a bare future, resolved by what arrives for it or by its
-    connection's end, and one timer for its deadline, re-armed only when the deadline moves earlier (a timer that
-    fires before a later deadline only makes the waiter look and wait again). One waiter at a time; cheaper than an
-    asyncio.Event and an asyncio.timeout per wait, in CPU and in memory when 15,000 chats are open. With `call` set
-    nothing awaits it: a wake (or the deadline) calls `call()` instead."""
+    connection's end, and one deadline (an entry in the loop's _Deadlines), re-armed only when the deadline moves
+    earlier (a deadline that passes before a later one only makes the waiter look and wait again). One waiter at a
+    time; cheaper than an asyncio.Event and an asyncio.timeout per wait, in CPU and in memory when 15,000 chats are
+    open. With `call` set nothing awaits it: a wake (or the deadline) calls `call()` instead."""
 
     __slots__ = ("_waiter", "_timer", "_timer_at", "call")
 
     def __init__(self) -> None:
         self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: list[Any] | None = None  # its entry in the loop's _Deadlines
         self._timer_at = 0.0
         self.call: Callable[[], None] | None = None
 
@@ -49,17 +144,14 @@ class Wake:
                 waiter.set_result(None)
 
     def arm(self, when: float, now: float) -> None:
-        """Have the timer fire at `when` (clock time; `now` is the clock now), or within a millisecond after."""
+        """Have the deadline pass at `when` (clock time; `now` is the clock now), or within a millisecond after."""
         timer = self._timer
         if timer is None or self._timer_at > when:
+            loop = asyncio.get_running_loop()
+            deadlines = _deadlines(loop)
             if timer is not None:
-                timer.cancel()
-            # uvloop's timers count whole milliseconds from a clock read once per loop turn: they fire up to ~1 ms
-            # early, and a wait of less than 1 ms becomes 0 ms, so the waiter looked and waited again ~16 times
-            # at the end of every window. A timer of at least 1 ms ends that (asyncio's are exact to begin with).
-            delay = when - now
-            self._timer = asyncio.get_running_loop().call_later(delay if delay > _MIN_TIMER else _MIN_TIMER,
-                                                                  self, context=_TIMER_CONTEXT)
+                deadlines.cancel(timer)
+            self._timer = deadlines.add(loop, when - now, self)
             self._timer_at = when
 
     def until(self, when: float, now: float) -> asyncio.Future[None]:
@@ -69,17 +161,18 @@ class Wake:
         self._waiter = waiter = asyncio.get_running_loop().create_future()
         return waiter
 
-    def __call__(self) -> None:
-        """The timer fired. (The Wake is its own timer callback: a bound method would be 64 bytes per open chat.)"""
-        self._timer = None
-        self.set()
-
     def cancel(self) -> None:
-        """No more waits: the timer goes with them (a chat's deadline may be minutes away)."""
+        """No more waits: the deadline goes with them (a chat's may be minutes away)."""
         self.call = None
-        if self._timer is not None:
-            self._timer.cancel()
+        timer = self._timer
+        if timer is not None:
             self._timer = None
+            try:
+                deadlines = _deadlines(asyncio.get_running_loop())
+            except RuntimeError:  # no loop running (its end): the entry is skipped if it ever comes up
+                timer[2] = None
+                return
+            deadlines.cancel(timer)
 
 
 class Session(VirtualUser):

@@ -1,0 +1,120 @@
+"""The client's deadlines: every Wake's timer is an entry in one heap per event loop, under one loop timer. They pass in
+order and never early, a moved or cancelled one never fires where it was, cancelled entries do not pile up, and one
+chat's failing callback does not hold up the others. On asyncio's loop and on uvloop's (whose timers fire early)."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+
+from harness.client import Wake, _deadlines
+
+LOOPS: dict[str, Callable[[Coroutine[Any, Any, Any]], Any]] = {"asyncio": asyncio.run, "uvloop": uvloop.run}
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    return LOOPS[request.param]
+
+
+def test_deadlines_pass_in_order_and_never_early(run: Callable[..., Any]) -> None:
+    async def main() -> list[tuple[int, float, float]]:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        delays = [0.03, 0.005, 0.02, 0.0, 0.011, 0.005, 0.04]
+        passed: list[tuple[int, float, float]] = []
+
+        async def one(i: int, delay: float) -> None:
+            wake = Wake()
+            await wake.until(now + delay, now)
+            passed.append((i, now + delay, loop.time()))
+
+        await asyncio.gather(*(one(i, d) for i, d in enumerate(delays)))
+        assert not _deadlines(loop).heap  # every entry fired: nothing left behind
+        return passed
+
+    passed = run(main())
+    assert [when for _, when, _ in passed] == sorted(when for _, when, _ in passed)
+    assert all(at >= when for _, when, at in passed)
+
+
+def test_a_deadline_moves_earlier_never_later_and_a_cancelled_one_never_fires(run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        moved, cancelled, later = Wake(), Wake(), Wake()
+        fired: list[str] = []
+        moved.call, cancelled.call, later.call = (lambda: fired.append("moved")), (lambda: fired.append("cancelled")), \
+            (lambda: fired.append("later"))
+        moved.arm(now + 60, now)
+        moved.arm(now + 0.01, now)  # earlier: moved
+        moved.arm(now + 30, now)  # later: kept where it was
+        cancelled.arm(now + 0.005, now)
+        cancelled.cancel()
+        later.arm(now + 0.02, now)
+        done = Wake()
+        await done.until(now + 0.05, now)
+        assert fired == ["moved", "later"]
+        assert not _deadlines(loop).heap and _deadlines(loop).timer is None
+
+    run(main())
+
+
+def test_cancelled_deadlines_do_not_pile_up(run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = _deadlines(loop)
+        now = loop.time()
+        live = [Wake() for _ in range(10)]
+        for i, w in enumerate(live):
+            w.arm(now + 300 + i, now)
+        for i in range(20_000):  # chats that came and went, each with a deadline minutes away
+            w = Wake()
+            w.arm(now + 600 + i, now)
+            w.cancel()
+            assert len(deadlines.heap) <= 2 * len(live) + 2
+        for w in live:
+            w.cancel()
+        assert not deadlines.heap and deadlines.timer is None
+
+    run(main())
+
+
+def test_a_failing_callback_is_reported_and_the_others_still_fire(run: Callable[..., Any]) -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        reported: list[BaseException] = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context["exception"]))
+        now = loop.time()
+        fired: list[str] = []
+
+        def boom() -> None:
+            raise ValueError("a sink failed")
+
+        bad, good = Wake(), Wake()
+        bad.call, good.call = boom, (lambda: fired.append("good"))
+        bad.arm(now + 0.005, now)
+        good.arm(now + 0.005, now)  # due in the same pass as the failing one
+        await Wake().until(now + 0.03, now)
+        assert [type(e) for e in reported] == [ValueError]
+        return fired
+
+    assert run(main()) == ["good"]
+
+
+def test_each_event_loop_has_its_own_deadlines() -> None:
+    seen: list[object] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        await Wake().until(now + 0.002, now)
+        seen.append(_deadlines(loop))
+
+    asyncio.run(main())
+    uvloop.run(main())
+    asyncio.run(main())
+    assert len({id(d) for d in seen}) == 3  # (all three kept alive by `seen`: no id reused)
