@@ -811,13 +811,14 @@ class ConnectionChecker:
                 return None
             ev.user_id = own
         chat = None
-        if ev.run_id is not None:
-            chat = self.by_run.get(ev.run_id)
+        if (run_id := ev.run_id) is not None:
+            index = self.by_run  # ChatIndex.get, inlined for the one-chat connection (a call saved per event)
+            chat = (index._chat if run_id == index._key else None) if index._many is None else index._many.get(run_id)
             if chat is None:
                 cand = self._named_or_waiting(ev)
                 if cand is not None and cand.run_id is None:
-                    cand.run_id = ev.run_id
-                    self.by_run[ev.run_id] = cand
+                    cand.run_id = run_id
+                    self.by_run[run_id] = cand
                     self._unname(cand.chat_id)
                     chat = cand
                 elif ev.role is _STARTED:
