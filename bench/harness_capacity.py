@@ -6,7 +6,14 @@ chat has its first event, then reads this process's RSS. Memory per chat = (RSS 
 With --runner the chats are played by run_scenario, as `chatprobe run` plays them (N users of one chat each,
 started over N / 1000 seconds): the virtual user's own objects (its script, its coroutines) count too.
 
-    .venv/bin/python bench/harness_capacity.py --steps 500 1000 2000 4000 [--uvloop] [--runner]
+With --cli it is `chatprobe run` itself, in a process of its own with every sink the command has (the live view, the
+collector of results), on the loop it picks (uvloop where installed): a scenario of N users of one held chat each, run
+once with --base users and once with N; the process's RSS is read once it holds N sockets and its RSS has stopped
+growing for a second (its first events arrived), and the memory per open chat is the difference of the two RSS
+divided by the difference of the chats, so the interpreter, the imports and everything a run holds once are not
+counted, only what each further open chat adds.
+
+    .venv/bin/python bench/harness_capacity.py --steps 500 1000 2000 4000 [--uvloop] [--runner | --cli]
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import argparse
 import asyncio
 import os
 import resource
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -37,13 +45,15 @@ from harness.targets import Target  # noqa: E402
 HOLD = ChatOptions(settle=0)
 
 
-def start_sim(core: int, tmp: Path) -> tuple[subprocess.Popen, str]:
-    """agentsim --no-auth on core `core`, allowed to hold every run of the benchmark (max_runs from a config)."""
+def start_sim(core: int, tmp: Path, jwt_secret: str | None = None) -> tuple[subprocess.Popen, str]:
+    """agentsim on core `core`, allowed to hold every run of the benchmark (max_runs from a config): --no-auth, or
+    with `jwt_secret` checking a JWT per connection, as `chatprobe run`'s embedded server does (each user its own)."""
     config = tmp / "sim.yaml"
-    config.write_text("max_runs: 100000\n")
+    config.write_text("max_runs: 100000\n" + (f"jwt_secret: {jwt_secret}\n" if jwt_secret else ""))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agentsim", "--port", "0", "--no-auth", "--think", "0", "--tool-latency", "0",
-         "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+        [sys.executable, "-m", "agentsim", "--port", "0", *([] if jwt_secret else ["--no-auth"]), "--think", "0",
+         "--tool-latency", "0", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=ROOT)
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(proc.pid, {core})
     return proc, agentsim_url(proc)
@@ -119,6 +129,45 @@ async def hold_run(url: str, n: int, think: float, bound: float) -> tuple[int, f
     return open_chats, before, after
 
 
+def open_sockets(pid: int) -> int:
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return n
+
+
+def hold_cli(url: str, secret: str, n: int, think: float, bound: float, tmp: Path) -> tuple[int, float]:
+    """`chatprobe run` holding N chats (one user each): (sockets it held, its RSS in MiB then)."""
+    scenario = tmp / f"cap-{n}.yaml"
+    scenario.write_text("\n".join([
+        "name: cap", f"users: {n}", "chats_per_user: 1", f'message: "hold #think={think:g}"', f"ramp_up: {n / 1000:g}s",
+        "connect_timeout: 30s", f"max_duration: {think + 60:g}s", "expect:", f"  deadline: {think + 30:g}s",
+        "  first_event_limit: 10s", "  settle: 0s"]) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["CHATPROBE_JWT_SECRET"] = secret  # a token minted per user, as against the embedded server
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(scenario), "--target", url, "-q"], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + bound
+        held, rss, steady_since = 0, 0.0, time.monotonic()
+        # Poll (bounded) until the process holds every socket and its RSS has not grown for a second.
+        while time.monotonic() < deadline and proc.poll() is None:
+            held = open_sockets(proc.pid)
+            now_rss = rss_mib(proc.pid)
+            if now_rss > rss + 0.05 or held < n:
+                rss, steady_since = max(rss, now_rss), time.monotonic()
+            elif time.monotonic() - steady_since >= 1.0:
+                break
+            time.sleep(0.1)  # the benchmark's own poll interval
+        return held, rss
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, nargs="+", default=[500, 1000, 2000, 4000])
@@ -127,14 +176,30 @@ def main() -> int:
     p.add_argument("--wave", type=int, default=500, help="connections opened at once")
     p.add_argument("--uvloop", action="store_true", help="on uvloop's event loop, as chatprobe run runs where installed")
     p.add_argument("--runner", action="store_true", help="the chats played by run_scenario, as chatprobe run does")
+    p.add_argument("--cli", action="store_true", help="the chats held by a `chatprobe run` process of its own")
+    p.add_argument("--base", type=int, default=100, help="with --cli: the users of the run the others are compared with")
     args = p.parse_args()
     # One socket per chat on each side: the soft open-file limit up to the hard one (20,000 here), for this process
     # and for agentsim, which inherits it.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tmp = tempfile.TemporaryDirectory()
-    proc, url = start_sim(0, Path(tmp.name))
+    secret = secrets.token_hex(16) if args.cli else None
+    proc, url = start_sim(0, Path(tmp.name), secret)
     try:
+        if args.cli:
+            assert secret is not None
+            _, base_rss = hold_cli(url, secret, args.base, args.think, args.bound, Path(tmp.name))
+            for n in args.steps:
+                sim_before = rss_mib(proc.pid)
+                held, rss = hold_cli(url, secret, n, args.think, args.bound, Path(tmp.name))
+                per = (rss - base_rss) * 1024 / max(n - args.base, 1)
+                print(f"{n:6d} asked  {held:6d} sockets  chatprobe run RSS {base_rss:7.1f} MiB with {args.base} -> "
+                      f"{rss:7.1f} MiB with {n}  {per:6.1f} KiB per further open chat  (agentsim {sim_before:.1f} MiB "
+                      f"-> {rss_mib(proc.pid):.1f} MiB)", flush=True)
+                if held < n:
+                    break
+            return 0
         for n in args.steps:
             sim_before = rss_mib(proc.pid)
             coro = (hold_run(url, n, args.think, args.bound) if args.runner

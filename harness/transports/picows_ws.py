@@ -13,6 +13,7 @@ import json
 import logging
 import ssl
 import time
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
@@ -44,6 +45,8 @@ _LOG = _Quiet(logging.getLogger("picows.chatprobe"))
 # picows' read buffer starts at 16 KiB per connection and grows as frames need: agent events are a few hundred bytes,
 # and 15,000 open chats must fit in 10 KiB each (BENCHMARKS.md).
 READ_BUFFER = 2048
+# What a connection's upgrade request and response hold once it is open: nothing (see PicowsTransport.open).
+_NO_HEADERS: Any = MappingProxyType({})
 # Bytes waiting to be written past which a ping is not answered (see on_ws_frame).
 MAX_UNSENT = 64 * 1024
 # Frames kept while nobody reads yet (between open() and run()); past it the socket is read no further.
@@ -150,9 +153,12 @@ class PicowsTransport(WSListener):
             raise ConnectFailed("refused", "the server closed the connection during the handshake")
         self.settings = None
         # The upgrade's headers are not read again: ~1 KiB per open connection, and the request's carry the credential.
+        # Replaced by one shared empty mapping (a cleared one keeps its table); picows also keeps the dict of extra
+        # headers it was given, with the bearer token in it, for the connection's life: emptied too.
         for message in (ws.request, ws.response):
             if message is not None:
-                message.headers.clear()
+                message.headers = _NO_HEADERS
+        headers.clear()
 
     # -- frames, from picows' protocol callback --
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:

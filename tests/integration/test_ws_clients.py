@@ -178,3 +178,42 @@ async def test_a_server_ping_is_answered_with_its_payload(client):
         await reader
     srv.close()
     assert server.client_frames[0] == (10, b"hello")  # a pong with the ping's payload
+
+
+@pytest.mark.parametrize("auth", ["header", "subprotocol"])
+async def test_an_open_picows_connection_holds_no_copy_of_the_token(auth):
+    """The upgrade's headers (and the dict of them picows keeps for the connection's life) carry the credential; once
+    open, nothing reachable from the transport does (and they are not ~1 KiB of every open connection)."""
+    import gc
+    import types
+
+    token = "tok-" + "s3cret" * 8
+    server = RawServer([frame(1, b'{"type": "a"}')])
+    srv = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    transport = make_transport(ConnectSettings(url=f"ws://127.0.0.1:{port}/ws", token=token, auth=auth,
+                                               connect_timeout=3, client="picows"))
+    try:
+        async with asyncio.timeout(10):  # a hang fails the test
+            await transport.open()
+        encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+        assert (token if auth == "header" else encoded) in server.request.decode()  # it was sent
+        seen: set[int] = set()
+        todo: list = [transport]
+        while todo:
+            obj = todo.pop()
+            # (Not through the event loop: it reaches everything, this test's raw server and what it received too.)
+            if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType,
+                                                   asyncio.AbstractEventLoop)):
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, (str, bytes)):
+                text = obj.decode("latin-1") if isinstance(obj, bytes) else obj
+                assert "s3cret" not in text and encoded[4:20] not in text, f"{text[:60]!r} is still held"
+                continue
+            todo.extend(gc.get_referents(obj))
+        assert len(seen) > 20  # the walk reached into picows' objects
+        assert not transport.ws.request.headers and not transport.ws.response.headers
+    finally:
+        transport.abort()
+        srv.close()
