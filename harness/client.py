@@ -26,41 +26,38 @@ _MIN_TIMER = 0.001  # seconds (see Wake.arm)
 
 
 class _Deadlines:
-    """Every Wake's timer on one event loop: a heap of [when, seq, wake] entries (loop time) and one loop timer, for
-    the earliest. A loop timer per waiting chat (on uvloop a TimerHandle, its UVTimer and libuv's timer: ~420 bytes,
-    ~2.3 us to arm and cancel) was the largest piece of an open chat after its socket; an entry is a small list, pushed
-    and popped with heapq. asyncio has no shared timer of its own to hang many deadlines on (its heap is per handle),
-    hence this. A cancelled entry stays where it is, its wake cleared, until it comes up or until cancelled ones are
-    most of the heap: then the heap is rebuilt without them (bounded in bytes by the waits in force, not those made)."""
+    """Every Wake's timer on one event loop: a heap of (when, wake) entries (loop time) and one loop timer, for the
+    earliest. A loop timer per waiting chat (on uvloop a TimerHandle, its UVTimer and libuv's timer: ~420 bytes,
+    ~2.3 us to arm and cancel) was the largest piece of an open chat after its socket; an entry is a 2-tuple and a
+    float, pushed and popped with heapq. asyncio has no shared timer of its own to hang many deadlines on (its heap is
+    per handle), hence this. An entry is in force while its wake points at it (`Wake._timer is entry`); one replaced or
+    cancelled stays where it is until it comes up, or until such ones are most of the heap: then the heap is rebuilt
+    without them (bounded in bytes by the waits in force, not by those made)."""
 
-    __slots__ = ("heap", "timer", "timer_at", "stale", "seq")
+    __slots__ = ("heap", "timer", "timer_at", "stale")
 
     def __init__(self) -> None:
-        self.heap: list[list[Any]] = []
+        self.heap: list[tuple[float, Wake]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.stale = 0
-        self.seq = 0
 
-    def add(self, loop: asyncio.AbstractEventLoop, delay: float, wake: Wake) -> list[Any]:
+    def add(self, loop: asyncio.AbstractEventLoop, delay: float, wake: Wake) -> tuple[float, Wake]:
         # At least a millisecond ahead (as a loop timer of its own was): an entry armed while the heap is being
         # fired is never due in the same pass, so a wake that arms again at once cannot keep the pass going.
         at = loop.time() + (delay if delay > _MIN_TIMER else _MIN_TIMER)
-        self.seq = seq = self.seq + 1
-        entry = [at, seq, wake]  # seq: two entries due at once compare by it, never by their wakes
+        entry = (at, wake)  # two due at once compare their wakes, which are all equal (Wake.__lt__)
         heapq.heappush(self.heap, entry)
         if self.timer is None or at < self.timer_at:
             self._arm(loop, at)
         return entry
 
-    def cancel(self, entry: list[Any]) -> None:
-        if entry[2] is None:
-            return
-        entry[2] = None
+    def dropped(self) -> None:
+        """A wake let go of its entry (cancelled, or armed earlier with a new one)."""
         self.stale += 1
         heap = self.heap
         if self.stale * 2 > len(heap):
-            heap[:] = [e for e in heap if e[2] is not None]
+            heap[:] = [e for e in heap if e[1]._timer is e]
             heapq.heapify(heap)
             self.stale = 0
             if not heap and self.timer is not None:
@@ -84,11 +81,11 @@ class _Deadlines:
         now = loop.time()
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
-            wake = entry[2]
-            if wake is None:
-                self.stale -= 1
+            wake = entry[1]
+            if wake._timer is not entry:
+                if self.stale:
+                    self.stale -= 1
                 continue
-            entry[2] = None
             wake._timer = None
             try:
                 wake.set()
@@ -129,7 +126,7 @@ class Wake:
 
     def __init__(self) -> None:
         self._waiter: asyncio.Future[None] | None = None
-        self._timer: list[Any] | None = None  # its entry in the loop's _Deadlines
+        self._timer: tuple[float, Wake] | None = None  # its entry in the loop's _Deadlines
         self._timer_at = 0.0
         self.call: Callable[[], None] | None = None
 
@@ -150,9 +147,14 @@ class Wake:
             loop = asyncio.get_running_loop()
             deadlines = _deadlines(loop)
             if timer is not None:
-                deadlines.cancel(timer)
+                self._timer = None
+                deadlines.dropped()
             self._timer = deadlines.add(loop, when - now, self)
             self._timer_at = when
+
+    def __lt__(self, other: Wake) -> bool:
+        """Two deadlines due at the same moment: either first (a heap entry compares its wake only then)."""
+        return False
 
     def until(self, when: float, now: float) -> asyncio.Future[None]:
         """What to await: resolved by `set()` or at `when` (clock time; `now` is the clock now), whichever is first.
@@ -166,13 +168,12 @@ class Wake:
         self.call = None
         timer = self._timer
         if timer is not None:
-            self._timer = None
+            self._timer = None  # the entry is skipped if it ever comes up
             try:
-                deadlines = _deadlines(asyncio.get_running_loop())
-            except RuntimeError:  # no loop running (its end): the entry is skipped if it ever comes up
-                timer[2] = None
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop running (its end)
                 return
-            deadlines.cancel(timer)
+            _deadlines(loop).dropped()
 
 
 class Session(VirtualUser):
