@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import ssl
 import time
@@ -128,6 +129,12 @@ class WebSocketTransport:
         except Exception as exc:
             kind, reason = classify(exc)
             raise ConnectFailed(kind, reason) from None
+        # Open: the credential is not kept for the connection's life (the upgrade request, headers and all, is not
+        # read again; the settings keep what the connection's end is told by, max_size).
+        self.ws.request = None
+        self.ws.protocol.available_subprotocols = None  # only the handshake reads them (one carries the token)
+        if s.token is not None:
+            self.settings = dataclasses.replace(s, token=None)
 
     async def send(self, obj: Any) -> None:
         assert self.ws is not None
