@@ -64,14 +64,12 @@ class _Play:
 
             await asyncio.gather(*(one() for _ in range(item.count)))
 
-    async def user(self, leave: asyncio.Event | None = None, *, again: bool = False, after: float = 0.0,
+    async def user(self, leave: asyncio.Event | None = None, *, again: bool = False,
                    slots: asyncio.Semaphore | None = None) -> None:
         """One virtual user: its script once (or, `again`, over and over until `leave`), thinking between chats;
-        a user asked to leave finishes the chat it is in (k6's graceful ramp-down). It starts `after` seconds (the
-        ramp-up), once it holds one of `slots` (the scenario's concurrency): here, not in a coroutine around this
-        one, which every user would keep for its whole life (~250 bytes per open chat)."""
-        if after > 0:
-            await asyncio.sleep(after)  # the ramp schedule itself
+        a user asked to leave finishes the chat it is in (k6's graceful ramp-down). It starts once it holds one of
+        `slots` (the scenario's concurrency): here, not in a coroutine around this one, which every user would keep
+        for its whole life (~250 bytes per open chat)."""
         if slots is not None:
             await slots.acquire()
         try:
@@ -103,13 +101,32 @@ class _Play:
         sc = self.scenario
         slots = asyncio.Semaphore(sc.concurrency or sc.users)
         ramp = sc.ramp_up if sc.users > 1 else 0.0
-        # Every user at once, in a list gathered, not a TaskGroup: its per-task bookkeeping (a bound done-callback,
-        # a set entry) was ~130 bytes of every open chat. What a TaskGroup guarantees is kept: when a user fails or
-        # this is cancelled, the others are cancelled and awaited before this returns.
+        # Each user's task is made when the ramp says it starts, as k6 starts a VU, not all at once to sleep until
+        # then (100,000 users over a long ramp were 100,000 sleeping tasks, ~1 KB each, before the first connection).
+        # The tasks are gathered, not in a TaskGroup (its per-task bookkeeping, a bound done-callback and a set
+        # entry, was ~130 bytes of every open chat); what a TaskGroup guarantees is kept: when a user fails (also
+        # during the ramp) or this is cancelled, no more start and the others are cancelled and awaited.
         loop = asyncio.get_running_loop()
-        users = [loop.create_task(self.user(after=ramp * i / sc.users, slots=slots), name=USER_TASK)
-                 for i in range(sc.users)]
+        users: list[asyncio.Task[None]] = []
+        failed: asyncio.Future[asyncio.Task[None]] = loop.create_future()
+
+        def ended(task: asyncio.Task[None]) -> None:  # one function for every user: no bound method each
+            if not task.cancelled() and task.exception() is not None and not failed.done():
+                failed.set_result(task)
+
+        start = time.monotonic()
         try:
+            for i in range(sc.users):
+                due = start + ramp * i / sc.users
+                while not failed.done() and (delay := due - time.monotonic()) > 0:
+                    await asyncio.wait((failed,), timeout=delay)  # the ramp's schedule itself, cut by a failure
+                if failed.done():
+                    break
+                task = loop.create_task(self.user(slots=slots), name=USER_TASK)
+                task.add_done_callback(ended)
+                users.append(task)
+            if failed.done():
+                await failed.result()  # raises the user's error
             await asyncio.gather(*users)
         finally:
             for task in users:

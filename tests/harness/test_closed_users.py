@@ -1,0 +1,102 @@
+"""The closed model's users (harness/runner.py `_Play.closed`): each user's task is made when the ramp says it starts,
+never before; a user that fails, or a cancellation, starts no more and ends the others, as asyncio.TaskGroup would.
+The users here stand in for virtual users (what they do is not under test: when and how they are started and ended
+is), on asyncio's loop and on uvloop."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+
+from harness.runner import USER_TASK, _Play
+from harness.scenario import Scenario
+from harness.sinks import Sink
+
+LOOPS: dict[str, Callable[[Coroutine[Any, Any, Any]], Any]] = {"asyncio": asyncio.run, "uvloop": uvloop.run}
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    return LOOPS[request.param]
+
+
+class Users(_Play):
+    """_Play with users that note when they start and, told to, fail or wait until cancelled."""
+
+    def __init__(self, scenario: Scenario, fail_first: bool = False) -> None:
+        super().__init__(scenario, None, Sink(), "t", 0.0, None)  # type: ignore[arg-type]
+        self.fail_first = fail_first
+        self.starts: list[float] = []
+        self.tasks_at_start: list[int] = []  # the users' tasks that existed when each one started
+        self.cancelled = 0
+        self.forever = False
+        self.three_started = asyncio.Event()
+
+    async def user(self, leave: asyncio.Event | None = None, *, again: bool = False,
+                   slots: asyncio.Semaphore | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.starts.append(loop.time())
+        self.tasks_at_start.append(sum(1 for t in asyncio.all_tasks() if t.get_name() == USER_TASK))
+        if len(self.starts) == 3:
+            self.three_started.set()
+        if self.fail_first and len(self.starts) == 1:
+            raise RuntimeError("a user's bug")
+        if self.forever:
+            try:
+                await loop.create_future()  # until cancelled
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+
+
+def test_users_start_on_the_ramps_schedule_never_before(run: Callable[..., Any]) -> None:
+    play = Users(Scenario.model_validate({"name": "r", "users": 5, "ramp_up": "0.2s"}))
+
+    async def main() -> float:
+        start = asyncio.get_running_loop().time()
+        await play.closed()
+        return start
+
+    start = run(main())
+    assert len(play.starts) == 5
+    # Each user's task was made when it started, not at the ramp's beginning to sleep until then (the users before it
+    # have ended already here, or are about to: never more tasks than users started).
+    assert all(n <= i + 1 for i, n in enumerate(play.tasks_at_start)), play.tasks_at_start
+    for i, at in enumerate(play.starts):
+        # uvloop's clock is read once per loop turn and its timers fire up to 1 ms early: the ramp waits until due
+        assert at - start >= 0.2 * i / 5 - 0.0015, (i, at - start)
+
+
+def test_a_user_failing_during_the_ramp_starts_no_more_and_ends_the_others(run: Callable[..., Any]) -> None:
+    play = Users(Scenario.model_validate({"name": "r", "users": 50, "ramp_up": "30s"}), fail_first=True)
+    play.forever = True
+
+    async def main() -> None:
+        await play.closed()
+
+    with pytest.raises(RuntimeError, match="a user's bug"):
+        run(main())
+    # The first user failed at once: the ramp (30 s for 50 users) stopped long before its end, and every user that
+    # had started was cancelled and awaited before closed() raised.
+    assert 1 <= len(play.starts) < 50
+    assert play.cancelled == len(play.starts) - 1
+
+
+def test_cancelling_the_closed_model_ends_every_started_user_and_starts_no_more(run: Callable[..., Any]) -> None:
+    play = Users(Scenario.model_validate({"name": "r", "users": 40, "ramp_up": "20s"}))
+    play.forever = True
+
+    async def main() -> None:
+        task = asyncio.ensure_future(play.closed())
+        async with asyncio.timeout(10):  # a ramp that never starts them fails the test
+            await play.three_started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # closed() has returned: the ramp that starts users is over, and every user it started was ended and awaited.
+        assert 3 <= len(play.starts) < 40 and play.cancelled == len(play.starts)
+
+    run(main())
