@@ -139,8 +139,10 @@ def open_sockets(pid: int) -> int:
     return n
 
 
-def hold_cli(url: str, secret: str, n: int, think: float, bound: float, tmp: Path) -> tuple[int, float]:
-    """`chatprobe run` holding N chats (one user each): (sockets it held, its RSS in MiB then)."""
+def hold_cli(url: str, secret: str, n: int, think: float, bound: float, tmp: Path,
+             extra: int = 0) -> tuple[int, float]:
+    """`chatprobe run` holding N chats (one user each): (sockets it held, its RSS in MiB then); `extra`: the sockets
+    it holds besides its chats' (its event loop's own), which the wait for N chats counts on top."""
     scenario = tmp / f"cap-{n}.yaml"
     scenario.write_text("\n".join([
         "name: cap", f"users: {n}", "chats_per_user: 1", f'message: "hold #think={think:g}"', f"ramp_up: {n / 1000:g}s",
@@ -157,7 +159,7 @@ def hold_cli(url: str, secret: str, n: int, think: float, bound: float, tmp: Pat
         while time.monotonic() < deadline and proc.poll() is None:
             held = open_sockets(proc.pid)
             now_rss = rss_mib(proc.pid)
-            if now_rss > rss + 0.05 or held < n:
+            if now_rss > rss + 0.05 or held < n + extra:
                 rss, steady_since = max(rss, now_rss), time.monotonic()
             elif time.monotonic() - steady_since >= 1.0:
                 break
@@ -165,7 +167,11 @@ def hold_cli(url: str, secret: str, n: int, think: float, bound: float, tmp: Pat
         return held, rss
     finally:
         proc.terminate()
-        proc.wait(30)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
 
 
 def main() -> int:
@@ -189,12 +195,16 @@ def main() -> int:
     try:
         if args.cli:
             assert secret is not None
-            _, base_rss = hold_cli(url, secret, args.base, args.think, args.bound, Path(tmp.name))
+            base_held, base_rss = hold_cli(url, secret, args.base, args.think, args.bound, Path(tmp.name))
+            if base_held < args.base or base_rss <= 0:
+                raise SystemExit(f"the base run of {args.base} users held {base_held} sockets: no figure")
+            extra = base_held - args.base  # the loop's own sockets (e.g. its wake-up pair), counted in every run
             for n in args.steps:
                 sim_before = rss_mib(proc.pid)
-                held, rss = hold_cli(url, secret, n, args.think, args.bound, Path(tmp.name))
+                held, rss = hold_cli(url, secret, n, args.think, args.bound, Path(tmp.name), extra)
+                held -= extra
                 per = (rss - base_rss) * 1024 / max(n - args.base, 1)
-                print(f"{n:6d} asked  {held:6d} sockets  chatprobe run RSS {base_rss:7.1f} MiB with {args.base} -> "
+                print(f"{n:6d} asked  {held:6d} held  chatprobe run RSS {base_rss:7.1f} MiB with {args.base} -> "
                       f"{rss:7.1f} MiB with {n}  {per:6.1f} KiB per further open chat  (agentsim {sim_before:.1f} MiB "
                       f"-> {rss_mib(proc.pid):.1f} MiB)", flush=True)
                 if held < n:

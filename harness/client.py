@@ -79,24 +79,29 @@ class _Deadlines:
         self.timer = None
         heap = self.heap
         now = loop.time()
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            wake = entry[1]
-            if wake._timer is not entry:
-                if self.stale:
-                    self.stale -= 1
-                continue
-            wake._timer = None
-            try:
-                wake.set()
-            except Exception as exc:  # one chat's failure is the loop's to report, not the other chats' to share
-                loop.call_exception_handler({"message": "chatprobe: a chat's timer failed", "exception": exc})
-        if heap and (self.timer is None or self.timer_at > heap[0][0]):  # a wake may have armed it already
-            self._arm(loop, heap[0][0])
+        try:
+            while heap and heap[0][0] <= now:
+                entry = heapq.heappop(heap)
+                wake = entry[1]
+                if wake._timer is not entry:
+                    if self.stale:
+                        self.stale -= 1
+                    continue
+                wake._timer = None
+                try:
+                    wake.set()
+                except (KeyboardInterrupt, SystemExit):
+                    raise  # as the loop's own timers let them through
+                except BaseException as exc:  # one chat's failure is the loop's to report, not the others' to share
+                    loop.call_exception_handler({"message": "chatprobe: a chat's timer failed", "exception": exc})
+        finally:  # the deadlines still to come keep their timer, whatever went through
+            if heap and (self.timer is None or self.timer_at > heap[0][0]):  # a wake may have armed it already
+                self._arm(loop, heap[0][0])
 
 
 # One heap per event loop, kept on the loop (an attribute is the cheapest look-up, and it goes with its loop); a loop
-# class that takes no attribute keeps it here instead, weakly. A test or a Locust user may run several loops in turn.
+# class that takes no attribute keeps it here instead, weakly (asyncio's and uvloop's take one; such a loop dropped
+# with deadlines still pending would be kept alive by them). A test or a Locust user may run several loops in turn.
 _DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines] = weakref.WeakKeyDictionary()
 _ATTR = "_chatprobe_deadlines"
 

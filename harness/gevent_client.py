@@ -5,6 +5,7 @@ The asyncio Session's twin over websockets' Sans-I/O protocol: the same sans-I/O
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -99,6 +100,11 @@ class _Wire:
             raise
         self.sock, self.protocol = sock, protocol
         self.early = [e for e in events if isinstance(e, WireFrame)]
+        # Open: the credential is not kept for the connection's life (the offered subprotocols, one of which may
+        # carry the token, are read by the handshake only; the settings keep what the connection's end is told by).
+        protocol.available_subprotocols = None
+        if s.token is not None:
+            self.settings = dataclasses.replace(s, token=None)
 
     def send_text(self, data: bytes) -> None:
         """Send one text message, given as UTF-8."""
@@ -251,7 +257,7 @@ class SyncSession(VirtualUser):
             raise ConnectFailed(kind, reason) from None
         with self._lock:
             self.generation += 1
-            conn = self.conn = _Connection(settings, ws, self.generation)
+            conn = self.conn = _Connection(ws.settings, ws, self.generation)
             self.router.new_connection()
             self.closed = False
         conn.reader = threading.Thread(target=self._read, args=(conn,), name=f"chatprobe-reader-{self.user_id}",

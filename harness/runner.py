@@ -108,26 +108,40 @@ class _Play:
         # during the ramp) or this is cancelled, no more start and the others are cancelled and awaited.
         loop = asyncio.get_running_loop()
         users: list[asyncio.Task[None]] = []
-        failed: asyncio.Future[asyncio.Task[None]] = loop.create_future()
+        # Set to the first user that failed, or to None once every user has ended after the ramp; a user that ends
+        # cancelled (not by this) is no failure, as in a TaskGroup: the others go on.
+        over: asyncio.Future[asyncio.Task[None] | None] = loop.create_future()
+        left = 0
+        ramping = True
 
         def ended(task: asyncio.Task[None]) -> None:  # one function for every user: no bound method each
-            if not task.cancelled() and task.exception() is not None and not failed.done():
-                failed.set_result(task)
+            nonlocal left
+            left -= 1
+            if over.done():
+                return
+            if not task.cancelled() and task.exception() is not None:
+                over.set_result(task)
+            elif left == 0 and not ramping:
+                over.set_result(None)
 
         start = time.monotonic()
         try:
             for i in range(sc.users):
                 due = start + ramp * i / sc.users
-                while not failed.done() and (delay := due - time.monotonic()) > 0:
-                    await asyncio.wait((failed,), timeout=delay)  # the ramp's schedule itself, cut by a failure
-                if failed.done():
+                while not over.done() and (delay := due - time.monotonic()) > 0:
+                    await asyncio.wait((over,), timeout=delay)  # the ramp's schedule itself, cut by a failure
+                if over.done():
                     break
                 task = loop.create_task(self.user(slots=slots), name=USER_TASK)
                 task.add_done_callback(ended)
                 users.append(task)
-            if failed.done():
-                await failed.result()  # raises the user's error
-            await asyncio.gather(*users)
+                left += 1
+            ramping = False
+            if left == 0 and not over.done():
+                over.set_result(None)
+            failed = await over
+            if failed is not None:
+                failed.result()  # raises the first user's error (the others are cancelled below)
         finally:
             for task in users:
                 task.cancel()  # a no-op on a finished one

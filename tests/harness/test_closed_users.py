@@ -100,3 +100,25 @@ def test_cancelling_the_closed_model_ends_every_started_user_and_starts_no_more(
         assert 3 <= len(play.starts) < 40 and play.cancelled == len(play.starts)
 
     run(main())
+
+
+def test_a_user_that_ends_cancelled_is_no_failure_and_the_others_go_on(run: Callable[..., Any]) -> None:
+    """As in an asyncio.TaskGroup: a user's task ending cancelled when nobody cancelled the run (a future it awaited
+    was cancelled by another coroutine) ends that user only."""
+
+    class Some(Users):
+        async def user(self, leave: asyncio.Event | None = None, *, again: bool = False,
+                       slots: asyncio.Semaphore | None = None) -> None:
+            i = len(self.starts)
+            self.starts.append(0.0)
+            if i == 0:
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.02)
+            self.cancelled += 1  # (here: users that finished)
+
+    play = Some(Scenario.model_validate({"name": "r", "users": 4}))
+    run(play.closed())
+    assert len(play.starts) == 4 and play.cancelled == 3

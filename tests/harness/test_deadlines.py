@@ -32,7 +32,8 @@ def test_deadlines_pass_in_order_and_never_early(run: Callable[..., Any]) -> Non
             await wake.until(now + delay, now)
             passed.append((i, now + delay, loop.time()))
 
-        await asyncio.gather(*(one(i, d) for i, d in enumerate(delays)))
+        async with asyncio.timeout(5):  # a lost deadline fails the test, not hangs it
+            await asyncio.gather(*(one(i, d) for i, d in enumerate(delays)))
         assert not _deadlines(loop).heap  # every entry fired: nothing left behind
         return passed
 
@@ -56,7 +57,8 @@ def test_a_deadline_moves_earlier_never_later_and_a_cancelled_one_never_fires(ru
         cancelled.cancel()
         later.arm(now + 0.02, now)
         done = Wake()
-        await done.until(now + 0.05, now)
+        async with asyncio.timeout(5):  # a lost deadline fails the test, not hangs it
+            await done.until(now + 0.05, now)
         assert fired == ["moved", "later"]
         assert not _deadlines(loop).heap and _deadlines(loop).timer is None
 
@@ -98,7 +100,8 @@ def test_a_failing_callback_is_reported_and_the_others_still_fire(run: Callable[
         bad.call, good.call = boom, (lambda: fired.append("good"))
         bad.arm(now + 0.005, now)
         good.arm(now + 0.005, now)  # due in the same pass as the failing one
-        await Wake().until(now + 0.03, now)
+        async with asyncio.timeout(5):  # a lost deadline fails the test, not hangs it
+            await Wake().until(now + 0.03, now)
         assert [type(e) for e in reported] == [ValueError]
         return fired
 
@@ -111,10 +114,35 @@ def test_each_event_loop_has_its_own_deadlines() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        await Wake().until(now + 0.002, now)
+        async with asyncio.timeout(5):  # a lost deadline fails the test, not hangs it
+            await Wake().until(now + 0.002, now)
         seen.append(_deadlines(loop))
 
     asyncio.run(main())
     uvloop.run(main())
     asyncio.run(main())
     assert len({id(d) for d in seen}) == 3  # (all three kept alive by `seen`: no id reused)
+
+
+def test_a_callback_raising_a_base_exception_loses_no_other_deadline(run: Callable[..., Any]) -> None:
+    async def main() -> tuple[list[str], list[type]]:
+        loop = asyncio.get_running_loop()
+        reported: list[type] = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(type(context["exception"])))
+        now = loop.time()
+        fired: list[str] = []
+
+        def bad() -> None:
+            raise asyncio.CancelledError()  # a BaseException, not an Exception
+
+        a, b, c = Wake(), Wake(), Wake()
+        a.call, b.call, c.call = bad, (lambda: fired.append("b")), (lambda: fired.append("c"))
+        a.arm(now + 0.005, now)
+        b.arm(now + 0.005, now)  # due in the same pass, after or before the failing one
+        c.arm(now + 0.02, now)  # due later: the loop timer must still be armed for it
+        async with asyncio.timeout(5):  # a lost deadline fails the test, not hangs it
+            await Wake().until(now + 0.05, now)
+        return fired, reported
+
+    fired, reported = run(main())
+    assert sorted(fired) == ["b", "c"] and reported == [asyncio.CancelledError]

@@ -218,3 +218,55 @@ async def test_an_open_connection_holds_no_copy_of_the_token(client, auth):
     finally:
         transport.abort()
         srv.close()
+
+
+@pytest.mark.parametrize("auth", ["header", "subprotocol"])
+def test_an_open_gevent_wire_holds_no_copy_of_the_token(auth):
+    """The Locust client's connection (harness/gevent_client.py, websockets' Sans-I/O protocol on a blocking socket):
+    once open, its settings and protocol keep no copy of the credential either."""
+    import gc
+    import threading
+    import types
+
+    from harness.gevent_client import _Wire
+
+    token = "tok-" + "s3cret" * 8
+    encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+    server = RawServer([frame(1, b'{"type": "a"}')])
+    box: dict = {}
+    ready = threading.Event()
+
+    def serve() -> None:  # the raw server on a loop of its own: the wire under test blocks
+        loop = asyncio.new_event_loop()
+        srv = loop.run_until_complete(asyncio.start_server(server.handle, "127.0.0.1", 0))
+        box["port"], box["loop"], box["srv"] = srv.sockets[0].getsockname()[1], loop, srv
+        ready.set()
+        loop.run_forever()
+        srv.close()
+        loop.run_until_complete(srv.wait_closed())
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    wire = _Wire(ConnectSettings(url=f"ws://127.0.0.1:{box['port']}/ws", token=token, auth=auth, connect_timeout=3))
+    wire.open()
+    try:
+        assert (token if auth == "header" else encoded) in server.request.decode()  # it was sent
+        seen: set[int] = set()
+        todo: list = [wire]
+        while todo:
+            obj = todo.pop()
+            if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType)):
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, (str, bytes)):
+                text = obj.decode("latin-1") if isinstance(obj, bytes) else obj
+                assert "s3cret" not in text and encoded[4:20] not in text, f"{text[:60]!r} is still held"
+                continue
+            todo.extend(gc.get_referents(obj))
+        assert len(seen) > 20  # the walk reached into the wire's objects
+    finally:
+        wire.close()
+        box["loop"].call_soon_threadsafe(box["loop"].stop)
+        thread.join(10)
