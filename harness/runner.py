@@ -103,9 +103,10 @@ class _Play:
         ramp = sc.ramp_up if sc.users > 1 else 0.0
         # Each user's task is made when the ramp says it starts, as k6 starts a VU, not all at once to sleep until
         # then (100,000 users over a long ramp were 100,000 sleeping tasks, ~1 KB each, before the first connection).
-        # The tasks are gathered, not in a TaskGroup (its per-task bookkeeping, a bound done-callback and a set
-        # entry, was ~130 bytes of every open chat); what a TaskGroup guarantees is kept: when a user fails (also
-        # during the ramp) or this is cancelled, no more start and the others are cancelled and awaited.
+        # The tasks are kept in a list with one done-callback for all, not in a TaskGroup (its per-task bookkeeping,
+        # a bound done-callback and a set entry, was ~130 bytes of every open chat); what a TaskGroup guarantees is
+        # kept: when a user fails (also during the ramp) or this is cancelled, no more start and the others are
+        # cancelled and awaited; a failure comes out as the user's own exception (the first, if several).
         loop = asyncio.get_running_loop()
         users: list[asyncio.Task[None]] = []
         # Set to the first user that failed, or to None once every user has ended after the ramp; a user that ends
