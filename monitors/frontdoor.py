@@ -28,9 +28,13 @@ REFUSAL_REASONS = ("bad_request", "over_capacity", "per_address_limit")
 # open-file limit, this many plus a tenth stay free for handshakes in progress, refusals being answered, /metrics,
 # logs and the interpreter itself ...
 HEADROOM_FDS = 32
-# ... and one accept batch: asyncio accepts up to its listen backlog (100) of sockets in one go before any of them
-# can be looked at, so a burst from one address takes that many descriptors for a moment before it is cut.
-ACCEPT_BATCH = 100
+# ... and the sockets accepted but not yet looked at. asyncio accepts up to the listen backlog of them in one go, and
+# one accepted now is closed, if cut, three loop turns later (its transport is made in a task, connection_made comes
+# a turn after that, the close a turn after that) while the turns between accept more: a flood from one address holds
+# up to ACCEPT_TURNS batches at once. (Budgeting one batch of 100, a 300-socket flood at an open-file limit of 256
+# peaked at 186-224 descriptors, and past 256 on a loaded machine.) So the backlog shrinks with the open-file limit.
+ACCEPT_TURNS = 4
+MAX_ACCEPT_BATCH = 100  # asyncio's default backlog
 # With no open-file limit at all, memory is the bound: see the per-connection byte budget in proxy.py.
 UNLIMITED_DEFAULT_CONNECTIONS = 10000
 # One client address may take this share of --max-connections by default (nginx's limit_conn has no default;
@@ -129,11 +133,19 @@ def open_file_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
+def accept_batch(nofile: int | None) -> int:
+    """The listen backlog for an open-file limit, which is also how many sockets asyncio accepts in one go: a
+    thirty-second of the limit, from 16 up to asyncio's default 100 (reached at 3,200 descriptors)."""
+    if nofile is None:
+        return MAX_ACCEPT_BATCH
+    return max(16, min(MAX_ACCEPT_BATCH, nofile // 32))
+
+
 def connections_for_fds(nofile: int | None) -> int:
     """The most proxied connections `nofile` descriptors carry with headroom (0 when it carries none)."""
     if nofile is None:
         return UNLIMITED_DEFAULT_CONNECTIONS
-    return max(0, (nofile - HEADROOM_FDS - ACCEPT_BATCH - nofile // 10) // 2)
+    return max(0, (nofile - HEADROOM_FDS - ACCEPT_TURNS * accept_batch(nofile) - nofile // 10) // 2)
 
 
 def default_per_address(max_connections: int) -> int:

@@ -38,6 +38,7 @@ from .frontdoor import (
     DEFAULT_PING_TIMEOUT,
     BadTarget,
     FrontDoor,
+    accept_batch,
     client_address,
     connections_for_fds,
     default_per_address,
@@ -525,7 +526,8 @@ async def start_proxy(proxy: Proxy, host: str, port: int, door: FrontDoor | None
                        select_subprotocol=proxy.select_subprotocol, compression=None, max_size=proxy.max_size,
                        max_queue=MAX_QUEUE, write_limit=WRITE_LIMIT, ping_interval=proxy.door.ping_interval,
                        ping_timeout=proxy.door.ping_timeout, close_timeout=CLOSE_TIMEOUT,
-                       create_connection=proxy.door.connection_class())
+                       create_connection=proxy.door.connection_class(),
+                       backlog=accept_batch(open_file_limit()))
 
 
 # On SIGTERM, connections get 1001 and this long to finish closing; then they are cut. (websockets' close() waits

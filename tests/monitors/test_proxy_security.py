@@ -474,20 +474,24 @@ async def test_running_out_of_file_descriptors_is_one_line_and_the_open_connecti
         async with proxy_process(upstream, tmp_path, 256) as (port, pid, err_path, _):
             alice = await open_ws(port, tokens.for_user("alice"), "127.0.0.2")
 
-            def flood() -> None:
-                # Connections that never send a request: each takes a descriptor until the handshake times out.
-                # Once the proxy holds all 256, a few more wait in the listen backlog, where accept() fails.
-                # Each from its own address (one address is cut at a few sockets, see the test above).
-                extra = 0
-                while extra < 10:
-                    assert len(raw) < 400, "the proxy never ran out of descriptors"
-                    source = f"127.0.{1 + len(raw) // 200}.{10 + len(raw) % 200}"
-                    raw.append(socket.create_connection(("127.0.0.1", port), timeout=5,
-                                                        source_address=(source, 0)))
-                    if extra or fds_of(pid) >= 256:
-                        extra += 1
+            def connect() -> None:
+                # A connection that never sends a request: it takes a descriptor until the handshake times out. Each
+                # from its own address (one address is cut at a few sockets, see the test above).
+                source = f"127.0.{1 + len(raw) // 200}.{10 + len(raw) % 200}"
+                raw.append(socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)))
 
-            await asyncio.wait_for(asyncio.to_thread(flood), 30)
+            base = fds_of(pid)
+            while fds_of(pid) < 256:
+                assert len(raw) < 400, "the proxy never ran out of descriptors"
+                # Half a listen backlog at a time (16 at this limit), then until the proxy has taken them: past a
+                # full accept queue the kernel drops a handshake's last ACK, and a client's socket looks open long
+                # before the proxy has it.
+                for _ in range(8):
+                    await asyncio.to_thread(connect)
+                await until(lambda: fds_of(pid) >= min(256, base + len(raw)))
+            # The proxy holds all 256: a few more wait in the listen backlog, where accept() fails.
+            for _ in range(10):
+                await asyncio.to_thread(connect)
             await until(lambda: err_path.stat().st_size > 0)  # the proxy said something about it
             assert await chat_on(alice) == "agent_completed"  # the open connection is served throughout
             # asyncio retries accept each second: let it fail a few more times (the log must not grow).
