@@ -180,14 +180,33 @@ async def test_a_server_ping_is_answered_with_its_payload(client):
     assert server.client_frames[0] == (10, b"hello")  # a pong with the ping's payload
 
 
+def assert_holds_no_token(root: object, encoded: str) -> None:
+    """Nothing reachable from `root` holds the test token ("...s3cret...") or its base64 form. Not through the event
+    loop: it reaches everything, this test's raw server and what it received too."""
+    import gc
+    import types
+
+    seen: set[int] = set()
+    todo: list = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType, asyncio.AbstractEventLoop)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (str, bytes)):
+            text = obj.decode("latin-1") if isinstance(obj, bytes) else obj
+            assert "s3cret" not in text and encoded[4:20] not in text, f"{text[:60]!r} is still held"
+            continue
+        todo.extend(gc.get_referents(obj))
+    assert len(seen) > 20  # the walk reached into the client's objects
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("auth", ["header", "subprotocol"])
 async def test_an_open_connection_holds_no_copy_of_the_token(client, auth):
     """The upgrade's headers (and the dict of them picows keeps for the connection's life, the request websockets
     keeps) carry the credential; once open, nothing reachable from the transport does (and they are not ~1 KiB of
     every open connection)."""
-    import gc
-    import types
 
     token = "tok-" + "s3cret" * 8
     server = RawServer([frame(1, b'{"type": "a"}')])
@@ -200,21 +219,7 @@ async def test_an_open_connection_holds_no_copy_of_the_token(client, auth):
             await transport.open()
         encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
         assert (token if auth == "header" else encoded) in server.request.decode()  # it was sent
-        seen: set[int] = set()
-        todo: list = [transport]
-        while todo:
-            obj = todo.pop()
-            # (Not through the event loop: it reaches everything, this test's raw server and what it received too.)
-            if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType,
-                                                   asyncio.AbstractEventLoop)):
-                continue
-            seen.add(id(obj))
-            if isinstance(obj, (str, bytes)):
-                text = obj.decode("latin-1") if isinstance(obj, bytes) else obj
-                assert "s3cret" not in text and encoded[4:20] not in text, f"{text[:60]!r} is still held"
-                continue
-            todo.extend(gc.get_referents(obj))
-        assert len(seen) > 20  # the walk reached into the client's objects
+        assert_holds_no_token(transport, encoded)
     finally:
         transport.abort()
         srv.close()
@@ -224,9 +229,7 @@ async def test_an_open_connection_holds_no_copy_of_the_token(client, auth):
 def test_an_open_gevent_wire_holds_no_copy_of_the_token(auth):
     """The Locust client's connection (harness/gevent_client.py, websockets' Sans-I/O protocol on a blocking socket):
     once open, its settings and protocol keep no copy of the credential either."""
-    import gc
     import threading
-    import types
 
     from harness.gevent_client import _Wire
 
@@ -253,19 +256,7 @@ def test_an_open_gevent_wire_holds_no_copy_of_the_token(auth):
     wire.open()
     try:
         assert (token if auth == "header" else encoded) in server.request.decode()  # it was sent
-        seen: set[int] = set()
-        todo: list = [wire]
-        while todo:
-            obj = todo.pop()
-            if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType)):
-                continue
-            seen.add(id(obj))
-            if isinstance(obj, (str, bytes)):
-                text = obj.decode("latin-1") if isinstance(obj, bytes) else obj
-                assert "s3cret" not in text and encoded[4:20] not in text, f"{text[:60]!r} is still held"
-                continue
-            todo.extend(gc.get_referents(obj))
-        assert len(seen) > 20  # the walk reached into the wire's objects
+        assert_holds_no_token(wire, encoded)
     finally:
         wire.close()
         box["loop"].call_soon_threadsafe(box["loop"].stop)
