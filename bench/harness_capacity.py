@@ -27,6 +27,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -107,12 +110,17 @@ class FirstEvents(Sink):
             self.started += 1
 
 
+def hold_scenario(n: int, think: float) -> dict[str, Any]:
+    """N users of one chat each that agentsim holds open `think` seconds after its first event, started over N / 1000
+    seconds: what --runner plays and --cli hands to `chatprobe run`."""
+    return {"name": "cap", "users": n, "chats_per_user": 1, "message": f"hold #think={think:g}", "ramp_up": n / 1000,
+            "connect_timeout": 30, "max_duration": think + 60,
+            "expect": {"deadline": think + 30, "first_event_limit": 10, "settle": 0}}
+
+
 async def hold_run(url: str, n: int, think: float, bound: float) -> tuple[int, float, float]:
     """N users of one held chat each, played by run_scenario (the `chatprobe run` path)."""
-    scenario = Scenario.model_validate({
-        "name": "cap", "users": n, "chats_per_user": 1, "message": f"hold #think={think}", "ramp_up": n / 1000,
-        "connect_timeout": 30, "max_duration": think + 60,
-        "expect": {"deadline": think + 30, "first_event_limit": 10, "settle": 0}})
+    scenario = Scenario.model_validate(hold_scenario(n, think))
     target = Target(url=url, profile=load_profile("netra"), name="cap", no_auth_user_param=True)
     counter = FirstEvents()
     stop = asyncio.Event()
@@ -144,10 +152,7 @@ def hold_cli(url: str, secret: str, n: int, think: float, bound: float, tmp: Pat
     """`chatprobe run` holding N chats (one user each): (sockets it held, its RSS in MiB then); `extra`: the sockets
     it holds besides its chats' (its event loop's own), which the wait for N chats counts on top."""
     scenario = tmp / f"cap-{n}.yaml"
-    scenario.write_text("\n".join([
-        "name: cap", f"users: {n}", "chats_per_user: 1", f'message: "hold #think={think:g}"', f"ramp_up: {n / 1000:g}s",
-        "connect_timeout: 30s", f"max_duration: {think + 60:g}s", "expect:", f"  deadline: {think + 30:g}s",
-        "  first_event_limit: 10s", "  settle: 0s"]) + "\n")
+    scenario.write_text(yaml.safe_dump(hold_scenario(n, think)))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["CHATPROBE_JWT_SECRET"] = secret  # a token minted per user, as against the embedded server
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(scenario), "--target", url, "-q"], cwd=ROOT,
