@@ -85,6 +85,31 @@ def test_cancelled_deadlines_do_not_pile_up(run: Callable[..., Any]) -> None:
     run(main())
 
 
+def test_open_chats_carry_few_dead_entries(run: Callable[..., Any]) -> None:
+    """Every open chat leaves one cancelled entry behind (its connection's welcome wait, due a connect timeout later):
+    they stay under a quarter of the heap, not one for every live one."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = _deadlines(loop)
+        now = loop.time()
+        chats = []
+        for i in range(2_000):
+            welcome = Wake()
+            welcome.arm(now + 30 + i / 1000, now)
+            welcome.cancel()  # the welcome came
+            chat = Wake()
+            chat.arm(now + 330 + i / 1000, now)  # the chat's own deadline, minutes away
+            chats.append(chat)
+        live = sum(1 for _, wake in deadlines.heap if wake._timer is not None)
+        assert live == len(chats)
+        assert len(deadlines.heap) - live <= len(deadlines.heap) // 4 + 1
+        for w in chats:
+            w.cancel()
+        assert not deadlines.heap and deadlines.timer is None
+
+    run(main())
+
+
 def test_a_failing_callback_is_reported_and_the_others_still_fire(run: Callable[..., Any]) -> None:
     async def main() -> list[str]:
         loop = asyncio.get_running_loop()
