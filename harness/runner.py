@@ -3,6 +3,7 @@ collects one verdict per chat."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import time
 import uuid
@@ -21,6 +22,13 @@ from .targets import Target
 SCHEDULE_TICK = 0.05
 # Task names: one string for all (asyncio would make a "Task-N" string per task, ~55 bytes of every open chat).
 USER_TASK, CHAT_TASK = "chatprobe-user", "chatprobe-chat"
+
+
+def _tasks_context() -> contextvars.Context:
+    """The context every user (or chat) task of one run starts in: one copy of the caller's, not a copy per task
+    (asyncio's default, 64 bytes of every open chat). Nothing in a chat sets a context variable, and the loop runs one
+    task step at a time, so none enters it while another is in it (as the client's timers share one, client.py)."""
+    return contextvars.copy_context()
 
 
 class _Collector(Sink):
@@ -126,6 +134,7 @@ class _Play:
                 over.set_result(None)
 
         start = time.monotonic()
+        context = _tasks_context()
         try:
             for i in range(sc.users):
                 due = start + ramp * i / sc.users
@@ -133,7 +142,7 @@ class _Play:
                     await asyncio.wait((over,), timeout=delay)  # the ramp's schedule itself, cut by a failure
                 if over.done():
                     break
-                task = loop.create_task(self.user(slots=slots), name=USER_TASK)
+                task = loop.create_task(self.user(slots=slots), name=USER_TASK, context=context)
                 task.add_done_callback(ended)
                 users.append(task)
                 left += 1
@@ -152,13 +161,14 @@ class _Play:
         """Users through the stages: as many as the shape says at each tick, each playing its script again and
         again; the newest leave first when a stage ramps down, all of them at the end of the last stage."""
         active: list[asyncio.Event] = []
+        context = _tasks_context()
         async with asyncio.TaskGroup() as tg:
             while (t := time.monotonic() - self.started) < shape.total:
                 want = shape.users_at(t)
                 while len(active) < want:
                     leave = asyncio.Event()
                     active.append(leave)
-                    tg.create_task(self.user(leave, again=True), name=USER_TASK)
+                    tg.create_task(self.user(leave, again=True), name=USER_TASK, context=context)
                 while len(active) > want:
                     active.pop().set()
                 await asyncio.sleep(min(SCHEDULE_TICK, shape.total - t))  # the schedule's tick itself
@@ -173,6 +183,7 @@ class _Play:
         assert stages is not None
         script = self.scenario.user_script(self.target.profile)
         idle: list[Session] = []
+        context = _tasks_context()
         sessions: list[Session] = []
         in_flight = 0
         limit = self.scenario.max_in_flight
@@ -206,7 +217,7 @@ class _Play:
                     else:
                         session = self.session()
                         sessions.append(session)
-                    tg.create_task(one(session, at), name=CHAT_TASK)
+                    tg.create_task(one(session, at), name=CHAT_TASK, context=context)
         finally:
             await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
 

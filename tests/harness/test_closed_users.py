@@ -5,6 +5,7 @@ is), on asyncio's loop and on uvloop."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -130,3 +131,33 @@ def test_a_user_that_ends_cancelled_is_no_failure_and_the_others_go_on(run: Call
     play = Some(Scenario.model_validate({"name": "r", "users": 4}))
     run(play.closed())
     assert len(play.starts) == 4 and play.finished == 3
+
+
+_SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("_SEEN", default="unset")
+
+
+class ContextUsers(Users):
+    """Users that note the caller's context variable, and set one of their own."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        super().__init__(scenario)
+        self.seen: list[str] = []
+
+    async def user(self, leave: asyncio.Event | None = None, *, again: bool = False,
+                   slots: asyncio.Semaphore | None = None) -> None:
+        self.seen.append(_SEEN.get())
+        _SEEN.set(f"user {len(self.seen)}")
+
+
+def test_users_start_in_one_copy_of_the_callers_context(run: Callable[..., Any]) -> None:
+    """A run's users see the context variables of whoever started the run (a tracing context, say), through one copy
+    of it for all of them, not a copy each (memory per open chat): what one user sets, the next one sees."""
+    play = ContextUsers(Scenario.model_validate({"name": "c", "users": 3}))
+
+    async def main() -> None:
+        _SEEN.set("caller")
+        await play.closed()
+        assert _SEEN.get() == "caller"  # the caller's own context is untouched
+
+    run(main())
+    assert play.seen == ["caller", "user 1", "user 2"]
