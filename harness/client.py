@@ -31,11 +31,11 @@ class _Deadlines:
     ~2.3 us to arm and cancel) was the largest piece of an open chat after its socket; an entry is a 2-tuple and a
     float, pushed and popped with heapq. asyncio has no shared timer of its own to hang many deadlines on (its heap is
     per handle), hence this. An entry is in force while its wake points at it (`Wake._timer is entry`); one replaced or
-    cancelled stays where it is until it comes up, or until such ones are a quarter of the heap: then the heap is
-    rebuilt without them (bounded in bytes by the waits in force, not by those made). Not half: every open chat leaves
-    one such entry behind, its connection's welcome wait (cancelled when the welcome came, due connect_timeout later),
-    so at half a heap of 15,000 open chats held 15,000 dead entries with their Wakes, ~170 bytes a chat; a rebuild
-    every quarter-heap of drops costs a few list steps per drop."""
+    cancelled goes at once when it is first in line, else stays until it is, or until such ones are a quarter of the
+    heap: then the heap is rebuilt without them (bounded in bytes by the waits in force, not by those made). Every
+    open chat leaves one such entry behind, its connection's welcome wait (cancelled when the welcome came, due
+    connect_timeout later): at half, a heap of 15,000 open chats held 15,000 dead entries with their Wakes (~170 bytes
+    a chat); a rebuild every quarter-heap of drops costs a few list steps per drop."""
 
     __slots__ = ("heap", "timer", "timer_at", "stale")
 
@@ -59,13 +59,18 @@ class _Deadlines:
         """A wake let go of its entry (cancelled, or armed earlier with a new one)."""
         self.stale += 1
         heap = self.heap
+        # Those now first in line go at once: a welcome wait is the earliest deadline of its chat and the welcomes
+        # come in the order the connections opened, so most dead entries are let go here, not by a rebuild.
+        while heap and heap[0][1]._timer is not heap[0]:
+            heapq.heappop(heap)
+            self.stale -= 1
         if self.stale * 4 > len(heap):
             heap[:] = [e for e in heap if e[1]._timer is e]
             heapq.heapify(heap)
             self.stale = 0
-            if not heap and self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
+        if not heap and self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
         if self.timer is not None:
