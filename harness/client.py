@@ -19,9 +19,6 @@ from .sinks import Sink
 from .targets import Target
 from .transports import ConnectFailed, Transport, make_transport
 
-# The client's timers run in this one empty context, not in a copy of the caller's each (64 bytes per open chat);
-# nothing in them reads a context variable, and a timer callback never runs inside another one.
-_TIMER_CONTEXT = contextvars.Context()
 _MIN_TIMER = 0.001  # seconds (see Wake.arm)
 
 
@@ -37,13 +34,18 @@ class _Deadlines:
     connect_timeout later): at half, a heap of 15,000 open chats held 15,000 dead entries with their Wakes (~170 bytes
     a chat); a rebuild every quarter-heap of drops costs a few list steps per drop."""
 
-    __slots__ = ("heap", "timer", "timer_at", "stale")
+    __slots__ = ("heap", "timer", "timer_at", "stale", "context")
 
     def __init__(self) -> None:
         self.heap: list[tuple[float, Wake]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.stale = 0
+        # The loop timer runs in this loop's own empty context, not a copy of the caller's each time it is armed.
+        # Nothing in it reads a context variable; one per loop, not one for the process: Python refuses to enter a
+        # context already entered, even from another thread, and two loops in two threads (the pytest plugin's
+        # loop thread beside a test's own asyncio.run) may fire at the same moment.
+        self.context = contextvars.Context()
 
     def add(self, loop: asyncio.AbstractEventLoop, delay: float, wake: Wake) -> tuple[float, Wake]:
         # At least a millisecond ahead (as a loop timer of its own was): an entry armed while the heap is being
@@ -63,7 +65,8 @@ class _Deadlines:
         # come in the order the connections opened, so most dead entries are let go here, not by a rebuild.
         while heap and heap[0][1]._timer is not heap[0]:
             heapq.heappop(heap)
-            self.stale -= 1
+            if self.stale:  # a wake cancelled with no loop running, or on another loop, was never counted
+                self.stale -= 1
         if self.stale * 4 > len(heap):
             heap[:] = [e for e in heap if e[1]._timer is e]
             heapq.heapify(heap)
@@ -80,7 +83,7 @@ class _Deadlines:
         # A timer of at least 1 ms ends that (asyncio's are exact to begin with).
         delay = at - loop.time()
         self.timer = loop.call_later(delay if delay > _MIN_TIMER else _MIN_TIMER, self._fire, loop,
-                                     context=_TIMER_CONTEXT)
+                                     context=self.context)
         self.timer_at = at
 
     def _fire(self, loop: asyncio.AbstractEventLoop) -> None:

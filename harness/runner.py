@@ -26,8 +26,9 @@ USER_TASK, CHAT_TASK = "chatprobe-user", "chatprobe-chat"
 
 def _tasks_context() -> contextvars.Context:
     """The context every user (or chat) task of one run starts in: one copy of the caller's, not a copy per task
-    (asyncio's default, 64 bytes of every open chat). Nothing in a chat sets a context variable, and the loop runs one
-    task step at a time, so none enters it while another is in it (as the client's timers share one, client.py)."""
+    (asyncio's default, 64 bytes of every open chat). Nothing in a chat sets a context variable, and the run's one
+    loop runs one task step at a time, so none enters it while another is in it (a context is never shared across
+    threads: the client's timers have one per loop, client.py)."""
     return contextvars.copy_context()
 
 

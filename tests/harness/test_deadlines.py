@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -182,3 +184,85 @@ def test_a_callback_raising_a_base_exception_loses_no_other_deadline(run: Callab
 
     fired, reported = run(main())
     assert sorted(fired) == ["b", "c"] and reported == [asyncio.CancelledError]
+
+
+def test_a_wake_cancelled_between_runs_of_its_loop_leaves_the_count_of_dead_entries_true() -> None:
+    """A wake cancelled while no loop runs is not counted as a dead entry; the count must not go below the truth (it
+    decides when the heap is rebuilt)."""
+    loop = asyncio.new_event_loop()
+    try:
+        a, b, c = Wake(), Wake(), Wake()
+
+        async def arm() -> None:
+            now = loop.time()
+            a.arm(now + 10, now)
+            b.arm(now + 20, now)
+            c.arm(now + 30, now)
+
+        async def cancel_b() -> None:
+            b.cancel()
+
+        loop.run_until_complete(arm())
+        a.cancel()  # between runs: no running loop
+        loop.run_until_complete(cancel_b())
+        deadlines = _deadlines(loop)
+        dead = sum(1 for entry in deadlines.heap if entry[1]._timer is not entry)
+        assert deadlines.stale == dead == 0 and len(deadlines.heap) == 1
+        c.cancel()
+    finally:
+        loop.close()
+
+
+def test_loops_in_two_threads_fire_their_deadlines_at_the_same_time() -> None:
+    """Each loop's timer runs in a context of its own: two loops in two threads (the pytest plugin's loop thread beside
+    a test's own loop) firing at once must not both enter one (Python refuses: the loser's timer was lost and every
+    wait on its loop hung)."""
+    errors: list[str] = []
+    finished: list[int] = []
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, so the two loops' timers overlap
+
+    def worker(tag: int) -> None:
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            loop.set_exception_handler(lambda _loop, ctx: errors.append(repr(ctx.get("exception"))))
+            fired = 0
+            done = loop.create_future()
+
+            def again(w: Wake) -> Callable[[], None]:
+                def call() -> None:
+                    nonlocal fired
+                    fired += 1
+                    sum(range(2000))  # a little Python inside the timer's callback: the other thread gets the GIL
+                    if fired >= 6000:
+                        if not done.done():
+                            done.set_result(None)
+                        return
+                    now = loop.time()
+                    w.arm(now + 0.001, now)
+                return call
+
+            wakes = [Wake() for _ in range(20)]
+            for w in wakes:
+                w.call = again(w)
+                now = loop.time()
+                w.arm(now + 0.001, now)
+            try:
+                await asyncio.wait_for(done, 20)  # a hung loop fails the test, not the suite
+                finished.append(tag)
+            finally:
+                for w in wakes:
+                    w.cancel()
+
+        asyncio.run(main())
+
+    try:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(switch)
+    assert errors == []
+    assert sorted(finished) == [0, 1]
