@@ -35,6 +35,10 @@ MAX_FOLLOWUP_RUNS = 32
 MAX_RUN_ALIASES = 1024
 # Chats a connection holds before it keeps a set of them beside the list (see ConnectionChecker._members).
 SMALL_CONNECTION = 8
+# A connection's first malformed or foreign frames (R12, R8) are charged to every chat open when each arrives; past
+# this many, a flood: each open chat has been told, so a further one is charged only to chats opened since the last
+# (a recording of 1,000 open chats and a million junk lines was a billion steps: hours).
+INCIDENTS_EACH = 16
 
 # The roles feed() compares against, bound once: an enum member looked up on its class costs ~60 ns each time.
 _STARTED, _THINKING, _TOOL_EXECUTING = Role.AGENT_STARTED, Role.AGENT_THINKING, Role.TOOL_EXECUTING
@@ -701,7 +705,7 @@ class ConnectionChecker:
     """Routes one connection's decoded frames to its chats; catches events of runs this client never started."""
 
     __slots__ = ("user_id", "events_name_run", "by_run", "by_message", "by_thread", "chats", "_members", "unnamed",
-                 "_prune_at", "malformed", "foreign")
+                 "_prune_at", "malformed", "foreign", "_fresh")
 
     def __init__(self, user_id: str | None = None, *, events_name_run: bool = False) -> None:
         # The user this connection authenticated as (the token's `sub`), else the one its welcome names.
@@ -725,6 +729,8 @@ class ConnectionChecker:
         self._prune_at = 2 * KEEP_FINISHED  # amortized: a prune that finds little to forget waits for twice as many
         self.malformed = 0
         self.foreign = 0
+        # Once INCIDENTS_EACH malformed or foreign frames came: the chats added since the last one (see _charged).
+        self._fresh: list[ChatTracker] = _NO_LIST
 
     def add(self, chat: ChatTracker) -> None:
         """Register a chat (again, after a reconnect: then it is not duplicated)."""
@@ -733,6 +739,10 @@ class ConnectionChecker:
             self._prune_at = max(2 * KEEP_FINISHED, 2 * len(self.chats))
         if not self._has(chat):
             self.chats.append(chat)
+            if self.malformed + self.foreign >= INCIDENTS_EACH:
+                if self._fresh is _NO_LIST:
+                    self._fresh = []
+                self._fresh.append(chat)
             if self._members is not None:
                 self._members.add(chat)
             elif len(self.chats) > SMALL_CONNECTION:
@@ -773,6 +783,8 @@ class ConnectionChecker:
             return
         self.chats = [c for c in self.chats if id(c) not in drop]
         self._members = set(self.chats) if len(self.chats) > SMALL_CONNECTION else None
+        if self._fresh:
+            self._fresh = [c for c in self._fresh if id(c) not in drop]
         for table in (self.by_run, self.by_message, self.by_thread):
             for key in [k for k, c in table.items() if id(c) in drop]:
                 del table[key]
@@ -785,6 +797,8 @@ class ConnectionChecker:
             if self._members is not None:
                 self._members.discard(chat)
             self.chats.remove(chat)
+            if chat in self._fresh:
+                self._fresh.remove(chat)
         for index in (self.by_run, self.by_message, self.by_thread):
             for key in [k for k, c in index.items() if c is chat]:
                 del index[key]
@@ -896,14 +910,25 @@ class ConnectionChecker:
         return oldest
 
     def _foreign(self, ev: Event, why: str) -> None:
+        witnesses = self._charged()
         self.foreign += 1
-        for chat in self._witnesses():
+        for chat in witnesses:
             chat.foreign(ev, why)
 
     def on_malformed(self, frame: Frame, at: float) -> None:
+        witnesses = self._charged()
         self.malformed += 1
-        for chat in self._witnesses():
+        for chat in witnesses:
             chat.malformed(frame.detail, at)
+
+    def _charged(self) -> Iterable[ChatTracker]:
+        """Who a malformed or foreign frame is charged to: the connection's first INCIDENTS_EACH, every chat on screen
+        (`_witnesses`); past them, only the chats opened since the last such frame and still open, so a flood costs
+        each frame the chats it tells, not every open chat again (each was told already)."""
+        if self.malformed + self.foreign < INCIDENTS_EACH:
+            return self._witnesses()
+        fresh, self._fresh = self._fresh, _NO_LIST
+        return [c for c in fresh if not c.done and c._result is None]
 
     def on_error(self, frame: Frame, at: float) -> None:
         """A connection-level error: the answer an invalid-input probe waits for; else, when exactly one chat

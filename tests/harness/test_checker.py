@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from harness.checker import ChatTracker, ConnectionChecker, Expectations, abandon
-from harness.events import Frame, Outcome, Role, SessionError
+from harness.events import Frame, Outcome, Role, Rule, SessionError
 from harness.profiles import load_profile
 
 from .runs import EXP, ev, judge, rules, valid_run
@@ -345,3 +345,29 @@ def test_rejections_end_waiting_chats_oldest_first():
     assert isinstance(auth, Frame) and auth.session_error is SessionError.AUTH_FAILED
     conn.on_error(auth, 6.1)
     assert not late.done
+
+
+def test_a_flood_of_malformed_frames_tells_each_open_chat_without_charging_every_frame_to_every_chat():
+    """1,000 open chats and 100,000 junk frames: each chat is told (R12), a chat opened during the flood too, and the
+    work is not frames x chats: past the first INCIDENTS_EACH frames each open chat is not charged again."""
+    from harness.checker import INCIDENTS_EACH
+
+    conn = ConnectionChecker(user_id="u1")
+    chats = [ChatTracker(f"c{i}", EXP, 0.0, thread_id=f"t{i}", message_id=f"m{i}") for i in range(1000)]
+    for chat in chats:
+        conn.add(chat)
+    junk = Frame("malformed", detail="not JSON")
+    for _ in range(50_000):
+        conn.on_malformed(junk, 0.1)
+    late = ChatTracker("late", EXP, 0.2, thread_id="tl", message_id="ml")
+    conn.add(late)
+    for _ in range(50_000):
+        conn.on_malformed(junk, 0.3)
+    assert conn.malformed == 100_000
+
+    def charged(chat: ChatTracker) -> int:
+        res = chat.finish(10.0)
+        return sum(1 for v in res.violations if v.rule is Rule.R12) + res.violations_not_listed.get(Rule.R12, 0)
+
+    assert {charged(c) for c in chats} == {INCIDENTS_EACH}
+    assert charged(late) == 1
