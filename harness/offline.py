@@ -44,6 +44,9 @@ MAX_CHATS_LISTED = 1_000
 MAX_EVENTS_LISTED = 1_000
 # Files of one directory judged together (each is open while they are merged).
 MAX_FILES_MERGED = 512
+# Seconds a connection's recorded time may step back (a capture's clock adjusted) before it is an R12; it is kept in
+# order either way.
+TIME_BACK_TOLERANCE = 1.0
 
 ENDED_NOTE = "the recording ends before the run's terminal event"
 CLOSED_NOTE = "the connection closed mid-run"
@@ -108,6 +111,18 @@ class OfflineCheck:
             self.conns[rec.conn] = self.conns.pop(rec.conn)
         if rec.t is not None:
             at = rec.t
+            last = conn.last_t
+            if last is not None and at < last:
+                # The recording's clock went back on this connection: kept in order, so no delay reads negative (a
+                # run's events "before" its message made a failing chat pass); a step back past the tolerance is
+                # the recording's problem, an R12 on the chats it falls in.
+                if last - at > TIME_BACK_TOLERANCE:
+                    if not conn.checker.chats:
+                        self._open(conn, last, timed=False)
+                    where = f" ({rec.where})" if rec.where else ""
+                    conn.router.on_protocol_error(f"recorded time goes back {last - at:.3f}s{where}", last)
+                    conn.wake = last
+                at = last
             self.now = at
             if self.first_t is None:
                 self.first_t = at

@@ -66,10 +66,12 @@ RECORDED_RUN_RE = re.compile(r"^(\d{8}T\d{6}(?:\d{6})?Z-[0-9a-f]{6})-\d{6}-.*\.j
 
 def recorded_runs(directory: Path) -> list[tuple[str | None, list[Path]]]:
     """The recordings in a directory: one group per run `--record` wrote there (its run id and files, oldest run
-    first), then every other file as one group (run id None). Hidden files (a recorder's part files) are skipped."""
+    first), then every other file as one group (run id None). Hidden files (a recorder's part files) are skipped, and
+    so are symbolic links (as `find` does): a link may lead anywhere (a private key, a device that never ends), and
+    a directory of recordings holds files; a file named on the command line is read as named."""
     runs: dict[str | None, list[Path]] = {}
     for p in sorted(directory.iterdir()):
-        if p.name.startswith(".") or not p.is_file():
+        if p.name.startswith(".") or p.is_symlink() or not p.is_file():
             continue
         m = RECORDED_RUN_RE.match(p.name)
         runs.setdefault(m.group(1) if m else None, []).append(p)
@@ -194,6 +196,8 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME) -> I
         except UnicodeDecodeError:
             yield Recorded("problem", conn, detail=f"line {n} is not UTF-8", where=where)
             continue
+        if n == 1:
+            text = text.removeprefix("\ufeff")  # a byte order mark some editors and tools write first
         try:
             obj = json.loads(text)
         except (ValueError, RecursionError):

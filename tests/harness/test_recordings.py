@@ -152,7 +152,8 @@ def test_with_nothing_else_one_chat_per_connection(tmp_path):
 
 def test_times_from_the_recording_judge_first_event_stall_and_deadline(tmp_path):
     late = netra_run("r1", 100.0)
-    late[0]["t"] = 101.5  # first event 1.5 s after the message (limit 1 s)
+    for r in late:
+        r["t"] += 1.4  # first event 1.5 s after the message (limit 1 s)
     stalled = netra_run("r2", 200.0)
     for r in stalled[3:]:
         r["t"] += 3.0  # 3 s gap (limit 2 s)
@@ -455,3 +456,47 @@ def test_two_runs_recorded_into_one_directory_are_each_judged_as_they_were_live(
     with pytest.raises(RecordingError, match="holds 2 recorded runs"):
         (rec / "only" / files[-1]).write_text((rec / files[-1]).read_text())
         check_recording(rec / "only")
+
+
+# -- hostile recordings (an attacker's pass) --
+
+def test_events_recorded_before_their_message_never_make_a_negative_delay_or_a_pass(tmp_path):
+    """A run whose events are stamped 500 s before the message that asked for it (a capture's clock gone back): kept
+    in order (no negative first-event time) and an R12 on the chat, not a pass."""
+    recs = [send(1000.0)] + netra_run("r1", 500.0)
+    [run] = check_files([write_jsonl(tmp_path / "back.jsonl", recs)], NETRA, SC)
+    [result] = run.results
+    assert result.outcome is Outcome.FAILED
+    assert any(v.rule == "R12" and "recorded time goes back" in v.reason and "back.jsonl:2" in v.reason
+               for v in result.violations), result.violations
+    assert result.time_to_first_event is not None and result.time_to_first_event >= 0
+
+
+def test_a_small_step_back_of_the_recorded_clock_is_kept_in_order_and_passes(tmp_path):
+    recs = [send(1000.0)] + netra_run("r1", 999.5)  # 0.4 s back: within the tolerance, a clock adjusted
+    [run] = check_files([write_jsonl(tmp_path / "jitter.jsonl", recs)], NETRA, SC)
+    [result] = run.results
+    assert result.outcome is Outcome.PASSED, result.violations
+    assert result.time_to_first_event == 0
+
+
+def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
+    f = tmp_path / "bom.jsonl"
+    write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
+    f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+    [run] = check_files([f], NETRA, SC)
+    assert verdicts(run) == [("r1", "passed", [])]
+
+
+def test_links_in_a_directory_of_recordings_are_not_followed(tmp_path):
+    """A directory's symbolic links may lead anywhere (a private key, a device that never ends): not read; the
+    recordings in it are."""
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n")
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    write_jsonl(rec / "chat.jsonl", [send(1.0)] + netra_run("r1", 1.0))
+    (rec / "a.jsonl").symlink_to(secret)
+    [run] = check_files([rec], NETRA, SC)
+    assert verdicts(run) == [("r1", "passed", [])]
+    assert "PRIVATE KEY" not in json.dumps([str(v) for r in run.results for v in r.violations])
