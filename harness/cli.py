@@ -360,8 +360,22 @@ def _check(args: argparse.Namespace, console: Console) -> int:
     for path in args.paths:
         if not Path(path).exists():
             raise ConfigError(f"{path}: no such file or directory")
+    _reports_apart_from(args, args.paths)
     runs = check_files(args.paths, profile, scenario, args.format, max_frame=max_frame)
     return _finish(args, console, runs, [], None)
+
+
+def _reports_apart_from(args: argparse.Namespace, inputs: list[str]) -> None:
+    """A report written over a recording it judges would destroy the evidence: refused before anything is read."""
+    read: set[str] = set()
+    for path in inputs:
+        p = Path(path)
+        files = list(p.iterdir()) if p.is_dir() else [p]
+        read.update(os.path.realpath(q) for q in files)
+    for flag in REPORT_FLAGS:
+        target = getattr(args, flag)
+        if target and os.path.realpath(target) in read:
+            raise ConfigError(f"--{flag} {target}: that is a recording this command reads; write the report elsewhere")
 
 
 def _console() -> Console:
@@ -407,9 +421,9 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args, console)
         return _event_loop_run()(_run_interruptible(args, console))
     except ConfigError as exc:
-        from .redact import scrub
+        from .redact import printable, scrub
 
-        print(f"chatprobe: error: {scrub(str(exc))}", file=sys.stderr)
+        print(f"chatprobe: error: {printable(scrub(str(exc)))}", file=sys.stderr)
         return int(ExitCode.USAGE)
     except KeyboardInterrupt:  # before the signal handlers were installed
         print("chatprobe: interrupted", file=sys.stderr)

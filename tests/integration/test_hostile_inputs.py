@@ -261,3 +261,21 @@ def test_a_har_with_a_50_mb_number_is_cut_short_at_once(tmp_path):
     code, out, rss = chatprobe("check", str(f), timeout=10)
     assert code == 1 and "Traceback" not in out and rss < 300, (code, rss, out[-2000:])
     assert "HAR file cut short: a number or literal longer than 4096 bytes" in out, out[-2000:]
+
+
+def test_a_report_over_a_recording_it_reads_is_refused_and_the_recording_kept(tmp_path):
+    f = tmp_path / "chat.jsonl"
+    f.write_text(json.dumps({"t": 1.0, "dir": "recv", "conn": "c", "frame": {"type": "agent_started", "run_id": "r"}})
+                 + "\n")
+    before = f.read_bytes()
+    for flag in ("--html", "--json", "--junit"):
+        code, out, _ = chatprobe("check", str(tmp_path), flag, str(f), timeout=60)
+        assert code == 2 and f"{flag} {f}: that is a recording this command reads" in out, out[-2000:]
+        assert f.read_bytes() == before
+
+
+def test_an_error_naming_a_path_shows_its_control_characters_escaped(tmp_path):
+    name = tmp_path / "evil\x1b[2J\x1b]0;owned\x07\u202ename.har"
+    code, out, _ = chatprobe("check", str(name), timeout=60)
+    assert code == 2 and "\x1b" not in out and "\u202e" not in out, repr(out[-500:])
+    assert "evil\\x1b[2J\\x1b]0;owned\\x07\\u202ename.har: no such file or directory" in out, repr(out[-500:])
