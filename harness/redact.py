@@ -54,6 +54,15 @@ _B64_JWT_MARKS = ("ZXlK", "V5S", "leU")
 # characters is redacted too.
 PREFIX_LEN = 8
 _BEARER_RE = re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]{8,}")
+# An Authorization header's credential whatever its scheme (Basic user:password, Token, Digest…), as a header line, a
+# JSON member or a repr: the scheme stays, the credential goes.
+_AUTHZ_RE = re.compile(r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:[A-Za-z][A-Za-z0-9_-]*\s+)?)"
+                       r"[^\s\"',;]{4,}")
+# A token offered as a WebSocket subprotocol (`jwt.<token>`, as browsers must send one), opaque or not.
+_SUBPROTOCOL_TOKEN_RE = re.compile(r"(?i)\b(jwt\.)[A-Za-z0-9._~+/=-]{8,}")
+# A compact JWS whose header JSON does not start '{"' (a space or a line break after the brace): eyAi…, ewo…, ew0K…,
+# ewk…; only in the whole three-part shape (these prefixes alone are too common to mean a token).
+_JWS_OTHER_RE = re.compile(r"\b(?:eyA[gi]|ewo|ew0K|ewk)[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s\"'<>`]+")
 _USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 _PARAM_RE = re.compile(r"([?&;#])([^=&;#]*)=([^&;#]*)")
@@ -340,6 +349,12 @@ def scrub(text: str) -> str:
         text = _URL_RE.sub(lambda m: redact_url(m.group(0)), text)
     if "earer" in text or "EARER" in text:
         text = _BEARER_RE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+    if "thoriz" in text or "THORIZ" in text:
+        text = _AUTHZ_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    if "jwt." in text or "JWT." in text:
+        text = _SUBPROTOCOL_TOKEN_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    if "eyA" in text or "ew" in text:
+        text = _JWS_OTHER_RE.sub(REDACTED, text)
     return text
 
 

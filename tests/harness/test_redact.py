@@ -167,3 +167,21 @@ def _decoded_runs(text: str) -> str:
             with contextlib.suppress(binascii.Error):
                 out.append(base64.b64decode(chunk[: len(chunk) - len(chunk) % 4]).decode("latin-1"))
     return "\n".join(out)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "Authorization: Basic [REDACTED]"),
+    ('{"authorization": "Token abcdef123456"}', '{"authorization": "Token [REDACTED]"}'),
+    ("proxy-authorization=Digest username=x", "proxy-authorization=Digest [REDACTED]"),
+    ("Authorization: opaque-credential-7Hq2", "Authorization: [REDACTED]"),
+    ("Sec-WebSocket-Protocol: jwt.b3BhcXVlLXRva2VuLXZhbHVl", "Sec-WebSocket-Protocol: jwt.[REDACTED]"),
+    # a JWT whose header JSON has a space after the brace: base64url "eyAi…", not "eyJ…"
+    ("run eyAiYWxnIjogIkhTMjU2IiB9.eyAic3ViIjogInUxIiB9.S1gN4tur3abc done", "run [REDACTED] done"),
+    ("run ewogImFsZyI6ICJIUzI1NiIKfQ.ewogInN1YiI6ICJ1MSIKfQ.c2lnbmF0dXJl done", "run [REDACTED] done"),
+    # prose and names stay
+    ("the token validation failed", "the token validation failed"),
+    ("scenario basic passed; Authorization header missing", "scenario basic passed; Authorization header missing"),
+    ("ewok.example.com", "ewok.example.com"),
+])
+def test_credentials_of_any_authorization_scheme_subprotocol_tokens_and_other_jws_headers(text, shown):
+    assert scrub(text) == shown
