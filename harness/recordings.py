@@ -29,6 +29,7 @@ import binascii
 import io
 import json
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -118,8 +119,10 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
     if fmt is not None and fmt not in FORMATS:
         raise RecordingError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     try:
-        with open(p, "rb") as f:
-            head = f.read(4096)
+        # Never blocks: a file that waits for data (a /proc file such as kmsg, a device) ends where it has none now,
+        # instead of hanging the command (a regular file reads as ever).
+        with os.fdopen(os.open(p, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            head = f.read(4096) or b""
             if not head.strip():
                 raise RecordingError(f"{p}: the recording is empty")
             kind = fmt or detect_format(head)
@@ -150,7 +153,7 @@ class _Prefixed(io.RawIOBase):
             b[:n] = self._head[:n]
             self._head = self._head[n:]
             return n
-        data = self._rest.read(len(b))
+        data = self._rest.read(len(b)) or b""  # None: nothing to read without waiting (see read_recording)
         n = len(data)
         b[:n] = data
         return n
