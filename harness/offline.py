@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
-from .events import Event, Outcome
+from .events import Event, Outcome, kept_bytes
 from .flow import WAKE_ALL, FrameRouter, verdict_due
 from .profiles import Profile
 from .recordings import (
@@ -39,9 +39,17 @@ MAX_OPEN_CHATS = 10_000
 MAX_OPEN_PER_CONN = 1_000
 # Runs whose connection ended mid-run, kept for a resume on another connection.
 MAX_PARKED = 10_000
+# The events the open chats keep, in bytes (each chat's own bound is checker.MAX_KEPT_BYTES, 4 MiB: 10,000 open chats
+# could hold 40 GB); past it the oldest open chats are judged as they stand. Looked at every BYTES_CHECK_EVERY frames
+# (a sum over the open chats: a few steps per frame).
+MAX_OPEN_BYTES = 256 * 1024 * 1024
+BYTES_CHECK_EVERY = 1024
 # What the reports list: the stats count every chat, the listings keep the first ones (non-passing first).
 MAX_CHATS_LISTED = 1_000
 MAX_EVENTS_LISTED = 1_000
+# …and of their events, in bytes (2,000 chats of 1,000 events each would be ~500 MB): past it, a listed chat keeps
+# none of its events.
+MAX_LISTED_BYTES = 64 * 1024 * 1024
 # Files of one directory judged together (each is open while they are merged).
 MAX_FILES_MERGED = 512
 # Seconds a connection's recorded time may step back (a capture's clock adjusted) before it is an R12; it is kept in
@@ -52,6 +60,7 @@ ENDED_NOTE = "the recording ends before the run's terminal event"
 CLOSED_NOTE = "the connection closed mid-run"
 NOT_RESUMED_NOTE = "the connection was lost mid-run and no resume of the run was recorded"
 CROWDED_NOTE = "judged as it stood: too many chats open at once in the recording"
+HEAVY_NOTE = "judged as it stood: the chats open at once in the recording held too many events"
 UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive times, or no events): first-event time "
                 "and chat duration not judged")
 
@@ -94,9 +103,11 @@ class OfflineCheck:
         self.tally = Tally()
         self.listed: list[ChatResult] = []
         self.listed_passing = self.listed_failing = 0
+        self.listed_bytes = 0
         self.first_t: float | None = None
         self.now = 0.0
         self.n = 0
+        self.frames = 0  # received, for the bytes bound
 
     # -- input --
     def feed(self, rec: Recorded) -> None:
@@ -167,6 +178,9 @@ class OfflineCheck:
             elif decoded.kind == "malformed" and not checker.chats:
                 self._open(conn, at, timed=False)
         wake, _reply = conn.router.on_frame(frame, at)
+        self.frames += 1
+        if self.frames % BYTES_CHECK_EVERY == 0:
+            self._bound_bytes(at)
         if wake == WAKE_ALL:
             conn.wake = at  # an error or a malformed frame may have ended a chat: look at them all next time
         elif wake is not None and (entry := self.open.get(wake)) is not None:
@@ -213,6 +227,16 @@ class OfflineCheck:
             oldest, _ = next(iter(self.open.values()))
             self._finish(oldest, at, lost=not oldest.done, note=CROWDED_NOTE)
         return tracker
+
+    def _bound_bytes(self, at: float) -> None:
+        """The open chats' kept events within MAX_OPEN_BYTES: the oldest judged as they stand until half of it."""
+        total = sum(t.kept_bytes for t, _ in self.open.values())
+        if total <= MAX_OPEN_BYTES:
+            return
+        while total > MAX_OPEN_BYTES // 2 and self.open:
+            oldest, _ = next(iter(self.open.values()))
+            total -= oldest.kept_bytes
+            self._finish(oldest, at, lost=not oldest.done, note=HEAVY_NOTE)
 
     def _track(self, tracker: ChatTracker, conn: _Conn) -> None:
         """The chat is followed on `conn` (opened there, or resumed there from another connection)."""
@@ -290,7 +314,12 @@ class OfflineCheck:
         self.sink.chat_finished(result)
         passing = result.outcome is Outcome.PASSED
         if (self.listed_passing if passing else self.listed_failing) < MAX_CHATS_LISTED:
-            del result.events[MAX_EVENTS_LISTED:]
+            # A copy: the judged chat's own list still takes late events (R4) while its connection remembers it.
+            if self.listed_bytes > MAX_LISTED_BYTES:
+                result.events = []
+            else:
+                result.events = result.events[:MAX_EVENTS_LISTED]
+                self.listed_bytes += sum(kept_bytes(ev) for ev in result.events)
             self.listed.append(result)
             if passing:
                 self.listed_passing += 1

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness import redact
-from harness.events import Outcome
+from harness.events import Outcome, kept_bytes
 from harness.offline import assert_passed, check_files, check_recording
 from harness.profiles import load_profile
 from harness.recorder import Recorder
@@ -500,3 +500,30 @@ def test_links_in_a_directory_of_recordings_are_not_followed(tmp_path):
     [run] = check_files([rec], NETRA, SC)
     assert verdicts(run) == [("r1", "passed", [])]
     assert "PRIVATE KEY" not in json.dumps([str(v) for r in run.results for v in r.violations])
+
+
+def test_the_events_of_many_open_chats_stay_within_a_byte_bound(tmp_path, monkeypatch):
+    """Many chats open at once, each with many events (each chat within its own bound): past the bytes all open chats
+    may hold, the oldest are judged as they stand, and the listings keep no more events than theirs allow."""
+    from harness import offline
+
+    monkeypatch.setattr(offline, "MAX_OPEN_BYTES", 1 << 20)
+    monkeypatch.setattr(offline, "BYTES_CHECK_EVERY", 64)
+    monkeypatch.setattr(offline, "MAX_LISTED_BYTES", 1 << 20)
+    recs = []
+    for i in range(200):  # 200 runs on 200 connections, none ending: 100 events of ~300 bytes kept each
+        conn = f"c{i}"
+        recs.append(send(1.0, conn, thread=f"t{i}", message=f"m{i}"))
+        frame = {"type": "agent_started", "run_id": f"r{i}", "thread_id": f"t{i}", "seq": 1}
+        recs.append({"t": 1.1, "dir": "recv", "conn": conn, "frame": json.dumps(frame)})
+    for k in range(2, 100):
+        for i in range(200):
+            frame = {"type": "partial_result", "run_id": f"r{i}", "thread_id": f"t{i}", "seq": k,
+                     "payload": {"content": "x" * 50}}
+            recs.append({"t": 1.1 + k / 1000, "dir": "recv", "conn": f"c{i}", "frame": json.dumps(frame)})
+    [run] = check_files([write_jsonl(tmp_path / "heavy.jsonl", recs)], NETRA, SC)
+    assert run.stats.chats == 200
+    heavy = [r for r in run.results if r.note == offline.HEAVY_NOTE]
+    assert heavy and len(heavy) < 200
+    listed = sum(kept_bytes(ev) for r in run.results for ev in r.events)
+    assert listed <= (1 << 20) + 100 * 400  # the bound, and the one chat that crossed it
