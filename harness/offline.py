@@ -128,11 +128,7 @@ class OfflineCheck:
                 # run's events "before" its message made a failing chat pass); a step back past the tolerance is
                 # the recording's problem, an R12 on the chats it falls in.
                 if last - at > TIME_BACK_TOLERANCE:
-                    if not conn.checker.chats:
-                        self._open(conn, last, timed=False)
-                    where = f" ({rec.where})" if rec.where else ""
-                    conn.router.on_protocol_error(f"recorded time goes back {last - at:.3f}s{where}", last)
-                    conn.wake = last
+                    self._problem(conn, f"recorded time goes back {last - at:.3f}s", rec.where, last)
                 at = last
             self.now = at
             if self.first_t is None:
@@ -153,10 +149,15 @@ class OfflineCheck:
             del self.conns[conn.key]
             self._close(conn, at, rec, CLOSED_NOTE)
         else:  # a problem: what the recording holds there could not be read
-            if not conn.checker.chats:
-                self._open(conn, at, timed=False)
-            conn.router.on_protocol_error(f"{rec.detail} ({rec.where})" if rec.where else rec.detail, at)
-            conn.wake = at
+            self._problem(conn, rec.detail, rec.where, at)
+
+    def _problem(self, conn: _Conn, detail: str, where: str, at: float) -> None:
+        """Something wrong with the recording itself at `where` (file:line): an R12 on the chats open on `conn`
+        (a chat of its own when none is)."""
+        if not conn.checker.chats:
+            self._open(conn, at, timed=False)
+        conn.router.on_protocol_error(f"{detail} ({where})" if where else detail, at)
+        conn.wake = at
 
     def _received(self, conn: _Conn, frame: str | bytes | None, at: float) -> None:
         if frame is None:
