@@ -386,6 +386,15 @@ def _console() -> Console:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .collector import paused_for_startup
+
+    with paused_for_startup():  # `run` ends it when its chats start (tune_collector), the other commands at once
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    from .collector import end_startup_pause
+
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     if argv and argv[0] in ("sim", "monitor", "proxy"):
@@ -397,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return int(ExitCode.OK)
+    if args.command != "run":
+        end_startup_pause()  # a server, a monitor or `check` runs for long: with the collector as Python has it
     try:
         if args.command == "sim":
             from agentsim.cli import main as sim_main
