@@ -67,6 +67,11 @@ _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s\"'<>`]+")
 _USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 _PARAM_RE = re.compile(r"([?&;#])([^=&;#]*)=([^&;#]*)")
 _SENSITIVE_PARAM = re.compile(r"(?i)token|key|secret|pass|pwd|sig|auth|jwt|session|cred|bearer|code")
+# A parameter value that reads as a credential whatever its name says (`?t=8fK2q…`): URL-safe characters only, 20 or
+# more of them, or 12 or more mixing two of lower case, upper case and digits. Words, numbers, dates and short ids
+# stay readable; a long random-looking value goes, as a signed link's token would.
+_OPAQUE_VALUE = re.compile(r"[A-Za-z0-9._~+/=%-]{12,}")
+_MIXES = (re.compile("[a-z]"), re.compile("[A-Z]"), re.compile("[0-9]"))
 
 # Characters a terminal or an XML 1.0 parser must never get raw: C0/C1 controls and DEL (escape sequences,
 # NUL), bidi overrides and isolates (text that reads other than it is), line/paragraph separators, the BOM, lone
@@ -309,9 +314,14 @@ def _redact_base64_jwt(m: re.Match[str]) -> str:
     return run
 
 
+def _opaque(value: str) -> bool:
+    return value != REDACTED and _OPAQUE_VALUE.fullmatch(value) is not None and (
+        len(value) >= 20 or sum(p.search(value) is not None for p in _MIXES) >= 2)
+
+
 def redact_url(url: str) -> str:
     """The URL without credentials: userinfo and the values of token-, key-, secret-, password-like query or
-    fragment parameters become [REDACTED]."""
+    fragment parameters become [REDACTED], and so does any value that reads as a credential (_OPAQUE_VALUE)."""
     out = _USERINFO_RE.sub(lambda m: m.group(1) + REDACTED + "@", url, count=1)
     cut = min((i for i in (out.find("?"), out.find("#")) if i >= 0), default=-1)
     if cut < 0:
@@ -319,7 +329,7 @@ def redact_url(url: str) -> str:
     head, tail = out[:cut], out[cut:]
 
     def param(m: re.Match[str]) -> str:
-        if m.group(3) and _SENSITIVE_PARAM.search(m.group(2)):
+        if m.group(3) and (_SENSITIVE_PARAM.search(m.group(2)) or _opaque(m.group(3))):
             return f"{m.group(1)}{m.group(2)}={REDACTED}"
         return m.group(0)
 
@@ -347,11 +357,14 @@ def scrub(text: str) -> str:
         text = _B64_RUN_RE.sub(_redact_base64_jwt, text)
     if "://" in text:
         text = _URL_RE.sub(lambda m: redact_url(m.group(0)), text)
-    if "earer" in text or "EARER" in text:
+    # These three patterns ignore case, and so must their quick tests ("BeArEr x" is a bearer credential too): one
+    # lowered copy, cheaper than two substring scans per keyword.
+    low = text.lower()
+    if "earer" in low:
         text = _BEARER_RE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
-    if "thoriz" in text or "THORIZ" in text:
+    if "thoriz" in low:
         text = _AUTHZ_RE.sub(lambda m: m.group(1) + REDACTED, text)
-    if "jwt." in text or "JWT." in text:
+    if "jwt." in low:
         text = _SUBPROTOCOL_TOKEN_RE.sub(lambda m: m.group(1) + REDACTED, text)
     # The pattern's own prefixes (scrub sees every recorded frame, and "ew" alone is in most text).
     if "eyA" in text or "ewo" in text or "ew0K" in text or "ewk" in text:

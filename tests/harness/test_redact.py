@@ -30,6 +30,13 @@ def fresh_registry():
     ("https://h/?api_key=1;apiKey=2&X-Amz-Signature=3&page=4",
      "https://h/?api_key=[REDACTED];apiKey=[REDACTED]&X-Amz-Signature=[REDACTED]&page=4"),
     ("https://h/ws?user=bob", "https://h/ws?user=bob"),
+    # a value that reads as a credential, whatever its parameter is called
+    ("wss://h/ws?t=8fK2qLz9Xw4mRt7B&v=2", "wss://h/ws?t=[REDACTED]&v=2"),
+    ("wss://h/ws?x=abcdefghijklmnopqrstuvwxyz", "wss://h/ws?x=[REDACTED]"),
+    ("wss://h/ws?ref=Ab3dEf6hIj9k#frag", "wss://h/ws?ref=[REDACTED]#frag"),
+    # words, numbers, dates and short ids stay readable
+    ("https://h/ws?profile=netra&page=12&since=2026-12-02&id=c1-ab12",
+     "https://h/ws?profile=netra&page=12&since=2026-12-02&id=c1-ab12"),
     ("ws://127.0.0.1:8765/ws", "ws://127.0.0.1:8765/ws"),
 ])
 def test_redact_url(url, shown):
@@ -175,6 +182,10 @@ def _decoded_runs(text: str) -> str:
     ("proxy-authorization=Digest username=x", "proxy-authorization=Digest [REDACTED]"),
     ("Authorization: opaque-credential-7Hq2", "Authorization: [REDACTED]"),
     ("Sec-WebSocket-Protocol: jwt.b3BhcXVlLXRva2VuLXZhbHVl", "Sec-WebSocket-Protocol: jwt.[REDACTED]"),
+    # any case: the patterns ignore it, and so do their quick tests
+    ("AuThOrIzAtIoN: Basic dXNlcjpwYXNzd29yZA==", "AuThOrIzAtIoN: Basic [REDACTED]"),
+    ("bEaReR opaque-credential-7Hq2", "bEaReR [REDACTED]"),
+    ("protocol Jwt.b3BhcXVlLXRva2VuLXZhbHVl", "protocol Jwt.[REDACTED]"),
     # a JWT whose header JSON has a space after the brace: base64url "eyAi…", not "eyJ…"
     ("run eyAiYWxnIjogIkhTMjU2IiB9.eyAic3ViIjogInUxIiB9.S1gN4tur3abc done", "run [REDACTED] done"),
     ("run ewogImFsZyI6ICJIUzI1NiIKfQ.ewogInN1YiI6ICJ1MSIKfQ.c2lnbmF0dXJl done", "run [REDACTED] done"),
