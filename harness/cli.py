@@ -136,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_writable(path: str | None, flag: str) -> None:
     """Fail before the run, not after it, when a report cannot be written there."""
-    if not path:
+    if path is None:
         return
+    if not path.strip():  # `--junit ''` or `--json "$UNSET"`: a CI that asked for the file must not pass without it
+        raise ConfigError(f"{flag}: an empty path")
     from .safefile import writable_problem
 
     problem = writable_problem(path)
@@ -232,6 +234,8 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", args.job or ""):
         raise ConfigError(f"--job {args.job!r}: a job name is 1-128 letters, digits, '_', '.', ':' or '-'")
     recorder = None
+    if args.record is not None and not args.record.strip():
+        raise ConfigError("--record: an empty path")
     if args.record:
         from .recorder import Recorder
 
@@ -358,8 +362,10 @@ def _check(args: argparse.Namespace, console: Console) -> int:
     except ValueError as exc:
         raise ConfigError(f"--max-size: {exc}") from None
     for path in args.paths:
-        if not Path(path).exists():
-            raise ConfigError(f"{path}: no such file or directory")
+        try:
+            os.stat(path)
+        except OSError as exc:  # what is wrong, as the system says it: no such file, a symlink loop, no permission...
+            raise ConfigError(f"{path}: {(exc.strerror or str(exc)).lower()}") from None
     _reports_apart_from(args, args.paths)
     runs = check_files(args.paths, profile, scenario, args.format, max_frame=max_frame)
     return _finish(args, console, runs, [], None)

@@ -279,3 +279,10 @@ def test_an_error_naming_a_path_shows_its_control_characters_escaped(tmp_path):
     code, out, _ = chatprobe("check", str(name), timeout=60)
     assert code == 2 and "\x1b" not in out and "\u202e" not in out, repr(out[-500:])
     assert "evil\\x1b[2J\\x1b]0;owned\\x07\\u202ename.har: no such file or directory" in out, repr(out[-500:])
+
+
+def test_a_path_that_cannot_be_read_is_named_with_what_is_wrong(tmp_path):
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)  # a symlink to itself: it exists, it cannot be opened
+    code, out, _ = chatprobe("check", str(loop), timeout=60)
+    assert code == 2 and f"{loop}: too many levels of symbolic links" in out, repr(out[-500:])
