@@ -14,7 +14,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -162,12 +162,16 @@ def _max_duration(text: str | None) -> float | None:
 
 
 class _Interrupt:
-    """SIGINT / SIGTERM while a run goes on: stop starting chats, judge those in flight, write the reports."""
+    """SIGINT / SIGTERM while a run (or a check) goes on: stop starting chats (reading records), judge those in
+    flight (open) as they stand, write the reports; exit 130 / 143."""
 
-    def __init__(self) -> None:
-        import asyncio  # loaded by the commands that run something, not by --help or list
+    def __init__(self, event: Any = None, what: str = "the chats in flight") -> None:
+        if event is None:
+            import asyncio  # loaded by the commands that run something, not by --help or list
 
-        self.event = asyncio.Event()
+            event = asyncio.Event()
+        self.event = event
+        self.what = what
         self.signal: int | None = None
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -175,10 +179,20 @@ class _Interrupt:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._fire, sig)
 
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """The handlers for a command without an event loop (`check`), the previous ones back after it."""
+        previous = {sig: signal.signal(sig, lambda s, _frame: self._fire(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     def _fire(self, sig: int) -> None:
         if self.signal is None:
             self.signal = sig
-            print(f"\nchatprobe: {signal.Signals(sig).name}: stopping; the chats in flight are judged as they stand",
+            print(f"\nchatprobe: {signal.Signals(sig).name}: stopping; {self.what} are judged as they stand",
                   file=sys.stderr, flush=True)
         self.event.set()
 
@@ -367,8 +381,12 @@ def _check(args: argparse.Namespace, console: Console) -> int:
         except OSError as exc:  # what is wrong, as the system says it: no such file, a symlink loop, no permission...
             raise ConfigError(f"{path}: {(exc.strerror or str(exc)).lower()}") from None
     _reports_apart_from(args, args.paths)
-    runs = check_files(args.paths, profile, scenario, args.format, max_frame=max_frame)
-    return _finish(args, console, runs, [], None)
+    import threading
+
+    interrupt = _Interrupt(threading.Event(), "the chats open in the recording")
+    with interrupt.installed():
+        runs = check_files(args.paths, profile, scenario, args.format, max_frame=max_frame, stop=interrupt.event)
+    return _finish(args, console, runs, [], interrupt)
 
 
 def _reports_apart_from(args: argparse.Namespace, inputs: list[str]) -> None:

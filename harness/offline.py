@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
 from .events import Event, Outcome, kept_bytes
@@ -388,33 +389,61 @@ def _recording_files(directory: Path) -> list[tuple[str | None, list[Path]]]:
     return runs
 
 
+class Stop(Protocol):
+    """Set from outside (a signal handler) to stop judging: a threading.Event, an asyncio.Event."""
+
+    def is_set(self) -> bool: ...
+
+
+STOPPED_NOTE = ("interrupted at record {n}: the rest of the recording was not read, and the chats open then were "
+                "judged as they stood")
+
+
 def _check_each(path: str | Path, profile: Profile, scenario: Scenario | None, fmt: str | None, sink: Sink | None,
-                max_frame: int, max_text: int) -> Iterator[ScenarioRun]:
+                max_frame: int, max_text: int, stop: Stop | None = None) -> Iterator[ScenarioRun]:
     """A file judged as one run; a directory as one run per run `--record DIR` wrote into it (each run's files
     merged in time order), named after the directory and the run id when it holds more than one."""
     p = Path(path)
     if not p.is_dir():
         yield _judge(run_name(path), str(path), read_recording(p, fmt, max_frame=max_frame, max_text=max_text),
-                     profile, scenario, sink)
+                     profile, scenario, sink, stop)
         return
     runs = _recording_files(p)
     for run_id, files in runs:
+        if stop is not None and stop.is_set():
+            return
         name, target = run_name(path), str(path)
         if len(runs) > 1 and run_id is not None:
             name, target = run_name(f"{p.name}-{run_id}"), f"{path} (run {run_id})"
-        yield _judge(name, target, _merged(files, fmt, max_frame, max_text), profile, scenario, sink)
+        yield _judge(name, target, _merged(files, fmt, max_frame, max_text), profile, scenario, sink, stop)
 
 
 def _judge(name: str, target: str, records: Iterable[Recorded], profile: Profile, scenario: Scenario | None,
-           sink: Sink | None) -> ScenarioRun:
+           sink: Sink | None, stop: Stop | None = None) -> ScenarioRun:
     base = scenario or Scenario(name="check")
     check = OfflineCheck(profile, base.model_copy(update={"name": name}), sink)
     wall = time.monotonic()
-    for rec in records:
-        check.feed(rec)
+    n = 0
+    stopped = False
+    it = iter(records)
+    try:
+        for rec in it:
+            if stop is not None and stop.is_set():
+                stopped = True
+                break
+            n += 1
+            check.feed(rec)
+    finally:
+        close = getattr(it, "close", None)  # a reader left mid-file lets its file go now
+        if close is not None:
+            close()
     check.end()
     span = (check.now - check.first_t) if check.first_t is not None else time.monotonic() - wall
-    return check.run(target, max(span, 0.0))
+    run = check.run(target, max(span, 0.0))
+    if stopped:
+        run.stopped_early, run.stopped_by = True, "interrupted"
+        run.warnings.append(STOPPED_NOTE.format(n=n + 1))
+    return run
 
 
 def check_file(path: str | Path, profile: Profile, scenario: Scenario | None = None, fmt: str | None = None, *,
@@ -435,10 +464,13 @@ def check_file(path: str | Path, profile: Profile, scenario: Scenario | None = N
 
 def check_files(paths: Iterable[str | Path], profile: Profile, scenario: Scenario | None = None,
                 fmt: str | None = None, *, sink: Sink | None = None, max_frame: int = DEFAULT_MAX_FRAME,
-                max_text: int = DEFAULT_MAX_TEXT) -> list[ScenarioRun]:
+                max_text: int = DEFAULT_MAX_TEXT, stop: Stop | None = None) -> list[ScenarioRun]:
     """`chatprobe check PATH...`: one ScenarioRun per file (a directory: one per run `--record` wrote there), for
     print_summary, write_json, write_junit and write_html; exit 0 when every run passed, 1 otherwise. Every path
-    and `fmt` are checked before any file is read (RecordingError, a ConfigError: exit 2)."""
+    and `fmt` are checked before any file is read (RecordingError, a ConfigError: exit 2).
+
+    Once `stop` is set (Ctrl-C, SIGTERM), the recording being read is judged as it stands
+    (stopped_early, a warning naming the record it stopped at) and no other is started."""
     paths = list(paths)
     if not paths:
         raise RecordingError("chatprobe check: give at least one recording file")
@@ -449,7 +481,12 @@ def check_files(paths: Iterable[str | Path], profile: Profile, scenario: Scenari
             raise RecordingError(f"{p}: no such recording file")
         if Path(p).is_dir():
             _recording_files(Path(p))
-    return [run for p in paths for run in _check_each(p, profile, scenario, fmt, sink, max_frame, max_text)]
+    runs: list[ScenarioRun] = []
+    for p in paths:
+        if stop is not None and stop.is_set():
+            break
+        runs.extend(_check_each(p, profile, scenario, fmt, sink, max_frame, max_text, stop))
+    return runs
 
 
 def check_recording(path: str | Path, profile: str | Profile = "netra", scenario: str | Scenario | None = None,

@@ -32,6 +32,7 @@ class ScenarioRun:
     started_at: float
     elapsed: float
     stopped_early: bool = False
+    stopped_by: str = ""  # why it stopped early: "its max_duration" or "interrupted" (a signal)
     errors: list[str] = field(default_factory=list)
     stages: list[StageStats] = field(default_factory=list)  # a shaped run (stages, arrival_rate): per stage
     warnings: list[str] = field(default_factory=list)  # e.g. the rate the load generator could not reach

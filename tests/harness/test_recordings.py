@@ -527,3 +527,42 @@ def test_the_events_of_many_open_chats_stay_within_a_byte_bound(tmp_path, monkey
     assert heavy and len(heavy) < 200
     listed = sum(kept_bytes(ev) for r in run.results for ev in r.events)
     assert listed <= (1 << 20) + 100 * 400  # the bound, and the one chat that crossed it
+
+
+# -- stopped from outside (Ctrl-C, SIGTERM) --
+
+def _many_runs(tmp_path: Path, n: int, name: str = "r.jsonl") -> Path:
+    recs = []
+    for i in range(n):
+        conn = f"c{i}"
+        recs.append(send(i * 1.0, conn, thread=f"t{i}", message=f"m{i}"))
+        recs += netra_run(f"r{i}", i * 1.0, conn, thread=f"t{i}")
+    return write_jsonl(tmp_path / name, recs)
+
+
+def test_a_check_stopped_from_outside_judges_what_it_read_and_starts_no_other_file(tmp_path):
+    import threading
+
+    from harness.sinks import Sink
+
+    first, second = _many_runs(tmp_path, 40, "a.jsonl"), _many_runs(tmp_path, 40, "b.jsonl")
+    stop = threading.Event()
+
+    class StopAfter(Sink):  # what a signal handler does, at a known point: once the 5th chat has opened
+        def __init__(self) -> None:
+            self.n = 0
+
+        def chat_started(self, scenario: str) -> None:
+            self.n += 1
+            if self.n == 5:
+                stop.set()
+
+    runs = check_files([first, second], NETRA, SC, sink=StopAfter(), stop=stop)
+    assert len(runs) == 1  # the second file was not started
+    [run] = runs
+    assert run.stopped_early and run.stopped_by == "interrupted"
+    assert 5 <= run.stats.chats < 40
+    assert any(w.startswith("interrupted at record ") for w in run.warnings), run.warnings
+    # unstopped, the same files are judged whole
+    whole = check_files([first, second], NETRA, SC)
+    assert [r.stats.chats for r in whole] == [40, 40] and not any(r.stopped_early for r in whole)

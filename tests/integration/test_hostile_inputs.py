@@ -286,3 +286,40 @@ def test_a_path_that_cannot_be_read_is_named_with_what_is_wrong(tmp_path):
     loop.symlink_to(loop)  # a symlink to itself: it exists, it cannot be opened
     code, out, _ = chatprobe("check", str(loop), timeout=60)
     assert code == 2 and f"{loop}: too many levels of symbolic links" in out, repr(out[-500:])
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_check_interrupted_writes_every_report_and_exits_as_run_does(tmp_path, sig, code):
+    """The signal arrives mid-recording (sent by the process to itself at its 200th record: no timing guess); the
+    chats read so far are judged, every report is written, the exit code says which signal."""
+    rec = tmp_path / "r.jsonl"
+    lines = []
+    for i in range(300):
+        for j, role in enumerate(["agent_started", "agent_thinking", "agent_completed"]):
+            lines.append(json.dumps({"t": i + j * 0.01, "dir": "recv", "conn": f"c{i}",
+                                     "frame": {"type": role, "run_id": f"r{i}", "seq": j + 1}}))
+    rec.write_text("\n".join(lines) + "\n")
+    probe = tmp_path / "probe.py"
+    probe.write_text(f"""
+import os, signal, sys
+from harness import offline
+from harness.cli import main
+feed = offline.OfflineCheck.feed
+seen = [0]
+def counted(self, rec):
+    seen[0] += 1
+    if seen[0] == 200:
+        os.kill(os.getpid(), signal.{sig})
+    return feed(self, rec)
+offline.OfflineCheck.feed = counted
+sys.exit(main(sys.argv[1:]))
+""")
+    out, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    proc = subprocess.run([sys.executable, str(probe), "check", str(rec), "--json", str(out), "--junit", str(junit)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"chatprobe: {sig}: stopping" in proc.stderr and "Traceback" not in proc.stderr
+    [doc] = json.loads(out.read_text())["scenarios"]
+    assert doc["stopped_early"] and 0 < doc["stats"]["chats"] < 300
+    assert any(w.startswith("interrupted at record 20") for w in doc["warnings"]), doc["warnings"]
+    assert junit.read_text().startswith("<?xml")
