@@ -47,6 +47,9 @@ DEFAULT_MAX_TEXT = 64 * 1024 * 1024
 # HAR nesting deeper than this is refused (real HAR files nest about 6 deep; a bracket bomb must cost nothing).
 MAX_HAR_DEPTH = 64
 MAX_HAR_TOKEN = 4096  # bytes of one number or literal (true, false, null) in a HAR
+# Bytes of one object key in a HAR (field and header names: a few dozen). ijson's prefix of a value joins every key
+# above it, made anew for each event: 16 nested keys of 15 MB each had taken 2.6 GB.
+MAX_HAR_KEY = 4096
 CHUNK = 1 << 16
 # A recorded time (seconds) further from 0 than this is no time (year 5138): differences of such times overflow
 # to infinity (1e308 - -1e308) and no report can place them.
@@ -285,6 +288,7 @@ class _BoundedJSON(io.RawIOBase):
     # A number or literal (what lies outside strings between separators): ijson's parser rescans a token that spans
     # its reads, so a 300 MB number took hours; HAR numbers are short.
     _TOKEN = re.compile(rb'[^\s\[\]{}:,"]+')
+    _SPACE = re.compile(rb'[ \t\n\r]*')
 
     def __init__(self, raw: IO[bytes], max_string: int, max_depth: int) -> None:
         self.raw = raw
@@ -296,6 +300,7 @@ class _BoundedJSON(io.RawIOBase):
         self.escape_pending = False  # the last chunk ended inside a string on a backslash
         self.depth = 0
         self.token_len = 0  # a number or literal running up to the last chunk's end
+        self.long_string = 0  # the bytes of the string just closed, when over MAX_HAR_KEY: a key if a ':' follows
 
     def readable(self) -> bool:
         return True
@@ -322,12 +327,22 @@ class _BoundedJSON(io.RawIOBase):
                     return
                 if data[stop] == 0x22:  # the closing quote
                     self.in_string = False
+                    if self.string_len > MAX_HAR_KEY:
+                        self.long_string = self.string_len
                     pos = stop + 1
                     continue
                 # A backslash as the chunk's last byte: the byte it escapes starts the next chunk.
                 self.escape_pending = True
                 self._grow(1)
                 return
+            if self.long_string:
+                pos = self._SPACE.match(data, pos).end()  # type: ignore[union-attr]  # matches the empty string
+                if pos == end:
+                    return  # what follows it is in the next chunk
+                if data[pos] == 0x3A:  # ':' - it was a key
+                    raise HarTooLarge(f"an object key of {self.long_string} bytes (over {MAX_HAR_KEY}) at byte "
+                                      f"{self.offset + pos}")
+                self.long_string = 0
             m = self._OUTSIDE.search(data, pos)
             self._tokens(data, pos, end if m is None else m.start())
             if m is None:

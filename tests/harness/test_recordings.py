@@ -312,6 +312,30 @@ def test_har_with_a_huge_string_or_deep_nesting_is_refused_in_bounded_memory(tmp
         check_files([deep], NETRA, SC)
 
 
+def test_har_with_long_keys_nested_is_cut_short_at_the_first_in_bounded_memory(tmp_path):
+    """ijson's prefixes join every key above a value: 16 nested keys of 2 MB would make 32 MB prefixes, anew for
+    each event. A key over MAX_HAR_KEY cuts the file short there; a long string value is still read."""
+    frame = json.dumps({"type": "agent_started", "run_id": "r1", "seq": 1})
+    msg = json.dumps({"type": "receive", "time": 1, "data": frame})
+    head = '{"log": {"version": "1.2", "entries": [{"comment": "' + "v" * 100_000 + '", "_webSocketMessages": [' + msg + "]"
+    f = tmp_path / "keys.har"
+    with f.open("w") as out:
+        out.write(head + ", ")
+        for i in range(16):
+            out.write(f'"{chr(97 + i) * (2 << 20)}" \n: {{')
+        out.write('"x": 1' + "}" * 16 + "}]}}")
+    tracemalloc.start()
+    try:
+        [run] = check_files([f], NETRA, SC)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 << 20, f"peak {peak} bytes"
+    [chat] = run.results  # the message before the keys was read (after a 100 kB string value)
+    assert chat.events_received == 1 and [v.rule for v in chat.violations] == ["R12"]
+    assert f"an object key of {2 << 20} bytes (over 4096)" in chat.violations[0].reason
+
+
 def test_a_har_with_many_messages_is_streamed(tmp_path):
     f = tmp_path / "many.har"
     n = 20_000
