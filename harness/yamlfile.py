@@ -1,6 +1,10 @@
 """Load YAML data files into pydantic models with errors that name the file, line and field."""
 from __future__ import annotations
 
+import os
+import select
+import stat
+import time
 from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,6 +58,7 @@ def format_validation_error(path: str, err: ValidationError, node: yaml.Node | N
 # A configuration file is small: these bound what a hostile or mistaken file (a device, an alias bomb, deep
 # nesting, a flood of values) can cost before it is rejected. Every config of chatprobe nests fewer than ten levels.
 MAX_FILE_BYTES = 1024 * 1024
+PIPE_DEADLINE = 10.0  # seconds a file that is not a regular one (a pipe, a device) has to deliver its text
 MAX_ALIASES = 20
 MAX_DEPTH = 64
 # Values in the file, and again with its aliases expanded: real configurations hold hundreds; this many take
@@ -148,19 +153,57 @@ def _compose_checked(text: str, path: str) -> tuple[yaml.Node | None, Any]:
 
 
 def read_text_file(path: str | Path, what: str = "", limit: int = MAX_FILE_BYTES) -> str:
-    """A UTF-8 text file of at most `limit` bytes, or a ConfigError naming it (never a hang on /dev/zero)."""
+    """A UTF-8 text file of at most `limit` bytes, or a ConfigError naming it: never a hang, on /dev/zero (the size
+    bound) or on a pipe (a FIFO nobody writes to, a terminal): a regular file is read as it is; anything else (`--token-file
+    <(vault read …)`, /dev/stdin) must deliver its text within PIPE_DEADLINE seconds."""
     label = f"{what} {path}" if what else str(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(limit + 1)
+        # Non-blocking: opening a FIFO for reading would otherwise wait for a writer, for ever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise ConfigError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        raw = _read_bounded(fd, limit + 1, None if regular else time.monotonic() + PIPE_DEADLINE)
+    except TimeoutError:
+        raise ConfigError(f"{label}: no end of text within {PIPE_DEADLINE:g}s (a pipe or device nobody writes "
+                          "to?)") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     if len(raw) > limit:
         raise ConfigError(f"{label}: larger than {limit // 1024} KiB; is this the right file?")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{label}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
+
+
+def _read_bounded(fd: int, most: int, deadline: float | None) -> bytes:
+    """Up to `most` bytes to the end of the file. With a `deadline` (a pipe, a device), each read waits for data
+    first, and past the deadline TimeoutError: a FIFO with no writer yet reads as its end at once, and poll() is what
+    waits for one."""
+    chunks: list[bytes] = []
+    got = 0
+    poller = None
+    if deadline is not None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+    while got < most:
+        if poller is not None and deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise TimeoutError
+        try:
+            data = os.read(fd, min(most - got, 1 << 16))
+        except BlockingIOError:  # woken with nothing to read after all
+            continue
+        if not data:
+            break
+        chunks.append(data)
+        got += len(data)
+    return b"".join(chunks)
 
 
 def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:

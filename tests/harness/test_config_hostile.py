@@ -212,3 +212,44 @@ def test_without_libyaml_deep_nesting_is_still_refused(tmp_path, monkeypatch):
     path.write_text(_deep_flow_mapping())
     with pytest.raises(ConfigError, match="nested too deeply"):
         load_scenario(str(path))
+
+
+def test_a_fifo_nobody_writes_to_is_an_error_not_a_hang(tmp_path):
+    """A scenario, profile or --token-file that is a FIFO with no writer: open() would wait for one for ever."""
+    import os
+
+    fifo = tmp_path / "scenario.yaml"
+    os.mkfifo(fifo)
+    code = ("import sys\nfrom harness import yamlfile\nyamlfile.PIPE_DEADLINE = 0.5\n"
+            "try:\n    yamlfile.read_text_file(sys.argv[1], 'scenario')\nexcept yamlfile.ConfigError as exc:\n"
+            "    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=30)
+    assert f"scenario {fifo}: no end of text within 0.5s" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_pipe_that_delivers_its_text_late_is_read(tmp_path):
+    """`--token-file <(vault read …)`: the writer comes after the reader opened the pipe; its text is read whole."""
+    import os
+    import threading
+
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    opened = threading.Event()
+
+    def writer() -> None:
+        opened.wait(10)
+        with open(fifo, "w") as out:  # blocks until the reader has it open
+            out.write("first part ")
+            out.flush()
+            out.write("and the rest\n")
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        opened.set()
+        assert yamlfile.read_text_file(fifo, "--token-file") == "first part and the rest\n"
+    finally:
+        t.join(10)
+    assert yamlfile.read_text_file("/dev/null") == ""
+    with pytest.raises(ConfigError, match="larger than 1024 KiB"):
+        yamlfile.read_text_file("/dev/zero")
