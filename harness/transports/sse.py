@@ -101,6 +101,9 @@ class SSETransport:
         s = self.settings
         headers = {
             "Accept": EVENT_STREAM,
+            # httpx offers gzip, deflate, br and zstd by default and would unpack whatever came, unbounded: 3 kB of
+            # brotli were 2 GiB of stream. The stream is read as it comes (aiter_raw); an encoded one is refused.
+            "Accept-Encoding": "identity",
             "Cache-Control": "no-store",
             "Content-Type": "application/json",
             "User-Agent": "chatprobe",
@@ -120,6 +123,10 @@ class SSETransport:
             if response is None:  # no stream came of it (also when cancelled): the next chat may try again
                 self._requested = False
         failure = classify_status(response.status_code, response.headers.get("content-type", ""))
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if failure is None and encoding not in ("", "identity"):
+            failure = ("protocol_error", f"the server encoded the event stream (Content-Encoding {encoding[:40]!r}) "
+                                         "though the client asked for identity")
         if failure is not None:
             self._requested = False
             await response.aclose()
@@ -150,7 +157,7 @@ class SSETransport:
         clock = time.monotonic
         parser = EventStreamParser(self.settings.max_size)
         try:
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():  # as sent: never unpacked (send() refused an encoded one)
                 for data in parser.feed(chunk):
                     on_frame(data, clock())
             self.ended_note = "the server ended the event stream before the run's terminal event (truncated run)"

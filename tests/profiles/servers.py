@@ -34,6 +34,8 @@ class Response:
     status: int = 200
     content_type: str = "text/event-stream"
     hang: bool = False  # accept the request, never answer it
+    content_encoding: str | None = None  # a Content-Encoding header, whatever the client asked for
+    body: bytes | None = None  # these bytes as the stream, instead of the script's events
 
 
 @dataclass
@@ -83,8 +85,13 @@ class AguiSSEServer:
                 await reader.read()  # until the client gives up
                 return
             reason = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 500: "Internal Server Error"}.get(r.status, "X")
-            writer.write(f"HTTP/1.1 {r.status} {reason}\r\nContent-Type: {r.content_type}\r\n"
+            encoding = f"Content-Encoding: {r.content_encoding}\r\n" if r.content_encoding else ""
+            writer.write(f"HTTP/1.1 {r.status} {reason}\r\nContent-Type: {r.content_type}\r\n{encoding}"
                          "Cache-Control: no-cache\r\nConnection: close\r\n\r\n".encode())
+            if r.body is not None:
+                writer.write(r.body)
+                await writer.drain()
+                return
             if r.status != 200 or r.content_type != "text/event-stream":
                 writer.write(b'{"error": "no"}')
                 await writer.drain()

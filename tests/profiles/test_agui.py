@@ -5,6 +5,7 @@ import asyncio
 import json
 import socket
 import time
+import tracemalloc
 
 import pytest
 from ag_ui.core import (
@@ -295,6 +296,26 @@ async def test_wrong_content_type_is_a_protocol_error():
         result = await chat(server.url)
     assert (result.outcome, result.error_kind) == (Outcome.ERROR, "protocol_error")
     assert "text/event-stream" in (result.error or "")
+
+
+async def test_an_encoded_stream_is_refused_unread_whatever_the_encoding():
+    """httpx would unpack any Content-Encoding, unbounded (3 kB of brotli were 2 GiB of stream): the client asks for
+    identity, and a server that encodes all the same is a protocol error before a byte of the body is unpacked."""
+    import gzip
+
+    bomb = gzip.compress(b"data: " + b"A" * (64 << 20), compresslevel=9)  # 64 MiB of one unfinished event line
+    assert len(bomb) < 200_000
+    async with AguiSSEServer(text_only, response=Response(content_encoding="gzip", body=bomb)) as server:
+        tracemalloc.start()
+        try:
+            result = await chat(server.url)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert server.headers[0]["accept-encoding"] == "identity"
+    assert (result.outcome, result.error_kind) == (Outcome.ERROR, "protocol_error")
+    assert "Content-Encoding 'gzip'" in (result.error or "")
+    assert peak < 16 << 20, f"peak {peak} bytes"
 
 
 async def test_no_answer_within_the_connect_deadline_is_a_timeout():
