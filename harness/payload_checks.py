@@ -21,6 +21,10 @@ MAX_IDS = 10_000
 MAX_ID_CHARS = 1024  # harness.profiles.MAX_ID_BYTES: an id kept longer than that is cut
 MAX_ARGS_BYTES = 256 * 1024  # argument text buffered per run, all calls together
 MAX_STATE_BYTES = 1024 * 1024
+# Bytes of state a run's patches may weigh or copy in all (the sizes a patch's copy, add, replace and remove touch).
+# Patches are applied in place, so a small one costs little whatever the state's size; but a 60-byte `copy` of a
+# 1 MiB subtree costs a megabyte of work, and a server sending thousands of them held the client's loop for a minute.
+MAX_STATE_WORK = 32 * 1024 * 1024
 MAX_LANES = 1000  # chunk streams open at once, one per lane (the parent agent, each subagent)
 # Schema failures reported per event, each cut to this many characters.
 MAX_PROBLEMS = 3
@@ -168,19 +172,23 @@ class AguiRunChecks(RunChecks):
         self.open_messages: set[str] = set()
         self.calls: dict[str, _Call] = {}
         self.state: Any = {}  # the request's state (the profile's template sends {})
+        self.state_size = 2  # its size as compact JSON, kept up to date patch by patch
         self.state_tracked = True
+        self.state_work = 0  # bytes weighed or copied by this run's patches (MAX_STATE_WORK)
         self.warned: set[str] = set()
         self.schema_failed = False  # the event at hand broke the schema (already an R12)
         self.args_bytes = 0  # argument text buffered now, all open calls together
-        self.activities: dict[str, Any] = {}  # activity message id -> its content (ACTIVITY_SNAPSHOT, then deltas)
+        # activity message id -> [its content, its size] (ACTIVITY_SNAPSHOT, then deltas)
+        self.activities: dict[str, list[Any]] = {}
         self.activity_bytes = 0
+        self.activities_dropped: set[str] = set()  # a delta did not apply, or went past a bound: no longer checked
         # Open chunk streams by lane (None: the parent agent; else the subagentRunId), expanded as the spec says.
         self.lanes: dict[str | None, _Chunk] = {}
 
     def followup(self) -> "AguiRunChecks":
         nxt = AguiRunChecks(self.ctx)
         nxt.messages = set(self.messages)
-        nxt.state, nxt.state_tracked = self.state, self.state_tracked
+        nxt.state, nxt.state_size, nxt.state_tracked = self.state, self.state_size, self.state_tracked
         # Calls the finished run left for the application (frontend tools) may be answered in the next one.
         nxt.calls = {k: _Call(c.name, ended=True, answered=c.answered, owed=False) for k, c in self.calls.items()}
         nxt.warned = set(self.warned)
@@ -461,23 +469,30 @@ class AguiRunChecks(RunChecks):
     # -- state --
     def _state_snapshot(self, p: dict[str, Any], t: str) -> list[Finding]:
         snapshot = p.get("snapshot")
-        if _json_size(snapshot) > MAX_STATE_BYTES:
+        size = _json_size(snapshot)
+        if size > MAX_STATE_BYTES:
             self.state, self.state_tracked = None, False
             return self._warn_once("state", f"{t}: state over {MAX_STATE_BYTES} bytes, later STATE_DELTAs not checked")
-        self.state, self.state_tracked = snapshot, True
+        self.state, self.state_size, self.state_tracked = snapshot, size, True
         return []
 
     def _state_delta(self, p: dict[str, Any], t: str) -> list[Finding]:
         patch = p.get("delta")
         if not self.state_tracked or not isinstance(patch, list) or self.schema_failed:
             return []  # not a JSON Patch: the schema check reported it
-        new, problem = _apply(self.state, patch)
-        if problem and problem is not TOO_BIG:
-            return [Finding(Rule.R12, f"{t} does not apply to the current state (RFC 6902): {problem}")]
-        if problem is TOO_BIG or _json_size(new) > MAX_STATE_BYTES:
+        new, size, problem = self._apply(self.state, self.state_size, patch)
+        if problem:
+            # Applied in place up to the operation that failed: the state is not the server's any more.
             self.state, self.state_tracked = None, False
-            return self._warn_once("state", f"{t}: state over {MAX_STATE_BYTES} bytes, later STATE_DELTAs not checked")
-        self.state = new
+            if problem is TOO_BIG:
+                return self._warn_once("state", f"{t}: state over {MAX_STATE_BYTES} bytes, later STATE_DELTAs not "
+                                                "checked")
+            if problem is TOO_MUCH:
+                return self._warn_once("state", f"{t}: the run's patches weighed over {MAX_STATE_WORK} bytes of "
+                                                "state, later STATE_DELTAs not checked")
+            return [Finding(Rule.R12, f"{t} does not apply to the current state (RFC 6902): {problem}; later "
+                                      "STATE_DELTAs not checked")]
+        self.state, self.state_size = new, size
         return []
 
     # -- activities: the same snapshot/delta pattern, per activity message --
@@ -490,29 +505,77 @@ class AguiRunChecks(RunChecks):
         size = _json_size(content)
         if mid not in self.activities and (len(self.activities) >= MAX_IDS or self.activity_bytes + size > MAX_STATE_BYTES):
             return self._warn_once("activity", f"{t}: activities over {MAX_STATE_BYTES} bytes, later deltas not checked")
-        self.activity_bytes += size
-        self.activities[mid] = content
+        old = self.activities.get(mid)
+        self.activity_bytes += size - (old[1] if old is not None else 0)
+        self.activities[mid] = [content, size]
+        self.activities_dropped.discard(mid)
         return []
 
     def _activity_delta(self, p: dict[str, Any], t: str) -> list[Finding]:
         mid, patch = _text(p.get("messageId")), p.get("patch")
-        if mid is None or not isinstance(patch, list) or self.schema_failed:
+        if mid is None or not isinstance(patch, list) or self.schema_failed or mid in self.activities_dropped:
             return []
-        if mid not in self.activities:
+        entry = self.activities.get(mid)
+        if entry is None:
             if self.activity_bytes >= MAX_STATE_BYTES or len(self.activities) >= MAX_IDS:
                 return []  # not tracked (said once)
             return [Finding(Rule.R5, f"{t} for activity {mid[:80]!r}, which no ACTIVITY_SNAPSHOT started")]
-        new, problem = _apply(self.activities[mid], patch)
-        if problem is TOO_BIG:
-            return self._warn_once("activity", f"{t}: activity {mid[:80]!r} over {MAX_STATE_BYTES} bytes, not changed")
+        content, size = entry
+        new, new_size, problem = self._apply(content, size, patch, MAX_STATE_BYTES - (self.activity_bytes - size))
         if problem:
-            return [Finding(Rule.R12, f"{t} does not apply to activity {mid[:80]!r} (RFC 6902): {problem}")]
-        size = _json_size(new)
-        if self.activity_bytes + max(0, size - _json_size(self.activities[mid])) > MAX_STATE_BYTES:
-            return self._warn_once("activity", f"{t}: activities over {MAX_STATE_BYTES} bytes, later deltas not checked")
-        self.activity_bytes += max(0, size - _json_size(self.activities[mid]))
-        self.activities[mid] = new
+            # Applied in place up to the operation that failed: this activity is no longer followed.
+            del self.activities[mid]
+            self.activity_bytes -= size
+            if len(self.activities_dropped) < MAX_IDS:
+                self.activities_dropped.add(mid)
+            if problem is TOO_BIG:
+                return self._warn_once("activity", f"{t}: activity {mid[:80]!r} over {MAX_STATE_BYTES} bytes "
+                                                   "(activities together), its later deltas not checked")
+            if problem is TOO_MUCH:
+                return self._warn_once("state", f"{t}: the run's patches weighed over {MAX_STATE_WORK} bytes of "
+                                                "state, later deltas not checked")
+            return [Finding(Rule.R12, f"{t} does not apply to activity {mid[:80]!r} (RFC 6902): {problem}; its later "
+                                      "deltas not checked")]
+        self.activity_bytes += new_size - size
+        entry[0], entry[1] = new, new_size
         return []
+
+    def _weigh(self, v: Any) -> int:
+        n = _json_size(v)
+        self.state_work += n
+        return n
+
+    def _apply(self, doc: Any, size: int, patch: list[Any], limit: int = MAX_STATE_BYTES) -> tuple[Any, int, str]:
+        """`patch` applied to `doc` IN PLACE with the jsonpatch library, one operation at a time: (the result, its
+        size as compact JSON, "") or (None, 0, why it does not apply), TOO_BIG when an operation would take it past
+        `limit` bytes, TOO_MUCH past the run's MAX_STATE_WORK. Each operation is weighed before it is applied (what
+        it adds, copies or drops), so a patch copying the root into itself 40 times stops at the first copy too
+        big, and the size is kept without serializing the document again."""
+        import jsonpatch
+        import jsonpointer
+
+        try:
+            for op in patch:
+                if isinstance(op, dict):
+                    kind, path = op.get("op"), op.get("path")
+                    if kind == "copy" and isinstance(op.get("from"), str):
+                        size += self._weigh(jsonpointer.resolve_pointer(doc, op["from"]))
+                    elif kind in ("add", "replace"):
+                        size += self._weigh(op.get("value"))
+                    if kind in ("add", "replace", "remove", "copy", "move") and isinstance(path, str):
+                        replaced, member = _touched(doc, path, kind, jsonpointer)
+                        size += member
+                        if replaced is not _NOTHING and kind != "move":  # (a move's weight stays)
+                            size -= self._weigh(replaced)
+                    if size > limit:
+                        return None, 0, TOO_BIG
+                    if self.state_work > MAX_STATE_WORK:
+                        return None, 0, TOO_MUCH
+                doc = jsonpatch.JsonPatch([op]).apply(doc, in_place=True)
+            return doc, max(size, 0), ""
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError, IndexError,
+                ValueError, AttributeError, RecursionError) as exc:
+            return None, 0, str(exc)[:120] or exc.__class__.__name__
 
     # -- advice --
     def _raw(self, p: dict[str, Any], t: str) -> list[Finding]:
@@ -552,32 +615,37 @@ class AguiRunChecks(RunChecks):
         return out
 
 
-# What _apply says when a patch would grow the document past MAX_STATE_BYTES (it stops before building it).
+# What _apply says when a patch would grow the document past its limit, or the run's patches past MAX_STATE_WORK
+# (it stops before the operation that would).
 TOO_BIG = "over the byte limit"
+TOO_MUCH = "over the work limit"
+_NOTHING = object()
 
 
-def _apply(doc: Any, patch: list[Any]) -> tuple[Any, str]:
-    """`patch` applied to a copy of `doc` with the jsonpatch library: (the result, "") or (None, why it does not apply),
-    (None, TOO_BIG) when it would grow past MAX_STATE_BYTES. Applied one operation at a time, each `copy` weighed
-    before it is made: a patch copying the root into itself 40 times would otherwise build 2^40 times the state."""
-    import copy
-
-    import jsonpatch
-    import jsonpointer
-
+def _touched(doc: Any, path: str, kind: str, jsonpointer: Any) -> tuple[Any, int]:
+    """What an operation writing at (or removing) `path` takes out of `doc` (_NOTHING when none: an insert into an
+    array, a new member, a missing place), and what the member itself adds or drops besides its value: a new
+    member's quoted key, colon and comma, an array item's comma."""
+    if path == "":
+        return doc, 0
     try:
-        new = copy.deepcopy(doc)
-        copied = _json_size(new)
-        for op in patch:
-            if isinstance(op, dict) and op.get("op") == "copy" and isinstance(op.get("from"), str):
-                copied += _json_size(jsonpointer.resolve_pointer(new, op["from"]))
-                if copied > MAX_STATE_BYTES:
-                    return None, TOO_BIG
-            new = jsonpatch.JsonPatch([op]).apply(new, in_place=True)
-        return new, ""
-    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError, IndexError,
-            ValueError, AttributeError, RecursionError) as exc:
-        return None, str(exc)[:120] or exc.__class__.__name__
+        parent, part = jsonpointer.JsonPointer(path).to_last(doc)
+    except (jsonpointer.JsonPointerException, TypeError, KeyError, IndexError, ValueError, AttributeError):
+        return _NOTHING, 0  # the operation itself will say what is wrong with the path
+    writes = kind != "remove"
+    if isinstance(parent, dict) and isinstance(part, str):
+        # A member is its quoted key and a colon, and a comma when it is not alone.
+        member = len(json.dumps(part)) + 1
+        if part in parent:
+            return parent[part], 0 if writes else -(member + (len(parent) > 1))
+        return _NOTHING, member + bool(parent) if writes else 0
+    if isinstance(parent, list):
+        if kind == "replace" and isinstance(part, int) and 0 <= part < len(parent):
+            return parent[part], 0
+        if kind == "remove" and isinstance(part, int) and 0 <= part < len(parent):
+            return parent[part], -(len(parent) > 1)
+        return _NOTHING, int(bool(parent)) if writes else 0
+    return _NOTHING, 0
 
 
 def _json_size(v: Any) -> int:

@@ -324,3 +324,46 @@ def test_a_flooding_server_keeps_the_checks_bounded_in_bytes():
     assert sum(len(a) for c in checks.calls.values() for a in c.args) <= MAX_ARGS_BYTES
     assert any("not checked as JSON" in w.reason for w in tracker.warnings)
     assert all(e.payload is None for e in tracker.events)
+
+
+def _state_tracker(snapshot: dict):
+    from harness.checker import ChatTracker
+
+    tracker = ChatTracker("c", Scenario(name="t").expectations(AGUI), 0.0, run_id="r", message_id="m")
+    for frame in ({"type": "RUN_STARTED", "threadId": "t", "runId": "r", "timestamp": TS},
+                  {"type": "STATE_SNAPSHOT", "snapshot": snapshot, "timestamp": TS}):
+        tracker.feed(AGUI.decode_obj(frame, 0.0))
+    [checks] = tracker.run_checks.parts  # type: ignore[union-attr]
+    return tracker, checks
+
+
+def test_small_deltas_on_a_large_state_are_applied_in_place_and_its_size_kept_exactly():
+    """Thousands of small patches on a state near the bound: each costs what it touches, not the state's size (a
+    copy and a serialization of the whole state per delta held a client's loop for a minute), and the state and its
+    size stay exact."""
+    tracker, checks = _state_tracker({"counter": 0, "names": [], **{f"k{i}": "v" * 8 for i in range(40_000)}})
+    for i in range(1, 3001):
+        ops = [{"op": "replace", "path": "/counter", "value": i}, {"op": "add", "path": "/names/-", "value": f"n{i}"},
+               {"op": "add", "path": f"/new{i}", "value": {"a": [1, 2]}}, {"op": "remove", "path": f"/k{i}"}]
+        tracker.feed(AGUI.decode_obj({"type": "STATE_DELTA", "delta": ops, "timestamp": TS}, 0.0))
+    assert checks.state_tracked and checks.state["counter"] == 3000 and len(checks.state["names"]) == 3000
+    assert checks.state_size == len(json.dumps(checks.state, separators=(",", ":")))
+    assert checks.state_work < 200_000  # bytes weighed: what the patches touched, not 3,000 times the state
+    assert not tracker.violations and not [w for w in tracker.warnings if "state" in w.reason]
+    bad = {"type": "STATE_DELTA", "delta": [{"op": "test", "path": "/counter", "value": -1}], "timestamp": TS}
+    tracker.feed(AGUI.decode_obj(bad, 0.0))
+    assert [v.rule for v in tracker.violations] == ["R12"] and "does not apply" in tracker.violations[0].reason
+
+
+def test_patches_that_copy_large_parts_of_the_state_stop_at_the_work_bound():
+    """A 100-byte patch copying a 400 kB subtree (and removing the copy) is 800 kB of work: past MAX_STATE_WORK in
+    all, the state is no longer followed, and said once."""
+    from harness.payload_checks import MAX_STATE_WORK
+
+    tracker, checks = _state_tracker({"big": {f"k{i}": "v" * 30 for i in range(10_000)}})
+    ops = [{"op": "copy", "from": "/big", "path": "/tmp"}, {"op": "remove", "path": "/tmp"}]
+    for _ in range(200):
+        tracker.feed(AGUI.decode_obj({"type": "STATE_DELTA", "delta": ops, "timestamp": TS}, 0.0))
+    assert not checks.state_tracked and checks.state_work <= MAX_STATE_WORK + 2 * (1 << 20)
+    said = [w.reason for w in tracker.warnings if "weighed over" in w.reason]
+    assert len(said) == 1 and not tracker.violations
