@@ -56,6 +56,11 @@ EXIT_OK, EXIT_USAGE = 0, 2
 FORWARDED_HEADERS = ("authorization", "cookie", "origin", "user-agent", "x-request-id")
 # Runs followed across reconnects (resume) are kept this long, bounded in count.
 MAX_TRACKED_RUNS = 10000
+# Chats one connection may have open at once (a chat UI has one or a few). Past it the oldest is judged as it stands
+# and counted as the client's doing (chatprobe_client_rejections_total): a client that sent 40,000 messages on one
+# connection had made 40,000 trackers wait for their deadline, and every message rebuilt an index of them all.
+MAX_OPEN_CHATS = 64
+TOO_MANY_OPEN = f"the client had more than {MAX_OPEN_CHATS} chats open at once on the connection"
 # A peer that stops reading must not hold a connection (and its chats) forever: a frame not taken within this
 # long ends the connection, as if that peer had left.
 DEFAULT_SEND_TIMEOUT = 30.0
@@ -150,7 +155,7 @@ class LiveConnection:
         self.checker = ConnectionChecker(None, events_name_run=live.profile.events_name_run)
         self.router = FrameRouter(live.profile, self.checker, live.sink, live.scenario)
         self.chats = PassiveChats(self.checker, live.settle)
-        self._by_id: dict[str, ChatTracker] = {}
+        self._by_id: dict[str, ChatTracker] = {}  # the chats open on this connection, oldest first
         self.log = live.recorder.connection("live", secrets) if live.recorder is not None else None
         self.failing = False  # a chat on this connection did not pass: its recording is kept
 
@@ -165,14 +170,17 @@ class LiveConnection:
         frame = self.live.profile.decode_client(text)
         live = self.live
         if frame.kind == "request":
+            self._make_room(now)
             tracker = ChatTracker(live.new_chat_id(), live.exp, now, scenario=live.scenario,
                                   thread_id=frame.thread_id, run_id=frame.run_id, message_id=frame.message_id)
             self.checker.add(tracker)
-            self._by_id = {c.chat_id: c for c in self.checker.chats}
+            self._by_id[tracker.chat_id] = tracker
             live.sink.chat_started(live.scenario)
         elif frame.kind == "resume":
             resumed = live.resumed(self.identity, frame.run_id)
             if resumed is not None:
+                if resumed.chat_id not in self._by_id:
+                    self._make_room(now)
                 self.checker.add(resumed)
                 self._by_id[resumed.chat_id] = resumed
                 resumed.reconnected(True)
@@ -205,7 +213,22 @@ class LiveConnection:
             self.live.recorder.save(self.log, keep=True if self.failing else None)  # None: --record-all decides
         self.live.connection_closed(self)
 
+    def _make_room(self, now: float) -> None:
+        """Room for one more open chat: past MAX_OPEN_CHATS the oldest is judged as it stands, as the client's doing
+        (not the server's). A resumed chat judged on another connection meanwhile just leaves the count."""
+        if len(self._by_id) < MAX_OPEN_CHATS:
+            return
+        for chat_id, chat in list(self._by_id.items()):
+            if chat.judged:
+                del self._by_id[chat_id]
+        if len(self._by_id) < MAX_OPEN_CHATS:
+            return
+        result = next(iter(self._by_id.values())).finish(now, note=TOO_MANY_OPEN)
+        result.outcome, result.error_kind, result.error = Outcome.ERROR, "rejected", TOO_MANY_OPEN
+        self._finished(result)
+
     def _finished(self, result: ChatResult, *, abandoned: bool = False) -> None:
+        self._by_id.pop(result.chat_id, None)
         if result.outcome is not Outcome.PASSED:
             self.failing = True
         self.live.finished(result, abandoned=abandoned)

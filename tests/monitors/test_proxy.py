@@ -443,3 +443,48 @@ async def test_the_proxy_records_failing_connections_only_and_check_gives_the_sa
     (run,) = check_files([recording], load_profile("netra"))
     (chat,) = run.results
     assert chat.outcome is Outcome.FAILED and {v.rule for v in chat.violations} == {v.rule for v in failed.violations}
+
+
+# -- a client opening chat after chat on one connection: bounded, linear, counted as the client's doing --
+
+async def _drain(ws) -> None:
+    with contextlib.suppress(websockets.ConnectionClosed):
+        async for _ in ws:
+            pass
+
+
+async def test_a_client_with_too_many_chats_open_at_once_is_bounded_and_counted_as_its_own_doing():
+    from monitors.proxy import MAX_OPEN_CHATS
+
+    secret = secrets.token_urlsafe(32)
+    # Runs that take long: every chat the client opens stays open while it sends the next ones.
+    sim = AgentSim(SimConfig(port=0, jwt_secret=secret, think=30.0, seed=5, max_live_runs_per_user=1000))
+    await sim.start()
+    metrics = ChatMetrics(CollectorRegistry())
+    live = LiveChats(load_profile("netra"), MetricsSink(metrics, "agentsim", "live"), EXP, "live", 0.2)
+    server = await start_proxy(Proxy(sim.url.rsplit("/", 1)[0], live), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="proxy",
+                    tokens=TokenProvider(jwt_secret=secret))
+    sent = 3 * MAX_OPEN_CHATS
+    try:
+        ws = await _raw_client(target, "flood")
+        reader = asyncio.ensure_future(_drain(ws))  # the user's client reads what comes, as a chat UI does
+        for i in range(sent):
+            await ws.send(json.dumps({"type": "user_message", "payload": {
+                "content": "What is 2 * 2?", "thread_id": f"t-{i}", "message_id": f"m-{i}"}}))
+        rejected = sent - MAX_OPEN_CHATS
+        await until(lambda: sample(metrics, "chatprobe_client_rejections_total", **LIVE) == rejected)
+        assert sample(metrics, "chatprobe_chats_in_flight", **LIVE) == MAX_OPEN_CHATS
+        assert sum(sample(metrics, "chatprobe_chats_total", outcome=o, **LIVE)
+                   for o in ("passed", "failed", "incomplete", "error")) == 0  # no verdict burnt on the server
+        await ws.close()
+        reader.cancel()
+        # The client leaves: the chats still open are abandoned, and every message sent is counted once.
+        await until(lambda: sample(metrics, "chatprobe_chats_in_flight", **LIVE) == 0)
+        judged = sum(sample(metrics, "chatprobe_chats_total", outcome=o, **LIVE)
+                     for o in ("passed", "failed", "incomplete", "error"))
+        assert judged == MAX_OPEN_CHATS and judged + rejected == sent
+    finally:
+        server.close()
+        await sim.stop()
