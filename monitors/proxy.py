@@ -13,6 +13,7 @@ import sys
 import time
 from http import HTTPStatus
 from typing import Any, NoReturn
+from urllib.parse import unquote_plus
 
 from prometheus_client import start_http_server
 from websockets.asyncio.client import connect
@@ -270,17 +271,25 @@ def credentials_identity(headers: dict[str, str]) -> str:
     return h.hexdigest()[:32]
 
 
-def credentials_of(headers: dict[str, str], subprotocols: list[str]) -> tuple[str, ...]:
+def credentials_of(headers: dict[str, str], subprotocols: list[str], path: str = "") -> tuple[str, ...]:
     """A connection's credentials as a server might echo them: the Authorization value and its credential, each
-    cookie's value, a `jwt.<token>` subprotocol's token (kept out of --record; never logged)."""
+    cookie's value, every offered subprotocol and its dot-separated parts (`jwt.<token>`,
+    `base64url.bearer.authorization.k8s.io.<token>`), and the value of every query parameter of the request (as sent
+    and decoded: `?access_token=`, a link's opaque `?t=`), kept out of --record; never logged."""
     out: list[str] = []
     for k, v in headers.items():
         if k.lower() == "authorization":
             out += [v, v.partition(" ")[2].strip()]
         elif k.lower() == "cookie":
             out += [v] + [c.partition("=")[2].strip() for c in v.split(";")]
-    out += [p[4:] for p in subprotocols if p.startswith("jwt.")]
-    return tuple(s for s in out if len(s) >= 8)  # shorter is no credential, and would redact common words
+    for p in subprotocols:
+        out += [p, *p.split(".")]
+    query = path.partition("?")[2].partition("#")[0]
+    for pair in query.split("&"):
+        raw = pair.partition("=")[2]
+        out += [raw, unquote_plus(raw)]
+    # Shorter is no credential, and would redact common words; each form once.
+    return tuple(dict.fromkeys(s for s in out if len(s) >= 8))
 
 
 class Proxy:
@@ -336,7 +345,7 @@ class Proxy:
             return conn.respond(HTTPStatus.BAD_GATEWAY, "upstream unreachable\n")
         conn.upstream = upstream  # type: ignore[attr-defined]
         conn.identity = credentials_identity(headers)  # type: ignore[attr-defined]
-        conn.secrets = credentials_of(headers, offered)  # type: ignore[attr-defined]
+        conn.secrets = credentials_of(headers, offered, request.path)  # type: ignore[attr-defined]
         return None
 
     def select_subprotocol(self, conn: ServerConnection, offered: Any) -> Any:

@@ -197,9 +197,11 @@ async def test_the_proxy_never_records_a_users_opaque_token_or_cookie_that_the_s
     from monitors.proxy import LiveChats, Proxy, start_proxy
 
     token, cookie, sub = "opaque-user-credential-7Hq2", "cookie-value-Zk93m", "subprotocol-token-Pw51x"
+    # In the query string (any name: a server's link token) and in a subprotocol of another form than jwt.<token>.
+    query_token, link_token, k8s = "QueryAccessTok2222", "OpaqueLinkDDDD3333", "k8sBearerTokenEEEE4444"
 
     async def echo(ws):  # the upstream: every credential it was given, back in a text and a binary frame
-        said = " ".join(f"{k}={v}" for k, v in ws.request.headers.raw_items())
+        said = ws.request.path + " " + " ".join(f"{k}={v}" for k, v in ws.request.headers.raw_items())
         await ws.send(json.dumps({"type": "agent_started", "run_id": "r1", "echo": said}))
         await ws.send(said.encode())
         await ws.close()
@@ -212,10 +214,11 @@ async def test_the_proxy_never_records_a_users_opaque_token_or_cookie_that_the_s
     port = upstream.sockets[0].getsockname()[1]
     proxy = await start_proxy(Proxy(f"ws://127.0.0.1:{port}", live), "127.0.0.1", 0)
     try:
-        url = f"ws://127.0.0.1:{proxy.sockets[0].getsockname()[1]}/ws"
+        url = f"ws://127.0.0.1:{proxy.sockets[0].getsockname()[1]}/ws?access_token={query_token}&t={link_token}&v=2"
         async with asyncio.timeout(10):
             async with connect(url, additional_headers={"Authorization": f"Token {token}", "Cookie": f"s={cookie}"},
-                               subprotocols=[f"jwt.{sub}"]) as ws:  # type: ignore[list-item]
+                               subprotocols=[f"jwt.{sub}",  # type: ignore[list-item]
+                                             f"base64url.bearer.authorization.k8s.io.{k8s}"]) as ws:
                 frames = [m async for m in ws]
             assert any(token in (m if isinstance(m, str) else m.decode()) for m in frames)  # the echo did pass
             # The chat is left unfinished by the client, not failed: its file is there only because of keep_all
@@ -229,7 +232,7 @@ async def test_the_proxy_never_records_a_users_opaque_token_or_cookie_that_the_s
         text = f.read_text()
         frames_b64 = [base64.b64decode(json.loads(line)["frame_b64"]).decode() for line in text.splitlines()
                       if "frame_b64" in line]
-        for secret in (token, cookie, sub):
+        for secret in (token, cookie, sub, query_token, link_token, k8s):
             assert secret not in text and all(secret not in b for b in frames_b64), (secret, text)
 
 
