@@ -402,6 +402,28 @@ def test_the_pytest_helper_fails_with_the_chats_reasons(tmp_path):
 
 # -- the recorder --
 
+def test_a_full_recording_file_drops_frames_before_scrubbing_them(tmp_path, monkeypatch):
+    """Once a connection's file is full, what comes is counted as dropped and costs no scrubbing (a peer sending
+    4 MiB frames had every one scrubbed, ~0.7 s of CPU each, only for it to be thrown away)."""
+    import harness.recorder as recorder_module
+
+    scrubbed = []
+    monkeypatch.setattr(recorder_module, "scrub", lambda text: scrubbed.append(len(text)) or redact.scrub(text))
+    rec = Recorder(tmp_path, max_file_bytes=4096, clock=lambda: 10.0)
+    log = rec.connection("peer")
+    scrubbed.clear()  # (the label is scrubbed too)
+    for _ in range(10):
+        log.frame("recv", '{"type": "partial_result", "payload": "' + "z" * 1000 + '"}', 10.0)
+    written = len(scrubbed)
+    assert 0 < written < 10 and log.dropped == 10 - written  # the file took what fits
+    for _ in range(100):
+        log.frame("recv", "q" * 100_000, 10.0)
+    assert len(scrubbed) == written and log.dropped == 110 - written
+    log.close(11.0)
+    path = rec.save(log)
+    assert path is not None and path.stat().st_size <= 4096 + 200  # the close record is always written
+
+
 def test_recorder_scrubs_secrets_bounds_files_and_rotates(tmp_path):
     redact.register("s3cret-token-value")
     try:
