@@ -65,6 +65,8 @@ TOO_MANY_OPEN = f"the client had more than {MAX_OPEN_CHATS} chats open at once o
 # A peer that stops reading must not hold a connection (and its chats) forever: a frame not taken within this
 # long ends the connection, as if that peer had left.
 DEFAULT_SEND_TIMEOUT = 30.0
+# What a client's handshake may take beyond the upstream's connect timeout (reading its request, answering it).
+HANDSHAKE_SLACK = 5.0
 # How long a closing handshake may take before the connection is dropped.
 CLOSE_TIMEOUT = 2.0
 # The largest frame taken from either side (the harness's WebSocket limit): a bigger one closes that connection
@@ -340,6 +342,10 @@ class Proxy:
             if 400 <= status <= 599 and status in HTTPStatus._value2member_map_:
                 return conn.respond(HTTPStatus(status), f"upstream answered HTTP {status}\n")
             return conn.respond(HTTPStatus.BAD_GATEWAY, f"upstream answered HTTP {status}\n")
+        except TimeoutError:
+            self.live.sink.connection_attempt(self.live.scenario, "timeout")
+            return conn.respond(HTTPStatus.GATEWAY_TIMEOUT,
+                                f"upstream did not answer within {self.connect_timeout:g}s\n")
         except Exception as exc:
             self.live.sink.connection_attempt(self.live.scenario, classify(exc)[0])
             return conn.respond(HTTPStatus.BAD_GATEWAY, "upstream unreachable\n")
@@ -554,7 +560,10 @@ async def start_proxy(proxy: Proxy, host: str, port: int, door: FrontDoor | None
         client.handled = True  # type: ignore[attr-defined]  # the handler closes the upstream from here on
         await proxy.handler(client)
 
+    # The client's handshake waits for the upstream's (process_request): its deadline must outlast the upstream's,
+    # or a silent upstream ended the client's handshake first, uncounted and unanswered, at the same 10 s.
     return await serve(handle, host, port, process_request=proxy.process_request,
+                       open_timeout=proxy.connect_timeout + HANDSHAKE_SLACK,
                        select_subprotocol=proxy.select_subprotocol, compression=None, max_size=proxy.max_size,
                        max_queue=MAX_QUEUE, write_limit=WRITE_LIMIT, ping_interval=proxy.door.ping_interval,
                        ping_timeout=proxy.door.ping_timeout, close_timeout=CLOSE_TIMEOUT,

@@ -488,3 +488,31 @@ async def test_a_client_with_too_many_chats_open_at_once_is_bounded_and_counted_
     finally:
         server.close()
         await sim.stop()
+
+
+async def test_an_upstream_that_never_answers_the_handshake_is_a_504_and_counted_as_a_timeout():
+    """The upstream accepts the TCP connection and says nothing: the client gets 504 at the proxy's connect timeout,
+    and the attempt is counted (it was dropped unanswered and uncounted when the client's own handshake deadline,
+    the same 10 s, came first)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # read nothing, answer nothing
+
+    upstream = await asyncio.start_server(silent, "127.0.0.1", 0)
+    metrics = ChatMetrics(CollectorRegistry())
+    live = LiveChats(load_profile("netra"), MetricsSink(metrics, "up", "live"), EXP, "live", 0.2)
+    proxy = Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live, connect_timeout=0.5)
+    server = await start_proxy(proxy, "127.0.0.1", 0)
+    try:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.asyncio.client.connect(url, open_timeout=10)
+        assert refused.value.response.status_code == 504
+        labels = dict(target="up", scenario="live", source="live")
+        assert sample(metrics, "chatprobe_connections_total", result="timeout", **labels) == 1
+    finally:
+        server.close()
+        upstream.close()
+        for w in held:
+            w.close()
