@@ -18,8 +18,9 @@ from urllib.parse import unquote_plus
 from prometheus_client import start_http_server
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHeader, InvalidStatus
 from websockets.frames import EXTERNAL_CLOSE_CODES
+from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
 from websockets.uri import parse_uri
 
@@ -318,13 +319,19 @@ class Proxy:
         except BadTarget as exc:
             door.refuse(sink, "bad_request", peer)
             return conn.respond(HTTPStatus.BAD_REQUEST, f"bad request target: {exc}\n")
+        try:
+            # websockets' own parser: what the upstream connection would refuse to offer is the client's fault (400),
+            # not the upstream's (it was a 502 and a protocol_error on the upstream's dashboard).
+            offered = [str(p) for h in request.headers.get_all("Sec-WebSocket-Protocol") for p in parse_subprotocol(h)]
+        except InvalidHeader as exc:
+            door.refuse(sink, "bad_request", peer)
+            return conn.respond(HTTPStatus.BAD_REQUEST, f"bad Sec-WebSocket-Protocol: {str(exc)[:80]}\n")
         key = limit_key(client_address(peer, request.headers.get_all("X-Forwarded-For"), door.trusted))
         if door.admit(conn, key, sink) is not None:
             refusal = conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections, try again later\n")
             refusal.headers["Retry-After"] = "5"
             return refusal
         headers = {k: v for k, v in request.headers.raw_items() if k.lower() in FORWARDED_HEADERS}
-        offered = [p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol") for p in h.split(",")]
         where = parse_uri(url)
         try:
             async with asyncio.timeout(self.connect_timeout):

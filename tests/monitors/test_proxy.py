@@ -516,3 +516,19 @@ async def test_an_upstream_that_never_answers_the_handshake_is_a_504_and_counted
         upstream.close()
         for w in held:
             w.close()
+
+
+@pytest.mark.parametrize("offered", ["jwt.X x", "jwt/X", "jwt.\u00e4X"])
+async def test_a_clients_malformed_subprotocol_is_its_own_bad_request_not_the_upstreams_error(offered):
+    sim, server, metrics, live, target = await setup()
+    try:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.asyncio.client.connect(target.url, additional_headers={"Sec-WebSocket-Protocol": offered},
+                                                    open_timeout=10)
+        assert refused.value.response.status_code == 400
+        labels = dict(target="agentsim", source="live")
+        assert sample(metrics, "chatprobe_proxy_refused_connections_total", reason="bad_request", **labels) == 1
+        assert sample(metrics, "chatprobe_connections_total", result="protocol_error", scenario="live", **labels) == 0
+    finally:
+        server.close()
+        await sim.stop()
