@@ -16,7 +16,31 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from websockets.asyncio.server import ServerConnection
 
+from harness.errors import ConfigError
 from harness.transports.websocket import BoundedPongs
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62})?)*\.?")
+
+
+def listen_host_port(value: str, flag: str, example: str) -> tuple[str, int]:
+    """HOST:PORT to listen on, as a flag gives it: a port of ASCII digits 0-65535, a host that is an IP address
+    (IPv6 in brackets) or a DNS name; anything else a ConfigError naming the flag (exit 2), not the socket's error
+    later ("Name or service not known", exit 1). An empty host is returned empty (the caller's default)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or len(port) > 5 or int(port) > 65535:
+        raise ConfigError(f"{flag} {value[:80]!r}: expected HOST:PORT with a port from 0 to 65535, e.g. {example}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host and not _HOSTNAME.fullmatch(host):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"{flag} {value[:80]!r}: {host[:60]!r} is neither an IP address nor a host name") from None
+    elif host and host.replace(".", "").isdigit():  # all digits and dots: an IPv4 address, or nothing
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ConfigError(f"{flag} {value[:80]!r}: {host!r} is not an IPv4 address") from None
+    return host, int(port)
 
 log = logging.getLogger("chatprobe.proxy")
 

@@ -366,11 +366,10 @@ def make_app(monitor: Monitor, loop: asyncio.AbstractEventLoop) -> Callable:
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
+    from .frontdoor import listen_host_port
+
+    host, port = listen_host_port(text, "--listen", "127.0.0.1:9464 or [::1]:9464")
+    return host or "0.0.0.0", port
 
 
 def start_http(app: Callable, host: str, port: int) -> httpserver.HttpServer:

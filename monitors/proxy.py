@@ -46,6 +46,7 @@ from .frontdoor import (
     default_per_address,
     install_accept_errors,
     limit_key,
+    listen_host_port,
     open_file_limit,
     parse_trusted,
     upstream_url,
@@ -88,10 +89,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _hostport(value: str, flag: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{flag} {value!r}: expected HOST:PORT with a port from 0 to 65535")
-    return host.strip("[]"), int(port)
+    host, port = listen_host_port(value, flag, "127.0.0.1:8780")
+    if not host:
+        raise ConfigError(f"{flag} {value[:80]!r}: expected HOST:PORT, e.g. 127.0.0.1:8780 or 0.0.0.0:8780")
+    return host, port
 
 
 class LiveChats:
@@ -517,7 +518,7 @@ def _count(value: str | None, flag: str) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit() or len(text) > 9 or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) < 1:
         raise ConfigError(f"{flag} {value[:40]!r}: expected a whole number from 1 to 999999999")
     return int(text)
 

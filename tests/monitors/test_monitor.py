@@ -154,8 +154,10 @@ def test_parse_listen():
     assert parse_listen("127.0.0.1:9464") == ("127.0.0.1", 9464)
     assert parse_listen("[::1]:0") == ("::1", 0)
     assert parse_listen(":9464") == ("0.0.0.0", 9464)
-    with pytest.raises(ConfigError):
-        parse_listen("9464x")
+    assert parse_listen("metrics.example:9464") == ("metrics.example", 9464)
+    for bad in ("9464x", "127.0.0.1:\u0669\u0664\u0666\u0664", "300.1.1.1:9464", "bad host:9464", "[::1:9464"):
+        with pytest.raises(ConfigError):
+            parse_listen(bad)
 
 
 async def test_probe_now_fresh_registry_and_lookup_by_name_only(tmp_path, monkeypatch):

@@ -676,6 +676,11 @@ async def test_a_peer_that_floods_pings_and_reads_nothing_does_not_grow_the_prox
     (["--ping-timeout", "0"], "--ping-timeout: must be more than 0"),
     (["--upstream", "ws://127.0.0.1:1/ws?token=s3cret"], "--upstream: no query"),
     (["--upstream", "ws://user:s3cret@127.0.0.1:1/ws"], "--upstream: no credentials"),
+    (["--max-connections", "\u0661\u0662"], "--max-connections"),  # Arabic-Indic digits: isdigit() took them as 12
+    (["--listen", "256.1.1.1:0"], "'256.1.1.1' is not an IPv4 address"),
+    (["--listen", "bad host:0"], "'bad host' is neither an IP address nor a host name"),
+    (["--metrics-listen", "999.0.0.1:0"], "--metrics-listen '999.0.0.1:0'"),
+    (["--listen", "127.0.0.1:\u0668\u0667\u0668\u0660"], "--listen"),
 ])
 def test_bad_front_door_flags_exit_2_with_one_line(capsys, flags, needle):
     from monitors.proxy import main
