@@ -314,6 +314,11 @@ def _redact_base64_jwt(m: re.Match[str]) -> str:
     return run
 
 
+def credential_like(name: str, value: str) -> bool:
+    """A URL parameter that carries a credential: a token-, key-, secret-like name, or a value that reads as one."""
+    return bool(value) and (_SENSITIVE_PARAM.search(name) is not None or _opaque(value))
+
+
 def _opaque(value: str) -> bool:
     return value != REDACTED and _OPAQUE_VALUE.fullmatch(value) is not None and (
         len(value) >= 20 or sum(p.search(value) is not None for p in _MIXES) >= 2)
@@ -329,7 +334,7 @@ def redact_url(url: str) -> str:
     head, tail = out[:cut], out[cut:]
 
     def param(m: re.Match[str]) -> str:
-        if m.group(3) and (_SENSITIVE_PARAM.search(m.group(2)) or _opaque(m.group(3))):
+        if credential_like(m.group(2), m.group(3)):
             return f"{m.group(1)}{m.group(2)}={REDACTED}"
         return m.group(0)
 

@@ -119,6 +119,9 @@ def parse_trusted(values: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(nets)
 
 
+MAX_FORWARDED_HOPS = 32  # X-Forwarded-For hops walked (proxies in front of this one: a few)
+
+
 def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[IPNetwork, ...]) -> IPAddress | None:
     """Who the client is: the socket's peer, or, when that peer is a trusted proxy, the rightmost X-Forwarded-For
     hop that is not itself trusted (as nginx's real_ip_recursive). Hops left of it were written by the client and
@@ -127,7 +130,8 @@ def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[IP
     if addr is None or not _trusted(addr, trusted):
         return addr
     hops = [hop for value in forwarded_for for hop in value.split(",")]
-    for hop in reversed(hops):
+    # The rightmost MAX_FORWARDED_HOPS only: 64 kB of trusted hops cost 20-50 ms a handshake to walk.
+    for hop in reversed(hops[-MAX_FORWARDED_HOPS:]):
         ip = parse_ip(hop)
         if ip is None:
             break

@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any, NoReturn
 from urllib.parse import unquote_plus
@@ -24,6 +25,7 @@ from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
 from websockets.uri import parse_uri
 
+from harness import redact
 from harness.checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
 from harness.durations import parse_duration, parse_size
 from harness.events import Outcome
@@ -264,14 +266,22 @@ async def _close_within(ws: Any, code: int, reason: str, timeout: float = CLOSE_
             transport.abort()
 
 
-def credentials_identity(headers: dict[str, str]) -> str:
+def credentials_identity(headers: dict[str, str], subprotocols: Sequence[str] = (), path: str = "") -> str:
     """Who a connection is, as far as a resume is concerned: a digest of its credentials (never the credentials
-    themselves, which are never kept or logged)."""
+    themselves, which are never kept or logged): Authorization, Cookie, the offered subprotocols (`jwt.<token>`) and
+    the query parameters that carry a credential (`?access_token=`, an opaque `?t=`). Users who authenticate by a
+    subprotocol or the query string all had one identity, so one could resume another's run."""
     h = hashlib.sha256()
     for name in ("authorization", "cookie"):
         for k, v in headers.items():
             if k.lower() == name:
                 h.update(f"{name}\0{v}\0".encode("utf-8", "replace"))
+    for p in subprotocols:
+        h.update(f"subprotocol\0{p}\0".encode("utf-8", "replace"))
+    for pair in path.partition("?")[2].partition("#")[0].split("&"):
+        name, _, value = pair.partition("=")
+        if redact.credential_like(unquote_plus(name), unquote_plus(value)):
+            h.update(f"query\0{name}\0{value}\0".encode("utf-8", "replace"))
     return h.hexdigest()[:32]
 
 
@@ -358,7 +368,7 @@ class Proxy:
             self.live.sink.connection_attempt(self.live.scenario, classify(exc)[0])
             return conn.respond(HTTPStatus.BAD_GATEWAY, "upstream unreachable\n")
         conn.upstream = upstream  # type: ignore[attr-defined]
-        conn.identity = credentials_identity(headers)  # type: ignore[attr-defined]
+        conn.identity = credentials_identity(headers, offered, request.path)  # type: ignore[attr-defined]
         conn.secrets = credentials_of(headers, offered, request.path)  # type: ignore[attr-defined]
         return None
 
@@ -368,6 +378,7 @@ class Proxy:
 
     async def handler(self, client: ServerConnection) -> None:
         upstream = client.upstream  # type: ignore[attr-defined]
+        door = self.door or FrontDoor.defaults()
         conn = self.live.connection(getattr(client, "identity", ""), getattr(client, "secrets", ()))
         changed = asyncio.Event()
         closed_by: list[str] = []
@@ -389,7 +400,8 @@ class Proxy:
                         async with asyncio.timeout(self.send_timeout):
                             await upstream.send(message)
                     except TimeoutError:
-                        log.warning("the upstream took no frame for %gs: closing the connection", self.send_timeout)
+                        door.throttle.warn("upstream_stuck", "the upstream took no frame for %gs: closing the "
+                                           "connection", self.send_timeout)
                         side = "server"
                         break
             except ConnectionClosed:
@@ -408,7 +420,8 @@ class Proxy:
                     except ConnectionClosed:
                         break
                     except TimeoutError:
-                        log.warning("a client took no frame for %gs: closing its connection", self.send_timeout)
+                        door.throttle.warn("client_stuck", "a client took no frame for %gs: closing its connection",
+                                           self.send_timeout)
                         side = "client"
                         break
                     conn.server_frame(message, self.clock())

@@ -532,3 +532,17 @@ async def test_a_clients_malformed_subprotocol_is_its_own_bad_request_not_the_up
     finally:
         server.close()
         await sim.stop()
+
+
+def test_who_a_connection_is_counts_every_credential_a_client_can_send():
+    """Users who authenticate by a subprotocol or the query string are told apart (they had one identity, so one
+    could resume another's run); a parameter that carries no credential changes nothing."""
+    from monitors.proxy import credentials_identity
+
+    none = credentials_identity({})
+    assert credentials_identity({}, ["jwt.userAtoken123"]) != credentials_identity({}, ["jwt.userBtoken456"]) != none
+    assert credentials_identity({}, [], "/ws?access_token=aaaa1111") != credentials_identity({}, [], "/ws?access_token=bbbb2222")
+    assert credentials_identity({}, [], "/ws?t=8fK2qLz9Xw4mRt7B") != credentials_identity({}, [], "/ws?t=Zq81LmNw0Pe5Rt3Y")
+    same = credentials_identity({"Authorization": "Bearer x1y2z3w4"}, ["jwt.userAtoken123"], "/ws?v=2&lang=en")
+    assert same == credentials_identity({"authorization": "Bearer x1y2z3w4"}, ["jwt.userAtoken123"], "/ws?v=3")
+

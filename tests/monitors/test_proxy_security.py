@@ -220,6 +220,10 @@ def test_client_address_trusts_forwarded_for_only_from_a_trusted_proxy():
     assert str(client_address("203.0.113.1", ["198.51.100.7"], lb)) == "203.0.113.1"  # not trusted: ignored
     assert str(client_address("10.1.2.3", ["nonsense"], lb)) == "10.1.2.3"
     assert str(client_address("::ffff:10.1.2.3", ["2001:db8::1"], lb)) == "2001:db8::1"
+    # A chain of trusted hops is walked 32 deep at most (64 kB of them cost up to 50 ms a handshake): past that the
+    # client is the last hop walked, whatever the header says further left.
+    chain = ["198.51.100.7"] + [f"10.0.{i // 250}.{i % 250}" for i in range(5000)]
+    assert str(client_address("10.1.2.3", [", ".join(chain)], lb)) == chain[-32]
     with pytest.raises(ValueError):
         parse_trusted(["10.0.0.0/33"])
 
