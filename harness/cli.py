@@ -12,6 +12,7 @@ import dataclasses
 import os
 import re
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -134,6 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_reports(args: argparse.Namespace) -> None:
+    """Every report flag given names a writable place, and no two the same file (one would overwrite the other)."""
+    seen: dict[str, str] = {}
+    for flag in REPORT_FLAGS:
+        path = getattr(args, flag)
+        check_writable(path, f"--{flag}")
+        if path and not _is_device(path):  # (two reports to /dev/null or a terminal are fine)
+            real = os.path.realpath(path)
+            if real in seen:
+                raise ConfigError(f"--{seen[real]} and --{flag} both name {path}: one report would overwrite the other")
+            seen[real] = flag
+
+
+def _is_device(path: str) -> bool:
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def check_writable(path: str | None, flag: str) -> None:
     """Fail before the run, not after it, when a report cannot be written there."""
     if path is None:
@@ -226,8 +247,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
     from .targets import EMBEDDED_DIALECTS, TokenProvider, check_scenario_fits, embedded_sim, make_target, read_token
 
     names = args.scenarios or list(BUILTIN_SUITE)
-    for flag in REPORT_FLAGS:
-        check_writable(getattr(args, flag), f"--{flag}")
+    check_reports(args)
     scenarios = [apply_overrides(load_scenario(n), args.objective) for n in names]
     opts = options_from_args(args)
     if not args.scenarios:
@@ -365,8 +385,7 @@ def _check(args: argparse.Namespace, console: Console) -> int:
     from .profiles import load_profile
     from .scenario import apply_overrides, load_scenario
 
-    for flag in REPORT_FLAGS:
-        check_writable(getattr(args, flag), f"--{flag}")
+    check_reports(args)
     profile = load_profile(args.profile)
     scenario = apply_overrides(load_scenario(args.scenario), args.objective) if args.scenario else None
     if scenario is None and args.objective:

@@ -38,6 +38,10 @@ def write_report(path: str | os.PathLike[str], data: str | bytes, *, stall_timeo
             _write_in_place(p, data, mode, stall_timeout)
             return
     real = os.path.realpath(p)
+    if st is None and os.path.islink(p) and not os.path.isdir(os.path.dirname(real) or "."):
+        # A dangling symlink is followed to its target, but its target's directories are not made: a planted link
+        # must not make a run create directories anywhere it points.
+        raise FileNotFoundError(errno.ENOENT, "a symbolic link whose target's directory does not exist", p)
     try:
         _replace(real, data, st)
     except PermissionError:
@@ -67,6 +71,8 @@ def writable_problem(path: str) -> str | None:
         # writable): either way the directory need not be writable.
         return None if os.access(path, os.W_OK) else "not writable"
     parent = os.path.dirname(os.path.realpath(path)) or "."
+    if os.path.islink(path) and not os.path.isdir(parent):
+        return f"a symbolic link to {os.path.realpath(path)}, whose directory does not exist"
     while not os.path.exists(parent):
         parent = os.path.dirname(parent) or "."
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):

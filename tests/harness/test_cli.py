@@ -186,3 +186,12 @@ def test_more_bad_inputs_exit_2(capsys, argv, needle):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_two_reports_naming_one_file_are_refused_before_the_run(tmp_path, capsys):
+    same = tmp_path / "report"
+    assert main(["run", "basic", "--json", str(same), "--junit", str(same)]) == 2
+    assert f"--json and --junit both name {same}: one report would overwrite the other" in capsys.readouterr().err
+    assert not same.exists()
+    assert main(["check", "--json", "/dev/null", "--junit", "/dev/null", str(tmp_path / "none.jsonl")]) == 2
+    assert "overwrite" not in capsys.readouterr().err  # a device twice is fine (the recording is what is missing)

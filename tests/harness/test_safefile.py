@@ -53,6 +53,19 @@ def test_dangling_symlink_creates_its_target(tmp_path):
     assert link.is_symlink() and real.read_text() == "made"
 
 
+def test_a_dangling_symlink_into_a_missing_directory_makes_no_directory(tmp_path):
+    """A planted link must not make a run create directories wherever it points (as root: anywhere)."""
+    link = tmp_path / "r.json"
+    link.symlink_to(tmp_path / "nowhere" / "deeper" / "x.json")
+    assert "whose directory does not exist" in (writable_problem(str(link)) or "")
+    with pytest.raises(FileNotFoundError):
+        write_report(link, "made")
+    assert not (tmp_path / "nowhere").exists()
+    plain = tmp_path / "reports" / "r.json"  # a plain path still gets its directories
+    write_report(plain, "made")
+    assert plain.read_text() == "made"
+
+
 def test_fifo_is_written_to_not_replaced(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
