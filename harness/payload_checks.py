@@ -25,6 +25,8 @@ MAX_STATE_BYTES = 1024 * 1024
 # Patches are applied in place, so a small one costs little whatever the state's size; but a 60-byte `copy` of a
 # 1 MiB subtree costs a megabyte of work, and a server sending thousands of them held the client's loop for a minute.
 MAX_STATE_WORK = 32 * 1024 * 1024
+OP_WORK = 16  # what any operation is charged (its pointer resolved, its dict looked at)
+SHIFT_WORK = 8  # what each array item an insert or removal shifts is charged (a pointer moved)
 MAX_LANES = 1000  # chunk streams open at once, one per lane (the parent agent, each subagent)
 # Schema failures reported per event, each cut to this many characters.
 MAX_PROBLEMS = 3
@@ -189,6 +191,7 @@ class AguiRunChecks(RunChecks):
         nxt = AguiRunChecks(self.ctx)
         nxt.messages = set(self.messages)
         nxt.state, nxt.state_size, nxt.state_tracked = self.state, self.state_size, self.state_tracked
+        nxt.state_work = self.state_work  # one budget for the stream's runs: they share the state
         # Calls the finished run left for the application (frontend tools) may be answered in the next one.
         nxt.calls = {k: _Call(c.name, ended=True, answered=c.answered, owed=False) for k, c in self.calls.items()}
         nxt.warned = set(self.warned)
@@ -532,47 +535,65 @@ class AguiRunChecks(RunChecks):
                 return self._warn_once("activity", f"{t}: activity {mid[:80]!r} over {MAX_STATE_BYTES} bytes "
                                                    "(activities together), its later deltas not checked")
             if problem is TOO_MUCH:
-                return self._warn_once("state", f"{t}: the run's patches weighed over {MAX_STATE_WORK} bytes of "
-                                                "state, later deltas not checked")
+                return self._warn_once("work", f"{t}: the run's patches weighed over {MAX_STATE_WORK} bytes of "
+                                               "state, later deltas not checked")
             return [Finding(Rule.R12, f"{t} does not apply to activity {mid[:80]!r} (RFC 6902): {problem}; its later "
                                       "deltas not checked")]
         self.activity_bytes += new_size - size
         entry[0], entry[1] = new, new_size
         return []
 
-    def _weigh(self, v: Any) -> int:
+    def _weigh(self, v: Any) -> int | None:
+        """`v`'s size as compact JSON, charged to the run's work; None when it cannot be measured (nested past the
+        serializer's depth, not JSON): then the state's size is unknown and it is no longer followed."""
         n = _json_size(v)
-        self.state_work += n
-        return n
+        self.state_work += n if n <= MAX_STATE_BYTES else MAX_STATE_BYTES
+        return None if n > MAX_STATE_BYTES else n
 
     def _apply(self, doc: Any, size: int, patch: list[Any], limit: int = MAX_STATE_BYTES) -> tuple[Any, int, str]:
         """`patch` applied to `doc` IN PLACE with the jsonpatch library, one operation at a time: (the result, its
         size as compact JSON, "") or (None, 0, why it does not apply), TOO_BIG when an operation would take it past
-        `limit` bytes, TOO_MUCH past the run's MAX_STATE_WORK. Each operation is weighed before it is applied (what
-        it adds, copies or drops), so a patch copying the root into itself 40 times stops at the first copy too
-        big, and the size is kept without serializing the document again."""
+        `limit` bytes (or its size can no longer be known), TOO_MUCH past the run's MAX_STATE_WORK.
+
+        Each operation is weighed before it is applied, and charged what applying it costs: the values it adds,
+        copies, tests or drops (their size), a new member's name, and the items an array insert or removal shifts.
+        So a patch copying the root into itself 40 times stops at the first copy too big, a flood of inserts at the
+        head of a long array stops at the work bound, and the size is kept without serializing the document."""
         import jsonpatch
         import jsonpointer
 
         try:
             for op in patch:
                 if isinstance(op, dict):
-                    kind, path = op.get("op"), op.get("path")
-                    if kind == "copy" and isinstance(op.get("from"), str):
-                        size += self._weigh(jsonpointer.resolve_pointer(doc, op["from"]))
-                    elif kind in ("add", "replace"):
-                        size += self._weigh(op.get("value"))
+                    kind, path, source = op.get("op"), op.get("path"), op.get("from")
+                    self.state_work += OP_WORK
+                    grown: int | None = 0
+                    if kind == "copy" and isinstance(source, str):
+                        grown = self._weigh(jsonpointer.resolve_pointer(doc, source))
+                    elif kind in ("add", "replace", "test"):
+                        grown = self._weigh(op.get("value"))
+                        if kind == "test":
+                            grown = 0 if grown is not None else None
+                    if grown is None:
+                        return None, 0, TOO_BIG
+                    size += grown
+                    if kind == "move" and isinstance(source, str):
+                        self.state_work += _touched(doc, source, "remove", jsonpointer)[2] * SHIFT_WORK
                     if kind in ("add", "replace", "remove", "copy", "move") and isinstance(path, str):
-                        replaced, member = _touched(doc, path, kind, jsonpointer)
+                        replaced, member, shifted = _touched(doc, path, kind, jsonpointer)
                         size += member
+                        self.state_work += abs(member) + shifted * SHIFT_WORK
                         if replaced is not _NOTHING and kind != "move":  # (a move's weight stays)
-                            size -= self._weigh(replaced)
-                    if size > limit:
+                            dropped = self._weigh(replaced)
+                            if dropped is None:
+                                return None, 0, TOO_BIG
+                            size -= dropped
+                    if size > limit or size < 0:  # (below 0: the estimate is lost; not followed any more)
                         return None, 0, TOO_BIG
                     if self.state_work > MAX_STATE_WORK:
                         return None, 0, TOO_MUCH
                 doc = jsonpatch.JsonPatch([op]).apply(doc, in_place=True)
-            return doc, max(size, 0), ""
+            return doc, size, ""
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError, IndexError,
                 ValueError, AttributeError, RecursionError) as exc:
             return None, 0, str(exc)[:120] or exc.__class__.__name__
@@ -622,30 +643,32 @@ TOO_MUCH = "over the work limit"
 _NOTHING = object()
 
 
-def _touched(doc: Any, path: str, kind: str, jsonpointer: Any) -> tuple[Any, int]:
+def _touched(doc: Any, path: str, kind: str, jsonpointer: Any) -> tuple[Any, int, int]:
     """What an operation writing at (or removing) `path` takes out of `doc` (_NOTHING when none: an insert into an
-    array, a new member, a missing place), and what the member itself adds or drops besides its value: a new
-    member's quoted key, colon and comma, an array item's comma."""
+    array, a new member, a missing place); what the member itself adds or drops besides its value (a new member's
+    quoted key, colon and comma, an array item's comma); and how many array items it shifts."""
     if path == "":
-        return doc, 0
+        return doc, 0, 0
     try:
         parent, part = jsonpointer.JsonPointer(path).to_last(doc)
-    except (jsonpointer.JsonPointerException, TypeError, KeyError, IndexError, ValueError, AttributeError):
-        return _NOTHING, 0  # the operation itself will say what is wrong with the path
+    except (jsonpointer.JsonPointerException, TypeError, KeyError, IndexError, ValueError, AttributeError,
+            RecursionError):
+        return _NOTHING, 0, 0  # the operation itself will say what is wrong with the path
     writes = kind != "remove"
     if isinstance(parent, dict) and isinstance(part, str):
         # A member is its quoted key and a colon, and a comma when it is not alone.
         member = len(json.dumps(part)) + 1
         if part in parent:
-            return parent[part], 0 if writes else -(member + (len(parent) > 1))
-        return _NOTHING, member + bool(parent) if writes else 0
+            return parent[part], 0 if writes else -(member + (len(parent) > 1)), 0
+        return _NOTHING, member + bool(parent) if writes else 0, 0
     if isinstance(parent, list):
-        if kind == "replace" and isinstance(part, int) and 0 <= part < len(parent):
-            return parent[part], 0
-        if kind == "remove" and isinstance(part, int) and 0 <= part < len(parent):
-            return parent[part], -(len(parent) > 1)
-        return _NOTHING, int(bool(parent)) if writes else 0
-    return _NOTHING, 0
+        at = part if isinstance(part, int) and 0 <= part <= len(parent) else len(parent)
+        if kind == "replace" and at < len(parent):
+            return parent[at], 0, 0
+        if kind == "remove" and at < len(parent):
+            return parent[at], -(len(parent) > 1), len(parent) - at - 1
+        return _NOTHING, int(bool(parent)) if writes else 0, len(parent) - at if writes else 0
+    return _NOTHING, 0, 0
 
 
 def _json_size(v: Any) -> int:

@@ -348,7 +348,7 @@ def test_small_deltas_on_a_large_state_are_applied_in_place_and_its_size_kept_ex
         tracker.feed(AGUI.decode_obj({"type": "STATE_DELTA", "delta": ops, "timestamp": TS}, 0.0))
     assert checks.state_tracked and checks.state["counter"] == 3000 and len(checks.state["names"]) == 3000
     assert checks.state_size == len(json.dumps(checks.state, separators=(",", ":")))
-    assert checks.state_work < 200_000  # bytes weighed: what the patches touched, not 3,000 times the state
+    assert checks.state_work < 1_000_000  # what the patches touched and their ops, not 3,000 times the 0.8 MB state
     assert not tracker.violations and not [w for w in tracker.warnings if "state" in w.reason]
     bad = {"type": "STATE_DELTA", "delta": [{"op": "test", "path": "/counter", "value": -1}], "timestamp": TS}
     tracker.feed(AGUI.decode_obj(bad, 0.0))
@@ -367,3 +367,29 @@ def test_patches_that_copy_large_parts_of_the_state_stop_at_the_work_bound():
     assert not checks.state_tracked and checks.state_work <= MAX_STATE_WORK + 2 * (1 << 20)
     said = [w.reason for w in tracker.warnings if "weighed over" in w.reason]
     assert len(said) == 1 and not tracker.violations
+
+
+def test_a_value_too_deep_to_measure_ends_state_tracking_rather_than_lose_the_size():
+    """Moves nest a value ~1,200 deep (too deep to serialize); removing it must not take an unknown size off the
+    kept one (it took MAX_STATE_BYTES off, so the real state grew 30 times past the bound unnoticed)."""
+    tracker, checks = _state_tracker({})
+    ops = [{"op": "add", "path": "/d", "value": {}}]
+    for _ in range(1200):
+        ops += [{"op": "add", "path": "/x", "value": {}}, {"op": "move", "from": "/d", "path": "/x/d"},
+                {"op": "move", "from": "/x", "path": "/d"}]
+    for delta in (ops, [{"op": "remove", "path": "/d"}, {"op": "add", "path": "/" + "k" * 900_000, "value": 0}]):
+        tracker.feed(AGUI.decode_obj({"type": "STATE_DELTA", "delta": delta, "timestamp": TS}, 0.0))
+    assert not checks.state_tracked and checks.state is None
+    assert any("state over" in w.reason for w in tracker.warnings)
+
+
+def test_inserts_at_the_head_of_a_long_array_are_charged_the_items_they_shift():
+    """An insert or removal at the front of a long array moves every item after it: 20,000 of them on a 500,000-item
+    array were seconds of CPU charged 20 kB of work. They are charged the items shifted, and stop at the bound."""
+    from harness.payload_checks import MAX_STATE_WORK
+
+    tracker, checks = _state_tracker({"a": [0] * 500_000})
+    ops = [{"op": "add", "path": "/a/0", "value": 0}, {"op": "remove", "path": "/a/0"}] * 10_000
+    tracker.feed(AGUI.decode_obj({"type": "STATE_DELTA", "delta": ops, "timestamp": TS}, 0.0))
+    assert not checks.state_tracked and MAX_STATE_WORK < checks.state_work < MAX_STATE_WORK + 8 * 500_001 + 64
+    assert any("weighed over" in w.reason for w in tracker.warnings)
