@@ -67,9 +67,9 @@ _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s\"'<>`]+")
 _USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 _PARAM_RE = re.compile(r"([?&;#])([^=&;#]*)=([^&;#]*)")
 _SENSITIVE_PARAM = re.compile(r"(?i)token|key|secret|pass|pwd|sig|auth|jwt|session|cred|bearer|code")
-# A parameter value that reads as a credential whatever its name says (`?t=8fK2q…`): URL-safe characters only, 20 or
-# more of them, or 12 or more mixing two of lower case, upper case and digits. Words, numbers, dates and short ids
-# stay readable; a long random-looking value goes, as a signed link's token would.
+# A parameter value that reads as a credential whatever its name says (`?t=8fK2q…`): 12 or more URL-safe characters
+# mixing at least two of lower case, upper case and digits. Words and slugs (`installation-guide-linux`), numbers,
+# dates and short ids stay readable; a random-looking value goes, as a signed link's token would.
 _OPAQUE_VALUE = re.compile(r"[A-Za-z0-9._~+/=%-]{12,}")
 _MIXES = (re.compile("[a-z]"), re.compile("[A-Z]"), re.compile("[0-9]"))
 
@@ -321,7 +321,7 @@ def credential_like(name: str, value: str) -> bool:
 
 def _opaque(value: str) -> bool:
     return value != REDACTED and _OPAQUE_VALUE.fullmatch(value) is not None and (
-        len(value) >= 20 or sum(p.search(value) is not None for p in _MIXES) >= 2)
+        sum(p.search(value) is not None for p in _MIXES) >= 2)
 
 
 def redact_url(url: str) -> str:
@@ -338,7 +338,11 @@ def redact_url(url: str) -> str:
             return f"{m.group(1)}{m.group(2)}={REDACTED}"
         return m.group(0)
 
-    return head + _PARAM_RE.sub(param, tail)
+    if "\\u0026" not in tail:
+        return head + _PARAM_RE.sub(param, tail)
+    # An `&` JSON-escaped (Go's encoding/json writes \u0026): each piece is a parameter of its own.
+    first, *rest = tail.split("\\u0026")
+    return head + "\\u0026".join([_PARAM_RE.sub(param, first), *(_PARAM_RE.sub(param, "&" + r)[1:] for r in rest)])
 
 
 def scrub(text: str) -> str:

@@ -285,11 +285,13 @@ def credentials_identity(headers: dict[str, str], subprotocols: Sequence[str] = 
     return h.hexdigest()[:32]
 
 
-def credentials_of(headers: dict[str, str], subprotocols: list[str], path: str = "") -> tuple[str, ...]:
-    """A connection's credentials as a server might echo them: the Authorization value and its credential, each
-    cookie's value, every offered subprotocol and its dot-separated parts (`jwt.<token>`,
-    `base64url.bearer.authorization.k8s.io.<token>`), and the value of every query parameter of the request (as sent
-    and decoded: `?access_token=`, a link's opaque `?t=`), kept out of --record; never logged."""
+def credentials_of(headers: dict[str, str], subprotocols: Sequence[str], path: str = "") -> tuple[str, ...]:
+    """A connection's credentials as a server might echo them, kept out of --record (never logged): the
+    Authorization value and its credential, each cookie's value, a `jwt.<token>` subprotocol's token and the parts of
+    any other subprotocol that read as a credential (`base64url.bearer.authorization.k8s.io.<token>`), and the
+    values of the query parameters that carry one (`?access_token=`, a link's opaque `?t=`), as sent and decoded.
+    Only what reads as a credential: a subprotocol's `messages` or a `?view=conversation` made secrets would erase
+    those words from every recorded frame (and AG-UI's `messages` key with them)."""
     out: list[str] = []
     for k, v in headers.items():
         if k.lower() == "authorization":
@@ -297,11 +299,15 @@ def credentials_of(headers: dict[str, str], subprotocols: list[str], path: str =
         elif k.lower() == "cookie":
             out += [v] + [c.partition("=")[2].strip() for c in v.split(";")]
     for p in subprotocols:
-        out += [p, *p.split(".")]
-    query = path.partition("?")[2].partition("#")[0]
-    for pair in query.split("&"):
-        raw = pair.partition("=")[2]
-        out += [raw, unquote_plus(raw)]
+        if p.lower().startswith("jwt."):
+            out += [p, p[4:]]
+            continue
+        parts = [part for part in p.split(".") if redact.credential_like("", part)]
+        out += [p, *parts] if parts else []
+    for pair in path.partition("?")[2].partition("#")[0].split("&"):
+        name, _, raw = pair.partition("=")
+        if redact.credential_like(unquote_plus(name), unquote_plus(raw)):
+            out += [raw, unquote_plus(raw)]
     # Shorter is no credential, and would redact common words; each form once.
     return tuple(dict.fromkeys(s for s in out if len(s) >= 8))
 

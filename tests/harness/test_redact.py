@@ -32,11 +32,15 @@ def fresh_registry():
     ("https://h/ws?user=bob", "https://h/ws?user=bob"),
     # a value that reads as a credential, whatever its parameter is called
     ("wss://h/ws?t=8fK2qLz9Xw4mRt7B&v=2", "wss://h/ws?t=[REDACTED]&v=2"),
-    ("wss://h/ws?x=abcdefghijklmnopqrstuvwxyz", "wss://h/ws?x=[REDACTED]"),
     ("wss://h/ws?ref=Ab3dEf6hIj9k#frag", "wss://h/ws?ref=[REDACTED]#frag"),
-    # words, numbers, dates and short ids stay readable
+    ("wss://h/ws?x=3f9a0c7e5b1d2e4f6a8b", "wss://h/ws?x=[REDACTED]"),
+    # an & JSON-escaped as Go writes it still separates parameters
+    ("https://h/p?a=1\\u0026access_token=S3cr3tValue99\\u0026b=2", "https://h/p?a=1\\u0026access_token=[REDACTED]\\u0026b=2"),
+    # words, slugs, numbers, dates and short ids stay readable
     ("https://h/ws?profile=netra&page=12&since=2026-12-02&id=c1-ab12",
      "https://h/ws?profile=netra&page=12&since=2026-12-02&id=c1-ab12"),
+    ("https://h/docs?q=kubernetes-deployment-rollback&section=installation-guide-linux",
+     "https://h/docs?q=kubernetes-deployment-rollback&section=installation-guide-linux"),
     ("ws://127.0.0.1:8765/ws", "ws://127.0.0.1:8765/ws"),
 ])
 def test_redact_url(url, shown):

@@ -546,3 +546,14 @@ def test_who_a_connection_is_counts_every_credential_a_client_can_send():
     same = credentials_identity({"Authorization": "Bearer x1y2z3w4"}, ["jwt.userAtoken123"], "/ws?v=2&lang=en")
     assert same == credentials_identity({"authorization": "Bearer x1y2z3w4"}, ["jwt.userAtoken123"], "/ws?v=3")
 
+
+
+def test_only_what_reads_as_a_credential_becomes_a_connections_secret():
+    """A subprotocol's words and a plain query value are no secrets: made secrets they were erased from every
+    recorded frame (AG-UI's `messages` key with them), and `chatprobe check` then saw schema failures."""
+    from monitors.proxy import credentials_of
+
+    secrets_ = credentials_of({}, ["chatapp.messages.v1", "base64url.bearer.authorization.k8s.io.eyBmZk93Tq1x2Lp"],
+                              "/ws?view=conversation&access_token=plainword&t=8fK2qLz9Xw4mRt7B")
+    assert "messages" not in secrets_ and "conversation" not in secrets_ and "chatapp.messages.v1" not in secrets_
+    assert {"eyBmZk93Tq1x2Lp", "plainword", "8fK2qLz9Xw4mRt7B"} <= set(secrets_)
