@@ -403,9 +403,9 @@ def _check(args: argparse.Namespace, console: Console) -> int:
     import threading
 
     interrupt = _Interrupt(threading.Event(), "the chats open in the recording")
-    with interrupt.installed():
+    with interrupt.installed():  # through the reports too: a signal then changes nothing of what is written
         runs = check_files(args.paths, profile, scenario, args.format, max_frame=max_frame, stop=interrupt.event)
-    return _finish(args, console, runs, [], interrupt)
+        return _finish(args, console, runs, [], interrupt)
 
 
 def _reports_apart_from(args: argparse.Namespace, inputs: list[str]) -> None:

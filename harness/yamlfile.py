@@ -58,7 +58,7 @@ def format_validation_error(path: str, err: ValidationError, node: yaml.Node | N
 # A configuration file is small: these bound what a hostile or mistaken file (a device, an alias bomb, deep
 # nesting, a flood of values) can cost before it is rejected. Every config of chatprobe nests fewer than ten levels.
 MAX_FILE_BYTES = 1024 * 1024
-PIPE_DEADLINE = 10.0  # seconds a file that is not a regular one (a pipe, a device) has to deliver its text
+PIPE_DEADLINE = 30.0  # seconds a file that is not a regular one (a pipe, a device) has to deliver its text
 MAX_ALIASES = 20
 MAX_DEPTH = 64
 # Values in the file, and again with its aliases expanded: real configurations hold hundreds; this many take

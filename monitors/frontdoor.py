@@ -29,7 +29,10 @@ def listen_host_port(value: str, flag: str, example: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()) or len(port) > 5 or int(port) > 65535:
         raise ConfigError(f"{flag} {value[:80]!r}: expected HOST:PORT with a port from 0 to 65535, e.g. {example}")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ConfigError(f"{flag} {value[:80]!r}: an IPv6 address goes in brackets, e.g. [::1]:{port}")
     if host and not _HOSTNAME.fullmatch(host):
         try:
             ipaddress.ip_address(host)

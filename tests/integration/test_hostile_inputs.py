@@ -326,3 +326,27 @@ sys.exit(main(sys.argv[1:]))
     assert doc["stopped_early"] and 0 < doc["stats"]["chats"] < 300
     assert any(w.startswith("interrupted at record 20") for w in doc["warnings"]), doc["warnings"]
     assert junit.read_text().startswith("<?xml")
+
+
+def test_a_signal_while_check_writes_its_reports_changes_nothing_of_what_is_written(tmp_path):
+    rec = tmp_path / "r.jsonl"
+    rec.write_text("".join(json.dumps({"t": 1.0 + j * 0.01, "dir": "recv", "conn": "c", "frame": {
+        "type": role, "run_id": "r1", "seq": j + 1}}) + "\n" for j, role in enumerate(["agent_started", "agent_completed"])))
+    probe = tmp_path / "probe.py"
+    probe.write_text("""
+import os, signal, sys
+from harness import report
+from harness.cli import main
+write_json = report.write_json
+def signalled(*a, **k):
+    os.kill(os.getpid(), signal.SIGTERM)  # as the first report is written
+    return write_json(*a, **k)
+report.write_json = signalled
+sys.exit(main(sys.argv[1:]))
+""")
+    out, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    proc = subprocess.run([sys.executable, str(probe), "check", str(rec), "--json", str(out), "--junit", str(junit)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, (proc.returncode, proc.stderr[-2000:])
+    assert json.loads(out.read_text())["scenarios"] and junit.read_text().startswith("<?xml")
+    assert "Traceback" not in proc.stderr

@@ -155,7 +155,7 @@ def test_parse_listen():
     assert parse_listen("[::1]:0") == ("::1", 0)
     assert parse_listen(":9464") == ("0.0.0.0", 9464)
     assert parse_listen("metrics.example:9464") == ("metrics.example", 9464)
-    for bad in ("9464x", "127.0.0.1:\u0669\u0664\u0666\u0664", "300.1.1.1:9464", "bad host:9464", "[::1:9464"):
+    for bad in ("9464x", "127.0.0.1:\u0669\u0664\u0666\u0664", "300.1.1.1:9464", "bad host:9464", "[::1:9464", "::1:9464"):
         with pytest.raises(ConfigError):
             parse_listen(bad)
 
