@@ -487,14 +487,7 @@ class AguiRunChecks(RunChecks):
         if problem:
             # Applied in place up to the operation that failed: the state is not the server's any more.
             self.state, self.state_tracked = None, False
-            if problem is TOO_BIG:
-                return self._warn_once("state", f"{t}: state over {MAX_STATE_BYTES} bytes, later STATE_DELTAs not "
-                                                "checked")
-            if problem is TOO_MUCH:
-                return self._warn_once("state", f"{t}: the run's patches weighed over {MAX_STATE_WORK} bytes of "
-                                                "state, later STATE_DELTAs not checked")
-            return [Finding(Rule.R12, f"{t} does not apply to the current state (RFC 6902): {problem}; later "
-                                      "STATE_DELTAs not checked")]
+            return self._unfollowed(problem, t, "state", "state", "later STATE_DELTAs", "the current state")
         self.state, self.state_size = new, size
         return []
 
@@ -531,17 +524,21 @@ class AguiRunChecks(RunChecks):
             self.activity_bytes -= size
             if len(self.activities_dropped) < MAX_IDS:
                 self.activities_dropped.add(mid)
-            if problem is TOO_BIG:
-                return self._warn_once("activity", f"{t}: activity {mid[:80]!r} over {MAX_STATE_BYTES} bytes "
-                                                   "(activities together), its later deltas not checked")
-            if problem is TOO_MUCH:
-                return self._warn_once("work", f"{t}: the run's patches weighed over {MAX_STATE_WORK} bytes of "
-                                               "state, later deltas not checked")
-            return [Finding(Rule.R12, f"{t} does not apply to activity {mid[:80]!r} (RFC 6902): {problem}; its later "
-                                      "deltas not checked")]
+            what = f"activity {mid[:80]!r}"
+            return self._unfollowed(problem, t, "activity", what, "its later deltas", what)
         self.activity_bytes += new_size - size
         entry[0], entry[1] = new, new_size
         return []
+
+    def _unfollowed(self, problem: str, t: str, key: str, what: str, later: str, target: str) -> list[Finding]:
+        """What a patch that ended the following of `what` (the state, an activity) says: advice, once per kind,
+        when a bound ended it; an R12 when it does not apply to `target`."""
+        if problem is TOO_BIG:
+            return self._warn_once(key, f"{t}: {what} over {MAX_STATE_BYTES} bytes, {later} not checked")
+        if problem is TOO_MUCH:
+            return self._warn_once("work", f"{t}: the run's patches weighed over {MAX_STATE_WORK} bytes of state, "
+                                           f"{later} not checked")
+        return [Finding(Rule.R12, f"{t} does not apply to {target} (RFC 6902): {problem}; {later} not checked")]
 
     def _weigh(self, v: Any) -> int | None:
         """`v`'s size as compact JSON, charged to the run's work; None when it cannot be measured (nested past the
