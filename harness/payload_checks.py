@@ -25,8 +25,9 @@ MAX_STATE_BYTES = 1024 * 1024
 # Patches are applied in place, so a small one costs little whatever the state's size; but a 60-byte `copy` of a
 # 1 MiB subtree costs a megabyte of work, and a server sending thousands of them held the client's loop for a minute.
 MAX_STATE_WORK = 32 * 1024 * 1024
-OP_WORK = 16  # what any operation is charged (its pointer resolved, its dict looked at)
+OP_WORK = 256  # what any operation is charged (a JsonPatch built, its pointer resolved: ~10 us)
 SHIFT_WORK = 8  # what each array item an insert or removal shifts is charged (a pointer moved)
+NODE_WORK = 32  # what each container or item of a value added, copied, tested or dropped is charged (~1 us)
 MAX_LANES = 1000  # chunk streams open at once, one per lane (the parent agent, each subagent)
 # Schema failures reported per event, each cut to this many characters.
 MAX_PROBLEMS = 3
@@ -499,10 +500,16 @@ class AguiRunChecks(RunChecks):
         if p.get("replace") is False and mid in self.activities:
             return []  # "leave what is already there": the existing content stands
         size = _json_size(content)
-        if mid not in self.activities and (len(self.activities) >= MAX_IDS or self.activity_bytes + size > MAX_STATE_BYTES):
-            return self._warn_once("activity", f"{t}: activities over {MAX_STATE_BYTES} bytes, later deltas not checked")
         old = self.activities.get(mid)
-        self.activity_bytes += size - (old[1] if old is not None else 0)
+        kept = old[1] if old is not None else 0
+        if (old is None and len(self.activities) >= MAX_IDS) or self.activity_bytes - kept + size > MAX_STATE_BYTES:
+            if old is not None:  # a new snapshot too big for the bound: that activity is no longer followed
+                del self.activities[mid]
+                self.activity_bytes -= kept
+                if len(self.activities_dropped) < MAX_IDS:
+                    self.activities_dropped.add(mid)
+            return self._warn_once("activity", f"{t}: activities over {MAX_STATE_BYTES} bytes, later deltas not checked")
+        self.activity_bytes += size - kept
         self.activities[mid] = [content, size]
         self.activities_dropped.discard(mid)
         return []
@@ -543,8 +550,15 @@ class AguiRunChecks(RunChecks):
     def _weigh(self, v: Any) -> int | None:
         """`v`'s size as compact JSON, charged to the run's work; None when it cannot be measured (nested past the
         serializer's depth, not JSON): then the state's size is unknown and it is no longer followed."""
-        n = _json_size(v)
-        self.state_work += n if n <= MAX_STATE_BYTES else MAX_STATE_BYTES
+        try:
+            text = json.dumps(v, separators=(",", ":"))
+        except (TypeError, ValueError, RecursionError):
+            self.state_work += MAX_STATE_BYTES
+            return None
+        n = len(text)
+        # Copying, comparing or dropping a value costs per node more than per byte (330,000 empty lists are 1 MiB):
+        # each container and item is charged NODE_WORK besides its bytes.
+        self.state_work += min(n, MAX_STATE_BYTES) + NODE_WORK * (text.count("[") + text.count("{") + text.count(","))
         return None if n > MAX_STATE_BYTES else n
 
     def _apply(self, doc: Any, size: int, patch: list[Any], limit: int = MAX_STATE_BYTES) -> tuple[Any, int, str]:
@@ -574,13 +588,19 @@ class AguiRunChecks(RunChecks):
                     if grown is None:
                         return None, 0, TOO_BIG
                     size += grown
-                    if kind == "move" and isinstance(source, str):
-                        self.state_work += _touched(doc, source, "remove", jsonpointer)[2] * SHIFT_WORK
-                    if kind in ("add", "replace", "remove", "copy", "move") and isinstance(path, str):
+                    if kind == "move" and isinstance(source, str) and isinstance(path, str):
+                        # The library takes the value out first, which can shift an array on the way to the target:
+                        # the target is not resolved on the document as it stands. Its member name is counted as
+                        # new whatever it replaces, and the source's never taken off (over, never under, the size).
+                        member = len(json.dumps(path.rsplit("/", 1)[-1])) + 2
+                        size += member
+                        self.state_work += member + (_touched(doc, source, "remove", jsonpointer)[2]
+                                                     + _touched(doc, path, "add", jsonpointer)[2]) * SHIFT_WORK
+                    elif kind in ("add", "replace", "remove", "copy") and isinstance(path, str):
                         replaced, member, shifted = _touched(doc, path, kind, jsonpointer)
                         size += member
                         self.state_work += abs(member) + shifted * SHIFT_WORK
-                        if replaced is not _NOTHING and kind != "move":  # (a move's weight stays)
+                        if replaced is not _NOTHING:
                             dropped = self._weigh(replaced)
                             if dropped is None:
                                 return None, 0, TOO_BIG

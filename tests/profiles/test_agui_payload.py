@@ -348,7 +348,7 @@ def test_small_deltas_on_a_large_state_are_applied_in_place_and_its_size_kept_ex
         tracker.feed(AGUI.decode_obj({"type": "STATE_DELTA", "delta": ops, "timestamp": TS}, 0.0))
     assert checks.state_tracked and checks.state["counter"] == 3000 and len(checks.state["names"]) == 3000
     assert checks.state_size == len(json.dumps(checks.state, separators=(",", ":")))
-    assert checks.state_work < 1_000_000  # what the patches touched and their ops, not 3,000 times the 0.8 MB state
+    assert checks.state_work < 8_000_000  # what the patches touched and their ops, not 3,000 times the 0.8 MB state
     assert not tracker.violations and not [w for w in tracker.warnings if "state" in w.reason]
     bad = {"type": "STATE_DELTA", "delta": [{"op": "test", "path": "/counter", "value": -1}], "timestamp": TS}
     tracker.feed(AGUI.decode_obj(bad, 0.0))
@@ -392,4 +392,40 @@ def test_inserts_at_the_head_of_a_long_array_are_charged_the_items_they_shift():
     ops = [{"op": "add", "path": "/a/0", "value": 0}, {"op": "remove", "path": "/a/0"}] * 10_000
     tracker.feed(AGUI.decode_obj({"type": "STATE_DELTA", "delta": ops, "timestamp": TS}, 0.0))
     assert not checks.state_tracked and MAX_STATE_WORK < checks.state_work < MAX_STATE_WORK + 8 * 500_001 + 64
+    assert any("weighed over" in w.reason for w in tracker.warnings)
+
+
+def test_a_move_whose_target_shifts_is_counted_with_its_member_name():
+    """The library takes a move's value out before it resolves the target, so the target is not the one the
+    document shows: a 2 MiB member name landing in a shifted array slot went uncounted (the real state grew without
+    bound). The name is counted whatever the target turns out to be."""
+    tracker, checks = _state_tracker({"a": [0, 0, {}]})
+    ops = [{"op": "move", "from": "/a/0", "path": "/a/1/" + "k" * (2 << 20)}]
+    tracker.feed(AGUI.decode_obj({"type": "STATE_DELTA", "delta": ops, "timestamp": TS}, 0.0))
+    assert not checks.state_tracked and any("state over" in w.reason for w in tracker.warnings)
+
+
+def test_a_new_snapshot_of_a_known_activity_is_held_to_the_bound():
+    tracker, checks = _state_tracker({})
+    for i in range(3):
+        tracker.feed(AGUI.decode_obj({"type": "ACTIVITY_SNAPSHOT", "messageId": f"a{i}", "activityType": "x",
+                                      "content": {"n": 1}, "timestamp": TS}, 0.0))
+    for i in range(3):  # each new snapshot ~0.5 MiB: the second one is past the bound for all of them together
+        tracker.feed(AGUI.decode_obj({"type": "ACTIVITY_SNAPSHOT", "messageId": f"a{i}", "activityType": "x",
+                                      "content": {"big": "x" * (1 << 19)}, "timestamp": TS}, 0.0))
+    assert checks.activity_bytes <= (1 << 20) and len(checks.activities) < 3
+    assert any("activities over" in w.reason for w in tracker.warnings)
+
+
+def test_values_of_many_small_nodes_are_charged_per_node():
+    """A `test` of a value of 300,000 empty lists is 0.9 MB but ~0.4 s to compare: charged per node, a run reaches
+    the work bound within a few such patches, not after 30."""
+    value = [[] for _ in range(300_000)]
+    tracker, checks = _state_tracker({"v": value})
+    frames = 0
+    while checks.state_tracked and frames < 10:
+        frames += 1
+        tracker.feed(AGUI.decode_obj({"type": "STATE_DELTA", "timestamp": TS,
+                                      "delta": [{"op": "test", "path": "/v", "value": value}]}, 0.0))
+    assert not checks.state_tracked and frames <= 4
     assert any("weighed over" in w.reason for w in tracker.warnings)
