@@ -235,7 +235,10 @@ class LiveConnection:
         self._finished(result)
 
     def _finished(self, result: ChatResult, *, abandoned: bool = False) -> None:
-        self._by_id.pop(result.chat_id, None)
+        if self._by_id.pop(result.chat_id, None) is None and result.parent_run_id is not None:
+            # A further run the server carried on the stream (AG-UI's parentRunId): a chat the client never started
+            # a message for, so not counted started yet. Counted now, as the harness's own flow counts it.
+            self.live.sink.chat_started(self.live.scenario)
         if result.outcome is not Outcome.PASSED:
             self.failing = True
         self.live.finished(result, abandoned=abandoned)

@@ -557,3 +557,36 @@ def test_only_what_reads_as_a_credential_becomes_a_connections_secret():
                               "/ws?view=conversation&access_token=plainword&t=8fK2qLz9Xw4mRt7B")
     assert "messages" not in secrets_ and "conversation" not in secrets_ and "chatapp.messages.v1" not in secrets_
     assert {"eyBmZk93Tq1x2Lp", "plainword", "8fK2qLz9Xw4mRt7B"} <= set(secrets_)
+
+
+def test_runs_the_server_carries_on_after_the_clients_are_counted_started_as_well_as_finished(tmp_path):
+    """Follow-up runs on one stream (parentRunId) are chats of their own: each verdict counted had no start, so
+    chats_in_flight went negative and the counters no longer added up."""
+    from pathlib import Path
+
+    import harness.profiles as profiles_module
+    from harness.profiles import load_profile as load
+
+    source = (Path(profiles_module.__file__).with_suffix("") / "netra.yaml").read_text()
+    profile_file = tmp_path / "netra_parent.yaml"
+    profile_file.write_text(source.replace("  run_id: [run_id]\n", "  run_id: [run_id]\n  parent_run_id: [parent_run_id]\n"))
+    profile = load(str(profile_file))
+    metrics = ChatMetrics(CollectorRegistry())
+    live = LiveChats(profile, MetricsSink(metrics, "up", "live"), EXP, "live", 0.1)
+    conn = live.connection("id")
+    conn.client_frame(json.dumps(profile.build_request(content="hi", thread_id="t1", run_id="r0", message_id="m1")), 0.0)
+
+    def event(kind: str, **ids: str) -> None:
+        conn.server_frame(json.dumps({"type": kind, "payload": {"thread_id": "t1", **ids}}), 0.0)
+
+    event("agent_started", run_id="r0")
+    event("agent_completed", run_id="r0")
+    for i in range(1, 6):
+        event("agent_started", run_id=f"r{i}", parent_run_id=f"r{i - 1}")
+        event("agent_completed", run_id=f"r{i}")
+    conn.judge_due(5.0)
+    conn.closed(5.0, by_client=True)
+    labels = dict(target="up", scenario="live", source="live")
+    judged = sum(sample(metrics, "chatprobe_chats_total", outcome=o, **labels)
+                 for o in ("passed", "failed", "incomplete", "error"))
+    assert judged == 6 and sample(metrics, "chatprobe_chats_in_flight", **labels) == 0
