@@ -65,7 +65,9 @@ _SUBPROTOCOL_TOKEN_RE = re.compile(r"(?i)\b(jwt\.)[A-Za-z0-9._~+/=-]{8,}")
 _JWS_OTHER_RE = re.compile(r"\b(?:eyA[gi]|ewo|ew0K|ewk)[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s\"'<>`]+")
 _USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
-_PARAM_RE = re.compile(r"([?&;#])([^=&;#]*)=([^&;#]*)")
+# A parameter: after ?, &, ;, # (a matrix parameter `;jsessionid=` too), or a second ? (`url + "?token="` on a URL
+# that had a query already).
+_PARAM_RE = re.compile(r"([?&;#])([^=&;#?]*)=([^&;#?]*)")
 _SENSITIVE_PARAM = re.compile(r"(?i)token|key|secret|pass|pwd|sig|auth|jwt|session|cred|bearer|code")
 # A parameter value that reads as a credential whatever its name says (`?t=8fK2q…`): 12 or more URL-safe characters
 # mixing at least two of lower case, upper case and digits. Words and slugs (`installation-guide-linux`), numbers,
@@ -315,8 +317,14 @@ def _redact_base64_jwt(m: re.Match[str]) -> str:
 
 
 def credential_like(name: str, value: str) -> bool:
-    """A URL parameter that carries a credential: a token-, key-, secret-like name, or a value that reads as one."""
-    return bool(value) and (_SENSITIVE_PARAM.search(name) is not None or _opaque(value))
+    """A URL parameter that carries a credential: a token-, key-, secret-like name (percent-encoded or not), or a
+    value that reads as one."""
+    return bool(value) and (_SENSITIVE_PARAM.search(unquote(name)) is not None or _opaque(value))
+
+
+def plain_word(value: str) -> bool:
+    """A value no credential looks like: one word of lower-case letters (`assistant`, `anonymous`), under 20."""
+    return value.isalpha() and value.islower() and len(value) < 20
 
 
 def _opaque(value: str) -> bool:
@@ -328,7 +336,9 @@ def redact_url(url: str) -> str:
     """The URL without credentials: userinfo and the values of token-, key-, secret-, password-like query or
     fragment parameters become [REDACTED], and so does any value that reads as a credential (_OPAQUE_VALUE)."""
     out = _USERINFO_RE.sub(lambda m: m.group(1) + REDACTED + "@", url, count=1)
-    cut = min((i for i in (out.find("?"), out.find("#")) if i >= 0), default=-1)
+    scheme_end = out.find("://")
+    cut = min((i for i in (out.find("?"), out.find("#"), out.find(";", scheme_end + 3 if scheme_end >= 0 else 0))
+               if i >= 0), default=-1)
     if cut < 0:
         return out
     head, tail = out[:cut], out[cut:]

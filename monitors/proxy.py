@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import re
 import signal
 import sys
 import time
@@ -281,7 +282,7 @@ def credentials_identity(headers: dict[str, str], subprotocols: Sequence[str] = 
                 h.update(f"{name}\0{v}\0".encode("utf-8", "replace"))
     for p in subprotocols:
         h.update(f"subprotocol\0{p}\0".encode("utf-8", "replace"))
-    for pair in path.partition("?")[2].partition("#")[0].split("&"):
+    for pair in re.split("[&;]", path.partition("?")[2].partition("#")[0]):
         name, _, value = pair.partition("=")
         if redact.credential_like(unquote_plus(name), unquote_plus(value)):
             h.update(f"query\0{name}\0{value}\0".encode("utf-8", "replace"))
@@ -307,10 +308,13 @@ def credentials_of(headers: dict[str, str], subprotocols: Sequence[str], path: s
             continue
         parts = [part for part in p.split(".") if redact.credential_like("", part)]
         out += [p, *parts] if parts else []
-    for pair in path.partition("?")[2].partition("#")[0].split("&"):
+    for pair in re.split("[&;]", path.partition("?")[2].partition("#")[0]):
         name, _, raw = pair.partition("=")
-        if redact.credential_like(unquote_plus(name), unquote_plus(raw)):
-            out += [raw, unquote_plus(raw)]
+        value = unquote_plus(raw)
+        # Not a plain word even under a credential-like name: `?session_type=assistant` made every "assistant" in the
+        # recording [REDACTED] (AG-UI's roles with it).
+        if redact.credential_like(name, value) and not redact.plain_word(value):
+            out += [raw, value]
     # Shorter is no credential, and would redact common words; each form once.
     return tuple(dict.fromkeys(s for s in out if len(s) >= 8))
 

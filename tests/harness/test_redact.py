@@ -36,6 +36,11 @@ def fresh_registry():
     ("wss://h/ws?x=3f9a0c7e5b1d2e4f6a8b", "wss://h/ws?x=[REDACTED]"),
     # an & JSON-escaped as Go writes it still separates parameters
     ("https://h/p?a=1\\u0026access_token=S3cr3tValue99\\u0026b=2", "https://h/p?a=1\\u0026access_token=[REDACTED]\\u0026b=2"),
+    # a second ? (url + "?token="), a matrix parameter, a percent-encoded name
+    ("https://h/a?x=1?access_token=Summer2024xyz", "https://h/a?x=1?access_token=[REDACTED]"),
+    ("https://h/a?next=https://b/cb?token=hunter2hunter2", "https://h/a?next=https://b/cb?token=[REDACTED]"),
+    ("https://h/app;jsessionid=0123456789ABCDEF", "https://h/app;jsessionid=[REDACTED]"),
+    ("https://h/a?p%61ssword=hunter2", "https://h/a?p%61ssword=[REDACTED]"),
     # words, slugs, numbers, dates and short ids stay readable
     ("https://h/ws?profile=netra&page=12&since=2026-12-02&id=c1-ab12",
      "https://h/ws?profile=netra&page=12&since=2026-12-02&id=c1-ab12"),
