@@ -67,6 +67,7 @@ _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s\"'<>`]+")
 _USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 # A parameter: after ?, &, ;, # (a matrix parameter `;jsessionid=` too), or a second ? (`url + "?token="` on a URL
 # that had a query already).
+_ESCAPED_AMP_RE = re.compile(r"(\\u0026|%26)", re.IGNORECASE)
 _PARAM_RE = re.compile(r"([?&;#])([^=&;#?]*)=([^&;#?]*)")
 _SENSITIVE_PARAM = re.compile(r"(?i)token|key|secret|pass|pwd|sig|auth|jwt|session|cred|bearer|code")
 # A parameter value that reads as a credential whatever its name says (`?t=8fK2q…`): 12 or more URL-safe characters
@@ -344,15 +345,24 @@ def redact_url(url: str) -> str:
     head, tail = out[:cut], out[cut:]
 
     def param(m: re.Match[str]) -> str:
-        if credential_like(m.group(2), m.group(3)):
-            return f"{m.group(1)}{m.group(2)}={REDACTED}"
+        sep, name, value = m.groups()
+        rest = ""
+        if sep == ";" and "/" in value:  # a matrix parameter ends with its path segment: the path goes on after it
+            value, rest = value.split("/", 1)
+            rest = "/" + rest
+        if credential_like(name, value):
+            return f"{sep}{name}={REDACTED}{rest}"
         return m.group(0)
 
-    if "\\u0026" not in tail:
+    if _ESCAPED_AMP_RE.search(tail) is None:
         return head + _PARAM_RE.sub(param, tail)
-    # An `&` JSON-escaped (Go's encoding/json writes \u0026): each piece is a parameter of its own.
-    first, *rest = tail.split("\\u0026")
-    return head + "\\u0026".join([_PARAM_RE.sub(param, first), *(_PARAM_RE.sub(param, "&" + r)[1:] for r in rest)])
+    # An `&` JSON-escaped (Go's encoding/json writes \u0026) or percent-encoded (a URL nested in a value): each
+    # piece is a parameter of its own.
+    first, *rest = _ESCAPED_AMP_RE.split(tail)
+    pieces = [_PARAM_RE.sub(param, first)]
+    for i in range(0, len(rest), 2):
+        pieces += [rest[i], _PARAM_RE.sub(param, "&" + rest[i + 1])[1:]]
+    return head + "".join(pieces)
 
 
 def scrub(text: str) -> str:

@@ -40,6 +40,8 @@ def fresh_registry():
     ("https://h/a?x=1?access_token=Summer2024xyz", "https://h/a?x=1?access_token=[REDACTED]"),
     ("https://h/a?next=https://b/cb?token=hunter2hunter2", "https://h/a?next=https://b/cb?token=[REDACTED]"),
     ("https://h/app;jsessionid=0123456789ABCDEF", "https://h/app;jsessionid=[REDACTED]"),
+    ("https://h/app;jsessionid=0123456789ABCDEF/x?view=1", "https://h/app;jsessionid=[REDACTED]/x?view=1"),
+    ("https://h/a?next=a:b%26token=secret-value-here%26v=2", "https://h/a?next=a:b%26token=[REDACTED]%26v=2"),
     ("https://h/a?p%61ssword=hunter2", "https://h/a?p%61ssword=[REDACTED]"),
     # words, slugs, numbers, dates and short ids stay readable
     ("https://h/ws?profile=netra&page=12&since=2026-12-02&id=c1-ab12",
