@@ -97,7 +97,7 @@ def _scenario(run: ScenarioRun) -> _Section:
     facts = [
         ("target", run.target),
         ("started", _iso(run.started_at)),
-        ("elapsed", f"{run.elapsed:.1f} s" + (f" (stopped early: {run.stopped_by or 'its max_duration'})" if run.stopped_early else "")),
+        ("elapsed", f"{run.elapsed:.1f} s" + run.stop_note),
         ("chats", " · ".join(f"{st.outcomes[o]:,} {o.value}" for o in Outcome) + f" (of {st.chats:,})"),
         ("events", f"{st.events:,}"),
         ("first event", " · ".join(f"{k} {_ms(st.ttfe.get(k))}" for k in ("p50", "p95", "p99", "max"))),

@@ -441,7 +441,7 @@ def _judge(name: str, target: str, records: Iterable[Recorded], profile: Profile
     span = (check.now - check.first_t) if check.first_t is not None else time.monotonic() - wall
     run = check.run(target, max(span, 0.0))
     if stopped:
-        run.stopped_early, run.stopped_by = True, "interrupted"
+        run.stopped_by = "interrupted"
         run.warnings.append(STOPPED_NOTE.format(n=n + 1))
     return run
 

@@ -550,9 +550,8 @@ class AguiRunChecks(RunChecks):
     def _weigh(self, v: Any) -> int | None:
         """`v`'s size as compact JSON, charged to the run's work; None when it cannot be measured (nested past the
         serializer's depth, not JSON): then the state's size is unknown and it is no longer followed."""
-        try:
-            text = json.dumps(v, separators=(",", ":"))
-        except (TypeError, ValueError, RecursionError):
+        text = _json_text(v)
+        if text is None:
             self.state_work += MAX_STATE_BYTES
             return None
         n = len(text)
@@ -688,11 +687,17 @@ def _touched(doc: Any, path: str, kind: str, jsonpointer: Any) -> tuple[Any, int
     return _NOTHING, 0, 0
 
 
-def _json_size(v: Any) -> int:
+def _json_text(v: Any) -> str | None:
+    """`v` as compact JSON; None when it cannot be written (nested past the serializer's depth, not JSON)."""
     try:
-        return len(json.dumps(v, separators=(",", ":")))
+        return json.dumps(v, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError):
-        return MAX_STATE_BYTES + 1
+        return None
+
+
+def _json_size(v: Any) -> int:
+    text = _json_text(v)
+    return MAX_STATE_BYTES + 1 if text is None else len(text)
 
 
 _HANDLERS: dict[str, Callable[[AguiRunChecks, dict[str, Any], str], list[Finding]]] = {

@@ -203,10 +203,7 @@ def print_summary(console: Console, runs: list[ScenarioRun], worst: int = 3, *, 
             continue
         console.print(Text(f"\n{_c(run.scenario.name)}: objectives not met", style="bold red"))
         if run.stopped_early:
-            by = run.stopped_by or "its max_duration"
-            if by == "its max_duration":
-                by += f" ({run.scenario.max_duration:g}s)"
-            console.print(Text(f"  stopped early: {by}; chats in flight were judged as they stood"))
+            console.print(Text(f"  stopped early: {run.stopped_by}; chats in flight were judged as they stood"))
         if run.unreachable:
             kinds = Counter(r.error_kind for r in run.results)
             first = run.results[0].error if run.results else ""
@@ -374,7 +371,7 @@ def _run_text(run: ScenarioRun, worst: int = 10) -> str:
     st = run.stats
     lines = [
         f"scenario {run.scenario.name} against {run.target}: {st.chats} chats in {run.elapsed:.1f}s"
-        + (f" (stopped early: {run.stopped_by or 'its max_duration'})" if run.stopped_early else ""),
+        + run.stop_note,
         "outcomes: " + ", ".join(f"{o.value} {st.outcomes[o]}" for o in Outcome),
         (f"time to first event: p50 {_ms(st.ttfe.get('p50'))}, p95 {_ms(st.ttfe.get('p95'))}, "
          f"p99 {_ms(st.ttfe.get('p99'))}; chat duration p95 {_ms(st.duration.get('p95'))}"),

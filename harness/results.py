@@ -31,11 +31,19 @@ class ScenarioRun:
     objectives: list[ObjectiveResult]
     started_at: float
     elapsed: float
-    stopped_early: bool = False
-    stopped_by: str = ""  # why it stopped early: "its max_duration" or "interrupted" (a signal)
+    stopped_by: str = ""  # why it stopped before its end: "its max_duration" or "interrupted" (a signal); "": it did not
     errors: list[str] = field(default_factory=list)
     stages: list[StageStats] = field(default_factory=list)  # a shaped run (stages, arrival_rate): per stage
     warnings: list[str] = field(default_factory=list)  # e.g. the rate the load generator could not reach
+
+    @property
+    def stopped_early(self) -> bool:
+        return bool(self.stopped_by)
+
+    @property
+    def stop_note(self) -> str:
+        """" (stopped early: why)" for a run that was, "" otherwise: what every report says after its elapsed time."""
+        return f" (stopped early: {self.stopped_by})" if self.stopped_by else ""
 
     @property
     def slo_limit(self) -> float:

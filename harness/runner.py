@@ -239,7 +239,6 @@ async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = N
     started_wall = time.time()
     started = time.monotonic()
     play = _Play(scenario, target, out, prefix, started, stages)
-    stopped_early = False
     stopped_by = ""
 
     body: Callable[[], Coroutine[Any, Any, None]]
@@ -255,7 +254,6 @@ async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = N
             await _until_done_or_stopped([task], stop)
     except (TimeoutError, _Stopped) as exc:
         # Out of time, or stopped from outside (Ctrl-C, SIGTERM): the chats in flight are judged as they stand.
-        stopped_early = True
         stopped_by = "interrupted" if isinstance(exc, _Stopped) else "its max_duration"
     finally:
         task.cancel()
@@ -266,7 +264,7 @@ async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = N
     run = ScenarioRun(
         scenario=scenario, target=target.name, results=collector.results, stats=stats,
         objectives=evaluate(stats, scenario.objectives), started_at=started_wall,
-        elapsed=elapsed, stopped_early=stopped_early, stopped_by=stopped_by,
+        elapsed=elapsed, stopped_by=stopped_by,
     )
     if stages is not None:
         for r in collector.results:

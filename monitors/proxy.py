@@ -282,11 +282,22 @@ def credentials_identity(headers: dict[str, str], subprotocols: Sequence[str] = 
                 h.update(f"{name}\0{v}\0".encode("utf-8", "replace"))
     for p in subprotocols:
         h.update(f"subprotocol\0{p}\0".encode("utf-8", "replace"))
-    for pair in re.split("[&;]", path.partition("?")[2].partition("#")[0]):
-        name, _, value = pair.partition("=")
-        if redact.credential_like(unquote_plus(name), unquote_plus(value)):
-            h.update(f"query\0{name}\0{value}\0".encode("utf-8", "replace"))
+    for raw, _value in _query_credentials(path):
+        h.update(f"query\0{raw}\0".encode("utf-8", "replace"))
     return h.hexdigest()[:32]
+
+
+def _query_credentials(path: str) -> list[tuple[str, str]]:
+    """(as sent, decoded) values of the request's query parameters that carry a credential: a credential-like name
+    or an opaque value, and never a plain word (`?session_type=assistant` made every "assistant" in a recording
+    [REDACTED], AG-UI's roles with it). `&` and `;` separate them."""
+    out = []
+    for pair in re.split("[&;]", path.partition("?")[2].partition("#")[0]):
+        name, _, raw = pair.partition("=")
+        value = unquote_plus(raw)
+        if redact.credential_like(name, value) and not redact.plain_word(value):
+            out.append((raw, value))
+    return out
 
 
 def credentials_of(headers: dict[str, str], subprotocols: Sequence[str], path: str = "") -> tuple[str, ...]:
@@ -308,13 +319,8 @@ def credentials_of(headers: dict[str, str], subprotocols: Sequence[str], path: s
             continue
         parts = [part for part in p.split(".") if redact.credential_like("", part)]
         out += [p, *parts] if parts else []
-    for pair in re.split("[&;]", path.partition("?")[2].partition("#")[0]):
-        name, _, raw = pair.partition("=")
-        value = unquote_plus(raw)
-        # Not a plain word even under a credential-like name: `?session_type=assistant` made every "assistant" in the
-        # recording [REDACTED] (AG-UI's roles with it).
-        if redact.credential_like(name, value) and not redact.plain_word(value):
-            out += [raw, value]
+    for raw, value in _query_credentials(path):
+        out += [raw, value]
     # Shorter is no credential, and would redact common words; each form once.
     return tuple(dict.fromkeys(s for s in out if len(s) >= 8))
 
