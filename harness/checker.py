@@ -293,6 +293,9 @@ class ChatTracker:
     # -- input --
     def feed(self, ev: Event) -> None:
         """One event of this chat's run, in arrival order."""
+        if self._result is not None:
+            self._after_verdict(ev)
+            return
         idx = self.n_events
         self.n_events = idx + 1
         role = ev.role
@@ -394,6 +397,23 @@ class ChatTracker:
             for (name, key), _count in still_open:
                 if must is None or name in must:
                     self._flag(Rule.R5, f"{name} {key or ''} still open at the terminal event".replace("  ", " "), idx)
+
+    def _after_verdict(self, ev: Event) -> None:
+        """An event of this run after its verdict (past the settle window, or its deadline): its verdict was counted
+        and stands, so the event shows with the chat as a warning, never silently (a longer `expect.settle` judges
+        such events: R3, R4)."""
+        res = self._result
+        assert res is not None
+        if len(res.warnings) < MAX_WARNINGS_KEPT:
+            rule = Rule.R10 if self.terminal_index is None else Rule.R3 if ev.terminal else Rule.R4
+            res.warnings.append(Violation(rule, f"{_name(ev)} arrived after the chat was judged (past its settle "
+                                                "window): not in its verdict", None))
+        events = self.events
+        if events is res.events and len(events) < MAX_EVENTS_KEPT and self.kept_bytes < MAX_KEPT_BYTES:
+            ev.payload = None
+            events.append(ev)
+            self.kept_bytes += ev.nbytes or kept_bytes(ev)
+            ev.nbytes = 0
 
     def _payload(self, ev: Event, idx: int) -> None:
         """The dialect's payload rules (harness/payload_checks.py): the schema's verdict, then the run's checks."""
@@ -547,6 +567,8 @@ class ChatTracker:
             violations.append(Violation(Rule.R13, f"the expected {exp.expect_error} error_event never arrived", None))
         elif exp.expect_error == "recoverable" and self.error_seen is not None and not self.error_seen.recoverable:
             violations.append(Violation(Rule.R13, "a recoverable error was expected, the error was fatal", None))
+        elif exp.expect_error == "fatal" and self.error_seen is not None and self.error_seen.recoverable:
+            violations.append(Violation(Rule.R13, "a fatal error was expected, the error was recoverable", None))
 
         if terminal is None:
             if self.events and now - self.last_at > exp.stall_limit and not lost:
@@ -810,9 +832,19 @@ class ConnectionChecker:
         return [c for c in self.chats if not c.done and c._result is None]
 
     def welcome(self, frame: Frame) -> None:
-        """A control frame: when it names the user (a welcome, decoded by the profile), events of others are R8."""
-        if frame.user_id is not None and self.user_id is None:
-            self.user_id = frame.user_id
+        """A control frame: when it names the user (a welcome, decoded by the profile), events of others are R8; a
+        control frame naming another user once this connection's is known (a heartbeat, a system message carrying
+        someone else's data) is cross-talk too."""
+        if (user := frame.user_id) is None:
+            return
+        if self.user_id is None:
+            self.user_id = user
+        elif user != self.user_id:
+            witnesses = self._charged()
+            self.foreign += 1
+            for chat in witnesses:
+                chat._flag(Rule.R8, f"received {frame.wire_type} (a control frame) naming another user: cross-talk",
+                           chat.n_events or None)
 
     def route(self, ev: Event) -> ChatTracker | None:
         """Give the event to its chat; None when it belongs to none of them (then R8 is recorded).
@@ -837,11 +869,12 @@ class ConnectionChecker:
                     chat = cand
                 elif ev.role is _STARTED:
                     chat = self._new_run(ev, cand)
-        elif ev.thread_id is not None:
-            chat = self.by_thread.get(ev.thread_id)
         elif self.events_name_run:
+            # Whatever else it names (a thread of this client's): this dialect's events name their run.
             self._foreign(ev, "no run (this dialect names the run in every event)")
             return None
+        elif ev.thread_id is not None:
+            chat = self.by_thread.get(ev.thread_id)
         else:
             active = self.active()
             if len(active) == 1:

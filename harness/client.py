@@ -502,6 +502,11 @@ class Session(VirtualUser):
         """Why the connection ended, when the transport knows (a truncated event stream)."""
         return self.transport.ended_note if self.transport is not None else ""
 
+    @property
+    def stream_per_chat(self) -> bool:
+        """SSE: each chat's request opens its own event stream, which ends with the run."""
+        return self.transport is not None and self.transport.connects_on_send
+
     def chat(self, content: str, expectations: Expectations,
              options: ChatOptions = DEFAULTS) -> Coroutine[Any, Any, ChatResult]:
         """Send one message and follow its run to a verdict, within the chat's deadline (a coroutine to await).

@@ -235,6 +235,12 @@ class Link(Protocol):
     @property
     def ended_note(self) -> str: ...
 
+    @property
+    def stream_per_chat(self) -> bool:
+        """Whether the connection is the chat's own event stream (SSE: it ends with the run), not a connection the
+        server must keep open after an error (R13)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ChatOptions:
@@ -336,6 +342,10 @@ class ChatFlow:
         if state == SETTLING:
             verdict_at = verdict_due(self.tracker, self.options.settle)  # later when a further run started
             if link.closed or now >= verdict_at:
+                if link.closed and not link.stream_per_chat:
+                    # The server closed the connection within the window: after an expected error (or an invalid
+                    # message's answer) it had to stay open (R13).
+                    self.tracker.connection_lost(now)
                 return self._judge(now)
             if verdict_at != self._until:
                 self._until, self._wait = verdict_at, Wait(verdict_at)
@@ -378,6 +388,8 @@ class ChatFlow:
     def _follow(self, now: float, link: Link) -> Action:
         tracker = self.tracker
         if self.probe:
+            if tracker.done and not link.closed:
+                return self._end(now, link)  # answered: listen out the settle window, the connection must stay open
             if tracker.done or link.closed or now >= self._until:
                 if link.closed:
                     tracker.connection_lost(now)
@@ -536,12 +548,15 @@ class ChatFlow:
 # -- chats the harness watches rather than plays (the proxy, recordings) --
 
 def verdict_due(tracker: ChatTracker, settle: float) -> float:
-    """When a chat is judged (clock time): `settle` after its terminal event, listening for late events (R3, R4, R7);
-    at once when its message was rejected (nothing more will come); else at its deadline. ChatFlow and
-    PassiveChats both time their verdicts by this."""
+    """When a chat is judged (clock time): `settle` after its terminal event (an invalid-input probe: its answer),
+    listening for late events (R3, R4, R7) and for the connection's end (R13); at once when its message was rejected
+    (nothing more will come); else at its deadline. ChatFlow and PassiveChats both time their verdicts by this."""
     last = tracker.last_run()  # a stream that carried further runs: its latest one decides
     if last.done:
-        return last.terminal_at + settle if last.terminal_at is not None else float("-inf")
+        if last.terminal_at is not None:
+            return last.terminal_at + settle
+        # An invalid message answered: listen out the window too (the connection must stay open after it, R13).
+        return last.last_at + settle if last.exp.expect_error == "invalid_input" else float("-inf")
     return last.wait_deadline()
 
 

@@ -239,6 +239,7 @@ class SyncSession(VirtualUser):
         self._woken = threading.Event()
         self._connect_lock = threading.Lock()
         self.ended_note = ""  # a WebSocket connection ends with a close code, never a note
+        self.stream_per_chat = False  # one WebSocket connection carries every chat of the session
         # Chats listening out their settle window while the session's next chats play (ChatOptions.overlap_settle),
         # each with where its verdict goes; `_settle_at`: the earliest time one of them may be due.
         self._settling: list[tuple[ChatFlow, Callable[[ChatResult], None]]] = []

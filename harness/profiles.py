@@ -54,7 +54,9 @@ class Fields(BaseModel):
     type: list[str] = ["type"]
     run_id: list[str] = ["run_id"]
     # On the event that starts a run: the finished run it continues, so a new run on the same stream is its own chat.
-    parent_run_id: list[str] = ["parent_run_id"]
+    # None by default: a dialect whose server may start further runs on its own names the field (AG-UI's parentRunId);
+    # elsewhere a run the client did not start is not its chat.
+    parent_run_id: list[str] = []
     thread_id: list[str] = ["thread_id"]
     user_id: list[str] = ["user_id"]
     message_id: list[str] = ["message_id"]

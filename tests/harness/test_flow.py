@@ -10,6 +10,7 @@ from harness.events import DEFAULT_REQUIRED, Event, Role
 from harness.flow import (
     CLOSE,
     CONNECT,
+    DEFAULTS,
     DROP,
     STOPPED_NOTE,
     ChatFlow,
@@ -36,6 +37,7 @@ class FakeLink:
     generation: int = 0
     closed: bool = True
     ended_note: str = ""
+    stream_per_chat: bool = False
 
 
 class Recorder(Sink):
@@ -294,13 +296,24 @@ def test_invalid_input_probe_passes_on_the_error_and_fails_when_the_connection_c
     assert send == Send("not json", "raw")
     assert flow.next(0.1, link) == Wait(5.0)
     flow.tracker.error_frame(Frame("error", error_code="INVALID_MESSAGE"), 0.2)
-    assert flow.next(0.2, link).result.outcome.value == "passed"
+    # Answered: the settle window listens for the connection's end (it must stay open), then the verdict.
+    assert flow.next(0.2, link) == Wait(0.2 + DEFAULTS.settle) and flow.settling
+    assert flow.next(0.2 + DEFAULTS.settle, link).result.outcome.value == "passed"
 
     flow, _, link = make(probe=True)
     start(flow, link)
     flow.tracker.error_frame(Frame("error", error_code="INVALID_MESSAGE"), 0.2)
     link.closed = True
     result = flow.next(0.2, link).result
+    assert result.outcome.value == "failed" and "R13" in {v.rule for v in result.violations}
+
+    # The server closes just after answering, within the settle window: R13 as well.
+    flow, _, link = make(probe=True)
+    start(flow, link)
+    flow.tracker.error_frame(Frame("error", error_code="INVALID_MESSAGE"), 0.2)
+    assert isinstance(flow.next(0.2, link), Wait)
+    link.closed = True
+    result = flow.next(0.25, link).result
     assert result.outcome.value == "failed" and "R13" in {v.rule for v in result.violations}
 
     flow, _, link = make(probe=True)
