@@ -531,6 +531,19 @@ class _Blank(dict[str, Any]):
         return ""
 
 
+def parses_as_json(text: str) -> bool:
+    """Whether a text frame is JSON as `decode` reads it (orjson, then json for what orjson refuses): what
+    `--record` keeps true of every frame it scrubs (harness/recorder.py)."""
+    try:
+        _fast_loads(text)
+    except ValueError:
+        try:
+            json.loads(text)
+        except (ValueError, RecursionError):
+            return False
+    return True
+
+
 def _loads_or_malformed(text: str) -> Any:
     """A text frame orjson refused, as json reads it, or the MALFORMED Frame it is."""
     # orjson refuses what json accepts (NaN, depth past 1024): json decides, so a frame means what it always meant.

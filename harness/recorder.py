@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .profiles import parses_as_json
 from .redact import MIN_SECRET_LEN, scrub, secrets_of
 from .transports import FrameCallback, Transport
 
@@ -30,6 +31,16 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # all recordings in DIR written by one pr
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024  # one connection's file; frames past it are not written
 MIN_LINE = 64  # bytes of the shortest frame's line ({"t": …, "dir": "recv", "conn": …, "frame": ""})
 FLUSH_BYTES = 64 * 1024  # a connection's lines are buffered this much, then appended to its part file
+# A JSON string literal in a text that is JSON (where no quote stands outside a string), and the colon after it when
+# it is an object's key.
+_LITERAL_RE = re.compile(r'("[^"\\]*(?:\\.[^"\\]*)*")(\s*:\s*)?', re.DOTALL)
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+SCRUB_BATCH = 1024  # a JSON frame's strings scrubbed at once
+# Control characters, one of which joins a batch of strings to scrub them at once.
+_SEPARATORS = "".join(chr(c) for c in (*range(0x00, 0x09), *range(0x0E, 0x20)))
+# Added to a frame that was not JSON as received and that scrubbing made read as JSON (a credential cut out of an
+# unterminated string can end it): the recording keeps it malformed, an R12 offline as it was live.
+NOT_JSON_MARK = " [chatprobe --record: this frame was not JSON as received]"
 
 
 class ConnectionLog:
@@ -65,12 +76,77 @@ class ConnectionLog:
             record["frame_b64"] = base64.b64encode(data).decode("ascii")
         else:
             text = frame if isinstance(frame, str) else json.dumps(frame)
-            record["frame"] = self._scrub(text)  # a token a client put in a frame never reaches a file
+            record["frame"] = self._scrub_frame(text)  # a token a client put in a frame never reaches a file
         self._write(json.dumps(record, ensure_ascii=False))
 
     def _scrub(self, text: str) -> str:
         text = scrub(text)
         return text if self.secrets is None else self.secrets.sub(text)
+
+    def _scrub_frame(self, text: str) -> str:
+        """A text frame scrubbed without changing what `chatprobe check` reads in it: whether it is JSON, and its
+        structure. Nothing to scrub: the frame as it came, byte for byte. A JSON frame: each of its strings (keys
+        and values) scrubbed as text and written back as a JSON string, everything else as it came (scrubbing the
+        raw text may cut an escape in two: `?keyword=shoes\\"` lost its backslash, and the frame its end). A frame
+        that is not JSON: scrubbed as text, and marked (NOT_JSON_MARK) if that made it read as JSON."""
+        out = self._scrub(text)
+        if out == text:
+            return text
+        if parses_as_json(text):
+            return self._scrub_json(text)
+        return out + NOT_JSON_MARK if parses_as_json(out) else out
+
+    def _scrub_json(self, text: str) -> str:
+        """A JSON text with each string literal scrubbed as what it decodes to, SCRUB_BATCH at a time (decoded and
+        scrubbed a batch at once: a 4 MiB frame of short strings costs about what scrubbing it whole did, and
+        holds one batch); a value is scrubbed after its key (`"Authorization": "Basic dXNlcjpwdw=="` is a
+        credential by its key alone, as the raw text showed it)."""
+        out: list[str] = []
+        done = 0
+        batch: list[tuple[int, int, bool]] = []  # each literal's span, and whether it is the value of the one before
+        key_end = -1  # where the value of the last key starts
+        for m in _LITERAL_RE.finditer(text):
+            start, end = m.span(1)
+            batch.append((start, end, start == key_end))
+            if m.group(2) is not None:  # a key: its value goes in its batch (no batch ends with a key)
+                key_end = m.end()
+            elif len(batch) >= SCRUB_BATCH:
+                done = self._scrub_batch(text, batch, out, done)
+                batch.clear()
+        done = self._scrub_batch(text, batch, out, done)
+        out.append(text[done:])
+        return "".join(out)
+
+    def _scrub_batch(self, text: str, batch: list[tuple[int, int, bool]], out: list[str], done: int) -> int:
+        """The batch's strings scrubbed; each one changed is written to `out` as a JSON string, the text between
+        as it came. Returns where in `text` the next piece starts."""
+        if not batch:
+            return done
+        # One parse for the batch (the text is JSON: each literal is a valid JSON string).
+        values: list[str] = json.loads("[" + ",".join(text[start:end] for start, end, _ in batch) + "]")
+        texts = [f"{values[i - 1]}: {value}" if batch[i][2] and i else value for i, value in enumerate(values)]
+        for i, ((start, end, in_context), value, new) in enumerate(zip(batch, values, self._scrub_each(texts),
+                                                                         strict=True)):
+            if in_context and i:
+                head = f"{values[i - 1]}: "
+                new = new[len(head):] if new.startswith(head) else self._scrub(value)
+            if new != value:
+                out += [text[done:start], json.dumps(new, ensure_ascii=_SURROGATE_RE.search(new) is not None)]
+                done = end
+        return done
+
+    def _scrub_each(self, texts: list[str]) -> list[str]:
+        """Each text scrubbed: in one scrub, joined by a line holding a control character none of them holds (no
+        rule matches across it; a match that did would take a separator with it, and then each is scrubbed
+        alone)."""
+        if len(texts) > 1:
+            joined = "".join(texts)
+            sep = next((f"\n{c}\n" for c in _SEPARATORS if c not in joined), None)
+            if sep is not None:
+                parts = self._scrub(sep.join(texts)).split(sep)
+                if len(parts) == len(texts):
+                    return parts
+        return [self._scrub(t) for t in texts]
 
     def close(self, at: float, code: int | None = None) -> None:
         if self.closed:

@@ -68,7 +68,9 @@ _USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 # A parameter: after ?, &, ;, # (a matrix parameter `;jsessionid=` too), or a second ? (`url + "?token="` on a URL
 # that had a query already).
 _ESCAPED_AMP_RE = re.compile(r"(\\u0026|%26)", re.IGNORECASE)
-_PARAM_RE = re.compile(r"([?&;#])([^=&;#?]*)=([^&;#?]*)")
+# A value ends at a backslash (an escape's start: the \" that closes a JSON string around the URL must survive), unless
+# it escapes a slash (\/ as PHP's JSON encoder writes one; doubled inside nested JSON): the value goes on after it.
+_PARAM_RE = re.compile(r"([?&;#])([^=&;#?]*)=((?:[^&;#?\\]|\\++/)*)")
 _SENSITIVE_PARAM = re.compile(r"(?i)token|key|secret|pass|pwd|sig|auth|jwt|session|cred|bearer|code")
 # A parameter value that reads as a credential whatever its name says (`?t=8fK2q…`): 12 or more URL-safe characters
 # mixing at least two of lower case, upper case and digits. Words and slugs (`installation-guide-linux`), numbers,

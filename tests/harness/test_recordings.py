@@ -9,6 +9,8 @@ from itertools import zip_longest
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness import redact
 from harness.events import Outcome, kept_bytes
@@ -612,3 +614,127 @@ def test_a_check_stopped_from_outside_judges_what_it_read_and_starts_no_other_fi
     # unstopped, the same files are judged whole
     whole = check_files([first, second], NETRA, SC)
     assert [r.stats.chats for r in whole] == [40, 40] and not any(r.stopped_early for r in whole)
+
+
+# -- scrubbing keeps what `check` reads: whether a frame is JSON, and its structure --
+
+URL_TEXT = 'I searched "https://shop.example/search?keyword=shoes" for you'
+
+
+def _url_server(last: str | None = None):
+    """A netra server (tests/profiles/servers.WsServer) whose run quotes a URL with a credential-like parameter
+    name in its strings; `last`: the raw text of its terminal frame instead ({base} filled in)."""
+    def script(request: dict) -> list[str]:
+        p = request["payload"]
+        base = {"run_id": p.get("run_id"), "thread_id": p.get("thread_id"), "user_id": "u1"}
+        events = [("agent_started", {"message_id": p.get("message_id")}), ("agent_thinking", {"thought": "x"}),
+                  ("tool_executing", {"tool_name": "web", "tool_call_id": "c-1"}),
+                  ("tool_completed", {"tool_name": "web", "tool_call_id": "c-1", "result": URL_TEXT}),
+                  ("partial_result", {"content": URL_TEXT}), ("agent_completed", {"result": URL_TEXT})]
+        frames = [json.dumps({"type": t, **base, "seq": i, "payload": pl}) for i, (t, pl) in enumerate(events, 1)]
+        if last is not None:
+            frames[-1] = json.dumps({"type": "agent_completed", **base, "seq": 6})[:-1] + last
+        return frames
+
+    from ..profiles.servers import WsServer
+    return WsServer(script, welcome={"type": "connection_established", "data": {"user_id": "u1"}})
+
+
+def _chats(path: Path) -> list[tuple[str, list[str]]]:
+    [sc] = json.loads(path.read_text())["scenarios"]
+    return [(c["outcome"], sorted(v["rule"] for v in c["violations"])) for c in sc["chats"]]
+
+
+@pytest.mark.parametrize("last,live_outcome", [
+    (None, ("passed", [])),  # every frame JSON, quoting "…?keyword=shoes" (\" after it in the frame's text)
+    # Not JSON (the string never ends: \" is an escaped quote), with a credential-like parameter before the \"
+    (', "result": "https://x.example/?key=abc\\"}', ("incomplete", ["R12"])),
+    (', "authorization": "Basic abcd\\"}', ("incomplete", ["R12"])),  # the same, cut by the Authorization rule
+])
+def test_a_recorded_run_with_a_scrubbed_url_is_judged_offline_as_it_was_live(tmp_path, last, live_outcome):
+    """`chatprobe run --record DIR` then `chatprobe check DIR`: the same verdict both ways. Scrubbing the raw text
+    took the backslash of \\" into the redacted value: a passing chat failed offline (R12, its frames no longer
+    JSON), and a frame that was not JSON became JSON (the failing chat passed offline)."""
+    from harness.cli import main
+
+    from ..profiles.servers import InThread
+
+    rec, live, offline = tmp_path / "rec", tmp_path / "live.json", tmp_path / "offline.json"
+    scenario = tmp_path / "s.yaml"  # a run without its terminal event is judged at a deadline of 1 s
+    scenario.write_text("name: s\nusers: 1\nchats_per_user: 1\nmessage: hi\n"
+                        "expect: {streaming: true, deadline: 1s, settle: 0.05s}\n")
+    with InThread(_url_server(last)) as server:
+        code = main(["run", "--target", server.url, "--auth", "none", str(scenario), "--record", str(rec),
+                     "--json", str(live), "-q"])
+    [(outcome, rules)] = _chats(live)
+    assert outcome == live_outcome[0] and set(live_outcome[1]) <= set(rules), _chats(live)
+    assert code == (0 if last is None else 1)
+    assert main(["check", str(rec), "--scenario", str(scenario), "--json", str(offline), "-q"]) == code
+    assert _chats(offline) == _chats(live)
+    text = "".join(p.read_text() for p in rec.iterdir())
+    assert "shoes" not in text and "abc" not in text  # still scrubbed
+    recv = [r.frame for p in rec.iterdir() for r in read_recording(p) if r.direction == "recv"]
+    assert sum("[REDACTED]" in f for f in recv) == 3  # tool_completed, partial_result, agent_completed
+
+
+def _shape(v):
+    """A JSON value with its strings blanked: what scrubbing must leave as it was."""
+    if isinstance(v, tuple):  # an object, its members in order (duplicate keys kept)
+        return ("object", [(_shape(k), _shape(x)) for k, x in v[1]])
+    if isinstance(v, list):
+        return [_shape(x) for x in v]
+    return "" if isinstance(v, str) else v
+
+
+def _pairs(text: str):
+    try:
+        return _shape(json.loads(text, object_pairs_hook=lambda kv: ("object", kv)))
+    except ValueError:
+        return None
+
+
+def _is_json(text: str) -> bool:
+    """As the live decoder reads a frame (harness/profiles.py: orjson, then json for what orjson refuses)."""
+    import orjson
+
+    try:
+        orjson.loads(text)
+    except ValueError:
+        try:
+            json.loads(text)
+        except (ValueError, RecursionError):
+            return False
+    return True
+
+
+def _recorded(frame: str, directory: Path) -> str:
+    """The frame as the recorder writes it."""
+    log = Recorder(directory, clock=lambda: 1.0).connection("p")
+    log.frame("recv", frame, 1.0)
+    return json.loads(log._buffer[-1])["frame"]
+
+
+def test_a_url_parameter_value_ends_at_a_backslash_unless_it_escapes_a_slash():
+    """The \\" that ends a JSON string around a URL is not taken into a redacted value; \\/ (PHP's JSON) is."""
+    assert redact.scrub('{"a": "see https://x/?keyword=shoes\\" ok"}') == \
+        '{"a": "see https://x/?keyword=[REDACTED]\\" ok"}'
+    assert redact.scrub('"https://x/?key=abc\\\\\\"') == '"https://x/?key=[REDACTED]\\\\\\"'  # nested JSON
+    assert redact.scrub("https://x/?token=abc\\/def&b=2") == "https://x/?token=[REDACTED]&b=2"
+
+
+_PIECES = st.sampled_from(["https://x.example/?key=abc", "?token=", "\\", '"', "\\\"", "\\\\", "\\/", "\\u0026",
+                           "Bearer abcdefghij", "authorization: Basic ", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
+                           " ", "shoes", "&sig=Zq8", ":", ",", "{", "}", "[", "]", "1", "\\u00e9", "\\ud800"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PIECES, max_size=12), st.sampled_from(['{"a": "%s"}', '["%s", 1, {"%s": "x"}]', '{"%s": "%s"}',
+                                                        '{"authorization": "%s"}', '%s']))
+def test_scrubbing_a_frame_never_changes_whether_it_is_json_nor_its_structure(tmp_path_factory, pieces, form):
+    frame = form.replace("%s", "".join(pieces))
+    out = _recorded(frame, tmp_path_factory.getbasetemp())
+    assert _is_json(out) is _is_json(frame), (frame, out)
+    if _is_json(frame):
+        assert _pairs(out) == _pairs(frame), (frame, out)
+    if redact.scrub(frame) == frame:
+        assert out == frame  # nothing to scrub: byte for byte
