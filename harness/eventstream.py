@@ -19,6 +19,16 @@ class EventTooLarge(Exception):
     """What the server sent does not fit the size limit; the message is the R12's detail."""
 
 
+def _data_text(data: bytes) -> str:
+    """An event's data as text; data that is not UTF-8 is a StreamProblem saying where, its text as a browser reads
+    it (U+FFFD in place of the bad bytes) for a person to see."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        shown = data[:60].decode("utf-8", "replace")
+        return StreamProblem(f"event data is not valid UTF-8 (byte {exc.start} of {len(data)}): {shown!r}")
+
+
 class EventStreamParser:
     """The `text/event-stream` format (WHATWG HTML, "Server-sent events"), fed bytes, giving each event's data.
 
@@ -27,7 +37,9 @@ class EventStreamParser:
     no SSE field (the spec ignores it, but the event it carried is lost) is handed over as a StreamProblem;
     a leading byte-order mark is dropped; an event not ended by an empty line when the stream ends is discarded.
     A line longer than `limit` bytes, or an event whose data is, raises EventTooLarge: at most about `limit`
-    bytes (plus one chunk) are ever buffered. Bytes that are not UTF-8 are replaced, as the spec says.
+    bytes (plus one chunk) are ever buffered. An event whose data is not UTF-8 is handed over as a StreamProblem
+    (an R12, as a WebSocket text frame that is not UTF-8 is), and the stream goes on (a browser's EventSource reads
+    U+FFFD in place of the bad bytes and goes on too); elsewhere (an ignored field, a comment) bad bytes are replaced.
     """
 
     def __init__(self, limit: int) -> None:
@@ -79,7 +91,7 @@ class EventStreamParser:
             raise EventTooLarge(f"event stream line longer than the {self.limit} byte limit")
         if not line:  # dispatch
             if self._data_size > 0:
-                events.append(b"\n".join(self._data).decode("utf-8", "replace"))
+                events.append(_data_text(b"\n".join(self._data)))
             self._data.clear()
             self._data_size = -1
             return

@@ -65,3 +65,30 @@ def test_a_problem_never_decodes_as_an_event():
     problem = StreamProblem('event stream line is not an SSE field (its content is lost): \'{"type":"RUN_STARTED"}\'')
     frame = AGUI.decode(problem, 0.0)
     assert frame.kind.value == "malformed" and "not an SSE field" in frame.detail  # type: ignore[union-attr]
+
+
+BAD_UTF8 = b'data: {"type":"CUSTOM","name":"n","value":"hel\xff\xfelo","timestamp":1}\n\n'
+
+
+async def test_an_event_whose_data_is_not_utf8_is_an_r12_and_the_stream_goes_on():
+    """As a WebSocket text frame that is not UTF-8 is an R12 ("not valid UTF-8"), so is an SSE event: it was read
+    with U+FFFD in place of the bad bytes and passed. The stream is read on (a browser's EventSource does too)."""
+    result = await chat(BAD_UTF8)
+    assert result.outcome is Outcome.FAILED
+    assert [v.rule for v in result.violations] == [Rule.R12], result.violations
+    assert "not valid UTF-8" in result.violations[0].reason and "(byte 40 of 60)" in result.violations[0].reason
+    assert [e.wire_type for e in result.events] == ["RUN_STARTED", "RUN_FINISHED"]  # read on to the end
+    # Valid UTF-8 cut across the server's writes (chunk_size=7) is no problem.
+    ok = await chat('data: {"type":"CUSTOM","name":"n","value":"héllo ✓ 𝄞","timestamp":1}\n\n'.encode())
+    assert ok.outcome is Outcome.PASSED, ok.violations
+
+
+def test_a_saved_sse_body_with_data_that_is_not_utf8_is_an_r12_offline(tmp_path):
+    from harness.offline import check_files
+
+    inp = RunAgentInput(thread_id="t1", run_id="r1", state={}, messages=[], tools=[], context=[], forwarded_props={})
+    body = tmp_path / "body.sse"
+    body.write_bytes(b"".join(frames(inp, BAD_UTF8)))
+    [run] = check_files([body], AGUI, Scenario(name="t"))
+    [chat_result] = run.results
+    assert [v.rule for v in chat_result.violations] == [Rule.R12] and "not valid UTF-8" in chat_result.violations[0].reason
