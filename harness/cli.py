@@ -342,6 +342,12 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
             finally:
                 if ticker is not None:
                     ticker.cancel()
+            if recorder is not None and (dropped := recorder.take_dropped())[0]:
+                conns, frames, size = dropped
+                run.warnings.append(
+                    f"--record: {frames} frames ({size:,} bytes) of {conns} connection(s) were not recorded, their "
+                    f"file being full ({recorder.max_file_bytes:,} bytes); each file says where its gap begins, and "
+                    "`chatprobe check` judges the chats open there as they stood")
             runs.append(run)
             if not args.quiet and not console.is_terminal:
                 st = run.stats

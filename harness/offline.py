@@ -62,6 +62,13 @@ CLOSED_NOTE = "the connection closed mid-run"
 NOT_RESUMED_NOTE = "the connection was lost mid-run and no resume of the run was recorded"
 CROWDED_NOTE = "judged as it stood: too many chats open at once in the recording"
 HEAVY_NOTE = "judged as it stood: the chats open at once in the recording held too many events"
+# A connection whose recorder dropped frames (its file was full): its chats open then are judged as they stood, with
+# nothing after the gap held against the server.
+DROPPED_NOTE = ("judged as it stood: the recording dropped {what} of this connection here ({where}), its file "
+                "being full; nothing after that was recorded")
+DROPPED_WARNING = ("the recording dropped {what} of connection {conn} from {where} (its file was full): the {n} "
+                   "chat(s) open there were judged as they stood (incomplete), not held against the server")
+MAX_DROPPED_WARNINGS = 20
 UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive times, or no events): first-event time "
                 "and chat duration not judged")
 
@@ -109,6 +116,8 @@ class OfflineCheck:
         self.now = 0.0
         self.n = 0
         self.frames = 0  # received, for the bytes bound
+        self.gaps: list[str] = []  # the first MAX_DROPPED_WARNINGS warnings of dropped records
+        self.n_gaps = 0
 
     # -- input --
     def feed(self, rec: Recorded) -> None:
@@ -149,8 +158,24 @@ class OfflineCheck:
         elif direction == "close":
             del self.conns[conn.key]
             self._close(conn, at, rec, CLOSED_NOTE)
+        elif direction == "dropped":
+            self._gap(conn, rec, at)
         else:  # a problem: what the recording holds there could not be read
             self._problem(conn, rec.detail, rec.where, at)
+
+    def _gap(self, conn: _Conn, rec: Recorded, at: float) -> None:
+        """The recorder dropped this connection's frames from here on: its chats open now are judged as they stand
+        (incomplete, the note says why), before what is missing could read as the server's fault (seq never
+        arrived, no terminal event). The chat whose verdict was due already is judged as it was."""
+        self._judge_ready(conn, at)
+        what = rec.detail or "frames"
+        note = DROPPED_NOTE.format(what=what, where=rec.where)
+        chats = [c for c in conn.open.values() if not c.judged]
+        for chat in chats:
+            self._finish(chat, at, lost=not chat.done, note=note)
+        self.n_gaps += 1
+        if len(self.gaps) < MAX_DROPPED_WARNINGS:
+            self.gaps.append(DROPPED_WARNING.format(what=what, conn=conn.key, where=rec.where, n=len(chats)))
 
     def _problem(self, conn: _Conn, detail: str, where: str, at: float) -> None:
         """Something wrong with the recording itself at `where` (file:line): an R12 on the chats open on `conn`
@@ -351,8 +376,12 @@ class OfflineCheck:
         if self.tally.chats > len(self.listed):
             errors.append(f"{self.tally.chats} chats judged, the first {len(self.listed)} listed")
         started = self.first_t if self.first_t is not None and self.first_t > 1e9 else time.time()
+        warnings = list(self.gaps)
+        if self.n_gaps > len(self.gaps):
+            warnings.append(f"the recording dropped frames on {self.n_gaps} connections in all")
         return ScenarioRun(scenario=self.scenario, target=target, results=self.listed, stats=stats,
-                           objectives=evaluate(stats, objectives), started_at=started, elapsed=elapsed, errors=errors)
+                           objectives=evaluate(stats, objectives), started_at=started, elapsed=elapsed, errors=errors,
+                           warnings=warnings)
 
 
 

@@ -30,6 +30,9 @@ DEFAULT_MAX_FILES = 1000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # all recordings in DIR written by one process
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024  # one connection's file; frames past it are not written
 MIN_LINE = 64  # bytes of the shortest frame's line ({"t": …, "dir": "recv", "conn": …, "frame": ""})
+# Bytes of a file kept for its last two lines: the dropped record (when frames were) and the close record (a label
+# is at most ~90 characters, each line ~200 bytes); a quarter of a file under 2 KiB.
+RESERVED = 512
 FLUSH_BYTES = 64 * 1024  # a connection's lines are buffered this much, then appended to its part file
 # A JSON string literal in a text that is JSON (where no quote stands outside a string), and the colon after it when
 # it is an object's key.
@@ -45,7 +48,10 @@ NOT_JSON_MARK = " [chatprobe --record: this frame was not JSON as received]"
 
 class ConnectionLog:
     """One connection's frames, as JSON Lines: buffered, then appended to a part file that `Recorder.save` keeps
-    (renamed) or deletes. Frames past the file's byte limit are counted in `dropped`, not written."""
+    (renamed) or deletes. From the first frame that does not fit the file's byte limit on, frames are counted in
+    `dropped` (and `dropped_bytes`), not written, and the file says so: a `dropped` record, stamped with the first
+    dropped frame's time, before the close record (nothing else is written after the gap: the gap is one, at its
+    place in time)."""
 
     def __init__(self, recorder: Recorder, label: str, part: Path, secrets: tuple[str, ...] = ()) -> None:
         self.recorder = recorder
@@ -56,6 +62,9 @@ class ConnectionLog:
         self.secrets = secrets_of(secrets) if secrets else None
         self.size = 0
         self.dropped = 0
+        self.dropped_bytes = 0
+        self.dropped_at: float | None = None  # the first dropped frame's time (epoch seconds)
+        self.unwritten = 0  # lines lost because DIR took no more (unwritable, disk full)
         self.closed = False
         self._buffer: list[str] = []
         self._buffered = 0
@@ -63,11 +72,12 @@ class ConnectionLog:
     def frame(self, direction: str, frame: Any, at: float) -> None:
         """A frame sent ("send") or received ("recv") at `at` (the recorder's clock, time.monotonic by default)."""
         raw = len(frame) * 4 // 3 if isinstance(frame, (bytes, bytearray)) else len(frame) if isinstance(frame, str) else 0
-        if self.size + MIN_LINE + raw > self.recorder.max_file_bytes:
+        if self.dropped or self.size + MIN_LINE + raw > self.recorder.frame_room:
             # No room for it: dropped before it is scrubbed (a peer sending frame after frame once the file was full
             # had every one scrubbed, up to 0.7 s of CPU for a 4 MiB frame, only to be thrown away). Measured as
-            # received: a frame that scrubbing would have shortened enough to fit is dropped too.
-            self.dropped += 1
+            # received: a frame that scrubbing would have shortened enough to fit is dropped too. So is every frame
+            # after it, even one that would fit: the recording has one gap, from here to the close.
+            self._drop(frame, at)
             return
         record: dict[str, Any] = {"t": round(self.recorder.epoch(at), 6), "dir": direction, "conn": self.label}
         if isinstance(frame, (bytes, bytearray)):
@@ -77,7 +87,17 @@ class ConnectionLog:
         else:
             text = frame if isinstance(frame, str) else json.dumps(frame)
             record["frame"] = self._scrub_frame(text)  # a token a client put in a frame never reaches a file
-        self._write(json.dumps(record, ensure_ascii=False))
+        if not self._write(json.dumps(record, ensure_ascii=False)):
+            self._drop(frame, at)
+
+    def _drop(self, frame: Any, at: float) -> None:
+        if not self.dropped:
+            self.dropped_at = round(self.recorder.epoch(at), 6)
+        self.dropped += 1
+        if isinstance(frame, str):
+            self.dropped_bytes += len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))
+        elif isinstance(frame, (bytes, bytearray)):
+            self.dropped_bytes += len(frame)
 
     def _scrub(self, text: str) -> str:
         text = scrub(text)
@@ -151,22 +171,28 @@ class ConnectionLog:
     def close(self, at: float, code: int | None = None) -> None:
         if self.closed:
             return
+        if self.dropped:
+            # Where the gap begins (no frame was written after it) and what it holds.
+            self._write(json.dumps({"t": self.dropped_at, "dir": "dropped", "conn": self.label,
+                                    "frames": self.dropped, "bytes": self.dropped_bytes}), force=True)
+            self.recorder.note_dropped(self)
         record: dict[str, Any] = {"t": round(self.recorder.epoch(at), 6), "dir": "close", "conn": self.label}
         if code is not None:
             record["code"] = code
         self._write(json.dumps(record), force=True)
         self.closed = True
 
-    def _write(self, line: str, force: bool = False) -> None:
+    def _write(self, line: str, force: bool = False) -> bool:
+        """The line buffered (False: it does not fit the file's limit, less the room kept for the last lines)."""
         n = len(line.encode("utf-8", "surrogatepass")) + 1
-        if self.size + n > self.recorder.max_file_bytes and not force:
-            self.dropped += 1
-            return
+        if self.size + n > self.recorder.frame_room and not force:
+            return False
         self.size += n
         self._buffer.append(line)
         self._buffered += n
         if self._buffered >= FLUSH_BYTES:
             self.flush()
+        return True
 
     def flush(self) -> None:
         if not self._buffer:
@@ -182,7 +208,7 @@ class ConnectionLog:
                 f.write(data)
         except OSError:
             # DIR became unwritable or full mid-run: the recording loses these frames, the run goes on.
-            self.dropped += dropped
+            self.unwritten += dropped
 
 
 def new_run_id() -> str:
@@ -214,6 +240,7 @@ class Recorder:
         self.max_files = max_files
         self.max_bytes = max_bytes
         self.max_file_bytes = max_file_bytes
+        self.frame_room = max_file_bytes - min(RESERVED, max_file_bytes // 4)  # the rest kept for the last lines
         self.clock = clock
         # Recorded times are epoch seconds; the transports stamp frames with the monotonic clock.
         self._offset = time.time() - clock()
@@ -221,6 +248,18 @@ class Recorder:
         self._n = 0
         self._saved: deque[tuple[Path, int]] = deque()
         self._saved_bytes = 0
+        self._dropped = [0, 0, 0]  # connections, frames, bytes dropped since take_dropped() last said
+
+    def note_dropped(self, log: ConnectionLog) -> None:
+        with self._lock:
+            self._dropped = [self._dropped[0] + 1, self._dropped[1] + log.dropped, self._dropped[2] + log.dropped_bytes]
+
+    def take_dropped(self) -> tuple[int, int, int]:
+        """(connections, frames, bytes) whose frames did not fit their file since the last call, for a warning."""
+        with self._lock:
+            out = (self._dropped[0], self._dropped[1], self._dropped[2])
+            self._dropped = [0, 0, 0]
+        return out
 
     def epoch(self, at: float) -> float:
         return at + self._offset

@@ -7,16 +7,19 @@ The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\
 
     {"t": 1764639000.125, "dir": "send", "conn": "u1", "frame": {"type": "user_message", "payload": {...}}}
     {"t": 1764639000.131, "dir": "recv", "conn": "u1", "frame": "{\\"type\\": \\"agent_started\\", ...}"}
+    {"t": 1764639000.900, "dir": "dropped", "conn": "u1", "frames": 3, "bytes": 3145728}
     {"t": 1764639001.002, "dir": "close", "conn": "u1", "code": 1000}
 
   t       the time the frame was sent or received, in epoch seconds (a float; any clock whose differences are
           seconds will do: only differences are judged); optional: a record without one takes the last time seen
-  dir     "recv" (server to client), "send" (client to server) or "close" (the connection ended: its chats still
-          waiting are judged then); "receive" and "sent" are accepted too; default "recv"
+  dir     "recv" (server to client), "send" (client to server), "close" (the connection ended: its chats still
+          waiting are judged then) or "dropped" (the recorder dropped the connection's frames from this time on:
+          its file was full; `frames` and `bytes` say how many); "receive" and "sent" are accepted too; default "recv"
   conn    the connection (or SSE stream) the frame travelled on, any string; default "-"
   frame   the frame: its text as a JSON string (as it was on the wire), or the JSON value itself
   frame_b64  instead of frame, a binary frame, base64
   code, reason  on a close record, optional
+  frames, bytes  on a dropped record, optional
 
 A record is an object with `frame` (or `frame_b64`) and at least one of t, dir, conn (or a close record); other
 keys are ignored. Any other line that is JSON is a bare frame (received, no time); a line that is not JSON is a
@@ -55,7 +58,8 @@ CHUNK = 1 << 16
 # to infinity (1e308 - -1e308) and no report can place them.
 MAX_TIME = 1e11
 FORMATS = ("jsonl", "sse", "har")
-DIRECTIONS = {"recv": "recv", "receive": "recv", "send": "send", "sent": "send", "close": "close"}
+DIRECTIONS = {"recv": "recv", "receive": "recv", "send": "send", "sent": "send", "close": "close",
+              "dropped": "dropped"}
 # A record has `frame` (or `frame_b64`) and one of these; other keys are ignored (room for later fields).
 ENVELOPE_MARKS = frozenset({"t", "dir", "conn"})
 DEFAULT_CONN = "-"
@@ -90,8 +94,9 @@ class RecordingError(ConfigError):
 class Recorded:
     """One thing a recording holds, in file order.
 
-    direction: "recv" / "send" (a frame), "close" (the connection ended), "problem" (something that could not be
-    read: `detail` says what, as an R12 detail). `where` locates it in the file for a person ("chat.jsonl:17").
+    direction: "recv" / "send" (a frame), "close" (the connection ended), "dropped" (the recorder dropped the
+    connection's frames from here on: `detail` says how many), "problem" (something that could not be read: `detail`
+    says what, as an R12 detail). `where` locates it in the file for a person ("chat.jsonl:17").
     """
 
     direction: str
@@ -217,7 +222,7 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME) -> I
 
 
 def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Recorded:
-    if not isinstance(obj, dict) or not (("frame" in obj or "frame_b64" in obj or obj.get("dir") == "close")
+    if not isinstance(obj, dict) or not (("frame" in obj or "frame_b64" in obj or obj.get("dir") in ("close", "dropped"))
                                          and not obj.keys().isdisjoint(ENVELOPE_MARKS)):
         return Recorded("recv", conn, frame=text, where=where)  # a bare frame
     raw_conn = obj.get("conn", DEFAULT_CONN)
@@ -233,6 +238,10 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
         return Recorded("problem", conn, t=t, detail="field 'dir' must be recv, send or close", where=where)
     if direction == "close":
         return Recorded("close", conn, t=t, where=where)
+    if direction == "dropped":
+        counts = [f"{v} {k}" for k in ("frames", "bytes") if isinstance(v := obj.get(k), int) and not isinstance(v, bool)
+                  and 0 <= v < 10**18]
+        return Recorded("dropped", conn, t=t, detail=", ".join(counts), where=where)
     frame: str | bytes
     if "frame_b64" in obj:
         try:

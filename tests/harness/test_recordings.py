@@ -738,3 +738,76 @@ def test_scrubbing_a_frame_never_changes_whether_it_is_json_nor_its_structure(tm
         assert _pairs(out) == _pairs(frame), (frame, out)
     if redact.scrub(frame) == frame:
         assert out == frame  # nothing to scrub: byte for byte
+
+
+# -- a file that reached its limit says where its frames were dropped, and `check` does not blame the server --
+
+def _big_answer_server():
+    """A well-behaved netra server whose answer streams 18 chunks of 2 KB (every chat passes)."""
+    def script(request: dict) -> list[str]:
+        p = request["payload"]
+        base = {"run_id": p.get("run_id"), "thread_id": p.get("thread_id"), "user_id": "u1"}
+        events = [("agent_started", {"message_id": p.get("message_id")}), ("agent_thinking", {"thought": "t"}),
+                  ("tool_executing", {"tool_name": "w", "tool_call_id": "c1"}),
+                  ("tool_completed", {"tool_name": "w", "tool_call_id": "c1"})]
+        events += [("partial_result", {"content": "lorem ipsum " * 170})] * 18 + [("agent_completed", {"result": "ok"})]
+        return [json.dumps({"type": t, **base, "seq": i, "payload": pl}) for i, (t, pl) in enumerate(events, 1)]
+
+    from ..profiles.servers import WsServer
+    return WsServer(script, welcome={"type": "connection_established", "data": {"user_id": "u1"}})
+
+
+def test_frames_dropped_by_a_full_recording_are_marked_and_never_blamed_on_the_server(tmp_path, monkeypatch):
+    """`chatprobe run --record` with a 20 kB file limit (the default is 16 MiB) on a chat of 25 frames, ~40 kB:
+    the file says from where its frames were dropped and how many, the run warns, and `chatprobe check` judges the
+    chat open there as it stood (incomplete, a note naming the recording's gap) instead of failing it for events
+    that "never arrived" (R7), counted once, with a warning."""
+    import harness.recorder as recorder_module
+    from harness.cli import main
+
+    from ..profiles.servers import InThread
+
+    class SmallFiles(recorder_module.Recorder):
+        def __init__(self, directory, **kw):
+            super().__init__(directory, max_file_bytes=20_000, **kw)
+
+    monkeypatch.setattr(recorder_module, "Recorder", SmallFiles)
+    rec, live, offline = tmp_path / "rec", tmp_path / "live.json", tmp_path / "offline.json"
+    with InThread(_big_answer_server()) as server:
+        code = main(["run", "--target", server.url, "--auth", "none", "basic", "--record", str(rec),
+                     "--json", str(live), "-q"])
+    assert code == 0 and _chats(live) == [("passed", [])]
+    [live_doc] = json.loads(live.read_text())["scenarios"]
+    assert any("were not recorded" in w and "frames" in w for w in live_doc["warnings"]), live_doc["warnings"]
+
+    [path] = rec.iterdir()
+    assert path.stat().st_size <= 20_000  # the dropped and close records fit in the room kept for them
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["dir"] for r in lines[-2:]] == ["dropped", "close"]
+    recv = [r for r in lines if r["dir"] == "recv"]
+    gap = lines[-2]
+    assert gap["frames"] == 24 - len(recv) and gap["bytes"] > 2000 * (gap["frames"] - 1)  # the welcome and 23 events
+    assert recv[-1]["t"] <= gap["t"] <= lines[-1]["t"]
+
+    assert main(["check", str(rec), "--scenario", "basic", "--json", str(offline), "-q"]) == 1
+    [doc] = json.loads(offline.read_text())["scenarios"]
+    [chat] = doc["chats"]
+    assert chat["outcome"] == "incomplete" and chat["violations"] == [], chat["violations"]  # no R7, no R10
+    assert "the recording dropped" in chat["note"] and f"{gap['frames']} frames" in chat["note"]
+    assert doc["stats"]["chats"] == 1 and sum(doc["stats"]["outcomes"].values()) == 1
+    assert any("the recording dropped" in w and "not held against the server" in w for w in doc["warnings"])
+
+
+def test_a_dropped_record_judges_only_its_connections_open_chats_as_they_stood(tmp_path):
+    """A dropped record (written by the recorder, or by hand with odd counts) ends its connection's open chats as
+    they stood, nothing else: another connection's chat passes, a chat opened after the gap is judged as ever."""
+    cut = netra_run("r1", 0.0)[:3]  # started, thinking, tool_executing: then the file was full
+    rows = [send(0.0), *cut, {"t": 0.2, "dir": "dropped", "conn": "c1", "frames": True, "bytes": -5},
+            send(0.0, conn="c2", thread="t2"), *netra_run("r2", 0.0, conn="c2", thread="t2"),
+            {"t": 0.5, "dir": "close", "conn": "c1"}, {"t": 0.5, "dir": "close", "conn": "c2"}]
+    [run] = check_files([write_jsonl(tmp_path / "r.jsonl", rows)], NETRA, SC)
+    by_run = {r.run_id: r for r in run.results}
+    assert by_run["r2"].outcome is Outcome.PASSED
+    assert by_run["r1"].outcome is Outcome.INCOMPLETE and by_run["r1"].violations == []
+    assert "the recording dropped frames of this connection here (r.jsonl:5)" in by_run["r1"].note
+    assert run.stats.chats == 2 and len(run.warnings) == 1 and "1 chat(s) open there" in run.warnings[0]
