@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 # A line of progress this often when the output is not a terminal (a CI log), so the run is seen to be alive.
 PROGRESS_EVERY = 5.0
 REPORT_FLAGS = ("json", "junit", "html")
+MAX_FRAME_LIMIT = 1 << 30  # `check --max-size`
 
 
 class _Parser(argparse.ArgumentParser):
@@ -248,6 +249,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
 
     names = args.scenarios or list(BUILTIN_SUITE)
     check_reports(args)
+    _reports_apart_from(args, [], [*names, args.profile, args.token_file])
     scenarios = [apply_overrides(load_scenario(n), args.objective) for n in names]
     opts = options_from_args(args)
     if not args.scenarios:
@@ -400,12 +402,14 @@ def _check(args: argparse.Namespace, console: Console) -> int:
         max_frame = parse_size(args.max_size)
     except ValueError as exc:
         raise ConfigError(f"--max-size: {exc}") from None
+    if max_frame > MAX_FRAME_LIMIT:  # the reader asks for lines of twice this: past it no read size is valid
+        raise ConfigError(f"--max-size: at most {MAX_FRAME_LIMIT >> 30}GiB (a frame larger than that is no event)")
     for path in args.paths:
         try:
             os.stat(path)
         except OSError as exc:  # what is wrong, as the system says it: no such file, a symlink loop, no permission...
             raise ConfigError(f"{path}: {(exc.strerror or str(exc)).lower()}") from None
-    _reports_apart_from(args, args.paths)
+    _reports_apart_from(args, args.paths, [args.scenario, args.profile])
     import threading
 
     interrupt = _Interrupt(threading.Event(), "the chats open in the recording")
@@ -414,17 +418,21 @@ def _check(args: argparse.Namespace, console: Console) -> int:
         return _finish(args, console, runs, [], interrupt)
 
 
-def _reports_apart_from(args: argparse.Namespace, inputs: list[str]) -> None:
-    """A report written over a recording it judges would destroy the evidence: refused before anything is read."""
-    read: set[str] = set()
+def _reports_apart_from(args: argparse.Namespace, inputs: list[str], configs: list[str | None]) -> None:
+    """A report written over a recording it judges would destroy the evidence, and one written over the scenario or
+    profile file it runs with would destroy the user's file: refused before anything is read or run."""
+    read: dict[str, str] = {}
     for path in inputs:
         p = Path(path)
         files = list(p.iterdir()) if p.is_dir() else [p]
-        read.update(os.path.realpath(q) for q in files)
+        read.update((os.path.realpath(q), "a recording") for q in files)
+    for name in configs:  # a scenario or profile given by file (a built-in's name is no file here)
+        if name and os.path.isfile(name):
+            read[os.path.realpath(name)] = "a scenario or profile file"
     for flag in REPORT_FLAGS:
         target = getattr(args, flag)
-        if target and os.path.realpath(target) in read:
-            raise ConfigError(f"--{flag} {target}: that is a recording this command reads; write the report elsewhere")
+        if target and (what := read.get(os.path.realpath(target))):
+            raise ConfigError(f"--{flag} {target}: that is {what} this command reads; write the report elsewhere")
 
 
 def _console() -> Console:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import string
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,23 @@ from .payload_checks import CHECKS, CheckSet
 from .yamlfile import load_builtin_or_file
 
 _MISSING = object()
+
+
+# Names of fields and containers: each becomes lines of the profile's generated decoder (a dotted path one per part),
+# so a short file must not make a decoder of millions of lines. Far above any real wire format.
+MAX_NAMES = 32  # names tried for one field, containers looked up
+MAX_NAME_PARTS = 8  # parts of one dotted path
+MAX_NAME_CHARS = 256
+
+
+def _bounded_names(names: list[str]) -> list[str]:
+    if len(names) > MAX_NAMES:
+        raise ValueError(f"at most {MAX_NAMES} names")
+    for name in names:
+        if len(name) > MAX_NAME_CHARS or name.count(".") >= MAX_NAME_PARTS:
+            raise ValueError(f"{name[:40]!r}…: a name is at most {MAX_NAME_CHARS} characters and "
+                             f"{MAX_NAME_PARTS} dotted parts")
+    return names
 
 
 class RoleMatch(BaseModel):
@@ -43,6 +61,11 @@ class Span(BaseModel):
     inner: list[str] = []
     key: str
     key_fallback: str | None = None
+
+    @field_validator("key", "key_fallback")
+    @classmethod
+    def _bounded_key(cls, v: str | None) -> str | None:
+        return v if v is None else _bounded_names([v])[0]
     # Whether a span still open at the terminal event is a violation.
     must_close: bool = True
 
@@ -68,6 +91,17 @@ class Fields(BaseModel):
     error_code: list[str] = ["error_code"]
     error_message: list[str] = ["error_message", "message"]
     extra: dict[str, list[str]] = {}
+
+    @field_validator("*")
+    @classmethod
+    def _bounded(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            if len(v) > MAX_NAMES:
+                raise ValueError(f"at most {MAX_NAMES} extra fields")
+            for names in v.values():
+                _bounded_names(names)
+            return v
+        return _bounded_names(v)
 
 
 class SessionErrors(BaseModel):
@@ -140,12 +174,18 @@ class Profile(BaseModel):
 
     _decoder: "Decoder" = PrivateAttr()
 
+    @field_validator("request", "resume")
+    @classmethod
+    def _templates_plain(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        _check_template(v)
+        return v
+
     @field_validator("lookup")
     @classmethod
     def _lookup_nonempty(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("lookup needs at least one container ('' for the root)")
-        return v
+        return _bounded_names(v)
 
     @field_validator("transport", mode="before")
     @classmethod
@@ -172,6 +212,8 @@ class Profile(BaseModel):
     @field_validator("spans")
     @classmethod
     def _spans_disjoint(cls, spans: list[Span]) -> list[Span]:
+        if len(spans) > MAX_NAMES:  # each span's keys are lines of the generated decoder
+            raise ValueError(f"at most {MAX_NAMES} spans")
         span_types: set[str] = set()
         for span in spans:
             for t in span.open + span.inner + span.close:
@@ -517,6 +559,32 @@ def _entry(v: Any) -> tuple[int, Any]:
             return _PLACEHOLDER, v[1:-1]
         return _NESTED, functools.partial(_format, v)
     return _CONSTANT, v
+
+
+# What a request or resume template may name: plain "{name}" placeholders, nothing else of str.format's language (an
+# attribute, an index, a conversion or a format spec such as {content:>900000000} runs per chat, at any cost).
+TEMPLATE_NAMES = frozenset({"content", "thread_id", "run_id", "message_id", "user_id", "last_seq"})
+
+
+def _check_template(template: Any) -> None:
+    """Refuse a template whose strings are not text with plain placeholders (ValueError: the file, line and field)."""
+    stack = [template]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str) and ("{" in v or "}" in v):
+            try:
+                parts = list(string.Formatter().parse(v))
+            except ValueError as exc:
+                raise ValueError(f"{v[:60]!r}: {exc} (write a literal brace as {{{{ or }}}})") from None
+            for _literal, name, spec, conversion in parts:
+                if name is not None and (name not in TEMPLATE_NAMES or spec or conversion):
+                    raise ValueError(f"{v[:60]!r}: a placeholder is one of "
+                                     f"{', '.join('{' + n + '}' for n in sorted(TEMPLATE_NAMES))}, with no format "
+                                     "spec, conversion, attribute or index")
 
 
 def _format(template: str, values: dict[str, Any]) -> Any:

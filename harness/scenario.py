@@ -28,7 +28,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .catalog import SCENARIOS_DIR
 from .checker import Expectations, ExpectError
-from .durations import Seconds
+from .durations import PositiveSeconds, Seconds
 from .events import Role
 from .flow import ChatOptions
 from .yamlfile import ConfigError, line_of, load_builtin_or_file
@@ -134,9 +134,9 @@ class Expect(Strict):
 
     required: list[Role] | None = None
     streaming: Bool = False  # adds partial_result to the required roles
-    first_event_limit: Seconds = 2.0
-    deadline: Seconds = 60.0
-    stall_limit: Seconds = 30.0
+    first_event_limit: PositiveSeconds = 2.0
+    deadline: PositiveSeconds = 60.0
+    stall_limit: PositiveSeconds = 30.0
     thinking_before_tool: Bool | None = None
     # After the terminal event, listen this long for late events (R3/R4/R7) before judging.
     settle: Seconds = 0.1
@@ -235,12 +235,12 @@ class Scenario(Strict):
     client_run_id: Bool = False
     reconnect: Bool = True
     max_reconnects: Int = Field(default=3, ge=0, le=100)
-    connect_timeout: Seconds = 10.0
+    connect_timeout: PositiveSeconds = 10.0
     # Offer permessage-deflate on WebSocket connections (as browsers do) or not. "none" by default: on loopback and
     # a LAN it costs both ends more CPU than it saves in bytes (BENCHMARKS.md), and chatprobe's lean client does
     # without it; "deflate" tests a server as browsers reach it. SSE ignores it.
     compression: Literal["none", "deflate"] = "none"
-    max_duration: Seconds = 600.0
+    max_duration: PositiveSeconds = 600.0
     expect: Expect = Expect()
     steps: list[Step] | None = None
     objectives: Objectives = Objectives()
@@ -651,7 +651,12 @@ def apply_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
         if parts[1] not in data[parts[0]]:
             raise ConfigError(f"--objective {item[:80]!r}: {parts[0]} has no {parts[1]!r} "
                               f"(it has {', '.join(data[parts[0]])})")
-        data[parts[0]][parts[1]] = _flag_scalar(value.strip())
+        parsed = _flag_scalar(value.strip())
+        if parsed is None:
+            # An unset $VAR in CI (`passed_ratio.min=`) must not quietly remove the gate, defaults included.
+            raise ConfigError(f"--objective {item[:80]!r}: a value is needed (an empty or null value would remove "
+                              "the objective; a scenario file can leave one out)")
+        data[parts[0]][parts[1]] = parsed
     try:
         objectives = Objectives.model_validate(data)
     except ValidationError as exc:  # name the flag and the field, not a traceback

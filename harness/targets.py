@@ -182,6 +182,11 @@ def check_url(url: str, option: str, schemes: tuple[str, ...] = tuple(SCHEMES)) 
         raise option_error(option, f"{url!r}: not a valid URL ({exc})") from None
     if parts.scheme not in schemes or not parts.hostname:
         raise option_error(option, f"{url!r}: expected a {expected} URL with a host")
+    if parts.fragment or url.endswith("#"):  # a WebSocket URI has none (RFC 6455 3), and no server sees one
+        raise option_error(option, f"{url!r}: a server URL has no #fragment")
+    host = parts.hostname
+    if ":" not in host and (len(host) > 253 or any(not 0 < len(label) <= 63 for label in host.rstrip(".").split("."))):
+        raise option_error(option, f"{url!r}: not a valid host name (labels of 1 to 63 characters, 253 in all)")
     return parts
 
 
@@ -196,6 +201,7 @@ def read_token(opts: TargetOptions) -> TokenProvider:
             raise ConfigError(str(exc), field="token_file", detail=str(exc).removeprefix("--token-file ")) from None
         if not token:
             raise option_error("token_file", f"{opts.token_file}: the file is empty")
+        _one_line(token, "token_file", opts.token_file)
         return TokenProvider(token=token)
     # A bearer token, else a secret to mint one per user: named by the option, or found in the default variable.
     for option, named, default, kind in (("token_env", opts.token_env, "CHATPROBE_TOKEN", "token"),
@@ -205,8 +211,18 @@ def read_token(opts: TargetOptions) -> TokenProvider:
             value = os.environ.get(var)
             if not value:
                 raise option_error(option, f"{var}: the variable is not set or empty")
+            if kind == "token":
+                _one_line(value, option, var)
             return TokenProvider(token=value) if kind == "token" else TokenProvider(jwt_secret=value)
     return TokenProvider()
+
+
+def _one_line(token: str, option: str, where: str) -> None:
+    """A token goes into a header line (Authorization, Sec-WebSocket-Protocol): a line break or another control
+    character in it would write header lines of its own (header injection), so it is a usage error. Never shown."""
+    if any(c < " " or c == "\x7f" for c in token):
+        raise option_error(option, f"{where}: the token holds a line break or another control character "
+                                   "(a token is one line of printable characters)")
 
 
 def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str | None = None, *,

@@ -1,0 +1,124 @@
+"""Flags and files that looked valid but turned into a verdict, a traceback, memory or an injected header: each is a
+usage error (exit 2, one line naming the flag or the file, line and field) before anything connects or is read."""
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from .test_cli_ux import run_cli
+
+NETRA = Path(__file__).parents[2] / "harness" / "profiles" / "netra.yaml"
+
+
+def one_error(proc, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-1000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.parametrize("value", ["", "null", "~"])
+def test_an_empty_objective_value_is_refused_rather_than_dropping_the_gate(value):
+    # An unset $VAR in CI: `--objective passed_ratio.min=$MIN` must not remove the objective (the run would pass).
+    one_error(run_cli("run", "basic", "--objective", f"passed_ratio.min={value}"), "--objective", "value is needed")
+
+
+@pytest.mark.parametrize("field, yaml_text", [
+    ("expect.deadline", "expect: {deadline: 0}"),
+    ("expect.first_event_limit", "expect: {first_event_limit: 0s}"),
+    ("connect_timeout", "connect_timeout: 0"),
+    ("max_duration", "max_duration: 0s"),
+])
+def test_a_zero_wait_or_limit_is_a_usage_error_not_a_failed_run(tmp_path, field, yaml_text):
+    scenario = tmp_path / "zero.yaml"
+    scenario.write_text(f"name: zero\n{yaml_text}\n")
+    one_error(run_cli("run", str(scenario)), f"{scenario}:2", f"field '{field}'", "more than 0")
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("ws://127.0.0.1:9/ws#frag", "fragment"),
+    ("ws://" + "a" * 64 + ".example/ws", "host name"),
+])
+def test_a_target_no_connection_could_use_is_refused(url, needle):
+    one_error(run_cli("run", "basic", "--target", url), "--target", needle)
+
+
+def test_a_report_flag_never_overwrites_the_scenario_or_profile_it_reads(tmp_path):
+    scenario = tmp_path / "mine.yaml"
+    scenario.write_text("name: mine\n")
+    one_error(run_cli("run", str(scenario), "--json", str(scenario)), "--json", "scenario or profile")
+    assert scenario.read_text() == "name: mine\n"
+    profile = tmp_path / "p.yaml"
+    profile.write_text(NETRA.read_text())
+    recording = tmp_path / "r.jsonl"
+    recording.write_text('{"t": 1.0, "conn": "c", "dir": "recv", "frame": "{}"}\n')
+    one_error(run_cli("check", str(recording), "--profile", str(profile), "--html", str(profile)), "--html")
+    assert profile.read_text() == NETRA.read_text()
+
+
+def test_check_max_size_past_any_read_size_is_refused(tmp_path):
+    recording = tmp_path / "r.jsonl"
+    recording.write_text('{"t": 1.0, "conn": "c", "dir": "recv", "frame": "{}"}\n')
+    one_error(run_cli("check", str(recording), "--max-size", "4398046511104MiB"), "--max-size")
+
+
+@pytest.mark.parametrize("template", ["{content:>900000000}", "{content.upper}", "{content!r}", "{nope}", "x {"])
+def test_a_request_template_is_plain_placeholders_only(tmp_path, template):
+    # str.format's language ran per chat: gigabytes for one padded field, a traceback for an attribute.
+    profile = tmp_path / "p.yaml"
+    profile.write_text(NETRA.read_text().replace('content: "{content}"', f'content: "{template}"'))
+    assert template in profile.read_text()
+    one_error(run_cli("run", "basic", "--profile", str(profile), "--target", "ws://127.0.0.1:9/ws"),
+              f"{profile}:", "field 'request'")
+
+
+@pytest.mark.parametrize("old, new, field", [
+    ('lookup: ["", payload, data]', 'lookup: ["", payload, data, "' + "a." * 5000 + 'x"]', "lookup"),
+    ("  run_id: [run_id]", "  run_id: [" + ", ".join(f"r{i}" for i in range(40)) + "]", "fields.run_id"),
+])
+def test_a_profile_cannot_make_a_decoder_of_millions_of_lines(tmp_path, old, new, field):
+    profile = tmp_path / "p.yaml"
+    text = NETRA.read_text()
+    assert old in text
+    profile.write_text(text.replace(old, new))
+    one_error(run_cli("run", "basic", "--profile", str(profile), "--target", "ws://127.0.0.1:9/ws"),
+              f"field '{field}'")
+
+
+def test_a_token_with_a_line_break_never_reaches_the_handshake(tmp_path):
+    # A raw HTTP listener: were the token written, its second line would arrive as a header of its own.
+    seen: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    port = listener.getsockname()[1]
+
+    def accept() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            try:
+                seen.append(conn.recv(65536))
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    token_file = tmp_path / "token"
+    token_file.write_text("abc123secret\nX-Injected: yes\n")
+    try:
+        for proc in (run_cli("run", "basic", "--target", f"ws://127.0.0.1:{port}/ws",
+                             env={"CHATPROBE_TOKEN": "abc123secret\r\nX-Injected: yes"}),
+                     run_cli("run", "basic", "--target", f"ws://127.0.0.1:{port}/ws", "--token-file", str(token_file))):
+            err = one_error(proc, "line break")
+            assert "abc123secret" not in err and "abc123secret" not in proc.stdout
+    finally:
+        listener.close()
+        thread.join(15)
+    assert not seen  # refused before any connection
