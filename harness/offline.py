@@ -320,6 +320,11 @@ class OfflineCheck:
                 self._judge_resume(chat)
                 self.open.pop(chat.chat_id, None)
                 conn.open.pop(chat.chat_id, None)
+                if (previous := self.parked.pop(chat.run_id, None)) is not None:
+                    # Two chats cut short under one run id: the earlier one is judged, never dropped from the counts.
+                    self._finish(previous, at, lost=True,
+                                 note="the connection was lost and no resume followed before another chat of the "
+                                      "same run id was cut short")
                 self.parked[chat.run_id] = chat
                 self.parked_wake = min(self.parked_wake, chat.wait_deadline())
             else:
