@@ -346,7 +346,7 @@ class OfflineCheck:
         self.sink.chat_finished(result)
         passing = result.outcome is Outcome.PASSED
         if (self.listed_passing if passing else self.listed_failing) < MAX_CHATS_LISTED:
-            # A copy: the judged chat's own list still takes late events (R4) while its connection remembers it.
+            # A copy, up to MAX_EVENTS_LISTED: the judged chat's own list is let go below.
             if self.listed_bytes > MAX_LISTED_BYTES:
                 result.events = []
             else:
@@ -357,6 +357,11 @@ class OfflineCheck:
                 self.listed_passing += 1
             else:
                 self.listed_failing += 1
+        else:
+            result.events = []  # counted, not listed: nothing keeps its events
+        # The connection remembers the judged chat for late events (shown with it as warnings), not its events: a
+        # chat judged to free memory (HEAVY_NOTE) must free it.
+        tracker.events = []
 
     def end(self) -> None:
         """The recording ended: every chat still open is judged as it stands."""

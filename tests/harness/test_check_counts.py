@@ -39,3 +39,35 @@ def test_two_chats_cut_short_under_one_run_id_are_both_judged(tmp_path):
     [run] = json.loads(report.read_text())["scenarios"]
     assert run["stats"]["chats"] == 2, run["stats"]
     assert run["stats"]["outcomes"]["incomplete"] == 1 and run["stats"]["outcomes"]["passed"] == 1
+
+
+def test_chats_judged_to_free_memory_let_their_events_go(tmp_path, monkeypatch):
+    """Past MAX_OPEN_BYTES the oldest open chats are judged as they stand: their events must be freed, not kept by
+    the connection that remembers the chat (a 170 MB recording of never-ending runs took 1.1 GB)."""
+    import harness.offline as offline
+    from harness.profiles import load_profile
+    from harness.recordings import read_recording
+    from harness.scenario import Scenario
+
+    monkeypatch.setattr(offline, "MAX_OPEN_BYTES", 256 * 1024)
+    recording = tmp_path / "endless.jsonl"
+    with recording.open("w") as f:
+        for c in range(4):
+            f.write(json.dumps({"t": 1e9, "conn": f"c{c}", "frame": {"type": "agent_started", "run_id": f"r{c}.0"}})
+                    + "\n")
+            for r in range(1, 100):
+                f.write(json.dumps({"type": "agent_started", "run_id": f"r{c}.{r}"}) + "\n")
+        for _ in range(30):
+            for c in range(4):
+                f.write(json.dumps({"conn": f"c{c}", "frame": {"type": "agent_thinking", "run_id": f"r{c}.0"}}) + "\n")
+                f.write("".join(json.dumps({"type": "agent_thinking", "run_id": f"r{c}.{r}"}) + "\n"
+                                for r in range(1, 100)))
+    check = offline.OfflineCheck(load_profile("netra"), Scenario(name="endless"))
+    for rec in read_recording(recording):
+        check.feed(rec)
+    judged = [chat for conn in check.conns.values() for chat in conn.checker.chats if chat.judged]
+    assert len(judged) > 100 and check.tally.chats == len(judged)  # the bound was reached: chats were judged
+    assert sum(len(chat.events) for chat in judged) == 0
+    assert sum(t.kept_bytes for t, _ in check.open.values()) <= offline.MAX_OPEN_BYTES
+    check.end()
+    assert check.tally.chats == 400

@@ -626,7 +626,7 @@ def _url_server(last: str | None = None):
     name in its strings; `last`: the raw text of its terminal frame instead ({base} filled in)."""
     def script(request: dict) -> list[str]:
         p = request["payload"]
-        base = {"run_id": p.get("run_id"), "thread_id": p.get("thread_id"), "user_id": "u1"}
+        base = {"run_id": p.get("run_id") or "r-1", "thread_id": p.get("thread_id"), "user_id": "u1"}
         events = [("agent_started", {"message_id": p.get("message_id")}), ("agent_thinking", {"thought": "x"}),
                   ("tool_executing", {"tool_name": "web", "tool_call_id": "c-1"}),
                   ("tool_completed", {"tool_name": "web", "tool_call_id": "c-1", "result": URL_TEXT}),
@@ -746,7 +746,7 @@ def _big_answer_server():
     """A well-behaved netra server whose answer streams 18 chunks of 2 KB (every chat passes)."""
     def script(request: dict) -> list[str]:
         p = request["payload"]
-        base = {"run_id": p.get("run_id"), "thread_id": p.get("thread_id"), "user_id": "u1"}
+        base = {"run_id": p.get("run_id") or "r-1", "thread_id": p.get("thread_id"), "user_id": "u1"}
         events = [("agent_started", {"message_id": p.get("message_id")}), ("agent_thinking", {"thought": "t"}),
                   ("tool_executing", {"tool_name": "w", "tool_call_id": "c1"}),
                   ("tool_completed", {"tool_name": "w", "tool_call_id": "c1"})]
