@@ -11,7 +11,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import quote, unquote
 
 REDACTED = "[REDACTED]"
@@ -50,9 +50,17 @@ _JWT_DISGUISED_RE = re.compile(
 # decoded at each of its four character offsets, and redacted whole if a JWT is inside.
 _B64_RUN_RE = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 _B64_JWT_MARKS = ("ZXlK", "V5S", "leU")
-# A secret that a field's size bound cut short still must not show: a run of at least this many of its first
-# characters is redacted too.
-PREFIX_LEN = 8
+# A secret shown in part (a field's size bound cut it short, a server cut or masked its first characters or put a
+# character inside it) must not show either: any run of at least this many consecutive characters of a secret, or
+# of one of its literal forms, wherever it starts in the secret, is redacted.
+MIN_RUN = 8
+# A secret that reads as words (it does not mix two of lower case, upper case and digits: a passphrase such as
+# "chatprobe-dev-secret") shares runs of 8 with everyday text ("chatprobe"): its runs (and those of its other forms)
+# count from this length. A random token mixes classes and keeps MIN_RUN.
+MIN_RUN_WORDS = 12
+# The matcher looks for pieces of this many characters of each form, one every (run length + 1 - _PIECE)
+# characters: any run of the run length holds one of them whole.
+_PIECE = 4
 _BEARER_RE = re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 # An Authorization header's credential whatever its scheme (Basic user:password, Token, Digest…), as a header line, a
 # JSON member or a repr: the scheme stays, the credential goes.
@@ -105,24 +113,94 @@ def literal_forms(secret: str) -> set[str]:
     return {secret, quote(secret, safe=""), json.dumps(secret)[1:-1]} | _base64_forms(secret)
 
 
-def _hex(n: int, width: int) -> str:
-    # Hex digits in either case (\u00E9 and %2f are as valid as \u00e9 and %2F).
-    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{n:0{width}x}")
+def _mixes(text: str) -> int:
+    """How many of lower case, upper case and digits the text holds."""
+    return sum(p.search(text) is not None for p in _MIXES)
 
 
-def _disguised_char(c: str) -> str:
-    """A pattern for one character of a secret: as is, %-encoded (its UTF-8 bytes), or JSON-escaped; an escape's
-    backslash may be doubled any number of times (a JSON string inside JSON, a repr in a message)."""
-    cp = ord(c)
-    alts = [re.escape(c), "%".join(["", *(_hex(b, 2) for b in c.encode("utf-8", "surrogatepass"))])]
-    if cp < 0x10000:
-        alts.append(_BACKSLASHES + "u" + _hex(cp, 4))
-    else:  # JSON spells a character outside the BMP as a surrogate pair
-        hi, lo = 0xD800 + ((cp - 0x10000) >> 10), 0xDC00 + ((cp - 0x10000) & 0x3FF)
-        alts.append(_BACKSLASHES + "u" + _hex(hi, 4) + _BACKSLASHES + "u" + _hex(lo, 4))
-    if c in "/\"":
-        alts.append(_BACKSLASHES + re.escape(c))
-    return "(?:" + "|".join(alts) + ")"
+def _run_lengths(secrets: Iterable[str], literal: bool = True) -> dict[str, int]:
+    """Each form of each secret (all its literal_forms, or the secret and its base64 forms) and the shortest run of
+    it that is redacted: MIN_RUN, or MIN_RUN_WORDS for a secret that reads as words; never more than the form."""
+    out: dict[str, int] = {}
+    for secret in secrets:
+        run = MIN_RUN if _mixes(secret) >= 2 else MIN_RUN_WORDS
+        for form in literal_forms(secret) if literal else {secret, *_base64_forms(secret)}:
+            out[form] = min(run, len(form), out.get(form, run))
+    return out
+
+
+class _Runs:
+    """Finds every run of at least its form's run length of consecutive characters of any of the forms, wherever in
+    the form it starts. Each form is cut into pieces of _PIECE characters, one every (run length + 1 - _PIECE)
+    characters, so that any such run holds a piece whole: the pieces are found with substring tests (`in`, then
+    str.find), and each hit is followed left and right while the text goes on as the form does at that offset (a
+    piece may occur at several offsets of a repetitive form). re has no multi-string search better than an
+    alternation tried at each position, and nothing in the standard library finds common runs, hence this."""
+
+    def __init__(self, forms: dict[str, int]) -> None:
+        self.forms = list(forms)
+        self.pieces: dict[str, list[tuple[int, int]]] = {}  # piece -> (form index, offset in the form)
+        for n, (form, run) in enumerate(forms.items()):
+            step = max(1, run + 1 - _PIECE)
+            for off in range(0, len(form) - _PIECE + 1, step):
+                self.pieces.setdefault(form[off:off + _PIECE], []).append((n, off))
+        self.runs = list(forms.values())
+
+    def present(self, text: str) -> list[str]:
+        return [p for p in self.pieces if p in text]
+
+    def spans(self, text: str, present: list[str] | None = None) -> list[tuple[int, int]]:
+        """The [start, end) of each such run in the text, sorted, overlapping ones merged."""
+        if present is None:
+            present = self.present(text)
+        if not present:
+            return []
+        # A bound on the work a hostile text can cause (a secret's piece repeated a million times): beyond it, each
+        # piece found is redacted as it is, which cuts every run of every form as surely, only less exactly.
+        hits = sum(text.count(p) * len(self.pieces[p]) for p in present)
+        if hits > 64 + len(text) // 32:
+            blunt = re.compile("|".join(map(re.escape, present)))
+            return _merged([m.span() for m in blunt.finditer(text)])
+        found: list[tuple[int, int]] = []
+        seen: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (form, where it starts in the text): runs found
+        for piece in present:
+            at = text.find(piece)
+            while at >= 0:
+                for n, off in self.pieces[piece]:
+                    form, shift = self.forms[n], at - off
+                    done = seen.setdefault((n, shift), [])
+                    if any(a <= at and at + _PIECE <= e for a, e in done):
+                        continue  # another piece of the same run found it
+                    start, end = at, at + _PIECE
+                    while start > 0 and start - shift > 0 and text[start - 1] == form[start - 1 - shift]:
+                        start -= 1
+                    while end < len(text) and end - shift < len(form) and text[end] == form[end - shift]:
+                        end += 1
+                    done.append((start, end))
+                    if end - start >= self.runs[n]:
+                        found.append((start, end))
+                at = text.find(piece, at + 1)
+        return _merged(found)
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _redacted_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    out: list[str] = []
+    i = 0
+    for start, end in spans:
+        out += [text[i:start], REDACTED]
+        i = end
+    out.append(text[i:])
+    return "".join(out)
 
 
 _JSON_ESCAPE_RE = re.compile(_BACKSLASHES + r'(?:u([0-9A-Fa-f]{4})|([/"]))')
@@ -147,84 +225,86 @@ def _unescaped(text: str) -> str:
 
         text = _JSON_ESCAPE_RE.sub(one, text)
         if surrogates:
-            text = _SURROGATE_PAIR_RE.sub(
-                lambda m: m[0].encode("utf-16-le", "surrogatepass").decode("utf-16-le"), text)
+            text = _SURROGATE_PAIR_RE.sub(_pair, text)
     if "%" in text:
         text = _PERCENT_RUN_RE.sub(lambda m: unquote(m[0], errors="surrogateescape"), text)
     return text
 
 
-class _Disguised:
-    """Secrets with any of their characters JSON-escaped (\\u0065, \\/) or %-encoded (%65), mixed as they come: a
-    pattern finds the first PREFIX_LEN characters of one, then it is followed character by character as far as it
-    matches (a disguised secret cut short by a field's bound is redacted as a plain one is). One fixed alternation
-    per character: nothing backtracks past a character, and no pattern grows with a secret's length."""
+def _pair(m: re.Match[str]) -> str:
+    return m[0].encode("utf-16-le", "surrogatepass").decode("utf-16-le")
 
-    def __init__(self, forms: list[str]) -> None:
-        self.forms = forms
-        # One group per form: the group that matched tells which form to follow.
-        self.head = re.compile("|".join(f"({''.join(map(_disguised_char, f[:PREFIX_LEN]))})" for f in forms))
-        self.char = {c: re.compile(_disguised_char(c)) for f in forms for c in f[PREFIX_LEN:]}
-        # Forms that share their head (a secret's standard and urlsafe base64 differ only where a '+' or '/' comes):
-        # the alternation names one of them, whichever sorted first; each is followed, the longest run wins (only
-        # the one named was, so the rest of the other showed, depending on the hash seed).
-        self.alike: dict[str, list[str]] = {}
-        for f in forms:
-            self.alike.setdefault(f[:PREFIX_LEN], []).append(f)
 
-    def _follow(self, text: str, end: int, form: str) -> int:
-        for c in form[PREFIX_LEN:]:
-            if (step := self.char[c].match(text, end)) is None:
-                break
-            end = step.end()
-        return end
+def _percent_decoded(m: re.Match[str]) -> list[tuple[str, int]]:
+    out, k = [], 0
+    for c in unquote(m[0], errors="surrogateescape"):
+        out.append((c, k))
+        # a byte UTF-8 could not decode comes back as one of U+DC80…U+DCFF; any other character, as its bytes
+        k += 3 * (1 if "\udc80" <= c <= "\udcff" else len(c.encode("utf-8", "surrogatepass")))
+    return out
 
-    def sub(self, text: str) -> str:
-        out: list[str] = []
-        i = 0
-        while (m := self.head.search(text, i)) is not None:
-            head = self.forms[(m.lastindex or 1) - 1][:PREFIX_LEN]
-            end = max(self._follow(text, m.end(), form) for form in self.alike[head])
-            out += [text[i:m.start()], REDACTED]
-            i = end
-        out.append(text[i:])
-        return "".join(out)
+
+def _remapped(text: str, at: list[int], pattern: re.Pattern[str],
+              decode: Callable[[re.Match[str]], list[tuple[str, int]]]) -> tuple[str, list[int]]:
+    """Each match of the pattern replaced by what `decode` makes of it (each character with where its source starts
+    in the match), `at` (where each character of the text starts in the original) carried along."""
+    chars: list[str] = []
+    where: list[int] = []
+    i = 0
+    for m in pattern.finditer(text):
+        chars.append(text[i:m.start()])
+        where += at[i:m.start()]
+        for c, k in decode(m):
+            chars.append(c)
+            where.append(at[m.start() + k])
+        i = m.end()
+    chars.append(text[i:])
+    where += at[i:]
+    return "".join(chars), where
+
+
+def _unescaped_at(text: str) -> tuple[str, list[int]]:
+    """_unescaped(text), and where in the text each of its characters starts (then len(text)): a run found in the
+    decoded text is redacted in the text as its escapes spell it. Slower than _unescaped: only for a text that
+    holds a secret's piece once decoded."""
+    decoded, at = text, list(range(len(text)))
+    if "\\" in decoded:
+        decoded, at = _remapped(decoded, at, _JSON_ESCAPE_RE, lambda m: [(m[2] or chr(int(m[1], 16)), 0)])
+        if any(m[1] and 0xD800 <= int(m[1], 16) <= 0xDFFF for m in _JSON_ESCAPE_RE.finditer(text)):
+            decoded, at = _remapped(decoded, at, _SURROGATE_PAIR_RE, lambda m: [(_pair(m), 0)])
+    if "%" in decoded:
+        decoded, at = _remapped(decoded, at, _PERCENT_RUN_RE, _percent_decoded)
+    return decoded, [*at, len(text)]
 
 
 class Secrets:
     """Matchers for a set of secrets in all their forms: literal ones (as is, URL-encoded, JSON-escaped, inside
-    base64), a run of at least PREFIX_LEN of their first characters, and any mix of \\u- and %-escapes."""
+    base64) and any mix of \\u- and %-escapes; any run of at least MIN_RUN (MIN_RUN_WORDS) characters of one, too."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         secrets = {s for s in secrets if isinstance(s, str) and len(s.strip()) >= MIN_SECRET_LEN}
-        forms: set[str] = set().union(*(literal_forms(s) for s in secrets))
-        self.literal = _alternation(forms)
-        self.forms = sorted(forms, key=len, reverse=True)
-        self.heads = {f[:PREFIX_LEN] for f in forms}
-        # The secret and its base64 forms, any character escaped (base64 holds '/' a JSON encoder may write as \/);
-        # the URL-encoded and JSON-escaped forms are among the secret's disguises already.
-        disguise = sorted(set(secrets).union(*(_base64_forms(s) for s in secrets)), key=len, reverse=True)
-        self.disguised_heads = {f[:PREFIX_LEN] for f in disguise}
-        self.disguised = _Disguised(disguise) if disguise else None
+        self.literal = _Runs(_run_lengths(secrets)) if secrets else None
+        # The secret and its base64 forms, any character escaped (base64 holds '/' a JSON encoder may write as \/):
+        # found in the text with its escapes decoded; the URL-encoded and JSON-escaped forms are among the
+        # secret's disguises already.
+        self.disguised = _Runs(_run_lengths(secrets, literal=False)) if secrets else None
 
     def sub(self, text: str, decoded: str | None = None) -> str:
         """The text without these secrets; `decoded`: the text's _unescaped form, when the caller has it."""
         if self.literal is None:
             return text
-        # The per-character patterns are slow on text full of escapes (any non-ASCII JSON): they run only when the
-        # text, its escapes decoded, does hold the start of a secret.
         if self.disguised is not None and ("\\" in text or "%" in text):
             if decoded is None:
                 decoded = _unescaped(text)
-            if decoded != text and any(h in decoded for h in self.disguised_heads):
-                text = self.disguised.sub(text)
-        # Substring tests first: far cheaper than the alternation when (as almost always) no secret is there.
-        if any(h in text for h in self.heads):
-            text = self.literal.sub(REDACTED, text)
-            for secret in self.forms:  # a form cut short by a field's bound: its first PREFIX_LEN characters and on
-                if secret[:PREFIX_LEN] in text:
-                    text = _redact_prefix_runs(text, secret)
-        return text
+            # Substring tests first (the decoded text holds a piece of a secret), the offsets only then.
+            if decoded != text and self.disguised.present(decoded):
+                decoded, at = _unescaped_at(text)
+                spans = self.disguised.spans(decoded)
+                if spans:
+                    text = _redacted_spans(text, _merged([(at[a], at[e]) for a, e in spans]))
+        # Substring tests first: far cheaper than anything else when (as almost always) no secret is there.
+        present = self.literal.present(text)
+        return _redacted_spans(text, self.literal.spans(text, present)) if present else text
 
 
 @functools.lru_cache(maxsize=256)
@@ -284,22 +364,6 @@ def _patterns() -> tuple[Secrets | None, re.Pattern[str] | None]:
                 _minted_dirty = False
                 _minted_compiled_at = time.monotonic()
     return _fixed_matcher, _minted_re
-
-
-def _redact_prefix_runs(text: str, secret: str) -> str:
-    """Replace each run of text that matches the start of `secret` for at least PREFIX_LEN characters."""
-    head = secret[:PREFIX_LEN]
-    out: list[str] = []
-    i = 0
-    while (at := text.find(head, i)) >= 0:
-        j, k = at + len(head), len(head)
-        while j < len(text) and k < len(secret) and text[j] == secret[k]:
-            j += 1
-            k += 1
-        out += [text[i:at], REDACTED]
-        i = j
-    out.append(text[i:])
-    return "".join(out)
 
 
 def _redact_base64_jwt(m: re.Match[str]) -> str:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import re
 from importlib.resources import files
+from urllib.parse import quote
 
 import jwt
 import pytest
@@ -66,8 +67,61 @@ def test_registered_secret_in_every_form():
 def test_a_secret_cut_short_by_a_size_bound_is_still_redacted():
     redact.register("cp-given-token-7f3a9c2e41b8d605")
     assert scrub("invalid token 'cp-given-token-7f3a…'") == f"invalid token '{REDACTED}…'"
-    assert scrub("cp-given") == REDACTED  # the first PREFIX_LEN characters are enough
+    assert scrub("cp-given") == REDACTED  # MIN_RUN characters are enough
     assert scrub("cp-give") == "cp-give"
+
+
+TOKEN = "sk_live_9fK2qZx7LmP4vR8tWb3NcY6hJd1Q"
+
+
+@pytest.mark.parametrize("echo", [
+    TOKEN[1:],  # its first character cut
+    "********" + TOKEN[8:],  # its first 8 characters masked
+    TOKEN[:7] + "\x01" + TOKEN[7:],  # a character put inside it
+    TOKEN[:7] + "\u200b" + TOKEN[7:],
+    TOKEN[12:20],  # any 8 of its characters, from anywhere in it
+    TOKEN[3:30] + "!" + TOKEN[30:],
+])
+def test_any_run_of_min_run_characters_of_a_secret_is_redacted_wherever_it_starts(echo):
+    redact.register(TOKEN)
+    for shown in (f"bad token {echo} end", json.dumps({"error": "bad token " + echo}),  # a frame: \u0001, \u200b
+                  "bad token " + _u(echo, 2), "x=" + quote(echo, safe="")):
+        text = scrub(shown)
+        assert REDACTED in text, text
+        assert not _runs_of(TOKEN, redact._unescaped(text), redact.MIN_RUN), text
+    assert scrub(TOKEN[12:19]) == TOKEN[12:19]  # 7 characters are not a run
+
+
+def test_a_run_of_a_secret_inside_base64_is_redacted():
+    redact.register(TOKEN)
+    for pre in (b"", b"x", b"xy"):
+        blob = base64.b64encode(pre + TOKEN.encode()).decode()
+        for cut in (blob[6:], blob[6:-9]):  # the first characters cut, both ends cut
+            text = scrub(f"blob {cut} end")
+            assert REDACTED in text and not _runs_of(TOKEN, _decoded_runs(text), redact.MIN_RUN), (pre, cut, text)
+
+
+def test_a_secret_that_reads_as_words_needs_a_longer_run():
+    """A passphrase shares words with everyday text: its runs count from MIN_RUN_WORDS characters, not MIN_RUN."""
+    redact.register("chatprobe-dev-secret")
+    assert scrub("chatprobe run: 3 chats passed") == "chatprobe run: 3 chats passed"
+    assert scrub("the dev-secret scenario") == "the dev-secret scenario"
+    assert scrub("key hatprobe-dev-s!") == f"key {REDACTED}!"  # 12 of its characters
+    assert scrub("key chatprobe-dev-secret") == f"key {REDACTED}"
+    assert scrub("short abcd") == "short abcd"
+
+
+def test_a_secret_repeated_through_a_hostile_frame_costs_linear_work_and_leaves_no_run():
+    secret = "x" + "a" * 26 + "y7Q"
+    redact.register(secret)
+    for text in ("a" * (1 << 20), (secret + " ") * 30_000):
+        out = scrub(text)
+        assert out != text and not _runs_of(secret, out, redact.MIN_RUN)
+
+
+def _runs_of(secret: str, text: str, n: int) -> list[str]:
+    """The runs of n characters of the secret that the text holds."""
+    return [secret[i:i + n] for i in range(len(secret) - n + 1) if secret[i:i + n] in text]
 
 
 def test_any_jwt_is_redacted_minted_or_not():
