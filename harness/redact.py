@@ -23,7 +23,14 @@ MAX_MINTED = 1024
 
 _lock = threading.Lock()
 _fixed: set[str] = set()  # the token given, the JWT secret: searched in every string
-_minted: OrderedDict[str, None] = OrderedDict()  # minted JWTs: searched only in strings holding "eyJ"
+_minted: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # minted JWT -> its forms: searched in strings holding "eyJ"
+# The signature of each minted JWT (its third part) on its own, in every string: a server that echoes a token's
+# payload without its "eyJ" and its signature apart gives the token away (its HS256 header is standard). Indexed by
+# each of its pieces of _SIG_PIECE characters (kept with the registry, not compiled: a new token's signature is
+# searched for at once), so a string is looked up once every _SIG_PIECE characters: any 2 * _SIG_PIECE - 1
+# characters hold a piece that starts at such a multiple. re would try 1024 alternatives at every character.
+_SIG_PIECE = 22
+_minted_sigs: dict[str, tuple[str, int]] = {}  # piece -> (signature, where the piece is in it)
 _fixed_matcher: Secrets | None = None
 _minted_re: re.Pattern[str] | None = None
 _dirty = False  # a fixed secret came: recompile before the next scrub
@@ -322,15 +329,44 @@ def register(secret: str | None, *, minted: bool = False) -> None:
     with _lock:
         if minted:
             # Minted tokens are JWTs: their disguised forms are caught by the JWT shape rules.
-            for f in (secret, quote(secret, safe=""), json.dumps(secret)[1:-1]):
-                _minted[f] = None
-                _minted.move_to_end(f)
+            if secret not in _minted:
+                _index_signature(secret, add=True)
+            _minted[secret] = (secret, quote(secret, safe=""), json.dumps(secret)[1:-1])
+            _minted.move_to_end(secret)
             while len(_minted) > MAX_MINTED:
-                _minted.popitem(last=False)
+                _index_signature(_minted.popitem(last=False)[0], add=False)
             _minted_dirty = True
         elif secret not in _fixed:
             _fixed.add(secret)
             _dirty = True
+
+
+def _signature(token: str) -> str | None:
+    """A JWT's signature, when it is long enough to be found by its pieces (HS256's 43 characters, or more)."""
+    parts = token.split(".")
+    return parts[2] if len(parts) == 3 and len(parts[2]) >= 2 * _SIG_PIECE - 1 else None
+
+
+def _index_signature(token: str, *, add: bool) -> None:
+    if (sig := _signature(token)) is None:
+        return
+    for i in range(len(sig) - _SIG_PIECE + 1):
+        if add:
+            _minted_sigs[sig[i:i + _SIG_PIECE]] = (sig, i)
+        elif _minted_sigs.get(sig[i:i + _SIG_PIECE], ("", 0))[0] == sig:
+            del _minted_sigs[sig[i:i + _SIG_PIECE]]
+
+
+def _redact_signatures(text: str) -> str:
+    """The text without the signature of any minted JWT the registry holds."""
+    spans = []
+    for i in range(0, len(text) - _SIG_PIECE + 1, _SIG_PIECE):
+        if (hit := _minted_sigs.get(text[i:i + _SIG_PIECE])) is not None:
+            sig, at = hit
+            start = i - at
+            if start >= 0 and text.startswith(sig, start):
+                spans.append((start, start + len(sig)))
+    return _redacted_spans(text, _merged(spans)) if spans else text
 
 
 def forget_all() -> None:
@@ -339,10 +375,11 @@ def forget_all() -> None:
     with _lock:
         _fixed.clear()
         _minted.clear()
+        _minted_sigs.clear()
         _dirty = _minted_dirty = True
 
 
-def _alternation(items: set[str] | OrderedDict[str, None]) -> re.Pattern[str] | None:
+def _alternation(items: set[str]) -> re.Pattern[str] | None:
     if not items:
         return None
     # Longest first, so a secret that contains another is replaced whole.
@@ -360,7 +397,7 @@ def _patterns() -> tuple[Secrets | None, re.Pattern[str] | None]:
                 _fixed_matcher = Secrets(_fixed) if _fixed else None
                 _dirty = False
             if _minted_dirty:
-                _minted_re = _alternation(_minted)
+                _minted_re = _alternation({form for forms in _minted.values() for form in forms})
                 _minted_dirty = False
                 _minted_compiled_at = time.monotonic()
     return _fixed_matcher, _minted_re
@@ -448,6 +485,8 @@ def scrub(text: str) -> str:
         if disguised_jwt:  # the whole disguised token first: the plain rule would cut it at its first plain "eyJ"
             text = _JWT_DISGUISED_RE.sub(REDACTED, text)
         text = _JWT_RE.sub(REDACTED, text)
+    if _minted_sigs and len(text) >= 2 * _SIG_PIECE - 1:
+        text = _redact_signatures(text)
     if "ZXlK" in text or "V5S" in text or "leU" in text:
         text = _B64_RUN_RE.sub(_redact_base64_jwt, text)
     if "://" in text:

@@ -139,6 +139,34 @@ def test_minted_tokens_are_remembered_within_a_bound():
     assert f"minted-token-{redact.MAX_MINTED + 49:06d}" in redact._minted
 
 
+def test_the_signature_of_a_minted_jwt_is_redacted_on_its_own():
+    """A server echoing a minted token's payload without its "eyJ" and its signature apart gives the whole token
+    away (the HS256 header is standard): the signature is redacted wherever it stands, at once (no recompile)."""
+    tokens = [jwt.encode({"sub": f"vu-{i}", "iat": 1767225600}, "chatprobe-dev-secret-0123456789abcdef",
+                         algorithm="HS256") for i in range(3)]
+    for token in tokens:
+        redact.register(token, minted=True)
+    for token in tokens:
+        _, payload, sig = token.split(".")
+        for shown in (f"JWTTAIL:{payload[3:]}.{sig}", f"sig={sig}", f"x{sig}y", f'{{"s": "{sig}"}}', sig):
+            text = scrub(shown)
+            assert sig not in text and REDACTED in text, text
+        assert scrub(f"tail {payload[3:]}") == f"tail {payload[3:]}"  # the payload alone is no credential
+        assert scrub(sig[:-1]) == sig[:-1]  # the whole signature, as a literal
+    other = jwt.encode({"sub": "x"}, "another-secret-0123456789abcdef0123", algorithm="HS256").split(".")[2]
+    assert scrub(f"sig={other}") == f"sig={other}"
+
+
+def test_minted_signatures_are_forgotten_with_their_token():
+    tokens = [jwt.encode({"sub": f"vu-{i}"}, "chatprobe-dev-secret-0123456789abcdef", algorithm="HS256")
+              for i in range(redact.MAX_MINTED + 5)]
+    for token in tokens:
+        redact.register(token, minted=True)
+    first, last = tokens[0].split(".")[2], tokens[-1].split(".")[2]
+    assert scrub(last) == REDACTED and scrub(first) == first  # the oldest went first, its pieces with it
+    assert len(redact._minted_sigs) <= redact.MAX_MINTED * (43 - redact._SIG_PIECE + 1)
+
+
 def test_short_or_empty_secrets_are_not_registered():
     for s in (None, "", "   ", "abc"):
         redact.register(s)
