@@ -489,9 +489,9 @@ def _main(argv: list[str] | None) -> int:
             return _check(args, console)
         return _event_loop_run()(_run_interruptible(args, console))
     except ConfigError as exc:
-        from .redact import printable, scrub
+        from .redact import clean
 
-        print(f"chatprobe: error: {printable(scrub(str(exc)))}", file=sys.stderr)
+        print(f"chatprobe: error: {clean(str(exc))}", file=sys.stderr)
         return int(ExitCode.USAGE)
     except KeyboardInterrupt:  # before the signal handlers were installed
         print("chatprobe: interrupted", file=sys.stderr)

@@ -93,12 +93,25 @@ _SENSITIVE_PARAM = re.compile(r"(?i)token|key|secret|pass|pwd|sig|auth|jwt|sessi
 _OPAQUE_VALUE = re.compile(r"[A-Za-z0-9._~+/=%-]{12,}")
 _MIXES = (re.compile("[a-z]"), re.compile("[A-Z]"), re.compile("[0-9]"))
 
+# Unicode format characters (category Cf) that show nothing: zero-width spaces and joiners, the soft hyphen, the word
+# joiner and invisible operators, the deprecated format controls, the BOM (a zero-width no-break space), the
+# Egyptian, shorthand and musical format controls, and the tag characters (which spell hidden text: "IGNORE
+# PREVIOUS INSTRUCTIONS" for whatever reads a report). clean() drops them before redacting, so a token with one
+# after each character is a token again; printable() escapes any it is given.
+_INVISIBLE = (
+    "\u00ad\u180e\u200b-\u200d\u2060-\u2064\u206a-\u206f\ufeff"
+    "\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
+)
+_INVISIBLE_RE = re.compile(f"[{_INVISIBLE}]+")
 # Characters a terminal or an XML 1.0 parser must never get raw: C0/C1 controls and DEL (escape sequences,
-# NUL), bidi overrides and isolates (text that reads other than it is), line/paragraph separators, the BOM, lone
-# surrogates (not encodable, forbidden in XML) and U+FFFE/U+FFFF (forbidden in XML).
+# NUL), bidi overrides and isolates (text that reads other than it is), line/paragraph separators, lone
+# surrogates (not encodable, forbidden in XML), U+FFFE/U+FFFF (forbidden in XML), the invisible format characters
+# above and the other format characters (interlinear annotation, the Arabic, Syriac and Kaithi number signs that
+# merge with the digits after them): every character of category Cf is here (tests walk them all).
 _UNSAFE_RE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff\ufff9-\ufffb"
-    "\ud800-\udfff\ufffe\uffff]"
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufff9-\ufffb"
+    "\ud800-\udfff\ufffe\uffff\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\U000110bd\U000110cd"
+    f"{_INVISIBLE}]"
 )
 
 
@@ -508,7 +521,7 @@ def scrub(text: str) -> str:
 
 def _escape_char(m: re.Match[str]) -> str:
     c = ord(m.group(0))
-    return f"\\x{c:02x}" if c <= 0xFF else f"\\u{c:04x}"
+    return f"\\x{c:02x}" if c <= 0xFF else f"\\u{c:04x}" if c <= 0xFFFF else f"\\U{c:08x}"
 
 
 def printable(text: str) -> str:
@@ -520,8 +533,13 @@ def printable(text: str) -> str:
 
 
 def clean(value: object, limit: int | None = None) -> str:
-    """A value from the server (or anywhere) made fit to show: scrubbed, printable, at most `limit` characters."""
-    text = printable(scrub(value if isinstance(value, str) else str(value)))
+    """A value from the server (or anywhere) made fit to show: invisible format characters dropped, scrubbed,
+    printable, at most `limit` characters. (scrub() itself drops nothing: the recorder scrubs a frame's raw text,
+    where a character dropped could make an invalid frame valid.)"""
+    text = value if isinstance(value, str) else str(value)
+    if not text.isprintable():  # no format character is printable: the common case costs one C scan
+        text = _INVISIBLE_RE.sub("", text)
+    text = printable(scrub(text))
     if limit is not None and len(text) > limit:
         text = f"{text[:limit]}…(+{len(text) - limit} chars)"
     return text
