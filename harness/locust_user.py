@@ -233,7 +233,7 @@ def _load_or_exit(run: _Run) -> None:
     try:
         run.load()
     except ConfigError as exc:
-        print(f"chatprobe: error: {exc}", file=sys.stderr, flush=True)
+        print(f"chatprobe: error: {redact.clean(exc)}", file=sys.stderr, flush=True)
         sys.exit(int(ExitCode.USAGE))
 
 

@@ -22,6 +22,8 @@ from waitress.channel import HTTPChannel
 from waitress.server import create_server
 from waitress.task import ErrorTask
 
+from harness import redact
+
 from . import probes_page
 
 log = logging.getLogger("chatprobe.monitor")
@@ -192,7 +194,9 @@ def make_app(monitor: ProbeRunner, loop: asyncio.AbstractEventLoop, grace: float
                 return []
             return body
         except Exception as exc:
-            log.error("HTTP %s: %s: %s", environ.get("PATH_INFO", "?")[:64], type(exc).__name__, exc)
+            # the path is the client's, the exception may quote it: both cleaned
+            log.error("HTTP %s: %s: %s", redact.clean(environ.get("PATH_INFO", "?"), 64), type(exc).__name__,
+                      redact.clean(exc, 1000))
             return text(start_response, "500 Internal Server Error", "internal error", (), sys.exc_info())
 
     return app

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, NoReturn
 from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from harness import redact
 from harness.durations import Seconds, parse_duration
 from harness.events import Outcome
 from harness.profiles import load_profile
@@ -269,7 +270,7 @@ class Monitor:
         except TimeoutError:
             log.warning("%s / %s: the probe did not wind down within its deadline of %gs", *probe.key, timeout)
         except Exception as exc:  # a bug in one probe must not stop the monitor, which would go blind
-            log.error("%s / %s: the probe failed: %s: %s", *probe.key, type(exc).__name__, exc)
+            log.error("%s / %s: the probe failed: %s: %s", *probe.key, type(exc).__name__, redact.clean(exc, 1000))
         return None
 
     async def _timed(self, probe: Probe, sink: MetricsSink,
@@ -297,7 +298,7 @@ class Monitor:
             return
         if self._state.get(probe.key) != state:
             self._state[probe.key] = state
-            log.info("%s / %s: %s", *probe.key, state if run is None else describe(run))
+            log.info("%s / %s: %s", *probe.key, redact.clean(state if run is None else describe(run), 1000))
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -458,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(_main(args))
     except ConfigError as exc:
-        print(f"chatprobe monitor: error: {exc}", file=sys.stderr)
+        print(f"chatprobe monitor: error: {redact.clean(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # a signal before the handlers were installed
         return EXIT_OK

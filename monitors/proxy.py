@@ -673,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as exc:
                 raise ConfigError(f"--record {args.record}: {exc.strerror or exc}") from None
     except ConfigError as exc:
-        print(f"chatprobe proxy: error: {exc}", file=sys.stderr)
+        print(f"chatprobe proxy: error: {redact.clean(exc)}", file=sys.stderr)
         return EXIT_USAGE
     exp = expectations_for(profile, Expect(streaming=args.streaming, first_event_limit=limits["first_event_limit"],
                                            deadline=limits["deadline"], stall_limit=limits["stall_limit"]))
@@ -683,8 +683,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             start_http_server(mport, addr=mhost)
         except OSError as exc:
-            print(f"chatprobe proxy: error: cannot listen on {args.metrics_listen} (--metrics-listen): "
-                  f"{exc.strerror or exc}", file=sys.stderr)
+            print(f"chatprobe proxy: error: cannot listen on {redact.clean(args.metrics_listen)} (--metrics-listen): "
+                  f"{redact.clean(exc.strerror or exc)}", file=sys.stderr)
             return 1
         print(f"chatprobe proxy metrics on http://{mhost}:{mport}/metrics", flush=True)
 
@@ -703,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(run())
     except OSError as exc:
-        print(f"chatprobe proxy: error: cannot listen on {args.listen} (--listen): {exc.strerror or exc}",
+        print(f"chatprobe proxy: error: cannot listen on {redact.clean(args.listen)} (--listen): "
+              f"{redact.clean(exc.strerror or exc)}",
               file=sys.stderr)
         return 1
     return EXIT_OK

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, push_to_gateway, pushadd_to_gateway
 
+from harness.redact import clean
 from harness.sinks import Sink
 
 from .metrics import PREFIX, ChatMetrics, MetricsSink
@@ -97,9 +98,10 @@ class PushSink(Sink):
                 pushadd_to_gateway(url, job=job, registry=_Without(self.registry, {LAST_SUCCESS}),
                                    grouping_key=self.grouping_key(), timeout=timeout, **kwargs)
         except Exception as exc:  # URLError, HTTPError, OSError, ValueError: the run's verdict must stand
+            # The reason phrase is the gateway's own text (anything, escape sequences included): cleaned.
             reason = getattr(exc, "reason", None) or exc
-            print(f"chatprobe: warning: could not push scenario {self.scenario!r} to the Pushgateway at "
-                  f"{_redacted(url)}: {reason} (the run's verdict and exit code are unchanged)",
+            print(f"chatprobe: warning: could not push scenario {clean(repr(self.scenario))} to the Pushgateway at "
+                  f"{clean(_redacted(url))}: {clean(reason, 300)} (the run's verdict and exit code are unchanged)",
                   file=self._stderr or sys.stderr)
             return False
         return True

@@ -2,8 +2,11 @@
 and PushSink's grouping and last-success handling."""
 from __future__ import annotations
 
+import io
 import os
+import re
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -216,6 +219,56 @@ def test_push_sink_groups_and_keeps_last_success_on_failure():
     assert method == "POST"
     assert "chatprobe_last_success_timestamp_seconds" not in body
     assert "chatprobe_last_run_timestamp_seconds{" in body
+
+
+EVIL_STATUS = b"HTTP/1.1 500 \x1b]0;PWNED-TITLE\x07\x1b[2J\x1b[1;1HAll objectives met\x1b]8;;http://evil.example/\x07click\r\n"
+
+
+def _one_response_server(status_line: bytes) -> tuple[int, threading.Thread]:
+    """A raw HTTP server on 127.0.0.1 answering one request (read whole) with the status line given."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(30)
+
+    def serve() -> None:
+        with listener, listener.accept()[0] as conn:
+            conn.settimeout(30)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length:\s*(\d+)", head)[1]) if b"ength" in head else 0
+            while len(body) < length:
+                body += conn.recv(65536)
+            conn.sendall(status_line + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread
+
+
+def test_a_pushgateway_s_reason_phrase_cannot_drive_the_terminal():
+    """The gateway's reason phrase is its own text: its escape sequences are shown escaped, never sent raw."""
+    port, server = _one_response_server(EVIL_STATUS)
+    err = io.StringIO()
+    sink = PushSink("t:1", "basic", stderr=err)
+    sink.run_finished(True)
+    assert sink.push(f"http://127.0.0.1:{port}", "ci", timeout=30) is False
+    server.join(30)
+    line = err.getvalue()
+    assert "could not push" in line and "PWNED-TITLE" in line, line
+    assert "\x1b" not in line and "\x07" not in line and line.count("\n") == 1, repr(line)
+    assert "\\x1b]0;PWNED-TITLE\\x07" in line
+
+
+def test_usage_errors_show_escape_sequences_escaped(capsys):
+    """A ConfigError quotes what it was given (a path, a URL): the monitor's and the proxy's error lines clean it."""
+    from monitors.proxy import main as proxy_main
+
+    assert main(["--config", "/nonexistent/evil\x1b[2J\u200b.yaml"]) == 2
+    assert proxy_main(["--upstream", "ws://127.0.0.1:1/ws", "--record", "/proc/evil\x1b]0;x\x07"]) == 2
+    err = capsys.readouterr().err
+    assert "evil\\x1b[2J.yaml" in err and "evil\\x1b]0;x\\x07" in err, err
+    assert "\x1b" not in err and "\x07" not in err and "\u200b" not in err
 
 
 def test_push_failure_is_one_line_and_no_raise(capsys):
