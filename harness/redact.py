@@ -284,9 +284,10 @@ def _remapped(text: str, at: list[int], pattern: re.Pattern[str],
 
 
 def _unescaped_at(text: str) -> tuple[str, list[int]]:
-    """_unescaped(text), and where in the text each of its characters starts (then len(text)): a run found in the
-    decoded text is redacted in the text as its escapes spell it. Slower than _unescaped: only for a text that
-    holds a secret's piece once decoded."""
+    """_unescaped(text) without invisible format characters, and where in the text each of its characters starts
+    (then len(text)): a run found in the decoded text is redacted in the text as its escapes spell it (a secret
+    with a zero-width space after each character too: the span redacted holds them, nothing else is dropped).
+    Slower than _unescaped: only for a text that holds a secret's piece once decoded."""
     decoded, at = text, list(range(len(text)))
     if "\\" in decoded:
         decoded, at = _remapped(decoded, at, _JSON_ESCAPE_RE, lambda m: [(m[2] or chr(int(m[1], 16)), 0)])
@@ -294,6 +295,8 @@ def _unescaped_at(text: str) -> tuple[str, list[int]]:
             decoded, at = _remapped(decoded, at, _SURROGATE_PAIR_RE, lambda m: [(_pair(m), 0)])
     if "%" in decoded:
         decoded, at = _remapped(decoded, at, _PERCENT_RUN_RE, _percent_decoded)
+    if not decoded.isprintable():
+        decoded, at = _remapped(decoded, at, _INVISIBLE_RE, lambda m: [])
     return decoded, [*at, len(text)]
 
 
@@ -313,9 +316,11 @@ class Secrets:
         """The text without these secrets; `decoded`: the text's _unescaped form, when the caller has it."""
         if self.literal is None:
             return text
-        if self.disguised is not None and ("\\" in text or "%" in text):
+        if self.disguised is not None and ("\\" in text or "%" in text or not text.isprintable()):
             if decoded is None:
                 decoded = _unescaped(text)
+            if not decoded.isprintable():  # raw or escaped, an invisible format character splits no secret
+                decoded = _INVISIBLE_RE.sub("", decoded)
             # Substring tests first (the decoded text holds a piece of a secret), the offsets only then.
             if decoded != text and self.disguised.present(decoded):
                 decoded, at = _unescaped_at(text)

@@ -200,6 +200,12 @@ def test_a_token_with_invisible_characters_inside_is_redacted_when_shown():
         assert clean(f"echo {sep.join(TOKEN)} end") == f"echo {REDACTED} end", sep
     # scrub() itself drops nothing: a recorded frame keeps its bytes (dropping one can make a bad frame good)
     assert scrub("a\u200bb") == "a\u200bb"
+    assert scrub("\ufeff{\"a\": \"x\u200by\"}") == "\ufeff{\"a\": \"x\u200by\"}"
+    # but a secret split by them is found all the same, in a frame raw or JSON-escaped: the span redacted holds them
+    for ensure_ascii in (True, False):
+        frame = json.dumps({"echo": "\u200b".join(TOKEN), "n": 1}, ensure_ascii=ensure_ascii)
+        text = scrub(frame)
+        assert json.loads(text) == {"echo": REDACTED, "n": 1}, text
 
 
 def test_clean_bounds_length_after_redacting():
