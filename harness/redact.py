@@ -18,7 +18,8 @@ REDACTED = "[REDACTED]"
 # A secret this short would turn every report into noise (each "abc" replaced); it is not a real credential.
 MIN_SECRET_LEN = 4
 # Tokens minted per virtual user are remembered up to this many (the newest); older ones are still caught by
-# their JWT shape, so a long monitor run does not grow the registry without bound.
+# their JWT shape (but an older one's signature alone no more), so a long monitor run does not grow the registry
+# without bound.
 MAX_MINTED = 1024
 
 _lock = threading.Lock()
