@@ -12,7 +12,17 @@ from hypothesis import strategies as st
 
 from harness.events import Event, Frame, FrameKind, Role, kept_bytes
 from harness.eventstream import StreamProblem
-from harness.profiles import MAX_ID_BYTES, MAX_TIME_BYTES, Decoder, Profile, _id, _id_or_wide, _split_names, _WideInt
+from harness.profiles import (
+    MAX_ID_BYTES,
+    MAX_NAME_PARTS,
+    MAX_TIME_BYTES,
+    Decoder,
+    Profile,
+    _id,
+    _id_or_wide,
+    _split_names,
+    _WideInt,
+)
 
 from .test_decode_pinned import FRAMES as PINNED_FRAMES
 from .test_decode_pinned import profiles
@@ -243,9 +253,9 @@ def test_profile_strings_are_data_never_code() -> None:
 
 
 def test_deep_paths_compile_flat() -> None:
-    """A profile's dotted field and container paths of any depth compile (Python's source allows ~100 indents) and
-    find what the reference finds."""
-    deep = [f"k{i}" for i in range(150)]
+    """A profile's dotted field and container paths as deep as a name may be (MAX_NAME_PARTS) compile and find what
+    the reference finds."""
+    deep = [f"k{i}" for i in range(MAX_NAME_PARTS - 1)]
     profile = Profile.model_validate({
         "name": "deep", "request": {"type": "go"}, "lookup": ["", ".".join(deep)],
         "fields": {"type": ["type"], "run_id": ["rid", ".".join(deep + ["run"])]},
