@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import os
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -518,7 +519,7 @@ def check_files(paths: Iterable[str | Path], profile: Profile, scenario: Scenari
         raise RecordingError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     for p in paths:
         if not (Path(p).is_file() or Path(p).is_dir()):
-            raise RecordingError(f"{p}: no such recording file")
+            raise RecordingError(_not_a_recording(p))
         if Path(p).is_dir():
             _recording_files(Path(p))
     runs: list[ScenarioRun] = []
@@ -541,8 +542,15 @@ def check_recording(path: str | Path, profile: str | Profile = "netra", scenario
     if fmt is not None and fmt not in FORMATS:
         raise RecordingError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if not (Path(path).is_file() or Path(path).is_dir()):
-        raise RecordingError(f"{path}: no such recording file")
+        raise RecordingError(_not_a_recording(path))
     return check_file(path, prof, sc, fmt)
+
+
+def _not_a_recording(path: str | Path) -> str:
+    """Why a path is no recording: missing, or there but neither a file nor a directory (a device, a pipe)."""
+    if os.path.lexists(path):
+        return f"{path}: not a regular file or a directory (a device, a pipe or a socket): save the recording to a file"
+    return f"{path}: no such recording file"
 
 
 def assert_passed(run: ScenarioRun, worst: int = 10) -> ScenarioRun:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationInfo, field_validator
 
 from .catalog import PROFILES_DIR
 from .events import DEFAULT_REQUIRED, EVENT_OVERHEAD, Event, Frame, FrameKind, Role, SessionError
@@ -94,7 +94,9 @@ class Fields(BaseModel):
 
     @field_validator("*")
     @classmethod
-    def _bounded(cls, v: Any) -> Any:
+    def _bounded(cls, v: Any, info: ValidationInfo) -> Any:
+        if info.field_name == "type" and not v:  # every frame is told by its type: no name, no event ever
+            raise ValueError("at least one name for the frame's type")
         if isinstance(v, dict):
             if len(v) > MAX_NAMES:
                 raise ValueError(f"at most {MAX_NAMES} extra fields")
@@ -203,6 +205,8 @@ class Profile(BaseModel):
         for role, matches in roles.items():
             for m in matches:
                 t = m if isinstance(m, str) else m.type
+                if not t.strip():  # no frame has an empty type: the role could never be seen
+                    raise ValueError(f"{role.value}: an empty wire type")
                 cond = "always" if isinstance(m, str) else m.when
                 if (t, cond) in seen:
                     raise ValueError(f"wire type {t!r} is mapped to both {seen[(t, cond)]} and {role.value}")

@@ -49,6 +49,7 @@ DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 DEFAULT_MAX_TEXT = 64 * 1024 * 1024
 # HAR nesting deeper than this is refused (real HAR files nest about 6 deep; a bracket bomb must cost nothing).
 MAX_HAR_DEPTH = 64
+MAX_LEADING_SPACE = 1 << 20  # blank bytes read before a recording's first record, to tell its format
 MAX_HAR_TOKEN = 4096  # bytes of one number or literal (true, false, null) in a HAR
 # Bytes of one object key in a HAR (field and header names: a few dozen). ijson's prefix of a value joins every key
 # above it, made anew for each event: 16 nested keys of 15 MB each had taken 2.6 GB.
@@ -131,8 +132,17 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
         # instead of hanging the command (a regular file reads as ever).
         with os.fdopen(os.open(p, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             head = f.read(4096) or b""
+            if head.startswith(b"\xef\xbb\xbf"):  # a BOM (Windows tools write one): no format's content
+                head = head[3:]
+            # Leading blank space (bounded): the format is told from the first bytes that are not.
+            while head and not head.strip() and len(head) < MAX_LEADING_SPACE:
+                more = f.read(CHUNK)
+                if not more:
+                    break
+                head += more
             if not head.strip():
-                raise RecordingError(f"{p}: the recording is empty")
+                raise RecordingError(f"{p}: the recording is empty" if len(head) < MAX_LEADING_SPACE else
+                                     f"{p}: more than {MAX_LEADING_SPACE >> 20} MiB of blank space before anything")
             kind = fmt or detect_format(head)
             stream = io.BufferedReader(_Prefixed(head, f), CHUNK)
             if kind == "jsonl":

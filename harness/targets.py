@@ -253,7 +253,8 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
                                    "header")
     if opts.ca_file:
         if not Path(opts.ca_file).is_file():
-            raise option_error("ca_file", f"{opts.ca_file}: no such file")
+            raise option_error("ca_file", f"{opts.ca_file}: " + ("not a regular file" if os.path.lexists(opts.ca_file)
+                                                                  else "no such file"))
         try:
             ssl.create_default_context(cafile=opts.ca_file)
         except (ssl.SSLError, OSError, ValueError) as exc:

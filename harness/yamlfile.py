@@ -206,6 +206,14 @@ def _read_bounded(fd: int, most: int, deadline: float | None) -> bytes:
     return b"".join(chunks)
 
 
+def _reader_problem(exc: Exception) -> str:
+    """PyYAML's reader error (a character YAML forbids) in one line: the character as U+XXXX and the reason."""
+    c = getattr(exc, "character", None)
+    code = c if isinstance(c, int) else ord(c) if isinstance(c, str) and len(c) == 1 else None
+    shown = f"U+{code:04X}" if code is not None else "a character"
+    return f"{shown} is not allowed in YAML ({getattr(exc, 'reason', '') or 'a control character'})"
+
+
 def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
     path = str(path)
     if text is None:
@@ -214,8 +222,10 @@ def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
         node, data = _compose_checked(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else path
-        problem = getattr(exc, "problem", None) or str(exc)
+        position = getattr(exc, "position", None)  # a reader error (a forbidden character) has only an offset
+        where = (f"{path}:{mark.line + 1}" if mark else
+                 f"{path}:{text.count(chr(10), 0, position) + 1}" if isinstance(position, int) else path)
+        problem = getattr(exc, "problem", None) or (_reader_problem(exc) if isinstance(position, int) else str(exc))
         if "maximum nesting depth" in problem:  # libyaml's own limit, met while it reads ahead of our check
             raise ConfigError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels) to be a configuration") from None
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None

@@ -122,3 +122,33 @@ def test_a_token_with_a_line_break_never_reaches_the_handshake(tmp_path):
         listener.close()
         thread.join(15)
     assert not seen  # refused before any connection
+
+
+@pytest.mark.parametrize("old, new, field", [
+    ("fields:\n", "fields:\n  type: []\n", "fields.type"),
+    ("  agent_started: [agent_started]", "  agent_started: [agent_started, '']", "roles"),
+])
+def test_a_profile_that_could_never_see_an_event_is_refused(tmp_path, old, new, field):
+    profile = tmp_path / "p.yaml"
+    text = NETRA.read_text()
+    assert old in text
+    profile.write_text(text.replace(old, new, 1))
+    one_error(run_cli("run", "basic", "--profile", str(profile), "--target", "ws://127.0.0.1:9/ws"), f"field '{field}")
+
+
+def test_a_forbidden_character_in_yaml_is_named_with_its_line(tmp_path):
+    scenario = tmp_path / "nul.yaml"
+    scenario.write_text("name: x\nusers: 1\nmessage: \"a\x00b\"\n")
+    one_error(run_cli("run", str(scenario)), f"{scenario}:3", "U+0000")
+
+
+def test_a_path_that_is_there_but_no_file_is_not_called_missing(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    err = one_error(run_cli("check", str(fifo)), "not a regular file")
+    assert "no such" not in err
+    err = one_error(run_cli("run", "basic", "--target", "wss://127.0.0.1:9/ws", "--ca-file", "/dev/null"),
+                    "--ca-file", "not a regular file")
+    assert "no such" not in err

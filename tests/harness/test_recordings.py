@@ -811,3 +811,22 @@ def test_a_dropped_record_judges_only_its_connections_open_chats_as_they_stood(t
     assert by_run["r1"].outcome is Outcome.INCOMPLETE and by_run["r1"].violations == []
     assert "the recording dropped frames of this connection here (r.jsonl:5)" in by_run["r1"].note
     assert run.stats.chats == 2 and len(run.warnings) == 1 and "1 chat(s) open there" in run.warnings[0]
+
+
+@pytest.mark.parametrize("prefix", [b"\xef\xbb\xbf", b"\n" * 5000, b"\xef\xbb\xbf" + b" \r\n" * 3000])
+def test_a_bom_or_blank_lines_before_the_first_record_change_no_format(tmp_path, prefix):
+    """A HAR saved with a BOM was "not a HAR file"; any recording whose first 4 KiB were blank was "empty"."""
+    har = tmp_path / "page.har"
+    har.write_bytes(prefix + json.dumps(chromium_har([ws_entry(socket("ra", "ta", 1764637200.0))])).encode())
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_bytes(prefix + write_jsonl(tmp_path / "plain.jsonl", [send(1.0), *netra_run("r1", 1.0)]).read_bytes())
+    for path in (har, jsonl):
+        [run] = check_files([path], NETRA, SC)
+        assert [r.outcome for r in run.results] == [Outcome.PASSED], (path.name, verdicts(run))
+
+
+def test_only_blank_space_is_an_empty_recording(tmp_path):
+    blank = tmp_path / "blank.jsonl"
+    blank.write_bytes(b"\n \t\r\n" * 10_000)
+    with pytest.raises(RecordingError, match="empty"):
+        list(read_recording(blank))
