@@ -195,8 +195,8 @@ class Wake:
 class Session(VirtualUser):
     """One virtual user: a connection that carries chats (several at once if asked) and survives drops."""
 
-    __slots__ = ("transport", "reader", "generation", "closed", "_wake_id", "_wake_one", "_wakes", "_welcomed",
-                 "_opening", "_pending_sends",
+    __slots__ = ("transport", "reader", "generation", "closed", "closed_by_client", "_wake_id", "_wake_one", "_wakes",
+                 "_welcomed", "_opening", "_pending_sends",
                  "_send_failure", "_settling", "_all_settled", "_sends_now", "_listening", "_ending")
 
     def __init__(self, target: Target, user_id: str, scenario: str, sink: Sink, *, connect_timeout: float = 10.0,
@@ -207,6 +207,7 @@ class Session(VirtualUser):
         self.reader: asyncio.Task | None = None
         self.generation = 0
         self.closed = True
+        self.closed_by_client = False  # this client closed or dropped the connection on purpose (until the next)
         # What each chat in flight waits on, by its wake id: the first in two slots (a connection mostly carries one
         # chat at a time: no dict, ~250 bytes per open chat), others in a dict, each newer than the one in the slots.
         self._wake_id: str | None = None
@@ -248,6 +249,7 @@ class Session(VirtualUser):
             raise
         self.transport = transport
         self.closed = False
+        self.closed_by_client = False
         self.generation += 1
         # Looked up on the class: a wrapper that forwards attributes (RecordingTransport) must not be bypassed.
         kind = type(transport)
@@ -454,6 +456,7 @@ class Session(VirtualUser):
             await self._close()
 
     async def _close(self) -> None:
+        self.closed_by_client = True
         if self.transport is not None and not self.closed:
             await self.transport.close()
         await self._join_reader(3, cancel=True)
@@ -578,9 +581,11 @@ class Session(VirtualUser):
                 elif isinstance(action, Reconnect):
                     flow.reconnected(await self._reconnect(action.generation))
                 elif isinstance(action, Drop):
+                    self.closed_by_client = True  # until the next connect (a resume's)
                     await self._drop_on_purpose()
                 elif isinstance(action, Close):
                     if self.transport is not None:
+                        self.closed_by_client = True
                         await self.transport.close()
                 else:
                     if own_stream:

@@ -241,6 +241,12 @@ class Link(Protocol):
         server must keep open after an error (R13)."""
         ...
 
+    @property
+    def closed_by_client(self) -> bool:
+        """Whether this client closed or dropped the connection on purpose (a chat's abandon_after or
+        disconnect_after, the session's end): not the server failing to keep it open (R13)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ChatOptions:
@@ -342,7 +348,7 @@ class ChatFlow:
         if state == SETTLING:
             verdict_at = verdict_due(self.tracker, self.options.settle)  # later when a further run started
             if link.closed or now >= verdict_at:
-                if link.closed and not link.stream_per_chat:
+                if link.closed and not link.stream_per_chat and not link.closed_by_client:
                     # The server closed the connection within the window: after an expected error (or an invalid
                     # message's answer) it had to stay open (R13).
                     self.tracker.connection_lost(now)
@@ -391,7 +397,7 @@ class ChatFlow:
             if tracker.done and not link.closed:
                 return self._end(now, link)  # answered: listen out the settle window, the connection must stay open
             if tracker.done or link.closed or now >= self._until:
-                if link.closed:
+                if link.closed and not link.closed_by_client:
                     tracker.connection_lost(now)
                 return self._finish(tracker.finish(now))
             return self._wait
@@ -412,7 +418,8 @@ class ChatFlow:
                 return DROP
         if link.closed or self.generation != link.generation:
             self._judge_resume()
-            tracker.connection_lost(now)
+            if not link.closed_by_client:
+                tracker.connection_lost(now)
             can_resume = resume_frame(self.router.profile, tracker) is not None
             if not (options.reconnect and can_resume and self.reconnects < options.max_reconnects):
                 self.lost_note = lost_note_for(link.ended_note, can_resume)

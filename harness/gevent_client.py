@@ -240,6 +240,7 @@ class SyncSession(VirtualUser):
         self._connect_lock = threading.Lock()
         self.ended_note = ""  # a WebSocket connection ends with a close code, never a note
         self.stream_per_chat = False  # one WebSocket connection carries every chat of the session
+        self.closed_by_client = False  # this client closed or dropped the connection on purpose (until the next)
         # Chats listening out their settle window while the session's next chats play (ChatOptions.overlap_settle),
         # each with where its verdict goes; `_settle_at`: the earliest time one of them may be due.
         self._settling: list[tuple[ChatFlow, Callable[[ChatResult], None]]] = []
@@ -261,6 +262,7 @@ class SyncSession(VirtualUser):
             conn = self.conn = _Connection(ws.settings, ws, self.generation)
             self.router.new_connection()
             self.closed = False
+            self.closed_by_client = False
         conn.reader = threading.Thread(target=self._read, args=(conn,), name=f"chatprobe-reader-{self.user_id}",
                                        daemon=True)
         conn.reader.start()
@@ -358,6 +360,7 @@ class SyncSession(VirtualUser):
         conn = self.conn
         if conn is None:
             return
+        self.closed_by_client = True
         # Shut the socket down first and let the reading threads see the end before the fd is closed: closing
         # an fd that a greenlet still waits on aborts gevent's loop (libev asserts), which a server that floods
         # and never answers the closing handshake would otherwise trigger. The server sees the connection end
@@ -457,8 +460,10 @@ class SyncSession(VirtualUser):
                         flow.reconnected(reconnected)
                 elif isinstance(action, Drop):
                     if self.conn is not None and not self.closed:
+                        self.closed_by_client = True
                         self._drop(self.conn)
                 elif isinstance(action, Close):
+                    self.closed_by_client = True
                     self._close()  # chats still settling are judged now: their connection is gone
                 else:
                     return action.result

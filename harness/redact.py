@@ -170,38 +170,50 @@ class _Runs:
     def present(self, text: str) -> list[str]:
         return [p for p in self.pieces if p in text]
 
-    def spans(self, text: str, present: list[str] | None = None) -> list[tuple[int, int]]:
-        """The [start, end) of each such run in the text, sorted, overlapping ones merged."""
+    def spans(self, text: str, present: list[str] | None = None) -> list[tuple[int, int]] | None:
+        """The [start, end) of each such run in the text, sorted, overlapping ones merged; None for a text too dense
+        with the forms' pieces to follow each (see `blunt`)."""
         if present is None:
             present = self.present(text)
         if not present:
             return []
-        # A bound on the work a hostile text can cause (a secret's piece repeated a million times): beyond it, each
-        # piece found is redacted as it is, which cuts every run of every form as surely, only less exactly.
+        # A bound on the work a hostile text can cause (a secret's piece repeated a million times): past it, each
+        # piece found is redacted as it stands, which cuts every run of every form as surely, only less exactly. Far
+        # above what ordinary text holds (a frame listing a hundred "chat_id"s keeps every "chat" of the registered
+        # chatprobe-dev-secret): a hit that starts no run costs a few comparisons.
         hits = sum(text.count(p) * len(self.pieces[p]) for p in present)
-        if hits > 64 + len(text) // 32:
-            blunt = re.compile("|".join(map(re.escape, present)))
-            return _merged([m.span() for m in blunt.finditer(text)])
+        if hits > 4096 + len(text) // 8:
+            return None
         found: list[tuple[int, int]] = []
-        seen: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (form, where it starts in the text): runs found
+        # (form, where it starts in the text): the runs longer than a piece found there, which the form's other
+        # pieces in them need not follow again (a hit that went no further than its piece is not remembered).
+        seen: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for piece in present:
             at = text.find(piece)
             while at >= 0:
                 for n, off in self.pieces[piece]:
                     form, shift = self.forms[n], at - off
-                    done = seen.setdefault((n, shift), [])
-                    if any(a <= at and at + _PIECE <= e for a, e in done):
+                    done = seen.get((n, shift))
+                    if done is not None and any(a <= at and at + _PIECE <= e for a, e in done):
                         continue  # another piece of the same run found it
                     start, end = at, at + _PIECE
                     while start > 0 and start - shift > 0 and text[start - 1] == form[start - 1 - shift]:
                         start -= 1
                     while end < len(text) and end - shift < len(form) and text[end] == form[end - shift]:
                         end += 1
-                    done.append((start, end))
+                    if end - start > _PIECE:
+                        seen.setdefault((n, shift), []).append((start, end))
                     if end - start >= self.runs[n]:
                         found.append((start, end))
                 at = text.find(piece, at + 1)
         return _merged(found)
+
+
+    @staticmethod
+    def blunt(text: str, present: list[str]) -> str:
+        """A text too dense with pieces to follow each: every piece found redacted as it stands (in C, no list of
+        spans), which cuts every run of every form as surely, only less exactly."""
+        return re.compile("|".join(map(re.escape, present))).sub(REDACTED, text)
 
 
 def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -323,14 +335,23 @@ class Secrets:
             if not decoded.isprintable():  # raw or escaped, an invisible format character splits no secret
                 decoded = _INVISIBLE_RE.sub("", decoded)
             # Substring tests first (the decoded text holds a piece of a secret), the offsets only then.
-            if decoded != text and self.disguised.present(decoded):
-                decoded, at = _unescaped_at(text)
-                spans = self.disguised.spans(decoded)
+            # The offsets (a list the size of the text) only for a text that does hold a run of a secret.
+            if decoded != text and (pieces := self.disguised.present(decoded)):
+                spans = self.disguised.spans(decoded, pieces)
+                if spans is None:  # escaped text dense with a secret's pieces (hostile): nothing of it is shown
+                    return REDACTED
                 if spans:
+                    decoded, at = _unescaped_at(text)
+                    spans = self.disguised.spans(decoded)
+                    if spans is None:
+                        return REDACTED
                     text = _redacted_spans(text, _merged([(at[a], at[e]) for a, e in spans]))
         # Substring tests first: far cheaper than anything else when (as almost always) no secret is there.
         present = self.literal.present(text)
-        return _redacted_spans(text, self.literal.spans(text, present)) if present else text
+        if not present:
+            return text
+        spans = self.literal.spans(text, present)
+        return self.literal.blunt(text, present) if spans is None else _redacted_spans(text, spans)
 
 
 @functools.lru_cache(maxsize=256)

@@ -38,6 +38,7 @@ class FakeLink:
     closed: bool = True
     ended_note: str = ""
     stream_per_chat: bool = False
+    closed_by_client: bool = False
 
 
 class Recorder(Sink):

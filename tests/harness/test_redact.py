@@ -318,3 +318,21 @@ def _decoded_runs(text: str) -> str:
 ])
 def test_credentials_of_any_authorization_scheme_subprotocol_tokens_and_other_jws_headers(text, shown):
     assert scrub(text) == shown
+
+
+def test_a_secrets_common_piece_many_times_over_is_no_secret():
+    """A frame listing many chats holds "chat" (a piece of chatprobe-dev-secret) a hundred times and no run of the
+    secret: it is shown whole (a bound on the work once redacted every piece, keys of recorded frames included)."""
+    redact.register("chatprobe-dev-secret")
+    frame = json.dumps({"type": "system_message", "data": {"chats": [{"chat_id": f"chat-{i}"} for i in range(300)]}})
+    assert scrub(frame) == frame and clean(frame) == printable(frame)
+    assert REDACTED in scrub(frame + " chatprobe-dev-se")  # a run of it still goes
+
+
+def test_a_text_dense_with_a_secrets_pieces_shows_no_run_of_it():
+    secret = "Zq9xKp2LmW7vRt4s"
+    redact.register(secret)
+    for text in ((secret[:6] + "\n") * 100_000, json.dumps(secret[3:9] * 200_000 + secret),
+                 (secret[2:10] + "\\n") * 50_000):
+        out = scrub(text)
+        assert all(secret[i:i + 8] not in out for i in range(len(secret) - 7)), text[:40]

@@ -3,6 +3,10 @@ socket, and the verdict must name it (or, for what comes after a verdict, show i
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+
+import pytest
 
 from harness.events import Outcome
 
@@ -155,3 +159,20 @@ async def test_an_event_after_a_chats_verdict_shows_with_it_as_a_warning():
     assert [e.wire_type for e in first.events].count("agent_completed") == 2
     assert any(w.rule == "R3" and "after the chat was judged" in w.reason for w in first.warnings), first.warnings
     assert not second.warnings
+
+
+@pytest.mark.parametrize("leave", [{"abandon_after": 1}, {"disconnect_after": 1}])
+def test_the_clients_own_close_is_no_r13_for_a_chat_still_settling_after_its_expected_error(tmp_path, leave):
+    """The next chat of the user leaves (or drops the socket) while the expected-error chat listens out its settle
+    window in the background: the connection closed, but by the client, not the server."""
+    step = json.dumps({"message": "Compute 5 * 5 and look up the capital of Spain. #tools=2", **leave})
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("name: s\nusers: 1\nsteps:\n"
+                        '  - chat: {message: "Look up the capital of Peru. #fail-tool", expect_error: recoverable}\n'
+                        f"  - chat: {step}\nexpect: {{settle: 3s}}\n")
+    report = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(scenario), "--json", str(report), "-q"],
+                          capture_output=True, text=True, timeout=120)
+    [run] = json.loads(report.read_text())["scenarios"]
+    assert [(c["outcome"], c["violations"]) for c in run["chats"]] == [("passed", []), ("passed", [])], run["chats"]
+    assert proc.returncode == 0, proc.stderr[-2000:]
