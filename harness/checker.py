@@ -831,15 +831,16 @@ class ConnectionChecker:
         """The chats still waiting for something: not done, not judged (a judged chat cut short takes no more)."""
         return [c for c in self.chats if not c.done and c._result is None]
 
-    def welcome(self, frame: Frame) -> None:
-        """A control frame: when it names the user (a welcome, decoded by the profile), events of others are R8; a
-        control frame naming another user once this connection's is known (a heartbeat, a system message carrying
-        someone else's data) is cross-talk too."""
+    def welcome(self, frame: Frame, first: bool = True) -> None:
+        """A control frame: when it names the user (a welcome, decoded by the profile), events of others are R8. A
+        later control frame of the same connection (`first` False: not what opened it) naming another user (a
+        heartbeat, a system message carrying someone else's data) is cross-talk too; a new connection's welcome is
+        not (a server may name an anonymous user anew on each connection)."""
         if (user := frame.user_id) is None:
             return
         if self.user_id is None:
             self.user_id = user
-        elif user != self.user_id:
+        elif user != self.user_id and not first:
             witnesses = self._charged()
             self.foreign += 1
             for chat in witnesses:

@@ -110,7 +110,7 @@ class FrameRouter:
             self.last_pong = at
             return None, self.profile.ping_reply()
         if kind is FrameKind.CONTROL:
-            self.checker.welcome(decoded)
+            self.checker.welcome(decoded, first=not self.answered)
             self.answered = True
         elif kind is FrameKind.ERROR:
             if decoded.session_error is SessionError.AUTH_FAILED:
