@@ -726,12 +726,14 @@ class ChatIndex:
 class ConnectionChecker:
     """Routes one connection's decoded frames to its chats; catches events of runs this client never started."""
 
-    __slots__ = ("user_id", "events_name_run", "by_run", "by_message", "by_thread", "chats", "_members", "unnamed",
-                 "_prune_at", "malformed", "foreign", "_fresh")
+    __slots__ = ("user_id", "user_from_welcome", "events_name_run", "by_run", "by_message", "by_thread", "chats",
+                 "_members", "unnamed", "_prune_at", "malformed", "foreign", "_fresh")
 
     def __init__(self, user_id: str | None = None, *, events_name_run: bool = False) -> None:
         # The user this connection authenticated as (the token's `sub`), else the one its welcome names.
         self.user_id = user_id
+        # No token named the user: each connection's welcome does (an anonymous user may be named anew on each).
+        self.user_from_welcome = user_id is None
         # The dialect names the run in every event (netra): an event naming none is not this client's (R8).
         self.events_name_run = events_name_run
         # The chats by their ids; by_run also holds the aliases of runs a chat's thread continues (_new_run).
@@ -838,8 +840,8 @@ class ConnectionChecker:
         not (a server may name an anonymous user anew on each connection)."""
         if (user := frame.user_id) is None:
             return
-        if self.user_id is None:
-            self.user_id = user
+        if self.user_id is None or (first and self.user_from_welcome):
+            self.user_id = user  # this connection's user, from its welcome (a token's `sub` is never replaced)
         elif user != self.user_id and not first:
             witnesses = self._charged()
             self.foreign += 1

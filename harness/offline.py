@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
+from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon
 from .events import Event, Outcome, kept_bytes
 from .flow import WAKE_ALL, FrameRouter, verdict_due
 from .profiles import Profile
@@ -81,7 +81,7 @@ class _Conn:
 
     def __init__(self, key: str, profile: Profile, sink: Sink, scenario: str) -> None:
         self.key = key
-        self.checker = ConnectionChecker(None)
+        self.checker = ConnectionChecker(None, events_name_run=profile.events_name_run)  # as live and the proxy
         self.router = FrameRouter(profile, self.checker, sink, scenario)
         self.clients = False  # a client frame that opens a chat was recorded on it
         self.last_t: float | None = None
@@ -315,6 +315,13 @@ class OfflineCheck:
             if chat.judged:
                 continue
             if chat.done:
+                self._finish(chat, at)
+                continue
+            if rec is not None and rec.detail == "client":
+                # The client left on purpose mid-run (abandon_after, a user closing the tab): abandoned, judged only
+                # on what arrived, as `chatprobe run` and the proxy judge it.
+                abandon(chat, at)
+                self.sink.chat_abandoned(self.name)
                 self._finish(chat, at)
                 continue
             chat.connection_lost(at)

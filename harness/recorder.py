@@ -168,7 +168,9 @@ class ConnectionLog:
                     return parts
         return [self._scrub(t) for t in texts]
 
-    def close(self, at: float, code: int | None = None) -> None:
+    def close(self, at: float, code: int | None = None, *, by_client: bool = False) -> None:
+        """The connection ended; `by_client`: the client closed it on purpose (a user leaving mid-run: its chats are
+        abandoned, judged on what arrived, as live), written as "by": "client"."""
         if self.closed:
             return
         if self.dropped:
@@ -179,6 +181,8 @@ class ConnectionLog:
         record: dict[str, Any] = {"t": round(self.recorder.epoch(at), 6), "dir": "close", "conn": self.label}
         if code is not None:
             record["code"] = code
+        if by_client:
+            record["by"] = "client"
         self._write(json.dumps(record), force=True)
         self.closed = True
 
@@ -306,6 +310,7 @@ class RecordingTransport:
         self._log = log
         self._clock = clock
         self._saved = False
+        self._by_client = False
 
     def __getattr__(self, name: str) -> Any:  # connects_on_send, close_code, ended_note, protocol_error…
         return getattr(self._inner, name)
@@ -334,7 +339,8 @@ class RecordingTransport:
             self._save()
 
     async def close(self) -> None:
-        await self._inner.close()
+        self._by_client = True  # the client closed it (a chat abandoned, the session's end); not abort(): a drop on
+        await self._inner.close()  # purpose stands for a lost network, and the run resumes elsewhere
 
     def abort(self) -> None:
         self._inner.abort()
@@ -342,5 +348,5 @@ class RecordingTransport:
     def _save(self, keep: bool | None = None) -> None:
         if not self._saved:
             self._saved = True
-            self._log.close(self._clock(), getattr(self._inner, "close_code", None))
+            self._log.close(self._clock(), getattr(self._inner, "close_code", None), by_client=self._by_client)
             self._log.recorder.save(self._log, keep)

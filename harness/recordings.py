@@ -19,6 +19,8 @@ The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\
   frame   the frame: its text as a JSON string (as it was on the wire), or the JSON value itself
   frame_b64  instead of frame, a binary frame, base64
   code, reason  on a close record, optional
+  by      on a close record, optional: "client" when the client closed the connection on purpose (a user who left
+          mid-run: the chats still open are abandoned, judged only on what arrived, as `chatprobe run` judges them)
   frames, bytes  on a dropped record, optional
 
 A record is an object with `frame` (or `frame_b64`) and at least one of t, dir, conn (or a close record); other
@@ -246,8 +248,8 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
     direction = DIRECTIONS.get(obj.get("dir", "recv")) if isinstance(obj.get("dir", "recv"), str) else None
     if direction is None:
         return Recorded("problem", conn, t=t, detail="field 'dir' must be recv, send or close", where=where)
-    if direction == "close":
-        return Recorded("close", conn, t=t, where=where)
+    if direction == "close":  # "by": "client": the client left on purpose (its chats are abandoned, as live)
+        return Recorded("close", conn, t=t, detail="client" if obj.get("by") == "client" else "", where=where)
     if direction == "dropped":
         counts = [f"{v} {k}" for k in ("frames", "bytes") if isinstance(v := obj.get(k), int) and not isinstance(v, bool)
                   and 0 <= v < 10**18]

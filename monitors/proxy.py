@@ -217,7 +217,7 @@ class LiveConnection:
         for result, abandoned in self.chats.closed(now, by_client=by_client):
             self._finished(result, abandoned=abandoned)
         if self.log is not None and self.live.recorder is not None:
-            self.log.close(now)
+            self.log.close(now, by_client=by_client)
             self.live.recorder.save(self.log, keep=True if self.failing else None)  # None: --record-all decides
         self.live.connection_closed(self)
 

@@ -71,3 +71,19 @@ def test_chats_judged_to_free_memory_let_their_events_go(tmp_path, monkeypatch):
     assert sum(t.kept_bytes for t, _ in check.open.values()) <= offline.MAX_OPEN_BYTES
     check.end()
     assert check.tally.chats == 400
+
+
+def test_netra_events_naming_no_run_are_cross_talk_offline_as_live(tmp_path):
+    lines = [json.dumps({"t": T, "dir": "send", "conn": "c1",
+                         "frame": {"type": "user_message", "payload": {"content": "q", "thread_id": "t1"}}})]
+    for seq, kind in enumerate(["agent_started", "agent_thinking", "agent_completed"], 1):
+        lines.append(json.dumps({"t": T + seq / 100, "dir": "recv", "conn": "c1",
+                                 "frame": {"type": kind, "seq": seq, "thread_id": "t1"}}))
+    recording = tmp_path / "thread-only.jsonl"
+    recording.write_text("\n".join(lines) + "\n")
+    report = tmp_path / "r.json"
+    proc = run_cli("check", str(recording), "--json", str(report), "-q")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [run] = json.loads(report.read_text())["scenarios"]
+    [chat] = run["chats"]
+    assert chat["outcome"] != "passed" and any(v["rule"] == "R8" for v in chat["violations"]), chat

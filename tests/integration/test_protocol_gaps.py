@@ -176,3 +176,46 @@ def test_the_clients_own_close_is_no_r13_for_a_chat_still_settling_after_its_exp
     [run] = json.loads(report.read_text())["scenarios"]
     assert [(c["outcome"], c["violations"]) for c in run["chats"]] == [("passed", []), ("passed", [])], run["chats"]
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+async def test_an_anonymous_user_named_anew_on_each_connection_is_no_cross_talk():
+    """agentsim --no-auth names each connection's user anew (anon-…): after a chat the client abandons, the next
+    chat's connection is another user's by its welcome, and its events are that user's, not cross-talk (R8)."""
+    import asyncio
+
+    from agentsim.server import AgentSim, SimConfig
+    from harness.profiles import load_profile
+    from harness.runner import run_scenario
+    from harness.targets import Target
+
+    sim = AgentSim(SimConfig(host="127.0.0.1", port=0, no_auth=True, think=0, tool_latency=0))
+    await sim.start()
+    try:
+        target = Target(url=sim.url, profile=load_profile("netra"), name="sim")
+        scenario = quick(steps=[{"chat": {"abandon_after": 1}}, {"chat": {}}, {"chat": {}}],
+                         expect={"deadline": "10s", "settle": "0.05s"})
+        async with asyncio.timeout(30):
+            run = await run_scenario(scenario, target)
+    finally:
+        await sim.stop()
+    assert [r.outcome for r in run.results] == [Outcome.PASSED] * 3, [(r.outcome, r.violations) for r in run.results]
+    assert not rules(run)
+
+
+def test_a_recorded_abandoned_chat_is_judged_offline_as_it_was_live(tmp_path):
+    """`run --record` then `check`: the client's own close is recorded as such ("by": "client"), so the chat it left
+    is abandoned offline too (it was "incomplete: the connection was lost and no resume was recorded")."""
+    from harness.cli import main
+
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("name: s\nusers: 1\nsteps:\n  - chat: {abandon_after: 2}\n  - chat: {}\n")
+    rec, live, offline = tmp_path / "rec", tmp_path / "live.json", tmp_path / "offline.json"
+    assert main(["run", str(scenario), "--record", str(rec), "--json", str(live), "-q"]) == 0
+    assert any('"by": "client"' in f.read_text() for f in rec.iterdir())
+    assert main(["check", str(rec), "--scenario", str(scenario), "--json", str(offline), "-q"]) == 0
+
+    def outcomes(path):
+        [run] = json.loads(path.read_text())["scenarios"]
+        return sorted((c["outcome"], "abandoned" in c["note"]) for c in run["chats"])
+
+    assert outcomes(offline) == outcomes(live) == [("passed", False), ("passed", True)]
