@@ -348,10 +348,8 @@ class ChatFlow:
         if state == SETTLING:
             verdict_at = verdict_due(self.tracker, self.options.settle)  # later when a further run started
             if link.closed or now >= verdict_at:
-                if link.closed and not link.stream_per_chat and not link.closed_by_client:
-                    # The server closed the connection within the window: after an expected error (or an invalid
-                    # message's answer) it had to stay open (R13).
-                    self.tracker.connection_lost(now)
+                if link.closed:
+                    self._lost(now, link)  # within the window: after an expected error it had to stay open (R13)
                 return self._judge(now)
             if verdict_at != self._until:
                 self._until, self._wait = verdict_at, Wait(verdict_at)
@@ -397,8 +395,8 @@ class ChatFlow:
             if tracker.done and not link.closed:
                 return self._end(now, link)  # answered: listen out the settle window, the connection must stay open
             if tracker.done or link.closed or now >= self._until:
-                if link.closed and not link.closed_by_client:
-                    tracker.connection_lost(now)
+                if link.closed:
+                    self._lost(now, link)
                 return self._finish(tracker.finish(now))
             return self._wait
         if not tracker.done and (action := self._on_the_way(now, link)) is not None:
@@ -418,8 +416,7 @@ class ChatFlow:
                 return DROP
         if link.closed or self.generation != link.generation:
             self._judge_resume()
-            if not link.closed_by_client:
-                tracker.connection_lost(now)
+            self._lost(now, link)
             can_resume = resume_frame(self.router.profile, tracker) is not None
             if not (options.reconnect and can_resume and self.reconnects < options.max_reconnects):
                 self.lost_note = lost_note_for(link.ended_note, can_resume)
@@ -446,6 +443,13 @@ class ChatFlow:
                 self._wait = Wait(self._until)
                 return self._wait
         return self._judge(now)
+
+    def _lost(self, now: float, link: Link) -> None:
+        """The connection ended under the chat: held against the server (R13, for a chat that expected an error)
+        unless the client closed or dropped it on purpose, or it was the chat's own event stream (SSE ends with its
+        run)."""
+        if not link.closed_by_client and not link.stream_per_chat:
+            self.tracker.connection_lost(now)
 
     def _judge_resume(self) -> None:
         """Whether the last resume brought events back: resumed or lost, on the tracker and to the sink."""

@@ -463,7 +463,6 @@ class SyncSession(VirtualUser):
                         self.closed_by_client = True
                         self._drop(self.conn)
                 elif isinstance(action, Close):
-                    self.closed_by_client = True
                     self._close()  # chats still settling are judged now: their connection is gone
                 else:
                     return action.result

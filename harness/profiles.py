@@ -609,10 +609,7 @@ def parses_as_json(text: str) -> bool:
     try:
         _fast_loads(text)
     except ValueError:
-        try:
-            json.loads(text)
-        except (ValueError, RecursionError):
-            return False
+        return not isinstance(_loads_or_malformed(text), Frame)
     return True
 
 

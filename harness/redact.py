@@ -341,10 +341,11 @@ class Secrets:
                 if spans is None:  # escaped text dense with a secret's pieces (hostile): nothing of it is shown
                     return REDACTED
                 if spans:
-                    decoded, at = _unescaped_at(text)
-                    spans = self.disguised.spans(decoded)
-                    if spans is None:
-                        return REDACTED
+                    mapped, at = _unescaped_at(text)
+                    if mapped != decoded:  # (the same decoding: found again only if it ever differed)
+                        spans = self.disguised.spans(mapped)
+                        if spans is None:
+                            return REDACTED
                     text = _redacted_spans(text, _merged([(at[a], at[e]) for a, e in spans]))
         # Substring tests first: far cheaper than anything else when (as almost always) no secret is there.
         present = self.literal.present(text)
