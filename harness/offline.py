@@ -7,6 +7,7 @@ import dataclasses
 import heapq
 import os
 import re
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,12 +17,14 @@ from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, a
 from .events import Event, Outcome, kept_bytes
 from .flow import WAKE_ALL, FrameRouter, verdict_due
 from .profiles import Profile
+from .recorder import DEFAULT_MAX_FILES
 from .recordings import (
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_TEXT,
     FORMATS,
     Recorded,
     RecordingError,
+    frame_bytes,
     read_recording,
     recorded_runs,
 )
@@ -52,8 +55,14 @@ MAX_EVENTS_LISTED = 1_000
 # …and of their events, in bytes (2,000 chats of 1,000 events each would be ~500 MB): past it, a listed chat keeps
 # none of its events.
 MAX_LISTED_BYTES = 64 * 1024 * 1024
-# Files of one directory judged together (each is open while they are merged).
-MAX_FILES_MERGED = 512
+# Files of one run judged together (each is open while they are merged): as many as `--record` writes for one run.
+MAX_FILES_MERGED = DEFAULT_MAX_FILES
+# The records held while a run's files are merged (one per file, waiting for its turn), in bytes of memory: each file's
+# share of this bounds its held frame (a frame over it is an R12 naming the bound) and, for a HAR, the response text
+# its reader holds. A run of up to 64 files keeps the 4 MiB default; 1,000 files 256 KiB each.
+MAX_MERGED_BYTES = 256 * 1024 * 1024
+MIN_MERGED_SHARE = 64 * 1024
+SPARE_FILES = 64  # descriptors left for everything else (the reports, the interpreter's own) while a run is merged
 # Seconds a connection's recorded time may step back (a capture's clock adjusted) before it is an R12; it is kept in
 # order either way.
 TIME_BACK_TOLERANCE = 1.0
@@ -411,13 +420,24 @@ def run_name(path: str | Path) -> str:
 
 def _merged(paths: list[Path], fmt: str | None, max_frame: int, max_text: int) -> Iterator[Recorded]:
     """The records of several files in recorded-time order (a record without a time keeps its file's place),
-    connections named apart by file: what `--record` wrote for one run, where a resumed chat spans connections."""
+    connections named apart by file: what `--record` wrote for one run, where a resumed chat spans connections.
+
+    Every file's next record waits in the merge: each is held to its share of MAX_MERGED_BYTES, so that a directory
+    of many files of large frames cannot hold gigabytes (a larger frame is a problem record, an R12 that says so)."""
+    share = max(MIN_MERGED_SHARE, MAX_MERGED_BYTES // max(1, len(paths)))
+    text_limit = min(max_text, max(MIN_MERGED_SHARE, share // 8))  # a HAR's SSE body: its text, bytes and parse
 
     def keyed(i: int, p: Path) -> Iterator[tuple[float, int, int, Recorded]]:
-        last = float("-inf")
-        for n, rec in enumerate(read_recording(p, fmt, max_frame=max_frame, max_text=max_text)):
+        last, n = float("-inf"), -1
+        # Not enumerate(): it keeps its last (index, record) tuple for reuse, which holds the record's frame.
+        for rec in read_recording(p, fmt, max_frame=max_frame, max_text=text_limit):
+            n += 1
             if rec.t is not None:
                 last = rec.t
+            if rec.frame is not None and sys.getsizeof(rec.frame) > share + 256:  # 256: the object's header
+                rec = Recorded("problem", rec.conn, t=rec.t, where=rec.where,
+                               detail=f"frame of {frame_bytes(rec.frame)} bytes, over the {share} byte share of each "
+                                      f"of the {len(paths)} files merged (check fewer files at once)")
             yield last, i, n, dataclasses.replace(rec, conn=f"{i}:{rec.conn}")
 
     for *_, rec in heapq.merge(*(keyed(i, p) for i, p in enumerate(paths))):
@@ -430,11 +450,34 @@ def _recording_files(directory: Path) -> list[tuple[str | None, list[Path]]]:
     if not runs:
         raise RecordingError(f"{directory}: no recording file in the directory")
     for run_id, files in runs:
+        run = f" (run {run_id})" if run_id else ""
         if len(files) > MAX_FILES_MERGED:
-            run = f" (run {run_id})" if run_id else ""
             raise RecordingError(f"{directory}{run}: {len(files)} files, more than the {MAX_FILES_MERGED} judged "
                                  "together; check them in parts")
+        if not _may_open(len(files) + SPARE_FILES):
+            raise RecordingError(f"{directory}{run}: {len(files)} files are judged together (each open while they "
+                                 "are merged), more than this process may open (ulimit -n); raise the limit or check "
+                                 "them in parts")
     return runs
+
+
+def _may_open(n: int) -> bool:
+    """Whether the process may hold `n` files open, raising its soft limit up to the hard one if need be (a run of
+    `--record` writes up to 1,000 files; many systems start processes with a soft limit of 1,024)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX: no limit to raise here
+        return True
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or n <= soft:
+        return True
+    if hard != resource.RLIM_INFINITY and n > hard:
+        return False
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 class Stop(Protocol):

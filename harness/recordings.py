@@ -69,6 +69,21 @@ DEFAULT_CONN = "-"
 EVENT_STREAM = "text/event-stream"
 
 
+def frame_bytes(frame: str | bytes) -> int:
+    """A frame's size in bytes as it went over the wire (UTF-8): the limits are in bytes, and a str of characters
+    outside Latin-1 takes 2-4 bytes of memory per character (a len() limit let 4 MiB characters hold 16 MiB)."""
+    if isinstance(frame, (bytes, bytearray)) or frame.isascii():  # isascii() is O(1) on a str
+        return len(frame)
+    return len(frame.encode("utf-8", "surrogatepass"))
+
+
+def _cut(text: str, limit: int) -> str:
+    """The text's first `limit` bytes (UTF-8), whole characters only."""
+    if frame_bytes(text) <= limit:
+        return text
+    return text.encode("utf-8", "surrogatepass")[:limit].decode("utf-8", "ignore")
+
+
 # The files `--record DIR` writes (harness/recorder.py): RUN-NNNNNN-LABEL.jsonl, RUN the run id (UTC start time to
 # the microsecond, or to the second in the first recordings; 6 random hex digits). A directory holds one group of them
 # per run; other files there are a recording of their own.
@@ -200,8 +215,8 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME) -> I
     when it is text, a frame as received (the profile's decode calls it malformed), on the last connection seen."""
     conn = DEFAULT_CONN
     max_line = 2 * max_frame + 4096
-    # The line, its text and its JSON are dropped before each yield: a suspended generator keeps its locals, and a
-    # directory's files are merged with one record of each held at once (3 copies of a 4 MiB frame each, else).
+    # The line, its text, its JSON and the record are dropped before each yield: a suspended generator keeps its
+    # locals, and a directory's files are merged with one record of each held at once (offline._merged bounds those).
     n = 0
     while True:
         more, line = _next_line(f, max_line)
@@ -225,12 +240,12 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME) -> I
             obj = json.loads(text)
         except (ValueError, RecursionError):
             # Not JSON: what a server sent that is not a frame of any profile; judged as received.
-            rec, text = Recorded("recv", conn, frame=text[:max_frame], where=where), ""
-            yield rec
+            held, text = [Recorded("recv", conn, frame=_cut(text, max_frame), where=where)], ""
+            yield held.pop()  # popped: the suspended generator holds no reference to the frame
             continue
-        rec = _envelope(obj, text, conn, where, max_frame)
-        conn, text, obj = rec.conn, "", None
-        yield rec
+        held = [_envelope(obj, text, conn, where, max_frame)]
+        conn, text, obj = held[0].conn, "", None
+        yield held.pop()
 
 
 def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Recorded:
@@ -264,7 +279,7 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
         frame = obj["frame"]
     else:
         frame = json.dumps(obj["frame"], separators=(",", ":"))
-    if len(frame) > max_frame:
+    if frame_bytes(frame) > max_frame:
         return Recorded("problem", conn, t=t, detail=f"frame larger than the {max_frame} byte limit", where=where)
     return Recorded(direction, conn, t=t, frame=frame, where=where)
 
@@ -286,9 +301,10 @@ def read_sse(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, conn: 
         except EventTooLarge as exc:
             yield Recorded("problem", conn, detail=str(exc), where=f"{name}: after event {n}")
             return
-        for data in events:
+        events.reverse()
+        while events:  # popped: the suspended generator holds no yielded frame
             n += 1
-            yield Recorded("recv", conn, frame=data, where=f"{name}: event {n}")
+            yield Recorded("recv", conn, frame=events.pop(), where=f"{name}: event {n}")
 
 
 # -- HAR 1.2 --
@@ -524,7 +540,7 @@ def _ws_message(msg: dict[str, Any], entry: _Entry, name: str, max_frame: int) -
             frame = base64.b64decode(data)
         except (binascii.Error, ValueError):
             return Recorded("problem", conn, t=t, detail="binary WebSocket message not in base64", where=where)
-    if len(frame) > max_frame:
+    if frame_bytes(frame) > max_frame:
         return Recorded("problem", conn, t=t, detail=f"frame larger than the {max_frame} byte limit", where=where)
     return Recorded(direction, conn, t=t, frame=frame, where=where)
 
@@ -539,7 +555,8 @@ def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True) 
         return
     conn = f"sse{entry.index}"
     if entry.post is not None:
-        yield Recorded("send", conn, t=entry.started, frame=entry.post[:max_frame], where=f"{name}: entry {entry.index} request")
+        yield Recorded("send", conn, t=entry.started, frame=_cut(entry.post, max_frame),
+                       where=f"{name}: entry {entry.index} request")
     if entry.encoding == "base64":
         try:
             body = base64.b64decode(entry.text)
