@@ -243,14 +243,32 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
     from .profiles import load_profile
     from .report import LiveView
     from .runner import run_scenario
-    from .scenario import apply_overrides, load_scenario
+    from .scenario import Scenario, apply_overrides, load_scenario, where_in
     from .sinks import Fanout
-    from .targets import EMBEDDED_DIALECTS, TokenProvider, check_scenario_fits, embedded_sim, make_target, read_token
+    from .targets import (
+        EMBEDDED_DIALECTS,
+        Target,
+        TokenProvider,
+        check_scenario_fits,
+        embedded_sim,
+        make_target,
+        read_token,
+    )
 
     names = args.scenarios or list(BUILTIN_SUITE)
     check_reports(args)
     _reports_apart_from(args, [], [*names, args.profile, args.token_file])
     scenarios = [apply_overrides(load_scenario(n), args.objective) for n in names]
+    sources = {id(s): n for s, n in zip(scenarios, names, strict=True)}
+
+    def fits(scenario: Scenario, target: Target) -> None:  # a misfit names the scenario's file and line
+        try:
+            check_scenario_fits(scenario, target)
+        except ConfigError as exc:
+            if exc.field is None:
+                raise
+            raise ConfigError(f"{where_in(sources[id(scenario)], (exc.field,))}: {exc}", field=exc.field) from None
+
     opts = options_from_args(args)
     if not args.scenarios:
         # The built-in suite: the scenarios a server of the target's dialect can carry (its `dialects`).
@@ -296,7 +314,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
                                       f"{', '.join(sorted(EMBEDDED_DIALECTS))}; give --target URL of a "
                                       f"{profile.name} server")
                 probe_url = "http://127.0.0.1:1" if profile.transports[0] == "sse" else "ws://127.0.0.1:1"
-                check_scenario_fits(scenario, make_target(opts, TokenProvider(), scenario.profile, url=probe_url))
+                fits(scenario, make_target(opts, TokenProvider(), scenario.profile, url=probe_url))
                 dialects.add(profile.name)
             if len(dialects) > 1:
                 raise ConfigError(f"the embedded agentsim speaks one dialect per run; these scenarios need "
@@ -312,7 +330,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
         targets = []
         for scenario in scenarios:
             target = make_target(opts, tokens, scenario.profile, url=url)
-            check_scenario_fits(scenario, target)
+            fits(scenario, target)
             targets.append(dataclasses.replace(target, recorder=recorder))
         # What start-up built is frozen out of the collector's sight (a full collection during the run then walks
         # only what the run allocated: its pauses delay every chat due meanwhile; BENCHMARKS.md, arrival rate), and

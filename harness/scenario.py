@@ -630,10 +630,17 @@ def load_scenario(name_or_path: str) -> Scenario:
         try:
             load_profile(scenario.profile)
         except ConfigError as exc:
-            path = name_or_path if Path(name_or_path).exists() else f"scenarios/{name_or_path}.yaml"
-            line = line_of(name_or_path, ("profile",)) if Path(name_or_path).exists() else None
-            raise ConfigError(f"{path}:{line or 1}: field 'profile': {exc}") from None
+            raise ConfigError(f"{where_in(name_or_path, ('profile',))}: field 'profile': {exc}") from None
     return scenario
+
+
+def where_in(name_or_path: str, loc: tuple[str, ...]) -> str:
+    """"FILE:LINE" of a field of a scenario loaded by `load_scenario(name_or_path)` (a built-in's own file)."""
+    if Path(name_or_path).exists():
+        return f"{name_or_path}:{line_of(name_or_path, loc) or 1}"
+    builtin = BUILTIN_DIR / f"{name_or_path}.yaml"
+    text = builtin.read_text(encoding="utf-8") if builtin.is_file() else ""
+    return f"scenarios/{name_or_path}.yaml:{line_of(builtin.name, loc, text) or 1}"
 
 
 def apply_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:

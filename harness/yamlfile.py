@@ -35,8 +35,11 @@ def _resolve(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, 
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             nxt = node.value[part]
         if nxt is None:
-            if i == len(loc) - 1 and not (isinstance(part, str) and part[:1].isupper()):
-                shown.append(str(part))  # a missing field: named, though not in the file
+            # A field missing from a mapping: named, though not in the file; `[key]`: the mapping key is what is wrong.
+            # Not a union's tag after a value that is no mapping (steps.0.chat.chat: the step's value is wrong).
+            if i == len(loc) - 1 and (part == "[key]" or isinstance(node, yaml.MappingNode)
+                                      and not (isinstance(part, str) and part[:1].isupper())):
+                shown.append(str(part))
             continue
         shown.append(str(part))
         node = nxt

@@ -152,3 +152,25 @@ def test_a_path_that_is_there_but_no_file_is_not_called_missing(tmp_path):
     err = one_error(run_cli("run", "basic", "--target", "wss://127.0.0.1:9/ws", "--ca-file", "/dev/null"),
                     "--ca-file", "not a regular file")
     assert "no such" not in err
+
+
+def test_a_scenario_its_target_cannot_carry_names_the_file_line_and_field(tmp_path):
+    # A user's scenario written for another dialect, and a built-in one: each names its file and the field's line.
+    scenario = tmp_path / "agui_only.yaml"
+    scenario.write_text("name: agui_only\nusers: 1\nmessage: hi\ndialects: [ag-ui]\n")
+    one_error(run_cli("run", str(scenario)), f"{scenario}:4:", "field 'dialects'", "netra server cannot carry it")
+    one_error(run_cli("run", "reconnection", "--profile", "ag-ui"), "scenarios/reconnection.yaml:4:",
+              "field 'dialects'")
+    # …and what SSE cannot carry, on the field's own line
+    parallel = tmp_path / "parallel.yaml"
+    parallel.write_text("name: parallel\nusers: 1\nmessage: hi\nparallel_chats: 2\n")
+    one_error(run_cli("run", str(parallel), "--profile", "ag-ui"), f"{parallel}:4:", "field 'parallel_chats'")
+
+
+@pytest.mark.parametrize("step", ["  - chat:\n", "  - chat: 5\n"])
+def test_a_chat_step_that_is_no_mapping_names_the_field_as_the_file_spells_it(tmp_path, step):
+    # pydantic's location repeats the union's tag (steps.0.chat.chat); the message names what is in the file.
+    scenario = tmp_path / "steps.yaml"
+    scenario.write_text("name: steps\nusers: 1\nsteps:\n" + step)
+    err = one_error(run_cli("run", str(scenario)), f"{scenario}:4:", "field 'steps.0.chat'")
+    assert "chat.chat" not in err
