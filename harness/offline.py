@@ -166,6 +166,8 @@ class OfflineCheck:
         elif direction == "send":
             self._sent(conn, rec.frame, at)
         elif direction == "close":
+            if rec.error:  # the client dropped the connection for what the server sent: an R12, as live
+                conn.router.on_protocol_error(rec.error, at)
             del self.conns[conn.key]
             self._close(conn, at, rec, CLOSED_NOTE)
         elif direction == "dropped":
@@ -204,7 +206,10 @@ class OfflineCheck:
             decoded = self.profile.decode(frame, at)
             checker = conn.checker
             if isinstance(decoded, Event):
-                if decoded.run_id is not None:
+                if (decoded.user_id is not None and checker.user_id is not None
+                        and decoded.user_id != checker.user_id):
+                    pass  # another user's event (the welcome named this one): cross-talk (R8), never a chat of ours
+                elif decoded.run_id is not None:
                     # A chat this run answers (ConnectionChecker's one adoption rule, as live) learns its id when
                     # the router routes the event; else the run is a chat of its own.
                     if decoded.run_id not in checker.by_run and checker.waiting_for_run(decoded) is None:

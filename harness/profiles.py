@@ -320,8 +320,8 @@ class Decoder:
     (every wire name in it a repr() literal, never code), so a frame costs a few dict lookups, not a walk of tables."""
 
     __slots__ = ("profile", "always", "with_run", "unmapped", "control", "ping", "conn_error", "span_of",
-                 "containers", "names", "session_errors", "request_types", "resume_types", "checks", "check_fields",
-                 *_COMPILED)
+                 "containers", "names", "session_errors", "request_types", "request_keys", "resume_types", "checks",
+                 "check_fields", *_COMPILED)
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
@@ -356,6 +356,13 @@ class Decoder:
             self.session_errors[code] = SessionError.RESUME_UNKNOWN
         request_type = self.find(profile.request, self.scopes(profile.request), self.names["type"])
         self.request_types = frozenset(profile.request_types or ([request_type] if isinstance(request_type, str) else []))
+        # A request template with no type (AG-UI's RunAgentInput): a client frame with no type that holds every key
+        # the template fills from the chat (`threadId`, `runId`: what any client of the dialect must send; else every
+        # key of the template) is a request, as the client sent it; else `chatprobe check` and the proxy would see no
+        # chat begin where the client began one.
+        keys = [k for k in profile.request if k not in self.names["type"][0]]
+        placeholders = [k for k in keys if _entry(profile.request[k])[0] == _PLACEHOLDER]
+        self.request_keys = frozenset(() if self.request_types else placeholders or keys)
         resume_type = (self.find(profile.resume, self.scopes(profile.resume), self.names["type"])
                        if profile.resume else None)
         self.resume_types = frozenset(profile.resume_types or ([resume_type] if isinstance(resume_type, str) else []))
@@ -464,6 +471,8 @@ class Decoder:
         wire_type = _id(self.find(frame, scopes, n["type"]))[0]
         kind: Literal["request", "resume", "other"] = (
             "request" if wire_type in self.request_types else "resume" if wire_type in self.resume_types else "other")
+        if kind == "other" and wire_type is None and self.request_keys and self.request_keys <= frame.keys():
+            kind = "request"
         if kind == "other":
             return ClientFrame("other", wire_type)
         return ClientFrame(kind, wire_type, run_id=_id(self.find(frame, scopes, n["run_id"]))[0],

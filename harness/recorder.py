@@ -168,9 +168,11 @@ class ConnectionLog:
                     return parts
         return [self._scrub(t) for t in texts]
 
-    def close(self, at: float, code: int | None = None, *, by_client: bool = False) -> None:
+    def close(self, at: float, code: int | None = None, *, by_client: bool = False, error: str | None = None) -> None:
         """The connection ended; `by_client`: the client closed it on purpose (a user leaving mid-run: its chats are
-        abandoned, judged on what arrived, as live), written as "by": "client"."""
+        abandoned, judged on what arrived, as live), written as "by": "client"; `error`: what the client dropped the
+        connection for (a frame over the size limit, text that is not UTF-8: the transport's protocol_error, an R12
+        live on the chats open then, and the frame itself never reached the recorder), written as "error"."""
         if self.closed:
             return
         if self.dropped:
@@ -183,6 +185,8 @@ class ConnectionLog:
             record["code"] = code
         if by_client:
             record["by"] = "client"
+        if error:
+            record["error"] = self._scrub(str(error)[:1024])
         self._write(json.dumps(record), force=True)
         self.closed = True
 
@@ -348,5 +352,6 @@ class RecordingTransport:
     def _save(self, keep: bool | None = None) -> None:
         if not self._saved:
             self._saved = True
-            self._log.close(self._clock(), getattr(self._inner, "close_code", None), by_client=self._by_client)
+            self._log.close(self._clock(), getattr(self._inner, "close_code", None), by_client=self._by_client,
+                            error=getattr(self._inner, "protocol_error", None))
             self._log.recorder.save(self._log, keep)

@@ -21,6 +21,8 @@ The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\
   code, reason  on a close record, optional
   by      on a close record, optional: "client" when the client closed the connection on purpose (a user who left
           mid-run: the chats still open are abandoned, judged only on what arrived, as `chatprobe run` judges them)
+  error   on a close record, optional: why the client dropped the connection (a frame over the size limit, text
+          that is not UTF-8; that frame is not recorded): an R12 on the chats open then, as live
   frames, bytes  on a dropped record, optional
 
 A record is an object with `frame` (or `frame_b64`) and at least one of t, dir, conn (or a close record); other
@@ -123,6 +125,7 @@ class Recorded:
     frame: str | bytes | None = None
     detail: str = ""
     where: str = ""
+    error: str = ""  # on a close record: what the client dropped the connection for (an R12 on its open chats)
 
 
 def detect_format(head: bytes) -> str:
@@ -264,7 +267,9 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
     if direction is None:
         return Recorded("problem", conn, t=t, detail="field 'dir' must be recv, send or close", where=where)
     if direction == "close":  # "by": "client": the client left on purpose (its chats are abandoned, as live)
-        return Recorded("close", conn, t=t, detail="client" if obj.get("by") == "client" else "", where=where)
+        error = obj.get("error")
+        return Recorded("close", conn, t=t, detail="client" if obj.get("by") == "client" else "", where=where,
+                        error=error[:1024] if isinstance(error, str) else "")
     if direction == "dropped":
         counts = [f"{v} {k}" for k in ("frames", "bytes") if isinstance(v := obj.get(k), int) and not isinstance(v, bool)
                   and 0 <= v < 10**18]
