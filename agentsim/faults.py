@@ -38,10 +38,10 @@ AG-UI faults (``--protocol ag-ui``; each strikes the first event it can, and is 
   bad_args=RATE            the TOOL_CALL_ARGS of the first call do not concatenate to JSON  (R12 advice: a warning,
                            the chat passes; spec 1.1 leaves unparsable arguments to the application)
   bad_state_delta=RATE     a STATE_DELTA whose path does not exist in the state                    (R12)
-  empty_delta=RATE         a TEXT_MESSAGE_CONTENT with an empty delta                              (R12)
+  empty_delta=RATE         a TEXT_MESSAGE_CONTENT with an empty delta       (R12 advice: the schema allows it)
   result_before_end=RATE   a TOOL_CALL_RESULT before its call's TOOL_CALL_END                      (R5)
   orphan_result=RATE       a TOOL_CALL_RESULT for a tool call that never started                   (R5)
-  unknown_parent=RATE      a TOOL_CALL_START whose parentMessageId names no message                (R5)
+  unknown_parent=RATE      a TOOL_CALL_START whose parentMessageId names no message shown (R5 advice: spec 1.1)
   reused_id=RATE           a second TEXT_MESSAGE_START for the answer's id while it is still open  (R5)
   second_start=RATE        a second RUN_STARTED, with another runId, inside the run                (R1)
   missing_field=RATE       a TOOL_CALL_START without its required toolCallName                     (R12)

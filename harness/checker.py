@@ -726,16 +726,19 @@ class ChatIndex:
 class ConnectionChecker:
     """Routes one connection's decoded frames to its chats; catches events of runs this client never started."""
 
-    __slots__ = ("user_id", "user_from_welcome", "events_name_run", "by_run", "by_message", "by_thread", "chats",
+    __slots__ = ("user_id", "user_from_welcome", "events_name_run", "further_runs", "by_run", "by_message", "by_thread", "chats",
                  "_members", "unnamed", "_prune_at", "malformed", "foreign", "_fresh")
 
-    def __init__(self, user_id: str | None = None, *, events_name_run: bool = False) -> None:
+    def __init__(self, user_id: str | None = None, *, events_name_run: bool = False, further_runs: bool = False) -> None:
         # The user this connection authenticated as (the token's `sub`), else the one its welcome names.
         self.user_id = user_id
         # No token named the user: each connection's welcome does (an anonymous user may be named anew on each).
         self.user_from_welcome = user_id is None
         # The dialect names the run in every event (netra): an event naming none is not this client's (R8).
         self.events_name_run = events_name_run
+        # A server may start further runs on a chat's stream after its run closed (AG-UI): a run start with a new run
+        # id there is a chat of its own, not an event after the terminal one.
+        self.further_runs = further_runs
         # The chats by their ids; by_run also holds the aliases of runs a chat's thread continues (_new_run).
         self.by_run = ChatIndex()
         self.by_message = ChatIndex()
@@ -863,7 +866,11 @@ class ConnectionChecker:
         if (run_id := ev.run_id) is not None:
             index = self.by_run  # ChatIndex.get, inlined for the one-chat connection (a call saved per event)
             chat = (index._chat if run_id == index._key else None) if index._many is None else index._many.get(run_id)
-            if chat is None:
+            if chat is not None:
+                if ev.role is _STARTED and chat.terminal_event is not None and self.further_runs:
+                    # The run the client asked for, after a replayed one (or another run after this chat's run).
+                    chat = self._further(chat.root.last_run(), ev) or chat
+            else:
                 cand = self._named_or_waiting(ev)
                 if cand is not None and cand.run_id is None:
                     cand.run_id = run_id
@@ -905,11 +912,10 @@ class ConnectionChecker:
         thread of a chat of this client, it is that run starting again (R1) or an event after its end (R4): not
         cross-talk."""
         parent = self.by_run.get(ev.parent_run_id) if ev.parent_run_id else None
-        if (parent is not None and ev.run_id is not None and parent.terminal_event is not None
-                and parent.terminal_event.role is Role.AGENT_COMPLETED and parent is parent.root.last_run()
-                and len(parent.root.followups) < MAX_FOLLOWUP_RUNS and not parent.root.judged):
-            chat = parent.followup(ev.run_id)
-            self.add(chat)
+        if parent is None and self.further_runs and same_thread is not None:
+            parent = same_thread.root.last_run()  # spec 1.1: "A producer MAY emit RUN_STARTED to begin a new run"
+        chat = self._further(parent, ev)
+        if chat is not None:
             return chat
         if same_thread is not None and ev.run_id is not None and len(self.by_run) < MAX_RUN_ALIASES:
             self.by_run[ev.run_id] = same_thread  # the rest of that "run" goes to the same chat (R4, R3), not R8
@@ -917,6 +923,23 @@ class ConnectionChecker:
                 same_thread._warn(Rule.R8, f"{ev.wire_type} names run {ev.run_id[:80]!r}, not the run id the client "
                                            f"sent ({(same_thread.run_id or '')[:80]!r})", 0)
         return same_thread
+
+    def _further(self, parent: ChatTracker | None, ev: Event) -> ChatTracker | None:
+        """The further run `ev` starts after `parent`, the latest run of a chat's stream, closed (RUN_FINISHED or
+        RUN_ERROR: AG-UI 1.1, Runs and Steps, "After a run closes" and "Several runs on one stream"), as a chat of its
+        own; None when it starts none (`parent` still open, judged, the same run id again, too many runs)."""
+        if (parent is None or ev.run_id is None or (end := parent.terminal_event) is None
+                or parent is not parent.root.last_run() or len(parent.root.followups) >= MAX_FOLLOWUP_RUNS
+                or parent.root.judged):
+            return None
+        first = parent.events[0] if parent.events else None
+        if ev.run_id == (first.run_id if first is not None and first.role is _STARTED else parent.run_id):
+            return None  # that run once more: an event after its terminal one (R4)
+        if end.role is not Role.AGENT_COMPLETED and not self.further_runs:
+            return None
+        chat = parent.followup(ev.run_id)
+        self.add(chat)
+        return chat
 
     def waiting_for_run(self, ev: Event) -> ChatTracker | None:
         """The chat a run this connection has not seen yet answers (`ev` names it), None when it answers none: THE

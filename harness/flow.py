@@ -172,7 +172,8 @@ class VirtualUser:
         self.sink = sink
         self.connect_timeout = connect_timeout
         self.clock = clock
-        self.checker = ConnectionChecker(target.tokens.subject(user_id), events_name_run=self.profile.events_name_run)
+        self.checker = ConnectionChecker(target.tokens.subject(user_id), events_name_run=self.profile.events_name_run,
+                                         further_runs=self.profile.further_runs)
         self.router = FrameRouter(self.profile, self.checker, sink, scenario)
 
 

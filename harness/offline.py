@@ -90,7 +90,8 @@ class _Conn:
 
     def __init__(self, key: str, profile: Profile, sink: Sink, scenario: str) -> None:
         self.key = key
-        self.checker = ConnectionChecker(None, events_name_run=profile.events_name_run)  # as live and the proxy
+        self.checker = ConnectionChecker(None, events_name_run=profile.events_name_run,
+                                         further_runs=profile.further_runs)  # as live and the proxy
         self.router = FrameRouter(profile, self.checker, sink, scenario)
         self.clients = False  # a client frame that opens a chat was recorded on it
         self.last_t: float | None = None

@@ -241,7 +241,10 @@ class AguiRunChecks(RunChecks):
 
     def _message_content(self, p: dict[str, Any], t: str) -> list[Finding]:
         if p.get("delta") == "":
-            return [Finding(Rule.R12, f"{t} with an empty delta")]
+            # Advice: the schema's delta "May be the empty string: providers emit empty deltas as keep-alives ... and
+            # rejecting them would kill runs that are working correctly" (ag-ui-protocol 1.0 schema).
+            return self._warn_once("empty", f"{t} with an empty delta (advice: allowed, e.g. as a keep-alive; it "
+                                            "carries no text)")
         return []
 
     def _message_end(self, p: dict[str, Any], t: str) -> list[Finding]:
@@ -282,7 +285,6 @@ class AguiRunChecks(RunChecks):
         cid, name = _text(p.get("toolCallId")), _text(p.get("toolCallName")) or ""
         if cid is None:
             return []
-        out = []
         call = self.calls.get(cid)
         if call is not None:
             if call.ended:
@@ -292,11 +294,18 @@ class AguiRunChecks(RunChecks):
                 call.ended, call.args, call.args_bytes = False, [], -1  # (its END released its bytes)
         elif len(self.calls) < MAX_IDS:
             self.calls[cid] = _Call(name)
+        return self._parent(p, t, cid)
+
+    def _parent(self, p: dict[str, Any], t: str, cid: str) -> list[Finding]:
+        """`parentMessageId` "attaches the call to the assistant message that carries it" (spec 1.1, Tool Calls): a
+        message that carries only tool calls is never streamed as text, and one may be streamed after its calls (a
+        consumer creates it from the call). Naming one no event has shown is advice, never a violation."""
         parent = _text(p.get("parentMessageId"))
-        if parent is not None and parent not in self.messages:
-            out.append(Finding(Rule.R5, f"{t} {cid[:80]!r} names parentMessageId {parent[:80]!r}, which is no message "
-                                        "of this conversation"))
-        return out
+        if parent is None or parent in self.messages:
+            return []
+        self._remember(self.messages, parent)  # the assistant message the call attaches to exists from now on
+        return [Finding(Rule.R5, f"{t} {cid[:80]!r} names parentMessageId {parent[:80]!r}, which no event has shown "
+                                 "yet (advice: a consumer creates that assistant message)", warning=True)]
 
     def _call_args(self, p: dict[str, Any], t: str) -> list[Finding]:
         call = self.calls.get(_text(p.get("toolCallId")) or "")
@@ -405,9 +414,7 @@ class AguiRunChecks(RunChecks):
                 call.ended, call.args, call.args_bytes = False, [], -1
             elif len(self.calls) < MAX_IDS:
                 self.calls[cid] = _Call(name or "")
-            if parent is not None and parent not in self.messages:
-                out.append(Finding(Rule.R5, f"{t} {cid[:80]!r} names parentMessageId {parent[:80]!r}, which is no "
-                                            "message of this conversation"))
+            out += self._parent(p, t, cid)
             self.lanes[lane] = _Chunk(t, cid, name, parent)
             return out
         if cid in self.open_messages:
@@ -633,18 +640,34 @@ class AguiRunChecks(RunChecks):
             return []
         out = []
         pending = outcome.get("pendingToolCallIds") if isinstance(outcome, dict) else None
+        named: set[str] = set()
         for cid in pending if isinstance(pending, list) else ():
             call = self.calls.get(cid) if isinstance(cid, str) else None
             if call is None or call.answered:
                 out.append(Finding(Rule.R5, f"pendingToolCallIds names {str(cid)[:80]!r}, "
                                             f"{'which never started' if call is None else 'which has its result'}"))
+            elif isinstance(cid, str):
+                named.add(cid)
+        if named:
+            # "when it does, the list MUST contain exactly the tool calls the run started and did not answer" (spec
+            # 1.1, Tool Calls, Frontend tools).
+            for cid, call in self.calls.items():
+                if call.owed and call.ended and not call.answered and cid not in named:
+                    out.append(Finding(Rule.R5, f"pendingToolCallIds leaves out tool call {cid[:80]!r}, which this run "
+                                                "started and did not answer (the list must name all of them)"))
+                    if len(out) >= 20:
+                        return out
         waiting: set[Any] = set()
         if kind == "interrupt" and isinstance(outcome, dict):
             # A tool approval pauses its call: the result comes in the run that resumes it.
             waiting = {i.get("toolCallId") for i in outcome.get("interrupts") or () if isinstance(i, dict)}
         for cid, call in self.calls.items():
-            if call.answered or not call.owed or not call.ended or cid in waiting or call.name in self.ctx.offered_tools:
-                continue  # (a call still open at the end is the tool call span's R5)
+            if (call.answered or not call.owed or not call.ended or cid in waiting or cid in named
+                    or call.name in self.ctx.offered_tools):
+                # (A call still open at the end is the tool call span's R5. One pendingToolCallIds names is left for
+                # the application: a call of a tool the input did not advertise "is not by itself a protocol
+                # violation", spec 1.1, Tool Calls.)
+                continue
             out.append(Finding(Rule.R5, f"tool call {cid[:80]!r} ({call.name[:60] or 'unnamed'}: a backend tool, not "
                                         "offered by the client) has no TOOL_CALL_RESULT before the run's end"))
             if len(out) >= 20:

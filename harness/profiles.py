@@ -245,6 +245,12 @@ class Profile(BaseModel):
         self._decoder = Decoder(self)
 
     @property
+    def further_runs(self) -> bool:
+        """A server may start further runs on a chat's stream (the dialect names `parent_run_id`: AG-UI, whose spec 1.1
+        lets a stream carry several runs in sequence, with or without parentRunId)."""
+        return bool(self.fields.parent_run_id)
+
+    @property
     def spans_must_close(self) -> frozenset[str]:
         """Names of the spans a completed run must have closed (R5)."""
         return frozenset(s.name for s in self.spans if s.must_close)

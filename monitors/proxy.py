@@ -160,7 +160,8 @@ class LiveConnection:
     def __init__(self, live: LiveChats, identity: str, secrets: tuple[str, ...] = ()) -> None:
         self.live = live
         self.identity = identity
-        self.checker = ConnectionChecker(None, events_name_run=live.profile.events_name_run)
+        self.checker = ConnectionChecker(None, events_name_run=live.profile.events_name_run,
+                                         further_runs=live.profile.further_runs)
         self.router = FrameRouter(live.profile, self.checker, live.sink, live.scenario)
         self.chats = PassiveChats(self.checker, live.settle)
         self._by_id: dict[str, ChatTracker] = {}  # the chats open on this connection, oldest first

@@ -97,7 +97,7 @@ CASES = {
     "spec 1.1's chunked tool call, ended by RUN_FINISHED": (
         run(tool('{"q":', toolCallId="c1", toolCallName="calc"), tool(" 1}")), offering("calc"), None, ""),
     "a chunked call whose parentMessageId names no message": (
-        run(tool("{}", toolCallId="c1", toolCallName="calc", parentMessageId="m0"), result()), AGUI, "R5",
+        run(tool("{}", toolCallId="c1", toolCallName="calc", parentMessageId="m0"), result()), AGUI, "advice R5",
         "parentMessageId 'm0'"),
     "a chunked call in pieces, then its result": (
         run(tool("{", toolCallId="c1", toolCallName="calc"), tool('"x": 1'), tool(""), tool("}"), result()), AGUI,
