@@ -197,7 +197,7 @@ class Session(VirtualUser):
 
     __slots__ = ("transport", "reader", "generation", "closed", "closed_by_client", "_wake_id", "_wake_one", "_wakes",
                  "_welcomed", "_opening", "_pending_sends",
-                 "_send_failure", "_settling", "_all_settled", "_sends_now", "_listening", "_ending")
+                 "_send_failure", "_send_closed", "_settling", "_all_settled", "_sends_now", "_listening", "_ending")
 
     def __init__(self, target: Target, user_id: str, scenario: str, sink: Sink, *, connect_timeout: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -219,6 +219,7 @@ class Session(VirtualUser):
         # Replies (pongs) being sent by a transport whose send waits; created with the first one.
         self._pending_sends: set[asyncio.Task] | None = None
         self._send_failure: ConnectFailed | None = None
+        self._send_closed = False  # the last send found the connection closed before the frame left
         # Chats listening out their settle window in the background (ChatOptions.overlap_settle), and their Wakes;
         # what settled() awaits until there are none. None while there are none (memory per open connection).
         self._settling: dict[ChatFlow, Wake] | None = None
@@ -397,12 +398,18 @@ class Session(VirtualUser):
 
     async def _safe_send(self, obj: object) -> bool:
         transport = self.transport
-        if transport is None or self.closed:
+        if transport is None:
+            return False
+        if self.closed:
+            self._send_closed = True
             return False
         if self._sends_now:
             try:
                 transport.send_now(obj)  # type: ignore[attr-defined]
                 return True
+            except ConnectionError:
+                self._send_closed = True
+                return False
             except Exception:
                 return False
         try:
@@ -415,6 +422,9 @@ class Session(VirtualUser):
         except TimeoutError:
             if transport.connects_on_send:
                 self._send_failure = ConnectFailed("timeout", f"no response within {self.connect_timeout:g}s")
+            return False
+        except ConnectionError:
+            self._send_closed = True
             return False
         except Exception:
             return False
@@ -510,6 +520,12 @@ class Session(VirtualUser):
         """SSE: each chat's request opens its own event stream, which ends with the run."""
         return self.transport is not None and self.transport.connects_on_send
 
+    @property
+    def closed_clean(self) -> bool:
+        """The server closed the connection with a normal or going-away close (Link.closed_clean)."""
+        return (self.closed and not self.closed_by_client and self.transport is not None
+                and self.transport.close_code in (1000, 1001))
+
     def chat(self, content: str, expectations: Expectations,
              options: ChatOptions = DEFAULTS) -> Coroutine[Any, Any, ChatResult]:
         """Send one message and follow its run to a verdict, within the chat's deadline (a coroutine to await).
@@ -565,12 +581,17 @@ class Session(VirtualUser):
                     del waiter
                 elif isinstance(action, Send):
                     self._send_failure = None
+                    self._send_closed = False
                     sent = await self._safe_send(action.frame)
                     if sent and action.what == "message" and self.transport is not None and self.transport.connects_on_send:
                         own_stream = True  # SSE: the request opened this chat's stream
                         self.sink.connection_attempt(self.scenario, "ok")
                     failure = self._send_failure
-                    flow.sent(sent, failure.kind if failure else None, str(failure) if failure else "")
+                    if self._send_closed and not self.closed and self.transport is not None:
+                        # Found closed before its reader saw the end: ended now, so every chat on it sees that.
+                        await self._drop(self.transport)
+                    flow.sent(sent, failure.kind if failure else None, str(failure) if failure else "",
+                              closed=self._send_closed)
                 elif isinstance(action, Connect):
                     try:
                         await self._open_shared()

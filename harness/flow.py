@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, error_result, judge_followups
-from .events import Event, Frame, FrameKind, SessionError
+from .events import Event, Frame, FrameKind, Rule, SessionError
 from .profiles import Profile
 from .sinks import Fanout, Sink
 
@@ -243,6 +243,12 @@ class Link(Protocol):
         ...
 
     @property
+    def closed_clean(self) -> bool:
+        """Whether the server ended the connection with a closing handshake of a normal close (1000) or of going away
+        (1001): a server closing an idle connection on purpose, not one that crashed or dropped it (1006, 1011)."""
+        ...
+
+    @property
     def closed_by_client(self) -> bool:
         """Whether this client closed or dropped the connection on purpose (a chat's abandon_after or
         disconnect_after, the session's end): not the server failing to keep it open (R13)."""
@@ -310,7 +316,7 @@ class ChatFlow:
     """
 
     __slots__ = ("router", "tracker", "frame", "options", "probe", "chat_id", "state", "result", "generation",
-                 "reconnects", "dropped_on_purpose", "events_at_reconnect", "lost_note", "_until", "_wait")
+                 "reconnects", "dropped_on_purpose", "events_at_reconnect", "lost_note", "_until", "_wait", "resend")
 
     def __init__(self, router: FrameRouter, tracker: ChatTracker, frame: object, options: ChatOptions = DEFAULTS, *,
                  probe: bool = False) -> None:
@@ -325,6 +331,9 @@ class ChatFlow:
         self.lost_note = ""
         self._until = 0.0
         self._wait = Wait(0.0)
+        # The message found the connection closed before it left (the server closed it between chats): 1 while the
+        # client reconnects to send it again, 2 once it did (once per chat).
+        self.resend = 0
 
     @classmethod
     def chat(cls, router: FrameRouter, content: str, expectations: Expectations, *, user_id: str, now: float,
@@ -356,7 +365,8 @@ class ChatFlow:
                 self._until, self._wait = verdict_at, Wait(verdict_at)
             return self._wait
         if state == NEW:
-            self.router.sink.chat_started(self.router.scenario)
+            if not self.resend:
+                self.router.sink.chat_started(self.router.scenario)
             if link.closed:
                 self.state = CONNECTING
                 return CONNECT
@@ -366,14 +376,18 @@ class ChatFlow:
             self.router.checker.add(tracker)
             if self.options.abandon_after is not None or self.options.disconnect_after is not None:
                 self.router.every_event = self.router.every_event | {tracker.wake_id}
-            due = self.options.due_at
-            tracker.sent_at = tracker.last_at = now if due is None or due > now else due
-            self._until = tracker.wait_deadline()
-            self._wait = Wait(self._until)
+            if self.resend:
+                self.resend = 2  # once
+            else:  # a message sent again is timed from its first try: the user waited all along
+                due = self.options.due_at
+                tracker.sent_at = tracker.last_at = now if due is None or due > now else due
+                self._until = tracker.wait_deadline()
+                self._wait = Wait(self._until)
             self.generation = link.generation
             self.state = SENDING
-            frame, self.frame = self.frame, None  # sent once: not kept for the chat's life (memory per open chat)
-            return Send(frame, "raw" if self.probe else "message")
+            # Kept until sent (a message that found the connection closed is sent again on a new one), not for the
+            # chat's life (memory per open chat).
+            return Send(self.frame, "raw" if self.probe else "message")
         if state == RESUMING:
             self.generation = link.generation
             self.router.checker.add(self.tracker)
@@ -415,7 +429,22 @@ class ChatFlow:
             self.dropped_on_purpose = True
             if not link.closed:
                 return DROP
+        if events and self.frame is not None:
+            self.frame = None  # answered: never sent again (memory per open chat)
         if link.closed or self.generation != link.generation:
+            if (self.frame is not None and not self.resend and not link.closed_by_client and options.reconnect
+                    and link.closed_clean):
+                # The server closed the connection on purpose (a closing handshake, 1000/1001) before a single event
+                # of the run, which has no id to resume: the message crossed the server's close (a server that closes
+                # after each run or when idle; RFC 6455: nothing after its close frame is read). Sent again, once, on
+                # a new connection, timed from its first try, and said (a server that closes on a message without
+                # answering it shows). A crash or a dropped connection (1006, 1011) is judged as it stands.
+                self.resend = 1
+                tracker._warn(Rule.R13, "the server closed the connection (a normal close) as the message went, "
+                              "before any event of its run: sent again on a new connection", None)
+                self.router.checker.discard(tracker)
+                self.state = NEW
+                return self.next(now, link)
             self._judge_resume()
             self._lost(now, link)
             can_resume = resume_frame(self.router.profile, tracker) is not None
@@ -500,12 +529,22 @@ class ChatFlow:
         self._expect(CONNECTING)
         self._error(kind, message)
 
-    def sent(self, ok: bool, failure_kind: str | None = None, failure_message: str = "") -> None:
-        """The outcome of a Send: `failure_kind` when sending was connecting and that failed (SSE), classified."""
+    def sent(self, ok: bool, failure_kind: str | None = None, failure_message: str = "", *,
+             closed: bool = False) -> None:
+        """The outcome of a Send: `failure_kind` when sending was connecting and that failed (SSE), classified;
+        `closed` when the connection was found closed before a byte of the frame left (the server closed it
+        between chats, or as the message went): a chat's message is then sent again, once, on a new connection, as a
+        chat UI reconnects and sends; the server never saw it, so nothing is held against it."""
         if self.state != SENDING:  # a resume frame: a failure shows as the connection's end
             return
         if ok:
+            if self.tracker.run_id is not None:
+                self.frame = None  # kept only while an unanswered message may have to be sent again (below)
             self.state = FOLLOWING
+        elif closed and not self.probe and failure_kind is None and not self.resend:
+            self.resend = 1
+            self.router.checker.discard(self.tracker)  # added again once connected
+            self.state = NEW  # connects (a failure classified as any connection's) unless another chat has
         elif self.probe:
             self._error("send_failed", "the connection closed before the frame could be sent")
         elif failure_kind is not None:

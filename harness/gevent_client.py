@@ -326,15 +326,27 @@ class SyncSession(VirtualUser):
         woken, self._woken = self._woken, threading.Event()
         woken.set()
 
-    def _send(self, obj: object) -> bool:
+    def _send(self, obj: object) -> bool | None:
+        """True when sent; None when the connection was found closed before the frame left (the server closed it
+        between chats), False for any other failure."""
         conn = self.conn
-        if conn is None or self.closed:
+        if conn is None:
             return False
+        if self.closed:
+            return None
         try:
             conn.ws.send_text(_encode(obj))
             return True
+        except ConnectionError:
+            return None
         except Exception:
             return False
+
+    @property
+    def closed_clean(self) -> bool:
+        """The server closed the connection with a normal or going-away close (flow.Link.closed_clean)."""
+        return (self.closed and not self.closed_by_client and self.conn is not None
+                and self.conn.close_code in (1000, 1001))
 
     def _abort(self, conn: _Connection) -> None:
         """Drop the socket without a closing handshake, as a lost network would."""
@@ -443,8 +455,10 @@ class SyncSession(VirtualUser):
                     self._wait(woken, min(action.until, self._settle_at) - clock())
                 elif isinstance(action, Send):
                     sent = self._send(action.frame)
+                    if sent is None and not self.closed and self.conn is not None:
+                        self._drop(self.conn)  # found closed before its reader saw the end: ended now, for every chat
                     with lock:
-                        flow.sent(sent)
+                        flow.sent(sent is True, closed=sent is None)
                 elif isinstance(action, Connect):
                     try:
                         self._ensure_connected()

@@ -137,8 +137,12 @@ class WebSocketTransport:
             self.settings = dataclasses.replace(s, token=None)
 
     async def send(self, obj: Any) -> None:
+        """Send one frame; raises ConnectionError when the connection was closed before it could leave."""
         assert self.ws is not None
-        await self.ws.send(obj if isinstance(obj, (str, bytes)) else json.dumps(obj))
+        try:
+            await self.ws.send(obj if isinstance(obj, (str, bytes)) else json.dumps(obj))
+        except ConnectionClosed as exc:
+            raise ConnectionError(f"the connection is closed ({exc})") from None
 
     async def run(self, on_frame: FrameCallback) -> None:
         """Read frames until the connection ends (normally or not); never raises for what a server does."""
