@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from .events import ALL_ROLES, Event, Frame, Outcome, Role, Rule, Violation, kept_bytes
 from .payload_checks import CHECKS, Finding, RunChecks, RunContext
@@ -155,6 +155,10 @@ class ChatResult:
 class ChatTracker:
     """Rules R1–R13 for one chat (one message and the run it triggers), fed incrementally."""
 
+    # The bytes of events this chat keeps for reports (past them events are counted, not kept: the verdict is the
+    # same). A driver that reports no events (the proxy) keeps fewer, in a subclass.
+    keep_bytes: ClassVar[int] = MAX_KEPT_BYTES
+
     __slots__ = (
         "chat_id", "scenario", "exp", "sent_at", "thread_id", "run_id", "message_id", "events",
         "violations", "saw_started", "roles_past_kept", "first_delay", "terminal_index", "terminal_at", "last_at",
@@ -263,7 +267,7 @@ class ChatTracker:
         """A further run on this chat's stream after this run's clean end: a chat of its own, of the same user and
         thread, timed from that end, whose payload checks continue this run's (ids, state)."""
         root = self.root
-        chat = ChatTracker(f"{root.chat_id}.{len(root.followups) + 1}", self.exp, self.terminal_at or self.last_at,
+        chat = type(self)(f"{root.chat_id}.{len(root.followups) + 1}", self.exp, self.terminal_at or self.last_at,
                            scenario=self.scenario, thread_id=self.thread_id, run_id=run_id)
         chat.parent_run_id = self.run_id
         chat.wake_id, chat._root = root.wake_id, root
@@ -299,7 +303,7 @@ class ChatTracker:
         idx = self.n_events
         self.n_events = idx + 1
         role = ev.role
-        kept = idx < MAX_EVENTS_KEPT and self.kept_bytes < MAX_KEPT_BYTES
+        kept = idx < MAX_EVENTS_KEPT and self.kept_bytes < self.keep_bytes
         if kept:
             if idx or self.events is not _NO_LIST:  # the first event makes the list (or a verdict before it did)
                 self.events.append(ev)
@@ -409,7 +413,7 @@ class ChatTracker:
             res.warnings.append(Violation(rule, f"{_name(ev)} arrived after the chat was judged (past its settle "
                                                 "window): not in its verdict", None))
         events = self.events
-        if events is res.events and len(events) < MAX_EVENTS_KEPT and self.kept_bytes < MAX_KEPT_BYTES:
+        if events is res.events and len(events) < MAX_EVENTS_KEPT and self.kept_bytes < self.keep_bytes:
             ev.payload = None
             events.append(ev)
             self.kept_bytes += ev.nbytes or kept_bytes(ev)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import select
 import socket
 import threading
 import time
@@ -43,6 +44,8 @@ from .transports.websocket import classify, handshake_options, record_close
 
 __all__ = ["STOPPED_NOTE", "SyncSession"]
 
+BACKLOG = 1 << 20  # bytes the server has not read past which the reader waits for it to read (pongs of a ping flood)
+
 
 class _Wire:
     """One WebSocket connection on websockets' Sans-I/O protocol, read by the session's own reader (a greenlet under
@@ -58,6 +61,12 @@ class _Wire:
         self.early: list[Any] = []  # frames that came with the handshake response
         self.parts: list[bytes] = []  # a fragmented message so far
         self.parts_text = True
+        # What the protocol has to send and the socket has not taken yet: written without waiting when the socket
+        # takes it, else left here (as the asyncio transports' write buffers keep it) for the next write to carry on
+        # with. A server that never reads never holds a sender past its deadline, nor the reader at all.
+        self.out = bytearray()
+        self.eof_out = False  # the protocol asked to end the write side once `out` is written
+        self.poller: Any = None
 
     def open(self) -> None:
         """Connect and complete the handshake within connect_timeout; raises what classify() classifies."""
@@ -99,6 +108,8 @@ class _Wire:
             sock.close()
             raise
         self.sock, self.protocol = sock, protocol
+        self.poller = select.poll()  # gevent's under Locust (monkey-patched); polled under the lock only
+        self.poller.register(sock, select.POLLOUT)
         self.early = [e for e in events if isinstance(e, WireFrame)]
         # Open: the credential is not kept for the connection's life (the offered subprotocols, one of which may
         # carry the token, are read by the handshake only; the settings keep what the connection's end is told by).
@@ -106,30 +117,65 @@ class _Wire:
         if s.token is not None:
             self.settings = dataclasses.replace(s, token=None)
 
-    def send_text(self, data: bytes) -> None:
-        """Send one text message, given as UTF-8."""
+    def send_text(self, data: bytes, timeout: float = 0.0) -> None:
+        """Send one text message, given as UTF-8: queued at once, written within `timeout` seconds as far as the
+        server reads; what it has not taken by then stays queued (the chat's own deadline judges a server that
+        never reads, as under `chatprobe run`), never a wait without an end."""
         assert self.protocol is not None and self.sock is not None
         with self.lock:
             if self.protocol.state is not State.OPEN:
                 raise ConnectionError("the connection is closed")
             self.protocol.send_text(data)
-            self._flush()
+            if self._flush():
+                return
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._writable(left)  # outside the lock: the reader goes on reading meanwhile
+            with self.lock:
+                if self._flush():
+                    return
 
-    def _flush(self) -> None:
-        """Write what the protocol has to send (under the lock); an empty chunk means: end the write side."""
+    def _writable(self, timeout: float | None) -> bool:
+        """Wait until the socket takes more bytes (or is in error), at most `timeout` seconds; None: no end. Its own
+        poll object: the reader and a sender may wait at once (one poll object refuses concurrent polls)."""
+        assert self.sock is not None
+        poller = select.poll()
+        poller.register(self.sock, select.POLLOUT)
+        return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000) + 1)))
+
+    def _flush(self) -> bool:
+        """Write what the protocol has to send (under the lock) as far as the socket takes it now, never waiting;
+        True when nothing is left. An empty chunk means: end the write side (once the rest is written)."""
         assert self.protocol is not None and self.sock is not None
         for chunk in self.protocol.data_to_send():
             if chunk:
-                # One send() takes a small frame whole; gevent's sendall() asks the kernel for the buffer size
-                # (a getsockopt) on every call before it sends anything.
-                sent = self.sock.send(chunk)
-                if sent < len(chunk):
-                    self.sock.sendall(memoryview(chunk)[sent:])
+                self.out += chunk
             else:
-                try:
-                    self.sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
+                self.eof_out = True
+        while self.out:
+            # Only after poll() says the socket takes bytes, and without blocking (MSG_DONTWAIT: a plain thread's
+            # blocking socket; gevent's are non-blocking): a send writes what fits and returns.
+            if not self.poller.poll(0):
+                return False
+            try:
+                sent = self.sock.send(bytes(self.out[:1 << 20]), socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                self.out.clear()  # the connection is gone: nothing of it will be written
+                self.eof_out = False
+                raise
+            del self.out[:sent]
+        if self.eof_out:
+            self.eof_out = False
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        return True
 
     def read(self, deliver: Callable[[list[str | bytes]], None]) -> None:
         """Read until the connection ends, handing the whole messages of each read to `deliver` at once (one wake-up
@@ -142,6 +188,16 @@ class _Wire:
         if messages:
             deliver(messages)
         while protocol.state is not State.CLOSED:
+            if len(self.out) > BACKLOG:
+                # Pongs (and closes) the server does not read: read no further until it takes some (websockets'
+                # BoundedPongs for the asyncio clients), so its pings cannot grow this without end.
+                self._writable(None)
+                with self.lock:
+                    try:
+                        self._flush()
+                    except OSError:
+                        break
+                continue
             try:
                 data = sock.recv(65536)
             except OSError:
@@ -160,6 +216,13 @@ class _Wire:
             if messages:
                 deliver(messages)
             if not data:
+                break
+            if protocol.close_expected():
+                # A close frame went out (ours: a frame over max_size, bad UTF-8 or framing; or our answer to the
+                # server's): the connection is over. Waiting for the server's end of TCP would leave a server that
+                # streams on (or never closes) holding the reader, and the chats not told, until their deadlines;
+                # the asyncio clients report it at once.
+                self.abort()
                 break
 
     def _on_frame(self, frame: Any) -> str | bytes | None:
@@ -326,16 +389,18 @@ class SyncSession(VirtualUser):
         woken, self._woken = self._woken, threading.Event()
         woken.set()
 
-    def _send(self, obj: object) -> bool | None:
-        """True when sent; None when the connection was found closed before the frame left (the server closed it
-        between chats), False for any other failure."""
+    def _send(self, obj: object, timeout: float = 0.0) -> bool | None:
+        """Send a frame; the reader's replies without waiting, a chat's within `timeout` (until its deadline): a
+        server that does not read leaves the rest queued, not the sender waiting. True when sent; None when the
+        connection was found closed before the frame left (the server closed it between chats), False for any other
+        failure."""
         conn = self.conn
         if conn is None:
             return False
         if self.closed:
             return None
         try:
-            conn.ws.send_text(_encode(obj))
+            conn.ws.send_text(_encode(obj), timeout)
             return True
         except ConnectionError:
             return None
@@ -454,7 +519,7 @@ class SyncSession(VirtualUser):
                 if isinstance(action, Wait):
                     self._wait(woken, min(action.until, self._settle_at) - clock())
                 elif isinstance(action, Send):
-                    sent = self._send(action.frame)
+                    sent = self._send(action.frame, flow.tracker.wait_deadline() - clock())
                     if sent is None and not self.closed and self.conn is not None:
                         self._drop(self.conn)  # found closed before its reader saw the end: ended now, for every chat
                     with lock:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import signal
 import sys
 import time
 import uuid
@@ -248,6 +249,12 @@ def _init(environment, runner=None, **_kw) -> None:
         return
     if not isinstance(runner, WorkerRunner):
         _load_or_exit(_run)
+        if environment.shape_class is not None and getattr(environment.parsed_options, "headless", False):
+            # Headless with a shape (scenarios/locustfile.py always has one), Locust waits for the shape to end
+            # before it installs its SIGTERM handler: a `kill`, a pod's termination or a CI job's cancel ended the
+            # process at once (143), no summary, no exit code, no CSV or HTML. Stop the run as its end would: the
+            # users first (their verdicts recorded), then Locust's shutdown, this verdict and exit code, its reports.
+            gevent.signal_handler(signal.SIGTERM, _on_sigterm, environment)
     port = environment.parsed_options.chatprobe_metrics_port if environment.parsed_options else 0
     if port:
         from prometheus_client import start_http_server
@@ -257,6 +264,18 @@ def _init(environment, runner=None, **_kw) -> None:
         host = environment.parsed_options.chatprobe_metrics_host
         start_http_server(port, addr=host)
         logger.info("chatprobe metrics on http://%s:%d/metrics", host, port)
+
+
+def _on_sigterm(environment) -> None:
+    """End the shape, which is what Locust's headless run waits on: it then stops the users and shuts down as at the
+    shape's own end (quitting the runner from here as well raced that: verdicts came after the summary)."""
+    logger.info("Got SIGTERM signal: stopping the run")
+    runner = environment.runner
+    shape = getattr(runner, "shape_greenlet", None)
+    if shape is not None:
+        shape.kill(block=False)
+    elif runner is not None:
+        gevent.spawn(runner.quit)
 
 
 @events.test_start.add_listener

@@ -202,6 +202,32 @@ def make_app(monitor: ProbeRunner, loop: asyncio.AbstractEventLoop, grace: float
     return app
 
 
+def metrics_app() -> Callable:
+    """/metrics (the default registry) and health, nothing else: what `chatprobe proxy` serves on --metrics-listen."""
+    metrics = make_wsgi_app()
+
+    def text(start_response: Callable, status: str, body: str, headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
+        data = (body + "\n").encode()
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data))),
+                                *headers])
+        return [data]
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD")
+        if method not in ("GET", "HEAD"):
+            return text(start_response, "405 Method Not Allowed", "only GET and HEAD", [("Allow", "GET, HEAD")])
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            body: Iterable[bytes] = metrics(environ, start_response)
+        elif path in ("/-/healthy", "/-/ready"):
+            body = text(start_response, "200 OK", "OK")
+        else:
+            body = text(start_response, "404 Not Found", "not found: try /metrics")
+        return [] if method == "HEAD" else body
+
+    return app
+
+
 def connection_limit() -> int:
     """Open connections the server accepts: below the open-file limit, with room left for the probes' sockets.
     Past it waitress stops accepting until some close (the kernel's backlog holds the rest)."""
@@ -241,6 +267,19 @@ class _Channel(HTTPChannel):
         return done
 
 
+def _drop(channel: Any) -> None:
+    """Close a channel now, unsent answers and all; a worker waiting for its buffer to drain is woken (and its
+    request ends as the client's disconnect)."""
+    if channel.connected:
+        with contextlib.suppress(OSError):
+            channel.handle_close()
+
+
+def _drop_all(channels: list[Any]) -> None:
+    for channel in channels:
+        _drop(channel)
+
+
 class HttpServer:
     """waitress serving one WSGI app on one socket, in a daemon I/O thread plus `threads` workers."""
 
@@ -259,9 +298,18 @@ class HttpServer:
         def maintenance(now: float) -> None:  # every cleanup_interval, in the I/O thread
             sweep(now)  # closes connections silent for slow_client_timeout
             cutoff = now - slow_client_timeout
+            stuck = []
             for channel in self._server.active_channels.values():
                 if 0 < getattr(channel, "request_started", 0) < cutoff and not channel.requests:
                     channel.will_close = True
+                # Answers waiting to be sent and nothing taken for slow_client_timeout: a peer that stopped reading.
+                # waitress only marks such a channel to close once flushed (never, as the peer reads nothing), and
+                # not at all while a worker waits for its buffer to drain: a scraper pipelining requests it never
+                # read held its connection, its answers (megabytes each) and perhaps a worker for good.
+                if channel.total_outbufs_len and channel.last_activity < cutoff:
+                    stuck.append(channel)
+            if stuck:  # closed from the trigger, outside the loop's walk of the map (as close_all is)
+                self._server.trigger.pull_trigger(lambda: _drop_all(stuck))
 
         self._server.maintenance = maintenance
         self.server_address = sock.getsockname()

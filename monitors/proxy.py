@@ -17,7 +17,6 @@ from http import HTTPStatus
 from typing import Any, NoReturn
 from urllib.parse import unquote_plus
 
-from prometheus_client import start_http_server
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHeader, InvalidStatus
@@ -29,7 +28,7 @@ from websockets.uri import parse_uri
 from harness import redact
 from harness.checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
 from harness.durations import parse_duration, parse_size
-from harness.events import Outcome
+from harness.events import Event, Outcome
 from harness.flow import FrameRouter, PassiveChats
 from harness.profiles import Profile, load_profile
 from harness.recorder import Recorder
@@ -38,6 +37,7 @@ from harness.targets import check_url, target_label
 from harness.transports.websocket import BoundedClientConnection, classify
 from harness.yamlfile import ConfigError
 
+from . import httpserver
 from .frontdoor import (
     DEFAULT_PING_INTERVAL,
     DEFAULT_PING_TIMEOUT,
@@ -60,8 +60,9 @@ log = logging.getLogger("chatprobe.proxy")
 EXIT_OK, EXIT_USAGE = 0, 2
 # Headers a client sends that the upstream handshake must see too (auth, origin, cookies); never logged.
 FORWARDED_HEADERS = ("authorization", "cookie", "origin", "user-agent", "x-request-id")
-# Runs followed across reconnects (resume) are kept this long, bounded in count.
-MAX_TRACKED_RUNS = 10000
+# A resume looks for its run among this many of the user's latest connections still open (a browser that lost its
+# network resumes on its next socket while the old one has not closed yet: one or two).
+MAX_RESUME_SEARCH = 64
 # Chats one connection may have open at once (a chat UI has one or a few). Past it the oldest is judged as it stands
 # and counted as the client's doing (chatprobe_client_rejections_total): a client that sent 40,000 messages on one
 # connection had made 40,000 trackers wait for their deadline, and every message rebuilt an index of them all.
@@ -83,9 +84,37 @@ DEFAULT_MAX_SIZE = 4 * 1024 * 1024
 # write buffer to the other peer (WRITE_LIMIT, plus the one frame being written on top of it). That is at most
 # about 6 M + WRITE_LIMIT per direction, 12 M + 128 KiB per connection: ~50 MiB at the default 4 MiB, ~12 MiB at
 # 1 MiB. websockets' default max_queue (16) would let a fast writer facing a slow reader park 16 frames more per
-# side (another 128 MiB per connection at 4 MiB). Size --max-connections x this budget to the host's memory.
+# side (another 128 MiB per connection at 4 MiB). The chats it follows keep LIVE_KEPT_BYTES of events each on top (2 MiB
+# at most a connection). Size --max-connections x this budget to the host's memory.
 MAX_QUEUE = 1
 WRITE_LIMIT = 64 * 1024
+# The bytes of events a followed chat keeps (`chatprobe run` keeps 4 MiB a chat for its reports; the proxy reports
+# none: its verdicts, counts and times are the same whether events are kept or only counted). A connection holds at
+# most 2 x MAX_OPEN_CHATS chats (the open ones and the judged ones it remembers for late events): an upstream that
+# sent a client's chats thousands of events with kilobyte ids made the proxy keep ~4 MiB each, ~512 MiB a connection.
+LIVE_KEPT_BYTES = 16 * 1024
+
+
+class LiveTracker(ChatTracker):
+    """A chat the proxy follows: the same rules, with LIVE_KEPT_BYTES of its events kept (the rest counted)."""
+
+    __slots__ = ()
+    keep_bytes = LIVE_KEPT_BYTES
+
+
+# --metrics-listen is served as the monitor's HTTP side is (monitors.httpserver), not by prometheus_client's
+# start_http_server, which spent a thread per connection with no deadline: every scraper that sent half a request and
+# waited held its thread for good (150 of them, 150 threads; a few hundred, and the port accepted a connection a
+# second, so Prometheus' own scrape timed out). Two workers (a scrape takes milliseconds); a connection silent or
+# unfinished for 10 s is closed; at most a twentieth of the open-file limit of connections at once, out of the
+# tenth the proxy keeps free beyond its client connections.
+METRICS_THREADS = 2
+
+
+def metrics_connections(nofile: int | None) -> int:
+    return httpserver.MAX_CONNECTIONS if nofile is None else max(4, min(1024, nofile // 20))
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -111,40 +140,49 @@ class LiveChats:
         self.exp = expectations
         self.scenario = scenario
         self.settle = settle
-        # Runs still open, for a resume on another connection: (who started it, its tracker), bounded in count.
-        self.by_run: dict[str, tuple[str, ChatTracker]] = {}
+        # The connections open now, by identity, oldest first: where a resume looks for its run (a run is followed
+        # across reconnects while the connection that carried it is open; its close judges what is left on it).
+        self.open: dict[str, dict[LiveConnection, None]] = {}
         self._n = 0
 
     def connection(self, identity: str = "", secrets: tuple[str, ...] = ()) -> "LiveConnection":
         """A new proxied connection; `identity` stands for its credentials (a resume only picks up a run that a
         connection with the same credentials started), `secrets` are those credentials, kept out of --record."""
-        return LiveConnection(self, identity, secrets)
+        conn = LiveConnection(self, identity, secrets)
+        self.open.setdefault(identity, {})[conn] = None
+        return conn
 
     def new_chat_id(self) -> str:
         self._n += 1
         return f"live-{self._n}"
 
-    def remember(self, identity: str, tracker: ChatTracker) -> None:
-        if tracker.run_id and not tracker.done and tracker.run_id not in self.by_run:
-            if len(self.by_run) >= MAX_TRACKED_RUNS:
-                self.by_run.pop(next(iter(self.by_run)))
-            self.by_run[tracker.run_id] = (identity, tracker)
-
-    def resumed(self, identity: str, run_id: str | None) -> ChatTracker | None:
-        """The open run a resume names, when the same user started it; another user's resume changes nothing."""
-        entry = self.by_run.get(run_id) if run_id else None
-        if entry is None or entry[0] != identity or entry[1].judged:
+    def resumed(self, identity: str, run_id: str | None) -> tuple[ChatTracker, "LiveConnection"] | None:
+        """The open run a resume names and the connection that follows it, when the same user started it (on one of
+        its latest MAX_RESUME_SEARCH connections still open); another user's resume changes nothing. (The runs were
+        learnt when a server frame woke their chat, which an event of a run in progress never does: a resume of a
+        run in progress was never followed.)"""
+        if not run_id:
             return None
-        return entry[1]
+        conns = self.open.get(identity, {})
+        for n, conn in enumerate(reversed(conns)):
+            if n >= MAX_RESUME_SEARCH:
+                break
+            chat = conn.checker.by_run.get(run_id)
+            if chat is not None and not chat.judged and conn.owns(chat):
+                return chat, conn
+        return None
 
     def connection_closed(self, conn: "LiveConnection") -> None:
         """The proxy is done with a connection (its handler's last step); every chat on it is judged."""
+        conns = self.open.get(conn.identity)
+        if conns is not None:
+            conns.pop(conn, None)
+            if not conns:
+                del self.open[conn.identity]
 
     def finished(self, result: ChatResult, *, abandoned: bool = False) -> None:
         """A verdict to the sink. A message the server rejected because the client sent something invalid is the
         client's doing: counted apart (client_rejected), never as one of the server's outcomes."""
-        if result.run_id:
-            self.by_run.pop(result.run_id, None)
         if abandoned:
             self.sink.chat_abandoned(self.scenario)
         if result.error_kind == "rejected":
@@ -165,6 +203,8 @@ class LiveConnection:
         self.router = FrameRouter(live.profile, self.checker, live.sink, live.scenario)
         self.chats = PassiveChats(self.checker, live.settle)
         self._by_id: dict[str, ChatTracker] = {}  # the chats open on this connection, oldest first
+        self._moved: dict[str, None] = {}  # runs resumed on another connection since (let_go)
+        self._replay: dict[str, ChatTracker] = {}  # runs resumed here whose replay of seen events is under way
         self.log = live.recorder.connection("live", secrets) if live.recorder is not None else None
         self.failing = False  # a chat on this connection did not pass: its recording is kept
 
@@ -180,16 +220,28 @@ class LiveConnection:
         live = self.live
         if frame.kind == "request":
             self._make_room(now)
-            tracker = ChatTracker(live.new_chat_id(), live.exp, now, scenario=live.scenario,
+            tracker = LiveTracker(live.new_chat_id(), live.exp, now, scenario=live.scenario,
                                   thread_id=frame.thread_id, run_id=frame.run_id, message_id=frame.message_id)
             self.checker.add(tracker)
             self._by_id[tracker.chat_id] = tracker
             live.sink.chat_started(live.scenario)
         elif frame.kind == "resume":
-            resumed = live.resumed(self.identity, frame.run_id)
-            if resumed is not None:
-                if resumed.chat_id not in self._by_id:
+            found = live.resumed(self.identity, frame.run_id)
+            if found is not None:
+                self._moved.pop(frame.run_id or "", None)
+                resumed, previous = found
+                if previous is not self:
+                    # The chat moves here: the connection it leaves neither routes the run's frames to it any more,
+                    # nor counts it among its open chats, nor judges it when it closes (the user did not abandon it,
+                    # and the server did not lose it: it goes on here).
+                    previous.let_go(resumed)
                     self._make_room(now)
+                if resumed.max_seq and frame.run_id:
+                    # The server replays what the client says it missed: events the proxy forwarded (and judged)
+                    # before the client lost them. Judged once, not again as duplicates (R7) of the server's.
+                    if len(self._replay) >= MAX_RESUME_SEARCH:
+                        del self._replay[next(iter(self._replay))]
+                    self._replay[frame.run_id] = resumed
                 self.checker.add(resumed)
                 self._by_id[resumed.chat_id] = resumed
                 resumed.reconnected(True)
@@ -199,9 +251,23 @@ class LiveConnection:
         """A frame from the server to the user, decoded and routed as the harness's own client does."""
         if self.log is not None:
             self.log.frame("recv", text, now)
-        wake, _reply = self.router.on_frame(text, now)  # the user's own client answers pings
-        if wake is not None and (chat := self._by_id.get(wake)) is not None:
-            self.live.remember(self.identity, chat)
+        if self._moved or self._replay:  # only after a resume: a second decode of the frame
+            decoded = self.live.profile.decode(text, now)
+            if isinstance(decoded, Event) and (run := decoded.run_id) is not None:
+                if run in self._moved:
+                    return  # a run followed on another connection now (let_go)
+                if (chat := self._replay.get(run)) is not None and self._replayed(chat, decoded.seq, run):
+                    return
+        self.router.on_frame(text, now)  # the user's own client answers pings
+
+    def _replayed(self, chat: ChatTracker, seq: object, run: str) -> bool:
+        """The event (of a run resumed here) is one the chat already had, replayed by the resume; the replay ends at
+        the first event the chat had not seen."""
+        if isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq <= chat.max_seq and (
+                seq <= chat.seq_low or seq in chat.seqs_above):
+            return True
+        del self._replay[run]
+        return False
 
     def oversized(self, limit: int, now: float) -> None:
         """The proxy cut the upstream off for a frame over `limit` bytes: an R12, as the harness judges it."""
@@ -213,6 +279,21 @@ class LiveConnection:
 
     def next_due(self) -> float | None:
         return self.chats.next_due()
+
+    def owns(self, chat: ChatTracker) -> bool:
+        """The chat is followed here (started here or resumed here, and not resumed elsewhere since)."""
+        return chat.chat_id in self._by_id
+
+    def let_go(self, chat: ChatTracker) -> None:
+        """The chat was resumed on another connection of the same user: it is that one's to judge now. The server may
+        go on sending the run here too until this connection closes (agentsim does): those frames are the same
+        events again, neither this chat's (they would be duplicates, R7) nor another user's (R8)."""
+        self._by_id.pop(chat.chat_id, None)
+        self.checker.discard(chat)
+        if chat.run_id:
+            if len(self._moved) >= MAX_RESUME_SEARCH:
+                del self._moved[next(iter(self._moved))]
+            self._moved[chat.run_id] = None
 
     def closed(self, now: float, *, by_client: bool) -> None:
         for result, abandoned in self.chats.closed(now, by_client=by_client):
@@ -680,9 +761,11 @@ def main(argv: list[str] | None = None) -> int:
                                            deadline=limits["deadline"], stall_limit=limits["stall_limit"]))
     sink = MetricsSink(default_metrics(), args.target_name or target_label(args.upstream), "live")
     live = LiveChats(profile, sink, exp, args.scenario, limits["settle"], recorder)
+    metrics_server = None
     if mport:
         try:
-            start_http_server(mport, addr=mhost)
+            metrics_server = httpserver.start_http(httpserver.metrics_app(), mhost, mport, threads=METRICS_THREADS,
+                                                   max_connections=metrics_connections(open_file_limit()))
         except OSError as exc:
             print(f"chatprobe proxy: error: cannot listen on {redact.clean(args.metrics_listen)} (--metrics-listen): "
                   f"{redact.clean(exc.strerror or exc)}", file=sys.stderr)
@@ -708,4 +791,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{redact.clean(exc.strerror or exc)}",
               file=sys.stderr)
         return 1
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown(timeout=1.0)
     return EXIT_OK

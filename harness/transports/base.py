@@ -49,13 +49,13 @@ class ConnectFailed(Exception):
 @dataclass
 class ConnectSettings:
     url: str
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # never in a repr: pytest -l, a traceback's locals
     auth: str = "header"  # header | subprotocol | none
     ca_file: str | None = None
     insecure: bool = False
     connect_timeout: float = 10.0
     max_size: int = 4 * 1024 * 1024
-    extra_headers: dict[str, str] = field(default_factory=dict)
+    extra_headers: dict[str, str] = field(default_factory=dict, repr=False)  # may carry a cookie
     # Offer permessage-deflate (as browsers do) or not. "none" by default: on loopback and LAN deflate costs both
     # ends more CPU than it saves in bytes, and agentsim offers none; a server that needs it is tested with it.
     compression: Compression = "none"
