@@ -41,6 +41,7 @@ from . import httpserver
 from .frontdoor import (
     DEFAULT_PING_INTERVAL,
     DEFAULT_PING_TIMEOUT,
+    WARN_EVERY,
     BadTarget,
     FrontDoor,
     accept_batch,
@@ -144,6 +145,10 @@ class LiveChats:
         # across reconnects while the connection that carried it is open; its close judges what is left on it).
         self.open: dict[str, dict[LiveConnection, None]] = {}
         self._n = 0
+        # --record's frames not written (a connection's file full), since the last line that said so: at most one
+        # such warning a minute (WARN_EVERY), and the rest when the proxy stops.
+        self._dropped = (0, 0, 0)
+        self._dropped_said_at: float | None = None
 
     def connection(self, identity: str = "", secrets: tuple[str, ...] = ()) -> "LiveConnection":
         """A new proxied connection; `identity` stands for its credentials (a resume only picks up a run that a
@@ -151,6 +156,26 @@ class LiveChats:
         conn = LiveConnection(self, identity, secrets)
         self.open.setdefault(identity, {})[conn] = None
         return conn
+
+    def recorded(self, now: float) -> None:
+        """A connection's recording was saved: say (at most once a minute) what --record could not write."""
+        if self.recorder is None:
+            return
+        conns, frames, size = self.recorder.take_dropped()
+        if conns:
+            c, f, b = self._dropped
+            self._dropped = (c + conns, f + frames, b + size)
+        if self._dropped[0] and (self._dropped_said_at is None or now - self._dropped_said_at >= WARN_EVERY):
+            self.say_dropped(now)
+
+    def say_dropped(self, now: float) -> None:
+        conns, frames, size = self._dropped
+        if not conns or self.recorder is None:
+            return
+        log.warning("--record: %d frames (%s bytes) of %d connection(s) were not recorded, their file being full "
+                    "(%s bytes); each file says where its gap begins, and `chatprobe check` judges the chats open there "
+                    "as they stood", frames, f"{size:,}", conns, f"{self.recorder.max_file_bytes:,}")
+        self._dropped, self._dropped_said_at = (0, 0, 0), now
 
     def new_chat_id(self) -> str:
         self._n += 1
@@ -301,6 +326,7 @@ class LiveConnection:
         if self.log is not None and self.live.recorder is not None:
             self.log.close(now, by_client=by_client)
             self.live.recorder.save(self.log, keep=True if self.failing else None)  # None: --record-all decides
+            self.live.recorded(now)
         self.live.connection_closed(self)
 
     def _make_room(self, now: float) -> None:
@@ -783,6 +809,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{door.max_connections} connections, {door.max_per_address} per client address)", flush=True)
         await stop.wait()
         await stop_proxy(server, door)
+        live.say_dropped(time.monotonic())  # what --record could not write since the last such line
 
     try:
         asyncio.run(run())

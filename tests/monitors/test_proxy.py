@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import secrets
 import socket
 
@@ -593,3 +594,33 @@ def test_runs_the_server_carries_on_after_the_clients_are_counted_started_as_wel
     judged = sum(sample(metrics, "chatprobe_chats_total", outcome=o, **labels)
                  for o in ("passed", "failed", "incomplete", "error"))
     assert judged == 6 and sample(metrics, "chatprobe_chats_in_flight", **labels) == 0
+
+
+async def test_the_proxy_says_when_record_could_not_write_a_connections_frames(tmp_path, caplog):
+    # A connection's file full (here 4 KiB): its frames past it are not written (the file says where). `chatprobe run`
+    # warns in its summary; the proxy logs it (at most once a minute, the rest at its stop).
+    from harness.recorder import Recorder
+
+    secret = secrets.token_urlsafe(32)
+    sim = AgentSim(SimConfig(port=0, jwt_secret=secret, think=0.001, tool_latency=0.001, seed=5))
+    await sim.start()
+    live = WatchedChats(load_profile("netra"), MetricsSink(ChatMetrics(CollectorRegistry()), "agentsim", "live"),
+                        EXP, "live", 0.05, Recorder(tmp_path / "rec", keep_all=True, max_file_bytes=4096))
+    server = await start_proxy(Proxy(sim.url.rsplit("/", 1)[0], live), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="proxy",
+                    tokens=TokenProvider(jwt_secret=secret))
+    caplog.set_level(logging.WARNING, logger="chatprobe.proxy")
+    try:
+        session = Session(target, "alice", "user", Recorder_())
+        for _ in range(3):
+            assert (await session.chat("What is 2 * 2?", EXP)).outcome is Outcome.PASSED
+        await session.close()
+        await until(lambda: live.closed_count == 1)
+    finally:
+        server.close()
+        await sim.stop()
+    [line] = [r.getMessage() for r in caplog.records if "were not recorded" in r.getMessage()]
+    assert "of 1 connection(s)" in line and "4,096 bytes" in line
+    live.say_dropped(0.0)  # said once: nothing more to say at the stop
+    assert sum("were not recorded" in r.getMessage() for r in caplog.records) == 1
