@@ -123,8 +123,9 @@ class SSETransport:
             if response is None:  # no stream came of it (also when cancelled): the next chat may try again
                 self._requested = False
         failure = classify_status(response.status_code, response.headers.get("content-type", ""))
-        encoding = response.headers.get("content-encoding", "").strip().lower()
-        if failure is None and encoding not in ("", "identity"):
+        # Shown as sent, never case-folded: redaction finds an echoed token only in the case it was given.
+        encoding = response.headers.get("content-encoding", "").strip()
+        if failure is None and encoding.lower() not in ("", "identity"):
             failure = ("protocol_error", f"the server encoded the event stream (Content-Encoding {encoding[:40]!r}) "
                                          "though the client asked for identity")
         if failure is not None:
@@ -169,6 +170,11 @@ class SSETransport:
         except (httpx.HTTPError, OSError) as exc:
             self.ended_note = f"the event stream broke before the run's terminal event ({exc.__class__.__name__})"
             self.close_reason = f"{exc.__class__.__name__}: {str(exc)[:120]}"
+            if isinstance(exc, httpx.RemoteProtocolError):
+                # The server broke HTTP's framing (a chunked body or a Content-Length body cut short, a bad chunk
+                # header): an R12 even after the run's terminal event, as a fetch()-based client (AG-UI's
+                # HttpAgent) fails the run with a network error there. A reset connection is a lost one, not this.
+                self.protocol_error = f"the HTTP response carrying the event stream is malformed: {str(exc)[:120]}"
         finally:
             try:
                 async with asyncio.timeout(2):
