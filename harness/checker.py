@@ -101,6 +101,7 @@ class ChatResult:
     # Advice apart from the contract (docs/profiles.md): shown in reports, never failing the chat.
     warnings: list[Violation] = field(default_factory=list)
     parent_run_id: str | None = None  # a further run of the same stream: the run it continues
+    further_run: bool = False  # a run the server added to a chat's stream: reported, counted in its chat (fold_further)
 
     @property
     def passed(self) -> bool:
@@ -617,7 +618,10 @@ class ChatTracker:
             event_counts=self._event_counts(),
             warnings=list(self.warnings),
             parent_run_id=self.parent_run_id,
+            further_run=self._root is not None,
         )
+        if self.followups:
+            fold_further(res, [c._result for c in self.followups if c._result is not None])
         self._result = res
         return res
 
@@ -1037,6 +1041,35 @@ def judge_followups(tracker: ChatTracker, now: float) -> list[ChatResult]:
         assert chat._result is not None
         out.append(chat._result)
     return out
+
+
+_WORSE = {Outcome.PASSED: 0, Outcome.INCOMPLETE: 1, Outcome.FAILED: 2}
+
+
+def fold_further(result: ChatResult, runs: list[ChatResult]) -> None:
+    """The request's verdict is its stream's: a further run the stream carried (judged, and reported, as a chat of its
+    own) that did not pass makes the chat the client asked for fail too, with that run's violations and missing roles
+    (named by the run), since the user saw them on the answer to their message. Counters and objectives count the
+    chats a client asked for (`ChatResult.further_run`), so runs a server adds never dilute a failure ratio."""
+    if result.outcome is Outcome.ERROR:
+        return
+    for run in runs:
+        if run.outcome is Outcome.PASSED:
+            continue
+        if _WORSE.get(run.outcome, 2) > _WORSE.get(result.outcome, 2):
+            result.outcome = run.outcome
+        name = f"further run {(run.run_id or '')[:80]!r} ({run.chat_id}) on this chat's stream"
+        for v in run.violations:
+            if len(result.violations) < MAX_VIOLATIONS_KEPT:
+                result.violations.append(Violation(v.rule, f"{name}: {v.reason}", None))
+            else:
+                rule = v.rule.value if isinstance(v.rule, Rule) else str(v.rule)
+                result.violations_not_listed[rule] = result.violations_not_listed.get(rule, 0) + 1
+        for rule, n in run.violations_not_listed.items():
+            result.violations_not_listed[rule] = result.violations_not_listed.get(rule, 0) + n
+        result.missing += [r for r in run.missing if r not in result.missing]
+        if not result.note:
+            result.note = f"{name}: {run.outcome.value}" + (f" ({run.note})" if run.note else "")
 
 
 def abandon(tracker: ChatTracker, now: float) -> ChatResult:

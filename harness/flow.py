@@ -491,6 +491,7 @@ class ChatFlow:
     def _judge(self, now: float) -> Finish:
         tracker = self.tracker
         lost = bool(self.lost_note) and not tracker.done
+        judge_followups(tracker, now)  # first: the chat's verdict is its stream's (fold_further)
         return self._finish(tracker.finish(now, lost=lost, note=self.lost_note), now)
 
     def _finish(self, result: ChatResult, now: float | None = None) -> Finish:
@@ -500,9 +501,10 @@ class ChatFlow:
             self.router.every_event = self.router.every_event - {self.tracker.wake_id}
         sink = self.router.sink
         sink.chat_finished(result)
-        if now is not None and self.tracker.followups:  # further runs the stream carried: chats of their own
+        if now is not None and self.tracker.followups:
+            # Further runs the stream carried: reported as chats of their own, counted in this one (fold_further),
+            # never as chats the client started.
             for run in judge_followups(self.tracker, now):
-                sink.chat_started(self.router.scenario)
                 sink.chat_finished(run)
         return Finish(result)
 
@@ -580,6 +582,7 @@ class ChatFlow:
             self._finish(tracker.finish(now, lost=True, note="stopped before the answer"))
         else:
             stopped = not tracker.done
+            judge_followups(tracker, now)
             self._finish(tracker.finish(now, lost=stopped, note="stopped before the chat ended" if stopped else ""), now)
         assert self.result is not None
         return self.result
@@ -611,6 +614,12 @@ def verdict_due(tracker: ChatTracker, settle: float) -> float:
     return last.wait_deadline()
 
 
+def _further_first(chats: list[ChatTracker]) -> list[ChatTracker]:
+    """The chats with further runs ahead of the chats whose streams carried them: a chat's verdict folds in its further
+    runs' (checker.fold_further), so they are judged first when both fall due at once."""
+    return sorted(chats, key=lambda c: c.root is c)
+
+
 class PassiveChats:
     """The chats of one connection the harness only watches (`chatprobe proxy`, a recording): each judged when its
     verdict is due, or when the connection ends (the user leaving mid-run is an abandonment, the server closing is a
@@ -623,7 +632,7 @@ class PassiveChats:
     def due(self, now: float) -> list[ChatResult]:
         """Judge every chat whose verdict is due at `now`."""
         out = []
-        for chat in list(self.checker.chats):
+        for chat in _further_first(self.checker.chats):
             if not chat.judged and now >= verdict_due(chat, self.settle):
                 out.append(chat.finish(now))
         return out
@@ -636,7 +645,7 @@ class PassiveChats:
     def closed(self, now: float, *, by_client: bool) -> list[tuple[ChatResult, bool]]:
         """The connection ended: every chat not yet judged is, now; (result, abandoned by the client) pairs."""
         out = []
-        for chat in self.checker.chats:
+        for chat in _further_first(self.checker.chats):
             if chat.judged:
                 continue
             if chat.done:

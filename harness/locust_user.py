@@ -147,6 +147,8 @@ class _Run:
         """One verdict into Locust's stats (a chat request and a first_event request) and the tally."""
         assert self.scenario is not None
         self.tally.add(result)
+        if result.further_run:
+            return  # a run the server added to a chat's stream: counted in that chat (checker.fold_further)
         if self.stages is not None:
             self.stages.add(result, result.sent_at - self.started)
         request = self.environment.events.request

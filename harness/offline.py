@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon
+from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, judge_followups
 from .events import Event, Outcome, kept_bytes
 from .flow import WAKE_ALL, FrameRouter, verdict_due
 from .profiles import Profile
@@ -360,12 +360,24 @@ class OfflineCheck:
         if entry is not None:
             entry[1].open.pop(tracker.chat_id, None)
         self._judge_resume(tracker)
+        # Further runs the stream carried first (as live): each reported as a chat of its own, and the chat's verdict
+        # is its stream's (checker.fold_further).
+        further = [c for c in tracker.followups if not c.judged]
+        judge_followups(tracker, now)
         result = tracker.finish(now, lost=lost, note=note)
         untimed = tracker.chat_id in self.untimed or (entry is not None and entry[1].untimed)
         self.untimed.discard(tracker.chat_id)
         if untimed:
             result.time_to_first_event = None
             result.duration = None
+        self._count(tracker, result)
+        for run in further:
+            assert run.result is not None
+            if untimed:
+                run.result.time_to_first_event = run.result.duration = None
+            self._count(run, run.result)
+
+    def _count(self, tracker: ChatTracker, result: ChatResult) -> None:
         self.tally.add(result)
         self.sink.chat_finished(result)
         passing = result.outcome is Outcome.PASSED

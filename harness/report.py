@@ -140,6 +140,8 @@ class LiveView(Sink):
         self.started += 1
 
     def chat_finished(self, result: ChatResult) -> None:
+        if result.further_run:  # counted in its chat (checker.fold_further), never started as one
+            return
         self.outcomes[result.outcome] += 1
         self.events += result.events_received
         if result.time_to_first_event is not None:

@@ -111,6 +111,11 @@ class Tally:
     lag_max: float = 0.0  # the latest a chat began after it was due, in seconds
 
     def add(self, r: ChatResult) -> None:
+        if r.further_run:
+            # A run the server added to a chat's stream: counted in that chat's verdict (checker.fold_further), not
+            # as a chat of its own, so runs nobody asked for never dilute a ratio.
+            self.events += r.events_received
+            return
         self.chats += 1
         self.outcomes[r.outcome] += 1
         if r.outcome is Outcome.ERROR:

@@ -259,6 +259,12 @@ class MetricsSink(Sink):
 
     def chat_finished(self, result: ChatResult) -> None:
         c = self._scenario(result.scenario)
+        if result.further_run:
+            # A run a server added to a chat's stream: its events count; as a chat it counts in the chat whose stream
+            # carried it (checker.fold_further), so runs nobody asked for never dilute chatprobe_chats_total.
+            for role, count in result.event_counts.items():
+                c.events[role].inc(count)
+            return
         c.in_flight.dec()
         c.chats.get(result.outcome, c.chats_error).inc()
         if result.missing:

@@ -344,10 +344,9 @@ class LiveConnection:
         self._finished(result)
 
     def _finished(self, result: ChatResult, *, abandoned: bool = False) -> None:
-        if self._by_id.pop(result.chat_id, None) is None and result.parent_run_id is not None:
-            # A further run the server carried on the stream (AG-UI's parentRunId): a chat the client never started
-            # a message for, so not counted started yet. Counted now, as the harness's own flow counts it.
-            self.live.sink.chat_started(self.live.scenario)
+        # A further run the server carried on the stream is never counted started: the sinks count it in the chat
+        # whose stream carried it (checker.fold_further), as the harness's own flow does.
+        self._by_id.pop(result.chat_id, None)
         if result.outcome is not Outcome.PASSED:
             self.failing = True
         self.live.finished(result, abandoned=abandoned)

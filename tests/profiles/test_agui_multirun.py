@@ -91,7 +91,8 @@ async def test_a_run_continuing_the_finished_one_is_a_chat_of_its_own_over_sse()
     first, second = sink.results
     assert second.run_id == "run-2" and second.parent_run_id == first.run_id and second.thread_id == first.thread_id
     assert second.chat_id == f"{first.chat_id}.1" and len(second.events) == 8 and len(first.events) == 5
-    assert sink.started == 2  # counted as started and judged: the counters add up
+    # One chat started (the one the client asked for); the further run is reported, counted in it (fold_further).
+    assert sink.started == 1 and sum(not r.further_run for r in sink.results) == 1
     assert second.to_dict()["parent_run_id"] == first.run_id
 
 
@@ -122,9 +123,10 @@ async def test_a_further_run_after_the_settle_window_is_not_waited_for():
 async def test_a_further_run_cut_short_by_the_end_of_the_stream_is_incomplete():
     async with AguiSSEServer(lambda inp: hitl(inp, second_ends=False)) as server:
         first, sink = await chat(server.url)
-    assert first.outcome is Outcome.PASSED, first.violations
     second = sink.results[1]
     assert second.outcome is Outcome.INCOMPLETE and "ended before this run's terminal event" in second.note
+    # The chat the client asked for is its stream's verdict (fold_further): the user saw a run cut short on it.
+    assert first.outcome is Outcome.INCOMPLETE and not first.violations and "further run" in first.note
 
 
 async def test_a_second_run_started_inside_a_run_is_r1_whatever_its_run_id():
