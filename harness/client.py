@@ -197,7 +197,7 @@ class Session(VirtualUser):
 
     __slots__ = ("transport", "reader", "generation", "closed", "closed_by_client", "_wake_id", "_wake_one", "_wakes",
                  "_welcomed", "_opening", "_pending_sends",
-                 "_send_failure", "_send_closed", "_settling", "_all_settled", "_sends_now", "_listening", "_ending")
+                 "_send_failure", "_settling", "_all_settled", "_sends_now", "_listening", "_ending")
 
     def __init__(self, target: Target, user_id: str, scenario: str, sink: Sink, *, connect_timeout: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -219,7 +219,6 @@ class Session(VirtualUser):
         # Replies (pongs) being sent by a transport whose send waits; created with the first one.
         self._pending_sends: set[asyncio.Task] | None = None
         self._send_failure: ConnectFailed | None = None
-        self._send_closed = False  # the last send found the connection closed before the frame left
         # Chats listening out their settle window in the background (ChatOptions.overlap_settle), and their Wakes;
         # what settled() awaits until there are none. None while there are none (memory per open connection).
         self._settling: dict[ChatFlow, Wake] | None = None
@@ -396,20 +395,21 @@ class Session(VirtualUser):
         self._pending_sends.add(t)
         t.add_done_callback(self._pending_sends.discard)
 
-    async def _safe_send(self, obj: object) -> bool:
+    async def _safe_send(self, obj: object) -> bool | None:
+        """Send a frame: True when sent; None when the connection was found closed before the frame left (the
+        server closed it between chats), False for any other failure (as SyncSession._send). The outcome is this
+        call's own: a pong sent meanwhile by another task, or another chat's send, cannot change it."""
         transport = self.transport
         if transport is None:
             return False
         if self.closed:
-            self._send_closed = True
-            return False
+            return None
         if self._sends_now:
             try:
                 transport.send_now(obj)  # type: ignore[attr-defined]
                 return True
             except ConnectionError:
-                self._send_closed = True
-                return False
+                return None
             except Exception:
                 return False
         try:
@@ -424,8 +424,7 @@ class Session(VirtualUser):
                 self._send_failure = ConnectFailed("timeout", f"no response within {self.connect_timeout:g}s")
             return False
         except ConnectionError:
-            self._send_closed = True
-            return False
+            return None
         except Exception:
             return False
 
@@ -581,17 +580,16 @@ class Session(VirtualUser):
                     del waiter
                 elif isinstance(action, Send):
                     self._send_failure = None
-                    self._send_closed = False
                     sent = await self._safe_send(action.frame)
                     if sent and action.what == "message" and self.transport is not None and self.transport.connects_on_send:
                         own_stream = True  # SSE: the request opened this chat's stream
                         self.sink.connection_attempt(self.scenario, "ok")
                     failure = self._send_failure
-                    if self._send_closed and not self.closed and self.transport is not None:
+                    if sent is None and not self.closed and self.transport is not None:
                         # Found closed before its reader saw the end: ended now, so every chat on it sees that.
                         await self._drop(self.transport)
-                    flow.sent(sent, failure.kind if failure else None, str(failure) if failure else "",
-                              closed=self._send_closed)
+                    flow.sent(sent is True, failure.kind if failure else None, str(failure) if failure else "",
+                              closed=sent is None)
                 elif isinstance(action, Connect):
                     try:
                         await self._open_shared()

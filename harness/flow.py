@@ -433,12 +433,13 @@ class ChatFlow:
             self.frame = None  # answered: never sent again (memory per open chat)
         if link.closed or self.generation != link.generation:
             if (self.frame is not None and not self.resend and not link.closed_by_client and options.reconnect
-                    and link.closed_clean):
+                    and not link.stream_per_chat and link.closed_clean):
                 # The server closed the connection on purpose (a closing handshake, 1000/1001) before a single event
                 # of the run, which has no id to resume: the message crossed the server's close (a server that closes
                 # after each run or when idle; RFC 6455: nothing after its close frame is read). Sent again, once, on
                 # a new connection, timed from its first try, and said (a server that closes on a message without
-                # answering it shows). A crash or a dropped connection (1006, 1011) is judged as it stands.
+                # answering it shows). A crash or a dropped connection (1006, 1011) is judged as it stands, and so is
+                # an SSE stream that ended: the server took its request (it answered with the stream).
                 self.resend = 1
                 tracker._warn(Rule.R13, "the server closed the connection (a normal close) as the message went, "
                               "before any event of its run: sent again on a new connection", None)
@@ -618,6 +619,63 @@ def _further_first(chats: list[ChatTracker]) -> list[ChatTracker]:
     """The chats with further runs ahead of the chats whose streams carried them: a chat's verdict folds in its further
     runs' (checker.fold_further), so they are judged first when both fall due at once."""
     return sorted(chats, key=lambda c: c.root is c)
+
+
+# Runs a watched connection remembers were resumed elsewhere, or are being replayed to it (each bounded in count).
+MAX_RESUMES_FOLLOWED = 64
+
+
+class Resumes:
+    """What a watched connection (`chatprobe proxy`, a recording) does about runs resumed across connections while
+    the old one is still open: the connection a chat leaves ignores that run's frames from then on (the server may go
+    on sending it there: the same events again, neither the chat's duplicates, R7, nor another user's, R8), and the
+    one it moves to does not judge again the events the chat already had that the resume replays (the client resumes
+    from what it got, the watcher saw what was sent). One implementation for the proxy and `chatprobe check`, so
+    they judge the same traffic alike. Empty (None) until the first resume: nothing per frame before it."""
+
+    __slots__ = ("moved", "replay")
+
+    def __init__(self) -> None:
+        self.moved: dict[str, None] = {}  # runs resumed on another connection since
+        self.replay: dict[str, ChatTracker] = {}  # runs resumed here whose replay of seen events is under way
+
+    def let_go(self, checker: ConnectionChecker, chat: ChatTracker) -> None:
+        """`chat` was resumed on another connection: this one routes its run to it no more."""
+        checker.discard(chat)
+        if chat.run_id:
+            if len(self.moved) >= MAX_RESUMES_FOLLOWED:
+                del self.moved[next(iter(self.moved))]
+            self.moved[chat.run_id] = None
+
+    def resumed_here(self, chat: ChatTracker, run_id: str | None) -> None:
+        """`chat`'s run `run_id` was resumed on this connection: its frames are its own again, past the replay."""
+        if not run_id:
+            return
+        self.moved.pop(run_id, None)
+        if chat.max_seq:
+            if len(self.replay) >= MAX_RESUMES_FOLLOWED:
+                del self.replay[next(iter(self.replay))]
+            self.replay[run_id] = chat
+
+    def skip(self, profile: Profile, frame: str | bytes, at: float) -> bool:
+        """Whether a received frame is to be left unjudged: a run followed elsewhere, or an event the chat had."""
+        decoded = profile.decode(frame, at)
+        if not isinstance(decoded, Event) or (run := decoded.run_id) is None:
+            return False
+        if run in self.moved:
+            return True
+        chat = self.replay.get(run)
+        if chat is None:
+            return False
+        seq = decoded.seq
+        if isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq <= chat.max_seq and (
+                seq <= chat.seq_low or seq in chat.seqs_above):
+            return True
+        del self.replay[run]  # the replay ends at the first event the chat had not seen
+        return False
+
+    def __bool__(self) -> bool:
+        return bool(self.moved or self.replay)
 
 
 class PassiveChats:

@@ -184,7 +184,7 @@ class _Wire:
         protocol, sock = self.protocol, self.sock
         assert protocol is not None and sock is not None
         early, self.early = self.early, []
-        messages = [m for m in map(self._on_frame, early) if m is not None]
+        messages = self._messages(early)
         if messages:
             deliver(messages)
         while protocol.state is not State.CLOSED:
@@ -212,7 +212,7 @@ class _Wire:
                     self._flush()
                 except OSError:
                     pass
-            messages = [m for m in map(self._on_frame, events) if m is not None]
+            messages = self._messages(events)
             if messages:
                 deliver(messages)
             if not data:
@@ -224,6 +224,20 @@ class _Wire:
                 # the asyncio clients report it at once.
                 self.abort()
                 break
+
+    def _messages(self, events: list[Any]) -> list[str | bytes]:
+        """The whole messages of one read's frames, up to a frame this client failed the connection for (bad UTF-8):
+        what came after it in the same read is not delivered, as websockets' asyncio client reads nothing past it
+        (else the rest of a run the server streamed on were judged live under Locust: R8, not the R12 of `run`)."""
+        out = []
+        protocol = self.protocol
+        for frame in events:
+            message = self._on_frame(frame)
+            if message is not None:
+                out.append(message)
+            elif protocol is not None and protocol.close_sent is not None and protocol.close_sent.code == 1007:
+                break
+        return out
 
     def _on_frame(self, frame: Any) -> str | bytes | None:
         """The whole message a frame completes, if any (events that are not frames, control frames: None)."""

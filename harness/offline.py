@@ -15,7 +15,7 @@ from typing import Protocol
 
 from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, judge_followups
 from .events import Event, Outcome, kept_bytes
-from .flow import WAKE_ALL, FrameRouter, verdict_due
+from .flow import WAKE_ALL, FrameRouter, Resumes, verdict_due
 from .profiles import Profile
 from .recorder import DEFAULT_MAX_FILES
 from .recordings import (
@@ -86,7 +86,7 @@ UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive ti
 class _Conn:
     """One recorded connection (or SSE stream): the live client's router and checker for it."""
 
-    __slots__ = ("checker", "clients", "key", "last_t", "open", "router", "untimed", "wake")
+    __slots__ = ("checker", "clients", "key", "last_t", "open", "resumes", "router", "untimed", "wake")
 
     def __init__(self, key: str, profile: Profile, sink: Sink, scenario: str) -> None:
         self.key = key
@@ -98,6 +98,7 @@ class _Conn:
         self.untimed = False  # a frame without a recorded time was received on it
         self.wake = float("inf")  # no chat of it can be judged before this time
         self.open: dict[str, ChatTracker] = {}  # its chats not judged yet, oldest first
+        self.resumes: Resumes | None = None  # runs resumed across connections (flow.Resumes), as the proxy
 
 
 class OfflineCheck:
@@ -202,6 +203,8 @@ class OfflineCheck:
     def _received(self, conn: _Conn, frame: str | bytes | None, at: float) -> None:
         if frame is None:
             return
+        if conn.resumes and conn.resumes.skip(self.profile, frame, at):
+            return  # a run followed on another connection since, or an event its chat had, replayed (as the proxy)
         if not conn.clients:
             # No client frame says where chats begin: a new run id begins one; else the connection is one chat.
             decoded = self.profile.decode(frame, at)
@@ -243,8 +246,16 @@ class OfflineCheck:
             run_id = sent.run_id
             tracker = self.parked.pop(run_id, None) if run_id else None
             if tracker is None and run_id:
-                tracker = next((t for t, c in self.open.values() if t.run_id == run_id and c is not conn), None)
+                entry = next(((t, c) for t, c in self.open.values() if t.run_id == run_id and c is not conn), None)
+                if entry is not None:
+                    tracker, previous = entry
+                    if previous.resumes is None:
+                        previous.resumes = Resumes()
+                    previous.resumes.let_go(previous.checker, tracker)  # as the proxy: judged here from now on
             if tracker is not None:
+                if conn.resumes is None:
+                    conn.resumes = Resumes()
+                conn.resumes.resumed_here(tracker, run_id)
                 conn.clients = True
                 conn.checker.add(tracker)
                 self._track(tracker, conn)

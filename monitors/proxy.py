@@ -28,8 +28,8 @@ from websockets.uri import parse_uri
 from harness import redact
 from harness.checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
 from harness.durations import parse_duration, parse_size
-from harness.events import Event, Outcome
-from harness.flow import FrameRouter, PassiveChats
+from harness.events import Outcome
+from harness.flow import FrameRouter, PassiveChats, Resumes
 from harness.profiles import Profile, load_profile
 from harness.recorder import Recorder
 from harness.scenario import Expect, expectations_for
@@ -228,8 +228,7 @@ class LiveConnection:
         self.router = FrameRouter(live.profile, self.checker, live.sink, live.scenario)
         self.chats = PassiveChats(self.checker, live.settle)
         self._by_id: dict[str, ChatTracker] = {}  # the chats open on this connection, oldest first
-        self._moved: dict[str, None] = {}  # runs resumed on another connection since (let_go)
-        self._replay: dict[str, ChatTracker] = {}  # runs resumed here whose replay of seen events is under way
+        self.resumes: Resumes | None = None  # runs resumed across connections (flow.Resumes), from the first one
         self.log = live.recorder.connection("live", secrets) if live.recorder is not None else None
         self.failing = False  # a chat on this connection did not pass: its recording is kept
 
@@ -253,7 +252,6 @@ class LiveConnection:
         elif frame.kind == "resume":
             found = live.resumed(self.identity, frame.run_id)
             if found is not None:
-                self._moved.pop(frame.run_id or "", None)
                 resumed, previous = found
                 if previous is not self:
                     # The chat moves here: the connection it leaves neither routes the run's frames to it any more,
@@ -261,12 +259,11 @@ class LiveConnection:
                     # and the server did not lose it: it goes on here).
                     previous.let_go(resumed)
                     self._make_room(now)
-                if resumed.max_seq and frame.run_id:
-                    # The server replays what the client says it missed: events the proxy forwarded (and judged)
-                    # before the client lost them. Judged once, not again as duplicates (R7) of the server's.
-                    if len(self._replay) >= MAX_RESUME_SEARCH:
-                        del self._replay[next(iter(self._replay))]
-                    self._replay[frame.run_id] = resumed
+                # The server replays what the client says it missed: events the proxy forwarded (and judged)
+                # before the client lost them. Judged once, not again as duplicates (R7) of the server's.
+                if self.resumes is None:
+                    self.resumes = Resumes()
+                self.resumes.resumed_here(resumed, frame.run_id)
                 self.checker.add(resumed)
                 self._by_id[resumed.chat_id] = resumed
                 resumed.reconnected(True)
@@ -276,23 +273,10 @@ class LiveConnection:
         """A frame from the server to the user, decoded and routed as the harness's own client does."""
         if self.log is not None:
             self.log.frame("recv", text, now)
-        if self._moved or self._replay:  # only after a resume: a second decode of the frame
-            decoded = self.live.profile.decode(text, now)
-            if isinstance(decoded, Event) and (run := decoded.run_id) is not None:
-                if run in self._moved:
-                    return  # a run followed on another connection now (let_go)
-                if (chat := self._replay.get(run)) is not None and self._replayed(chat, decoded.seq, run):
-                    return
+        resumes = self.resumes
+        if resumes and resumes.skip(self.live.profile, text, now):  # only after a resume: a second decode
+            return
         self.router.on_frame(text, now)  # the user's own client answers pings
-
-    def _replayed(self, chat: ChatTracker, seq: object, run: str) -> bool:
-        """The event (of a run resumed here) is one the chat already had, replayed by the resume; the replay ends at
-        the first event the chat had not seen."""
-        if isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq <= chat.max_seq and (
-                seq <= chat.seq_low or seq in chat.seqs_above):
-            return True
-        del self._replay[run]
-        return False
 
     def oversized(self, limit: int, now: float) -> None:
         """The proxy cut the upstream off for a frame over `limit` bytes: an R12, as the harness judges it."""
@@ -314,11 +298,9 @@ class LiveConnection:
         go on sending the run here too until this connection closes (agentsim does): those frames are the same
         events again, neither this chat's (they would be duplicates, R7) nor another user's (R8)."""
         self._by_id.pop(chat.chat_id, None)
-        self.checker.discard(chat)
-        if chat.run_id:
-            if len(self._moved) >= MAX_RESUME_SEARCH:
-                del self._moved[next(iter(self._moved))]
-            self._moved[chat.run_id] = None
+        if self.resumes is None:
+            self.resumes = Resumes()
+        self.resumes.let_go(self.checker, chat)
 
     def closed(self, now: float, *, by_client: bool) -> None:
         for result, abandoned in self.chats.closed(now, by_client=by_client):
