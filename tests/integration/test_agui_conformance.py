@@ -407,7 +407,7 @@ async def test_sse_framing_variations_pass():
 
 async def test_starlette_uvicorn_chunked_stream_with_charset_passes():
     """A real ASGI server: chunked transfer encoding and `text/event-stream; charset=utf-8`."""
-    uvicorn = pytest.importorskip("uvicorn")
+    import uvicorn  # a dev dependency (pyproject.toml): never skipped
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import StreamingResponse
