@@ -453,8 +453,11 @@ def _merged(paths: list[Path], fmt: str | None, max_frame: int, max_text: int) -
 
     Every file's next record waits in the merge: each is held to its share of MAX_MERGED_BYTES, so that a directory
     of many files of large frames cannot hold gigabytes (a larger frame is a problem record, an R12 that says so)."""
-    share = max(MIN_MERGED_SHARE, MAX_MERGED_BYTES // max(1, len(paths)))
-    text_limit = min(max_text, max(MIN_MERGED_SHARE, share // 8))  # a HAR's SSE body: its text, bytes and parse
+    if len(paths) == 1:  # one file holds one record at a time: judged as `check FILE` judges it
+        share, text_limit = sys.maxsize, max_text
+    else:
+        share = max(MIN_MERGED_SHARE, MAX_MERGED_BYTES // len(paths))
+        text_limit = min(max_text, max(MIN_MERGED_SHARE, share // 8))  # a HAR's SSE body: its text, bytes and parse
 
     def keyed(i: int, p: Path) -> Iterator[tuple[float, int, int, Recorded]]:
         last, n = float("-inf"), -1
@@ -463,10 +466,10 @@ def _merged(paths: list[Path], fmt: str | None, max_frame: int, max_text: int) -
             n += 1
             if rec.t is not None:
                 last = rec.t
-            if rec.frame is not None and sys.getsizeof(rec.frame) > share + 256:  # 256: the object's header
+            if rec.frame is not None and (held := sys.getsizeof(rec.frame)) > share + 256:  # 256: the header
                 rec = Recorded("problem", rec.conn, t=rec.t, where=rec.where,
-                               detail=f"frame of {frame_bytes(rec.frame)} bytes, over the {share} byte share of each "
-                                      f"of the {len(paths)} files merged (check fewer files at once)")
+                               detail=f"frame of {frame_bytes(rec.frame)} bytes ({held} in memory), over the {share} "
+                                      f"byte share of each of the {len(paths)} files merged (check fewer files at once)")
             yield last, i, n, dataclasses.replace(rec, conn=f"{i}:{rec.conn}")
 
     for *_, rec in heapq.merge(*(keyed(i, p) for i, p in enumerate(paths))):

@@ -14,7 +14,7 @@ from harness.offline import MAX_FILES_MERGED, MAX_MERGED_BYTES, check_files
 from harness.recorder import DEFAULT_MAX_FILES
 from harness.recordings import read_recording
 
-from .test_recordings import NETRA, SC, netra_run, send, write_jsonl
+from .test_recordings import AGUI, NETRA, SC, netra_run, send, write_jsonl
 
 RUN = "20261203T043037932304Z-8576a4"
 
@@ -112,3 +112,24 @@ def test_a_run_past_the_open_file_hard_limit_is_refused_with_one_message(tmp_pat
                           text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "300 files" in proc.stderr and "ulimit -n" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_directory_of_one_file_is_judged_as_the_file_alone(tmp_path):
+    # No merge share for one file: a HAR whose SSE body is 36 MiB (under the 64 MiB a HAR string may be) is read
+    # whole in a directory of its own, as `check FILE.har` reads it (the share had cut it at 32 MiB: an R12).
+    body = (": " + "x" * (2 << 20) + "\n") * 18 + (
+        'data: {"type":"RUN_STARTED","threadId":"t","runId":"r1"}\n\n'
+        'data: {"type":"RUN_FINISHED","threadId":"t","runId":"r1"}\n\n')
+    har = {"log": {"version": "1.2", "entries": [{
+        "startedDateTime": "2026-12-03T05:00:00.000Z",
+        "request": {"method": "POST", "url": "http://h/agent",
+                    "postData": {"mimeType": "application/json",
+                                 "text": json.dumps({"threadId": "t", "runId": "r1", "messages": []})}},
+        "response": {"status": 200, "headers": [], "content": {"mimeType": "text/event-stream", "text": body}}}]}}
+    directory = tmp_path / "one"
+    directory.mkdir()
+    (directory / "page.har").write_text(json.dumps(har))
+    [alone] = check_files([directory / "page.har"], AGUI, SC)
+    [merged] = check_files([directory], AGUI, SC)
+    assert [(r.outcome, [v.rule for v in r.violations]) for r in alone.results] == [(Outcome.PASSED, [])]
+    assert [(r.outcome, [v.rule for v in r.violations]) for r in merged.results] == [(Outcome.PASSED, [])]
