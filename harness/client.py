@@ -231,8 +231,9 @@ class Session(VirtualUser):
         self._ending: Wake | None = None
 
     # -- connection --
-    async def connect(self) -> None:
-        """Open (or reopen) the connection and wait for the welcome; raises ConnectFailed, classified."""
+    async def connect(self, by: float | None = None) -> None:
+        """Open (or reopen) the connection and wait for the welcome (at most connect_timeout, and past `by`, a chat's
+        deadline, not at all); raises ConnectFailed, classified."""
         settings = self.target.settings_for(self.user_id, self.connect_timeout)
         transport = make_transport(settings)
         if self.target.recorder is not None:  # --record: the frames both ways, for `chatprobe check`
@@ -267,7 +268,8 @@ class Session(VirtualUser):
                 self.sink.connection_attempt(self.scenario, "ok")
             return
         clock = self.clock
-        deadline = clock() + self.connect_timeout
+        start = clock()
+        deadline = start + self.connect_timeout if by is None else min(start + self.connect_timeout, by)
         try:
             # Set by the first answer, or when the connection ends.
             while not (self.router.answered or self.closed) and (now := clock()) < deadline:
@@ -276,7 +278,8 @@ class Session(VirtualUser):
             welcomed.cancel()
             self._welcomed = None  # nothing waits for it any more (memory per open connection)
         in_time = self.router.answered or self.closed
-        kind_, reason = self.router.welcome_outcome(in_time, self.closed, transport.close_code, self.connect_timeout)
+        kind_, reason = self.router.welcome_outcome(in_time, self.closed, transport.close_code,
+                                                    max(deadline - start, 0.0))
         if kind_ != "ok":
             await self._drop(transport)
             raise ConnectFailed(kind_, reason)
@@ -485,12 +488,13 @@ class Session(VirtualUser):
             self._opening = None
         claim.set_result(None)
 
-    async def _open_shared(self) -> None:
-        """Open the connection unless it is open: chats in parallel share it, only the first one opens it."""
+    async def _open_shared(self, by: float | None = None) -> None:
+        """Open the connection unless it is open: chats in parallel share it, only the first one opens it (its
+        welcome awaited until `by` at the latest: ChatFlow.connect_by)."""
         claim = await self._exclusive()
         try:
             if self.closed:
-                await self.connect()
+                await self.connect(by)
         finally:
             self._release(claim)
 
@@ -592,7 +596,7 @@ class Session(VirtualUser):
                               closed=sent is None)
                 elif isinstance(action, Connect):
                     try:
-                        await self._open_shared()
+                        await self._open_shared(flow.connect_by)
                     except ConnectFailed as exc:
                         flow.connect_failed(exc.kind, str(exc))
                     else:

@@ -527,6 +527,13 @@ class ChatFlow:
         self._finish(error_result(tracker.chat_id, self.router.scenario, tracker.sent_at, kind, message))
 
     @property
+    def connect_by(self) -> float | None:
+        """Until when (clock time) the connection this chat waits for may take to open and welcome: its deadline
+        while its message is to be sent again (the user has waited since the first try, R9/R10), else None (the
+        connection's own connect_timeout bounds it)."""
+        return self._until if self.resend else None
+
+    @property
     def settling(self) -> bool:
         """The run ended and the chat listens out its settle window (the next action is a Wait or its Finish)."""
         return self.state == SETTLING

@@ -324,8 +324,9 @@ class SyncSession(VirtualUser):
         self._settle_at = float("inf")
 
     # -- connection --
-    def connect(self) -> None:
-        """Open (or reopen) the connection and wait for the welcome; raises ConnectFailed, classified."""
+    def connect(self, by: float | None = None) -> None:
+        """Open (or reopen) the connection and wait for the welcome (at most connect_timeout, and past `by`, a chat's
+        deadline, not at all); raises ConnectFailed, classified."""
         settings = self.target.settings_for(self.user_id, self.connect_timeout)
         ws = _Wire(settings)
         try:
@@ -346,14 +347,15 @@ class SyncSession(VirtualUser):
         if not self.profile.welcome:
             self.sink.connection_attempt(self.scenario, "ok")
             return
-        deadline = self.clock() + self.connect_timeout
+        start = self.clock()
+        deadline = start + self.connect_timeout if by is None else min(start + self.connect_timeout, by)
         while True:
             with self._lock:
                 in_time = self.router.answered or self.closed
                 left = deadline - self.clock()
                 if in_time or left <= 0:
                     kind, reason = self.router.welcome_outcome(in_time, self.closed, conn.close_code,
-                                                               self.connect_timeout)
+                                                               max(deadline - start, 0.0))
                     break
                 woken = self._woken
             woken.wait(left)
@@ -460,11 +462,12 @@ class SyncSession(VirtualUser):
         self._join(conn, 3.0)
         conn.ws.close()
 
-    def _ensure_connected(self) -> None:
-        """Connect unless connected; chats starting together share the one connection."""
+    def _ensure_connected(self, by: float | None = None) -> None:
+        """Connect unless connected; chats starting together share the one connection (its welcome awaited until
+        `by` at the latest: ChatFlow.connect_by)."""
         with self._connect_lock:
             if self.closed:
-                self.connect()
+                self.connect(by)
 
     def _reconnect(self, seen_generation: int) -> bool:
         """Reconnect once per lost connection, however many chats noticed; True when connected."""
@@ -540,7 +543,7 @@ class SyncSession(VirtualUser):
                         flow.sent(sent is True, closed=sent is None)
                 elif isinstance(action, Connect):
                     try:
-                        self._ensure_connected()
+                        self._ensure_connected(flow.connect_by)
                     except ConnectFailed as exc:
                         with lock:
                             flow.connect_failed(exc.kind, str(exc))

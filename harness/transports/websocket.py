@@ -10,6 +10,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI
+from websockets.protocol import State
 
 from .base import ConnectFailed, ConnectSettings, FrameCallback, auth_headers, ssl_context
 
@@ -137,12 +138,13 @@ class WebSocketTransport:
             self.settings = dataclasses.replace(s, token=None)
 
     async def send(self, obj: Any) -> None:
-        """Send one frame; raises ConnectionError when the connection was closed before it could leave."""
-        assert self.ws is not None
-        try:
-            await self.ws.send(obj if isinstance(obj, (str, bytes)) else json.dumps(obj))
-        except ConnectionClosed as exc:
-            raise ConnectionError(f"the connection is closed ({exc})") from None
+        """Send one frame; raises ConnectionError when the connection was closed before it could leave (a frame that
+        was written and lost while draining raises ConnectionClosed: it may have reached the server, never sent again)."""
+        ws = self.ws
+        assert ws is not None
+        if ws.state is not State.OPEN:
+            raise ConnectionError(f"the connection is closed ({ws.state.name.lower()})")
+        await ws.send(obj if isinstance(obj, (str, bytes)) else json.dumps(obj))
 
     async def run(self, on_frame: FrameCallback) -> None:
         """Read frames until the connection ends (normally or not); never raises for what a server does."""

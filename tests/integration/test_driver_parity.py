@@ -108,7 +108,12 @@ class RawServer:
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close() alone leaves the thread in it)
+        except OSError:
+            pass
         self.listener.close()
+        self.thread.join(5)
         for conn in self.conns:
             try:
                 conn.shutdown(socket.SHUT_RDWR)
