@@ -438,8 +438,14 @@ class SyncSession(VirtualUser):
         self._join(conn, 2.0)
 
     def _join(self, conn: _Connection, timeout: float) -> None:
-        if conn.reader is not None and conn.reader is not threading.current_thread():
-            conn.reader.join(timeout)
+        reader = conn.reader
+        # Not one that never started: Locust stopping a user (GreenletExit) inside Thread.start() leaves it so, and
+        # joining it raised from the user's on_stop (a traceback in Locust's output).
+        if reader is not None and reader is not threading.current_thread():
+            try:
+                reader.join(timeout)
+            except RuntimeError:  # "cannot join thread before it is started"
+                pass
 
     def close(self) -> None:
         """Listen out the settle windows still open (judged at once if interrupted: Locust stopping the user), then

@@ -107,3 +107,24 @@ def test_an_oversized_frame_is_an_r12_from_the_clients_1009():
     assert any(v.rule is Rule.R12 and "larger than the 2048 byte limit" in v.reason for v in result.violations), \
         result.violations
     assert result.outcome is not Outcome.PASSED
+
+
+@pytest.mark.timeout(60)
+def test_closing_a_session_whose_reader_never_started_does_not_raise():
+    # Locust stopping a user (GreenletExit) while `connect()` is inside the reader thread's start() leaves a thread that
+    # never started; the user's on_stop then closes the session, and joining that thread raised a traceback.
+    with ServerThread(lambda ws: _run(ws)) as url:
+        session = SyncSession(Target(url=url, profile=load_profile("netra"), name="raw"), "u", "sync", Sink(),
+                              connect_timeout=5)
+        session.connect()
+        conn = session.conn
+        assert conn is not None and conn.reader is not None
+        started = conn.reader
+        conn.reader = threading.Thread(target=lambda: None)  # as start() left it when interrupted
+        try:
+            session.close()  # raised RuntimeError: cannot join thread before it is started
+        finally:
+            conn.reader = started
+            conn.ws.abort()
+            started.join(5)
+    assert session.closed_by_client
