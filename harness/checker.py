@@ -348,6 +348,10 @@ class ChatTracker:
             self._flag(Rule.R12, f"{_name(ev)} has {', '.join(ev.oversized)} over the size limit (kept truncated)", idx)
         if ev.problems or ev.advice or ev.payload is not None:
             self._payload(ev, idx)
+            if ev.role is not role:  # the payload shows no content of its role (an empty delta): it counts as none
+                if not kept and role is not None:
+                    self.unkept_counts[role] -= 1
+                role = ev.role
 
         # R7: sequence numbers, where the server sends them.
         seq = ev.seq

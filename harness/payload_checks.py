@@ -157,6 +157,8 @@ class _Chunk:
 _STAND_ASIDE = frozenset({"RAW", "ACTIVITY_SNAPSHOT", "ACTIVITY_DELTA", "REASONING_ENCRYPTED_VALUE", "SUBAGENT_STARTED",
                           "TEXT_MESSAGE_CHUNK", "TOOL_CALL_CHUNK", "REASONING_MESSAGE_CHUNK"})
 _RUN_LEVEL = frozenset({"RUN_STARTED", "RUN_FINISHED", "RUN_ERROR", "MESSAGES_SNAPSHOT"})
+# The events that carry the answer's text (the profile's partial_result): only with a non-empty delta.
+_TEXT_CARRIERS = frozenset({"TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_CHUNK"})
 
 
 def _text(v: Any) -> str | None:
@@ -226,6 +228,10 @@ class AguiRunChecks(RunChecks):
                 out += self._close_chunk(lane)  # (a list or object there is the schema's R12, and unhashable)
         if handler is not None:
             out += handler(self, p, t)
+        if t in _TEXT_CARRIERS and not p.get("delta"):
+            # An empty delta (a keep-alive) or a chunk with none shows the user no text: not a partial result, so a
+            # scenario requiring streamed text (`expect.streaming`) is not met by keep-alives alone.
+            ev.role = None
         return out
 
     # -- messages --
@@ -636,16 +642,29 @@ class AguiRunChecks(RunChecks):
             return []  # RUN_ERROR: the run failed, nothing more is owed
         outcome = (ev.payload or {}).get("outcome")
         kind = outcome.get("type") if isinstance(outcome, dict) else None
-        if kind == "cancelled":
-            return []
-        out = []
         pending = outcome.get("pendingToolCallIds") if isinstance(outcome, dict) else None
+        if pending is not None and kind != "success":
+            # A field of the success outcome only (ag_ui.core: "a success with an interrupt still pending would be a
+            # contradiction"); the models keep unknown fields, so the schema lets it through. It excuses nothing.
+            pending = None
+            out = [Finding(Rule.R5, f"pendingToolCallIds on a {str(kind)[:40]!r} outcome: only a success outcome "
+                                    "leaves tool calls to the application")]
+        else:
+            out = []
+        if kind == "cancelled":
+            return out
         named: set[str] = set()
         for cid in pending if isinstance(pending, list) else ():
+            if len(out) >= 20:
+                return out  # (a list may hold ~a million ids: a finding each was hundreds of MB)
             call = self.calls.get(cid) if isinstance(cid, str) else None
-            if call is None or call.answered:
-                out.append(Finding(Rule.R5, f"pendingToolCallIds names {str(cid)[:80]!r}, "
-                                            f"{'which never started' if call is None else 'which has its result'}"))
+            if call is None or call.answered or not call.owed:
+                out.append(Finding(Rule.R5, f"pendingToolCallIds names {str(cid)[:80]!r}, " + (
+                    "which never started" if call is None else "which has its result" if call.answered
+                    else "which this run did not start (the list names the calls this run started)")))
+            elif cid in named:
+                out.append(Finding(Rule.R5, f"pendingToolCallIds names {cid[:80]!r} twice (the list names each call "
+                                            "the run left unanswered once)"))
             elif isinstance(cid, str):
                 named.add(cid)
         if named:
