@@ -75,6 +75,7 @@ class NetraServer:
     received: list[dict[str, Any]] = field(default_factory=list)
     connections: int = 0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    logged: asyncio.Event | None = None  # set when an event is added to a run's log (see `until_logged`)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     async def handler(self, ws: ServerConnection) -> None:
@@ -120,13 +121,15 @@ class NetraServer:
         thread = p.get("thread_id") if self.echo_thread else None
         for seq, (delay, kind, fields) in enumerate(self.script(run["msg"]), start=1):
             if delay:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # wait-ok: the scripted server's own think time
             fields = dict(fields)
             if seq == 1 and p.get("message_id") is not None:
                 fields.setdefault("message_id", p["message_id"])
             frame = json.dumps(self.shape(kind, run["run_id"], seq if self.with_seq else None, fields,
                                           thread=thread, user=self.user))
             run["log"].append((seq, frame))
+            if self.logged is not None:
+                self.logged.set()
             ws = run["ws"]
             try:
                 for extra in self.before_each():
@@ -135,8 +138,16 @@ class NetraServer:
             except Exception:  # the client dropped this socket; a resume replays from the log
                 pass
         if self.close_after_run is not None:
-            await asyncio.sleep(self.close_after_run)
+            await asyncio.sleep(self.close_after_run)  # wait-ok: the server's scripted delay before it closes
             await run["ws"].close(1000)
+
+
+async def until_logged(server: NetraServer, cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until `cond()` holds, woken by each event the server logs; a deadline, never a poll."""
+    async with asyncio.timeout(timeout):
+        while not cond():
+            server.logged = woken = asyncio.Event()
+            await woken.wait()
 
 
 def verdicts(run) -> list[tuple[Outcome, list[str]]]:
@@ -420,8 +431,7 @@ async def test_server_restart_mid_run_then_resume_passes():
             closed.append(ws)
 
             async def drop():
-                while not any(len(r["log"]) >= 3 for r in server.runs.values()):
-                    await asyncio.sleep(0.005)
+                await until_logged(server, lambda: any(len(r["log"]) >= 3 for r in server.runs.values()))
                 await ws.close(1001, "going away")
 
             asyncio.get_running_loop().create_task(drop())
@@ -610,8 +620,7 @@ async def test_server_drop_with_several_chats_in_flight_resumes_each(client_run_
             seen.append(ws)
 
             async def drop():
-                while sum(len(r["log"]) >= 2 for r in server.runs.values()) < 3:
-                    await asyncio.sleep(0.005)
+                await until_logged(server, lambda: sum(len(r["log"]) >= 2 for r in server.runs.values()) >= 3)
                 await ws.close(1001, "going away")
 
             asyncio.get_running_loop().create_task(drop())
