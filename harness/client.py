@@ -14,7 +14,20 @@ from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from .checker import ChatResult, Expectations
-from .flow import DEFAULTS, WAKE_ALL, ChatFlow, ChatOptions, Close, Connect, Drop, Reconnect, Send, VirtualUser, Wait
+from .flow import (
+    CLEAN_CLOSE_CODES,
+    DEFAULTS,
+    WAKE_ALL,
+    ChatFlow,
+    ChatOptions,
+    Close,
+    Connect,
+    Drop,
+    Reconnect,
+    Send,
+    VirtualUser,
+    Wait,
+)
 from .sinks import Sink
 from .targets import Target
 from .transports import ConnectFailed, Transport, make_transport
@@ -527,7 +540,7 @@ class Session(VirtualUser):
     def closed_clean(self) -> bool:
         """The server closed the connection with a normal or going-away close (Link.closed_clean)."""
         return (self.closed and not self.closed_by_client and self.transport is not None
-                and self.transport.close_code in (1000, 1001))
+                and self.transport.close_code in CLEAN_CLOSE_CODES)
 
     def chat(self, content: str, expectations: Expectations,
              options: ChatOptions = DEFAULTS) -> Coroutine[Any, Any, ChatResult]:

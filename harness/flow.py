@@ -223,6 +223,10 @@ Action = Connect | Send | Wait | Drop | Close | Reconnect | Finish
 CONNECT, DROP, CLOSE = Connect(), Drop(), Close()
 
 
+# A normal close (1000) and going away (1001): what a server closing an idle connection on purpose sends (Link.closed_clean).
+CLEAN_CLOSE_CODES = frozenset({1000, 1001})
+
+
 class Link(Protocol):
     """The connection as the I/O layer sees it: which one it is (a new generation on every connect) and whether it
     ended; `ended_note` says why it ended when the transport knows (a truncated event stream)."""
@@ -244,8 +248,8 @@ class Link(Protocol):
 
     @property
     def closed_clean(self) -> bool:
-        """Whether the server ended the connection with a closing handshake of a normal close (1000) or of going away
-        (1001): a server closing an idle connection on purpose, not one that crashed or dropped it (1006, 1011)."""
+        """Whether the server ended the connection with a closing handshake of CLEAN_CLOSE_CODES: a server closing an
+        idle connection on purpose, not one that crashed or dropped it (1006, 1011)."""
         ...
 
     @property
@@ -453,11 +457,9 @@ class ChatFlow:
                 # a new connection, timed from its first try, and said (a server that closes on a message without
                 # answering it shows). A crash or a dropped connection (1006, 1011) is judged as it stands, and so is
                 # an SSE stream that ended: the server took its request (it answered with the stream).
-                self.resend = 1
                 tracker._warn(Rule.R13, "the server closed the connection (a normal close) as the message went, "
                               "before any event of its run: sent again on a new connection", None)
-                self.router.checker.discard(tracker)
-                self.state = NEW
+                self._send_again()
                 return self.next(now, link)
             self._judge_resume()
             self._lost(now, link)
@@ -566,9 +568,7 @@ class ChatFlow:
                 self.content = None  # a run with an id is resumed, never sent again
             self.state = FOLLOWING
         elif closed and not self.probe and failure_kind is None and not self.resend:
-            self.resend = 1
-            self.router.checker.discard(self.tracker)  # added again once connected
-            self.state = NEW  # connects (a failure classified as any connection's) unless another chat has
+            self._send_again()
         elif self.probe:
             self._error("send_failed", "the connection closed before the frame could be sent")
         elif failure_kind is not None:
@@ -577,6 +577,14 @@ class ChatFlow:
             self._error(failure_kind, failure_message)
         else:
             self._error("send_failed", "the connection closed before the message could be sent")
+
+    def _send_again(self) -> None:
+        """The message goes again, once, on a new connection: the chat leaves the old one's routing (added again once
+        connected) and starts over from NEW, which connects unless another chat has (a failure classified as any
+        connection's), timed from its first try."""
+        self.resend = 1
+        self.router.checker.discard(self.tracker)
+        self.state = NEW
 
     def reconnected(self, ok: bool) -> None:
         self._expect(RECONNECTING)

@@ -25,6 +25,7 @@ from websockets.uri import parse_uri
 
 from .checker import ChatResult, Expectations
 from .flow import (
+    CLEAN_CLOSE_CODES,
     DEFAULTS,
     STOPPED_NOTE,
     ChatFlow,
@@ -427,7 +428,7 @@ class SyncSession(VirtualUser):
     def closed_clean(self) -> bool:
         """The server closed the connection with a normal or going-away close (flow.Link.closed_clean)."""
         return (self.closed and not self.closed_by_client and self.conn is not None
-                and self.conn.close_code in (1000, 1001))
+                and self.conn.close_code in CLEAN_CLOSE_CODES)
 
     def _abort(self, conn: _Connection) -> None:
         """Drop the socket without a closing handshake, as a lost network would."""
