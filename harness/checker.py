@@ -14,7 +14,7 @@ from itertools import islice
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
-from .events import ALL_ROLES, Event, Frame, Outcome, Role, Rule, Violation, kept_bytes
+from .events import ALL_ROLES, Event, Frame, Outcome, Role, Rule, SpanKey, Violation, kept_bytes, span_key_text
 from .payload_checks import CHECKS, Finding, RunChecks, RunContext
 
 # Judged chats a connection remembers for late events; older ones are forgotten (bounded memory).
@@ -202,7 +202,7 @@ class ChatTracker:
         self.seq_low = 0
         self.seqs_above: set[int] = _NO_SET
         self.max_seq = 0
-        self.open_spans: dict[tuple[str, str | None], int] = _NO_DICT
+        self.open_spans: dict[tuple[str, SpanKey], int] = _NO_DICT
         self.saw_tool = False
         self.saw_thinking = False
         self.error_seen: Event | None = None
@@ -405,7 +405,8 @@ class ChatTracker:
             still_open = self.open_spans.items() if role is _COMPLETED else ()
             for (name, key), _count in still_open:
                 if must is None or name in must:
-                    self._flag(Rule.R5, f"{name} {key or ''} still open at the terminal event".replace("  ", " "), idx)
+                    shown = "" if key is None else key if key.__class__ is str else span_key_text(key)
+                    self._flag(Rule.R5, f"{name} {shown} still open at the terminal event".replace("  ", " "), idx)
 
     def _after_verdict(self, ev: Event) -> None:
         """An event of this run after its verdict (past the settle window, or its deadline): its verdict was counted
@@ -470,16 +471,17 @@ class ChatTracker:
             # Several open at once are fine when keyed by a fallback (two calls of one tool, no call ids).
             by_fallback = ev.tool_call_id is None and key is not None and key == ev.tool_name
             if k in self.open_spans and not by_fallback:
-                self._flag(Rule.R5, f"{_name(ev)} opens {name} {key!r} again while it is open", idx)
+                self._flag(Rule.R5, f"{_name(ev)} opens {name} {span_key_text(key)} again while it is open", idx)
             elif k not in self.open_spans and len(self.open_spans) >= MAX_OPEN_SPANS:
-                self._flag(Rule.R5, f"more than {MAX_OPEN_SPANS} spans open at once: {name} {key!r} not tracked", idx)
+                self._flag(Rule.R5, f"more than {MAX_OPEN_SPANS} spans open at once: {name} {span_key_text(key)} not "
+                           "tracked", idx)
                 return
             if not self.open_spans:
                 self.open_spans = {}
             self.open_spans[k] = self.open_spans.get(k, 0) + 1
         elif k not in self.open_spans:
             what = "closes" if kind == "close" else "continues"
-            self._flag(Rule.R5, f"{_name(ev)} {what} {name} {key!r}, which is not open", idx)
+            self._flag(Rule.R5, f"{_name(ev)} {what} {name} {span_key_text(key)}, which is not open", idx)
         elif kind == "close":
             n = self.open_spans[k] - 1
             if n:

@@ -112,6 +112,19 @@ class SessionError(str, Enum):
     RESUME_UNKNOWN = "resume_unknown"  # the server does not know the run a resume named
 
 
+# A span's key (a tool call id, a step name), or (key, owner) when the profile's span names an owner (Span.owner) and
+# the frame names one: AG-UI steps are per owner, a parent and a subagent may each have a step of one name open.
+SpanKey = str | None | tuple[str | None, str]
+
+
+def span_key_text(key: SpanKey) -> str:
+    """A span key as violation messages show it."""
+    if key.__class__ is tuple:
+        k, owner = key
+        return f"{k!r} of {owner!r}"
+    return repr(key)
+
+
 @dataclass(slots=True)
 class Event:
     """One agent event as the profile decoded it, stamped with the client's monotonic receipt time."""
@@ -128,7 +141,7 @@ class Event:
     tool_name: str | None = None
     recoverable: bool = False
     # (span name, "open" | "inner" | "close", key) when the profile pairs this wire type with others.
-    span: tuple[str, str, str | None] | None = None
+    span: tuple[str, str, SpanKey] | None = None
     server_time: Any = None
     bad_seq: Any = None  # a `seq` that is present but not an integer (an R7)
     oversized: tuple[str, ...] = ()  # fields over the size limit, kept truncated (an R12)
@@ -158,6 +171,8 @@ def kept_bytes(ev: Event) -> int:
             n += len(s)
     if isinstance(ev.server_time, str):
         n += len(ev.server_time)
+    if ev.span is not None and (key := ev.span[2]).__class__ is tuple:  # an owned span's owner (span_key_text)
+        n += len(key[1])
     return n
 
 

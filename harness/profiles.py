@@ -61,8 +61,10 @@ class Span(BaseModel):
     inner: list[str] = []
     key: str
     key_fallback: str | None = None
+    # A field naming whose span this is (AG-UI's subagentRunId): the same key open under two owners is two spans.
+    owner: str | None = None
 
-    @field_validator("key", "key_fallback")
+    @field_validator("key", "key_fallback", "owner")
     @classmethod
     def _bounded_key(cls, v: str | None) -> str | None:
         return v if v is None else _bounded_names([v])[0]
@@ -776,12 +778,12 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
         "R_ERROR_EVENT": Role.ERROR_EVENT, "R_AGENT_STARTED": Role.AGENT_STARTED,
     }
     # Spans by wire type or role: (name, kind, which key lookup), the lookups shared by spans keyed alike.
-    keys: list[tuple[str, str | None]] = []
+    keys: list[tuple[str, str | None, str | None]] = []
     span_of: dict[str, tuple[str, str, int]] = {}
     for t, (sp, kind) in dec.span_of.items():
-        if (sp.key, sp.key_fallback) not in keys:
-            keys.append((sp.key, sp.key_fallback))
-        span_of[t] = (sp.name, kind, keys.index((sp.key, sp.key_fallback)))
+        if (sp.key, sp.key_fallback, sp.owner) not in keys:
+            keys.append((sp.key, sp.key_fallback, sp.owner))
+        span_of[t] = (sp.name, kind, keys.index((sp.key, sp.key_fallback, sp.owner)))
     ns["SPAN_OF"] = span_of
     span_of_role = {role: span_of[role.value] for role in Role if role.value in span_of}
     ns["SPAN_OF_ROLE"] = span_of_role
@@ -885,7 +887,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     emit("span = None")
     if span_of:
         with src.block("if sp is not None:"):
-            for i, (key, fallback) in enumerate(keys):
+            for i, (key, fallback, owner) in enumerate(keys):
                 # One lookup per key the spans use (the span's index picks it).
                 with src.block(f"{'if' if i == 0 else 'elif'} sp[2] == {i}:" if len(keys) > 1 else None):
                     src.find("key", n.get(key) or _split_names([key]))
@@ -894,6 +896,14 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
                             src.find("key", n.get(fallback) or _split_names([fallback]))
                     emit(f"if key is not None and (key.__class__ is not str or len(key) > {MAX_ID_BYTES}):")
                     emit(f"    key = _id(key, {key!r}, ov)[0]")
+                    if owner:
+                        # Whose span: (key, owner) when the frame names an owner (events.span_key_text shows it).
+                        src.find("owner", n.get(owner) or _split_names([owner]))
+                        with src.block("if owner is not None:"):
+                            emit(f"if owner.__class__ is not str or len(owner) > {MAX_ID_BYTES}:")
+                            emit(f"    owner = _id(owner, {owner!r}, ov)[0]")
+                            emit("nbytes += len(owner)")
+                            emit("key = (key, owner)")
             emit("span = (sp[0], sp[1], key)")
     args = {"role": "role", "wire_type": "wire_type", "received_at": "received_at", "run_id": "run_id",
             "thread_id": "thread_id", "user_id": "user_id", "message_id": "message_id", "seq": "seq",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import socket
 
-import pytest
 from ag_ui.core import (
     ActivityDeltaEvent,
     ActivitySnapshotEvent,
@@ -291,9 +290,8 @@ async def test_a_suspended_or_failed_subagent_is_closed():
     await passes(script)
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: the step span is keyed by stepName alone, not per owner")
 async def test_a_subagent_step_may_share_the_name_of_an_open_parent_step():
-    """FAILS (R5 'opens step again'): "Steps are per-owner: a parent and a subagent MAY each have a step of the same
+    """Was an R5 ('opens step again'): "Steps are per-owner: a parent and a subagent MAY each have a step of the same
     name open at once, and each closes its own" (spec 1.1, Subagents, Ownership)."""
     def script(inp):
         yield S(inp)
@@ -306,6 +304,22 @@ async def test_a_subagent_step_may_share_the_name_of_an_open_parent_step():
         yield F(inp)
 
     await passes(script)
+
+
+async def test_a_subagent_cannot_close_the_parents_step():
+    """Per-owner steps cut both ways: a subagent's STEP_FINISHED does not close the parent's step of the same name
+    (R5 'closes step ... which is not open'), and the parent's step is then still open at the end (R5)."""
+    def script(inp):
+        yield S(inp)
+        yield SubagentStartedEvent(subagent_run_id="sa1", name="researcher", timestamp=TS)
+        yield StepStartedEvent(step_name="search", timestamp=TS)
+        yield StepFinishedEvent(step_name="search", subagent_run_id="sa1", timestamp=TS)
+        yield SubagentFinishedEvent(subagent_run_id="sa1", timestamp=TS)
+        yield F(inp)
+
+    result = await fails(script, Rule.R5, "closes step 'search' of 'sa1', which is not open")
+    assert any(v.rule is Rule.R5 and v.reason.startswith("step search still open") for v in result.violations), \
+        result.violations
 
 
 # -- valid variations, pinned ---------------------------------------------------------------------------------------

@@ -93,7 +93,9 @@ def reference_decode_obj(self: Decoder, frame: Any, received_at: float) -> Event
         key = find(frame, scopes, n.get(sp.key) or _split_names([sp.key]))
         if key is None and sp.key_fallback:
             key = find(frame, scopes, n.get(sp.key_fallback) or _split_names([sp.key_fallback]))
-        ev.span = (sp.name, kind, _id(key, sp.key, oversized)[0])
+        key = _id(key, sp.key, oversized)[0]
+        owner = find(frame, scopes, n.get(sp.owner) or _split_names([sp.owner])) if sp.owner else None
+        ev.span = (sp.name, kind, key if owner is None else (key, _id(owner, sp.owner, oversized)[0]))
     if oversized:
         ev.oversized = tuple(oversized)
     return ev
@@ -157,6 +159,7 @@ def _vocabulary() -> tuple[list[str], list[str]]:
         for sp in p.spans:
             keys.update(sp.key.split("."))
             keys.update((sp.key_fallback or "").split("."))
+            keys.update((sp.owner or "").split("."))
         types.update(d.always, d.with_run, d.unmapped, d.control, d.ping, d.conn_error, d.session_errors,
                      p.connection_error_codes)
     return sorted(keys), sorted(types)
