@@ -74,10 +74,12 @@ CROWDED_NOTE = "judged as it stood: too many chats open at once in the recording
 HEAVY_NOTE = "judged as it stood: the chats open at once in the recording held too many events"
 # A connection whose recorder dropped frames (its file was full): its chats open then are judged as they stood, with
 # nothing after the gap held against the server.
-DROPPED_NOTE = ("judged as it stood: the recording dropped {what} of this connection here ({where}), its file "
-                "being full; nothing after that was recorded")
-DROPPED_WARNING = ("the recording dropped {what} of connection {conn} from {where} (its file was full): the {n} "
+DROPPED_NOTE = ("judged as it stood: the recording dropped {what} of this connection here ({where}), {why}; nothing "
+                "after that was recorded")
+DROPPED_WARNING = ("the recording dropped {what} of connection {conn} from {where} ({why}): the {n} "
                    "chat(s) open there were judged as they stood (incomplete), not held against the server")
+# Why a dropped record's frames are missing, when the record does not say (what `--record` writes: its file was full).
+DROPPED_WHY = "its file being full"
 MAX_DROPPED_WARNINGS = 20
 UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive times, or no events): first-event time "
                 "and chat duration not judged")
@@ -182,14 +184,14 @@ class OfflineCheck:
         (incomplete, the note says why), before what is missing could read as the server's fault (seq never
         arrived, no terminal event). The chat whose verdict was due already is judged as it was."""
         self._judge_ready(conn, at)
-        what = rec.detail or "frames"
-        note = DROPPED_NOTE.format(what=what, where=rec.where)
+        what, why = rec.detail or "frames", rec.error or DROPPED_WHY
+        note = DROPPED_NOTE.format(what=what, where=rec.where, why=why)
         chats = [c for c in conn.open.values() if not c.judged]
         for chat in chats:
             self._finish(chat, at, lost=not chat.done, note=note)
         self.n_gaps += 1
         if len(self.gaps) < MAX_DROPPED_WARNINGS:
-            self.gaps.append(DROPPED_WARNING.format(what=what, conn=conn.key, where=rec.where, n=len(chats)))
+            self.gaps.append(DROPPED_WARNING.format(what=what, conn=conn.key, where=rec.where, why=why, n=len(chats)))
 
     def _problem(self, conn: _Conn, detail: str, where: str, at: float) -> None:
         """Something wrong with the recording itself at `where` (file:line): an R12 on the chats open on `conn`

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,6 +59,8 @@ MAX_HAR_TOKEN = 4096  # bytes of one number or literal (true, false, null) in a 
 # Bytes of one object key in a HAR (field and header names: a few dozen). ijson's prefix of a value joins every key
 # above it, made anew for each event: 16 nested keys of 15 MB each had taken 2.6 GB.
 MAX_HAR_KEY = 4096
+# Entries of a HAR file sorted by their start when the file has them out of order (one number each is held).
+MAX_SORTED_ENTRIES = 100_000
 CHUNK = 1 << 16
 # A recorded time (seconds) further from 0 than this is no time (year 5138): differences of such times overflow
 # to infinity (1e308 - -1e308) and no report can place them.
@@ -169,6 +172,8 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
                 yield from read_jsonl(stream, p.name, max_frame)
             elif kind == "sse":
                 yield from read_sse(stream, p.name, max_frame)
+            elif (order := har_order(p, max_text)) is not None:
+                yield from read_har_sorted(p, order, p.name, max_frame, max_text)
             else:
                 yield from read_har(stream, p.name, max_frame, max_text)
     except OSError as exc:
@@ -343,6 +348,11 @@ class _BoundedJSON(io.RawIOBase):
         self.depth = 0
         self.token_len = 0  # a number or literal running up to the last chunk's end
         self.long_string = 0  # the bytes of the string just closed, when over MAX_HAR_KEY: a key if a ':' follows
+        # Where each object directly inside an array three deep starts (log.entries' items among them), by that
+        # array's ordinal among the containers three deep: read_har's first pass finds the entries with them.
+        self.kinds = bytearray()  # the open containers up to 3 deep: b"[" or b"{"
+        self.third = -1  # ordinal of the current container three deep
+        self.item_starts: list[tuple[int, int]] | None = None  # None: not recorded (past MAX_SORTED_ENTRIES)
 
     def readable(self) -> bool:
         return True
@@ -397,6 +407,14 @@ class _BoundedJSON(io.RawIOBase):
                 self.depth += 1
                 if self.depth > self.max_depth:
                     raise HarTooLarge(f"nested more than {self.max_depth} deep at byte {self.offset + m.start()}")
+                if self.depth <= 3:
+                    del self.kinds[self.depth - 1:]
+                    self.kinds += c
+                    self.third += self.depth == 3
+                elif self.depth == 4 and c == b"{" and self.kinds[2:3] == b"[" and self.item_starts is not None:
+                    self.item_starts.append((self.third, self.offset + m.start()))
+                    if len(self.item_starts) > MAX_SORTED_ENTRIES:
+                        self.item_starts = None
             else:
                 self.depth -= 1
             pos = m.end()
@@ -436,7 +454,8 @@ def _iso(v: Any) -> float | None:
 class _Entry:
     """What is kept of one HAR entry while it is parsed: small fields, and an SSE body and request (bounded)."""
 
-    __slots__ = ("content_type", "encoding", "index", "messages", "mime", "post", "started", "text")
+    __slots__ = ("closed", "content_type", "encoding", "events", "events_bytes", "events_cut", "index", "messages",
+                 "mime", "post", "started", "text")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -447,10 +466,17 @@ class _Entry:
         self.encoding = ""
         self.post: str | None = None
         self.messages = 0
+        self.closed = False  # a WebSocket message of type "error" ended the connection
+        # Chromium's `_eventSourceMessages` (time, data or None when the export left the data out), held until the
+        # entry ends (its request may come after them), bounded as an SSE body is.
+        self.events: list[tuple[float | None, str | None]] = []
+        self.events_bytes = 0
+        self.events_cut = 0  # the byte limit the events went past (they are dropped then), else 0
 
 
 _ENTRY = "log.entries.item"
 _MSG = "log.entries.item._webSocketMessages.item"
+_SSE_MSG = "log.entries.item._eventSourceMessages.item"
 _ENTRY_FIELDS = {
     "log.entries.item.startedDateTime": "started",
     "log.entries.item.response.content.mimeType": "mime",
@@ -460,21 +486,101 @@ _ENTRY_FIELDS = {
 }
 
 
+def har_order(path: Path, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, int]] | None:
+    """The entries of a HAR file as (index, byte offset) sorted by startedDateTime, when they are not in that order
+    in the file (HAR 1.2: "the reader application should always make sure the array is sorted"): a resumed chat's
+    connections must be read in the order they were opened. None when they are in order already, or the file is no
+    regular file, holds more than MAX_SORTED_ENTRIES entries or cannot be parsed whole (then it is read as it is,
+    and the reading says what is wrong with it). A first pass over the file, holding one number per entry."""
+    import ijson
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # (a pipe or a device is read once, as it comes)
+            return None
+        with open(path, "rb") as raw:
+            head = raw.read(3)
+            if head != b"\xef\xbb\xbf":
+                raw.seek(0)
+            guard = _BoundedJSON(raw, max_text, MAX_HAR_DEPTH)
+            guard.item_starts = []
+            depth, third, entries_third = 0, -1, -1
+            started: list[float | None] = []
+            chat = bytearray()  # per entry: 1 when it holds WebSocket messages or an SSE response (a chat's traffic)
+            for prefix, event, value in ijson.parse(io.BufferedReader(guard, CHUNK), buf_size=CHUNK, use_float=True):
+                if event in ("start_map", "start_array"):
+                    depth += 1
+                    if depth == 3:
+                        third += 1
+                        if prefix == "log.entries" and event == "start_array":
+                            entries_third = third
+                elif event in ("end_map", "end_array"):
+                    depth -= 1
+                elif prefix == "log.entries.item.startedDateTime" and depth == 4 and started:
+                    started[-1] = _iso(value)
+                elif chat and event == "string" and prefix in _SSE_TYPE_FIELDS and value.lower().startswith(EVENT_STREAM):
+                    chat[-1] = 1
+                if prefix == _ENTRY and event == "start_map":
+                    started.append(None)
+                    chat.append(0)
+                    if len(started) > MAX_SORTED_ENTRIES:
+                        return None
+                elif prefix in _MESSAGE_LISTS and event == "start_array" and chat:
+                    chat[-1] = 1
+    except (OSError, HarTooLarge, ValueError, UnicodeDecodeError, ijson.JSONError):
+        return None
+    if guard.item_starts is None:
+        return None
+    offsets = [offset for ordinal, offset in guard.item_starts if ordinal == entries_third]
+    if len(offsets) != len(started):
+        return None
+    keys, last = [], float("-inf")
+    for t in started:  # an entry without a time keeps its place after the one before it
+        last = t if t is not None else last
+        keys.append(last)
+    chats = [i for i in range(len(keys)) if chat[i]]  # only these are read again
+    order = sorted(chats, key=keys.__getitem__)
+    if order == chats:
+        return None
+    return [(i, offsets[i]) for i in order]
+
+
+def read_har_sorted(path: Path, order: list[tuple[int, int]], name: str, max_frame: int = DEFAULT_MAX_FRAME,
+                    max_text: int = DEFAULT_MAX_TEXT) -> Iterator[Recorded]:
+    """A HAR file's entries read in the order given (har_order): each parsed alone from its offset."""
+    for index, offset in order:
+        with open(path, "rb") as raw:
+            raw.seek(offset)
+            stream = io.BufferedReader(_Prefixed(_ENTRIES_OPEN, raw), ONE_ENTRY_BUFFER)
+            yield from read_har(stream, name, max_frame, max_text, first_index=index, one_entry=True,
+                                base_offset=offset - len(_ENTRIES_OPEN))
+
+
+_ENTRIES_OPEN = b'{"log": {"entries": ['
+_MESSAGE_LISTS = frozenset({"log.entries.item._webSocketMessages", "log.entries.item._eventSourceMessages"})
+_SSE_TYPE_FIELDS = frozenset({"log.entries.item.response.content.mimeType", "log.entries.item.response.headers.item.value"})
+ONE_ENTRY_BUFFER = 8192  # an entry read alone from its offset: what is read past its end is read for nothing
+
+
 def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
-             max_text: int = DEFAULT_MAX_TEXT) -> Iterator[Recorded]:
+             max_text: int = DEFAULT_MAX_TEXT, *, first_index: int = 0, one_entry: bool = False,
+             base_offset: int = 0) -> Iterator[Recorded]:
     """WebSocket messages (`_webSocketMessages`, Chromium's and Firefox's form: type send/receive, time in epoch
-    seconds, opcode 1 text / 2 binary base64, data) on connection "ws<entry>", closed at the end of the entry; and
-    SSE responses (content.mimeType text/event-stream) as stream "sse<entry>": the request body as the client
-    frame sent at startedDateTime, the body's events after it. Streamed with ijson: one message at a time."""
+    seconds, opcode 1 text / 2 binary base64, data; type "error": the browser failed the connection) on connection
+    "ws<entry>", closed at the end of the entry; and SSE responses (content.mimeType text/event-stream) as stream
+    "sse<entry>": the request body as the client frame sent at startedDateTime, then the events: Chromium's
+    `_eventSourceMessages` at their times when each has its data, else the body's (no times). Streamed with ijson:
+    one WebSocket message at a time (an SSE response's events are held until its entry ends, bounded)."""
     import ijson  # a compiled streaming parser; imported here so the JSON Lines path needs no extra package
 
     guard = _BoundedJSON(f, max_text, MAX_HAR_DEPTH)
+    guard.offset = base_offset  # where `f` starts in the file: the offsets said are the file's
     entry: _Entry | None = None
     msg: dict[str, Any] | None = None
     seen_log = False
-    n_entries = 0
+    n_entries = first_index
     try:
-        for prefix, event, value in ijson.parse(guard, buf_size=CHUNK, use_float=True):
+        for prefix, event, value in ijson.parse(guard, buf_size=ONE_ENTRY_BUFFER if one_entry else CHUNK,
+                                                use_float=True):
             if prefix == _MSG:
                 if event == "start_map":
                     msg = {}
@@ -486,6 +592,16 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                 key = prefix[len(_MSG) + 1:]
                 if key in ("type", "time", "opcode", "data"):
                     msg[key] = value
+            elif prefix == _SSE_MSG:
+                if event == "start_map":
+                    msg = {}
+                elif event == "end_map" and msg is not None and entry is not None:
+                    _sse_message(msg, entry, max_text)
+                    msg = None
+            elif msg is not None and prefix.startswith(_SSE_MSG + ".") and event in ("string", "number", "integer"):
+                key = prefix[len(_SSE_MSG) + 1:]
+                if key in ("time", "data"):
+                    msg[key] = value
             elif prefix == _ENTRY:
                 if event == "start_map":
                     entry = _Entry(n_entries)
@@ -493,6 +609,8 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                 elif event == "end_map" and entry is not None:
                     yield from _entry_end(entry, name, max_frame)
                     entry = None
+                    if one_entry:
+                        return
             elif entry is not None and prefix in _ENTRY_FIELDS and event == "string":
                 attr = _ENTRY_FIELDS[prefix]
                 setattr(entry, attr, _iso(value) if attr == "started" else value)
@@ -532,6 +650,13 @@ def _ws_message(msg: dict[str, Any], entry: _Entry, name: str, max_frame: int) -
     where = f"{name}: entry {entry.index} message {entry.messages}"
     t = _epoch(msg.get("time"))
     kind = msg.get("type")
+    if kind == "error":
+        # Chromium's record of the browser failing the connection ("Invalid frame header", "Could not decode a text
+        # frame as UTF-8."): no frame, the end of the connection, for what the server sent: an R12, as live.
+        entry.closed = True
+        data = msg.get("data")
+        why = data[:1024] if isinstance(data, str) and data else "no reason given"
+        return Recorded("close", conn, t=t, where=where, error=f"the browser failed the WebSocket connection: {why}")
     direction = {"send": "send", "receive": "recv"}.get(kind) if isinstance(kind, str) else None
     if direction is None:
         return Recorded("problem", conn, t=t, detail=f"WebSocket message type {str(kind)[:20]!r} is not send or "
@@ -550,18 +675,74 @@ def _ws_message(msg: dict[str, Any], entry: _Entry, name: str, max_frame: int) -
     return Recorded(direction, conn, t=t, frame=frame, where=where)
 
 
+def _sse_message(msg: dict[str, Any], entry: _Entry, max_text: int) -> None:
+    """One of Chromium's `_eventSourceMessages` (time, eventName, eventId, data: the event's data lines joined, as
+    the harness's SSE parser gives them; no data in a sanitized export), kept for the entry's end."""
+    if entry.events_cut:
+        return
+    data = msg.get("data")
+    text = data if isinstance(data, str) else None
+    entry.events_bytes += frame_bytes(text) if text is not None else 0
+    if entry.events_bytes > max_text:
+        entry.events_cut, entry.events = max_text, []  # said at the entry's end (an R12)
+        return
+    entry.events.append((_epoch(msg.get("time")), text))
+
+
+def _sse_events(entry: _Entry, conn: str, where: str, max_frame: int, timed: bool) -> Iterator[Recorded]:
+    """An SSE response's events from Chromium's `_eventSourceMessages`, each at its time; or, when the HAR holds no
+    event data (a sanitized export leaves it out, a browser may keep no body of an EventSource), a dropped record:
+    the stream's chat is judged as it stood there, never held against the server for what the file lacks."""
+    if entry.events_cut:
+        yield Recorded("problem", conn, t=entry.started, where=where,
+                       detail=f"the response's events are larger than the {entry.events_cut} byte limit of one HAR body")
+        return
+    if not timed:
+        missing = sum(1 for _, data in entry.events if data is None)
+        if missing:
+            yield Recorded("dropped", conn, t=entry.started, detail=f"the data of {missing} event(s)", where=where,
+                           error="a sanitized HAR export leaves event data out: save the HAR unsanitized")
+        else:
+            yield Recorded("dropped", conn, t=entry.started, detail="the response body", where=where,
+                           error="the browser kept no body of this text/event-stream response")
+        return
+    events = entry.events
+    entry.events = []
+    events.reverse()
+    n = 0
+    while events:  # popped: the suspended generator holds no yielded frame
+        t, data = events.pop()
+        n += 1
+        assert data is not None
+        if frame_bytes(data) > max_frame:
+            yield Recorded("problem", conn, t=t, detail=f"frame larger than the {max_frame} byte limit",
+                           where=f"{where} event {n}")
+        else:
+            yield Recorded("recv", conn, t=t, frame=data, where=f"{where} event {n}")
+
+
 def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True) -> Iterator[Recorded]:
     if entry.messages:
-        if complete:  # the socket's messages are all there: its chats still waiting are judged
+        if complete and not entry.closed:  # the socket's messages are all there: its chats still waiting are judged
             yield Recorded("close", f"ws{entry.index}", where=f"{name}: entry {entry.index}")
         return
-    is_sse = entry.mime.partition(";")[0].strip().lower() == EVENT_STREAM or entry.content_type == EVENT_STREAM
-    if not is_sse or entry.text is None:
+    has_events = bool(entry.events) or bool(entry.events_cut)
+    is_sse = (entry.mime.partition(";")[0].strip().lower() == EVENT_STREAM or entry.content_type == EVENT_STREAM
+              or has_events)
+    # Chromium's `_eventSourceMessages` carry each event's time: judged from them when every one has its data;
+    # else from the body (no times); a response with neither is judged as the recording left it.
+    timed = has_events and all(data is not None for _, data in entry.events)
+    if not is_sse or (entry.text is None and not has_events and entry.post is None):
         return
     conn = f"sse{entry.index}"
+    where = f"{name}: entry {entry.index}"
     if entry.post is not None:
-        yield Recorded("send", conn, t=entry.started, frame=_cut(entry.post, max_frame),
-                       where=f"{name}: entry {entry.index} request")
+        yield Recorded("send", conn, t=entry.started, frame=_cut(entry.post, max_frame), where=f"{where} request")
+    if timed or entry.text is None:
+        yield from _sse_events(entry, conn, where, max_frame, timed)
+        if complete:
+            yield Recorded("close", conn, where=where)
+        return
     if entry.encoding == "base64":
         try:
             body = base64.b64decode(entry.text)

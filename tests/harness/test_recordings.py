@@ -279,6 +279,110 @@ def test_firefox_har_millisecond_times_are_read_as_seconds(tmp_path):
     assert run.results[0].time_to_first_event == pytest.approx(0.09)
 
 
+def test_chromium_websocket_error_message_ends_the_connection_with_an_r12_naming_it(tmp_path):
+    """DevTools saves the browser failing a WebSocket as a message of type "error" (opcode -1, the reason as data):
+    the connection ends there, for what the server sent (an R12 saying so, as live), and is closed once."""
+    msgs = socket("r1", "t1", 1764637200.0)[:5]  # welcome, message, started, thinking, tool_executing
+    msgs.append(("error", 1764637200.2, "Could not decode a text frame as UTF-8."))
+    f = tmp_path / "page.har"
+    f.write_text(json.dumps(chromium_har([ws_entry(msgs)])))
+    recs = list(read_recording(f))
+    assert [r.direction for r in recs][-2:] == ["recv", "close"] and recs[-1].t == 1764637200.2
+    [run] = check_files([f], NETRA, SC)
+    [chat] = run.results
+    assert chat.outcome is not Outcome.PASSED and "R12" in chat.rule_counts()
+    [r12] = [v for v in chat.violations if v.rule == "R12"]
+    assert "the browser failed the WebSocket connection: Could not decode a text frame as UTF-8." in r12.reason
+    assert "not send or receive" not in r12.reason
+
+
+def agui_sse_entry(events: list[tuple[float, str]], *, body: bool, messages: bool, started: str) -> dict:
+    """An AG-UI request and its text/event-stream response as DevTools saves it: the body in content.text (a fetch
+    it kept), each event with its time in `_eventSourceMessages` (newer Chrome, fetch and EventSource alike)."""
+    request = {"threadId": "t1", "runId": "r1", "state": {}, "messages": [], "tools": [], "context": [],
+               "forwardedProps": {}}
+    content: dict = {"size": 0, "mimeType": "text/event-stream"}
+    if body:
+        content["text"] = "".join(f"data: {data}\n\n" for _, data in events)
+    entry = {"startedDateTime": started, "time": 1, "_resourceType": "fetch",
+             "request": {"method": "POST", "url": "http://x/agent",
+                         "postData": {"mimeType": "application/json", "text": json.dumps(request)}},
+             "response": {"status": 200, "content": content}}
+    if messages:
+        entry["_eventSourceMessages"] = [{"time": t, "eventName": "message", "eventId": "", "data": data}
+                                         for t, data in events]
+    return entry
+
+
+def agui_events(t0: float, stall: float) -> list[tuple[float, str]]:
+    kinds = [{"type": "RUN_STARTED", "threadId": "t1", "runId": "r1"},
+             {"type": "TEXT_MESSAGE_START", "messageId": "a", "role": "assistant"},
+             {"type": "TEXT_MESSAGE_CONTENT", "messageId": "a", "delta": "hi"},
+             {"type": "TEXT_MESSAGE_END", "messageId": "a"},
+             {"type": "RUN_FINISHED", "threadId": "t1", "runId": "r1"}]
+    times = [t0 + 0.05 + i * 0.01 + (stall if i >= 3 else 0) for i in range(len(kinds))]
+    return [(t, json.dumps(k | {"timestamp": int(t * 1000)})) for t, k in zip(times, kinds, strict=True)]
+
+
+def test_chromium_event_source_messages_give_each_event_its_time_over_the_body(tmp_path):
+    """With both a body and `_eventSourceMessages`, the events are judged at their times: a 5 s stall mid-run is
+    an R11 (the body alone has no times: it passed), and the first-event time is the recorded one."""
+    f = tmp_path / "page.har"
+    f.write_text(json.dumps(chromium_har([agui_sse_entry(agui_events(1764637200.0, 5.0), body=True, messages=True,
+                                                         started="2025-12-02T01:00:00.000Z")])))
+    [run] = check_files([f], AGUI, SC)
+    [chat] = run.results
+    assert chat.outcome is Outcome.FAILED and chat.rule_counts() == {"R11": 1}
+    assert chat.time_to_first_event == pytest.approx(0.05)
+
+
+def test_sse_response_without_body_or_events_is_a_chat_judged_as_it_stood(tmp_path):
+    """A POST whose text/event-stream response the browser kept no body of (an open stream, an EventSource):
+    counted, incomplete, saying why, not held against the server (it passed unseen: no chat at all)."""
+    f = tmp_path / "page.har"
+    f.write_text(json.dumps(chromium_har([agui_sse_entry(agui_events(1764637200.0, 0), body=False, messages=False,
+                                                         started="2025-12-02T01:00:00.000Z")])))
+    [run] = check_files([f], AGUI, SC)
+    [chat] = run.results
+    assert chat.outcome is Outcome.INCOMPLETE and not chat.violations and not run.passed
+    assert "the browser kept no body of this text/event-stream response" in (chat.note or "")
+
+
+def test_event_source_messages_over_the_body_limit_are_an_r12_naming_it(tmp_path):
+    f = tmp_path / "page.har"
+    events = agui_events(1764637200.0, 0) + [(1764637201.0, "x" * 40_000)] * 3
+    f.write_text(json.dumps(chromium_har([agui_sse_entry(events, body=False, messages=True,
+                                                         started="2025-12-02T01:00:00.000Z")])))
+    [run] = check_files([f], AGUI, SC, max_text=100_000)
+    [chat] = run.results
+    assert chat.outcome is not Outcome.PASSED
+    [r12] = [v for v in chat.violations if v.rule == "R12"]
+    assert "larger than the 100000 byte limit of one HAR body" in r12.reason
+
+
+def test_har_entries_are_read_in_the_order_they_started_wherever_the_file_has_them(tmp_path):
+    """HAR 1.2 tells readers to sort the entries by startedDateTime: the sockets come out in that order (entries
+    named by their place in the file), pages, other entries and keys after the entries notwithstanding; a file
+    that cannot be parsed whole is read as it is, saying where it stops."""
+    late, early = ws_entry(socket("rb", "tb", 1764637300.0)), ws_entry(socket("ra", "ta", 1764637200.0))
+    late["startedDateTime"], early["startedDateTime"] = "2025-12-02T01:01:40Z", "2025-12-02T01:00:00Z"
+    har = chromium_har([{"startedDateTime": "2025-12-02T01:02:00Z", "request": {"url": "http://x/app.js"},
+                         "response": {"content": {"mimeType": "text/javascript", "text": "x"}}}, late, early])
+    har["log"]["pages"] = [{"id": "page_1", "startedDateTime": "2025-12-02T01:00:00Z"}] * 3
+    har["log"]["comment"] = {"after": [{"entries": "not these"}]}
+    f = tmp_path / "page.har"
+    f.write_text(json.dumps(har, indent=1))
+    recs = list(read_recording(f))
+    assert [r.conn for r in recs] == ["ws2"] * 8 + ["ws1"] * 8
+    assert recs[0].where == "page.har: entry 2 message 1" and recs[-1].where == "page.har: entry 1"
+    [run] = check_files([f], NETRA, SC)
+    assert verdicts(run) == [("ra", "passed", []), ("rb", "passed", [])]
+    text = json.dumps(har, indent=1)
+    f.write_text(text[: text.rindex("tool_completed")])  # truncated in the earlier socket: read as it stands
+    recs = list(read_recording(f))
+    assert recs[0].conn == "ws1" and recs[-1].direction == "problem" and "truncated" in recs[-1].detail
+
+
 def test_truncated_har_judges_what_came_and_says_so(tmp_path):
     text = json.dumps(chromium_har([ws_entry(socket("r1", "t1", 1764637200.0))]), indent=1)
     f = tmp_path / "cut.har"

@@ -161,3 +161,106 @@ async def test_saved_agui_sse_body_and_har_are_judged_as_live(tmp_path, case):
     [run] = check_files([har], profile, sc)
     assert [(r.outcome.value, sorted(v.rule for v in r.violations)) for r in run.results] == [expected] * 2
     assert run.stats.chats == 2
+
+
+def _chrome_sse_har(recording: Path, *, sanitized: bool = False) -> dict:
+    """A recorded AG-UI run as Chrome's DevTools saves it ("Save all as HAR"): one `fetch` entry per stream, its
+    request in postData, no body (an open or EventSource stream keeps none), each event in `_eventSourceMessages`
+    with its time in epoch seconds; "Save as HAR (sanitized)" leaves each event's data out."""
+    streams: dict[str, list[dict]] = {}
+    for f in sorted(recording.iterdir()):
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            streams.setdefault(f"{f.name}/{rec['conn']}", []).append(rec)
+    entries = []
+    for recs in streams.values():
+        [sent] = [r for r in recs if r["dir"] == "send"]
+        events = [{"time": r["t"], "eventName": "message", "eventId": ""} | ({} if sanitized else {"data": r["frame"]})
+                  for r in recs if r["dir"] == "recv"]
+        entries.append({
+            "_initiator": {"type": "script"}, "_priority": "High", "_resourceType": "fetch", "cache": {},
+            "request": {"method": "POST", "url": "http://127.0.0.1/agent", "httpVersion": "HTTP/1.1", "headers": [],
+                        "queryString": [], "cookies": [], "headersSize": -1, "bodySize": len(sent["frame"]),
+                        "postData": {"mimeType": "application/json", "text": sent["frame"]}},
+            "response": {"status": 200, "statusText": "OK", "httpVersion": "HTTP/1.1",
+                         "headers": [{"name": "content-type", "value": "text/event-stream"}], "cookies": [],
+                         "content": {"size": 0, "mimeType": "text/event-stream"}, "redirectURL": "",
+                         "headersSize": -1, "bodySize": -1, "_transferSize": 0, "_error": None},
+            "serverIPAddress": "127.0.0.1",
+            "startedDateTime": datetime.fromtimestamp(sent["t"], UTC).isoformat().replace("+00:00", "Z"),
+            "time": 1.0, "timings": {"blocked": -1, "dns": -1, "ssl": -1, "connect": -1, "send": 0, "wait": 1,
+                                     "receive": 0},
+            "_eventSourceMessages": events})
+    entries.sort(key=lambda e: e["startedDateTime"])  # DevTools sorts by the time each request was issued
+    return {"log": {"version": "1.2", "creator": {"name": "WebInspector", "version": "537.36"}, "pages": [],
+                    "entries": entries}}
+
+
+async def test_chrome_har_of_agui_sse_is_judged_by_its_event_times_as_live(tmp_path, record_runs):
+    """Chrome saves an SSE response's events in `_eventSourceMessages`, each with its time (for EventSource and for
+    fetch alike, body or no body): a stall or a late first event is judged from them as live; a sanitized export,
+    which leaves the events' data out, judges each chat as it stood (incomplete), saying why, never passing it."""
+    from .test_agui_faults_vs_ground_truth import AguiSimCtx
+
+    sc = scenario(users=3, chats_per_user=3,
+                  expect={"streaming": True, "settle": "0.05s", "deadline": "10s", "stall_limit": "0.3s"})
+    async with AguiSimCtx(tmp_path, faults=["stall=0.6s@0.5"], think=0.01) as (_sim, target, _gt):
+        live = await run_scenario(sc, target)
+    assert any("R11" in r.rule_counts() for r in live.results) and any(r.outcome is Outcome.PASSED
+                                                                       for r in live.results)
+    har = tmp_path / "chrome.har"
+    har.write_text(json.dumps(_chrome_sse_har(record_runs), indent=2))
+    [offline] = check_files([har], target.profile, sc)
+    assert verdicts(offline.results) == verdicts(live.results)
+    assert offline.stats.violations == live.stats.violations and offline.passed is live.passed
+    live_ttfe = {r.run_id: r.time_to_first_event for r in live.results}
+    assert all(r.time_to_first_event is not None and abs(r.time_to_first_event - live_ttfe[r.run_id]) < 0.05
+               for r in offline.results)
+
+    har.write_text(json.dumps(_chrome_sse_har(record_runs, sanitized=True), indent=2))
+    [offline] = check_files([har], target.profile, sc)
+    assert offline.stats.chats == live.stats.chats and not offline.passed
+    assert {r.outcome for r in offline.results} == {Outcome.INCOMPLETE}
+    assert all(not r.violations and "a sanitized HAR export leaves event data out" in (r.note or "")
+               for r in offline.results)
+
+
+def _ws_har(recording: Path, order) -> dict:
+    """A recorded run as a HAR of WebSocket entries (`_webSocketMessages`, as DevTools writes them), one per
+    connection, in the order `order` puts them."""
+    conns: dict[str, list[dict]] = {}
+    for f in sorted(recording.iterdir()):
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            conns.setdefault(f"{f.name}/{rec['conn']}", []).append(rec)
+    entries = []
+    for recs in conns.values():
+        messages = [{"type": "send" if r["dir"] == "send" else "receive", "time": r["t"],
+                     "opcode": 2 if "frame_b64" in r else 1, "data": r.get("frame_b64", r.get("frame"))}
+                    for r in recs if r["dir"] in ("send", "recv")]
+        entries.append({"startedDateTime": datetime.fromtimestamp(recs[0]["t"] - 0.001, UTC).isoformat(), "time": 1,
+                        "request": {"method": "GET", "url": "ws://127.0.0.1/ws", "headers": []},
+                        "response": {"status": 101, "headers": [], "content": {"size": 0, "mimeType": "x-unknown"}},
+                        "cache": {}, "timings": {"send": 0, "wait": 1, "receive": 0}, "_resourceType": "websocket",
+                        "_webSocketMessages": messages})
+    return {"log": {"version": "1.2", "creator": {"name": "har-merge", "version": "1"}, "pages": [],
+                    "entries": order(entries)}}
+
+
+async def test_a_har_with_its_entries_out_of_order_is_judged_in_the_order_they_started(sim_factory, record_runs,
+                                                                                        tmp_path):
+    """HAR 1.2 leaves the entries' order to the writer ("the reader application should always make sure the array
+    is sorted"): a chat resumed on a new connection, that connection's entry first, is judged as live (it was
+    counted twice, failed on the new connection and incomplete on the old)."""
+    sc = scenario(users=3, chats_per_user=3)
+    async with sim_factory(faults=["close:clean=0.5"], think=0.01) as (_sim, target, _gt):
+        live = await run_scenario(sc, target)
+    assert any(r.reconnects == ["resumed"] for r in live.results)
+    har = tmp_path / "page.har"
+    for order in (lambda es: sorted(es, key=lambda e: e["startedDateTime"], reverse=True),
+                  lambda es: sorted(es, key=lambda e: (len(e["_webSocketMessages"]), e["startedDateTime"]))):
+        har.write_bytes(b"\xef\xbb\xbf" + json.dumps(_ws_har(record_runs, order), indent=2).replace("\n", "\r\n")
+                        .encode())
+        [offline] = check_files([har], target.profile, sc)
+        assert verdicts(offline.results) == verdicts(live.results)
+        assert offline.stats.chats == live.stats.chats and offline.passed is live.passed
