@@ -38,10 +38,7 @@ _EPILOG = (
     + "\n\n  Forms: NAME[:ARG]=RATE  or  NAME[:ARG][=VALUE]@RATE; RATE in [0,1], per chat unless stated."
     + "\n  Example: --fault drop:tool_completed=0.08 --fault delay_first=2.5s@0.1 --fault close:abort=0.02"
     + "\n\nMessage directives: #fail-tool #fail-agent #tools=N #chunks=N #think=SECONDS #tool-latency=SECONDS"
-    + "\n\nConfig file keys (YAML mapping): host, port, no_auth, jwt_secret, think, tool_latency, seed,"
-    + "\n  faults (list of fault specs), ground_truth, resume_ttl, max_size, max_runs, max_live_runs_per_user,"
-    + "\n  max_runs_per_user, max_events_per_run, compression, allow_no_exp. Command-line flags override the"
-    + "\n  file; --fault adds to its faults."
+    + "\n\n"
 )
 
 
@@ -109,10 +106,19 @@ def _checked(parse: Any, check: Any) -> Any:
     return convert
 
 
+def _config_keys() -> str:
+    """The --config paragraph of the help, naming every key load_config takes (so the two cannot drift)."""
+    import textwrap
+
+    return textwrap.fill(f"Config file keys (YAML mapping): {', '.join(_CONFIG_FIELDS)}. Command-line flags override "
+                         "the file; --fault adds to its faults (a list of fault specs).", 104, subsequent_indent="  ")
+
+
 def build_parser(prog: str = "agentsim") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="agentsim: the reference agent chat server of chatprobe "
-                "(netra wire format, JWT auth, resume, seeded fault injection).",
-                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                "(netra or AG-UI wire format, JWT auth, resume, seeded fault injection).",
+                epilog=_EPILOG + _config_keys(),
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=_checked(int, check_port), default=None, help="port to bind, 0 = any free port (default 8765)")
     p.add_argument("--no-auth", action="store_true", default=None,

@@ -31,7 +31,7 @@ class Backoff:
         """The longest the next delay can be (0 after a success)."""
         if not self.failures:
             return 0.0
-        return min(self.cap, self.first * 2 ** min(self.failures - 1, 64))
+        return min(self.cap, self.first * 2.0 ** min(self.failures - 1, 64))
 
     def delay(self) -> float:
         ceiling = self.ceiling()

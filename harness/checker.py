@@ -1,4 +1,4 @@
-"""The one checker: rules R1–R13 of PROTOCOL.md §3 as a pure, incremental state machine.
+"""The one checker: rules R1–R13 of docs/protocol.md as a pure, incremental state machine.
 
 Feed a ChatTracker the events of one chat with their receipt times and ask it for a verdict; a
 ConnectionChecker routes the decoded frames of one connection to its chats and catches cross-talk. Neither

@@ -22,7 +22,7 @@ class Role(str, Enum):
 ALL_ROLES: tuple[Role, ...] = tuple(Role)
 _COMPLETED, _ERROR = Role.AGENT_COMPLETED, Role.ERROR_EVENT  # bound once: Role.X costs a lookup each time
 
-# The roles a successful run must show when a scenario says nothing else (PROTOCOL.md R2).
+# The roles a successful run must show when a scenario says nothing else (docs/protocol.md, R2).
 DEFAULT_REQUIRED: tuple[Role, ...] = (
     Role.AGENT_STARTED,
     Role.AGENT_THINKING,
@@ -43,7 +43,7 @@ class Outcome(str, Enum):
 
 
 class Rule(str, Enum):
-    """The protocol's rules (docs/protocol.md §3); `title` is the short name reports and labels show."""
+    """The protocol's rules (docs/protocol.md#rules); `title` is the short name reports and labels show."""
 
     R1 = "R1"
     R2 = "R2"

@@ -165,13 +165,13 @@ class Profile(BaseModel):
     connection_error_codes: list[str] = ["AUTH_FAILED", "INVALID_MESSAGE", "RESUME_UNKNOWN_RUN"]
     # Which of those codes mean "bad credentials" and "unknown run on resume".
     session_errors: SessionErrors = SessionErrors()
-    # Fields whose presence marks a frame as a welcome / control frame even when its type is unknown.
+    # What opens, continues and closes by a key (R5).
     spans: list[Span] = []
     required: list[Role] = list(DEFAULT_REQUIRED)
     thinking_before_tool: bool = True
     # Every agent event of this dialect names its run (netra): one that names none is not this client's (R8).
     events_name_run: bool = False
-    # A terminal error is recoverable only when the recoverable field says so.
+    # Whether the server takes the token as a `jwt.<token>` WebSocket subprotocol (`--auth subprotocol`).
     auth_subprotocol: bool = True
     # Named payload check sets (harness/payload_checks.py) run on every event: the schema, ids, arguments, state.
     checks: list[str] = []

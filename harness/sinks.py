@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from .checker import ChatResult
     from .events import Event
 
-# Values of the `result` label of chatprobe_connections_total (METRICS.md).
+# Values of the `result` label of chatprobe_connections_total (docs/metrics.md).
 CONNECTION_RESULTS = ("ok", "refused", "auth_failed", "timeout", "tls_error", "protocol_error")
 RECONNECT_RESULTS = ("resumed", "lost")
 

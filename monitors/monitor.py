@@ -131,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", action="append", default=None, metavar="NAME|FILE",
                    help="scenario to probe with, built-in name or YAML file; repeatable (default: probe)")
     p.add_argument("--config", metavar="FILE",
-                   help="YAML with named targets (targets: {NAME: {url, profile, auth, token_env, "
-                        "jwt_secret_env, ca_file}}) and scenarios; instead of --target")
+                   help=f"YAML with named targets (targets: {{NAME: {{{', '.join(TargetConfig.model_fields)}}}}}) "
+                        f"and {', '.join(k for k in MonitorConfig.model_fields if k != 'targets')}; instead of "
+                        "--target (--interval and --timeout override the file's)")
     p.add_argument("--interval", type=_duration_arg, default=None, metavar="DURATION",
                    help=f"time between probe rounds (default {DEFAULT_INTERVAL:g}s)")
     p.add_argument("--timeout", type=_duration_arg, default=None, metavar="DURATION",
@@ -140,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "a round that overruns the interval skips the missed ticks")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"address of /, /metrics and /probe (default {DEFAULT_LISTEN}; port 0 = any free port)")
-    p.add_argument("--once", action="store_true", help="run one probe round, print the verdicts and exit 0 "
-                   "(all passed) or 1; serves nothing")
+    p.add_argument("--once", action="store_true", help="run one probe round, print the verdicts and exit as "
+                   "`chatprobe run` does: 0 all passed, 1 failed, 2 usage or credentials refused, 3 unreachable; "
+                   "serves nothing")
     return p
 
 

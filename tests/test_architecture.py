@@ -6,6 +6,7 @@ are for the type checker only and are left out.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ PACKAGES = ("harness", "agentsim", "monitors", "scenarios", "dashboards")
 PURE = ("harness.events", "harness.checker", "harness.flow", "harness.profiles", "harness.scenario",
         "harness.stats", "harness.report", "harness.results", "harness.eventstream", "harness.durations",
         "harness.yamlfile", "harness.sinks", "harness.recordings", "harness.offline", "harness.payload_checks",
-        "harness.errors", "harness.catalog")
+        "harness.errors", "harness.catalog", "harness.backoff")
 IO_LIBRARIES = ("asyncio", "websockets", "httpx", "gevent", "argparse", "locust", "socket", "threading")
 DRIVERS = ("harness.cli", "harness.client", "harness.gevent_client", "harness.runner", "harness.locust_user",
            "harness.pytest_plugin", "harness.transports", "harness.targets", "monitors", "agentsim")
@@ -142,3 +143,36 @@ def test_help_and_list_load_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def _folder_table() -> dict[str, set[str]]:
+    """docs/architecture.md's "Folders and import rules": each `harness/` row's first cell -> the modules it names."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## Folders and import rules", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        first = line.split("|")[1].strip() if line.startswith("| `harness/") else ""
+        if first:
+            names = [n.removeprefix("harness/").removesuffix(".py").rstrip("/") for n in re.findall(r"`([^`]+)`", first)]
+            rows[first] = {f"harness.{n}" for n in names if n}
+    return rows
+
+
+def test_the_folder_table_places_every_harness_module_once():
+    rows = _folder_table()
+    placed = [m for names in rows.values() for m in names]
+    assert len(placed) == len(set(placed)), f"placed twice: {sorted(m for m in placed if placed.count(m) > 1)}"
+    modules = {m for m in GRAPH if m.count(".") == 1 and m.startswith("harness.") and m != "harness.__main__"}
+    modules = {m for m in modules if not m.startswith("harness.transports.")} | {"harness.transports"}
+    assert set(placed) == modules, (f"docs/architecture.md places modules that do not exist: {set(placed) - modules}; "
+                                    f"and none of these: {modules - set(placed)}")
+    pure = next(names for first, names in rows.items() if "pure core" in first)
+    assert pure == set(PURE), f"docs/architecture.md's pure core differs from PURE: {pure ^ set(PURE)}"
+
+
+def test_the_pure_core_is_held_to_mypys_strict_flags():
+    import tomllib
+
+    overrides = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]["overrides"]
+    strict = next(o for o in overrides if o.get("disallow_untyped_defs"))
+    assert set(strict["module"]) == set(PURE)

@@ -1,4 +1,4 @@
-"""Every frame shape of PROTOCOL.md section 2 as agentsim sends it, over real sockets."""
+"""Every frame shape of docs/protocol.md's netra wire format as agentsim sends it, over real sockets."""
 
 from __future__ import annotations
 

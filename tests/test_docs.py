@@ -1,0 +1,440 @@
+"""What the docs say that the code can check, checked against the code: the commands and flags they show, the
+metrics table, the labels alerts and panels filter on, the rules table, the profile and scenario keys with their
+defaults, the JSON report's layout, the bounds. A doc that drifts from the code fails here, naming the line.
+
+(The cited anchors, the histogram buckets and the dashboard's metric names are checked in
+tests/monitors/test_doc_links.py and tests/monitors/test_dashboard.py.)
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
+from pydantic import BaseModel
+
+from agentsim.cli import build_parser as sim_parser
+from harness import checker
+from harness.cli import build_parser as chatprobe_parser
+from harness.events import ALL_ROLES, RULES, Outcome
+from harness.profiles import Fields, Profile, Span, load_profile
+from harness.scenario import ChatStep, Expect, Objectives, RawStep, Scenario, load_scenario
+from harness.sinks import CONNECTION_RESULTS, RECONNECT_RESULTS
+from monitors import metrics
+from monitors.frontdoor import REFUSAL_REASONS
+from monitors.monitor import build_parser as monitor_parser
+from monitors.proxy import build_parser as proxy_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+USER_DOCS = [ROOT / "README.md", *DOCS]
+SUBCOMMANDS = {"monitor": monitor_parser, "proxy": proxy_parser, "sim": sim_parser}
+# Locust's own flags, which the README's Locust commands use beside chatprobe's (Locust is not imported here: it
+# monkey-patches the process).
+LOCUST_FLAGS = {"--headless", "--master", "--worker", "--master-host", "--expect-workers", "--run-time", "--csv",
+                "--stop-timeout", "--host", "--html"}
+
+
+def _fences(path: Path) -> list[tuple[str, int, list[str]]]:
+    """(language, first line number, lines) of every fenced code block."""
+    out: list[tuple[str, int, list[str]]] = []
+    current: tuple[str, int, list[str]] | None = None
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith("```"):
+            if current is None:
+                current = (line[3:].strip(), n + 1, [])
+            else:
+                out.append(current)
+                current = None
+        elif current is not None:
+            current[2].append(line)
+    return out
+
+
+def _table(text: str, heading: str) -> list[list[str]]:
+    """The rows (cells stripped, header and rule left out) of the first table under `heading`."""
+    section = text.split(heading, 1)[1]
+    rows = []
+    for line in section.splitlines()[1:]:
+        if rows and not line.startswith("|"):
+            break
+        if line.startswith("|") and not line.startswith("| ---"):
+            rows.append([c.strip() for c in line.strip()[1:-1].split("|")])
+    return rows[1:]
+
+
+def _code(cell: str) -> list[str]:
+    return re.findall(r"`([^`]*)`", cell)
+
+
+# --- commands and flags ----------------------------------------------------------------------------------------
+
+def _shown_commands() -> list[tuple[str, list[str]]]:
+    """Every `chatprobe COMMAND …` of a shell block of the user docs, as (where, argv)."""
+    found = []
+    for path in USER_DOCS:
+        for lang, first, lines in _fences(path):
+            if lang not in ("", "bash", "sh", "console"):
+                continue
+            text = "\n".join(lines).replace("\\\n", " ")
+            for n, line in enumerate(text.splitlines()):
+                line = re.split(r"\s#\s", " " + line)[0]
+                for part in line.split("&&"):
+                    m = re.search(r"(?:^|\s)chatprobe ((?:run|check|monitor|proxy|sim|list)\b.*)", part)
+                    if m:
+                        found.append((f"{path.name}:{first + n}", shlex.split(m.group(1).replace("…", "x"))))
+    return found
+
+
+SHOWN = _shown_commands()
+
+
+def test_the_docs_show_commands():
+    assert len(SHOWN) >= 20, SHOWN
+    assert any(argv[0] == "proxy" for _, argv in SHOWN) and any(argv[0] == "check" for _, argv in SHOWN)
+
+
+@pytest.mark.parametrize(("where", "argv"), SHOWN, ids=[f"{w}:{a[0]}" for w, a in SHOWN])
+def test_every_command_the_docs_show_parses(where, argv):
+    try:
+        if argv[0] in SUBCOMMANDS:
+            SUBCOMMANDS[argv[0]]().parse_args(argv[1:])
+        else:
+            chatprobe_parser().parse_args(argv)
+    except SystemExit as exc:
+        pytest.fail(f"{where}: `chatprobe {' '.join(argv)}` is refused by its parser (exit {exc.code})")
+
+
+def _options(parser: Any) -> set[str]:
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action.choices, dict):  # the sub-commands
+            for sub in action.choices.values():
+                found |= _options(sub)
+    return found
+
+
+def _registered(path: str, call: str) -> set[str]:
+    return set(re.findall(rf'{call}\(\s*"(--[a-z0-9-]+)"', (ROOT / path).read_text()))
+
+
+def test_every_flag_the_docs_name_exists():
+    known = (_options(chatprobe_parser()) | _options(monitor_parser()) | _options(proxy_parser())
+             | _options(sim_parser()) | _registered("harness/locust_user.py", "add_argument")
+             | _registered("harness/pytest_plugin.py", "addoption") | LOCUST_FLAGS)
+    assert "--chatprobe-scenario" in known and "--chatprobe-target" in known and "--upstream" in known
+    unknown = []
+    for path in USER_DOCS:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            unknown += [f"{path.name}:{n}: {flag}" for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", line)
+                        if flag not in known]
+    assert unknown == [], "flags no parser knows:\n" + "\n".join(unknown)
+
+
+# --- metrics ---------------------------------------------------------------------------------------------------
+
+METRICS_DOC = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+
+
+def _declared() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every metric of a /probe registry (the fullest set): name -> (type, label names)."""
+    m = metrics.ChatMetrics(CollectorRegistry(), probe=True)
+    out = {}
+    # prometheus_client has no public view of a metric's label names: its own attributes are read.
+    for collector in vars(m).values():
+        if isinstance(collector, MetricWrapperBase):
+            out[collector._name] = (collector._type, tuple(collector._labelnames))
+    return out
+
+
+def _documented() -> dict[str, tuple[str, tuple[str, ...]]]:
+    out = {}
+    for row in _table(METRICS_DOC, "## Metrics"):
+        names, kind, extra = _code(row[0]), row[1], row[2]
+        if extra == "none":
+            labels: tuple[str, ...] = ()
+        elif extra.startswith("only "):
+            labels = tuple(_code(extra.split(" = ")[0] if "=" in extra else extra))
+        else:
+            labels = (*metrics.COMMON_LABELS, *_code(extra))
+        for name in names:
+            out[name.removesuffix("_total") if kind == "counter" else name] = (kind, labels)
+    return out
+
+
+def test_the_metrics_table_is_what_the_code_declares():
+    declared, documented = _declared(), _documented()
+    assert set(documented) == set(declared), (
+        f"in docs/metrics.md only: {set(documented) - set(declared)}; in the code only: {set(declared) - set(documented)}")
+    for name, (kind, labels) in declared.items():
+        assert documented[name][0] == kind, f"{name}: docs/metrics.md says {documented[name][0]}, the code {kind}"
+        assert set(documented[name][1]) == set(labels), f"{name}: docs/metrics.md says labels {documented[name][1]}, " \
+                                                        f"the code {labels}"
+
+
+def test_the_label_values_the_metrics_doc_lists_are_the_codes():
+    labels = {row[0].strip("`"): row[1] for row in _table(METRICS_DOC, "## Labels")}
+    assert _code(re.sub(r"\([^)]*\)", "", labels["source"])) == list(metrics.SOURCES)
+    assert _code(labels["outcome"])[: len(metrics.OUTCOMES)] == list(metrics.OUTCOMES)
+    connections, reconnects = labels["result"].split("; reconnects:")
+    assert _code(connections) == list(CONNECTION_RESULTS) and _code(reconnects) == list(RECONNECT_RESULTS)
+    refused = next(r for r in _table(METRICS_DOC, "## Metrics") if "proxy_refused" in r[0])
+    assert _code(refused[2].split("`reason` = ")[1]) == list(REFUSAL_REASONS)
+    assert str(metrics.MAX_LABEL_LENGTH) in labels["target"] and str(metrics.MAX_SCENARIOS) in labels["scenario"]
+
+
+def test_every_metric_the_docs_name_is_exported():
+    known = metrics.metric_names()
+    unknown = [f"{path.name}:{n}: {m}" for path in (*USER_DOCS, ROOT / "BENCHMARKS.md")
+               for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+               for m in re.findall(r"(?<![\w:])chatprobe_[a-z_]+\b", line) if m not in known]
+    assert unknown == [], "series no code exports:\n" + "\n".join(unknown)
+
+
+# Values each closed label may take; a selector matching anything else selects nothing, silently.
+CLOSED = {"outcome": set(metrics.OUTCOMES), "rule": set(metrics.RULE_IDS), "event": set(metrics.ROLES),
+          "source": set(metrics.SOURCES), "result": set(CONNECTION_RESULTS) | set(RECONNECT_RESULTS),
+          "reason": set(REFUSAL_REASONS)}
+# Labels Prometheus adds to every scraped or pushed series.
+SCRAPE_LABELS = {"job", "instance"}
+
+
+def _queries() -> list[tuple[str, str]]:
+    rules = yaml.safe_load((ROOT / "monitors/rules/chatprobe.rules.yml").read_text())
+    out = [(r.get("record") or r["alert"], r["expr"]) for g in rules["groups"] for r in g["rules"]]
+    board = json.loads((ROOT / "dashboards/chatprobe-overview.json").read_text())
+    out += [(p["title"], t["expr"]) for p in board["panels"] for t in p.get("targets", [])]
+    for path in DOCS:
+        out += [(f"{path.name}:{first}", "\n".join(lines)) for lang, first, lines in _fences(path) if lang == "promql"]
+    return out
+
+
+def _labels_of(series: str, declared: dict[str, tuple[str, tuple[str, ...]]]) -> set[str] | None:
+    for name, (kind, labels) in declared.items():
+        if series in (name, f"{name}_total") or (kind == "histogram" and series in (
+                f"{name}_bucket", f"{name}_count", f"{name}_sum")):
+            return set(labels) | ({"le"} if series.endswith("_bucket") else set())
+    return None
+
+
+@pytest.mark.parametrize(("where", "expr"), _queries(), ids=lambda v: v if len(v) < 60 else None)
+def test_queries_filter_on_labels_their_metrics_have_with_values_they_take(where, expr):
+    declared = _declared()
+    for series, matchers in re.findall(r"\b(chatprobe_[a-z_]+)\{([^}]*)\}", expr):
+        labels = _labels_of(series, declared)
+        assert labels is not None, f"{where}: {series} is no chatprobe metric"
+        for label, op, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"', matchers):
+            assert label in labels | SCRAPE_LABELS, f"{where}: {series} has no label {label!r} (it has {labels})"
+            if label in CLOSED and "$" not in value:
+                shown = value.split("|") if op in ("=~", "!~") else [value]
+                assert set(shown) <= CLOSED[label], f"{where}: {label} never takes {set(shown) - CLOSED[label]}"
+    grouped = {"target", "scenario"} | SCRAPE_LABELS  # what the recording rules keep
+    for name in re.findall(r"\bchatprobe_[a-z_]+\b", expr):
+        grouped |= _labels_of(name, declared) or set()
+    for clause in re.findall(r"\b(?:by|on|without|ignoring)\s*\(([^)]*)\)", expr):
+        for label in filter(None, (s.strip() for s in clause.split(","))):
+            assert label in grouped, f"{where}: groups by {label!r}, a label none of its metrics has"
+
+
+# --- rules -----------------------------------------------------------------------------------------------------
+
+PROTOCOL_DOC = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
+
+
+def test_the_rules_table_is_the_codes():
+    table = {row[0].split("]")[0].lstrip("["): row[1] for row in _table(PROTOCOL_DOC, "## Rules")}
+    assert table == RULES
+    for rule, caption in RULES.items():
+        assert f"\n### {rule} {caption}\n" in PROTOCOL_DOC, f"docs/protocol.md has no '### {rule} {caption}' section"
+
+
+def test_the_bounds_protocol_md_states_are_the_checkers():
+    bounds = PROTOCOL_DOC.split("## Bounds", 1)[1].split("\n## ", 1)[0]
+    for shown in (f"{checker.MAX_EVENTS_KEPT:,} events", f"{checker.MAX_KEPT_BYTES // 2**20} MiB of events",
+                  f"{checker.MAX_VIOLATIONS_KEPT} violations", f"{checker.MAX_OPEN_SPANS:,} spans",
+                  f"{checker.MAX_SEQS_AHEAD:,} `seq`", f"{checker.KEEP_FINISHED} latest judged chats"):
+        assert shown in " ".join(bounds.split()), f"docs/protocol.md, Bounds, does not say {shown!r}"
+
+
+def test_the_default_limits_the_docs_state_are_the_codes():
+    expect = Expect()
+    flat = " ".join(PROTOCOL_DOC.split())
+    assert f"`expect.first_event_limit` (default {expect.first_event_limit:g} s)" in flat
+    assert f"`expect.deadline` (default {expect.deadline:g} s)" in flat
+    assert f"longer than `expect.stall_limit` (default {expect.stall_limit:g} s)" in flat
+    assert f"`expect.settle` (default {expect.settle:g} s)" in flat
+
+
+# --- profiles and scenarios ------------------------------------------------------------------------------------
+
+def _default_cell(cell: str) -> Any:
+    """A table's default as a value, when it is one YAML literal in backticks (else None: prose)."""
+    shown = _code(cell)
+    if len(shown) != 1 or not cell.startswith("`") or not re.fullmatch(r"`[^`]*`( \(.*\))?", cell):
+        return None
+    return yaml.safe_load(shown[0])
+
+
+def _check_keys(doc: str, heading: str, model: Any, where: str) -> None:
+    rows = _table(doc, heading)
+    shown: dict[str, str] = {}
+    for row in rows:
+        for name in _code(row[0]):
+            shown[name] = row[1]
+    fields = model.model_fields
+    assert set(shown) == set(fields), (
+        f"{where}: listed, not in {model.__name__}: {set(shown) - set(fields)}; "
+        f"in {model.__name__}, not listed: {set(fields) - set(shown)}")
+    for name, cell in shown.items():
+        field = fields[name]
+        if cell == "required":
+            assert field.is_required(), f"{where}: {name} is not required in {model.__name__}"
+            continue
+        value = _default_cell(cell)
+        default = field.default.model_dump() if hasattr(field.default, "model_dump") else field.default
+        if value is not None and (not isinstance(default, (dict, list)) or value in ([], {}, [""]) or
+                                  isinstance(field.default, BaseModel)):
+            assert default == value, f"{where}: {name}'s default is {default!r}, the doc says {cell}"
+
+
+PROFILES_DOC = (ROOT / "docs" / "profiles.md").read_text(encoding="utf-8")
+SCENARIOS_DOC = (ROOT / "docs" / "scenarios.md").read_text(encoding="utf-8")
+
+
+def test_the_profile_keys_tables_are_the_model():
+    _check_keys(PROFILES_DOC, "## Keys", Profile, "docs/profiles.md, Keys")
+    _check_keys(PROFILES_DOC, "### `fields`", Fields, "docs/profiles.md, fields")
+    for row in _table(PROFILES_DOC, "### `fields`"):  # "[a, b]"-style defaults, pairs included
+        for name, default in zip(_code(row[0]), _code(row[1]), strict=False):
+            assert Fields.model_fields[name].default == yaml.safe_load(default), name
+    spans = next(yaml.safe_load("\n".join(lines)) for lang, _, lines in _fences(ROOT / "docs" / "profiles.md")
+                 if lang == "yaml" and lines and lines[0] == "spans:")
+    assert set(spans["spans"][0]) == set(Span.model_fields), "docs/profiles.md's `spans` example shows every key"
+
+
+@pytest.mark.parametrize(("heading", "model"), [("## Top level", Scenario), ("## `expect`", Expect),
+                                                ("### `chat:`", ChatStep), ("### `send_raw:`", RawStep)])
+def test_the_scenario_keys_tables_are_the_model(heading, model):
+    _check_keys(SCENARIOS_DOC, heading, model, f"docs/scenarios.md, {heading}")
+    for row in _table(SCENARIOS_DOC, heading):
+        seconds = re.fullmatch(r"`([\d.]+)` \(s\)", row[1])
+        if seconds:
+            assert model.model_fields[row[0].strip("`")].default == float(seconds.group(1)), row
+
+
+def test_the_objective_defaults_are_the_models():
+    rows = {row[0].strip("`"): row[1] for row in _table(SCENARIOS_DOC, "## `objectives`")}
+    assert set(rows) == set(Objectives.model_fields)
+    defaults = Objectives().model_dump()
+    for name, cell in rows.items():
+        set_now = {k: v for k, v in defaults[name].items() if v is not None}
+        shown = {} if cell == "none" else {k: float(str(v).rstrip("s")) for k, v in
+                                           yaml.safe_load(cell.strip("`")).items()}
+        assert shown == set_now, f"docs/scenarios.md: objective {name} defaults to {set_now}, the doc says {cell}"
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for name, stats in defaults.items():
+        for stat, value in stats.items():
+            if value is not None:
+                assert f"`{name}.{stat}`" in readme, f"README.md does not list the default {name}.{stat}"
+
+
+def _yaml_blocks() -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in USER_DOCS:
+        for lang, first, lines in _fences(path):
+            if lang == "yaml":
+                data = yaml.safe_load("\n".join(lines))
+                if isinstance(data, dict) and ("roles" in data or "objectives" in data or "users" in data):
+                    out.append((f"{path.name}:{first}", data))
+    return out
+
+
+@pytest.mark.parametrize(("where", "data"), _yaml_blocks(), ids=lambda v: v if isinstance(v, str) else None)
+def test_every_profile_and_scenario_the_docs_show_loads(where, data, tmp_path):
+    path = tmp_path / "shown.yaml"
+    path.write_text(yaml.safe_dump(data))
+    if "roles" in data:
+        load_profile(str(path))
+    else:
+        load_scenario(str(path))
+
+
+# --- the JSON report -------------------------------------------------------------------------------------------
+
+def test_the_json_report_layout_is_the_schema():
+    doc = (ROOT / "docs" / "json-report.md").read_text(encoding="utf-8")
+    layout = doc.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    shown = set(re.findall(r'"([a-z_0-9]+)":', layout))
+    values = {r.value for r in ALL_ROLES} | {o.value for o in Outcome} | set(CONNECTION_RESULTS)
+    schema = json.loads((ROOT / "harness/schemas/result.schema.json").read_text())
+    fields: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            fields.update(node.get("properties", {}))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    # Keys of the example's maps (by role, outcome, error kind, rule) are values, not fields.
+    shown -= (values | set(RULES)) - fields
+    assert shown == fields, f"in the layout only: {shown - fields}; in the schema only: {fields - shown}"
+
+
+# --- help texts --------------------------------------------------------------------------------------------------
+
+def _subparser(name: str) -> Any:
+    action = next(a for a in chatprobe_parser()._actions if isinstance(a.choices, dict))
+    return action.choices[name]
+
+
+@pytest.mark.parametrize(("where", "text", "codes"), [
+    ("chatprobe run --help", lambda: _subparser("run").description, ("0", "1", "2", "3", "130/143")),
+    ("chatprobe check --help", lambda: _subparser("check").description, ("0", "1", "2", "130/143")),
+    ("chatprobe monitor --once", lambda: next(a.help for a in monitor_parser()._actions if "--once" in a.option_strings),
+     ("0", "1", "2", "3")),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_the_help_names_every_exit_code_the_command_returns(where, text, codes):
+    said = re.split(r"\b[Ee]xit ", text(), maxsplit=1)[1]
+    shown = re.findall(r"\b(\d+(?:/\d+)?) (?:\w)", said)
+    assert tuple(shown) == codes, f"{where} states exit codes {shown}, the command returns {codes}"
+
+
+def test_agentsims_help_lists_every_config_key():
+    import dataclasses
+
+    from agentsim.server import SimConfig
+
+    text = " ".join(sim_parser().format_help().split("Config file keys (YAML mapping):", 1)[1].split(".", 1)[0].split())
+    assert text.split(", ") == [f.name for f in dataclasses.fields(SimConfig)]
+
+
+def test_the_readmes_pytest_example_passes(pytester):
+    readme = ROOT / "README.md"
+    example = next("\n".join(lines) for lang, _, lines in _fences(readme) if lang == "python" and "def test_" in "\n".join(lines))
+    pytester.makepyfile(example)
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    res.assert_outcomes(passed=1)
+
+
+def test_the_monitor_config_keys_the_readme_and_help_list_are_the_models():
+    from monitors.monitor import MonitorConfig, TargetConfig
+
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    said = readme.split("A `--config` file has `targets:`", 1)[1].split("override these", 1)[0]
+    per_target, top = said.split("; beside it", 1)
+    assert set(_code(per_target)) - {"target", "run"} == set(TargetConfig.model_fields)  # "its `target` label"
+    assert set(_code(top)) - {"[probe]", "--interval", "--timeout"} == set(MonitorConfig.model_fields) - {"targets"}
+    assert MonitorConfig.model_fields["scenarios"].default_factory() == ["probe"]  # type: ignore[misc]
+    shown = next(a.help for a in monitor_parser()._actions if "--config" in a.option_strings)
+    assert all(key in shown for key in (*TargetConfig.model_fields, *MonitorConfig.model_fields))
