@@ -651,7 +651,11 @@ class AguiRunChecks(RunChecks):
                                     "leaves tool calls to the application")]
         else:
             out = []
-        if kind == "cancelled":
+        if kind in ("cancelled", "interrupt"):
+            # A cancelled run asks for nothing; an interrupted one is closed, and the calls it left unanswered are
+            # pending, derived from the stream: "On an interrupted run the pending calls are derived the same way; the
+            # interrupt outcome does not carry them" (spec 1.1, Tool Calls, Frontend tools). An interrupt raised inside
+            # a running tool (LangGraph's interrupt()) names no toolCallId; the run that resumes it answers the call.
             return out
         named: set[str] = set()
         for cid in pending if isinstance(pending, list) else ():
@@ -676,12 +680,8 @@ class AguiRunChecks(RunChecks):
                                                 "started and did not answer (the list must name all of them)"))
                     if len(out) >= 20:
                         return out
-        waiting: set[Any] = set()
-        if kind == "interrupt" and isinstance(outcome, dict):
-            # A tool approval pauses its call: the result comes in the run that resumes it.
-            waiting = {i.get("toolCallId") for i in outcome.get("interrupts") or () if isinstance(i, dict)}
         for cid, call in self.calls.items():
-            if (call.answered or not call.owed or not call.ended or cid in waiting or cid in named
+            if (call.answered or not call.owed or not call.ended or cid in named
                     or call.name in self.ctx.offered_tools):
                 # (A call still open at the end is the tool call span's R5. One pendingToolCallIds names is left for
                 # the application: a call of a tool the input did not advertise "is not by itself a protocol

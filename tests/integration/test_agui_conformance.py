@@ -402,8 +402,16 @@ async def test_interrupt_and_cancelled_outcomes_pass():
         yield from call("c1", result=False)
         yield F(inp, outcome={"type": "cancelled"})
 
+    def interrupted_inside_the_tool(inp):
+        """FAILED-ON-ORIGINAL (R5): an interrupt naming no call (LangGraph's interrupt() in a running tool). "On an
+        interrupted run the pending calls are derived the same way; the interrupt outcome does not carry them"."""
+        yield S(inp)
+        yield from call("c1", result=False)
+        yield F(inp, outcome={"type": "interrupt", "interrupts": [{"id": "i1", "reason": "langgraph:interrupt"}]})
+
     await passes(interrupted)
     await passes(cancelled)
+    await passes(interrupted_inside_the_tool)
 
 
 async def test_sse_framing_variations_pass():

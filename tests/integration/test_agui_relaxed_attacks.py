@@ -41,17 +41,17 @@ async def test_empty_chunk_deltas_alone_are_no_streamed_text():
     await _streamed(script)
 
 
-async def test_pending_tool_call_ids_on_an_interrupt_outcome_excuse_nothing():
+async def test_pending_tool_call_ids_on_an_interrupt_outcome_is_named():
     """pendingToolCallIds is a field of the success outcome only (ag_ui.core: "a success with an interrupt still
-    pending would be a contradiction"); the models keep unknown fields, so on an interrupt outcome it passed the schema
-    and excused a backend call's missing result."""
+    pending would be a contradiction"); the models keep unknown fields, so on an interrupt outcome it passed the schema.
+    (The unanswered call itself is pending on an interrupted run, spec 1.1: it owes no result there.)"""
     def script(inp):
         yield S(inp)
         yield from call("c1", result=False)
         yield F(inp, outcome={"type": "interrupt", "interrupts": [{"id": "i1", "reason": "approval"}],
                               "pendingToolCallIds": ["c1"]})
 
-    await fails(script, Rule.R5, "'c1' (calc: a backend tool")
+    await fails(script, Rule.R5, "pendingToolCallIds on a 'interrupt' outcome")
 
 
 async def test_pending_tool_call_ids_on_a_cancelled_outcome_is_named():

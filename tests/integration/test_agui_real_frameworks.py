@@ -1,0 +1,401 @@
+"""`chatprobe run` and `chatprobe check`, as a user runs them, against AG-UI servers built with real, third-party agent
+frameworks (not this repo's servers): pydantic-ai's AGUIAdapter and ag-ui-langgraph (the AG-UI project's LangGraph
+integration), each under uvicorn on a loopback socket, their models scripted in-process (pydantic-ai's FunctionModel,
+a LangChain chat model written here), so nothing leaves the machine and no key is needed. The message picks what the
+model does: `#tool` (a backend tool, its result, then text), `#think` (reasoning first), `#two-tools`, `#retry-tool`
+(the tool asks the model to retry), `#state` (the tool emits state and custom events), `#approve` (a tool call that
+waits for the user), `#fail-tool` (the tool raises), `#fail-model` (the model raises mid-answer).
+
+Conformant streams pass with no violation; a run that fails is a RUN_ERROR, judged as docs/protocol.md says (the
+expected error of an `expect_error: fatal` step passes, an unexpected one is R13 and nothing else). Where a library
+breaks the spec, the test pins chatprobe's violation and says why."""
+from __future__ import annotations
+
+import datetime
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from ag_ui.core import CustomEvent, StateDeltaEvent, StateSnapshotEvent
+from ag_ui_langgraph import LangGraphAgent, add_langgraph_fastapi_endpoint
+from fastapi import FastAPI
+from langchain.agents import create_agent
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.types import interrupt
+from pydantic_ai import Agent, DeferredToolRequests, ModelRetry, ToolReturn
+from pydantic_ai.messages import ModelMessage, ModelRequest, RetryPromptPart, ToolReturnPart, UserPromptPart
+from pydantic_ai.models.function import AgentInfo, DeltaThinkingPart, DeltaToolCall, FunctionModel
+from pydantic_ai.ui.ag_ui import AGUIAdapter
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- pydantic-ai ------------------------------------------------------------------------------------------------------
+
+def _prompt(messages: list[ModelMessage]) -> str:
+    """The user's latest message (the turn being answered)."""
+    for m in reversed(messages):
+        if isinstance(m, ModelRequest):
+            for p in m.parts:
+                if isinstance(p, UserPromptPart):
+                    return str(p.content)
+    return ""
+
+
+async def _pydantic_model(messages: list[ModelMessage], info: AgentInfo):
+    text = _prompt(messages)
+    last = messages[-1]
+    back = isinstance(last, ModelRequest) and any(isinstance(p, ToolReturnPart | RetryPromptPart) for p in last.parts)
+    if "#think" in text and not back:
+        yield {0: DeltaThinkingPart(content="Let me ")}
+        yield {0: DeltaThinkingPart(content="think.")}
+    if "#fail-model" in text:
+        yield "Partial "
+        raise RuntimeError("model backend unavailable")
+    if back:
+        yield "The answer "
+        yield "is 5."
+        return
+    for word, calls in (("#fail-tool", [("broken", "{}")]), ("#retry-tool", [("picky", "{}")]),
+                        ("#two-tools", [("add", '{"a": 1, "b": 1}'), ("add", '{"a": 2, "b": 2}')]),
+                        ("#state", [("set_state", "{}")]), ("#approve", [("delete", '{"what": "x"}')])):
+        if word in text:
+            for i, (name, args) in enumerate(calls, 1):
+                yield {i: DeltaToolCall(name=name, json_args=args, tool_call_id=f"call-{name}-{i}")}
+            return
+    if "#tool" in text:
+        yield {1: DeltaToolCall(name="add", json_args='{"a": 2, ', tool_call_id="call-1")}
+        yield {1: DeltaToolCall(json_args='"b": 3}')}
+        return
+    yield "Hello "
+    yield "there."
+
+
+def _pydantic_app() -> Starlette:
+    agent = Agent(FunctionModel(stream_function=_pydantic_model), output_type=[str, DeferredToolRequests])
+
+    @agent.tool_plain
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @agent.tool_plain
+    def broken() -> int:
+        raise ValueError("tool exploded")
+
+    @agent.tool_plain
+    def picky() -> int:
+        raise ModelRetry("try again")
+
+    @agent.tool_plain
+    def set_state() -> ToolReturn:
+        return ToolReturn(return_value="ok", metadata=[
+            StateSnapshotEvent(snapshot={"n": 1}), StateDeltaEvent(delta=[{"op": "replace", "path": "/n", "value": 2}]),
+            CustomEvent(name="progress", value=1)])
+
+    @agent.tool_plain(requires_approval=True)
+    def delete(what: str) -> str:
+        return "deleted"
+
+    async def endpoint(request: Request) -> Response:
+        return await AGUIAdapter.dispatch_request(request, agent=agent)
+
+    return Starlette(routes=[Route("/agent", endpoint, methods=["POST"])])
+
+
+# -- LangGraph --------------------------------------------------------------------------------------------------------
+
+def _lg_script(messages: list[Any]) -> tuple[list[str], list[tuple[str, str, str]]]:
+    text = next((str(m.content) for m in reversed(messages) if isinstance(m, HumanMessage)), "")
+    if "#fail-model" in text:
+        raise RuntimeError("model backend unavailable")
+    if isinstance(messages[-1], ToolMessage):
+        return ["The answer ", "is 5."], []
+    for word, call in (("#fail-tool", ("broken", "{}", "call-b")), ("#approve", ("delete", '{"what": "x"}', "call-d")),
+                       ("#tool", ("add", '{"a": 2, "b": 3}', "call-1"))):
+        if word in text:
+            return [], [call]
+    return ["Hello ", "there."], []
+
+
+class ScriptedChatModel(BaseChatModel):
+    """A LangChain chat model that streams what _lg_script says: text chunks, then tool call chunks."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def bind_tools(self, tools: Any, **kw: Any) -> "ScriptedChatModel":
+        return self
+
+    def _generate(self, messages, stop=None, run_manager=None, **kw) -> ChatResult:
+        texts, calls = _lg_script(messages)
+        msg = AIMessage(content="".join(texts),
+                        tool_calls=[{"name": n, "args": json.loads(a), "id": i} for n, a, i in calls])
+        return ChatResult(generations=[ChatGeneration(message=msg)])
+
+    def _stream(self, messages, stop=None, run_manager=None, **kw) -> Iterator[ChatGenerationChunk]:
+        texts, calls = _lg_script(messages)
+        for t in texts:
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=t))
+            if run_manager:
+                run_manager.on_llm_new_token(t, chunk=chunk)
+            yield chunk
+        for idx, (n, a, i) in enumerate(calls):
+            yield ChatGenerationChunk(message=AIMessageChunk(
+                content="", tool_call_chunks=[tool_call_chunk(name=n, args=a, id=i, index=idx)]))
+
+
+def _langgraph_app() -> FastAPI:
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    @tool
+    def broken() -> int:
+        """Always fails."""
+        raise ValueError("tool exploded")
+
+    @tool
+    def delete(what: str) -> str:
+        """Delete something once the user approves."""
+        return f"deleted {what}: {interrupt({'question': f'delete {what}?'})}"
+
+    graph = create_agent(ScriptedChatModel(), tools=[add, broken, delete], checkpointer=InMemorySaver())
+    app = FastAPI()
+    add_langgraph_fastapi_endpoint(app, LangGraphAgent(name="agent", graph=graph), "/agent")
+    # AG-UI 1.0's interrupt outcome (the integration's opt-in) instead of its legacy CUSTOM on_interrupt event.
+    add_langgraph_fastapi_endpoint(app, LangGraphAgent(name="agent", graph=graph, emit_interrupt_outcome=True),
+                                   "/agent-1.0")
+    return app
+
+
+# -- serving and running, as a user does ------------------------------------------------------------------------------
+
+@contextmanager
+def served(app: Any) -> Iterator[str]:
+    """`app` under uvicorn in a thread, on a loopback socket that listens before the server starts (a client's connection
+    waits in the backlog: nothing to poll for); its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+        assert not thread.is_alive(), "uvicorn did not stop"
+
+
+def chatprobe(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], capture_output=True, text=True,
+                          timeout=90, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"})
+
+
+def scenario(tmp: Path, name: str, body: str) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(f"name: {name}\n{body}")
+    return path
+
+
+def run(tmp: Path, url: str, *scenarios: Path) -> tuple[int, dict[str, list[dict]], str]:
+    """`chatprobe run SCENARIO... --target URL --profile ag-ui --auth none --json`: its exit code, chats by scenario and
+    output."""
+    report = tmp / f"result-{len(list(tmp.glob('result-*')))}.json"
+    proc = chatprobe("run", *scenarios, "--target", url, "--profile", "ag-ui", "--auth", "none", "--json", report, "-q")
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    data = json.loads(report.read_text())
+    return proc.returncode, {s["scenario"]: s["chats"] for s in data["scenarios"]}, proc.stdout + proc.stderr
+
+
+# Generous first-event limits: the framework and chatprobe share two cores in CI; the test is about the streams.
+SINGLE = 'users: 1\nmessage: "What is 2 + 3? #think #tool"\nexpect: {streaming: true, first_event_limit: 10s}\n' \
+         "objectives: {time_to_first_event: {p95: 10s}}\n"
+ERRORS = """users: 2
+expect: {first_event_limit: 10s}
+objectives: {time_to_first_event: {p95: 10s}}
+steps:
+  - chat: {message: "What is 2 + 3? #tool"}
+  - chat: {message: "Break it #fail-tool", expect_error: fatal}
+  - chat: {message: "Say hi"}
+  - chat: {message: "Break #fail-model", expect_error: fatal}
+  - chat: {message: "What is 2 + 3? #tool"}
+"""
+UNEXPECTED = """users: 1
+expect: {first_event_limit: 10s}
+steps:
+  - chat: {message: "Break #fail-model"}
+  - chat: {message: "Break it #fail-tool"}
+"""
+
+
+def users(messages: list[str], streaming: bool = True, chats: int = 24) -> str:
+    """`chats` chats, every user sending each message once (a user's n-th chat sends messages[n % len])."""
+    return (f"users: {chats // len(messages)}\nchats_per_user: {len(messages)}\nmessages: {json.dumps(messages)}\n"
+            f"expect: {{streaming: {'true' if streaming else 'false'}, first_event_limit: 10s}}\n"
+            "objectives: {time_to_first_event: {p95: 10s}}\n")
+
+
+def types_of(chats: list[dict]) -> set[str]:
+    return {e["wire_type"] for c in chats for e in c["events"]}
+
+
+def only_r13_for_the_error(chats: list[dict]) -> None:
+    assert [c["outcome"] for c in chats] == ["failed", "failed"], chats
+    for c in chats:
+        assert [v["rule"] for v in c["violations"]] == ["R13"], c["violations"]
+        assert "unexpected fatal error event (RUN_ERROR)" in c["violations"][0]["reason"]
+
+
+# -- pydantic-ai ------------------------------------------------------------------------------------------------------
+
+def test_pydantic_ai_single_concurrent_and_expected_errors_pass(tmp_path: Path):
+    with served(_pydantic_app()) as base:
+        code, chats, out = run(
+            tmp_path, f"{base}/agent", scenario(tmp_path, "single", SINGLE),
+            scenario(tmp_path, "users", users(["Hi", "What is 2 + 3? #tool", "#think first", "#two-tools",
+                                               "#retry-tool please", "#state"])),
+            scenario(tmp_path, "paused", users(["Delete it #approve"], streaming=False, chats=4)),
+            scenario(tmp_path, "errors", ERRORS))
+    assert code == 0, out
+    assert {k: len(v) for k, v in chats.items()} == {"single": 1, "users": 24, "paused": 4, "errors": 10}
+    every = [c for v in chats.values() for c in v]
+    assert all(c["outcome"] == "passed" and not c["violations"] for c in every), \
+        [(c["chat_id"], c["violations"]) for c in every if c["violations"]]
+    assert {"REASONING_MESSAGE_CONTENT", "TOOL_CALL_ARGS", "TOOL_CALL_RESULT", "TEXT_MESSAGE_CONTENT"} <= \
+        types_of(chats["single"])
+    assert {"STATE_SNAPSHOT", "STATE_DELTA", "CUSTOM"} <= types_of(chats["users"])
+    assert "RUN_ERROR" in types_of(chats["errors"])
+    # The tool call an approval holds back is named by the interrupt outcome and owes no result in this run.
+    assert all(c["events"][-1]["wire_type"] == "RUN_FINISHED" for c in chats["paused"])
+
+
+def test_pydantic_ai_unexpected_model_and_tool_errors_are_r13_only(tmp_path: Path):
+    """The model raising mid-answer leaves its text message open and a failed tool leaves its call answered by an error
+    text: after a RUN_ERROR spans may stay open, and nothing but the unexpected fatal error (R13) is a violation."""
+    with served(_pydantic_app()) as base:
+        code, chats, _ = run(tmp_path, f"{base}/agent", scenario(tmp_path, "unexpected", UNEXPECTED))
+    assert code == 1
+    only_r13_for_the_error(chats["unexpected"])
+
+
+def _har_entry(url: str, body: dict) -> dict:
+    started = datetime.datetime.now(datetime.UTC).isoformat()
+    text = httpx.post(url, json=body, headers={"Accept": "text/event-stream"}, timeout=20).text
+    return {"startedDateTime": started,
+            "request": {"method": "POST", "url": url, "postData": {"mimeType": "application/json",
+                                                                  "text": json.dumps(body)}},
+            "response": {"status": 200, "content": {"mimeType": "text/event-stream", "text": text}}}
+
+
+def _conversation(url: str, path: Path) -> Path:
+    """Three turns of one thread as a browser's client sends them (the history it holds, then only the new message),
+    exported as a HAR."""
+    def body(run_id: str, messages: list[dict]) -> dict:
+        return {"threadId": "t-conversation", "runId": run_id, "state": {}, "messages": messages, "tools": [],
+                "context": [], "forwardedProps": {}}
+
+    u1 = {"id": "u1", "role": "user", "content": "What is 2 + 3? #tool"}
+    first = _har_entry(url, body("run-1", [u1]))
+    history = [u1, {"id": "a1", "role": "assistant", "toolCalls": [
+                   {"id": "call-1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}]},
+               {"id": "t1", "role": "tool", "toolCallId": "call-1", "content": "5"},
+               {"id": "a2", "role": "assistant", "content": "The answer is 5."}]
+    second = _har_entry(url, body("run-2", [*history, {"id": "u2", "role": "user", "content": "#think and again"}]))
+    third = _har_entry(url, body("run-3", [{"id": "u3", "role": "user", "content": "#tool once more"}]))
+    path.write_text(json.dumps({"log": {"version": "1.2", "creator": {"name": "test", "version": "1"},
+                                        "entries": [first, second, third]}}))
+    return path
+
+
+def test_a_multi_turn_thread_recorded_from_both_frameworks_passes_check(tmp_path: Path):
+    """chatprobe run opens a new thread per chat; a conversation on one thread is judged from a recording (a HAR): a
+    stateless server (pydantic-ai: the client sends the history) and one that keeps the thread (LangGraph's
+    checkpointer: later turns replay the thread in MESSAGES_SNAPSHOT)."""
+    with served(_pydantic_app()) as pa, served(_langgraph_app()) as lg:
+        hars = [_conversation(f"{pa}/agent", tmp_path / "pydantic-ai.har"),
+                _conversation(f"{lg}/agent", tmp_path / "langgraph.har")]
+    report = tmp_path / "check.json"
+    proc = chatprobe("check", *hars, "--profile", "ag-ui", "--json", report, "-q")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = json.loads(report.read_text())["scenarios"]
+    assert [len(r["chats"]) for r in runs] == [3, 3]
+    for r in runs:
+        assert all(c["outcome"] == "passed" and c["thread_id"] == "t-conversation" for c in r["chats"]), r["chats"]
+        assert [c["run_id"] for c in r["chats"]] == ["run-1", "run-2", "run-3"]
+
+
+# -- LangGraph --------------------------------------------------------------------------------------------------------
+
+def test_langgraph_single_concurrent_and_expected_errors_pass(tmp_path: Path):
+    with served(_langgraph_app()) as base:
+        code, chats, out = run(tmp_path, f"{base}/agent", scenario(tmp_path, "single", SINGLE),
+                               scenario(tmp_path, "users", users(["Hi", "What is 2 + 3? #tool"])),
+                               scenario(tmp_path, "errors", ERRORS))
+    assert code == 0, out
+    assert {k: len(v) for k, v in chats.items()} == {"single": 1, "users": 24, "errors": 10}
+    every = [c for v in chats.values() for c in v]
+    assert all(c["outcome"] == "passed" and not c["violations"] for c in every), \
+        [(c["chat_id"], c["violations"]) for c in every if c["violations"]]
+    assert {"STEP_STARTED", "TOOL_CALL_START", "TOOL_CALL_RESULT", "MESSAGES_SNAPSHOT", "RAW"} <= types_of(chats["single"])
+
+
+def test_langgraph_unexpected_model_and_tool_errors_are_r13_only(tmp_path: Path):
+    """LangGraph fails the run with its step still open: after a RUN_ERROR that is no R5."""
+    with served(_langgraph_app()) as base:
+        code, chats, _ = run(tmp_path, f"{base}/agent", scenario(tmp_path, "unexpected", UNEXPECTED))
+    assert code == 1
+    only_r13_for_the_error(chats["unexpected"])
+
+
+def test_langgraph_interrupt_inside_a_tool_passes(tmp_path: Path):
+    """FAILED-ON-ORIGINAL (R5 'has no TOOL_CALL_RESULT'): the tool calls LangGraph's interrupt(), the run ends with the
+    interrupt outcome, and that interrupt names no toolCallId (it is optional: "toolCallId names the tool call an
+    approval concerns"). The call is pending: "On an interrupted run the pending calls are derived the same way; the
+    interrupt outcome does not carry them" (spec 1.1, Tool Calls); the run that resumes answers it."""
+    with served(_langgraph_app()) as base:
+        code, chats, out = run(tmp_path, f"{base}/agent-1.0", scenario(tmp_path, "approve",
+                                                                       'users: 1\nmessage: "Delete it #approve"\n'))
+    assert code == 0, out
+    (chat,) = chats["approve"]
+    assert chat["outcome"] == "passed" and not chat["violations"], chat["violations"]
+    assert "TOOL_CALL_RESULT" not in types_of([chat])
+
+
+def test_langgraph_legacy_interrupt_reported_as_success_fails(tmp_path: Path):
+    """The library is wrong here, by default: its legacy mode pauses the run with a CUSTOM 'on_interrupt' event and a
+    RUN_FINISHED without outcome, which AG-UI reads as success ("omitted — legacy/back-compat. Treated as a normal
+    completion"), and "A producer MUST NOT report an interrupted run as success" (spec 1.1, Interrupts and Resume). A
+    successful run left its backend call unanswered, and chatprobe says so (R5)."""
+    with served(_langgraph_app()) as base:
+        code, chats, _ = run(tmp_path, f"{base}/agent", scenario(tmp_path, "approve",
+                                                                 'users: 1\nmessage: "Delete it #approve"\n'))
+    assert code == 1
+    (chat,) = chats["approve"]
+    assert "CUSTOM" in types_of([chat]) and chat["events"][-1]["wire_type"] == "RUN_FINISHED"
+    assert [v["rule"] for v in chat["violations"]] == ["R5"], chat["violations"]
+    assert "tool call 'call-d' (delete: a backend tool, not offered by the client) has no TOOL_CALL_RESULT" in \
+        chat["violations"][0]["reason"]
