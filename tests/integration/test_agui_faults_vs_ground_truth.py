@@ -63,8 +63,8 @@ CASES = {
     "after_terminal=0.5": ("R4", {"expect": {"streaming": True, "settle": "0.3s", "deadline": "10s"}}),
     "malformed:notjson=0.5": ("R12", {}),
     "malformed:unknowntype=0.5": ("R12", {}),
-    "delay_first=0.4s@0.5": ("R9", {"expect": {"first_event_limit": "0.2s", "settle": "0.05s", "deadline": "10s"}}),
-    "stall=0.6s@0.5": ("R11", {"expect": {"stall_limit": "0.3s", "settle": "0.05s", "deadline": "10s"}}),
+    "delay_first=1s@0.5": ("R9", {"expect": {"first_event_limit": "0.5s", "settle": "0.05s", "deadline": "10s"}}),
+    "stall=1.2s@0.5": ("R11", {"expect": {"stall_limit": "0.6s", "settle": "0.05s", "deadline": "10s"}}),
 }
 
 
