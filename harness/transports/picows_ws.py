@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
-from picows.common import WSHandshakeError
+from picows.common import WSHandshakeError, WSInvalidMessageError
 
 from .base import ConnectFailed, ConnectSettings, FrameCallback, auth_headers, ssl_context
 
@@ -67,6 +67,10 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "timeout", "timed out while connecting"
     if isinstance(exc, ssl.SSLError):
         return "tls_error", f"TLS: {getattr(exc, 'reason', None) or exc.__class__.__name__}"
+    if isinstance(exc, WSInvalidMessageError) and exc.response is None:
+        # What picows could not parse as an HTTP/1.1 response (HTTP/1.0, a bad status line, a head past 16 KiB):
+        # the server answered, wrongly, as websockets' InvalidMessage says; a server that hangs up is an EOF.
+        return "protocol_error", "WebSocket handshake failed: malformed upgrade response"
     if isinstance(exc, WSHandshakeError):
         response = exc.response
         if response is None:
@@ -152,6 +156,7 @@ class PicowsTransport(WSListener):
             # picows returns, not raises, when the server hangs up before answering the upgrade.
             raise ConnectFailed("refused", "the server closed the connection during the handshake")
         self.settings = None
+        refusal = _unoffered(ws.response.headers if ws.response is not None else None, subprotocols)
         # The upgrade's headers are not read again: ~1 KiB per open connection, and the request's carry the credential.
         # Replaced by one shared empty mapping (a cleared one keeps its table); picows also keeps the dict of extra
         # headers it was given, with the bearer token in it, for the connection's life: emptied too.
@@ -159,6 +164,11 @@ class PicowsTransport(WSListener):
             if message is not None:
                 message.headers = _NO_HEADERS
         headers.clear()
+        if refusal is not None:
+            # RFC 6455 4.1: the client MUST fail a connection whose server chose a subprotocol or an extension the
+            # client did not offer (picows offers no extension and checks neither); websockets refuses both.
+            ws.disconnect(graceful=False)
+            raise ConnectFailed("protocol_error", f"WebSocket handshake failed: {refusal}")
 
     # -- frames, from picows' protocol callback --
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -176,6 +186,11 @@ class PicowsTransport(WSListener):
             # picows checks max_frame_size on the frame's header, but not on every path (a frame in the same read
             # as the upgrade response got through in tests): checked again here, before anything is decoded.
             self._fail(transport, 1009)
+            return
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            # RFC 6455 5.2: no extension was negotiated (picows offers none), so a reserved bit set MUST fail the
+            # connection, as websockets does; picows passes them on (deflated bytes were read as text).
+            self._fail(transport, 1002)
             return
         if kind is _TEXT and frame.fin and self._parts is None:
             try:
@@ -376,6 +391,18 @@ class PicowsTransport(WSListener):
         """Drop the socket without a closing handshake, as a lost network would."""
         if self.ws is not None:
             self.ws.underlying_transport.abort()
+
+
+def _unoffered(headers: Any, offered: list[str] | None) -> str | None:
+    """What an upgrade response chose that the client did not offer (a subprotocol, any extension), or None."""
+    if headers is None:
+        return None
+    chosen = [p.strip() for h in headers.getall("Sec-WebSocket-Protocol", ()) for p in h.split(",") if p.strip()]
+    if chosen and (len(chosen) > 1 or chosen[0] not in (offered or ())):
+        return "the server chose a subprotocol the client did not offer"
+    if any(h.strip() for h in headers.getall("Sec-WebSocket-Extensions", ())):
+        return "the server chose an extension the client did not offer"
+    return None
 
 
 async def _reap(ws: WSTransport) -> None:

@@ -103,7 +103,42 @@ class BoundedPongs:
 
 
 class BoundedClientConnection(BoundedPongs, ClientConnection):
-    pass
+    """websockets' asyncio connection notes when the TCP connection is over (`close_expected()`: the server's answer
+    failed the handshake, the client failed the connection for what the server sent, or a close frame went out in
+    answer to the server's) but ends it only while a send or close of ours waits: a server that sent a frame over
+    max_size (a deflated one that inflates past it too), or its close frame, and then kept the socket open held the
+    reader, and the chat with it, until the chat's deadline (an R10 instead of the R12 or the lost connection). Here
+    the connection ends there and then, as picows and the Locust user's client end it: a failed handshake at once
+    (nothing of HTTP is left to wait for), anything else once what is written has gone (FIN), and at close_timeout
+    at the latest (a server that reads nothing)."""
+
+    _close_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._close_timer is not None or not self.protocol.close_expected():
+            return
+        if self.protocol.state is State.CONNECTING:
+            self.transport.abort()
+            return
+        deadline = self.close_deadline if self.close_deadline is not None else self.loop.time() + 2
+        self._close_timer = self.loop.call_at(deadline, self.transport.abort)
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        super().connection_lost(exc)
+
+
+class _NoRedirects(connect):
+    """websockets follows a 3xx answer to the handshake (to another host too, where a token sent as a subprotocol
+    went with it); picows, the SSE transport and the Locust user's client follow none, nor does this one: a
+    redirect is the server's answer, an `HTTP 302 at the WebSocket handshake` protocol_error."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
 
 
 class WebSocketTransport:
@@ -125,8 +160,8 @@ class WebSocketTransport:
         s = self.settings
         try:
             async with asyncio.timeout(s.connect_timeout):
-                self.ws = await connect(s.url, open_timeout=None, create_connection=BoundedClientConnection,
-                                        **handshake_options(s))
+                self.ws = await _NoRedirects(s.url, open_timeout=None, create_connection=BoundedClientConnection,
+                                             **handshake_options(s))
         except Exception as exc:
             kind, reason = classify(exc)
             raise ConnectFailed(kind, reason) from None
