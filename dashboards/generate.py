@@ -160,10 +160,12 @@ def build() -> dash_m.Dashboard:
         ),
         _timeseries(
             "Missing-events ratio",
-            "Share of chats that ended without a role their scenario requires; ChatEventsMissing pages above the "
-            "5% line (over 5 m, for 5 m, with at least 3 chats/min; docs/metrics.md#chateventsmissing).",
+            "Share of chats that ended without a role their scenario requires, or as `error` (could not connect "
+            "or send: no event at all); ChatEventsMissing pages above the 5% line (over 5 m, for 5 m, with at "
+            "least 4 chats in 5 m; docs/metrics.md#chateventsmissing).",
             [_query(
-                f"sum by (target, scenario) (rate(chatprobe_chats_missing_events_total{{{SEL}}}[5m]))\n/\n"
+                f"sum by (target, scenario) (\n  rate(chatprobe_chats_missing_events_total{{{SEL}}}[5m])\n  or "
+                f'rate(chatprobe_chats_total{{{SEL},outcome="error"}}[5m])\n)\n/\n'
                 f"sum by (target, scenario) (rate(chatprobe_chats_total{{{SEL}}}[5m]))",
                 "{{target}} {{scenario}}",
             )],

@@ -295,3 +295,16 @@ def test_every_panel_query_runs_on_prometheus_and_finds_its_series(board, tmp_pa
 def test_the_front_door_and_load_generator_panels_show_their_rates(board, tmp_path, title, series, value):
     (expr,) = [t["expr"] for t in _panel(board, title)["targets"]]
     assert _instant(expr, series, tmp_path) == pytest.approx(value)
+
+
+def test_missing_events_ratio_counts_error_chats_as_the_alert_does(board, tmp_path):
+    """A target that refuses connections makes `error` chats, none missing a role: the panel shows them as the
+    page's numerator does (monitors/rules/chatprobe.rules.yml), not a healthy 0%."""
+    (expr,) = [t["expr"] for t in _panel(board, "Missing-events ratio")["targets"]]
+    series = {
+        f'chatprobe_chats_total{{{LBL},outcome="passed"}}': "0+48x20",
+        f'chatprobe_chats_total{{{LBL},outcome="failed"}}': "0+6x20",
+        f'chatprobe_chats_total{{{LBL},outcome="error"}}': "0+6x20",
+        f"chatprobe_chats_missing_events_total{{{LBL}}}": "0+6x20",
+    }
+    assert _instant(expr, series, tmp_path) == pytest.approx(0.2)
