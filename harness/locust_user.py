@@ -34,6 +34,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import gevent
 import gevent.pool
@@ -56,6 +57,9 @@ from .sinks import Sink
 from .stats import StageTallies, Tally, evaluate
 from .targets import Target, TargetOptions, make_target, read_token
 from .yamlfile import ConfigError
+
+if TYPE_CHECKING:
+    from monitors.httpserver import HttpServer
 
 logger = logging.getLogger("chatprobe.locust")
 TALLY_MESSAGE = "chatprobe_tally"
@@ -259,13 +263,29 @@ def _init(environment, runner=None, **_kw) -> None:
             gevent.signal_handler(signal.SIGTERM, _on_sigterm, environment)
     port = environment.parsed_options.chatprobe_metrics_port if environment.parsed_options else 0
     if port:
-        from prometheus_client import start_http_server
-
         if isinstance(runner, WorkerRunner):
             port += max(runner.worker_index, 0)
-        host = environment.parsed_options.chatprobe_metrics_host
-        start_http_server(port, addr=host)
-        logger.info("chatprobe metrics on http://%s:%d/metrics", host, port)
+        serve_metrics(environment.parsed_options.chatprobe_metrics_host, port)
+
+
+def serve_metrics(host: str, port: int) -> "HttpServer":
+    """--chatprobe-metrics-port: /metrics on the bounded server `chatprobe proxy --metrics-listen` uses (a fixed pool
+    of workers, a capped number of connections, slow or silent scrapers cut after 10 s; see monitors.httpserver), so
+    that no scraper can take this process's descriptors or keep Prometheus out. A port it cannot listen on is a usage
+    error: one line, exit 2."""
+    from monitors import httpserver
+
+    try:
+        if not 0 < port < 65536:
+            raise OSError("a port is 1 to 65535 (0: off; a worker listens on the flag's port plus its index)")
+        server = httpserver.start_metrics(host, port)
+    except OSError as exc:
+        print(f"chatprobe: error: --chatprobe-metrics-port {port} on --chatprobe-metrics-host "
+              f"{redact.clean(host, 100)!r}: cannot listen: {redact.clean(exc.strerror or exc, 200)}",
+              file=sys.stderr, flush=True)
+        sys.exit(int(ExitCode.USAGE))
+    logger.info("chatprobe metrics on http://%s:%d/metrics", host, server.server_address[1])
+    return server
 
 
 def _on_sigterm(environment) -> None:

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 
 from prometheus_client import CONTENT_TYPE_LATEST, make_wsgi_app
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.server import create_server
 from waitress.task import ErrorTask
 
@@ -228,11 +229,34 @@ def metrics_app() -> Callable:
     return app
 
 
-def connection_limit() -> int:
-    """Open connections the server accepts: below the open-file limit, with room left for the probes' sockets.
-    Past it waitress stops accepting until some close (the kernel's backlog holds the rest)."""
+# A metrics-only endpoint (`chatprobe proxy --metrics-listen`, the Locust user's --chatprobe-metrics-port) is served
+# here, not by prometheus_client's start_http_server, which spent a thread per connection (a greenlet under Locust)
+# and a descriptor, with no deadline: every scraper that sent half a request and waited kept its thread for good (150
+# of them, 150 threads in the proxy; a few hundred, and its port accepted a connection a second, so Prometheus' own
+# scrape timed out), and enough of them took every descriptor of a Locust process (400 at a limit of 256: its scrape
+# timed out, then was refused, and whatever else it opened failed with EMFILE). Two workers (a scrape takes
+# milliseconds); a connection silent or unfinished for 10 s is closed; one answer per connection
+# (_OneRequestChannel); at most a twentieth of the open-file limit of connections at once, from 4 up to 1024 (the
+# proxy keeps a tenth free beyond its client connections; a Locust process's descriptors are its chats'), and past it
+# a new connection closes the one waiting longest on its client (_make_room).
+METRICS_THREADS = 2
+
+
+def metrics_connections(nofile: int | None) -> int:
+    """Connections a metrics-only endpoint holds at once for an open-file limit (None: unlimited)."""
+    return MAX_CONNECTIONS if nofile is None else max(4, min(1024, nofile // 20))
+
+
+def _open_file_limit() -> int | None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_limit() -> int:
+    """Open connections the server holds: below the open-file limit, with room left for the probes' sockets. Past
+    it, a new connection closes the one that has waited longest on its client (`_make_room`)."""
+    soft = _open_file_limit()
+    if soft is None:
         return MAX_CONNECTIONS
     return max(16, min(MAX_CONNECTIONS, soft - FD_HEADROOM))
 
@@ -267,6 +291,24 @@ class _Channel(HTTPChannel):
         return done
 
 
+class _OneRequestParser(HTTPRequestParser):
+    """A request read as if it asked for its connection to be closed once answered."""
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        self.headers["CONNECTION"] = "close"
+
+
+class _OneRequestChannel(_Channel):
+    """One request per connection: the answer says `Connection: close`, and requests pipelined after it are dropped
+    unanswered. A scraper that pipelined thousands of `GET /metrics` and read nothing had each one it sent in a read
+    rendered (about 230 a read, a core's worth of CPU for seconds from a handful of connections: in a Locust process,
+    the whole gevent hub its chats run on); Prometheus opens a connection per scrape anyway (an idle one is cut at
+    10 s, and it scrapes every 15 s or so)."""
+
+    parser_class = _OneRequestParser
+
+
 def _drop(channel: Any) -> None:
     """Close a channel now, unsent answers and all; a worker waiting for its buffer to drain is woken (and its
     request ends as the client's disconnect)."""
@@ -280,19 +322,40 @@ def _drop_all(channels: list[Any]) -> None:
         _drop(channel)
 
 
+def _waiting_since(channel: Any) -> float:
+    """Since when a connection has been waiting on its client: the first byte of the request it is reading, else
+    its last byte in or out."""
+    return getattr(channel, "request_started", 0) or channel.last_activity
+
+
+def _make_room(channels: dict[int, Any]) -> None:
+    """One connection over the limit, the newest: close the connection that has waited longest on its client with no
+    request being served (an idle keep-alive, a request that never ends, answers never taken), else the newest itself.
+    Stopping accepting at the limit, as waitress does, let idle connections lock every scraper out until they timed
+    out, and an attacker reconnecting every 10 s locked them out for good; a scrape sends its request at once and is
+    served in milliseconds, so it is the last connection this closes."""
+    newest = next(reversed(channels.values()))  # the map is filled in accept order; the newest is last
+    victim = min((c for c in channels.values() if c is not newest and not c.requests), key=_waiting_since,
+                 default=newest)
+    with contextlib.suppress(OSError):
+        victim.handle_close()
+
+
 class HttpServer:
     """waitress serving one WSGI app on one socket, in a daemon I/O thread plus `threads` workers."""
 
     def __init__(self, app: Callable, sock: socket.socket, threads: int, slow_client_timeout: int,
-                 max_connections: int) -> None:
+                 max_connections: int, one_request_per_connection: bool = False) -> None:
         self._map: dict = {}
         self._server = create_server(
-            app, map=self._map, sockets=[sock], threads=threads, connection_limit=max_connections,
+            # waitress counts its own two entries of the map (the listening socket, the trigger) and stops accepting
+            # at its limit: set past what make_room leaves, so that it never does (a new connection makes room).
+            app, map=self._map, sockets=[sock], threads=threads, connection_limit=max_connections + 3,
             channel_timeout=slow_client_timeout, cleanup_interval=1, asyncore_use_poll=True,  # poll: no 1024-fd cap
             max_request_header_size=MAX_REQUEST_HEADER, max_request_body_size=MAX_REQUEST_BODY,
             ident="chatprobe-monitor", expose_tracebacks=False,
             log_socket_errors=False)  # a client that resets, or an accept() that fails, is not worth a traceback
-        self._server.channel_class = _Channel
+        self._server.channel_class = _OneRequestChannel if one_request_per_connection else _Channel
         sweep = self._server.maintenance
 
         def maintenance(now: float) -> None:  # every cleanup_interval, in the I/O thread
@@ -312,6 +375,15 @@ class HttpServer:
                 self._server.trigger.pull_trigger(lambda: _drop_all(stuck))
 
         self._server.maintenance = maintenance
+        channels = self._server.active_channels
+        accept = self._server.handle_accept
+
+        def handle_accept() -> None:  # in the I/O thread, from the walk of poll's results (a closed one is skipped)
+            accept()
+            if len(channels) > max_connections:
+                _make_room(channels)
+
+        self._server.handle_accept = handle_accept
         self.server_address = sock.getsockname()
         self._thread = threading.Thread(target=self._server.run, name="chatprobe-monitor-http", daemon=True)
         self._closed = False
@@ -339,14 +411,24 @@ class HttpServer:
         self.shutdown()
 
 
+def start_metrics(host: str, port: int) -> HttpServer:
+    """/metrics (the default registry) and health on host:port, bounded as METRICS_THREADS says; OSError (cannot
+    listen) is the caller's to report."""
+    return start_http(metrics_app(), host, port, threads=METRICS_THREADS,
+                      max_connections=metrics_connections(_open_file_limit()), one_request_per_connection=True)
+
+
 def start_http(app: Callable, host: str, port: int, *, threads: int = HTTP_THREADS,
-               slow_client_timeout: int = SLOW_CLIENT_TIMEOUT, max_connections: int | None = None) -> HttpServer:
-    """Listen on host:port and serve; OSError (cannot listen) is the caller's to report."""
+               slow_client_timeout: int = SLOW_CLIENT_TIMEOUT, max_connections: int | None = None,
+               one_request_per_connection: bool = False) -> HttpServer:
+    """Listen on host:port and serve; OSError (cannot listen) is the caller's to report. `one_request_per_connection`:
+    see _OneRequestChannel."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, backlog=1024)
     try:
         server = HttpServer(app, sock, threads, slow_client_timeout,
-                            connection_limit() if max_connections is None else max_connections)
+                            connection_limit() if max_connections is None else max_connections,
+                            one_request_per_connection)
     except BaseException:
         sock.close()
         raise

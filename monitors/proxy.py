@@ -103,19 +103,6 @@ class LiveTracker(ChatTracker):
     keep_bytes = LIVE_KEPT_BYTES
 
 
-# --metrics-listen is served as the monitor's HTTP side is (monitors.httpserver), not by prometheus_client's
-# start_http_server, which spent a thread per connection with no deadline: every scraper that sent half a request and
-# waited held its thread for good (150 of them, 150 threads; a few hundred, and the port accepted a connection a
-# second, so Prometheus' own scrape timed out). Two workers (a scrape takes milliseconds); a connection silent or
-# unfinished for 10 s is closed; at most a twentieth of the open-file limit of connections at once, out of the
-# tenth the proxy keeps free beyond its client connections.
-METRICS_THREADS = 2
-
-
-def metrics_connections(nofile: int | None) -> int:
-    return httpserver.MAX_CONNECTIONS if nofile is None else max(4, min(1024, nofile // 20))
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -771,8 +758,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics_server = None
     if mport:
         try:
-            metrics_server = httpserver.start_http(httpserver.metrics_app(), mhost, mport, threads=METRICS_THREADS,
-                                                   max_connections=metrics_connections(open_file_limit()))
+            # the bounded server the monitor's HTTP side is (see httpserver.METRICS_THREADS)
+            metrics_server = httpserver.start_metrics(mhost, mport)
         except OSError as exc:
             print(f"chatprobe proxy: error: cannot listen on {redact.clean(args.metrics_listen)} (--metrics-listen): "
                   f"{redact.clean(exc.strerror or exc)}", file=sys.stderr)

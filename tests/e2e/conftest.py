@@ -116,7 +116,10 @@ def procs(tmp_path: Path):
 
     class _Procs:
         def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
-            full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", **(env or {})}
+            # This checkout's code, not whichever one the virtualenv's editable install points at (a worktree's
+            # tests otherwise ran the main checkout's harness in every child started from tmp_path).
+            path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+            full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "PYTHONPATH": path, **(env or {})}
             out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
             with open(out, "wb") as fo, open(err, "wb") as fe:
                 popen = subprocess.Popen(argv, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, env=full_env,

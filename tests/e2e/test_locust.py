@@ -157,6 +157,24 @@ def test_a_usage_error_exits_2_with_one_line(procs, flags, needle):
     assert "Traceback" not in proc.err(), proc.tail()
 
 
+@pytest.mark.parametrize("port", ["busy", "70000", "-1"])
+def test_a_metrics_port_it_cannot_listen_on_exits_2_with_one_line(procs, port):
+    """FAILED on the original code: a traceback from inside Locust's init hook (OSError, OverflowError, gaierror)
+    and exit 1."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        if port == "busy":
+            port = str(taken.getsockname()[1])
+        proc = procs.start("locust", [
+            locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "1", "-r", "1", "--run-time", "2s",
+            "--host", f"ws://127.0.0.1:{closed_port()}/ws", "--chatprobe-auth", "none",
+            "--chatprobe-metrics-port", port])
+        assert finish(proc, 30) == 2, proc.tail()
+    errors = [line for line in proc.err().splitlines() if line.startswith("chatprobe: error:")]
+    assert len(errors) == 1 and f"--chatprobe-metrics-port {port} on --chatprobe-metrics-host '127.0.0.1': " \
+        "cannot listen: " in errors[0], proc.tail()
+    assert "Traceback" not in proc.err(), proc.tail()
+
+
 def test_a_master_with_a_bad_host_exits_2_before_waiting_for_workers(procs):
     master = procs.start("master", [
         locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",

@@ -249,3 +249,38 @@ def test_a_client_trickling_its_request_is_closed_within_the_timeout():
         sock.close()
         server.shutdown()
         loop.close()
+
+
+# -- a metrics-only endpoint (`chatprobe proxy --metrics-listen`, the Locust user's --chatprobe-metrics-port) --------
+
+def test_at_the_connection_limit_a_new_connection_closes_the_one_waiting_longest():
+    """FAILED on the original code: at its connection limit waitress stopped accepting, so idle scrapers holding
+    every slot kept Prometheus' scrape waiting in the backlog until one of them timed out (here 30 s: past the
+    scrape's own 5 s deadline), and an attacker reconnecting as they are cut kept it out for good. Now the new
+    connection closes the connection that has waited longest on its client, oldest first; the scrape is answered."""
+    server = httpserver.start_http(httpserver.metrics_app(), "127.0.0.1", 0, threads=2, slow_client_timeout=30,
+                                   max_connections=8)
+    port = server.server_address[1]
+    held: list[socket.socket] = []
+    try:
+        for _ in range(8):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # half a request, then nothing
+            held.append(sock)
+        deadline = time.monotonic() + DEADLINE  # until it took all 8, or (the original code) stopped accepting
+        while len(server._server.active_channels) < 8 and not server._server.in_connection_overflow:
+            assert time.monotonic() < deadline, "the server neither accepted the 8 connections nor stopped accepting"
+            time.sleep(0.01)  # wait-ok: poll interval inside the deadline loop above
+        status, body = get(port, b"/metrics", timeout=5)
+        assert status == 200 and b"# HELP" in body
+        held[0].settimeout(DEADLINE)
+        assert held[0].recv(100) == b""  # the oldest was closed to make room
+        assert len(server._server.active_channels) <= 8
+        for sock in held[1:]:  # the others still wait (their 30 s are not up)
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(100)
+    finally:
+        for sock in held:
+            sock.close()
+        server.shutdown()

@@ -136,6 +136,27 @@ async def test_idle_scrapers_cannot_hold_a_thread_each_of_the_proxys_metrics_ser
         upstream.close()
 
 
+async def test_the_proxys_metrics_port_answers_a_burst_of_pipelined_requests_once(tmp_path):
+    """FAILED on the original code: every `GET /metrics` a connection pipelined was rendered (about 230 from one
+    8 KiB read): a few connections that read none of the answers kept the proxy's two metrics workers rendering
+    for seconds. Now a connection gets one answer, with `Connection: close`, and is closed."""
+    upstream = await serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, ping_interval=None)
+    mport = free_port()
+    try:
+        async with proxy_process(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}/ws", tmp_path,
+                                 metrics_port=mport):
+            await until(lambda: _accepts(mport), 10)
+            async with asyncio.timeout(10):
+                reader, writer = await asyncio.open_connection("127.0.0.1", mport)
+                writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 50)
+                answers = await reader.read()
+                writer.close()
+            assert answers.count(b"HTTP/1.1 ") == 1, answers.count(b"HTTP/1.1 ")
+            assert b"HTTP/1.1 200 OK" in answers and b"Connection: close" in answers
+    finally:
+        upstream.close()
+
+
 def _accepts(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
