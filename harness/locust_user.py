@@ -252,15 +252,11 @@ def _init(environment, runner=None, **_kw) -> None:
         runner.register_message(TALLY_MESSAGE, _on_tally)
         runner.register_message(USAGE_ERROR_MESSAGE, _on_usage_error)
         _load_or_exit(_run)  # fail early on a bad scenario or host
+        _stop_on_sigterm(environment)  # the master ends the shape; its workers are stopped and quit as at its end
         return
     if not isinstance(runner, WorkerRunner):
         _load_or_exit(_run)
-        if environment.shape_class is not None and getattr(environment.parsed_options, "headless", False):
-            # Headless with a shape (scenarios/locustfile.py always has one), Locust waits for the shape to end
-            # before it installs its SIGTERM handler: a `kill`, a pod's termination or a CI job's cancel ended the
-            # process at once (143), no summary, no exit code, no CSV or HTML. Stop the run as its end would: the
-            # users first (their verdicts recorded), then Locust's shutdown, this verdict and exit code, its reports.
-            gevent.signal_handler(signal.SIGTERM, _on_sigterm, environment)
+        _stop_on_sigterm(environment)
     port = environment.parsed_options.chatprobe_metrics_port if environment.parsed_options else 0
     if port:
         if isinstance(runner, WorkerRunner):
@@ -286,6 +282,15 @@ def serve_metrics(host: str, port: int) -> "HttpServer":
         sys.exit(int(ExitCode.USAGE))
     logger.info("chatprobe metrics on http://%s:%d/metrics", host, server.server_address[1])
     return server
+
+
+def _stop_on_sigterm(environment) -> None:
+    """Headless with a shape (scenarios/locustfile.py always has one), Locust waits for the shape to end before it
+    installs its SIGTERM handler: a `kill`, a pod's termination or a CI job's cancel ended the process at once (143),
+    no summary, no exit code, no CSV or HTML (and a master's workers ran on). Stop the run as its end would: the users
+    first (their verdicts recorded), then Locust's shutdown, this verdict and exit code, its reports."""
+    if environment.shape_class is not None and getattr(environment.parsed_options, "headless", False):
+        gevent.signal_handler(signal.SIGTERM, _on_sigterm, environment)
 
 
 def _on_sigterm(environment) -> None:

@@ -274,3 +274,33 @@ def test_connection_attempts_counted_at_the_socket_stay_bounded(procs):
         thread.join(5)
         listener.close()
     assert 2 <= accepted[0] <= MAX_ATTEMPTS, (accepted[0], proc.tail())
+
+
+# FAILED before the fix: SIGTERM killed a headless master outright (-15: no summary, no exit code, no CSV) and its
+# worker ran on; only a single process had the handler that ends the run as its run time's end would.
+def test_sigterm_ends_a_headless_master_with_its_verdict_and_quits_its_worker(procs, agentsim, tmp_path: Path):
+    import signal
+
+    _, url, env = agentsim()
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    master_port = free_port()
+    prefix = tmp_path / "term"
+    master = procs.start("master", [
+        locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
+        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port),
+        "-u", "3", "-r", "3", "--run-time", "120s", "--host", url, "--chatprobe-scenario", "basic",
+        "--csv", str(prefix), "--exit-code-on-error", "0",
+    ], env=secret)
+    worker = procs.start("worker", [
+        locust_bin(), "-f", LOCUSTFILE, "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port),
+    ], env=secret)
+    # The worker's chats are being judged at the master (Locust's stats table, on stderr).
+    wait_for(lambda: re.search(r"(?m)^chat\s+basic\s+[1-9]", master.err()), 60, "the master counts chats",
+             diagnostics=master.tail)
+    master.popen.send_signal(signal.SIGTERM)
+    assert finish(master) == 0, master.tail(60)
+    assert finish(worker, 30) == 0, worker.tail()
+    summary = SUMMARY.search(master.out())
+    assert summary is not None and summary["verdict"] == "objectives met", master.tail(60)
+    chat = csv_row(prefix, "chat", "basic")
+    assert int(chat["Request Count"]) == int(summary["chats"]) > 0, (chat, summary[0])
