@@ -73,6 +73,10 @@ class Expectations:
     # The profile's payload check sets (harness/payload_checks.py) and the tools the request offered the agent.
     checks: tuple[str, ...] = ()
     offered_tools: frozenset[str] = frozenset()
+    # The roles a scenario step listed (`required:`), as it listed them; None: the scenario's or the profile's. Not
+    # read by any rule (`required` holds them): `--record` writes them with the chat's message, so that `chatprobe
+    # check` builds the same expectations from the recording (harness/recorder.expect_note).
+    step_required: frozenset[Role] | None = None
 
 
 @dataclass(slots=True)
@@ -582,8 +586,11 @@ class ChatTracker:
             violations.append(Violation(Rule.R13, "a fatal error was expected, the error was recoverable", None))
 
         if terminal is None:
-            if self.events and now - self.last_at > exp.stall_limit and not lost:
-                violations.append(Violation(Rule.R11, f"{now - self.last_at:.3f}s without an event, over the "
+            # The silence up to the chat's end: its deadline at the latest (a verdict whose timer fired late, under
+            # load, must not hold the judge's own lateness against the server: live and `chatprobe check` alike).
+            silent = min(now, self.wait_deadline()) - self.last_at
+            if self.events and silent > exp.stall_limit and not lost:
+                violations.append(Violation(Rule.R11, f"{silent:.3f}s without an event, over the "
                                                       f"{exp.stall_limit:g}s stall limit", index))
             if lost:
                 reason = note or "connection lost and the run could not be resumed"
@@ -741,7 +748,7 @@ class ConnectionChecker:
     """Routes one connection's decoded frames to its chats; catches events of runs this client never started."""
 
     __slots__ = ("user_id", "user_from_welcome", "events_name_run", "further_runs", "by_run", "by_message", "by_thread", "chats",
-                 "_members", "unnamed", "_prune_at", "malformed", "foreign", "_fresh")
+                 "_members", "unnamed", "_prune_at", "malformed", "foreign", "_fresh", "unwitnessed")
 
     def __init__(self, user_id: str | None = None, *, events_name_run: bool = False, further_runs: bool = False) -> None:
         # The user this connection authenticated as (the token's `sub`), else the one its welcome names.
@@ -772,6 +779,9 @@ class ConnectionChecker:
         self.foreign = 0
         # Once INCIDENTS_EACH malformed or foreign frames came: the chats added since the last one (see _charged).
         self._fresh: list[ChatTracker] = _NO_LIST
+        # Foreign events that came while the connection had no chat at all (the first INCIDENTS_EACH): a chat resumed
+        # on it later was in flight then, for its user (tell_unwitnessed).
+        self.unwitnessed: list[tuple[Event, str]] = _NO_LIST
 
     def add(self, chat: ChatTracker) -> None:
         """Register a chat (again, after a reconnect: then it is not duplicated)."""
@@ -985,7 +995,20 @@ class ConnectionChecker:
     def _foreign(self, ev: Event, why: str) -> None:
         witnesses = self._charged()
         self.foreign += 1
+        told = False
         for chat in witnesses:
+            chat.foreign(ev, why)
+            told = True
+        if not told and not self.chats and len(self.unwitnessed) < INCIDENTS_EACH:
+            if self.unwitnessed is _NO_LIST:
+                self.unwitnessed = []
+            self.unwitnessed.append((ev, why))
+
+    def tell_unwitnessed(self, chat: ChatTracker) -> None:
+        """`chat` was resumed on this connection (a watcher sees it move here: `chatprobe check`): the foreign events
+        that came on it before any chat were cross-talk to it (R8), as a live client's chat in flight sees every frame
+        of its user's new connection."""
+        for ev, why in self.unwitnessed:
             chat.foreign(ev, why)
 
     def on_malformed(self, frame: Frame, at: float) -> None:

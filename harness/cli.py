@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Judge recordings with the same profiles, rules and reports as `run`: JSON Lines "
                                    "(what --record writes), text/event-stream bodies, or HAR 1.2 files from a "
                                    "browser; a directory is one recording (one per run when --record wrote several runs "
-                                   "into it). Exit 0 passed, 1 failed, 2 usage, 130/143 "
-                                   "interrupted (reports still written).")
+                                   "into it). Exit 0 passed, 1 failed, 2 usage (or the recording says the server rejected "
+                                   "the credentials of every chat), 3 the recording says no chat reached the target, "
+                                   "130/143 interrupted (reports still written).")
     c.add_argument("paths", nargs="+", metavar="FILE", help="recording files or directories")
     c.add_argument("--profile", default="netra", metavar="NAME|FILE", help="wire-format profile (default netra)")
     c.add_argument("--scenario", default=None, metavar="NAME|FILE",

@@ -244,15 +244,16 @@ class Session(VirtualUser):
         self._ending: Wake | None = None
 
     # -- connection --
-    async def connect(self, by: float | None = None) -> None:
+    async def connect(self, by: float | None = None, *, resume: bool = False) -> None:
         """Open (or reopen) the connection and wait for the welcome (at most connect_timeout, and past `by`, a chat's
-        deadline, not at all); raises ConnectFailed, classified."""
+        deadline, not at all); raises ConnectFailed, classified. `resume`: a reconnect to resume a run (recorded so:
+        its failure fails no chat of its own)."""
         settings = self.target.settings_for(self.user_id, self.connect_timeout)
         transport = make_transport(settings)
         if self.target.recorder is not None:  # --record: the frames both ways, for `chatprobe check`
             from .recorder import RecordingTransport
 
-            transport = RecordingTransport(transport, self.target.recorder.connection(self.user_id))
+            transport = RecordingTransport(transport, self.target.recorder.connection(self.user_id), resume=resume)
         self._welcomed = welcomed = Wake()
         self.router.new_connection()
         try:
@@ -294,6 +295,8 @@ class Session(VirtualUser):
         kind_, reason = self.router.welcome_outcome(in_time, self.closed, transport.close_code,
                                                     max(deadline - start, 0.0))
         if kind_ != "ok":
+            if self.target.recorder is not None:  # the recording says the connection failed, and why
+                transport.connect_failed(kind_, reason)  # type: ignore[attr-defined]
             await self._drop(transport)
             raise ConnectFailed(kind_, reason)
 
@@ -411,10 +414,13 @@ class Session(VirtualUser):
         self._pending_sends.add(t)
         t.add_done_callback(self._pending_sends.discard)
 
-    async def _safe_send(self, obj: object) -> bool | None:
+    async def _safe_send(self, obj: object, expectations: Expectations | None = None,
+                         since: float = 0.0) -> bool | None:
         """Send a frame: True when sent; None when the connection was found closed before the frame left (the
         server closed it between chats), False for any other failure (as SyncSession._send). The outcome is this
-        call's own: a pong sent meanwhile by another task, or another chat's send, cannot change it."""
+        call's own: a pong sent meanwhile by another task, or another chat's send, cannot change it.
+        `expectations`: the chat's, for the recording (only with --record: a RecordingTransport's send), and `since`
+        when its times count from (its first try, or when an open-model chat was due)."""
         transport = self.transport
         if transport is None:
             return False
@@ -430,7 +436,10 @@ class Session(VirtualUser):
                 return False
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await transport.send(obj)
+                if expectations is None:
+                    await transport.send(obj)
+                else:
+                    await transport.send(obj, expectations, since)  # type: ignore[call-arg]
             return True
         except ConnectFailed as exc:  # SSE: the request is the connection, classified like one
             self._send_failure = exc
@@ -518,7 +527,7 @@ class Session(VirtualUser):
             if self.generation != seen_generation and not self.closed:
                 return True
             try:
-                await self.connect()
+                await self.connect(resume=True)
                 return True
             except ConnectFailed:
                 return False
@@ -597,7 +606,10 @@ class Session(VirtualUser):
                     del waiter
                 elif isinstance(action, Send):
                     self._send_failure = None
-                    sent = await self._safe_send(action.frame)
+                    # --record: a chat's message (or probe) is written with what its step expected (expect_note).
+                    recorded = self.target.recorder is not None and action.what != "resume"
+                    sent = await self._safe_send(action.frame, flow.tracker.exp if recorded else None,
+                                                 flow.tracker.sent_at)
                     if sent and action.what == "message" and self.transport is not None and self.transport.connects_on_send:
                         own_stream = True  # SSE: the request opened this chat's stream
                         self.sink.connection_attempt(self.scenario, "ok")
@@ -667,5 +679,7 @@ class Session(VirtualUser):
     async def _drop_on_purpose(self) -> None:
         """Drop the socket as a lost network would, and give the reader a bounded time to see it."""
         if self.transport is not None and not self.closed:
+            if self.target.recorder is not None:  # the recording says the client dropped it, not the server
+                self.transport.dropped_by_client()  # type: ignore[attr-defined]
             self.transport.abort()
             await self._join_reader(2, cancel=False)

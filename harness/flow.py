@@ -225,6 +225,9 @@ CONNECT, DROP, CLOSE = Connect(), Drop(), Close()
 
 # A normal close (1000) and going away (1001): what a server closing an idle connection on purpose sends (Link.closed_clean).
 CLEAN_CLOSE_CODES = frozenset({1000, 1001})
+# The advice (R13) on a chat whose message was sent again because the server's closing handshake crossed it.
+RESENT_WARNING = ("the server closed the connection (a normal close) as the message went, before any event of its run: "
+                  "sent again on a new connection")
 
 
 class Link(Protocol):
@@ -457,8 +460,7 @@ class ChatFlow:
                 # a new connection, timed from its first try, and said (a server that closes on a message without
                 # answering it shows). A crash or a dropped connection (1006, 1011) is judged as it stands, and so is
                 # an SSE stream that ended: the server took its request (it answered with the stream).
-                tracker._warn(Rule.R13, "the server closed the connection (a normal close) as the message went, "
-                              "before any event of its run: sent again on a new connection", None)
+                tracker._warn(Rule.R13, RESENT_WARNING, None)
                 self._send_again()
                 return self.next(now, link)
             self._judge_resume()

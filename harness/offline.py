@@ -13,9 +13,17 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, judge_followups
-from .events import Event, Outcome, kept_bytes
-from .flow import WAKE_ALL, FrameRouter, Resumes, verdict_due
+from .checker import (
+    ChatResult,
+    ChatTracker,
+    ConnectionChecker,
+    Expectations,
+    abandon,
+    error_result,
+    judge_followups,
+)
+from .events import Event, Outcome, Rule, kept_bytes
+from .flow import CLEAN_CLOSE_CODES, RESENT_WARNING, WAKE_ALL, FrameRouter, Resumes, verdict_due
 from .profiles import Profile
 from .recorder import DEFAULT_MAX_FILES
 from .recordings import (
@@ -29,7 +37,7 @@ from .recordings import (
     recorded_runs,
 )
 from .results import ScenarioRun
-from .scenario import Scenario, Stat
+from .scenario import Scenario, Stat, expectations_for, invalid_input_expectations
 from .sinks import Sink
 from .stats import Tally, evaluate
 
@@ -81,6 +89,16 @@ DROPPED_WARNING = ("the recording dropped {what} of connection {conn} from {wher
 # Why a dropped record's frames are missing, when the record does not say (what `--record` writes: its file was full).
 DROPPED_WHY = "its file being full"
 MAX_DROPPED_WARNINGS = 20
+# An event that came this soon after its chat's verdict was due (the settle window's end, or its deadline) is judged
+# after the verdict here, as the recorded times say; a live client under load, its timer late by as much, may have
+# taken it into the verdict. Not made equal (the recording holds when the frame came, not when the live timer fired):
+# said in the run's warnings instead.
+LATE_MARGIN = 0.25
+LATE_WARNING = ("{n} event(s) came within {margin:g}s after their chat's verdict was due (its settle window's end or "
+                "its deadline): judged after the verdict here, by the recorded times (an event of the chat's run is "
+                "shown as a warning on it); the live client, its timer late under load, may have taken them into the "
+                "verdict (an R3, R4, R7, R8 or R12 more, or a chat that passed instead of an R10), so this check can "
+                "differ from the live run there")
 UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive times, or no events): first-event time "
                 "and chat duration not judged")
 
@@ -115,6 +133,8 @@ class OfflineCheck:
         self.name = scenario.name
         self.sink = sink or Sink()
         self.exp: Expectations = scenario.expectations(profile)
+        # A step's expectations as its chats' send records carry them (recorder.expect_note), by (error, roles).
+        self.step_exp: dict[tuple[str | None, tuple[str, ...] | None], Expectations] = {}
         self.settle = scenario.expect.settle
         self.conns: dict[str, _Conn] = {}
         self.open: dict[str, tuple[ChatTracker, _Conn]] = {}  # chats not judged yet, oldest first
@@ -122,6 +142,11 @@ class OfflineCheck:
         self.parked_wake = float("inf")  # no parked chat's deadline passes before this time
         self.untimed: set[str] = set()  # chats whose send or receive times are not recorded
         self.resumed: dict[str, int] = {}  # chat id -> its events when its resume was sent
+        # Chats whose connection the server closed before any event of their run (no id to resume), by message id:
+        # the message may be sent again on a new connection (flow.ChatFlow: once), and the chat goes on there. With
+        # the close's time and whether it was a closing handshake (1000/1001: the live client warns, R13).
+        self.resends: dict[str, tuple[ChatTracker, float, bool]] = {}
+        self.resent: set[str] = set()  # chats sent again already (a second loss is judged as any other)
         self.tally = Tally()
         self.listed: list[ChatResult] = []
         self.listed_passing = self.listed_failing = 0
@@ -131,6 +156,7 @@ class OfflineCheck:
         self.n = 0
         self.frames = 0  # received, for the bytes bound
         self.gaps: list[str] = []  # the first MAX_DROPPED_WARNINGS warnings of dropped records
+        self.near_late = 0  # events that came within LATE_MARGIN after their chat's verdict was due
         self.n_gaps = 0
 
     # -- input --
@@ -168,11 +194,13 @@ class OfflineCheck:
                 conn.untimed = True  # a frame without its time (not junk, which carries no event anyway)
             self._received(conn, rec.frame, at)
         elif direction == "send":
-            self._sent(conn, rec.frame, at)
+            self._sent(conn, rec, at)
         elif direction == "close":
             if rec.error:  # the client dropped the connection for what the server sent: an R12, as live
                 conn.router.on_protocol_error(rec.error, at)
             del self.conns[conn.key]
+            if rec.failed and not rec.resume:
+                self._failed(conn, rec, at)
             self._close(conn, at, rec, CLOSED_NOTE)
         elif direction == "dropped":
             self._gap(conn, rec, at)
@@ -226,24 +254,65 @@ class OfflineCheck:
                     self._open(conn, at, thread_id=decoded.thread_id, timed=False)
             elif decoded.kind == "malformed" and not checker.chats:
                 self._open(conn, at, timed=False)
+        checker = conn.checker
+        incidents = checker.foreign + checker.malformed
         wake, _reply = conn.router.on_frame(frame, at)
         self.frames += 1
         if self.frames % BYTES_CHECK_EVERY == 0:
             self._bound_bytes(at)
         if wake == WAKE_ALL:
             conn.wake = at  # an error or a malformed frame may have ended a chat: look at them all next time
-        elif wake is not None and (entry := self.open.get(wake)) is not None:
-            tracker = entry[0]
-            if tracker.done:
-                conn.wake = min(conn.wake, verdict_due(tracker, self.settle))
+            if checker.foreign + checker.malformed != incidents:
+                # Cross-talk or a malformed frame (R8, R12 on the chats in flight): one that came just after a chat's
+                # verdict was due may have been in that chat's verdict live.
+                self._late(conn, None, at)
+        elif wake is not None:
+            entry = self.open.get(wake)
+            if entry is None:
+                self._late(conn, wake, at)
+            elif entry[0].done:
+                conn.wake = min(conn.wake, verdict_due(entry[0], self.settle))
 
-    def _sent(self, conn: _Conn, frame: str | bytes | None, at: float) -> None:
+    def _late(self, conn: _Conn, wake: str | None, at: float) -> None:
+        """An event of a chat judged already (`wake`: ChatTracker shows it as a warning), or a foreign or malformed
+        frame (None: R8 or R12 on the chats in flight): counted when it came within LATE_MARGIN after the verdict of
+        a chat of the connection was due, where a live client's late timer could have judged otherwise."""
+        for chat in conn.checker.chats:
+            if (wake is None or chat.wake_id == wake) and chat.judged:
+                if 0.0 <= at - verdict_due(chat, self.settle) <= LATE_MARGIN:
+                    self.near_late += 1
+                    return
+                if wake is not None:
+                    return
+
+    def _sent(self, conn: _Conn, rec: Recorded, at: float) -> None:
+        frame = rec.frame
         if frame is None:
             return
-        sent = self.profile.decode_client(frame)  # the profile tells requests and resumes apart, as for the proxy
-        if sent.kind == "request":
+        if rec.expect_error == "invalid_input":
+            # A `send_raw:` probe (what the frame holds is the server's to reject, whatever it looks like): a chat
+            # that waits for the server's error_message on an open connection, as live (R13).
             conn.clients = True
-            self._open(conn, at, thread_id=sent.thread_id, run_id=sent.run_id, message_id=sent.message_id, timed=True)
+            self._open(conn, at, timed=True, exp=self._step_expectations(rec))
+            return
+        sent = self.profile.decode_client(frame)  # the profile tells requests and resumes apart, as for the proxy
+        if sent.kind == "request" and sent.message_id and (again := self.resends.pop(sent.message_id, None)):
+            # The message sent again after its connection closed before any event of its run: the same chat, timed
+            # from its first try, as live (flow.ChatFlow._send_again).
+            chat, _closed_at, clean = again
+            if clean:
+                chat._warn(Rule.R13, RESENT_WARNING, None)
+            conn.clients = True
+            self.resent.add(chat.chat_id)
+            conn.checker.add(chat)
+            self._track(chat, conn)
+            conn.wake = min(conn.wake, chat.wait_deadline())
+        elif sent.kind == "request":
+            conn.clients = True
+            # Timed from when it was due (an open-model chat sent late: its `due`), as live.
+            since = rec.due if rec.due is not None and rec.due < at else at
+            self._open(conn, since, thread_id=sent.thread_id, run_id=sent.run_id, message_id=sent.message_id,
+                       timed=True, exp=self._step_expectations(rec))
         elif sent.kind == "resume":
             run_id = sent.run_id
             tracker = self.parked.pop(run_id, None) if run_id else None
@@ -260,16 +329,54 @@ class OfflineCheck:
                 conn.resumes.resumed_here(tracker, run_id)
                 conn.clients = True
                 conn.checker.add(tracker)
+                conn.checker.tell_unwitnessed(tracker)  # in flight, live, when they came (R8)
                 self._track(tracker, conn)
                 self._judge_resume(tracker)
                 self.resumed[tracker.chat_id] = tracker.n_events
                 conn.wake = min(conn.wake, tracker.wait_deadline())
 
+    def _step_expectations(self, rec: Recorded) -> Expectations:
+        """The expectations of the chat a send record opens: the scenario's, with what the record says its step
+        expected (its error, its roles) built as live builds them (scenario.expectations_for)."""
+        if rec.expect_error is None and rec.required is None:
+            return self.exp
+        key = (rec.expect_error, tuple(r.value for r in rec.required) if rec.required is not None else None)
+        exp = self.step_exp.get(key)
+        if exp is None:
+            if rec.expect_error == "invalid_input":
+                exp = invalid_input_expectations(self.scenario.expect)
+            else:
+                exp = expectations_for(self.profile, self.scenario.expect,
+                                       required=list(rec.required) if rec.required is not None else None,
+                                       expect_error="fatal" if rec.expect_error == "fatal" else
+                                       "recoverable" if rec.expect_error == "recoverable" else None)
+            self.step_exp[key] = exp
+        return exp
+
+    def _failed(self, conn: _Conn, rec: Recorded, at: float) -> None:
+        """The connection never became usable (refused at the handshake, no welcome, AUTH_FAILED; an SSE request
+        refused): the chat that was to use it is an `error` chat of that kind, as live (exit 3 when every chat was
+        unreachable, 2 when every one's credentials were refused). Over SSE that chat's request is recorded on the
+        connection; over WebSocket no message was sent, and the chat is counted here."""
+        reason = rec.reason or f"the connection failed ({rec.failed})"
+        waiting = [c for c in conn.open.values() if not c.judged and c.n_events == 0 and not c.done]
+        if not waiting:
+            self.n += 1
+            self.sink.chat_started(self.name)
+            self._count(None, error_result(f"{conn.key}#{self.n}", self.name, at, rec.failed, reason))
+            return
+        for chat in waiting:
+            self.open.pop(chat.chat_id, None)
+            conn.open.pop(chat.chat_id, None)
+            self.untimed.discard(chat.chat_id)
+            conn.checker.discard(chat)
+            self._count(None, error_result(chat.chat_id, self.name, chat.sent_at, rec.failed, reason))
+
     # -- chats --
     def _open(self, conn: _Conn, at: float, *, thread_id: str | None = None, run_id: str | None = None,
-              message_id: str | None = None, timed: bool) -> ChatTracker:
+              message_id: str | None = None, timed: bool, exp: Expectations | None = None) -> ChatTracker:
         self.n += 1
-        tracker = ChatTracker(f"{conn.key}#{self.n}", self.exp, at, scenario=self.name, thread_id=thread_id,
+        tracker = ChatTracker(f"{conn.key}#{self.n}", exp or self.exp, at, scenario=self.name, thread_id=thread_id,
                               run_id=run_id, message_id=message_id)
         conn.checker.add(tracker)
         self._track(tracker, conn)
@@ -322,12 +429,16 @@ class OfflineCheck:
     def _judge_parked(self, at: float) -> None:
         if at < self.parked_wake:
             return
-        self.parked_wake = min((c.wait_deadline() for c in self.parked.values() if c.wait_deadline() > at),
-                               default=float("inf"))
+        waiting = [*self.parked.values(), *(c for c, _, _ in self.resends.values())]
+        self.parked_wake = min((c.wait_deadline() for c in waiting if c.wait_deadline() > at), default=float("inf"))
         for run_id, chat in list(self.parked.items()):
             if at >= chat.wait_deadline():
                 del self.parked[run_id]
                 self._finish(chat, chat.wait_deadline(), lost=True, note=NOT_RESUMED_NOTE)
+        for message_id, (chat, closed_at, _clean) in list(self.resends.items()):
+            if at >= chat.wait_deadline():  # never sent again: judged as it stood when its connection closed
+                del self.resends[message_id]
+                self._finish(chat, closed_at, lost=True, note=CLOSED_NOTE)
 
     def _judge_resume(self, tracker: ChatTracker) -> None:
         """Whether the last resume brought events back, as the live ChatFlow judges it."""
@@ -343,6 +454,10 @@ class OfflineCheck:
             if chat.judged:
                 continue
             if chat.done:
+                if rec is not None and not rec.detail and not rec.stream:
+                    # Closed by the server within the chat's settle window: after an expected error (or an invalid
+                    # message's answer) it had to stay open (R13), as the live client, still listening, judges it.
+                    chat.connection_lost(at)
                 self._finish(chat, at)
                 continue
             if rec is not None and rec.detail == "client":
@@ -352,7 +467,23 @@ class OfflineCheck:
                 self.sink.chat_abandoned(self.name)
                 self._finish(chat, at)
                 continue
-            chat.connection_lost(at)
+            if (rec is not None and not rec.stream and chat.n_events == 0 and chat.run_id is None and chat.message_id
+                    and chat.exp.expect_error != "invalid_input" and self.scenario.reconnect
+                    and chat.chat_id not in self.resent and len(self.resends) < MAX_PARKED):
+                # The server closed the connection before any event of the run, which has no id to resume: the live
+                # client sends the message again, once, on a new connection (a frame that found the connection
+                # closed, or crossed a closing handshake). Held until its deadline for that send.
+                self.open.pop(chat.chat_id, None)
+                conn.open.pop(chat.chat_id, None)
+                if (earlier := self.resends.pop(chat.message_id, None)) is not None:
+                    self._finish(earlier[0], earlier[1], lost=True, note=CLOSED_NOTE)
+                self.resends[chat.message_id] = (chat, at, rec.code in CLEAN_CLOSE_CODES)
+                self.parked_wake = min(self.parked_wake, chat.wait_deadline())
+                continue
+            if rec is not None and not rec.detail and not rec.stream:
+                # The server's doing (not the client's drop, nor the end of a chat's own event stream): R13 after an
+                # expected error, as live.
+                chat.connection_lost(at)
             if rec is not None and resumable and chat.run_id and len(self.parked) < MAX_PARKED:
                 self._judge_resume(chat)
                 self.open.pop(chat.chat_id, None)
@@ -372,6 +503,7 @@ class OfflineCheck:
         entry = self.open.pop(tracker.chat_id, None)
         if entry is not None:
             entry[1].open.pop(tracker.chat_id, None)
+        self.resent.discard(tracker.chat_id)
         self._judge_resume(tracker)
         # Further runs the stream carried first (as live): each reported as a chat of its own, and the chat's verdict
         # is its stream's (checker.fold_further).
@@ -390,7 +522,7 @@ class OfflineCheck:
                 run.result.time_to_first_event = run.result.duration = None
             self._count(run, run.result)
 
-    def _count(self, tracker: ChatTracker, result: ChatResult) -> None:
+    def _count(self, tracker: ChatTracker | None, result: ChatResult) -> None:
         self.tally.add(result)
         self.sink.chat_finished(result)
         passing = result.outcome is Outcome.PASSED
@@ -410,7 +542,8 @@ class OfflineCheck:
             result.events = []  # counted, not listed: nothing keeps its events
         # The connection remembers the judged chat for late events (shown with it as warnings), not its events: a
         # chat judged to free memory (HEAVY_NOTE) must free it.
-        tracker.events = []
+        if tracker is not None:
+            tracker.events = []
 
     def end(self) -> None:
         """The recording ended: every chat still open is judged as it stands."""
@@ -420,6 +553,9 @@ class OfflineCheck:
         for chat in list(self.parked.values()):
             self._finish(chat, self.now, lost=True, note=NOT_RESUMED_NOTE)
         self.parked.clear()
+        for chat, closed_at, _clean in list(self.resends.values()):
+            self._finish(chat, closed_at, lost=True, note=CLOSED_NOTE)
+        self.resends.clear()
 
     def run(self, target: str, elapsed: float) -> ScenarioRun:
         stats = self.tally.stats()
@@ -438,6 +574,8 @@ class OfflineCheck:
         warnings = list(self.gaps)
         if self.n_gaps > len(self.gaps):
             warnings.append(f"the recording dropped frames on {self.n_gaps} connections in all")
+        if self.near_late:
+            warnings.append(LATE_WARNING.format(n=self.near_late, margin=LATE_MARGIN))
         return ScenarioRun(scenario=self.scenario, target=target, results=self.listed, stats=stats,
                            objectives=evaluate(stats, objectives), started_at=started, elapsed=elapsed, errors=errors,
                            warnings=warnings)

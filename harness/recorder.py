@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .checker import Expectations
 from .profiles import parses_as_json
 from .redact import MIN_SECRET_LEN, scrub, secrets_of
-from .transports import FrameCallback, Transport
+from .transports import ConnectFailed, FrameCallback, Transport
 
 DEFAULT_MAX_FILES = 1000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # all recordings in DIR written by one process
@@ -44,6 +45,41 @@ _SEPARATORS = "".join(chr(c) for c in (*range(0x00, 0x09), *range(0x0E, 0x20)))
 # Added to a frame that was not JSON as received and that scrubbing made read as JSON (a credential cut out of an
 # unterminated string can end it): the recording keeps it malformed, an R12 offline as it was live.
 NOT_JSON_MARK = " [chatprobe --record: this frame was not JSON as received]"
+# A chat whose times count from this much before its message was recorded as sent (ChatOptions.due_at: an open-model
+# chat due before the load generator got to it) has its send record say so ("due").
+DUE_SLACK = 0.001
+# An HTTP status in a connection failure's reason, as the transports word it ("HTTP 503: …", "HTTP 401 at the …").
+_HTTP_STATUS_RE = re.compile(r"\bHTTP ([1-5]\d\d)\b")
+
+
+def expect_note(exp: Expectations) -> dict[str, Any] | None:
+    """What a chat's send record carries beyond its frame: what a scenario step expected of the chat that the
+    scenario's top-level `expect:` does not say (its `expect_error`; "invalid_input" for a `send_raw:` probe; its
+    `required` roles), so that `chatprobe check` judges the chat as live (harness/offline.py reads it back through
+    scenario.expectations_for, the one place Expectations are built). None for a plain chat: nothing is written."""
+    if exp.expect_error is None and exp.step_required is None:
+        return None
+    note: dict[str, Any] = {}
+    if exp.expect_error is not None:
+        note["error"] = exp.expect_error
+    if exp.step_required is not None:
+        note["required"] = sorted(role.value for role in exp.step_required)
+    return note
+
+
+def connect_failure(kind: str, reason: str, *, resume: bool) -> dict[str, Any]:
+    """The fields a close record gets for a connection that never became usable (refused at the handshake, HTTP
+    401/403/503, closed during the upgrade, no welcome, AUTH_FAILED): `failed` (the connections_total result label),
+    `status` (the HTTP status answered, when there was one), `reason`, and `resume` when it was a reconnect to resume
+    a run (whose chat is judged lost, not failed: no chat of its own)."""
+    fields: dict[str, Any] = {"failed": kind}
+    m = _HTTP_STATUS_RE.search(reason)
+    if m is not None:
+        fields["status"] = int(m.group(1))
+    fields["reason"] = reason[:1024]
+    if resume:
+        fields["resume"] = True
+    return fields
 
 
 class ConnectionLog:
@@ -66,11 +102,17 @@ class ConnectionLog:
         self.dropped_at: float | None = None  # the first dropped frame's time (epoch seconds)
         self.unwritten = 0  # lines lost because DIR took no more (unwritable, disk full)
         self.closed = False
+        self.ended = False  # a failure record (`failed`) was the last line: the connection's end is written
+        self.gone = False  # saved and deleted (not kept, or rotated out): nothing more is written
         self._buffer: list[str] = []
         self._buffered = 0
 
-    def frame(self, direction: str, frame: Any, at: float) -> None:
-        """A frame sent ("send") or received ("recv") at `at` (the recorder's clock, time.monotonic by default)."""
+    def frame(self, direction: str, frame: Any, at: float, expect: dict[str, Any] | None = None,
+              due: float | None = None) -> None:
+        """A frame sent ("send") or received ("recv") at `at` (the recorder's clock, time.monotonic by default);
+        `expect`: what the client expected of the chat this frame sends (expect_note), written as "expect"; `due`:
+        the earlier time the chat's times count from (an open-model chat due before it could be sent), as "due"."""
+        self.ended = False
         raw = len(frame) * 4 // 3 if isinstance(frame, (bytes, bytearray)) else len(frame) if isinstance(frame, str) else 0
         if self.dropped or self.size + MIN_LINE + raw > self.recorder.frame_room:
             # No room for it: dropped before it is scrubbed (a peer sending frame after frame once the file was full
@@ -80,6 +122,10 @@ class ConnectionLog:
             self._drop(frame, at)
             return
         record: dict[str, Any] = {"t": round(self.recorder.epoch(at), 6), "dir": direction, "conn": self.label}
+        if expect:
+            record["expect"] = expect
+        if due is not None:
+            record["due"] = round(self.recorder.epoch(due), 6)
         if isinstance(frame, (bytes, bytearray)):
             # A token a server echoes in a binary frame is scrubbed too (its text as UTF-8, other bytes kept).
             data = self._scrub(bytes(frame).decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
@@ -168,12 +214,37 @@ class ConnectionLog:
                     return parts
         return [self._scrub(t) for t in texts]
 
-    def close(self, at: float, code: int | None = None, *, by_client: bool = False, error: str | None = None) -> None:
-        """The connection ended; `by_client`: the client closed it on purpose (a user leaving mid-run: its chats are
-        abandoned, judged on what arrived, as live), written as "by": "client"; `error`: what the client dropped the
-        connection for (a frame over the size limit, text that is not UTF-8: the transport's protocol_error, an R12
-        live on the chats open then, and the frame itself never reached the recorder), written as "error"."""
+    def failed(self, at: float, failure: dict[str, Any]) -> None:
+        """A request that was to open the connection's stream failed (SSE: the POST refused, HTTP 503…), or the
+        connection ended before it became usable (the server closed it before or after its AUTH_FAILED, before the
+        client knew the welcome would not come): a close record with the failure (connect_failure) now, in its place,
+        appended to the saved file when the connection was saved already. Until it is saved the log goes on (the
+        next chat's request opens a stream again), and its final close record is written only if anything follows."""
+        if self.gone:
+            return
+        record: dict[str, Any] = {"t": round(self.recorder.epoch(at), 6), "dir": "close", "conn": self.label}
+        record.update(failure)
+        record["reason"] = self._scrub(str(record.get("reason", "")))
+        if self._write(json.dumps(record), force=True):
+            self.ended = True
         if self.closed:
+            self.flush()  # the file is saved: appended to it now
+
+    def close(self, at: float, code: int | None = None, *, by_client: bool | str | None = False,
+              error: str | None = None, failure: dict[str, Any] | None = None, stream: bool = False) -> None:
+        """The connection ended; `by_client`: the client closed it on purpose (a user leaving mid-run: its chats are
+        abandoned, judged on what arrived, as live), written as "by": "client" (or "client-drop", given as such: it
+        dropped the connection on purpose to reconnect and resume; its chats are not abandoned); `error`: what the
+        client dropped the connection for (a frame over the size limit, text that is not UTF-8: the transport's
+        protocol_error, an R12 live on the chats open then, and the frame itself never reached the recorder), written
+        as "error";
+        `failure`: it never became usable (connect_failure: refused at the handshake, no welcome, AUTH_FAILED), so
+        the chat that was to use it failed (`error`, as live); `stream`: the connection was a chat's own event
+        stream (SSE), which ends with its run, written as "stream": true."""
+        if self.closed:
+            return
+        if self.ended and not self.dropped and failure is None:
+            self.closed = True  # the failure record said how it ended, and nothing came after it
             return
         if self.dropped:
             # Where the gap begins (no frame was written after it) and what it holds.
@@ -184,9 +255,14 @@ class ConnectionLog:
         if code is not None:
             record["code"] = code
         if by_client:
-            record["by"] = "client"
+            record["by"] = by_client if isinstance(by_client, str) else "client"
+        if stream:
+            record["stream"] = True
         if error:
             record["error"] = self._scrub(str(error)[:1024])
+        if failure:
+            record.update(failure)
+            record["reason"] = self._scrub(str(record.get("reason", "")))
         self._write(json.dumps(record), force=True)
         self.closed = True
 
@@ -289,13 +365,16 @@ class Recorder:
         log.flush()
         if not (self.keep_all if keep is None else keep) or not log.part.exists() or log.part.is_symlink():
             log.part.unlink(missing_ok=True)
+            log.gone = True
             return None
         final = log.part.with_name(log.part.name[1:].removesuffix(".part"))
         try:
             os.replace(log.part, final)
         except OSError:
             log.part.unlink(missing_ok=True)
+            log.gone = True
             return None
+        log.part = final  # a failure found after the connection ended is appended to it (ConnectionLog.failed)
         with self._lock:
             self._saved.append((final, log.size))
             self._saved_bytes += log.size
@@ -303,18 +382,25 @@ class Recorder:
                 old, size = self._saved.popleft()
                 self._saved_bytes -= size
                 old.unlink(missing_ok=True)
-        return final if final.exists() else None
+        if not final.exists():
+            log.gone = True  # rotated out at once (a file larger than the run's whole budget)
+            return None
+        return final
 
 
 class RecordingTransport:
     """A Transport that writes what passes both ways to a ConnectionLog, and saves it when the connection ends."""
 
-    def __init__(self, inner: Transport, log: ConnectionLog, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, inner: Transport, log: ConnectionLog, clock: Callable[[], float] = time.monotonic, *,
+                 resume: bool = False) -> None:
         self._inner = inner
         self._log = log
         self._clock = clock
         self._saved = False
         self._by_client = False
+        self._resume = resume  # a reconnect to resume a run: its failure fails no chat of its own
+        self._dropped = False  # the client dropped it on purpose (disconnect_after), to reconnect and resume
+        self._failure: dict[str, Any] | None = None
 
     def __getattr__(self, name: str) -> Any:  # connects_on_send, close_code, ended_note, protocol_error…
         return getattr(self._inner, name)
@@ -322,13 +408,37 @@ class RecordingTransport:
     async def open(self) -> None:
         try:
             await self._inner.open()
+        except ConnectFailed as exc:
+            # Refused at the handshake (HTTP 401/403/503, closed during the upgrade, a timeout): the file keeps the
+            # attempt, so that `chatprobe check` counts the chat it failed as live did.
+            self.connect_failed(exc.kind, str(exc))
+            self._save(keep=True)
+            raise
         except BaseException:
-            self._save(keep=False)  # nothing passed: no file
+            self._save(keep=False)  # cancelled: nothing passed, no file
             raise
 
-    async def send(self, obj: Any) -> None:
-        self._log.frame("send", obj, self._clock())
-        await self._inner.send(obj)
+    def connect_failed(self, kind: str, reason: str) -> None:
+        """The connection opened but never became usable (no welcome, AUTH_FAILED, closed before the welcome): its
+        close record says so (the client drops it next), or, when the server closed it first, a close record of the
+        failure follows the one written then."""
+        self._failure = connect_failure(kind, reason, resume=self._resume)
+        if self._saved:
+            self._log.failed(self._clock(), self._failure)
+
+    async def send(self, obj: Any, expectations: Expectations | None = None, since: float | None = None) -> None:
+        """The frame recorded, then sent; `expectations`: the chat's, when the frame is its message (a scenario
+        step's expectation is written with it: expect_note); `since`: when the chat's times count from, written
+        when that is before now (an open-model chat due earlier: its first-event time counts from then)."""
+        now = self._clock()
+        due = since if since is not None and now - since > DUE_SLACK else None
+        self._log.frame("send", obj, now, expect_note(expectations) if expectations is not None else None, due)
+        try:
+            await self._inner.send(obj)
+        except ConnectFailed as exc:
+            # SSE: the request is the stream's connection, and it was refused: recorded in its place.
+            self._log.failed(self._clock(), connect_failure(exc.kind, str(exc), resume=self._resume))
+            raise
 
     async def run(self, on_frame: FrameCallback) -> None:
         log = self._log
@@ -349,9 +459,17 @@ class RecordingTransport:
     def abort(self) -> None:
         self._inner.abort()
 
+    def dropped_by_client(self) -> None:
+        """The client is about to drop the connection on purpose, as a lost network would (a step's disconnect_after),
+        to reconnect and resume: its close record says "by": "client-drop" (not the server's doing: no R13, as live;
+        its chats are resumed, not abandoned)."""
+        self._dropped = True
+
     def _save(self, keep: bool | None = None) -> None:
         if not self._saved:
             self._saved = True
-            self._log.close(self._clock(), getattr(self._inner, "close_code", None), by_client=self._by_client,
-                            error=getattr(self._inner, "protocol_error", None))
+            self._log.close(self._clock(), getattr(self._inner, "close_code", None),
+                            by_client="client" if self._by_client else "client-drop" if self._dropped else None,
+                            error=getattr(self._inner, "protocol_error", None), failure=self._failure,
+                            stream=getattr(self._inner, "connects_on_send", False) is True)
             self._log.recorder.save(self._log, keep)

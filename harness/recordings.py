@@ -20,9 +20,22 @@ The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\
   frame_b64  instead of frame, a binary frame, base64
   code, reason  on a close record, optional
   by      on a close record, optional: "client" when the client closed the connection on purpose (a user who left
-          mid-run: the chats still open are abandoned, judged only on what arrived, as `chatprobe run` judges them)
+          mid-run: the chats still open are abandoned, judged only on what arrived, as `chatprobe run` judges them);
+          "client-drop" when it dropped it on purpose to reconnect and resume (a step's disconnect_after): the chats
+          are resumed as after any lost connection, and its end is not held against the server (R13)
   error   on a close record, optional: why the client dropped the connection (a frame over the size limit, text
           that is not UTF-8; that frame is not recorded): an R12 on the chats open then, as live
+  failed  on a close record, optional: the connection never became usable, and why, as a connections_total result
+          (refused, auth_failed, timeout, tls_error, protocol_error), with `status` (the HTTP status answered, when
+          there was one) and `reason`: the chat that was to use it is an `error` chat, as live; with "resume": true it
+          was a reconnect to resume a run, and fails no chat of its own
+  due     on a send record, optional: when the chat was due, in epoch seconds, when that is before `t` (an
+          open-model chat the load generator got to late): its first-event time and deadline count from then, as live
+  expect  on a send record, optional: what the client expected of the chat this frame sends beyond the scenario's
+          `expect:` (a scenario step's): {"error": "recoverable"|"fatal"|"invalid_input", "required": [roles]};
+          "invalid_input" marks a `send_raw:` probe, a frame the server must answer with an error_message
+  stream  on a close record, optional: true when the connection was a chat's own event stream (SSE), which ends
+          with its run (the end of such a stream after an expected error is no R13)
   frames, bytes  on a dropped record, optional
 
 A record is an object with `frame` (or `frame_b64`) and at least one of t, dir, conn (or a close record); other
@@ -45,7 +58,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from .events import Role
 from .eventstream import EventStreamParser, EventTooLarge
+from .sinks import CONNECTION_RESULTS
 from .yamlfile import ConfigError
 
 # One frame (the harness's WebSocket frame limit); a JSON Lines line may be about twice that (a frame's escaping).
@@ -72,6 +87,11 @@ DIRECTIONS = {"recv": "recv", "receive": "recv", "send": "send", "sent": "send",
 ENVELOPE_MARKS = frozenset({"t", "dir", "conn"})
 DEFAULT_CONN = "-"
 EVENT_STREAM = "text/event-stream"
+# A send record's `expect.error`, and a close record's `failed` (what a connection that never opened failed of).
+EXPECTED_ERRORS = ("recoverable", "fatal", "invalid_input")
+CONNECT_FAILURES = tuple(r for r in CONNECTION_RESULTS if r != "ok")
+_ROLES = {r.value: r for r in Role}
+MAX_DUE_BEFORE = 86400.0  # a send record's `due`: at most a day before it was sent
 
 
 def frame_bytes(frame: str | bytes) -> int:
@@ -129,6 +149,17 @@ class Recorded:
     detail: str = ""
     where: str = ""
     error: str = ""  # on a close record: what the client dropped the connection for (an R12 on its open chats)
+    # On a close record: the connection never became usable (a CONNECT_FAILURES kind, and why); `resume`: it was a
+    # reconnect to resume a run (no chat of its own failed).
+    failed: str = ""
+    reason: str = ""
+    resume: bool = False
+    stream: bool = False  # on a close record: the connection was a chat's own event stream (SSE), ending with its run
+    code: int | None = None  # on a close record: the WebSocket close code, when recorded
+    # On a send record: what a scenario step expected of the chat (the `expect` field): the error, and the roles.
+    expect_error: str | None = None
+    required: tuple[Role, ...] | None = None
+    due: float | None = None  # on a send record: the earlier time the chat's times count from (the `due` field)
 
 
 def detect_format(head: bytes) -> str:
@@ -273,8 +304,18 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
         return Recorded("problem", conn, t=t, detail="field 'dir' must be recv, send or close", where=where)
     if direction == "close":  # "by": "client": the client left on purpose (its chats are abandoned, as live)
         error = obj.get("error")
-        return Recorded("close", conn, t=t, detail="client" if obj.get("by") == "client" else "", where=where,
-                        error=error[:1024] if isinstance(error, str) else "")
+        failed, reason = obj.get("failed"), obj.get("reason")
+        if failed is not None and failed not in CONNECT_FAILURES:
+            return Recorded("problem", conn, t=t, detail=f"field 'failed' must be one of {', '.join(CONNECT_FAILURES)}",
+                            where=where)
+        by = obj.get("by")
+        return Recorded("close", conn, t=t, detail="client" if by == "client" else "drop" if by == "client-drop" else "",
+                        where=where,
+                        error=error[:1024] if isinstance(error, str) else "", failed=failed or "",
+                        reason=reason[:1024] if failed and isinstance(reason, str) else "",
+                        resume=bool(failed) and obj.get("resume") is True, stream=obj.get("stream") is True,
+                        code=code if isinstance(code := obj.get("code"), int) and not isinstance(code, bool)
+                        and 0 <= code < 65536 else None)
     if direction == "dropped":
         counts = [f"{v} {k}" for k in ("frames", "bytes") if isinstance(v := obj.get(k), int) and not isinstance(v, bool)
                   and 0 <= v < 10**18]
@@ -291,7 +332,34 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
         frame = json.dumps(obj["frame"], separators=(",", ":"))
     if frame_bytes(frame) > max_frame:
         return Recorded("problem", conn, t=t, detail=f"frame larger than the {max_frame} byte limit", where=where)
+    if direction == "send" and ("expect" in obj or "due" in obj):
+        expect = _expectation(obj["expect"]) if "expect" in obj else (None, None)
+        if isinstance(expect, str):
+            return Recorded("problem", conn, t=t, detail=expect, where=where)
+        due = obj.get("due")
+        if due is not None and (isinstance(due, bool) or not isinstance(due, (int, float)) or t is None
+                                or not t - MAX_DUE_BEFORE <= due <= t):
+            return Recorded("problem", conn, t=t, detail="field 'due' must be a time in epoch seconds, at most "
+                            f"{MAX_DUE_BEFORE:g}s before the record's t", where=where)
+        return Recorded(direction, conn, t=t, frame=frame, where=where, expect_error=expect[0], required=expect[1],
+                        due=due)
     return Recorded(direction, conn, t=t, frame=frame, where=where)
+
+
+def _expectation(value: Any) -> tuple[str | None, tuple[Role, ...] | None] | str:
+    """A send record's `expect` as (error, required roles), or what is wrong with it (a problem record's detail)."""
+    if not isinstance(value, dict):
+        return "field 'expect' must be an object"
+    error, required = value.get("error"), value.get("required")
+    if error is not None and error not in EXPECTED_ERRORS:
+        return f"field 'expect.error' must be one of {', '.join(EXPECTED_ERRORS)}"
+    roles: tuple[Role, ...] | None = None
+    if required is not None:
+        if (not isinstance(required, list) or len(required) > len(_ROLES)
+                or not all(isinstance(r, str) and r in _ROLES for r in required)):
+            return f"field 'expect.required' must be a list of roles ({', '.join(_ROLES)})"
+        roles = tuple(_ROLES[r] for r in required)
+    return error, roles
 
 
 # -- an SSE response body --
@@ -741,7 +809,7 @@ def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True) 
     if timed or entry.text is None:
         yield from _sse_events(entry, conn, where, max_frame, timed)
         if complete:
-            yield Recorded("close", conn, where=where)
+            yield Recorded("close", conn, where=where, stream=True)
         return
     if entry.encoding == "base64":
         try:
@@ -753,4 +821,4 @@ def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True) 
         body = entry.text.encode("utf-8", "surrogatepass")
     yield from read_sse(io.BytesIO(body), f"{name}: entry {entry.index}", max_frame, conn)
     if complete:
-        yield Recorded("close", conn, where=f"{name}: entry {entry.index}")
+        yield Recorded("close", conn, where=f"{name}: entry {entry.index}", stream=True)

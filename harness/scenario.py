@@ -406,6 +406,7 @@ def expectations_for(profile: "Profile", expect: Expect | None = None, *, requir
         spans_must_close=profile.spans_must_close,
         checks=tuple(profile.checks),
         offered_tools=profile.offered_tools,
+        step_required=frozenset(required) if required is not None else None,
     )
 
 

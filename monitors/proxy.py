@@ -252,6 +252,9 @@ class LiveConnection:
                     self.resumes = Resumes()
                 self.resumes.resumed_here(resumed, frame.run_id)
                 self.checker.add(resumed)
+                # Another user's events that came here before any chat did: cross-talk to this chat, in flight for its
+                # user then (R8), as `chatprobe check` judges it.
+                self.checker.tell_unwitnessed(resumed)
                 self._by_id[resumed.chat_id] = resumed
                 resumed.reconnected(True)
                 live.sink.reconnect(live.scenario, "resumed")

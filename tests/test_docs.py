@@ -400,7 +400,7 @@ def _subparser(name: str) -> Any:
 
 @pytest.mark.parametrize(("where", "text", "codes"), [
     ("chatprobe run --help", lambda: _subparser("run").description, ("0", "1", "2", "3", "130/143")),
-    ("chatprobe check --help", lambda: _subparser("check").description, ("0", "1", "2", "130/143")),
+    ("chatprobe check --help", lambda: _subparser("check").description, ("0", "1", "2", "3", "130/143")),
     ("chatprobe monitor --once", lambda: next(a.help for a in monitor_parser()._actions if "--once" in a.option_strings),
      ("0", "1", "2", "3")),
 ], ids=lambda v: v if isinstance(v, str) else None)

@@ -8,28 +8,55 @@ Which of these failed on the code before this patch (each was a finding of the d
 - test_agui_recorded_request_times_the_first_event[sse|ws]  FAILED (live R9, offline passed: no chat was timed)
 - test_agui_second_run_started_is_r1_offline_as_live        FAILED (live R1, offline R8 x16 and a chat of its own)
 - test_foreign_event_before_the_first_request_opens_no_chat FAILED (offline invented a chat for another user's run)
-Still failing (findings not fixed, marked xfail(strict=True), so that a fix shows as XPASS):
-- test_steps_scenario_errors_is_judged_offline_as_live     (expect_error / send_raw steps are not known offline)
-- test_refused_connections_are_in_the_recording            (a connection that never opened leaves no record)
+Failed on the code before the steps-parity patch (the recording carries each step's expectation, the connections
+that never opened, and `check` follows a message sent again; see docs/recordings.md):
+- test_steps_scenario_errors_is_judged_offline_as_live     (expect_error / send_raw steps were unknown offline)
+- test_refused_connections_are_in_the_recording            (a connection that never opened left no record)
+- test_builtin_scenarios_judged_offline_as_live[*]         (every fault: `errors`; refuse: every scenario; close and
+                                                            oversized: `concurrent`, a message sent again was 2 chats)
+- test_step_kinds_judged_offline_as_live[*]                (each kind of step, below)
+- test_agui_sse_refused_request_is_an_error_offline_as_live (a refused POST was an abandoned chat that passed)
+- test_refused_after_the_server_exited_is_in_the_recording (exit 3 live, a pass offline)
+- test_credentials_refused_everywhere_is_exit_2_offline_too (exit 2 live, a pass offline)
+- test_message_sent_again_after_a_clean_close_is_one_chat_offline (one chat live, an incomplete one more offline)
+- test_expected_error_then_a_close_within_settle_is_r13_offline_as_live (R13 live, a pass offline)
+- test_hostile_step_records_are_r12_not_a_traceback        (the fields were ignored: the probe passed unseen)
+- test_check_says_when_an_event_came_just_past_a_verdict   (no word of it)
+What cannot be made equal: an event that came just past a chat's verdict time (its settle window's end, or its
+deadline) is judged after the verdict offline, by the recorded times, while a live client under load, its timer late,
+may have taken it in. `check` says so in its warnings (offline.LATE_WARNING); the differential tests accept a
+difference only with that warning.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
+from harness.catalog import builtin_scenarios
+from harness.client import Session
 from harness.events import Outcome
+from harness.flow import ChatOptions
 from harness.offline import check_files
 from harness.profiles import load_profile
 from harness.recorder import Recorder
+from harness.results import exit_code
 from harness.runner import run_scenario
-from harness.scenario import Scenario, load_scenario
+from harness.scenario import Scenario, Stage, load_scenario
+from harness.sinks import Sink
+from harness.targets import Target, TokenProvider
 
 from .conftest import scenario
 from .test_agui_faults_vs_ground_truth import AguiSimCtx
+from .test_netra_conformance import NetraServer, clean_run
+from .test_resend_attacks import Scripted
 
 
 def by_run(results) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -108,8 +135,6 @@ def test_foreign_event_before_the_first_request_opens_no_chat(tmp_path):
     assert [(r.run_id, r.outcome) for r in offline.results] == [(run, Outcome.PASSED)]
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: check judges every chat by the scenario's top-level expectations; "
-                   "a step's expect_error and the send_raw probes are unknown offline (live passes, offline fails)")
 async def test_steps_scenario_errors_is_judged_offline_as_live(sim_factory, tmp_path):
     sc = load_scenario("errors").model_copy(update={"users": 1})
     async with sim_factory() as (_sim, target, _gt):
@@ -119,12 +144,475 @@ async def test_steps_scenario_errors_is_judged_offline_as_live(sim_factory, tmp_
     assert offline.passed is True
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: a connection refused at the handshake (HTTP 503) is recorded "
-                   "nowhere (RecordingTransport.open deletes its file), so its chats' `error` outcome is lost offline "
-                   "and a run that failed live passes `check`")
 async def test_refused_connections_are_in_the_recording(sim_factory, tmp_path):
     sc = scenario(users=4, chats_per_user=1)
     async with sim_factory(faults=["refuse=0.5"]) as (_sim, target, _gt):
         live, offline = await live_and_offline(target, sc, tmp_path / "rec")
     assert live.stats.outcomes.get("error", 0) > 0 and not live.passed
     assert offline.passed is live.passed
+    assert_parity(live, offline)
+    files = list((tmp_path / "rec").glob("*.jsonl"))
+    refused = [json.loads(line) for f in files for line in f.read_text().splitlines() if '"failed"' in line]
+    assert refused and all(r["dir"] == "close" and r["failed"] == "refused" and r["status"] == 503 for r in refused)
+    # every chat refused: unreachable, exit 3, live and offline
+    async with sim_factory(faults=["refuse=1"]) as (_sim, target, _gt):
+        live, offline = await live_and_offline(target, sc, tmp_path / "rec-all")
+    assert int(exit_code([live])) == int(exit_code([offline])) == 3
+
+
+# --- the differential harness: every built-in scenario and every kind of step, with and without each fault --------
+
+LATE_SAID = "after their chat's verdict was due"  # what `check` says of a difference it cannot rule out (LATE_WARNING)
+
+
+def verdicts(run) -> Counter[tuple[str, str, str, tuple[str, ...]]]:
+    """Each chat as (run id, outcome, error kind, rules with their counts): a multiset, since chats without a run id
+    (probes, error chats) have nothing else that names them alike live and offline."""
+    return Counter((r.run_id or "", r.outcome.value, r.error_kind or "",
+                    tuple(sorted(f"{k}x{v}" for k, v in r.rule_counts().items()))) for r in run.results)
+
+
+def assert_parity(live, offline) -> None:
+    """Per-chat verdicts, violations (rule ids and counts) and the exit code, live and offline, the same; a difference
+    only where `check` says why (an event just past a verdict: LATE_WARNING)."""
+    late = any(LATE_SAID in w for w in offline.warnings)
+    same = verdicts(offline) == verdicts(live) and exit_code([offline]) == exit_code([live])
+    if not same and late:
+        return  # said, not silent (docs/recordings.md)
+    live_only, offline_only = verdicts(live) - verdicts(offline), verdicts(offline) - verdicts(live)
+    assert verdicts(offline) == verdicts(live), f"live only: {live_only}\noffline only: {offline_only}"
+    assert exit_code([offline]) == exit_code([live])
+    assert len(offline.results) == len(live.results) > 0
+
+
+# Each kind of step (docs/protocol.md, R13; README "steps:"): an expected recoverable and fatal error, invalid input
+# (not JSON, no type, an unknown type, an empty message), a step's own required roles, several turns, a drop and
+# resume, an abandonment.
+STEPS = {
+    "name": "steps",
+    "dialects": ["netra"],
+    "users": 2,
+    "steps": [
+        {"chat": {"message": "Look up the capital of Peru. #fail-tool", "expect_error": "recoverable"}},
+        {"chat": {"message": "Compute 1 + 1. #fail-agent", "expect_error": "fatal"}},
+        {"send_raw": "this is not json"},
+        {"send_raw": '{"no_type": true}'},
+        {"send_raw": '{"type": "definitely_not_a_type"}'},
+        {"send_raw": '{"type": "user_message", "payload": {"content": ""}}'},
+        {"chat": {"message": "What time is it?", "required": ["agent_started", "agent_completed"]}},
+        {"chat": {"message": "What is 6 * 7? #tools=2", "repeat": 2}},
+        {"chat": {"message": "Compute 3 * 5, then 7 * 8. #tools=3 #chunks=3", "disconnect_after": 3}},
+        {"chat": {"message": "Compute 5 * 5 and look up the capital of Spain. #tools=2", "abandon_after": 2}},
+        {"chat": {"message": "Compute 2 + 2. #fail-agent", "expect_error": "recoverable"}},  # the wrong kind: R13
+        {"chat": {"message": "What is 9 * 9?", "expect_error": "fatal"}},  # no error comes: R13
+    ],
+    "expect": {"streaming": False},
+}
+
+
+def shrunk(sc: Scenario) -> Scenario:
+    """A built-in scenario made small enough to run under every fault in a test: at most 3 users and 2 chats each, a
+    1 s open-model stage, no ramp, a 2 s deadline and a 0.5 s first-event limit (a dropped terminal event, a delayed
+    first event cost that much); the steps, expectations and objectives as they are."""
+    update: dict = {"expect": sc.expect.model_copy(update={"deadline": min(sc.expect.deadline, 2.0),
+                                                           "first_event_limit": min(sc.expect.first_event_limit, 0.5),
+                                                           "stall_limit": min(sc.expect.stall_limit, 2.0)}),
+                    "max_duration": 30.0}
+    if sc.open_model:
+        update |= {"stages": [Stage(duration=1.0, rate=8.0, ramp=False)], "arrival_rate": None, "duration": None,
+                   "max_in_flight": 20}
+    else:
+        update |= {"users": min(sc.users, 3), "chats_per_user": min(sc.chats_per_user, 2), "ramp_up": 0.0}
+    return sc.model_copy(update=update)
+
+
+def netra_scenarios() -> list[Scenario]:
+    out = [shrunk(load_scenario(name)) for name in builtin_scenarios()]
+    out.append(shrunk(Scenario.model_validate(STEPS)))
+    return [sc for sc in out if sc.carried_by("netra")]
+
+
+# Every fault agentsim's netra mode takes (`python -m agentsim --help`) but exit and exit_after, which end the process
+# (test_refused_after_the_server_exited_is_in_the_recording runs one in a process of its own). Rates high enough that
+# a few chats get each.
+NETRA_FAULTS = ["", "drop=0.3", "drop:tool_completed=0.4", "delay_first=0.6s@0.3", "duplicate=0.4", "swap=0.4",
+                "crosstalk=0.4", "stall=0.3s@0.3", "close=0.4", "close:abort=0.4", "malformed=0.4",
+                "malformed:binary=0.4", "malformed:notype=0.4", "malformed:unknowntype=0.4", "oversized=5MiB@0.3",
+                "after_terminal=0.4", "refuse=0.3"]
+
+
+@pytest.mark.parametrize("fault", NETRA_FAULTS, ids=lambda f: f or "no-fault")
+async def test_builtin_scenarios_judged_offline_as_live(sim_factory, tmp_path, fault):
+    # `chatprobe run --record DIR` then `chatprobe check DIR --scenario SAME`, for every built-in scenario `chatprobe
+    # list` names (and one of every kind of step), against agentsim with the fault.
+    async with sim_factory(faults=[fault] if fault else []) as (_sim, target, _gt):
+        for sc in netra_scenarios():
+            live, offline = await live_and_offline(target, sc, tmp_path / f"rec-{sc.name}")
+            try:
+                assert_parity(live, offline)
+            except AssertionError as exc:
+                raise AssertionError(f"scenario {sc.name}, fault {fault or 'none'}: {exc}") from None
+
+
+@pytest.mark.parametrize("fault", ["", "close=0.4", "refuse=0.3"], ids=lambda f: f or "no-fault")
+async def test_step_kinds_judged_offline_as_live(sim_factory, tmp_path, fault):
+    # The steps scenario alone, with more users, so each kind of step meets the fault; and what each kind of step gives.
+    sc = Scenario.model_validate({**STEPS, "users": 4, "expect": {"settle": "0.05s", "deadline": "3s"}})
+    async with sim_factory(faults=[fault] if fault else []) as (_sim, target, _gt):
+        live, offline = await live_and_offline(target, sc, tmp_path / "rec")
+    assert_parity(live, offline)
+    if not fault:
+        # Per user: 13 chats and probes, of which the two wrong expectations fail (R13; the error that never came is
+        # a required role missing too, R2) and the rest pass.
+        assert live.stats.chats == 4 * 13
+        assert live.stats.outcomes == {"passed": 4 * 11, "failed": 4 * 2}
+        assert offline.stats.violations == live.stats.violations == {"R13": 8, "R2": 4}
+
+
+@pytest.mark.parametrize("fault", ["", "refuse=0.4", "close=0.4", "drop=0.3", "after_terminal=0.4"],
+                         ids=lambda f: f or "no-fault")
+async def test_agui_builtin_scenarios_judged_offline_as_live(tmp_path, fault):
+    # The built-in scenarios an AG-UI server carries, over HTTP POST + SSE (a stream per chat).
+    scenarios = [shrunk(load_scenario(name)) for name in builtin_scenarios()]
+    async with AguiSimCtx(tmp_path, faults=[fault] if fault else []) as (_sim, target, _gt):
+        for sc in [sc for sc in scenarios if sc.carried_by("ag-ui")]:
+            live, offline = await live_and_offline(target, sc, tmp_path / f"rec-{sc.name}")
+            try:
+                assert_parity(live, offline)
+            except AssertionError as exc:
+                raise AssertionError(f"scenario {sc.name}, fault {fault or 'none'}: {exc}") from None
+
+
+async def test_agui_sse_refused_request_is_an_error_offline_as_live(tmp_path):
+    # Over SSE the request is the connection: a refused POST (HTTP 503) is an `error` chat live; its send record is in
+    # the recording, and was an abandoned chat that passed offline.
+    sc = scenario(users=4, chats_per_user=2, message="What is 2 * 3?", expect={"settle": "0.05s", "deadline": "5s"})
+    async with AguiSimCtx(tmp_path, faults=["refuse=0.5"]) as (_sim, target, _gt):
+        live, offline = await live_and_offline(target, sc, tmp_path / "rec")
+    assert live.stats.outcomes.get("error", 0) > 0
+    assert_parity(live, offline)
+
+
+async def test_refused_after_the_server_exited_is_in_the_recording(tmp_path):
+    # agentsim exits (os._exit) after its 2nd chat: the next chats find nothing listening ("connection refused", no
+    # HTTP status), live and offline alike.
+    proc = subprocess.Popen([sys.executable, "-m", "agentsim", "--port", "0", "--no-auth", "--think", "0.01", "--seed",
+                             "1", "--fault", "exit_after=2"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert "listening on" in line, line
+        target = Target(url=line.split("listening on", 1)[1].strip(), profile=load_profile("netra"), name="sim",
+                        no_auth_user_param=True)
+        sc = scenario(users=1, chats_per_user=4, max_reconnects=1, connect_timeout="2s")
+        live, offline = await live_and_offline(target, sc, tmp_path / "rec")
+        assert proc.wait(timeout=10) == 3
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert live.stats.outcomes.get("error", 0) >= 1
+    assert_parity(live, offline)
+
+
+async def test_credentials_refused_everywhere_is_exit_2_offline_too(sim_factory, tmp_path):
+    # A token the server refuses: every chat `auth_failed`, exit 2 (a usage error) live; the recording must say so.
+    sc = scenario(users=2, chats_per_user=1)
+    async with sim_factory() as (_sim, target, _gt):
+        wrong = dataclasses.replace(target, tokens=TokenProvider(jwt_secret="not-the-servers-secret-" + "x" * 16))
+        live, offline = await live_and_offline(wrong, sc, tmp_path / "rec")
+    assert live.stats.outcomes == {"error": 2}
+    assert int(exit_code([live])) == int(exit_code([offline])) == 2
+    assert_parity(live, offline)
+
+
+async def live_and_offline_raw(handler, sc: Scenario, directory: Path):
+    """`live_and_offline` against a raw `websockets` server on a loopback port (`handler`)."""
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="raw",
+                        recorder=Recorder(directory))
+        async with asyncio.timeout(15):  # a hang fails the test
+            live = await run_scenario(sc, target)
+    [offline] = check_files([directory], target.profile, sc)
+    return live, offline
+
+
+async def test_message_sent_again_after_a_clean_close_is_one_chat_offline(tmp_path):
+    # The server closes (1000) as the first message arrives, before any event: the live client sends it again on a new
+    # connection, one chat (passed, with an R13 warning). Offline it was two: an incomplete chat, then a passing one.
+    server = Scripted(lambda n, msg: "close1000" if n == 1 else None)
+    sc = scenario(name="raw", users=1, chats_per_user=2, connect_timeout="1s",
+                  expect={"deadline": "2s", "settle": "0.05s"}, message="hi")
+    live, offline = await live_and_offline_raw(server.handler, sc, tmp_path / "rec")
+    assert [r.outcome for r in live.results] == [Outcome.PASSED] * 2
+    assert_parity(live, offline)
+    [again] = [r for r in offline.results if r.warnings]
+    assert any(w.rule == "R13" and "sent again" in w.reason for w in again.warnings)
+
+
+class ErrorThenClose(NetraServer):
+    """Answers each message with a run that meets a recoverable error and completes, then closes the connection (1000)
+    at once: within the chat's settle window."""
+
+    async def handler(self, ws: ServerConnection) -> None:
+        await ws.send(json.dumps(self.welcome))
+        async for raw in ws:
+            msg = json.loads(raw)
+            mid, tid = msg["payload"]["message_id"], msg["payload"]["thread_id"]
+            base = {"run_id": "r-1", "thread_id": tid, "user_id": "u-1"}
+            await ws.send(json.dumps({"type": "agent_started", "seq": 1, "payload": {"message_id": mid}, **base}))
+            await ws.send(json.dumps({"type": "agent_error", "seq": 2, **base,
+                                      "payload": {"error_message": "tool failed", "is_recoverable": True}}))
+            await ws.send(json.dumps({"type": "agent_completed", "seq": 3, **base, "payload": {"result": "done"}}))
+            await ws.close(1000)
+            return
+
+
+async def test_expected_error_then_a_close_within_settle_is_r13_offline_as_live(tmp_path):
+    # R13: after an expected error the connection must stay open through the settle window. The live client, still
+    # listening, sees the close; offline the chat was done, and judged at the close without it (it passed).
+    sc = Scenario.model_validate({"name": "raw", "users": 1, "connect_timeout": "1s", "reconnect": False,
+                                  "steps": [{"chat": {"message": "fail a tool", "expect_error": "recoverable",
+                                                      "required": ["agent_started", "agent_completed"]}}],
+                                  "expect": {"deadline": "2s", "settle": "0.5s"}})
+    live, offline = await live_and_offline_raw(ErrorThenClose().handler, sc, tmp_path / "rec")
+    [chat] = live.results
+    assert chat.rule_counts() == {"R13": 1} and "stay open" in chat.violations[0].reason, chat.violations
+    assert_parity(live, offline)
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("field,value,detail", [
+    ("expect", {"error": "catastrophic"}, "field 'expect.error' must be one of"),
+    ("expect", {"required": ["agent_started", "nonsense"]}, "field 'expect.required' must be a list of roles"),
+    ("expect", "fatal", "field 'expect' must be an object"),
+])
+def test_hostile_step_records_are_r12_not_a_traceback(tmp_path, field, value, detail):
+    send = {"t": 1.0, "dir": "send", "conn": "c", field: value,
+            "frame": json.dumps({"type": "user_message", "payload": {"content": "hi", "message_id": "m1"}})}
+    welcome = {"t": 0.5, "dir": "recv", "conn": "c", "frame": json.dumps({"type": "connection_established"})}
+    path = write_jsonl(tmp_path / "rec.jsonl", [welcome, send, {"t": 2.0, "dir": "close", "conn": "c", "code": 1000}])
+    [run] = check_files([path], load_profile("netra"), Scenario(name="t"))
+    [chat] = run.results
+    assert chat.outcome is not Outcome.PASSED and any(v.rule == "R12" and detail in v.reason for v in chat.violations)
+
+
+def test_hostile_failed_field_is_r12_and_a_known_one_is_an_error_chat(tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"t": 1.0, "dir": "close", "conn": "c", "failed": "rm -rf"}])
+    [run] = check_files([bad], load_profile("netra"), Scenario(name="t"))
+    assert [v.rule for r in run.results for v in r.violations] == ["R12"]
+    good = write_jsonl(tmp_path / "good.jsonl", [{"t": 1.0, "dir": "close", "conn": "c", "failed": "auth_failed",
+                                                  "status": 401, "reason": "HTTP 401 at the WebSocket handshake"}])
+    [run] = check_files([good], load_profile("netra"), Scenario(name="t"))
+    [chat] = run.results
+    assert (chat.outcome, chat.error_kind, chat.error) == (Outcome.ERROR, "auth_failed",
+                                                           "HTTP 401 at the WebSocket handshake")
+    assert int(exit_code([run])) == 2
+    resumed = write_jsonl(tmp_path / "resume.jsonl", [{"t": 1.0, "dir": "close", "conn": "c", "failed": "refused",
+                                                       "resume": True}])
+    [run] = check_files([resumed], load_profile("netra"), Scenario(name="t"))
+    assert run.stats.chats == 0  # a reconnect to resume a run: its chat is judged where it was lost
+
+
+def test_check_says_when_an_event_came_just_past_a_verdict(tmp_path):
+    # A run completes at t=1.0; with a 0.1 s settle window its verdict is due at 1.1. An event of the run at 1.15 is a
+    # warning on the chat here (judged after the verdict); a live client whose timer ran 50 ms late would have judged
+    # it an R4. `check` must say that it may differ from live there.
+    frames = [(0.0, "recv", {"type": "connection_established", "data": {"user_id": "u1"}}),
+              (0.5, "send", {"type": "user_message", "payload": {"content": "hi", "thread_id": "t1",
+                                                                 "message_id": "m1"}})]
+    for seq, (t, role) in enumerate([(0.6, "agent_started"), (0.7, "agent_thinking"), (0.8, "tool_executing"),
+                                     (0.9, "tool_completed"), (1.0, "agent_completed"), (1.15, "partial_result")], 1):
+        payload = {"tool_name": "calc", "tool_call_id": "c1"} if role.startswith("tool") else {}
+        frames.append((t, "recv", {"type": role, "run_id": "r1", "thread_id": "t1", "user_id": "u1", "seq": seq,
+                                   "payload": {**payload, "message_id": "m1"}}))
+    records = [{"t": 100 + t, "dir": d, "conn": "c", "frame": json.dumps(f)} for t, d, f in frames]
+    path = write_jsonl(tmp_path / "rec.jsonl", [*records, {"t": 102.0, "dir": "close", "conn": "c", "code": 1000}])
+    [run] = check_files([path], load_profile("netra"), Scenario(name="t", expect={"settle": "0.1s"}))
+    [chat] = run.results
+    assert chat.outcome is Outcome.PASSED and [w.rule for w in chat.warnings] == ["R4"]
+    assert any(LATE_SAID in w for w in run.warnings), run.warnings
+    # another user's event then (cross-talk, charged to the chats in flight): the same race, said the same way
+    foreign = {"type": "agent_thinking", "run_id": "r9", "thread_id": "t9", "user_id": "u9", "seq": 1, "payload": {}}
+    other = [*records[:-1], {"t": 101.15, "dir": "recv", "conn": "c", "frame": json.dumps(foreign)}]
+    path = write_jsonl(tmp_path / "rec3.jsonl", [*other, {"t": 102.0, "dir": "close", "conn": "c", "code": 1000}])
+    [run] = check_files([path], load_profile("netra"), Scenario(name="t", expect={"settle": "0.1s"}))
+    assert [r.outcome for r in run.results] == [Outcome.PASSED]
+    assert any(LATE_SAID in w for w in run.warnings), run.warnings
+    # past the margin: the live timer would have fired long before; nothing to say
+    records[-1]["t"] = 101.6
+    path = write_jsonl(tmp_path / "rec2.jsonl", [*records, {"t": 102.0, "dir": "close", "conn": "c", "code": 1000}])
+    [run] = check_files([path], load_profile("netra"), Scenario(name="t", expect={"settle": "0.1s"}))
+    assert not any(LATE_SAID in w for w in run.warnings)
+
+
+class ForeignOnReconnect(NetraServer):
+    """A netra server whose runs take their time, and that greets every connection but the first with another user's
+    event before anything else (agentsim's crosstalk fault, as it struck a reconnection)."""
+
+    async def handler(self, ws: ServerConnection) -> None:
+        if self.connections:
+            original = ws.send
+
+            async def first_foreign(frame, *a, **kw):  # after the welcome, once
+                await original(frame, *a, **kw)
+                ws.send = original  # type: ignore[method-assign]
+                await original(json.dumps({"type": "agent_thinking", "run_id": "r-someone", "thread_id": "t-someone",
+                                           "user_id": "u-2", "seq": 4, "payload": {"thought": "not yours"}}))
+
+            ws.send = first_foreign  # type: ignore[method-assign]
+        await super().handler(ws)
+
+
+async def test_another_users_event_before_a_resume_is_r8_offline_as_live(tmp_path):
+    # The chat drops its socket after 2 events (disconnect_after) and resumes on a new connection, where the server
+    # first sends another user's event: live the chat in flight sees it (R8); offline the new connection had no chat
+    # until the resume, and the event was charged to nobody.
+    server = ForeignOnReconnect(script=lambda msg: [(0.02, k, f) for _, k, f in clean_run(tools=2)])
+    sc = scenario(name="raw", users=1, connect_timeout="1s", steps=[{"chat": {"disconnect_after": 2}}],
+                  expect={"deadline": "3s", "settle": "0.05s"})
+    live, offline = await live_and_offline_raw(server.handler, sc, tmp_path / "rec")
+    [chat] = live.results
+    assert chat.rule_counts() == {"R8": 1} and chat.reconnects == ["resumed"], chat.violations
+    assert_parity(live, offline)
+
+
+async def test_an_open_model_chat_sent_late_is_timed_from_when_it_was_due_offline_too(sim_factory, tmp_path):
+    # An open-model chat the load generator got to 1.5 s after it was due: its first-event time counts from when it was
+    # due (ChatOptions.due_at), an R9 over a 1 s limit live; offline it counted from the send, and passed.
+    sc = scenario(expect={"first_event_limit": "1s", "settle": "0.05s", "deadline": "5s"})
+    async with sim_factory() as (_sim, target, _gt):
+        recorded = dataclasses.replace(target, recorder=Recorder(tmp_path / "rec"))
+        session = Session(recorded, "u1", "t", Sink())
+        try:
+            now = session.clock()
+            live = await session.chat("What is 2 * 3?", sc.expectations(target.profile),
+                                      ChatOptions(due_at=now - 1.5, settle=0.05))
+        finally:
+            await session.close()
+    assert live.rule_counts() == {"R9": 1} and live.time_to_first_event > 1.5
+    [offline] = check_files([tmp_path / "rec"], target.profile, sc)
+    [chat] = offline.results
+    assert chat.rule_counts() == {"R9": 1}
+    assert abs(chat.time_to_first_event - live.time_to_first_event) < 0.01
+
+
+async def test_a_drop_on_purpose_after_an_expected_error_is_no_r13_offline_as_live(tmp_path):
+    # A step expects a recoverable error and drops its socket after it (disconnect_after), to resume on a new
+    # connection: the client's drop is not the server failing to stay open (no R13 live). The recording said only that
+    # the connection ended (1006), which offline held against the server.
+    def script(msg):
+        return [(0.02, "agent_started", {}), (0.02, "agent_error", {"error_message": "tool failed",
+                                                                    "is_recoverable": True}),
+                (0.05, "agent_thinking", {"thought": "retrying"}), (0.02, "agent_completed", {"result": "done"})]
+
+    server = NetraServer(script=script)
+    sc = scenario(name="raw", users=1, connect_timeout="1s", expect={"deadline": "3s", "settle": "0.05s"},
+                  steps=[{"chat": {"expect_error": "recoverable", "disconnect_after": 2,
+                                   "required": ["agent_started", "agent_completed"]}}])
+    live, offline = await live_and_offline_raw(server.handler, sc, tmp_path / "rec")
+    [chat] = live.results
+    assert chat.outcome is Outcome.PASSED and chat.reconnects == ["resumed"], chat.violations
+    assert_parity(live, offline)
+    closes = [json.loads(line) for f in (tmp_path / "rec").glob("*.jsonl") for line in f.read_text().splitlines()
+              if '"close"' in line]
+    assert sorted(c.get("by") for c in closes) == ["client", "client-drop"]
+
+
+async def test_the_proxy_and_check_charge_another_users_event_before_a_resume_to_the_resumed_chat(tmp_path):
+    # The proxy follows a run resumed on a new connection (flow.Resumes, as `check` does): another user's event that
+    # reached the new connection before the resume was charged to nobody there (the connection had no chat yet); the
+    # chat was in flight for that user then, as a live client's would be: R8, in the proxy and in `check` of its
+    # recording alike.
+    from prometheus_client import CollectorRegistry
+    from websockets.asyncio.client import connect
+
+    from harness.checker import Expectations
+    from harness.events import DEFAULT_REQUIRED
+    from monitors.metrics import ChatMetrics, MetricsSink
+    from monitors.proxy import LiveChats, Proxy, start_proxy
+
+    results: list = []
+    judged = asyncio.Event()
+
+    class Kept(MetricsSink):
+        def chat_finished(self, result):
+            results.append(result)
+            judged.set()
+            super().chat_finished(result)
+
+    upstream = ForeignOnReconnect(script=lambda msg: [(0.05, k, f) for _, k, f in clean_run(tools=2)])
+    exp = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=5.0)
+    live = LiveChats(load_profile("netra"), Kept(ChatMetrics(CollectorRegistry()), "up", "live"), exp, "live", 0.05,
+                     recorder=Recorder(tmp_path / "rec"))
+    async with serve(upstream.handler, "127.0.0.1", 0, compression=None) as up:
+        up_port = up.sockets[0].getsockname()[1]
+        proxy = await start_proxy(Proxy(f"ws://127.0.0.1:{up_port}", live), "127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{proxy.sockets[0].getsockname()[1]}/ws"
+        try:
+            async with asyncio.timeout(15):
+                old = await connect(url, ping_interval=None, close_timeout=1)
+                await old.send(json.dumps({"type": "user_message", "payload": {"content": "hi", "thread_id": "t-1",
+                                                                               "message_id": "m-1"}}))
+                while (frame := json.loads(await old.recv())).get("type") != "agent_started":
+                    pass
+                new = await connect(url, ping_interval=None, close_timeout=1)
+                assert json.loads(await new.recv())["type"] == "connection_established"
+                assert json.loads(await new.recv())["user_id"] == "u-2"  # the other user's event, first
+                await new.send(json.dumps({"type": "resume", "payload": {"run_id": frame["run_id"], "last_seq": 1}}))
+                while json.loads(await new.recv()).get("type") != "agent_completed":
+                    pass
+                await old.close()
+                await judged.wait()
+                await new.close()
+        finally:
+            proxy.close()
+            await proxy.wait_closed()
+    [chat] = results
+    assert chat.rule_counts() == {"R8": 1}, chat.violations
+    [offline] = check_files([tmp_path / "rec"], load_profile("netra"), Scenario(name="t", expect={"settle": "0.05s"}))
+    assert [r.rule_counts() for r in offline.results] == [{"R8": 1}]
+
+
+def test_a_verdict_judged_late_holds_no_stall_past_the_deadline():
+    # R11 at the verdict measures the silence up to the chat's end, its deadline: a live client whose deadline timer
+    # fired 0.3 s late (under load) had an R11 that `check`, judging at the deadline by the recorded times, had not.
+    from harness.checker import ChatTracker
+
+    profile = load_profile("netra")
+    exp = Scenario(name="t", expect={"deadline": "2s", "stall_limit": "1.8s"}).expectations(profile)
+    chat = ChatTracker("c1", exp, 100.0, scenario="t", thread_id="t1", run_id="r1")
+    chat.feed(profile.decode(json.dumps({"type": "agent_started", "run_id": "r1", "thread_id": "t1", "seq": 1,
+                                         "payload": {}}), 100.3))
+    result = chat.finish(102.3)  # 2.0 s after the last event, 0.3 s after the deadline
+    assert sorted(result.rule_counts()) == ["R10"], result.violations
+    chat = ChatTracker("c2", exp, 100.0, scenario="t", thread_id="t1", run_id="r1")
+    chat.feed(profile.decode(json.dumps({"type": "agent_started", "run_id": "r1", "thread_id": "t1", "seq": 1,
+                                         "payload": {}}), 100.1))
+    assert sorted(chat.finish(102.0).rule_counts()) == ["R10", "R11"]  # 1.9 s of silence by the deadline: a stall
+
+
+@pytest.mark.parametrize("fault", ["refuse=0.3", "refuse=1"])
+def test_the_cli_run_record_then_check_agree(tmp_path, fault):
+    # The commands themselves: `chatprobe run errors --record DIR --json live.json`, then `chatprobe check DIR
+    # --scenario errors --json offline.json`: the same chats (outcome, error kind, rules) and the same exit code.
+    def chats(path: Path) -> Counter:
+        doc = json.loads(path.read_text())
+        return Counter((c["run_id"] or "", c["outcome"], c.get("error_kind") or "",
+                        tuple(sorted(v["rule"] for v in c["violations"])))
+                       for sc in doc["scenarios"] for c in sc["chats"])
+
+    cli = [sys.executable, "-m", "harness"]
+    live = subprocess.run([*cli, "run", "errors", "--sim-fault", fault, "--sim-seed", "3", "--record",
+                           str(tmp_path / "rec"), "--json", str(tmp_path / "live.json"), "-q"],
+                          capture_output=True, text=True, timeout=120)
+    offline = subprocess.run([*cli, "check", str(tmp_path / "rec"), "--scenario", "errors", "--json",
+                              str(tmp_path / "offline.json"), "-q"], capture_output=True, text=True, timeout=120)
+    assert live.returncode in (0, 1, 3), live.stderr[-2000:]
+    assert offline.returncode == live.returncode, (live.stdout[-1500:], offline.stdout[-1500:], offline.stderr[-800:])
+    assert chats(tmp_path / "offline.json") == chats(tmp_path / "live.json")
+    if fault == "refuse=1":
+        assert live.returncode == 3
