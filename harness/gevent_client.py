@@ -6,13 +6,16 @@ The asyncio Session's twin over websockets' Sans-I/O protocol: the same sans-I/O
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from websockets.client import ClientProtocol
@@ -68,9 +71,13 @@ class _Wire:
         self.out = bytearray()
         self.eof_out = False  # the protocol asked to end the write side once `out` is written
         self.poller: Any = None
+        # wss://: the socket stays non-blocking and its SSL object is used under the lock only (_tls_read).
+        self.tls = False
+        self.readable: Any = None  # the reader's own poll object (POLLIN), for a TLS socket
 
     def open(self) -> None:
-        """Connect and complete the handshake within connect_timeout; raises what classify() classifies."""
+        """Connect and complete the handshake within connect_timeout, a deadline on the whole of it (TCP, TLS, the
+        upgrade), as the asyncio transports' asyncio.timeout; raises what classify() classifies."""
         s = self.settings
         opts = handshake_options(s)
         uri = parse_uri(s.url)
@@ -78,9 +85,14 @@ class _Wire:
         sock = socket.create_connection((uri.host, uri.port), timeout=s.connect_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+            # Every wait of the handshake is a poll against that one deadline, on a non-blocking socket: gevent's
+            # SSL socket waits its timeout afresh for each read, so a server that dripped its TLS handshake a byte at
+            # a time (each within the timeout) held the connect, and the chat, to the drip's end under Locust.
+            sock.setblocking(False)
             if opts["ssl"] is not None:
-                sock.settimeout(max(0.001, deadline - time.monotonic()))
-                sock = opts["ssl"].wrap_socket(sock, server_hostname=uri.host)
+                sock = opts["ssl"].wrap_socket(sock, server_hostname=uri.host, do_handshake_on_connect=False)
+                _within(sock, deadline, sock.do_handshake)
+                self.tls = True
             extensions = [ClientPerMessageDeflateFactory()] if opts["compression"] == "deflate" else None
             protocol = ClientProtocol(uri, extensions=extensions, subprotocols=opts["subprotocols"],
                                       max_size=s.max_size)
@@ -89,14 +101,12 @@ class _Wire:
                 request.headers.update(opts["additional_headers"])
             request.headers.setdefault("User-Agent", opts["user_agent_header"])
             protocol.send_request(request)
-            sock.sendall(b"".join(protocol.data_to_send()))
+            head = memoryview(b"".join(protocol.data_to_send()))
+            while head:
+                head = head[_within(sock, deadline, functools.partial(_send_some, sock, head), select.POLLOUT):]
             events: list[Any] = []
             while not any(isinstance(e, Response) for e in events) and protocol.handshake_exc is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("timed out while waiting for the handshake response")
-                sock.settimeout(left)
-                data = sock.recv(65536)
+                data = _within(sock, deadline, lambda: sock.recv(65536))
                 if data:
                     protocol.receive_data(data)
                 else:
@@ -104,13 +114,17 @@ class _Wire:
                 events += protocol.events_received()
             if protocol.handshake_exc is not None:
                 raise protocol.handshake_exc
-            sock.settimeout(None)
+            if not self.tls:
+                sock.settimeout(None)  # read blocking by the reader, written with MSG_DONTWAIT (_flush)
         except BaseException:
             sock.close()
             raise
         self.sock, self.protocol = sock, protocol
         self.poller = select.poll()  # gevent's under Locust (monkey-patched); polled under the lock only
         self.poller.register(sock, select.POLLOUT)
+        if self.tls:
+            self.readable = select.poll()
+            self.readable.register(sock, select.POLLIN)
         self.early = [e for e in events if isinstance(e, WireFrame)]
         # Open: the credential is not kept for the connection's life (the offered subprotocols, one of which may
         # carry the token, are read by the handshake only; the settings keep what the connection's end is told by).
@@ -158,24 +172,25 @@ class _Wire:
                 self.eof_out = True
         while self.out:
             # Only after poll() says the socket takes bytes, and without blocking (MSG_DONTWAIT: a plain thread's
-            # blocking socket; gevent's are non-blocking): a send writes what fits and returns.
+            # blocking socket; gevent's are non-blocking; a TLS socket, which refuses flags, is non-blocking): a send
+            # writes what fits and returns (an SSL socket retries the same bytes, and more, as OpenSSL asks).
             if not self.poller.poll(0):
                 return False
             try:
-                sent = self.sock.send(bytes(self.out[:1 << 20]), socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
+                chunk = bytes(self.out[:1 << 20])
+                sent = self.sock.send(chunk) if self.tls else self.sock.send(chunk, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 return False
             except OSError:
                 self.out.clear()  # the connection is gone: nothing of it will be written
                 self.eof_out = False
                 raise
+            if not sent:
+                return False  # gevent's SSL socket: OpenSSL wants to write later
             del self.out[:sent]
         if self.eof_out:
             self.eof_out = False
-            try:
-                self.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+            _shutdown(self.sock, socket.SHUT_WR)
         return True
 
     def read(self, deliver: Callable[[list[str | bytes]], None]) -> None:
@@ -199,10 +214,13 @@ class _Wire:
                     except OSError:
                         break
                 continue
-            try:
-                data = sock.recv(65536)
-            except OSError:
-                data = b""
+            if self.tls:
+                data = self._tls_read()
+            else:
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
             with self.lock:
                 if data:
                     protocol.receive_data(data)
@@ -225,6 +243,28 @@ class _Wire:
                 # the asyncio clients report it at once.
                 self.abort()
                 break
+
+    def _tls_read(self) -> bytes:
+        """One read of a TLS connection (b"": its end). An SSL object may not be used by two threads at once (the
+        reader and a sender, on plain threads), so it is read under the lock, without blocking, once the socket has
+        bytes: a TLS record that comes in parts is waited for outside the lock, senders go on meanwhile."""
+        sock = cast(ssl.SSLSocket, self.sock)
+        while True:
+            with self.lock:
+                try:
+                    data = sock.recv(65536)
+                    pending = sock.pending()  # decrypted and kept by OpenSSL: the socket would not wake for it
+                    return data + sock.recv(pending) if pending and data else data
+                except ssl.SSLWantReadError:
+                    wait = self.readable
+                except ssl.SSLWantWriteError:
+                    wait = None
+                except OSError:
+                    return b""
+            if wait is None:
+                self._writable(None)  # OpenSSL must write first (a key update) to a server that does not read
+            else:
+                wait.poll()  # no end but the connection's: abort()'s shutdown wakes it
 
     def _messages(self, events: list[Any]) -> list[str | bytes]:
         """The whole messages of one read's frames, up to a frame this client failed the connection for (bad UTF-8):
@@ -275,14 +315,48 @@ class _Wire:
 
     def abort(self) -> None:
         if self.sock is not None:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shutdown(self.sock, socket.SHUT_RDWR)
 
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
+
+
+def _within(sock: socket.socket, deadline: float, op: Callable[[], Any], wait: int = select.POLLIN) -> Any:
+    """`op()` on a non-blocking socket during the handshake, tried again whenever the socket is ready for it (`wait`
+    for a plain socket; what OpenSSL asks for a TLS one), until `deadline` (time.monotonic): a TimeoutError then."""
+    while True:
+        try:
+            return op()
+        except ssl.SSLWantReadError:
+            event = select.POLLIN
+        except ssl.SSLWantWriteError:
+            event = select.POLLOUT
+        except (BlockingIOError, InterruptedError):
+            event = wait
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out while connecting")
+        poller = select.poll()
+        poller.register(sock, event)
+        poller.poll(math.ceil(left * 1000))
+
+
+def _send_some(sock: socket.socket, data: memoryview) -> int:
+    """One send; 0 (gevent's SSL socket when OpenSSL wants to write later) as the socket being full."""
+    n = sock.send(data)
+    if not n:
+        raise BlockingIOError
+    return n
+
+
+def _shutdown(sock: socket.socket, how: int) -> None:
+    """Shut the socket down at the TCP level. Not SSLSocket.shutdown, which also drops the TLS session: a reader
+    still in it would then take the server's encrypted bytes as WebSocket frames."""
+    try:
+        socket.socket.shutdown(sock, how)
+    except OSError:
+        pass
 
 
 class _Connection:

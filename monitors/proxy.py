@@ -17,7 +17,6 @@ from http import HTTPStatus
 from typing import Any, NoReturn
 from urllib.parse import unquote_plus
 
-from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHeader, InvalidStatus
 from websockets.frames import EXTERNAL_CLOSE_CODES
@@ -34,7 +33,7 @@ from harness.profiles import Profile, load_profile
 from harness.recorder import Recorder
 from harness.scenario import Expect, expectations_for
 from harness.targets import check_url, target_label
-from harness.transports.websocket import BoundedClientConnection, classify
+from harness.transports.websocket import BoundedClientConnection, NoRedirects, classify
 from harness.yamlfile import ConfigError
 
 from . import httpserver
@@ -444,14 +443,16 @@ class Proxy:
         where = parse_uri(url)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                # host and port given explicitly: websockets then refuses to follow a redirect to another origin
-                # (the credentials would go with it), and the proxy answers 502 instead.
-                upstream = await connect(url, additional_headers=headers, subprotocols=offered or None,  # type: ignore[arg-type]
-                                         host=where.host, port=where.port, open_timeout=None,
-                                         ping_interval=door.ping_interval, ping_timeout=door.ping_timeout,
-                                         close_timeout=CLOSE_TIMEOUT, compression=None, proxy=None,
-                                         max_size=self.max_size, max_queue=MAX_QUEUE, write_limit=WRITE_LIMIT,
-                                         user_agent_header=None, create_connection=BoundedClientConnection)
+                # No redirect is followed, to another origin (the credentials would go with it) or the same one: a
+                # passive proxy answers what --upstream answered to the path the client asked, a 502 here. Followed,
+                # a same-origin 3xx made a 101 from a path the client never asked for (watched under its name; a
+                # browser's WebSocket fails on any redirect), and a redirect to itself cost 11 upstream handshakes.
+                upstream = await NoRedirects(url, additional_headers=headers, subprotocols=offered or None,  # type: ignore[arg-type]
+                                             host=where.host, port=where.port, open_timeout=None,
+                                             ping_interval=door.ping_interval, ping_timeout=door.ping_timeout,
+                                             close_timeout=CLOSE_TIMEOUT, compression=None, proxy=None,
+                                             max_size=self.max_size, max_queue=MAX_QUEUE, write_limit=WRITE_LIMIT,
+                                             user_agent_header=None, create_connection=BoundedClientConnection)
         except InvalidStatus as exc:
             status = exc.response.status_code
             self.live.sink.connection_attempt(self.live.scenario, classify(exc)[0])

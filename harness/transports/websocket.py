@@ -132,10 +132,11 @@ class BoundedClientConnection(BoundedPongs, ClientConnection):
         super().connection_lost(exc)
 
 
-class _NoRedirects(connect):
+class NoRedirects(connect):
     """websockets follows a 3xx answer to the handshake (to another host too, where a token sent as a subprotocol
     went with it); picows, the SSE transport and the Locust user's client follow none, nor does this one: a
-    redirect is the server's answer, an `HTTP 302 at the WebSocket handshake` protocol_error."""
+    redirect is the server's answer, an `HTTP 302 at the WebSocket handshake` protocol_error. The proxy's upstream
+    connection is one too (monitors/proxy.py)."""
 
     def process_redirect(self, exc: Exception) -> Exception | str:
         return exc
@@ -160,7 +161,7 @@ class WebSocketTransport:
         s = self.settings
         try:
             async with asyncio.timeout(s.connect_timeout):
-                self.ws = await _NoRedirects(s.url, open_timeout=None, create_connection=BoundedClientConnection,
+                self.ws = await NoRedirects(s.url, open_timeout=None, create_connection=BoundedClientConnection,
                                              **handshake_options(s))
         except Exception as exc:
             kind, reason = classify(exc)

@@ -211,6 +211,38 @@ async def test_a_redirect_to_another_host_is_not_followed_with_the_credentials()
         other.server.close()
 
 
+@pytest.mark.parametrize("location", ["/elsewhere", "/ws"], ids=["another path", "itself"])
+async def test_a_redirect_on_the_same_origin_is_not_followed_either(location):
+    """A passive proxy answers what --upstream answered to the path the client asked: a 3xx from the upstream is a
+    502, after one upstream request. It followed a same-origin redirect: the client got a 101 from a path it never
+    asked for (an endpoint the proxy then watched under the client's name), and a redirect to itself cost eleven
+    upstream handshakes a client connection before websockets gave up."""
+    up = Recorded()
+
+    def process_request(conn, request):
+        up.requests.append((request.path, {}))
+        if request.path == "/ws":
+            response = conn.respond(HTTPStatus.FOUND, "")
+            response.headers["Location"] = f"ws://127.0.0.1:{up.port}{location}"
+            return response
+        return None
+
+    async def accept(ws):
+        await ws.wait_closed()
+
+    up.server = await serve(accept, "127.0.0.1", 0, process_request=process_request)
+    server, port, metrics = await in_process_proxy(f"ws://127.0.0.1:{up.port}")
+    try:
+        assert await status_of(port, "/ws") == 502
+        assert [path for path, _ in up.requests] == ["/ws"]
+        attempts = {s.labels["result"]: s.value for m in metrics.registry.collect() for s in m.samples
+                    if s.name == "chatprobe_connections_total" and s.value}
+        assert attempts == {"protocol_error": 1.0}
+    finally:
+        server.close()
+        up.server.close()
+
+
 # -- 3. bounded connections --
 
 def test_client_address_trusts_forwarded_for_only_from_a_trusted_proxy():
