@@ -1002,7 +1002,9 @@ class ConnectionChecker:
         if not told and not self.chats and len(self.unwitnessed) < INCIDENTS_EACH:
             if self.unwitnessed is _NO_LIST:
                 self.unwitnessed = []
-            self.unwitnessed.append((ev, why))
+            # Kept for the connection's life, for what an R8 says of it: not its payload (an AG-UI delta of up to
+            # the frame limit; the chats' events drop theirs once read).
+            self.unwitnessed.append((dataclasses.replace(ev, payload=None), why))
 
     def tell_unwitnessed(self, chat: ChatTracker) -> None:
         """`chat` was resumed on this connection (a watcher sees it move here: `chatprobe check`): the foreign events

@@ -28,6 +28,7 @@ from .flow import (
     VirtualUser,
     Wait,
 )
+from .recorder import RecordingTransport
 from .sinks import Sink
 from .targets import Target
 from .transports import ConnectFailed, Transport, make_transport
@@ -251,8 +252,6 @@ class Session(VirtualUser):
         settings = self.target.settings_for(self.user_id, self.connect_timeout)
         transport = make_transport(settings)
         if self.target.recorder is not None:  # --record: the frames both ways, for `chatprobe check`
-            from .recorder import RecordingTransport
-
             transport = RecordingTransport(transport, self.target.recorder.connection(self.user_id), resume=resume)
         self._welcomed = welcomed = Wake()
         self.router.new_connection()
@@ -295,8 +294,8 @@ class Session(VirtualUser):
         kind_, reason = self.router.welcome_outcome(in_time, self.closed, transport.close_code,
                                                     max(deadline - start, 0.0))
         if kind_ != "ok":
-            if self.target.recorder is not None:  # the recording says the connection failed, and why
-                transport.connect_failed(kind_, reason)  # type: ignore[attr-defined]
+            if isinstance(transport, RecordingTransport):  # the recording says the connection failed, and why
+                transport.connect_failed(kind_, reason)
             await self._drop(transport)
             raise ConnectFailed(kind_, reason)
 
@@ -436,17 +435,19 @@ class Session(VirtualUser):
                 return False
         try:
             async with asyncio.timeout(self.connect_timeout):
-                if expectations is None:
-                    await transport.send(obj)
+                if expectations is not None and isinstance(transport, RecordingTransport):
+                    await transport.send(obj, expectations, since)
                 else:
-                    await transport.send(obj, expectations, since)  # type: ignore[call-arg]
+                    await transport.send(obj)
             return True
         except ConnectFailed as exc:  # SSE: the request is the connection, classified like one
             self._send_failure = exc
             return False
         except TimeoutError:
             if transport.connects_on_send:
-                self._send_failure = ConnectFailed("timeout", f"no response within {self.connect_timeout:g}s")
+                self._send_failure = failure = ConnectFailed("timeout", f"no response within {self.connect_timeout:g}s")
+                if isinstance(transport, RecordingTransport):  # the recording says no stream came of the request
+                    transport.request_failed(failure)
             return False
         except ConnectionError:
             return None
@@ -679,7 +680,7 @@ class Session(VirtualUser):
     async def _drop_on_purpose(self) -> None:
         """Drop the socket as a lost network would, and give the reader a bounded time to see it."""
         if self.transport is not None and not self.closed:
-            if self.target.recorder is not None:  # the recording says the client dropped it, not the server
-                self.transport.dropped_by_client()  # type: ignore[attr-defined]
+            if isinstance(self.transport, RecordingTransport):  # the recording says the client dropped it, not the server
+                self.transport.dropped_by_client()
             self.transport.abort()
             await self._join_reader(2, cancel=False)

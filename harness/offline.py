@@ -360,6 +360,12 @@ class OfflineCheck:
         connection; over WebSocket no message was sent, and the chat is counted here."""
         reason = rec.reason or f"the connection failed ({rec.failed})"
         waiting = [c for c in conn.open.values() if not c.judged and c.n_events == 0 and not c.done]
+        if not waiting and (again := self._resend_for(conn.key, at)) is not None:
+            # The new connection a message was to be sent again on (its own closed before any event): the chat is an
+            # error of that kind, as live (flow.ChatFlow: its Connect failed), not a lost chat and an error chat more.
+            chat = self.resends.pop(again)[0]
+            self._count(None, error_result(chat.chat_id, self.name, chat.sent_at, rec.failed, reason))
+            return
         if not waiting:
             self.n += 1
             self.sink.chat_started(self.name)
@@ -371,6 +377,20 @@ class OfflineCheck:
             self.untimed.discard(chat.chat_id)
             conn.checker.discard(chat)
             self._count(None, error_result(chat.chat_id, self.name, chat.sent_at, rec.failed, reason))
+
+    def _resend_for(self, key: str, at: float) -> str | None:
+        """The message id of the oldest message waiting to be sent again (`resends`) by the user whose connection `key`
+        is: `--record` labels a connection `USER.N` (in a directory's run, `FILE:USER.N`: _merged), and each of a
+        user's chats makes its own attempt to connect. Only a message whose connection the server closed with a
+        closing handshake: live sends that one again for certain; after a crash (1006) only one that found the
+        connection closed is, which the recording cannot tell from one that went (the failure may be another chat's)."""
+        user = _user_of(key)
+        if not user:
+            return None
+        for message_id, (chat, closed_at, clean) in self.resends.items():
+            if clean and closed_at <= at and _user_of(chat.chat_id.rpartition("#")[0]) == user:
+                return message_id
+        return None
 
     # -- chats --
     def _open(self, conn: _Conn, at: float, *, thread_id: str | None = None, run_id: str | None = None,
@@ -580,6 +600,12 @@ class OfflineCheck:
                            objectives=evaluate(stats, objectives), started_at=started, elapsed=elapsed, errors=errors,
                            warnings=warnings)
 
+
+
+def _user_of(key: str) -> str:
+    """The user a `--record` connection label names (`USER.N`, `FILE:USER.N` in a merge), else ""."""
+    head, colon, label = key.partition(":")
+    return (label if colon and head.isdigit() else key).rpartition(".")[0]
 
 
 def run_name(path: str | Path) -> str:

@@ -436,9 +436,13 @@ class RecordingTransport:
         try:
             await self._inner.send(obj)
         except ConnectFailed as exc:
-            # SSE: the request is the stream's connection, and it was refused: recorded in its place.
-            self._log.failed(self._clock(), connect_failure(exc.kind, str(exc), resume=self._resume))
+            self.request_failed(exc)
             raise
+
+    def request_failed(self, exc: ConnectFailed) -> None:
+        """SSE: the request is the stream's connection, and no stream came of it (refused, an HTTP status, or no
+        answer within connect_timeout, which the client times): a close record of the failure, in its place."""
+        self._log.failed(self._clock(), connect_failure(exc.kind, str(exc), resume=self._resume))
 
     async def run(self, on_frame: FrameCallback) -> None:
         log = self._log

@@ -522,8 +522,8 @@ def _iso(v: Any) -> float | None:
 class _Entry:
     """What is kept of one HAR entry while it is parsed: small fields, and an SSE body and request (bounded)."""
 
-    __slots__ = ("closed", "content_type", "encoding", "events", "events_bytes", "events_cut", "index", "messages",
-                 "mime", "post", "started", "text")
+    __slots__ = ("closed", "content_type", "encoding", "events", "events_bytes", "events_cut", "events_missing", "index",
+                 "messages", "mime", "post", "started", "text")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -535,14 +535,21 @@ class _Entry:
         self.post: str | None = None
         self.messages = 0
         self.closed = False  # a WebSocket message of type "error" ended the connection
-        # Chromium's `_eventSourceMessages` (time, data or None when the export left the data out), held until the
-        # entry ends (its request may come after them), bounded as an SSE body is.
-        self.events: list[tuple[float | None, str | None]] = []
+        # Chromium's `_eventSourceMessages` (time, data), held until the entry ends (its request may come after
+        # them), bounded as an SSE body is: each counts its data's bytes and HAR_EVENT_COST (an empty one too).
+        self.events: list[tuple[float | None, str]] = []
         self.events_bytes = 0
         self.events_cut = 0  # the byte limit the events went past (they are dropped then), else 0
+        # Events the export left the data out of (a sanitized HAR): counted only, and none is held from the first
+        # (the stream cannot be judged at its events' times then).
+        self.events_missing = 0
 
 
 _ENTRY = "log.entries.item"
+# What holding one of an entry's `_eventSourceMessages` costs beyond its data's bytes (its tuple, time and string
+# objects, its place in the list): counted against the entry's byte limit, so that a file of millions of empty
+# messages (`{}` is two bytes) cannot hold memory the limit does not see.
+HAR_EVENT_COST = 128
 _MSG = "log.entries.item._webSocketMessages.item"
 _SSE_MSG = "log.entries.item._eventSourceMessages.item"
 _ENTRY_FIELDS = {
@@ -749,12 +756,15 @@ def _sse_message(msg: dict[str, Any], entry: _Entry, max_text: int) -> None:
     if entry.events_cut:
         return
     data = msg.get("data")
-    text = data if isinstance(data, str) else None
-    entry.events_bytes += frame_bytes(text) if text is not None else 0
+    if not isinstance(data, str) or entry.events_missing:
+        entry.events_missing += not isinstance(data, str)
+        entry.events = []  # not judged at their times (_entry_end): nothing of them is kept
+        return
+    entry.events_bytes += frame_bytes(data) + HAR_EVENT_COST
     if entry.events_bytes > max_text:
         entry.events_cut, entry.events = max_text, []  # said at the entry's end (an R12)
         return
-    entry.events.append((_epoch(msg.get("time")), text))
+    entry.events.append((_epoch(msg.get("time")), data))
 
 
 def _sse_events(entry: _Entry, conn: str, where: str, max_frame: int, timed: bool) -> Iterator[Recorded]:
@@ -766,7 +776,7 @@ def _sse_events(entry: _Entry, conn: str, where: str, max_frame: int, timed: boo
                        detail=f"the response's events are larger than the {entry.events_cut} byte limit of one HAR body")
         return
     if not timed:
-        missing = sum(1 for _, data in entry.events if data is None)
+        missing = entry.events_missing
         if missing:
             yield Recorded("dropped", conn, t=entry.started, detail=f"the data of {missing} event(s)", where=where,
                            error="a sanitized HAR export leaves event data out: save the HAR unsanitized")
@@ -781,7 +791,6 @@ def _sse_events(entry: _Entry, conn: str, where: str, max_frame: int, timed: boo
     while events:  # popped: the suspended generator holds no yielded frame
         t, data = events.pop()
         n += 1
-        assert data is not None
         if frame_bytes(data) > max_frame:
             yield Recorded("problem", conn, t=t, detail=f"frame larger than the {max_frame} byte limit",
                            where=f"{where} event {n}")
@@ -794,12 +803,12 @@ def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True) 
         if complete and not entry.closed:  # the socket's messages are all there: its chats still waiting are judged
             yield Recorded("close", f"ws{entry.index}", where=f"{name}: entry {entry.index}")
         return
-    has_events = bool(entry.events) or bool(entry.events_cut)
+    has_events = bool(entry.events) or bool(entry.events_cut) or bool(entry.events_missing)
     is_sse = (entry.mime.partition(";")[0].strip().lower() == EVENT_STREAM or entry.content_type == EVENT_STREAM
               or has_events)
     # Chromium's `_eventSourceMessages` carry each event's time: judged from them when every one has its data;
     # else from the body (no times); a response with neither is judged as the recording left it.
-    timed = has_events and all(data is not None for _, data in entry.events)
+    timed = has_events and not entry.events_missing
     if not is_sse or (entry.text is None and not has_events and entry.post is None):
         return
     conn = f"sse{entry.index}"

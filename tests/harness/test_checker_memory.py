@@ -271,3 +271,35 @@ def test_a_chat_index_answers_as_a_dict_would() -> None:
             assert len(index) == len(model) and sorted(index.items()) == sorted(model.items())
             for k in ("a", "b", "c", "", "zz"):
                 assert index.get(k) is model.get(k) and (k in index) == (k in model)
+
+
+def test_foreign_events_kept_for_a_later_resume_hold_no_payload() -> None:
+    """Another run's events that reach a connection before any chat are kept (the first INCIDENTS_EACH) for a chat
+    resumed there later (ConnectionChecker.tell_unwitnessed: R8), for the connection's life, and the live client never
+    asks for them. They kept their payload: 16 AG-UI deltas of 1 MiB held 16 MiB per connection (64 at the frame
+    limit). Only what the R8 says of them is kept."""
+    import json
+    import tracemalloc
+
+    from harness.profiles import load_profile
+
+    agui = load_profile("ag-ui")
+    frame = json.dumps({"type": "TEXT_MESSAGE_CONTENT", "messageId": "m1", "delta": "x" * (1 << 20),
+                        "runId": "someone-elses", "threadId": "t9"})
+    checker = ConnectionChecker("u1", further_runs=True)
+    agui.decode(frame, 0.0)  # the decoder is compiled on first use: not counted
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for _ in range(16):
+            assert checker.route(agui.decode(frame, 0.0)) is None
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(checker.unwitnessed) == 16
+    assert held < 1 << 20, f"{held} bytes held"
+    resumed = ChatTracker("c1", EXP, 0.0, run_id="r1")
+    checker.tell_unwitnessed(resumed)
+    assert [v.rule.value for v in resumed.violations] == ["R8"] * 16
+    assert "TEXT_MESSAGE_CONTENT" in resumed.violations[0].reason

@@ -359,6 +359,33 @@ def test_event_source_messages_over_the_body_limit_are_an_r12_naming_it(tmp_path
     [r12] = [v for v in chat.violations if v.rule == "R12"]
     assert "larger than the 100000 byte limit of one HAR body" in r12.reason
 
+@pytest.mark.parametrize("message", ['{"time": 1764637200.5}', '{"time": 1764637200.5, "data": ""}'],
+                         ids=["sanitized", "empty"])
+def test_event_source_messages_are_bounded_in_memory_however_small_each_is(tmp_path, message):
+    """An entry's `_eventSourceMessages` are held until it ends, bounded by the HAR body limit: a message without
+    data (a sanitized export) or with empty data counted nothing against it: 40,000 of them (1 MB of file) held
+    5 MB at a limit of 64 KiB, and a file of `{}` grew without bound. Missing data is counted, not held; each
+    message held counts its cost beyond its data (recordings.HAR_EVENT_COST)."""
+    f = tmp_path / "page.har"
+    entry = agui_sse_entry([], body=False, messages=False, started="2025-12-02T01:00:00.000Z")
+    head, _, tail = json.dumps(chromium_har([entry | {"_eventSourceMessages": ["@"]}])).partition('"@"')
+    f.write_text(head + ",".join([message] * 40_000) + tail)
+    tracemalloc.start()
+    try:
+        [run] = check_files([f], AGUI, SC, max_text=1 << 16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 << 20, f"peak {peak} bytes"  # 5 MB before: each message held
+    [chat] = run.results
+    assert chat.outcome is not Outcome.PASSED
+    if "data" in message:
+        [r12] = [v for v in chat.violations if v.rule == "R12"]
+        assert "larger than the 65536 byte limit of one HAR body" in r12.reason
+    else:
+        assert chat.outcome is Outcome.INCOMPLETE and not chat.violations
+        assert "the data of 40000 event(s)" in (chat.note or "")
+
 
 def test_har_entries_are_read_in_the_order_they_started_wherever_the_file_has_them(tmp_path):
     """HAR 1.2 tells readers to sort the entries by startedDateTime: the sockets come out in that order (entries

@@ -22,6 +22,9 @@ that never opened, and `check` follows a message sent again; see docs/recordings
 - test_expected_error_then_a_close_within_settle_is_r13_offline_as_live (R13 live, a pass offline)
 - test_hostile_step_records_are_r12_not_a_traceback        (the fields were ignored: the probe passed unseen)
 - test_check_says_when_an_event_came_just_past_a_verdict   (no word of it)
+Failed on the code before the review of that patch:
+- test_agui_sse_request_never_answered_is_a_timeout_error_offline_as_live (live error, exit 3; offline a pass, exit 0)
+- test_message_whose_new_connection_is_refused_is_one_error_chat_offline (one error chat live, an incomplete one more)
 What cannot be made equal: an event that came just past a chat's verdict time (its settle window's end, or its
 deadline) is judged after the verdict offline, by the recorded times, while a live client under load, its timer late,
 may have taken it in. `check` says so in its warnings (offline.LATE_WARNING); the differential tests accept a
@@ -293,6 +296,27 @@ async def test_agui_sse_refused_request_is_an_error_offline_as_live(tmp_path):
     assert_parity(live, offline)
 
 
+async def test_agui_sse_request_never_answered_is_a_timeout_error_offline_as_live(tmp_path):
+    # Over SSE a POST whose response head never comes within connect_timeout is an `error` chat (timeout) live, exit 3
+    # when every chat was one. That timeout is the client's (Session._safe_send), not the transport's, and the
+    # recording said nothing of it: a send, then the client's close: offline an abandoned chat that passed, exit 0.
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # the request is taken and never answered, until the client hangs up
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        target = Target(url=f"http://127.0.0.1:{port}/agent", profile=load_profile("ag-ui"), name="raw")
+        sc = scenario(users=2, chats_per_user=1, message="What is 2 * 3?", connect_timeout="0.3s",
+                      expect={"settle": "0.05s", "deadline": "3s"})
+        async with asyncio.timeout(15):  # a hang fails the test
+            live, offline = await live_and_offline(target, sc, tmp_path / "rec")
+    assert live.stats.outcomes == {"error": 2} and {r.error_kind for r in live.results} == {"timeout"}
+    assert int(exit_code([live])) == 3
+    assert_parity(live, offline)
+
+
 async def test_refused_after_the_server_exited_is_in_the_recording(tmp_path):
     # agentsim exits (os._exit) after its 2nd chat: the next chats find nothing listening ("connection refused", no
     # HTTP status), live and offline alike.
@@ -347,6 +371,32 @@ async def test_message_sent_again_after_a_clean_close_is_one_chat_offline(tmp_pa
     assert_parity(live, offline)
     [again] = [r for r in offline.results if r.warnings]
     assert any(w.rule == "R13" and "sent again" in w.reason for w in again.warnings)
+
+
+@pytest.mark.parametrize("users", [1, 2])
+async def test_message_whose_new_connection_is_refused_is_one_error_chat_offline(tmp_path, users):
+    # A deploy: the server closes (1000) as the first message arrives, before any event, and refuses every connection
+    # after (HTTP 503). Live, the message is to go again on a new connection, which is refused: one `error` chat (the
+    # other user's chat too, with 2 users). Offline the resend waiting and the failed connection were two chats (an
+    # incomplete one and an error one).
+    server = Scripted(lambda n, msg: "close1000")
+
+    def refuse_after_the_first(connection: ServerConnection, request: object) -> object:
+        if server.connections:
+            return connection.respond(503, "restarting\n")
+        return None
+
+    sc = scenario(name="raw", users=users, chats_per_user=1, connect_timeout="1s", max_reconnects=1,
+                  expect={"deadline": "2s", "settle": "0.05s"}, message="hi")
+    async with serve(server.handler, "127.0.0.1", 0, compression=None, process_request=refuse_after_the_first) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="raw",
+                        recorder=Recorder(tmp_path / "rec"))
+        async with asyncio.timeout(15):  # a hang fails the test
+            live = await run_scenario(sc, target)
+    [offline] = check_files([tmp_path / "rec"], target.profile, sc)
+    assert live.stats.outcomes == {"error": users}
+    assert_parity(live, offline)
 
 
 class ErrorThenClose(NetraServer):
