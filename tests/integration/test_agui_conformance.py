@@ -64,7 +64,7 @@ from harness.targets import Target
 from tests.profiles.servers import AguiSSEServer, WsServer
 
 AGUI = load_profile("ag-ui")
-TS = 1_700_000_000_000  # a timestamp on every event keeps the "no timestamp" advice out of the way
+TS = 1_700_000_000_000  # a timestamp on every event, as the SDK's examples send
 
 
 class Collector(Sink):

@@ -194,4 +194,4 @@ async def test_documented_stream_passes(example):
         finally:
             await session.close()
     assert result.outcome is Outcome.PASSED, result.violations
-    assert all("timestamp" in w.reason for w in result.warnings), result.warnings  # the examples carry none
+    assert result.warnings == [], result.warnings  # the examples carry no timestamp: optional, nothing to say

@@ -34,7 +34,7 @@ from .servers import AguiSSEServer
 
 AGUI = load_profile("ag-ui")
 FAST = ChatOptions(settle=0.05)
-TS = 1_700_000_000_000  # timestamps on every event, so the "no timestamp" advice stays out of the way
+TS = 1_700_000_000_000  # a timestamp on every event, as the SDK's examples send
 
 
 def offering(*tools: str) -> Profile:
@@ -219,7 +219,8 @@ async def test_payload_rule(case):
 
 # -- advice: warnings show, the chat passes --
 
-async def test_events_without_timestamps_are_advice_once_per_chat():
+async def test_events_without_timestamps_pass_with_no_advice():
+    """BaseEvent's `timestamp` is optional with no SHOULD (LangGraph's server sends none): nothing to say."""
     def script(inp: RunAgentInput):
         yield RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id)
         yield from (TextMessageStartEvent(message_id="a1"), TextMessageContentEvent(message_id="a1", delta="x"),
@@ -228,9 +229,7 @@ async def test_events_without_timestamps_are_advice_once_per_chat():
 
     async with AguiSSEServer(script) as server:
         result = await chat(server.url)
-    assert result.outcome is Outcome.PASSED and result.violations == []
-    assert len(result.warnings) == 1 and "no timestamp" in result.warnings[0].reason
-    assert result.to_dict()["warnings"][0]["rule"] == "R12"
+    assert result.outcome is Outcome.PASSED and result.violations == [] and result.warnings == []
 
 
 @pytest.mark.parametrize("args", [('{"x": ', "1"), ("not json",)])
