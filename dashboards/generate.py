@@ -28,6 +28,9 @@ RUN_SEL = 'target=~"$target",source=~"$source"'
 RATE = "$__rate_interval"
 # le is "2.0" from client_python and Prometheus 3, "2" from Go clients.
 LE_2S = 'le=~"2|2\\\\.0"'
+# As every rate() of the rules: Pushgateway groups (a push_time_seconds of the same job, target and scenario) hold
+# one run's totals, replaced by the next run, so rate() over them reads increases and resets that never happened.
+NOT_PUSHED = "unless on (job, target, scenario) push_time_seconds"
 
 MISSING_EVENTS_LIMIT = 0.05  # ChatEventsMissing: more than 5% of chats
 FIRST_EVENT_LIMIT_SECONDS = 2.0
@@ -162,11 +165,12 @@ def build() -> dash_m.Dashboard:
             "Missing-events ratio",
             "Share of chats that ended without a role their scenario requires, or as `error` (could not connect "
             "or send: no event at all); ChatEventsMissing pages above the 5% line (over 5 m, for 5 m, with at "
-            "least 4 chats in 5 m; docs/metrics.md#chateventsmissing).",
+            "least 4 chats in 5 m; docs/metrics.md#chateventsmissing). As the alert's ratio, it leaves out runs pushed "
+            "to a Pushgateway (batch totals, not rates).",
             [_query(
-                f"sum by (target, scenario) (\n  rate(chatprobe_chats_missing_events_total{{{SEL}}}[5m])\n  or "
-                f'rate(chatprobe_chats_total{{{SEL},outcome="error"}}[5m])\n)\n/\n'
-                f"sum by (target, scenario) (rate(chatprobe_chats_total{{{SEL}}}[5m]))",
+                f"sum by (target, scenario) (\n  (rate(chatprobe_chats_missing_events_total{{{SEL}}}[5m]) or "
+                f'rate(chatprobe_chats_total{{{SEL},outcome="error"}}[5m]))\n  {NOT_PUSHED}\n)\n/\n'
+                f"sum by (target, scenario) (\n  rate(chatprobe_chats_total{{{SEL}}}[5m]) {NOT_PUSHED}\n)",
                 "{{target}} {{scenario}}",
             )],
             unit="percentunit", line=MISSING_EVENTS_LIMIT,

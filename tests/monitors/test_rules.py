@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -70,3 +71,44 @@ def test_recording_rules_are_named_level_metric_operations():
             level, metric, ops = rule["record"].split(":")
             assert level == "target_scenario" and metric.startswith("chatprobe_") and ops, rule["record"]
             assert "by (target, scenario)" in rule["expr"], rule["record"]
+
+
+async def test_a_failing_probe_scrape_pages_chat_probe_failing_with_its_target_and_scenario(tmp_path):
+    """What a real /probe scrape returns, as Prometheus stores it (plus the job and instance it adds), run through
+    the shipped rules: ChatProbeFailing takes target and scenario from the scrape's own chat series."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from monitors.monitor import Monitor, load_config, probes_from_config
+
+    with socket.socket() as s:  # a port nothing listens on: every probe is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(f"targets:\n  down: {{url: 'ws://127.0.0.1:{port}/ws'}}\n")
+    probes = probes_from_config(str(cfg), load_config(str(cfg)), timeout=3)
+    text = (await Monitor(probes, interval=1, timeout=3).probe_now("down", None, 3)).decode()
+
+    scrape = 'job="chatprobe-probe",instance="down/probe"'
+    series = []
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            labels = ",".join([scrape, *(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))])
+            series.append({"series": f"{sample.name}{{{labels}}}", "values": f"{sample.value!r}x20"})
+    assert any(s["series"].startswith("probe_success{") and s["values"].startswith("0.0") for s in series), text
+    case = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "30s",
+            "input_series": series,
+            "promql_expr_test": [{
+                "expr": 'ALERTS{alertname="ChatProbeFailing"}',
+                "eval_time": "10m",
+                "exp_samples": [{"labels": 'ALERTS{alertname="ChatProbeFailing",alertstate="firing",severity="page",'
+                                           f'{scrape},target="down",scenario="probe"}}', "value": 1}],
+            }],
+        }],
+    }
+    (tmp_path / "case.yml").write_text(yaml.safe_dump(case))
+    proc = _run("test", "rules", str(tmp_path / "case.yml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
