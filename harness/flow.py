@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, error_result, judge_followups
-from .events import Event, Frame, FrameKind, Rule, SessionError
+from .events import Event, Frame, FrameKind, Role, Rule, SessionError
 from .profiles import Profile
 from .sinks import Fanout, Sink
 
@@ -23,14 +23,15 @@ if TYPE_CHECKING:
 _chat_ids = itertools.count(1)
 
 
-def new_tracker(expectations: Expectations, scenario: str, now: float, client_run_id: bool) -> ChatTracker:
-    """A chat with fresh thread, message and (when the client names runs) run ids."""
+def new_tracker(expectations: Expectations, scenario: str, now: float, client_run_id: bool,
+                thread_id: str | None = None) -> ChatTracker:
+    """A chat with fresh thread (unless it continues `thread_id`), message and (when the client names runs) run ids."""
     n = next(_chat_ids)
     # One read of the OS's randomness for the four ids (48 random bits each, as before), not four uuid4() calls.
     r = os.urandom(22).hex()
     return ChatTracker(
         f"c{n}-{r[36:44]}", expectations, now, scenario=scenario,
-        thread_id=f"t-{r[:12]}", message_id=f"m-{r[12:24]}",
+        thread_id=thread_id or f"t-{r[:12]}", message_id=f"m-{r[12:24]}",
         run_id=f"r-{r[24:36]}" if client_run_id else None,
     )
 
@@ -45,6 +46,101 @@ def resume_frame(profile: Profile, tracker: ChatTracker) -> dict[str, Any] | Non
 def lost_note_for(ended_note: str, can_resume: bool) -> str:
     """Why a chat ended without its terminal event when the connection went and was not resumed."""
     return ended_note or ("connection lost mid-run" + ("" if can_resume else " before the run had an id to resume"))
+
+
+# What a conversation keeps of its turns for a dialect whose requests carry them (AG-UI): at most this many bytes,
+# counting each message's text (UTF-8) and id and MESSAGE_OVERHEAD, the oldest messages dropped first, a reply cut
+# short past it. Every continued request carries it all and every conversing user holds it: 32 KiB keeps a request
+# well under the 1 MiB body limit common in front of servers (nginx's default) and agentsim's frame limit, and 1,000
+# conversing users under 40 MB; a server naming a new message id per delta cannot make it more.
+MAX_HISTORY_BYTES = 32 * 1024
+MESSAGE_OVERHEAD = 64  # a kept message beyond its text and id: its dict, and the JSON around it in a request
+
+
+def _utf8(text: str) -> int:
+    return len(text.encode("utf-8", "replace"))
+
+
+def _cut(text: str, room: int) -> str:
+    """`text` cut to at most `room` bytes of UTF-8, on a character boundary."""
+    return text.encode("utf-8", "replace")[:max(room, 0)].decode("utf-8", "ignore")
+
+
+class Conversation:
+    """One virtual user's thread across its chat steps (a step's `thread: continue`, docs/scenarios.md): the thread
+    id the next turn reuses and, for a dialect whose request carries the conversation so far (a `{history}` item in
+    the profile's request: AG-UI), its messages: each turn's user message and the assistant's text of its run as
+    assembled from the partial_result events (`fields.reply_text`, one assistant message per `fields.reply_id`),
+    bounded by MAX_HISTORY_BYTES. A turn continues whatever the previous one's verdict: what arrived of its reply is
+    what a user saw. Pure: the flow tells it what was sent and what was heard."""
+
+    __slots__ = ("thread_id", "messages", "costs", "nbytes", "chat_id", "_reply_id", "_parts", "_reply_cost")
+
+    def __init__(self) -> None:
+        self.thread_id: str | None = None
+        self.messages: list[dict[str, str]] = []  # the turns so far, as the request's messages
+        self.costs: list[int] = []  # what each of them counts against the bound
+        self.nbytes = 0  # the sum of `costs`, and of the reply being heard
+        self.chat_id: str | None = None  # the chat of the latest turn, whose reply is heard
+        self._reply_id: str | None = None  # the reply being heard (its id), None while none is
+        self._parts: list[str] = []
+        self._reply_cost = 0  # what the reply being heard counts in `nbytes`
+
+    def turn(self, chat_id: str, thread_id: str, message_id: str | None, content: str, *, continues: bool,
+             keep: bool) -> list[dict[str, str]] | None:
+        """A new turn (`continues`: on the thread so far, else a new conversation): the messages before it, which a
+        request that carries history (`keep`) sends, None when there are none."""
+        self._close_reply()
+        if not continues:
+            self.messages, self.costs, self.nbytes = [], [], 0
+        history = list(self.messages) if keep and self.messages else None
+        self.thread_id, self.chat_id = thread_id, chat_id
+        if keep:
+            mid = message_id or f"{chat_id}-user"
+            self._make_room(_utf8(content) + len(mid) + MESSAGE_OVERHEAD, keep_last=False)
+            content = _cut(content, MAX_HISTORY_BYTES - self.nbytes - len(mid) - MESSAGE_OVERHEAD)
+            self.messages.append({"id": mid, "role": "user", "content": content})
+            self.costs.append(cost := _utf8(content) + len(mid) + MESSAGE_OVERHEAD)
+            self.nbytes += cost
+        return history
+
+    def heard(self, chat_id: str, reply_id: str | None, text: str | None) -> None:
+        """A piece of the reply of chat `chat_id` (kept only while that chat is the latest turn)."""
+        if chat_id != self.chat_id or not text:
+            return
+        size = _utf8(text)
+        if self._reply_id is None or (reply_id is not None and reply_id != self._reply_id):
+            self._close_reply()
+            rid = reply_id or f"{chat_id}-reply-{len(self.messages)}"
+            self._make_room(size + len(rid) + MESSAGE_OVERHEAD, keep_last=True)
+            if self.nbytes + len(rid) + MESSAGE_OVERHEAD > MAX_HISTORY_BYTES:
+                return  # no room even for an empty message: this piece is not kept
+            self._reply_id, self._reply_cost = rid, len(rid) + MESSAGE_OVERHEAD
+            self.nbytes += self._reply_cost
+        else:
+            self._make_room(size, keep_last=True)
+        if size > MAX_HISTORY_BYTES - self.nbytes:  # past the bound: cut short, never held past it
+            text = _cut(text, MAX_HISTORY_BYTES - self.nbytes)
+            size = _utf8(text)
+        if text:
+            self._parts.append(text)
+            self.nbytes += size
+            self._reply_cost += size
+
+    def _close_reply(self) -> None:
+        """The reply heard so far becomes an assistant message of the conversation (its cost is counted already)."""
+        rid = self._reply_id
+        if rid is not None:
+            self.messages.append({"id": rid, "role": "assistant", "content": "".join(self._parts)})
+            self.costs.append(self._reply_cost)
+        self._reply_id, self._parts, self._reply_cost = None, [], 0
+
+    def _make_room(self, size: int, *, keep_last: bool) -> None:
+        """Drop the oldest messages until `size` more bytes fit (with `keep_last`, never the latest one: the turn's
+        message while its reply is heard)."""
+        while self.nbytes + size > MAX_HISTORY_BYTES and len(self.messages) > int(keep_last):
+            self.messages.pop(0)
+            self.nbytes -= self.costs.pop(0)
 
 
 WAKE_ALL = "*"
@@ -64,7 +160,7 @@ class FrameRouter:
     """
 
     __slots__ = ("profile", "checker", "sink", "scenario", "answered", "last_pong", "auth_failed", "resume_unknown",
-                 "every_event", "_decode", "_on_event")
+                 "every_event", "conversations", "_decode", "_on_event")
 
     def __init__(self, profile: Profile, checker: ConnectionChecker, sink: Sink, scenario: str) -> None:
         self.profile = profile
@@ -79,6 +175,9 @@ class FrameRouter:
         # other chat is woken when its run is done (or the connection says something to everyone): a wake per
         # event would cost each chat a task switch per event for nothing.
         self.every_event: set[str] | frozenset[str] = NO_IDS
+        # Chats whose reply a conversation keeps for its next turn (a dialect whose requests carry the conversation),
+        # by chat id; None while there are none (nothing per event then but this test).
+        self.conversations: dict[str, Conversation] | None = None
         # The compiled decoder, bound once: pydantic's private-attribute lookup on every frame costs more than JSON.
         self._decode = profile._decoder.decode
         # The sink's per-event hook, or None when no sink listens to events (a call per event saved).
@@ -93,6 +192,8 @@ class FrameRouter:
         decoded = self._decode(message, at)
         if isinstance(decoded, Event):
             chat = self.checker.route(decoded)
+            if self.conversations is not None and chat is not None and decoded.role is Role.PARTIAL_RESULT:
+                self._heard(chat, message)
             if self._on_event is not None:
                 self._on_event(self.scenario, decoded)
             self.answered = True
@@ -125,6 +226,28 @@ class FrameRouter:
             self.checker.on_malformed(decoded, at)
             return WAKE_ALL, None
         return None, None
+
+    def _heard(self, chat: ChatTracker, message: str | bytes) -> None:
+        """A piece of a reply to a chat whose conversation goes on: kept for the next turn's request (a further run the
+        stream carried is part of the same reply)."""
+        assert self.conversations is not None
+        root = chat.root
+        conversation = self.conversations.get(root.chat_id)
+        if conversation is not None:
+            text, reply_id = self.profile.reply_of(message)
+            conversation.heard(root.chat_id, reply_id, text)
+
+    def listen_for_reply(self, chat_id: str, conversation: Conversation) -> None:
+        if self.conversations is None:
+            self.conversations = {}
+        self.conversations[chat_id] = conversation
+
+    def reply_heard(self, chat_id: str) -> None:
+        """The chat is judged: its reply is what its conversation keeps."""
+        if self.conversations is not None:
+            self.conversations.pop(chat_id, None)
+            if not self.conversations:
+                self.conversations = None
 
     def welcome_outcome(self, in_time: bool, closed: bool, close_code: int | None, timeout: float) -> tuple[str, str]:
         """How opening the connection went once the welcome was awaited (`in_time`: the server answered or the
@@ -283,6 +406,10 @@ class ChatOptions:
     # does it when chat() is given a verdict callback (the Locust user); probes always wait the window out.
     overlap_settle: bool = False
     due_at: float | None = None
+    # The user's conversation (a scenario whose steps continue a thread): this chat is a turn of it, continuing the
+    # thread so far (`continues`) or starting it anew.
+    conversation: Conversation | None = None
+    continues: bool = False
 
 
 DEFAULTS = ChatOptions()
@@ -324,7 +451,7 @@ class ChatFlow:
 
     __slots__ = ("router", "tracker", "frame", "options", "probe", "chat_id", "state", "result", "generation",
                  "reconnects", "dropped_on_purpose", "events_at_reconnect", "lost_note", "_until", "_wait", "resend",
-                 "content", "user_id")
+                 "content", "user_id", "history")
 
     def __init__(self, router: FrameRouter, tracker: ChatTracker, frame: object, options: ChatOptions = DEFAULTS, *,
                  probe: bool = False) -> None:
@@ -334,6 +461,7 @@ class ChatFlow:
         # not its request frame (~1 KiB a chat: BENCHMARKS.md, 15,000 open chats). None: never sent again.
         self.content: str | None = None
         self.user_id = ""
+        self.history: list[dict[str, str]] | None = None  # a continued turn's earlier messages, for a rebuilt frame
         self.probe = probe  # an invalid-input probe: the answer is an error_message on an open connection (R13)
         self.chat_id = tracker.chat_id
         self.state: ChatState = NEW
@@ -353,11 +481,20 @@ class ChatFlow:
              options: ChatOptions = DEFAULTS) -> "ChatFlow":
         """A chat sending `content`, played as `options` say."""
         profile = router.profile
-        tracker = new_tracker(expectations, router.scenario, now, options.client_run_id or profile.client_run_id)
+        conversation = options.conversation
+        tracker = new_tracker(expectations, router.scenario, now, options.client_run_id or profile.client_run_id,
+                              conversation.thread_id if conversation is not None and options.continues else None)
+        history = None
+        if conversation is not None:
+            keep = profile.carries_history
+            history = conversation.turn(tracker.chat_id, tracker.thread_id or "", tracker.message_id, content,
+                                        continues=options.continues, keep=keep)
+            if keep:
+                router.listen_for_reply(tracker.chat_id, conversation)
         request = profile.build_request(content=content, thread_id=tracker.thread_id, run_id=tracker.run_id,
-                                        message_id=tracker.message_id, user_id=user_id)
+                                        message_id=tracker.message_id, user_id=user_id, history=history)
         flow = cls(router, tracker, request, options)
-        flow.content, flow.user_id = content, user_id
+        flow.content, flow.user_id, flow.history = content, user_id, history
         return flow
 
     @classmethod
@@ -406,7 +543,7 @@ class ChatFlow:
                 tracker = self.tracker
                 self.frame = self.router.profile.build_request(
                     content=self.content, thread_id=tracker.thread_id, run_id=tracker.run_id,
-                    message_id=tracker.message_id, user_id=self.user_id)
+                    message_id=tracker.message_id, user_id=self.user_id, history=self.history)
             return Send(self.frame, "raw" if self.probe else "message")
         if state == RESUMING:
             self.generation = link.generation
@@ -450,7 +587,7 @@ class ChatFlow:
             if not link.closed:
                 return DROP
         if events and self.content is not None:
-            self.content = None  # answered: never sent again
+            self.content = self.history = None  # answered: never sent again
         if link.closed or self.generation != link.generation:
             if (self.content is not None and not self.resend and not link.closed_by_client and options.reconnect
                     and not link.stream_per_chat and link.closed_clean):
@@ -517,6 +654,8 @@ class ChatFlow:
         self.state = FINISHED
         if self.router.every_event:
             self.router.every_event = self.router.every_event - {self.tracker.wake_id}
+        if self.router.conversations is not None:
+            self.router.reply_heard(self.chat_id)
         sink = self.router.sink
         sink.chat_finished(result)
         if now is not None and self.tracker.followups:
@@ -567,7 +706,7 @@ class ChatFlow:
         if ok:
             self.frame = None  # sent: not kept for the chat's life (memory per open chat); rebuilt if sent again
             if self.tracker.run_id is not None:
-                self.content = None  # a run with an id is resumed, never sent again
+                self.content = self.history = None  # a run with an id is resumed, never sent again
             self.state = FOLLOWING
         elif closed and not self.probe and failure_kind is None and not self.resend:
             self._send_again()

@@ -92,6 +92,11 @@ class Fields(BaseModel):
     timestamp: list[str] = ["timestamp"]
     error_code: list[str] = ["error_code"]
     error_message: list[str] = ["error_message", "message"]
+    # Where a partial_result event carries the reply's text, and which reply message it belongs to: read only for a
+    # chat whose conversation goes on (a scenario step's `thread: continue`) on a dialect whose request carries the
+    # conversation so far (a `{history}` item in `request`: AG-UI), to send the assistant's words back next turn.
+    reply_text: list[str] = []
+    reply_id: list[str] = []
     extra: dict[str, list[str]] = {}
 
     @field_validator("*")
@@ -142,7 +147,8 @@ class Profile(BaseModel):
     # the scenario's client_run_id says.
     client_run_id: bool = False
     # The chat message a client sends; "{content}", "{thread_id}", "{run_id}", "{message_id}", "{user_id}"
-    # are filled in, and a key whose whole value is a placeholder with no value is left out.
+    # are filled in, and a key whose whole value is a placeholder with no value is left out. A list item "{history}"
+    # is replaced by the conversation's earlier messages (a continued turn of a stateless dialect: AG-UI).
     request: dict[str, Any]
     # Client frame types that start a run (what the proxy watches for); default: the request's own type.
     request_types: list[str] = []
@@ -283,6 +289,28 @@ class Profile(BaseModel):
         filled: dict[str, Any] = _decoder_of(self).filler(self.request)(values)
         return filled
 
+    @property
+    def carries_history(self) -> bool:
+        """Whether this dialect's request carries the conversation so far (a `{history}` item in `request`: AG-UI's
+        stateless RunAgentInput), rather than the server keeping it by thread (netra)."""
+        return _decoder_of(self).carries_history
+
+    def reply_of(self, frame: str | bytes) -> tuple[str | None, str | None]:
+        """(the reply's text, the reply message's id) a partial_result frame carries (`fields.reply_text`,
+        `fields.reply_id`), (None, None) where it names none or is not a JSON object."""
+        dec = _decoder_of(self)
+        if dec.names["reply_text"] == ((), ()):
+            return None, None
+        try:
+            obj = _fast_loads(frame)
+        except ValueError:
+            return None, None
+        if not isinstance(obj, dict):
+            return None, None
+        text, rid = dec.field(obj, "reply_text"), dec.field(obj, "reply_id")
+        return (text if isinstance(text, str) else None), (rid if isinstance(rid, str) and len(rid) <= MAX_ID_BYTES
+                                                           else None)
+
     def build_resume(self, run_id: str, last_seq: int) -> dict[str, Any] | None:
         if self.resume is None:
             return None
@@ -329,7 +357,7 @@ class Decoder:
 
     __slots__ = ("profile", "always", "with_run", "unmapped", "control", "ping", "conn_error", "span_of",
                  "containers", "names", "session_errors", "request_types", "request_keys", "resume_types", "checks",
-                 "check_fields", *_COMPILED)
+                 "check_fields", "carries_history", *_COMPILED)
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
@@ -376,6 +404,7 @@ class Decoder:
         self.resume_types = frozenset(profile.resume_types or ([resume_type] if isinstance(resume_type, str) else []))
         self.checks: tuple[CheckSet, ...] = tuple(CHECKS[name] for name in profile.checks)
         self.check_fields = tuple(dict.fromkeys(f for c in self.checks for f in c.fields))
+        self.carries_history = _names_history(profile.request)
         # Compiled on first use (a few ms a profile): loading profiles to list or filter them compiles nothing.
         self._source = ""
         self._decode_obj: Callable[[Any, float], Event | Frame] | None = None
@@ -562,7 +591,24 @@ def _filler(template: Any) -> Filler:
         return fill_dict
     if isinstance(template, list):
         items = [_filler(v) for v in template]
-        return lambda values: [x for x in (f(values) for f in items) if x is not _MISSING]
+        if HISTORY not in template:
+            return lambda values: [x for x in (f(values) for f in items) if x is not _MISSING]
+        # "{history}" as an item: the conversation's earlier messages, spliced in (none: no item).
+        splice = [v == HISTORY for v in template]
+
+        def fill_list(values: dict[str, Any]) -> Any:
+            out: list[Any] = []
+            for f, spliced in zip(items, splice, strict=True):
+                x = f(values)
+                if x is _MISSING:
+                    continue
+                if spliced and isinstance(x, list):
+                    out.extend(x)
+                else:
+                    out.append(x)
+            return out
+
+        return fill_list
     how, what = _entry(template)
     if how == _PLACEHOLDER:
         return lambda values: _MISSING if (v := values.get(what)) is None else v
@@ -584,7 +630,23 @@ def _entry(v: Any) -> tuple[int, Any]:
 
 # What a request or resume template may name: plain "{name}" placeholders, nothing else of str.format's language (an
 # attribute, an index, a conversion or a format spec such as {content:>900000000} runs per chat, at any cost).
-TEMPLATE_NAMES = frozenset({"content", "thread_id", "run_id", "message_id", "user_id", "last_seq"})
+TEMPLATE_NAMES = frozenset({"content", "thread_id", "run_id", "message_id", "user_id", "last_seq", "history"})
+# The conversation so far (a continued turn's earlier messages): only ever a whole item of a list.
+HISTORY = "{history}"
+
+
+def _names_history(template: Any) -> bool:
+    """Whether a template has a "{history}" item in one of its lists."""
+    stack = [template]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            if HISTORY in v:
+                return True
+            stack.extend(v)
+    return False
 
 
 def _check_template(template: Any) -> None:
@@ -595,13 +657,16 @@ def _check_template(template: Any) -> None:
         if isinstance(v, dict):
             stack.extend(v.values())
         elif isinstance(v, list):
-            stack.extend(v)
+            stack.extend(x for x in v if x != HISTORY)  # "{history}" stands alone as a list's item, nowhere else
         elif isinstance(v, str) and ("{" in v or "}" in v):
             try:
                 parts = list(string.Formatter().parse(v))
             except ValueError as exc:
                 raise ValueError(f"{v[:60]!r}: {exc} (write a literal brace as {{{{ or }}}})") from None
             for _literal, name, spec, conversion in parts:
+                if name == "history":
+                    raise ValueError(f"{v[:60]!r}: {HISTORY} stands alone as an item of a list (the conversation's "
+                                     "earlier messages are spliced in there)")
                 if name is not None and (name not in TEMPLATE_NAMES or spec or conversion):
                     raise ValueError(f"{v[:60]!r}: a placeholder is one of "
                                      f"{', '.join('{' + n + '}' for n in sorted(TEMPLATE_NAMES))}, with no format "

@@ -30,7 +30,7 @@ from .catalog import SCENARIOS_DIR
 from .checker import Expectations, ExpectError
 from .durations import PositiveSeconds, Seconds
 from .events import Role
-from .flow import ChatOptions
+from .flow import ChatOptions, Conversation
 from .yamlfile import ConfigError, line_of, load_builtin_or_file
 
 if TYPE_CHECKING:
@@ -153,6 +153,9 @@ class ChatStep(Strict):
     repeat: Int = Field(default=1, ge=1, le=10000)
     # The pause after each chat of this step (the scenario's think_time when left out).
     think_time: ThinkTime | None = None
+    # A turn of the user's conversation: `new` starts a thread, `continue` goes on with the previous chat step's
+    # thread (and, where the dialect's requests carry it, the conversation so far: AG-UI).
+    thread: Literal["new", "continue"] = "new"
 
 
 class RawStep(Strict):
@@ -273,6 +276,24 @@ class Scenario(Strict):
             else:
                 end += st.duration or 0.0
         return stages
+
+    @field_validator("steps")
+    @classmethod
+    def _continues_a_chat(cls, steps: list[Any] | None) -> list[Any] | None:
+        chats = 0
+        for i, step in enumerate(steps or ()):
+            if isinstance(step, ChatStepWrapper):
+                if step.chat.thread == "continue" and not chats:
+                    raise _field_error((i, "chat", "thread"), "`continue` goes on with the thread of a chat step "
+                                       "before it, and there is none (the first chat step starts a thread: `new`)",
+                                       step.chat.thread)
+                chats += 1
+        return steps
+
+    @property
+    def converses(self) -> bool:
+        """Whether a step continues a thread: each user then keeps its conversation (flow.Conversation)."""
+        return any(isinstance(s, ChatStepWrapper) and s.chat.thread == "continue" for s in self.steps or ())
 
     @model_validator(mode="after")
     def _steps_or_messages(self) -> "Scenario":
@@ -556,7 +577,7 @@ class UserScript:
     """One virtual user's script, the same for every driver (asyncio runner, Locust): its steps, or chats_per_user
     chats with parallel_chats in flight. Chats are numbered across plays, to cycle through the scenario's messages."""
 
-    __slots__ = ("_default", "_left", "_options", "chats", "profile", "scenario")
+    __slots__ = ("_default", "_left", "_options", "chats", "conversation", "profile", "scenario")
 
     def __init__(self, scenario: Scenario, profile: "Profile") -> None:
         self.scenario = scenario
@@ -564,6 +585,8 @@ class UserScript:
         self.chats = 0
         self._left = 0
         self._default, self._options = scenario.shared_by_users(profile)
+        # The user's thread across its chat steps, when one continues it (`thread: continue`).
+        self.conversation = Conversation() if scenario.converses else None
 
     def chat(self, step: ChatStep | None = None) -> ChatCall:
         """The next chat: the step's message and options, else the scenario's."""
@@ -575,6 +598,9 @@ class UserScript:
         if step.disconnect_after is not None or step.abandon_after is not None:
             options = dataclasses.replace(options, disconnect_after=step.disconnect_after,
                                           abandon_after=step.abandon_after)
+        if self.conversation is not None:  # every chat step is a turn: `new` ones start the thread the next continue
+            options = dataclasses.replace(options, conversation=self.conversation,
+                                          continues=step.thread == "continue")
         return ChatCall(step.message or sc.message_for(n), sc.expectations(self.profile, step), options,
                         step.think_time or sc.think_time)
 

@@ -174,3 +174,25 @@ def test_a_chat_step_that_is_no_mapping_names_the_field_as_the_file_spells_it(tm
     scenario.write_text("name: steps\nusers: 1\nsteps:\n" + step)
     err = one_error(run_cli("run", str(scenario)), f"{scenario}:4:", "field 'steps.0.chat'")
     assert "chat.chat" not in err
+
+
+@pytest.mark.parametrize("steps, line, needle", [
+    ("  - chat: {message: hi}\n  - chat:\n      message: again\n      thread: sideways\n", 7, "'new' or 'continue'"),
+    ("  - send_raw: nope\n  - chat:\n      thread: continue\n", 6, "a chat step before it"),
+    ("  - chat: {message: hi, thread: continue}\n", 4, "a chat step before it"),
+])
+def test_a_thread_that_cannot_be_followed_names_the_file_line_and_field(tmp_path, steps, line, needle):
+    # `thread: continue` goes on with an earlier chat step's thread: on the first chat step there is none.
+    scenario = tmp_path / "conv.yaml"
+    scenario.write_text("name: conv\nusers: 1\nsteps:\n" + steps)
+    one_error(run_cli("run", str(scenario)), f"{scenario}:{line}:", f"field 'steps.{steps.count('- ') - 1}.chat.thread'",
+              needle)
+
+
+@pytest.mark.parametrize("template", ["{history}", "past: {history}"])
+def test_history_is_only_ever_a_whole_item_of_a_list(tmp_path, template):
+    # "{history}" is spliced into a list (the conversation's earlier messages); anywhere else it is refused.
+    profile = tmp_path / "p.yaml"
+    profile.write_text(NETRA.read_text().replace('content: "{content}"', f'content: "{template}"'))
+    one_error(run_cli("run", "basic", "--profile", str(profile), "--target", "ws://127.0.0.1:9/ws"),
+              f"{profile}:", "field 'request'", "{history} stands alone")

@@ -410,3 +410,47 @@ def test_a_ping_flood_gets_at_most_one_pong_per_interval():
     sent = [r for r in replies if r is not None]
     assert sent and sent[0] == {"type": "pong"}
     assert len(sent) <= 2.0 / PONG_INTERVAL + 1
+
+
+# -- a user's conversation across chat steps (`thread: continue`) --
+
+def test_a_conversation_keeps_its_turns_within_the_byte_bound():
+    from harness.flow import MAX_HISTORY_BYTES, Conversation
+
+    conv = Conversation()
+    assert conv.turn("c0", "t-1", "m-0", "first", continues=False, keep=True) is None  # nothing before a first turn
+    conv.heard("c0", "a0", "4")
+    conv.heard("c0", "a0", "2")
+    conv.heard("someone-else", "x", "not this conversation's")
+    history = conv.turn("c1", "t-1", "m-1", "second", continues=True, keep=True)
+    assert history == [{"id": "m-0", "role": "user", "content": "first"},
+                       {"id": "a0", "role": "assistant", "content": "42"}]
+    assert conv.thread_id == "t-1"
+    conv.heard("c0", "a0", "late text of the previous turn")  # its chat is no longer the latest turn: not kept
+    # A server streaming far more than the bound: the oldest turns go first, a reply is cut short, never held past it.
+    big = "é" * 5000  # 10,000 bytes a piece
+    for n in range(2, 12):
+        conv.heard(f"c{n - 1}", f"a{n - 1}", big)
+        conv.heard(f"c{n - 1}", f"a{n - 1}", big)
+        history = conv.turn(f"c{n}", "t-1", f"m-{n}", f"turn {n}", continues=True, keep=True)
+        assert history is not None
+        assert sum(len(m["content"].encode()) for m in history) <= MAX_HISTORY_BYTES
+        assert conv.nbytes <= MAX_HISTORY_BYTES
+        said = "second" if n == 2 else f"turn {n - 1}"
+        assert history[-1]["role"] == "assistant" and history[-2] == {"id": f"m-{n - 1}", "role": "user",
+                                                                         "content": said}
+    assert all(m["content"] != "first" for m in history)  # the oldest went first
+    # A server naming a new message id (of 1,000 bytes) with every one-byte delta: each id counts, the bound holds.
+    for i in range(3000):
+        conv.heard("c11", f"{i:04d}" + "x" * 996, "y")
+    assert conv.nbytes <= MAX_HISTORY_BYTES
+    history = conv.turn("c12", "t-1", "m-12", "turn 12", continues=True, keep=True)
+    assert history is not None and 0 < sum(len(m["id"]) + len(m["content"].encode()) for m in history) <= MAX_HISTORY_BYTES
+    assert len(history) < MAX_HISTORY_BYTES // 1000
+    assert conv.nbytes == sum(conv.costs) <= MAX_HISTORY_BYTES
+    # A new thread starts the conversation over; a dialect that does not carry history (netra) keeps no messages.
+    assert conv.turn("c99", "t-2", "m-99", "hello", continues=False, keep=True) is None
+    other = Conversation()
+    other.turn("d0", "t-9", "m", "x", continues=False, keep=False)
+    other.heard("d0", "a", "y")
+    assert other.turn("d1", "t-9", "m2", "z", continues=True, keep=False) is None and other.thread_id == "t-9"
