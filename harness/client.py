@@ -28,7 +28,6 @@ from .flow import (
     VirtualUser,
     Wait,
 )
-from .recorder import RecordingTransport
 from .sinks import Sink
 from .targets import Target
 from .transports import ConnectFailed, Transport, make_transport
@@ -252,7 +251,7 @@ class Session(VirtualUser):
         settings = self.target.settings_for(self.user_id, self.connect_timeout)
         transport = make_transport(settings)
         if self.target.recorder is not None:  # --record: the frames both ways, for `chatprobe check`
-            transport = RecordingTransport(transport, self.target.recorder.connection(self.user_id), resume=resume)
+            transport = self.target.recorder.wrap(transport, self.user_id, resume=resume)
         self._welcomed = welcomed = Wake()
         self.router.new_connection()
         try:
@@ -294,8 +293,7 @@ class Session(VirtualUser):
         kind_, reason = self.router.welcome_outcome(in_time, self.closed, transport.close_code,
                                                     max(deadline - start, 0.0))
         if kind_ != "ok":
-            if isinstance(transport, RecordingTransport):  # the recording says the connection failed, and why
-                transport.connect_failed(kind_, reason)
+            transport.connect_failed(kind_, reason)  # --record: the recording says the connection failed, and why
             await self._drop(transport)
             raise ConnectFailed(kind_, reason)
 
@@ -418,8 +416,9 @@ class Session(VirtualUser):
         """Send a frame: True when sent; None when the connection was found closed before the frame left (the
         server closed it between chats), False for any other failure (as SyncSession._send). The outcome is this
         call's own: a pong sent meanwhile by another task, or another chat's send, cannot change it.
-        `expectations`: the chat's, for the recording (only with --record: a RecordingTransport's send), and `since`
-        when its times count from (its first try, or when an open-model chat was due)."""
+        `expectations`: given (only with --record) for a chat's message or probe, which the recording writes with
+        them (Transport.send_chat), and `since`, when its times count from (its first try, or when an open-model chat
+        was due)."""
         transport = self.transport
         if transport is None:
             return False
@@ -435,8 +434,8 @@ class Session(VirtualUser):
                 return False
         try:
             async with asyncio.timeout(self.connect_timeout):
-                if expectations is not None and isinstance(transport, RecordingTransport):
-                    await transport.send(obj, expectations, since)
+                if expectations is not None:
+                    await transport.send_chat(obj, expectations, since)
                 else:
                     await transport.send(obj)
             return True
@@ -446,12 +445,18 @@ class Session(VirtualUser):
         except TimeoutError:
             if transport.connects_on_send:
                 self._send_failure = failure = ConnectFailed("timeout", f"no response within {self.connect_timeout:g}s")
-                if isinstance(transport, RecordingTransport):  # the recording says no stream came of the request
-                    transport.request_failed(failure)
+                transport.send_failed(failure.kind, str(failure))  # --record: no stream came of the request
+            elif expectations is not None:
+                # --record: a chat's frame that did not leave in time (the server stopped reading) fails the chat
+                # (ChatFlow.sent: send_failed); the recording says so in its place, or `check` would judge it otherwise.
+                transport.send_failed("send_failed", f"the frame did not leave within {self.connect_timeout:g}s "
+                                                     "(the server read nothing)")
             return False
         except ConnectionError:
             return None
-        except Exception:
+        except Exception as exc:
+            if expectations is not None and not transport.connects_on_send:  # --record: as a stalled frame
+                transport.send_failed("send_failed", f"the frame could not be sent ({type(exc).__name__})")
             return False
 
     async def settled(self) -> list[ChatResult]:
@@ -680,7 +685,6 @@ class Session(VirtualUser):
     async def _drop_on_purpose(self) -> None:
         """Drop the socket as a lost network would, and give the reader a bounded time to see it."""
         if self.transport is not None and not self.closed:
-            if isinstance(self.transport, RecordingTransport):  # the recording says the client dropped it, not the server
-                self.transport.dropped_by_client()
+            self.transport.dropped_by_client()  # --record: the recording says the client dropped it, not the server
             self.transport.abort()
             await self._join_reader(2, cancel=False)

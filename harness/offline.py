@@ -30,6 +30,7 @@ from .recordings import (
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_TEXT,
     FORMATS,
+    SEND_FAILED,
     Recorded,
     RecordingError,
     frame_bytes,
@@ -99,6 +100,12 @@ LATE_WARNING = ("{n} event(s) came within {margin:g}s after their chat's verdict
                 "shown as a warning on it); the live client, its timer late under load, may have taken them into the "
                 "verdict (an R3, R4, R7, R8 or R12 more, or a chat that passed instead of an R10), so this check can "
                 "differ from the live run there")
+# A `send_failed` record that came after its chat's verdict was due (connect_timeout longer than what was left of the
+# chat's deadline): the live client waited for the send and judged the chat `error` (send_failed); here it was judged
+# at its deadline already.
+LATE_SEND_WARNING = ("{n} chat(s) whose message had not left when their deadline passed were judged at the deadline "
+                     "(R10); live, the client waited connect_timeout for the send and judged them `error` "
+                     "(send_failed): the recording's `send_failed` record came after the verdict")
 UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive times, or no events): first-event time "
                 "and chat duration not judged")
 
@@ -157,6 +164,7 @@ class OfflineCheck:
         self.frames = 0  # received, for the bytes bound
         self.gaps: list[str] = []  # the first MAX_DROPPED_WARNINGS warnings of dropped records
         self.near_late = 0  # events that came within LATE_MARGIN after their chat's verdict was due
+        self.late_sends = 0  # send_failed records that came after their chat was judged (LATE_SEND_WARNING)
         self.n_gaps = 0
 
     # -- input --
@@ -195,6 +203,8 @@ class OfflineCheck:
             self._received(conn, rec.frame, at)
         elif direction == "send":
             self._sent(conn, rec, at)
+        elif direction == "close" and rec.failed == SEND_FAILED:
+            self._send_failed(conn, rec, at)  # a chat's frame never left; the connection goes on
         elif direction == "close":
             if rec.error:  # the client dropped the connection for what the server sent: an R12, as live
                 conn.router.on_protocol_error(rec.error, at)
@@ -377,6 +387,25 @@ class OfflineCheck:
             self.untimed.discard(chat.chat_id)
             conn.checker.discard(chat)
             self._count(None, error_result(chat.chat_id, self.name, chat.sent_at, rec.failed, reason))
+
+    def _send_failed(self, conn: _Conn, rec: Recorded, at: float) -> None:
+        """A chat's frame did not leave within connect_timeout (the server stopped reading): that chat, the last one a
+        send record opened on the connection that nothing has answered, is an `error` (send_failed), as live
+        (flow.ChatFlow.sent); the connection, still open, goes on. No such chat (a hand-made record): an R12 there."""
+        chat = next((c for c in reversed(conn.open.values()) if not c.judged and not c.done and c.n_events == 0
+                     and c.chat_id not in self.untimed), None)
+        if chat is None:
+            last = next((c for c in reversed(conn.checker.chats) if c.chat_id not in self.untimed), None)
+            if last is not None and last.judged and last.n_events == 0:
+                self.late_sends += 1  # judged at its deadline before its send failed: said (LATE_SEND_WARNING)
+            else:
+                self._problem(conn, "a send_failed close record with no chat waiting for its send", rec.where, at)
+            return
+        self.open.pop(chat.chat_id, None)
+        conn.open.pop(chat.chat_id, None)
+        conn.checker.discard(chat)
+        self._count(None, error_result(chat.chat_id, self.name, chat.sent_at, SEND_FAILED,
+                                       rec.reason or "the frame did not leave in time"))
 
     def _resend_for(self, key: str, at: float) -> str | None:
         """The message id of the oldest message waiting to be sent again (`resends`) by the user whose connection `key`
@@ -596,6 +625,8 @@ class OfflineCheck:
             warnings.append(f"the recording dropped frames on {self.n_gaps} connections in all")
         if self.near_late:
             warnings.append(LATE_WARNING.format(n=self.near_late, margin=LATE_MARGIN))
+        if self.late_sends:
+            warnings.append(LATE_SEND_WARNING.format(n=self.late_sends))
         return ScenarioRun(scenario=self.scenario, target=target, results=self.listed, stats=stats,
                            objectives=evaluate(stats, objectives), started_at=started, elapsed=elapsed, errors=errors,
                            warnings=warnings)

@@ -3,9 +3,10 @@
 Each Recorder (one run, one proxy process) names its files after a run id of its own, so a second run into the same
 DIR neither overwrites the first one's files nor is merged with them: `chatprobe check DIR` judges each run.
 
-Hooks: a driver wraps each transport it opens in `RecordingTransport(transport, recorder.connection(label))`
-(the runner), or calls `log.frame(...)` for what it forwards and `recorder.save(log, keep)` when the connection
-ends (the proxy: keep only connections with a failing chat).
+Hooks: a driver wraps each transport it opens in `recorder.wrap(transport, label)`, a RecordingTransport, which
+overrides the transport's no-op RecordingHooks (transports/base.py) that the client calls (the runner); or it calls
+`log.frame(...)` for what it forwards and `recorder.save(log, keep)` when the connection ends (the proxy: keep only
+connections with a failing chat, or one held for a resend).
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from typing import Any
 
 from .checker import Expectations
 from .profiles import parses_as_json
+from .recordings import SEND_FAILED
 from .redact import MIN_SECRET_LEN, scrub, secrets_of
-from .transports import ConnectFailed, FrameCallback, Transport
+from .transports import ConnectFailed, FrameCallback, RecordingHooks, Transport
 
 DEFAULT_MAX_FILES = 1000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # all recordings in DIR written by one process
@@ -214,18 +216,20 @@ class ConnectionLog:
                     return parts
         return [self._scrub(t) for t in texts]
 
-    def failed(self, at: float, failure: dict[str, Any]) -> None:
+    def failed(self, at: float, failure: dict[str, Any], *, ends: bool = True) -> None:
         """A request that was to open the connection's stream failed (SSE: the POST refused, HTTP 503…), or the
         connection ended before it became usable (the server closed it before or after its AUTH_FAILED, before the
         client knew the welcome would not come): a close record with the failure (connect_failure) now, in its place,
         appended to the saved file when the connection was saved already. Until it is saved the log goes on (the
-        next chat's request opens a stream again), and its final close record is written only if anything follows."""
+        next chat's request opens a stream again), and its final close record is written only if anything follows;
+        not `ends` (a WebSocket send that stalled: the connection is still open), the final close record is written
+        whatever follows."""
         if self.gone:
             return
         record: dict[str, Any] = {"t": round(self.recorder.epoch(at), 6), "dir": "close", "conn": self.label}
         record.update(failure)
         record["reason"] = self._scrub(str(record.get("reason", "")))
-        if self._write(json.dumps(record), force=True):
+        if self._write(json.dumps(record), force=True) and ends:
             self.ended = True
         if self.closed:
             self.flush()  # the file is saved: appended to it now
@@ -358,6 +362,11 @@ class Recorder:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", scrub(label))[:80] or "conn"
         return ConnectionLog(self, f"{safe}.{n}", self.directory / f".{self.run_id}-{n:06d}-{safe}.jsonl.part", own)
 
+    def wrap(self, transport: Transport, label: str, *, resume: bool = False) -> RecordingTransport:
+        """`transport` recorded as connection `label` (the runner's hook: every connection a client opens);
+        `resume`: a reconnect to resume a run (its failure fails no chat of its own)."""
+        return RecordingTransport(transport, self.connection(label), resume=resume)
+
     def save(self, log: ConnectionLog, keep: bool | None = None) -> Path | None:
         """The connection ended: its file kept (when `keep`, or always with keep_all) or deleted; returns the path."""
         if not log.closed:
@@ -388,8 +397,10 @@ class Recorder:
         return final
 
 
-class RecordingTransport:
-    """A Transport that writes what passes both ways to a ConnectionLog, and saves it when the connection ends."""
+class RecordingTransport(RecordingHooks):
+    """A Transport that writes what passes both ways to a ConnectionLog, and saves it when the connection ends; it
+    overrides the transports' no-op RecordingHooks, through which the client tells the recording what the frames
+    do not say (a chat's expectations, a connection or a send that failed, a drop on purpose)."""
 
     def __init__(self, inner: Transport, log: ConnectionLog, clock: Callable[[], float] = time.monotonic, *,
                  resume: bool = False) -> None:
@@ -426,23 +437,33 @@ class RecordingTransport:
         if self._saved:
             self._log.failed(self._clock(), self._failure)
 
-    async def send(self, obj: Any, expectations: Expectations | None = None, since: float | None = None) -> None:
-        """The frame recorded, then sent; `expectations`: the chat's, when the frame is its message (a scenario
-        step's expectation is written with it: expect_note); `since`: when the chat's times count from, written
-        when that is before now (an open-model chat due earlier: its first-event time counts from then)."""
+    async def send(self, obj: Any) -> None:
+        """The frame recorded, then sent."""
+        await self._send(obj, None, None)
+
+    async def send_chat(self, obj: Any, expectations: Expectations, since: float) -> None:
+        """A chat's message (or probe) recorded with what its step expected (expect_note), and with `since`, when
+        the chat's times count from, when that is before now (an open-model chat due earlier: its first-event time
+        counts from then); then sent."""
+        await self._send(obj, expect_note(expectations), since)
+
+    async def _send(self, obj: Any, expect: dict[str, Any] | None, since: float | None) -> None:
         now = self._clock()
         due = since if since is not None and now - since > DUE_SLACK else None
-        self._log.frame("send", obj, now, expect_note(expectations) if expectations is not None else None, due)
+        self._log.frame("send", obj, now, expect, due)
         try:
             await self._inner.send(obj)
         except ConnectFailed as exc:
-            self.request_failed(exc)
+            self.send_failed(exc.kind, str(exc))
             raise
 
-    def request_failed(self, exc: ConnectFailed) -> None:
+    def send_failed(self, kind: str, reason: str) -> None:
         """SSE: the request is the stream's connection, and no stream came of it (refused, an HTTP status, or no
-        answer within connect_timeout, which the client times): a close record of the failure, in its place."""
-        self._log.failed(self._clock(), connect_failure(exc.kind, str(exc), resume=self._resume))
+        answer within connect_timeout, which the client times): a close record of the failure, in its place.
+        WebSocket (`send_failed`): the chat's frame did not leave within connect_timeout (the server stopped reading):
+        a close record saying so, in its place, after which the connection goes on (its other chats, its end)."""
+        self._log.failed(self._clock(), connect_failure(kind, reason, resume=self._resume and kind != SEND_FAILED),
+                         ends=kind != SEND_FAILED)
 
     async def run(self, on_frame: FrameCallback) -> None:
         log = self._log

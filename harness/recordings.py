@@ -28,7 +28,10 @@ The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\
   failed  on a close record, optional: the connection never became usable, and why, as a connections_total result
           (refused, auth_failed, timeout, tls_error, protocol_error), with `status` (the HTTP status answered, when
           there was one) and `reason`: the chat that was to use it is an `error` chat, as live; with "resume": true it
-          was a reconnect to resume a run, and fails no chat of its own
+          was a reconnect to resume a run, and fails no chat of its own; "send_failed": a chat's WebSocket frame did
+          not leave within connect_timeout (the server stopped reading), that chat (the last one a send record opened
+          on the connection and nothing answered yet) is an `error` chat of that kind, as live, and the connection
+          goes on
   due     on a send record, optional: when the chat was due, in epoch seconds, when that is before `t` (an
           open-model chat the load generator got to late): its first-event time and deadline count from then, as live
   expect  on a send record, optional: what the client expected of the chat this frame sends beyond the scenario's
@@ -90,6 +93,11 @@ EVENT_STREAM = "text/event-stream"
 # A send record's `expect.error`, and a close record's `failed` (what a connection that never opened failed of).
 EXPECTED_ERRORS = ("recoverable", "fatal", "invalid_input")
 CONNECT_FAILURES = tuple(r for r in CONNECTION_RESULTS if r != "ok")
+# A close record's `failed` for a chat's WebSocket frame that did not leave within connect_timeout (the server stopped
+# reading): not a connection result (the connection stays open: the record ends none), the chat the last send record
+# opened is an `error` of this kind, as live (flow.ChatFlow.sent).
+SEND_FAILED = "send_failed"
+FAILED_KINDS = (*CONNECT_FAILURES, SEND_FAILED)
 _ROLES = {r.value: r for r in Role}
 MAX_DUE_BEFORE = 86400.0  # a send record's `due`: at most a day before it was sent
 
@@ -305,8 +313,8 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
     if direction == "close":  # "by": "client": the client left on purpose (its chats are abandoned, as live)
         error = obj.get("error")
         failed, reason = obj.get("failed"), obj.get("reason")
-        if failed is not None and failed not in CONNECT_FAILURES:
-            return Recorded("problem", conn, t=t, detail=f"field 'failed' must be one of {', '.join(CONNECT_FAILURES)}",
+        if failed is not None and failed not in FAILED_KINDS:
+            return Recorded("problem", conn, t=t, detail=f"field 'failed' must be one of {', '.join(FAILED_KINDS)}",
                             where=where)
         by = obj.get("by")
         return Recorded("close", conn, t=t, detail="client" if by == "client" else "drop" if by == "client-drop" else "",

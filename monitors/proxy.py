@@ -27,8 +27,8 @@ from websockets.uri import parse_uri
 from harness import redact
 from harness.checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
 from harness.durations import parse_duration, parse_size
-from harness.events import Outcome
-from harness.flow import FrameRouter, PassiveChats, Resumes
+from harness.events import Outcome, Rule
+from harness.flow import CLEAN_CLOSE_CODES, RESENT_WARNING, FrameRouter, PassiveChats, Resumes
 from harness.profiles import Profile, load_profile
 from harness.recorder import Recorder
 from harness.scenario import Expect, expectations_for
@@ -68,6 +68,10 @@ MAX_RESUME_SEARCH = 64
 # connection had made 40,000 trackers wait for their deadline, and every message rebuilt an index of them all.
 MAX_OPEN_CHATS = 64
 TOO_MANY_OPEN = f"the client had more than {MAX_OPEN_CHATS} chats open at once on the connection"
+# Messages held for a resend at once (across users): a chat whose connection the server closed before any event of its
+# run waits, until its deadline, for its user to send the message again on a new connection. Past it, judged at once.
+MAX_RESENDS = 10_000
+CLOSED_NOTE = "the server closed the connection mid-run"
 # A peer that stops reading must not hold a connection (and its chats) forever: a frame not taken within this
 # long ends the connection, as if that peer had left.
 DEFAULT_SEND_TIMEOUT = 30.0
@@ -135,6 +139,13 @@ class LiveChats:
         # such warning a minute (WARN_EVERY), and the rest when the proxy stops.
         self._dropped = (0, 0, 0)
         self._dropped_said_at: float | None = None
+        # Chats whose connection the server closed before any event of their run (no id to resume), by (identity,
+        # message id): the user's client may send the message again on a new connection, and the chat goes on there,
+        # timed from its first try, as the harness's own client does it (docs/protocol.md, "Outcomes") and as
+        # `chatprobe check` follows it in the recording. Each with when its connection closed, whether with a closing
+        # handshake (1000/1001: an R13 warning when sent again), and the timer that judges it at its deadline.
+        self.resends: dict[tuple[str, str], tuple[ChatTracker, float, bool, asyncio.TimerHandle | None]] = {}
+        self.resent: set[str] = set()  # chats sent again already: a second loss is judged as any other
 
     def connection(self, identity: str = "", secrets: tuple[str, ...] = ()) -> "LiveConnection":
         """A new proxied connection; `identity` stands for its credentials (a resume only picks up a run that a
@@ -183,6 +194,56 @@ class LiveChats:
                 return chat, conn
         return None
 
+    def hold_for_resend(self, identity: str, chat: ChatTracker, at: float, clean: bool) -> bool:
+        """Hold a chat whose connection the server closed before any event of its run, until its deadline, for its
+        user's resend (False: not held, judge it now: no message id, sent again once already, or too many held)."""
+        if (not chat.message_id or chat.run_id is not None or chat.chat_id in self.resent
+                or len(self.resends) >= MAX_RESENDS):
+            return False
+        key = (identity, chat.message_id)
+        earlier = self.resends.pop(key, None)
+        if earlier is not None:  # two chats of one message id cut short: the earlier one is judged as it stood
+            self._expire(key, earlier)
+        timer = None
+        try:
+            timer = asyncio.get_running_loop().call_later(max(chat.wait_deadline() - at, 0.0), self._due, key, chat)
+        except RuntimeError:  # no loop (a test of the bookkeeping): judged at stop()
+            pass
+        self.resends[key] = (chat, at, clean, timer)
+        return True
+
+    def take_resend(self, identity: str, message_id: str | None) -> tuple[ChatTracker, bool] | None:
+        """The chat held for a resend of this message by this user, if any: (its tracker, whether its connection
+        ended with a closing handshake)."""
+        held = self.resends.pop((identity, message_id), None) if message_id else None
+        if held is None:
+            return None
+        chat, _at, clean, timer = held
+        if timer is not None:
+            timer.cancel()
+        self.resent.add(chat.chat_id)
+        return chat, clean
+
+    def _due(self, key: tuple[str, str], chat: ChatTracker) -> None:
+        held = self.resends.get(key)
+        if held is not None and held[0] is chat:
+            del self.resends[key]
+            self._expire(key, held)
+
+    def _expire(self, key: tuple[str, str],
+                held: tuple[ChatTracker, float, bool, asyncio.TimerHandle | None]) -> None:
+        """Never sent again by its deadline: judged as it stood when its connection closed (a lost run)."""
+        chat, at, _clean, timer = held
+        if timer is not None:
+            timer.cancel()
+        self.finished(chat.finish(at, lost=True, note=CLOSED_NOTE))
+
+    def stop(self) -> None:
+        """The proxy stops: the chats still held for a resend are judged as they stood (the counts add up)."""
+        while self.resends:
+            key = next(iter(self.resends))
+            self._expire(key, self.resends.pop(key))
+
     def connection_closed(self, conn: "LiveConnection") -> None:
         """The proxy is done with a connection (its handler's last step); every chat on it is judged."""
         conns = self.open.get(conn.identity)
@@ -194,6 +255,7 @@ class LiveChats:
     def finished(self, result: ChatResult, *, abandoned: bool = False) -> None:
         """A verdict to the sink. A message the server rejected because the client sent something invalid is the
         client's doing: counted apart (client_rejected), never as one of the server's outcomes."""
+        self.resent.discard(result.chat_id)
         if abandoned:
             self.sink.chat_abandoned(self.scenario)
         if result.error_kind == "rejected":
@@ -228,7 +290,16 @@ class LiveConnection:
             self.log.frame("send", text, now)
         frame = self.live.profile.decode_client(text)
         live = self.live
-        if frame.kind == "request":
+        if frame.kind == "request" and (again := live.take_resend(self.identity, frame.message_id)) is not None:
+            # The message sent again after the server closed its connection before any event of its run: the same
+            # chat, timed from its first try, as the harness's own client and `chatprobe check` count it.
+            tracker, clean = again
+            if clean:
+                tracker._warn(Rule.R13, RESENT_WARNING, None)
+            self._make_room(now)
+            self.checker.add(tracker)
+            self._by_id[tracker.chat_id] = tracker
+        elif frame.kind == "request":
             self._make_room(now)
             tracker = LiveTracker(live.new_chat_id(), live.exp, now, scenario=live.scenario,
                                   thread_id=frame.thread_id, run_id=frame.run_id, message_id=frame.message_id)
@@ -291,11 +362,21 @@ class LiveConnection:
             self.resumes = Resumes()
         self.resumes.let_go(self.checker, chat)
 
-    def closed(self, now: float, *, by_client: bool) -> None:
+    def closed(self, now: float, *, by_client: bool, code: int | None = None) -> None:
+        """The connection ended (`code`: the server's close code, 1006 without one, when the server closed it). A chat
+        the server cut before any event of its run is held for its user's resend (LiveChats.hold_for_resend), and
+        the recording kept (`chatprobe check` follows the chat across both)."""
+        if not by_client:
+            for chat in list(self.checker.chats):
+                if (not chat.judged and not chat.done and chat.n_events == 0 and chat.chat_id in self._by_id
+                        and self.live.hold_for_resend(self.identity, chat, now, code in CLEAN_CLOSE_CODES)):
+                    self.checker.discard(chat)
+                    self._by_id.pop(chat.chat_id, None)
+                    self.failing = True  # its recording is kept: the chat's first try is in it
         for result, abandoned in self.chats.closed(now, by_client=by_client):
             self._finished(result, abandoned=abandoned)
         if self.log is not None and self.live.recorder is not None:
-            self.log.close(now, by_client=by_client)
+            self.log.close(now, code, by_client=by_client)
             self.live.recorder.save(self.log, keep=True if self.failing else None)  # None: --record-all decides
             self.live.recorded(now)
         self.live.connection_closed(self)
@@ -568,7 +649,10 @@ class Proxy:
             if not attempt:
                 code = _close_of(upstream)[0]
                 record("auth_failed" if code == 1008 else "ok" if closed_by[:1] == ["client"] else "protocol_error")
-            conn.closed(self.clock(), by_client=bool(closed_by) and closed_by[0] == "client")
+            by_client = bool(closed_by) and closed_by[0] == "client"
+            rcvd = getattr(getattr(upstream, "protocol", None), "close_rcvd", None)
+            conn.closed(self.clock(), by_client=by_client,
+                        code=None if by_client else rcvd.code if rcvd is not None else 1006)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -781,6 +865,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{door.max_connections} connections, {door.max_per_address} per client address)", flush=True)
         await stop.wait()
         await stop_proxy(server, door)
+        live.stop()
         live.say_dropped(time.monotonic())  # what --record could not write since the last such line
 
     try:

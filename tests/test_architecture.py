@@ -145,6 +145,29 @@ def test_help_and_list_load_no_heavy_library():
     assert out.stdout.strip() == "[]", out.stdout
 
 
+def test_the_client_reaches_the_recorder_only_through_the_transport_hooks():
+    """`--record`'s hooks are the transports' no-op RecordingHooks (transports/base.py), which the recorder's wrapper
+    overrides: the client imports nothing of the recorder (a run without --record pays no import of it) and asks no
+    transport what it is. Checked in the import graph and in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    reached, todo = set(), ["harness.client"]
+    while todo:
+        for dep in GRAPH[todo.pop()] - reached:
+            reached.add(dep)
+            todo.append(dep)
+    assert "harness.recorder" not in reached, "harness.client imports harness.recorder (directly or not)"
+    tree = ast.parse((ROOT / "harness" / "client.py").read_text(encoding="utf-8"))
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert "RecordingTransport" not in names, "harness/client.py names the recorder's wrapper in code"
+    code = "import sys, harness.client; print('harness.recorder' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False", "import harness.client imported harness.recorder"
+
+
 def _folder_table() -> dict[str, set[str]]:
     """docs/architecture.md's "Folders and import rules": each `harness/` row's first cell -> the modules it names."""
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")

@@ -14,6 +14,7 @@ from .base import (
     ConnectFailed,
     ConnectSettings,
     FrameCallback,
+    RecordingHooks,
     Scheme,
     TransportName,
     scheme_of,
@@ -21,7 +22,8 @@ from .base import (
     ssl_context,
 )
 
-__all__ = ["SCHEMES", "WEBSOCKET_CLIENTS", "ConnectFailed", "ConnectSettings", "FrameCallback", "Scheme", "Transport",
+__all__ = ["SCHEMES", "WEBSOCKET_CLIENTS", "ConnectFailed", "ConnectSettings", "FrameCallback", "RecordingHooks",
+           "Scheme", "Transport",
            "TransportName", "make_transport", "scheme_of", "schemes_for", "ssl_context", "websocket_client"]
 
 
@@ -33,6 +35,8 @@ class Transport(Protocol):
     ends and never raises for what a server does; `close()` ends it within a bound; `abort()` drops it as a lost
     network would. After `run` returns: `close_code`, `protocol_error` (an R12 detail when the client dropped the
     connection for what the server sent) and `ended_note` (why, when the transport knows better than "lost").
+    The recording hooks (`send_chat`, `connect_failed`, `send_failed`, `dropped_by_client`: base.RecordingHooks,
+    no-ops every transport inherits) tell `--record` what the frames do not say; the recorder's wrapper overrides them.
     """
 
     connects_on_send: bool
@@ -50,6 +54,14 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
     def abort(self) -> None: ...
+
+    async def send_chat(self, obj: Any, expectations: Any, since: float) -> None: ...
+
+    def connect_failed(self, kind: str, reason: str) -> None: ...
+
+    def send_failed(self, kind: str, reason: str) -> None: ...
+
+    def dropped_by_client(self) -> None: ...
 
 
 # The WebSocket clients a ws:// or wss:// URL can be carried by (ConnectSettings.client): picows is the lean one

@@ -5,8 +5,11 @@ import base64
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from ..checker import Expectations
 
 FrameCallback = Callable[[str | bytes, float], None]
 TransportName = Literal["websocket", "sse"]
@@ -44,6 +47,34 @@ class ConnectFailed(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class RecordingHooks:
+    """What a client tells a connection's recording (`--record`) beyond the frames that pass: no-ops here, so that a
+    client calls them on any transport and imports nothing of the recorder; `recorder.RecordingTransport`, the
+    wrapper `--record` puts around a transport, overrides them (docs/recordings.md). Every transport derives from it."""
+
+    __slots__ = ()
+
+    async def send(self, obj: Any) -> None:
+        raise NotImplementedError
+
+    async def send_chat(self, obj: Any, expectations: Expectations, since: float) -> None:
+        """Send a chat's message (or a `send_raw:` probe); the recording writes the chat's `expectations` with it and
+        `since`, when its times count from (its first try, or when an open-model chat was due)."""
+        await self.send(obj)
+
+    def connect_failed(self, kind: str, reason: str) -> None:
+        """The connection opened but never became usable (no welcome, AUTH_FAILED): `kind` a connections_total
+        result."""
+
+    def send_failed(self, kind: str, reason: str) -> None:
+        """A send never went: over SSE no stream came of the request (`kind` a connections_total result, `timeout`
+        when no answer came within connect_timeout); over WebSocket the frame did not leave within connect_timeout
+        (`send_failed`: the server stopped reading), which fails the chat it was."""
+
+    def dropped_by_client(self) -> None:
+        """The client is about to drop the connection on purpose, as a lost network would, to reconnect and resume."""
 
 
 @dataclass

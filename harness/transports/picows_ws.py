@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from picows.common import WSHandshakeError, WSInvalidMessageError
 
-from .base import ConnectFailed, ConnectSettings, FrameCallback, auth_headers, ssl_context
+from .base import ConnectFailed, ConnectSettings, FrameCallback, RecordingHooks, auth_headers, ssl_context
 
 _dumps: Any
 try:
@@ -105,7 +105,7 @@ class FrameListener(Protocol):
     def on_end(self, transport: Any) -> None: ...
 
 
-class PicowsTransport(WSListener):
+class PicowsTransport(WSListener, RecordingHooks):
     """One WebSocket connection on picows: auth by header or subprotocol, wss:// with a CA file, JSON text frames.
     It is its own picows listener (one object and one call per frame fewer)."""
 

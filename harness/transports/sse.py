@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from ..eventstream import EventStreamParser, EventTooLarge
-from .base import ConnectFailed, ConnectSettings, FrameCallback, ssl_context
+from .base import ConnectFailed, ConnectSettings, FrameCallback, RecordingHooks, ssl_context
 
 EVENT_STREAM = "text/event-stream"
 
@@ -61,7 +61,7 @@ def classify_status(status: int, content_type: str) -> tuple[str, str] | None:
     return None
 
 
-class SSETransport:
+class SSETransport(RecordingHooks):
     """HTTP POST of the chat request, then the Server-Sent Events of one run; one stream at a time."""
 
     # The server is reached when the first message is sent, not at open(): the Session counts the connection then.

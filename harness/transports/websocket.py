@@ -12,7 +12,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI
 from websockets.protocol import State
 
-from .base import ConnectFailed, ConnectSettings, FrameCallback, auth_headers, ssl_context
+from .base import ConnectFailed, ConnectSettings, FrameCallback, RecordingHooks, auth_headers, ssl_context
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -142,7 +142,7 @@ class NoRedirects(connect):
         return exc
 
 
-class WebSocketTransport:
+class WebSocketTransport(RecordingHooks):
     """One WebSocket connection: auth by header or subprotocol, wss:// with a CA file, JSON text frames."""
 
     # The connection is made by open(); SSE's is made by send() (see harness/sse.py).

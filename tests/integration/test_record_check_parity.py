@@ -25,6 +25,10 @@ that never opened, and `check` follows a message sent again; see docs/recordings
 Failed on the code before the review of that patch:
 - test_agui_sse_request_never_answered_is_a_timeout_error_offline_as_live (live error, exit 3; offline a pass, exit 0)
 - test_message_whose_new_connection_is_refused_is_one_error_chat_offline (one error chat live, an incomplete one more)
+Failed on the code before the record10 patch:
+- test_a_send_the_server_never_reads_is_a_send_failed_error_offline_as_live (live send_failed, offline a pass)
+- test_a_send_failed_record_fails_the_chat_it_follows_and_nothing_else (the record's kind was refused)
+- test_a_message_a_browser_sends_again_through_the_proxy_is_one_chat_live_and_in_check (proxy 2 chats, check 1)
 What cannot be made equal: an event that came just past a chat's verdict time (its settle window's end, or its
 deadline) is judged after the verdict offline, by the recorded times, while a live client under load, its timer late,
 may have taken it in. `check` says so in its warnings (offline.LATE_WARNING); the differential tests accept a
@@ -467,6 +471,36 @@ def test_hostile_failed_field_is_r12_and_a_known_one_is_an_error_chat(tmp_path):
     assert run.stats.chats == 0  # a reconnect to resume a run: its chat is judged where it was lost
 
 
+def test_a_send_failed_record_fails_the_chat_it_follows_and_nothing_else(tmp_path):
+    # The send_failed close record: the chat the last send opened is an error (send_failed) and the connection goes
+    # on (the next chat on it passes); one that came after that chat's deadline is said (LATE_SEND_WARNING); one with
+    # no chat before it is an R12, never a traceback.
+    def send(t: float, mid: str) -> dict:
+        return {"t": t, "dir": "send", "conn": "c",
+                "frame": json.dumps({"type": "user_message", "payload": {"content": "hi", "message_id": mid}})}
+
+    welcome = {"t": 0.5, "dir": "recv", "conn": "c", "frame": json.dumps({"type": "connection_established"})}
+    failed = {"dir": "close", "conn": "c", "failed": "send_failed", "reason": "the frame did not leave within 1s"}
+    events = [{"t": 3.0 + i / 10, "dir": "recv", "conn": "c", "frame": json.dumps(
+        {"type": kind, "run_id": "r2", "seq": i + 1, "payload": {"message_id": "m2"}})}
+        for i, kind in enumerate(["agent_started", "agent_thinking", "tool_executing", "tool_completed",
+                                  "agent_completed"])]
+    sc = Scenario(name="t", expect={"streaming": False, "settle": "0.05s", "deadline": "5s"})
+    path = write_jsonl(tmp_path / "ok.jsonl", [welcome, send(1.0, "m1"), {**failed, "t": 2.0}, send(2.5, "m2"), *events,
+                                               {"t": 4.0, "dir": "close", "conn": "c", "code": 1000, "by": "client"}])
+    [run] = check_files([path], load_profile("netra"), sc)
+    assert sorted((r.outcome.value, r.error_kind or "") for r in run.results) == [("error", "send_failed"),
+                                                                                  ("passed", "")]
+    assert not run.warnings
+    late = write_jsonl(tmp_path / "late.jsonl", [welcome, send(1.0, "m1"), {**failed, "t": 9.0}])
+    [run] = check_files([late], load_profile("netra"), sc)
+    assert [r.outcome for r in run.results] == [Outcome.INCOMPLETE]
+    assert any("had not left when their deadline passed" in w for w in run.warnings)
+    alone = write_jsonl(tmp_path / "alone.jsonl", [welcome, {**failed, "t": 2.0}])
+    [run] = check_files([alone], load_profile("netra"), sc)
+    assert [v.rule for r in run.results for v in r.violations] == ["R12"]
+
+
 def test_check_says_when_an_event_came_just_past_a_verdict(tmp_path):
     # A run completes at t=1.0; with a 0.1 s settle window its verdict is due at 1.1. An event of the run at 1.15 is a
     # warning on the chat here (judged after the verdict); a live client whose timer ran 50 ms late would have judged
@@ -666,3 +700,127 @@ def test_the_cli_run_record_then_check_agree(tmp_path, fault):
     assert chats(tmp_path / "offline.json") == chats(tmp_path / "live.json")
     if fault == "refuse=1":
         assert live.returncode == 3
+
+
+async def test_a_send_the_server_never_reads_is_a_send_failed_error_offline_as_live(tmp_path):
+    # A server that takes the upgrade, welcomes, and then reads nothing more (a receive buffer of 4 KiB): the chat's
+    # message (3.2 MB) fills the kernel's buffers and the client's send stalls for connect_timeout: a `send_failed`
+    # error chat live (the websockets client, which `compression: deflate` picks: its send waits for the socket).
+    # The recording said only "send" and then the client's close: offline an abandoned chat that passed.
+    import base64
+    import hashlib
+    import os
+    import socket
+
+    conns: list[asyncio.StreamWriter] = []
+    done = asyncio.Event()
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conns.append(writer)
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        welcome = json.dumps(NetraServer().welcome).encode()
+        writer.write(bytes([0x81, len(welcome)]) + welcome if len(welcome) < 126 else
+                     bytes([0x81, 126]) + len(welcome).to_bytes(2, "big") + welcome)
+        await done.wait()  # reads nothing more until the test ends
+        writer.transport.abort()
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by the accepted connections
+    sock.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(never_reads, sock=sock)
+    try:
+        port = sock.getsockname()[1]
+        target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="raw")
+        sc = scenario(users=1, chats_per_user=1, message=base64.b64encode(os.urandom(2_400_000)).decode(),
+                      connect_timeout="0.5s", compression="deflate", expect={"settle": "0.05s", "deadline": "30s"})
+        async with asyncio.timeout(40):  # a hang fails the test (scrubbing 3 MB for the recording takes seconds)
+            live, offline = await live_and_offline(target, sc, tmp_path / "rec")
+    finally:
+        done.set()
+        server.close()
+        await server.wait_closed()
+    assert [(r.outcome, r.error_kind) for r in live.results] == [(Outcome.ERROR, "send_failed")]
+    assert_parity(live, offline)
+    [failed] = [json.loads(line) for f in (tmp_path / "rec").glob("*.jsonl") for line in f.read_text().splitlines()
+                if '"failed"' in line]
+    assert failed["failed"] == "send_failed" and failed["dir"] == "close"
+
+
+async def test_a_message_a_browser_sends_again_through_the_proxy_is_one_chat_live_and_in_check(tmp_path):
+    # agentsim takes a browser's message and, before any event of its run, goes away (a deploy: its connections closed
+    # with 1001); the browser reconnects through the proxy to the new agentsim and sends the message again, same ids.
+    # The harness's own client counts that as one chat (docs/protocol.md, "Outcomes"), and so did `check` of the
+    # proxy's recording; the proxy counted two (an incomplete one, then a passing one).
+    from prometheus_client import CollectorRegistry
+    from websockets.asyncio.client import connect
+
+    from agentsim.server import AgentSim, SimConfig
+    from harness.checker import Expectations
+    from harness.events import DEFAULT_REQUIRED
+    from monitors.metrics import ChatMetrics, MetricsSink
+    from monitors.proxy import LiveChats, Proxy, start_proxy
+
+    results: list = []
+    started, judged = asyncio.Event(), asyncio.Event()
+
+    class Kept(MetricsSink):
+        def chat_started(self, scenario):
+            started.set()
+            super().chat_started(scenario)
+
+        def chat_finished(self, result):
+            results.append(result)
+            judged.set()
+            super().chat_finished(result)
+
+    secret = "s" * 40
+    first = AgentSim(SimConfig(port=0, jwt_secret=secret, think=0.002, tool_latency=0.001, seed=3,
+                               faults=["delay_first=60s@1.0"]))  # no event of the run comes before it goes away
+    await first.start()
+    port = first.port
+    exp = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=10.0)
+    live = LiveChats(load_profile("netra"), Kept(ChatMetrics(CollectorRegistry()), "up", "live"), exp, "live", 0.05,
+                     recorder=Recorder(tmp_path / "rec"))
+    proxy = await start_proxy(Proxy(f"ws://127.0.0.1:{port}", live), "127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{proxy.sockets[0].getsockname()[1]}/ws"
+    headers = {"Authorization": f"Bearer {TokenProvider(jwt_secret=secret).for_user('u-1')}"}
+    message = json.dumps({"type": "user_message", "payload": {"content": "What is 2 * 3?", "thread_id": "t-1",
+                                                              "message_id": "m-1"}})
+    second = None
+    try:
+        async with asyncio.timeout(20):  # a hang fails the test
+            browser = await connect(url, additional_headers=headers, ping_interval=None, close_timeout=1)
+            assert json.loads(await browser.recv())["type"] == "connection_established"
+            await browser.send(message)
+            await started.wait()  # the proxy has the chat
+            await first.stop()  # closes its connections (1001) before any event of the run
+            await browser.wait_closed()
+            assert browser.close_code == 1001
+            second = AgentSim(SimConfig(port=port, jwt_secret=secret, think=0.002, tool_latency=0.001, seed=3))
+            await second.start()
+            browser = await connect(url, additional_headers=headers, ping_interval=None, close_timeout=1)
+            assert json.loads(await browser.recv())["type"] == "connection_established"
+            await browser.send(message)  # sent again: the same message and thread ids
+            while json.loads(await browser.recv()).get("type") != "agent_completed":
+                pass
+            await judged.wait()
+            await browser.close()
+    finally:
+        proxy.close()
+        await proxy.wait_closed()
+        if second is not None:
+            await second.stop()
+    [chat] = results  # one chat, not an incomplete one and a passing one
+    assert chat.outcome is Outcome.PASSED and any(w.rule == "R13" for w in chat.warnings)
+    [offline] = check_files([tmp_path / "rec"], load_profile("netra"),
+                            Scenario(name="t", expect={"settle": "0.05s", "deadline": "10s"}))
+
+    def seen(rs):
+        return [(r.outcome, r.rule_counts(), sorted(w.rule for w in r.warnings)) for r in rs]
+
+    assert seen(offline.results) == seen(results)
