@@ -49,21 +49,30 @@ def lost_note_for(ended_note: str, can_resume: bool) -> str:
 
 
 # What a conversation keeps of its turns for a dialect whose requests carry them (AG-UI): at most this many bytes,
-# counting each message's text (UTF-8) and id and MESSAGE_OVERHEAD, the oldest messages dropped first, a reply cut
+# counting each message's text (UTF-8) and id and MESSAGE_OVERHEAD, the oldest turns dropped first, a reply cut
 # short past it. Every continued request carries it all and every conversing user holds it: 32 KiB keeps a request
 # well under the 1 MiB body limit common in front of servers (nginx's default) and agentsim's frame limit, and 1,000
-# conversing users under 40 MB; a server naming a new message id per delta cannot make it more.
+# conversing users under 40 MB; a server naming a new message id per delta, or streaming a reply in one-byte deltas,
+# cannot make it more (the reply being heard is one buffer of its UTF-8, not a string per delta).
 MAX_HISTORY_BYTES = 32 * 1024
-MESSAGE_OVERHEAD = 64  # a kept message beyond its text and id: its dict, and the JSON around it in a request
+# A kept message beyond its text and id: what it holds in memory (a dict of three keys, two strings, a list slot and
+# its cost: ~310 bytes in CPython 3.11), which also covers the JSON around it in a request.
+MESSAGE_OVERHEAD = 320
 
 
-def _utf8(text: str) -> int:
-    return len(text.encode("utf-8", "replace"))
+def _utf8(text: str) -> bytes:
+    """A reply's text as UTF-8, a lone surrogate (which JSON can carry) kept as its three bytes, never refused."""
+    return text.encode("utf-8", "surrogatepass")
 
 
-def _cut(text: str, room: int) -> str:
-    """`text` cut to at most `room` bytes of UTF-8, on a character boundary."""
-    return text.encode("utf-8", "replace")[:max(room, 0)].decode("utf-8", "ignore")
+def _cut(data: bytes, room: int) -> bytes:
+    """UTF-8 `data` cut to at most `room` bytes, on a character boundary."""
+    if len(data) <= room:
+        return data
+    room = max(room, 0)
+    while room and (data[room] & 0xC0) == 0x80:  # never inside a character
+        room -= 1
+    return data[:room]
 
 
 class Conversation:
@@ -71,10 +80,12 @@ class Conversation:
     id the next turn reuses and, for a dialect whose request carries the conversation so far (a `{history}` item in
     the profile's request: AG-UI), its messages: each turn's user message and the assistant's text of its run as
     assembled from the partial_result events (`fields.reply_text`, one assistant message per `fields.reply_id`),
-    bounded by MAX_HISTORY_BYTES. A turn continues whatever the previous one's verdict: what arrived of its reply is
+    bounded by MAX_HISTORY_BYTES. The latest turn's messages are never dropped to make room for its own reply: a
+    longer reply is cut short. A turn continues whatever the previous one's verdict: what arrived of its reply is
     what a user saw. Pure: the flow tells it what was sent and what was heard."""
 
-    __slots__ = ("thread_id", "messages", "costs", "nbytes", "chat_id", "_reply_id", "_parts", "_reply_cost")
+    __slots__ = ("thread_id", "messages", "costs", "nbytes", "chat_id", "_turn", "_reply_id", "_reply",
+                 "_reply_cost")
 
     def __init__(self) -> None:
         self.thread_id: str | None = None
@@ -82,8 +93,9 @@ class Conversation:
         self.costs: list[int] = []  # what each of them counts against the bound
         self.nbytes = 0  # the sum of `costs`, and of the reply being heard
         self.chat_id: str | None = None  # the chat of the latest turn, whose reply is heard
+        self._turn = 0  # how many of `messages` are the latest turn's (its user message, its reply's closed ones)
         self._reply_id: str | None = None  # the reply being heard (its id), None while none is
-        self._parts: list[str] = []
+        self._reply = bytearray()  # its text so far, as UTF-8 (a string per delta would cost ~50 bytes each)
         self._reply_cost = 0  # what the reply being heard counts in `nbytes`
 
     def turn(self, chat_id: str, thread_id: str, message_id: str | None, content: str, *, continues: bool,
@@ -91,56 +103,77 @@ class Conversation:
         """A new turn (`continues`: on the thread so far, else a new conversation): the messages before it, which a
         request that carries history (`keep`) sends, None when there are none."""
         self._close_reply()
+        self._turn = 0
         if not continues:
             self.messages, self.costs, self.nbytes = [], [], 0
         history = list(self.messages) if keep and self.messages else None
         self.thread_id, self.chat_id = thread_id, chat_id
         if keep:
             mid = message_id or f"{chat_id}-user"
-            self._make_room(_utf8(content) + len(mid) + MESSAGE_OVERHEAD, keep_last=False)
-            content = _cut(content, MAX_HISTORY_BYTES - self.nbytes - len(mid) - MESSAGE_OVERHEAD)
-            self.messages.append({"id": mid, "role": "user", "content": content})
-            self.costs.append(cost := _utf8(content) + len(mid) + MESSAGE_OVERHEAD)
+            text = _utf8(content)
+            self._make_room(len(text) + len(mid) + MESSAGE_OVERHEAD)
+            text = _cut(text, MAX_HISTORY_BYTES - self.nbytes - len(mid) - MESSAGE_OVERHEAD)
+            self.messages.append({"id": mid, "role": "user", "content": text.decode("utf-8", "surrogatepass")})
+            self.costs.append(cost := len(text) + len(mid) + MESSAGE_OVERHEAD)
             self.nbytes += cost
+            self._turn = 1
         return history
 
     def heard(self, chat_id: str, reply_id: str | None, text: str | None) -> None:
-        """A piece of the reply of chat `chat_id` (kept only while that chat is the latest turn)."""
-        if chat_id != self.chat_id or not text:
-            return
-        size = _utf8(text)
+        """A piece of the reply of chat `chat_id` (kept only while that chat is the latest turn; a piece naming the
+        reply message of an earlier turn is a late one of that turn, not kept)."""
+        if chat_id != self.chat_id or not text or (self.nbytes >= MAX_HISTORY_BYTES and len(self.messages) == self._turn):
+            return  # full of the latest turn: the rest of its reply costs nothing more
+        data = _utf8(text[:MAX_HISTORY_BYTES])  # never more encoded than could be kept
         if self._reply_id is None or (reply_id is not None and reply_id != self._reply_id):
+            earlier = len(self.messages) - self._turn
+            if reply_id is not None and any(m["id"] == reply_id for m in self.messages[:earlier]):
+                return
             self._close_reply()
             rid = reply_id or f"{chat_id}-reply-{len(self.messages)}"
-            self._make_room(size + len(rid) + MESSAGE_OVERHEAD, keep_last=True)
-            if self.nbytes + len(rid) + MESSAGE_OVERHEAD > MAX_HISTORY_BYTES:
-                return  # no room even for an empty message: this piece is not kept
-            self._reply_id, self._reply_cost = rid, len(rid) + MESSAGE_OVERHEAD
+            cost = len(_utf8(rid)) + MESSAGE_OVERHEAD
+            self._make_room(cost + len(data))
+            if self.nbytes + cost >= MAX_HISTORY_BYTES:
+                return  # no room for a byte of it: this piece is not kept
+            self._reply_id, self._reply_cost = rid, cost
             self.nbytes += self._reply_cost
         else:
-            self._make_room(size, keep_last=True)
-        if size > MAX_HISTORY_BYTES - self.nbytes:  # past the bound: cut short, never held past it
-            text = _cut(text, MAX_HISTORY_BYTES - self.nbytes)
-            size = _utf8(text)
-        if text:
-            self._parts.append(text)
-            self.nbytes += size
-            self._reply_cost += size
+            self._make_room(len(data))
+        data = _cut(data, MAX_HISTORY_BYTES - self.nbytes)  # past the bound: cut short, never held past it
+        self._reply += data
+        self.nbytes += len(data)
+        self._reply_cost += len(data)
 
     def _close_reply(self) -> None:
         """The reply heard so far becomes an assistant message of the conversation (its cost is counted already)."""
         rid = self._reply_id
         if rid is not None:
-            self.messages.append({"id": rid, "role": "assistant", "content": "".join(self._parts)})
+            content = self._reply.decode("utf-8", "surrogatepass")
+            # A string holds each character in the width of its widest (4 bytes for all once one is past U+FFFF):
+            # ASCII with one emoji held 4 times its UTF-8. Its cost is the larger of the two.
+            top = max(content, default="")
+            width = 4 if top > "\uffff" else 2 if top > "\xff" else 1
+            counted = len(self._reply)
+            if len(content) * width > counted:
+                self._make_room(len(content) * width - counted)
+                room = (MAX_HISTORY_BYTES - self.nbytes + counted) // width
+                content = content[:max(room, 0)]  # the latest turn alone past the bound: cut short
+                self.nbytes += len(content) * width - counted
+                self._reply_cost += len(content) * width - counted
+            self.messages.append({"id": rid, "role": "assistant", "content": content})
             self.costs.append(self._reply_cost)
-        self._reply_id, self._parts, self._reply_cost = None, [], 0
+            self._turn += 1
+        self._reply_id, self._reply, self._reply_cost = None, bytearray(), 0
 
-    def _make_room(self, size: int, *, keep_last: bool) -> None:
-        """Drop the oldest messages until `size` more bytes fit (with `keep_last`, never the latest one: the turn's
-        message while its reply is heard)."""
-        while self.nbytes + size > MAX_HISTORY_BYTES and len(self.messages) > int(keep_last):
-            self.messages.pop(0)
-            self.nbytes -= self.costs.pop(0)
+    def _make_room(self, size: int) -> None:
+        """Drop the oldest messages of the turns before the latest until `size` more bytes fit (the latest turn's
+        are kept: its reply is cut short instead)."""
+        drop = 0
+        while self.nbytes + size > MAX_HISTORY_BYTES and drop < len(self.messages) - self._turn:
+            self.nbytes -= self.costs[drop]
+            drop += 1
+        if drop:
+            del self.messages[:drop], self.costs[:drop]
 
 
 WAKE_ALL = "*"
@@ -193,7 +226,7 @@ class FrameRouter:
         if isinstance(decoded, Event):
             chat = self.checker.route(decoded)
             if self.conversations is not None and chat is not None and decoded.role is Role.PARTIAL_RESULT:
-                self._heard(chat, message)
+                self._heard(chat, decoded, message)
             if self._on_event is not None:
                 self._on_event(self.scenario, decoded)
             self.answered = True
@@ -227,10 +260,14 @@ class FrameRouter:
             return WAKE_ALL, None
         return None, None
 
-    def _heard(self, chat: ChatTracker, message: str | bytes) -> None:
+    def _heard(self, chat: ChatTracker, event: Event, message: str | bytes) -> None:
         """A piece of a reply to a chat whose conversation goes on: kept for the next turn's request (a further run the
-        stream carried is part of the same reply)."""
+        stream carried is part of the same reply). Not an event that is not of the chat's run as a client sees it:
+        one naming another thread (an R8: another conversation's words), or one before the run started (R1: a late
+        event of the turn before, which an AG-UI client refuses too)."""
         assert self.conversations is not None
+        if not chat.saw_started or (event.thread_id is not None and event.thread_id != chat.thread_id):
+            return
         root = chat.root
         conversation = self.conversations.get(root.chat_id)
         if conversation is not None:

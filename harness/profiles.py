@@ -186,8 +186,14 @@ class Profile(BaseModel):
 
     @field_validator("request", "resume")
     @classmethod
-    def _templates_plain(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _templates_plain(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
         _check_template(v)
+        # The conversation so far is one list's items, once: each more "{history}" would send it all again (a file
+        # of thousands of them, every turn's request thousands of times the bound); a resume sends none.
+        n = _names_history(v)
+        if n > (1 if info.field_name == "request" else 0):
+            raise ValueError(f"{HISTORY} is the conversation's earlier messages, spliced into the chat request once: "
+                             + (f"it is {n} items here" if info.field_name == "request" else "a resume carries none"))
         return v
 
     @field_validator("lookup")
@@ -404,7 +410,7 @@ class Decoder:
         self.resume_types = frozenset(profile.resume_types or ([resume_type] if isinstance(resume_type, str) else []))
         self.checks: tuple[CheckSet, ...] = tuple(CHECKS[name] for name in profile.checks)
         self.check_fields = tuple(dict.fromkeys(f for c in self.checks for f in c.fields))
-        self.carries_history = _names_history(profile.request)
+        self.carries_history = _names_history(profile.request) > 0
         # Compiled on first use (a few ms a profile): loading profiles to list or filter them compiles nothing.
         self._source = ""
         self._decode_obj: Callable[[Any, float], Event | Frame] | None = None
@@ -635,18 +641,17 @@ TEMPLATE_NAMES = frozenset({"content", "thread_id", "run_id", "message_id", "use
 HISTORY = "{history}"
 
 
-def _names_history(template: Any) -> bool:
-    """Whether a template has a "{history}" item in one of its lists."""
-    stack = [template]
+def _names_history(template: Any) -> int:
+    """How many "{history}" items a template's lists have."""
+    stack, n = [template], 0
     while stack:
         v = stack.pop()
         if isinstance(v, dict):
             stack.extend(v.values())
         elif isinstance(v, list):
-            if HISTORY in v:
-                return True
+            n += sum(1 for x in v if x == HISTORY)
             stack.extend(v)
-    return False
+    return n
 
 
 def _check_template(template: Any) -> None:

@@ -196,3 +196,24 @@ def test_history_is_only_ever_a_whole_item_of_a_list(tmp_path, template):
     profile.write_text(NETRA.read_text().replace('content: "{content}"', f'content: "{template}"'))
     one_error(run_cli("run", "basic", "--profile", str(profile), "--target", "ws://127.0.0.1:9/ws"),
               f"{profile}:", "field 'request'", "{history} stands alone")
+
+
+AGUI = NETRA.parent / "ag-ui.yaml"
+
+
+@pytest.mark.parametrize("edit, needle", [
+    # A second "{history}" item (here in a list of its own) would send the whole conversation again with each turn: a
+    # file of thousands of them made every continued request thousands of times the 32 KiB bound.
+    (("tools: []", 'tools: ["{history}", ["{history}"]]'), "it is 3 items here"),
+    # A resume sends no conversation: "{history}" there was accepted and silently left out.
+    (("forwardedProps: {}", 'forwardedProps: {}\nresume: {type: resume, runId: "{run_id}", past: ["{history}"]}'),
+     "a resume carries none"),
+])
+def test_history_is_spliced_into_the_chat_request_once(tmp_path, edit, needle):
+    text = AGUI.read_text()
+    assert edit[0] in text
+    profile = tmp_path / "p.yaml"
+    profile.write_text(text.replace(edit[0], edit[1], 1))
+    field = "resume" if "resume" in edit[1] else "request"
+    one_error(run_cli("run", "basic", "--profile", str(profile), "--target", "ws://127.0.0.1:9/ws"),
+              f"{profile}:", f"field '{field}'", "{history}", needle)
