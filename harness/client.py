@@ -210,7 +210,7 @@ class Session(VirtualUser):
 
     __slots__ = ("transport", "reader", "generation", "closed", "closed_by_client", "_wake_id", "_wake_one", "_wakes",
                  "_welcomed", "_opening", "_pending_sends",
-                 "_send_failure", "_settling", "_all_settled", "_sends_now", "_listening", "_ending")
+                 "_send_failure", "_send_note", "_settling", "_all_settled", "_sends_now", "_listening", "_ending")
 
     def __init__(self, target: Target, user_id: str, scenario: str, sink: Sink, *, connect_timeout: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -232,6 +232,7 @@ class Session(VirtualUser):
         # Replies (pongs) being sent by a transport whose send waits; created with the first one.
         self._pending_sends: set[asyncio.Task] | None = None
         self._send_failure: ConnectFailed | None = None
+        self._send_note = ""  # why a chat's frame did not leave (a stall, an error), for its send_failed verdict
         # Chats listening out their settle window in the background (ChatOptions.overlap_settle), and their Wakes;
         # what settled() awaits until there are none. None while there are none (memory per open connection).
         self._settling: dict[ChatFlow, Wake] | None = None
@@ -446,17 +447,22 @@ class Session(VirtualUser):
             if transport.connects_on_send:
                 self._send_failure = failure = ConnectFailed("timeout", f"no response within {self.connect_timeout:g}s")
                 transport.send_failed(failure.kind, str(failure))  # --record: no stream came of the request
-            elif expectations is not None:
-                # --record: a chat's frame that did not leave in time (the server stopped reading) fails the chat
-                # (ChatFlow.sent: send_failed); the recording says so in its place, or `check` would judge it otherwise.
-                transport.send_failed("send_failed", f"the frame did not leave within {self.connect_timeout:g}s "
-                                                     "(the server read nothing)")
+            else:
+                self._send_note = (f"the frame did not leave within {self.connect_timeout:g}s "
+                                   "(the server read nothing)")
+                if expectations is not None:
+                    # --record: a chat's frame that did not leave in time (the server stopped reading) fails the chat
+                    # (ChatFlow.sent: send_failed); the recording says so in its place, or `check` would judge it
+                    # otherwise.
+                    transport.send_failed("send_failed", self._send_note)
             return False
         except ConnectionError:
             return None
         except Exception as exc:
-            if expectations is not None and not transport.connects_on_send:  # --record: as a stalled frame
-                transport.send_failed("send_failed", f"the frame could not be sent ({type(exc).__name__})")
+            if not transport.connects_on_send:
+                self._send_note = f"the frame could not be sent ({type(exc).__name__})"
+                if expectations is not None:  # --record: as a stalled frame
+                    transport.send_failed("send_failed", self._send_note)
             return False
 
     async def settled(self) -> list[ChatResult]:
@@ -611,7 +617,7 @@ class Session(VirtualUser):
                     await waiter
                     del waiter
                 elif isinstance(action, Send):
-                    self._send_failure = None
+                    self._send_failure, self._send_note = None, ""
                     # --record: a chat's message (or probe) is written with what its step expected (expect_note).
                     recorded = self.target.recorder is not None and action.what != "resume"
                     sent = await self._safe_send(action.frame, flow.tracker.exp if recorded else None,
@@ -623,7 +629,7 @@ class Session(VirtualUser):
                     if sent is None and not self.closed and self.transport is not None:
                         # Found closed before its reader saw the end: ended now, so every chat on it sees that.
                         await self._drop(self.transport)
-                    flow.sent(sent is True, failure.kind if failure else None, str(failure) if failure else "",
+                    flow.sent(sent is True, failure.kind if failure else None, str(failure) if failure else self._send_note,
                               closed=sent is None)
                 elif isinstance(action, Connect):
                     try:

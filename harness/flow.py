@@ -753,8 +753,8 @@ class ChatFlow:
             self.router.checker.discard(self.tracker)  # never reached the server: not a chat to route events to
             self.router.sink.connection_attempt(self.router.scenario, failure_kind)
             self._error(failure_kind, failure_message)
-        else:
-            self._error("send_failed", "the connection closed before the message could be sent")
+        else:  # why, when the client knows (a frame that did not leave in time: the server read nothing)
+            self._error("send_failed", failure_message or "the connection closed before the message could be sent")
 
     def _send_again(self) -> None:
         """The message goes again, once, on a new connection: the chat leaves the old one's routing (added again once

@@ -745,6 +745,7 @@ async def test_a_send_the_server_never_reads_is_a_send_failed_error_offline_as_l
         server.close()
         await server.wait_closed()
     assert [(r.outcome, r.error_kind) for r in live.results] == [(Outcome.ERROR, "send_failed")]
+    assert "did not leave within" in live.results[0].error, live.results[0].error  # a stall, not a closed connection
     assert_parity(live, offline)
     [failed] = [json.loads(line) for f in (tmp_path / "rec").glob("*.jsonl") for line in f.read_text().splitlines()
                 if '"failed"' in line]
