@@ -8,6 +8,7 @@ plain and in asyncio tests alike.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import secrets
 import threading
@@ -20,7 +21,7 @@ import pytest
 from .checker import ChatResult, ExpectError
 from .client import Session
 from .events import Outcome, Role
-from .flow import DEFAULTS, ChatOptions
+from .flow import DEFAULTS, ChatOptions, Conversation
 from .scenario import Expect, Scenario, expectations_for
 from .sinks import Sink
 from .targets import Target, TargetOptions, TokenProvider, make_target, read_token
@@ -47,14 +48,20 @@ class ChatProbe:
         self._thread = threading.Thread(target=self._loop.run_forever, name="chatprobe-client", daemon=True)
         self._thread.start()
         self.session = Session(target, user_id, "pytest", Sink())
+        self.conversation = Conversation()  # the thread a `follow_up` chat goes on with (a scenario's thread: continue)
 
     def _call(self, coro: Any, timeout: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout or self.timeout)
 
     def chat(self, message: str, *, required: list[Role] | None = None, streaming: bool = False,
              expect_error: ExpectError = None, first_event_limit: float = 2.0, deadline: float = 60.0,
-             stall_limit: float = 30.0, options: ChatOptions = DEFAULTS) -> ChatResult:
-        """Send one message and return its verdict; the limits and roles are a scenario's `expect:`."""
+             stall_limit: float = 30.0, options: ChatOptions = DEFAULTS, follow_up: bool = False) -> ChatResult:
+        """Send one message and return its verdict; the limits and roles are a scenario's `expect:`. `follow_up`: a
+        further turn of the conversation, on the thread of this client's previous chat (a scenario step's
+        `thread: continue`: AG-UI's request carries the turns so far)."""
+        if follow_up and self.conversation.thread_id is None:
+            raise ValueError("chat(follow_up=True) goes on with an earlier chat's thread: send one first")
+        options = dataclasses.replace(options, conversation=self.conversation, continues=follow_up)
         expect = Expect(required=required, streaming=streaming, first_event_limit=first_event_limit,
                         deadline=deadline, stall_limit=stall_limit, settle=options.settle)
         exp = expectations_for(self.target.profile, expect, required=required, expect_error=expect_error)

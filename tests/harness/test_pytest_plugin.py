@@ -25,6 +25,19 @@ def test_fixture_expected_error_passes(chatprobe):
     chatprobe.check(chatprobe.chat("What time is it?"))  # the connection is still usable
 
 
+def test_fixture_follow_up_goes_on_with_the_thread(chatprobe):
+    first = chatprobe.check(chatprobe.chat("What is 6 * 7?"))
+    again = chatprobe.check(chatprobe.chat("And times 2?", follow_up=True))
+    fresh = chatprobe.check(chatprobe.chat("Something else"))
+    assert first.thread_id and again.thread_id == first.thread_id  # the server was asked on the same thread
+    assert fresh.thread_id not in (None, first.thread_id)
+
+
+def test_fixture_follow_up_needs_an_earlier_chat(chatprobe):
+    with pytest.raises(ValueError, match="send one first"):
+        chatprobe.chat("And times 2?", follow_up=True)
+
+
 def test_plugin_in_a_users_own_test_file(pytester):
     pytester.makepyfile(
         """
