@@ -748,7 +748,8 @@ class ConnectionChecker:
     """Routes one connection's decoded frames to its chats; catches events of runs this client never started."""
 
     __slots__ = ("user_id", "user_from_welcome", "events_name_run", "further_runs", "by_run", "by_message", "by_thread", "chats",
-                 "_members", "unnamed", "_prune_at", "malformed", "foreign", "_fresh", "unwitnessed")
+                 "_members", "unnamed", "_prune_at", "malformed", "foreign", "_fresh", "unwitnessed",
+                 "unheard")
 
     def __init__(self, user_id: str | None = None, *, events_name_run: bool = False, further_runs: bool = False) -> None:
         # The user this connection authenticated as (the token's `sub`), else the one its welcome names.
@@ -782,6 +783,9 @@ class ConnectionChecker:
         # Foreign events that came while the connection had no chat at all (the first INCIDENTS_EACH): a chat resumed
         # on it later was in flight then, for its user (tell_unwitnessed).
         self.unwitnessed: list[tuple[Event, str]] = _NO_LIST
+        # Malformed frames that came before the connection's first chat (the first INCIDENTS_EACH; their details): that
+        # chat is told (R12) when it is added, so whether the client had sent its message yet decides nothing.
+        self.unheard: list[str] = _NO_LIST
 
     def add(self, chat: ChatTracker) -> None:
         """Register a chat (again, after a reconnect: then it is not duplicated)."""
@@ -790,6 +794,10 @@ class ConnectionChecker:
             self._prune_at = max(2 * KEEP_FINISHED, 2 * len(self.chats))
         if not self._has(chat):
             self.chats.append(chat)
+            if self.unheard:
+                for detail in self.unheard:
+                    chat.malformed(detail, chat.sent_at)
+                self.unheard = _NO_LIST
             if self.malformed + self.foreign >= INCIDENTS_EACH:
                 if self._fresh is _NO_LIST:
                     self._fresh = []
@@ -918,7 +926,13 @@ class ConnectionChecker:
                 # listening: a late event of it (R4), not proof of cross-talk.
                 chat = self.chats[-1]
         if chat is None:
-            self._foreign(ev, "a run this client did not start" if ev.run_id else "no run of this client")
+            why = "a run this client did not start" if ev.run_id else "no run of this client"
+            if ev.run_id and self.malformed + self.foreign < INCIDENTS_EACH and any(
+                    c.exp.expect_error == "invalid_input" and c.connection_error is None for c in self.active()):
+                # Still cross-talk as far as the client can tell, but the likelier story is worth saying (for the
+                # connection's first incidents only, which every chat on screen is told: a flood costs no more).
+                why += " (while a send_raw probe waited for its error_message: did the server start a run for it?)"
+            self._foreign(ev, why)
             return None
         if (thread := ev.thread_id) is not None and (own := chat.thread_id) is not None:
             if thread != own:
@@ -1016,6 +1030,12 @@ class ConnectionChecker:
     def on_malformed(self, frame: Frame, at: float) -> None:
         witnesses = self._charged()
         self.malformed += 1
+        if not self.chats:
+            if len(self.unheard) < INCIDENTS_EACH:
+                if self.unheard is _NO_LIST:
+                    self.unheard = []
+                self.unheard.append(frame.detail)
+            return
         for chat in witnesses:
             chat.malformed(frame.detail, at)
 

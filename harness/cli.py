@@ -274,7 +274,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
     opts = options_from_args(args)
     if not args.scenarios:
         # The built-in suite: the scenarios a server of the target's dialect can carry (its `dialects`).
-        scenarios = [s for s in scenarios if s.carried_by(load_profile(opts.profile or s.profile or "netra").name)]
+        scenarios = [s for s in scenarios if s.carried_by(load_profile(opts.profile or s.profile or "netra").carries)]
     max_duration = _max_duration(args.max_duration)
     try:
         progress_every = parse_duration(args.progress_interval)
@@ -376,11 +376,13 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
                 verdict = "UNREACHABLE" if run.unreachable else "objectives met" if run.passed else "OBJECTIVES FAILED"
                 console.print(f"{scenario.name}: {st.chats} chats, {st.outcomes[Outcome.PASSED]} passed, {verdict} in "
                               f"{run.elapsed:.1f}s", markup=False, highlight=False)
-    return _finish(args, console, runs, push_sinks, interrupt)
+    # Credentials refused when none were given (no token, none in the URL's query): the message says so.
+    no_token = not tokens.configured and "?" not in url
+    return _finish(args, console, runs, push_sinks, interrupt, no_token=no_token)
 
 
 def _finish(args: argparse.Namespace, console: Console, runs: list[ScenarioRun], push_sinks: list[Any],
-            interrupt: _Interrupt | None) -> int:
+            interrupt: _Interrupt | None, *, no_token: bool = False) -> int:
     """The summary, every report asked for, the Pushgateway; then the exit code."""
     from .report import print_summary, write_html, write_json, write_junit
     from .results import exit_code
@@ -400,8 +402,11 @@ def _finish(args: argparse.Namespace, console: Console, runs: list[ScenarioRun],
         ps.push(args.pushgateway, args.job)
     code = exit_code(runs)
     if code is ExitCode.USAGE:
+        none_given = "" if not no_token else (
+            "; no token was sent: no --token-env, --token-file or --jwt-secret-env, and CHATPROBE_TOKEN and "
+            "CHATPROBE_JWT_SECRET are not set")
         print("chatprobe: error: the server rejected the credentials of every chat (AUTH_FAILED / HTTP 401/403): "
-              "check --token-env, --token-file or --jwt-secret-env, and --auth", file=sys.stderr)
+              f"check --token-env, --token-file or --jwt-secret-env, and --auth{none_given}", file=sys.stderr)
     if interrupt is not None and interrupt.exit_code is not None:
         return int(interrupt.exit_code)
     return int(code)

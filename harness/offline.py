@@ -262,8 +262,6 @@ class OfflineCheck:
                       and (decoded.thread_id is None or decoded.thread_id not in checker.by_thread)
                       and (not checker.chats or checker.chats[-1].judged)):
                     self._open(conn, at, thread_id=decoded.thread_id, timed=False)
-            elif decoded.kind == "malformed" and not checker.chats:
-                self._open(conn, at, timed=False)
         checker = conn.checker
         incidents = checker.foreign + checker.malformed
         wake, _reply = conn.router.on_frame(frame, at)
@@ -497,6 +495,10 @@ class OfflineCheck:
 
     def _close(self, conn: _Conn, at: float, rec: Recorded | None, note: str) -> None:
         """The connection ended (a close record, or the end of the recording: `rec` None)."""
+        if conn.checker.unheard:
+            # Malformed frames and no chat: a chat of their own, so the R12 is told (one before a chat is that chat's,
+            # as live: ConnectionChecker.add).
+            self._open(conn, at, timed=False)
         self._judge_ready(conn, at)
         resumable = self.profile.resume is not None
         for chat in list(conn.open.values()):  # (not those followed on another connection since a resume)

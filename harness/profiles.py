@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
 from .catalog import PROFILES_DIR
 from .events import DEFAULT_REQUIRED, EVENT_OVERHEAD, Event, Frame, FrameKind, Role, SessionError
@@ -135,6 +135,9 @@ class Profile(BaseModel):
 
     name: str
     description: str = ""
+    # The dialect whose scenarios (their `dialects:`) a server speaking this profile can carry: a profile of one's own
+    # that varies netra (a path, a control frame of its own) keeps netra's scenarios with `dialect: netra`.
+    dialect: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # The transport(s) this dialect is spoken over, the first being its usual one; the target URL's scheme picks
     # one (ws/wss: websocket, http/https: sse), and a scheme the profile does not list is a usage error.
     transport: TransportName | list[TransportName] = "websocket"
@@ -268,6 +271,12 @@ class Profile(BaseModel):
     def spans_must_close(self) -> frozenset[str]:
         """Names of the spans a completed run must have closed (R5)."""
         return frozenset(s.name for s in self.spans if s.must_close)
+
+    @property
+    def carries(self) -> str:
+        """The dialect whose scenarios this profile's servers carry (a scenario's `dialects` names it): `dialect`,
+        else the profile's own name."""
+        return self.dialect or self.name
 
     @property
     def transports(self) -> list[str]:
@@ -831,6 +840,48 @@ class _Source:
             self.emit(f"    nbytes += len({var})")
 
 
+@functools.cache
+def _builtin_types() -> dict[str, frozenset[str]]:
+    """The wire types each built-in profile knows (events, control, ping and error frames), read from its file."""
+    import yaml
+
+    out: dict[str, frozenset[str]] = {}
+    for path in sorted(PROFILES_DIR.iterdir(), key=lambda p: p.name):
+        if not path.name.endswith(".yaml"):
+            continue
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        types = {t if isinstance(t, str) else t["type"] for ts in data["roles"].values() for t in ts}
+        types.update(data.get("unmapped", []), data.get("control", []), data.get("connection_error", []),
+                     (data.get("ping") or {}).get("types", ["ping"]))
+        out[data["name"]] = frozenset(types)
+    return out
+
+
+def unknown_type_suffix(profile: Profile) -> Callable[[str], str]:
+    """What an R12 says after `type 'X'` for a type `profile` does not know: in general, or, for a type another
+    built-in profile knows (a recording of an AG-UI server checked as netra, the default), that the fix is --profile.
+    The other profiles are read on the first unknown type, not at start-up (~18 ms of YAML for every run)."""
+    general = f" is not in profile {profile.name!r} (add it to control or unmapped)"
+    name = profile.name
+
+    def suffix(wire_type: str) -> str:
+        return _other_dialects(name).get(wire_type, general)
+
+    return suffix
+
+
+@functools.cache
+def _other_dialects(name: str) -> dict[str, str]:
+    """For the types the built-in profiles other than `name` know: what an R12 says of them under `name`."""
+    other: dict[str, str] = {}
+    for other_name, types in _builtin_types().items():
+        if other_name != name:
+            for t in sorted(types):
+                other.setdefault(t, f" is not in profile {name!r} but is a type of profile {other_name!r} "
+                                    f"(--profile {other_name}?)")
+    return other
+
+
 def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     """The source of `decode_obj` (a parsed frame) and `decode` (a text frame) for one profile, and the namespace they
     run in: the same Event or Frame for every frame as the table-driven lookups (Decoder.find) give, each field looked
@@ -843,7 +894,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
         "PING": dec.ping, "CONTROL": dec.control, "CONN_ERROR": dec.conn_error, "WITH_RUN": dec.with_run,
         "UNMAPPED": dec.unmapped, "SESSION_ERRORS": dec.session_errors,
         "CONN_CODES": frozenset(profile.connection_error_codes), "CHECK_FRAMES": tuple(c.frame for c in dec.checks),
-        "UNKNOWN_SUFFIX": f" is not in profile {profile.name!r} (add it to control or unmapped)",
+        "UNKNOWN_SUFFIX": unknown_type_suffix(profile),
         "R_TOOL_EXECUTING": Role.TOOL_EXECUTING, "R_TOOL_COMPLETED": Role.TOOL_COMPLETED,
         "R_ERROR_EVENT": Role.ERROR_EVENT, "R_AGENT_STARTED": Role.AGENT_STARTED,
     }
@@ -902,7 +953,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
         emit("if role is None and wire_type not in UNMAPPED:")
         if profile.unknown_types == "violation":
             emit("    return Frame(MALFORMED, wire_type=wire_type, raw=frame, detail='type ' + repr(wire_type[:60]) + "
-                 "UNKNOWN_SUFFIX)")
+                 "UNKNOWN_SUFFIX(wire_type))")
         else:
             emit("    return Frame(UNKNOWN_KIND, wire_type=wire_type, raw=frame)")
         emit("sp = SPAN_OF.get(wire_type)")

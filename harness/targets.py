@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
 from . import redact
+from .catalog import builtin_profiles
 from .errors import ConfigError
 from .transports import SCHEMES, ConnectSettings
 from .transports.base import Compression
@@ -267,9 +268,13 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
 
 def check_scenario_fits(scenario: Scenario, target: Target) -> None:
     """A scenario the target's dialect or transport cannot carry is a usage error before the run, not failed chats."""
-    if not scenario.carried_by(target.profile.name):
+    profile = target.profile
+    if not scenario.carried_by(profile.carries):
+        hint = "" if profile.dialect or profile.name in builtin_profiles() else (
+            f" (a profile of your own that varies one of these says so: `dialect: {(scenario.dialects or ['netra'])[0]}`"
+            ", docs/profiles.md)")
         raise ConfigError(f"scenario {scenario.name!r}: field 'dialects': written for "
-                          f"{', '.join(scenario.dialects or [])}; a {target.profile.name} server cannot carry it",
+                          f"{', '.join(scenario.dialects or [])}; a {profile.carries} server cannot carry it{hint}",
                           field="dialects")
     if target.transport == "sse":
         if scenario.parallel_chats > 1:

@@ -47,7 +47,44 @@ def _resolve(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, 
     return line, shown
 
 
-def format_validation_error(path: str, err: ValidationError, node: yaml.Node | None) -> str:
+# Keys of k6 and Locust that users bring along, and what they are called here.
+_FOREIGN_KEYS = {"target": "users", "vus": "users", "iterations": "chats_per_user", "thresholds": "objectives",
+                 "rampup": "ramp_up", "spawn_rate": "ramp_up", "wait_time": "think_time"}
+
+
+def _model_keys(model: type[BaseModel]) -> set[str]:
+    """Every key the model and the models under it take (a misspelt key is matched against them all)."""
+    keys: set[str] = set()
+    seen: set[type] = set()
+    todo: list[Any] = [model]
+    while todo:
+        tp = todo.pop()
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            if tp in seen:
+                continue
+            seen.add(tp)
+            for name, info in tp.model_fields.items():
+                keys.add(info.alias or name)
+                todo.append(info.annotation)
+        else:
+            todo.extend(getattr(tp, "__args__", ()))
+    return keys
+
+
+def _did_you_mean(key: Any, model: type[BaseModel] | None) -> str:
+    if model is None or not isinstance(key, str):
+        return ""
+    import difflib
+
+    known = _model_keys(model)
+    if key in _FOREIGN_KEYS and _FOREIGN_KEYS[key] in known:
+        return f" (did you mean '{_FOREIGN_KEYS[key]}'?)"
+    close = difflib.get_close_matches(key[:64], sorted(known), n=1, cutoff=0.75)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def format_validation_error(path: str, err: ValidationError, node: yaml.Node | None,
+                            model: type[BaseModel] | None = None) -> str:
     errors = err.errors()
     first = errors[0]
     line, shown = _resolve(node, tuple(first["loc"]))
@@ -55,7 +92,8 @@ def format_validation_error(path: str, err: ValidationError, node: yaml.Node | N
     where = f"{path}:{line}" if line else path
     more = len(errors) - 1
     tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{where}: field '{field}': {first['msg']}{tail}"
+    hint = _did_you_mean(first["loc"][-1], model) if first["type"] == "extra_forbidden" and first["loc"] else ""
+    return f"{where}: field '{field}': {first['msg']}{hint}{tail}"
 
 
 # A configuration file is small: these bound what a hostile or mistaken file (a device, an alias bomb, deep
@@ -243,7 +281,7 @@ def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(path, err, node)) from None
+        raise ConfigError(format_validation_error(path, err, node, model)) from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to be a configuration") from None
 

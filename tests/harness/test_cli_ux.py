@@ -179,6 +179,17 @@ def test_credentials_refused_for_every_chat_is_a_configuration_error(sim):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "rejected the credentials of every chat" in proc.stderr
     assert "not-a-valid-token" not in proc.stdout + proc.stderr
+    assert "no token was sent" not in proc.stderr  # one was: the server refused it
+
+
+def test_credentials_refused_when_none_were_given_says_none_were(sim):
+    # A first run against one's own server without --token-env: the message listed the flags but not that no token
+    # had gone at all (CHATPROBE_TOKEN unset).
+    _, hint = sim
+    url = re.search(r"--target (\S+)", hint).group(1)
+    proc = run_cli("run", "basic", "--target", url)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no token was sent" in proc.stderr and "CHATPROBE_TOKEN" in proc.stderr, proc.stderr
 
 
 def test_record_then_check_gives_the_same_verdicts(tmp_path):
@@ -228,3 +239,20 @@ def test_quiet_prints_only_the_verdict_table():
     assert "objectives:" not in out and "timeline" not in out and "embedded agentsim" not in out
     loud = run_cli("run", "basic", "--sim-fault", "drop:tool_completed=1.0")
     assert "objectives not met" in loud.stdout and "basic objectives:" in loud.stdout
+
+
+def test_a_netra_variant_of_your_own_carries_netra_scenarios_when_it_says_so(sim, tmp_path):
+    # A copy of netra.yaml renamed for one's own server (docs/profiles.md: "Start from a copy") lost every netra-only
+    # scenario (concurrent, errors, reconnection) with no way to get them back but naming the profile `netra`.
+    _, hint = sim
+    env_part, _, command = hint.partition(" chatprobe ")
+    name, _, value = env_part.partition("=")
+    netra = (Path(__file__).parents[2] / "harness" / "profiles" / "netra.yaml").read_text()
+    own = tmp_path / "acme.yaml"
+    own.write_text(netra.replace("name: netra", "name: acme"))
+    refused = run_cli(*command.split(), "--profile", str(own), "errors", env={name: value})
+    assert refused.returncode == 2 and "`dialect: netra`" in refused.stderr, refused.stderr
+    own.write_text(netra.replace("name: netra", "name: acme\ndialect: netra"))
+    proc = run_cli(*command.split(), "--profile", str(own), "errors", "-q", env={name: value})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"│ errors\s+│\s+18 │\s+18 │", proc.stdout), proc.stdout

@@ -961,3 +961,32 @@ def test_only_blank_space_is_an_empty_recording(tmp_path):
     blank.write_bytes(b"\n \t\r\n" * 10_000)
     with pytest.raises(RecordingError, match="empty"):
         list(read_recording(blank))
+
+
+@pytest.mark.parametrize("before_send", [True, False])
+def test_a_frame_outside_the_dialect_fails_the_chat_whether_it_came_before_the_message_or_after(tmp_path, before_send):
+    # A server that greets with its welcome and then a `server_info` of its own: live, the client's message and that
+    # frame race, and the same server passed or failed by which came first (before any chat, the R12 was dropped).
+    welcome = {"t": 1000.0, "dir": "recv", "conn": "c1",
+               "frame": json.dumps({"type": "connection_established", "data": {"user_id": "u1"}})}
+    info = {"t": 1000.01 if before_send else 1000.03, "dir": "recv", "conn": "c1",
+            "frame": json.dumps({"type": "server_info", "version": "2.3"})}
+    recs = sorted([welcome, info, send(1000.02), *netra_run("r1", 1000.02)], key=lambda r: r["t"])
+    [run] = check_files([write_jsonl(tmp_path / "r.jsonl", recs)], NETRA, SC)
+    [(_, outcome, rules)] = verdicts(run)
+    assert (outcome, rules) == ("failed", ["R12"])
+    assert "'server_info' is not in profile 'netra'" in run.results[0].violations[0].reason
+
+
+def test_an_ag_ui_recording_checked_as_netra_names_the_profile_that_knows_its_types(tmp_path):
+    # `chatprobe check rec/` of a `--profile ag-ui` run, without --profile, said "add it to control or unmapped" for
+    # every event: the fix is --profile ag-ui, not editing a profile.
+    recs = [{"t": 1000.0, "dir": "send", "conn": "c1", "frame": {"threadId": "t1", "runId": "r1", "messages": []}},
+            {"t": 1000.1, "dir": "recv", "conn": "c1", "frame": json.dumps({"type": "RUN_STARTED", "threadId": "t1",
+                                                                             "runId": "r1"})},
+            {"t": 1000.2, "dir": "recv", "conn": "c1", "frame": json.dumps({"type": "acme_thing"})}]
+    [run] = check_files([write_jsonl(tmp_path / "r.jsonl", recs)], NETRA, SC)
+    reasons = [v.reason for r in run.results for v in r.violations if v.rule == "R12"]
+    assert "type 'RUN_STARTED' is not in profile 'netra' but is a type of profile 'ag-ui' (--profile ag-ui?)" in (
+        reasons[0]), reasons
+    assert reasons[1].endswith("type 'acme_thing' is not in profile 'netra' (add it to control or unmapped)"), reasons

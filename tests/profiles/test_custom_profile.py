@@ -201,3 +201,68 @@ def test_an_event_naming_no_run_is_cross_talk_where_the_dialect_names_runs(tmp_p
     assert code == 1
     chats = doc["scenarios"][0]["chats"]
     assert all(any(v["rule"] == "R8" and "no run" in v["reason"] for v in c["violations"]) for c in chats)
+
+
+def test_a_dialect_of_your_own_carries_the_builtin_basic_and_probe_scenarios(tmp_path):
+    # docs/profiles.md's first check of a new profile, `chatprobe run --profile acme.yaml basic`, was exit 2 ("a acme
+    # server cannot carry it"), and the default suite against it an empty table and exit 1.
+    profile = tmp_path / "acme.yaml"
+    profile.write_text(ACME)
+    out = tmp_path / "out.json"
+    with InThread(WsServer(acme_run, welcome={"kind": "hello"})) as server:
+        code = main(["run", "--target", server.url, "--profile", str(profile), "basic", "probe", "--json", str(out),
+                     "-q"])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert [s["scenario"] for s in doc["scenarios"]] == ["basic", "probe"]
+    assert all(c["outcome"] == "passed" for s in doc["scenarios"] for c in s["chats"])
+
+
+class _InfoFirst(WsServer):
+    """A netra server that sends a frame of its own (`server_info`, not netra's) ahead of its welcome."""
+
+    async def _handler(self, ws):  # type: ignore[no-untyped-def]
+        await ws.send(json.dumps({"type": "server_info", "version": "2.3"}))
+        await super()._handler(ws)
+
+
+def netra_run(request: dict):
+    p = request["payload"]
+    ids = {"run_id": "r-1", "thread_id": p["thread_id"]}
+    for seq, (kind, extra) in enumerate([("agent_started", {"message_id": p["message_id"]}), ("agent_thinking", {}),
+                                         ("tool_executing", {"tool_call_id": "c1", "tool_name": "calc"}),
+                                         ("tool_completed", {"tool_call_id": "c1", "tool_name": "calc"}),
+                                         ("partial_result", {"content": "42"}), ("agent_completed", {})], 1):
+        yield {"type": kind, **ids, "seq": seq, "payload": extra}
+
+
+def test_a_frame_outside_the_dialect_before_the_first_chat_fails_that_chat(tmp_path):
+    # Before any chat the R12 was dropped, so the same server passed or failed by whether its frame beat the message.
+    out = tmp_path / "out.json"
+    welcome = {"type": "connection_established", "data": {"user_id": "u1"}}
+    with InThread(_InfoFirst(netra_run, welcome=welcome)) as server:
+        code = main(["run", "--target", server.url, "basic", "--json", str(out), "-q"])
+    (chat,) = json.loads(out.read_text())["scenarios"][0]["chats"]
+    assert code == 1 and chat["outcome"] == "failed", chat
+    assert [v["rule"] for v in chat["violations"]] == ["R12"] and "'server_info'" in chat["violations"][0]["reason"]
+
+
+def test_a_run_started_for_a_send_raw_probe_says_so_in_its_cross_talk(tmp_path):
+    # The `errors` scenario's empty user_message, taken by a server as a chat: 8 "cross-talk" violations with
+    # nothing to say that the client's own probe had started that run.
+    def run_anyway(request: dict):
+        for seq, kind in enumerate(["agent_started", "agent_thinking", "agent_completed"], 1):
+            yield {"type": kind, "run_id": "r-probe", "thread_id": "t-x", "seq": seq, "payload": {}}
+
+    scenario = tmp_path / "probe.yaml"
+    scenario.write_text("name: p\nexpect: {deadline: 1s}\nsteps:\n"
+                        "  - send_raw: '{\"type\": \"user_message\", \"payload\": {\"content\": \"\"}}'\n")
+    out = tmp_path / "out.json"
+    welcome = {"type": "connection_established", "data": {"user_id": "u1"}}
+    with InThread(WsServer(run_anyway, welcome=welcome)) as server:
+        code = main(["run", "--target", server.url, str(scenario), "--json", str(out), "-q"])
+    (chat,) = json.loads(out.read_text())["scenarios"][0]["chats"]
+    assert code == 1
+    r8 = [v["reason"] for v in chat["violations"] if v["rule"] == "R8"]
+    assert r8 and all("did the server start a run for it?" in r for r in r8), chat["violations"]
+    assert "R13" in {v["rule"] for v in chat["violations"]}

@@ -22,6 +22,7 @@ from harness.profiles import (
     _id_or_wide,
     _split_names,
     _WideInt,
+    unknown_type_suffix,
 )
 
 from .test_decode_pinned import FRAMES as PINNED_FRAMES
@@ -62,7 +63,7 @@ def reference_decode_obj(self: Decoder, frame: Any, received_at: float) -> Event
     if role is None and wire_type not in self.unmapped:
         if profile.unknown_types == "violation":
             return Frame(FrameKind.MALFORMED, wire_type=wire_type, raw=frame,
-                         detail=f"type {wire_type[:60]!r} is not in profile {profile.name!r} (add it to control or unmapped)")
+                         detail=f"type {wire_type[:60]!r}" + unknown_type_suffix(profile)(wire_type))
         return Frame(FrameKind.UNKNOWN, wire_type=wire_type, raw=frame)
     seq = find(frame, scopes, n["seq"])
     bad_seq = None
