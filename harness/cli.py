@@ -273,8 +273,14 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
 
     opts = options_from_args(args)
     if not args.scenarios:
-        # The built-in suite: the scenarios a server of the target's dialect can carry (its `dialects`).
+        # The built-in suite: the scenarios a server of the target's dialect can carry (its `dialects`), and against a
+        # server of one's own not those that need agentsim's directives to fail on purpose (said, not silent).
         scenarios = [s for s in scenarios if s.carried_by(load_profile(opts.profile or s.profile or "netra").carries)]
+        if opts.url is not None and (sim_only := [s.name for s in scenarios if s.agentsim_only]):
+            scenarios = [s for s in scenarios if not s.agentsim_only]
+            print(f"chatprobe: left out of the built-in suite against --target: {', '.join(sim_only)} (it makes the "
+                  "server fail on purpose with agentsim's #fail-tool / #fail-agent; name it to run it anyway)",
+                  file=sys.stderr)
     max_duration = _max_duration(args.max_duration)
     try:
         progress_every = parse_duration(args.progress_interval)

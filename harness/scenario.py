@@ -228,6 +228,10 @@ class Scenario(Strict):
     # The dialects (profile names) a server can carry this scenario in; None: any. A built-in scenario that needs a
     # dialect's own features (netra's resume, its invalid-input answer) lists only the dialects that have them.
     dialects: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]] | None = None
+    # The scenario makes the server fail on purpose with agentsim's directives (#fail-tool, #fail-agent): `chatprobe
+    # run --target URL` with no scenario named leaves it out (another server has no such switch: its chats would fail
+    # for what the scenario asked, not for what the server did); named, it runs against any target.
+    agentsim_only: bool = False
     users: Int = Field(default=1, ge=1, le=100000)
     chats_per_user: Int = Field(default=1, ge=1, le=100000)
     concurrency: Int | None = Field(default=None, ge=1, le=100000)

@@ -40,6 +40,29 @@ def test_builtin_suite_passes_against_embedded_agentsim(tmp_path):
     assert "objectives met" in proc.stdout
 
 
+def test_builtin_suite_against_a_target_leaves_out_what_needs_agentsims_directives(tmp_path):
+    """`errors` makes the server fail on purpose (#fail-tool, #fail-agent): against a server of one's own, which has no
+    such switch, it would fail for what it asked. Left out of the suite, and said; named, it runs."""
+    from agentsim.server import SimConfig, run_in_thread
+
+    secret = "test-secret-" + os.urandom(8).hex()  # a user per token, so a reconnected user resumes its run
+    handle = run_in_thread(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think=0.002, tool_latency=0.001))
+    env = {"CHATPROBE_JWT_SECRET": secret}
+    try:
+        out = tmp_path / "r.json"
+        proc = run_cli("run", "--target", handle.url, "--json", str(out), env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        names = [s["scenario"] for s in json.loads(out.read_text())["scenarios"]]
+        assert names == ["basic", "concurrent", "reconnection", "performance", "abandonment"]
+        assert "left out of the built-in suite against --target: errors" in proc.stderr
+        named = run_cli("run", "errors", "--target", handle.url, "--json", str(out), env=env)
+        assert named.returncode == 0, named.stdout + named.stderr
+        assert [s["scenario"] for s in json.loads(out.read_text())["scenarios"]] == ["errors"]
+        assert "left out" not in named.stderr
+    finally:
+        handle.stop()
+
+
 def test_fault_makes_the_gate_fail_with_reasons(tmp_path):
     junit, html = tmp_path / "r.xml", tmp_path / "r.html"
     proc = run_cli("run", "basic", "--sim-fault", "drop:tool_completed=1", "--junit", str(junit), "--html", str(html))
