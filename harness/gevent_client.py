@@ -15,7 +15,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from websockets.client import ClientProtocol
@@ -45,6 +45,9 @@ from .sinks import Sink
 from .targets import Target
 from .transports import ConnectFailed, ConnectSettings
 from .transports.websocket import classify, handshake_options, record_close
+
+if TYPE_CHECKING:
+    from .recorder import ConnectionRecording
 
 __all__ = ["STOPPED_NOTE", "SyncSession"]
 
@@ -362,10 +365,14 @@ def _shutdown(sock: socket.socket, how: int) -> None:
 class _Connection:
     """One WebSocket connection and how it ended (the fields record_close reads)."""
 
-    def __init__(self, settings: ConnectSettings, ws: _Wire, generation: int) -> None:
+    def __init__(self, settings: ConnectSettings, ws: _Wire, generation: int,
+                 recording: ConnectionRecording | None = None) -> None:
         self.settings = settings
         self.ws = ws
         self.generation = generation
+        # --chatprobe-record: the connection's recording (target.recorder), written at the moments the asyncio
+        # client's RecordingTransport writes it (frames both ways, a chat's expectations, failures, who closed it).
+        self.recording = recording
         self.close_code: int | None = None
         self.close_reason = ""
         self.protocol_error: str | None = None
@@ -399,20 +406,29 @@ class SyncSession(VirtualUser):
         self._settle_at = float("inf")
 
     # -- connection --
-    def connect(self, by: float | None = None) -> None:
+    def connect(self, by: float | None = None, *, resume: bool = False) -> None:
         """Open (or reopen) the connection and wait for the welcome (at most connect_timeout, and past `by`, a chat's
-        deadline, not at all); raises ConnectFailed, classified."""
+        deadline, not at all); raises ConnectFailed, classified. `resume`: a reconnect to resume a run (recorded so:
+        its failure fails no chat of its own)."""
         settings = self.target.settings_for(self.user_id, self.connect_timeout)
+        recorder = self.target.recorder
+        recording = None if recorder is None else recorder.recording(self.user_id, resume=resume)
         ws = _Wire(settings)
         try:
             ws.open()
         except Exception as exc:
             kind, reason = classify(exc)
+            if recording is not None:
+                recording.open_failed(kind, reason)  # the recording keeps the attempt, and why it failed
             self.sink.connection_attempt(self.scenario, kind)
             raise ConnectFailed(kind, reason) from None
+        except BaseException:
+            if recording is not None:
+                recording.discard()  # stopped from outside (Locust stopping the user): nothing passed, no file
+            raise
         with self._lock:
             self.generation += 1
-            conn = self.conn = _Connection(ws.settings, ws, self.generation)
+            conn = self.conn = _Connection(ws.settings, ws, self.generation, recording)
             self.router.new_connection()
             self.closed = False
             self.closed_by_client = False
@@ -435,6 +451,8 @@ class SyncSession(VirtualUser):
                 woken = self._woken
             woken.wait(left)
         if kind != "ok":
+            if recording is not None:
+                recording.connect_failed(kind, reason)  # the recording says the connection failed, and why
             self._drop(conn)
             raise ConnectFailed(kind, reason)
 
@@ -443,9 +461,13 @@ class SyncSession(VirtualUser):
         clock = self.clock
 
         router = self.router
+        recording = conn.recording
 
         def deliver(messages: list[str | bytes]) -> None:
             at = clock()  # the messages of one read arrived together
+            if recording is not None:
+                for message in messages:
+                    recording.received(message, at)
             replies = []
             with self._lock:
                 answered, wake = router.answered, False
@@ -468,6 +490,8 @@ class SyncSession(VirtualUser):
             conn.close_reason = f"{exc.__class__.__name__}: {str(exc)[:120]}"
         finally:
             record_close(conn, ws.protocol)
+            if recording is not None:
+                recording.end(conn.close_code, conn.protocol_error)
             with self._lock:
                 if conn.protocol_error is not None:
                     self.router.on_protocol_error(conn.protocol_error, clock())
@@ -480,22 +504,29 @@ class SyncSession(VirtualUser):
         woken, self._woken = self._woken, threading.Event()
         woken.set()
 
-    def _send(self, obj: object, timeout: float = 0.0) -> bool | None:
+    def _send(self, obj: object, timeout: float = 0.0, expectations: Expectations | None = None,
+              since: float = 0.0) -> bool | None:
         """Send a frame; the reader's replies without waiting, a chat's within `timeout` (until its deadline): a
         server that does not read leaves the rest queued, not the sender waiting. True when sent; None when the
         connection was found closed before the frame left (the server closed it between chats), False for any other
-        failure."""
+        failure. `expectations`: given for a chat's message or probe, which a recording writes with them, and
+        `since`, when its times count from (as the asyncio Session._safe_send)."""
         conn = self.conn
         if conn is None:
             return False
         if self.closed:
             return None
+        recording = conn.recording
+        if recording is not None:
+            recording.sent(obj, expectations, since if expectations is not None else None)
         try:
             conn.ws.send_text(_encode(obj), timeout)
             return True
         except ConnectionError:
             return None
-        except Exception:
+        except Exception as exc:
+            if recording is not None and expectations is not None:  # the chat fails (send_failed): recorded so
+                recording.send_failed("send_failed", f"the frame could not be sent ({type(exc).__name__})")
             return False
 
     @property
@@ -535,12 +566,17 @@ class SyncSession(VirtualUser):
         if conn is None:
             return
         self.closed_by_client = True
+        if conn.recording is not None:
+            conn.recording.closed_by_client()
         # Shut the socket down first and let the reading threads see the end before the fd is closed: closing
         # an fd that a greenlet still waits on aborts gevent's loop (libev asserts), which a server that floods
         # and never answers the closing handshake would otherwise trigger. The server sees the connection end
         # without a close frame, as when a load generator stops.
         self._abort(conn)
         self._join(conn, 3.0)
+        if conn.recording is not None and not (conn.reader is not None and conn.reader.is_alive()):
+            # Its reader ended it already, or never started (Locust stopping the user inside Thread.start()): saved.
+            conn.recording.end(conn.close_code, conn.protocol_error)
         conn.ws.close()
 
     def _ensure_connected(self, by: float | None = None) -> None:
@@ -556,7 +592,7 @@ class SyncSession(VirtualUser):
             if self.generation != seen_generation and not self.closed:
                 return True
             try:
-                self.connect()
+                self.connect(resume=True)
                 return True
             except ConnectFailed:
                 return False
@@ -617,7 +653,8 @@ class SyncSession(VirtualUser):
                 if isinstance(action, Wait):
                     self._wait(woken, min(action.until, self._settle_at) - clock())
                 elif isinstance(action, Send):
-                    sent = self._send(action.frame, flow.tracker.wait_deadline() - clock())
+                    sent = self._send(action.frame, flow.tracker.wait_deadline() - clock(),
+                                      flow.tracker.exp if action.what != "resume" else None, flow.tracker.sent_at)
                     if sent is None and not self.closed and self.conn is not None:
                         self._drop(self.conn)  # found closed before its reader saw the end: ended now, for every chat
                     with lock:
@@ -638,6 +675,8 @@ class SyncSession(VirtualUser):
                 elif isinstance(action, Drop):
                     if self.conn is not None and not self.closed:
                         self.closed_by_client = True
+                        if self.conn.recording is not None:
+                            self.conn.recording.dropped_by_client()  # a drop on purpose, not the server's doing
                         self._drop(self.conn)
                 elif isinstance(action, Close):
                     self._close()  # chats still settling are judged now: their connection is gone

@@ -34,6 +34,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gevent
@@ -61,12 +62,17 @@ from .yamlfile import ConfigError
 if TYPE_CHECKING:
     from monitors.httpserver import HttpServer
 
+    from .recorder import Recorder
+
 logger = logging.getLogger("chatprobe.locust")
 TALLY_MESSAGE = "chatprobe_tally"
 USAGE_ERROR_MESSAGE = "chatprobe_usage_error"
 # Connection failures that mean the server never took the chat (the handshake or the welcome failed): the user
 # backs off (harness/backoff.py) until one of its chats connects again.
 CONNECT_FAILURES = frozenset({"refused", "timeout", "tls_error", "auth_failed"})
+# The recording's run id the master puts in the options it sends its workers at each test's start (Locust sends
+# every custom option to them), so that every worker's --chatprobe-record files carry it.
+RECORD_RUN = "chatprobe_record_run"
 
 
 class _HelpAction(argparse.Action):
@@ -99,6 +105,10 @@ def _arguments(parser: "argparse.ArgumentParser") -> None:
                    help="serve chatprobe /metrics on this port (workers: PORT + worker index); 0: off")
     g.add_argument("--chatprobe-metrics-host", default="127.0.0.1", metavar="HOST",
                    help="address /metrics listens on (0.0.0.0 to let a remote Prometheus scrape)")
+    g.add_argument("--chatprobe-record", default=None, metavar="DIR",
+                   help="write every connection's frames to DIR as JSON Lines, secrets scrubbed, for `chatprobe check "
+                        "DIR` (as `chatprobe run --record`); distributed: give it to the master, each worker writes "
+                        "to DIR on its own machine, all under the master's run id (the master writes nothing)")
 
 
 class _Run:
@@ -115,6 +125,39 @@ class _Run:
         self.usage_error: str | None = None  # master: a worker could not use the options (exit 2)
         self.started = time.monotonic()
         self.user_prefix = f"lc-{uuid.uuid4().hex[:6]}"
+        self.recorder: Recorder | None = None  # --chatprobe-record: this process's users' connections
+
+    def start_recording(self) -> None:
+        """--chatprobe-record DIR: a Recorder for this test's connections, under the run id the master chose (RECORD_RUN
+        in the options it sends its workers: `chatprobe check` judges every worker's files as the one run the master
+        judged), else one of its own (a single process); every connection the users open is then recorded (the
+        target's recorder, as `chatprobe run --record` sets it). Raises ConfigError for a DIR that cannot be used."""
+        opts = self.environment.parsed_options
+        path = getattr(opts, "chatprobe_record", None) if opts is not None else None
+        if path is not None and not path.strip():
+            raise ConfigError("--chatprobe-record: an empty path", field="record")
+        if not path:
+            self.recorder = None
+        else:
+            from .recorder import Recorder
+
+            if Path(path).exists() and not Path(path).is_dir():
+                raise ConfigError(f"--chatprobe-record {path}: not a directory", field="record")
+            try:
+                self.recorder = Recorder(path, run_id=getattr(opts, RECORD_RUN, None) or None)
+            except OSError as exc:
+                raise ConfigError(f"--chatprobe-record {path}: {exc.strerror or exc}", field="record") from None
+        if self.target is not None:
+            self.target.recorder = self.recorder
+
+    def warn_unrecorded(self) -> None:
+        """Frames this process's recording dropped (a connection's file full), said as `chatprobe run` says it."""
+        if self.recorder is not None and (dropped := self.recorder.take_dropped())[0]:
+            conns, frames, size = dropped
+            logger.warning("--chatprobe-record: %d frames (%s bytes) of %d connection(s) were not recorded, their file "
+                           "being full (%s bytes); each file says where its gap begins, and `chatprobe check` judges "
+                           "the chats open there as they stood", frames, f"{size:,}", conns,
+                           f"{self.recorder.max_file_bytes:,}")
 
     def load(self) -> None:
         """Scenario and target from the options (on a worker, the master's options arrive with the first spawn)."""
@@ -137,6 +180,7 @@ class _Run:
                 raise ConfigError(f"--host {exc.detail} (the Locust user speaks WebSocket)", field="url",
                                   detail=exc.detail) from None
             raise
+        target.recorder = self.recorder
         if self.target is None or self.target.name != target.name:
             from monitors.metrics import MetricsSink, default_metrics
 
@@ -235,10 +279,13 @@ def current() -> _Run:
     return _run
 
 
-def _load_or_exit(run: _Run) -> None:
-    """A usage error (bad host scheme, unknown scenario) ends the process with exit 2, as `chatprobe run` does."""
+def _load_or_exit(run: _Run, *, record: bool = False) -> None:
+    """A usage error (bad host scheme, unknown scenario, with `record` a --chatprobe-record DIR that cannot be used)
+    ends the process with exit 2, as `chatprobe run` does."""
     try:
         run.load()
+        if record:
+            run.start_recording()
     except ConfigError as exc:
         print(f"chatprobe: error: {redact.clean(exc)}", file=sys.stderr, flush=True)
         sys.exit(int(ExitCode.USAGE))
@@ -255,7 +302,7 @@ def _init(environment, runner=None, **_kw) -> None:
         _stop_on_sigterm(environment)  # the master ends the shape; its workers are stopped and quit as at its end
         return
     if not isinstance(runner, WorkerRunner):
-        _load_or_exit(_run)
+        _load_or_exit(_run, record=True)
         _stop_on_sigterm(environment)
     port = environment.parsed_options.chatprobe_metrics_port if environment.parsed_options else 0
     if port:
@@ -313,20 +360,36 @@ def _test_start(environment, **_kw) -> None:
         run.stages.by_stage = {}
     run.by_worker.clear()
     run.started = time.monotonic()
-    if not isinstance(environment.runner, MasterRunner):
+    opts = environment.parsed_options
+    if isinstance(environment.runner, MasterRunner):
+        if opts is not None and getattr(opts, "chatprobe_record", None):
+            # Sent to the workers with the spawn messages that follow: one run id for all of this test's files.
+            from .recorder import new_run_id
+
+            setattr(opts, RECORD_RUN, new_run_id())
+    else:
         tune_collector()
         try:
             run.load()  # a worker has the master's options now
+            run.start_recording()  # a new run id for each test (the master's, on a worker)
         except ConfigError as exc:
             # The master checked the same options at its start: what fails here is this worker's own view of them
-            # (a scenario file it cannot read, ...). A usage error all the same: exit 2 here and at the master.
-            print(f"chatprobe: error: {redact.clean(str(exc), 1000)}", file=sys.stderr, flush=True)
+            # (a scenario file it cannot read, a --chatprobe-record DIR it cannot write, ...). A usage error all the
+            # same: exit 2 here and at the master.
             environment.process_exit_code = int(ExitCode.USAGE)
             runner = environment.runner
-            if isinstance(runner, WorkerRunner):
+            if not isinstance(runner, WorkerRunner):
+                run.usage_error = redact.clean(str(exc), 1000)  # a single process: its verdict says it, exit 2
+            else:
+                print(f"chatprobe: error: {redact.clean(str(exc), 1000)}", file=sys.stderr, flush=True)
                 runner.send_message(USAGE_ERROR_MESSAGE, {"worker": runner.worker_index,
                                                           "error": redact.clean(str(exc), 1000)})
             gevent.spawn(runner.quit)  # not from inside the spawn message's handler, which quit() kills
+
+
+@events.test_stop.add_listener
+def _test_stop(environment, **_kw) -> None:
+    current().warn_unrecorded()
 
 
 @events.report_to_master.add_listener

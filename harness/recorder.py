@@ -4,7 +4,9 @@ Each Recorder (one run, one proxy process) names its files after a run id of its
 DIR neither overwrites the first one's files nor is merged with them: `chatprobe check DIR` judges each run.
 
 Hooks: a driver wraps each transport it opens in `recorder.wrap(transport, label)`, a RecordingTransport, which
-overrides the transport's no-op RecordingHooks (transports/base.py) that the client calls (the runner); or it calls
+overrides the transport's no-op RecordingHooks (transports/base.py) that the client calls (the runner); a client that
+is no Transport (the Locust user's SyncSession) takes `recorder.recording(label)`, the ConnectionRecording that a
+RecordingTransport also writes through, and calls it at the same moments; or it calls
 `log.frame(...)` for what it forwards and `recorder.save(log, keep)` when the connection ends (the proxy: keep only
 connections with a failing chat, or one held for a resend).
 """
@@ -367,6 +369,11 @@ class Recorder:
         `resume`: a reconnect to resume a run (its failure fails no chat of its own)."""
         return RecordingTransport(transport, self.connection(label), resume=resume)
 
+    def recording(self, label: str, *, resume: bool = False) -> ConnectionRecording:
+        """Connection `label`'s recording for a client that is no Transport (the Locust user's SyncSession), which
+        calls it at the moments the asyncio client calls a RecordingTransport's hooks; `resume` as for wrap()."""
+        return ConnectionRecording(self.connection(label), resume=resume)
+
     def save(self, log: ConnectionLog, keep: bool | None = None) -> Path | None:
         """The connection ended: its file kept (when `keep`, or always with keep_all) or deleted; returns the path."""
         if not log.closed:
@@ -397,21 +404,100 @@ class Recorder:
         return final
 
 
-class RecordingTransport(RecordingHooks):
-    """A Transport that writes what passes both ways to a ConnectionLog, and saves it when the connection ends; it
-    overrides the transports' no-op RecordingHooks, through which the client tells the recording what the frames
-    do not say (a chat's expectations, a connection or a send that failed, a drop on purpose)."""
+class ConnectionRecording:
+    """One connection's recording as a client keeps it: its frames both ways and what the frames do not say (a chat's
+    expectations and due time, a connection or a send that failed, a close or a drop on purpose), written to its
+    ConnectionLog and saved when the connection ends. The one implementation of those records for every client:
+    `RecordingTransport` (the asyncio clients, through the transports' RecordingHooks) and the Locust user's
+    `gevent_client.SyncSession` (`Recorder.recording`) call it at the same moments. Thread-safe (the sync client's
+    reader and its chats write to one connection from different threads or greenlets)."""
 
-    def __init__(self, inner: Transport, log: ConnectionLog, clock: Callable[[], float] = time.monotonic, *,
-                 resume: bool = False) -> None:
-        self._inner = inner
-        self._log = log
+    def __init__(self, log: ConnectionLog, clock: Callable[[], float] = time.monotonic, *, resume: bool = False) -> None:
+        self.log = log
         self._clock = clock
+        self._lock = threading.Lock()
         self._saved = False
         self._by_client = False
         self._resume = resume  # a reconnect to resume a run: its failure fails no chat of its own
         self._dropped = False  # the client dropped it on purpose (disconnect_after), to reconnect and resume
         self._failure: dict[str, Any] | None = None
+
+    def sent(self, obj: Any, expectations: Expectations | None = None, since: float | None = None) -> None:
+        """A frame about to be sent, now; for a chat's message (or probe) with what its step expected (expect_note)
+        and `since`, when the chat's times count from, written as "due" when that is before now (an open-model chat
+        due earlier: its first-event time counts from then)."""
+        now = self._clock()
+        due = since if since is not None and now - since > DUE_SLACK else None
+        with self._lock:
+            self.log.frame("send", obj, now, None if expectations is None else expect_note(expectations), due)
+
+    def received(self, message: str | bytes, at: float) -> None:
+        with self._lock:
+            self.log.frame("recv", message, at)
+
+    def connect_failed(self, kind: str, reason: str) -> None:
+        """The connection opened but never became usable (no welcome, AUTH_FAILED, closed before the welcome): its
+        close record says so (the client drops it next), or, when the server closed it first, a close record of the
+        failure follows the one written then."""
+        with self._lock:
+            self._failure = connect_failure(kind, reason, resume=self._resume)
+            if self._saved:
+                self.log.failed(self._clock(), self._failure)
+
+    def open_failed(self, kind: str, reason: str) -> None:
+        """Refused at the handshake (HTTP 401/403/503, closed during the upgrade, nothing listening, a timeout): the
+        file keeps the attempt, so that `chatprobe check` counts the chat it failed as live did."""
+        self.connect_failed(kind, reason)
+        self.end(keep=True)
+
+    def discard(self) -> None:
+        """Opening was cancelled: nothing passed, no file."""
+        self.end(keep=False)
+
+    def send_failed(self, kind: str, reason: str) -> None:
+        """SSE: the request is the stream's connection, and no stream came of it (refused, an HTTP status, or no
+        answer within connect_timeout, which the client times): a close record of the failure, in its place.
+        WebSocket (`send_failed`): the chat's frame did not leave within connect_timeout (the server stopped reading),
+        or could not be sent: a close record saying so, in its place, after which the connection goes on (its other
+        chats, its end)."""
+        with self._lock:
+            self.log.failed(self._clock(), connect_failure(kind, reason, resume=self._resume and kind != SEND_FAILED),
+                            ends=kind != SEND_FAILED)
+
+    def closed_by_client(self) -> None:
+        """The client closes the connection on purpose (a chat abandoned, the session's end): "by": "client"."""
+        self._by_client = True
+
+    def dropped_by_client(self) -> None:
+        """The client is about to drop the connection on purpose, as a lost network would (a step's disconnect_after),
+        to reconnect and resume: its close record says "by": "client-drop" (not the server's doing: no R13, as live;
+        its chats are resumed, not abandoned)."""
+        self._dropped = True
+
+    def end(self, close_code: int | None = None, protocol_error: str | None = None, *, stream: bool = False,
+            keep: bool | None = None) -> None:
+        """The connection ended (once; later calls do nothing): its close record (the close code, who closed it, the
+        protocol error the client dropped it for, the failure that made it unusable), and the file saved."""
+        with self._lock:
+            if self._saved:
+                return
+            self._saved = True
+            self.log.close(self._clock(), close_code,
+                           by_client="client" if self._by_client else "client-drop" if self._dropped else None,
+                           error=protocol_error, failure=self._failure, stream=stream)
+        self.log.recorder.save(self.log, keep)
+
+
+class RecordingTransport(RecordingHooks):
+    """A Transport that writes what passes both ways to a ConnectionLog (through a ConnectionRecording), and saves it
+    when the connection ends; it overrides the transports' no-op RecordingHooks, through which the client tells the
+    recording what the frames do not say (a chat's expectations, a connection or a send that failed, a drop on
+    purpose)."""
+
+    def __init__(self, inner: Transport, log: ConnectionLog, clock: Callable[[], float] = time.monotonic, *,
+                 resume: bool = False) -> None:
+        self._inner = inner
+        self._rec = ConnectionRecording(log, clock, resume=resume)
 
     def __getattr__(self, name: str) -> Any:  # connects_on_send, close_code, ended_note, protocol_error…
         return getattr(self._inner, name)
@@ -420,81 +506,55 @@ class RecordingTransport(RecordingHooks):
         try:
             await self._inner.open()
         except ConnectFailed as exc:
-            # Refused at the handshake (HTTP 401/403/503, closed during the upgrade, a timeout): the file keeps the
-            # attempt, so that `chatprobe check` counts the chat it failed as live did.
-            self.connect_failed(exc.kind, str(exc))
-            self._save(keep=True)
+            self._rec.open_failed(exc.kind, str(exc))
             raise
         except BaseException:
-            self._save(keep=False)  # cancelled: nothing passed, no file
+            self._rec.discard()
             raise
 
     def connect_failed(self, kind: str, reason: str) -> None:
-        """The connection opened but never became usable (no welcome, AUTH_FAILED, closed before the welcome): its
-        close record says so (the client drops it next), or, when the server closed it first, a close record of the
-        failure follows the one written then."""
-        self._failure = connect_failure(kind, reason, resume=self._resume)
-        if self._saved:
-            self._log.failed(self._clock(), self._failure)
+        self._rec.connect_failed(kind, reason)
 
     async def send(self, obj: Any) -> None:
         """The frame recorded, then sent."""
-        await self._send(obj, None, None)
+        self._rec.sent(obj)
+        await self._send(obj)
 
     async def send_chat(self, obj: Any, expectations: Expectations, since: float) -> None:
-        """A chat's message (or probe) recorded with what its step expected (expect_note), and with `since`, when
-        the chat's times count from, when that is before now (an open-model chat due earlier: its first-event time
-        counts from then); then sent."""
-        await self._send(obj, expect_note(expectations), since)
+        """A chat's message (or probe) recorded with what its step expected and when its times count from; then
+        sent."""
+        self._rec.sent(obj, expectations, since)
+        await self._send(obj)
 
-    async def _send(self, obj: Any, expect: dict[str, Any] | None, since: float | None) -> None:
-        now = self._clock()
-        due = since if since is not None and now - since > DUE_SLACK else None
-        self._log.frame("send", obj, now, expect, due)
+    async def _send(self, obj: Any) -> None:
         try:
             await self._inner.send(obj)
         except ConnectFailed as exc:
-            self.send_failed(exc.kind, str(exc))
+            self._rec.send_failed(exc.kind, str(exc))
             raise
 
     def send_failed(self, kind: str, reason: str) -> None:
-        """SSE: the request is the stream's connection, and no stream came of it (refused, an HTTP status, or no
-        answer within connect_timeout, which the client times): a close record of the failure, in its place.
-        WebSocket (`send_failed`): the chat's frame did not leave within connect_timeout (the server stopped reading):
-        a close record saying so, in its place, after which the connection goes on (its other chats, its end)."""
-        self._log.failed(self._clock(), connect_failure(kind, reason, resume=self._resume and kind != SEND_FAILED),
-                         ends=kind != SEND_FAILED)
+        self._rec.send_failed(kind, reason)
 
     async def run(self, on_frame: FrameCallback) -> None:
-        log = self._log
+        received = self._rec.received
 
         def tap(message: str | bytes, at: float) -> None:
-            log.frame("recv", message, at)
+            received(message, at)
             on_frame(message, at)
 
         try:
             await self._inner.run(tap)
         finally:
-            self._save()
+            self._rec.end(getattr(self._inner, "close_code", None), getattr(self._inner, "protocol_error", None),
+                          stream=getattr(self._inner, "connects_on_send", False) is True)
 
     async def close(self) -> None:
-        self._by_client = True  # the client closed it (a chat abandoned, the session's end); not abort(): a drop on
-        await self._inner.close()  # purpose stands for a lost network, and the run resumes elsewhere
+        self._rec.closed_by_client()  # the client closed it (a chat abandoned, the session's end); not abort(): a
+        await self._inner.close()  # drop on purpose stands for a lost network, and the run resumes elsewhere
 
     def abort(self) -> None:
         self._inner.abort()
 
     def dropped_by_client(self) -> None:
-        """The client is about to drop the connection on purpose, as a lost network would (a step's disconnect_after),
-        to reconnect and resume: its close record says "by": "client-drop" (not the server's doing: no R13, as live;
-        its chats are resumed, not abandoned)."""
-        self._dropped = True
-
-    def _save(self, keep: bool | None = None) -> None:
-        if not self._saved:
-            self._saved = True
-            self._log.close(self._clock(), getattr(self._inner, "close_code", None),
-                            by_client="client" if self._by_client else "client-drop" if self._dropped else None,
-                            error=getattr(self._inner, "protocol_error", None), failure=self._failure,
-                            stream=getattr(self._inner, "connects_on_send", False) is True)
-            self._log.recorder.save(self._log, keep)
+        self._rec.dropped_by_client()
