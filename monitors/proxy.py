@@ -278,7 +278,7 @@ class LiveConnection:
         self._by_id: dict[str, ChatTracker] = {}  # the chats open on this connection, oldest first
         self.resumes: Resumes | None = None  # runs resumed across connections (flow.Resumes), from the first one
         self.log = live.recorder.connection("live", secrets) if live.recorder is not None else None
-        self.failing = False  # a chat on this connection did not pass: its recording is kept
+        self.failing = False  # a chat on this connection did not pass (or was held or sent again): its recording is kept
 
     @property
     def auth_failed(self) -> bool:
@@ -299,6 +299,9 @@ class LiveConnection:
             self._make_room(now)
             self.checker.add(tracker)
             self._by_id[tracker.chat_id] = tracker
+            # Its recording is kept, as its first try's is: `check` follows the chat across both (the first alone is
+            # a chat never sent again), whatever its verdict here.
+            self.failing = True
         elif frame.kind == "request":
             self._make_room(now)
             tracker = LiveTracker(live.new_chat_id(), live.exp, now, scenario=live.scenario,
