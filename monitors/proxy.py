@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any, NoReturn
@@ -71,6 +72,9 @@ TOO_MANY_OPEN = f"the client had more than {MAX_OPEN_CHATS} chats open at once o
 # Messages held for a resend at once (across users): a chat whose connection the server closed before any event of its
 # run waits, until its deadline, for its user to send the message again on a new connection. Past it, judged at once.
 MAX_RESENDS = 10_000
+# ... and at once per identity (one user's credentials, or all anonymous users'): a user whose requests the server
+# keeps cutting cannot take every place from the others (their resends would count as two chats again).
+MAX_RESENDS_EACH = 64
 CLOSED_NOTE = "the server closed the connection mid-run"
 # A peer that stops reading must not hold a connection (and its chats) forever: a frame not taken within this
 # long ends the connection, as if that peer had left.
@@ -146,6 +150,7 @@ class LiveChats:
         # handshake (1000/1001: an R13 warning when sent again), and the timer that judges it at its deadline.
         self.resends: dict[tuple[str, str], tuple[ChatTracker, float, bool, asyncio.TimerHandle | None]] = {}
         self.resent: set[str] = set()  # chats sent again already: a second loss is judged as any other
+        self._held_by: Counter[str] = Counter()  # chats held for a resend, by identity (MAX_RESENDS_EACH)
 
     def connection(self, identity: str = "", secrets: tuple[str, ...] = ()) -> "LiveConnection":
         """A new proxied connection; `identity` stands for its credentials (a resume only picks up a run that a
@@ -201,9 +206,12 @@ class LiveChats:
                 or len(self.resends) >= MAX_RESENDS):
             return False
         key = (identity, chat.message_id)
-        earlier = self.resends.pop(key, None)
+        earlier = self._let_go(key)
         if earlier is not None:  # two chats of one message id cut short: the earlier one is judged as it stood
             self._expire(key, earlier)
+        if self._held_by[identity] >= MAX_RESENDS_EACH:
+            return False
+        self._held_by[identity] += 1
         timer = None
         try:
             timer = asyncio.get_running_loop().call_later(max(chat.wait_deadline() - at, 0.0), self._due, key, chat)
@@ -215,7 +223,7 @@ class LiveChats:
     def take_resend(self, identity: str, message_id: str | None) -> tuple[ChatTracker, bool] | None:
         """The chat held for a resend of this message by this user, if any: (its tracker, whether its connection
         ended with a closing handshake)."""
-        held = self.resends.pop((identity, message_id), None) if message_id else None
+        held = self._let_go((identity, message_id)) if message_id else None
         if held is None:
             return None
         chat, _at, clean, timer = held
@@ -227,7 +235,7 @@ class LiveChats:
     def _due(self, key: tuple[str, str], chat: ChatTracker) -> None:
         held = self.resends.get(key)
         if held is not None and held[0] is chat:
-            del self.resends[key]
+            self._let_go(key)
             self._expire(key, held)
 
     def _expire(self, key: tuple[str, str],
@@ -242,7 +250,18 @@ class LiveChats:
         """The proxy stops: the chats still held for a resend are judged as they stood (the counts add up)."""
         while self.resends:
             key = next(iter(self.resends))
-            self._expire(key, self.resends.pop(key))
+            held = self._let_go(key)
+            assert held is not None
+            self._expire(key, held)
+
+    def _let_go(self, key: tuple[str, str]) -> tuple[ChatTracker, float, bool, asyncio.TimerHandle | None] | None:
+        """The chat held for this resend, no longer held (None: none was)."""
+        held = self.resends.pop(key, None)
+        if held is not None:
+            self._held_by[key[0]] -= 1
+            if not self._held_by[key[0]]:
+                del self._held_by[key[0]]
+        return held
 
     def connection_closed(self, conn: "LiveConnection") -> None:
         """The proxy is done with a connection (its handler's last step); every chat on it is judged."""
