@@ -147,6 +147,8 @@ class _Run:
                 self.recorder = Recorder(path, run_id=getattr(opts, RECORD_RUN, None) or None)
             except OSError as exc:
                 raise ConfigError(f"--chatprobe-record {path}: {exc.strerror or exc}", field="record") from None
+            except ValueError as exc:  # the master's run id is no run id (never a path in DIR)
+                raise ConfigError(f"--chatprobe-record {path}: {exc}", field="record") from None
         if self.target is not None:
             self.target.recorder = self.recorder
 

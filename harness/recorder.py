@@ -27,7 +27,7 @@ from typing import Any
 
 from .checker import Expectations
 from .profiles import parses_as_json
-from .recordings import SEND_FAILED
+from .recordings import RUN_ID_RE, SEND_FAILED
 from .redact import MIN_SECRET_LEN, scrub, secrets_of
 from .transports import ConnectFailed, FrameCallback, RecordingHooks, Transport
 
@@ -319,6 +319,10 @@ class Recorder:
     def __init__(self, directory: str | Path, *, keep_all: bool = True, max_files: int = DEFAULT_MAX_FILES,
                  max_bytes: int = DEFAULT_MAX_BYTES, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                  clock: Callable[[], float] = time.monotonic, run_id: str | None = None) -> None:
+        if run_id is not None and not RUN_ID_RE.fullmatch(run_id):
+            # A run id names files in DIR (a Locust worker's comes from its master): never a path, and always one
+            # `check` reads back (recordings.RECORDED_RUN_RE).
+            raise ValueError(f"not a recording run id: {run_id[:80]!r}")
         self.run_id = run_id or new_run_id()
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,10 @@ def _cut(text: str, limit: int) -> str:
 # The files `--record DIR` writes (harness/recorder.py): RUN-NNNNNN-LABEL.jsonl, RUN the run id (UTC start time to
 # the microsecond, or to the second in the first recordings; 6 random hex digits). A directory holds one group of them
 # per run; other files there are a recording of their own.
-RECORDED_RUN_RE = re.compile(r"^(\d{8}T\d{6}(?:\d{6})?Z-[0-9a-f]{6})-\d{6}-.*\.jsonl$")
+# A recording's run id (recorder.new_run_id makes them), and a file of a run: RUN-NNNNNN-LABEL.jsonl.
+RUN_ID_PATTERN = r"\d{8}T\d{6}(?:\d{6})?Z-[0-9a-f]{6}"
+RUN_ID_RE = re.compile(RUN_ID_PATTERN)
+RECORDED_RUN_RE = re.compile(rf"^({RUN_ID_PATTERN})-\d{{6}}-.*\.jsonl$")
 
 
 def recorded_runs(directory: Path) -> list[tuple[str | None, list[Path]]]:

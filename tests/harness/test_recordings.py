@@ -990,3 +990,24 @@ def test_an_ag_ui_recording_checked_as_netra_names_the_profile_that_knows_its_ty
     assert "type 'RUN_STARTED' is not in profile 'netra' but is a type of profile 'ag-ui' (--profile ag-ui?)" in (
         reasons[0]), reasons
     assert reasons[1].endswith("type 'acme_thing' is not in profile 'netra' (add it to control or unmapped)"), reasons
+
+
+@pytest.mark.parametrize("run_id", ["../../escaped", "20261203T112327256978Z-9585cb/../x", "", "x" * 5000])
+def test_a_run_id_that_is_no_run_id_is_refused_and_writes_nothing(tmp_path, run_id):
+    """A Locust worker's run id comes from its master and names the files it writes: never a path out of DIR, and
+    always one `check` reads back."""
+    from harness.recorder import new_run_id
+
+    (tmp_path / "rec").mkdir()
+    if run_id:
+        with pytest.raises(ValueError, match="not a recording run id"):
+            Recorder(tmp_path / "rec", run_id=run_id)
+    else:  # none given: a new one
+        assert Recorder(tmp_path / "rec", run_id=None).run_id
+    good = new_run_id()
+    log = Recorder(tmp_path / "rec", run_id=good, clock=lambda: 1.0).connection("u")
+    log.frame("send", '{"type":"user_message"}', 1.0)
+    log.close(2.0, 1000, by_client=True)
+    log.recorder.save(log)
+    assert [p.name.startswith(good) for p in (tmp_path / "rec").iterdir()] == [True]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec"]  # nothing written outside DIR
