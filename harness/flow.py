@@ -81,8 +81,9 @@ class Conversation:
     the profile's request: AG-UI), its messages: each turn's user message and the assistant's text of its run as
     assembled from the partial_result events (`fields.reply_text`, one assistant message per `fields.reply_id`),
     bounded by MAX_HISTORY_BYTES. The latest turn's messages are never dropped to make room for its own reply: a
-    longer reply is cut short. A turn continues whatever the previous one's verdict: what arrived of its reply is
-    what a user saw. Pure: the flow tells it what was sent and what was heard."""
+    longer reply is cut short; a user message longer than the bound is not kept (never sent altered under its id).
+    A turn continues whatever the previous one's verdict: what arrived of its reply is what a user saw. Pure: the
+    flow tells it what was sent and what was heard."""
 
     __slots__ = ("thread_id", "messages", "costs", "nbytes", "chat_id", "_turn", "_reply_id", "_reply",
                  "_reply_cost")
@@ -110,13 +111,16 @@ class Conversation:
         self.thread_id, self.chat_id = thread_id, chat_id
         if keep:
             mid = message_id or f"{chat_id}-user"
-            text = _utf8(content)
-            self._make_room(len(text) + len(mid) + MESSAGE_OVERHEAD)
-            text = _cut(text, MAX_HISTORY_BYTES - self.nbytes - len(mid) - MESSAGE_OVERHEAD)
-            self.messages.append({"id": mid, "role": "user", "content": text.decode("utf-8", "surrogatepass")})
-            self.costs.append(cost := len(text) + len(mid) + MESSAGE_OVERHEAD)
-            self.nbytes += cost
-            self._turn = 1
+            cost = len(_utf8(content)) + len(mid) + MESSAGE_OVERHEAD
+            # A message past the bound is sent whole in its own request and left out of the later ones: cut short it
+            # would be another text under the same id, an edit (ag-ui-langgraph reruns the thread from an edited
+            # user message, and the new one never reaches the model).
+            if cost <= MAX_HISTORY_BYTES:
+                self._make_room(cost)
+                self.messages.append({"id": mid, "role": "user", "content": content})
+                self.costs.append(cost)
+                self.nbytes += cost
+                self._turn = 1
         return history
 
     def heard(self, chat_id: str, reply_id: str | None, text: str | None) -> None:

@@ -454,3 +454,25 @@ def test_a_conversation_keeps_its_turns_within_the_byte_bound():
     other.turn("d0", "t-9", "m", "x", continues=False, keep=False)
     other.heard("d0", "a", "y")
     assert other.turn("d1", "t-9", "m2", "z", continues=True, keep=False) is None and other.thread_id == "t-9"
+
+
+def test_a_user_message_past_the_bound_is_left_out_never_sent_cut_under_its_id():
+    """Cut short, it would be another text under the same id: an edit (ag-ui-langgraph reruns the thread from it)."""
+    from harness.flow import MAX_HISTORY_BYTES, Conversation
+
+    conv = Conversation()
+    conv.turn("c0", "t-1", "m-0", "hi", continues=False, keep=True)
+    conv.heard("c0", "a0", "hello")
+    big = "x" * MAX_HISTORY_BYTES
+    assert conv.turn("c1", "t-1", "m-1", big, continues=True, keep=True) == [
+        {"id": "m-0", "role": "user", "content": "hi"}, {"id": "a0", "role": "assistant", "content": "hello"}]
+    conv.heard("c1", "a1", "a long one")
+    history = conv.turn("c2", "t-1", "m-2", "next", continues=True, keep=True)
+    assert history is not None and all(m["id"] != "m-1" for m in history)
+    assert history[-1] == {"id": "a1", "role": "assistant", "content": "a long one"}
+    assert conv.nbytes == sum(conv.costs) <= MAX_HISTORY_BYTES
+    # One that fits is kept whole.
+    fits = "y" * (MAX_HISTORY_BYTES - 400)
+    conv.turn("c3", "t-1", "m-3", fits, continues=True, keep=True)
+    assert conv.turn("c4", "t-1", "m-4", "z", continues=True, keep=True) == [
+        {"id": "m-3", "role": "user", "content": fits}]

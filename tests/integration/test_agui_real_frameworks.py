@@ -399,3 +399,187 @@ def test_langgraph_legacy_interrupt_reported_as_success_fails(tmp_path: Path):
     assert [v["rule"] for v in chat["violations"]] == ["R5"], chat["violations"]
     assert "tool call 'call-d' (delete: a backend tool, not offered by the client) has no TOOL_CALL_RESULT" in \
         chat["violations"][0]["reason"]
+
+
+# -- conversations through `chatprobe run` (a step's `thread: continue`) ----------------------------------------------
+
+CONVERSATION = """users: 1
+expect: {first_event_limit: 10s}
+steps:
+  - chat: {message: "Hi"}
+  - chat: {message: "What is 2 + 3? #tool", thread: continue}
+  - chat: {message: "And once more", thread: continue}
+"""
+
+
+class Requests:
+    """An ASGI wrapper that keeps every request body the framework was sent (JSON), then hands the request on."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.bodies = app, []  # type: ignore[var-annotated]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        chunks: list[bytes] = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        self.bodies.append(json.loads(body))
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _pydantic_seen(messages: list[ModelMessage]) -> list[tuple[str, str]]:
+    """What the model was given, as (role, text): user prompts, the model's own text, tool calls and returns."""
+    from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
+    out: list[tuple[str, str]] = []
+    for m in messages:
+        for p in m.parts:
+            if isinstance(p, UserPromptPart):
+                out.append(("user", str(p.content)))
+            elif isinstance(p, TextPart) and isinstance(m, ModelResponse):
+                out.append(("assistant", p.content))
+            elif isinstance(p, ToolCallPart):
+                out.append(("tool_call", p.tool_name))
+            elif isinstance(p, ToolReturnPart):
+                out.append(("tool", str(p.content)))
+    return out
+
+
+def _lg_seen(messages: list[Any]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for m in messages:
+        if isinstance(m, HumanMessage):
+            out.append(("user", str(m.content)))
+        elif isinstance(m, AIMessage):
+            if m.content:
+                out.append(("assistant", str(m.content)))
+            out.extend(("tool_call", c["name"]) for c in m.tool_calls)
+        elif isinstance(m, ToolMessage):
+            out.append(("tool", str(m.content)))
+    return out
+
+
+def _no_message_altered(bodies: list[dict]) -> None:
+    """A message id names one message: every request that sends it again sends the same text (another text under
+    the same id is an edit of it)."""
+    texts: dict[str, str] = {}
+    for b in bodies:
+        for m in b["messages"]:
+            assert texts.setdefault(m["id"], m["content"]) == m["content"], f"message {m['id']} sent altered"
+
+
+def _check_conversation(chats: list[dict], bodies: list[dict], seen: list[list[tuple[str, str]]]) -> None:
+    from ag_ui.core import RunAgentInput
+    assert len(chats) == 3 and all(c["outcome"] == "passed" and not c["violations"] for c in chats), \
+        [(c["chat_id"], c["outcome"], c["violations"]) for c in chats]
+    assert "RUN_ERROR" not in types_of(chats)
+    assert len({c["thread_id"] for c in chats}) == 1
+    # What we sent is a RunAgentInput by the official schema, on one thread, its messages' ids unique.
+    inputs = [RunAgentInput.model_validate(b) for b in bodies]
+    assert len(inputs) == 3 and len({i.thread_id for i in inputs}) == 1
+    for i in inputs:
+        ids = [m.id for m in i.messages]
+        assert len(ids) == len(set(ids)), ids
+    _no_message_altered(bodies)
+    sent = [[(m.role, m.content if isinstance(m.content, str) else "") for m in i.messages] for i in inputs]
+    assert [r for r, _ in sent[0]] == ["user"]
+    assert sent[1][0] == ("user", "Hi") and sent[1][1] == ("assistant", "Hello there.")
+    assert sent[1][-1] == ("user", "What is 2 + 3? #tool")
+    assert sent[2][:2] == sent[1][:2] and sent[2][2] == ("user", "What is 2 + 3? #tool")
+    assert sent[2][-1] == ("user", "And once more")
+    # The model of turn 2 and turn 3 saw the earlier user and assistant messages, in order.
+    first_of_turn2 = next(s for s in seen if s and s[-1] == ("user", "What is 2 + 3? #tool"))
+    assert first_of_turn2 == [("user", "Hi"), ("assistant", "Hello there."), ("user", "What is 2 + 3? #tool")], \
+        first_of_turn2
+    first_of_turn3 = next(s for s in seen if s and s[-1] == ("user", "And once more"))
+    said = [x for x in first_of_turn3 if x[0] in ("user", "assistant")]
+    assert said[:3] == first_of_turn2 and said[-1] == ("user", "And once more"), first_of_turn3
+    assert ("assistant", "The answer is 5.") in said, first_of_turn3
+
+
+def test_pydantic_ai_conversation_turns_reach_the_model_in_order(tmp_path: Path):
+    seen: list[list[tuple[str, str]]] = []
+
+    async def model(messages: list[ModelMessage], info: AgentInfo):
+        seen.append(_pydantic_seen(messages))
+        async for x in _pydantic_model(messages, info):
+            yield x
+
+    agent = Agent(FunctionModel(stream_function=model), output_type=[str, DeferredToolRequests])
+
+    @agent.tool_plain
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    async def endpoint(request: Request) -> Response:
+        return await AGUIAdapter.dispatch_request(request, agent=agent)
+
+    app = Requests(Starlette(routes=[Route("/agent", endpoint, methods=["POST"])]))
+    with served(app) as base:
+        code, chats, out = run(tmp_path, f"{base}/agent", scenario(tmp_path, "conversation", CONVERSATION))
+    assert code == 0, out
+    _check_conversation(chats["conversation"], app.bodies, seen)
+
+
+def test_langgraph_conversation_turns_reach_the_model_in_order(tmp_path: Path):
+    seen: list[list[tuple[str, str]]] = []
+
+    class Recording(ScriptedChatModel):
+        def _stream(self, messages, stop=None, run_manager=None, **kw) -> Iterator[ChatGenerationChunk]:
+            seen.append(_lg_seen(messages))
+            return super()._stream(messages, stop, run_manager, **kw)
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    graph = create_agent(Recording(), tools=[add], checkpointer=InMemorySaver())
+    fastapi = FastAPI()
+    add_langgraph_fastapi_endpoint(fastapi, LangGraphAgent(name="agent", graph=graph), "/agent")
+    app = Requests(fastapi)
+    with served(app) as base:
+        code, chats, out = run(tmp_path, f"{base}/agent", scenario(tmp_path, "conversation", CONVERSATION))
+    assert code == 0, out
+    _check_conversation(chats["conversation"], app.bodies, seen)
+
+
+def test_langgraph_conversation_after_a_message_past_the_history_bound_reaches_the_model(tmp_path: Path):
+    """FAILED-ON-ORIGINAL (turn 2's model saw only turn 1's message, cut short, and never 'second turn'): a first
+    message past the 32 KiB history bound went into turn 2's history cut short under its id. ag-ui-langgraph reads a
+    known user message id with other text as the user editing it (ag-ui-langgraph #1748) and reruns the thread from
+    it: the new message is dropped and the run still passes. A message that does not fit is now left out whole."""
+    seen: list[list[tuple[str, str]]] = []
+
+    class Recording(ScriptedChatModel):
+        def _stream(self, messages, stop=None, run_manager=None, **kw) -> Iterator[ChatGenerationChunk]:
+            seen.append(_lg_seen(messages))
+            return super()._stream(messages, stop, run_manager, **kw)
+
+    fastapi = FastAPI()
+    add_langgraph_fastapi_endpoint(fastapi, LangGraphAgent(name="agent", graph=create_agent(
+        Recording(), tools=[], checkpointer=InMemorySaver())), "/agent")
+    app = Requests(fastapi)
+    big = "Hi " + "x" * 40_000
+    body = (f'users: 1\nexpect: {{first_event_limit: 10s}}\nsteps:\n  - chat: {{message: "{big}"}}\n'
+            '  - chat: {message: "second turn", thread: continue}\n')
+    with served(app) as base:
+        code, chats, out = run(tmp_path, f"{base}/agent", scenario(tmp_path, "big", body))
+    assert code == 0, out
+    assert all(c["outcome"] == "passed" for c in chats["big"]), chats["big"]
+    assert seen == [[("user", big)], [("user", big), ("assistant", "Hello there."), ("user", "second turn")]], \
+        [[(r, t[:20], len(t)) for r, t in s] for s in seen]
+    _no_message_altered(app.bodies)
