@@ -20,17 +20,18 @@ __all__ = ["ConfigError"]
 M = TypeVar("M", bound=BaseModel)
 
 
-def _resolve(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, list[str]]:
-    """Follow a pydantic error location through the YAML node tree: the line it points at and the field
-    path as the file spells it (union tags and model names, which are not in the file, are dropped)."""
+def _resolve(node: yaml.Node | None, loc: tuple[Any, ...], at_key: bool = False) -> tuple[int | None, list[str]]:
+    """Follow a pydantic error location through the YAML node tree: the line it points at (with `at_key`, the
+    line of the last key itself, not of its value: a key not taken) and the field path as the file spells it
+    (union tags and model names, which are not in the file, are dropped)."""
     line = node.start_mark.line + 1 if node is not None else None
     shown: list[str] = []
     for i, part in enumerate(loc):
-        nxt = None
+        nxt = key_at = None
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 if key_node.value == str(part):
-                    nxt = value_node
+                    nxt, key_at = value_node, key_node
                     break
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             nxt = node.value[part]
@@ -43,7 +44,7 @@ def _resolve(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, 
             continue
         shown.append(str(part))
         node = nxt
-        line = node.start_mark.line + 1
+        line = (key_at if at_key and key_at is not None and i == len(loc) - 1 else node).start_mark.line + 1
     return line, shown
 
 
@@ -87,7 +88,12 @@ def format_validation_error(path: str, err: ValidationError, node: yaml.Node | N
                             model: type[BaseModel] | None = None) -> str:
     errors = err.errors()
     first = errors[0]
-    line, shown = _resolve(node, tuple(first["loc"]))
+    if any(e["type"] == "missing" for e in errors):
+        # A misspelt required key is two errors, the key missing and the key not taken: the misspelling is the one
+        # to name, with the key meant, rather than "Field required" for a key the user believes they wrote.
+        first = next((e for e in errors if e["type"] == "extra_forbidden" and e["loc"]
+                      and _did_you_mean(e["loc"][-1], model)), first)
+    line, shown = _resolve(node, tuple(first["loc"]), at_key=first["type"] == "extra_forbidden")
     field = ".".join(shown) or "(top level)"
     where = f"{path}:{line}" if line else path
     more = len(errors) - 1

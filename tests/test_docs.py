@@ -438,3 +438,29 @@ def test_the_monitor_config_keys_the_readme_and_help_list_are_the_models():
     assert MonitorConfig.model_fields["scenarios"].default_factory() == ["probe"]  # type: ignore[misc]
     shown = next(a.help for a in monitor_parser()._actions if "--config" in a.option_strings)
     assert all(key in shown for key in (*TargetConfig.model_fields, *MonitorConfig.model_fields))
+
+
+def test_the_readmes_monitor_config_and_its_failing_scenario_load(tmp_path, monkeypatch):
+    """The README's `--config` example is a file the monitor takes as it stands (with the failing scenario it
+    describes beside it), and its Prometheus snippet loads the rules file that exists."""
+    from monitors.monitor import load_config, probes_from_config
+
+    readme = ROOT / "README.md"
+    blocks = ["\n".join(lines) for lang, _, lines in _fences(readme) if lang == "yaml"]
+    config_text = next(b for b in blocks if "targets:" in b and "url:" in b)
+    prom = yaml.safe_load(next(b for b in blocks if "rule_files:" in b))
+    assert [Path(f).name for f in prom["rule_files"]] == ["chatprobe.rules.yml"]
+    assert (ROOT / "monitors" / "rules" / "chatprobe.rules.yml").is_file()
+    said = " ".join(readme.read_text(encoding="utf-8").split())
+    message = re.search(r'`message: "([^"]+)"`', said)
+    assert message and "#fail-agent" in message.group(1)
+    probe = (ROOT / "scenarios" / "probe.yaml").read_text(encoding="utf-8")
+    (tmp_path / "fatal.yaml").write_text(probe.replace("name: probe", "name: fatal").replace(
+        'message: "What is 17 * 23?"', f'message: "{message.group(1)}"'))
+    config = tmp_path / "monitor.yaml"
+    config.write_text(config_text)
+    for name in re.findall(r"(?:token_env|jwt_secret_env): (\w+)", config_text):
+        monkeypatch.setenv(name, "a-secret-of-32-bytes-or-more-for-hs256")
+    probes = probes_from_config(str(config), load_config(str(config)), 10.0)
+    assert {p.key for p in probes} == {("chat-prod", "probe"), ("chat-staging", "probe"), ("chat-staging", "fatal")}
+    assert next(p.scenario for p in probes if p.key[1] == "fatal").message.startswith("#fail-agent")

@@ -24,3 +24,23 @@ def test_a_key_like_none_gets_no_guess(tmp_path):
     scenario = tmp_path / "s.yaml"
     scenario.write_text("name: s\nusers: 1\nflux_capacitor: 3\n")
     assert "did you mean" not in one_error(run_cli("run", str(scenario)), "field 'flux_capacitor'")
+
+
+@pytest.mark.parametrize("text,line,field,meant", [
+    # A misspelt required key is two problems to pydantic (the key it does not take, the key it misses): the line
+    # names the misspelt key and the key meant, not "Field required" for a key the user believes they wrote.
+    ("targets:\n  a: {urll: ws://127.0.0.1:9/ws}\n", 2, "targets.a.urll", "url"),
+    ("target:\n  a: {url: ws://127.0.0.1:9/ws}\n", 1, "target", "targets"),
+])
+def test_a_misspelt_required_monitor_key_names_the_key_meant(tmp_path, text, line, field, meant):
+    config = tmp_path / "m.yaml"
+    config.write_text(text)
+    out = one_error(run_cli("monitor", "--once", "--config", str(config)), f"{config}:{line}: field '{field}'",
+                    f"(did you mean '{meant}'?)")
+    assert "Field required" not in out
+
+
+def test_a_misspelt_required_scenario_key_names_the_key_meant(tmp_path):
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("nmae: s\nusers: 1\n")
+    one_error(run_cli("run", str(scenario)), f"{scenario}:1: field 'nmae'", "(did you mean 'name'?)")

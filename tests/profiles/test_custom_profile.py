@@ -118,7 +118,7 @@ def test_welcome_is_awaited_unless_the_profile_says_none(tmp_path):
 
 @pytest.mark.parametrize("edit,line,field,words", [
     (("client_run_id: true", "client_run_id: true\nwelcom: false"), 6, "welcom", "Extra inputs are not permitted"),
-    (("roles:", "rolez:"), 1, "roles", "Field required (and 1 more problem)"),
+    (("roles:", "rolez:"), 20, "rolez", "(did you mean 'roles'?)"),  # not "Field required" for the key meant
     (("  agent_thinking: [think]", "  agent_thinkin: [think]"), 22, "roles.agent_thinkin.[key]", "'agent_thinking'"),
     (("  partial_result: [chunk]", "  partial_result: [chunk, think]"), 21, "roles",
      "wire type 'think' is mapped to both agent_thinking and partial_result"),
