@@ -28,7 +28,7 @@ from harness.events import Outcome
 from harness.profiles import load_profile
 from harness.results import ScenarioRun, exit_code
 from harness.runner import run_scenario
-from harness.scenario import Scenario, load_scenario
+from harness.scenario import Bool, Scenario, load_scenario
 from harness.targets import (
     Target,
     TargetOptions,
@@ -80,7 +80,7 @@ class TargetConfig(_Strict):
     token_file: str | None = None
     jwt_secret_env: str | None = None
     ca_file: str | None = None
-    insecure: bool = False
+    insecure: Bool = False  # as YAML writes it, like a scenario's switches: `insecure: "no"` or 1 is an error
     scenarios: list[str] | None = Field(default=None, min_length=1)
 
 

@@ -44,3 +44,12 @@ def test_a_misspelt_required_scenario_key_names_the_key_meant(tmp_path):
     scenario = tmp_path / "s.yaml"
     scenario.write_text("nmae: s\nusers: 1\n")
     one_error(run_cli("run", str(scenario)), f"{scenario}:1: field 'nmae'", "(did you mean 'name'?)")
+
+
+@pytest.mark.parametrize("value", ['"yes"', '"no"', "1", "0"])
+def test_a_monitor_switch_is_taken_as_yaml_writes_it(tmp_path, value):
+    """`insecure` turns TLS verification off: a quoted "no" or a 0 was read as a boolean either way, silently. Taken
+    as YAML writes it (true/false), as a scenario's switches are."""
+    config = tmp_path / "m.yaml"
+    config.write_text(f"targets:\n  a:\n    url: wss://127.0.0.1:9/ws\n    insecure: {value}\n")
+    one_error(run_cli("monitor", "--once", "--config", str(config)), f"{config}:4: field 'targets.a.insecure'")
