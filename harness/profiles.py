@@ -842,18 +842,15 @@ class _Source:
 
 @functools.cache
 def _builtin_types() -> dict[str, frozenset[str]]:
-    """The wire types each built-in profile knows (events, control, ping and error frames), read from its file."""
-    import yaml
+    """The wire types each built-in profile knows (events, spans, control, ping and error frames), as its Decoder
+    reads them (the decoder is not compiled for this)."""
+    from .catalog import builtin_profiles
 
     out: dict[str, frozenset[str]] = {}
-    for path in sorted(PROFILES_DIR.iterdir(), key=lambda p: p.name):
-        if not path.name.endswith(".yaml"):
-            continue
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        types = {t if isinstance(t, str) else t["type"] for ts in data["roles"].values() for t in ts}
-        types.update(data.get("unmapped", []), data.get("control", []), data.get("connection_error", []),
-                     (data.get("ping") or {}).get("types", ["ping"]))
-        out[data["name"]] = frozenset(types)
+    for name in builtin_profiles():
+        dec = _decoder_of(load_profile(name))
+        out[name] = frozenset({*dec.always, *dec.with_run, *dec.span_of, *dec.unmapped, *dec.control, *dec.ping,
+                               *dec.conn_error})
     return out
 
 
