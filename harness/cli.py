@@ -39,8 +39,25 @@ REPORT_FLAGS = ("json", "junit", "html")
 MAX_FRAME_LIMIT = 1 << 30  # `check --max-size`
 
 
+# k6's load flags, as a k6 user types them after `run`: the load is the scenario file's here, one way to give it.
+_K6_FLAGS = {
+    "--vus": "users: N", "-u": "users: N",
+    "--iterations": "chats_per_user: N (each user's chats)", "-i": "chats_per_user: N (each user's chats)",
+    "--duration": "stages: [{duration: 30s, users: N, ramp: false}] (users held for a time)",
+    "-d": "stages: [{duration: 30s, users: N, ramp: false}] (users held for a time)",
+    "--stage": "stages: [{duration: 30s, users: N}] (a ramp to N)", "-s": "stages: [{duration: 30s, users: N}]",
+    "--rps": "arrival_rate: N with duration: 1m (chats per second)",
+}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            given = message.partition(":")[2].split()
+            flag = next((a.partition("=")[0] for a in given if a.partition("=")[0] in _K6_FLAGS), None)
+            if flag is not None:
+                message += (f" (k6's {flag}: chatprobe takes the load from the scenario file, "
+                            f"{_K6_FLAGS[flag]}; docs/scenarios.md)")
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 

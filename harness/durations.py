@@ -1,5 +1,5 @@
-"""Durations and sizes as people write them in YAML and flags ("2s", "250ms", 1.5; "4MiB", "512KiB") parsed to
-seconds and bytes."""
+"""Durations and sizes as people write them in YAML and flags ("2s", "250ms", "1m30s", 1.5; "4MiB", "512KiB")
+parsed to seconds and bytes."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,13 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
-_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|)\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_N = r"([0-9]*\.?[0-9]+)"
+# A bare number (seconds), or numbers with units, Go's compound form as k6 and Prometheus write it ("250ms", "2 s",
+# "1m30s", "2h45m", "1h 30m"): each unit at most once, largest first, so "30s1m" or "1m1m" is refused rather than
+# summed. A regular expression of our own rather than a dependency (durationpy parses Go's syntax): it is this one
+# expression, and Go's other units (ns, us, µs) and signs are nothing a chat harness can honour anyway.
+_RE = re.compile(rf"\s*(?:{_N}|(?:{_N}\s*h\s*)?(?:{_N}\s*m(?!s)\s*)?(?:{_N}\s*s\s*)?(?:{_N}\s*ms\s*)?)\s*")
 # Longer than this is a typo, and past about 292 years the OS's timeouts (threading, sockets) overflow.
 MAX_SECONDS = 366 * 24 * 3600.0
 
@@ -23,14 +28,14 @@ def _shown(value: Any) -> str:
 def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         # ValueError, not TypeError: pydantic turns only ValueError into a validation error (file:line:field).
-        raise ValueError("a duration like 2s, 250ms or 1.5 is needed, not a boolean")
+        raise ValueError("a duration like 2s, 250ms, 1m30s or 1.5 is needed, not a boolean")
     try:
         if isinstance(value, (int, float)):
             seconds = float(value)
-        elif isinstance(value, str) and len(value) <= 64 and (m := _RE.match(value)):
-            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        elif isinstance(value, str) and len(value) <= 64 and (seconds_of := _seconds_of(value)) is not None:
+            seconds = seconds_of
         else:
-            raise ValueError(f"{_shown(value)} is not a duration (examples: 2s, 250ms, 1m, 1.5)")
+            raise ValueError(f"{_shown(value)} is not a duration (examples: 2s, 250ms, 1m30s, 1.5)")
     except OverflowError:  # an integer of hundreds of digits
         raise ValueError(f"{_shown(value)} is too long a duration (at most 366 days)") from None
     if not math.isfinite(seconds):
@@ -42,7 +47,55 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+def _seconds_of(text: str) -> float | None:
+    m = _RE.fullmatch(text)
+    if m is None or not any(m.groups()):  # (no number at all: an empty or blank text)
+        return None
+    bare, *parts = m.groups()
+    if bare is not None:
+        return float(bare)
+    return sum(float(n) * _UNITS[u] for n, u in zip(parts, ("h", "m", "s", "ms"), strict=True) if n is not None)
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as a person reads them and as parse_duration takes them back: 500 -> "8m20s", 0.25 -> "250ms"."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    whole = int(seconds)
+    h, rest = divmod(whole, 3600)
+    m, s = divmod(rest, 60)
+    frac = seconds - whole
+    return (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{s + frac:g}s" if s or frac else "")
+
+
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+# A bare number in a latency objective (`p95: 500`, `--objective time_to_first_event.p95=500`) is seconds, as every
+# duration of chatprobe and as Prometheus, whose base unit it is, writes latencies. But k6 writes its latency
+# thresholds in milliseconds (`http_req_duration: ['p(95)<500']`), and such a number read as seconds makes a gate
+# that cannot fail (500 s is 8m20s). A chat's latencies in seconds are small numbers (R9's first-event limit is 2 s,
+# the default deadline 60 s), k6's in milliseconds almost never are (100, 250, 500, 2000): from this bound on, a
+# bare number is refused with both readings spelt out, and below it it is seconds. Between 10 and a few hundred
+# either reading is plausible (`p95: 30` may be 30 s of an agent's answer or 30 ms of its first event), so it is
+# refused as well: writing the unit costs a keystroke, reading the other unit costs a gate that means nothing.
+BARE_LATENCY_MAX = 10.0
+
+
+def parse_latency_bound(value: Any) -> float:
+    """A latency objective's bound: a duration, but a bare number of BARE_LATENCY_MAX or more is refused (above)."""
+    seconds = parse_duration(value)
+    bare = isinstance(value, (int, float)) or isinstance(value, str) and (m := _RE.fullmatch(value)) is not None \
+        and m.group(1) is not None
+    if bare and seconds >= BARE_LATENCY_MAX:
+        number = value.strip() if isinstance(value, str) else str(int(seconds)) if seconds.is_integer() else repr(value)
+        raise ValueError(f"{number} would be read as seconds ({format_duration(seconds)}), while k6 writes latencies in "
+                         f"milliseconds: write {number}ms or {number}s (a number without a unit is taken only "
+                         f"below {BARE_LATENCY_MAX:g})")
+    return seconds
+
+
+LatencySeconds = Annotated[float, BeforeValidator(parse_latency_bound)]
 
 
 def _positive(seconds: float) -> float:

@@ -5,9 +5,11 @@ import dataclasses
 import math
 import os
 import random
+import re
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -20,6 +22,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -28,7 +31,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .catalog import SCENARIOS_DIR
 from .checker import Expectations, ExpectError
-from .durations import PositiveSeconds, Seconds
+from .durations import LatencySeconds, PositiveSeconds, Seconds, format_duration
 from .events import Role
 from .flow import ChatOptions, Conversation
 from .yamlfile import ConfigError, line_of, load_builtin_or_file
@@ -182,12 +185,14 @@ Step = Annotated[
 
 
 class Stat(Strict):
-    p50: Seconds | None = None
-    p90: Seconds | None = None
-    p95: Seconds | None = None
-    p99: Seconds | None = None
-    max: Seconds | None = None
-    avg: Seconds | None = None
+    """Upper bounds of a latency's statistics; a bare number of 10 or more is refused (durations.BARE_LATENCY_MAX)."""
+
+    p50: LatencySeconds | None = None
+    p90: LatencySeconds | None = None
+    p95: LatencySeconds | None = None
+    p99: LatencySeconds | None = None
+    max: LatencySeconds | None = None
+    avg: LatencySeconds | None = None
 
 
 class Bound(Strict):
@@ -210,6 +215,63 @@ class RatioBound(Bound):
     min: Ratio | None = None
 
 
+# k6's threshold expressions as a k6 user pastes them into an objective (`p(95)<500`, `['rate<0.05']`) and k6's
+# statistic names as keys (`med:`, `p(95):`, `rate:`): refused with the objective as chatprobe writes it, never read
+# as something else (k6's numbers of a latency are milliseconds).
+_K6_EXPR = re.compile(r"\s*(avg|min|med|max|p\(\s*[0-9.]+\s*\)|rate|count|value)\s*(<=|<|>=|>|===|==|!=)\s*(\S+?)\s*")
+_K6_LATENCY = {"avg": "avg", "med": "p50", "max": "max", "p(50)": "p50", "p(90)": "p90", "p(95)": "p95",
+               "p(99)": "p99"}
+_K6_BOUND = ("rate", "count", "value")
+
+
+def _k6_stat(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def _k6_no_such(name: str, latency: bool, stat: str) -> str | None:
+    """Why objective `name` has no equivalent of k6's statistic `stat`, or None when it has one."""
+    if latency and stat not in _K6_LATENCY:
+        return f"{name} has no {stat}: its statistics are p50, p90, p95, p99, max and avg, upper bounds"
+    if not latency and stat not in _K6_BOUND:
+        return (f"{name} is a {'count' if name == 'violations' else 'share'} with a min and a max, no {stat} "
+                "(k6's rate<0.05 is {max: 0.05})")
+    return None
+
+
+def k6_threshold_hint(name: str, value: Any, flag: bool = False) -> str | None:
+    """What to write for objective `name` instead of k6's threshold syntax in `value`, or None when it is none; with
+    `flag`, as `--objective` takes it."""
+
+    def written(stat: str, number: str) -> str:
+        return f"{name}.{stat}={number}" if flag else f"{name}: {{{stat}: {number}}}"
+
+    field = Objectives.model_fields.get(name)
+    texts = value if isinstance(value, list) else [value]
+    if field is None or not texts or not all(isinstance(t, str) for t in texts):
+        return None
+    latency = field.annotation is Stat
+    for text in texts:
+        m = _K6_EXPR.fullmatch(text[:200])
+        if m is None:
+            continue
+        stat, op, number = _k6_stat(m.group(1)), m.group(2), m.group(3)
+        said = f"{text[:60]!r} is k6's threshold syntax"
+        if (no_such := _k6_no_such(name, latency, stat)) is not None:
+            return f"{said}, and {no_such}"
+        if latency:
+            if op not in ("<", "<="):
+                return f"{said}, and {name}'s statistics are upper bounds (<=), not {op}"
+            if not re.fullmatch(r"[0-9.]+", number):  # `p(95)<2s`: its unit already
+                return f"{said}; write {written(_K6_LATENCY[stat], number)} (the bound is <=)"
+            return (f"{said}; write {written(_K6_LATENCY[stat], number + 'ms')} (k6's numbers of a latency are "
+                    "milliseconds; the bound is <=)")
+        bound = "max" if op in ("<", "<=") else "min" if op in (">", ">=") else None
+        if bound is None:
+            return f"{said}; {name} takes a min and a max (write both for {op})"
+        return f"{said}; write {written(bound, number)}"
+    return None
+
+
 class Objectives(Strict):
     """Pass/fail criteria for the whole scenario, like k6 thresholds: a CI reads them as the exit code."""
 
@@ -219,6 +281,27 @@ class Objectives(Strict):
     violations: Bound = Bound(max=0)
     passed_ratio: RatioBound = RatioBound(min=1.0)
     error_ratio: RatioBound = RatioBound(max=0.0)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_k6_syntax(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name or ""
+        hint = k6_threshold_hint(name, value)
+        if hint is not None:
+            raise ValueError(hint)
+        if isinstance(value, dict):
+            fields = cls.model_fields[name].annotation.model_fields  # type: ignore[union-attr]
+            latency = cls.model_fields[name].annotation is Stat
+            for key, number in value.items():
+                stat = _k6_stat(key) if isinstance(key, str) else ""
+                if stat in fields or not (stat in _K6_LATENCY or stat in _K6_BOUND or stat[:2] == "p(" or
+                                          stat == "min"):
+                    continue
+                meant = _K6_LATENCY.get(stat) if latency else "max (an upper bound) or min" if stat in _K6_BOUND \
+                    else None
+                raise _field_error((key,), f"{stat} is k6's name of a statistic; write {meant}" if meant else
+                                   _k6_no_such(name, latency, stat) or "", number)
+        return value
 
 
 class Scenario(Strict):
@@ -314,8 +397,10 @@ class Scenario(Strict):
             if self.duration <= 0:
                 raise _field_error(("duration",), "must be more than 0", self.duration)
         elif self.duration is not None:
-            raise _field_error(("duration",), "duration goes with arrival_rate (stages have their own)",
-                               self.duration)
+            # k6's `vus` + `duration` (users held for a time) is a stage here; never read as something else.
+            held = f"stages: [{{duration: {format_duration(self.duration)}, users: {self.users}, ramp: false}}]"
+            raise _field_error(("duration",), "duration goes with arrival_rate (stages have their own); users held "
+                               f"for a time, as k6's vus with duration, are {held}", self.duration)
         if self.open_model:
             closed_only = ("users", "chats_per_user", "concurrency", "ramp_up", "parallel_chats", "steps",
                            "think_time")
@@ -678,9 +763,18 @@ def apply_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
     """`--objective time_to_first_event.p95=1.5s` style overrides, validated like the file (the value is read as a
     YAML scalar, so `0.05` is a number, `1.5s` a duration and `.nan` or `true` are refused as they would be there)."""
     data: dict[str, Any] = scenario.objectives.model_dump()
+    for name, stats in data.items():
+        if Objectives.model_fields[name].annotation is Stat:
+            # Seconds already: validated again with their unit, as a bare number of 10 or more is refused (a
+            # person's `p95: 500`, not the 60.0 a scenario's `max: 60s` became). Decimal: 1e-05 as 0.00001.
+            data[name] = {k: None if v is None else f"{Decimal(repr(v)):f}s" for k, v in stats.items()}
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = key.strip().split(".")
+        k6ish = not sep or len(parts) == 1 or parts[0] not in data or "<" in key or ">" in key
+        hint = _k6_flag_hint(item, data) if k6ish else None
+        if hint is not None:
+            raise ConfigError(f"--objective {item[:80]!r}: {hint}")
         if not sep or len(parts) != 2 or parts[0] not in data:
             raise ConfigError(
                 f"--objective {item[:80]!r}: expected NAME.STAT=VALUE with NAME one of {', '.join(data)} "
@@ -701,6 +795,32 @@ def apply_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
         first = exc.errors()[0]
         raise ConfigError(f"--objective: field '{'.'.join(map(str, first['loc']))}': {first['msg']}") from None
     return scenario.model_copy(update={"objectives": objectives})
+
+
+def _k6_flag_hint(item: str, objectives: dict[str, Any]) -> str | None:
+    """What to write instead of k6's habits in an --objective: its threshold syntax (`time_to_first_event.p95<500`,
+    `time_to_first_event=p(95)<500`) or its metrics' names (`http_req_duration.p95=500ms`); None for none of them."""
+    key, sep, value = item.partition("=")
+    name = re.split(r"[.<>]", key.strip())[0].strip()
+    if name not in objectives:
+        from .yamlfile import did_you_mean
+
+        meant = did_you_mean(name, Objectives)
+        return f"no objective {name!r}{meant}; the objectives: {', '.join(objectives)}" if meant else None
+    if sep and "." not in key:  # `NAME=p(95)<500`
+        return k6_threshold_hint(name, value.strip(), flag=True)
+    m = re.fullmatch(r"\s*(\w+)\.([\w()]+)\s*(<=|<|>=|>)\s*([^\s=]+)\s*", item)
+    if m is not None:  # `NAME.STAT<VALUE`, `NAME.STAT<=VALUE`
+        name, stat, op, number = m.groups()
+        latency = Objectives.model_fields[name].annotation is Stat
+        if latency and op[0] == ">":
+            return f"k6's threshold syntax, and {name}'s statistics are upper bounds: NAME.STAT=VALUE, not {op}"
+        stat = _K6_LATENCY.get(_k6_stat(stat), stat) if latency else \
+            ("max" if op[0] == "<" else "min") if stat in _K6_BOUND else stat
+        unit = "ms" if latency and re.fullmatch(r"[0-9.]+", number) else ""
+        return (f"k6's threshold syntax; write {name}.{stat}={number}{unit} (NAME.STAT=VALUE: the statistic gives "
+                "the direction" + ("; k6's numbers of a latency are milliseconds)" if unit else ")"))
+    return None
 
 
 def _flag_scalar(text: str) -> Any:

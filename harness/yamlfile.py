@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from .catalog import builtin_names
 from .errors import ConfigError
 
-__all__ = ["ConfigError"]
+__all__ = ["ConfigError", "did_you_mean"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -48,9 +48,22 @@ def _resolve(node: yaml.Node | None, loc: tuple[Any, ...], at_key: bool = False)
     return line, shown
 
 
-# Keys of k6 and Locust that users bring along, and what they are called here.
+# Keys of k6 and Locust that users bring along, and what they are called here: k6's options, its arrival-rate
+# executors' keys (a rate per second here, its dropped iterations our max_in_flight) and its metrics' names as
+# thresholds name them (an SSE chat's whole response, or a WebSocket session, is a chat; its waiting, the first event).
 _FOREIGN_KEYS = {"target": "users", "vus": "users", "iterations": "chats_per_user", "thresholds": "objectives",
-                 "rampup": "ramp_up", "spawn_rate": "ramp_up", "wait_time": "think_time"}
+                 "rampup": "ramp_up", "spawn_rate": "ramp_up", "wait_time": "think_time",
+                 "rate": "arrival_rate", "maxVUs": "max_in_flight", "preAllocatedVUs": "max_in_flight",
+                 "http_req_duration": "chat_duration", "ws_session_duration": "chat_duration",
+                 "iteration_duration": "chat_duration", "http_req_waiting": "time_to_first_event",
+                 "http_req_failed": "error_ratio", "checks": "passed_ratio"}
+# k6's keys with no one key meant: what to write instead.
+_FOREIGN_NOTES = {
+    "timeUnit": "k6's timeUnit: arrival_rate and a stage's rate are chats per second (k6's rate 30 per timeUnit 1m "
+                "is arrival_rate: 0.5)",
+    "executor": "k6's executor: the keys give the load model, users and chats_per_user (closed), stages, or "
+                "arrival_rate with duration (open); docs/scenarios.md",
+}
 
 
 def _model_keys(model: type[BaseModel]) -> set[str]:
@@ -72,7 +85,7 @@ def _model_keys(model: type[BaseModel]) -> set[str]:
     return keys
 
 
-def _did_you_mean(key: Any, model: type[BaseModel] | None) -> str:
+def did_you_mean(key: Any, model: type[BaseModel] | None) -> str:
     if model is None or not isinstance(key, str):
         return ""
     import difflib
@@ -80,7 +93,10 @@ def _did_you_mean(key: Any, model: type[BaseModel] | None) -> str:
     known = _model_keys(model)
     if key in _FOREIGN_KEYS and _FOREIGN_KEYS[key] in known:
         return f" (did you mean '{_FOREIGN_KEYS[key]}'?)"
-    close = difflib.get_close_matches(key[:64], sorted(known), n=1, cutoff=0.75)
+    if key in _FOREIGN_NOTES and "arrival_rate" in known:
+        return f" ({_FOREIGN_NOTES[key]})"
+    # Not the key itself: it is a key of another mapping (a stage's `rate`, a latency's `p95` under a ratio).
+    close = difflib.get_close_matches(key[:64], sorted(known - {key}), n=1, cutoff=0.75)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -92,13 +108,13 @@ def format_validation_error(path: str, err: ValidationError, node: yaml.Node | N
         # A misspelt required key is two errors, the key missing and the key not taken: the misspelling is the one
         # to name, with the key meant, rather than "Field required" for a key the user believes they wrote.
         first = next((e for e in errors if e["type"] == "extra_forbidden" and e["loc"]
-                      and _did_you_mean(e["loc"][-1], model)), first)
+                      and did_you_mean(e["loc"][-1], model)), first)
     line, shown = _resolve(node, tuple(first["loc"]), at_key=first["type"] == "extra_forbidden")
     field = ".".join(shown) or "(top level)"
     where = f"{path}:{line}" if line else path
     more = len(errors) - 1
     tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    hint = _did_you_mean(first["loc"][-1], model) if first["type"] == "extra_forbidden" and first["loc"] else ""
+    hint = did_you_mean(first["loc"][-1], model) if first["type"] == "extra_forbidden" and first["loc"] else ""
     return f"{where}: field '{field}': {first['msg']}{hint}{tail}"
 
 
