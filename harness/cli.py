@@ -399,8 +399,8 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
                 verdict = "UNREACHABLE" if run.unreachable else "objectives met" if run.passed else "OBJECTIVES FAILED"
                 console.print(f"{scenario.name}: {st.chats} chats, {st.outcomes[Outcome.PASSED]} passed, {verdict} in "
                               f"{run.elapsed:.1f}s", markup=False, highlight=False)
-    # Credentials refused when none were given (no token, none in the URL's query): the message says so.
-    no_token = not tokens.configured and "?" not in url
+    # Credentials refused when none were given (no token, none in the URL's query or a header): the message says so.
+    no_token = not tokens.configured and "?" not in url and not (opts.headers or opts.header_env)
     return _finish(args, console, runs, push_sinks, interrupt, no_token=no_token)
 
 

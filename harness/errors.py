@@ -11,13 +11,16 @@ class ConfigError(Exception):
     """A user's file or flag is wrong: the message names the file, the line and the field. Exit code 2.
 
     `field` (when set) is the option the error is about, by its TargetOptions / config name (`ca_file`), and
-    `detail` the message without it, so a caller names it its own way (`--ca-file`, `targets.prod.ca_file`).
+    `detail` the message without it, so a caller names it its own way (`--ca-file`, `targets.prod.ca_file`); `key`
+    (when set) the entry of a mapping option it is about (a header's name: `targets.prod.headers.X-Api-Key`).
     """
 
-    def __init__(self, message: str, *, field: str | None = None, detail: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, detail: str | None = None,
+                 key: str | None = None) -> None:
         super().__init__(message)
         self.field = field
         self.detail = detail if detail is not None else message
+        self.key = key
 
 
 class ExitCode(IntEnum):

@@ -132,8 +132,8 @@ class _Wire:
         # Open: the credential is not kept for the connection's life (the offered subprotocols, one of which may
         # carry the token, are read by the handshake only; the settings keep what the connection's end is told by).
         protocol.available_subprotocols = None
-        if s.token is not None:
-            self.settings = dataclasses.replace(s, token=None)
+        if s.token is not None or s.extra_headers:  # --header values are secrets too
+            self.settings = dataclasses.replace(s, token=None, extra_headers={})
 
     def send_text(self, data: bytes, timeout: float = 0.0) -> None:
         """Send one text message, given as UTF-8: queued at once, written within `timeout` seconds as far as the

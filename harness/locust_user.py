@@ -56,7 +56,7 @@ from .results import ScenarioRun, exit_code
 from .scenario import ChatCall, ChatGroup, RawCall, Scenario, load_scenario
 from .sinks import Sink
 from .stats import StageTallies, Tally, evaluate
-from .targets import Target, TargetOptions, make_target, read_token
+from .targets import Target, TargetOptions, flag_named, make_target, parse_header_flags, read_token
 from .yamlfile import ConfigError
 
 if TYPE_CHECKING:
@@ -101,6 +101,12 @@ def _arguments(parser: "argparse.ArgumentParser") -> None:
     g.add_argument("--chatprobe-target-name", default=None, metavar="NAME",
                    help="the `target` label (default host:port)")
     g.add_argument("--chatprobe-ca-file", default=None, metavar="PEM", help="CA bundle for a wss:// target")
+    g.add_argument("--chatprobe-header", action="append", metavar="'NAME: VALUE'",
+                   help="send this HTTP header with every connection's upgrade request (repeatable); the value is a "
+                        "secret, but a command line shows in `ps`: give a secret with --chatprobe-header-env")
+    g.add_argument("--chatprobe-header-env", action="append", metavar="NAME=VAR",
+                   help="send the header NAME with the value of the environment variable VAR, read by each process "
+                        "that runs users (repeatable)")
     g.add_argument("--chatprobe-metrics-port", type=int, default=0, metavar="PORT",
                    help="serve chatprobe /metrics on this port (workers: PORT + worker index); 0: off")
     g.add_argument("--chatprobe-metrics-host", default="127.0.0.1", metavar="HOST",
@@ -172,16 +178,18 @@ class _Run:
         host = self.environment.host or getattr(opts, "host", None)
         if not host:
             raise ConfigError("--host: give the ws:// or wss:// URL of the chat server")
-        options = TargetOptions(url=host, name=opts.chatprobe_target_name, profile=opts.chatprobe_profile,
-                                auth=opts.chatprobe_auth, ca_file=opts.chatprobe_ca_file)
         try:
+            options = TargetOptions(
+                url=host, name=opts.chatprobe_target_name, profile=opts.chatprobe_profile, auth=opts.chatprobe_auth,
+                ca_file=opts.chatprobe_ca_file, headers=parse_header_flags(opts.chatprobe_header, "headers"),
+                header_env=parse_header_flags(opts.chatprobe_header_env, "header_env"))
             target = make_target(options, read_token(options), scenario.profile, transports=("websocket",))
             target.compression = scenario.compression  # offer permessage-deflate or not, as the scenario says
         except ConfigError as exc:
             if exc.field == "url":  # Locust's flag for the URL is --host
                 raise ConfigError(f"--host {exc.detail} (the Locust user speaks WebSocket)", field="url",
                                   detail=exc.detail) from None
-            raise
+            raise ConfigError(flag_named(exc, "--chatprobe-"), field=exc.field, detail=exc.detail, key=exc.key) from None
         target.recorder = self.recorder
         if self.target is None or self.target.name != target.name:
             from monitors.metrics import MetricsSink, default_metrics

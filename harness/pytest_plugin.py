@@ -24,7 +24,15 @@ from .events import Outcome, Role
 from .flow import DEFAULTS, ChatOptions, Conversation
 from .scenario import Expect, Scenario, expectations_for
 from .sinks import Sink
-from .targets import Target, TargetOptions, TokenProvider, make_target, read_token
+from .targets import (
+    Target,
+    TargetOptions,
+    TokenProvider,
+    flag_named,
+    make_target,
+    parse_header_flags,
+    read_token,
+)
 from .yamlfile import ConfigError
 
 if TYPE_CHECKING:
@@ -36,6 +44,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--chatprobe-target", default=None, help="agent chat server URL (default: embedded agentsim)")
     g.addoption("--chatprobe-profile", default="netra", help="wire-format profile name or file")
     g.addoption("--chatprobe-token-env", default="CHATPROBE_TOKEN", help="environment variable with the token")
+    g.addoption("--chatprobe-header", action="append", metavar="'NAME: VALUE'",
+                help="send this HTTP header with every connection's request (repeatable); a secret: prefer "
+                     "--chatprobe-header-env")
+    g.addoption("--chatprobe-header-env", action="append", metavar="NAME=VAR",
+                help="send the header NAME with the value of the environment variable VAR (repeatable)")
 
 
 class ChatProbe:
@@ -96,12 +109,15 @@ class ChatProbe:
 def chatprobe_target(request: pytest.FixtureRequest) -> Iterator[Target]:
     url = request.config.getoption("--chatprobe-target")
     token_env = request.config.getoption("--chatprobe-token-env")
-    opts = TargetOptions(url=url, name="pytest", profile=request.config.getoption("--chatprobe-profile"),
-                         token_env=token_env if os.environ.get(token_env) else None)
     try:
+        opts = TargetOptions(url=url, name="pytest", profile=request.config.getoption("--chatprobe-profile"),
+                             token_env=token_env if os.environ.get(token_env) else None,
+                             headers=parse_header_flags(request.config.getoption("--chatprobe-header"), "headers"),
+                             header_env=parse_header_flags(request.config.getoption("--chatprobe-header-env"),
+                                                           "header_env"))
         target = make_target(opts, read_token(opts), url=url or "ws://127.0.0.1:1")  # checked before agentsim starts
     except ConfigError as exc:
-        raise pytest.UsageError(f"chatprobe: {exc}") from None
+        raise pytest.UsageError(f"chatprobe: {flag_named(exc, '--chatprobe-')}") from None
     if url is not None:
         yield target
         return

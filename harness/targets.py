@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import ssl
 import time
@@ -39,8 +40,22 @@ AuthMode = Literal["header", "subprotocol", "none"]
 FLAGS: dict[str, str] = {
     "url": "--target", "name": "--target-name", "profile": "--profile", "auth": "--auth",
     "token_env": "--token-env", "token_file": "--token-file", "jwt_secret_env": "--jwt-secret-env",
-    "ca_file": "--ca-file", "insecure": "--insecure",
+    "ca_file": "--ca-file", "insecure": "--insecure", "headers": "--header", "header_env": "--header-env",
 }
+# Headers of the user's own, as given: (name, value) for `headers`, (name, environment variable) for `header_env`.
+HeaderPairs = tuple[tuple[str, str], ...]
+# RFC 9110 5.1: a field name is a token.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# One header (name, ": " and value), and all of them: within what common servers take in a request head (nginx reads
+# a line of up to 8 KiB, Node a head of up to 16 KiB).
+MAX_HEADER_BYTES = 8 * 1024
+MAX_HEADERS_BYTES = 16 * 1024
+# What chatprobe writes itself on every transport; on WebSocket, the handshake's Sec-WebSocket-* too.
+OWNED_HEADERS = frozenset({"host", "connection", "upgrade", "content-length", "transfer-encoding"})
+# Headers whose value says what any page or client says of itself, never a credential: not registered as secrets, so
+# an `Origin` naming the target's own host does not hide the host in every report (the scrubber hides any run of 8
+# characters a secret shares with what it shows). Every other header's value is a secret, whatever its name.
+PUBLIC_HEADERS = frozenset({"origin", "user-agent"})
 
 
 def option_error(option: str, message: str) -> ConfigError:
@@ -63,6 +78,8 @@ class TargetOptions:
     jwt_secret_env: str | None = None
     ca_file: str | None = None
     insecure: bool = False
+    headers: HeaderPairs = field(default=(), repr=False)  # every value a secret: never in a repr
+    header_env: HeaderPairs = ()
 
 
 class TokenProvider:
@@ -136,6 +153,7 @@ class Target:
     no_auth_user_param: bool = False  # agentsim --no-auth: name the user with ?user=
     recorder: Recorder | None = None  # --record: every connection's frames written for `chatprobe check`
     compression: Compression = "none"  # offer permessage-deflate: the scenario's `compression`
+    headers: HeaderPairs = field(default=(), repr=False)  # --header / --header-env, checked: sent on every connection
 
     @property
     def transport(self) -> str:
@@ -148,6 +166,7 @@ class Target:
         return ConnectSettings(
             url=url, token=self.tokens.for_user(user_id), auth=self.auth, ca_file=self.ca_file,
             insecure=self.insecure, connect_timeout=connect_timeout, compression=self.compression,
+            extra_headers=dict(self.headers),
         )
 
 
@@ -226,6 +245,88 @@ def _one_line(token: str, option: str, where: str) -> None:
                                    "(a token is one line of printable characters)")
 
 
+def parse_header_flags(values: list[str] | None, option: str) -> HeaderPairs:
+    """`--header 'Name: value'` (option "headers") or `--header-env Name=VAR` ("header_env"), each as given, as
+    (name, value or variable) pairs; checked by `make_target`. A text that is not of that form is never shown (it may
+    be a secret pasted alone): its place among the flags is."""
+    sep, form = (":", "'Name: value'") if option == "headers" else ("=", "Name=VAR")
+    out = []
+    for n, text in enumerate(values or (), 1):
+        name, found, value = text.partition(sep)
+        if not found:
+            raise _header_error(option, None, f"#{n}: expected {form}, found no {sep!r} (the text is not shown)")
+        out.append((name, value))
+    return tuple(out)
+
+
+def flag_named(exc: ConfigError, prefix: str) -> str:
+    """The message of `exc` with a header flag named as a driver spells it (`--chatprobe-header` for Locust and
+    pytest, whose flags carry a prefix): the other options' messages as they are."""
+    if exc.field not in ("headers", "header_env"):
+        return str(exc)
+    flag = FLAGS[exc.field]
+    return str(exc).replace(flag, prefix + flag[2:], 1)
+
+
+def _header_error(option: str, name: str | None, problem: str) -> ConfigError:
+    """A ConfigError about one header, shown by its name and never its value (`--header 'X-Api-Key: ...': problem`),
+    with `key` the name so that a config file's error is found on that header's line. (`Authorization: word word`
+    would read as a credential to redact.scrub: the elided value keeps the problem readable.)"""
+    detail = problem
+    if name is not None:
+        detail = f"'{redact.printable(name)[:100]}{': ' if option == 'headers' else '='}...': {problem}"
+    detail = redact.scrub(detail)
+    return ConfigError(f"{FLAGS[option]} {detail}", field=option, detail=detail, key=name)
+
+
+def read_headers(opts: TargetOptions, transport: str) -> HeaderPairs:
+    """The headers of `opts` (`header_env` read from the environment), checked for what a header line may be and what
+    chatprobe sends itself on `transport`; every value is registered as a secret (never shown, as a token)."""
+    given = [("headers", name, value) for name, value in opts.headers]
+    for name, var in opts.header_env:
+        if not var.strip():
+            raise _header_error("header_env", name, "names no environment variable (Name=VAR)")
+        value = os.environ.get(var)
+        if not value:
+            raise _header_error("header_env", name, f"the variable {var} is not set or empty")
+        given.append(("header_env", name, value))
+    seen: dict[str, str] = {}
+    total = 0
+    out = []
+    for option, name, value in given:
+        value = value.strip(" \t")  # the optional whitespace around a field value (RFC 9110 5.5), as a server drops it
+        if not _HEADER_NAME.fullmatch(name):
+            raise _header_error(option, name, "not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only: "
+                                              "no space, colon or control character)")
+        if "\r" in value or "\n" in value:
+            raise _header_error(option, name, "the value holds a line break (CR or LF), which would write header "
+                                              "lines of its own (header injection); a value is one line")
+        if any((c < " " and c != "\t") or c == "\x7f" for c in value):
+            raise _header_error(option, name, "the value holds a NUL or another control character; a value is "
+                                              "printable text")
+        if not value.isascii():
+            raise _header_error(option, name, "the value holds a character that is not ASCII (percent-encode it)")
+        size = len(name) + 2 + len(value)
+        total += size
+        if size > MAX_HEADER_BYTES or total > MAX_HEADERS_BYTES:
+            raise _header_error(option, name, f"over the size bound ({MAX_HEADER_BYTES:,} bytes a header, name and "
+                                              f"value, {MAX_HEADERS_BYTES:,} for all of them)")
+        low = name.lower()
+        if low in seen:
+            raise _header_error(option, name, f"given twice (header names are case-insensitive: also as '{seen[low]}')")
+        if low in OWNED_HEADERS or (transport == "websocket" and low.startswith("sec-websocket-")):
+            raise _header_error(option, name, f"chatprobe sends this header itself on a {transport} connection")
+        if low == "authorization" and opts.auth != "none":
+            raise _header_error(option, name, "chatprobe sends its token in this header (or, with --auth subprotocol, "
+                                              "as a subprotocol); for a bearer token use --token-env or --token-file, "
+                                              "or give --auth none to send an Authorization of your own")
+        seen[low] = name
+        if low not in PUBLIC_HEADERS:
+            redact.register(value)  # whatever the server echoes, no output shows it
+        out.append((name, value))
+    return tuple(out)
+
+
 def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str | None = None, *,
                 url: str | None = None, transports: tuple[str, ...] | None = None) -> Target:
     """The checked Target for `url` (default `opts.url`); `transports` limits what a driver can speak."""
@@ -252,6 +353,7 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
     if transport == "sse" and opts.auth == "subprotocol":
         raise option_error("auth", "subprotocol is for WebSocket targets; SSE sends the token as an Authorization "
                                    "header")
+    headers = read_headers(opts, transport)
     if opts.ca_file:
         if not Path(opts.ca_file).is_file():
             raise option_error("ca_file", f"{opts.ca_file}: " + ("not a regular file" if os.path.lexists(opts.ca_file)
@@ -263,7 +365,8 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
     if not parts.path and profile.path:
         url = url.rstrip("/") + profile.path
     return Target(url=url, profile=profile, name=opts.name or target_label(url), tokens=tokens,
-                  auth=opts.auth if tokens.configured else "none", ca_file=opts.ca_file, insecure=opts.insecure)
+                  auth=opts.auth if tokens.configured else "none", ca_file=opts.ca_file, insecure=opts.insecure,
+                  headers=headers)
 
 
 def check_scenario_fits(scenario: Scenario, target: Target) -> None:
@@ -311,13 +414,20 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
                         "(default CHATPROBE_JWT_SECRET if set)")
     g.add_argument("--ca-file", metavar="PEM", help="CA bundle to verify a wss:// / https:// server")
     g.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
+    g.add_argument("--header", action="append", metavar="'NAME: VALUE'",
+                   help="send this HTTP header with every connection's request (repeatable); its value is treated as "
+                        "a secret, but a command line shows in `ps`: give a secret with --header-env")
+    g.add_argument("--header-env", action="append", metavar="NAME=VAR",
+                   help="send the header NAME with the value of the environment variable VAR (repeatable)")
 
 
 def options_from_args(args: Any) -> TargetOptions:
     """The TargetOptions of parsed `add_target_args` flags."""
     return TargetOptions(url=args.target, name=args.target_name, profile=args.profile, auth=args.auth,
                          token_env=args.token_env, token_file=args.token_file, jwt_secret_env=args.jwt_secret_env,
-                         ca_file=args.ca_file, insecure=args.insecure)
+                         ca_file=args.ca_file, insecure=args.insecure,
+                         headers=parse_header_flags(args.header, "headers"),
+                         header_env=parse_header_flags(args.header_env, "header_env"))
 
 
 @contextlib.asynccontextmanager

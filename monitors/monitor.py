@@ -81,6 +81,8 @@ class TargetConfig(_Strict):
     jwt_secret_env: str | None = None
     ca_file: str | None = None
     insecure: Bool = False  # as YAML writes it, like a scenario's switches: `insecure: "no"` or 1 is an error
+    headers: dict[str, str] = Field(default_factory=dict)  # `--header`: NAME: value
+    header_env: dict[str, str] = Field(default_factory=dict)  # `--header-env`: NAME: the variable holding the value
     scenarios: list[str] | None = Field(default=None, min_length=1)
 
 
@@ -186,9 +188,10 @@ def load_config(path: str) -> MonitorConfig:
     return load_model(MonitorConfig, path)
 
 
-def _field_error(path: str, loc: tuple[Any, ...], message: str) -> ConfigError:
-    """A ConfigError as `file:LINE: field 'a.b.c': message`, the line found in the file by the field's location."""
-    line = line_of(path, loc)
+def _field_error(path: str, loc: tuple[Any, ...], message: str, line_loc: tuple[Any, ...] = ()) -> ConfigError:
+    """A ConfigError as `file:LINE: field 'a.b.c': message`, the line found in the file by the field's location (or
+    by `line_loc`, an entry within it)."""
+    line = line_of(path, line_loc or loc)
     where = f"{path}:{line}" if line else path
     return ConfigError(f"{where}: field '{'.'.join(map(str, loc))}': {message}")
 
@@ -196,7 +199,9 @@ def _field_error(path: str, loc: tuple[Any, ...], message: str) -> ConfigError:
 def _target_error(path: str, name: str, exc: ConfigError) -> ConfigError:
     """A target option's error, named by its field in the file (`targets.prod.ca_file`), not by its flag."""
     if exc.field is not None:
-        return _field_error(path, ("targets", name, exc.field), exc.detail)
+        loc = ("targets", name, exc.field)
+        # A header: the line of its name (which the detail shows).
+        return _field_error(path, loc, exc.detail, (*loc, exc.key) if exc.key is not None else ())
     return _field_error(path, ("targets", name), str(exc))
 
 
@@ -220,7 +225,8 @@ def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list
                 raise _field_error(path, ("targets", name, "profile"), message) from None
         opts = TargetOptions(url=tc.url, name=name, profile=profile, auth=tc.auth, token_env=tc.token_env,
                              token_file=token_file, jwt_secret_env=tc.jwt_secret_env, ca_file=ca_file,
-                             insecure=tc.insecure)
+                             insecure=tc.insecure, headers=tuple(tc.headers.items()),
+                             header_env=tuple(tc.header_env.items()))
         try:
             tokens = read_token(opts)
         except ConfigError as exc:
@@ -394,6 +400,9 @@ async def _main(args: argparse.Namespace) -> int:
         raise ConfigError("give --target or --config, not both")
     if args.config and args.scenario:
         raise ConfigError("--scenario applies to --target; with --config list scenarios in the file")
+    if args.config and (args.header or args.header_env):
+        raise ConfigError("--header and --header-env apply to --target; with --config give each target's headers "
+                          "or header_env in the file")
     config = load_config(args.config) if args.config else None
     # `is not None`, never `or`: a 0 that slipped through must not silently become the default.
     interval = _first_set(args.interval, config.interval if config else None, DEFAULT_INTERVAL)

@@ -459,7 +459,7 @@ def test_the_readmes_monitor_config_and_its_failing_scenario_load(tmp_path, monk
         'message: "What is 17 * 23?"', f'message: "{message.group(1)}"'))
     config = tmp_path / "monitor.yaml"
     config.write_text(config_text)
-    for name in re.findall(r"(?:token_env|jwt_secret_env): (\w+)", config_text):
+    for name in re.findall(r"(?:token_env|jwt_secret_env|header_env: \{[\w-]+): (\w+)", config_text):
         monkeypatch.setenv(name, "a-secret-of-32-bytes-or-more-for-hs256")
     probes = probes_from_config(str(config), load_config(str(config)), 10.0)
     assert {p.key for p in probes} == {("chat-prod", "probe"), ("chat-staging", "probe"), ("chat-staging", "fatal")}

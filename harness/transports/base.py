@@ -107,6 +107,13 @@ def auth_headers(settings: ConnectSettings) -> tuple[dict[str, str], list[str] |
     return headers, subprotocols
 
 
+def with_defaults(defaults: dict[str, str], headers: dict[str, str]) -> dict[str, str]:
+    """`headers` (a user's --header) over chatprobe's `defaults`, names compared case-insensitively: a `user-agent`
+    of the user's replaces chatprobe's User-Agent, never goes beside it."""
+    given = {name.lower() for name in headers}
+    return {**{k: v for k, v in defaults.items() if k.lower() not in given}, **headers}
+
+
 def ssl_context(settings: ConnectSettings) -> ssl.SSLContext | None:
     scheme = scheme_of(settings.url)
     if scheme is None or not scheme.secure:

@@ -19,7 +19,15 @@ from typing import Any, Protocol
 from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from picows.common import WSHandshakeError, WSInvalidMessageError
 
-from .base import ConnectFailed, ConnectSettings, FrameCallback, RecordingHooks, auth_headers, ssl_context
+from .base import (
+    ConnectFailed,
+    ConnectSettings,
+    FrameCallback,
+    RecordingHooks,
+    auth_headers,
+    ssl_context,
+    with_defaults,
+)
 
 _dumps: Any
 try:
@@ -139,7 +147,7 @@ class PicowsTransport(WSListener, RecordingHooks):
         headers, subprotocols = auth_headers(s)
         if subprotocols:
             headers["Sec-WebSocket-Protocol"] = ", ".join(subprotocols)
-        headers.setdefault("User-Agent", "chatprobe")
+        headers = with_defaults({"User-Agent": "chatprobe"}, headers)
         try:
             async with asyncio.timeout(s.connect_timeout):
                 # Pings are answered here, not by picows (enable_auto_pong): a ping it swallowed as the last frame

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from ..eventstream import EventStreamParser, EventTooLarge
-from .base import ConnectFailed, ConnectSettings, FrameCallback, RecordingHooks, ssl_context
+from .base import ConnectFailed, ConnectSettings, FrameCallback, RecordingHooks, ssl_context, with_defaults
 
 EVENT_STREAM = "text/event-stream"
 
@@ -99,7 +99,7 @@ class SSETransport(RecordingHooks):
         assert self.client is not None
         self._requested = True
         s = self.settings
-        headers = {
+        headers = with_defaults({
             "Accept": EVENT_STREAM,
             # httpx offers gzip, deflate, br and zstd by default and would unpack whatever came, unbounded: 3 kB of
             # brotli were 2 GiB of stream. The stream is read as it comes (aiter_raw); an encoded one is refused.
@@ -107,8 +107,7 @@ class SSETransport(RecordingHooks):
             "Cache-Control": "no-store",
             "Content-Type": "application/json",
             "User-Agent": "chatprobe",
-            **s.extra_headers,
-        }
+        }, s.extra_headers)
         if s.token and s.auth != "none":
             headers["Authorization"] = f"Bearer {s.token}"
         body = obj if isinstance(obj, (str, bytes)) else json.dumps(obj)

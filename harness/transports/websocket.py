@@ -170,8 +170,8 @@ class WebSocketTransport(RecordingHooks):
         # read again; the settings keep what the connection's end is told by, max_size).
         self.ws.request = None
         self.ws.protocol.available_subprotocols = None  # only the handshake reads them (one carries the token)
-        if s.token is not None:
-            self.settings = dataclasses.replace(s, token=None)
+        if s.token is not None or s.extra_headers:  # --header values are secrets too
+            self.settings = dataclasses.replace(s, token=None, extra_headers={})
 
     async def send(self, obj: Any) -> None:
         """Send one frame; raises ConnectionError when the connection was closed before it could leave (a frame that
