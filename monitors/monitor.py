@@ -395,14 +395,25 @@ def _first_set(*values: float | None) -> float:
     return next(v for v in values if v is not None)
 
 
+# The target flags (harness.targets.add_target_args) by their argparse names, and the config file's key of each.
+_CONFIG_KEYS = {"target_name": "name", "profile": "profile", "auth": "auth", "token_env": "token_env",
+                "token_file": "token_file", "jwt_secret_env": "jwt_secret_env", "ca_file": "ca_file",
+                "insecure": "insecure", "header": "headers", "header_env": "header_env"}
+_TARGET_DEFAULTS = {"auth": "header"}
+
+
 async def _main(args: argparse.Namespace) -> int:
     if args.config and args.target:
         raise ConfigError("give --target or --config, not both")
     if args.config and args.scenario:
         raise ConfigError("--scenario applies to --target; with --config list scenarios in the file")
-    if args.config and (args.header or args.header_env):
-        raise ConfigError("--header and --header-env apply to --target; with --config give each target's headers "
-                          "or header_env in the file")
+    if args.config:
+        # A target flag beside --config would be dropped silently (an --insecure or a --ca-file the user believes in
+        # force): each is refused, naming the key of the file that says it per target.
+        for dest, key in _CONFIG_KEYS.items():
+            if getattr(args, dest) not in (None, False, _TARGET_DEFAULTS.get(dest)):
+                flag = "--" + dest.replace("_", "-")
+                raise ConfigError(f"{flag} applies to --target; with --config give each target's {key} in the file")
     config = load_config(args.config) if args.config else None
     # `is not None`, never `or`: a 0 that slipped through must not silently become the default.
     interval = _first_set(args.interval, config.interval if config else None, DEFAULT_INTERVAL)

@@ -310,7 +310,24 @@ def test_a_monitor_configs_bad_header_names_the_file_line_and_field(tmp_path, ca
     assert LITERAL not in err
     # --header beside --config would be dropped without a word: refused
     assert monitor_main(["--config", str(config), "--once", "--header", "X-Ok: fine"]) == 2
-    assert "--header and --header-env apply to --target" in capsys.readouterr().err
+    assert "--header applies to --target; with --config give each target's headers in the file" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [["--insecure"], ["--ca-file", "ca.pem"], ["--token-env", "T"], ["--profile", "ag-ui"],
+                                  ["--auth", "none"], ["--target-name", "x"], ["--jwt-secret-env", "S"],
+                                  ["--token-file", "t"], ["--header-env", "X-Key=K"]])
+def test_a_target_flag_beside_a_monitor_config_is_refused_not_dropped(tmp_path, capsys, flag):
+    """`monitor --config FILE --insecure` probed every target with verification on, the flag dropped without a word
+    (and `--ca-file`, `--auth none`, a token... the same): each names the flag and the file's key that says it."""
+    config = tmp_path / "monitor.yaml"
+    config.write_text("targets:\n  gw:\n    url: ws://127.0.0.1:9/ws\n")
+    from monitors.monitor import main as monitor_main
+
+    assert monitor_main(["--config", str(config), "--once", *flag]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag[0]} applies to --target; with --config give each target's" in err, err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_the_locust_user_names_its_own_flag(tmp_path):
