@@ -339,8 +339,6 @@ class ChatTracker:
                     idx,
                 )
         else:
-            if role is _STARTED and self.saw_started and self.terminal_index is None:
-                self._flag(Rule.R1, "a second agent_started in the same run", idx)
             gap = at - self.last_at
             if gap > self.exp.stall_limit:
                 self._flag(Rule.R11, f"{gap:.3f}s without an event, over the {self.exp.stall_limit:g}s stall limit", idx)
@@ -350,22 +348,30 @@ class ChatTracker:
 
         if ev.oversized:
             self._flag(Rule.R12, f"{_name(ev)} has {', '.join(ev.oversized)} over the size limit (kept truncated)", idx)
+        # R7: sequence numbers, where the server sends them.
+        seq = ev.seq
+        if seq is not None:
+            if seq == self.max_seq + 1 and self.seq_low == self.max_seq:  # the next one, no gap open: all _seq does
+                self.seq_low = self.max_seq = seq
+            elif self._seq(seq, idx) and self._copy_of_kept(ev, seq, idx):
+                # The same event again (a resume that replays what the client had): R7 says so, and the rules that
+                # judged it the first time do not judge it twice (no R1, R4, R5 of a copy). Another event under a
+                # seq already used (not a copy) is judged by every rule.
+                if ev.payload is not None:
+                    ev.payload = None
+                return
+        elif ev.bad_seq is not None:
+            self._flag(Rule.R7, f"seq {str(ev.bad_seq)[:40]!r} is not an integer", idx)
+
+        if idx and role is _STARTED and self.saw_started and self.terminal_index is None:
+            self._flag(Rule.R1, "a second agent_started in the same run", idx)
+
         if ev.problems or ev.advice or ev.payload is not None:
             self._payload(ev, idx)
             if ev.role is not role:  # the payload shows no content of its role (an empty delta): it counts as none
                 if not kept and role is not None:
                     self.unkept_counts[role] -= 1
                 role = ev.role
-
-        # R7: sequence numbers, where the server sends them.
-        seq = ev.seq
-        if seq is not None:
-            if seq == self.max_seq + 1 and self.seq_low == self.max_seq:  # the next one, no gap open: all _seq does
-                self.seq_low = self.max_seq = seq
-            else:
-                self._seq(seq, idx)
-        elif ev.bad_seq is not None:
-            self._flag(Rule.R7, f"seq {str(ev.bad_seq)[:40]!r} is not an integer", idx)
 
         if self.terminal_index is not None:
             if terminal:
@@ -441,15 +447,36 @@ class ChatTracker:
         if not ev.terminal or self.terminal_index is not None:
             ev.payload = None  # read: the events kept for reports hold no payload (the terminal one is read at its end)
 
-    def _seq(self, s: int, idx: int) -> None:
+    def _copy_of_kept(self, ev: Event, s: int, idx: int) -> bool:
+        """Whether `ev`, whose seq `s` came before, is a copy of that earlier event (the same wire type, span and
+        terminality): found where a run numbered from its first event puts it, else among the 16 kept before it.
+        Bounded work per duplicate; a copy not found is judged as any event."""
+        events = self.events
+        n = min(idx, len(events))
+        if not n:
+            return False
+        first = events[0].seq
+        spots = [s - first] if first is not None and 0 <= s - first < n - 16 else []
+        spots.extend(range(max(0, n - 16), n))
+        for j in spots:
+            old = events[j]
+            if old.seq == s:
+                return old.wire_type == ev.wire_type and old.span == ev.span and old.terminal == ev.terminal
+        return False
+
+    def _seq(self, s: int, idx: int, *, quiet: bool = False) -> bool:
+        """R7 for a seq off the plain next one; True when it is a duplicate (that event received again). `quiet`:
+        only note that the seq came (an event of the run that another rule took away, R8), flag nothing."""
         if s < 1:
-            self._flag(Rule.R7, f"seq {s} is not a positive sequence number", idx)
-            return
+            if not quiet:
+                self._flag(Rule.R7, f"seq {s} is not a positive sequence number", idx)
+            return False
         above = self.seqs_above
         if s <= self.seq_low or s in above:
-            self._flag(Rule.R7, f"seq {s} received twice (duplicate event)", idx)
-            return
-        if s < self.max_seq:
+            if not quiet:
+                self._flag(Rule.R7, f"seq {s} received twice (duplicate event)", idx)
+            return True
+        if s < self.max_seq and not quiet:
             self._flag(Rule.R7, f"seq {s} arrived after seq {self.max_seq} (out of order)", idx)
         if s > self.max_seq:
             self.max_seq = s
@@ -467,6 +494,7 @@ class ChatTracker:
             self.seq_low = self.max_seq
             above.clear()
             self._flag(Rule.R7, f"more than {MAX_SEQS_AHEAD} seqs ahead of a gap: stopped tracking the gaps", idx)
+        return False
 
     def _span(self, ev: Event, idx: int) -> None:
         name, kind, key = ev.span  # type: ignore[misc]
@@ -892,6 +920,9 @@ class ConnectionChecker:
         if (user := ev.user_id) is not None and (own := self.user_id) is not None:
             if user != own:
                 self._foreign(ev, "another user")
+                if (seq := ev.seq) is not None and ev.run_id is not None and (
+                        mine := self.by_run.get(ev.run_id)) is not None and mine._result is None:
+                    mine._seq(seq, mine.n_events, quiet=True)  # it came: no gap (R7) for what R8 says already
                 return None
             ev.user_id = own
         chat = None
@@ -899,7 +930,21 @@ class ConnectionChecker:
             index = self.by_run  # ChatIndex.get, inlined for the one-chat connection (a call saved per event)
             chat = (index._chat if run_id == index._key else None) if index._many is None else index._many.get(run_id)
             if chat is not None:
-                if ev.role is _STARTED and chat.terminal_event is not None and self.further_runs:
+                if ev.role is _STARTED and chat.terminal_event is not None and (
+                        named := self._names_waiting(ev)) is not None and named is not chat and (
+                        named.run_id is None or len(self.by_run) < MAX_RUN_ALIASES):
+                    # A run id of a run that ended, given again to the run of a chat that this start names (by its
+                    # message, else its thread) and that has had no event yet: that chat's run, not an event after
+                    # the old run's end; later events of that id are the new run's. A server that assigns run ids
+                    # may reuse a finished one (netra); one that ignores the client's (AG-UI) may name every run alike.
+                    if named.run_id is None:
+                        named.run_id = run_id
+                        self._unname(named.chat_id)
+                    else:
+                        _other_run_id(named, ev)
+                    self.by_run[run_id] = named
+                    chat = named
+                elif ev.role is _STARTED and chat.terminal_event is not None and self.further_runs:
                     # The run the client asked for, after a replayed one (or another run after this chat's run).
                     chat = self._further(chat.root.last_run(), ev) or chat
             else:
@@ -958,8 +1003,7 @@ class ConnectionChecker:
         if same_thread is not None and ev.run_id is not None and len(self.by_run) < MAX_RUN_ALIASES:
             self.by_run[ev.run_id] = same_thread  # the rest of that "run" goes to the same chat (R4, R3), not R8
             if same_thread.n_events == 0:  # the run the client asked for, started under another id
-                same_thread._warn(Rule.R8, f"{ev.wire_type} names run {ev.run_id[:80]!r}, not the run id the client "
-                                           f"sent ({(same_thread.run_id or '')[:80]!r})", 0)
+                _other_run_id(same_thread, ev)
         return same_thread
 
     def _further(self, parent: ChatTracker | None, ev: Event) -> ChatTracker | None:
@@ -988,6 +1032,13 @@ class ConnectionChecker:
         not cross-talk; a run naming another thread or message still is."""
         cand = self._named_or_waiting(ev)
         return cand if cand is not None and cand.run_id is None else None
+
+    def _names_waiting(self, ev: Event) -> ChatTracker | None:
+        """The chat the event's message id (else thread id) names, when that chat still waits for its run's first
+        event."""
+        cand = (self.by_message.get(ev.message_id) if ev.message_id else None) or (
+            self.by_thread.get(ev.thread_id) if ev.thread_id else None)
+        return cand if cand is not None and cand.n_events == 0 and not cand.done and cand._result is None else None
 
     def _named_or_waiting(self, ev: Event) -> ChatTracker | None:
         """The chat the event's message or thread id names (whatever its run), else the oldest one waiting."""
@@ -1068,6 +1119,12 @@ class ConnectionChecker:
         if active:
             return active
         return self.chats[-1:]
+
+
+def _other_run_id(chat: ChatTracker, ev: Event) -> None:
+    """The advice that the run the client asked for started under another run id than the client sent."""
+    chat._warn(Rule.R8, f"{ev.wire_type} names run {(ev.run_id or '')[:80]!r}, not the run id the client sent "
+                        f"({(chat.run_id or '')[:80]!r})", 0)
 
 
 def _slim(frame: Frame) -> Frame:

@@ -848,7 +848,8 @@ class Resumes:
 
     def __init__(self) -> None:
         self.moved: dict[str, None] = {}  # runs resumed on another connection since
-        self.replay: dict[str, ChatTracker] = {}  # runs resumed here whose replay of seen events is under way
+        # Runs resumed here whose replay of seen events is under way: the chat, and the seq its client said it had.
+        self.replay: dict[str, tuple[ChatTracker, int]] = {}
 
     def let_go(self, checker: ConnectionChecker, chat: ChatTracker) -> None:
         """`chat` was resumed on another connection: this one routes its run to it no more."""
@@ -858,15 +859,18 @@ class Resumes:
                 del self.moved[next(iter(self.moved))]
             self.moved[chat.run_id] = None
 
-    def resumed_here(self, chat: ChatTracker, run_id: str | None) -> None:
-        """`chat`'s run `run_id` was resumed on this connection: its frames are its own again, past the replay."""
+    def resumed_here(self, chat: ChatTracker, run_id: str | None, last_seq: int | None = None) -> None:
+        """`chat`'s run `run_id` was resumed on this connection: its frames are its own again, past the replay. The
+        resume's `last_seq` (when the profile's resume frame carries one) is what the client said it had: the server
+        replays only what is past it, so a replay of an event at or below it is a duplicate the server sent (R7),
+        judged as the client judged it; only what the watcher saw past it is not judged again."""
         if not run_id:
             return
         self.moved.pop(run_id, None)
-        if chat.max_seq:
+        if chat.max_seq and (last_seq is None or last_seq < chat.max_seq):
             if len(self.replay) >= MAX_RESUMES_FOLLOWED:
                 del self.replay[next(iter(self.replay))]
-            self.replay[run_id] = chat
+            self.replay[run_id] = (chat, 0 if last_seq is None else last_seq)
 
     def skip(self, profile: Profile, frame: str | bytes, at: float) -> bool:
         """Whether a received frame is to be left unjudged: a run followed elsewhere, or an event the chat had."""
@@ -875,13 +879,16 @@ class Resumes:
             return False
         if run in self.moved:
             return True
-        chat = self.replay.get(run)
-        if chat is None:
+        entry = self.replay.get(run)
+        if entry is None:
             return False
+        chat, had = entry
         seq = decoded.seq
-        if isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq <= chat.max_seq and (
-                seq <= chat.seq_low or seq in chat.seqs_above):
-            return True
+        if isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq <= chat.max_seq:
+            if seq <= had:
+                return False  # what the client said it had, sent again: the server's duplicate (R7), judged
+            if seq <= chat.seq_low or seq in chat.seqs_above:
+                return True
         del self.replay[run]  # the replay ends at the first event the chat had not seen
         return False
 

@@ -334,7 +334,7 @@ class OfflineCheck:
             if tracker is not None:
                 if conn.resumes is None:
                     conn.resumes = Resumes()
-                conn.resumes.resumed_here(tracker, run_id)
+                conn.resumes.resumed_here(tracker, run_id, sent.last_seq)
                 conn.clients = True
                 conn.checker.add(tracker)
                 conn.checker.tell_unwitnessed(tracker)  # in flight, live, when they came (R8)

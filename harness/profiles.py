@@ -361,6 +361,7 @@ class ClientFrame:
     run_id: str | None = None
     thread_id: str | None = None
     message_id: str | None = None
+    last_seq: int | None = None  # a resume's: the highest seq the client says it had
 
 
 _COMPILED = ("_source", "_decode_obj", "_decode", "_fillers")
@@ -372,7 +373,7 @@ class Decoder:
 
     __slots__ = ("profile", "always", "with_run", "unmapped", "control", "ping", "conn_error", "span_of",
                  "containers", "names", "session_errors", "request_types", "request_keys", "resume_types", "checks",
-                 "check_fields", "carries_history", *_COMPILED)
+                 "check_fields", "carries_history", "last_seq_path", *_COMPILED)
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
@@ -417,6 +418,9 @@ class Decoder:
         resume_type = (self.find(profile.resume, self.scopes(profile.resume), self.names["type"])
                        if profile.resume else None)
         self.resume_types = frozenset(profile.resume_types or ([resume_type] if isinstance(resume_type, str) else []))
+        # Where the resume template puts `{last_seq}`: a watcher (the proxy, `chatprobe check`) reads what the client
+        # said it had, so that a replay of it is told from a replay of what only the watcher saw.
+        self.last_seq_path = _placeholder_path(profile.resume, "{last_seq}") if profile.resume else None
         self.checks: tuple[CheckSet, ...] = tuple(CHECKS[name] for name in profile.checks)
         self.check_fields = tuple(dict.fromkeys(f for c in self.checks for f in c.fields))
         self.carries_history = _names_history(profile.request) > 0
@@ -527,9 +531,29 @@ class Decoder:
             kind = "request"
         if kind == "other":
             return ClientFrame("other", wire_type)
+        last_seq = None
+        if kind == "resume" and self.last_seq_path is not None:
+            value: Any = frame
+            for step in self.last_seq_path:
+                value = value.get(step) if isinstance(value, dict) else None
+            if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:
+                value = int(value)
+            last_seq = value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
         return ClientFrame(kind, wire_type, run_id=_id(self.find(frame, scopes, n["run_id"]))[0],
                            thread_id=_id(self.find(frame, scopes, n["thread_id"]))[0],
-                           message_id=_id(self.find(frame, scopes, n["message_id"]))[0])
+                           message_id=_id(self.find(frame, scopes, n["message_id"]))[0], last_seq=last_seq)
+
+
+def _placeholder_path(template: Any, placeholder: str) -> tuple[str, ...] | None:
+    """The keys that lead to `placeholder` in a template of nested objects, None when it is not there."""
+    if not isinstance(template, dict):
+        return None
+    for key, value in template.items():
+        if value == placeholder:
+            return (key,)
+        if (below := _placeholder_path(value, placeholder)) is not None:
+            return (key, *below)
+    return None
 
 
 try:  # about 3x json.loads on event frames; the decode of every frame is the client's largest single cost

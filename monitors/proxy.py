@@ -342,7 +342,7 @@ class LiveConnection:
                 # before the client lost them. Judged once, not again as duplicates (R7) of the server's.
                 if self.resumes is None:
                     self.resumes = Resumes()
-                self.resumes.resumed_here(resumed, frame.run_id)
+                self.resumes.resumed_here(resumed, frame.run_id, frame.last_seq)
                 self.checker.add(resumed)
                 # Another user's events that came here before any chat did: cross-talk to this chat, in flight for its
                 # user then (R8), as `chatprobe check` judges it.
