@@ -100,12 +100,13 @@ LATE_WARNING = ("{n} event(s) came within {margin:g}s after their chat's verdict
                 "shown as a warning on it); the live client, its timer late under load, may have taken them into the "
                 "verdict (an R3, R4, R7, R8 or R12 more, or a chat that passed instead of an R10), so this check can "
                 "differ from the live run there")
-# A `send_failed` record that came after its chat's verdict was due (connect_timeout longer than what was left of the
-# chat's deadline): the live client waited for the send and judged the chat `error` (send_failed); here it was judged
-# at its deadline already.
+# A `send_failed` record that came after its chat was judged: past the chat's deadline, with another record of its
+# connection in between (a frame the server sent while the send waited), which judged the chat at its deadline (the
+# recording cannot tell a send still waiting from one that left). The live client waited for the send and judged the
+# chat `error` (send_failed). With nothing in between, the record fails its chat as live (OfflineCheck.feed).
 LATE_SEND_WARNING = ("{n} chat(s) whose message had not left when their deadline passed were judged at the deadline "
-                     "(R10); live, the client waited connect_timeout for the send and judged them `error` "
-                     "(send_failed): the recording's `send_failed` record came after the verdict")
+                     "(R10): another record of their connection came before their `send_failed` record; live, the "
+                     "client waited for the send and judged them `error` (send_failed)")
 UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive times, or no events): first-event time "
                 "and chat duration not judged")
 
@@ -191,20 +192,28 @@ class OfflineCheck:
             self.now = at
             if self.first_t is None:
                 self.first_t = at
-            self._judge_ready(conn, at)
-            self._judge_parked(at)
         else:
             at = conn.last_t if conn.last_t is not None else self.now
         conn.last_t = at
         direction = rec.direction
+        failed_send = direction == "close" and rec.failed == SEND_FAILED
+        # A chat's frame never left (the connection goes on): its chat fails before the chats due by now are judged.
+        # Live, the chat waited for its send, its deadline unwatched, and is an `error` (send_failed) whenever the
+        # send failed (flow.ChatFlow.sent), past its deadline too (a recorder slow to scrub a huge frame on a busy
+        # machine, a connect_timeout longer than what was left of the deadline).
+        failed_chat = failed_send and self._send_failed(conn, rec)
+        if rec.t is not None:
+            self._judge_ready(conn, at)
+            self._judge_parked(at)
         if direction == "recv":
             if rec.t is None and isinstance(rec.frame, str) and rec.frame.lstrip().startswith("{"):
                 conn.untimed = True  # a frame without its time (not junk, which carries no event anyway)
             self._received(conn, rec.frame, at)
         elif direction == "send":
             self._sent(conn, rec, at)
-        elif direction == "close" and rec.failed == SEND_FAILED:
-            self._send_failed(conn, rec, at)  # a chat's frame never left; the connection goes on
+        elif failed_send:
+            if not failed_chat:
+                self._no_send_waiting(conn, rec, at)
         elif direction == "close":
             if rec.error:  # the client dropped the connection for what the server sent: an R12, as live
                 conn.router.on_protocol_error(rec.error, at)
@@ -386,24 +395,31 @@ class OfflineCheck:
             conn.checker.discard(chat)
             self._count(None, error_result(chat.chat_id, self.name, chat.sent_at, rec.failed, reason))
 
-    def _send_failed(self, conn: _Conn, rec: Recorded, at: float) -> None:
+    def _send_failed(self, conn: _Conn, rec: Recorded) -> bool:
         """A chat's frame did not leave within connect_timeout (the server stopped reading): that chat, the last one a
-        send record opened on the connection that nothing has answered, is an `error` (send_failed), as live
-        (flow.ChatFlow.sent); the connection, still open, goes on. No such chat (a hand-made record): an R12 there."""
+        send record opened on the connection that nothing has answered (its deadline passed or not), is an `error`
+        (send_failed), as live (flow.ChatFlow.sent); the connection, still open, goes on. False when there is no such
+        chat (_no_send_waiting)."""
         chat = next((c for c in reversed(conn.open.values()) if not c.judged and not c.done and c.n_events == 0
                      and c.chat_id not in self.untimed), None)
         if chat is None:
-            last = next((c for c in reversed(conn.checker.chats) if c.chat_id not in self.untimed), None)
-            if last is not None and last.judged and last.n_events == 0:
-                self.late_sends += 1  # judged at its deadline before its send failed: said (LATE_SEND_WARNING)
-            else:
-                self._problem(conn, "a send_failed close record with no chat waiting for its send", rec.where, at)
-            return
+            return False
         self.open.pop(chat.chat_id, None)
         conn.open.pop(chat.chat_id, None)
         conn.checker.discard(chat)
         self._count(None, error_result(chat.chat_id, self.name, chat.sent_at, SEND_FAILED,
                                        rec.reason or "the frame did not leave in time"))
+        return True
+
+    def _no_send_waiting(self, conn: _Conn, rec: Recorded, at: float) -> None:
+        """A send_failed record with no chat waiting for its send: one judged at its deadline before it (another
+        record of the connection came in between) is said (LATE_SEND_WARNING); none at all (a hand-made record) is an
+        R12 there."""
+        last = next((c for c in reversed(conn.checker.chats) if c.chat_id not in self.untimed), None)
+        if last is not None and last.judged and last.n_events == 0:
+            self.late_sends += 1
+        else:
+            self._problem(conn, "a send_failed close record with no chat waiting for its send", rec.where, at)
 
     def _resend_for(self, key: str, at: float) -> str | None:
         """The message id of the oldest message waiting to be sent again (`resends`) by the user whose connection `key`

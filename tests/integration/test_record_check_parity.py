@@ -32,6 +32,9 @@ Failed on the code before the record10 patch:
 Failed on the code before the review10 patch:
 - test_a_message_a_browser_sends_again_through_the_proxy_is_one_chat_live_and_in_check[record] (proxy: a pass;
   check: incomplete, the connection it passed on not kept)
+Failed on the code before the flaky patch (a send_failed record after its chat's deadline: live `error`, offline R10):
+- test_a_send_failed_after_a_slow_scrub_is_the_error_live_judged (the recording a busy machine wrote; offline incomplete)
+- test_a_send_failed_record_fails_the_chat_it_follows_and_nothing_else (its `late` case, offline incomplete)
 What cannot be made equal: an event that came just past a chat's verdict time (its settle window's end, or its
 deadline) is judged after the verdict offline, by the recorded times, while a live client under load, its timer late,
 may have taken it in. `check` says so in its warnings (offline.LATE_WARNING); the differential tests accept a
@@ -476,8 +479,10 @@ def test_hostile_failed_field_is_r12_and_a_known_one_is_an_error_chat(tmp_path):
 
 def test_a_send_failed_record_fails_the_chat_it_follows_and_nothing_else(tmp_path):
     # The send_failed close record: the chat the last send opened is an error (send_failed) and the connection goes
-    # on (the next chat on it passes); one that came after that chat's deadline is said (LATE_SEND_WARNING); one with
-    # no chat before it is an R12, never a traceback.
+    # on (the next chat on it passes); one that came after that chat's deadline fails it too, as live (the live client
+    # waits for the send, its deadline unwatched), unless another record of the connection came in between (a frame
+    # the server sent meanwhile judged it at its deadline: said, LATE_SEND_WARNING); one with no chat before it is an
+    # R12, never a traceback.
     def send(t: float, mid: str) -> dict:
         return {"t": t, "dir": "send", "conn": "c",
                 "frame": json.dumps({"type": "user_message", "payload": {"content": "hi", "message_id": mid}})}
@@ -497,11 +502,38 @@ def test_a_send_failed_record_fails_the_chat_it_follows_and_nothing_else(tmp_pat
     assert not run.warnings
     late = write_jsonl(tmp_path / "late.jsonl", [welcome, send(1.0, "m1"), {**failed, "t": 9.0}])
     [run] = check_files([late], load_profile("netra"), sc)
+    assert [(r.outcome, r.error_kind) for r in run.results] == [(Outcome.ERROR, "send_failed")]
+    assert not run.warnings
+    heartbeat = {"t": 7.0, "dir": "recv", "conn": "c", "frame": json.dumps({"type": "heartbeat"})}
+    between = write_jsonl(tmp_path / "between.jsonl", [welcome, send(1.0, "m1"), heartbeat, {**failed, "t": 9.0}])
+    [run] = check_files([between], load_profile("netra"), sc)
     assert [r.outcome for r in run.results] == [Outcome.INCOMPLETE]
     assert any("had not left when their deadline passed" in w for w in run.warnings)
     alone = write_jsonl(tmp_path / "alone.jsonl", [welcome, {**failed, "t": 2.0}])
     [run] = check_files([alone], load_profile("netra"), sc)
     assert [v.rule for r in run.results for v in r.violations] == ["R12"]
+
+
+def test_a_send_failed_after_a_slow_scrub_is_the_error_live_judged(tmp_path):
+    # What `--record` writes on a busy machine for a 3.2 MB message to a server that reads nothing: the send record
+    # stamped when the frame was handed to the recorder, scrubbing it took 30 s of the process's share of the CPU (the
+    # event loop held all that time), and the send timed out (connect_timeout 0.5 s) only then, past the chat's 30 s
+    # deadline; then the client's close. Live the chat was an `error` (send_failed): it waited for its send, its
+    # deadline unwatched (flow.ChatFlow.sent). `check` judged it at its deadline (incomplete, R9 and R10), and
+    # warned: a verdict that depended on how fast the client's machine was.
+    frame = json.dumps({"type": "user_message", "payload": {"content": "x" * 64, "message_id": "m1"}})
+    records = [{"t": 1796306464.625, "dir": "recv", "conn": "u0.1", "frame": json.dumps({"type": "connection_established"})},
+               {"t": 1796306464.626, "dir": "send", "conn": "u0.1", "frame": frame},
+               {"t": 1796306495.034, "dir": "close", "conn": "u0.1", "failed": "send_failed",
+                "reason": "the frame did not leave within 0.5s (the server read nothing)"},
+               {"t": 1796306501.039, "dir": "close", "conn": "u0.1", "code": 1006, "by": "client"}]
+    path = write_jsonl(tmp_path / "slow.jsonl", records)
+    sc = scenario(users=1, chats_per_user=1, connect_timeout="0.5s", expect={"settle": "0.05s", "deadline": "30s"})
+    [run] = check_files([path], load_profile("netra"), sc)
+    assert [(r.outcome, r.error_kind, r.rule_counts()) for r in run.results] == [(Outcome.ERROR, "send_failed", {})]
+    assert "did not leave within 0.5s" in run.results[0].error
+    assert not run.warnings
+    assert int(exit_code([run])) == 1
 
 
 def test_check_says_when_an_event_came_just_past_a_verdict(tmp_path):
@@ -710,11 +742,21 @@ async def test_a_send_the_server_never_reads_is_a_send_failed_error_offline_as_l
     # message (3.2 MB) fills the kernel's buffers and the client's send stalls for connect_timeout: a `send_failed`
     # error chat live (the websockets client, which `compression: deflate` picks: its send waits for the socket).
     # The recording said only "send" and then the client's close: offline an abandoned chat that passed.
+    # (Then, in the whole suite, on a busy machine: offline incomplete, R10, where live was send_failed. Scrubbing the
+    # frame for the recording costs in proportion to the secrets the process has registered, and the suite's process
+    # had registered one fresh secret per agentsim it started: with 150 of them, 30 s for this frame, the send
+    # record stamped before it and the send_failed record after the chat's 30 s deadline, which `check` judged first;
+    # test_a_send_failed_after_a_slow_scrub_is_the_error_live_judged holds that recording. The secrets of the tests
+    # before are forgotten here, as tests/harness/test_redact.py forgets them, so that this test's scrub takes what a
+    # `chatprobe run` process's takes, well inside the deadlines below.)
     import base64
     import hashlib
     import os
     import socket
 
+    from harness import redact
+
+    redact.forget_all()
     conns: list[asyncio.StreamWriter] = []
     done = asyncio.Event()
 
