@@ -14,6 +14,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from urllib.parse import quote, unquote
 
+import ahocorasick
+
 REDACTED = "[REDACTED]"
 # A secret this short would turn every report into noise (each "abc" replaced); it is not a real credential.
 MIN_SECRET_LEN = 4
@@ -69,6 +71,8 @@ MIN_RUN_WORDS = 12
 # The matcher looks for pieces of this many characters of each form, one every (run length + 1 - _PIECE)
 # characters: any run of the run length holds one of them whole.
 _PIECE = 4
+# Pieces found in a text that are followed without a second pass over it (_Runs.spans).
+_KEPT = 4096
 _BEARER_RE = re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 # An Authorization header's credential whatever its scheme (Basic user:password, Token, Digest…), as a header line, a
 # JSON member or a repr: the scheme stays, the credential goes.
@@ -153,67 +157,83 @@ def _run_lengths(secrets: Iterable[str], literal: bool = True) -> dict[str, int]
 class _Runs:
     """Finds every run of at least its form's run length of consecutive characters of any of the forms, wherever in
     the form it starts. Each form is cut into pieces of _PIECE characters, one every (run length + 1 - _PIECE)
-    characters, so that any such run holds a piece whole: the pieces are found with substring tests (`in`, then
-    str.find), and each hit is followed left and right while the text goes on as the form does at that offset (a
-    piece may occur at several offsets of a repetitive form). re has no multi-string search better than an
-    alternation tried at each position, and nothing in the standard library finds common runs, hence this."""
+    characters, so that any such run holds a piece whole: every piece of every form is found in one pass over the
+    text (an Aho-Corasick automaton, built once per set of forms), and each hit is followed left and right while the
+    text goes on as the form does at that offset (a piece may occur at several offsets of a repetitive form)."""
 
     def __init__(self, forms: dict[str, int]) -> None:
         self.forms = list(forms)
-        self.pieces: dict[str, list[tuple[int, int]]] = {}  # piece -> (form index, offset in the form)
+        pieces: dict[str, list[tuple[int, int]]] = {}  # piece -> (form index, offset in the form)
         for n, (form, run) in enumerate(forms.items()):
             step = max(1, run + 1 - _PIECE)
             for off in range(0, len(form) - _PIECE + 1, step):
-                self.pieces.setdefault(form[off:off + _PIECE], []).append((n, off))
+                pieces.setdefault(form[off:off + _PIECE], []).append((n, off))
         self.runs = list(forms.values())
+        # Each piece's value: its number (for the hit count below) and where it is in the forms.
+        self.automaton = ahocorasick.Automaton()
+        for k, (piece, places) in enumerate(pieces.items()):
+            self.automaton.add_word(piece, (k, tuple(places)))
+        self.automaton.make_automaton()
 
-    def present(self, text: str) -> list[str]:
-        return [p for p in self.pieces if p in text]
-
-    def spans(self, text: str, present: list[str] | None = None) -> list[tuple[int, int]] | None:
+    def spans(self, text: str) -> list[tuple[int, int]] | None:
         """The [start, end) of each such run in the text, sorted, overlapping ones merged; None for a text too dense
         with the forms' pieces to follow each (see `blunt`)."""
-        if present is None:
-            present = self.present(text)
-        if not present:
-            return []
         # A bound on the work a hostile text can cause (a secret's piece repeated a million times): past it, each
         # piece found is redacted as it stands, which cuts every run of every form as surely, only less exactly. Far
         # above what ordinary text holds (a frame listing a hundred "chat_id"s keeps every "chat" of the registered
-        # chatprobe-dev-secret): a hit that starts no run costs a few comparisons.
-        hits = sum(text.count(p) * len(self.pieces[p]) for p in present)
-        if hits > 4096 + len(text) // 8:
-            return None
+        # chatprobe-dev-secret): a hit that starts no run costs a few comparisons. A hit is a piece's occurrence
+        # (counted as str.count does, without overlaps) times the places it has in the forms; the pass stops as soon
+        # as their count is over the bound.
+        bound = 4096 + len(text) // 8
+        hits = 0
+        counted_to: dict[int, int] = {}  # piece -> where its last occurrence counted ends, plus _PIECE - 1
+        # The hits are counted (and the pass stopped past the bound) before any is followed: following one costs up to
+        # a form's length of comparisons. The first _KEPT are kept for that; a text with more is passed over again.
+        kept: list[tuple[int, tuple[int, tuple[tuple[int, int], ...]]]] = []
+        for match in self.automaton.iter(text):
+            last, (k, places) = match
+            if last >= counted_to.get(k, 0):
+                counted_to[k] = last + _PIECE
+                hits += len(places)
+                if hits > bound:
+                    return None
+            if len(kept) <= _KEPT:
+                kept.append(match)
+        if not kept:
+            return []
         found: list[tuple[int, int]] = []
         # (form, where it starts in the text): the runs longer than a piece found there, which the form's other
         # pieces in them need not follow again (a hit that went no further than its piece is not remembered).
         seen: dict[tuple[int, int], list[tuple[int, int]]] = {}
-        for piece in present:
-            at = text.find(piece)
-            while at >= 0:
-                for n, off in self.pieces[piece]:
-                    form, shift = self.forms[n], at - off
-                    done = seen.get((n, shift))
-                    if done is not None and any(a <= at and at + _PIECE <= e for a, e in done):
-                        continue  # another piece of the same run found it
-                    start, end = at, at + _PIECE
-                    while start > 0 and start - shift > 0 and text[start - 1] == form[start - 1 - shift]:
-                        start -= 1
-                    while end < len(text) and end - shift < len(form) and text[end] == form[end - shift]:
-                        end += 1
-                    if end - start > _PIECE:
-                        seen.setdefault((n, shift), []).append((start, end))
-                    if end - start >= self.runs[n]:
-                        found.append((start, end))
-                at = text.find(piece, at + 1)
+        for last, (_, places) in kept if len(kept) <= _KEPT else self.automaton.iter(text):
+            at = last + 1 - _PIECE
+            for n, off in places:
+                form, shift = self.forms[n], at - off
+                done = seen.get((n, shift))
+                if done is not None and any(a <= at and at + _PIECE <= e for a, e in done):
+                    continue  # another piece of the same run found it
+                start, end = at, at + _PIECE
+                while start > 0 and start - shift > 0 and text[start - 1] == form[start - 1 - shift]:
+                    start -= 1
+                while end < len(text) and end - shift < len(form) and text[end] == form[end - shift]:
+                    end += 1
+                if end - start > _PIECE:
+                    seen.setdefault((n, shift), []).append((start, end))
+                if end - start >= self.runs[n]:
+                    found.append((start, end))
         return _merged(found)
 
-
-    @staticmethod
-    def blunt(text: str, present: list[str]) -> str:
-        """A text too dense with pieces to follow each: every piece found redacted as it stands (in C, no list of
-        spans), which cuts every run of every form as surely, only less exactly."""
-        return re.compile("|".join(map(re.escape, present))).sub(REDACTED, text)
+    def blunt(self, text: str) -> str:
+        """A text too dense with pieces to follow each: every piece found redacted as it stands, from the left, the
+        next one looked for after it (as an alternation of them would), which cuts every run of every form as
+        surely, only less exactly. (The pieces have one length: the longest match is the leftmost one.)"""
+        out: list[str] = []
+        i = 0
+        for last, _ in self.automaton.iter_long(text):
+            out += [text[i:last + 1 - _PIECE], REDACTED]
+            i = last + 1
+        out.append(text[i:])
+        return "".join(out)
 
 
 def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -334,25 +354,21 @@ class Secrets:
                 decoded = _unescaped(text)
             if not decoded.isprintable():  # raw or escaped, an invisible format character splits no secret
                 decoded = _INVISIBLE_RE.sub("", decoded)
-            # Substring tests first (the decoded text holds a piece of a secret), the offsets only then.
             # The offsets (a list the size of the text) only for a text that does hold a run of a secret.
-            if decoded != text and (pieces := self.disguised.present(decoded)):
-                spans = self.disguised.spans(decoded, pieces)
+            if decoded != text and (spans := self.disguised.spans(decoded)) != []:
                 if spans is None:  # escaped text dense with a secret's pieces (hostile): nothing of it is shown
                     return REDACTED
-                if spans:
-                    mapped, at = _unescaped_at(text)
-                    if mapped != decoded:  # (the same decoding: found again only if it ever differed)
-                        spans = self.disguised.spans(mapped)
-                        if spans is None:
-                            return REDACTED
-                    text = _redacted_spans(text, _merged([(at[a], at[e]) for a, e in spans]))
-        # Substring tests first: far cheaper than anything else when (as almost always) no secret is there.
-        present = self.literal.present(text)
-        if not present:
-            return text
-        spans = self.literal.spans(text, present)
-        return self.literal.blunt(text, present) if spans is None else _redacted_spans(text, spans)
+                mapped, at = _unescaped_at(text)
+                if mapped != decoded:  # (the same decoding: found again only if it ever differed)
+                    spans = self.disguised.spans(mapped)
+                    if spans is None:
+                        return REDACTED
+                text = _redacted_spans(text, _merged([(at[a], at[e]) for a, e in spans]))
+        # One pass of the automaton: cheap when (as almost always) no piece of a secret is there.
+        spans = self.literal.spans(text)
+        if spans is None:
+            return self.literal.blunt(text)
+        return _redacted_spans(text, spans) if spans else text
 
 
 @functools.lru_cache(maxsize=256)

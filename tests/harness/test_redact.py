@@ -336,3 +336,33 @@ def test_a_text_dense_with_a_secrets_pieces_shows_no_run_of_it():
                  (secret[2:10] + "\\n") * 50_000):
         out = scrub(text)
         assert all(secret[i:i + 8] not in out for i in range(len(secret) - 7)), text[:40]
+
+
+def test_a_hundred_secrets_in_a_multi_megabyte_frame_each_run_redacted_and_nothing_else():
+    """All the pieces of all the forms of a hundred secrets are looked for in one pass: each secret shown (whole, cut
+    to a run, URL-encoded, JSON-escaped, \\u-escaped, in base64) is redacted where it stands, and nothing else is,
+    not even 7 of a secret's characters."""
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    secrets = ["".join(alphabet[(i * 7 + k * k * 13 + k) % len(alphabet)] for k in range(24)) + f"{i:02d}"
+               for i in range(99)] + ['Tk/9"qZ+w8Lm3Vx&Pr7']
+    assert len(set(secrets)) == 100
+    for secret in secrets:
+        redact.register(secret)
+    filler = "".join(f'{{"type": "partial_result", "data": {{"text": "the weather in paris is mild today, {i}"}}}}\n'
+                     for i in range(40_000))
+    shown: list[str] = []
+    expected: list[str] = []
+    for n, at in enumerate(range(0, len(filler), 100_000)):
+        chunk = filler[at:at + 100_000]
+        secret = secrets[n * 37 % 100] if n % 5 else secrets[-1]
+        for echo, redacted in ((secret, REDACTED), (secret[3:15], REDACTED), (quote(secret, safe=""), REDACTED),
+                               (json.dumps(secret)[1:-1], REDACTED), (f"\\u{ord(secret[0]):04x}{secret[1:]}", REDACTED),
+                               (base64.b64encode(secret[:18].encode()).decode(), REDACTED),
+                               (secret[:7], secret[:7]), (secret[9:16], secret[9:16])):
+            shown.append(f" {echo} ")
+            expected.append(f" {redacted} ")
+        shown.append(chunk)
+        expected.append(chunk)
+    text = "".join(shown)
+    assert len(text) > 3_000_000
+    assert scrub(text) == "".join(expected)
