@@ -779,8 +779,8 @@ def _chats(path: Path) -> list[tuple[str, list[str]]]:
 @pytest.mark.parametrize("last,live_outcome", [
     (None, ("passed", [])),  # every frame JSON, quoting "…?keyword=shoes" (\" after it in the frame's text)
     # Not JSON (the string never ends: \" is an escaped quote), with a credential-like parameter before the \"
-    (', "result": "https://x.example/?key=abc\\"}', ("incomplete", ["R12"])),
-    (', "authorization": "Basic abcd\\"}', ("incomplete", ["R12"])),  # the same, cut by the Authorization rule
+    (', "result": "https://x.example/?key=qrs\\"}', ("incomplete", ["R12"])),
+    (', "authorization": "Basic qrst\\"}', ("incomplete", ["R12"])),  # the same, cut by the Authorization rule
 ])
 def test_a_recorded_run_with_a_scrubbed_url_is_judged_offline_as_it_was_live(tmp_path, last, live_outcome):
     """`chatprobe run --record DIR` then `chatprobe check DIR`: the same verdict both ways. Scrubbing the raw text
@@ -803,7 +803,8 @@ def test_a_recorded_run_with_a_scrubbed_url_is_judged_offline_as_it_was_live(tmp
     assert main(["check", str(rec), "--scenario", str(scenario), "--json", str(offline), "-q"]) == code
     assert _chats(offline) == _chats(live)
     text = "".join(p.read_text() for p in rec.iterdir())
-    assert "shoes" not in text and "abc" not in text  # still scrubbed
+    # still scrubbed ("qrs": no hex id the run makes up can hold it, as it could "abc")
+    assert "shoes" not in text and "qrs" not in text
     recv = [r.frame for p in rec.iterdir() for r in read_recording(p) if r.direction == "recv"]
     assert sum("[REDACTED]" in f for f in recv) == 3  # tool_completed, partial_result, agent_completed
 
