@@ -3,6 +3,7 @@ ports with their own temp dirs, never the system's daemons; each one is stopped 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import secrets
@@ -109,88 +110,101 @@ class Proc:
         return self.popen.returncode
 
 
+class ProcGroup:
+    """`start(name, argv, env=...)` → Proc, its output in `workdir`; `stop_all()` stops every one started."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[Proc] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        # This checkout's code, not whichever one the virtualenv's editable install points at (a worktree's
+        # tests otherwise ran the main checkout's harness in every child started from tmp_path).
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "PYTHONPATH": path, **(env or {})}
+        out, err = self.workdir / f"{name}.out", self.workdir / f"{name}.err"
+        with open(out, "wb") as fo, open(err, "wb") as fe:
+            popen = subprocess.Popen(argv, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, env=full_env,
+                                     cwd=self.workdir, start_new_session=True)
+        proc = Proc(name, popen, out, err)
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
+
+
 @pytest.fixture
 def procs(tmp_path: Path):
     """`procs.start(name, argv, env=...)` → Proc; every process started here is stopped at teardown."""
-    started: list[Proc] = []
+    group = ProcGroup(tmp_path)
+    yield group
+    group.stop_all()
 
-    class _Procs:
-        def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
-            # This checkout's code, not whichever one the virtualenv's editable install points at (a worktree's
-            # tests otherwise ran the main checkout's harness in every child started from tmp_path).
-            path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-            full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "PYTHONPATH": path, **(env or {})}
-            out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
-            with open(out, "wb") as fo, open(err, "wb") as fe:
-                popen = subprocess.Popen(argv, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, env=full_env,
-                                         cwd=tmp_path, start_new_session=True)
-            proc = Proc(name, popen, out, err)
-            started.append(proc)
-            return proc
 
-    yield _Procs()
-    for proc in reversed(started):
-        proc.stop()
+def start_agentsim(procs: ProcGroup, faults: list[str] = (), seed: int = 11, think: str = "0.002-0.01",
+                   tool_latency: str = "0.001-0.005"):
+    """agentsim as a subprocess → (Proc, ws URL, secret env)."""
+    secret = secrets.token_urlsafe(32)
+    argv = [sys.executable, "-m", "agentsim", "--port", "0", "--seed", str(seed), "--think", think,
+            "--tool-latency", tool_latency]
+    for f in faults:
+        argv += ["--fault", f]
+    proc = procs.start("agentsim", argv, env={"AGENTSIM_JWT_SECRET": secret})
+    url = proc.wait_for_line(r"agentsim listening on (ws://\S+)").group(1)
+    return proc, url, {"E2E_JWT_SECRET": secret}
 
 
 @pytest.fixture
 def agentsim(procs):
-    """`agentsim(faults=[...], seed=N)` → (Proc, ws URL, secret env name, secret env)."""
+    """`agentsim(faults=[...], seed=N)` → (Proc, ws URL, secret env)."""
+    return functools.partial(start_agentsim, procs)
 
-    def start(faults: list[str] = (), seed: int = 11, think: str = "0.002-0.01", tool_latency: str = "0.001-0.005"):
-        secret = secrets.token_urlsafe(32)
-        argv = [sys.executable, "-m", "agentsim", "--port", "0", "--seed", str(seed), "--think", think,
-                "--tool-latency", tool_latency]
-        for f in faults:
-            argv += ["--fault", f]
-        proc = procs.start("agentsim", argv, env={"AGENTSIM_JWT_SECRET": secret})
-        url = proc.wait_for_line(r"agentsim listening on (ws://\S+)").group(1)
-        return proc, url, {"E2E_JWT_SECRET": secret}
 
-    return start
+def start_monitor(procs: ProcGroup, *args: str, env: dict[str, str] | None = None):
+    """`chatprobe monitor` as a subprocess → (Proc, base http URL) once it printed its listening line."""
+    proc = procs.start("monitor", [chatprobe_bin(), "monitor", "--listen", "127.0.0.1:0", *args], env=env)
+    base = proc.wait_for_line(r"chatprobe monitor listening on (http://\S+)").group(1)
+    return proc, base
 
 
 @pytest.fixture
 def monitor(procs):
     """`monitor(*args, env=...)` → (Proc, base http URL) once it printed its listening line."""
+    return functools.partial(start_monitor, procs)
 
-    def start(*args: str, env: dict[str, str] | None = None):
-        proc = procs.start("monitor", [chatprobe_bin(), "monitor", "--listen", "127.0.0.1:0", *args], env=env)
-        base = proc.wait_for_line(r"chatprobe monitor listening on (http://\S+)").group(1)
-        return proc, base
 
-    return start
+def start_prometheus(procs: ProcGroup, scrape_targets: list[str], rule_file: Path | None = None):
+    """Prometheus (its config and data in the group's workdir) → (Proc, base URL), ready to answer queries."""
+    binary = system_binary("prometheus")
+    port = free_port()
+    cfg = procs.workdir / "prometheus.yml"
+    lines = ["global:", "  scrape_interval: 1s", "  scrape_timeout: 1s", "  evaluation_interval: 1s"]
+    if rule_file is not None:
+        lines += ["rule_files:", f"  - {rule_file}"]
+    lines += ["scrape_configs:", "  - job_name: chatprobe", "    static_configs:",
+              f"      - targets: [{', '.join(repr(t) for t in scrape_targets)}]"]
+    cfg.write_text("\n".join(lines) + "\n")
+    data = procs.workdir / "tsdb"
+    data.mkdir()
+    proc = procs.start("prometheus", [binary, f"--config.file={cfg}", f"--storage.tsdb.path={data}",
+                                       f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"])
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if not proc.alive():
+            pytest.fail(f"prometheus exited\n{proc.tail()}")
+        return httpx.get(f"{base}/-/ready", timeout=2).status_code == 200
+
+    wait_for(ready, 30, "prometheus is ready", diagnostics=proc.tail)
+    return proc, base
 
 
 @pytest.fixture
-def prometheus(procs, tmp_path: Path):
+def prometheus(procs):
     """`prometheus(scrape_targets, rule_file)` → (Proc, base URL), ready to answer queries."""
-
-    def start(scrape_targets: list[str], rule_file: Path | None = None):
-        binary = system_binary("prometheus")
-        port = free_port()
-        cfg = tmp_path / "prometheus.yml"
-        lines = ["global:", "  scrape_interval: 1s", "  scrape_timeout: 1s", "  evaluation_interval: 1s"]
-        if rule_file is not None:
-            lines += ["rule_files:", f"  - {rule_file}"]
-        lines += ["scrape_configs:", "  - job_name: chatprobe", "    static_configs:",
-                  f"      - targets: [{', '.join(repr(t) for t in scrape_targets)}]"]
-        cfg.write_text("\n".join(lines) + "\n")
-        data = tmp_path / "tsdb"
-        data.mkdir()
-        proc = procs.start("prometheus", [binary, f"--config.file={cfg}", f"--storage.tsdb.path={data}",
-                                           f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"])
-        base = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            if not proc.alive():
-                pytest.fail(f"prometheus exited\n{proc.tail()}")
-            return httpx.get(f"{base}/-/ready", timeout=2).status_code == 200
-
-        wait_for(ready, 30, "prometheus is ready", diagnostics=proc.tail)
-        return proc, base
-
-    return start
+    return functools.partial(start_prometheus, procs)
 
 
 @pytest.fixture

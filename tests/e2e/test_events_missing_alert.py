@@ -1,15 +1,18 @@
 """The ChatEventsMissing alert end to end: agentsim drops tool_completed, `chatprobe monitor` probes it every
-second, a real Prometheus scrapes the monitor and evaluates the shipped rules (windows shortened tenfold)."""
+second, a real Prometheus scrapes the monitor and evaluates the shipped rules (windows shortened tenfold). The two
+stacks (10% and 2% dropped) start together, each in its own processes and directory, and run side by side: the 2%
+one is watched, from its start, for the whole observation window while the 10% one is waited on to fire."""
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import system_binary, wait_for
+from .conftest import ProcGroup, start_agentsim, start_monitor, start_prometheus, system_binary, wait_for
 from .rules import SHIPPED, shortened_rules, write_shortened_rules
 
 pytestmark = [pytest.mark.e2e]
@@ -19,6 +22,7 @@ FACTOR = 10  # 5m windows and `for: 5m` become 30s
 OBSERVATION = 75.0
 SCENARIO = "probe10"
 RATIO = "target_scenario:chatprobe_chats_missing_events_per_chats:ratio_rate5m"
+CHATS = f"sum(chatprobe_chats_total{{scenario={SCENARIO!r}}})"
 # Ten chats a round, one tool each (a dropped tool_completed is then a missing role), one round a second.
 PROBE10 = f"""\
 name: {SCENARIO}
@@ -51,14 +55,14 @@ def _alerts(base: str, name: str) -> list[dict]:
     return [a for a in r.json()["data"]["alerts"] if a["labels"].get("alertname") == name]
 
 
-def _start(tmp_path: Path, agentsim, monitor, prometheus, drop: float):
-    _, url, env = agentsim(faults=[f"drop:tool_completed={drop}"], seed=4242)
-    scenario = tmp_path / "probe10.yaml"
+def _start(workdir: Path, procs: ProcGroup, drop: float):
+    _, url, env = start_agentsim(procs, faults=[f"drop:tool_completed={drop}"], seed=4242)
+    scenario = workdir / "probe10.yaml"
     scenario.write_text(PROBE10)
-    mon, mon_base = monitor("--target", url, "--target-name", "sim", "--jwt-secret-env", "E2E_JWT_SECRET",
-                            "--scenario", str(scenario), "--interval", "1s", "--timeout", "5s", env=env)
-    rules = write_shortened_rules(tmp_path / "rules.yml", FACTOR)
-    prom, prom_base = prometheus([mon_base.split("//", 1)[1]], rules)
+    mon, mon_base = start_monitor(procs, "--target", url, "--target-name", "sim", "--jwt-secret-env", "E2E_JWT_SECRET",
+                                  "--scenario", str(scenario), "--interval", "1s", "--timeout", "5s", env=env)
+    rules = write_shortened_rules(workdir / "rules.yml", FACTOR)
+    prom, prom_base = start_prometheus(procs, [mon_base.split("//", 1)[1]], rules)
 
     def diagnostics() -> str:
         return "\n".join([
@@ -68,6 +72,54 @@ def _start(tmp_path: Path, agentsim, monitor, prometheus, drop: float):
             mon.tail(10), prom.tail(10)])
 
     return mon, prom_base, diagnostics
+
+
+class _SilentWatch(threading.Thread):
+    """The 2% stack's observation, from the moment it is up: the missing-events ratio gets a value (chats are
+    flowing, so the watch is not vacuous), then ChatEventsMissing is polled every second until OBSERVATION has passed
+    since the start; a firing state seen is kept with the diagnostics of that moment."""
+
+    def __init__(self, prom: str, diagnostics) -> None:
+        super().__init__(daemon=True)
+        self.prom, self.diagnostics = prom, diagnostics
+        self.started = time.monotonic()
+        self.chats_before: float | None = None
+        self.fired: list[str] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            wait_for(lambda: _scalar(self.prom, RATIO) is not None, 30, "the missing-events ratio is recorded",
+                     diagnostics=self.diagnostics)
+            self.chats_before = _scalar(self.prom, CHATS) or 0.0
+            while (left := OBSERVATION - (time.monotonic() - self.started)) > 0:
+                if "firing" in [a["state"] for a in _alerts(self.prom, "ChatEventsMissing")]:
+                    self.fired.append(self.diagnostics())
+                    return
+                time.sleep(min(1.0, left))  # wait-ok: the poll interval of a fixed observation window
+        except BaseException as exc:  # pytest.fail's Failed too: re-raised in the test
+            self.error = exc
+
+
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory):
+    """{drop: (monitor Proc, Prometheus URL, diagnostics, ready time)} for 10% and 2%, and the 2% stack's watch,
+    started as soon as that stack is up."""
+    groups: list[ProcGroup] = []
+    try:
+        started = {}
+        for drop in (0.10, 0.02):
+            group = ProcGroup(tmp_path_factory.mktemp(f"drop{drop:g}"))
+            groups.append(group)
+            started[drop] = (*_start(group.workdir, group, drop), time.monotonic())
+        _, prom, diagnostics, _ = started[0.02]
+        watch = _SilentWatch(prom, diagnostics)
+        watch.start()
+        yield started, watch
+        watch.join(OBSERVATION + 60)
+    finally:
+        for group in groups:
+            group.stop_all()
 
 
 def _safe(fn):
@@ -98,9 +150,8 @@ def test_generated_rules_are_valid_and_only_durations_differ(tmp_path):
 
 
 @pytest.mark.timeout(150)
-def test_alert_fires_when_10_percent_of_chats_miss_an_event(tmp_path, agentsim, monitor, prometheus):
-    mon, prom, diagnostics = _start(tmp_path, agentsim, monitor, prometheus, drop=0.10)
-    started = time.monotonic()
+def test_alert_fires_when_10_percent_of_chats_miss_an_event(stacks):
+    mon, prom, diagnostics, started = stacks[0][0.10]
     firing = wait_for(lambda: [a for a in _alerts(prom, "ChatEventsMissing") if a["state"] == "firing"],
                       OBSERVATION, "ChatEventsMissing is firing", interval=1.0, diagnostics=diagnostics)
     elapsed = time.monotonic() - started
@@ -112,23 +163,22 @@ def test_alert_fires_when_10_percent_of_chats_miss_an_event(tmp_path, agentsim, 
 
 
 @pytest.mark.timeout(150)
-def test_alert_stays_silent_when_2_percent_of_chats_miss_an_event(tmp_path, agentsim, monitor, prometheus):
-    mon, prom, diagnostics = _start(tmp_path, agentsim, monitor, prometheus, drop=0.02)
-    chats = f"sum(chatprobe_chats_total{{scenario={SCENARIO!r}}})"
-    started = time.monotonic()
-    # Not vacuous: the recording rule has a value and chats are flowing before the watch begins.
-    wait_for(lambda: _scalar(prom, RATIO) is not None, 30, "the missing-events ratio is recorded",
-             diagnostics=diagnostics)
-    chats_before = _scalar(prom, chats) or 0.0
-    while (left := OBSERVATION - (time.monotonic() - started)) > 0:
-        states = [a["state"] for a in _alerts(prom, "ChatEventsMissing")]
-        assert "firing" not in states, diagnostics()
-        time.sleep(min(1.0, left))  # wait-ok: the poll interval of a fixed observation window
+def test_alert_stays_silent_when_2_percent_of_chats_miss_an_event(stacks):
+    mon, prom, diagnostics, _ = stacks[0][0.02]
+    watch = stacks[1]
+    watch.join(OBSERVATION + 60)
+    assert not watch.is_alive(), "the observation did not end"
+    if watch.error is not None:
+        raise watch.error
+    assert not watch.fired, watch.fired[0]
+    # Every rule evaluation of the window, not only the polls: ALERTS holds a firing sample for each one that fired.
+    assert not _query(prom, f'ALERTS{{alertname="ChatEventsMissing",alertstate="firing"}}[{int(OBSERVATION) + 30}s]'), \
+        diagnostics()
     assert not [a for a in _alerts(prom, "ChatEventsMissing") if a["state"] == "firing"], diagnostics()
     ratio = _scalar(prom, RATIO)
-    chats_after = _scalar(prom, chats) or 0.0
+    chats_after = _scalar(prom, CHATS) or 0.0
     missing = _scalar(prom, f"sum(chatprobe_chats_missing_events_total{{scenario={SCENARIO!r}}})") or 0.0
-    assert chats_after - chats_before >= 300, (chats_before, chats_after, diagnostics())
+    assert chats_after - watch.chats_before >= 300, (watch.chats_before, chats_after, diagnostics())
     assert ratio is not None and ratio < 0.05, diagnostics()
     assert missing >= 1, "agentsim should have dropped some events at 2%: " + diagnostics()
     assert mon.alive(), mon.tail()

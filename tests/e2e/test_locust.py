@@ -1,17 +1,22 @@
 """Real Locust playing chatprobe scenarios against agentsim: one process, then a master with two workers whose
-verdicts add up at the master, which judges the objectives and sets the exit code; usage errors exit 2 (single
+verdicts add up at the master, which judges the objectives and sets the exit code (and whose recording `chatprobe
+check` judges as the master did); usage errors exit 2 (single
 process, master, and a worker that cannot use the master's options); an unreachable host is backed off (bounded
 connection attempts) and exits 3. Loopback only."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
+
+from harness.recordings import recorded_runs
 
 from .conftest import ROOT, VENV_BIN, free_port, scrape, value, wait_for
 
@@ -68,17 +73,32 @@ def test_single_process_headless(procs, agentsim, tmp_path: Path):
     assert summary["verdict"] == "objectives met" and int(summary["chats"]) == int(chat["Request Count"]), proc.tail()
 
 
+def check(directory: Path, scenario: str, out: Path) -> tuple[int, dict]:
+    """`chatprobe check DIR --scenario SCENARIO --json OUT`: its exit code and the JSON report."""
+    done = subprocess.run([sys.executable, "-m", "harness", "check", str(directory), "--scenario", scenario,
+                           "--json", str(out), "-q"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.exists(), done.stderr[-2000:]
+    return done.returncode, json.loads(out.read_text())
+
+
 def test_distributed_counters_add_up_and_the_master_fails_the_objectives(procs, agentsim, tmp_path: Path):
+    """The workers' verdicts add up at the master, which fails the objectives; and the workers, given
+    --chatprobe-record, record one run (the master's run id, files from both) that `chatprobe check` judges as the
+    master did: the same exit code, chats and chats missing events (this was a test of its own in
+    test_locust_record.py, a second distributed run of the same shape)."""
     # probe: one tool call per chat, so a dropped tool_completed is exactly one chat missing events (R2, R5).
     _, url, env = agentsim(faults=["drop:tool_completed=0.3"])
     secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
     master_port = free_port()
     prefix = tmp_path / "dist"
+    rec = tmp_path / "rec"  # the same path on each worker's machine (here, one machine: one directory)
+    # --stop-timeout: the users finish the chat they are in when the run time is up (Locust's default kills them
+    # mid-chat: such a chat is in the recording, an abandoned chat for `check`, and not in Locust's stats).
     master = procs.start("master", [
         locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "2",
         "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port),
-        "-u", "6", "-r", "6", "--run-time", "6s", "--host", url, "--chatprobe-scenario", "probe",
-        "--csv", str(prefix), "--exit-code-on-error", "0",
+        "-u", "6", "-r", "6", "--run-time", "6s", "--stop-timeout", "30", "--host", url, "--chatprobe-scenario", "probe",
+        "--csv", str(prefix), "--exit-code-on-error", "0", "--chatprobe-record", str(rec),
     ], env=secret)
     workers = [procs.start(f"worker{i}", [
         locust_bin(), "-f", LOCUSTFILE, "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port),
@@ -86,7 +106,7 @@ def test_distributed_counters_add_up_and_the_master_fails_the_objectives(procs, 
 
     code = finish(master)
     for w in workers:
-        assert finish(w, 20) == 0, w.tail()
+        assert finish(w, 30) == 0, w.tail()
     assert code == 1, master.tail(60)
 
     summary = SUMMARY.search(master.out())
@@ -101,6 +121,16 @@ def test_distributed_counters_add_up_and_the_master_fails_the_objectives(procs, 
     assert int(chat["Request Count"]) == chats, (chat, summary[0])
     assert missing > 0 and int(chat["Failure Count"]) == missing, (chat, summary[0])
     assert "missing_events_ratio.max" in master.out(), master.tail(60)
+
+    # One run (the master's run id), files from both workers (their user ids name the worker).
+    [(run_id, files)] = recorded_runs(rec)
+    assert run_id is not None
+    assert {"w0", "w1"} <= {part for f in files for part in f.name.split("-")}, [f.name for f in files]
+    offline_code, doc = check(rec, "probe", tmp_path / "offline.json")
+    [scenario] = doc["scenarios"]
+    assert offline_code == code
+    assert scenario["stats"]["chats"] == chats, (scenario["stats"], summary[0])
+    assert scenario["stats"]["missing_events_chats"] == missing
 
 
 def test_a_server_flooding_pings_and_never_reading_ends_in_a_verdict_not_a_crash(procs, tmp_path: Path):

@@ -612,6 +612,10 @@ async def test_a_fast_writer_facing_a_slow_reader_does_not_pile_up_frames(tmp_pa
     finally:
         if client is not None:
             client.transport.abort()
+        # The upstream's own end too: one that paused its reading never reads the close, and the server's closing
+        # handshake waited out its 10 s close_timeout at the event loop's teardown.
+        for conn in list(upstream.connections):
+            conn.transport.abort()
         upstream.close()
 
 
