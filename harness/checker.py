@@ -919,10 +919,13 @@ class ConnectionChecker:
         holds no copy of it (~60 bytes each, three of them in most events)."""
         if (user := ev.user_id) is not None and (own := self.user_id) is not None:
             if user != own:
-                self._foreign(ev, "another user")
+                told = self._foreign(ev, "another user")
                 if (seq := ev.seq) is not None and ev.run_id is not None and (
-                        mine := self.by_run.get(ev.run_id)) is not None and mine._result is None:
-                    mine._seq(seq, mine.n_events, quiet=True)  # it came: no gap (R7) for what R8 says already
+                        mine := self.by_run.get(ev.run_id)) is not None and mine._result is None and any(
+                        c is mine for c in told):
+                    # It came: no gap (R7) for what the R8 it got says already. A chat that was not told (it had
+                    # ended: the R8 went to the chats in flight) keeps its gap, or it would pass without the event.
+                    mine._seq(seq, mine.n_events, quiet=True)
                 return None
             ev.user_id = own
         chat = None
@@ -1057,8 +1060,9 @@ class ConnectionChecker:
                 oldest = c
         return oldest
 
-    def _foreign(self, ev: Event, why: str) -> None:
-        witnesses = self._charged()
+    def _foreign(self, ev: Event, why: str) -> list[ChatTracker]:
+        """R8 for a foreign event, on the chats that witness it; those chats."""
+        witnesses = list(self._charged())
         self.foreign += 1
         told = False
         for chat in witnesses:
@@ -1070,6 +1074,7 @@ class ConnectionChecker:
             # Kept for the connection's life, for what an R8 says of it: not its payload (an AG-UI delta of up to
             # the frame limit; the chats' events drop theirs once read).
             self.unwitnessed.append((dataclasses.replace(ev, payload=None), why))
+        return witnesses
 
     def tell_unwitnessed(self, chat: ChatTracker) -> None:
         """`chat` was resumed on this connection (a watcher sees it move here: `chatprobe check`): the foreign events

@@ -371,3 +371,27 @@ def test_a_flood_of_malformed_frames_tells_each_open_chat_without_charging_every
 
     assert {charged(c) for c in chats} == {INCIDENTS_EACH}
     assert charged(late) == 1
+
+
+def test_a_foreign_event_of_an_ended_chats_run_leaves_its_gap_and_charges_the_chat_in_flight():
+    """Two chats on one connection; the first's run ends with seq 3 missing, then seq 3 comes naming another user
+    while the second is in flight. The R8 goes to the chat on screen (the second); the first, told nothing, keeps its
+    R7 gap: filling it there made a chat pass that never received an event of its run."""
+    conn = ConnectionChecker(user_id="u1")
+    first = ChatTracker("c1", EXP, 0.0, thread_id="t1", run_id="r1")
+    second = ChatTracker("c2", EXP, 0.0, thread_id="t2", run_id="r2")
+    conn.add(first)
+    conn.add(second)
+    run = valid_run(thinks=2, chunks=2)
+    for e in run:
+        if e.seq != 3:
+            conn.route(e)
+    assert first.done
+    conn.route(ev(Role.AGENT_STARTED, 1, 0.05, run="r2", thread="t2"))
+    stray = run[2]
+    assert stray.seq == 3
+    stray.user_id, stray.received_at = "u2", 0.5
+    assert conn.route(stray) is None
+    result = first.finish(1.0)
+    assert [(v.rule, v.reason) for v in result.violations] == [(Rule.R7, "seq 3 never arrived (lost event)")]
+    assert [v.rule for v in second.violations] == [Rule.R8]
