@@ -270,6 +270,9 @@ BAD = {
                                                                               "value holds a line break"),
     "an unset variable": (["--header-env", "X-Api-Key=HDR_UNSET_VAR"], "the variable HDR_UNSET_VAR is not set"),
     "no variable": (["--header-env", "X-Api-Key="], "names no environment variable"),
+    # the flags mixed up: the value pasted where its variable goes is never shown
+    "a value in the variable's place": (["--header-env", f"X-Api-Key={LITERAL}-sk/live"],
+                                        "the variable named (not shown"),
 }
 
 
