@@ -30,6 +30,7 @@ from harness.results import ScenarioRun, exit_code
 from harness.runner import run_scenario
 from harness.scenario import Bool, Scenario, load_scenario
 from harness.targets import (
+    FLAGS,
     Target,
     TargetOptions,
     TokenProvider,
@@ -395,10 +396,9 @@ def _first_set(*values: float | None) -> float:
     return next(v for v in values if v is not None)
 
 
-# The target flags (harness.targets.add_target_args) by their argparse names, and the config file's key of each.
-_CONFIG_KEYS = {"target_name": "name", "profile": "profile", "auth": "auth", "token_env": "token_env",
-                "token_file": "token_file", "jwt_secret_env": "jwt_secret_env", "ca_file": "ca_file",
-                "insecure": "insecure", "header": "headers", "header_env": "header_env"}
+# The target flags (harness.targets.FLAGS, the one table of them) by their argparse names, and the config file's key
+# of each (the TargetOptions field; `name` is a target's key under `targets:`).
+_CONFIG_KEYS = {flag[2:].replace("-", "_"): option for option, flag in FLAGS.items() if option != "url"}
 _TARGET_DEFAULTS = {"auth": "header"}
 
 
