@@ -145,6 +145,31 @@ def test_help_and_list_load_no_heavy_library():
     assert out.stdout.strip() == "[]", out.stdout
 
 
+def test_commands_do_not_scan_for_pydantic_plugins(tmp_path):
+    """pydantic reads every installed distribution's entry points for plugins of its own when the first model is
+    built (start-up CPU that grows with the virtualenv); the CLI switches that off unless the user set
+    PYDANTIC_DISABLE_PLUGINS. A command that builds models (`check` of a one-line recording) in a fresh
+    interpreter leaves pydantic's plugin table unread (None), where a scan makes it a dict."""
+    import os
+    import subprocess
+    import sys
+
+    recording = tmp_path / "one.jsonl"
+    recording.write_text('{"t": 1.0, "dir": "send", "conn": "a", "frame": {"type": "user_message", '
+                         '"payload": {"content": "hi", "message_id": "m1", "thread_id": "t1"}}}\n', encoding="utf-8")
+    code = ("import sys, contextlib, io; from harness.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            f"    code = main(['check', {str(recording)!r}])\n"
+            "from pydantic.plugin import _loader\n"
+            "print(code, type(_loader._plugins).__name__)")
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr
+    status, plugins = out.stdout.split()
+    assert status == "1", out.stdout  # the recording's chat never answered: judged, objectives not met
+    assert plugins == "NoneType", out.stdout
+
+
 def test_the_client_reaches_the_recorder_only_through_the_transport_hooks():
     """`--record`'s hooks are the transports' no-op RecordingHooks (transports/base.py), which the recorder's wrapper
     overrides: the client imports nothing of the recorder (a run without --record pays no import of it) and asks no
