@@ -737,8 +737,29 @@ BUILTIN_DIR = SCENARIOS_DIR
 
 
 
+# Scripts of the tools a load tester comes from, given where a scenario goes: named for what they are, not parsed as
+# YAML (a k6 script read as YAML said "mapping values are not allowed in this context" at an `import` line).
+_SCRIPTS = {
+    ".js": "a k6 script (JavaScript)", ".mjs": "a k6 script (JavaScript)", ".cjs": "a k6 script (JavaScript)",
+    ".ts": "a k6 script (TypeScript)", ".py": "a Python file (a locustfile?)",
+}
+
+
+def _script_refusal(name_or_path: str) -> str | None:
+    what = _SCRIPTS.get(Path(name_or_path).suffix.lower())
+    if what is None or not Path(name_or_path).is_file():
+        return None
+    how = ("k6's vus, duration, stages and thresholds are its users, stages and objectives (docs/scenarios.md, "
+           "'Coming from k6')" if "k6" in what else
+           "to load-test under Locust: locust -f scenarios/locustfile.py --chatprobe-scenario FILE.yaml")
+    return (f"{name_or_path}: {what}, not a chatprobe scenario, which is a YAML file of users, chats and objectives; "
+            f"{how}")
+
+
 def load_scenario(name_or_path: str) -> Scenario:
     """A built-in scenario by name ("basic", …) or a user's YAML file by path."""
+    if (refusal := _script_refusal(name_or_path)) is not None:
+        raise ConfigError(refusal)
     scenario = load_builtin_or_file(Scenario, name_or_path, BUILTIN_DIR, "scenarios", "scenario")
     if scenario.profile is not None:
         from .profiles import load_profile

@@ -132,3 +132,23 @@ def test_a_millisecond_objective_that_should_fail_does_fail(tmp_path, p95, code)
     failed = {o["name"]: o for o in scenario["objectives"] if not o["ok"]}
     assert list(failed) == ["time_to_first_event.p95"], scenario["objectives"]
     assert failed["time_to_first_event.p95"]["limit"] == 0.5 and failed["time_to_first_event.p95"]["value"] >= 0.8
+
+
+K6_SCRIPT = """import ws from 'k6/ws';
+export const options = { vus: 10, duration: '30s', thresholds: { ws_connecting: ['p(95)<500'] } };
+export default function () { ws.connect('ws://127.0.0.1:1/ws', {}, function (socket) {}); }
+"""
+LOCUSTFILE = "from locust import HttpUser, task\n\nclass U(HttpUser):\n    @task\n    def t(self):\n        pass\n"
+
+
+@pytest.mark.parametrize("name,text,meant", [
+    ("script.js", K6_SCRIPT, "a k6 script (JavaScript), not a chatprobe scenario"),
+    ("load.ts", K6_SCRIPT, "'Coming from k6'"),
+    ("locustfile.py", LOCUSTFILE, "locust -f scenarios/locustfile.py --chatprobe-scenario FILE.yaml"),
+])
+def test_a_k6_script_or_a_locustfile_given_as_the_scenario_is_named_for_what_it_is(tmp_path, name, text, meant):
+    """Read as YAML, a k6 script was "not valid YAML: mapping values are not allowed in this context" at its import
+    line, and a locustfile the same at its class line: the file is named for what it is, with where its load goes."""
+    path = tmp_path / name
+    path.write_text(text)
+    assert "not valid YAML" not in one_error(run_cli("run", str(path)), f"{path}: ", meant)
