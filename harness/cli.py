@@ -48,16 +48,26 @@ _K6_FLAGS = {
     "--stage": "stages: [{duration: 30s, users: N}] (a ramp to N)", "-s": "stages: [{duration: 30s, users: N}]",
     "--rps": "arrival_rate: N with duration: 1m (chats per second)",
 }
+# k6's flags for where results go and how TLS is checked: the whole advice each.
+_K6_OUTPUT_FLAGS = {
+    "--out": "chatprobe writes --json FILE, --junit FILE and --html FILE, and pushes metrics with --pushgateway URL",
+    "-o": "chatprobe writes --json FILE, --junit FILE and --html FILE, and pushes metrics with --pushgateway URL",
+    "--summary-export": "chatprobe writes the run's summary with --json FILE",
+    "--insecure-skip-tls-verify": "chatprobe's is --insecure (or --ca-file PEM to trust a private CA)",
+}
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         if message.startswith("unrecognized arguments:"):
             given = message.partition(":")[2].split()
-            flag = next((a.partition("=")[0] for a in given if a.partition("=")[0] in _K6_FLAGS), None)
-            if flag is not None:
+            flag = next((a.partition("=")[0] for a in given
+                         if a.partition("=")[0] in _K6_FLAGS or a.partition("=")[0] in _K6_OUTPUT_FLAGS), None)
+            if flag in _K6_FLAGS:
                 message += (f" (k6's {flag}: chatprobe takes the load from the scenario file, "
                             f"{_K6_FLAGS[flag]}; docs/scenarios.md)")
+            elif flag is not None:
+                message += f" (k6's {flag}: {_K6_OUTPUT_FLAGS[flag]})"
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 

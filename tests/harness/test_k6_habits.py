@@ -111,6 +111,10 @@ def test_a_key_is_never_answered_with_itself(tmp_path):
     (["--objective", "time_to_first_event.p95<=500"], "write time_to_first_event.p95=500ms"),
     (["--objective", "error_ratio=rate<0.05"], "write error_ratio.max=0.05"),
     (["--objective", "http_req_failed.max=0.01"], "did you mean 'error_ratio'"),
+    (["--out", "json=results.json"], "k6's --out: chatprobe writes --json FILE"),
+    (["-o", "experimental-prometheus-rw"], "--pushgateway URL"),
+    (["--summary-export=summary.json"], "k6's --summary-export: chatprobe writes the run's summary with --json FILE"),
+    (["--insecure-skip-tls-verify"], "chatprobe's is --insecure"),
 ])
 def test_k6_flags_get_what_to_write_instead(args, meant):
     one_error(run_cli("run", "basic", *args), meant)
