@@ -20,7 +20,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel
 
 from agentsim.cli import build_parser as sim_parser
-from harness import checker
+from harness import checker, cli
 from harness.cli import build_parser as chatprobe_parser
 from harness.events import ALL_ROLES, RULES, Outcome
 from harness.profiles import Fields, Profile, Span, load_profile
@@ -128,7 +128,8 @@ def _registered(path: str, call: str) -> set[str]:
 def test_every_flag_the_docs_name_exists():
     known = (_options(chatprobe_parser()) | _options(monitor_parser()) | _options(proxy_parser())
              | _options(sim_parser()) | _registered("harness/locust_user.py", "add_argument")
-             | _registered("harness/pytest_plugin.py", "addoption") | LOCUST_FLAGS)
+             | _registered("harness/pytest_plugin.py", "addoption") | LOCUST_FLAGS
+             | set(cli._K6_FLAGS) | set(cli._K6_OUTPUT_FLAGS))  # k6's, which `run` answers with its own
     assert "--chatprobe-scenario" in known and "--chatprobe-target" in known and "--upstream" in known
     unknown = []
     for path in USER_DOCS:
