@@ -77,6 +77,9 @@ class Expectations:
     # read by any rule (`required` holds them): `--record` writes them with the chat's message, so that `chatprobe
     # check` builds the same expectations from the recording (harness/recorder.expect_note).
     step_required: frozenset[Role] | None = None
+    # The `seq` of a run's first event (the profile's `seq_start`: 1, or 0 for a dialect counting from 0, such as the
+    # OpenAI Responses API's `sequence_number`): R7 wants seq_start, seq_start + 1, … with no gap.
+    seq_start: int = 1
 
 
 @dataclass(slots=True)
@@ -202,10 +205,9 @@ class ChatTracker:
         self.terminal_index: int | None = None
         self.terminal_at: float | None = None
         self.last_at = sent_at
-        # Seqs seen: all of 1..seq_low, plus those above it (an in-order stream keeps this set empty).
-        self.seq_low = 0
+        # Seqs seen: all of seq_start..seq_low, plus those above it (an in-order stream keeps this set empty).
+        self.seq_low = self.max_seq = expectations.seq_start - 1
         self.seqs_above: set[int] = _NO_SET
-        self.max_seq = 0
         self.open_spans: dict[tuple[str, SpanKey], int] = _NO_DICT
         self.saw_tool = False
         self.saw_thinking = False
@@ -467,9 +469,10 @@ class ChatTracker:
     def _seq(self, s: int, idx: int, *, quiet: bool = False) -> bool:
         """R7 for a seq off the plain next one; True when it is a duplicate (that event received again). `quiet`:
         only note that the seq came (an event of the run that another rule took away, R8), flag nothing."""
-        if s < 1:
+        if s < (start := self.exp.seq_start):
             if not quiet:
-                self._flag(Rule.R7, f"seq {s} is not a positive sequence number", idx)
+                self._flag(Rule.R7, f"seq {s} is not a positive sequence number" if start == 1 else
+                           f"seq {s} is below the dialect's first sequence number, {start}", idx)
             return False
         above = self.seqs_above
         if s <= self.seq_low or s in above:
@@ -582,7 +585,7 @@ class ChatTracker:
 
         if self.first_delay is None and elapsed > exp.first_event_limit:
             violations.append(Violation(Rule.R9, f"no event within the {exp.first_event_limit:g}s limit", None))
-        if self.max_seq:
+        if self.max_seq > self.seq_low:
             # Counted, never enumerated: a server may send seq 10**12 (bounded work and memory).
             gaps = self.max_seq - self.seq_low - len(self.seqs_above)
             if gaps > 0:

@@ -40,7 +40,8 @@ def resume_frame(profile: Profile, tracker: ChatTracker) -> dict[str, Any] | Non
     """The frame that resumes a chat's run after a reconnect, or None when it cannot be resumed."""
     if profile.resume is None or tracker.run_id is None:
         return None
-    return profile.build_resume(tracker.run_id, tracker.max_seq or len(tracker.events))
+    seen = tracker.max_seq >= tracker.exp.seq_start  # a seq came (the dialect's first may be 0)
+    return profile.build_resume(tracker.run_id, tracker.max_seq if seen else len(tracker.events))
 
 
 def lost_note_for(ended_note: str, can_resume: bool) -> str:
@@ -867,7 +868,7 @@ class Resumes:
         if not run_id:
             return
         self.moved.pop(run_id, None)
-        if chat.max_seq and (last_seq is None or last_seq < chat.max_seq):
+        if chat.max_seq >= chat.exp.seq_start and (last_seq is None or last_seq < chat.max_seq):
             if len(self.replay) >= MAX_RESUMES_FOLLOWED:
                 del self.replay[next(iter(self.replay))]
             self.replay[run_id] = (chat, 0 if last_seq is None else last_seq)
@@ -884,7 +885,7 @@ class Resumes:
             return False
         chat, had = entry
         seq = decoded.seq
-        if isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq <= chat.max_seq:
+        if isinstance(seq, int) and not isinstance(seq, bool) and chat.exp.seq_start <= seq <= chat.max_seq:
             if seq <= had:
                 return False  # what the client said it had, sent again: the server's duplicate (R7), judged
             if seq <= chat.seq_low or seq in chat.seqs_above:

@@ -13,9 +13,9 @@ import string
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationInfo, field_validator
 
 from .catalog import PROFILES_DIR
 from .events import DEFAULT_REQUIRED, EVENT_OVERHEAD, Event, Frame, FrameKind, Role, SessionError
@@ -44,11 +44,33 @@ def _bounded_names(names: list[str]) -> list[str]:
 
 
 class RoleMatch(BaseModel):
-    """A wire type mapped to a role, optionally only when the frame names a run (`when: run`)."""
+    """A wire type mapped to a role, optionally only when the frame names a run (`when: run`) and only when fields of
+    the frame have given values (`where: {path: value}`: LangGraph's root `on_chain_start`, `parent_ids: []`)."""
 
     model_config = ConfigDict(extra="forbid")
     type: str
     when: Literal["always", "run"] = "always"
+    where: dict[str, Any] | None = None
+
+    @field_validator("where")
+    @classmethod
+    def _where_bounded(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("where: at least one path: value")
+            _bounded_names(list(v))
+        return v
+
+    @property
+    def condition(self) -> str:
+        """What the match hangs on, to tell two matches of one wire type apart."""
+        return self.when if self.where is None else f"{self.when} where {json.dumps(self.where, sort_keys=True)}"
+
+
+# A role's entry: a wire type's name, or a match (an object): an error in a match names its key (`roles.
+# error_event.0.match.where`), not that the entry is no string.
+RoleEntry = Annotated[Annotated[str, Tag("str")] | Annotated[RoleMatch, Tag("match")],
+                      Discriminator(lambda v: "match" if isinstance(v, (dict, RoleMatch)) else "str")]
 
 
 class Span(BaseModel):
@@ -161,10 +183,13 @@ class Profile(BaseModel):
     # Containers searched for each field, in order: "" is the frame's root.
     lookup: list[str] = [""]
     fields: Fields = Fields()
-    roles: dict[Role, list[str | RoleMatch]]
+    roles: dict[Role, list[RoleEntry]]
     # Wire types that belong to a run but map to no role (span markers, raw chunks…).
     unmapped: list[str] = []
     control: list[str] = []
+    # Frames that are not JSON and say the stream is over (`data: [DONE]`, the OpenAI Chat Completions' and the Vercel
+    # AI SDK's last SSE event): matched as the whole text of a frame, they belong to no run, as a control frame.
+    stream_end: list[str] = []
     # A frame whose type the profile does not know: an R12 (well-formed means a type of this dialect), or ignored
     # for servers that add types of their own freely.
     unknown_types: Literal["violation", "ignore"] = "violation"
@@ -178,6 +203,9 @@ class Profile(BaseModel):
     spans: list[Span] = []
     required: list[Role] = list(DEFAULT_REQUIRED)
     thinking_before_tool: bool = True
+    # The `seq` of a run's first event: 1 (netra), or 0 for a dialect that counts from 0 (OpenAI Responses'
+    # sequence_number). R7 wants seq_start, seq_start + 1, … with no gap.
+    seq_start: Literal[0, 1] = 1
     # Every agent event of this dialect names its run (netra): one that names none is not this client's (R8).
     events_name_run: bool = False
     # Whether the server takes the token as a `jwt.<token>` WebSocket subprotocol (`--auth subprotocol`).
@@ -224,7 +252,7 @@ class Profile(BaseModel):
                 t = m if isinstance(m, str) else m.type
                 if not t.strip():  # no frame has an empty type: the role could never be seen
                     raise ValueError(f"{role.value}: an empty wire type")
-                cond = "always" if isinstance(m, str) else m.when
+                cond = "always" if isinstance(m, str) else m.condition
                 if (t, cond) in seen:
                     raise ValueError(f"wire type {t!r} is mapped to both {seen[(t, cond)]} and {role.value}")
                 seen[(t, cond)] = role.value
@@ -242,6 +270,20 @@ class Profile(BaseModel):
                     raise ValueError(f"wire type or role {t!r} belongs to more than one span")
                 span_types.add(t)
         return spans
+
+    @field_validator("stream_end")
+    @classmethod
+    def _stream_end_not_json(cls, v: list[str]) -> list[str]:
+        for marker in _bounded_names(v):
+            if not marker.strip():
+                raise ValueError("an empty marker: an SSE event with no data is never handed over")
+            try:
+                json.loads(marker)
+            except ValueError:
+                continue
+            raise ValueError(f"{marker[:40]!r} is JSON: a JSON frame is told by its type (list that in `control`); "
+                             "stream_end is for a frame that is not JSON, such as [DONE]")
+        return v
 
     @field_validator("checks")
     @classmethod
@@ -314,7 +356,7 @@ class Profile(BaseModel):
         """(the reply's text, the reply message's id) a partial_result frame carries (`fields.reply_text`,
         `fields.reply_id`), (None, None) where it names none or is not a JSON object."""
         dec = _decoder_of(self)
-        if dec.names["reply_text"] == ((), ()):
+        if not dec.names["reply_text"]:
             return None, None
         try:
             obj = _fast_loads(frame)
@@ -349,7 +391,9 @@ def _decoder_of(profile: Profile) -> Decoder:
 MAX_ID_BYTES = 1024
 MAX_TIME_BYTES = 64
 
-Names = tuple[tuple[str, ...], tuple[list[str], ...]]
+# A field's names as the steps of its lookup, in the order the profile wrote them: a tuple of plain names (each looked
+# up in every `lookup` container, container by container) or a list (a dotted path from the frame's root).
+Names = tuple[tuple[str, ...] | list[str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +415,7 @@ class Decoder:
     """A profile compiled once for the per-frame hot path: `decode_obj` is Python source generated from the profile
     (every wire name in it a repr() literal, never code), so a frame costs a few dict lookups, not a walk of tables."""
 
-    __slots__ = ("profile", "always", "with_run", "unmapped", "control", "ping", "conn_error", "span_of",
+    __slots__ = ("profile", "always", "with_run", "where", "unmapped", "control", "ping", "conn_error", "span_of",
                  "containers", "names", "session_errors", "request_types", "request_keys", "resume_types", "checks",
                  "check_fields", "carries_history", "last_seq_path", *_COMPILED)
 
@@ -379,10 +423,15 @@ class Decoder:
         self.profile = profile
         self.always: dict[str, Role] = {}
         self.with_run: dict[str, Role] = {}
+        # Wire types whose role hangs on the frame's fields: (the paths and values, only with a run, role), in order.
+        self.where: dict[str, list[tuple[tuple[tuple[list[str], Any], ...], bool, Role]]] = {}
         for role, matches in profile.roles.items():
             for m in matches:
                 if isinstance(m, str):
                     self.always[m] = role
+                elif m.where is not None:
+                    conds = tuple((path.split("."), value) for path, value in m.where.items())
+                    self.where.setdefault(m.type, []).append((conds, m.when == "run", role))
                 elif m.when == "run":
                     self.with_run[m.type] = role
                 else:
@@ -412,7 +461,7 @@ class Decoder:
         # the template fills from the chat (`threadId`, `runId`: what any client of the dialect must send; else every
         # key of the template) is a request, as the client sent it; else `chatprobe check` and the proxy would see no
         # chat begin where the client began one.
-        keys = [k for k in profile.request if k not in self.names["type"][0]]
+        keys = [k for k in profile.request if k not in _plain_names(self.names["type"])]
         placeholders = [k for k in keys if _entry(profile.request[k])[0] == _PLACEHOLDER]
         self.request_keys = frozenset(() if self.request_types else placeholders or keys)
         resume_type = (self.find(profile.resume, self.scopes(profile.resume), self.names["type"])
@@ -494,16 +543,15 @@ class Decoder:
 
     @staticmethod
     def find(frame: dict[str, Any], scopes: list[dict[str, Any]], names: Names) -> Any:
-        plain, dotted = names
-        for container in scopes:
-            for name in plain:
-                v = container.get(name)
-                if v is not None:
-                    return v
-        for path in dotted:
-            v = frame
-            for p in path:
-                v = v.get(p) if isinstance(v, dict) else None
+        for step in names:
+            if isinstance(step, tuple):  # plain names, in each container in turn
+                for container in scopes:
+                    for name in step:
+                        v = container.get(name)
+                        if v is not None:
+                            return v
+                continue
+            v = _walk(frame, step)
             if v is not None:
                 return v
         return None
@@ -596,8 +644,50 @@ def _short_repr(v: Any, limit: int) -> str:
         return type(v).__name__
 
 
-def _split_names(names: list[str]) -> tuple[tuple[str, ...], tuple[list[str], ...]]:
-    return tuple(x for x in names if "." not in x), tuple(x.split(".") for x in names if "." in x)
+def _split_names(names: list[str]) -> Names:
+    """The names as lookup steps, in their order: consecutive plain names one step, each dotted path one."""
+    steps: list[tuple[str, ...] | list[str]] = []
+    for name in names:
+        if "." in name:
+            steps.append(name.split("."))
+        elif steps and steps[-1].__class__ is tuple:
+            steps[-1] = (*steps[-1], name)
+        else:
+            steps.append((name,))
+    return tuple(steps)
+
+
+def _where_role(frame: dict[str, Any], run_id: Any,
+                matches: list[tuple[tuple[tuple[list[str], Any], ...], bool, Role]]) -> Role | None:
+    """The role of the first `where` match whose paths hold their values (a JSON value equal to it, a boolean only
+    to a boolean; null: the field is absent or null), and, for `when: run`, whose frame names a run."""
+    for conds, needs_run, role in matches:
+        if needs_run and run_id is None:
+            continue
+        for path, want in conds:
+            got = _walk(frame, path)
+            if got != want or isinstance(got, bool) is not isinstance(want, bool):
+                break
+        else:
+            return role
+    return None
+
+
+def _plain_names(names: Names) -> tuple[str, ...]:
+    return tuple(name for step in names if step.__class__ is tuple for name in step)
+
+
+def _walk(frame: Any, path: list[str]) -> Any:
+    """The value at a dotted path from the root: a part is an object's key, or (all digits) a list's index."""
+    v = frame
+    for p in path:
+        if isinstance(v, dict):
+            v = v.get(p)
+        elif isinstance(v, list) and p.isdigit() and int(p) < len(v):
+            v = v[int(p)]
+        else:
+            return None
+    return v
 
 
 Filler = Callable[[dict[str, Any]], Any]
@@ -801,18 +891,47 @@ class _Source:
         self.depth -= 1
 
     def find(self, var: str, names: Names) -> bool:
-        """`var` = the first non-null value of the names (plain ones in each container, then dotted paths from the
-        root), as Decoder.find; False when the field has no names (then it is always None)."""
-        plain, dotted = names
+        """`var` = the first non-null value of the names, step by step in the profile's order (plain names in each
+        container, a dotted path from the root), as Decoder.find; False when the field has no names (then it is
+        always None)."""
         first = True
+        for step in names:
+            if isinstance(step, tuple):
+                first = self._find_plain(var, step, first)
+                continue
+            path = step
+            if first:
+                self.emit(f"{var} = None")
+                first = False
+            self.emit(f"if {var} is None:")
+            if len(path) == 1:
+                self.emit(f"    {var} = frame.get({path[0]!r})")
+                continue
+            # Flat, one line a key: a profile's path of any depth must not nest the source (Python's indent limit).
+            self.emit(f"    _w = frame.get({path[0]!r})")
+            for key in path[1:]:
+                get = f"_w.get({key!r}) if isinstance(_w, dict) else None"
+                if key.isdigit():  # an object's key, or a list's index
+                    get = f"_w.get({key!r}) if isinstance(_w, dict) else _w[{int(key)}] " \
+                          f"if isinstance(_w, list) and len(_w) > {int(key)} else None"
+                self.emit(f"    _w = {get}")
+            self.emit(f"    {var} = _w")
+        if first:
+            self.emit(f"{var} = None")
+            return False
+        return True
+
+    def _find_plain(self, var: str, plain: tuple[str, ...], first: bool) -> bool:
+        """A step of plain names, looked up in each container in turn; whether `var` is still unset after it."""
         if len(self.scopes) * len(plain) > _UNROLL_MAX:
             # Unrolled, containers x names lines: a profile within the YAML bounds (1,000 of each) made a million
             # lines, gigabytes and a MemoryError at compile time; a loop costs a call per frame, only for it.
             if self.scopes_at is not None:
                 self.lines.insert(self.scopes_at, f"    _scopes = ({', '.join(self.scopes)},)")
                 self.scopes_at = None
-            self.emit(f"{var} = _find_plain(_scopes, {tuple(plain)!r})")
-            plain, first = (), False
+            call = f"_find_plain(_scopes, {tuple(plain)!r})"
+            self.emit(f"{var} = {call}" if first else f"if {var} is None: {var} = {call}")
+            return False
         for scope in self.scopes:
             for name in plain:
                 get = f"{scope}.get({name!r})"
@@ -823,24 +942,7 @@ class _Source:
                 else:
                     self.emit(f"if {var} is None and {scope} is not None: {var} = {get}")
                 first = False
-        for path in dotted:
-            if first:
-                self.emit(f"{var} = None")
-                first = False
-            self.emit(f"if {var} is None:")
-            if len(path) == 1:
-                self.emit(f"    {var} = frame.get({path[0]!r})")
-                continue
-            # Flat, one line a key: a profile's path of any depth must not nest the source (Python's indent limit).
-            self.emit(f"    _w = frame.get({path[0]!r})")
-            for key in path[1:-1]:
-                self.emit(f"    _w = _w.get({key!r}) if isinstance(_w, dict) else None")
-            self.emit("    if isinstance(_w, dict):")
-            self.emit(f"        {var} = _w.get({path[-1]!r})")
-        if first:
-            self.emit(f"{var} = None")
-            return False
-        return True
+        return first
 
     def find_id(self, var: str, names: Names, name: str | None, sized: bool = False) -> bool:
         """`var` as _id makes it: a string cut to MAX_ID_BYTES (then `name` goes to the oversized list `ov`); `sized`:
@@ -873,7 +975,7 @@ def _builtin_types() -> dict[str, frozenset[str]]:
     out: dict[str, frozenset[str]] = {}
     for name in builtin_profiles():
         dec = _decoder_of(load_profile(name))
-        out[name] = frozenset({*dec.always, *dec.with_run, *dec.span_of, *dec.unmapped, *dec.control, *dec.ping,
+        out[name] = frozenset({*dec.always, *dec.with_run, *dec.where, *dec.span_of, *dec.unmapped, *dec.control, *dec.ping,
                                *dec.conn_error})
     return out
 
@@ -915,7 +1017,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
         "PING": dec.ping, "CONTROL": dec.control, "CONN_ERROR": dec.conn_error, "WITH_RUN": dec.with_run,
         "UNMAPPED": dec.unmapped, "SESSION_ERRORS": dec.session_errors,
         "CONN_CODES": frozenset(profile.connection_error_codes), "CHECK_FRAMES": tuple(c.frame for c in dec.checks),
-        "UNKNOWN_SUFFIX": unknown_type_suffix(profile),
+        "UNKNOWN_SUFFIX": unknown_type_suffix(profile), "STREAM_END": frozenset(profile.stream_end),
         "R_TOOL_EXECUTING": Role.TOOL_EXECUTING, "R_TOOL_COMPLETED": Role.TOOL_COMPLETED,
         "R_ERROR_EVENT": Role.ERROR_EVENT, "R_AGENT_STARTED": Role.AGENT_STARTED,
     }
@@ -933,12 +1035,15 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     # fields are read, in one lookup.
     known: dict[str, tuple[Role | None, tuple[str, str, int] | None, bool]] = {}
     for t in dec.unmapped:
-        if t not in dec.with_run:
+        if t not in dec.with_run and t not in dec.where:
             known[t] = (None, span_of.get(t), t in span_of)
     for t, role in dec.always.items():
-        known[t] = (role, span_of.get(t) or span_of_role.get(role),
-                    role is Role.TOOL_EXECUTING or role is Role.TOOL_COMPLETED or t in span_of)
+        if t not in dec.where:
+            known[t] = (role, span_of.get(t) or span_of_role.get(role),
+                        role is Role.TOOL_EXECUTING or role is Role.TOOL_COMPLETED or t in span_of)
     ns["KNOWN"] = known
+    # A type with `where` matches: its first match whose fields hold, else its plain mapping, else `when: run`'s.
+    ns.update(WHERE=dec.where, WHERE_ROLE=_where_role, FALLBACK={t: dec.always[t] for t in dec.where if t in dec.always})
 
     src = _Source(dec.containers)
     emit = src.emit
@@ -970,7 +1075,15 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     emit("if known is not None:")
     emit("    role, sp, tools = known")
     with src.block("else:"):
-        emit("role = WITH_RUN.get(wire_type) if run_id is not None else None")
+        if dec.where:
+            emit("role = None")
+            emit("where = WHERE.get(wire_type)")
+            emit("if where is not None:")
+            emit("    role = WHERE_ROLE(frame, run_id, where) or FALLBACK.get(wire_type)")
+            emit("if role is None and run_id is not None:")
+            emit("    role = WITH_RUN.get(wire_type)")
+        else:
+            emit("role = WITH_RUN.get(wire_type) if run_id is not None else None")
         emit("if role is None and wire_type not in UNMAPPED:")
         if profile.unknown_types == "violation":
             emit("    return Frame(MALFORMED, wire_type=wire_type, raw=frame, detail='type ' + repr(wire_type[:60]) + "
@@ -1005,12 +1118,12 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     with src.block("if tools:"):
         for name in ("tool_call_id", "tool_name"):
             src.find_id(name, n[name], name, sized=True)
-    if n["recoverable"] != ((), ()):
+    if n["recoverable"]:
         with src.block("if role is R_ERROR_EVENT:"):
             src.find("recoverable", n["recoverable"])
             emit("recoverable = recoverable is True")
-    if n["parent_run_id"] != ((), ()):
-        with src.block(("el" if n["recoverable"] != ((), ()) else "") + "if role is R_AGENT_STARTED:"):
+    if n["parent_run_id"]:
+        with src.block(("el" if n["recoverable"] else "") + "if role is R_AGENT_STARTED:"):
             src.find_id("parent_run_id", n["parent_run_id"], "parent_run_id")
     if dec.checks:
         # The payload checks: the stateless ones now, and the fields the checker's ones will read.
@@ -1078,6 +1191,8 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
              "    try:",
              "        frame = _loads(text)",
              "    except ValueError:",
+             *(["        if text in STREAM_END:",  # not JSON, by the profile's check: only where a parse failed
+                "            return Frame(CONTROL_KIND, wire_type=str(text))"] if profile.stream_end else []),
              "        frame = _loads_or_malformed(text)",
              "        if frame.__class__ is Frame:",
              "            return frame"]

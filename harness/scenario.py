@@ -517,6 +517,7 @@ def expectations_for(profile: "Profile", expect: Expect | None = None, *, requir
         checks=tuple(profile.checks),
         offered_tools=profile.offered_tools,
         step_required=frozenset(required) if required is not None else None,
+        seq_start=profile.seq_start,
     )
 
 

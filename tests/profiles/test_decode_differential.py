@@ -150,10 +150,9 @@ def _vocabulary() -> tuple[list[str], list[str]]:
     types: set[str] = {"zz_unknown"} | {r.value for r in Role}
     for p in PROFILES.values():
         d = p._decoder
-        for plain, dotted in d.names.values():
-            keys.update(plain)
-            for path in dotted:
-                keys.update(path)
+        for names in d.names.values():
+            for step in names:
+                keys.update(step)
         for path in d.containers:
             keys.update(path)
         keys.update(d.check_fields)

@@ -1,0 +1,389 @@
+"""The agent streaming formats chatprobe's users run most besides netra and AG-UI, each served by a small raw server
+(tests/integration/outside_servers.py: HTTP/1.1 and RFC 6455 by hand) written from the format's public shape, and
+driven through a profile written from docs/profiles.md alone, as a user would: `chatprobe run --profile FILE`, then
+`chatprobe check` of the recording.
+
+- the OpenAI Responses API's streaming events over SSE (`response.created` … `response.completed`; `sequence_number`
+  counts the stream's events from 0; only the `response.*` lifecycle events name the response's id);
+- the Vercel AI SDK's UI message stream over SSE (`start` … `finish`, ended by the literal `data: [DONE]`);
+- LangChain / LangGraph `astream_events` v2 forwarded over a WebSocket (every nested run has its own `run_id`; the
+  root's is the first of `parent_ids`).
+
+Each format's good chat (with a tool call) passes live and offline alike; a failing chat is R13; a stream without its
+completion and a stream out of order are caught, live and offline alike.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from harness.cli import main
+
+from .outside_servers import InThread, RawSseServer, RawWsServer, WsConn
+
+SCENARIO = """\
+name: dialect-chats
+users: 1
+chats_per_user: {n}
+messages: {messages}
+expect:
+  streaming: true
+  deadline: {deadline}
+  settle: 0.2s
+"""
+
+
+def tag(text: str) -> str:
+    """What a chat's message asks of the server (`#fail`, `#truncated`, …), or `good`; each server puts it in the
+    run's id, so a chat's verdict is found by it, live and offline."""
+    return next((w[1:] for w in text.split() if w.startswith("#")), "good")
+
+
+def verdicts(doc: dict[str, Any]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    (scenario,) = doc["scenarios"]
+    out = {}
+    for c in scenario["chats"]:
+        name = next((t for t in TAGS if t in (c.get("run_id") or "")), c.get("run_id"))
+        out[name] = (c["outcome"], tuple(sorted({v["rule"] for v in c["violations"]})))
+    return out
+
+
+TAGS = ("good", "fail", "error", "truncated", "swapped")
+
+
+def run_and_check(tmp_path: Path, url: str, profile: str, messages: list[str],
+                  deadline: str = "10s") -> tuple[dict, dict, int]:
+    """`chatprobe run --profile FILE --record` then `chatprobe check` of the recording: both verdicts, the exit code."""
+    scenario, prof = tmp_path / "chats.yaml", tmp_path / "profile.yaml"
+    scenario.write_text(SCENARIO.format(n=len(messages), messages=json.dumps(messages), deadline=deadline))
+    prof.write_text(profile)
+    live, offline, rec = tmp_path / "live.json", tmp_path / "offline.json", tmp_path / "rec"
+    code = main(["run", "--target", url, "--profile", str(prof), "--auth", "none", str(scenario),
+                 "--record", str(rec), "--json", str(live), "-q"])
+    assert code in (0, 1), code
+    code2 = main(["check", str(rec), "--profile", str(prof), "--scenario", str(scenario), "--json", str(offline), "-q"])
+    assert code2 == code, (code, code2)
+    return verdicts(json.loads(live.read_text())), verdicts(json.loads(offline.read_text())), code
+
+
+def sse(ev: dict[str, Any] | str, event: str | None = None) -> bytes:
+    data = ev if isinstance(ev, str) else json.dumps(ev)
+    return (f"event: {event}\n" if event else "").encode() + f"data: {data}\n\n".encode()
+
+
+# -- 1. OpenAI Responses API streaming (SSE) -------------------------------------------------------------------
+
+RESPONSES_PROFILE = """\
+name: openai-responses
+description: OpenAI Responses API streaming events (stream=true) over SSE
+transport: sse
+request: {model: gpt-4.1, input: "{content}", stream: true}
+fields:
+  type: [type]
+  run_id: [response.id]      # response.created / in_progress / completed / failed name it; the deltas do not
+  thread_id: []
+  user_id: []
+  message_id: []
+  seq: [sequence_number]     # counts the stream's events from 0
+  tool_call_id: [item_id, item.id]
+  tool_name: []
+  recoverable: []
+  error_code: [code, response.error.code]
+  error_message: [message, response.error.message]
+  extra:
+    item: [item_id, item.id]
+roles:
+  agent_started: [response.created]
+  agent_thinking: [response.in_progress, response.reasoning_summary_text.delta]
+  tool_executing: [response.web_search_call.in_progress]
+  tool_completed: [response.web_search_call.completed]
+  partial_result: [response.output_text.delta]
+  agent_completed: [response.completed]
+  error_event: [response.failed, error]
+unmapped:
+  - response.output_item.added
+  - response.output_item.done
+  - response.content_part.added
+  - response.content_part.done
+  - response.output_text.done
+  - response.web_search_call.searching
+  - response.function_call_arguments.delta
+  - response.function_call_arguments.done
+  - response.reasoning_summary_part.added
+  - response.reasoning_summary_part.done
+  - response.reasoning_summary_text.done
+spans:
+  - {name: output item, open: [response.output_item.added], close: [response.output_item.done], key: item,
+     inner: [response.output_text.delta, response.output_text.done, response.content_part.added,
+             response.content_part.done, response.function_call_arguments.delta,
+             response.function_call_arguments.done]}
+  - {name: web search, open: [response.web_search_call.in_progress], inner: [response.web_search_call.searching],
+     close: [response.web_search_call.completed], key: item}
+seq_start: 0
+required: [agent_started, agent_completed]
+thinking_before_tool: false
+"""
+
+
+def responses_events(text: str) -> list[dict[str, Any]]:
+    rid = f"resp_{tag(text)}_0a1b"
+    n = tag(text)
+    resp = {"id": rid, "object": "response", "created_at": 1764000000, "status": "in_progress", "model": "gpt-4.1",
+            "output": []}
+    ws, call, msg = f"ws_{n}", f"fc_{n}", f"msg_{n}"
+    evs: list[dict[str, Any]] = [
+        {"type": "response.created", "response": resp},
+        {"type": "response.in_progress", "response": resp},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {"id": ws, "type": "web_search_call", "status": "in_progress"}},
+        {"type": "response.web_search_call.in_progress", "output_index": 0, "item_id": ws},
+        {"type": "response.web_search_call.searching", "output_index": 0, "item_id": ws},
+        {"type": "response.web_search_call.completed", "output_index": 0, "item_id": ws},
+        {"type": "response.output_item.done", "output_index": 0,
+         "item": {"id": ws, "type": "web_search_call", "status": "completed"}},
+        {"type": "response.output_item.added", "output_index": 1,
+         "item": {"id": call, "type": "function_call", "call_id": "call_1", "name": "calc", "arguments": ""}},
+        {"type": "response.function_call_arguments.delta", "item_id": call, "output_index": 1, "delta": "{\"x\":"},
+        {"type": "response.function_call_arguments.delta", "item_id": call, "output_index": 1, "delta": "1}"},
+        {"type": "response.function_call_arguments.done", "item_id": call, "output_index": 1, "arguments": "{\"x\":1}"},
+        {"type": "response.output_item.done", "output_index": 1,
+         "item": {"id": call, "type": "function_call", "call_id": "call_1", "name": "calc", "arguments": "{\"x\":1}"}},
+        {"type": "response.output_item.added", "output_index": 2,
+         "item": {"id": msg, "type": "message", "role": "assistant", "status": "in_progress", "content": []}},
+        {"type": "response.content_part.added", "item_id": msg, "output_index": 2, "content_index": 0,
+         "part": {"type": "output_text", "text": ""}},
+        {"type": "response.output_text.delta", "item_id": msg, "output_index": 2, "content_index": 0, "delta": "Hi"},
+        {"type": "response.output_text.delta", "item_id": msg, "output_index": 2, "content_index": 0, "delta": " ✓"},
+        {"type": "response.output_text.done", "item_id": msg, "output_index": 2, "content_index": 0, "text": "Hi ✓"},
+        {"type": "response.content_part.done", "item_id": msg, "output_index": 2, "content_index": 0,
+         "part": {"type": "output_text", "text": "Hi ✓"}},
+        {"type": "response.output_item.done", "output_index": 2,
+         "item": {"id": msg, "type": "message", "role": "assistant", "status": "completed"}},
+        {"type": "response.completed", "response": {**resp, "status": "completed"}},
+    ]
+    if "#fail" in text:
+        evs = [*evs[:2], {"type": "response.failed", "response": {
+            **resp, "status": "failed", "error": {"code": "server_error", "message": "The model failed"}}}]
+    if "#error" in text:
+        evs = [*evs[:2], {"type": "error", "code": "rate_limit_exceeded", "message": "slow down", "param": None}]
+    if "#truncated" in text:
+        evs = evs[:-1]
+    if "#swapped" in text:
+        evs[14], evs[15] = evs[15], evs[14]
+    for i, ev in enumerate(evs):
+        ev["sequence_number"] = i
+    if "#swapped" in text:
+        evs[14]["sequence_number"], evs[15]["sequence_number"] = 15, 14  # sent out of order: 15 before 14
+    return evs
+
+
+def responses_script(req: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def gen() -> AsyncIterator[bytes]:
+        for ev in responses_events(req["input"]):
+            yield sse(ev, event=ev["type"])
+    return gen()
+
+
+def test_responses_good_failing_and_broken_streams(tmp_path):
+    messages = ["weather?", "weather? #fail", "weather? #error", "weather? #truncated", "weather? #swapped"]
+    with InThread(RawSseServer(responses_script)) as server:
+        live, offline, code = run_and_check(tmp_path, server.url, RESPONSES_PROFILE, messages)
+    assert live == offline, (live, offline)
+    assert code == 1
+    assert live == {"good": ("passed", ()), "fail": ("failed", ("R13",)), "error": ("failed", ("R13",)),
+                    "truncated": ("incomplete", ()), "swapped": ("failed", ("R7",))}, live
+
+
+# -- 2. Vercel AI SDK UI message stream (SSE, ended by `data: [DONE]`) -------------------------------------------
+
+VERCEL_PROFILE = """\
+name: ai-sdk-ui
+description: Vercel AI SDK UI message stream (x-vercel-ai-ui-message-stream v1) over SSE
+transport: sse
+request:
+  id: "{thread_id}"
+  messages: [{id: "{message_id}", role: user, parts: [{type: text, text: "{content}"}]}]
+  trigger: submit-message
+fields:
+  type: [type]
+  run_id: [messageId]        # only `start` names the assistant message; nothing else names a run
+  thread_id: []
+  user_id: []
+  message_id: []
+  seq: []
+  tool_call_id: [toolCallId]
+  tool_name: [toolName]
+  recoverable: []
+  error_message: [errorText]
+roles:
+  agent_started: [start]
+  agent_thinking: [start-step, reasoning-start, reasoning-delta]
+  tool_executing: [tool-input-start]
+  tool_completed: [tool-output-available, tool-output-error]
+  partial_result: [text-delta]
+  agent_completed: [finish]
+  error_event: [error]
+unmapped: [finish-step, text-start, text-end, reasoning-end, tool-input-delta, tool-input-available,
+           message-metadata, abort]
+stream_end: ["[DONE]"]
+spans:
+  - {name: text, open: [text-start], inner: [text-delta], close: [text-end], key: id}
+  - {name: reasoning, open: [reasoning-start], inner: [reasoning-delta], close: [reasoning-end], key: id}
+  - {name: tool call, open: [tool-input-start], inner: [tool-input-delta, tool-input-available],
+     close: [tool-output-available, tool-output-error], key: tool_call_id}
+  - {name: step, open: [start-step], close: [finish-step], key: step}
+required: [agent_started, agent_completed]
+thinking_before_tool: false
+"""
+
+
+def vercel_events(text: str) -> list[dict[str, Any] | str]:
+    t = tag(text)
+    call = f"call_{t}"
+    evs: list[dict[str, Any] | str] = [
+        {"type": "start", "messageId": f"msg-{t}-Xq2"},
+        {"type": "start-step"},
+        {"type": "reasoning-start", "id": "r0"},
+        {"type": "reasoning-delta", "id": "r0", "delta": "Need the weather."},
+        {"type": "reasoning-end", "id": "r0"},
+        {"type": "tool-input-start", "toolCallId": call, "toolName": "getWeather"},
+        {"type": "tool-input-delta", "toolCallId": call, "inputTextDelta": "{\"city\":\"Paris\"}"},
+        {"type": "tool-input-available", "toolCallId": call, "toolName": "getWeather", "input": {"city": "Paris"}},
+        {"type": "tool-output-available", "toolCallId": call, "output": {"celsius": 21}},
+        {"type": "finish-step"},
+        {"type": "start-step"},
+        {"type": "text-start", "id": "t0"},
+        {"type": "text-delta", "id": "t0", "delta": "It is 21 °C "},
+        {"type": "text-delta", "id": "t0", "delta": "in Paris."},
+        {"type": "text-end", "id": "t0"},
+        {"type": "finish-step"},
+        {"type": "finish"},
+        "[DONE]",
+    ]
+    if t == "fail":
+        evs = [*evs[:9], {"type": "error", "errorText": "The model is overloaded"}, "[DONE]"]
+    elif t == "truncated":
+        evs = [*evs[:-2], "[DONE]"]  # no `finish`, yet the stream says it is done
+    elif t == "swapped":
+        evs[12], evs[14] = evs[14], evs[12]  # text-end before its deltas
+    return evs
+
+
+def vercel_script(req: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def gen() -> AsyncIterator[bytes]:
+        for ev in vercel_events(req["messages"][-1]["parts"][0]["text"]):
+            yield sse(ev)
+    return gen()
+
+
+def test_ai_sdk_ui_message_stream_good_failing_and_broken(tmp_path):
+    messages = ["weather?", "weather? #fail", "weather? #truncated", "weather? #swapped"]
+    with InThread(RawSseServer(vercel_script)) as server:
+        live, offline, code = run_and_check(tmp_path, server.url, VERCEL_PROFILE, messages)
+    assert live == offline, (live, offline)
+    assert code == 1
+    assert live == {"good": ("passed", ()), "fail": ("failed", ("R13",)), "truncated": ("incomplete", ()),
+                    "swapped": ("failed", ("R5",))}, live
+
+
+# -- 3. LangGraph / LangChain astream_events v2 forwarded over a WebSocket --------------------------------------
+
+LANGGRAPH_PROFILE = """\
+name: langgraph-events
+description: LangGraph astream_events(version="v2") forwarded as JSON over a WebSocket
+transport: websocket
+welcome: false
+request: {thread_id: "{thread_id}", input: {messages: [{role: user, content: "{content}"}]}}
+fields:
+  type: [event]
+  # Every nested run (a node, a model call, a tool) has a run_id of its own; the root's is the first of parent_ids,
+  # and the root's own events have parent_ids [].
+  run_id: [parent_ids.0, run_id]
+  thread_id: [metadata.thread_id]
+  user_id: []
+  message_id: []
+  seq: []
+  tool_call_id: [run_id]
+  tool_name: [name]
+  recoverable: []
+  error_message: [data.message]
+roles:
+  agent_started: [{type: on_chain_start, where: {parent_ids: []}}]
+  agent_thinking: [on_chain_start, on_chat_model_start]
+  tool_executing: [on_tool_start]
+  tool_completed: [on_tool_end]
+  partial_result: [on_chat_model_stream]
+  agent_completed: [{type: on_chain_end, where: {parent_ids: []}}]
+  error_event: [error]
+unmapped: [on_chain_end, on_chain_stream, on_chat_model_end]
+ping: {types: [], reply: null}
+spans:
+  - {name: tool call, open: [on_tool_start], close: [on_tool_end], key: tool_call_id}
+  - {name: model call, open: [on_chat_model_start], inner: [on_chat_model_stream], close: [on_chat_model_end],
+     key: tool_call_id}
+required: [agent_started, tool_executing, tool_completed, agent_completed]
+"""
+
+
+def langgraph_events(req: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    t = tag(req["input"]["messages"][-1]["content"])
+    thread = req["thread_id"]
+    root = f"run-{t}-{n:02d}"
+    meta = {"thread_id": thread}
+
+    def ev(event: str, run: str, name: str, parents: list[str], data: dict[str, Any] | None = None,
+           **more: Any) -> dict[str, Any]:
+        node_meta = {**meta, "langgraph_node": name} if parents else meta
+        return {"event": event, "run_id": run, "name": name, "tags": [], "metadata": node_meta,
+                "data": data or {}, "parent_ids": parents, **more}
+
+    a1, m1, tools, t1, a2, m2 = (f"{root}-{x}" for x in ("agent1", "model1", "tools", "tool1", "agent2", "model2"))
+    chunk = lambda text: {"chunk": {"content": text, "type": "AIMessageChunk", "id": "msg-1"}}  # noqa: E731
+    evs = [
+        ev("on_chain_start", root, "LangGraph", [], {"input": req["input"]}),
+        ev("on_chain_start", a1, "agent", [root]),
+        ev("on_chat_model_start", m1, "ChatOpenAI", [root, a1], {"input": {"messages": []}}),
+        ev("on_chat_model_stream", m1, "ChatOpenAI", [root, a1], chunk("")),
+        ev("on_chat_model_end", m1, "ChatOpenAI", [root, a1], {"output": {"tool_calls": [{"name": "calc"}]}}),
+        ev("on_chain_end", a1, "agent", [root]),
+        ev("on_chain_start", tools, "tools", [root]),
+        ev("on_tool_start", t1, "calc", [root, tools], {"input": {"expr": "17*23"}}),
+        ev("on_tool_end", t1, "calc", [root, tools], {"output": "391"}),
+        ev("on_chain_end", tools, "tools", [root]),
+        ev("on_chain_start", a2, "agent", [root]),
+        ev("on_chat_model_start", m2, "ChatOpenAI", [root, a2], {"input": {"messages": []}}),
+        ev("on_chat_model_stream", m2, "ChatOpenAI", [root, a2], chunk("17 × 23 ")),
+        ev("on_chat_model_stream", m2, "ChatOpenAI", [root, a2], chunk("= 391")),
+        ev("on_chat_model_end", m2, "ChatOpenAI", [root, a2]),
+        ev("on_chain_stream", root, "LangGraph", [], {"chunk": {"agent": {}}}),
+        ev("on_chain_end", a2, "agent", [root]),
+        ev("on_chain_end", root, "LangGraph", [], {"output": {"messages": []}}),
+    ]
+    if t == "fail":  # astream_events raised inside the tool: the server forwards the exception as it can
+        # (it names no run: the chat in flight on the socket is the one it ends)
+        evs = [*evs[:8], {"event": "error", "data": {"message": "ToolException('calc crashed')"}}]
+    elif t == "truncated":
+        evs = evs[:-1]
+    elif t == "swapped":
+        evs[7], evs[8] = evs[8], evs[7]  # the tool's end before its start
+    return evs
+
+
+def test_langgraph_astream_events_over_websocket(tmp_path):
+    messages = ["17 × 23?", "17 × 23? #fail", "17 × 23? #truncated", "17 × 23? #swapped"]
+    count = [0]
+
+    async def handle(conn: WsConn) -> None:
+        while (text := await conn.recv()) is not None:
+            count[0] += 1
+            for ev in langgraph_events(json.loads(text), count[0]):
+                await conn.send(ev)
+
+    with InThread(RawWsServer(handle)) as ws:
+        live, offline, code = run_and_check(tmp_path, ws.url, LANGGRAPH_PROFILE, messages, deadline="2s")
+    assert live == offline, (live, offline)
+    assert code == 1
+    assert live == {"good": ("passed", ()), "fail": ("failed", ("R13",)), "truncated": ("incomplete", ("R10",)),
+                    "swapped": ("failed", ("R5",))}, live

@@ -1,0 +1,141 @@
+"""Profile grammar that the common agent streaming formats need (tests/integration/test_outside_dialects.py drives
+them end to end): a field's names tried in the order written, a list index in a dotted path, a role that hangs on a
+field's value (`where`), a non-JSON end-of-stream marker (`stream_end`) and sequence numbers counted from 0
+(`seq_start`); each refused with file, line and field when misused."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.checker import ChatTracker
+from harness.cli import main
+from harness.events import Event, Frame, FrameKind, Role, Rule
+from harness.profiles import Decoder, Profile, load_profile
+from harness.scenario import expectations_for
+
+BASE = """\
+name: lg
+request: {thread_id: "{thread_id}", input: "{content}"}
+fields:
+  type: [event]
+  run_id: [parent_ids.0, run_id]
+  tool_call_id: [run_id]
+roles:
+  agent_started: [{type: on_chain_start, where: {parent_ids: []}}]
+  agent_thinking: [on_chain_start]
+  agent_completed: [{type: on_chain_end, where: {parent_ids: []}}]
+  error_event: [{type: oops, when: run, where: {data.fatal: true}}]
+unmapped: [on_chain_end, oops]
+"""
+
+
+def profile(text: str = BASE) -> Profile:
+    import yaml
+    return Profile.model_validate(yaml.safe_load(text))
+
+
+def test_names_are_tried_in_the_order_written_and_a_digit_part_indexes_a_list():
+    # docs/profiles.md: "for each canonical field, the wire names to try, in order". A dotted path written before a
+    # plain name was tried after it: every nested LangGraph run read as a run of its own (R8 / R1 / R10).
+    p = profile(BASE.split("roles:")[0] + "roles: {agent_started: [on_chain_start]}\n")
+    nested = p.decode('{"event":"on_chain_start","run_id":"n1","parent_ids":["root","x"]}', 1.0)
+    root = p.decode('{"event":"on_chain_start","run_id":"root","parent_ids":[]}', 1.0)
+    assert isinstance(nested, Event) and isinstance(root, Event)
+    assert (nested.run_id, root.run_id) == ("root", "root")
+    # the table-driven lookup (client frames, Profile.field) agrees with the compiled decoder
+    assert p.field({"parent_ids": ["root"], "run_id": "n1"}, "run_id") == "root"
+    assert p.field({"parent_ids": {"0": "key"}, "run_id": "n1"}, "run_id") == "key"  # an object's key "0" still
+    assert p.field({"parent_ids": ["only"], "run_id": "n1"}, "tool_call_id") == "n1"
+
+
+def test_where_picks_a_role_by_a_fields_value_else_the_plain_mapping():
+    p = profile()
+    decode = lambda s: p.decode(s, 1.0)  # noqa: E731
+    root, nested = decode('{"event":"on_chain_start","run_id":"r","parent_ids":[]}'), \
+        decode('{"event":"on_chain_start","run_id":"n","parent_ids":["r"]}')
+    end_root, end_nested = decode('{"event":"on_chain_end","run_id":"r","parent_ids":[]}'), \
+        decode('{"event":"on_chain_end","run_id":"n","parent_ids":["r"]}')
+    assert isinstance(root, Event) and root.role is Role.AGENT_STARTED
+    assert isinstance(nested, Event) and nested.role is Role.AGENT_THINKING
+    assert isinstance(end_root, Event) and end_root.role is Role.AGENT_COMPLETED
+    assert isinstance(end_nested, Event) and end_nested.role is None  # unmapped: an event of the run, no role
+    # `when: run` and `where` together; a boolean matches a boolean only (not 1)
+    fatal = decode('{"event":"oops","run_id":"r","parent_ids":[],"data":{"fatal":true}}')
+    runless = decode('{"event":"oops","parent_ids":[],"data":{"fatal":true}}')
+    one = decode('{"event":"oops","run_id":"r","parent_ids":[],"data":{"fatal":1}}')
+    assert isinstance(fatal, Event) and fatal.role is Role.ERROR_EVENT and fatal.terminal
+    assert isinstance(runless, Event) and runless.role is None
+    assert isinstance(one, Event) and one.role is None
+    # a type with only `where` matches, none holding, and not unmapped: outside the dialect (R12), as any unknown type
+    strict = profile(BASE.replace("unmapped: [on_chain_end, oops]", "unmapped: [on_chain_end]"))
+    assert isinstance(bad := strict.decode('{"event":"oops","run_id":"r"}', 1.0), Frame) and \
+        bad.kind is FrameKind.MALFORMED
+
+
+def test_stream_end_marker_is_no_violation_and_json_stays_json():
+    plain = load_profile("ag-ui")
+    p = profile(BASE + 'stream_end: ["[DONE]"]\n')
+    done = p.decode("[DONE]", 1.0)
+    assert isinstance(done, Frame) and done.kind is FrameKind.CONTROL and done.wire_type == "[DONE]"
+    assert p.decode("[DONE] ", 1.0).kind is FrameKind.MALFORMED  # type: ignore[union-attr]  # the whole text only
+    assert isinstance(m := plain.decode("[DONE]", 1.0), Frame) and m.kind is FrameKind.MALFORMED  # without the key
+    assert Decoder(p).source.count("STREAM_END") == 1 and "STREAM_END" not in Decoder(plain).source
+
+
+def _judge(seq_start: int, seqs: list[int]) -> list[str]:
+    p = profile(BASE.replace("  type: [event]\n", "  type: [event]\n  seq: [sequence_number]\n")
+                + f"seq_start: {seq_start}\n")
+    tracker = ChatTracker("c1", expectations_for(p), 0.0)
+    frames = ['{"event":"on_chain_start","run_id":"r","parent_ids":[],"sequence_number":%d}',
+              '{"event":"on_chain_start","run_id":"n","parent_ids":["r"],"sequence_number":%d}',
+              '{"event":"on_chain_end","run_id":"r","parent_ids":[],"sequence_number":%d}']
+    for i, (frame, seq) in enumerate(zip(frames, seqs, strict=True)):
+        ev = p.decode(frame % seq, 0.1 * (i + 1))
+        assert isinstance(ev, Event)
+        tracker.feed(ev)
+    result = tracker.finish(1.0)
+    return [f"{v.rule.value}: {v.reason}" for v in result.violations if v.rule is Rule.R7]
+
+
+def test_seq_start_zero_counts_from_zero():
+    assert _judge(0, [0, 1, 2]) == []
+    assert _judge(1, [1, 2, 3]) == []
+    assert _judge(1, [0, 1, 2]) == ["R7: seq 0 is not a positive sequence number"]
+    assert _judge(0, [0, 2, 1]) == ["R7: seq 1 arrived after seq 2 (out of order)"]
+    assert _judge(0, [1, 2, 3]) == ["R7: seq 0 never arrived (lost event)"]
+    assert _judge(0, [-1, 0, 1]) == ["R7: seq -1 is below the dialect's first sequence number, 0"]
+
+
+@pytest.mark.parametrize(("extra", "field", "says"), [
+    ('stream_end: ["{\\"done\\": true}"]\n', "stream_end", "is JSON"),
+    ("seq_start: 2\n", "seq_start", "0 or 1"),
+])
+def test_misused_keys_exit_2_naming_file_line_and_field(tmp_path: Path, capsys, extra, field, says):
+    f = tmp_path / "p.yaml"
+    f.write_text(BASE + extra)
+    assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
+    err = capsys.readouterr().err
+    assert f"p.yaml:{BASE.count(chr(10)) + 1}: field '{field}'" in err and says in err, err
+
+
+@pytest.mark.parametrize(("match", "field", "says"), [
+    ("{type: x, where: {}}", "roles.error_event.0.where", "at least one path"),
+    ("{type: x, where: 5}", "roles.error_event.0.where", "valid dictionary"),
+    # a match's mistake is named by its key; it was "roles.error_event.0.str: Input should be a valid string"
+    ("{type: x, when: bad}", "roles.error_event.0.when", "'always' or 'run'"),
+    ("5", "roles.error_event.0", "valid string"),
+])
+def test_a_bad_role_match_names_its_own_key(tmp_path: Path, capsys, match, field, says):
+    f = tmp_path / "p.yaml"
+    f.write_text(textwrap.dedent(f"""\
+        name: x
+        request: {{a: "{{content}}"}}
+        roles:
+          agent_started: [s]
+          error_event: [{match}]
+        """))
+    assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
+    err = capsys.readouterr().err
+    assert f"p.yaml:5: field '{field}'" in err and says in err, err
