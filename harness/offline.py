@@ -22,7 +22,7 @@ from .checker import (
     error_result,
     judge_followups,
 )
-from .events import Event, Outcome, Rule, kept_bytes
+from .events import Event, Outcome, Rule
 from .flow import CLEAN_CLOSE_CODES, RESENT_WARNING, WAKE_ALL, FrameRouter, Resumes, verdict_due
 from .profiles import Profile
 from .recorder import DEFAULT_MAX_FILES
@@ -37,7 +37,7 @@ from .recordings import (
     read_recording,
     recorded_runs,
 )
-from .results import ScenarioRun
+from .results import Listing, ScenarioRun
 from .scenario import Scenario, Stat, expectations_for, invalid_input_expectations
 from .sinks import Sink
 from .stats import Tally, evaluate
@@ -58,12 +58,8 @@ MAX_PARKED = 10_000
 # (a sum over the open chats: a few steps per frame).
 MAX_OPEN_BYTES = 256 * 1024 * 1024
 BYTES_CHECK_EVERY = 1024
-# What the reports list: the stats count every chat, the listings keep the first ones (non-passing first).
-MAX_CHATS_LISTED = 1_000
+# What the reports list (results.Listing, as `chatprobe run`): a listed chat's events, the first so many.
 MAX_EVENTS_LISTED = 1_000
-# …and of their events, in bytes (2,000 chats of 1,000 events each would be ~500 MB): past it, a listed chat keeps
-# none of its events.
-MAX_LISTED_BYTES = 64 * 1024 * 1024
 # Files of one run judged together (each is open while they are merged): as many as `--record` writes for one run.
 MAX_FILES_MERGED = DEFAULT_MAX_FILES
 # The records held while a run's files are merged (one per file, waiting for its turn), in bytes of memory: each file's
@@ -156,9 +152,7 @@ class OfflineCheck:
         self.resends: dict[str, tuple[ChatTracker, float, bool]] = {}
         self.resent: set[str] = set()  # chats sent again already (a second loss is judged as any other)
         self.tally = Tally()
-        self.listed: list[ChatResult] = []
-        self.listed_passing = self.listed_failing = 0
-        self.listed_bytes = 0
+        self.listing = Listing(max_events=MAX_EVENTS_LISTED)
         self.first_t: float | None = None
         self.now = 0.0
         self.n = 0
@@ -592,21 +586,7 @@ class OfflineCheck:
     def _count(self, tracker: ChatTracker | None, result: ChatResult) -> None:
         self.tally.add(result)
         self.sink.chat_finished(result)
-        passing = result.outcome is Outcome.PASSED
-        if (self.listed_passing if passing else self.listed_failing) < MAX_CHATS_LISTED:
-            # A copy, up to MAX_EVENTS_LISTED: the judged chat's own list is let go below.
-            if self.listed_bytes > MAX_LISTED_BYTES:
-                result.events = []
-            else:
-                result.events = result.events[:MAX_EVENTS_LISTED]
-                self.listed_bytes += sum(kept_bytes(ev) for ev in result.events)
-            self.listed.append(result)
-            if passing:
-                self.listed_passing += 1
-            else:
-                self.listed_failing += 1
-        else:
-            result.events = []  # counted, not listed: nothing keeps its events
+        self.listing.add(result)  # a listed chat's events are a copy: the judged chat's own list is let go below
         # The connection remembers the judged chat for late events (shown with it as warnings), not its events: a
         # chat judged to free memory (HEAVY_NOTE) must free it.
         if tracker is not None:
@@ -635,8 +615,8 @@ class OfflineCheck:
                 errors.append(UNTIMED_NOTE)
         if not self.tally.chats:
             errors.append("no chat found in the recording (is it the profile's dialect?)")
-        if self.tally.chats > len(self.listed):
-            errors.append(f"{self.tally.chats} chats judged, the first {len(self.listed)} listed")
+        if (note := self.listing.note(self.tally.chats)) is not None:
+            errors.append(note)
         started = self.first_t if self.first_t is not None and self.first_t > 1e9 else time.time()
         warnings = list(self.gaps)
         if self.n_gaps > len(self.gaps):
@@ -645,7 +625,7 @@ class OfflineCheck:
             warnings.append(LATE_WARNING.format(n=self.near_late, margin=LATE_MARGIN))
         if self.late_sends:
             warnings.append(LATE_SEND_WARNING.format(n=self.late_sends))
-        return ScenarioRun(scenario=self.scenario, target=target, results=self.listed, stats=stats,
+        return ScenarioRun(scenario=self.scenario, target=target, results=self.listing.listed, stats=stats,
                            objectives=evaluate(stats, objectives), started_at=started, elapsed=elapsed, errors=errors,
                            warnings=warnings)
 

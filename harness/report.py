@@ -207,9 +207,8 @@ def print_summary(console: Console, runs: list[ScenarioRun], worst: int = 3, *, 
         if run.stopped_early:
             console.print(Text(f"  stopped early: {run.stopped_by}; chats in flight were judged as they stood"))
         if run.unreachable:
-            kinds = Counter(r.error_kind for r in run.results)
             first = run.results[0].error if run.results else ""
-            console.print(_t(f"  target unreachable: {dict(kinds)} — {_c(first)}"))
+            console.print(_t(f"  target unreachable: {dict(run.stats.error_kinds)} — {_c(first)}"))
         for o in run.failed_objectives:
             console.print(_t(f"  ✗ {o.describe()}"))
         for r in _worst(run, worst):
@@ -353,17 +352,16 @@ def _classname(target: str) -> str:
 
 def _could_not_run(run: ScenarioRun) -> str | None:
     """Why the scenario could not be judged at all (a JUnit <error>, not a <failure>), or None."""
+    # From the counts of every chat (run.stats); the listed chats (results.Listing) give the first error's text.
+    kinds = run.stats.error_kinds
+    first = next((r.error for r in run.results if r.error), "")
     if run.unreachable:
-        kinds = Counter(r.error_kind or "unknown" for r in run.results)
-        first = next((r.error for r in run.results if r.error), "")
         return f"target unreachable ({', '.join(f'{k} x{n}' for k, n in kinds.most_common())}): {first}"
     if run.errors and not run.results:
         return f"the scenario could not run: {run.errors[0]}"
     if not run.results and not run.stats.chats:
         return "the scenario could not run: no chat was started"
-    if run.results and all(r.outcome is Outcome.ERROR for r in run.results):
-        kinds = Counter(r.error_kind or "unknown" for r in run.results)
-        first = next((r.error for r in run.results if r.error), "")
+    if run.stats.chats and run.stats.outcomes[Outcome.ERROR] == run.stats.chats:
         return f"no chat could be held ({', '.join(f'{k} x{n}' for k, n in kinds.most_common())}): {first}"
     return None
 
@@ -384,7 +382,7 @@ def _run_text(run: ScenarioRun, worst: int = 10) -> str:
     lines += [f"  {'ok  ' if o.ok else 'FAIL'} {o.describe()}" for o in run.objectives]
     bad = _worst(run, worst)
     if bad:
-        n_bad = sum(1 for r in run.results if r.outcome is not Outcome.PASSED)
+        n_bad = st.chats - st.outcomes[Outcome.PASSED]
         lines.append(f"chats not passed (the {len(bad)} worst of {n_bad}):")
         for r in bad:
             lines.append(f"  chat {r.chat_id} [{r.outcome.value}] {r.note or r.error or ''}".rstrip())

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from .checker import ChatResult
 from .errors import ExitCode
-from .events import Outcome
+from .events import Outcome, kept_bytes
 from .stats import ObjectiveResult, ScenarioStats, StageStats, knee
 
 if TYPE_CHECKING:
@@ -20,6 +20,62 @@ UNREACHABLE_KINDS = frozenset({"refused", "timeout", "tls_error"})
 def all_unreachable(chats: int, error_kinds: dict[str, int]) -> bool:
     """Every chat ended with a connection failure that means "unreachable" (and there was at least one chat)."""
     return chats > 0 and sum(n for kind, n in error_kinds.items() if kind in UNREACHABLE_KINDS) == chats
+
+
+# What the reports list of a run, `chatprobe run` and `chatprobe check` alike: every chat is counted (stats.Tally: the
+# counts, ratios and latencies), the first MAX_CHATS_LISTED passing and the first MAX_CHATS_LISTED not passing chats
+# are listed (the JSON report's `chats`, the worst chats, the HTML report's charts and timelines) with their events,
+# up to MAX_LISTED_BYTES of events in all. A run's memory then stays bounded however long it runs: every chat's
+# result kept was ~5 KB, so an hour at 500 chats a second would have held 9 GB.
+MAX_CHATS_LISTED = 1_000
+MAX_LISTED_BYTES = 64 * 1024 * 1024
+
+
+class Listing:
+    """The chats a run lists (above): `add` every judged chat; a chat not listed keeps no events."""
+
+    __slots__ = ("listed", "passing", "failing", "bytes", "max_events")
+
+    def __init__(self, max_events: int | None = None) -> None:
+        self.listed: list[ChatResult] = []
+        self.passing = self.failing = 0
+        self.bytes = 0
+        self.max_events = max_events  # a listed chat's events kept (a copy of the first so many); None: as judged
+
+    def add(self, result: ChatResult) -> bool:
+        """List `result` if there is room; True when it was listed."""
+        passing = result.outcome is Outcome.PASSED
+        if (self.passing if passing else self.failing) >= MAX_CHATS_LISTED:
+            _let_go(result)  # counted, not listed: nothing keeps its events
+            return False
+        if self.bytes > MAX_LISTED_BYTES:
+            _let_go(result)
+        else:
+            if self.max_events is not None:
+                result.events = result.events[:self.max_events]
+            self.bytes += sum(kept_bytes(ev) for ev in result.events)
+        self.listed.append(result)
+        if passing:
+            self.passing += 1
+        else:
+            self.failing += 1
+        return True
+
+    def note(self, chats: int) -> str | None:
+        """What a run's report says when it lists fewer chats than it judged."""
+        if chats <= len(self.listed):
+            return None
+        return (f"{chats} chats judged, {len(self.listed)} listed (the first {MAX_CHATS_LISTED:,} passing and the "
+                f"first {MAX_CHATS_LISTED:,} not passing); the figures count them all")
+
+
+def _let_go(result: ChatResult) -> None:
+    """The chat's events let go: the result's list is the judged chat's own (checker.ChatTracker._make shares it, so
+    that late events show in the report), and the connection keeps its latest judged chats for late events
+    (checker.KEEP_FINISHED each: a run of many connections held every one's last hundred chats' events). Emptied
+    in place, it holds nothing there either, and a late event is no longer added to it (_after_verdict)."""
+    events, result.events = result.events, []
+    events.clear()
 
 
 @dataclass
@@ -62,12 +118,7 @@ class ScenarioRun:
 
     @property
     def unreachable(self) -> bool:
-        kinds: dict[str, int] = {}
-        for r in self.results:
-            if r.outcome is Outcome.ERROR and r.error_kind:
-                kinds[r.error_kind] = kinds.get(r.error_kind, 0) + 1
-        if self.results:
-            return all_unreachable(len(self.results), kinds)
+        # From the counts of every chat, not the listed ones (Listing).
         return all_unreachable(self.stats.chats, dict(self.stats.error_kinds))
 
     @property

@@ -12,10 +12,10 @@ from typing import Any
 
 from .checker import ChatResult
 from .client import Session
-from .results import ScenarioRun
+from .results import Listing, ScenarioRun
 from .scenario import ChatCall, ChatGroup, RawCall, Scenario, Shape, UserScript
 from .sinks import Fanout, Sink
-from .stats import StageTallies, compute, evaluate, generator_warnings
+from .stats import StageTallies, Tally, evaluate, generator_warnings
 from .targets import Target
 
 # How often a staged run of users looks at its schedule: a ramp adds or removes users on these ticks.
@@ -33,12 +33,21 @@ def _tasks_context() -> contextvars.Context:
 
 
 class _Collector(Sink):
-    def __init__(self) -> None:
-        self.results: list[ChatResult] = []
+    """The run's verdicts as they come: every chat counted (its Tally, and its stage's when the run has stages), the
+    first ones listed (results.Listing): memory bounded however many chats the run judges. The last of the run's
+    sinks: a chat it does not list loses its events, after every other sink has seen them."""
+
+    def __init__(self, stages: StageTallies | None, started: float) -> None:
+        self.tally = Tally()
+        self.listing = Listing()
+        self.stages, self.started = stages, started
         self.dropped = 0
 
     def chat_finished(self, result: ChatResult) -> None:
-        self.results.append(result)
+        self.tally.add(result)
+        if self.stages is not None:
+            self.stages.add(result, result.sent_at - self.started)
+        self.listing.add(result)
 
     def chat_dropped(self, scenario: str) -> None:
         self.dropped += 1
@@ -229,8 +238,6 @@ async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = N
 
     Virtual users are `<user_prefix>-u<N>`; the default prefix is random so parallel runs never share users.
     """
-    collector = _Collector()
-    out = Fanout([collector, sink] if sink is not None else [collector])
     if target.compression != scenario.compression:  # the scenario says whether to offer permessage-deflate
         target = dataclasses.replace(target, compression=scenario.compression)
     prefix = user_prefix or f"cp-{uuid.uuid4().hex[:6]}"
@@ -238,6 +245,8 @@ async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = N
     stages = StageTallies(shape) if shape is not None else None
     started_wall = time.time()
     started = time.monotonic()
+    collector = _Collector(stages, started)
+    out = Fanout([sink, collector] if sink is not None else [collector])
     play = _Play(scenario, target, out, prefix, started, stages)
     stopped_by = ""
 
@@ -259,18 +268,18 @@ async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = N
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     elapsed = time.monotonic() - started
-    stats = compute(collector.results)
+    stats = collector.tally.stats()
     stats.dropped = collector.dropped
     run = ScenarioRun(
-        scenario=scenario, target=target.name, results=collector.results, stats=stats,
+        scenario=scenario, target=target.name, results=collector.listing.listed, stats=stats,
         objectives=evaluate(stats, scenario.objectives), started_at=started_wall,
         elapsed=elapsed, stopped_by=stopped_by,
     )
     if stages is not None:
-        for r in collector.results:
-            stages.add(r, r.sent_at - started)
         run.stages = stages.stats()
         run.warnings = generator_warnings([s for s in run.stages if s.end <= elapsed])
+    if (note := collector.listing.note(stats.chats)) is not None:
+        run.warnings.append(note)
     out.run_finished(run.passed)
     return run
 

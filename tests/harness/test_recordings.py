@@ -195,7 +195,7 @@ def test_many_chats_are_all_counted_and_the_first_listed(tmp_path):
                  *netra_run(f"r{i}", 100.0 + i, thread=f"t{i}", roles=ROLES if i % 2 else ROLES[:-1])]
     [run] = check_files([write_jsonl(tmp_path / "r.jsonl", recs)], NETRA, SC)
     assert run.stats.chats == 2500 and run.stats.outcomes[Outcome.PASSED] == 1250
-    assert len(run.results) == 2000 and "2500 chats judged, the first 2000 listed" in run.errors
+    assert len(run.results) == 2000 and any(e.startswith("2500 chats judged, 2000 listed") for e in run.errors)
     assert sum(r.outcome is Outcome.PASSED for r in run.results) == 1000
 
 
@@ -684,11 +684,11 @@ def test_links_in_a_directory_of_recordings_are_not_followed(tmp_path):
 def test_the_events_of_many_open_chats_stay_within_a_byte_bound(tmp_path, monkeypatch):
     """Many chats open at once, each with many events (each chat within its own bound): past the bytes all open chats
     may hold, the oldest are judged as they stand, and the listings keep no more events than theirs allow."""
-    from harness import offline
+    from harness import offline, results
 
     monkeypatch.setattr(offline, "MAX_OPEN_BYTES", 1 << 20)
     monkeypatch.setattr(offline, "BYTES_CHECK_EVERY", 64)
-    monkeypatch.setattr(offline, "MAX_LISTED_BYTES", 1 << 20)
+    monkeypatch.setattr(results, "MAX_LISTED_BYTES", 1 << 20)
     recs = []
     for i in range(200):  # 200 runs on 200 connections, none ending: 100 events of ~300 bytes kept each
         conn = f"c{i}"
