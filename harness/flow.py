@@ -40,8 +40,11 @@ def resume_frame(profile: Profile, tracker: ChatTracker) -> dict[str, Any] | Non
     """The frame that resumes a chat's run after a reconnect, or None when it cannot be resumed."""
     if profile.resume is None or tracker.run_id is None:
         return None
-    seen = tracker.max_seq >= tracker.exp.seq_start  # a seq came (the dialect's first may be 0)
-    return profile.build_resume(tracker.run_id, tracker.max_seq if seen else len(tracker.events))
+    start = tracker.exp.seq_start
+    # The highest seq had; with none seen, the events' count as if numbered from the dialect's first (none: start - 1,
+    # -1 for a dialect counting from 0: its server replays from seq 0, not past it).
+    seen = tracker.max_seq >= start
+    return profile.build_resume(tracker.run_id, tracker.max_seq if seen else len(tracker.events) + start - 1)
 
 
 def lost_note_for(ended_note: str, can_resume: bool) -> str:
@@ -871,7 +874,8 @@ class Resumes:
         if chat.max_seq >= chat.exp.seq_start and (last_seq is None or last_seq < chat.max_seq):
             if len(self.replay) >= MAX_RESUMES_FOLLOWED:
                 del self.replay[next(iter(self.replay))]
-            self.replay[run_id] = (chat, 0 if last_seq is None else last_seq)
+            # No `last_seq`: the client said it had none (below the dialect's first seq, 0 or 1).
+            self.replay[run_id] = (chat, chat.exp.seq_start - 1 if last_seq is None else last_seq)
 
     def skip(self, profile: Profile, frame: str | bytes, at: float) -> bool:
         """Whether a received frame is to be left unjudged: a run followed elsewhere, or an event the chat had."""

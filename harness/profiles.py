@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import string
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,12 +60,32 @@ class RoleMatch(BaseModel):
             if not v:
                 raise ValueError("where: at least one path: value")
             _bounded_names(list(v))
+            for path, value in v.items():
+                _json_value(value, path)
         return v
 
     @property
     def condition(self) -> str:
         """What the match hangs on, to tell two matches of one wire type apart."""
         return self.when if self.where is None else f"{self.when} where {json.dumps(self.where, sort_keys=True)}"
+
+
+def _json_value(value: Any, path: str) -> None:
+    """Refuse a `where` value no JSON frame can hold: YAML's dates, binaries and sets, NaN and the infinities, an
+    object's key that is not a string (it could never match; it was a traceback where the match is told apart)."""
+    stack = [value]
+    while stack:  # the YAML loader bounds the nesting and the size
+        v = stack.pop()
+        if isinstance(v, dict):
+            if any(not isinstance(k, str) for k in v):
+                raise ValueError(f"{path}: an object's key is a string in JSON")
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{path}: {v!r} is no JSON value (it matches no frame)")
+        elif v is not None and not isinstance(v, (str, int, float)):
+            raise ValueError(f"{path}: a {type(v).__name__} is no JSON value (it matches no frame)")
 
 
 # A role's entry: a wire type's name, or a match (an object): an error in a match names its key (`roles.
@@ -270,6 +291,13 @@ class Profile(BaseModel):
                     raise ValueError(f"wire type or role {t!r} belongs to more than one span")
                 span_types.add(t)
         return spans
+
+    @field_validator("seq_start", mode="before")
+    @classmethod
+    def _seq_start_integer(cls, v: Any) -> Any:
+        if isinstance(v, (bool, float)):  # pydantic's Literal takes `true` for 1 and 0.0 for 0
+            raise ValueError(f"Input should be 0 or 1, not {v!r}")
+        return v
 
     @field_validator("stream_end")
     @classmethod
@@ -665,12 +693,31 @@ def _where_role(frame: dict[str, Any], run_id: Any,
         if needs_run and run_id is None:
             continue
         for path, want in conds:
-            got = _walk(frame, path)
-            if got != want or isinstance(got, bool) is not isinstance(want, bool):
+            if not _same(_walk(frame, path), want):
                 break
         else:
             return role
     return None
+
+
+def _same(got: Any, want: Any) -> bool:
+    """JSON equality: 1 equals 1.0, a boolean only a boolean, at any depth (`[1]` is no `[true]`). The work is bounded
+    by `want` (the profile's value): a frame's huge list against a short one costs a length compare."""
+    if want.__class__ is bool or got.__class__ is bool:
+        return got is want
+    if isinstance(want, dict):
+        return (isinstance(got, dict) and len(got) == len(want)
+                and all(k in got and _same(got[k], w) for k, w in want.items()))
+    if isinstance(want, list):
+        return isinstance(got, list) and len(got) == len(want) and all(map(_same, got, want))
+    if isinstance(want, (int, float)):
+        return isinstance(got, (int, float)) and got == want
+    return bool(got == want) and got.__class__ is want.__class__  # a string, or null (an absent field)
+
+
+def _index(part: str) -> bool:
+    """Whether a path's part may index a list: ASCII digits only (`str.isdigit` takes '²', which int() refuses)."""
+    return part.isascii() and part.isdigit()
 
 
 def _plain_names(names: Names) -> tuple[str, ...]:
@@ -683,7 +730,7 @@ def _walk(frame: Any, path: list[str]) -> Any:
     for p in path:
         if isinstance(v, dict):
             v = v.get(p)
-        elif isinstance(v, list) and p.isdigit() and int(p) < len(v):
+        elif isinstance(v, list) and _index(p) and int(p) < len(v):
             v = v[int(p)]
         else:
             return None
@@ -911,7 +958,7 @@ class _Source:
             self.emit(f"    _w = frame.get({path[0]!r})")
             for key in path[1:]:
                 get = f"_w.get({key!r}) if isinstance(_w, dict) else None"
-                if key.isdigit():  # an object's key, or a list's index
+                if _index(key):  # an object's key, or a list's index
                     get = f"_w.get({key!r}) if isinstance(_w, dict) else _w[{int(key)}] " \
                           f"if isinstance(_w, list) and len(_w) > {int(key)} else None"
                 self.emit(f"    _w = {get}")

@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from harness.cli import main
 
 from .outside_servers import InThread, RawSseServer, RawWsServer, WsConn
@@ -387,3 +389,72 @@ def test_langgraph_astream_events_over_websocket(tmp_path):
     assert code == 1
     assert live == {"good": ("passed", ()), "fail": ("failed", ("R13",)), "truncated": ("incomplete", ("R10",)),
                     "swapped": ("failed", ("R5",))}, live
+
+
+# -- 4. A dialect counting from 0 across a resume (found by attacking `seq_start`) -----------------------------------
+
+RESUMING_PROFILE = """\
+name: zero-based
+transport: websocket
+welcome: false
+request: {{type: chat, run_id: "{{run_id}}", text: "{{content}}"}}
+client_run_id: true
+resume: {resume}
+fields: {{type: [type], run_id: [run_id], seq: [seq]}}
+roles: {{agent_started: [s], agent_thinking: [th], partial_result: [p], agent_completed: [done]}}
+required: [agent_started, agent_completed]
+thinking_before_tool: false
+seq_start: {start}
+"""
+RESUME_WITH_LAST_SEQ = '{type: resume, run_id: "{run_id}", last_seq: "{last_seq}"}'
+
+
+@pytest.mark.parametrize("start", [0, 1])
+def test_a_resume_before_any_event_asks_for_the_first_seq_of_a_dialect_counting_from_0(tmp_path, start):
+    # The client names the run, and its connection drops before any event: it had nothing, so its resume's last_seq
+    # is the seq before the dialect's first (the server replays seq > last_seq). It said 0 (the events' count): the
+    # server, counting from 0, never sent seq 0 again (agent_started lost: R7, R1 and a missing role).
+    resumes: list[dict[str, Any]] = []
+
+    async def handle(conn: WsConn) -> None:
+        while (text := await conn.recv()) is not None:
+            msg = json.loads(text)
+            if msg["type"] == "chat":
+                conn.writer.close()  # dropped before any event
+                return
+            resumes.append(msg)
+            for i, t in enumerate(["s", "th", "p", "done"]):
+                if start + i > int(msg["last_seq"]):
+                    await conn.send({"type": t, "run_id": msg["run_id"], "seq": start + i})
+
+    with InThread(RawWsServer(handle)) as ws:
+        live, offline, code = run_and_check(tmp_path, ws.url, RESUMING_PROFILE.format(
+            resume=RESUME_WITH_LAST_SEQ, start=start), ["hi"], deadline="3s")
+    assert [int(r["last_seq"]) for r in resumes] == [start - 1]
+    assert code == 0 and live == offline, (live, offline)
+
+
+@pytest.mark.parametrize("start", [0, 1])
+def test_check_follows_a_resume_without_last_seq_alike_from_0_and_from_1(tmp_path, start):
+    # A resume that says nothing of what the client had (no `{last_seq}` in the template): `chatprobe check` and the
+    # proxy (flow.Resumes) do not judge again the events the server replays that the chat had. Counting from 0, seq 0
+    # was taken for one the client said it had: "seq 0 received twice" (R7), where the same stream from 1 passed.
+    def ev(t: float, kind: str, i: int) -> dict[str, Any]:
+        return {"t": t, "dir": "recv", "conn": "a" if t < 2 else "b",
+                "frame": json.dumps({"type": kind, "run_id": "r1", "seq": start + i})}
+
+    records = [{"t": 1.0, "dir": "send", "conn": "a", "frame": json.dumps({"type": "chat", "run_id": "r1",
+                                                                           "text": "hi"})},
+               ev(1.1, "s", 0), ev(1.2, "th", 1), ev(1.3, "p", 2),
+               {"t": 1.5, "dir": "close", "conn": "a", "code": 1006},
+               {"t": 2.0, "dir": "send", "conn": "b", "resume": True,
+                "frame": json.dumps({"type": "resume", "run_id": "r1"})},
+               ev(2.1, "s", 0), ev(2.2, "th", 1), ev(2.3, "p", 2), ev(2.4, "p", 3), ev(2.5, "done", 4),
+               {"t": 3.0, "dir": "close", "conn": "b", "code": 1000}]
+    rec, prof = tmp_path / f"rec{start}.jsonl", tmp_path / f"p{start}.yaml"
+    rec.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    prof.write_text(RESUMING_PROFILE.format(resume='{type: resume, run_id: "{run_id}"}', start=start))
+    out = tmp_path / f"out{start}.json"
+    assert main(["check", str(rec), "--profile", str(prof), "--json", str(out), "-q"]) == 0, start
+    [chat] = json.loads(out.read_text())["scenarios"][0]["chats"]
+    assert (chat["outcome"], chat["violations"]) == ("passed", []), (start, chat)

@@ -111,6 +111,8 @@ def test_seq_start_zero_counts_from_zero():
 @pytest.mark.parametrize(("extra", "field", "says"), [
     ('stream_end: ["{\\"done\\": true}"]\n', "stream_end", "is JSON"),
     ("seq_start: 2\n", "seq_start", "0 or 1"),
+    ("seq_start: true\n", "seq_start", "0 or 1"),  # pydantic's Literal took `true` for 1 and 0.0 for 0
+    ("seq_start: 0.0\n", "seq_start", "0 or 1"),
 ])
 def test_misused_keys_exit_2_naming_file_line_and_field(tmp_path: Path, capsys, extra, field, says):
     f = tmp_path / "p.yaml"
@@ -139,3 +141,42 @@ def test_a_bad_role_match_names_its_own_key(tmp_path: Path, capsys, match, field
     assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
     err = capsys.readouterr().err
     assert f"p.yaml:5: field '{field}'" in err and says in err, err
+
+
+# -- found by attacking the grammar (a hostile profile, a hostile server) --------------------------------------------
+
+def test_a_path_part_indexes_a_list_only_with_ascii_digits():
+    # "²" and "١" are str.isdigit() but no index (int("²") raises): the decoder's generation raised ValueError at
+    # `chatprobe run` (a traceback, exit 1), and a `where` path raised it per frame. They are an object's keys.
+    p = profile(BASE.replace("run_id: [parent_ids.0, run_id]", "run_id: [p.², run_id]")
+                .replace("where: {data.fatal: true}", "where: {p.١: 1}"))
+    on_list = p.decode('{"event":"oops","run_id":"r","p":[1,2,3]}', 1.0)
+    on_key = p.decode('{"event":"oops","run_id":"r","p":{"²":"k","١":1}}', 1.0)
+    assert isinstance(on_list, Event) and (on_list.run_id, on_list.role) == ("r", None)
+    assert isinstance(on_key, Event) and (on_key.run_id, on_key.role) == ("k", Role.ERROR_EVENT)
+    assert p.field({"p": ["x"], "run_id": "r"}, "run_id") == "r"  # the table-driven lookup alike
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("2024-01-01", "a date is no JSON value"),  # YAML reads a date: TypeError in json.dumps, a traceback
+    ("!!binary aGk=", "a bytes is no JSON value"),
+    ("!!set {q}", "a set is no JSON value"),
+    (".nan", "nan is no JSON value"),  # equal to nothing, itself included: a match that never held, silently
+    ("-.inf", "-inf is no JSON value"),
+    ("{1: x}", "key is a string"),
+])
+def test_a_where_value_no_json_frame_can_hold_exits_2(tmp_path: Path, capsys, value, says):
+    f = tmp_path / "p.yaml"
+    f.write_text(BASE.replace("where: {data.fatal: true}", f"where: {{data.fatal: {value}}}"))
+    assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
+    err = capsys.readouterr().err
+    assert "p.yaml:11: field 'roles.error_event.0.where'" in err and says in err and len(err.splitlines()) == 1, err
+
+
+def test_where_matches_a_boolean_only_with_a_boolean_at_any_depth():
+    # docs/profiles.md: "JSON equality; a boolean matches only a boolean" — Python's == took [true] for [1].
+    p = profile(BASE.replace("where: {data.fatal: true}", "where: {data: {fatal: [1, 2.0]}}"))
+    decode = lambda s: p.decode('{"event":"oops","run_id":"r","data":' + s + "}", 1.0)  # noqa: E731
+    roles = [getattr(decode(s), "role", "?") for s in
+             ('{"fatal":[1,2]}', '{"fatal":[1.0,2]}', '{"fatal":[true,2]}', '{"fatal":[1,2],"x":0}', '{"fatal":[1]}')]
+    assert roles == [Role.ERROR_EVENT, Role.ERROR_EVENT, None, None, None]
