@@ -25,6 +25,9 @@ from harness.cli import main
 
 from .outside_servers import InThread, RawSseServer, RawWsServer, WsConn
 
+# The example profiles docs/profiles.md points users at: tested here as they ship.
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "profiles"
+
 SCENARIO = """\
 name: dialect-chats
 users: 1
@@ -77,56 +80,7 @@ def sse(ev: dict[str, Any] | str, event: str | None = None) -> bytes:
 
 # -- 1. OpenAI Responses API streaming (SSE) -------------------------------------------------------------------
 
-RESPONSES_PROFILE = """\
-name: openai-responses
-description: OpenAI Responses API streaming events (stream=true) over SSE
-transport: sse
-request: {model: gpt-4.1, input: "{content}", stream: true}
-fields:
-  type: [type]
-  run_id: [response.id]      # response.created / in_progress / completed / failed name it; the deltas do not
-  thread_id: []
-  user_id: []
-  message_id: []
-  seq: [sequence_number]     # counts the stream's events from 0
-  tool_call_id: [item_id, item.id]
-  tool_name: []
-  recoverable: []
-  error_code: [code, response.error.code]
-  error_message: [message, response.error.message]
-  extra:
-    item: [item_id, item.id]
-roles:
-  agent_started: [response.created]
-  agent_thinking: [response.in_progress, response.reasoning_summary_text.delta]
-  tool_executing: [response.web_search_call.in_progress]
-  tool_completed: [response.web_search_call.completed]
-  partial_result: [response.output_text.delta]
-  agent_completed: [response.completed]
-  error_event: [response.failed, error]
-unmapped:
-  - response.output_item.added
-  - response.output_item.done
-  - response.content_part.added
-  - response.content_part.done
-  - response.output_text.done
-  - response.web_search_call.searching
-  - response.function_call_arguments.delta
-  - response.function_call_arguments.done
-  - response.reasoning_summary_part.added
-  - response.reasoning_summary_part.done
-  - response.reasoning_summary_text.done
-spans:
-  - {name: output item, open: [response.output_item.added], close: [response.output_item.done], key: item,
-     inner: [response.output_text.delta, response.output_text.done, response.content_part.added,
-             response.content_part.done, response.function_call_arguments.delta,
-             response.function_call_arguments.done]}
-  - {name: web search, open: [response.web_search_call.in_progress], inner: [response.web_search_call.searching],
-     close: [response.web_search_call.completed], key: item}
-seq_start: 0
-required: [agent_started, agent_completed]
-thinking_before_tool: false
-"""
+RESPONSES_PROFILE = (EXAMPLES / "openai-responses.yaml").read_text(encoding="utf-8")
 
 
 def responses_events(text: str) -> list[dict[str, Any]]:
@@ -200,45 +154,7 @@ def test_responses_good_failing_and_broken_streams(tmp_path):
 
 # -- 2. Vercel AI SDK UI message stream (SSE, ended by `data: [DONE]`) -------------------------------------------
 
-VERCEL_PROFILE = """\
-name: ai-sdk-ui
-description: Vercel AI SDK UI message stream (x-vercel-ai-ui-message-stream v1) over SSE
-transport: sse
-request:
-  id: "{thread_id}"
-  messages: [{id: "{message_id}", role: user, parts: [{type: text, text: "{content}"}]}]
-  trigger: submit-message
-fields:
-  type: [type]
-  run_id: [messageId]        # only `start` names the assistant message; nothing else names a run
-  thread_id: []
-  user_id: []
-  message_id: []
-  seq: []
-  tool_call_id: [toolCallId]
-  tool_name: [toolName]
-  recoverable: []
-  error_message: [errorText]
-roles:
-  agent_started: [start]
-  agent_thinking: [start-step, reasoning-start, reasoning-delta]
-  tool_executing: [tool-input-start]
-  tool_completed: [tool-output-available, tool-output-error]
-  partial_result: [text-delta]
-  agent_completed: [finish]
-  error_event: [error]
-unmapped: [finish-step, text-start, text-end, reasoning-end, tool-input-delta, tool-input-available,
-           message-metadata, abort]
-stream_end: ["[DONE]"]
-spans:
-  - {name: text, open: [text-start], inner: [text-delta], close: [text-end], key: id}
-  - {name: reasoning, open: [reasoning-start], inner: [reasoning-delta], close: [reasoning-end], key: id}
-  - {name: tool call, open: [tool-input-start], inner: [tool-input-delta, tool-input-available],
-     close: [tool-output-available, tool-output-error], key: tool_call_id}
-  - {name: step, open: [start-step], close: [finish-step], key: step}
-required: [agent_started, agent_completed]
-thinking_before_tool: false
-"""
+VERCEL_PROFILE = (EXAMPLES / "ai-sdk-ui-stream.yaml").read_text(encoding="utf-8")
 
 
 def vercel_events(text: str) -> list[dict[str, Any] | str]:
@@ -292,41 +208,7 @@ def test_ai_sdk_ui_message_stream_good_failing_and_broken(tmp_path):
 
 # -- 3. LangGraph / LangChain astream_events v2 forwarded over a WebSocket --------------------------------------
 
-LANGGRAPH_PROFILE = """\
-name: langgraph-events
-description: LangGraph astream_events(version="v2") forwarded as JSON over a WebSocket
-transport: websocket
-welcome: false
-request: {thread_id: "{thread_id}", input: {messages: [{role: user, content: "{content}"}]}}
-fields:
-  type: [event]
-  # Every nested run (a node, a model call, a tool) has a run_id of its own; the root's is the first of parent_ids,
-  # and the root's own events have parent_ids [].
-  run_id: [parent_ids.0, run_id]
-  thread_id: [metadata.thread_id]
-  user_id: []
-  message_id: []
-  seq: []
-  tool_call_id: [run_id]
-  tool_name: [name]
-  recoverable: []
-  error_message: [data.message]
-roles:
-  agent_started: [{type: on_chain_start, where: {parent_ids: []}}]
-  agent_thinking: [on_chain_start, on_chat_model_start]
-  tool_executing: [on_tool_start]
-  tool_completed: [on_tool_end]
-  partial_result: [on_chat_model_stream]
-  agent_completed: [{type: on_chain_end, where: {parent_ids: []}}]
-  error_event: [error]
-unmapped: [on_chain_end, on_chain_stream, on_chat_model_end]
-ping: {types: [], reply: null}
-spans:
-  - {name: tool call, open: [on_tool_start], close: [on_tool_end], key: tool_call_id}
-  - {name: model call, open: [on_chat_model_start], inner: [on_chat_model_stream], close: [on_chat_model_end],
-     key: tool_call_id}
-required: [agent_started, tool_executing, tool_completed, agent_completed]
-"""
+LANGGRAPH_PROFILE = (EXAMPLES / "langgraph-astream-events.yaml").read_text(encoding="utf-8")
 
 
 def langgraph_events(req: dict[str, Any], n: int) -> list[dict[str, Any]]:
