@@ -449,6 +449,15 @@ class ChatTracker:
         if not ev.terminal or self.terminal_index is not None:
             ev.payload = None  # read: the events kept for reports hold no payload (the terminal one is read at its end)
 
+    def copy_of_had(self, ev: Event) -> bool:
+        """Whether `ev` is a copy of the event this chat already had under its seq (the duplicate R7 would see, as
+        `_copy_of_kept` finds it): what a resume's replay of events the client did not say it had may send again
+        (flow.Resumes), left unjudged, where another event under that seq is judged."""
+        s = ev.seq
+        if not isinstance(s, int) or isinstance(s, bool) or not (s <= self.seq_low or s in self.seqs_above):
+            return False
+        return s >= self.exp.seq_start and self._copy_of_kept(ev, s, self.n_events)
+
     def _copy_of_kept(self, ev: Event, s: int, idx: int) -> bool:
         """Whether `ev`, whose seq `s` came before, is a copy of that earlier event (the same wire type, span and
         terminality): found where a run numbered from its first event puts it, else among the 16 kept before it.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import enum
 import itertools
+import json
 import os
 import time
 from collections.abc import Callable
@@ -201,7 +202,7 @@ class FrameRouter:
     """
 
     __slots__ = ("profile", "checker", "sink", "scenario", "answered", "last_pong", "auth_failed", "resume_unknown",
-                 "every_event", "conversations", "_decode", "_on_event")
+                 "every_event", "conversations", "resumes", "_decode", "_on_event")
 
     def __init__(self, profile: Profile, checker: ConnectionChecker, sink: Sink, scenario: str) -> None:
         self.profile = profile
@@ -219,6 +220,9 @@ class FrameRouter:
         # Chats whose reply a conversation keeps for its next turn (a dialect whose requests carry the conversation),
         # by chat id; None while there are none (nothing per event then but this test).
         self.conversations: dict[str, Conversation] | None = None
+        # The runs this client resumed on the current connection (`resumed`): the replay's exact copies of events its
+        # chats had are left unjudged, as the proxy and `chatprobe check` leave them (Resumes). None until a resume.
+        self.resumes: Resumes | None = None
         # The compiled decoder, bound once: pydantic's private-attribute lookup on every frame costs more than JSON.
         self._decode = profile._decoder.decode
         # The sink's per-event hook, or None when no sink listens to events (a call per event saved).
@@ -227,11 +231,25 @@ class FrameRouter:
     def new_connection(self) -> None:
         self.answered = False
         self.auth_failed = None
+        self.resumes = None  # a replay is the connection's that carried it
+
+    def resumed(self, chat: ChatTracker, frame: dict[str, Any] | None) -> None:
+        """`chat`'s run is resumed on this connection with `frame`: what the client says it had is read from the frame
+        as a watcher reads it (`Profile.decode_client`: its `last_seq`, none when the template has no `{last_seq}`),
+        and the replay followed as the proxy and `chatprobe check` follow it (Resumes.resumed_here)."""
+        if frame is None:
+            return
+        if self.resumes is None:
+            self.resumes = Resumes()
+        sent = self.profile.decode_client(json.dumps(frame, ensure_ascii=False))
+        self.resumes.resumed_here(chat, chat.run_id, sent.last_seq)
 
     def on_frame(self, message: str | bytes, at: float) -> tuple[str | None, dict[str, Any] | None]:
         """(whom to wake, what to send back) for one received frame."""
         decoded = self._decode(message, at)
         if isinstance(decoded, Event):
+            if self.resumes is not None and self.resumes.skips(decoded):
+                return None, None  # an exact copy of an event its chat had, replayed as asked (Resumes)
             chat = self.checker.route(decoded)
             if self.conversations is not None and chat is not None and decoded.role is Role.PARTIAL_RESULT:
                 self._heard(chat, decoded, message)
@@ -595,7 +613,9 @@ class ChatFlow:
             self.router.checker.add(self.tracker)
             self.events_at_reconnect = len(self.tracker.events)
             self.state = FOLLOWING
-            return Send(resume_frame(self.router.profile, self.tracker), "resume")
+            frame = resume_frame(self.router.profile, self.tracker)
+            self.router.resumed(self.tracker, frame)
+            return Send(frame, "resume")
         if state == ABANDONING:
             self.router.sink.chat_abandoned(self.router.scenario)
             return self._finish(abandon(self.tracker, now), now)
@@ -697,6 +717,8 @@ class ChatFlow:
     def _finish(self, result: ChatResult, now: float | None = None) -> Finish:
         self.result = result
         self.state = FINISHED
+        if self.router.resumes is not None:
+            self.router.resumes.ended(self.tracker)
         if self.router.every_event:
             self.router.every_event = self.router.every_event - {self.tracker.wake_id}
         if self.router.conversations is not None:
@@ -841,19 +863,21 @@ MAX_RESUMES_FOLLOWED = 64
 
 
 class Resumes:
-    """What a watched connection (`chatprobe proxy`, a recording) does about runs resumed across connections while
-    the old one is still open: the connection a chat leaves ignores that run's frames from then on (the server may go
-    on sending it there: the same events again, neither the chat's duplicates, R7, nor another user's, R8), and the
-    one it moves to does not judge again the events the chat already had that the resume replays (the client resumes
-    from what it got, the watcher saw what was sent). One implementation for the proxy and `chatprobe check`, so
-    they judge the same traffic alike. Empty (None) until the first resume: nothing per frame before it."""
+    """What a connection does about runs resumed across connections: the connection a chat leaves while it is still
+    open (`chatprobe proxy`, a recording) ignores that run's frames from then on (the server may go on sending it
+    there: the same events again, neither the chat's duplicates, R7, nor another user's, R8), and the one it moves to
+    does not judge again the exact copies of events the chat already had that the resume replays, when the client did
+    not say it had them (it asked for them, or its resume names no last seq: the server sent what it was asked). One
+    implementation for the live clients (`FrameRouter.resumes`), the proxy and `chatprobe check`, so they judge the
+    same traffic alike. Empty (None) until the first resume: nothing per frame before it."""
 
     __slots__ = ("moved", "replay")
 
     def __init__(self) -> None:
         self.moved: dict[str, None] = {}  # runs resumed on another connection since
-        # Runs resumed here whose replay of seen events is under way: the chat, and the seq its client said it had.
-        self.replay: dict[str, tuple[ChatTracker, int]] = {}
+        # Runs resumed here whose replay of seen events may be under way: the chat, the seq its client said it had,
+        # and the highest seq the chat had when it resumed (the replay ends past it).
+        self.replay: dict[str, tuple[ChatTracker, int, int]] = {}
 
     def let_go(self, checker: ConnectionChecker, chat: ChatTracker) -> None:
         """`chat` was resumed on another connection: this one routes its run to it no more."""
@@ -867,7 +891,8 @@ class Resumes:
         """`chat`'s run `run_id` was resumed on this connection: its frames are its own again, past the replay. The
         resume's `last_seq` (when the profile's resume frame carries one) is what the client said it had: the server
         replays only what is past it, so a replay of an event at or below it is a duplicate the server sent (R7),
-        judged as the client judged it; only what the watcher saw past it is not judged again."""
+        judged as the client judged it. None: the client said nothing of what it had (a `resume` template without
+        `{last_seq}`), and the server replaying the run from its first event did what it was asked."""
         if not run_id:
             return
         self.moved.pop(run_id, None)
@@ -875,11 +900,23 @@ class Resumes:
             if len(self.replay) >= MAX_RESUMES_FOLLOWED:
                 del self.replay[next(iter(self.replay))]
             # No `last_seq`: the client said it had none (below the dialect's first seq, 0 or 1).
-            self.replay[run_id] = (chat, chat.exp.seq_start - 1 if last_seq is None else last_seq)
+            self.replay[run_id] = (chat, chat.exp.seq_start - 1 if last_seq is None else last_seq, chat.max_seq)
+
+    def ended(self, chat: ChatTracker) -> None:
+        """`chat` was judged: a replay of its run still expected is not (its chat is let go)."""
+        entry = self.replay.get(chat.run_id or "")
+        if entry is not None and entry[0] is chat:
+            del self.replay[chat.run_id or ""]
 
     def skip(self, profile: Profile, frame: str | bytes, at: float) -> bool:
-        """Whether a received frame is to be left unjudged: a run followed elsewhere, or an event the chat had."""
-        decoded = profile.decode(frame, at)
+        """Whether a received frame is to be left unjudged (`skips`), for a watcher that has not decoded it."""
+        return self.skips(profile.decode(frame, at))
+
+    def skips(self, decoded: Event | Frame) -> bool:
+        """Whether a decoded frame is to be left unjudged: an event of a run followed elsewhere, or an exact copy
+        (`ChatTracker.copy_of_had`) of an event the chat had, replayed past what the client said it had. Another
+        event under a seq the chat had is judged (R7, and every rule), and so is one it lacked (a gap the replay
+        fills); the replay ends at the first event past the highest seq the chat had."""
         if not isinstance(decoded, Event) or (run := decoded.run_id) is None:
             return False
         if run in self.moved:
@@ -887,14 +924,13 @@ class Resumes:
         entry = self.replay.get(run)
         if entry is None:
             return False
-        chat, had = entry
+        chat, had, top = entry
         seq = decoded.seq
-        if isinstance(seq, int) and not isinstance(seq, bool) and chat.exp.seq_start <= seq <= chat.max_seq:
-            if seq <= had:
-                return False  # what the client said it had, sent again: the server's duplicate (R7), judged
-            if seq <= chat.seq_low or seq in chat.seqs_above:
-                return True
-        del self.replay[run]  # the replay ends at the first event the chat had not seen
+        if isinstance(seq, int) and not isinstance(seq, bool) and chat.exp.seq_start <= seq <= top:
+            # At or below what the client said it had: the server's duplicate (R7), judged; past it, a copy of what
+            # the chat had is what the client asked for.
+            return seq > had and chat.copy_of_had(decoded)
+        del self.replay[run]  # the replay ends at the first event past what the chat had
         return False
 
     def __bool__(self) -> bool:
