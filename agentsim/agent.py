@@ -30,25 +30,36 @@ AGENT_NAMES = {"calculator": "math_agent", "current_time": "clock_agent", "looku
 
 
 def parse_latency(value: Any) -> Latency:
-    """``0``, ``0.05``, ``"0.02-0.2"`` (uniform range) or a (lo, hi) pair -> (lo, hi) seconds."""
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        lo, hi = float(value[0]), float(value[1])
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        lo = hi = float(value)
+    """``0``, ``0.05``, ``"0.02-0.2"`` (uniform range) or a (lo, hi) pair -> (lo, hi) seconds; ValueError otherwise
+    (a pair of anything but two numbers, or a number of hundreds of digits, included)."""
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:60] + "…"
+    number = (int, float)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, number) and not isinstance(v, bool) for v in value):
+        lo, hi = _seconds(value[0], shown), _seconds(value[1], shown)
+    elif isinstance(value, number) and not isinstance(value, bool):
+        lo = hi = _seconds(value, shown)
     elif isinstance(value, str):
         text = value.strip().lower().removesuffix("s")
         m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(?:s?\s*-\s*(\d+(?:\.\d*)?|\.\d+))?", text)
         if not m:
-            raise ValueError(f"bad latency {value!r} (use e.g. 0, 0.05 or 0.02-0.2)")
+            raise ValueError(f"bad latency {shown} (use e.g. 0, 0.05 or 0.02-0.2)")
         lo = float(m.group(1))
         hi = float(m.group(2)) if m.group(2) else lo
     else:
-        raise ValueError(f"bad latency {value!r} (use e.g. 0, 0.05 or 0.02-0.2)")
+        raise ValueError(f"bad latency {shown} (use e.g. 0, 0.05 or 0.02-0.2)")
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"bad latency {value!r}: need a finite number of seconds")
+        raise ValueError(f"bad latency {shown}: need a finite number of seconds")
     if lo < 0 or hi < lo:
-        raise ValueError(f"bad latency {value!r}: need 0 <= low <= high")
+        raise ValueError(f"bad latency {shown}: need 0 <= low <= high")
     return (lo, hi)
+
+
+def _seconds(value: float, shown: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise ValueError(f"bad latency {shown}: need a finite number of seconds") from None
 
 
 def sample(latency: Latency, rng: random.Random) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import re
@@ -22,9 +23,12 @@ from .server import (
     PROTOCOLS,
     AgentSim,
     SimConfig,
+    check_host,
     check_port,
     check_positive,
+    check_protocol,
     check_seconds,
+    check_secret,
     check_size,
     security_warnings,
 )
@@ -42,9 +46,17 @@ _EPILOG = (
 )
 
 
+MAX_MESSAGE = 500  # characters of an error line: a megabyte value in a flag or a file is not echoed whole
+
+
+def _one_line(message: object) -> str:
+    text = " ".join(str(message).split("\n"))
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "…"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)}\n")
 
 
 class ConfigError(Exception):
@@ -79,7 +91,14 @@ def check_writable(path: str) -> str:
     when the server opens it."""
     if not path:
         raise ValueError("expected a file path")
-    if os.path.isdir(path):
+    if "\0" in path:  # no file has one in its name: open() would raise ValueError
+        raise ValueError("a file path has no NUL character")
+    try:
+        os.stat(path)
+    except OSError as exc:  # a name past the system's limit: what open() would say later, said now
+        if exc.errno == errno.ENAMETOOLONG:
+            raise ValueError(f"cannot use that path: {exc.strerror}") from None
+    if os.path.isdir(path) or path.endswith(os.sep):  # ("new/": a directory's name, not a file's)
         raise ValueError(f"{path} is a directory")
     if os.path.exists(path):
         if not os.access(path, os.W_OK):
@@ -111,7 +130,9 @@ def _config_keys() -> str:
     import textwrap
 
     return textwrap.fill(f"Config file keys (YAML mapping): {', '.join(_CONFIG_FIELDS)}. Command-line flags override "
-                         "the file; --fault adds to its faults (a list of fault specs).", 104, subsequent_indent="  ")
+                         "the file; --fault adds to its faults (a list of fault specs). A key given twice, an unknown "
+                         "one or a bad value is exit 2 naming the file, line and field; a pipe as the file has "
+                         f"{PIPE_DEADLINE:g}s to deliver it.", 104, subsequent_indent="  ")
 
 
 def build_parser(prog: str = "agentsim") -> argparse.ArgumentParser:
@@ -119,11 +140,11 @@ def build_parser(prog: str = "agentsim") -> argparse.ArgumentParser:
                 "(netra or AG-UI wire format, JWT auth, resume, seeded fault injection).",
                 epilog=_EPILOG + _config_keys(),
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--host", type=_checked(str, check_host), default=None, help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=_checked(int, check_port), default=None, help="port to bind, 0 = any free port (default 8765)")
     p.add_argument("--no-auth", action="store_true", default=None,
                    help="accept connections without a JWT; ?user=NAME names the user")
-    p.add_argument("--jwt-secret", default=None,
+    p.add_argument("--jwt-secret", type=_checked(str, check_secret), default=None,
                    help=f"HS256 secret (default $AGENTSIM_JWT_SECRET or {DEFAULT_JWT_SECRET!r})")
     p.add_argument("--think", type=_latency_arg, default=None,
                    help="think time per thinking step: 0, 0.05 or a uniform range 0.02-0.2 (default 0.05)")
@@ -159,7 +180,8 @@ _CONFIG_FIELDS: dict[str, Any] = {
 }
 # Range checks of a field, after its type: the same as the flag's.
 _CONFIG_CHECKS: dict[str, Any] = {
-    "port": check_port, "resume_ttl": check_seconds, "max_size": check_size, "max_runs": check_positive,
+    "host": check_host, "protocol": check_protocol, "jwt_secret": check_secret, "port": check_port, "resume_ttl": check_seconds,
+    "max_size": check_size, "max_runs": check_positive,
     "max_live_runs_per_user": check_positive, "max_runs_per_user": check_positive,
     "max_events_per_run": check_positive, "ground_truth": check_writable,
 }
@@ -220,13 +242,55 @@ def _check_events(text: str, path: str) -> None:
             expect_key = depth == 1
 
 
+PIPE_DEADLINE = 30.0  # seconds a config that is no regular file (`--config <(...)`, a FIFO) has to deliver its text
+
+
+def _read_bounded(path: str, most: int) -> bytes:
+    """Up to `most` bytes of a file. A regular file is read as it is; anything else (a pipe, a device) must deliver
+    its text within PIPE_DEADLINE, each read waiting for data first (opened non-blocking: opening a FIFO would
+    otherwise wait for a writer for ever)."""
+    import select
+    import stat
+    import time
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise IsADirectoryError(21, "Is a directory")
+        poller = None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + PIPE_DEADLINE
+        chunks: list[bytes] = []
+        got = 0
+        while got < most:
+            if poller is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not poller.poll(left * 1000):
+                    raise TimeoutError
+            try:
+                data = os.read(fd, min(most - got, 1 << 16))
+            except BlockingIOError:  # woken with nothing to read after all
+                continue
+            if not data:
+                break
+            chunks.append(data)
+            got += len(data)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def load_config(path: str) -> dict[str, Any]:
     """Read and validate a YAML config file; raises ConfigError naming file:line and field."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)  # never a hang on /dev/zero
+        raw = _read_bounded(path, MAX_CONFIG_BYTES + 1)  # never a hang on /dev/zero or a FIFO nobody writes to
+    except TimeoutError:
+        raise ConfigError(f"{path}: no end of text within {PIPE_DEADLINE:g}s (a pipe or device nobody writes "
+                          "to?)") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
     if len(raw) > MAX_CONFIG_BYTES:
         # Where the bound was crossed, and the last top-level key before it: the field that made it too large.
         line = raw.count(b"\n", 0, MAX_CONFIG_BYTES) + 1
@@ -241,6 +305,10 @@ def load_config(path: str) -> dict[str, Any]:
     try:
         _check_events(text, path)
         root = yaml.compose(text, Loader=_LOADER)
+    except yaml.reader.ReaderError as exc:  # a character YAML forbids: its line, in one line
+        line = text.count("\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ConfigError(f"{path}:{line}: U+{code:04X} is not allowed in YAML ({exc.reason})") from None
     except RecursionError:  # not expected past _check_events; kept so that no parser change brings a traceback
         raise ConfigError(f"{path}: nested too deeply to be a configuration") from None
     except yaml.YAMLError as exc:
@@ -257,16 +325,27 @@ def load_config(path: str) -> dict[str, Any]:
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(f"{path}:{root.start_mark.line + 1}: the config must be a mapping of settings")
     out: dict[str, Any] = {}
+    first_line: dict[str, int] = {}
     for key_node, value_node in root.value:
         line = key_node.start_mark.line + 1
         key = str(key_node.value).replace("-", "_")
         if key == "fault":
             key = "faults"
-        where = f"{path}:{line}: field {key_node.value!r}"
+        shown = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+        where = f"{path}:{line}: field {shown if len(shown) <= 40 else shown[:40] + '…'!r}"
         if key not in _CONFIG_FIELDS:
             raise ConfigError(f"{where}: unknown field (known: {', '.join(_CONFIG_FIELDS)})")
+        if key in first_line:  # YAML would let the later one silently replace the first
+            raise ConfigError(f"{where}: given twice (first on line {first_line[key]})")
+        first_line[key] = line
         kind = _CONFIG_FIELDS[key]
-        value = yaml.load(yaml.serialize(value_node), Loader=_LOADER)
+        try:
+            value = yaml.load(yaml.serialize(value_node), Loader=_LOADER)
+        except yaml.YAMLError as exc:  # a tag no safe loader constructs (!!python/object...)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{where}: {problem[:120]}") from None
+        except (ValueError, OverflowError) as exc:  # an integer of thousands of digits
+            raise ConfigError(f"{where}: a value cannot be read: {str(exc)[:120]}") from None
         try:
             if kind == "faults":
                 items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
@@ -373,11 +452,8 @@ def main(argv: list[str] | None = None, prog: str = "agentsim") -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
-    except ConfigError as exc:
-        print(f"agentsim: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ValueError, FaultSpecError) as exc:
-        print(f"agentsim: error: {exc}", file=sys.stderr)
+    except (ConfigError, ValueError, FaultSpecError) as exc:
+        print(f"agentsim: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s agentsim %(levelname)s %(message)s")

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -66,6 +67,36 @@ def check_port(value: int) -> int:
     return value
 
 
+# A host to bind: an IP address (an IPv6 one with its %scope), a host name, or "" (every interface). Checked up front:
+# a NUL, a control character or a 300-character "name" is otherwise a traceback out of the resolver.
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
+
+
+def check_host(value: str) -> str:
+    try:
+        ipaddress.ip_address(value.strip("[]").partition("%")[0])
+        return value
+    except ValueError:
+        pass
+    if value == "" or len(value) <= 253 and _HOST_NAME.fullmatch(value):
+        return value
+    shown = repr(value) if len(value) <= 60 else repr(value[:60]) + "…"
+    raise ValueError(f"{shown} is not an IP address or a host name")
+
+
+def check_secret(value: str) -> str:
+    if not value:  # HS256 with an empty key: anyone can mint a token for any user
+        raise ValueError("an empty secret lets anyone mint a token; give a secret (or --no-auth)")
+    return value
+
+
+def check_protocol(value: str) -> str:
+    if value not in PROTOCOLS:
+        shown = repr(value) if len(value) <= 60 else repr(value[:60]) + "…"
+        raise ValueError(f"expected one of {', '.join(PROTOCOLS)}, got {shown}")
+    return value
+
+
 def check_seconds(value: float) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"expected a finite, non-negative number of seconds, got {value!r}")
@@ -111,9 +142,8 @@ class SimConfig:
         self.think = parse_latency(self.think)
         self.tool_latency = parse_latency(self.tool_latency)
         self.faults = [f if isinstance(f, FaultSpec) else parse_fault(f) for f in self.faults]
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
-        for name, check in (("port", check_port), ("resume_ttl", check_seconds), ("max_size", check_size),
+        for name, check in (("host", check_host), ("protocol", check_protocol), ("jwt_secret", check_secret),
+                            ("port", check_port), ("resume_ttl", check_seconds), ("max_size", check_size),
                             ("max_runs", check_positive), ("max_live_runs_per_user", check_positive),
                             ("max_runs_per_user", check_positive), ("max_events_per_run", check_positive)):
             try:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 # Only what --help, `list` and every command need is imported here; the rest loads with the command that uses it,
 # so that `chatprobe --help` or `list` costs no pydantic models, no asyncio client, no reports (start-up CPU).
 from .catalog import BUILTIN_SUITE, builtin_scenarios
-from .errors import ConfigError, ExitCode
+from .errors import MESSAGE_LIMIT, ConfigError, ExitCode
 from .targets import add_target_args, options_from_args
 
 if TYPE_CHECKING:
@@ -68,7 +68,9 @@ class _Parser(argparse.ArgumentParser):
                             f"{_K6_FLAGS[flag]}; docs/scenarios.md)")
             elif flag is not None:
                 message += f" (k6's {flag}: {_K6_OUTPUT_FLAGS[flag]})"
-        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+        from .redact import clean
+
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {clean(message, MESSAGE_LIMIT)}\n")
 
 
 def _version() -> str:
@@ -554,7 +556,7 @@ def _main(argv: list[str] | None) -> int:
     except ConfigError as exc:
         from .redact import clean
 
-        print(f"chatprobe: error: {clean(str(exc))}", file=sys.stderr)
+        print(f"chatprobe: error: {clean(str(exc), MESSAGE_LIMIT)}", file=sys.stderr)
         return int(ExitCode.USAGE)
     except KeyboardInterrupt:  # before the signal handlers were installed
         print("chatprobe: interrupted", file=sys.stderr)

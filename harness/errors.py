@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+# A usage error is one line of at most this many characters: a megabyte value, key or path is never echoed whole.
+MESSAGE_LIMIT = 1000
+
 
 class ConfigError(Exception):
     """A user's file or flag is wrong: the message names the file, the line and the field. Exit code 2.

@@ -31,7 +31,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .catalog import SCENARIOS_DIR
 from .checker import Expectations, ExpectError
-from .durations import LatencySeconds, PositiveSeconds, Seconds, format_duration
+from .durations import BARE_LATENCY_MAX, LatencySeconds, PositiveSeconds, Seconds, format_duration
 from .events import Role
 from .flow import ChatOptions, Conversation
 from .yamlfile import ConfigError, line_of, load_builtin_or_file
@@ -184,8 +184,16 @@ Step = Annotated[
 ]
 
 
+def _not_null(value: Any) -> Any:
+    # `max:` with nothing after it (a template's unset variable) is YAML's null: it would remove the gate, quietly.
+    if value is None:
+        raise ValueError("a value is needed (a null would remove this bound quietly; write the bound)")
+    return value
+
+
 class Stat(Strict):
     """Upper bounds of a latency's statistics; a bare number of 10 or more is refused (durations.BARE_LATENCY_MAX)."""
+
 
     p50: LatencySeconds | None = None
     p90: LatencySeconds | None = None
@@ -194,12 +202,22 @@ class Stat(Strict):
     max: LatencySeconds | None = None
     avg: LatencySeconds | None = None
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _given(cls, value: Any) -> Any:
+        return _not_null(value)
+
 
 class Bound(Strict):
     """A count that must stay within [min, max] (either may be left out)."""
 
     max: Count | None = None
     min: Count | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _given(cls, value: Any) -> Any:
+        return _not_null(value)
 
     @model_validator(mode="after")
     def _meetable(self) -> Bound:
@@ -784,12 +802,18 @@ def where_in(name_or_path: str, loc: tuple[str, ...]) -> str:
 def apply_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
     """`--objective time_to_first_event.p95=1.5s` style overrides, validated like the file (the value is read as a
     YAML scalar, so `0.05` is a number, `1.5s` a duration and `.nan` or `true` are refused as they would be there)."""
+    if not overrides:  # the file's objectives were validated as it was read
+        return scenario
     data: dict[str, Any] = scenario.objectives.model_dump()
+    stat_names = {name: list(stats) for name, stats in data.items()}
     for name, stats in data.items():
-        if Objectives.model_fields[name].annotation is Stat:
-            # Seconds already: validated again with their unit, as a bare number of 10 or more is refused (a
-            # person's `p95: 500`, not the 60.0 a scenario's `max: 60s` became). Decimal: 1e-05 as 0.00001.
-            data[name] = {k: None if v is None else f"{Decimal(repr(v)):f}s" for k, v in stats.items()}
+        # The bounds set (a null is no bound, and is refused as a value). A latency's: seconds already, validated
+        # again with their unit, as a bare number of 10 or more is refused (a person's `p95: 500`, not the 60.0 a
+        # scenario's `max: 60s` became). Decimal: 1e-05 as 0.00001. Below that bound the number itself, as a bare
+        # number is taken there (1e-320 written out is no duration).
+        latency = Objectives.model_fields[name].annotation is Stat
+        data[name] = {k: v if not latency or v < BARE_LATENCY_MAX else f"{Decimal(repr(v)):f}s"
+                      for k, v in stats.items() if v is not None}
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = key.strip().split(".")
@@ -802,9 +826,9 @@ def apply_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
                 f"--objective {item[:80]!r}: expected NAME.STAT=VALUE with NAME one of {', '.join(data)} "
                 "(e.g. time_to_first_event.p95=1.5s, missing_events_ratio.max=0.05)"
             )
-        if parts[1] not in data[parts[0]]:
+        if parts[1] not in stat_names[parts[0]]:
             raise ConfigError(f"--objective {item[:80]!r}: {parts[0]} has no {parts[1]!r} "
-                              f"(it has {', '.join(data[parts[0]])})")
+                              f"(it has {', '.join(stat_names[parts[0]])})")
         parsed = _flag_scalar(value.strip())
         if parsed is None:
             # An unset $VAR in CI (`passed_ratio.min=`) must not quietly remove the gate, defaults included.

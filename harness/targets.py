@@ -194,21 +194,22 @@ def target_label(url: str) -> str:
 def check_url(url: str, option: str, schemes: tuple[str, ...] = tuple(SCHEMES)) -> SplitResult:
     """A server URL checked whole (scheme, host, port) before anything connects; a ConfigError about `option`."""
     expected = ", ".join(f"{x}://" for x in schemes)
+    shown = repr(url) if len(url) <= 120 else repr(url[:120]) + "…"  # a megabyte URL is not echoed whole
     if not url.strip():
-        raise option_error(option, f"{url!r}: is empty (expected a {expected} URL); leave the option out to use the "
+        raise option_error(option, f"{shown}: is empty (expected a {expected} URL); leave the option out to use the "
                                    "embedded server")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
     except ValueError as exc:
-        raise option_error(option, f"{url!r}: not a valid URL ({exc})") from None
+        raise option_error(option, f"{shown}: not a valid URL ({exc})") from None
     if parts.scheme not in schemes or not parts.hostname:
-        raise option_error(option, f"{url!r}: expected a {expected} URL with a host")
+        raise option_error(option, f"{shown}: expected a {expected} URL with a host")
     if parts.fragment or url.endswith("#"):  # a WebSocket URI has none (RFC 6455 3), and no server sees one
-        raise option_error(option, f"{url!r}: a server URL has no #fragment")
+        raise option_error(option, f"{shown}: a server URL has no #fragment")
     host = parts.hostname
     if ":" not in host and (len(host) > 253 or any(not 0 < len(label) <= 63 for label in host.rstrip(".").split("."))):
-        raise option_error(option, f"{url!r}: not a valid host name (labels of 1 to 63 characters, 253 in all)")
+        raise option_error(option, f"{shown}: not a valid host name (labels of 1 to 63 characters, 253 in all)")
     return parts
 
 

@@ -38,7 +38,8 @@ def _resolve(node: yaml.Node | None, loc: tuple[Any, ...], at_key: bool = False)
         if nxt is None:
             # A field missing from a mapping: named, though not in the file; `[key]`: the mapping key is what is wrong.
             # Not a union's tag after a value that is no mapping (steps.0.chat.chat: the step's value is wrong).
-            if i == len(loc) - 1 and (part == "[key]" or isinstance(node, yaml.MappingNode)
+            # An empty file (no node at all): the field it lacks, as an empty mapping would.
+            if i == len(loc) - 1 and (part == "[key]" or (isinstance(node, yaml.MappingNode) or node is None and i == 0)
                                       and not (isinstance(part, str) and part[:1].isupper())):
                 shown.append(str(part))
             continue
@@ -110,7 +111,7 @@ def format_validation_error(path: str, err: ValidationError, node: yaml.Node | N
         first = next((e for e in errors if e["type"] == "extra_forbidden" and e["loc"]
                       and did_you_mean(e["loc"][-1], model)), first)
     line, shown = _resolve(node, tuple(first["loc"]), at_key=first["type"] == "extra_forbidden")
-    field = ".".join(shown) or "(top level)"
+    field = ".".join(_part_text(part) for part in shown) or "(top level)"
     where = f"{path}:{line}" if line else path
     more = len(errors) - 1
     tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
@@ -129,6 +130,12 @@ MAX_DEPTH = 64
 MAX_NODES = 25_000
 # libyaml when PyYAML has it (its wheels do): the pure-Python parser needs tens of seconds for a 1 MiB file.
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _part_text(part: Any) -> str:
+    """A key as a message shows it: a key may be a megabyte long."""
+    text = str(part)
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 def _path_text(parts: list[Any]) -> str:
@@ -240,7 +247,8 @@ def read_text_file(path: str | Path, what: str = "", limit: int = MAX_FILE_BYTES
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{label}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
+        line = raw.count(b"\n", 0, exc.start) + 1  # the line to fix, as every other mistake in a file is named
+        raise ConfigError(f"{label}:{line}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
 
 
 def _read_bounded(fd: int, most: int, deadline: float | None) -> bytes:
@@ -318,13 +326,23 @@ def line_of(path: str | Path, loc: tuple[Any, ...], text: str | None = None) -> 
     return _resolve(node, loc)[0]
 
 
+def _exists(p: Path) -> bool:
+    try:
+        return p.exists()
+    except OSError:  # a name longer than the system takes is no file (ENAMETOOLONG): no traceback
+        return False
+
+
 def load_builtin_or_file(model: type[M], name_or_path: str, folder: Traversable, shown_folder: str, what: str) -> M:
     """A built-in data file by name (from a package folder) or the user's own YAML file by path."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if name_or_path.strip() and (p.suffix in (".yaml", ".yml") or _exists(p)):
         return load_model(model, p)
+    shown = repr(name_or_path) if len(name_or_path) <= 80 else repr(name_or_path[:80]) + "…"
+    # A name is a built-in's file name: never a path, an empty text (the current directory) or a name past the
+    # system's limit (an OSError out of is_file()).
+    builtins = builtin_names(folder)
+    if name_or_path not in builtins:
+        raise ConfigError(f"{what} {shown}: no such file and no built-in of that name (built-ins: {', '.join(builtins)})")
     candidate = folder / f"{name_or_path}.yaml"
-    if not candidate.is_file():
-        raise ConfigError(f"{what} {name_or_path!r}: no such file and no built-in of that name "
-                          f"(built-ins: {', '.join(builtin_names(folder))})")
     return load_model(model, f"{shown_folder}/{name_or_path}.yaml", candidate.read_text(encoding="utf-8"))

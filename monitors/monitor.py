@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from harness import redact
 from harness.durations import Seconds, parse_duration
+from harness.errors import MESSAGE_LIMIT
 from harness.events import Outcome
 from harness.profiles import load_profile
 from harness.results import ScenarioRun, exit_code
@@ -112,7 +113,7 @@ class Probe:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {redact.clean(message, MESSAGE_LIMIT)}\n")
 
 
 def _duration_arg(text: str) -> float:
@@ -481,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(_main(args))
     except ConfigError as exc:
-        print(f"chatprobe monitor: error: {redact.clean(exc)}", file=sys.stderr)
+        print(f"chatprobe monitor: error: {redact.clean(exc, MESSAGE_LIMIT)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # a signal before the handlers were installed
         return EXIT_OK

@@ -18,6 +18,7 @@ from http import HTTPStatus
 from typing import Any, NoReturn
 from urllib.parse import unquote_plus
 
+from pydantic import ValidationError
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHeader, InvalidStatus
 from websockets.frames import EXTERNAL_CLOSE_CODES
@@ -28,6 +29,7 @@ from websockets.uri import parse_uri
 from harness import redact
 from harness.checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
 from harness.durations import parse_duration, parse_size
+from harness.errors import MESSAGE_LIMIT
 from harness.events import Outcome, Rule
 from harness.flow import CLEAN_CLOSE_CODES, RESENT_WARNING, FrameRouter, PassiveChats, Resumes
 from harness.profiles import Profile, load_profile
@@ -112,7 +114,7 @@ class LiveTracker(ChatTracker):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {redact.clean(message, MESSAGE_LIMIT)}\n")
 
 
 def _hostport(value: str, flag: str) -> tuple[str, int]:
@@ -845,6 +847,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--{flag.replace('_', '-')}: {exc}") from None
         if limits["send_timeout"] <= 0:
             raise ConfigError("--send-timeout: must be more than 0")
+        try:  # the limits as a scenario's `expect` takes them (a limit of 0 is refused there too)
+            expect = Expect(streaming=args.streaming, first_event_limit=limits["first_event_limit"],
+                            deadline=limits["deadline"], stall_limit=limits["stall_limit"])
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            flag = "--" + str(first["loc"][0]).replace("_", "-")
+            raise ConfigError(f"{flag}: {str(first['msg']).removeprefix('Value error, ')}") from None
         try:
             max_size = parse_size(args.max_size)
         except ValueError as exc:
@@ -859,10 +868,9 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as exc:
                 raise ConfigError(f"--record {args.record}: {exc.strerror or exc}") from None
     except ConfigError as exc:
-        print(f"chatprobe proxy: error: {redact.clean(exc)}", file=sys.stderr)
+        print(f"chatprobe proxy: error: {redact.clean(exc, MESSAGE_LIMIT)}", file=sys.stderr)
         return EXIT_USAGE
-    exp = expectations_for(profile, Expect(streaming=args.streaming, first_event_limit=limits["first_event_limit"],
-                                           deadline=limits["deadline"], stall_limit=limits["stall_limit"]))
+    exp = expectations_for(profile, expect)
     sink = MetricsSink(default_metrics(), args.target_name or target_label(args.upstream), "live")
     live = LiveChats(profile, sink, exp, args.scenario, limits["settle"], recorder)
     metrics_server = None
