@@ -40,6 +40,10 @@ if TYPE_CHECKING:
     from .profiles import Profile
 
 
+# A scenario's name, which is the `scenario` label of its metrics (the proxy's --scenario is held to it too).
+SCENARIO_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -323,12 +327,12 @@ class Objectives(Strict):
 
 
 class Scenario(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str = Field(pattern=SCENARIO_NAME_PATTERN)
     description: str = ""
     profile: str | None = None
     # The dialects (profile names) a server can carry this scenario in; None: any. A built-in scenario that needs a
     # dialect's own features (netra's resume, its invalid-input answer) lists only the dialects that have them.
-    dialects: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]] | None = None
+    dialects: list[Annotated[str, Field(pattern=SCENARIO_NAME_PATTERN)]] | None = None
     # The scenario makes the server fail on purpose with agentsim's directives (#fail-tool, #fail-agent): `chatprobe
     # run --target URL` with no scenario named leaves it out (another server has no such switch: its chats would fail
     # for what the scenario asked, not for what the server did); named, it runs against any target.

@@ -67,6 +67,20 @@ def option_error(option: str, message: str) -> ConfigError:
                        f"{FLAGS.get(option, option)}{message}", field=option, detail=message.lstrip(": "))
 
 
+# A `target` label's value given by a person (`--target-name`, a monitor config's target key, the proxy's flag):
+# what a Prometheus label and a report name carry well. A label of kilobytes rides on every series of every scrape.
+TARGET_NAME_PATTERN = r"^[A-Za-z0-9_.:\[\]-]{1,64}$"
+
+
+def check_label(value: str | None, option: str, pattern: str = TARGET_NAME_PATTERN) -> str | None:
+    """A label value from a flag, as the config files take it; a ConfigError naming the flag otherwise."""
+    if value is not None and not re.fullmatch(pattern, value):
+        shown = repr(value[:40]) + ("…" if len(value) > 40 else "")
+        raise option_error(option, f"{shown}: 1 to 64 letters, digits or {'_.:[]-' if ':' in pattern else '_.-'} "
+                                   "(it is a Prometheus label and a report's name)")
+    return value
+
+
 @dataclass(frozen=True)
 class TargetOptions:
     """The target as a user gave it (flags, a monitor config entry, Locust options); checked by `make_target`."""
@@ -407,8 +421,8 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target")
     g.add_argument("--target", metavar="URL", help="ws://, wss://, http(s):// (SSE) URL of the server; "
                    "omitted: start the embedded agentsim on a free loopback port")
-    g.add_argument("--target-name", metavar="NAME", help="short name for reports and the `target` label "
-                   "(default host:port)")
+    g.add_argument("--target-name", metavar="NAME", help="short name for reports and the `target` label, "
+                   "1 to 64 of A-Z a-z 0-9 _.:[]- (default host:port)")
     g.add_argument("--profile", metavar="NAME|FILE", help="wire-format profile: netra (default), ag-ui, or a YAML file")
     g.add_argument("--auth", choices=("header", "subprotocol", "none"), default="header",
                    help="send the token as an Authorization header or as the jwt.<token> subprotocol")
@@ -429,7 +443,8 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: Any) -> TargetOptions:
     """The TargetOptions of parsed `add_target_args` flags."""
-    return TargetOptions(url=args.target, name=args.target_name, profile=args.profile, auth=args.auth,
+    return TargetOptions(url=args.target, name=check_label(args.target_name, "name"), profile=args.profile,
+                         auth=args.auth,
                          token_env=args.token_env, token_file=args.token_file, jwt_secret_env=args.jwt_secret_env,
                          ca_file=args.ca_file, insecure=args.insecure,
                          headers=parse_header_flags(args.header, "headers"),

@@ -32,6 +32,7 @@ from harness.runner import run_scenario
 from harness.scenario import Bool, Scenario, load_scenario
 from harness.targets import (
     FLAGS,
+    TARGET_NAME_PATTERN,
     Target,
     TargetOptions,
     TokenProvider,
@@ -58,7 +59,7 @@ GRACE = 2.0
 
 log = logging.getLogger("chatprobe.monitor")
 
-TargetName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\[\]-]{1,64}$")]
+TargetName = Annotated[str, StringConstraints(pattern=TARGET_NAME_PATTERN)]
 
 
 def quiet_http_loggers() -> None:

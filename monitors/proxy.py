@@ -34,8 +34,8 @@ from harness.events import Outcome, Rule
 from harness.flow import CLEAN_CLOSE_CODES, RESENT_WARNING, FrameRouter, PassiveChats, Resumes
 from harness.profiles import Profile, load_profile
 from harness.recorder import Recorder
-from harness.scenario import Expect, expectations_for
-from harness.targets import check_url, target_label
+from harness.scenario import SCENARIO_NAME_PATTERN, Expect, expectations_for
+from harness.targets import check_label, check_url, target_label
 from harness.transports.websocket import BoundedClientConnection, NoRedirects, classify
 from harness.yamlfile import ConfigError
 
@@ -689,8 +689,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where /metrics is served (default 127.0.0.1:9465; port 0: off)")
     p.add_argument("--profile", default="netra", metavar="NAME|FILE",
                    help="the upstream's wire format: netra (default), ag-ui, or a YAML profile")
-    p.add_argument("--target-name", metavar="NAME", help="the `target` label (default upstream host:port)")
-    p.add_argument("--scenario", default="live", help="the `scenario` label (default live)")
+    p.add_argument("--target-name", metavar="NAME", help="the `target` label, 1 to 64 of A-Z a-z 0-9 _.:[]- "
+                   "(default upstream host:port)")
+    p.add_argument("--scenario", default="live", help="the `scenario` label, 1 to 64 of A-Z a-z 0-9 _.- "
+                   "(default live)")
     p.add_argument("--first-event-limit", default="2s", metavar="DURATION",
                    help="a chat's first event later than this is an R9 (default 2s)")
     p.add_argument("--deadline", default="60s", metavar="DURATION",
@@ -859,6 +861,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise ConfigError(f"--max-size: {exc}") from None
         door = front_door(args)
+        check_label(args.target_name, "--target-name")
+        check_label(args.scenario, "--scenario", SCENARIO_NAME_PATTERN)
         if args.record_all and not args.record:
             raise ConfigError("--record-all needs --record DIR")
         recorder = None

@@ -214,3 +214,16 @@ def test_history_is_spliced_into_the_chat_request_once(tmp_path, edit, needle):
     field = "resume" if "resume" in edit[1] else "request"
     one_error(run_cli("run", "basic", "--profile", str(profile), "--target", "ws://127.0.0.1:9/ws"),
               f"{profile}:", f"field '{field}'", "{history}", needle)
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["run", "basic", "--target-name", "x" * 300], "--target-name 'xxxx"),
+    (["run", "basic", "--target-name", "prod\nfake_metric 1"], "--target-name 'prod\\nfake_metric 1'"),
+    (["proxy", "--upstream", "ws://127.0.0.1:9/ws", "--target-name", "a b"], "--target-name 'a b'"),
+    (["proxy", "--upstream", "ws://127.0.0.1:9/ws", "--scenario", "live:" + "y" * 100], "--scenario 'live:yyy"),
+])
+def test_a_label_given_by_flag_is_held_to_what_the_config_files_take(args, flag):
+    """`--target-name` (run, Locust, pytest, the proxy) and the proxy's `--scenario` become the `target` and
+    `scenario` labels of every series: they were taken as given (300 characters, a newline), where a monitor config's
+    target name and a scenario's name are 1 to 64 letters, digits or `_.-` (`:[]` too for a target)."""
+    one_error(run_cli(*args), flag, "1 to 64 letters, digits")
