@@ -65,6 +65,8 @@ if TYPE_CHECKING:
     from .recorder import Recorder
 
 logger = logging.getLogger("chatprobe.locust")
+# The target options this user has a --chatprobe-* flag for (its messages name those flags; the URL is Locust's --host).
+LOCUST_FIELDS = ("name", "profile", "auth", "ca_file", "headers", "header_env")
 TALLY_MESSAGE = "chatprobe_tally"
 USAGE_ERROR_MESSAGE = "chatprobe_usage_error"
 # Connection failures that mean the server never took the chat (the handshake or the welcome failed): the user
@@ -189,7 +191,8 @@ class _Run:
             if exc.field == "url":  # Locust's flag for the URL is --host
                 raise ConfigError(f"--host {exc.detail} (the Locust user speaks WebSocket)", field="url",
                                   detail=exc.detail) from None
-            raise ConfigError(flag_named(exc, "--chatprobe-"), field=exc.field, detail=exc.detail, key=exc.key) from None
+            raise ConfigError(flag_named(exc, "--chatprobe-", LOCUST_FIELDS), field=exc.field, detail=exc.detail,
+                              key=exc.key) from None
         target.recorder = self.recorder
         if self.target is None or self.target.name != target.name:
             from monitors.metrics import MetricsSink, default_metrics

@@ -35,6 +35,9 @@ from .targets import (
 )
 from .yamlfile import ConfigError
 
+# The target options this plugin has a --chatprobe-* flag for (its messages name those flags).
+PYTEST_FIELDS = ("url", "profile", "token_env", "headers", "header_env")
+
 if TYPE_CHECKING:
     from .results import ScenarioRun
 
@@ -117,7 +120,7 @@ def chatprobe_target(request: pytest.FixtureRequest) -> Iterator[Target]:
                                                            "header_env"))
         target = make_target(opts, read_token(opts), url=url or "ws://127.0.0.1:1")  # checked before agentsim starts
     except ConfigError as exc:
-        raise pytest.UsageError(f"chatprobe: {flag_named(exc, '--chatprobe-')}") from None
+        raise pytest.UsageError(f"chatprobe: {flag_named(exc, '--chatprobe-', PYTEST_FIELDS)}") from None
     if url is not None:
         yield target
         return

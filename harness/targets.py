@@ -276,10 +276,11 @@ def parse_header_flags(values: list[str] | None, option: str) -> HeaderPairs:
     return tuple(out)
 
 
-def flag_named(exc: ConfigError, prefix: str) -> str:
-    """The message of `exc` with a header flag named as a driver spells it (`--chatprobe-header` for Locust and
-    pytest, whose flags carry a prefix): the other options' messages as they are."""
-    if exc.field not in ("headers", "header_env"):
+def flag_named(exc: ConfigError, prefix: str, fields: tuple[str, ...] = ("headers", "header_env")) -> str:
+    """The message of `exc` with the flag of an option the driver has named as the driver spells it
+    (`--chatprobe-header`, `--chatprobe-target-name` for Locust and pytest, whose flags carry a prefix): `fields`,
+    the TargetOptions fields the driver has a flag for; the other options' messages as they are."""
+    if exc.field not in fields:
         return str(exc)
     flag = FLAGS[exc.field]
     return str(exc).replace(flag, prefix + flag[2:], 1)
@@ -353,6 +354,7 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
     url = opts.url if url is None else url
     if url is None:
         raise option_error("url", ": no URL given")
+    check_label(opts.name, "name")
     try:
         from .profiles import load_profile  # pydantic models: loaded when a target is built, not at start-up
 
@@ -443,8 +445,7 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: Any) -> TargetOptions:
     """The TargetOptions of parsed `add_target_args` flags."""
-    return TargetOptions(url=args.target, name=check_label(args.target_name, "name"), profile=args.profile,
-                         auth=args.auth,
+    return TargetOptions(url=args.target, name=args.target_name, profile=args.profile, auth=args.auth,
                          token_env=args.token_env, token_file=args.token_file, jwt_secret_env=args.jwt_secret_env,
                          ca_file=args.ca_file, insecure=args.insecure,
                          headers=parse_header_flags(args.header, "headers"),

@@ -372,3 +372,29 @@ async def test_an_origin_naming_the_targets_host_leaves_the_target_shown(tmp_pat
     assert_nowhere(tmp_path, text)
     report = json.loads((tmp_path / "out" / "r.json").read_text())
     assert report["scenarios"][0]["target"] == host, report["scenarios"][0]["target"]
+
+
+@pytest.mark.parametrize("flag,value,said", [
+    ("--chatprobe-target-name", "a b", "--chatprobe-target-name 'a b': 1 to 64 letters"),
+    ("--chatprobe-profile", "no-such-profile", "--chatprobe-profile 'no-such-profile': no such file"),
+])
+def test_the_locust_user_names_its_own_flag_for_every_target_option(flag, value, said):
+    """Not only a header's: a bad `--chatprobe-target-name` or `--chatprobe-profile` was named as `chatprobe run`
+    spells it (`--target-name`, `--profile`), a flag Locust does not have."""
+    import subprocess
+
+    locust = Path(sys.executable).parent / "locust"
+    proc = subprocess.run([str(locust), "-f", str(ROOT / "scenarios" / "locustfile.py"),
+                           "--headless", "-u", "1", "-r", "1", "--run-time", "2s", "--host", "ws://127.0.0.1:9/ws",
+                           flag, value], capture_output=True, text=True, timeout=120, env=env())
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"chatprobe: error: {said}" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_the_pytest_plugin_names_its_own_profile_flag(pytester, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pytester.makepyfile("def test_mine(chatprobe):\n    pass\n")
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--chatprobe-target", "ws://127.0.0.1:9/ws",
+                                        "--chatprobe-profile", "no-such-profile")
+    res.assert_outcomes(errors=1)
+    res.stdout.fnmatch_lines(["*UsageError: chatprobe: --chatprobe-profile 'no-such-profile': no such file*"])
