@@ -38,23 +38,10 @@ def test_fixture_follow_up_needs_an_earlier_chat(chatprobe):
         chatprobe.chat("And times 2?", follow_up=True)
 
 
-def test_plugin_in_a_users_own_test_file(pytester):
-    pytester.makepyfile(
-        """
-        def test_mine(chatprobe):
-            chatprobe.check(chatprobe.chat("Look up the capital of France."))
-
-        def test_broken(chatprobe):
-            chatprobe.check(chatprobe.chat("Look up the capital of France.", required=["agent_started", "error_event"]))
-        """
-    )
-    res = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    res.assert_outcomes(passed=1, failed=1)
-    res.stdout.fnmatch_lines(["*R2 required: missing error_event*"])
-
-
-def test_the_fixture_checks_a_recording_a_users_test_saved(pytester, tmp_path):
-    """A team whose tests already save recordings: `chatprobe.check_recording(path)` judges them with the same rules."""
+def test_plugin_in_a_users_own_test_files_chats_and_checks_recordings(pytester, tmp_path):
+    """A user's own test files, run by a pytest of their own (one run for both files: a pytest process and its
+    imports are most of the cost): chats on the embedded agentsim, a required role missing fails its test; and a
+    team whose tests already save recordings: `chatprobe.check_recording(path)` judges them with the same rules."""
     from harness.cli import main
 
     rec = tmp_path / "rec"
@@ -62,14 +49,25 @@ def test_the_fixture_checks_a_recording_a_users_test_saved(pytester, tmp_path):
     bad = tmp_path / "bad"
     assert main(["run", "basic", "--sim-fault", "drop:tool_completed=1.0", "--record", str(bad), "-q"]) == 1
     pytester.makepyfile(
-        f"""
+        test_chats="""
+        def test_mine(chatprobe):
+            chatprobe.check(chatprobe.chat("Look up the capital of France."))
+
+        def test_broken(chatprobe):
+            chatprobe.check(chatprobe.chat("Look up the capital of France.", required=["agent_started", "error_event"]))
+        """,
+        test_recordings=f"""
         def test_good(chatprobe):
             assert chatprobe.check_recording({str(rec)!r}).stats.chats == 1
 
         def test_bad(chatprobe):
             chatprobe.check_recording({str(bad)!r}, "basic")
-        """
+        """,
     )
-    res = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    res.assert_outcomes(passed=1, failed=1)
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
+    res.assert_outcomes(passed=2, failed=2)
+    # Which tests passed and failed, by name (the counts alone could be the other two).
+    res.stdout.fnmatch_lines(["*PASSED test_chats.py::test_mine*", "*PASSED test_recordings.py::test_good*"])
+    res.stdout.fnmatch_lines(["*FAILED test_chats.py::test_broken*", "*FAILED test_recordings.py::test_bad*"])
+    res.stdout.fnmatch_lines(["*R2 required: missing error_event*"])
     res.stdout.fnmatch_lines(["*objectives not met*", "*R2 required: missing tool_completed*"])
