@@ -937,6 +937,84 @@ class Resumes:
         return bool(self.moved or self.replay)
 
 
+class ParkedChats:
+    """Chats whose connection ended mid-run under them (the server closed or dropped it: a deploy, a load balancer's
+    timeout), each kept for its user to resume its run on another connection, until the chat's own deadline
+    (`ChatTracker.wait_deadline`). A resume adopts the chat only when it comes from the same user and names the
+    same run (`take`): another user's resume of that run id finds nothing, so one user's chat is never handed to
+    another (R8). Bounded in count (`max_chats` in all, `max_each` a user) and in the bytes of events the chats keep
+    (`max_bytes`, `ChatTracker.kept_bytes`): past a bound a chat is not parked, and is judged at once as it stands.
+    One implementation for `chatprobe check` (offline.OfflineCheck: the user is the recorded connection's) and
+    `chatprobe proxy` (LiveChats: the user is the connection's credentials). Pure: times come in as arguments, the
+    chats to judge go out as return values; what is judged, and with which note, is the caller's."""
+
+    __slots__ = ("max_chats", "max_each", "max_bytes", "chats", "nbytes", "wake", "_each")
+
+    def __init__(self, max_chats: int, max_each: int, max_bytes: int) -> None:
+        self.max_chats, self.max_each, self.max_bytes = max_chats, max_each, max_bytes
+        self.chats: dict[tuple[str, str], ChatTracker] = {}  # (user, run id) -> the chat, oldest first
+        self.nbytes = 0  # the kept events of the chats parked
+        self.wake = float("inf")  # no parked chat's deadline passes before this time
+        self._each: dict[str, int] = {}  # chats parked, by user
+
+    def park(self, user: str, chat: ChatTracker) -> tuple[bool, ChatTracker | None]:
+        """Keep `chat` for a resume by `user`: (whether it is parked, an earlier chat of the same user and run id
+        that was parked and is not any more: two chats cut short under one run id, the earlier judged now, never
+        dropped from the counts). Not parked (judge it now): no run id to resume, or a bound reached."""
+        run_id = chat.run_id
+        if not run_id:
+            return False, None
+        displaced = self._take((user, run_id))
+        if (len(self.chats) >= self.max_chats or self._each.get(user, 0) >= self.max_each
+                or self.nbytes + chat.kept_bytes > self.max_bytes):
+            return False, displaced
+        self.chats[(user, run_id)] = chat
+        self._each[user] = self._each.get(user, 0) + 1
+        self.nbytes += chat.kept_bytes
+        self.wake = min(self.wake, chat.wait_deadline())
+        return True, displaced
+
+    def take(self, user: str, run_id: str | None) -> ChatTracker | None:
+        """The chat `user` parked under `run_id`, no longer parked (its run resumed on another connection of that
+        user); None when there is none (another user's run id, an unknown one, or one judged at its deadline)."""
+        return self._take((user, run_id)) if run_id else None
+
+    def due(self, now: float) -> list[ChatTracker]:
+        """The parked chats whose deadline has passed at `now`, no longer parked: judge each as it stood, at its
+        deadline."""
+        if now < self.wake:
+            return []
+        out = [c for key, c in list(self.chats.items()) if now >= c.wait_deadline() and self._take(key) is c]
+        self.wake = min((c.wait_deadline() for c in self.chats.values()), default=float("inf"))
+        return out
+
+    def next_due(self) -> float | None:
+        """When the earliest parked chat's deadline passes; None when none is parked."""
+        return self.wake if self.chats else None
+
+    def drain(self) -> list[ChatTracker]:
+        """Every parked chat, no longer parked (the recording or the proxy ends): judge each as it stood."""
+        out = list(self.chats.values())
+        self.chats.clear()
+        self._each.clear()
+        self.nbytes, self.wake = 0, float("inf")
+        return out
+
+    def _take(self, key: tuple[str, str]) -> ChatTracker | None:
+        chat = self.chats.pop(key, None)
+        if chat is not None:
+            self.nbytes -= chat.kept_bytes
+            left = self._each[key[0]] - 1
+            if left:
+                self._each[key[0]] = left
+            else:
+                del self._each[key[0]]
+        return chat
+
+    def __len__(self) -> int:
+        return len(self.chats)
+
+
 class PassiveChats:
     """The chats of one connection the harness only watches (`chatprobe proxy`, a recording): each judged when its
     verdict is due, or when the connection ends (the user leaving mid-run is an abandonment, the server closing is a

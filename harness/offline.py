@@ -23,7 +23,7 @@ from .checker import (
     judge_followups,
 )
 from .events import Event, Outcome, Rule
-from .flow import CLEAN_CLOSE_CODES, RESENT_WARNING, WAKE_ALL, FrameRouter, Resumes, verdict_due
+from .flow import CLEAN_CLOSE_CODES, RESENT_WARNING, WAKE_ALL, FrameRouter, ParkedChats, Resumes, verdict_due
 from .profiles import Profile
 from .recorder import DEFAULT_MAX_FILES
 from .recordings import (
@@ -51,8 +51,10 @@ MAX_OPEN_CHATS = 10_000
 # connection's open chats: without this bound 10,000 of them on one connection (times going backwards, so that no
 # deadline ever passes) cost 10,000 steps per frame, hours for a recording of a million frames.
 MAX_OPEN_PER_CONN = 1_000
-# Runs whose connection ended mid-run, kept for a resume on another connection.
+# Runs whose connection ended mid-run, kept for a resume on another connection of the same user (flow.ParkedChats,
+# as the proxy keeps them), and the bytes of events they keep (each chat's own bound is 4 MiB).
 MAX_PARKED = 10_000
+MAX_PARKED_BYTES = 64 * 1024 * 1024
 # The events the open chats keep, in bytes (each chat's own bound is checker.MAX_KEPT_BYTES, 4 MiB: 10,000 open chats
 # could hold 40 GB); past it the oldest open chats are judged as they stand. Looked at every BYTES_CHECK_EVERY frames
 # (a sum over the open chats: a few steps per frame).
@@ -75,6 +77,7 @@ TIME_BACK_TOLERANCE = 1.0
 ENDED_NOTE = "the recording ends before the run's terminal event"
 CLOSED_NOTE = "the connection closed mid-run"
 NOT_RESUMED_NOTE = "the connection was lost mid-run and no resume of the run was recorded"
+DISPLACED_NOTE = "the connection was lost and no resume followed before another chat of the same run id was cut short"
 CROWDED_NOTE = "judged as it stood: too many chats open at once in the recording"
 HEAVY_NOTE = "judged as it stood: the chats open at once in the recording held too many events"
 # A connection whose recorder dropped frames (its file was full): its chats open then are judged as they stood, with
@@ -142,8 +145,10 @@ class OfflineCheck:
         self.settle = scenario.expect.settle
         self.conns: dict[str, _Conn] = {}
         self.open: dict[str, tuple[ChatTracker, _Conn]] = {}  # chats not judged yet, oldest first
-        self.parked: dict[str, ChatTracker] = {}  # run id -> a chat whose connection ended mid-run
-        self.parked_wake = float("inf")  # no parked chat's deadline passes before this time
+        # Chats whose connection ended mid-run, by user (the connection's label, _user_of) and run id, until a resume
+        # or their deadline: flow.ParkedChats, the proxy's too.
+        self.parked = ParkedChats(MAX_PARKED, MAX_PARKED, MAX_PARKED_BYTES)
+        self.parked_wake = float("inf")  # no parked chat's (nor resend's) deadline passes before this time
         self.untimed: set[str] = set()  # chats whose send or receive times are not recorded
         self.resumed: dict[str, int] = {}  # chat id -> its events when its resume was sent
         # Chats whose connection the server closed before any event of their run (no id to resume), by message id:
@@ -325,10 +330,13 @@ class OfflineCheck:
             self._open(conn, since, thread_id=sent.thread_id, run_id=sent.run_id, message_id=sent.message_id,
                        timed=True, exp=self._step_expectations(rec))
         elif sent.kind == "resume":
-            run_id = sent.run_id
-            tracker = self.parked.pop(run_id, None) if run_id else None
+            run_id, user = sent.run_id, _user_of(conn.key)
+            # The run of the same user only (as the proxy matches it, by credentials): another user's resume of that
+            # run id adopts nothing (R8).
+            tracker = self.parked.take(user, run_id)
             if tracker is None and run_id:
-                entry = next(((t, c) for t, c in self.open.values() if t.run_id == run_id and c is not conn), None)
+                entry = next(((t, c) for t, c in self.open.values()
+                              if t.run_id == run_id and c is not conn and _user_of(c.key) == user), None)
                 if entry is not None:
                     tracker, previous = entry
                     if previous.resumes is None:
@@ -486,12 +494,10 @@ class OfflineCheck:
     def _judge_parked(self, at: float) -> None:
         if at < self.parked_wake:
             return
-        waiting = [*self.parked.values(), *(c for c, _, _ in self.resends.values())]
-        self.parked_wake = min((c.wait_deadline() for c in waiting if c.wait_deadline() > at), default=float("inf"))
-        for run_id, chat in list(self.parked.items()):
-            if at >= chat.wait_deadline():
-                del self.parked[run_id]
-                self._finish(chat, chat.wait_deadline(), lost=True, note=NOT_RESUMED_NOTE)
+        for chat in self.parked.due(at):
+            self._finish(chat, chat.wait_deadline(), lost=True, note=NOT_RESUMED_NOTE)
+        self.parked_wake = min([self.parked.wake, *(c.wait_deadline() for c, _, _ in self.resends.values()
+                                                    if c.wait_deadline() > at)])
         for message_id, (chat, closed_at, _clean) in list(self.resends.items()):
             if at >= chat.wait_deadline():  # never sent again: judged as it stood when its connection closed
                 del self.resends[message_id]
@@ -545,16 +551,17 @@ class OfflineCheck:
                 # The server's doing (not the client's drop, nor the end of a chat's own event stream): R13 after an
                 # expected error, as live.
                 chat.connection_lost(at)
-            if rec is not None and resumable and chat.run_id and len(self.parked) < MAX_PARKED:
+            parked, previous = False, None
+            if rec is not None and resumable and chat.run_id:
                 self._judge_resume(chat)
+                parked, previous = self.parked.park(_user_of(conn.key), chat)
+            if previous is not None:
+                # Two chats of a user cut short under one run id: the earlier one is judged, never dropped from the
+                # counts.
+                self._finish(previous, at, lost=True, note=DISPLACED_NOTE)
+            if parked:
                 self.open.pop(chat.chat_id, None)
                 conn.open.pop(chat.chat_id, None)
-                if (previous := self.parked.pop(chat.run_id, None)) is not None:
-                    # Two chats cut short under one run id: the earlier one is judged, never dropped from the counts.
-                    self._finish(previous, at, lost=True,
-                                 note="the connection was lost and no resume followed before another chat of the "
-                                      "same run id was cut short")
-                self.parked[chat.run_id] = chat
                 self.parked_wake = min(self.parked_wake, chat.wait_deadline())
             else:
                 self._finish(chat, at, lost=True, note=note)
@@ -597,9 +604,8 @@ class OfflineCheck:
         for conn in list(self.conns.values()):
             self._close(conn, conn.last_t if conn.last_t is not None else self.now, None, ENDED_NOTE)
         self.conns.clear()
-        for chat in list(self.parked.values()):
+        for chat in self.parked.drain():
             self._finish(chat, self.now, lost=True, note=NOT_RESUMED_NOTE)
-        self.parked.clear()
         for chat, closed_at, _clean in list(self.resends.values()):
             self._finish(chat, closed_at, lost=True, note=CLOSED_NOTE)
         self.resends.clear()

@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import hmac
 import logging
+import os
 import re
 import signal
 import sys
@@ -31,7 +33,7 @@ from harness.checker import ChatResult, ChatTracker, ConnectionChecker, Expectat
 from harness.durations import parse_duration, parse_size
 from harness.errors import MESSAGE_LIMIT
 from harness.events import Outcome, Rule
-from harness.flow import CLEAN_CLOSE_CODES, RESENT_WARNING, FrameRouter, PassiveChats, Resumes
+from harness.flow import CLEAN_CLOSE_CODES, RESENT_WARNING, FrameRouter, ParkedChats, PassiveChats, Resumes
 from harness.profiles import Profile, load_profile
 from harness.recorder import Recorder
 from harness.scenario import SCENARIO_NAME_PATTERN, Expect, expectations_for
@@ -78,6 +80,18 @@ MAX_RESENDS = 10_000
 # keeps cutting cannot take every place from the others (their resends would count as two chats again).
 MAX_RESENDS_EACH = 64
 CLOSED_NOTE = "the server closed the connection mid-run"
+# Chats whose connection the server closed or dropped mid-run (a deploy, a load balancer's timeout), parked for their
+# user to resume the run on a new connection, until each chat's deadline (flow.ParkedChats, as `chatprobe check`
+# parks them): at most this many in all, this many per identity (anonymous users share one), and this many bytes of
+# the events they keep (LIVE_KEPT_BYTES a chat, and the event that crossed it). Past a bound a chat is judged at once,
+# as it stands, as before parking existed.
+MAX_PARKED = 10_000
+MAX_PARKED_EACH = 64
+MAX_PARKED_BYTES = 32 * 1024 * 1024
+NOT_RESUMED_NOTE = "the server closed the connection mid-run and no resume of the run followed by its deadline"
+DISPLACED_NOTE = ("the server closed the connection mid-run and no resume followed before another chat of the same "
+                  "run id was cut short")
+STOPPED_NOTE = "the server closed the connection mid-run and the proxy stopped before a resume of the run"
 # A peer that stops reading must not hold a connection (and its chats) forever: a frame not taken within this
 # long ends the connection, as if that peer had left.
 DEFAULT_SEND_TIMEOUT = 30.0
@@ -153,6 +167,15 @@ class LiveChats:
         self.resends: dict[tuple[str, str], tuple[ChatTracker, float, bool, asyncio.TimerHandle | None]] = {}
         self.resent: set[str] = set()  # chats sent again already: a second loss is judged as any other
         self._held_by: Counter[str] = Counter()  # chats held for a resend, by identity (MAX_RESENDS_EACH)
+        # Chats whose connection the server closed mid-run, by (identity, run id), for a resume by the same user on a
+        # new connection, until their deadline (one timer for them all, at the earliest).
+        self.parked = ParkedChats(MAX_PARKED, MAX_PARKED_EACH, MAX_PARKED_BYTES)
+        self._parked_timer: asyncio.TimerHandle | None = None
+        self._parked_wake = float("inf")  # when the timer fires
+        # What --record names a connection: "live-" and a pseudonym of its identity, keyed by this process's own
+        # random key (never written): `chatprobe check` tells one user's connections from another's by it, as the
+        # proxy does (a resume, a resend), and no digest of a credential is in a recording.
+        self._label_key = os.urandom(16)
 
     def connection(self, identity: str = "", secrets: tuple[str, ...] = ()) -> "LiveConnection":
         """A new proxied connection; `identity` stands for its credentials (a resume only picks up a run that a
@@ -181,15 +204,20 @@ class LiveChats:
                     "as they stood", frames, f"{size:,}", conns, f"{self.recorder.max_file_bytes:,}")
         self._dropped, self._dropped_said_at = (0, 0, 0), now
 
+    def label(self, identity: str) -> str:
+        """The connection label --record writes for connections of `identity` (one per user, this process only)."""
+        return "live-" + hmac.new(self._label_key, identity.encode(), hashlib.sha256).hexdigest()[:12]
+
     def new_chat_id(self) -> str:
         self._n += 1
         return f"live-{self._n}"
 
-    def resumed(self, identity: str, run_id: str | None) -> tuple[ChatTracker, "LiveConnection"] | None:
-        """The open run a resume names and the connection that follows it, when the same user started it (on one of
-        its latest MAX_RESUME_SEARCH connections still open); another user's resume changes nothing. (The runs were
-        learnt when a server frame woke their chat, which an event of a run in progress never does: a resume of a
-        run in progress was never followed.)"""
+    def resumed(self, identity: str, run_id: str | None) -> tuple[ChatTracker, "LiveConnection | None"] | None:
+        """The run a resume names and the connection that follows it, when the same user started it: on one of its
+        latest MAX_RESUME_SEARCH connections still open, else parked since the server closed its connection (the
+        connection then None; no longer parked); another user's resume changes nothing. (The runs were learnt when
+        a server frame woke their chat, which an event of a run in progress never does: a resume of a run in
+        progress was never followed.)"""
         if not run_id:
             return None
         conns = self.open.get(identity, {})
@@ -199,7 +227,49 @@ class LiveChats:
             chat = conn.checker.by_run.get(run_id)
             if chat is not None and not chat.judged and conn.owns(chat):
                 return chat, conn
+        parked = self.parked.take(identity, run_id)
+        if parked is not None:
+            self._time_parked()
+            return parked, None
         return None
+
+    def park(self, identity: str, chat: ChatTracker, at: float) -> bool:
+        """Park a chat whose connection the server closed mid-run, for its user's resume on a new connection, until
+        its deadline (False: not parked, judge it now: no run id to resume, or a bound reached)."""
+        if self.profile.resume is None or chat.root is not chat or chat.followups:
+            return False
+        parked, displaced = self.parked.park(identity, chat)
+        if displaced is not None:
+            self.finished(displaced.finish(at, lost=True, note=DISPLACED_NOTE))
+        if parked:
+            self._time_parked(at)
+        return parked
+
+    def _time_parked(self, now: float | None = None) -> None:
+        """The parked chats' timer set for the earliest deadline among them (none when none is parked)."""
+        wake = self.parked.wake if self.parked else float("inf")
+        if wake == self._parked_wake:
+            return
+        if self._parked_timer is not None:
+            self._parked_timer.cancel()
+            self._parked_timer = None
+        self._parked_wake = wake
+        if wake == float("inf"):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test of the bookkeeping): judged at stop()
+            return
+        now = time.monotonic() if now is None else now
+        self._parked_timer = loop.call_later(max(wake - now, 0.0), self._parked_due, wake)
+
+    def _parked_due(self, wake: float) -> None:
+        """Never resumed by its deadline: each due chat judged as it stood, at its deadline (as `chatprobe check`)."""
+        self._parked_timer, self._parked_wake = None, float("inf")
+        now = max(time.monotonic(), wake)  # a timer may fire a hair early
+        for chat in self.parked.due(now):
+            self.finished(chat.finish(chat.wait_deadline(), lost=True, note=NOT_RESUMED_NOTE))
+        self._time_parked(now)
 
     def hold_for_resend(self, identity: str, chat: ChatTracker, at: float, clean: bool) -> bool:
         """Hold a chat whose connection the server closed before any event of its run, until its deadline, for its
@@ -249,7 +319,12 @@ class LiveChats:
         self.finished(chat.finish(at, lost=True, note=CLOSED_NOTE))
 
     def stop(self) -> None:
-        """The proxy stops: the chats still held for a resend are judged as they stood (the counts add up)."""
+        """The proxy stops: the chats still held for a resend or parked for a resume are judged as they stood (the
+        counts add up)."""
+        now = time.monotonic()
+        for chat in self.parked.drain():
+            self.finished(chat.finish(min(now, chat.wait_deadline()), lost=True, note=STOPPED_NOTE))
+        self._time_parked(now)
         while self.resends:
             key = next(iter(self.resends))
             held = self._let_go(key)
@@ -298,7 +373,7 @@ class LiveConnection:
         self.chats = PassiveChats(self.checker, live.settle)
         self._by_id: dict[str, ChatTracker] = {}  # the chats open on this connection, oldest first
         self.resumes: Resumes | None = None  # runs resumed across connections (flow.Resumes), from the first one
-        self.log = live.recorder.connection("live", secrets) if live.recorder is not None else None
+        self.log = live.recorder.connection(live.label(identity), secrets) if live.recorder is not None else None
         self.failing = False  # a chat on this connection did not pass (or was held or sent again): its recording is kept
 
     @property
@@ -334,7 +409,13 @@ class LiveConnection:
             found = live.resumed(self.identity, frame.run_id)
             if found is not None:
                 resumed, previous = found
-                if previous is not self:
+                if previous is None:
+                    # Parked since the server closed its connection mid-run: adopted here, judged once, on all its
+                    # events. The recording is kept, as the first connection's is: `check` follows the chat across
+                    # both (the first alone is a chat never resumed), whatever its verdict here.
+                    self._make_room(now)
+                    self.failing = True
+                elif previous is not self:
                     # The chat moves here: the connection it leaves neither routes the run's frames to it any more,
                     # nor counts it among its open chats, nor judges it when it closes (the user did not abandon it,
                     # and the server did not lose it: it goes on here).
@@ -388,15 +469,19 @@ class LiveConnection:
 
     def closed(self, now: float, *, by_client: bool, code: int | None = None) -> None:
         """The connection ended (`code`: the server's close code, 1006 without one, when the server closed it). A chat
-        the server cut before any event of its run is held for its user's resend (LiveChats.hold_for_resend), and
-        the recording kept (`chatprobe check` follows the chat across both)."""
+        the server cut before any event of its run is held for its user's resend (LiveChats.hold_for_resend); one
+        whose run has an id is parked for its user's resume on a new connection (LiveChats.park); either way the
+        recording is kept (`chatprobe check` follows the chat across both connections)."""
         if not by_client:
+            live = self.live
             for chat in list(self.checker.chats):
-                if (not chat.judged and not chat.done and chat.n_events == 0 and chat.chat_id in self._by_id
-                        and self.live.hold_for_resend(self.identity, chat, now, code in CLEAN_CLOSE_CODES)):
+                if chat.judged or chat.done or chat.chat_id not in self._by_id:
+                    continue
+                if ((chat.n_events == 0 and live.hold_for_resend(self.identity, chat, now, code in CLEAN_CLOSE_CODES))
+                        or live.park(self.identity, chat, now)):
                     self.checker.discard(chat)
                     self._by_id.pop(chat.chat_id, None)
-                    self.failing = True  # its recording is kept: the chat's first try is in it
+                    self.failing = True  # its recording is kept: the chat's first connection is in it
         for result, abandoned in self.chats.closed(now, by_client=by_client):
             self._finished(result, abandoned=abandoned)
         if self.log is not None and self.live.recorder is not None:
