@@ -80,6 +80,9 @@ MAX_HAR_KEY = 4096
 # Entries of a HAR file sorted by their start when the file has them out of order (one number each is held).
 MAX_SORTED_ENTRIES = 100_000
 CHUNK = 1 << 16
+# The largest read the HAR parser is given at once (_BoundedJSON.read doubles its reads up to it while a string runs
+# on): 64 MiB (DEFAULT_MAX_TEXT) in reads of 8 MiB.
+MAX_READ = 8 << 20
 # A recorded time (seconds) further from 0 than this is no time (year 5138): differences of such times overflow
 # to infinity (1e308 - -1e308) and no report can place them.
 MAX_TIME = 1e11
@@ -398,6 +401,16 @@ def read_sse(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, conn: 
 
 # -- HAR 1.2 --
 
+class _Reads:
+    """A file that has only `read`: ijson reads with `readinto` when a file has it, one buffer's size at a time,
+    which would leave _BoundedJSON.read's growing reads unused."""
+
+    __slots__ = ("read",)
+
+    def __init__(self, guard: "_BoundedJSON") -> None:
+        self.read = guard.read
+
+
 class HarTooLarge(Exception):
     """A string or a nesting level in a HAR file over its limit (ijson itself has no bound on either)."""
 
@@ -408,8 +421,9 @@ class _BoundedJSON(io.RawIOBase):
     with depth, so without this a hostile HAR could take all memory. A lexer of strings and brackets only (the
     parsing proper is ijson's); outside a string a stray backslash is invalid JSON, which ijson reports."""
 
-    # A string's body up to its closing quote (or the chunk's end), escapes included, matched in C.
-    _BODY = re.compile(rb'(?:[^"\\]+|\\.)*', re.DOTALL)
+    # A string's body up to its closing quote (or the chunk's end), escapes included, matched in C. Possessive (`*+`):
+    # the plain `*` kept a backtracking point for each escape, ~100 bytes each (78 MB for a read of 786 KB of `\"x`).
+    _BODY = re.compile(rb'(?:[^"\\]+|\\.)*+', re.DOTALL)
     _OUTSIDE = re.compile(rb'["\[\]{}]')
     # A number or literal (what lies outside strings between separators): ijson's parser rescans a token that spans
     # its reads, so a 300 MB number took hours; HAR numbers are short.
@@ -432,6 +446,7 @@ class _BoundedJSON(io.RawIOBase):
         self.kinds = bytearray()  # the open containers up to 3 deep: b"[" or b"{"
         self.third = -1  # ordinal of the current container three deep
         self.item_starts: list[tuple[int, int]] | None = None  # None: not recorded (past MAX_SORTED_ENTRIES)
+        self.last_read = 0  # the size of the last read (read: doubled while a string runs past it)
 
     def readable(self) -> bool:
         return True
@@ -443,6 +458,23 @@ class _BoundedJSON(io.RawIOBase):
         self._scan(data)
         self.offset += n
         return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        """What ijson asks for, in reads of its buffer's size, but twice the last read's while a string runs past the
+        last read (up to MAX_READ): its parser lexes a string that spans two reads again from its start at each
+        read, so a 30 MB message read 64 KiB at a time cost half a minute (quadratic); growing reads make it a few
+        passes. Only then: ijson holds a read's events until it has parsed all of it, so a large read of many small
+        messages would hold them all (the streaming's memory)."""
+        if size is None or size < 0:
+            return super().read(-1)
+        want = size
+        if self.in_string and self.string_len >= self.last_read:
+            want = min(max(size, 2 * self.last_read), MAX_READ)
+        self.last_read = want
+        data = self.raw.read(want)
+        self._scan(data)
+        self.offset += len(data)
+        return data
 
     def _scan(self, data: bytes) -> None:
         pos, end = 0, len(data)
@@ -592,7 +624,7 @@ def har_order(path: Path, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, i
             depth, third, entries_third = 0, -1, -1
             started: list[float | None] = []
             chat = bytearray()  # per entry: 1 when it holds WebSocket messages or an SSE response (a chat's traffic)
-            for prefix, event, value in ijson.parse(io.BufferedReader(guard, CHUNK), buf_size=CHUNK, use_float=True):
+            for prefix, event, value in ijson.parse(_Reads(guard), buf_size=CHUNK, use_float=True):
                 if event in ("start_map", "start_array"):
                     depth += 1
                     if depth == 3:
@@ -665,7 +697,7 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
     seen_log = False
     n_entries = first_index
     try:
-        for prefix, event, value in ijson.parse(guard, buf_size=ONE_ENTRY_BUFFER if one_entry else CHUNK,
+        for prefix, event, value in ijson.parse(_Reads(guard), buf_size=ONE_ENTRY_BUFFER if one_entry else CHUNK,
                                                 use_float=True):
             if prefix == _MSG:
                 if event == "start_map":

@@ -3,6 +3,7 @@ recorder's bounds and scrubbing."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import tracemalloc
 from itertools import zip_longest
@@ -495,6 +496,43 @@ def test_a_har_with_many_messages_is_streamed(tmp_path):
     assert chat.events_received == n + 1 and chat.outcome is Outcome.INCOMPLETE
     # json.load of the whole file alone would take several times its size.
     assert peak < f.stat().st_size, f"peak {peak} bytes for a {f.stat().st_size} byte HAR"
+
+
+def test_a_har_message_of_megabytes_is_parsed_in_a_few_reads(tmp_path):
+    """ijson's parser lexes a string that spans two of its reads again from the string's start at each read: a
+    30 MB message read 64 KiB at a time took half a minute of CPU (quadratic), one hostile HAR minutes. While a
+    string runs past a read the next read doubles: a 16 MiB message is parsed in about a dozen reads, not 256, and
+    read whole."""
+    from harness.recordings import read_har
+
+    path = tmp_path / "big.har"
+    big = json.dumps({"type": "partial_result", "run_id": "r1", "seq": 2, "payload": {"text": "w" * (16 << 20)}})
+    path.write_text(json.dumps({"log": {"version": "1.2", "entries": [{"request": {"url": "ws://x"},
+                    "_webSocketMessages": [{"type": "receive", "time": 1000.0, "opcode": 1, "data": big}]}]}}))
+
+    class Counted(io.RawIOBase):
+        def __init__(self, raw):
+            self.raw, self.reads = raw, 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            self.reads += 1
+            data = self.raw.read(len(b))
+            b[:len(data)] = data
+            return len(data)
+
+        def read(self, n=-1):
+            self.reads += 1
+            return self.raw.read(n)
+
+    with path.open("rb") as raw:
+        counted = Counted(raw)
+        records = list(read_har(counted, "big", max_frame=32 << 20))
+    assert counted.reads <= 24, counted.reads
+    (received,) = [r for r in records if r.direction == "recv"]
+    assert received.frame == big
 
 
 # -- usage errors: exit 2, one message naming the file --
