@@ -22,6 +22,8 @@ from .targets import Target
 SCHEDULE_TICK = 0.05
 # Task names: one string for all (asyncio would make a "Task-N" string per task, ~55 bytes of every open chat).
 USER_TASK, CHAT_TASK = "chatprobe-user", "chatprobe-chat"
+# The closed model's list of user tasks is swept of ended ones past twice the users playing plus this many.
+SWEEP_MIN = 64
 
 
 def _tasks_context() -> contextvars.Context:
@@ -124,13 +126,17 @@ class _Play:
         # The tasks are kept in a list with one done-callback for all, not in a TaskGroup (its per-task bookkeeping,
         # a bound done-callback and a set entry, was ~130 bytes of every open chat); what a TaskGroup guarantees is
         # kept: when a user fails (also during the ramp) or this is cancelled, no more start and the others are
-        # cancelled and awaited; a failure comes out as the user's own exception (the first, if several).
+        # cancelled and awaited; a failure comes out as the user's own exception (the first, if several). The list
+        # holds the users still playing: it is swept of the ended ones once it is twice what the last sweep left plus
+        # SWEEP_MIN (amortized O(1) a user). Each user kept to the run's end was ~700 bytes, a task and its finished
+        # coroutine: a run of a new user per chat grew by that much a chat.
         loop = asyncio.get_running_loop()
         users: list[asyncio.Task[None]] = []
         # Set to the first user that failed, or to None once every user has ended after the ramp; a user that ends
         # cancelled (not by this) is no failure, as in a TaskGroup: the others go on.
         over: asyncio.Future[asyncio.Task[None] | None] = loop.create_future()
         left = 0
+        swept = SWEEP_MIN  # the list's length at which it is swept next
         ramping = True
 
         def ended(task: asyncio.Task[None]) -> None:  # one function for every user: no bound method each
@@ -154,6 +160,9 @@ class _Play:
                     break
                 task = loop.create_task(self.user(slots=slots), name=USER_TASK, context=context)
                 task.add_done_callback(ended)
+                if len(users) >= swept:
+                    users = [t for t in users if not t.done()]  # (`ended` still comes: its callback holds it)
+                    swept = 2 * len(users) + SWEEP_MIN
                 users.append(task)
                 left += 1
             ramping = False

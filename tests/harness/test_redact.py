@@ -140,6 +140,26 @@ def test_minted_tokens_are_remembered_within_a_bound():
     assert f"minted-token-{redact.MAX_MINTED + 49:06d}" in redact._minted
 
 
+def test_the_minted_tokens_matcher_made_anew_is_not_kept_by_re():
+    """A token minted per virtual user, and something scrubbed meanwhile (--record scrubs every frame): the matcher of
+    the minted tokens is compiled anew up to once a second, and re's own cache kept each one (512 of them, ~1 MB each
+    with MAX_MINTED tokens): a long run with a new user per chat grew by a megabyte a second. Only the matcher in use
+    is held now, however many were made."""
+    import weakref
+
+    made = []
+    for i in range(40):
+        for j in range(3):
+            redact.register(f"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1{i:04d}{j}.c2lnbmF0dXJlLW9mLXRoZS10b2tlbi0{i:04d}{j}",
+                            minted=True)
+        redact._minted_compiled_at = float("-inf")  # a second has passed since the last one was compiled
+        assert redact.scrub(f"a eyJzdWIiOiJ1{i:04d}0 b") == "a [REDACTED] b"
+        assert redact._minted_re is not None
+        made.append(weakref.ref(redact._minted_re))
+    held = [ref for ref in made[:-1] if ref() is not None]
+    assert len(made) == 40 and not held, f"{len(held)} earlier matchers still held"
+
+
 def test_the_signature_of_a_minted_jwt_is_redacted_on_its_own():
     """A server echoing a minted token's payload without its "eyJ" and its signature apart gives the whole token
     away (the HS256 header is standard): the signature is redacted wherever it stands, at once (no recompile)."""
