@@ -174,7 +174,7 @@ def closed_port() -> int:
 @pytest.mark.parametrize("flags,needle", [
     (["--host", "http://127.0.0.1:9/ws"], "--host 'http://127.0.0.1:9/ws': expected a ws://, wss:// URL"),
     (["--chatprobe-scenario", "nosuch"], "scenario 'nosuch': no such file"),
-    (["--chatprobe-profile", "nosuch"], "--profile 'nosuch': no such file"),
+    (["--chatprobe-profile", "nosuch"], "--chatprobe-profile 'nosuch': no such file"),
     (["--chatprobe-scenario", "knee"], "--chatprobe-scenario knee: an open-model scenario"),
 ])
 def test_a_usage_error_exits_2_with_one_line(procs, flags, needle):
