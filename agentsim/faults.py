@@ -6,7 +6,7 @@ Grammar (one fault per ``--fault`` flag or per item of ``faults:`` in the YAML c
     NAME[:ARG][=VALUE]@RATE    e.g.  delay_first=2.5s@0.1   stall@0.2   oversized=3MiB@0.05
 
 RATE is a probability in [0, 1]; unless stated it is drawn once per chat (run).  VALUE is a
-duration (``2.5s``, ``250ms``, ``2.5`` = seconds) or a size (``2MiB``, ``512KiB``, ``1000``).
+duration as chatprobe writes one (``2.5s``, ``250ms``, ``1m30s``, ``2.5`` = seconds) or a size (``2MiB``, ``512KiB``, ``1000``).
 A fault with a VALUE uses its default when written ``NAME=RATE``.  ROLE is a wire event type
 (agent_started, agent_thinking, tool_executing, tool_completed, partial_result, agent_completed,
 agent_error; ``error_event`` is accepted for agent_error).
@@ -131,14 +131,26 @@ class FaultSpec:
         return self.text or self.name
 
 
+# chatprobe's duration grammar (harness/durations.py), mirrored: agentsim imports nothing of the harness, and
+# tests/agentsim/test_fault_durations.py holds both to one table of inputs. A bare number (seconds), or numbers with
+# units in Go's compound form ("250ms", "2 s", "1m30s", "1h 30m"), each unit at most once, largest first.
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_N = r"([0-9]*\.?[0-9]+)"
+_DURATION = re.compile(rf"\s*(?:{_N}|(?:{_N}\s*h\s*)?(?:{_N}\s*m(?!s)\s*)?(?:{_N}\s*s\s*)?(?:{_N}\s*ms\s*)?)\s*")
+MAX_SECONDS = 366 * 24 * 3600.0
+
+
 def parse_duration(text: str) -> float:
-    t = text.strip().lower()
-    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?", t)
-    if not m:
-        raise FaultSpecError(f"bad duration {text!r} (use e.g. 2.5s, 250ms)")
-    num = float(m.group(1))
-    unit = m.group(2) or "s"
-    return num / 1000.0 if unit == "ms" else num * 60.0 if unit == "m" else num
+    """Seconds of a duration as chatprobe reads one; FaultSpecError (which parse_fault prefixes with the fault)."""
+    m = _DURATION.fullmatch(text) if isinstance(text, str) and len(text) <= 64 else None
+    if m is None or not any(m.groups()):
+        raise FaultSpecError(f"bad duration {str(text)[:40]!r} (examples: 2s, 250ms, 1m30s, 1.5)")
+    bare, *parts = m.groups()
+    seconds = float(bare) if bare is not None else \
+        sum(float(n) * _UNITS[u] for n, u in zip(parts, ("h", "m", "s", "ms"), strict=True) if n is not None)
+    if not math.isfinite(seconds) or seconds > MAX_SECONDS:
+        raise FaultSpecError(f"bad duration {str(text)[:40]!r}: too long (at most 366 days)")
+    return seconds
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2}
@@ -230,7 +242,10 @@ def _parse_fault(text: str) -> FaultSpec:
         if value_text is not None:
             raise FaultSpecError(f"{src!r}: fault {name!r} takes no value (write {name}=RATE)")
     elif value_kind == "duration":
-        value = parse_duration(value_text) if value_text is not None else float(default)  # type: ignore[arg-type]
+        try:
+            value = parse_duration(value_text) if value_text is not None else float(default)  # type: ignore[arg-type]
+        except FaultSpecError as exc:
+            raise FaultSpecError(f"{src!r}: fault {name}: {exc}") from None
     elif value_kind == "size":
         value = parse_size(value_text) if value_text is not None else int(default)  # type: ignore[call-overload]
         if value < 1:

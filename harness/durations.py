@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
@@ -15,6 +16,8 @@ _N = r"([0-9]*\.?[0-9]+)"
 # summed. A regular expression of our own rather than a dependency (durationpy parses Go's syntax): it is this one
 # expression, and Go's other units (ns, us, µs) and signs are nothing a chat harness can honour anyway.
 _RE = re.compile(rf"\s*(?:{_N}|(?:{_N}\s*h\s*)?(?:{_N}\s*m(?!s)\s*)?(?:{_N}\s*s\s*)?(?:{_N}\s*ms\s*)?)\s*")
+# A clock-like text (`1:30`, `1:30:00`): YAML 1.1's base-60 number, left as text by the loader (yamlfile.SEXAGESIMAL).
+_CLOCK = re.compile(r"\s*[-+]?[0-9][0-9_]*(?::[0-9]+)+(?:\.[0-9_]*)?\s*")
 # Longer than this is a typo, and past about 292 years the OS's timeouts (threading, sockets) overflow.
 MAX_SECONDS = 366 * 24 * 3600.0
 
@@ -34,6 +37,10 @@ def parse_duration(value: Any) -> float:
             seconds = float(value)
         elif isinstance(value, str) and len(value) <= 64 and (seconds_of := _seconds_of(value)) is not None:
             seconds = seconds_of
+        elif isinstance(value, str) and _CLOCK.fullmatch(value):
+            raise ValueError(f"{_shown(value.strip())} is no duration: YAML 1.1 reads it as a base-60 number "
+                             f"(1:30 as 90) and it may as well mean hours:minutes; write it with units "
+                             "(1m30s, 1h30m)")
         else:
             raise ValueError(f"{_shown(value)} is not a duration (examples: 2s, 250ms, 1m30s, 1.5)")
     except OverflowError:  # an integer of hundreds of digits
@@ -98,6 +105,15 @@ def parse_latency_bound(value: Any) -> float:
 LatencySeconds = Annotated[float, BeforeValidator(parse_latency_bound)]
 
 
+def seconds_given(value: Any) -> Any:
+    """Seconds a program holds (a float, never a person's bare `500`) as a latency bound takes them again: from
+    BARE_LATENCY_MAX on with their unit (Decimal: 1e-05 as 0.00001), below it the number itself (1e-320 written out
+    is no duration); anything else as it is."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= BARE_LATENCY_MAX:
+        return value
+    return f"{Decimal(repr(float(value))):f}s" if math.isfinite(value) else value
+
+
 def _positive(seconds: float) -> float:
     if seconds <= 0:
         raise ValueError("must be more than 0 (a limit of 0 fails every chat before it starts)")
@@ -106,6 +122,10 @@ def _positive(seconds: float) -> float:
 
 # A wait or a limit: 0 would fail every chat on a healthy server (a verdict, not the usage error it is).
 PositiveSeconds = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+# A latency's limit (a chat's first-event limit, R9): as a latency objective's bound, a bare number of
+# BARE_LATENCY_MAX or more is refused (`first_event_limit: 500` is k6's 500 ms habit, or 8m20s). A deadline or a wait
+# (`deadline: 120`, `stall_limit: 30`) is no latency k6 writes in milliseconds: a bare number there stays seconds.
+PositiveLatencySeconds = Annotated[float, BeforeValidator(parse_latency_bound), AfterValidator(_positive)]
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2}

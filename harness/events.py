@@ -96,6 +96,9 @@ class FrameKind(str, Enum):
     """What a profile made of a frame that is not an agent event."""
 
     CONTROL = "control"  # welcome, pong, heartbeat…: belongs to no run
+    # A profile's `stream_end` marker (`[DONE]`): belongs to no run, and is no welcome (the server saying that a
+    # stream is over has not greeted a connection)
+    STREAM_END = "stream_end"
     PING = "ping"  # the server asks for a reply
     ERROR = "error"  # a connection-level error (bad input, credentials, resume)
     MALFORMED = "malformed"  # not a frame of this dialect (R12)

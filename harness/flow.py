@@ -9,7 +9,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -46,6 +46,25 @@ def resume_frame(profile: Profile, tracker: ChatTracker) -> dict[str, Any] | Non
     # -1 for a dialect counting from 0: its server replays from seq 0, not past it).
     seen = tracker.max_seq >= start
     return profile.build_resume(tracker.run_id, tracker.max_seq if seen else len(tracker.events) + start - 1)
+
+
+# Why a chat whose resume the server answered with RESUME_UNKNOWN_RUN (it forgot the run: a restart, a deploy that lost
+# its state) ended: lost, judged at once, by the live client, the proxy and `chatprobe check` alike.
+RESUME_UNKNOWN_NOTE = "the server did not know the run when resuming (RESUME_UNKNOWN_RUN)"
+
+
+def judge_resume(tracker: ChatTracker, events_before: int) -> str:
+    """Whether a resume brought events back since it was sent (`events_before`: the chat's events then): `resumed`,
+    else `lost`, recorded on the chat. One judgement for the live client (ChatFlow), the proxy and `chatprobe check`
+    (PendingResumes)."""
+    tracker.reconnected(tracker.n_events > events_before)
+    return tracker.reconnects[-1]
+
+
+def forgot_run(router: "FrameRouter", tracker: ChatTracker) -> bool:
+    """The server answered a resume of the chat's run on the router's connection with RESUME_UNKNOWN_RUN."""
+    unknown = router.resume_unknown
+    return unknown is not None and tracker.run_id is not None and tracker.run_id in unknown
 
 
 def lost_note_for(ended_note: str, can_resume: bool) -> str:
@@ -189,7 +208,7 @@ WAKE_ALL = "*"
 NO_IDS: frozenset[str] = frozenset()  # the id sets of a FrameRouter until their first member (memory per connection)
 # Shortest time between two answers to a server's pings (real servers ping every few seconds at most).
 PONG_INTERVAL = 0.5
-# Run ids a connection remembers the server did not know on resume (each at most MAX_ID_BYTES).
+# Run ids a connection remembers the server did not know on resume (each at most MAX_ID_BYTES); past it the oldest go.
 MAX_RESUME_UNKNOWN = 256
 _NEVER = float("-inf")  # one float for every connection's "no pong yet" (24 bytes each otherwise)
 
@@ -212,7 +231,9 @@ class FrameRouter:
         self.answered = False  # the server spoke on this connection (welcome, event or AUTH_FAILED)
         self.last_pong = _NEVER
         self.auth_failed: Frame | None = None
-        self.resume_unknown: set[str] | frozenset[str] = NO_IDS
+        # The run ids the server answered RESUME_UNKNOWN_RUN for on the current connection, oldest first; None until
+        # the first. A resume is answered on the connection that carried it: a new connection starts with none.
+        self.resume_unknown: dict[str, None] | None = None
         # Chats whose flow acts on a count of events (disconnect_after, abandon_after): woken on every event. Any
         # other chat is woken when its run is done (or the connection says something to everyone): a wake per
         # event would cost each chat a task switch per event for nothing.
@@ -232,6 +253,7 @@ class FrameRouter:
         self.answered = False
         self.auth_failed = None
         self.resumes = None  # a replay is the connection's that carried it
+        self.resume_unknown = None  # so is the answer to a resume
 
     def resumed(self, chat: ChatTracker, frame: dict[str, Any] | None) -> None:
         """`chat`'s run is resumed on this connection with `frame`: what the client says it had is read from the frame
@@ -269,6 +291,9 @@ class FrameRouter:
                 return None, None
             self.last_pong = at
             return None, self.profile.ping_reply()
+        # A stream-end marker (FrameKind.STREAM_END: `[DONE]`) falls through: no run's, no violation, and no welcome
+        # (a server that says only that a stream is over has not greeted the connection: still awaited, live and
+        # offline alike, and the frame after it is still the connection's first).
         if kind is FrameKind.CONTROL:
             self.checker.welcome(decoded, first=not self.answered)
             self.answered = True
@@ -277,14 +302,23 @@ class FrameRouter:
                 self.auth_failed = decoded
                 self.answered = True
             elif decoded.session_error is SessionError.RESUME_UNKNOWN:
-                if len(self.resume_unknown) < MAX_RESUME_UNKNOWN:  # a server flooding them stays bounded
-                    self.resume_unknown = self.resume_unknown | {decoded.run_id or "*"}
+                self._unknown_run(decoded.run_id or "*")
             self.checker.on_error(decoded, at)
             return WAKE_ALL, None
         elif kind is FrameKind.MALFORMED:
             self.checker.on_malformed(decoded, at)
             return WAKE_ALL, None
         return None, None
+
+    def _unknown_run(self, run_id: str) -> None:
+        """The server did not know `run_id` when it was resumed on this connection. Bounded: a server flooding such
+        answers makes the oldest go, never the newest (the one a chat resuming now waits for)."""
+        unknown = self.resume_unknown
+        if unknown is None:
+            unknown = self.resume_unknown = {}
+        elif len(unknown) >= MAX_RESUME_UNKNOWN and run_id not in unknown:
+            del unknown[next(iter(unknown))]
+        unknown[run_id] = None
 
     def _heard(self, chat: ChatTracker, event: Event, message: str | bytes) -> None:
         """A piece of a reply to a chat whose conversation goes on: kept for the next turn's request (a further run the
@@ -611,7 +645,7 @@ class ChatFlow:
         if state == RESUMING:
             self.generation = link.generation
             self.router.checker.add(self.tracker)
-            self.events_at_reconnect = len(self.tracker.events)
+            self.events_at_reconnect = self.tracker.n_events
             self.state = FOLLOWING
             frame = resume_frame(self.router.profile, self.tracker)
             self.router.resumed(self.tracker, frame)
@@ -674,8 +708,8 @@ class ChatFlow:
             self.reconnects += 1
             self.state = RECONNECTING
             return Reconnect(self.generation)
-        if tracker.run_id is not None and tracker.run_id in self.router.resume_unknown:
-            self.lost_note = "the server did not know the run when resuming (RESUME_UNKNOWN_RUN)"
+        if forgot_run(self.router, tracker):
+            self.lost_note = RESUME_UNKNOWN_NOTE
             return None
         if now >= self._until:
             return None
@@ -704,8 +738,7 @@ class ChatFlow:
     def _judge_resume(self) -> None:
         """Whether the last resume brought events back: resumed or lost, on the tracker and to the sink."""
         if self.events_at_reconnect is not None:
-            self.tracker.reconnected(len(self.tracker.events) > self.events_at_reconnect)
-            self.router.sink.reconnect(self.router.scenario, self.tracker.reconnects[-1])
+            self.router.sink.reconnect(self.router.scenario, judge_resume(self.tracker, self.events_at_reconnect))
             self.events_at_reconnect = None
 
     def _judge(self, now: float) -> Finish:
@@ -937,6 +970,38 @@ class Resumes:
         return bool(self.moved or self.replay)
 
 
+class PendingResumes:
+    """Chats a watcher saw resumed (`chatprobe proxy`, `chatprobe check`), each with its events when its resume was
+    sent, until the resume is judged as the live client judges its own (ChatFlow, `judge_resume`): at the chat's
+    verdict, or when its connection is lost again, `resumed` when events came back, else `lost`; a resume the server
+    answered with RESUME_UNKNOWN_RUN (`forgotten`) is lost, and its chat judged, at once (RESUME_UNKNOWN_NOTE). One
+    entry per chat resumed and not yet judged (bounded by the chats a watcher follows)."""
+
+    __slots__ = ("events",)
+
+    def __init__(self) -> None:
+        self.events: dict[str, int] = {}  # chat id -> its events when its (latest) resume was sent
+
+    def sent(self, chat: ChatTracker) -> None:
+        """`chat`'s run was resumed: an earlier resume of it not yet judged is judged first."""
+        self.judge(chat)
+        self.events[chat.chat_id] = chat.n_events
+
+    def judge(self, chat: ChatTracker) -> str | None:
+        """The chat's pending resume judged (`resumed` or `lost`, recorded on the chat); None when none is pending."""
+        before = self.events.pop(chat.chat_id, None)
+        return None if before is None else judge_resume(chat, before)
+
+    def forgotten(self, router: FrameRouter, chats: Iterable[ChatTracker]) -> list[ChatTracker]:
+        """Those of `chats` (a connection's) whose pending resume the server answered there with RESUME_UNKNOWN_RUN."""
+        if not router.resume_unknown or not self.events:
+            return []
+        return [c for c in chats if c.chat_id in self.events and not c.judged and forgot_run(router, c)]
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
 class ParkedChats:
     """Chats whose connection ended mid-run under them (the server closed or dropped it: a deploy, a load balancer's
     timeout), each kept for its user to resume its run on another connection, until the chat's own deadline
@@ -1020,15 +1085,18 @@ class PassiveChats:
     verdict is due, or when the connection ends (the user leaving mid-run is an abandonment, the server closing is a
     lost run). Pure: times come in as arguments; results go out as return values, never to a sink."""
 
-    def __init__(self, checker: ConnectionChecker, settle: float) -> None:
+    def __init__(self, checker: ConnectionChecker, settle: float, pending: PendingResumes | None = None) -> None:
         self.checker = checker
         self.settle = settle
+        self.pending = pending  # chats resumed whose resume is judged with them (PendingResumes)
 
     def due(self, now: float) -> list[ChatResult]:
         """Judge every chat whose verdict is due at `now`."""
         out = []
         for chat in _further_first(self.checker.chats):
             if not chat.judged and now >= verdict_due(chat, self.settle):
+                if self.pending is not None:
+                    self.pending.judge(chat)
                 out.append(chat.finish(now))
         return out
 
@@ -1043,10 +1111,16 @@ class PassiveChats:
         for chat in _further_first(self.checker.chats):
             if chat.judged:
                 continue
+            if by_client and not chat.done:
+                # Left on purpose: judged on what arrived, its resume with it unjudged, as the live client leaves one.
+                out.append((abandon(chat, now), True))
+                if self.pending is not None:
+                    self.pending.judge(chat)
+                continue
+            if self.pending is not None:
+                self.pending.judge(chat)
             if chat.done:
                 out.append((chat.finish(now), False))
-            elif by_client:
-                out.append((abandon(chat, now), True))
             else:
                 out.append((chat.finish(now, lost=True, note="the server closed the connection mid-run"), False))
         return out

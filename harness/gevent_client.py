@@ -44,7 +44,8 @@ from .flow import (
 from .sinks import Sink
 from .targets import Target
 from .transports import ConnectFailed, ConnectSettings
-from .transports.websocket import classify, handshake_options, record_close
+from .transports.base import MAX_FRAGMENTS, TOO_MANY_FRAGMENTS
+from .transports.websocket import classify, handshake_options, record_close, status_first
 
 if TYPE_CHECKING:
     from .recorder import ConnectionRecording
@@ -99,6 +100,7 @@ class _Wire:
             extensions = [ClientPerMessageDeflateFactory()] if opts["compression"] == "deflate" else None
             protocol = ClientProtocol(uri, extensions=extensions, subprotocols=opts["subprotocols"],
                                       max_size=s.max_size)
+            status_first(protocol)  # a refusal (401, 403, …) judged by its status line, its body never awaited
             request = protocol.connect()
             if opts["additional_headers"]:
                 request.headers.update(opts["additional_headers"])
@@ -279,8 +281,9 @@ class _Wire:
             message = self._on_frame(frame)
             if message is not None:
                 out.append(message)
-            elif protocol is not None and protocol.close_sent is not None and protocol.close_sent.code == 1007:
-                break
+            elif protocol is not None and protocol.close_sent is not None and protocol.close_sent.code in (1007,
+                                                                                                           1009):
+                break  # this client failed the connection (bad UTF-8, a message in too many fragments)
         return out
 
     def _on_frame(self, frame: Any) -> str | bytes | None:
@@ -294,6 +297,10 @@ class _Wire:
             else:
                 self.parts, self.parts_text, message = [payload], opcode is Opcode.TEXT, None
         elif opcode is Opcode.CONT:
+            if len(self.parts) >= MAX_FRAGMENTS:  # as websockets' asyncio client: 1009, R12 (record_close)
+                self.parts = []
+                self._fail(1009, TOO_MANY_FRAGMENTS)
+                return None
             self.parts.append(payload)  # the protocol bounds the whole message by max_size
             if not frame.fin:
                 return None
@@ -307,14 +314,18 @@ class _Wire:
         try:
             return data.decode()
         except UnicodeDecodeError:
-            with self.lock:  # as websockets does: close with 1007 (record_close makes it an R12)
-                assert self.protocol is not None
-                self.protocol.fail(1007, "invalid UTF-8")
-                try:
-                    self._flush()
-                except OSError:
-                    pass
+            self._fail(1007, "invalid UTF-8")
             return None
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection for what the server sent, as websockets does (record_close makes it an R12)."""
+        with self.lock:
+            assert self.protocol is not None
+            self.protocol.fail(code, reason)
+            try:
+                self._flush()
+            except OSError:
+                pass
 
     def abort(self) -> None:
         if self.sock is not None:
@@ -517,16 +528,18 @@ class SyncSession(VirtualUser):
         if self.closed:
             return None
         recording = conn.recording
+        send = None
         if recording is not None:
-            recording.sent(obj, expectations, since if expectations is not None else None)
+            send = recording.sent(obj, expectations, since if expectations is not None else None)
         try:
             conn.ws.send_text(_encode(obj), timeout)
             return True
         except ConnectionError:
             return None
         except Exception as exc:
-            if recording is not None and expectations is not None:  # the chat fails (send_failed): recorded so
-                recording.send_failed("send_failed", f"the frame could not be sent ({type(exc).__name__})")
+            if recording is not None and expectations is not None:  # the chat fails (send_failed): recorded so,
+                # naming its send record (another chat's may have been recorded since)
+                recording.send_failed("send_failed", f"the frame could not be sent ({type(exc).__name__})", send)
             return False
 
     @property

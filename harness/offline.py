@@ -23,7 +23,17 @@ from .checker import (
     judge_followups,
 )
 from .events import Event, Outcome, Rule
-from .flow import CLEAN_CLOSE_CODES, RESENT_WARNING, WAKE_ALL, FrameRouter, ParkedChats, Resumes, verdict_due
+from .flow import (
+    CLEAN_CLOSE_CODES,
+    RESENT_WARNING,
+    RESUME_UNKNOWN_NOTE,
+    WAKE_ALL,
+    FrameRouter,
+    ParkedChats,
+    PendingResumes,
+    Resumes,
+    verdict_due,
+)
 from .profiles import Profile
 from .recorder import DEFAULT_MAX_FILES
 from .recordings import (
@@ -113,7 +123,8 @@ UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive ti
 class _Conn:
     """One recorded connection (or SSE stream): the live client's router and checker for it."""
 
-    __slots__ = ("checker", "clients", "key", "last_t", "open", "resumes", "router", "untimed", "wake")
+    __slots__ = ("by_send", "checker", "clients", "key", "last_t", "open", "resumes", "router", "sends", "untimed",
+                 "wake")
 
     def __init__(self, key: str, profile: Profile, sink: Sink, scenario: str) -> None:
         self.key = key
@@ -126,6 +137,14 @@ class _Conn:
         self.wake = float("inf")  # no chat of it can be judged before this time
         self.open: dict[str, ChatTracker] = {}  # its chats not judged yet, oldest first
         self.resumes: Resumes | None = None  # runs resumed across connections (flow.Resumes), as the proxy
+        self.sends = 0  # its send records so far: a `send_failed` record names the one that did not leave ("send")
+        self.by_send: dict[int, str] = {}  # the chats its send records opened (or sent again), by their ordinal
+
+    def sent_chat(self, chat: ChatTracker) -> None:
+        """The send record just read opened (or sent again) `chat`: a `send_failed` record may name it."""
+        if len(self.by_send) >= 2 * MAX_OPEN_PER_CONN:  # only the chats still open can fail: the rest let go
+            self.by_send = {n: c for n, c in self.by_send.items() if c in self.open}
+        self.by_send[self.sends] = chat.chat_id
 
 
 class OfflineCheck:
@@ -150,7 +169,7 @@ class OfflineCheck:
         self.parked = ParkedChats(MAX_PARKED, MAX_PARKED, MAX_PARKED_BYTES)
         self.parked_wake = float("inf")  # no parked chat's (nor resend's) deadline passes before this time
         self.untimed: set[str] = set()  # chats whose send or receive times are not recorded
-        self.resumed: dict[str, int] = {}  # chat id -> its events when its resume was sent
+        self.resumed = PendingResumes()  # chats resumed whose resume is not judged yet, as the proxy (flow)
         # Chats whose connection the server closed before any event of their run (no id to resume), by message id:
         # the message may be sent again on a new connection (flow.ChatFlow: once), and the chat goes on there. With
         # the close's time and whether it was a closing handshake (1000/1001: the live client warns, R13).
@@ -278,6 +297,9 @@ class OfflineCheck:
             self._bound_bytes(at)
         if wake == WAKE_ALL:
             conn.wake = at  # an error or a malformed frame may have ended a chat: look at them all next time
+            for chat in self.resumed.forgotten(conn.router, list(conn.open.values())):
+                # The server did not know the run its resume named (RESUME_UNKNOWN_RUN): lost, judged now, as live.
+                self._finish(chat, at, lost=True, note=RESUME_UNKNOWN_NOTE)
             if checker.foreign + checker.malformed != incidents:
                 # Cross-talk or a malformed frame (R8, R12 on the chats in flight): one that came just after a chat's
                 # verdict was due may have been in that chat's verdict live.
@@ -302,6 +324,7 @@ class OfflineCheck:
                     return
 
     def _sent(self, conn: _Conn, rec: Recorded, at: float) -> None:
+        conn.sends += 1  # as the recorder counts them (ConnectionLog.sends)
         frame = rec.frame
         if frame is None:
             return
@@ -309,7 +332,7 @@ class OfflineCheck:
             # A `send_raw:` probe (what the frame holds is the server's to reject, whatever it looks like): a chat
             # that waits for the server's error_message on an open connection, as live (R13).
             conn.clients = True
-            self._open(conn, at, timed=True, exp=self._step_expectations(rec))
+            conn.sent_chat(self._open(conn, at, timed=True, exp=self._step_expectations(rec)))
             return
         sent = self.profile.decode_client(frame)  # the profile tells requests and resumes apart, as for the proxy
         if sent.kind == "request" and sent.message_id and (again := self.resends.pop(sent.message_id, None)):
@@ -322,13 +345,14 @@ class OfflineCheck:
             self.resent.add(chat.chat_id)
             conn.checker.add(chat)
             self._track(chat, conn)
+            conn.sent_chat(chat)
             conn.wake = min(conn.wake, chat.wait_deadline())
         elif sent.kind == "request":
             conn.clients = True
             # Timed from when it was due (an open-model chat sent late: its `due`), as live.
             since = rec.due if rec.due is not None and rec.due < at else at
-            self._open(conn, since, thread_id=sent.thread_id, run_id=sent.run_id, message_id=sent.message_id,
-                       timed=True, exp=self._step_expectations(rec))
+            conn.sent_chat(self._open(conn, since, thread_id=sent.thread_id, run_id=sent.run_id,
+                                      message_id=sent.message_id, timed=True, exp=self._step_expectations(rec)))
         elif sent.kind == "resume":
             run_id, user = sent.run_id, _user_of(conn.key)
             # The run of the same user only (as the proxy matches it, by credentials): another user's resume of that
@@ -350,8 +374,7 @@ class OfflineCheck:
                 conn.checker.add(tracker)
                 conn.checker.tell_unwitnessed(tracker)  # in flight, live, when they came (R8)
                 self._track(tracker, conn)
-                self._judge_resume(tracker)
-                self.resumed[tracker.chat_id] = tracker.n_events
+                self.resumed.sent(tracker)
                 conn.wake = min(conn.wake, tracker.wait_deadline())
 
     def _step_expectations(self, rec: Recorded) -> Expectations:
@@ -400,12 +423,22 @@ class OfflineCheck:
     def _send_failed(self, conn: _Conn, rec: Recorded) -> bool:
         """A chat's frame did not leave within connect_timeout (the server stopped reading): that chat, the last one a
         send record opened on the connection that nothing has answered (its deadline passed or not), is an `error`
-        (send_failed), as live (flow.ChatFlow.sent); the connection, still open, goes on. False when there is no such
-        chat (_no_send_waiting)."""
-        chat = next((c for c in reversed(conn.open.values()) if not c.judged and not c.done and c.n_events == 0
-                     and c.chat_id not in self.untimed), None)
+        (send_failed), as live (flow.ChatFlow.sent); the connection, still open, goes on. A record that names its send
+        record (`send`, as `--record` writes it) fails the chat that send opened, not one whose send record came in
+        between (a chat sent while the first send still waited). False when there is no such chat (_no_send_waiting)."""
+        chat: ChatTracker | None
+        if rec.send is not None:
+            named = conn.by_send.get(rec.send)
+            chat = conn.open.get(named) if named is not None else None
+            if chat is None or chat.judged:
+                return False  # judged already (at its deadline, another record in between), or none: _no_send_waiting
+        else:  # a record that names none (a hand-made one, an older recording): the last chat nothing has answered
+            chat = next((c for c in reversed(conn.open.values()) if not c.judged and not c.done and c.n_events == 0
+                         and c.chat_id not in self.untimed), None)
         if chat is None:
             return False
+        if rec.send is not None:
+            conn.by_send.pop(rec.send, None)
         self.open.pop(chat.chat_id, None)
         conn.open.pop(chat.chat_id, None)
         conn.checker.discard(chat)
@@ -417,7 +450,11 @@ class OfflineCheck:
         """A send_failed record with no chat waiting for its send: one judged at its deadline before it (another
         record of the connection came in between) is said (LATE_SEND_WARNING); none at all (a hand-made record) is an
         R12 there."""
-        last = next((c for c in reversed(conn.checker.chats) if c.chat_id not in self.untimed), None)
+        if rec.send is not None:  # the chat its send record opened, if any
+            named = conn.by_send.pop(rec.send, None)
+            last = next((c for c in conn.checker.chats if c.chat_id == named), None) if named is not None else None
+        else:
+            last = next((c for c in reversed(conn.checker.chats) if c.chat_id not in self.untimed), None)
         if last is not None and last.judged and last.n_events == 0:
             self.late_sends += 1
         else:
@@ -503,12 +540,6 @@ class OfflineCheck:
                 del self.resends[message_id]
                 self._finish(chat, closed_at, lost=True, note=CLOSED_NOTE)
 
-    def _judge_resume(self, tracker: ChatTracker) -> None:
-        """Whether the last resume brought events back, as the live ChatFlow judges it."""
-        before = self.resumed.pop(tracker.chat_id, None)
-        if before is not None:
-            tracker.reconnected(tracker.n_events > before)
-
     def _close(self, conn: _Conn, at: float, rec: Recorded | None, note: str) -> None:
         """The connection ended (a close record, or the end of the recording: `rec` None)."""
         if conn.checker.unheard:
@@ -553,7 +584,7 @@ class OfflineCheck:
                 chat.connection_lost(at)
             parked, previous = False, None
             if rec is not None and resumable and chat.run_id:
-                self._judge_resume(chat)
+                self.resumed.judge(chat)
                 parked, previous = self.parked.park(_user_of(conn.key), chat)
             if previous is not None:
                 # Two chats of a user cut short under one run id: the earlier one is judged, never dropped from the
@@ -572,7 +603,7 @@ class OfflineCheck:
         if entry is not None:
             entry[1].open.pop(tracker.chat_id, None)
         self.resent.discard(tracker.chat_id)
-        self._judge_resume(tracker)
+        self.resumed.judge(tracker)  # whether its last resume brought events back, as live
         # Further runs the stream carried first (as live): each reported as a chat of its own, and the chat's verdict
         # is its stream's (checker.fold_further).
         further = [c for c in tracker.followups if not c.judged]

@@ -44,6 +44,37 @@ def _bounded_names(names: list[str]) -> list[str]:
     return names
 
 
+def _path_names(names: list[str]) -> list[str]:
+    """Names of fields (and `where` paths, span keys, containers): bounded, and each dotted one a path that can name
+    something: no empty part (`a..b`, `.a`, `a.` looked up a key "" no frame has), and a part of digits only in its
+    canonical form (`parent_ids.01` indexed item 1: only 0, 1, 2… index a list)."""
+    for name in _bounded_names(names):
+        if "." not in name:
+            continue
+        for part in name.split("."):
+            if not part:
+                raise ValueError(f"{name[:40]!r}: an empty part in a dotted path (write a.b: each part a key or an "
+                                 "index)")
+            if _index(part) and part != str(int(part)):
+                raise ValueError(f"{name[:40]!r}: list index {part[:20]!r} has a leading zero (write "
+                                 f"{int(part)}: only 0, 1, 2… index a list)")
+    return names
+
+
+def _canonical(value: Any) -> Any:
+    """A `where` value as `_same` compares it: an integral float as its integer (`1.0` is `1`), a boolean kept apart
+    (`true` is no `1`), at any depth; two matches equal here can never tell a frame apart."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
 class RoleMatch(BaseModel):
     """A wire type mapped to a role, optionally only when the frame names a run (`when: run`) and only when fields of
     the frame have given values (`where: {path: value}`: LangGraph's root `on_chain_start`, `parent_ids: []`)."""
@@ -59,15 +90,17 @@ class RoleMatch(BaseModel):
         if v is not None:
             if not v:
                 raise ValueError("where: at least one path: value")
-            _bounded_names(list(v))
+            _path_names(list(v))
             for path, value in v.items():
                 _json_value(value, path)
         return v
 
     @property
     def condition(self) -> str:
-        """What the match hangs on, to tell two matches of one wire type apart."""
-        return self.when if self.where is None else f"{self.when} where {json.dumps(self.where, sort_keys=True)}"
+        """What the match hangs on, to tell two matches of one wire type apart: values as they are compared (`1` and
+        `1.0` are one condition)."""
+        return self.when if self.where is None else \
+            f"{self.when} where {json.dumps(_canonical(self.where), sort_keys=True)}"
 
 
 def _json_value(value: Any, path: str) -> None:
@@ -110,7 +143,7 @@ class Span(BaseModel):
     @field_validator("key", "key_fallback", "owner")
     @classmethod
     def _bounded_key(cls, v: str | None) -> str | None:
-        return v if v is None else _bounded_names([v])[0]
+        return v if v is None else _path_names([v])[0]
     # Whether a span still open at the terminal event is a violation.
     must_close: bool = True
 
@@ -151,9 +184,9 @@ class Fields(BaseModel):
             if len(v) > MAX_NAMES:
                 raise ValueError(f"at most {MAX_NAMES} extra fields")
             for names in v.values():
-                _bounded_names(names)
+                _path_names(names)
             return v
-        return _bounded_names(v)
+        return _path_names(v)
 
 
 class SessionErrors(BaseModel):
@@ -253,7 +286,7 @@ class Profile(BaseModel):
     def _lookup_nonempty(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("lookup needs at least one container ('' for the root)")
-        return _bounded_names(v)
+        return _path_names(v)
 
     @field_validator("transport", mode="before")
     @classmethod
@@ -275,6 +308,12 @@ class Profile(BaseModel):
                     raise ValueError(f"{role.value}: an empty wire type")
                 cond = "always" if isinstance(m, str) else m.condition
                 if (t, cond) in seen:
+                    if isinstance(m, RoleMatch) and m.where is not None:
+                        # JSON equality: `where: {a: 1}` and `{a: 1.0}` hold for the same frames, always.
+                        both = role.value if seen[(t, cond)] == role.value else f"{seen[(t, cond)]} and {role.value}"
+                        raise ValueError(f"wire type {t!r} is mapped to {both} twice by one condition ({cond}; 1 "
+                                         "and 1.0 are one JSON number, so the frames they hold for are the same): "
+                                         "the second never applies")
                     raise ValueError(f"wire type {t!r} is mapped to both {seen[(t, cond)]} and {role.value}")
                 seen[(t, cond)] = role.value
         return roles
@@ -1061,6 +1100,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
         "Event": Event, "Frame": Frame, "_id": _id, "_find_plain": _find_plain, "MALFORMED": FrameKind.MALFORMED,
         "PING_KIND": FrameKind.PING,
         "CONTROL_KIND": FrameKind.CONTROL, "ERROR_KIND": FrameKind.ERROR, "UNKNOWN_KIND": FrameKind.UNKNOWN,
+        "MARKER_KIND": FrameKind.STREAM_END,
         "PING": dec.ping, "CONTROL": dec.control, "CONN_ERROR": dec.conn_error, "WITH_RUN": dec.with_run,
         "UNMAPPED": dec.unmapped, "SESSION_ERRORS": dec.session_errors,
         "CONN_CODES": frozenset(profile.connection_error_codes), "CHECK_FRAMES": tuple(c.frame for c in dec.checks),
@@ -1239,7 +1279,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
              "        frame = _loads(text)",
              "    except ValueError:",
              *(["        if text in STREAM_END:",  # not JSON, by the profile's check: only where a parse failed
-                "            return Frame(CONTROL_KIND, wire_type=str(text))"] if profile.stream_end else []),
+                "            return Frame(MARKER_KIND, wire_type=str(text))"] if profile.stream_end else []),
              "        frame = _loads_or_malformed(text)",
              "        if frame.__class__ is Frame:",
              "            return frame"]

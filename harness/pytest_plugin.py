@@ -20,6 +20,7 @@ import pytest
 
 from .checker import ChatResult, ExpectError
 from .client import Session
+from .durations import seconds_given
 from .events import Outcome, Role
 from .flow import DEFAULTS, ChatOptions, Conversation
 from .scenario import Expect, Scenario, expectations_for
@@ -78,7 +79,8 @@ class ChatProbe:
         if follow_up and self.conversation.thread_id is None:
             raise ValueError("chat(follow_up=True) goes on with an earlier chat's thread: send one first")
         options = dataclasses.replace(options, conversation=self.conversation, continues=follow_up)
-        expect = Expect(required=required, streaming=streaming, first_event_limit=first_event_limit,
+        # The limit is seconds a program holds, not a person's bare `500` (which a scenario refuses): with its unit.
+        expect = Expect(required=required, streaming=streaming, first_event_limit=seconds_given(first_event_limit),
                         deadline=deadline, stall_limit=stall_limit, settle=options.settle)
         exp = expectations_for(self.target.profile, expect, required=required, expect_error=expect_error)
         return self._call(self.session.chat(message, exp, options), deadline + 15)

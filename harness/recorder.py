@@ -101,6 +101,7 @@ class ConnectionLog:
         # URL-encoded, base64) as the process's registered secrets are.
         self.secrets = secrets_of(secrets) if secrets else None
         self.size = 0
+        self.sends = 0  # send records written: a `send_failed` record names its send by this ordinal ("send")
         self.dropped = 0
         self.dropped_bytes = 0
         self.dropped_at: float | None = None  # the first dropped frame's time (epoch seconds)
@@ -112,10 +113,11 @@ class ConnectionLog:
         self._buffered = 0
 
     def frame(self, direction: str, frame: Any, at: float, expect: dict[str, Any] | None = None,
-              due: float | None = None) -> None:
+              due: float | None = None) -> int | None:
         """A frame sent ("send") or received ("recv") at `at` (the recorder's clock, time.monotonic by default);
         `expect`: what the client expected of the chat this frame sends (expect_note), written as "expect"; `due`:
-        the earlier time the chat's times count from (an open-model chat due before it could be sent), as "due"."""
+        the earlier time the chat's times count from (an open-model chat due before it could be sent), as "due".
+        A send record written: its ordinal among the connection's send records (from 1), else None."""
         self.ended = False
         raw = len(frame) * 4 // 3 if isinstance(frame, (bytes, bytearray)) else len(frame) if isinstance(frame, str) else 0
         if self.dropped or self.size + MIN_LINE + raw > self.recorder.frame_room:
@@ -124,7 +126,7 @@ class ConnectionLog:
             # received: a frame that scrubbing would have shortened enough to fit is dropped too. So is every frame
             # after it, even one that would fit: the recording has one gap, from here to the close.
             self._drop(frame, at)
-            return
+            return None
         record: dict[str, Any] = {"t": round(self.recorder.epoch(at), 6), "dir": direction, "conn": self.label}
         if expect:
             record["expect"] = expect
@@ -139,6 +141,11 @@ class ConnectionLog:
             record["frame"] = self._scrub_frame(text)  # a token a client put in a frame never reaches a file
         if not self._write(json.dumps(record, ensure_ascii=False)):
             self._drop(frame, at)
+            return None
+        if direction != "send":
+            return None
+        self.sends += 1
+        return self.sends
 
     def _drop(self, frame: Any, at: float) -> None:
         if not self.dropped:
@@ -426,14 +433,15 @@ class ConnectionRecording:
         self._dropped = False  # the client dropped it on purpose (disconnect_after), to reconnect and resume
         self._failure: dict[str, Any] | None = None
 
-    def sent(self, obj: Any, expectations: Expectations | None = None, since: float | None = None) -> None:
+    def sent(self, obj: Any, expectations: Expectations | None = None, since: float | None = None) -> int | None:
         """A frame about to be sent, now; for a chat's message (or probe) with what its step expected (expect_note)
         and `since`, when the chat's times count from, written as "due" when that is before now (an open-model chat
-        due earlier: its first-event time counts from then)."""
+        due earlier: its first-event time counts from then). Its send record's ordinal (None: not written), which
+        names it if it fails (`send_failed`)."""
         now = self._clock()
         due = since if since is not None and now - since > DUE_SLACK else None
         with self._lock:
-            self.log.frame("send", obj, now, None if expectations is None else expect_note(expectations), due)
+            return self.log.frame("send", obj, now, None if expectations is None else expect_note(expectations), due)
 
     def received(self, message: str | bytes, at: float) -> None:
         with self._lock:
@@ -458,15 +466,18 @@ class ConnectionRecording:
         """Opening was cancelled: nothing passed, no file."""
         self.end(keep=False)
 
-    def send_failed(self, kind: str, reason: str) -> None:
+    def send_failed(self, kind: str, reason: str, send: int | None = None) -> None:
         """SSE: the request is the stream's connection, and no stream came of it (refused, an HTTP status, or no
         answer within connect_timeout, which the client times): a close record of the failure, in its place.
         WebSocket (`send_failed`): the chat's frame did not leave within connect_timeout (the server stopped reading),
-        or could not be sent: a close record saying so, in its place, after which the connection goes on (its other
-        chats, its end)."""
+        or could not be sent: a close record saying so, in its place, naming the send record of that frame (`send`,
+        its ordinal: another chat's send record may have come in between), after which the connection goes on (its
+        other chats, its end)."""
+        failure = connect_failure(kind, reason, resume=self._resume and kind != SEND_FAILED)
+        if kind == SEND_FAILED and send is not None:
+            failure["send"] = send
         with self._lock:
-            self.log.failed(self._clock(), connect_failure(kind, reason, resume=self._resume and kind != SEND_FAILED),
-                            ends=kind != SEND_FAILED)
+            self.log.failed(self._clock(), failure, ends=kind != SEND_FAILED)
 
     def closed_by_client(self) -> None:
         """The client closes the connection on purpose (a chat abandoned, the session's end): "by": "client"."""
@@ -502,6 +513,9 @@ class RecordingTransport(RecordingHooks):
                  resume: bool = False) -> None:
         self._inner = inner
         self._rec = ConnectionRecording(log, clock, resume=resume)
+        # The send record of the chat's frame whose send just failed (its ordinal), for the `send_failed` record the
+        # client writes next (Session._safe_send): other chats' frames may have been recorded since it was.
+        self._failed_send: int | None = None
 
     def __getattr__(self, name: str) -> Any:  # connects_on_send, close_code, ended_note, protocol_error…
         return getattr(self._inner, name)
@@ -527,8 +541,14 @@ class RecordingTransport(RecordingHooks):
     async def send_chat(self, obj: Any, expectations: Expectations, since: float) -> None:
         """A chat's message (or probe) recorded with what its step expected and when its times count from; then
         sent."""
-        self._rec.sent(obj, expectations, since)
-        await self._send(obj)
+        send = self._rec.sent(obj, expectations, since)
+        try:
+            await self._send(obj)
+        except (ConnectionError, ConnectFailed):  # found closed (sent again), or SSE's request refused (recorded)
+            raise
+        except BaseException:  # a timeout (cancelled) or an error: the client records the failure next
+            self._failed_send = send
+            raise
 
     async def _send(self, obj: Any) -> None:
         try:
@@ -538,7 +558,8 @@ class RecordingTransport(RecordingHooks):
             raise
 
     def send_failed(self, kind: str, reason: str) -> None:
-        self._rec.send_failed(kind, reason)
+        send, self._failed_send = self._failed_send, None
+        self._rec.send_failed(kind, reason, send)
 
     async def run(self, on_frame: FrameCallback) -> None:
         received = self._rec.received

@@ -61,6 +61,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from . import redact
 from .events import Role
 from .eventstream import EventStreamParser, EventTooLarge
 from .sinks import CONNECTION_RESULTS
@@ -174,6 +175,8 @@ class Recorded:
     expect_error: str | None = None
     required: tuple[Role, ...] | None = None
     due: float | None = None  # on a send record: the earlier time the chat's times count from (the `due` field)
+    # On a `send_failed` close record: which of the connection's send records (its ordinal, from 1) did not leave.
+    send: int | None = None
 
 
 def detect_format(head: bytes) -> str:
@@ -211,6 +214,8 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
             if not head.strip():
                 raise RecordingError(f"{p}: the recording is empty" if len(head) < MAX_LEADING_SPACE else
                                      f"{p}: more than {MAX_LEADING_SPACE >> 20} MiB of blank space before anything")
+            if fmt is None and (packed := _archive(head)):
+                raise RecordingError(f"{p}: {packed}, not a recording: unpack it and check the file inside")
             kind = fmt or detect_format(head)
             stream = io.BufferedReader(_Prefixed(head, f), CHUNK)
             if kind == "jsonl":
@@ -220,9 +225,21 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
             elif (order := har_order(p, max_text)) is not None:
                 yield from read_har_sorted(p, order, p.name, max_frame, max_text)
             else:
-                yield from read_har(stream, p.name, max_frame, max_text)
+                yield from read_har(stream, p.name, max_frame, max_text, base_dir=p.parent)
     except OSError as exc:
         raise RecordingError(f"{p}: cannot read the recording ({exc.strerror or exc.__class__.__name__})") from None
+
+
+def _archive(head: bytes) -> str:
+    """What packed file a recording's first bytes say it is ("" when none): a zip (Playwright's recordHar to a .zip
+    path: the HAR and its bodies inside), gzip, or zlib (mitmproxy's hardump to a .zhar path)."""
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (Playwright's recordHar to a .zip path writes one)"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip-compressed"
+    if len(head) >= 2 and head[0] == 0x78 and head[1] in (0x01, 0x5E, 0x9C, 0xDA) and (head[0] << 8 | head[1]) % 31 == 0:
+        return "zlib-compressed (mitmproxy's hardump to a .zhar path writes it so)"
+    return ""
 
 
 class _Prefixed(io.RawIOBase):
@@ -322,9 +339,14 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
         if failed is not None and failed not in FAILED_KINDS:
             return Recorded("problem", conn, t=t, detail=f"field 'failed' must be one of {', '.join(FAILED_KINDS)}",
                             where=where)
+        send = obj.get("send")
+        if send is not None and (failed != SEND_FAILED or isinstance(send, bool) or not isinstance(send, int)
+                                 or not 1 <= send < 10**18):
+            return Recorded("problem", conn, t=t, detail=f"field 'send' must be the ordinal (from 1) of the send "
+                            f"record a '{SEND_FAILED}' close record names", where=where)
         by = obj.get("by")
         return Recorded("close", conn, t=t, detail="client" if by == "client" else "drop" if by == "client-drop" else "",
-                        where=where,
+                        where=where, send=send,
                         error=error[:1024] if isinstance(error, str) else "", failed=failed or "",
                         reason=reason[:1024] if failed and isinstance(reason, str) else "",
                         resume=bool(failed) and obj.get("resume") is True, stream=obj.get("stream") is True,
@@ -566,7 +588,7 @@ class _Entry:
     """What is kept of one HAR entry while it is parsed: small fields, and an SSE body and request (bounded)."""
 
     __slots__ = ("closed", "content_type", "encoding", "events", "events_bytes", "events_cut", "events_missing", "index",
-                 "messages", "mime", "post", "started", "text")
+                 "messages", "mime", "post", "post_file", "started", "text", "text_file")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -576,6 +598,9 @@ class _Entry:
         self.text: str | None = None
         self.encoding = ""
         self.post: str | None = None
+        # A body or request body Playwright attached as a file beside the HAR (`_file`; its text is absent or "").
+        self.text_file = ""
+        self.post_file = ""
         self.messages = 0
         self.closed = False  # a WebSocket message of type "error" ended the connection
         # Chromium's `_eventSourceMessages` (time, data), held until the entry ends (its request may come after
@@ -601,7 +626,60 @@ _ENTRY_FIELDS = {
     "log.entries.item.response.content.text": "text",
     "log.entries.item.response.content.encoding": "encoding",
     "log.entries.item.request.postData.text": "post",
+    "log.entries.item.response.content._file": "text_file",
+    "log.entries.item.request.postData._file": "post_file",
 }
+# The lists of a request (and its response) whose items may carry a credential, by the header they stand for.
+_CREDENTIAL_LISTS = {
+    "log.entries.item.request.headers.item": "",
+    "log.entries.item.request.cookies.item": "cookie",
+    "log.entries.item.request.queryString.item": "query",
+    "log.entries.item.response.headers.item": "",
+    "log.entries.item.response.cookies.item": "cookie",
+}
+_REQUEST_ENDS = frozenset({"log.entries.item.request", "log.entries.item.response"})
+MAX_CREDENTIAL = 16 * 1024  # bytes of a header value or URL looked at for credentials (a longer one is none)
+MAX_HAR_SECRETS = 1024  # distinct credentials of one HAR registered as secrets (its users' tokens and cookies)
+
+
+class _HarSecrets:
+    """The credentials a HAR's requests carried, registered as secrets (redact.register) so that no report, JUnit,
+    JSON, HTML or terminal line shows one a server echoed: what `chatprobe proxy` keeps out of its recordings for
+    each connection (redact.credentials_of), here for each entry."""
+
+    __slots__ = ("headers", "registered", "subprotocols", "urls")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[str, str]] = []
+        self.subprotocols: list[str] = []
+        self.urls: list[str] = []
+        self.registered: set[str] = set()
+
+    def add(self, kind: str, pair: dict[str, str]) -> None:
+        name, value = pair.get("name", ""), pair.get("value", "")
+        if not value or len(self.headers) >= 256:
+            return
+        if kind == "cookie":
+            self.headers.append(("cookie", f"{name}={value}"))
+        elif kind == "query":
+            self.urls.append(f"?{name}={value}")
+        elif name.lower() == "sec-websocket-protocol":
+            self.subprotocols += [p.strip() for p in value.split(",")][:16]
+        else:
+            self.headers.append((name, value))
+
+    def url(self, url: str) -> None:
+        self.urls.append(url)
+
+    def register(self) -> None:
+        found = redact.credentials_of(self.headers, self.subprotocols, "")
+        for url in self.urls:
+            found += redact.credentials_of((), (), url)
+        self.headers, self.subprotocols, self.urls = [], [], []
+        for secret in found:
+            if secret not in self.registered and len(self.registered) < MAX_HAR_SECRETS:
+                self.registered.add(secret)
+                redact.register(secret)
 
 
 def har_order(path: Path, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, int]] | None:
@@ -665,12 +743,14 @@ def har_order(path: Path, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, i
 def read_har_sorted(path: Path, order: list[tuple[int, int]], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                     max_text: int = DEFAULT_MAX_TEXT) -> Iterator[Recorded]:
     """A HAR file's entries read in the order given (har_order): each parsed alone from its offset."""
+    secrets = _HarSecrets()  # one bound on the credentials registered for the whole file
     for index, offset in order:
         with open(path, "rb") as raw:
             raw.seek(offset)
             stream = io.BufferedReader(_Prefixed(_ENTRIES_OPEN, raw), ONE_ENTRY_BUFFER)
             yield from read_har(stream, name, max_frame, max_text, first_index=index, one_entry=True,
-                                base_offset=offset - len(_ENTRIES_OPEN))
+                                base_offset=offset - len(_ENTRIES_OPEN), base_dir=path.parent,
+                                secrets=secrets)
 
 
 _ENTRIES_OPEN = b'{"log": {"entries": ['
@@ -681,13 +761,18 @@ ONE_ENTRY_BUFFER = 8192  # an entry read alone from its offset: what is read pas
 
 def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
              max_text: int = DEFAULT_MAX_TEXT, *, first_index: int = 0, one_entry: bool = False,
-             base_offset: int = 0) -> Iterator[Recorded]:
+             base_offset: int = 0, base_dir: Path | None = None, secrets: _HarSecrets | None = None
+             ) -> Iterator[Recorded]:
     """WebSocket messages (`_webSocketMessages`, Chromium's and Firefox's form: type send/receive, time in epoch
     seconds, opcode 1 text / 2 binary base64, data; type "error": the browser failed the connection) on connection
     "ws<entry>", closed at the end of the entry; and SSE responses (content.mimeType text/event-stream) as stream
     "sse<entry>": the request body as the client frame sent at startedDateTime, then the events: Chromium's
     `_eventSourceMessages` at their times when each has its data, else the body's (no times). Streamed with ijson:
-    one WebSocket message at a time (an SSE response's events are held until its entry ends, bounded)."""
+    one WebSocket message at a time (an SSE response's events are held until its entry ends, bounded). A body or
+    request a writer attached as a file (Playwright's `_file`) is read from `base_dir` (the HAR's own directory), a
+    plain file name only. The credentials each request carried (its Authorization, cookies, credential-like headers
+    and query parameters, a `jwt.` subprotocol) are registered as secrets (harness/redact.py) as they are read: a
+    server that echoes one shows it in no report."""
     import ijson  # a compiled streaming parser; imported here so the JSON Lines path needs no extra package
 
     guard = _BoundedJSON(f, max_text, MAX_HAR_DEPTH)
@@ -696,9 +781,22 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
     msg: dict[str, Any] | None = None
     seen_log = False
     n_entries = first_index
+    pair: dict[str, str] | None = None  # a request's header, cookie or query parameter being read (name, value)
+    secrets = secrets or _HarSecrets()
     try:
         for prefix, event, value in ijson.parse(_Reads(guard), buf_size=ONE_ENTRY_BUFFER if one_entry else CHUNK,
                                                 use_float=True):
+            if entry is not None and prefix in _CREDENTIAL_LISTS:
+                if event == "start_map":
+                    pair = {}
+                elif event == "end_map" and pair is not None:
+                    secrets.add(_CREDENTIAL_LISTS[prefix], pair)
+                    pair = None
+                continue
+            if pair is not None and event == "string" and prefix.rpartition(".")[0] in _CREDENTIAL_LISTS:
+                field = prefix.rpartition(".")[2]
+                if field in ("name", "value") and len(value) <= MAX_CREDENTIAL:
+                    pair[field] = value
             if prefix == _MSG:
                 if event == "start_map":
                     msg = {}
@@ -725,19 +823,26 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                     entry = _Entry(n_entries)
                     n_entries += 1
                 elif event == "end_map" and entry is not None:
-                    yield from _entry_end(entry, name, max_frame)
+                    secrets.register()
+                    yield from _entry_end(entry, name, max_frame, base_dir=base_dir, max_text=max_text)
                     entry = None
                     if one_entry:
                         return
             elif entry is not None and prefix in _ENTRY_FIELDS and event == "string":
                 attr = _ENTRY_FIELDS[prefix]
                 setattr(entry, attr, _iso(value) if attr == "started" else value)
+            elif entry is not None and prefix == "log.entries.item.request.url" and event == "string":
+                if len(value) <= MAX_CREDENTIAL:
+                    secrets.url(value)
+            elif entry is not None and prefix in _REQUEST_ENDS and event == "end_map":
+                secrets.register()  # before any of the entry's frames is judged
             elif entry is not None and prefix == "log.entries.item.response.headers.item.value" and event == "string":
                 if value.lower().startswith(EVENT_STREAM):
                     entry.content_type = EVENT_STREAM
             elif prefix == "log" and event == "start_map":
                 seen_log = True
     except HarTooLarge as exc:
+        secrets.register()
         conn = _conn_of(entry)
         if not seen_log:
             raise RecordingError(f"{name}: not a HAR file ({exc})") from None
@@ -746,8 +851,9 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
     except (ijson.JSONError, ValueError, UnicodeDecodeError) as exc:
         if not seen_log:
             raise RecordingError(f"{name}: not a HAR file (invalid JSON near byte {guard.offset})") from None
+        secrets.register()
         if entry is not None:
-            yield from _entry_end(entry, name, max_frame, complete=False)
+            yield from _entry_end(entry, name, max_frame, complete=False, base_dir=base_dir, max_text=max_text)
         message = " ".join(str(exc).split("(right here)")[0].split())[:80]
         what = "truncated" if "premature eof" in message.lower() or "incomplete" in message.lower() else "invalid JSON"
         yield Recorded("problem", _conn_of(entry), detail=f"HAR file {what} near byte {guard.offset}: {message}",
@@ -841,7 +947,28 @@ def _sse_events(entry: _Entry, conn: str, where: str, max_frame: int, timed: boo
             yield Recorded("recv", conn, t=t, frame=data, where=f"{where} event {n}")
 
 
-def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True) -> Iterator[Recorded]:
+def _attached(base_dir: Path | None, file: str, limit: int) -> bytes | str:
+    """The bytes of a file a HAR writer attached beside the HAR (Playwright's `_file`), or why they are not read. Only
+    a plain file name in the HAR's own directory: a HAR may be anyone's, and a name with a path (`../`, `/etc/…`), a
+    link or anything but a regular file is refused, never followed. At most `limit` bytes, as a body in the HAR."""
+    if (base_dir is None or not file or file in (".", "..") or "/" in file or "\\" in file or "\0" in file
+            or file != file.strip() or os.path.isabs(file) or (len(file) > 1 and file[1] == ":")):
+        return f"_file {file[:200]!r} is not a file name next to the HAR (only such a file is read)"
+    try:
+        fd = os.open(base_dir / file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        return f"_file {file[:200]!r} cannot be read next to the HAR ({(exc.strerror or 'error').lower()})"
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return f"_file {file[:200]!r} is not a regular file"
+        data = f.read(limit + 1) or b""
+    if len(data) > limit:
+        return f"_file {file[:200]!r} is larger than the {limit} byte limit of one HAR body"
+    return data
+
+
+def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True, *, base_dir: Path | None = None,
+               max_text: int = DEFAULT_MAX_TEXT) -> Iterator[Recorded]:
     if entry.messages:
         if complete and not entry.closed:  # the socket's messages are all there: its chats still waiting are judged
             yield Recorded("close", f"ws{entry.index}", where=f"{name}: entry {entry.index}")
@@ -852,25 +979,47 @@ def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True) 
     # Chromium's `_eventSourceMessages` carry each event's time: judged from them when every one has its data;
     # else from the body (no times); a response with neither is judged as the recording left it.
     timed = has_events and not entry.events_missing
-    if not is_sse or (entry.text is None and not has_events and entry.post is None):
+    if not is_sse or (entry.text is None and not entry.text_file and not has_events and not entry.post
+                      and not entry.post_file):
         return
     conn = f"sse{entry.index}"
     where = f"{name}: entry {entry.index}"
-    if entry.post is not None:
+    body: bytes | None = None
+    if entry.post_file and not entry.post:  # Playwright's content: "attach" writes postData.text "" and `_file`
+        post = _attached(base_dir, entry.post_file, max_frame)
+        if isinstance(post, str):  # no chat can be told from its stream without it: none is judged, saying why
+            yield Recorded("dropped", conn, t=entry.started, detail="the request body", where=f"{where} request",
+                           error=f"the request's {post}")
+            if complete:
+                yield Recorded("close", conn, where=where, stream=True)
+            return
+        entry.post = post.decode("utf-8", "replace")
+    if entry.text is None and entry.text_file and not has_events:
+        attached = _attached(base_dir, entry.text_file, max_text)
+        if isinstance(attached, str):
+            if entry.post:
+                yield Recorded("send", conn, t=entry.started, frame=_cut(entry.post, max_frame), where=f"{where} request")
+            yield Recorded("dropped", conn, t=entry.started, detail="the response body", where=where,
+                           error=f"the response's {attached}")
+            if complete:
+                yield Recorded("close", conn, where=where, stream=True)
+            return
+        body = attached
+    if entry.post:
         yield Recorded("send", conn, t=entry.started, frame=_cut(entry.post, max_frame), where=f"{where} request")
-    if timed or entry.text is None:
+    if timed or (entry.text is None and body is None):
         yield from _sse_events(entry, conn, where, max_frame, timed)
         if complete:
             yield Recorded("close", conn, where=where, stream=True)
         return
-    if entry.encoding == "base64":
+    if body is None and entry.encoding == "base64":
         try:
-            body = base64.b64decode(entry.text)
+            body = base64.b64decode(entry.text or "")
         except (binascii.Error, ValueError):
             yield Recorded("problem", conn, detail="SSE body not in base64", where=f"{name}: entry {entry.index}")
             return
-    else:
-        body = entry.text.encode("utf-8", "surrogatepass")
+    elif body is None:
+        body = (entry.text or "").encode("utf-8", "surrogatepass")
     yield from read_sse(io.BytesIO(body), f"{name}: entry {entry.index}", max_frame, conn)
     if complete:
         yield Recorded("close", conn, where=f"{name}: entry {entry.index}", stream=True)

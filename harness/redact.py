@@ -12,7 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_plus
 
 import ahocorasick
 
@@ -491,6 +491,55 @@ def credential_like(name: str, value: str) -> bool:
 def plain_word(value: str) -> bool:
     """A value no credential looks like: one word of lower-case letters (`assistant`, `anonymous`), under 20."""
     return value.isalpha() and value.islower() and len(value) < 20
+
+
+# A header named as a credential is (X-Api-Key, X-Auth-Token, Api-Key, X-Session-Token): by how its name ends, so
+# that Content-Encoding, :authority or Sec-WebSocket-Key (a nonce) are not taken for one.
+_CREDENTIAL_HEADER = re.compile(r"(?i)(?:token|api[-_]?key|secret|password|session)$")
+
+
+def query_credentials(url: str) -> list[tuple[str, str]]:
+    """(as sent, decoded) values of a request's query parameters that carry a credential: a credential-like name
+    or an opaque value, and never a plain word (`?session_type=assistant` made every "assistant" in a recording
+    [REDACTED], AG-UI's roles with it). `&` and `;` separate them."""
+    out = []
+    for pair in re.split("[&;]", url.partition("?")[2].partition("#")[0]):
+        name, _, raw = pair.partition("=")
+        value = unquote_plus(raw)
+        if credential_like(name, value) and not plain_word(value):
+            out.append((raw, value))
+    return out
+
+
+def credentials_of(headers: Iterable[tuple[str, str]], subprotocols: Iterable[str], url: str = "") -> tuple[str, ...]:
+    """A connection's credentials as a server might echo them (the proxy's users', a HAR's requests): the
+    Authorization value and its credential, each cookie's value, the value of a header named as a credential is
+    (`X-Api-Key`, `X-Auth-Token`), a `jwt.<token>` subprotocol's token and the parts of any other subprotocol that
+    read as a credential (`base64url.bearer.authorization.k8s.io.<token>`), and the values of the query parameters
+    that carry one (`?access_token=`, a link's opaque `?t=`), as sent and decoded. Only what reads as a credential:
+    a subprotocol's `messages` or a `?view=conversation` made secrets would erase those words from every recorded
+    frame (and AG-UI's `messages` key with them)."""
+    out: list[str] = []
+    for k, v in headers:
+        name = k.lower()
+        if name in ("authorization", "proxy-authorization"):
+            out += [v, v.partition(" ")[2].strip()]
+        elif name == "cookie":
+            out += [v] + [c.partition("=")[2].strip() for c in v.split(";")]
+        elif name == "set-cookie":
+            out.append(v.partition(";")[0].partition("=")[2].strip())
+        elif _CREDENTIAL_HEADER.search(name) and not plain_word(v):
+            out.append(v)
+    for p in subprotocols:
+        if p.lower().startswith("jwt."):
+            out += [p, p[4:]]
+            continue
+        parts = [part for part in p.split(".") if credential_like("", part)]
+        out += [p, *parts] if parts else []
+    for raw, value in query_credentials(url):
+        out += [raw, value]
+    # Shorter is no credential, and would redact common words; each form once.
+    return tuple(dict.fromkeys(s for s in out if len(s) >= 8))
 
 
 def _opaque(value: str) -> bool:

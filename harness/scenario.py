@@ -9,7 +9,6 @@ import re
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -31,10 +30,10 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .catalog import SCENARIOS_DIR
 from .checker import Expectations, ExpectError
-from .durations import BARE_LATENCY_MAX, LatencySeconds, PositiveSeconds, Seconds, format_duration
+from .durations import LatencySeconds, PositiveLatencySeconds, PositiveSeconds, Seconds, format_duration, seconds_given
 from .events import Role
 from .flow import ChatOptions, Conversation
-from .yamlfile import ConfigError, line_of, load_builtin_or_file
+from .yamlfile import ConfigError, line_of, load_builtin_or_file, load_scalar
 
 if TYPE_CHECKING:
     from .profiles import Profile
@@ -141,7 +140,7 @@ class Expect(Strict):
 
     required: list[Role] | None = None
     streaming: Bool = False  # adds partial_result to the required roles
-    first_event_limit: PositiveSeconds = 2.0
+    first_event_limit: PositiveLatencySeconds = 2.0  # a latency: a bare number of 10 or more is refused
     deadline: PositiveSeconds = 60.0
     stall_limit: PositiveSeconds = 30.0
     thinking_before_tool: Bool | None = None
@@ -816,8 +815,7 @@ def apply_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
         # scenario's `max: 60s` became). Decimal: 1e-05 as 0.00001. Below that bound the number itself, as a bare
         # number is taken there (1e-320 written out is no duration).
         latency = Objectives.model_fields[name].annotation is Stat
-        data[name] = {k: v if not latency or v < BARE_LATENCY_MAX else f"{Decimal(repr(v)):f}s"
-                      for k, v in stats.items() if v is not None}
+        data[name] = {k: seconds_given(v) if latency else v for k, v in stats.items() if v is not None}
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = key.strip().split(".")
@@ -877,7 +875,7 @@ def _flag_scalar(text: str) -> Any:
     """A flag's value as the same text would be in a scenario file (a number, a string, null); anything that is not
     one scalar stays the text, for the model to refuse."""
     try:
-        value = yaml.safe_load(text)
+        value = load_scalar(text)
     except (yaml.YAMLError, ValueError, OverflowError):
         return text
     return value if isinstance(value, (int, float, str, bool)) or value is None else text

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import select
 import stat
 import time
@@ -129,7 +130,26 @@ MAX_DEPTH = 64
 # PyYAML (libyaml) and pydantic about half a second.
 MAX_NODES = 25_000
 # libyaml when PyYAML has it (its wheels do): the pure-Python parser needs tens of seconds for a 1 MiB file.
-_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BASE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# YAML 1.1's base-60 numbers (PyYAML reads `deadline: 1:30` as the integer 90, `1:30:00` as 5400): a plain scalar of
+# that form stays the text it is (as YAML 1.2 reads it), for the field to take or refuse by its own grammar; a
+# duration says what it is (durations.parse_duration), never 90 s of what may have meant 1h30m.
+SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
+
+
+class _Loader(_BASE_LOADER):  # type: ignore[misc]
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is yaml.ScalarNode and implicit[0] and SEXAGESIMAL.fullmatch(value):
+            return "tag:yaml.org,2002:str"
+        return super().resolve(kind, value, implicit)
+
+
+_LOADER: Any = _Loader
+
+
+def load_scalar(text: str) -> Any:
+    """One value's text (a flag's) as a configuration file reads it (`1:30` stays text there too)."""
+    return yaml.load(text, Loader=_LOADER)
 
 
 def _part_text(part: Any) -> str:

@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -18,7 +17,6 @@ from collections import Counter
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any, NoReturn
-from urllib.parse import unquote_plus
 
 from pydantic import ValidationError
 from websockets.asyncio.server import ServerConnection, serve
@@ -33,11 +31,23 @@ from harness.checker import ChatResult, ChatTracker, ConnectionChecker, Expectat
 from harness.durations import parse_duration, parse_size
 from harness.errors import MESSAGE_LIMIT
 from harness.events import Outcome, Rule
-from harness.flow import CLEAN_CLOSE_CODES, RESENT_WARNING, FrameRouter, ParkedChats, PassiveChats, Resumes
+from harness.flow import (
+    CLEAN_CLOSE_CODES,
+    RESENT_WARNING,
+    RESUME_UNKNOWN_NOTE,
+    WAKE_ALL,
+    FrameRouter,
+    ParkedChats,
+    PassiveChats,
+    PendingResumes,
+    Resumes,
+)
 from harness.profiles import Profile, load_profile
 from harness.recorder import Recorder
+from harness.redact import credentials_of
 from harness.scenario import SCENARIO_NAME_PATTERN, Expect, expectations_for
 from harness.targets import check_label, check_url, target_label
+from harness.transports.base import FRAGMENTS_ERROR, TOO_MANY_FRAGMENTS
 from harness.transports.websocket import BoundedClientConnection, NoRedirects, classify
 from harness.yamlfile import ConfigError
 
@@ -172,6 +182,9 @@ class LiveChats:
         self.parked = ParkedChats(MAX_PARKED, MAX_PARKED_EACH, MAX_PARKED_BYTES)
         self._parked_timer: asyncio.TimerHandle | None = None
         self._parked_wake = float("inf")  # when the timer fires
+        # Chats resumed whose resume is judged with them (or when lost again): `resumed` when events came back, `lost`
+        # otherwise or at once on RESUME_UNKNOWN_RUN, as the live client and `chatprobe check` judge it.
+        self.pending = PendingResumes()
         # What --record names a connection: "live-" and a pseudonym of its identity, keyed by this process's own
         # random key (never written): `chatprobe check` tells one user's connections from another's by it, as the
         # proxy does (a resume, a resend), and no digest of a credential is in a recording.
@@ -352,6 +365,8 @@ class LiveChats:
         """A verdict to the sink. A message the server rejected because the client sent something invalid is the
         client's doing: counted apart (client_rejected), never as one of the server's outcomes."""
         self.resent.discard(result.chat_id)
+        for reconnect in result.reconnects:  # each judged with its chat (PendingResumes), counted with its verdict
+            self.sink.reconnect(self.scenario, reconnect)
         if abandoned:
             self.sink.chat_abandoned(self.scenario)
         if result.error_kind == "rejected":
@@ -370,7 +385,7 @@ class LiveConnection:
         self.checker = ConnectionChecker(None, events_name_run=live.profile.events_name_run,
                                          further_runs=live.profile.further_runs)
         self.router = FrameRouter(live.profile, self.checker, live.sink, live.scenario)
-        self.chats = PassiveChats(self.checker, live.settle)
+        self.chats = PassiveChats(self.checker, live.settle, live.pending)
         self._by_id: dict[str, ChatTracker] = {}  # the chats open on this connection, oldest first
         self.resumes: Resumes | None = None  # runs resumed across connections (flow.Resumes), from the first one
         self.log = live.recorder.connection(live.label(identity), secrets) if live.recorder is not None else None
@@ -431,8 +446,9 @@ class LiveConnection:
                 # user then (R8), as `chatprobe check` judges it.
                 self.checker.tell_unwitnessed(resumed)
                 self._by_id[resumed.chat_id] = resumed
-                resumed.reconnected(True)
-                live.sink.reconnect(live.scenario, "resumed")
+                # Judged with the chat (or at its next loss): resumed if events come back, lost if none do or the
+                # server does not know the run (RESUME_UNKNOWN_RUN), as the live client judges its own.
+                live.pending.sent(resumed)
 
     def server_frame(self, text: str | bytes, now: float) -> None:
         """A frame from the server to the user, decoded and routed as the harness's own client does."""
@@ -441,11 +457,20 @@ class LiveConnection:
         resumes = self.resumes
         if resumes and resumes.skip(self.live.profile, text, now):  # only after a resume: a second decode
             return
-        self.router.on_frame(text, now)  # the user's own client answers pings
+        wake, _reply = self.router.on_frame(text, now)  # the user's own client answers pings
+        if wake == WAKE_ALL:
+            pending = self.live.pending
+            for chat in pending.forgotten(self.router, list(self._by_id.values())):
+                # The server did not know the run the user's resume named (RESUME_UNKNOWN_RUN): lost, judged now, as
+                # the live client and `chatprobe check` judge it.
+                pending.judge(chat)
+                self._finished(chat.finish(now, lost=True, note=RESUME_UNKNOWN_NOTE))
 
-    def oversized(self, limit: int, now: float) -> None:
-        """The proxy cut the upstream off for a frame over `limit` bytes: an R12, as the harness judges it."""
-        self.router.on_protocol_error(f"frame larger than the {limit} byte limit", now)
+    def oversized(self, limit: int, now: float, fragments: bool = False) -> None:
+        """The proxy cut the upstream off for a frame over `limit` bytes (or a message in more than MAX_FRAGMENTS
+        frames, `fragments`): an R12, as the harness judges it."""
+        self.router.on_protocol_error(FRAGMENTS_ERROR if fragments else f"frame larger than the {limit} byte limit",
+                                      now)
 
     def judge_due(self, now: float) -> None:
         for result in self.chats.due(now):
@@ -477,8 +502,12 @@ class LiveConnection:
             for chat in list(self.checker.chats):
                 if chat.judged or chat.done or chat.chat_id not in self._by_id:
                     continue
-                if ((chat.n_events == 0 and live.hold_for_resend(self.identity, chat, now, code in CLEAN_CLOSE_CODES))
-                        or live.park(self.identity, chat, now)):
+                if chat.n_events == 0 and live.hold_for_resend(self.identity, chat, now, code in CLEAN_CLOSE_CODES):
+                    parked = True
+                else:
+                    live.pending.judge(chat)  # lost again: its last resume is judged now, as live
+                    parked = live.park(self.identity, chat, now)
+                if parked:
                     self.checker.discard(chat)
                     self._by_id.pop(chat.chat_id, None)
                     self.failing = True  # its recording is kept: the chat's first connection is in it
@@ -500,7 +529,9 @@ class LiveConnection:
                 del self._by_id[chat_id]
         if len(self._by_id) < MAX_OPEN_CHATS:
             return
-        result = next(iter(self._by_id.values())).finish(now, note=TOO_MANY_OPEN)
+        oldest = next(iter(self._by_id.values()))
+        self.live.pending.judge(oldest)
+        result = oldest.finish(now, note=TOO_MANY_OPEN)
         result.outcome, result.error_kind, result.error = Outcome.ERROR, "rejected", TOO_MANY_OPEN
         self._finished(result)
 
@@ -550,47 +581,9 @@ def credentials_identity(headers: dict[str, str], subprotocols: Sequence[str] = 
                 h.update(f"{name}\0{v}\0".encode("utf-8", "replace"))
     for p in subprotocols:
         h.update(f"subprotocol\0{p}\0".encode("utf-8", "replace"))
-    for raw, _value in _query_credentials(path):
+    for raw, _value in redact.query_credentials(path):
         h.update(f"query\0{raw}\0".encode("utf-8", "replace"))
     return h.hexdigest()[:32]
-
-
-def _query_credentials(path: str) -> list[tuple[str, str]]:
-    """(as sent, decoded) values of the request's query parameters that carry a credential: a credential-like name
-    or an opaque value, and never a plain word (`?session_type=assistant` made every "assistant" in a recording
-    [REDACTED], AG-UI's roles with it). `&` and `;` separate them."""
-    out = []
-    for pair in re.split("[&;]", path.partition("?")[2].partition("#")[0]):
-        name, _, raw = pair.partition("=")
-        value = unquote_plus(raw)
-        if redact.credential_like(name, value) and not redact.plain_word(value):
-            out.append((raw, value))
-    return out
-
-
-def credentials_of(headers: dict[str, str], subprotocols: Sequence[str], path: str = "") -> tuple[str, ...]:
-    """A connection's credentials as a server might echo them, kept out of --record (never logged): the
-    Authorization value and its credential, each cookie's value, a `jwt.<token>` subprotocol's token and the parts of
-    any other subprotocol that read as a credential (`base64url.bearer.authorization.k8s.io.<token>`), and the
-    values of the query parameters that carry one (`?access_token=`, a link's opaque `?t=`), as sent and decoded.
-    Only what reads as a credential: a subprotocol's `messages` or a `?view=conversation` made secrets would erase
-    those words from every recorded frame (and AG-UI's `messages` key with them)."""
-    out: list[str] = []
-    for k, v in headers.items():
-        if k.lower() == "authorization":
-            out += [v, v.partition(" ")[2].strip()]
-        elif k.lower() == "cookie":
-            out += [v] + [c.partition("=")[2].strip() for c in v.split(";")]
-    for p in subprotocols:
-        if p.lower().startswith("jwt."):
-            out += [p, p[4:]]
-            continue
-        parts = [part for part in p.split(".") if redact.credential_like("", part)]
-        out += [p, *parts] if parts else []
-    for raw, value in _query_credentials(path):
-        out += [raw, value]
-    # Shorter is no credential, and would redact common words; each form once.
-    return tuple(dict.fromkeys(s for s in out if len(s) >= 8))
 
 
 class Proxy:
@@ -658,7 +651,7 @@ class Proxy:
             return conn.respond(HTTPStatus.BAD_GATEWAY, "upstream unreachable\n")
         conn.upstream = upstream  # type: ignore[attr-defined]
         conn.identity = credentials_identity(headers, offered, request.path)  # type: ignore[attr-defined]
-        conn.secrets = credentials_of(headers, offered, request.path)  # type: ignore[attr-defined]
+        conn.secrets = credentials_of(headers.items(), offered, request.path)  # type: ignore[attr-defined]
         return None
 
     def select_subprotocol(self, conn: ServerConnection, offered: Any) -> Any:
@@ -718,7 +711,7 @@ class Proxy:
                     changed.set()
             except ConnectionClosed:
                 if _cut_for_size(upstream):  # as the harness judges an oversized frame: an R12 for the chats on it
-                    conn.oversized(self.max_size, self.clock())
+                    conn.oversized(self.max_size, self.clock(), upstream.protocol.close_sent.reason == TOO_MANY_FRAGMENTS)
             finally:
                 closed_by.append(side)
                 changed.set()
@@ -927,16 +920,17 @@ def main(argv: list[str] | None = None) -> int:
         if upstream_parts.username is not None or upstream_parts.password is not None:
             raise ConfigError("--upstream: no credentials in the URL (clients' Authorization headers are forwarded)")
         limits = {}
-        for flag in ("first_event_limit", "deadline", "stall_limit", "settle", "send_timeout"):
+        for flag in ("settle", "send_timeout"):
             try:
                 limits[flag] = parse_duration(getattr(args, flag))
             except ValueError as exc:
                 raise ConfigError(f"--{flag.replace('_', '-')}: {exc}") from None
         if limits["send_timeout"] <= 0:
             raise ConfigError("--send-timeout: must be more than 0")
-        try:  # the limits as a scenario's `expect` takes them (a limit of 0 is refused there too)
-            expect = Expect(streaming=args.streaming, first_event_limit=limits["first_event_limit"],
-                            deadline=limits["deadline"], stall_limit=limits["stall_limit"])
+        try:  # the limits as a scenario's `expect` takes them, as written (0 is refused there, and a bare first-event
+            # limit of 10 or more, k6's milliseconds habit, as `expect.first_event_limit: 500` is)
+            expect = Expect(streaming=args.streaming, first_event_limit=args.first_event_limit,
+                            deadline=args.deadline, stall_limit=args.stall_limit)
         except ValidationError as exc:
             first = exc.errors()[0]
             flag = "--" + str(first["loc"][0]).replace("_", "-")

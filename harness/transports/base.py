@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,14 @@ if TYPE_CHECKING:
     from ..checker import Expectations
 
 FrameCallback = Callable[[str | bytes, float], None]
+
+# The most frames one WebSocket message may come in, for every client: websockets' own bound, read as websockets
+# reads it (its asyncio client fails a message in more frames with 1009, "too many fragments"). picows and the Locust
+# user's client keep a message's fragments themselves: without it a server's 4 MiB message in 2-byte fragments
+# (12 MB on the wire) cost them ~260 MB of fragment objects, and a message of empty fragments never ended.
+MAX_FRAGMENTS = int(os.environ.get("WEBSOCKETS_MAX_FRAGMENTS", "4096"))
+TOO_MANY_FRAGMENTS = "too many fragments"  # the reason of websockets' close frame (1009) for it
+FRAGMENTS_ERROR = f"message in more than {MAX_FRAGMENTS} fragments"  # what the chats on the connection are told (R12)
 TransportName = Literal["websocket", "sse"]
 Compression = Literal["none", "deflate"]
 

@@ -20,6 +20,8 @@ from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTrans
 from picows.common import WSHandshakeError, WSInvalidMessageError
 
 from .base import (
+    FRAGMENTS_ERROR,
+    MAX_FRAGMENTS,
     ConnectFailed,
     ConnectSettings,
     FrameCallback,
@@ -251,6 +253,9 @@ class PicowsTransport(WSListener, RecordingHooks):
         if size > self._max_size:
             self._fail(transport, 1009)
             return None
+        if len(parts) >= MAX_FRAGMENTS:  # as websockets' client: tiny (or empty) fragments cost far more than bytes
+            self._fail(transport, 1009, FRAGMENTS_ERROR)
+            return None
         parts.append(frame.get_payload_as_bytes())
         self._parts_size = size
         if not frame.fin:
@@ -286,10 +291,11 @@ class PicowsTransport(WSListener, RecordingHooks):
             transport.send_close(WSCloseCode(code) if sendable else WSCloseCode.OK)
         transport.disconnect()
 
-    def _fail(self, transport: WSTransport, code: int) -> None:
-        """Close for what the server sent (as websockets does): an R12 for the client, the code for the server."""
+    def _fail(self, transport: WSTransport, code: int, detail: str | None = None) -> None:
+        """Close for what the server sent (as websockets does): an R12 for the client (`detail`, else the code's),
+        the code for the server."""
         if self.protocol_error is None:
-            self.protocol_error = PROTOCOL_ERRORS[code].format(self._max_size)
+            self.protocol_error = detail or PROTOCOL_ERRORS[code].format(self._max_size)
         self._parts, self._parts_size = None, 0
         if not transport.is_close_frame_sent:
             transport.send_close(WSCloseCode(code))

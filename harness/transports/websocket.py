@@ -4,15 +4,29 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import ssl
 import time
+from collections.abc import Generator
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI
+from websockets.http11 import MAX_LINE_LENGTH, Response
 from websockets.protocol import State
 
-from .base import ConnectFailed, ConnectSettings, FrameCallback, RecordingHooks, auth_headers, ssl_context
+from .base import (
+    FRAGMENTS_ERROR,
+    TOO_MANY_FRAGMENTS,
+    ConnectFailed,
+    ConnectSettings,
+    FrameCallback,
+    RecordingHooks,
+    auth_headers,
+    ssl_context,
+)
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -68,16 +82,54 @@ def record_close(transport: Any, protocol: Any) -> None:
     """Set a transport's close_code, close_reason and protocol_error from a websockets protocol that ended."""
     sent = protocol.close_sent
     if sent is not None and sent.code in (1002, 1007, 1009):
-        # We closed because of what the server sent: a frame over max_size, bad UTF-8, bad framing.
+        # We closed because of what the server sent: a frame over max_size (or a message in too many fragments),
+        # bad UTF-8, bad framing.
         transport.protocol_error = {1009: f"frame larger than the {transport.settings.max_size} byte limit",
                                     1007: "text frame that is not valid UTF-8",
                                     1002: "WebSocket protocol error"}[sent.code]
+        if sent.code == 1009 and sent.reason == TOO_MANY_FRAGMENTS:
+            transport.protocol_error = FRAGMENTS_ERROR
     rcvd = protocol.close_rcvd
     if rcvd is not None:
         transport.close_code = rcvd.code
         transport.close_reason = transport.close_reason or rcvd.reason
     elif transport.close_code is None:
         transport.close_code = 1006
+
+
+# The status line of an answer to the upgrade that refuses it: any status but 101, HTTP/1.1 as websockets requires.
+_REFUSAL = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9])(?: ([^\r\n]*))?\r?\n")
+
+
+def status_first(protocol: ClientProtocol) -> None:
+    """Make a websockets client protocol (the asyncio client's, the proxy's upstream, the Locust user's) judge an
+    answer to its upgrade by its status line: one that is not 101 fails the handshake there and then (InvalidStatus,
+    what classify() reads), its headers and body never waited for. websockets reads a refusal's body before it says
+    anything: a 401 or 403 whose body had no length and a connection the server kept open (or a Content-Length it
+    never sent in full) was a `timeout` at connect_timeout, and one over 1 MiB or with a transfer coding other than
+    chunked a `protocol_error`, where picows says `auth_failed` at once. A 101 is left to websockets, from its first
+    byte. Called on a protocol that has read nothing yet."""
+    protocol.parser = _status_first(protocol)
+    next(protocol.parser)
+
+
+def _status_first(protocol: ClientProtocol) -> Generator[None]:
+    reader = protocol.reader
+    while reader.buffer.find(b"\n", 0, MAX_LINE_LENGTH) < 0 and not reader.eof \
+            and len(reader.buffer) < MAX_LINE_LENGTH:
+        yield
+    refusal = _REFUSAL.match(reader.buffer, 0, MAX_LINE_LENGTH)  # a longer status line is websockets' to refuse
+    if refusal is None or refusal[1] == b"101":
+        yield from ClientProtocol.parse(protocol)  # websockets' own parser, nothing of the answer read yet
+        return
+    # What websockets does with a response it refuses (ClientProtocol.parse), with no headers and no body.
+    response = Response(int(refusal[1]), (refusal[2] or b"").decode("iso-8859-1"), Headers())
+    protocol.handshake_exc = InvalidStatus(response)
+    protocol.events.append(response)
+    protocol.send_eof()
+    protocol.parser = protocol.discard()
+    next(protocol.parser)
+    yield
 
 
 class BoundedPongs:
@@ -113,6 +165,10 @@ class BoundedClientConnection(BoundedPongs, ClientConnection):
     at the latest (a server that reads nothing)."""
 
     _close_timer: asyncio.TimerHandle | None = None
+
+    def __init__(self, protocol: ClientProtocol, *args: Any, **kwargs: Any) -> None:
+        super().__init__(protocol, *args, **kwargs)
+        status_first(protocol)  # a refusal of the upgrade is judged by its status line (status_first)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

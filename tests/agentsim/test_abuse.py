@@ -107,6 +107,36 @@ async def test_a_users_churn_evicts_only_their_own_finished_runs(make_sim):
         assert (await collect_runs(bob, 1))["bob-1"] == bob_events
 
 
+async def test_every_way_a_run_ends_gives_its_live_slot_back_once(make_sim):
+    """Runs ended normally, by a fatal agent error, under agentsim's own close fault (clean and reset), under the
+    client's close, and resumed on a new connection: past 4 x max_runs of them no live run is left counted, and a
+    new chat is served, not refused with SERVER_BUSY (a soak that slowed down was suspected of this)."""
+    sim = await make_sim(max_runs=3, max_live_runs_per_user=3, max_runs_per_user=3, seed=5,
+                         faults=["close=0.3", "close:abort=0.3"])
+    messages = ("What is 3 * 4?", "What is 3 * 4? #fail-agent", "What is 3 * 4? #fail-tool")
+    for i in range(4 * 3 * 3):
+        ws, _ = await connect(sim.url, "u")
+        async with ws:
+            run_id = await started_run(ws, messages[i % 3])
+            if i % 4 == 0:
+                await ws.close()  # the client leaves mid-run
+            else:
+                try:
+                    await collect_runs(ws, 1)
+                except websockets.ConnectionClosed:  # agentsim's close fault
+                    if i % 4 == 1:
+                        again, _ = await connect(sim.url, "u")
+                        async with again:
+                            await send(again, {"type": "resume", "payload": {"run_id": run_id, "last_seq": 0}})
+                            await collect_runs(again, 1)
+        await wait_until(lambda: sim._live_total == 0, what="the run's live slot to be given back")
+        assert sim._live == {} and len(sim.runs) <= 3
+    assert sim.chats_started == sim.chats_finished == 36
+    ws, _ = await connect(sim.url, "v")
+    async with ws:
+        await started_run(ws, "hello")
+
+
 # -- run ids scoped to their user --------------------------------------------------------------------------------
 
 async def test_another_users_run_id_answers_exactly_like_one_that_never_existed(make_sim):

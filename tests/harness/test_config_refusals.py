@@ -227,3 +227,47 @@ def test_a_label_given_by_flag_is_held_to_what_the_config_files_take(args, flag)
     `scenario` labels of every series: they were taken as given (300 characters, a newline), where a monitor config's
     target name and a scenario's name are 1 to 64 letters, digits or `_.-` (`:[]` too for a target)."""
     one_error(run_cli(*args), flag, "1 to 64 letters, digits")
+
+
+@pytest.mark.parametrize("field, yaml_text", [
+    # YAML 1.1 (PyYAML) reads a plain 1:30 as the base-60 integer 90 and 1:30:00 as 5400: a deadline of 90 s where
+    # 1h30m may have been meant, taken in silence. Now the text it is, which no duration is.
+    ("expect.deadline", "expect: {deadline: 1:30}"),
+    ("max_duration", "max_duration: 1:30:00"),
+    ("ramp_up", "ramp_up: 0:30"),
+    ("think_time.max", "think_time: {min: 1s, max: 1:30.5}"),
+    ("objectives.chat_duration.max", "objectives: {chat_duration: {max: 2:00}}"),
+])
+def test_a_base_60_number_is_no_duration(tmp_path, capsys, field, yaml_text):
+    from harness.cli import main
+    scenario = tmp_path / "clock.yaml"
+    scenario.write_text(f"name: clock\n{yaml_text}\n")
+    assert main(["run", str(scenario)]) == 2
+    err = capsys.readouterr().err
+    assert f"{scenario}:2: field '{field}'" in err and "base-60" in err and "write it with units" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_base_60_number_is_no_count_nor_a_flags_duration(tmp_path, capsys):
+    from harness.cli import main
+    from harness.yamlfile import load_scalar
+    scenario = tmp_path / "clock.yaml"
+    scenario.write_text("name: clock\nusers: 1:30\n")  # was 90 users
+    assert main(["run", str(scenario)]) == 2
+    err = capsys.readouterr().err
+    assert f"{scenario}:2: field 'users'" in err and "valid integer" in err, err
+    assert main(["run", "basic", "--max-duration", "1:30"]) == 2
+    assert "--max-duration" in (err := capsys.readouterr().err) and "base-60" in err, err
+    # an --objective's value is read as the file reads it: not 90 (then "90 would be read as seconds")
+    assert main(["run", "basic", "--objective", "chat_duration.max=1:30"]) == 2
+    assert "'1:30' is no duration" in (err := capsys.readouterr().err), err
+    assert (load_scalar("1:30"), load_scalar("'1:30'"), load_scalar("90"), load_scalar("1.5")) == ("1:30", "1:30", 90, 1.5)
+
+
+def test_a_monitor_interval_in_base_60_is_refused(tmp_path):
+    from harness.yamlfile import ConfigError
+    from monitors.monitor import load_config
+    config = tmp_path / "m.yaml"
+    config.write_text("targets:\n  a: {url: ws://127.0.0.1:9/ws}\ninterval: 1:30\n")
+    with pytest.raises(ConfigError, match=r"m\.yaml:3: field 'interval'.*base-60"):
+        load_config(str(config))

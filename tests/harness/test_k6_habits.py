@@ -156,3 +156,52 @@ def test_a_k6_script_or_a_locustfile_given_as_the_scenario_is_named_for_what_it_
     path = tmp_path / name
     path.write_text(text)
     assert "not valid YAML" not in one_error(run_cli("run", str(path)), f"{path}: ", meant)
+
+
+@pytest.mark.parametrize("body,line,number,read_as", [
+    # R9's limit is the latency time_to_first_event's p95 bounds: k6's 500 (ms) was taken as 500 s, a limit no chat
+    # could miss, while `objectives: {time_to_first_event: {p95: 500}}` was refused.
+    ("expect: {first_event_limit: 500}\n", 3, "500", "8m20s"),
+    ("expect:\n  streaming: true\n  first_event_limit: 15\n", 5, "15", "15s"),
+    ('expect: {first_event_limit: "2000"}\n', 3, "2000", "33m20s"),
+])
+def test_a_bare_first_event_limit_k6_means_in_ms_is_refused(tmp_path, capsys, body, line, number, read_as):
+    from harness.cli import main
+    path = _scenario(tmp_path, body)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:{line}: field 'expect.first_event_limit'" in err and f"({read_as})" in err, err
+    assert f"write {number}ms or {number}s" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_deadlines_and_waits_keep_their_bare_seconds_and_a_limit_its_unit(tmp_path):
+    # A deadline (R10), a stall limit (R11) and the settle window are waits, not latencies k6 writes in ms:
+    # `deadline: 120` is 2 minutes, as it always was. A first-event limit with a unit, or below 10, is taken.
+    sc = load_scenario(str(_scenario(tmp_path, "expect: {deadline: 120, stall_limit: 45, settle: 10, "
+                                               "first_event_limit: 9.5}\nconnect_timeout: 30\n")))
+    e = sc.expect
+    assert (e.deadline, e.stall_limit, e.settle, e.first_event_limit, sc.connect_timeout) == (120, 45, 10, 9.5, 30)
+    assert load_scenario(str(_scenario(tmp_path, "expect: {first_event_limit: 500ms}\n"))).expect.first_event_limit \
+        == 0.5
+    assert load_scenario(str(_scenario(tmp_path, "expect: {first_event_limit: 15s}\n"))).expect.first_event_limit == 15
+
+
+def test_the_proxys_first_event_limit_flag_refuses_a_bare_k6_number_and_its_deadline_takes_seconds():
+    from harness import cli
+
+    from .test_config_fuzz import invoke, one_line
+    line = one_line(*invoke(cli.main, ["proxy", "--upstream", "ws://127.0.0.1:9/ws", "--first-event-limit", "500",
+                                       "--record-all"]))
+    assert "--first-event-limit: 500 would be read as seconds (8m20s)" in line and "write 500ms or 500s" in line, line
+    # a bare deadline is seconds: the flags are taken, and the next mistake on the line is the one named
+    line = one_line(*invoke(cli.main, ["proxy", "--upstream", "ws://127.0.0.1:9/ws", "--first-event-limit", "500ms",
+                                       "--deadline", "120", "--stall-limit", "30", "--record-all"]))
+    assert "--record-all needs --record DIR" in line, line
+
+
+def test_a_programs_seconds_are_not_a_persons_bare_number():
+    # the pytest plugin's chat(first_event_limit=15.0) is seconds, said so by its signature: taken with its unit
+    from harness.durations import seconds_given
+    from harness.scenario import Expect
+    assert [Expect(first_event_limit=seconds_given(v)).first_event_limit for v in (15.0, 1e-5, 2, 3600)] == \
+        [15.0, 1e-5, 2.0, 3600.0]

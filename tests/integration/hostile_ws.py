@@ -5,7 +5,7 @@ chatprobe's three WebSocket clients to one answer: picows and websockets under `
 Each server is raw asyncio streams on 127.0.0.1, so it can send what no framework would: a redirect to another
 origin, a subprotocol or an extension the client never offered, an answer that is not HTTP/1.1, a head that never
 ends or comes a byte at a time, a deflated frame that inflates to 256 MiB, a close frame and then a socket held open,
-a reserved bit no extension defines. A server is a `Handler`, served by `raw(handler)`.
+a reserved bit no extension defines, a message in millions of tiny fragments. A server is a `Handler`, served by `raw(handler)`.
 """
 from __future__ import annotations
 
@@ -275,6 +275,30 @@ async def endless_200(writer: Writer, head: bytes) -> None:
         await writer.drain()
 
 
+async def refusal_unframed(writer: Writer, head: bytes) -> None:
+    writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/html\r\n\r\n<h1>Sign in</h1>")
+
+
+async def refusal_cut_short(writer: Writer, head: bytes) -> None:
+    writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 1000\r\n\r\n<h1>Forbidden</h1>")
+
+
+async def refusal_huge(writer: Writer, head: bytes) -> None:
+    writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 500000000\r\n\r\n")
+    for _ in range(32):  # 2 MiB, then the socket stays open
+        writer.write(b"x" * 65536)
+        await writer.drain()
+
+
+async def refusal_encoded(writer: Writer, head: bytes) -> None:
+    writer.write(b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b")
+
+
+# A 401 or 403 whose body does not end while the server keeps the connection open: the status line says it all.
+REFUSALS: dict[str, Answer] = {"401 body without a length": refusal_unframed,
+                               "403 body short of its Content-Length": refusal_cut_short,
+                               "401 body of 500 MB": refusal_huge, "401 body in gzip transfer coding": refusal_encoded}
+
 MALFORMED: dict[str, Answer] = {"HTTP/1.0 101": http10, "endless headers": endless_headers,
                                 "endless header line": endless_line, "200 with an endless body": endless_200}
 
@@ -343,6 +367,23 @@ async def closes_then_holds(reader: Reader, writer: Writer, head: bytes, srv: Ra
     writer.write(frame(8, struct.pack("!H", 1001) + b"going away"))
     await writer.drain()
     await srv.held.wait()  # never set: the socket stays open, unread, until the test ends
+
+
+def fragments(size: int, count: int = 2_000_000) -> Handler:
+    """After the first event, one text message in `count` continuation frames of `size` bytes each (2 MB of 2-byte
+    fragments hold under max_size, 4 MiB, on 8 MB of the wire; empty ones never end it), then its end, then reads."""
+    async def server(reader: Reader, writer: Writer, head: bytes, srv: Raw) -> None:
+        writer.write(upgrade(head, offered_deflate(head)))
+        first, *_ = run_frames(await welcome_and_message(reader, writer))
+        writer.write(frame(1, first) + frame(1, b'{"type": "agent_thinking", "run_id": "r1", "seq": 2, '
+                                                b'"payload": {"thought": "', fin=False))
+        batch = frame(0, b"a" * size, fin=False) * 10_000
+        for _ in range(count // 10_000):  # until the client goes away (drain raises)
+            writer.write(batch)
+            await writer.drain()
+        writer.write(frame(0, b'"}}'))
+        await read_until_gone(reader)
+    return server
 
 
 # The reserved bits of a frame's first byte.

@@ -7,6 +7,7 @@ its output must hold no traceback and no token.
 Failing on the code before this file: every chat over wss:// was an error before its first event (the client's
 sends asked the SSL socket for MSG_DONTWAIT, which it refuses), under gevent and on plain threads; under gevent a
 TLS handshake dripped a byte at a time held the connect (and the chat) to the drip's end, far past connect_timeout.
+A message in millions of tiny fragments was kept fragment by fragment (hundreds of MB).
 The other cases held already and are kept as the parity guard: redirects, unoffered subprotocols and extensions,
 malformed upgrade answers, a dripped upgrade, frames refused or a close and then a socket held open, reserved bits.
 """
@@ -25,6 +26,7 @@ from .hostile_ws import (
     LIMIT_KB,
     MALFORMED,
     MEASURE,
+    REFUSALS,
     RESERVED,
     TOKEN,
     UNOFFERED,
@@ -34,6 +36,7 @@ from .hostile_ws import (
     chooses,
     closes_then_holds,
     drips_the_upgrade,
+    fragments,
     malformed,
     oversized,
     raw,
@@ -129,6 +132,17 @@ async def test_an_answer_that_is_no_http_1_1_upgrade_is_a_protocol_error_in_boun
     assert peak_kb < LIMIT_KB
 
 
+@pytest.mark.parametrize("answer", REFUSALS.values(), ids=REFUSALS.keys())
+async def test_a_refusal_whose_body_never_ends_is_auth_failed_by_its_status_line(tmp_path, answer):
+    """A 401 or 403 whose body never ends while the connection stays open (no length, short of its Content-Length,
+    500 MB, a transfer coding websockets does not read): `auth_failed` as under `chatprobe run`, not the `timeout` at
+    connect_timeout (20 s) or the `protocol_error` the body made it."""
+    async with raw(malformed(answer)) as srv:
+        chat, _ = await locust_chat(tmp_path, srv.url)
+    assert chat["error_kind"] == "auth_failed", chat
+    assert chat["error"] in ("HTTP 401 at the WebSocket handshake", "HTTP 403 at the WebSocket handshake"), chat
+
+
 async def test_an_upgrade_answer_dripped_a_byte_at_a_time_is_bounded_by_connect_timeout(tmp_path):
     """One byte every 0.25 s: connect_timeout (1 s) bounds the whole handshake, not each read; a `timeout`."""
     async with raw(drips_the_upgrade) as srv:
@@ -214,3 +228,17 @@ async def test_a_reserved_bit_no_extension_defines_fails_the_connection(tmp_path
     assert chat["outcome"] != "passed", chat
     assert rules.get("R12") == "malformed frame: WebSocket protocol error", rules
     assert chat["events_received"] == 1
+
+
+@pytest.mark.parametrize("size", [2, 0], ids=["2-byte", "empty"])
+async def test_a_message_in_millions_of_tiny_fragments_is_refused_at_the_fragment_limit(tmp_path, size):
+    """One message in 2,000,000 continuation frames of 2 bytes or of none: past websockets' 4,096 fragments the
+    connection fails (1009, the R12 of the asyncio clients), in bounded memory. The client kept every fragment (peak
+    316 MB for 8 MB of the wire) and waited out the empty ones to the chat's deadline (an R10)."""
+    async with raw(fragments(size)) as srv:
+        chat, peak_kb = await locust_chat(tmp_path, srv.url)
+    rules = {v["rule"]: v["reason"] for v in chat["violations"]}
+    assert chat["outcome"] == "incomplete", chat
+    assert rules.get("R12") == "malformed frame: message in more than 4096 fragments", rules
+    assert "R10" not in rules, rules
+    assert peak_kb < LIMIT_KB

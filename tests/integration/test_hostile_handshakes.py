@@ -10,7 +10,8 @@ websockets client followed a redirect, to another port with the token as a subpr
 and an extension it never offered and frames with a reserved bit set, and called an answer it could not parse
 `refused` (exit 3, "unreachable"); the websockets client waited out the connect timeout on a head it had already
 refused and, having failed a connection (a frame over max_size, inflated or not) or answered a close, waited for the
-server to hang up until the chat's deadline: an R10 instead of the R12. The dripped upgrade, and a TLS handshake never
+server to hang up until the chat's deadline: an R10 instead of the R12; picows kept a message's fragments without a
+bound on their count (a message of millions of tiny ones). The dripped upgrade, and a TLS handshake never
 answered or dripped, hold both clients to connect_timeout as a deadline on the whole handshake (they passed before
 they were added: guards of the parity with the Locust user's client, test_gevent_hostile.py).
 """
@@ -28,6 +29,7 @@ from .hostile_ws import (
     LIMIT_KB,
     MALFORMED,
     MEASURE,
+    REFUSALS,
     RESERVED,
     TOKEN,
     UNOFFERED,
@@ -40,6 +42,7 @@ from .hostile_ws import (
     chooses,
     closes_then_holds,
     drips_the_upgrade,
+    fragments,
     malformed,
     oversized,
     raw,
@@ -147,6 +150,21 @@ async def test_an_answer_that_is_no_http_1_1_upgrade_is_a_protocol_error_in_boun
     assert peak_kb < LIMIT_KB
 
 
+@pytest.mark.parametrize("answer", REFUSALS.values(), ids=REFUSALS.keys())
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_refusal_whose_body_never_ends_is_auth_failed_by_its_status_line(tmp_path, client, answer):
+    """A 401 or 403 whose body has no length (the server keeps the connection open), falls short of its
+    Content-Length, weighs 500 MB or comes in a transfer coding websockets does not read: `auth_failed` (exit 2, the
+    credentials refused), as picows says it. The websockets client read the body first: it waited out connect_timeout
+    (20 s here), a `timeout` (exit 3, "unreachable"), or refused the body, a `protocol_error`."""
+    async with raw(malformed(answer)) as srv:
+        code, chat, _, peak_kb = await chatprobe(tmp_path, srv.url, CLIENTS[client])
+    assert chat["error_kind"] == "auth_failed", chat
+    assert chat["error"] in ("HTTP 401 at the WebSocket handshake", "HTTP 403 at the WebSocket handshake"), chat
+    assert code == 2
+    assert peak_kb < LIMIT_KB
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_an_upgrade_answer_dripped_a_byte_at_a_time_is_bounded_by_connect_timeout(tmp_path, client):
     """A valid 101 that comes one byte every 0.25 s (some 30 s for the whole head): connect_timeout (1 s) bounds the
@@ -209,3 +227,19 @@ async def test_a_reserved_bit_no_extension_defines_fails_the_connection(tmp_path
     assert code == 1 and chat["outcome"] != "passed", chat
     assert rules.get("R12") == "malformed frame: WebSocket protocol error", rules
     assert chat["events_received"] == 1
+
+
+@pytest.mark.parametrize("size", [2, 0], ids=["2-byte", "empty"])
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_message_in_millions_of_tiny_fragments_is_refused_at_the_fragment_limit(tmp_path, client, size):
+    """Mid-run, one message in 2,000,000 continuation frames of 2 bytes (4 MB, under max_size) or of none: every
+    client fails the connection past websockets' 4,096 fragments (1009, an R12 saying so), in bounded memory. picows
+    kept each fragment as an object (peak 312 MB for 8 MB of the wire) and waited out the empty ones to the chat's
+    deadline (an R10); websockets' client refused it already, with the 1009 of an oversized frame."""
+    async with raw(fragments(size)) as srv:
+        code, chat, _, peak_kb = await chatprobe(tmp_path, srv.url, CLIENTS[client])
+    rules = {v["rule"]: v["reason"] for v in chat["violations"]}
+    assert code == 1 and chat["outcome"] == "incomplete", chat
+    assert rules.get("R12") == "malformed frame: message in more than 4096 fragments", rules
+    assert "R10" not in rules, rules
+    assert peak_kb < LIMIT_KB

@@ -9,6 +9,7 @@ import pytest
 from websockets.asyncio.server import serve
 
 from harness.events import Outcome
+from harness.flow import MAX_RESUME_UNKNOWN
 from harness.profiles import load_profile
 from harness.runner import run_scenario
 from harness.scenario import Scenario
@@ -71,6 +72,31 @@ async def test_close_mid_run_without_resume_support():
         await ws.close(1011, "boom")
 
     run = await run_against(handler)
+    (r,) = run.results
+    assert r.outcome is Outcome.INCOMPLETE
+    assert r.reconnects == ["lost"]
+    assert "RESUME_UNKNOWN_RUN" in r.note
+
+
+async def test_a_flood_of_resume_unknown_answers_never_hides_the_one_for_the_chat():
+    # More RESUME_UNKNOWN_RUN answers naming other runs than the client remembers, then the one for the chat's run:
+    # the newest is kept (the oldest go), so the chat ends at it, not at its deadline.
+    async def handler(ws):
+        await ws.send(WELCOME)
+        msg = json.loads(await ws.recv())
+        if msg["type"] == "resume":
+            for i in range(MAX_RESUME_UNKNOWN + 50):
+                await ws.send(json.dumps({"type": "error_message", "error_code": "RESUME_UNKNOWN_RUN",
+                                          "error_message": "unknown run", "run_id": f"other-{i}"}))
+            await ws.send(json.dumps({"type": "error_message", "error_code": "RESUME_UNKNOWN_RUN",
+                                      "error_message": "unknown run", "run_id": msg["payload"]["run_id"]}))
+            await ws.wait_closed()
+            return
+        mid = msg["payload"]["message_id"]
+        await ws.send(json.dumps({"type": "agent_started", "run_id": "r1", "seq": 1, "payload": {"message_id": mid}}))
+        await ws.close(1011, "boom")
+
+    run = await run_against(handler, quick(expect={"deadline": "5s", "first_event_limit": "0.5s", "settle": "0s"}))
     (r,) = run.results
     assert r.outcome is Outcome.INCOMPLETE
     assert r.reconnects == ["lost"]

@@ -35,6 +35,10 @@ Failed on the code before the review10 patch:
 Failed on the code before the flaky patch (a send_failed record after its chat's deadline: live `error`, offline R10):
 - test_a_send_failed_after_a_slow_scrub_is_the_error_live_judged (the recording a busy machine wrote; offline incomplete)
 - test_a_send_failed_record_fails_the_chat_it_follows_and_nothing_else (its `late` case, offline incomplete)
+Failed on the code before the resumeparity patch (a `send_failed` record did not say which send failed):
+- test_a_send_failed_record_fails_the_chat_whose_send_it_names_not_one_sent_in_between (the chat sent in between was
+  the error, the one whose send failed took its run: R8 x5)
+- test_the_recording_names_the_send_that_failed_when_another_chat_sent_meanwhile (the records named no send)
 What cannot be made equal: an event that came just past a chat's verdict time (its settle window's end, or its
 deadline) is judged after the verdict offline, by the recorded times, while a live client under load, its timer late,
 may have taken it in. `check` says so in its warnings (offline.LATE_WARNING); the differential tests accept a
@@ -795,6 +799,92 @@ async def test_a_send_the_server_never_reads_is_a_send_failed_error_offline_as_l
     [failed] = [json.loads(line) for f in (tmp_path / "rec").glob("*.jsonl") for line in f.read_text().splitlines()
                 if '"failed"' in line]
     assert failed["failed"] == "send_failed" and failed["dir"] == "close"
+
+
+def test_a_send_failed_record_fails_the_chat_whose_send_it_names_not_one_sent_in_between(tmp_path):
+    # Two chats on one connection (parallel_chats): m1's message is sent and stalls; m2's is sent meanwhile (its send
+    # record comes in between); m1's send fails (send_failed); m2's goes and its run passes. The record names its send
+    # (`send`: the connection's first send record), as `--record` writes it: `check` failed m2 instead, the last chat
+    # nothing had answered, and left m1 waiting, given m2's run (whose events name m2's message: an R8 to m1).
+    def send(t: float, mid: str) -> dict:
+        return {"t": t, "dir": "send", "conn": "c",
+                "frame": json.dumps({"type": "user_message", "payload": {"content": "hi", "message_id": mid}})}
+
+    welcome = {"t": 0.5, "dir": "recv", "conn": "c", "frame": json.dumps({"type": "connection_established"})}
+    failed = {"t": 1.6, "dir": "close", "conn": "c", "failed": "send_failed", "send": 1,
+              "reason": "the frame did not leave within 0.5s (the server read nothing)"}
+    events = [{"t": 2.0 + i / 10, "dir": "recv", "conn": "c", "frame": json.dumps(
+        {"type": kind, "run_id": "r2", "seq": i + 1, "payload": {"message_id": "m2"}})}
+        for i, kind in enumerate(["agent_started", "agent_thinking", "tool_executing", "tool_completed",
+                                  "agent_completed"])]
+    sc = Scenario(name="t", expect={"streaming": False, "settle": "0.05s", "deadline": "5s"})
+    path = write_jsonl(tmp_path / "between.jsonl", [welcome, send(1.0, "m1"), send(1.1, "m2"), failed, *events,
+                                                    {"t": 4.0, "dir": "close", "conn": "c", "code": 1000,
+                                                     "by": "client"}])
+    [run] = check_files([path], load_profile("netra"), sc)
+    assert [(r.outcome.value, r.error_kind or "", r.run_id, r.rule_counts()) for r in run.results] == [
+        ("error", "send_failed", None, {}), ("passed", "", "r2", {})], [(r.outcome, r.note, r.violations)
+                                                                         for r in run.results]
+    assert run.results[0].chat_id == "c#1" and not run.warnings  # m1's chat, the connection's first
+    # A `send` that names no send record of a chat waiting for its send is the R12 a record with no chat is; one that
+    # is not an ordinal is a record that cannot be read, an R12 naming the field.
+    for bad, detail in [(7, "no chat waiting"), (0, "field 'send'"), ("1", "field 'send'"), (True, "field 'send'")]:
+        odd = write_jsonl(tmp_path / "odd.jsonl", [welcome, send(1.0, "m1"), {**failed, "send": bad}])
+        [run] = check_files([odd], load_profile("netra"), sc)
+        reasons = [v.reason for r in run.results for v in r.violations if v.rule == "R12"]
+        assert any(detail in reason for reason in reasons), (bad, reasons)
+
+
+async def test_the_recording_names_the_send_that_failed_when_another_chat_sent_meanwhile(tmp_path):
+    # Two chats in flight on one connection to a server that reads nothing (parallel_chats: 2): the first message
+    # (3.2 MB) stalls, the second is sent behind it (its send record written while the first still waits), and each
+    # send fails at its connect_timeout, the first first. Each `send_failed` record names the send record of the frame
+    # that did not leave (the connection's first, then its second): written before as bare records, which `check`
+    # charged to the last chat sent, not the chat whose send failed.
+    import base64
+    import hashlib
+    import os
+    import socket
+
+    from harness import redact
+
+    redact.forget_all()  # scrubbing the frames costs in proportion to the secrets registered (see the test above)
+    done = asyncio.Event()
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        welcome = json.dumps({"type": "connection_established"}).encode()
+        writer.write(bytes([0x81, len(welcome)]) + welcome)
+        await done.wait()  # reads nothing more until the test ends
+        writer.transport.abort()
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by the accepted connections
+    sock.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(never_reads, sock=sock)
+    try:
+        port = sock.getsockname()[1]
+        target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="raw")
+        sc = scenario(users=1, chats_per_user=2, parallel_chats=2, connect_timeout="0.5s", compression="deflate",
+                      message=base64.b64encode(os.urandom(2_400_000)).decode(),
+                      expect={"settle": "0.05s", "deadline": "30s"})
+        async with asyncio.timeout(40):  # a hang fails the test
+            live, offline = await live_and_offline(target, sc, tmp_path / "rec")
+    finally:
+        done.set()
+        server.close()
+        await server.wait_closed()
+    assert [(r.outcome, r.error_kind) for r in live.results] == [(Outcome.ERROR, "send_failed")] * 2
+    [records] = [[json.loads(line) for line in f.read_text().splitlines()] for f in (tmp_path / "rec").glob("*.jsonl")]
+    kinds = [r.get("failed", r["dir"]) for r in records if r["dir"] != "recv"]
+    assert kinds[:3] == ["send", "send", "send_failed"], kinds  # the second chat's send record came in between
+    assert [r.get("send") for r in records if r.get("failed") == "send_failed"] == [1, 2]
+    assert_parity(live, offline)
 
 
 @pytest.mark.parametrize("record_all", [True, False], ids=["record-all", "record"])

@@ -25,6 +25,7 @@ from harness.sinks import Sink
 from harness.targets import Target, TokenProvider
 from monitors.metrics import ChatMetrics, MetricsSink
 from monitors.proxy import LiveChats, Proxy, start_proxy
+from tests.integration.hostile_ws import fragments, raw
 
 EXP = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=10.0)
 
@@ -517,6 +518,71 @@ async def test_an_upstream_that_never_answers_the_handshake_is_a_504_and_counted
         upstream.close()
         for w in held:
             w.close()
+
+
+async def test_an_upstreams_401_whose_body_never_ends_reaches_the_client_as_a_401():
+    """The upstream refuses the credentials with a 401 whose body has no length and keeps the connection open: the
+    client gets the 401 and the attempt counts as auth_failed, at once. The proxy's upstream client (websockets) read
+    the body first and waited out the connect timeout: a 504 and a `timeout`, the upstream's refusal lost."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def refuses(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/html\r\n\r\n<h1>Sign in</h1>")
+        held.append(writer)  # the connection stays open, the body never ends
+
+    upstream = await asyncio.start_server(refuses, "127.0.0.1", 0)
+    metrics = ChatMetrics(CollectorRegistry())
+    live = LiveChats(load_profile("netra"), MetricsSink(metrics, "up", "live"), EXP, "live", 0.2)
+    proxy = Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live, connect_timeout=10)
+    server = await start_proxy(proxy, "127.0.0.1", 0)
+    try:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.asyncio.client.connect(url, open_timeout=5)  # the proxy's connect timeout is 10 s
+        assert refused.value.response.status_code == 401
+        labels = dict(target="up", scenario="live", source="live")
+        assert sample(metrics, "chatprobe_connections_total", result="auth_failed", **labels) == 1
+    finally:
+        server.close()
+        upstream.close()
+        for w in held:
+            w.close()
+
+
+async def test_an_upstream_message_in_millions_of_tiny_fragments_is_the_r12_the_clients_give():
+    """The upstream sends one message in 2,000,000 continuation frames of 2 bytes: the proxy's upstream connection
+    fails it past websockets' 4,096 fragments, in bounded memory, and the chat's R12 says so, as chatprobe's clients
+    say it (the proxy called it a frame over its byte limit)."""
+    class Keeps(MetricsSink):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.results = []
+
+        def chat_finished(self, result):
+            self.results.append(result)
+            super().chat_finished(result)
+
+    sink = Keeps(ChatMetrics(CollectorRegistry()), "up", "live")
+    live = LiveChats(load_profile("netra"), sink, EXP, "live", 0.2)
+    async with raw(fragments(2)) as upstream:
+        server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.port}", live), "127.0.0.1", 0)
+        try:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+            async with websockets.asyncio.client.connect(url, open_timeout=5, close_timeout=2) as user:
+                await user.recv()  # the welcome
+                await user.send(json.dumps({"type": "user_message", "payload": {"content": "hi", "message_id": "m1"}}))
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    async with asyncio.timeout(10):
+                        while True:
+                            await user.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1014, closed.value
+            await until(lambda: bool(sink.results))
+        finally:
+            server.close()
+    (result,) = sink.results
+    assert [v.reason for v in result.violations if v.rule.value == "R12"] == [
+        "malformed frame: message in more than 4096 fragments"], result.violations
 
 
 @pytest.mark.parametrize("offered", ["jwt.X x", "jwt/X", "jwt.\u00e4X"])

@@ -123,7 +123,8 @@ class WsServer:
     """Any JSON dialect over WebSocket: `script(request)` gives the frames to send back, in order."""
 
     script: WsScript
-    welcome: dict[str, Any] | None = None
+    # What the server sends on a new connection: a frame (a JSON object, or a text as it is), or several in order.
+    welcome: dict[str, Any] | str | list[dict[str, Any] | str] | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     server: Any = None
 
@@ -133,8 +134,8 @@ class WsServer:
         return f"ws://{host}:{port}/chat"
 
     async def _handler(self, ws: ServerConnection) -> None:
-        if self.welcome is not None:
-            await ws.send(json.dumps(self.welcome))
+        for frame in self.welcome if isinstance(self.welcome, list) else [] if self.welcome is None else [self.welcome]:
+            await ws.send(frame if isinstance(frame, str) else json.dumps(frame))
         async for message in ws:
             request = json.loads(message)
             self.requests.append(request)

@@ -114,6 +114,55 @@ def test_welcome_is_awaited_unless_the_profile_says_none(tmp_path):
     assert code == 0, doc
 
 
+STREAM_END_SCENARIO = """\
+name: s
+users: 1
+chats_per_user: 1
+message: "What is 6 * 7?"
+connect_timeout: 0.5s
+expect: {streaming: true, deadline: 3s, settle: 0.05s}
+"""
+
+
+def _done_first(tmp_path: Path, welcome: list, record: Path | None = None) -> tuple[int, list[tuple]]:
+    """`chatprobe run` of one chat against a server whose new connection opens with `welcome`'s frames, the profile
+    ending streams with `[DONE]`: the exit code and each chat's (outcome, error kind, rules)."""
+    profile, scenario, out = tmp_path / "acme.yaml", tmp_path / "s.yaml", tmp_path / "out.json"
+    profile.write_text(ACME + 'stream_end: ["[DONE]"]\n')
+    scenario.write_text(STREAM_END_SCENARIO)
+    with InThread(WsServer(acme_run, welcome=welcome)) as server:
+        code = main(["run", "--target", server.url, "--profile", str(profile), str(scenario), "--json", str(out), "-q",
+                     *(["--record", str(record)] if record is not None else [])])
+    return code, _outcomes(out)
+
+
+def _outcomes(out: Path) -> list[tuple]:
+    [sc] = json.loads(out.read_text())["scenarios"]
+    return [(c["outcome"], c.get("error_kind"), sorted(v["rule"] for v in c["violations"])) for c in sc["chats"]]
+
+
+def test_a_stream_end_marker_is_no_welcome(tmp_path):
+    # docs/profiles.md, `welcome`: the server greets a new connection with a control frame or an event. A `[DONE]`
+    # (`stream_end`) says a stream is over: it greets nothing. It was taken as the welcome, and the chat was sent to
+    # a server that never said hello (here: then judged on its answer, passed). Now: no welcome within
+    # connect_timeout, the connection's protocol_error (outcome `error`), as for a server that sends nothing.
+    code, chats = _done_first(tmp_path, ["[DONE]"])
+    assert chats == [("error", "protocol_error", [])] and code == 1, chats
+    # the welcome after it is still awaited and taken: the marker before it changes nothing
+    code, chats = _done_first(tmp_path, ["[DONE]", {"kind": "hello"}])
+    assert chats == [("passed", None, [])] and code == 0, chats
+
+
+def test_a_recorded_stream_end_before_any_welcome_is_judged_offline_as_live(tmp_path):
+    # `chatprobe check` of what `--record` kept: the same connection that never became usable, the same `error`.
+    rec = tmp_path / "rec"
+    code, live = _done_first(tmp_path, ["[DONE]"], record=rec)
+    offline = tmp_path / "offline.json"
+    assert main(["check", str(rec), "--profile", str(tmp_path / "acme.yaml"), "--scenario", str(tmp_path / "s.yaml"),
+                 "--json", str(offline), "-q"]) == code
+    assert _outcomes(offline) == live == [("error", "protocol_error", [])]
+
+
 # -- bad profile files: exit 2, a message that names the file, the line and the field --
 
 @pytest.mark.parametrize("edit,line,field,words", [

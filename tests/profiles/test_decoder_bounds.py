@@ -20,11 +20,12 @@ def _big_profile(tmp_path: Path, n: int) -> Path:
     out: list[str] = []
     for line in NETRA.read_text(encoding="utf-8").splitlines():
         if line.startswith("lookup:"):
-            # Odd container names too: the root, dots only, an empty key, unicode, names of the source's variables.
-            out += ["lookup:", "  - ''", "  - '...'", "  - frame", "  - _w.c0", "  - 'ünï'"]
+            # Odd container names too: the root, a path, unicode, names of the source's variables (dots only, '...', is
+            # no path: refused, an empty part).
+            out += ["lookup:", "  - ''", "  - 'frame.frame'", "  - frame", "  - _w.c0", "  - 'ünï'"]
             out += [f"  - c{i}" for i in range(n)]
         elif line.startswith("  run_id:"):
-            out += ["  run_id:", "    - __class__", "    - nbytes", "    - ov", "    - '.'"]
+            out += ["  run_id:", "    - __class__", "    - nbytes", "    - ov", "    - 'ov.ov'"]
             out += [f"    - r{i}" for i in range(n)]
         else:
             out.append(line)

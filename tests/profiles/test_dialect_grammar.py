@@ -78,7 +78,7 @@ def test_stream_end_marker_is_no_violation_and_json_stays_json():
     plain = load_profile("ag-ui")
     p = profile(BASE + 'stream_end: ["[DONE]"]\n')
     done = p.decode("[DONE]", 1.0)
-    assert isinstance(done, Frame) and done.kind is FrameKind.CONTROL and done.wire_type == "[DONE]"
+    assert isinstance(done, Frame) and done.kind is FrameKind.STREAM_END and done.wire_type == "[DONE]"  # no welcome
     assert p.decode("[DONE] ", 1.0).kind is FrameKind.MALFORMED  # type: ignore[union-attr]  # the whole text only
     assert isinstance(m := plain.decode("[DONE]", 1.0), Frame) and m.kind is FrameKind.MALFORMED  # without the key
     assert Decoder(p).source.count("STREAM_END") == 1 and "STREAM_END" not in Decoder(plain).source
@@ -180,3 +180,59 @@ def test_where_matches_a_boolean_only_with_a_boolean_at_any_depth():
     roles = [getattr(decode(s), "role", "?") for s in
              ('{"fatal":[1,2]}', '{"fatal":[1.0,2]}', '{"fatal":[true,2]}', '{"fatal":[1,2],"x":0}', '{"fatal":[1]}')]
     assert roles == [Role.ERROR_EVENT, Role.ERROR_EVENT, None, None, None]
+
+
+@pytest.mark.parametrize("entries", [
+    # one wire type, two entries whose `where` hold for the same frames (JSON equality): the second never applies
+    "[{type: x, where: {a: 1}}, {type: x, where: {a: 1.0}}]",
+    "[{type: x, where: {a: [1, {b: 2}]}}, {type: x, where: {a: [1.0, {b: 2.0}]}}]",
+    "[{type: x, where: {a: 1, b: c}}, {type: x, where: {b: c, a: 1.0}}]",  # the paths in another order
+])
+def test_two_where_entries_that_can_never_match_differently_exit_2(tmp_path: Path, capsys, entries):
+    # Both were taken: the second entry, which can never apply, looked like a mapping of its own.
+    f = tmp_path / "p.yaml"
+    f.write_text(BASE.replace("  error_event: [{type: oops, when: run, where: {data.fatal: true}}]",
+                              f"  error_event: {entries}"))
+    assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
+    err = capsys.readouterr().err
+    assert "p.yaml:8: field 'roles'" in err and "twice by one condition" in err and "1.0" in err, err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_where_entries_told_apart_by_a_boolean_or_another_role_are_kept(tmp_path: Path):
+    # `true` is no 1 (a boolean matches only a boolean): two conditions, each applies to frames of its own.
+    p = profile(BASE.replace("  error_event: [{type: oops, when: run, where: {data.fatal: true}}]",
+                             "  error_event: [{type: x, where: {a: true}}]\n"
+                             "  partial_result: [{type: x, where: {a: 1}}]"))
+    roles = [getattr(p.decode('{"event":"x","run_id":"r","a":' + a + '}', 1.0), "role", "?") for a in ("true", "1.0")]
+    assert roles == [Role.ERROR_EVENT, Role.PARTIAL_RESULT]
+
+
+@pytest.mark.parametrize(("edit", "field", "says"), [
+    (("run_id: [parent_ids.0, run_id]", "run_id: [parent_ids..0, run_id]"), "fields.run_id", "an empty part"),
+    (("run_id: [parent_ids.0, run_id]", "run_id: [.parent_ids, run_id]"), "fields.run_id", "an empty part"),
+    (("run_id: [parent_ids.0, run_id]", "run_id: [parent_ids., run_id]"), "fields.run_id", "an empty part"),
+    # parent_ids.01 read item 1, parent_ids.00 item 0: only the canonical integer indexes a list
+    (("run_id: [parent_ids.0, run_id]", "run_id: [parent_ids.01, run_id]"), "fields.run_id", "leading zero (write 1"),
+    (("where: {data.fatal: true}", "where: {data..fatal: true}"), "roles.error_event.0.where", "an empty part"),
+    (("where: {data.fatal: true}", "where: {parent_ids.00: x}"), "roles.error_event.0.where", "leading zero"),
+    (("  tool_call_id: [run_id]", "  tool_call_id: [run_id]\n  extra: {k: [a.]}"), "fields.extra", "an empty part"),
+    (("unmapped:", "lookup: ['', body.]\nunmapped:"), "lookup", "an empty part"),
+])
+def test_a_field_path_that_names_nothing_exits_2_naming_the_field(tmp_path: Path, capsys, edit, field, says):
+    f = tmp_path / "p.yaml"
+    text = BASE.replace(*edit)
+    assert text != BASE
+    f.write_text(text)
+    assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
+    err = capsys.readouterr().err
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if ln not in BASE.splitlines())
+    assert f"p.yaml:{line}: field '{field}" in err and says in err and len(err.splitlines()) == 1, err
+
+
+def test_a_span_key_path_that_names_nothing_exits_2(tmp_path: Path, capsys):
+    f = tmp_path / "p.yaml"
+    f.write_text(BASE + "spans: [{name: s, open: [on_chain_start], close: [on_chain_end], key: data..id}]\n")
+    assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
+    err = capsys.readouterr().err
+    assert f"p.yaml:{BASE.count(chr(10)) + 1}: field 'spans.0.key'" in err and "an empty part" in err, err

@@ -1,0 +1,374 @@
+"""HAR files as the tools that write them write them, judged by `chatprobe check` (the command, its exit code and its
+JSON report): Chrome/Edge DevTools' export of WebSockets and of an SSE fetch, Firefox's, mitmproxy's (its `save.har`
+command and `hardump` addon, mitmproxy/addons/savehar.py), Charles' (HAR 1.2 as the spec has it) and Playwright's
+`recordHar` (packages/playwright-core/src/server/har/harTracer.ts: `content: "embed"` and `"attach"`, whose bodies
+are files beside the HAR). Each writer's shape is built here from what that writer emits, never from chatprobe's
+reader; each with a good chat and one that breaks a rule. A HAR carries its users' credentials: no output shows one."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = 1764637200.0
+ROLES = ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed"]
+
+
+def chatprobe_check(*args: str | Path, cwd: Path) -> tuple[int, str, dict]:
+    """`chatprobe check ARGS --json report.json`: its exit code, its terminal output and its JSON report."""
+    report = cwd / "report.json"
+    report.unlink(missing_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "harness", "check", *map(str, args), "--json", str(report)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "NO_COLOR": "1"})
+    doc = json.loads(report.read_text()) if report.exists() else {}
+    return proc.returncode, proc.stdout + proc.stderr, doc
+
+
+def chats(doc: dict) -> list[tuple[str | None, str, list[str]]]:
+    """Each chat's run id, outcome and the rules it broke (sorted), as the JSON report has them."""
+    return sorted((c.get("run_id"), c["outcome"], sorted({v["rule"] for v in c.get("violations", [])}))
+                  for s in doc["scenarios"] for c in s.get("chats", []))
+
+
+def iso(t: float, tz: timezone = UTC, micro: bool = False) -> str:
+    """startedDateTime as each writer formats it: DevTools and Playwright `…123Z` (JavaScript's toISOString),
+    Firefox and Charles with the local offset, mitmproxy Python's isoformat (microseconds, `+00:00`)."""
+    text = datetime.fromtimestamp(t, tz).isoformat(timespec="microseconds" if micro else "milliseconds")
+    return text.replace("+00:00", "Z") if tz is UTC and not micro else text
+
+
+# -- WebSocket --
+
+def netra_messages(run: str, thread: str, t0: float, *, drop: tuple[str, ...] = (),
+                   extra: list[tuple[str, float, int, str]] = ()) -> list[dict]:
+    """One netra chat over a WebSocket as `_webSocketMessages` (type send/receive, time in epoch seconds, opcode,
+    data): the welcome, the user's message, the run's events (those in `drop` left out), then `extra` ones."""
+    msgs = [("receive", t0, 1, json.dumps({"type": "connection_established", "user_id": "u1"})),
+            ("send", t0 + 0.01, 1, json.dumps({"type": "user_message",
+                                               "payload": {"content": "hi", "thread_id": thread}}))]
+    for i, role in enumerate(ROLES):
+        frame = {"type": role, "run_id": run, "thread_id": thread, "seq": i + 1}
+        if role.startswith("tool_"):
+            frame |= {"tool_call_id": f"{run}-c1", "tool_name": "calc"}
+        if role not in drop:
+            msgs.append(("receive", t0 + 0.1 + i * 0.01, 1, json.dumps(frame)))
+    msgs = sorted([*msgs, *extra], key=lambda m: m[1])  # as a socket's messages are kept: in time order
+    return [{"type": kind, "time": t, "opcode": opcode, "data": data} for kind, t, opcode, data in msgs]
+
+
+def devtools_ws_entry(messages: list[dict] | None, started: float, url: str = "wss://chat.example.com/ws",
+                      headers: list[dict] = ()) -> dict:
+    """A WebSocket entry as Chrome/Edge DevTools' "Save all as HAR with content" writes it (its keys in its order)."""
+    entry = {
+        "_connectionId": "48213", "_initiator": {"type": "script", "stack": {"callFrames": [
+            {"functionName": "connect", "scriptId": "12", "url": "https://chat.example.com/app.js", "lineNumber": 80,
+             "columnNumber": 14}]}},
+        "_priority": None, "_resourceType": "websocket", "cache": {}, "connection": "48213", "pageref": "page_1",
+        "request": {"method": "GET", "url": url, "httpVersion": "HTTP/1.1",
+                    "headers": [{"name": "Host", "value": "chat.example.com"},
+                                {"name": "Upgrade", "value": "websocket"}, *headers],
+                    "queryString": [], "cookies": [], "headersSize": 512, "bodySize": 0},
+        "response": {"status": 101, "statusText": "Switching Protocols", "httpVersion": "HTTP/1.1",
+                     "headers": [{"name": "Upgrade", "value": "websocket"}], "cookies": [],
+                     "content": {"size": 0, "mimeType": "x-unknown"}, "redirectURL": "", "headersSize": 129,
+                     "bodySize": 0, "_transferSize": 129, "_error": None, "_fetchedViaServiceWorker": False},
+        "serverIPAddress": "127.0.0.1", "startedDateTime": iso(started), "time": 1.42,
+        "timings": {"blocked": 0.65, "dns": -1, "ssl": -1, "connect": -1, "send": 0, "wait": 0.77, "receive": 0,
+                    "_blocked_queueing": -1},
+    }
+    if messages is not None:  # a socket that never carried a message has no `_webSocketMessages`
+        entry["_webSocketMessages"] = messages
+    return entry
+
+
+def devtools_har(entries: list[dict]) -> dict:
+    return {"log": {"version": "1.2", "creator": {"name": "WebInspector", "version": "537.36"},
+                    "pages": [{"startedDateTime": iso(T0 - 5), "id": "page_1", "title": "https://chat.example.com/",
+                               "pageTimings": {"onContentLoad": 300.1, "onLoad": 420.9}}],
+                    "entries": entries}}
+
+
+def test_a_devtools_har_of_several_websockets_is_judged_socket_by_socket(tmp_path):
+    """Two tabs and a reconnect, saved by DevTools out of time order, one socket with no message at all, a binary
+    message (opcode 2, base64): each socket's chats are judged on their own, at their recorded times."""
+    binary = b'\x00\x01audio'
+    tab1 = netra_messages("r1", "t1", T0)
+    tab2 = netra_messages("r2", "t2", T0 + 1, drop=("agent_completed",),
+                          extra=[("receive", T0 + 1.2, 2, base64.b64encode(binary).decode())])
+    reconnect = netra_messages("r3", "t3", T0 + 3)
+    har = tmp_path / "devtools.har"
+    har.write_text(json.dumps(devtools_har([
+        devtools_ws_entry(reconnect, T0 + 2.999), devtools_ws_entry(tab2, T0 + 0.999),
+        devtools_ws_entry(None, T0 + 0.5), devtools_ws_entry([], T0 + 0.6), devtools_ws_entry(tab1, T0 - 0.001)]),
+        indent=2))
+    code, out, doc = chatprobe_check(har, cwd=tmp_path)
+    assert code == 1, out
+    assert chats(doc) == [("r1", "passed", []), ("r2", "incomplete", ["R12"]), ("r3", "passed", [])]
+    [r2] = [c for s in doc["scenarios"] for c in s["chats"] if c["run_id"] == "r2"]
+    # the base64 was decoded: the frame judged is the 7 bytes sent, not their 12 characters of base64
+    assert any(f"binary frame of {len(binary)} bytes" in v["reason"] for v in r2["violations"]), r2["violations"]
+    assert doc["scenarios"][0]["stats"]["chats"] == 3
+
+
+def mitmproxy_ws_entries(messages: list[dict], started: float, *, hardump: bool) -> list[dict]:
+    """A WebSocket flow as mitmproxy's savehar writes it: `save.har` one entry; the `hardump` addon one at the
+    handshake's response (no message yet) and one more at the socket's end. Timings may be null."""
+    def entry(msgs: list[dict]) -> dict:
+        return {"startedDateTime": iso(started, micro=True), "time": 3.1,
+                "request": {"method": "GET", "url": "https://chat.example.com/ws", "httpVersion": "HTTP/1.1",
+                            "cookies": [], "headers": [{"name": "Host", "value": "chat.example.com"},
+                                                       {"name": "Connection", "value": "Upgrade"}],
+                            "queryString": [], "headersSize": 230, "bodySize": 0},
+                "response": {"status": 101, "statusText": "Switching Protocols", "httpVersion": "HTTP/1.1",
+                             "cookies": [], "headers": [{"name": "Upgrade", "value": "websocket"}],
+                             "content": {"size": 0, "compression": 0, "mimeType": "", "text": ""},
+                             "redirectURL": "", "headersSize": 98, "bodySize": 0},
+                "cache": {}, "timings": {"connect": None, "ssl": None, "send": 0.4, "receive": 0.0, "wait": 2.7},
+                "serverIPAddress": "127.0.0.1", "_resourceType": "websocket", "_webSocketMessages": msgs}
+    return [entry([]), entry(messages)] if hardump else [entry(messages)]
+
+
+@pytest.mark.parametrize("hardump", [False, True], ids=["save.har", "hardump"])
+def test_a_mitmproxy_har_of_websockets_is_judged_as_devtools_is(tmp_path, hardump):
+    good = netra_messages("r1", "t1", T0)
+    bad = netra_messages("r2", "t2", T0 + 1, drop=("tool_completed",))
+    entries = mitmproxy_ws_entries(good, T0 - 0.01, hardump=hardump) + mitmproxy_ws_entries(bad, T0 + 0.99,
+                                                                                           hardump=hardump)
+    har = tmp_path / "flows.har"
+    har.write_text(json.dumps({"log": {"version": "1.2", "creator": {
+        "name": "mitmproxy exporthar", "version": "0.1", "comment": "mitmproxy version 11.0.0"}, "pages": [],
+        "entries": entries}}, indent=4))
+    code, out, doc = chatprobe_check(har, cwd=tmp_path)
+    assert code == 1, out
+    assert chats(doc) == [("r1", "passed", []), ("r2", "failed", ["R2", "R5", "R7"])]
+
+
+# -- SSE (AG-UI) --
+
+REQUEST = {"threadId": "t1", "runId": "r1", "state": {}, "tools": [], "context": [], "forwardedProps": {},
+           "messages": [{"id": "m1", "role": "user", "content": "hi"}]}
+
+
+def agui_body(good: bool) -> bytes:
+    """An AG-UI run's text/event-stream body; the bad one finishes with its text message still open (R5)."""
+    events = [{"type": "RUN_STARTED", "threadId": "t1", "runId": "r1"},
+              {"type": "TEXT_MESSAGE_START", "messageId": "a1", "role": "assistant"},
+              {"type": "TEXT_MESSAGE_CONTENT", "messageId": "a1", "delta": "hello"},
+              {"type": "TEXT_MESSAGE_END", "messageId": "a1"},
+              {"type": "RUN_FINISHED", "threadId": "t1", "runId": "r1"}]
+    if not good:
+        del events[3]
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode()
+
+
+def http_entry(started: str, content: dict, post: dict, response_headers: list[dict] = ()) -> dict:
+    return {"startedDateTime": started, "time": 48.2,
+            "request": {"method": "POST", "url": "https://agent.example.com/agent", "httpVersion": "HTTP/1.1",
+                        "headers": [{"name": "Content-Type", "value": "application/json"},
+                                    {"name": "Accept", "value": "text/event-stream"}],
+                        "queryString": [], "cookies": [], "headersSize": -1, "bodySize": 180, "postData": post},
+            "response": {"status": 200, "statusText": "OK", "httpVersion": "HTTP/1.1",
+                         "headers": [{"name": "Content-Type", "value": "text/event-stream; charset=utf-8"},
+                                     *response_headers],
+                         "cookies": [], "content": content, "redirectURL": "", "headersSize": -1, "bodySize": -1},
+            "cache": {}, "timings": {"blocked": -1, "dns": -1, "connect": -1, "send": 0.1, "wait": 12.0,
+                                     "receive": 36.1}}
+
+
+MIME = "text/event-stream; charset=utf-8"
+
+
+def chrome_sse(body: bytes, tmp: Path) -> dict:
+    """DevTools' export of a fetch it kept the body of: the body in content.text, `_transferSize`, `compression`."""
+    entry = http_entry(iso(T0), {"size": len(body), "mimeType": MIME, "compression": -12, "text": body.decode()},
+                       {"mimeType": "application/json", "text": json.dumps(REQUEST)})
+    entry |= {"_initiator": {"type": "script"}, "_priority": "High", "_resourceType": "fetch",
+              "serverIPAddress": "203.0.113.7", "connection": "443", "pageref": "page_1"}
+    entry["response"] |= {"_transferSize": len(body) + 210, "_error": None}
+    return devtools_har([entry])
+
+
+def chrome_sse_base64(body: bytes, tmp: Path) -> dict:
+    har = chrome_sse(body, tmp)
+    content = har["log"]["entries"][0]["response"]["content"]
+    content |= {"text": base64.b64encode(body).decode(), "encoding": "base64"}
+    return har
+
+
+def firefox_sse(body: bytes, tmp: Path) -> dict:
+    """Firefox's "Save All As HAR": the local offset in startedDateTime, the body in content.text."""
+    entry = http_entry(iso(T0, timezone(timedelta(hours=1))), {"mimeType": MIME, "size": len(body),
+                                                                 "text": body.decode()},
+                       {"mimeType": "application/json", "params": [], "text": json.dumps(REQUEST)})
+    entry |= {"connection": "443", "pageref": "page_1", "serverIPAddress": "203.0.113.7"}
+    return {"log": {"version": "1.2", "creator": {"name": "Firefox", "version": "133.0"},
+                    "browser": {"name": "Firefox", "version": "133.0"},
+                    "pages": [{"startedDateTime": iso(T0, timezone(timedelta(hours=1))), "id": "page_1",
+                               "title": "chat", "pageTimings": {"onContentLoad": 100, "onLoad": 200}}],
+                    "entries": [entry]}}
+
+
+def mitmproxy_sse(body: bytes, tmp: Path) -> dict:
+    """mitmproxy's savehar: mimeType is the Content-Type header, the body as text, `compression`, null timings."""
+    entry = http_entry(iso(T0, micro=True), {"size": len(body), "compression": 0, "mimeType": MIME,
+                                             "text": body.decode()},
+                       {"mimeType": "application/json", "text": json.dumps(REQUEST), "params": []})
+    entry["timings"] = {"connect": None, "ssl": None, "send": 0.2, "receive": 30.5, "wait": 11.9}
+    entry["serverIPAddress"] = "203.0.113.7"
+    return {"log": {"version": "1.2", "creator": {"name": "mitmproxy exporthar", "version": "0.1",
+                                                  "comment": "mitmproxy version 11.0.0"}, "pages": [],
+                    "entries": [entry]}}
+
+
+def charles_sse(body: bytes, tmp: Path) -> dict:
+    """A proxy's HAR 1.2 export as the spec has it (Charles' File > Export Session > HTTP Archive): the local offset,
+    `comment` fields, the body as text."""
+    entry = http_entry(iso(T0, timezone(timedelta(hours=10))), {"size": len(body), "mimeType": MIME,
+                                                                  "text": body.decode(), "comment": ""},
+                       {"mimeType": "application/json", "text": json.dumps(REQUEST), "comment": ""})
+    entry |= {"serverIPAddress": "203.0.113.7", "comment": ""}
+    return {"log": {"version": "1.2", "creator": {"name": "Charles Proxy", "version": "4.6.6"}, "comment": "",
+                    "entries": [entry]}}
+
+
+def playwright_sse(body: bytes, tmp: Path, *, attach: bool = False) -> dict:
+    """Playwright's recordHar: embed puts a textual body in content.text; attach writes `<sha1>.<ext>` files beside
+    the HAR, content._file and postData._file naming them (postData.text ""), as harTracer.ts does."""
+    post = json.dumps(REQUEST).encode()
+    if attach:
+        body_file = hashlib.sha1(body).hexdigest() + ".dat"
+        post_file = hashlib.sha1(post).hexdigest() + ".json"
+        (tmp / body_file).write_bytes(body)
+        (tmp / post_file).write_bytes(post)
+        content = {"size": len(body), "mimeType": MIME, "_file": body_file}
+        post_data = {"mimeType": "application/json", "text": "", "params": [], "_file": post_file}
+    else:
+        content = {"size": len(body), "mimeType": MIME, "text": body.decode()}
+        post_data = {"mimeType": "application/json", "text": post.decode(), "params": []}
+    entry = http_entry(iso(T0), content, post_data)
+    entry |= {"pageref": "page@1f2e", "serverIPAddress": "[::1]", "_serverPort": 8000,
+              "_securityDetails": {}}
+    entry["response"] |= {"_transferSize": len(body) + 180}
+    return {"log": {"version": "1.2", "creator": {"name": "Playwright", "version": "1.49.0"},
+                    "browser": {"name": "chromium", "version": "131.0.6778.33"},
+                    "pages": [{"startedDateTime": iso(T0 - 1), "id": "page@1f2e", "title": "chat",
+                               "pageTimings": {"onContentLoad": 80, "onLoad": 95}}],
+                    "entries": [entry]}}
+
+
+def playwright_attach(body: bytes, tmp: Path) -> dict:
+    return playwright_sse(body, tmp, attach=True)
+
+
+WRITERS = {"chrome": chrome_sse, "chrome-base64": chrome_sse_base64, "firefox": firefox_sse,
+           "mitmproxy": mitmproxy_sse, "charles": charles_sse, "playwright-embed": playwright_sse,
+           "playwright-attach": playwright_attach}
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_an_sse_har_of_each_writer_is_judged_from_its_body(tmp_path, writer):
+    for good in (True, False):
+        folder = tmp_path / ("good" if good else "bad")
+        folder.mkdir()
+        har = folder / "stream.har"
+        har.write_text(json.dumps(WRITERS[writer](agui_body(good), folder), indent=2))
+        code, out, doc = chatprobe_check(har, "--profile", "ag-ui", cwd=tmp_path)
+        assert code == (0 if good else 1), out
+        assert chats(doc) == [("r1", "passed", [])] if good else [("r1", "failed", ["R5"])], out
+
+
+@pytest.mark.parametrize("name", ["../outside.dat", "/tmp/outside.dat", "sub/inner.dat", "link.dat", "missing.dat",
+                                  ".."])
+def test_a_playwright_attachment_is_read_only_beside_the_har(tmp_path, name):
+    """An attacker's HAR may name any path as `_file`: only a regular file of that name in the HAR's own directory is
+    read, never one through a path or a link. Another is not read (a good body is there to be found): the stream's
+    chat is judged as it stood, incomplete, never passed, with a warning that names the field."""
+    outside = tmp_path / "outside.dat"
+    outside.write_bytes(agui_body(True))
+    folder = tmp_path / "har"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "inner.dat").write_bytes(agui_body(True))
+    (folder / "link.dat").symlink_to(outside)
+    har = folder / "stream.har"
+    doc = playwright_sse(agui_body(True), folder, attach=True)
+    doc["log"]["entries"][0]["response"]["content"]["_file"] = name
+    har.write_text(json.dumps(doc))
+    code, out, report = chatprobe_check(har, "--profile", "ag-ui", cwd=tmp_path)
+    assert code == 1, out
+    assert chats(report) == [("r1", "incomplete", [])]
+    [warning] = report["scenarios"][0]["warnings"]
+    assert f"the response's _file {name!r} " in warning and "judged as they stood" in warning, warning
+    assert "Traceback" not in out
+
+
+def test_a_playwright_request_attachment_that_is_not_there_judges_no_chat_and_says_why(tmp_path):
+    """Without its request (postData._file not beside the HAR) a stream's chat cannot be told: none is judged, the
+    run fails its objectives and the warning names the file, never a pass nor an R12 held against the server."""
+    doc = playwright_sse(agui_body(True), tmp_path, attach=True)
+    post_file = doc["log"]["entries"][0]["request"]["postData"]["_file"]
+    (tmp_path / post_file).unlink()
+    har = tmp_path / "stream.har"
+    har.write_text(json.dumps(doc))
+    code, out, report = chatprobe_check(har, "--profile", "ag-ui", cwd=tmp_path)
+    assert code == 1 and chats(report) == [], out
+    [warning] = report["scenarios"][0]["warnings"]
+    assert f"the request's _file {post_file!r} cannot be read next to the HAR" in warning, warning
+
+
+def test_a_playwright_har_zip_is_refused_saying_what_it_is(tmp_path):
+    """recordHar to a .zip path writes the HAR and its bodies into a zip: exit 2 naming the file and what to do."""
+    archive = tmp_path / "run.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("har.har", json.dumps(playwright_sse(agui_body(True), tmp_path)))
+    code, out, _doc = chatprobe_check(archive, "--profile", "ag-ui", cwd=tmp_path)
+    assert code == 2, out
+    assert "run.zip" in out and "zip archive" in out and "unpack it" in out and len(out.strip().splitlines()) == 1
+
+
+# -- secrets --
+
+TOKEN = "sk_live_9fK2qZx81LmPq7Rt"  # opaque: no JWT, no "Bearer" in the frame that echoes it
+COOKIE = "Qw8eRt5yUi0pAs2dFgH"
+URL_TOKEN = "Zx9cVb7nMa3sDf5gHj1k"
+API_KEY = "ak-7Hq2Lm9Zp4Xw1Rv8"
+SUBPROTOCOL = "c3ViLXRva2VuLTk4NzY1NDMyMQ"
+
+
+def test_the_credentials_a_har_carries_are_in_no_output_even_when_the_server_echoes_them(tmp_path):
+    """A HAR holds the user's Authorization header, cookies, a `?token=` in the URL, an API key header and a
+    `jwt.` subprotocol; the server echoes each back in its frames (a malformed frame's text is quoted in its R12,
+    an event's payload is listed). None of them is in the terminal output, the JSON, JUnit or HTML report."""
+    secrets = [TOKEN, COOKIE, URL_TOKEN, API_KEY, SUBPROTOCOL]
+    echo = " ".join(secrets)
+    messages = netra_messages("r1", "t1", T0, extra=[
+        ("receive", T0 + 0.121, 1, f"not json: your credentials are {echo}"),
+        ("receive", T0 + 0.122, 1, json.dumps({"type": f"debug {echo}", "run_id": "r1"}))])
+    entry = devtools_ws_entry(messages, T0 - 0.001, url=f"wss://chat.example.com/ws?token={URL_TOKEN}&v=2",
+                              headers=[{"name": "Authorization", "value": f"Bearer {TOKEN}"},
+                                       {"name": "Cookie", "value": f"theme=dark; sid={COOKIE}"},
+                                       {"name": "X-Api-Key", "value": API_KEY},
+                                       {"name": "Sec-WebSocket-Protocol", "value": f"chat.v1, jwt.{SUBPROTOCOL}"}])
+    entry["request"]["queryString"] = [{"name": "token", "value": URL_TOKEN}, {"name": "v", "value": "2"}]
+    entry["request"]["cookies"] = [{"name": "theme", "value": "dark"}, {"name": "sid", "value": COOKIE}]
+    har = tmp_path / "secret.har"
+    # an earlier socket listed after it: the entries are read in the order they started (each parsed alone)
+    har.write_text(json.dumps(devtools_har([entry, devtools_ws_entry([], T0 - 1)]), indent=2))
+    junit, html = tmp_path / "check.xml", tmp_path / "check.html"
+    code, out, doc = chatprobe_check(har, "--junit", junit, "--html", html, cwd=tmp_path)
+    assert code == 1, out
+    assert chats(doc) == [("r1", "failed", ["R12"])]  # judged as ever: the echoes are what fails the chat
+    assert "[REDACTED]" in out
+    written = {"terminal": out, "json": (tmp_path / "report.json").read_text(), "junit": junit.read_text(),
+               "html": html.read_text()}
+    for where, text in written.items():
+        for secret in secrets:
+            assert secret not in text and secret[:10] not in text, (where, secret)
