@@ -85,7 +85,9 @@ class SSETransport(RecordingHooks):
     async def open(self) -> None:
         s = self.settings
         self.client = httpx.AsyncClient(
-            verify=ssl_context(s) or True,
+            # https: the shared context (base.ssl_context); http: no TLS is ever spoken on this client (redirects
+            # are not followed), so no CA bundle is loaded for it (httpx's default loads one per client, ≈29 ms).
+            verify=ssl_context(s, "sse") or False,
             timeout=httpx.Timeout(s.connect_timeout, read=None),  # reads are bounded by the chat's deadline
             follow_redirects=False,
             trust_env=False,  # like the WebSocket transport: no proxy from the environment

@@ -57,3 +57,56 @@ async def test_wss_with_an_unknown_ca_is_a_tls_error(tmp_path):
 async def test_wss_insecure_skips_verification(tmp_path):
     run = await run_tls(tmp_path, insecure=True)
     assert run.results[0].outcome is Outcome.PASSED
+
+
+def _contexts_with_cas() -> set[int]:
+    import gc
+    return {id(o) for o in gc.get_objects() if isinstance(o, ssl.SSLContext) and o.cert_store_stats()["x509_ca"]}
+
+
+def test_connections_share_one_tls_context_until_the_ca_file_changes(tmp_path):
+    """Every wss:// connection (and https SSE chat) loaded the CA bundle again (~26 ms of CPU each): one context per CA
+    file now, built again when the file is rewritten (a rotated CA is trusted at the next connection)."""
+    import os
+
+    from harness.transports.base import ConnectSettings, ssl_context
+    ca_file = tmp_path / "ca.pem"
+    first = trustme.CA()
+    first.cert_pem.write_to_path(str(ca_file))
+    settings = ConnectSettings(url="wss://127.0.0.1:1/ws", ca_file=str(ca_file))
+    a = ssl_context(settings)
+    assert a is not None and ssl_context(settings) is a
+    assert ssl_context(ConnectSettings(url="wss://127.0.0.1:2/x", ca_file=str(ca_file))) is a  # per CA file, not URL
+    insecure = ssl_context(ConnectSettings(url="wss://127.0.0.1:1/ws", ca_file=str(ca_file), insecure=True))
+    assert insecure is not a and insecure is not None and insecure.verify_mode is ssl.CERT_NONE
+    assert a.verify_mode is ssl.CERT_REQUIRED and a.check_hostname
+    second = trustme.CA()
+    second.cert_pem.write_to_path(str(ca_file))
+    stat = ca_file.stat()
+    os.utime(ca_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    b = ssl_context(settings)
+    assert b is not a and b.get_ca_certs() != a.get_ca_certs()
+    assert ssl_context(ConnectSettings(url="ws://127.0.0.1:1/ws", ca_file=str(ca_file))) is None
+
+
+async def test_a_run_after_the_ca_is_rotated_trusts_the_new_ca(tmp_path):
+    run = await run_tls(tmp_path, ca_file="CA")
+    assert [r.outcome for r in run.results] == [Outcome.PASSED]
+    run = await run_tls(tmp_path, ca_file="CA")  # a new CA written to the same file, the server's cert from it
+    assert [r.outcome for r in run.results] == [Outcome.PASSED], run.results[0].violations
+
+
+async def test_sse_over_plain_http_loads_no_ca_bundle():
+    """httpx's default loaded certifi's bundle into a context of every SSE client (~29 ms of CPU a chat), for a
+    connection that never speaks TLS."""
+    from harness.transports.base import ConnectSettings
+    from harness.transports.sse import SSETransport
+    before = _contexts_with_cas()
+    transports = [SSETransport(ConnectSettings(url="http://127.0.0.1:1/agent")) for _ in range(3)]
+    try:
+        for t in transports:
+            await t.open()
+        assert _contexts_with_cas() - before == set()
+    finally:
+        for t in transports:
+            await t.close()
