@@ -11,6 +11,7 @@ stream is then dropped and the chat gets an R12, as for an oversized WebSocket f
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import ssl
 import time
@@ -61,6 +62,11 @@ def classify_status(status: int, content_type: str) -> tuple[str, str] | None:
     return None
 
 
+@functools.cache
+def _no_tls() -> ssl.SSLContext:
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname, no CA loaded
+
+
 class SSETransport(RecordingHooks):
     """HTTP POST of the chat request, then the Server-Sent Events of one run; one stream at a time."""
 
@@ -86,8 +92,9 @@ class SSETransport(RecordingHooks):
         s = self.settings
         self.client = httpx.AsyncClient(
             # https: the shared context (base.ssl_context); http: no TLS is ever spoken on this client (redirects
-            # are not followed), so no CA bundle is loaded for it (httpx's default loads one per client, ≈29 ms).
-            verify=ssl_context(s, "sse") or False,
+            # are not followed): httpx's default loaded a CA bundle per client (≈29 ms) and even a bare context is
+            # ≈1 ms to make, so one is shared, verifying and with no CA (were it ever used, it would trust nobody).
+            verify=ssl_context(s, "sse") or _no_tls(),
             timeout=httpx.Timeout(s.connect_timeout, read=None),  # reads are bounded by the chat's deadline
             follow_redirects=False,
             trust_env=False,  # like the WebSocket transport: no proxy from the environment

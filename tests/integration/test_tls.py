@@ -59,6 +59,11 @@ async def test_wss_insecure_skips_verification(tmp_path):
     assert run.results[0].outcome is Outcome.PASSED
 
 
+def _contexts() -> set[int]:
+    import gc
+    return {id(o) for o in gc.get_objects() if isinstance(o, ssl.SSLContext)}
+
+
 def _contexts_with_cas() -> set[int]:
     import gc
     return {id(o) for o in gc.get_objects() if isinstance(o, ssl.SSLContext) and o.cert_store_stats()["x509_ca"]}
@@ -98,15 +103,16 @@ async def test_a_run_after_the_ca_is_rotated_trusts_the_new_ca(tmp_path):
 
 async def test_sse_over_plain_http_loads_no_ca_bundle():
     """httpx's default loaded certifi's bundle into a context of every SSE client (~29 ms of CPU a chat), for a
-    connection that never speaks TLS."""
+    connection that never speaks TLS; even a bare context is ~1 ms to make: one is shared."""
     from harness.transports.base import ConnectSettings
     from harness.transports.sse import SSETransport
-    before = _contexts_with_cas()
+    before, contexts_before = _contexts_with_cas(), _contexts()
     transports = [SSETransport(ConnectSettings(url="http://127.0.0.1:1/agent")) for _ in range(3)]
     try:
         for t in transports:
             await t.open()
         assert _contexts_with_cas() - before == set()
+        assert len(_contexts() - contexts_before) <= 1  # one context shared by every chat (≈1 ms each to make)
     finally:
         for t in transports:
             await t.close()
