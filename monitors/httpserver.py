@@ -419,14 +419,14 @@ def start_metrics(host: str, port: int) -> HttpServer:
 
 
 def start_http(app: Callable, host: str, port: int, *, threads: int = HTTP_THREADS,
-               slow_client_timeout: int = SLOW_CLIENT_TIMEOUT, max_connections: int | None = None,
+               slow_client_timeout: int | None = None, max_connections: int | None = None,
                one_request_per_connection: bool = False) -> HttpServer:
-    """Listen on host:port and serve; OSError (cannot listen) is the caller's to report. `one_request_per_connection`:
-    see _OneRequestChannel."""
+    """Listen on host:port and serve; OSError (cannot listen) is the caller's to report. `slow_client_timeout`: None
+    is SLOW_CLIENT_TIMEOUT as it stands when called. `one_request_per_connection`: see _OneRequestChannel."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, backlog=1024)
     try:
-        server = HttpServer(app, sock, threads, slow_client_timeout,
+        server = HttpServer(app, sock, threads, SLOW_CLIENT_TIMEOUT if slow_client_timeout is None else slow_client_timeout,
                             connection_limit() if max_connections is None else max_connections,
                             one_request_per_connection)
     except BaseException:

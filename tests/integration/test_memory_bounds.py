@@ -1,4 +1,4 @@
-"""Memory bounded in bytes against a hostile server, measured on a real `chatprobe run` process: 200 events with 4 MB
+"""Memory bounded in bytes against a hostile server, measured on a real `chatprobe run` process: 100 events with 4 MB
 fields, or 300 fat RESUME_UNKNOWN_RUN frames, leave it under a few hundred MB and the chat failed, never passed."""
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ MEASURE = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); 
 
 def fat_events(mid: str) -> list[str]:
     frames = [json.dumps({"type": "agent_started", "run_id": "r1", "seq": 1, "payload": {"message_id": mid}})]
-    for seq in range(2, 202):
+    for seq in range(2, 102):  # 400 MB of fields: kept whole, well past LIMIT_KB
         frames.append(json.dumps({"type": "partial_result", "run_id": "r1", "seq": seq,
                                   "payload": {"timestamp": "x" * BIG, "content": "y"}}))
-    frames.append(json.dumps({"type": "agent_completed", "run_id": "r1", "seq": 202, "payload": {}}))
+    frames.append(json.dumps({"type": "agent_completed", "run_id": "r1", "seq": 102, "payload": {}}))
     return frames
 
 

@@ -288,7 +288,9 @@ async def test_a_client_frame_over_max_size_closes_only_that_client_with_1009():
 
 
 async def test_an_upstream_frame_over_max_size_ends_only_that_connection():
-    """Between the proxy and agentsim, a relay adds one valid but oversized frame to the connections on /big."""
+    """Between the proxy and agentsim, a relay adds one valid but oversized frame to the connections on /big. The
+    cut-off chat is held until its deadline for a resume elsewhere (then judged): 3 s here, not EXP's 10 s."""
+    exp = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=3.0)
     secret = secrets.token_urlsafe(32)
     sim = AgentSim(SimConfig(port=0, jwt_secret=secret, think=0.005, tool_latency=0.002, seed=5))
     await sim.start()
@@ -318,7 +320,7 @@ async def test_an_upstream_frame_over_max_size_ends_only_that_connection():
 
     upstream = await websockets.asyncio.server.serve(relay, "127.0.0.1", 0, max_size=None, ping_interval=None)
     metrics = ChatMetrics(CollectorRegistry())
-    live = LiveChats(load_profile("netra"), MetricsSink(metrics, "agentsim", "live"), EXP, "live", 0.2)
+    live = LiveChats(load_profile("netra"), MetricsSink(metrics, "agentsim", "live"), exp, "live", 0.2)
     up_port = upstream.sockets[0].getsockname()[1]
     server = await start_proxy(Proxy(f"ws://127.0.0.1:{up_port}", live, max_size=SMALL_LIMIT), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -326,7 +328,7 @@ async def test_an_upstream_frame_over_max_size_ends_only_that_connection():
                   tokens=TokenProvider(jwt_secret=secret))
     try:
         good = Session(base, "erin", "user", Recorder_())
-        good_chat = asyncio.ensure_future(good.chat("What is 3 * 3? #think=0.3", EXP))
+        good_chat = asyncio.ensure_future(good.chat("What is 3 * 3? #think=0.3", exp))
         token = base.tokens.for_user("oscar")
         async with websockets.asyncio.client.connect(
                 f"ws://127.0.0.1:{port}/big", additional_headers={"Authorization": f"Bearer {token}"},

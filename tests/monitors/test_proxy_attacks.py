@@ -29,6 +29,10 @@ from monitors.proxy import LiveChats, Proxy, start_proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 PROXY_MAIN = "import sys; from monitors.proxy import main; sys.exit(main(sys.argv[1:]))"
+# The HTTP servers' slow-client timeout (10 s) set to SLOW_CUT in the child, so that a test of the cut need not wait
+# out the default; what is cut, and when, is the same code.
+SLOW_CUT = 2
+SLOW_CUT_MAIN = f"from monitors import httpserver; httpserver.SLOW_CLIENT_TIMEOUT = {SLOW_CUT}; "
 
 
 def free_port() -> int:
@@ -51,12 +55,14 @@ def threads(pid: int) -> int:
 
 
 @contextlib.asynccontextmanager
-async def proxy_process(upstream: str, tmp_path: Path, *flags: str, metrics_port: int = 0):
-    """`chatprobe proxy` in a child process; yields (port, pid, stderr path)."""
+async def proxy_process(upstream: str, tmp_path: Path, *flags: str, metrics_port: int = 0, slow_cut: bool = False):
+    """`chatprobe proxy` in a child process; yields (port, pid, stderr path). `slow_cut`: its metrics server's
+    slow-client timeout is SLOW_CUT."""
     err_path = tmp_path / "proxy.stderr"
     with err_path.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", PROXY_MAIN, "--upstream", upstream, "--listen", "127.0.0.1:0",
+            sys.executable, "-c", (SLOW_CUT_MAIN if slow_cut else "") + PROXY_MAIN, "--upstream", upstream,
+            "--listen", "127.0.0.1:0",
             "--metrics-listen", f"127.0.0.1:{metrics_port}", *flags, stdout=asyncio.subprocess.PIPE, stderr=err,
             cwd=ROOT)
     try:
@@ -102,13 +108,15 @@ async def test_idle_scrapers_cannot_hold_a_thread_each_of_the_proxys_metrics_ser
     per connection and no timeout. Each connection that sends half a request and waits held a thread (and its stack)
     for ever: 150 of them made 150 threads that were still there 15 s later (a few hundred left the metrics port
     accepting about one connection a second, so Prometheus' own scrape timed out). Now the same bounded HTTP server
-    as the monitor's: a fixed pool of threads, and a connection silent or unfinished for 10 s is closed."""
+    as the monitor's: a fixed pool of threads, and a connection silent or unfinished for 10 s (here SLOW_CUT) is
+    closed."""
     upstream = await serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, ping_interval=None)
     up_port = upstream.sockets[0].getsockname()[1]
     mport = free_port()
     writers = []
     try:
-        async with proxy_process(f"ws://127.0.0.1:{up_port}/ws", tmp_path, metrics_port=mport) as (_, pid, err):
+        async with proxy_process(f"ws://127.0.0.1:{up_port}/ws", tmp_path, metrics_port=mport,
+                                 slow_cut=True) as (_, pid, err):
             await until(lambda: _accepts(mport), 10)
             base_threads, base_rss = threads(pid), rss(pid)
             for _ in range(SLOW_SCRAPERS):
@@ -121,8 +129,8 @@ async def test_idle_scrapers_cannot_hold_a_thread_each_of_the_proxys_metrics_ser
             status, body = await scrape(mport)
             assert status == 200 and b"chatprobe_proxy_connections" in body
             assert threads(pid) - base_threads < 32, (threads(pid), base_threads)
-            # ...and the slow ones are cut within a deadline (10 s of silence, checked every second).
-            async with asyncio.timeout(25):
+            # ...and the slow ones are cut within a deadline (SLOW_CUT of silence, checked every second).
+            async with asyncio.timeout(SLOW_CUT + 10):
                 for reader, _w in writers:
                     with contextlib.suppress(ConnectionError):
                         assert await reader.read() is not None
@@ -216,7 +224,7 @@ async def test_a_hostile_upstream_cannot_make_the_proxy_keep_megabytes_per_chat(
 # -- 3. a hostile scraper that pipelines requests and reads none of the answers (the monitor's HTTP side, which the
 #    proxy's /metrics now shares) --
 
-NON_READERS = 12
+NON_READERS = 4
 
 
 def open_fds(pid: int) -> int:
@@ -225,11 +233,13 @@ def open_fds(pid: int) -> int:
 
 @contextlib.asynccontextmanager
 async def monitor_process(tmp_path: Path):
-    """`chatprobe monitor` probing a port nobody listens on (it keeps running and serving); yields (HTTP port, pid)."""
+    """`chatprobe monitor` probing a port nobody listens on (it keeps running and serving), its HTTP server's
+    slow-client timeout SLOW_CUT; yields (HTTP port, pid)."""
     err_path = tmp_path / "monitor.stderr"
     with err_path.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "harness", "monitor", "--target", f"ws://127.0.0.1:{free_port()}/ws",
+            sys.executable, "-c", SLOW_CUT_MAIN + "import sys; from harness.cli import main; sys.exit(main())",
+            "monitor", "--target", f"ws://127.0.0.1:{free_port()}/ws",
             "--listen", "127.0.0.1:0", "--interval", "5s", stdout=asyncio.subprocess.PIPE, stderr=err, cwd=ROOT)
     try:
         async with asyncio.timeout(30):
@@ -250,12 +260,12 @@ async def test_a_scraper_that_pipelines_requests_and_reads_no_answer_is_cut_and_
     idle sweep skips a connection with output still to send (it marks it to close once flushed, which never comes)
     and one whose worker waits for the buffer to drain. 12 such connections held ~55 MB and 12 descriptors 30 s
     later, with no deadline (thousands are allowed). Now a connection with answers waiting and nothing taken for
-    10 s is closed, its buffers freed."""
+    10 s (here SLOW_CUT) is closed, its buffers freed."""
     async with monitor_process(tmp_path) as (port, pid):
         await until(lambda: _accepts(port), 10)
         assert (await scrape(port))[0] == 200
         base_fds, base_rss = open_fds(pid), rss(pid)
-        burst = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 3000
+        burst = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 150
         socks = []
         try:
             for _ in range(NON_READERS):
@@ -272,10 +282,10 @@ async def test_a_scraper_that_pipelines_requests_and_reads_no_answer_is_cut_and_
             await until(lambda: queued_to(port) > NON_READERS * 64 * 1024, 10)  # answers piling up unread
             # Others are still served meanwhile...
             assert (await scrape(port))[0] == 200
-            # ...and within the slow-client timeout (10 s, swept every second) of the last byte taken, the
+            # ...and within the slow-client timeout (SLOW_CUT, swept every second) of the last byte taken, the
             # non-readers are cut: their descriptors and the bytes queued to them are freed (the interpreter's own
             # heap may keep the pages it had: RSS is only checked loosely).
-            await until(lambda: open_fds(pid) <= base_fds + 1 and queued_to(port) == 0, 40)
+            await until(lambda: open_fds(pid) <= base_fds + 1 and queued_to(port) == 0, SLOW_CUT + 20)
             assert rss(pid) - base_rss < 128 * 1024 * 1024, rss(pid) - base_rss
             assert (await scrape(port))[0] == 200
         finally:
