@@ -492,7 +492,13 @@ class ConnectionRecording:
     def end(self, close_code: int | None = None, protocol_error: str | None = None, *, stream: bool = False,
             keep: bool | None = None) -> None:
         """The connection ended (once; later calls do nothing): its close record (the close code, who closed it, the
-        protocol error the client dropped it for, the failure that made it unusable), and the file saved."""
+        protocol error the client dropped it for, the failure that made it unusable), and the file saved.
+
+        Saved under the lock, as the close record is written: a failure another thread records meanwhile (the sync
+        client's chat learning that the connection its reader just saw end never became usable: connect_failed) waits
+        for the file to be in its final place, then is appended to it. Appended while the file was being renamed, it
+        went to the part file's old name, which it created again (a hidden `.part` that `check` never reads), and the
+        chat that connection failed was missing from the recording."""
         with self._lock:
             if self._saved:
                 return
@@ -500,7 +506,7 @@ class ConnectionRecording:
             self.log.close(self._clock(), close_code,
                            by_client="client" if self._by_client else "client-drop" if self._dropped else None,
                            error=protocol_error, failure=self._failure, stream=stream)
-        self.log.recorder.save(self.log, keep)
+            self.log.recorder.save(self.log, keep)
 
 
 class RecordingTransport(RecordingHooks):

@@ -958,10 +958,17 @@ def _attached(base_dir: Path | None, file: str, limit: int) -> bytes | str:
         fd = os.open(base_dir / file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
         return f"_file {file[:200]!r} cannot be read next to the HAR ({(exc.strerror or 'error').lower()})"
-    with os.fdopen(fd, "rb") as f:
+    try:
+        # fstat before any file object: os.fdopen refuses a directory with an OSError that would end the whole
+        # check (exit 2, "cannot read the recording") for one entry's attachment.
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return f"_file {file[:200]!r} is not a regular file"
-        data = f.read(limit + 1) or b""
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1) or b""
+    except OSError as exc:
+        return f"_file {file[:200]!r} cannot be read next to the HAR ({(exc.strerror or 'error').lower()})"
+    finally:
+        os.close(fd)
     if len(data) > limit:
         return f"_file {file[:200]!r} is larger than the {limit} byte limit of one HAR body"
     return data

@@ -513,7 +513,8 @@ def query_credentials(url: str) -> list[tuple[str, str]]:
 
 def credentials_of(headers: Iterable[tuple[str, str]], subprotocols: Iterable[str], url: str = "") -> tuple[str, ...]:
     """A connection's credentials as a server might echo them (the proxy's users', a HAR's requests): the
-    Authorization value and its credential, each cookie's value, the value of a header named as a credential is
+    Authorization value and its credential, each cookie's value (not a plain word, nor the Cookie header whole:
+    `consent=accepted` made every "accepted" [REDACTED]), the value of a header named as a credential is
     (`X-Api-Key`, `X-Auth-Token`), a `jwt.<token>` subprotocol's token and the parts of any other subprotocol that
     read as a credential (`base64url.bearer.authorization.k8s.io.<token>`), and the values of the query parameters
     that carry one (`?access_token=`, a link's opaque `?t=`), as sent and decoded. Only what reads as a credential:
@@ -525,9 +526,11 @@ def credentials_of(headers: Iterable[tuple[str, str]], subprotocols: Iterable[st
         if name in ("authorization", "proxy-authorization"):
             out += [v, v.partition(" ")[2].strip()]
         elif name == "cookie":
-            out += [v] + [c.partition("=")[2].strip() for c in v.split(";")]
+            # Each cookie's value, never the header whole: any 8 characters of a registered secret are redacted,
+            # and a browser's Cookie header holds words (`consent=accepted; theme=darkmode`) beside its session.
+            out += [c for c in (c.partition("=")[2].strip() for c in v.split(";")) if not plain_word(c)]
         elif name == "set-cookie":
-            out.append(v.partition(";")[0].partition("=")[2].strip())
+            out += [c for c in [v.partition(";")[0].partition("=")[2].strip()] if not plain_word(c)]
         elif _CREDENTIAL_HEADER.search(name) and not plain_word(v):
             out.append(v)
     for p in subprotocols:

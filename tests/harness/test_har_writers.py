@@ -287,10 +287,11 @@ def test_an_sse_har_of_each_writer_is_judged_from_its_body(tmp_path, writer):
 
 
 @pytest.mark.parametrize("name", ["../outside.dat", "/tmp/outside.dat", "sub/inner.dat", "link.dat", "missing.dat",
-                                  ".."])
+                                  "..", "sub", "fifo.dat"])
 def test_a_playwright_attachment_is_read_only_beside_the_har(tmp_path, name):
     """An attacker's HAR may name any path as `_file`: only a regular file of that name in the HAR's own directory is
-    read, never one through a path or a link. Another is not read (a good body is there to be found): the stream's
+    read, never one through a path or a link, nor a directory or a FIFO (a directory ended the whole check, exit 2,
+    naming the HAR as unreadable). Another is not read (a good body is there to be found): the stream's
     chat is judged as it stood, incomplete, never passed, with a warning that names the field."""
     outside = tmp_path / "outside.dat"
     outside.write_bytes(agui_body(True))
@@ -298,6 +299,7 @@ def test_a_playwright_attachment_is_read_only_beside_the_har(tmp_path, name):
     (folder / "sub").mkdir(parents=True)
     (folder / "sub" / "inner.dat").write_bytes(agui_body(True))
     (folder / "link.dat").symlink_to(outside)
+    os.mkfifo(folder / "fifo.dat")  # no writer: a read would wait for ever
     har = folder / "stream.har"
     doc = playwright_sse(agui_body(True), folder, attach=True)
     doc["log"]["entries"][0]["response"]["content"]["_file"] = name
@@ -372,3 +374,23 @@ def test_the_credentials_a_har_carries_are_in_no_output_even_when_the_server_ech
     for where, text in written.items():
         for secret in secrets:
             assert secret not in text and secret[:10] not in text, (where, secret)
+
+
+def test_a_cookie_of_a_plain_word_or_a_short_value_erases_no_word_of_the_report(tmp_path):
+    """A browser's HAR carries cookies that are no credential (`consent=accepted`, `theme=darkmode`, `a=1`): their
+    values are not registered as secrets, else every "accepted" or "darkmode" a server says was [REDACTED] in the
+    report (the session cookie beside them still is)."""
+    messages = netra_messages("r1", "t1", T0, extra=[
+        ("receive", T0 + 0.121, 1, f"plan accepted, darkmode dismissed 1 {COOKIE}")])
+    entry = devtools_ws_entry(messages, T0 - 0.001, headers=[
+        {"name": "Cookie", "value": f"a=1; consent=accepted; theme=darkmode; sid={COOKIE}"}])
+    entry["request"]["cookies"] = [{"name": "a", "value": "1"}, {"name": "consent", "value": "accepted"},
+                                   {"name": "theme", "value": "darkmode"}, {"name": "sid", "value": COOKIE}]
+    entry["response"]["headers"] = [{"name": "Set-Cookie", "value": "banner=dismissed; Path=/"}]
+    har = tmp_path / "cookies.har"
+    har.write_text(json.dumps(devtools_har([entry])))
+    code, out, doc = chatprobe_check(har, cwd=tmp_path)
+    assert code == 1, out
+    assert chats(doc) == [("r1", "failed", ["R12"])]
+    assert "plan accepted, darkmode dismissed 1 [REDACTED]" in " ".join(out.split()), out
+    assert COOKIE not in out

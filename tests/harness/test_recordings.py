@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
+import time
 import tracemalloc
 from itertools import zip_longest
 from pathlib import Path
@@ -17,7 +19,7 @@ from harness import redact
 from harness.events import Outcome, kept_bytes
 from harness.offline import assert_passed, check_files, check_recording
 from harness.profiles import load_profile
-from harness.recorder import Recorder
+from harness.recorder import ConnectionLog, ConnectionRecording, Recorder
 from harness.recordings import RecordingError, detect_format, read_recording
 from harness.scenario import Scenario
 from harness.yamlfile import ConfigError
@@ -622,6 +624,52 @@ def test_recorder_scrubs_secrets_bounds_files_and_rotates(tmp_path):
     recs = list(read_recording(paths[2]))
     assert recs[0].direction == "send" and recs[1].frame == b"\x00" and recs[-1].direction == "close"
     assert recs[0].t == pytest.approx(recs[1].t - 0.5)
+
+
+def test_a_failure_recorded_while_its_connection_file_is_saved_is_in_the_kept_file(tmp_path):
+    # The sync client (Locust's user): the server refuses the credentials (AUTH_FAILED) and closes; the reader thread
+    # ends the connection (its close record, the file saved under its final name) while the chat that waited for the
+    # welcome records, from its own thread, that the connection never became usable. Driven in the order a loaded
+    # machine ran it once: the failure recorded just after the part file was renamed, before the log knew its new
+    # name. Before the fix the failure went to the part file's old name, created again (a hidden `.part` that `check`
+    # never reads): the chat that connection failed was missing offline (3 error chats of the 4 live).
+    recorder = Recorder(tmp_path)
+    done = threading.Event()
+    helpers: list[threading.Thread] = []
+
+    class SavedWhileFailing(ConnectionLog):
+        """A ConnectionLog that lets another thread record the failure the moment its file has been renamed."""
+
+        @property
+        def part(self) -> Path:
+            return self._part
+
+        @part.setter
+        def part(self, value: Path) -> None:
+            if getattr(self, "_part", None) is not None and not helpers:  # Recorder.save: renamed, not yet told
+                helper = threading.Thread(target=lambda: (recording.connect_failed(
+                    "auth_failed", "the server rejected the credentials (AUTH_FAILED)"), done.set()))
+                helpers.append(helper)
+                helper.start()
+                # As far as it can go now: to its end before the fix; held until the file is saved after it (this
+                # deadline passes, and the failure is appended to the saved file).
+                done.wait(1.0)
+            self._part = value
+
+    base = recorder.connection("sync-u0")
+    recording = ConnectionRecording(SavedWhileFailing(recorder, base.label, base.part))
+    recording.received('{"type": "error_message", "error_code": "AUTH_FAILED"}', time.monotonic())
+    recording.end(1008)
+    assert helpers, "the file was never renamed"
+    helpers[0].join(10)
+    assert done.is_set()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no part file left behind
+    [kept] = tmp_path.iterdir()
+    records = [json.loads(line) for line in kept.read_text().splitlines()]
+    assert [(r["dir"], r.get("code"), r.get("failed")) for r in records] == [
+        ("recv", None, None), ("close", 1008, None), ("close", None, "auth_failed")]
+    [run] = check_files([tmp_path], NETRA, SC)
+    assert run.stats.outcomes == {"error": 1} and [r.error_kind for r in run.results] == ["auth_failed"]
 
 
 # -- --record DIR twice: each run's files kept, and judged apart --
