@@ -218,6 +218,19 @@ def test_the_folder_table_places_every_harness_module_once():
     assert pure == set(PURE), f"docs/architecture.md's pure core differs from PURE: {pure ^ set(PURE)}"
 
 
+@pytest.mark.parametrize("package", ["monitors", "agentsim"])
+def test_the_folder_table_names_every_module_of_monitors_and_agentsim(package):
+    """The `monitors/` and `agentsim/` rows name their modules (and `rules/`): the ones that exist, all of them."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## Folders and import rules", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in section.splitlines() if line.startswith(f"| `{package}/`"))
+    named = set(re.findall(r"`([^`]+)`", row.split("|")[1])) - {f"{package}/"}
+    there = {p.stem for p in (ROOT / package).glob("*.py") if p.stem not in ("__init__", "__main__")}
+    there |= {f"{p.name}/" for p in (ROOT / package).iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+    assert named == there, (f"docs/architecture.md's {package}/ row names what does not exist: {named - there}; "
+                            f"and not these: {there - named}")
+
+
 def test_the_pure_core_is_held_to_mypys_strict_flags():
     import tomllib
 

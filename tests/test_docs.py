@@ -139,6 +139,19 @@ def test_every_flag_the_docs_name_exists():
     assert unknown == [], "flags no parser knows:\n" + "\n".join(unknown)
 
 
+@pytest.mark.parametrize("command", ["run", "check", "monitor", "proxy", "list"])
+def test_every_flag_of_the_commands_is_documented(command):
+    """The other way round: each long flag a command takes is named in the README or a doc (a flag only its --help
+    knows is one nobody finds). `monitor` and `proxy` parse their own flags (chatprobe hands them over)."""
+    parser = SUBCOMMANDS[command]() if command in SUBCOMMANDS else _subparser(command)
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*",
+                           "\n".join(path.read_text(encoding="utf-8") for path in USER_DOCS)))
+    flags = {flag for action in parser._actions for flag in action.option_strings
+             if flag.startswith("--") and flag != "--help"}
+    assert flags or command == "list", f"chatprobe {command} shows no flags"  # list takes none
+    assert flags <= named, f"chatprobe {command}: flags no doc names: {sorted(flags - named)}"
+
+
 # --- metrics ---------------------------------------------------------------------------------------------------
 
 METRICS_DOC = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
@@ -409,6 +422,15 @@ def test_the_help_names_every_exit_code_the_command_returns(where, text, codes):
     said = re.split(r"\b[Ee]xit ", text(), maxsplit=1)[1]
     shown = re.findall(r"\b(\d+(?:/\d+)?) (?:\w)", said)
     assert tuple(shown) == codes, f"{where} states exit codes {shown}, the command returns {codes}"
+
+
+def test_the_readmes_exit_codes_are_the_codes():
+    """README's "Exit codes of `chatprobe run`" names each ExitCode, in order, and no other."""
+    from harness.errors import ExitCode
+
+    said = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    said = said.split("Exit codes of `chatprobe run`", 1)[1].split(". A stopped run", 1)[0]
+    assert [int(n) for n in re.findall(r"\*\*(\d+)\*\*", said)] == [int(c) for c in ExitCode]
 
 
 def test_agentsims_help_lists_every_config_key():
