@@ -28,6 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script (`python bench/monitor_soak.py`): the checkout's `bench` package
+
+from bench.procs import cpu_seconds, proc_status  # noqa: E402
+
 STARTUP_TIMEOUT = 30.0
 SCRAPE_TIMEOUT = 10.0
 CHATS_RE = re.compile(r'^chatprobe_chats_total\{[^}]*outcome="([^"]+)"[^}]*\}\s+(\S+)')
@@ -88,17 +92,6 @@ def drain(proc: subprocess.Popen) -> None:
             while chunk := os.read(proc.stdout.fileno(), 65536):
                 sink.write(chunk)
     threading.Thread(target=run, daemon=True).start()
-
-
-def proc_status(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as f:
-        return {k: v.strip() for k, _, v in (line.partition(":") for line in f)}
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def scrape(url: str) -> tuple[int, dict[str, float]]:

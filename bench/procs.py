@@ -1,6 +1,8 @@
-"""What the benches share: reading where an agentsim process they started listens."""
+"""What the benches share: reading where an agentsim process they started listens, and what a process they watch
+holds (its /proc status and CPU time)."""
 from __future__ import annotations
 
+import os
 import subprocess
 
 
@@ -12,3 +14,16 @@ def agentsim_url(proc: subprocess.Popen[str]) -> str:
         proc.kill()
         raise SystemExit(f"agentsim did not start: {line!r}")
     return line.split("listening on", 1)[1].strip()
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    """The process's /proc/PID/status fields by name (VmRSS, VmHWM, Threads...), their values as written."""
+    with open(f"/proc/{pid}/status") as f:
+        return {k: v.strip() for k, _, v in (line.partition(":") for line in f)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time the process has used, user and system (utime + stime of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

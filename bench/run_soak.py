@@ -41,9 +41,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import agentsim_url
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script (`python bench/run_soak.py`): the checkout's `bench` package
+
+from bench.procs import agentsim_url, cpu_seconds, proc_status  # noqa: E402
+
 PROGRESS_RE = re.compile(r" (?:running|done) \d+s: chats (\d+)")
 JWT_SECRET = "soak-secret-0123456789abcdef"
 
@@ -56,17 +58,6 @@ class Sample:
     fds: int
     cpu_s: float
     chats: int
-
-
-def proc_status(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as f:
-        return {k: v.strip() for k, _, v in (line.partition(":") for line in f)}
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def scraped_chats(url: str, before: int) -> int:

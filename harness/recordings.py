@@ -639,7 +639,6 @@ _CREDENTIAL_LISTS = {
 }
 _REQUEST_ENDS = frozenset({"log.entries.item.request", "log.entries.item.response"})
 MAX_CREDENTIAL = 16 * 1024  # bytes of a header value or URL looked at for credentials (a longer one is none)
-MAX_HAR_SECRETS = 1024  # distinct credentials of one HAR registered as secrets (its users' tokens and cookies)
 
 
 class _HarSecrets:
@@ -671,15 +670,22 @@ class _HarSecrets:
     def url(self, url: str) -> None:
         self.urls.append(url)
 
-    def register(self) -> None:
+    def register(self, where: str) -> None:
+        """Every credential read since the last call registered; `where` (the file and byte) names the entry when the
+        process holds as many secrets as it may (redact.MAX_SECRETS, MAX_SECRET_BYTES): then the check ends, exit 2,
+        before any frame that could echo the credential is judged (one not registered could reach a report)."""
         found = redact.credentials_of(self.headers, self.subprotocols, "")
         for url in self.urls:
             found += redact.credentials_of((), (), url)
         self.headers, self.subprotocols, self.urls = [], [], []
         for secret in found:
-            if secret not in self.registered and len(self.registered) < MAX_HAR_SECRETS:
+            if secret not in self.registered:
+                try:
+                    redact.register(secret)
+                except redact.SecretsFull as exc:
+                    raise RecordingError(f"{where}: a credential of this HAR entry's request is not registered as "
+                                         f"a secret: {exc}; check fewer HAR files at once") from None
                 self.registered.add(secret)
-                redact.register(secret)
 
 
 def har_order(path: Path, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, int]] | None:
@@ -823,7 +829,7 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                     entry = _Entry(n_entries)
                     n_entries += 1
                 elif event == "end_map" and entry is not None:
-                    secrets.register()
+                    secrets.register(f"{name}: byte {guard.offset}")
                     yield from _entry_end(entry, name, max_frame, base_dir=base_dir, max_text=max_text)
                     entry = None
                     if one_entry:
@@ -835,14 +841,14 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                 if len(value) <= MAX_CREDENTIAL:
                     secrets.url(value)
             elif entry is not None and prefix in _REQUEST_ENDS and event == "end_map":
-                secrets.register()  # before any of the entry's frames is judged
+                secrets.register(f"{name}: byte {guard.offset}")  # before any of the entry's frames is judged
             elif entry is not None and prefix == "log.entries.item.response.headers.item.value" and event == "string":
                 if value.lower().startswith(EVENT_STREAM):
                     entry.content_type = EVENT_STREAM
             elif prefix == "log" and event == "start_map":
                 seen_log = True
     except HarTooLarge as exc:
-        secrets.register()
+        secrets.register(f"{name}: byte {guard.offset}")
         conn = _conn_of(entry)
         if not seen_log:
             raise RecordingError(f"{name}: not a HAR file ({exc})") from None
@@ -851,7 +857,7 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
     except (ijson.JSONError, ValueError, UnicodeDecodeError) as exc:
         if not seen_log:
             raise RecordingError(f"{name}: not a HAR file (invalid JSON near byte {guard.offset})") from None
-        secrets.register()
+        secrets.register(f"{name}: byte {guard.offset}")
         if entry is not None:
             yield from _entry_end(entry, name, max_frame, complete=False, base_dir=base_dir, max_text=max_text)
         message = " ".join(str(exc).split("(right here)")[0].split())[:80]

@@ -16,6 +16,8 @@ from urllib.parse import quote, unquote, unquote_plus
 
 import ahocorasick
 
+from .errors import ConfigError
+
 REDACTED = "[REDACTED]"
 # A secret this short would turn every report into noise (each "abc" replaced); it is not a real credential.
 MIN_SECRET_LEN = 4
@@ -23,9 +25,16 @@ MIN_SECRET_LEN = 4
 # their JWT shape (but an older one's signature alone no more), so a long monitor run does not grow the registry
 # without bound.
 MAX_MINTED = 1024
+# The other secrets (the token given, the JWT secret, --header values, the credentials of the HAR files `check`
+# reads) are held for the whole process, every one of them until the last report is written: at most this many, of
+# at most this many UTF-8 bytes in all (their matchers take ~500 bytes of memory per byte of secret). A secret past
+# either bound is refused (SecretsFull), never dropped: one not registered could be echoed into a report.
+MAX_SECRETS = 4096
+MAX_SECRET_BYTES = 256 * 1024
 
 _lock = threading.Lock()
 _fixed: set[str] = set()  # the token given, the JWT secret: searched in every string
+_fixed_bytes = 0  # their UTF-8 bytes, held to MAX_SECRET_BYTES
 _minted: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # minted JWT -> its forms: searched in strings holding "eyJ"
 # The signature of each minted JWT (its third part) on its own, in every string: a server that echoes a token's
 # payload without its "eyJ" and its signature apart gives the token away (its HS256 header is standard). Indexed by
@@ -377,10 +386,15 @@ def secrets_of(secrets: tuple[str, ...]) -> Secrets:
     return Secrets(secrets)
 
 
+class SecretsFull(ConfigError):
+    """A secret that would take the registry past MAX_SECRETS or MAX_SECRET_BYTES: refused, so the caller stops
+    before anything that could echo it is read or shown (exit 2)."""
+
+
 def register(secret: str | None, *, minted: bool = False) -> None:
     """Remember a secret the process holds, so that no output shows it (nor its URL-, JSON- or base64-encoded
-    form)."""
-    global _dirty, _minted_dirty
+    form). Raises SecretsFull for a secret (not minted) past the process's bounds: nothing is registered then."""
+    global _dirty, _minted_dirty, _fixed_bytes
     if not isinstance(secret, str) or len(secret.strip()) < MIN_SECRET_LEN:
         return
     with _lock:
@@ -394,8 +408,20 @@ def register(secret: str | None, *, minted: bool = False) -> None:
                 _index_signature(_minted.popitem(last=False)[0], add=False)
             _minted_dirty = True
         elif secret not in _fixed:
+            size = len(secret.encode("utf-8", "surrogatepass"))
+            if len(_fixed) >= MAX_SECRETS or _fixed_bytes + size > MAX_SECRET_BYTES:
+                raise SecretsFull(f"{len(_fixed):,} secrets of {_fixed_bytes:,} bytes are registered already, and one "
+                                  f"of {size:,} bytes more would pass the bound of {MAX_SECRETS:,} secrets and "
+                                  f"{MAX_SECRET_BYTES:,} bytes one process holds")
             _fixed.add(secret)
+            _fixed_bytes += size
             _dirty = True
+
+
+def registered() -> tuple[int, int]:
+    """How many secrets (not minted) the process holds, and their UTF-8 bytes."""
+    with _lock:
+        return len(_fixed), _fixed_bytes
 
 
 def _signature(token: str) -> str | None:
@@ -428,9 +454,10 @@ def _redact_signatures(text: str) -> str:
 
 def forget_all() -> None:
     """Drop every registered secret (tests; a process that reloads its credentials)."""
-    global _dirty, _minted_dirty
+    global _dirty, _minted_dirty, _fixed_bytes
     with _lock:
         _fixed.clear()
+        _fixed_bytes = 0
         _minted.clear()
         _minted_sigs.clear()
         _dirty = _minted_dirty = True

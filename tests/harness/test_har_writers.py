@@ -394,3 +394,69 @@ def test_a_cookie_of_a_plain_word_or_a_short_value_erases_no_word_of_the_report(
     assert chats(doc) == [("r1", "failed", ["R12"])]
     assert "plan accepted, darkmode dismissed 1 [REDACTED]" in " ".join(out.split()), out
     assert COOKIE not in out
+
+
+def test_check_over_many_hars_holds_the_secrets_registry_to_its_bound_and_shows_no_credential(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """`check` over many HAR files, each carrying credentials of its own (a bearer token, a session cookie) that the
+    server echoes in its frames. Every credential read is registered for the whole process (each report is written
+    after the last file is judged): the registry grew by each file's, without bound. Now the process holds at most
+    redact.MAX_SECRETS secrets of MAX_SECRET_BYTES bytes: a check whose HAR would pass either bound is exit 2 naming
+    the file (nothing is judged for a report then), and no credential is in any output, below the bound or at it."""
+    from harness import redact
+    from harness.cli import main
+
+    def har(i: int) -> tuple[Path, list[str]]:
+        token, cookie = f"sk_live_{i:04d}fK2qZx81LmPq7Rt", f"Qw8eRt5y{i:04d}Ui0pAs2dFgH"
+        messages = netra_messages("r1", "t1", T0, extra=[
+            ("receive", T0 + 0.121, 1, f"not json: your credentials are {token} {cookie}")])
+        entry = devtools_ws_entry(messages, T0 - 0.001, headers=[{"name": "Authorization", "value": f"Bearer {token}"},
+                                                                 {"name": "Cookie", "value": f"sid={cookie}"}])
+        path = tmp_path / f"page{i:03d}.har"
+        path.write_text(json.dumps(devtools_har([entry])))
+        return path, [token, cookie]
+
+    files = [har(i) for i in range(40)]
+    credentials = [c for _, cs in files for c in cs]
+    # Small bounds, so that 40 files pass them (raising=False: the bounds the old code did not have)
+    monkeypatch.setattr(redact, "MAX_SECRETS", 24, raising=False)
+    monkeypatch.setattr(redact, "MAX_SECRET_BYTES", 64 * 1024, raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    outputs: list[str] = []
+
+    def check(paths: list[Path], name: str) -> tuple[int, dict[str, str]]:
+        redact.forget_all()
+        json_at, junit_at = tmp_path / f"{name}.json", tmp_path / f"{name}.xml"
+        code = main(["check", *map(str, paths), "--json", str(json_at), "--junit", str(junit_at)])
+        out, err = capsys.readouterr()
+        written = {"terminal": out + err}
+        written.update((what, p.read_text()) for what, p in [("json", json_at), ("junit", junit_at)] if p.exists())
+        outputs.extend(written.values())
+        return code, written
+
+    try:
+        # Below the bound: judged as ever, every echo redacted.
+        code, written = check([p for p, _ in files[:4]], "few")
+        assert code == 1 and set(written) == {"terminal", "json", "junit"}, written["terminal"]
+        assert chats(json.loads(written["json"])) == [("r1", "failed", ["R12"])] * 4
+        assert "[REDACTED]" in written["json"] and "[REDACTED]" in written["junit"]
+        # Past the bound (the count): exit 2 naming the file whose credential passes it, the registry held to it.
+        code, written = check([p for p, _ in files], "many")
+        count, size = len(redact._fixed), sum(len(s.encode()) for s in redact._fixed)
+        assert count <= 24 and size <= 64 * 1024, (count, size)
+        assert code == 2, written["terminal"]
+        assert set(written) == {"terminal"}  # no report of a check that did not end
+        message = written["terminal"].strip()
+        assert message.startswith("chatprobe: error: ") and "page" in message and ".har: byte " in message, message
+        assert "check fewer HAR files at once" in message and "\n" not in message, message
+        # Past the bound in bytes (3 files: 9 secrets, under the count, of ~250 bytes): the second file is refused.
+        monkeypatch.setattr(redact, "MAX_SECRET_BYTES", 160, raising=False)
+        code, written = check([p for p, _ in files[:3]], "bytes")
+        count, size = len(redact._fixed), sum(len(s.encode()) for s in redact._fixed)
+        assert size <= 160 and code == 2, (count, size, written["terminal"])
+        assert "page001.har: byte " in written["terminal"] and "160 bytes" in written["terminal"], written["terminal"]
+        for text in outputs:  # terminal, JSON and JUnit, below the bound and at it
+            assert not [c for c in credentials if c in text or c[-12:] in text], text
+    finally:
+        redact.forget_all()

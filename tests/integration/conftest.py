@@ -1,6 +1,7 @@
 """Fixtures that start agentsim for real on a loopback port and point the harness at it."""
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from pathlib import Path
@@ -11,6 +12,7 @@ from agentsim.server import AgentSim, SimConfig
 from harness.profiles import load_profile
 from harness.scenario import Scenario
 from harness.targets import Target, TokenProvider
+from monitors.metrics import MetricsSink
 
 
 @pytest.fixture
@@ -56,3 +58,18 @@ def scenario(**kw) -> Scenario:
                 expect={"streaming": True, "settle": "0.05s", "deadline": "3s"})
     base.update(kw)
     return Scenario.model_validate(base)
+
+
+class Kept(MetricsSink):
+    """A metrics sink that keeps each chat's verdict too (the proxy's, in the order judged): `judged` is set at the
+    first, so a test waits on it, not on time."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.results: list = []
+        self.judged = asyncio.Event()
+
+    def chat_finished(self, result) -> None:
+        self.results.append(result)
+        self.judged.set()
+        super().chat_finished(result)

@@ -58,18 +58,28 @@ async def test_garbage_frames_then_silence():
     assert "R10" in rules(run)
 
 
+def resume_unknown(run_id: str) -> str:
+    """The server's answer to a resume of a run it does not know."""
+    return json.dumps({"type": "error_message", "error_code": "RESUME_UNKNOWN_RUN", "error_message": "unknown run",
+                       "run_id": run_id})
+
+
+async def start_then_drop(ws, msg) -> None:
+    """The chat's run starts (its agent_started), then the server drops the connection (1011)."""
+    mid = msg["payload"]["message_id"]
+    await ws.send(json.dumps({"type": "agent_started", "run_id": "r1", "seq": 1, "payload": {"message_id": mid}}))
+    await ws.close(1011, "boom")
+
+
 async def test_close_mid_run_without_resume_support():
     async def handler(ws):
         await ws.send(WELCOME)
         msg = json.loads(await ws.recv())
         if msg["type"] == "resume":
-            await ws.send(json.dumps({"type": "error_message", "error_code": "RESUME_UNKNOWN_RUN",
-                                      "error_message": "unknown run", "run_id": msg["payload"]["run_id"]}))
+            await ws.send(resume_unknown(msg["payload"]["run_id"]))
             await ws.wait_closed()
             return
-        mid = msg["payload"]["message_id"]
-        await ws.send(json.dumps({"type": "agent_started", "run_id": "r1", "seq": 1, "payload": {"message_id": mid}}))
-        await ws.close(1011, "boom")
+        await start_then_drop(ws, msg)
 
     run = await run_against(handler)
     (r,) = run.results
@@ -86,15 +96,11 @@ async def test_a_flood_of_resume_unknown_answers_never_hides_the_one_for_the_cha
         msg = json.loads(await ws.recv())
         if msg["type"] == "resume":
             for i in range(MAX_RESUME_UNKNOWN + 50):
-                await ws.send(json.dumps({"type": "error_message", "error_code": "RESUME_UNKNOWN_RUN",
-                                          "error_message": "unknown run", "run_id": f"other-{i}"}))
-            await ws.send(json.dumps({"type": "error_message", "error_code": "RESUME_UNKNOWN_RUN",
-                                      "error_message": "unknown run", "run_id": msg["payload"]["run_id"]}))
+                await ws.send(resume_unknown(f"other-{i}"))
+            await ws.send(resume_unknown(msg["payload"]["run_id"]))
             await ws.wait_closed()
             return
-        mid = msg["payload"]["message_id"]
-        await ws.send(json.dumps({"type": "agent_started", "run_id": "r1", "seq": 1, "payload": {"message_id": mid}}))
-        await ws.close(1011, "boom")
+        await start_then_drop(ws, msg)
 
     run = await run_against(handler, quick(expect={"deadline": "5s", "first_event_limit": "0.5s", "settle": "0s"}))
     (r,) = run.results

@@ -47,11 +47,14 @@ difference only with that warning.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import socket
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -70,7 +73,8 @@ from harness.scenario import Scenario, Stage, load_scenario
 from harness.sinks import Sink
 from harness.targets import Target, TokenProvider
 
-from .conftest import scenario
+from .conftest import Kept, scenario
+from .hostile_ws import frame, upgrade
 from .test_agui_faults_vs_ground_truth import AguiSimCtx
 from .test_netra_conformance import NetraServer, clean_run
 from .test_resend_attacks import Scripted
@@ -655,22 +659,13 @@ async def test_the_proxy_and_check_charge_another_users_event_before_a_resume_to
 
     from harness.checker import Expectations
     from harness.events import DEFAULT_REQUIRED
-    from monitors.metrics import ChatMetrics, MetricsSink
+    from monitors.metrics import ChatMetrics
     from monitors.proxy import LiveChats, Proxy, start_proxy
-
-    results: list = []
-    judged = asyncio.Event()
-
-    class Kept(MetricsSink):
-        def chat_finished(self, result):
-            results.append(result)
-            judged.set()
-            super().chat_finished(result)
 
     upstream = ForeignOnReconnect(script=lambda msg: [(0.05, k, f) for _, k, f in clean_run(tools=2)])
     exp = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=5.0)
-    live = LiveChats(load_profile("netra"), Kept(ChatMetrics(CollectorRegistry()), "up", "live"), exp, "live", 0.05,
-                     recorder=Recorder(tmp_path / "rec"))
+    kept = Kept(ChatMetrics(CollectorRegistry()), "up", "live")
+    live = LiveChats(load_profile("netra"), kept, exp, "live", 0.05, recorder=Recorder(tmp_path / "rec"))
     async with serve(upstream.handler, "127.0.0.1", 0, compression=None) as up:
         up_port = up.sockets[0].getsockname()[1]
         proxy = await start_proxy(Proxy(f"ws://127.0.0.1:{up_port}", live), "127.0.0.1", 0)
@@ -689,12 +684,12 @@ async def test_the_proxy_and_check_charge_another_users_event_before_a_resume_to
                 while json.loads(await new.recv()).get("type") != "agent_completed":
                     pass
                 await old.close()
-                await judged.wait()
+                await kept.judged.wait()
                 await new.close()
         finally:
             proxy.close()
             await proxy.wait_closed()
-    [chat] = results
+    [chat] = kept.results
     assert chat.rule_counts() == {"R8": 1}, chat.violations
     [offline] = check_files([tmp_path / "rec"], load_profile("netra"), Scenario(name="t", expect={"settle": "0.05s"}))
     assert [r.rule_counts() for r in offline.results] == [{"R8": 1}]
@@ -741,6 +736,29 @@ def test_the_cli_run_record_then_check_agree(tmp_path, fault):
         assert live.returncode == 3
 
 
+@contextlib.asynccontextmanager
+async def reads_nothing(welcome: dict) -> AsyncIterator[str]:
+    """A raw WebSocket server that takes the upgrade, sends `welcome` and then reads nothing more, its receive buffer
+    4 KiB (a large message fills the kernel's buffers and the client's send stalls), until the block ends: its URL."""
+    done = asyncio.Event()
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(upgrade(await reader.readuntil(b"\r\n\r\n")) + frame(0x1, json.dumps(welcome).encode()))
+        await done.wait()  # reads nothing more until the test ends
+        writer.transport.abort()
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by the accepted connections
+    sock.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(never_reads, sock=sock)
+    try:
+        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/ws"
+    finally:
+        done.set()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_send_the_server_never_reads_is_a_send_failed_error_offline_as_live(tmp_path):
     # A server that takes the upgrade, welcomes, and then reads nothing more (a receive buffer of 4 KiB): the chat's
     # message (3.2 MB) fills the kernel's buffers and the client's send stalls for connect_timeout: a `send_failed`
@@ -754,45 +772,17 @@ async def test_a_send_the_server_never_reads_is_a_send_failed_error_offline_as_l
     # before are forgotten here, as tests/harness/test_redact.py forgets them, so that this test's scrub takes what a
     # `chatprobe run` process's takes, well inside the deadlines below.)
     import base64
-    import hashlib
     import os
-    import socket
 
     from harness import redact
 
     redact.forget_all()
-    conns: list[asyncio.StreamWriter] = []
-    done = asyncio.Event()
-
-    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conns.append(writer)
-        head = await reader.readuntil(b"\r\n\r\n")
-        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"sec-websocket-key:"))
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-        welcome = json.dumps(NetraServer().welcome).encode()
-        writer.write(bytes([0x81, len(welcome)]) + welcome if len(welcome) < 126 else
-                     bytes([0x81, 126]) + len(welcome).to_bytes(2, "big") + welcome)
-        await done.wait()  # reads nothing more until the test ends
-        writer.transport.abort()
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by the accepted connections
-    sock.bind(("127.0.0.1", 0))
-    server = await asyncio.start_server(never_reads, sock=sock)
-    try:
-        port = sock.getsockname()[1]
-        target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="raw")
+    async with reads_nothing(NetraServer().welcome) as url:
+        target = Target(url=url, profile=load_profile("netra"), name="raw")
         sc = scenario(users=1, chats_per_user=1, message=base64.b64encode(os.urandom(2_400_000)).decode(),
                       connect_timeout="0.5s", compression="deflate", expect={"settle": "0.05s", "deadline": "30s"})
         async with asyncio.timeout(40):  # a hang fails the test (scrubbing 3 MB for the recording takes seconds)
             live, offline = await live_and_offline(target, sc, tmp_path / "rec")
-    finally:
-        done.set()
-        server.close()
-        await server.wait_closed()
     assert [(r.outcome, r.error_kind) for r in live.results] == [(Outcome.ERROR, "send_failed")]
     assert "did not leave within" in live.results[0].error, live.results[0].error  # a stall, not a closed connection
     assert_parity(live, offline)
@@ -842,43 +832,18 @@ async def test_the_recording_names_the_send_that_failed_when_another_chat_sent_m
     # that did not leave (the connection's first, then its second): written before as bare records, which `check`
     # charged to the last chat sent, not the chat whose send failed.
     import base64
-    import hashlib
     import os
-    import socket
 
     from harness import redact
 
     redact.forget_all()  # scrubbing the frames costs in proportion to the secrets registered (see the test above)
-    done = asyncio.Event()
-
-    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"sec-websocket-key:"))
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-        welcome = json.dumps({"type": "connection_established"}).encode()
-        writer.write(bytes([0x81, len(welcome)]) + welcome)
-        await done.wait()  # reads nothing more until the test ends
-        writer.transport.abort()
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by the accepted connections
-    sock.bind(("127.0.0.1", 0))
-    server = await asyncio.start_server(never_reads, sock=sock)
-    try:
-        port = sock.getsockname()[1]
-        target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="raw")
+    async with reads_nothing({"type": "connection_established"}) as url:
+        target = Target(url=url, profile=load_profile("netra"), name="raw")
         sc = scenario(users=1, chats_per_user=2, parallel_chats=2, connect_timeout="0.5s", compression="deflate",
                       message=base64.b64encode(os.urandom(2_400_000)).decode(),
                       expect={"settle": "0.05s", "deadline": "30s"})
         async with asyncio.timeout(40):  # a hang fails the test
             live, offline = await live_and_offline(target, sc, tmp_path / "rec")
-    finally:
-        done.set()
-        server.close()
-        await server.wait_closed()
     assert [(r.outcome, r.error_kind) for r in live.results] == [(Outcome.ERROR, "send_failed")] * 2
     [records] = [[json.loads(line) for line in f.read_text().splitlines()] for f in (tmp_path / "rec").glob("*.jsonl")]
     kinds = [r.get("failed", r["dir"]) for r in records if r["dir"] != "recv"]

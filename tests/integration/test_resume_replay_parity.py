@@ -28,6 +28,7 @@ from harness.profiles import load_profile
 from harness.recorder import Recorder
 from harness.scenario import load_scenario
 
+from .conftest import Kept
 from .outside_servers import InThread, RawWsServer, WsConn
 
 PROFILE = """\
@@ -122,21 +123,13 @@ async def browse_through_proxy(upstream: str, scenario: Path, profile: Path, rec
     from prometheus_client import CollectorRegistry
     from websockets.asyncio.client import connect
 
-    from monitors.metrics import ChatMetrics, MetricsSink
+    from monitors.metrics import ChatMetrics
     from monitors.proxy import LiveChats, Proxy, start_proxy
-
-    results: list = []
-    judged = asyncio.Event()
-
-    class Kept(MetricsSink):
-        def chat_finished(self, result):
-            results.append(result)
-            judged.set()
-            super().chat_finished(result)
 
     prof = load_profile(str(profile))
     sc = load_scenario(str(scenario))
-    live = LiveChats(prof, Kept(ChatMetrics(CollectorRegistry()), "up", "live"), sc.expectations(prof), "live",
+    kept = Kept(ChatMetrics(CollectorRegistry()), "up", "live")
+    live = LiveChats(prof, kept, sc.expectations(prof), "live",
                      sc.expect.settle, recorder=Recorder(rec, keep_all=True))
     proxy = await start_proxy(Proxy(upstream, live), "127.0.0.1", 0)
     url = f"ws://127.0.0.1:{proxy.sockets[0].getsockname()[1]}/ws"
@@ -154,12 +147,12 @@ async def browse_through_proxy(upstream: str, scenario: Path, profile: Path, rec
             while json.loads(await new.recv())["type"] != "done":
                 pass
             await old.close()
-            await judged.wait()
+            await kept.judged.wait()
             await new.close()
     finally:
         proxy.close()
         await proxy.wait_closed()
-    return [verdict_of(r.outcome.value, Counter(r.rule_counts())) for r in results]
+    return [verdict_of(r.outcome.value, Counter(r.rule_counts())) for r in kept.results]
 
 
 def play_sync(url: str, scenario: Path, profile: Path) -> list:

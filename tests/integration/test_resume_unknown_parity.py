@@ -26,6 +26,7 @@ from harness.scenario import load_scenario
 from harness.targets import Target
 from monitors.metrics import ChatMetrics, MetricsSink
 
+from .conftest import Kept
 from .outside_servers import InThread, RawWsServer, WsConn
 
 SCENARIO = """\
@@ -119,19 +120,11 @@ async def browse_through_proxy(upstream: str, scenario: Path, rec: Path) -> tupl
 
     from monitors.proxy import LiveChats, Proxy, start_proxy
 
-    results: list = []
-    judged = asyncio.Event()
-
-    class Kept(MetricsSink):
-        def chat_finished(self, result):
-            results.append(result)
-            judged.set()
-            super().chat_finished(result)
-
     prof = load_profile("netra")
     sc = load_scenario(str(scenario))
     metrics = ChatMetrics(CollectorRegistry())
-    live = LiveChats(prof, Kept(metrics, "up", "live"), sc.expectations(prof), "live", sc.expect.settle,
+    kept = Kept(metrics, "up", "live")
+    live = LiveChats(prof, kept, sc.expectations(prof), "live", sc.expect.settle,
                      recorder=Recorder(rec))
     proxy = await start_proxy(Proxy(upstream, live), "127.0.0.1", 0)
     url = f"ws://127.0.0.1:{proxy.sockets[0].getsockname()[1]}/ws"
@@ -152,7 +145,7 @@ async def browse_through_proxy(upstream: str, scenario: Path, rec: Path) -> tupl
             assert json.loads(await new.recv())["type"] == "connection_established"
             await new.send(json.dumps({"type": "resume", "payload": {"run_id": RUN_ID, "last_seq": seqs[-1]}}))
             assert json.loads(await new.recv())["error_code"] == "RESUME_UNKNOWN_RUN"
-            await judged.wait()  # judged at the server's answer: the chat's deadline is seconds away
+            await kept.judged.wait()  # judged at the server's answer: the chat's deadline is seconds away
             assert not live.parked
             await new.close()
     finally:
@@ -160,7 +153,7 @@ async def browse_through_proxy(upstream: str, scenario: Path, rec: Path) -> tupl
         await proxy.wait_closed()
         live.stop()
     proxied = [verdict(r.outcome.value, [v.rule.value for v in r.violations], r.note, r.reconnects)
-               for r in results]
+               for r in kept.results]
     return proxied, counters(metrics, "up", "live")
 
 

@@ -494,62 +494,62 @@ async def test_a_client_with_too_many_chats_open_at_once_is_bounded_and_counted_
         await sim.stop()
 
 
-async def test_an_upstream_that_never_answers_the_handshake_is_a_504_and_counted_as_a_timeout():
-    """The upstream accepts the TCP connection and says nothing: the client gets 504 at the proxy's connect timeout,
-    and the attempt is counted (it was dropped unanswered and uncounted when the client's own handshake deadline,
-    the same 10 s, came first)."""
+async def refused_through_proxy(upstream_client, connect_timeout: float,
+                                open_timeout: float) -> tuple[int, dict[str, float]]:
+    """A client's connection through the proxy to an upstream served by `upstream_client` (raw asyncio streams) that
+    refuses or never answers it, each connection held open until the client is answered: the HTTP status the client
+    got and the attempts the proxy counted, by result."""
     held: list[asyncio.StreamWriter] = []
 
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)  # read nothing, answer nothing
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await upstream_client(reader, writer)
 
-    upstream = await asyncio.start_server(silent, "127.0.0.1", 0)
+    upstream = await asyncio.start_server(client, "127.0.0.1", 0)
     metrics = ChatMetrics(CollectorRegistry())
     live = LiveChats(load_profile("netra"), MetricsSink(metrics, "up", "live"), EXP, "live", 0.2)
-    proxy = Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live, connect_timeout=0.5)
+    proxy = Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live, connect_timeout=connect_timeout)
     server = await start_proxy(proxy, "127.0.0.1", 0)
     try:
         url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
         with pytest.raises(websockets.InvalidStatus) as refused:
-            await websockets.asyncio.client.connect(url, open_timeout=10)
-        assert refused.value.response.status_code == 504
+            await websockets.asyncio.client.connect(url, open_timeout=open_timeout)
         labels = dict(target="up", scenario="live", source="live")
-        assert sample(metrics, "chatprobe_connections_total", result="timeout", **labels) == 1
+        counted = {result: sample(metrics, "chatprobe_connections_total", result=result, **labels)
+                   for result in ("timeout", "auth_failed")}
+        return refused.value.response.status_code, counted
     finally:
         server.close()
         upstream.close()
         for w in held:
             w.close()
+
+
+async def test_an_upstream_that_never_answers_the_handshake_is_a_504_and_counted_as_a_timeout():
+    """The upstream accepts the TCP connection and says nothing: the client gets 504 at the proxy's connect timeout,
+    and the attempt is counted (it was dropped unanswered and uncounted when the client's own handshake deadline,
+    the same 10 s, came first)."""
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pass  # read nothing, answer nothing
+
+    status, counted = await refused_through_proxy(silent, connect_timeout=0.5, open_timeout=10)
+    assert status == 504
+    assert counted["timeout"] == 1
 
 
 async def test_an_upstreams_401_whose_body_never_ends_reaches_the_client_as_a_401():
     """The upstream refuses the credentials with a 401 whose body has no length and keeps the connection open: the
     client gets the 401 and the attempt counts as auth_failed, at once. The proxy's upstream client (websockets) read
     the body first and waited out the connect timeout: a 504 and a `timeout`, the upstream's refusal lost."""
-    held: list[asyncio.StreamWriter] = []
-
     async def refuses(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/html\r\n\r\n<h1>Sign in</h1>")
-        held.append(writer)  # the connection stays open, the body never ends
+        # the connection stays open, the body never ends
 
-    upstream = await asyncio.start_server(refuses, "127.0.0.1", 0)
-    metrics = ChatMetrics(CollectorRegistry())
-    live = LiveChats(load_profile("netra"), MetricsSink(metrics, "up", "live"), EXP, "live", 0.2)
-    proxy = Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live, connect_timeout=10)
-    server = await start_proxy(proxy, "127.0.0.1", 0)
-    try:
-        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
-        with pytest.raises(websockets.InvalidStatus) as refused:
-            await websockets.asyncio.client.connect(url, open_timeout=5)  # the proxy's connect timeout is 10 s
-        assert refused.value.response.status_code == 401
-        labels = dict(target="up", scenario="live", source="live")
-        assert sample(metrics, "chatprobe_connections_total", result="auth_failed", **labels) == 1
-    finally:
-        server.close()
-        upstream.close()
-        for w in held:
-            w.close()
+    # the proxy's connect timeout is 10 s, the client's 5 s
+    status, counted = await refused_through_proxy(refuses, connect_timeout=10, open_timeout=5)
+    assert status == 401
+    assert counted["auth_failed"] == 1
 
 
 async def test_an_upstream_message_in_millions_of_tiny_fragments_is_the_r12_the_clients_give():
