@@ -324,18 +324,9 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
         raise ConfigError("--job needs --pushgateway")
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", args.job or ""):
         raise ConfigError(f"--job {args.job!r}: a job name is 1-128 letters, digits, '_', '.', ':' or '-'")
-    recorder = None
-    if args.record is not None and not args.record.strip():
-        raise ConfigError("--record: an empty path")
-    if args.record:
-        from .recorder import Recorder
+    from .recorder import open_recorder
 
-        if Path(args.record).exists() and not Path(args.record).is_dir():
-            raise ConfigError(f"--record {args.record}: not a directory")
-        try:
-            recorder = Recorder(args.record)
-        except OSError as exc:
-            raise ConfigError(f"--record {args.record}: {exc.strerror or exc}") from None
+    recorder = open_recorder(args.record, "--record")
 
     async with contextlib.AsyncExitStack() as stack:
         if opts.url is not None:

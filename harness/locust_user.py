@@ -34,7 +34,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gevent
@@ -142,21 +141,9 @@ class _Run:
         target's recorder, as `chatprobe run --record` sets it). Raises ConfigError for a DIR that cannot be used."""
         opts = self.environment.parsed_options
         path = getattr(opts, "chatprobe_record", None) if opts is not None else None
-        if path is not None and not path.strip():
-            raise ConfigError("--chatprobe-record: an empty path", field="record")
-        if not path:
-            self.recorder = None
-        else:
-            from .recorder import Recorder
+        from .recorder import open_recorder
 
-            if Path(path).exists() and not Path(path).is_dir():
-                raise ConfigError(f"--chatprobe-record {path}: not a directory", field="record")
-            try:
-                self.recorder = Recorder(path, run_id=getattr(opts, RECORD_RUN, None) or None)
-            except OSError as exc:
-                raise ConfigError(f"--chatprobe-record {path}: {exc.strerror or exc}", field="record") from None
-            except ValueError as exc:  # the master's run id is no run id (never a path in DIR)
-                raise ConfigError(f"--chatprobe-record {path}: {exc}", field="record") from None
+        self.recorder = open_recorder(path, "--chatprobe-record", run_id=getattr(opts, RECORD_RUN, None) or None)
         if self.target is not None:
             self.target.recorder = self.recorder
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from . import redact
 from .checker import ChatResult, ExpectError
 from .client import Session
 from .durations import seconds_given
@@ -41,6 +42,10 @@ PYTEST_FIELDS = ("url", "profile", "token_env", "headers", "header_env")
 
 if TYPE_CHECKING:
     from .results import ScenarioRun
+
+
+_DEFAULTS = {"--chatprobe-target": None, "--chatprobe-profile": "netra", "--chatprobe-token-env": "CHATPROBE_TOKEN",
+             "--chatprobe-header": None, "--chatprobe-header-env": None}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -110,19 +115,34 @@ class ChatProbe:
             self._thread.join(10)
 
 
+def _target_options(config: pytest.Config) -> tuple[TargetOptions, Target]:
+    """The --chatprobe-* options as TargetOptions and the Target they make (the embedded agentsim's stand-in URL when
+    no --chatprobe-target), checked by the loaders `chatprobe run` uses; a mistake is pytest's usage error (one line,
+    exit 4, before any test runs) naming the --chatprobe- flag."""
+    url = config.getoption("--chatprobe-target")
+    token_env = config.getoption("--chatprobe-token-env")
+    try:
+        opts = TargetOptions(url=url, name="pytest", profile=config.getoption("--chatprobe-profile"),
+                             token_env=token_env if os.environ.get(token_env) else None,
+                             headers=parse_header_flags(config.getoption("--chatprobe-header"), "headers"),
+                             header_env=parse_header_flags(config.getoption("--chatprobe-header-env"), "header_env"))
+        return opts, make_target(opts, read_token(opts), url=url or "ws://127.0.0.1:1")
+    except ConfigError as exc:
+        raise pytest.UsageError(f"chatprobe: {redact.clean(flag_named(exc, '--chatprobe-', PYTEST_FIELDS), 1000)}"
+                                ) from None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Options given on the command line are checked at start-up, not at the first test that asks for the fixture
+    (there a UsageError is that test's setup error, a traceback and exit 1)."""
+    if any(config.getoption(name) not in (None, default) for name, default in _DEFAULTS.items()):
+        _target_options(config)
+
+
 @pytest.fixture(scope="session")
 def chatprobe_target(request: pytest.FixtureRequest) -> Iterator[Target]:
     url = request.config.getoption("--chatprobe-target")
-    token_env = request.config.getoption("--chatprobe-token-env")
-    try:
-        opts = TargetOptions(url=url, name="pytest", profile=request.config.getoption("--chatprobe-profile"),
-                             token_env=token_env if os.environ.get(token_env) else None,
-                             headers=parse_header_flags(request.config.getoption("--chatprobe-header"), "headers"),
-                             header_env=parse_header_flags(request.config.getoption("--chatprobe-header-env"),
-                                                           "header_env"))
-        target = make_target(opts, read_token(opts), url=url or "ws://127.0.0.1:1")  # checked before agentsim starts
-    except ConfigError as exc:
-        raise pytest.UsageError(f"chatprobe: {flag_named(exc, '--chatprobe-', PYTEST_FIELDS)}") from None
+    opts, target = _target_options(request.config)
     if url is not None:
         yield target
         return

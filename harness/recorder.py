@@ -589,3 +589,25 @@ class RecordingTransport(RecordingHooks):
 
     def dropped_by_client(self) -> None:
         self._rec.dropped_by_client()
+
+
+def open_recorder(path: str | None, flag: str, run_id: str | None = None) -> Recorder | None:
+    """The Recorder of a `--record DIR` flag (`chatprobe run`'s, the Locust user's `--chatprobe-record`), None when not
+    given; a DIR that cannot be used (empty, not a directory, a name too long, not writable) is a ConfigError naming
+    `flag`, field "record", in one line."""
+    from .redact import clean
+    from .yamlfile import ConfigError
+
+    if path is not None and not path.strip():
+        raise ConfigError(f"{flag}: an empty path", field="record")
+    if not path:
+        return None
+    shown = clean(path, 200)
+    try:
+        if Path(path).exists() and not Path(path).is_dir():
+            raise ConfigError(f"{flag} {shown}: not a directory", field="record")
+        return Recorder(path, run_id=run_id)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {shown}: {exc.strerror or exc}", field="record") from None
+    except ValueError as exc:  # a run id that is no run id (never a path in DIR)
+        raise ConfigError(f"{flag} {shown}: {exc}", field="record") from None

@@ -212,6 +212,10 @@ def check_url(url: str, option: str, schemes: tuple[str, ...] = tuple(SCHEMES)) 
     if not url.strip():
         raise option_error(option, f"{shown}: is empty (expected a {expected} URL); leave the option out to use the "
                                    "embedded server")
+    if any(c < " " or c == "\x7f" for c in url):
+        # urlsplit drops tabs and line breaks (WHATWG), so the URL checked was not the URL sent: a request line of
+        # its own (injection), or a typo's pasted newline. Refused, as a header value with one is.
+        raise option_error(option, f"{shown}: a URL has no line break, tab, NUL or other control character")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
@@ -360,7 +364,9 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
 
         profile = load_profile(opts.profile or default_profile or "netra")
     except ConfigError as exc:
-        raise ConfigError(str(exc), field="profile", detail=str(exc).removeprefix("--profile ")) from None
+        # Named by its flag also where the file's reader named only the file (a directory, /dev/zero, a FIFO).
+        message = str(exc) if str(exc).startswith("--profile") else f"--profile {exc}"
+        raise ConfigError(message, field="profile", detail=message.removeprefix("--profile ")) from None
     schemes = tuple(s for s, v in SCHEMES.items() if transports is None or v.transport in transports)
     parts = check_url(url, "url", schemes)
     if parts.username or parts.password:
@@ -377,7 +383,11 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
                                    "header")
     headers = read_headers(opts, transport)
     if opts.ca_file:
-        if not Path(opts.ca_file).is_file():
+        try:
+            regular = Path(opts.ca_file).is_file()
+        except OSError as exc:  # a name too long for a file (ENAMETOOLONG), ...: a usage error, never a traceback
+            raise option_error("ca_file", f"{redact.clean(opts.ca_file, 100)}: {exc.strerror or exc}") from None
+        if not regular:
             raise option_error("ca_file", f"{opts.ca_file}: " + ("not a regular file" if os.path.lexists(opts.ca_file)
                                                                   else "no such file"))
         try:

@@ -352,8 +352,8 @@ def test_the_pytest_plugin_refuses_a_bad_header_naming_its_flag(pytester, monkey
     pytester.makepyfile("def test_mine(chatprobe):\n    pass\n")
     res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--chatprobe-target", "ws://127.0.0.1:9/ws",
                                         "--chatprobe-header", "Host: evil.example")
-    res.assert_outcomes(errors=1)  # the fixture's setup, as for any other bad --chatprobe-* option
-    res.stdout.fnmatch_lines(["*UsageError: chatprobe: --chatprobe-header 'Host: ...': chatprobe sends this header "
+    assert res.ret == pytest.ExitCode.USAGE_ERROR  # at start-up, as for any other bad --chatprobe-* option
+    res.stderr.fnmatch_lines(["ERROR: chatprobe: --chatprobe-header 'Host: ...': chatprobe sends this header "
                               "itself on a websocket connection"])
 
 
@@ -396,5 +396,5 @@ def test_the_pytest_plugin_names_its_own_profile_flag(pytester, monkeypatch):
     pytester.makepyfile("def test_mine(chatprobe):\n    pass\n")
     res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--chatprobe-target", "ws://127.0.0.1:9/ws",
                                         "--chatprobe-profile", "no-such-profile")
-    res.assert_outcomes(errors=1)
-    res.stdout.fnmatch_lines(["*UsageError: chatprobe: --chatprobe-profile 'no-such-profile': no such file*"])
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["ERROR: chatprobe: --chatprobe-profile 'no-such-profile': no such file*"])

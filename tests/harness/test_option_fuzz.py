@@ -1,0 +1,75 @@
+"""Hostile values for the Locust user's and the pytest plugin's `--chatprobe-*` options, in real `locust --headless`
+and `pytest` subprocesses (bounded in time; nothing listens: an option refused needs no server). Each is taken or
+refused with the driver's usage-error exit and one line naming the flag: never a traceback, never a hang, never a
+secret echoed. (test_config_fuzz.py does the same for chatprobe's own commands.)"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCUST = Path(sys.executable).with_name("locust")
+SECRET = "sk-live-OPTFUZZ0123456789"
+HUGE = "x" * 100_000  # Linux takes no single argument over 128 KiB (MAX_ARG_STRLEN): the largest a flag can be
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "CHATPROBE_TOKEN": "t-" + "z" * 20}
+
+
+def _closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return s.getsockname()[1]
+
+
+def _judge(proc: subprocess.CompletedProcess, flag: str, code: int, prefix: str) -> str:
+    out = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
+    assert "Traceback" not in out, out[-3000:]
+    assert SECRET not in out, out[-3000:]
+    assert proc.returncode == code, (proc.returncode, out[-3000:])
+    lines = [line for line in out.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1 and flag in lines[0] and len(lines[0]) <= 1200, out[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("flag,value", [
+    # FAILED on the old code: OSError ENAMETOOLONG out of Path.is_file/exists, a traceback and exit 1.
+    ("--chatprobe-ca-file", HUGE),
+    ("--chatprobe-record", HUGE),
+    # Taken before as now: refused in one line naming the flag, the value never shown.
+    ("--chatprobe-header", f"X-Api-Key: {SECRET}\r\nX-Injected: 1"),
+    # FAILED on the old code: taken (Locust's URL flag is its own --host: the line names it, as README says).
+    ("--host", f"ws://127.0.0.1:9/ws?token={SECRET}&x=a\r\nX-Injected: 1"),
+])
+def test_a_hostile_locust_option_exits_2_with_one_line_naming_it(flag, value):
+    # (a --host given as the value comes later and wins)
+    argv = [str(LOCUST), "-f", str(ROOT / "scenarios" / "locustfile.py"), "--headless", "-u", "1", "-r", "1",
+            "-t", "2s", "--exit-code-on-error", "1", "--host", f"ws://127.0.0.1:{_closed_port()}/ws", flag, value]
+    proc = subprocess.run(argv, capture_output=True, timeout=60, env=ENV, cwd=ROOT)
+    _judge(proc, flag, 2, "chatprobe: error:")
+
+
+def test_hostile_pytest_plugin_options_are_a_usage_error_naming_the_flag(tmp_path):
+    """FAILED on the old code: the plugin checked its options in the fixture, so a mistake was the first test's setup
+    ERROR (a traceback of the fixture, exit 1); now pytest's usage error at start-up (exit 4), one line."""
+    (tmp_path / "test_mine.py").write_text("def test_x(chatprobe):\n    pass\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for flag, value in [("--chatprobe-profile", HUGE), ("--chatprobe-profile", str(tmp_path)),
+                        ("--chatprobe-profile", os.fsdecode(b"\xff\xfe-profile")),
+                        ("--chatprobe-target", "http://127.0.0.1:9/\r\nX: 1"),
+                        ("--chatprobe-target", f"ws://u:{SECRET}@127.0.0.1:9/ws"),
+                        # FAILED on the old code (taken: urlsplit drops the line break the URL sent still had)
+                        ("--chatprobe-target", f"ws://127.0.0.1:9/ws?token={SECRET}&x=a\nb"),
+                        ("--chatprobe-header", f"X-Api-Key: {SECRET}\r\nX-Injected: 1"),
+                        ("--chatprobe-header", SECRET),
+                        ("--chatprobe-header-env", f"X-Api-Key={SECRET}")]:
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", "-q",
+                "--rootdir", str(tmp_path), str(tmp_path), f"{flag}={value}"]
+        proc = subprocess.run([os.fsencode(a) for a in argv], capture_output=True, timeout=60, env=ENV,
+                              cwd=tmp_path)
+        line = _judge(proc, flag, 4, "ERROR: chatprobe:")
+        assert re.match(rf"ERROR: chatprobe: [^\n]*{re.escape(flag)}", line), line
