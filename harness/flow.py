@@ -993,7 +993,9 @@ class PendingResumes:
         return None if before is None else judge_resume(chat, before)
 
     def forgotten(self, router: FrameRouter, chats: Iterable[ChatTracker]) -> list[ChatTracker]:
-        """Those of `chats` (a connection's) whose pending resume the server answered there with RESUME_UNKNOWN_RUN."""
+        """Those of `chats` (a connection's) whose pending resume the server answered there with RESUME_UNKNOWN_RUN:
+        a list made before the caller judges any (`chats` may be a view of what judging changes); none made unless the
+        server said so (on every error frame of a connection)."""
         if not router.resume_unknown or not self.events:
             return []
         return [c for c in chats if c.chat_id in self.events and not c.judged and forgot_run(router, c)]
@@ -1112,7 +1114,8 @@ class PassiveChats:
             if chat.judged:
                 continue
             if by_client and not chat.done:
-                # Left on purpose: judged on what arrived, its resume with it unjudged, as the live client leaves one.
+                # Left on purpose: judged on what arrived, its pending resume in no verdict (let go after the result
+                # is made: counted nowhere), as the live client leaves one.
                 out.append((abandon(chat, now), True))
                 if self.pending is not None:
                     self.pending.judge(chat)

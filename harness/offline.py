@@ -297,7 +297,7 @@ class OfflineCheck:
             self._bound_bytes(at)
         if wake == WAKE_ALL:
             conn.wake = at  # an error or a malformed frame may have ended a chat: look at them all next time
-            for chat in self.resumed.forgotten(conn.router, list(conn.open.values())):
+            for chat in self.resumed.forgotten(conn.router, conn.open.values()):
                 # The server did not know the run its resume named (RESUME_UNKNOWN_RUN): lost, judged now, as live.
                 self._finish(chat, at, lost=True, note=RESUME_UNKNOWN_NOTE)
             if checker.foreign + checker.malformed != incidents:

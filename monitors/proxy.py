@@ -460,7 +460,7 @@ class LiveConnection:
         wake, _reply = self.router.on_frame(text, now)  # the user's own client answers pings
         if wake == WAKE_ALL:
             pending = self.live.pending
-            for chat in pending.forgotten(self.router, list(self._by_id.values())):
+            for chat in pending.forgotten(self.router, self._by_id.values()):
                 # The server did not know the run the user's resume named (RESUME_UNKNOWN_RUN): lost, judged now, as
                 # the live client and `chatprobe check` judge it.
                 pending.judge(chat)
