@@ -113,9 +113,9 @@ class FirstEvents(Sink):
 def hold_scenario(n: int, think: float) -> dict[str, Any]:
     """N users of one chat each that agentsim holds open `think` seconds after its first event, started over N / 1000
     seconds: what --runner plays and --cli hands to `chatprobe run`."""
-    return {"name": "cap", "users": n, "chats_per_user": 1, "message": f"hold #think={think:g}", "ramp_up": n / 1000,
-            "connect_timeout": 30, "max_duration": think + 60,
-            "expect": {"deadline": think + 30, "first_event_limit": 10, "settle": 0}}
+    return {"name": "cap", "users": n, "chats_per_user": 1, "message": f"hold #think={think:g}", "ramp_up": f"{n / 1000:g}s",
+            "connect_timeout": "30s", "max_duration": f"{think + 60:g}s",
+            "expect": {"deadline": f"{think + 30:g}s", "first_event_limit": "10s", "settle": "0s"}}
 
 
 async def hold_run(url: str, n: int, think: float, bound: float) -> tuple[int, float, float]:
