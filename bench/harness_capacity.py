@@ -6,6 +6,12 @@ chat has its first event, then reads this process's RSS. Memory per chat = (RSS 
 With --runner the chats are played by run_scenario, as `chatprobe run` plays them (N users of one chat each,
 started over N / 1000 seconds): the virtual user's own objects (its script, its coroutines) count too.
 
+With --census the chats are played by run_scenario on uvloop (as `chatprobe run` plays them) under tracemalloc: the
+Python heap held by the run at the first and at the second of --steps, each relative to a warm-up's, so the figure is
+what each further open chat adds in Python allocations, and the allocation sites that add most. Unlike RSS it does not
+move with the machine's load or the allocator's fragmentation (C allocations of the libraries, libuv's handles, the
+kernel's socket buffers are not in it): the figure to compare two trees by.
+
 With --cli it is `chatprobe run` itself, in a process of its own with every sink the command has (the live view, the
 collector of results), on the loop it picks (uvloop where installed): a scenario of N users of one held chat each, run
 once with --base users and once with N; the process's RSS is read once it holds N sockets and its RSS has stopped
@@ -14,6 +20,7 @@ divided by the difference of the chats, so the interpreter, the imports and ever
 counted, only what each further open chat adds.
 
     .venv/bin/python bench/harness_capacity.py --steps 500 1000 2000 4000 [--uvloop] [--runner | --cli]
+    .venv/bin/python bench/harness_capacity.py --census --steps 1000 3000
 """
 from __future__ import annotations
 
@@ -137,6 +144,53 @@ async def hold_run(url: str, n: int, think: float, bound: float) -> tuple[int, f
     return open_chats, before, after
 
 
+def census(url: str, steps: list[int], think: float, bound: float, top: int = 25) -> None:
+    """Marginal Python heap per held chat through run_scenario on uvloop, between steps[0] and steps[1] (tracemalloc,
+    one frame per site)."""
+    import gc
+    import tracemalloc
+
+    import uvloop
+
+    if len(steps) != 2 or steps[1] <= steps[0]:
+        raise SystemExit("--census needs two --steps, the second larger")
+
+    async def held(n: int) -> tuple[int, tracemalloc.Snapshot]:
+        scenario = Scenario.model_validate(hold_scenario(n, think))
+        target = Target(url=url, profile=load_profile("netra"), name="cap", no_auth_user_param=True)
+        counter, stop = FirstEvents(), asyncio.Event()
+        task = asyncio.ensure_future(run_scenario(scenario, target, counter, stop=stop))
+        deadline = time.monotonic() + bound
+        # Poll until every chat has its first event (bounded); the benchmark's own condition wait.
+        while time.monotonic() < deadline and counter.started < n and not task.done():
+            await asyncio.sleep(0.1)
+        gc.collect()
+        snap, got = tracemalloc.take_snapshot(), counter.started
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        return got, snap
+
+    def total(snap: tracemalloc.Snapshot) -> int:
+        return sum(st.size for st in snap.statistics("filename"))
+
+    tracemalloc.start(1)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(held(50))  # warm-up: imports, the decoder's compilation, the loop's own objects
+        gc.collect()
+        base = total(tracemalloc.take_snapshot())
+        (na, sa), (nb, sb) = runner.run(held(steps[0])), runner.run(held(steps[1]))
+    if na < steps[0] or nb < steps[1]:
+        raise SystemExit(f"held {na} of {steps[0]} and {nb} of {steps[1]}: no figure")
+    per = ((total(sb) - base) - (total(sa) - base)) / (nb - na)
+    print(f"held {na} and {nb} chats: {per:,.0f} B of Python heap per further open chat ({per / 1024:.2f} KiB)")
+    for st in sb.compare_to(sa, "lineno")[:top]:
+        if st.size_diff / (nb - na) >= 8:
+            frame = st.traceback[0]
+            print(f"  {st.size_diff / (nb - na):7.0f} B  {st.count_diff / (nb - na):5.2f} objects  "
+                  f"{os.path.relpath(frame.filename, ROOT) if frame.filename.startswith(str(ROOT)) else frame.filename}"
+                  f":{frame.lineno}")
+
+
 def open_sockets(pid: int) -> int:
     n = 0
     for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -189,6 +243,8 @@ def main() -> int:
     p.add_argument("--runner", action="store_true", help="the chats played by run_scenario, as chatprobe run does")
     p.add_argument("--cli", action="store_true", help="the chats held by a `chatprobe run` process of its own")
     p.add_argument("--base", type=int, default=100, help="with --cli: the users of the run the others are compared with")
+    p.add_argument("--census", action="store_true",
+                   help="tracemalloc's Python heap per further held chat between the two --steps (run_scenario, uvloop)")
     args = p.parse_args()
     # One socket per chat on each side: the soft open-file limit up to the hard one (20,000 here), for this process
     # and for agentsim, which inherits it.
@@ -198,6 +254,9 @@ def main() -> int:
     secret = secrets.token_hex(16) if args.cli else None
     proc, url = start_sim(0, Path(tmp.name), secret)
     try:
+        if args.census:
+            census(url, args.steps, args.think, args.bound)
+            return 0
         if args.cli:
             assert secret is not None
             base_held, base_rss = hold_cli(url, secret, args.base, args.think, args.bound, Path(tmp.name))
