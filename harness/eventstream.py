@@ -35,7 +35,10 @@ class EventStreamParser:
     `\n`, `\r\n` and `\r` end a line; an empty line dispatches the event; `data:` lines join with a newline;
     comments, `event:`, `id:` and `retry:` are ignored; an event with empty data is not handed over; a line that is
     no SSE field (the spec ignores it, but the event it carried is lost) is handed over as a StreamProblem;
-    a leading byte-order mark is dropped; an event not ended by an empty line when the stream ends is discarded.
+    a leading byte-order mark is dropped. When the stream has ended cleanly, `end` hands over the event its end cut
+    before the empty line that would have dispatched it (the WHATWG parser discards it; AG-UI's reference client,
+    whose fetch-based parser every AG-UI consumer follows, dispatches it: a server that closes right after its last
+    event's data line is no truncated run).
     A line longer than `limit` bytes, or an event whose data is, raises EventTooLarge: at most about `limit`
     bytes (plus one chunk) are ever buffered. An event whose data is not UTF-8 is handed over as a StreamProblem
     (an R12, as a WebSocket text frame that is not UTF-8 is), and the stream goes on (a browser's EventSource reads
@@ -86,6 +89,21 @@ class EventStreamParser:
         if len(self._partial) + len(rest) > self.limit:
             raise EventTooLarge(f"event stream line longer than the {self.limit} byte limit")
         self._partial += rest
+        return events
+
+    def end(self) -> list[str]:
+        """The data of the event the stream's clean end left without its empty line (its last line may lack its line
+        end too), as `feed` hands over a dispatched one; [] when nothing was pending. Called once, at a clean end
+        only: a stream cut by a broken connection or HTTP framing holds no event to trust."""
+        events: list[str] = []
+        self._problems = 0
+        if self._partial:
+            line, self._partial = bytes(self._partial), bytearray()
+            if not self._started and _BOM.startswith(line):
+                line = b""  # (a stream of a lone BOM's first bytes)
+            if line:
+                self._line(line, events)
+        self._line(b"", events)  # the empty line the stream lacked
         return events
 
     def _line(self, line: bytes, events: list[str]) -> None:

@@ -406,12 +406,13 @@ def read_sse(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, conn: 
     as the live transport drops such a stream."""
     parser = EventStreamParser(max_frame)
     n = 0
-    while True:
+    ended = False
+    while not ended:
         chunk = f.read(CHUNK)
-        if not chunk:
-            return
+        ended = not chunk
         try:
-            events = parser.feed(chunk)
+            # At the body's end: the event it left without its empty line, as the live transport takes it.
+            events = parser.end() if ended else parser.feed(chunk)
         except EventTooLarge as exc:
             yield Recorded("problem", conn, detail=str(exc), where=f"{name}: after event {n}")
             return

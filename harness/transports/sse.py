@@ -169,6 +169,8 @@ class SSETransport(RecordingHooks):
             async for chunk in response.aiter_raw():  # as sent: never unpacked (send() refused an encoded one)
                 for data in parser.feed(chunk):
                     on_frame(data, clock())
+            for data in parser.end():  # the body ended cleanly: an event its end left without the empty line
+                on_frame(data, clock())
             self.ended_note = "the server ended the event stream before the run's terminal event (truncated run)"
         except EventTooLarge as exc:
             # Stop reading at once, as the WebSocket transport closes with 1009: the client counts it as an R12.
