@@ -4,14 +4,21 @@ Pure: the SSE transport feeds it a response's chunks as they come, `chatprobe ch
 """
 from __future__ import annotations
 
+import re
+
 _BOM = b"\xef\xbb\xbf"
 _FIELDS = (b"data", b"event", b"id", b"retry")
-# Problems (lines that are not SSE fields) kept between two feeds; more are counted in one last problem.
+# A field name that reads as one (`x-trace`, `ping`): a field the specification does not define, which a consumer
+# ignores (WHATWG; AG-UI 1.1, HTTP + SSE: "A consumer MUST ignore SSE fields other than data"). A line whose name is
+# no such word (`{"type":…`, `data {"type":…`, blank space) or whose value is JSON (`Data: {…}`) carried content: an
+# event sent without its `data:`, lost, which is a StreamProblem.
+_FIELD_NAME = re.compile(rb"[A-Za-z0-9_.-]+")
+# Problems (lines that carried content but are not SSE fields) kept between two feeds; more are counted in one last problem.
 MAX_PROBLEMS = 20
 
 
 class StreamProblem(str):
-    """A line of the stream that is not an SSE field, handed on in order among the events' data: never valid JSON,
+    """A line of the stream that carried content but is not an SSE field, handed on in order among the events' data: never valid JSON,
     so a decoder that does not know this type reports it as a malformed frame (an R12), never drops it."""
 
 
@@ -33,12 +40,12 @@ class EventStreamParser:
     """The `text/event-stream` format (WHATWG HTML, "Server-sent events"), fed bytes, giving each event's data.
 
     `\n`, `\r\n` and `\r` end a line; an empty line dispatches the event; `data:` lines join with a newline;
-    comments, `event:`, `id:` and `retry:` are ignored; an event with empty data is not handed over; a line that is
-    no SSE field (the spec ignores it, but the event it carried is lost) is handed over as a StreamProblem;
+    comments, `event:`, `id:`, `retry:` and other fields are ignored; an event with empty data is not handed over; a
+    line that carried content but is no SSE field (the spec ignores it, but the event it carried is lost: JSON sent
+    without `data:`) is handed over as a StreamProblem;
     a leading byte-order mark is dropped. When the stream has ended cleanly, `end` hands over the event its end cut
     before the empty line that would have dispatched it (the WHATWG parser discards it; AG-UI's reference client,
-    whose fetch-based parser every AG-UI consumer follows, dispatches it: a server that closes right after its last
-    event's data line is no truncated run).
+    `HttpAgent`, dispatches it: a server that closes right after its last event's data line is no truncated run).
     A line longer than `limit` bytes, or an event whose data is, raises EventTooLarge: at most about `limit`
     bytes (plus one chunk) are ever buffered. An event whose data is not UTF-8 is handed over as a StreamProblem
     (an R12, as a WebSocket text frame that is not UTF-8 is), and the stream goes on (a browser's EventSource reads
@@ -119,7 +126,7 @@ class EventStreamParser:
             return
         name, _, value = line.partition(b":")
         if name != b"data":
-            if name not in _FIELDS:
+            if name not in _FIELDS and (_FIELD_NAME.fullmatch(name) is None or value.lstrip()[:1] in (b"{", b"[")):
                 self._problem(line, events)
             return
         if value.startswith(b" "):

@@ -186,6 +186,8 @@ def detect_format(head: bytes) -> str:
         return "har"
     if re.match(rb"(data|event|id|retry)?:", text) or re.match(rb"(data|event|id|retry)[ \t]*\r?\n", text):
         return "sse"
+    if text[:1] != b"{" and re.search(rb"(?m)^data:", text):
+        return "sse"  # a field of its own first (`x-trace: …`), which SSE ignores; no JSON line starts `data:`
     return "jsonl"
 
 

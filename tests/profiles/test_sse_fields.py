@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from ag_ui.core import RunAgentInput
 
 from harness.client import Session
@@ -54,11 +55,31 @@ async def test_the_fields_the_spec_names_and_comments_pass():
 
 def test_the_parser_hands_problems_on_in_order_and_bounded():
     parser = EventStreamParser(1 << 20)
-    out = parser.feed(b"data: a\n\nnonsense\ndata: b\n\n")
+    out = parser.feed(b'data: a\n\n{"nonsense": 1}\ndata: b\n\n')
     assert out[0] == "a" and isinstance(out[1], StreamProblem) and out[2] == "b"
     assert "nonsense" in out[1]
-    flood = parser.feed(b"x\n" * 1000)
+    flood = parser.feed(b"{x\n" * 1000)
     assert len(flood) == 20 and all(isinstance(p, StreamProblem) for p in flood) and "more than 19" in flood[-1]
+
+
+@pytest.mark.parametrize("line", [b"x-trace: 4bf92f35", b"ping", b"heartbeat:", b"event-type: message", b"Retry: 1"])
+async def test_a_field_the_spec_does_not_define_is_ignored(line):
+    """FAILED-ON-ORIGINAL (R12 "not an SSE field"): a field of the server's own is an SSE field that carries nothing
+    of the stream, which a consumer MUST ignore (AG-UI 1.1, HTTP + SSE: "A consumer MUST ignore SSE fields other than
+    data"; WHATWG: "Otherwise: the field is ignored")."""
+    result = await chat(line + b"\n" + b'data: {"type":"CUSTOM","name":"n","value":1}\n' + line + b"\n\n")
+    assert result.outcome is Outcome.PASSED, result.violations
+    assert [e.wire_type for e in result.events] == ["RUN_STARTED", "CUSTOM", "RUN_FINISHED"]
+
+
+@pytest.mark.parametrize("line", [b'Data: {"type":"CUSTOM","name":"n","value":1}', b'data {"type":"CUSTOM"}',
+                                  b'event_data: [1, 2]', b"   "])
+async def test_a_line_that_carried_content_is_still_an_r12(line):
+    """What a misspelled `data` field or a JSON line without one carried is lost: said, never dropped silently. (A
+    line of blank space is no empty line: the events either side of it would be joined.)"""
+    result = await chat(line + b"\n\n")
+    assert [v.rule for v in result.violations] == [Rule.R12], result.violations
+    assert "not an SSE field" in result.violations[0].reason
 
 
 def test_a_problem_never_decodes_as_an_event():
@@ -92,3 +113,15 @@ def test_a_saved_sse_body_with_data_that_is_not_utf8_is_an_r12_offline(tmp_path)
     [run] = check_files([body], AGUI, Scenario(name="t"))
     [chat_result] = run.results
     assert [v.rule for v in chat_result.violations] == [Rule.R12] and "not valid UTF-8" in chat_result.violations[0].reason
+
+
+def test_a_saved_body_that_opens_with_a_field_of_its_own_is_read_as_an_event_stream(tmp_path):
+    """FAILED-ON-ORIGINAL: `chatprobe check` told a body opening with `x-trace: …` from its first bytes as JSON Lines
+    (no SSE field name it knew), and every line of it was a malformed frame."""
+    from harness.offline import check_files
+
+    inp = RunAgentInput(thread_id="t1", run_id="r1", state={}, messages=[], tools=[], context=[], forwarded_props={})
+    body = tmp_path / "body.txt"
+    body.write_bytes(b"x-trace: 4bf92f35\n\n" + b"".join(frames(inp, b"")))
+    [run] = check_files([body], AGUI, Scenario(name="t"))
+    assert [r.outcome for r in run.results] == [Outcome.PASSED], [r.violations for r in run.results]
