@@ -18,8 +18,9 @@ MAX_PROBLEMS = 20
 
 
 class StreamProblem(str):
-    """A line of the stream that carried content but is not an SSE field, handed on in order among the events' data: never valid JSON,
-    so a decoder that does not know this type reports it as a malformed frame (an R12), never drops it."""
+    """A line of the stream that carried content but is not an SSE field, handed on in order among the events' data:
+    never valid JSON, so a decoder that does not know this type reports it as a malformed frame (an R12), never drops
+    it."""
 
 
 class EventTooLarge(Exception):

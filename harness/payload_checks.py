@@ -109,6 +109,10 @@ def agui_frame(frame: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]
         return tuple(problems), ()
     except (RecursionError, ValueError) as exc:  # a pathologically nested frame
         return (f"{wire_type}: not checkable against the schema ({exc.__class__.__name__})",), ()
+    if "subagentRunId" in frame and frame["subagentRunId"] is None:
+        # The models read null as absent; the spec does not: "An absent subagentRunId means the parent agent, and MUST
+        # NOT be spelled as null" (spec 1.1, Subagents, Attribution).
+        return (f"{wire_type} field 'subagentRunId': null (leave the field out for the parent agent)",), ()
     ts = frame.get("timestamp")
     if ts.__class__ is str or ts.__class__ is bool:
         # The schema's `integer`; pydantic's lax mode turns "17..." and true into ints, JSON Schema does not.
@@ -189,6 +193,14 @@ class AguiRunChecks(RunChecks):
         self.activities_dropped: set[str] = set()  # a delta did not apply, or went past a bound: no longer checked
         # Open chunk streams by lane (None: the parent agent; else the subagentRunId), expanded as the spec says.
         self.lanes: dict[str | None, _Chunk] = {}
+        # Who opened each message, reasoning message, tool call and activity (None: the parent agent), by (family, id):
+        # "every event continuing it MUST agree about that owner" (spec 1.1, Subagents, Ownership).
+        self.owners: dict[tuple[str, str], str | None] = {}
+        # Subagent invocations of this run: announced (SUBAGENT_STARTED), finished, and the ids events were attributed
+        # to before any announcement of theirs. Run-scoped: "An id MAY reappear in a later run".
+        self.announced: set[str] = set()
+        self.finished: set[str] = set()
+        self.attributed: set[str] = set()
 
     def followup(self) -> "AguiRunChecks":
         nxt = AguiRunChecks(self.ctx)
@@ -210,6 +222,55 @@ class AguiRunChecks(RunChecks):
         if len(ids) < MAX_IDS:
             ids.add(value)
 
+    def _own(self, family: str, key: str, p: dict[str, Any]) -> None:
+        """Who opens (or re-mints) the entity: its tag, or None for the parent agent."""
+        tag = p.get("subagentRunId")
+        if (family, key) in self.owners or len(self.owners) < MAX_IDS:
+            self.owners[(family, key)] = _text(tag) if tag.__class__ is str else None
+
+    def _owner_agrees(self, family: tuple[str, str, str], p: dict[str, Any], t: str, tag: str | None) -> list[Finding]:
+        """A continuation tagged with another owner than its opener's: "A consumer MUST reject a continuation whose
+        tag disagrees with its opener" (spec 1.1, Subagents, Ownership). One with no tag continues whatever the opener
+        owns."""
+        kind, key_field, opener = family
+        key = _text(p.get(key_field))
+        if key is None or (kind, key) not in self.owners:
+            return []  # not opened by an event this run saw (the spans and the checks above say so where it matters)
+        owner = self.owners[(kind, key)]
+        if owner == tag:
+            return []
+        return [Finding(Rule.R5, f"{t} for {key[:80]!r} is attributed to subagent {str(tag)[:80]!r}, but {opener} opened "
+                                 f"it for {'the parent agent' if owner is None else repr(owner[:80])}: a continuation "
+                                 "must agree with its opener's owner")]
+
+    def _subagent_started(self, p: dict[str, Any], t: str) -> list[Finding]:
+        """The lifecycle MUSTs of spec 1.1, Subagents: announced before any event attributed to it, never an id that
+        finished in this run, a parentSubagentRunId announced in this run. (An id announced twice while active is the
+        subagent span's R5.)"""
+        sid = _text(p.get("subagentRunId"))
+        if sid is None:
+            return []  # the schema's R12
+        out = []
+        if sid in self.finished:
+            out.append(Finding(Rule.R5, f"{t} reuses {sid[:80]!r}, the id of an invocation that finished in this run "
+                                        "(a second invocation gets an id of its own)"))
+        elif sid in self.attributed and sid not in self.announced:
+            out.append(Finding(Rule.R5, f"{t} announces {sid[:80]!r} after events attributed to it (an invocation is "
+                                        "announced before any event attributed to it, or not at all)"))
+        parent = p.get("parentSubagentRunId")
+        if parent.__class__ is str and _text(parent) not in self.announced:
+            out.append(Finding(Rule.R5, f"{t} {sid[:80]!r} names parentSubagentRunId {str(parent)[:80]!r}, which no "
+                                        "SUBAGENT_STARTED of this run announced"))
+        if len(self.announced) < MAX_IDS:
+            self.announced.add(sid)
+        return out
+
+    def _subagent_ended(self, p: dict[str, Any], t: str) -> list[Finding]:
+        sid = _text(p.get("subagentRunId"))
+        if sid is not None and sid in self.announced and len(self.finished) < MAX_IDS:
+            self.finished.add(sid)
+        return []
+
     def event(self, ev: Event) -> list[Finding]:
         p = ev.payload or {}
         t = ev.wire_type
@@ -226,6 +287,11 @@ class AguiRunChecks(RunChecks):
             elif (((lane := p.get("subagentRunId")) is None or lane.__class__ is str)
                   and (lane := _text(lane)) in self.lanes):
                 out += self._close_chunk(lane)  # (a list or object there is the schema's R12, and unhashable)
+        if (tag := _text(p.get("subagentRunId"))) is not None and not t.startswith("SUBAGENT_"):
+            if tag not in self.announced and len(self.attributed) < MAX_IDS:
+                self.attributed.add(tag)
+            if (family := _CONTINUES.get(t)) is not None:
+                out += self._owner_agrees(family, p, t, tag)
         if handler is not None:
             out += handler(self, p, t)
         if t in _TEXT_CARRIERS and not p.get("delta"):
@@ -243,6 +309,7 @@ class AguiRunChecks(RunChecks):
         # messageId is used again"): it is open again. A START while the id is open is the spans' R5 (checker).
         self._remember(self.messages, mid)
         self._remember(self.open_messages, mid)
+        self._own("reasoning" if t.startswith("REASONING") else "text", mid, p)
         return []
 
     def _message_content(self, p: dict[str, Any], t: str) -> list[Finding]:
@@ -300,6 +367,12 @@ class AguiRunChecks(RunChecks):
                 call.ended, call.args, call.args_bytes = False, [], -1  # (its END released its bytes)
         elif len(self.calls) < MAX_IDS:
             self.calls[cid] = _Call(name)
+        tag, parent = p.get("subagentRunId"), _text(p.get("parentMessageId"))
+        if tag is None and parent is not None and (inherited := self.owners.get(("text", parent))) is not None:
+            # "A tool call inherits the attribution of the message that held it" (spec 1.1, Subagents).
+            self._own("call", cid, {"subagentRunId": inherited})
+        else:
+            self._own("call", cid, p)
         return self._parent(p, t, cid)
 
     def _parent(self, p: dict[str, Any], t: str, cid: str) -> list[Finding]:
@@ -307,6 +380,15 @@ class AguiRunChecks(RunChecks):
         message that carries only tool calls is never streamed as text, and one may be streamed after its calls (a
         consumer creates it from the call). Naming one no event has shown is advice, never a violation."""
         parent = _text(p.get("parentMessageId"))
+        tag = p.get("subagentRunId")
+        if parent is not None and tag.__class__ is str and ("text", parent) in self.owners:
+            # "A producer MUST NOT attribute a tool call to one owner while the message carrying it is attributed to
+            # another" (spec 1.1, Subagents, Ownership). An untagged call inherits its message's owner.
+            owner = self.owners[("text", parent)]
+            if owner != _text(tag):
+                whose = "the parent agent" if owner is None else f"subagent {owner[:80]!r}"
+                return [Finding(Rule.R5, f"{t} {cid[:80]!r} is attributed to subagent {str(tag)[:80]!r}, but the message "
+                                         f"{parent[:80]!r} that carries it is attributed to {whose}")]
         if parent is None or parent in self.messages:
             return []
         self._remember(self.messages, parent)  # the assistant message the call attaches to exists from now on
@@ -430,6 +512,7 @@ class AguiRunChecks(RunChecks):
         # (A closed message may be reopened: spec 1.1, Text Messages. So no reuse check here.)
         self._remember(self.messages, cid)
         self._remember(self.open_messages, cid)
+        self._own("reasoning" if t == "REASONING_MESSAGE_CHUNK" else "text", cid, p)
         role = p.get("role")
         self.lanes[lane] = _Chunk(t, cid, _text(role) or "assistant" if t == "TEXT_MESSAGE_CHUNK" else None,
                                   _text(p.get("name")))
@@ -511,7 +594,12 @@ class AguiRunChecks(RunChecks):
         if mid is None or self.schema_failed:
             return []
         if p.get("replace") is False and mid in self.activities:
-            return []  # "leave what is already there": the existing content stands
+            # "Leave what is already there": the existing content stands, and its owner, with which "the snapshot's
+            # own attribution MUST agree" (spec 1.1, Activity).
+            tag = p.get("subagentRunId")
+            return self._owner_agrees(("activity", "messageId", "ACTIVITY_SNAPSHOT"), p, t, _text(tag)) \
+                if tag.__class__ is str else []
+        self._own("activity", mid, p)  # a replacing snapshot "re-mints the activity", its owner with it
         size = _json_size(content)
         old = self.activities.get(mid)
         kept = old[1] if old is not None else 0
@@ -548,6 +636,14 @@ class AguiRunChecks(RunChecks):
             return self._unfollowed(problem, t, "activity", what, "its later deltas", what)
         self.activity_bytes += new_size - size
         entry[0], entry[1] = new, new_size
+        if not isinstance(new, dict):
+            # "The patched result MUST still be an object" (spec 1.1, Activity): not followed further.
+            del self.activities[mid]
+            self.activity_bytes -= new_size
+            if len(self.activities_dropped) < MAX_IDS:
+                self.activities_dropped.add(mid)
+            return [Finding(Rule.R12, f"{t} makes the content of activity {mid[:80]!r} a JSON "
+                                      f"{_json_kind(new)}, not an object; its later deltas not checked")]
         return []
 
     def _unfollowed(self, problem: str, t: str, key: str, what: str, later: str, target: str) -> list[Finding]:
@@ -651,6 +747,18 @@ class AguiRunChecks(RunChecks):
                                     "leaves tool calls to the application")]
         else:
             out = []
+        if isinstance(outcome, dict) and kind == "interrupt" and isinstance(interrupts := outcome.get("interrupts"), list):
+            # "Each interrupt's id MUST be unique within the run; a resume entry answers it by this id" (spec 1.1,
+            # Interrupts and Resume).
+            seen: set[str] = set()
+            for item in interrupts:
+                iid = item.get("id") if isinstance(item, dict) else None
+                if isinstance(iid, str) and iid in seen:
+                    out.append(Finding(Rule.R5, f"two interrupts of the run have the id {iid[:80]!r} (a resume entry "
+                                                "answers one by its id)"))
+                    break
+                if isinstance(iid, str):
+                    seen.add(iid)
         if kind in ("cancelled", "interrupt"):
             # A cancelled run asks for nothing; an interrupted one is closed, and the calls it left unanswered are
             # pending, derived from the stream: "On an interrupted run the pending calls are derived the same way; the
@@ -742,6 +850,22 @@ def _json_size(v: Any) -> int:
     return MAX_STATE_BYTES + 1 if text is None else len(text)
 
 
+def _json_kind(v: Any) -> str:
+    return ("null" if v is None else "boolean" if isinstance(v, bool) else "number" if isinstance(v, (int, float))
+            else "string" if isinstance(v, str) else "array" if isinstance(v, list) else "value")
+
+
+# The explicit continuations whose subagentRunId must agree with their opener's: (family, key field, opener).
+_TEXT_ID = ("text", "messageId", "TEXT_MESSAGE_START")
+_REASONING_ID = ("reasoning", "messageId", "REASONING_MESSAGE_START")
+_CALL_ID = ("call", "toolCallId", "TOOL_CALL_START")
+_CONTINUES: dict[str, tuple[str, str, str]] = {
+    "TEXT_MESSAGE_CONTENT": _TEXT_ID, "TEXT_MESSAGE_END": _TEXT_ID,
+    "REASONING_MESSAGE_CONTENT": _REASONING_ID, "REASONING_MESSAGE_END": _REASONING_ID,
+    "TOOL_CALL_ARGS": _CALL_ID, "TOOL_CALL_END": _CALL_ID,
+    "ACTIVITY_DELTA": ("activity", "messageId", "ACTIVITY_SNAPSHOT"),
+}
+
 _HANDLERS: dict[str, Callable[[AguiRunChecks, dict[str, Any], str], list[Finding]]] = {
     "RUN_STARTED": AguiRunChecks._run_started,
     "TEXT_MESSAGE_START": AguiRunChecks._message_start,
@@ -763,13 +887,16 @@ _HANDLERS: dict[str, Callable[[AguiRunChecks, dict[str, Any], str], list[Finding
     "RAW": AguiRunChecks._raw,
     "ACTIVITY_SNAPSHOT": AguiRunChecks._activity_snapshot,
     "ACTIVITY_DELTA": AguiRunChecks._activity_delta,
+    "SUBAGENT_STARTED": AguiRunChecks._subagent_started,
+    "SUBAGENT_FINISHED": AguiRunChecks._subagent_ended,
+    "SUBAGENT_ERROR": AguiRunChecks._subagent_ended,
 }
 
 AGUI = CheckSet(
     name="agui",
     fields=("timestamp", "messageId", "delta", "toolCallId", "toolCallName", "parentMessageId", "messages",
             "snapshot", "event", "outcome", "parentRunId", "input", "content", "patch", "replace", "subagentRunId",
-            "role", "name"),
+            "role", "name", "parentSubagentRunId"),
     frame=agui_frame,
     start=AguiRunChecks,
 )

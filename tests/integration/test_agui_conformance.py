@@ -9,8 +9,10 @@ Tests marked FAILED-ON-ORIGINAL failed on the code before this file was added (a
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
+import pytest
 from ag_ui.core import (
     ActivityDeltaEvent,
     ActivitySnapshotEvent,
@@ -320,6 +322,150 @@ async def test_a_subagent_cannot_close_the_parents_step():
     result = await fails(script, Rule.R5, "closes step 'search' of 'sa1', which is not open")
     assert any(v.rule is Rule.R5 and v.reason.startswith("step search still open") for v in result.violations), \
         result.violations
+
+
+# -- subagent ownership and lifecycle (spec 1.1, Subagents), interrupts, activity content --------------------------
+
+def _raw(**fields) -> bytes:
+    """An event as raw SSE bytes, for what the models would not write (a null, a field they drop)."""
+    return f"data: {json.dumps(fields)}\n\n".encode()
+
+
+def _continuations():
+    """(name, the events after RUN_STARTED): an entity opened for subagent s1, continued by an event tagged s2."""
+    sub = dict(timestamp=TS)
+    yield "text content", [TextMessageStartEvent(message_id="m1", subagent_run_id="s1", **sub),
+                           TextMessageContentEvent(message_id="m1", delta="x", subagent_run_id="s2", **sub),
+                           TextMessageEndEvent(message_id="m1", **sub)]
+    yield "tool call end", [ToolCallStartEvent(tool_call_id="c1", tool_call_name="lookup", subagent_run_id="s1", **sub),
+                            ToolCallArgsEvent(tool_call_id="c1", delta="{}", **sub),
+                            ToolCallEndEvent(tool_call_id="c1", subagent_run_id="s2", **sub),
+                            ToolCallResultEvent(message_id="r1", tool_call_id="c1", content="42", **sub)]
+    yield "reasoning end", [ReasoningMessageStartEvent(message_id="rm1", **sub),  # the parent agent's
+                            ReasoningMessageContentEvent(message_id="rm1", delta="hm", **sub),
+                            ReasoningMessageEndEvent(message_id="rm1", subagent_run_id="s2", **sub)]
+    yield "activity delta", [ActivitySnapshotEvent(message_id="a1", activity_type="plan", content={},
+                                                   subagent_run_id="s1", **sub),
+                             ActivityDeltaEvent(message_id="a1", activity_type="plan", subagent_run_id="s2",
+                                                patch=[{"op": "add", "path": "/n", "value": 1}], **sub)]
+    yield "activity kept", [ActivitySnapshotEvent(message_id="a1", activity_type="plan", content={}, **sub),
+                            ActivitySnapshotEvent(message_id="a1", activity_type="plan", content={}, replace=False,
+                                                  subagent_run_id="s2", **sub)]
+
+
+@pytest.mark.parametrize("case", [name for name, _ in _continuations()])
+async def test_a_continuation_attributed_to_another_owner_than_its_opener_fails(case):
+    """FAILED-ON-ORIGINAL (passed): "A consumer MUST reject a continuation whose tag disagrees with its opener" (spec
+    1.1, Subagents, Ownership; the corpus's subagent-attribution-mismatch-fatal)."""
+    events = dict(_continuations())[case]
+
+    def script(inp):
+        yield S(inp)
+        yield from events
+        yield F(inp)
+
+    await fails(script, Rule.R5, "a continuation must agree with its opener's owner")
+
+
+async def test_untagged_continuations_and_unannounced_attribution_pass():
+    """An untagged continuation continues whatever its opener owns; a producer may attribute without announcing; a
+    finished invocation's id may still tag its trailing output, and reappear in a later run (the corpus's
+    subagent-unannounced-attribution-accepted)."""
+    def script(inp):
+        yield S(inp)
+        yield TextMessageStartEvent(message_id="m1", role="assistant", subagent_run_id="s0", timestamp=TS)
+        yield TextMessageContentEvent(message_id="m1", delta="delegated ", timestamp=TS)
+        yield TextMessageEndEvent(message_id="m1", subagent_run_id="s0", timestamp=TS)
+        yield SubagentStartedEvent(subagent_run_id="s1", name="writer", timestamp=TS)
+        yield TextMessageStartEvent(message_id="m2", subagent_run_id="s1", timestamp=TS)
+        yield ToolCallStartEvent(tool_call_id="c1", tool_call_name="calc", parent_message_id="m2", timestamp=TS)
+        yield ToolCallEndEvent(tool_call_id="c1", subagent_run_id="s1", timestamp=TS)
+        yield ToolCallResultEvent(message_id="r1", tool_call_id="c1", content="42", timestamp=TS)
+        yield SubagentFinishedEvent(subagent_run_id="s1", timestamp=TS)
+        yield TextMessageEndEvent(message_id="m2", subagent_run_id="s1", timestamp=TS)  # trailing, tagged: allowed
+        yield F(inp)
+        yield RunStartedEvent(thread_id=inp.thread_id, run_id="r-next", timestamp=TS)
+        yield SubagentStartedEvent(subagent_run_id="s1", name="writer", timestamp=TS)  # continued in a later run
+        yield SubagentFinishedEvent(subagent_run_id="s1", timestamp=TS)
+        yield RunFinishedEvent(thread_id=inp.thread_id, run_id="r-next", timestamp=TS)
+
+    await passes(script, runs=2)
+
+
+def _lifecycle():
+    yield "an id reused", "the id of an invocation that finished in this run", [
+        SubagentStartedEvent(subagent_run_id="s1", name="a", timestamp=TS),
+        SubagentFinishedEvent(subagent_run_id="s1", timestamp=TS),
+        SubagentStartedEvent(subagent_run_id="s1", name="a", timestamp=TS),
+        SubagentErrorEvent(subagent_run_id="s1", message="boom", timestamp=TS)]
+    yield "announced late", "after events attributed to it", [
+        CustomEvent(name="progress", value=1, subagent_run_id="s1", timestamp=TS),
+        SubagentStartedEvent(subagent_run_id="s1", name="a", timestamp=TS),
+        SubagentFinishedEvent(subagent_run_id="s1", timestamp=TS)]
+    yield "unannounced parent", "which no SUBAGENT_STARTED of this run announced", [
+        SubagentStartedEvent(subagent_run_id="s2", name="b", parent_subagent_run_id="s1", timestamp=TS),
+        SubagentFinishedEvent(subagent_run_id="s2", timestamp=TS)]
+    yield "call against its message", "but the message 'm1' that carries it is attributed to subagent 's1'", [
+        TextMessageStartEvent(message_id="m1", subagent_run_id="s1", timestamp=TS),
+        TextMessageEndEvent(message_id="m1", timestamp=TS),
+        ToolCallStartEvent(tool_call_id="c1", tool_call_name="calc", parent_message_id="m1", subagent_run_id="s2",
+                           timestamp=TS),
+        ToolCallEndEvent(tool_call_id="c1", timestamp=TS),
+        ToolCallResultEvent(message_id="r1", tool_call_id="c1", content="42", timestamp=TS)]
+
+
+@pytest.mark.parametrize("case", [name for name, _, _ in _lifecycle()])
+async def test_subagent_lifecycle_and_attribution_musts(case):
+    """FAILED-ON-ORIGINAL (passed): spec 1.1, Subagents: "A producer MUST NOT reuse the id of an invocation that has
+    already finished in this run", "A producer that announces an invocation MUST do so before any event attributed to
+    it", "A producer MUST NOT name a parent invocation that has not been announced in this run", "A producer MUST NOT
+    attribute a tool call to one owner while the message carrying it is attributed to another"."""
+    words, events = next((w, e) for name, w, e in _lifecycle() if name == case)
+
+    def script(inp):
+        yield S(inp)
+        yield from events
+        yield F(inp)
+
+    await fails(script, Rule.R5, words)
+
+
+async def test_a_subagent_run_id_spelled_null_fails():
+    """FAILED-ON-ORIGINAL (passed: the models read null as absent): "An absent subagentRunId means the parent agent,
+    and MUST NOT be spelled as null"."""
+    def script(inp):
+        yield S(inp)
+        yield _raw(type="TEXT_MESSAGE_START", messageId="m1", subagentRunId=None)
+        yield from text("m1")[1:]
+        yield F(inp)
+
+    await fails(script, Rule.R12, "'subagentRunId': null")
+
+
+async def test_two_interrupts_with_one_id_fail():
+    """FAILED-ON-ORIGINAL (passed): "Each interrupt's id MUST be unique within the run; a resume entry answers it by
+    this id" (spec 1.1, Interrupts and Resume)."""
+    def script(inp):
+        yield S(inp)
+        yield F(inp, outcome={"type": "interrupt", "interrupts": [{"id": "i1", "reason": "approval"},
+                                                                   {"id": "i1", "reason": "credential"}]})
+
+    await fails(script, Rule.R5, "two interrupts of the run have the id 'i1'")
+
+
+async def test_an_activity_delta_that_leaves_no_object_fails():
+    """FAILED-ON-ORIGINAL (passed): "The patched result MUST still be an object" (spec 1.1, Activity)."""
+    def script(inp):
+        yield S(inp)
+        yield ActivitySnapshotEvent(message_id="a1", activity_type="plan", content={"n": 1}, timestamp=TS)
+        yield ActivityDeltaEvent(message_id="a1", activity_type="plan", patch=[{"op": "replace", "path": "", "value": 3}],
+                                 timestamp=TS)
+        yield ActivityDeltaEvent(message_id="a1", activity_type="plan", patch=[{"op": "add", "path": "/x", "value": 1}],
+                                 timestamp=TS)  # not followed any more: no second finding
+        yield F(inp)
+
+    result = await fails(script, Rule.R12, "a JSON number, not an object")
+    assert len(result.violations) == 1, result.violations
 
 
 # -- valid variations, pinned ---------------------------------------------------------------------------------------
