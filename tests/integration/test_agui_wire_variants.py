@@ -130,3 +130,66 @@ def test_a_saved_body_whose_last_event_has_no_blank_line_passes_check(tmp_path):
     path.write_bytes(_no_last_blank_line(b'{"threadId": "t1", "runId": "r1"}'))
     [run] = check_files([path], load_profile("ag-ui"), Scenario(name="t"))
     assert [r.outcome for r in run.results] == [Outcome.PASSED], [r.violations for r in run.results]
+
+
+# -- valid payloads unlike agentsim's -------------------------------------------------------------------------------
+
+def _run(body: bytes, *middle: dict, **finish: object) -> list[dict]:
+    inp = json.loads(body)
+    thread, run = inp["threadId"], inp["runId"]
+    return [{"type": "RUN_STARTED", "threadId": thread, "runId": run}, *middle,
+            {"type": "RUN_FINISHED", "threadId": thread, "runId": run, **finish}]
+
+
+PAYLOADS = {
+    "chunk-only text": lambda b: _run(b, {"type": "TEXT_MESSAGE_CHUNK", "messageId": "m1", "delta": "4"},
+                                      {"type": "TEXT_MESSAGE_CHUNK", "delta": "2"}),
+    "chunk-only tool call and answer": lambda b: _run(
+        b, {"type": "TOOL_CALL_CHUNK", "toolCallId": "c1", "toolCallName": "calc", "delta": '{"x":'},
+        {"type": "TOOL_CALL_CHUNK", "delta": " 6}"},
+        {"type": "TOOL_CALL_RESULT", "messageId": "r1", "toolCallId": "c1", "content": "42"},
+        {"type": "TEXT_MESSAGE_CHUNK", "messageId": "m1", "role": "assistant", "delta": "42"}),
+    "metadata-only last chunk": lambda b: _run(
+        b, {"type": "TEXT_MESSAGE_CHUNK", "messageId": "m1", "delta": "42"},
+        {"type": "TEXT_MESSAGE_CHUNK", "metadata": {"finishReason": "stop"}}),
+    "reasoning chunks then text": lambda b: _run(
+        b, {"type": "REASONING_START", "messageId": "rs"},
+        {"type": "REASONING_MESSAGE_CHUNK", "messageId": "rm", "delta": "hm"},
+        {"type": "REASONING_END", "messageId": "rs"},
+        {"type": "TEXT_MESSAGE_START", "messageId": "m1"}, {"type": "TEXT_MESSAGE_CONTENT", "messageId": "m1", "delta": "42"},
+        {"type": "TEXT_MESSAGE_END", "messageId": "m1"}),
+    "interleaved message, call and step": lambda b: _run(
+        b, {"type": "STEP_STARTED", "stepName": "answer"},
+        {"type": "TEXT_MESSAGE_START", "messageId": "m1", "role": "assistant"},
+        {"type": "TOOL_CALL_START", "toolCallId": "c1", "toolCallName": "calc", "parentMessageId": "m1"},
+        {"type": "TEXT_MESSAGE_CONTENT", "messageId": "m1", "delta": "4"},
+        {"type": "TOOL_CALL_ARGS", "toolCallId": "c1", "delta": "{}"}, {"type": "TOOL_CALL_END", "toolCallId": "c1"},
+        {"type": "TEXT_MESSAGE_CONTENT", "messageId": "m1", "delta": "2"}, {"type": "TEXT_MESSAGE_END", "messageId": "m1"},
+        {"type": "TOOL_CALL_RESULT", "messageId": "r1", "toolCallId": "c1", "content": [{"type": "text", "text": "42"}]},
+        {"type": "STEP_FINISHED", "stepName": "answer"}),
+    "snapshots, null and falsy state, patch extras": lambda b: _run(
+        b, {"type": "STATE_SNAPSHOT", "snapshot": None}, {"type": "STATE_SNAPSHOT", "snapshot": ["a", "b"]},
+        {"type": "STATE_DELTA", "delta": [{"op": "remove", "path": "/1", "value": "b"}]},
+        {"type": "MESSAGES_SNAPSHOT", "messages": []},
+        {"type": "TEXT_MESSAGE_CHUNK", "messageId": "m1", "delta": "42"}),
+    "passthrough and optional fields": lambda b: _run(
+        b, {"type": "RAW", "event": {"x": None}, "source": "p", "timestamp": 0},
+        {"type": "CUSTOM", "name": "n", "value": None, "metadata": {"k": None}, "rawEvent": [1]},
+        {"type": "TEXT_MESSAGE_CHUNK", "messageId": "m1", "delta": "42", "timestamp": 1_700_000_000_123}),
+    "success outcome with usage and result": lambda b: _run(
+        b, {"type": "TEXT_MESSAGE_CHUNK", "messageId": "m1", "delta": "42"},
+        outcome={"type": "success"}, result={"answer": 42},
+        usage=[{"provider": "p", "model": "m", "inputTokens": 3, "outputTokens": 1, "totalTokens": 4}]),
+    "subagent chunk lane closed by its terminal": lambda b: _run(
+        b, {"type": "SUBAGENT_STARTED", "subagentRunId": "s1", "name": "writer"},
+        {"type": "TEXT_MESSAGE_CHUNK", "messageId": "m1", "delta": "4", "subagentRunId": "s1"},
+        {"type": "TEXT_MESSAGE_CHUNK", "delta": "2", "subagentRunId": "s1"},
+        {"type": "SUBAGENT_FINISHED", "subagentRunId": "s1"}),
+}
+
+
+@pytest.mark.parametrize("variant", list(PAYLOADS))
+async def test_valid_payload_variants_pass(variant):
+    result = await answer(lambda body: framed("chunked", sse(PAYLOADS[variant](body))))
+    assert result.outcome is Outcome.PASSED, result.violations
+    assert not result.warnings, result.warnings
