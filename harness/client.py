@@ -423,7 +423,10 @@ class Session(VirtualUser):
         transport = self.transport
         if transport is None:
             return False
-        if self.closed:
+        if self.closed or transport.closing:
+            # Found closed before the frame left (the server's close frame came in the read that woke this chat):
+            # asked before --record writes the frame, so that a recording holds no send that never went (`check`
+            # would judge the message as crossing the server's close: sent twice, or a run lost).
             return None
         if self._sends_now:
             try:

@@ -137,14 +137,18 @@ class _Wire:
         if s.token is not None or s.extra_headers:  # --header values are secrets too
             self.settings = dataclasses.replace(s, token=None, extra_headers={})
 
-    def send_text(self, data: bytes, timeout: float = 0.0) -> None:
+    def send_text(self, data: bytes, timeout: float = 0.0, sending: Callable[[], object] | None = None) -> None:
         """Send one text message, given as UTF-8: queued at once, written within `timeout` seconds as far as the
         server reads; what it has not taken by then stays queued (the chat's own deadline judges a server that
-        never reads, as under `chatprobe run`), never a wait without an end."""
+        never reads, as under `chatprobe run`), never a wait without an end. `sending` is called once the message
+        is sure to go (the connection open, under the lock the reader changes its state under): --record writes
+        it then, never for a message that found the connection closed."""
         assert self.protocol is not None and self.sock is not None
         with self.lock:
             if self.protocol.state is not State.OPEN:
                 raise ConnectionError("the connection is closed")
+            if sending is not None:
+                sending()
             self.protocol.send_text(data)
             if self._flush():
                 return
@@ -529,10 +533,14 @@ class SyncSession(VirtualUser):
             return None
         recording = conn.recording
         send = None
-        if recording is not None:
+
+        def record() -> None:  # under the connection's lock, once the frame is sure to go (send_text)
+            nonlocal send
+            assert recording is not None
             send = recording.sent(obj, expectations, since if expectations is not None else None)
+
         try:
-            conn.ws.send_text(_encode(obj), timeout)
+            conn.ws.send_text(_encode(obj), timeout, record if recording is not None else None)
             return True
         except ConnectionError:
             return None

@@ -45,6 +45,12 @@ class Transport(Protocol):
     close_reason: str
     protocol_error: str | None
 
+    @property
+    def closing(self) -> bool:
+        """The connection takes no more frames: `send` would raise ConnectionError before a byte left (the server's
+        close frame came, even in the read still being handed over, or the connection ended)."""
+        ...
+
     async def open(self) -> None: ...
 
     async def send(self, obj: Any) -> None: ...

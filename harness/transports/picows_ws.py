@@ -313,12 +313,18 @@ class PicowsTransport(WSListener, RecordingHooks):
             listener.on_end(self)
 
     # -- the Transport protocol --
+    @property
+    def closing(self) -> bool:
+        """Transport.closing: picows answered the server's close frame (or sent its own), or the socket is gone."""
+        ws = self.ws
+        return ws is None or ws.is_disconnected or ws.is_close_frame_sent
+
     def send_now(self, obj: Any) -> None:
         """Send one frame: a write into the socket's buffer, nothing to wait for (raises when the connection is
         closed)."""
         ws = self.ws
         assert ws is not None
-        if ws.is_disconnected or ws.is_close_frame_sent:
+        if self.closing:
             raise ConnectionError("the connection is closed")
         if isinstance(obj, str):
             data = obj.encode()

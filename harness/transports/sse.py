@@ -88,6 +88,9 @@ class SSETransport(RecordingHooks):
         self._requested = False
         self._pump: asyncio.Task | None = None
 
+    # Transport.closing: never; each send opens a stream of its own (a second one while one is open is refused).
+    closing = False
+
     async def open(self) -> None:
         s = self.settings
         self.client = httpx.AsyncClient(

@@ -229,12 +229,17 @@ class WebSocketTransport(RecordingHooks):
         if s.token is not None or s.extra_headers:  # --header values are secrets too
             self.settings = dataclasses.replace(s, token=None, extra_headers={})
 
+    @property
+    def closing(self) -> bool:
+        """Transport.closing: the connection is past OPEN (the server's close frame came, or it ended)."""
+        return self.ws is None or self.ws.state is not State.OPEN
+
     async def send(self, obj: Any) -> None:
         """Send one frame; raises ConnectionError when the connection was closed before it could leave (a frame that
         was written and lost while draining raises ConnectionClosed: it may have reached the server, never sent again)."""
         ws = self.ws
         assert ws is not None
-        if ws.state is not State.OPEN:
+        if self.closing:
             raise ConnectionError(f"the connection is closed ({ws.state.name.lower()})")
         await ws.send(obj if isinstance(obj, (str, bytes)) else json.dumps(obj))
 

@@ -1,0 +1,210 @@
+"""Netra servers written from docs/protocol.md alone, unlike agentsim in how they use what the document allows, and
+subtly faulty twins; each judged three ways that must agree: `chatprobe run --record` (run_scenario with the target's
+recorder), `chatprobe check` of that recording (check_files), and `chatprobe proxy` in front of the same server with a
+client playing the scenario through it (LiveChats: the proxy's own verdicts). Raw RFC 6455 servers on asyncio
+streams (tests/integration/outside_servers.py) on 127.0.0.1, in the test's own event loop; every wait bounded.
+
+FAILED on the code before this file (the finding in brackets):
+- test_correct_servers_pass_everywhere[run-and-close-in-one-write]: the server streams a run and closes the idle
+  connection (1001) in one TCP write; the client's next message found the connection closed and was sent on a new one,
+  but `--record` had written it as sent on the old one: `check` warned the message crossed the close (R13) and, with
+  client run ids, judged it a lost run (incomplete, exit 1) where `run` passed every chat (the client-run-id variant
+  needs the fix of a message that crossed the close, a later commit).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import struct
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from harness.checker import ChatResult
+from harness.offline import check_files
+from harness.profiles import load_profile
+from harness.recorder import Recorder
+from harness.results import exit_code
+from harness.runner import run_scenario
+from harness.scenario import Scenario
+from harness.targets import Target
+from monitors.metrics import ChatMetrics, MetricsSink
+from monitors.proxy import LiveChats, Proxy, start_proxy
+
+from .outside_servers import RawWsServer, WsConn
+
+pytestmark = pytest.mark.timeout(120)
+
+USER = "u-1"
+
+
+def frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        return head + bytes([n]) + payload
+    if n < 65536:
+        return head + bytes([126]) + struct.pack("!H", n) + payload
+    return head + bytes([127]) + struct.pack("!Q", n) + payload
+
+
+def text(obj: Any) -> bytes:
+    return frame(json.dumps(obj, ensure_ascii=False).encode())
+
+
+CLOSE_1000, CLOSE_1001 = frame(struct.pack("!H", 1000), 0x8), frame(struct.pack("!H", 1001), 0x8)
+
+
+def run_frames(p: dict[str, Any], *, tools: int = 1) -> list[dict[str, Any]]:
+    """A clean run answering the message `p` (its run id the client's, else one made of its message id)."""
+    run_id = p.get("run_id") or f"run-{p['message_id']}"
+    steps: list[tuple[str, dict[str, Any]]] = [("agent_started", {"message_id": p["message_id"]}),
+                                               ("agent_thinking", {"thought": "t"})]
+    for i in range(tools):
+        call = {"tool_name": "calc", "tool_call_id": f"c{i}"}
+        steps += [("tool_executing", call), ("tool_completed", {**call, "result": 1})]
+    steps += [("partial_result", {"content": "x"}), ("agent_completed", {"result": "ok"})]
+    return [{"type": kind, "run_id": run_id, "thread_id": p["thread_id"], "user_id": USER, "seq": seq,
+             "payload": fields} for seq, (kind, fields) in enumerate(steps, 1)]
+
+
+@dataclass
+class Server:
+    """A netra server on raw frames: the welcome, each user_message answered by `answer`, a resume of a run it does not
+    hold answered RESUME_UNKNOWN_RUN (it keeps no run past its end), a JSON ping with a pong."""
+
+    answer: Callable[[WsConn, dict[str, Any], int, "Server"], Awaitable[None]]
+    welcome: bytes = field(default_factory=lambda: text({"type": "connection_established",
+                                                         "data": {"connection_id": "c", "user_id": USER}}))
+    messages: int = 0
+    busy: int = 0  # runs being played
+
+    async def handler(self, conn: WsConn) -> None:
+        conn.writer.write(self.welcome)
+        tasks = []
+        while (raw := await conn.recv()) is not None:
+            msg = json.loads(raw)
+            kind = msg.get("type")
+            if kind == "ping":
+                conn.writer.write(text({"type": "pong"}))
+            elif kind == "resume":
+                conn.writer.write(text({"type": "error_message", "error_code": "RESUME_UNKNOWN_RUN",
+                                        "run_id": msg["payload"]["run_id"], "error_message": "no such run"}))
+            elif kind == "user_message" and not conn.closed:
+                self.messages += 1
+                tasks.append(asyncio.create_task(self._play(conn, msg["payload"], self.messages)))
+        for task in tasks:
+            task.cancel()
+
+    async def _play(self, conn: WsConn, p: dict[str, Any], n: int) -> None:
+        self.busy += 1
+        try:
+            await self.answer(conn, p, n, self)
+        finally:
+            self.busy -= 1
+
+
+# -- how a server answers ------------------------------------------------------------------------------------------
+
+async def paced(conn: WsConn, p: dict[str, Any], n: int, server: Server) -> None:
+    """Each event in a TCP write of its own, a little apart."""
+    for f in run_frames(p):
+        conn.writer.write(text(f))
+        await asyncio.sleep(0.003)  # wait-ok: the server's pace
+
+
+async def run_and_close_in_one_write(conn: WsConn, p: dict[str, Any], n: int, server: Server) -> None:
+    """The whole run and, the connection then being idle, its close (1001): one TCP write."""
+    data = b"".join(text(f) for f in run_frames(p))
+    if server.busy == 1:
+        data += CLOSE_1001
+        conn.closed = True
+    conn.writer.write(data)
+
+
+# -- the three judges ----------------------------------------------------------------------------------------------
+
+Verdict = tuple[str, tuple[tuple[str, int], ...], tuple[str, ...]]
+
+
+def verdict(r: ChatResult) -> Verdict:
+    return (r.outcome.value, tuple(sorted(r.rule_counts().items())), tuple(sorted({w.rule.value for w in r.warnings})))
+
+
+class Kept(MetricsSink):
+    def __init__(self) -> None:
+        super().__init__(ChatMetrics(CollectorRegistry()), "up", "live")
+        self.results: list[ChatResult] = []
+        self.judged = asyncio.Event()
+
+    def chat_finished(self, result: ChatResult) -> None:
+        self.results.append(result)
+        self.judged.set()
+        super().chat_finished(result)
+
+
+async def judged_three_ways(make: Callable[[], Any], *, profile_name: str = "netra",
+                            **scenario: Any) -> dict[str, list[Verdict]]:
+    """Each chat's verdict by `run` (recorded), by `check` of its recording and by the proxy (a fresh server each
+    time: `make().handler`), sorted; the exit codes of `run` and `check` must agree."""
+    profile = load_profile(profile_name)
+    sc = Scenario.model_validate({"name": "conform", "users": 1, "connect_timeout": "2s",
+                                  "expect": {"deadline": "3s", "settle": "0.1s"}, **scenario})
+    out: dict[str, list[Verdict]] = {}
+    with tempfile.TemporaryDirectory() as rec:
+        server = RawWsServer(make().handler)
+        await server.start()
+        try:
+            async with asyncio.timeout(30):
+                live = await run_scenario(sc, Target(url=server.url, profile=profile, name="raw",
+                                                     recorder=Recorder(rec)))
+        finally:
+            assert server.server is not None
+            server.server.close()
+        [offline] = check_files([rec], profile, sc)
+    assert exit_code([offline]) == exit_code([live])
+    out["run"] = sorted(verdict(r) for r in live.results)
+    out["check"] = sorted(verdict(r) for r in offline.results)
+
+    server = RawWsServer(make().handler)
+    await server.start()
+    kept = Kept()
+    proxy = await start_proxy(Proxy(server.url.rsplit("/", 1)[0], LiveChats(profile, kept, sc.expectations(profile),
+                                                                            "live", sc.expect.settle)),
+                              "127.0.0.1", 0)
+    try:
+        async with asyncio.timeout(30):
+            played = await run_scenario(sc, Target(url=f"ws://127.0.0.1:{proxy.sockets[0].getsockname()[1]}/ws",
+                                                   profile=profile, name="proxy"))
+        with contextlib.suppress(TimeoutError):  # a chat the proxy does not judge shows in the comparison
+            async with asyncio.timeout(5):
+                while len(kept.results) < len(played.results):  # each chat the proxy saw, judged
+                    kept.judged.clear()
+                    await kept.judged.wait()
+    finally:
+        proxy.close()
+        assert server.server is not None
+        server.server.close()
+    out["proxy"] = sorted(verdict(r) for r in kept.results)
+    return out
+
+
+PASS: Verdict = ("passed", (), ())
+
+CORRECT = {
+    # events in writes of their own, or all at once with the idle connection's close (1001) after them
+    "paced": (paced, {}, [PASS] * 3),
+    "run-and-close-in-one-write": (run_and_close_in_one_write, {}, [PASS] * 3),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRECT))
+async def test_correct_servers_pass_everywhere(name):
+    answer, options, expected = CORRECT[name]
+    got = await judged_three_ways(lambda: Server(answer), chats_per_user=3, **options)
+    assert got == {"run": expected, "check": expected, "proxy": expected}, got
