@@ -534,10 +534,10 @@ class ChatTracker:
                 del self.open_spans[k]
 
     def malformed(self, detail: str, at: float) -> None:
-        self._flag(Rule.R12, f"malformed frame: {detail}", self.n_events or None)
+        self._flag(Rule.R12, malformed_reason(detail), self.n_events or None)
 
     def foreign(self, ev: Event, why: str) -> None:
-        self._flag(Rule.R8, f"received {_name(ev)} of {why}: cross-talk", self.n_events or None)
+        self._flag(Rule.R8, foreign_reason(ev, why), self.n_events or None)
 
     def error_frame(self, frame: Frame, at: float) -> None:
         """A connection-level error frame (INVALID_MESSAGE …) arrived while this chat was open."""
@@ -788,8 +788,7 @@ class ConnectionChecker:
     """Routes one connection's decoded frames to its chats; catches events of runs this client never started."""
 
     __slots__ = ("user_id", "user_from_welcome", "events_name_run", "further_runs", "by_run", "by_message", "by_thread", "chats",
-                 "_members", "unnamed", "_prune_at", "malformed", "foreign", "_fresh", "unwitnessed",
-                 "unheard")
+                 "_members", "unnamed", "_prune_at", "malformed", "foreign", "_fresh", "untold")
 
     def __init__(self, user_id: str | None = None, *, events_name_run: bool = False, further_runs: bool = False) -> None:
         # The user this connection authenticated as (the token's `sub`), else the one its welcome names.
@@ -820,12 +819,12 @@ class ConnectionChecker:
         self.foreign = 0
         # Once INCIDENTS_EACH malformed or foreign frames came: the chats added since the last one (see _charged).
         self._fresh: list[ChatTracker] = _NO_LIST
-        # Foreign events that came while the connection had no chat at all (the first INCIDENTS_EACH): a chat resumed
-        # on it later was in flight then, for its user (tell_unwitnessed).
-        self.unwitnessed: list[tuple[Event, str]] = _NO_LIST
-        # Malformed frames that came before the connection's first chat (the first INCIDENTS_EACH; their details): that
-        # chat is told (R12) when it is added, so whether the client had sent its message yet decides nothing.
-        self.unheard: list[str] = _NO_LIST
+        # Malformed (R12) and foreign (R8) frames that came while no chat was on screen (none yet, or the latest one
+        # judged: between chats), at most INCIDENTS_EACH, as what each violation says: the next chat the connection
+        # carries is told when it is added (a new chat, one sent again, one resumed here), so whether the client had
+        # sent its message yet, or the last chat's settle window had ended, decides nothing. Reasons only: no event
+        # (an AG-UI delta of up to the frame limit) is kept for them.
+        self.untold: list[tuple[Rule, str]] = _NO_LIST
 
     def add(self, chat: ChatTracker) -> None:
         """Register a chat (again, after a reconnect: then it is not duplicated)."""
@@ -834,10 +833,10 @@ class ConnectionChecker:
             self._prune_at = max(2 * KEEP_FINISHED, 2 * len(self.chats))
         if not self._has(chat):
             self.chats.append(chat)
-            if self.unheard:
-                for detail in self.unheard:
-                    chat.malformed(detail, chat.sent_at)
-                self.unheard = _NO_LIST
+            if self.untold:
+                for rule, reason in self.untold:
+                    chat._flag(rule, reason, chat.n_events or None)
+                self.untold = _NO_LIST
             if self.malformed + self.foreign >= INCIDENTS_EACH:
                 if self._fresh is _NO_LIST:
                     self._fresh = []
@@ -920,9 +919,11 @@ class ConnectionChecker:
         elif user != self.user_id and not first:
             witnesses = self._charged()
             self.foreign += 1
+            reason = f"received {frame.wire_type} (a control frame) naming another user: cross-talk"
             for chat in witnesses:
-                chat._flag(Rule.R8, f"received {frame.wire_type} (a control frame) naming another user: cross-talk",
-                           chat.n_events or None)
+                chat._flag(Rule.R8, reason, chat.n_events or None)
+            if not witnesses:
+                self._untold(Rule.R8, reason)
 
     def route(self, ev: Event) -> ChatTracker | None:
         """Give the event to its chat; None when it belongs to none of them (then R8 is recorded).
@@ -1073,39 +1074,36 @@ class ConnectionChecker:
         return oldest
 
     def _foreign(self, ev: Event, why: str) -> list[ChatTracker]:
-        """R8 for a foreign event, on the chats that witness it; those chats."""
+        """R8 for a foreign event, on the chats that witness it (none on screen: the next chat added); those chats."""
         witnesses = list(self._charged())
         self.foreign += 1
-        told = False
         for chat in witnesses:
             chat.foreign(ev, why)
-            told = True
-        if not told and not self.chats and len(self.unwitnessed) < INCIDENTS_EACH:
-            if self.unwitnessed is _NO_LIST:
-                self.unwitnessed = []
-            # Kept for the connection's life, for what an R8 says of it: not its payload (an AG-UI delta of up to
-            # the frame limit; the chats' events drop theirs once read).
-            self.unwitnessed.append((dataclasses.replace(ev, payload=None), why))
+        if not witnesses:
+            self._untold(Rule.R8, foreign_reason(ev, why))
         return witnesses
-
-    def tell_unwitnessed(self, chat: ChatTracker) -> None:
-        """`chat` was resumed on this connection (a watcher sees it move here: `chatprobe check`): the foreign events
-        that came on it before any chat were cross-talk to it (R8), as a live client's chat in flight sees every frame
-        of its user's new connection."""
-        for ev, why in self.unwitnessed:
-            chat.foreign(ev, why)
 
     def on_malformed(self, frame: Frame, at: float) -> None:
         witnesses = self._charged()
         self.malformed += 1
-        if not self.chats:
-            if len(self.unheard) < INCIDENTS_EACH:
-                if self.unheard is _NO_LIST:
-                    self.unheard = []
-                self.unheard.append(frame.detail)
-            return
         for chat in witnesses:
             chat.malformed(frame.detail, at)
+        if not witnesses:
+            self._untold(Rule.R12, malformed_reason(frame.detail))
+
+    def _untold(self, rule: Rule, reason: str) -> None:
+        """An incident no chat was on screen for: kept for the next chat added (the first INCIDENTS_EACH), unless a
+        chat is on screen and was told already (a flood: see _charged)."""
+        if len(self.untold) < INCIDENTS_EACH and not self._witnesses():
+            if self.untold is _NO_LIST:
+                self.untold = []
+            self.untold.append((rule, reason))
+
+    def new_connection(self) -> None:
+        """The client opened another connection (the live clients keep one checker for all of a session's): what no
+        chat was told on the last one was that connection's, as a watcher (the proxy, `chatprobe check`), with a
+        checker per connection, judges it."""
+        self.untold = _NO_LIST
 
     def _charged(self) -> Iterable[ChatTracker]:
         """Who a malformed or foreign frame is charged to: the connection's first INCIDENTS_EACH, every chat on screen
@@ -1130,12 +1128,13 @@ class ConnectionChecker:
             if waiting:
                 min(waiting, key=lambda c: c.sent_at).rejected(frame, at)
 
-    def _witnesses(self) -> Iterable[ChatTracker]:
-        """The chats on screen when something bad arrived: all open ones, else the latest one."""
+    def _witnesses(self) -> list[ChatTracker]:
+        """The chats on screen when something bad arrived: all open ones, else the latest one while it listens out its
+        settle window; none once that one was judged (between chats: the next chat is told, `untold`)."""
         active = self.active()
         if active:
             return active
-        return self.chats[-1:]
+        return [c for c in self.chats[-1:] if c._result is None]
 
 
 def _other_run_id(chat: ChatTracker, ev: Event) -> None:
@@ -1147,6 +1146,14 @@ def _other_run_id(chat: ChatTracker, ev: Event) -> None:
 def _slim(frame: Frame) -> Frame:
     """A frame to keep with a chat: without its raw JSON (a server may make that megabytes)."""
     return dataclasses.replace(frame, raw={}) if frame.raw else frame
+
+
+def malformed_reason(detail: str) -> str:
+    return f"malformed frame: {detail}"
+
+
+def foreign_reason(ev: Event, why: str) -> str:
+    return f"received {_name(ev)} of {why}: cross-talk"
 
 
 def _name(ev: Event) -> str:

@@ -250,6 +250,7 @@ class FrameRouter:
         self._on_event = sink.event_received if listens_to_events(sink) else None
 
     def new_connection(self) -> None:
+        self.checker.new_connection()
         self.answered = False
         self.auth_failed = None
         self.resumes = None  # a replay is the connection's that carried it

@@ -371,8 +371,7 @@ class OfflineCheck:
                     conn.resumes = Resumes()
                 conn.resumes.resumed_here(tracker, run_id, sent.last_seq)
                 conn.clients = True
-                conn.checker.add(tracker)
-                conn.checker.tell_unwitnessed(tracker)  # in flight, live, when they came (R8)
+                conn.checker.add(tracker)  # told what came here before it (R8, R12): in flight, live, when they came
                 self._track(tracker, conn)
                 self.resumed.sent(tracker)
                 conn.wake = min(conn.wake, tracker.wait_deadline())
@@ -542,7 +541,7 @@ class OfflineCheck:
 
     def _close(self, conn: _Conn, at: float, rec: Recorded | None, note: str) -> None:
         """The connection ended (a close record, or the end of the recording: `rec` None)."""
-        if conn.checker.unheard:
+        if not conn.checker.chats and any(rule is Rule.R12 for rule, _ in conn.checker.untold):
             # Malformed frames and no chat: a chat of their own, so the R12 is told (one before a chat is that chat's,
             # as live: ConnectionChecker.add).
             self._open(conn, at, timed=False)

@@ -441,10 +441,9 @@ class LiveConnection:
                 if self.resumes is None:
                     self.resumes = Resumes()
                 self.resumes.resumed_here(resumed, frame.run_id, frame.last_seq)
+                # Told what came here before it (another user's events, R8; malformed frames, R12): in flight for its
+                # user then, as `chatprobe check` judges it (ConnectionChecker.add).
                 self.checker.add(resumed)
-                # Another user's events that came here before any chat did: cross-talk to this chat, in flight for its
-                # user then (R8), as `chatprobe check` judges it.
-                self.checker.tell_unwitnessed(resumed)
                 self._by_id[resumed.chat_id] = resumed
                 # Judged with the chat (or at its next loss): resumed if events come back, lost if none do or the
                 # server does not know the run (RESUME_UNKNOWN_RUN), as the live client judges its own.

@@ -274,10 +274,9 @@ def test_a_chat_index_answers_as_a_dict_would() -> None:
 
 
 def test_foreign_events_kept_for_a_later_resume_hold_no_payload() -> None:
-    """Another run's events that reach a connection before any chat are kept (the first INCIDENTS_EACH) for a chat
-    resumed there later (ConnectionChecker.tell_unwitnessed: R8), for the connection's life, and the live client never
-    asks for them. They kept their payload: 16 AG-UI deltas of 1 MiB held 16 MiB per connection (64 at the frame
-    limit). Only what the R8 says of them is kept."""
+    """Another run's events that reach a connection before any chat are kept (the first INCIDENTS_EACH) for the next
+    chat added there (ConnectionChecker.untold: R8), a new one or one resumed there. They kept their payload: 16 AG-UI
+    deltas of 1 MiB held 16 MiB per connection (64 at the frame limit). Only what the R8 says of them is kept."""
     import json
     import tracemalloc
 
@@ -297,9 +296,9 @@ def test_foreign_events_kept_for_a_later_resume_hold_no_payload() -> None:
         held = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
-    assert len(checker.unwitnessed) == 16
+    assert len(checker.untold) == 16
     assert held < 1 << 20, f"{held} bytes held"
     resumed = ChatTracker("c1", EXP, 0.0, run_id="r1")
-    checker.tell_unwitnessed(resumed)
+    checker.add(resumed)
     assert [v.rule.value for v in resumed.violations] == ["R8"] * 16
     assert "TEXT_MESSAGE_CONTENT" in resumed.violations[0].reason

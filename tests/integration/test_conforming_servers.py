@@ -4,12 +4,16 @@ recorder), `chatprobe check` of that recording (check_files), and `chatprobe pro
 client playing the scenario through it (LiveChats: the proxy's own verdicts). Raw RFC 6455 servers on asyncio
 streams (tests/integration/outside_servers.py) on 127.0.0.1, in the test's own event loop; every wait bounded.
 
-FAILED on the code before this file (the finding in brackets):
+FAILED on the code before this file, each with what was wrong:
 - test_correct_servers_pass_everywhere[run-and-close-in-one-write]: the server streams a run and closes the idle
   connection (1001) in one TCP write; the client's next message found the connection closed and was sent on a new one,
   but `--record` had written it as sent on the old one: `check` warned the message crossed the close (R13) and, with
   client run ids, judged it a lost run (incomplete, exit 1) where `run` passed every chat (the client-run-id variant
   needs the fix of a message that crossed the close, a later commit).
+- test_incidents_with_no_chat_on_screen_fail_the_next_chat[*]: another user's event (or a malformed frame) that came
+  while no chat was on screen (between chats, once the last one was judged; or right after the welcome) was charged
+  to nobody: cross-talk passed unseen by run, check and proxy alike (agentsim's crosstalk fault with a think time:
+  4 of 5 delivered events missed).
 """
 from __future__ import annotations
 
@@ -127,6 +131,22 @@ async def run_and_close_in_one_write(conn: WsConn, p: dict[str, Any], n: int, se
     conn.writer.write(data)
 
 
+def then(first: Callable[..., Awaitable[None]], after: Callable[[WsConn, dict[str, Any], int], bytes | None],
+         delay: float = 0.0) -> Callable[..., Awaitable[None]]:
+    """`first`, then, `delay` later, what `after` writes (None: nothing)."""
+    async def answer(conn: WsConn, p: dict[str, Any], n: int, server: Server) -> None:
+        await first(conn, p, n, server)
+        data = after(conn, p, n)
+        if data is not None:
+            await asyncio.sleep(delay)  # wait-ok: the server sends it once the chat was judged
+            conn.writer.write(data)
+    return answer
+
+
+FOREIGN = text({"type": "partial_result", "run_id": "run-of-someone-else", "thread_id": "t-x", "user_id": "u-2",
+                "seq": 1, "payload": {"content": "someone else's words"}})
+
+
 # -- the three judges ----------------------------------------------------------------------------------------------
 
 Verdict = tuple[str, tuple[tuple[str, int], ...], tuple[str, ...]]
@@ -207,4 +227,34 @@ CORRECT = {
 async def test_correct_servers_pass_everywhere(name):
     answer, options, expected = CORRECT[name]
     got = await judged_three_ways(lambda: Server(answer), chats_per_user=3, **options)
+    assert got == {"run": expected, "check": expected, "proxy": expected}, got
+
+
+def between_chats(data: bytes) -> Callable[..., Awaitable[None]]:
+    """After the first run, once its chat was judged (settle 0.1 s) and while the user thinks (1 s), `data`."""
+    return then(paced, lambda conn, p, n: data if n == 1 else None, delay=0.4)
+
+
+def after_the_welcome(data: bytes) -> Callable[[], Server]:
+    """`data` in the same TCP write as the welcome, before the client could send anything."""
+    return lambda: Server(paced, welcome=text({"type": "connection_established",
+                                               "data": {"connection_id": "c", "user_id": USER}}) + data)
+
+
+INCIDENTS = {
+    "another-users-event-between-chats": (lambda: Server(between_chats(FOREIGN)), "R8"),
+    "another-users-heartbeat-between-chats": (
+        lambda: Server(between_chats(text({"type": "heartbeat", "user_id": "u-2", "data": {}}))), "R8"),
+    "a-malformed-frame-between-chats": (lambda: Server(between_chats(text({"type": "agent_reflecting"}))), "R12"),
+    "another-users-event-after-the-welcome": (after_the_welcome(FOREIGN), "R8"),
+}
+
+
+@pytest.mark.parametrize("name", list(INCIDENTS))
+async def test_incidents_with_no_chat_on_screen_fail_the_next_chat(name):
+    # docs/protocol.md, R8 and R12: charged to the chats in flight, else the one listening out its settle window, else
+    # the next chat the connection carries: whether it came a moment before or after a verdict decides nothing.
+    make, rule = INCIDENTS[name]
+    got = await judged_three_ways(make, chats_per_user=2, think_time="1s")
+    expected = sorted([("failed", ((rule, 1),), ()), PASS])
     assert got == {"run": expected, "check": expected, "proxy": expected}, got

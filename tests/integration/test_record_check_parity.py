@@ -134,7 +134,9 @@ async def test_agui_second_run_started_is_r1_offline_as_live(tmp_path):
 
 def test_foreign_event_before_the_first_request_opens_no_chat(tmp_path):
     # What `--record` wrote on a connection that got another user's event (agentsim's crosstalk fault) before its
-    # client sent anything: live, no chat was in flight, so nothing was judged; offline it must not become a chat.
+    # client sent anything: offline it must not become a chat. It is cross-talk all the same (R8), told to the chat the
+    # connection carries next, live as offline (it was judged against none: whether the client's message or the other
+    # user's event came first decided whether a server leaking events failed).
     conn = "cp-u37.1"
     frames = [
         (0.000, "recv", {"type": "connection_established", "data": {"connection_id": "c-1", "user_id": "u37"}}),
@@ -153,7 +155,7 @@ def test_foreign_event_before_the_first_request_opens_no_chat(tmp_path):
     path = tmp_path / "rec.jsonl"
     path.write_text("\n".join(lines) + "\n")
     [offline] = check_files([path], load_profile("netra"), Scenario(name="t", expect={"settle": "0.05s"}))
-    assert [(r.run_id, r.outcome) for r in offline.results] == [(run, Outcome.PASSED)]
+    assert [(r.run_id, r.outcome, r.rule_counts()) for r in offline.results] == [(run, Outcome.FAILED, {"R8": 1})]
 
 
 async def test_steps_scenario_errors_is_judged_offline_as_live(sim_factory, tmp_path):
