@@ -67,6 +67,13 @@ def forgot_run(router: "FrameRouter", tracker: ChatTracker) -> bool:
     return unknown is not None and tracker.run_id is not None and tracker.run_id in unknown
 
 
+def resend_key(message_id: str | None, run_id: str | None) -> str | None:
+    """What tells a watcher (the proxy, `chatprobe check`) that a client's request sends again a message it held for a
+    resend: its message id, else the run id the client named (an AG-UI request names its run, and no message id the
+    profile reads); None: nothing does."""
+    return message_id or (f"\x00run {run_id}" if run_id else None)
+
+
 def lost_note_for(ended_note: str, can_resume: bool) -> str:
     """Why a chat ended without its terminal event when the connection went and was not resumed."""
     return ended_note or ("connection lost mid-run" + ("" if can_resume else " before the run had an id to resume"))
@@ -321,6 +328,12 @@ class FrameRouter:
             del unknown[next(iter(unknown))]
         unknown[run_id] = None
 
+    def forget_unknown(self, chat: ChatTracker) -> None:
+        """The server's RESUME_UNKNOWN_RUN for `chat`'s run is answered: its message goes again under that run id, a
+        new run the server may start (a chat sent again after its resume was refused, ChatFlow._on_the_way)."""
+        if self.resume_unknown is not None and chat.run_id is not None:
+            self.resume_unknown.pop(chat.run_id, None)
+
     def _heard(self, chat: ChatTracker, event: Event, message: str | bytes) -> None:
         """A piece of a reply to a chat whose conversation goes on: kept for the next turn's request (a further run the
         stream carried is part of the same reply). Not an event that is not of the chat's run as a client sees it:
@@ -549,7 +562,7 @@ class ChatFlow:
 
     __slots__ = ("router", "tracker", "frame", "options", "probe", "chat_id", "state", "result", "generation",
                  "reconnects", "dropped_on_purpose", "events_at_reconnect", "lost_note", "_until", "_wait", "resend",
-                 "content", "user_id", "history")
+                 "content", "user_id", "history", "crossed")
 
     def __init__(self, router: FrameRouter, tracker: ChatTracker, frame: object, options: ChatOptions = DEFAULTS, *,
                  probe: bool = False) -> None:
@@ -573,6 +586,10 @@ class ChatFlow:
         # The message found the connection closed before it left (the server closed it between chats): 1 while the
         # client reconnects to send it again, 2 once it did (once per chat).
         self.resend = 0
+        # The server closed the connection with a closing handshake before any event of a run the client resumes (it
+        # has an id): if the server answers the resume with RESUME_UNKNOWN_RUN, it never took the message, which
+        # crossed its close, and the message is sent again (`_on_the_way`).
+        self.crossed = False
 
     @classmethod
     def chat(cls, router: FrameRouter, content: str, expectations: Expectations, *, user_id: str, now: float,
@@ -689,20 +706,23 @@ class ChatFlow:
         if events and self.content is not None:
             self.content = self.history = None  # answered: never sent again
         if link.closed or self.generation != link.generation:
-            if (self.content is not None and not self.resend and not link.closed_by_client and options.reconnect
-                    and not link.stream_per_chat and link.closed_clean):
+            can_resume = resume_frame(self.router.profile, tracker) is not None
+            crossed = (self.content is not None and not self.resend and not link.closed_by_client
+                       and options.reconnect and not link.stream_per_chat and link.closed_clean)
+            if crossed and not can_resume:
                 # The server closed the connection on purpose (a closing handshake, 1000/1001) before a single event
-                # of the run, which has no id to resume: the message crossed the server's close (a server that closes
-                # after each run or when idle; RFC 6455: nothing after its close frame is read). Sent again, once, on
-                # a new connection, timed from its first try, and said (a server that closes on a message without
-                # answering it shows). A crash or a dropped connection (1006, 1011) is judged as it stands, and so is
-                # an SSE stream that ended: the server took its request (it answered with the stream).
+                # of the run, which has no id to resume (or the dialect no resume frame): the message crossed the
+                # server's close (a server that closes after each run or when idle; RFC 6455: nothing after its close
+                # frame is read). Sent again, once, on a new connection, timed from its first try, and said (a server
+                # that closes on a message without answering it shows). A crash or a dropped connection (1006, 1011)
+                # is judged as it stands, and so is an SSE stream that ended: the server took its request (it
+                # answered with the stream). A run with an id is resumed first: the server may have taken it.
                 tracker._warn(Rule.R13, RESENT_WARNING, None)
                 self._send_again()
                 return self.next(now, link)
+            self.crossed = crossed
             self._judge_resume()
             self._lost(now, link)
-            can_resume = resume_frame(self.router.profile, tracker) is not None
             if not (options.reconnect and can_resume and self.reconnects < options.max_reconnects):
                 self.lost_note = lost_note_for(link.ended_note, can_resume)
                 return None
@@ -710,6 +730,15 @@ class ChatFlow:
             self.state = RECONNECTING
             return Reconnect(self.generation)
         if forgot_run(self.router, tracker):
+            if self.crossed and self.content is not None and not self.resend:
+                # The resume of a run the server closed the connection on before any event was answered with
+                # RESUME_UNKNOWN_RUN: the server never took the message (it crossed the server's close), which is
+                # sent again as a run with no id would be (the resume was no reconnect of a run: not counted one).
+                self.events_at_reconnect = None
+                self.router.forget_unknown(tracker)
+                tracker._warn(Rule.R13, RESENT_WARNING, None)
+                self._send_again()
+                return self.next(now, link)
             self.lost_note = RESUME_UNKNOWN_NOTE
             return None
         if now >= self._until:
@@ -805,9 +834,9 @@ class ChatFlow:
         if self.state != SENDING:  # a resume frame: a failure shows as the connection's end
             return
         if ok:
-            self.frame = None  # sent: not kept for the chat's life (memory per open chat); rebuilt if sent again
-            if self.tracker.run_id is not None:
-                self.content = self.history = None  # a run with an id is resumed, never sent again
+            # Sent: not kept for the chat's life (memory per open chat); rebuilt if sent again (its text is kept until
+            # the run's first event: a message that crossed the server's close is sent again).
+            self.frame = None
             self.state = FOLLOWING
         elif closed and not self.probe and failure_kind is None and not self.resend:
             self._send_again()
@@ -978,10 +1007,14 @@ class PendingResumes:
     answered with RESUME_UNKNOWN_RUN (`forgotten`) is lost, and its chat judged, at once (RESUME_UNKNOWN_NOTE). One
     entry per chat resumed and not yet judged (bounded by the chats a watcher follows)."""
 
-    __slots__ = ("events",)
+    __slots__ = ("events", "crossed")
 
     def __init__(self) -> None:
         self.events: dict[str, int] = {}  # chat id -> its events when its (latest) resume was sent
+        # Chats (ids) whose connection the server closed with a closing handshake before any event of their run, parked
+        # for a resume: a RESUME_UNKNOWN_RUN answer to it says the message crossed that close (`send_again`). Only
+        # parked or resumed chats, each let go with its verdict (`ended`).
+        self.crossed: set[str] = set()
 
     def sent(self, chat: ChatTracker) -> None:
         """`chat`'s run was resumed: an earlier resume of it not yet judged is judged first."""
@@ -992,6 +1025,28 @@ class PendingResumes:
         """The chat's pending resume judged (`resumed` or `lost`, recorded on the chat); None when none is pending."""
         before = self.events.pop(chat.chat_id, None)
         return None if before is None else judge_resume(chat, before)
+
+    def cut_clean(self, chat: ChatTracker) -> None:
+        """The server closed `chat`'s connection with a closing handshake (1000/1001) before any event of its run,
+        which is parked for a resume (it has an id): its message may have crossed that close."""
+        if chat.n_events == 0:
+            self.crossed.add(chat.chat_id)
+
+    def send_again(self, chat: ChatTracker) -> bool:
+        """Whether `chat`, whose resume the server answered with RESUME_UNKNOWN_RUN (`forgotten`), is to be sent again,
+        as the live client sends it (ChatFlow: the server never took a message that crossed its close, and still no
+        event came): its pending resume is then let go unjudged, as the live client counts no reconnect for it."""
+        if chat.chat_id not in self.crossed:
+            return False
+        self.crossed.discard(chat.chat_id)
+        if chat.n_events:
+            return False
+        self.events.pop(chat.chat_id, None)
+        return True
+
+    def ended(self, chat_id: str) -> None:
+        """The chat was judged."""
+        self.crossed.discard(chat_id)
 
     def forgotten(self, router: FrameRouter, chats: Iterable[ChatTracker]) -> list[ChatTracker]:
         """Those of `chats` (a connection's) whose pending resume the server answered there with RESUME_UNKNOWN_RUN:

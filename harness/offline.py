@@ -32,6 +32,7 @@ from .flow import (
     ParkedChats,
     PendingResumes,
     Resumes,
+    resend_key,
     verdict_due,
 )
 from .profiles import Profile
@@ -170,7 +171,8 @@ class OfflineCheck:
         self.parked_wake = float("inf")  # no parked chat's (nor resend's) deadline passes before this time
         self.untimed: set[str] = set()  # chats whose send or receive times are not recorded
         self.resumed = PendingResumes()  # chats resumed whose resume is not judged yet, as the proxy (flow)
-        # Chats whose connection the server closed before any event of their run (no id to resume), by message id:
+        # Chats whose connection the server closed before any event of their run (no id to resume), by message id
+        # (flow.resend_key):
         # the message may be sent again on a new connection (flow.ChatFlow: once), and the chat goes on there. With
         # the close's time and whether it was a closing handshake (1000/1001: the live client warns, R13).
         self.resends: dict[str, tuple[ChatTracker, float, bool]] = {}
@@ -298,6 +300,18 @@ class OfflineCheck:
         if wake == WAKE_ALL:
             conn.wake = at  # an error or a malformed frame may have ended a chat: look at them all next time
             for chat in self.resumed.forgotten(conn.router, conn.open.values()):
+                key = resend_key(chat.message_id, chat.run_id)
+                if self.resumed.send_again(chat) and key and len(self.resends) < MAX_PARKED:
+                    # Its message crossed the server's close (no event of its run came): held for the live client's
+                    # sending it again, as for a run with no id.
+                    self.open.pop(chat.chat_id, None)
+                    conn.open.pop(chat.chat_id, None)
+                    conn.checker.discard(chat)
+                    if (earlier := self.resends.pop(key, None)) is not None:
+                        self._finish(earlier[0], earlier[1], lost=True, note=CLOSED_NOTE)
+                    self.resends[key] = (chat, at, True)
+                    self.parked_wake = min(self.parked_wake, chat.wait_deadline())
+                    continue
                 # The server did not know the run its resume named (RESUME_UNKNOWN_RUN): lost, judged now, as live.
                 self._finish(chat, at, lost=True, note=RESUME_UNKNOWN_NOTE)
             if checker.foreign + checker.malformed != incidents:
@@ -335,7 +349,8 @@ class OfflineCheck:
             conn.sent_chat(self._open(conn, at, timed=True, exp=self._step_expectations(rec)))
             return
         sent = self.profile.decode_client(frame)  # the profile tells requests and resumes apart, as for the proxy
-        if sent.kind == "request" and sent.message_id and (again := self.resends.pop(sent.message_id, None)):
+        if (sent.kind == "request" and (key := resend_key(sent.message_id, sent.run_id))
+                and (again := self.resends.pop(key, None))):
             # The message sent again after its connection closed before any event of its run: the same chat, timed
             # from its first try, as live (flow.ChatFlow._send_again).
             chat, _closed_at, clean = again
@@ -564,17 +579,21 @@ class OfflineCheck:
                 self.sink.chat_abandoned(self.name)
                 self._finish(chat, at)
                 continue
-            if (rec is not None and not rec.stream and chat.n_events == 0 and chat.run_id is None and chat.message_id
+            clean = rec is not None and rec.code in CLEAN_CLOSE_CODES and not rec.detail
+            key = resend_key(chat.message_id, chat.run_id)
+            if (rec is not None and not rec.stream and chat.n_events == 0 and key
+                    and (chat.run_id is None or (clean and not resumable))
                     and chat.exp.expect_error != "invalid_input" and self.scenario.reconnect
                     and chat.chat_id not in self.resent and len(self.resends) < MAX_PARKED):
-                # The server closed the connection before any event of the run, which has no id to resume: the live
-                # client sends the message again, once, on a new connection (a frame that found the connection
-                # closed, or crossed a closing handshake). Held until its deadline for that send.
+                # The server closed the connection before any event of the run, which has no id to resume (or the
+                # dialect no resume frame): the live client sends the message again, once, on a new connection (a
+                # frame that found the connection closed, or crossed a closing handshake). Held until its deadline for
+                # that send.
                 self.open.pop(chat.chat_id, None)
                 conn.open.pop(chat.chat_id, None)
-                if (earlier := self.resends.pop(chat.message_id, None)) is not None:
+                if (earlier := self.resends.pop(key, None)) is not None:
                     self._finish(earlier[0], earlier[1], lost=True, note=CLOSED_NOTE)
-                self.resends[chat.message_id] = (chat, at, rec.code in CLEAN_CLOSE_CODES)
+                self.resends[key] = (chat, at, rec.code in CLEAN_CLOSE_CODES)
                 self.parked_wake = min(self.parked_wake, chat.wait_deadline())
                 continue
             if rec is not None and not rec.detail and not rec.stream:
@@ -585,6 +604,9 @@ class OfflineCheck:
             if rec is not None and resumable and chat.run_id:
                 self.resumed.judge(chat)
                 parked, previous = self.parked.park(_user_of(conn.key), chat)
+                if (parked and clean and not rec.stream and key and self.scenario.reconnect
+                        and chat.chat_id not in self.resent):
+                    self.resumed.cut_clean(chat)  # a RESUME_UNKNOWN_RUN answer to its resume: sent again, as live
             if previous is not None:
                 # Two chats of a user cut short under one run id: the earlier one is judged, never dropped from the
                 # counts.
@@ -603,6 +625,7 @@ class OfflineCheck:
             entry[1].open.pop(tracker.chat_id, None)
         self.resent.discard(tracker.chat_id)
         self.resumed.judge(tracker)  # whether its last resume brought events back, as live
+        self.resumed.ended(tracker.chat_id)
         # Further runs the stream carried first (as live): each reported as a chat of its own, and the chat's verdict
         # is its stream's (checker.fold_further).
         further = [c for c in tracker.followups if not c.judged]

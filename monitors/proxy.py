@@ -41,6 +41,7 @@ from harness.flow import (
     PassiveChats,
     PendingResumes,
     Resumes,
+    resend_key,
 )
 from harness.profiles import Profile, load_profile
 from harness.recorder import Recorder
@@ -284,13 +285,17 @@ class LiveChats:
             self.finished(chat.finish(chat.wait_deadline(), lost=True, note=NOT_RESUMED_NOTE))
         self._time_parked(now)
 
-    def hold_for_resend(self, identity: str, chat: ChatTracker, at: float, clean: bool) -> bool:
+    def hold_for_resend(self, identity: str, chat: ChatTracker, at: float, clean: bool, *,
+                        resumed: bool = False) -> bool:
         """Hold a chat whose connection the server closed before any event of its run, until its deadline, for its
-        user's resend (False: not held, judge it now: no message id, sent again once already, or too many held)."""
-        if (not chat.message_id or chat.run_id is not None or chat.chat_id in self.resent
-                or len(self.resends) >= MAX_RESENDS):
+        user's resend (False: not held, judge it now: no message id, a run with an id to resume (parked instead; a
+        run the dialect cannot resume is held when the close was a closing handshake; `resumed`: its resume was
+        answered RESUME_UNKNOWN_RUN, PendingResumes.send_again), sent again once already, or too many held)."""
+        resumable = not resumed and chat.run_id is not None and (self.profile.resume is not None or not clean)
+        message = resend_key(chat.message_id, chat.run_id)
+        if not message or resumable or chat.chat_id in self.resent or len(self.resends) >= MAX_RESENDS:
             return False
-        key = (identity, chat.message_id)
+        key = (identity, message)
         earlier = self._let_go(key)
         if earlier is not None:  # two chats of one message id cut short: the earlier one is judged as it stood
             self._expire(key, earlier)
@@ -305,10 +310,12 @@ class LiveChats:
         self.resends[key] = (chat, at, clean, timer)
         return True
 
-    def take_resend(self, identity: str, message_id: str | None) -> tuple[ChatTracker, bool] | None:
+    def take_resend(self, identity: str, message_id: str | None,
+                    run_id: str | None = None) -> tuple[ChatTracker, bool] | None:
         """The chat held for a resend of this message by this user, if any: (its tracker, whether its connection
         ended with a closing handshake)."""
-        held = self._let_go((identity, message_id)) if message_id else None
+        message = resend_key(message_id, run_id)
+        held = self._let_go((identity, message)) if message else None
         if held is None:
             return None
         chat, _at, clean, timer = held
@@ -365,6 +372,7 @@ class LiveChats:
         """A verdict to the sink. A message the server rejected because the client sent something invalid is the
         client's doing: counted apart (client_rejected), never as one of the server's outcomes."""
         self.resent.discard(result.chat_id)
+        self.pending.ended(result.chat_id)
         for reconnect in result.reconnects:  # each judged with its chat (PendingResumes), counted with its verdict
             self.sink.reconnect(self.scenario, reconnect)
         if abandoned:
@@ -401,7 +409,7 @@ class LiveConnection:
             self.log.frame("send", text, now)
         frame = self.live.profile.decode_client(text)
         live = self.live
-        if frame.kind == "request" and (again := live.take_resend(self.identity, frame.message_id)) is not None:
+        if frame.kind == "request" and (again := live.take_resend(self.identity, frame.message_id, frame.run_id)) is not None:
             # The message sent again after the server closed its connection before any event of its run: the same
             # chat, timed from its first try, as the harness's own client and `chatprobe check` count it.
             tracker, clean = again
@@ -460,6 +468,14 @@ class LiveConnection:
         if wake == WAKE_ALL:
             pending = self.live.pending
             for chat in pending.forgotten(self.router, self._by_id.values()):
+                if pending.send_again(chat) and self.live.hold_for_resend(self.identity, chat, now, True,
+                                                                            resumed=True):
+                    # Its message crossed the server's close (no event of its run came): held for the user's client
+                    # to send it again, as the harness's own client does and `chatprobe check` follows it.
+                    self.checker.discard(chat)
+                    self._by_id.pop(chat.chat_id, None)
+                    self.failing = True
+                    continue
                 # The server did not know the run the user's resume named (RESUME_UNKNOWN_RUN): lost, judged now, as
                 # the live client and `chatprobe check` judge it.
                 pending.judge(chat)
@@ -501,11 +517,14 @@ class LiveConnection:
             for chat in list(self.checker.chats):
                 if chat.judged or chat.done or chat.chat_id not in self._by_id:
                     continue
-                if chat.n_events == 0 and live.hold_for_resend(self.identity, chat, now, code in CLEAN_CLOSE_CODES):
+                clean = code in CLEAN_CLOSE_CODES
+                if chat.n_events == 0 and live.hold_for_resend(self.identity, chat, now, clean):
                     parked = True
                 else:
                     live.pending.judge(chat)  # lost again: its last resume is judged now, as live
                     parked = live.park(self.identity, chat, now)
+                    if parked and clean and chat.chat_id not in live.resent:
+                        live.pending.cut_clean(chat)  # a RESUME_UNKNOWN_RUN answer: sent again, as live
                 if parked:
                     self.checker.discard(chat)
                     self._by_id.pop(chat.chat_id, None)

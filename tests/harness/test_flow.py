@@ -39,6 +39,7 @@ class FakeLink:
     ended_note: str = ""
     stream_per_chat: bool = False
     closed_by_client: bool = False
+    closed_clean: bool = False
 
 
 class Recorder(Sink):

@@ -5,11 +5,16 @@ client playing the scenario through it (LiveChats: the proxy's own verdicts). Ra
 streams (tests/integration/outside_servers.py) on 127.0.0.1, in the test's own event loop; every wait bounded.
 
 FAILED on the code before this file, each with what was wrong:
-- test_correct_servers_pass_everywhere[run-and-close-in-one-write]: the server streams a run and closes the idle
+- test_correct_servers_pass_everywhere[run-and-close-in-one-write-*]: the server streams a run and closes the idle
   connection (1001) in one TCP write; the client's next message found the connection closed and was sent on a new one,
   but `--record` had written it as sent on the old one: `check` warned the message crossed the close (R13) and, with
-  client run ids, judged it a lost run (incomplete, exit 1) where `run` passed every chat (the client-run-id variant
-  needs the fix of a message that crossed the close, a later commit).
+  client run ids, judged it a lost run (incomplete, exit 1) where `run` passed every chat.
+- test_correct_servers_pass_everywhere[closes-on-the-next-message-client-run-id]: the server closes an idle
+  connection (1000) as the next message arrives (it crossed the close) and answers the client's resume of that run
+  with RESUME_UNKNOWN_RUN (it never took the message): a run without an id was sent again, one with an id ended
+  `incomplete` (run, check and proxy), a false failure of a correct server.
+- test_an_agui_websocket_request_that_crossed_the_close_is_sent_again_everywhere: the same over AG-UI's WebSocket,
+  which names every run and has no resume frame: never sent again, `incomplete` everywhere.
 - test_incidents_with_no_chat_on_screen_fail_the_next_chat[*]: another user's event (or a malformed frame) that came
   while no chat was on screen (between chats, once the last one was judged; or right after the welcome) was charged
   to nobody: cross-talk passed unseen by run, check and proxy alike (agentsim's crosstalk fault with a think time:
@@ -131,6 +136,16 @@ async def run_and_close_in_one_write(conn: WsConn, p: dict[str, Any], n: int, se
     conn.writer.write(data)
 
 
+async def closes_on_the_second_message(conn: WsConn, p: dict[str, Any], n: int, server: Server) -> None:
+    """Closes the idle connection (1000) as the second message arrives, without answering it (the message crossed
+    the close: RFC 6455 reads nothing after it); answers every other one."""
+    if n == 2:
+        conn.writer.write(CLOSE_1000)
+        conn.closed = True
+        return
+    await paced(conn, p, n, server)
+
+
 def then(first: Callable[..., Awaitable[None]], after: Callable[[WsConn, dict[str, Any], int], bytes | None],
          delay: float = 0.0) -> Callable[..., Awaitable[None]]:
     """`first`, then, `delay` later, what `after` writes (None: nothing)."""
@@ -215,11 +230,17 @@ async def judged_three_ways(make: Callable[[], Any], *, profile_name: str = "net
 
 
 PASS: Verdict = ("passed", (), ())
+SENT_AGAIN: Verdict = ("passed", (), ("R13",))  # the message crossed the server's close: sent again, and said
 
 CORRECT = {
     # events in writes of their own, or all at once with the idle connection's close (1001) after them
     "paced": (paced, {}, [PASS] * 3),
     "run-and-close-in-one-write": (run_and_close_in_one_write, {}, [PASS] * 3),
+    "run-and-close-in-one-write-client-run-id": (run_and_close_in_one_write, {"client_run_id": True}, [PASS] * 3),
+    # an idle connection closed (1000) as the next message came: sent again on a new connection, with a warning
+    "closes-on-the-next-message": (closes_on_the_second_message, {}, [PASS, PASS, SENT_AGAIN]),
+    "closes-on-the-next-message-client-run-id": (closes_on_the_second_message, {"client_run_id": True},
+                                                 [PASS, PASS, SENT_AGAIN]),
 }
 
 
@@ -227,6 +248,39 @@ CORRECT = {
 async def test_correct_servers_pass_everywhere(name):
     answer, options, expected = CORRECT[name]
     got = await judged_three_ways(lambda: Server(answer), chats_per_user=3, **options)
+    assert got == {"run": expected, "check": expected, "proxy": expected}, got
+
+
+@dataclass
+class AguiServer:
+    """AG-UI over WebSocket (no welcome, no resume frame): each RunAgentInput answered with a run, but the second one
+    meets the idle connection's close (1000), unanswered."""
+
+    requests: int = 0
+
+    async def handler(self, conn: WsConn) -> None:
+        while (raw := await conn.recv()) is not None:
+            msg = json.loads(raw)
+            self.requests += 1
+            if self.requests == 2:
+                conn.writer.write(CLOSE_1000)
+                conn.closed = True
+                continue
+            run, thread, message = msg["runId"], msg["threadId"], f"a-{self.requests}"
+            for f in [{"type": "RUN_STARTED", "threadId": thread, "runId": run},
+                      {"type": "TEXT_MESSAGE_START", "messageId": message, "role": "assistant"},
+                      {"type": "TEXT_MESSAGE_CONTENT", "messageId": message, "delta": "hi"},
+                      {"type": "TEXT_MESSAGE_END", "messageId": message},
+                      {"type": "RUN_FINISHED", "threadId": thread, "runId": run}]:
+                conn.writer.write(text(f))
+                await asyncio.sleep(0.003)  # wait-ok: the server's pace
+
+
+async def test_an_agui_websocket_request_that_crossed_the_close_is_sent_again_everywhere():
+    # AG-UI names every run from the client and has no resume frame: a request that crossed the server's close before
+    # any event could not be resumed, and was never sent again (run, check and proxy: `incomplete`).
+    got = await judged_three_ways(AguiServer, chats_per_user=3, profile_name="ag-ui")
+    expected = [PASS, PASS, SENT_AGAIN]
     assert got == {"run": expected, "check": expected, "proxy": expected}, got
 
 
