@@ -285,8 +285,9 @@ async def test_an_agui_websocket_request_that_crossed_the_close_is_sent_again_ev
 
 
 def between_chats(data: bytes) -> Callable[..., Awaitable[None]]:
-    """After the first run, once its chat was judged (settle 0.1 s) and while the user thinks (1 s), `data`."""
-    return then(paced, lambda conn, p, n: data if n == 1 else None, delay=0.4)
+    """After the first run, once its chat was judged (settle 0.1 s) and while the user thinks (0.6 s), `data` (were it
+    to come a little before or after, a chat in flight or settling would take it: the verdicts are the same)."""
+    return then(paced, lambda conn, p, n: data if n == 1 else None, delay=0.3)
 
 
 def after_the_welcome(data: bytes) -> Callable[[], Server]:
@@ -296,11 +297,12 @@ def after_the_welcome(data: bytes) -> Callable[[], Server]:
 
 
 INCIDENTS = {
-    "another-users-event-between-chats": (lambda: Server(between_chats(FOREIGN)), "R8"),
+    "another-users-event-between-chats": (lambda: Server(between_chats(FOREIGN)), "R8", "0.6s"),
     "another-users-heartbeat-between-chats": (
-        lambda: Server(between_chats(text({"type": "heartbeat", "user_id": "u-2", "data": {}}))), "R8"),
-    "a-malformed-frame-between-chats": (lambda: Server(between_chats(text({"type": "agent_reflecting"}))), "R12"),
-    "another-users-event-after-the-welcome": (after_the_welcome(FOREIGN), "R8"),
+        lambda: Server(between_chats(text({"type": "heartbeat", "user_id": "u-2", "data": {}}))), "R8", "0.6s"),
+    "a-malformed-frame-between-chats": (lambda: Server(between_chats(text({"type": "agent_reflecting"}))), "R12",
+                                        "0.6s"),
+    "another-users-event-after-the-welcome": (after_the_welcome(FOREIGN), "R8", "0s"),
 }
 
 
@@ -308,7 +310,7 @@ INCIDENTS = {
 async def test_incidents_with_no_chat_on_screen_fail_the_next_chat(name):
     # docs/protocol.md, R8 and R12: charged to the chats in flight, else the one listening out its settle window, else
     # the next chat the connection carries: whether it came a moment before or after a verdict decides nothing.
-    make, rule = INCIDENTS[name]
-    got = await judged_three_ways(make, chats_per_user=2, think_time="1s")
+    make, rule, think = INCIDENTS[name]
+    got = await judged_three_ways(make, chats_per_user=2, think_time=think)
     expected = sorted([("failed", ((rule, 1),), ()), PASS])
     assert got == {"run": expected, "check": expected, "proxy": expected}, got
