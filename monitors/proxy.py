@@ -48,8 +48,7 @@ from harness.recorder import Recorder
 from harness.redact import credentials_of
 from harness.scenario import SCENARIO_NAME_PATTERN, Expect, expectations_for
 from harness.targets import check_label, check_url, target_label
-from harness.transports.base import FRAGMENTS_ERROR, TOO_MANY_FRAGMENTS
-from harness.transports.websocket import BoundedClientConnection, NoRedirects, classify
+from harness.transports.websocket import BoundedClientConnection, NoRedirects, classify, failed_for
 from harness.yamlfile import ConfigError
 
 from . import httpserver
@@ -398,6 +397,7 @@ class LiveConnection:
         self.resumes: Resumes | None = None  # runs resumed across connections (flow.Resumes), from the first one
         self.log = live.recorder.connection(live.label(identity), secrets) if live.recorder is not None else None
         self.failing = False  # a chat on this connection did not pass (or was held or sent again): its recording is kept
+        self.protocol_error: str | None = None  # what the upstream sent that the proxy failed its connection for
 
     @property
     def auth_failed(self) -> bool:
@@ -481,11 +481,12 @@ class LiveConnection:
                 pending.judge(chat)
                 self._finished(chat.finish(now, lost=True, note=RESUME_UNKNOWN_NOTE))
 
-    def oversized(self, limit: int, now: float, fragments: bool = False) -> None:
-        """The proxy cut the upstream off for a frame over `limit` bytes (or a message in more than MAX_FRAGMENTS
-        frames, `fragments`): an R12, as the harness judges it."""
-        self.router.on_protocol_error(FRAGMENTS_ERROR if fragments else f"frame larger than the {limit} byte limit",
-                                      now)
+    def failed(self, detail: str, now: float) -> None:
+        """The proxy failed the upstream connection for what the server sent (a frame over --max-size, a message in
+        more than MAX_FRAGMENTS frames, text that is not UTF-8, bad framing: `detail`, websocket.failed_for): an R12
+        on the chats open, as the harness's clients judge it, and the recording's close record says so (`check`)."""
+        self.protocol_error = detail
+        self.router.on_protocol_error(detail, now)
 
     def judge_due(self, now: float) -> None:
         for result in self.chats.due(now):
@@ -532,7 +533,7 @@ class LiveConnection:
         for result, abandoned in self.chats.closed(now, by_client=by_client):
             self._finished(result, abandoned=abandoned)
         if self.log is not None and self.live.recorder is not None:
-            self.log.close(now, code, by_client=by_client)
+            self.log.close(now, code, by_client=by_client, error=self.protocol_error)
             self.live.recorder.save(self.log, keep=True if self.failing else None)  # None: --record-all decides
             self.live.recorded(now)
         self.live.connection_closed(self)
@@ -568,13 +569,6 @@ def _close_of(ws: Any) -> tuple[int, str]:
     if rcvd is not None and (rcvd.code in EXTERNAL_CLOSE_CODES or 3000 <= rcvd.code < 5000):
         return rcvd.code, rcvd.reason
     return 1000, ""
-
-
-def _cut_for_size(ws: Any) -> bool:
-    """True when the proxy itself closed `ws` with 1009: its peer sent a frame over the proxy's max size."""
-    protocol = getattr(ws, "protocol", None)
-    sent = getattr(protocol, "close_sent", None)
-    return sent is not None and sent.code == 1009 and not getattr(protocol, "close_rcvd_then_sent", False)
 
 
 async def _close_within(ws: Any, code: int, reason: str, timeout: float = CLOSE_TIMEOUT) -> None:
@@ -728,8 +722,7 @@ class Proxy:
                     record("auth_failed" if conn.auth_failed else "ok")
                     changed.set()
             except ConnectionClosed:
-                if _cut_for_size(upstream):  # as the harness judges an oversized frame: an R12 for the chats on it
-                    conn.oversized(self.max_size, self.clock(), upstream.protocol.close_sent.reason == TOO_MANY_FRAGMENTS)
+                pass
             finally:
                 closed_by.append(side)
                 changed.set()
@@ -758,13 +751,18 @@ class Proxy:
             # Give an upstream close to the client and vice versa (same code and reason), within a bound; a peer
             # that does not answer the close in time (it stopped reading) has its connection dropped.
             to_client, to_upstream = _close_of(upstream), _close_of(client)
-            # A side the proxy cut off for an oversized frame got 1009; the other side is told why it ends, not 1009
-            # (it sent nothing too big): the client that the upstream misbehaved (1014, bad gateway), the upstream
-            # that its client is gone (1001).
-            if _cut_for_size(upstream):
-                to_client = 1014, f"upstream frame over the proxy's {self.max_size} byte limit"
-            if _cut_for_size(client):
-                to_upstream = 1001, "the client sent a frame over the proxy's size limit"
+            # A side the proxy failed for what it sent (a frame over --max-size, text that is not UTF-8, bad framing)
+            # got 1009, 1007 or 1002; the other side is told why it ends, not that code (it sent nothing wrong): the
+            # client that the upstream misbehaved (1014, bad gateway; a clean 1000 told it all was well), the
+            # upstream that its client is gone (1001). The upstream's is an R12 on the chats open, as the harness's
+            # clients judge it (they were judged lost mid-run, and parked for a resume, with no word of why).
+            up_failure = failed_for(upstream.protocol, self.max_size)
+            if up_failure is not None:
+                conn.failed(up_failure, self.clock())
+                to_client = 1014, f"upstream {up_failure}"
+            client_failure = failed_for(client.protocol, self.max_size)
+            if client_failure is not None:
+                to_upstream = 1001, f"the client is gone ({client_failure})"
             await asyncio.gather(_close_within(client, *to_client), _close_within(upstream, *to_upstream))
             if not attempt:
                 code = _close_of(upstream)[0]

@@ -78,17 +78,32 @@ def handshake_options(settings: ConnectSettings) -> dict[str, Any]:
     }
 
 
+def close_detail(sent: Any, max_size: int) -> str | None:
+    """The R12 detail of a close frame this end sent for what its peer sent (None for any other code): a frame over
+    `max_size` or a message in too many fragments (1009), text that is not UTF-8 (1007), bad framing (1002: a reserved
+    bit or opcode, a masked server frame, a control frame over 125 bytes or fragmented, a close code or reason that is
+    none), the words every driver gives."""
+    if sent is None or sent.code not in (1002, 1007, 1009):
+        return None
+    if sent.code == 1009:
+        return FRAGMENTS_ERROR if sent.reason == TOO_MANY_FRAGMENTS else f"frame larger than the {max_size} byte limit"
+    return "text frame that is not valid UTF-8" if sent.code == 1007 else "WebSocket protocol error"
+
+
+def failed_for(protocol: Any, max_size: int) -> str | None:
+    """What a peer sent that made this end of a websockets connection fail it (RFC 6455 7.1.7), close_detail's words;
+    None when it did not: a close the peer started is echoed, whatever its code, and the echo is no failure of ours
+    (the proxy passes the upstream's close on to its client as it came)."""
+    sent = getattr(protocol, "close_sent", None)
+    return None if sent is getattr(protocol, "close_rcvd", None) else close_detail(sent, max_size)
+
+
 def record_close(transport: Any, protocol: Any) -> None:
-    """Set a transport's close_code, close_reason and protocol_error from a websockets protocol that ended."""
-    sent = protocol.close_sent
-    if sent is not None and sent.code in (1002, 1007, 1009):
-        # We closed because of what the server sent: a frame over max_size (or a message in too many fragments),
-        # bad UTF-8, bad framing.
-        transport.protocol_error = {1009: f"frame larger than the {transport.settings.max_size} byte limit",
-                                    1007: "text frame that is not valid UTF-8",
-                                    1002: "WebSocket protocol error"}[sent.code]
-        if sent.code == 1009 and sent.reason == TOO_MANY_FRAGMENTS:
-            transport.protocol_error = FRAGMENTS_ERROR
+    """Set a transport's close_code, close_reason and protocol_error from a websockets protocol that ended. (A close
+    the server started with 1002, 1007 or 1009, echoed, is read as picows reads it: an R12 too.)"""
+    failure = close_detail(protocol.close_sent, transport.settings.max_size)
+    if failure is not None:
+        transport.protocol_error = failure
     rcvd = protocol.close_rcvd
     if rcvd is not None:
         transport.close_code = rcvd.code

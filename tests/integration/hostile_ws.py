@@ -403,3 +403,28 @@ def reserved_bits(bits: int) -> Handler:
             writer.write(bytes(marked))
         await read_until_gone(reader)
     return server
+
+
+# Frames a server may not send (RFC 6455 5.2, 5.5, 7.4, 8.1), each failing the connection at the client's end, and
+# what the chats on it are told (the R12 detail chatprobe's clients and the proxy give).
+BROKEN_FRAMES = {
+    "text-not-utf8": (frame(1, b'{"type": "agent_thinking", "run_id": "r1", "seq": 2, "payload": {"thought": "\xff"}}'),
+                      "text frame that is not valid UTF-8"),
+    "rsv2": (bytes([0x81 | 0x20, 2]) + b"{}", "WebSocket protocol error"),
+    "masked": (bytes([0x81, 0x80 | 2]) + b"\0\0\0\0{}", "WebSocket protocol error"),
+    "ping-over-125-bytes": (frame(9, b"p" * 126), "WebSocket protocol error"),
+    "fragmented-ping": (frame(9, b"p", fin=False), "WebSocket protocol error"),
+    "reserved-opcode": (frame(3, b"x"), "WebSocket protocol error"),
+    "close-code-1005": (frame(8, struct.pack("!H", 1005)), "WebSocket protocol error"),
+    "close-reason-not-utf8": (frame(8, struct.pack("!H", 1000) + b"\xff\xfe"), "text frame that is not valid UTF-8"),
+}
+
+
+def breaks_framing(broken: bytes) -> Handler:
+    """Upgrades with no extension, sends the run's first event, then `broken` (one of BROKEN_FRAMES), then reads."""
+    async def server(reader: Reader, writer: Writer, head: bytes, srv: Raw) -> None:
+        writer.write(upgrade(head))
+        first, *_ = run_frames(await welcome_and_message(reader, writer))
+        writer.write(frame(1, first) + broken)
+        await read_until_gone(reader)
+    return server

@@ -25,7 +25,7 @@ from harness.sinks import Sink
 from harness.targets import Target, TokenProvider
 from monitors.metrics import ChatMetrics, MetricsSink
 from monitors.proxy import LiveChats, Proxy, start_proxy
-from tests.integration.hostile_ws import fragments, raw
+from tests.integration.hostile_ws import BROKEN_FRAMES, breaks_framing, fragments, raw
 
 EXP = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=10.0)
 
@@ -585,6 +585,57 @@ async def test_an_upstream_message_in_millions_of_tiny_fragments_is_the_r12_the_
     (result,) = sink.results
     assert [v.reason for v in result.violations if v.rule.value == "R12"] == [
         "malformed frame: message in more than 4096 fragments"], result.violations
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_FRAMES))
+async def test_an_upstream_frame_that_breaks_the_protocol_is_the_r12_the_clients_give_and_the_client_is_told(
+        broken, tmp_path):
+    """The upstream sends a frame no server may send (text that is not UTF-8, a reserved bit or opcode, a masked
+    frame, a control frame over 125 bytes or fragmented, a close code or reason that is none). The proxy fails that
+    connection, and: the chat's R12 says why, as chatprobe's clients say it (it was judged lost mid-run with no word
+    of why); the user is told the upstream misbehaved (1014), never a clean 1000; `check` of the proxy's recording
+    gives the same R12."""
+    from harness.offline import check_files
+    from harness.recorder import Recorder
+
+    written, detail = BROKEN_FRAMES[broken]
+
+    class Keeps(MetricsSink):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.results = []
+
+        def chat_finished(self, result):
+            self.results.append(result)
+            super().chat_finished(result)
+
+    sink = Keeps(ChatMetrics(CollectorRegistry()), "up", "live")
+    live = LiveChats(load_profile("netra"), sink, EXP, "live", 0.2, Recorder(tmp_path / "rec", keep_all=False))
+    async with raw(breaks_framing(written)) as upstream:
+        server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.port}", live), "127.0.0.1", 0)
+        try:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+            async with websockets.asyncio.client.connect(url, open_timeout=5, close_timeout=2) as user:
+                await user.recv()  # the welcome
+                await user.send(json.dumps({"type": "user_message", "payload": {"content": "hi", "message_id": "m1"}}))
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    async with asyncio.timeout(10):
+                        while True:
+                            await user.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1014, closed.value
+            assert detail in closed.value.rcvd.reason
+            await until(lambda: not live.open)  # the connection is done with (its chat parked for a resume)
+            live.stop()  # judged now, not at its deadline
+        finally:
+            server.close()
+    (result,) = sink.results
+    assert [v.reason for v in result.violations if v.rule.value == "R12"] == [f"malformed frame: {detail}"], \
+        result.violations
+    (recording,) = list((tmp_path / "rec").glob("*.jsonl"))
+    (run,) = check_files([recording], load_profile("netra"))
+    (chat,) = run.results
+    assert [v.reason for v in chat.violations if v.rule.value == "R12"] == [f"malformed frame: {detail}"], \
+        chat.violations
 
 
 @pytest.mark.parametrize("offered", ["jwt.X x", "jwt/X", "jwt.\u00e4X"])
