@@ -311,7 +311,7 @@ def build() -> dash_m.Dashboard:
         ),
         _timeseries(
             "Proxy refused connections by reason",
-            "Client connections `chatprobe proxy` refused per second: bad_request (400), over_capacity and "
+            "Client connections `chatprobe proxy` refused per second: bad_request (4xx), over_capacity and "
             "per_address_limit (503) (docs/metrics.md#metrics).",
             [_query(f"sum by (reason) (rate(chatprobe_proxy_refused_connections_total{{{RUN_SEL}}}[{RATE}]))",
                     "{{reason}}")],

@@ -306,8 +306,9 @@ class FrontDoor:
         """Count a refusal and say so, a line a minute."""
         self.count_refusal(sink, reason)
         if reason == "bad_request":
-            self.throttle.warn(reason, "answered 400 to a request target that is not a plain path (from %s): the "
-                               "proxy only ever connects to --upstream", peer or "unknown")
+            self.throttle.warn(reason, "refused an upgrade the proxy does not pass on (from %s): a request target "
+                               "that is not a plain path (the proxy only ever connects to --upstream), a malformed "
+                               "Sec-WebSocket-Protocol or a handshake websockets refuses", peer or "unknown")
         elif reason == "over_capacity":
             self.throttle.warn(reason, "answered 503: all %d connections (--max-connections) are in use",
                                self.max_connections)

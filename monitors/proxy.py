@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed, InvalidHeader, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidHeader, InvalidStatus
 from websockets.frames import EXTERNAL_CLOSE_CODES
 from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
@@ -622,6 +622,14 @@ class Proxy:
         except BadTarget as exc:
             door.refuse(sink, "bad_request", peer)
             return conn.respond(HTTPStatus.BAD_REQUEST, f"bad request target: {exc}\n")
+        try:
+            # websockets' own checks of the client's upgrade (its key, version, Upgrade and Connection), which it makes
+            # only after this: a request it is going to refuse had an upstream connection opened for it first (a whole
+            # handshake, with the user's credentials) and its refusal counted nowhere.
+            conn.protocol.process_request(request)
+        except InvalidHandshake:
+            door.refuse(sink, "bad_request", peer)
+            return conn.protocol.accept(request)  # websockets' own answer to it: 400, 405, 426 or 505, and why
         try:
             # websockets' own parser: what the upstream connection would refuse to offer is the client's fault (400),
             # not the upstream's (it was a 502 and a protocol_error on the upstream's dashboard).

@@ -164,6 +164,38 @@ async def test_no_request_target_makes_the_proxy_connect_anywhere_but_the_upstre
         other.server.close()
 
 
+# Upgrades the proxy answers 4xx itself (websockets' own checks of the client's handshake), with what was wrong.
+BAD_HANDSHAKES = {
+    "key-of-8-bytes": ({"Sec-WebSocket-Key": base64.b64encode(b"12345678").decode()}, 400),
+    "key-of-32-bytes": ({"Sec-WebSocket-Key": base64.b64encode(os.urandom(32)).decode()}, 400),
+    "key-not-base64": ({"Sec-WebSocket-Key": "!" * 24}, 400),
+    "version-8": ({"Sec-WebSocket-Version": "8"}, 400),
+    "no-upgrade-token": ({"Connection": "keep-alive"}, 426),
+    "upgrade-to-h2c": ({"Upgrade": "h2c"}, 426),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_HANDSHAKES))
+async def test_an_upgrade_the_proxy_refuses_opens_no_upstream_connection_and_is_counted(bad):
+    """websockets answers a client's bad upgrade (a Sec-WebSocket-Key of 8 or 32 bytes, a version it does not speak,
+    no upgrade asked) with a 4xx, but only after the proxy's process_request: the proxy had opened an upstream
+    connection for it first (a whole handshake, with the user's credentials, then closed: one upstream session per
+    bad request), and counted the refusal nowhere."""
+    extra, status = BAD_HANDSHAKES[bad]
+    upstream = await Recorded().start()
+    server, port, metrics = await in_process_proxy(f"ws://127.0.0.1:{upstream.port}")
+    try:
+        for _ in range(3):
+            assert await status_of(port, "/ws", extra=extra) == status
+        assert upstream.requests == []
+        assert refused(metrics, "bad_request") == 3
+        assert await status_of(port, "/ws") == 101  # a good upgrade still goes through
+        assert [p for p, _ in upstream.requests] == ["/ws"]
+    finally:
+        server.close()
+        upstream.server.close()
+
+
 async def test_upstream_url_is_the_base_path_plus_the_request_path_and_query():
     upstream = await Recorded().start()
     server, port, _ = await in_process_proxy(f"ws://127.0.0.1:{upstream.port}/base/")
