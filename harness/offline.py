@@ -48,7 +48,7 @@ from .recordings import (
     read_recording,
     recorded_runs,
 )
-from .results import Listing, ScenarioRun
+from .results import Listing, ListingBudget, ScenarioRun
 from .scenario import Scenario, Stat, expectations_for, invalid_input_expectations
 from .sinks import Sink
 from .stats import Tally, evaluate
@@ -75,6 +75,10 @@ BYTES_CHECK_EVERY = 1024
 MAX_EVENTS_LISTED = 1_000
 # Files of one run judged together (each is open while they are merged): as many as `--record` writes for one run.
 MAX_FILES_MERGED = DEFAULT_MAX_FILES
+# Runs judged by one check (each file named, each run `--record` wrote into a directory named): every run is held until
+# the reports are written (its counts, its objectives, ~20 KB) and a directory may hold any number of them (100,000
+# one-line files of as many run ids held 2 GB). What the runs list is one budget for all (results.ListingBudget).
+MAX_RUNS = 1_000
 # The records held while a run's files are merged (one per file, waiting for its turn), in bytes of memory: each file's
 # share of this bounds its held frame (a frame over it is an R12 naming the bound) and, for a HAR, the response text
 # its reader holds. A run of up to 64 files keeps the 4 MiB default; 1,000 files 256 KiB each.
@@ -154,7 +158,8 @@ class OfflineCheck:
     frame, as the proxy does); on a connection with none recorded, at each new run id; with neither, one chat
     per connection."""
 
-    def __init__(self, profile: Profile, scenario: Scenario, sink: Sink | None = None) -> None:
+    def __init__(self, profile: Profile, scenario: Scenario, sink: Sink | None = None,
+                 listing: ListingBudget | None = None) -> None:
         self.profile = profile
         self.scenario = scenario
         self.name = scenario.name
@@ -178,7 +183,7 @@ class OfflineCheck:
         self.resends: dict[str, tuple[ChatTracker, float, bool]] = {}
         self.resent: set[str] = set()  # chats sent again already (a second loss is judged as any other)
         self.tally = Tally()
-        self.listing = Listing(max_events=MAX_EVENTS_LISTED)
+        self.listing = Listing(max_events=MAX_EVENTS_LISTED, budget=listing)  # (shared by a check's runs)
         self.first_t: float | None = None
         self.now = 0.0
         self.n = 0
@@ -777,13 +782,14 @@ STOPPED_NOTE = ("interrupted at record {n}: the rest of the recording was not re
 
 
 def _check_each(path: str | Path, profile: Profile, scenario: Scenario | None, fmt: str | None, sink: Sink | None,
-                max_frame: int, max_text: int, stop: Stop | None = None) -> Iterator[ScenarioRun]:
+                max_frame: int, max_text: int, stop: Stop | None = None, listing: ListingBudget | None = None
+                ) -> Iterator[ScenarioRun]:
     """A file judged as one run; a directory as one run per run `--record DIR` wrote into it (each run's files
     merged in time order), named after the directory and the run id when it holds more than one."""
     p = Path(path)
     if not p.is_dir():
         yield _judge(run_name(path), str(path), read_recording(p, fmt, max_frame=max_frame, max_text=max_text),
-                     profile, scenario, sink, stop)
+                     profile, scenario, sink, stop, listing)
         return
     runs = _recording_files(p)
     for run_id, files in runs:
@@ -792,13 +798,13 @@ def _check_each(path: str | Path, profile: Profile, scenario: Scenario | None, f
         name, target = run_name(path), str(path)
         if len(runs) > 1 and run_id is not None:
             name, target = run_name(f"{p.name}-{run_id}"), f"{path} (run {run_id})"
-        yield _judge(name, target, _merged(files, fmt, max_frame, max_text), profile, scenario, sink, stop)
+        yield _judge(name, target, _merged(files, fmt, max_frame, max_text), profile, scenario, sink, stop, listing)
 
 
 def _judge(name: str, target: str, records: Iterable[Recorded], profile: Profile, scenario: Scenario | None,
-           sink: Sink | None, stop: Stop | None = None) -> ScenarioRun:
+           sink: Sink | None, stop: Stop | None = None, listing: ListingBudget | None = None) -> ScenarioRun:
     base = scenario or Scenario(name="check")
-    check = OfflineCheck(profile, base.model_copy(update={"name": name}), sink)
+    check = OfflineCheck(profile, base.model_copy(update={"name": name}), sink, listing)
     wall = time.monotonic()
     n = 0
     stopped = False
@@ -853,16 +859,21 @@ def check_files(paths: Iterable[str | Path], profile: Profile, scenario: Scenari
         raise RecordingError("chatprobe check: give at least one recording file")
     if fmt is not None and fmt not in FORMATS:
         raise RecordingError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    for p in paths:
+    n_runs = 0
+    for i, p in enumerate(paths):
         if not (Path(p).is_file() or Path(p).is_dir()):
             raise RecordingError(_not_a_recording(p))
-        if Path(p).is_dir():
-            _recording_files(Path(p))
+        n_runs += len(_recording_files(Path(p))) if Path(p).is_dir() else 1
+        if n_runs > MAX_RUNS:
+            raise RecordingError(f"{p}: {n_runs} recorded runs{' with the paths before it' if i else ''}, more than "
+                                 f"the {MAX_RUNS} one check judges; check them in parts")
+    # What the runs list (their first passing and failing chats, with their events): one bound for the whole check.
+    listing = ListingBudget("of the whole check") if n_runs > 1 else None
     runs: list[ScenarioRun] = []
     for p in paths:
         if stop is not None and stop.is_set():
             break
-        runs.extend(_check_each(p, profile, scenario, fmt, sink, max_frame, max_text, stop))
+        runs.extend(_check_each(p, profile, scenario, fmt, sink, max_frame, max_text, stop, listing))
     return runs
 
 

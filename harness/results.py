@@ -31,42 +31,57 @@ MAX_CHATS_LISTED = 1_000
 MAX_LISTED_BYTES = 64 * 1024 * 1024
 
 
+class ListingBudget:
+    """What the Listings that draw on it list between them: the first MAX_CHATS_LISTED passing and MAX_CHATS_LISTED
+    not passing chats, their events up to MAX_LISTED_BYTES. One per run of `chatprobe run`; one for all the runs of a
+    `chatprobe check`, whose directory may hold any number of recorded runs (a budget each let 1,000 runs list 64 GiB
+    of events between them)."""
+
+    __slots__ = ("passing", "failing", "bytes", "scope")
+
+    def __init__(self, scope: str = "") -> None:
+        self.passing = self.failing = 0
+        self.bytes = 0
+        self.scope = scope  # what the budget is shared by, for the note ("" for one run: its own)
+
+
 class Listing:
     """The chats a run lists (above): `add` every judged chat; a chat not listed keeps no events."""
 
-    __slots__ = ("listed", "passing", "failing", "bytes", "max_events")
+    __slots__ = ("listed", "budget", "max_events")
 
-    def __init__(self, max_events: int | None = None) -> None:
+    def __init__(self, max_events: int | None = None, budget: ListingBudget | None = None) -> None:
         self.listed: list[ChatResult] = []
-        self.passing = self.failing = 0
-        self.bytes = 0
+        self.budget = budget or ListingBudget()
         self.max_events = max_events  # a listed chat's events kept (a copy of the first so many); None: as judged
 
     def add(self, result: ChatResult) -> bool:
         """List `result` if there is room; True when it was listed."""
+        budget = self.budget
         passing = result.outcome is Outcome.PASSED
-        if (self.passing if passing else self.failing) >= MAX_CHATS_LISTED:
+        if (budget.passing if passing else budget.failing) >= MAX_CHATS_LISTED:
             _let_go(result)  # counted, not listed: nothing keeps its events
             return False
-        if self.bytes > MAX_LISTED_BYTES:
+        if budget.bytes > MAX_LISTED_BYTES:
             _let_go(result)
         else:
             if self.max_events is not None:
                 result.events = result.events[:self.max_events]
-            self.bytes += sum(kept_bytes(ev) for ev in result.events)
+            budget.bytes += sum(kept_bytes(ev) for ev in result.events)
         self.listed.append(result)
         if passing:
-            self.passing += 1
+            budget.passing += 1
         else:
-            self.failing += 1
+            budget.failing += 1
         return True
 
     def note(self, chats: int) -> str | None:
         """What a run's report says when it lists fewer chats than it judged."""
         if chats <= len(self.listed):
             return None
+        scope = f" {self.budget.scope}" if self.budget.scope else ""
         return (f"{chats} chats judged, {len(self.listed)} listed (the first {MAX_CHATS_LISTED:,} passing and the "
-                f"first {MAX_CHATS_LISTED:,} not passing); the figures count them all")
+                f"first {MAX_CHATS_LISTED:,} not passing{scope}); the figures count them all")
 
 
 def _let_go(result: ChatResult) -> None:

@@ -797,6 +797,56 @@ def test_the_events_of_many_open_chats_stay_within_a_byte_bound(tmp_path, monkey
     assert listed <= (1 << 20) + 100 * 400  # the bound, and the one chat that crossed it
 
 
+def _runs_dir(tmp_path: Path, n: int, recs: list) -> Path:
+    """A directory of `n` recorded runs (as `--record DIR` names its files), each one file of `recs`."""
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    for i in range(n):
+        write_jsonl(folder / f"20261202T{i // 3600 % 24:02d}{i // 60 % 60:02d}{i % 60:02d}000000Z-{i % 4096:06x}-000001-u.jsonl",
+                    recs)
+    return folder
+
+
+def test_a_directory_of_more_recorded_runs_than_one_check_judges_is_refused_before_any_is_read(tmp_path, monkeypatch):
+    """Every run is held until the reports are written (~20 KB each, its listed chats on top): a directory of 100,000
+    one-line files of as many run ids held 2 GB for 10 minutes. Past MAX_RUNS (one file, or several paths, alike) it
+    is exit 2 before anything is read, naming the path and saying what to do."""
+    import subprocess
+    import sys
+
+    from harness import offline
+
+    folder = _runs_dir(tmp_path, offline.MAX_RUNS + 1, ["x"])
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "harness", "check", str(folder), "-q"], cwd=root, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and str(folder) in proc.stderr and "check them in parts" in proc.stderr, \
+        proc.stderr
+    one = write_jsonl(tmp_path / "one.jsonl", ["x"])
+    monkeypatch.setattr(offline, "MAX_RUNS", 3)
+    with pytest.raises(RecordingError, match="one.jsonl: 4 recorded runs with the paths before it, more than the 3 "):
+        check_files([one, one, one, one], NETRA, SC)
+
+
+def test_the_runs_of_one_check_list_their_chats_within_one_bound(tmp_path, monkeypatch):
+    """What a run lists (its first passing and failing chats, with their events) is bounded per run; a directory of
+    many recorded runs listed as much for each (1,000 runs: up to 64 GiB of events). One bound for the whole check:
+    every chat is still counted in its own run's figures, and the runs that listed fewer say so."""
+    from harness import results
+
+    monkeypatch.setattr(results, "MAX_CHATS_LISTED", 3)
+    recs = []
+    for i in range(2):  # two chats, each missing its terminal event: not passing
+        recs += [send(i * 1.0, f"c{i}", thread=f"t{i}", message=f"m{i}"),
+                 *netra_run(f"r{i}", i * 1.0, f"c{i}", thread=f"t{i}", roles=ROLES[:-1])]
+    runs = check_files([_runs_dir(tmp_path, 4, recs)], NETRA, SC)
+    assert [r.stats.chats for r in runs] == [2, 2, 2, 2]
+    assert sum(len(r.results) for r in runs) == 3
+    assert [len(r.results) for r in runs] == [2, 1, 0, 0]
+    assert all("of the whole check" in r.errors[-1] for r in runs[1:]), [r.errors for r in runs]
+
+
 # -- stopped from outside (Ctrl-C, SIGTERM) --
 
 def _many_runs(tmp_path: Path, n: int, name: str = "r.jsonl") -> Path:
