@@ -693,6 +693,9 @@ class Proxy:
                 attempt.append(result)
                 self.live.sink.connection_attempt(self.live.scenario, result)
 
+        # Who ended the connection is the side whose connection closed: a send to the other side that finds it gone
+        # is that side's doing. (A user who dropped while the server streamed was the server closing mid-run, parked and
+        # judged lost; a server that dropped while the client sent was the user abandoning the chat.)
         async def client_to_upstream() -> None:
             side = "client"
             try:
@@ -701,6 +704,9 @@ class Proxy:
                     try:
                         async with asyncio.timeout(self.send_timeout):
                             await upstream.send(message)
+                    except ConnectionClosed:  # the upstream is gone
+                        side = "server"
+                        break
                     except TimeoutError:
                         door.throttle.warn("upstream_stuck", "the upstream took no frame for %gs: closing the "
                                            "connection", self.send_timeout)
@@ -719,7 +725,8 @@ class Proxy:
                     try:
                         async with asyncio.timeout(self.send_timeout):
                             await client.send(message)
-                    except ConnectionClosed:
+                    except ConnectionClosed:  # the client is gone
+                        side = "client"
                         break
                     except TimeoutError:
                         door.throttle.warn("client_stuck", "a client took no frame for %gs: closing its connection",

@@ -4,10 +4,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import secrets
 import socket
+import struct
 
 import pytest
 import websockets
@@ -116,6 +118,111 @@ async def test_user_leaving_mid_run_is_abandoned():
     finally:
         server.close()
         await sim.stop()
+
+
+def _reset(ws) -> None:
+    """Drop a websockets connection as a lost network or a killed app does: a TCP reset, no close frame."""
+    ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ws.transport.abort()
+
+
+class Counts(MetricsSink):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.results = []
+        self.abandoned = 0
+
+    def chat_finished(self, result):
+        self.results.append(result)
+        super().chat_finished(result)
+
+    def chat_abandoned(self, scenario):
+        self.abandoned += 1
+        super().chat_abandoned(scenario)
+
+
+async def _drops(upstream_handler, user) -> Counts:
+    """10 users through the proxy to `upstream_handler`, each played by `user(url, i)`; every chat judged."""
+    up = await websockets.asyncio.server.serve(upstream_handler, "127.0.0.1", 0, ping_interval=None)
+    sink = Counts(ChatMetrics(CollectorRegistry()), "up", "live")
+    live = LiveChats(load_profile("netra"), sink, EXP, "live", 0.1)
+    server = await start_proxy(Proxy(f"ws://127.0.0.1:{up.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
+    try:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        await asyncio.gather(*(user(url, i) for i in range(10)))
+        await until(lambda: not live.open)  # every connection done with
+        live.stop()  # a chat parked for a resume is judged now, not at its deadline
+    finally:
+        server.close()
+        up.close()
+    assert len(sink.results) == 10
+    return sink
+
+
+async def _welcome_and_run(ws) -> None:
+    """The upstream's side of a chat's start: the welcome, the user's message, the run's first event."""
+    await ws.send(json.dumps({"type": "connection_established", "data": {"user_id": "u"}}))
+    message_id = json.loads(await ws.recv())["payload"]["message_id"]
+    await ws.send(json.dumps({"type": "agent_started", "run_id": f"r-{message_id}", "seq": 1,
+                              "payload": {"message_id": message_id}}))
+
+
+async def _start_chat(url: str, i: int):
+    ws = await websockets.asyncio.client.connect(url, open_timeout=5, max_queue=4)
+    await ws.recv()  # the welcome
+    await ws.send(json.dumps({"type": "user_message", "payload": {"content": "hi", "message_id": f"m{i}"}}))
+    await ws.recv()  # the run's first event
+    return ws
+
+
+async def test_a_user_who_drops_while_the_server_streams_abandoned_the_chat():
+    """The server streams a run's events without a pause (tokens); mid-run the user's network goes (a reset). The
+    proxy's send of the next event finds the client gone: that is the user leaving, as when the server was quiet.
+    It was taken for the server closing the connection mid-run (every chat parked for a resume, then judged lost:
+    incomplete, on the server's dashboard)."""
+    async def streams(ws):
+        await _welcome_and_run(ws)
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for seq in itertools.count(2):
+                await ws.send(json.dumps({"type": "agent_thinking", "run_id": "r", "seq": seq,
+                                          "payload": {"thought": "x" * 100}}))
+                await asyncio.sleep(0)
+
+    async def user(url, i):
+        ws = await _start_chat(url, i)
+        for _ in range(20):
+            await ws.recv()
+        _reset(ws)
+
+    sink = await _drops(streams, user)
+    assert sink.abandoned == 10, [r.note for r in sink.results]
+
+
+async def test_a_server_that_drops_while_the_user_sends_closed_the_connection_itself():
+    """Mid-run the user's client sends frames (keepalives) without a pause; the server's connection goes (a reset).
+    The proxy's send of the next frame finds the upstream gone: that is the server closing the connection mid-run
+    (the chat parked for a resume, then judged lost). It was taken for the user abandoning the chat: the server's
+    failure hidden from its dashboard."""
+    async def drops(ws):
+        await _welcome_and_run(ws)
+        n = 0
+        async for _ in ws:
+            n += 1
+            if n == 200:
+                _reset(ws)
+                return
+
+    async def user(url, i):
+        ws = await _start_chat(url, i)
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                await ws.send(json.dumps({"type": "ping"}))
+                await asyncio.sleep(0)
+
+    sink = await _drops(drops, user)
+    assert sink.abandoned == 0, [r.note for r in sink.results]
+    assert all(r.outcome is Outcome.INCOMPLETE and r.note.startswith("the server closed the connection mid-run")
+               for r in sink.results), [(r.outcome, r.note) for r in sink.results]
 
 
 async def test_bad_token_is_passed_through_as_auth_failure():
