@@ -570,6 +570,16 @@ class _BoundedJSON(io.RawIOBase):
             raise HarTooLarge(f"a string longer than the {self.max_string} byte limit at byte {self.offset}")
 
 
+_B64_SPACE = {ord(c): None for c in " \t\r\n"}
+
+
+def _base64(text: str) -> bytes:
+    """A HAR's base64 (a binary WebSocket message, a body with `encoding: base64`): RFC 4648's alphabet, its lines
+    wrapped or not; binascii.Error for anything else. base64.b64decode without validate drops every character outside
+    the alphabet and decodes the rest: a body that was not base64 read as one."""
+    return base64.b64decode(text.translate(_B64_SPACE), validate=True)
+
+
 def _epoch(v: Any) -> float | None:
     """A HAR message time: epoch seconds (Chromium), or milliseconds when the number is too big to be seconds."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -900,7 +910,7 @@ def _ws_message(msg: dict[str, Any], entry: _Entry, name: str, max_frame: int) -
     frame: str | bytes = data
     if msg.get("opcode") == 2:  # a binary frame, base64 in the HAR
         try:
-            frame = base64.b64decode(data)
+            frame = _base64(data)
         except (binascii.Error, ValueError):
             return Recorded("problem", conn, t=t, detail="binary WebSocket message not in base64", where=where)
     if frame_bytes(frame) > max_frame:
@@ -1030,7 +1040,7 @@ def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True, 
         return
     if body is None and entry.encoding == "base64":
         try:
-            body = base64.b64decode(entry.text or "")
+            body = _base64(entry.text or "")
         except (binascii.Error, ValueError):
             yield Recorded("problem", conn, detail="SSE body not in base64", where=f"{name}: entry {entry.index}")
             return

@@ -286,6 +286,25 @@ def test_an_sse_har_of_each_writer_is_judged_from_its_body(tmp_path, writer):
         assert chats(doc) == [("r1", "passed", [])] if good else [("r1", "failed", ["R5"])], out
 
 
+@pytest.mark.parametrize("junk", ["!!!!", "data: ", "*"])
+def test_an_sse_body_said_to_be_base64_that_is_not_is_an_r12_never_read_as_base64(tmp_path, junk):
+    """`encoding: base64` on a body that is not base64 (characters outside its alphabet before or inside it): an R12
+    saying so. base64.b64decode without validate dropped those characters and decoded the rest: the chat passed on a
+    body no browser wrote. Base64 whose lines are wrapped (76 characters, CRLF) is still read."""
+    har = chrome_sse_base64(agui_body(True), tmp_path)
+    content = har["log"]["entries"][0]["response"]["content"]
+    text = content["text"]
+    content["text"] = junk + text if junk != "*" else "*".join(text[i:i + 4] for i in range(0, len(text), 4))
+    (tmp_path / "junk.har").write_text(json.dumps(har))
+    code, out, doc = chatprobe_check(tmp_path / "junk.har", "--profile", "ag-ui", cwd=tmp_path)
+    assert code == 1 and chats(doc) == [("r1", "incomplete", ["R12"])], out
+    assert "SSE body not in base64" in out, out
+    content["text"] = "\r\n".join(text[i:i + 76] for i in range(0, len(text), 76))
+    (tmp_path / "wrapped.har").write_text(json.dumps(har))
+    code, out, doc = chatprobe_check(tmp_path / "wrapped.har", "--profile", "ag-ui", cwd=tmp_path)
+    assert code == 0 and chats(doc) == [("r1", "passed", [])], out
+
+
 @pytest.mark.parametrize("name", ["../outside.dat", "/tmp/outside.dat", "sub/inner.dat", "link.dat", "missing.dat",
                                   "..", "sub", "fifo.dat"])
 def test_a_playwright_attachment_is_read_only_beside_the_har(tmp_path, name):
