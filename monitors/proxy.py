@@ -670,6 +670,13 @@ class Proxy:
             self.live.sink.connection_attempt(self.live.scenario, classify(exc)[0])
             return conn.respond(HTTPStatus.BAD_GATEWAY, "upstream unreachable\n")
         conn.upstream = upstream  # type: ignore[attr-defined]
+        if conn.connection_lost_waiter.done():
+            # The client left while the upstream answered: FrontDoor._hold, which closes the upstream of a handshake
+            # that fails, ran before there was one to close. Left open, it stayed open for good (the upstream answers
+            # its pings), out of every slot: a client connecting and hanging up at once opened one upstream
+            # connection each time.
+            await _close_within(upstream, 1001, "the client is gone")
+            return None
         conn.identity = credentials_identity(headers, offered, request.path)  # type: ignore[attr-defined]
         conn.secrets = credentials_of(headers.items(), offered, request.path)  # type: ignore[attr-defined]
         return None

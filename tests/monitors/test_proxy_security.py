@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import re
 import resource
@@ -194,6 +195,42 @@ async def test_an_upgrade_the_proxy_refuses_opens_no_upstream_connection_and_is_
     finally:
         server.close()
         upstream.server.close()
+
+
+async def test_a_client_that_hangs_up_while_the_upstream_answers_leaves_no_upstream_connection_open(caplog):
+    """A client sends its upgrade and hangs up while the upstream is still answering (a slow handshake: TLS, a
+    distant server). The proxy closed the upstream of a failed handshake when the client's socket closed, which was
+    before there was an upstream: it stayed open for good (it answers pings), outside every connection slot, one
+    more each time a client connected and hung up."""
+    started, open_now = [0], [0]
+
+    async def handler(ws):
+        started[0] += 1
+        open_now[0] += 1
+        try:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async for _ in ws:
+                    pass
+        finally:
+            open_now[0] -= 1
+
+    async def slow_handshake(conn, request):
+        await asyncio.sleep(0.3)  # wait-ok: the upstream's handshake latency (a TLS round trip or two), no condition
+
+    upstream = await serve(handler, "127.0.0.1", 0, process_request=slow_handshake, ping_interval=None)
+    server, port, metrics = await in_process_proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}")
+    try:
+        for _ in range(5):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(upgrade_request("/ws", f"127.0.0.1:{port}"))
+            await writer.drain()
+            writer.close()
+        await until(lambda: started[0] == 5 and open_now[0] == 0)
+        assert held(metrics) == 0
+    finally:
+        server.close()
+        upstream.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 async def test_upstream_url_is_the_base_path_plus_the_request_path_and_query():
