@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -44,7 +43,7 @@ if TYPE_CHECKING:
     from .results import ScenarioRun
 
 
-_DEFAULTS = {"--chatprobe-target": None, "--chatprobe-profile": "netra", "--chatprobe-token-env": "CHATPROBE_TOKEN",
+_DEFAULTS = {"--chatprobe-target": None, "--chatprobe-profile": "netra", "--chatprobe-token-env": None,
              "--chatprobe-header": None, "--chatprobe-header-env": None}
 
 
@@ -52,7 +51,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("chatprobe")
     g.addoption("--chatprobe-target", default=None, help="agent chat server URL (default: embedded agentsim)")
     g.addoption("--chatprobe-profile", default="netra", help="wire-format profile name or file")
-    g.addoption("--chatprobe-token-env", default="CHATPROBE_TOKEN", help="environment variable with the token")
+    # No default of its own, as `chatprobe run --token-env`: a variable named and not set is a usage error, while
+    # CHATPROBE_TOKEN, taken when set, may be unset (no token: a target that needs none).
+    g.addoption("--chatprobe-token-env", default=None, metavar="VAR",
+                help="read a bearer token from this environment variable (default CHATPROBE_TOKEN if set)")
     g.addoption("--chatprobe-header", action="append", metavar="'NAME: VALUE'",
                 help="send this HTTP header with every connection's request (repeatable); a secret: prefer "
                      "--chatprobe-header-env")
@@ -120,13 +122,16 @@ def _target_options(config: pytest.Config) -> tuple[TargetOptions, Target]:
     no --chatprobe-target), checked by the loaders `chatprobe run` uses; a mistake is pytest's usage error (one line,
     exit 4, before any test runs) naming the --chatprobe- flag."""
     url = config.getoption("--chatprobe-target")
-    token_env = config.getoption("--chatprobe-token-env")
     try:
         opts = TargetOptions(url=url, name="pytest", profile=config.getoption("--chatprobe-profile"),
-                             token_env=token_env if os.environ.get(token_env) else None,
+                             token_env=config.getoption("--chatprobe-token-env"),
                              headers=parse_header_flags(config.getoption("--chatprobe-header"), "headers"),
                              header_env=parse_header_flags(config.getoption("--chatprobe-header-env"), "header_env"))
-        return opts, make_target(opts, read_token(opts), url=url or "ws://127.0.0.1:1")
+        # The token is read as `chatprobe run` reads it, for a --chatprobe-target only (the embedded agentsim's
+        # are minted): a --chatprobe-token-env naming a variable that is not set is refused here, not sent as no
+        # token to fail every test with the server's auth error.
+        tokens = read_token(opts) if url is not None else TokenProvider()
+        return opts, make_target(opts, tokens, url=url or "ws://127.0.0.1:1")
     except ConfigError as exc:
         raise pytest.UsageError(f"chatprobe: {redact.clean(flag_named(exc, '--chatprobe-', PYTEST_FIELDS), 1000)}"
                                 ) from None

@@ -73,3 +73,41 @@ def test_hostile_pytest_plugin_options_are_a_usage_error_naming_the_flag(tmp_pat
                               cwd=tmp_path)
         line = _judge(proc, flag, 4, "ERROR: chatprobe:")
         assert re.match(rf"ERROR: chatprobe: [^\n]*{re.escape(flag)}", line), line
+
+
+def test_pytest_plugin_token_env_naming_an_unset_variable_is_a_usage_error_as_for_run(tmp_path):
+    """FAILED on the old code: `--chatprobe-token-env UNSET` was taken and no token sent (the user's tests then failed
+    with the server's auth errors, far from the cause). Now as `chatprobe run --target … --token-env UNSET`: a usage
+    error at start-up naming the flag and the variable (run: exit 2; pytest's usage error: exit 4). The default
+    variable, used implicitly and unset, is no token, as for `run`; with no --chatprobe-target (the embedded agentsim
+    mints its own tokens) no token is read, as `run` without --target reads none."""
+    from harness.cli import main
+
+    (tmp_path / "test_mine.py").write_text("def test_x(chatprobe):\n    pass\n")
+    env = {k: v for k, v in ENV.items() if k not in ("CHATPROBE_TOKEN", "CHATPROBE_JWT_SECRET", "CP_UNSET_TOKEN")}
+    target = f"ws://127.0.0.1:{_closed_port()}/ws"
+
+    def pytest_run(*flags: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", "-q",
+                "--rootdir", str(tmp_path), str(tmp_path), *flags]
+        return subprocess.run(argv, capture_output=True, timeout=60, env=env, cwd=tmp_path)
+
+    for var in ("CP_UNSET_TOKEN", "CHATPROBE_TOKEN"):  # the default's name given explicitly is named, so needed
+        line = _judge(pytest_run("--chatprobe-target", target, "--chatprobe-token-env", var),
+                      "--chatprobe-token-env", 4, "ERROR: chatprobe:")
+        assert f"--chatprobe-token-env {var}: the variable is not set or empty" in line, line
+    # chatprobe run says the same of the same flag (exit 2).
+    saved = {k: os.environ.pop(k) for k in ("CHATPROBE_TOKEN", "CHATPROBE_JWT_SECRET") if k in os.environ}
+    try:
+        assert main(["run", "basic", "-q", "--target", target, "--token-env", "CP_UNSET_TOKEN"]) == 2
+    finally:
+        os.environ.update(saved)
+    # Taken: the implicit default unset (no token), and the named variable set.
+    for flags, extra in ((["--chatprobe-target", target], {}),
+                         (["--chatprobe-target", target, "--chatprobe-token-env", "CP_UNSET_TOKEN"],
+                          {"CP_UNSET_TOKEN": "t-" + "y" * 20}),
+                         (["--chatprobe-token-env", "CP_UNSET_TOKEN"], {})):
+        env.update(extra)
+        proc = pytest_run(*flags)
+        env.pop("CP_UNSET_TOKEN", None)
+        assert proc.returncode == 0, (flags, proc.stdout.decode()[-2000:], proc.stderr.decode()[-2000:])
