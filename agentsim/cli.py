@@ -200,6 +200,36 @@ _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _TOP_KEY_RE = re.compile(rb"^([A-Za-z_][A-Za-z0-9_-]*)[ \t]*:", re.MULTILINE)
 
+# YAML 1.1's readings of a number its writer may well not have meant: an integer with a leading 0 is octal (`port:
+# 010` is 8), and `1:30` (or `!!int 1:30`) is base-60 (90; `resume_ttl: 1:30` may as well mean an hour and a half).
+# A number field refuses them naming the line; a text field (`jwt_secret: 0123`) takes its plain scalar as written.
+# Hexadecimal (`0x1A`), binary (`0b101`) and digits grouped with `_` (`1_000`) say plainly what they are and are read
+# so. The same choice as chatprobe's own files (harness/yamlfile.py number_problem), written here again: agentsim
+# imports nothing of harness.
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")
+
+
+def _number_problem(node: yaml.Node) -> tuple[int, str] | None:
+    """The line and the reason of the first scalar in `node` that YAML 1.1 reads as a number not meant (above)."""
+    todo = [node]
+    while todo:  # at most MAX_DEPTH deep and MAX_NODES values: _check_events ran first
+        n = todo.pop()
+        if isinstance(n, yaml.SequenceNode):
+            todo.extend(reversed(n.value))
+        elif isinstance(n, yaml.MappingNode):
+            todo.extend(v for pair in reversed(n.value) for v in reversed(pair))
+        elif n.tag in _NUMBER_TAGS:
+            text = str(n.value).strip()
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            if ":" in text:
+                return n.start_mark.line + 1, (f"{shown} is YAML 1.1's base-60 number (1:30 is 90), which may as well "
+                                               "mean hours:minutes; write the number meant")
+            if n.tag == _NUMBER_TAGS[0] and _LEADING_ZERO.fullmatch(text):
+                return n.start_mark.line + 1, (f"{shown} has a leading 0: YAML 1.1 reads it as octal; write the "
+                                               "number without it")
+    return None
+
 
 def _field_before(raw: bytes, end: int | None = None) -> str:
     """" field 'KEY':" for the last top-level key in raw[:end] (where a parser stopped), or ""."""
@@ -339,8 +369,15 @@ def load_config(path: str) -> dict[str, Any]:
             raise ConfigError(f"{where}: given twice (first on line {first_line[key]})")
         first_line[key] = line
         kind = _CONFIG_FIELDS[key]
+        problem = _number_problem(value_node) if kind not in (str, "faults") else None
+        if problem is not None:
+            raise ConfigError(f"{path}:{problem[0]}: field {shown if len(shown) <= 40 else shown[:40] + '…'!r}: "
+                              f"{problem[1]}")
         try:
-            value = yaml.load(yaml.serialize(value_node), Loader=_LOADER)
+            if kind is str and isinstance(value_node, yaml.ScalarNode) and value_node.tag in _NUMBER_TAGS:
+                value = value_node.value  # the text as written, never YAML 1.1's number (`jwt_secret: 0123` is no 83)
+            else:
+                value = yaml.load(yaml.serialize(value_node), Loader=_LOADER)
         except yaml.YAMLError as exc:  # a tag no safe loader constructs (!!python/object...)
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ConfigError(f"{where}: {problem[:120]}") from None

@@ -831,7 +831,10 @@ def apply_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
         if parts[1] not in stat_names[parts[0]]:
             raise ConfigError(f"--objective {item[:80]!r}: {parts[0]} has no {parts[1]!r} "
                               f"(it has {', '.join(stat_names[parts[0]])})")
-        parsed = _flag_scalar(value.strip())
+        try:
+            parsed = _flag_scalar(value.strip())
+        except ConfigError as exc:  # `violations.max=010`: read as a file reads it, so refused as there
+            raise ConfigError(f"--objective {item[:80]!r}: {exc}") from None
         if parsed is None:
             # An unset $VAR in CI (`passed_ratio.min=`) must not quietly remove the gate, defaults included.
             raise ConfigError(f"--objective {item[:80]!r}: a value is needed (an empty or null value would remove "
@@ -873,7 +876,8 @@ def _k6_flag_hint(item: str, objectives: dict[str, Any]) -> str | None:
 
 def _flag_scalar(text: str) -> Any:
     """A flag's value as the same text would be in a scenario file (a number, a string, null); anything that is not
-    one scalar stays the text, for the model to refuse."""
+    one scalar stays the text, for the model to refuse; a number no file may write so (an octal `010`) is a
+    ConfigError."""
     try:
         value = load_scalar(text)
     except (yaml.YAMLError, ValueError, OverflowError):

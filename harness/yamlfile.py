@@ -145,11 +145,52 @@ class _Loader(_BASE_LOADER):  # type: ignore[misc]
 
 
 _LOADER: Any = _Loader
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+# YAML 1.1's other readings of a number that its writer may well not have meant: an integer with a leading 0 is octal
+# (PyYAML reads `deadline: 010` as 8, YAML 1.2 and most people as 10), and an explicit `!!int 1:30` (or `!!float`)
+# tag still asks for base-60 (90), which the plain form is kept from above. Neither is guessed: the file is refused,
+# naming the line and field (number_problem). Hexadecimal (`0x1A`), binary (`0b101`) and digits grouped with `_`
+# (`1_000`) say plainly what they are, as in Python, and are read so.
+LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")
+
+
+def number_problem(node: yaml.Node | None) -> str | None:
+    """Why a scalar that YAML 1.1 reads as a number must not be read so (above), or None."""
+    if not isinstance(node, yaml.ScalarNode) or node.tag not in (_INT_TAG, _FLOAT_TAG):
+        return None
+    text = node.value.strip()
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    if ":" in text:
+        return (f"{shown} is YAML 1.1's base-60 number (1:30 is 90), which may as well mean hours:minutes; write "
+                "the number meant (a duration with its units: 1m30s, 1h30m)")
+    if node.tag != _INT_TAG or not LEADING_ZERO.fullmatch(text):
+        return None
+    sign, digits = ("-" if text[0] == "-" else ""), text.lstrip("+-").replace("_", "")
+    if len(digits) > 30:  # (no int() of a megabyte of digits)
+        return f"{shown} has a leading 0: YAML 1.1 reads such an integer as octal; write it without the leading 0"
+    decimal = f"{sign}{int(digits)}"
+    if set(digits) <= set("01234567"):
+        octal = f"{sign}{int(digits, 8)}"
+        if octal == decimal:
+            return f"{shown} has a leading 0: YAML 1.1 reads it as octal; write {decimal} without it"
+        return (f"{shown} has a leading 0: YAML 1.1 reads it as octal {octal}, YAML 1.2 as {decimal}; write {decimal} "
+                f"(or {octal}) without the leading 0")
+    return f"{shown} has a leading 0: YAML 1.1 reads such an integer as octal; write {decimal} without it"
 
 
 def load_scalar(text: str) -> Any:
-    """One value's text (a flag's) as a configuration file reads it (`1:30` stays text there too)."""
-    return yaml.load(text, Loader=_LOADER)
+    """One value's text (a flag's) as a configuration file reads it (`1:30` stays text there too); a number written
+    as a file may not write it (number_problem) is a ConfigError with the reason."""
+    loader = _LOADER(text)
+    try:
+        node = loader.get_single_node()
+        problem = number_problem(node)
+        if problem is not None:
+            raise ConfigError(problem)
+        return loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
 
 
 def _part_text(part: Any) -> str:
@@ -199,27 +240,36 @@ def _check_events(text: str, path: str) -> None:
 
 def _check_nodes(node: yaml.Node | None, path: str) -> None:
     """Duplicate keys (YAML lets a later key silently replace an earlier one; in a config that is always a mistake),
-    and the size with aliases expanded (20 aliases that each double a list still make a million values)."""
+    numbers YAML 1.1 reads otherwise than they were likely meant (number_problem), and the size with aliases expanded
+    (20 aliases that each double a list still make a million values)."""
     sizes: dict[int, int] = {}
 
-    def visit(n: yaml.Node) -> int:
+    def visit(n: yaml.Node, at: tuple[Any, ...]) -> int:  # at: (the parent's `at`, this node's key or index)
         known = sizes.get(id(n))
         if known is not None:  # an alias of a node already checked: only its size counts again
             return known
+        problem = number_problem(n)
+        if problem is not None:
+            parts: list[Any] = []
+            while at:
+                at, part = at
+                parts.insert(0, part)
+            shown = ".".join(_part_text(p) for p in parts[:12]) + ("…" if len(parts) > 12 else "")
+            raise ConfigError(f"{path}:{n.start_mark.line + 1}: field '{shown or '(top level)'}': {problem}")
         size = 1
         if isinstance(n, yaml.MappingNode):
             seen: dict[Any, int] = {}
             for key_node, value_node in n.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
                 if isinstance(key_node, yaml.ScalarNode):
-                    key = key_node.value
                     if key in seen:
                         raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r} (first on line {seen[key]})",
                                                    problem_mark=key_node.start_mark)
                     seen[key] = key_node.start_mark.line + 1
-                size += visit(key_node) + visit(value_node)
+                size += visit(key_node, (at, key)) + visit(value_node, (at, key))
         elif isinstance(n, yaml.SequenceNode):
-            for item in n.value:
-                size += visit(item)
+            for i, item in enumerate(n.value):
+                size += visit(item, (at, i))
         sizes[id(n)] = size
         if size > MAX_NODES:
             raise ConfigError(f"{path}:{n.start_mark.line + 1}: more than {MAX_NODES} values once its aliases are "
@@ -227,7 +277,7 @@ def _check_nodes(node: yaml.Node | None, path: str) -> None:
         return size
 
     if node is not None:
-        visit(node)  # recursion at most MAX_DEPTH deep: _check_events ran first
+        visit(node, ())  # recursion at most MAX_DEPTH deep: _check_events ran first
 
 
 def _compose_checked(text: str, path: str) -> tuple[yaml.Node | None, Any]:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,39 @@ def test_bad_config_exits_2_naming_file_line_field(tmp_path, capsys, text, needl
     err = capsys.readouterr().err
     assert str(path) in err and needle in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text,needle", [
+    # FAILED on the old code, each taken as YAML 1.1 reads it: octal (port 8, 8 runs) and base-60 (90 s, 1.5 h?).
+    ("seed: 1\nport: 010\n", ":2: field 'port': 010 has a leading 0: YAML 1.1 reads it as octal"),
+    ("max_runs: 0_10\n", ":1: field 'max_runs': 0_10 has a leading 0"),
+    ("max_size: 010\n", ":1: field 'max_size': 010 has a leading 0"),
+    ("tool_latency:\n  - 0\n  - 010\n", ":3: field 'tool_latency': 010 has a leading 0"),
+    ("resume_ttl: 1:30\n", ":1: field 'resume_ttl': 1:30 is YAML 1.1's base-60 number"),
+    ("resume_ttl: !!int 1:30\n", ":1: field 'resume_ttl': 1:30 is YAML 1.1's base-60 number"),
+    ("think: 0:30.5\n", ":1: field 'think': 0:30.5 is YAML 1.1's base-60 number"),
+])
+def test_a_yaml_1_1_octal_or_base_60_number_exits_2_naming_file_line_field(tmp_path, capsys, text, needle):
+    path = tmp_path / "agentsim.yaml"
+    path.write_text(text)
+    with socket.create_server(("127.0.0.1", 0)) as busy:  # a config taken (the old code) cannot listen: exit 1
+        assert cli.main(["--config", str(path), "--port", str(busy.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and needle in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_yaml_1_1_numbers_are_read_as_written_or_refused_never_guessed(tmp_path):
+    """A text field takes its plain scalar as written (FAILED on the old code: `jwt_secret: 01234567` was the octal
+    342391, `1:30` the base-60 90); hexadecimal, binary and digits grouped with `_` are the numbers they plainly
+    are; a decimal point makes no octal."""
+    path = tmp_path / "agentsim.yaml"
+    path.write_text("jwt_secret: 01234567\nseed: 0x1A\nmax_runs: 1_000\nmax_events_per_run: 0b101\n"
+                    "resume_ttl: 010.5\n")
+    assert cli.load_config(str(path)) == {"jwt_secret": "01234567", "seed": 26, "max_runs": 1000,
+                                          "max_events_per_run": 5, "resume_ttl": 10.5}
+    path.write_text("jwt_secret: 1:30\n")
+    assert cli.load_config(str(path)) == {"jwt_secret": "1:30"}
 
 
 def test_ground_truth_that_cannot_be_written_exits_2(tmp_path, capsys):

@@ -264,6 +264,79 @@ def test_a_base_60_number_is_no_count_nor_a_flags_duration(tmp_path, capsys):
     assert (load_scalar("1:30"), load_scalar("'1:30'"), load_scalar("90"), load_scalar("1.5")) == ("1:30", "1:30", 90, 1.5)
 
 
+@pytest.mark.parametrize("field, yaml_text, words", [
+    # FAILED on the old code, each read as YAML 1.1 reads it and taken in silence: a leading 0 is octal (a deadline of
+    # 8 s, 8 users, an objective of 8 violations where 10 was written), and an explicit `!!int`/`!!float` tag still
+    # asked for base-60 (90, where the plain 1:30 is already refused).
+    ("expect.deadline", "expect: {deadline: 010}", "octal 8, YAML 1.2 as 10; write 10 (or 8)"),
+    ("users", "users: 010", "octal 8"),
+    ("stages.0.users", "stages: [{duration: 1s, users: -012}]", "octal -10, YAML 1.2 as -12"),
+    ("objectives.violations.max", "objectives: {violations: {max: 0_10}}", "octal 8"),
+    ("expect.deadline", "expect: {deadline: !!int 1:30}", "base-60"),
+    ("chats_per_user", "chats_per_user: !!int 1:30", "base-60"),
+    ("think_time.max", "think_time: {min: 1s, max: !!float 1:30.5}", "base-60"),
+    ("expect.deadline", "expect: {deadline: !!int 09}", "write 9 without it"),
+])
+def test_a_yaml_1_1_octal_or_tagged_base_60_number_is_refused(tmp_path, field, yaml_text, words):
+    from harness.scenario import load_scenario
+    from harness.yamlfile import ConfigError
+
+    scenario = tmp_path / "octal.yaml"
+    scenario.write_text(f"name: octal\n{yaml_text}\n")
+    with pytest.raises(ConfigError) as info:
+        load_scenario(str(scenario))
+    assert f"{scenario}:2: field '{field}'" in str(info.value) and words in str(info.value), info.value
+    assert "\n" not in str(info.value)
+
+
+def test_an_octal_number_in_a_scenario_is_a_usage_error(tmp_path):
+    scenario = tmp_path / "octal.yaml"
+    scenario.write_text("name: octal\nusers: 010\nmax_duration: 3s\n")  # (bounded: the old code ran 8 users)
+    one_error(run_cli("run", str(scenario)), f"{scenario}:2: field 'users': 010 has a leading 0")
+
+
+def test_yaml_1_1_numbers_that_say_what_they_are_are_read_as_written(tmp_path):
+    """Hexadecimal, binary and digits grouped with `_` mean one number only (as in Python): read so. A decimal point
+    makes no octal (`010.5` is 10.5), nor does a digit 8 or 9 (`08` is the text 08, which a duration reads as 8 s),
+    and a quoted `'010'` is text, which a duration's own grammar reads as 10 s. The same file with a leading-zero
+    integer beside them is refused (FAILED on the old code: 8 chats a user)."""
+    from harness.scenario import load_scenario
+    from harness.yamlfile import ConfigError
+
+    scenario = tmp_path / "forms.yaml"
+    text = ("name: forms\nusers: 0x1A\nchats_per_user: 0b11\nmax_duration: 1_000\n"
+            "expect: {deadline: 010.5, stall_limit: 08, settle: '010'}\n")
+    scenario.write_text(text)
+    s = load_scenario(str(scenario))
+    assert (s.users, s.chats_per_user, s.max_duration) == (26, 3, 1000.0)
+    assert (s.expect.deadline, s.expect.stall_limit, s.expect.settle) == (10.5, 8.0, 10.0)
+    scenario.write_text(text.replace("chats_per_user: 0b11", "chats_per_user: 010"))
+    with pytest.raises(ConfigError, match=r"forms\.yaml:3: field 'chats_per_user': 010 has a leading 0"):
+        load_scenario(str(scenario))
+
+
+def test_an_octal_objective_flag_profile_or_monitor_config_is_refused(tmp_path):
+    """FAILED on the old code: `--objective violations.max=010` (read as a scenario file reads it) allowed 8
+    violations; a profile's `seq_start: 01` and a monitor config's `interval: 010` / `timeout: !!int 1:30` were taken
+    as YAML 1.1 reads them."""
+    from harness.yamlfile import ConfigError
+    from monitors.monitor import load_config
+
+    one_error(run_cli("run", "basic", "--objective", "violations.max=010"), "--objective 'violations.max=010'",
+              "octal 8")
+    profile = tmp_path / "p.yaml"
+    profile.write_text(NETRA.read_text().replace("request:\n", "seq_start: 01\nrequest:\n", 1))
+    line = NETRA.read_text().splitlines().index("request:") + 1
+    one_error(run_cli("run", "basic", "--profile", str(profile)), f"{profile}:{line}: field 'seq_start'",
+              "leading 0", "write 1 without it")
+    config = tmp_path / "m.yaml"
+    for text, where in (("interval: 010", "m.yaml:3: field 'interval'.*octal 8"),
+                        ("timeout: !!int 1:30", "m.yaml:3: field 'timeout'.*base-60")):
+        config.write_text(f"targets:\n  a: {{url: ws://127.0.0.1:9/ws}}\n{text}\n")
+        with pytest.raises(ConfigError, match=where):
+            load_config(str(config))
+
+
 def test_a_monitor_interval_in_base_60_is_refused(tmp_path):
     from harness.yamlfile import ConfigError
     from monitors.monitor import load_config
