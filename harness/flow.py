@@ -228,7 +228,7 @@ class FrameRouter:
     """
 
     __slots__ = ("profile", "checker", "sink", "scenario", "answered", "last_pong", "auth_failed", "resume_unknown",
-                 "every_event", "conversations", "resumes", "_decode", "_on_event")
+                 "awaiting", "every_event", "conversations", "resumes", "_decode", "_on_event")
 
     def __init__(self, profile: Profile, checker: ConnectionChecker, sink: Sink, scenario: str) -> None:
         self.profile = profile
@@ -241,6 +241,10 @@ class FrameRouter:
         # The run ids the server answered RESUME_UNKNOWN_RUN for on the current connection, oldest first; None until
         # the first. A resume is answered on the connection that carried it: a new connection starts with none.
         self.resume_unknown: dict[str, None] | None = None
+        # The resumes sent on the current connection (`resume_sent`) that no answer named yet: run id ("" for a resume
+        # naming none) -> the chat resumed (None: one the driver follows no chat of) and its events when the resume
+        # went; None until the first. What a RESUME_UNKNOWN_RUN that names no run is about (`_unnamed_unknown`).
+        self.awaiting: dict[str, tuple[ChatTracker | None, int]] | None = None
         # Chats whose flow acts on a count of events (disconnect_after, abandon_after): woken on every event. Any
         # other chat is woken when its run is done (or the connection says something to everyone): a wake per
         # event would cost each chat a task switch per event for nothing.
@@ -262,6 +266,24 @@ class FrameRouter:
         self.auth_failed = None
         self.resumes = None  # a replay is the connection's that carried it
         self.resume_unknown = None  # so is the answer to a resume
+        self.awaiting = None  # and the resumes awaiting one
+
+    def resume_sent(self, run_id: str | None, chat: ChatTracker | None) -> None:
+        """A resume of `run_id` went on this connection, of `chat` (None: a resume the driver follows no chat of, as
+        the proxy may see one): awaited until an answer names its run, its chat has events back or is judged.
+        Bounded: past MAX_RESUME_UNKNOWN the oldest goes."""
+        awaiting = self.awaiting
+        if awaiting is None:
+            awaiting = self.awaiting = {}
+        else:  # the answered ones go (a few resumes a connection: this walk is no cost per frame)
+            for run, (had, before) in list(awaiting.items()):
+                if had is not None and (had.judged or had.n_events > before):
+                    del awaiting[run]
+        key = run_id or ""
+        awaiting.pop(key, None)
+        if len(awaiting) >= MAX_RESUME_UNKNOWN:
+            del awaiting[next(iter(awaiting))]
+        awaiting[key] = (chat, chat.n_events if chat is not None else 0)
 
     def resumed(self, chat: ChatTracker, frame: dict[str, Any] | None) -> None:
         """`chat`'s run is resumed on this connection with `frame`: what the client says it had is read from the frame
@@ -269,6 +291,7 @@ class FrameRouter:
         and the replay followed as the proxy and `chatprobe check` follow it (Resumes.resumed_here)."""
         if frame is None:
             return
+        self.resume_sent(chat.run_id, chat)
         if self.resumes is None:
             self.resumes = Resumes()
         sent = self.profile.decode_client(json.dumps(frame, ensure_ascii=False))
@@ -310,7 +333,7 @@ class FrameRouter:
                 self.auth_failed = decoded
                 self.answered = True
             elif decoded.session_error is SessionError.RESUME_UNKNOWN:
-                self._unknown_run(decoded.run_id or "*")
+                self._unknown_run(decoded.run_id or self._unnamed_unknown() or "*")
             self.checker.on_error(decoded, at)
             return WAKE_ALL, None
         elif kind is FrameKind.MALFORMED:
@@ -318,9 +341,27 @@ class FrameRouter:
             return WAKE_ALL, None
         return None, None
 
+    def _unnamed_unknown(self) -> str | None:
+        """The run a RESUME_UNKNOWN_RUN that names none is about: the one resume on this connection still awaiting an
+        answer (no event back since it went, its chat not judged; or one the driver follows no chat of), when there
+        is exactly one, as there usually is (a client resumes the run it lost). With several awaiting, the answer
+        could be about any of them: it is about none (each is judged by its own events, or lost at its chat's
+        verdict); a server that names the run tells them apart."""
+        awaiting = self.awaiting
+        if not awaiting:
+            return None
+        waiting = [run for run, (chat, before) in awaiting.items()
+                   if chat is None or (not chat.judged and chat.n_events == before)]
+        if len(waiting) != 1:
+            return None
+        del awaiting[waiting[0]]
+        return waiting[0] or None  # a resume that named no run: no chat can be told by it
+
     def _unknown_run(self, run_id: str) -> None:
         """The server did not know `run_id` when it was resumed on this connection. Bounded: a server flooding such
         answers makes the oldest go, never the newest (the one a chat resuming now waits for)."""
+        if self.awaiting:
+            self.awaiting.pop(run_id, None)  # answered
         unknown = self.resume_unknown
         if unknown is None:
             unknown = self.resume_unknown = {}

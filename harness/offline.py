@@ -386,6 +386,9 @@ class OfflineCheck:
                     if previous.resumes is None:
                         previous.resumes = Resumes()
                     previous.resumes.let_go(previous.checker, tracker)  # as the proxy: judged here from now on
+            # Awaiting the server's answer, followed or not (a RESUME_UNKNOWN_RUN naming no run is about the one
+            # awaiting it), as live and as the proxy (FrameRouter.resume_sent).
+            conn.router.resume_sent(run_id, tracker)
             if tracker is not None:
                 if conn.resumes is None:
                     conn.resumes = Resumes()

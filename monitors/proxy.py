@@ -430,6 +430,9 @@ class LiveConnection:
             live.sink.chat_started(live.scenario)
         elif frame.kind == "resume":
             found = live.resumed(self.identity, frame.run_id)
+            # Awaiting the server's answer, followed or not: a RESUME_UNKNOWN_RUN naming no run is about the one
+            # resume awaiting it, as for the live client and `chatprobe check` (FrameRouter.resume_sent).
+            self.router.resume_sent(frame.run_id, found[0] if found is not None else None)
             if found is not None:
                 resumed, previous = found
                 if previous is None:

@@ -14,6 +14,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from harness.cli import main
@@ -42,10 +43,10 @@ RUN_ID = "r-forgotten"
 HAD = [("agent_started", 1), ("agent_thinking", 2)]  # what the first connection carries before the server drops it
 
 
-def forgetful_server() -> RawWsServer:
+def forgetful_server(names_run: bool = True) -> RawWsServer:
     """netra, by hand: a welcome on every connection; a message gets HAD, then the TCP connection is dropped (no
     closing handshake: 1006, a crash); a resume of any run is answered RESUME_UNKNOWN_RUN (the connection stays
-    open)."""
+    open), naming the run unless `names_run` is false (a server that says only that it knows no such run)."""
 
     async def handle(conn: WsConn) -> None:
         await conn.send({"type": "connection_established", "data": {"connection_id": "c", "user_id": "u-1"}})
@@ -60,8 +61,9 @@ def forgetful_server() -> RawWsServer:
                 conn.abort()
                 return
             if msg["type"] == "resume":
-                await conn.send({"type": "error_message", "error_code": "RESUME_UNKNOWN_RUN",
-                                 "run_id": msg["payload"]["run_id"], "error_message": "unknown run"})
+                named = {"run_id": msg["payload"]["run_id"]} if names_run else {}
+                await conn.send({"type": "error_message", "error_code": "RESUME_UNKNOWN_RUN", **named,
+                                 "error_message": "unknown run"})
 
     return RawWsServer(handle)
 
@@ -157,10 +159,14 @@ async def browse_through_proxy(upstream: str, scenario: Path, rec: Path) -> tupl
     return proxied, counters(metrics, "up", "live")
 
 
-def test_a_resume_the_server_did_not_know_is_lost_live_through_the_proxy_and_offline(tmp_path):
+@pytest.mark.parametrize("names_run", [True, False], ids=["named", "unnamed"])
+def test_a_resume_the_server_did_not_know_is_lost_live_through_the_proxy_and_offline(tmp_path, names_run):
+    """`unnamed` FAILED on the old code: an answer naming no run ended no chat, live, through the proxy or offline
+    (each waited for its deadline: R10, no note). The one resume awaiting an answer on the connection is the one it
+    is about (FrameRouter.resume_sent)."""
     scenario = tmp_path / "forgotten.yaml"
     scenario.write_text(SCENARIO)
-    with InThread(forgetful_server()) as ws:
+    with InThread(forgetful_server(names_run)) as ws:
         code = main(["run", "--target", ws.url, "--auth", "none", str(scenario), "--record", str(tmp_path / "rec"),
                      "--json", str(tmp_path / "live.json"), "-q"])
         live = report_verdicts(tmp_path / "live.json")
@@ -178,3 +184,47 @@ def test_a_resume_the_server_did_not_know_is_lost_live_through_the_proxy_and_off
         "chats_passed": 0, "chats_failed": 0, "chats_incomplete": 1, "chats_error": 0,
         "reconnects_resumed": 0, "reconnects_lost": 1, "missing_events": 1, "in_flight": 0,
     }, (live_counts, proxy_counts)
+
+
+def test_an_answer_naming_no_run_is_about_the_one_resume_awaiting_one_never_a_guess_among_several(tmp_path):
+    """A recording (`chatprobe check`, on the same FrameRouter as the live client and the proxy): two chats cut by a
+    dropped connection, both resumed on a new one. A RESUME_UNKNOWN_RUN naming no run while both resumes await an
+    answer could be about either: it ends neither. Once B's events came back (its resume answered), a second such
+    answer can only be about A's: A is lost and judged there. FAILED on the old code: A was judged at the recording's
+    end, not at the answer (an answer naming no run ended no chat)."""
+    t0 = 1_764_000_000.0
+
+    def rec(t: float, direction: str, conn: str, frame: dict) -> str:
+        return json.dumps({"t": t0 + t, "dir": direction, "conn": conn, "frame": json.dumps(frame)})
+
+    def event(kind: str, run: str, seq: int, thread: str, message: str) -> dict:
+        return {"type": kind, "run_id": run, "thread_id": thread, "seq": seq,
+                "payload": {"message_id": message, "agent_name": "a", "thought": "t", "result": "r"}}
+
+    welcome = {"type": "connection_established", "data": {"connection_id": "c", "user_id": "u-1"}}
+    unnamed = {"type": "error_message", "error_code": "RESUME_UNKNOWN_RUN", "error_message": "unknown run"}
+    lines = [rec(0.00, "recv", "u1.1", welcome)]
+    for n, name in enumerate("AB"):
+        lines += [rec(0.01 + n / 100, "send", "u1.1", {"type": "user_message", "payload": {
+                      "content": "hi", "thread_id": f"t{name}", "message_id": f"m{name}"}}),
+                  rec(0.015 + n / 100, "recv", "u1.1", event("agent_started", f"r{name}", 1, f"t{name}", f"m{name}"))]
+    lines += [json.dumps({"t": t0 + 0.05, "dir": "close", "conn": "u1.1", "code": 1006}),  # the server dropped it
+              rec(0.10, "recv", "u1.2", welcome),
+              rec(0.11, "send", "u1.2", {"type": "resume", "payload": {"run_id": "rA", "last_seq": 1}}),
+              rec(0.12, "send", "u1.2", {"type": "resume", "payload": {"run_id": "rB", "last_seq": 1}}),
+              rec(0.13, "recv", "u1.2", unnamed),  # about rA or rB: neither is ended by it
+              rec(0.20, "recv", "u1.2", event("agent_thinking", "rB", 2, "tB", "mB")),
+              rec(0.21, "recv", "u1.2", event("agent_completed", "rB", 3, "tB", "mB")),  # B judged at 0.41
+              rec(0.50, "recv", "u1.2", unnamed),  # only rA awaits an answer: about it
+              rec(0.60, "recv", "u1.2", {"type": "pong"})]
+    path = tmp_path / "two.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    scenario = tmp_path / "forgotten.yaml"
+    scenario.write_text(SCENARIO)
+    (run,) = check_files([path], load_profile("netra"), load_scenario(str(scenario)))
+    by_thread = {r.thread_id: r for r in run.results}
+    assert [r.thread_id for r in run.results] == ["tB", "tA"]  # A judged after B's verdict: at the second answer
+    a, b = by_thread["tA"], by_thread["tB"]
+    assert (a.outcome.value, a.note, a.reconnects, [v.rule.value for v in a.violations]) == \
+        ("incomplete", RESUME_UNKNOWN_NOTE, ["lost"], [])
+    assert b.note != RESUME_UNKNOWN_NOTE and b.reconnects == ["resumed"], (b.note, b.reconnects)
