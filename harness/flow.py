@@ -53,11 +53,16 @@ def resume_frame(profile: Profile, tracker: ChatTracker) -> dict[str, Any] | Non
 RESUME_UNKNOWN_NOTE = "the server did not know the run when resuming (RESUME_UNKNOWN_RUN)"
 
 
-def judge_resume(tracker: ChatTracker, events_before: int) -> str:
+def judge_resume(tracker: ChatTracker, events_before: int, *, left: bool = False) -> str | None:
     """Whether a resume brought events back since it was sent (`events_before`: the chat's events then): `resumed`,
-    else `lost`, recorded on the chat. One judgement for the live client (ChatFlow), the proxy and `chatprobe check`
-    (PendingResumes)."""
-    tracker.reconnected(tracker.n_events > events_before)
+    else `lost`, recorded on the chat. `left`: the client left the chat (abandoned it) with the resume still pending:
+    `resumed` when events came back, else None and nothing recorded (it left before the server could show whether
+    the run went on: neither counted, as the abandoned chat owes nothing). One judgement for the live client
+    (ChatFlow), the proxy and `chatprobe check` (PendingResumes)."""
+    came_back = tracker.n_events > events_before
+    if left and not came_back:
+        return None
+    tracker.reconnected(came_back)
     return tracker.reconnects[-1]
 
 
@@ -710,6 +715,7 @@ class ChatFlow:
             self.router.resumed(self.tracker, frame)
             return Send(frame, "resume")
         if state == ABANDONING:
+            self._judge_resume(left=True)  # in the chat's result and counted, as the proxy and `check` count it
             self.router.sink.chat_abandoned(self.router.scenario)
             return self._finish(abandon(self.tracker, now), now)
         if state == ENDING:
@@ -806,11 +812,14 @@ class ChatFlow:
         if not link.closed_by_client and not link.stream_per_chat:
             self.tracker.connection_lost(now)
 
-    def _judge_resume(self) -> None:
-        """Whether the last resume brought events back: resumed or lost, on the tracker and to the sink."""
+    def _judge_resume(self, *, left: bool = False) -> None:
+        """Whether the last resume brought events back: resumed or lost (`left`: the chat abandoned, judge_resume),
+        on the tracker and to the sink."""
         if self.events_at_reconnect is not None:
-            self.router.sink.reconnect(self.router.scenario, judge_resume(self.tracker, self.events_at_reconnect))
+            reconnect = judge_resume(self.tracker, self.events_at_reconnect, left=left)
             self.events_at_reconnect = None
+            if reconnect is not None:
+                self.router.sink.reconnect(self.router.scenario, reconnect)
 
     def _judge(self, now: float) -> Finish:
         tracker = self.tracker
@@ -934,6 +943,7 @@ class ChatFlow:
         since the load generator left and the server is not to blame."""
         if self.result is not None:
             return self.result
+        self._judge_resume(left=True)
         result = abandon(self.tracker, now)
         result.note = STOPPED_NOTE
         self.router.sink.chat_abandoned(self.router.scenario)
@@ -1062,10 +1072,11 @@ class PendingResumes:
         self.judge(chat)
         self.events[chat.chat_id] = chat.n_events
 
-    def judge(self, chat: ChatTracker) -> str | None:
-        """The chat's pending resume judged (`resumed` or `lost`, recorded on the chat); None when none is pending."""
+    def judge(self, chat: ChatTracker, *, left: bool = False) -> str | None:
+        """The chat's pending resume judged (`resumed` or `lost`, recorded on the chat; `left`: the chat abandoned,
+        judge_resume); None when none is pending (or none is told)."""
         before = self.events.pop(chat.chat_id, None)
-        return None if before is None else judge_resume(chat, before)
+        return None if before is None else judge_resume(chat, before, left=left)
 
     def cut_clean(self, chat: ChatTracker) -> None:
         """The server closed `chat`'s connection with a closing handshake (1000/1001) before any event of its run,
@@ -1211,11 +1222,11 @@ class PassiveChats:
             if chat.judged:
                 continue
             if by_client and not chat.done:
-                # Left on purpose: judged on what arrived, its pending resume in no verdict (let go after the result
-                # is made: counted nowhere), as the live client leaves one.
-                out.append((abandon(chat, now), True))
+                # Left on purpose: judged on what arrived, its pending resume too (`resumed` in its result, and
+                # counted with it, when events came back; else in no count), as the live client and `check` judge it.
                 if self.pending is not None:
-                    self.pending.judge(chat)
+                    self.pending.judge(chat, left=True)
+                out.append((abandon(chat, now), True))
                 continue
             if self.pending is not None:
                 self.pending.judge(chat)

@@ -582,7 +582,9 @@ class OfflineCheck:
                 continue
             if rec is not None and rec.detail == "client":
                 # The client left on purpose mid-run (abandon_after, a user closing the tab): abandoned, judged only
-                # on what arrived, as `chatprobe run` and the proxy judge it.
+                # on what arrived, as `chatprobe run` and the proxy judge it; its pending resume too (`resumed` when
+                # events came back, else in no count), in its result.
+                self.resumed.judge(chat, left=True)
                 abandon(chat, at)
                 self.sink.chat_abandoned(self.name)
                 self._finish(chat, at)
