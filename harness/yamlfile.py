@@ -117,6 +117,10 @@ def format_validation_error(path: str, err: ValidationError, node: yaml.Node | N
     more = len(errors) - 1
     tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     hint = did_you_mean(first["loc"][-1], model) if first["type"] == "extra_forbidden" and first["loc"] else ""
+    if first["type"] == "string_type" and isinstance(first.get("input"), bool):
+        # YAML 1.1's booleans: `message: no`, `name: on`, `user: yes` are read as false/true, not as the word written.
+        hint = (f" (YAML read the value as the boolean {str(first['input']).lower()}: a word such as no, yes, on or off "
+                "is text only in quotes, e.g. 'no')")
     return f"{where}: field '{field}': {first['msg']}{hint}{tail}"
 
 

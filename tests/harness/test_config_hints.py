@@ -53,3 +53,14 @@ def test_a_monitor_switch_is_taken_as_yaml_writes_it(tmp_path, value):
     config = tmp_path / "m.yaml"
     config.write_text(f"targets:\n  a:\n    url: wss://127.0.0.1:9/ws\n    insecure: {value}\n")
     one_error(run_cli("monitor", "--once", "--config", str(config)), f"{config}:4: field 'targets.a.insecure'")
+
+
+@pytest.mark.parametrize("line,field,read", [
+    ("message: no", "message", "false"),  # the Norway problem: YAML 1.1 reads the word as a boolean
+    ("name: on", "name", "true"),
+])
+def test_a_word_yaml_reads_as_a_boolean_says_to_quote_it(tmp_path, line, field, read):
+    scenario = tmp_path / "s.yaml"
+    body = "name: s\nusers: 1\n" if field != "name" else "users: 1\nmessage: hi\n"
+    scenario.write_text(f"{body}{line}\n")
+    one_error(run_cli("run", str(scenario)), f"{scenario}:3: field '{field}'", f"the boolean {read}", "in quotes")
