@@ -982,9 +982,10 @@ class ConnectionChecker:
             active = self.active()
             if len(active) == 1:
                 chat = active[0]
-            elif not active and self.chats and self.chats[-1]._result is None:
-                # An event naming no run (AG-UI's) after the last chat's terminal event, while that chat is still
-                # listening: a late event of it (R4), not proof of cross-talk.
+            elif not active and self.chats:
+                # An event naming no run (AG-UI's) after the last chat's terminal event: a late event of it (R4 while
+                # it listens out its settle window, a warning on it once judged), not proof of cross-talk (only
+                # several chats in flight make it so): never the next chat's R8 (`untold`).
                 chat = self.chats[-1]
         if chat is None:
             why = "a run this client did not start" if ev.run_id else "no run of this client"

@@ -314,3 +314,35 @@ async def test_incidents_with_no_chat_on_screen_fail_the_next_chat(name):
     got = await judged_three_ways(make, chats_per_user=2, think_time=think)
     expected = sorted([("failed", ((rule, 1),), ()), PASS])
     assert got == {"run": expected, "check": expected, "proxy": expected}, got
+
+
+@dataclass
+class AguiLateServer:
+    """AG-UI over WebSocket: each request answered with a clean run; after the first, once its chat was judged (settle
+    0.1 s) and while the user thinks (0.6 s), one more TEXT_MESSAGE_CONTENT of that run (AG-UI's events name no run)."""
+
+    requests: int = 0
+
+    async def handler(self, conn: WsConn) -> None:
+        while (raw := await conn.recv()) is not None:
+            msg = json.loads(raw)
+            self.requests += 1
+            run, thread, message = msg["runId"], msg["threadId"], f"a-{self.requests}"
+            for f in [{"type": "RUN_STARTED", "threadId": thread, "runId": run},
+                      {"type": "TEXT_MESSAGE_START", "messageId": message, "role": "assistant"},
+                      {"type": "TEXT_MESSAGE_CONTENT", "messageId": message, "delta": "hi"},
+                      {"type": "TEXT_MESSAGE_END", "messageId": message},
+                      {"type": "RUN_FINISHED", "threadId": thread, "runId": run}]:
+                conn.writer.write(text(f))
+            if self.requests == 1:
+                await asyncio.sleep(0.3)  # wait-ok: the server's pace
+                conn.writer.write(text({"type": "TEXT_MESSAGE_CONTENT", "messageId": message, "delta": "late"}))
+
+
+async def test_a_late_agui_event_between_chats_is_no_cross_talk_of_the_next_chat():
+    # An AG-UI event names no run: on a connection of one user with no chat in flight, one that came after the last
+    # chat's verdict is a late event of that chat (a warning on it), not another user's event. It was charged to the
+    # next chat as an R8 (cross-talk), failing a chat the server answered correctly.
+    got = await judged_three_ways(AguiLateServer, chats_per_user=2, profile_name="ag-ui", think_time="0.6s")
+    for way, verdicts in got.items():
+        assert all(v[0] == "passed" for v in verdicts), (way, got)
