@@ -643,7 +643,11 @@ class ChatFlow:
         """A chat sending `content`, played as `options` say."""
         profile = router.profile
         conversation = options.conversation
-        tracker = new_tracker(expectations, router.scenario, now, options.client_run_id or profile.client_run_id,
+        # An open-model chat begun after it was due is timed (and so placed in its stage) from then, also when it ends
+        # before its message leaves (a connection refused, a connect timeout); set again when the message is sent.
+        due = options.due_at
+        tracker = new_tracker(expectations, router.scenario, now if due is None or due > now else due,
+                              options.client_run_id or profile.client_run_id,
                               conversation.thread_id if conversation is not None and options.continues else None)
         history = None
         if conversation is not None:

@@ -5,7 +5,9 @@ when a chat was due."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
+import socket
 import time
 
 import pytest
@@ -152,6 +154,33 @@ async def test_a_rate_the_process_cannot_generate_is_a_warning_with_the_rate_ach
     assert first.asked_rate == 50 and first.achieved_rate < 30, first
     assert any("stage 1 asked 50 chats/s and the load generator achieved" in w for w in run.warnings), run.warnings
     assert first.ttfe["p95"] > 0.5, first.ttfe  # the stall is in the chats' times, not hidden
+
+
+async def test_an_open_model_chat_that_never_connects_counts_in_the_stage_it_was_due_in(sim_factory):
+    """Chats due while the loop stalls begin late, in the next stage, and find no server: each counts in the stage it
+    was due in, as a chat that connected does. One that never connected was counted where it began (its times, and
+    so its stage, from when the generator got to it), and a saturated run's stages (the knee's) did not add up."""
+    async with sim_factory() as (_, target, _gt):
+        with socket.socket() as s:  # a port nothing listens on: every connection refused at once
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        target = dataclasses.replace(target, url=f"ws://127.0.0.1:{port}/ws")
+        sc = shaped(stages=[{"duration": "1s", "rate": 20, "ramp": False}, {"duration": "1s", "rate": 20, "ramp": False}],
+                    max_in_flight=500)
+
+        async def hog() -> None:
+            await asyncio.sleep(0.6)  # wait-ok: when the stall begins is part of the load schedule under test
+            end = time.monotonic() + 0.8
+            while time.monotonic() < end:  # busy: the loop runs nothing else, past the stages' boundary
+                pass
+
+        hogger = asyncio.ensure_future(hog())
+        run = await run_scenario(sc, target)
+        await hogger
+    assert run.stats.chats == 40 and run.stats.outcomes[Outcome.ERROR] == 40, run.stats
+    first, second = run.stages
+    assert first.late > 0, first  # the stall did make chats of the first stage begin late, in the second
+    assert (first.chats, first.dropped, second.chats, second.dropped) == (20, 0, 20, 0), (first, second)
 
 
 def test_on_uvloop_no_open_model_chat_starts_before_it_is_due():
