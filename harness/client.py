@@ -491,6 +491,12 @@ class Session(VirtualUser):
         for flow, wake in list((self._settling or {}).items()):
             flow.stopped(now)
             self._settled(flow, wake)
+            self._stopping()
+
+    def _stopping(self) -> None:
+        """The run stopped a chat of this connection (ChatFlow.stopped): --record says so at the connection's close."""
+        if self.transport is not None and not self.closed:
+            self.transport.stopped_by_client()
 
     async def close(self) -> None:
         """Listen out the settle windows still open, then close the connection. Closed by a task being cancelled
@@ -655,8 +661,10 @@ class Session(VirtualUser):
                         await self.close()  # SSE: the stream was this chat's; the next chat opens its own
                     return action.result
         except asyncio.CancelledError:
-            # Stopped from outside (the scenario's max_duration, Ctrl-C): still judged, so counters add up.
+            # Stopped from outside (the scenario's max_duration, Ctrl-C): still judged, so counters add up; --record:
+            # the connection's close record says the run stopped it, so `check` judges the chat as this does.
             flow.stopped(clock())
+            self._stopping()
             raise
         finally:
             if not background:

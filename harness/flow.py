@@ -55,10 +55,11 @@ RESUME_UNKNOWN_NOTE = "the server did not know the run when resuming (RESUME_UNK
 
 def judge_resume(tracker: ChatTracker, events_before: int, *, left: bool = False) -> str | None:
     """Whether a resume brought events back since it was sent (`events_before`: the chat's events then): `resumed`,
-    else `lost`, recorded on the chat. `left`: the client left the chat (abandoned it) with the resume still pending:
-    `resumed` when events came back, else None and nothing recorded (it left before the server could show whether
-    the run went on: neither counted, as the abandoned chat owes nothing). One judgement for the live client
-    (ChatFlow), the proxy and `chatprobe check` (PendingResumes)."""
+    else `lost`, recorded on the chat. `left`: the client left the chat with the resume still pending (abandoned it,
+    or the run stopped it: its max_duration, Ctrl-C; or the recording ends there): `resumed` when events came back,
+    else None and nothing recorded (the client left before the server could show whether the run went on: neither
+    counted, the server not blamed for what it had no time to show). One judgement for the live client (ChatFlow),
+    the proxy and `chatprobe check` (PendingResumes)."""
     came_back = tracker.n_events > events_before
     if left and not came_back:
         return None
@@ -595,6 +596,10 @@ class ChatState(enum.IntEnum):
  FINISHED) = tuple(ChatState)
 
 STOPPED_NOTE = "stopped by the load generator before the chat ended"
+# Why a chat the run itself cut short (its max_duration, Ctrl-C) is incomplete (ChatFlow.stopped), live and in
+# `chatprobe check` of the run's recording (a close record "by": "client-stop").
+STOPPED_CHAT_NOTE = "stopped before the chat ended"
+STOPPED_PROBE_NOTE = "stopped before the answer"
 
 
 class ChatFlow:
@@ -927,18 +932,22 @@ class ChatFlow:
 
     # -- stopped from outside --
     def stopped(self, now: float) -> ChatResult:
-        """Cut short by the run itself (its max_duration, Ctrl-C): judged on what arrived, a lost chat."""
+        """Cut short by the run itself (its max_duration, Ctrl-C): judged on what arrived, a lost chat. A resume it
+        had pending is judged as a chat left with one (judge_resume, `left`): `resumed` when events came back, else
+        in no count (the run stopped before the server could show whether it went on)."""
         if self.result is not None:
             return self.result
         tracker = self.tracker
         if self.state in (NEW, CONNECTING):
             self._error("stopped", "stopped before the connection was open")
-        elif self.probe:
-            self._finish(tracker.finish(now, lost=True, note="stopped before the answer"))
         else:
-            stopped = not tracker.done
-            judge_followups(tracker, now)
-            self._finish(tracker.finish(now, lost=stopped, note="stopped before the chat ended" if stopped else ""), now)
+            self._judge_resume(left=True)  # in its result and counted, as `check` of the run's recording counts it
+            if self.probe:
+                self._finish(tracker.finish(now, lost=True, note=STOPPED_PROBE_NOTE))
+            else:
+                stopped = not tracker.done
+                judge_followups(tracker, now)
+                self._finish(tracker.finish(now, lost=stopped, note=STOPPED_CHAT_NOTE if stopped else ""), now)
         assert self.result is not None
         return self.result
 

@@ -27,6 +27,8 @@ from .flow import (
     CLEAN_CLOSE_CODES,
     RESENT_WARNING,
     RESUME_UNKNOWN_NOTE,
+    STOPPED_CHAT_NOTE,
+    STOPPED_PROBE_NOTE,
     WAKE_ALL,
     FrameRouter,
     ParkedChats,
@@ -588,6 +590,16 @@ class OfflineCheck:
                 abandon(chat, at)
                 self.sink.chat_abandoned(self.name)
                 self._finish(chat, at)
+                continue
+            if rec is None or rec.detail == "stop":
+                # The run that recorded it stopped (its max_duration, Ctrl-C: "by": "client-stop"), or the recording
+                # ends, mid-run: judged on what arrived, a lost chat (ChatFlow.stopped), not the server's doing; its
+                # pending resume as a chat left with one (`resumed` when events came back, else in no count: the
+                # server had no time to show whether the run went on), in its result.
+                self.resumed.judge(chat, left=True)
+                if rec is not None:
+                    note = STOPPED_PROBE_NOTE if chat.exp.expect_error == "invalid_input" else STOPPED_CHAT_NOTE
+                self._finish(chat, at, lost=True, note=note)
                 continue
             clean = rec is not None and rec.code in CLEAN_CLOSE_CODES and not rec.detail
             key = resend_key(chat.message_id, chat.run_id)

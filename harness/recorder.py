@@ -247,7 +247,8 @@ class ConnectionLog:
               error: str | None = None, failure: dict[str, Any] | None = None, stream: bool = False) -> None:
         """The connection ended; `by_client`: the client closed it on purpose (a user leaving mid-run: its chats are
         abandoned, judged on what arrived, as live), written as "by": "client" (or "client-drop", given as such: it
-        dropped the connection on purpose to reconnect and resume; its chats are not abandoned); `error`: what the
+        dropped the connection on purpose to reconnect and resume; its chats are not abandoned; or "client-stop": the
+        run stopped, its chats judged as the run judged them, ChatFlow.stopped); `error`: what the
         client dropped the connection for (a frame over the size limit, text that is not UTF-8: the transport's
         protocol_error, an R12 live on the chats open then, and the frame itself never reached the recorder), written
         as "error";
@@ -431,6 +432,7 @@ class ConnectionRecording:
         self._by_client = False
         self._resume = resume  # a reconnect to resume a run: its failure fails no chat of its own
         self._dropped = False  # the client dropped it on purpose (disconnect_after), to reconnect and resume
+        self._stopped = False  # the run stopped with a chat of it open: the client's close is that stop
         self._failure: dict[str, Any] | None = None
 
     def sent(self, obj: Any, expectations: Expectations | None = None, since: float | None = None) -> int | None:
@@ -489,6 +491,12 @@ class ConnectionRecording:
         its chats are resumed, not abandoned)."""
         self._dropped = True
 
+    def stopped_by_client(self) -> None:
+        """The run stopped (its max_duration, Ctrl-C) with a chat of the connection open, which the client judged as
+        it stood (ChatFlow.stopped): its close record says "by": "client-stop", and `check` judges the chats it cuts
+        so (not abandoned by a user, as "by": "client" would say)."""
+        self._stopped = True
+
     def end(self, close_code: int | None = None, protocol_error: str | None = None, *, stream: bool = False,
             keep: bool | None = None) -> None:
         """The connection ended (once; later calls do nothing): its close record (the close code, who closed it, the
@@ -504,7 +512,8 @@ class ConnectionRecording:
                 return
             self._saved = True
             self.log.close(self._clock(), close_code,
-                           by_client="client" if self._by_client else "client-drop" if self._dropped else None,
+                           by_client="client-stop" if self._stopped else "client" if self._by_client
+                           else "client-drop" if self._dropped else None,
                            error=protocol_error, failure=self._failure, stream=stream)
             self.log.recorder.save(self.log, keep)
 
@@ -589,6 +598,9 @@ class RecordingTransport(RecordingHooks):
 
     def dropped_by_client(self) -> None:
         self._rec.dropped_by_client()
+
+    def stopped_by_client(self) -> None:
+        self._rec.stopped_by_client()
 
 
 def open_recorder(path: str | None, flag: str, run_id: str | None = None) -> Recorder | None:

@@ -22,7 +22,10 @@ The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\
   by      on a close record, optional: "client" when the client closed the connection on purpose (a user who left
           mid-run: the chats still open are abandoned, judged only on what arrived, as `chatprobe run` judges them);
           "client-drop" when it dropped it on purpose to reconnect and resume (a step's disconnect_after): the chats
-          are resumed as after any lost connection, and its end is not held against the server (R13)
+          are resumed as after any lost connection, and its end is not held against the server (R13); "client-stop"
+          when the run stopped (its max_duration, Ctrl-C) with chats of it open: those are judged as the run judged
+          them (ChatFlow.stopped: incomplete, "stopped before the chat ended", a pending resume `resumed` when events
+          came back, else in no count), not held against the server (R13)
   error   on a close record, optional: why the client dropped the connection (a frame over the size limit, text
           that is not UTF-8; that frame is not recorded): an R12 on the chats open then, as live
   failed  on a close record, optional: the connection never became usable, and why, as a connections_total result
@@ -146,6 +149,12 @@ def recorded_runs(directory: Path) -> list[tuple[str | None, list[Path]]]:
 
 class RecordingError(ConfigError):
     """A file that cannot be read as a recording at all (missing, empty, not the format asked): exit 2."""
+
+
+# A close record's "by" (who closed the connection on purpose) as a Recorded close's `detail`: the client left ("client":
+# its open chats abandoned), dropped it to resume ("drop") or the run stopped ("stop": its open chats judged as the run
+# judged them, ChatFlow.stopped). Any other value: the server's doing ("").
+CLOSED_BY = {"client": "client", "client-drop": "drop", "client-stop": "stop"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +356,7 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
             return Recorded("problem", conn, t=t, detail=f"field 'send' must be the ordinal (from 1) of the send "
                             f"record a '{SEND_FAILED}' close record names", where=where)
         by = obj.get("by")
-        return Recorded("close", conn, t=t, detail="client" if by == "client" else "drop" if by == "client-drop" else "",
+        return Recorded("close", conn, t=t, detail=CLOSED_BY.get(by, "") if isinstance(by, str) else "",
                         where=where, send=send,
                         error=error[:1024] if isinstance(error, str) else "", failed=failed or "",
                         reason=reason[:1024] if failed and isinstance(reason, str) else "",

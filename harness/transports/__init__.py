@@ -35,8 +35,9 @@ class Transport(Protocol):
     ends and never raises for what a server does; `close()` ends it within a bound; `abort()` drops it as a lost
     network would. After `run` returns: `close_code`, `protocol_error` (an R12 detail when the client dropped the
     connection for what the server sent) and `ended_note` (why, when the transport knows better than "lost").
-    The recording hooks (`send_chat`, `connect_failed`, `send_failed`, `dropped_by_client`: base.RecordingHooks,
-    no-ops every transport inherits) tell `--record` what the frames do not say; the recorder's wrapper overrides them.
+    The recording hooks (`send_chat`, `connect_failed`, `send_failed`, `dropped_by_client`, `stopped_by_client`:
+    base.RecordingHooks, no-ops every transport inherits) tell `--record` what the frames do not say; the recorder's
+    wrapper overrides them.
     """
 
     connects_on_send: bool
@@ -68,6 +69,8 @@ class Transport(Protocol):
     def send_failed(self, kind: str, reason: str) -> None: ...
 
     def dropped_by_client(self) -> None: ...
+
+    def stopped_by_client(self) -> None: ...
 
 
 # The WebSocket clients a ws:// or wss:// URL can be carried by (ConnectSettings.client): picows is the lean one

@@ -87,6 +87,10 @@ class RecordingHooks:
     def dropped_by_client(self) -> None:
         """The client is about to drop the connection on purpose, as a lost network would, to reconnect and resume."""
 
+    def stopped_by_client(self) -> None:
+        """The run stopped (its max_duration, Ctrl-C) with a chat of the connection still open: the client's close of
+        it that follows is that stop, not a user leaving."""
+
 
 @dataclass
 class ConnectSettings:
