@@ -170,7 +170,7 @@ class ChatTracker:
     __slots__ = (
         "chat_id", "scenario", "exp", "sent_at", "thread_id", "run_id", "message_id", "events",
         "violations", "saw_started", "roles_past_kept", "first_delay", "terminal_index", "terminal_at", "last_at",
-        "seq_low", "seqs_above", "max_seq",
+        "seq_low", "seqs_above", "max_seq", "bad_seqs",
         "open_spans", "saw_tool", "saw_thinking", "error_seen", "reconnects", "lost", "connection_error",
         "_result", "n_events", "kept_bytes", "overflow", "unkept_counts", "terminal_event", "warnings", "run_checks", "followups",
         "wake_id", "parent_run_id", "_root",
@@ -208,6 +208,8 @@ class ChatTracker:
         # Seqs seen: all of seq_start..seq_low, plus those above it (an in-order stream keeps this set empty).
         self.seq_low = self.max_seq = expectations.seq_start - 1
         self.seqs_above: set[int] = _NO_SET
+        # Events whose seq was not an integer (an R12 each): a seq the verdict finds missing may be one of them.
+        self.bad_seqs = 0
         self.open_spans: dict[tuple[str, SpanKey], int] = _NO_DICT
         self.saw_tool = False
         self.saw_thinking = False
@@ -363,7 +365,11 @@ class ChatTracker:
                     ev.payload = None
                 return
         elif ev.bad_seq is not None:
-            self._flag(Rule.R7, f"seq {str(ev.bad_seq)[:40]!r} is not an integer", idx)
+            # Malformed, not out of order: JSON has one number type, but the protocol's seq is an integer (1, 2, 3, …),
+            # and 1.0 is no more read as 1 than "1" or true is. The event is judged as one without a seq.
+            self.bad_seqs += 1
+            self._flag(Rule.R12, f"{_name(ev)} has seq {ev.bad_seq}, {_seq_kind(ev.bad_seq)}: a seq must be a JSON "
+                                 "integer (1, 2, 3, …)", idx)
 
         if idx and role is _STARTED and self.saw_started and self.terminal_index is None:
             self._flag(Rule.R1, "a second agent_started in the same run", idx)
@@ -597,7 +603,8 @@ class ChatTracker:
         if self.max_seq > self.seq_low:
             # Counted, never enumerated: a server may send seq 10**12 (bounded work and memory).
             gaps = self.max_seq - self.seq_low - len(self.seqs_above)
-            if gaps > 0:
+            # As many missing as events whose seq was unreadable (R12): they may be those events, not lost ones.
+            if gaps > self.bad_seqs:
                 first: list[int] = []
                 s = self.seq_low + 1
                 while len(first) < 5 and s <= self.max_seq:
@@ -605,7 +612,9 @@ class ChatTracker:
                         first.append(s)
                     s += 1
                 shown = ", ".join(map(str, first)) + (f" … ({gaps} in all)" if gaps > len(first) else "")
-                violations.append(Violation(Rule.R7, f"seq {shown} never arrived (lost event{'s' if gaps > 1 else ''})", None))
+                unread = f"; {self.bad_seqs} event(s) had a seq that is no integer" if self.bad_seqs else ""
+                violations.append(Violation(Rule.R7, f"seq {shown} never arrived (lost event{'s' if gaps > 1 else ''}"
+                                                     f"{unread})", None))
 
         terminal = self.terminal_event
         required = exp.required
@@ -1155,6 +1164,17 @@ def malformed_reason(detail: str) -> str:
 
 def foreign_reason(ev: Event, why: str) -> str:
     return f"received {_name(ev)} of {why}: cross-talk"
+
+
+def _seq_kind(text: str) -> str:
+    """What JSON value a seq that is not an integer was, from its JSON text (profiles._seq_text)."""
+    if text[:1] == '"':
+        return "a string"
+    if text in ("true", "false"):
+        return "a boolean"
+    if text[:1] in ("[", "{"):
+        return "an array" if text[:1] == "[" else "an object"
+    return "a number with a fraction or an exponent"
 
 
 def _name(ev: Event) -> str:

@@ -580,7 +580,7 @@ class Decoder:
         # could read as one: the text path runs with an _id that gives up on an integral float that large, and the
         # generated decode then hands the frame, parsed by json (which keeps the integer), to the plain decode_obj.
         # Nothing changes for strings or ordinary numbers, and no call is added per frame.
-        wide = dict(namespace, _id=_id_or_wide, _plain_obj=decode_obj)
+        wide = dict(namespace, _id=_id_or_wide, _seq_text=_seq_text_or_wide, _plain_obj=decode_obj)
         exec(code, wide)
         decode = wide["decode"]
         self._source, self._decode, self._decode_obj = source, decode, decode_obj
@@ -701,6 +701,28 @@ def _id_or_wide(v: Any, name: str = "", oversized: list[str] | None = None,
     if v.__class__ is float and (v >= _WIDE or v <= -_WIDE) and v.is_integer():
         raise _WideInt
     return _id(v, name, oversized, limit)
+
+
+# How much of a `seq` that is not an integer a violation shows (its JSON text).
+MAX_SEQ_SHOWN = 40
+
+
+def _seq_text(v: Any) -> str:
+    """A `seq` that is not an integer as its JSON text (`1.0`, `true`, `"1"`, `[1]`), cut to MAX_SEQ_SHOWN characters:
+    the checker's R12 says which JSON value it was (str() would show `True`, and `"1"` like the number 1)."""
+    if isinstance(v, str):
+        text = json.dumps(v[:MAX_SEQ_SHOWN], ensure_ascii=False)
+    elif isinstance(v, (bool, int, float)):
+        text = json.dumps(v)
+    else:
+        text = _short_repr(v, MAX_SEQ_SHOWN)
+    return text if len(text) <= MAX_SEQ_SHOWN else text[:MAX_SEQ_SHOWN] + "…"
+
+
+def _seq_text_or_wide(v: Any) -> str:
+    if v.__class__ is float and (v >= _WIDE or v <= -_WIDE) and v.is_integer():
+        raise _WideInt  # maybe an integer past 64 bits that orjson read as a float: json reads the frame again
+    return _seq_text(v)
 
 
 def _short_repr(v: Any, limit: int) -> str:
@@ -1097,8 +1119,8 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     up only where the frame needs it."""
     profile, n = dec.profile, dec.names
     ns: dict[str, Any] = {
-        "Event": Event, "Frame": Frame, "_id": _id, "_find_plain": _find_plain, "MALFORMED": FrameKind.MALFORMED,
-        "PING_KIND": FrameKind.PING,
+        "Event": Event, "Frame": Frame, "_id": _id, "_seq_text": _seq_text, "_find_plain": _find_plain,
+        "MALFORMED": FrameKind.MALFORMED, "PING_KIND": FrameKind.PING,
         "CONTROL_KIND": FrameKind.CONTROL, "ERROR_KIND": FrameKind.ERROR, "UNKNOWN_KIND": FrameKind.UNKNOWN,
         "MARKER_KIND": FrameKind.STREAM_END,
         "PING": dec.ping, "CONTROL": dec.control, "CONN_ERROR": dec.conn_error, "WITH_RUN": dec.with_run,
@@ -1184,7 +1206,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     emit("bad_seq = None")
     if src.find("seq", n["seq"]):
         emit("if seq is not None and seq.__class__ is not int and (not isinstance(seq, int) or isinstance(seq, bool)):")
-        emit("    bad_seq, seq = _id(seq)[0], None")
+        emit("    bad_seq, seq = _seq_text(seq), None")
     emit("ov = []")
     # What keeping the event costs the checker's byte budget (events.kept_bytes): the event, its type, its ids and a
     # timestamp kept as text, measured here while the lengths are at hand.

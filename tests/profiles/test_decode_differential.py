@@ -20,6 +20,8 @@ from harness.profiles import (
     Profile,
     _id,
     _id_or_wide,
+    _seq_text,
+    _seq_text_or_wide,
     _split_names,
     _WideInt,
     unknown_type_suffix,
@@ -68,7 +70,7 @@ def reference_decode_obj(self: Decoder, frame: Any, received_at: float) -> Event
     seq = find(frame, scopes, n["seq"])
     bad_seq = None
     if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
-        bad_seq, seq = _id(seq)[0], None
+        bad_seq, seq = _seq_text(seq), None
     oversized: list[str] = []
     rid, thread_id, user_id, message_id = (
         _id(run_id, "run_id", oversized)[0], _id(find(frame, scopes, n["thread_id"]), "thread_id", oversized)[0],
@@ -133,15 +135,16 @@ def reference_decode(self: Decoder, text: str | bytes, received_at: float) -> Ev
             return Frame(FrameKind.MALFORMED, detail=f"not JSON: {text[:60]!r}")
     # One rule added since (tested on its own in test_integers_past_64_bits_stay_integers): an integral float past 64
     # bits that the decoder reads as an id or seq, where orjson parsed the text, means json parses the frame again.
-    global _id
+    global _id, _seq_text
     plain, _id = _id, _id_or_wide
+    plain_seq, _seq_text = _seq_text, _seq_text_or_wide
     try:
         return reference_decode_obj(self, frame, received_at)
     except _WideInt:
-        _id = plain
+        _id, _seq_text = plain, plain_seq
         return reference_decode_obj(self, json.loads(text), received_at)
     finally:
-        _id = plain
+        _id, _seq_text = plain, plain_seq
 
 
 # -- frames made of every profile's own names, so that containers, dotted paths and alternatives are all hit --
