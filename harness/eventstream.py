@@ -9,10 +9,12 @@ import re
 _BOM = b"\xef\xbb\xbf"
 _FIELDS = (b"data", b"event", b"id", b"retry")
 # A field name that reads as one (`x-trace`, `ping`): a field the specification does not define, which a consumer
-# ignores (WHATWG; AG-UI 1.1, HTTP + SSE: "A consumer MUST ignore SSE fields other than data"). A line whose name is
-# no such word (`{"type":…`, `data {"type":…`, blank space) or whose value is JSON (`Data: {…}`) carried content: an
-# event sent without its `data:`, lost, which is a StreamProblem.
-_FIELD_NAME = re.compile(rb"[A-Za-z0-9_.-]+")
+# ignores (WHATWG; AG-UI 1.1, HTTP + SSE: "A consumer MUST ignore SSE fields other than data"). The name is all
+# before the first colon, blank space included: `event : x` is the field `event ` and `data : x` the field `data `,
+# neither a field the specification defines, so ignored alike (a `data ` line adds nothing to the event's data). A
+# line whose name is no such word (`{"type":…`, `data {"type":…`, blank space alone) or whose value is JSON
+# (`Data: {…}`, `data : {…}`) carried content: an event sent without its `data:`, lost, which is a StreamProblem.
+_FIELD_NAME = re.compile(rb"[ \t]*[A-Za-z0-9_.-]+[ \t]*")
 # Problems (lines that carried content but are not SSE fields) kept between two feeds; more are counted in one last problem.
 MAX_PROBLEMS = 20
 

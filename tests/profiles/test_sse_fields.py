@@ -125,3 +125,35 @@ def test_a_saved_body_that_opens_with_a_field_of_its_own_is_read_as_an_event_str
     body.write_bytes(b"x-trace: 4bf92f35\n\n" + b"".join(frames(inp, b"")))
     [run] = check_files([body], AGUI, Scenario(name="t"))
     assert [r.outcome for r in run.results] == [Outcome.PASSED], [r.violations for r in run.results]
+
+
+CUSTOM = b'{"type":"CUSTOM","name":"n","value":1}'
+
+
+@pytest.mark.parametrize("line", [b"event : message", b"event\t: message", b"id : 4", b"retry : 100", b" event: x",
+                                  b"data : hello", b"data :", b"data\t: 5"])
+async def test_a_field_name_with_blank_space_around_it_is_an_undefined_field_ignored(line, tmp_path):
+    """FAILED-ON-ORIGINAL (R12 "not an SSE field"): WHATWG takes the field name as everything before the first colon,
+    so `event : x` is the field `event ` (with its space), which the spec does not define: ignored, as `x-trace` is.
+    `data : x` is no `data` field either: its value is no event data, and an event that has no other data line is not
+    dispatched (WHATWG: "If the data buffer is an empty string, set the data buffer and the event type buffer to the
+    empty string and return"), live and in `chatprobe check` of the saved body alike. A `data : {…}` whose value is an
+    event's JSON is ignored too (nothing is dispatched of it), and, as for `Data: {…}`, the event it carried is lost:
+    an R12 says so, never a silent loss that would show only as a missing event."""
+    from harness.offline import check_files
+
+    middle = b"data: " + CUSTOM + b"\n" + line + b"\n\n" + line + b"\n\n"  # one event with it, one of it alone
+    result = await chat(middle)
+    assert result.outcome is Outcome.PASSED, result.violations
+    assert [e.wire_type for e in result.events] == ["RUN_STARTED", "CUSTOM", "RUN_FINISHED"]
+    inp = RunAgentInput(thread_id="t1", run_id="r1", state={}, messages=[], tools=[], context=[], forwarded_props={})
+    body = tmp_path / "body.sse"
+    body.write_bytes(b"".join(frames(inp, middle)))
+    [run] = check_files([body], AGUI, Scenario(name="t"))
+    assert [r.outcome for r in run.results] == [Outcome.PASSED], [r.violations for r in run.results]
+    assert EventStreamParser(1 << 20).feed(middle) == [CUSTOM.decode()]
+    if line.startswith(b"data"):
+        lost = await chat(line.partition(b":")[0] + b": " + CUSTOM + b"\n\n")
+        assert [v.rule for v in lost.violations] == [Rule.R12], lost.violations
+        assert "not an SSE field" in lost.violations[0].reason and ': {"type":"CUSTOM"' in lost.violations[0].reason
+        assert [e.wire_type for e in lost.events] == ["RUN_STARTED", "RUN_FINISHED"]
