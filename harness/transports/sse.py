@@ -6,7 +6,9 @@ request and reads the response head within the connect deadline (failures classi
 when the server ends the stream. The SSE wire format is parsed here, per the specification, from the response's
 bytes as they come: no line and no event may grow past `ConnectSettings.max_size` (the WebSocket frame limit), so a
 server that sends one giant event, or a line with no end, costs the client that much memory and no more; the
-stream is then dropped and the chat gets an R12, as for an oversized WebSocket frame.
+stream is then dropped and the chat gets an R12, as for an oversized WebSocket frame. The request offers gzip and
+deflate, as a browser's EventSource or fetch() does (a server behind nginx compresses), and an encoded stream is
+unpacked here piece by piece (`Unpacker`), so those limits apply to the unpacked bytes: a gzip bomb costs no more.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import functools
 import json
 import ssl
 import time
+import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,6 +27,65 @@ from ..eventstream import EventStreamParser, EventTooLarge
 from .base import ConnectFailed, ConnectSettings, FrameCallback, RecordingHooks, ssl_context, with_defaults
 
 EVENT_STREAM = "text/event-stream"
+# The content codings the client offers and unpacks: a browser's EventSource and fetch() offer these (and br, zstd,
+# which would need packages chatprobe does not depend on); a server may send no other (RFC 9110, 12.5.3).
+ACCEPT_ENCODING = "gzip, deflate"
+CODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}  # x-gzip is gzip (RFC 9110, 8.4.1.3)
+# The most one step of unpacking gives (zlib's max_length). httpx unpacks each read whole (a 64 KiB read of gzip can
+# be 64 MiB: deflate packs up to 1032:1) before anything sees it, so the stream is read raw and unpacked here in
+# pieces this large, each fed to the bounded SSE parser before the next is made.
+UNPACK_PIECE = 1 << 16
+
+
+class CorruptEncoding(Exception):
+    """The stream's content coding cannot be unpacked (the message says why)."""
+
+
+class Unpacker:
+    """A gzip or deflate body unpacked as it comes, never more than UNPACK_PIECE bytes at a time (see above). Deflate
+    is the zlib format (RFC 9110, 8.4.1.2), or raw deflate as some servers send it (httpx and browsers read both);
+    gzip may come in several members (RFC 1952), each unpacked in turn."""
+
+    def __init__(self, coding: str) -> None:
+        self.coding = coding
+        self._z = self._new()
+        self._started = False  # any input taken yet (deflate: whether the zlib form was taken)
+
+    def _new(self, raw: bool = False) -> Any:
+        if self.coding == "gzip":
+            return zlib.decompressobj(zlib.MAX_WBITS | 16)
+        return zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        """The unpacked bytes of the next piece of the body, in pieces of at most UNPACK_PIECE bytes."""
+        while data:
+            z = self._z
+            if z.eof:
+                if self.coding != "gzip":
+                    return  # (bytes after a deflate stream's end are not part of it: ignored, as httpx does)
+                self._z = z = self._new()  # the next gzip member
+            try:
+                out = z.decompress(data, UNPACK_PIECE)
+            except zlib.error as exc:
+                if self.coding == "deflate" and not self._started:
+                    self._started = True
+                    self._z = self._new(raw=True)
+                    continue
+                raise CorruptEncoding(f"the server's {self.coding}-encoded event stream cannot be unpacked: "
+                                      f"{str(exc)[:80]}") from None
+            self._started = True
+            if out:
+                yield out
+            data = z.unconsumed_tail or (z.unused_data if z.eof else b"")
+            while not data and len(out) == UNPACK_PIECE and not z.eof:  # output held back for want of room
+                out = z.decompress(b"", UNPACK_PIECE)
+                if out:
+                    yield out
+                data = z.unconsumed_tail
+
+    def complete(self) -> bool:
+        """Whether the body ended where its encoding ends (a gzip or deflate stream cut short did not)."""
+        return bool(self._z.eof)
 
 
 def classify_http(exc: BaseException) -> tuple[str, str]:
@@ -113,9 +176,9 @@ class SSETransport(RecordingHooks):
         s = self.settings
         headers = with_defaults({
             "Accept": EVENT_STREAM,
-            # httpx offers gzip, deflate, br and zstd by default and would unpack whatever came, unbounded: 3 kB of
-            # brotli were 2 GiB of stream. The stream is read as it comes (aiter_raw); an encoded one is refused.
-            "Accept-Encoding": "identity",
+            # Not httpx's own offer (gzip, deflate, br, zstd), which it would unpack whatever came, unbounded: 3 kB of
+            # brotli were 2 GiB of stream. The stream is read raw (aiter_raw) and unpacked here, bounded (Unpacker).
+            "Accept-Encoding": ACCEPT_ENCODING,
             "Cache-Control": "no-store",
             "Content-Type": "application/json",
             "User-Agent": "chatprobe",
@@ -136,9 +199,9 @@ class SSETransport(RecordingHooks):
         failure = classify_status(response.status_code, response.headers.get("content-type", ""))
         # Shown as sent, never case-folded: redaction finds an echoed token only in the case it was given.
         encoding = response.headers.get("content-encoding", "").strip()
-        if failure is None and encoding.lower() not in ("", "identity"):
+        if failure is None and encoding.lower() not in ("", "identity") and encoding.lower() not in CODINGS:
             failure = ("protocol_error", f"the server encoded the event stream (Content-Encoding {encoding[:40]!r}) "
-                                         "though the client asked for identity")
+                                         f"in a coding the client did not offer (it offers {ACCEPT_ENCODING})")
         if failure is not None:
             self._requested = False
             await response.aclose()
@@ -168,13 +231,32 @@ class SSETransport(RecordingHooks):
     async def _read_events(self, response: httpx.Response, on_frame: FrameCallback) -> None:
         clock = time.monotonic
         parser = EventStreamParser(self.settings.max_size)
+        coding = CODINGS.get(response.headers.get("content-encoding", "").strip().lower())
+        unpacker = Unpacker(coding) if coding else None
         try:
-            async for chunk in response.aiter_raw():  # as sent: never unpacked (send() refused an encoded one)
-                for data in parser.feed(chunk):
-                    on_frame(data, clock())
+            async for chunk in response.aiter_raw():  # as sent; an encoded body unpacked piece by piece
+                if unpacker is None:
+                    for data in parser.feed(chunk):
+                        on_frame(data, clock())
+                    continue
+                for i, piece in enumerate(unpacker.pieces(chunk)):
+                    if i:
+                        # One read may unpack to a thousand pieces: the loop's other chats and this chat's own
+                        # deadline (a cancellation) get their turn between them. A yield, not a wait for anything.
+                        await asyncio.sleep(0)
+                    for data in parser.feed(piece):
+                        on_frame(data, clock())
+            if unpacker is not None and not unpacker.complete():
+                raise CorruptEncoding(f"the server's {unpacker.coding}-encoded event stream ended before its "
+                                      f"{unpacker.coding} end (cut short)")
             for data in parser.end():  # the body ended cleanly: an event its end left without the empty line
                 on_frame(data, clock())
             self.ended_note = "the server ended the event stream before the run's terminal event (truncated run)"
+        except CorruptEncoding as exc:
+            # As broken HTTP framing: an R12, and nothing the cut left pending is dispatched.
+            self.protocol_error = str(exc)
+            self.ended_note = f"the client dropped the event stream: {exc}"
+            self.close_reason = str(exc)
         except EventTooLarge as exc:
             # Stop reading at once, as the WebSocket transport closes with 1009: the client counts it as an R12.
             self.protocol_error = str(exc)

@@ -36,6 +36,8 @@ class Response:
     hang: bool = False  # accept the request, never answer it
     content_encoding: str | None = None  # a Content-Encoding header, whatever the client asked for
     body: bytes | None = None  # these bytes as the stream, instead of the script's events
+    # The script's whole stream passed through this (a content coding: gzip.compress) and sent in chunk_size pieces.
+    encode: Callable[[bytes], bytes] | None = None
 
 
 @dataclass
@@ -97,6 +99,14 @@ class AguiSSEServer:
                 await writer.drain()
                 return
             encoder = EventEncoder()
+            if r.encode is not None:
+                data = r.encode(b"".join(item if isinstance(item, bytes) else encoder.encode(item).encode()
+                                         for item in self.script(run_input) if not isinstance(item, Pause)))
+                step = self.chunk_size or len(data) or 1
+                for i in range(0, len(data), step):
+                    writer.write(data[i:i + step])
+                    await writer.drain()
+                return
             for item in self.script(run_input):
                 if isinstance(item, Pause):
                     await writer.drain()
