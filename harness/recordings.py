@@ -609,8 +609,8 @@ def _iso(v: Any) -> float | None:
 class _Entry:
     """What is kept of one HAR entry while it is parsed: small fields, and an SSE body and request (bounded)."""
 
-    __slots__ = ("closed", "content_type", "encoding", "events", "events_bytes", "events_cut", "events_missing", "index",
-                 "messages", "mime", "post", "post_file", "started", "text", "text_file")
+    __slots__ = ("closed", "content_type", "encoding", "encoding_other", "events", "events_bytes", "events_cut",
+                 "events_missing", "index", "messages", "mime", "post", "post_file", "started", "text", "text_file")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -619,6 +619,7 @@ class _Entry:
         self.content_type = ""
         self.text: str | None = None
         self.encoding = ""
+        self.encoding_other = ""  # an `encoding` that is no string, as its JSON shows it (no encoding HAR defines)
         self.post: str | None = None
         # A body or request body Playwright attached as a file beside the HAR (`_file`; its text is absent or "").
         self.text_file = ""
@@ -636,12 +637,18 @@ class _Entry:
 
 
 _ENTRY = "log.entries.item"
+_ENCODING = "log.entries.item.response.content.encoding"
+# HAR 1.2's one `encoding` of a body's text ("e.g. base64"; left out for text decoded to UTF-8). Compared without case,
+# as MIME's Content-Transfer-Encoding values it follows are.
+HAR_BASE64 = "base64"
 # What holding one of an entry's `_eventSourceMessages` costs beyond its data's bytes (its tuple, time and string
 # objects, its place in the list): counted against the entry's byte limit, so that a file of millions of empty
 # messages (`{}` is two bytes) cannot hold memory the limit does not see.
 HAR_EVENT_COST = 128
 _MSG = "log.entries.item._webSocketMessages.item"
 _SSE_MSG = "log.entries.item._eventSourceMessages.item"
+# ijson's events of a value that is no string (null is no value: no encoding), and how a message shows a container.
+_NOT_TEXT = {"number": "", "integer": "", "boolean": "", "start_map": "{…}", "start_array": "[…]"}
 _ENTRY_FIELDS = {
     "log.entries.item.startedDateTime": "started",
     "log.entries.item.response.content.mimeType": "mime",
@@ -856,6 +863,9 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                     entry = None
                     if one_entry:
                         return
+            elif entry is not None and prefix == _ENCODING and event in _NOT_TEXT:
+                # No string at all: no encoding HAR defines (an R12 where the body is read, _entry_end).
+                entry.encoding_other = _NOT_TEXT[event] if event in ("start_map", "start_array") else json.dumps(value)
             elif entry is not None and prefix in _ENTRY_FIELDS and event == "string":
                 attr = _ENTRY_FIELDS[prefix]
                 setattr(entry, attr, _iso(value) if attr == "started" else value)
@@ -1047,7 +1057,13 @@ def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True, 
         if complete:
             yield Recorded("close", conn, where=where, stream=True)
         return
-    if body is None and entry.encoding == "base64":
+    encoding = entry.encoding.lower()
+    if body is None and (entry.encoding_other or encoding not in ("", HAR_BASE64)):
+        shown = entry.encoding_other or repr(entry.encoding[:40])
+        yield Recorded("problem", conn, detail=f"SSE body in encoding {shown}: HAR 1.2 defines only base64 (and no "
+                       "encoding for text), so the body cannot be read", where=f"{name}: entry {entry.index}")
+        return
+    if body is None and encoding == HAR_BASE64:
         try:
             body = _base64(entry.text or "")
         except (binascii.Error, ValueError):

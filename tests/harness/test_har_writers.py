@@ -305,6 +305,49 @@ def test_an_sse_body_said_to_be_base64_that_is_not_is_an_r12_never_read_as_base6
     assert code == 0 and chats(doc) == [("r1", "passed", [])], out
 
 
+def _checked(path: Path) -> list[tuple[str | None, str, list[str]]]:
+    """What `chatprobe check PATH --profile ag-ui` judges of each chat (in process: check_files is the command's)."""
+    from harness.offline import check_files
+    from harness.profiles import load_profile
+
+    [run] = check_files([path], load_profile("ag-ui"))
+    return [(r.run_id, r.outcome.value, sorted({v.rule.value for v in r.violations})) for r in run.results]
+
+
+@pytest.mark.parametrize("encoding", ["hex", "utf-8", "quoted-printable", 7, True, {"name": "gzip"}])
+def test_an_sse_body_in_an_encoding_har_does_not_define_is_an_r12(tmp_path, encoding):
+    """FAILED-ON-ORIGINAL (read as text, passed): as below, for other encodings and for values that are no string."""
+    har = chrome_sse(agui_body(True), tmp_path)
+    har["log"]["entries"][0]["response"]["content"]["encoding"] = encoding
+    (tmp_path / "enc.har").write_text(json.dumps(har))
+    assert _checked(tmp_path / "enc.har") == [("r1", "incomplete", ["R12"])]
+
+
+def test_an_sse_body_said_to_be_gzip_is_an_r12_naming_the_entry_and_base64_or_none_read_as_before(tmp_path):
+    """FAILED-ON-ORIGINAL (read as text, passed): HAR 1.2 defines one `encoding` of a body, base64, and none for text
+    decoded to UTF-8 (a browser unpacks gzip before it writes the body). A body said to be in another (`gzip`, `hex`)
+    is not that text: reading it as text judged bytes the file says are something else. It is an R12 naming the
+    entry and the encoding, as a body said to be base64 that is not. Base64 in any case (`BASE64`) and an empty or
+    null encoding (none) are read as before."""
+    har = chrome_sse(agui_body(True), tmp_path)
+    content = har["log"]["entries"][0]["response"]["content"]
+    content["encoding"] = "gzip"
+    (tmp_path / "enc.har").write_text(json.dumps(har))
+    code, out, doc = chatprobe_check(tmp_path / "enc.har", "--profile", "ag-ui", cwd=tmp_path)
+    assert code == 1 and chats(doc) == [("r1", "incomplete", ["R12"])], out
+    [reason] = [v["reason"] for sc in doc["scenarios"] for c in sc["chats"] for v in c["violations"]]
+    assert reason.startswith("malformed frame: SSE body in encoding 'gzip': HAR 1.2 defines only base64"), reason
+    assert reason.endswith("(enc.har: entry 0)"), reason
+    for fine in ("", None):
+        content["encoding"] = fine
+        (tmp_path / "fine.har").write_text(json.dumps(har))
+        assert _checked(tmp_path / "fine.har") == [("r1", "passed", [])]
+    b64 = chrome_sse_base64(agui_body(True), tmp_path)
+    b64["log"]["entries"][0]["response"]["content"]["encoding"] = "BASE64"
+    (tmp_path / "upper.har").write_text(json.dumps(b64))
+    assert _checked(tmp_path / "upper.har") == [("r1", "passed", [])]
+
+
 @pytest.mark.parametrize("name", ["../outside.dat", "/tmp/outside.dat", "sub/inner.dat", "link.dat", "missing.dat",
                                   "..", "sub", "fifo.dat"])
 def test_a_playwright_attachment_is_read_only_beside_the_har(tmp_path, name):
