@@ -49,6 +49,7 @@ from .recordings import (
     frame_bytes,
     read_recording,
     recorded_runs,
+    too_large,
 )
 from .results import Listing, ListingBudget, ScenarioRun
 from .scenario import Scenario, Stat, expectations_for, invalid_input_expectations
@@ -759,6 +760,9 @@ def _recording_files(directory: Path) -> list[tuple[str | None, list[Path]]]:
         raise RecordingError(f"{directory}: no recording file in the directory")
     for run_id, files in runs:
         run = f" (run {run_id})" if run_id else ""
+        for f in files:
+            if (large := too_large(f)) is not None:
+                raise RecordingError(large)
         if len(files) > MAX_FILES_MERGED:
             raise RecordingError(f"{directory}{run}: {len(files)} files, more than the {MAX_FILES_MERGED} judged "
                                  "together; check them in parts")
@@ -880,6 +884,8 @@ def check_files(paths: Iterable[str | Path], profile: Profile, scenario: Scenari
     for i, p in enumerate(paths):
         if not (Path(p).is_file() or Path(p).is_dir()):
             raise RecordingError(_not_a_recording(p))
+        if (large := too_large(p)) is not None:  # before any file is read, as every refusal here
+            raise RecordingError(large)
         n_runs += len(_recording_files(Path(p))) if Path(p).is_dir() else 1
         if n_runs > MAX_RUNS:
             raise RecordingError(f"{p}: {n_runs} recorded runs{' with the paths before it' if i else ''}, more than "

@@ -77,6 +77,10 @@ DEFAULT_MAX_TEXT = 64 * 1024 * 1024
 # HAR nesting deeper than this is refused (real HAR files nest about 6 deep; a bracket bomb must cost nothing).
 MAX_HAR_DEPTH = 64
 MAX_LEADING_SPACE = 1 << 20  # blank bytes read before a recording's first record, to tell its format
+# The largest recording file one check reads: refused from its size before a byte is read (a sparse file of a
+# terabyte, `truncate -s 1T`, read as zeros for an hour), and no more of it read should it grow while read. `check`
+# reads about 25 MB/s of recorded frames: some three minutes for this much. `--record` writes at most 256 MiB a run.
+MAX_RECORDING_BYTES = 4 << 30
 MAX_HAR_TOKEN = 4096  # bytes of one number or literal (true, false, null) in a HAR
 # Bytes of one object key in a HAR (field and header names: a few dozen). ijson's prefix of a value joins every key
 # above it, made anew for each event: 16 nested keys of 15 MB each had taken 2.6 GB.
@@ -213,8 +217,11 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
         # Never blocks: a file that waits for data (a /proc file such as kmsg, a device) ends where it has none now,
         # instead of hanging the command (a regular file reads as ever).
         with os.fdopen(os.open(p, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if (large := too_large(p, os.fstat(f.fileno()))) is not None:  # the file opened, not one named before
+                raise RecordingError(large)
             head = f.read(4096) or b""
-            if head.startswith(b"\xef\xbb\xbf"):  # a BOM (Windows tools write one): no format's content
+            bom = 3 if head.startswith(b"\xef\xbb\xbf") else 0
+            if bom:  # a BOM (Windows tools write one): no format's content
                 head = head[3:]
             # Leading blank space (bounded): the format is told from the first bytes that are not.
             while head and not head.strip() and len(head) < MAX_LEADING_SPACE:
@@ -227,8 +234,11 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
                                      f"{p}: more than {MAX_LEADING_SPACE >> 20} MiB of blank space before anything")
             if fmt is None and (packed := _archive(head)):
                 raise RecordingError(f"{p}: {packed}, not a recording: unpack it and check the file inside")
+            if binary := _binary(head, bom):
+                raise RecordingError(f"{p}: {binary}")
             kind = fmt or detect_format(head)
-            stream = io.BufferedReader(_Prefixed(head, f), CHUNK)
+            source = _Prefixed(head, f, MAX_RECORDING_BYTES - bom)
+            stream = io.BufferedReader(source, CHUNK)
             if kind == "jsonl":
                 yield from read_jsonl(stream, p.name, max_frame)
             elif kind == "sse":
@@ -237,8 +247,47 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
                 yield from read_har_sorted(p, order, p.name, max_frame, max_text)
             else:
                 yield from read_har(stream, p.name, max_frame, max_text, base_dir=p.parent)
+            if source.capped:
+                yield Recorded("problem", DEFAULT_CONN, where=f"{p.name}: byte {MAX_RECORDING_BYTES}",
+                               detail=f"the file grew past the {MAX_RECORDING_BYTES >> 30} GiB one check reads of a "
+                                      "recording while it was read: the rest was not read")
     except OSError as exc:
         raise RecordingError(f"{p}: cannot read the recording ({exc.strerror or exc.__class__.__name__})") from None
+
+
+def too_large(path: str | Path, st: os.stat_result | None = None) -> str | None:
+    """Why a recording file is too large to check (its size, before a byte is read), or None. A file that is not
+    there or no regular file is left to the reading to name."""
+    try:
+        st = st or os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size <= MAX_RECORDING_BYTES:
+        return None
+    return (f"{path}: {st.st_size:,} bytes, more than the {MAX_RECORDING_BYTES >> 30} GiB one check reads of a "
+            "recording file; check it in parts (a JSON Lines file splits at its lines: split -C 1G FILE part-)")
+
+
+def _binary(head: bytes, offset: int = 0) -> str:
+    """Why a file whose first line holds a NUL byte is no recording ("" when it holds none). Every format is UTF-8
+    text, JSON at that, where a NUL is never written bare (RFC 8259: U+0000 only escaped): a file of NULs (a sparse
+    or preallocated file, a disk image) or UTF-16 text is told at once instead of read to its end as lines of junk.
+    (NULs after a first whole line, as a crash may leave at a file's end, are read as the junk they are: an R12.)"""
+    head = head[:4096]
+    nul = head.find(b"\0")
+    if nul < 0:
+        return ""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(head) >= 8 and any(head[:64])
+                                                  and (not any(head[1:64:2]) or not any(head[0:64:2]))):
+        return ("UTF-16 text (a NUL byte in every other place), not UTF-8 as a recording is: save it as UTF-8 "
+                "(iconv -f UTF-16 -t UTF-8)")
+    if not any(head):
+        return (f"nothing but NUL bytes in its first {len(head) + offset} bytes (a sparse or preallocated file?), "
+                "not a recording")
+    line_end = head.find(b"\n")
+    if line_end < 0 or nul < line_end:
+        return f"binary data (a NUL byte at byte {nul + offset}, in its first line), not a recording"
+    return ""
 
 
 def _archive(head: bytes) -> str:
@@ -254,11 +303,14 @@ def _archive(head: bytes) -> str:
 
 
 class _Prefixed(io.RawIOBase):
-    """A binary file whose first bytes were already read for format detection."""
+    """A binary file whose first bytes were already read for format detection; with a `limit`, it ends there (then
+    `capped` is set: the file went on)."""
 
-    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+    def __init__(self, head: bytes, rest: IO[bytes], limit: int | None = None) -> None:
         self._head = head
         self._rest = rest
+        self._left = limit
+        self.capped = False
 
     def readable(self) -> bool:
         return True
@@ -268,10 +320,20 @@ class _Prefixed(io.RawIOBase):
             n = min(len(b), len(self._head))
             b[:n] = self._head[:n]
             self._head = self._head[n:]
+            if self._left is not None:
+                self._left -= n
             return n
-        data = self._rest.read(len(b)) or b""  # None: nothing to read without waiting (see read_recording)
+        want = len(b)
+        if self._left is not None:
+            if self._left <= 0:
+                self.capped = bool(self._rest.read(1))  # the end, unless the file went on past the limit
+                return 0
+            want = min(want, self._left)
+        data = self._rest.read(want) or b""  # None: nothing to read without waiting (see read_recording)
         n = len(data)
         b[:n] = data
+        if self._left is not None:
+            self._left -= n
         return n
 
 
@@ -732,7 +794,8 @@ def har_order(path: Path, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, i
             head = raw.read(3)
             if head != b"\xef\xbb\xbf":
                 raw.seek(0)
-            guard = _BoundedJSON(raw, max_text, MAX_HAR_DEPTH)
+            capped = _Prefixed(b"", raw, MAX_RECORDING_BYTES)  # (a file that grew past it: read as it is)
+            guard = _BoundedJSON(io.BufferedReader(capped, CHUNK), max_text, MAX_HAR_DEPTH)
             guard.item_starts = []
             depth, third, entries_third = 0, -1, -1
             started: list[float | None] = []
@@ -759,7 +822,7 @@ def har_order(path: Path, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, i
                     chat[-1] = 1
     except (OSError, HarTooLarge, ValueError, UnicodeDecodeError, ijson.JSONError):
         return None
-    if guard.item_starts is None:
+    if guard.item_starts is None or capped.capped:
         return None
     offsets = [offset for ordinal, offset in guard.item_starts if ordinal == entries_third]
     if len(offsets) != len(started):

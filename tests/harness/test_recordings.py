@@ -1151,3 +1151,67 @@ def test_a_run_id_that_is_no_run_id_is_refused_and_writes_nothing(tmp_path, run_
     log.recorder.save(log)
     assert [p.name.startswith(good) for p in (tmp_path / "rec").iterdir()] == [True]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec"]  # nothing written outside DIR
+
+
+def test_a_sparse_terabyte_file_is_refused_from_its_size_before_a_byte_is_read(tmp_path):
+    """FAILED-ON-ORIGINAL (no answer within the deadline: `truncate -s 1T` read as 8 MiB lines of zeros, about an
+    hour): a recording file over 4 GiB is refused from its size (exit 2, one line naming the file and its size)
+    before any file is read, named on the command line (after a good one too) or inside a directory."""
+    import os
+    import subprocess
+    import sys
+
+    huge = tmp_path / "huge.jsonl"
+    with open(huge, "wb") as f:
+        f.truncate(1 << 40)  # a sparse file: no disk used
+    good = write_jsonl(tmp_path / "good.jsonl", [send(100.0), *netra_run("r1", 100.0)])
+    json_out = tmp_path / "out.json"
+    for args in ([str(huge)], [str(good), str(huge)], [str(tmp_path)]):
+        proc = subprocess.run([sys.executable, "-m", "harness", "check", *args, "--json", str(json_out)],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, "NO_COLOR": "1"})
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        [line] = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+        assert f"{huge}: 1,099,511,627,776 bytes, more than the 4 GiB one check reads of a recording file" in line, line
+        assert not json_out.exists()  # nothing judged, nothing written
+
+
+@pytest.mark.parametrize("content,why", [
+    (None, "nothing but NUL bytes in its first 4096 bytes (a sparse or preallocated file?), not a recording"),
+    (b"\0\0\0\0" + json.dumps(send(100.0)).encode() + b"\n", "binary data (a NUL byte at byte 0, in its first line)"),
+    ("\ufeff" + json.dumps(send(100.0)) + "\n", "UTF-16 text (a NUL byte in every other place), not UTF-8"),
+])
+def test_a_file_of_nuls_or_utf16_is_told_at_once_not_read_as_lines_of_junk(tmp_path, content, why):
+    """FAILED-ON-ORIGINAL (read to its end as JSON Lines: 64 MiB of zeros made 8 MiB lines of junk, each an R12 of a
+    chat made up for it, exit 1; 1 GiB took 4 s): a file whose first line holds a NUL byte is no recording of any
+    format (UTF-8 text, JSON at that): exit 2 at once, saying what it is."""
+    path = tmp_path / "r.jsonl"
+    if content is None:
+        with open(path, "wb") as f:
+            f.truncate(64 << 20)
+    else:
+        path.write_bytes(content.encode("utf-16") if isinstance(content, str) else content)
+    with pytest.raises(RecordingError, match=f"^{path}: " + why.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        check_files([path], NETRA, SC)
+    # NULs after a first whole line (what a crash may leave at a file's end) are read as the junk they are.
+    tail = tmp_path / "tail.jsonl"
+    tail.write_bytes(json.dumps(send(100.0)).encode() + b"\n" + b"\0" * 100 + b"\n")
+    [run] = check_files([tail], NETRA, SC)
+    assert not run.passed and any(v.rule.value == "R12" for r in run.results for v in r.violations)
+
+
+def test_a_file_that_grows_past_the_bound_while_read_is_read_no_further(tmp_path, monkeypatch):
+    """FAILED-ON-ORIGINAL (read on for as long as it grew): the bound is checked from the size before reading, and
+    holds while reading too: a file that grows past it (a recording still being written) is read to the bound, and a
+    problem record (an R12) says the rest was not read."""
+    import harness.recordings as recordings
+
+    path = write_jsonl(tmp_path / "r.jsonl", [send(100.0), *netra_run("r1", 100.0)])
+    monkeypatch.setattr(recordings, "MAX_RECORDING_BYTES", path.stat().st_size + 10, raising=False)
+    records = read_recording(path)
+    first = next(records)
+    assert first.direction == "send"
+    with open(path, "a") as f:  # it grows while read
+        f.write("".join(json.dumps(r) + "\n" for r in netra_run("r2", 101.0)) * 100)
+    rest = list(records)
+    assert rest[-1].direction == "problem" and "grew past the" in rest[-1].detail, rest[-1]
+    assert len(rest) < 10
