@@ -6,6 +6,9 @@ import re
 import select
 import stat
 import time
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -159,28 +162,96 @@ _FLOAT_TAG = "tag:yaml.org,2002:float"
 LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")
 
 
-def number_problem(node: yaml.Node | None) -> str | None:
-    """Why a scalar that YAML 1.1 reads as a number must not be read so (above), or None."""
+# What a field takes, for the advice on a number YAML 1.1 misreads (number_problem): a number (write the number
+# meant), text (quote what was written: an id such as `thread_id: 0042` is the text 0042, never 34 nor 42), or either
+# (a template's value, sent as written: both ways said).
+NUMBER, TEXT, EITHER = "number", "text", "either"
+
+
+def number_problem(node: yaml.Node | None, kind: str = NUMBER) -> str | None:
+    """Why a scalar that YAML 1.1 reads as a number must not be read so (above), or None; the advice is for a field
+    that takes `kind` (NUMBER, TEXT or EITHER)."""
     if not isinstance(node, yaml.ScalarNode) or node.tag not in (_INT_TAG, _FLOAT_TAG):
         return None
     text = node.value.strip()
     shown = text if len(text) <= 40 else text[:37] + "..."
+    quoted = "'" + shown.replace("'", "''") + "'"
     if ":" in text:
+        if kind == TEXT:
+            return (f"{shown} is tagged as YAML 1.1's base-60 number (1:30 is 90), but this field is text: write it "
+                    f"in quotes without the tag, {quoted}")
         return (f"{shown} is YAML 1.1's base-60 number (1:30 is 90), which may as well mean hours:minutes; write "
                 "the number meant (a duration with its units: 1m30s, 1h30m)")
     if node.tag != _INT_TAG or not LEADING_ZERO.fullmatch(text):
         return None
     sign, digits = ("-" if text[0] == "-" else ""), text.lstrip("+-").replace("_", "")
+    octal = f"{sign}{int(digits, 8)}" if len(digits) <= 30 and set(digits) <= set("01234567") else None
+    if kind == TEXT:
+        read = f"the number {octal} (octal)" if octal is not None else "an octal number"
+        return (f"{shown} has a leading 0: YAML 1.1 reads it as {read}, not the text {shown}; this field is text: "
+                f"quote it, {quoted}")
     if len(digits) > 30:  # (no int() of a megabyte of digits)
         return f"{shown} has a leading 0: YAML 1.1 reads such an integer as octal; write it without the leading 0"
     decimal = f"{sign}{int(digits)}"
-    if set(digits) <= set("01234567"):
-        octal = f"{sign}{int(digits, 8)}"
+    if kind == EITHER:
+        return (f"{shown} has a leading 0: YAML 1.1 reads it as octal{f' {octal}' if octal is not None else ''}; "
+                f"write {decimal} for the number, or quote it, {quoted}, for the text")
+    if octal is not None:
         if octal == decimal:
             return f"{shown} has a leading 0: YAML 1.1 reads it as octal; write {decimal} without it"
         return (f"{shown} has a leading 0: YAML 1.1 reads it as octal {octal}, YAML 1.2 as {decimal}; write {decimal} "
                 f"(or {octal}) without the leading 0")
     return f"{shown} has a leading 0: YAML 1.1 reads such an integer as octal; write {decimal} without it"
+
+
+def field_kind(model: type[BaseModel] | None, parts: list[Any], key: bool = False) -> str:
+    """What the field at `parts` (keys and indexes from the top of the file) of `model` takes: TEXT when only text,
+    EITHER when it takes anything (a template's value), else NUMBER (a number field, or one the model does not
+    tell: the advice is then the number's, as ever). With `key`, what the last part, a mapping's key, must be."""
+    if model is None:
+        return NUMBER
+    kinds = _kinds(model, parts[:-1], key_of=True) if key else _kinds(model, parts)
+    if kinds == {TEXT}:
+        return TEXT
+    return EITHER if kinds == {EITHER} else NUMBER
+
+
+def _kinds(tp: Any, parts: list[Any], key_of: bool = False) -> set[str]:
+    """The kinds of scalar the annotation `tp` takes at `parts` below it (TEXT, NUMBER, EITHER, or "other"); with
+    `key_of`, the kinds of the keys of the mapping there. Empty where the model says nothing of that place."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _kinds(typing.get_args(tp)[0], parts, key_of)
+    if origin in (typing.Union, types.UnionType):
+        found: set[str] = set()
+        for member in typing.get_args(tp):
+            if member is not type(None):
+                found |= _kinds(member, parts, key_of)
+        return found
+    args = typing.get_args(tp)
+    if tp is Any:  # a template's value: sent as written, whatever it is (the keys of its objects are text)
+        return {TEXT} if key_of and not parts else {EITHER}
+    if not parts:
+        if key_of:
+            return _kinds(args[0], []) if origin in (dict, Mapping) and args else set()
+        if tp is str:
+            return {TEXT}
+        if origin is typing.Literal:
+            return {TEXT} if all(isinstance(a, str) for a in args) else {NUMBER}
+        if tp is not bool and isinstance(tp, type) and issubclass(tp, (int, float)):
+            return {NUMBER}
+        return {"other"}
+    part, rest = parts[0], parts[1:]
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        for name, info in tp.model_fields.items():
+            if part in (name, info.alias):
+                return _kinds(info.annotation, rest, key_of)
+        return set()
+    if origin in (list, tuple, set, frozenset, Sequence) and isinstance(part, int):
+        return _kinds(args[0] if args else Any, rest, key_of)
+    if origin in (dict, Mapping):
+        return _kinds(args[1] if len(args) > 1 else Any, rest, key_of)
+    return set()
 
 
 def load_scalar(text: str) -> Any:
@@ -242,22 +313,22 @@ def _check_events(text: str, path: str) -> None:
             stack.append([isinstance(event, yaml.MappingStartEvent), 0, None])
 
 
-def _check_nodes(node: yaml.Node | None, path: str) -> None:
+def _check_nodes(node: yaml.Node | None, path: str, model: type[BaseModel] | None = None) -> None:
     """Duplicate keys (YAML lets a later key silently replace an earlier one; in a config that is always a mistake),
     numbers YAML 1.1 reads otherwise than they were likely meant (number_problem), and the size with aliases expanded
     (20 aliases that each double a list still make a million values)."""
     sizes: dict[int, int] = {}
 
-    def visit(n: yaml.Node, at: tuple[Any, ...]) -> int:  # at: (the parent's `at`, this node's key or index)
+    # at: (the parent's `at`, this node's key or index); is_key: the node is that key itself
+    def visit(n: yaml.Node, at: tuple[Any, ...], is_key: bool = False) -> int:
         known = sizes.get(id(n))
         if known is not None:  # an alias of a node already checked: only its size counts again
             return known
         problem = number_problem(n)
+        if problem is not None and model is not None:  # the advice for what the field takes
+            problem = number_problem(n, field_kind(model, _parts(at), is_key))
         if problem is not None:
-            parts: list[Any] = []
-            while at:
-                at, part = at
-                parts.insert(0, part)
+            parts = _parts(at)
             shown = ".".join(_part_text(p) for p in parts[:12]) + ("…" if len(parts) > 12 else "")
             raise ConfigError(f"{path}:{n.start_mark.line + 1}: field '{shown or '(top level)'}': {problem}")
         size = 1
@@ -270,7 +341,7 @@ def _check_nodes(node: yaml.Node | None, path: str) -> None:
                         raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r} (first on line {seen[key]})",
                                                    problem_mark=key_node.start_mark)
                     seen[key] = key_node.start_mark.line + 1
-                size += visit(key_node, (at, key)) + visit(value_node, (at, key))
+                size += visit(key_node, (at, key), True) + visit(value_node, (at, key))
         elif isinstance(n, yaml.SequenceNode):
             for i, item in enumerate(n.value):
                 size += visit(item, (at, i))
@@ -284,13 +355,23 @@ def _check_nodes(node: yaml.Node | None, path: str) -> None:
         visit(node, ())  # recursion at most MAX_DEPTH deep: _check_events ran first
 
 
-def _compose_checked(text: str, path: str) -> tuple[yaml.Node | None, Any]:
-    """The node tree (for lines in messages) and the data of a file that passed every check."""
+def _parts(at: tuple[Any, ...]) -> list[Any]:
+    """A node's place in the file (_check_nodes's nested `at` pairs) as its keys and indexes from the top."""
+    parts: list[Any] = []
+    while at:
+        at, part = at
+        parts.insert(0, part)
+    return parts
+
+
+def _compose_checked(text: str, path: str, model: type[BaseModel] | None = None) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for lines in messages) and the data of a file that passed every check; `model`, the fields'
+    types, makes the advice on a misread number fit the field (number_problem)."""
     _check_events(text, path)
     loader = _LOADER(text)
     try:
         node = loader.get_single_node()
-        _check_nodes(node, path)
+        _check_nodes(node, path, model)
         return node, (loader.construct_document(node) if node is not None else None)
     finally:
         loader.dispose()
@@ -364,7 +445,7 @@ def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
     if text is None:
         text = read_text_file(path)
     try:
-        node, data = _compose_checked(text, path)
+        node, data = _compose_checked(text, path, model)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         position = getattr(exc, "position", None)  # a reader error (a forbidden character) has only an offset

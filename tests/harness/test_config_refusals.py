@@ -289,6 +289,50 @@ def test_a_yaml_1_1_octal_or_tagged_base_60_number_is_refused(tmp_path, field, y
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("field, yaml_text", [
+    ("message", "message: 0042"),
+    ("messages.1", "messages: [hi, 0042]"),
+    ("steps.0.chat.message", "steps: [{chat: {message: 0042}}]"),
+    ("steps.0.send_raw", "steps: [{send_raw: 0042}]"),
+    ("description", "description: -0042"),
+])
+def test_a_leading_zero_number_in_a_text_field_is_told_to_be_quoted(tmp_path, field, yaml_text):
+    """FAILED on the old code ("write 42 (or 34) without the leading 0"): in a field that takes text (a message, an
+    id, a name) 0042 was meant as the text 0042, and 42 is not it either: the advice is to quote it. A number field
+    keeps the number's advice (above)."""
+    from harness.scenario import load_scenario
+    from harness.yamlfile import ConfigError
+
+    scenario = tmp_path / "ids.yaml"
+    scenario.write_text(f"name: ids\n{yaml_text}\n")
+    with pytest.raises(ConfigError) as info:
+        load_scenario(str(scenario))
+    written = yaml_text.rpartition(" ")[2].strip("]}")
+    assert f"{scenario}:2: field '{field}': {written} has a leading 0" in str(info.value), info.value
+    assert f"this field is text: quote it, '{written}'" in str(info.value) and "write 42" not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_leading_zero_id_in_a_profile_or_monitor_config_gets_the_advice_its_field_needs(tmp_path):
+    """FAILED on the old code (each "write 42 (or 34)"): a profile's wire name (`fields.thread_id: [0042]`) and a
+    monitor config's target name (a key) are text: quote them; a value of the request template is sent as written,
+    a number or text as the dialect wants: both ways are said. One line each, naming file, line and field (exit 2)."""
+    from harness.yamlfile import ConfigError
+    from monitors.monitor import load_config
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text("name: p\nrequest: {type: m, payload: {thread_id: 0042, content: '{content}'}}\n")
+    one_error(run_cli("run", "basic", "--profile", str(profile)), f"{profile}:2: field 'request.payload.thread_id'",
+              "write 42 for the number, or quote it, '0042', for the text")
+    profile.write_text("name: p\nrequest: {type: m}\nfields: {thread_id: [conv, 0042]}\n")
+    one_error(run_cli("run", "basic", "--profile", str(profile)), f"{profile}:3: field 'fields.thread_id.1'",
+              "this field is text: quote it, '0042'")
+    config = tmp_path / "m.yaml"
+    config.write_text("targets:\n  0042: {url: ws://127.0.0.1:9/ws}\n")
+    with pytest.raises(ConfigError, match=r"m\.yaml:2: field 'targets\.0042': .*this field is text: quote it, '0042'"):
+        load_config(str(config))
+
+
 def test_an_octal_number_in_a_scenario_is_a_usage_error(tmp_path):
     scenario = tmp_path / "octal.yaml"
     scenario.write_text("name: octal\nusers: 010\nmax_duration: 3s\n")  # (bounded: the old code ran 8 users)
