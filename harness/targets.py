@@ -12,6 +12,7 @@ import re
 import secrets
 import ssl
 import time
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
     from .scenario import Scenario
 
 AuthMode = Literal["header", "subprotocol", "none"]
+
+# PyJWT (2.10+) warns, with its own file and source line on stderr, when an HS256 secret is under 32 bytes. The secret
+# is the server's (agentsim's development one is 20 bytes): the client that mints with it cannot make it longer, so
+# the advice is noise in `chatprobe run`'s output; agentsim, which chooses it, warns about a weak secret itself.
+warnings.filterwarnings("ignore", message=r"The HMAC key is \d+ bytes long")
 
 # The command-line flag of each TargetOptions field, for messages.
 FLAGS: dict[str, str] = {

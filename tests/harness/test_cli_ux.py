@@ -170,6 +170,9 @@ def test_sim_says_how_to_connect_and_that_command_passes(sim):
     name, _, value = env_part.partition("=")
     proc = run_cli(*command.split(), "basic", env={name: value})
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The README's second line printed PyJWT's InsecureKeyLengthWarning (a site-packages path and a source line)
+    # for the development secret: the secret is the server's, which a client cannot lengthen.
+    assert "Warning" not in proc.stderr and "site-packages" not in proc.stderr, proc.stderr
 
 
 def test_credentials_refused_for_every_chat_is_a_configuration_error(sim):
