@@ -284,6 +284,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
         embedded_sim,
         make_target,
         read_token,
+        target_profile,
     )
 
     names = args.scenarios or list(BUILTIN_SUITE)
@@ -336,11 +337,11 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
             # Everything is checked before the server starts: a wrong --profile or scenario is a usage error.
             dialects = set()
             for scenario in scenarios:
-                profile = make_target(opts, TokenProvider(), scenario.profile, url="ws://127.0.0.1:1").profile
+                profile = target_profile(opts, scenario.profile)
                 if profile.name not in EMBEDDED_DIALECTS:
                     raise ConfigError(f"--profile {profile.name}: the embedded agentsim speaks "
-                                      f"{', '.join(sorted(EMBEDDED_DIALECTS))}; give --target URL of a "
-                                      f"{profile.name} server")
+                                      f"{', '.join(sorted(EMBEDDED_DIALECTS))}; give --target URL, the "
+                                      f"address of a server that speaks {profile.name}")
                 probe_url = "http://127.0.0.1:1" if profile.transports[0] == "sse" else "ws://127.0.0.1:1"
                 fits(scenario, make_target(opts, TokenProvider(), scenario.profile, url=probe_url))
                 dialects.add(profile.name)

@@ -358,6 +358,18 @@ def read_headers(opts: TargetOptions, transport: str) -> HeaderPairs:
     return tuple(out)
 
 
+def target_profile(opts: TargetOptions, default_profile: str | None = None) -> Profile:
+    """The profile a target of `opts` speaks (`--profile`, else the scenario's, else netra), loaded and checked."""
+    try:
+        from .profiles import load_profile  # pydantic models: loaded when a target is built, not at start-up
+
+        return load_profile(opts.profile or default_profile or "netra")
+    except ConfigError as exc:
+        # Named by its flag also where the file's reader named only the file (a directory, /dev/zero, a FIFO).
+        message = str(exc) if str(exc).startswith("--profile") else f"--profile {exc}"
+        raise ConfigError(message, field="profile", detail=message.removeprefix("--profile ")) from None
+
+
 def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str | None = None, *,
                 url: str | None = None, transports: tuple[str, ...] | None = None) -> Target:
     """The checked Target for `url` (default `opts.url`); `transports` limits what a driver can speak."""
@@ -365,14 +377,7 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
     if url is None:
         raise option_error("url", ": no URL given")
     check_label(opts.name, "name")
-    try:
-        from .profiles import load_profile  # pydantic models: loaded when a target is built, not at start-up
-
-        profile = load_profile(opts.profile or default_profile or "netra")
-    except ConfigError as exc:
-        # Named by its flag also where the file's reader named only the file (a directory, /dev/zero, a FIFO).
-        message = str(exc) if str(exc).startswith("--profile") else f"--profile {exc}"
-        raise ConfigError(message, field="profile", detail=message.removeprefix("--profile ")) from None
+    profile = target_profile(opts, default_profile)
     schemes = tuple(s for s, v in SCHEMES.items() if transports is None or v.transport in transports)
     parts = check_url(url, "url", schemes)
     if parts.username or parts.password:

@@ -133,6 +133,10 @@ def test_a_dialect_the_embedded_server_does_not_speak_fails_fast(tmp_path):
                        .replace("name: netra", "name: acme"))
     proc = run_cli("run", "basic", "--profile", str(profile), timeout=20)
     assert proc.returncode == 2 and "--profile acme" in proc.stderr and "--target" in proc.stderr
+    # An SSE-only example profile of docs/profiles/ was refused as "--target ws:// means websocket", a flag never given.
+    sse = run_cli("run", "basic", "--profile", str(Path(__file__).parents[2] / "docs/profiles/ai-sdk-ui-stream.yaml"))
+    assert sse.returncode == 2 and "ws://" not in sse.stderr, sse.stderr
+    assert "--profile ai-sdk-ui: the embedded agentsim speaks" in sse.stderr, sse.stderr
 
 
 def test_ag_ui_runs_against_the_embedded_ag_ui_server_and_only_what_it_can_carry():
