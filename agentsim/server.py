@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
@@ -32,6 +32,9 @@ from websockets.typing import Subprotocol
 
 from .agent import build_script, parse_latency
 from .faults import AGUI_ONLY, FaultSpec, FaultSpecError, PlannedFault, parse_fault, plan_run_faults
+
+if TYPE_CHECKING:
+    from .agui import AguiSim
 
 logger = logging.getLogger("agentsim")
 # websockets logs request headers (the Authorization token) at DEBUG: keep its server log above that.
@@ -847,9 +850,10 @@ class AgentSim:
 
 
 class ThreadHandle:
-    """An AgentSim running on its own event loop in a daemon thread (for Locust / gevent code)."""
+    """An AgentSim (or its AG-UI AguiSim) running on its own event loop in a daemon thread (for Locust / gevent
+    code, the pytest plugin); `url` is where a client of its protocol connects."""
 
-    def __init__(self, sim: AgentSim, loop: asyncio.AbstractEventLoop, thread: threading.Thread,
+    def __init__(self, sim: AgentSim | AguiSim, loop: asyncio.AbstractEventLoop, thread: threading.Thread,
                  stop_event: asyncio.Event) -> None:
         self.sim = sim
         self.loop = loop
@@ -877,8 +881,16 @@ class ThreadHandle:
 
 
 def run_in_thread(config: SimConfig | None = None, timeout: float = 10.0) -> ThreadHandle:
-    """Start AgentSim in a daemon thread; returns once it listens (or raises after ``timeout``)."""
-    sim = AgentSim(config or SimConfig(port=0))
+    """Start AgentSim in a daemon thread, speaking ``config.protocol``; returns once it listens (or raises after
+    ``timeout``)."""
+    config = config or SimConfig(port=0)
+    sim: AgentSim | AguiSim
+    if config.protocol == "ag-ui":
+        from .agui import AguiSim  # imports this module: loaded here, not at the top
+
+        sim = AguiSim(config)
+    else:
+        sim = AgentSim(config)
     ready = threading.Event()
     box: dict[str, Any] = {}
 

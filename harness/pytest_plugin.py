@@ -26,6 +26,7 @@ from .flow import DEFAULTS, ChatOptions, Conversation
 from .scenario import Expect, Scenario, expectations_for
 from .sinks import Sink
 from .targets import (
+    EMBEDDED_DIALECTS,
     Target,
     TargetOptions,
     TokenProvider,
@@ -33,6 +34,7 @@ from .targets import (
     make_target,
     parse_header_flags,
     read_token,
+    target_profile,
 )
 from .yamlfile import ConfigError
 
@@ -131,7 +133,17 @@ def _target_options(config: pytest.Config) -> tuple[TargetOptions, Target]:
         # are minted): a --chatprobe-token-env naming a variable that is not set is refused here, not sent as no
         # token to fail every test with the server's auth error.
         tokens = read_token(opts) if url is not None else TokenProvider()
-        return opts, make_target(opts, tokens, url=url or "ws://127.0.0.1:1")
+        if url is None:
+            # The embedded agentsim speaks the profile, as `chatprobe run --profile` without --target has it: a
+            # stand-in URL of the profile's own transport (the SSE address for AG-UI, as the embedded server's).
+            profile = target_profile(opts)
+            if profile.name not in EMBEDDED_DIALECTS:
+                raise pytest.UsageError(
+                    f"chatprobe: --chatprobe-profile {profile.name}: the embedded agentsim speaks "
+                    f"{', '.join(sorted(EMBEDDED_DIALECTS))}; give --chatprobe-target URL, the address of a server "
+                    f"that speaks {profile.name}")
+            url = "http://127.0.0.1:1/agent" if profile.transports[0] == "sse" else "ws://127.0.0.1:1"
+        return opts, make_target(opts, tokens, url=url)
     except ConfigError as exc:
         raise pytest.UsageError(f"chatprobe: {redact.clean(flag_named(exc, '--chatprobe-', PYTEST_FIELDS), 1000)}"
                                 ) from None
@@ -154,7 +166,8 @@ def chatprobe_target(request: pytest.FixtureRequest) -> Iterator[Target]:
     from agentsim.server import SimConfig, run_in_thread
 
     secret = secrets.token_urlsafe(32)
-    handle = run_in_thread(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think=0.005, tool_latency=0.002))
+    handle = run_in_thread(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think=0.005, tool_latency=0.002,
+                                     protocol=target.profile.name))
     try:
         yield make_target(opts, TokenProvider(jwt_secret=secret), url=handle.url)
     finally:

@@ -1,6 +1,8 @@
 """The pytest plugin's `chatprobe` fixture, as a user's own tests would use it (embedded agentsim)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.events import Outcome, Role
@@ -71,3 +73,23 @@ def test_plugin_in_a_users_own_test_files_chats_and_checks_recordings(pytester, 
     res.stdout.fnmatch_lines(["*FAILED test_chats.py::test_broken*", "*FAILED test_recordings.py::test_bad*"])
     res.stdout.fnmatch_lines(["*R2 required: missing error_event*"])
     res.stdout.fnmatch_lines(["*objectives not met*", "*R2 required: missing tool_completed*"])
+
+
+def test_profile_option_without_a_target_speaks_that_profile_to_the_embedded_agentsim(pytester):
+    """`--chatprobe-profile ag-ui` with no `--chatprobe-target` started agentsim speaking netra anyway: the AG-UI
+    chat got no event and waited out its deadline (75 s with the defaults), then failed. Now the embedded agentsim
+    speaks the profile, as `chatprobe run --profile ag-ui` has it; one it cannot speak is a usage error at start-up."""
+    pytester.makepyfile(
+        test_agui="""
+        def test_agui_chat(chatprobe):
+            result = chatprobe.check(chatprobe.chat("What is 17 * 23?", streaming=True, deadline=10))
+            assert result.time_to_first_event < 2.0
+        """,
+    )
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "--chatprobe-profile", "ag-ui", timeout=60)
+    res.assert_outcomes(passed=1)
+    other = Path(__file__).parents[2] / "docs" / "profiles" / "openai-responses.yaml"
+    refused = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--chatprobe-profile", str(other), timeout=60)
+    assert refused.ret == 4
+    refused.stderr.fnmatch_lines(["*--chatprobe-profile openai-responses: the embedded agentsim speaks ag-ui, netra*"
+                                  "--chatprobe-target*"])
