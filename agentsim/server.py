@@ -880,17 +880,11 @@ class ThreadHandle:
         self.stop()
 
 
-def run_in_thread(config: SimConfig | None = None, timeout: float = 10.0) -> ThreadHandle:
-    """Start AgentSim in a daemon thread, speaking ``config.protocol``; returns once it listens (or raises after
-    ``timeout``)."""
-    config = config or SimConfig(port=0)
-    sim: AgentSim | AguiSim
-    if config.protocol == "ag-ui":
-        from .agui import AguiSim  # imports this module: loaded here, not at the top
-
-        sim = AguiSim(config)
-    else:
-        sim = AgentSim(config)
+def run_in_thread(config: SimConfig | None = None, timeout: float = 10.0, *,
+                  server: AgentSim | AguiSim | None = None) -> ThreadHandle:
+    """Start `server` (default an AgentSim of `config`) in a daemon thread; returns once it listens (or raises after
+    ``timeout``). An AguiSim is given built (agentsim.agui imports this module)."""
+    sim = server if server is not None else AgentSim(config or SimConfig(port=0))
     ready = threading.Event()
     box: dict[str, Any] = {}
 

@@ -163,11 +163,14 @@ def chatprobe_target(request: pytest.FixtureRequest) -> Iterator[Target]:
     if url is not None:
         yield target
         return
-    from agentsim.server import SimConfig, run_in_thread
+    from agentsim.agui import AguiSim
+    from agentsim.server import AgentSim, SimConfig, run_in_thread
 
     secret = secrets.token_urlsafe(32)
-    handle = run_in_thread(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think=0.005, tool_latency=0.002,
-                                     protocol=target.profile.name))
+    # The embedded agentsim speaks the profile (_target_options refused one it cannot speak).
+    config = SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think=0.005, tool_latency=0.002,
+                       protocol=target.profile.name)
+    handle = run_in_thread(server=AguiSim(config) if config.protocol == "ag-ui" else AgentSim(config))
     try:
         yield make_target(opts, TokenProvider(jwt_secret=secret), url=handle.url)
     finally:
