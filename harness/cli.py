@@ -15,14 +15,14 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 # Only what --help, `list` and every command need is imported here; the rest loads with the command that uses it,
 # so that `chatprobe --help` or `list` costs no pydantic models, no asyncio client, no reports (start-up CPU).
 from .catalog import BUILTIN_SUITE, builtin_scenarios
-from .errors import MESSAGE_LIMIT, ConfigError, ExitCode
+from .errors import MESSAGE_LIMIT, ConfigError, ExitCode, unknown_flag_hint
 from .targets import add_target_args, options_from_args
 
 if TYPE_CHECKING:
@@ -58,6 +58,17 @@ _K6_OUTPUT_FLAGS = {
 
 
 class _Parser(argparse.ArgumentParser):
+    commands: Mapping[str, argparse.ArgumentParser]  # the top-level parser's sub-commands (build_parser)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """As argparse's, but a flag no parser took is reported by the sub-command's parser, which knows the flags
+        a typo may have meant (the top-level one knows only --version)."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(self, "commands", {}).get(getattr(ns, "command", None) or "", self)
+            command.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
     def error(self, message: str) -> NoReturn:
         if message.startswith("unrecognized arguments:"):
             given = message.partition(":")[2].split()
@@ -68,6 +79,8 @@ class _Parser(argparse.ArgumentParser):
                             f"{_K6_FLAGS[flag]}; docs/scenarios.md)")
             elif flag is not None:
                 message += f" (k6's {flag}: {_K6_OUTPUT_FLAGS[flag]})"
+            else:
+                message = unknown_flag_hint(self, message)
         from .redact import clean
 
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {clean(message, MESSAGE_LIMIT)}\n")
@@ -109,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "to the right user, fast — and keep proving it in production.")
     p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    p.commands = sub.choices
 
     r = sub.add_parser("run", help="run scenarios once and exit with their verdict (the CI gate)",
                        description="Run scenarios against a target (default: the built-in suite against the "

@@ -4,7 +4,12 @@ Light on purpose (no pydantic, no YAML): the command line imports it before anyt
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
 
 # A usage error is one line of at most this many characters: a megabyte value, key or path is never echoed whole.
 MESSAGE_LIMIT = 1000
@@ -35,3 +40,22 @@ class ExitCode(IntEnum):
     UNREACHABLE = 3  # the target could not be reached
     INTERRUPTED = 130  # SIGINT (128 + 2)
     TERMINATED = 143  # SIGTERM (128 + 15)
+
+
+def closest(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate a misspelt `word` most looks like, if one is close enough to be what was meant."""
+    import difflib  # loaded only for a message
+
+    close = difflib.get_close_matches(word[:64], sorted(set(candidates) - {word}), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def unknown_flag_hint(parser: argparse.ArgumentParser, message: str) -> str:
+    """argparse's 'unrecognized arguments: --jnuit x.xml' with the parser's flag the first unknown one most looks
+    like: ' (did you mean --junit?)'."""
+    if not message.startswith("unrecognized arguments:"):
+        return message
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    given = next((a.partition("=")[0] for a in message.partition(":")[2].split() if a.startswith("-")), None)
+    meant = closest(given, flags) if given else None
+    return f"{message} (did you mean {meant}?)" if meant else message

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .catalog import builtin_names
-from .errors import ConfigError
+from .errors import ConfigError, closest
 
 __all__ = ["ConfigError", "did_you_mean"]
 
@@ -93,16 +93,14 @@ def _model_keys(model: type[BaseModel]) -> set[str]:
 def did_you_mean(key: Any, model: type[BaseModel] | None) -> str:
     if model is None or not isinstance(key, str):
         return ""
-    import difflib
-
     known = _model_keys(model)
     if key in _FOREIGN_KEYS and _FOREIGN_KEYS[key] in known:
         return f" (did you mean '{_FOREIGN_KEYS[key]}'?)"
     if key in _FOREIGN_NOTES and "arrival_rate" in known:
         return f" ({_FOREIGN_NOTES[key]})"
     # Not the key itself: it is a key of another mapping (a stage's `rate`, a latency's `p95` under a ratio).
-    close = difflib.get_close_matches(key[:64], sorted(known - {key}), n=1, cutoff=0.75)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    meant = closest(key, known)
+    return f" (did you mean '{meant}'?)" if meant else ""
 
 
 def format_validation_error(path: str, err: ValidationError, node: yaml.Node | None,
@@ -498,6 +496,9 @@ def load_builtin_or_file(model: type[M], name_or_path: str, folder: Traversable,
     # system's limit (an OSError out of is_file()).
     builtins = builtin_names(folder)
     if name_or_path not in builtins:
-        raise ConfigError(f"{what} {shown}: no such file and no built-in of that name (built-ins: {', '.join(builtins)})")
+        meant = closest(name_or_path, builtins)
+        hint = f"did you mean {meant!r}? " if meant else ""
+        raise ConfigError(f"{what} {shown}: no such file and no built-in of that name ({hint}built-ins: "
+                          f"{', '.join(builtins)})")
     candidate = folder / f"{name_or_path}.yaml"
     return load_model(model, f"{shown_folder}/{name_or_path}.yaml", candidate.read_text(encoding="utf-8"))

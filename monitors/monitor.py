@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from harness import redact
 from harness.durations import Seconds, parse_duration
-from harness.errors import MESSAGE_LIMIT
+from harness.errors import MESSAGE_LIMIT, unknown_flag_hint
 from harness.events import Outcome
 from harness.profiles import load_profile
 from harness.results import ScenarioRun, exit_code
@@ -114,7 +114,7 @@ class Probe:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {redact.clean(message, MESSAGE_LIMIT)}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {redact.clean(unknown_flag_hint(self, message), MESSAGE_LIMIT)}\n")
 
 
 def _duration_arg(text: str) -> float:

@@ -29,7 +29,7 @@ from websockets.uri import parse_uri
 from harness import redact
 from harness.checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
 from harness.durations import parse_duration, parse_size
-from harness.errors import MESSAGE_LIMIT
+from harness.errors import MESSAGE_LIMIT, unknown_flag_hint
 from harness.events import Outcome, Rule
 from harness.flow import (
     CLEAN_CLOSE_CODES,
@@ -138,7 +138,7 @@ class LiveTracker(ChatTracker):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {redact.clean(message, MESSAGE_LIMIT)}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {redact.clean(unknown_flag_hint(self, message), MESSAGE_LIMIT)}\n")
 
 
 def _hostport(value: str, flag: str) -> tuple[str, int]:

@@ -218,3 +218,24 @@ def test_two_reports_naming_one_file_are_refused_before_the_run(tmp_path, capsys
     assert not same.exists()
     assert main(["check", "--json", "/dev/null", "--junit", "/dev/null", str(tmp_path / "none.jsonl")]) == 2
     assert "overwrite" not in capsys.readouterr().err  # a device twice is fine (the recording is what is missing)
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["run", "basic", "--jnuit", "out.xml"], "unrecognized arguments: --jnuit out.xml (did you mean --junit?)"),
+    (["run", "basic", "--objectve=passed_ratio.min=1"], "(did you mean --objective?)"),
+    (["check", "--scenaro", "basic", "rec"], "(did you mean --scenario?)"),
+    (["run", "basci"], "scenario 'basci': no such file and no built-in of that name (did you mean 'basic'?"),
+    (["run", "basic", "--profile", "ag_ui"], "(did you mean 'ag-ui'?"),
+    (["monitor", "--intervl", "5s", "--target", "ws://127.0.0.1:1/ws"], "(did you mean --interval?)"),
+])
+def test_a_typo_in_a_flag_or_a_name_is_answered_with_what_was_meant(capsys, argv, hint):
+    """A misspelt flag was 'unrecognized arguments: --jnuit' (no word of --junit, and for `run` from the parser
+    that knows only --version), a misspelt scenario or profile name listed every built-in: now the one it most
+    looks like is named, as a scenario file's misspelt key is."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's error
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert hint in err and err.count("\n") == 1 and "Traceback" not in err, err
