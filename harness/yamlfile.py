@@ -106,7 +106,9 @@ def did_you_mean(key: Any, model: type[BaseModel] | None) -> str:
 def format_validation_error(path: str, err: ValidationError, node: yaml.Node | None,
                             model: type[BaseModel] | None = None) -> str:
     errors = err.errors()
-    first = errors[0]
+    # The problem the file shows first: pydantic lists a misspelt key (`mesage:` on line 3) after the fields'
+    # own errors (`expect:` on line 4), and one fix at a time should go down the file, not up.
+    first = min(errors, key=lambda e: _resolve(node, tuple(e["loc"]), at_key=e["type"] == "extra_forbidden")[0] or 0)
     if any(e["type"] == "missing" for e in errors):
         # A misspelt required key is two errors, the key missing and the key not taken: the misspelling is the one
         # to name, with the key meant, rather than "Field required" for a key the user believes they wrote.

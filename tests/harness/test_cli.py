@@ -116,6 +116,8 @@ BAD_SCENARIOS = {
     "infinite duration": ("name: x\nexpect:\n  stall_limit: .inf\n", "line 3", "expect.stall_limit"),
     "empty message": ("name: x\nmessage: ''\n", "line 2", "message"),
     "unknown profile": ("name: x\nprofile: nosuch\n", "line 2", "profile"),
+    # Two typos: the one higher in the file first (pydantic lists the misspelt top-level key after expect's).
+    "two typos": ("name: x\nmesage: hi\nexpect: {streming: true}\n", "line 2", "field 'mesage'"),
 }
 
 
