@@ -4,6 +4,7 @@ Run `python -m dashboards.generate` to rewrite dashboards/chatprobe-overview.jso
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -363,8 +364,11 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    out = Path(args[0]) if args else OUTPUT
+    parser = argparse.ArgumentParser(prog="python -m dashboards.generate",
+                                     description="Write the Grafana dashboard chatprobe-overview as JSON.")
+    parser.add_argument("out", nargs="?", type=Path, default=OUTPUT, metavar="FILE",
+                        help="where to write it (default dashboards/chatprobe-overview.json)")
+    out = parser.parse_args(sys.argv[1:] if argv is None else argv).out
     out.write_text(render(), encoding="utf-8")
     print(f"wrote {out}")
     return 0

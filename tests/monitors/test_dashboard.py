@@ -334,3 +334,22 @@ def test_missing_events_ratio_leaves_out_pushgateway_groups_as_the_rule_does(boa
     }
     assert _instant(expr, series, tmp_path) == pytest.approx(0.1)
     assert _instant(rule, series, tmp_path) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["--out", "x.json"]])
+def test_the_generator_takes_help_and_refuses_a_flag_rather_than_writing_a_file_of_its_name(tmp_path, monkeypatch,
+                                                                                        capsys, argv):
+    """`python -m dashboards.generate --help` wrote the dashboard to a file named `--help` in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        generate.main(argv)
+    assert exc.value.code == (0 if argv[0] in ("--help", "-h") else 2)
+    assert list(tmp_path.iterdir()) == []
+    out = capsys.readouterr()
+    assert "usage:" in out.out + out.err
+
+
+def test_the_generator_writes_to_the_path_given(tmp_path):
+    out = tmp_path / "d.json"
+    assert generate.main([str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == generate.render()
