@@ -72,6 +72,7 @@ class ScenarioStats:
             "missing_events_ratio": self.missing_ratio,
             "missing_roles": {k.value: v for k, v in self.missing_roles.items()},
             "violations": dict(sorted(self.violations.items(), key=lambda kv: int(kv[0][1:]))),
+            "error_kinds": dict(sorted(self.error_kinds.items())),
             "time_to_first_event": self.ttfe,
             "chat_duration": self.duration,
             "events": self.events,

@@ -45,6 +45,9 @@ async def test_real_runs_validate_against_both_schemas(sim_factory, tmp_path):  
         assert len(s["chats"]) == run.stats.chats
     assert abs(datetime.fromisoformat(doc["generated_at_iso"]).timestamp() - doc["generated_at"]) < 0.001
     assert doc["scenarios"][0]["chats"][0]["events"][0]["role"] == "agent_started"
+    # Why the error chats failed: docs/json-report.md and the schema had `stats.error_kinds`, the report never did.
+    assert doc["scenarios"][2]["stats"]["error_kinds"] == {"refused": 1}
+    assert doc["scenarios"][0]["stats"]["error_kinds"] == {}
 
     junit = tmp_path / "r.xml"
     write_junit(str(junit), [good, bad, down])
