@@ -46,7 +46,13 @@ def closest(word: str, candidates: Iterable[str]) -> str | None:
     """The candidate a misspelt `word` most looks like, if one is close enough to be what was meant."""
     import difflib  # loaded only for a message
 
-    close = difflib.get_close_matches(word[:64], sorted(set(candidates) - {word}), n=1, cutoff=0.75)
+    others = sorted(set(candidates) - {word})
+    # Two letters swapped (p59 for p95): in a short word that is too far for difflib's ratio, and plainly meant.
+    swapped = [c for c in others if len(c) == len(word) and sorted(c) == sorted(word)
+               and sum(a != b for a, b in zip(c, word, strict=True)) == 2]
+    if len(swapped) == 1:
+        return swapped[0]
+    close = difflib.get_close_matches(word[:64], others, n=1, cutoff=0.75)
     return close[0] if close else None
 
 

@@ -118,6 +118,9 @@ BAD_SCENARIOS = {
     "unknown profile": ("name: x\nprofile: nosuch\n", "line 2", "profile"),
     # Two typos: the one higher in the file first (pydantic lists the misspelt top-level key after expect's).
     "two typos": ("name: x\nmesage: hi\nexpect: {streming: true}\n", "line 2", "field 'mesage'"),
+    # Two letters swapped in a short key: difflib finds no close match for 'p59' among p50, p90, p95, p99.
+    "swapped letters": ("name: x\nobjectives:\n  time_to_first_event: {p59: 2s}\n", "line 3",
+                        "field 'objectives.time_to_first_event.p59': Extra inputs are not permitted (did you mean 'p95'?)"),
 }
 
 
