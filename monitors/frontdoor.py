@@ -308,7 +308,8 @@ class FrontDoor:
         if reason == "bad_request":
             self.throttle.warn(reason, "refused an upgrade the proxy does not pass on (from %s): a request target "
                                "that is not a plain path (the proxy only ever connects to --upstream), a malformed "
-                               "Sec-WebSocket-Protocol or a handshake websockets refuses", peer or "unknown")
+                               "Sec-WebSocket-Protocol, a handshake websockets refuses or bytes that are no HTTP "
+                               "request", peer or "unknown")
         elif reason == "over_capacity":
             self.throttle.warn(reason, "answered 503: all %d connections (--max-connections) are in use",
                                self.max_connections)
@@ -390,12 +391,34 @@ class FrontDoor:
 
         class CountedConnection(BoundedPongs, ServerConnection):
             door_key: str | None = None
+            heard = False  # a byte of a request came
+            judged = False  # its refusal is counted
 
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 super().connection_made(transport)
                 self.door_key = door.socket_opened(transport.get_extra_info("peername"))
                 if self.door_key is None and isinstance(transport, asyncio.Transport):
                     transport.abort()
+
+            def data_received(self, data: bytes) -> None:
+                self.heard = self.heard or bool(data)
+                super().data_received(data)
+                self._unparsed()
+
+            def eof_received(self) -> None:
+                super().eof_received()
+                self._unparsed()
+
+            def _unparsed(self) -> None:
+                """websockets could not read an HTTP request in what came (garbage for a request line, a line or
+                headers too long: it answers 414 or 431, or closes; or the client's end came halfway through one),
+                so the proxy's process_request never sees it: counted here, as every refused upgrade is. A socket
+                that sent nothing before its end (a load balancer's TCP check) is no request."""
+                if (not self.judged and self.heard and self.request is None
+                        and self.protocol.handshake_exc is not None):
+                    self.judged = True
+                    peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+                    door.refuse(door.sink, "bad_request", peer[0] if isinstance(peer, tuple) and peer else None)
 
             def connection_lost(self, exc: Exception | None) -> None:
                 door.socket_closed(self.door_key)

@@ -632,7 +632,7 @@ class Proxy:
             conn.protocol.process_request(request)
         except InvalidHandshake:
             door.refuse(sink, "bad_request", peer)
-            return conn.protocol.accept(request)  # websockets' own answer to it: 400, 405, 426 or 505, and why
+            return conn.protocol.accept(request)  # websockets' own answer to it: 400 or 426, and why
         try:
             # websockets' own parser: what the upstream connection would refuse to offer is the client's fault (400),
             # not the upstream's (it was a 502 and a protocol_error on the upstream's dashboard).

@@ -197,6 +197,56 @@ async def test_an_upgrade_the_proxy_refuses_opens_no_upstream_connection_and_is_
         upstream.server.close()
 
 
+# Bytes that are no WebSocket upgrade request: websockets gives up on them before the proxy's process_request
+# (answering 414 or 431, or closing), and what it answers.
+UNREAD_REQUESTS = {
+    "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 hello\r\n\r\n", None),  # a TLS hello
+    "no-request-line": (b"HELLO\r\n\r\n", None),
+    "not-get": (b"POST /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\r\n", None),
+    "http-1.0": (b"GET /ws HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", None),
+    "request-line-too-long": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
+    "header-line-too-long": (b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
+    "too-many-headers": (b"GET /ws HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(200)) + b"\r\n",
+                         431),
+    "cut-short": (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgr", None),  # then the client's end
+}
+
+
+@pytest.mark.parametrize("bad", list(UNREAD_REQUESTS))
+async def test_bytes_that_are_no_http_request_are_counted_as_a_bad_request(bad):
+    """What websockets cannot read as an HTTP request never reaches the proxy's process_request, where every other
+    refused upgrade is counted: such a connection was closed counted nowhere (chatprobe_proxy_refused_connections_total
+    did not add up to what the front door turned away). Counted `bad_request` now, by the time the client reads its
+    answer; no upstream connection is opened. A socket that sends nothing before its end (a load balancer's TCP
+    check) is no request and is not counted."""
+    data, status = UNREAD_REQUESTS[bad]
+    upstream = await Recorded().start()
+    server, port, metrics = await in_process_proxy(f"ws://127.0.0.1:{upstream.port}")
+    try:
+        for n in (1, 2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(data)
+            if status is None:
+                writer.write_eof()  # (what comes after them changes nothing: the proxy closes)
+            async with asyncio.timeout(10):
+                answer = await reader.read()  # to the proxy's end
+            writer.close()
+            assert (int(answer.split(b" ", 2)[1]) if answer else None) == status, answer[:80]
+            assert refused(metrics, "bad_request") == n
+        # A socket that sends nothing is no request.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write_eof()
+        async with asyncio.timeout(10):
+            assert await reader.read() == b""
+        writer.close()
+        assert refused(metrics, "bad_request") == 2
+        assert upstream.requests == []
+        assert await status_of(port, "/ws") == 101  # a good upgrade still goes through
+    finally:
+        server.close()
+        upstream.server.close()
+
+
 async def test_a_client_that_hangs_up_while_the_upstream_answers_leaves_no_upstream_connection_open(caplog):
     """A client sends its upgrade and hangs up while the upstream is still answering (a slow handshake: TLS, a
     distant server). The proxy closed the upstream of a failed handshake when the client's socket closed, which was
