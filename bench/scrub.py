@@ -2,7 +2,13 @@
 100 registered secrets (random 32-character tokens, as `--token` and `--header` values are): median of N rounds.
 The frame holds one of the secrets (its first) cut short, so the redacting path runs too; the output is checked.
 
-    .venv/bin/python bench/scrub.py [--mb 3.2] [--secrets 0,10,100] [--rounds 3]
+`--shape` picks other frames: `escaped`, a CJK answer as `json.dumps` writes it (every character a `\\uXXXX`
+escape) echoing the secret once; `dense`, a JSON frame of strings each holding a run of the secret (a hostile
+client's). `--record` times what `chatprobe proxy --record` does with the frame instead (`ConnectionLog.frame`, the
+secrets a connection's own credentials, as the proxy's users' are). CPU seconds of this process.
+
+    .venv/bin/python bench/scrub.py [--mb 3.2] [--secrets 0,10,100] [--rounds 3] [--shape events|escaped|dense]
+                                    [--record]
 """
 from __future__ import annotations
 
@@ -12,12 +18,14 @@ import random
 import statistics
 import string
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's harness, wherever it is run from
 
 from harness import redact
+from harness.recorder import Recorder
 
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -36,29 +44,58 @@ def frame(size: int, rng: random.Random) -> str:
     return json.dumps({"events": events})
 
 
+def shaped(shape: str, size: int, secret: str | None, rng: random.Random) -> tuple[str, str]:
+    """The frame to scrub and what of the secret it shows (to be gone from the output: a run of it)."""
+    if shape == "events":
+        text = frame(size, rng)
+        return (text, "") if secret is None else (text[:-2] + f', "echo": "{secret[3:20]}"' + text[-2:], secret[3:20])
+    if shape == "escaped":
+        answer = "".join(rng.choices([chr(c) for c in range(0x4E00, 0x4E00 + 3000)], k=size // 6))
+        return json.dumps({"type": "partial_result", "data": {"text": answer + (f" {secret}" if secret else "")}}), (
+            secret or "")
+    # dense: a string per run of 10 characters of the secret, numbered
+    piece = (secret or "".join(rng.choices(_ALPHABET, k=32)))[:10]
+    return json.dumps([f"{piece}{i}" for i in range(size // 16)]), piece if secret else ""
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mb", type=float, default=3.2)
     p.add_argument("--secrets", default="0,10,100")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--shape", choices=("events", "escaped", "dense"), default="events")
+    p.add_argument("--record", action="store_true", help="time the proxy's --record of the frame")
     args = p.parse_args()
     rng = random.Random(1)
-    text = frame(int(args.mb * 1_000_000), rng)
-    print(f"frame: {len(text):,} characters; median of {args.rounds} rounds")
-    print(f"{'secrets':>8} {'scrub (s)':>10}")
+    print(f"{args.shape} frame of {args.mb:g} MB; {'--record' if args.record else 'scrub'}; CPU seconds, median of "
+          f"{args.rounds} rounds")
+    print(f"{'secrets':>8} {'seconds':>10}")
     for count in (int(c) for c in args.secrets.split(",")):
         redact.forget_all()
         secrets = ["".join(rng.choices(_ALPHABET, k=32)) for _ in range(count)]
-        for secret in secrets:
-            redact.register(secret)
-        shown = text if not secrets else text[:-2] + f', "echo": "{secrets[0][3:20]}"' + text[-2:]
+        text, shown = shaped(args.shape, int(args.mb * 1_000_000), secrets[0] if secrets else None, rng)
+        recorder = Recorder(tempfile.mkdtemp(prefix="scrub-bench-"), keep_all=True) if args.record else None
+        if recorder is None:
+            for secret in secrets:
+                redact.register(secret)
         redact.scrub("warm up")  # the matchers are compiled at the first scrub after a register
         times = []
         for _ in range(args.rounds):
-            start = time.perf_counter()
-            out = redact.scrub(shown)
-            times.append(time.perf_counter() - start)
-        assert out == text if not secrets else out == text[:-2] + f', "echo": "{redact.REDACTED}"' + text[-2:]
+            if recorder is not None:
+                log = recorder.connection("bench", secrets)
+                start = time.process_time()
+                log.frame("recv", text, 0.0)
+                times.append(time.process_time() - start)
+                log.close(0.0, 1000, by_client=True)
+                path = recorder.save(log, keep=True)
+                assert path is not None
+                out = json.loads(path.read_text().splitlines()[0])["frame"]
+            else:
+                start = time.process_time()
+                out = redact.scrub(text)
+                times.append(time.process_time() - start)
+        # (with many secrets, a random chat_id may share a run with one of them, and is redacted too)
+        assert (redact.REDACTED in out and shown[:8] not in out) if shown else out == text
         print(f"{count:>8} {statistics.median(times):>10.3f}")
 
 

@@ -22,13 +22,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from json.encoder import encode_basestring, encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
 from .checker import Expectations
 from .profiles import parses_as_json
 from .recordings import RUN_ID_RE, SEND_FAILED
-from .redact import MIN_SECRET_LEN, scrub, secrets_of
+from .redact import MIN_SECRET_LEN, Budget, scrub, secrets_of
 from .transports import ConnectFailed, FrameCallback, RecordingHooks, Transport
 
 DEFAULT_MAX_FILES = 1000
@@ -156,24 +157,27 @@ class ConnectionLog:
         elif isinstance(frame, (bytes, bytearray)):
             self.dropped_bytes += len(frame)
 
-    def _scrub(self, text: str) -> str:
-        text = scrub(text)
-        return text if self.secrets is None else self.secrets.sub(text)
+    def _scrub(self, text: str, budget: Budget | None = None) -> str:
+        return scrub(text, self.secrets, budget)
 
     def _scrub_frame(self, text: str) -> str:
         """A text frame scrubbed without changing what `chatprobe check` reads in it: whether it is JSON, and its
         structure. Nothing to scrub: the frame as it came, byte for byte. A JSON frame: each of its strings (keys
         and values) scrubbed as text and written back as a JSON string, everything else as it came (scrubbing the
         raw text may cut an escape in two: `?keyword=shoes\\"` lost its backslash, and the frame its end). A frame
-        that is not JSON: scrubbed as text, and marked (NOT_JSON_MARK) if that made it read as JSON."""
-        out = self._scrub(text)
-        if out == text:
+        that is not JSON: scrubbed as text, and marked (NOT_JSON_MARK) if that made it read as JSON. The work is
+        bounded for the frame, not per part (Budget): a frame dense with a secret's pieces has its strings redacted
+        piece by piece, as the whole text was."""
+        json_frame = parses_as_json(text)
+        budget = Budget(len(text), lazy=json_frame)
+        out = self._scrub(text, budget)
+        if out == text and not budget.spent:
             return text
-        if parses_as_json(text):
-            return self._scrub_json(text)
+        if json_frame:
+            return self._scrub_json(text, budget.again(len(text)))
         return out + NOT_JSON_MARK if parses_as_json(out) else out
 
-    def _scrub_json(self, text: str) -> str:
+    def _scrub_json(self, text: str, budget: Budget) -> str:
         """A JSON text with each string literal scrubbed as what it decodes to, SCRUB_BATCH at a time (decoded and
         scrubbed a batch at once: a 4 MiB frame of short strings costs about what scrubbing it whole did, and
         holds one batch); a value is scrubbed after its key (`"Authorization": "Basic dXNlcjpwdw=="` is a
@@ -188,31 +192,33 @@ class ConnectionLog:
             if m.group(2) is not None:  # a key: its value goes in its batch (no batch ends with a key)
                 key_end = m.end()
             elif len(batch) >= SCRUB_BATCH:
-                done = self._scrub_batch(text, batch, out, done)
+                done = self._scrub_batch(text, batch, out, done, budget)
                 batch.clear()
-        done = self._scrub_batch(text, batch, out, done)
+        done = self._scrub_batch(text, batch, out, done, budget)
         out.append(text[done:])
         return "".join(out)
 
-    def _scrub_batch(self, text: str, batch: list[tuple[int, int, bool]], out: list[str], done: int) -> int:
+    def _scrub_batch(self, text: str, batch: list[tuple[int, int, bool]], out: list[str], done: int,
+                     budget: Budget) -> int:
         """The batch's strings scrubbed; each one changed is written to `out` as a JSON string, the text between
         as it came. Returns where in `text` the next piece starts."""
         if not batch:
             return done
         # One parse for the batch (the text is JSON: each literal is a valid JSON string).
-        values: list[str] = json.loads("[" + ",".join(text[start:end] for start, end, _ in batch) + "]")
+        values: list[str] = json.loads("[" + ",".join([text[start:end] for start, end, _ in batch]) + "]")
         texts = [f"{values[i - 1]}: {value}" if batch[i][2] and i else value for i, value in enumerate(values)]
-        for i, ((start, end, in_context), value, new) in enumerate(zip(batch, values, self._scrub_each(texts),
+        for i, ((start, end, in_context), value, new) in enumerate(zip(batch, values, self._scrub_each(texts, budget),
                                                                          strict=True)):
             if in_context and i:
                 head = f"{values[i - 1]}: "
-                new = new[len(head):] if new.startswith(head) else self._scrub(value)
+                new = new[len(head):] if new.startswith(head) else self._scrub(value, budget)
             if new != value:
-                out += [text[done:start], json.dumps(new, ensure_ascii=_SURROGATE_RE.search(new) is not None)]
+                # (json.dumps(new, ensure_ascii=...) without its per-call overhead: a frame may change 250,000 strings)
+                out += [text[done:start], (encode_basestring_ascii if _SURROGATE_RE.search(new) else encode_basestring)(new)]
                 done = end
         return done
 
-    def _scrub_each(self, texts: list[str]) -> list[str]:
+    def _scrub_each(self, texts: list[str], budget: Budget) -> list[str]:
         """Each text scrubbed: in one scrub, joined by a line holding a control character none of them holds (no
         rule matches across it; a match that did would take a separator with it, and then each is scrubbed
         alone)."""
@@ -220,10 +226,10 @@ class ConnectionLog:
             joined = "".join(texts)
             sep = next((f"\n{c}\n" for c in _SEPARATORS if c not in joined), None)
             if sep is not None:
-                parts = self._scrub(sep.join(texts)).split(sep)
+                parts = self._scrub(sep.join(texts), budget).split(sep)
                 if len(parts) == len(texts):
                     return parts
-        return [self._scrub(t) for t in texts]
+        return [self._scrub(t, budget) for t in texts]
 
     def failed(self, at: float, failure: dict[str, Any], *, ends: bool = True) -> None:
         """A request that was to open the connection's stream failed (SSE: the POST refused, HTTP 503…), or the

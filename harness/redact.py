@@ -10,8 +10,12 @@ import json
 import re
 import threading
 import time
+from array import array
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from itertools import accumulate
+from json.decoder import scanstring as json_scanstring  # type: ignore[attr-defined]  # the C scanner (not in typeshed)
 from urllib.parse import quote, unquote, unquote_plus
 
 import ahocorasick
@@ -80,8 +84,6 @@ MIN_RUN_WORDS = 12
 # The matcher looks for pieces of this many characters of each form, one every (run length + 1 - _PIECE)
 # characters: any run of the run length holds one of them whole.
 _PIECE = 4
-# Pieces found in a text that are followed without a second pass over it (_Runs.spans).
-_KEPT = 4096
 _BEARER_RE = re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 # An Authorization header's credential whatever its scheme (Basic user:password, Token, Digest…), as a header line, a
 # JSON member or a repr: the scheme stays, the credential goes.
@@ -163,6 +165,39 @@ def _run_lengths(secrets: Iterable[str], literal: bool = True) -> dict[str, int]
     return out
 
 
+class Budget:
+    """The work finding secrets' runs (_Runs.spans) may take on one text, or on the texts of one frame scrubbed in parts
+    (a recorded JSON frame: whole, then its strings a batch at a time), shared by them: `hits`, a piece of a secret
+    found (4096 + an eighth of the size: far above what ordinary text holds, a frame listing a hundred "chat_id"s
+    keeps every "chat" of the registered chatprobe-dev-secret), and `grown`, a hit that the text went on from as the
+    secret does (1024 + a 128th of the size: a real run of a secret is rare, a few echoes of a token). Past either,
+    each further text is redacted piece by piece (_Runs.blunt). Every part of a frame had the whole bound again
+    (4096 hits of its own), and every hit was followed: a frame of 250,000 strings each holding a run of the
+    connection's token took the proxy's event loop for seconds."""
+
+    __slots__ = ("hits", "grown", "lazy")
+
+    def __init__(self, size: int, *, lazy: bool = False) -> None:
+        self.hits = 4096 + size // 8
+        self.grown = 1024 + size // 128
+        # Past a bound, leave the text as it is: the caller scrubs it again in parts, and takes `spent` for a change
+        # (a recorded JSON frame: its strings, a batch at a time), so redacting it whole piece by piece is work lost.
+        self.lazy = lazy
+
+    @property
+    def spent(self) -> bool:
+        """Past a bound: a text dense with a secret's pieces was met."""
+        return self.hits < 0 or self.grown < 0
+
+    def again(self, size: int) -> Budget:
+        """The budget of a second pass over the same frame, in parts (never lazy): nothing left when this one was
+        spent, else twice the frame's allowance (a key's value is scrubbed after the key, in both)."""
+        after = Budget(2 * size)
+        if self.spent:
+            after.hits = after.grown = -1
+        return after
+
+
 class _Runs:
     """Finds every run of at least its form's run length of consecutive characters of any of the forms, wherever in
     the form it starts. Each form is cut into pieces of _PIECE characters, one every (run length + 1 - _PIECE)
@@ -184,63 +219,66 @@ class _Runs:
             self.automaton.add_word(piece, (k, tuple(places)))
         self.automaton.make_automaton()
 
-    def spans(self, text: str) -> list[tuple[int, int]] | None:
+    def spans(self, text: str, budget: Budget | None = None) -> list[tuple[int, int]] | None:
         """The [start, end) of each such run in the text, sorted, overlapping ones merged; None for a text too dense
-        with the forms' pieces to follow each (see `blunt`)."""
-        # A bound on the work a hostile text can cause (a secret's piece repeated a million times): past it, each
-        # piece found is redacted as it stands, which cuts every run of every form as surely, only less exactly. Far
-        # above what ordinary text holds (a frame listing a hundred "chat_id"s keeps every "chat" of the registered
-        # chatprobe-dev-secret): a hit that starts no run costs a few comparisons. A hit is a piece's occurrence
-        # (counted as str.count does, without overlaps) times the places it has in the forms; the pass stops as soon
-        # as their count is over the bound.
-        bound = 4096 + len(text) // 8
-        hits = 0
+        with the forms' pieces to follow each (see `blunt`), past `budget` (the text's own when None: Budget)."""
+        # A bound on the work a hostile text can cause (a secret's piece repeated a million times, or a million runs of
+        # it): past it, each piece found is redacted as it stands, which cuts every run of every form as surely, only
+        # less exactly. A hit is a piece's occurrence (counted as str.count does, without overlaps) times the places it
+        # has in the forms; the pass stops as soon as their count, or that of the hits that grew, is over the bound.
+        if budget is None:
+            budget = Budget(len(text))
+        found: list[tuple[int, int]] = []
+        forms, runs, size = self.forms, self.runs, len(text)
+        hits, grown = budget.hits, budget.grown
         counted_to: dict[int, int] = {}  # piece -> where its last occurrence counted ends, plus _PIECE - 1
-        # The hits are counted (and the pass stopped past the bound) before any is followed: following one costs up to
-        # a form's length of comparisons. The first _KEPT are kept for that; a text with more is passed over again.
-        kept: list[tuple[int, tuple[int, tuple[tuple[int, int], ...]]]] = []
-        for match in self.automaton.iter(text):
-            last, (k, places) = match
+        # (form, where it starts in the text) -> where the run last followed there ends: a hit of another of the
+        # form's pieces inside it is that run again (the hits come from left to right).
+        reach: dict[tuple[int, int], int] = {}
+        for last, (k, places) in self.automaton.iter(text):
             if last >= counted_to.get(k, 0):
                 counted_to[k] = last + _PIECE
-                hits += len(places)
-                if hits > bound:
+                hits -= len(places)
+                if hits < 0:
+                    budget.hits = -1
                     return None
-            if len(kept) <= _KEPT:
-                kept.append(match)
-        if not kept:
-            return []
-        found: list[tuple[int, int]] = []
-        # (form, where it starts in the text): the runs longer than a piece found there, which the form's other
-        # pieces in them need not follow again (a hit that went no further than its piece is not remembered).
-        seen: dict[tuple[int, int], list[tuple[int, int]]] = {}
-        for last, (_, places) in kept if len(kept) <= _KEPT else self.automaton.iter(text):
             at = last + 1 - _PIECE
             for n, off in places:
-                form, shift = self.forms[n], at - off
-                done = seen.get((n, shift))
-                if done is not None and any(a <= at and at + _PIECE <= e for a, e in done):
-                    continue  # another piece of the same run found it
-                start, end = at, at + _PIECE
-                while start > 0 and start - shift > 0 and text[start - 1] == form[start - 1 - shift]:
-                    start -= 1
-                while end < len(text) and end - shift < len(form) and text[end] == form[end - shift]:
-                    end += 1
+                key = (n, at - off)
+                if reach.get(key, -1) > last:
+                    continue
+                # How far, left and right of the piece, the text goes on as the form does: the first character
+                # compared here, the rest in C, a slice at a time (a character at a time, in Python, was most of a
+                # hostile frame's cost).
+                form = forms[n]
+                end, start, j = last + 1, at, off + _PIECE
+                if end < size and j < len(form) and text[end] == form[j]:
+                    end += _agree(text, end, form, j, min(size - end, len(form) - j))
+                if at and off and text[at - 1] == form[off - 1]:
+                    start -= _agree_back(text, at, form, off, min(at, off))
+                reach[key] = end
                 if end - start > _PIECE:
-                    seen.setdefault((n, shift), []).append((start, end))
-                if end - start >= self.runs[n]:
+                    grown -= 1
+                    if grown < 0:
+                        budget.grown = -1
+                        return None
+                if end - start >= runs[n]:
                     found.append((start, end))
-        return _merged(found)
+        budget.hits, budget.grown = hits, grown
+        return _merged(found) if found else []
 
     def blunt(self, text: str) -> str:
         """A text too dense with pieces to follow each: every piece found redacted as it stands, from the left, the
         next one looked for after it (as an alternation of them would), which cuts every run of every form as
-        surely, only less exactly. (The pieces have one length: the longest match is the leftmost one.)"""
+        surely, only less exactly; pieces side by side are one [REDACTED] (a hostile frame of a million pieces made
+        ten megabytes of them). (The pieces have one length: the longest match is the leftmost one.)"""
         out: list[str] = []
         i = 0
-        for last, _ in self.automaton.iter_long(text):
-            out += [text[i:last + 1 - _PIECE], REDACTED]
-            i = last + 1
+        for end in [last + 1 for last, _ in self.automaton.iter_long(text)]:
+            start = end - _PIECE
+            if start > i or not out:
+                out += [text[i:start], REDACTED]
+            i = end
         out.append(text[i:])
         return "".join(out)
 
@@ -255,6 +293,35 @@ def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+def _agree(a: str, i: int, b: str, j: int, most: int) -> int:
+    """How many characters of `a` from i on are those of `b` from j on, at most `most`, the first one known to be:
+    slices compared in C, halving."""
+    if a[i:i + most] == b[j:j + most]:
+        return most
+    lo, hi = 1, most  # a[i:i + lo] agrees, a[i:i + hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[i:i + mid] == b[j:j + mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _agree_back(a: str, i: int, b: str, j: int, most: int) -> int:
+    """How many characters of `a` before i are those of `b` before j, at most `most`, the first one known to be."""
+    if a[i - most:i] == b[j - most:j]:
+        return most
+    lo, hi = 1, most
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[i - mid:i] == b[j - mid:j]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 def _redacted_spans(text: str, spans: list[tuple[int, int]]) -> str:
     out: list[str] = []
     i = 0
@@ -265,81 +332,130 @@ def _redacted_spans(text: str, spans: list[tuple[int, int]]) -> str:
     return "".join(out)
 
 
-_JSON_ESCAPE_RE = re.compile(_BACKSLASHES + r'(?:u([0-9A-Fa-f]{4})|([/"]))')
-# Spelled to start with a literal "%" (not "(?:…)+"), which lets the engine skip ahead to each "%".
-_PERCENT_RUN_RE = re.compile("%[0-9A-Fa-f]{2}(?:%[0-9A-Fa-f]{2})*")
-_SURROGATE_PAIR_RE = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+# A JSON escape after a run of backslashes (a `\u0065`, `\"` or `\/`, its backslash doubled any number of times). Split
+# out in C by re.split, not one re.sub callback per escape (a Python call per escape made a 4 MB frame of escaped text,
+# a CJK answer as `json.dumps` writes it, cost a second, twice over when the connection had its own secrets): a run of
+# `\uXXXX` with one backslash each, or two (a JSON string inside one), almost every escape there is, is decoded by the
+# json module's C scanner; each other escape on its own.
+_JSON_ESCAPE_SPLIT = re.compile(rf"((?<!\\)(?:\\u[0-9A-Fa-f]{{4}})+|(?<!\\)(?:\\\\u[0-9A-Fa-f]{{4}})+)"
+                                rf"|({_BACKSLASHES}(?:u[0-9A-Fa-f]{{4}}|[/\"]))")
+# An escaped surrogate (any `\uD800`…`\uDFFF` is one: an escape ends every run of backslashes before a `u` and 4 hex
+# digits): the pairs of the decoded text are joined then (all of them).
+_ESCAPED_SURROGATE_RE = re.compile(r"\\u[Dd][89A-Fa-f][0-9A-Fa-f]{2}")
+# Spelled to start with "%" inside its group, which lets the engine skip ahead to each "%".
+_PERCENT_RUN_SPLIT = re.compile("(%[0-9A-Fa-f]{2}(?:%[0-9A-Fa-f]{2})*)")
+_SURROGATE_PAIR_SPLIT = re.compile("([\ud800-\udbff][\udc00-\udfff])")
+_ASTRAL_RE = re.compile("[\U00010000-\U0010ffff]")
+_INVISIBLE_SPLIT = re.compile(f"([{_INVISIBLE}]+)")
+
+
+def _json_escape(piece: str) -> str:
+    """A run of `\\uXXXX` escapes (their backslash doubled or not), or one escape of any kind, decoded."""
+    if piece[1] == "u":
+        return json_scanstring(piece + '"', 0)[0]
+    if piece[1:3] == "\\u":
+        return json_scanstring(piece.replace("\\\\", "\\") + '"', 0)[0]
+    last = piece[-1]
+    return last if last in '/"' else chr(int(piece[-4:], 16))
+
+
+def _in_json_run(piece: str, off: int) -> int:
+    """Where the `off`th character a run of `\\uXXXX` escapes decodes to starts in it: 6 characters an escape (7 with
+    its backslash doubled), twice that for a character outside the BMP (a surrogate pair)."""
+    width = 6 if piece[1] == "u" else 7 if piece[1:3] == "\\u" else 0  # one escape of another kind: one character
+    return width * (off + len(_ASTRAL_RE.findall(_json_escape(piece), 0, off))) if width else 0
+
+
+def _in_percent_run(piece: str, off: int) -> int:
+    """Where the `off`th character a %-run decodes to starts in it: 3 characters a byte before it (a byte UTF-8 could
+    not decode comes back as one of U+DC80…U+DCFF, one byte)."""
+    return 3 * len(_percent_run(piece)[:off].encode("utf-8", "surrogateescape"))
+
+
+def _percent_run(run: str) -> str:
+    return bytes.fromhex(run.replace("%", "")).decode("utf-8", "surrogateescape")
+
+
+class _Positions:
+    """Where each position of a decoded text starts in the text it was decoded from (the text's length for the
+    decoded text's end): each decoding step keeps the cumulative lengths of its parts (plain text and pieces decoded,
+    alternately), in and out, and a position is looked up through the steps, latest first, by bisection (only a
+    span's ends are ever asked for)."""
+
+    __slots__ = ("steps",)
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[array[int], array[int], list[str], Callable[[str, int], int] | None]] = []
+
+    def step(self, parts_in: list[str], parts_out: list[str], inside: Callable[[str, int], int] | None) -> None:
+        """`parts_in` became `parts_out`; `inside(piece, off)`: where in a piece its `off`th decoded character starts
+        (None: every piece decodes to at most one character)."""
+        ins = array("q", accumulate(map(len, parts_in), initial=0))
+        outs = array("q", accumulate(map(len, parts_out), initial=0))
+        self.steps.append((outs, ins, parts_in, inside))
+
+    def __getitem__(self, pos: int) -> int:
+        for outs, ins, parts_in, inside in reversed(self.steps):
+            i = bisect_right(outs, pos) - 1
+            off = pos - outs[i]
+            if off and i % 2:  # inside a piece that decoded to several characters
+                off = inside(parts_in[i], off) if inside is not None else 0
+            pos = ins[i] + off
+        return pos
+
+
+def _decode_step(text: str, parts: list[str], decoded: list[str], positions: _Positions | None,
+                 inside: Callable[[str, int], int] | None = None) -> str:
+    """`parts` (plain text and pieces, alternately: re.split's) with the pieces replaced by `decoded`, joined; the
+    step noted in `positions`."""
+    out = parts if positions is None else parts.copy()
+    out[1::2] = decoded
+    if positions is not None:
+        positions.step(parts, out, inside)
+    return "".join(out)
+
+
+def _decode(text: str, positions: _Positions | None = None, invisible: bool = False) -> str:
+    """The text with its JSON escapes (however often their backslash is doubled) and %-escapes decoded: what a
+    disguised secret reads as; `invisible`: without invisible format characters too; `positions`: where each decoded
+    character starts in the text is noted there."""
+    if "\\" in text:
+        parts = _JSON_ESCAPE_SPLIT.split(text)
+        if len(parts) > 1:
+            plain = parts[::3]
+            pieces = [run or one for run, one in zip(parts[1::3], parts[2::3], strict=True)]
+            surrogates = _ESCAPED_SURROGATE_RE.search(text) is not None
+            parts[:] = [""] * (2 * len(pieces) + 1)
+            parts[::2], parts[1::2] = plain, pieces
+            text = _decode_step(text, parts, list(map(_json_escape, pieces)), positions, _in_json_run)
+            if surrogates:
+                parts = _SURROGATE_PAIR_SPLIT.split(text)
+                if len(parts) > 1:
+                    text = _decode_step(text, parts, [p.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+                                                      for p in parts[1::2]], positions)
+    if "%" in text:
+        parts = _PERCENT_RUN_SPLIT.split(text)
+        if len(parts) > 1:
+            text = _decode_step(text, parts, list(map(_percent_run, parts[1::2])), positions, _in_percent_run)
+    if invisible and not text.isprintable():
+        parts = _INVISIBLE_SPLIT.split(text)
+        if len(parts) > 1:
+            text = _decode_step(text, parts, [""] * (len(parts) // 2), positions)
+    return text
 
 
 def _unescaped(text: str) -> str:
     """The text with its JSON escapes (however often their backslash is doubled) and %-escapes decoded: what a
     disguised secret reads as."""
-    if "\\" in text:
-        surrogates = False
-
-        def one(m: re.Match[str]) -> str:
-            nonlocal surrogates
-            if m[2]:
-                return m[2]
-            c = int(m[1], 16)
-            surrogates = surrogates or 0xD800 <= c <= 0xDFFF
-            return chr(c)
-
-        text = _JSON_ESCAPE_RE.sub(one, text)
-        if surrogates:
-            text = _SURROGATE_PAIR_RE.sub(_pair, text)
-    if "%" in text:
-        text = _PERCENT_RUN_RE.sub(lambda m: unquote(m[0], errors="surrogateescape"), text)
-    return text
+    return _decode(text)
 
 
-def _pair(m: re.Match[str]) -> str:
-    return m[0].encode("utf-16-le", "surrogatepass").decode("utf-16-le")
-
-
-def _percent_decoded(m: re.Match[str]) -> list[tuple[str, int]]:
-    out, k = [], 0
-    for c in unquote(m[0], errors="surrogateescape"):
-        out.append((c, k))
-        # a byte UTF-8 could not decode comes back as one of U+DC80…U+DCFF; any other character, as its bytes
-        k += 3 * (1 if "\udc80" <= c <= "\udcff" else len(c.encode("utf-8", "surrogatepass")))
-    return out
-
-
-def _remapped(text: str, at: list[int], pattern: re.Pattern[str],
-              decode: Callable[[re.Match[str]], list[tuple[str, int]]]) -> tuple[str, list[int]]:
-    """Each match of the pattern replaced by what `decode` makes of it (each character with where its source starts
-    in the match), `at` (where each character of the text starts in the original) carried along."""
-    chars: list[str] = []
-    where: list[int] = []
-    i = 0
-    for m in pattern.finditer(text):
-        chars.append(text[i:m.start()])
-        where += at[i:m.start()]
-        for c, k in decode(m):
-            chars.append(c)
-            where.append(at[m.start() + k])
-        i = m.end()
-    chars.append(text[i:])
-    where += at[i:]
-    return "".join(chars), where
-
-
-def _unescaped_at(text: str) -> tuple[str, list[int]]:
+def _unescaped_at(text: str) -> tuple[str, _Positions]:
     """_unescaped(text) without invisible format characters, and where in the text each of its characters starts
     (then len(text)): a run found in the decoded text is redacted in the text as its escapes spell it (a secret
-    with a zero-width space after each character too: the span redacted holds them, nothing else is dropped).
-    Slower than _unescaped: only for a text that holds a secret's piece once decoded."""
-    decoded, at = text, list(range(len(text)))
-    if "\\" in decoded:
-        decoded, at = _remapped(decoded, at, _JSON_ESCAPE_RE, lambda m: [(m[2] or chr(int(m[1], 16)), 0)])
-        if any(m[1] and 0xD800 <= int(m[1], 16) <= 0xDFFF for m in _JSON_ESCAPE_RE.finditer(text)):
-            decoded, at = _remapped(decoded, at, _SURROGATE_PAIR_RE, lambda m: [(_pair(m), 0)])
-    if "%" in decoded:
-        decoded, at = _remapped(decoded, at, _PERCENT_RUN_RE, _percent_decoded)
-    if not decoded.isprintable():
-        decoded, at = _remapped(decoded, at, _INVISIBLE_RE, lambda m: [])
-    return decoded, [*at, len(text)]
+    with a zero-width space after each character too: the span redacted holds them, nothing else is dropped)."""
+    positions = _Positions()
+    return _decode(text, positions, invisible=True), positions
 
 
 class Secrets:
@@ -354,8 +470,9 @@ class Secrets:
         # secret's disguises already.
         self.disguised = _Runs(_run_lengths(secrets, literal=False)) if secrets else None
 
-    def sub(self, text: str, decoded: str | None = None) -> str:
-        """The text without these secrets; `decoded`: the text's _unescaped form, when the caller has it."""
+    def sub(self, text: str, decoded: str | None = None, budget: Budget | None = None) -> str:
+        """The text without these secrets; `decoded`: the text's _unescaped form, when the caller has it; `budget`:
+        the hits it may take (see Budget)."""
         if self.literal is None:
             return text
         if self.disguised is not None and ("\\" in text or "%" in text or not text.isprintable()):
@@ -363,20 +480,20 @@ class Secrets:
                 decoded = _unescaped(text)
             if not decoded.isprintable():  # raw or escaped, an invisible format character splits no secret
                 decoded = _INVISIBLE_RE.sub("", decoded)
-            # The offsets (a list the size of the text) only for a text that does hold a run of a secret.
-            if decoded != text and (spans := self.disguised.spans(decoded)) != []:
+            # Where the decoded text's characters start in the text, only for a text that does hold a run of a secret.
+            if decoded != text and (spans := self.disguised.spans(decoded, budget)) != []:
                 if spans is None:  # escaped text dense with a secret's pieces (hostile): nothing of it is shown
                     return REDACTED
                 mapped, at = _unescaped_at(text)
                 if mapped != decoded:  # (the same decoding: found again only if it ever differed)
-                    spans = self.disguised.spans(mapped)
+                    spans = self.disguised.spans(mapped, budget)
                     if spans is None:
                         return REDACTED
                 text = _redacted_spans(text, _merged([(at[a], at[e]) for a, e in spans]))
         # One pass of the automaton: cheap when (as almost always) no piece of a secret is there.
-        spans = self.literal.spans(text)
+        spans = self.literal.spans(text, budget)
         if spans is None:
-            return self.literal.blunt(text)
+            return text if budget is not None and budget.lazy else self.literal.blunt(text)
         return _redacted_spans(text, spans) if spans else text
 
 
@@ -609,16 +726,19 @@ def redact_url(url: str) -> str:
     return head + "".join(pieces)
 
 
-def scrub(text: str) -> str:
+def scrub(text: str, also: Secrets | None = None, budget: Budget | None = None) -> str:
     """The text with every registered secret, any JWT, any bearer credential and every URL's credentials replaced
-    by [REDACTED]. Cheap when there is nothing to find (substring tests before any pattern runs)."""
+    by [REDACTED]; then `also`'s secrets (a connection's own credentials, secrets_of). Cheap when there is nothing to
+    find (substring tests before any pattern runs). `budget`: the hits of secrets' pieces the text may take, shared
+    with the other parts of its frame (see Budget)."""
     if not text:
         return text
     fixed, minted = _patterns()
-    # Escapes decoded once: what a secret or JWT disguised as \u0065yJ… or %65yJ… reads as.
+    # Escapes decoded once, for both sets of secrets: what a secret or JWT disguised as \u0065yJ… or %65yJ… reads as.
+    given = text
     decoded = _unescaped(text) if "\\" in text or "%" in text else text
     if fixed is not None:
-        text = fixed.sub(text, decoded)
+        text = fixed.sub(text, decoded, budget)
     disguised_jwt = "eyJ" in decoded and decoded != text
     if "eyJ" in text or disguised_jwt:
         if minted is not None:
@@ -644,6 +764,8 @@ def scrub(text: str) -> str:
     # The pattern's own prefixes (scrub sees every recorded frame, and "ew" alone is in most text).
     if "eyA" in text or "ewo" in text or "ew0K" in text or "ewk" in text:
         text = _JWS_OTHER_RE.sub(REDACTED, text)
+    if also is not None:
+        text = also.sub(text, decoded if text == given else None, budget)
     return text
 
 

@@ -584,7 +584,8 @@ def test_a_full_recording_file_drops_frames_before_scrubbing_them(tmp_path, monk
     import harness.recorder as recorder_module
 
     scrubbed = []
-    monkeypatch.setattr(recorder_module, "scrub", lambda text: scrubbed.append(len(text)) or redact.scrub(text))
+    monkeypatch.setattr(recorder_module, "scrub",
+                        lambda text, *more: scrubbed.append(len(text)) or redact.scrub(text, *more))
     rec = Recorder(tmp_path, max_file_bytes=4096, clock=lambda: 10.0)
     log = rec.connection("peer")
     scrubbed.clear()  # (the label is scrubbed too)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -10,6 +11,7 @@ import logging
 import secrets
 import socket
 import struct
+import sys
 
 import pytest
 import websockets
@@ -851,3 +853,76 @@ async def test_the_proxy_says_when_record_could_not_write_a_connections_frames(t
     assert "of 1 connection(s)" in line and "4,096 bytes" in line
     live.say_dropped(0.0)  # said once: nothing more to say at the stop
     assert sum("were not recorded" in r.getMessage() for r in caplog.records) == 1
+
+
+# -- --record of a large frame: its scrubbing costs no Python call per escape, per string or per run of a secret --
+
+_SCRUBBING = ("harness/redact.py", "harness/recorder.py", "/json/__init__.py", "/json/encoder.py", "/json/decoder.py")
+
+
+class PythonCalls:
+    """A profile hook counting the Python calls into the scrubbing code (harness/redact.py, harness/recorder.py and the
+    json package's Python parts) while it is set: how much Python work a recorded frame costs the proxy's event loop,
+    measured without a clock (the same count on any machine, however loaded)."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def __call__(self, frame, event, arg) -> None:
+        if event == "call" and frame.f_code.co_filename.endswith(_SCRUBBING):
+            self.calls[frame.f_code.co_name] += 1
+
+
+async def test_recording_a_large_frame_costs_no_python_call_per_escape_per_string_or_per_run(tmp_path):
+    """`--record` scrubs every frame on the proxy's event loop. A CJK answer as `json.dumps` writes it (every
+    character a `\\uXXXX` escape) that echoes the user's token once made a Python call per escape, twice (the
+    process's secrets, then the connection's own), and took ~2 s for 4 MB; a frame of strings each holding a run of
+    the token had every run followed and every string written back through json.dumps, and the parts of the frame
+    (its strings, a batch at a time) each had the whole bound on that work again: ~3 s for 4 MB, every other user's
+    chat stalled meanwhile. The recording still shows neither frame's token, and both frames as JSON, the rest intact."""
+    from harness.recorder import Recorder
+    from harness.redact import REDACTED
+
+    token = secrets.token_urlsafe(32)
+
+    async def echo(ws):
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for message in ws:
+                await ws.send(message)
+
+    upstream = await websockets.asyncio.server.serve(echo, "127.0.0.1", 0, max_size=None, ping_interval=None)
+    live = WatchedChats(load_profile("netra"), MetricsSink(ChatMetrics(CollectorRegistry()), "up", "live"), EXP,
+                        "live", 0.05, Recorder(tmp_path / "rec", keep_all=True))
+    server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
+    answer = "".join(chr(0x4E00 + i * 7919 % 3000) for i in range(150_000))
+    frames = [json.dumps({"type": "partial_result", "data": {"text": f"{answer} (key={token} is invalid)"}}),
+              json.dumps([f"{token[:10]}{i}" for i in range(60_000)])]
+    hook = PythonCalls()
+    try:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        async with websockets.asyncio.client.connect(url, additional_headers={"Authorization": f"Bearer {token}"},
+                                                     max_size=None, ping_interval=None) as user:
+            for frame in frames:
+                previous = sys.getprofile()
+                sys.setprofile(hook)
+                try:
+                    await user.send(frame)
+                    async with asyncio.timeout(60):
+                        assert await user.recv() == frame  # through the proxy and back, recorded both ways
+                finally:
+                    sys.setprofile(previous)
+        await until(lambda: live.closed_count == 1)
+    finally:
+        server.close()
+        upstream.close()
+    # 150,000 escapes and 60,000 strings, each recorded twice: a Python call per escape or per string is 300,000 or
+    # more (it was 2.1 million); what is left is bounded by the frame's budget of grown runs (redact.Budget).
+    assert sum(hook.calls.values()) < 100_000, hook.calls.most_common(6)
+    (path,) = (tmp_path / "rec").glob("*.jsonl")
+    recorded = [json.loads(line)["frame"] for line in path.read_text().splitlines() if '"frame"' in line]
+    assert len(recorded) == 4
+    for text in recorded:
+        assert REDACTED in text and not any(token[i:i + 8] in text for i in range(len(token) - 7))
+    assert json.loads(recorded[0])["data"]["text"] == json.loads(recorded[1])["data"]["text"] == \
+        f"{answer} (key={REDACTED} is invalid)"
+    assert all(len(json.loads(text)) == 60_000 for text in recorded[2:])
