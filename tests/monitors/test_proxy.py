@@ -749,12 +749,15 @@ async def test_an_upstream_frame_that_breaks_the_protocol_is_the_r12_the_clients
 
 @pytest.mark.parametrize("offered", ["jwt.X x", "jwt/X", "jwt.\u00e4X"])
 async def test_a_clients_malformed_subprotocol_is_its_own_bad_request_not_the_upstreams_error(offered):
+    """Refused by websockets' own check of the upgrade, before any upstream connection, with its reason (the proxy's
+    own 400 for it, after that check, could never be reached and is gone)."""
     sim, server, metrics, live, target = await setup()
     try:
         with pytest.raises(websockets.InvalidStatus) as refused:
             await websockets.asyncio.client.connect(target.url, additional_headers={"Sec-WebSocket-Protocol": offered},
                                                     open_timeout=10)
         assert refused.value.response.status_code == 400
+        assert b"invalid Sec-WebSocket-Protocol header" in refused.value.response.body
         labels = dict(target="agentsim", source="live")
         assert sample(metrics, "chatprobe_proxy_refused_connections_total", reason="bad_request", **labels) == 1
         assert sample(metrics, "chatprobe_connections_total", result="protocol_error", scenario="live", **labels) == 0
