@@ -552,7 +552,9 @@ class LiveConnection:
         if len(self._by_id) < MAX_OPEN_CHATS:
             return
         oldest = next(iter(self._by_id.values()))
-        self.live.pending.judge(oldest)
+        # A resume it had pending is judged as one a client left (flow.judge_resume): `resumed` when events came back,
+        # else in neither result. Judged `lost`, the proxy's own bound read as a run the server failed to resume.
+        self.live.pending.judge(oldest, left=True)
         result = oldest.finish(now, note=TOO_MANY_OPEN)
         result.outcome, result.error_kind, result.error = Outcome.ERROR, "rejected", TOO_MANY_OPEN
         self._finished(result)

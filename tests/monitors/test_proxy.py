@@ -603,6 +603,57 @@ async def test_a_client_with_too_many_chats_open_at_once_is_bounded_and_counted_
         await sim.stop()
 
 
+async def test_a_chat_past_the_open_chats_bound_with_a_resume_pending_is_no_lost_reconnect():
+    """The proxy stops following the oldest chat of a connection with more than MAX_OPEN_CHATS open (the client's
+    doing, counted in chatprobe_client_rejections_total). When that chat had a resume of its run pending, the resume
+    was judged there and then: no event back yet, so `lost`, a reconnect the server failed, on the dashboard and in
+    the runbook's reading of `reconnects{result="lost"}`, for what was the proxy's own bound. It is judged as a chat the
+    client left with a resume pending is: `resumed` had events come back, else in neither result."""
+    from monitors.proxy import MAX_OPEN_CHATS
+
+    secret = secrets.token_urlsafe(32)
+    # Runs that take long: nothing of the resumed run comes back while the client opens chat after chat.
+    sim = AgentSim(SimConfig(port=0, jwt_secret=secret, think=30.0, seed=5, max_live_runs_per_user=1000))
+    await sim.start()
+    metrics = ChatMetrics(CollectorRegistry())
+    live = LiveChats(load_profile("netra"), MetricsSink(metrics, "agentsim", "live"), EXP, "live", 0.2)
+    server = await start_proxy(Proxy(sim.url.rsplit("/", 1)[0], live), "127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+    headers = {"Authorization": f"Bearer {TokenProvider(jwt_secret=secret).for_user('ana')}"}  # one user, two sockets
+    try:
+        first = await websockets.asyncio.client.connect(url, additional_headers=headers, ping_interval=None)
+        second = await websockets.asyncio.client.connect(url, additional_headers=headers, ping_interval=None)
+        async with asyncio.timeout(10):
+            for ws in (first, second):
+                assert json.loads(await ws.recv())["type"] == "connection_established"
+            await first.send(json.dumps({"type": "user_message", "payload": {
+                "content": "What is 2 * 2?", "thread_id": "t-0", "message_id": "m-0"}}))
+            started = json.loads(await first.recv())
+        assert started["type"] == "agent_started", started
+        run_id, seq = started["run_id"], started["seq"]
+        # The user's client resumes the run on its second socket (the first still open): the chat moves there, its
+        # resume awaiting events (the run thinks for 30 s).
+        await second.send(json.dumps({"type": "resume", "payload": {"run_id": run_id, "last_seq": seq}}))
+        reader = asyncio.ensure_future(_drain(second))
+        for i in range(1, MAX_OPEN_CHATS + 1):  # the 64th chat opened there makes the proxy let the oldest go
+            await second.send(json.dumps({"type": "user_message", "payload": {
+                "content": "What is 2 * 2?", "thread_id": f"t-{i}", "message_id": f"m-{i}"}}))
+        await until(lambda: sample(metrics, "chatprobe_client_rejections_total", **LIVE) == 1)
+        for result in ("resumed", "lost"):
+            assert sample(metrics, "chatprobe_reconnects_total", result=result, **LIVE) == 0, result
+        await second.close()
+        await first.close()
+        reader.cancel()
+        await until(lambda: sample(metrics, "chatprobe_chats_in_flight", **LIVE) == 0)
+        judged = sum(sample(metrics, "chatprobe_chats_total", outcome=o, **LIVE)
+                     for o in ("passed", "failed", "incomplete", "error"))
+        assert judged + 1 == MAX_OPEN_CHATS + 1  # every chat started counted once: judged, or the one let go
+        assert sample(metrics, "chatprobe_reconnects_total", result="lost", **LIVE) == 0
+    finally:
+        server.close()
+        await sim.stop()
+
+
 async def refused_through_proxy(upstream_client, connect_timeout: float,
                                 open_timeout: float) -> tuple[int, dict[str, float]]:
     """A client's connection through the proxy to an upstream served by `upstream_client` (raw asyncio streams) that
