@@ -1002,9 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
             # the bounded server the monitor's HTTP side is (see httpserver.METRICS_THREADS)
             metrics_server = httpserver.start_metrics(mhost, mport)
         except OSError as exc:
-            print(f"chatprobe proxy: error: cannot listen on {redact.clean(args.metrics_listen)} (--metrics-listen): "
-                  f"{redact.clean(exc.strerror or exc)}", file=sys.stderr)
-            return 1
+            return _cannot_listen("--metrics-listen", args.metrics_listen, exc)
         print(f"chatprobe proxy metrics on http://{mhost}:{mport}/metrics", flush=True)
 
     async def run() -> None:
@@ -1012,8 +1010,11 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        server = await start_proxy(Proxy(args.upstream, live, send_timeout=limits["send_timeout"], max_size=max_size),
-                                   host, port, door)
+        proxy = Proxy(args.upstream, live, send_timeout=limits["send_timeout"], max_size=max_size)
+        try:
+            server = await start_proxy(proxy, host, port, door)
+        except OSError as exc:
+            raise _ListenFailed(exc) from None
         print(f"chatprobe proxy listening on ws://{host}:{server.sockets[0].getsockname()[1]} (at most "
               f"{door.max_connections} connections, {door.max_per_address} per client address)", flush=True)
         await stop.wait()
@@ -1023,12 +1024,25 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(run())
-    except OSError as exc:
-        print(f"chatprobe proxy: error: cannot listen on {redact.clean(args.listen)} (--listen): "
-              f"{redact.clean(exc.strerror or exc)}",
-              file=sys.stderr)
-        return 1
+    except _ListenFailed as failed:
+        return _cannot_listen("--listen", args.listen, failed.error)
     finally:
         if metrics_server is not None:
             metrics_server.shutdown(timeout=1.0)
     return EXIT_OK
+
+
+class _ListenFailed(Exception):
+    """The proxy could not listen on --listen (raised out of its event loop with the OSError)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _cannot_listen(flag: str, value: str, exc: OSError) -> int:
+    """An address the proxy cannot listen on (in use, not this host's, a port below 1024 without the right): the
+    flag's fault, a usage error, one line naming it, as the monitor's --listen and the Locust user's metrics port."""
+    print(f"chatprobe proxy: error: {flag} {redact.clean(value, 100)}: cannot listen: "
+          f"{redact.clean(exc.strerror or exc, 200)}", file=sys.stderr)
+    return EXIT_USAGE

@@ -317,17 +317,26 @@ def test_bad_flags_exit_2(capsys, args, needle):
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_metrics_port_in_use_is_one_line_and_exit_1(capsys):
-    from monitors.proxy import main
+@pytest.mark.parametrize("flag", ["--listen", "--metrics-listen"])
+def test_an_address_in_use_is_exit_2_with_one_line_naming_the_flag_as_the_monitors(capsys, flag):
+    """A port another process holds is the flag's fault, a usage error: `chatprobe monitor --listen` and the Locust
+    user's metrics port exit 2 for it (README, "For SREs"), and the proxy exited 1, the code the monitor gives a probe
+    loop that crashed. Both now exit 2, with one line naming the flag and the address, before serving anything."""
+    from harness.cli import main as cli_main
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        port = busy.getsockname()[1]
-        assert main(["--upstream", "ws://127.0.0.1:1/ws", "--listen", "127.0.0.1:0",
-                     "--metrics-listen", f"127.0.0.1:{port}"]) == 1
-    err = capsys.readouterr().err
-    assert f"127.0.0.1:{port}" in err and "--metrics-listen" in err and len(err.strip().splitlines()) == 1, err
+        taken = f"127.0.0.1:{busy.getsockname()[1]}"
+        proxy = ["proxy", "--upstream", "ws://127.0.0.1:1/ws", "--listen", "127.0.0.1:0",
+                 "--metrics-listen", "127.0.0.1:0", flag, taken]  # (the last one given counts; port 0: off, or any)
+        monitor = ["monitor", "--target", "ws://127.0.0.1:1/ws", "--auth", "none", "--listen", taken]
+        for argv in (proxy, monitor) if flag == "--listen" else (proxy,):
+            assert cli_main(argv) == 2, argv
+            err = capsys.readouterr().err
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and f"{flag} {taken}: cannot listen" in lines[0], err
+            assert "Traceback" not in err
 
 
 async def test_a_rejected_message_is_judged_at_once_by_the_proxy():
