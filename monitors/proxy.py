@@ -1026,6 +1026,11 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run())
     except _ListenFailed as failed:
         return _cannot_listen("--listen", args.listen, failed.error)
+    except OSError as exc:
+        # Listening, the host failed under it (out of descriptors or memory outside accept, which asyncio retries):
+        # one line, no traceback; not the flag's fault (exit 1).
+        print(f"chatprobe proxy: error: {redact.clean(exc.strerror or exc, 200)}", file=sys.stderr)
+        return 1
     finally:
         if metrics_server is not None:
             metrics_server.shutdown(timeout=1.0)
