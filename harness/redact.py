@@ -359,53 +359,97 @@ def _json_escape(piece: str) -> str:
     return last if last in '/"' else chr(int(piece[-4:], 16))
 
 
-def _in_json_run(piece: str, off: int) -> int:
-    """Where the `off`th character a run of `\\uXXXX` escapes decodes to starts in it: 6 characters an escape (7 with
-    its backslash doubled), twice that for a character outside the BMP (a surrogate pair)."""
+# A piece a span's end falls in is measured from its start once, in strides of this many characters (see _Prefix).
+_STRIDE = 256
+
+
+class _Prefix:
+    """`measure(text[:off])` for any `off`, at the cost of one stride: the measures of the text's strides, added up once
+    when the first position in it is asked for. A span's end was measured from the piece's start each time: a frame
+    of one escaped run holding the token a thousand times had the whole run decoded and scanned for each of them
+    (0.9 MB of escapes, 26 s of the proxy's event loop)."""
+
+    __slots__ = ("text", "measure", "marks")
+
+    def __init__(self, text: str, measure: Callable[[str], int]) -> None:
+        self.text, self.measure = text, measure
+        self.marks = array("q", accumulate((measure(text[i:i + _STRIDE]) for i in range(0, len(text), _STRIDE)),
+                                           initial=0))
+
+    def __call__(self, off: int) -> int:
+        k = off // _STRIDE
+        return self.marks[k] + self.measure(self.text[k * _STRIDE:off])
+
+
+def _astral_count(text: str) -> int:
+    return len(_ASTRAL_RE.findall(text))
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogateescape"))
+
+
+def _in_json_run(piece: str, decoded: str) -> Callable[[int], int]:
+    """Where the `off`th character a run of `\\uXXXX` escapes decodes to (`decoded`) starts in it: 6 characters an
+    escape (7 with its backslash doubled), twice that for a character outside the BMP (a surrogate pair)."""
     width = 6 if piece[1] == "u" else 7 if piece[1:3] == "\\u" else 0  # one escape of another kind: one character
-    return width * (off + len(_ASTRAL_RE.findall(_json_escape(piece), 0, off))) if width else 0
+    if not width:
+        return lambda off: 0
+    astral = _Prefix(decoded, _astral_count)
+    return lambda off: width * (off + astral(off))
 
 
-def _in_percent_run(piece: str, off: int) -> int:
-    """Where the `off`th character a %-run decodes to starts in it: 3 characters a byte before it (a byte UTF-8 could
-    not decode comes back as one of U+DC80…U+DCFF, one byte)."""
-    return 3 * len(_percent_run(piece)[:off].encode("utf-8", "surrogateescape"))
+def _in_percent_run(piece: str, decoded: str) -> Callable[[int], int]:
+    """Where the `off`th character a %-run decodes to (`decoded`) starts in it: 3 characters a byte before it (a byte
+    UTF-8 could not decode comes back as one of U+DC80…U+DCFF, one byte)."""
+    size = _Prefix(decoded, _utf8_size)
+    return lambda off: 3 * size(off)
 
 
 def _percent_run(run: str) -> str:
     return bytes.fromhex(run.replace("%", "")).decode("utf-8", "surrogateescape")
 
 
+# Where in a piece its `off`th decoded character starts, made for a piece (as sent, decoded) when first asked.
+Locator = Callable[[str, str], Callable[[int], int]]
+
+
 class _Positions:
     """Where each position of a decoded text starts in the text it was decoded from (the text's length for the
     decoded text's end): each decoding step keeps the cumulative lengths of its parts (plain text and pieces decoded,
     alternately), in and out, and a position is looked up through the steps, latest first, by bisection (only a
-    span's ends are ever asked for)."""
+    span's ends are ever asked for); a piece's own locator is made once, when a position in it is first asked for."""
 
     __slots__ = ("steps",)
 
     def __init__(self) -> None:
-        self.steps: list[tuple[array[int], array[int], list[str], Callable[[str, int], int] | None]] = []
+        self.steps: list[tuple[array[int], array[int], list[str], list[str], Locator | None,
+                               dict[int, Callable[[int], int]]]] = []
 
-    def step(self, parts_in: list[str], parts_out: list[str], inside: Callable[[str, int], int] | None) -> None:
-        """`parts_in` became `parts_out`; `inside(piece, off)`: where in a piece its `off`th decoded character starts
-        (None: every piece decodes to at most one character)."""
+    def step(self, parts_in: list[str], parts_out: list[str], inside: Locator | None) -> None:
+        """`parts_in` became `parts_out`; `inside(piece, decoded)`: where in a piece its `off`th decoded character
+        starts, as a function of `off` (None: every piece decodes to at most one character)."""
         ins = array("q", accumulate(map(len, parts_in), initial=0))
         outs = array("q", accumulate(map(len, parts_out), initial=0))
-        self.steps.append((outs, ins, parts_in, inside))
+        self.steps.append((outs, ins, parts_in, parts_out, inside, {}))
 
     def __getitem__(self, pos: int) -> int:
-        for outs, ins, parts_in, inside in reversed(self.steps):
+        for outs, ins, parts_in, parts_out, inside, located in reversed(self.steps):
             i = bisect_right(outs, pos) - 1
             off = pos - outs[i]
             if off and i % 2:  # inside a piece that decoded to several characters
-                off = inside(parts_in[i], off) if inside is not None else 0
+                if inside is None:
+                    off = 0
+                else:
+                    if (locate := located.get(i)) is None:
+                        locate = located[i] = inside(parts_in[i], parts_out[i])
+                    off = locate(off)
             pos = ins[i] + off
         return pos
 
 
 def _decode_step(text: str, parts: list[str], decoded: list[str], positions: _Positions | None,
-                 inside: Callable[[str, int], int] | None = None) -> str:
+                 inside: Locator | None = None) -> str:
     """`parts` (plain text and pieces, alternately: re.split's) with the pieces replaced by `decoded`, joined; the
     step noted in `positions`."""
     out = parts if positions is None else parts.copy()

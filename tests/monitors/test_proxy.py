@@ -989,3 +989,59 @@ async def test_recording_a_large_frame_costs_no_python_call_per_escape_per_strin
     assert json.loads(recorded[0])["data"]["text"] == json.loads(recorded[1])["data"]["text"] == \
         f"{answer} (key={REDACTED} is invalid)"
     assert all(len(json.loads(text)) == 60_000 for text in recorded[2:])
+
+
+async def test_recording_a_frame_of_escapes_echoing_the_token_often_decodes_each_run_once(tmp_path):
+    """A hostile upstream whose frame is one run of `\\uXXXX` escapes (every character escaped, the user's token in it
+    hundreds of times), or one run of %-escapes alike: each place the token was found in the decoded run was mapped
+    back into it by decoding the whole run again from its start, twice a place (a 2 MB %-run held the proxy's event
+    loop two minutes, growing as the square of the frame). Each run is decoded once now, and measured in strides;
+    the recording shows no token, escaped or not."""
+    from urllib.parse import unquote
+
+    from harness.recorder import Recorder
+    from harness.redact import REDACTED
+
+    token = secrets.token_urlsafe(24)
+    echoed = ("\u4e2d\U0001f600" + token) * 300
+    escaped = json.dumps(echoed)[1:-1].replace(token, "".join(f"\\u{ord(c):04x}" for c in token))
+    percent = "".join(f"%{b:02X}" for b in (("\u4e2d\U0001f600" * 20 + token) * 300).encode())
+    frames = [f'{{"type": "partial_result", "data": {{"text": "{escaped}"}}}}',
+              f'{{"type": "partial_result", "data": {{"url": "{percent}"}}}}']
+
+    async def hostile(ws):
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for frame in frames:
+                await ws.recv()
+                await ws.send(frame)
+            await ws.wait_closed()
+
+    upstream = await websockets.asyncio.server.serve(hostile, "127.0.0.1", 0, max_size=None, ping_interval=None)
+    live = WatchedChats(load_profile("netra"), MetricsSink(ChatMetrics(CollectorRegistry()), "up", "live"), EXP,
+                        "live", 0.05, Recorder(tmp_path / "rec", keep_all=True))
+    server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
+    hook = PythonCalls()
+    try:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        async with websockets.asyncio.client.connect(url, additional_headers={"Authorization": f"Bearer {token}"},
+                                                     max_size=None, ping_interval=None) as user:
+            previous = sys.getprofile()
+            sys.setprofile(hook)
+            try:
+                for frame in frames:
+                    await user.send("{}")
+                    async with asyncio.timeout(60):
+                        assert await user.recv() == frame
+            finally:
+                sys.setprofile(previous)
+        await until(lambda: live.closed_count == 1)
+    finally:
+        server.close()
+        upstream.close()
+    # A run is decoded once a decoding (the frame, then its strings: a handful); it was twice per token found in it.
+    assert hook.calls["_json_escape"] + hook.calls["_percent_run"] < 100, hook.calls.most_common(6)
+    (path,) = (tmp_path / "rec").glob("*.jsonl")
+    recorded = [json.loads(line)["frame"] for line in path.read_text().splitlines() if '"dir": "recv"' in line]
+    texts = [json.loads(recorded[0])["data"]["text"], unquote(json.loads(recorded[1])["data"]["url"])]
+    for text in texts:
+        assert text.count(REDACTED) == 300 and token[:8] not in text and token[-8:] not in text
