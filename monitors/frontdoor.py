@@ -409,18 +409,21 @@ class FrontDoor:
                 super().eof_received()
                 self._unparsed()
 
-            def _unparsed(self) -> None:
+            def _unparsed(self, ended: bool = False) -> None:
                 """websockets could not read an HTTP request in what came (garbage for a request line, a line or
                 headers too long: it answers 414 or 431, or closes; or the client's end came halfway through one),
-                so the proxy's process_request never sees it: counted here, as every refused upgrade is. A socket
-                that sent nothing before its end (a load balancer's TCP check) is no request."""
+                so the proxy's process_request never sees it: counted here, as every refused upgrade is. `ended`:
+                the socket closed with a request begun and never read whole (its handshake deadline cut a client
+                that sent a byte at a time, or one that went quiet halfway: as a request cut short by the client's
+                end). A socket that sent nothing before its end (a load balancer's TCP check) is no request."""
                 if (not self.judged and self.heard and self.request is None
-                        and self.protocol.handshake_exc is not None):
+                        and (ended or self.protocol.handshake_exc is not None)):
                     self.judged = True
                     peer = self.transport.get_extra_info("peername") if self.transport is not None else None
                     door.refuse(door.sink, "bad_request", peer[0] if isinstance(peer, tuple) and peer else None)
 
             def connection_lost(self, exc: Exception | None) -> None:
+                self._unparsed(ended=True)
                 door.socket_closed(self.door_key)
                 self.door_key = None
                 super().connection_lost(exc)

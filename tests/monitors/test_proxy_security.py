@@ -247,6 +247,28 @@ async def test_bytes_that_are_no_http_request_are_counted_as_a_bad_request(bad):
         upstream.server.close()
 
 
+async def test_a_request_never_finished_before_the_handshake_deadline_is_counted_as_a_bad_request():
+    """A slowloris: a request head sent a byte at a time and never finished, until the handshake deadline
+    (connect_timeout + HANDSHAKE_SLACK) cuts it. The same bytes followed by the client's end are a bad_request, but cut
+    by the proxy's own deadline the connection was closed counted nowhere: refusals did not add up to the sockets
+    that sent a request and were turned away. Counted bad_request now; no upstream connection is opened."""
+    upstream = await Recorded().start()
+    server, port, metrics = await in_process_proxy(f"ws://127.0.0.1:{upstream.port}", connect_timeout=0.1)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for byte in b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgr":  # one segment a byte, then nothing more
+            writer.write(bytes([byte]))
+            await writer.drain()
+        async with asyncio.timeout(20):
+            assert await reader.read() == b""  # the proxy's handshake deadline ends it, unanswered
+        writer.close()
+        await until(lambda: refused(metrics, "bad_request") == 1)  # counted as its socket closes
+        assert upstream.requests == [] and held(metrics) == 0
+    finally:
+        server.close()
+        upstream.server.close()
+
+
 async def test_a_client_that_hangs_up_while_the_upstream_answers_leaves_no_upstream_connection_open(caplog):
     """A client sends its upgrade and hangs up while the upstream is still answering (a slow handshake: TLS, a
     distant server). The proxy closed the upstream of a failed handshake when the client's socket closed, which was
