@@ -50,6 +50,7 @@ class Unpacker:
         self.coding = coding
         self._z = self._new()
         self._started = False  # any input taken yet (deflate: whether the zlib form was taken)
+        self._head = b""  # deflate: the first byte, held until the second tells the zlib form from raw deflate
 
     def _new(self, raw: bool = False) -> Any:
         if self.coding == "gzip":
@@ -58,6 +59,13 @@ class Unpacker:
 
     def pieces(self, data: bytes) -> Iterator[bytes]:
         """The unpacked bytes of the next piece of the body, in pieces of at most UNPACK_PIECE bytes."""
+        if self.coding == "deflate" and not self._started:
+            # zlib's header is two bytes: from one, zlib finds nothing wrong, and raw deflate in reads of a byte (a
+            # chunked body whose first chunk is one byte) was refused at the second. Nothing is decided before then.
+            data, self._head = self._head + data, b""
+            if len(data) < 2:
+                self._head = data
+                return
         while data:
             z = self._z
             if z.eof:

@@ -38,6 +38,7 @@ class Response:
     body: bytes | None = None  # these bytes as the stream, instead of the script's events
     # The script's whole stream passed through this (a content coding: gzip.compress) and sent in chunk_size pieces.
     encode: Callable[[bytes], bytes] | None = None
+    chunked: bool = False  # the encoded stream in HTTP chunks, one a chunk_size piece (the client reads each apart)
 
 
 @dataclass
@@ -88,6 +89,8 @@ class AguiSSEServer:
                 return
             reason = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 500: "Internal Server Error"}.get(r.status, "X")
             encoding = f"Content-Encoding: {r.content_encoding}\r\n" if r.content_encoding else ""
+            if r.chunked:
+                encoding += "Transfer-Encoding: chunked\r\n"
             writer.write(f"HTTP/1.1 {r.status} {reason}\r\nContent-Type: {r.content_type}\r\n{encoding}"
                          "Cache-Control: no-cache\r\nConnection: close\r\n\r\n".encode())
             if r.body is not None:
@@ -104,7 +107,11 @@ class AguiSSEServer:
                                          for item in self.script(run_input) if not isinstance(item, Pause)))
                 step = self.chunk_size or len(data) or 1
                 for i in range(0, len(data), step):
-                    writer.write(data[i:i + step])
+                    piece = data[i:i + step]
+                    writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if r.chunked else piece)
+                    await writer.drain()
+                if r.chunked:
+                    writer.write(b"0\r\n\r\n")
                     await writer.drain()
                 return
             for item in self.script(run_input):

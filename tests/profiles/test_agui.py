@@ -352,6 +352,19 @@ async def test_a_stream_in_a_coding_not_offered_is_refused_unread(coding):
     assert f"Content-Encoding {coding!r}" in (result.error or "") and "offers gzip, deflate" in (result.error or "")
 
 
+@pytest.mark.parametrize("encode", [_raw_deflate, zlib.compress, gzip.compress])
+async def test_a_compressed_stream_read_a_byte_at_a_time_is_unpacked(encode):
+    """FAILED-ON-ORIGINAL for raw deflate (R12 "cannot be unpacked: incorrect header check"): a deflate stream is
+    told zlib or raw by its first two bytes (zlib's header), but the client decided on the first read, and a
+    server whose first HTTP chunk held one byte had its raw deflate stream refused as corrupt. Now nothing is decided
+    before two bytes came; every read here is one chunk of one byte."""
+    coding = "gzip" if encode is gzip.compress else "deflate"
+    async with AguiSSEServer(full_run, chunk_size=1,
+                             response=Response(content_encoding=coding, encode=encode, chunked=True)) as server:
+        result = await chat(server.url, streaming=True)
+    assert result.outcome is Outcome.PASSED, (result.error, result.violations)
+
+
 @pytest.mark.parametrize("damage", ["corrupt", "cut"])
 async def test_a_compressed_stream_that_cannot_be_unpacked_is_an_r12(damage):
     """A gzip body that is not gzip, or one cut before its gzip end (with HTTP framing intact): the stream is broken
