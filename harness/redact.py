@@ -155,14 +155,27 @@ def _mixes(text: str) -> int:
 
 
 def _run_lengths(secrets: Iterable[str], literal: bool = True) -> dict[str, int]:
-    """Each form of each secret (all its literal_forms, or the secret and its base64 forms) and the shortest run of
+    """Each form of each secret (all its literal_forms, or its _disguised_forms) and the shortest run of
     it that is redacted: MIN_RUN, or MIN_RUN_WORDS for a secret that reads as words; never more than the form."""
     out: dict[str, int] = {}
     for secret in secrets:
         run = MIN_RUN if _mixes(secret) >= 2 else MIN_RUN_WORDS
-        for form in literal_forms(secret) if literal else {secret, *_base64_forms(secret)}:
+        for form in literal_forms(secret) if literal else _disguised_forms(secret):
             out[form] = min(run, len(form), out.get(form, run))
     return out
+
+
+def _disguised_forms(secret: str) -> set[str]:
+    """The forms of a secret looked for in a text with its escapes decoded (_decode): the secret and its base64 forms,
+    and what the secret itself reads as there when it holds what decoding changes. A secret holding a %-escape
+    (`C%18F29kN`) or a backslash (`P5b\\T1+ZfF`) that a server escaped character by character (`\\u0043\\u0025…`,
+    `\\u0050\\u0035\\u0062\\\\\\u0054…`, its backslash as `\\\\`) read as `C\\x18F29kN` or `P5bT1+ZfF` decoded,
+    neither the secret nor any of its literal forms: it went into the recording whole."""
+    forms = {secret, *_base64_forms(secret)}
+    for variant in (_decode(secret), secret.replace("\\", "")):
+        if len(variant.strip()) >= MIN_SECRET_LEN:
+            forms.add(variant)
+    return forms
 
 
 class Budget:

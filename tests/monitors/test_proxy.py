@@ -1045,3 +1045,44 @@ async def test_recording_a_frame_of_escapes_echoing_the_token_often_decodes_each
     texts = [json.loads(recorded[0])["data"]["text"], unquote(json.loads(recorded[1])["data"]["url"])]
     for text in texts:
         assert text.count(REDACTED) == 300 and token[:8] not in text and token[-8:] not in text
+
+
+@pytest.mark.parametrize("token", ["Zx9k%41Q7mP2", "Zx9kQ7\\mP2vR"])
+async def test_a_token_holding_a_percent_escape_or_a_backslash_escaped_by_the_server_is_not_recorded(tmp_path, token):
+    """A user's token holding `%41` or a backslash, echoed by a hostile upstream with every character a `\\uXXXX`
+    escape (the backslash as `\\\\`): the recording's frame read back as JSON held the token whole. Decoded to find
+    disguised secrets, the text read `Zx9kAQ7mP2` (the token's own %-escape decoded too) or `Zx9kQ7mP2vR` (its
+    backslash taken for an escape's doubled one): neither the token nor a literal form of it, nor a run of 8 of
+    either, so the frame was kept as it came. What the token reads as decoded is looked for too now."""
+    from harness.recorder import Recorder
+    from harness.redact import REDACTED
+
+    escaped = "".join("\\\\" if c == "\\" else f"\\u{ord(c):04x}" for c in token)
+    frame = f'{{"type": "partial_result", "data": {{"text": "key {escaped} end"}}}}'
+    assert json.loads(frame)["data"]["text"] == f"key {token} end"
+
+    async def hostile(ws):
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.recv()
+            await ws.send(frame)
+            await ws.wait_closed()
+
+    upstream = await websockets.asyncio.server.serve(hostile, "127.0.0.1", 0, ping_interval=None)
+    live = WatchedChats(load_profile("netra"), MetricsSink(ChatMetrics(CollectorRegistry()), "up", "live"), EXP,
+                        "live", 0.05, Recorder(tmp_path / "rec", keep_all=True))
+    server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
+    try:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        async with websockets.asyncio.client.connect(url, additional_headers={"Authorization": f"Bearer {token}"},
+                                                     ping_interval=None) as user:
+            await user.send("{}")
+            async with asyncio.timeout(10):
+                assert await user.recv() == frame
+        await until(lambda: live.closed_count == 1)
+    finally:
+        server.close()
+        upstream.close()
+    (path,) = (tmp_path / "rec").glob("*.jsonl")
+    (recorded,) = [json.loads(line)["frame"] for line in path.read_text().splitlines() if '"dir": "recv"' in line]
+    text = json.loads(recorded)["data"]["text"]
+    assert token not in text and text.endswith(f"{REDACTED} end"), text
