@@ -1,1 +1,29 @@
+"""What every test shares. The suite runs on several pytest-xdist workers (scripts/test) on a machine shared with other
+jobs: nothing here may depend on being alone on the loopback interface or on how fast the CPU is today."""
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+
+import pytest
+
 pytest_plugins = ["pytester"]
+
+
+
+@pytest.fixture
+def refused_port() -> Iterator[Callable[[], int]]:
+    """`refused_port()` → a loopback port where every connection is refused, for the whole test. A socket bound to it
+    and never listening holds it: no other process can listen there (a port bound and released at once could be
+    taken by another worker's server before the test connected, which then reached that server)."""
+    held: list[socket.socket] = []
+
+    def take() -> int:
+        sock = socket.socket()  # no SO_REUSEADDR: no one else may bind the port while it is held
+        held.append(sock)
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+    yield take
+    for sock in held:
+        sock.close()

@@ -14,7 +14,6 @@ import pytest
 
 from harness.recordings import recorded_runs
 
-from .conftest import free_port
 from .test_locust import LOCUSTFILE, SUMMARY, check, csv_row, finish, locust_bin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -46,9 +45,9 @@ def test_single_process_recording_is_checked_as_locust_judged_it(procs, agentsim
     assert scenario["stats"]["missing_events_chats"] == int(summary["missing"])
 
 
-def test_a_record_dir_that_cannot_be_used_exits_2_with_one_line(procs, tmp_path: Path):
+def test_a_record_dir_that_cannot_be_used_exits_2_with_one_line(procs, tmp_path: Path, refused_port):
     proc = procs.start("locust", [locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "1", "-r", "1", "--run-time",
-                                  "2s", "--host", f"ws://127.0.0.1:{free_port()}/ws", "--chatprobe-auth", "none",
+                                  "2s", "--host", f"ws://127.0.0.1:{refused_port()}/ws", "--chatprobe-auth", "none",
                                   "--chatprobe-record", LOCUSTFILE])
     assert finish(proc, 30) == 2, proc.tail()
     errors = [line for line in proc.err().splitlines() if line.startswith("chatprobe: error:")]

@@ -8,13 +8,13 @@ import subprocess
 import httpx
 import pytest
 
-from .conftest import chatprobe_bin, free_port, scrape, value, wait_for
+from .conftest import chatprobe_bin, scrape, value, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
-def test_target_down_is_reported_and_the_monitor_stays_up(monitor):
-    down = f"ws://127.0.0.1:{free_port()}/ws"  # nothing listens there
+def test_target_down_is_reported_and_the_monitor_stays_up(monitor, refused_port):
+    down = f"ws://127.0.0.1:{refused_port()}/ws"  # nothing listens there
     proc, base = monitor("--target", down, "--target-name", "down", "--interval", "1s", "--timeout", "3s")
     refused = {"target": "down", "scenario": "probe", "source": "synthetic", "result": "refused"}
 

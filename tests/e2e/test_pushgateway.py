@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .conftest import chatprobe_bin, free_port, scrape, value
+from .conftest import chatprobe_bin, scrape, value
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -56,8 +56,8 @@ def test_push_round_trip(pushgateway):
     assert value(samples, "chatprobe_last_success_timestamp_seconds", **group) == last_success
 
 
-def test_push_failure_warns_and_keeps_the_verdict():
-    r = run("basic", "-q", "--pushgateway", f"http://127.0.0.1:{free_port()}", "--job", "ci")
+def test_push_failure_warns_and_keeps_the_verdict(refused_port):
+    r = run("basic", "-q", "--pushgateway", f"http://127.0.0.1:{refused_port()}", "--job", "ci")
     assert r.returncode == 0, r.stdout + r.stderr
     warnings = [line for line in r.stderr.splitlines() if "could not push" in line]
     assert len(warnings) == 1 and "Pushgateway" in warnings[0], r.stderr

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -82,22 +81,18 @@ def test_objective_override_on_the_command_line():
     assert "time_to_first_event.p95" in proc.stdout
 
 
-def test_unreachable_target_exits_3():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_unreachable_target_exits_3(refused_port):
+    port = refused_port()
     proc = run_cli("run", "basic", "--target", f"ws://127.0.0.1:{port}/ws")
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "unreachable" in proc.stdout.lower()
     assert "Traceback" not in proc.stderr
 
 
-def test_token_never_printed_or_written(tmp_path):
+def test_token_never_printed_or_written(tmp_path, refused_port):
     secret_token = "tok-SECRET-1234567890"
     out = tmp_path / "r.json"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = refused_port()
     proc = run_cli("run", "basic", "--target", f"ws://127.0.0.1:{port}/ws", "--token-env", "MY_TOKEN",
                    "--json", str(out), env={"MY_TOKEN": secret_token})
     assert proc.returncode == 3

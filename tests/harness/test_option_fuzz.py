@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +17,6 @@ LOCUST = Path(sys.executable).with_name("locust")
 SECRET = "sk-live-OPTFUZZ0123456789"
 HUGE = "x" * 100_000  # Linux takes no single argument over 128 KiB (MAX_ARG_STRLEN): the largest a flag can be
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "CHATPROBE_TOKEN": "t-" + "z" * 20}
-
-
-def _closed_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as s:
-        return s.getsockname()[1]
 
 
 def _judge(proc: subprocess.CompletedProcess, flag: str, code: int, prefix: str) -> str:
@@ -44,10 +38,10 @@ def _judge(proc: subprocess.CompletedProcess, flag: str, code: int, prefix: str)
     # FAILED on the old code: taken (Locust's URL flag is its own --host: the line names it, as README says).
     ("--host", f"ws://127.0.0.1:9/ws?token={SECRET}&x=a\r\nX-Injected: 1"),
 ])
-def test_a_hostile_locust_option_exits_2_with_one_line_naming_it(flag, value):
+def test_a_hostile_locust_option_exits_2_with_one_line_naming_it(flag, value, refused_port):
     # (a --host given as the value comes later and wins)
     argv = [str(LOCUST), "-f", str(ROOT / "scenarios" / "locustfile.py"), "--headless", "-u", "1", "-r", "1",
-            "-t", "2s", "--exit-code-on-error", "1", "--host", f"ws://127.0.0.1:{_closed_port()}/ws", flag, value]
+            "-t", "2s", "--exit-code-on-error", "1", "--host", f"ws://127.0.0.1:{refused_port()}/ws", flag, value]
     proc = subprocess.run(argv, capture_output=True, timeout=60, env=ENV, cwd=ROOT)
     _judge(proc, flag, 2, "chatprobe: error:")
 
@@ -75,7 +69,7 @@ def test_hostile_pytest_plugin_options_are_a_usage_error_naming_the_flag(tmp_pat
         assert re.match(rf"ERROR: chatprobe: [^\n]*{re.escape(flag)}", line), line
 
 
-def test_pytest_plugin_token_env_naming_an_unset_variable_is_a_usage_error_as_for_run(tmp_path):
+def test_pytest_plugin_token_env_naming_an_unset_variable_is_a_usage_error_as_for_run(tmp_path, refused_port):
     """FAILED on the old code: `--chatprobe-token-env UNSET` was taken and no token sent (the user's tests then failed
     with the server's auth errors, far from the cause). Now as `chatprobe run --target … --token-env UNSET`: a usage
     error at start-up naming the flag and the variable (run: exit 2; pytest's usage error: exit 4). The default
@@ -85,7 +79,7 @@ def test_pytest_plugin_token_env_naming_an_unset_variable_is_a_usage_error_as_fo
 
     (tmp_path / "test_mine.py").write_text("def test_x(chatprobe):\n    pass\n")
     env = {k: v for k, v in ENV.items() if k not in ("CHATPROBE_TOKEN", "CHATPROBE_JWT_SECRET", "CP_UNSET_TOKEN")}
-    target = f"ws://127.0.0.1:{_closed_port()}/ws"
+    target = f"ws://127.0.0.1:{refused_port()}/ws"
 
     def pytest_run(*flags: str) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", "-q",

@@ -2,7 +2,6 @@
 Schema and the vendored JUnit XSD (junit-10.xsd)."""
 from __future__ import annotations
 
-import socket
 from datetime import datetime
 
 from harness.profiles import load_profile
@@ -18,18 +17,12 @@ except ImportError:  # before the lead's move
     from harness.client import Target  # type: ignore[no-redef]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def test_real_runs_validate_against_both_schemas(sim_factory, tmp_path):  # noqa: F811
+async def test_real_runs_validate_against_both_schemas(sim_factory, tmp_path, refused_port):  # noqa: F811
     async with sim_factory() as (_sim, target, _gt):
         good = await run_scenario(scenario(name="good", users=2, chats_per_user=3), target)
     async with sim_factory(faults=["drop:tool_completed=1"]) as (_sim, target, _gt):
         bad = await run_scenario(scenario(name="faulty", users=1, chats_per_user=3), target)
-    nowhere = Target(url=f"ws://127.0.0.1:{_free_port()}/ws", profile=load_profile("netra"), name="127.0.0.1:1")
+    nowhere = Target(url=f"ws://127.0.0.1:{refused_port()}/ws", profile=load_profile("netra"), name="127.0.0.1:1")
     down = await run_scenario(scenario(name="down", users=1, chats_per_user=1, connect_timeout="1s"), nowhere)
     assert good.passed and not bad.passed and not bad.unreachable and down.unreachable
 

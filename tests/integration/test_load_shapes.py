@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import socket
 import time
 
 import pytest
@@ -156,15 +155,13 @@ async def test_a_rate_the_process_cannot_generate_is_a_warning_with_the_rate_ach
     assert first.ttfe["p95"] > 0.5, first.ttfe  # the stall is in the chats' times, not hidden
 
 
-async def test_an_open_model_chat_that_never_connects_counts_in_the_stage_it_was_due_in(sim_factory):
+async def test_an_open_model_chat_that_never_connects_counts_in_the_stage_it_was_due_in(sim_factory, refused_port):
     """Chats due while the loop stalls begin late, in the next stage, and find no server: each counts in the stage it
     was due in, as a chat that connected does. One that never connected was counted where it began (its times, and
     so its stage, from when the generator got to it), and a saturated run's stages (the knee's) did not add up."""
     async with sim_factory() as (_, target, _gt):
-        with socket.socket() as s:  # a port nothing listens on: every connection refused at once
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        target = dataclasses.replace(target, url=f"ws://127.0.0.1:{port}/ws")
+        # a port nothing listens on: every connection refused at once
+        target = dataclasses.replace(target, url=f"ws://127.0.0.1:{refused_port()}/ws")
         sc = shaped(stages=[{"duration": "1s", "rate": 20, "ramp": False}, {"duration": "1s", "rate": 20, "ramp": False}],
                     max_in_flight=500)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -125,19 +124,14 @@ async def test_sync_session_recording_is_judged_offline_as_live(sim_factory, tmp
         assert any(r.get("by") == "client" for r in records)
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed on leaving: nothing listens there
-
-
 @pytest.mark.parametrize("case", ["nothing-listening", "http-503", "bad-credentials"])
-async def test_a_connection_that_never_opened_is_recorded_and_checked_as_an_error(sim_factory, tmp_path, case):
+async def test_a_connection_that_never_opened_is_recorded_and_checked_as_an_error(sim_factory, tmp_path, case,
+                                                                                  refused_port):
     sc = scenario(users=2, chats_per_user=2, max_reconnects=0, connect_timeout="2s")
     faults = ["refuse=1"] if case == "http-503" else []
     async with sim_factory(faults=faults) as (_sim, target, _gt):
         if case == "nothing-listening":
-            target = dataclasses.replace(target, url=f"ws://127.0.0.1:{closed_port()}/ws")
+            target = dataclasses.replace(target, url=f"ws://127.0.0.1:{refused_port()}/ws")
         elif case == "bad-credentials":
             target = dataclasses.replace(target, tokens=TokenProvider(jwt_secret="not-the-servers-secret-0123456789"))
         live = await asyncio.to_thread(play_sync, target, sc, tmp_path / "rec")

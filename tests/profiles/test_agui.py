@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import socket
 import time
 import tracemalloc
 import zlib
@@ -272,15 +271,9 @@ async def test_chats_in_a_row_each_open_their_own_stream():
 
 # -- connection failures, classified with the WebSocket transport's labels --
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def test_refused():
+async def test_refused(refused_port):
     sink = Recorder()
-    result = await chat(f"http://127.0.0.1:{_free_port()}/agent", sink=sink)
+    result = await chat(f"http://127.0.0.1:{refused_port()}/agent", sink=sink)
     assert (result.outcome, result.error_kind) == (Outcome.ERROR, "refused")
     assert sink.connections == ["refused"]
 
