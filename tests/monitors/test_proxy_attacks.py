@@ -36,9 +36,14 @@ SLOW_CUT_MAIN = f"from monitors import httpserver; httpserver.SLOW_CLIENT_TIMEOU
 
 
 def free_port() -> int:
+    """A port nothing listened on a moment ago: for a process that must be told its port (0 is off for the proxy's
+    --metrics-listen), which another process, a parallel worker's, may take first (see proxy_process)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+PORT_ATTEMPTS = 5
 
 
 def status_of(pid: int) -> dict[str, str]:
@@ -55,24 +60,38 @@ def threads(pid: int) -> int:
 
 
 @contextlib.asynccontextmanager
-async def proxy_process(upstream: str, tmp_path: Path, *flags: str, metrics_port: int = 0, slow_cut: bool = False):
-    """`chatprobe proxy` in a child process; yields (port, pid, stderr path). `slow_cut`: its metrics server's
-    slow-client timeout is SLOW_CUT."""
+async def proxy_process(upstream: str, tmp_path: Path, *flags: str, metrics: bool = False, slow_cut: bool = False):
+    """`chatprobe proxy` in a child process; yields (port, pid, stderr path, metrics port). `metrics`: its /metrics on
+    a free port (else off, 0); the proxy cannot pick one itself (0 is off), so one found free is given to it, and
+    when another process took that port first the proxy exits saying so and is started again on another, at most
+    PORT_ATTEMPTS times. `slow_cut`: its metrics server's slow-client timeout is SLOW_CUT."""
     err_path = tmp_path / "proxy.stderr"
-    with err_path.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", (SLOW_CUT_MAIN if slow_cut else "") + PROXY_MAIN, "--upstream", upstream,
-            "--listen", "127.0.0.1:0",
-            "--metrics-listen", f"127.0.0.1:{metrics_port}", *flags, stdout=asyncio.subprocess.PIPE, stderr=err,
-            cwd=ROOT)
+    for _ in range(PORT_ATTEMPTS):
+        metrics_port, match = (free_port() if metrics else 0), None
+        with err_path.open("wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", (SLOW_CUT_MAIN if slow_cut else "") + PROXY_MAIN, "--upstream", upstream,
+                "--listen", "127.0.0.1:0",
+                "--metrics-listen", f"127.0.0.1:{metrics_port}", *flags, stdout=asyncio.subprocess.PIPE, stderr=err,
+                cwd=ROOT)
+        try:
+            async with asyncio.timeout(30):
+                while line := (await proc.stdout.readline()).decode():
+                    if match := re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line):
+                        break
+                else:  # it exited: the metrics port was taken (another try), or a failure of the test's own
+                    await proc.wait()
+                    assert "(--metrics-listen): Address already in use" in err_path.read_text(), err_path.read_text()
+                    continue
+            break
+        finally:
+            if proc.returncode is None and match is None:
+                proc.kill()
+                await proc.wait()
+    else:
+        pytest.fail(f"{PORT_ATTEMPTS} metrics ports found free were each taken before the proxy listened there")
     try:
-        async with asyncio.timeout(30):
-            while True:
-                line = (await proc.stdout.readline()).decode()
-                assert line, err_path.read_text()
-                if match := re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line):
-                    break
-        yield int(match.group(1)), proc.pid, err_path
+        yield int(match.group(1)), proc.pid, err_path, metrics_port
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20):
             assert await proc.wait() == 0, err_path.read_text()
@@ -112,11 +131,10 @@ async def test_idle_scrapers_cannot_hold_a_thread_each_of_the_proxys_metrics_ser
     closed."""
     upstream = await serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, ping_interval=None)
     up_port = upstream.sockets[0].getsockname()[1]
-    mport = free_port()
     writers = []
     try:
-        async with proxy_process(f"ws://127.0.0.1:{up_port}/ws", tmp_path, metrics_port=mport,
-                                 slow_cut=True) as (_, pid, err):
+        async with proxy_process(f"ws://127.0.0.1:{up_port}/ws", tmp_path, metrics=True,
+                                 slow_cut=True) as (_, pid, err, mport):
             await until(lambda: _accepts(mport), 10)
             base_threads, base_rss = threads(pid), rss(pid)
             for _ in range(SLOW_SCRAPERS):
@@ -149,10 +167,9 @@ async def test_the_proxys_metrics_port_answers_a_burst_of_pipelined_requests_onc
     8 KiB read): a few connections that read none of the answers kept the proxy's two metrics workers rendering
     for seconds. Now a connection gets one answer, with `Connection: close`, and is closed."""
     upstream = await serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, ping_interval=None)
-    mport = free_port()
     try:
         async with proxy_process(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}/ws", tmp_path,
-                                 metrics_port=mport):
+                                 metrics=True) as (_, _pid, _err, mport):
             await until(lambda: _accepts(mport), 10)
             async with asyncio.timeout(10):
                 reader, writer = await asyncio.open_connection("127.0.0.1", mport)
@@ -200,7 +217,7 @@ async def test_a_hostile_upstream_cannot_make_the_proxy_keep_megabytes_per_chat(
     up_port = upstream.sockets[0].getsockname()[1]
     try:
         async with proxy_process(f"ws://127.0.0.1:{up_port}", tmp_path, "--max-size", "64KiB",
-                                 "--deadline", "120s", "--stall-limit", "120s") as (port, pid, err):
+                                 "--deadline", "120s", "--stall-limit", "120s") as (port, pid, err, _):
             before = rss(pid)
             got = 0
             async with connect(f"ws://127.0.0.1:{port}/ws", ping_interval=None, open_timeout=10,
@@ -232,14 +249,14 @@ def open_fds(pid: int) -> int:
 
 
 @contextlib.asynccontextmanager
-async def monitor_process(tmp_path: Path):
-    """`chatprobe monitor` probing a port nobody listens on (it keeps running and serving), its HTTP server's
+async def monitor_process(tmp_path: Path, down: int):
+    """`chatprobe monitor` probing `down`, a port nobody listens on (it keeps running and serving), its HTTP server's
     slow-client timeout SLOW_CUT; yields (HTTP port, pid)."""
     err_path = tmp_path / "monitor.stderr"
     with err_path.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", SLOW_CUT_MAIN + "import sys; from harness.cli import main; sys.exit(main())",
-            "monitor", "--target", f"ws://127.0.0.1:{free_port()}/ws",
+            "monitor", "--target", f"ws://127.0.0.1:{down}/ws",
             "--listen", "127.0.0.1:0", "--interval", "5s", stdout=asyncio.subprocess.PIPE, stderr=err, cwd=ROOT)
     try:
         async with asyncio.timeout(30):
@@ -254,14 +271,15 @@ async def monitor_process(tmp_path: Path):
             await proc.wait()
 
 
-async def test_a_scraper_that_pipelines_requests_and_reads_no_answer_is_cut_and_its_answers_freed(tmp_path):
+async def test_a_scraper_that_pipelines_requests_and_reads_no_answer_is_cut_and_its_answers_freed(tmp_path,
+                                                                                                  refused_port):
     """FAILED on the original code: each connection sending a burst of pipelined `GET /metrics` and reading nothing
     made the monitor render ~200 answers (~6 MB) into that connection's buffer, and waitress never closed it: its
     idle sweep skips a connection with output still to send (it marks it to close once flushed, which never comes)
     and one whose worker waits for the buffer to drain. 12 such connections held ~55 MB and 12 descriptors 30 s
     later, with no deadline (thousands are allowed). Now a connection with answers waiting and nothing taken for
     10 s (here SLOW_CUT) is closed, its buffers freed."""
-    async with monitor_process(tmp_path) as (port, pid):
+    async with monitor_process(tmp_path, refused_port()) as (port, pid):
         await until(lambda: _accepts(port), 10)
         assert (await scrape(port))[0] == 200
         base_fds, base_rss = open_fds(pid), rss(pid)
