@@ -6,9 +6,15 @@ import socket
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 pytest_plugins = ["pytester"]
 
+# Hypothesis times two things by default: each example (`deadline`) and the first examples' generation (the `too_slow`
+# health check). Both fail a property on a loaded machine whatever the code does; neither is part of what a property
+# checks. Off for the whole suite; every other health check (data too large, too much filtering, ...) stays on.
+settings.register_profile("chatprobe", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("chatprobe")
 
 
 @pytest.fixture
