@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +43,10 @@ def system_binary(name: str) -> str:
 
 
 def free_port() -> int:
+    """A loopback port nothing listened on a moment ago. Another process (a parallel worker's) can take it before the
+    process it is meant for binds it: only for a process that must be told its port (start_on_free_port); a server that
+    can bind port 0 itself and say which port it got is started so (agentsim, the monitor, Prometheus, Pushgateway), and
+    a port where connections must be refused is a held `refused_port`."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -88,11 +93,11 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def wait_for_line(self, pattern: str, timeout: float = 20.0) -> re.Match:
+    def wait_for_line(self, pattern: str, timeout: float = 20.0, stderr: bool = False) -> re.Match:
         rx = re.compile(pattern)
 
         def found() -> re.Match | None:
-            m = rx.search(self.out())
+            m = rx.search(self.err() if stderr else self.out())
             if m is None and not self.alive():
                 pytest.fail(f"{self.name} exited before printing {pattern!r}\n{self.tail()}")
             return m
@@ -133,6 +138,47 @@ class ProcGroup:
     def stop_all(self) -> None:
         for proc in reversed(self.started):
             proc.stop()
+
+
+PORT_ATTEMPTS = 5
+
+
+def port_taken_first(proc: Proc, port: int, timeout: float = 30.0) -> bool:
+    """Wait until `proc` itself listens on `port` (False) or exits: True when it says the address was in use (another
+    process took the port between free_port() and its bind), False when it exited otherwise (the test judges that).
+    Whose the port is comes from the process's own sockets, never from a request to the port, which another process
+    may be answering."""
+    def settled() -> str | None:
+        if not proc.alive():
+            return "exited"
+        try:
+            sockets = psutil.Process(proc.popen.pid).net_connections("tcp")
+        except psutil.NoSuchProcess:
+            return "exited"
+        return "listens" if any(s.status == psutil.CONN_LISTEN and s.laddr.port == port for s in sockets) else None
+
+    if wait_for(settled, timeout, f"{proc.name} listens on port {port}", interval=0.05,
+                diagnostics=proc.tail) == "listens":
+        return False
+    return "address already in use" in (proc.out() + proc.err()).lower()
+
+
+def start_on_free_port(procs: ProcGroup, name: str, argv: Callable[[int], list[str]],
+                       env: dict[str, str] | None = None) -> tuple[Proc, int]:
+    """A process that must be told its port up front (Locust's master port and --chatprobe-metrics-port, the proxy's
+    --metrics-listen: port 0 is off for the last two) → (Proc, port) once it listens there, or once it exited for a
+    reason of its own. When another process took the port first it exits saying so, and is started again on another
+    port, at most PORT_ATTEMPTS times."""
+    for _ in range(PORT_ATTEMPTS):
+        port = free_port()
+        proc = procs.start(name, argv(port), env=env)
+        if not port_taken_first(proc, port):
+            return proc, port
+    pytest.fail(f"{name}: {PORT_ATTEMPTS} ports found free were each taken before it could listen there")
+
+
+# What Prometheus and the Pushgateway log (at level info) once they listen: the port they got for port 0.
+LISTENING_ON = r'msg="Listening on" address=127\.0\.0\.1:(\d+)'
 
 
 @pytest.fixture
@@ -178,7 +224,6 @@ def monitor(procs):
 def start_prometheus(procs: ProcGroup, scrape_targets: list[str], rule_file: Path | None = None):
     """Prometheus (its config and data in the group's workdir) → (Proc, base URL), ready to answer queries."""
     binary = system_binary("prometheus")
-    port = free_port()
     cfg = procs.workdir / "prometheus.yml"
     lines = ["global:", "  scrape_interval: 1s", "  scrape_timeout: 1s", "  evaluation_interval: 1s"]
     if rule_file is not None:
@@ -189,8 +234,8 @@ def start_prometheus(procs: ProcGroup, scrape_targets: list[str], rule_file: Pat
     data = procs.workdir / "tsdb"
     data.mkdir()
     proc = procs.start("prometheus", [binary, f"--config.file={cfg}", f"--storage.tsdb.path={data}",
-                                       f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"])
-    base = f"http://127.0.0.1:{port}"
+                                       "--web.listen-address=127.0.0.1:0", "--log.level=info"])
+    base = f"http://127.0.0.1:{proc.wait_for_line(LISTENING_ON, 30, stderr=True).group(1)}"
 
     def ready() -> bool:
         if not proc.alive():
@@ -211,12 +256,11 @@ def prometheus(procs):
 def pushgateway(procs):
     def start():
         binary = system_binary("prometheus-pushgateway")
-        port = free_port()
         # An empty --persistence.file keeps metrics in memory only: the packaged default
         # (/var/lib/prometheus/pushgateway.data) would carry groups from one run, or a system service, to the next.
-        proc = procs.start("pushgateway", [binary, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+        proc = procs.start("pushgateway", [binary, "--web.listen-address=127.0.0.1:0", "--log.level=info",
                                            "--persistence.file="])
-        base = f"http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{proc.wait_for_line(LISTENING_ON, 20, stderr=True).group(1)}"
 
         def ready() -> bool:
             if not proc.alive():

@@ -21,7 +21,7 @@ from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from .conftest import chatprobe_bin, chromium, free_port, scrape, value, wait_for
+from .conftest import chatprobe_bin, chromium, scrape, start_on_free_port, value, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -67,8 +67,9 @@ def stack(procs):
                       env={"AGENTSIM_JWT_SECRET": secret})
     sim_url = sim.wait_for_line(r"agentsim listening on (ws://\S+)").group(1)
     upstream = sim_url.rsplit("/", 1)[0]
-    proxy = procs.start("proxy", [chatprobe_bin(), "proxy", "--upstream", upstream, "--listen", "127.0.0.1:0",
-                                  "--metrics-listen", f"127.0.0.1:{free_port()}", "--settle", "0.2s"])
+    proxy, _ = start_on_free_port(procs, "proxy", lambda port: [
+        chatprobe_bin(), "proxy", "--upstream", upstream, "--listen", "127.0.0.1:0",
+        "--metrics-listen", f"127.0.0.1:{port}", "--settle", "0.2s"])
     proxy_url = proxy.wait_for_line(r"chatprobe proxy listening on (ws://\S+)").group(1)
     metrics_url = proxy.wait_for_line(r"chatprobe proxy metrics on (http://\S+)").group(1)
 

@@ -19,7 +19,7 @@ from harness.profiles import load_profile
 from harness.scenario import Scenario
 
 from . import test_browser
-from .conftest import chatprobe_bin, chromium, free_port, scrape, value, wait_for
+from .conftest import chatprobe_bin, chromium, scrape, start_on_free_port, value, wait_for
 from .test_browser import dataset, open_chat, send_chat, wait_page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -45,8 +45,9 @@ def faulty_stack(procs):
                                    "--think", "0.01", "--tool-latency", "0.005", "--seed", "7",
                                    "--fault", "drop:tool_completed=0.5"], env={"AGENTSIM_JWT_SECRET": secret})
     upstream = sim.wait_for_line(r"agentsim listening on (ws://\S+)").group(1).rsplit("/", 1)[0]
-    proxy = procs.start("proxy", [chatprobe_bin(), "proxy", "--upstream", upstream, "--listen", "127.0.0.1:0",
-                                  "--metrics-listen", f"127.0.0.1:{free_port()}", "--settle", SETTLE])
+    proxy, _ = start_on_free_port(procs, "proxy", lambda port: [
+        chatprobe_bin(), "proxy", "--upstream", upstream, "--listen", "127.0.0.1:0",
+        "--metrics-listen", f"127.0.0.1:{port}", "--settle", SETTLE])
     proxy_url = proxy.wait_for_line(r"chatprobe proxy listening on (ws://\S+)").group(1)
     metrics_url = proxy.wait_for_line(r"chatprobe proxy metrics on (http://\S+)").group(1)
     token = jwt.encode({"sub": "u-har", "exp": int(time.time()) + 600}, secret, algorithm="HS256")

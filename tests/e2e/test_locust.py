@@ -18,7 +18,7 @@ import pytest
 
 from harness.recordings import recorded_runs
 
-from .conftest import ROOT, VENV_BIN, free_port, scrape, value, wait_for
+from .conftest import ROOT, VENV_BIN, scrape, start_on_free_port, value, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -50,12 +50,11 @@ def finish(proc, timeout: float = 60) -> int:
 
 def test_single_process_headless(procs, agentsim, tmp_path: Path):
     _, url, env = agentsim()
-    metrics_port = free_port()
     prefix = tmp_path / "single"
-    proc = procs.start("locust", [
+    proc, metrics_port = start_on_free_port(procs, "locust", lambda port: [
         locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "10", "-r", "10", "--run-time", "5s",
         "--host", url, "--chatprobe-scenario", "basic", "--csv", str(prefix), "--exit-code-on-error", "0",
-        "--chatprobe-metrics-port", str(metrics_port), "--chatprobe-target-name", "sim",
+        "--chatprobe-metrics-port", str(port), "--chatprobe-target-name", "sim",
     ], env={"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]})
 
     # While it runs, its /metrics shows the chats as source="load".
@@ -89,14 +88,13 @@ def test_distributed_counters_add_up_and_the_master_fails_the_objectives(procs, 
     # probe: one tool call per chat, so a dropped tool_completed is exactly one chat missing events (R2, R5).
     _, url, env = agentsim(faults=["drop:tool_completed=0.3"])
     secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
-    master_port = free_port()
     prefix = tmp_path / "dist"
     rec = tmp_path / "rec"  # the same path on each worker's machine (here, one machine: one directory)
     # --stop-timeout: the users finish the chat they are in when the run time is up (Locust's default kills them
     # mid-chat: such a chat is in the recording, an abandoned chat for `check`, and not in Locust's stats).
-    master = procs.start("master", [
+    master, master_port = start_on_free_port(procs, "master", lambda port: [
         locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "2",
-        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port),
+        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
         "-u", "6", "-r", "6", "--run-time", "6s", "--stop-timeout", "30", "--host", url, "--chatprobe-scenario", "probe",
         "--csv", str(prefix), "--exit-code-on-error", "0", "--chatprobe-record", str(rec),
     ], env=secret)
@@ -136,7 +134,6 @@ def test_distributed_counters_add_up_and_the_master_fails_the_objectives(procs, 
 def test_a_server_flooding_pings_and_never_reading_ends_in_a_verdict_not_a_crash(procs, tmp_path: Path):
     """The Locust user must stop cleanly when Locust stops it mid-chat on a hostile server (once a native
     gevent abort: an fd closed under a waiting greenlet)."""
-    port = free_port()
     server = tmp_path / "flood.py"
     server.write_text(
         "import asyncio, json, sys\n"
@@ -149,12 +146,12 @@ def test_a_server_flooding_pings_and_never_reading_ends_in_a_verdict_not_a_crash
         "    except Exception:\n"
         "        pass\n"
         "async def main():\n"
-        f"    async with serve(handler, '127.0.0.1', {port}, compression=None):\n"
-        "        print('ready', flush=True)\n"
+        "    async with serve(handler, '127.0.0.1', 0, compression=None) as server:\n"
+        "        print('ready on', server.sockets[0].getsockname()[1], flush=True)\n"
         "        await asyncio.Future()\n"
         "asyncio.run(main())\n")
     flooder = procs.start("flooder", [str(VENV_BIN / "python"), str(server)])
-    wait_for(lambda: "ready" in flooder.out(), 10, "the flooding server is listening", diagnostics=flooder.tail)
+    port = flooder.wait_for_line(r"ready on (\d+)", 10).group(1)
     proc = procs.start("locust", [
         locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "2", "-r", "2", "--run-time", "3s",
         "--host", f"ws://127.0.0.1:{port}/ws", "--chatprobe-scenario", "basic", "--chatprobe-auth", "none",
@@ -166,20 +163,15 @@ def test_a_server_flooding_pings_and_never_reading_ends_in_a_verdict_not_a_crash
 
 # -- usage errors exit 2; an unreachable host is backed off and exits 3 -----------------------------------------
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released: connecting is refused)."""
-    return free_port()
-
-
 @pytest.mark.parametrize("flags,needle", [
     (["--host", "http://127.0.0.1:9/ws"], "--host 'http://127.0.0.1:9/ws': expected a ws://, wss:// URL"),
     (["--chatprobe-scenario", "nosuch"], "scenario 'nosuch': no such file"),
     (["--chatprobe-profile", "nosuch"], "--chatprobe-profile 'nosuch': no such file"),
     (["--chatprobe-scenario", "knee"], "--chatprobe-scenario knee: an open-model scenario"),
 ])
-def test_a_usage_error_exits_2_with_one_line(procs, flags, needle):
+def test_a_usage_error_exits_2_with_one_line(procs, refused_port, flags, needle):
     argv = [locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "1", "-r", "1", "--run-time", "2s",
-            "--host", f"ws://127.0.0.1:{closed_port()}/ws", *flags]
+            "--host", f"ws://127.0.0.1:{refused_port()}/ws", *flags]
     proc = procs.start("locust", argv)
     assert finish(proc, 30) == 2, proc.tail()
     errors = [line for line in proc.err().splitlines() if line.startswith("chatprobe: error:")]
@@ -188,7 +180,7 @@ def test_a_usage_error_exits_2_with_one_line(procs, flags, needle):
 
 
 @pytest.mark.parametrize("port", ["busy", "70000", "-1"])
-def test_a_metrics_port_it_cannot_listen_on_exits_2_with_one_line(procs, port):
+def test_a_metrics_port_it_cannot_listen_on_exits_2_with_one_line(procs, refused_port, port):
     """FAILED on the original code: a traceback from inside Locust's init hook (OSError, OverflowError, gaierror)
     and exit 1."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
@@ -196,7 +188,7 @@ def test_a_metrics_port_it_cannot_listen_on_exits_2_with_one_line(procs, port):
             port = str(taken.getsockname()[1])
         proc = procs.start("locust", [
             locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "1", "-r", "1", "--run-time", "2s",
-            "--host", f"ws://127.0.0.1:{closed_port()}/ws", "--chatprobe-auth", "none",
+            "--host", f"ws://127.0.0.1:{refused_port()}/ws", "--chatprobe-auth", "none",
             "--chatprobe-metrics-port", port])
         assert finish(proc, 30) == 2, proc.tail()
     errors = [line for line in proc.err().splitlines() if line.startswith("chatprobe: error:")]
@@ -206,24 +198,24 @@ def test_a_metrics_port_it_cannot_listen_on_exits_2_with_one_line(procs, port):
 
 
 def test_a_master_with_a_bad_host_exits_2_before_waiting_for_workers(procs):
-    master = procs.start("master", [
+    master, _ = start_on_free_port(procs, "master", lambda port: [
         locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
-        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(free_port()),
+        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
         "-u", "1", "-r", "1", "--run-time", "2s", "--host", "https://agent.example/ws"])
     assert finish(master, 20) == 2, master.tail()  # well before --expect-workers-max-wait
     assert "chatprobe: error: --host 'https://agent.example/ws'" in master.err(), master.tail()
 
 
-def test_a_worker_that_cannot_use_the_masters_options_exits_2_and_so_does_the_master(procs, tmp_path: Path):
+def test_a_worker_that_cannot_use_the_masters_options_exits_2_and_so_does_the_master(procs, refused_port,
+                                                                                       tmp_path: Path):
     """The master checks the options at its start; a worker can still fail them (here the scenario file is gone
     by the time the worker loads it). The worker exits 2, tells the master, and the master stops and exits 2."""
     scenario = tmp_path / "mine.yaml"
     scenario.write_text((ROOT / "scenarios" / "probe.yaml").read_text())
-    master_port = free_port()
-    master = procs.start("master", [
+    master, master_port = start_on_free_port(procs, "master", lambda port: [
         locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
-        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port),
-        "-u", "1", "-r", "1", "--run-time", "20s", "--host", f"ws://127.0.0.1:{closed_port()}/ws",
+        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+        "-u", "1", "-r", "1", "--run-time", "20s", "--host", f"ws://127.0.0.1:{refused_port()}/ws",
         "--chatprobe-scenario", str(scenario), "--chatprobe-auth", "none"])
     wait_for(lambda: "Waiting for workers to be ready" in master.err(), 20, "the master checked its options and waits",
              diagnostics=master.tail)
@@ -251,13 +243,12 @@ def test_chatprobe_help_lists_the_chatprobe_flags(procs):
 MAX_ATTEMPTS = 60
 
 
-def test_an_unreachable_host_is_backed_off_and_exits_3(procs):
-    metrics_port = free_port()
-    target = f"127.0.0.1:{closed_port()}"
-    proc = procs.start("locust", [
+def test_an_unreachable_host_is_backed_off_and_exits_3(procs, refused_port):
+    target = f"127.0.0.1:{refused_port()}"
+    proc, metrics_port = start_on_free_port(procs, "locust", lambda port: [
         locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "2", "-r", "2", "--run-time", "4s",
         "--host", f"ws://{target}/ws", "--chatprobe-scenario", "basic", "--chatprobe-auth", "none",
-        "--chatprobe-metrics-port", str(metrics_port), "--exit-code-on-error", "0"])
+        "--chatprobe-metrics-port", str(port), "--exit-code-on-error", "0"])
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     seen = [0.0]
 
@@ -313,11 +304,10 @@ def test_sigterm_ends_a_headless_master_with_its_verdict_and_quits_its_worker(pr
 
     _, url, env = agentsim()
     secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
-    master_port = free_port()
     prefix = tmp_path / "term"
-    master = procs.start("master", [
+    master, master_port = start_on_free_port(procs, "master", lambda port: [
         locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
-        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port),
+        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
         "-u", "3", "-r", "3", "--run-time", "120s", "--host", url, "--chatprobe-scenario", "basic",
         "--csv", str(prefix), "--exit-code-on-error", "0",
     ], env=secret)

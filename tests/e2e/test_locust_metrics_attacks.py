@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port, scrape, value, wait_for
+from .conftest import PORT_ATTEMPTS, free_port, port_taken_first, scrape, start_on_free_port, value, wait_for
 from .test_locust import LOCUSTFILE, SUMMARY, finish, locust_bin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -135,24 +135,35 @@ def closing(socks: list[socket.socket]) -> Iterator[list[socket.socket]]:
             s.close()
 
 
-def start_locust(procs, agentsim, mode: str, metrics_port: int, nofile: int | None = None):
+def start_locust(procs, agentsim, mode: str, nofile: int | None = None):
     """A headless Locust run of `basic` against agentsim, serving /metrics; `mode` single or worker (a master, and
-    one worker with the metrics flags: it serves on the port plus its index, 0). Yields the process to attack."""
+    one worker with the metrics flags: it serves on the port plus its index, 0). → (the process to attack, the
+    master or None, its metrics port)."""
     _, url, env = agentsim()
     secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
     limit = [sys.executable, "-c", LIMIT, str(nofile)] if nofile else []
-    metrics = ["--chatprobe-metrics-port", str(metrics_port)]  # a worker's own flags; the rest comes from the master
     common = ["-f", LOCUSTFILE, "-u", "4", "-r", "4", "--run-time", f"{RUN_TIME}s", "--host", url,
               "--chatprobe-scenario", "basic", "--chatprobe-target-name", "sim", "--exit-code-on-error", "0"]
+
+    def metrics(port: int) -> list[str]:  # a worker's own flags; the rest comes from the master
+        return ["--chatprobe-metrics-port", str(port)]
+
     if mode == "single":
-        return procs.start("locust", [*limit, locust_bin(), *common, "--headless", *metrics], env=secret), None
-    master_port = free_port()
-    master = procs.start("master", [locust_bin(), *common, "--master", "--headless", "--expect-workers", "1",
-                                    "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1",
-                                    "--master-bind-port", str(master_port)], env=secret)
-    worker = procs.start("worker", [*limit, locust_bin(), "-f", LOCUSTFILE, "--worker", "--master-host", "127.0.0.1",
-                                    "--master-port", str(master_port), *metrics], env=secret)
-    return worker, master
+        proc, port = start_on_free_port(procs, "locust", lambda port: [*limit, locust_bin(), *common, "--headless",
+                                                                       *metrics(port)], env=secret)
+        return proc, None, port
+    # A worker whose metrics port was taken first exits after it joined the master: both start again.
+    for _ in range(PORT_ATTEMPTS):
+        master, master_port = start_on_free_port(procs, "master", lambda port: [
+            locust_bin(), *common, "--master", "--headless", "--expect-workers", "1", "--expect-workers-max-wait", "30",
+            "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)], env=secret)
+        port = free_port()
+        worker = procs.start("worker", [*limit, locust_bin(), "-f", LOCUSTFILE, "--worker", "--master-host",
+                                        "127.0.0.1", "--master-port", str(master_port), *metrics(port)], env=secret)
+        if not port_taken_first(worker, port):
+            return worker, master, port
+        master.stop()
+    pytest.fail(f"{PORT_ATTEMPTS} metrics ports found free were each taken before the worker could listen there")
 
 
 def passed_chats(port: int) -> float:
@@ -184,8 +195,7 @@ def test_hundreds_of_idle_scrapers_take_no_descriptors_from_a_locust_process_nor
     itself failed to open files (`Too many open files` reading /proc). Now the port holds at most a twentieth of
     the limit (past it a new connection closes the one waiting longest), each cut after 10 s: the scrape is
     answered while the 400 wait, the descriptors and OS threads stay bounded, and the chats run on unharmed."""
-    port = free_port()
-    proc, master = start_locust(procs, agentsim, mode, port, NOFILE)
+    proc, master, port = start_locust(procs, agentsim, mode, NOFILE)
     wait_for(lambda: passed_chats(port) > 0, 40, "the metrics port counts passed chats", diagnostics=proc.tail)
     base_fds, base_threads = open_fds(proc.popen.pid), threads(proc.popen.pid)
 
@@ -218,8 +228,7 @@ def test_bloated_dripping_and_non_reading_scrapers_are_cut_and_hold_no_memory(pr
     greenlet blocked in a write). Now headers past 16 KiB get a 431 and the connection is closed, and a request
     unfinished, or answers untaken, for 10 s is cut; a connection gets one answer however many requests it pipelines;
     scrapes are answered throughout."""
-    port = free_port()
-    proc, _ = start_locust(procs, agentsim, "single", port)
+    proc, _, port = start_locust(procs, agentsim, "single")
     wait_for(lambda: passed_chats(port) > 0, 40, "the metrics port counts passed chats", diagnostics=proc.tail)
     pid = proc.popen.pid
     # A burst of pipelined requests is answered once, then the connection is closed (as prometheus_client's HTTP/1.0
