@@ -99,10 +99,12 @@ async def test_a_huge_pending_list_is_judged_in_bounded_work():
         yield F(inp, outcome={"type": "success", "pendingToolCallIds": ids})
 
     async with AguiSSEServer(script) as server:
-        t0 = time.monotonic()
+        cpu = time.process_time()
         result, _ = await chat(server.url)
-        took = time.monotonic() - t0
+        cpu = time.process_time() - cpu
     assert result.outcome is Outcome.FAILED
     r5 = [v for v in result.violations if v.rule is Rule.R5]
     assert 1 <= len(r5) <= 21 and not result.violations_not_listed, (len(r5), result.violations_not_listed)
-    assert took < 15, took
+    # The work, as this process's CPU time (the server's side included; other processes' load barely moves it, as
+    # it moves the wall clock): under a second now, over ten when a finding was built for each id.
+    assert cpu < 5, cpu

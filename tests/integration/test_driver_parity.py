@@ -163,10 +163,13 @@ def target(url: str) -> Target:
     return Target(url=url, profile=load_profile("netra"), name="raw")
 
 
-def sync_chat(url: str, message: str, within: float) -> tuple[ChatResult | None, float]:
-    """The sync client's verdict and how long it took, on a thread joined with a deadline (None: no verdict)."""
+# How long a sync chat's thread is waited for: a chat that hangs, not one on a slow machine (its deadline is 1.5 s).
+HANG = 30.0
+
+
+def sync_chat(url: str, message: str) -> ChatResult | None:
+    """The sync client's verdict, on a thread joined with a deadline (None: no verdict within HANG)."""
     out: list[ChatResult] = []
-    t0 = time.monotonic()
 
     def play() -> None:
         session = SyncSession(target(url), "u", "sync", Sink(), connect_timeout=3)
@@ -177,8 +180,8 @@ def sync_chat(url: str, message: str, within: float) -> tuple[ChatResult | None,
 
     thread = threading.Thread(target=play, daemon=True)
     thread.start()
-    thread.join(within)
-    return (out[0] if out else None), time.monotonic() - t0
+    thread.join(HANG)
+    return out[0] if out else None
 
 
 def async_chat(url: str, message: str) -> ChatResult:
@@ -202,10 +205,9 @@ def test_a_server_that_never_reads_gets_a_verdict_at_the_chats_deadline_as_under
     with RawServer(behaviour) as url:
         expected = async_chat(url, BIG)
     with RawServer(behaviour) as url:
-        result, took = sync_chat(url, BIG, EXP.deadline + 8)
+        result = sync_chat(url, BIG)
     assert result is not None, "the sync chat is still sending to a server that never reads"
     assert verdict(result) == verdict(expected), (result, expected)
-    assert took < EXP.deadline + 4, took
 
 
 # FAILED before the fix (both): R9 and R10 at the deadline instead of R12 at once.
@@ -214,11 +216,11 @@ def test_a_frame_the_client_fails_ends_the_chat_at_once_as_under_run(behaviour):
     with RawServer(behaviour) as url:
         expected = async_chat(url, "hi")
     with RawServer(behaviour) as url:
-        result, took = sync_chat(url, "hi", EXP.deadline + 8)
+        result = sync_chat(url, "hi")
     assert result is not None
-    assert "R12" in verdict(expected)[2], expected
+    # At once: a verdict at the deadline rather than when the frame came has R9 and R10 (the async client's has not).
+    assert "R12" in verdict(expected)[2] and not {"R9", "R10"} & set(verdict(expected)[2]), expected
     assert verdict(result) == verdict(expected), (result, expected)
-    assert took < EXP.deadline, f"reported after {took:.2f}s, at the deadline rather than when the frame came"
 
 
 # -- real Locust ---------------------------------------------------------------------------------------------------

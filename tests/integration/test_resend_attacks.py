@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+import re
 from collections import Counter
 from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection
 
-from harness.events import Outcome
+from harness.events import Outcome, Rule
 from harness.sinks import Sink
 
 from .test_misbehaving_server import quick, run_against
@@ -216,22 +216,27 @@ class SilentAfterClose(Scripted):
         await super().handler(ws)
 
 
+def waited_at_most(result, deadline: float) -> bool:
+    """The resend's wait for a welcome was what was left of the chat's deadline (its error says how long it waited),
+    not the connect timeout; or the deadline had passed before a resend (R10)."""
+    waited = re.search(r"no welcome frame within ([0-9.]+)s", result.error or "")
+    if waited is None:
+        return any(v.rule is Rule.R10 for v in result.violations)
+    return float(waited.group(1)) <= deadline
+
+
 async def test_a_resend_to_a_server_that_never_welcomes_ends_by_the_chats_deadline():
     server = SilentAfterClose(lambda n, msg: "close1000")
-    t0 = time.monotonic()
     run = await run_against(server.handler, quick(connect_timeout="6s", expect={"deadline": "1s", "settle": "0.05s"}))
-    took = time.monotonic() - t0
     [chat] = run.results
     assert chat.outcome is not Outcome.PASSED, verdicts(run)
-    assert took < 3, (took, verdicts(run))
+    assert waited_at_most(chat, 1.0), verdicts(run)
 
 
 def test_the_sync_client_bounds_a_resend_by_the_chats_deadline_too():
     server = SilentAfterClose(lambda n, msg: "close1000")
-    t0 = time.monotonic()
     result, sink = _sync_chat(server, deadline=1.0, connect_timeout=6.0)
-    took = time.monotonic() - t0
     assert result.outcome is not Outcome.PASSED, result
-    assert took < 3, (took, result)
+    assert waited_at_most(result, 1.0), result
     assert sink.started == sink.finished == 1
     assert sink.attempts == Counter({"ok": 1, "protocol_error": 1})

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import time
 import tracemalloc
 import zlib
 
@@ -214,13 +213,12 @@ async def test_stream_that_ends_without_a_terminal_event_is_incomplete_at_once()
         yield TextMessageContentEvent(message_id="a1", delta="and then")
 
     async with AguiSSEServer(truncated) as server:
-        started = time.monotonic()
         result = await chat(server.url, deadline=30.0)
-        elapsed = time.monotonic() - started
     assert result.outcome is Outcome.INCOMPLETE
     assert "ended the event stream before the run's terminal event" in result.note
     assert Role.AGENT_COMPLETED in result.missing
-    assert elapsed < 5.0  # not the 30 s deadline
+    # Judged when the stream ended, not at the 30 s deadline (a chat cut short after its deadline is an R10 too).
+    assert Rule.R10 not in rules(result), result.violations
 
 
 async def test_run_error_is_a_fatal_error_event():
@@ -375,10 +373,10 @@ async def test_a_compressed_stream_that_cannot_be_unpacked_is_an_r12(damage):
 
 async def test_no_answer_within_the_connect_deadline_is_a_timeout():
     async with AguiSSEServer(text_only, response=Response(hang=True)) as server:
-        started = time.monotonic()
         result = await chat(server.url, connect_timeout=0.3)
-        assert time.monotonic() - started < 3
+    # The connect deadline's verdict (it names it), not the chat's 10 s deadline.
     assert (result.outcome, result.error_kind) == (Outcome.ERROR, "timeout")
+    assert "0.3s" in (result.error or ""), result.error
 
 
 async def test_https_to_a_plain_http_server_is_a_tls_error():
