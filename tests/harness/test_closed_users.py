@@ -166,18 +166,21 @@ def test_users_start_in_one_copy_of_the_callers_context(run: Callable[..., Any])
 
 class BriefUsers(Users):
     """Users that end at once (`chats_per_user: 1` against a fast server), each noting how many of the users before
-    it are still held in memory (their tasks, through weak references)."""
+    it are still held in memory (their tasks, through weak references), and how many users were started and not yet
+    ended when it ran (every task but the run's own: a user's task runs to its end at once)."""
 
     def __init__(self, scenario: Scenario) -> None:
         super().__init__(scenario)
         self.tasks: list[weakref.ref[asyncio.Task[Any]]] = []
         self.held: list[int] = []
+        self.playing = 0
 
     async def user(self, leave: asyncio.Event | None = None, *, again: bool = False,
                    slots: asyncio.Semaphore | None = None) -> None:
         task = asyncio.current_task()
         assert task is not None
         self.tasks.append(weakref.ref(task))
+        self.playing = max(self.playing, len(asyncio.all_tasks()) - 1)
         if len(self.tasks) % 100 == 0:  # (a task let go is freed at once: it is in no reference cycle)
             self.held.append(sum(1 for ref in self.tasks[:-1] if ref() is not None))
 
@@ -192,5 +195,6 @@ def test_a_long_ramp_of_brief_users_holds_the_users_playing_not_every_user_start
     run(play.closed())
     assert len(play.tasks) == users and len(play.held) == users // 100
     # Ended users are swept once they are half the list past SWEEP_MIN: twice the users started and not yet ended
-    # (a few here, unless the loop lagged and the ramp started a burst of them at once) plus SWEEP_MIN at most.
-    assert max(play.held) <= 2 * SWEEP_MIN + 200 < users // 4, str(play.held)
+    # plus SWEEP_MIN at most. Those are a few here, unless the loop lagged and the ramp started a burst of them at
+    # once (how many, this machine's load says: counted, not assumed); every user ever started was held before.
+    assert max(play.held) <= 2 * play.playing + SWEEP_MIN, (play.playing, play.held)
