@@ -100,7 +100,11 @@ def test_a_browser_har_is_judged_offline_as_the_proxy_judged_it_live(recording_b
              f"the proxy judged {CHATS} chats", interval=0.1, diagnostics=faulty_stack.diagnostics)
     live = faulty_stack.metrics()
     live_outcomes = {o: value(live, "chatprobe_chats_total", outcome=o) for o in ("passed", "failed", "incomplete")}
-    live_rules = {k: v for k in ("R2", "R5", "R7") if (v := value(live, "chatprobe_rule_violations_total", rule=k))}
+    live_rules: dict[str, float] = {}
+    for (name, labels), v in live.items():
+        if name == "chatprobe_rule_violations_total" and v:  # every rule broken (an R9 too, on a slow machine)
+            rule = dict(labels)["rule"]
+            live_rules[rule] = live_rules.get(rule, 0) + v
     assert live_outcomes["passed"] and live_outcomes["failed"], live_outcomes  # the fault hit some chats, not all
     assert live_rules.get("R2"), live_rules
 
@@ -112,5 +116,5 @@ def test_a_browser_har_is_judged_offline_as_the_proxy_judged_it_live(recording_b
     assert {o: run.stats.outcomes.get(o, 0) for o in live_outcomes} == live_outcomes
     assert {k: v for k, v in run.stats.violations.items() if v} == live_rules
     assert value(live, "chatprobe_rule_violations_total") == sum(run.stats.violations.values())
-    # Times from the browser's clock: each first event came within the proxy's limit, as live.
-    assert all(r.time_to_first_event is not None and 0 <= r.time_to_first_event < 2 for r in run.results)
+    # Times from the browser's clock: each chat has its first-event time (over the limit where live had an R9 too).
+    assert all(r.time_to_first_event is not None and r.time_to_first_event >= 0 for r in run.results)

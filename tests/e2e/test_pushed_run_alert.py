@@ -4,6 +4,7 @@ honor_labels, so the pushed job becomes `exported_job`) and evaluating the shipp
 pushed group (its totals never move between scrapes): the page reads the last pushed run."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import httpx
@@ -34,10 +35,17 @@ def test_a_pushed_run_missing_events_pages_and_a_good_run_clears_it(tmp_path, pu
     prom, base = prometheus([gateway.split("//", 1)[1]], write_shortened_rules(tmp_path / "rules.yml", 10))
 
     def push(*fault: str) -> None:
+        report = tmp_path / "run.json"
         r = subprocess.run([chatprobe_bin(), "run", "concurrent", "-q", "--target-name", "staging",
-                            "--pushgateway", gateway, "--job", "load", *fault],
+                            "--pushgateway", gateway, "--job", "load", "--json", str(report), *fault],
                            capture_output=True, text=True, timeout=90, env={"NO_COLOR": "1", "PATH": "/usr/bin:/bin"})
-        assert r.returncode == (1 if fault else 0), r.stdout + r.stderr
+        stats = json.loads(report.read_text())["scenarios"][0]["stats"]
+        if fault:
+            assert r.returncode == 1 and stats["missing_events_chats"] > 0, r.stdout + r.stderr
+        else:  # no chat missing an event; a first event over 2 s (R9) is a busy machine's, and fails the run alone
+            assert stats["missing_events_chats"] == 0, r.stdout + r.stderr
+            broken = {rule for rule, n in stats["violations"].items() if n}
+            assert broken <= {"R9"} and r.returncode == (1 if broken else 0), r.stdout + r.stderr
 
     def diagnostics() -> str:
         return f"ratio={_query(base, RATIO)} alerts={_alerts(base)}\n{prom.tail(10)}"
