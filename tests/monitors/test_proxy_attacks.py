@@ -81,7 +81,8 @@ async def proxy_process(upstream: str, tmp_path: Path, *flags: str, metrics: boo
                         break
                 else:  # it exited: the metrics port was taken (another try), or a failure of the test's own
                     await proc.wait()
-                    assert "(--metrics-listen): Address already in use" in err_path.read_text(), err_path.read_text()
+                    err = err_path.read_text()
+                    assert "--metrics-listen" in err and "Address already in use" in err, err
                     continue
             break
         finally:
