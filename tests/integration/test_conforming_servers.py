@@ -251,6 +251,15 @@ async def test_correct_servers_pass_everywhere(name):
     assert got == {"run": expected, "check": expected, "proxy": expected}, got
 
 
+def _agui_run(thread: str, run: str, message: str) -> list[dict[str, Any]]:
+    """A correct AG-UI run of one assistant message, as the AG-UI servers here answer a request."""
+    return [{"type": "RUN_STARTED", "threadId": thread, "runId": run},
+            {"type": "TEXT_MESSAGE_START", "messageId": message, "role": "assistant"},
+            {"type": "TEXT_MESSAGE_CONTENT", "messageId": message, "delta": "hi"},
+            {"type": "TEXT_MESSAGE_END", "messageId": message},
+            {"type": "RUN_FINISHED", "threadId": thread, "runId": run}]
+
+
 @dataclass
 class AguiServer:
     """AG-UI over WebSocket (no welcome, no resume frame): each RunAgentInput answered with a run, but the second one
@@ -267,11 +276,7 @@ class AguiServer:
                 conn.closed = True
                 continue
             run, thread, message = msg["runId"], msg["threadId"], f"a-{self.requests}"
-            for f in [{"type": "RUN_STARTED", "threadId": thread, "runId": run},
-                      {"type": "TEXT_MESSAGE_START", "messageId": message, "role": "assistant"},
-                      {"type": "TEXT_MESSAGE_CONTENT", "messageId": message, "delta": "hi"},
-                      {"type": "TEXT_MESSAGE_END", "messageId": message},
-                      {"type": "RUN_FINISHED", "threadId": thread, "runId": run}]:
+            for f in _agui_run(thread, run, message):
                 conn.writer.write(text(f))
                 await asyncio.sleep(0.003)  # wait-ok: the server's pace
 
@@ -328,11 +333,7 @@ class AguiLateServer:
             msg = json.loads(raw)
             self.requests += 1
             run, thread, message = msg["runId"], msg["threadId"], f"a-{self.requests}"
-            for f in [{"type": "RUN_STARTED", "threadId": thread, "runId": run},
-                      {"type": "TEXT_MESSAGE_START", "messageId": message, "role": "assistant"},
-                      {"type": "TEXT_MESSAGE_CONTENT", "messageId": message, "delta": "hi"},
-                      {"type": "TEXT_MESSAGE_END", "messageId": message},
-                      {"type": "RUN_FINISHED", "threadId": thread, "runId": run}]:
+            for f in _agui_run(thread, run, message):
                 conn.writer.write(text(f))
             if self.requests == 1:
                 await asyncio.sleep(0.3)  # wait-ok: the server's pace

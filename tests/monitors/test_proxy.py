@@ -188,7 +188,7 @@ async def test_a_user_who_drops_while_the_server_streams_abandoned_the_chat():
             for seq in itertools.count(2):
                 await ws.send(json.dumps({"type": "agent_thinking", "run_id": "r", "seq": seq,
                                           "payload": {"thought": "x" * 100}}))
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # wait-ok: a yield between frames (a stream without pause), no condition
 
     async def user(url, i):
         ws = await _start_chat(url, i)
@@ -219,7 +219,7 @@ async def test_a_server_that_drops_while_the_user_sends_closed_the_connection_it
         with contextlib.suppress(websockets.ConnectionClosed):
             while True:
                 await ws.send(json.dumps({"type": "ping"}))
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # wait-ok: a yield between frames (keepalives without pause), no condition
 
     sink = await _drops(drops, user)
     assert sink.abandoned == 0, [r.note for r in sink.results]
@@ -575,21 +575,31 @@ async def _drain(ws) -> None:
             pass
 
 
-async def test_a_client_with_too_many_chats_open_at_once_is_bounded_and_counted_as_its_own_doing():
-    from monitors.proxy import MAX_OPEN_CHATS
-
+@contextlib.asynccontextmanager
+async def _thinking_sim_behind_proxy():
+    """agentsim whose runs think for 30 s (every chat stays open), behind a proxy judging into fresh metrics: the
+    secret its tokens are minted with, the metrics and the proxy's port."""
     secret = secrets.token_urlsafe(32)
-    # Runs that take long: every chat the client opens stays open while it sends the next ones.
     sim = AgentSim(SimConfig(port=0, jwt_secret=secret, think=30.0, seed=5, max_live_runs_per_user=1000))
     await sim.start()
     metrics = ChatMetrics(CollectorRegistry())
     live = LiveChats(load_profile("netra"), MetricsSink(metrics, "agentsim", "live"), EXP, "live", 0.2)
     server = await start_proxy(Proxy(sim.url.rsplit("/", 1)[0], live), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="proxy",
-                    tokens=TokenProvider(jwt_secret=secret))
-    sent = 3 * MAX_OPEN_CHATS
     try:
+        yield secret, metrics, server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await sim.stop()
+
+
+async def test_a_client_with_too_many_chats_open_at_once_is_bounded_and_counted_as_its_own_doing():
+    from monitors.proxy import MAX_OPEN_CHATS
+
+    # Runs that take long: every chat the client opens stays open while it sends the next ones.
+    async with _thinking_sim_behind_proxy() as (secret, metrics, port):
+        target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="proxy",
+                        tokens=TokenProvider(jwt_secret=secret))
+        sent = 3 * MAX_OPEN_CHATS
         ws = await _raw_client(target, "flood")
         reader = asyncio.ensure_future(_drain(ws))  # the user's client reads what comes, as a chat UI does
         for i in range(sent):
@@ -607,9 +617,6 @@ async def test_a_client_with_too_many_chats_open_at_once_is_bounded_and_counted_
         judged = sum(sample(metrics, "chatprobe_chats_total", outcome=o, **LIVE)
                      for o in ("passed", "failed", "incomplete", "error"))
         assert judged == MAX_OPEN_CHATS and judged + rejected == sent
-    finally:
-        server.close()
-        await sim.stop()
 
 
 async def test_a_chat_past_the_open_chats_bound_with_a_resume_pending_is_no_lost_reconnect():
@@ -620,16 +627,10 @@ async def test_a_chat_past_the_open_chats_bound_with_a_resume_pending_is_no_lost
     client left with a resume pending is: `resumed` had events come back, else in neither result."""
     from monitors.proxy import MAX_OPEN_CHATS
 
-    secret = secrets.token_urlsafe(32)
     # Runs that take long: nothing of the resumed run comes back while the client opens chat after chat.
-    sim = AgentSim(SimConfig(port=0, jwt_secret=secret, think=30.0, seed=5, max_live_runs_per_user=1000))
-    await sim.start()
-    metrics = ChatMetrics(CollectorRegistry())
-    live = LiveChats(load_profile("netra"), MetricsSink(metrics, "agentsim", "live"), EXP, "live", 0.2)
-    server = await start_proxy(Proxy(sim.url.rsplit("/", 1)[0], live), "127.0.0.1", 0)
-    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
-    headers = {"Authorization": f"Bearer {TokenProvider(jwt_secret=secret).for_user('ana')}"}  # one user, two sockets
-    try:
+    async with _thinking_sim_behind_proxy() as (secret, metrics, port):
+        url = f"ws://127.0.0.1:{port}/ws"
+        headers = {"Authorization": f"Bearer {TokenProvider(jwt_secret=secret).for_user('ana')}"}  # one user, two sockets
         first = await websockets.asyncio.client.connect(url, additional_headers=headers, ping_interval=None)
         second = await websockets.asyncio.client.connect(url, additional_headers=headers, ping_interval=None)
         async with asyncio.timeout(10):
@@ -658,9 +659,6 @@ async def test_a_chat_past_the_open_chats_bound_with_a_resume_pending_is_no_lost
                      for o in ("passed", "failed", "incomplete", "error"))
         assert judged + 1 == MAX_OPEN_CHATS + 1  # every chat started counted once: judged, or the one let go
         assert sample(metrics, "chatprobe_reconnects_total", result="lost", **LIVE) == 0
-    finally:
-        server.close()
-        await sim.stop()
 
 
 async def refused_through_proxy(upstream_client, connect_timeout: float,
