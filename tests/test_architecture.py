@@ -193,6 +193,29 @@ def test_the_client_reaches_the_recorder_only_through_the_transport_hooks():
     assert out.stdout.strip() == "False", "import harness.client imported harness.recorder"
 
 
+def test_a_run_without_record_imports_no_recorder(tmp_path):
+    """`chatprobe run` without --record loads neither the recorder nor the recordings' reader (~17 ms of imports of
+    every run's start-up, BENCHMARKS.md): a one-chat run against the embedded agentsim in a fresh interpreter, then
+    the same with --record, which does load it (so the check can see a recorder import at all)."""
+    import subprocess
+    import sys
+
+    scenario = tmp_path / "one.yaml"
+    scenario.write_text('name: one\nusers: 1\nchats_per_user: 1\nmessage: "hi"\n', encoding="utf-8")
+
+    def loaded(*extra: str) -> str:
+        code = ("import sys, contextlib, io; from harness.cli import main\n"
+                "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+                f"    code = main(['run', {str(scenario)!r}, '--quiet', *{list(extra)!r}])\n"
+                "print(code, sorted(m for m in ('harness.recorder', 'harness.recordings') if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert loaded() == "0 []"
+    assert loaded("--record", str(tmp_path / "rec")) == "0 ['harness.recorder', 'harness.recordings']"
+
+
 def _folder_table() -> dict[str, set[str]]:
     """docs/architecture.md's "Folders and import rules": each `harness/` row's first cell -> the modules it names."""
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
