@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
 import yaml
@@ -54,8 +55,30 @@ def _one_line(message: object) -> str:
     return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "…"
 
 
+def closest(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate a misspelt `word` most looks like, if one is close enough to be what was meant: the same choice
+    as chatprobe's own (harness/errors.py closest), written here again: agentsim imports nothing of harness."""
+    import difflib  # loaded only for a message
+
+    others = sorted(set(candidates) - {word})
+    # Two letters swapped (--sede for --seed): in a short word that is too far for difflib's ratio, and plainly meant.
+    swapped = [c for c in others if len(c) == len(word) and sorted(c) == sorted(word)
+               and sum(a != b for a, b in zip(c, word, strict=True)) == 2]
+    if len(swapped) == 1:
+        return swapped[0]
+    close = difflib.get_close_matches(word[:64], others, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            # The flag the first unknown one most looks like, as `chatprobe run` says it: (did you mean --seed?)
+            flags = [flag for action in self._actions for flag in action.option_strings]
+            given = next((a.partition("=")[0] for a in message.partition(":")[2].split() if a.startswith("-")), None)
+            meant = closest(given, flags) if given else None
+            if meant:
+                message += f" (did you mean {meant}?)"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)}\n")
 
 
@@ -364,7 +387,9 @@ def load_config(path: str) -> dict[str, Any]:
         shown = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
         where = f"{path}:{line}: field {shown if len(shown) <= 40 else shown[:40] + '…'!r}"
         if key not in _CONFIG_FIELDS:
-            raise ConfigError(f"{where}: unknown field (known: {', '.join(_CONFIG_FIELDS)})")
+            meant = closest(key, _CONFIG_FIELDS) if isinstance(key_node, yaml.ScalarNode) else None
+            hint = f" (did you mean '{meant}'?)" if meant else ""
+            raise ConfigError(f"{where}: unknown field{hint} (known: {', '.join(_CONFIG_FIELDS)})")
         if key in first_line:  # YAML would let the later one silently replace the first
             raise ConfigError(f"{where}: given twice (first on line {first_line[key]})")
         first_line[key] = line

@@ -59,6 +59,11 @@ _K6_OUTPUT_FLAGS = {
 
 class _Parser(argparse.ArgumentParser):
     commands: Mapping[str, argparse.ArgumentParser]  # the top-level parser's sub-commands (build_parser)
+    given: list[str] = []  # the arguments of its last parse
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self.given = list(sys.argv[1:] if args is None else args)  # for a usage error to look in (unknown_flag_hint)
+        return super().parse_known_args(args, namespace)
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
         """As argparse's, but a flag no parser took is reported by the sub-command's parser, which knows the flags
@@ -80,7 +85,9 @@ class _Parser(argparse.ArgumentParser):
             elif flag is not None:
                 message += f" (k6's {flag}: {_K6_OUTPUT_FLAGS[flag]})"
             else:
-                message = unknown_flag_hint(self, message)
+                message = unknown_flag_hint(self, message, self.given)
+        else:  # a required argument missing: a misspelt flag may be why (unknown_flag_hint)
+            message = unknown_flag_hint(self, message, self.given)
         from .redact import clean
 
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {clean(message, MESSAGE_LIMIT)}\n")

@@ -4,7 +4,7 @@ Light on purpose (no pydantic, no YAML): the command line imports it before anyt
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
@@ -56,12 +56,25 @@ def closest(word: str, candidates: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
-def unknown_flag_hint(parser: argparse.ArgumentParser, message: str) -> str:
+def unknown_flag_hint(parser: argparse.ArgumentParser, message: str, given: Sequence[str] = ()) -> str:
     """argparse's 'unrecognized arguments: --jnuit x.xml' with the parser's flag the first unknown one most looks
-    like: ' (did you mean --junit?)'."""
+    like: ' (did you mean --junit?)'. argparse reports a required option or argument missing before the flags it did
+    not know (`proxy --upstrem URL`: "the following arguments are required: --upstream"): then, with the arguments
+    the parser was `given`, the first misspelt long flag among them is what is reported, as if nothing were missing."""
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    if message.startswith("the following arguments are required:"):
+        for arg in given:
+            if arg == "--":  # what follows is positional
+                break
+            name = arg.partition("=")[0]
+            # A long flag the parser does not know, not even as the prefix argparse would take for one of its own.
+            if name.startswith("--") and len(name) > 2 and not any(f.startswith(name) for f in flags):
+                meant = closest(name, flags)
+                if meant:
+                    return f"unrecognized arguments: {name} (did you mean {meant}?)"
+        return message
     if not message.startswith("unrecognized arguments:"):
         return message
-    flags = [flag for action in parser._actions for flag in action.option_strings]
-    given = next((a.partition("=")[0] for a in message.partition(":")[2].split() if a.startswith("-")), None)
-    meant = closest(given, flags) if given else None
+    first = next((a.partition("=")[0] for a in message.partition(":")[2].split() if a.startswith("-")), None)
+    meant = closest(first, flags) if first else None
     return f"{message} (did you mean {meant}?)" if meant else message

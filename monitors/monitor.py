@@ -113,8 +113,15 @@ class Probe:
 
 
 class _Parser(argparse.ArgumentParser):
+    given: list[str] = []
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self.given = list(sys.argv[1:] if args is None else args)  # for a usage error to look in (unknown_flag_hint)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {redact.clean(unknown_flag_hint(self, message), MESSAGE_LIMIT)}\n")
+        hinted = unknown_flag_hint(self, message, self.given)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {redact.clean(hinted, MESSAGE_LIMIT)}\n")
 
 
 def _duration_arg(text: str) -> float:

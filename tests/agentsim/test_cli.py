@@ -103,9 +103,48 @@ def test_bad_flag_exits_2_with_one_line(capsys, flag, needle):
     assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv,hint", [
+    (["--seeed", "3"], "unrecognized arguments: --seeed 3 (did you mean --seed?)"),
+    (["--sede=3"], "unrecognized arguments: --sede=3 (did you mean --seed?)"),
+    (["--jwt-secrit", "s"], "(did you mean --jwt-secret?)"),
+    (["--no-auth", "--tool-latncy", "0"], "(did you mean --tool-latency?)"),
+])
+def test_a_misspelt_flag_exits_2_naming_the_flag_meant(argv, hint):
+    """FAILED on the old code: `agentsim --seeed 3` (and `chatprobe sim`) said "unrecognized arguments: --seeed 3",
+    where `chatprobe run` names the flag a typo most looks like. The real entry point, `python -m agentsim`."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "agentsim", *argv], capture_output=True, text=True, timeout=30,
+                          env=env, cwd=str(ROOT))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("agentsim: error: ") and hint in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_flag_s_prefix_is_still_that_flag():
+    """argparse takes an unambiguous prefix of a flag for it: the suggestion is only for flags no parse took."""
+    args = cli.build_parser().parse_args(["--se", "3", "--verb", "--tool-lat", "0.5"])
+    assert (args.seed, args.verbose, args.tool_latency) == (3, True, (0.5, 0.5))
+
+
+def test_a_typo_is_matched_as_chatprobe_matches_it():
+    """agentsim's `closest` is harness.errors.closest written again (agentsim imports nothing of harness): the two
+    choose alike."""
+    from harness.errors import closest
+
+    flags = [f for a in cli.build_parser()._actions for f in a.option_strings]
+    words = ["--seeed", "--sede", "--prot", "--fualt", "--hots", "--verbos", "--jwt", "--config-file", "--x", "",
+             "--max-sise", "--compresion", "-V", "--max-live-run-per-user", "--ground_truth", "x" * 200]
+    for word in words:
+        assert cli.closest(word, flags) == closest(word, flags), word
+    for key in ["thinc", "prot", "max_run", "fault", "colour", "allow-no-exp", "seeds"]:
+        assert cli.closest(key, cli._CONFIG_FIELDS) == closest(key, cli._CONFIG_FIELDS), key
+
+
 @pytest.mark.parametrize("text,needle", [
     ("seed: 1\nfaults:\n  - drop=0.1\n  - nonsense=0.2\n", ":4: field 'faults': 'nonsense=0.2': unknown fault"),
-    ("seed: 1\nthinc: 0\n", ":2: field 'thinc': unknown field"),
+    ("seed: 1\nthinc: 0\n", ":2: field 'thinc': unknown field (did you mean 'think'?)"),
+    ("max_size_x: 1\n", ":1: field 'max_size_x': unknown field (did you mean 'max_size'?)"),
+    ("colour: 1\n", ":1: field 'colour': unknown field (known: host, port,"),  # like nothing: no guess
     ("port: eighty\n", ":1: field 'port': expected a whole number"),
     ("think: 0.2-0.1\n", ":1: field 'think': bad latency"),
     ("faults: [\n", "invalid YAML"),

@@ -226,6 +226,22 @@ def test_more_bad_inputs_exit_2(capsys, argv, needle):
     assert needle in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["proxy"], "the following arguments are required: --upstream"),
+    (["proxy", "--zzz"], "the following arguments are required: --upstream"),  # nothing it looks like
+    (["check"], "the following arguments are required: FILE"),
+    (["check", "--jun", "x.xml"], "the following arguments are required: FILE"),  # argparse's prefix of --junit
+    (["proxy", "--upstream", "ws://127.0.0.1:1", "--", "--listn"], "unrecognized arguments: -- --listn"),
+])
+def test_a_missing_argument_without_a_misspelt_flag_is_said_as_argparse_says_it(capsys, argv, says):
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and "did you mean" not in err and err.count("\n") == 1, err
+
+
 def test_two_reports_naming_one_file_are_refused_before_the_run(tmp_path, capsys):
     same = tmp_path / "report"
     assert main(["run", "basic", "--json", str(same), "--junit", str(same)]) == 2
@@ -242,11 +258,20 @@ def test_two_reports_naming_one_file_are_refused_before_the_run(tmp_path, capsys
     (["run", "basci"], "scenario 'basci': no such file and no built-in of that name (did you mean 'basic'?"),
     (["run", "basic", "--profile", "ag_ui"], "(did you mean 'ag-ui'?"),
     (["monitor", "--intervl", "5s", "--target", "ws://127.0.0.1:1/ws"], "(did you mean --interval?)"),
+    # FAILED on the old code: `sim` named no flag ("unrecognized arguments: --seeed 3"), and a misspelt flag where a
+    # required one is missing was "the following arguments are required: --upstream" (or FILE), the typo unnamed.
+    (["sim", "--seeed", "3"], "chatprobe sim: error: unrecognized arguments: --seeed 3 (did you mean --seed?)"),
+    (["sim", "--fualt", "drop:agent_started=1"], "(did you mean --fault?)"),
+    (["proxy", "--upstrem", "ws://127.0.0.1:1"], "chatprobe proxy: error: unrecognized arguments: --upstrem (did you "
+                                                 "mean --upstream?)"),
+    (["proxy", "--upstrem=ws://127.0.0.1:1", "--listen", "127.0.0.1:0"], "--upstrem (did you mean --upstream?)"),
+    (["check", "--jnuit"], "chatprobe check: error: unrecognized arguments: --jnuit (did you mean --junit?)"),
 ])
 def test_a_typo_in_a_flag_or_a_name_is_answered_with_what_was_meant(capsys, argv, hint):
     """A misspelt flag was 'unrecognized arguments: --jnuit' (no word of --junit, and for `run` from the parser
     that knows only --version), a misspelt scenario or profile name listed every built-in: now the one it most
-    looks like is named, as a scenario file's misspelt key is."""
+    looks like is named, as a scenario file's misspelt key is; for every command (`sim` too), and when argparse would
+    first report a required option or argument missing (the misspelt flag was probably meant for it)."""
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse's error
