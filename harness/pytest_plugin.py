@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from . import redact
 from .checker import ChatResult, ExpectError
 from .client import Session
 from .durations import seconds_given
+from .errors import closest
 from .events import Outcome, Role
 from .flow import DEFAULTS, ChatOptions, Conversation
 from .scenario import Expect, Scenario, expectations_for
@@ -147,6 +148,28 @@ def _target_options(config: pytest.Config) -> tuple[TargetOptions, Target]:
     except ConfigError as exc:
         raise pytest.UsageError(f"chatprobe: {redact.clean(flag_named(exc, '--chatprobe-', PYTEST_FIELDS), 1000)}"
                                 ) from None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser,
+                                  args: list[str]) -> Generator[None, object, object]:
+    """A misspelt --chatprobe- option is pytest's usage error in one line naming the option it most looks like, as
+    `chatprobe run` names a misspelt flag (pytest's own error lists it as unrecognized, with no suggestion). Checked
+    once the initial conftests have added their options, right before pytest parses the command line."""
+    result = yield
+    misspelt = [(name, meant) for arg in args if isinstance(arg, str) and arg.startswith("--")
+                and (name := arg.partition("=")[0]) not in _DEFAULTS and (meant := closest(name, _DEFAULTS))]
+    if misspelt:
+        try:
+            _, unknown = parser.parse_known_and_unknown_args(args)
+        except pytest.UsageError:  # another mistake of the command line: pytest reports it as it parses
+            return result
+        unknown_names = {arg.partition("=")[0] for arg in unknown}
+        for name, meant in misspelt:
+            if name in unknown_names:  # not another plugin's option (nor a prefix of one)
+                raise pytest.UsageError(f"chatprobe: unrecognized option {redact.clean(name, 100)} "
+                                        f"(did you mean {meant}?)")
+    return result
 
 
 def pytest_configure(config: pytest.Config) -> None:

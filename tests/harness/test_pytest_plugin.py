@@ -93,3 +93,27 @@ def test_profile_option_without_a_target_speaks_that_profile_to_the_embedded_age
     assert refused.ret == 4
     refused.stderr.fnmatch_lines(["*--chatprobe-profile openai-responses: the embedded agentsim speaks ag-ui, netra*"
                                   "--chatprobe-target*"])
+
+
+def test_a_misspelt_chatprobe_option_is_one_usage_line_naming_the_option_meant(pytester):
+    """FAILED on the old code: pytest said "unrecognized arguments: --chatprobe-targt" in its usage block, with no
+    word of --chatprobe-target. Now it is pytest's usage error (exit 4, before any test runs), one line naming the
+    option meant, as `chatprobe run` names a misspelt flag; an option of another plugin's (a conftest's) that looks
+    like one of ours is that plugin's, and a mistake that is not ours stays pytest's to report."""
+    pytester.makeconftest("""
+        def pytest_addoption(parser):
+            parser.addoption("--chatprobe-targets", default=None)
+        """)
+    pytester.makepyfile(test_x="def test_x(request):\n    assert request.config.getoption('--chatprobe-targets')\n")
+    for argv, meant in [(["--chatprobe-targt", "ws://127.0.0.1:1/ws"], "--chatprobe-targt (did you mean "
+                                                                       "--chatprobe-target?)"),
+                        (["--chatprob-token-env=X"], "--chatprob-token-env (did you mean --chatprobe-token-env?)")]:
+        res = pytester.runpytest_subprocess("-p", "no:cacheprovider", *argv, timeout=60)
+        assert res.ret == 4, res.stderr.str()
+        errors = [line for line in res.stderr.lines if line.startswith("ERROR")]
+        assert errors == [f"ERROR: chatprobe: unrecognized option {meant}"], res.stderr.str()
+    ok = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--chatprobe-targets=x", timeout=60)
+    ok.assert_outcomes(passed=1)
+    other = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--chatprobe-targt", "x", "--maxfail=many",
+                                          timeout=60)
+    assert other.ret == 4 and "argument --maxfail: invalid int value: 'many'" in other.stderr.str()
