@@ -86,6 +86,18 @@ class ConfigError(Exception):
     """A bad config file; the message names file, line and field."""
 
 
+def os_reason(exc: OSError) -> str:
+    """What the operating system said of a failed call in its own words ("Address already in use"), without what
+    asyncio wrapped around a bind's error: harness.errors.os_reason written again (agentsim imports nothing of
+    harness), a test holding the two alike."""
+    text = exc.strerror or str(exc)
+    if isinstance(exc.errno, int) and exc.errno > 0:  # (a resolver's codes are no errno: on Linux they are negative)
+        own = os.strerror(exc.errno)
+        if own.lower() in text.lower():
+            return own
+    return text
+
+
 def _fault_arg(text: str) -> Any:
     try:
         return parse_fault(text)
@@ -475,9 +487,13 @@ async def _serve(config: SimConfig) -> int:
     try:
         await sim.start()
     except OSError as exc:
-        print(f"agentsim: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
+        # An address it cannot listen on (in use, not this host's, a port below 1024 without the right) is the
+        # flags' or the config's fault: a usage error, one line, as `chatprobe proxy --listen` says it.
+        await sim.stop()  # (the AG-UI server's first listener, when its second one failed)
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        print(f"agentsim: error: {_one_line(host)}:{config.port}: cannot listen: {_one_line(os_reason(exc))}",
               file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -4,6 +4,7 @@ Light on purpose (no pydantic, no YAML): the command line imports it before anyt
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from typing import TYPE_CHECKING
@@ -40,6 +41,19 @@ class ExitCode(IntEnum):
     UNREACHABLE = 3  # the target could not be reached
     INTERRUPTED = 130  # SIGINT (128 + 2)
     TERMINATED = 143  # SIGTERM (128 + 15)
+
+
+def os_reason(exc: OSError) -> str:
+    """What the operating system said of a failed call, in its own words ("Address already in use"), without what
+    asyncio or socket.create_server wrapped around a bind's error ("error while attempting to bind on address
+    ('127.0.0.1', 8780): address already in use"): the reason of a "cannot listen" line. A resolver's error (a host
+    name that is no host's) is said as the resolver says it."""
+    text = exc.strerror or str(exc)
+    if isinstance(exc.errno, int) and exc.errno > 0:  # (a resolver's codes are no errno: on Linux they are negative)
+        own = os.strerror(exc.errno)
+        if own.lower() in text.lower():
+            return own
+    return text
 
 
 def closest(word: str, candidates: Iterable[str]) -> str | None:

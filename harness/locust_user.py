@@ -48,7 +48,7 @@ from .backoff import Backoff
 from .catalog import builtin_scenarios
 from .checker import ChatResult
 from .collector import tune_collector
-from .errors import ExitCode
+from .errors import ExitCode, os_reason
 from .events import RULES, Outcome
 from .gevent_client import SyncSession
 from .results import ScenarioRun, exit_code
@@ -324,7 +324,7 @@ def serve_metrics(host: str, port: int) -> "HttpServer":
         server = httpserver.start_metrics(host, port)
     except OSError as exc:
         print(f"chatprobe: error: --chatprobe-metrics-port {port} on --chatprobe-metrics-host "
-              f"{redact.clean(host, 100)!r}: cannot listen: {redact.clean(exc.strerror or exc, 200)}",
+              f"{redact.clean(host, 100)!r}: cannot listen: {redact.clean(os_reason(exc), 200)}",
               file=sys.stderr, flush=True)
         sys.exit(int(ExitCode.USAGE))
     logger.info("chatprobe metrics on http://%s:%d/metrics", host, server.server_address[1])

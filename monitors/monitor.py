@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from harness import redact
 from harness.durations import Seconds, parse_duration
-from harness.errors import MESSAGE_LIMIT, unknown_flag_hint
+from harness.errors import MESSAGE_LIMIT, os_reason, unknown_flag_hint
 from harness.events import Outcome
 from harness.profiles import load_profile
 from harness.results import ScenarioRun, exit_code
@@ -396,7 +396,7 @@ def start_http(app: Callable, host: str, port: int) -> httpserver.HttpServer:
     try:
         return httpserver.start_http(app, host, port)
     except OSError as exc:
-        raise ConfigError(f"--listen {host}:{port}: cannot listen: {exc.strerror or exc}") from None
+        raise ConfigError(f"--listen {host}:{port}: cannot listen: {os_reason(exc)}") from None
 
 
 # -- main ------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from websockets.uri import parse_uri
 from harness import redact
 from harness.checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
 from harness.durations import parse_duration, parse_size
-from harness.errors import MESSAGE_LIMIT, unknown_flag_hint
+from harness.errors import MESSAGE_LIMIT, os_reason, unknown_flag_hint
 from harness.events import Outcome, Rule
 from harness.flow import (
     CLEAN_CLOSE_CODES,
@@ -1056,5 +1056,5 @@ def _cannot_listen(flag: str, value: str, exc: OSError) -> int:
     """An address the proxy cannot listen on (in use, not this host's, a port below 1024 without the right): the
     flag's fault, a usage error, one line naming it, as the monitor's --listen and the Locust user's metrics port."""
     print(f"chatprobe proxy: error: {flag} {redact.clean(value, 100)}: cannot listen: "
-          f"{redact.clean(exc.strerror or exc, 200)}", file=sys.stderr)
+          f"{redact.clean(os_reason(exc), 200)}", file=sys.stderr)
     return EXIT_USAGE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import signal
@@ -120,6 +121,57 @@ def test_a_misspelt_flag_exits_2_naming_the_flag_meant(argv, hint):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("protocol", ["netra", "ag-ui"])
+def test_a_port_in_use_exits_2_with_one_line_naming_the_address_and_the_reason(protocol, tmp_path):
+    """FAILED on the old code: exit 1, with asyncio's wrapping of the reason ("cannot listen on 127.0.0.1:P: error while
+    attempting to bind on address ('127.0.0.1', P): address already in use"). An address agentsim cannot listen on is
+    its flags' or config's fault: exit 2 and one line, the address and the system's reason, as `chatprobe proxy
+    --listen` says it; the ground truth file is closed, not left half-written."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    gt = tmp_path / "gt.jsonl"
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "agentsim", "--port", str(port), "--protocol", protocol,
+                               "--ground-truth", str(gt)], capture_output=True, text=True, timeout=30, env=env,
+                              cwd=str(ROOT))
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "warning" not in line]
+    assert lines == [f"agentsim: error: 127.0.0.1:{port}: cannot listen: {os.strerror(errno.EADDRINUSE)}"], proc.stderr
+    assert proc.stdout == ""  # never "listening"
+
+
+def test_an_address_that_is_no_host_s_exits_2_in_one_line(capsys):
+    """An IPv6 address in brackets, as a URL writes it, and a host name that does not resolve, as the resolver says it."""
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as busy:
+        port = busy.getsockname()[1]
+        assert cli.main(["--host", "::1", "--port", str(port)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" not in line]
+    assert err == [f"agentsim: error: [::1]:{port}: cannot listen: {os.strerror(errno.EADDRINUSE)}"], err
+    assert cli.main(["--host", "no-such-host.invalid", "--port", "0"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" not in line]
+    assert len(err) == 1 and err[0].startswith("agentsim: error: no-such-host.invalid:0: cannot listen: "), err
+
+
+def test_the_reason_is_said_as_chatprobe_says_it():
+    """agentsim's os_reason is harness.errors.os_reason written again (agentsim imports nothing of harness): the two
+    say every kind of listening failure alike, in the system's own words."""
+    from harness.errors import os_reason
+
+    in_use = os.strerror(errno.EADDRINUSE)
+    errors = [
+        OSError(errno.EADDRINUSE, f"error while attempting to bind on address ('127.0.0.1', 1): {in_use.lower()}"),
+        OSError(errno.EADDRINUSE, f"{in_use} (while attempting to bind on address ('127.0.0.1', 1))"),
+        OSError(errno.EACCES, os.strerror(errno.EACCES)),
+        socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+        OSError("a port is 1 to 65535"),
+        OSError(errno.EADDRINUSE, "something else entirely"),
+    ]
+    said = [os_reason(exc) for exc in errors]
+    assert said == [cli.os_reason(exc) for exc in errors]
+    assert said[:5] == [in_use, in_use, os.strerror(errno.EACCES), "Name or service not known", "a port is 1 to 65535"]
+    assert said[5] == "something else entirely"
+
+
 def test_a_flag_s_prefix_is_still_that_flag():
     """argparse takes an unambiguous prefix of a flag for it: the suggestion is only for flags no parse took."""
     args = cli.build_parser().parse_args(["--se", "3", "--verb", "--tool-lat", "0.5"])
@@ -184,7 +236,7 @@ def test_bad_config_exits_2_naming_file_line_field(tmp_path, capsys, text, needl
 def test_a_yaml_1_1_octal_or_base_60_number_exits_2_naming_file_line_field(tmp_path, capsys, text, needle):
     path = tmp_path / "agentsim.yaml"
     path.write_text(text)
-    with socket.create_server(("127.0.0.1", 0)) as busy:  # a config taken (the old code) cannot listen: exit 1
+    with socket.create_server(("127.0.0.1", 0)) as busy:  # a config taken (the old code) cannot listen
         assert cli.main(["--config", str(path), "--port", str(busy.getsockname()[1])]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and needle in err, err

@@ -152,7 +152,7 @@ def kinds(tmp: Path) -> list[Kind]:
         # monitor: the config and every probe it makes built; then --listen is parsed.
         Kind("monitor", [MONITOR_SEED], lambda p: ["monitor", "--config", p, "--listen", "nowhere"], "--listen"),
         Kind("agentsim", [AGENTSIM_SEED], lambda p: ["--config", p, "--host", "127.0.0.1", "--port", port],
-             "cannot listen on", main=sim_cli.main, sentinel_code=1),
+             ": cannot listen: ", main=sim_cli.main),
     ]
 
 
@@ -428,7 +428,7 @@ def test_a_hostile_agentsim_flag_is_taken_or_refused_in_one_line_naming_the_flag
     @given(FLAG_VALUES)
     def check(value: str) -> None:
         code, err = invoke(sim_cli.main, [f"{flag}={value}", "--host", "127.0.0.1", "--port", port])
-        if code == 1 and "cannot listen on" in err:
+        if code == 2 and ": cannot listen: " in err:
             return
         line = one_line(code, err)
         assert flag in line, (value[:80], line)
@@ -575,6 +575,6 @@ def test_an_agentsim_config_mistake_is_one_line_naming_file_line_and_field(tmp_p
     line_no, field, reason = AGENTSIM_FINDINGS[text]
     config = tmp_path / "sim.yaml"
     config.write_text(text)
-    # (the port something listens on: a config taken is "cannot listen", exit 1, never a server left running)
+    # (the port something listens on: a config taken is "cannot listen", exit 2, never a server left running)
     line = one_line(*invoke(sim_cli.main, ["--config", str(config), "--port", str(_busy_port())]))
     assert f"{config}:{line_no}:" in line and (f"field '{field}'" in line or not field) and reason in line, line

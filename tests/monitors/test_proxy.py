@@ -5,9 +5,11 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import errno
 import itertools
 import json
 import logging
+import os
 import secrets
 import socket
 import struct
@@ -336,6 +338,9 @@ def test_an_address_in_use_is_exit_2_with_one_line_naming_the_flag_as_the_monito
             err = capsys.readouterr().err
             lines = err.strip().splitlines()
             assert len(lines) == 1 and f"{flag} {taken}: cannot listen" in lines[0], err
+            # The system's reason in its own words (FAILED on the old code for the proxy's --listen: "error while
+            # attempting to bind on address ('127.0.0.1', P): address already in use", asyncio's wrapping).
+            assert lines[0].endswith(f": cannot listen: {os.strerror(errno.EADDRINUSE)}"), err
             assert "Traceback" not in err
 
 
