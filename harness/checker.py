@@ -366,10 +366,10 @@ class ChatTracker:
                 return
         elif ev.bad_seq is not None:
             # Malformed, not out of order: JSON has one number type, but the protocol's seq is an integer (1, 2, 3, …),
-            # and 1.0 is no more read as 1 than "1" or true is. The event is judged as one without a seq.
+            # and 1.0 is no more read as 1 than "1" or true is; nor is one past 64 bits a count of a run's events. The
+            # event is judged as one without a seq.
             self.bad_seqs += 1
-            self._flag(Rule.R12, f"{_name(ev)} has seq {ev.bad_seq}, {_seq_kind(ev.bad_seq)}: a seq must be a JSON "
-                                 "integer (1, 2, 3, …)", idx)
+            self._flag(Rule.R12, f"{_name(ev)} has seq {ev.bad_seq}", idx)  # (what it is and must be: profiles._seq_text)
 
         if idx and role is _STARTED and self.saw_started and self.terminal_index is None:
             self._flag(Rule.R1, "a second agent_started in the same run", idx)
@@ -612,7 +612,7 @@ class ChatTracker:
                         first.append(s)
                     s += 1
                 shown = ", ".join(map(str, first)) + (f" … ({gaps} in all)" if gaps > len(first) else "")
-                unread = f"; {self.bad_seqs} event(s) had a seq that is no integer" if self.bad_seqs else ""
+                unread = f"; {self.bad_seqs} event(s) had a seq that could not be read" if self.bad_seqs else ""
                 violations.append(Violation(Rule.R7, f"seq {shown} never arrived (lost event{'s' if gaps > 1 else ''}"
                                                      f"{unread})", None))
 
@@ -1164,17 +1164,6 @@ def malformed_reason(detail: str) -> str:
 
 def foreign_reason(ev: Event, why: str) -> str:
     return f"received {_name(ev)} of {why}: cross-talk"
-
-
-def _seq_kind(text: str) -> str:
-    """What JSON value a seq that is not an integer was, from its JSON text (profiles._seq_text)."""
-    if text[:1] == '"':
-        return "a string"
-    if text in ("true", "false"):
-        return "a boolean"
-    if text[:1] in ("[", "{"):
-        return "an array" if text[:1] == "[" else "an object"
-    return "a number with a fraction or an exponent"
 
 
 def _name(ev: Event) -> str:

@@ -146,7 +146,8 @@ class Event:
     # (span name, "open" | "inner" | "close", key) when the profile pairs this wire type with others.
     span: tuple[str, str, SpanKey] | None = None
     server_time: Any = None
-    bad_seq: Any = None  # a `seq` that is present but not an integer, as its JSON text (an R12)
+    # A `seq` that is present but not an integer of at most 64 bits: its JSON text (cut) and what it is (an R12).
+    bad_seq: Any = None
     oversized: tuple[str, ...] = ()  # fields over the size limit, kept truncated (an R12)
     parent_run_id: str | None = None  # the run this one continues (AG-UI's parentRunId): a new run on the stream
     # The fields the profile's payload checks read (harness/payload_checks.py): references into the decoded frame,

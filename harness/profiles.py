@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import string
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -632,7 +633,7 @@ class Decoder:
         if not isinstance(text, str):
             return ClientFrame("malformed")
         try:
-            frame = json.loads(text)
+            frame = _json_exact(text)
         except (ValueError, RecursionError):
             return ClientFrame("malformed")
         if not isinstance(frame, dict):
@@ -653,7 +654,8 @@ class Decoder:
                 value = value.get(step) if isinstance(value, dict) else None
             if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:
                 value = int(value)
-            last_seq = value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+            last_seq = (value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEQ_MAX
+                        else None)
         return ClientFrame(kind, wire_type, run_id=_id(self.find(frame, scopes, n["run_id"]))[0],
                            thread_id=_id(self.find(frame, scopes, n["thread_id"]))[0],
                            message_id=_id(self.find(frame, scopes, n["message_id"]))[0], last_seq=last_seq)
@@ -675,6 +677,50 @@ try:  # about 3x json.loads on event frames; the decode of every frame is the cl
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - orjson is a dependency; json is the fallback of a stripped install
     _fast_loads = json.loads  # type: ignore[assignment]
+
+
+class HugeNumber(float):
+    """A JSON number too large to hold as the number it is: an integer past the interpreter's digits limit (4,300; an
+    integer of 5,000 digits is JSON all the same), or one with a fraction or an exponent past a double's range
+    (`1e400`). It reads as ±Infinity, as JavaScript's JSON.parse reads both, and keeps the text the server wrote, so
+    that what names it (a seq's R12, an id, a timestamp) names what was sent, never `inf`."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, value: float, text: str) -> HugeNumber:
+        number = super().__new__(cls, value)
+        number.text = text
+        return number
+
+    def __str__(self) -> str:
+        return self.text
+
+    __repr__ = __str__
+
+    def __reduce__(self) -> tuple[type[HugeNumber], tuple[float, str]]:
+        return HugeNumber, (float(self), self.text)
+
+
+_MAX_INT_DIGITS = sys.int_info.default_max_str_digits  # what int() converts unless an interpreter is told otherwise
+
+
+def _json_int(text: str) -> int | HugeNumber:
+    # Bounded here, not by the interpreter's setting: with the limit lifted, int() of a frame's megabyte of digits
+    # takes quadratic time.
+    if len(text) > _MAX_INT_DIGITS:
+        return HugeNumber(-math.inf if text[0] == "-" else math.inf, text)
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    number = float(text)
+    return HugeNumber(number, text) if math.isinf(number) else number
+
+
+# json for the frames orjson refuses or reads loosely (Decoder._compile): every number JSON can write is read, none
+# refuses the frame as "not JSON" (json's int() refused an integer of 4,301 digits) or turns into an anonymous inf.
+_json_exact = json.JSONDecoder(parse_int=_json_int, parse_float=_json_float).decode
 
 
 def _id(v: Any, name: str = "", oversized: list[str] | None = None, limit: int = MAX_ID_BYTES) -> tuple[str | None, bool]:
@@ -705,21 +751,54 @@ def _id_or_wide(v: Any, name: str = "", oversized: list[str] | None = None,
 
 # How much of a `seq` that is not an integer a violation shows (its JSON text).
 MAX_SEQ_SHOWN = 40
+# A seq is an integer a 64-bit counter holds, signed or not (orjson's own range for integers): one past it counts no
+# run's events, and a report naming it would be as long as the server made it (JSON sets numbers no bound).
+SEQ_MIN, SEQ_MAX = -(2**63), 2**64 - 1
+_NOT_INTEGER = "a seq must be a JSON integer (1, 2, 3, …)"
+_TOO_WIDE = "a seq must be an integer of at most 64 bits (1, 2, 3, …)"
 
 
-def _seq_text(v: Any) -> str:
-    """A `seq` that is not an integer as its JSON text (`1.0`, `true`, `"1"`, `[1]`), cut to MAX_SEQ_SHOWN characters:
-    the checker's R12 says which JSON value it was (str() would show `True`, and `"1"` like the number 1)."""
+def _seq_text(v: Any) -> str | None:
+    """A `seq` that is not an integer of at most 64 bits: its JSON text (`1.0`, `true`, `"1"`, `[1]`, `1e400`; a long
+    one cut, with its length) and what it is, for the checker's R12 (str() would show `True`, `"1"` like the number
+    1, and 1e400 as `inf`). None for an int subclass in range (a seq after all; JSON makes none but booleans)."""
+    if v.__class__ is HugeNumber:
+        text = v.text
+        if text.lstrip("-").isdigit():
+            return f"{_number_shown(text)}, an integer past 64 bits: {_TOO_WIDE}"
+        return f"{_number_shown(text)}, a number with a fraction or an exponent: {_NOT_INTEGER}"
+    if isinstance(v, bool):
+        return f"{json.dumps(v)}, a boolean: {_NOT_INTEGER}"
+    if isinstance(v, int):
+        if SEQ_MIN <= v <= SEQ_MAX:
+            return None
+        try:
+            text = str(int(v))
+        except ValueError:  # past the interpreter's digits limit (a frame built by a program, not parsed)
+            return f"an integer of about {int(v.bit_length() * 0.30103) + 1} digits, past 64 bits: {_TOO_WIDE}"
+        return f"{_number_shown(text)}, an integer past 64 bits: {_TOO_WIDE}"
+    if isinstance(v, float):
+        if not math.isfinite(v):  # JavaScript's NaN / Infinity, which json reads and JSON (RFC 8259) does not have
+            return f"{json.dumps(v)}, not a JSON number (JSON has no NaN or Infinity): {_NOT_INTEGER}"
+        return f"{_number_shown(json.dumps(v))}, a number with a fraction or an exponent: {_NOT_INTEGER}"
     if isinstance(v, str):
         text = json.dumps(v[:MAX_SEQ_SHOWN], ensure_ascii=False)
-    elif isinstance(v, (bool, int, float)):
-        text = json.dumps(v)
+        kind = "a string"
     else:
         text = _short_repr(v, MAX_SEQ_SHOWN)
-    return text if len(text) <= MAX_SEQ_SHOWN else text[:MAX_SEQ_SHOWN] + "…"
+        kind = "an array" if isinstance(v, list) else "an object" if isinstance(v, dict) else "not a JSON integer"
+    return f"{text if len(text) <= MAX_SEQ_SHOWN else text[:MAX_SEQ_SHOWN] + '…'}, {kind}: {_NOT_INTEGER}"
 
 
-def _seq_text_or_wide(v: Any) -> str:
+def _number_shown(text: str) -> str:
+    """A number's JSON text, cut past MAX_SEQ_SHOWN characters to its first digits and its length."""
+    if len(text) <= MAX_SEQ_SHOWN:
+        return text
+    digits = text.lstrip("-")
+    return f"{text[:20]}… ({f'{len(digits):,} digits' if digits.isdigit() else f'{len(text):,} characters'})"
+
+
+def _seq_text_or_wide(v: Any) -> str | None:
     if v.__class__ is float and (v >= _WIDE or v <= -_WIDE) and v.is_integer():
         raise _WideInt  # maybe an integer past 64 bits that orjson read as a float: json reads the frame again
     return _seq_text(v)
@@ -936,7 +1015,7 @@ def _loads_or_malformed(text: str) -> Any:
     # orjson refuses what json accepts (NaN, depth past 1024): json decides, so a frame means what it always meant.
     # (Integers past 64 bits orjson reads as floats instead: see Decoder._compile.)
     try:
-        return json.loads(text)
+        return _json_exact(text)
     except (ValueError, RecursionError):
         if isinstance(text, StreamProblem):  # what the transport found wrong in the stream itself
             return Frame(FrameKind.MALFORMED, detail=str(text))
@@ -1120,6 +1199,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     profile, n = dec.profile, dec.names
     ns: dict[str, Any] = {
         "Event": Event, "Frame": Frame, "_id": _id, "_seq_text": _seq_text, "_find_plain": _find_plain,
+        "HugeNumber": HugeNumber,
         "MALFORMED": FrameKind.MALFORMED, "PING_KIND": FrameKind.PING,
         "CONTROL_KIND": FrameKind.CONTROL, "ERROR_KIND": FrameKind.ERROR, "UNKNOWN_KIND": FrameKind.UNKNOWN,
         "MARKER_KIND": FrameKind.STREAM_END,
@@ -1205,8 +1285,10 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
         emit("tools = role is R_TOOL_EXECUTING or role is R_TOOL_COMPLETED or wire_type in SPAN_OF")
     emit("bad_seq = None")
     if src.find("seq", n["seq"]):
-        emit("if seq is not None and seq.__class__ is not int and (not isinstance(seq, int) or isinstance(seq, bool)):")
-        emit("    bad_seq, seq = _seq_text(seq), None")
+        # Not an integer, or one past 64 bits (json reads any; orjson none past them): an R12, judged without a seq.
+        emit(f"if seq is not None and (seq.__class__ is not int or not {SEQ_MIN} <= seq <= {SEQ_MAX}) "
+             "and (bad_seq := _seq_text(seq)) is not None:")
+        emit("    seq = None")
     emit("ov = []")
     # What keeping the event costs the checker's byte budget (events.kept_bytes): the event, its type, its ids and a
     # timestamp kept as text, measured here while the lengths are at hand.
@@ -1218,7 +1300,8 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     if src.find("server_time", n["timestamp"]):
         with src.block("if server_time is not None and server_time.__class__ is not float "
                        "and server_time.__class__ is not int:"):
-            emit("if not isinstance(server_time, (int, float)):")
+            # (a HugeNumber as the text the server wrote, over MAX_TIME_BYTES an R12 as a string's)
+            emit("if not isinstance(server_time, (int, float)) or server_time.__class__ is HugeNumber:")
             emit(f"    server_time = _id(server_time, 'timestamp', ov, {MAX_TIME_BYTES})[0]")
             emit("if isinstance(server_time, str):")
             emit("    nbytes += len(server_time)")
@@ -1292,7 +1375,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     body = ["    if not isinstance(frame, dict):",
             "        return Frame(MALFORMED, detail=f'a JSON {type(frame).__name__}, not an object')", *src.lines]
     # The same body twice: after the JSON parse of a text frame (a call fewer per frame), and for a parsed frame.
-    ns.update(_loads=_fast_loads, _loads_or_malformed=_loads_or_malformed, _WideInt=_WideInt, _json_loads=json.loads,
+    ns.update(_loads=_fast_loads, _loads_or_malformed=_loads_or_malformed, _WideInt=_WideInt, _json_loads=_json_exact,
               _plain_obj=None)
     parse = ["def decode(text, received_at):",
              "    if text.__class__ is not str and isinstance(text, (bytes, bytearray)):",

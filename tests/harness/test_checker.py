@@ -320,13 +320,13 @@ def test_seq_that_is_not_an_integer_is_r12_and_no_lost_event():
 
     profile = load_profile("netra")
     e = profile.decode('{"type": "agent_started", "run_id": "r1", "seq": "3"}', 0.1)
-    assert e.seq is None and e.bad_seq == '"3"'
+    assert e.seq is None and e.bad_seq == '"3", a string: a seq must be a JSON integer (1, 2, 3, …)'
     run = valid_run()
-    run[1].seq, run[1].bad_seq = None, "2.0"
+    run[1].seq, run[1].bad_seq = None, "2.0, a number with a fraction or an exponent: a seq must be …"
     [v] = judge(run).violations  # malformed (R12), not a seq 2 lost or out of order (R7)
     assert v.rule == "R12" and "seq 2.0, a number with a fraction or an exponent" in v.reason, v
     run = valid_run()
-    run[1].seq, run[1].bad_seq, run[2].seq = None, "true", None  # two seqs missing, one of them unreadable
+    run[1].seq, run[1].bad_seq, run[2].seq = None, "true, a boolean", None  # two seqs missing, one unreadable
     rules = sorted((v.rule.value, v.reason) for v in judge(run).violations)
     assert [r for r, _ in rules] == ["R12", "R7"] and "never arrived" in rules[1][1] and "1 event(s)" in rules[1][1]
 

@@ -16,10 +16,14 @@ from harness.profiles import (
     MAX_ID_BYTES,
     MAX_NAME_PARTS,
     MAX_TIME_BYTES,
+    SEQ_MAX,
+    SEQ_MIN,
     Decoder,
+    HugeNumber,
     Profile,
     _id,
     _id_or_wide,
+    _json_exact,
     _seq_text,
     _seq_text_or_wide,
     _split_names,
@@ -69,7 +73,8 @@ def reference_decode_obj(self: Decoder, frame: Any, received_at: float) -> Event
         return Frame(FrameKind.UNKNOWN, wire_type=wire_type, raw=frame)
     seq = find(frame, scopes, n["seq"])
     bad_seq = None
-    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+    # (one rule added since, tested on its own in test_seq_integers: a seq past 64 bits is no seq either)
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or not SEQ_MIN <= seq <= SEQ_MAX):
         bad_seq, seq = _seq_text(seq), None
     oversized: list[str] = []
     rid, thread_id, user_id, message_id = (
@@ -77,7 +82,8 @@ def reference_decode_obj(self: Decoder, frame: Any, received_at: float) -> Event
         _id(find(frame, scopes, n["user_id"]), "user_id", oversized)[0],
         _id(find(frame, scopes, n["message_id"]), "message_id", oversized)[0])
     server_time = find(frame, scopes, n["timestamp"])
-    if server_time is not None and not isinstance(server_time, (int, float)):
+    # (and a number too large to hold as one is kept as the text the server wrote, as a string timestamp is)
+    if server_time is not None and (not isinstance(server_time, (int, float)) or isinstance(server_time, HugeNumber)):
         server_time, _ = _id(server_time, "timestamp", oversized, MAX_TIME_BYTES)
     ev = Event(role=role, wire_type=wire_type, received_at=received_at, run_id=rid, thread_id=thread_id,
                user_id=user_id, message_id=message_id, seq=seq, bad_seq=bad_seq, server_time=server_time)
@@ -126,9 +132,9 @@ def reference_decode(self: Decoder, text: str | bytes, received_at: float) -> Ev
         frame = orjson.loads(text)
     except ValueError:
         # orjson refuses what json accepts (NaN, integers past 64 bits, depth past 1024): json decides, so a
-        # frame means what it always meant.
+        # frame means what it always meant (reading every number JSON can write: _json_exact, one rule added since).
         try:
-            frame = json.loads(text)
+            frame = _json_exact(text)
         except (ValueError, RecursionError):
             if isinstance(text, StreamProblem):  # what the transport found wrong in the stream itself
                 return Frame(FrameKind.MALFORMED, detail=str(text))
@@ -142,7 +148,7 @@ def reference_decode(self: Decoder, text: str | bytes, received_at: float) -> Ev
         return reference_decode_obj(self, frame, received_at)
     except _WideInt:
         _id, _seq_text = plain, plain_seq
-        return reference_decode_obj(self, json.loads(text), received_at)
+        return reference_decode_obj(self, _json_exact(text), received_at)
     finally:
         _id, _seq_text = plain, plain_seq
 
@@ -283,13 +289,15 @@ def test_deep_paths_compile_flat() -> None:
 def test_integers_past_64_bits_stay_integers() -> None:
     """orjson reads an integer past 64 bits as a float: two run ids sent as huge numbers would read as one, and a seq
     of 2**64 as "not an integer". The text path hands such a frame to json, which keeps the integer; a float the
-    server wrote as one stays a float."""
+    server wrote as one stays a float. (A seq past 64 bits is an R12 all the same, said as the integer it is.)"""
     profile = PROFILES["netra"]
     a = profile.decode('{"type":"agent_started","run_id":123456789012345678901234567890,"seq":18446744073709551616}', 1.0)
     b = profile.decode('{"type":"agent_started","run_id":123456789012345678901234567891,"seq":1}', 1.0)
     assert isinstance(a, Event) and isinstance(b, Event)
     assert (a.run_id, b.run_id) == ("123456789012345678901234567890", "123456789012345678901234567891")
-    assert a.seq == 2**64 and a.bad_seq is None
+    assert a.seq is None and a.bad_seq.startswith("18446744073709551616, an integer past 64 bits: ")
+    top = profile.decode('{"type":"agent_started","run_id":"r","seq":18446744073709551615}', 1.0)
+    assert isinstance(top, Event) and top.seq == 2**64 - 1 and top.bad_seq is None
     ctl = profile.decode('{"type":"connection_established","data":{"user_id":-92233720368547758090}}', 1.0)
     assert isinstance(ctl, Frame) and ctl.user_id == "-92233720368547758090"
     c = profile.decode('{"type":"agent_started","run_id":1e30,"seq":1}', 1.0)

@@ -173,6 +173,13 @@ FRAMES: list[tuple[str, Any]] = [
     ("seq-list", '{"type":"agent_thinking","run_id":"r1","seq":[1]}'),
     ("seq-dict", '{"type":"agent_thinking","run_id":"r1","seq":{"a":1}}'),
     ("seq-long-str", json.dumps({"type": "agent_thinking", "run_id": "r1", "seq": LONG})),
+    ("seq-max", '{"type":"agent_thinking","run_id":"r1","seq":18446744073709551615}'),
+    ("seq-past-64-bits", '{"type":"agent_thinking","run_id":"r1","seq":-9223372036854775809}'),
+    ("seq-overflow", '{"type":"agent_thinking","run_id":"r1","seq":1e400}'),
+    ("seq-5000-digits", '{"type":"agent_thinking","run_id":"r1","seq":' + "9" * 5000 + "}"),
+    ("numbers-too-large", '{"type":"agent_thinking","run_id":' + "7" * 5000 + ',"thread_id":-1e400,"seq":2,'
+                          '"timestamp":' + "1" * 4400 + "}"),
+    ("timestamp-overflow", '{"type":"agent_thinking","run_id":"r1","timestamp":1.5e999}'),
     # -- errors --
     ("conn-auth", '{"type":"error_message","error_code":"AUTH_FAILED","error_message":"bad token"}'),
     ("conn-invalid-run", '{"type":"error_message","run_id":"r1","error_code":"INVALID_MESSAGE","message":"no"}'),
