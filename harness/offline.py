@@ -538,8 +538,14 @@ class OfflineCheck:
         conn.open[tracker.chat_id] = tracker
 
     def _judge_ready(self, conn: _Conn, at: float) -> None:
-        """Judge the chats whose verdict is due by `at` (flow.verdict_due, as the live client and the proxy time
-        theirs); one whose deadline passed is judged as at its deadline, not at the next recorded frame."""
+        """Judge the chats whose verdict was due before `at` (flow.verdict_due, as the live client and the proxy time
+        theirs); one whose deadline passed is judged as at its deadline, not at the next recorded frame.
+
+        A frame recorded at the very time a verdict fell due came in the same socket read as what made it due (the
+        clients stamp every frame of one read with that read's time): live, the chat's turn comes after the whole
+        read, so such a frame reaches the chat before its verdict, here too. That decides for a chat judged at once
+        (its message rejected, verdict_due's -inf): the rest of the read that rejected it (a run naming its message)
+        is in its verdict, as live, and what a later read brings is not."""
         if at < conn.wake:
             return
         wake = float("inf")
@@ -547,7 +553,9 @@ class OfflineCheck:
             if chat.judged:
                 continue
             due = verdict_due(chat, self.settle)
-            if at < due:
+            if due == float("-inf"):
+                due = chat.last_at  # at once: after the read that rejected it (its time: ChatTracker.rejected)
+            if at <= due:
                 wake = min(wake, due)
             else:
                 self._finish(chat, at if chat.done else due)

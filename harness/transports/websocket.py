@@ -263,9 +263,23 @@ class WebSocketTransport(RecordingHooks):
         ws = self.ws
         assert ws is not None
         clock = time.monotonic
+        loop = asyncio.get_running_loop()
+        read_at = 0.0
+
+        def read_over() -> None:
+            nonlocal read_at
+            read_at = 0.0
+
         try:
             async for message in ws:
-                on_frame(message, clock())
+                # The messages handed over before the event loop's next turn (websockets gives the ones it has read
+                # without a yield) came together: one time for all, as picows stamps the frames of one read. No chat
+                # woken by one of them has its turn before the last is routed, and the recording's equal times say
+                # so to `chatprobe check` (offline.OfflineCheck._judge_ready).
+                if not read_at:
+                    read_at = clock()
+                    loop.call_soon(read_over)
+                on_frame(message, read_at)
         except ConnectionClosed:
             pass
         except Exception as exc:  # a protocol error from the server's side (e.g. an oversized frame)

@@ -39,6 +39,12 @@ Failed on the code before the resumeparity patch (a `send_failed` record did not
 - test_a_send_failed_record_fails_the_chat_whose_send_it_names_not_one_sent_in_between (the chat sent in between was
   the error, the one whose send failed took its run: R8 x5)
 - test_the_recording_names_the_send_that_failed_when_another_chat_sent_meanwhile (the records named no send)
+Failed on the code before the same-read patch (`steps` under after_terminal=0.4, once, on a loaded machine: a chat
+`rejected` with a run id live, with none offline):
+- test_a_run_in_the_read_that_rejected_its_message_is_judged_offline_as_live[picows] (offline judged the chat before
+  the rest of the read that rejected it; live it took that read's run in)
+- test_a_run_in_the_read_that_rejected_its_message_is_judged_offline_as_live[websockets] (that client stamped each
+  message of one read with a time of its own: the recording could not say they came together)
 What cannot be made equal: an event that came just past a chat's verdict time (its settle window's end, or its
 deadline) is judged after the verdict offline, by the recorded times, while a live client under load, its timer late,
 may have taken it in. `check` says so in its warnings (offline.LATE_WARNING); the differential tests accept a
@@ -74,7 +80,8 @@ from harness.sinks import Sink
 from harness.targets import Target, TokenProvider
 
 from .conftest import Kept, scenario
-from .hostile_ws import frame, upgrade
+from .hostile_ws import WELCOME, frame, read_frame, read_until_gone, run_frames, upgrade
+from .hostile_ws import raw as raw_server
 from .test_agui_faults_vs_ground_truth import AguiSimCtx
 from .test_netra_conformance import NetraServer, clean_run
 from .test_resend_attacks import Scripted
@@ -931,3 +938,41 @@ async def test_a_message_a_browser_sends_again_through_the_proxy_is_one_chat_liv
         return [(r.outcome, r.rule_counts(), sorted(w.rule for w in r.warnings)) for r in rs]
 
     assert seen(offline.results) == seen(results)
+
+
+async def rejects_then_runs(reader, writer, head: bytes, srv) -> None:
+    """A raw netra server that answers the chat's message with an error_message naming no run and, in the same write
+    (one socket read for the client), a whole run naming that message: the order `steps` met under load, a send_raw
+    probe's answer that came after the probe was judged, taken by the next chat as its rejection, that chat's run
+    behind it."""
+    writer.write(upgrade(head) + frame(1, WELCOME))
+    await writer.drain()
+    _, data = await read_frame(reader)
+    message_id = json.loads(data)["payload"]["message_id"]
+    error = json.dumps({"type": "error_message", "error_code": "INVALID_MESSAGE", "error_message": "not now"}).encode()
+    writer.write(b"".join(frame(1, f) for f in [error, *run_frames(message_id)]))
+    await writer.drain()
+    while (await read_frame(reader))[0] != 0x8:  # until the client closes, answered at once
+        pass
+    writer.write(frame(0x8, b"\x03\xe8"))
+    await writer.drain()
+    await read_until_gone(reader)
+
+
+@pytest.mark.parametrize("compression", ["none", "deflate"], ids=["picows", "websockets"])
+async def test_a_run_in_the_read_that_rejected_its_message_is_judged_offline_as_live(tmp_path, compression):
+    # The error_message rejects the waiting chat (judged at once: nothing more of it is awaited), but the frames of
+    # the same socket read reach it before its verdict live (the client routes a read's frames before the chat's turn
+    # comes): it takes the run's id and events. Offline the chat was judged at the record after the error, before the
+    # run's first event of that same read: `rejected` with no run id, the run's events warnings after its verdict.
+    # (`compression: deflate` picks the websockets client, which the raw server answers without the extension.)
+    sc = scenario(name="raw", users=1, chats_per_user=1, connect_timeout="1s", reconnect=False, message="hi",
+                  compression=compression, expect={"deadline": "2s", "settle": "0.05s"})
+    async with raw_server(rejects_then_runs) as server:
+        target = Target(url=server.url, profile=load_profile("netra"), name="raw", recorder=Recorder(tmp_path / "rec"))
+        async with asyncio.timeout(15):  # a hang fails the test
+            live = await run_scenario(sc, target)
+    [offline] = check_files([tmp_path / "rec"], target.profile, sc)
+    assert [(r.run_id, r.outcome, r.error_kind) for r in live.results] == [("r1", Outcome.ERROR, "rejected")]
+    assert_parity(live, offline)
+    assert not offline.warnings
