@@ -687,8 +687,6 @@ class ChatFlow:
                 self._until, self._wait = verdict_at, Wait(verdict_at)
             return self._wait
         if state == NEW:
-            if not self.resend:
-                self.router.sink.chat_started(self.router.scenario)
             if link.closed:
                 self.state = CONNECTING
                 return CONNECT
@@ -701,6 +699,9 @@ class ChatFlow:
             if self.resend:
                 self.resend = 2  # once
             else:  # a message sent again is timed from its first try: the user waited all along
+                # A chat from here on: its message goes (or its connection failed: connect_failed). One the run
+                # stopped before either is none (`stopped`): nothing of it reached the server, nor a recording.
+                self.router.sink.chat_started(self.router.scenario)
                 due = self.options.due_at
                 tracker.sent_at = tracker.last_at = now if due is None or due > now else due
                 self._until = tracker.wait_deadline()
@@ -882,6 +883,8 @@ class ChatFlow:
 
     def connect_failed(self, kind: str, message: str) -> None:
         self._expect(CONNECTING)
+        if not self.resend:
+            self.router.sink.chat_started(self.router.scenario)  # a chat the server's failure to connect ended
         self._error(kind, message)
 
     def sent(self, ok: bool, failure_kind: str | None = None, failure_message: str = "", *,
@@ -931,15 +934,31 @@ class ChatFlow:
             raise RuntimeError(f"ChatFlow: outcome reported in state {self.state}, expected {state}")
 
     # -- stopped from outside --
-    def stopped(self, now: float) -> ChatResult:
-        """Cut short by the run itself (its max_duration, Ctrl-C): judged on what arrived, a lost chat. A resume it
-        had pending is judged as a chat left with one (judge_resume, `left`): `resumed` when events came back, else
-        in no count (the run stopped before the server could show whether it went on)."""
-        if self.result is not None:
+    def _no_chat(self) -> None:
+        """Stopped before its message left: over, with no verdict (the conversation's reply it awaited goes too)."""
+        self.state = FINISHED
+        if self.router.conversations is not None:
+            self.router.reply_heard(self.chat_id)
+
+    @property
+    def unsent(self) -> bool:
+        """Its message never left and its connection did not fail: no chat yet (not counted started)."""
+        return self.state in (NEW, CONNECTING) and not self.resend and self.result is None
+
+    def stopped(self, now: float) -> ChatResult | None:
+        """Cut short by the run itself (its max_duration, Ctrl-C): judged on what arrived, a lost chat (a message
+        waiting to be sent again too: it went once). A resume it had pending is judged as a chat left with one
+        (judge_resume, `left`): `resumed` when events came back, else in no count (the run stopped before the server
+        could show whether it went on). None when its message never left (`unsent`): no chat, counted nowhere, as
+        nothing of it is in a recording of the run either."""
+        if self.result is not None or self.state == FINISHED:
             return self.result
+        if self.unsent:
+            self._no_chat()
+            return None
         tracker = self.tracker
-        if self.state in (NEW, CONNECTING):
-            self._error("stopped", "stopped before the connection was open")
+        if self.state in (NEW, CONNECTING):  # its message to be sent again (its connection closed before any event)
+            self._finish(tracker.finish(now, lost=True, note=STOPPED_CHAT_NOTE), now)
         else:
             self._judge_resume(left=True)  # in its result and counted, as `check` of the run's recording counts it
             if self.probe:
@@ -951,11 +970,15 @@ class ChatFlow:
         assert self.result is not None
         return self.result
 
-    def left(self, now: float) -> ChatResult:
+    def left(self, now: float) -> ChatResult | None:
         """Interrupted by the load generator (Locust stopping the user): judged on what arrived, as an abandonment,
-        since the load generator left and the server is not to blame."""
-        if self.result is not None:
+        since the load generator left and the server is not to blame. None when its message never left (`unsent`):
+        no chat, as for `stopped`."""
+        if self.result is not None or self.state == FINISHED:
             return self.result
+        if self.unsent:
+            self._no_chat()
+            return None
         self._judge_resume(left=True)
         result = abandon(self.tracker, now)
         result.note = STOPPED_NOTE

@@ -324,9 +324,28 @@ def test_invalid_input_probe_passes_on_the_error_and_fails_when_the_connection_c
 
 
 def test_stopped_from_outside_is_still_judged_once():
+    # While connecting, its message never sent: no chat (neither started nor judged; nothing of it reached the server
+    # or a recording of the run). On the code before: an `error` chat, "stopped before the connection was open".
     flow, sink, link = make()
     assert flow.next(0.0, link) == CONNECT
-    assert flow.stopped(0.1).error_kind == "stopped"  # while connecting
+    assert flow.stopped(0.1) is None and flow.stopped(0.2) is None and flow.left(0.3) is None
+    assert sink.calls == []
+    flow, sink, link = make()
+    assert flow.left(0.1) is None and sink.calls == []  # the same for the load generator leaving
+
+    # While connecting to send its message again (the server closed the connection as it went, before any event of
+    # its run): a chat, stopped mid-run. On the code before: an `error` chat.
+    sink = Recorder()
+    flow = ChatFlow.chat(FrameRouter(load_profile("netra"), ConnectionChecker(None), sink, "s"), "hi", EXP,
+                         user_id="u1", now=0.0)  # no run id of the client's: nothing to resume
+    link = FakeLink()
+    start(flow, link)
+    link.closed, link.closed_clean = True, True
+    assert flow.next(0.2, link) == CONNECT  # sent again, on a new connection
+    result = flow.stopped(0.3)
+    assert result.outcome.value == "incomplete" and result.note == "stopped before the chat ended"
+    assert [w.rule for w in result.warnings] == ["R13"]  # "sent again"
+    assert sink.calls == [("started",), ("finished", "incomplete")]
 
     flow, sink, link = make()
     start(flow, link)
