@@ -1203,6 +1203,13 @@ class ParkedChats:
         """When the earliest parked chat's deadline passes; None when none is parked."""
         return self.wake if self.chats else None
 
+    def of(self, user: str) -> list[ChatTracker]:
+        """Every chat `user` parked, no longer parked (the run that recorded them stopped while that user reconnected):
+        judge each as it stood."""
+        if user not in self._each:
+            return []
+        return [c for key, c in list(self.chats.items()) if key[0] == user and self._take(key) is c]
+
     def drain(self) -> list[ChatTracker]:
         """Every parked chat, no longer parked (the recording or the proxy ends): judge each as it stood."""
         out = list(self.chats.values())

@@ -51,7 +51,7 @@ from .recordings import (
     recorded_runs,
     too_large,
 )
-from .results import Listing, ListingBudget, ScenarioRun
+from .results import STOPPED_BY, Listing, ListingBudget, ScenarioRun
 from .scenario import Scenario, Stat, expectations_for, invalid_input_expectations
 from .sinks import Sink
 from .stats import Tally, evaluate
@@ -124,6 +124,8 @@ LATE_WARNING = ("{n} event(s) came within {margin:g}s after their chat's verdict
 LATE_SEND_WARNING = ("{n} chat(s) whose message had not left when their deadline passed were judged at the deadline "
                      "(R10): another record of their connection came before their `send_failed` record; live, the "
                      "client waited for the send and judged them `error` (send_failed)")
+# Why a recorded run stopped early, when its "client-stop" close records do not say (written before they did).
+RECORDED_STOP = "the recorded run was stopped"
 UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive times, or no events): first-event time "
                 "and chat duration not judged")
 
@@ -194,6 +196,7 @@ class OfflineCheck:
         self.gaps: list[str] = []  # the first MAX_DROPPED_WARNINGS warnings of dropped records
         self.near_late = 0  # events that came within LATE_MARGIN after their chat's verdict was due
         self.late_sends = 0  # send_failed records that came after their chat was judged (LATE_SEND_WARNING)
+        self.stopped_by = ""  # why the recorded run stopped early, as a "client-stop" close record says (_run_stopped)
         self.n_gaps = 0
 
     # -- input --
@@ -648,6 +651,27 @@ class OfflineCheck:
                 self.parked_wake = min(self.parked_wake, chat.wait_deadline())
             else:
                 self._finish(chat, at, lost=True, note=note)
+        if rec is not None and rec.detail == "stop":
+            self._run_stopped(conn, at, rec)
+
+    def _run_stopped(self, conn: _Conn, at: float, rec: Recorded) -> None:
+        """The run that recorded this stopped (a "client-stop" close record: its max_duration, Ctrl-C): the report says
+        so, and why (`stop`), as live; and the chats of the connection's user that waited for a new connection then
+        (parked for the resume of their run, or their message to be sent again: the reconnect the stop cut short,
+        whose record this may be) were in flight, stopped as the run stopped them (ChatFlow.stopped): incomplete,
+        "stopped before the chat ended", not lost, not held against the server."""
+        self.stopped_by = STOPPED_BY.get(rec.stop, RECORDED_STOP)
+        user = _user_of(conn.key)
+        for chat in self.parked.of(user):
+            self.resumed.judge(chat, left=True)
+            note = STOPPED_PROBE_NOTE if chat.exp.expect_error == "invalid_input" else STOPPED_CHAT_NOTE
+            self._finish(chat, at, lost=True, note=note)
+        for key, (chat, _closed_at, clean) in list(self.resends.items()):
+            if _user_of(chat.chat_id.rpartition("#")[0]) == user:
+                del self.resends[key]
+                if clean:  # crossed a closing handshake: the live client said so as it went to send it again
+                    chat._warn(Rule.R13, RESENT_WARNING, None)
+                self._finish(chat, at, lost=True, note=STOPPED_CHAT_NOTE)
 
     def _finish(self, tracker: ChatTracker, now: float, *, lost: bool = False, note: str = "") -> None:
         """Judge the chat at `now` (ChatTracker.finish) and count its verdict."""
@@ -717,7 +741,7 @@ class OfflineCheck:
             warnings.append(LATE_SEND_WARNING.format(n=self.late_sends))
         return ScenarioRun(scenario=self.scenario, target=target, results=self.listing.listed, stats=stats,
                            objectives=evaluate(stats, objectives), started_at=started, elapsed=elapsed, errors=errors,
-                           warnings=warnings)
+                           warnings=warnings, stopped_by=self.stopped_by)
 
 
 

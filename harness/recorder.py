@@ -276,6 +276,8 @@ class ConnectionLog:
             record["code"] = code
         if by_client:
             record["by"] = by_client if isinstance(by_client, str) else "client"
+            if by_client == "client-stop" and self.recorder.stop is not None:
+                record["stop"] = self.recorder.stop
         if stream:
             record["stream"] = True
         if error:
@@ -357,6 +359,13 @@ class Recorder:
         self._saved: deque[tuple[Path, int]] = deque()
         self._saved_bytes = 0
         self._dropped = [0, 0, 0]  # connections, frames, bytes dropped since take_dropped() last said
+        # Why the run stopped early (a results.STOPPED_BY key: "max_duration", "interrupted"), once it did (`stopped`): the
+        # "client-stop" close records written from then on say it ("stop"), and `chatprobe check` reports it.
+        self.stop: str | None = None
+
+    def stopped(self, why: str) -> None:
+        """The run stops early (the runner, before it cuts its chats short): `why`, a results.STOPPED_BY key."""
+        self.stop = why
 
     def note_dropped(self, log: ConnectionLog) -> None:
         with self._lock:
@@ -474,6 +483,14 @@ class ConnectionRecording:
         """Opening was cancelled: nothing passed, no file."""
         self.end(keep=False)
 
+    def open_stopped(self) -> None:
+        """Opening was cut short by the run's stop (its max_duration, Ctrl-C: the client's task cancelled): a file of
+        one close record, "by": "client-stop", so that `chatprobe check` knows the run stopped there, and that the
+        user's chat waiting for this connection (to resume its run, or to send its message again) was stopped, not
+        lost."""
+        self.stopped_by_client()
+        self.end(keep=True)
+
     def send_failed(self, kind: str, reason: str, send: int | None = None) -> None:
         """SSE: the request is the stream's connection, and no stream came of it (refused, an HTTP status, or no
         answer within connect_timeout, which the client times): a close record of the failure, in its place.
@@ -548,7 +565,7 @@ class RecordingTransport(RecordingHooks):
             self._rec.open_failed(exc.kind, str(exc))
             raise
         except BaseException:
-            self._rec.discard()
+            self._rec.open_stopped()
             raise
 
     def connect_failed(self, kind: str, reason: str) -> None:

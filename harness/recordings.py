@@ -67,6 +67,7 @@ from typing import IO, Any
 from . import redact
 from .events import Role
 from .eventstream import EventStreamParser, EventTooLarge
+from .results import STOPPED_BY
 from .sinks import CONNECTION_RESULTS
 from .yamlfile import ConfigError
 
@@ -190,6 +191,8 @@ class Recorded:
     due: float | None = None  # on a send record: the earlier time the chat's times count from (the `due` field)
     # On a `send_failed` close record: which of the connection's send records (its ordinal, from 1) did not leave.
     send: int | None = None
+    # On a "client-stop" close record: why the run stopped (a results.STOPPED_BY key: the `stop` field), when it says.
+    stop: str = ""
 
 
 def detect_format(head: bytes) -> str:
@@ -418,8 +421,12 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
             return Recorded("problem", conn, t=t, detail=f"field 'send' must be the ordinal (from 1) of the send "
                             f"record a '{SEND_FAILED}' close record names", where=where)
         by = obj.get("by")
+        stop = obj.get("stop")
+        if stop is not None and (by != "client-stop" or not isinstance(stop, str) or stop not in STOPPED_BY):
+            return Recorded("problem", conn, t=t, detail=f"field 'stop' must be one of {', '.join(STOPPED_BY)}, on a "
+                            "'client-stop' close record", where=where)
         return Recorded("close", conn, t=t, detail=CLOSED_BY.get(by, "") if isinstance(by, str) else "",
-                        where=where, send=send,
+                        where=where, send=send, stop=stop or "",
                         error=error[:1024] if isinstance(error, str) else "", failed=failed or "",
                         reason=reason[:1024] if failed and isinstance(reason, str) else "",
                         resume=bool(failed) and obj.get("resume") is True, stream=obj.get("stream") is True,

@@ -13,6 +13,10 @@ from .stats import ObjectiveResult, ScenarioStats, StageStats, knee
 if TYPE_CHECKING:
     from .scenario import Scenario
 
+# Why a run stopped early (ScenarioRun.stopped_by), by the word a recording's "client-stop" close records write for it
+# ("stop": Recorder.stopped), which `chatprobe check` reports back.
+STOPPED_BY = {"max_duration": "its max_duration", "interrupted": "interrupted"}
+
 # Connection failures that mean the target could not be reached at all (exit 3 when every chat failed so).
 UNREACHABLE_KINDS = frozenset({"refused", "timeout", "tls_error"})
 
@@ -102,7 +106,7 @@ class ScenarioRun:
     objectives: list[ObjectiveResult]
     started_at: float
     elapsed: float
-    stopped_by: str = ""  # why it stopped before its end: "its max_duration" or "interrupted" (a signal); "": it did not
+    stopped_by: str = ""  # why it stopped before its end: a STOPPED_BY value (a signal: "interrupted"); "": it did not
     errors: list[str] = field(default_factory=list)
     stages: list[StageStats] = field(default_factory=list)  # a shaped run (stages, arrival_rate): per stage
     warnings: list[str] = field(default_factory=list)  # e.g. the rate the load generator could not reach

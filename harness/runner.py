@@ -12,7 +12,7 @@ from typing import Any
 
 from .checker import ChatResult
 from .client import Session
-from .results import Listing, ScenarioRun
+from .results import STOPPED_BY, Listing, ScenarioRun
 from .scenario import ChatCall, ChatGroup, RawCall, Scenario, Shape, UserScript
 from .sinks import Fanout, Sink
 from .stats import StageTallies, Tally, evaluate, generator_warnings
@@ -268,11 +268,13 @@ async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = N
         body = lambda: play.arrivals(shape)  # noqa: E731
     task = asyncio.ensure_future(body())
     try:
-        async with asyncio.timeout(scenario.max_duration):
-            await _until_done_or_stopped([task], stop)
+        await _until_done_or_stopped([task], stop, scenario.max_duration)
     except (TimeoutError, _Stopped) as exc:
         # Out of time, or stopped from outside (Ctrl-C, SIGTERM): the chats in flight are judged as they stand.
-        stopped_by = "interrupted" if isinstance(exc, _Stopped) else "its max_duration"
+        why = "interrupted" if isinstance(exc, _Stopped) else "max_duration"
+        stopped_by = STOPPED_BY[why]
+        if target.recorder is not None:  # --record: the connections the stop closes say so, and why (before it does)
+            target.recorder.stopped(why)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -317,18 +319,20 @@ def _retrieve(f: asyncio.Future[Any]) -> None:
         f.exception()
 
 
-async def _until_done_or_stopped(tasks: Sequence[asyncio.Future[None]], stop: asyncio.Event | None) -> None:
-    """Wait for every user, or until `stop` is set (then raise _Stopped); a user's error is raised."""
+async def _until_done_or_stopped(tasks: Sequence[asyncio.Future[None]], stop: asyncio.Event | None,
+                                 within: float | None = None) -> None:
+    """Wait for every user, or until `stop` is set (then raise _Stopped) or `within` seconds have passed (then raise
+    TimeoutError); a user's error is raised. Stopped, the users are still running: the caller stops them, after it
+    has said why (an asyncio.timeout around this would cancel them first, before the caller knew)."""
     everyone = asyncio.gather(*tasks)
     everyone.add_done_callback(_retrieve)
-    if stop is None:
-        await everyone
-        return
-    stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    stopper: asyncio.Future[Any] | None = asyncio.ensure_future(stop.wait()) if stop is not None else None
     try:
-        await asyncio.wait({everyone, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({everyone} if stopper is None else {everyone, stopper}, timeout=within,
+                                     return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stopper.cancel()
-    if not everyone.done():
-        raise _Stopped
+        if stopper is not None:
+            stopper.cancel()
+    if everyone not in done:
+        raise _Stopped if stopper in done else TimeoutError
     everyone.result()
