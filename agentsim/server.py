@@ -480,7 +480,7 @@ class AgentSim:
             return
         try:
             obj = json.loads(message)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than json's parser recurses
             await ws.send(_error("INVALID_MESSAGE", "frame is not valid JSON"))
             return
         if not isinstance(obj, dict):

@@ -85,6 +85,8 @@ async def test_ping_pong_and_ignored_frames(agentsim):
 
 @pytest.mark.parametrize("bad", [
     "this is not json",
+    "[" * 100_000 + "]" * 100_000,  # deeper than Python's json recurses: the handler failed, the connection with it
+    '{"type": "user_message", "payload": ' + "[" * 5000 + "]" * 5000 + "}",
     b"\x00binary",
     json.dumps([1, 2]),
     json.dumps({"payload": {"content": "no type"}}),
