@@ -7,6 +7,7 @@ successful run when this one failed.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
@@ -35,6 +36,28 @@ class _Without:
 
     def collect(self) -> Iterable:
         return (family for family in self._registry.collect() if family.name not in self._names)
+
+
+def _within(seconds: float, call: Callable[[], None]) -> None:
+    """`call()` given `seconds` in all, or TimeoutError. urllib's timeout bounds each read and write, not the
+    exchange: a gateway (or a proxy before it) answering a byte at a time, each within it, would hold the run
+    after its verdict for as long as it went on. The call runs on a daemon thread, left behind past the deadline
+    (the process is about to exit; its socket goes with it)."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the caller
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="chatprobe-push", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no whole answer within {seconds:g}s")
+    if failed:
+        raise failed[0]
 
 
 def _redacted(url: str) -> str:
@@ -86,17 +109,22 @@ class PushSink(Sink):
              handler: Callable | None = None) -> bool:
         """Push this run's group; a failure prints one line to stderr and returns False, never raises.
 
-        A successful run replaces the whole group (PUT). A failed one replaces every metric but the last-success
-        timestamp (POST without that family), so the gateway keeps the time of the last run that passed.
+        `timeout` bounds the whole push (connection, request, answer). A successful run replaces the whole group
+        (PUT). A failed one replaces every metric but the last-success timestamp (POST without that family), so the
+        gateway keeps the time of the last run that passed.
         """
         kwargs: dict[str, Any] = {"handler": handler} if handler is not None else {}
-        try:
+
+        def send() -> None:
             if self.success:
                 push_to_gateway(url, job=job, registry=self.registry, grouping_key=self.grouping_key(),
                                 timeout=timeout, **kwargs)
             else:
                 pushadd_to_gateway(url, job=job, registry=_Without(self.registry, {LAST_SUCCESS}),
                                    grouping_key=self.grouping_key(), timeout=timeout, **kwargs)
+
+        try:
+            _within(timeout, send)  # the timeout bounds the whole push, not each read of it
         except Exception as exc:  # URLError, HTTPError, OSError, ValueError: the run's verdict must stand
             # The reason phrase is the gateway's own text (anything, escape sequences included): cleaned.
             reason = getattr(exc, "reason", None) or exc

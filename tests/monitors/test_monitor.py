@@ -260,6 +260,44 @@ def test_a_pushgateway_s_reason_phrase_cannot_drive_the_terminal():
     assert "\\x1b]0;PWNED-TITLE\\x07" in line
 
 
+@pytest.mark.parametrize("success", [True, False])
+def test_a_pushgateway_that_drips_its_answer_is_given_up_at_the_push_timeout(success):
+    """urllib's timeout bounds each read, not the answer: a gateway (or a proxy before it) sending its status line a
+    byte at a time, each well within the timeout, held `chatprobe run --pushgateway` after its verdict for as long as
+    it went on. The push gives up at its timeout, warns in one line and keeps the verdict."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(30)
+    stop = threading.Event()
+
+    def drip() -> None:
+        with listener, listener.accept()[0] as conn:
+            conn.settimeout(30)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 60_000:
+                if stop.wait(0.05):
+                    return
+                conn.sendall(bytes([byte]))
+
+    server = threading.Thread(target=drip, daemon=True)
+    server.start()
+    err = io.StringIO()
+    sink = PushSink("t:1", "basic", stderr=err)
+    sink.run_finished(success)
+    pushed: list[bool] = []
+    pusher = threading.Thread(target=lambda: pushed.append(sink.push(f"http://127.0.0.1:{listener.getsockname()[1]}",
+                                                                      "ci", timeout=1)), daemon=True)
+    pusher.start()
+    pusher.join(30)  # the whole drip takes 50 minutes: a push waiting on it is still here
+    waiting = pusher.is_alive()
+    stop.set()
+    server.join(30)
+    assert not waiting and pushed == [False], "the push still waits on a gateway dripping its answer"
+    line = err.getvalue()
+    assert "could not push" in line and line.count("\n") == 1, line
+
+
 def test_usage_errors_show_escape_sequences_escaped(capsys):
     """A ConfigError quotes what it was given (a path, a URL): the monitor's and the proxy's error lines clean it."""
     from monitors.proxy import main as proxy_main
