@@ -266,10 +266,16 @@ def read_token(opts: TargetOptions) -> TokenProvider:
 
 def _one_line(token: str, option: str, where: str) -> None:
     """A token goes into a header line (Authorization, Sec-WebSocket-Protocol): a line break or another control
-    character in it would write header lines of its own (header injection), so it is a usage error. Never shown."""
+    character in it would write header lines of its own (header injection), and a character that is not ASCII is no
+    header text, so either is a usage error. Never shown."""
     if any(c < " " or c == "\x7f" for c in token):
         raise option_error(option, f"{where}: the token holds a line break or another control character "
                                    "(a token is one line of printable characters)")
+    # No header carries it as text (a bearer token is ASCII, RFC 6750): sent as raw UTF-8 over WebSocket, refused by
+    # the SSE client at each chat's request (every chat a `send_failed` error). Mostly a character pasted with it.
+    if not token.isascii():
+        raise option_error(option, f"{where}: the token holds a character that is not ASCII (a no-break or "
+                                   "zero-width space pasted with it?); a token is one line of printable ASCII")
 
 
 def parse_header_flags(values: list[str] | None, option: str) -> HeaderPairs:

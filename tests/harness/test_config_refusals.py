@@ -121,6 +121,33 @@ def test_a_token_with_a_line_break_never_reaches_the_handshake(tmp_path):
     assert not seen  # refused before any connection
 
 
+@pytest.mark.parametrize("token", ["abc123\u200bsecret", "abc123secret\u00a0x", "abc123\u2028secret"])
+@pytest.mark.parametrize("scheme", ["ws", "http"])
+def test_a_token_that_is_not_ascii_is_refused_before_any_connection(tmp_path, token, scheme):
+    """A token pasted with a zero-width or no-break space, or a typographic character: no header can carry it as
+    text (a bearer token is ASCII, RFC 6750). It went out as raw UTF-8 over WebSocket (the server's refusal, exit 2,
+    "check --token-env") and, over SSE, failed every chat as `send_failed`, "the connection closed before the message
+    could be sent" (exit 1): a usage error naming the flag, as for a header's value, the token never shown."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n", encoding="utf-8")
+    target = f"{scheme}://127.0.0.1:{port}/" + ("ws" if scheme == "ws" else "agent")
+    profile = ["--profile", "ag-ui"] if scheme == "http" else []
+    try:
+        for proc, flag in ((run_cli("run", "basic", "--target", target, *profile, env={"CHATPROBE_TOKEN": token}),
+                            "--token-env"),
+                           (run_cli("run", "basic", "--target", target, *profile, "--token-file", str(token_file)),
+                            "--token-file")):
+            err = one_error(proc, flag, "not ASCII")
+            assert "abc123" not in err and "abc123" not in proc.stdout
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nothing connected (see the test above)
+            listener.accept()[0].close()
+    finally:
+        listener.close()
+
+
 @pytest.mark.parametrize("old, new, field", [
     ("fields:\n", "fields:\n  type: []\n", "fields.type"),
     ("  agent_started: [agent_started]", "  agent_started: [agent_started, '']", "roles"),
