@@ -1136,6 +1136,12 @@ class PendingResumes:
         """The chat was judged."""
         self.crossed.discard(chat_id)
 
+    def forget(self, chat_id: str) -> None:
+        """The chat will not be judged (a watcher could not follow it: `chatprobe_chats_unjudged_total`): its pending
+        resume goes with it, in no count."""
+        self.events.pop(chat_id, None)
+        self.crossed.discard(chat_id)
+
     def forgotten(self, router: FrameRouter, chats: Iterable[ChatTracker]) -> list[ChatTracker]:
         """Those of `chats` (a connection's) whose pending resume the server answered there with RESUME_UNKNOWN_RUN:
         a list made before the caller judges any (`chats` may be a view of what judging changes); none made unless the
@@ -1171,7 +1177,8 @@ class ParkedChats:
     def park(self, user: str, chat: ChatTracker) -> tuple[bool, ChatTracker | None]:
         """Keep `chat` for a resume by `user`: (whether it is parked, an earlier chat of the same user and run id
         that was parked and is not any more: two chats cut short under one run id, the earlier judged now, never
-        dropped from the counts). Not parked (judge it now): no run id to resume, or a bound reached."""
+        dropped from the counts). Not parked: no run id to resume (judge it now), or, for a chat with a run id, a
+        bound reached (the caller's to say: the proxy counts it unjudged, parking_full)."""
         run_id = chat.run_id
         if not run_id:
             return False, None

@@ -53,7 +53,7 @@ from .recordings import (
 )
 from .results import STOPPED_BY, Listing, ListingBudget, ScenarioRun
 from .scenario import Scenario, Stat, expectations_for, invalid_input_expectations
-from .sinks import Sink
+from .sinks import PARKING_FULL, PROXY_STOPPED, UNJUDGED_REASONS, Sink
 from .stats import Tally, evaluate
 
 # Connections (or streams) followed at once; past this the least recently seen one is judged as it stands.
@@ -126,6 +126,11 @@ LATE_SEND_WARNING = ("{n} chat(s) whose message had not left when their deadline
                      "client waited for the send and judged them `error` (send_failed)")
 # Why a recorded run stopped early, when its "client-stop" close records do not say (written before they did).
 RECORDED_STOP = "the recorded run was stopped"
+# Chats `chatprobe proxy` could not judge, as its recording says (its stop, "by": "proxy-stop"; no room to keep a chat
+# the server cut, "parking_full"): counted apart, as the proxy counted them, in no outcome.
+UNJUDGED_WARNING = ("{n} chat(s) the proxy could not judge ({reasons}): not counted among the chats (no outcome, in no "
+                    "ratio), as `chatprobe proxy` counted them")
+NOTHING_JUDGED = ("no chat judged: the {n} chat(s) in the recording are ones the proxy could not judge ({reasons})")
 UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive times, or no events): first-event time "
                 "and chat duration not judged")
 
@@ -133,8 +138,8 @@ UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive ti
 class _Conn:
     """One recorded connection (or SSE stream): the live client's router and checker for it."""
 
-    __slots__ = ("by_send", "checker", "clients", "key", "last_t", "open", "resumes", "router", "sends", "untimed",
-                 "wake")
+    __slots__ = ("by_resume", "by_send", "checker", "clients", "key", "last_t", "open", "resumes", "router", "sends",
+                 "untimed", "wake")
 
     def __init__(self, key: str, profile: Profile, sink: Sink, scenario: str) -> None:
         self.key = key
@@ -149,12 +154,19 @@ class _Conn:
         self.resumes: Resumes | None = None  # runs resumed across connections (flow.Resumes), as the proxy
         self.sends = 0  # its send records so far: a `send_failed` record names the one that did not leave ("send")
         self.by_send: dict[int, str] = {}  # the chats its send records opened (or sent again), by their ordinal
+        self.by_resume: dict[int, str] = {}  # the chats its resume records brought here, by their ordinal
 
     def sent_chat(self, chat: ChatTracker) -> None:
         """The send record just read opened (or sent again) `chat`: a `send_failed` record may name it."""
         if len(self.by_send) >= 2 * MAX_OPEN_PER_CONN:  # only the chats still open can fail: the rest let go
             self.by_send = {n: c for n, c in self.by_send.items() if c in self.open}
         self.by_send[self.sends] = chat.chat_id
+
+    def resumed_chat(self, chat: ChatTracker) -> None:
+        """The send record just read resumed `chat` here: a close record's `parking_full` may name it."""
+        if len(self.by_resume) >= 2 * MAX_OPEN_PER_CONN:
+            self.by_resume = {n: c for n, c in self.by_resume.items() if c in self.open}
+        self.by_resume[self.sends] = chat.chat_id
 
 
 class OfflineCheck:
@@ -402,6 +414,7 @@ class OfflineCheck:
                 conn.clients = True
                 conn.checker.add(tracker)  # told what came here before it (R8, R12): in flight, live, when they came
                 self._track(tracker, conn)
+                conn.resumed_chat(tracker)
                 self.resumed.sent(tracker)
                 conn.wake = min(conn.wake, tracker.wait_deadline())
 
@@ -583,6 +596,10 @@ class OfflineCheck:
             # as live: ConnectionChecker.add).
             self._open(conn, at, timed=False)
         self._judge_ready(conn, at)
+        stopped = rec is not None and rec.detail == "proxy-stop"
+        if stopped:
+            self._proxy_stopped()
+        full = {c for n in rec.parking_full if (c := conn.by_send.get(n) or conn.by_resume.get(n))} if rec else set()
         resumable = self.profile.resume is not None
         for chat in list(conn.open.values()):  # (not those followed on another connection since a resume)
             if chat.judged:
@@ -593,6 +610,11 @@ class OfflineCheck:
                     # message's answer) it had to stay open (R13), as the live client, still listening, judges it.
                     chat.connection_lost(at)
                 self._finish(chat, at)
+                continue
+            if stopped or chat.chat_id in full:
+                # The proxy closed the connection as it stopped, or had no room to keep the chat the server cut for its
+                # user's resume or resend: not judged, as the proxy counted it.
+                self._unjudged(chat, PROXY_STOPPED if stopped else PARKING_FULL)
                 continue
             if rec is not None and rec.detail == "client":
                 # The client left on purpose mid-run (abandon_after, a user closing the tab): abandoned, judged only
@@ -698,6 +720,29 @@ class OfflineCheck:
                 run.result.time_to_first_event = run.result.duration = None
             self._count(run, run.result)
 
+    def _proxy_stopped(self) -> None:
+        """The proxy's recording says it stopped: the chats parked for a resume or held for a resend then are not
+        judged (proxy_stopped), as the proxy counted them (those whose deadline passed before were judged then)."""
+        for chat in self.parked.drain():
+            self._unjudged(chat, PROXY_STOPPED)
+        for chat, _closed_at, _clean in list(self.resends.values()):
+            self._unjudged(chat, PROXY_STOPPED)
+        self.resends.clear()
+        self.parked_wake = float("inf")
+
+    def _unjudged(self, tracker: ChatTracker, reason: str) -> None:
+        """A chat the proxy could not judge: counted apart (reason, UNJUDGED_REASONS), never as an outcome; its pending
+        resume with it, in no count."""
+        entry = self.open.pop(tracker.chat_id, None)
+        if entry is not None:
+            entry[1].open.pop(tracker.chat_id, None)
+        self.resent.discard(tracker.chat_id)
+        self.resumed.forget(tracker.chat_id)
+        self.untimed.discard(tracker.chat_id)
+        self.tally.unjudged[reason] += 1
+        self.sink.chat_unjudged(self.name, reason)
+        tracker.events = []
+
     def _count(self, tracker: ChatTracker | None, result: ChatResult) -> None:
         self.tally.add(result)
         self.sink.chat_finished(result)
@@ -727,12 +772,17 @@ class OfflineCheck:
             objectives = objectives.model_copy(update={"time_to_first_event": Stat(), "chat_duration": Stat()})
             if self.tally.chats:
                 errors.append(UNTIMED_NOTE)
+        unjudged = ", ".join(f"{reason}: {self.tally.unjudged[reason]}" for reason in UNJUDGED_REASONS
+                             if self.tally.unjudged[reason])
         if not self.tally.chats:
-            errors.append("no chat found in the recording (is it the profile's dialect?)")
+            errors.append(NOTHING_JUDGED.format(n=sum(self.tally.unjudged.values()), reasons=unjudged) if unjudged
+                          else "no chat found in the recording (is it the profile's dialect?)")
         if (note := self.listing.note(self.tally.chats)) is not None:
             errors.append(note)
         started = self.first_t if self.first_t is not None and self.first_t > 1e9 else time.time()
         warnings = list(self.gaps)
+        if unjudged:
+            warnings.append(UNJUDGED_WARNING.format(n=sum(self.tally.unjudged.values()), reasons=unjudged))
         if self.n_gaps > len(self.gaps):
             warnings.append(f"the recording dropped frames on {self.n_gaps} connections in all")
         if self.near_late:

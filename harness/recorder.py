@@ -250,7 +250,8 @@ class ConnectionLog:
             self.flush()  # the file is saved: appended to it now
 
     def close(self, at: float, code: int | None = None, *, by_client: bool | str | None = False,
-              error: str | None = None, failure: dict[str, Any] | None = None, stream: bool = False) -> None:
+              error: str | None = None, failure: dict[str, Any] | None = None, stream: bool = False,
+              parking_full: list[int] | None = None) -> None:
         """The connection ended; `by_client`: the client closed it on purpose (a user leaving mid-run: its chats are
         abandoned, judged on what arrived, as live), written as "by": "client" (or "client-drop", given as such: it
         dropped the connection on purpose to reconnect and resume; its chats are not abandoned; or "client-stop": the
@@ -260,7 +261,10 @@ class ConnectionLog:
         as "error";
         `failure`: it never became usable (connect_failure: refused at the handshake, no welcome, AUTH_FAILED), so
         the chat that was to use it failed (`error`, as live); `stream`: the connection was a chat's own event
-        stream (SSE), which ends with its run, written as "stream": true."""
+        stream (SSE), which ends with its run, written as "stream": true. `by_client` "proxy-stop" (the proxy): the
+        proxy closed it as it stopped, and its chats not judged then are counted unjudged; `parking_full` (the
+        proxy): the send records (ordinals) of the chats the server cut on it that the proxy had no room to keep for
+        a resume or a resend, counted unjudged too, written as "parking_full"."""
         if self.closed:
             return
         if self.ended and not self.dropped and failure is None:
@@ -280,6 +284,8 @@ class ConnectionLog:
                 record["stop"] = self.recorder.stop
         if stream:
             record["stream"] = True
+        if parking_full:
+            record["parking_full"] = sorted(parking_full)
         if error:
             record["error"] = self._scrub(str(error)[:1024])
         if failure:

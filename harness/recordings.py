@@ -25,7 +25,12 @@ The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\
           are resumed as after any lost connection, and its end is not held against the server (R13); "client-stop"
           when the run stopped (its max_duration, Ctrl-C) with chats of it open: those are judged as the run judged
           them (ChatFlow.stopped: incomplete, "stopped before the chat ended", a pending resume `resumed` when events
-          came back, else in no count), not held against the server (R13)
+          came back, else in no count), not held against the server (R13); "proxy-stop" (`chatprobe proxy`) when the
+          proxy closed it as it stopped: its chats still open, and every chat kept then for a resume or a resend, are
+          not judged (counted unjudged, proxy_stopped), as the proxy counted them
+  parking_full  on a close record, optional (`chatprobe proxy`): the send records (their ordinals, from 1, among
+          the connection's send records) of the chats the server cut on it that the proxy had no room to keep for a
+          resume or a resend: not judged (counted unjudged, parking_full), as the proxy counted them
   error   on a close record, optional: why the client dropped the connection (a frame over the size limit, text
           that is not UTF-8; that frame is not recorded): an R12 on the chats open then, as live
   failed  on a close record, optional: the connection never became usable, and why, as a connections_total result
@@ -159,7 +164,10 @@ class RecordingError(ConfigError):
 # A close record's "by" (who closed the connection on purpose) as a Recorded close's `detail`: the client left ("client":
 # its open chats abandoned), dropped it to resume ("drop") or the run stopped ("stop": its open chats judged as the run
 # judged them, ChatFlow.stopped). Any other value: the server's doing ("").
-CLOSED_BY = {"client": "client", "client-drop": "drop", "client-stop": "stop"}
+CLOSED_BY = {"client": "client", "client-drop": "drop", "client-stop": "stop", "proxy-stop": "proxy-stop"}
+# The send records one close record's `parking_full` may name (a proxied connection has at most 64 chats open, each
+# brought there by one send record).
+MAX_PARKING_FULL = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +201,8 @@ class Recorded:
     send: int | None = None
     # On a "client-stop" close record: why the run stopped (a results.STOPPED_BY key: the `stop` field), when it says.
     stop: str = ""
+    # On a close record the proxy wrote: the send records (ordinals) of the chats it had no room to keep for a resume.
+    parking_full: tuple[int, ...] = ()
 
 
 def detect_format(head: bytes) -> str:
@@ -420,13 +430,18 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
                                  or not 1 <= send < 10**18):
             return Recorded("problem", conn, t=t, detail=f"field 'send' must be the ordinal (from 1) of the send "
                             f"record a '{SEND_FAILED}' close record names", where=where)
+        full = obj.get("parking_full", [])
+        if not (isinstance(full, list) and len(full) <= MAX_PARKING_FULL
+                and all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n < 10**18 for n in full)):
+            return Recorded("problem", conn, t=t, detail=f"field 'parking_full' must be a list of at most "
+                            f"{MAX_PARKING_FULL} ordinals (from 1) of the connection's send records", where=where)
         by = obj.get("by")
         stop = obj.get("stop")
         if stop is not None and (by != "client-stop" or not isinstance(stop, str) or stop not in STOPPED_BY):
             return Recorded("problem", conn, t=t, detail=f"field 'stop' must be one of {', '.join(STOPPED_BY)}, on a "
                             "'client-stop' close record", where=where)
         return Recorded("close", conn, t=t, detail=CLOSED_BY.get(by, "") if isinstance(by, str) else "",
-                        where=where, send=send, stop=stop or "",
+                        where=where, send=send, stop=stop or "", parking_full=tuple(full),
                         error=error[:1024] if isinstance(error, str) else "", failed=failed or "",
                         reason=reason[:1024] if failed and isinstance(reason, str) else "",
                         resume=bool(failed) and obj.get("resume") is True, stream=obj.get("stream") is True,

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 # Values of the `result` label of chatprobe_connections_total (docs/metrics.md).
 CONNECTION_RESULTS = ("ok", "refused", "auth_failed", "timeout", "tls_error", "protocol_error")
 RECONNECT_RESULTS = ("resumed", "lost")
+# Why a watched chat was not judged (docs/metrics.md, chatprobe_chats_unjudged_total{reason}): the proxy stopped while
+# it was in flight or kept for its user's resume or resend, or the proxy's bounds on chats so kept were full when the
+# server cut it. Nothing showed the server failed it; no outcome is counted for it.
+UNJUDGED_REASONS = ("proxy_stopped", "parking_full")
+PROXY_STOPPED, PARKING_FULL = UNJUDGED_REASONS
 
 
 class Sink:
@@ -35,6 +40,11 @@ class Sink:
         """A watched chat (the proxy) ended because the server rejected what the client sent: not one of the
         server's outcomes. By default it is a verdict like any other."""
         self.chat_finished(result)
+
+    def chat_unjudged(self, scenario: str, reason: str) -> None:
+        """A watched chat (the proxy, `check` of its recording) that will get no verdict: the proxy stopped with it,
+        or had no room to keep it for its user's resume (`reason`, one of UNJUDGED_REASONS). Not one of the server's
+        outcomes: started = outcomes + in flight + client rejections + unjudged."""
 
     def connection_attempt(self, scenario: str, result: str) -> None: ...
 
@@ -70,6 +80,10 @@ class Fanout(Sink):
     def client_rejected(self, result: "ChatResult") -> None:
         for s in self.sinks:
             s.client_rejected(result)
+
+    def chat_unjudged(self, scenario: str, reason: str) -> None:
+        for s in self.sinks:
+            s.chat_unjudged(scenario, reason)
 
     def connection_attempt(self, scenario: str, result: str) -> None:
         for s in self.sinks:

@@ -11,6 +11,7 @@ from typing import Any
 from .checker import ChatResult
 from .events import Outcome, Role
 from .scenario import Objectives, Shape
+from .sinks import UNJUDGED_REASONS
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -47,6 +48,9 @@ class ScenarioStats:
     events: int = 0
     error_kinds: Counter[str] = field(default_factory=Counter)  # error_kind of chats with outcome error
     dropped: int = 0  # open model: chats due while max_in_flight were in flight, never started (not in `chats`)
+    # `chatprobe check` of a proxy's recording: chats the proxy could not judge, by reason (sinks.UNJUDGED_REASONS;
+    # not in `chats`, in no outcome and no ratio).
+    unjudged: Counter[str] = field(default_factory=Counter)
 
     @property
     def judged(self) -> int:
@@ -77,6 +81,7 @@ class ScenarioStats:
             "chat_duration": self.duration,
             "events": self.events,
             "dropped_chats": self.dropped,
+            "unjudged_chats": {reason: self.unjudged[reason] for reason in UNJUDGED_REASONS},
         }
 
 
@@ -114,6 +119,7 @@ class Tally:
     begun: int = 0  # open model: chats (and drops) the load generator got to on time (within LATE of due)
     late: int = 0  # open model: chats that began more than LATE after they were due (the process lagged)
     lag_max: float = 0.0  # the latest a chat began after it was due, in seconds
+    unjudged: Counter[str] = field(default_factory=Counter)  # chats a proxy could not judge, by reason (not in chats)
 
     def add(self, r: ChatResult) -> None:
         if r.further_run:
@@ -149,13 +155,14 @@ class Tally:
         self.begun += other.begun
         self.late += other.late
         self.lag_max = max(self.lag_max, other.lag_max)
+        self.unjudged.update(other.unjudged)
 
     def stats(self) -> ScenarioStats:
         return ScenarioStats(
             chats=self.chats, outcomes=Counter(self.outcomes), missing_chats=self.missing_chats,
             missing_roles=Counter(self.missing_roles), violations=Counter(self.violations),
             ttfe=_stat(self.ttfe), duration=_stat(self.duration), events=self.events,
-            error_kinds=Counter(self.error_kinds), dropped=self.dropped,
+            error_kinds=Counter(self.error_kinds), dropped=self.dropped, unjudged=Counter(self.unjudged),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +180,7 @@ class Tally:
             "begun": self.begun,
             "late": self.late,
             "lag_max": self.lag_max,
+            "unjudged": dict(self.unjudged),
         }
 
     @classmethod
@@ -191,6 +199,7 @@ class Tally:
             begun=int(d.get("begun", 0)),
             late=int(d.get("late", 0)),
             lag_max=float(d.get("lag_max", 0.0)),
+            unjudged=Counter({k: int(v) for k, v in d.get("unjudged", {}).items() if k in UNJUDGED_REASONS}),
         )
 
 

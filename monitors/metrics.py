@@ -21,7 +21,7 @@ from prometheus_client import (
 )
 
 from harness.events import ALL_ROLES, RULES, Outcome
-from harness.sinks import CONNECTION_RESULTS, RECONNECT_RESULTS, Sink
+from harness.sinks import CONNECTION_RESULTS, RECONNECT_RESULTS, UNJUDGED_REASONS, Sink
 from harness.targets import target_label  # re-exported: one definition for every driver
 
 _C = TypeVar("_C")
@@ -107,6 +107,10 @@ class ChatMetrics:
         self.client_rejections = counter(
             "client_rejections", "Chats the server rejected because the client sent an invalid message "
             "(proxy: the user's client, not the server, is at fault); not in chatprobe_chats_total.")
+        self.chats_unjudged = counter(
+            "chats_unjudged", "Chats the proxy could not judge, by reason: it stopped with them in flight or kept for "
+            "a resume (proxy_stopped), or its bounds on chats kept for a resume were full (parking_full); not in "
+            "chatprobe_chats_total.", ("reason",))
         self.chats_in_flight = Gauge(
             f"{PREFIX}_chats_in_flight", "Chats started and not yet judged.", c, registry=registry,
             multiprocess_mode="livesum",
@@ -176,7 +180,7 @@ class _Children:
 
     __slots__ = ("in_flight", "chats", "chats_error", "chats_missing_events", "missing_events", "events",
                  "rule_violations", "time_to_first_event", "chat_duration", "event_delay", "connections", "reconnects",
-                 "chats_abandoned", "chats_dropped", "client_rejections")
+                 "chats_abandoned", "chats_dropped", "client_rejections", "chats_unjudged")
 
     def __init__(self, m: ChatMetrics, base: tuple[str, str, str]) -> None:
         self.in_flight = m.chats_in_flight.labels(*base)
@@ -194,6 +198,7 @@ class _Children:
         self.chats_abandoned = m.chats_abandoned.labels(*base)
         self.chats_dropped = m.chats_dropped.labels(*base)
         self.client_rejections = m.client_rejections.labels(*base)
+        self.chats_unjudged = {r: m.chats_unjudged.labels(*base, r) for r in UNJUDGED_REASONS}
 
 
 def _keyed(members: tuple[Enum, ...], child: Callable[[str], _C]) -> dict[object, _C]:
@@ -296,6 +301,14 @@ class MetricsSink(Sink):
         c = self._scenario(result.scenario)
         c.in_flight.dec()
         c.client_rejections.inc()
+
+    def chat_unjudged(self, scenario: str, reason: str) -> None:
+        c = self._scenario(scenario)
+        child = c.chats_unjudged.get(reason)
+        if child is None:
+            raise ValueError(f"{reason!r} is not one of {', '.join(UNJUDGED_REASONS)}")
+        c.in_flight.dec()
+        child.inc()
 
     def connection_attempt(self, scenario: str, result: str) -> None:
         c = self._scenario(scenario)

@@ -47,6 +47,7 @@ from harness.profiles import Profile, load_profile
 from harness.recorder import Recorder
 from harness.redact import credentials_of
 from harness.scenario import SCENARIO_NAME_PATTERN, Expect, expectations_for
+from harness.sinks import PARKING_FULL, PROXY_STOPPED
 from harness.targets import check_label, check_url, target_label
 from harness.transports.websocket import BoundedClientConnection, NoRedirects, classify, failed_for
 from harness.yamlfile import ConfigError
@@ -84,7 +85,8 @@ MAX_RESUME_SEARCH = 64
 MAX_OPEN_CHATS = 64
 TOO_MANY_OPEN = f"the client had more than {MAX_OPEN_CHATS} chats open at once on the connection"
 # Messages held for a resend at once (across users): a chat whose connection the server closed before any event of its
-# run waits, until its deadline, for its user to send the message again on a new connection. Past it, judged at once.
+# run waits, until its deadline, for its user to send the message again on a new connection. Past it, not judged
+# (parking_full: the proxy cannot follow the resend).
 MAX_RESENDS = 10_000
 # ... and at once per identity (one user's credentials, or all anonymous users'): a user whose requests the server
 # keeps cutting cannot take every place from the others (their resends would count as two chats again).
@@ -93,15 +95,18 @@ CLOSED_NOTE = "the server closed the connection mid-run"
 # Chats whose connection the server closed or dropped mid-run (a deploy, a load balancer's timeout), parked for their
 # user to resume the run on a new connection, until each chat's deadline (flow.ParkedChats, as `chatprobe check`
 # parks them): at most this many in all, this many per identity (anonymous users share one), and this many bytes of
-# the events they keep (LIVE_KEPT_BYTES a chat, and the event that crossed it). Past a bound a chat is judged at once,
-# as it stands, as before parking existed.
+# the events they keep (LIVE_KEPT_BYTES a chat, and the event that crossed it). Past a bound the proxy cannot follow
+# the chat's resume (nor its resend, past MAX_RESENDS): it is not judged (chatprobe_chats_unjudged_total{reason=
+# "parking_full"}), neither held against the server nor counted passed, and the connection's recording says so.
 MAX_PARKED = 10_000
 MAX_PARKED_EACH = 64
 MAX_PARKED_BYTES = 32 * 1024 * 1024
 NOT_RESUMED_NOTE = "the server closed the connection mid-run and no resume of the run followed by its deadline"
 DISPLACED_NOTE = ("the server closed the connection mid-run and no resume followed before another chat of the same "
                   "run id was cut short")
-STOPPED_NOTE = "the server closed the connection mid-run and the proxy stopped before a resume of the run"
+# The label of the one-record file --record writes as the proxy stops with chats kept for a resume or a resend: `check`
+# of the recording then counts them unjudged (proxy_stopped), as the proxy did, instead of judging them at its end.
+STOP_LABEL = "proxy-stop"
 # A peer that stops reading must not hold a connection (and its chats) forever: a frame not taken within this
 # long ends the connection, as if that peer had left.
 DEFAULT_SEND_TIMEOUT = 30.0
@@ -192,6 +197,10 @@ class LiveChats:
         # Chats resumed whose resume is judged with them (or when lost again): `resumed` when events came back, `lost`
         # otherwise or at once on RESUME_UNKNOWN_RUN, as the live client and `chatprobe check` judge it.
         self.pending = PendingResumes()
+        # The proxy is stopping (begin_stop): no resume or resend can reach it any more, and every chat it has not
+        # judged is counted unjudged (proxy_stopped) as its connection closes; how many, for the line it logs.
+        self.stopping = False
+        self.stopped_unjudged = 0
         # What --record names a connection: "live-" and a pseudonym of its identity, keyed by this process's own
         # random key (never written): `chatprobe check` tells one user's connections from another's by it, as the
         # proxy does (a resume, a resend), and no digest of a credential is in a recording.
@@ -253,17 +262,19 @@ class LiveChats:
             return parked, None
         return None
 
-    def park(self, identity: str, chat: ChatTracker, at: float) -> bool:
+    def park(self, identity: str, chat: ChatTracker, at: float) -> str:
         """Park a chat whose connection the server closed mid-run, for its user's resume on a new connection, until
-        its deadline (False: not parked, judge it now: no run id to resume, or a bound reached)."""
+        its deadline: "parked"; PARKING_FULL when a bound is reached (the proxy cannot follow its resume: the caller
+        counts it unjudged); "" when it cannot be resumed (no run id, a dialect without resume): judge it now."""
         if self.profile.resume is None or chat.root is not chat or chat.followups:
-            return False
+            return ""
         parked, displaced = self.parked.park(identity, chat)
         if displaced is not None:
             self.finished(displaced.finish(at, lost=True, note=DISPLACED_NOTE))
         if parked:
             self._time_parked(at)
-        return parked
+            return "parked"
+        return PARKING_FULL if chat.run_id else ""  # ParkedChats refuses a chat with a run id for a bound only
 
     def _time_parked(self, now: float | None = None) -> None:
         """The parked chats' timer set for the earliest deadline among them (none when none is parked)."""
@@ -278,7 +289,7 @@ class LiveChats:
             return
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (a test of the bookkeeping): judged at stop()
+        except RuntimeError:  # no loop (a test of the bookkeeping): counted at stop()
             return
         now = time.monotonic() if now is None else now
         self._parked_timer = loop.call_later(max(wake - now, 0.0), self._parked_due, wake)
@@ -292,29 +303,32 @@ class LiveChats:
         self._time_parked(now)
 
     def hold_for_resend(self, identity: str, chat: ChatTracker, at: float, clean: bool, *,
-                        resumed: bool = False) -> bool:
+                        resumed: bool = False) -> str:
         """Hold a chat whose connection the server closed before any event of its run, until its deadline, for its
-        user's resend (False: not held, judge it now: no message id, a run with an id to resume (parked instead; a
-        run the dialect cannot resume is held when the close was a closing handshake; `resumed`: its resume was
-        answered RESUME_UNKNOWN_RUN, PendingResumes.send_again), sent again once already, or too many held)."""
+        user's resend: "held"; PARKING_FULL when too many are held (in all, or for this identity: the proxy cannot
+        follow its resend); "" when it is not to be held, judge it now: no message id, a run with an id to resume
+        (parked instead; a run the dialect cannot resume is held when the close was a closing handshake; `resumed`:
+        its resume was answered RESUME_UNKNOWN_RUN, PendingResumes.send_again), or sent again once already."""
         resumable = not resumed and chat.run_id is not None and (self.profile.resume is not None or not clean)
         message = resend_key(chat.message_id, chat.run_id)
-        if not message or resumable or chat.chat_id in self.resent or len(self.resends) >= MAX_RESENDS:
-            return False
+        if not message or resumable or chat.chat_id in self.resent or self.stopping:  # stopping: none can come
+            return ""
+        if len(self.resends) >= MAX_RESENDS:
+            return PARKING_FULL
         key = (identity, message)
         earlier = self._let_go(key)
         if earlier is not None:  # two chats of one message id cut short: the earlier one is judged as it stood
             self._expire(key, earlier)
         if self._held_by[identity] >= MAX_RESENDS_EACH:
-            return False
+            return PARKING_FULL
         self._held_by[identity] += 1
         timer = None
         try:
             timer = asyncio.get_running_loop().call_later(max(chat.wait_deadline() - at, 0.0), self._due, key, chat)
-        except RuntimeError:  # no loop (a test of the bookkeeping): judged at stop()
+        except RuntimeError:  # no loop (a test of the bookkeeping): counted at stop()
             pass
         self.resends[key] = (chat, at, clean, timer)
-        return True
+        return "held"
 
     def take_resend(self, identity: str, message_id: str | None,
                     run_id: str | None = None) -> tuple[ChatTracker, bool] | None:
@@ -344,18 +358,45 @@ class LiveChats:
             timer.cancel()
         self.finished(chat.finish(at, lost=True, note=CLOSED_NOTE))
 
-    def stop(self) -> None:
-        """The proxy stops: the chats still held for a resend or parked for a resume are judged as they stood (the
-        counts add up)."""
-        now = time.monotonic()
-        for chat in self.parked.drain():
-            self.finished(chat.finish(min(now, chat.wait_deadline()), lost=True, note=STOPPED_NOTE))
-        self._time_parked(now)
+    def begin_stop(self) -> None:
+        """The proxy begins to stop (SIGTERM: a deploy, a restart), before it closes its listener and connections: no
+        resume or resend can reach it any more. The chats parked for a resume or held for a resend are counted
+        unjudged (proxy_stopped) now, while /metrics is still served: nothing showed the server failed them, and a
+        user's resume after the restart goes to another process. From here on every chat not judged when its
+        connection closes is counted so too (LiveConnection.closed). With --record, a file of one close record
+        ("by": "proxy-stop") says when, so that `chatprobe check` counts them alike."""
+        if self.stopping:
+            return
+        self.stopping = True
+        kept = self.parked.drain()
+        self._time_parked()
         while self.resends:
             key = next(iter(self.resends))
             held = self._let_go(key)
             assert held is not None
-            self._expire(key, held)
+            if held[3] is not None:
+                held[3].cancel()
+            kept.append(held[0])
+        for chat in kept:
+            self.unjudged(chat, PROXY_STOPPED)
+        if kept and self.recorder is not None:
+            log = self.recorder.connection(STOP_LABEL)
+            log.close(time.monotonic(), by_client=STOP_LABEL)
+            self.recorder.save(log, keep=True)
+
+    def stop(self) -> None:
+        """The proxy has stopped (its connections closed): whatever it still kept for a resume or a resend is counted
+        unjudged (begin_stop, when it was not called first), so the counts add up."""
+        self.begin_stop()
+
+    def unjudged(self, chat: ChatTracker, reason: str) -> None:
+        """A chat the proxy will not judge (`reason`: PROXY_STOPPED, PARKING_FULL): counted apart, never as an outcome,
+        its pending resume let go with it (in no count: no verdict, no reconnect)."""
+        self.resent.discard(chat.chat_id)
+        self.pending.forget(chat.chat_id)
+        if reason == PROXY_STOPPED:
+            self.stopped_unjudged += 1
+        self.sink.chat_unjudged(self.scenario, reason)
 
     def _let_go(self, key: tuple[str, str]) -> tuple[ChatTracker, float, bool, asyncio.TimerHandle | None] | None:
         """The chat held for this resend, no longer held (None: none was)."""
@@ -401,6 +442,9 @@ class LiveConnection:
         self.router = FrameRouter(live.profile, self.checker, live.sink, live.scenario)
         self.chats = PassiveChats(self.checker, live.settle, live.pending)
         self._by_id: dict[str, ChatTracker] = {}  # the chats open on this connection, oldest first
+        # With --record: the send record (its ordinal on this connection) that brought each of them here (its message,
+        # its message sent again, its resume), for the close record to name those the proxy had no room to keep.
+        self._sent_as: dict[str, int] = {}
         self.resumes: Resumes | None = None  # runs resumed across connections (flow.Resumes), from the first one
         self.log = live.recorder.connection(live.label(identity), secrets) if live.recorder is not None else None
         self.failing = False  # a chat on this connection did not pass (or was held or sent again): its recording is kept
@@ -412,8 +456,7 @@ class LiveConnection:
 
     def client_frame(self, text: str | bytes, now: float) -> None:
         """A frame from the user to the server: a new chat, a resume, or anything else (not judged)."""
-        if self.log is not None:
-            self.log.frame("send", text, now)
+        sent = self.log.frame("send", text, now) if self.log is not None else None
         frame = self.live.profile.decode_client(text)
         live = self.live
         if frame.kind == "request" and (again := live.take_resend(self.identity, frame.message_id, frame.run_id)) is not None:
@@ -425,6 +468,7 @@ class LiveConnection:
             self._make_room(now)
             self.checker.add(tracker)
             self._by_id[tracker.chat_id] = tracker
+            self._sent(tracker, sent)
             # Its recording is kept, as its first try's is: `check` follows the chat across both (the first alone is
             # a chat never sent again), whatever its verdict here.
             self.failing = True
@@ -434,6 +478,7 @@ class LiveConnection:
                                   thread_id=frame.thread_id, run_id=frame.run_id, message_id=frame.message_id)
             self.checker.add(tracker)
             self._by_id[tracker.chat_id] = tracker
+            self._sent(tracker, sent)
             live.sink.chat_started(live.scenario)
         elif frame.kind == "resume":
             found = live.resumed(self.identity, frame.run_id)
@@ -463,9 +508,18 @@ class LiveConnection:
                 # user then, as `chatprobe check` judges it (ConnectionChecker.add).
                 self.checker.add(resumed)
                 self._by_id[resumed.chat_id] = resumed
+                self._sent(resumed, sent)
                 # Judged with the chat (or at its next loss): resumed if events come back, lost if none do or the
                 # server does not know the run (RESUME_UNKNOWN_RUN), as the live client judges its own.
                 live.pending.sent(resumed)
+
+    def _sent(self, chat: ChatTracker, sent: int | None) -> None:
+        """`chat` came to this connection with the send record `sent` (None: not recorded)."""
+        if sent is None:
+            return
+        if len(self._sent_as) >= 2 * MAX_OPEN_CHATS:  # only the chats open here can be named: the rest let go
+            self._sent_as = {k: v for k, v in self._sent_as.items() if k in self._by_id}
+        self._sent_as[chat.chat_id] = sent
 
     def server_frame(self, text: str | bytes, now: float) -> None:
         """A frame from the server to the user, decoded and routed as the harness's own client does."""
@@ -479,7 +533,7 @@ class LiveConnection:
             pending = self.live.pending
             for chat in pending.forgotten(self.router, self._by_id.values()):
                 if pending.send_again(chat) and self.live.hold_for_resend(self.identity, chat, now, True,
-                                                                            resumed=True):
+                                                                            resumed=True) == "held":
                     # Its message crossed the server's close (no event of its run came): held for the user's client
                     # to send it again, as the harness's own client does and `chatprobe check` follows it.
                     self.checker.discard(chat)
@@ -522,28 +576,41 @@ class LiveConnection:
         """The connection ended (`code`: the server's close code, 1006 without one, when the server closed it). A chat
         the server cut before any event of its run is held for its user's resend (LiveChats.hold_for_resend); one
         whose run has an id is parked for its user's resume on a new connection (LiveChats.park); either way the
-        recording is kept (`chatprobe check` follows the chat across both connections)."""
-        if not by_client:
-            live = self.live
+        recording is kept (`chatprobe check` follows the chat across both connections). One the proxy has no room to
+        keep so is not judged (parking_full), and its send record is named on the close record; as the proxy stops
+        (LiveChats.stopping), every chat still open here is not judged (proxy_stopped: the proxy closed it, neither
+        the user nor the server), one whose terminal event came excepted, and the close record says "proxy-stop"."""
+        live = self.live
+        stopping = live.stopping
+        full: list[int] = []  # the send records of the chats the proxy had no room to keep (for `check`)
+        if not by_client or stopping:
             for chat in list(self.checker.chats):
                 if chat.judged or chat.done or chat.chat_id not in self._by_id:
                     continue
                 clean = code in CLEAN_CLOSE_CODES
-                if chat.n_events == 0 and live.hold_for_resend(self.identity, chat, now, clean):
-                    parked = True
-                else:
+                kept = PROXY_STOPPED if stopping else ""  # the proxy closed it as it stops: not the server, nor the user
+                if not kept and chat.n_events == 0:
+                    kept = live.hold_for_resend(self.identity, chat, now, clean)
+                if not kept:
                     live.pending.judge(chat)  # lost again: its last resume is judged now, as live
-                    parked = live.park(self.identity, chat, now)
-                    if parked and clean and chat.chat_id not in live.resent:
+                    kept = live.park(self.identity, chat, now)
+                    if kept == "parked" and clean and chat.chat_id not in live.resent:
                         live.pending.cut_clean(chat)  # a RESUME_UNKNOWN_RUN answer: sent again, as live
-                if parked:
-                    self.checker.discard(chat)
-                    self._by_id.pop(chat.chat_id, None)
-                    self.failing = True  # its recording is kept: the chat's first connection is in it
+                if not kept:
+                    continue
+                if kept in (PROXY_STOPPED, PARKING_FULL):
+                    live.unjudged(chat, kept)
+                    if kept == PARKING_FULL and (sent := self._sent_as.get(chat.chat_id)) is not None:
+                        full.append(sent)
+                self.checker.discard(chat)
+                self._by_id.pop(chat.chat_id, None)
+                self._sent_as.pop(chat.chat_id, None)
+                self.failing = True  # its recording is kept: the chat's first connection is in it
         for result, abandoned in self.chats.closed(now, by_client=by_client):
             self._finished(result, abandoned=abandoned)
         if self.log is not None and self.live.recorder is not None:
-            self.log.close(now, code, by_client=by_client, error=self.protocol_error)
+            self.log.close(now, code, by_client=STOP_LABEL if stopping else by_client, error=self.protocol_error,
+                           parking_full=full)
             self.live.recorder.save(self.log, keep=True if self.failing else None)  # None: --record-all decides
             self.live.recorded(now)
         self.live.connection_closed(self)
@@ -1025,8 +1092,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chatprobe proxy listening on ws://{host}:{server.sockets[0].getsockname()[1]} (at most "
               f"{door.max_connections} connections, {door.max_per_address} per client address)", flush=True)
         await stop.wait()
+        live.begin_stop()  # the chats kept for a resume or a resend: unjudged, counted while /metrics is served
         await stop_proxy(server, door)
         live.stop()
+        if live.stopped_unjudged:
+            # The last scrape may come before these counts, or never: the process says them too.
+            log.warning("stopping: %d chat(s) it could not judge (in flight on a connection it closed, or kept for "
+                        "their user's resume or resend), counted in chatprobe_chats_unjudged_total{reason="
+                        "\"proxy_stopped\"}, not as outcomes", live.stopped_unjudged)
         live.say_dropped(time.monotonic())  # what --record could not write since the last such line
 
     try:

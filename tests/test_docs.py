@@ -25,7 +25,7 @@ from harness.cli import build_parser as chatprobe_parser
 from harness.events import ALL_ROLES, RULES, Outcome
 from harness.profiles import Fields, Profile, Span, load_profile
 from harness.scenario import ChatStep, Expect, Objectives, RawStep, Scenario, load_scenario
-from harness.sinks import CONNECTION_RESULTS, RECONNECT_RESULTS
+from harness.sinks import CONNECTION_RESULTS, RECONNECT_RESULTS, UNJUDGED_REASONS
 from monitors import metrics
 from monitors.frontdoor import REFUSAL_REASONS
 from monitors.monitor import build_parser as monitor_parser
@@ -201,6 +201,8 @@ def test_the_label_values_the_metrics_doc_lists_are_the_codes():
     assert _code(connections) == list(CONNECTION_RESULTS) and _code(reconnects) == list(RECONNECT_RESULTS)
     refused = next(r for r in _table(METRICS_DOC, "## Metrics") if "proxy_refused" in r[0])
     assert _code(refused[2].split("`reason` = ")[1]) == list(REFUSAL_REASONS)
+    unjudged = next(r for r in _table(METRICS_DOC, "## Metrics") if "chats_unjudged" in r[0])
+    assert _code(unjudged[3].split("`reason` = ")[1].split(":")[0]) == list(UNJUDGED_REASONS)
     assert str(metrics.MAX_LABEL_LENGTH) in labels["target"] and str(metrics.MAX_SCENARIOS) in labels["scenario"]
 
 
@@ -215,7 +217,7 @@ def test_every_metric_the_docs_name_is_exported():
 # Values each closed label may take; a selector matching anything else selects nothing, silently.
 CLOSED = {"outcome": set(metrics.OUTCOMES), "rule": set(metrics.RULE_IDS), "event": set(metrics.ROLES),
           "source": set(metrics.SOURCES), "result": set(CONNECTION_RESULTS) | set(RECONNECT_RESULTS),
-          "reason": set(REFUSAL_REASONS)}
+          "reason": set(REFUSAL_REASONS) | set(UNJUDGED_REASONS)}
 # Labels Prometheus adds to every scraped or pushed series.
 SCRAPE_LABELS = {"job", "instance"}
 

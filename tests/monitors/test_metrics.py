@@ -107,6 +107,35 @@ def test_conservation_started_equals_outcomes_plus_in_flight():
         assert _value(reg, "chatprobe_chats_total", scenario="basic", outcome=outcome) == 1
 
 
+def test_the_proxys_conservation_counts_its_client_rejections_and_the_chats_it_could_not_judge():
+    """started = outcomes + in flight + client rejections + unjudged (by reason), and an unjudged chat is in no
+    outcome, missing-events count or histogram: no ratio's numerator or denominator. FAILED before
+    chatprobe_chats_unjudged_total existed (the sink had no chat_unjudged)."""
+    reg, sink = _sink(source="live")
+    for _ in range(7):
+        sink.chat_started("live")
+    sink.chat_finished(_result(Outcome.PASSED, scenario="live"))
+    sink.chat_finished(_result(Outcome.INCOMPLETE, scenario="live", missing=(Role.AGENT_COMPLETED,)))
+    sink.client_rejected(_result(Outcome.ERROR, scenario="live"))
+    sink.chat_unjudged("live", "proxy_stopped")
+    sink.chat_unjudged("live", "proxy_stopped")
+    sink.chat_unjudged("live", "parking_full")
+    with pytest.raises(ValueError):
+        sink.chat_unjudged("live", "a-reason-of-its-own")  # a closed set: never a new series, nor a chat lost
+    judged = _value(reg, "chatprobe_chats_total", scenario="live")
+    in_flight = _value(reg, "chatprobe_chats_in_flight", scenario="live")
+    rejected = _value(reg, "chatprobe_client_rejections_total", scenario="live")
+    unjudged = _value(reg, "chatprobe_chats_unjudged_total", scenario="live")
+    assert (judged, in_flight, rejected, unjudged) == (2, 1, 1, 3)
+    assert judged + in_flight + rejected + unjudged == 7
+    assert _value(reg, "chatprobe_chats_unjudged_total", reason="proxy_stopped") == 2
+    assert _value(reg, "chatprobe_chats_unjudged_total", reason="parking_full") == 1
+    assert _value(reg, "chatprobe_chats_missing_events_total") == 1
+    assert _value(reg, "chatprobe_time_to_first_event_seconds_count") == 2
+    reasons = {s.labels["reason"] for s in _samples(reg) if s.name == "chatprobe_chats_unjudged_total"}
+    assert reasons == {"proxy_stopped", "parking_full"}
+
+
 def test_chat_started_touches_only_in_flight():
     reg, sink = _sink()
     sink.chat_started("basic")
@@ -189,6 +218,8 @@ def test_label_combinations_exist_from_zero_on_first_use():
     assert by_name["chatprobe_connections_total"] == {
         "ok", "refused", "auth_failed", "timeout", "tls_error", "protocol_error"}
     assert by_name["chatprobe_reconnects_total"] == {"resumed", "lost"}
+    unjudged = {s.labels["reason"] for s in _samples(reg) if s.name == "chatprobe_chats_unjudged_total"}
+    assert unjudged == {"proxy_stopped", "parking_full"}
     assert by_name["chatprobe_rule_violations_total"] == {f"R{i}" for i in range(1, 14)}
     roles = {r.value for r in Role}
     assert by_name["chatprobe_missing_events_total"] == roles

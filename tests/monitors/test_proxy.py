@@ -34,6 +34,10 @@ from monitors.proxy import LiveChats, Proxy, start_proxy
 from tests.integration.hostile_ws import BROKEN_FRAMES, breaks_framing, fragments, raw
 
 EXP = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=10.0)
+# For a chat the server cuts and no resume follows: parked until this deadline, then judged (lost) as it stood (the
+# proxy stopping judges no parked chat: it counts it unjudged, proxy_stopped). Long enough for the cut to come first
+# on a loaded machine.
+SHORT = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=5.0)
 
 
 class Recorder_(Sink):
@@ -146,16 +150,17 @@ class Counts(MetricsSink):
 
 
 async def _drops(upstream_handler, user) -> Counts:
-    """10 users through the proxy to `upstream_handler`, each played by `user(url, i)`; every chat judged."""
+    """10 users through the proxy to `upstream_handler`, each played by `user(url, i)`; every chat judged (one the
+    server cut at its deadline, SHORT, no resume following)."""
     up = await websockets.asyncio.server.serve(upstream_handler, "127.0.0.1", 0, ping_interval=None)
     sink = Counts(ChatMetrics(CollectorRegistry()), "up", "live")
-    live = LiveChats(load_profile("netra"), sink, EXP, "live", 0.1)
+    live = LiveChats(load_profile("netra"), sink, SHORT, "live", 0.1)
     server = await start_proxy(Proxy(f"ws://127.0.0.1:{up.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
     try:
         url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
         await asyncio.gather(*(user(url, i) for i in range(10)))
         await until(lambda: not live.open)  # every connection done with
-        live.stop()  # a chat parked for a resume is judged now, not at its deadline
+        await until(lambda: len(sink.results) == 10, 30)  # a chat parked for a resume: judged at its deadline
     finally:
         server.close()
         up.close()
@@ -782,7 +787,9 @@ async def test_an_upstream_frame_that_breaks_the_protocol_is_the_r12_the_clients
             super().chat_finished(result)
 
     sink = Keeps(ChatMetrics(CollectorRegistry()), "up", "live")
-    live = LiveChats(load_profile("netra"), sink, EXP, "live", 0.2, Recorder(tmp_path / "rec", keep_all=False))
+    # Parked when the proxy fails the connection (text that is not UTF-8: after websockets' 2 s close timeout), then
+    # judged at its deadline.
+    live = LiveChats(load_profile("netra"), sink, SHORT, "live", 0.2, Recorder(tmp_path / "rec", keep_all=False))
     async with raw(breaks_framing(written)) as upstream:
         server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.port}", live), "127.0.0.1", 0)
         try:
@@ -797,7 +804,7 @@ async def test_an_upstream_frame_that_breaks_the_protocol_is_the_r12_the_clients
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1014, closed.value
             assert detail in closed.value.rcvd.reason
             await until(lambda: not live.open)  # the connection is done with (its chat parked for a resume)
-            live.stop()  # judged now, not at its deadline
+            await until(lambda: sink.results, 30)  # judged at its deadline, no resume following
         finally:
             server.close()
     (result,) = sink.results

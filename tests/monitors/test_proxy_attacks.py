@@ -406,7 +406,9 @@ async def test_a_run_resumed_on_a_new_connection_is_judged_there_not_abandoned_w
 async def test_one_identity_cannot_take_every_place_held_for_a_resend():
     """A chat the server cut before any event is held for its user's resend (one chat, as `check` counts it); a user
     whose chats the server keeps cutting holds at most MAX_RESENDS_EACH of them, so another user's resend is still
-    held (past the cap, a chat is judged at once, as before holding existed). Held chats are judged at stop()."""
+    held (past the cap the proxy cannot follow the chat's resend: PARKING_FULL, its connection counts it unjudged).
+    The chats held when the proxy stops are counted unjudged (proxy_stopped), never judged."""
+    from harness.sinks import PARKING_FULL
     from monitors.proxy import MAX_RESENDS_EACH, LiveTracker
 
     results: list = []
@@ -417,17 +419,21 @@ async def test_one_identity_cannot_take_every_place_held_for_a_resend():
             super().chat_finished(result)
 
     exp = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=10.0)
-    live = LiveChats(load_profile("netra"), Kept(ChatMetrics(CollectorRegistry()), "up", "live"), exp, "live", 0.05)
+    metrics = ChatMetrics(CollectorRegistry())
+    live = LiveChats(load_profile("netra"), Kept(metrics, "up", "live"), exp, "live", 0.05)
 
-    def cut(identity: str, n: int) -> bool:
+    def cut(identity: str, n: int) -> str:
         chat = LiveTracker(f"c-{identity}-{n}", exp, 0.0, scenario="live", thread_id="t", message_id=f"m-{n}")
         return live.hold_for_resend(identity, chat, 0.0, True)
 
     held = [cut("hostile", n) for n in range(MAX_RESENDS_EACH + 20)]
-    assert held == [True] * MAX_RESENDS_EACH + [False] * 20
-    assert cut("someone-else", 1)  # still a place for another user
+    assert held == ["held"] * MAX_RESENDS_EACH + [PARKING_FULL] * 20
+    assert cut("someone-else", 1) == "held"  # still a place for another user
     again = live.take_resend("hostile", "m-0")
-    assert again is not None and cut("hostile", 10_000)  # a place given back is a place again
+    assert again is not None and cut("hostile", 10_000) == "held"  # a place given back is a place again
     live.stop()
-    assert len(results) == MAX_RESENDS_EACH + 1 and not live.resends  # every held chat judged once
-    assert all(r.outcome is Outcome.INCOMPLETE for r in results)
+    assert not results and not live.resends  # none judged: each held chat counted once, unjudged
+    unjudged = metrics.registry.get_sample_value(
+        "chatprobe_chats_unjudged_total", {"target": "up", "scenario": "live", "source": "live",
+                                           "reason": "proxy_stopped"})
+    assert unjudged == MAX_RESENDS_EACH + 1

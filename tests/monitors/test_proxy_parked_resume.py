@@ -229,7 +229,9 @@ async def test_check_of_the_proxys_recording_follows_the_resumed_chat_too(tmp_pa
 def test_parked_chats_are_bounded_per_user_in_all_and_in_bytes():
     """A user whose connections the server keeps dropping parks at most MAX_PARKED_EACH chats, so another user's chat
     is still parked; chats keeping large events park only within MAX_PARKED_BYTES; past a bound a chat is not parked
-    (judged at once by the connection, as before parking existed). Every parked chat is judged once, at stop()."""
+    (PARKING_FULL: the proxy cannot follow its resume, and its connection counts it unjudged). Every parked chat is
+    counted once, unjudged (proxy_stopped), at stop()."""
+    from harness.sinks import PARKING_FULL
     from monitors.proxy import MAX_PARKED_BYTES, MAX_PARKED_EACH, LiveChats, LiveTracker
 
     profile = load_profile("netra")
@@ -237,7 +239,7 @@ def test_parked_chats_are_bounded_per_user_in_all_and_in_bytes():
     exp = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=10.0)
     live = LiveChats(profile, sink, exp, "live", 0.05)
 
-    def cut(identity: str, n: int, tools: int = 0) -> bool:
+    def cut(identity: str, n: int, tools: int = 0) -> str:
         """A chat of `identity` cut mid-run, after its start and `tools` tool calls with 1,000-byte ids (each chat
         keeps LIVE_KEPT_BYTES of events at most: about 17 KiB with 14 of them)."""
         chat = LiveTracker(f"c-{identity}-{n}", exp, 0.0, scenario="live", thread_id="t", run_id=f"r-{n}")
@@ -248,15 +250,16 @@ def test_parked_chats_are_bounded_per_user_in_all_and_in_bytes():
             chat.feed(profile.decode(json.dumps(frame), 0.1))
         return live.park(identity, chat, 0.2)
 
-    assert [cut("hostile", n) for n in range(MAX_PARKED_EACH + 5)] == [True] * MAX_PARKED_EACH + [False] * 5
-    assert cut("someone-else", 1)  # still a place for another user
+    assert [cut("hostile", n) for n in range(MAX_PARKED_EACH + 5)] == ["parked"] * MAX_PARKED_EACH + [PARKING_FULL] * 5
+    assert cut("someone-else", 1) == "parked"  # still a place for another user
     assert live.resumed("someone-else", "r-0") is None  # another user's run id: nothing adopted
     adopted = live.resumed("hostile", "r-0")
     assert adopted is not None and adopted[1] is None and adopted[0].chat_id == "c-hostile-0"
-    assert cut("hostile", 10_000)  # a place given back is a place again
+    assert cut("hostile", 10_000) == "parked"  # a place given back is a place again
     heavy = [cut(f"user-{n // 50}", n, tools=14) for n in range(MAX_PARKED_BYTES // (16 * 1024) + 1)]
-    assert heavy[0] and not heavy[-1] and live.parked.nbytes <= MAX_PARKED_BYTES
+    assert heavy[0] == "parked" and heavy[-1] == PARKING_FULL and live.parked.nbytes <= MAX_PARKED_BYTES
     parked = len(live.parked)
     live.stop()
-    assert len(sink.results) == parked and not live.parked  # every parked chat judged once
-    assert all(r.outcome is Outcome.INCOMPLETE for r in sink.results)
+    assert not sink.results and not live.parked  # none judged: every parked chat counted once, unjudged
+    assert sink.metrics.registry.get_sample_value(
+        "chatprobe_chats_unjudged_total", {**LIVE, "reason": "proxy_stopped"}) == parked
