@@ -39,7 +39,7 @@ FIRST_EVENT_OBJECTIVE = 0.95  # ChatTimeToFirstEventSlow: fewer than 95% within 
 PROBE_STALE_SECONDS = 300  # ChatProbeDown
 # Panels added after the first layout, by title: their ids follow every first-layout id, in this order.
 LATER_PANELS = ("Dropped chats (open model)", "Client rejections (proxy)", "Proxy client connections",
-                "Proxy refused connections by reason")
+                "Proxy refused connections by reason", "Chats the proxy could not judge")
 
 
 def _query(expr: str, legend: str, ref: str = "A") -> prom_b.Dataquery:
@@ -184,7 +184,8 @@ def build() -> dash_m.Dashboard:
         ),
         _timeseries(
             "Chats in flight",
-            "Chats started and not yet judged. Started = judged (all outcomes) + in flight.",
+            "Chats started and not yet judged. Started = judged (all outcomes) + in flight (+ the proxy's client "
+            "rejections and the chats it could not judge).",
             [_query(f"sum by (target, scenario) (chatprobe_chats_in_flight{{{SEL}}})", "{{target}} {{scenario}}")],
         ),
         _timeseries(
@@ -203,6 +204,15 @@ def build() -> dash_m.Dashboard:
             [_query(f"sum by (target, scenario) (rate(chatprobe_client_rejections_total{{{SEL}}}[{RATE}]))",
                     "{{target}} {{scenario}}")],
             unit="reqps",
+        ),
+        _timeseries(
+            "Chats the proxy could not judge",
+            "Chats the proxy gave no verdict, per second, by reason: proxy_stopped (it stopped, a deploy or a "
+            "restart, with them in flight or kept for their user's resume) and parking_full (the server cut them and "
+            "the proxy had no room to keep them for a resume). Not in \"Chats by outcome\" nor in any ratio; "
+            "ChatsUnjudged opens a ticket when parking_full stays above 5% of the chats (docs/metrics.md#alerts).",
+            [_query(f"sum by (reason) (rate(chatprobe_chats_unjudged_total{{{SEL}}}[{RATE}]))", "{{reason}}")],
+            unit="reqps", stacked=True,
         ),
     ]
     timing_row = [

@@ -237,6 +237,7 @@ SERIES = {
     f"chatprobe_chats_in_flight{{{LBL}}}": "3x20",
     f"chatprobe_chats_dropped_total{{{LBL}}}": "0+60x20",
     f"chatprobe_client_rejections_total{{{LBL}}}": "0+30x20",
+    f'chatprobe_chats_unjudged_total{{{LBL},reason="proxy_stopped"}}': "0+6x20",
     f"chatprobe_last_run_timestamp_seconds{{{TS}}}": "0+60x20",
     f"chatprobe_last_success_timestamp_seconds{{{TS}}}": "0+60x20",
     f"chatprobe_proxy_connections{{{TS}}}": "7x20",
@@ -283,6 +284,9 @@ def test_every_panel_query_runs_on_prometheus_and_finds_its_series(board, tmp_pa
 @pytest.mark.parametrize(("title", "series", "value"), [
     ("Dropped chats (open model)", {f"chatprobe_chats_dropped_total{{{LBL}}}": "0+60x20"}, 1.0),
     ("Client rejections (proxy)", {f"chatprobe_client_rejections_total{{{LBL}}}": "0+30x20"}, 0.5),
+    # By reason (one series here): 1/s the proxy had no room to keep for a resume.
+    ("Chats the proxy could not judge",
+     {f'chatprobe_chats_unjudged_total{{{LBL},reason="parking_full"}}': "0+60x20"}, 1.0),
     # Summed over the proxy's processes (a gauge per process, livesum) per target and source.
     ("Proxy client connections", {f'chatprobe_proxy_connections{{{TS},instance="a"}}': "7x20",
                                   f'chatprobe_proxy_connections{{{TS},instance="b"}}': "5x20"}, 12.0),

@@ -129,6 +129,6 @@ def test_every_alert_of_the_runbook_points_at_the_page():
     rules = yaml.safe_load((root / "monitors" / "rules" / "chatprobe.rules.yml").read_text())
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
     sections = runbook.split("\n## ")[1:]
-    assert len(sections) == len(alerts) == 8
+    assert len(sections) == len(alerts) == 9
     for section in sections:
         assert "monitor's `/` page" in section, section.splitlines()[0]
