@@ -831,8 +831,9 @@ class ConnectionChecker:
         # Malformed (R12) and foreign (R8) frames that came while no chat was on screen (none yet, or the latest one
         # judged: between chats), at most INCIDENTS_EACH, as what each violation says: the next chat the connection
         # carries is told when it is added (a new chat, one sent again, one resumed here), so whether the client had
-        # sent its message yet, or the last chat's settle window had ended, decides nothing. Reasons only: no event
-        # (an AG-UI delta of up to the frame limit) is kept for them.
+        # sent its message yet, or the last chat's settle window had ended, decides nothing; when none comes, the
+        # connection's end reports them as its own (`ended`). Reasons only: no event (an AG-UI delta of up to the
+        # frame limit) is kept for them.
         self.untold: list[tuple[Rule, str]] = _NO_LIST
 
     def add(self, chat: ChatTracker) -> None:
@@ -1084,7 +1085,8 @@ class ConnectionChecker:
         return oldest
 
     def _foreign(self, ev: Event, why: str) -> list[ChatTracker]:
-        """R8 for a foreign event, on the chats that witness it (none on screen: the next chat added); those chats."""
+        """R8 for a foreign event, on the chats that witness it (none on screen: the next chat added, else the
+        connection's end, `ended`); those chats."""
         witnesses = list(self._charged())
         self.foreign += 1
         for chat in witnesses:
@@ -1102,17 +1104,27 @@ class ConnectionChecker:
             self._untold(Rule.R12, malformed_reason(frame.detail))
 
     def _untold(self, rule: Rule, reason: str) -> None:
-        """An incident no chat was on screen for: kept for the next chat added (the first INCIDENTS_EACH), unless a
-        chat is on screen and was told already (a flood: see _charged)."""
+        """An incident no chat was on screen for: kept for the next chat added, or the connection's end (`ended`)
+        when none comes (the first INCIDENTS_EACH), unless a chat is on screen and was told already (a flood: see
+        _charged)."""
         if len(self.untold) < INCIDENTS_EACH and not self._witnesses():
             if self.untold is _NO_LIST:
                 self.untold = []
             self.untold.append((rule, reason))
 
+    def ended(self) -> list[Violation]:
+        """The connection ended (or its driver stops: a run's stop, the proxy's, the end of a recording): what came
+        while no chat was on screen and no chat came after (`untold`: another user's events, R8, malformed frames,
+        R12, after the last chat was judged) is the connection's own violation, returned once, with no event index
+        (it is no chat's). Every driver reports them (`Sink.connection_violation`): counted with their rule, never as
+        a chat."""
+        untold, self.untold = self.untold, _NO_LIST
+        return [Violation(rule, reason, None) for rule, reason in untold]
+
     def new_connection(self) -> None:
         """The client opened another connection (the live clients keep one checker for all of a session's): what no
-        chat was told on the last one was that connection's, as a watcher (the proxy, `chatprobe check`), with a
-        checker per connection, judges it."""
+        chat was told on the last one was that connection's, reported at its end (`ended`), as a watcher (the proxy,
+        `chatprobe check`), with a checker per connection, reports it."""
         self.untold = _NO_LIST
 
     def _charged(self) -> Iterable[ChatTracker]:
@@ -1140,7 +1152,8 @@ class ConnectionChecker:
 
     def _witnesses(self) -> list[ChatTracker]:
         """The chats on screen when something bad arrived: all open ones, else the latest one while it listens out its
-        settle window; none once that one was judged (between chats: the next chat is told, `untold`)."""
+        settle window; none once that one was judged (between chats: the next chat is told, or the connection's end
+        reports it, `untold`)."""
         active = self.active()
         if active:
             return active

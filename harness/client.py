@@ -345,7 +345,8 @@ class Session(VirtualUser):
 
     def on_end(self, transport: Transport) -> None:
         """A connection ended (its reader returned, or the transport said so): what the client closed it for is an
-        R12; when it is the current one, every waiter is woken to see it."""
+        R12; when it is the current one, what no chat was told on it is reported as its own (FrameRouter.
+        connection_ended) and every waiter is woken to see it."""
         if transport.protocol_error is not None:
             self.router.on_protocol_error(transport.protocol_error, self.clock())
         if self._listening is transport:
@@ -353,6 +354,7 @@ class Session(VirtualUser):
             if self._ending is not None:
                 self._ending.set()
         if transport is self.transport:
+            self.router.connection_ended()
             self.closed = True
             if self._welcomed is not None:
                 self._welcomed.set()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, error_result, judge_followups
-from .events import Event, Frame, FrameKind, Role, Rule, SessionError
+from .events import Event, Frame, FrameKind, Role, Rule, SessionError, Violation
 from .profiles import Profile
 from .sinks import Fanout, Sink
 
@@ -267,12 +267,23 @@ class FrameRouter:
         self._on_event = sink.event_received if listens_to_events(sink) else None
 
     def new_connection(self) -> None:
+        self.connection_ended()  # (reported at the last one's end already: nothing is left but for a driver that forgot)
         self.checker.new_connection()
         self.answered = False
         self.auth_failed = None
         self.resumes = None  # a replay is the connection's that carried it
         self.resume_unknown = None  # so is the answer to a resume
         self.awaiting = None  # and the resumes awaiting one
+
+    def connection_ended(self) -> list[Violation]:
+        """The connection ended, or its driver stops (a run's stop, the proxy's, the end of a recording): what no chat
+        was told (another user's events, R8, malformed frames, R12, after the last chat was judged: ConnectionChecker.
+        ended) is the connection's own violation, reported to the sink now, never dropped; returned, for a driver
+        that counts them itself (`chatprobe check`). Every driver's one way to report them."""
+        told = self.checker.ended()
+        for violation in told:
+            self.sink.connection_violation(self.scenario, violation)
+        return told
 
     def resume_sent(self, run_id: str | None, chat: ChatTracker | None) -> None:
         """A resume of `run_id` went on this connection, of `chat` (None: a resume the driver follows no chat of, as

@@ -511,6 +511,7 @@ class SyncSession(VirtualUser):
                 if conn.protocol_error is not None:
                     self.router.on_protocol_error(conn.protocol_error, clock())
                 if conn.generation == self.generation:
+                    self.router.connection_ended()  # what no chat was told on it: its own (R8, R12)
                     self.closed = True
                 self._wake()
 

@@ -49,11 +49,11 @@ from .catalog import builtin_scenarios
 from .checker import ChatResult
 from .collector import tune_collector
 from .errors import ExitCode, os_reason
-from .events import RULES, Outcome
+from .events import RULES, Outcome, Violation
 from .gevent_client import SyncSession
 from .results import ScenarioRun, exit_code
 from .scenario import ChatCall, ChatGroup, RawCall, Scenario, load_scenario
-from .sinks import Sink
+from .sinks import Fanout, Sink
 from .stats import StageTallies, Tally, evaluate
 from .targets import Target, TargetOptions, flag_named, make_target, parse_header_flags, read_token
 from .yamlfile import ConfigError
@@ -211,6 +211,12 @@ class _Run:
                          response_length=0, exception=ChatNotPassed(f"R9 {RULES['R9']}") if slow else None,
                          context={})
 
+    def session_sink(self) -> Sink:
+        """Where a user's session reports: the chatprobe metrics, and this process's tally for what the sessions'
+        connections report as their own (an R8 or R12 after a connection's last chat: in the objectives, in no chat).
+        Chats' verdicts come to the tally through `record`."""
+        return Fanout([self.metrics_sink, _ConnectionTally(self)])
+
     def take(self) -> tuple[Tally, dict[int, Tally]]:
         tally, self.tally = self.tally, Tally()
         stages: dict[int, Tally] = {}
@@ -249,6 +255,17 @@ class _Run:
         if self.metrics_sink is not None:
             self.metrics_sink.run_finished(ok)
         return int(code)
+
+
+class _ConnectionTally(Sink):
+    """A connection's own violations (FrameRouter.connection_ended) into the run's tally, as `chatprobe run` counts
+    them: with their rule among every violation (the `violations` objective), in no chat."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+
+    def connection_violation(self, scenario: str, violation: Violation) -> None:
+        self.run.tally.add_connection_violation(violation)
 
 
 def connect_failed(result: ChatResult) -> bool:
@@ -397,7 +414,7 @@ def _report(client_id, data, **_kw) -> None:
     """Each stats interval (and the final report), a worker sends the verdicts since the last one."""
     run = current()
     tally, stages = run.take()
-    if tally.chats:
+    if tally.chats or tally.connection_violations:
         run.environment.runner.send_message(
             TALLY_MESSAGE, {"worker": run.environment.runner.worker_index, "tally": tally.to_dict(),
                             "stages": {str(i): t.to_dict() for i, t in stages.items()}})
@@ -447,7 +464,7 @@ class ChatUser(User):
         self.chatprobe = run
         worker = max(getattr(self.environment.runner, "worker_index", 0), 0)
         user_id = f"{run.user_prefix}-w{worker}-u{next(_user_numbers)}"
-        self.session = SyncSession(run.target, user_id, run.scenario.name, run.metrics_sink,
+        self.session = SyncSession(run.target, user_id, run.scenario.name, run.session_sink(),
                                    connect_timeout=run.scenario.connect_timeout)
         self.script = run.scenario.user_script(run.target.profile)
         self._plan = self.script.plan()

@@ -591,10 +591,12 @@ class OfflineCheck:
 
     def _close(self, conn: _Conn, at: float, rec: Recorded | None, note: str) -> None:
         """The connection ended (a close record, or the end of the recording: `rec` None)."""
-        if not conn.checker.chats and any(rule is Rule.R12 for rule, _ in conn.checker.untold):
-            # Malformed frames and no chat: a chat of their own, so the R12 is told (one before a chat is that chat's,
-            # as live: ConnectionChecker.add).
-            self._open(conn, at, timed=False)
+        # Another user's events (R8) and malformed frames (R12) that came after its last chat was judged (or on a
+        # connection that carried none), no chat after them: the connection's own, counted in no chat, as live and
+        # the proxy report them (FrameRouter.connection_ended).
+        for violation in conn.router.connection_ended():
+            self.tally.add_connection_violation(violation)
+            self.listing.add_connection_violation(violation)
         self._judge_ready(conn, at)
         stopped = rec is not None and rec.detail == "proxy-stop"
         if stopped:
@@ -791,7 +793,8 @@ class OfflineCheck:
             warnings.append(LATE_SEND_WARNING.format(n=self.late_sends))
         return ScenarioRun(scenario=self.scenario, target=target, results=self.listing.listed, stats=stats,
                            objectives=evaluate(stats, objectives), started_at=started, elapsed=elapsed, errors=errors,
-                           warnings=warnings, stopped_by=self.stopped_by)
+                           warnings=warnings, stopped_by=self.stopped_by,
+                           connection_violations=self.listing.connection_violations)
 
 
 

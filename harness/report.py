@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from rich.live import Live
 
     from .checker import ChatResult
+    from .events import Violation
     from .results import ScenarioRun
     from .stats import ObjectiveResult
 
@@ -149,6 +150,9 @@ class LiveView(Sink):
         for rule, n in result.rule_counts().items():
             self.rules[rule] += n
 
+    def connection_violation(self, scenario: str, violation: Violation) -> None:
+        self.rules[str(violation.rule)] += 1  # a connection's own: in the rules, in no chat
+
 
 def _timeline(result: ChatResult, limit: int = 14) -> str:
     parts = []
@@ -200,6 +204,11 @@ def print_summary(console: Console, runs: list[ScenarioRun], worst: int = 3, *, 
                                style="yellow"))
             for reason, n in advice.most_common(3):
                 console.print(_t(f"  ! {_c(reason)}" + (f" (x{n})" if n > 1 else "")))
+    for run in runs:  # violations of connections' own: a leak after the last chat is shown, failing or not
+        if run.stats.connection_violations:
+            console.print(Text(f"\n{_c(run.scenario.name)}: {_connection_line(run)}", style="bold red"))
+            for v in run.connection_violations[:6]:
+                console.print(_t(f"  ! {_c(v)}"))
     for run in runs:
         if run.passed:
             continue
@@ -217,6 +226,14 @@ def print_summary(console: Console, runs: list[ScenarioRun], worst: int = 3, *, 
                 console.print(_t(f"      {_c(v)}"))
             if r.events:
                 console.print(_t(f"      timeline: {_timeline(r)}"))
+
+
+def _connection_line(run: ScenarioRun) -> str:
+    """What a run says of its connections' own violations (ScenarioRun.connection_violations)."""
+    counts = run.stats.connection_violations
+    rules = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: _rule_order(kv[0])))
+    return (f"violations on connections after their last chat ({rules}): another user's events or malformed frames "
+            "that no chat was on screen for, in no chat's verdict")
 
 
 def print_stages(console: Console, run: ScenarioRun) -> None:
@@ -312,6 +329,9 @@ def run_to_dict(run: ScenarioRun, include_chats: bool = True) -> dict[str, Any]:
             {"name": o.name, "op": o.op, "limit": o.limit, "value": o.value, "ok": o.ok} for o in run.objectives
         ],
     }
+    # Violations of connections' own (no chat's): what came after a connection's last chat, counted in
+    # stats.violations and stats.connection_violations.
+    d["connection_violations"] = [{"rule": v.rule, "reason": v.reason} for v in run.connection_violations]
     if run.stages:
         d["stages"] = [st.to_dict() for st in run.stages]
         d["knee"] = knee_to_dict(run)
@@ -380,6 +400,9 @@ def _run_text(run: ScenarioRun, worst: int = 10) -> str:
         "objectives:",
     ]
     lines += [f"  {'ok  ' if o.ok else 'FAIL'} {o.describe()}" for o in run.objectives]
+    if st.connection_violations:
+        lines.append(_connection_line(run) + ":")
+        lines += [f"  {v}" for v in run.connection_violations[:worst]]
     bad = _worst(run, worst)
     if bad:
         n_bad = st.chats - st.outcomes[Outcome.PASSED]
@@ -443,6 +466,7 @@ def write_junit(path: str, runs: list[ScenarioRun]) -> None:
             elif not passed:
                 failed = run.failed_objectives
                 lines = [f"objective failed: {o.describe()}" for o in failed]
+                lines += [f"connection, after its last chat: {v}" for v in run.connection_violations[:10]]
                 for r in _worst(run, 10):
                     reasons = "; ".join(str(v) for v in r.violations[:5]) or (r.note or r.error or "")
                     lines.append(f"chat {r.chat_id} {r.outcome.value}: {reasons}")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from .checker import ChatResult
 from .errors import ExitCode
-from .events import Outcome, kept_bytes
+from .events import Outcome, Violation, kept_bytes
 from .stats import ObjectiveResult, ScenarioStats, StageStats, knee
 
 if TYPE_CHECKING:
@@ -33,6 +33,9 @@ def all_unreachable(chats: int, error_kinds: dict[str, int]) -> bool:
 # result kept was ~5 KB, so an hour at 500 chats a second would have held 9 GB.
 MAX_CHATS_LISTED = 1_000
 MAX_LISTED_BYTES = 64 * 1024 * 1024
+# Violations of connections' own (an R8 or R12 after a connection's last chat: checker.ConnectionChecker.ended) a run
+# lists with their reasons; every one is counted (stats), at most 16 a connection.
+MAX_CONNECTION_VIOLATIONS_LISTED = 200
 
 
 class ListingBudget:
@@ -52,12 +55,20 @@ class ListingBudget:
 class Listing:
     """The chats a run lists (above): `add` every judged chat; a chat not listed keeps no events."""
 
-    __slots__ = ("listed", "budget", "max_events")
+    __slots__ = ("listed", "budget", "max_events", "connection_violations")
 
     def __init__(self, max_events: int | None = None, budget: ListingBudget | None = None) -> None:
         self.listed: list[ChatResult] = []
         self.budget = budget or ListingBudget()
         self.max_events = max_events  # a listed chat's events kept (a copy of the first so many); None: as judged
+        # The run's first violations of connections' own (`add_connection_violation`).
+        self.connection_violations: list[Violation] = []
+
+    def add_connection_violation(self, violation: Violation) -> None:
+        """A violation of a connection's own (no chat's): listed with its reason, the first
+        MAX_CONNECTION_VIOLATIONS_LISTED (the run's stats count them all)."""
+        if len(self.connection_violations) < MAX_CONNECTION_VIOLATIONS_LISTED:
+            self.connection_violations.append(violation)
 
     def add(self, result: ChatResult) -> bool:
         """List `result` if there is room; True when it was listed."""
@@ -110,6 +121,11 @@ class ScenarioRun:
     errors: list[str] = field(default_factory=list)
     stages: list[StageStats] = field(default_factory=list)  # a shaped run (stages, arrival_rate): per stage
     warnings: list[str] = field(default_factory=list)  # e.g. the rate the load generator could not reach
+    # Violations of connections' own, no chat's (another user's event, R8, or a malformed frame, R12, after a
+    # connection's last chat was judged, with no chat after it: checker.ConnectionChecker.ended), the first
+    # MAX_CONNECTION_VIOLATIONS_LISTED; `stats.connection_violations` counts them all, and `stats.violations` with
+    # every other violation (the `violations` objective).
+    connection_violations: list[Violation] = field(default_factory=list)
 
     @property
     def stopped_early(self) -> bool:

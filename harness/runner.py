@@ -12,6 +12,7 @@ from typing import Any
 
 from .checker import ChatResult
 from .client import Session
+from .events import Violation
 from .results import STOPPED_BY, Listing, ScenarioRun
 from .scenario import ChatCall, ChatGroup, RawCall, Scenario, Shape, UserScript
 from .sinks import Fanout, Sink
@@ -53,6 +54,11 @@ class _Collector(Sink):
 
     def chat_dropped(self, scenario: str) -> None:
         self.dropped += 1
+
+    def connection_violation(self, scenario: str, violation: Violation) -> None:
+        # A connection's own (R8, R12 after its last chat): counted and listed, in no chat (nor any stage's chats).
+        self.tally.add_connection_violation(violation)
+        self.listing.add_connection_violation(violation)
 
 
 class _Play:
@@ -284,7 +290,7 @@ async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = N
     run = ScenarioRun(
         scenario=scenario, target=target.name, results=collector.listing.listed, stats=stats,
         objectives=evaluate(stats, scenario.objectives), started_at=started_wall,
-        elapsed=elapsed, stopped_by=stopped_by,
+        elapsed=elapsed, stopped_by=stopped_by, connection_violations=collector.listing.connection_violations,
     )
     if stages is not None:
         run.stages = stages.stats()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .checker import ChatResult
-    from .events import Event
+    from .events import Event, Violation
 
 # Values of the `result` label of chatprobe_connections_total (docs/metrics.md).
 CONNECTION_RESULTS = ("ok", "refused", "auth_failed", "timeout", "tls_error", "protocol_error")
@@ -47,6 +47,11 @@ class Sink:
         outcomes: started = outcomes + in flight + client rejections + unjudged."""
 
     def connection_attempt(self, scenario: str, result: str) -> None: ...
+
+    def connection_violation(self, scenario: str, violation: "Violation") -> None:
+        """A violation of a connection's own, reported at its end: another user's event (R8) or a malformed frame
+        (R12) that came after its last chat was judged, with no chat after it to be told
+        (checker.ConnectionChecker.ended). Counted with its rule, never as a chat."""
 
     def reconnect(self, scenario: str, result: str) -> None: ...
 
@@ -88,6 +93,10 @@ class Fanout(Sink):
     def connection_attempt(self, scenario: str, result: str) -> None:
         for s in self.sinks:
             s.connection_attempt(scenario, result)
+
+    def connection_violation(self, scenario: str, violation: "Violation") -> None:
+        for s in self.sinks:
+            s.connection_violation(scenario, violation)
 
     def reconnect(self, scenario: str, result: str) -> None:
         for s in self.sinks:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .checker import ChatResult
-from .events import Outcome, Role
+from .events import Outcome, Role, Violation
 from .scenario import Objectives, Shape
 from .sinks import UNJUDGED_REASONS
 
@@ -42,7 +42,7 @@ class ScenarioStats:
     outcomes: Counter[Outcome] = field(default_factory=Counter)
     missing_chats: int = 0
     missing_roles: Counter[Role] = field(default_factory=Counter)
-    violations: Counter[str] = field(default_factory=Counter)
+    violations: Counter[str] = field(default_factory=Counter)  # every violation by rule, connections' own included
     ttfe: dict[str, float | None] = field(default_factory=dict)
     duration: dict[str, float | None] = field(default_factory=dict)
     events: int = 0
@@ -51,6 +51,9 @@ class ScenarioStats:
     # `chatprobe check` of a proxy's recording: chats the proxy could not judge, by reason (sinks.UNJUDGED_REASONS;
     # not in `chats`, in no outcome and no ratio).
     unjudged: Counter[str] = field(default_factory=Counter)
+    # Of `violations`, those of connections' own (an R8 or R12 after a connection's last chat, no chat to tell:
+    # checker.ConnectionChecker.ended), in no chat's count.
+    connection_violations: Counter[str] = field(default_factory=Counter)
 
     @property
     def judged(self) -> int:
@@ -76,6 +79,7 @@ class ScenarioStats:
             "missing_events_ratio": self.missing_ratio,
             "missing_roles": {k.value: v for k, v in self.missing_roles.items()},
             "violations": dict(sorted(self.violations.items(), key=lambda kv: int(kv[0][1:]))),
+            "connection_violations": dict(sorted(self.connection_violations.items(), key=lambda kv: int(kv[0][1:]))),
             "error_kinds": dict(sorted(self.error_kinds.items())),
             "time_to_first_event": self.ttfe,
             "chat_duration": self.duration,
@@ -109,7 +113,8 @@ class Tally:
     error_kinds: Counter[str] = field(default_factory=Counter)  # error_kind of chats with outcome error
     missing_chats: int = 0
     missing_roles: Counter[Role] = field(default_factory=Counter)  # Role -> chats missing it
-    violations: Counter[str] = field(default_factory=Counter)  # rule id -> violations
+    violations: Counter[str] = field(default_factory=Counter)  # rule id -> violations (connections' own included)
+    connection_violations: Counter[str] = field(default_factory=Counter)  # rule id -> those of connections' own
     events: int = 0
     # Every chat's first-event time and duration, as C doubles: 8 bytes each (16 a chat), where a list of floats
     # held 32 (a float object and its pointer) and a long run grew by 64 bytes a chat, twice that with stages.
@@ -141,6 +146,14 @@ class Tally:
         if r.duration is not None:
             self.duration.append(r.duration)
 
+    def add_connection_violation(self, violation: Violation) -> None:
+        """A violation of a connection's own (checker.ConnectionChecker.ended): counted with its rule, among every
+        violation (the `violations` objective reads them, as chatprobe_rule_violations_total counts them), in no
+        chat."""
+        rule = str(violation.rule)  # Rule's str is its id
+        self.violations[rule] += 1
+        self.connection_violations[rule] += 1
+
     def merge(self, other: "Tally") -> None:
         self.chats += other.chats
         self.outcomes.update(other.outcomes)
@@ -148,6 +161,7 @@ class Tally:
         self.missing_chats += other.missing_chats
         self.missing_roles.update(other.missing_roles)
         self.violations.update(other.violations)
+        self.connection_violations.update(other.connection_violations)
         self.events += other.events
         self.ttfe.extend(other.ttfe)
         self.duration.extend(other.duration)
@@ -163,6 +177,7 @@ class Tally:
             missing_roles=Counter(self.missing_roles), violations=Counter(self.violations),
             ttfe=_stat(self.ttfe), duration=_stat(self.duration), events=self.events,
             error_kinds=Counter(self.error_kinds), dropped=self.dropped, unjudged=Counter(self.unjudged),
+            connection_violations=Counter(self.connection_violations),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +188,7 @@ class Tally:
             "missing_chats": self.missing_chats,
             "missing_roles": {str(k): v for k, v in self.missing_roles.items()},
             "violations": dict(self.violations),
+            "connection_violations": dict(self.connection_violations),
             "events": self.events,
             "ttfe": self.ttfe.tolist(),
             "duration": self.duration.tolist(),
@@ -192,6 +208,7 @@ class Tally:
             missing_chats=int(d["missing_chats"]),
             missing_roles=Counter({Role(k): int(v) for k, v in d["missing_roles"].items()}),
             violations=Counter({str(k): int(v) for k, v in d["violations"].items()}),
+            connection_violations=Counter({str(k): int(v) for k, v in d.get("connection_violations", {}).items()}),
             events=int(d["events"]),
             ttfe=array("d", (float(x) for x in d["ttfe"])),
             duration=array("d", (float(x) for x in d["duration"])),

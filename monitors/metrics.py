@@ -28,7 +28,7 @@ _C = TypeVar("_C")
 
 if TYPE_CHECKING:
     from harness.checker import ChatResult
-    from harness.events import Event
+    from harness.events import Event, Violation
 
 # prometheus_client exports a `_created` timestamp series beside every counter and histogram child: as many
 # series again, that no dashboard, rule or alert of chatprobe reads. Off for the whole process.
@@ -313,6 +313,14 @@ class MetricsSink(Sink):
     def connection_attempt(self, scenario: str, result: str) -> None:
         c = self._scenario(scenario)
         c.connections.get(result, c.connections["protocol_error"]).inc()
+
+    def connection_violation(self, scenario: str, violation: Violation) -> None:
+        # In chatprobe_rule_violations_total with its rule (ChatEventIsolationBreach reads R8 there), in no chat count.
+        rule = str(violation.rule)  # Rule's str is its id
+        child = self._scenario(scenario).rule_violations.get(rule)
+        if child is None:
+            raise ValueError(f"{rule!r} is not one of {', '.join(RULE_IDS)}")
+        child.inc()
 
     def reconnect(self, scenario: str, result: str) -> None:
         c = self._scenario(scenario)

@@ -608,6 +608,10 @@ class LiveConnection:
                 self.failing = True  # its recording is kept: the chat's first connection is in it
         for result, abandoned in self.chats.closed(now, by_client=by_client):
             self._finished(result, abandoned=abandoned)
+        if self.router.connection_ended():
+            # Another user's events (R8) or malformed frames (R12) after its last chat was judged, no chat after them:
+            # the connection's own violations, counted (the sink) in no chat; its recording is kept for `check`.
+            self.failing = True
         if self.log is not None and self.live.recorder is not None:
             self.log.close(now, code, by_client=STOP_LABEL if stopping else by_client, error=self.protocol_error,
                            parking_full=full)

@@ -21,7 +21,7 @@ from .metrics import PREFIX, ChatMetrics, MetricsSink
 
 if TYPE_CHECKING:
     from harness.checker import ChatResult
-    from harness.events import Event
+    from harness.events import Event, Violation
 
 PUSH_TIMEOUT = 10.0
 LAST_SUCCESS = f"{PREFIX}_last_success_timestamp_seconds"
@@ -93,6 +93,9 @@ class PushSink(Sink):
 
     def connection_attempt(self, scenario: str, result: str) -> None:
         self.sink.connection_attempt(scenario, result)
+
+    def connection_violation(self, scenario: str, violation: "Violation") -> None:
+        self.sink.connection_violation(scenario, violation)
 
     def reconnect(self, scenario: str, result: str) -> None:
         self.sink.reconnect(scenario, result)

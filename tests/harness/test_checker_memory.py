@@ -302,3 +302,23 @@ def test_foreign_events_kept_for_a_later_resume_hold_no_payload() -> None:
     checker.add(resumed)
     assert [v.rule.value for v in resumed.violations] == ["R8"] * 16
     assert "TEXT_MESSAGE_CONTENT" in resumed.violations[0].reason
+
+
+def test_what_no_chat_was_told_is_the_connections_own_at_its_end_and_bounded() -> None:
+    """Another user's events after a connection's last chat was judged, a flood of them, and no chat after: its end
+    reports the first INCIDENTS_EACH as its own violations (ConnectionChecker.ended), once; a connection keeps no more
+    of them however many come (reasons only). They were dropped with the connection."""
+    checker = ConnectionChecker("u1", events_name_run=True)
+    chat = ChatTracker("c1", EXP, 0.0, run_id="r1", thread_id="t1")
+    checker.add(chat)
+    for e in valid_run():
+        checker.route(e)
+    chat.finish(1.0)
+    for i in range(1_000):
+        assert checker.route(ev(Role.PARTIAL_RESULT, i + 1, 2.0, run="someone-elses", user="u2")) is None
+    assert len(checker.untold) == 16 and checker.foreign == 1_000
+    told = checker.ended()
+    assert [(v.rule.value, v.event_index) for v in told] == [("R8", None)] * 16
+    assert "another user" in told[0].reason
+    assert checker.ended() == [] and not checker.untold  # reported once
+    assert chat.result is not None and chat.result.passed  # no chat's verdict changed

@@ -559,9 +559,10 @@ def test_format_forced_over_detection(tmp_path):
     f = write_jsonl(tmp_path / "r.txt", [send(100.0), *netra_run("r1", 100.0)])
     assert detect_format(f.read_bytes()) == "jsonl"
     [run] = check_files([f], NETRA, SC, fmt="sse")  # read as an event stream: no `data:` line, no event at all,
-    # and every line, not being an SSE field, is reported (R12)
-    assert not run.passed and run.stats.events == 0
-    assert [v.reason.count("not an SSE field") for r in run.results for v in r.violations] == [1] * 6
+    # and every line, not being an SSE field, is reported (R12): the connection's own, no chat being found
+    assert not run.passed and run.stats.events == 0 and run.stats.chats == 0
+    assert [v.reason.count("not an SSE field") for v in run.connection_violations] == [1] * 6
+    assert run.stats.violations == run.stats.connection_violations == {"R12": 6}
 
 
 def test_the_pytest_helper_fails_with_the_chats_reasons(tmp_path):
@@ -1127,7 +1128,8 @@ def test_an_ag_ui_recording_checked_as_netra_names_the_profile_that_knows_its_ty
                                                                              "runId": "r1"})},
             {"t": 1000.2, "dir": "recv", "conn": "c1", "frame": json.dumps({"type": "acme_thing"})}]
     [run] = check_files([write_jsonl(tmp_path / "r.jsonl", recs)], NETRA, SC)
-    reasons = [v.reason for r in run.results for v in r.violations if v.rule == "R12"]
+    # (no request netra knows: no chat, the frames are the connection's own R12s)
+    reasons = [v.reason for v in run.connection_violations if v.rule == "R12"]
     assert "type 'RUN_STARTED' is not in profile 'netra' but is a type of profile 'ag-ui' (--profile ag-ui?)" in (
         reasons[0]), reasons
     assert reasons[1].endswith("type 'acme_thing' is not in profile 'netra' (add it to control or unmapped)"), reasons
