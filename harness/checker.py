@@ -485,6 +485,9 @@ class ChatTracker:
         """R7 for a seq off the plain next one; True when it is a duplicate (that event received again). `quiet`:
         only note that the seq came (an event of the run that another rule took away, R8), flag nothing."""
         if s < (start := self.exp.seq_start):
+            # One R7, naming what was sent: the event's seq stood for none of the run's, so a seq missing at the
+            # verdict may be this event's (counted as an unreadable one, bad_seqs), not a second R7 for a lost event.
+            self.bad_seqs += 1
             if not quiet:
                 self._flag(Rule.R7, f"seq {s} is not a positive sequence number" if start == 1 else
                            f"seq {s} is below the dialect's first sequence number, {start}", idx)
@@ -612,7 +615,7 @@ class ChatTracker:
                         first.append(s)
                     s += 1
                 shown = ", ".join(map(str, first)) + (f" … ({gaps} in all)" if gaps > len(first) else "")
-                unread = f"; {self.bad_seqs} event(s) had a seq that could not be read" if self.bad_seqs else ""
+                unread = f"; {self.bad_seqs} event(s) had no usable seq" if self.bad_seqs else ""
                 violations.append(Violation(Rule.R7, f"seq {shown} never arrived (lost event{'s' if gaps > 1 else ''}"
                                                      f"{unread})", None))
 
