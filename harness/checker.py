@@ -800,7 +800,7 @@ class ConnectionChecker:
     """Routes one connection's decoded frames to its chats; catches events of runs this client never started."""
 
     __slots__ = ("user_id", "user_from_welcome", "events_name_run", "further_runs", "by_run", "by_message", "by_thread", "chats",
-                 "_members", "unnamed", "_prune_at", "malformed", "foreign", "_fresh", "untold")
+                 "_members", "unnamed", "_prune_at", "malformed", "foreign", "_fresh", "untold", "probes")
 
     def __init__(self, user_id: str | None = None, *, events_name_run: bool = False, further_runs: bool = False) -> None:
         # The user this connection authenticated as (the token's `sub`), else the one its welcome names.
@@ -838,6 +838,10 @@ class ConnectionChecker:
         # connection's end reports them as its own (`ended`). Reasons only: no event (an AG-UI delta of up to the
         # frame limit) is kept for them.
         self.untold: list[tuple[Rule, str]] = _NO_LIST
+        # The invalid-input probes sent on this connection whose answer has not come, oldest first (at most
+        # INCIDENTS_EACH): one judged without it (its deadline passed) still owes it, and an answer that comes late is
+        # its, not the rejection of a chat's message sent after it (on_error).
+        self.probes: list[ChatTracker] = _NO_LIST
 
     def add(self, chat: ChatTracker) -> None:
         """Register a chat (again, after a reconnect: then it is not duplicated)."""
@@ -846,6 +850,12 @@ class ConnectionChecker:
             self._prune_at = max(2 * KEEP_FINISHED, 2 * len(self.chats))
         if not self._has(chat):
             self.chats.append(chat)
+            if chat.exp.expect_error == "invalid_input" and chat.connection_error is None:
+                if self.probes is _NO_LIST:
+                    self.probes = []
+                elif len(self.probes) >= INCIDENTS_EACH:
+                    del self.probes[0]
+                self.probes.append(chat)
             if self.untold:
                 for rule, reason in self.untold:
                     chat._flag(rule, reason, chat.n_events or None)
@@ -915,6 +925,8 @@ class ConnectionChecker:
                 del index[key]
         for key in [k for k, c in self.unnamed.items() if c is chat]:
             self._unname(key)
+        if chat in self.probes:
+            self.probes.remove(chat)
 
     def active(self) -> list[ChatTracker]:
         """The chats still waiting for something: not done, not judged (a judged chat cut short takes no more)."""
@@ -1127,8 +1139,10 @@ class ConnectionChecker:
     def new_connection(self) -> None:
         """The client opened another connection (the live clients keep one checker for all of a session's): what no
         chat was told on the last one was that connection's, reported at its end (`ended`), as a watcher (the proxy,
-        `chatprobe check`), with a checker per connection, reports it."""
+        `chatprobe check`), with a checker per connection, reports it. So were the answers probes judged on it still
+        owed: the new connection's server owes them none."""
         self.untold = _NO_LIST
+        self.probes = [p for p in self.probes if p._result is None] or _NO_LIST
 
     def _charged(self) -> Iterable[ChatTracker]:
         """Who a malformed or foreign frame is charged to: the connection's first INCIDENTS_EACH, every chat on screen
@@ -1140,14 +1154,31 @@ class ConnectionChecker:
         return [c for c in fresh if not c.done and c._result is None]
 
     def on_error(self, frame: Frame, at: float) -> None:
-        """A connection-level error: the answer an invalid-input probe waits for; else, when exactly one chat
-        is waiting for its first event, that chat's message was rejected."""
+        """A connection-level error: the answer an invalid-input probe waits for; else, when a chat is waiting for its
+        first event, the oldest one's message was rejected. Servers answer in order: an error that comes while a probe
+        judged without its answer (its deadline passed) still owes it, sent before every chat waiting now, is that
+        probe's answer, come late: it goes to that probe, whose verdict stands (R13: not answered in time), and is
+        no other chat's rejection."""
+        if frame.session_error is not None:  # credentials and resumes answer the session, never a chat's message
+            for chat in self.active():
+                if chat.exp.expect_error == "invalid_input":
+                    chat.error_frame(frame, at)
+            return
         active = self.active()
+        owed = self.probes
+        if owed:
+            owed = [p for p in owed if p.connection_error is None and self._has(p)]
+            self.probes = owed or _NO_LIST
+        late = owed[0] if owed and owed[0]._result is not None else None
+        if late is not None and all(late.sent_at <= c.sent_at for c in active if c.n_events == 0):
+            late.connection_error = _slim(frame)  # after its verdict: taken, judged nothing again
+            self.probes.remove(late)
+            return
         probes = [c for c in active if c.exp.expect_error == "invalid_input"]
         if probes:
             for chat in probes:
                 chat.error_frame(frame, at)
-        elif frame.session_error is None:  # credentials and resumes answer the session, never a chat's message
+        else:
             # Servers answer messages in order: the rejection is the oldest waiting message's.
             waiting = [c for c in active if c.n_events == 0 and c.connection_error is None]
             if waiting:

@@ -1,0 +1,97 @@
+"""Defects where one piece of traffic was judged two ways (live and offline, one client and the other) or twice. Each
+test failed on the code before its fix; every server is raw, on 127.0.0.1, every wait bounded (asyncio.timeout, the
+scenario's deadlines).
+
+- a late answer to a `send_raw:` probe judged already was taken by the next chat as its rejection
+- SSE stamped each event of one socket read with a time of its own, so `check` of the recording judged a chat
+  rejected in a read before the rest of that read, where the live client took it in
+- a reconnect to resume that failed read "reconnecting failed" live, "no resume of the run was recorded" offline
+- a seq of 0 or -1 in place of 1 was two R7s (the bad seq, and seq 1 "never arrived")
+- a ping with a non-minimal 64-bit length was an R12 on the picows client, answered by the websockets client
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.events import Outcome
+from harness.offline import check_files
+from harness.profiles import load_profile
+from harness.recorder import Recorder
+from harness.runner import run_scenario
+from harness.targets import Target
+
+from .conftest import scenario
+from .hostile_ws import WELCOME, Raw, frame, read_frame, read_until_gone, run_frames, upgrade
+from .hostile_ws import raw as raw_server
+
+INVALID = json.dumps({"type": "error_message", "error_code": "INVALID_MESSAGE", "error_message": "bad frame"}).encode()
+
+
+def seen(results) -> list[tuple]:
+    return [(r.outcome, r.error_kind, r.note, sorted(r.rule_counts().items()), r.reconnects) for r in results]
+
+
+async def live_then_check(server: Raw, sc, tmp_path: Path, compression: str = "none"):
+    target = Target(url=server.url, profile=load_profile("netra"), name="raw", recorder=Recorder(tmp_path / "rec"))
+    async with asyncio.timeout(20):  # a hang fails the test
+        live = await run_scenario(sc, target)
+    [offline] = check_files([tmp_path / "rec"], target.profile, sc)
+    return live, offline
+
+
+# 1. The probe's late answer. The server ignores the probe past its deadline (the probe fails: R13, no answer), then,
+# as servers answer in order, its error_message comes in front of the next chat's run. It is the probe's answer, come
+# late: the chat that follows passes (it was charged that error as its rejection: an `error`, "rejected").
+async def late_probe_answer(reader, writer, head: bytes, srv) -> None:
+    writer.write(upgrade(head) + frame(1, WELCOME))
+    await writer.drain()
+    await read_frame(reader)  # the probe: not answered yet
+    _, data = await read_frame(reader)  # the chat's message, once the probe was judged
+    message_id = json.loads(data)["payload"]["message_id"]
+    writer.write(frame(1, INVALID))  # the probe's answer, late
+    await writer.drain()
+    for f in run_frames(message_id):
+        writer.write(frame(1, f))
+        await writer.drain()
+    await read_until_gone(reader)
+
+
+async def test_a_probes_late_answer_is_not_the_next_chats_rejection(tmp_path):
+    sc = scenario(name="raw", users=1, connect_timeout="1s", reconnect=False,
+                  steps=[{"send_raw": "this is not json"}, {"chat": {"message": "hi"}}],
+                  expect={"deadline": "0.5s", "first_event_limit": "0.5s", "settle": "0.05s"})
+    async with raw_server(late_probe_answer) as server:
+        live, offline = await live_then_check(server, sc, tmp_path)
+    probe, chat = live.results
+    assert probe.outcome is Outcome.FAILED and set(probe.rule_counts()) == {"R13"}, probe
+    assert chat.outcome is Outcome.PASSED and chat.error_kind is None, (chat.outcome, chat.error, chat.violations)
+    assert seen(offline.results) == seen(live.results)
+
+
+# 4. A seq of 0 or -1 where the run's first seq belongs: one R7 naming what was sent, not a second one for seq 1
+# "never arrived" (the event that should have carried it is there: its seq was no usable one).
+@pytest.mark.parametrize("bad", [0, -1])
+async def test_a_seq_below_the_first_is_one_r7(tmp_path, bad):
+    async def handler(reader, writer, head: bytes, srv) -> None:
+        writer.write(upgrade(head) + frame(1, WELCOME))
+        await writer.drain()
+        _, data = await read_frame(reader)
+        frames = [json.loads(f) for f in run_frames(json.loads(data)["payload"]["message_id"])]
+        frames[0]["seq"] = bad
+        for f in frames:
+            writer.write(frame(1, json.dumps(f).encode()))
+        await writer.drain()
+        await read_until_gone(reader)
+
+    sc = scenario(name="raw", users=1, chats_per_user=1, connect_timeout="1s", reconnect=False, message="hi",
+                  expect={"deadline": "2s", "settle": "0.05s"})
+    async with raw_server(handler) as server:
+        live, offline = await live_then_check(server, sc, tmp_path)
+    [chat] = live.results
+    r7 = [v.reason for v in chat.violations if v.rule == "R7"]
+    assert r7 == [f"seq {bad} is not a positive sequence number"], chat.violations
+    assert seen(offline.results) == seen(live.results)
