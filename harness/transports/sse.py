@@ -2,7 +2,8 @@
 
 It has the WebSocket transport's shape (open, send, run, close, abort) so the client stays one: `send` makes the
 request and reads the response head within the connect deadline (failures classified with the same labels),
-`run` hands the data of each server-sent event with its monotonic receipt time to the same callback, and returns
+`run` hands the data of each server-sent event with its monotonic receipt time (one time for the events of one
+socket read) to the same callback, and returns
 when the server ends the stream. The SSE wire format is parsed here, per the specification, from the response's
 bytes as they come: no line and no event may grow past `ConnectSettings.max_size` (the WebSocket frame limit), so a
 server that sends one giant event, or a line with no end, costs the client that much memory and no more; the
@@ -241,24 +242,32 @@ class SSETransport(RecordingHooks):
         parser = EventStreamParser(self.settings.max_size)
         coding = CODINGS.get(response.headers.get("content-encoding", "").strip().lower())
         unpacker = Unpacker(coding) if coding else None
+        # The events of one read come together: one time for all of them, as the WebSocket clients stamp the frames
+        # of one read (picows) or of one turn of the event loop (websockets). No chat woken by one of them has its
+        # turn before the last is handed over, and the recording's equal times say so to `chatprobe check`
+        # (offline.OfflineCheck._judge_ready): live and offline judge the read alike.
         try:
             async for chunk in response.aiter_raw():  # as sent; an encoded body unpacked piece by piece
+                at = clock()
                 if unpacker is None:
                     for data in parser.feed(chunk):
-                        on_frame(data, clock())
+                        on_frame(data, at)
                     continue
                 for i, piece in enumerate(unpacker.pieces(chunk)):
                     if i:
                         # One read may unpack to a thousand pieces: the loop's other chats and this chat's own
-                        # deadline (a cancellation) get their turn between them. A yield, not a wait for anything.
+                        # deadline (a cancellation) get their turn between them. A yield, not a wait for anything;
+                        # past it, a chat may have been judged: what follows is stamped anew (a turn of its own).
                         await asyncio.sleep(0)
+                        at = clock()
                     for data in parser.feed(piece):
-                        on_frame(data, clock())
+                        on_frame(data, at)
             if unpacker is not None and not unpacker.complete():
                 raise CorruptEncoding(f"the server's {unpacker.coding}-encoded event stream ended before its "
                                       f"{unpacker.coding} end (cut short)")
+            at = clock()
             for data in parser.end():  # the body ended cleanly: an event its end left without the empty line
-                on_frame(data, clock())
+                on_frame(data, at)
             self.ended_note = "the server ended the event stream before the run's terminal event (truncated run)"
         except CorruptEncoding as exc:
             # As broken HTTP framing: an R12, and nothing the cut left pending is dispatched.

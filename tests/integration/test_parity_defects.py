@@ -95,3 +95,45 @@ async def test_a_seq_below_the_first_is_one_r7(tmp_path, bad):
     r7 = [v.reason for v in chat.violations if v.rule == "R7"]
     assert r7 == [f"seq {bad} is not a positive sequence number"], chat.violations
     assert seen(offline.results) == seen(live.results)
+
+
+# 2. SSE, one read: an error_message rejecting the chat's message and, in the same write (one socket read for the
+# client), a run naming that message. Live, the client routes the whole read before the chat's turn comes: the chat
+# takes the run's id and events in. The recording stamped each event with a time of its own, so `check` judged the
+# chat at the error's time, before the run's first event: rejected with no run id, the run's events after its verdict.
+def _netra_over_sse():
+    from harness.profiles import Profile
+
+    netra = load_profile("netra")
+    return Profile.model_validate({**netra.model_dump(), "name": "netra-sse", "transport": "sse", "path": ""})
+
+
+async def _sse_rejects_then_runs(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        message_id = json.loads(await reader.readexactly(length))["payload"]["message_id"]
+        body = b"".join(b"data: " + f + b"\n\n" for f in [INVALID, *run_frames(message_id)])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n"
+                     b"Connection: close\r\n\r\n" + body)  # one write: one read for the client
+        await writer.drain()
+    finally:
+        writer.close()
+
+
+async def test_sse_events_of_one_read_are_judged_offline_as_live(tmp_path):
+    srv = await asyncio.start_server(_sse_rejects_then_runs, "127.0.0.1", 0)
+    sc = scenario(name="raw", users=1, chats_per_user=1, connect_timeout="1s", reconnect=False, message="hi",
+                  expect={"deadline": "2s", "settle": "0.05s"})
+    async with srv:
+        port = srv.sockets[0].getsockname()[1]
+        target = Target(url=f"http://127.0.0.1:{port}/chat", profile=_netra_over_sse(), name="raw-sse",
+                        recorder=Recorder(tmp_path / "rec"))
+        async with asyncio.timeout(20):
+            live = await run_scenario(sc, target)
+    [offline] = check_files([tmp_path / "rec"], target.profile, sc)
+    assert [(r.run_id, r.outcome, r.error_kind) for r in live.results] == [("r1", Outcome.ERROR, "rejected")]
+    assert [(r.run_id, *s) for r, s in zip(offline.results, seen(offline.results))] == \
+        [(r.run_id, *s) for r, s in zip(live.results, seen(live.results))]
+    assert not offline.warnings, offline.warnings
