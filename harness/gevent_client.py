@@ -45,7 +45,7 @@ from .sinks import Sink
 from .targets import Target
 from .transports import ConnectFailed, ConnectSettings
 from .transports.base import MAX_FRAGMENTS, TOO_MANY_FRAGMENTS
-from .transports.websocket import classify, handshake_options, record_close, status_first
+from .transports.websocket import classify, handshake_options, minimal_lengths, record_close, status_first
 
 if TYPE_CHECKING:
     from .recorder import ConnectionRecording
@@ -101,6 +101,7 @@ class _Wire:
             protocol = ClientProtocol(uri, extensions=extensions, subprotocols=opts["subprotocols"],
                                       max_size=s.max_size)
             status_first(protocol)  # a refusal (401, 403, …) judged by its status line, its body never awaited
+            minimal_lengths(protocol)  # a frame's length in more bytes than it needs fails it, as picows does
             request = protocol.connect()
             if opts["additional_headers"]:
                 request.headers.update(opts["additional_headers"])

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 import ssl
+import struct
 import time
 from collections.abc import Generator
 from typing import Any
@@ -13,7 +14,14 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidMessage,
+    InvalidStatus,
+    InvalidURI,
+    ProtocolError,
+)
 from websockets.http11 import MAX_LINE_LENGTH, Response
 from websockets.protocol import State
 
@@ -147,6 +155,46 @@ def _status_first(protocol: ClientProtocol) -> Generator[None]:
     yield
 
 
+def minimal_lengths(protocol: ClientProtocol) -> None:
+    """Make a websockets client protocol (the asyncio client's, the proxy's upstream, the Locust user's) fail the
+    connection (1002, an R12: *WebSocket protocol error*) on a frame whose payload length is not encoded in the minimal
+    number of bytes: RFC 6455 5.2 says it MUST be (a length under 126 in the 7-bit field, under 65,536 in the 16-bit
+    one), and picows refuses such a frame, a ping too, where websockets read it and answered the ping: one server,
+    two verdicts. websockets' frame parser reads through `protocol.reader.read_exact`, which is wrapped here; the
+    frames' own parsing stays websockets'. Called on a protocol that has read nothing yet."""
+    protocol.reader.read_exact = _MinimalLengths(protocol)  # type: ignore[method-assign]
+
+
+class _MinimalLengths:
+    """`read_exact` for a client protocol, checking each server frame's extended length as websockets' Frame.parse
+    reads it: its head (2 bytes), then the 16- or 64-bit length when the head says so, then its payload (a server's
+    frame is never masked: websockets refuses a masked one before reading on)."""
+
+    __slots__ = ("protocol", "read", "next")
+
+    def __init__(self, protocol: ClientProtocol) -> None:
+        self.protocol = protocol
+        self.read = protocol.reader.read_exact
+        self.next = 0  # what the next read of a frame is: 0 its head, 2 or 8 its extended length, 1 its payload
+
+    def __call__(self, n: int) -> Generator[None, None, bytearray]:
+        data = yield from self.read(n)
+        if self.protocol.state is State.CONNECTING:  # the answer to the upgrade, not a frame
+            return data
+        step = self.next
+        if step == 0:
+            code = data[1] & 0x7F
+            self.next = 2 if code == 126 else 8 if code == 127 else 1
+        elif step == 1:
+            self.next = 0
+        else:
+            (length,) = struct.unpack("!H" if step == 2 else "!Q", data)
+            if length < (126 if step == 2 else 65536):
+                raise ProtocolError(f"payload length {length} not encoded in the minimal number of bytes")
+            self.next = 1
+        return data
+
+
 class BoundedPongs:
     """websockets answers every ping at once and writes without bound: a peer that floods pings and reads nothing
     would grow the unsent pongs without end (~100 MB a second on loopback). While asyncio holds writing paused (the
@@ -184,6 +232,7 @@ class BoundedClientConnection(BoundedPongs, ClientConnection):
     def __init__(self, protocol: ClientProtocol, *args: Any, **kwargs: Any) -> None:
         super().__init__(protocol, *args, **kwargs)
         status_first(protocol)  # a refusal of the upgrade is judged by its status line (status_first)
+        minimal_lengths(protocol)  # a frame's length in more bytes than it needs fails it, as picows does
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -417,6 +417,10 @@ BROKEN_FRAMES = {
     "reserved-opcode": (frame(3, b"x"), "WebSocket protocol error"),
     "close-code-1005": (frame(8, struct.pack("!H", 1005)), "WebSocket protocol error"),
     "close-reason-not-utf8": (frame(8, struct.pack("!H", 1000) + b"\xff\xfe"), "text frame that is not valid UTF-8"),
+    # RFC 6455 5.2: "the minimal number of bytes MUST be used to encode the length" (picows refused these, websockets
+    # read them and answered the ping).
+    "ping-length-in-64-bits": (bytes([0x89, 127]) + struct.pack("!Q", 4) + b"ping", "WebSocket protocol error"),
+    "text-length-in-16-bits": (bytes([0x81, 126]) + struct.pack("!H", 2) + b"{}", "WebSocket protocol error"),
 }
 
 
