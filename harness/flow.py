@@ -51,6 +51,10 @@ def resume_frame(profile: Profile, tracker: ChatTracker) -> dict[str, Any] | Non
 # Why a chat whose resume the server answered with RESUME_UNKNOWN_RUN (it forgot the run: a restart, a deploy that lost
 # its state) ended: lost, judged at once, by the live client, the proxy and `chatprobe check` alike.
 RESUME_UNKNOWN_NOTE = "the server did not know the run when resuming (RESUME_UNKNOWN_RUN)"
+# Why a chat whose connection was lost mid-run is incomplete when the reconnect to resume its run failed: live
+# (ChatFlow.reconnected) and in `chatprobe check` of the recording (its close record of the failed reconnect,
+# "resume": true), alike.
+RECONNECT_FAILED_NOTE = "connection lost mid-run and reconnecting failed"
 
 
 def judge_resume(tracker: ChatTracker, events_before: int, *, left: bool = False) -> str | None:
@@ -935,7 +939,7 @@ class ChatFlow:
         if ok:
             self.state = RESUMING
             return
-        self.lost_note = "connection lost mid-run and reconnecting failed"
+        self.lost_note = RECONNECT_FAILED_NOTE
         self.tracker.reconnected(False)
         self.router.sink.reconnect(self.router.scenario, "lost")
         self.state = ENDING
@@ -1227,6 +1231,14 @@ class ParkedChats:
         if user not in self._each:
             return []
         return [c for key, c in list(self.chats.items()) if key[0] == user and self._take(key) is c]
+
+    def oldest(self, user: str) -> ChatTracker | None:
+        """The chat `user` parked first, no longer parked (a reconnect of that user to resume a run failed: the
+        client tries once for each chat it lost, the one that noticed first first); None when none is."""
+        if user not in self._each:
+            return None
+        key = next(key for key in self.chats if key[0] == user)
+        return self._take(key)
 
     def drain(self) -> list[ChatTracker]:
         """Every parked chat, no longer parked (the recording or the proxy ends): judge each as it stood."""

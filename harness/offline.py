@@ -25,6 +25,7 @@ from .checker import (
 from .events import Event, Outcome, Rule
 from .flow import (
     CLEAN_CLOSE_CODES,
+    RECONNECT_FAILED_NOTE,
     RESENT_WARNING,
     RESUME_UNKNOWN_NOTE,
     STOPPED_CHAT_NOTE,
@@ -263,6 +264,8 @@ class OfflineCheck:
             del self.conns[conn.key]
             if rec.failed and not rec.resume:
                 self._failed(conn, rec, at)
+            elif rec.failed:
+                self._resume_failed(conn, at)
             self._close(conn, at, rec, CLOSED_NOTE)
         elif direction == "dropped":
             self._gap(conn, rec, at)
@@ -460,6 +463,18 @@ class OfflineCheck:
             self.untimed.discard(chat.chat_id)
             conn.checker.discard(chat)
             self._count(None, error_result(chat.chat_id, self.name, chat.sent_at, rec.failed, reason))
+
+    def _resume_failed(self, conn: _Conn, at: float) -> None:
+        """A reconnect to resume a run never became usable (a close record with "resume": true: refused, no welcome,
+        …): the chat of that user kept for the resume (the oldest: the client reconnects once for each chat it lost,
+        in turn) is lost there and then, its reconnect `lost`, "connection lost mid-run and reconnecting failed", as
+        live (flow.ChatFlow.reconnected), not kept to its deadline for a resume that cannot come on that attempt."""
+        chat = self.parked.oldest(_user_of(conn.key))
+        if chat is None:  # judged already (its deadline passed), or not kept (no run id, a bound)
+            return
+        chat.reconnected(False)
+        self.sink.reconnect(self.name, "lost")
+        self._finish(chat, at, lost=True, note=RECONNECT_FAILED_NOTE)
 
     def _send_failed(self, conn: _Conn, rec: Recorded) -> bool:
         """A chat's frame did not leave within connect_timeout (the server stopped reading): that chat, the last one a

@@ -36,7 +36,8 @@ The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\
   failed  on a close record, optional: the connection never became usable, and why, as a connections_total result
           (refused, auth_failed, timeout, tls_error, protocol_error), with `status` (the HTTP status answered, when
           there was one) and `reason`: the chat that was to use it is an `error` chat, as live; with "resume": true it
-          was a reconnect to resume a run, and fails no chat of its own; "send_failed": a chat's WebSocket frame did
+          was a reconnect to resume a run, and fails no chat of its own: the user's oldest chat kept for a resume
+          is lost there, as live ("reconnecting failed"); "send_failed": a chat's WebSocket frame did
           not leave within connect_timeout (the server stopped reading), that chat (the last one a send record opened
           on the connection and nothing answered yet) is an `error` chat of that kind, as live, and the connection
           goes on

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from harness.offline import check_files
 from harness.profiles import load_profile
 from harness.recorder import Recorder
 from harness.runner import run_scenario
+from harness.sinks import Sink
 from harness.targets import Target
 
 from .conftest import scenario
@@ -35,11 +37,22 @@ def seen(results) -> list[tuple]:
     return [(r.run_id, r.outcome, r.error_kind, r.note, sorted(r.rule_counts().items()), r.reconnects) for r in results]
 
 
-async def live_then_check(server: Raw, sc, tmp_path: Path, compression: str = "none"):
+class Reconnects(Sink):
+    """Counts the reconnects a driver reports (chatprobe_reconnects_total's source), by result."""
+
+    def __init__(self) -> None:
+        self.counted: Counter[str] = Counter()
+
+    def reconnect(self, scenario: str, result: str) -> None:
+        self.counted[result] += 1
+
+
+async def live_then_check(server: Raw, sc, tmp_path: Path, *, live_sink: Sink | None = None,
+                          offline_sink: Sink | None = None):
     target = Target(url=server.url, profile=load_profile("netra"), name="raw", recorder=Recorder(tmp_path / "rec"))
     async with asyncio.timeout(20):  # a hang fails the test
-        live = await run_scenario(sc, target)
-    [offline] = check_files([tmp_path / "rec"], target.profile, sc)
+        live = await run_scenario(sc, target, live_sink)
+    [offline] = check_files([tmp_path / "rec"], target.profile, sc, sink=offline_sink)
     return live, offline
 
 
@@ -163,3 +176,32 @@ async def test_a_length_not_in_the_minimal_bytes_is_the_same_r12_on_every_client
                 [result] = (await run_scenario(sc, target)).results
             got = (result.outcome.value, [(v.rule.value, v.reason) for v in result.violations], result.events_received)
     assert got == ("incomplete", [("R12", f"malformed frame: {detail}")], 1), got
+
+
+# 3. A reconnect to resume that fails: the server cut the connection mid-run and refuses the next one. Live the chat
+# ends there, "connection lost mid-run and reconnecting failed"; `check` of the recording, which holds that failed
+# reconnect (a close record with "resume": true), kept the chat for a resume until its deadline and said "no resume of
+# the run was recorded": one event, two reasons.
+async def cuts_then_refuses(reader, writer, head: bytes, srv: Raw) -> None:
+    writer.write(upgrade(head) + frame(1, WELCOME))
+    await writer.drain()
+    _, data = await read_frame(reader)
+    first, second, *_ = run_frames(json.loads(data)["payload"]["message_id"])
+    writer.write(frame(1, first) + frame(1, second))
+    await writer.drain()
+    assert srv.server is not None
+    srv.server.close()  # nothing listens any more: the reconnect is refused
+    writer.transport.abort()  # no close frame: a lost connection
+
+
+@pytest.mark.parametrize("compression", ["none", "deflate"], ids=["picows", "websockets"])
+async def test_a_failed_reconnect_to_resume_reads_the_same_live_and_offline(tmp_path, compression):
+    sc = scenario(name="raw", users=1, chats_per_user=1, connect_timeout="1s", reconnect=True, max_reconnects=1,
+                  message="hi", compression=compression, expect={"deadline": "3s", "settle": "0.05s"})
+    live_sink, offline_sink = Reconnects(), Reconnects()
+    async with raw_server(cuts_then_refuses) as server:
+        live, offline = await live_then_check(server, sc, tmp_path, live_sink=live_sink, offline_sink=offline_sink)
+    [chat] = live.results
+    assert (chat.outcome, chat.note) == (Outcome.INCOMPLETE, "connection lost mid-run and reconnecting failed"), chat
+    assert seen(offline.results) == seen(live.results)
+    assert offline_sink.counted == live_sink.counted == Counter(lost=1)
