@@ -80,18 +80,40 @@ class BadTarget(ValueError):
     """A request target that is not a plain origin-form path (and query)."""
 
 
+MAX_DECODES = 8  # percent-decodings of a request path looked through for a dot segment (`%25252e`: three)
+
+
+def _climbs(path: str) -> bool:
+    """Whether a path holds a dot segment ("." or "..") in a form some server behind the proxy reads as one: plain or
+    percent-encoded (`%2e%2e`), encoded more than once (`%252e%252e`: a framework that decodes again), beside an
+    encoded slash or backslash (`..%2f`, `..%5c`: decoded before routing), or with a path parameter or a NUL after
+    it (`..;`, Tomcat and Spring drop the parameter; `..%00`, C code stops at the NUL). A path that is still
+    percent-encoded after MAX_DECODES decodings is taken for one too."""
+    decoded = path
+    for _ in range(MAX_DECODES):
+        if "%" not in decoded or (again := unquote(decoded)) == decoded:
+            break
+        decoded = again
+    else:  # a path still encoded after that many decodings is no client's (and decoding on costs a pass each)
+        return "%" in decoded and unquote(decoded) != decoded
+    for segment in decoded.replace("\\", "/").split("/"):
+        if segment.split(";", 1)[0].split("\0", 1)[0] in (".", ".."):
+            return True
+    return False
+
+
 def upstream_url(upstream: str, target: str) -> str:
     """The URL to connect to for a client's request target: the configured upstream's scheme, host, port and base
     path, then the target's path and query. Only origin-form targets pass (RFC 9112 §3.2.1: "/" path ["?" query]);
     anything else (`//host/ws`, `@host:9000/ws`, `ws://host/ws`, a backslash, a control character, a dot segment
-    that would climb out of the base path) raises BadTarget, so no request can choose where the proxy connects.
-    A target of exactly "/" means the upstream's own path."""
+    that would climb out of the base path, in any form a server decodes: `_climbs`) raises BadTarget, so no request
+    can choose where the proxy connects. A target of exactly "/" means the upstream's own path."""
     if not target.startswith("/") or target.startswith("//") or not target.isascii() or _UNSAFE.search(target):
         raise BadTarget("the request target must be a path starting with a single '/'")
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or parts.fragment:
         raise BadTarget("the request target names a scheme or host")
-    if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
+    if _climbs(parts.path):
         raise BadTarget("the request target has a dot segment")
     base = urlsplit(upstream)
     path = (base.path or "/") if parts.path == "/" else base.path.rstrip("/") + parts.path

@@ -305,6 +305,35 @@ async def test_a_client_that_hangs_up_while_the_upstream_answers_leaves_no_upstr
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
+# Dot segments in the forms a server or framework behind the proxy still reads as "..": a path parameter (`..;`,
+# Tomcat and Spring drop it), an encoded slash or backslash (`..%2f`, `..%5c`, decoded before routing by some),
+# percent-encoding twice (`%252e`, decoded twice by others), a NUL (C code stops there). Each would climb out of
+# --upstream's base path on such a server. (A path still encoded after frontdoor.MAX_DECODES decodings is refused too.)
+CLIMBING_TARGETS = ["/..;/admin", "/a/..;x/..;/admin", "/%2e%2e%2fadmin", "/a/..%2F..%2Fadmin", "/..%5cadmin",
+                    "/%252e%252e/admin", "/%25252e%25252e/admin", "/.%2e;/admin", "/ws/..%00/admin", "/.;/ws",
+                    "/" + ("%" + "25" * 8 + "2e") * 2 + "/admin"]  # "." encoded nine times: no client's path
+
+
+async def test_no_target_climbs_out_of_the_upstreams_base_path_in_a_form_a_server_decodes():
+    upstream = await Recorded().start()
+    server, port, metrics = await in_process_proxy(f"ws://127.0.0.1:{upstream.port}/base/")
+    try:
+        for target in CLIMBING_TARGETS:
+            assert await status_of(port, target) == 400, target
+        assert upstream.requests == []
+        assert refused(metrics, "bad_request") == len(CLIMBING_TARGETS)
+        # What only looks like one is a path as any other: dots in a name, an encoded slash between plain names,
+        # a ';' parameter on a plain segment.
+        plain = ["/ws/v1.2/a..b", "/ws/%2Fx", "/ws;v=1", "/ws/...", "/ws?next=/../x"]
+        for target in plain:
+            assert await status_of(port, target) == 101, target
+        await until(lambda: len(upstream.requests) == len(plain))
+        assert [p for p, _ in upstream.requests] == ["/base" + t for t in plain]
+    finally:
+        server.close()
+        upstream.server.close()
+
+
 async def test_upstream_url_is_the_base_path_plus_the_request_path_and_query():
     upstream = await Recorded().start()
     server, port, _ = await in_process_proxy(f"ws://127.0.0.1:{upstream.port}/base/")
