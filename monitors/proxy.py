@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -681,6 +682,26 @@ def credentials_identity(headers: dict[str, str], subprotocols: Sequence[str] = 
     return h.hexdigest()[:32]
 
 
+def _garbage_after(conn: ServerConnection) -> bool:
+    """Whether websockets failed the client's connection for bytes after its upgrade request (not for its end: a
+    client that hung up is no bad request)."""
+    exc = conn.protocol.parser_exc
+    return exc is not None and not isinstance(exc, EOFError)
+
+
+async def _garbled(conn: ServerConnection, door: FrontDoor, sink: MetricsSink, peer: str | None) -> Response:
+    """Refuse a client whose bytes after its upgrade request are no WebSocket frame (websockets failed its connection
+    and sent its end already): counted bad_request, its socket dropped (and gone before websockets would answer it:
+    an answer after that end was an assertion's traceback in the log)."""
+    door.refuse(sink, "bad_request", peer)
+    if conn.transport is not None:
+        conn.transport.abort()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await asyncio.shield(conn.connection_lost_waiter)
+    return conn.respond(HTTPStatus.BAD_REQUEST, "bytes after the upgrade request that are no WebSocket frame\n")
+
+
 class Proxy:
     def __init__(self, upstream: str, live: LiveChats, connect_timeout: float = 10.0,
                  send_timeout: float = DEFAULT_SEND_TIMEOUT, max_size: int = DEFAULT_MAX_SIZE) -> None:
@@ -715,6 +736,13 @@ class Proxy:
         except InvalidHandshake:
             door.refuse(sink, "bad_request", peer)
             return conn.protocol.accept(request)  # websockets' own answer to it: 400 or 426, and why
+        if _garbage_after(conn):
+            # What the client sent after its upgrade request, before any answer, is no WebSocket frame (a second
+            # request pipelined behind it, a request body, garbage): websockets failed the connection already and
+            # answers nothing. An upstream connection was opened for it all the same (a whole handshake, with the
+            # user's credentials) and the refusal counted nowhere. (No answer can follow the end websockets sent:
+            # the socket is dropped, so that none is tried.)
+            return await _garbled(conn, door, sink, peer)
         # The subprotocols offered, read as websockets read them just now (a header it cannot parse was its 400 above).
         offered = [str(p) for h in request.headers.get_all("Sec-WebSocket-Protocol") for p in parse_subprotocol(h)]
         key = limit_key(client_address(peer, request.headers.get_all("X-Forwarded-For"), door.trusted))
@@ -750,6 +778,11 @@ class Proxy:
             self.live.sink.connection_attempt(self.live.scenario, classify(exc)[0])
             return conn.respond(HTTPStatus.BAD_GATEWAY, "upstream unreachable\n")
         conn.upstream = upstream  # type: ignore[attr-defined]
+        if _garbage_after(conn):
+            # The same, sent while the upstream answered (the client may have hung up since): the upstream connection
+            # closed, the refusal counted.
+            await _close_within(upstream, 1001, "the client is gone")
+            return await _garbled(conn, door, sink, peer)
         if conn.connection_lost_waiter.done():
             # The client left while the upstream answered: FrontDoor._hold, which closes the upstream of a handshake
             # that fails, ran before there was one to close. Left open, it stayed open for good (the upstream answers

@@ -23,6 +23,7 @@ import websockets
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
+from websockets.frames import Frame, Opcode
 from websockets.utils import accept_key
 
 from agentsim.server import AgentSim, SimConfig
@@ -905,3 +906,65 @@ def test_bad_front_door_flags_exit_2_with_one_line(capsys, flags, needle):
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "s3cret" not in err
+
+
+def masked_text(payload: bytes) -> bytes:
+    return Frame(Opcode.TEXT, payload).serialize(mask=True, extensions=[])
+
+
+@pytest.mark.parametrize("when", ["with-the-request", "while-the-upstream-answers"])
+async def test_bytes_after_the_upgrade_request_that_are_no_frame_open_no_upstream_and_are_counted(when, caplog):
+    """A client pipelines a second HTTP request (or a body, or garbage) behind its upgrade request. websockets fails
+    such a connection and answers nothing; the proxy had opened an upstream connection for it all the same (a whole
+    handshake with the user's credentials) and counted the refusal nowhere. Now: counted bad_request, the upstream
+    connection not opened (or closed, when the bytes came while it answered), and no traceback in the log. A client
+    that sends a well-formed frame before the answer (allowed to a server) is proxied as any other."""
+    release = asyncio.Event()
+    if when == "with-the-request":
+        release.set()
+    opened, open_now = [], [0]
+
+    async def handler(ws):
+        open_now[0] += 1
+        try:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async for m in ws:
+                    await ws.send(m)
+        finally:
+            open_now[0] -= 1
+
+    async def answer_when_released(conn, request):
+        opened.append(request.path)
+        await release.wait()
+
+    upstream = await serve(handler, "127.0.0.1", 0, process_request=answer_when_released, ping_interval=None)
+    server, port, metrics = await in_process_proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        pipelined = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        if when == "with-the-request":
+            writer.write(upgrade_request("/ws", f"127.0.0.1:{port}") + pipelined)
+        else:
+            writer.write(upgrade_request("/ws", f"127.0.0.1:{port}"))
+            await until(lambda: len(opened) == 1)
+            writer.write(pipelined)
+        async with asyncio.timeout(10):
+            assert await reader.read() == b""  # websockets failed it: its end, and no answer after it
+        release.set()  # (the upstream answers only now, after the client's bytes were failed)
+        writer.close()
+        await until(lambda: refused(metrics, "bad_request") == 1)
+        await until(lambda: open_now[0] == 0 and held(metrics) == 0)
+        assert opened == ([] if when == "with-the-request" else ["/ws"])
+        # A well-formed frame sent before the answer goes through.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(upgrade_request("/ws", f"127.0.0.1:{port}") + masked_text(b'{"type":"ping"}'))
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+            echo = await reader.readexactly(2 + len(b'{"type":"ping"}'))
+        assert head.startswith(b"HTTP/1.1 101") and echo.endswith(b'{"type":"ping"}')
+        writer.close()
+        assert refused(metrics, "bad_request") == 1
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    finally:
+        server.close()
+        upstream.close()
