@@ -386,3 +386,26 @@ def test_a_hundred_secrets_in_a_multi_megabyte_frame_each_run_redacted_and_nothi
     text = "".join(shown)
     assert len(text) > 3_000_000
     assert scrub(text) == "".join(expected)
+
+
+def test_base64_runs_holding_a_jwt_are_found_from_their_marks_as_a_scan_of_every_run_finds_them():
+    """_redact_base64_runs looks only at the runs holding a mark (it was a Python call per run of 16 or more base64
+    characters: a frame of ids paid one per id). It redacts exactly what scanning every run did."""
+    import base64
+    import random
+
+    from harness.redact import _B64_JWT_MARKS, _B64_RUN_RE, _redact_base64_run, _redact_base64_runs
+
+    def every_run(text: str) -> str:
+        return _B64_RUN_RE.sub(lambda m: _redact_base64_run(m.group(0)) if any(
+            mark in m.group(0) for mark in _B64_JWT_MARKS) else m.group(0), text)
+
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJl"
+    pieces = [base64.b64encode(f"{pad}{jwt} x".encode()).decode() for pad in ("", "a", "ab", "abc")]
+    pieces += [base64.urlsafe_b64encode(f"k{jwt}".encode()).decode().rstrip("="), "ZXlK", "V5S", "leU", "=", "==",
+               "===", " ", ".", "-", "_", "+/", "AAAA", "ZXlKaGJHY2lPaUpJVXpJMU5pSjk", "a" * 15, "b" * 16, "\u00e9"]
+    rng = random.Random(7)
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        assert _redact_base64_runs(text) == every_run(text), text
+    assert _redact_base64_runs(f"id {pieces[0]} end") == "id [REDACTED] end"

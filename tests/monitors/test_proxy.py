@@ -1001,6 +1001,55 @@ async def test_recording_a_large_frame_costs_no_python_call_per_escape_per_strin
     assert all(len(json.loads(text)) == 60_000 for text in recorded[2:])
 
 
+async def test_recording_a_frame_of_many_base64_like_ids_costs_no_python_call_per_id(tmp_path):
+    """A JWT inside base64 text is redacted whole: each run of base64 characters holding one of the marks "eyJ" reads
+    as was decoded. Every run of 16 or more such characters was handed to a Python function to look for the marks,
+    so a frame of ids (hashes, random tokens: 240,000 of them in 4 MB) with one mark anywhere cost a Python call per
+    id, each way: over a second of the proxy's event loop, every other user's chat stalled. The marks are found
+    first now, and only their runs are looked at. The base64 JWT is still redacted, every id kept."""
+    import base64
+
+    from harness.recorder import Recorder
+    from harness.redact import REDACTED
+
+    async def echo(ws):
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for message in ws:
+                await ws.send(message)
+
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
+    hidden = base64.b64encode(f"session {jwt} end".encode()).decode()
+    ids = [secrets.token_hex(8) for _ in range(240_000)]  # (hex: no "eyJ" of a plain JWT among them)
+    frame = json.dumps({"type": "partial_result", "data": {"text": " ".join(ids[:1000] + [hidden] + ids[1000:])}})
+    upstream = await websockets.asyncio.server.serve(echo, "127.0.0.1", 0, max_size=None, ping_interval=None)
+    live = WatchedChats(load_profile("netra"), MetricsSink(ChatMetrics(CollectorRegistry()), "up", "live"), EXP,
+                        "live", 0.05, Recorder(tmp_path / "rec", keep_all=True))
+    server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
+    hook = PythonCalls()
+    try:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        async with websockets.asyncio.client.connect(url, max_size=None, ping_interval=None) as user:
+            previous = sys.getprofile()
+            sys.setprofile(hook)
+            try:
+                await user.send(frame)
+                async with asyncio.timeout(60):
+                    assert await user.recv() == frame  # through the proxy and back, recorded both ways
+            finally:
+                sys.setprofile(previous)
+        await until(lambda: live.closed_count == 1)
+    finally:
+        server.close()
+        upstream.close()
+    # 240,000 ids recorded twice (each scrubbed as the frame's text and as its string): a call per id was a million.
+    assert sum(hook.calls.values()) < 10_000, hook.calls.most_common(6)
+    (path,) = (tmp_path / "rec").glob("*.jsonl")
+    recorded = [json.loads(line)["frame"] for line in path.read_text().splitlines() if '"frame"' in line]
+    assert len(recorded) == 2
+    for text in recorded:
+        assert json.loads(text)["data"]["text"] == " ".join(ids[:1000] + [REDACTED] + ids[1000:])
+
+
 async def test_recording_a_frame_of_escapes_echoing_the_token_often_decodes_each_run_once(tmp_path):
     """A hostile upstream whose frame is one run of `\\uXXXX` escapes (every character escaped, the user's token in it
     hundreds of times), or one run of %-escapes alike: each place the token was found in the decoded run was mapped
