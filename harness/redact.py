@@ -747,10 +747,22 @@ def query_credentials(url: str) -> list[tuple[str, str]]:
     return out
 
 
+def _basic_credentials(credential: str) -> list[str]:
+    """What an HTTP Basic credential encodes (RFC 7617: base64 of `user:password`), as a server may echo it: the pair
+    and the password (not a plain word: see plain_word); nothing when it does not decode."""
+    try:
+        pair = base64.b64decode(credential, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return []
+    password = pair.partition(":")[2]
+    return [pair] + ([password] if password and not plain_word(password) else [])
+
+
 def credentials_of(headers: Iterable[tuple[str, str]], subprotocols: Iterable[str], url: str = "") -> tuple[str, ...]:
     """A connection's credentials as a server might echo them (the proxy's users', a HAR's requests): the
-    Authorization value and its credential, each cookie's value (not a plain word, nor the Cookie header whole:
-    `consent=accepted` made every "accepted" [REDACTED]), the value of a header named as a credential is
+    Authorization value and its credential (for Basic, also the `user:password` it encodes and the password), each
+    cookie's value (not a plain word, nor the Cookie header whole: `consent=accepted` made every "accepted"
+    [REDACTED]), the value of a header named as a credential is
     (`X-Api-Key`, `X-Auth-Token`), a `jwt.<token>` subprotocol's token and the parts of any other subprotocol that
     read as a credential (`base64url.bearer.authorization.k8s.io.<token>`), and the values of the query parameters
     that carry one (`?access_token=`, a link's opaque `?t=`), as sent and decoded. Only what reads as a credential:
@@ -760,7 +772,10 @@ def credentials_of(headers: Iterable[tuple[str, str]], subprotocols: Iterable[st
     for k, v in headers:
         name = k.lower()
         if name in ("authorization", "proxy-authorization"):
-            out += [v, v.partition(" ")[2].strip()]
+            scheme, _, credential = v.strip().partition(" ")
+            out += [v, credential.strip()]
+            if scheme.lower() == "basic":
+                out += _basic_credentials(credential.strip())
         elif name == "cookie":
             # Each cookie's value, never the header whole: any 8 characters of a registered secret are redacted,
             # and a browser's Cookie header holds words (`consent=accepted; theme=darkmode`) beside its session.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import dataclasses
@@ -1145,3 +1146,41 @@ async def test_a_token_holding_a_percent_escape_or_a_backslash_escaped_by_the_se
     (recorded,) = [json.loads(line)["frame"] for line in path.read_text().splitlines() if '"dir": "recv"' in line]
     text = json.loads(recorded)["data"]["text"]
     assert token not in text and text.endswith(f"{REDACTED} end"), text
+
+
+async def test_a_basic_credentials_password_echoed_by_the_server_is_not_recorded(tmp_path):
+    """A user who signs in with HTTP Basic sends `Authorization: Basic base64(user:password)`. Its value and the
+    base64 were the connection's secrets, never what they encode: a server that echoed the password (a debug
+    "signed in as alice:…" event, an error that quotes what it was given) had it written to --record in the clear."""
+    from harness.recorder import Recorder
+    from harness.redact import REDACTED
+
+    password = "Tr0ub4dor-" + secrets.token_hex(4)
+
+    async def hostile(ws):
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.recv()
+            await ws.send(json.dumps({"type": "error_message", "payload": {
+                "message": f"signed in as alice:{password}; the password {password} has expired"}}))
+            await ws.wait_closed()
+
+    upstream = await websockets.asyncio.server.serve(hostile, "127.0.0.1", 0, ping_interval=None)
+    live = WatchedChats(load_profile("netra"), MetricsSink(ChatMetrics(CollectorRegistry()), "up", "live"), EXP,
+                        "live", 0.05, Recorder(tmp_path / "rec", keep_all=True))
+    server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
+    basic = base64.b64encode(f"alice:{password}".encode()).decode()
+    try:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        async with websockets.asyncio.client.connect(url, additional_headers={"Authorization": f"Basic {basic}"},
+                                                     ping_interval=None) as user:
+            await user.send(json.dumps({"type": "user_message", "payload": {"content": "hi"}}))
+            async with asyncio.timeout(10):
+                assert password in await user.recv()  # the user sees what the server sent
+        await until(lambda: live.closed_count == 1)
+    finally:
+        server.close()
+        upstream.close()
+    (path,) = (tmp_path / "rec").glob("*.jsonl")
+    text = path.read_text()
+    assert password not in text and password[:8] not in text and basic not in text
+    assert f"signed in as {REDACTED}; the password {REDACTED} has expired" in json.loads(text.splitlines()[-2])["frame"]
