@@ -257,8 +257,8 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
                 yield from read_jsonl(stream, p.name, max_frame)
             elif kind == "sse":
                 yield from read_sse(stream, p.name, max_frame)
-            elif (order := har_order(p, max_text)) is not None:
-                yield from read_har_sorted(p, order, p.name, max_frame, max_text)
+            elif (order := har_order(f.fileno(), max_text)) is not None:
+                yield from read_har_sorted(f.fileno(), order, p.name, max_frame, max_text, base_dir=p.parent)
             else:
                 yield from read_har(stream, p.name, max_frame, max_text, base_dir=p.parent)
             if source.capped:
@@ -320,7 +320,7 @@ class _Prefixed(io.RawIOBase):
     """A binary file whose first bytes were already read for format detection; with a `limit`, it ends there (then
     `capped` is set: the file went on)."""
 
-    def __init__(self, head: bytes, rest: IO[bytes], limit: int | None = None) -> None:
+    def __init__(self, head: bytes, rest: IO[bytes] | io.RawIOBase, limit: int | None = None) -> None:
         self._head = head
         self._rest = rest
         self._left = limit
@@ -802,47 +802,66 @@ class _HarSecrets:
                 self.registered.add(secret)
 
 
-def har_order(path: Path, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, int]] | None:
+class _At(io.RawIOBase):
+    """A file read from byte `at` on by position (os.pread), never by the descriptor's own offset: another reader of
+    the same open file (the other pass over a HAR) moves nothing here, and the file read is the one opened, however
+    its name is reused meanwhile (a file replaced, a FIFO put in its place)."""
+
+    def __init__(self, fd: int, at: int = 0) -> None:
+        self._fd = fd
+        self._at = at
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = os.pread(self._fd, len(b), self._at)
+        n = len(data)
+        b[:n] = data
+        self._at += n
+        return n
+
+
+def har_order(fd: int, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, int]] | None:
     """The entries of a HAR file as (index, byte offset) sorted by startedDateTime, when they are not in that order
     in the file (HAR 1.2: "the reader application should always make sure the array is sorted"): a resumed chat's
     connections must be read in the order they were opened. None when they are in order already, or the file is no
     regular file, holds more than MAX_SORTED_ENTRIES entries or cannot be parsed whole (then it is read as it is,
-    and the reading says what is wrong with it). A first pass over the file, holding one number per entry."""
+    and the reading says what is wrong with it). A first pass over the file opened (`fd`), holding one number per
+    entry."""
     import ijson
 
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # (a pipe or a device is read once, as it comes)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # (a pipe or a device is read once, as it comes)
             return None
-        with open(path, "rb") as raw:
-            head = raw.read(3)
-            if head != b"\xef\xbb\xbf":
-                raw.seek(0)
-            capped = _Prefixed(b"", raw, MAX_RECORDING_BYTES)  # (a file that grew past it: read as it is)
-            guard = _BoundedJSON(io.BufferedReader(capped, CHUNK), max_text, MAX_HAR_DEPTH)
-            guard.item_starts = []
-            depth, third, entries_third = 0, -1, -1
-            started: list[float | None] = []
-            chat = bytearray()  # per entry: 1 when it holds WebSocket messages or an SSE response (a chat's traffic)
-            for prefix, event, value in ijson.parse(_Reads(guard), buf_size=CHUNK, use_float=True):
-                if event in ("start_map", "start_array"):
-                    depth += 1
-                    if depth == 3:
-                        third += 1
-                        if prefix == "log.entries" and event == "start_array":
-                            entries_third = third
-                elif event in ("end_map", "end_array"):
-                    depth -= 1
-                elif prefix == "log.entries.item.startedDateTime" and depth == 4 and started:
-                    started[-1] = _iso(value)
-                elif chat and event == "string" and prefix in _SSE_TYPE_FIELDS and value.lower().startswith(EVENT_STREAM):
-                    chat[-1] = 1
-                if prefix == _ENTRY and event == "start_map":
-                    started.append(None)
-                    chat.append(0)
-                    if len(started) > MAX_SORTED_ENTRIES:
-                        return None
-                elif prefix in _MESSAGE_LISTS and event == "start_array" and chat:
-                    chat[-1] = 1
+        # The file opened (`fd`), read by position: its offset is the other pass's.
+        raw = _At(fd, 3 if os.pread(fd, 3, 0) == b"\xef\xbb\xbf" else 0)
+        capped = _Prefixed(b"", raw, MAX_RECORDING_BYTES)  # (a file that grew past it: read as it is)
+        guard = _BoundedJSON(io.BufferedReader(capped, CHUNK), max_text, MAX_HAR_DEPTH)
+        guard.item_starts = []
+        depth, third, entries_third = 0, -1, -1
+        started: list[float | None] = []
+        chat = bytearray()  # per entry: 1 when it holds WebSocket messages or an SSE response (a chat's traffic)
+        for prefix, event, value in ijson.parse(_Reads(guard), buf_size=CHUNK, use_float=True):
+            if event in ("start_map", "start_array"):
+                depth += 1
+                if depth == 3:
+                    third += 1
+                    if prefix == "log.entries" and event == "start_array":
+                        entries_third = third
+            elif event in ("end_map", "end_array"):
+                depth -= 1
+            elif prefix == "log.entries.item.startedDateTime" and depth == 4 and started:
+                started[-1] = _iso(value)
+            elif chat and event == "string" and prefix in _SSE_TYPE_FIELDS and value.lower().startswith(EVENT_STREAM):
+                chat[-1] = 1
+            if prefix == _ENTRY and event == "start_map":
+                started.append(None)
+                chat.append(0)
+                if len(started) > MAX_SORTED_ENTRIES:
+                    return None
+            elif prefix in _MESSAGE_LISTS and event == "start_array" and chat:
+                chat[-1] = 1
     except (OSError, HarTooLarge, ValueError, UnicodeDecodeError, ijson.JSONError):
         return None
     if guard.item_starts is None or capped.capped:
@@ -861,17 +880,15 @@ def har_order(path: Path, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, i
     return [(i, offsets[i]) for i in order]
 
 
-def read_har_sorted(path: Path, order: list[tuple[int, int]], name: str, max_frame: int = DEFAULT_MAX_FRAME,
-                    max_text: int = DEFAULT_MAX_TEXT) -> Iterator[Recorded]:
-    """A HAR file's entries read in the order given (har_order): each parsed alone from its offset."""
+def read_har_sorted(fd: int, order: list[tuple[int, int]], name: str, max_frame: int = DEFAULT_MAX_FRAME,
+                    max_text: int = DEFAULT_MAX_TEXT, *, base_dir: Path | None = None) -> Iterator[Recorded]:
+    """A HAR file's entries read in the order given (har_order): each parsed alone from its offset in the file opened
+    (`fd`, by position: never opened again by its name, which may name another file by then)."""
     secrets = _HarSecrets()  # one bound on the credentials registered for the whole file
     for index, offset in order:
-        with open(path, "rb") as raw:
-            raw.seek(offset)
-            stream = io.BufferedReader(_Prefixed(_ENTRIES_OPEN, raw), ONE_ENTRY_BUFFER)
-            yield from read_har(stream, name, max_frame, max_text, first_index=index, one_entry=True,
-                                base_offset=offset - len(_ENTRIES_OPEN), base_dir=path.parent,
-                                secrets=secrets)
+        stream = io.BufferedReader(_Prefixed(_ENTRIES_OPEN, _At(fd, offset)), ONE_ENTRY_BUFFER)
+        yield from read_har(stream, name, max_frame, max_text, first_index=index, one_entry=True,
+                            base_offset=offset - len(_ENTRIES_OPEN), base_dir=base_dir, secrets=secrets)
 
 
 _ENTRIES_OPEN = b'{"log": {"entries": ['

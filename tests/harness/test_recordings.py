@@ -414,6 +414,33 @@ def test_har_entries_are_read_in_the_order_they_started_wherever_the_file_has_th
     assert recs[0].conn == "ws1" and recs[-1].direction == "problem" and "truncated" in recs[-1].detail
 
 
+def test_a_har_replaced_while_its_entries_are_read_in_order_is_read_from_the_file_opened(tmp_path):
+    """Sorting a HAR's entries reads the file twice: the second pass opened the file again by its name, once per
+    entry, so a file replaced meanwhile was read at offsets of another file, and one replaced by a FIFO (or a device)
+    held the check for good at that open. Both passes read the file first opened now, by position."""
+    import os
+
+    late, early = ws_entry(socket("rb", "tb", 1764637300.0)), ws_entry(socket("ra", "ta", 1764637200.0))
+    late["startedDateTime"], early["startedDateTime"] = "2025-12-02T01:01:40Z", "2025-12-02T01:00:00Z"
+    f = tmp_path / "page.har"
+    f.write_text(json.dumps(chromium_har([late, early]), indent=1))
+    expected = [(r.conn, r.direction, r.where) for r in read_recording(f)]
+    records = read_recording(f)
+    first = next(records)  # the entries' order found, the first entry (the second in the file) being read
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    os.replace(fifo, f)
+    rest: list = []
+    reader = threading.Thread(target=lambda: rest.extend(records), daemon=True)
+    reader.start()
+    reader.join(20)
+    if reader.is_alive():  # held at the FIFO's open: a writer that closes at once lets it go
+        os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(20)
+        pytest.fail("reading the HAR's next entry opened the FIFO that replaced the file, and waited there")
+    assert [(r.conn, r.direction, r.where) for r in [first, *rest]] == expected
+
+
 def test_truncated_har_judges_what_came_and_says_so(tmp_path):
     text = json.dumps(chromium_har([ws_entry(socket("r1", "t1", 1764637200.0))]), indent=1)
     f = tmp_path / "cut.har"
