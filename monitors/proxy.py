@@ -128,6 +128,12 @@ DEFAULT_MAX_SIZE = 4 * 1024 * 1024
 # at most a connection). Size --max-connections x this budget to the host's memory.
 MAX_QUEUE = 1
 WRITE_LIMIT = 64 * 1024
+# --record scrubs a connection's own credentials from its frames with matchers built for them (redact.Secrets: every
+# form and every run of each), which cost ~20 ms and ~1.2 MiB for a 1 KB JWT and grow with their size: a client that
+# sent 8 KB each of Authorization, Cookie, subprotocol and query held the event loop over a second per connection and
+# kept ~20 MiB. A connection whose credentials (as credentials_of finds them, all forms) pass this many characters is
+# forwarded and judged, but not recorded (a line a minute says how many).
+MAX_RECORDED_CREDENTIALS = 8 * 1024
 # The bytes of events a followed chat keeps (`chatprobe run` keeps 4 MiB a chat for its reports; the proxy reports
 # none: its verdicts, counts and times are the same whether events are kept or only counted). A connection holds at
 # most 2 x MAX_OPEN_CHATS chats (the open ones and the judged ones it remembers for late events): an upstream that
@@ -182,6 +188,8 @@ class LiveChats:
         # such warning a minute (WARN_EVERY), and the rest when the proxy stops.
         self._dropped = (0, 0, 0)
         self._dropped_said_at: float | None = None
+        self._unrecorded = 0  # connections not recorded for their credentials' size, since the last line said so
+        self._unrecorded_said_at: float | None = None
         # Chats whose connection the server closed before any event of their run (no id to resume), by (identity,
         # message id): the user's client may send the message again on a new connection, and the chat goes on there,
         # timed from its first try, as the harness's own client does it (docs/protocol.md, "Outcomes") and as
@@ -233,6 +241,16 @@ class LiveChats:
                     "(%s bytes); each file says where its gap begins, and `chatprobe check` judges the chats open there "
                     "as they stood", frames, f"{size:,}", conns, f"{self.recorder.max_file_bytes:,}")
         self._dropped, self._dropped_said_at = (0, 0, 0), now
+
+    def too_many_credentials(self) -> None:
+        """A connection not recorded for the size of its credentials (MAX_RECORDED_CREDENTIALS): said a line a minute."""
+        self._unrecorded += 1
+        now = time.monotonic()
+        if self._unrecorded_said_at is None or now - self._unrecorded_said_at >= WARN_EVERY:
+            log.warning("--record: %d connection(s) not recorded: their credentials (Authorization, cookies, "
+                        "subprotocols, query) passed %d characters, more than the proxy scrubs from a recording",
+                        self._unrecorded, MAX_RECORDED_CREDENTIALS)
+            self._unrecorded, self._unrecorded_said_at = 0, now
 
     def label(self, identity: str) -> str:
         """The connection label --record writes for connections of `identity` (one per user, this process only)."""
@@ -447,7 +465,12 @@ class LiveConnection:
         # its message sent again, its resume), for the close record to name those the proxy had no room to keep.
         self._sent_as: dict[str, int] = {}
         self.resumes: Resumes | None = None  # runs resumed across connections (flow.Resumes), from the first one
-        self.log = live.recorder.connection(live.label(identity), secrets) if live.recorder is not None else None
+        self.log = None
+        if live.recorder is not None:
+            if sum(len(s) for s in secrets) <= MAX_RECORDED_CREDENTIALS:
+                self.log = live.recorder.connection(live.label(identity), secrets)
+            else:
+                live.too_many_credentials()
         self.failing = False  # a chat on this connection did not pass (or was held or sent again): its recording is kept
         self.protocol_error: str | None = None  # what the upstream sent that the proxy failed its connection for
 

@@ -1184,3 +1184,53 @@ async def test_a_basic_credentials_password_echoed_by_the_server_is_not_recorded
     text = path.read_text()
     assert password not in text and password[:8] not in text and basic not in text
     assert f"signed in as {REDACTED}; the password {REDACTED} has expired" in json.loads(text.splitlines()[-2])["frame"]
+
+
+async def test_a_client_with_kilobytes_of_credentials_is_proxied_but_not_recorded(tmp_path, caplog):
+    """--record builds matchers for each connection's own credentials (every form, every run of each), which cost
+    in proportion to their size: a client that sent 8 KB each of Authorization, Cookie and a subprotocol held the
+    proxy's event loop over a second per connection (every other user's chat waited) and kept ~20 MiB for it while
+    it was open. Past MAX_RECORDED_CREDENTIALS characters such a connection is forwarded and judged, not recorded
+    (a line says so); a connection with a usual token is recorded as ever."""
+    from harness.recorder import Recorder
+    from monitors import proxy
+
+    async def echo(ws):
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for message in ws:
+                await ws.send(message)
+
+    upstream = await websockets.asyncio.server.serve(echo, "127.0.0.1", 0, ping_interval=None)
+    live = WatchedChats(load_profile("netra"), MetricsSink(ChatMetrics(CollectorRegistry()), "up", "live"), EXP,
+                        "live", 0.05, Recorder(tmp_path / "rec", keep_all=True))
+    server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+    hostile = {"Authorization": "Bearer " + secrets.token_urlsafe(6000),
+               "Cookie": "; ".join(f"c{i}={secrets.token_urlsafe(60)}" for i in range(90))}
+    built = collections.Counter()
+
+    def count_matchers(frame, event, arg):
+        if event == "c_call" and getattr(arg, "__name__", "") == "add_word":
+            built["add_word"] += 1
+
+    try:
+        for headers in (hostile, {"Authorization": "Bearer " + secrets.token_urlsafe(32)}):
+            previous = sys.getprofile()
+            sys.setprofile(count_matchers if headers is hostile else previous)
+            try:
+                async with websockets.asyncio.client.connect(url, additional_headers=headers,
+                                                             ping_interval=None) as user:
+                    await user.send('{"type": "ping"}')
+                    async with asyncio.timeout(10):
+                        assert await user.recv() == '{"type": "ping"}'  # forwarded either way
+            finally:
+                sys.setprofile(previous)
+        await until(lambda: live.closed_count == 2)
+    finally:
+        server.close()
+        upstream.close()
+    assert sum(len(v) for v in hostile.values()) > getattr(proxy, "MAX_RECORDED_CREDENTIALS", 8 * 1024)
+    assert built["add_word"] == 0  # no matcher built for the hostile connection's credentials (it was ~40,000 words)
+    (path,) = (tmp_path / "rec").glob("*.jsonl")  # the usual one's recording only
+    assert "ping" in path.read_text()
+    assert "not recorded: their credentials" in caplog.text
