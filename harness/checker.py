@@ -870,7 +870,9 @@ class ConnectionChecker:
                 self._members = set(self.chats)
         if chat.run_id:
             self.by_run[chat.run_id] = chat
-        elif not chat.done:
+        elif not chat.done and chat.exp.expect_error != "invalid_input":
+            # A `send_raw:` probe waits for an error_message, never for a run: a run that shows up while it waits is
+            # one this client did not start (R8), not the probe's to adopt.
             if self.unnamed is _NO_DICT:
                 self.unnamed = {}
             self.unnamed[chat.chat_id] = chat
@@ -1170,7 +1172,9 @@ class ConnectionChecker:
             owed = [p for p in owed if p.connection_error is None and self._has(p)]
             self.probes = owed or _NO_LIST
         late = owed[0] if owed and owed[0]._result is not None else None
-        if late is not None and all(late.sent_at <= c.sent_at for c in active if c.n_events == 0):
+        named = frame.message_id is not None or frame.thread_id is not None  # an answer naming its message is that one's
+        if late is not None and (frame.message_id is not None and frame.message_id == late.message_id if named else
+                                 all(late.sent_at <= c.sent_at for c in active if c.n_events == 0)):
             late.connection_error = _slim(frame)  # after its verdict: taken, judged nothing again
             self.probes.remove(late)
             return
@@ -1181,7 +1185,12 @@ class ConnectionChecker:
         else:
             # Servers answer messages in order: the rejection is the oldest waiting message's.
             waiting = [c for c in active if c.n_events == 0 and c.connection_error is None]
+            if named:
+                # It says which message it answers: that chat's, if it still waits (else no waiting chat's).
+                waiting = [c for c in waiting if c.message_id == frame.message_id] if frame.message_id is not None else [
+                    c for c in waiting if c.thread_id == frame.thread_id]
             if waiting:
+                # Naming none, it is the oldest waiting message's: servers answer messages in order.
                 min(waiting, key=lambda c: c.sent_at).rejected(frame, at)
 
     def _witnesses(self) -> list[ChatTracker]:

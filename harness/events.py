@@ -203,3 +203,6 @@ class Frame:
     run_id: str | None = None  # the run an error names (a resume the server did not know)
     user_id: str | None = None  # the user a welcome names
     session_error: SessionError | None = None  # an error that answers the session, not a chat's message
+    # The client's message a connection-level error names (its message id, else its thread id): the chat it rejects
+    message_id: str | None = None
+    thread_id: str | None = None

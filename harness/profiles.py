@@ -1258,8 +1258,13 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
                 src.find("message", n["error_message"])
                 emit(f"if run_id is not None and (run_id.__class__ is not str or len(run_id) > {MAX_ID_BYTES}):")
                 emit("    run_id = _id(run_id)[0]")
+                # The message it answers, when it names one (a server that answers out of order says which).
+                for var, name in (("err_message_id", "message_id"), ("err_thread_id", "thread_id")):
+                    if not src.find_id(var, n[name], None):
+                        emit(f"{var} = None")
                 emit("return Frame(ERROR_KIND, wire_type=wire_type, error_code=code, detail=str(message or '')[:200], "
-                     "raw=frame, run_id=run_id, session_error=SESSION_ERRORS.get(code or ''))")
+                     "raw=frame, run_id=run_id, session_error=SESSION_ERRORS.get(code or ''), "
+                     "message_id=err_message_id, thread_id=err_thread_id)")
     emit("known = KNOWN.get(wire_type)")
     emit("if known is not None:")
     emit("    role, sp, tools = known")
