@@ -241,6 +241,7 @@ class FrameRouter:
                  "awaiting", "every_event", "conversations", "resumes", "_decode", "_on_event")
 
     def __init__(self, profile: Profile, checker: ConnectionChecker, sink: Sink, scenario: str) -> None:
+        profile.prepare()  # before any chat of the connection is timed (a no-op once done)
         self.profile = profile
         self.checker = checker
         self.sink = sink

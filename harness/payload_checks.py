@@ -71,6 +71,8 @@ class CheckSet:
     fields: tuple[str, ...]
     frame: Callable[[dict[str, Any]], tuple[tuple[str, ...], tuple[str, ...]]]  # (problems: R12, advice)
     start: Callable[[RunContext], RunChecks]
+    # What the checks load on first use (a schema's models): `Decoder.prepare` has it loaded before a chat is timed
+    load: Callable[[], object] = lambda: None
 
 
 # -- AG-UI ---------------------------------------------------------------------------------------------------------
@@ -899,6 +901,7 @@ AGUI = CheckSet(
             "role", "name", "parentSubagentRunId"),
     frame=agui_frame,
     start=AguiRunChecks,
+    load=_schema,  # ag_ui.core's models: about a second of imports, which must not stall a chat in flight
 )
 
 # The registry a profile's `checks:` names come from.

@@ -445,6 +445,16 @@ class Profile(BaseModel):
     def ping_reply(self) -> dict[str, Any] | None:
         return self.ping.reply
 
+    def prepare(self) -> None:
+        """Do now what judging this profile's frames would do on its first frame: compile the decoder, load what its
+        checks need (AG-UI's schema: about a second of imports). Every driver calls it before a chat is timed
+        (`flow.FrameRouter`): done inside the event loop while chats were in flight, it stalled them, and their
+        events' receipt times with them (a false R9, R11), at the start of every run."""
+        decoder = _decoder_of(self)
+        decoder.decode  # noqa: B018 - compiled on first use
+        for check in decoder.checks:
+            check.load()
+
 
 def _decoder_of(profile: Profile) -> Decoder:
     """profile._decoder without pydantic's private-attribute __getattr__ (about 1.5 us a call: more than a decode)."""

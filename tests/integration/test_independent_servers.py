@@ -23,12 +23,19 @@ FAILED on the code before this file, each with what was wrong:
   (QUOTA_EXCEEDED) of a chat's message was charged to the oldest chat waiting on the connection whatever message or
   thread it named: a server refusing the second of two parallel messages before the first one's run started had the
   first chat `error` and the refused one `incomplete` (R9, R10), a correct server failing two chats.
+- test_what_the_agui_checks_load_is_loaded_before_a_chat_is_timed, and
+  test_a_conforming_agui_sse_server_passes_every_chat[first-event-at-1.9s] when it is the process's first AG-UI
+  test: the AG-UI schema (ag_ui.core, about a second of imports) was loaded on the first AG-UI event, inside the event
+  loop, stalling the chats in flight: a server answering every chat at 1.9 s failed one with R9.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +52,7 @@ from harness.scenario import Scenario
 from monitors.metrics import ChatMetrics, MetricsSink
 from monitors.proxy import LiveChats, Proxy, start_proxy
 
-from .outside_servers import InThread, RawWsServer, WsConn
+from .outside_servers import InThread, RawSseServer, RawWsServer, WsConn
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -781,3 +788,159 @@ class ReplaysTooMuch(Netra):
 
 
 FAULTY["R7-resume-replays-an-event-the-client-had"] = (lambda: ReplaysTooMuch(drops_mid_run), {}, ("failed", ("R7",)))
+
+
+# -- AG-UI over HTTP POST + Server-Sent Events ---------------------------------------------------------------------
+
+def agui_run(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run as the AG-UI spec shows one: a step, reasoning, two tool calls in flight at once (one by the chunk
+    shorthand), a text message by START/CONTENT/END and one by chunks."""
+    thread, run = request["threadId"], request["runId"]
+    return [
+        {"type": "RUN_STARTED", "threadId": thread, "runId": run, "timestamp": 1764000000000},
+        {"type": "STEP_STARTED", "stepName": "plan"},
+        {"type": "REASONING_START", "messageId": "r1"},
+        {"type": "REASONING_MESSAGE_START", "messageId": "r1", "role": "reasoning"},
+        {"type": "REASONING_MESSAGE_CONTENT", "messageId": "r1", "delta": "thinking…"},
+        {"type": "REASONING_MESSAGE_END", "messageId": "r1"},
+        {"type": "REASONING_END", "messageId": "r1"},
+        {"type": "STEP_FINISHED", "stepName": "plan"},
+        {"type": "TOOL_CALL_START", "toolCallId": "t1", "toolCallName": "search", "parentMessageId": "m1"},
+        {"type": "TOOL_CALL_START", "toolCallId": "t2", "toolCallName": "calc"},
+        {"type": "TOOL_CALL_ARGS", "toolCallId": "t2", "delta": "{\"x\": "},
+        {"type": "TOOL_CALL_ARGS", "toolCallId": "t1", "delta": "{\"q\": \"☃\"}"},
+        {"type": "TOOL_CALL_ARGS", "toolCallId": "t2", "delta": "1}"},
+        {"type": "TOOL_CALL_END", "toolCallId": "t2"},
+        {"type": "TOOL_CALL_END", "toolCallId": "t1"},
+        {"type": "TOOL_CALL_RESULT", "messageId": "res2", "toolCallId": "t2", "content": "1", "role": "tool"},
+        {"type": "TOOL_CALL_RESULT", "messageId": "res1", "toolCallId": "t1", "content": "snow", "role": "tool"},
+        {"type": "TEXT_MESSAGE_START", "messageId": "m1", "role": "assistant"},
+        {"type": "TEXT_MESSAGE_CONTENT", "messageId": "m1", "delta": "Hello 😀"},
+        {"type": "TEXT_MESSAGE_END", "messageId": "m1"},
+        {"type": "TEXT_MESSAGE_CHUNK", "messageId": "m2", "role": "assistant", "delta": "and "},
+        {"type": "TEXT_MESSAGE_CHUNK", "delta": "more"},
+        {"type": "CUSTOM", "name": "x-vendor", "value": {"any": [1, None]}},
+        {"type": "RUN_FINISHED", "threadId": thread, "runId": run, "result": None},
+    ]
+
+
+def sse_varied(events: list[dict[str, Any]]) -> list[bytes]:
+    """Every way the SSE specification allows: a BOM, CRLF, LF and CR line ends, comments, `event:`, `id:`, `retry:`,
+    `data:` without its space, an event's JSON split over several `data:` lines, pieces cut inside a line and inside a
+    UTF-8 character."""
+    out = "\ufeff: hello\r\nretry: 1000\r\n\r\n"
+    ends = ["\n", "\r\n", "\r"]
+    for i, ev in enumerate(events):
+        end = ends[i % 3]
+        text = json.dumps(ev, ensure_ascii=False, indent=1)
+        if i % 4 == 0:
+            out += f"event: {ev['type']}{end}id: {i}{end}"
+        if i % 2:
+            out += "".join(f"data:{line}{end}" for line in text.split("\n"))
+        else:
+            out += f"data: {json.dumps(ev, ensure_ascii=False)}{end}"
+        out += end
+        if i % 5 == 0:
+            out += f": keep-alive{end}{end}"
+    data = out.encode()
+    return [data[i:i + 37] for i in range(0, len(data), 37)]  # 37 bytes cut through lines and characters
+
+
+def sse_plain(events: list[Any]) -> list[bytes]:
+    return [(f"data: {e}\n\n" if isinstance(e, str) else f"data: {json.dumps(e)}\n\n").encode() for e in events]
+
+
+def sse_script(edit: Callable[[list[dict[str, Any]]], list[Any]] = lambda evs: evs,
+               encode: Callable[[list[Any]], list[bytes]] = sse_plain, first_after: float = 0.0) -> Any:
+    async def script(request: dict[str, Any]) -> Any:
+        if first_after:
+            await asyncio.sleep(first_after)  # wait-ok: the server's pace
+        for piece in encode(edit(agui_run(request))):
+            yield piece
+            await asyncio.sleep(0)  # each piece in a write of its own
+    return script
+
+
+def sse_judge(tmp_path: Path, script: Any, framing: str = "chunked",
+              expect: dict[str, Any] | None = None) -> dict[str, list[Verdict]]:
+    sc = {"name": "agui", "users": 2, "chats_per_user": 2, "connect_timeout": "3s",
+          "expect": {"deadline": "4s", "settle": "0.1s", "streaming": True, **(expect or {})}}
+    path = tmp_path / "agui.yaml"
+    path.write_text(json.dumps(sc))
+    live, offline, rec = tmp_path / "live.json", tmp_path / "offline.json", tmp_path / "rec"
+    with InThread(RawSseServer(script, framing)) as server:
+        code = main(["run", "--profile", "ag-ui", "--target", server.url, "--auth", "none", str(path), "--record",
+                     str(rec), "--json", str(live), "-q"])
+    assert code in (0, 1), code
+    code2 = main(["check", str(rec), "--profile", "ag-ui", "--scenario", str(path), "--json", str(offline), "-q"])
+    assert code2 == code, (code, code2)
+    return {"run": chat_verdicts(json.loads(live.read_text()))[0],
+            "check": chat_verdicts(json.loads(offline.read_text()))[0]}
+
+
+AGUI_CONFORMING = {
+    "every-sse-form-chunked": (sse_script(encode=sse_varied), "chunked", {}),
+    "every-sse-form-content-length": (sse_script(encode=sse_varied), "length", {}),
+    "every-sse-form-http-1.0-until-close": (sse_script(encode=sse_varied), "close", {}),
+    "first-event-at-1.9s": (sse_script(first_after=1.9), "chunked", {}),
+}
+
+
+@pytest.mark.parametrize("name", list(AGUI_CONFORMING))
+def test_a_conforming_agui_sse_server_passes_every_chat(tmp_path, name):
+    script, framing, expect = AGUI_CONFORMING[name]
+    got = sse_judge(tmp_path, script, framing, expect)
+    assert got == {"run": [PASS] * 4, "check": [PASS] * 4}, got
+
+
+def agui_drop(kind: str) -> Callable[[list[dict[str, Any]]], list[Any]]:
+    return lambda evs: [e for e in evs if e["type"] != kind]
+
+
+def agui_insert(at: int, *extra: Any) -> Callable[[list[dict[str, Any]]], list[Any]]:
+    return lambda evs: [*evs[:at], *extra, *evs[at:]]
+
+
+AGUI_FAULTY: dict[str, tuple[Any, Verdict]] = {
+    "R1-step-before-run-started": (sse_script(lambda evs: [evs[1], evs[0], *evs[2:]]), ("failed", ("R1",))),
+    "R2-no-text": (sse_script(lambda evs: [e for e in evs if not e["type"].startswith("TEXT_")]), ("failed", ("R2",))),
+    "R3-two-finishes": (sse_script(lambda evs: [*evs, evs[-1]]), ("failed", ("R3",))),
+    "R4-event-after-run-error": (sse_script(lambda evs: [*evs[:5], {"type": "RUN_ERROR", "message": "boom"},
+                                                         *evs[5:7]]), ("failed", ("R13", "R4"))),
+    "R5-content-of-no-message": (sse_script(agui_insert(3, {"type": "TEXT_MESSAGE_CONTENT", "messageId": "zz",
+                                                            "delta": "x"})), ("failed", ("R5",))),
+    "R5-tool-call-never-ended": (sse_script(agui_drop("TOOL_CALL_END")), ("failed", ("R5",))),
+    "R8-another-thread": (sse_script(lambda evs: [{**evs[0], "threadId": "t-someone-else"}, *evs[1:]]),
+                          ("failed", ("R8",))),
+    "R9-first-event-at-2.1s": (sse_script(first_after=2.1), ("failed", ("R9",))),
+    "R12-malformed-json": (sse_script(encode=lambda evs: sse_plain([*evs[:3], '{"type": "STEP_', *evs[3:]])),
+                           ("failed", ("R12",))),
+    "R12-unknown-type": (sse_script(agui_insert(2, {"type": "MADE_UP_EVENT"})), ("failed", ("R12",))),
+    "stream-cut-before-the-end": (sse_script(lambda evs: evs[:-1]), ("incomplete", ())),
+}
+
+
+@pytest.mark.parametrize("name", list(AGUI_FAULTY))
+def test_a_faulty_agui_sse_server_is_caught_by_its_rule(tmp_path, name):
+    script, culprit = AGUI_FAULTY[name]
+    got = sse_judge(tmp_path, script)
+    assert got == {"run": [culprit] * 4, "check": [culprit] * 4}, got
+
+
+def test_what_the_agui_checks_load_is_loaded_before_a_chat_is_timed():
+    # The AG-UI schema's models (ag_ui.core: about a second of imports) were loaded on the first AG-UI event, inside
+    # the event loop while other chats were in flight: their events waited, and a server answering every chat at 1.9 s
+    # failed the chats in flight then (R9), at the start of every run. A fresh process, as `chatprobe run` is: once a
+    # connection's router exists (before its first chat is sent), the imports are done.
+    probe = ("import sys\n"
+             "from harness.checker import ConnectionChecker\n"
+             "from harness.flow import FrameRouter\n"
+             "from harness.profiles import load_profile\n"
+             "from harness.sinks import Sink\n"
+             "profile = load_profile('ag-ui')\n"
+             "before = 'ag_ui.core' in sys.modules\n"
+             "FrameRouter(profile, ConnectionChecker(), Sink(), 'probe')\n"
+             "print(before, 'ag_ui.core' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert done.stdout.split() == ["False", "True"], (done.stdout, done.stderr[-2000:])
