@@ -39,6 +39,11 @@ def _data_text(data: bytes | bytearray) -> str:
         return StreamProblem(f"event data is not valid UTF-8 (byte {exc.start} of {len(data)}): {shown!r}")
 
 
+# A line's field name and separator are framing, as a WebSocket frame's header is: an event whose data is `limit`
+# bytes, sent as `data: {…}` on one line, fits (over WebSocket the same event in one frame does).
+_LINE_FRAMING = len(b"data: ")
+
+
 class EventStreamParser:
     """The `text/event-stream` format (WHATWG HTML, "Server-sent events"), fed bytes, giving each event's data.
 
@@ -49,8 +54,9 @@ class EventStreamParser:
     a leading byte-order mark is dropped. When the stream has ended cleanly, `end` hands over the event its end cut
     before the empty line that would have dispatched it (the WHATWG parser discards it; AG-UI's reference client,
     `HttpAgent`, dispatches it: a server that closes right after its last event's data line is no truncated run).
-    A line longer than `limit` bytes, or an event whose data is, raises EventTooLarge: at most about `limit`
-    bytes (plus one chunk) are ever buffered. An event whose data is not UTF-8 is handed over as a StreamProblem
+    A line longer than `limit` bytes plus a field name's `data: `, or an event whose data is longer than `limit`,
+    raises EventTooLarge: at most about `limit` bytes (plus one chunk) are ever buffered. An event whose data is not
+    UTF-8 is handed over as a StreamProblem
     (an R12, as a WebSocket text frame that is not UTF-8 is), and the stream goes on (a browser's EventSource reads
     U+FFFD in place of the bad bytes and goes on too); elsewhere (an ignored field, a comment) bad bytes are replaced.
     """
@@ -96,7 +102,7 @@ class EventStreamParser:
                 self._partial.clear()
             for line in lines:
                 self._line(line, events)
-        if len(self._partial) + len(rest) > self.limit:
+        if len(self._partial) + len(rest) > self.limit + _LINE_FRAMING:
             raise EventTooLarge(f"event stream line longer than the {self.limit} byte limit")
         self._partial += rest
         return events
@@ -117,7 +123,7 @@ class EventStreamParser:
         return events
 
     def _line(self, line: bytes, events: list[str]) -> None:
-        if len(line) > self.limit:
+        if len(line) > self.limit + _LINE_FRAMING:
             raise EventTooLarge(f"event stream line longer than the {self.limit} byte limit")
         if not line:  # dispatch
             if self._data:

@@ -24,9 +24,15 @@ FAILED on the code before this file, each with what was wrong:
   thread it named: a server refusing the second of two parallel messages before the first one's run started had the
   first chat `error` and the refused one `incomplete` (R9, R10), a correct server failing two chats.
 - test_what_the_agui_checks_load_is_loaded_before_a_chat_is_timed, and
-  test_a_conforming_agui_sse_server_passes_every_chat[first-event-at-1.9s] when it is the process's first AG-UI
+  test_a_conforming_agui_sse_server_passes_every_chat[first-event-at-1.8s] when it is the process's first AG-UI
   test: the AG-UI schema (ag_ui.core, about a second of imports) was loaded on the first AG-UI event, inside the event
   loop, stalling the chats in flight: a server answering every chat at 1.9 s failed one with R9.
+- test_a_conforming_agui_sse_server_passes_every_chat[an-event-of-exactly-4-MiB]: the SSE line limit counted the
+  `data: ` before an event's JSON, so an event of exactly 4 MiB (which passes in one WebSocket frame) was an R12 and
+  ended its stream (incomplete).
+- tests/harness/test_checker.py::test_events_received_past_the_deadline_come_after_its_verdict: what this module's 4 MiB
+  runs showed on a loaded machine: a live client that read a run's terminal event after the deadline passed the chat,
+  and `check` of its recording judged it at its deadline (R10).
 """
 from __future__ import annotations
 
@@ -458,13 +464,6 @@ CONFORMING: dict[str, tuple[Callable[[], Netra], dict[str, Any], int]] = {
 }
 
 
-@pytest.mark.parametrize("name", list(CONFORMING))
-def test_a_conforming_server_passes_every_chat(tmp_path, name):
-    make, scenario, chats = CONFORMING[name]
-    got = judge(tmp_path, make, scenario)
-    assert got == {way: [PASS] * chats for way in ("run", "check", "proxy")}, got
-
-
 def nested_seq_and_ids(p: dict[str, Any], n: int) -> list[Action]:
     """`seq`, `run_id` and `user_id` under `data` (fields are looked up at the root, then `payload`, then `data`); an
     int millisecond timestamp; a `null` seq on a heartbeat; the run's start naming its thread only (no message id)."""
@@ -639,13 +638,6 @@ FAULTY: dict[str, tuple[Callable[[], Netra], dict[str, Any], Verdict]] = {
                                    ("failed", ("R13",))),
     "lost-connection-mid-chat": (fault(close_mid_chat), {"deadline": "1s"}, ("incomplete", ())),
 }
-
-
-@pytest.mark.parametrize("name", list(FAULTY))
-def test_a_faulty_server_is_caught_by_its_rule(tmp_path, name):
-    make, expect, culprit = FAULTY[name]
-    got = judge(tmp_path, make, {"chats_per_user": 1, "expect": expect})
-    assert got == {way: [culprit] for way in ("run", "check", "proxy")}, got
 
 
 # -- errors: expected ones, and frames the server must refuse ------------------------------------------------------
@@ -882,15 +874,10 @@ AGUI_CONFORMING = {
     "every-sse-form-chunked": (sse_script(encode=sse_varied), "chunked", {}),
     "every-sse-form-content-length": (sse_script(encode=sse_varied), "length", {}),
     "every-sse-form-http-1.0-until-close": (sse_script(encode=sse_varied), "close", {}),
-    "first-event-at-1.9s": (sse_script(first_after=1.9), "chunked", {}),
+    # (each SSE chat's time counts its POST's connection from the chat's send, and the server shares this process: on a
+    # loaded machine that is up to 0.2 s; 1.8 s keeps it inside the 2 s limit)
+    "first-event-at-1.8s": (sse_script(first_after=1.8), "chunked", {}),
 }
-
-
-@pytest.mark.parametrize("name", list(AGUI_CONFORMING))
-def test_a_conforming_agui_sse_server_passes_every_chat(tmp_path, name):
-    script, framing, expect = AGUI_CONFORMING[name]
-    got = sse_judge(tmp_path, script, framing, expect)
-    assert got == {"run": [PASS] * 4, "check": [PASS] * 4}, got
 
 
 def agui_drop(kind: str) -> Callable[[list[dict[str, Any]]], list[Any]]:
@@ -920,13 +907,6 @@ AGUI_FAULTY: dict[str, tuple[Any, Verdict]] = {
 }
 
 
-@pytest.mark.parametrize("name", list(AGUI_FAULTY))
-def test_a_faulty_agui_sse_server_is_caught_by_its_rule(tmp_path, name):
-    script, culprit = AGUI_FAULTY[name]
-    got = sse_judge(tmp_path, script)
-    assert got == {"run": [culprit] * 4, "check": [culprit] * 4}, got
-
-
 def test_what_the_agui_checks_load_is_loaded_before_a_chat_is_timed():
     # The AG-UI schema's models (ag_ui.core: about a second of imports) were loaded on the first AG-UI event, inside
     # the event loop while other chats were in flight: their events waited, and a server answering every chat at 1.9 s
@@ -944,3 +924,46 @@ def test_what_the_agui_checks_load_is_loaded_before_a_chat_is_timed():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     assert done.stdout.split() == ["False", "True"], (done.stdout, done.stderr[-2000:])
+
+
+def four_mib_data(evs: list[dict[str, Any]]) -> list[Any]:
+    """A TEXT_MESSAGE_CONTENT whose JSON (the event's data) is exactly 4 MiB: its `data: ` line is 6 bytes more."""
+    big = {"type": "TEXT_MESSAGE_CONTENT", "messageId": "m1", "delta": ""}
+    big["delta"] = "z" * (EXACTLY_4MIB - len(json.dumps(big).encode()))
+    assert len(json.dumps(big).encode()) == EXACTLY_4MIB
+    at = next(i for i, e in enumerate(evs) if e["type"] == "TEXT_MESSAGE_CONTENT")
+    return [*evs[:at], big, *evs[at:]]
+
+
+# (a deadline of its own: the test is of the size limit, and judging four 4 MiB events on a loaded machine is slow)
+AGUI_CONFORMING["an-event-of-exactly-4-MiB"] = (sse_script(four_mib_data), "chunked", {"deadline": "30s"})
+
+
+# -- the judgements (after every table above is complete) ---------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(CONFORMING))
+def test_a_conforming_server_passes_every_chat(tmp_path, name):
+    make, scenario, chats = CONFORMING[name]
+    got = judge(tmp_path, make, scenario)
+    assert got == {way: [PASS] * chats for way in ("run", "check", "proxy")}, got
+
+
+@pytest.mark.parametrize("name", list(FAULTY))
+def test_a_faulty_server_is_caught_by_its_rule(tmp_path, name):
+    make, expect, culprit = FAULTY[name]
+    got = judge(tmp_path, make, {"chats_per_user": 1, "expect": expect})
+    assert got == {way: [culprit] for way in ("run", "check", "proxy")}, got
+
+
+@pytest.mark.parametrize("name", list(AGUI_CONFORMING))
+def test_a_conforming_agui_sse_server_passes_every_chat(tmp_path, name):
+    script, framing, expect = AGUI_CONFORMING[name]
+    got = sse_judge(tmp_path, script, framing, expect)
+    assert got == {"run": [PASS] * 4, "check": [PASS] * 4}, got
+
+
+@pytest.mark.parametrize("name", list(AGUI_FAULTY))
+def test_a_faulty_agui_sse_server_is_caught_by_its_rule(tmp_path, name):
+    script, culprit = AGUI_FAULTY[name]
+    got = sse_judge(tmp_path, script)
+    assert got == {"run": [culprit] * 4, "check": [culprit] * 4}, got

@@ -111,11 +111,13 @@ def test_parser_limit_is_inclusive_and_bom_is_dropped():
     else:
         raise AssertionError("11 bytes of data passed a 10 byte limit")
     parser = EventStreamParser(10)
-    assert parser.feed(b":" + b"c" * 9) == []  # a 10 byte line not ended yet: it fits
+    # a line may hold the limit plus its field name's `data: ` (framing, as a WebSocket frame's header): 16 bytes
+    assert parser.feed(b":" + b"c" * 15) == []  # a 16 byte line not ended yet: it fits
     try:
         parser.feed(b"c")
     except EventTooLarge:
         pass
     else:
-        raise AssertionError("an 11 byte line passed a 10 byte limit")
+        raise AssertionError("a 17 byte line passed a 10 byte limit")
+    assert EventStreamParser(10).feed(b"data: 0123456789\n\n") == ["0123456789"]  # 10 bytes of data on one line
     assert json.loads(EventStreamParser(100).feed(b'data: {"a": 1}\r\n\r\n')[0]) == {"a": 1}
