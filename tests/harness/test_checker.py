@@ -400,3 +400,19 @@ def test_a_foreign_event_of_an_ended_chats_run_leaves_its_gap_and_charges_the_ch
     result = first.finish(1.0)
     assert [(v.rule, v.reason) for v in result.violations] == [(Rule.R7, "seq 3 never arrived (lost event)")]
     assert [v.rule for v in second.violations] == [Rule.R8]
+
+
+def test_events_received_past_the_deadline_come_after_its_verdict():
+    # A live client busy when a chat's deadline passed (a loaded machine, a long frame to judge) reads the rest of the
+    # run only afterwards, stamped past the deadline: it fed them into the verdict and passed a chat whose terminal
+    # event it received after its deadline, where `chatprobe check` of the recording judged it at its deadline
+    # (incomplete, R10) and showed the later events as warnings. docs/protocol.md R10: within the deadline, else R10.
+    exp = dataclasses.replace(EXP, deadline=1.0)
+    run = valid_run(gap=0.2)  # seven events, 0.05 s to 1.25 s: the last two past the 1 s deadline
+    result = judge(run, exp, now=1.3)
+    assert result.outcome is Outcome.INCOMPLETE, result.violations
+    assert [v.rule for v in result.violations] == [Rule.R10], result.violations
+    assert {w.rule for w in result.warnings} == {Rule.R10}, result.warnings
+    assert Role.AGENT_COMPLETED in result.missing, result.missing
+    in_time = judge(valid_run(gap=0.1), exp, now=1.3)  # the last at 0.65 s
+    assert in_time.outcome is Outcome.PASSED, in_time.violations
