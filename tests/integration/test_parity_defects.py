@@ -85,6 +85,32 @@ async def test_a_probes_late_answer_is_not_the_next_chats_rejection(tmp_path):
     assert seen(offline.results) == seen(live.results)
 
 
+# 1b. The same, but the error names the chat's message: it answers that message, not the probe's (a server may say which
+# message it refuses, docs/protocol.md): the chat is rejected, the probe's verdict stands.
+async def late_probe_then_named_refusal(reader, writer, head: bytes, srv) -> None:
+    writer.write(upgrade(head) + frame(1, WELCOME))
+    await writer.drain()
+    await read_frame(reader)  # the probe: never answered
+    _, data = await read_frame(reader)
+    refusal = json.loads(INVALID)
+    refusal["message_id"] = json.loads(data)["payload"]["message_id"]
+    writer.write(frame(1, json.dumps(refusal).encode()))
+    await writer.drain()
+    await read_until_gone(reader)
+
+
+async def test_a_refusal_naming_the_chats_message_is_the_chats_even_while_a_probe_owes_its_answer(tmp_path):
+    sc = scenario(name="raw", users=1, connect_timeout="1s", reconnect=False,
+                  steps=[{"send_raw": "this is not json"}, {"chat": {"message": "hi"}}],
+                  expect={"deadline": "0.5s", "first_event_limit": "0.5s", "settle": "0.05s"})
+    async with raw_server(late_probe_then_named_refusal) as server:
+        live, offline = await live_then_check(server, sc, tmp_path)
+    probe, chat = live.results
+    assert probe.outcome is Outcome.FAILED and set(probe.rule_counts()) == {"R13"}, probe
+    assert chat.outcome is Outcome.ERROR and chat.error_kind == "rejected", (chat.outcome, chat.error_kind, chat.note)
+    assert seen(offline.results) == seen(live.results)
+
+
 # 4. A seq of 0 or -1 where the run's first seq belongs: one R7 naming what was sent, not a second one for seq 1
 # "never arrived" (the event that should have carried it is there: its seq was no usable one).
 @pytest.mark.parametrize("bad", [0, -1])
