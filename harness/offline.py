@@ -287,10 +287,10 @@ class OfflineCheck:
             self.gaps.append(DROPPED_WARNING.format(what=what, conn=conn.key, where=rec.where, why=why, n=len(chats)))
 
     def _problem(self, conn: _Conn, detail: str, where: str, at: float) -> None:
-        """Something wrong with the recording itself at `where` (file:line): an R12 on the chats open on `conn`
-        (a chat of its own when none is)."""
-        if not conn.checker.chats:
-            self._open(conn, at, timed=False)
+        """Something wrong with the recording itself at `where` (file:line): an R12 on the chats open on `conn`;
+        with none open (none yet, or the last judged), the connection's own R12, reported at its end unless a chat comes
+        after it (ConnectionChecker.ended), as a malformed frame there is: no chat is made up for it (started =
+        outcomes + ..., docs/metrics.md)."""
         # An R12 changes no chat's verdict time (no wake-up: a judging pass over every open chat per faulty record,
         # 1,000 chats x 100,000 records of time going backwards, took minutes).
         conn.router.on_protocol_error(f"{detail} ({where})" if where else detail, at)

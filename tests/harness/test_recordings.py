@@ -1245,3 +1245,32 @@ def test_a_file_that_grows_past_the_bound_while_read_is_read_no_further(tmp_path
     rest = list(records)
     assert rest[-1].direction == "problem" and "grew past the" in rest[-1].detail, rest[-1]
     assert len(rest) < 10
+
+
+def test_a_recording_problem_on_a_connection_with_no_chat_is_that_connections_own_r12(tmp_path):
+    """A line that cannot be read, on a connection that carried no chat (c2: only a bad record): the connection's own
+    R12, as a malformed frame there is (FrameRouter.connection_ended), not a chat made up for it. FAILED on the old
+    code: `check` opened a chat for it (2 chats: one `failed` the recording's problem, started != the user's one)."""
+    recs = [send(100.0), *netra_run("r1", 100.0),
+            {"t": 101.0, "dir": "sideways", "conn": "c2", "frame": "{}"},  # c2's only record: a problem
+            {"t": 101.1, "dir": "close", "conn": "c2", "code": 1000}]
+    f = write_jsonl(tmp_path / "r.jsonl", recs)
+    [run] = check_files([f], NETRA, SC)
+    assert [r.outcome for r in run.results] == [Outcome.PASSED]
+    assert run.stats.chats == 1 and sum(run.stats.outcomes.values()) == 1
+    assert run.stats.violations == run.stats.connection_violations == {"R12": 1}
+    [v] = run.connection_violations
+    assert v.rule == "R12" and "field 'dir'" in v.reason and "r.jsonl:7" in v.reason and v.event_index is None
+    assert not run.passed  # the violations objective (max 0) fails it, as a malformed frame there would
+
+
+def test_a_recording_problem_on_a_connection_whose_chat_was_judged_is_no_new_chat(tmp_path):
+    """Time going back on c1 after its one chat was judged (settle over): the connection's own R12, no second chat."""
+    recs = [send(100.0), *netra_run("r1", 100.0),
+            {"t": 200.0, "dir": "recv", "conn": "c1", "frame": "{\"type\": \"ping\"}"},
+            {"t": 150.0, "dir": "recv", "conn": "c1", "frame": "{\"type\": \"ping\"}"}]
+    f = write_jsonl(tmp_path / "back.jsonl", recs)
+    [run] = check_files([f], NETRA, SC)
+    assert run.stats.chats == 1 and [r.outcome for r in run.results] == [Outcome.PASSED]
+    assert run.stats.connection_violations == {"R12": 1}
+    assert "recorded time goes back" in run.connection_violations[0].reason

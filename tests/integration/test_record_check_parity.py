@@ -473,14 +473,15 @@ def test_hostile_step_records_are_r12_not_a_traceback(tmp_path, field, value, de
     welcome = {"t": 0.5, "dir": "recv", "conn": "c", "frame": json.dumps({"type": "connection_established"})}
     path = write_jsonl(tmp_path / "rec.jsonl", [welcome, send, {"t": 2.0, "dir": "close", "conn": "c", "code": 1000}])
     [run] = check_files([path], load_profile("netra"), Scenario(name="t"))
-    [chat] = run.results
-    assert chat.outcome is not Outcome.PASSED and any(v.rule == "R12" and detail in v.reason for v in chat.violations)
+    # The unreadable send opens no chat: the connection's own R12 (no chat is made up for a recording's problem).
+    assert run.stats.chats == 0 and not run.passed
+    assert any(v.rule == "R12" and detail in v.reason for v in run.connection_violations), run.connection_violations
 
 
 def test_hostile_failed_field_is_r12_and_a_known_one_is_an_error_chat(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"t": 1.0, "dir": "close", "conn": "c", "failed": "rm -rf"}])
     [run] = check_files([bad], load_profile("netra"), Scenario(name="t"))
-    assert [v.rule for r in run.results for v in r.violations] == ["R12"]
+    assert run.stats.chats == 0 and [v.rule for v in run.connection_violations] == ["R12"]  # the connection's own
     good = write_jsonl(tmp_path / "good.jsonl", [{"t": 1.0, "dir": "close", "conn": "c", "failed": "auth_failed",
                                                   "status": 401, "reason": "HTTP 401 at the WebSocket handshake"}])
     [run] = check_files([good], load_profile("netra"), Scenario(name="t"))
@@ -499,7 +500,7 @@ def test_a_send_failed_record_fails_the_chat_it_follows_and_nothing_else(tmp_pat
     # on (the next chat on it passes); one that came after that chat's deadline fails it too, as live (the live client
     # waits for the send, its deadline unwatched), unless another record of the connection came in between (a frame
     # the server sent meanwhile judged it at its deadline: said, LATE_SEND_WARNING); one with no chat before it is an
-    # R12, never a traceback.
+    # R12 (the connection's own: no chat is made up for it), never a traceback.
     def send(t: float, mid: str) -> dict:
         return {"t": t, "dir": "send", "conn": "c",
                 "frame": json.dumps({"type": "user_message", "payload": {"content": "hi", "message_id": mid}})}
@@ -528,7 +529,7 @@ def test_a_send_failed_record_fails_the_chat_it_follows_and_nothing_else(tmp_pat
     assert any("had not left when their deadline passed" in w for w in run.warnings)
     alone = write_jsonl(tmp_path / "alone.jsonl", [welcome, {**failed, "t": 2.0}])
     [run] = check_files([alone], load_profile("netra"), sc)
-    assert [v.rule for r in run.results for v in r.violations] == ["R12"]
+    assert run.stats.chats == 0 and [v.rule for v in run.connection_violations] == ["R12"]  # the connection's own
 
 
 def test_a_send_failed_after_a_slow_scrub_is_the_error_live_judged(tmp_path):
