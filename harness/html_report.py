@@ -79,6 +79,8 @@ class _Section:
     over_time: Markup
     by_rule: Markup
     rule_rows: list[tuple[str, str, int]]
+    own: list[str]  # the connections' own violations listed (ScenarioRun.connection_violations), at most VIOLATIONS_LISTED
+    own_total: int  # ... of how many (stats.connection_violations)
     failing_total: int
     chats: list[_Chat]
     stages: list[StageStats]
@@ -112,6 +114,8 @@ def _scenario(run: ScenarioRun) -> _Section:
         over_time=_over_time_chart(results),
         by_rule=_rules_chart(rules),
         rule_rows=[(rule, RULES.get(rule, ""), n) for rule, n in rules],
+        own=[str(v) for v in run.connection_violations[:VIOLATIONS_LISTED]],
+        own_total=max(sum(st.connection_violations.values()), len(run.connection_violations)),
         failing_total=max(len(failing), st.chats - st.outcomes[Outcome.PASSED]),
         chats=[_chat(r, limit) for r in sample_failing(failing, FAILING_SAMPLE)],
         stages=run.stages, stage_chart=_stage_chart(run.stages, run.slo_limit) if run.stages else Markup(""),
@@ -451,6 +455,12 @@ footer { max-width: 1000px; margin: 24px auto; padding: 0 24px; color: #888; fon
 <table class="rules"><tr><th>rule</th><th>name</th><th>violations</th></tr>
 {% for rule, name, n in s.rule_rows %}<tr><td>{{ rule }}</td><td>{{ name }}</td><td class="num">{{ n }}</td></tr>
 {% endfor %}</table>
+{% endif %}
+{% if s.own_total %}
+<h3 class="own">Violations of connections' own, in no chat: {{ s.own_total }}</h3>
+<p class="caption">Another user's event (R8) or a malformed frame (R12) after a connection's last chat was judged, with no chat after it: counted with their rule above, in no chat's verdict.</p>
+<ul class="violations own">{% for v in s.own %}<li>{{ v }}</li>{% endfor %}
+{% if s.own_total > s.own|length %}<li>… and {{ s.own_total - s.own|length }} more</li>{% endif %}</ul>
 {% endif %}
 {% if s.failing_total %}
 <h3>Failing chats: {{ s.chats|length }} of {{ s.failing_total }}</h3>

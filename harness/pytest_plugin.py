@@ -22,7 +22,7 @@ from .checker import ChatResult, ExpectError
 from .client import Session
 from .durations import seconds_given
 from .errors import closest
-from .events import Outcome, Role
+from .events import Outcome, Role, Violation
 from .flow import DEFAULTS, ChatOptions, Conversation
 from .scenario import Expect, Scenario, expectations_for
 from .sinks import Sink
@@ -65,8 +65,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="send the header NAME with the value of the environment variable VAR (repeatable)")
 
 
+# The connection's own violations a probe lists in its failure (the checker keeps at most 16 a connection).
+MAX_CONNECTION_VIOLATIONS_LISTED = 50
+
+
+class _ConnectionViolations(Sink):
+    """What a probe's connections reported as their own at their end (Sink.connection_violation): another user's event
+    (R8) or a malformed frame (R12) after the last chat was judged, with no chat after it to be told."""
+
+    def __init__(self) -> None:
+        self.listed: list[Violation] = []
+        self.count = 0
+
+    def connection_violation(self, scenario: str, violation: Violation) -> None:
+        self.count += 1
+        if len(self.listed) < MAX_CONNECTION_VIOLATIONS_LISTED:
+            self.listed.append(violation)
+
+
 class ChatProbe:
-    """A connected chat client for tests: `chat()` sends one message and returns its verdict."""
+    """A connected chat client for tests: `chat()` sends one message and returns its verdict. Closed when the test
+    function returns: what its connection said after the last chat (another user's event, a malformed frame) then
+    fails the test (`connection_failure`)."""
 
     def __init__(self, target: Target, user_id: str, timeout: float = 60.0) -> None:
         self.target = target
@@ -74,7 +94,9 @@ class ChatProbe:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="chatprobe-client", daemon=True)
         self._thread.start()
-        self.session = Session(target, user_id, "pytest", Sink())
+        self._own = _ConnectionViolations()
+        self._closed = False
+        self.session = Session(target, user_id, "pytest", self._own)
         self.conversation = Conversation()  # the thread a `follow_up` chat goes on with (a scenario's thread: continue)
 
     def _call(self, coro: Any, timeout: float | None = None) -> Any:
@@ -112,7 +134,30 @@ class ChatProbe:
             raise AssertionError("\n".join(lines))
         return result
 
+    @property
+    def connection_violations(self) -> list[Violation]:
+        """The violations the client's connections reported as their own so far (at their end: `close()`), the first
+        MAX_CONNECTION_VIOLATIONS_LISTED."""
+        return list(self._own.listed)
+
+    def connection_failure(self) -> str | None:
+        """What fails the test for its connections' own violations, one per line (scrubbed, as the server wrote
+        them), or None when there were none."""
+        if not self._own.count:
+            return None
+        more = self._own.count - len(self._own.listed)
+        lines = ["chatprobe: the connection's own violations, after its last chat (no chat after them was told):"]
+        lines += [f"  {redact.clean(v, 1000)}" for v in self._own.listed]
+        if more:
+            lines.append(f"  ... and {more} more")
+        return "\n".join(lines)
+
     def close(self) -> None:
+        """Close the connection (what it said after the last chat is reported now: `connection_failure`) and stop the
+        client's thread. Again: nothing."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._call(self.session.close(), 10)
         finally:
@@ -177,6 +222,31 @@ def pytest_configure(config: pytest.Config) -> None:
     (there a UsageError is that test's setup error, a traceback and exit 1)."""
     if any(config.getoption(name) not in (None, default) for name, default in _DEFAULTS.items()):
         _target_options(config)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    """When a test that used the `chatprobe` fixture returns, its connection is closed and what the connection said
+    after the test's last chat (another user's event, R8; a malformed frame, R12: the connection's own violations,
+    FrameRouter.connection_ended) fails that test, as a chat's violations fail `check()`. A test that failed already
+    keeps its own failure, with them added as a note."""
+    probe = getattr(item, "funcargs", {}).get("chatprobe")
+    if not isinstance(probe, ChatProbe):
+        return (yield)
+    try:
+        result = yield
+    except Exception as exc:
+        probe.close()
+        if (told := probe.connection_failure()) is not None:
+            exc.add_note(told)
+        raise
+    except BaseException:  # a skip, an exit: nothing to add
+        probe.close()
+        raise
+    probe.close()
+    if (told := probe.connection_failure()) is not None:
+        pytest.fail(told, pytrace=False)
+    return result
 
 
 @pytest.fixture(scope="session")

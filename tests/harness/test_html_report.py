@@ -178,3 +178,31 @@ def test_a_run_listing_fewer_chats_than_it_counted_says_so(tmp_path):
     text = out.read_text(encoding="utf-8")
     assert "drawn from the 10 chats listed; the figures above count all 40." in text
     assert "Failing chats: 5 of 20" in text
+
+
+def test_a_connections_own_violations_are_listed_escaped_and_scrubbed(tmp_path, monkeypatch):
+    """`chatprobe run --html` against a server that, after the user's last chat was judged, sends junk carrying markup
+    and the user's own token (as the client closes the connection, before answering its close): the connection's own
+    R12 (no chat after it). FAILED on the old code: the rules chart counted it, but its reason was nowhere on the
+    page. Now it is listed, escaped (no element made of the server's text) and the token scrubbed."""
+    from harness.cli import main
+    from tests.integration.outside_servers import InThread, RawWsServer, leaks_at_close
+
+    monkeypatch.setenv("HOSTILE_TOKEN", TOKEN)
+    scenario = tmp_path / "one.yaml"
+    scenario.write_text("name: one\nusers: 1\nchats_per_user: 1\nconnect_timeout: 5s\n"
+                        "expect: {settle: 0.05s, deadline: 5s}\n")
+    out = tmp_path / "r.html"
+    try:
+        with InThread(RawWsServer(leaks_at_close(f"<script>alert(1)</script>{TOKEN}"))) as ws:
+            code = main(["run", str(scenario), "--target", ws.url, "--token-env", "HOSTILE_TOKEN", "--html", str(out),
+                         "-q"])
+    finally:
+        redact.forget_all()
+    assert code == 1  # the violations objective (max 0)
+    text = out.read_text(encoding="utf-8")
+    section = text[text.index("Violations of connections"):]
+    assert "R12" in section and "malformed frame: not JSON" in section
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in section and "[REDACTED]" in section
+    assert TOKEN not in text
+    assert [t for t, _ in parse(text).tags if t == "script"] == []

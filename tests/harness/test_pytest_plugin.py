@@ -117,3 +117,39 @@ def test_a_misspelt_chatprobe_option_is_one_usage_line_naming_the_option_meant(p
     other = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--chatprobe-targt", "x", "--maxfail=many",
                                           timeout=60)
     assert other.ret == 4 and "argument --maxfail: invalid int value: 'many'" in other.stderr.str()
+
+
+def test_another_users_event_after_the_last_chat_fails_the_test_that_used_the_connection(pytester):
+    """A server that sends another user's event after a test's last chat was judged (here: as the fixture closes the
+    connection, before answering its close), with no chat after it: the connection's own R8
+    (FrameRouter.connection_ended). FAILED on the old code: the fixture's client reported it to a sink that ignored
+    it, and the test passed. Now the test that used the connection fails, naming the rule and the reason; a test on a
+    clean connection of the same server passes."""
+    import json
+
+    from tests.integration.outside_servers import InThread, RawWsServer, leaks_at_close
+
+    foreign = {"type": "partial_result", "run_id": "run-of-someone-else", "thread_id": "t-x", "user_id": "u-other",
+               "seq": 1, "payload": {"content": "someone else's words"}}
+    pytester.makepyfile(test_leak="""
+        def test_leaked_to(chatprobe):
+            chatprobe.check(chatprobe.chat("leak", deadline=5))
+
+        def test_clean(chatprobe):
+            chatprobe.check(chatprobe.chat("hi", deadline=5))
+
+        def test_failing_of_its_own(chatprobe):
+            chatprobe.check(chatprobe.chat("leak", deadline=5))
+            assert 1 == 2, "the test's own failure"
+        """)
+    with InThread(RawWsServer(leaks_at_close(json.dumps(foreign), after="leak"))) as server:
+        res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "--chatprobe-target", server.url,
+                                            timeout=60)
+    res.assert_outcomes(passed=1, failed=2)
+    res.stdout.fnmatch_lines(["*PASSED test_leak.py::test_clean*"])
+    res.stdout.fnmatch_lines(["*FAILED test_leak.py::test_leaked_to - Failed: chatprobe: the connection's own*"])
+    res.stdout.fnmatch_lines(["*FAILED test_leak.py::test_failing_of_its_own - AssertionError: the test's own*"])
+    # The reason, once for each failing test: the test's own failure keeps it, with the connection's as a note.
+    out = res.stdout.str()
+    assert out.count("the connection's own violations, after its last chat") == 2, out
+    assert out.count("R8 isolation: received partial_result of a run this client did not start") == 2, out

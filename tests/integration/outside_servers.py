@@ -220,3 +220,37 @@ class InThread:
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def leaks_at_close(leak: str, *, after: str | None = None) -> Handler:
+    """A netra server that answers every user_message with a clean run and, when the client closes the connection (its
+    close frame), first sends `leak` (a text frame: another user's event, junk), then the close's answer: something
+    the connection says after its last chat was judged, with no chat after it, at a point no timing can move. With
+    `after`, only on a connection that carried a message of that content."""
+
+    async def handler(conn: WsConn) -> None:
+        leaking = after is None
+        send_frame = conn._frame
+
+        async def leak_before_close(opcode: int, payload: bytes, fin: bool = True) -> None:
+            if opcode == 0x8 and leaking:
+                await send_frame(0x1, leak.encode())
+            await send_frame(opcode, payload, fin)
+
+        conn._frame = leak_before_close  # type: ignore[method-assign]
+        await conn.send({"type": "connection_established", "data": {"connection_id": "c"}})
+        while (raw := await conn.recv()) is not None:
+            msg = json.loads(raw)
+            if msg.get("type") != "user_message":
+                continue
+            p = msg["payload"]
+            leaking = leaking or p.get("content") == after
+            run, call = f"run-{p['message_id']}", {"tool_name": "calc", "tool_call_id": "c0"}
+            steps = [("agent_started", {"message_id": p["message_id"]}), ("agent_thinking", {"thought": "t"}),
+                     ("tool_executing", call), ("tool_completed", {**call, "result": 1}),
+                     ("partial_result", {"content": "x"}), ("agent_completed", {"result": "ok"})]
+            for seq, (kind, fields) in enumerate(steps, 1):
+                await conn.send({"type": kind, "run_id": run, "thread_id": p.get("thread_id"), "seq": seq,
+                                 "payload": fields})
+
+    return handler
