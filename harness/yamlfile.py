@@ -304,7 +304,8 @@ def _check_events(text: str, path: str) -> None:
         if isinstance(event, yaml.AliasEvent):
             aliases += 1
             if aliases > MAX_ALIASES:
-                raise ConfigError(f"{path}:{line}: more than {MAX_ALIASES} YAML aliases; refusing to expand them")
+                raise ConfigError(f"{path}:{line}:{_field_text(_open_parts(stack))} more than {MAX_ALIASES} YAML "
+                                  "aliases; refusing to expand them")
         elif isinstance(event, yaml.CollectionStartEvent):
             if len(stack) >= MAX_DEPTH:
                 field = _path_text([top[2] if top[0] else top[1] - 1 for top in stack])
@@ -338,8 +339,9 @@ def _check_nodes(node: yaml.Node | None, path: str, model: type[BaseModel] | Non
                 key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
                 if isinstance(key_node, yaml.ScalarNode):
                     if key in seen:
-                        raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r} (first on line {seen[key]})",
-                                                   problem_mark=key_node.start_mark)
+                        raise ConfigError(f"{path}:{key_node.start_mark.line + 1}:{_field_text(_parts((at, key)))} "
+                                          f"duplicate key {_part_text(key)!r} (first on line {seen[key]}): YAML "
+                                          "would keep only the last one")
                     seen[key] = key_node.start_mark.line + 1
                 size += visit(key_node, (at, key), True) + visit(value_node, (at, key))
         elif isinstance(n, yaml.SequenceNode):
@@ -347,12 +349,86 @@ def _check_nodes(node: yaml.Node | None, path: str, model: type[BaseModel] | Non
                 size += visit(item, (at, i))
         sizes[id(n)] = size
         if size > MAX_NODES:
-            raise ConfigError(f"{path}:{n.start_mark.line + 1}: more than {MAX_NODES} values once its aliases are "
-                              "expanded; too large to be a configuration")
+            raise ConfigError(f"{path}:{n.start_mark.line + 1}:{_field_text(_parts(at))} more than {MAX_NODES} "
+                              "values once its aliases are expanded; too large to be a configuration")
         return size
 
     if node is not None:
         visit(node, ())  # recursion at most MAX_DEPTH deep: _check_events ran first
+
+
+def _field_text(parts: list[Any]) -> str:
+    """" field 'a.b.c':" for a message after "path:line:", or "" at the top level (no field to name)."""
+    if not parts:
+        return ""
+    shown = ".".join(_part_text(p) for p in parts[:12]) + ("…" if len(parts) > 12 else "")
+    return f" field '{shown}':"
+
+
+def _open_parts(stack: list[list[Any]]) -> list[Any]:
+    """The field a node just begun is at (`_check_events`'s stack: per open collection [is_mapping, children so far,
+    last key], counted with that node): each mapping's last key, each sequence's last index."""
+    return [key if is_mapping else children - 1 for is_mapping, children, key in stack]
+
+
+def _next_parts(stack: list[list[Any]], event: Any = None) -> list[Any]:
+    """The field of what comes next in an event stream (`event`, not yet counted; None: unknown, the scanner stopped
+    before it): the innermost mapping's key whose value is awaited, or the key `event` is; the innermost sequence's
+    next index (when there is an event)."""
+    if not stack:
+        return []
+    parts = _open_parts(stack[:-1])
+    is_mapping, children, key = stack[-1]
+    if is_mapping and children % 2 == 1:
+        parts.append(key)
+    elif is_mapping and event is not None:
+        parts.append(event.value if isinstance(event, yaml.ScalarEvent) else "?")
+    elif not is_mapping and event is not None:
+        parts.append(children)
+    return parts
+
+
+def _field_at(text: str, index: int) -> list[Any]:
+    """The field (keys and indexes from the top) at the character `index` of the text, where PyYAML found a mistake:
+    the key a value at that place sits under, the key itself when the mistake is a key; as far as the file can be
+    read up to there (a mistake the scanner meets ends the walk: the field then is the one it was reading)."""
+    stack: list[list[Any]] = []
+    try:
+        for event in yaml.parse(text, Loader=_LOADER):
+            if event.start_mark is not None and event.start_mark.index >= index and isinstance(event, yaml.NodeEvent):
+                return _next_parts(stack, event)
+            if isinstance(event, yaml.CollectionEndEvent):
+                stack.pop()
+                continue
+            if not isinstance(event, yaml.NodeEvent):
+                continue
+            if stack:
+                top = stack[-1]
+                if top[0] and top[1] % 2 == 0:
+                    top[2] = event.value if isinstance(event, yaml.ScalarEvent) else "?"
+                top[1] += 1
+            if isinstance(event, yaml.CollectionStartEvent):
+                if len(stack) >= MAX_DEPTH:
+                    break
+                stack.append([isinstance(event, yaml.MappingStartEvent), 0, None])
+    except yaml.YAMLError:
+        pass
+    return _next_parts(stack)
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str, mark: Any) -> str:
+    """PyYAML's problem in words a person acts on: a tag that would build an object (`!!python/object/apply:…`,
+    which a safe loader never does) named as written; a tab where YAML wants spaces said so."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    tag = re.search(r"constructor for the tag '(?:tag:yaml\.org,2002:)?([^']{0,200})'", problem)
+    if tag is not None:
+        return (f"the tag !!{tag.group(1)} is not allowed: chatprobe reads plain YAML data (no tag that builds an "
+                "object); write the value itself")
+    if "tab character" in problem:
+        return f"{problem}; YAML indents with spaces only"
+    if mark is not None and 0 <= mark.index < len(text) and text[mark.index] == "\t":
+        return "found a tab character that cannot start any token; YAML indents with spaces only"
+    return problem
 
 
 def _parts(at: tuple[Any, ...]) -> list[Any]:
@@ -451,10 +527,15 @@ def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
         position = getattr(exc, "position", None)  # a reader error (a forbidden character) has only an offset
         where = (f"{path}:{mark.line + 1}" if mark else
                  f"{path}:{text.count(chr(10), 0, position) + 1}" if isinstance(position, int) else path)
-        problem = getattr(exc, "problem", None) or (_reader_problem(exc) if isinstance(position, int) else str(exc))
+        if isinstance(position, int) and not mark:
+            problem = _reader_problem(exc)
+        else:
+            problem = _yaml_problem(exc, text, mark)
         if "maximum nesting depth" in problem:  # libyaml's own limit, met while it reads ahead of our check
             raise ConfigError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels) to be a configuration") from None
-        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+        # The field the mistake is in, as every other message names it (the key a `!!python/…` tag sits under).
+        field = _field_text(_field_at(text, mark.index)) if mark else ""
+        raise ConfigError(f"{where}:{field} not valid YAML: {problem}") from None
     except RecursionError:  # not expected past _check_events; kept so that no parser change brings a traceback
         raise ConfigError(f"{path}: nested too deeply to be a configuration") from None
     except (ValueError, OverflowError) as exc:  # e.g. an integer of thousands of digits

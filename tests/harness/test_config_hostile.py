@@ -9,6 +9,7 @@ at HANG_SECONDS.
 """
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -28,6 +29,8 @@ from harness.yamlfile import (
 )
 
 CHATPROBE = Path(sys.executable).with_name("chatprobe")
+# The code under test is the one these tests import (a checkout on PYTHONPATH), not another the environment installed.
+PYTHONPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
 BOUND_SECONDS = 3.0  # of CPU
 HANG_SECONDS = 60.0
 HUGE = "9" * 400
@@ -38,7 +41,7 @@ def chatprobe_run(*args: str) -> subprocess.CompletedProcess:
     used: this test's process runs nothing else meanwhile), or past HANG_SECONDS (TimeoutExpired)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([str(CHATPROBE), "run", *args], capture_output=True, text=True, timeout=HANG_SECONDS,
-                          check=False, env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1"})
+                          check=False, env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", **PYTHONPATH})
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     assert cpu < BOUND_SECONDS, f"chatprobe run {' '.join(args)[:200]}: {cpu:.2f}s of CPU"
@@ -138,7 +141,7 @@ HOSTILE_STRUCTURES = {
     "block mappings 1,300 deep": (_deep_block_mapping, f"{MAX_DEPTH + 2}: field 'expect.k0.k1.k2…'",
                                   "nested too deeply"),
     "300,000 values": (_many_values, "2: ", f"more than {MAX_NODES} values"),
-    "aliases that double a list nine times": (_alias_doubling, "4: ", "aliases are expanded"),
+    "aliases that double a list nine times": (_alias_doubling, "4: field 'a3': ", "aliases are expanded"),
 }
 
 
@@ -164,7 +167,35 @@ def test_a_large_file_within_every_bound_is_read_whole_within_the_bound(tmp_path
 def test_aliases_past_the_limit_name_the_line(tmp_path):
     path = tmp_path / "aliases.yaml"
     path.write_text("a: &a x\nlist:\n" + "".join("  - *a\n" for _ in range(MAX_ALIASES + 1)) + "name: x\n")
-    assert_one_clean_message(chatprobe_run(str(path)), f"{path}:{MAX_ALIASES + 3}: ", "aliases")
+    assert_one_clean_message(chatprobe_run(str(path)), f"{path}:{MAX_ALIASES + 3}: field 'list.{MAX_ALIASES}': ",
+                             "aliases")
+
+
+# name: (file text, line, field, a word of the reason). Each named the file and line but no field (a `!!python/...`
+# tag: "not valid YAML: could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:...'").
+YAML_MISTAKES = {
+    "a tag that builds an object": ("name: x\nexpect:\n  deadline: !!python/object/apply:os.system [echo pwned]\n",
+                                    3, "expect.deadline", "the tag !!python/object/apply:os.system is not allowed"),
+    "a tag on a step": ("name: x\nsteps:\n  - chat: !!python/object:harness.Foo {a: 1}\n", 3, "steps.0.chat",
+                        "the tag !!python/object:harness.Foo is not allowed"),
+    "a tag in a list": ("name: x\nmessages:\n  - hi\n  - !!python/name:os.system x\n", 4, "messages.1",
+                        "!!python/name:os.system is not allowed"),
+    "a tag on a key": ("name: x\nexpect:\n  !!python/tuple [a]: 1\n", 3, "expect", "!!python/tuple is not allowed"),
+    "a key twice": ("name: x\nexpect:\n  deadline: 5s\n  deadline: 6s\n", 4, "expect.deadline",
+                    "duplicate key 'deadline' (first on line 3)"),
+    "a tab for indentation": ("name: x\nexpect:\n\tdeadline: 5s\n", 3, "expect", "YAML indents with spaces only"),
+    "an alias of nothing": ("name: x\nexpect:\n  deadline: *nope\n", 3, "expect.deadline", "undefined alias"),
+}
+
+
+@pytest.mark.parametrize("case", list(YAML_MISTAKES))
+def test_a_yaml_mistake_names_file_line_and_field(tmp_path, case):
+    text, line, field, reason = YAML_MISTAKES[case]
+    path = tmp_path / "mistake.yaml"
+    path.write_text(text)
+    proc = chatprobe_run(str(path))
+    assert_one_clean_message(proc, f"{path}:{line}: field '{field}': ", reason)
+    assert "pwned" not in proc.stdout + proc.stderr
 
 
 BAD_OBJECTIVE_FLAGS = {
