@@ -48,7 +48,7 @@ from .backoff import Backoff
 from .catalog import builtin_scenarios
 from .checker import ChatResult
 from .collector import tune_collector
-from .errors import ExitCode, os_reason
+from .errors import ExitCode, closest, os_reason
 from .events import RULES, Outcome, Violation
 from .gevent_client import SyncSession
 from .results import ScenarioRun, exit_code
@@ -116,6 +116,28 @@ def _arguments(parser: "argparse.ArgumentParser") -> None:
                    help="write every connection's frames to DIR as JSON Lines, secrets scrubbed, for `chatprobe check "
                         "DIR` (as `chatprobe run --record`); distributed: give it to the master, each worker writes "
                         "to DIR on its own machine, all under the master's run id (the master writes nothing)")
+    _refuse_misspelt(parser, sys.argv[1:])
+
+
+def _refuse_misspelt(parser: "argparse.ArgumentParser", argv: list[str]) -> None:
+    """A misspelt chatprobe flag on the command line is one line naming the flag it most looks like, exit 2, as
+    `chatprobe run` says it (Locust's own error is "unrecognized arguments" with its "Did you mean" on a line of its
+    own). Checked here, as the chatprobe flags are added, right before Locust parses the command line: nothing of
+    Locust's is changed. Only a flag that no option known by now begins (argparse takes a flag's unambiguous start)
+    and that looks like a chatprobe flag; any other mistake stays Locust's to report."""
+    known = [o for action in parser._actions for o in action.option_strings]  # (argparse's list, as Locust reads it)
+    ours = [o for o in known if o.startswith("--chatprobe-") and o != "--chatprobe-help"]
+    for arg in argv:
+        if arg == "--":
+            break
+        name = arg.partition("=")[0]
+        if not name.startswith("--") or " " in name or any(o.startswith(name) for o in known):
+            continue
+        meant = closest(name, ours)
+        if meant is not None:
+            print(f"chatprobe: error: unrecognized option {redact.clean(name, 100)} (did you mean {meant}?)",
+                  file=sys.stderr, flush=True)
+            sys.exit(int(ExitCode.USAGE))
 
 
 class _Run:

@@ -179,6 +179,25 @@ def test_a_usage_error_exits_2_with_one_line(procs, refused_port, flags, needle)
     assert "Traceback" not in proc.err(), proc.tail()
 
 
+@pytest.mark.parametrize("flag,meant", [(["--chatprobe-scenaro", "basic"], "--chatprobe-scenario"),
+                                        (["--chatprob-auth=none"], "--chatprobe-auth"),
+                                        (["--chatprobe-metrics-prot", "9"], "--chatprobe-metrics-port")])
+def test_a_misspelt_chatprobe_flag_is_one_line_naming_the_flag_meant(procs, refused_port, flag, meant):
+    """FAILED on the old code: Locust's "locust: error: unrecognized arguments: --chatprobe-scenaro" and, on a line of
+    its own, "Did you mean '--chatprobe-scenario'?". Now one line, as `chatprobe run` says it, exit 2; a misspelt flag
+    of Locust's own stays Locust's to report."""
+    argv = [locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "1", "-r", "1", "--run-time", "2s",
+            "--host", f"ws://127.0.0.1:{refused_port()}/ws", *flag]
+    proc = procs.start("locust", argv)
+    assert finish(proc, 30) == 2, proc.tail()
+    name = flag[0].partition("=")[0]
+    assert [line for line in proc.err().splitlines() if line.strip()] == [
+        f"chatprobe: error: unrecognized option {name} (did you mean {meant}?)"], proc.tail()
+    theirs = procs.start("theirs", [*argv[:-len(flag)], "--run-tme", "2s"])
+    assert finish(theirs, 30) == 2, theirs.tail()
+    assert "unrecognized arguments: --run-tme" in theirs.err() and "chatprobe" not in theirs.err(), theirs.tail()
+
+
 @pytest.mark.parametrize("port", ["busy", "70000", "-1"])
 def test_a_metrics_port_it_cannot_listen_on_exits_2_with_one_line(procs, refused_port, port):
     """FAILED on the original code: a traceback from inside Locust's init hook (OSError, OverflowError, gaierror)
