@@ -300,7 +300,8 @@ def _check_events(text: str, path: str) -> None:
             top[1] += 1
         nodes += 1
         if nodes > MAX_NODES:
-            raise ConfigError(f"{path}:{line}: more than {MAX_NODES} values; too large to be a configuration")
+            raise ConfigError(f"{path}:{line}:{_field_text(_open_parts(stack))} more than {MAX_NODES} values; too "
+                              "large to be a configuration")
         if isinstance(event, yaml.AliasEvent):
             aliases += 1
             if aliases > MAX_ALIASES:

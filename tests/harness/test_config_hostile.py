@@ -140,7 +140,7 @@ HOSTILE_STRUCTURES = {
     "block sequences 400,000 deep on one line": (_deep_block_sequence, "3: ", "nested too deeply"),
     "block mappings 1,300 deep": (_deep_block_mapping, f"{MAX_DEPTH + 2}: field 'expect.k0.k1.k2…'",
                                   "nested too deeply"),
-    "300,000 values": (_many_values, "2: ", f"more than {MAX_NODES} values"),
+    "300,000 values": (_many_values, f"2: field 'messages.{MAX_NODES - 5}': ", f"more than {MAX_NODES} values"),
     "aliases that double a list nine times": (_alias_doubling, "4: field 'a3': ", "aliases are expanded"),
 }
 
