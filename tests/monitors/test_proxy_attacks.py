@@ -8,7 +8,6 @@ import contextlib
 import json
 import re
 import secrets
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -27,23 +26,7 @@ from harness.targets import TokenProvider
 from monitors.metrics import ChatMetrics, MetricsSink
 from monitors.proxy import LiveChats, Proxy, start_proxy
 
-ROOT = Path(__file__).resolve().parents[2]
-PROXY_MAIN = "import sys; from monitors.proxy import main; sys.exit(main(sys.argv[1:]))"
-# The HTTP servers' slow-client timeout (10 s) set to SLOW_CUT in the child, so that a test of the cut need not wait
-# out the default; what is cut, and when, is the same code.
-SLOW_CUT = 2
-SLOW_CUT_MAIN = f"from monitors import httpserver; httpserver.SLOW_CLIENT_TIMEOUT = {SLOW_CUT}; "
-
-
-def free_port() -> int:
-    """A port nothing listened on a moment ago: for a process that must be told its port (0 is off for the proxy's
-    --metrics-listen), which another process, a parallel worker's, may take first (see proxy_process)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-PORT_ATTEMPTS = 5
+from .procs import ROOT, SLOW_CUT, SLOW_CUT_MAIN, proxy_process
 
 
 def status_of(pid: int) -> dict[str, str]:
@@ -57,49 +40,6 @@ def rss(pid: int) -> int:
 
 def threads(pid: int) -> int:
     return int(status_of(pid)["Threads"])
-
-
-@contextlib.asynccontextmanager
-async def proxy_process(upstream: str, tmp_path: Path, *flags: str, metrics: bool = False, slow_cut: bool = False):
-    """`chatprobe proxy` in a child process; yields (port, pid, stderr path, metrics port). `metrics`: its /metrics on
-    a free port (else off, 0); the proxy cannot pick one itself (0 is off), so one found free is given to it, and
-    when another process took that port first the proxy exits saying so and is started again on another, at most
-    PORT_ATTEMPTS times. `slow_cut`: its metrics server's slow-client timeout is SLOW_CUT."""
-    err_path = tmp_path / "proxy.stderr"
-    for _ in range(PORT_ATTEMPTS):
-        metrics_port, match = (free_port() if metrics else 0), None
-        with err_path.open("wb") as err:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", (SLOW_CUT_MAIN if slow_cut else "") + PROXY_MAIN, "--upstream", upstream,
-                "--listen", "127.0.0.1:0",
-                "--metrics-listen", f"127.0.0.1:{metrics_port}", *flags, stdout=asyncio.subprocess.PIPE, stderr=err,
-                cwd=ROOT)
-        try:
-            async with asyncio.timeout(30):
-                while line := (await proc.stdout.readline()).decode():
-                    if match := re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line):
-                        break
-                else:  # it exited: the metrics port was taken (another try), or a failure of the test's own
-                    await proc.wait()
-                    err = err_path.read_text()
-                    assert "--metrics-listen" in err and "Address already in use" in err, err
-                    continue
-            break
-        finally:
-            if proc.returncode is None and match is None:
-                proc.kill()
-                await proc.wait()
-    else:
-        pytest.fail(f"{PORT_ATTEMPTS} metrics ports found free were each taken before the proxy listened there")
-    try:
-        yield int(match.group(1)), proc.pid, err_path, metrics_port
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(20):
-            assert await proc.wait() == 0, err_path.read_text()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def until(cond, timeout=10.0):
@@ -135,7 +75,8 @@ async def test_idle_scrapers_cannot_hold_a_thread_each_of_the_proxys_metrics_ser
     writers = []
     try:
         async with proxy_process(f"ws://127.0.0.1:{up_port}/ws", tmp_path, metrics=True,
-                                 slow_cut=True) as (_, pid, err, mport):
+                                 slow_cut=True) as proxy:
+            pid, err, mport = proxy.pid, proxy.err, proxy.metrics_port
             await until(lambda: _accepts(mport), 10)
             base_threads, base_rss = threads(pid), rss(pid)
             for _ in range(SLOW_SCRAPERS):
@@ -170,7 +111,8 @@ async def test_the_proxys_metrics_port_answers_a_burst_of_pipelined_requests_onc
     upstream = await serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, ping_interval=None)
     try:
         async with proxy_process(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}/ws", tmp_path,
-                                 metrics=True) as (_, _pid, _err, mport):
+                                 metrics=True) as proxy:
+            mport = proxy.metrics_port
             await until(lambda: _accepts(mport), 10)
             async with asyncio.timeout(10):
                 reader, writer = await asyncio.open_connection("127.0.0.1", mport)
@@ -218,7 +160,8 @@ async def test_a_hostile_upstream_cannot_make_the_proxy_keep_megabytes_per_chat(
     up_port = upstream.sockets[0].getsockname()[1]
     try:
         async with proxy_process(f"ws://127.0.0.1:{up_port}", tmp_path, "--max-size", "64KiB",
-                                 "--deadline", "120s", "--stall-limit", "120s") as (port, pid, err, _):
+                                 "--deadline", "120s", "--stall-limit", "120s") as proxy:
+            port, pid, err = proxy.port, proxy.pid, proxy.err
             before = rss(pid)
             got = 0
             async with connect(f"ws://127.0.0.1:{port}/ws", ping_interval=None, open_timeout=10,

@@ -9,11 +9,8 @@ import json
 import logging
 import os
 import re
-import resource
 import secrets
-import signal
 import socket
-import sys
 import time
 from http import HTTPStatus
 from pathlib import Path
@@ -34,6 +31,8 @@ from harness.targets import TokenProvider
 from monitors.frontdoor import FrontDoor, client_address, parse_trusted, upstream_url
 from monitors.metrics import ChatMetrics, MetricsSink
 from monitors.proxy import LiveChats, Proxy, start_proxy
+
+from .procs import proxy_process
 
 ROOT = Path(__file__).resolve().parents[2]
 EXP = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=10.0)
@@ -531,39 +530,6 @@ async def test_a_peer_that_answers_no_ping_is_dropped(frozen):
 
 # -- 3. under a lowered open-file limit, in a real process --
 
-PROXY_MAIN = "import sys; from monitors.proxy import main; sys.exit(main(sys.argv[1:]))"
-
-
-@contextlib.asynccontextmanager
-async def proxy_process(upstream: str, tmp_path: Path, nofile: int, *flags: str):
-    """`chatprobe proxy` in a child process whose open-file limit is `nofile`; yields (port, pid, stderr path,
-    the listening line)."""
-    err_path = tmp_path / "proxy.stderr"
-
-    def limit():
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    with err_path.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", PROXY_MAIN, "--upstream", upstream, "--listen", "127.0.0.1:0",
-            "--metrics-listen", "127.0.0.1:0", *flags, stdout=asyncio.subprocess.PIPE, stderr=err, cwd=ROOT,
-            preexec_fn=limit)
-    try:
-        async with asyncio.timeout(30):
-            line = (await proc.stdout.readline()).decode()
-        match = re.search(r"ws://127\.0\.0\.1:(\d+)", line)
-        assert match, (line, err_path.read_text())
-        yield int(match.group(1)), proc.pid, err_path, line
-        # SIGTERM ends it within its shutdown grace (5 s, then connections are cut), even with a stuck peer.
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
-            assert await proc.wait() == 0, err_path.read_text()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
 async def start_sim():
     secret = secrets.token_urlsafe(32)
     sim = AgentSim(SimConfig(port=0, jwt_secret=secret, think=0.005, tool_latency=0.002, seed=5))
@@ -597,7 +563,8 @@ async def test_one_address_cannot_take_every_slot_under_a_low_open_file_limit(tm
     nofile = 256
     conns = []
     try:
-        async with proxy_process(upstream, tmp_path, nofile) as (port, pid, err_path, line):
+        async with proxy_process(upstream, tmp_path, nofile=nofile) as proxy:
+            port, pid, err_path, line = proxy.port, proxy.pid, proxy.err, proxy.line
             total, per = map(int, re.search(r"at most (\d+) connections, (\d+) per", line).groups())
             assert 2 * total < nofile and 1 <= per < total  # the defaults come from the limit, with headroom
             # 127.0.0.1 opens idle connections until it is refused: exactly its share, then a clean 503.
@@ -650,7 +617,8 @@ async def test_one_address_flooding_sockets_that_never_handshake_cannot_exhaust_
     upstream = sim.url.rsplit("/", 1)[0]
     raw: list[socket.socket] = []
     try:
-        async with proxy_process(upstream, tmp_path, 256) as (port, pid, err_path, line):
+        async with proxy_process(upstream, tmp_path, nofile=256) as proxy:
+            port, pid, err_path, line = proxy.port, proxy.pid, proxy.err, proxy.line
             per = int(re.search(r"(\d+) per client address", line).group(1))
 
             def wave() -> None:
@@ -683,7 +651,8 @@ async def test_running_out_of_file_descriptors_is_one_line_and_the_open_connecti
     upstream = sim.url.rsplit("/", 1)[0]
     raw: list[socket.socket] = []
     try:
-        async with proxy_process(upstream, tmp_path, 256) as (port, pid, err_path, _):
+        async with proxy_process(upstream, tmp_path, nofile=256) as proxy:
+            port, pid, err_path = proxy.port, proxy.pid, proxy.err
             alice = await open_ws(port, tokens.for_user("alice"), "127.0.0.2")
 
             def connect() -> None:
@@ -765,8 +734,9 @@ async def test_a_fast_writer_facing_a_slow_reader_does_not_pile_up_frames(tmp_pa
     up_port = upstream.sockets[0].getsockname()[1]
     client = None
     try:
-        async with proxy_process(f"ws://127.0.0.1:{up_port}", tmp_path, 1024, "--send-timeout", "60s") as (
-                port, pid, err_path, _):
+        async with proxy_process(f"ws://127.0.0.1:{up_port}", tmp_path, "--send-timeout", "60s",
+                                 nofile=1024) as proxy:
+            port, pid, err_path = proxy.port, proxy.pid, proxy.err
             before = peak_rss(pid)
             client = await connect(f"ws://127.0.0.1:{port}/ws", max_size=None, ping_interval=None, open_timeout=10,
                                    close_timeout=1)
@@ -849,8 +819,9 @@ async def test_a_peer_that_floods_pings_and_reads_nothing_does_not_grow_the_prox
     up_port = upstream.sockets[0].getsockname()[1]
     client_writer = None
     try:
-        async with proxy_process(f"ws://127.0.0.1:{up_port}", tmp_path, 1024, "--ping-interval", "1h") as (
-                port, pid, err_path, _):
+        async with proxy_process(f"ws://127.0.0.1:{up_port}", tmp_path, "--ping-interval", "1h",
+                                 nofile=1024) as proxy:
+            port, pid, err_path = proxy.port, proxy.pid, proxy.err
             before = peak_rss(pid)
             reader, client_writer = await asyncio.open_connection("127.0.0.1", port)
             key = base64.b64encode(os.urandom(16)).decode()

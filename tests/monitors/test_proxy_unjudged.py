@@ -22,13 +22,9 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
-import sys
-from pathlib import Path
 
 import websockets
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from harness.events import Outcome
@@ -36,88 +32,9 @@ from harness.offline import check_files
 from harness.profiles import load_profile
 from monitors.proxy import MAX_PARKED_EACH
 
-from .test_proxy_attacks import PORT_ATTEMPTS, PROXY_MAIN, free_port
+from .procs import ProxyProc, agentsim_process, proxy_process
 
-ROOT = Path(__file__).resolve().parents[2]
 MESSAGE = "What is 3 * 4? #tools=1"
-
-
-@contextlib.asynccontextmanager
-async def agentsim(*args: str):
-    """agentsim in a child process (no auth: `?user=NAME`); yields its ws:// base URL."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agentsim", "--port", "0", "--no-auth", "--seed", "3", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, cwd=ROOT)
-    try:
-        async with asyncio.timeout(30):
-            while line := (await proc.stdout.readline()).decode():
-                if match := re.search(r"listening on (ws://127\.0\.0\.1:\d+)", line):
-                    break
-            else:
-                raise AssertionError(f"agentsim exited {await proc.wait()} before listening")
-        yield match.group(1)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
-
-
-class ProxyProc:
-    def __init__(self, proc: asyncio.subprocess.Process, port: int, metrics_port: int, err: Path) -> None:
-        self.proc, self.port, self.metrics_port, self.err = proc, port, metrics_port, err
-
-    async def scrape(self) -> dict[tuple[str, frozenset], float] | None:
-        """Every sample of its /metrics, by name and labels; None once nothing answers there (it exited)."""
-        try:
-            async with asyncio.timeout(5):
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.metrics_port)
-                writer.write(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-                await writer.drain()
-                data = await reader.read()
-                writer.close()
-        except (OSError, TimeoutError):
-            return None
-        head, _, body = data.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.0 200") and not head.startswith(b"HTTP/1.1 200"):
-            return None
-        return {(s.name, frozenset((k, v) for k, v in s.labels.items() if k in ("outcome", "reason"))): s.value
-                for family in text_string_to_metric_families(body.decode()) for s in family.samples}
-
-
-@contextlib.asynccontextmanager
-async def proxy_process(upstream: str, tmp_path: Path, *flags: str):
-    """`chatprobe proxy` in a child process with /metrics on (a port found free: started again on another when a
-    parallel worker's process took it first, at most PORT_ATTEMPTS times); the test stops it itself."""
-    err_path = tmp_path / "proxy.stderr"
-    for _ in range(PORT_ATTEMPTS):
-        metrics_port, match = free_port(), None
-        with err_path.open("wb") as err:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", PROXY_MAIN, "--upstream", upstream, "--listen", "127.0.0.1:0",
-                "--metrics-listen", f"127.0.0.1:{metrics_port}", *flags, stdout=asyncio.subprocess.PIPE, stderr=err,
-                cwd=ROOT)
-        try:
-            async with asyncio.timeout(30):
-                while line := (await proc.stdout.readline()).decode():
-                    if match := re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line):
-                        break
-                else:
-                    await proc.wait()
-                    assert "Address already in use" in err_path.read_text(), err_path.read_text()
-                    continue
-            break
-        finally:
-            if proc.returncode is None and match is None:
-                proc.kill()
-                await proc.wait()
-    else:
-        raise AssertionError(f"{PORT_ATTEMPTS} metrics ports found free were each taken before the proxy listened")
-    try:
-        yield ProxyProc(proc, int(match.group(1)), metrics_port, err_path)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
@@ -163,8 +80,8 @@ async def test_a_chat_in_flight_when_the_proxy_stops_is_unjudged_not_abandoned(t
     proxy cuts the connection, not the user and not the server. Not judged: counted proxy_stopped, in no outcome and
     not abandoned, and so in no ratio; `check` of the recording classifies it alike."""
     rec = tmp_path / "rec"
-    async with agentsim("--think", "30") as sim, proxy_process(
-            sim, tmp_path, "--record", str(rec), "--record-all", "--deadline", "60s") as p:
+    async with agentsim_process("--think", "30") as sim, proxy_process(
+            sim, tmp_path, "--record", str(rec), "--record-all", "--deadline", "60s", metrics=True, stop=False) as p:
         async with asyncio.timeout(60):
             ws = await connect(f"ws://127.0.0.1:{p.port}/ws?user=alice", ping_interval=None, close_timeout=2)
             assert json.loads(await ws.recv())["type"] == "connection_established"
@@ -206,8 +123,9 @@ async def test_chats_past_the_parking_bound_and_parked_at_the_stop_are_unjudged_
     n = MAX_PARKED_EACH + 1
     # The cut comes after the run's first event and a think (50 ms) at least, so the run's id is known to the proxy
     # (a chat with no event is held for a resend instead: another bound, the next test's).
-    async with agentsim("--think", "0.05", "--tool-latency", "0.01", "--fault", "close:abort=1.0") as sim, \
-            proxy_process(sim, tmp_path, "--record", str(rec), "--deadline", "60s") as p:
+    async with agentsim_process("--think", "0.05", "--tool-latency", "0.01", "--fault", "close:abort=1.0") as sim, \
+            proxy_process(sim, tmp_path, "--record", str(rec), "--deadline", "60s", metrics=True,
+                          stop=False) as p:
         async with asyncio.timeout(120):
 
             async def chat(i: int) -> list[dict]:
