@@ -191,7 +191,7 @@ def test_bad_profile_file_exits_2_naming_file_line_and_field(tmp_path, capsys, e
 def test_profile_that_is_not_yaml_exits_2(tmp_path, capsys):
     code, _ = run_cli(tmp_path, "ws://127.0.0.1:9/chat", "name: acme\nroles: [unclosed\n")
     assert code == 2
-    assert "acme.yaml:3: not valid YAML" in capsys.readouterr().err
+    assert "acme.yaml:3: field 'roles': not valid YAML" in capsys.readouterr().err
 
 
 def test_target_scheme_the_profile_does_not_speak_exits_2(tmp_path, capsys):
