@@ -1,0 +1,481 @@
+"""AG-UI servers written the way teams write them: the official `ag-ui-protocol` package's event models and its
+`EventEncoder`, a Starlette app under uvicorn on a loopback socket, the request read with the package's own
+`RunAgentInput` (so chatprobe's requests are judged by the official schema too). Every event the conforming server
+sends is built from an `ag_ui.core` model; the faulty chats write the dicts a careless server writes.
+
+The chat's message picks its run: `#text` (two text messages in a step, timestamps and `rawEvent`), `#chunks`
+(`TEXT_MESSAGE_CHUNK`, `TOOL_CALL_CHUNK`, `REASONING_MESSAGE_CHUNK`), `#tools` (a call attached to a text message), `#parallel`
+(two calls whose arguments interleave), `#state` (`STATE_SNAPSHOT`, JSON Patch deltas, `MESSAGES_SNAPSHOT`),
+`#reasoning`, `#raw` (`RAW`, `CUSTOM`, activity), `#error` (`RUN_ERROR`), `#fault=NAME` (one broken rule).
+The URL's last part picks the wire: `plain` (the encoder's output as is), `crlf` (CRLF line ends, comments,
+`id:`/`event:`/`retry:` lines, a keep-alive comment before each event), `gzip` (gzip-encoded when the client asks,
+flushed per event), `ws` (the same events as WebSocket text frames). uvicorn sends every body chunked.
+
+Each run is recorded and `chatprobe check` of the recording must give the same verdicts; every conforming chat
+passes with no violation or warning, every faulty chat fails with the one rule it breaks.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import zlib
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from ag_ui.core import (
+    ActivityDeltaEvent,
+    ActivitySnapshotEvent,
+    AssistantMessage,
+    BaseEvent,
+    CustomEvent,
+    FunctionCall,
+    Interrupt,
+    MessagesSnapshotEvent,
+    RawEvent,
+    ReasoningEncryptedValueEvent,
+    ReasoningEndEvent,
+    ReasoningMessageChunkEvent,
+    ReasoningMessageContentEvent,
+    ReasoningMessageEndEvent,
+    ReasoningMessageStartEvent,
+    ReasoningStartEvent,
+    RunAgentInput,
+    RunErrorEvent,
+    RunFinishedCancelledOutcome,
+    RunFinishedEvent,
+    RunFinishedInterruptOutcome,
+    RunFinishedSuccessOutcome,
+    RunStartedEvent,
+    StateDeltaEvent,
+    StateSnapshotEvent,
+    StepFinishedEvent,
+    StepStartedEvent,
+    SubagentFinishedEvent,
+    SubagentFinishedSuccessOutcome,
+    SubagentStartedEvent,
+    TextMessageChunkEvent,
+    TextMessageContentEvent,
+    TextMessageEndEvent,
+    TextMessageStartEvent,
+    TokenUsage,
+    ToolCall,
+    ToolCallArgsEvent,
+    ToolCallChunkEvent,
+    ToolCallEndEvent,
+    ToolCallResultEvent,
+    ToolCallStartEvent,
+    ToolMessage,
+)
+from ag_ui.encoder import EventEncoder
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from harness.cli import main
+
+pytestmark = pytest.mark.timeout(90)
+
+TS = 1_764_800_000_000  # a millisecond timestamp
+
+
+# -- the runs -------------------------------------------------------------------------------------------------------
+
+def conforming(inp: RunAgentInput, text: str) -> list[BaseEvent]:
+    t, r = inp.thread_id, inp.run_id
+    start = RunStartedEvent(thread_id=t, run_id=r, timestamp=TS)
+    end = RunFinishedEvent(thread_id=t, run_id=r, timestamp=TS + 9, result={"ok": True})
+    if "#text" in text:
+        body: list[BaseEvent] = [
+            StepStartedEvent(step_name="answer"),
+            TextMessageStartEvent(message_id="m1", role="assistant", timestamp=TS + 1),
+            TextMessageContentEvent(message_id="m1", delta="Hello ", raw_event={"provider": "x", "n": 1}),
+            TextMessageContentEvent(message_id="m1", delta="there."),
+            TextMessageEndEvent(message_id="m1"),
+            TextMessageStartEvent(message_id="m2", role="assistant"),
+            TextMessageContentEvent(message_id="m2", delta="Anything else?"),
+            TextMessageEndEvent(message_id="m2", timestamp=TS + 2),
+            StepFinishedEvent(step_name="answer"),
+        ]
+    elif "#chunks" in text:
+        body = [
+            ReasoningMessageChunkEvent(message_id="r1", delta="Thinking…"),
+            ReasoningMessageChunkEvent(delta=" done."),
+            ToolCallChunkEvent(tool_call_id="c1", tool_call_name="add", parent_message_id="m1", delta='{"a": 2, '),
+            ToolCallChunkEvent(delta='"b": 3}'),
+            TextMessageChunkEvent(message_id="m1", role="assistant", delta="Calling add."),
+            ToolCallResultEvent(message_id="t1", tool_call_id="c1", content="5", role="tool"),
+            TextMessageChunkEvent(message_id="m2", role="assistant", delta="It is "),
+            TextMessageChunkEvent(delta="5."),
+        ]
+    elif "#tools" in text:
+        body = [
+            TextMessageStartEvent(message_id="m1", role="assistant"),
+            TextMessageContentEvent(message_id="m1", delta="Let me check."),
+            TextMessageEndEvent(message_id="m1"),
+            ToolCallStartEvent(tool_call_id="c1", tool_call_name="weather", parent_message_id="m1"),
+            ToolCallArgsEvent(tool_call_id="c1", delta='{"city": '),
+            ToolCallArgsEvent(tool_call_id="c1", delta='"Paris"}'),
+            ToolCallEndEvent(tool_call_id="c1"),
+            ToolCallResultEvent(message_id="t1", tool_call_id="c1", content='{"temp": 21}'),
+            TextMessageStartEvent(message_id="m2", role="assistant"),
+            TextMessageContentEvent(message_id="m2", delta="21 °C in Paris."),
+            TextMessageEndEvent(message_id="m2"),
+        ]
+    elif "#parallel" in text:
+        body = [
+            ToolCallStartEvent(tool_call_id="c1", tool_call_name="weather"),
+            ToolCallStartEvent(tool_call_id="c2", tool_call_name="time"),
+            ToolCallArgsEvent(tool_call_id="c2", delta='{"tz": "UTC"}'),
+            ToolCallArgsEvent(tool_call_id="c1", delta='{"city": "Oslo"}'),
+            ToolCallEndEvent(tool_call_id="c2"),
+            ToolCallEndEvent(tool_call_id="c1"),
+            ToolCallResultEvent(message_id="t2", tool_call_id="c2", content="12:00"),
+            ToolCallResultEvent(message_id="t1", tool_call_id="c1", content="3 °C"),
+            TextMessageStartEvent(message_id="m1", role="assistant"),
+            TextMessageContentEvent(message_id="m1", delta="Cold, noon."),
+            TextMessageEndEvent(message_id="m1"),
+        ]
+    elif "#state" in text:
+        msgs = [*inp.messages,
+                AssistantMessage(id="m1", content=None, tool_calls=[ToolCall(
+                    id="c1", function=FunctionCall(name="add_item", arguments='{"item": "milk"}'))]),
+                ToolMessage(id="t1", tool_call_id="c1", content="added"),
+                AssistantMessage(id="m2", content="Added milk.")]
+        body = [
+            StateSnapshotEvent(snapshot={"items": [], "meta": {"v": 1}}),
+            ToolCallStartEvent(tool_call_id="c1", tool_call_name="add_item", parent_message_id="m1"),
+            ToolCallArgsEvent(tool_call_id="c1", delta='{"item": "milk"}'),
+            ToolCallEndEvent(tool_call_id="c1"),
+            StateDeltaEvent(delta=[{"op": "add", "path": "/items/-", "value": "milk"},
+                                   {"op": "replace", "path": "/meta/v", "value": 2},
+                                   {"op": "test", "path": "/items/0", "value": "milk"}]),
+            ToolCallResultEvent(message_id="t1", tool_call_id="c1", content="added"),
+            StateDeltaEvent(delta=[{"op": "remove", "path": "/meta"}, {"op": "add", "path": "/done", "value": True}]),
+            TextMessageStartEvent(message_id="m2", role="assistant"),
+            TextMessageContentEvent(message_id="m2", delta="Added milk."),
+            TextMessageEndEvent(message_id="m2"),
+            MessagesSnapshotEvent(messages=msgs),
+        ]
+    elif "#reasoning" in text:
+        body = [
+            ReasoningStartEvent(message_id="r1"),
+            ReasoningMessageStartEvent(message_id="rm1", role="reasoning"),
+            ReasoningMessageContentEvent(message_id="rm1", delta="Weighing options."),
+            ReasoningMessageEndEvent(message_id="rm1"),
+            ReasoningEncryptedValueEvent(subtype="message", entity_id="rm1", encrypted_value="b64=="),
+            ReasoningEndEvent(message_id="r1"),
+            TextMessageStartEvent(message_id="m1", role="assistant"),
+            TextMessageContentEvent(message_id="m1", delta="Option B."),
+            TextMessageEndEvent(message_id="m1"),
+        ]
+    elif "#raw" in text:
+        body = [
+            RawEvent(event={"id": "chatcmpl-1", "object": "chat.completion.chunk"}, source="openai"),
+            CustomEvent(name="progress", value={"pct": 50}),
+            ActivitySnapshotEvent(message_id="a1", activity_type="PLAN", content={"steps": ["look"]}),
+            ActivityDeltaEvent(message_id="a1", activity_type="PLAN",
+                               patch=[{"op": "add", "path": "/steps/-", "value": "answer"}]),
+            TextMessageStartEvent(message_id="m1", role="assistant"),
+            TextMessageContentEvent(message_id="m1", delta="Done."),
+            TextMessageEndEvent(message_id="m1"),
+            CustomEvent(name="usage", value=12, raw_event={"tokens": 12}),
+        ]
+    elif "#interrupt" in text:
+        # A tool that waits for the user: the run pauses with the interrupt outcome, the call owes no result now.
+        start = RunStartedEvent(thread_id=t, run_id=r, input=inp, protocol_version="1.1", metadata={"agent": "demo"})
+        body = [TextMessageChunkEvent(message_id="m1", role="assistant", delta="Asking first."),
+                ToolCallStartEvent(tool_call_id="c1", tool_call_name="delete", parent_message_id="m1"),
+                ToolCallArgsEvent(tool_call_id="c1", delta='{"what": "x"}'),
+                ToolCallEndEvent(tool_call_id="c1")]
+        end = RunFinishedEvent(thread_id=t, run_id=r, outcome=RunFinishedInterruptOutcome(interrupts=[
+            Interrupt(id="i1", reason="tool_approval", tool_call_id="c1", message="Delete x?")]),
+            usage=[TokenUsage(provider="p", model="m", input_tokens=10, output_tokens=3, total_tokens=13)])
+    elif "#pending" in text:
+        body = [TextMessageStartEvent(message_id="m1", role="assistant"),
+                TextMessageContentEvent(message_id="m1", delta="Please confirm."),
+                TextMessageEndEvent(message_id="m1"),
+                ToolCallStartEvent(tool_call_id="c1", tool_call_name="confirm"),
+                ToolCallArgsEvent(tool_call_id="c1", delta="{}"),
+                ToolCallEndEvent(tool_call_id="c1")]
+        end = RunFinishedEvent(thread_id=t, run_id=r,
+                               outcome=RunFinishedSuccessOutcome(pending_tool_call_ids=["c1"]))
+    elif "#subagent" in text:
+        body = [
+            StepStartedEvent(step_name="search"),
+            ToolCallStartEvent(tool_call_id="c1", tool_call_name="delegate"),
+            ToolCallArgsEvent(tool_call_id="c1", delta='{"task": "look"}'),
+            ToolCallEndEvent(tool_call_id="c1"),
+            SubagentStartedEvent(subagent_run_id="sa1", name="researcher", parent_tool_call_id="c1"),
+            StepStartedEvent(step_name="search", subagent_run_id="sa1"),
+            TextMessageStartEvent(message_id="s1", role="assistant", subagent_run_id="sa1"),
+            TextMessageContentEvent(message_id="s1", delta="Found it."),
+            TextMessageEndEvent(message_id="s1", subagent_run_id="sa1"),
+            StepFinishedEvent(step_name="search", subagent_run_id="sa1"),
+            SubagentFinishedEvent(subagent_run_id="sa1", result="found",
+                                  outcome=SubagentFinishedSuccessOutcome()),
+            ToolCallResultEvent(message_id="t1", tool_call_id="c1", content="found"),
+            StepFinishedEvent(step_name="search"),
+            TextMessageStartEvent(message_id="m1", role="assistant"),
+            TextMessageContentEvent(message_id="m1", delta="The researcher found it."),
+            TextMessageEndEvent(message_id="m1"),
+        ]
+    elif "#cancel" in text:
+        body = [TextMessageStartEvent(message_id="m1", role="assistant"),
+                TextMessageContentEvent(message_id="m1", delta="Stopping."),
+                TextMessageEndEvent(message_id="m1")]
+        end = RunFinishedEvent(thread_id=t, run_id=r, outcome=RunFinishedCancelledOutcome())
+    elif "#error" in text:
+        return [start, TextMessageStartEvent(message_id="m1", role="assistant"),
+                TextMessageContentEvent(message_id="m1", delta="Partial"),
+                RunErrorEvent(message="model backend unavailable", code="UPSTREAM")]
+    else:
+        body = [TextMessageStartEvent(message_id="m1", role="assistant"),
+                TextMessageContentEvent(message_id="m1", delta=f"You said {len(inp.messages)} things."),
+                TextMessageEndEvent(message_id="m1")]
+    return [start, *body, end]
+
+
+def dump(ev: BaseEvent | dict[str, Any]) -> dict[str, Any]:
+    return ev if isinstance(ev, dict) else json.loads(ev.model_dump_json(by_alias=True))
+
+
+def faulty(inp: RunAgentInput, fault: str) -> list[dict[str, Any]]:
+    """The dicts a server breaking one rule sends."""
+    t, r = inp.thread_id, inp.run_id
+    start = {"type": "RUN_STARTED", "threadId": t, "runId": r}
+    end = {"type": "RUN_FINISHED", "threadId": t, "runId": r}
+    ok = [dump(e) for e in conforming(inp, "#text")[1:-1]]
+    content = {"type": "TEXT_MESSAGE_CONTENT", "messageId": "x", "delta": "hi"}
+    return {
+        "content_before_start": [start, content, {"type": "TEXT_MESSAGE_START", "messageId": "x", "role": "assistant"},
+                                 {"type": "TEXT_MESSAGE_END", "messageId": "x"}, end],
+        "end_without_start": [start, *ok, {"type": "TEXT_MESSAGE_END", "messageId": "never"}, end],
+        "unclosed_tool": [start, {"type": "TOOL_CALL_START", "toolCallId": "c1", "toolCallName": "add"},
+                          {"type": "TOOL_CALL_ARGS", "toolCallId": "c1", "delta": "{}"}, end],
+        "after_finished": [start, *ok, end, dict(content, messageId="m1")],
+        "bad_patch": [start, {"type": "STATE_SNAPSHOT", "snapshot": {"a": 1}},
+                      {"type": "STATE_DELTA", "delta": [{"op": "frobnicate", "path": "/a"}]}, *ok, end],
+        "missing_path": [start, {"type": "STATE_SNAPSHOT", "snapshot": {"a": 1}},
+                         {"type": "STATE_DELTA", "delta": [{"op": "replace", "path": "/nope/deeper", "value": 2}]},
+                         *ok, end],
+        "wrong_types": [start, {"type": "TEXT_MESSAGE_START", "messageId": 7, "role": "assistant"},
+                        {"type": "TEXT_MESSAGE_CONTENT", "messageId": 7, "delta": ["hi"]},
+                        {"type": "TEXT_MESSAGE_END", "messageId": 7}, end],
+        "missing_run_id": [{"type": "RUN_STARTED", "threadId": t}, *ok, end],
+        "two_run_started": [start, *ok[:3], start, *ok[3:], end],
+        "no_terminal": [start, *ok],
+        "slow_first": [start, *ok, end],
+    }[fault]
+
+
+#: each fault and the one rule it breaks
+FAULTS = {"content_before_start": "R5", "end_without_start": "R5", "unclosed_tool": "R5", "after_finished": "R4",
+          "bad_patch": "R12", "missing_path": "R12", "wrong_types": "R12", "missing_run_id": "R12",
+          "two_run_started": "R1", "slow_first": "R9"}
+
+
+def events_for(inp: RunAgentInput) -> list[dict[str, Any]]:
+    text = str(inp.messages[-1].content)
+    if "#fault=" in text:
+        return faulty(inp, text.split("#fault=")[1].split()[0])
+    return [dump(e) for e in conforming(inp, text)]
+
+
+# -- the server -----------------------------------------------------------------------------------------------------
+
+class Agent:
+    """The Starlette app; `requests` keeps every RunAgentInput it was sent (validated by the official model)."""
+
+    def __init__(self) -> None:
+        self.requests: list[RunAgentInput] = []
+        self.app = Starlette(routes=[Route("/agent/{style}", self.sse, methods=["POST"]),
+                                     WebSocketRoute("/agent/ws", self.ws)])
+
+    async def _stream(self, inp: RunAgentInput) -> AsyncIterator[dict[str, Any]]:
+        text = str(inp.messages[-1].content)
+        if "#fault=slow_first" in text:
+            await asyncio.sleep(2.5)  # a slow model: the first event comes after the 2 s limit
+        for ev in events_for(inp):
+            yield ev
+
+    async def sse(self, request: Request) -> Response:
+        inp = RunAgentInput.model_validate(await request.json())
+        self.requests.append(inp)
+        style = request.path_params["style"]
+        encoder = EventEncoder(accept=request.headers.get("accept"))
+        gzip = style == "gzip" and "gzip" in request.headers.get("accept-encoding", "")
+
+        async def body() -> AsyncIterator[bytes]:
+            packer = zlib.compressobj(wbits=31) if gzip else None
+            n = 0
+            async for ev in self._stream(inp):
+                # The encoder takes a model: validate the dict as the package's event union (faulty dicts that the
+                # model refuses go out as they are, as a server writing JSON by hand would send them).
+                try:
+                    frame = encoder.encode(_model(ev))
+                except Exception:
+                    frame = f"data: {json.dumps(ev)}\n\n"
+                if style == "crlf":
+                    n += 1
+                    frame = (f": keep-alive\r\nid: {n}\r\nevent: {ev.get('type')}\r\nretry: 3000\r\n"
+                             + frame.replace("\n", "\r\n"))
+                data = frame.encode()
+                if packer is not None:
+                    data = packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH)
+                yield data
+            if packer is not None:
+                yield packer.flush()
+
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        if gzip:
+            headers["Content-Encoding"] = "gzip"
+        return StreamingResponse(body(), media_type=encoder.get_content_type(), headers=headers)
+
+    async def ws(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            while True:
+                inp = RunAgentInput.model_validate_json(await websocket.receive_text())
+                self.requests.append(inp)
+                async for ev in self._stream(inp):
+                    await websocket.send_text(json.dumps(ev))
+        except WebSocketDisconnect:
+            pass
+
+
+def _model(ev: dict[str, Any]) -> BaseEvent:
+    from ag_ui.core import Event
+    from pydantic import TypeAdapter
+    return TypeAdapter(Event).validate_python(ev)
+
+
+@contextmanager
+def served(agent: Agent) -> Iterator[str]:
+    """The app under uvicorn in a thread, on a socket listening before the server starts; its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    server = uvicorn.Server(uvicorn.Config(agent.app, log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+        assert not thread.is_alive(), "uvicorn did not stop"
+
+
+# -- running chatprobe as a user does --------------------------------------------------------------------------------
+
+CONFORMING = ["#text", "#chunks", "#tools", "#parallel", "#state", "#reasoning", "#raw", "#interrupt", "#pending",
+              "#subagent", "#cancel"]
+
+
+def conforming_scenario() -> str:
+    steps = "".join(f'  - chat: {{message: "{m} please"}}\n' for m in CONFORMING)
+    return ("name: agui-independent\nusers: 2\nexpect: {streaming: true, first_event_limit: 10s, settle: 0.2s}\n"
+            "objectives: {time_to_first_event: {p95: 10s}}\nsteps:\n" + steps
+            + '  - chat: {message: "#error now", expect_error: fatal}\n'
+            + '  - chat: {message: "and a follow-up", thread: continue}\n')
+
+
+def fault_scenario() -> str:
+    steps = "".join(f'  - chat: {{message: "#fault={f} x"}}\n' for f in [*FAULTS, "no_terminal"])
+    return "name: agui-faults\nusers: 1\nexpect: {settle: 0.2s, deadline: 5s}\nsteps:\n" + steps
+
+
+def run_and_check(tmp_path: Path, url: str, body: str) -> tuple[dict[str, Any], dict[str, Any], int]:
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(body)
+    live, offline, rec = tmp_path / "live.json", tmp_path / "offline.json", tmp_path / "rec"
+    code = main(["run", "--target", url, "--profile", "ag-ui", "--auth", "none", str(scenario),
+                 "--record", str(rec), "--json", str(live), "-q"])
+    assert code in (0, 1), code
+    code2 = main(["check", str(rec), "--profile", "ag-ui", "--scenario", str(scenario), "--json", str(offline), "-q"])
+    assert code2 == code, (code, code2)
+    (a,) = json.loads(live.read_text())["scenarios"]
+    (b,) = json.loads(offline.read_text())["scenarios"]
+    return a, b, code
+
+
+def verdicts(doc: dict[str, Any], agent: Agent) -> dict[str, list[tuple[str, tuple[str, ...], tuple[str, ...]]]]:
+    """Each chat's verdict (outcome, violated rules, warned rules) under the message its server was sent."""
+    texts = {r.thread_id: [] for r in agent.requests}
+    for r in agent.requests:
+        texts[r.thread_id].append(str(r.messages[-1].content))
+    out: dict[str, list[tuple[str, tuple[str, ...], tuple[str, ...]]]] = {}
+    seen: dict[str, int] = {}
+    for c in sorted(doc["chats"], key=lambda c: c["chat_id"]):
+        i = seen.get(c["thread_id"], 0)
+        seen[c["thread_id"]] = i + 1
+        msg = texts[c["thread_id"]][i].split()[0]
+        out.setdefault(msg, []).append((c["outcome"], tuple(v["rule"] for v in c["violations"]),
+                                        tuple(sorted({w["rule"] for w in c["warnings"]}))))
+    return out
+
+
+def counts_add_up(doc: dict[str, Any]) -> None:
+    stats = doc["stats"]
+    assert stats["chats"] == len(doc["chats"]) == sum(stats["outcomes"].values()), stats
+    by_rule: dict[str, int] = {}
+    for c in doc["chats"]:
+        for v in c["violations"]:
+            by_rule[v["rule"]] = by_rule.get(v["rule"], 0) + 1
+    assert {k: v for k, v in stats["violations"].items() if v} == by_rule, (stats["violations"], by_rule)
+    assert stats["events"] == sum(c["events_received"] for c in doc["chats"]), stats
+
+
+@pytest.mark.parametrize("style", ["plain", "crlf", "gzip", "ws"])
+def test_conforming_official_package_server_passes_live_and_offline(tmp_path: Path, style: str):
+    agent = Agent()
+    with served(agent) as host:
+        url = f"ws://{host}/agent/ws" if style == "ws" else f"http://{host}/agent/{style}"
+        live, offline, code = run_and_check(tmp_path, url, conforming_scenario())
+    got = verdicts(live, agent)
+    assert got == verdicts(offline, agent)
+    assert code == 0, got
+    for doc in (live, offline):
+        counts_add_up(doc)
+    assert set(got) == {*CONFORMING, "#error", "and"}, got
+    # A tool call whose parentMessageId names an assistant message not shown yet (one carrying only tool calls, or
+    # streamed after its calls) is advice, never a failure (docs/profiles.md).
+    advised = {"#chunks", "#state"}
+    assert all(v == [("passed", (), ("R5",) if m in advised else ())] * 2 for m, v in got.items()), got
+    assert {w["reason"].split(", which")[0].split("names ")[1] for c in live["chats"] for w in c["warnings"]} \
+        == {"parentMessageId 'm1'"}
+    # The follow-up turn carried the conversation so far, which the official RunAgentInput read.
+    follow = [r for r in agent.requests if str(r.messages[-1].content) == "and a follow-up"]
+    assert len(follow) == 2 and all(len(r.messages) >= 3 for r in follow), [r.messages for r in follow]
+
+
+@pytest.mark.parametrize("style", ["plain", "crlf", "gzip", "ws"])
+def test_each_fault_is_its_one_rule_live_and_offline(tmp_path: Path, style: str):
+    agent = Agent()
+    with served(agent) as host:
+        url = f"ws://{host}/agent/ws" if style == "ws" else f"http://{host}/agent/{style}"
+        live, offline, _ = run_and_check(tmp_path, url, fault_scenario())
+    got = verdicts(live, agent)
+    assert got == verdicts(offline, agent)
+    for doc in (live, offline):
+        counts_add_up(doc)
+    found = {msg.removeprefix("#fault="): v for msg, v in got.items()}
+    # A run whose stream ends without RUN_FINISHED is incomplete (its agent_completed missing, "truncated run"); one
+    # whose WebSocket stays open without it is incomplete at its deadline (R10).
+    assert found.pop("no_terminal") == [("incomplete", ("R10",) if style == "ws" else (), ())], found
+    (cut,) = [c for c in live["chats"] if c["outcome"] == "incomplete"]
+    assert cut["missing"] == ["agent_completed"], cut
+    assert set(found) == set(FAULTS), found
+    wrong = {f: v for f, v in found.items() if not (len(v) == 1 and v[0][0] in ("failed", "incomplete")
+                                                    and set(v[0][1]) == {FAULTS[f]})}
+    assert not wrong, wrong
