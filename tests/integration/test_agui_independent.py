@@ -88,9 +88,11 @@ TS = 1_764_800_000_000  # a millisecond timestamp
 
 # -- the runs -------------------------------------------------------------------------------------------------------
 
-def conforming(inp: RunAgentInput, text: str) -> list[BaseEvent]:
+def conforming(inp: RunAgentInput, text: str, parent: str | None = None) -> list[BaseEvent]:
+    """The run answering `inp`; `parent`: the thread's previous run, which a continued turn names as its parentRunId
+    and whose input it echoes (the conversation so far)."""
     t, r = inp.thread_id, inp.run_id
-    start = RunStartedEvent(thread_id=t, run_id=r, timestamp=TS)
+    start = RunStartedEvent(thread_id=t, run_id=r, timestamp=TS, parent_run_id=parent, input=inp if parent else None)
     end = RunFinishedEvent(thread_id=t, run_id=r, timestamp=TS + 9, result={"ok": True})
     if "#text" in text:
         body: list[BaseEvent] = [
@@ -227,11 +229,38 @@ def conforming(inp: RunAgentInput, text: str) -> list[BaseEvent]:
             TextMessageContentEvent(message_id="m1", delta="The researcher found it."),
             TextMessageEndEvent(message_id="m1"),
         ]
+    elif "#misc" in text:
+        body = [
+            StateDeltaEvent(delta=[{"op": "add", "path": "/counter", "value": 1}]),  # onto the request's state {}
+            StepStartedEvent(step_name="outer"),
+            StepStartedEvent(step_name="inner"),
+            StateDeltaEvent(delta=[{"op": "copy", "from": "/counter", "path": "/copy"},
+                                   {"op": "move", "from": "/copy", "path": "/moved"},
+                                   {"op": "add", "path": "/list", "value": []}]),
+            StepFinishedEvent(step_name="inner"),
+            StepStartedEvent(step_name="inner"),  # the same name again once closed
+            StepFinishedEvent(step_name="inner"),
+            StepFinishedEvent(step_name="outer"),
+            TextMessageStartEvent(message_id="m1", role="assistant"),
+            TextMessageContentEvent(message_id="m1", delta="Ünïcødé 🎉 " + "x" * 20_000),
+            TextMessageEndEvent(message_id="m1"),
+            TextMessageStartEvent(message_id="m1", role="assistant"),  # a closed message reopened (spec 1.1: MAY)
+            TextMessageContentEvent(message_id="m1", delta=" and more"),
+            TextMessageEndEvent(message_id="m1"),
+            ToolCallStartEvent(tool_call_id="c1", tool_call_name="ping"),  # a call with no arguments
+            ToolCallEndEvent(tool_call_id="c1"),
+            ToolCallResultEvent(message_id="t1", tool_call_id="c1", content=""),
+            StateSnapshotEvent(snapshot={"replaced": True}),
+            StateDeltaEvent(delta=[{"op": "replace", "path": "/replaced", "value": False}]),
+        ]
+        end = RunFinishedEvent(thread_id=t, run_id=r, result=None)
     elif "#cancel" in text:
         body = [TextMessageStartEvent(message_id="m1", role="assistant"),
                 TextMessageContentEvent(message_id="m1", delta="Stopping."),
                 TextMessageEndEvent(message_id="m1")]
         end = RunFinishedEvent(thread_id=t, run_id=r, outcome=RunFinishedCancelledOutcome())
+    elif "#refused" in text:  # the run fails before it starts: RUN_ERROR alone
+        return [RunErrorEvent(message="quota exceeded", code="QUOTA", timestamp=TS)]
     elif "#error" in text:
         return [start, TextMessageStartEvent(message_id="m1", role="assistant"),
                 TextMessageContentEvent(message_id="m1", delta="Partial"),
@@ -316,14 +345,18 @@ FAULTS = {
 }
 
 
-def events_for(inp: RunAgentInput) -> list[dict[str, Any]]:
+def events_for(inp: RunAgentInput, parent: str | None) -> list[dict[str, Any]]:
     text = str(inp.messages[-1].content)
     if "#fault=" in text:
         return faulty(inp, text.split("#fault=")[1].split()[0])
-    return [dump(e) for e in conforming(inp, text)]
+    return [dump(e) for e in conforming(inp, text, parent)]
 
 
 # -- the server -----------------------------------------------------------------------------------------------------
+
+#: the content codings the server offers, as zlib writes them (deflate in its zlib form, RFC 9110)
+WBITS = {"gzip": 31, "deflate": 15}
+
 
 class Agent:
     """The Starlette app; `requests` keeps every RunAgentInput it was sent (validated by the official model)."""
@@ -336,8 +369,9 @@ class Agent:
     async def _stream(self, inp: RunAgentInput) -> AsyncIterator[dict[str, Any]]:
         text = str(inp.messages[-1].content)
         if "#fault=slow_first" in text:
-            await asyncio.sleep(2.5)  # a slow model: the first event comes after the 2 s limit
-        for ev in events_for(inp):
+            await asyncio.sleep(2.2)  # a slow model: the first event comes after the 2 s limit
+        parent = next((r.run_id for r in reversed(self.requests[:-1]) if r.thread_id == inp.thread_id), None)
+        for ev in events_for(inp, parent):
             yield ev
 
     async def sse(self, request: Request) -> Response:
@@ -345,13 +379,14 @@ class Agent:
         self.requests.append(inp)
         style = request.path_params["style"]
         encoder = EventEncoder(accept=request.headers.get("accept"))
-        gzip = style == "gzip" and "gzip" in request.headers.get("accept-encoding", "")
+        coding = next((c for c in WBITS if style.startswith(c) and c in request.headers.get("accept-encoding", "")),
+                      None)
         # A faulty run is JSON written by hand (the models would refuse or mend it); a conforming one goes through
         # the package's models and encoder.
         by_hand = "#fault=" in str(inp.messages[-1].content)
 
         async def body() -> AsyncIterator[bytes]:
-            packer = zlib.compressobj(wbits=31) if gzip else None
+            packer = zlib.compressobj(wbits=WBITS[coding]) if coding else None
             n = 0
             async for ev in self._stream(inp):
                 frame = f"data: {json.dumps(ev)}\n\n" if by_hand else encoder.encode(_model(ev))
@@ -362,13 +397,17 @@ class Agent:
                 data = frame.encode()
                 if packer is not None:
                     data = packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH)
-                yield data
-            if packer is not None:
+                if style == "split":  # every few bytes a chunk of its own: events and UTF-8 cut anywhere
+                    for i in range(0, len(data), 5):
+                        yield data[i:i + 5]
+                else:
+                    yield data
+            if packer is not None and style != "gzip-no-trailer":
                 yield packer.flush()
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        if gzip:
-            headers["Content-Encoding"] = "gzip"
+        if coding:
+            headers["Content-Encoding"] = coding
         return StreamingResponse(body(), media_type=encoder.get_content_type(), headers=headers)
 
     async def ws(self, websocket: WebSocket) -> None:
@@ -411,20 +450,21 @@ def served(agent: Agent) -> Iterator[str]:
 # -- running chatprobe as a user does --------------------------------------------------------------------------------
 
 CONFORMING = ["#text", "#chunks", "#tools", "#parallel", "#state", "#reasoning", "#raw", "#interrupt", "#pending",
-              "#subagent", "#cancel"]
+              "#subagent", "#cancel", "#misc"]
 
 
 def conforming_scenario() -> str:
     steps = "".join(f'  - chat: {{message: "{m} please"}}\n' for m in CONFORMING)
     return ("name: agui-independent\nusers: 2\nexpect: {streaming: true, first_event_limit: 10s, settle: 0.2s}\n"
             "objectives: {time_to_first_event: {p95: 10s}}\nsteps:\n" + steps
+            + '  - chat: {message: "#refused now", expect_error: fatal}\n'
             + '  - chat: {message: "#error now", expect_error: fatal}\n'
             + '  - chat: {message: "and a follow-up", thread: continue}\n')
 
 
 def fault_scenario() -> str:
     steps = "".join(f'  - chat: {{message: "#fault={f} x"}}\n' for f in [*FAULTS, "no_terminal"])
-    return "name: agui-faults\nusers: 1\nexpect: {settle: 0.2s, deadline: 5s}\nsteps:\n" + steps
+    return "name: agui-faults\nusers: 1\nexpect: {settle: 0.2s, deadline: 3.5s}\nsteps:\n" + steps
 
 
 def run_and_check(tmp_path: Path, url: str, body: str) -> tuple[dict[str, Any], dict[str, Any], int]:
@@ -466,9 +506,15 @@ def counts_add_up(doc: dict[str, Any]) -> None:
             by_rule[v["rule"]] = by_rule.get(v["rule"], 0) + 1
     assert {k: v for k, v in stats["violations"].items() if v} == by_rule, (stats["violations"], by_rule)
     assert stats["events"] == sum(c["events_received"] for c in doc["chats"]), stats
+    missing: dict[str, int] = {}
+    for c in doc["chats"]:
+        for role in c["missing"]:
+            missing[role] = missing.get(role, 0) + 1
+    assert {k: v for k, v in stats["missing_roles"].items() if v} == missing, (stats["missing_roles"], missing)
+    assert stats["missing_events_chats"] == sum(1 for c in doc["chats"] if c["missing"]), stats
 
 
-@pytest.mark.parametrize("style", ["plain", "crlf", "gzip", "ws"])
+@pytest.mark.parametrize("style", ["plain", "crlf", "gzip", "deflate", "split", "ws"])
 def test_conforming_official_package_server_passes_live_and_offline(tmp_path: Path, style: str, capfd):
     agent = Agent()
     with served(agent) as host:
@@ -480,7 +526,7 @@ def test_conforming_official_package_server_passes_live_and_offline(tmp_path: Pa
     assert code == 0, got
     for doc in (live, offline):
         counts_add_up(doc)
-    assert set(got) == {*CONFORMING, "#error", "and"}, got
+    assert set(got) == {*CONFORMING, "#error", "#refused", "and"}, got
     # A tool call whose parentMessageId names an assistant message not shown yet (one carrying only tool calls, or
     # streamed after its calls) is advice, never a failure (docs/profiles.md).
     advised = {"#chunks", "#state"}
@@ -490,6 +536,7 @@ def test_conforming_official_package_server_passes_live_and_offline(tmp_path: Pa
     # The follow-up turn carried the conversation so far, which the official RunAgentInput read.
     follow = [r for r in agent.requests if str(r.messages[-1].content) == "and a follow-up"]
     assert len(follow) == 2 and all(len(r.messages) >= 3 for r in follow), [r.messages for r in follow]
+    assert all(c["parent_run_id"] is None for c in live["chats"]), "a continued turn's parentRunId is no further run"
 
 
 @pytest.mark.parametrize("style", ["plain", "crlf", "gzip", "ws"])
@@ -519,3 +566,19 @@ def test_each_fault_is_its_one_rule_live_and_offline(tmp_path: Path, style: str,
              if [(o, set(rules), w) for o, rules, w in v] != [(FAULTS[f][0], {FAULTS[f][1], *late_rule(f)},
                                                                ())]}
     assert not wrong, wrong
+
+
+def test_a_gzip_stream_without_its_end_is_an_r12_live_and_offline(tmp_path: Path, capfd):
+    """Flushed per event, every event whole, but never finished (no last block, no CRC trailer): the body is not the
+    gzip it says it is (RFC 9110 8.4.1.3, RFC 1952), an R12 as docs/protocol.md says, though lenient clients (browsers,
+    Node's fetch) read it. Pinned: a server that does this is told so, not passed."""
+    agent = Agent()
+    with served(agent) as host:
+        live, offline, code = run_and_check(tmp_path, f"http://{host}/agent/gzip-no-trailer",
+                                            'name: no-trailer\nsteps:\n  - chat: {message: "#text"}\n'
+                                            '  - chat: {message: "#tools"}\n')
+    assert "Traceback" not in "".join(capfd.readouterr())
+    assert code == 1
+    got = verdicts(live, agent)
+    assert got == verdicts(offline, agent) == {"#text": [("failed", ("R12",), ())], "#tools": [("failed", ("R12",), ())]}
+    assert all("ended before its gzip end" in c["violations"][0]["reason"] for c in live["chats"]), live["chats"]
