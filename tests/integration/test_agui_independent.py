@@ -323,6 +323,7 @@ def faulty(inp: RunAgentInput, fault: str) -> list[dict[str, Any]]:
                        {"type": "TEXT_MESSAGE_END", "message_id": "m1"}, end],
         "missing_thread_id": [{"type": "RUN_STARTED", "runId": r}, *ok, end],
         "error_with_open_message": [start, *ok[:3], {"type": "RUN_ERROR", "message": "boom"}],
+        "server_thread_id": [dict(start, threadId="srv-t"), *ok, dict(end, threadId="srv-t")],
         "bad_role": [start, ok[0], {"type": "TEXT_MESSAGE_START", "messageId": "m1", "role": "robot"}, *ok[2:], end],
     }[fault]
 
@@ -582,3 +583,26 @@ def test_a_gzip_stream_without_its_end_is_an_r12_live_and_offline(tmp_path: Path
     got = verdicts(live, agent)
     assert got == verdicts(offline, agent) == {"#text": [("failed", ("R12",), ())], "#tools": [("failed", ("R12",), ())]}
     assert all("ended before its gzip end" in c["violations"][0]["reason"] for c in live["chats"]), live["chats"]
+
+
+@pytest.mark.parametrize("style", ["plain", "ws"])
+def test_the_clients_run_under_a_thread_of_the_servers_is_r8(tmp_path: Path, style: str, capfd):
+    """A server that names the thread itself (ids of its own) but the run the client asked for. AG-UI's reference
+    client checks neither id, and another runId than sent is only advice; another thread inside the client's run is
+    R8, as docs/protocol.md says (a client that files runs by thread shows the answer in another conversation).
+    Pinned as documented: each lifecycle event naming that thread is one R8, live and offline alike."""
+    agent = Agent()
+    with served(agent) as host:
+        url = f"ws://{host}/agent/ws" if style == "ws" else f"http://{host}/agent/{style}"
+        live, offline, code = run_and_check(tmp_path, url, 'name: srv-thread\nsteps:\n'
+                                            '  - chat: {message: "#fault=server_thread_id"}\n'
+                                            '  - chat: {message: "#text"}\n')
+    assert "Traceback" not in "".join(capfd.readouterr())
+    got = verdicts(live, agent)
+    assert got == verdicts(offline, agent)
+    assert got == {"#fault=server_thread_id": [("failed", ("R8", "R8"), ())], "#text": [("passed", (), ())]}, got
+    assert code == 1
+    (failed,) = [c for c in live["chats"] if c["violations"]]
+    assert [v["reason"] for v in failed["violations"]] == [
+        f"received {role} of thread 'srv-t' inside this client's run: cross-talk"
+        for role in ("agent_started (RUN_STARTED)", "agent_completed (RUN_FINISHED)")]
