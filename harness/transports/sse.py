@@ -121,17 +121,41 @@ def classify_http(exc: BaseException) -> tuple[str, str]:
     return "protocol_error", exc.__class__.__name__
 
 
-def classify_status(status: int, content_type: str) -> tuple[str, str] | None:
-    """The response head as a failure (label, reason), or None when it opens an event stream."""
+def classify_status(status: int, content_type: str, location: str = "", url: str = "") -> tuple[str, str] | None:
+    """The response head as a failure (label, reason), or None when it opens an event stream. `location`: a redirect's
+    Location header, resolved against the request's `url`."""
     if status in (401, 403):
         return "auth_failed", f"HTTP {status} from the SSE endpoint"
     if status == 503:
         return "refused", "HTTP 503: the server refused the request"
+    if 300 <= status < 400 and (where := _redirect_target(location, url)):
+        # No redirect is followed (the token goes to --target only), but a server mounted at `/agent/` answers a POST
+        # to `/agent` so (Starlette, FastAPI): say where it points, so the user can give that URL.
+        return "protocol_error", (f"HTTP {status} from the SSE endpoint, redirecting to {where} (no redirect is "
+                                  "followed: give that URL as --target)")
     if not 200 <= status < 300:
         return "protocol_error", f"HTTP {status} from the SSE endpoint"
     if content_type.partition(";")[0].strip().lower() != EVENT_STREAM:
         return "protocol_error", f"content type {content_type or '(none)'!r}, not {EVENT_STREAM}"
     return None
+
+
+def _redirect_target(location: str, url: str) -> str:
+    """Where a redirect points, as scheme://host[:port]/path: no user info, query or fragment (a server may echo a
+    token there), at most 200 characters; "" when it names no http(s) URL."""
+    location = location.strip()
+    if not location:
+        return ""
+    try:
+        given = httpx.URL(location)
+        target = given if given.scheme or not url else httpx.URL(url).join(location)
+    except Exception:
+        return ""
+    if target.scheme not in ("http", "https") or not target.host:
+        return ""
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    port = f":{target.port}" if target.port is not None else ""
+    return f"{target.scheme}://{host}{port}{target.path}"[:200]
 
 
 @functools.cache
@@ -205,7 +229,8 @@ class SSETransport(RecordingHooks):
         finally:
             if response is None:  # no stream came of it (also when cancelled): the next chat may try again
                 self._requested = False
-        failure = classify_status(response.status_code, response.headers.get("content-type", ""))
+        failure = classify_status(response.status_code, response.headers.get("content-type", ""),
+                                  response.headers.get("location", ""), str(request.url))
         # Shown as sent, never case-folded: redaction finds an echoed token only in the case it was given.
         encoding = response.headers.get("content-encoding", "").strip()
         if failure is None and encoding.lower() not in ("", "identity") and encoding.lower() not in CODINGS:

@@ -324,6 +324,10 @@ def faulty(inp: RunAgentInput, fault: str) -> list[dict[str, Any]]:
         "missing_thread_id": [{"type": "RUN_STARTED", "runId": r}, *ok, end],
         "error_with_open_message": [start, *ok[:3], {"type": "RUN_ERROR", "message": "boom"}],
         "server_thread_id": [dict(start, threadId="srv-t"), *ok, dict(end, threadId="srv-t")],
+        "thinking": [start, {"type": "THINKING_START", "title": "Planning"},
+                     {"type": "THINKING_TEXT_MESSAGE_START"},
+                     {"type": "THINKING_TEXT_MESSAGE_CONTENT", "delta": "Hmm."},
+                     {"type": "THINKING_TEXT_MESSAGE_END"}, {"type": "THINKING_END"}, *ok, end],
         "bad_role": [start, ok[0], {"type": "TEXT_MESSAGE_START", "messageId": "m1", "role": "robot"}, *ok[2:], end],
     }[fault]
 
@@ -365,7 +369,10 @@ class Agent:
     def __init__(self) -> None:
         self.requests: list[RunAgentInput] = []
         self.app = Starlette(routes=[Route("/agent/{style}", self.sse, methods=["POST"]),
-                                     WebSocketRoute("/agent/ws", self.ws)])
+                                     WebSocketRoute("/agent/ws", self.ws),
+                                     # Mounted with a trailing slash, as `add_langgraph_fastapi_endpoint(app, a, "/x/")`
+                                     # does: Starlette answers a POST to /slashed with 307 to /slashed/.
+                                     Route("/slashed/", self.sse, methods=["POST"])])
 
     async def _stream(self, inp: RunAgentInput) -> AsyncIterator[dict[str, Any]]:
         text = str(inp.messages[-1].content)
@@ -378,7 +385,7 @@ class Agent:
     async def sse(self, request: Request) -> Response:
         inp = RunAgentInput.model_validate(await request.json())
         self.requests.append(inp)
-        style = request.path_params["style"]
+        style = request.path_params.get("style", "plain")
         encoder = EventEncoder(accept=request.headers.get("accept"))
         coding = next((c for c in WBITS if style.startswith(c) and c in request.headers.get("accept-encoding", "")),
                       None)
@@ -606,3 +613,55 @@ def test_the_clients_run_under_a_thread_of_the_servers_is_r8(tmp_path: Path, sty
     assert [v["reason"] for v in failed["violations"]] == [
         f"received {role} of thread 'srv-t' inside this client's run: cross-talk"
         for role in ("agent_started (RUN_STARTED)", "agent_completed (RUN_FINISHED)")]
+
+
+def test_pre_1_0_thinking_events_pass_with_advice_live_and_offline(tmp_path: Path, capfd):
+    """A server on an ag-ui-protocol from before 1.0 streams THINKING_* (1.0 replaced them with REASONING_*; the
+    installed package has no model for them): each is advice, the run passes, as docs/protocol.md says."""
+    agent = Agent()
+    with served(agent) as host:
+        live, offline, code = run_and_check(tmp_path, f"http://{host}/agent/plain",
+                                            'name: thinking\nsteps:\n  - chat: {message: "#fault=thinking"}\n')
+    assert "Traceback" not in "".join(capfd.readouterr())
+    got = verdicts(live, agent)
+    assert got == verdicts(offline, agent) == {"#fault=thinking": [("passed", (), ("R12",))]}, got
+    assert code == 0
+    (chat,) = live["chats"]
+    assert [w["reason"].split()[0] for w in chat["warnings"]] == [
+        "THINKING_START", "THINKING_TEXT_MESSAGE_START", "THINKING_TEXT_MESSAGE_CONTENT", "THINKING_TEXT_MESSAGE_END",
+        "THINKING_END"]
+    assert "agent_thinking" in {e["role"] for e in chat["events"]}
+
+
+def test_a_redirect_to_the_endpoint_with_a_slash_says_where_it_goes(tmp_path: Path, capfd):
+    """Starlette (FastAPI) answers a POST to /slashed, whose route is /slashed/, with 307 and a Location. fetch() (AG-UI's
+    HttpAgent) follows it; chatprobe follows no redirect (docs/profiles.md: the token goes to --target only), so the
+    chat is a protocol_error, live and offline alike. The error named the status alone ("HTTP 307 from the SSE
+    endpoint"), leaving the user to find out why; it now says where the server sends the client, without the
+    query (a token echoed there stays out of the report), and what to do."""
+    agent = Agent()
+    with served(agent) as host:
+        live, offline, code = run_and_check(tmp_path, f"http://{host}/slashed?key=abc",
+                                            'name: slash\nsteps:\n  - chat: {message: "#text"}\n')
+        assert "Traceback" not in "".join(capfd.readouterr())
+    assert code == 1 and not agent.requests
+    want = (f"HTTP 307 from the SSE endpoint, redirecting to http://{host}/slashed/ (no redirect is followed: give "
+            "that URL as --target)")
+    for doc in (live, offline):
+        (chat,) = doc["chats"]
+        assert (chat["outcome"], chat["error_kind"], chat["error"]) == ("error", "protocol_error", want), chat
+
+
+@pytest.mark.parametrize("location, said", [
+    ("/agent/", "http://127.0.0.1:8000/agent/"),
+    ("https://user:pw@other.example/x/?token=s3cr3t#f", "https://other.example/x/"),
+    ("http://[::1]:9/a", "http://[::1]:9/a"),
+    ("javascript:alert(1)", ""), ("", ""), ("http://", ""), ("//other.example/y", "http://other.example/y"),
+])
+def test_where_a_redirect_points_is_said_without_credentials(location: str, said: str):
+    from harness.transports.sse import classify_status
+
+    failure = classify_status(307, "text/html", location, "http://127.0.0.1:8000/agent?key=k")
+    assert failure is not None and failure[0] == "protocol_error"
+    assert failure[1] == (f"HTTP 307 from the SSE endpoint, redirecting to {said} (no redirect is followed: give that "
+                          "URL as --target)" if said else "HTTP 307 from the SSE endpoint")
