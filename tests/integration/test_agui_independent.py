@@ -8,8 +8,10 @@ The chat's message picks its run: `#text` (two text messages in a step, timestam
 (two calls whose arguments interleave), `#state` (`STATE_SNAPSHOT`, JSON Patch deltas, `MESSAGES_SNAPSHOT`),
 `#reasoning`, `#raw` (`RAW`, `CUSTOM`, activity), `#error` (`RUN_ERROR`), `#fault=NAME` (one broken rule).
 The URL's last part picks the wire: `plain` (the encoder's output as is), `crlf` (CRLF line ends, comments,
-`id:`/`event:`/`retry:` lines, a keep-alive comment before each event), `gzip` (gzip-encoded when the client asks,
-flushed per event), `ws` (the same events as WebSocket text frames). uvicorn sends every body chunked.
+`id:`/`event:`/`retry:` lines, a keep-alive comment before each event), `gzip` / `deflate` (encoded when the client
+asks, flushed per event), `split` / `gzip-split` (a chunk every 5 bytes: events, UTF-8 and gzip blocks cut
+anywhere), `gzip-no-trailer` (never finished), `ws` (the same events as WebSocket text frames); `/slashed/` is an
+endpoint mounted with a trailing slash. uvicorn sends every body chunked.
 
 Each run is recorded and `chatprobe check` of the recording must give the same verdicts; every conforming chat
 passes with no violation or warning, every faulty chat fails with the one rule it breaks.
@@ -405,7 +407,7 @@ class Agent:
                 data = frame.encode()
                 if packer is not None:
                     data = packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH)
-                if style == "split":  # every few bytes a chunk of its own: events and UTF-8 cut anywhere
+                if style.endswith("split"):  # every few bytes a chunk of its own: events and UTF-8 cut anywhere
                     for i in range(0, len(data), 5):
                         yield data[i:i + 5]
                 else:
@@ -522,7 +524,7 @@ def counts_add_up(doc: dict[str, Any]) -> None:
     assert stats["missing_events_chats"] == sum(1 for c in doc["chats"] if c["missing"]), stats
 
 
-@pytest.mark.parametrize("style", ["plain", "crlf", "gzip", "deflate", "split", "ws"])
+@pytest.mark.parametrize("style", ["plain", "crlf", "gzip", "deflate", "split", "gzip-split", "ws"])
 def test_conforming_official_package_server_passes_live_and_offline(tmp_path: Path, style: str, capfd):
     agent = Agent()
     with served(agent) as host:
