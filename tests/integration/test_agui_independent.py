@@ -36,6 +36,7 @@ from ag_ui.core import (
     AssistantMessage,
     BaseEvent,
     CustomEvent,
+    Event,
     FunctionCall,
     Interrupt,
     MessagesSnapshotEvent,
@@ -75,6 +76,7 @@ from ag_ui.core import (
     ToolMessage,
 )
 from ag_ui.encoder import EventEncoder
+from pydantic import TypeAdapter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -433,9 +435,11 @@ class Agent:
 
 
 def _model(ev: dict[str, Any]) -> BaseEvent:
-    from ag_ui.core import Event
-    from pydantic import TypeAdapter
-    return TypeAdapter(Event).validate_python(ev)
+    """The package's event model for `ev` (what the app hands its encoder)."""
+    return _EVENT.validate_python(ev)
+
+
+_EVENT: TypeAdapter[Any] = TypeAdapter(Event)
 
 
 @contextmanager
