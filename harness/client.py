@@ -208,8 +208,8 @@ class Wake:
 class Session(VirtualUser):
     """One virtual user: a connection that carries chats (several at once if asked) and survives drops."""
 
-    __slots__ = ("transport", "reader", "generation", "closed", "closed_by_client", "_wake_id", "_wake_one", "_wakes",
-                 "_welcomed", "_opening", "_pending_sends",
+    __slots__ = ("transport", "reader", "generation", "closed", "closed_at", "closed_by_client", "_wake_id",
+                 "_wake_one", "_wakes", "_welcomed", "_opening", "_pending_sends",
                  "_send_failure", "_send_note", "_settling", "_all_settled", "_sends_now", "_listening", "_ending")
 
     def __init__(self, target: Target, user_id: str, scenario: str, sink: Sink, *, connect_timeout: float = 10.0,
@@ -220,6 +220,8 @@ class Session(VirtualUser):
         self.reader: asyncio.Task | None = None
         self.generation = 0
         self.closed = True
+        # When the connection was seen to end (Link.closed_at): the time its close record carries, when recorded.
+        self.closed_at = float("-inf")
         self.closed_by_client = False  # this client closed or dropped the connection on purpose (until the next)
         # What each chat in flight waits on, by its wake id: the first in two slots (a connection mostly carries one
         # chat at a time: no dict, ~250 bytes per open chat), others in a dict, each newer than the one in the slots.
@@ -355,6 +357,8 @@ class Session(VirtualUser):
                 self._ending.set()
         if transport is self.transport:
             self.router.connection_ended()
+            ended_at = getattr(transport, "ended_at", None)  # the close record's time (--record), else now
+            self.closed_at = ended_at if ended_at is not None else self.clock()
             self.closed = True
             if self._welcomed is not None:
                 self._welcomed.set()

@@ -558,6 +558,13 @@ class Link(Protocol):
         disconnect_after, the session's end): not the server failing to keep it open (R13)."""
         ...
 
+    @property
+    def closed_at(self) -> float:
+        """When (clock time) the client saw the connection end: the time its close record carries (--record). A
+        settle window is judged against it, not against when the chat was next stepped: on a busy machine that can be
+        long after both."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ChatOptions:
@@ -696,7 +703,7 @@ class ChatFlow:
         if state == SETTLING:
             verdict_at = verdict_due(self.tracker, self.options.settle)  # later when a further run started
             if link.closed or now >= verdict_at:
-                if link.closed:
+                if self._closed_within(link, verdict_at):
                     self._lost(now, link)  # within the window: after an expected error it had to stay open (R13)
                 return self._judge(now)
             if verdict_at != self._until:
@@ -757,7 +764,8 @@ class ChatFlow:
             if tracker.done and not link.closed:
                 return self._end(now, link)  # answered: listen out the settle window, the connection must stay open
             if tracker.done or link.closed or now >= self._until:
-                if link.closed:
+                if link.closed and (not tracker.done
+                                    or self._closed_within(link, verdict_due(tracker, self.options.settle))):
                     self._lost(now, link)
                 return self._finish(tracker.finish(now))
             return self._wait
@@ -829,7 +837,18 @@ class ChatFlow:
                 self.state = SETTLING
                 self._wait = Wait(self._until)
                 return self._wait
+        elif tracker.done and self._closed_within(link, verdict_due(tracker, self.options.settle)):
+            # The run ended and the connection closed within its settle window before the chat was next stepped (in
+            # the same read, or on a busy machine): the window was not listened out open (R13), as when it was.
+            self._lost(now, link)
         return self._judge(now)
+
+    @staticmethod
+    def _closed_within(link: Link, verdict_at: float) -> bool:
+        """Whether the connection ended by `verdict_at` (a settle window's end), by when the client saw it end: not
+        by when the chat was next stepped, which a busy machine makes late (its timer, and the close, both past the
+        window's end). `chatprobe check` judges the recorded close time so."""
+        return link.closed and link.closed_at <= verdict_at
 
     def _lost(self, now: float, link: Link) -> None:
         """The connection ended under the chat: held against the server (R13, for a chat that expected an error)

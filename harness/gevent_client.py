@@ -406,6 +406,7 @@ class SyncSession(VirtualUser):
         self.conn: _Connection | None = None
         self.generation = 0
         self.closed = True
+        self.closed_at = float("-inf")  # when the connection was seen to end (flow.Link.closed_at)
         # One lock guards the checker and trackers (the reader feeds them). Waiting chats wait on `_woken`, taken
         # under the lock; a wake-up sets it and puts a fresh one in its place, so a waiter never misses one that
         # came after it looked (an Event per wake-up is gevent's cheapest wait with a timeout; a Condition
@@ -506,13 +507,15 @@ class SyncSession(VirtualUser):
             conn.close_reason = f"{exc.__class__.__name__}: {str(exc)[:120]}"
         finally:
             record_close(conn, ws.protocol)
+            ended_at = clock()  # the close record's time too: a settle window is judged against it, live as offline
             if recording is not None:
-                recording.end(conn.close_code, conn.protocol_error)
+                recording.end(conn.close_code, conn.protocol_error, at=ended_at)
             with self._lock:
                 if conn.protocol_error is not None:
                     self.router.on_protocol_error(conn.protocol_error, clock())
                 if conn.generation == self.generation:
                     self.router.connection_ended()  # what no chat was told on it: its own (R8, R12)
+                    self.closed_at = ended_at
                     self.closed = True
                 self._wake()
 

@@ -527,7 +527,7 @@ class ConnectionRecording:
         self._stopped = True
 
     def end(self, close_code: int | None = None, protocol_error: str | None = None, *, stream: bool = False,
-            keep: bool | None = None) -> None:
+            keep: bool | None = None, at: float | None = None) -> float | None:
         """The connection ended (once; later calls do nothing): its close record (the close code, who closed it, the
         protocol error the client dropped it for, the failure that made it unusable), and the file saved.
 
@@ -535,16 +535,22 @@ class ConnectionRecording:
         client's chat learning that the connection its reader just saw end never became usable: connect_failed) waits
         for the file to be in its final place, then is appended to it. Appended while the file was being renamed, it
         went to the part file's old name, which it created again (a hidden `.part` that `check` never reads), and the
-        chat that connection failed was missing from the recording."""
+        chat that connection failed was missing from the recording.
+
+        `at`: when the client saw it end (its clock), else now. Returns the close record's time (that clock; None when
+        it was written before): the client judges a settle window against it, as `check` does (flow.Link.closed_at)."""
         with self._lock:
             if self._saved:
-                return
+                return None
             self._saved = True
-            self.log.close(self._clock(), close_code,
+            if at is None:
+                at = self._clock()
+            self.log.close(at, close_code,
                            by_client="client-stop" if self._stopped else "client" if self._by_client
                            else "client-drop" if self._dropped else None,
                            error=protocol_error, failure=self._failure, stream=stream)
             self.log.recorder.save(self.log, keep)
+            return at
 
 
 class RecordingTransport(RecordingHooks):
@@ -560,6 +566,7 @@ class RecordingTransport(RecordingHooks):
         # The send record of the chat's frame whose send just failed (its ordinal), for the `send_failed` record the
         # client writes next (Session._safe_send): other chats' frames may have been recorded since it was.
         self._failed_send: int | None = None
+        self.ended_at: float | None = None  # the close record's time, once written (Session.closed_at)
 
     def __getattr__(self, name: str) -> Any:  # connects_on_send, close_code, ended_note, protocol_error…
         return getattr(self._inner, name)
@@ -615,8 +622,9 @@ class RecordingTransport(RecordingHooks):
         try:
             await self._inner.run(tap)
         finally:
-            self._rec.end(getattr(self._inner, "close_code", None), getattr(self._inner, "protocol_error", None),
-                          stream=getattr(self._inner, "connects_on_send", False) is True)
+            self.ended_at = self._rec.end(getattr(self._inner, "close_code", None),
+                                          getattr(self._inner, "protocol_error", None),
+                                          stream=getattr(self._inner, "connects_on_send", False) is True)
 
     async def close(self) -> None:
         self._rec.closed_by_client()  # the client closed it (a chat abandoned, the session's end); not abort(): a

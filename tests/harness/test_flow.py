@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pytest
 
 from harness.checker import ConnectionChecker, Expectations
-from harness.events import DEFAULT_REQUIRED, Event, Role
+from harness.events import DEFAULT_REQUIRED, Event, Frame, Role
 from harness.flow import (
     CLOSE,
     CONNECT,
@@ -40,6 +40,7 @@ class FakeLink:
     stream_per_chat: bool = False
     closed_by_client: bool = False
     closed_clean: bool = False
+    closed_at: float = float("-inf")  # when the client saw it end; -inf: before anything the flow was told
 
 
 class Recorder(Sink):
@@ -148,6 +149,51 @@ def test_the_settle_window_ends_early_when_the_connection_closes():
     assert flow.next(0.2, link) == Wait(5.2)
     link.closed = True
     assert flow.next(0.3, link).result.outcome.value == "passed"
+
+
+ERROR_EXP = Expectations(required=frozenset({Role.AGENT_STARTED, Role.AGENT_COMPLETED}), deadline=10.0,
+                         expect_error="recoverable")
+
+
+def erred(settle: float, at: float) -> tuple[ChatFlow, FakeLink]:
+    """A chat expecting a recoverable error, sent at 0, whose run erred and completed at `at`."""
+    router = FrameRouter(load_profile("netra"), ConnectionChecker(None), Recorder(), "s")
+    flow = ChatFlow.chat(router, "hi", ERROR_EXP, user_id="u1", now=0.0,
+                         options=ChatOptions(client_run_id=True, settle=settle))
+    link = FakeLink()
+    start(flow, link)
+    tr = flow.tracker
+    for seq, role in enumerate([Role.AGENT_STARTED, Role.ERROR_EVENT, Role.AGENT_COMPLETED], 1):
+        tr.feed(Event(role=role, wire_type=role.value, received_at=at, run_id=tr.run_id, seq=seq, user_id="u1",
+                      thread_id=tr.thread_id, recoverable=True))
+    return flow, link
+
+
+@pytest.mark.parametrize("settling", [True, False], ids=["settling", "stepped-after-the-close"])
+@pytest.mark.parametrize("closed_at,r13", [(0.249, True), (0.25, True), (0.251, False)])
+def test_a_close_at_the_edge_of_the_settle_window_is_judged_by_when_it_came_not_when_the_chat_was_stepped(
+        settling, closed_at, r13):
+    # FAILED before: a busy machine steps a chat late. Its settle window (0.2 + 0.05) ended at 0.25; the close came at
+    # `closed_at`; the chat was stepped at 0.4, the connection closed by then. R13 went by whether the link was closed
+    # when stepped: a close after the window's end was R13 (settling), one within it, before the chat's first step
+    # after its terminal event, was not. `check` judges the recorded close time against the window's end.
+    flow, link = erred(0.05, 0.2)
+    if settling:
+        assert flow.next(0.2, link) == Wait(0.25) and flow.settling
+    link.closed, link.closed_at = True, closed_at
+    result = flow.next(0.4, link).result
+    assert ("R13" in {v.rule for v in result.violations}) is r13, result.violations
+    assert result.outcome.value == ("failed" if r13 else "passed")
+
+
+def test_a_probe_answered_and_then_closed_past_its_settle_window_passes_however_late_it_is_stepped():
+    # FAILED before: the probe was R13 whenever the link was closed when stepped, also when the close came after its
+    # window had ended (`check`: a pass).
+    flow, _, link = make(probe=True)
+    start(flow, link)
+    flow.tracker.error_frame(Frame("error", error_code="INVALID_MESSAGE"), 0.2)
+    link.closed, link.closed_at = True, 0.2 + DEFAULTS.settle + 0.001
+    assert flow.next(0.5, link).result.outcome.value == "passed"
 
 
 def test_no_terminal_by_the_deadline_is_judged_incomplete_r10():
@@ -291,7 +337,6 @@ def test_abandon_after_closes_then_judges_only_what_arrived():
 
 
 def test_invalid_input_probe_passes_on_the_error_and_fails_when_the_connection_closes():
-    from harness.events import Frame
 
     flow, sink, link = make(probe=True)
     send = start(flow, link)
