@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import threading
+from collections.abc import Iterator
 
 import pytest
 from websockets.asyncio.server import serve
@@ -31,6 +34,35 @@ async def run_against(handler, scenario: Scenario | None = None, profile: str = 
         target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile(profile), name="raw")
         async with asyncio.timeout(15):  # a hang fails the test
             return await run_scenario(scenario or quick(), target)
+
+
+@contextlib.contextmanager
+def served_from_a_thread(handler) -> Iterator[int]:
+    """A `websockets` server on an event loop of its own, in a thread (its port): a server whose handler never yields
+    (a flood whose sends never wait: its socket is never full while the client reads) holds up its own loop, as a
+    server process would, not the client's under test. On the client's loop it starved the client's timers for as
+    long as it ran, which a busy machine stretched past the test's bound."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    port: list[int] = []
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+            port.append(server.sockets[0].getsockname()[1])
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), name="flooding-server", daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(15), "the server did not start"
+        yield port[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(15)
+        assert not thread.is_alive(), "the server did not stop"
+        loop.close()
 
 
 def rules(run) -> set[str]:
@@ -268,6 +300,10 @@ async def test_a_ping_flood_from_a_server_that_never_reads_ends_in_a_verdict():
             pass
         await ws.wait_closed()
 
-    run = await run_against(handler)  # quick(): a 1 s chat deadline; run_against bounds the whole run
+    # The flood's sends never wait while the client reads: on a loop of its own (a thread), as a server process's.
+    with served_from_a_thread(handler) as port:
+        target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="raw")
+        async with asyncio.timeout(15):  # a hang fails the test
+            run = await run_scenario(quick(), target)  # a 1 s chat deadline
     (r,) = run.results
     assert r.outcome is Outcome.INCOMPLETE and "R10" in {v.rule for v in r.violations}
