@@ -369,7 +369,10 @@ class HttpServer:
                 # waitress only marks such a channel to close once flushed (never, as the peer reads nothing), and
                 # not at all while a worker waits for its buffer to drain: a scraper pipelining requests it never
                 # read held its connection, its answers (megabytes each) and perhaps a worker for good.
-                if channel.total_outbufs_len and channel.last_activity < cutoff:
+                # Also one with no answer left to write but the kernel's send buffer full of them (every answer it
+                # asked for fitted there: a page smaller on a busy monitor, a shorter burst): waitress marks it to
+                # close once its socket is writable, which it never is again.
+                if channel.last_activity < cutoff and (channel.total_outbufs_len or not channel.requests):
                     stuck.append(channel)
             if stuck:  # closed from the trigger, outside the loop's walk of the map (as close_all is)
                 self._server.trigger.pull_trigger(lambda: _drop_all(stuck))
