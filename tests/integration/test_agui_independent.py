@@ -381,7 +381,7 @@ class Agent:
     async def _stream(self, inp: RunAgentInput) -> AsyncIterator[dict[str, Any]]:
         text = str(inp.messages[-1].content)
         if "#fault=slow_first" in text:
-            await asyncio.sleep(2.2)  # a slow model: the first event comes after the 2 s limit
+            await asyncio.sleep(2.2)  # wait-ok: a slow model on purpose, its first event past the 2 s limit
         parent = next((r.run_id for r in reversed(self.requests[:-1]) if r.thread_id == inp.thread_id), None)
         for ev in events_for(inp, parent):
             yield ev

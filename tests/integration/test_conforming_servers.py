@@ -45,6 +45,7 @@ from harness.targets import Target
 from monitors.metrics import ChatMetrics, MetricsSink
 from monitors.proxy import LiveChats, Proxy, start_proxy
 
+from .hostile_ws import frame as server_frame
 from .outside_servers import RawWsServer, WsConn
 
 pytestmark = pytest.mark.timeout(120)
@@ -53,13 +54,8 @@ USER = "u-1"
 
 
 def frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
-    head = bytes([(0x80 if fin else 0) | opcode])
-    n = len(payload)
-    if n < 126:
-        return head + bytes([n]) + payload
-    if n < 65536:
-        return head + bytes([126]) + struct.pack("!H", n) + payload
-    return head + bytes([127]) + struct.pack("!Q", n) + payload
+    """One unmasked server frame (hostile_ws.frame, payload first)."""
+    return server_frame(opcode, payload, fin)
 
 
 def text(obj: Any) -> bytes:

@@ -58,6 +58,7 @@ from harness.scenario import Scenario
 from monitors.metrics import ChatMetrics, MetricsSink
 from monitors.proxy import LiveChats, Proxy, start_proxy
 
+from .hostile_ws import frame as server_frame
 from .outside_servers import InThread, RawSseServer, RawWsServer, WsConn
 
 pytestmark = pytest.mark.timeout(60)
@@ -68,13 +69,8 @@ USER = "u-ünïcode-☃"
 # -- the wire ------------------------------------------------------------------------------------------------------
 
 def ws_frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
-    head = bytes([(0x80 if fin else 0) | opcode])
-    n = len(payload)
-    if n < 126:
-        return head + bytes([n]) + payload
-    if n < 65536:
-        return head + bytes([126]) + struct.pack("!H", n) + payload
-    return head + bytes([127]) + struct.pack("!Q", n) + payload
+    """One unmasked server frame (hostile_ws.frame, payload first)."""
+    return server_frame(opcode, payload, fin)
 
 
 def fragments(data: bytes, pieces: int, *, ping: bool = False) -> bytes:
@@ -204,7 +200,7 @@ class Netra:
             else:
                 assert isinstance(action, dict)
                 conn.writer.write(self.encode(action))
-            await asyncio.sleep(0)  # each action its own turn, so runs on one connection interleave
+            await asyncio.sleep(0)  # wait-ok: a yield, each action its own turn, so runs on one connection interleave
 
     async def resume(self, conn: WsConn, p: dict[str, Any]) -> None:
         events = self.runs.get(p["run_id"])
@@ -849,7 +845,7 @@ def sse_script(edit: Callable[[list[dict[str, Any]]], list[Any]] = lambda evs: e
             await asyncio.sleep(first_after)  # wait-ok: the server's pace
         for piece in encode(edit(agui_run(request))):
             yield piece
-            await asyncio.sleep(0)  # each piece in a write of its own
+            await asyncio.sleep(0)  # wait-ok: a yield, each piece in a write of its own
     return script
 
 

@@ -947,6 +947,45 @@ class PythonCalls:
             self.calls[frame.f_code.co_name] += 1
 
 
+async def recorded_through_proxy(tmp_path, upstream_handler, exchanges, headers=None):
+    """A user, through a recording proxy in front of an upstream served by `upstream_handler`, sends each (sent,
+    answer) of `exchanges` and receives its answer, the Python calls into the scrubbing code counted meanwhile
+    (PythonCalls); returns those counts and the connection's recording (the one file)."""
+    from harness.recorder import Recorder
+
+    upstream = await websockets.asyncio.server.serve(upstream_handler, "127.0.0.1", 0, max_size=None,
+                                                     ping_interval=None)
+    live = WatchedChats(load_profile("netra"), MetricsSink(ChatMetrics(CollectorRegistry()), "up", "live"), EXP,
+                        "live", 0.05, Recorder(tmp_path / "rec", keep_all=True))
+    server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
+    hook = PythonCalls()
+    try:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        async with websockets.asyncio.client.connect(url, additional_headers=headers, max_size=None,
+                                                     ping_interval=None) as user:
+            previous = sys.getprofile()
+            sys.setprofile(hook)
+            try:
+                for sent, answer in exchanges:
+                    await user.send(sent)
+                    async with asyncio.timeout(60):
+                        assert await user.recv() == answer  # through the proxy and back, recorded both ways
+            finally:
+                sys.setprofile(previous)
+        await until(lambda: live.closed_count == 1)
+    finally:
+        server.close()
+        upstream.close()
+    (path,) = (tmp_path / "rec").glob("*.jsonl")
+    return hook.calls, path
+
+
+async def echo(ws):
+    with contextlib.suppress(websockets.ConnectionClosed):
+        async for message in ws:
+            await ws.send(message)
+
+
 async def test_recording_a_large_frame_costs_no_python_call_per_escape_per_string_or_per_run(tmp_path):
     """`--record` scrubs every frame on the proxy's event loop. A CJK answer as `json.dumps` writes it (every
     character a `\\uXXXX` escape) that echoes the user's token once made a Python call per escape, twice (the
@@ -954,45 +993,17 @@ async def test_recording_a_large_frame_costs_no_python_call_per_escape_per_strin
     the token had every run followed and every string written back through json.dumps, and the parts of the frame
     (its strings, a batch at a time) each had the whole bound on that work again: ~3 s for 4 MB, every other user's
     chat stalled meanwhile. The recording still shows neither frame's token, and both frames as JSON, the rest intact."""
-    from harness.recorder import Recorder
     from harness.redact import REDACTED
 
     token = secrets.token_urlsafe(32)
-
-    async def echo(ws):
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for message in ws:
-                await ws.send(message)
-
-    upstream = await websockets.asyncio.server.serve(echo, "127.0.0.1", 0, max_size=None, ping_interval=None)
-    live = WatchedChats(load_profile("netra"), MetricsSink(ChatMetrics(CollectorRegistry()), "up", "live"), EXP,
-                        "live", 0.05, Recorder(tmp_path / "rec", keep_all=True))
-    server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
     answer = "".join(chr(0x4E00 + i * 7919 % 3000) for i in range(150_000))
     frames = [json.dumps({"type": "partial_result", "data": {"text": f"{answer} (key={token} is invalid)"}}),
               json.dumps([f"{token[:10]}{i}" for i in range(60_000)])]
-    hook = PythonCalls()
-    try:
-        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
-        async with websockets.asyncio.client.connect(url, additional_headers={"Authorization": f"Bearer {token}"},
-                                                     max_size=None, ping_interval=None) as user:
-            for frame in frames:
-                previous = sys.getprofile()
-                sys.setprofile(hook)
-                try:
-                    await user.send(frame)
-                    async with asyncio.timeout(60):
-                        assert await user.recv() == frame  # through the proxy and back, recorded both ways
-                finally:
-                    sys.setprofile(previous)
-        await until(lambda: live.closed_count == 1)
-    finally:
-        server.close()
-        upstream.close()
+    calls, path = await recorded_through_proxy(tmp_path, echo, [(f, f) for f in frames],
+                                               {"Authorization": f"Bearer {token}"})
     # 150,000 escapes and 60,000 strings, each recorded twice: a Python call per escape or per string is 300,000 or
     # more (it was 2.1 million); what is left is bounded by the frame's budget of grown runs (redact.Budget).
-    assert sum(hook.calls.values()) < 100_000, hook.calls.most_common(6)
-    (path,) = (tmp_path / "rec").glob("*.jsonl")
+    assert sum(calls.values()) < 100_000, calls.most_common(6)
     recorded = [json.loads(line)["frame"] for line in path.read_text().splitlines() if '"frame"' in line]
     assert len(recorded) == 4
     for text in recorded:
@@ -1011,13 +1022,7 @@ async def test_recording_a_frame_of_many_base64_like_ids_costs_no_python_call_pe
     import base64
 
     from harness import redact
-    from harness.recorder import Recorder
     from harness.redact import REDACTED
-
-    async def echo(ws):
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for message in ws:
-                await ws.send(message)
 
     # Secrets other tests of this process registered are matched in every scrub (an id may agree with one for a few
     # characters: a call each), a cost of their own: counted here is what the base64 search costs.
@@ -1026,29 +1031,9 @@ async def test_recording_a_frame_of_many_base64_like_ids_costs_no_python_call_pe
     hidden = base64.b64encode(f"session {jwt} end".encode()).decode()
     ids = [secrets.token_hex(8) for _ in range(240_000)]  # (hex: no "eyJ" of a plain JWT among them)
     frame = json.dumps({"type": "partial_result", "data": {"text": " ".join(ids[:1000] + [hidden] + ids[1000:])}})
-    upstream = await websockets.asyncio.server.serve(echo, "127.0.0.1", 0, max_size=None, ping_interval=None)
-    live = WatchedChats(load_profile("netra"), MetricsSink(ChatMetrics(CollectorRegistry()), "up", "live"), EXP,
-                        "live", 0.05, Recorder(tmp_path / "rec", keep_all=True))
-    server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
-    hook = PythonCalls()
-    try:
-        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
-        async with websockets.asyncio.client.connect(url, max_size=None, ping_interval=None) as user:
-            previous = sys.getprofile()
-            sys.setprofile(hook)
-            try:
-                await user.send(frame)
-                async with asyncio.timeout(60):
-                    assert await user.recv() == frame  # through the proxy and back, recorded both ways
-            finally:
-                sys.setprofile(previous)
-        await until(lambda: live.closed_count == 1)
-    finally:
-        server.close()
-        upstream.close()
+    calls, path = await recorded_through_proxy(tmp_path, echo, [(frame, frame)])
     # 240,000 ids recorded twice (each scrubbed as the frame's text and as its string): a call per id was a million.
-    assert sum(hook.calls.values()) < 10_000, hook.calls.most_common(6)
-    (path,) = (tmp_path / "rec").glob("*.jsonl")
+    assert sum(calls.values()) < 10_000, calls.most_common(6)
     recorded = [json.loads(line)["frame"] for line in path.read_text().splitlines() if '"frame"' in line]
     assert len(recorded) == 2
     for text in recorded:
@@ -1063,7 +1048,6 @@ async def test_recording_a_frame_of_escapes_echoing_the_token_often_decodes_each
     the recording shows no token, escaped or not."""
     from urllib.parse import unquote
 
-    from harness.recorder import Recorder
     from harness.redact import REDACTED
 
     token = secrets.token_urlsafe(24)
@@ -1080,31 +1064,10 @@ async def test_recording_a_frame_of_escapes_echoing_the_token_often_decodes_each
                 await ws.send(frame)
             await ws.wait_closed()
 
-    upstream = await websockets.asyncio.server.serve(hostile, "127.0.0.1", 0, max_size=None, ping_interval=None)
-    live = WatchedChats(load_profile("netra"), MetricsSink(ChatMetrics(CollectorRegistry()), "up", "live"), EXP,
-                        "live", 0.05, Recorder(tmp_path / "rec", keep_all=True))
-    server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
-    hook = PythonCalls()
-    try:
-        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
-        async with websockets.asyncio.client.connect(url, additional_headers={"Authorization": f"Bearer {token}"},
-                                                     max_size=None, ping_interval=None) as user:
-            previous = sys.getprofile()
-            sys.setprofile(hook)
-            try:
-                for frame in frames:
-                    await user.send("{}")
-                    async with asyncio.timeout(60):
-                        assert await user.recv() == frame
-            finally:
-                sys.setprofile(previous)
-        await until(lambda: live.closed_count == 1)
-    finally:
-        server.close()
-        upstream.close()
+    calls, path = await recorded_through_proxy(tmp_path, hostile, [("{}", frame) for frame in frames],
+                                               {"Authorization": f"Bearer {token}"})
     # A run is decoded once a decoding (the frame, then its strings: a handful); it was twice per token found in it.
-    assert hook.calls["_json_escape"] + hook.calls["_percent_run"] < 100, hook.calls.most_common(6)
-    (path,) = (tmp_path / "rec").glob("*.jsonl")
+    assert calls["_json_escape"] + calls["_percent_run"] < 100, calls.most_common(6)
     recorded = [json.loads(line)["frame"] for line in path.read_text().splitlines() if '"dir": "recv"' in line]
     texts = [json.loads(recorded[0])["data"]["text"], unquote(json.loads(recorded[1])["data"]["url"])]
     for text in texts:
