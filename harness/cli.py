@@ -294,6 +294,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
     from .events import Outcome
     from .profiles import load_profile
     from .report import LiveView
+    from .results import STOPPED_BY, not_started
     from .runner import run_scenario
     from .scenario import Scenario, apply_overrides, load_scenario, where_in
     from .sinks import Fanout
@@ -390,8 +391,11 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
         tune_collector()
         runs: list[ScenarioRun] = []
         push_sinks = []
-        for scenario, target in zip(scenarios, targets, strict=True):
+        for i, (scenario, target) in enumerate(zip(scenarios, targets, strict=True)):
             if interrupt.event.is_set():
+                # The scenarios the stop came before are reported as not run, not left out of the reports.
+                runs += [not_started(s, t.name, STOPPED_BY["interrupted"], time.time())
+                         for s, t in zip(scenarios[i:], targets[i:], strict=True)]
                 break
             if run_deadline is not None:
                 left = max(0.0, run_deadline - time.monotonic())

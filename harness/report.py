@@ -176,7 +176,7 @@ def print_summary(console: Console, runs: list[ScenarioRun], worst: int = 3, *, 
     for run in runs:
         st = run.stats
         viol = " ".join(f"{k}:{v}" for k, v in sorted(st.violations.items(), key=lambda kv: _rule_order(kv[0]))) or "-"
-        verdict = Text("met", "green") if run.passed else Text(
+        verdict = Text("met", "green") if run.passed else Text("NOT RUN", "yellow") if run.not_run else Text(
             "UNREACHABLE" if run.unreachable else f"FAILED ({len(run.failed_objectives)})", "bold red")
         table.add_row(
             _t(run.scenario.name), str(st.chats), str(st.outcomes[Outcome.PASSED]), str(st.outcomes[Outcome.FAILED]),
@@ -213,6 +213,9 @@ def print_summary(console: Console, runs: list[ScenarioRun], worst: int = 3, *, 
         if run.passed:
             continue
         console.print(Text(f"\n{_c(run.scenario.name)}: objectives not met", style="bold red"))
+        if run.not_run:  # no chat, so no objective could be met: that says nothing more
+            console.print(Text(f"  {run.not_run}"))
+            continue
         if run.stopped_early:
             console.print(Text(f"  stopped early: {run.stopped_by}; chats in flight were judged as they stood"))
         if run.unreachable:
@@ -426,19 +429,21 @@ def write_junit(path: str, runs: list[ScenarioRun]) -> None:
     groups: dict[str, list[ScenarioRun]] = {}
     for run in runs:
         groups.setdefault(run.target, []).append(run)
-    verdicts = {id(run): (_could_not_run(run), run.passed) for run in runs}
+    # A scenario the run was stopped before is a <skipped> (in neither count); one that could not be judged an <error>.
+    verdicts = {id(run): ("" if run.not_run else _could_not_run(run), run.passed) for run in runs}
     n_errors = sum(1 for e, _ in verdicts.values() if e)
-    n_failures = sum(1 for e, ok in verdicts.values() if not e and not ok)
+    n_failures = sum(1 for r in runs if not r.not_run and not verdicts[id(r)][0] and not r.passed)
     root = ET.Element("testsuites", name="chatprobe", tests=str(len(runs)), failures=str(n_failures),
                       errors=str(n_errors), time=f"{sum(r.elapsed for r in runs):.3f}")
     host = _c(platform.node(), 255) or "localhost"
     for i, (target, truns) in enumerate(groups.items()):
         cls = f"chatprobe.{_classname(target)}"
         errors = sum(1 for r in truns if verdicts[id(r)][0])
-        failures = sum(1 for r in truns if not verdicts[id(r)][0] and not verdicts[id(r)][1])
+        failures = sum(1 for r in truns if not r.not_run and not verdicts[id(r)][0] and not verdicts[id(r)][1])
+        skipped = sum(1 for r in truns if r.not_run)
         suite = ET.SubElement(
             root, "testsuite", name=cls, tests=str(len(truns)), failures=str(failures), errors=str(errors),
-            skipped="0", time=f"{sum(r.elapsed for r in truns):.3f}",
+            skipped=str(skipped), time=f"{sum(r.elapsed for r in truns):.3f}",
             # Ant's form (no zone, UTC): what Jenkins, GitLab and the Ant schema all read.
             timestamp=datetime.fromtimestamp(min(r.started_at for r in truns), UTC).strftime("%Y-%m-%dT%H:%M:%S"),
             hostname=host, id=str(i), package="chatprobe",
@@ -459,7 +464,9 @@ def write_junit(path: str, runs: list[ScenarioRun]) -> None:
             error, passed = verdicts[id(run)]
             case = ET.SubElement(suite, "testcase", name=_c(run.scenario.name, 200), classname=cls,
                                  time=f"{run.elapsed:.3f}")
-            if error:
+            if run.not_run:
+                ET.SubElement(case, "skipped", message=_c(run.not_run, 500))
+            elif error:
                 el = ET.SubElement(case, "error", type="Unreachable" if run.unreachable else "CouldNotRun",
                                    message=_c(error, 500))
                 el.text = _c(error, 4 * FIELD_LIMIT) + "\n\n" + _run_text(run)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from .checker import ChatResult
 from .errors import ExitCode
 from .events import Outcome, Violation, kept_bytes
-from .stats import ObjectiveResult, ScenarioStats, StageStats, knee
+from .stats import ObjectiveResult, ScenarioStats, StageStats, compute, evaluate, knee
 
 if TYPE_CHECKING:
     from .scenario import Scenario
@@ -126,6 +126,8 @@ class ScenarioRun:
     # MAX_CONNECTION_VIOLATIONS_LISTED; `stats.connection_violations` counts them all, and `stats.violations` with
     # every other violation (the `violations` objective).
     connection_violations: list[Violation] = field(default_factory=list)
+    # Why it never started ("": it did): the run was stopped before its turn came (`not_started`).
+    not_run: str = ""
 
     @property
     def stopped_early(self) -> bool:
@@ -159,6 +161,17 @@ class ScenarioRun:
     @property
     def failed_objectives(self) -> list[ObjectiveResult]:
         return [o for o in self.objectives if not o.ok]
+
+
+def not_started(scenario: "Scenario", target: str, why: str, at: float) -> ScenarioRun:
+    """A scenario the run was stopped before (Ctrl-C, SIGTERM while an earlier one ran): no chat, no objective met,
+    and in every report as not run (a JUnit <skipped>), rather than left out, so that a stopped run's reports never
+    read as every scenario having passed, and a CI tracking each scenario over time still finds it."""
+    stats = compute([])
+    reason = f"not run: the run was {why} before it started"
+    return ScenarioRun(scenario=scenario, target=target, results=[], stats=stats,
+                       objectives=evaluate(stats, scenario.objectives), started_at=at, elapsed=0.0, stopped_by=why,
+                       errors=[reason], not_run=reason)
 
 
 def credentials_refused(runs: Iterable[ScenarioRun]) -> bool:

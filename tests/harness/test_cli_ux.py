@@ -107,6 +107,48 @@ def test_a_signal_stops_the_run_judges_chats_in_flight_and_writes_every_report(t
     assert junit.read_text().startswith("<?xml") and html.stat().st_size > 0
 
 
+def test_scenarios_a_signal_came_before_are_reported_as_not_run_not_left_out(tmp_path):
+    """Stopped during its first scenario, a run's JUnit had one test case: the scenarios after it were in no report
+    (a CI tracking them saw them vanish), and a stop between two scenarios left reports reading as all passed."""
+    from tests.harness.reports import check_json_report, check_junit_report
+
+    long, after = tmp_path / "long.yaml", tmp_path / "after.yaml"
+    long.write_text("name: long\nusers: 5\nchats_per_user: 50\nmessage: 'Think hard. #think=0.5'\n"
+                    "expect: {deadline: 30s}\n")
+    after.write_text("name: after\nusers: 1\nchats_per_user: 1\n")
+    out, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    proc = subprocess.Popen([*CHATPROBE, "run", str(long), str(after), "--json", str(out), "--junit", str(junit),
+                             "--progress-interval", "0.1s"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        seen, _ = read_until(proc, r"long running .* in flight [1-9]")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+        stdout = seen + "".join(_drain(proc))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stdout
+    assert re.search(r"│ after +│ +0 │.*NOT RUN", stdout), stdout
+
+    doc = check_json_report(out)
+    assert doc["passed"] is False and [s["scenario"] for s in doc["scenarios"]] == ["long", "after"]
+    not_run = doc["scenarios"][1]
+    assert not_run["stopped_early"] and not_run["passed"] is False and not_run["stats"]["chats"] == 0
+    assert not_run["errors"] == ["not run: the run was interrupted before it started"]
+
+    root = check_junit_report(junit)
+    (suite,) = root.findall("testsuite")
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert list(cases) == ["long", "after"]
+    skipped = cases["after"].find("skipped")
+    assert skipped is not None and cases["after"].find("error") is None and cases["after"].find("failure") is None
+    assert skipped.get("message") == "not run: the run was interrupted before it started"
+    # The counts add up: tests = failures + errors + skipped + passed, the suite's and the whole file's.
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("2", "1", "0", "1")
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("2", "1", "0")
+
+
 def test_a_transport_that_cannot_carry_the_scenario_is_a_usage_error_before_the_run(tmp_path):
     # Port 1 refuses: were the run attempted, this would be "unreachable" (exit 3), not a usage error.
     scenario = tmp_path / "par.yaml"
