@@ -314,6 +314,14 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
     _reports_apart_from(args, [], [*names, args.profile, args.token_file])
     scenarios = [apply_overrides(load_scenario(n), args.objective) for n in names]
     sources = {id(s): n for s, n in zip(scenarios, names, strict=True)}
+    first_named: dict[str, Scenario] = {}
+    for s in scenarios:
+        # Every report and metric tells scenarios apart by name: a JUnit test case's identity, a --json reader's key,
+        # the `scenario` label and the Pushgateway group (where the second run's push replaced the first's).
+        if (earlier := first_named.setdefault(s.name, s)) is not s:
+            raise ConfigError(f"{where_in(sources[id(s)], ('name',))}: field 'name': scenario name {s.name!r} is "
+                              f"given twice (also {where_in(sources[id(earlier)], ('name',))}): the reports, the "
+                              "metrics and the Pushgateway groups need a name of its own for each scenario")
 
     def fits(scenario: Scenario, target: Target) -> None:  # a misfit names the scenario's file and line
         try:

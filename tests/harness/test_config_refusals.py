@@ -415,3 +415,16 @@ def test_a_monitor_interval_in_base_60_is_refused(tmp_path):
     config.write_text("targets:\n  a: {url: ws://127.0.0.1:9/ws}\ninterval: 1:30\n")
     with pytest.raises(ConfigError, match=r"m\.yaml:3: field 'interval'.*base-60"):
         load_config(str(config))
+
+
+def test_two_scenarios_of_one_name_are_refused_as_the_monitor_refuses_them(tmp_path):
+    # They ran, and every consumer conflated them: two JUnit test cases of one classname and name (what a CI tracks
+    # over time), --json records a reader keys by name, one `scenario` label, and one Pushgateway group, where the
+    # second scenario's push replaced the first's result.
+    again = tmp_path / "again.yaml"
+    again.write_text("# another scenario, the built-in's name\nname: basic\nusers: 2\n")
+    junit = tmp_path / "r.xml"
+    one_error(run_cli("run", "basic", str(again), "--junit", str(junit)),
+              f"{again}:2: field 'name': scenario name 'basic' is given twice (also scenarios/basic.yaml:")
+    one_error(run_cli("run", "basic", "basic"), "scenario name 'basic' is given twice")
+    assert not junit.exists()
