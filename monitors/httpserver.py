@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
-from prometheus_client import CONTENT_TYPE_LATEST, make_wsgi_app
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import choose_encoder
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import create_server
@@ -59,7 +60,8 @@ class ProbeRunner(Protocol):
 
     def lookup(self, target: str, scenario: str | None) -> Any: ...
 
-    async def probe_now(self, target: str, scenario: str | None, timeout: float) -> bytes: ...
+    async def probe_now(self, target: str, scenario: str | None, timeout: float, *,
+                        encode: Callable[[CollectorRegistry], bytes] = ...) -> bytes: ...
 
 
 class QueryError(ValueError):
@@ -151,8 +153,11 @@ def make_app(monitor: ProbeRunner, loop: asyncio.AbstractEventLoop, grace: float
         if not slots.acquire(blocking=False):
             return text(start_response, "503 Service Unavailable",
                         f"{max_probes} probes are already running; try again later")
+        # The format the scraper asks for, as /metrics answers it (prometheus_client's negotiation): OpenMetrics for
+        # `Accept: application/openmetrics-text`, else the text format, each under its own Content-Type.
+        encode, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
         try:
-            future = asyncio.run_coroutine_threadsafe(monitor.probe_now(target, scenario, timeout), loop)
+            future = asyncio.run_coroutine_threadsafe(monitor.probe_now(target, scenario, timeout, encode=encode), loop)
             try:
                 body = future.result(timeout + 2 * grace)
             except Exception as exc:
@@ -160,7 +165,7 @@ def make_app(monitor: ProbeRunner, loop: asyncio.AbstractEventLoop, grace: float
                 return text(start_response, "503 Service Unavailable", f"no probe result: {type(exc).__name__}")
         finally:
             slots.release()
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+        start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
         return [body]
 
     def route(environ: dict, start_response: Callable) -> Iterable[bytes]:

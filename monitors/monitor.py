@@ -331,9 +331,11 @@ class Monitor:
                 async with asyncio.timeout(next_at - now):
                     await stop.wait()
 
-    async def probe_now(self, target: str, scenario: str | None, timeout: float) -> bytes:
+    async def probe_now(self, target: str, scenario: str | None, timeout: float, *,
+                        encode: Callable[[CollectorRegistry], bytes] = generate_latest) -> bytes:
         """One probe into a fresh registry, like blackbox_exporter: probe_success, probe_duration_seconds and
-        the chat metrics of this probe only."""
+        the chat metrics of this probe only, written by `encode` (the text format unless the scraper asked for
+        another)."""
         probe = self.lookup(target, scenario)
         registry = CollectorRegistry()
         metrics = ChatMetrics(registry, probe=True)
@@ -343,7 +345,7 @@ class Monitor:
         metrics.probe_duration.set(took)
         metrics.probe_success.set(1 if run is not None and run.passed else 0)
         self._note(probe, run, started, took, via="/probe")
-        return generate_latest(registry)
+        return encode(registry)
 
     def lookup(self, target: str, scenario: str | None) -> Probe:
         """The configured probe of that name; KeyError with a message for anything else (never a URL)."""
