@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import signal
@@ -443,7 +444,10 @@ async def _main(args: argparse.Namespace) -> int:
         else:
             sim, tokens = await stack.enter_async_context(embedded_sim([], None))
             print(f"chatprobe monitor: no --target: probing the embedded agentsim on {sim.url}", file=sys.stderr)
-            probes = probes_from_args(options_from_args(args), args.scenario, sim.url, tokens, timeout)
+            # A stable `target` label (and /probe?target= name), as `run` gives it: the embedded port changes.
+            opts = options_from_args(args)
+            opts = dataclasses.replace(opts, name=opts.name or "agentsim")
+            probes = probes_from_args(opts, args.scenario, sim.url, tokens, timeout)
         monitor = Monitor(probes, interval, timeout)
 
         if args.once:

@@ -321,3 +321,12 @@ def test_push_failure_is_one_line_and_no_raise(capsys):
     assert sink.push("http://user:pw@pg.example:9091", "ci", handler=broken) is False
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "could not push" in err[0] and "pw" not in err[0]
+
+
+def test_the_embedded_agentsim_is_the_target_agentsim_as_in_run(capsys):
+    """With no --target the monitor probes its embedded agentsim, whose port changes every start: its `target` label
+    (and the name /probe?target= looks up) is `agentsim`, as `chatprobe run` calls it, never that host:port."""
+    assert main(["--once", "--scenario", "probe"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("agentsim / probe: "), out
+    assert "127.0.0.1" not in out
