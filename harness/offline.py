@@ -52,7 +52,7 @@ from .recordings import (
     recorded_runs,
     too_large,
 )
-from .results import STOPPED_BY, Listing, ListingBudget, ScenarioRun
+from .results import STOPPED_BY, Listing, ListingBudget, ScenarioRun, not_started
 from .scenario import Scenario, Stat, expectations_for, invalid_input_expectations
 from .sinks import PARKING_FULL, PROXY_STOPPED, UNJUDGED_REASONS, Sink
 from .stats import Tally, evaluate
@@ -906,20 +906,24 @@ def _check_each(path: str | Path, profile: Profile, scenario: Scenario | None, f
                 max_frame: int, max_text: int, stop: Stop | None = None, listing: ListingBudget | None = None
                 ) -> Iterator[ScenarioRun]:
     """A file judged as one run; a directory as one run per run `--record DIR` wrote into it (each run's files
-    merged in time order), named after the directory and the run id when it holds more than one."""
+    merged in time order), named after the directory and the run id when it holds more than one. Once `stop` is set,
+    each run not begun is reported as not run (a JUnit <skipped>), not left out of the reports."""
     p = Path(path)
-    if not p.is_dir():
-        yield _judge(run_name(path), str(path), read_recording(p, fmt, max_frame=max_frame, max_text=max_text),
-                     profile, scenario, sink, stop, listing)
-        return
-    runs = _recording_files(p)
-    for run_id, files in runs:
+    planned: list[tuple[str, str, list[Path] | None]] = [(run_name(path), str(path), None)]
+    if p.is_dir():
+        runs = _recording_files(p)
+        planned = [(run_name(f"{p.name}-{run_id}"), f"{path} (run {run_id})", files)
+                   if len(runs) > 1 and run_id is not None else (run_name(path), str(path), files)
+                   for run_id, files in runs]
+    for name, target, files in planned:
         if stop is not None and stop.is_set():
-            return
-        name, target = run_name(path), str(path)
-        if len(runs) > 1 and run_id is not None:
-            name, target = run_name(f"{p.name}-{run_id}"), f"{path} (run {run_id})"
-        yield _judge(name, target, _merged(files, fmt, max_frame, max_text), profile, scenario, sink, stop, listing)
+            base = scenario or Scenario(name="check")
+            yield not_started(base.model_copy(update={"name": name}), target, STOPPED_BY["interrupted"], time.time(),
+                              "check")
+            continue
+        records = (read_recording(p, fmt, max_frame=max_frame, max_text=max_text) if files is None
+                   else _merged(files, fmt, max_frame, max_text))
+        yield _judge(name, target, records, profile, scenario, sink, stop, listing)
 
 
 def _judge(name: str, target: str, records: Iterable[Recorded], profile: Profile, scenario: Scenario | None,
@@ -974,7 +978,7 @@ def check_files(paths: Iterable[str | Path], profile: Profile, scenario: Scenari
     and `fmt` are checked before any file is read (RecordingError, a ConfigError: exit 2).
 
     Once `stop` is set (Ctrl-C, SIGTERM), the recording being read is judged as it stands
-    (stopped_early, a warning naming the record it stopped at) and no other is started."""
+    (stopped_early, a warning naming the record it stopped at) and no other is started: each is reported as not run."""
     paths = list(paths)
     if not paths:
         raise RecordingError("chatprobe check: give at least one recording file")
@@ -993,9 +997,7 @@ def check_files(paths: Iterable[str | Path], profile: Profile, scenario: Scenari
     # What the runs list (their first passing and failing chats, with their events): one bound for the whole check.
     listing = ListingBudget("of the whole check") if n_runs > 1 else None
     runs: list[ScenarioRun] = []
-    for p in paths:
-        if stop is not None and stop.is_set():
-            break
+    for p in paths:  # once stopped, each run not begun is there as not run
         runs.extend(_check_each(p, profile, scenario, fmt, sink, max_frame, max_text, stop, listing))
     return runs
 

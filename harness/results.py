@@ -163,12 +163,12 @@ class ScenarioRun:
         return [o for o in self.objectives if not o.ok]
 
 
-def not_started(scenario: "Scenario", target: str, why: str, at: float) -> ScenarioRun:
+def not_started(scenario: "Scenario", target: str, why: str, at: float, what: str = "run") -> ScenarioRun:
     """A scenario the run was stopped before (Ctrl-C, SIGTERM while an earlier one ran): no chat, no objective met,
     and in every report as not run (a JUnit <skipped>), rather than left out, so that a stopped run's reports never
     read as every scenario having passed, and a CI tracking each scenario over time still finds it."""
     stats = compute([])
-    reason = f"not run: the run was {why} before it started"
+    reason = f"not run: the {what} was {why} before it started"  # `what`: "run", or "check" of recordings
     return ScenarioRun(scenario=scenario, target=target, results=[], stats=stats,
                        objectives=evaluate(stats, scenario.objectives), started_at=at, elapsed=0.0, stopped_by=why,
                        errors=[reason], not_run=reason)

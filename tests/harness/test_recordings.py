@@ -905,8 +905,10 @@ def test_a_check_stopped_from_outside_judges_what_it_read_and_starts_no_other_fi
                 stop.set()
 
     runs = check_files([first, second], NETRA, SC, sink=StopAfter(), stop=stop)
-    assert len(runs) == 1  # the second file was not started
-    [run] = runs
+    assert len(runs) == 2  # the second file was not started: in the reports as not run, not left out of them
+    run, unread = runs
+    assert unread.not_run.startswith("not run: the check was interrupted") and unread.target == str(second)
+    assert unread.stats.chats == 0 and not unread.passed
     assert run.stopped_early and run.stopped_by == "interrupted"
     assert 5 <= run.stats.chats < 40
     assert any(w.startswith("interrupted at record ") for w in run.warnings), run.warnings
