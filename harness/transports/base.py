@@ -5,6 +5,7 @@ import base64
 import functools
 import os
 import ssl
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -139,16 +140,35 @@ TLS_CONTEXT_TTL = 3600.0
 
 
 def ssl_context(settings: ConnectSettings, use: str = "websocket") -> ssl.SSLContext | None:
-    """The TLS context of a connection to settings.url (None for ws:// and http://), shared (see above)."""
+    """The TLS context of a connection to settings.url (None for ws:// and http://), shared (see above). A CA file
+    that cannot be loaded now (checked at start, it may have been rewritten since: emptied for a moment, or turned
+    into a FIFO or a device, which would block or spin the event loop in OpenSSL's read) raises ConnectFailed
+    (`tls_error`, naming the file), as every client classifies a failed connection; a FIFO or a device is never
+    opened."""
     scheme = scheme_of(settings.url)
     if scheme is None or not scheme.secure:
         return None
     ca_file = settings.ca_file
+    stamp = 0
+    if ca_file:
+        try:
+            st = os.stat(ca_file)
+        except OSError as exc:
+            raise _ca_failed(ca_file, exc.strerror or exc.__class__.__name__) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise _ca_failed(ca_file, "not a regular file")
+        stamp = st.st_mtime_ns
     try:
-        stamp = os.stat(ca_file).st_mtime_ns if ca_file else 0
-    except OSError:
-        stamp = -1  # ssl's own error says what is wrong with it (and nothing failed is cached)
-    return _tls_context(ca_file, stamp, settings.insecure, use, int(time.monotonic() // TLS_CONTEXT_TTL))
+        return _tls_context(ca_file, stamp, settings.insecure, use, int(time.monotonic() // TLS_CONTEXT_TTL))
+    except (ssl.SSLError, OSError, ValueError) as exc:  # (nothing failed is cached)
+        if not ca_file:
+            raise
+        why = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc.__class__.__name__
+        raise _ca_failed(ca_file, why) from None
+
+
+def _ca_failed(ca_file: str, why: str) -> ConnectFailed:
+    return ConnectFailed("tls_error", f"TLS: the CA file {os.path.basename(ca_file)[:80]!r} cannot be loaded: {why}")
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,9 +1,14 @@
 """wss:// with a custom CA on the client side: verified with --ca-file, refused without it, classified."""
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import ssl
+import threading
+from typing import Any
 
+import pytest
 import trustme
 from websockets.asyncio.server import serve
 
@@ -11,6 +16,7 @@ from harness.events import Outcome
 from harness.profiles import load_profile
 from harness.runner import run_scenario
 from harness.scenario import Scenario
+from harness.sinks import Sink
 from harness.targets import Target
 
 ROLES = ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed"]
@@ -118,3 +124,61 @@ async def test_sse_over_plain_http_loads_no_ca_bundle():
     finally:
         for t in transports:
             await t.close()
+
+
+# A CA file rewritten under a long run (a monitor, a load test): its content is read again at the next connection.
+# What a rewrite may leave there for a moment (the file emptied before it is written, or removed before it is put
+# back) or a hostile one for good (a FIFO, a device).
+BROKEN_CA = {"emptied": lambda path: path.write_bytes(b""), "deleted": lambda path: None,
+             "fifo": lambda path: os.mkfifo(path),
+             "device": lambda path: path.symlink_to("/dev/zero")}
+CLIENTS = {"sse": ("https", "ag-ui", "none"), "picows": ("wss", "netra", "none"),
+           "websockets": ("wss", "netra", "deflate")}
+
+
+@pytest.mark.parametrize("broken", BROKEN_CA)
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_ca_file_that_turned_bad_under_a_run_is_a_tls_error_on_every_client(tmp_path, refused_port, client, broken):
+    """The CA file checked at start (`--ca-file`: a regular file, a PEM bundle) is read again when it changes: an
+    SSE chat raised OpenSSL's error out of the run (a monitor's probe "failed" uncounted, as a bug), where the
+    WebSocket clients say `tls_error` (but `refused`, "unreachable", for a file removed); and a FIFO or a device there
+    was opened, and read, on the event loop: every client hung for good. A `tls_error` now, on every client, counted
+    as a connection attempt; nothing is opened."""
+    scheme, profile, compression = CLIENTS[client]
+    ca_file = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
+    ca_file.unlink()
+    BROKEN_CA[broken](ca_file)
+    sc = Scenario.model_validate({"name": "tls", "connect_timeout": "3s", "compression": compression,
+                                  "expect": {"deadline": "3s", "settle": "0.05s"}})
+    target = Target(url=f"{scheme}://127.0.0.1:{refused_port()}/agent", profile=load_profile(profile), name="tls",
+                    ca_file=str(ca_file))
+    target.compression = compression
+    sink = Counted()
+    done: dict[str, Any] = {}
+
+    def chat() -> None:
+        try:
+            done["run"] = asyncio.run(run_scenario(sc, target, sink))
+        except BaseException as exc:  # what the run raised, for the assertion below
+            done["raised"] = exc
+
+    worker = threading.Thread(target=chat, daemon=True)
+    worker.start()
+    worker.join(60)  # a hang fails here
+    if worker.is_alive() and broken == "fifo":
+        os.close(os.open(ca_file, os.O_WRONLY | os.O_NONBLOCK))  # the reader blocked in open(): let it go
+    assert not worker.is_alive(), "the chat hung on the CA file"
+    assert "raised" not in done, repr(done.get("raised"))
+    (result,) = done["run"].results
+    assert (result.outcome, result.error_kind) == (Outcome.ERROR, "tls_error"), (result.error_kind, result.error)
+    assert "CA file" in (result.error or ""), result.error
+    assert sink.attempts == ["tls_error"]
+
+
+class Counted(Sink):
+    def __init__(self) -> None:
+        self.attempts: list[str] = []
+
+    def connection_attempt(self, scenario: str, result: str) -> None:
+        self.attempts.append(result)
