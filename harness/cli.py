@@ -221,6 +221,35 @@ def check_writable(path: str | None, flag: str) -> None:
         raise ConfigError(f"{flag} {path}: {problem}")
 
 
+def check_pushgateway(url: str) -> None:
+    """`--pushgateway` as the push will use it (prometheus_client: HOST:PORT or an http(s):// URL, a path prefix
+    allowed, `/metrics/job/…` appended), checked before the run: a URL no push could use was only a warning after it
+    (a CI job never learnt its metrics went nowhere), or a traceback. The URL is never shown (it may hold a password)."""
+    def refuse(problem: str) -> NoReturn:
+        raise ConfigError(f"--pushgateway: {problem}; give HOST:PORT or http(s)://HOST:PORT[/PATH]")
+
+    if any(c <= " " or c == "\x7f" for c in url) or not url.isascii():
+        refuse("the URL holds a space, a control character or a character that is not ASCII")
+    scheme, sep, _ = url.partition("://")
+    if sep and scheme.lower() not in ("http", "https"):
+        refuse("the scheme is not http:// or https://")
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url if sep else f"http://{url}")
+        parts.port  # noqa: B018  (raises ValueError for a port out of range or not a number)
+    except ValueError as exc:
+        if "port" in str(exc).lower():
+            refuse("the port is not a number from 0 to 65535")
+        refuse("not a URL")
+    if parts.username is not None or parts.password is not None:
+        refuse("the URL holds credentials, which the push never sends")
+    if not parts.hostname:
+        refuse("the URL names no host")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        refuse("the URL has a query or a fragment (the push appends /metrics/job/… to it)")
+
+
 def _max_duration(text: str | None) -> float | None:
     from .durations import parse_duration
 
@@ -355,6 +384,8 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
         raise ConfigError("--job needs --pushgateway")
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", args.job or ""):
         raise ConfigError(f"--job {args.job!r}: a job name is 1-128 letters, digits, '_', '.', ':' or '-'")
+    if args.pushgateway is not None:
+        check_pushgateway(args.pushgateway)
     recorder = None
     if args.record is not None:  # the recorder's modules (~17 ms of imports) load only for a run that records
         from .recorder import open_recorder

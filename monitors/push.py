@@ -61,9 +61,12 @@ def _within(seconds: float, call: Callable[[], None]) -> None:
 
 
 def _redacted(url: str) -> str:
-    parts = urlsplit(url if "://" in url else "http://" + url)
-    host = parts.hostname or url
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+    try:
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        host = parts.hostname or url
+        return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+    except ValueError:  # (`run` checks --pushgateway before the run: a caller of its own may not have)
+        return "(a URL that does not parse)"
 
 
 class PushSink(Sink):

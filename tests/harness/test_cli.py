@@ -226,6 +226,37 @@ def test_more_bad_inputs_exit_2(capsys, argv, needle):
     assert needle in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("url, says", [
+    # A traceback (exit 1) after the whole run: the warning's own shortening of the URL raised on it.
+    ("http://[::1", "not a URL"),
+    ("http://127.0.0.1:99999", "port"),
+    # A warning after the whole run, the run's exit code unchanged: no push could ever have gone.
+    ("ftp://127.0.0.1:1/", "http:// or https://"),
+    ("file:///etc/passwd", "http:// or https://"),
+    ("http://", "no host"),
+    ("http://127.0.0.1:1/\r\nX-Injected: 1", "control character"),
+    ("http://127.0.0.1:1/?x=1", "query"),
+    ("http://ci:pw-PUSHSECRET-1@127.0.0.1:1", "credentials"),
+])
+def test_a_pushgateway_url_no_push_could_use_is_refused_before_the_run(capsys, url, says):
+    """`--pushgateway` was only used after the run: a URL no push could use was a warning there (the run's verdict
+    and exit code unchanged, so a CI job never learnt its metrics went nowhere), or a traceback. A usage error now,
+    before the run, in one line naming the flag; a password in it is never shown."""
+    assert main(["run", "basic", "-q", "--pushgateway", url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("chatprobe: error: --pushgateway") and says in err, err
+    assert "PUSHSECRET" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:1", "pushgateway:9091", "http://127.0.0.1:1", "https://127.0.0.1:1/gw/",
+                                 "http://[::1]:1"])
+def test_a_pushgateway_given_as_prometheus_client_takes_it_is_taken(capsys, url):
+    """HOST:PORT (prometheus_client adds http://), a URL with a path prefix, an IPv6 address: nothing listens, so
+    the push is a warning after the run, whose verdict stands."""
+    assert main(["run", "basic", "-q", "--pushgateway", url]) == 0
+    assert "could not push" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, says", [
     (["proxy"], "the following arguments are required: --upstream"),
     (["proxy", "--zzz"], "the following arguments are required: --upstream"),  # nothing it looks like
