@@ -589,6 +589,10 @@ def _main(argv: list[str] | None) -> int:
     if args.command != "run":
         end_startup_pause()  # a server, a monitor or `check` runs for long: with the collector as Python has it
     try:
+        from .transports.base import environment_problem
+
+        if (problem := environment_problem()) is not None:
+            raise ConfigError(problem)
         if args.command == "sim":
             from agentsim.cli import main as sim_main
 

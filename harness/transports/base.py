@@ -21,7 +21,39 @@ FrameCallback = Callable[[str | bytes, float], None]
 # reads it (its asyncio client fails a message in more frames with 1009, "too many fragments"). picows and the Locust
 # user's client keep a message's fragments themselves: without it a server's 4 MiB message in 2-byte fragments
 # (12 MB on the wire) cost them ~260 MB of fragment objects, and a message of empty fragments never ended.
-MAX_FRAGMENTS = int(os.environ.get("WEBSOCKETS_MAX_FRAGMENTS", "4096"))
+# The bounds websockets reads from the environment as numbers when it is imported (int() or float() of the text, a
+# ValueError out of its import for anything else); chatprobe reads WEBSOCKETS_MAX_FRAGMENTS alike. `check_environment`
+# refuses a value that is no number before any command runs: it was a traceback, of `--help` too.
+WEBSOCKETS_NUMBERS = {
+    "WEBSOCKETS_MAX_FRAGMENTS": int, "WEBSOCKETS_MAX_NUM_HEADERS": int, "WEBSOCKETS_MAX_LINE_LENGTH": int,
+    "WEBSOCKETS_MAX_BODY_SIZE": int, "WEBSOCKETS_MAX_LOG_SIZE": int, "WEBSOCKETS_MAX_REDIRECTS": int,
+    "WEBSOCKETS_BACKOFF_INITIAL_DELAY": float, "WEBSOCKETS_BACKOFF_MIN_DELAY": float,
+    "WEBSOCKETS_BACKOFF_MAX_DELAY": float, "WEBSOCKETS_BACKOFF_FACTOR": float,
+}
+
+
+def environment_problem() -> str | None:
+    """What is wrong with a WEBSOCKETS_* number in the environment (naming the variable, never its value), or None."""
+    for name, kind in WEBSOCKETS_NUMBERS.items():
+        text = os.environ.get(name)
+        if text is None:
+            continue
+        try:
+            kind(text)
+        except ValueError:
+            return (f"the environment variable {name} is not {'a whole number' if kind is int else 'a number'} "
+                    "(websockets reads it as one); set it to one, or unset it for websockets' default")
+    return None
+
+
+def _max_fragments() -> int:
+    try:
+        return int(os.environ.get("WEBSOCKETS_MAX_FRAGMENTS", "4096"))
+    except ValueError:
+        return 4096  # (refused before any command runs: environment_problem)
+
+
+MAX_FRAGMENTS = _max_fragments()
 TOO_MANY_FRAGMENTS = "too many fragments"  # the reason of websockets' close frame (1009) for it
 FRAGMENTS_ERROR = f"message in more than {MAX_FRAGMENTS} fragments"  # what the chats on the connection are told (R12)
 TransportName = Literal["websocket", "sse"]

@@ -226,6 +226,23 @@ def test_more_bad_inputs_exit_2(capsys, argv, needle):
     assert needle in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("variable, value", [("WEBSOCKETS_MAX_FRAGMENTS", "4k"), ("WEBSOCKETS_MAX_FRAGMENTS", ""),
+                                             ("WEBSOCKETS_MAX_LINE_LENGTH", "8 KiB"),
+                                             ("WEBSOCKETS_BACKOFF_FACTOR", "fast")])
+def test_a_websockets_bound_in_the_environment_that_is_no_number_is_a_usage_error(variable, value):
+    """docs/protocol.md names WEBSOCKETS_MAX_FRAGMENTS, the fragment bound every client holds, read from the environment
+    as websockets reads it (int()): a value that is no number was a traceback at import, of every command, `--help`
+    too; websockets' own bounds of that kind were a traceback at its import, in the middle of a run. A usage error
+    now, in one line naming the variable; --help still works."""
+    for args, code in ((["run", "basic", "-q"], 2), (["sim"], 2),
+                       (["--help"], 0)):
+        proc = run_cli(*args, env={variable: value}, timeout=60)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == code and "Traceback" not in out, out[-2000:]
+        if code == 2 and args[0] == "run":
+            assert proc.stderr.count("\n") == 1 and variable in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("url, says", [
     # A traceback (exit 1) after the whole run: the warning's own shortening of the URL raised on it.
     ("http://[::1", "not a URL"),
