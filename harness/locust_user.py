@@ -36,6 +36,14 @@ import uuid
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from .transports.base import environment_problem
+
+if (_problem := environment_problem()) is not None:
+    # websockets (imported below, by the client) reads these numbers at its import and raises a traceback for one
+    # that is none: a usage error here, as for `chatprobe run`, one line and exit 2.
+    print(f"chatprobe: error: {_problem}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
 import gevent
 import gevent.pool
 from locust import User, events, task

@@ -343,3 +343,15 @@ def test_sigterm_ends_a_headless_master_with_its_verdict_and_quits_its_worker(pr
     assert summary is not None and summary["verdict"] == "objectives met", master.tail(60)
     chat = csv_row(prefix, "chat", "basic")
     assert int(chat["Request Count"]) == int(summary["chats"]) > 0, (chat, summary[0])
+
+
+def test_a_websockets_bound_in_the_environment_that_is_no_number_is_one_line_and_exit_2(procs, refused_port):
+    """FAILED on the old code: websockets' own ValueError traceback out of the locustfile's import."""
+    argv = [locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "1", "-r", "1", "--run-time", "2s",
+            "--host", f"ws://127.0.0.1:{refused_port()}/ws"]
+    proc = procs.start("locust", argv, env={"WEBSOCKETS_MAX_LINE_LENGTH": "8k"})
+    assert finish(proc, 30) == 2, proc.tail()
+    lines = [line for line in proc.err().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("chatprobe: error: the environment variable "
+                                                   "WEBSOCKETS_MAX_LINE_LENGTH is not a whole number"), proc.tail()
+    assert "8k" not in proc.err()
