@@ -384,7 +384,9 @@ class PicowsTransport(WSListener, RecordingHooks):
     def _record_close(self, ws: WSTransport) -> None:
         """What the client's own close said about the server (picows closes on an oversized frame by itself)."""
         handshake = ws.close_handshake
-        sent = handshake.sent if handshake is not None else None
+        # Our close frame only when we sent it first: the echo of a close the server started (1009 when its own
+        # max_size refused the client's message, 1007, 1002) says nothing wrong of the server's frames.
+        sent = handshake.sent if handshake is not None and not handshake.recv_then_sent else None
         if sent is not None and self.protocol_error is None:
             code = getattr(sent.code, "value", sent.code)
             if code in PROTOCOL_ERRORS:

@@ -107,9 +107,10 @@ def failed_for(protocol: Any, max_size: int) -> str | None:
 
 
 def record_close(transport: Any, protocol: Any) -> None:
-    """Set a transport's close_code, close_reason and protocol_error from a websockets protocol that ended. (A close
-    the server started with 1002, 1007 or 1009, echoed, is read as picows reads it: an R12 too.)"""
-    failure = close_detail(protocol.close_sent, transport.settings.max_size)
+    """Set a transport's close_code, close_reason and protocol_error from a websockets protocol that ended. A close
+    the server started, whatever its code (1009 when the server's own max_size refused the client's message, 1007,
+    1002), is the server's close, echoed: no R12, as picows reads it and as the proxy passes it on."""
+    failure = failed_for(protocol, transport.settings.max_size)
     if failure is not None:
         transport.protocol_error = failure
     rcvd = protocol.close_rcvd

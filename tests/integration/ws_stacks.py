@@ -1,0 +1,541 @@
+"""The netra dialect served by WebSocket stacks a team would deploy, not framed by hand: FastAPI/Starlette on uvicorn
+(its `websockets` and `wsproto` backends, permessage-deflate on or off), the `websockets` library's asyncio server
+(deflate with a small server window and no context takeover, a tiny `max_size`, pings every few milliseconds),
+`wsproto` driven on raw asyncio streams (fragments, pings between them, deflate) and `trio-websocket` on trio.
+
+One netra server (`NetraApp`, written on anyio so it runs on asyncio and trio alike) speaks through a `Conn` each stack
+adapts: a text message (in pieces where the stack can cut one), a binary one, a WebSocket ping, a close with a code.
+Each stack runs in a thread of its own with its own event loop, on 127.0.0.1, a port the OS picks; `serve(...)` is a
+context manager giving the `ws://` URL, every start and stop bounded.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+
+
+class Conn(Protocol):
+    async def send_text(self, text: str, pieces: int = 1) -> None: ...
+    async def send_bytes(self, data: bytes) -> None: ...
+    async def ping(self) -> None: ...
+    async def recv(self) -> str | None: ...
+    async def close(self, code: int) -> None: ...
+
+
+# -- what a run does ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Text:
+    """A text message written as it is (not JSON-encoded here), in `pieces` frames where the stack can cut one."""
+    text: str
+    pieces: int = 1
+
+
+@dataclass
+class Binary:
+    data: bytes
+
+
+@dataclass
+class Wait:
+    seconds: float
+
+
+@dataclass
+class Close:
+    code: int
+
+
+PING = "ping"  # a WebSocket ping (opcode 9), where the stack lets the application send one
+
+Action = dict[str, Any] | Text | Binary | Wait | Close | str
+Answer = Callable[[dict[str, Any], int], list[Action]]
+
+USER = "u-stack-☃"
+
+
+def run_events(p: dict[str, Any], *, tools: int = 1, chunks: int = 2) -> list[dict[str, Any]]:
+    """A clean run answering message payload `p`, as docs/protocol.md's 'Server to client' shows it."""
+    run_id = p.get("run_id") or f"r-{p['message_id']}"
+    steps: list[tuple[str, dict[str, Any]]] = [("agent_started", {"agent_name": "a", "message_id": p["message_id"]}),
+                                               ("agent_thinking", {"thought": "hm", "step_number": 1})]
+    for i in range(tools):
+        call = {"tool_name": "calculator", "tool_call_id": f"c-{i}"}
+        steps += [("tool_executing", {**call, "parameters": {"x": i}}),
+                  ("tool_completed", {**call, "result": i, "duration_ms": 1.5, "success": True})]
+    steps += [("partial_result", {"content": f"part {i} ünï", "is_complete": False}) for i in range(chunks)]
+    steps.append(("agent_completed", {"result": "done", "duration_ms": 3.0}))
+    return [{"type": kind, "run_id": run_id, "thread_id": p["thread_id"], "user_id": USER, "seq": n,
+             "timestamp": 1764000000.5, "payload": payload} for n, (kind, payload) in enumerate(steps, 1)]
+
+
+def clean(p: dict[str, Any], n: int) -> list[Action]:
+    return list(run_events(p))
+
+
+WELCOME = {"type": "connection_established", "data": {"connection_id": "c-1", "user_id": USER,
+                                                      "server_time": "2026-12-04T00:00:00Z"}, "timestamp": 1.5}
+
+
+@dataclass
+class NetraApp:
+    """A netra server: a welcome, each `user_message` answered by `answer(payload, n)` (n from 1, across connections),
+    played while the connection goes on reading (several runs interleave), a JSON ping with a pong, a resume with the
+    run's events past `last_seq` (else RESUME_UNKNOWN_RUN)."""
+
+    answer: Answer = clean
+    messages: int = 0
+    runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    async def serve(self, conn: Conn) -> None:
+        lock = anyio.Lock()  # one action at a time: a message's pieces are never split by another run's
+        await conn.send_text(json.dumps(WELCOME))
+        async with anyio.create_task_group() as tg:
+            while (raw := await conn.recv()) is not None:
+                try:
+                    msg = json.loads(raw)
+                except ValueError:
+                    msg = {}
+                kind = msg.get("type") if isinstance(msg, dict) else None
+                if kind == "ping":
+                    async with lock:
+                        await conn.send_text(json.dumps({"type": "pong", "data": {"timestamp": 1.0}}))
+                elif kind == "user_message":
+                    self.messages += 1
+                    tg.start_soon(self.play, conn, lock, self.answer(msg["payload"], self.messages))
+                elif kind == "resume":
+                    p = msg["payload"]
+                    events = self.runs.get(p["run_id"])
+                    if events is None:
+                        unknown = {"type": "error_message", "error_code": "RESUME_UNKNOWN_RUN", "run_id": p["run_id"]}
+                        async with lock:
+                            await conn.send_text(json.dumps(unknown))
+                    else:
+                        tg.start_soon(self.play, conn, lock, [e for e in events if e["seq"] > p["last_seq"]])
+                elif kind not in ("pong", "heartbeat"):
+                    invalid = {"type": "error_message", "error_code": "INVALID_MESSAGE", "error_message": "?"}
+                    async with lock:
+                        await conn.send_text(json.dumps(invalid))
+            tg.cancel_scope.cancel()
+
+    async def play(self, conn: Conn, lock: anyio.Lock, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, dict) and "seq" in action and "run_id" in action:
+                kept = self.runs.setdefault(action["run_id"], [])
+                if action not in kept:
+                    kept.append(action)
+        try:
+            for action in actions:
+                if isinstance(action, Wait):
+                    await anyio.sleep(action.seconds)  # wait-ok: the agent's think time
+                    continue
+                async with lock:
+                    if isinstance(action, dict):
+                        await conn.send_text(json.dumps(action, ensure_ascii=False))
+                    elif isinstance(action, Text):
+                        await conn.send_text(action.text, action.pieces)
+                    elif isinstance(action, Binary):
+                        await conn.send_bytes(action.data)
+                    elif isinstance(action, Close):
+                        await conn.close(action.code)
+                        return
+                    elif action == PING:
+                        await conn.ping()
+                await anyio.sleep(0)  # wait-ok: a yield, so runs on one connection interleave
+        except Exception:  # the client went away mid-run: a server logs it and carries on
+            return
+
+
+# -- the stacks ----------------------------------------------------------------------------------------------------
+
+class LoopThread:
+    """An asyncio loop in a daemon thread, for the length of a `with` block."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> LoopThread:
+        self.thread.start()
+        return self
+
+    def run(self, coro: Any, timeout: float = 10) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        async def cancel_all() -> None:
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        with contextlib.suppress(Exception):
+            self.run(cancel_all())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def listening_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock
+
+
+# FastAPI / Starlette on uvicorn
+
+class StarletteConn:
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    async def send_text(self, text: str, pieces: int = 1) -> None:
+        await self.ws.send_text(text)  # ASGI has no fragments: uvicorn writes one frame
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def ping(self) -> None:  # ASGI has no ping either: uvicorn's own (ws_ping_interval) are the server's
+        return None
+
+    async def recv(self) -> str | None:
+        msg = await self.ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return None
+        return msg.get("text") if msg.get("text") is not None else (msg.get("bytes") or b"").decode("utf-8", "replace")
+
+    async def close(self, code: int) -> None:
+        await self.ws.close(code)
+
+
+@contextlib.contextmanager
+def serve_uvicorn(app: NetraApp, *, ws: str = "websockets", deflate: bool = False,
+                  ping_interval: float | None = None) -> Iterator[str]:
+    """FastAPI's `@app.websocket("/ws")` endpoint on uvicorn, `--ws websockets|wsproto`, `ws_per_message_deflate`."""
+    import uvicorn
+    from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+    api = FastAPI()
+
+    async def endpoint(websocket: WebSocket) -> None:
+        await websocket.accept()
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await app.serve(StarletteConn(websocket))
+
+    endpoint.__annotations__["websocket"] = WebSocket  # the class itself: FastAPI reads it to inject the socket
+    api.websocket("/ws")(endpoint)
+
+    sock = listening_socket()
+    config = uvicorn.Config(api, ws=ws, ws_per_message_deflate=deflate, ws_ping_interval=ping_interval,
+                            ws_ping_timeout=None, log_level="critical", lifespan="off")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # uvicorn < 0.29 spelling
+    with LoopThread() as lt:
+        done = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), lt.loop)
+        try:
+            yield f"ws://127.0.0.1:{sock.getsockname()[1]}/ws"
+        finally:
+            server.should_exit = True
+            server.force_exit = True
+            with contextlib.suppress(Exception):
+                done.result(10)
+            sock.close()
+
+
+# the websockets library's asyncio server
+
+class WebsocketsConn:
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    async def send_text(self, text: str, pieces: int = 1) -> None:
+        if pieces <= 1:
+            await self.ws.send(text)
+        else:  # an iterable is sent as one fragmented message
+            step = -(-len(text) // pieces)
+            await self.ws.send([text[i:i + step] for i in range(0, len(text), step)])
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send(data)
+
+    async def ping(self) -> None:
+        await self.ws.ping()
+
+    async def recv(self) -> str | None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            msg = await self.ws.recv()
+        except ConnectionClosed:
+            return None
+        return msg if isinstance(msg, str) else msg.decode("utf-8", "replace")
+
+    async def close(self, code: int) -> None:
+        await self.ws.close(code)
+
+
+@contextlib.contextmanager
+def serve_websockets(app: NetraApp, **options: Any) -> Iterator[str]:
+    """`websockets.asyncio.server.serve` with the options given (compression, extensions, max_size, ping_interval)."""
+    from websockets.asyncio.server import serve
+
+    async def handler(ws: Any) -> None:
+        await app.serve(WebsocketsConn(ws))
+
+    async def start() -> Any:
+        return await serve(handler, "127.0.0.1", 0, **options)
+
+    with LoopThread() as lt:
+        server = lt.run(start())
+        try:
+            yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        finally:
+            server.close()
+            with contextlib.suppress(Exception):
+                lt.run(server.wait_closed())
+
+
+# wsproto on raw asyncio streams
+
+class WsprotoConn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, deflate: bool) -> None:
+        from wsproto import ConnectionType, WSConnection
+
+        self.reader, self.writer, self.deflate = reader, writer, deflate
+        self.ws = WSConnection(ConnectionType.SERVER)
+        self.pending: list[Any] = []
+        self.closed = False
+
+    def _write(self, event: Any) -> None:
+        if not self.closed:
+            self.writer.write(self.ws.send(event))
+
+    async def _drain(self) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
+
+    async def accept(self) -> bool:
+        from wsproto.events import AcceptConnection, Request
+        from wsproto.extensions import PerMessageDeflate
+
+        while True:
+            data = await asyncio.wait_for(self.reader.read(65536), 10)
+            if not data:
+                return False
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, Request):
+                    extensions = [PerMessageDeflate()] if self.deflate else []
+                    self.writer.write(self.ws.send(AcceptConnection(extensions=extensions)))
+                    return True
+
+    async def send_text(self, text: str, pieces: int = 1) -> None:
+        from wsproto.events import Message, Ping
+
+        step = -(-len(text) // max(1, pieces))
+        parts = [text[i:i + step] for i in range(0, len(text), step)] or [""]
+        for i, part in enumerate(parts):
+            self._write(Message(data=part, message_finished=i == len(parts) - 1))
+            if i < len(parts) - 1:
+                self._write(Ping(payload=b"between"))  # a control frame inside a fragmented message (RFC 6455 5.4)
+        await self._drain()
+
+    async def send_bytes(self, data: bytes) -> None:
+        from wsproto.events import Message
+
+        self._write(Message(data=data))
+        await self._drain()
+
+    async def ping(self) -> None:
+        from wsproto.events import Ping
+
+        self._write(Ping(payload=b"are you there"))
+        await self._drain()
+
+    async def recv(self) -> str | None:
+        from wsproto.events import CloseConnection, Message, Ping
+
+        buf = ""
+        while True:
+            while self.pending:
+                event = self.pending.pop(0)
+                if isinstance(event, CloseConnection):
+                    if not self.closed:
+                        self.writer.write(self.ws.send(event.response()))
+                        self.closed = True
+                    await self._drain()
+                    self.writer.close()
+                    return None
+                if isinstance(event, Ping):
+                    self._write(event.response())
+                elif isinstance(event, Message):
+                    buf += event.data if isinstance(event.data, str) else event.data.decode("utf-8", "replace")
+                    if event.message_finished:
+                        return buf
+            try:
+                data = await self.reader.read(65536)
+            except ConnectionError:
+                data = b""
+            if not data:
+                self.closed = True
+                return None
+            self.ws.receive_data(data)
+            self.pending.extend(self.ws.events())
+
+    async def close(self, code: int) -> None:
+        from wsproto.events import CloseConnection
+
+        self._write(CloseConnection(code=code, reason="going"))
+        self.closed = True
+        await self._drain()
+
+
+@contextlib.contextmanager
+def serve_wsproto(app: NetraApp, *, deflate: bool = False) -> Iterator[str]:
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = WsprotoConn(reader, writer, deflate)
+        try:
+            if await conn.accept():
+                await app.serve(conn)
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    with LoopThread() as lt:
+        server = lt.run(asyncio.start_server(client, "127.0.0.1", 0))
+        try:
+            yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        finally:
+            server.close()
+
+
+# trio-websocket on trio
+
+class TrioConn:
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    async def send_text(self, text: str, pieces: int = 1) -> None:
+        await self.ws.send_message(text)
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send_message(data)
+
+    async def ping(self) -> None:
+        await self.ws.ping()
+
+    async def recv(self) -> str | None:
+        from trio_websocket import ConnectionClosed
+
+        try:
+            msg = await self.ws.get_message()
+        except ConnectionClosed:
+            return None
+        return msg if isinstance(msg, str) else msg.decode("utf-8", "replace")
+
+    async def close(self, code: int) -> None:
+        await self.ws.aclose(code)
+
+
+@contextlib.contextmanager
+def serve_trio(app: NetraApp) -> Iterator[str]:
+    import trio
+    from trio_websocket import serve_websocket
+
+    ready: dict[str, Any] = {}
+    started = threading.Event()
+
+    async def handler(request: Any) -> None:
+        ws = await request.accept()
+        await app.serve(TrioConn(ws))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+            ready["port"] = server.port
+            ready["cancel"] = nursery.cancel_scope
+            ready["token"] = trio.lowlevel.current_trio_token()
+            started.set()
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    assert started.wait(10), "trio-websocket did not start"
+    try:
+        yield f"ws://127.0.0.1:{ready['port']}/ws"
+    finally:
+        trio.from_thread.run_sync(ready["cancel"].cancel, trio_token=ready["token"])
+        thread.join(10)
+
+
+# -- the judges ----------------------------------------------------------------------------------------------------
+
+Serve = Callable[[], contextlib.AbstractContextManager[str]]
+Verdict = tuple[str, tuple[str, ...]]
+
+
+def judge(tmp_path: Any, serve: Serve, scenario: dict[str, Any], *,
+          ways: tuple[str, ...] = ("run", "check", "websockets", "proxy")) -> dict[str, list[Verdict]]:
+    """Each chat's (outcome, rules), sorted, by every road: `chatprobe run` with the default client (picows), recorded,
+    and `chatprobe check` of the recording; `chatprobe run` with the websockets client (the scenario's `compression:
+    deflate` picks it: a server that does not take deflate gets an uncompressed connection); and `chatprobe proxy` in
+    front of the server with a `chatprobe run` through it. Each road against a fresh server; the counts add up."""
+    from harness.cli import main
+    from harness.profiles import load_profile
+    from harness.scenario import Scenario
+    from monitors.proxy import LiveChats, Proxy, start_proxy
+
+    from .test_independent_servers import KeptSink, chat_verdicts
+
+    sc = {"name": "stacks", "users": 1, "connect_timeout": "3s", **scenario}
+    sc["expect"] = {"deadline": "3s", "settle": "0.1s", **scenario.get("expect", {})}
+    path = tmp_path / "scenario.yaml"
+    path.write_text(json.dumps(sc))
+    out: dict[str, list[Verdict]] = {}
+    chats = 0
+
+    def run(url: str, scenario_path: Any, name: str, *extra: str) -> list[Verdict]:
+        report = tmp_path / f"{name}.json"
+        code = main(["run", "--target", url, "--auth", "none", str(scenario_path), "--json", str(report), "-q",
+                     *extra])
+        assert code in (0, 1), (name, code)
+        verdicts, _ = chat_verdicts(json.loads(report.read_text()))
+        return verdicts
+
+    if "run" in ways or "check" in ways:
+        rec = tmp_path / "rec"
+        with serve() as url:
+            out["run"] = run(url, path, "run", "--record", str(rec))
+        code = main(["check", str(rec), "--scenario", str(path), "--json", str(tmp_path / "check.json"), "-q"])
+        assert code in (0, 1), code
+        out["check"], _ = chat_verdicts(json.loads((tmp_path / "check.json").read_text()))
+        chats = len(out["run"])
+    if "websockets" in ways:
+        deflated = tmp_path / "deflate.yaml"
+        deflated.write_text(json.dumps({**sc, "compression": "deflate"}))
+        with serve() as url:
+            out["websockets"] = run(url, deflated, "websockets")
+        chats = chats or len(out["websockets"])
+    if "proxy" in ways:
+        profile = load_profile("netra")
+        parsed = Scenario.model_validate(sc)
+        kept = KeptSink()
+        # the user behind the proxy waits longer than the proxy's deadline (one who leaves first abandons the chat)
+        played = tmp_path / "played.yaml"
+        played.write_text(json.dumps({**sc, "expect": {**sc["expect"], "deadline": parsed.expect.deadline + 1}}))
+        with serve() as url, LoopThread() as lt:
+            live = LiveChats(profile, kept, parsed.expectations(profile), "live", parsed.expect.settle)
+            front = lt.run(start_proxy(Proxy(url.rsplit("/", 1)[0], live), "127.0.0.1", 0))
+            try:
+                run(f"ws://127.0.0.1:{front.sockets[0].getsockname()[1]}/ws", played, "played")
+                results = kept.wait_for(chats, 10)
+            finally:
+                lt.loop.call_soon_threadsafe(front.close)
+        out["proxy"] = sorted((r.outcome.value, tuple(sorted(r.rule_counts()))) for r in results)
+    return out
