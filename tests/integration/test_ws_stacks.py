@@ -14,12 +14,29 @@ FAILED on the code before this file, each with what was wrong:
 """
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
-from .ws_stacks import Action, Close, NetraApp, judge, run_events, serve_trio, serve_websockets
+from .ws_stacks import (
+    PING,
+    USER,
+    Action,
+    Binary,
+    Close,
+    NetraApp,
+    Text,
+    Wait,
+    judge,
+    run_events,
+    serve_trio,
+    serve_uvicorn,
+    serve_websockets,
+    serve_wsproto,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,3 +71,110 @@ def closes_mid_run(code: int) -> Any:
 def test_a_server_that_closes_for_its_own_reasons_is_no_r12_of_its_frames(tmp_path, server, verdict):
     got = judge(tmp_path, server, {"chats_per_user": 1})
     assert got == {road: [verdict] for road in ROADS}, got
+
+
+STACKS = {
+    "uvicorn-websockets": lambda app: serve_uvicorn(app, ws="websockets"),
+    "uvicorn-websockets-deflate-pings": lambda app: serve_uvicorn(app, ws="websockets", deflate=True,
+                                                                  ping_interval=0.02),
+    "uvicorn-wsproto": lambda app: serve_uvicorn(app, ws="wsproto"),
+    "uvicorn-wsproto-deflate": lambda app: serve_uvicorn(app, ws="wsproto", deflate=True),
+    "websockets-9-bit-window-tiny-max-size": odd_websockets,
+    "wsproto": lambda app: serve_wsproto(app),
+    "wsproto-deflate": lambda app: serve_wsproto(app, deflate=True),
+    "trio-websocket": lambda app: serve_trio(app),
+}
+
+
+def lively(p: dict[str, Any], n: int) -> list[Action]:
+    """Think time between events, a WebSocket ping after each (where the stack can send one), the server's own JSON
+    ping and heartbeat, every other message in 3 fragments (where the stack can cut one) with a trailing newline or
+    pretty-printed with CRLF."""
+    out: list[Action] = []
+    for i, ev in enumerate(run_events(p)):
+        text = json.dumps(ev, ensure_ascii=False) + "\n" if i % 2 else json.dumps(ev, indent=1) + "\r\n"
+        out += [Text(text, 3 if i % 2 else 1), Wait(0.01), PING]
+        if i == 2:
+            out += [{"type": "ping"}, {"type": "heartbeat", "data": {"user_id": USER}}]
+    return out
+
+
+@pytest.mark.parametrize("stack", list(STACKS))
+def test_a_conforming_server_on_each_stack_passes_every_chat_by_every_road(tmp_path, stack):
+    # three chats in flight at once on one connection, interleaved
+    got = judge(tmp_path, lambda: STACKS[stack](NetraApp(lively)),
+                {"chats_per_user": 3, "parallel_chats": 3, "expect": {"streaming": True}})
+    assert got == {road: [PASS] * 3 for road in ROADS}, got
+
+
+def _renumber(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for i, ev in enumerate(events, 1):
+        ev["seq"] = i
+    return events
+
+
+FATAL = {"error_message": "model down", "error_type": "Upstream", "is_recoverable": False, "severity": "critical"}
+# rule -> (what the second chat's run becomes, the scenario's expect beyond streaming)
+FAULTS: dict[str, tuple[Callable[[list[dict[str, Any]]], list[Action]], dict[str, str]]] = {
+    "R1": (lambda ev: list(_renumber([ev[1], ev[0], *ev[2:]])), {}),
+    "R2": (lambda ev: list(_renumber([e for e in ev if e["type"] != "partial_result"])), {}),
+    "R3": (lambda ev: [*ev, {**ev[-1], "seq": len(ev) + 1}], {}),
+    "R4": (lambda ev: [*ev, {**ev[4], "seq": len(ev) + 1}], {}),
+    "R5": (lambda ev: [*ev[:3], {**ev[3], "payload": {**ev[3]["payload"], "tool_call_id": "c-other"}}, *ev[4:]], {}),
+    "R6": (lambda ev: list(_renumber([ev[0], ev[2], ev[3], ev[1], *ev[4:]])), {}),
+    "R7": (lambda ev: [*ev[:3], *({**e, "seq": e["seq"] + 1} for e in ev[3:])], {}),
+    "R8": (lambda ev: [*ev[:4], {**ev[4], "thread_id": "t-someone-else"}, *ev[5:]], {}),
+    "R9": (lambda ev: [Wait(0.8), *ev], {"first_event_limit": "0.3s"}),
+    "R10": (lambda ev: list(ev[:-1]), {"deadline": "1s"}),
+    "R11": (lambda ev: [*ev[:3], Wait(0.8), *ev[3:]], {"stall_limit": "0.3s"}),
+    "R12": (lambda ev: [*ev[:2], {**ev[2], "timestamp": "2026-12-04T00:00:00Z" + "+" * 60}, *ev[3:]], {}),
+    "R13": (lambda ev: [*ev[:-1], {**ev[-1], "type": "agent_error", "payload": FATAL}], {}),
+}
+
+
+@pytest.mark.parametrize("rule", list(FAULTS))
+def test_each_broken_rule_is_that_rule_on_that_chat_only(tmp_path, rule):
+    fault, expect = FAULTS[rule]
+    stack = list(STACKS)[int(rule[1:]) % len(STACKS)]  # the rules spread over the stacks
+
+    def answer(p: dict[str, Any], n: int) -> list[Action]:
+        return fault(run_events(p)) if n == 2 else list(run_events(p))
+
+    got = judge(tmp_path, lambda: STACKS[stack](NetraApp(answer)),
+                {"chats_per_user": 3, "parallel_chats": 3, "expect": {"streaming": True, **expect}})
+    culprit = ("incomplete" if rule == "R10" else "failed", (rule,))
+    assert got == {road: sorted([culprit, PASS, PASS]) for road in ROADS}, (stack, got)
+
+
+def one_of_three(change: Callable[[list[dict[str, Any]]], list[Action]]) -> Any:
+    def answer(p: dict[str, Any], n: int) -> list[Action]:
+        return change(run_events(p)) if n == 2 else list(run_events(p))
+    return answer
+
+
+@pytest.mark.parametrize("stack, change, culprit", [
+    # seq written as 1.0 (a Python server's float): R12, that event's chat only (docs/protocol.md R12)
+    pytest.param("wsproto-deflate", lambda ev: [{**ev[0], "seq": 1.0}, *ev[1:]], ("failed", ("R12",)), id="float-seq"),
+    # a closing handshake mid-run (a deploy: 1001; a crash the server still says: 1011): the chats resume
+    pytest.param("uvicorn-wsproto", lambda ev: [*ev[:3], Close(1001), *ev[3:]], PASS, id="close-1001-mid-run"),
+    pytest.param("websockets-9-bit-window-tiny-max-size", lambda ev: [*ev[:3], Close(1011), *ev[3:]], PASS,
+                 id="close-1011-mid-run"),
+])
+def test_what_a_stack_lets_a_server_do(tmp_path, stack, change, culprit):
+    got = judge(tmp_path, lambda: STACKS[stack](NetraApp(one_of_three(change))),
+                {"chats_per_user": 3, "parallel_chats": 3})
+    assert got == {road: sorted([culprit, PASS, PASS]) for road in ROADS}, got
+
+
+@pytest.mark.parametrize("stack, change", [
+    # FastAPI's send_json(mode="binary"), or send_bytes: one JSON event in a binary frame
+    pytest.param("uvicorn-websockets", lambda ev: [*ev[:5], Binary(json.dumps(ev[5]).encode()), *ev[6:]], id="binary"),
+    # a UTF-8 byte order mark before the JSON (RFC 8259 8.1: MUST NOT add one; JSON.parse refuses it)
+    pytest.param("trio-websocket", lambda ev: [*ev[:5], Text("\ufeff" + json.dumps(ev[5])), *ev[6:]], id="bom"),
+])
+def test_a_frame_that_is_no_json_event_is_r12_on_the_chats_in_flight(tmp_path, stack, change):
+    # A malformed frame belongs to no run: an R12 on every chat in flight (docs/protocol.md R12), and the event it
+    # carried is missing from its own run (R7: its seq never came). One chat at a time, so which chats were in
+    # flight does not depend on timing.
+    got = judge(tmp_path, lambda: STACKS[stack](NetraApp(one_of_three(change))), {"chats_per_user": 3})
+    assert got == {road: sorted([("failed", ("R12", "R7")), PASS, PASS]) for road in ROADS}, got
