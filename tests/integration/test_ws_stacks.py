@@ -152,17 +152,21 @@ def one_of_three(change: Callable[[list[dict[str, Any]]], list[Action]]) -> Any:
     return answer
 
 
-@pytest.mark.parametrize("stack, change, culprit", [
+@pytest.mark.parametrize("stack, change, culprit, parallel", [
     # seq written as 1.0 (a Python server's float): R12, that event's chat only (docs/protocol.md R12)
-    pytest.param("wsproto-deflate", lambda ev: [{**ev[0], "seq": 1.0}, *ev[1:]], ("failed", ("R12",)), id="float-seq"),
+    pytest.param("wsproto-deflate", lambda ev: [{**ev[0], "seq": 1.0}, *ev[1:]], ("failed", ("R12",)), 3,
+                 id="float-seq"),
     # a closing handshake mid-run (a deploy: 1001; a crash the server still says: 1011): the chats resume
-    pytest.param("uvicorn-wsproto", lambda ev: [*ev[:3], Close(1001), *ev[3:]], PASS, id="close-1001-mid-run"),
-    pytest.param("websockets-9-bit-window-tiny-max-size", lambda ev: [*ev[:3], Close(1011), *ev[3:]], PASS,
+    pytest.param("uvicorn-wsproto", lambda ev: [*ev[:3], Close(1001), *ev[3:]], PASS, 3,
+                 id="close-1001-mid-run"),
+    # (one chat at a time: after a 1011, unlike 1000/1001, a message that crossed the close before any event of its
+    # run is judged as it stands, never sent again; with chats in parallel, whether one did so is timing's)
+    pytest.param("websockets-9-bit-window-tiny-max-size", lambda ev: [*ev[:3], Close(1011), *ev[3:]], PASS, 1,
                  id="close-1011-mid-run"),
 ])
-def test_what_a_stack_lets_a_server_do(tmp_path, stack, change, culprit):
+def test_what_a_stack_lets_a_server_do(tmp_path, stack, change, culprit, parallel):
     got = judge(tmp_path, lambda: STACKS[stack](NetraApp(one_of_three(change))),
-                {"chats_per_user": 3, "parallel_chats": 3})
+                {"chats_per_user": 3, "parallel_chats": parallel})
     assert got == {road: sorted([culprit, PASS, PASS]) for road in ROADS}, got
 
 
