@@ -556,7 +556,9 @@ def _reports_apart_from(args: argparse.Namespace, inputs: list[str], configs: li
 def _console() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None,
+    # No `:name:` emoji codes: nothing chatprobe prints is written with them, and rich's table of them (~2.5 ms of
+    # every run's start-up) loads with the first text that could hold one (a column title).
+    return Console(highlight=False, emoji=False, no_color=bool(os.environ.get("NO_COLOR")) or None,
                    width=None if sys.stdout.isatty() else 160)
 
 

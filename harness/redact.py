@@ -53,9 +53,28 @@ _dirty = False  # a fixed secret came: recompile before the next scrub
 _minted_dirty = False  # a minted token came: recompile at most once a second (its JWT shape catches it meanwhile)
 _minted_compiled_at = 0.0
 
+
+class _Lazy:
+    """A regular expression compiled on its first use (`.compiled`). Compiling the patterns below took ~3.5 ms of
+    every command's start-up (`chatprobe --help` included), and a run may use none of them: each is tried only where
+    a substring test says it could match (BENCHMARKS.md, issue 10)."""
+
+    __slots__ = ("_pattern", "_flags", "_compiled")
+
+    def __init__(self, pattern: str, flags: int = 0) -> None:
+        self._pattern, self._flags = pattern, flags
+        self._compiled: re.Pattern[str] | None = None
+
+    @property
+    def compiled(self) -> re.Pattern[str]:
+        compiled = self._compiled
+        if compiled is None:  # two threads may both compile it: the same pattern either way
+            compiled = self._compiled = re.compile(self._pattern, self._flags)
+        return compiled
+
 # Any compact JWS (base64url of '{"' starts "eyJ"): a bearer credential whoever minted it.
 # A JWT cut short by a field's size bound is caught too (the shape, not the three parts, decides).
-_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,2}")
+_JWT_RE = _Lazy(r"eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,2}")
 # The same shape with any character \u- or %-escaped (a server's JSON encoder, a URL): only the escapes of the
 # base64url alphabet and the dot continue it, so a run never backtracks.
 _B64URL_HEX = "(?:3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]|2[Dd]|5[Ff])"
@@ -65,20 +84,20 @@ _B64URL_HEX = "(?:3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]|2[Dd]|5[Ff]
 _BACKSLASHES = r"\\(?<!\\\\)\\*+"
 _JWT_CHAR = rf"(?:[A-Za-z0-9_-]|{_BACKSLASHES}u00{_B64URL_HEX}|%{_B64URL_HEX})"
 _JWT_DOT = rf"(?:\.|{_BACKSLASHES}u002[Ee]|%2[Ee])"
-_JWT_DISGUISED_RE = re.compile(
+_JWT_DISGUISED_RE = _Lazy(
     rf"(?:e|{_BACKSLASHES}u0065|%65)(?:y|{_BACKSLASHES}u0079|%79)(?:J|{_BACKSLASHES}u004[Aa]|%4[Aa])"
     rf"{_JWT_CHAR}{{8,}}(?:{_JWT_DOT}{_JWT_CHAR}*){{0,2}}"
 )
 # A JWT inside base64 text holds one of these (how "eyJ" reads in base64 at each byte alignment): such a run is
 # decoded at each of its four character offsets, and redacted whole if a JWT is inside.
-_B64_RUN_RE = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+_B64_RUN_RE = _Lazy(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 _B64_JWT_MARKS = ("ZXlK", "V5S", "leU")
 # Only the runs holding a mark are looked at (found from the marks: _redact_base64_runs), so that a frame of many
 # base64-like words without one (ids, hashes: a 4 MB frame of random ones has half a million) costs no Python call
 # per word: each was one, ~1.3 s of a 4 MB frame on the proxy's event loop.
-_B64_MARK_RE = re.compile("ZXlK|V5S|leU")
-_B64_CHARS_RE = re.compile(r"[A-Za-z0-9+/_-]*")
-_B64_PAD_RE = re.compile(r"={0,2}")
+_B64_MARK_RE = _Lazy("ZXlK|V5S|leU")
+_B64_CHARS_RE = _Lazy(r"[A-Za-z0-9+/_-]*")
+_B64_PAD_RE = _Lazy(r"={0,2}")
 _B64_MIN_RUN = 16
 # A secret shown in part (a field's size bound cut it short, a server cut or masked its first characters or put a
 # character inside it) must not show either: any run of at least this many consecutive characters of a secret, or
@@ -91,30 +110,30 @@ MIN_RUN_WORDS = 12
 # The matcher looks for pieces of this many characters of each form, one every (run length + 1 - _PIECE)
 # characters: any run of the run length holds one of them whole.
 _PIECE = 4
-_BEARER_RE = re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]{8,}")
+_BEARER_RE = _Lazy(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 # An Authorization header's credential whatever its scheme (Basic user:password, Token, Digest…), as a header line, a
 # JSON member or a repr: the scheme stays, the credential goes.
-_AUTHZ_RE = re.compile(r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:[A-Za-z][A-Za-z0-9_-]*\s+)?)"
-                       r"[^\s\"',;]{4,}")
+_AUTHZ_RE = _Lazy(r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:[A-Za-z][A-Za-z0-9_-]*\s+)?)"
+                  r"[^\s\"',;]{4,}")
 # A token offered as a WebSocket subprotocol (`jwt.<token>`, as browsers must send one), opaque or not.
-_SUBPROTOCOL_TOKEN_RE = re.compile(r"(?i)\b(jwt\.)[A-Za-z0-9._~+/=-]{8,}")
+_SUBPROTOCOL_TOKEN_RE = _Lazy(r"(?i)\b(jwt\.)[A-Za-z0-9._~+/=-]{8,}")
 # A compact JWS whose header JSON does not start '{"' (a space or a line break after the brace): eyAi…, ewo…, ew0K…,
 # ewk…; only in the whole three-part shape (these prefixes alone are too common to mean a token).
-_JWS_OTHER_RE = re.compile(r"\b(?:eyA[gi]|ewo|ew0K|ewk)[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
-_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s\"'<>`]+")
-_USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+_JWS_OTHER_RE = _Lazy(r"\b(?:eyA[gi]|ewo|ew0K|ewk)[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_URL_RE = _Lazy(r"[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s\"'<>`]+")
+_USERINFO_RE = _Lazy(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 # A parameter: after ?, &, ;, # (a matrix parameter `;jsessionid=` too), or a second ? (`url + "?token="` on a URL
 # that had a query already).
-_ESCAPED_AMP_RE = re.compile(r"(\\u0026|%26)", re.IGNORECASE)
+_ESCAPED_AMP_RE = _Lazy(r"(\\u0026|%26)", re.IGNORECASE)
 # A value ends at a backslash (an escape's start: the \" that closes a JSON string around the URL must survive), unless
 # it escapes a slash (\/ as PHP's JSON encoder writes one; doubled inside nested JSON): the value goes on after it.
-_PARAM_RE = re.compile(r"([?&;#])([^=&;#?]*)=((?:[^&;#?\\]|\\++/)*)")
-_SENSITIVE_PARAM = re.compile(r"(?i)token|key|secret|pass|pwd|sig|auth|jwt|session|cred|bearer|code")
+_PARAM_RE = _Lazy(r"([?&;#])([^=&;#?]*)=((?:[^&;#?\\]|\\++/)*)")
+_SENSITIVE_PARAM = _Lazy(r"(?i)token|key|secret|pass|pwd|sig|auth|jwt|session|cred|bearer|code")
 # A parameter value that reads as a credential whatever its name says (`?t=8fK2q…`): 12 or more URL-safe characters
 # mixing at least two of lower case, upper case and digits. Words and slugs (`installation-guide-linux`), numbers,
 # dates and short ids stay readable; a random-looking value goes, as a signed link's token would.
-_OPAQUE_VALUE = re.compile(r"[A-Za-z0-9._~+/=%-]{12,}")
-_MIXES = (re.compile("[a-z]"), re.compile("[A-Z]"), re.compile("[0-9]"))
+_OPAQUE_VALUE = _Lazy(r"[A-Za-z0-9._~+/=%-]{12,}")
+_MIXES = (_Lazy("[a-z]"), _Lazy("[A-Z]"), _Lazy("[0-9]"))
 
 # Unicode format characters (category Cf) that show nothing: zero-width spaces and joiners, the soft hyphen, the word
 # joiner and invisible operators, the deprecated format controls, the BOM (a zero-width no-break space), the
@@ -125,13 +144,13 @@ _INVISIBLE = (
     "\u00ad\u180e\u200b-\u200d\u2060-\u2064\u206a-\u206f\ufeff"
     "\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
 )
-_INVISIBLE_RE = re.compile(f"[{_INVISIBLE}]+")
+_INVISIBLE_RE = _Lazy(f"[{_INVISIBLE}]+")
 # Characters a terminal or an XML 1.0 parser must never get raw: C0/C1 controls and DEL (escape sequences,
 # NUL), bidi overrides and isolates (text that reads other than it is), line/paragraph separators, lone
 # surrogates (not encodable, forbidden in XML), U+FFFE/U+FFFF (forbidden in XML), the invisible format characters
 # above and the other format characters (interlinear annotation, the Arabic, Syriac and Kaithi number signs that
 # merge with the digits after them): every character of category Cf is here (tests walk them all).
-_UNSAFE_RE = re.compile(
+_UNSAFE_RE = _Lazy(
     "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufff9-\ufffb"
     "\ud800-\udfff\ufffe\uffff\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\U000110bd\U000110cd"
     f"{_INVISIBLE}]"
@@ -158,7 +177,7 @@ def literal_forms(secret: str) -> set[str]:
 
 def _mixes(text: str) -> int:
     """How many of lower case, upper case and digits the text holds."""
-    return sum(p.search(text) is not None for p in _MIXES)
+    return sum(p.compiled.search(text) is not None for p in _MIXES)
 
 
 def _run_lengths(secrets: Iterable[str], literal: bool = True) -> dict[str, int]:
@@ -357,16 +376,16 @@ def _redacted_spans(text: str, spans: list[tuple[int, int]]) -> str:
 # a CJK answer as `json.dumps` writes it, cost a second, twice over when the connection had its own secrets): a run of
 # `\uXXXX` with one backslash each, or two (a JSON string inside one), almost every escape there is, is decoded by the
 # json module's C scanner; each other escape on its own.
-_JSON_ESCAPE_SPLIT = re.compile(rf"((?<!\\)(?:\\u[0-9A-Fa-f]{{4}})+|(?<!\\)(?:\\\\u[0-9A-Fa-f]{{4}})+)"
-                                rf"|({_BACKSLASHES}(?:u[0-9A-Fa-f]{{4}}|[/\"]))")
+_JSON_ESCAPE_SPLIT = _Lazy(rf"((?<!\\)(?:\\u[0-9A-Fa-f]{{4}})+|(?<!\\)(?:\\\\u[0-9A-Fa-f]{{4}})+)"
+                           rf"|({_BACKSLASHES}(?:u[0-9A-Fa-f]{{4}}|[/\"]))")
 # An escaped surrogate (any `\uD800`…`\uDFFF` is one: an escape ends every run of backslashes before a `u` and 4 hex
 # digits): the pairs of the decoded text are joined then (all of them).
-_ESCAPED_SURROGATE_RE = re.compile(r"\\u[Dd][89A-Fa-f][0-9A-Fa-f]{2}")
+_ESCAPED_SURROGATE_RE = _Lazy(r"\\u[Dd][89A-Fa-f][0-9A-Fa-f]{2}")
 # Spelled to start with "%" inside its group, which lets the engine skip ahead to each "%".
-_PERCENT_RUN_SPLIT = re.compile("(%[0-9A-Fa-f]{2}(?:%[0-9A-Fa-f]{2})*)")
-_SURROGATE_PAIR_SPLIT = re.compile("([\ud800-\udbff][\udc00-\udfff])")
-_ASTRAL_RE = re.compile("[\U00010000-\U0010ffff]")
-_INVISIBLE_SPLIT = re.compile(f"([{_INVISIBLE}]+)")
+_PERCENT_RUN_SPLIT = _Lazy("(%[0-9A-Fa-f]{2}(?:%[0-9A-Fa-f]{2})*)")
+_SURROGATE_PAIR_SPLIT = _Lazy("([\ud800-\udbff][\udc00-\udfff])")
+_ASTRAL_RE = _Lazy("[\U00010000-\U0010ffff]")
+_INVISIBLE_SPLIT = _Lazy(f"([{_INVISIBLE}]+)")
 
 
 def _json_escape(piece: str) -> str:
@@ -402,7 +421,7 @@ class _Prefix:
 
 
 def _astral_count(text: str) -> int:
-    return len(_ASTRAL_RE.findall(text))
+    return len(_ASTRAL_RE.compiled.findall(text))
 
 
 def _utf8_size(text: str) -> int:
@@ -484,25 +503,25 @@ def _decode(text: str, positions: _Positions | None = None, invisible: bool = Fa
     disguised secret reads as; `invisible`: without invisible format characters too; `positions`: where each decoded
     character starts in the text is noted there."""
     if "\\" in text:
-        parts = _JSON_ESCAPE_SPLIT.split(text)
+        parts = _JSON_ESCAPE_SPLIT.compiled.split(text)
         if len(parts) > 1:
             plain = parts[::3]
             pieces = [run or one for run, one in zip(parts[1::3], parts[2::3], strict=True)]
-            surrogates = _ESCAPED_SURROGATE_RE.search(text) is not None
+            surrogates = _ESCAPED_SURROGATE_RE.compiled.search(text) is not None
             parts[:] = [""] * (2 * len(pieces) + 1)
             parts[::2], parts[1::2] = plain, pieces
             text = _decode_step(text, parts, list(map(_json_escape, pieces)), positions, _in_json_run)
             if surrogates:
-                parts = _SURROGATE_PAIR_SPLIT.split(text)
+                parts = _SURROGATE_PAIR_SPLIT.compiled.split(text)
                 if len(parts) > 1:
                     text = _decode_step(text, parts, [p.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
                                                       for p in parts[1::2]], positions)
     if "%" in text:
-        parts = _PERCENT_RUN_SPLIT.split(text)
+        parts = _PERCENT_RUN_SPLIT.compiled.split(text)
         if len(parts) > 1:
             text = _decode_step(text, parts, list(map(_percent_run, parts[1::2])), positions, _in_percent_run)
     if invisible and not text.isprintable():
-        parts = _INVISIBLE_SPLIT.split(text)
+        parts = _INVISIBLE_SPLIT.compiled.split(text)
         if len(parts) > 1:
             text = _decode_step(text, parts, [""] * (len(parts) // 2), positions)
     return text
@@ -543,7 +562,7 @@ class Secrets:
             if decoded is None:
                 decoded = _unescaped(text)
             if not decoded.isprintable():  # raw or escaped, an invisible format character splits no secret
-                decoded = _INVISIBLE_RE.sub("", decoded)
+                decoded = _INVISIBLE_RE.compiled.sub("", decoded)
             # Where the decoded text's characters start in the text, only for a text that does hold a run of a secret.
             if decoded != text and (spans := self.disguised.spans(decoded, budget)) != []:
                 if spans is None:  # escaped text dense with a secret's pieces (hostile): nothing of it is shown
@@ -685,17 +704,17 @@ def _redact_base64_runs(text: str) -> str:
     text reversed, once) to its end, at C speed."""
     pieces: list[str] = []
     done, n, backwards = 0, len(text), ""
-    for m in _B64_MARK_RE.finditer(text):
+    for m in _B64_MARK_RE.compiled.finditer(text):
         at = m.start()
         if at < done:  # in the run just looked at
             continue
         if not backwards:
             backwards = text[::-1]
-        start = n - _end(_B64_CHARS_RE, backwards, n - at)
-        end = _end(_B64_CHARS_RE, text, at)
+        start = n - _end(_B64_CHARS_RE.compiled, backwards, n - at)
+        end = _end(_B64_CHARS_RE.compiled, text, at)
         if end - start < _B64_MIN_RUN:
             continue
-        end = _end(_B64_PAD_RE, text, end)
+        end = _end(_B64_PAD_RE.compiled, text, end)
         pieces += [text[done:start], _redact_base64_run(text[start:end])]
         done = end
     if not pieces:
@@ -713,7 +732,7 @@ def _redact_base64_run(run: str) -> str:
             decoded = binascii.a2b_base64(chunk).decode("latin-1")
         except binascii.Error:
             continue
-        if "eyJ" in decoded and _JWT_RE.search(decoded):
+        if "eyJ" in decoded and _JWT_RE.compiled.search(decoded):
             return REDACTED
     return run
 
@@ -721,7 +740,7 @@ def _redact_base64_run(run: str) -> str:
 def credential_like(name: str, value: str) -> bool:
     """A URL parameter that carries a credential: a token-, key-, secret-like name (percent-encoded or not), or a
     value that reads as one."""
-    return bool(value) and (_SENSITIVE_PARAM.search(unquote(name)) is not None or _opaque(value))
+    return bool(value) and (_SENSITIVE_PARAM.compiled.search(unquote(name)) is not None or _opaque(value))
 
 
 def plain_word(value: str) -> bool:
@@ -731,7 +750,7 @@ def plain_word(value: str) -> bool:
 
 # A header named as a credential is (X-Api-Key, X-Auth-Token, Api-Key, X-Session-Token): by how its name ends, so
 # that Content-Encoding, :authority or Sec-WebSocket-Key (a nonce) are not taken for one.
-_CREDENTIAL_HEADER = re.compile(r"(?i)(?:token|api[-_]?key|secret|password|session)$")
+_CREDENTIAL_HEADER = _Lazy(r"(?i)(?:token|api[-_]?key|secret|password|session)$")
 
 
 def query_credentials(url: str) -> list[tuple[str, str]]:
@@ -782,7 +801,7 @@ def credentials_of(headers: Iterable[tuple[str, str]], subprotocols: Iterable[st
             out += [c for c in (c.partition("=")[2].strip() for c in v.split(";")) if not plain_word(c)]
         elif name == "set-cookie":
             out += [c for c in [v.partition(";")[0].partition("=")[2].strip()] if not plain_word(c)]
-        elif _CREDENTIAL_HEADER.search(name) and not plain_word(v):
+        elif _CREDENTIAL_HEADER.compiled.search(name) and not plain_word(v):
             out.append(v)
     for p in subprotocols:
         if p.lower().startswith("jwt."):
@@ -797,14 +816,14 @@ def credentials_of(headers: Iterable[tuple[str, str]], subprotocols: Iterable[st
 
 
 def _opaque(value: str) -> bool:
-    return value != REDACTED and _OPAQUE_VALUE.fullmatch(value) is not None and (
-        sum(p.search(value) is not None for p in _MIXES) >= 2)
+    return value != REDACTED and _OPAQUE_VALUE.compiled.fullmatch(value) is not None and (
+        sum(p.compiled.search(value) is not None for p in _MIXES) >= 2)
 
 
 def redact_url(url: str) -> str:
     """The URL without credentials: userinfo and the values of token-, key-, secret-, password-like query or
     fragment parameters become [REDACTED], and so does any value that reads as a credential (_OPAQUE_VALUE)."""
-    out = _USERINFO_RE.sub(lambda m: m.group(1) + REDACTED + "@", url, count=1)
+    out = _USERINFO_RE.compiled.sub(lambda m: m.group(1) + REDACTED + "@", url, count=1)
     scheme_end = out.find("://")
     cut = min((i for i in (out.find("?"), out.find("#"), out.find(";", scheme_end + 3 if scheme_end >= 0 else 0))
                if i >= 0), default=-1)
@@ -822,14 +841,14 @@ def redact_url(url: str) -> str:
             return f"{sep}{name}={REDACTED}{rest}"
         return m.group(0)
 
-    if _ESCAPED_AMP_RE.search(tail) is None:
-        return head + _PARAM_RE.sub(param, tail)
+    if _ESCAPED_AMP_RE.compiled.search(tail) is None:
+        return head + _PARAM_RE.compiled.sub(param, tail)
     # An `&` JSON-escaped (Go's encoding/json writes \u0026) or percent-encoded (a URL nested in a value): each
     # piece is a parameter of its own.
-    first, *rest = _ESCAPED_AMP_RE.split(tail)
-    pieces = [_PARAM_RE.sub(param, first)]
+    first, *rest = _ESCAPED_AMP_RE.compiled.split(tail)
+    pieces = [_PARAM_RE.compiled.sub(param, first)]
     for i in range(0, len(rest), 2):
-        pieces += [rest[i], _PARAM_RE.sub(param, "&" + rest[i + 1])[1:]]
+        pieces += [rest[i], _PARAM_RE.compiled.sub(param, "&" + rest[i + 1])[1:]]
     return head + "".join(pieces)
 
 
@@ -851,26 +870,26 @@ def scrub(text: str, also: Secrets | None = None, budget: Budget | None = None) 
         if minted is not None:
             text = minted.sub(REDACTED, text)
         if disguised_jwt:  # the whole disguised token first: the plain rule would cut it at its first plain "eyJ"
-            text = _JWT_DISGUISED_RE.sub(REDACTED, text)
-        text = _JWT_RE.sub(REDACTED, text)
+            text = _JWT_DISGUISED_RE.compiled.sub(REDACTED, text)
+        text = _JWT_RE.compiled.sub(REDACTED, text)
     if _minted_sigs and len(text) >= 2 * _SIG_PIECE - 1:
         text = _redact_signatures(text)
     if "ZXlK" in text or "V5S" in text or "leU" in text:
         text = _redact_base64_runs(text)
     if "://" in text:
-        text = _URL_RE.sub(lambda m: redact_url(m.group(0)), text)
+        text = _URL_RE.compiled.sub(lambda m: redact_url(m.group(0)), text)
     # These three patterns ignore case, and so must their quick tests ("BeArEr x" is a bearer credential too): one
     # lowered copy, cheaper than two substring scans per keyword.
     low = text.lower()
     if "earer" in low:
-        text = _BEARER_RE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+        text = _BEARER_RE.compiled.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
     if "thoriz" in low:
-        text = _AUTHZ_RE.sub(lambda m: m.group(1) + REDACTED, text)
+        text = _AUTHZ_RE.compiled.sub(lambda m: m.group(1) + REDACTED, text)
     if "jwt." in low:
-        text = _SUBPROTOCOL_TOKEN_RE.sub(lambda m: m.group(1) + REDACTED, text)
+        text = _SUBPROTOCOL_TOKEN_RE.compiled.sub(lambda m: m.group(1) + REDACTED, text)
     # The pattern's own prefixes (scrub sees every recorded frame, and "ew" alone is in most text).
     if "eyA" in text or "ewo" in text or "ew0K" in text or "ewk" in text:
-        text = _JWS_OTHER_RE.sub(REDACTED, text)
+        text = _JWS_OTHER_RE.compiled.sub(REDACTED, text)
     if also is not None:
         text = also.sub(text, decoded if text == given else None, budget)
     return text
@@ -886,7 +905,7 @@ def printable(text: str) -> str:
     characters shown as `\\x1b`, `\\u202e`…: one visible line, safe on a terminal and in XML 1.0."""
     if text.isprintable():  # none of the characters above is printable: the common case costs one C scan
         return text
-    return _UNSAFE_RE.sub(_escape_char, text)
+    return _UNSAFE_RE.compiled.sub(_escape_char, text)
 
 
 def clean(value: object, limit: int | None = None) -> str:
@@ -895,7 +914,7 @@ def clean(value: object, limit: int | None = None) -> str:
     where a character dropped could make an invalid frame valid.)"""
     text = value if isinstance(value, str) else str(value)
     if not text.isprintable():  # no format character is printable: the common case costs one C scan
-        text = _INVISIBLE_RE.sub("", text)
+        text = _INVISIBLE_RE.compiled.sub("", text)
     text = printable(scrub(text))
     if limit is not None and len(text) > limit:
         text = f"{text[:limit]}…(+{len(text) - limit} chars)"

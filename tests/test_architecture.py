@@ -216,6 +216,50 @@ def test_a_run_without_record_imports_no_recorder(tmp_path):
     assert loaded("--record", str(tmp_path / "rec")) == "0 ['harness.recorder', 'harness.recordings']"
 
 
+def test_a_run_against_a_server_compiles_no_redaction_pattern_and_loads_no_emoji_table(tmp_path):
+    """Start-up CPU of every `chatprobe run` (BENCHMARKS.md, issue 10): harness/redact.py's patterns (~3.5 ms to
+    compile) are compiled on first use, each where a substring test says it could match, and the console reads no
+    `:name:` emoji codes (rich's table of them, ~2.5 ms, loads with the first text that could hold one). `list`,
+    `run --help` and a one-chat run against a server of its own (`--auth none`, as bench/vs_k6.py runs it), in a
+    fresh interpreter, compile none of them (re.compile called from harness/redact.py) and load no emoji table."""
+    import selectors
+    import subprocess
+    import sys
+
+    scenario = tmp_path / "one.yaml"
+    scenario.write_text('name: one\nusers: 1\nchats_per_user: 1\nmessage: "hi"\n', encoding="utf-8")
+    sim = subprocess.Popen([sys.executable, "-m", "agentsim", "--port", "0", "--no-auth", "--think", "0",
+                            "--tool-latency", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                           cwd=ROOT)
+    try:
+        assert sim.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(sim.stdout, selectors.EVENT_READ)
+            assert sel.select(30), "agentsim did not start within 30 s"
+        line = sim.stdout.readline()
+        assert "listening on" in line, line
+        url = line.split("listening on", 1)[1].strip()
+        code = ("import re, sys, contextlib, io\n"
+                "compile, made = re.compile, []\n"
+                "def spy(pattern, flags=0):\n"
+                "    if sys._getframe(1).f_code.co_filename.replace('\\\\', '/').endswith('harness/redact.py'):\n"
+                "        made.append(pattern)\n"
+                "    return compile(pattern, flags)\n"
+                "re.compile = spy\n"
+                "from harness.cli import main\n"
+                "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+                "    main(['list'])\n"
+                "    try:\n        main(['run', '--help'])\n    except SystemExit:\n        pass\n"
+                f"    code = main(['run', {str(scenario)!r}, '--target', {url!r}, '--auth', 'none', '--quiet'])\n"
+                "print(code, len(made), 'rich._emoji_codes' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    finally:
+        sim.kill()
+        sim.wait(timeout=10)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0 0 False", out.stdout  # exit 0, no pattern compiled, no emoji table
+
+
 def _folder_table() -> dict[str, set[str]]:
     """docs/architecture.md's "Folders and import rules": each `harness/` row's first cell -> the modules it names."""
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")

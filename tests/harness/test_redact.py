@@ -397,7 +397,7 @@ def test_base64_runs_holding_a_jwt_are_found_from_their_marks_as_a_scan_of_every
     from harness.redact import _B64_JWT_MARKS, _B64_RUN_RE, _redact_base64_run, _redact_base64_runs
 
     def every_run(text: str) -> str:
-        return _B64_RUN_RE.sub(lambda m: _redact_base64_run(m.group(0)) if any(
+        return _B64_RUN_RE.compiled.sub(lambda m: _redact_base64_run(m.group(0)) if any(
             mark in m.group(0) for mark in _B64_JWT_MARKS) else m.group(0), text)
 
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJl"
