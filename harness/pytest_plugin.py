@@ -8,6 +8,7 @@ plain and in asyncio tests alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import secrets
 import threading
@@ -129,8 +130,10 @@ class ChatProbe:
     def check(result: ChatResult) -> ChatResult:
         """Fail the test with the chat's violations, one per line, unless it passed."""
         if result.outcome is not Outcome.PASSED:
-            lines = [f"chat {result.outcome.value}: {result.note or result.error or ''}"]
-            lines += [f"  {v}" for v in result.violations]
+            # Scrubbed (and one line each), as every report shows what a server wrote: a server's "invalid token"
+            # answer may quote the client's token back.
+            lines = [f"chat {result.outcome.value}: {redact.clean(result.note or result.error or '', 1000)}"]
+            lines += [f"  {redact.clean(v, 1000)}" for v in result.violations]
             raise AssertionError("\n".join(lines))
         return result
 
@@ -247,6 +250,38 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     if (told := probe.connection_failure()) is not None:
         pytest.fail(told, pytrace=False)
     return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, object]:
+    """What pytest reports of a test that used the `chatprobe` fixture, scrubbed (redact.scrub) as chatprobe's own
+    reports are: a server's words reach it in an assertion's explanation (`assert chatprobe.chat(...).passed` shows
+    the ChatResult's repr, its `error` whole under -vv), in the arguments and locals of a traceback, in captured
+    output; an "invalid token" answer quoting the client's token back put the token in pytest's output and in
+    --junitxml. Other tests' reports are left as they are."""
+    report = yield
+    if "chatprobe" in getattr(item, "fixturenames", ()) and isinstance(report, pytest.TestReport):
+        report.longrepr = _scrubbed(report.longrepr)
+        report.sections = [(title, redact.scrub(text)) for title, text in report.sections]
+    return report
+
+
+def _scrubbed(value: Any, depth: int = 0) -> Any:
+    """`value` (a pytest failure representation: dataclasses of strings, lists and tuples of them) with each string
+    scrubbed; a list or dataclass changed in place (pytest and xdist keep their types)."""
+    if isinstance(value, str):
+        return redact.scrub(value)
+    if depth > 12:
+        return value
+    if isinstance(value, list):
+        value[:] = [_scrubbed(v, depth + 1) for v in value]
+    elif isinstance(value, tuple):
+        return tuple(_scrubbed(v, depth + 1) for v in value)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            with contextlib.suppress(AttributeError, dataclasses.FrozenInstanceError):
+                setattr(value, f.name, _scrubbed(getattr(value, f.name), depth + 1))
+    return value
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The pytest plugin's `chatprobe` fixture, as a user's own tests would use it (embedded agentsim)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,40 @@ def test_another_users_event_after_the_last_chat_fails_the_test_that_used_the_co
     out = res.stdout.str().partition("short test summary info")[0]
     assert out.count("the connection's own violations, after its last chat") == 2, out
     assert out.count("R8 isolation: received partial_result of a run this client did not start") == 2, out
+
+
+def test_a_token_the_server_echoes_is_in_no_failure_pytest_shows_nor_in_its_junit_xml(pytester, tmp_path, monkeypatch):
+    """A server that refuses every message with an error_message quoting the client's token back (a common "invalid
+    token: …" answer). FAILED on the old code: `chatprobe.check(result)` raised with the server's words as they came,
+    and `assert chatprobe.chat(...).passed` showed the ChatResult's repr (its `error`) under -vv: the token in
+    pytest's output and in --junitxml's failure message and text. Now what pytest reports for a test that used the
+    fixture is scrubbed as chatprobe's own reports are; the failure still says what the server answered."""
+    from tests.integration.outside_servers import InThread, RawWsServer, WsConn
+
+    token = "plugin-Tok3n-that-must-stay-home-7f3a9c"
+
+    async def echoes_the_token(conn: WsConn) -> None:
+        await conn.send({"type": "connection_established", "data": {"connection_id": "c"}})
+        while (raw := await conn.recv()) is not None:
+            msg = json.loads(raw)
+            await conn.send({"type": "error_message", "error_code": "INVALID_MESSAGE",
+                             "error_message": f"invalid token: Bearer {token}",
+                             "message_id": msg.get("payload", {}).get("message_id")})
+
+    pytester.makepyfile(test_echo="""
+        def test_checked(chatprobe):
+            chatprobe.check(chatprobe.chat("hi", deadline=5))
+
+        def test_asserted(chatprobe):
+            assert chatprobe.chat("hi", deadline=5).passed
+        """)
+    junit = tmp_path / "junit.xml"
+    monkeypatch.setenv("CHATPROBE_TOKEN", token)
+    with InThread(RawWsServer(echoes_the_token)) as server:
+        res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-vv", "-rA", "--showlocals",
+                                            "--chatprobe-target", server.url, f"--junitxml={junit}", timeout=60)
+    res.assert_outcomes(failed=2)
+    out, xml = res.stdout.str() + res.stderr.str(), junit.read_text()
+    assert "INVALID_MESSAGE invalid token" in out and "INVALID_MESSAGE invalid token" in xml  # still said
+    assert token not in out and token[:20] not in out, out
+    assert token not in xml and token[:20] not in xml, xml
