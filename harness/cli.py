@@ -498,8 +498,12 @@ def _finish(args: argparse.Namespace, console: Console, runs: list[ScenarioRun],
         none_given = "" if not no_token else (
             "; no token was sent: no --token-env, --token-file or --jwt-secret-env, and CHATPROBE_TOKEN and "
             "CHATPROBE_JWT_SECRET are not set")
+        # Starlette and FastAPI (under uvicorn) answer 403 to an upgrade that no WebSocket route takes, credentials or
+        # not: a 403 also says the path may be wrong.
+        forbidden = any("HTTP 403" in (r.error or "") for run in runs for r in run.results)
+        path_too = "; an HTTP 403 at the upgrade may also mean no WebSocket endpoint at --target's path" if forbidden else ""
         print("chatprobe: error: the server rejected the credentials of every chat (AUTH_FAILED / HTTP 401/403): "
-              f"check --token-env, --token-file or --jwt-secret-env, and --auth{none_given}", file=sys.stderr)
+              f"check --token-env, --token-file or --jwt-secret-env, and --auth{none_given}{path_too}", file=sys.stderr)
     if interrupt is not None and interrupt.exit_code is not None:
         return int(interrupt.exit_code)
     return int(code)

@@ -182,3 +182,16 @@ def test_a_frame_that_is_no_json_event_is_r12_on_the_chats_in_flight(tmp_path, s
     # flight does not depend on timing.
     got = judge(tmp_path, lambda: STACKS[stack](NetraApp(one_of_three(change))), {"chats_per_user": 3})
     assert got == {road: sorted([("failed", ("R12", "R7")), PASS, PASS]) for road in ROADS}, got
+
+
+def test_a_403_from_a_path_no_websocket_route_takes_says_the_path_may_be_wrong(capsys):
+    """FastAPI/Starlette on uvicorn answer 403 to an upgrade at a path no WebSocket route takes, whatever the
+    credentials: the error said only "rejected the credentials" (check the token), never the path."""
+    from harness.cli import main
+
+    with serve_uvicorn(NetraApp()) as url:
+        code = main(["run", "--target", url.removesuffix("/ws") + "/chat", "--auth", "none", "probe", "-q"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "rejected the credentials of every chat" in err and "no WebSocket endpoint at --target's path" in err, err
+    assert len(err.strip().splitlines()) == 1, err
