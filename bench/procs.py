@@ -2,8 +2,11 @@
 holds (its /proc status and CPU time)."""
 from __future__ import annotations
 
+import compileall
 import os
 import subprocess
+import tarfile
+from pathlib import Path
 
 
 def agentsim_url(proc: subprocess.Popen[str]) -> str:
@@ -27,3 +30,17 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_at(rev: str, into: Path, paths: tuple[str, ...]) -> Path:
+    """`paths` (folders of this checkout) as they were at `rev` (git archive: the tree, not the working copy),
+    unpacked under `into` and compiled, for a bench that pairs a revision against this tree."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = into / "tree.tar"
+    with archive.open("wb") as out:
+        subprocess.run(["git", "archive", rev, *paths], cwd=Path(__file__).resolve().parents[1], stdout=out,
+                       check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    compileall.compile_dir(into, quiet=1)
+    return into

@@ -13,7 +13,6 @@ import compileall
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -21,19 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procs import tree_at  # noqa: E402
 from bench.vs_k6 import PY, Children, pin, start_sim  # noqa: E402
-
-
-def tree_at(rev: str, into: Path) -> Path:
-    """harness/ and agentsim/ as they were at `rev` (git archive: the tree, not the working copy)."""
-    into.mkdir(parents=True, exist_ok=True)
-    archive = into / "tree.tar"
-    with archive.open("wb") as out:
-        subprocess.run(["git", "archive", rev, "harness", "agentsim"], cwd=ROOT, stdout=out, check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="data")
-    compileall.compile_dir(into, quiet=1)
-    return into
 
 
 def main() -> int:
@@ -54,7 +42,7 @@ def main() -> int:
                             'message: "what is 6*7"\nexpect:\n  deadline: 60s\n')
         trees = {"this tree": ROOT}
         if args.against:
-            trees[args.against] = tree_at(args.against, tmp / "against")
+            trees[args.against] = tree_at(args.against, tmp / "against", ("harness", "agentsim"))
         proc, url = start_sim("none", ["--protocol", "ag-ui"])
         cpu: dict[str, list[float]] = {name: [] for name in trees}
         try:

@@ -24,7 +24,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -68,19 +67,9 @@ def run_cpu(tree: Path, scenario: Path, url: str) -> float:
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def baseline(rev: str, into: Path) -> Path:
-    """The harness and the built-in scenarios as they were at `rev` (git archive), unpacked under `into`."""
-    into.mkdir(parents=True, exist_ok=True)
-    archive = into / "baseline.tar"
-    with archive.open("wb") as out:
-        subprocess.run(["git", "archive", rev, "harness", "scenarios"], cwd=ROOT, stdout=out, check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="data")
-    return into
-
-
 def one_chat(runs: int, rev: str | None) -> None:
     from bench.agentsim_throughput import start
+    from bench.procs import tree_at
 
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -88,7 +77,7 @@ def one_chat(runs: int, rev: str | None) -> None:
         scenario.write_text(ONE_CHAT, encoding="utf-8")
         trees = {"this tree": ROOT}
         if rev is not None:
-            trees = {f"at {rev}": baseline(rev, tmp / "baseline"), "this tree": ROOT}
+            trees = {f"at {rev}": tree_at(rev, tmp / "baseline", ("harness", "scenarios")), "this tree": ROOT}
         for tree in trees.values():
             for package in ("harness", "scenarios", "agentsim"):
                 if (tree / package).is_dir():

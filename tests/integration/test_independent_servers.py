@@ -109,7 +109,7 @@ def plain(ev: dict[str, Any]) -> bytes:
 
 
 def run_events(p: dict[str, Any], *, user: str | None = USER, tools: int = 1, chunks: int = 1,
-               seq: bool = True) -> list[dict[str, Any]]:
+               seq: bool = True, text: str = "part") -> list[dict[str, Any]]:
     """A clean run answering message payload `p`, as docs/protocol.md's 'Server to client' shows it."""
     run_id = p.get("run_id") or f"r-{p['message_id']}"
     steps: list[tuple[str, dict[str, Any]]] = [("agent_started", {"agent_name": "a", "message_id": p["message_id"]}),
@@ -118,7 +118,7 @@ def run_events(p: dict[str, Any], *, user: str | None = USER, tools: int = 1, ch
         call = {"tool_name": "calculator", "tool_call_id": f"c-{i}"}
         steps += [("tool_executing", {**call, "parameters": {"x": i}}),
                   ("tool_completed", {**call, "result": i, "duration_ms": 1.5, "success": True})]
-    steps += [("partial_result", {"content": f"part {i}", "is_complete": False}) for i in range(chunks)]
+    steps += [("partial_result", {"content": f"{text} {i}", "is_complete": False}) for i in range(chunks)]
     steps.append(("agent_completed", {"result": "done", "duration_ms": 3.0}))
     out = []
     for n, (kind, payload) in enumerate(steps, 1):

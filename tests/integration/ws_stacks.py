@@ -63,18 +63,10 @@ USER = "u-stack-☃"
 
 
 def run_events(p: dict[str, Any], *, tools: int = 1, chunks: int = 2) -> list[dict[str, Any]]:
-    """A clean run answering message payload `p`, as docs/protocol.md's 'Server to client' shows it."""
-    run_id = p.get("run_id") or f"r-{p['message_id']}"
-    steps: list[tuple[str, dict[str, Any]]] = [("agent_started", {"agent_name": "a", "message_id": p["message_id"]}),
-                                               ("agent_thinking", {"thought": "hm", "step_number": 1})]
-    for i in range(tools):
-        call = {"tool_name": "calculator", "tool_call_id": f"c-{i}"}
-        steps += [("tool_executing", {**call, "parameters": {"x": i}}),
-                  ("tool_completed", {**call, "result": i, "duration_ms": 1.5, "success": True})]
-    steps += [("partial_result", {"content": f"part {i} ünï", "is_complete": False}) for i in range(chunks)]
-    steps.append(("agent_completed", {"result": "done", "duration_ms": 3.0}))
-    return [{"type": kind, "run_id": run_id, "thread_id": p["thread_id"], "user_id": USER, "seq": n,
-             "timestamp": 1764000000.5, "payload": payload} for n, (kind, payload) in enumerate(steps, 1)]
+    """A clean run answering message payload `p` (docs/protocol.md's 'Server to client'), its text not ASCII."""
+    from .test_independent_servers import run_events as independent_run
+
+    return independent_run(p, user=USER, tools=tools, chunks=chunks, text="part ünï")
 
 
 def clean(p: dict[str, Any], n: int) -> list[Action]:
