@@ -410,13 +410,13 @@ footer { max-width: 1000px; margin: 24px auto; padding: 0 24px; color: #888; fon
 <tr><td><a href="#{{ s.anchor }}">{{ s.run.scenario.name }}</a></td><td>{{ s.run.target }}</td>
 <td class="num">{{ s.run.stats.chats }}</td>
 {% for o in outcomes %}<td class="num">{{ s.run.stats.outcomes[o] }}</td>{% endfor %}
-<td>{% if s.run.passed %}<span class="ok">met</span>{% elif s.run.unreachable %}<span class="no">UNREACHABLE</span>{% else %}<span class="no">FAILED ({{ s.run.failed_objectives|length }})</span>{% endif %}</td></tr>
+<td>{% if s.run.passed %}<span class="ok">met</span>{% elif s.run.not_run %}<span class="no">NOT RUN</span>{% elif s.run.unreachable %}<span class="no">UNREACHABLE</span>{% else %}<span class="no">FAILED ({{ s.run.failed_objectives|length }})</span>{% endif %}</td></tr>
 {% endfor %}
 </table>
 </header>
 {% for s in sections %}
 <section id="{{ s.anchor }}" class="scenario">
-<h2>{{ s.run.scenario.name }} <span class="verdict {{ 'met' if s.run.passed else 'notmet' }}">{{ 'met' if s.run.passed else ('unreachable' if s.run.unreachable else 'not met') }}</span></h2>
+<h2>{{ s.run.scenario.name }} <span class="verdict {{ 'met' if s.run.passed else 'notmet' }}">{{ 'met' if s.run.passed else ('not run' if s.run.not_run else ('unreachable' if s.run.unreachable else 'not met')) }}</span></h2>
 {% if s.run.scenario.description %}<p class="caption">{{ s.run.scenario.description }}</p>{% endif %}
 <dl class="facts">
 {% for k, v in s.facts %}<dt>{{ k }}</dt><dd>{{ v }}</dd>

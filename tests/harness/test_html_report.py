@@ -206,3 +206,16 @@ def test_a_connections_own_violations_are_listed_escaped_and_scrubbed(tmp_path, 
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in section and "[REDACTED]" in section
     assert TOKEN not in text
     assert [t for t, _ in parse(text).tags if t == "script"] == []
+
+
+def test_a_scenario_a_stop_came_before_reads_not_run_not_failed(tmp_path):
+    from harness.results import not_started
+
+    ran = run_of([], name="ran")
+    skipped = not_started(Scenario(name="later"), "agentsim", "interrupted", time.time())
+    out = tmp_path / "r.html"
+    write_html(str(out), [ran, skipped])
+    text = out.read_text(encoding="utf-8")
+    row = re.search(r'>later</a></td>.*?</tr>', text, re.S)
+    assert row is not None and "NOT RUN" in row.group(0) and "FAILED" not in row.group(0), row
+    assert ">not run<" in text and "not run: the run was interrupted before it started" in text
