@@ -268,6 +268,16 @@ class ChatTracker:
     def wait_deadline(self) -> float:
         return self.sent_at + self.exp.deadline
 
+    @property
+    def held_bytes(self) -> int:
+        """What the chat holds, about: the kept events of its run and of the further runs its stream carried, and
+        what their payload checks hold (ids, state)."""
+        n = 0
+        for run in (self, *self.followups):
+            checks = run.run_checks
+            n += run.kept_bytes + (0 if checks is None else checks.held_bytes())
+        return n
+
     def last_run(self) -> "ChatTracker":
         """The latest run of this chat's stream: itself, or the last further run it carried."""
         return self.followups[-1] if self.followups else self
@@ -281,7 +291,9 @@ class ChatTracker:
         chat.parent_run_id = self.run_id
         chat.wake_id, chat._root = root.wake_id, root
         if self.run_checks is not None:
-            chat.run_checks = self.run_checks.followup()
+            # This run is over and no further run follows it any more (the new one is the stream's last): its checks
+            # are done, and what the next run needs of them it takes over.
+            chat.run_checks, self.run_checks = self.run_checks.followup(), None
         if not root.followups:
             root.followups = []
         root.followups.append(chat)
@@ -696,6 +708,10 @@ class ChatTracker:
         if self.followups:
             fold_further(res, [c._result for c in self.followups if c._result is not None])
         self._result = res
+        if self._root is None:
+            # Judged: no further run starts on its stream (ConnectionChecker._further), so its payload checks (their
+            # ids: up to MAX_REMEMBERED_BYTES) are not kept with a judged chat the connection remembers.
+            self.run_checks = None
         return res
 
     def _event_delays(self) -> dict[Role, float]:
@@ -1245,6 +1261,7 @@ def judge_followups(tracker: ChatTracker, now: float) -> list[ChatResult]:
             cut = not chat.done and now < chat.wait_deadline()
             chat.finish(now, lost=cut, note="the stream ended before this run's terminal event" if cut else "")
         assert chat._result is not None
+        chat.run_checks = None  # its chat is judged next (no further run follows): done, as that chat's are
         out.append(chat._result)
     return out
 
@@ -1301,3 +1318,6 @@ class _Combined(RunChecks):
 
     def followup(self) -> RunChecks:
         return _Combined([p.followup() for p in self.parts])
+
+    def held_bytes(self) -> int:
+        return sum(p.held_bytes() for p in self.parts)

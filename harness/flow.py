@@ -1194,18 +1194,20 @@ class ParkedChats:
     timeout), each kept for its user to resume its run on another connection, until the chat's own deadline
     (`ChatTracker.wait_deadline`). A resume adopts the chat only when it comes from the same user and names the
     same run (`take`): another user's resume of that run id finds nothing, so one user's chat is never handed to
-    another (R8). Bounded in count (`max_chats` in all, `max_each` a user) and in the bytes of events the chats keep
-    (`max_bytes`, `ChatTracker.kept_bytes`): past a bound a chat is not parked, and is judged at once as it stands.
+    another (R8). Bounded in count (`max_chats` in all, `max_each` a user) and in the bytes the chats hold (`max_bytes`,
+    `ChatTracker.held_bytes`: their kept events, their payload checks' ids and state): past a bound a chat is not
+    parked, and is judged at once as it stands.
     One implementation for `chatprobe check` (offline.OfflineCheck: the user is the recorded connection's) and
     `chatprobe proxy` (LiveChats: the user is the connection's credentials). Pure: times come in as arguments, the
     chats to judge go out as return values; what is judged, and with which note, is the caller's."""
 
-    __slots__ = ("max_chats", "max_each", "max_bytes", "chats", "nbytes", "wake", "_each")
+    __slots__ = ("max_chats", "max_each", "max_bytes", "chats", "nbytes", "wake", "_each", "_weights")
 
     def __init__(self, max_chats: int, max_each: int, max_bytes: int) -> None:
         self.max_chats, self.max_each, self.max_bytes = max_chats, max_each, max_bytes
         self.chats: dict[tuple[str, str], ChatTracker] = {}  # (user, run id) -> the chat, oldest first
-        self.nbytes = 0  # the kept events of the chats parked
+        self.nbytes = 0  # what the chats parked hold
+        self._weights: dict[tuple[str, str], int] = {}  # what each held when it was parked
         self.wake = float("inf")  # no parked chat's deadline passes before this time
         self._each: dict[str, int] = {}  # chats parked, by user
 
@@ -1218,12 +1220,14 @@ class ParkedChats:
         if not run_id:
             return False, None
         displaced = self._take((user, run_id))
+        held = chat.held_bytes
         if (len(self.chats) >= self.max_chats or self._each.get(user, 0) >= self.max_each
-                or self.nbytes + chat.kept_bytes > self.max_bytes):
+                or self.nbytes + held > self.max_bytes):
             return False, displaced
         self.chats[(user, run_id)] = chat
+        self._weights[(user, run_id)] = held
         self._each[user] = self._each.get(user, 0) + 1
-        self.nbytes += chat.kept_bytes
+        self.nbytes += held
         self.wake = min(self.wake, chat.wait_deadline())
         return True, displaced
 
@@ -1264,6 +1268,7 @@ class ParkedChats:
         """Every parked chat, no longer parked (the recording or the proxy ends): judge each as it stood."""
         out = list(self.chats.values())
         self.chats.clear()
+        self._weights.clear()
         self._each.clear()
         self.nbytes, self.wake = 0, float("inf")
         return out
@@ -1271,7 +1276,7 @@ class ParkedChats:
     def _take(self, key: tuple[str, str]) -> ChatTracker | None:
         chat = self.chats.pop(key, None)
         if chat is not None:
-            self.nbytes -= chat.kept_bytes
+            self.nbytes -= self._weights.pop(key)
             left = self._each[key[0]] - 1
             if left:
                 self._each[key[0]] = left

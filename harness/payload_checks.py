@@ -7,6 +7,7 @@ the ChatTracker runs the set's stateful `RunChecks` on each event of a run. Pure
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -17,8 +18,14 @@ from .events import Event, Rule
 
 # Per run: remembered ids (messages, tool calls), argument text per tool call, and the agent state, bounded so that a
 # flooding or hostile server costs the client this much and no more (past a bound the check says so and stops).
-MAX_IDS = 10_000
 MAX_ID_CHARS = 1024  # harness.profiles.MAX_ID_BYTES: an id kept longer than that is cut
+# The bytes a run's remembered ids may cost in all, every kind together (messages, open messages, tool calls, owners,
+# subagents announced, finished and attributed, activities, open chunk streams): each id charged what its string costs
+# (sys.getsizeof) where it is kept, and its place in the set or dict that keeps it. ~1,000 messages or tool calls
+# under UUIDs; past it ids are forgotten, and the checks that need every id (AguiRunChecks.IDS_FULL) stop, said once.
+MAX_REMEMBERED_BYTES = 256 * 1024
+DICT_ENTRY = 64  # a dict's entries and indices per item, up to 60 bytes just after its table grew (CPython 3.11-3.13)
+PAIR = 56  # a (family, id) tuple, the owners' key
 MAX_ARGS_BYTES = 256 * 1024  # argument text buffered per run, all calls together
 MAX_STATE_BYTES = 1024 * 1024
 # Bytes of state a run's patches may weigh or copy in all (the sizes a patch's copy, add, replace and remove touch).
@@ -61,6 +68,10 @@ class RunChecks:
     def followup(self) -> "RunChecks":
         """The checks of a further run on the same stream (it inherits what is known: ids, state)."""
         return type(self)()
+
+    def held_bytes(self) -> int:
+        """About what the checks hold now (ids, buffered text, state), in bytes: what a parked chat is weighed."""
+        return 0
 
 
 @dataclass(frozen=True)
@@ -138,7 +149,7 @@ def _input_echo(frame: dict[str, Any], inp: dict[str, Any]) -> tuple[str, ...]:
     return tuple(out)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Call:
     name: str
     ended: bool = False
@@ -146,6 +157,10 @@ class _Call:
     args: list[str] = field(default_factory=list)
     args_bytes: int = 0
     owed: bool = True  # started in this run (a call known from an earlier run owes nothing here)
+
+
+CALL_BYTES = sys.getsizeof(_Call("")) + sys.getsizeof([])  # a call's object and its argument list, besides its strings
+ACTIVITY_ENTRY = sys.getsizeof([None, 0])  # an activity's [content, size] (its content is counted apart)
 
 
 @dataclass(slots=True)
@@ -156,6 +171,15 @@ class _Chunk:
     id: str
     role: str | None = None  # text: the role (absent: assistant); tool: the tool's name
     name: str | None = None  # text: the speaker's name; tool: parentMessageId
+
+    def nbytes(self, lane: str | None) -> int:
+        """What keeping it open in `lane` costs: the object, its lane's entry and key, its id, role and name."""
+        return (CHUNK_BYTES + DICT_ENTRY + sys.getsizeof(self.id) + (0 if lane is None else sys.getsizeof(lane))
+                + (0 if self.role is None else sys.getsizeof(self.role))
+                + (0 if self.name is None else sys.getsizeof(self.name)))
+
+
+CHUNK_BYTES = sys.getsizeof(_Chunk("", ""))
 
 
 # Chunk expansion (spec 1.1, Streaming Messages, "Closing a chunk stream"): these stand aside and close no chunk
@@ -177,10 +201,23 @@ def _text(v: Any) -> str | None:
 class AguiRunChecks(RunChecks):
     """AG-UI's payload rules for one run (docs/profiles.md lists them with their rule ids)."""
 
+    # What stops when the run's ids pass MAX_REMEMBERED_BYTES: the checks that an id was never seen, which a forgotten
+    # id would fail on a server doing nothing wrong. The checks of ids remembered go on.
+    IDS_FULL = ("a TOOL_CALL_RESULT or pendingToolCallIds naming a call that never started, a parentSubagentRunId no "
+                "SUBAGENT_STARTED announced, a subagent announced after events attributed to it, an ACTIVITY_DELTA "
+                "no ACTIVITY_SNAPSHOT started, a chunk continuing no open chunk stream, a parentMessageId no event "
+                "has shown (advice)")
+
     def __init__(self, ctx: RunContext = RunContext()) -> None:
         self.ctx = ctx
-        self.messages: set[str] = set(ctx.request_message_ids)  # message ids known in this conversation
-        self.open_messages: set[str] = set()
+        # What the ids remembered cost (MAX_REMEMBERED_BYTES), and whether one was forgotten: then the checks that
+        # need every id (IDS_FULL) are not judged any more in this run, nor in the runs that follow it on the stream.
+        self.id_bytes = 0
+        self.ids_full = False
+        self.messages: dict[str, None] = {}  # message ids known in this conversation
+        for mid in ctx.request_message_ids:
+            self._remember(self.messages, mid)
+        self.open_messages: dict[str, None] = {}
         self.calls: dict[str, _Call] = {}
         self.state: Any = {}  # the request's state (the profile's template sends {})
         self.state_size = 2  # its size as compact JSON, kept up to date patch by patch
@@ -192,7 +229,7 @@ class AguiRunChecks(RunChecks):
         # activity message id -> [its content, its size] (ACTIVITY_SNAPSHOT, then deltas)
         self.activities: dict[str, list[Any]] = {}
         self.activity_bytes = 0
-        self.activities_dropped: set[str] = set()  # a delta did not apply, or went past a bound: no longer checked
+        self.activities_dropped: dict[str, None] = {}  # a delta did not apply, or went past a bound: no longer checked
         # Open chunk streams by lane (None: the parent agent; else the subagentRunId), expanded as the spec says.
         self.lanes: dict[str | None, _Chunk] = {}
         # Who opened each message, reasoning message, tool call and activity (None: the parent agent), by (family, id):
@@ -200,19 +237,34 @@ class AguiRunChecks(RunChecks):
         self.owners: dict[tuple[str, str], str | None] = {}
         # Subagent invocations of this run: announced (SUBAGENT_STARTED), finished, and the ids events were attributed
         # to before any announcement of theirs. Run-scoped: "An id MAY reappear in a later run".
-        self.announced: set[str] = set()
-        self.finished: set[str] = set()
-        self.attributed: set[str] = set()
+        self.announced: dict[str, None] = {}
+        self.finished: dict[str, None] = {}
+        self.attributed: dict[str, None] = {}
 
     def followup(self) -> "AguiRunChecks":
         nxt = AguiRunChecks(self.ctx)
-        nxt.messages = set(self.messages)
+        nxt.messages = self.messages.copy()
         nxt.state, nxt.state_size, nxt.state_tracked = self.state, self.state_size, self.state_tracked
         nxt.state_work = self.state_work  # one budget for the stream's runs: they share the state
         # Calls the finished run left for the application (frontend tools) may be answered in the next one.
         nxt.calls = {k: _Call(c.name, ended=True, answered=c.answered, owed=False) for k, c in self.calls.items()}
-        nxt.warned = set(self.warned)
+        # What it took over costs it (its strings are this run's, and the checker lets this run's checks go); ids this
+        # run forgot are not known to the next one either, so it does not judge the checks that need them (a chat of
+        # its own: it says so too).
+        nxt.id_bytes = (sum(sys.getsizeof(m) for m in nxt.messages) + DICT_ENTRY * len(nxt.messages)
+                        + sum(sys.getsizeof(k) + sys.getsizeof(c.name) for k, c in nxt.calls.items())
+                        + (CALL_BYTES + DICT_ENTRY) * len(nxt.calls))
+        nxt.ids_full = self.ids_full
+        nxt.warned = set(self.warned) - {"ids"}
         return nxt
+
+    def held_bytes(self) -> int:
+        return self.id_bytes + self.args_bytes + (self.state_size if self.state_tracked else 0) + self.activity_bytes
+
+    def _ids_full(self, t: str) -> list[Finding]:
+        """The one warning of a run whose ids passed MAX_REMEMBERED_BYTES: which checks stop, and why."""
+        return self._warn_once("ids", f"{t}: the run's ids passed {MAX_REMEMBERED_BYTES // 1024} KiB of memory; ids "
+                                      f"past it are not remembered, so these are not checked from here: {self.IDS_FULL}")
 
     def _warn_once(self, key: str, reason: str) -> list[Finding]:
         if key in self.warned:
@@ -220,15 +272,47 @@ class AguiRunChecks(RunChecks):
         self.warned.add(key)
         return [Finding(Rule.R12, reason, warning=True)]
 
-    def _remember(self, ids: set[str], value: str) -> None:
-        if len(ids) < MAX_IDS:
-            ids.add(value)
+    def _charge(self, n: int) -> bool:
+        """Whether `n` more bytes of ids fit MAX_REMEMBERED_BYTES (then they are charged); else the run forgets."""
+        if self.id_bytes + n > MAX_REMEMBERED_BYTES:
+            self.ids_full = True
+            return False
+        self.id_bytes += n
+        return True
 
-    def _own(self, family: str, key: str, p: dict[str, Any]) -> None:
-        """Who opens (or re-mints) the entity: its tag, or None for the parent agent."""
+    def _remember(self, ids: dict[str, None], value: str, string: bool = True) -> bool:
+        """Keep `value` in `ids`, charged its place and (unless the caller has charged that very string) the string;
+        whether it is a member now. (Ids are kept as a dict's keys: a set's table costs up to 107 bytes a member, a
+        dict's 44.)"""
+        if value in ids:
+            return True
+        if not self._charge(DICT_ENTRY + (sys.getsizeof(value) if string else 0)):
+            return False
+        ids[value] = None
+        return True
+
+    def _new_call(self, cid: str, call: _Call) -> bool:
+        """Keep a call not known yet; whether it is kept."""
+        if not self._charge(DICT_ENTRY + CALL_BYTES + sys.getsizeof(cid) + sys.getsizeof(call.name)):
+            return False
+        self.calls[cid] = call
+        return True
+
+    def _own(self, family: str, key: str, p: dict[str, Any], string: bool = True) -> None:
+        """Who opens (or re-mints) the entity: its tag, or None for the parent agent (`string`: `key` is not a string
+        the caller just kept elsewhere)."""
         tag = p.get("subagentRunId")
-        if (family, key) in self.owners or len(self.owners) < MAX_IDS:
-            self.owners[(family, key)] = _text(tag) if tag.__class__ is str else None
+        owner = _text(tag) if tag.__class__ is str else None
+        old = self.owners.get((family, key), _NOTHING)
+        cost = 0 if owner is None else sys.getsizeof(owner)
+        if old is _NOTHING:
+            cost += PAIR + DICT_ENTRY + (sys.getsizeof(key) if string else 0)
+        elif old is not None:
+            cost -= sys.getsizeof(old)
+        if self._charge(cost):
+            self.owners[(family, key)] = owner
+        elif old is not _NOTHING:
+            del self.owners[(family, key)]  # re-minted, its new owner not kept: its old one is not the owner any more
 
     def _owner_agrees(self, family: tuple[str, str, str], p: dict[str, Any], t: str, tag: str | None) -> list[Finding]:
         """A continuation tagged with another owner than its opener's: "A consumer MUST reject a continuation whose
@@ -256,21 +340,21 @@ class AguiRunChecks(RunChecks):
         if sid in self.finished:
             out.append(Finding(Rule.R5, f"{t} reuses {sid[:80]!r}, the id of an invocation that finished in this run "
                                         "(a second invocation gets an id of its own)"))
-        elif sid in self.attributed and sid not in self.announced:
+        elif sid in self.attributed and sid not in self.announced and not self.ids_full:
+            # (An announcement forgotten would make this one look late: with ids forgotten, not judged.)
             out.append(Finding(Rule.R5, f"{t} announces {sid[:80]!r} after events attributed to it (an invocation is "
                                         "announced before any event attributed to it, or not at all)"))
         parent = p.get("parentSubagentRunId")
-        if parent.__class__ is str and _text(parent) not in self.announced:
+        if parent.__class__ is str and not self.ids_full and _text(parent) not in self.announced:
             out.append(Finding(Rule.R5, f"{t} {sid[:80]!r} names parentSubagentRunId {str(parent)[:80]!r}, which no "
                                         "SUBAGENT_STARTED of this run announced"))
-        if len(self.announced) < MAX_IDS:
-            self.announced.add(sid)
+        self._remember(self.announced, sid)
         return out
 
     def _subagent_ended(self, p: dict[str, Any], t: str) -> list[Finding]:
         sid = _text(p.get("subagentRunId"))
-        if sid is not None and sid in self.announced and len(self.finished) < MAX_IDS:
-            self.finished.add(sid)
+        if sid is not None and sid in self.announced:
+            self._remember(self.finished, sid)
         return []
 
     def event(self, ev: Event) -> list[Finding]:
@@ -290,12 +374,14 @@ class AguiRunChecks(RunChecks):
                   and (lane := _text(lane)) in self.lanes):
                 out += self._close_chunk(lane)  # (a list or object there is the schema's R12, and unhashable)
         if (tag := _text(p.get("subagentRunId"))) is not None and not t.startswith("SUBAGENT_"):
-            if tag not in self.announced and len(self.attributed) < MAX_IDS:
-                self.attributed.add(tag)
+            if tag not in self.announced:
+                self._remember(self.attributed, tag)
             if (family := _CONTINUES.get(t)) is not None:
                 out += self._owner_agrees(family, p, t, tag)
         if handler is not None:
             out += handler(self, p, t)
+        if self.ids_full and "ids" not in self.warned:
+            out += self._ids_full(t)
         if t in _TEXT_CARRIERS and not p.get("delta"):
             # An empty delta (a keep-alive) or a chunk with none shows the user no text: not a partial result, so a
             # scenario requiring streamed text (`expect.streaming`) is not met by keep-alives alone.
@@ -309,9 +395,9 @@ class AguiRunChecks(RunChecks):
             return []
         # A closed message "MAY reopen" with a new START (spec 1.1, Text Messages; Reasoning: "closed ... before its
         # messageId is used again"): it is open again. A START while the id is open is the spans' R5 (checker).
-        self._remember(self.messages, mid)
-        self._remember(self.open_messages, mid)
-        self._own("reasoning" if t.startswith("REASONING") else "text", mid, p)
+        kept = mid not in self.messages and self._remember(self.messages, mid)  # (`mid` itself kept: its string charged)
+        self._remember(self.open_messages, mid, string=not kept)
+        self._own("reasoning" if t.startswith("REASONING") else "text", mid, p, string=not kept)
         return []
 
     def _message_content(self, p: dict[str, Any], t: str) -> list[Finding]:
@@ -325,7 +411,7 @@ class AguiRunChecks(RunChecks):
     def _message_end(self, p: dict[str, Any], t: str) -> list[Finding]:
         mid = _text(p.get("messageId"))
         if mid is not None:
-            self.open_messages.discard(mid)
+            self.open_messages.pop(mid, None)
         return []
 
 
@@ -347,10 +433,10 @@ class AguiRunChecks(RunChecks):
             calls = m.get("toolCalls")
             for call in calls if isinstance(calls, list) else ():
                 cid = _text(call.get("id")) if isinstance(call, dict) else None
-                if cid is not None and cid not in self.calls and len(self.calls) < MAX_IDS:
+                if cid is not None and cid not in self.calls:
                     fn = call.get("function")
-                    self.calls[cid] = _Call(_text(fn.get("name") if isinstance(fn, dict) else None) or "", ended=True,
-                                            owed=False)
+                    self._new_call(cid, _Call(_text(fn.get("name") if isinstance(fn, dict) else None) or "",
+                                              ended=True, owed=False))
             if m.get("role") == "tool" and (c := self.calls.get(_text(m.get("toolCallId")) or "")) is not None:
                 c.answered = True
         return []
@@ -367,14 +453,13 @@ class AguiRunChecks(RunChecks):
                 # further arguments appending (not checked as JSON: the text is now in two parts). A START while it is
                 # still open is the spans' R5 (checker).
                 call.ended, call.args, call.args_bytes = False, [], -1  # (its END released its bytes)
-        elif len(self.calls) < MAX_IDS:
-            self.calls[cid] = _Call(name)
+        kept = call is None and self._new_call(cid, _Call(name))  # (`cid` itself kept: its string charged)
         tag, parent = p.get("subagentRunId"), _text(p.get("parentMessageId"))
         if tag is None and parent is not None and (inherited := self.owners.get(("text", parent))) is not None:
             # "A tool call inherits the attribution of the message that held it" (spec 1.1, Subagents).
-            self._own("call", cid, {"subagentRunId": inherited})
+            self._own("call", cid, {"subagentRunId": inherited}, string=not kept)
         else:
-            self._own("call", cid, p)
+            self._own("call", cid, p, string=not kept)
         return self._parent(p, t, cid)
 
     def _parent(self, p: dict[str, Any], t: str, cid: str) -> list[Finding]:
@@ -393,7 +478,9 @@ class AguiRunChecks(RunChecks):
                                          f"{parent[:80]!r} that carries it is attributed to {whose}")]
         if parent is None or parent in self.messages:
             return []
-        self._remember(self.messages, parent)  # the assistant message the call attaches to exists from now on
+        # The assistant message the call attaches to exists from now on. (With ids forgotten, it may have been shown.)
+        if not self._remember(self.messages, parent) or self.ids_full:
+            return []
         return [Finding(Rule.R5, f"{t} {cid[:80]!r} names parentMessageId {parent[:80]!r}, which no event has shown "
                                  "yet (advice: a consumer creates that assistant message)", warning=True)]
 
@@ -442,6 +529,8 @@ class AguiRunChecks(RunChecks):
         out: list[Finding] = []
         if cid is None:
             lane, problem = self._continued_lane(t, tag)
+            if problem and self.ids_full:
+                return []  # (a stream not tracked for want of room may be the one it continues)
             if problem:
                 return [Finding(Rule.R5, f"{t} without {key} {problem}: the first chunk of a "
                                          f"{'call' if tool else 'message'} must carry {key} "
@@ -502,23 +591,29 @@ class AguiRunChecks(RunChecks):
             if call is not None:
                 # Reopening a closed call is allowed (spec 1.1); its arguments, now in two parts, are not checked.
                 call.ended, call.args, call.args_bytes = False, [], -1
-            elif len(self.calls) < MAX_IDS:
-                self.calls[cid] = _Call(name or "")
+            else:
+                self._new_call(cid, _Call(name or ""))
             out += self._parent(p, t, cid)
-            self.lanes[lane] = _Chunk(t, cid, name, parent)
-            return out
+            return out + self._open_lane(lane, _Chunk(t, cid, name, parent), t)
         if cid in self.open_messages:
             start = "REASONING_MESSAGE_START" if t == "REASONING_MESSAGE_CHUNK" else "TEXT_MESSAGE_START"
             return [Finding(Rule.R5, f"{t} opens message {cid[:80]!r}, which {start} already opened (the two "
                                      "spellings do not mix within one message)")]
         # (A closed message may be reopened: spec 1.1, Text Messages. So no reuse check here.)
-        self._remember(self.messages, cid)
-        self._remember(self.open_messages, cid)
-        self._own("reasoning" if t == "REASONING_MESSAGE_CHUNK" else "text", cid, p)
+        kept = cid not in self.messages and self._remember(self.messages, cid)
+        self._remember(self.open_messages, cid, string=not kept)
+        self._own("reasoning" if t == "REASONING_MESSAGE_CHUNK" else "text", cid, p, string=not kept)
         role = p.get("role")
-        self.lanes[lane] = _Chunk(t, cid, _text(role) or "assistant" if t == "TEXT_MESSAGE_CHUNK" else None,
-                                  _text(p.get("name")))
-        return out
+        return out + self._open_lane(lane, _Chunk(t, cid, _text(role) or "assistant" if t == "TEXT_MESSAGE_CHUNK"
+                                                  else None, _text(p.get("name"))), t)
+
+    def _open_lane(self, lane: str | None, chunk: _Chunk, t: str) -> list[Finding]:
+        """The chunk stream open in `lane` from now on, charged to the run's ids while it is open; not tracked when
+        they are full (then its continuations are not judged: IDS_FULL)."""
+        if not self._charge(chunk.nbytes(lane)):
+            return []
+        self.lanes[lane] = chunk
+        return []
 
     def _conflicts(self, cur: _Chunk, p: dict[str, Any], t: str) -> list[Finding]:
         """A continuation may repeat what its first chunk established, with the same value only (a MUST)."""
@@ -539,6 +634,7 @@ class AguiRunChecks(RunChecks):
     def _close_chunk(self, lane: str | None, check: bool = True) -> list[Finding]:
         """The synthesized end of a lane's chunk stream."""
         cur = self.lanes.pop(lane)
+        self.id_bytes -= cur.nbytes(lane)
         if cur.kind != "TOOL_CALL_CHUNK":
             return self._message_end({"messageId": cur.id}, cur.kind)
         if not check:  # RUN_ERROR: the call may have been cut short
@@ -554,7 +650,8 @@ class AguiRunChecks(RunChecks):
         out = []
         call = self.calls.get(cid)
         if call is None:
-            out.append(Finding(Rule.R5, f"{t} for tool call {cid[:80]!r}, which never started"))
+            if not self.ids_full:  # (else it may be a call forgotten)
+                out.append(Finding(Rule.R5, f"{t} for tool call {cid[:80]!r}, which never started"))
         elif not call.ended:
             out.append(Finding(Rule.R5, f"{t} for tool call {cid[:80]!r} before its TOOL_CALL_END"))
         elif call.answered:
@@ -605,16 +702,17 @@ class AguiRunChecks(RunChecks):
         size = _json_size(content)
         old = self.activities.get(mid)
         kept = old[1] if old is not None else 0
-        if (old is None and len(self.activities) >= MAX_IDS) or self.activity_bytes - kept + size > MAX_STATE_BYTES:
+        if self.activity_bytes - kept + size > MAX_STATE_BYTES:
             if old is not None:  # a new snapshot too big for the bound: that activity is no longer followed
                 del self.activities[mid]
                 self.activity_bytes -= kept
-                if len(self.activities_dropped) < MAX_IDS:
-                    self.activities_dropped.add(mid)
+                self._remember(self.activities_dropped, mid)
             return self._warn_once("activity", f"{t}: activities over {MAX_STATE_BYTES} bytes, later deltas not checked")
+        if old is None and not self._charge(DICT_ENTRY + sys.getsizeof(mid) + ACTIVITY_ENTRY):
+            return []  # not followed: the run's ids are full (IDS_FULL)
         self.activity_bytes += size - kept
         self.activities[mid] = [content, size]
-        self.activities_dropped.discard(mid)
+        self.activities_dropped.pop(mid, None)
         return []
 
     def _activity_delta(self, p: dict[str, Any], t: str) -> list[Finding]:
@@ -623,7 +721,7 @@ class AguiRunChecks(RunChecks):
             return []
         entry = self.activities.get(mid)
         if entry is None:
-            if self.activity_bytes >= MAX_STATE_BYTES or len(self.activities) >= MAX_IDS:
+            if self.activity_bytes >= MAX_STATE_BYTES or self.ids_full:
                 return []  # not tracked (said once)
             return [Finding(Rule.R5, f"{t} for activity {mid[:80]!r}, which no ACTIVITY_SNAPSHOT started")]
         content, size = entry
@@ -632,8 +730,7 @@ class AguiRunChecks(RunChecks):
             # Applied in place up to the operation that failed: this activity is no longer followed.
             del self.activities[mid]
             self.activity_bytes -= size
-            if len(self.activities_dropped) < MAX_IDS:
-                self.activities_dropped.add(mid)
+            self._remember(self.activities_dropped, mid)
             what = f"activity {mid[:80]!r}"
             return self._unfollowed(problem, t, "activity", what, "its later deltas", what)
         self.activity_bytes += new_size - size
@@ -642,8 +739,7 @@ class AguiRunChecks(RunChecks):
             # "The patched result MUST still be an object" (spec 1.1, Activity): not followed further.
             del self.activities[mid]
             self.activity_bytes -= new_size
-            if len(self.activities_dropped) < MAX_IDS:
-                self.activities_dropped.add(mid)
+            self._remember(self.activities_dropped, mid)
             return [Finding(Rule.R12, f"{t} makes the content of activity {mid[:80]!r} a JSON "
                                       f"{_json_kind(new)}, not an object; its later deltas not checked")]
         return []
@@ -772,6 +868,8 @@ class AguiRunChecks(RunChecks):
             if len(out) >= 20:
                 return out  # (a list may hold ~a million ids: a finding each was hundreds of MB)
             call = self.calls.get(cid) if isinstance(cid, str) else None
+            if call is None and self.ids_full and isinstance(cid, str):
+                continue  # it may be a call forgotten (IDS_FULL)
             if call is None or call.answered or not call.owed:
                 out.append(Finding(Rule.R5, f"pendingToolCallIds names {str(cid)[:80]!r}, " + (
                     "which never started" if call is None else "which has its result" if call.answered

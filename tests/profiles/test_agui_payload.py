@@ -311,22 +311,110 @@ async def test_advice_shows_in_the_console_report_and_the_run_still_passes():
 
 def test_a_flooding_server_keeps_the_checks_bounded_in_bytes():
     from harness.checker import ChatTracker
-    from harness.payload_checks import MAX_ARGS_BYTES, MAX_ID_CHARS, MAX_IDS
+    from harness.payload_checks import MAX_ARGS_BYTES, MAX_ID_CHARS
 
     tracker = ChatTracker("c", Scenario(name="t").expectations(AGUI), 0.0, run_id="r", message_id="m")
     feed = [{"type": "RUN_STARTED", "threadId": "t", "runId": "r", "timestamp": TS}]
-    for i in range(MAX_IDS + 500):  # more calls than remembered, each with a huge id and huge arguments, none ended
+    for i in range(2_000):  # more calls than remembered, each with a huge id and huge arguments, none ended
         cid = f"{i}-" + "x" * 5000
         feed += [{"type": "TOOL_CALL_START", "toolCallId": cid, "toolCallName": "n" * 5000, "timestamp": TS},
-                 {"type": "TOOL_CALL_ARGS", "toolCallId": cid, "delta": "{" * 100, "timestamp": TS}]
+                 {"type": "TOOL_CALL_ARGS", "toolCallId": cid, "delta": "{" * 4000, "timestamp": TS}]
     for frame in feed:
         tracker.feed(AGUI.decode_obj(frame, 0.0))
     [checks] = tracker.run_checks.parts  # type: ignore[union-attr]
-    assert len(checks.calls) <= MAX_IDS and checks.args_bytes <= MAX_ARGS_BYTES
+    assert deep_size(checks) <= ID_BOUND + ID_SLACK + MAX_ARGS_BYTES * 2 and checks.args_bytes <= MAX_ARGS_BYTES
     assert all(len(k) <= MAX_ID_CHARS and len(c.name) <= MAX_ID_CHARS for k, c in checks.calls.items())
     assert sum(len(a) for c in checks.calls.values() for a in c.args) <= MAX_ARGS_BYTES
     assert any("not checked as JSON" in w.reason for w in tracker.warnings)
     assert all(e.payload is None for e in tracker.events)
+
+
+# What a run's remembered ids may cost in all (docs/profiles.md: 256 KiB), and the checks' fixed part besides them
+# (their empty containers, the request's context).
+ID_BOUND = 256 * 1024
+ID_SLACK = 16 * 1024
+
+
+def deep_size(root: object) -> int:
+    """The bytes of every object `root` holds, each counted once (a dict's keys too, which the garbage collector's
+    traversal skips for string keys); classes, modules and functions are shared, not counted."""
+    import gc
+    import sys
+    import types
+
+    seen: set[int] = set()
+    todo = [root]
+    n = 0
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)):
+            continue
+        seen.add(id(obj))
+        n += sys.getsizeof(obj)
+        todo.extend([*obj.keys(), *obj.values()] if isinstance(obj, dict) else gc.get_referents(obj))
+    return n
+
+
+def _long(i: int, ch: str = "x") -> str:
+    return f"{i:06d}" + ch * 994  # 1,000 characters, each one distinct
+
+
+# Events that each make the run remember an id of its own (1,000 characters), by the kind of id.
+ID_FLOODS = {
+    "message": lambda i: [{"type": "TEXT_MESSAGE_START", "messageId": _long(i), "role": "assistant"}],
+    "message-ended": lambda i: [{"type": "TEXT_MESSAGE_START", "messageId": _long(i), "role": "assistant"},
+                                {"type": "TEXT_MESSAGE_END", "messageId": _long(i)}],
+    "tool-call": lambda i: [{"type": "TOOL_CALL_START", "toolCallId": _long(i), "toolCallName": _long(i, "n")},
+                            {"type": "TOOL_CALL_END", "toolCallId": _long(i)}],
+    "subagent": lambda i: [{"type": "SUBAGENT_STARTED", "subagentRunId": _long(i), "name": "n"},
+                           {"type": "SUBAGENT_FINISHED", "subagentRunId": _long(i)}],
+    "attributed": lambda i: [{"type": "STEP_STARTED", "stepName": "s", "subagentRunId": _long(i)}],
+    "owned-message": lambda i: [{"type": "TEXT_MESSAGE_START", "messageId": _long(i), "role": "assistant",
+                                 "subagentRunId": _long(i, "s")}],
+    "activity": lambda i: [{"type": "ACTIVITY_SNAPSHOT", "messageId": _long(i), "activityType": "a", "content": {}}],
+    "chunk-lane": lambda i: [{"type": "TEXT_MESSAGE_CHUNK", "messageId": _long(i), "delta": "x",
+                              "subagentRunId": _long(i, "s"), "name": _long(i, "n")}],
+    "snapshot": lambda i: [{"type": "MESSAGES_SNAPSHOT", "messages": [
+        {"id": _long(i), "role": "assistant", "toolCalls": [
+            {"id": _long(i, "c"), "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}],
+}
+
+
+@pytest.mark.parametrize("kind", list(ID_FLOODS))
+def test_the_ids_a_run_remembers_are_bounded_in_bytes_and_said_once(kind):
+    """3,000 distinct 1,000-character ids of one kind: the run's checks keep 256 KiB of ids at most (they kept 10,000
+    of each kind, counted not weighed: 12 MiB for TEXT_MESSAGE_START, 14 MiB for TOOL_CALL_START), and say once
+    which checks stop."""
+    from harness.checker import ChatTracker
+
+    tracker = ChatTracker("c", Scenario(name="t").expectations(AGUI), 0.0, run_id="r", message_id="m")
+    tracker.feed(AGUI.decode_obj({"type": "RUN_STARTED", "threadId": "t", "runId": "r", "timestamp": TS}, 0.0))
+    for i in range(3_000):
+        for frame in ID_FLOODS[kind](i):
+            tracker.feed(AGUI.decode_obj({**frame, "timestamp": TS}, 0.0))
+    [checks] = tracker.run_checks.parts  # type: ignore[union-attr]
+    assert deep_size(checks) <= ID_BOUND + ID_SLACK
+    said = [w.reason for w in tracker.warnings if "ids passed" in w.reason]
+    assert len(said) == 1 and "256 KiB" in said[0] and "a call that never started" in said[0], tracker.warnings
+
+
+def test_a_judged_chat_keeps_no_payload_checks():
+    """A connection remembers its 64 latest judged chats (late events, R4): their checks (ids, state) are done once the
+    chat is judged, and a run followed by a further one on its stream hands them over."""
+    from harness.checker import ChatTracker, judge_followups
+
+    exp = Scenario(name="t").expectations(AGUI)
+    tracker = ChatTracker("c", exp, 0.0, thread_id="t", run_id="r", message_id="m")
+    for frame in ({"type": "RUN_STARTED", "threadId": "t", "runId": "r"},
+                  {"type": "TEXT_MESSAGE_START", "messageId": _long(1), "role": "assistant"},
+                  {"type": "TEXT_MESSAGE_END", "messageId": _long(1)},
+                  {"type": "RUN_FINISHED", "threadId": "t", "runId": "r"}):
+        tracker.feed(AGUI.decode_obj({**frame, "timestamp": TS}, 0.0))
+    further = tracker.followup("r2")
+    assert tracker.run_checks is None and further.run_checks is not None
+    judge_followups(tracker, 1.0)
+    tracker.finish(1.0)
+    assert tracker.judged and tracker.run_checks is None and further.run_checks is None
 
 
 def _state_tracker(snapshot: dict):
@@ -432,3 +520,23 @@ def test_values_of_many_small_nodes_are_charged_per_node():
                                       "delta": [{"op": "test", "path": "/v", "value": value}]}, 0.0))
     assert not checks.state_tracked and frames <= 4
     assert any("weighed over" in w.reason for w in tracker.warnings)
+
+
+def test_a_parked_chat_is_weighed_with_the_ids_its_checks_hold():
+    """The proxy parks a chat cut mid-run for its user's resume, within 32 MiB in all (`check` alike): weighed by its
+    kept events alone (16 KiB at most in the proxy), a chat holding 256 KiB of ids weighed almost nothing, and 10,000
+    parked chats could hold gigabytes."""
+    from harness.flow import ParkedChats
+    from monitors.proxy import LiveTracker
+
+    tracker = LiveTracker("c", Scenario(name="t").expectations(AGUI), 0.0, thread_id="t", run_id="r", message_id="m")
+    tracker.feed(AGUI.decode_obj({"type": "RUN_STARTED", "threadId": "t", "runId": "r", "timestamp": TS}, 0.0))
+    for i in range(3_000):
+        tracker.feed(AGUI.decode_obj({"type": "TEXT_MESSAGE_START", "messageId": _long(i), "role": "assistant",
+                                      "timestamp": TS}, 0.0))
+    assert tracker.kept_bytes < 64 * 1024
+    parked, _ = ParkedChats(10, 10, 64 * 1024).park("u", tracker)
+    assert not parked
+    room = ParkedChats(10, 10, 1024 * 1024)
+    assert room.park("u", tracker) == (True, None) and room.nbytes == tracker.held_bytes > ID_BOUND // 2
+    assert room.take("u", "r") is tracker and room.nbytes == 0
