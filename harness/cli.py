@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_args(r)
     r.add_argument("--record", metavar="DIR", help="write every connection's frames to DIR as JSON Lines, secrets "
                    "scrubbed, for `chatprobe check`; each run's files are named after a run id of its own, so runs "
-                   "recorded into one DIR are kept and judged apart (bounded per run: 1,000 files, 256 MiB, oldest "
-                   "rotated out)")
+                   "recorded into one DIR are kept and judged apart (bounded per run: 1,000 files, 256 MiB on disk "
+                   "with the files of connections still open, oldest rotated out)")
     r.add_argument("--pushgateway", metavar="URL", help="push the run's metrics to a Prometheus Pushgateway")
     r.add_argument("--job", default="chatprobe", help="Pushgateway job name (default chatprobe)")
     r.add_argument("--sim-fault", action="append", default=[], metavar="SPEC",
@@ -460,9 +460,9 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
             if recorder is not None and (dropped := recorder.take_dropped())[0]:
                 conns, frames, size = dropped
                 run.warnings.append(
-                    f"--record: {frames} frames ({size:,} bytes) of {conns} connection(s) were not recorded, their "
-                    f"file being full ({recorder.max_file_bytes:,} bytes); each file says where its gap begins, and "
-                    "`chatprobe check` judges the chats open there as they stood")
+                    f"--record: {frames} frames ({size:,} bytes) of {conns} connection(s) were not recorded, "
+                    f"{recorder.dropped_why()}; each file says where its gap begins, and `chatprobe check` judges "
+                    "the chats open there as they stood")
             runs.append(run)
             if not args.quiet and not console.is_terminal:
                 st = run.stats

@@ -181,10 +181,9 @@ class _Run:
         """Frames this process's recording dropped (a connection's file full), said as `chatprobe run` says it."""
         if self.recorder is not None and (dropped := self.recorder.take_dropped())[0]:
             conns, frames, size = dropped
-            logger.warning("--chatprobe-record: %d frames (%s bytes) of %d connection(s) were not recorded, their file "
-                           "being full (%s bytes); each file says where its gap begins, and `chatprobe check` judges "
-                           "the chats open there as they stood", frames, f"{size:,}", conns,
-                           f"{self.recorder.max_file_bytes:,}")
+            logger.warning("--chatprobe-record: %d frames (%s bytes) of %d connection(s) were not recorded, %s; each "
+                           "file says where its gap begins, and `chatprobe check` judges the chats open there as they "
+                           "stood", frames, f"{size:,}", conns, self.recorder.dropped_why())
 
     def load(self) -> None:
         """Scenario and target from the options (on a worker, the master's options arrive with the first spawn)."""

@@ -33,7 +33,9 @@ from .redact import MIN_SECRET_LEN, Budget, scrub, secrets_of
 from .transports import ConnectFailed, FrameCallback, RecordingHooks, Transport
 
 DEFAULT_MAX_FILES = 1000
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # all recordings in DIR written by one process
+# All recordings in DIR written by one process, at any moment: the files kept and the part files of the connections
+# still open (each charged what it has written and buffered, and the room kept for its last lines).
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024  # one connection's file; frames past it are not written
 MIN_LINE = 64  # bytes of the shortest frame's line ({"t": …, "dir": "recv", "conn": …, "frame": ""})
 # Bytes of a file kept for its last two lines: the dropped record (when frames were) and the close record (a label
@@ -110,6 +112,11 @@ class ConnectionLog:
         self.closed = False
         self.ended = False  # a failure record (`failed`) was the last line: the connection's end is written
         self.gone = False  # saved and deleted (not kept, or rotated out): nothing more is written
+        self.saved = False  # saved (kept): a line written later takes the room kept for the last lines, or is lost
+        # Bytes the recorder granted this log of its bound (Recorder.max_bytes): what it wrote or buffered, and `tail`
+        # bytes kept for its last lines (the dropped and close records), granted with its first line.
+        self.held = 0
+        self.tail = 0
         self._buffer: list[str] = []
         self._buffered = 0
 
@@ -295,15 +302,30 @@ class ConnectionLog:
         self.closed = True
 
     def _write(self, line: str, force: bool = False) -> bool:
-        """The line buffered (False: it does not fit the file's limit, less the room kept for the last lines)."""
+        """The line buffered (False: it does not fit the file's limit, less the room kept for the last lines, or the
+        recorder's bound for all its files, those kept and those being written). A forced line (the last ones) takes
+        the room kept for it, else what the bound has left."""
         n = len(line.encode("utf-8", "surrogatepass")) + 1
-        if self.size + n > self.recorder.frame_room and not force:
+        if force and n <= self.tail:
+            self.tail -= n
+        elif (self.size + n > self.recorder.frame_room and not force) or not self._grant(n):
             return False
         self.size += n
         self._buffer.append(line)
         self._buffered += n
         if self._buffered >= FLUSH_BYTES:
             self.flush()
+        return True
+
+    def _grant(self, n: int) -> bool:
+        """`n` more bytes of the recorder's bound for this file (with the room for its last lines, the first time)."""
+        if self.saved or self.gone:
+            return False
+        tail = 0 if self.held else self.recorder.tail
+        if not self.recorder.grant(n + tail):
+            return False
+        self.held += n + tail
+        self.tail += tail
         return True
 
     def flush(self) -> None:
@@ -336,7 +358,13 @@ class Recorder:
     """Where recordings go: DIR, at most `max_files` files and `max_bytes` bytes written by this process (the
     oldest deleted first), each file at most `max_file_bytes`, named `RUN-NNNNNN-LABEL.jsonl` (RUN: `run_id`, new
     for each Recorder). `keep_all`: keep every connection (run); else only those `save` is told to keep (the proxy:
-    connections with a failing chat)."""
+    connections with a failing chat).
+
+    `max_bytes` bounds what is on disk at any moment: the files kept, and the part files of the connections still
+    open, each holding what it wrote (`grant`). A part that needs room takes it from the oldest files kept (deleted),
+    but never below half the bound, so that connections in progress, most of which the proxy does not keep, cannot
+    erase every recording kept; past that, the part stops growing: its connection's later frames are dropped (the
+    file says so, and the run warns), never blocking or failing a chat."""
 
     def __init__(self, directory: str | Path, *, keep_all: bool = True, max_files: int = DEFAULT_MAX_FILES,
                  max_bytes: int = DEFAULT_MAX_BYTES, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
@@ -356,7 +384,8 @@ class Recorder:
         self.max_files = max_files
         self.max_bytes = max_bytes
         self.max_file_bytes = max_file_bytes
-        self.frame_room = max_file_bytes - min(RESERVED, max_file_bytes // 4)  # the rest kept for the last lines
+        self.tail = min(RESERVED, max_file_bytes // 4)  # a file's room kept for its last lines
+        self.frame_room = max_file_bytes - self.tail
         self.clock = clock
         # Recorded times are epoch seconds; the transports stamp frames with the monotonic clock.
         self._offset = time.time() - clock()
@@ -364,6 +393,7 @@ class Recorder:
         self._n = 0
         self._saved: deque[tuple[Path, int]] = deque()
         self._saved_bytes = 0
+        self._parts_bytes = 0  # granted to the connections' logs not saved yet (ConnectionLog.held)
         self._dropped = [0, 0, 0]  # connections, frames, bytes dropped since take_dropped() last said
         # Why the run stopped early (a results.STOPPED_BY key: "max_duration", "interrupted"), once it did (`stopped`): the
         # "client-stop" close records written from then on say it ("stop"), and `chatprobe check` reports it.
@@ -376,6 +406,35 @@ class Recorder:
     def note_dropped(self, log: ConnectionLog) -> None:
         with self._lock:
             self._dropped = [self._dropped[0] + 1, self._dropped[1] + log.dropped, self._dropped[2] + log.dropped_bytes]
+
+    def grant(self, n: int) -> bool:
+        """Whether a connection's part file may grow by `n` bytes within `max_bytes` (then they are its own until it
+        is saved): room made by deleting the oldest files kept while they hold more than half the bound."""
+        with self._lock:
+            if self._saved_bytes + self._parts_bytes + n > self.max_bytes:
+                self._rotate(n, self.max_bytes // 2)
+                if self._saved_bytes + self._parts_bytes + n > self.max_bytes:
+                    return False
+            self._parts_bytes += n
+            return True
+
+    def _rotate(self, n: int, floor: int) -> None:
+        """The oldest files kept deleted until `n` more bytes fit the bound, or those left hold `floor` bytes (and at
+        most `max_files` files are kept). Under the lock."""
+        while self._saved and (len(self._saved) > self.max_files or (
+                self._saved_bytes > floor and self._saved_bytes + self._parts_bytes + n > self.max_bytes)):
+            old, size = self._saved.popleft()
+            self._saved_bytes -= size
+            old.unlink(missing_ok=True)
+
+    def _release(self, n: int) -> None:
+        with self._lock:
+            self._parts_bytes -= n
+
+    def dropped_why(self) -> str:
+        """Why frames were not recorded, as the warnings say it."""
+        return (f"their file being full ({self.max_file_bytes:,} bytes) or the recording at its bound "
+                f"({self.max_bytes:,} bytes on disk, the files of connections still open included)")
 
     def take_dropped(self) -> tuple[int, int, int]:
         """(connections, frames, bytes) whose frames did not fit their file since the last call, for a warning."""
@@ -412,25 +471,28 @@ class Recorder:
         if not log.closed:
             log.close(self.clock())
         log.flush()
+        held, log.held = log.held, 0
         if not (self.keep_all if keep is None else keep) or not log.part.exists() or log.part.is_symlink():
             log.part.unlink(missing_ok=True)
-            log.gone = True
+            log.gone, log.tail = True, 0
+            self._release(held)
             return None
         final = log.part.with_name(log.part.name[1:].removesuffix(".part"))
         try:
             os.replace(log.part, final)
         except OSError:
             log.part.unlink(missing_ok=True)
-            log.gone = True
+            log.gone, log.tail = True, 0
+            self._release(held)
             return None
         log.part = final  # a failure found after the connection ended is appended to it (ConnectionLog.failed)
+        log.saved = True
         with self._lock:
-            self._saved.append((final, log.size))
-            self._saved_bytes += log.size
-            while self._saved and (len(self._saved) > self.max_files or self._saved_bytes > self.max_bytes):
-                old, size = self._saved.popleft()
-                self._saved_bytes -= size
-                old.unlink(missing_ok=True)
+            # Kept with what it was granted: its size, and the room left for a failure record appended to it later.
+            self._parts_bytes -= held
+            self._saved.append((final, held))
+            self._saved_bytes += held
+            self._rotate(0, 0)
         if not final.exists():
             log.gone = True  # rotated out at once (a file larger than the run's whole budget)
             return None

@@ -237,9 +237,9 @@ class LiveChats:
         conns, frames, size = self._dropped
         if not conns or self.recorder is None:
             return
-        log.warning("--record: %d frames (%s bytes) of %d connection(s) were not recorded, their file being full "
-                    "(%s bytes); each file says where its gap begins, and `chatprobe check` judges the chats open there "
-                    "as they stood", frames, f"{size:,}", conns, f"{self.recorder.max_file_bytes:,}")
+        log.warning("--record: %d frames (%s bytes) of %d connection(s) were not recorded, %s; each file says where "
+                    "its gap begins, and `chatprobe check` judges the chats open there as they stood", frames,
+                    f"{size:,}", conns, self.recorder.dropped_why())
         self._dropped, self._dropped_said_at = (0, 0, 0), now
 
     def too_many_credentials(self) -> None:
@@ -976,8 +976,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_PING_TIMEOUT:g}s)")
     p.add_argument("--streaming", action="store_true", help="require partial_result in every chat (R2)")
     p.add_argument("--record", metavar="DIR", help="write the frames of connections with a chat that did not pass "
-                   "to DIR as JSON Lines (for `chatprobe check`), secrets scrubbed; bounded: 1,000 files, 256 MiB, "
-                   "16 MiB a connection, the oldest rotated out")
+                   "to DIR as JSON Lines (for `chatprobe check`), secrets scrubbed; bounded: 1,000 files, 256 MiB on "
+                   "disk with the files of connections still open, 16 MiB a connection, the oldest rotated out")
     p.add_argument("--record-all", action="store_true", help="with --record: keep every connection's frames")
     p.add_argument("-v", "--verbose", action="store_true", help="log each connection's start and end (INFO)")
     return p
