@@ -62,7 +62,10 @@ def reference_decode_obj(self: Decoder, frame: Any, received_at: float) -> Event
         if run_id is None or code in profile.connection_error_codes:
             return Frame(FrameKind.ERROR, wire_type=wire_type, error_code=code,
                          detail=str(find(frame, scopes, n["error_message"]) or "")[:200], raw=frame,
-                         run_id=_id(run_id)[0], session_error=self.session_errors.get(code or ""))
+                         run_id=_id(run_id)[0], session_error=self.session_errors.get(code or ""),
+                         # the message it answers, when it names one (added with the compiled decoder's)
+                         message_id=_id(find(frame, scopes, n["message_id"]))[0],
+                         thread_id=_id(find(frame, scopes, n["thread_id"]))[0])
     role = self.always.get(wire_type)
     if role is None and run_id is not None:
         role = self.with_run.get(wire_type)
