@@ -108,6 +108,7 @@ class ConnectionLog:
         self.dropped = 0
         self.dropped_bytes = 0
         self.dropped_at: float | None = None  # the first dropped frame's time (epoch seconds)
+        self.noted = -1  # the Recorder's take_dropped() count when this connection's drops were last counted
         self.unwritten = 0  # lines lost because DIR took no more (unwritable, disk full)
         self.closed = False
         self.ended = False  # a failure record (`failed`) was the last line: the connection's end is written
@@ -159,10 +160,15 @@ class ConnectionLog:
         if not self.dropped:
             self.dropped_at = round(self.recorder.epoch(at), 6)
         self.dropped += 1
+        n = 0
         if isinstance(frame, str):
-            self.dropped_bytes += len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))
+            n = len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))
         elif isinstance(frame, (bytes, bytearray)):
-            self.dropped_bytes += len(frame)
+            n = len(frame)
+        self.dropped_bytes += n
+        # Told as it happens, not at the close: a run's warning is taken when its chats are judged, and a connection
+        # still closing then (its closing handshake not answered yet) was left out of it.
+        self.recorder.note_dropped(self, n)
 
     def _scrub(self, text: str, budget: Budget | None = None) -> str:
         return scrub(text, self.secrets, budget)
@@ -281,7 +287,6 @@ class ConnectionLog:
             # Where the gap begins (no frame was written after it) and what it holds.
             self._write(json.dumps({"t": self.dropped_at, "dir": "dropped", "conn": self.label,
                                     "frames": self.dropped, "bytes": self.dropped_bytes}), force=True)
-            self.recorder.note_dropped(self)
         record: dict[str, Any] = {"t": round(self.recorder.epoch(at), 6), "dir": "close", "conn": self.label}
         if code is not None:
             record["code"] = code
@@ -395,6 +400,7 @@ class Recorder:
         self._saved_bytes = 0
         self._parts_bytes = 0  # granted to the connections' logs not saved yet (ConnectionLog.held)
         self._dropped = [0, 0, 0]  # connections, frames, bytes dropped since take_dropped() last said
+        self._taken = 0  # how many times take_dropped() said (a log's `noted`: in which of them it was counted)
         # Why the run stopped early (a results.STOPPED_BY key: "max_duration", "interrupted"), once it did (`stopped`): the
         # "client-stop" close records written from then on say it ("stop"), and `chatprobe check` reports it.
         self.stop: str | None = None
@@ -403,9 +409,13 @@ class Recorder:
         """The run stops early (the runner, before it cuts its chats short): `why`, a results.STOPPED_BY key."""
         self.stop = why
 
-    def note_dropped(self, log: ConnectionLog) -> None:
+    def note_dropped(self, log: ConnectionLog, nbytes: int) -> None:
+        """A frame of `log` not recorded: counted for the next take_dropped (its connection once in each)."""
         with self._lock:
-            self._dropped = [self._dropped[0] + 1, self._dropped[1] + log.dropped, self._dropped[2] + log.dropped_bytes]
+            conns = self._dropped[0]
+            if log.noted != self._taken:
+                log.noted, conns = self._taken, conns + 1
+            self._dropped = [conns, self._dropped[1] + 1, self._dropped[2] + nbytes]
 
     def grant(self, n: int) -> bool:
         """Whether a connection's part file may grow by `n` bytes within `max_bytes` (then they are its own until it
@@ -441,6 +451,7 @@ class Recorder:
         with self._lock:
             out = (self._dropped[0], self._dropped[1], self._dropped[2])
             self._dropped = [0, 0, 0]
+            self._taken += 1
         return out
 
     def epoch(self, at: float) -> float:

@@ -629,6 +629,25 @@ def test_a_full_recording_file_drops_frames_before_scrubbing_them(tmp_path, monk
     assert path is not None and path.stat().st_size <= 4096 + 200  # the close record is always written
 
 
+def test_frames_dropped_are_told_while_their_connection_is_still_open(tmp_path):
+    """FAILED on the code before: drops were told when the connection's log closed, so a run's warning, taken when its
+    chats were judged, left out a connection whose closing handshake was still under way (its frames dropped, said
+    nowhere). Each connection is counted once in each report it is in; no drop is told twice."""
+    rec = Recorder(tmp_path, max_file_bytes=4096, clock=lambda: 10.0)
+    first, second = rec.connection("a"), rec.connection("b")
+    for log in (first, second):
+        for _ in range(6):
+            log.frame("recv", '{"type": "partial_result", "payload": "' + "z" * 1000 + '"}', 10.0)
+    dropped = first.dropped + second.dropped
+    assert first.dropped and second.dropped
+    assert rec.take_dropped() == (2, dropped, first.dropped_bytes + second.dropped_bytes)  # both still open
+    first.frame("recv", "q" * 500, 10.0)
+    assert rec.take_dropped() == (1, 1, 500)  # a later report: that connection again, its new drop only
+    first.close(11.0)
+    second.close(11.0)
+    assert rec.take_dropped() == (0, 0, 0)  # closing tells nothing twice
+
+
 def test_recorder_scrubs_secrets_bounds_files_and_rotates(tmp_path):
     redact.register("s3cret-token-value")
     try:
