@@ -276,6 +276,10 @@ class FrameRouter:
         self.checker.new_connection()
         self.answered = False
         self.auth_failed = None
+        # The pong bound is a connection's: a new connection's first ping is answered, however soon after the last
+        # connection's (a reconnect within PONG_INTERVAL left it unanswered, and a server that drops a connection whose
+        # ping goes unanswered dropped the resumed one).
+        self.last_pong = _NEVER
         self.resumes = None  # a replay is the connection's that carried it
         self.resume_unknown = None  # so is the answer to a resume
         self.awaiting = None  # and the resumes awaiting one
