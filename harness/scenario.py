@@ -408,6 +408,15 @@ class Scenario(Strict):
         if self.messages is not None and not self.messages:
             raise ValueError("messages: give at least one message, or leave it out")
         given = self.model_fields_set
+        # A key given and never read would be a default the file seems to change: refused, as an unknown key is.
+        if "message" in given and self.messages is not None:
+            raise _field_error(("message",), "give either message or messages: with messages, message is never sent",
+                               self.message)
+        if self.steps is not None:
+            for name in ("chats_per_user", "parallel_chats"):
+                if getattr(self, name) != 1:  # (1, as a program may write it, is what steps do)
+                    raise _field_error((name,), f"steps are each user's chats, one at a time, instead of {name}; "
+                                       "leave it out (a step's `repeat` plays it more times)", getattr(self, name))
         if self.arrival_rate is not None:
             if self.stages:
                 raise _field_error(("arrival_rate",), "give either arrival_rate (constant) or stages with `rate`",

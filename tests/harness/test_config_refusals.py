@@ -189,6 +189,23 @@ def test_a_scenario_its_target_cannot_carry_names_the_file_line_and_field(tmp_pa
     parallel = tmp_path / "parallel.yaml"
     parallel.write_text("name: parallel\nusers: 1\nmessage: hi\nparallel_chats: 2\n")
     one_error(run_cli("run", str(parallel), "--profile", "ag-ui"), f"{parallel}:4:", "field 'parallel_chats'")
+    probe = tmp_path / "probe.yaml"
+    probe.write_text("name: probe\nsteps:\n  - chat: {message: hi}\n  - send_raw: nope\n")
+    one_error(run_cli("run", str(probe), "--profile", "ag-ui"), f"{probe}:3:", "field 'steps'", "WebSocket")
+
+
+@pytest.mark.parametrize("yaml_text, line, field", [
+    ("message: a\nmessages: [b, c]", 2, "message"),
+    ("messages: [b, c]\nmessage: a", 3, "message"),
+    ("chats_per_user: 3\nsteps:\n  - chat: {message: hi}", 2, "chats_per_user"),
+    ("steps:\n  - chat: {message: hi}\nparallel_chats: 2", 4, "parallel_chats"),
+])
+def test_a_key_the_scenario_would_never_read_is_refused(tmp_path, yaml_text, line, field):
+    # docs/scenarios.md: `messages` is used instead of `message`, and `steps` instead of `chats_per_user` (one chat at a
+    # time): the other was silently never read, so a file asking for 3 chats per user of its steps played one each.
+    scenario = tmp_path / "unread.yaml"
+    scenario.write_text(f"name: unread\n{yaml_text}\n")
+    one_error(run_cli("run", str(scenario)), f"{scenario}:{line}:", f"field '{field}'")
 
 
 @pytest.mark.parametrize("step", ["  - chat:\n", "  - chat: 5\n"])

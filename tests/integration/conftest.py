@@ -57,6 +57,8 @@ def scenario(**kw) -> Scenario:
     base = dict(name="t", users=4, chats_per_user=5, message="What is 2 * 3? #tools=2 #chunks=2",
                 expect={"streaming": True, "settle": "0.05s", "deadline": "3s"})
     base.update(kw)
+    if "steps" in kw:  # steps replace chats_per_user (docs/scenarios.md)
+        base.pop("chats_per_user", None)
     return Scenario.model_validate(base)
 
 
