@@ -236,3 +236,17 @@ def test_a_span_key_path_that_names_nothing_exits_2(tmp_path: Path, capsys):
     assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
     err = capsys.readouterr().err
     assert f"p.yaml:{BASE.count(chr(10)) + 1}: field 'spans.0.key'" in err and "an empty part" in err, err
+
+
+def test_a_where_path_is_read_from_the_root_even_without_a_dot():
+    # docs/profiles.md, `where`: a path from the frame's root; a plain name is the root's too, unlike a plain name in
+    # `fields`, which each `lookup` container is searched for. A field under `data` is named `data.kind`.
+    p = profile(BASE.replace("  agent_thinking: [on_chain_start]\n",
+                             "  agent_thinking: [on_chain_start]\n"
+                             "  tool_executing: [{type: step, where: {kind: tool}}]\n"
+                             "  tool_completed: [{type: step, where: {data.kind: done}}]\n")
+                + 'lookup: ["", data]\nunknown_types: ignore\n')
+    role = lambda frame: getattr(p.decode_obj(frame, 0.0), "role", None)  # noqa: E731
+    assert role({"event": "step", "kind": "tool", "run_id": "r"}) is Role.TOOL_EXECUTING
+    assert role({"event": "step", "data": {"kind": "done", "run_id": "r"}}) is Role.TOOL_COMPLETED
+    assert role({"event": "step", "data": {"kind": "tool", "run_id": "r"}}) is None  # `kind` is the root's only
