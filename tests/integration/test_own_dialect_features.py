@@ -4,17 +4,16 @@
 (`DENIED` refuses the credentials, `NO_SUCH_RUN` a resume). A real WebSocket server on loopback speaks it."""
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from harness.cli import main
-from tests.profiles.servers import InThread
+from tests.profiles.servers import InThread, Served
 
 ZETA = """\
 name: zeta
@@ -62,7 +61,7 @@ steps:
 """
 
 
-class ZetaServer:
+class ZetaServer(Served):
     """The zeta dialect over WebSocket: every connection opens with `ready` and a heartbeat `hb`."""
 
     def __init__(self, *, deny: bool = False, forget: bool = False) -> None:
@@ -118,14 +117,6 @@ class ZetaServer:
             for event in run[int(data["after"]):]:
                 await ws.send(json.dumps(event))
 
-    async def __aenter__(self) -> "ZetaServer":
-        self.server = await serve(self._handler, "127.0.0.1", 0, compression=None)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.server.close()
-        async with asyncio.timeout(5):
-            await self.server.wait_closed()
 
 
 def run(tmp_path: Path, server: ZetaServer) -> tuple[int, list[tuple[str, str | None, list[str], list[str]]]]:

@@ -10,7 +10,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from ag_ui.core import BaseEvent, RunAgentInput
 from ag_ui.encoder import EventEncoder
@@ -135,8 +135,26 @@ class AguiSSEServer:
 WsScript = Callable[[dict[str, Any]], Iterable[dict[str, Any] | str]]
 
 
+class Served:
+    """A `websockets` server of `self._handler` on a loopback port for an `async with` block (no compression)."""
+
+    server: Any
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self.server = await serve(self._handler, "127.0.0.1", 0, compression=None)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        async with asyncio.timeout(5):
+            await self.server.wait_closed()
+
+
 @dataclass
-class WsServer:
+class WsServer(Served):
     """Any JSON dialect over WebSocket: `script(request)` gives the frames to send back, in order."""
 
     script: WsScript
@@ -158,15 +176,6 @@ class WsServer:
             self.requests.append(request)
             for frame in self.script(request):
                 await ws.send(frame if isinstance(frame, str) else json.dumps(frame))
-
-    async def __aenter__(self) -> "WsServer":
-        self.server = await serve(self._handler, "127.0.0.1", 0, compression=None)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.server.close()
-        async with asyncio.timeout(5):
-            await self.server.wait_closed()
 
 
 class InThread:
