@@ -50,7 +50,7 @@ class ManyCalls:
             for start in range(0, len(frames), 500):
                 conn.writer.write(b"".join(text(f) for f in frames[start:start + 500]))
                 await conn.writer.drain()
-                await asyncio.sleep(0)  # (lets the reader of the other side in: no wait for a condition)
+                await asyncio.sleep(0)  # wait-ok: a yield that lets the reader of the other side in, no condition
 
 
 def verdict(r: ChatResult) -> tuple[str, tuple[tuple[str, int], ...], tuple[str, ...]]:
