@@ -436,7 +436,10 @@ class FrameRouter:
             outcome = "protocol_error", (f"no welcome frame within {timeout:g}s (does the profile list the server's "
                                          "welcome type under control?)")
         elif self.auth_failed is not None or (closed and close_code == 1008):
-            outcome = "auth_failed", "the server rejected the credentials (AUTH_FAILED)"
+            # The code the server said it with (the profile's `session_errors.auth_failed`: AUTH_FAILED, or a
+            # dialect's own), else the policy-violation close.
+            said = self.auth_failed.error_code if self.auth_failed is not None else None
+            outcome = "auth_failed", f"the server rejected the credentials ({said or 'close code 1008'})"
         elif closed:
             outcome = "protocol_error", f"closed before the welcome frame (code {close_code})"
         else:

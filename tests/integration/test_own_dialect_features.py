@@ -151,5 +151,8 @@ def test_the_dialects_own_codes_answer_the_session(tmp_path):
     # `NO_SUCH_RUN` a resume of a run the server forgot (the chat lost at once, incomplete, not held to its deadline).
     code, chats = run(tmp_path, ZetaServer(deny=True))
     assert code == 2 and chats == [("error", "auth_failed", [], [])] * 2, chats
+    # said with the dialect's own code, not netra's
+    errors = [c["error"] for s in json.loads((tmp_path / "out.json").read_text())["scenarios"] for c in s["chats"]]
+    assert all("rejected the credentials (DENIED)" in e for e in errors), errors
     code, chats = run(tmp_path, ZetaServer(forget=True))
     assert code == 1 and chats == [("incomplete", None, [], ["lost"]), ("passed", None, [], [])], chats
