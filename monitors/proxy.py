@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.frames import EXTERNAL_CLOSE_CODES
 from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from harness import redact
@@ -921,7 +922,16 @@ class Proxy:
             client_failure = failed_for(client.protocol, self.max_size)
             if client_failure is not None:
                 to_upstream = 1001, f"the client is gone ({client_failure})"
-            await asyncio.gather(_close_within(client, *to_client), _close_within(upstream, *to_upstream))
+            # An upstream that dropped the connection (no close frame: a crash, a load balancer cut it) is dropped for
+            # the client too, as it came: a clean 1000 in its place told the client the server closed with a handshake,
+            # and a client sends again a message that crossed such a close (docs/protocol.md), never one cut by a crash.
+            if (closed_by[:1] == ["server"] and up_failure is None and upstream.protocol.state is State.CLOSED
+                    and upstream.protocol.close_rcvd is None and upstream.protocol.close_sent is None):
+                if client.transport is not None:
+                    client.transport.abort()
+                await _close_within(upstream, *to_upstream)
+            else:
+                await asyncio.gather(_close_within(client, *to_client), _close_within(upstream, *to_upstream))
             if not attempt:
                 code = _close_of(upstream)[0]
                 record("auth_failed" if code == 1008 else "ok" if closed_by[:1] == ["client"] else "protocol_error")

@@ -11,6 +11,9 @@ FAILED on the code before this file, each with what was wrong:
   the client and then read as the client's own failure: an R12 "frame larger than the 4194304 byte limit" (or "text
   frame that is not valid UTF-8") on its chats, though the server sent no such frame, live and in `check`, while the
   proxy, which passes a close the upstream starts on as it came, gave none.
+- test_a_server_that_drops_the_connection_before_any_event_is_a_lost_chat_by_every_road: the proxy closed its user's
+  connection with a clean 1000 where the upstream had dropped it (no close frame), so the user's client sent the
+  message again and the proxy judged the chat passed, where `run` and `check` judged it incomplete.
 """
 from __future__ import annotations
 
@@ -195,3 +198,17 @@ def test_a_403_from_a_path_no_websocket_route_takes_says_the_path_may_be_wrong(c
     err = capsys.readouterr().err
     assert "rejected the credentials of every chat" in err and "no WebSocket endpoint at --target's path" in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_server_that_drops_the_connection_before_any_event_is_a_lost_chat_by_every_road(tmp_path):
+    """The server drops the TCP connection (no closing handshake: a crash) after reading the message, before any
+    event of its run: the chat is judged as it stands, `incomplete`, never sent again (docs/protocol.md), live and in
+    `check`. The proxy closed its user's connection with a clean 1000 in place of the drop, so the user's client
+    sent the message again, as after a closing handshake, and the proxy judged the chat passed."""
+    def answer(p: dict[str, Any], n: int) -> list[Action]:
+        events: list[Action] = list(run_events(p))
+        return [Close(1006), *events] if n == 1 else events
+
+    got = judge(tmp_path, lambda: serve_websockets(NetraApp(answer)), {"chats_per_user": 1},
+                ways=("run", "check", "proxy"))
+    assert got == {road: [("incomplete", ())] for road in ("run", "check", "proxy")}, got

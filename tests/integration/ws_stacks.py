@@ -51,6 +51,8 @@ class Wait:
 
 @dataclass
 class Close:
+    """A closing handshake with `code`; 1006 (which no close frame carries) drops the TCP connection instead, without
+    one (a crash, a load balancer's cut), where the stack lets the application do so (the websockets server)."""
     code: int
 
 
@@ -269,6 +271,9 @@ class WebsocketsConn:
         return msg if isinstance(msg, str) else msg.decode("utf-8", "replace")
 
     async def close(self, code: int) -> None:
+        if code == 1006:
+            self.ws.transport.abort()
+            return
         await self.ws.close(code)
 
 
