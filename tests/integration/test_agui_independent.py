@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -29,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from ag_ui.core import (
     ActivityDeltaEvent,
     ActivitySnapshotEvent,
@@ -84,6 +81,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from harness.cli import main
+
+from .asgi import uvicorn_on_loopback
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -444,21 +443,9 @@ _EVENT: TypeAdapter[Any] = TypeAdapter(Event)
 
 @contextmanager
 def served(agent: Agent) -> Iterator[str]:
-    """The app under uvicorn in a thread, on a socket listening before the server starts; its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    server = uvicorn.Server(uvicorn.Config(agent.app, log_level="warning", lifespan="off",
-                                           timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
-        assert not thread.is_alive(), "uvicorn did not stop"
+    """The app under uvicorn (tests/integration/asgi.py); its host:port."""
+    with uvicorn_on_loopback(agent.app, timeout_graceful_shutdown=5) as port:
+        yield f"127.0.0.1:{port}"
 
 
 # -- running chatprobe as a user does --------------------------------------------------------------------------------

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import datetime
 import json
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from ag_ui.core import CustomEvent, StateDeltaEvent, StateSnapshotEvent
 from ag_ui_langgraph import LangGraphAgent, add_langgraph_fastapi_endpoint
 from fastapi import FastAPI
@@ -44,6 +41,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from .asgi import uvicorn_on_loopback
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,21 +192,9 @@ def _langgraph_app() -> FastAPI:
 
 @contextmanager
 def served(app: Any) -> Iterator[str]:
-    """`app` under uvicorn in a thread, on a loopback socket that listens before the server starts (a client's connection
-    waits in the backlog: nothing to poll for); its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
-        assert not thread.is_alive(), "uvicorn did not stop"
+    """`app` under uvicorn (tests/integration/asgi.py); its base URL."""
+    with uvicorn_on_loopback(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def chatprobe(*args: str | Path) -> subprocess.CompletedProcess[str]:

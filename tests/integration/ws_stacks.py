@@ -212,7 +212,6 @@ class StarletteConn:
 def serve_uvicorn(app: NetraApp, *, ws: str = "websockets", deflate: bool = False,
                   ping_interval: float | None = None) -> Iterator[str]:
     """FastAPI's `@app.websocket("/ws")` endpoint on uvicorn, `--ws websockets|wsproto`, `ws_per_message_deflate`."""
-    import uvicorn
     from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
     api = FastAPI()
@@ -225,21 +224,11 @@ def serve_uvicorn(app: NetraApp, *, ws: str = "websockets", deflate: bool = Fals
     endpoint.__annotations__["websocket"] = WebSocket  # the class itself: FastAPI reads it to inject the socket
     api.websocket("/ws")(endpoint)
 
-    sock = listening_socket()
-    config = uvicorn.Config(api, ws=ws, ws_per_message_deflate=deflate, ws_ping_interval=ping_interval,
-                            ws_ping_timeout=None, log_level="critical", lifespan="off")
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # uvicorn < 0.29 spelling
-    with LoopThread() as lt:
-        done = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), lt.loop)
-        try:
-            yield f"ws://127.0.0.1:{sock.getsockname()[1]}/ws"
-        finally:
-            server.should_exit = True
-            server.force_exit = True
-            with contextlib.suppress(Exception):
-                done.result(10)
-            sock.close()
+    from .asgi import uvicorn_on_loopback
+
+    with uvicorn_on_loopback(api, force_exit=True, ws=ws, ws_per_message_deflate=deflate, ws_ping_interval=ping_interval,
+                             ws_ping_timeout=None, log_level="critical") as port:
+        yield f"ws://127.0.0.1:{port}/ws"
 
 
 # the websockets library's asyncio server
