@@ -89,6 +89,12 @@ pytestmark = pytest.mark.timeout(90)
 TS = 1_764_800_000_000  # a millisecond timestamp
 
 
+def said(message_id: str, text: str) -> list[BaseEvent]:
+    """An assistant's message of one delta: its start, content and end."""
+    return [TextMessageStartEvent(message_id=message_id, role="assistant"),
+            TextMessageContentEvent(message_id=message_id, delta=text), TextMessageEndEvent(message_id=message_id)]
+
+
 # -- the runs -------------------------------------------------------------------------------------------------------
 
 def conforming(inp: RunAgentInput, text: str, parent: str | None = None) -> list[BaseEvent]:
@@ -122,17 +128,13 @@ def conforming(inp: RunAgentInput, text: str, parent: str | None = None) -> list
         ]
     elif "#tools" in text:
         body = [
-            TextMessageStartEvent(message_id="m1", role="assistant"),
-            TextMessageContentEvent(message_id="m1", delta="Let me check."),
-            TextMessageEndEvent(message_id="m1"),
+            *said("m1", "Let me check."),
             ToolCallStartEvent(tool_call_id="c1", tool_call_name="weather", parent_message_id="m1"),
             ToolCallArgsEvent(tool_call_id="c1", delta='{"city": '),
             ToolCallArgsEvent(tool_call_id="c1", delta='"Paris"}'),
             ToolCallEndEvent(tool_call_id="c1"),
             ToolCallResultEvent(message_id="t1", tool_call_id="c1", content='{"temp": 21}'),
-            TextMessageStartEvent(message_id="m2", role="assistant"),
-            TextMessageContentEvent(message_id="m2", delta="21 °C in Paris."),
-            TextMessageEndEvent(message_id="m2"),
+            *said("m2", "21 °C in Paris."),
         ]
     elif "#parallel" in text:
         body = [
@@ -144,9 +146,7 @@ def conforming(inp: RunAgentInput, text: str, parent: str | None = None) -> list
             ToolCallEndEvent(tool_call_id="c1"),
             ToolCallResultEvent(message_id="t2", tool_call_id="c2", content="12:00"),
             ToolCallResultEvent(message_id="t1", tool_call_id="c1", content="3 °C"),
-            TextMessageStartEvent(message_id="m1", role="assistant"),
-            TextMessageContentEvent(message_id="m1", delta="Cold, noon."),
-            TextMessageEndEvent(message_id="m1"),
+            *said("m1", "Cold, noon."),
         ]
     elif "#state" in text:
         msgs = [*inp.messages,
@@ -164,9 +164,7 @@ def conforming(inp: RunAgentInput, text: str, parent: str | None = None) -> list
                                    {"op": "test", "path": "/items/0", "value": "milk"}]),
             ToolCallResultEvent(message_id="t1", tool_call_id="c1", content="added"),
             StateDeltaEvent(delta=[{"op": "remove", "path": "/meta"}, {"op": "add", "path": "/done", "value": True}]),
-            TextMessageStartEvent(message_id="m2", role="assistant"),
-            TextMessageContentEvent(message_id="m2", delta="Added milk."),
-            TextMessageEndEvent(message_id="m2"),
+            *said("m2", "Added milk."),
             MessagesSnapshotEvent(messages=msgs),
         ]
     elif "#reasoning" in text:
@@ -177,9 +175,7 @@ def conforming(inp: RunAgentInput, text: str, parent: str | None = None) -> list
             ReasoningMessageEndEvent(message_id="rm1"),
             ReasoningEncryptedValueEvent(subtype="message", entity_id="rm1", encrypted_value="b64=="),
             ReasoningEndEvent(message_id="r1"),
-            TextMessageStartEvent(message_id="m1", role="assistant"),
-            TextMessageContentEvent(message_id="m1", delta="Option B."),
-            TextMessageEndEvent(message_id="m1"),
+            *said("m1", "Option B."),
         ]
     elif "#raw" in text:
         body = [
@@ -188,9 +184,7 @@ def conforming(inp: RunAgentInput, text: str, parent: str | None = None) -> list
             ActivitySnapshotEvent(message_id="a1", activity_type="PLAN", content={"steps": ["look"]}),
             ActivityDeltaEvent(message_id="a1", activity_type="PLAN",
                                patch=[{"op": "add", "path": "/steps/-", "value": "answer"}]),
-            TextMessageStartEvent(message_id="m1", role="assistant"),
-            TextMessageContentEvent(message_id="m1", delta="Done."),
-            TextMessageEndEvent(message_id="m1"),
+            *said("m1", "Done."),
             CustomEvent(name="usage", value=12, raw_event={"tokens": 12}),
         ]
     elif "#interrupt" in text:
@@ -204,9 +198,7 @@ def conforming(inp: RunAgentInput, text: str, parent: str | None = None) -> list
             Interrupt(id="i1", reason="tool_approval", tool_call_id="c1", message="Delete x?")]),
             usage=[TokenUsage(provider="p", model="m", input_tokens=10, output_tokens=3, total_tokens=13)])
     elif "#pending" in text:
-        body = [TextMessageStartEvent(message_id="m1", role="assistant"),
-                TextMessageContentEvent(message_id="m1", delta="Please confirm."),
-                TextMessageEndEvent(message_id="m1"),
+        body = [*said("m1", "Please confirm."),
                 ToolCallStartEvent(tool_call_id="c1", tool_call_name="confirm"),
                 ToolCallArgsEvent(tool_call_id="c1", delta="{}"),
                 ToolCallEndEvent(tool_call_id="c1")]
@@ -228,9 +220,7 @@ def conforming(inp: RunAgentInput, text: str, parent: str | None = None) -> list
                                   outcome=SubagentFinishedSuccessOutcome()),
             ToolCallResultEvent(message_id="t1", tool_call_id="c1", content="found"),
             StepFinishedEvent(step_name="search"),
-            TextMessageStartEvent(message_id="m1", role="assistant"),
-            TextMessageContentEvent(message_id="m1", delta="The researcher found it."),
-            TextMessageEndEvent(message_id="m1"),
+            *said("m1", "The researcher found it."),
         ]
     elif "#misc" in text:
         body = [
@@ -258,9 +248,7 @@ def conforming(inp: RunAgentInput, text: str, parent: str | None = None) -> list
         ]
         end = RunFinishedEvent(thread_id=t, run_id=r, result=None)
     elif "#cancel" in text:
-        body = [TextMessageStartEvent(message_id="m1", role="assistant"),
-                TextMessageContentEvent(message_id="m1", delta="Stopping."),
-                TextMessageEndEvent(message_id="m1")]
+        body = [*said("m1", "Stopping.")]
         end = RunFinishedEvent(thread_id=t, run_id=r, outcome=RunFinishedCancelledOutcome())
     elif "#refused" in text:  # the run fails before it starts: RUN_ERROR alone
         return [RunErrorEvent(message="quota exceeded", code="QUOTA", timestamp=TS)]
@@ -515,18 +503,26 @@ def counts_add_up(doc: dict[str, Any]) -> None:
     assert stats["missing_events_chats"] == sum(1 for c in doc["chats"] if c["missing"]), stats
 
 
-@pytest.mark.parametrize("style", ["plain", "crlf", "gzip", "deflate", "split", "gzip-split", "ws"])
-def test_conforming_official_package_server_passes_live_and_offline(tmp_path: Path, style: str, capfd):
+def judged(tmp_path: Path, capfd: Any, path: str, scenario: str
+           ) -> tuple[Agent, dict[str, Any], dict[str, Any], int, dict[str, Any]]:
+    """The official package's server (a fresh Agent) at `path` ("ws": its WebSocket endpoint, else /agent/PATH),
+    driven by `chatprobe run` and its recording judged by `chatprobe check`: no traceback, the two roads' verdicts the
+    same, the counts adding up in both; (agent, live, offline, exit code, the verdicts by message)."""
     agent = Agent()
     with served(agent) as host:
-        url = f"ws://{host}/agent/ws" if style == "ws" else f"http://{host}/agent/{style}"
-        live, offline, code = run_and_check(tmp_path, url, conforming_scenario())
+        url = f"ws://{host}/agent/ws" if path == "ws" else f"http://{host}/agent/{path}"
+        live, offline, code = run_and_check(tmp_path, url, scenario)
     assert "Traceback" not in "".join(capfd.readouterr())
     got = verdicts(live, agent)
     assert got == verdicts(offline, agent)
-    assert code == 0, got
     for doc in (live, offline):
         counts_add_up(doc)
+    return agent, live, offline, code, got
+
+@pytest.mark.parametrize("style", ["plain", "crlf", "gzip", "deflate", "split", "gzip-split", "ws"])
+def test_conforming_official_package_server_passes_live_and_offline(tmp_path: Path, style: str, capfd):
+    agent, live, offline, code, got = judged(tmp_path, capfd, style, conforming_scenario())
+    assert code == 0, got
     assert set(got) == {*CONFORMING, "#error", "#refused", "and"}, got
     # A tool call whose parentMessageId names an assistant message not shown yet (one carrying only tool calls, or
     # streamed after its calls) is advice, never a failure (docs/profiles.md).
@@ -542,15 +538,7 @@ def test_conforming_official_package_server_passes_live_and_offline(tmp_path: Pa
 
 @pytest.mark.parametrize("style", ["plain", "crlf", "gzip", "ws"])
 def test_each_fault_is_its_one_rule_live_and_offline(tmp_path: Path, style: str, capfd):
-    agent = Agent()
-    with served(agent) as host:
-        url = f"ws://{host}/agent/ws" if style == "ws" else f"http://{host}/agent/{style}"
-        live, offline, _ = run_and_check(tmp_path, url, fault_scenario())
-    assert "Traceback" not in "".join(capfd.readouterr())
-    got = verdicts(live, agent)
-    assert got == verdicts(offline, agent)
-    for doc in (live, offline):
-        counts_add_up(doc)
+    agent, live, offline, _, got = judged(tmp_path, capfd, style, fault_scenario())
     found = {msg.removeprefix("#fault="): v for msg, v in got.items()}
     # A run whose stream ends without RUN_FINISHED is incomplete (its agent_completed missing, "truncated run"); one
     # whose WebSocket stays open without it is incomplete at its deadline (R10).
@@ -573,15 +561,11 @@ def test_a_gzip_stream_without_its_end_is_an_r12_live_and_offline(tmp_path: Path
     """Flushed per event, every event whole, but never finished (no last block, no CRC trailer): the body is not the
     gzip it says it is (RFC 9110 8.4.1.3, RFC 1952), an R12 as docs/protocol.md says, though lenient clients (browsers,
     Node's fetch) read it. Pinned: a server that does this is told so, not passed."""
-    agent = Agent()
-    with served(agent) as host:
-        live, offline, code = run_and_check(tmp_path, f"http://{host}/agent/gzip-no-trailer",
-                                            'name: no-trailer\nsteps:\n  - chat: {message: "#text"}\n'
-                                            '  - chat: {message: "#tools"}\n')
-    assert "Traceback" not in "".join(capfd.readouterr())
+    agent, live, offline, code, got = judged(tmp_path, capfd, "gzip-no-trailer",
+                                             'name: no-trailer\nsteps:\n  - chat: {message: "#text"}\n'
+                                             '  - chat: {message: "#tools"}\n')
     assert code == 1
-    got = verdicts(live, agent)
-    assert got == verdicts(offline, agent) == {"#text": [("failed", ("R12",), ())], "#tools": [("failed", ("R12",), ())]}
+    assert got == {"#text": [("failed", ("R12",), ())], "#tools": [("failed", ("R12",), ())]}
     assert all("ended before its gzip end" in c["violations"][0]["reason"] for c in live["chats"]), live["chats"]
 
 
@@ -591,15 +575,9 @@ def test_the_clients_run_under_a_thread_of_the_servers_is_r8(tmp_path: Path, sty
     client checks neither id, and another runId than sent is only advice; another thread inside the client's run is
     R8, as docs/protocol.md says (a client that files runs by thread shows the answer in another conversation).
     Pinned as documented: each lifecycle event naming that thread is one R8, live and offline alike."""
-    agent = Agent()
-    with served(agent) as host:
-        url = f"ws://{host}/agent/ws" if style == "ws" else f"http://{host}/agent/{style}"
-        live, offline, code = run_and_check(tmp_path, url, 'name: srv-thread\nsteps:\n'
-                                            '  - chat: {message: "#fault=server_thread_id"}\n'
-                                            '  - chat: {message: "#text"}\n')
-    assert "Traceback" not in "".join(capfd.readouterr())
-    got = verdicts(live, agent)
-    assert got == verdicts(offline, agent)
+    agent, live, offline, code, got = judged(tmp_path, capfd, style, 'name: srv-thread\nsteps:\n'
+                                             '  - chat: {message: "#fault=server_thread_id"}\n'
+                                             '  - chat: {message: "#text"}\n')
     assert got == {"#fault=server_thread_id": [("failed", ("R8", "R8"), ())], "#text": [("passed", (), ())]}, got
     assert code == 1
     (failed,) = [c for c in live["chats"] if c["violations"]]
@@ -611,13 +589,9 @@ def test_the_clients_run_under_a_thread_of_the_servers_is_r8(tmp_path: Path, sty
 def test_pre_1_0_thinking_events_pass_with_advice_live_and_offline(tmp_path: Path, capfd):
     """A server on an ag-ui-protocol from before 1.0 streams THINKING_* (1.0 replaced them with REASONING_*; the
     installed package has no model for them): each is advice, the run passes, as docs/protocol.md says."""
-    agent = Agent()
-    with served(agent) as host:
-        live, offline, code = run_and_check(tmp_path, f"http://{host}/agent/plain",
-                                            'name: thinking\nsteps:\n  - chat: {message: "#fault=thinking"}\n')
-    assert "Traceback" not in "".join(capfd.readouterr())
-    got = verdicts(live, agent)
-    assert got == verdicts(offline, agent) == {"#fault=thinking": [("passed", (), ("R12",))]}, got
+    agent, live, offline, code, got = judged(tmp_path, capfd, "plain",
+                                             'name: thinking\nsteps:\n  - chat: {message: "#fault=thinking"}\n')
+    assert got == {"#fault=thinking": [("passed", (), ("R12",))]}, got
     assert code == 0
     (chat,) = live["chats"]
     assert [w["reason"].split()[0] for w in chat["warnings"]] == [
