@@ -73,16 +73,22 @@ async def late_probe_answer(reader, writer, head: bytes, srv) -> None:
     await read_until_gone(reader)
 
 
-async def test_a_probes_late_answer_is_not_the_next_chats_rejection(tmp_path):
+async def probe_then_chat(serve, tmp_path):
+    """A `send_raw` probe, then a chat, against `serve`, live and through `check` of the recording (the roads agree);
+    the probe's and the chat's results, live."""
     sc = scenario(name="raw", users=1, connect_timeout="1s", reconnect=False,
                   steps=[{"send_raw": "this is not json"}, {"chat": {"message": "hi"}}],
                   expect={"deadline": "0.5s", "first_event_limit": "0.5s", "settle": "0.05s"})
-    async with raw_server(late_probe_answer) as server:
+    async with raw_server(serve) as server:
         live, offline = await live_then_check(server, sc, tmp_path)
-    probe, chat = live.results
+    assert seen(offline.results) == seen(live.results)
+    return live.results
+
+
+async def test_a_probes_late_answer_is_not_the_next_chats_rejection(tmp_path):
+    probe, chat = await probe_then_chat(late_probe_answer, tmp_path)
     assert probe.outcome is Outcome.FAILED and set(probe.rule_counts()) == {"R13"}, probe
     assert chat.outcome is Outcome.PASSED and chat.error_kind is None, (chat.outcome, chat.error, chat.violations)
-    assert seen(offline.results) == seen(live.results)
 
 
 # 1b. The same, but the error names the chat's message: it answers that message, not the probe's (a server may say which
@@ -100,15 +106,9 @@ async def late_probe_then_named_refusal(reader, writer, head: bytes, srv) -> Non
 
 
 async def test_a_refusal_naming_the_chats_message_is_the_chats_even_while_a_probe_owes_its_answer(tmp_path):
-    sc = scenario(name="raw", users=1, connect_timeout="1s", reconnect=False,
-                  steps=[{"send_raw": "this is not json"}, {"chat": {"message": "hi"}}],
-                  expect={"deadline": "0.5s", "first_event_limit": "0.5s", "settle": "0.05s"})
-    async with raw_server(late_probe_then_named_refusal) as server:
-        live, offline = await live_then_check(server, sc, tmp_path)
-    probe, chat = live.results
+    probe, chat = await probe_then_chat(late_probe_then_named_refusal, tmp_path)
     assert probe.outcome is Outcome.FAILED and set(probe.rule_counts()) == {"R13"}, probe
     assert chat.outcome is Outcome.ERROR and chat.error_kind == "rejected", (chat.outcome, chat.error_kind, chat.note)
-    assert seen(offline.results) == seen(live.results)
 
 
 # 4. A seq of 0 or -1 where the run's first seq belongs: one R7 naming what was sent, not a second one for seq 1
