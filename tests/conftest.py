@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
+from harness import redact
+
 pytest_plugins = ["pytester"]
 
 # Hypothesis times two things by default: each example (`deadline`) and the first examples' generation (the `too_slow`
@@ -15,6 +17,24 @@ pytest_plugins = ["pytester"]
 # checks. Off for the whole suite; every other health check (data too large, too much filtering, ...) stays on.
 settings.register_profile("chatprobe", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("chatprobe")
+
+
+# The process's secret registry (harness.redact): what one test registers (a token, a JWT secret) is scrubbed from
+# whatever a later test on the same worker writes, pieces of it included. A test whose frames held a run of "x" lost it
+# to an earlier test's "not-the-secret-xxxx…" JWT secret (its recording shrank to nothing, and its bound was never
+# reached): the order the workers happened to run the tests in decided the outcome.
+_REGISTRY = ("_fixed", "_fixed_bytes", "_minted", "_minted_sigs", "_fixed_matcher", "_minted_re", "_dirty",
+             "_minted_dirty", "_minted_compiled_at")
+
+
+@pytest.fixture(autouse=True)
+def _secrets_registered_by_this_test_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from the secrets registered before it (its fixtures' included) and leaves no other behind:
+    the registry's containers are copies for the test's time, and every name is put back after it."""
+    with redact._lock:
+        for name in _REGISTRY:
+            value = getattr(redact, name)
+            monkeypatch.setattr(redact, name, value.copy() if isinstance(value, (set, dict)) else value)
 
 
 @pytest.fixture
