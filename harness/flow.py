@@ -441,7 +441,10 @@ class FrameRouter:
             said = self.auth_failed.error_code if self.auth_failed is not None else None
             outcome = "auth_failed", f"the server rejected the credentials ({said or 'close code 1008'})"
         elif closed:
-            outcome = "protocol_error", f"closed before the welcome frame (code {close_code})"
+            # A welcome and the close read together (one write of the server's) is a welcome: the connection still
+            # ended before it could carry a chat, and the reason says which of the two came first.
+            when = "right after" if self.answered else "before"
+            outcome = "protocol_error", f"closed {when} the welcome frame (code {close_code})"
         else:
             outcome = "ok", ""
         self.sink.connection_attempt(self.scenario, outcome[0])

@@ -467,6 +467,13 @@ def test_welcome_outcome_classifies_the_handshake_and_reports_it():
     assert [c[1] for c in sink.calls] == ["ok", "protocol_error", "auth_failed", "protocol_error", "auth_failed"]
 
 
+def test_a_close_read_with_the_welcome_is_told_as_after_it():
+    router = FrameRouter(PROFILE, ConnectionChecker(None), Recorder(), "s")
+    router.on_frame('{"type": "connection_established", "data": {"connection_id": "c", "user_id": "u"}}', 0.0)
+    assert router.welcome_outcome(True, True, 1000, 5) == ("protocol_error",
+                                                           "closed right after the welcome frame (code 1000)")
+
+
 def test_a_ping_flood_gets_at_most_one_pong_per_interval():
     from harness.flow import PONG_INTERVAL
 

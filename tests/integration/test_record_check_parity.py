@@ -977,3 +977,28 @@ async def test_a_run_in_the_read_that_rejected_its_message_is_judged_offline_as_
     assert [(r.run_id, r.outcome, r.error_kind) for r in live.results] == [("r1", Outcome.ERROR, "rejected")]
     assert_parity(live, offline)
     assert not offline.warnings
+
+
+async def welcomes_and_closes(reader, writer, head: bytes, srv) -> None:
+    """A raw netra server that writes the upgrade, its welcome and a 1000 close in one write (one socket read for the
+    client), then hangs up once the client answered the close."""
+    writer.write(upgrade(head) + frame(1, WELCOME) + frame(0x8, b"\x03\xe8"))
+    await writer.drain()
+    await read_until_gone(reader)
+
+
+@pytest.mark.parametrize("compression", ["none", "deflate"], ids=["picows", "websockets"])
+async def test_a_close_read_with_the_welcome_is_said_to_come_after_it(tmp_path, compression):
+    # The welcome came: the connection failed because it closed at once, not because no welcome was seen. Said
+    # "closed before the welcome frame" on the code before, live and (through the recorded failure) offline.
+    sc = scenario(name="raw", users=1, chats_per_user=1, connect_timeout="1s", reconnect=False, message="hi",
+                  compression=compression, expect={"deadline": "2s", "settle": "0.05s"})
+    async with raw_server(welcomes_and_closes) as server:
+        target = Target(url=server.url, profile=load_profile("netra"), name="raw", recorder=Recorder(tmp_path / "rec"))
+        async with asyncio.timeout(15):  # a hang fails the test
+            live = await run_scenario(sc, target)
+    [offline] = check_files([tmp_path / "rec"], target.profile, sc)
+    for results in (live.results, offline.results):
+        assert [(r.outcome, r.error_kind, r.error) for r in results] == [
+            (Outcome.ERROR, "protocol_error", "closed right after the welcome frame (code 1000)")]
+    assert_parity(live, offline)
