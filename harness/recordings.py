@@ -995,7 +995,9 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
         secrets.register(f"{name}: byte {guard.offset}")
         if entry is not None:
             yield from _entry_end(entry, name, max_frame, complete=False, base_dir=base_dir, max_text=max_text)
-        message = " ".join(str(exc).split("(right here)")[0].split())[:80]
+        # The parser's own words only: its message goes on to quote the file's bytes around the error, and a HAR
+        # broken inside a request's headers (their credentials not registered yet) would show a credential there.
+        message = " ".join((str(exc).strip().splitlines() or [exc.__class__.__name__])[0].split())[:120]
         what = "truncated" if "premature eof" in message.lower() or "incomplete" in message.lower() else "invalid JSON"
         yield Recorded("problem", _conn_of(entry), detail=f"HAR file {what} near byte {guard.offset}: {message}",
                        where=f"{name}: byte {guard.offset}")

@@ -458,6 +458,29 @@ def test_a_cookie_of_a_plain_word_or_a_short_value_erases_no_word_of_the_report(
     assert COOKIE not in out
 
 
+@pytest.mark.parametrize("cut", ["after", "inside"])
+def test_a_har_broken_at_a_credential_quotes_none_of_it(tmp_path, cut):
+    """A HAR made invalid right at a request's credential (hand-edited, or spliced from two exports): the entry's
+    headers never end, so the credential is not registered, and the parser's error quoted the file's bytes around
+    the error into the R12 that says where the file broke: the API key, in every report. The R12 says what broke and
+    the byte, never the file's text."""
+    entry = devtools_ws_entry(netra_messages("r1", "t1", T0), T0 - 0.001,
+                              headers=[{"name": "X-Api-Key", "value": API_KEY}])
+    first = devtools_ws_entry(netra_messages("r0", "t0", T0 - 1), T0 - 1.001)
+    text = json.dumps(devtools_har([first, entry]))
+    at = text.index(API_KEY) + (len(API_KEY) + 1 if cut == "after" else len(API_KEY) // 2)
+    har = tmp_path / "broken.har"
+    har.write_text(text[:at] + (" NaN" if cut == "after" else "\x01") + text[at:])  # a control character unescaped
+    junit, html = tmp_path / "check.xml", tmp_path / "check.html"
+    code, out, doc = chatprobe_check(har, "--junit", junit, "--html", html, cwd=tmp_path)
+    assert code == 1, out
+    assert chats(doc) == [("r0", "passed", [])]  # the entry before it, judged as ever
+    assert "HAR file invalid JSON near byte" in out, out
+    for where, text in {"terminal": out, "json": (tmp_path / "report.json").read_text(), "junit": junit.read_text(),
+                        "html": html.read_text()}.items():
+        assert API_KEY[:6] not in text, where
+
+
 def test_check_over_many_hars_holds_the_secrets_registry_to_its_bound_and_shows_no_credential(tmp_path, monkeypatch,
                                                                                             capsys):
     """`check` over many HAR files, each carrying credentials of its own (a bearer token, a session cookie) that the
