@@ -140,7 +140,7 @@ class _Conn:
     """One recorded connection (or SSE stream): the live client's router and checker for it."""
 
     __slots__ = ("by_resume", "by_send", "checker", "clients", "key", "last_t", "open", "resumes", "router", "sends",
-                 "untimed", "wake")
+                 "wake")
 
     def __init__(self, key: str, profile: Profile, sink: Sink, scenario: str) -> None:
         self.key = key
@@ -149,7 +149,6 @@ class _Conn:
         self.router = FrameRouter(profile, self.checker, sink, scenario)
         self.clients = False  # a client frame that opens a chat was recorded on it
         self.last_t: float | None = None
-        self.untimed = False  # a frame without a recorded time was received on it
         self.wake = float("inf")  # no chat of it can be judged before this time
         self.open: dict[str, ChatTracker] = {}  # its chats not judged yet, oldest first
         self.resumes: Resumes | None = None  # runs resumed across connections (flow.Resumes), as the proxy
@@ -193,6 +192,9 @@ class OfflineCheck:
         self.parked = ParkedChats(MAX_PARKED, MAX_PARKED, MAX_PARKED_BYTES)
         self.parked_wake = float("inf")  # no parked chat's (nor resend's) deadline passes before this time
         self.untimed: set[str] = set()  # chats whose send or receive times are not recorded
+        # Chats an event without its recorded time reached (it took the last time seen, which may be well before it
+        # came): their first-event time and duration are not judged. The connection's other chats keep theirs.
+        self.untimed_events: set[str] = set()
         self.resumed = PendingResumes()  # chats resumed whose resume is not judged yet, as the proxy (flow)
         # Chats whose connection the server closed before any event of their run (no id to resume), by message id
         # (flow.resend_key):
@@ -250,9 +252,9 @@ class OfflineCheck:
             self._judge_ready(conn, at)
             self._judge_parked(at)
         if direction == "recv":
-            if rec.t is None and isinstance(rec.frame, str) and rec.frame.lstrip().startswith("{"):
-                conn.untimed = True  # a frame without its time (not junk, which carries no event anyway)
-            self._received(conn, rec.frame, at)
+            # A frame without its time (not junk, which carries no event anyway): the chats it reaches are untimed.
+            self._received(conn, rec.frame, at, untimed=rec.t is None and isinstance(rec.frame, str)
+                           and rec.frame.lstrip().startswith("{"))
         elif direction == "send":
             self._sent(conn, rec, at)
         elif failed_send:
@@ -295,7 +297,7 @@ class OfflineCheck:
         # 1,000 chats x 100,000 records of time going backwards, took minutes).
         conn.router.on_protocol_error(f"{detail} ({where})" if where else detail, at)
 
-    def _received(self, conn: _Conn, frame: str | bytes | None, at: float) -> None:
+    def _received(self, conn: _Conn, frame: str | bytes | None, at: float, untimed: bool = False) -> None:
         if frame is None:
             return
         if conn.resumes and conn.resumes.skip(self.profile, frame, at):
@@ -319,7 +321,13 @@ class OfflineCheck:
                     self._open(conn, at, thread_id=decoded.thread_id, timed=False)
         checker = conn.checker
         incidents = checker.foreign + checker.malformed
+        # An event without its recorded time: the chats it reaches (their event counts move) are untimed_events.
+        reached = {c.chat_id: c.n_events for chat in conn.open.values() for c in (chat, *chat.followups)} \
+            if untimed else None
         wake, _reply = conn.router.on_frame(frame, at)
+        if reached is not None:
+            self.untimed_events.update(c.chat_id for chat in conn.open.values() for c in (chat, *chat.followups)
+                                       if c.n_events != reached.get(c.chat_id, 0))
         self.frames += 1
         if self.frames % BYTES_CHECK_EVERY == 0:
             self._bound_bytes(at)
@@ -725,17 +733,20 @@ class OfflineCheck:
         further = [c for c in tracker.followups if not c.judged]
         judge_followups(tracker, now)
         result = tracker.finish(now, lost=lost, note=note)
-        untimed = tracker.chat_id in self.untimed or (entry is not None and entry[1].untimed)
+        untimed = tracker.chat_id in self.untimed or tracker.chat_id in self.untimed_events
         self.untimed.discard(tracker.chat_id)
+        self.untimed_events.discard(tracker.chat_id)
         if untimed:
             result.time_to_first_event = None
             result.duration = None
         self._count(tracker, result)
         for run in further:
             assert run.result is not None
-            if untimed:
+            if untimed or run.chat_id in self.untimed_events:
                 run.result.time_to_first_event = run.result.duration = None
             self._count(run, run.result)
+        for run in tracker.followups:
+            self.untimed_events.discard(run.chat_id)
 
     def _proxy_stopped(self) -> None:
         """The proxy's recording says it stopped: the chats parked for a resume or held for a resend then are not
@@ -756,6 +767,7 @@ class OfflineCheck:
         self.resent.discard(tracker.chat_id)
         self.resumed.forget(tracker.chat_id)
         self.untimed.discard(tracker.chat_id)
+        self.untimed_events.discard(tracker.chat_id)
         self.tally.unjudged[reason] += 1
         self.sink.chat_unjudged(self.name, reason)
         tracker.events = []

@@ -133,6 +133,28 @@ def test_client_frames_open_chats_and_events_find_them(tmp_path):
     assert run.results[1].duration == pytest.approx(0.18) and run.passed
 
 
+def test_an_event_without_its_time_untimes_its_own_chat_not_the_connections_others(tmp_path):
+    """`t` is optional: a record without one takes the last time seen, which may be well before it came, so the chat
+    it reaches has no first-event time nor duration. Only that chat: one such event (a hand-edited line) had dropped
+    the times of every chat of its connection, those sent after it included, and with them the run's latency
+    objectives (a slow server's check passed)."""
+    first = netra_run("r1", 100.0)
+    del first[2]["t"]  # a mid-run event of the first chat
+    slow = netra_run("r2", 101.0)
+    for r in slow:
+        r["t"] += 0.5  # its first event 0.6 s after its message
+    recs = [send(100.0, message="m1"), *first, send(101.0, thread="t2", message="m2"), *slow]
+    for r in slow:
+        frame = json.loads(r["frame"])
+        r["frame"] = json.dumps(frame | {"thread_id": "t2"})
+    [run] = check_files([write_jsonl(tmp_path / "r.jsonl", recs)], NETRA, SC)
+    assert verdicts(run) == [("r1", "passed", []), ("r2", "passed", [])]
+    assert run.results[0].time_to_first_event is None and run.results[0].duration is None
+    assert run.results[1].time_to_first_event == pytest.approx(0.6)
+    assert run.results[1].duration == pytest.approx(0.64)
+    assert any(o.name.startswith("time_to_first_event") for o in run.objectives)
+
+
 def test_without_client_frames_one_chat_per_run_id_interleaved(tmp_path):
     a, b = netra_run("ra", 100.0), netra_run("rb", 100.0, thread="t2", roles=ROLES[:3] + ROLES[4:])
     recs = [x for pair in zip_longest(a, b) for x in pair if x is not None]
