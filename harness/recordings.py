@@ -917,7 +917,10 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
     guard.offset = base_offset  # where `f` starts in the file: the offsets said are the file's
     entry: _Entry | None = None
     msg: dict[str, Any] | None = None
-    seen_log = False
+    # An entry read alone (read_har_sorted) follows a `{"log":` of our own, the whole file having been parsed as a HAR
+    # by the first pass: what stops it is the file cut short there (an R12), never "not a HAR file" (exit 2), entries
+    # judged already, should the file have been written over in place since.
+    seen_log = one_entry
     n_entries = first_index
     pair: dict[str, str] | None = None  # a request's header, cookie or query parameter being read (name, value)
     secrets = secrets or _HarSecrets()

@@ -463,6 +463,33 @@ def test_a_har_replaced_while_its_entries_are_read_in_order_is_read_from_the_fil
     assert [(r.conn, r.direction, r.where) for r in [first, *rest]] == expected
 
 
+def test_a_har_written_over_in_place_while_its_entries_are_read_in_order_is_cut_short_not_refused(tmp_path):
+    """The file opened is rewritten in place between the two passes over a HAR (a browser saving it again): the entry
+    read next holds a number over the token bound now. The second pass reads each entry alone behind a `{"log":`
+    of its own, and a bound crossed in its first read was "not a HAR file", exit 2 with no report, the entries
+    already judged thrown away. It is the HAR cut short there, an R12, as anywhere after the file's start."""
+    import os
+
+    late, early = ws_entry(socket("rb", "tb", 1764637300.0)), ws_entry(socket("ra", "ta", 1764637200.0))
+    late["startedDateTime"], early["startedDateTime"] = "2025-12-02T01:01:40Z", "2025-12-02T01:00:00Z"
+    f = tmp_path / "page.har"
+    text = json.dumps(chromium_har([late, early]), indent=1)
+    f.write_text(text)
+    records = read_recording(f)
+    first = next(records)  # the order found; the earlier entry (the file's second) being read
+    assert first.conn == "ws1"
+    junk = b'{"n": ' + b"9" * 5000 + b"}"
+    at = len(text[:text.index('"_initiator"')].encode()) - 1  # the later entry's own `{`, read next
+    fd = os.open(f, os.O_WRONLY)
+    try:
+        os.pwrite(fd, junk, at)
+    finally:
+        os.close(fd)
+    rest = list(records)
+    assert [r.conn for r in rest[:7]] == ["ws1"] * 7  # the earlier entry, read whole
+    assert rest[-1].direction == "problem" and "cut short" in rest[-1].detail and "longer than" in rest[-1].detail
+
+
 def test_truncated_har_judges_what_came_and_says_so(tmp_path):
     text = json.dumps(chromium_har([ws_entry(socket("r1", "t1", 1764637200.0))]), indent=1)
     f = tmp_path / "cut.har"
