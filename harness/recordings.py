@@ -258,9 +258,9 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
             elif kind == "sse":
                 yield from read_sse(stream, p.name, max_frame)
             elif (order := har_order(f.fileno(), max_text)) is not None:
-                yield from read_har_sorted(f.fileno(), order, p.name, max_frame, max_text, base_dir=p.parent)
+                yield from read_har_sorted(f.fileno(), order, p.name, max_frame, max_text, base_dir=p.parent, path=str(p))
             else:
-                yield from read_har(stream, p.name, max_frame, max_text, base_dir=p.parent)
+                yield from read_har(stream, p.name, max_frame, max_text, base_dir=p.parent, path=str(p))
             if source.capped:
                 yield Recorded("problem", DEFAULT_CONN, where=f"{p.name}: byte {MAX_RECORDING_BYTES}",
                                detail=f"the file grew past the {MAX_RECORDING_BYTES >> 30} GiB one check reads of a "
@@ -881,14 +881,15 @@ def har_order(fd: int, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, int]
 
 
 def read_har_sorted(fd: int, order: list[tuple[int, int]], name: str, max_frame: int = DEFAULT_MAX_FRAME,
-                    max_text: int = DEFAULT_MAX_TEXT, *, base_dir: Path | None = None) -> Iterator[Recorded]:
+                    max_text: int = DEFAULT_MAX_TEXT, *, base_dir: Path | None = None, path: str | None = None
+                    ) -> Iterator[Recorded]:
     """A HAR file's entries read in the order given (har_order): each parsed alone from its offset in the file opened
     (`fd`, by position: never opened again by its name, which may name another file by then)."""
     secrets = _HarSecrets()  # one bound on the credentials registered for the whole file
     for index, offset in order:
         stream = io.BufferedReader(_Prefixed(_ENTRIES_OPEN, _At(fd, offset)), ONE_ENTRY_BUFFER)
         yield from read_har(stream, name, max_frame, max_text, first_index=index, one_entry=True,
-                            base_offset=offset - len(_ENTRIES_OPEN), base_dir=base_dir, secrets=secrets)
+                            base_offset=offset - len(_ENTRIES_OPEN), base_dir=base_dir, secrets=secrets, path=path)
 
 
 _ENTRIES_OPEN = b'{"log": {"entries": ['
@@ -899,7 +900,8 @@ ONE_ENTRY_BUFFER = 8192  # an entry read alone from its offset: what is read pas
 
 def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
              max_text: int = DEFAULT_MAX_TEXT, *, first_index: int = 0, one_entry: bool = False,
-             base_offset: int = 0, base_dir: Path | None = None, secrets: _HarSecrets | None = None
+             base_offset: int = 0, base_dir: Path | None = None, secrets: _HarSecrets | None = None,
+             path: str | None = None
              ) -> Iterator[Recorded]:
     """WebSocket messages (`_webSocketMessages`, Chromium's and Firefox's form: type send/receive, time in epoch
     seconds, opcode 1 text / 2 binary base64, data; type "error": the browser failed the connection) on connection
@@ -914,6 +916,7 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
     import ijson  # a compiled streaming parser; imported here so the JSON Lines path needs no extra package
 
     guard = _BoundedJSON(f, max_text, MAX_HAR_DEPTH)
+    shown = path or name  # the file as the command named it, in what ends the check (exit 2)
     guard.offset = base_offset  # where `f` starts in the file: the offsets said are the file's
     entry: _Entry | None = None
     msg: dict[str, Any] | None = None
@@ -964,7 +967,7 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                     entry = _Entry(n_entries)
                     n_entries += 1
                 elif event == "end_map" and entry is not None:
-                    secrets.register(f"{name}: byte {guard.offset}")
+                    secrets.register(f"{shown}: byte {guard.offset}")
                     yield from _entry_end(entry, name, max_frame, base_dir=base_dir, max_text=max_text)
                     entry = None
                     if one_entry:
@@ -979,23 +982,23 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                 if len(value) <= MAX_CREDENTIAL:
                     secrets.url(value)
             elif entry is not None and prefix in _REQUEST_ENDS and event == "end_map":
-                secrets.register(f"{name}: byte {guard.offset}")  # before any of the entry's frames is judged
+                secrets.register(f"{shown}: byte {guard.offset}")  # before any of the entry's frames is judged
             elif entry is not None and prefix == "log.entries.item.response.headers.item.value" and event == "string":
                 if value.lower().startswith(EVENT_STREAM):
                     entry.content_type = EVENT_STREAM
             elif prefix == "log" and event == "start_map":
                 seen_log = True
     except HarTooLarge as exc:
-        secrets.register(f"{name}: byte {guard.offset}")
+        secrets.register(f"{shown}: byte {guard.offset}")
         conn = _conn_of(entry)
         if not seen_log:
-            raise RecordingError(f"{name}: not a HAR file ({exc})") from None
+            raise RecordingError(f"{shown}: not a HAR file ({exc})") from None
         yield Recorded("problem", conn, detail=f"HAR file cut short: {exc}", where=f"{name}: byte {guard.offset}")
         return
     except (ijson.JSONError, ValueError, UnicodeDecodeError) as exc:
         if not seen_log:
-            raise RecordingError(f"{name}: not a HAR file (invalid JSON near byte {guard.offset})") from None
-        secrets.register(f"{name}: byte {guard.offset}")
+            raise RecordingError(f"{shown}: not a HAR file (invalid JSON near byte {guard.offset})") from None
+        secrets.register(f"{shown}: byte {guard.offset}")
         if entry is not None:
             yield from _entry_end(entry, name, max_frame, complete=False, base_dir=base_dir, max_text=max_text)
         # The parser's own words only: its message goes on to quote the file's bytes around the error, and a HAR
@@ -1006,7 +1009,7 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                        where=f"{name}: byte {guard.offset}")
         return
     if not seen_log:
-        raise RecordingError(f"{name}: not a HAR file (no \"log\" object)")
+        raise RecordingError(f"{shown}: not a HAR file (no \"log\" object)")
 
 
 def _conn_of(entry: _Entry | None) -> str:

@@ -481,6 +481,21 @@ def test_a_har_broken_at_a_credential_quotes_none_of_it(tmp_path, cut):
         assert API_KEY[:6] not in text, where
 
 
+def test_a_har_refused_is_named_by_its_path_not_its_file_name(tmp_path):
+    """Browsers name every export alike (`page.har`, `localhost.har`): of two runs' exports checked together, the one
+    that is no HAR was refused as "page.har: not a HAR file", which of the two left to guess. It is named as the
+    command named it, as every other refusal is."""
+    for run in ("run1", "run2"):
+        (tmp_path / run).mkdir()
+    good, bad = tmp_path / "run1" / "page.har", tmp_path / "run2" / "page.har"
+    good.write_text(json.dumps(devtools_har([devtools_ws_entry(netra_messages("r1", "t1", T0), T0 - 0.001)])))
+    bad.write_text('{"log": {"entries": [{"x": ' + "[" * 100 + "]" * 100 + "}]}}")
+    code, out, _doc = chatprobe_check(good, bad, cwd=tmp_path)
+    assert code == 2, out
+    assert f"{bad}: not a HAR file (nested more than 64 deep" in " ".join(out.split()), out
+    assert "Traceback" not in out
+
+
 def test_check_over_many_hars_holds_the_secrets_registry_to_its_bound_and_shows_no_credential(tmp_path, monkeypatch,
                                                                                             capsys):
     """`check` over many HAR files, each carrying credentials of its own (a bearer token, a session cookie) that the
