@@ -604,7 +604,6 @@ class ChatTracker:
         lost = lost or self.lost
         violations = list(self.violations)
         exp = self.exp
-        elapsed = now - self.sent_at
         index = self.n_events or None
 
         if exp.expect_error != "invalid_input" and self.connection_error is not None:
@@ -621,7 +620,11 @@ class ChatTracker:
             outcome = Outcome.FAILED if violations else Outcome.PASSED
             return self._make(outcome, violations, missing, now, note)
 
-        if self.first_delay is None and elapsed > exp.first_event_limit:
+        # No event by the limit's time: judged at it or later, an R9. `>=` on the time itself, not `elapsed > limit`:
+        # `chatprobe check` judges a chat at its deadline exactly (sent + deadline), where a deadline equal to the
+        # limit gave `elapsed == limit` (or a rounding either side of it) and no R9, while the live client, its timer
+        # a moment late, always gave one.
+        if self.first_delay is None and now >= self.sent_at + exp.first_event_limit:
             violations.append(Violation(Rule.R9, f"no event within the {exp.first_event_limit:g}s limit", None))
         if self.max_seq > self.seq_low:
             # Counted, never enumerated: a server may send seq 10**12 (bounded work and memory).
