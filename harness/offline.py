@@ -133,7 +133,7 @@ UNJUDGED_WARNING = ("{n} chat(s) the proxy could not judge ({reasons}): not coun
                     "ratio), as `chatprobe proxy` counted them")
 NOTHING_JUDGED = ("no chat judged: the {n} chat(s) in the recording are ones the proxy could not judge ({reasons})")
 UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive times, or no events): first-event time "
-                "and chat duration not judged")
+                "and chat duration not judged, their objectives left out")
 
 
 class _Conn:
@@ -796,11 +796,13 @@ class OfflineCheck:
         stats = self.tally.stats()
         objectives = self.scenario.objectives
         errors: list[str] = []
+        warnings: list[str] = []
         if not self.tally.ttfe:
-            # Nothing timed to judge: a latency objective without a sample would fail for want of one.
+            # Nothing timed to judge: a latency objective without a sample would fail for want of one. Left out, and
+            # said among the warnings (shown on the terminal beside the objectives), not silently.
             objectives = objectives.model_copy(update={"time_to_first_event": Stat(), "chat_duration": Stat()})
             if self.tally.chats:
-                errors.append(UNTIMED_NOTE)
+                warnings.append(UNTIMED_NOTE)
         unjudged = ", ".join(f"{reason}: {self.tally.unjudged[reason]}" for reason in UNJUDGED_REASONS
                              if self.tally.unjudged[reason])
         if not self.tally.chats:
@@ -809,7 +811,7 @@ class OfflineCheck:
         if (note := self.listing.note(self.tally.chats)) is not None:
             errors.append(note)
         started = self.first_t if self.first_t is not None and self.first_t > 1e9 else time.time()
-        warnings = list(self.gaps)
+        warnings += self.gaps
         if unjudged:
             warnings.append(UNJUDGED_WARNING.format(n=sum(self.tally.unjudged.values()), reasons=unjudged))
         if self.n_gaps > len(self.gaps):

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from harness import redact
 from harness.events import Outcome, kept_bytes
-from harness.offline import assert_passed, check_files, check_recording
+from harness.offline import UNTIMED_NOTE, assert_passed, check_files, check_recording
 from harness.profiles import load_profile
 from harness.recorder import ConnectionLog, ConnectionRecording, Recorder
 from harness.recordings import RecordingError, detect_format, read_recording
@@ -163,6 +163,7 @@ def test_without_client_frames_one_chat_per_run_id_interleaved(tmp_path):
     # No send time recorded: the first-event time is not judged (nor turned into an objective without samples).
     assert all(r.time_to_first_event is None for r in run.results)
     assert not any(o.name.startswith("time_to_first_event") for o in run.objectives)
+    assert run.warnings == [UNTIMED_NOTE] and not run.errors  # said where the terminal shows it, not only in JSON
 
 
 def test_with_nothing_else_one_chat_per_connection(tmp_path):
