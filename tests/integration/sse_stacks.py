@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .asgi import uvicorn_on_loopback
-from .ws_stacks import LoopThread
+from .ws_stacks import LoopThread, raw_asyncio_on_loopback
 
 
 @dataclass
@@ -399,12 +399,8 @@ def serve_raw(agent: Agent, wire: Wire) -> Iterator[str]:
         finally:
             writer.close()
 
-    with LoopThread() as lt:
-        server = lt.run(asyncio.start_server(client, "127.0.0.1", 0))
-        try:
-            yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/agent"
-        finally:
-            lt.loop.call_soon_threadsafe(server.close)
+    with raw_asyncio_on_loopback(client) as port:
+        yield f"http://127.0.0.1:{port}/agent"
 
 
 # -- the judges ----------------------------------------------------------------------------------------------------

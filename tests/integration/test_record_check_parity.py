@@ -941,6 +941,20 @@ async def test_a_message_a_browser_sends_again_through_the_proxy_is_one_chat_liv
     assert seen(offline.results) == seen(results)
 
 
+async def one_raw_chat(handler, compression: str, directory: Path):
+    """One chat (no reconnect) against a raw netra server on a loopback port (`handler`), recorded into `directory`,
+    then the recording checked: the live run and the check. `compression: deflate` picks the websockets client, which
+    the raw server answers without the extension; "none" picows."""
+    sc = scenario(name="raw", users=1, chats_per_user=1, connect_timeout="1s", reconnect=False, message="hi",
+                  compression=compression, expect={"deadline": "2s", "settle": "0.05s"})
+    async with raw_server(handler) as server:
+        target = Target(url=server.url, profile=load_profile("netra"), name="raw", recorder=Recorder(directory))
+        async with asyncio.timeout(15):  # a hang fails the test
+            live = await run_scenario(sc, target)
+    [offline] = check_files([directory], target.profile, sc)
+    return live, offline
+
+
 async def rejects_then_runs(reader, writer, head: bytes, srv) -> None:
     """A raw netra server that answers the chat's message with an error_message naming no run and, in the same write
     (one socket read for the client), a whole run naming that message: the order `steps` met under load, a send_raw
@@ -966,14 +980,7 @@ async def test_a_run_in_the_read_that_rejected_its_message_is_judged_offline_as_
     # the same socket read reach it before its verdict live (the client routes a read's frames before the chat's turn
     # comes): it takes the run's id and events. Offline the chat was judged at the record after the error, before the
     # run's first event of that same read: `rejected` with no run id, the run's events warnings after its verdict.
-    # (`compression: deflate` picks the websockets client, which the raw server answers without the extension.)
-    sc = scenario(name="raw", users=1, chats_per_user=1, connect_timeout="1s", reconnect=False, message="hi",
-                  compression=compression, expect={"deadline": "2s", "settle": "0.05s"})
-    async with raw_server(rejects_then_runs) as server:
-        target = Target(url=server.url, profile=load_profile("netra"), name="raw", recorder=Recorder(tmp_path / "rec"))
-        async with asyncio.timeout(15):  # a hang fails the test
-            live = await run_scenario(sc, target)
-    [offline] = check_files([tmp_path / "rec"], target.profile, sc)
+    live, offline = await one_raw_chat(rejects_then_runs, compression, tmp_path / "rec")
     assert [(r.run_id, r.outcome, r.error_kind) for r in live.results] == [("r1", Outcome.ERROR, "rejected")]
     assert_parity(live, offline)
     assert not offline.warnings
@@ -991,13 +998,7 @@ async def welcomes_and_closes(reader, writer, head: bytes, srv) -> None:
 async def test_a_close_read_with_the_welcome_is_said_to_come_after_it(tmp_path, compression):
     # The welcome came: the connection failed because it closed at once, not because no welcome was seen. Said
     # "closed before the welcome frame" on the code before, live and (through the recorded failure) offline.
-    sc = scenario(name="raw", users=1, chats_per_user=1, connect_timeout="1s", reconnect=False, message="hi",
-                  compression=compression, expect={"deadline": "2s", "settle": "0.05s"})
-    async with raw_server(welcomes_and_closes) as server:
-        target = Target(url=server.url, profile=load_profile("netra"), name="raw", recorder=Recorder(tmp_path / "rec"))
-        async with asyncio.timeout(15):  # a hang fails the test
-            live = await run_scenario(sc, target)
-    [offline] = check_files([tmp_path / "rec"], target.profile, sc)
+    live, offline = await one_raw_chat(welcomes_and_closes, compression, tmp_path / "rec")
     for results in (live.results, offline.results):
         assert [(r.outcome, r.error_kind, r.error) for r in results] == [
             (Outcome.ERROR, "protocol_error", "closed right after the welcome frame (code 1000)")]

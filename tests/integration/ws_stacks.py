@@ -176,6 +176,18 @@ class LoopThread:
         self.thread.join(10)
 
 
+@contextlib.contextmanager
+def raw_asyncio_on_loopback(client: Any) -> Iterator[int]:
+    """`asyncio.start_server(client)` on a loopback port, served by a LoopThread: its port (the raw servers of the
+    WebSocket and SSE stacks)."""
+    with LoopThread() as lt:
+        server = lt.run(asyncio.start_server(client, "127.0.0.1", 0))
+        try:
+            yield server.sockets[0].getsockname()[1]
+        finally:
+            lt.loop.call_soon_threadsafe(server.close)
+
+
 def listening_socket() -> socket.socket:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -394,12 +406,8 @@ def serve_wsproto(app: NetraApp, *, deflate: bool = False) -> Iterator[str]:
         finally:
             writer.close()
 
-    with LoopThread() as lt:
-        server = lt.run(asyncio.start_server(client, "127.0.0.1", 0))
-        try:
-            yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
-        finally:
-            server.close()
+    with raw_asyncio_on_loopback(client) as port:
+        yield f"ws://127.0.0.1:{port}/ws"
 
 
 # trio-websocket on trio
