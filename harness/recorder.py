@@ -326,8 +326,13 @@ class ConnectionLog:
         """`n` more bytes of the recorder's bound for this file (with the room for its last lines, the first time)."""
         if self.saved or self.gone:
             return False
-        tail = 0 if self.held else self.recorder.tail
+        first = not self.held  # its first line: the file it is to be written to takes one of the recorder's files
+        tail = self.recorder.tail if first else 0
+        if first and not self.recorder.take_file():
+            return False
         if not self.recorder.grant(n + tail):
+            if first:
+                self.recorder.release_file()
             return False
         self.held += n + tail
         self.tail += tail
@@ -369,7 +374,10 @@ class Recorder:
     open, each holding what it wrote (`grant`). A part that needs room takes it from the oldest files kept (deleted),
     but never below half the bound, so that connections in progress, most of which the proxy does not keep, cannot
     erase every recording kept; past that, the part stops growing: its connection's later frames are dropped (the
-    file says so, and the run warns), never blocking or failing a chat."""
+    file says so, and the run warns), never blocking or failing a chat. `max_files` bounds the files on disk alike:
+    a connection takes one with its first line (`take_file`), deleting the oldest file kept while more than half
+    `max_files` are kept; past that it starts no file, and its frames are dropped and counted (no file says so: it
+    has none), never failing a chat."""
 
     def __init__(self, directory: str | Path, *, keep_all: bool = True, max_files: int = DEFAULT_MAX_FILES,
                  max_bytes: int = DEFAULT_MAX_BYTES, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
@@ -399,6 +407,7 @@ class Recorder:
         self._saved: deque[tuple[Path, int]] = deque()
         self._saved_bytes = 0
         self._parts_bytes = 0  # granted to the connections' logs not saved yet (ConnectionLog.held)
+        self._parts_files = 0  # files of those logs (one each from its first line: take_file)
         self._dropped = [0, 0, 0]  # connections, frames, bytes dropped since take_dropped() last said
         self._taken = 0  # how many times take_dropped() said (a log's `noted`: in which of them it was counted)
         # Why the run stopped early (a results.STOPPED_BY key: "max_duration", "interrupted"), once it did (`stopped`): the
@@ -428,23 +437,46 @@ class Recorder:
             self._parts_bytes += n
             return True
 
-    def _rotate(self, n: int, floor: int) -> None:
-        """The oldest files kept deleted until `n` more bytes fit the bound, or those left hold `floor` bytes (and at
-        most `max_files` files are kept). Under the lock."""
-        while self._saved and (len(self._saved) > self.max_files or (
-                self._saved_bytes > floor and self._saved_bytes + self._parts_bytes + n > self.max_bytes)):
+    def _rotate(self, n: int, floor: int, files: int = 0) -> None:
+        """The oldest files kept deleted until `n` more bytes (and `files` more files) fit the bounds, or those left
+        hold `floor` bytes (half `max_files` files, for a new file); at most `max_files` files are on disk, kept or
+        being written. Under the lock."""
+        while self._saved and (
+                len(self._saved) + self._parts_files > self.max_files
+                or (files and len(self._saved) > self.max_files // 2
+                    and len(self._saved) + self._parts_files + files > self.max_files)
+                or (self._saved_bytes > floor and self._saved_bytes + self._parts_bytes + n > self.max_bytes)):
             old, size = self._saved.popleft()
             self._saved_bytes -= size
             old.unlink(missing_ok=True)
 
-    def _release(self, n: int) -> None:
+    def take_file(self) -> bool:
+        """Whether a connection may start a file within `max_files` (the files kept and those being written): room
+        made by deleting the oldest files kept while they are more than half the bound. Past it the connection's
+        frames are dropped and counted, as past `max_bytes`: its chats go on, unrecorded."""
+        with self._lock:
+            if len(self._saved) + self._parts_files + 1 > self.max_files:
+                self._rotate(0, self.max_bytes, files=1)
+                if len(self._saved) + self._parts_files + 1 > self.max_files:
+                    return False
+            self._parts_files += 1
+            return True
+
+    def release_file(self) -> None:
+        with self._lock:
+            self._parts_files -= 1
+
+    def _release(self, n: int, *, file: bool = False) -> None:
         with self._lock:
             self._parts_bytes -= n
+            if file:
+                self._parts_files -= 1
 
     def dropped_why(self) -> str:
         """Why frames were not recorded, as the warnings say it."""
         return (f"their file being full ({self.max_file_bytes:,} bytes) or the recording at its bound "
-                f"({self.max_bytes:,} bytes on disk, the files of connections still open included)")
+                f"({self.max_bytes:,} bytes or {self.max_files:,} files on disk, the files of connections still open "
+                "included)")
 
     def take_dropped(self) -> tuple[int, int, int]:
         """(connections, frames, bytes) whose frames did not fit their file since the last call, for a warning."""
@@ -486,7 +518,7 @@ class Recorder:
         if not (self.keep_all if keep is None else keep) or not log.part.exists() or log.part.is_symlink():
             log.part.unlink(missing_ok=True)
             log.gone, log.tail = True, 0
-            self._release(held)
+            self._release(held, file=held > 0)
             return None
         final = log.part.with_name(log.part.name[1:].removesuffix(".part"))
         try:
@@ -494,13 +526,14 @@ class Recorder:
         except OSError:
             log.part.unlink(missing_ok=True)
             log.gone, log.tail = True, 0
-            self._release(held)
+            self._release(held, file=held > 0)
             return None
         log.part = final  # a failure found after the connection ended is appended to it (ConnectionLog.failed)
         log.saved = True
         with self._lock:
             # Kept with what it was granted: its size, and the room left for a failure record appended to it later.
             self._parts_bytes -= held
+            self._parts_files -= 1
             self._saved.append((final, held))
             self._saved_bytes += held
             self._rotate(0, 0)

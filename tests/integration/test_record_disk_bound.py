@@ -42,11 +42,13 @@ class AllWriteThenFinish:
     recorded, everything before it. When every connection has answered, the bytes on disk are measured (every
     connection has written all it will before its end, and none has ended), and the runs end."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, big: int = BIG_FRAMES) -> None:
         self.directory = directory
+        self.big = big
         self.pongs = 0
         self.everyone = asyncio.Event()
         self.peak: int | None = None
+        self.files: int | None = None  # files on disk then
 
     async def handler(self, conn: WsConn) -> None:
         conn.writer.write(text({"type": "connection_established", "data": {"connection_id": "c", "user_id": USER}}))
@@ -55,7 +57,7 @@ class AllWriteThenFinish:
             msg = json.loads(raw)
             if msg.get("type") == "user_message":
                 p = msg["payload"]
-                for seq, frame in enumerate(self.frames(p, BIG_FRAMES)[:-1], 1):
+                for seq, frame in enumerate(self.frames(p, self.big)[:-1], 1):
                     conn.writer.write(text({**frame, "seq": seq}))
                     await conn.writer.drain()
                 conn.writer.write(text({"type": "ping"}))
@@ -63,11 +65,12 @@ class AllWriteThenFinish:
                 self.pongs += 1
                 if self.pongs == CONNECTIONS:
                     self.peak = on_disk(self.directory)
+                    self.files = sum(p.is_file() for p in self.directory.iterdir())
                     self.everyone.set()
                 async with asyncio.timeout(30):
                     await self.everyone.wait()
-                end = self.frames(p, BIG_FRAMES)[-1]
-                conn.writer.write(text({**end, "seq": 4 + BIG_FRAMES + 1}))
+                end = self.frames(p, self.big)[-1]
+                conn.writer.write(text({**end, "seq": 4 + self.big + 1}))
 
     @staticmethod
     def frames(p: dict[str, Any], big: int) -> list[dict[str, Any]]:
@@ -104,3 +107,35 @@ async def test_the_bound_holds_for_part_files_of_connections_writing_at_once(tmp
     conns, frames, _ = recorder.take_dropped()
     assert conns > 0 and frames > 0
 
+
+
+MAX_FILES = 4
+
+
+async def test_the_file_bound_holds_for_part_files_of_connections_writing_at_once(tmp_path):
+    """`max_files` (1,000 for --record) holds for what is on disk at any moment too, as max_bytes does: N open
+    connections held N part files at once, counted nowhere. Each of 16 connections writes past the flush size (its
+    part file is on disk) against a bound of 4 files: at most 4 files exist with all of them open, every chat passes,
+    and the frames of the connections that got no file are counted dropped.
+
+    FAILED on the code before: 16 part files on disk with a bound of 4."""
+    rec = tmp_path / "rec"
+    recorder = Recorder(rec, max_files=MAX_FILES)
+    server_side = AllWriteThenFinish(rec, big=1)
+    server = RawWsServer(server_side.handler)
+    await server.start()
+    sc = Scenario.model_validate({"name": "many", "users": CONNECTIONS, "chats_per_user": 1, "ramp_up": "0s",
+                                  "connect_timeout": "5s", "expect": {"deadline": "60s", "settle": "0.05s"}})
+    try:
+        async with asyncio.timeout(60):
+            run = await run_scenario(sc, Target(url=server.url, profile=load_profile("netra"), name="raw", recorder=recorder))
+    finally:
+        assert server.server is not None
+        server.server.close()
+    assert server_side.files is not None, "the connections never all wrote at once"
+    assert 0 < server_side.files <= MAX_FILES, f"{server_side.files} files on disk with every connection open"
+    assert 0 < len(list(rec.iterdir())) <= MAX_FILES
+    assert [r.outcome for r in run.results] == [Outcome.PASSED] * CONNECTIONS, [
+        str(v) for r in run.results for v in r.violations][:3]
+    conns, frames, _ = recorder.take_dropped()
+    assert conns >= CONNECTIONS - MAX_FILES and frames > 0
