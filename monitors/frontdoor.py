@@ -330,8 +330,8 @@ class FrontDoor:
         if reason == "bad_request":
             self.throttle.warn(reason, "refused an upgrade the proxy does not pass on (from %s): a request target "
                                "that is not a plain path (the proxy only ever connects to --upstream), a malformed "
-                               "Sec-WebSocket-Protocol, a handshake websockets refuses or bytes that are no HTTP "
-                               "request", peer or "unknown")
+                               "Sec-WebSocket-Protocol, a header sent twice that is sent once, a handshake websockets "
+                               "refuses or bytes that are no HTTP request", peer or "unknown")
         elif reason == "over_capacity":
             self.throttle.warn(reason, "answered 503: all %d connections (--max-connections) are in use",
                                self.max_connections)

@@ -78,6 +78,10 @@ log = logging.getLogger("chatprobe.proxy")
 EXIT_OK, EXIT_USAGE = 0, 2
 # Headers a client sends that the upstream handshake must see too (auth, origin, cookies); never logged.
 FORWARDED_HEADERS = ("authorization", "cookie", "origin", "user-agent", "x-request-id")
+# Headers an upgrade request carries at most once (RFC 9110 for Host and the credentials, RFC 6265 for Cookie, RFC 6455
+# for the key, version and origin): a request with two of one is refused with 400 (named in the log, no value).
+ONCE_HEADERS = ("Host", "Authorization", "Proxy-Authorization", "Cookie", "Origin", "Sec-WebSocket-Key",
+                "Sec-WebSocket-Version")
 # A resume looks for its run among this many of the user's latest connections still open (a browser that lost its
 # network resumes on its next socket while the old one has not closed yet: one or two).
 MAX_RESUME_SEARCH = 64
@@ -750,6 +754,15 @@ class Proxy:
         except BadTarget as exc:
             door.refuse(sink, "bad_request", peer)
             return conn.respond(HTTPStatus.BAD_REQUEST, f"bad request target: {exc}\n")
+        twice = [name for name in ONCE_HEADERS if len(request.headers.get_all(name)) > 1]
+        if twice:
+            # Two Host headers (RFC 9110: a 400), two Authorization headers, two keys: which one counts is up to each
+            # reader (the upstream got the last Authorization, the identity and the scrubbing knew that one only, and
+            # a load balancer in front may have judged the first). Refused, counted, and logged by name, never value.
+            door.refuse(sink, "bad_request", peer)
+            door.throttle.warn("header_twice", "refused an upgrade (HTTP 400) that sent a header more than once: %s",
+                               ", ".join(twice))
+            return conn.respond(HTTPStatus.BAD_REQUEST, f"a header sent more than once: {', '.join(twice)}\n")
         try:
             # websockets' own checks of the client's upgrade (its key, version, Upgrade and Connection, and its
             # Sec-WebSocket-Protocol, parsed as the upstream connection would offer it), which it makes only after

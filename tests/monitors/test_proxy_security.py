@@ -247,6 +247,47 @@ async def test_bytes_that_are_no_http_request_are_counted_as_a_bad_request(bad):
         upstream.server.close()
 
 
+# A header an upgrade carries once, sent twice with two values (a raw socket: no client library sends this).
+TWICE = {
+    "Host": ("first-host.example", "second-host.example"),
+    "Authorization": ("Bearer first-token-aaaa1111", "Bearer second-token-bbbb2222"),
+    "Sec-WebSocket-Key": (base64.b64encode(b"k" * 16).decode(), base64.b64encode(b"j" * 16).decode()),
+    "Cookie": ("session=first-cookie-cccc3333", "session=second-cookie-dddd4444"),
+}
+
+
+@pytest.mark.parametrize("name", list(TWICE))
+async def test_an_upgrade_with_a_header_sent_twice_is_refused_counted_and_logged_without_its_values(name, caplog):
+    """Two Host headers (RFC 9110: a 400), two Authorization headers, two Cookie headers: the proxy took one (the
+    last) for the upstream, the identity and the scrubbing, whatever a load balancer in front judged by the first;
+    two Host headers passed as one. Refused with 400 now, no upstream connection, counted bad_request, and the log
+    names the header, never a value.
+
+    FAILED on the code before: 101 for two Host, Authorization or Cookie headers (two keys websockets refused, its
+    log line naming no header)."""
+    upstream = await Recorded().start()
+    server, port, metrics = await in_process_proxy(f"ws://127.0.0.1:{upstream.port}")
+    caplog.set_level(logging.WARNING)
+    try:
+        headers = [("Host", f"127.0.0.1:{port}"), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                   ("Sec-WebSocket-Key", base64.b64encode(os.urandom(16)).decode()), ("Sec-WebSocket-Version", "13")]
+        headers = [(k, v) for k, v in headers if k != name] + [(name, v) for v in TWICE[name]]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(("GET /ws HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode())
+        async with asyncio.timeout(10):
+            answer = await reader.read()  # to the proxy's end
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:80]
+        assert upstream.requests == []
+        assert refused(metrics, "bad_request") == 1
+        logged = caplog.text
+        assert name in logged and not any(v in logged for v in TWICE[name])
+        assert await status_of(port, "/ws") == 101  # one of each still goes through
+    finally:
+        server.close()
+        upstream.server.close()
+
+
 async def test_a_request_never_finished_before_the_handshake_deadline_is_counted_as_a_bad_request():
     """A slowloris: a request head sent a byte at a time and never finished, until the handshake deadline
     (connect_timeout + HANDSHAKE_SLACK) cuts it. The same bytes followed by the client's end are a bad_request, but cut
