@@ -1,16 +1,20 @@
-"""The built-in scenarios and profiles by name: read from the package's folders, nothing parsed (cheap at start-up)."""
+"""The built-in scenarios and profiles by name: read from the package's folders, nothing parsed (cheap at start-up).
+
+The folders are the packages' own directories on disk (pathlib), not importlib.resources: that module and what it
+loads (tempfile, zipfile, its readers) cost every command's start-up ~4 ms, `--help` included, for what a path does."""
 from __future__ import annotations
 
-from importlib import resources
-from importlib.abc import Traversable
+from pathlib import Path
 
-SCENARIOS_DIR: Traversable = resources.files("scenarios")
-PROFILES_DIR: Traversable = resources.files("harness") / "profiles"
+import scenarios
+
+SCENARIOS_DIR = Path(scenarios.__file__).parent
+PROFILES_DIR = Path(__file__).parent / "profiles"
 # What `chatprobe run` plays when no scenario is named.
 BUILTIN_SUITE = ("basic", "concurrent", "errors", "reconnection", "performance", "abandonment")
 
 
-def builtin_names(folder: Traversable) -> list[str]:
+def builtin_names(folder: Path) -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 

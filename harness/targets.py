@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
-import ssl
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -407,6 +405,8 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
         if not regular:
             raise option_error("ca_file", f"{opts.ca_file}: " + ("not a regular file" if os.path.lexists(opts.ca_file)
                                                                   else "no such file"))
+        import ssl  # here, not at the top: `--help` and `list` load no TLS library (~10 ms of their start-up)
+
         try:
             ssl.create_default_context(cafile=opts.ca_file)
         except (ssl.SSLError, OSError, ValueError) as exc:
@@ -485,6 +485,8 @@ async def embedded_sim(faults: list[str], seed: int | None, protocol: str = "net
     """The reference server on a free loopback port, with a fresh secret the harness mints tokens from, speaking
     `protocol` (a dialect of EMBEDDED_DIALECTS): netra over WebSocket, or ag-ui (its `url` is the HTTP POST + SSE
     endpoint; `ws_url` carries the same events over WebSocket)."""
+    import secrets  # here, not at the top: `--help` and `list` load no hmac and hashlib (OpenSSL's digests)
+
     from agentsim.agui import AguiSim
     from agentsim.faults import FaultSpecError, parse_fault
     from agentsim.server import AgentSim, SimConfig

@@ -9,7 +9,6 @@ import time
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -570,7 +569,7 @@ def _exists(p: Path) -> bool:
         return False
 
 
-def load_builtin_or_file(model: type[M], name_or_path: str, folder: Traversable, shown_folder: str, what: str) -> M:
+def load_builtin_or_file(model: type[M], name_or_path: str, folder: Path, shown_folder: str, what: str) -> M:
     """A built-in data file by name (from a package folder) or the user's own YAML file by path."""
     p = Path(name_or_path)
     if name_or_path.strip() and (p.suffix in (".yaml", ".yml") or _exists(p)):

@@ -145,6 +145,25 @@ def test_help_and_list_load_no_heavy_library():
     assert out.stdout.strip() == "[]", out.stdout
 
 
+def test_help_and_list_load_no_tls_library_and_no_resource_readers():
+    """`--help` and `list` start no TLS library (ssl, OpenSSL's digests through secrets) and no importlib.resources
+    (with tempfile and zipfile), ~20% of their start-up CPU (BENCHMARKS.md): the built-in folders are the packages'
+    own paths and ssl and secrets load where a TLS context or a key is made. Checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io; from harness.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    main(['list'])\n"
+            "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+            "    try:\n        main(['run', '--help'])\n    except SystemExit:\n        pass\n"
+            "unwanted = ['ssl', '_ssl', 'secrets', 'hashlib', 'importlib.resources', 'tempfile', 'zipfile']\n"
+            "print(sorted(m for m in unwanted if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_commands_do_not_scan_for_pydantic_plugins(tmp_path):
     """pydantic reads every installed distribution's entry points for plugins of its own when the first model is
     built (start-up CPU that grows with the virtualenv); the CLI switches that off unless the user set

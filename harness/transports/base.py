@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import functools
 import os
-import ssl
 import stat
 import time
 from collections.abc import Callable
@@ -13,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    import ssl
+
     from ..checker import Expectations
 
 FrameCallback = Callable[[str | bytes, float], None]
@@ -190,6 +191,8 @@ def ssl_context(settings: ConnectSettings, use: str = "websocket") -> ssl.SSLCon
         if not stat.S_ISREG(st.st_mode):
             raise _ca_failed(ca_file, "not a regular file")
         stamp = st.st_mtime_ns
+    import ssl  # here, not at the top: the command line's `--help` and `list` load no TLS library
+
     try:
         return _tls_context(ca_file, stamp, settings.insecure, use, int(time.monotonic() // TLS_CONTEXT_TTL))
     except (ssl.SSLError, OSError, ValueError) as exc:  # (nothing failed is cached)
@@ -205,6 +208,8 @@ def _ca_failed(ca_file: str, why: str) -> ConnectFailed:
 
 @functools.lru_cache(maxsize=8)
 def _tls_context(ca_file: str | None, _stamp: int, insecure: bool, _use: str, _hour: int) -> ssl.SSLContext:
+    import ssl
+
     ctx = ssl.create_default_context(cafile=ca_file)
     if insecure:
         ctx.check_hostname = False
