@@ -1,7 +1,9 @@
 """Start-up CPU of the command line: `chatprobe --help`, `run --help` and `list`, each run N times in a fresh
-interpreter; prints the median user+system CPU seconds of each (target: under 0.15 s).
+interpreter; prints the median user+system CPU seconds of each (target: under 0.15 s). With `--baseline REV` each
+command is paired with the same command on the tree at git revision REV, as `--run` below (the child's rusage, pinned
+to core 1, A and B alternating), and the median of the pair ratios is printed.
 
-    .venv/bin/python bench/startup.py [--runs 15]
+    .venv/bin/python bench/startup.py [--runs 15] [--baseline REV]
 
 `--run` measures a one-chat `chatprobe run` instead: what start-up costs each chat of bench/vs_k6.py's workload
 (start-up, one chat, the report, the interpreter's exit). One agentsim (`--no-auth`, zero think time, pinned to
@@ -33,18 +35,42 @@ COMMANDS = (["--help"], ["run", "--help"], ["list"])
 ONE_CHAT = 'name: one\nusers: 1\nchats_per_user: 1\nmessage: "what is 6*7"\nexpect:\n  deadline: 60s\n'
 
 
-def cpu_of(args: list[str]) -> float:
-    before = os.times()
-    subprocess.run([sys.executable, "-m", "harness", *args], stdout=subprocess.DEVNULL, check=True, timeout=60)
-    after = os.times()
-    return (after.children_user - before.children_user) + (after.children_system - before.children_system)
+def cpu_of(args: list[str], tree: Path = ROOT) -> float:
+    """The CPU seconds (user + system) of `python -m harness ARGS` of `tree`, pinned to core 1 (getrusage: finer
+    than os.times' clock ticks, which are 10 ms, a sixth of a command's CPU)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-m", "harness", *args], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                   stdout=subprocess.DEVNULL, check=True, timeout=60, preexec_fn=pinned(1))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def cpu_of_python() -> float:
-    before = os.times()
-    subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=60)
-    after = os.times()
-    return (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=60, preexec_fn=pinned(1))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def commands_paired(runs: int, rev: str) -> None:
+    """Each command on the tree at `rev` and on this tree, A and B alternating, each pair's order swapped."""
+    from bench.procs import tree_at
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        trees = [tree_at(rev, Path(tmpdir) / "baseline", ("harness", "scenarios")), ROOT]
+        compileall.compile_dir(ROOT / "harness", quiet=1)
+        compileall.compile_dir(ROOT / "scenarios", quiet=1)
+        print(f"{'command':<24} median CPU-s (of {runs}) at {rev}, this tree, median of the pair ratios (spread)")
+        for cmd in COMMANDS:
+            for tree in trees:  # a first run of each, not counted: the files in the page cache
+                cpu_of(cmd, tree)
+            cpu: list[list[float]] = [[], []]
+            for i in range(runs):
+                for k in (0, 1) if i % 2 == 0 else (1, 0):
+                    cpu[k].append(cpu_of(cmd, trees[k]))
+            ratios = sorted(b / a for a, b in zip(cpu[0], cpu[1], strict=True))
+            print(f"{'chatprobe ' + ' '.join(cmd):<24} {statistics.median(cpu[0]):.3f}  {statistics.median(cpu[1]):.3f}"
+                  f"  {statistics.median(ratios):.3f} ({ratios[0]:.2f}-{ratios[-1]:.2f})")
 
 
 def pinned(core: int) -> Callable[[], None]:
@@ -108,14 +134,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--run", action="store_true", help="measure a one-chat `chatprobe run` against an agentsim")
-    p.add_argument("--baseline", metavar="REV", help="with --run: pair each run with the tree at git revision REV")
+    p.add_argument("--baseline", metavar="REV", help="pair each run with the tree at git revision REV")
     args = p.parse_args()
     runs = args.runs
     if args.run:
         one_chat(runs, args.baseline)
         return
     if args.baseline:
-        p.error("--baseline goes with --run")
+        commands_paired(runs, args.baseline)
+        return
     baseline_cpu = statistics.median(cpu_of(["--version"]) for _ in range(runs))
     print(f"{'command':<24} median CPU-s (of {runs})")
     print(f"{'chatprobe --version':<24} {baseline_cpu:.3f}")
