@@ -192,6 +192,7 @@ class OfflineCheck:
         self.parked = ParkedChats(MAX_PARKED, MAX_PARKED, MAX_PARKED_BYTES)
         self.parked_wake = float("inf")  # no parked chat's (nor resend's) deadline passes before this time
         self.untimed: set[str] = set()  # chats whose send or receive times are not recorded
+        self.timeless = 0  # chats judged with events and no first-event time (their times not recorded)
         # Chats an event without its recorded time reached (it took the last time seen, which may be well before it
         # came): their first-event time and duration are not judged. The connection's other chats keep theirs.
         self.untimed_events: set[str] = set()
@@ -774,6 +775,8 @@ class OfflineCheck:
 
     def _count(self, tracker: ChatTracker | None, result: ChatResult) -> None:
         self.tally.add(result)
+        if tracker is not None and tracker.n_events and result.time_to_first_event is None:
+            self.timeless += 1  # events came, their times were not recorded
         self.sink.chat_finished(result)
         self.listing.add(result)  # a listed chat's events are a copy: the judged chat's own list is let go below
         # The connection remembers the judged chat for late events (shown with it as warnings), not its events: a
@@ -798,11 +801,12 @@ class OfflineCheck:
         errors: list[str] = []
         warnings: list[str] = []
         if not self.tally.ttfe:
-            # Nothing timed to judge: a latency objective without a sample would fail for want of one. Left out, and
-            # said among the warnings (shown on the terminal beside the objectives), not silently.
+            # Nothing timed to judge: a latency objective without a sample would fail for want of one. Left out; when
+            # chats got events whose times the recording lacks, said among the warnings (on the terminal beside the
+            # objectives), not only in the report's errors.
             objectives = objectives.model_copy(update={"time_to_first_event": Stat(), "chat_duration": Stat()})
             if self.tally.chats:
-                warnings.append(UNTIMED_NOTE)
+                (warnings if self.timeless else errors).append(UNTIMED_NOTE)
         unjudged = ", ".join(f"{reason}: {self.tally.unjudged[reason]}" for reason in UNJUDGED_REASONS
                              if self.tally.unjudged[reason])
         if not self.tally.chats:
