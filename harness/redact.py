@@ -8,13 +8,14 @@ import binascii
 import functools
 import json
 import re
+import sys
 import threading
 import time
 from array import array
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from itertools import accumulate
+from itertools import accumulate, compress
 from json.decoder import scanstring as json_scanstring  # type: ignore[attr-defined]  # the C scanner (not in typeshed)
 from urllib.parse import quote, unquote, unquote_plus
 
@@ -586,6 +587,309 @@ def secrets_of(secrets: tuple[str, ...]) -> Secrets:
     return Secrets(secrets)
 
 
+# Every user's credentials the proxy has seen (each connection's, credentials_of), scrubbed by scrub() from every
+# output of the process, not only from their own connection's recording: an upstream that echoes user A's token on
+# user B's connection (a shared cache, a server mixing sessions) put A's token in clear in B's recording.
+#
+# Indexed as the minted JWTs' signatures are (_minted_sigs), nothing compiled: each credential held by every piece of
+# _SEEN_PIECE characters it has (at every offset), a dict from piece to the credential(s) holding it; a text is looked
+# up once every _SEEN_PIECE characters (its pieces at 0, 4, 8…, cut in one C call), and a piece found is followed left
+# and right while the text goes on as the credential does there. Holding a user costs one dict insert per character of
+# its credentials; scrubbing a text, len/_SEEN_PIECE lookups whatever the number of users held (and a little work per
+# piece found, within the text's Budget).
+#
+# What is caught, in every text scrub() sees (a recorded frame, a close reason, an error, a log line): any run of at
+# least MIN_RUN characters of a held credential (MIN_RUN_WORDS for one that reads as words), the whole credential
+# included, as it stands or as scrub() decodes the text (its JSON escapes however often their backslash is doubled,
+# its %-escapes, invisible format characters dropped: `\u0041bc…`, `abc%2Bdef`, a `\"` inside it). Any run of
+# 2 * _SEEN_PIECE - 1 characters holds a piece that starts at a multiple of _SEEN_PIECE, so the shortest credential
+# held (SEEN_MIN_LEN, credentials_of's own minimum) is always found whole.
+# What is not: a fragment shorter than that run length (the last 7 characters of another user's token), a credential
+# inside base64 text (a registered secret's base64 forms are matched, a held credential's are not: an echoed `Basic`
+# header is caught by its credential, held as sent), a credential past the pool's bound (forgotten: see below). Of a
+# JWT only its signature is held: its header and payload are caught by their `eyJ` shape wherever they are.
+_SEEN_PIECE = 4
+SEEN_MIN_LEN = MIN_RUN  # 2 * _SEEN_PIECE - 1 <= SEEN_MIN_LEN: found whole
+_SEEN_PIECES = _Lazy("(?s)" + "." * _SEEN_PIECE)
+# The pool's memory, bounded: past it the least recently seen credential whose connections have all closed is
+# forgotten first, then the one of the oldest connection still open. A forgotten credential is still scrubbed from its
+# own connection's frames (the connection's own secrets, secrets_of) and caught by its shape where it has one (a JWT,
+# `Bearer …`), but an echo of it on another user's connection no longer is; `forgotten` counts them (the proxy warns).
+# A credential counts what holding it takes in memory at most (_seen_cost: its pieces' keys and dict slots): 6,052
+# bytes for an opaque 43-character token (~3.5 KB measured with tracemalloc: tests/harness/test_seen_credentials.py
+# holds the measure to the bound), so 16 MiB holds ~2,770 of them, ~10 MB in fact.
+MAX_SEEN_BYTES = 16 * 1024 * 1024
+# A dict's share of memory for each str key it holds, at most: 16-byte entries (a table of str keys) and 4-byte
+# indices, the table just grown (a third of it used): 88 bytes (32 to 77 measured, under churn too).
+_DICT_SLOT_BYTES = 88
+# What the pool keeps of a credential besides its pieces (its place in the recency order and its holding, its run
+# length): ~230 bytes measured with tracemalloc, 320 with the dicts' tables just grown.
+_SEEN_ENTRY_BYTES = 320
+
+
+def _seen_cost(credential: str) -> int:
+    """The memory holding a credential takes (an upper bound): the credential, a dict key and slot per piece, and its
+    entries in the pool's order."""
+    pieces = len(credential) - _SEEN_PIECE + 1
+    widest = sys.getsizeof(max(credential) * _SEEN_PIECE)  # a piece of its widest characters (a str's kind)
+    return sys.getsizeof(credential) + pieces * (widest + _DICT_SLOT_BYTES) + _SEEN_ENTRY_BYTES
+
+
+class SeenCredentials:
+    """The credentials of the users a process has seen (the proxy's), matched by scrub() in every text as soon as they
+    are held (see above for what is and is not caught), bounded in memory (max_bytes: the least recently seen
+    forgotten first, those of closed connections before those of open ones). `hold` a connection's credentials as it
+    opens, `release` what hold returned as it closes."""
+
+    def __init__(self, max_bytes: int = MAX_SEEN_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        # piece -> the credential holding it, or the credentials (several hold it): what scrub() reads, unlocked
+        # (each change is one dict operation; a credential is indexed whole before hold() returns).
+        self._index: dict[str, str | tuple[str, ...]] = {}
+        self._runs: dict[str, int] = {}  # credential held -> the shortest run of it redacted
+        # Credentials with connections open: how many, and which holding (a credential forgotten and held again is
+        # another holding: the older connection's close does not count down the new one's), least recently seen first.
+        self._open: OrderedDict[str, list[int]] = OrderedDict()
+        self._closed: OrderedDict[str, None] = OrderedDict()  # credentials whose connections all closed, oldest first
+        self._holding = 0
+        self._bytes = 0
+        self.forgotten = 0  # credentials forgotten past max_bytes
+        self.unheld = 0  # credentials not held: one alone past max_bytes
+
+    @staticmethod
+    def pooled(credentials: Iterable[str]) -> tuple[str, ...]:
+        """What is held of a connection's credentials: each one but a scheme's credential whole (`Bearer X`, `jwt.X`:
+        X is, and its runs are redacted wherever they stand), and of a JWT its signature alone (its header and payload
+        are caught by their shape wherever they are echoed: eyJ…, as text, escaped or inside base64; the signature is
+        not). Each at least SEEN_MIN_LEN characters. Linear in their length."""
+        creds = {c.strip() for c in credentials if isinstance(c, str) and len(c.strip()) >= SEEN_MIN_LEN}
+        held: list[str] = []
+        for c in sorted(creds):
+            if (m := _SCHEME_PREFIX.compiled.match(c)) is not None and c[m.end():] in creds:
+                continue
+            parts = c.split(".")
+            if len(parts) == 3 and parts[0].startswith("eyJ") and parts[1].startswith("eyJ"):
+                if len(parts[2]) >= SEEN_MIN_LEN:
+                    held.append(parts[2])
+                continue
+            held.append(c)
+        return tuple(dict.fromkeys(held))
+
+    def hold(self, credentials: Iterable[str]) -> tuple[tuple[str, int], ...]:
+        """A connection's credentials held: matched by scrub() from now on. Returns what to `release` as it closes."""
+        creds = self.pooled(credentials)
+        out = []
+        with self._lock:
+            for c in creds:
+                if (holding := self._open.get(c)) is not None:
+                    holding[0] += 1
+                    self._open.move_to_end(c)  # the most recently seen now
+                    out.append((c, holding[1]))
+                    continue
+                if c not in self._closed:
+                    cost = _seen_cost(c)
+                    if cost > self.max_bytes:
+                        self.unheld += 1
+                        continue
+                    self._bytes += cost
+                    self._add(c)
+                else:
+                    del self._closed[c]
+                self._holding += 1
+                self._open[c] = [1, self._holding]
+                out.append((c, self._holding))
+                self._evict(keep=c)
+        return tuple(out)
+
+    def release(self, held: Iterable[tuple[str, int]]) -> None:
+        """A connection that held these closed: each one whose connections are all closed goes to the closed ones
+        (forgotten first past the bound), the most recently seen of them."""
+        with self._lock:
+            for c, holding in held:
+                entry = self._open.get(c)
+                if entry is None or entry[1] != holding:
+                    continue  # forgotten since (and maybe held again by another connection)
+                entry[0] -= 1
+                if entry[0] <= 0:
+                    del self._open[c]
+                    self._closed[c] = None
+
+    def _evict(self, keep: str) -> None:
+        while self._bytes > self.max_bytes:
+            if self._closed:
+                c = self._closed.popitem(last=False)[0]
+            else:
+                c = next(iter(self._open))
+                if c == keep:  # (fits alone: cost <= max_bytes)
+                    return
+                del self._open[c]
+            self._remove(c)
+            self._bytes -= _seen_cost(c)
+            self.forgotten += 1
+
+    def _add(self, c: str) -> None:
+        self._runs[c] = min(len(c), MIN_RUN if _mixes(c) >= 2 else MIN_RUN_WORDS)
+        index = self._index
+        for i in range(len(c) - _SEEN_PIECE + 1):
+            piece = c[i:i + _SEEN_PIECE]
+            held = index.get(piece)
+            if held is None:
+                index[piece] = c
+            elif isinstance(held, str):
+                if held != c:  # (a piece twice in one credential: held once)
+                    index[piece] = (held, c)
+            elif c not in held:
+                index[piece] = (*held, c)
+
+    def _remove(self, c: str) -> None:
+        del self._runs[c]
+        index = self._index
+        for i in range(len(c) - _SEEN_PIECE + 1):
+            piece = c[i:i + _SEEN_PIECE]
+            held = index.get(piece)
+            if held is None:
+                continue
+            if isinstance(held, str):
+                if held == c:
+                    del index[piece]
+            elif c in held:
+                rest = tuple(h for h in held if h != c)
+                index[piece] = rest[0] if len(rest) == 1 else rest
+
+    def held(self) -> set[str]:
+        """The credentials held now (tests)."""
+        with self._lock:
+            return set(self._open) | set(self._closed)
+
+    def held_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def spans(self, text: str, budget: Budget) -> list[tuple[int, int]] | None:
+        """The [start, end) of each run of a held credential in the text (see above), merged; None past `budget` (as
+        _Runs.spans: a piece found is a hit, a hit the text went on from a grown one)."""
+        index = self._index
+        if not index or len(text) < SEEN_MIN_LEN:
+            return []
+        pieces = _SEEN_PIECES.compiled.findall(text)
+        if index.keys().isdisjoint(pieces):  # (in C: nearly every text)
+            return []
+        # Where the pieces found are (in C too): a piece of a random 43-character token is in ordinary text now and
+        # then (a 4-letter piece of one in 250 is all lower case), at about one place a KB with 1,500 tokens held.
+        places = list(compress(range(0, len(pieces) * _SEEN_PIECE, _SEEN_PIECE), map(index.__contains__, pieces)))
+        found: list[tuple[int, int]] = []
+        size, run_of = len(text), self._runs
+        hits, grown = budget.hits, budget.grown
+        reach: dict[tuple[str, int], int] = {}  # (credential, where it starts in the text) -> where its run ends
+        for at in places:
+            piece = text[at:at + _SEEN_PIECE]
+            held = index.get(piece)
+            if held is None:
+                continue
+            for c in (held,) if isinstance(held, str) else held:
+                off = c.find(piece)
+                while off >= 0:
+                    hits -= 1
+                    if hits < 0:
+                        budget.hits = -1
+                        return None
+                    key = (c, at - off)
+                    if reach.get(key, -1) < at + _SEEN_PIECE:
+                        end, start, j = at + _SEEN_PIECE, at, off + _SEEN_PIECE
+                        if end < size and j < len(c) and text[end] == c[j]:
+                            end += _agree(text, end, c, j, min(size - end, len(c) - j))
+                        if at and off and text[at - 1] == c[off - 1]:
+                            start -= _agree_back(text, at, c, off, min(at, off))
+                        reach[key] = end
+                        if end - start > _SEEN_PIECE:
+                            grown -= 1
+                            if grown < 0:
+                                budget.grown = -1
+                                return None
+                        if end - start >= run_of.get(c, len(c)):
+                            found.append((start, end))
+                    off = c.find(piece, off + 1)
+        budget.hits, budget.grown = hits, grown
+        return _merged(found) if found else []
+
+    def blunt(self, text: str) -> str:
+        """A text too dense with held pieces to follow each: every piece looked up and found redacted as it stands
+        (side by side, one [REDACTED]), which cuts every run of every credential held as surely, less exactly."""
+        index = self._index
+        out: list[str] = []
+        i = 0
+        for k, piece in enumerate(_SEEN_PIECES.compiled.findall(text)):
+            if piece in index:
+                start = k * _SEEN_PIECE
+                if start > i or not out:
+                    out += [text[i:start], REDACTED]
+                i = start + _SEEN_PIECE
+        out.append(text[i:])
+        return "".join(out)
+
+    def sub(self, text: str, decoded: str | None = None, budget: Budget | None = None,
+            also: Secrets | None = None) -> str:
+        """The text without any held credential's runs, nor `also`'s secrets (a connection's own), found in the same
+        pass as Secrets.sub finds them, as the text stands and as its escapes decode, and redacted at once (one
+        redaction before the other made the second decode the text again, the redactions cutting its escape runs);
+        `decoded`: the text's _unescaped form, when the caller has it; `budget`: see Budget."""
+        if also is not None and also.literal is None:
+            also = None
+        if not self._index:
+            return also.sub(text, decoded, budget) if also is not None else text
+        if budget is None:
+            budget = Budget(len(text))
+        if "\\" in text or "%" in text or not text.isprintable():
+            if decoded is None:
+                decoded = _unescaped(text)
+            if not decoded.isprintable():
+                decoded = _INVISIBLE_RE.compiled.sub("", decoded)
+            if decoded != text and (spans := self._spans_with(also, decoded, budget, disguised=True)) != []:
+                if spans is None:
+                    return REDACTED
+                mapped, at = _unescaped_at(text)
+                if mapped != decoded:
+                    spans = self._spans_with(also, mapped, budget, disguised=True)
+                    if spans is None:
+                        return REDACTED
+                text = _redacted_spans(text, _merged([(at[a], at[e]) for a, e in spans]))
+        spans = self._spans_with(also, text, budget, disguised=False)
+        if spans is None:
+            if budget.lazy:
+                return text
+            if also is not None and also.literal is not None:
+                text = also.literal.blunt(text)
+            return self.blunt(text)
+        return _redacted_spans(text, spans) if spans else text
+
+    def _spans_with(self, also: Secrets | None, text: str, budget: Budget, *, disguised: bool
+                    ) -> list[tuple[int, int]] | None:
+        """The held credentials' runs in the text and those of `also`'s forms (its disguised ones, in a decoded
+        text), merged; None past the budget."""
+        found = self.spans(text, budget)
+        if found is None:
+            return None
+        runs = None if also is None else also.disguised if disguised else also.literal
+        if runs is not None:
+            more = runs.spans(text, budget)
+            if more is None:
+                return None
+            if more:
+                found = _merged(found + more)
+        return found
+
+
+# A scheme before a credential (`Bearer X`, `jwt.X`): X alone is held.
+_SCHEME_PREFIX = _Lazy(r"[A-Za-z][A-Za-z0-9_-]*\s+|jwt\.", re.IGNORECASE)
+_seen = SeenCredentials()
+
+
+def seen_credentials() -> SeenCredentials:
+    """The process's pool of its users' credentials (the proxy's), that scrub() matches in every text."""
+    return _seen
+
+
 class SecretsFull(ConfigError):
     """A secret that would take the registry past MAX_SECRETS or MAX_SECRET_BYTES: refused, so the caller stops
     before anything that could echo it is read or shown (exit 2)."""
@@ -890,7 +1194,12 @@ def scrub(text: str, also: Secrets | None = None, budget: Budget | None = None) 
     # The pattern's own prefixes (scrub sees every recorded frame, and "ew" alone is in most text).
     if "eyA" in text or "ewo" in text or "ew0K" in text or "ewk" in text:
         text = _JWS_OTHER_RE.compiled.sub(REDACTED, text)
-    if also is not None:
+    # Every user's credentials the process holds (SeenCredentials: the proxy's users'), another user's echoed on this
+    # connection too (len/_SEEN_PIECE dict lookups whatever their number), with `also`'s in the same pass.
+    seen = _seen
+    if seen._index:
+        text = seen.sub(text, decoded if text == given else None, budget, also)
+    elif also is not None:
         text = also.sub(text, decoded if text == given else None, budget)
     return text
 

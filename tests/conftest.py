@@ -35,6 +35,8 @@ def _secrets_registered_by_this_test_only(monkeypatch: pytest.MonkeyPatch) -> No
         for name in _REGISTRY:
             value = getattr(redact, name)
             monkeypatch.setattr(redact, name, value.copy() if isinstance(value, (set, dict)) else value)
+    # The users' credentials a proxy in the test's process held (redact.SeenCredentials): a pool of the test's own.
+    monkeypatch.setattr(redact, "_seen", redact.SeenCredentials())
 
 
 @pytest.fixture

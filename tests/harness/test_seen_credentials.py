@@ -1,0 +1,164 @@
+"""The pool of users' credentials a process has seen (redact.SeenCredentials: the proxy's users'), matched by scrub()
+in every text: each credential (and any run of MIN_RUN of its characters) caught the moment it is held, in the forms
+scrub() decodes, with nothing compiled to hold a user or to scrub a text; bounded in memory (what it counts holds
+what tracemalloc measures), the least recently seen forgotten first, those of closed connections before those of open
+ones.
+
+FAILED on the code before: there was no pool (each recording was scrubbed of its own connection's credentials only).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import tracemalloc
+from urllib.parse import quote
+
+import pytest
+
+from harness import redact
+from harness.redact import REDACTED, SeenCredentials, credentials_of, scrub
+
+USERS = 1000
+
+
+def bearer(token: str) -> tuple[str, ...]:
+    return credentials_of([("Authorization", f"Bearer {token}")], [])
+
+
+@pytest.fixture
+def compiled(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many Aho-Corasick matchers (redact._Runs, what Secrets compiles) are built while the test runs."""
+    built = [0]
+    base = redact._Runs
+
+    class Counted(base):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: object) -> None:
+            built[0] += 1
+            super().__init__(*args)
+
+    monkeypatch.setattr(redact, "_Runs", Counted)
+    return built
+
+
+def test_a_thousand_users_tokens_are_each_caught_once_held_and_nothing_is_compiled(compiled):
+    tokens = [secrets.token_urlsafe(32) for _ in range(USERS)]
+    pool = redact.seen_credentials()
+    for n, token in enumerate(tokens):
+        pool.hold(bearer(token))
+        # Caught at once, whole and a run of it, in an event frame as a user's connection records it.
+        frame = json.dumps({"type": "partial_result", "payload": {"content": f"hi {token} and {token[3:20]} ({n})"}})
+        out = scrub(frame)
+        assert token not in out and token[3:20] not in out and f"({n})" in out
+    # Every one still is, with the last one's neighbours: nothing was forgotten, nothing depends on when it came.
+    for token in tokens[::97]:
+        assert scrub(f"another user's token: {token}.") == f"another user's token: {REDACTED}."
+    assert compiled[0] == 0, "a matcher was compiled to hold a user or to scrub a text"
+    assert pool.forgotten == 0 and len(pool.held()) == USERS
+
+
+def test_each_form_scrub_decodes_is_caught_and_what_is_not():
+    token = secrets.token_urlsafe(32)
+    odd = "pa%2Fss\"w0rd+Zk9q"  # a cookie value holding a %-escape, a quote and a plus
+    pool = redact.seen_credentials()
+    pool.hold(bearer(token) + credentials_of([("Cookie", f"sid={odd}")], []))
+    escaped = "".join(f"\\u{ord(c):04x}" for c in token)  # a JSON encoder escaping every character
+    doubled = escaped.replace("\\", "\\\\")  # that inside another JSON string
+    forms = {"as is": token, "JSON-escaped": escaped, "escaped twice": doubled, "URL-encoded": quote(token, safe=""),
+             "a zero-width space inside": token[:10] + "\u200b" + token[10:],
+             "the cookie JSON-escaped": json.dumps(odd)[1:-1], "the cookie URL-encoded": quote(odd, safe=""),
+             "cut short": token[:30], "its tail": token[-9:]}
+    for what, form in forms.items():
+        out = scrub(f'{{"text": "echo: {form} (end)"}}')
+        assert form not in out and REDACTED in out and "(end)" in out, what
+    # A fragment shorter than MIN_RUN is not caught (scrub's own rules may catch it by its shape: not here).
+    short = token[5:5 + redact.MIN_RUN - 1]
+    assert short in scrub(f"a fragment: {short}.")
+
+
+def test_what_is_held_of_a_connections_credentials():
+    head = base64.urlsafe_b64encode(b'{"alg":"HS256"}').rstrip(b"=").decode()
+    body = base64.urlsafe_b64encode(b'{"sub":"ana"}').rstrip(b"=").decode()
+    sig = secrets.token_urlsafe(32)
+    jwt = f"{head}.{body}.{sig}"
+    # `Bearer X` holds X: X alone; of a JWT, its signature (its two other parts are caught by their shape).
+    assert SeenCredentials.pooled(bearer(jwt)) == (sig,)
+    assert SeenCredentials.pooled(credentials_of([], [f"jwt.{jwt}"])) == (sig,)
+    opaque = secrets.token_urlsafe(24)
+    assert SeenCredentials.pooled([f"Bearer {opaque}", opaque]) == (opaque,)
+    basic = base64.b64encode(b"ana:s3cret-Pw9").decode()
+    assert set(SeenCredentials.pooled(credentials_of([("Authorization", f"Basic {basic}")], []))) == {
+        basic, "ana:s3cret-Pw9", "s3cret-Pw9"}
+    pool = redact.seen_credentials()
+    pool.hold(bearer(jwt))
+    assert pool.held() == {sig}
+    assert sig not in scrub(f"the signature alone: {sig}") and sig[4:20] not in scrub(f"a run of it: {sig[4:20]}")
+    assert head not in scrub(f"the header alone: {head}") and body not in scrub(f"the payload alone: {body}")
+
+
+def test_past_its_bound_the_pool_forgets_closed_connections_credentials_first(monkeypatch):
+    tokens = [secrets.token_urlsafe(30) for _ in range(7)]  # 40 characters each
+    cost = redact._seen_cost(tokens[0])
+    pool = SeenCredentials(max_bytes=4 * cost)
+    monkeypatch.setattr(redact, "_seen", pool)
+    held = [pool.hold(bearer(t)) for t in tokens[:4]]
+    pool.release(held[1])  # its connection closed
+    pool.hold(bearer(tokens[0]))  # a user seen again: the most recently seen now
+    pool.hold(bearer(tokens[4]))
+    assert pool.forgotten == 1 and pool.held_bytes() == 4 * cost
+    assert pool.held() == {tokens[0], tokens[2], tokens[3], tokens[4]}
+    # The forgotten one is no longer caught on another user's connection; the others are.
+    assert tokens[1] in scrub(f"echo {tokens[1]}") and tokens[2] not in scrub(f"echo {tokens[2]}")
+    pool.hold(bearer(tokens[5]))  # every one's connection is open: the least recently seen goes
+    assert pool.forgotten == 2 and pool.held() == {tokens[0], tokens[3], tokens[4], tokens[5]}
+    pool.release(held[1])  # a forgotten one's connection closing changes nothing
+    pool.release(held[2])  # nor does one whose credential was forgotten while it was open
+    assert pool.held_bytes() == 4 * cost
+    first = pool.hold(bearer(tokens[2]))  # held again by a new connection: tokens[3], the least recently seen, goes
+    assert pool.held() == {tokens[0], tokens[2], tokens[4], tokens[5]} and pool.forgotten == 3
+    pool.release(pool.hold(bearer(tokens[2])))  # a second connection of tokens[2]'s, closed: the first is open still
+    pool.hold(bearer(tokens[6]))  # all open: the least recently seen of them goes (tokens[0], not tokens[2])
+    assert pool.held() == {tokens[2], tokens[4], tokens[5], tokens[6]} and pool.forgotten == 4
+    pool.release(first)  # its last connection closes: it goes first, before any open one
+    pool.hold(bearer(tokens[3]))
+    assert pool.held() == {tokens[3], tokens[4], tokens[5], tokens[6]} and pool.forgotten == 5
+
+def test_the_memory_the_pool_takes_is_within_its_bound():
+    bound = 2 * 1024 * 1024
+    tokens = [secrets.token_urlsafe(32) for _ in range(1500)]
+    creds = [bearer(t) for t in tokens]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        pool = SeenCredentials(max_bytes=bound)
+        open_ = []
+        for c in creds:
+            open_.append(pool.hold(c))
+            if len(open_) > 100:  # users coming and going: a hundred connections open at a time
+                pool.release(open_.pop(0))
+        taken = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert pool.forgotten > 0 and pool.held_bytes() <= bound
+    # What it counts is an upper bound of what it takes, and not a loose one.
+    assert pool.held_bytes() // 3 <= taken <= bound, (taken, pool.held_bytes())
+
+
+def test_a_credential_alone_past_the_bound_is_not_held_and_counted():
+    token = secrets.token_urlsafe(60)
+    pool = SeenCredentials(max_bytes=redact._seen_cost(token))
+    assert pool.hold([token]) != ()
+    assert pool.hold([token + "x"]) == () and pool.unheld == 1 and pool.held() == {token}
+
+
+def test_a_text_dense_with_held_pieces_is_scrubbed_within_its_budget(compiled):
+    # Credentials that share their pieces (a hostile client's), and a frame made of those pieces: the work is bounded
+    # by the text's Budget, then every piece found is redacted as it stands; no run of any credential is left.
+    pool = redact.seen_credentials()
+    creds = [f"aaaaaaaa{n:06d}" for n in range(300)]
+    for c in creds:
+        pool.hold([c])
+    text = "aaaaaaaa" * 20_000 + " and one 000123 plain"
+    out = scrub(text)
+    assert "aaaaaaaa" not in out and out.endswith("000123 plain")
+    assert compiled[0] == 0
