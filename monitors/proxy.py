@@ -195,6 +195,8 @@ class LiveChats:
         self._dropped_said_at: float | None = None
         self._unrecorded = 0  # connections not recorded for their credentials' size, since the last line said so
         self._unrecorded_said_at: float | None = None
+        self._forgotten = redact.seen_credentials().forgotten  # users' credentials forgotten, as the last line said
+        self._forgotten_said_at: float | None = None
         # Chats whose connection the server closed before any event of their run (no id to resume), by (identity,
         # message id): the user's client may send the message again on a new connection, and the chat goes on there,
         # timed from its first try, as the harness's own client does it (docs/protocol.md, "Outcomes") and as
@@ -237,6 +239,14 @@ class LiveChats:
             self._dropped = (c + conns, f + frames, b + size)
         if self._dropped[0] and (self._dropped_said_at is None or now - self._dropped_said_at >= WARN_EVERY):
             self.say_dropped(now)
+        forgotten = redact.seen_credentials().forgotten
+        if forgotten > self._forgotten and (self._forgotten_said_at is None
+                                            or now - self._forgotten_said_at >= WARN_EVERY):
+            log.warning("--record: %d credential(s) of the users seen least recently forgotten past the %s bytes the "
+                        "proxy holds of them (redact.MAX_SEEN_BYTES): each is still scrubbed from its own connection's "
+                        "recording, but no longer from another user's, should the upstream echo it there",
+                        forgotten - self._forgotten, f"{redact.seen_credentials().max_bytes:,}")
+            self._forgotten, self._forgotten_said_at = forgotten, now
 
     def say_dropped(self, now: float) -> None:
         conns, frames, size = self._dropped
@@ -788,6 +798,17 @@ class Proxy:
             refusal.headers["Retry-After"] = "5"
             return refusal
         headers = {k: v for k, v in request.headers.raw_items() if k.lower() in FORWARDED_HEADERS}
+        secrets = credentials_of(headers.items(), offered, request.path)
+        if self.live.recorder is not None and sum(len(s) for s in secrets) <= MAX_RECORDED_CREDENTIALS:
+            # The user's credentials held in the process's pool (redact.SeenCredentials) from before the upstream
+            # sees them (it may echo them on another connection at once, before this one's handshake is answered)
+            # until the client's socket closes, and within the pool's bound after that: scrubbed from every
+            # connection's recording, not only this one's. (Without --record the proxy writes no server text anywhere:
+            # its logs and labels are its own words.)
+            seen = redact.seen_credentials()
+            held = seen.hold(secrets)
+            if held:
+                conn.connection_lost_waiter.add_done_callback(lambda _: seen.release(held))
         where = parse_uri(url)
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -828,7 +849,7 @@ class Proxy:
             await _close_within(upstream, 1001, "the client is gone")
             return None
         conn.identity = credentials_identity(headers, offered, request.path)  # type: ignore[attr-defined]
-        conn.secrets = credentials_of(headers.items(), offered, request.path)  # type: ignore[attr-defined]
+        conn.secrets = secrets  # type: ignore[attr-defined]
         return None
 
     def select_subprotocol(self, conn: ServerConnection, offered: Any) -> Any:

@@ -1,0 +1,160 @@
+"""`chatprobe proxy --record`: an upstream that echoes one user's credentials on another user's connection (in a frame,
+a close reason, a handshake header) never gets them into a recording, the proxy's log or its metrics. A real proxy
+process in front of a raw RFC 6455 server on loopback, two users: one with an opaque bearer token, one with a JWT.
+
+FAILED on the code before: each connection's recording was scrubbed of the registered secrets and of that connection's
+own user's credentials only; the other user's opaque token (and the JWT's signature, which no shape rule catches on
+its own) stood in clear in the recording.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import secrets
+import struct
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.integration.outside_servers import GUID, WsConn
+
+from .procs import proxy_process
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def jwt_for(user: str) -> str:
+    head = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64url(json.dumps({"sub": user}).encode())
+    sig = b64url(hmac.new(secrets.token_bytes(32), f"{head}.{body}".encode(), hashlib.sha256).digest())
+    return f"{head}.{body}.{sig}"
+
+
+class EchoesTheOtherUser:
+    """A netra server that knows each connection's bearer credential (its handshake) and, once two users are
+    connected, tells each the other's: in the 101's headers (the second one), in a partial result (whole, the JWT's
+    signature alone, a run of 17 characters of it) and in the close frame's reason. The second user's credential is
+    told to the first user before the second's handshake is answered: the first connection's whole chat, to its
+    closing handshake, while the proxy still waits for the second's 101 (the proxy must hold a user's credentials
+    from before it sends them upstream, not from when the upstream accepted them)."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+        self.conns: list[WsConn] = []
+        self.both = asyncio.Event()
+        self.first_done = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    def other(self, me: int) -> str:
+        return self.tokens[1 - me]
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with asyncio.timeout(20):
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+            me = len(self.tokens)
+            self.tokens.append(headers["authorization"].partition(" ")[2])
+            if me == 1:
+                self.both.set()
+                await self.first_done.wait()
+            accept = base64.b64encode(hashlib.sha1(headers["sec-websocket-key"].encode() + GUID).digest()).decode()
+            echo = "".join(f"X-Echo: {t}\r\nSet-Cookie: seen={t}\r\n" for t in self.tokens[:me])
+            writer.write((f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          f"Sec-WebSocket-Accept: {accept}\r\n{echo}\r\n").encode())
+            conn = WsConn(reader, writer, head[0].split(" ")[1])
+            self.conns.append(conn)
+            await conn.send({"type": "connection_established", "data": {"connection_id": f"c{me}", "user_id": f"u{me}"}})
+            raw = await conn.recv()
+            assert raw is not None
+            p = json.loads(raw)["payload"]
+            await self.both.wait()
+            other = self.other(me)
+            sig = other.rsplit(".", 1)[-1]
+            run = {"run_id": f"run-{me}", "thread_id": p["thread_id"], "user_id": f"u{me}"}
+            frames = [("agent_started", {"message_id": p["message_id"]}), ("agent_thinking", {"thought": "t"}),
+                      ("partial_result", {"content": f"the other user's credential: {other}; its tail alone: {sig}; "
+                                                     f"a piece: {sig[5:22]}"}),
+                      ("agent_completed", {"result": f"Bearer {other}"})]
+            for seq, (kind, fields) in enumerate(frames, 1):
+                await conn.send({"type": kind, **run, "seq": seq, "payload": fields})
+            # The close frame's reason (at most 123 bytes) holds the other user's credential.
+            reason = f"bye, {other}".encode()[:123]
+            async with conn.lock:
+                await conn._frame(0x8, struct.pack("!H", 4000) + reason)
+                await writer.drain()
+            conn.closed = True
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                await reader.read()
+            writer.close()
+            self.first_done.set()  # (the proxy closed its side: the first connection's frames are behind it)
+
+
+async def chat(port: int, token: str, tag: str, connected: asyncio.Event | None = None) -> list[str]:
+    """One user's chat through the proxy: what it received, to its end (the close reason last)."""
+    got: list[str] = []
+    async with connect(f"ws://127.0.0.1:{port}/ws", additional_headers={"Authorization": f"Bearer {token}"},
+                       open_timeout=10, close_timeout=2) as ws:
+        got.append(str(await ws.recv()))
+        if connected is not None:
+            connected.set()
+        await ws.send(json.dumps({"type": "user_message", "payload": {"content": "hi", "thread_id": f"t-{tag}",
+                                                                       "message_id": f"m-{tag}"}}))
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:
+                got.append(str(message))
+        got.append(ws.close_reason or "")
+    return got
+
+
+async def test_a_credential_the_upstream_echoes_to_another_user_is_in_no_recording_log_or_metric(tmp_path):
+    opaque = secrets.token_urlsafe(32)
+    jwt = jwt_for("bob")
+    server = EchoesTheOtherUser()
+    upstream = await server.start()
+    rec = tmp_path / "rec"
+    try:
+        async with proxy_process(upstream, tmp_path, "--record", str(rec), "--record-all", "-v",
+                                 metrics=True) as proxy:
+            async with asyncio.timeout(30):
+                first = asyncio.Event()
+                ana = asyncio.ensure_future(chat(proxy.port, opaque, "ana", first))
+                await first.wait()  # ana's credentials are the server's first
+                bob_got = await chat(proxy.port, jwt, "bob")
+                ana_got = await ana
+                metrics = await proxy.scrape()
+            assert metrics is not None
+            async with asyncio.timeout(10):
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.metrics_port)
+                writer.write(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                exposition = (await reader.read()).decode()
+                writer.close()
+    finally:
+        assert server.server is not None
+        server.server.close()
+    # The server did echo each one's credential to the other (the users' clients got them: a passive proxy forwards).
+    assert opaque in "".join(bob_got) and bob_got[-1] == f"bye, {opaque}"
+    assert jwt.rsplit(".", 1)[-1] in "".join(ana_got) and ana_got[-1] == f"bye, {jwt}"[:123]
+    files = sorted(p for p in rec.iterdir() if p.is_file())
+    assert len(files) == 2, files
+    recorded = "\n".join(p.read_text() for p in files)
+    assert recorded.count('"dir": "recv"') >= 10 and "[REDACTED]" in recorded
+    outputs = {"recordings": recorded, "log": Path(proxy.err).read_text(), "metrics": exposition}
+    sig = jwt.rsplit(".", 1)[-1]
+    for name, text in outputs.items():
+        for what, secret in {"opaque token": opaque, "its run": opaque[5:22], "JWT": jwt, "JWT signature": sig,
+                             "signature run": sig[5:22]}.items():
+            assert secret not in text, f"{what} in the {name}"
