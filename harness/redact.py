@@ -593,23 +593,25 @@ def secrets_of(secrets: tuple[str, ...]) -> Secrets:
 #
 # Indexed as the minted JWTs' signatures are (_minted_sigs), nothing compiled: each credential held by every piece of
 # _SEEN_PIECE characters it has (at every offset), a dict from piece to the credential(s) holding it; a text is looked
-# up once every _SEEN_PIECE characters (its pieces at 0, 4, 8…, cut in one C call), and a piece found is followed left
-# and right while the text goes on as the credential does there. Holding a user costs one dict insert per character of
-# its credentials; scrubbing a text, len/_SEEN_PIECE lookups whatever the number of users held (and a little work per
-# piece found, within the text's Budget).
+# up once every _SEEN_PIECE characters (its pieces at 0, 8, 16…, cut in one C call), and a piece found is followed
+# left and right while the text goes on as the credential does there. Holding a user costs one dict insert per
+# character of its credentials; scrubbing a text, len/_SEEN_PIECE lookups whatever the number of users held (and a
+# little work per piece found, within the text's Budget). Pieces of 8, not 4: a 1 KB event cost ~14 µs more to scrub
+# with users held, not ~46 (bench: 1,500 opaque tokens held), at the price of the shortest credentials (below).
 #
 # What is caught, in every text scrub() sees (a recorded frame, a close reason, an error, a log line): any run of at
-# least MIN_RUN characters of a held credential (MIN_RUN_WORDS for one that reads as words), the whole credential
-# included, as it stands or as scrub() decodes the text (its JSON escapes however often their backslash is doubled,
-# its %-escapes, invisible format characters dropped: `\u0041bc…`, `abc%2Bdef`, a `\"` inside it). Any run of
-# 2 * _SEEN_PIECE - 1 characters holds a piece that starts at a multiple of _SEEN_PIECE, so the shortest credential
-# held (SEEN_MIN_LEN, credentials_of's own minimum) is always found whole.
-# What is not: a fragment shorter than that run length (the last 7 characters of another user's token), a credential
-# inside base64 text (a registered secret's base64 forms are matched, a held credential's are not: an echoed `Basic`
-# header is caught by its credential, held as sent), a credential past the pool's bound (forgotten: see below). Of a
-# JWT only its signature is held: its header and payload are caught by their `eyJ` shape wherever they are.
-_SEEN_PIECE = 4
-SEEN_MIN_LEN = MIN_RUN  # 2 * _SEEN_PIECE - 1 <= SEEN_MIN_LEN: found whole
+# least 2 * _SEEN_PIECE - 1 (15) characters of a held credential, the whole credential included (a shorter run is
+# caught where it holds a piece that starts at a multiple of _SEEN_PIECE, and is at least MIN_RUN long, MIN_RUN_WORDS
+# for one that reads as words), as it stands or as scrub() decodes the text (its JSON escapes however often their
+# backslash is doubled, its %-escapes, invisible format characters dropped: `\u0041bc…`, `abc%2Bdef`, a `\"` inside
+# it). A credential is held only from SEEN_MIN_LEN characters, so it is always found whole.
+# What is not: a credential shorter than SEEN_MIN_LEN (a short Basic password: scrubbed from its own connection only),
+# a fragment shorter than 15 characters (the last 7 characters of another user's token), a credential inside base64
+# text (a registered secret's base64 forms are matched, a held credential's are not: an echoed `Basic` header is caught
+# by its credential, held as sent), a credential past the pool's bound (forgotten: see below). Of a JWT only its
+# signature is held: its header and payload are caught by their `eyJ` shape wherever they are.
+_SEEN_PIECE = 8
+SEEN_MIN_LEN = 2 * _SEEN_PIECE - 1  # found whole
 _SEEN_PIECES = _Lazy("(?s)" + "." * _SEEN_PIECE)
 # The pool's memory, bounded: past it the least recently seen credential whose connections have all closed is
 # forgotten first, then the one of the oldest connection still open. A forgotten credential is still scrubbed from its
