@@ -1,6 +1,7 @@
-"""What may leave the process: known secrets and bearer credentials replaced by [REDACTED], URLs stripped of
-credentials, and control characters shown as escapes, so a hostile server can neither leak a token nor drive a
-terminal through a report or a console line."""
+"""What may leave the process: known secrets, bearer credentials and the values of credential keys (CREDENTIAL_KEYS:
+`"password": …`, `Cookie: …`, `X-Api-Key: …`) replaced by [REDACTED], URLs stripped of credentials, and control
+characters shown as escapes, so a hostile server can neither leak a token nor drive a terminal through a report or a
+console line."""
 from __future__ import annotations
 
 import base64
@@ -1194,11 +1195,12 @@ def _redact_credential_shapes(text: str, marks: set[str], given: str, decoded: s
         text = _BASIC_RE.compiled.sub(_basic_credential, text)
     if "pem" in marks:
         text = _redact_private_keys(text)
+    spelled = ("\\u" in given or "%" in given) and decoded != given  # letters escaped may spell a key's name
     if "key" in marks:
         keyed = _redact_credential_keys(text)
-        if keyed != text or decoded == given:
+        if keyed != text or not spelled:
             return keyed
-    elif decoded == given:
+    elif not spelled:
         return text
     if "key" not in _credential_marks(decoded.lower()):
         return text
@@ -1347,7 +1349,8 @@ def redact_url(url: str) -> str:
 
 
 def scrub(text: str, also: Secrets | None = None, budget: Budget | None = None) -> str:
-    """The text with every registered secret, any JWT, any bearer credential and every URL's credentials replaced
+    """The text with every registered secret, any JWT, any bearer credential, every URL's credentials, the value of
+    any credential key (CREDENTIAL_KEYS), a Basic credential without its header and a PEM private key's body replaced
     by [REDACTED]; then `also`'s secrets (a connection's own credentials, secrets_of). Cheap when there is nothing to
     find (substring tests before any pattern runs). `budget`: the hits of secrets' pieces the text may take, shared
     with the other parts of its frame (see Budget)."""
@@ -1383,7 +1386,8 @@ def scrub(text: str, also: Secrets | None = None, budget: Budget | None = None) 
         text = _SUBPROTOCOL_TOKEN_RE.compiled.sub(lambda m: m.group(1) + REDACTED, text)
     if marks:
         text = _redact_credential_shapes(text, marks, given, decoded)
-    elif decoded != given and "key" in _credential_marks(decoded.lower()):
+    elif ("\\u" in given or "%" in given) and decoded != given and "key" in _credential_marks(decoded.lower()):
+        # a key's name spelled with escapes (only \u- and %-escapes spell letters)
         text = _redact_credential_shapes(text, marks, given, decoded)
     # The pattern's own prefixes (scrub sees every recorded frame, and "ew" alone is in most text).
     if "eyA" in text or "ewo" in text or "ew0K" in text or "ewk" in text:
