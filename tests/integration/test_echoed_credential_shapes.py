@@ -22,6 +22,8 @@ SECRETS = {
     "nested": "NPwq12er", "close_cookie": "CRsid0c1",
 }
 BASIC = base64.b64encode(f"svc:{SECRETS['basic']}".encode()).decode()
+NOT_JSON = (f"login failed: Set-Cookie: sid={SECRETS['close_cookie']}; X-Api-Key: {SECRETS['header_api_key']} "
+            f'{{"password": "{SECRETS["password"]}"}}')
 
 
 def echoing_server(seen: list[str]):
@@ -66,8 +68,7 @@ def echoing_server(seen: list[str]):
                 await ws.send(ev("agent_thinking", 2, thought=f"login failed: {json.dumps(creds)} Cookie: "
                                                               f"{headers['Cookie']}; credential Basic {BASIC}"))
                 # a frame that is not JSON (R12, quoted in the reports), the credentials in it
-                await ws.send(f"login failed: Set-Cookie: sid={SECRETS['close_cookie']}; X-Api-Key: "
-                              f"{SECRETS['header_api_key']} {{\"password\": \"{SECRETS['password']}\"}}")
+                await ws.send(NOT_JSON)
                 # cut mid-chat: the close reason is the chat's error, in every report
                 await ws.close(1011, f"Set-Cookie: sid={SECRETS['close_cookie']}; Path=/")
                 return
@@ -132,3 +133,28 @@ async def test_echoed_credential_shapes_are_in_no_output_and_check_judges_as_run
                 '"partial_result"' in f.get("frame", "")]
     assert contents == [{"message_id": seen[0], "content": "passwordless sign-in, and a cookie for you",
                          "token": "password"}]
+
+
+async def test_a_hand_edited_recording_with_credentials_shows_none_of_them(tmp_path):
+    # A recording whose frame was put back as the server sent it (by hand, or by a recorder that knew no better):
+    # `check` judges it as the live run was judged, and its reports show none of the credentials.
+    await test_echoed_credential_shapes_are_in_no_output_and_check_judges_as_run(tmp_path)
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    for path in (tmp_path / "rec").iterdir():
+        lines = []
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("dir") == "recv" and record["frame"].startswith("login failed: Set-Cookie"):
+                record["frame"] = NOT_JSON
+            lines.append(json.dumps(record))
+        (edited / path.name).write_text("\n".join(lines) + "\n")
+    assert SECRETS["close_cookie"] in "".join(p.read_text() for p in edited.iterdir())
+    scenario = tmp_path / "s.yaml"
+    code, out = await chatprobe("check", str(edited), "--scenario", str(scenario), "--json", str(tmp_path / "e.json"),
+                                "--junit", str(tmp_path / "e.xml"), "--html", str(tmp_path / "e.html"))
+    assert code == 1, out
+    assert chats(tmp_path / "e.json") == chats(tmp_path / "run.json")
+    for name, text in {"terminal": out, **{n: (tmp_path / n).read_text() for n in ("e.json", "e.xml", "e.html")}}.items():
+        for what in ("close_cookie", "header_api_key", "password"):
+            assert SECRETS[what] not in text, f"{name} shows the {what}"
