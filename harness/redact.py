@@ -174,6 +174,8 @@ _SENSITIVE_PARAM = _Lazy(r"(?i)token|key|secret|pass|pwd|sig|auth|jwt|session|cr
 # dates and short ids stay readable; a random-looking value goes, as a signed link's token would.
 _OPAQUE_VALUE = _Lazy(r"[A-Za-z0-9._~+/=%-]{12,}")
 _MIXES = (_Lazy("[a-z]"), _Lazy("[A-Z]"), _Lazy("[0-9]"))
+_LOWER, _UPPER, _DIGITS = frozenset("abcdefghijklmnopqrstuvwxyz"), frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ"), frozenset(
+    "0123456789")
 
 # Unicode format characters (category Cf) that show nothing: zero-width spaces and joiners, the soft hyphen, the word
 # joiner and invisible operators, the deprecated format controls, the BOM (a zero-width no-break space), the
@@ -639,12 +641,19 @@ def secrets_of(secrets: tuple[str, ...]) -> Secrets:
 # with users held, not ~46 (bench: 1,500 opaque tokens held), at the price of the shortest credentials (below).
 #
 # What is caught, in every text scrub() sees (a recorded frame, a close reason, an error, a log line): any run of at
-# least 2 * _SEEN_PIECE - 1 (15) characters of a held credential, the whole credential included (a shorter run is
-# caught where it holds a piece that starts at a multiple of _SEEN_PIECE, and is at least MIN_RUN long, MIN_RUN_WORDS
-# for one that reads as words), as it stands or as scrub() decodes the text (its JSON escapes however often their
-# backslash is doubled, its %-escapes, invisible format characters dropped: `\u0041bc…`, `abc%2Bdef`, a `\"` inside
-# it). A credential is held only from SEEN_MIN_LEN characters, so it is always found whole.
-# What is not: a credential shorter than SEEN_MIN_LEN (a short Basic password: scrubbed from its own connection only),
+# least 2 * _SEEN_PIECE - 1 (15) characters of a held credential that mixes two of lower case, upper case and digits,
+# the whole credential included (a shorter run is caught where it holds a piece that starts at a multiple of
+# _SEEN_PIECE, and is at least MIN_RUN long), as it stands or as scrub() decodes the text (its JSON escapes however
+# often their backslash is doubled, its %-escapes, invisible format characters dropped: `\u0041bc…`, `abc%2Bdef`, a
+# `\"` inside it). A credential is held only from SEEN_MIN_LEN characters and when it reads as a token (one word,
+# mixing two of those classes), so it is always found whole.
+# Any client chooses its credentials, and the pool scrubs them from every user's text: a run that does not mix (a
+# word, `agent_completed`, `TEXT_MESSAGE_CONTENT`) is never redacted from a text, not even bluntly past its budget,
+# and a credential that reads as words or holds a space is not held, so that a hostile user cannot have another
+# user's recorded event types, ids or words redacted (its recording judged otherwise by `check` than live). What it
+# still can: a run that mixes and that it guesses in another user's text (a date and hour, a sequential id).
+# What is not caught: a credential shorter than SEEN_MIN_LEN (a short Basic password: scrubbed from its own
+# connection only), one that reads as words (a passphrase: alike), a run of a held one that does not mix,
 # a fragment shorter than 15 characters (the last 7 characters of another user's token), a credential inside base64
 # text (a registered secret's base64 forms are matched, a held credential's are not: an echoed `Basic` header is caught
 # by its credential, held as sent), a credential past the pool's bound (forgotten: see below). Of a JWT only its
@@ -703,9 +712,15 @@ class SeenCredentials:
         """What is held of a connection's credentials: each one but a scheme's credential whole (`Bearer X`, `jwt.X`:
         X is, and its runs are redacted wherever they stand), and of a JWT its signature alone (its header and payload
         are caught by their shape wherever they are echoed: eyJ…, as text, escaped or inside base64; the signature is
-        not). Each at least SEEN_MIN_LEN characters. Linear in their length."""
+        not). Each at least SEEN_MIN_LEN characters, one word, mixing two of lower case, upper case and digits.
+        Linear in their length."""
         creds = {c.strip() for c in credentials if isinstance(c, str) and len(c.strip()) >= SEEN_MIN_LEN}
         held: list[str] = []
+        # Only what reads as a token: one word (no whitespace) mixing two of lower case, upper case and digits. Any
+        # client chooses its credentials, and the pool scrubs them from every user's recording: a cookie of
+        # `Xagent_completed_partial_result` made another user's recorded `agent_completed` a `[REDACTED]` type, a
+        # chat `check` failed (R12) that passed live. (What is not held is still scrubbed from its own connection.)
+        creds = {c for c in creds if _mixes(c) >= 2 and len(c.split()) == 1}
         for c in sorted(creds):
             if (m := _SCHEME_PREFIX.compiled.match(c)) is not None and c[m.end():] in creds:
                 continue
@@ -848,20 +863,27 @@ class SeenCredentials:
                             if grown < 0:
                                 budget.grown = -1
                                 return None
-                        if end - start >= run_of.get(c, len(c)):
+                        run = text[start:end]  # (mixes two classes: in C, no Python call per run found)
+                        if end - start >= run_of.get(c, len(c)) and (
+                                (not _LOWER.isdisjoint(run)) + (not _UPPER.isdisjoint(run))
+                                + (not _DIGITS.isdisjoint(run)) >= 2):
                             found.append((start, end))
                     off = c.find(piece, off + 1)
         budget.hits, budget.grown = hits, grown
         return _merged(found) if found else []
 
     def blunt(self, text: str) -> str:
-        """A text too dense with held pieces to follow each: every piece looked up and found redacted as it stands
-        (side by side, one [REDACTED]), which cuts every run of every credential held as surely, less exactly."""
+        """A text too dense with held pieces to follow each: every piece looked up and found that mixes two of lower
+        case, upper case and digits redacted as it stands (side by side, one [REDACTED]), which cuts every run of every
+        credential held as surely where such a piece of it stands, less exactly. A piece that does not mix is left:
+        a client holding a credential of repeated words (each found piece hundreds of hits) spent every frame's
+        budget, and its words were redacted from every user's frame."""
         index = self._index
         out: list[str] = []
         i = 0
         for k, piece in enumerate(_SEEN_PIECES.compiled.findall(text)):
-            if piece in index:
+            if piece in index and ((not _LOWER.isdisjoint(piece)) + (not _UPPER.isdisjoint(piece))
+                                   + (not _DIGITS.isdisjoint(piece)) >= 2):
                 start = k * _SEEN_PIECE
                 if start > i or not out:
                     out += [text[i:start], REDACTED]

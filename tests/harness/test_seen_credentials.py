@@ -11,15 +11,28 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import string
 import tracemalloc
 from urllib.parse import quote
 
 import pytest
 
 from harness import redact
-from harness.redact import REDACTED, SeenCredentials, credentials_of, scrub
+from harness.redact import REDACTED, Budget, SeenCredentials, credentials_of, scrub
 
 USERS = 1000
+
+
+def opaque_token(nbytes: int = 32) -> str:
+    """A random token (token_urlsafe) whose every 4 characters hold a digit and a letter: any run of it that a test
+    says is caught mixes two classes, as a pool's run must (a random one's 9 characters are all lower case now and
+    then)."""
+    t = list(secrets.token_urlsafe(nbytes))
+    for i in range(0, len(t), 4):
+        t[i] = secrets.choice(string.digits)
+    for i in range(2, len(t), 4):
+        t[i] = secrets.choice(string.ascii_letters)
+    return "".join(t)
 
 
 def bearer(token: str) -> tuple[str, ...]:
@@ -42,7 +55,7 @@ def compiled(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_a_thousand_users_tokens_are_each_caught_once_held_and_nothing_is_compiled(compiled):
-    tokens = [secrets.token_urlsafe(32) for _ in range(USERS)]
+    tokens = [opaque_token() for _ in range(USERS)]
     pool = redact.seen_credentials()
     for n, token in enumerate(tokens):
         pool.hold(bearer(token))
@@ -58,7 +71,7 @@ def test_a_thousand_users_tokens_are_each_caught_once_held_and_nothing_is_compil
 
 
 def test_each_form_scrub_decodes_is_caught_and_what_is_not():
-    token = secrets.token_urlsafe(32)
+    token = opaque_token()
     odd = "pa%2Fss\"w0rd+Zk9q"  # a cookie value holding a %-escape, a quote and a plus
     pool = redact.seen_credentials()
     pool.hold(bearer(token) + credentials_of([("Cookie", f"sid={odd}")], []))
@@ -79,7 +92,7 @@ def test_each_form_scrub_decodes_is_caught_and_what_is_not():
 def test_what_is_held_of_a_connections_credentials():
     head = base64.urlsafe_b64encode(b'{"alg":"HS256"}').rstrip(b"=").decode()
     body = base64.urlsafe_b64encode(b'{"sub":"ana"}').rstrip(b"=").decode()
-    sig = secrets.token_urlsafe(32)
+    sig = opaque_token()
     jwt = f"{head}.{body}.{sig}"
     # `Bearer X` holds X: X alone; of a JWT, its signature (its two other parts are caught by their shape).
     assert SeenCredentials.pooled(bearer(jwt)) == (sig,)
@@ -90,8 +103,12 @@ def test_what_is_held_of_a_connections_credentials():
     # Its user:password and password are shorter than SEEN_MIN_LEN: scrubbed from their own connection only.
     assert set(SeenCredentials.pooled(credentials_of([("Authorization", f"Basic {basic}")], []))) == {basic}
     longer = base64.b64encode(b"ana:a-longer-passphrase").decode()
-    assert set(SeenCredentials.pooled(credentials_of([("Authorization", f"Basic {longer}")], []))) == {
-        longer, "ana:a-longer-passphrase", "a-longer-passphrase"}
+    mixed = base64.b64encode(b"ana:a-longer-Passphrase-42").decode()
+    # A password that reads as words is not held (any client could have its words redacted from every recording):
+    # scrubbed from its own connection only. One that reads as a token is.
+    assert set(SeenCredentials.pooled(credentials_of([("Authorization", f"Basic {longer}")], []))) == {longer}
+    assert set(SeenCredentials.pooled(credentials_of([("Authorization", f"Basic {mixed}")], []))) == {
+        mixed, "ana:a-longer-Passphrase-42", "a-longer-Passphrase-42"}
     pool = redact.seen_credentials()
     pool.hold(bearer(jwt))
     assert pool.held() == {sig}
@@ -158,10 +175,38 @@ def test_a_text_dense_with_held_pieces_is_scrubbed_within_its_budget(compiled):
     # Credentials that share their pieces (a hostile client's), and a frame made of those pieces: the work is bounded
     # by the text's Budget, then every piece found is redacted as it stands; no run of any credential is left.
     pool = redact.seen_credentials()
-    creds = [f"aaaaaaaaaaaaaaaa{n:06d}" for n in range(300)]
+    creds = [f"aB3cD4eFaB3cD4eF{n:06d}" for n in range(300)]
     for c in creds:
         pool.hold([c])
-    text = "aaaaaaaa" * 20_000 + " and one 000123 plain"
+    text = "aB3cD4eF" * 20_000 + " and one 000123 plain"
     out = scrub(text)
-    assert "aaaaaaaa" not in out and out.endswith("000123 plain")
+    assert "aB3cD4eF" not in out and out.endswith("000123 plain")
     assert compiled[0] == 0
+
+
+def test_credentials_spelling_event_text_redact_none_of_it_even_past_the_budget():
+    """Any client picks its credentials, and the pool scrubs them from every user's text: a cookie spelling the
+    protocol's words (`Xagent_completed…`) redacted another user's `agent_completed`, and one repeating them (so that
+    each piece found in a frame is hundreds of hits) spent the frame's budget, so that every held piece in it was
+    redacted bluntly, words and all. Only a run that mixes two of lower case, upper case and digits is redacted from a
+    text now, bluntly too; a credential that does not read as a token (words, spaces) is not held at all.
+
+    FAILED on the code before: `agent_completed` and the other types came out [REDACTED]."""
+    pool = redact.seen_credentials()
+    words = "agent_completed_partial_result_tool_executing_"
+    pool.hold(credentials_of([("Cookie", f"a=X{words}; b=agent_completed partial_result Xy1Zw2")], []))
+    assert pool.held() == {f"X{words}"}
+    for n in range(12):  # 12 users, each its 8 KB of the same words
+        pool.hold(credentials_of([("Cookie", f"s=Q{n}" + words * 170)], []))
+    frames = [json.dumps({"type": kind, "run_id": "r-1", "seq": 3, "payload": {"content": f"{kind} done"}})
+              for kind in ("agent_completed", "partial_result", "tool_executing")]
+    for frame in frames:
+        budget = Budget(len(frame))
+        assert scrub(frame, budget=budget) == frame
+        assert budget.spent  # (the blunt path: every piece found was hundreds of hits)
+    # A token among the words is still caught, past the budget too.
+    token = opaque_token()
+    pool.hold(bearer(token))
+    frame = json.dumps({"type": "agent_completed", "payload": {"content": f"agent_completed {token}"}})
+    out = scrub(frame, budget=Budget(len(frame)))
+    assert token not in out and '"type": "agent_completed"' in out

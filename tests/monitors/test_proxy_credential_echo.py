@@ -22,9 +22,12 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from harness.events import Outcome
+from harness.offline import check_files
+from harness.profiles import load_profile
 from tests.integration.outside_servers import GUID, WsConn
 
-from .procs import proxy_process
+from .procs import agentsim_process, proxy_process
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -158,3 +161,41 @@ async def test_a_credential_the_upstream_echoes_to_another_user_is_in_no_recordi
         for what, secret in {"opaque token": opaque, "its run": opaque[5:22], "JWT": jwt, "JWT signature": sig,
                              "signature run": sig[5:22]}.items():
             assert secret not in text, f"{what} in the {name}"
+
+
+# A hostile user's "credentials": the netra event types, in one cookie value that mixes cases (X), in another with
+# spaces, and a words-only one, each long enough to be held.
+POISON = {"Cookie": "sid=Xagent_completed_agent_started_partial_result_tool_executing_tool_completed; "
+                    "b=agent_completed agent_started partial_result Xy1; w=zagent_completedzagent_thinking"}
+
+
+async def test_a_users_credentials_chosen_as_event_text_redact_nothing_from_another_users_recording(tmp_path):
+    """A hostile user connects with a cookie that spells the protocol's event types and stays connected; another
+    user chats. The pool of every user's credentials scrubs every recording, so the victim's recorded
+    `{"type": "agent_completed"}` became `{"type": "[REDACTED]"}`: `check` of the recording failed (R12) a chat the
+    victim's client got whole. Only what reads as a token is held now, and only a run of it that does is redacted
+    from another user's text: the victim's recording holds every event as it came, and `check` passes the chat.
+
+    FAILED on the code before: the victim's recording had `[REDACTED]` types and check judged the chat failed."""
+    rec = tmp_path / "rec"
+    async with agentsim_process() as sim, proxy_process(sim, tmp_path, "--record", str(rec), "--record-all") as p:
+        async with asyncio.timeout(30):
+            async with connect(f"ws://127.0.0.1:{p.port}/ws?user=mallory", additional_headers=POISON,
+                               open_timeout=10, close_timeout=2) as hostile:
+                assert json.loads(await hostile.recv())["type"] == "connection_established"  # held from here
+                got = []
+                async with connect(f"ws://127.0.0.1:{p.port}/ws?user=ana", open_timeout=10, close_timeout=2) as ws:
+                    await ws.recv()
+                    await ws.send(json.dumps({"type": "user_message", "payload": {
+                        "content": "hi", "thread_id": "t-ana", "message_id": "m-ana"}}))
+                    async for message in ws:
+                        got.append(json.loads(message)["type"])
+                        if got[-1] in ("agent_completed", "error"):
+                            break
+    assert got[-1] == "agent_completed", got
+    frames = [json.loads(line) for f in rec.glob("*.jsonl") for line in f.read_text().splitlines()]
+    received = [json.loads(r["frame"])["type"] for r in frames
+                if r.get("dir") == "recv" and "ana" in r["frame"] and "connection_established" not in r["frame"]]
+    assert received == got and not any("[REDACTED]" in r.get("frame", "") for r in frames), received
+    (run,) = check_files([rec], load_profile("netra"))
+    assert [(r.outcome, [v.rule for v in r.violations]) for r in run.results] == [(Outcome.PASSED, [])]
