@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import json
 import re
 import sys
@@ -622,10 +621,42 @@ class Secrets:
         return _redacted_spans(text, spans) if spans else text
 
 
-@functools.lru_cache(maxsize=256)
+# The matchers of the latest users' own credentials, kept for their next connections: at most this many sets, of at
+# most this many characters in all. A matcher takes ~650 bytes of memory per character of its secrets (their forms:
+# escaped, URL-encoded, base64), ~5 MB for a set of 8,000 (the proxy records up to MAX_RECORDED_CREDENTIALS): kept by
+# count alone, 256 users' sets of 8 KB cookies held ~1.4 GB of the proxy's memory after their connections closed.
+OWN_CACHED = 256
+OWN_CACHED_CHARS = 64 * 1024
+_own_lock = threading.Lock()
+_own: OrderedDict[tuple[str, ...], Secrets] = OrderedDict()
+_own_chars = 0
+
+
 def secrets_of(secrets: tuple[str, ...]) -> Secrets:
-    """The matchers of a connection's own credentials (the proxy's users'), compiled once per distinct set."""
-    return Secrets(secrets)
+    """The matchers of a connection's own credentials (the proxy's users'), compiled once per distinct set while the
+    cache has room (OWN_CACHED, OWN_CACHED_CHARS: the least recently used set goes first)."""
+    global _own_chars
+    with _own_lock:
+        if (cached := _own.get(secrets)) is not None:
+            _own.move_to_end(secrets)
+            return cached
+    matcher = Secrets(secrets)
+    size = sum(len(s) for s in secrets)
+    if size > OWN_CACHED_CHARS:
+        return matcher
+    with _own_lock:
+        if secrets not in _own:
+            _own[secrets] = matcher
+            _own_chars += size
+        while len(_own) > OWN_CACHED or _own_chars > OWN_CACHED_CHARS:
+            _own_chars -= sum(len(s) for s in _own.popitem(last=False)[0])
+    return matcher
+
+
+def own_cached_chars() -> int:
+    """The characters of the secrets whose matchers secrets_of keeps (tests)."""
+    with _own_lock:
+        return _own_chars
 
 
 # Every user's credentials the proxy has seen (each connection's, credentials_of), scrubbed by scrub() from every
