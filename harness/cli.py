@@ -461,8 +461,8 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
                 conns, frames, size = dropped
                 run.warnings.append(
                     f"--record: {frames} frames ({size:,} bytes) of {conns} connection(s) were not recorded, "
-                    f"{recorder.dropped_why()}; each file says where its gap begins, and `chatprobe check` judges "
-                    "the chats open there as they stood")
+                    f"{recorder.dropped_why()}; {recorder.gaps_said(recorder.take_unfiled())}, and `chatprobe check` "
+                    "judges the chats open there as they stood")
             runs.append(run)
             if not args.quiet and not console.is_terminal:
                 st = run.stats

@@ -181,9 +181,9 @@ class _Run:
         """Frames this process's recording dropped (a connection's file full), said as `chatprobe run` says it."""
         if self.recorder is not None and (dropped := self.recorder.take_dropped())[0]:
             conns, frames, size = dropped
-            logger.warning("--chatprobe-record: %d frames (%s bytes) of %d connection(s) were not recorded, %s; each "
-                           "file says where its gap begins, and `chatprobe check` judges the chats open there as they "
-                           "stood", frames, f"{size:,}", conns, self.recorder.dropped_why())
+            logger.warning("--chatprobe-record: %d frames (%s bytes) of %d connection(s) were not recorded, %s; %s, and "
+                           "`chatprobe check` judges the chats open there as they stood", frames, f"{size:,}", conns,
+                           self.recorder.dropped_why(), self.recorder.gaps_said(self.recorder.take_unfiled()))
 
     def load(self) -> None:
         """Scenario and target from the options (on a worker, the master's options arrive with the first spawn)."""

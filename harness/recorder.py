@@ -114,6 +114,7 @@ class ConnectionLog:
         self.ended = False  # a failure record (`failed`) was the last line: the connection's end is written
         self.gone = False  # saved and deleted (not kept, or rotated out): nothing more is written
         self.saved = False  # saved (kept): a line written later takes the room kept for the last lines, or is lost
+        self.unfiled = False  # refused a file (the recorder at max_files): its frames are in no file
         # Bytes the recorder granted this log of its bound (Recorder.max_bytes): what it wrote or buffered, and `tail`
         # bytes kept for its last lines (the dropped and close records), granted with its first line.
         self.held = 0
@@ -329,6 +330,9 @@ class ConnectionLog:
         first = not self.held  # its first line: the file it is to be written to takes one of the recorder's files
         tail = self.recorder.tail if first else 0
         if first and not self.recorder.take_file():
+            if not self.unfiled:
+                self.unfiled = True
+                self.recorder.note_unfiled()
             return False
         if not self.recorder.grant(n + tail):
             if first:
@@ -409,6 +413,7 @@ class Recorder:
         self._parts_bytes = 0  # granted to the connections' logs not saved yet (ConnectionLog.held)
         self._parts_files = 0  # files of those logs (one each from its first line: take_file)
         self._dropped = [0, 0, 0]  # connections, frames, bytes dropped since take_dropped() last said
+        self._unfiled = 0  # connections refused a file (max_files) since take_unfiled() last said
         self._taken = 0  # how many times take_dropped() said (a log's `noted`: in which of them it was counted)
         # Why the run stopped early (a results.STOPPED_BY key: "max_duration", "interrupted"), once it did (`stopped`): the
         # "client-stop" close records written from then on say it ("stop"), and `chatprobe check` reports it.
@@ -477,6 +482,25 @@ class Recorder:
         return (f"their file being full ({self.max_file_bytes:,} bytes) or the recording at its bound "
                 f"({self.max_bytes:,} bytes or {self.max_files:,} files on disk, the files of connections still open "
                 "included)")
+
+    def note_unfiled(self) -> None:
+        with self._lock:
+            self._unfiled += 1
+
+    def take_unfiled(self) -> int:
+        """Connections refused a file since the last call (the recording at `max_files`): counted among the dropped
+        ones, but no file of theirs says where their gap begins, and nothing of their chats is recorded."""
+        with self._lock:
+            out, self._unfiled = self._unfiled, 0
+        return out
+
+    def gaps_said(self, unfiled: int) -> str:
+        """Where the warnings say the gaps are, `unfiled` of the connections having no file (take_unfiled)."""
+        if not unfiled:
+            return "each file says where its gap begins"
+        return (f"each file says where its gap begins, but {unfiled} of those connection(s) got no file (the recording "
+                f"at its {self.max_files:,} files, those of connections still open included): nothing of their chats "
+                "is recorded")
 
     def take_dropped(self) -> tuple[int, int, int]:
         """(connections, frames, bytes) whose frames did not fit their file since the last call, for a warning."""

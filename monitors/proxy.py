@@ -192,6 +192,7 @@ class LiveChats:
         # --record's frames not written (a connection's file full), since the last line that said so: at most one
         # such warning a minute (WARN_EVERY), and the rest when the proxy stops.
         self._dropped = (0, 0, 0)
+        self._unfiled = 0  # of those connections, the ones refused a file (the recording at its max_files)
         self._dropped_said_at: float | None = None
         self._unrecorded = 0  # connections not recorded for their credentials' size, since the last line said so
         self._unrecorded_said_at: float | None = None
@@ -237,6 +238,7 @@ class LiveChats:
         if conns:
             c, f, b = self._dropped
             self._dropped = (c + conns, f + frames, b + size)
+        self._unfiled += self.recorder.take_unfiled()
         if self._dropped[0] and (self._dropped_said_at is None or now - self._dropped_said_at >= WARN_EVERY):
             self.say_dropped(now)
         forgotten = redact.seen_credentials().forgotten
@@ -252,10 +254,10 @@ class LiveChats:
         conns, frames, size = self._dropped
         if not conns or self.recorder is None:
             return
-        log.warning("--record: %d frames (%s bytes) of %d connection(s) were not recorded, %s; each file says where "
-                    "its gap begins, and `chatprobe check` judges the chats open there as they stood", frames,
-                    f"{size:,}", conns, self.recorder.dropped_why())
-        self._dropped, self._dropped_said_at = (0, 0, 0), now
+        log.warning("--record: %d frames (%s bytes) of %d connection(s) were not recorded, %s; %s, and `chatprobe "
+                    "check` judges the chats open there as they stood", frames, f"{size:,}", conns,
+                    self.recorder.dropped_why(), self.recorder.gaps_said(self._unfiled))
+        self._dropped, self._unfiled, self._dropped_said_at = (0, 0, 0), 0, now
 
     def too_many_credentials(self) -> None:
         """A connection not recorded for the size of its credentials (MAX_RECORDED_CREDENTIALS): said a line a minute."""
