@@ -693,13 +693,19 @@ _SEEN_PIECE = 8
 SEEN_MIN_LEN = 2 * _SEEN_PIECE - 1  # found whole
 _SEEN_PIECES = _Lazy("(?s)" + "." * _SEEN_PIECE)
 # The pool's memory, bounded: past it the least recently seen credential whose connections have all closed is
-# forgotten first, then the one of the oldest connection still open. A forgotten credential is still scrubbed from its
+# forgotten first, then the one of the oldest connection still open; and one client address's share of it (see
+# SEEN_SHARE): past that, its own least recently seen credential. A forgotten credential is still scrubbed from its
 # own connection's frames (the connection's own secrets, secrets_of) and caught by its shape where it has one (a JWT,
 # `Bearer …`), but an echo of it on another user's connection no longer is; `forgotten` counts them (the proxy warns).
 # A credential counts what holding it takes in memory at most (_seen_cost: its pieces' keys and dict slots): 6,052
 # bytes for an opaque 43-character token (~3.5 KB measured with tracemalloc: tests/harness/test_seen_credentials.py
 # holds the measure to the bound), so 16 MiB holds ~2,770 of them, ~10 MB in fact.
 MAX_SEEN_BYTES = 16 * 1024 * 1024
+# One client address's share of the pool, at most (as a tenth of --max-connections is its share of connections): past
+# it, its own least recently seen credentials are forgotten, never another address's. Without it a client of 15
+# connections, each with 8 KB of made-up cookies, pushed every other user's credentials out of the pool, those of
+# connections still open included: one of theirs echoed on a third user's connection went into its recording.
+SEEN_SHARE = 10
 # A dict's share of memory for each str key it holds, at most: 16-byte entries (a table of str keys) and 4-byte
 # indices, the table just grown (a third of it used): 88 bytes (32 to 77 measured, under churn too).
 _DICT_SLOT_BYTES = 88
@@ -719,8 +725,8 @@ def _seen_cost(credential: str) -> int:
 class SeenCredentials:
     """The credentials of the users a process has seen (the proxy's), matched by scrub() in every text as soon as they
     are held (see above for what is and is not caught), bounded in memory (max_bytes: the least recently seen
-    forgotten first, those of closed connections before those of open ones). `hold` a connection's credentials as it
-    opens, `release` what hold returned as it closes."""
+    forgotten first, those of closed connections before those of open ones; one client address's own past its
+    SEEN_SHARE). `hold` a connection's credentials as it opens, `release` what hold returned as it closes."""
 
     def __init__(self, max_bytes: int = MAX_SEEN_BYTES) -> None:
         self.max_bytes = max_bytes
@@ -735,6 +741,11 @@ class SeenCredentials:
         self._closed: OrderedDict[str, None] = OrderedDict()  # credentials whose connections all closed, oldest first
         self._holding = 0
         self._bytes = 0
+        # Who pays for each credential (the client address that held it first, `hold`'s owner), what each pays, and
+        # its credentials, least recently seen first (held by any owner).
+        self._owner: dict[str, str] = {}
+        self._owned: dict[str, OrderedDict[str, None]] = {}
+        self._owner_bytes: dict[str, int] = {}
         self.forgotten = 0  # credentials forgotten past max_bytes
         self.unheld = 0  # credentials not held: one alone past max_bytes
 
@@ -763,12 +774,16 @@ class SeenCredentials:
             held.append(c)
         return tuple(dict.fromkeys(held))
 
-    def hold(self, credentials: Iterable[str]) -> tuple[tuple[str, int], ...]:
-        """A connection's credentials held: matched by scrub() from now on. Returns what to `release` as it closes."""
+    def hold(self, credentials: Iterable[str], owner: str | None = None) -> tuple[tuple[str, int], ...]:
+        """A connection's credentials held: matched by scrub() from now on. Returns what to `release` as it closes.
+        `owner`: the client address it came from (the proxy's limit_key), which may hold at most a SEEN_SHARE-th of
+        the pool (its own least recently seen credentials forgotten past that); None: no share (one user's tests)."""
         creds = self.pooled(credentials)
         out = []
         with self._lock:
             for c in creds:
+                if (payer := self._owner.get(c)) is not None:
+                    self._owned[payer].move_to_end(c)
                 if (holding := self._open.get(c)) is not None:
                     holding[0] += 1
                     self._open.move_to_end(c)  # the most recently seen now
@@ -776,16 +791,22 @@ class SeenCredentials:
                     continue
                 if c not in self._closed:
                     cost = _seen_cost(c)
-                    if cost > self.max_bytes:
+                    if cost > self.max_bytes or (owner is not None and cost > self.max_bytes // SEEN_SHARE):
                         self.unheld += 1
                         continue
                     self._bytes += cost
                     self._add(c)
+                    if owner is not None:
+                        self._owner[c] = owner
+                        self._owned.setdefault(owner, OrderedDict())[c] = None
+                        self._owner_bytes[owner] = self._owner_bytes.get(owner, 0) + cost
                 else:
                     del self._closed[c]
                 self._holding += 1
                 self._open[c] = [1, self._holding]
                 out.append((c, self._holding))
+                if owner is not None:
+                    self._evict_own(owner, keep=c)
                 self._evict(keep=c)
         return tuple(out)
 
@@ -805,15 +826,37 @@ class SeenCredentials:
     def _evict(self, keep: str) -> None:
         while self._bytes > self.max_bytes:
             if self._closed:
-                c = self._closed.popitem(last=False)[0]
+                c = next(iter(self._closed))
             else:
                 c = next(iter(self._open))
                 if c == keep:  # (fits alone: cost <= max_bytes)
                     return
-                del self._open[c]
-            self._remove(c)
-            self._bytes -= _seen_cost(c)
-            self.forgotten += 1
+            self._forget(c)
+
+    def _evict_own(self, owner: str, keep: str) -> None:
+        """The owner's least recently seen credentials forgotten while it holds more than its share."""
+        share = self.max_bytes // SEEN_SHARE
+        owned = self._owned.get(owner)
+        while owned and self._owner_bytes.get(owner, 0) > share:
+            c = next(iter(owned))
+            if c == keep:  # (fits alone: cost <= share)
+                return
+            self._forget(c)
+            owned = self._owned.get(owner)
+
+    def _forget(self, c: str) -> None:
+        self._open.pop(c, None)
+        self._closed.pop(c, None)
+        self._remove(c)
+        cost = _seen_cost(c)
+        self._bytes -= cost
+        if (owner := self._owner.pop(c, None)) is not None:
+            owned = self._owned[owner]
+            del owned[c]
+            self._owner_bytes[owner] -= cost
+            if not owned:
+                del self._owned[owner], self._owner_bytes[owner]
+        self.forgotten += 1
 
     def _add(self, c: str) -> None:
         self._runs[c] = min(len(c), MIN_RUN if _mixes(c) >= 2 else MIN_RUN_WORDS)

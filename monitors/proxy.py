@@ -808,7 +808,7 @@ class Proxy:
             # connection's recording, not only this one's. (Without --record the proxy writes no server text anywhere:
             # its logs and labels are its own words.)
             seen = redact.seen_credentials()
-            held = seen.hold(secrets)
+            held = seen.hold(secrets, owner=key)  # at most a SEEN_SHARE-th of the pool for one client address
             if held:
                 conn.connection_lost_waiter.add_done_callback(lambda _: seen.release(held))
         where = parse_uri(url)

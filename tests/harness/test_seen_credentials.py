@@ -234,3 +234,26 @@ def test_the_matchers_kept_for_users_next_connections_take_bounded_memory():
     alive = sum(sum(map(len, s)) for s, ref in zip(sets, kept, strict=True) if ref() is not None)
     assert 0 < alive <= 64 * 1024, alive
     assert kept[-1]() is not None  # the latest user's kept (the least recently used go first)
+
+
+def test_one_client_address_holds_at_most_its_share_of_the_pool(monkeypatch):
+    tokens = [opaque_token(30) for _ in range(40)]
+    cost = redact._seen_cost(tokens[0])
+    pool = SeenCredentials(max_bytes=redact.SEEN_SHARE * 3 * cost)  # a share: 3 tokens
+    monkeypatch.setattr(redact, "_seen", pool)
+    ana = pool.hold(bearer(tokens[0]), owner="10.0.0.1")
+    for t in tokens[1:]:  # another address's, each connection open
+        pool.hold(bearer(t), owner="10.0.0.2")
+    assert pool.held() == {tokens[0], *tokens[-3:]} and pool.forgotten == 36
+    assert tokens[0] not in scrub(f"echo {tokens[0]}") and tokens[1] in scrub(f"echo {tokens[1]}")
+    # Its oldest goes first; one seen again is the most recently seen; a closed connection's is forgotten alike.
+    pool.hold(bearer(tokens[-3]), owner="10.0.0.2")
+    pool.hold(bearer(tokens[1]), owner="10.0.0.2")
+    assert pool.held() == {tokens[0], tokens[-3], tokens[-1], tokens[1]}
+    pool.release(ana)
+    assert pool.held_bytes() == 4 * cost and pool._owner_bytes == {"10.0.0.1": cost, "10.0.0.2": 3 * cost}
+    # The whole pool's bound still holds across addresses: the least recently seen closed one goes first.
+    for n, t in enumerate(tokens[2:30]):
+        pool.hold(bearer(t), owner=f"10.1.0.{n}")
+    assert tokens[0] not in pool.held() and pool.held_bytes() <= pool.max_bytes
+    assert sum(pool._owner_bytes.values()) == pool.held_bytes()

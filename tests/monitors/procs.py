@@ -66,11 +66,13 @@ class ProxyProc:
 
 @contextlib.asynccontextmanager
 async def proxy_process(upstream: str, tmp_path: Path, *flags: str, metrics: bool = False, slow_cut: bool = False,
-                        nofile: int | None = None, stop: bool = True) -> AsyncIterator[ProxyProc]:
+                        nofile: int | None = None, stop: bool = True, pool_bytes: int | None = None
+                        ) -> AsyncIterator[ProxyProc]:
     """`chatprobe proxy` in a child process, once it listens. `metrics`: its /metrics on a free port (else off, 0); the
     proxy cannot pick one itself (0 is off), so one found free is given to it, and when another process took that port
     first the proxy exits saying so and is started again on another, at most PORT_ATTEMPTS times. `slow_cut`: its
-    metrics server's slow-client timeout is SLOW_CUT. `nofile`: its open-file limit. `stop`: at the end of the block
+    metrics server's slow-client timeout is SLOW_CUT. `nofile`: its open-file limit. `pool_bytes`: the bound of its pool
+    of users' credentials (redact.MAX_SEEN_BYTES), so that a test fills it with a few connections. `stop`: at the end of the block
     it is stopped with SIGTERM and must exit 0 within its shutdown grace (else the test stops it itself); killed if it
     still runs."""
     err_path = tmp_path / "proxy.stderr"
@@ -83,7 +85,9 @@ async def proxy_process(upstream: str, tmp_path: Path, *flags: str, metrics: boo
         metrics_port, match = (free_port() if metrics else 0), None
         with err_path.open("wb") as err:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", (SLOW_CUT_MAIN if slow_cut else "") + PROXY_MAIN, "--upstream", upstream,
+                sys.executable, "-c", (SLOW_CUT_MAIN if slow_cut else "") + (
+                    f"from harness import redact; redact._seen.max_bytes = {pool_bytes}; " if pool_bytes else ""
+                ) + PROXY_MAIN, "--upstream", upstream,
                 "--listen", "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{metrics_port}", *flags,
                 stdout=asyncio.subprocess.PIPE, stderr=err, cwd=ROOT, preexec_fn=limit if nofile is not None else None)
         assert proc.stdout is not None

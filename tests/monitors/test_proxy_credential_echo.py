@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
+from harness import redact
 from harness.events import Outcome
 from harness.offline import check_files
 from harness.profiles import load_profile
@@ -199,3 +201,56 @@ async def test_a_users_credentials_chosen_as_event_text_redact_nothing_from_anot
     assert received == got and not any("[REDACTED]" in r.get("frame", "") for r in frames), received
     (run,) = check_files([rec], load_profile("netra"))
     assert [(r.outcome, [v.rule for v in r.violations]) for r in run.results] == [(Outcome.PASSED, [])]
+
+
+POOL = 1024 * 1024  # the child's pool bound (16 MiB by default): what a hostile client must push out, made small
+
+
+async def test_a_client_of_many_made_up_credentials_cannot_push_another_users_out_of_the_pool(tmp_path):
+    """A hostile client (another address: 127.0.0.2) opens connection after connection, each with a made-up token,
+    until its tokens outweigh the pool; user ana's connection is open meanwhile. Then the upstream echoes ana's token
+    on bob's connection. The pool forgot the least recently seen first, ana's among them, so bob's recording had ana's
+    token in clear. One client address holds at most a tenth of the pool now (redact.SEEN_SHARE): the hostile
+    client's own oldest tokens are forgotten, ana's is not, and bob's recording holds none of it.
+
+    FAILED on the code before: ana's token stood in bob's recording."""
+    tokens: dict[str, str] = {}
+
+    async def upstream_handler(ws) -> None:
+        user = ws.request.path.partition("user=")[2]
+        tokens[user] = ws.request.headers["Authorization"].partition(" ")[2]
+        await ws.send(json.dumps({"type": "connection_established", "data": {"connection_id": user}}))
+        if user == "bob":
+            await ws.send(json.dumps({"type": "partial_result", "run_id": "r-1", "seq": 1,
+                                      "payload": {"content": f"ana's token: {tokens['ana']}."}}))
+        with contextlib.suppress(ConnectionClosed):
+            await ws.wait_closed()
+
+    upstream = await serve(upstream_handler, "127.0.0.1", 0)
+    rec = tmp_path / "rec"
+    ana_token = secrets.token_urlsafe(32)
+    made_up = [secrets.token_urlsafe(150) for _ in range(60)]  # 200 characters: ~30 KB of the pool each
+    assert 60 * redact._seen_cost(made_up[0]) > POOL
+    try:
+        async with proxy_process(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", tmp_path, "--record",
+                                 str(rec), "--record-all", "--max-connections-per-ip", "100",
+                                 pool_bytes=POOL) as proxy:
+            url = f"ws://127.0.0.1:{proxy.port}/ws?user="
+            async with asyncio.timeout(30), contextlib.AsyncExitStack() as stack:
+                ana = await stack.enter_async_context(connect(
+                    url + "ana", additional_headers={"Authorization": f"Bearer {ana_token}"}, open_timeout=10))
+                await ana.recv()
+                for n, token in enumerate(made_up):
+                    ws = await stack.enter_async_context(connect(
+                        url + f"m{n}", additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10,
+                        local_addr=("127.0.0.2", 0)))
+                    await ws.recv()
+                async with connect(url + "bob", additional_headers={"Authorization": f"Bearer {secrets.token_urlsafe(32)}"},
+                                   open_timeout=10) as bob:
+                    await bob.recv()
+                    assert ana_token in str(await bob.recv())  # the upstream echoed it: the client got it
+    finally:
+        upstream.close()
+    recorded = "\n".join(p.read_text() for p in rec.iterdir() if p.is_file())
+    assert "ana's token: [REDACTED]." in recorded
+    assert not any(ana_token[i:i + 15] in recorded for i in range(len(ana_token) - 14))
