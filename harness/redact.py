@@ -684,7 +684,8 @@ def own_cached_chars() -> int:
 # user's recorded event types, ids or words redacted (its recording judged otherwise by `check` than live). What it
 # still can: a run that mixes and that it guesses in another user's text (a date and hour, a sequential id).
 # What is not caught: a credential shorter than SEEN_MIN_LEN (a short Basic password: scrubbed from its own
-# connection only), one that reads as words (a passphrase: alike), a run of a held one that does not mix,
+# connection only), one that reads as words or repeats a piece (a passphrase: alike), a run of a held one that does
+# not mix, a run whose pieces are each held by more than _SEEN_SHARED credentials,
 # a fragment shorter than 15 characters (the last 7 characters of another user's token), a credential inside base64
 # text (a registered secret's base64 forms are matched, a held credential's are not: an echoed `Basic` header is caught
 # by its credential, held as sent), a credential past the pool's bound (forgotten: see below). Of a JWT only its
@@ -692,6 +693,10 @@ def own_cached_chars() -> int:
 _SEEN_PIECE = 8
 SEEN_MIN_LEN = 2 * _SEEN_PIECE - 1  # found whole
 _SEEN_PIECES = _Lazy("(?s)" + "." * _SEEN_PIECE)
+# A piece held by more credentials than this is not followed (nor redacted bluntly): no random token shares a piece
+# of 8 with another, a hostile client's made-up ones do (a thousand `agent_co…`), and each holder of a piece found in
+# a text is a hit: every user's frame spent its budget on them.
+_SEEN_SHARED = 8
 # The pool's memory, bounded: past it the least recently seen credential whose connections have all closed is
 # forgotten first, then the one of the oldest connection still open; and one client address's share of it (see
 # SEEN_SHARE): past that, its own least recently seen credential. A forgotten credential is still scrubbed from its
@@ -763,6 +768,11 @@ class SeenCredentials:
         # `Xagent_completed_partial_result` made another user's recorded `agent_completed` a `[REDACTED]` type, a
         # chat `check` failed (R12) that passed live. (What is not held is still scrubbed from its own connection.)
         creds = {c for c in creds if _mixes(c) >= 2 and len(c.split()) == 1}
+        # Nor one that repeats a piece of its own (no random token does): each place a piece is found costs a hit per
+        # time its credential holds it, and one cookie of `Q0agent_co…` repeated 140 times made every user's 1 KB
+        # frame spend its whole budget, ~6 ms each (41 µs with 1,500 users' tokens held).
+        creds = {c for c in creds if len({c[i:i + _SEEN_PIECE] for i in range(len(c) - _SEEN_PIECE + 1)})
+                 == len(c) - _SEEN_PIECE + 1}
         for c in sorted(creds):
             if (m := _SCHEME_PREFIX.compiled.match(c)) is not None and c[m.end():] in creds:
                 continue
@@ -915,7 +925,7 @@ class SeenCredentials:
         for at in places:
             piece = text[at:at + _SEEN_PIECE]
             held = index.get(piece)
-            if held is None:
+            if held is None or (held.__class__ is tuple and len(held) > _SEEN_SHARED):
                 continue
             for c in (held,) if isinstance(held, str) else held:
                 off = c.find(piece)
@@ -956,8 +966,10 @@ class SeenCredentials:
         out: list[str] = []
         i = 0
         for k, piece in enumerate(_SEEN_PIECES.compiled.findall(text)):
-            if piece in index and ((not _LOWER.isdisjoint(piece)) + (not _UPPER.isdisjoint(piece))
-                                   + (not _DIGITS.isdisjoint(piece)) >= 2):
+            held = index.get(piece)
+            if held is not None and (held.__class__ is str or len(held) <= _SEEN_SHARED) and (
+                    (not _LOWER.isdisjoint(piece)) + (not _UPPER.isdisjoint(piece))
+                    + (not _DIGITS.isdisjoint(piece)) >= 2):
                 start = k * _SEEN_PIECE
                 if start > i or not out:
                     out += [text[i:start], REDACTED]
