@@ -706,7 +706,8 @@ _SEEN_SHARED = 8
 # bytes for an opaque 43-character token (~3.5 KB measured with tracemalloc: tests/harness/test_seen_credentials.py
 # holds the measure to the bound), so 16 MiB holds ~2,770 of them, ~10 MB in fact.
 MAX_SEEN_BYTES = 16 * 1024 * 1024
-# One client address's share of the pool, at most (as a tenth of --max-connections is its share of connections): past
+# One client address's share of the pool, at most (the proxy gives the share of connections an address may hold:
+# --max-connections-per-ip over --max-connections, a tenth by default): past
 # it, its own least recently seen credentials are forgotten, never another address's. Without it a client of 15
 # connections, each with 8 KB of made-up cookies, pushed every other user's credentials out of the pool, those of
 # connections still open included: one of theirs echoed on a third user's connection went into its recording.
@@ -784,10 +785,13 @@ class SeenCredentials:
             held.append(c)
         return tuple(dict.fromkeys(held))
 
-    def hold(self, credentials: Iterable[str], owner: str | None = None) -> tuple[tuple[str, int], ...]:
+    def hold(self, credentials: Iterable[str], owner: str | None = None,
+             share: float = 1 / SEEN_SHARE) -> tuple[tuple[str, int], ...]:
         """A connection's credentials held: matched by scrub() from now on. Returns what to `release` as it closes.
-        `owner`: the client address it came from (the proxy's limit_key), which may hold at most a SEEN_SHARE-th of
-        the pool (its own least recently seen credentials forgotten past that); None: no share (one user's tests)."""
+        `owner`: the client address it came from (the proxy's limit_key), which may hold at most `share` of the pool
+        (its own least recently seen credentials forgotten past that: the proxy gives its connections' share, one
+        address's cap over the whole); None: no share (one user's tests)."""
+        own = int(self.max_bytes * min(1.0, share))
         creds = self.pooled(credentials)
         out = []
         with self._lock:
@@ -801,7 +805,7 @@ class SeenCredentials:
                     continue
                 if c not in self._closed:
                     cost = _seen_cost(c)
-                    if cost > self.max_bytes or (owner is not None and cost > self.max_bytes // SEEN_SHARE):
+                    if cost > self.max_bytes or (owner is not None and cost > own):
                         self.unheld += 1
                         continue
                     self._bytes += cost
@@ -816,7 +820,7 @@ class SeenCredentials:
                 self._open[c] = [1, self._holding]
                 out.append((c, self._holding))
                 if owner is not None:
-                    self._evict_own(owner, keep=c)
+                    self._evict_own(owner, own, keep=c)
                 self._evict(keep=c)
         return tuple(out)
 
@@ -843,9 +847,8 @@ class SeenCredentials:
                     return
             self._forget(c)
 
-    def _evict_own(self, owner: str, keep: str) -> None:
-        """The owner's least recently seen credentials forgotten while it holds more than its share."""
-        share = self.max_bytes // SEEN_SHARE
+    def _evict_own(self, owner: str, share: int, keep: str) -> None:
+        """The owner's least recently seen credentials forgotten while it holds more than its share (bytes)."""
         owned = self._owned.get(owner)
         while owned and self._owner_bytes.get(owner, 0) > share:
             c = next(iter(owned))

@@ -808,7 +808,8 @@ class Proxy:
             # connection's recording, not only this one's. (Without --record the proxy writes no server text anywhere:
             # its logs and labels are its own words.)
             seen = redact.seen_credentials()
-            held = seen.hold(secrets, owner=key)  # at most a SEEN_SHARE-th of the pool for one client address
+            # One client address holds at most the share of the pool it has of the connections (a tenth by default).
+            held = seen.hold(secrets, owner=key, share=door.max_per_address / max(1, door.max_connections))
             if held:
                 conn.connection_lost_waiter.add_done_callback(lambda _: seen.release(held))
         where = parse_uri(url)

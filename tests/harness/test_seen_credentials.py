@@ -269,3 +269,8 @@ def test_one_client_address_holds_at_most_its_share_of_the_pool(monkeypatch):
         pool.hold(bearer(t), owner=f"10.1.0.{n}")
     assert tokens[0] not in pool.held() and pool.held_bytes() <= pool.max_bytes
     assert sum(pool._owner_bytes.values()) == pool.held_bytes()
+    # The share given (a proxy whose one address may hold every connection: a load balancer) is the address's.
+    lone = SeenCredentials(max_bytes=10 * cost)
+    for t in tokens[:10]:
+        lone.hold(bearer(t), owner="10.0.0.9", share=1.0)
+    assert lone.held() == set(tokens[:10]) and lone.forgotten == 0
