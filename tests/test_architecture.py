@@ -128,36 +128,22 @@ def test_no_import_cycles():
     assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
-def test_help_and_list_load_no_heavy_library():
-    """Start-up cost is measured in bench/ (BENCHMARKS.md); what keeps it low is that `--help` and `list` import no
-    pydantic model, no client, no report library. Checked in a fresh interpreter."""
+def test_help_and_list_load_no_heavy_library_and_no_tls_library():
+    """Start-up cost is measured in bench/ (BENCHMARKS.md); what keeps it low is that `--help`, `run --help` and `list`
+    import no pydantic model, no client, no report library; nor a TLS library (ssl, OpenSSL's digests through secrets)
+    or importlib.resources (with tempfile and zipfile), ~20% of their start-up CPU: the built-in folders are the
+    packages' own paths, and ssl and secrets load where a TLS context or a key is made. Checked in a fresh
+    interpreter."""
     import subprocess
     import sys
 
     code = ("import sys, contextlib, io; from harness.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    main(['list'])\n"
-            "    try:\n        main(['run', '--help'])\n    except SystemExit:\n        pass\n"
-            "heavy = ['pydantic', 'websockets', 'httpx', 'rich', 'jwt', 'altair', 'prometheus_client', 'yaml']\n"
-            "print(sorted(m for m in heavy if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]", out.stdout
-
-
-def test_help_and_list_load_no_tls_library_and_no_resource_readers():
-    """`--help` and `list` start no TLS library (ssl, OpenSSL's digests through secrets) and no importlib.resources
-    (with tempfile and zipfile), ~20% of their start-up CPU (BENCHMARKS.md): the built-in folders are the packages'
-    own paths and ssl and secrets load where a TLS context or a key is made. Checked in a fresh interpreter."""
-    import subprocess
-    import sys
-
-    code = ("import sys, contextlib, io; from harness.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    main(['list'])\n"
-            "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
-            "    try:\n        main(['run', '--help'])\n    except SystemExit:\n        pass\n"
-            "unwanted = ['ssl', '_ssl', 'secrets', 'hashlib', 'importlib.resources', 'tempfile', 'zipfile']\n"
+            "    for args in (['--help'], ['run', '--help']):\n"
+            "        try:\n            main(args)\n        except SystemExit:\n            pass\n"
+            "unwanted = ['pydantic', 'websockets', 'httpx', 'rich', 'jwt', 'altair', 'prometheus_client', 'yaml',\n"
+            "            'ssl', '_ssl', 'secrets', 'hashlib', 'importlib.resources', 'tempfile', 'zipfile']\n"
             "print(sorted(m for m in unwanted if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr

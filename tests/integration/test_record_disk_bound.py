@@ -17,6 +17,7 @@ import pytest
 from harness.events import Outcome
 from harness.profiles import load_profile
 from harness.recorder import Recorder
+from harness.results import ScenarioRun
 from harness.runner import run_scenario
 from harness.scenario import Scenario
 from harness.targets import Target
@@ -84,20 +85,26 @@ class AllWriteThenFinish:
         return [{"type": kind, **run, "payload": fields} for kind, fields in steps]
 
 
-async def test_the_bound_holds_for_part_files_of_connections_writing_at_once(tmp_path):
-    rec = tmp_path / "rec"
-    recorder = Recorder(rec, max_bytes=BOUND)
-    server_side = AllWriteThenFinish(rec)
+async def all_at_once(server_side: AllWriteThenFinish, recorder: Recorder) -> ScenarioRun:
+    """CONNECTIONS users, one chat each, all at once, against the raw server side, recorded by `recorder`."""
     server = RawWsServer(server_side.handler)
     await server.start()
     sc = Scenario.model_validate({"name": "busy", "users": CONNECTIONS, "chats_per_user": 1, "ramp_up": "0s",
                                   "connect_timeout": "5s", "expect": {"deadline": "60s", "settle": "0.05s"}})
     try:
         async with asyncio.timeout(90):
-            run = await run_scenario(sc, Target(url=server.url, profile=load_profile("netra"), name="raw", recorder=recorder))
+            return await run_scenario(sc, Target(url=server.url, profile=load_profile("netra"), name="raw",
+                                                 recorder=recorder))
     finally:
         assert server.server is not None
         server.server.close()
+
+
+async def test_the_bound_holds_for_part_files_of_connections_writing_at_once(tmp_path):
+    rec = tmp_path / "rec"
+    recorder = Recorder(rec, max_bytes=BOUND)
+    server_side = AllWriteThenFinish(rec)
+    run = await all_at_once(server_side, recorder)
     assert server_side.peak is not None, "the connections never all wrote at once"
     assert server_side.peak <= BOUND, f"{server_side.peak:,} bytes on disk with every connection open"
     assert on_disk(rec) <= BOUND
@@ -122,16 +129,7 @@ async def test_the_file_bound_holds_for_part_files_of_connections_writing_at_onc
     rec = tmp_path / "rec"
     recorder = Recorder(rec, max_files=MAX_FILES)
     server_side = AllWriteThenFinish(rec, big=1)
-    server = RawWsServer(server_side.handler)
-    await server.start()
-    sc = Scenario.model_validate({"name": "many", "users": CONNECTIONS, "chats_per_user": 1, "ramp_up": "0s",
-                                  "connect_timeout": "5s", "expect": {"deadline": "60s", "settle": "0.05s"}})
-    try:
-        async with asyncio.timeout(60):
-            run = await run_scenario(sc, Target(url=server.url, profile=load_profile("netra"), name="raw", recorder=recorder))
-    finally:
-        assert server.server is not None
-        server.server.close()
+    run = await all_at_once(server_side, recorder)
     assert server_side.files is not None, "the connections never all wrote at once"
     assert 0 < server_side.files <= MAX_FILES, f"{server_side.files} files on disk with every connection open"
     assert 0 < len(list(rec.iterdir())) <= MAX_FILES
