@@ -1283,6 +1283,12 @@ def _credential_keys_at(text: str) -> Iterable[tuple[int, int]]:
     return ((last + 1 - size, last + 1) for last, (kind, size) in _Marks.get().iter_long(low) if kind == "key")
 
 
+def _any_alnum(text: str, start: int, end: int) -> bool:
+    """Whether text[start:end] holds a letter or digit: a value of none (`...`, `***`, a message's own elision) is no
+    credential, and stays as written."""
+    return any(c.isalnum() for c in text[start:end])
+
+
 def _redact_credential_keys(text: str) -> str:
     """The text with the value of each credential key (CREDENTIAL_KEYS) redacted: each name found once, and each value
     taken out once (a name inside a value redacted is not looked at): linear in the text."""
@@ -1291,7 +1297,7 @@ def _redact_credential_keys(text: str) -> str:
     for start, end in _credential_keys_at(text):
         if start < done:
             continue
-        if (value := _key_value_end(text, start, end)) is not None:
+        if (value := _key_value_end(text, start, end)) is not None and _any_alnum(text, *value):
             spans.append(value)
             done = value[1]
     return _redacted_spans(text, spans) if spans else text

@@ -87,8 +87,10 @@ def test_a_credential_shape_is_redacted(text, shown):
     '{"password": null, "has_password": true, "access_token": 12345}',
     # "Basic" as a word, and a base64-looking word that is no user:password
     "Basic settings: see the basic guide, Basic aGVsbG8gd29ybGQ=",
-    # an empty value
+    # an empty value, and one of no letter or digit (a message's own elision: `--header-env 'X-Api-Key=...'`)
     '{"password": ""}',
+    "--header-env 'x-api-key=...': given twice",
+    '{"password": "***"}',
 ])
 def test_a_near_miss_is_left_as_it_is(text):
     assert scrub(text) == text
