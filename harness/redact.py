@@ -172,7 +172,6 @@ _SENSITIVE_PARAM = _Lazy(r"(?i)token|key|secret|pass|pwd|sig|auth|jwt|session|cr
 # mixing at least two of lower case, upper case and digits. Words and slugs (`installation-guide-linux`), numbers,
 # dates and short ids stay readable; a random-looking value goes, as a signed link's token would.
 _OPAQUE_VALUE = _Lazy(r"[A-Za-z0-9._~+/=%-]{12,}")
-_MIXES = (_Lazy("[a-z]"), _Lazy("[A-Z]"), _Lazy("[0-9]"))
 _LOWER, _UPPER, _DIGITS = frozenset("abcdefghijklmnopqrstuvwxyz"), frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ"), frozenset(
     "0123456789")
 
@@ -217,8 +216,8 @@ def literal_forms(secret: str) -> set[str]:
 
 
 def _mixes(text: str) -> int:
-    """How many of lower case, upper case and digits the text holds."""
-    return sum(p.compiled.search(text) is not None for p in _MIXES)
+    """How many of lower case, upper case and digits (ASCII) the text holds: set tests in C, no pattern."""
+    return (not _LOWER.isdisjoint(text)) + (not _UPPER.isdisjoint(text)) + (not _DIGITS.isdisjoint(text))
 
 
 def _run_lengths(secrets: Iterable[str], literal: bool = True) -> dict[str, int]:
@@ -950,10 +949,7 @@ class SeenCredentials:
                             if grown < 0:
                                 budget.grown = -1
                                 return None
-                        run = text[start:end]  # (mixes two classes: in C, no Python call per run found)
-                        if end - start >= run_of.get(c, len(c)) and (
-                                (not _LOWER.isdisjoint(run)) + (not _UPPER.isdisjoint(run))
-                                + (not _DIGITS.isdisjoint(run)) >= 2):
+                        if end - start >= run_of.get(c, len(c)) and _mixes(text[start:end]) >= 2:
                             found.append((start, end))
                     off = c.find(piece, off + 1)
         budget.hits, budget.grown = hits, grown
@@ -970,9 +966,7 @@ class SeenCredentials:
         i = 0
         for k, piece in enumerate(_SEEN_PIECES.compiled.findall(text)):
             held = index.get(piece)
-            if held is not None and (held.__class__ is str or len(held) <= _SEEN_SHARED) and (
-                    (not _LOWER.isdisjoint(piece)) + (not _UPPER.isdisjoint(piece))
-                    + (not _DIGITS.isdisjoint(piece)) >= 2):
+            if held is not None and (held.__class__ is str or len(held) <= _SEEN_SHARED) and _mixes(piece) >= 2:
                 start = k * _SEEN_PIECE
                 if start > i or not out:
                     out += [text[i:start], REDACTED]
@@ -1237,7 +1231,8 @@ def _key_value_end(text: str, start: int, end: int) -> tuple[int, int] | None:
         return None
     value_end = _end(pattern.compiled, text, at)
     value = text[at:value_end]
-    if not value.strip() or value == REDACTED:  # (only these values are read and not taken: blank, or 10 characters)
+    # Blank, or of no letter or digit (`...`, `***`, a message's own elision): no credential, left as written.
+    if value == REDACTED or not any(c.isalnum() for c in value):
         return None
     return at, value_end
 
@@ -1283,12 +1278,6 @@ def _credential_keys_at(text: str) -> Iterable[tuple[int, int]]:
     return ((last + 1 - size, last + 1) for last, (kind, size) in _Marks.get().iter_long(low) if kind == "key")
 
 
-def _any_alnum(text: str, start: int, end: int) -> bool:
-    """Whether text[start:end] holds a letter or digit: a value of none (`...`, `***`, a message's own elision) is no
-    credential, and stays as written."""
-    return any(c.isalnum() for c in text[start:end])
-
-
 def _redact_credential_keys(text: str) -> str:
     """The text with the value of each credential key (CREDENTIAL_KEYS) redacted: each name found once, and each value
     taken out once (a name inside a value redacted is not looked at): linear in the text."""
@@ -1297,7 +1286,7 @@ def _redact_credential_keys(text: str) -> str:
     for start, end in _credential_keys_at(text):
         if start < done:
             continue
-        if (value := _key_value_end(text, start, end)) is not None and _any_alnum(text, *value):
+        if (value := _key_value_end(text, start, end)) is not None:
             spans.append(value)
             done = value[1]
     return _redacted_spans(text, spans) if spans else text
@@ -1429,8 +1418,7 @@ def credentials_of(headers: Iterable[tuple[str, str]], subprotocols: Iterable[st
 
 
 def _opaque(value: str) -> bool:
-    return value != REDACTED and _OPAQUE_VALUE.compiled.fullmatch(value) is not None and (
-        sum(p.compiled.search(value) is not None for p in _MIXES) >= 2)
+    return value != REDACTED and _OPAQUE_VALUE.compiled.fullmatch(value) is not None and _mixes(value) >= 2
 
 
 def redact_url(url: str) -> str:
