@@ -5,10 +5,13 @@ The frame holds one of the secrets (its first) cut short, so the redacting path 
 `--shape` picks other frames: `escaped`, a CJK answer as `json.dumps` writes it (every character a `\\uXXXX`
 escape) echoing the secret once; `dense`, a JSON frame of strings each holding a run of the secret (a hostile
 client's). `--record` times what `chatprobe proxy --record` does with the frame instead (`ConnectionLog.frame`, the
-secrets a connection's own credentials, as the proxy's users' are). CPU seconds of this process.
+secrets a connection's own credentials, as the proxy's users' are). `--users` holds that many other users' tokens
+(random 43-character ones) in the pool the proxy keeps of its users' credentials (redact.SeenCredentials), which
+scrub() looks for in every text. A frame under 1 MB is scrubbed as many times as make 1 MB a round (its time per frame
+printed too). CPU seconds of this process.
 
-    .venv/bin/python bench/scrub.py [--mb 3.2] [--secrets 0,10,100] [--rounds 3] [--shape events|escaped|dense]
-                                    [--record]
+    .venv/bin/python bench/scrub.py [--mb 3.2] [--secrets 0,10,100] [--users 0] [--rounds 3]
+                                    [--shape events|escaped|dense] [--record]
 """
 from __future__ import annotations
 
@@ -65,12 +68,18 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--shape", choices=("events", "escaped", "dense"), default="events")
     p.add_argument("--record", action="store_true", help="time the proxy's --record of the frame")
+    p.add_argument("--users", default="0", help="other users' tokens held in the proxy's pool (comma-separated counts)")
     args = p.parse_args()
     rng = random.Random(1)
-    print(f"{args.shape} frame of {args.mb:g} MB; {'--record' if args.record else 'scrub'}; CPU seconds, median of "
-          f"{args.rounds} rounds")
-    print(f"{'secrets':>8} {'seconds':>10}")
-    for count in (int(c) for c in args.secrets.split(",")):
+    size = int(args.mb * 1_000_000)
+    repeat = max(1, 1_000_000 // max(size, 1))
+    print(f"{args.shape} frame of {args.mb:g} MB; {'--record' if args.record else 'scrub'} x{repeat} a round; CPU "
+          f"seconds, median of {args.rounds} rounds")
+    print(f"{'secrets':>8} {'users':>6} {'seconds':>10} {'µs/frame':>10}")
+    for count, users in ((int(c), int(u)) for c in args.secrets.split(",") for u in args.users.split(",")):
+        redact._seen = pool = redact.SeenCredentials()  # each row its own pool (this process is the bench's)
+        for _ in range(users):
+            pool.hold(["".join(rng.choices(_ALPHABET, k=43))])
         redact.forget_all()
         secrets = ["".join(rng.choices(_ALPHABET, k=32)) for _ in range(count)]
         text, shown = shaped(args.shape, int(args.mb * 1_000_000), secrets[0] if secrets else None, rng)
@@ -82,21 +91,26 @@ def main() -> None:
         times = []
         for _ in range(args.rounds):
             if recorder is not None:
-                log = recorder.connection("bench", secrets)
-                start = time.process_time()
-                log.frame("recv", text, 0.0)
-                times.append(time.process_time() - start)
-                log.close(0.0, 1000, by_client=True)
-                path = recorder.save(log, keep=True)
-                assert path is not None
-                out = json.loads(path.read_text().splitlines()[0])["frame"]
+                took = 0.0
+                for _ in range(repeat):  # each its own connection, saved before the next (the recorder's bounds)
+                    log = recorder.connection("bench", secrets)
+                    start = time.process_time()
+                    log.frame("recv", text, 0.0)
+                    took += time.process_time() - start
+                    log.close(0.0, 1000, by_client=True)
+                    path = recorder.save(log, keep=True)
+                    assert path is not None
+                    out = json.loads(path.read_text().splitlines()[0])["frame"]
+                times.append(took)
             else:
                 start = time.process_time()
-                out = redact.scrub(text)
+                for _ in range(repeat):
+                    out = redact.scrub(text)
                 times.append(time.process_time() - start)
         # (with many secrets, a random chat_id may share a run with one of them, and is redacted too)
         assert (redact.REDACTED in out and shown[:8] not in out) if shown else out == text
-        print(f"{count:>8} {statistics.median(times):>10.3f}")
+        took = statistics.median(times)
+        print(f"{count:>8} {users:>6} {took:>10.3f} {took / repeat * 1e6:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -667,8 +667,8 @@ def own_cached_chars() -> int:
 # up once every _SEEN_PIECE characters (its pieces at 0, 8, 16…, cut in one C call), and a piece found is followed
 # left and right while the text goes on as the credential does there. Holding a user costs one dict insert per
 # character of its credentials; scrubbing a text, len/_SEEN_PIECE lookups whatever the number of users held (and a
-# little work per piece found, within the text's Budget). Pieces of 8, not 4: a 1 KB event cost ~14 µs more to scrub
-# with users held, not ~46 (bench: 1,500 opaque tokens held), at the price of the shortest credentials (below).
+# little work per piece found, within the text's Budget). Pieces of 8, not 4: a 1 KB event cost ~16 µs more to scrub
+# with users held, not ~46 (bench/scrub.py --users 0,1500), at the price of the shortest credentials (below).
 #
 # What is caught, in every text scrub() sees (a recorded frame, a close reason, an error, a log line): any run of at
 # least 2 * _SEEN_PIECE - 1 (15) characters of a held credential that mixes two of lower case, upper case and digits,
