@@ -11,7 +11,9 @@ The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\
     {"t": 1764639001.002, "dir": "close", "conn": "u1", "code": 1000}
 
   t       the time the frame was sent or received, in epoch seconds (a float; any clock whose differences are
-          seconds will do: only differences are judged); optional: a record without one takes the last time seen
+          seconds will do: only differences are judged); epoch milliseconds (a number past 1e11) and an ISO 8601
+          string (without an offset: UTC), as other tools' logs write them, are read too; optional: a record
+          without one takes the last time seen
   dir     "recv" (server to client), "send" (client to server), "close" (the connection ended: its chats still
           waiting are judged then) or "dropped" (the recorder dropped the connection's frames from this time on:
           its file was full; `frames` and `bytes` say how many); "receive" and "sent" are accepted too; default "recv"
@@ -66,7 +68,7 @@ import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -415,8 +417,9 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
     else:
         return Recorded("problem", conn, detail="field 'conn' must be a string", where=where)
     t = obj.get("t")
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not abs(t) <= MAX_TIME):
-        return Recorded("problem", conn, detail="field 't' must be a time in epoch seconds", where=where)
+    if t is not None and (t := _record_time(t)) is None:
+        return Recorded("problem", conn, detail="field 't' must be a time in epoch seconds (or milliseconds), or an "
+                        "ISO 8601 date and time", where=where)
     direction = DIRECTIONS.get(obj.get("dir", "recv")) if isinstance(obj.get("dir", "recv"), str) else None
     if direction is None:
         return Recorded("problem", conn, t=t, detail="field 'dir' must be recv, send or close", where=where)
@@ -680,6 +683,23 @@ def _epoch(v: Any) -> float | None:
         return None
     t = v / 1000.0 if v > 1e11 else float(v)
     return t if abs(t) <= MAX_TIME else None
+
+
+def _record_time(v: Any) -> float | None:
+    """A JSON Lines record's `t` in epoch seconds, or None when it is no time. Epoch seconds as `--record` writes
+    them; what other tools' logs write is read too: epoch milliseconds (JavaScript's Date.now(), a number past 1e11,
+    as _epoch reads a HAR's) and an ISO 8601 date and time (`2025-12-02T01:00:00.123Z`, an offset, nanoseconds; one
+    without an offset is UTC: a log's own clock, never this machine's zone)."""
+    if isinstance(v, str):
+        if len(v) > 64 or len(v) < 16:  # (a date alone is no time of a frame)
+            return None
+        try:
+            when = datetime.fromisoformat(v)
+        except ValueError:
+            return None
+        t = (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
+        return t if abs(t) <= MAX_TIME else None
+    return _epoch(v)
 
 
 def _iso(v: Any) -> float | None:

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 import tracemalloc
+from datetime import UTC, datetime, timedelta, timezone
 from itertools import zip_longest
 from pathlib import Path
 
@@ -1347,3 +1348,31 @@ def test_a_recording_problem_on_a_connection_whose_chat_was_judged_is_no_new_cha
     assert run.stats.chats == 1 and [r.outcome for r in run.results] == [Outcome.PASSED]
     assert run.stats.connection_violations == {"R12": 1}
     assert "recorded time goes back" in run.connection_violations[0].reason
+
+
+@pytest.mark.parametrize("form", ["milliseconds", "iso-z", "iso-offset", "iso-naive-nanoseconds"])
+def test_times_other_tools_write_in_t_are_read_as_the_seconds_they_are(tmp_path, form):
+    """A JSON Lines log another tool wrote: `t` in epoch milliseconds (JavaScript's Date.now()) or an ISO 8601 string
+    (UTC `Z`, an offset, none, nanoseconds). Each record was an R12 ("field 't' must be a time in epoch seconds"),
+    no chat was found and the run failed, the server blamed for the log's clock. Judged as the same log in seconds:
+    the same verdict, the same first-event time."""
+    def when(t: float) -> float | str:
+        dt = datetime.fromtimestamp(t, UTC)
+        if form == "milliseconds":
+            return round(t * 1000)
+        if form == "iso-z":
+            return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        if form == "iso-offset":
+            return dt.astimezone(timezone(timedelta(hours=-5))).isoformat()
+        return dt.replace(tzinfo=None).isoformat(timespec="microseconds") + "789"
+
+    t0 = 1764637200.0
+    records = [send(t0), *netra_run("r1", t0)]
+    seconds = write_jsonl(tmp_path / "seconds.jsonl", records)
+    other = write_jsonl(tmp_path / "other.jsonl", [r | {"t": when(r["t"])} for r in records])
+    [want] = check_files([seconds], NETRA, SC)
+    [run] = check_files([other], NETRA, SC)
+    assert verdicts(run) == verdicts(want) == [("r1", "passed", [])]
+    assert not run.connection_violations
+    assert run.results[0].time_to_first_event == pytest.approx(want.results[0].time_to_first_event, abs=1e-3)
+    assert run.results[0].time_to_first_event == pytest.approx(0.1, abs=1e-3)
