@@ -1386,7 +1386,8 @@ def credentials_of(headers: Iterable[tuple[str, str]], subprotocols: Iterable[st
     [REDACTED]), the value of a header named as a credential is
     (`X-Api-Key`, `X-Auth-Token`), a `jwt.<token>` subprotocol's token and the parts of any other subprotocol that
     read as a credential (`base64url.bearer.authorization.k8s.io.<token>`), and the values of the query parameters
-    that carry one (`?access_token=`, a link's opaque `?t=`), as sent and decoded. Only what reads as a credential:
+    that carry one (`?access_token=`, a link's opaque `?t=`) and the URL's `user:password@`, as sent and decoded.
+    Only what reads as a credential:
     a subprotocol's `messages` or a `?view=conversation` made secrets would erase those words from every recorded
     frame (and AG-UI's `messages` key with them)."""
     out: list[str] = []
@@ -1413,6 +1414,11 @@ def credentials_of(headers: Iterable[tuple[str, str]], subprotocols: Iterable[st
         out += [p, *parts] if parts else []
     for raw, value in query_credentials(url):
         out += [raw, value]
+    if userinfo := _USERINFO_RE.compiled.match(url):  # `wss://user:password@host/`: as sent, and decoded
+        pair = url[len(userinfo.group(1)):userinfo.end() - 1]
+        for form in dict.fromkeys((pair, unquote(pair))):
+            password = form.partition(":")[2]
+            out += [form] + ([password] if password and not plain_word(password) else [])
     # Shorter is no credential, and would redact common words; each form once.
     return tuple(dict.fromkeys(s for s in out if len(s) >= 8))
 

@@ -438,6 +438,27 @@ def test_the_credentials_a_har_carries_are_in_no_output_even_when_the_server_ech
             assert secret not in text and secret[:10] not in text, (where, secret)
 
 
+def test_a_password_in_a_hars_url_is_in_no_output_even_when_the_server_echoes_it(tmp_path):
+    """A request's URL with its credentials in it (`wss://user:password@host/ws`, as a page or a tool's HAR may name
+    a socket): the password, as sent (%-escaped) and decoded, was never registered and every report quoted the
+    server's echo of it."""
+    password = "Hj4kLm7n@Op0qRs3tUv"
+    sent = password.replace("@", "%40")
+    messages = netra_messages("r1", "t1", T0, extra=[
+        ("receive", T0 + 0.121, 1, f"not json: welcome alice, {password} / {sent}")])
+    har = tmp_path / "userinfo.har"
+    har.write_text(json.dumps(devtools_har([devtools_ws_entry(
+        messages, T0 - 0.001, url=f"wss://alice:{sent}@chat.example.com/ws")])))
+    junit, html = tmp_path / "check.xml", tmp_path / "check.html"
+    code, out, doc = chatprobe_check(har, "--junit", junit, "--html", html, cwd=tmp_path)
+    assert code == 1, out
+    assert chats(doc) == [("r1", "failed", ["R12"])]
+    assert "welcome alice, [REDACTED] / [REDACTED]" in " ".join(out.split()), out
+    for where, text in {"terminal": out, "json": (tmp_path / "report.json").read_text(), "junit": junit.read_text(),
+                        "html": html.read_text()}.items():
+        assert password[:8] not in text and "Op0qRs3tUv" not in text, where
+
+
 def test_a_cookie_of_a_plain_word_or_a_short_value_erases_no_word_of_the_report(tmp_path):
     """A browser's HAR carries cookies that are no credential (`consent=accepted`, `theme=darkmode`, `a=1`): their
     values are not registered as secrets, else every "accepted" or "darkmode" a server says was [REDACTED] in the
