@@ -510,15 +510,32 @@ def read_sse(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, conn: 
         chunk = f.read(CHUNK)
         ended = not chunk
         try:
-            # At the body's end: the event it left without its empty line, as the live transport takes it.
+            # At the body's end: the event it left without its empty line, as the live transport takes it at a
+            # clean end, when it is whole.
             events = parser.end() if ended else parser.feed(chunk)
         except EventTooLarge as exc:
             yield Recorded("problem", conn, detail=str(exc), where=f"{name}: after event {n}")
             return
+        if ended and events and not _whole_json(events[-1]):
+            # An event cut mid-way (curl stopped, a capture saved while the stream ran, a connection that broke):
+            # a saved body cannot tell a clean end from a cut one, and live a cut stream's last event is no frame.
+            # Its chat is judged as it stood there, never held against the server for what the file lacks.
+            events.pop()
+            yield Recorded("dropped", conn, detail="the rest of an event", where=f"{name}: event {n + 1}",
+                           error="the body ends inside an event that is not whole: the recording was cut there")
         events.reverse()
         while events:  # popped: the suspended generator holds no yielded frame
             n += 1
             yield Recorded("recv", conn, frame=events.pop(), where=f"{name}: event {n}")
+
+
+def _whole_json(data: str) -> bool:
+    """Whether an event's data is one whole JSON value (an event cut mid-way never is)."""
+    try:
+        json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 # -- HAR 1.2 --

@@ -244,6 +244,29 @@ def test_sse_body_parsed_as_the_spec_says(tmp_path):
     assert verdicts(run) == [("r1", "passed", [])] and run.passed
 
 
+@pytest.mark.parametrize("cut", ["mid-line", "between-data-lines"])
+def test_an_sse_body_cut_mid_event_is_judged_as_it_stood_not_as_a_malformed_frame(tmp_path, cut):
+    """`curl -N … > body.sse` stopped with Ctrl-C (or a capture saved while the stream ran) ends inside an event:
+    the part of it read was judged as a frame the server sent, an R12 ("not JSON") blamed on the server for where
+    the file was cut. A saved body cannot tell a clean end from a cut: the cut event is no frame (live, a cut
+    stream's last event is none either); the chat is judged as it stood, incomplete, saying why, and the run fails
+    its objectives (a cut recording confirms no pass). A whole event left without its empty line is still taken
+    (test_sse_body_parsed_as_the_spec_says)."""
+    body = (b': keep-alive\r\nretry: 3000\r\n\r\n'
+            b'id: 1\r\ndata: {"type":"RUN_STARTED","threadId":"t","runId":"r1"}\r\n\r\n'
+            b'id: 2\r\ndata: {"type":"TEXT_MESSAGE_START","messageId":"a","role":"assistant"}\r\n\r\n')
+    body += (b'id: 3\r\ndata: {"type":"TEXT_MESS' if cut == "mid-line" else
+             b'id: 3\r\ndata: {\r\ndata: "type": "TEXT_MESSAGE_CONTENT",\r\n')
+    f = tmp_path / "body.sse"
+    f.write_bytes(body)
+    [run] = check_files([f], AGUI, SC)
+    [chat] = run.results
+    assert chat.outcome is Outcome.INCOMPLETE and not chat.violations and not run.passed, chat.violations
+    assert "the body ends inside an event that is not whole: the recording was cut there" in (chat.note or "")
+    assert "(body.sse: event 3)" in (chat.note or "")
+    assert not run.connection_violations
+
+
 def test_sse_event_over_the_limit_ends_the_stream_with_an_r12(tmp_path):
     f = tmp_path / "body.sse"
     f.write_bytes(b'data: {"type":"RUN_STARTED","threadId":"t","runId":"r1"}\n\ndata: ' + b"y" * (3 << 20) + b"\n\n")
