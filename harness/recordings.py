@@ -983,8 +983,9 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                     msg = {}
                 elif event == "end_map" and msg is not None and entry is not None:
                     entry.messages += 1
-                    yield _ws_message(msg, entry, name, max_frame)
-                    msg = None
+                    if (got := _ws_message(msg, entry, name, max_frame)) is not None:
+                        yield got
+                    msg = got = None
             elif msg is not None and prefix.startswith(_MSG + ".") and event in ("string", "number", "integer"):
                 key = prefix[len(_MSG) + 1:]
                 if key in ("type", "time", "opcode", "data"):
@@ -1055,7 +1056,12 @@ def _conn_of(entry: _Entry | None) -> str:
     return f"ws{entry.index}" if entry.messages else f"sse{entry.index}"
 
 
-def _ws_message(msg: dict[str, Any], entry: _Entry, name: str, max_frame: int) -> Recorded:
+# WebSocket control frames (RFC 6455: close, ping, pong), which some writers list among the messages beside Chromium's
+# data frames (opcode 1 text, 2 binary): no frame of any chat. The connection's end is the entry's end.
+WS_CONTROL_OPCODES = frozenset({8, 9, 10})
+
+
+def _ws_message(msg: dict[str, Any], entry: _Entry, name: str, max_frame: int) -> Recorded | None:
     conn = f"ws{entry.index}"
     where = f"{name}: entry {entry.index} message {entry.messages}"
     t = _epoch(msg.get("time"))
@@ -1067,6 +1073,8 @@ def _ws_message(msg: dict[str, Any], entry: _Entry, name: str, max_frame: int) -
         data = msg.get("data")
         why = data[:1024] if isinstance(data, str) and data else "no reason given"
         return Recorded("close", conn, t=t, where=where, error=f"the browser failed the WebSocket connection: {why}")
+    if msg.get("opcode") in WS_CONTROL_OPCODES and kind in ("send", "receive"):
+        return None
     direction = {"send": "send", "receive": "recv"}.get(kind) if isinstance(kind, str) else None
     if direction is None:
         return Recorded("problem", conn, t=t, detail=f"WebSocket message type {str(kind)[:20]!r} is not send or "

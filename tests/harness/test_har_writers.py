@@ -152,6 +152,25 @@ def test_a_mitmproxy_har_of_websockets_is_judged_as_devtools_is(tmp_path, hardum
     assert chats(doc) == [("r1", "passed", []), ("r2", "failed", ["R2", "R5", "R7"])]
 
 
+def test_websocket_control_frames_listed_among_the_messages_are_no_frames_of_a_chat(tmp_path):
+    """A writer that lists a socket's control frames beside its data frames (RFC 6455's opcodes: 9 ping, 10 pong,
+    8 close, its data the close code and reason or nothing): each was judged as a text frame the server sent, an R12
+    ("malformed frame") on a chat that passed, and a socket of pings alone an R12 of its own. They carry no frame of
+    any chat: the chats are judged on their data frames, as live."""
+    close = base64.b64encode(b"\x03\xe8bye").decode()
+    good = netra_messages("r1", "t1", T0, extra=[
+        ("receive", T0 + 0.05, 9, ""), ("send", T0 + 0.051, 10, ""), ("send", T0 + 0.121, 9, "hb"),
+        ("receive", T0 + 0.122, 10, "hb"), ("receive", T0 + 0.5, 8, close), ("send", T0 + 0.501, 8, close)])
+    pings = [{"type": kind, "time": T0 + 2 + i, "opcode": op, "data": ""}
+             for i, (kind, op) in enumerate([("receive", 9), ("send", 10)])]
+    har = tmp_path / "control.har"
+    har.write_text(json.dumps(devtools_har([devtools_ws_entry(good, T0 - 0.001), devtools_ws_entry(pings, T0 + 1.9)])))
+    code, out, doc = chatprobe_check(har, cwd=tmp_path)
+    assert code == 0, out
+    assert chats(doc) == [("r1", "passed", [])]
+    assert not doc["scenarios"][0].get("connection_violations"), doc["scenarios"][0]["connection_violations"]
+
+
 # -- SSE (AG-UI) --
 
 REQUEST = {"threadId": "t1", "runId": "r1", "state": {}, "tools": [], "context": [], "forwardedProps": {},
