@@ -216,6 +216,9 @@ def print_summary(console: Console, runs: list[ScenarioRun], worst: int = 3, *, 
         if run.not_run:  # no chat, so no objective could be met: that says nothing more
             console.print(Text(f"  {run.not_run}"))
             continue
+        if not run.results:  # no chat to list: why there is none (a recording with no chat of the profile)
+            for error in run.errors[:3]:
+                console.print(_t(f"  {_c(error)}"))
         if run.stopped_early:
             console.print(Text(f"  stopped early: {run.stopped_by}; chats in flight were judged as they stood"))
         if run.unreachable:

@@ -171,6 +171,17 @@ def test_websocket_control_frames_listed_among_the_messages_are_no_frames_of_a_c
     assert not doc["scenarios"][0].get("connection_violations"), doc["scenarios"][0]["connection_violations"]
 
 
+def test_a_har_whose_sockets_list_no_message_says_on_the_terminal_that_no_chat_was_found(tmp_path):
+    """An export that keeps a socket's handshake but none of its messages (no `_webSocketMessages`) holds no chat:
+    the terminal showed 0 chats and a failed objective, never why; the reason the report has is shown with them."""
+    har = tmp_path / "nomessages.har"
+    har.write_text(json.dumps(devtools_har([devtools_ws_entry(None, T0), devtools_ws_entry([], T0 + 1)])))
+    code, out, doc = chatprobe_check(har, cwd=tmp_path)
+    assert code == 1 and chats(doc) == [], out
+    assert "no chat found in the recording (is it the profile's dialect?)" in doc["scenarios"][0]["errors"]
+    assert "no chat found in the recording" in out, out
+
+
 # -- SSE (AG-UI) --
 
 REQUEST = {"threadId": "t1", "runId": "r1", "state": {}, "tools": [], "context": [], "forwardedProps": {},
