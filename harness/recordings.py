@@ -530,7 +530,11 @@ def read_sse(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, conn: 
 
 
 def _whole_json(data: str) -> bool:
-    """Whether an event's data is one whole JSON value (an event cut mid-way never is)."""
+    """Whether an event's data, begun as a JSON object, is one whole JSON value (an event cut mid-way never is). Data
+    that is no JSON object at all (a profile's `stream_end` marker, `[DONE]`, left without its empty line) is the
+    profile's to judge, as it is live."""
+    if not data.lstrip().startswith("{"):
+        return True
     try:
         json.loads(data)
     except (ValueError, RecursionError):

@@ -267,6 +267,23 @@ def test_an_sse_body_cut_mid_event_is_judged_as_it_stood_not_as_a_malformed_fram
     assert not run.connection_violations
 
 
+def test_a_stream_end_marker_left_without_its_empty_line_is_no_cut(tmp_path):
+    """A profile's `stream_end` marker (`data: [DONE]`) is no JSON object: left without its empty line at the body's
+    end it is the marker it is (no frame of any run, no R12), not an event cut mid-way that leaves its chat judged as
+    it stood."""
+    profile = tmp_path / "agui-done.yaml"
+    profile.write_text((Path(__file__).parents[2] / "harness" / "profiles" / "ag-ui.yaml").read_text()
+                       + 'stream_end: ["[DONE]"]\n')
+    f = tmp_path / "body.sse"
+    f.write_bytes(b'data: {"type":"RUN_STARTED","threadId":"t","runId":"r1"}\n\n'
+                  b'data: {"type":"RUN_FINISHED","threadId":"t","runId":"r1"}\n\n'
+                  b'data: [DONE]')
+    [run] = check_files([f], load_profile(str(profile)), SC)
+    [chat] = run.results
+    assert chat.outcome is Outcome.PASSED and run.passed and not chat.note, (chat.outcome, chat.note, run.errors)
+    assert not chat.violations and not run.connection_violations
+
+
 def test_sse_event_over_the_limit_ends_the_stream_with_an_r12(tmp_path):
     f = tmp_path / "body.sse"
     f.write_bytes(b'data: {"type":"RUN_STARTED","threadId":"t","runId":"r1"}\n\ndata: ' + b"y" * (3 << 20) + b"\n\n")
