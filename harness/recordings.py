@@ -213,6 +213,8 @@ def detect_format(head: bytes) -> str:
     text = head.lstrip(b"\xef\xbb\xbf").lstrip()
     if re.match(rb'\{\s*"log"\s*:\s*\{', text):
         return "har"
+    if _HTTP_STATUS.match(text):
+        return "sse"  # `curl -i` (or -D -): the response's status line and headers, then its body
     if re.match(rb"(data|event|id|retry)?:", text) or re.match(rb"(data|event|id|retry)[ \t]*\r?\n", text):
         return "sse"
     if text[:1] != b"{" and re.search(rb"(?m)^data:", text):
@@ -258,6 +260,7 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
             if kind == "jsonl":
                 yield from read_jsonl(stream, p.name, max_frame)
             elif kind == "sse":
+                _skip_response_head(stream, p)
                 yield from read_sse(stream, p.name, max_frame)
             elif (order := har_order(f.fileno(), max_text)) is not None:
                 yield from read_har_sorted(f.fileno(), order, p.name, max_frame, max_text, base_dir=p.parent, path=str(p))
@@ -269,6 +272,45 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
                                       "recording while it was read: the rest was not read")
     except OSError as exc:
         raise RecordingError(f"{p}: cannot read the recording ({exc.strerror or exc.__class__.__name__})") from None
+
+
+_HTTP_STATUS = re.compile(rb"HTTP/[0-9.]{1,3} +([0-9]{3})\b")
+MAX_RESPONSE_HEAD = 64 << 10  # bytes of status lines and headers before a saved body (a server's are ~1 KiB)
+
+
+def _skip_response_head(stream: io.BufferedReader[Any], p: Path) -> None:
+    """A body saved with `curl -i` (or `-D -`) starts with the response's status line and headers, after any interim
+    `1xx` response's: read past them to the body. A response that is no event stream (a status other than 2xx, a
+    Content-Type other than text/event-stream) has nothing to judge: RecordingError naming what it was."""
+    got = 0
+    while _HTTP_STATUS.match(stream.peek(64).lstrip()):
+        status_line = b""
+        content_type = None
+        while True:
+            line = stream.readline(MAX_RESPONSE_HEAD - got + 1)
+            got += len(line)
+            if got > MAX_RESPONSE_HEAD:
+                raise RecordingError(f"{p}: more than {MAX_RESPONSE_HEAD >> 10} KiB of HTTP response headers before "
+                                     "the body: save the body alone (curl -N without -i)")
+            if not status_line:
+                status_line = line.strip()
+            elif not line.strip():
+                break  # the empty line that ends the head (or the file's end)
+            elif line.lower().startswith(b"content-type:"):
+                content_type = line.partition(b":")[2].strip().lower()
+        shown = status_line.decode("ascii", "replace")[:80]
+        if (m := _HTTP_STATUS.match(status_line)) is None:
+            raise RecordingError(f"{p}: {shown!r} where an HTTP status line was expected")
+        status = int(m.group(1))
+        if 100 <= status < 200:
+            continue  # an interim response (100 Continue): the final one follows
+        if not 200 <= status < 300:
+            raise RecordingError(f"{p}: the saved response is {shown!r}, not an event stream: nothing to judge")
+        if content_type is not None and not content_type.startswith(b"text/event-stream"):
+            raise RecordingError(f"{p}: the saved response's Content-Type is "
+                                 f"{content_type.decode('ascii', 'replace')[:80]!r}, not text/event-stream: nothing "
+                                 "to judge")
+        return
 
 
 def too_large(path: str | Path, st: os.stat_result | None = None) -> str | None:

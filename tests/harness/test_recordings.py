@@ -284,6 +284,26 @@ def test_a_stream_end_marker_left_without_its_empty_line_is_no_cut(tmp_path):
     assert not chat.violations and not run.connection_violations
 
 
+def test_a_body_saved_with_its_response_head_is_judged_from_its_body(tmp_path):
+    """`curl -i -N … > body.sse` writes the response's status line and headers (an interim 100 Continue's first)
+    before the body: they were read as SSE lines, the status line an R12 held against the server. They are read
+    past now; a response that is no event stream (a 401, a JSON body) is exit 2 saying what it was."""
+    events = (b'data: {"type":"RUN_STARTED","threadId":"t","runId":"r1"}\n\n'
+              b'data: {"type":"RUN_FINISHED","threadId":"t","runId":"r1"}\n\n')
+    f = tmp_path / "body.sse"
+    f.write_bytes(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+                  b"Cache-Control: no-cache\r\n\r\n" + events)
+    [run] = check_files([f], AGUI, SC)
+    [chat] = run.results
+    assert chat.outcome is Outcome.PASSED and run.passed, chat.violations
+    for head, said in ((b"HTTP/2 401\r\ncontent-type: application/json\r\n\r\n{}", "'HTTP/2 401', not an event stream"),
+                       (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + events,
+                        "Content-Type is 'application/json', not text/event-stream")):
+        f.write_bytes(head)
+        with pytest.raises(RecordingError, match=said):
+            list(read_recording(f))
+
+
 def test_sse_event_over_the_limit_ends_the_stream_with_an_r12(tmp_path):
     f = tmp_path / "body.sse"
     f.write_bytes(b'data: {"type":"RUN_STARTED","threadId":"t","runId":"r1"}\n\ndata: ' + b"y" * (3 << 20) + b"\n\n")
