@@ -756,22 +756,21 @@ def _record_time(v: Any) -> float | None:
     if isinstance(v, str):
         if len(v) > 64 or len(v) < 16:  # (a date alone is no time of a frame)
             return None
-        try:
-            when = datetime.fromisoformat(v)
-        except ValueError:
-            return None
-        t = (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
-        return t if abs(t) <= MAX_TIME else None
+        t = _iso(v)
+        return t if t is not None and abs(t) <= MAX_TIME else None
     return _epoch(v)
 
 
 def _iso(v: Any) -> float | None:
+    """An ISO 8601 date and time in epoch seconds; one without an offset is UTC (a recording's own clock, never this
+    machine's zone: HAR 1.2 asks for an offset, and a message's time beside it is epoch seconds)."""
     if not isinstance(v, str):
         return None
     try:
-        return datetime.fromisoformat(v).timestamp()
+        when = datetime.fromisoformat(v)
     except ValueError:
         return None
+    return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
 
 
 class _Entry:

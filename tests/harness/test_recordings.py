@@ -475,6 +475,23 @@ def test_event_source_messages_are_bounded_in_memory_however_small_each_is(tmp_p
         assert "the data of 40000 event(s)" in (chat.note or "")
 
 
+def test_a_time_without_an_offset_is_utc_whatever_the_machines_zone(tmp_path, monkeypatch):
+    """A HAR's startedDateTime or a JSON Lines record's `t` written without an offset is the recording's own UTC, not
+    this machine's zone: on a machine five hours behind UTC a HAR entry started at 01:00 (no offset) was read as
+    06:00 UTC, after an entry started at 03:00Z, and the sockets came out in the wrong order."""
+    monkeypatch.setenv("TZ", "EST+05")
+    time.tzset()
+    try:
+        naive, later = ws_entry(socket("ra", "ta", 1764637200.0)), ws_entry(socket("rb", "tb", 1764637300.0))
+        naive["startedDateTime"], later["startedDateTime"] = "2025-12-02T01:00:00.000", "2025-12-02T03:00:00Z"
+        f = tmp_path / "page.har"
+        f.write_text(json.dumps(chromium_har([later, naive])))
+        assert [r.conn for r in read_recording(f)] == ["ws1"] * 8 + ["ws0"] * 8  # the one without an offset first
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
 def test_har_entries_are_read_in_the_order_they_started_wherever_the_file_has_them(tmp_path):
     """HAR 1.2 tells readers to sort the entries by startedDateTime: the sockets come out in that order (entries
     named by their place in the file), pages, other entries and keys after the entries notwithstanding; a file
