@@ -198,8 +198,10 @@ class _Run:
             raise ConfigError("--host: give the ws:// or wss:// URL of the chat server")
         try:
             options = TargetOptions(
-                url=host, name=opts.chatprobe_target_name, profile=opts.chatprobe_profile, auth=opts.chatprobe_auth,
-                ca_file=opts.chatprobe_ca_file, headers=parse_header_flags(opts.chatprobe_header, "headers"),
+                # Locust's web UI gives an option left empty in its form as "" (not None): not given, as before.
+                url=host, name=opts.chatprobe_target_name, profile=opts.chatprobe_profile or None,
+                auth=opts.chatprobe_auth, ca_file=opts.chatprobe_ca_file or None,
+                headers=parse_header_flags(opts.chatprobe_header, "headers"),
                 header_env=parse_header_flags(opts.chatprobe_header_env, "header_env"))
             target = make_target(options, read_token(options), scenario.profile, transports=("websocket",))
             target.compression = scenario.compression  # offer permessage-deflate or not, as the scenario says

@@ -235,8 +235,22 @@ def check_url(url: str, option: str, schemes: tuple[str, ...] = tuple(SCHEMES)) 
     return parts
 
 
+def check_not_empty(opts: TargetOptions, *options: str) -> None:
+    """An option given an empty value (`--token-env "$UNSET"` in CI, `token_env: ""` in a file) is a usage error
+    naming it, as an empty report path is: taken as not given, a run went on with CHATPROBE_TOKEN's token instead of
+    the one named (another environment's, perhaps), with no token at all, with the system's CAs for the private one
+    asked for, or with the default profile."""
+    for option in options:
+        value = getattr(opts, option)
+        if value is not None and not value.strip():
+            what = "an empty variable name" if option.endswith("_env") else "an empty path" if option != "profile" \
+                else "an empty name"
+            raise option_error(option, f": {what} (an unset shell variable?)")
+
+
 def read_token(opts: TargetOptions) -> TokenProvider:
     """The token source the options name: a file, a variable, a secret to mint per-user JWTs from, or none."""
+    check_not_empty(opts, "token_file", "token_env", "jwt_secret_env")
     if opts.token_file:
         try:
             from .yamlfile import read_text_file
@@ -364,6 +378,7 @@ def read_headers(opts: TargetOptions, transport: str) -> HeaderPairs:
 
 def target_profile(opts: TargetOptions, default_profile: str | None = None) -> Profile:
     """The profile a target of `opts` speaks (`--profile`, else the scenario's, else netra), loaded and checked."""
+    check_not_empty(opts, "profile")
     try:
         from .profiles import load_profile  # pydantic models: loaded when a target is built, not at start-up
 
@@ -397,6 +412,7 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
         raise option_error("auth", "subprotocol is for WebSocket targets; SSE sends the token as an Authorization "
                                    "header")
     headers = read_headers(opts, transport)
+    check_not_empty(opts, "ca_file")
     if opts.ca_file:
         try:
             regular = Path(opts.ca_file).is_file()

@@ -227,7 +227,7 @@ def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list
         token_file = tc.token_file
         if token_file and not Path(token_file).is_absolute():
             token_file = str(base / token_file)
-        profile = _relative_to(tc.profile, base) if tc.profile else None
+        profile = _relative_to(tc.profile, base) if tc.profile else tc.profile  # "": refused by make_target
         if profile is not None:
             try:
                 load_profile(profile)

@@ -1163,6 +1163,8 @@ def main(argv: list[str] | None = None) -> int:
         door = front_door(args)
         check_label(args.target_name, "--target-name")
         check_label(args.scenario, "--scenario", SCENARIO_NAME_PATTERN)
+        if args.record is not None and not args.record.strip():  # `--record "$UNSET"`: nothing would be kept
+            raise ConfigError("--record: an empty path (an unset shell variable?)")
         if args.record_all and not args.record:
             raise ConfigError("--record-all needs --record DIR")
         recorder = None

@@ -445,3 +445,24 @@ def test_two_scenarios_of_one_name_are_refused_as_the_monitor_refuses_them(tmp_p
               f"{again}:2: field 'name': scenario name 'basic' is given twice (also scenarios/basic.yaml:")
     one_error(run_cli("run", "basic", "basic"), "scenario name 'basic' is given twice")
     assert not junit.exists()
+
+
+@pytest.mark.parametrize("command, flag", [
+    ("run", "--token-env"), ("run", "--jwt-secret-env"), ("run", "--token-file"), ("run", "--ca-file"),
+    ("run", "--profile"), ("monitor", "--token-env"), ("monitor", "--token-file"), ("monitor", "--ca-file"),
+    ("proxy", "--record"),
+])
+def test_an_empty_value_for_a_credential_file_or_profile_flag_is_refused_not_taken_as_not_given(command, flag,
+                                                                                                 refused_port):
+    # `--token-env "$PROD_TOKEN_VAR"` with the variable unset in CI. FAILED on the old code: taken as not given, the
+    # run went on with CHATPROBE_TOKEN's token (another environment's) or none, the system's CAs instead of the
+    # private one asked for, the default profile; the proxy ran keeping no recording (it ran until stopped: the
+    # timeout here).
+    url = f"ws://127.0.0.1:{refused_port()}/ws"
+    argv = {"run": ["run", "basic", "--target", url, "-q"],
+            "monitor": ["monitor", "--target", url, "--once"],
+            "proxy": ["proxy", "--upstream", url, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]}
+    token = {"CHATPROBE_TOKEN": "tok-of-another-environment-0123456789"}
+    proc = run_cli(*argv[command], flag, "", env=token, timeout=30)
+    line = one_error(proc, f"{flag}: an empty ")
+    assert token["CHATPROBE_TOKEN"] not in line

@@ -77,6 +77,12 @@ def test_config_targets_and_scenarios(tmp_path, monkeypatch):
     (["url: ws://a/ws", "token_env: CHATPROBE_TEST_UNSET"], ":7: field 'targets.sim.token_env': CHATPROBE_TEST_UNSET"),
     (["url: ws://a/ws", "token_file: no-token"], ":7: field 'targets.sim.token_file'"),
     (["url: ws://a/ws", "ca_file: no-ca.pem"], ":7: field 'targets.sim.ca_file'"),
+    # FAILED on the old code: an empty value was taken as not given (CHATPROBE_TOKEN's token, the system's CAs, netra)
+    (["url: ws://a/ws", "token_env: ''"], ":7: field 'targets.sim.token_env': an empty variable name"),
+    (["url: ws://a/ws", "jwt_secret_env: ' '"], ":7: field 'targets.sim.jwt_secret_env': an empty variable name"),
+    (["url: ws://a/ws", "token_file: ''"], ":7: field 'targets.sim.token_file': an empty path"),
+    (["url: wss://a/ws", "ca_file: ''"], ":7: field 'targets.sim.ca_file': an empty path"),
+    (["url: ws://a/ws", "profile: ''"], ":7: field 'targets.sim.profile': '': no such file"),
     (["url: http://a/run", "profile: ag-ui", "auth: subprotocol"], ":8: field 'targets.sim.auth'"),
 ])
 def test_config_target_errors_name_file_line_and_field(tmp_path, monkeypatch, lines, needle):
