@@ -1032,6 +1032,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Keepalive settings beyond this are typos (and asyncio timers overflow long before infinity).
 MAX_PING_SECONDS = 3600.0
+# ... and below this (`--ping-interval 20ms` for 20s): a ping to every client and to the upstream for each of them that
+# often (1 ms: two thousand pings a second per connection, the proxy's CPU and the upstream's spent on them), or a pong
+# due within it (every user on a link slower than that dropped at the first ping).
+MIN_PING_SECONDS = 1.0
 
 
 def _count(value: str | None, flag: str) -> int | None:
@@ -1055,6 +1059,9 @@ def front_door(args: argparse.Namespace) -> FrontDoor:
             raise ConfigError(f"--{flag.replace('_', '-')}: {exc}") from None
         if pings[flag] > MAX_PING_SECONDS:
             raise ConfigError(f"--{flag.replace('_', '-')}: at most {MAX_PING_SECONDS:g}s")
+        if 0 < pings[flag] < MIN_PING_SECONDS:
+            raise ConfigError(f"--{flag.replace('_', '-')}: at least {MIN_PING_SECONDS:g}s"
+                              + (" (0: no keepalive)" if flag == "ping_interval" else ""))
     if pings["ping_interval"] and not pings["ping_timeout"]:
         raise ConfigError("--ping-timeout: must be more than 0 while --ping-interval is on")
     nofile = open_file_limit()

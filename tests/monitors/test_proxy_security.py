@@ -11,6 +11,8 @@ import os
 import re
 import secrets
 import socket
+import subprocess
+import sys
 import time
 from http import HTTPStatus
 from pathlib import Path
@@ -32,7 +34,7 @@ from monitors.frontdoor import FrontDoor, client_address, parse_trusted, upstrea
 from monitors.metrics import ChatMetrics, MetricsSink
 from monitors.proxy import LiveChats, Proxy, start_proxy
 
-from .procs import proxy_process
+from .procs import PROXY_MAIN, proxy_process
 
 ROOT = Path(__file__).resolve().parents[2]
 EXP = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=10.0)
@@ -918,6 +920,19 @@ def test_bad_front_door_flags_exit_2_with_one_line(capsys, flags, needle):
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "s3cret" not in err
+
+
+@pytest.mark.parametrize("flag, value", [("--ping-interval", "1ms"), ("--ping-interval", "0.5"),
+                                         ("--ping-timeout", "100ms"), ("--ping-timeout", "0.001s")])
+def test_a_keepalive_of_under_a_second_is_refused_not_a_flood_of_pings(flag, value):
+    # `--ping-interval 20ms` meant as 20 s. FAILED on the old code: taken, the proxy pinged every client and the upstream
+    # for each of them a thousand times a second (or dropped every user whose pong took over 1 ms); it ran (the timeout).
+    argv = [sys.executable, "-c", PROXY_MAIN, "--upstream", "ws://127.0.0.1:1/ws", "--listen", "127.0.0.1:0",
+            "--metrics-listen", "127.0.0.1:0", flag, value]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert f"{flag}: at least 1s" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def masked_text(payload: bytes) -> bytes:
