@@ -114,6 +114,23 @@ _HTML_HEADERS = [("Content-Type", "text/html; charset=utf-8"), ("Content-Securit
                  ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store")]
 
 
+def _scrape(metrics: Callable, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    """/metrics by prometheus_client's WSGI app, which answers GET only: a HEAD (a load balancer's or an uptime
+    checker's) got its 405 "use OPTIONS or GET" with `Allow: OPTIONS,GET`, while every other path here takes HEAD and
+    a refused method is told `Allow: GET, HEAD` (that 405 went out chunked, a `0` chunk after a HEAD's head, and
+    closed a keep-alive connection). A HEAD gets GET's status and headers with the length of GET's body, and no body
+    (rendered as a GET would be: HEAD costs what GET costs)."""
+    if environ.get("REQUEST_METHOD") != "HEAD":
+        return metrics(environ, start_response)
+    got: list[tuple[str, list[tuple[str, str]]]] = []
+    body = b"".join(metrics({**environ, "REQUEST_METHOD": "GET"}, lambda status, headers, exc_info=None: got.append(
+        (status, headers))))
+    status, headers = got[0]
+    start_response(status, [*((k, v) for k, v in headers if k.lower() != "content-length"),
+                            ("Content-Length", str(len(body)))])
+    return []
+
+
 def _scrape_timeout(header: str | None, timeout: float, grace: float) -> float:
     """The probe's deadline: within Prometheus' scrape timeout when it sends one, as blackbox_exporter does."""
     if not header:
@@ -173,7 +190,7 @@ def make_app(monitor: ProbeRunner, loop: asyncio.AbstractEventLoop, grace: float
             return text(start_response, "405 Method Not Allowed", "only GET and HEAD", [("Allow", "GET, HEAD")])
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
-            return metrics_app(environ, start_response)
+            return _scrape(metrics_app, environ, start_response)
         if path == "/probe":
             return probe(environ, start_response)
         if path in ("/-/healthy", "/-/ready"):
@@ -224,7 +241,7 @@ def metrics_app() -> Callable:
             return text(start_response, "405 Method Not Allowed", "only GET and HEAD", [("Allow", "GET, HEAD")])
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
-            body: Iterable[bytes] = metrics(environ, start_response)
+            body: Iterable[bytes] = _scrape(metrics, environ, start_response)
         elif path in ("/-/healthy", "/-/ready"):
             body = text(start_response, "200 OK", "OK")
         else:

@@ -307,3 +307,53 @@ def test_at_the_connection_limit_a_new_connection_closes_the_one_waiting_longest
         for sock in held:
             sock.close()
         server.shutdown()
+
+
+def _read_answer(sock: socket.socket, head_only: bool) -> tuple[bytes, bytes]:
+    """One answer off a keep-alive socket: its head, and its body by its Content-Length (none for a HEAD)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = 0 if head_only else int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return head, rest
+
+
+async def test_head_of_metrics_is_gets_head_with_no_body_on_the_monitor_and_the_metrics_port(monitor_http):
+    # FAILED on the old code: prometheus_client's app answers GET only, so HEAD /metrics was a 405 `Allow: OPTIONS,GET`
+    # where every other path takes HEAD (and refuses other methods with `Allow: GET, HEAD`), sent chunked (a `0` chunk
+    # after a HEAD's head) and closing the monitor's keep-alive connection.
+    metrics_only = httpserver.start_metrics("127.0.0.1", 0)
+    try:
+        for port, keep_alive in ((monitor_http.server_address[1], True), (metrics_only.server_address[1], False)):
+            status, body = await asyncio.to_thread(get, port, b"/metrics")
+            assert status == 200 and body.startswith(b"# HELP"), (port, status, body[:200])
+
+            def head_then_health(port: int = port, keep_alive: bool = keep_alive) -> tuple[bytes, bytes, bytes]:
+                with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+                    sock.settimeout(DEADLINE)
+                    sock.sendall(b"HEAD /metrics HTTP/1.1\r\nHost: monitor\r\n\r\n")
+                    head, _ = _read_answer(sock, head_only=True)
+                    if not keep_alive:  # the metrics port answers one request per connection: nothing may follow
+                        rest = b""
+                        while chunk := sock.recv(65536):
+                            rest += chunk
+                        return head, rest, b""
+                    sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: monitor\r\n\r\n")
+                    return (head, *_read_answer(sock, head_only=False))
+
+            head, after, health = await asyncio.to_thread(head_then_health)
+            assert head.startswith(b"HTTP/1.1 200 "), (port, head)
+            assert re.search(rb"(?im)^content-type: text/plain; version=", head), head
+            assert int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1)) > 100, head
+            assert not re.search(rb"(?im)^transfer-encoding:", head), head
+            if keep_alive:  # the next answer on the connection is the next request's, whole
+                assert after.startswith(b"HTTP/1.1 200 ") and health == b"OK\n", (after, health)
+            else:
+                assert after == b"", after
+    finally:
+        await asyncio.to_thread(metrics_only.shutdown, 1.0)
