@@ -530,8 +530,10 @@ Action = Connect | Send | Wait | Drop | Close | Reconnect | Finish
 CONNECT, DROP, CLOSE = Connect(), Drop(), Close()
 
 
-# A normal close (1000) and going away (1001): what a server closing an idle connection on purpose sends (Link.closed_clean).
-CLEAN_CLOSE_CODES = frozenset({1000, 1001})
+# A normal close (1000), going away (1001) and a close frame with no status code (1005, RFC 6455 7.1.5: what a browser's
+# or Node's `ws` `close()` called without a code sends): what a server closing an idle connection on purpose sends
+# (Link.closed_clean). A connection that ended with no close frame is 1006, never one of these.
+CLEAN_CLOSE_CODES = frozenset({1000, 1001, 1005})
 # The advice (R13) on a chat whose message was sent again because the server's closing handshake crossed it.
 RESENT_WARNING = ("the server closed the connection (a normal close) as the message went, before any event of its run: "
                   "sent again on a new connection")
@@ -801,7 +803,7 @@ class ChatFlow:
             crossed = (self.content is not None and not self.resend and not link.closed_by_client
                        and options.reconnect and not link.stream_per_chat and link.closed_clean)
             if crossed and not can_resume:
-                # The server closed the connection on purpose (a closing handshake, 1000/1001) before a single event
+                # The server closed the connection on purpose (a closing handshake, CLEAN_CLOSE_CODES) before a single event
                 # of the run, which has no id to resume (or the dialect no resume frame): the message crossed the
                 # server's close (a server that closes after each run or when idle; RFC 6455: nothing after its close
                 # frame is read). Sent again, once, on a new connection, timed from its first try, and said (a server
@@ -1160,7 +1162,7 @@ class PendingResumes:
         return None if before is None else judge_resume(chat, before, left=left)
 
     def cut_clean(self, chat: ChatTracker) -> None:
-        """The server closed `chat`'s connection with a closing handshake (1000/1001) before any event of its run,
+        """The server closed `chat`'s connection with a closing handshake (CLEAN_CLOSE_CODES) before any event of its run,
         which is parked for a resume (it has an id): its message may have crossed that close."""
         if chat.n_events == 0:
             self.crossed.add(chat.chat_id)

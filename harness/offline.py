@@ -200,7 +200,7 @@ class OfflineCheck:
         # Chats whose connection the server closed before any event of their run (no id to resume), by message id
         # (flow.resend_key):
         # the message may be sent again on a new connection (flow.ChatFlow: once), and the chat goes on there. With
-        # the close's time and whether it was a closing handshake (1000/1001: the live client warns, R13).
+        # the close's time and whether it was a closing handshake (CLEAN_CLOSE_CODES: the live client warns, R13).
         self.resends: dict[str, tuple[ChatTracker, float, bool]] = {}
         self.resent: set[str] = set()  # chats sent again already (a second loss is judged as any other)
         self.tally = Tally()

@@ -202,7 +202,7 @@ class LiveChats:
         # message id): the user's client may send the message again on a new connection, and the chat goes on there,
         # timed from its first try, as the harness's own client does it (docs/protocol.md, "Outcomes") and as
         # `chatprobe check` follows it in the recording. Each with when its connection closed, whether with a closing
-        # handshake (1000/1001: an R13 warning when sent again), and the timer that judges it at its deadline.
+        # handshake (CLEAN_CLOSE_CODES: an R13 warning when sent again), and the timer that judges it at its deadline.
         self.resends: dict[tuple[str, str], tuple[ChatTracker, float, bool, asyncio.TimerHandle | None]] = {}
         self.resent: set[str] = set()  # chats sent again already: a second loss is judged as any other
         self._held_by: Counter[str] = Counter()  # chats held for a resend, by identity (MAX_RESENDS_EACH)

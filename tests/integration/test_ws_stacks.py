@@ -14,6 +14,9 @@ FAILED on the code before this file, each with what was wrong:
 - test_a_server_that_drops_the_connection_before_any_event_is_a_lost_chat_by_every_road: the proxy closed its user's
   connection with a clean 1000 where the upstream had dropped it (no close frame), so the user's client sent the
   message again and the proxy judged the chat passed, where `run` and `check` judged it incomplete.
+- test_a_close_frame_with_no_status_code_before_any_event_sends_the_message_again_by_every_road: a close frame with no
+  status code (1005, Node's `ws` `close()`) was taken for a crash: the message that crossed it was never sent again
+  and the chat was `incomplete` by `run`, `check` and the websockets client.
 """
 from __future__ import annotations
 
@@ -212,3 +215,17 @@ def test_a_server_that_drops_the_connection_before_any_event_is_a_lost_chat_by_e
     got = judge(tmp_path, lambda: serve_websockets(NetraApp(answer)), {"chats_per_user": 1},
                 ways=("run", "check", "proxy"))
     assert got == {road: [("incomplete", ())] for road in ("run", "check", "proxy")}, got
+
+
+def test_a_close_frame_with_no_status_code_before_any_event_sends_the_message_again_by_every_road(tmp_path):
+    """A server that closes a connection with a close frame carrying no status code (Node's `ws` and a browser's
+    `close()` called without one; RFC 6455 7.1.5 reports it as 1005) closes it on purpose, as with 1000: a message
+    that crossed that close before any event of its run is sent again on a new connection (docs/protocol.md,
+    Outcomes), and the chat passes. It was judged as a crash's, `incomplete`, live and in `check`."""
+    def answer(p: dict[str, Any], n: int) -> list[Action]:
+        events: list[Action] = list(run_events(p))
+        return [Close(1005)] if n == 1 else events
+
+    got = judge(tmp_path, lambda: serve_wsproto(NetraApp(answer)), {"chats_per_user": 1})
+    assert got == {road: [PASS] for road in ROADS}, got
+

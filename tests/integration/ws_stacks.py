@@ -52,7 +52,9 @@ class Wait:
 @dataclass
 class Close:
     """A closing handshake with `code`; 1006 (which no close frame carries) drops the TCP connection instead, without
-    one (a crash, a load balancer's cut), where the stack lets the application do so (the websockets server)."""
+    one (a crash, a load balancer's cut), where the stack lets the application do so (the websockets server); 1005 is
+    a close frame with no status code (a browser's or Node's `ws` `close()` called without one), where the stack lets
+    the application send one (wsproto)."""
     code: int
 
 
@@ -388,8 +390,12 @@ class WsprotoConn:
 
     async def close(self, code: int) -> None:
         from wsproto.events import CloseConnection
+        from wsproto.frame_protocol import CloseReason
 
-        self._write(CloseConnection(code=code, reason="going"))
+        if code == CloseReason.NO_STATUS_RCVD:  # a close frame with no status code (what 1005 stands for): no reason
+            self._write(CloseConnection(code=CloseReason.NO_STATUS_RCVD))
+        else:
+            self._write(CloseConnection(code=code, reason="going"))
         self.closed = True
         await self._drain()
 
