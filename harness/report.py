@@ -298,6 +298,19 @@ def _rule_order(rule: str) -> tuple[int, str]:
     return (int(rule[1:]), rule) if rule[1:].isdigit() else (10**6, rule)
 
 
+def why_failed(run: ScenarioRun) -> str:
+    """One line of why a run that reached its target failed, for a log line (`chatprobe monitor`): its violations by
+    rule and the most telling chat's first violation (else its note or error), or "" when no chat says more."""
+    parts = []
+    if run.stats.violations:
+        counts = sorted(run.stats.violations.items(), key=lambda kv: _rule_order(kv[0]))
+        parts.append("violations " + ", ".join(f"{k} x{v}" for k, v in counts))
+    for r in _worst(run, 1):
+        why = str(r.violations[0]) if r.violations else (r.note or r.error or "")
+        parts.append(f"chat {r.outcome.value}" + (f": {why}" if why else ""))
+    return "; ".join(parts)
+
+
 def _worst(run: ScenarioRun, n: int) -> list[ChatResult]:
     """The `n` chats most worth reading: incomplete ones first, then those with the most violations."""
     bad = [r for r in run.results if r.outcome is not Outcome.PASSED]

@@ -28,6 +28,7 @@ from harness.durations import Seconds, parse_duration
 from harness.errors import MESSAGE_LIMIT, os_reason, unknown_flag_hint
 from harness.events import Outcome
 from harness.profiles import load_profile
+from harness.report import why_failed
 from harness.results import ScenarioRun, exit_code
 from harness.runner import run_scenario
 from harness.scenario import Bool, Scenario, load_scenario
@@ -378,6 +379,8 @@ def describe(run: ScenarioRun) -> str:
         text += f" ({run.results[0].error_kind}: {run.results[0].error})"
     elif not run.passed:
         text += f"; failed: {', '.join(o.name for o in run.failed_objectives) or 'unreachable'}"
+        if why := why_failed(run):
+            text += f"; {why}"
     return text
 
 
@@ -454,7 +457,7 @@ async def _main(args: argparse.Namespace) -> int:
             results = await monitor.round()
             for probe, run in results:
                 print(f"{probe.target.name} / {probe.scenario.name}: "
-                      f"{describe(run) if run is not None else verdict(run)}")
+                      f"{redact.clean(describe(run), 1000) if run is not None else verdict(run)}")
             if any(run is None for _, run in results):
                 return EXIT_FAILED  # a probe that could not run proves nothing
             return int(exit_code([run for _, run in results if run is not None]))

@@ -17,6 +17,8 @@ FAILED on the code before this file, each with what was wrong:
 - test_a_close_frame_with_no_status_code_before_any_event_sends_the_message_again_by_every_road: a close frame with no
   status code (1005, Node's `ws` `close()`) was taken for a crash: the message that crossed it was never sent again
   and the chat was `incomplete` by `run`, `check` and the websockets client.
+- test_monitor_once_says_which_rule_failed_and_why: `chatprobe monitor --once` named the objectives a probe missed,
+  not the rule the server broke nor why.
 """
 from __future__ import annotations
 
@@ -229,3 +231,21 @@ def test_a_close_frame_with_no_status_code_before_any_event_sends_the_message_ag
     got = judge(tmp_path, lambda: serve_wsproto(NetraApp(answer)), {"chats_per_user": 1})
     assert got == {road: [PASS] for road in ROADS}, got
 
+
+def test_monitor_once_says_which_rule_failed_and_why(capsys):
+    """`chatprobe monitor --once` (and the daemon's log line when a probe's verdict changes) named only the objectives
+    a failing probe missed ("failed: missing_events_ratio.max, violations.max, passed_ratio.min"): not which rule the
+    server broke nor why, which `chatprobe run` prints. It says both now: the violations by rule and the worst chat's
+    first violation."""
+    from harness.cli import main
+
+    def answer(p: dict[str, Any], n: int) -> list[Action]:
+        events: list[Action] = list(run_events(p))
+        return [events[0], events[2], events[1], *events[3:]]  # a tool call before any thinking: R6
+
+    with serve_websockets(NetraApp(answer)) as url:
+        code = main(["monitor", "--once", "--target", url, "--auth", "none", "--target-name", "t"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    line = next(line for line in out.splitlines() if line.startswith("t / probe: failed"))
+    assert "violations R6 x1" in line and "chat failed: R6 order: tool_executing before any agent_thinking" in line, line
