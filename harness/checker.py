@@ -826,14 +826,18 @@ class ChatIndex:
 class ConnectionChecker:
     """Routes one connection's decoded frames to its chats; catches events of runs this client never started."""
 
-    __slots__ = ("user_id", "user_from_welcome", "events_name_run", "further_runs", "by_run", "by_message", "by_thread", "chats",
-                 "_members", "unnamed", "_prune_at", "malformed", "foreign", "_fresh", "untold", "probes")
+    __slots__ = ("user_id", "user_from_welcome", "welcome_user", "events_name_run", "further_runs", "by_run",
+                 "by_message", "by_thread", "chats", "_members", "unnamed", "_prune_at", "malformed", "foreign",
+                 "_fresh", "untold", "probes")
 
     def __init__(self, user_id: str | None = None, *, events_name_run: bool = False, further_runs: bool = False) -> None:
         # The user this connection authenticated as (the token's `sub`), else the one its welcome names.
         self.user_id = user_id
         # No token named the user: each connection's welcome does (an anonymous user may be named anew on each).
         self.user_from_welcome = user_id is None
+        # The user a welcome named that is not the token's `sub` (a server naming its users otherwise): said in the
+        # R8 of each event naming it, so a person reads why.
+        self.welcome_user: str | None = None
         # The dialect names the run in every event (netra): an event naming none is not this client's (R8).
         self.events_name_run = events_name_run
         # A server may start further runs on a chat's stream after its run closed (AG-UI): a run start with a new run
@@ -970,7 +974,9 @@ class ConnectionChecker:
             return
         if self.user_id is None or (first and self.user_from_welcome):
             self.user_id = user  # this connection's user, from its welcome (a token's `sub` is never replaced)
-        elif user != self.user_id and not first:
+        elif user != self.user_id and first:
+            self.welcome_user = user
+        elif user != self.user_id:
             witnesses = self._charged()
             self.foreign += 1
             reason = f"received {frame.wire_type} (a control frame) naming another user: cross-talk"
@@ -986,7 +992,7 @@ class ConnectionChecker:
         holds no copy of it (~60 bytes each, three of them in most events)."""
         if (user := ev.user_id) is not None and (own := self.user_id) is not None:
             if user != own:
-                told = self._foreign(ev, "another user")
+                told = self._foreign(ev, "another user" if user != self.welcome_user else WELCOME_NOT_SUB)
                 if (seq := ev.seq) is not None and ev.run_id is not None and (
                         mine := self.by_run.get(ev.run_id)) is not None and mine._result is None and any(
                         c is mine for c in told):
@@ -1243,6 +1249,11 @@ def _slim(frame: Frame) -> Frame:
 
 def malformed_reason(detail: str) -> str:
     return f"malformed frame: {detail}"
+
+
+# Whose event an R8 says it was when the event names the user the connection's welcome named, which is not the
+# user its token's `sub` names (docs/protocol.md R8: a connection is the token's `sub`).
+WELCOME_NOT_SUB = "the user the welcome named, not the token's sub (a connection is its token's sub)"
 
 
 def foreign_reason(ev: Event, why: str) -> str:

@@ -254,7 +254,8 @@ class Session(VirtualUser):
         settings = self.target.settings_for(self.user_id, self.connect_timeout)
         transport = make_transport(settings)
         if self.target.recorder is not None:  # --record: the frames both ways, for `chatprobe check`
-            transport = self.target.recorder.wrap(transport, self.user_id, resume=resume)
+            transport = self.target.recorder.wrap(transport, self.user_id, resume=resume,
+                                                  user=self.target.tokens.subject(self.user_id))
         self._welcomed = welcomed = Wake()
         self.router.new_connection()
         try:

@@ -429,7 +429,8 @@ class SyncSession(VirtualUser):
         its failure fails no chat of its own)."""
         settings = self.target.settings_for(self.user_id, self.connect_timeout)
         recorder = self.target.recorder
-        recording = None if recorder is None else recorder.recording(self.user_id, resume=resume)
+        recording = None if recorder is None else recorder.recording(
+            self.user_id, resume=resume, user=self.target.tokens.subject(self.user_id))
         ws = _Wire(settings)
         try:
             ws.open()

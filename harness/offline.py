@@ -242,6 +242,10 @@ class OfflineCheck:
         else:
             at = conn.last_t if conn.last_t is not None else self.now
         conn.last_t = at
+        if rec.user is not None and conn.checker.user_from_welcome:
+            # The user the live client authenticated as (its token's `sub`): R8 judges the connection's events by it,
+            # never by its welcome's user, as live (flow's ConnectionChecker).
+            conn.checker.user_id, conn.checker.user_from_welcome = rec.user, False
         direction = rec.direction
         failed_send = direction == "close" and rec.failed == SEND_FAILED
         # A chat's frame never left (the connection goes on): its chat fails before the chats due by now are judged.

@@ -96,9 +96,13 @@ class ConnectionLog:
     dropped frame's time, before the close record (nothing else is written after the gap: the gap is one, at its
     place in time)."""
 
-    def __init__(self, recorder: Recorder, label: str, part: Path, secrets: tuple[str, ...] = ()) -> None:
+    def __init__(self, recorder: Recorder, label: str, part: Path, secrets: tuple[str, ...] = (),
+                 user: str | None = None) -> None:
         self.recorder = recorder
         self.label = label
+        # The user the client authenticated as (its token's `sub`: flow's ConnectionChecker judges R8 by it), written
+        # as "user" on the connection's first record, so `chatprobe check` judges its events by the same user.
+        self.user = user
         self.part = part
         # This connection's own credentials (the proxy's users'): matched in every form redact knows (escaped,
         # URL-encoded, base64) as the process's registered secrets are.
@@ -138,6 +142,9 @@ class ConnectionLog:
             self._drop(frame, at)
             return None
         record: dict[str, Any] = {"t": round(self.recorder.epoch(at), 6), "dir": direction, "conn": self.label}
+        if self.user is not None:
+            record["user"] = self._scrub(self.user)
+            self.user = None
         if expect:
             record["expect"] = expect
         if due is not None:
@@ -513,25 +520,30 @@ class Recorder:
     def epoch(self, at: float) -> float:
         return at + self._offset
 
-    def connection(self, label: str, secrets: Iterable[str] = ()) -> ConnectionLog:
+    def connection(self, label: str, secrets: Iterable[str] = (), user: str | None = None) -> ConnectionLog:
         """A connection's log; `secrets`: credentials of this connection alone (not registered process-wide, as a
-        proxy's users' tokens are many and not the process's own), scrubbed from its frames with the global ones."""
+        proxy's users' tokens are many and not the process's own), scrubbed from its frames with the global ones;
+        `user`: the user its client authenticated as (ConnectionLog.user)."""
         own = tuple(sorted({s for s in secrets if len(s.strip()) >= MIN_SECRET_LEN}))
         with self._lock:
             self._n += 1
             n = self._n
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", scrub(label))[:80] or "conn"
-        return ConnectionLog(self, f"{safe}.{n}", self.directory / f".{self.run_id}-{n:06d}-{safe}.jsonl.part", own)
+        return ConnectionLog(self, f"{safe}.{n}", self.directory / f".{self.run_id}-{n:06d}-{safe}.jsonl.part", own,
+                             user)
 
-    def wrap(self, transport: Transport, label: str, *, resume: bool = False) -> RecordingTransport:
+    def wrap(self, transport: Transport, label: str, *, resume: bool = False,
+             user: str | None = None) -> RecordingTransport:
         """`transport` recorded as connection `label` (the runner's hook: every connection a client opens);
-        `resume`: a reconnect to resume a run (its failure fails no chat of its own)."""
-        return RecordingTransport(transport, self.connection(label), resume=resume)
+        `resume`: a reconnect to resume a run (its failure fails no chat of its own); `user`: the user the client
+        authenticated as (its token's `sub`), when the token names one."""
+        return RecordingTransport(transport, self.connection(label, user=user), resume=resume)
 
-    def recording(self, label: str, *, resume: bool = False) -> ConnectionRecording:
+    def recording(self, label: str, *, resume: bool = False, user: str | None = None) -> ConnectionRecording:
         """Connection `label`'s recording for a client that is no Transport (the Locust user's SyncSession), which
-        calls it at the moments the asyncio client calls a RecordingTransport's hooks; `resume` as for wrap()."""
-        return ConnectionRecording(self.connection(label), resume=resume)
+        calls it at the moments the asyncio client calls a RecordingTransport's hooks; `resume`, `user` as for
+        wrap()."""
+        return ConnectionRecording(self.connection(label, user=user), resume=resume)
 
     def save(self, log: ConnectionLog, keep: bool | None = None) -> Path | None:
         """The connection ended: its file kept (when `keep`, or always with keep_all) or deleted; returns the path."""

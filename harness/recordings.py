@@ -173,6 +173,9 @@ CLOSED_BY = {"client": "client", "client-drop": "drop", "client-stop": "stop", "
 MAX_PARKING_FULL = 1024
 
 
+MAX_USER = 1024  # a recorded `user` (the client's token's `sub`): ids over it are an R12 live (docs/protocol.md)
+
+
 @dataclass(frozen=True, slots=True)
 class Recorded:
     """One thing a recording holds, in file order.
@@ -206,6 +209,9 @@ class Recorded:
     stop: str = ""
     # On a close record the proxy wrote: the send records (ordinals) of the chats it had no room to keep for a resume.
     parking_full: tuple[int, ...] = ()
+    # On a connection's first frame record (`chatprobe run --record`): the user its client authenticated as (its
+    # token's `sub`), by which R8 judges its events, as live (the `user` field).
+    user: str | None = None
 
 
 def detect_format(head: bytes) -> str:
@@ -509,6 +515,10 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
         frame = json.dumps(obj["frame"], separators=(",", ":"))
     if frame_bytes(frame) > max_frame:
         return Recorded("problem", conn, t=t, detail=f"frame larger than the {max_frame} byte limit", where=where)
+    user = obj.get("user")
+    if user is not None and (not isinstance(user, str) or not 0 < len(user) <= MAX_USER):
+        return Recorded("problem", conn, t=t, detail=f"field 'user' must be a user id of 1 to {MAX_USER} characters",
+                        where=where)
     if direction == "send" and ("expect" in obj or "due" in obj):
         expect = _expectation(obj["expect"]) if "expect" in obj else (None, None)
         if isinstance(expect, str):
@@ -519,8 +529,8 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
             return Recorded("problem", conn, t=t, detail="field 'due' must be a time in epoch seconds, at most "
                             f"{MAX_DUE_BEFORE:g}s before the record's t", where=where)
         return Recorded(direction, conn, t=t, frame=frame, where=where, expect_error=expect[0], required=expect[1],
-                        due=due)
-    return Recorded(direction, conn, t=t, frame=frame, where=where)
+                        due=due, user=user)
+    return Recorded(direction, conn, t=t, frame=frame, where=where, user=user)
 
 
 def _expectation(value: Any) -> tuple[str | None, tuple[Role, ...] | None] | str:

@@ -249,3 +249,35 @@ def test_monitor_once_says_which_rule_failed_and_why(capsys):
     assert code == 1, out
     line = next(line for line in out.splitlines() if line.startswith("t / probe: failed"))
     assert "violations R6 x1" in line and "chat failed: R6 order: tool_executing before any agent_thinking" in line, line
+
+
+def test_a_token_whose_sub_the_server_does_not_name_is_judged_alike_live_and_in_check(tmp_path, monkeypatch):
+    """A team's own token (not minted by chatprobe) whose `sub` is not the user id its server names in the welcome
+    and in every event: R8 judges events by the token's `sub` (docs/protocol.md R8), so `chatprobe run` flagged every
+    event as another user's, while `chatprobe check` of its recording, which held no `sub`, took the welcome's user
+    and passed every chat. The recording now says which user the client authenticated as, and both judge alike; the
+    R8 says the event names the welcome's user, not the token's sub, where it said only "another user"."""
+    import jwt
+
+    from harness.cli import main
+
+    from .test_independent_servers import chat_verdicts
+
+    token = jwt.encode({"sub": "idp|4711", "exp": 4102444800}, "k" * 32, algorithm="HS256")
+    monkeypatch.setenv("TEAM_TOKEN", token)
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(json.dumps({"name": "sub", "connect_timeout": "3s", "expect": {"deadline": "1s"}}))
+    rec = tmp_path / "rec"
+    with serve_websockets(NetraApp()) as url:
+        code = main(["run", "--target", url, "--token-env", "TEAM_TOKEN", str(scenario), "--record", str(rec),
+                     "--json", str(tmp_path / "run.json"), "-q"])
+    assert code == 1
+    assert main(["check", str(rec), "--scenario", str(scenario), "--json", str(tmp_path / "check.json"), "-q"]) == 1
+    live, _ = chat_verdicts(json.loads((tmp_path / "run.json").read_text()))
+    offline, _ = chat_verdicts(json.loads((tmp_path / "check.json").read_text()))
+    assert live == offline and "R8" in live[0][1], (live, offline)
+    assert token not in "".join(p.read_text() for p in rec.iterdir())
+    for doc in ("run.json", "check.json"):  # and the reason says why, not only "another user"
+        [chat] = json.loads((tmp_path / doc).read_text())["scenarios"][0]["chats"]
+        assert chat["violations"][0]["reason"] == ("received agent_started of the user the welcome named, not the "
+                                                   "token's sub (a connection is its token's sub): cross-talk"), chat
