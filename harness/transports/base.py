@@ -172,6 +172,16 @@ def with_defaults(defaults: dict[str, str], headers: dict[str, str]) -> dict[str
 TLS_CONTEXT_TTL = 3600.0
 
 
+def tls_reason(exc: ssl.SSLError) -> str:
+    """A TLS failure in one line: OpenSSL's reason and, for a certificate not verified, why (a self-signed one, a name
+    or IP address it is not for, expired) and what to give (`--ca-file`, `--insecure`)."""
+    reason = f"TLS: {getattr(exc, 'reason', None) or exc.__class__.__name__}"
+    why = getattr(exc, "verify_message", None)
+    if isinstance(why, str) and why:
+        reason += f" ({why.strip().rstrip('.')[:200]}): give the server's CA with --ca-file, or --insecure"
+    return reason
+
+
 def ssl_context(settings: ConnectSettings, use: str = "websocket") -> ssl.SSLContext | None:
     """The TLS context of a connection to settings.url (None for ws:// and http://), shared (see above). A CA file
     that cannot be loaded now (checked at start, it may have been rewritten since: emptied for a moment, or turned

@@ -28,6 +28,7 @@ from .base import (
     RecordingHooks,
     auth_headers,
     ssl_context,
+    tls_reason,
     with_defaults,
 )
 
@@ -76,7 +77,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return "timeout", "timed out while connecting"
     if isinstance(exc, ssl.SSLError):
-        return "tls_error", f"TLS: {getattr(exc, 'reason', None) or exc.__class__.__name__}"
+        return "tls_error", tls_reason(exc)
     if isinstance(exc, WSInvalidMessageError) and exc.response is None:
         # What picows could not parse as an HTTP/1.1 response (HTTP/1.0, a bad status line, a head past 16 KiB):
         # the server answered, wrongly, as websockets' InvalidMessage says; a server that hangs up is an EOF.

@@ -25,7 +25,15 @@ from typing import Any
 import httpx
 
 from ..eventstream import EventStreamParser, EventTooLarge
-from .base import ConnectFailed, ConnectSettings, FrameCallback, RecordingHooks, ssl_context, with_defaults
+from .base import (
+    ConnectFailed,
+    ConnectSettings,
+    FrameCallback,
+    RecordingHooks,
+    ssl_context,
+    tls_reason,
+    with_defaults,
+)
 
 EVENT_STREAM = "text/event-stream"
 # The content codings the client offers and unpacks: a browser's EventSource and fetch() offer these (and br, zstd,
@@ -106,7 +114,7 @@ def classify_http(exc: BaseException) -> tuple[str, str]:
     cause: BaseException | None = exc
     while cause is not None:  # httpx wraps the socket's own error
         if isinstance(cause, ssl.SSLError):
-            return "tls_error", f"TLS: {getattr(cause, 'reason', None) or cause.__class__.__name__}"
+            return "tls_error", tls_reason(cause)
         cause = cause.__cause__ or cause.__context__
     if isinstance(exc, httpx.ConnectError):
         return "refused", "connection refused" if "refused" in str(exc).lower() else f"network error: {str(exc)[:80]}"

@@ -34,6 +34,7 @@ from .base import (
     RecordingHooks,
     auth_headers,
     ssl_context,
+    tls_reason,
 )
 
 
@@ -44,7 +45,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return "timeout", "timed out while connecting"
     if isinstance(exc, ssl.SSLError):
-        return "tls_error", f"TLS: {getattr(exc, 'reason', None) or exc.__class__.__name__}"
+        return "tls_error", tls_reason(exc)
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         if status in (401, 403):

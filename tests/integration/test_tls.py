@@ -32,14 +32,14 @@ async def handler(ws):
     await ws.wait_closed()
 
 
-async def run_tls(tmp_path, **target_kw):
+async def run_tls(tmp_path, compression: str = "none", **target_kw):
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(server_ctx)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    sc = Scenario.model_validate({"name": "tls", "connect_timeout": "3s",
+    sc = Scenario.model_validate({"name": "tls", "connect_timeout": "3s", "compression": compression,
                                   "expect": {"deadline": "3s", "settle": "0.05s"}})
     async with serve(handler, "127.0.0.1", 0, ssl=server_ctx) as server:
         port = server.sockets[0].getsockname()[1]
@@ -53,11 +53,15 @@ async def test_wss_with_custom_ca_file_passes(tmp_path):
     assert [r.outcome for r in run.results] == [Outcome.PASSED], run.results[0].violations
 
 
-async def test_wss_with_an_unknown_ca_is_a_tls_error(tmp_path):
-    run = await run_tls(tmp_path)
+@pytest.mark.parametrize("compression", ["none", "deflate"])  # picows, and the websockets client
+async def test_wss_with_an_unknown_ca_is_a_tls_error(tmp_path, compression):
+    run = await run_tls(tmp_path, compression)
     (r,) = run.results
     assert r.outcome is Outcome.ERROR and r.error_kind == "tls_error"
     assert run.unreachable
+    # why the certificate was not verified, and what to give (it said only "TLS: CERTIFICATE_VERIFY_FAILED")
+    assert r.error == ("TLS: CERTIFICATE_VERIFY_FAILED (unable to get local issuer certificate): give the server's CA "
+                       "with --ca-file, or --insecure"), r.error
 
 
 async def test_wss_insecure_skips_verification(tmp_path):
