@@ -172,13 +172,24 @@ def with_defaults(defaults: dict[str, str], headers: dict[str, str]) -> dict[str
 TLS_CONTEXT_TTL = 3600.0
 
 
+# OpenSSL's verify codes (X509_V_ERR_*) of a certificate whose issuer the client does not trust: a private CA's or a
+# self-signed one (2, 18, 19, 20, 21), which --ca-file names; and of one issued for another name or address (62, 64).
+_UNTRUSTED_ISSUER = frozenset({2, 18, 19, 20, 21})
+_OTHER_NAME = frozenset({62, 64})
+
+
 def tls_reason(exc: ssl.SSLError) -> str:
     """A TLS failure in one line: OpenSSL's reason and, for a certificate not verified, why (a self-signed one, a name
-    or IP address it is not for, expired) and what to give (`--ca-file`, `--insecure`)."""
+    or IP address it is not for, expired) and, where one helps, what to give (`--ca-file`, another host name)."""
     reason = f"TLS: {getattr(exc, 'reason', None) or exc.__class__.__name__}"
     why = getattr(exc, "verify_message", None)
     if isinstance(why, str) and why:
-        reason += f" ({why.strip().rstrip('.')[:200]}): give the server's CA with --ca-file, or --insecure"
+        reason += f" ({why.strip().rstrip('.')[:200]})"
+        code = getattr(exc, "verify_code", None)
+        if code in _UNTRUSTED_ISSUER:
+            reason += ": give the server's CA with --ca-file, or --insecure"
+        elif code in _OTHER_NAME:
+            reason += ": connect by a name or address the certificate is for, or --insecure"
     return reason
 
 

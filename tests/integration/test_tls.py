@@ -32,9 +32,10 @@ async def handler(ws):
     await ws.wait_closed()
 
 
-async def run_tls(tmp_path, compression: str = "none", **target_kw):
+async def run_tls(tmp_path, compression: str = "none", cert_for: tuple[str, ...] = ("127.0.0.1", "localhost"),
+                  **target_kw):
     ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert = ca.issue_cert(*cert_for)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(server_ctx)
     ca_file = tmp_path / "ca.pem"
@@ -62,6 +63,16 @@ async def test_wss_with_an_unknown_ca_is_a_tls_error(tmp_path, compression):
     # why the certificate was not verified, and what to give (it said only "TLS: CERTIFICATE_VERIFY_FAILED")
     assert r.error == ("TLS: CERTIFICATE_VERIFY_FAILED (unable to get local issuer certificate): give the server's CA "
                        "with --ca-file, or --insecure"), r.error
+
+
+async def test_a_certificate_for_another_name_says_so_not_to_give_a_ca(tmp_path):
+    """A certificate of a trusted CA issued for another host: the reason says so and what helps (a CA file does
+    not: the server's CA was given)."""
+    run = await run_tls(tmp_path, ca_file="CA", cert_for=("chat.example.com",))
+    (r,) = run.results
+    assert r.outcome is Outcome.ERROR and r.error_kind == "tls_error"
+    assert r.error.startswith("TLS: CERTIFICATE_VERIFY_FAILED (") and "--ca-file" not in r.error, r.error
+    assert r.error.endswith("): connect by a name or address the certificate is for, or --insecure"), r.error
 
 
 async def test_wss_insecure_skips_verification(tmp_path):
