@@ -516,12 +516,36 @@ def _reader_problem(exc: Exception) -> str:
     return f"{shown} is not allowed in YAML ({getattr(exc, 'reason', '') or 'a control character'})"
 
 
+# A character past U+FFFF escaped as JSON escapes it (`json.dump`'s default, ensure_ascii): a UTF-16 surrogate pair,
+# `\ud83d\ude00`, which YAML's double-quoted escapes do not pair ("invalid Unicode character escape code"). An odd
+# number of backslashes before it: an escape, not an escaped backslash followed by text.
+_SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})")
+
+
+def _joined_surrogates(text: str) -> str | None:
+    """`text` with each escaped surrogate pair written as YAML's one escape of that character (`\U0001f600`, on the
+    same line: lines in messages stay right), or None when it has none."""
+    def one(m: re.Match[str]) -> str:
+        code = 0x10000 + ((int(m.group(2), 16) - 0xD800) << 10) + (int(m.group(3), 16) - 0xDC00)
+        return f"{m.group(1)}\\U{code:08x}"
+    joined, n = _SURROGATE_PAIR.subn(one, text)
+    return joined if n else None
+
+
 def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
     path = str(path)
     if text is None:
         text = read_text_file(path)
     try:
-        node, data = _compose_checked(text, path, model)
+        try:
+            node, data = _compose_checked(text, path, model)
+        except yaml.YAMLError as exc:
+            # A scenario or profile written by json.dump: JSON's surrogate-pair escapes read as the characters they
+            # are (only where they are escapes: a file YAML reads as it is never gets here).
+            if "escape code" not in str(getattr(exc, "problem", "")) or (joined := _joined_surrogates(text)) is None:
+                raise
+            text = joined
+            node, data = _compose_checked(text, path, model)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         position = getattr(exc, "position", None)  # a reader error (a forbidden character) has only an offset
@@ -556,7 +580,8 @@ def line_of(path: str | Path, loc: tuple[Any, ...], text: str | None = None) -> 
     """The line of a field (as a location like ("targets", "prod", "url")) in a YAML file, for messages that
     are found after validation (a URL that will not parse, a profile that does not exist)."""
     try:
-        node, _ = _compose_checked(text if text is not None else read_text_file(path), str(path))
+        text = text if text is not None else read_text_file(path)
+        node, _ = _compose_checked(_joined_surrogates(text) or text, str(path))
     except (ConfigError, yaml.YAMLError, RecursionError, ValueError, OverflowError):
         return None
     return _resolve(node, loc)[0]

@@ -64,3 +64,21 @@ def test_a_word_yaml_reads_as_a_boolean_says_to_quote_it(tmp_path, line, field, 
     body = "name: s\nusers: 1\n" if field != "name" else "users: 1\nmessage: hi\n"
     scenario.write_text(f"{body}{line}\n")
     one_error(run_cli("run", str(scenario)), f"{scenario}:3: field '{field}'", f"the boolean {read}", "in quotes")
+
+
+def test_a_scenario_written_by_json_dump_reads_its_escaped_emoji(tmp_path):
+    """JSON is a scenario's format too, and `json.dump` escapes a character past U+FFFF as a surrogate pair
+    (`\\ud83d\\ude00`), which YAML's escapes refused ("found invalid Unicode character escape code", exit 2). The pair
+    reads as the character; an escaped backslash before `u` stays text; a mistake further on is still named by its
+    line."""
+    import json
+
+    from harness.scenario import Scenario
+    from harness.yamlfile import load_model
+
+    scenario = tmp_path / "s.json"
+    message = "Plan my trip \U0001F600 to Zürich, not \\ud83d\\ude00"
+    scenario.write_text(json.dumps({"name": "s", "users": 1, "message": message}, indent=1))
+    assert load_model(Scenario, scenario).message == message
+    scenario.write_text(json.dumps({"name": "s", "message": message, "chat_per_user": 2}, indent=1))
+    one_error(run_cli("run", str(scenario)), f"{scenario}:4: field 'chat_per_user'", "(did you mean 'chats_per_user'?)")
