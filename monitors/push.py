@@ -94,6 +94,9 @@ class PushSink(Sink):
     def chat_abandoned(self, scenario: str) -> None:
         self.sink.chat_abandoned(scenario)
 
+    def chat_dropped(self, scenario: str) -> None:
+        self.sink.chat_dropped(scenario)
+
     def connection_attempt(self, scenario: str, result: str) -> None:
         self.sink.connection_attempt(scenario, result)
 

@@ -7,14 +7,15 @@ import time
 
 import pytest
 
-from .conftest import chatprobe_bin, scrape, value
+from .conftest import ROOT, chatprobe_bin, scrape, value
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
+    # This checkout's code, as the procs fixture runs it (the console script's install may point at another).
     return subprocess.run([chatprobe_bin(), "run", *args], capture_output=True, text=True, timeout=60,
-                          env={"NO_COLOR": "1", "PATH": "/usr/bin:/bin"})
+                          env={"NO_COLOR": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
 
 
 def test_each_pushgateway_starts_empty(pushgateway):
@@ -62,3 +63,22 @@ def test_push_failure_warns_and_keeps_the_verdict(refused_port):
     warnings = [line for line in r.stderr.splitlines() if "could not push" in line]
     assert len(warnings) == 1 and "Pushgateway" in warnings[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_an_open_model_run_pushes_its_dropped_chats(pushgateway, tmp_path):
+    """docs/metrics.md: chatprobe_chats_dropped_total counts the open model's chats that fell due while
+    max_in_flight chats were in flight. A pushed run's group carries them as the run counted them (its --json
+    `dropped_chats`), not a 0 beside a run that dropped most of its chats."""
+    import json
+
+    _, base = pushgateway()
+    scenario = tmp_path / "open.yaml"
+    scenario.write_text("name: open\narrival_rate: 200\nduration: 1s\nmax_in_flight: 1\nmessage: hi\n")
+    report = tmp_path / "out.json"
+    r = run(str(scenario), "-q", "--target-name", "agentsim", "--pushgateway", base, "--job", "open",
+            "--json", str(report))
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    dropped = json.loads(report.read_text())["scenarios"][0]["stats"]["dropped_chats"]
+    assert dropped > 0  # one chat in flight at a time at 200 due a second: most are dropped
+    group = dict(job="open", scenario="open", target="agentsim", source="synthetic")
+    assert value(scrape(f"{base}/metrics"), "chatprobe_chats_dropped_total", **group) == dropped
