@@ -39,8 +39,8 @@ from .flow import (
     verdict_due,
 )
 from .profiles import Profile
-from .recorder import DEFAULT_MAX_FILES
 from .recordings import (
+    DEFAULT_MAX_FILES,
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_TEXT,
     FORMATS,

@@ -28,11 +28,10 @@ from typing import Any
 
 from .checker import Expectations
 from .profiles import parses_as_json
-from .recordings import RUN_ID_RE, SEND_FAILED
+from .recordings import DEFAULT_MAX_FILES, RUN_ID_RE, SEND_FAILED
 from .redact import MIN_SECRET_LEN, Budget, scrub, secrets_of
 from .transports import ConnectFailed, FrameCallback, RecordingHooks, Transport
 
-DEFAULT_MAX_FILES = 1000
 # All recordings in DIR written by one process, at any moment: the files kept and the part files of the connections
 # still open (each charged what it has written and buffered, and the room kept for its last lines).
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024

@@ -79,6 +79,8 @@ from .results import STOPPED_BY
 from .sinks import CONNECTION_RESULTS
 from .yamlfile import ConfigError
 
+# The files one `--record` run keeps in its directory (harness/recorder.py), which `check` merges as one run.
+DEFAULT_MAX_FILES = 1000
 # One frame (the harness's WebSocket frame limit); a JSON Lines line may be about twice that (a frame's escaping).
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 # One string inside a HAR: a WebSocket message, or a whole SSE response body.

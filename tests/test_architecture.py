@@ -102,6 +102,31 @@ def test_agentsim_imports_nothing_of_the_harness():
         assert not _names(("harness", "monitors", "scenarios", "dashboards"), _all_imports(module)), module
 
 
+OUTPUTS = ("harness.redact", "harness.safefile", "harness.html_report")
+IO_LAYER = ("harness.transports", "harness.client", "harness.gevent_client", "harness.runner", "harness.targets",
+            "harness.recorder")
+# What each layer of docs/architecture.md's folder table may import of this repository, besides the `harness`
+# package's own __init__ (`scenarios` is the built-in scenarios' folder, found through its package).
+MAY_IMPORT = {
+    "the pure core": (PURE, (*PURE, *OUTPUTS, "scenarios")),
+    "the outputs": (OUTPUTS, (*PURE, *OUTPUTS)),
+    "the I/O layer": (IO_LAYER, (*PURE, *OUTPUTS, *IO_LAYER, "agentsim")),
+    "the collector": (("harness.collector",), ()),
+}
+
+
+@pytest.mark.parametrize("layer", MAY_IMPORT)
+def test_each_layer_imports_only_what_the_folder_table_lets_it(layer):
+    """Not only no I/O library: the pure core imports no module of the I/O layer either (which would bring its
+    libraries along), the outputs only the core, and so on, as docs/architecture.md's table says."""
+    members, allowed = MAY_IMPORT[layer]
+    wrong = []
+    for module in (m for m in GRAPH if _names(members, {m})):
+        wrong += [f"{module} -> {dep}" for dep in sorted(GRAPH[module])
+                  if dep != "harness" and not _names(members, {dep}) and not _names(allowed, {dep})]
+    assert wrong == [], f"{layer} imports what docs/architecture.md does not let it: {wrong}"
+
+
 @pytest.mark.parametrize("module", PURE)
 def test_the_pure_core_does_no_io_and_knows_no_driver(module):
     imported = _all_imports(module)
