@@ -214,6 +214,32 @@ def test_every_metric_the_docs_name_is_exported():
     assert unknown == [], "series no code exports:\n" + "\n".join(unknown)
 
 
+def _rules() -> list[dict[str, Any]]:
+    rules = yaml.safe_load((ROOT / "monitors/rules/chatprobe.rules.yml").read_text())
+    return [r for g in rules["groups"] for r in g["rules"]]
+
+
+def test_the_alerts_table_and_the_readme_are_the_rules_files():
+    """docs/metrics.md's Alerts table: every alert of the rules file, with its `for` and severity (a second rule of a
+    name, the Pushgateway one, says "(pushed: …)"); the README's list of the rules names every alert too."""
+    shipped: dict[str, list[tuple[str, str]]] = {}
+    for rule in _rules():
+        if "alert" in rule:
+            shipped.setdefault(rule["alert"], []).append((rule.get("for", "none"), rule["labels"]["severity"]))
+    table = {row[0].split("]")[0].lstrip("["): (row[2], row[3]) for row in _table(METRICS_DOC, "## Alerts")}
+    assert set(table) == set(shipped), f"docs/metrics.md's alerts differ from the rules file: {set(table) ^ set(shipped)}"
+    for name, rules in shipped.items():
+        every_for, severity = table[name]
+        pushed = re.search(r"\(pushed: (\w+)\)", every_for)
+        shown = {every_for.split(" (")[0]} | ({pushed.group(1)} if pushed else set())
+        assert shown == {f for f, _ in rules} and {severity} == {s for _, s in rules}, (
+            f"docs/metrics.md: {name} is for {every_for}, {severity}; the rules file says {rules}")
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    listed = readme.split("Alert and recording rules: `monitors/rules/chatprobe.rules.yml`", 1)[1].split("- Grafana", 1)[0]
+    left_out = set(shipped) - set(_code(listed)) - {"ChatsCompleteBudgetBurnFast", "ChatsCompleteBudgetBurnSlow"}
+    assert not left_out, f"README.md's list of the alert rules leaves out {left_out}"  # (the burn pair: "the pair")
+
+
 # Values each closed label may take; a selector matching anything else selects nothing, silently.
 CLOSED = {"outcome": set(metrics.OUTCOMES), "rule": set(metrics.RULE_IDS), "event": set(metrics.ROLES),
           "source": set(metrics.SOURCES), "result": set(CONNECTION_RESULTS) | set(RECONNECT_RESULTS),
