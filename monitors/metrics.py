@@ -120,7 +120,7 @@ class ChatMetrics:
             registry=registry, multiprocess_mode="max",
         )
         self.last_success_timestamp = Gauge(
-            f"{PREFIX}_last_success_timestamp_seconds", "Unix time the last successful run finished.", RUN_LABELS,
+            f"{PREFIX}_last_success_timestamp_seconds", "Unix time the last scenario run that met its objectives finished.", RUN_LABELS,
             registry=registry, multiprocess_mode="max",
         )
         # The proxy's own front door (source="live" only): refusals by why, and connections open now, so an SRE
@@ -137,7 +137,7 @@ class ChatMetrics:
         self.probe_success: Gauge | None = None
         self.probe_duration: Gauge | None = None
         if probe:
-            self.probe_success = Gauge("probe_success", "1 when every chat of the probe passed.", registry=registry)
+            self.probe_success = Gauge("probe_success", "1 when the probe met its scenario's objectives.", registry=registry)
             self.probe_duration = Gauge(
                 "probe_duration_seconds", "How long the probe took, in seconds.", registry=registry
             )
