@@ -120,7 +120,8 @@ class ChatMetrics:
             registry=registry, multiprocess_mode="max",
         )
         self.last_success_timestamp = Gauge(
-            f"{PREFIX}_last_success_timestamp_seconds", "Unix time the last scenario run that met its objectives finished.", RUN_LABELS,
+            f"{PREFIX}_last_success_timestamp_seconds",
+            "Unix time the last scenario run that met its objectives finished.", RUN_LABELS,
             registry=registry, multiprocess_mode="max",
         )
         # The proxy's own front door (source="live" only): refusals by why, and connections open now, so an SRE
