@@ -21,11 +21,12 @@ class ConfigError(Exception):
 
     `field` (when set) is the option the error is about, by its TargetOptions / config name (`ca_file`), and
     `detail` the message without it, so a caller names it its own way (`--ca-file`, `targets.prod.ca_file`); `key`
-    (when set) the entry of a mapping option it is about (a header's name: `targets.prod.headers.X-Api-Key`).
+    (when set) the entry of a mapping option it is about (a header's name: `targets.prod.headers.X-Api-Key`), or of
+    a list option (a subprotocol's place: `targets.prod.subprotocols.1`).
     """
 
     def __init__(self, message: str, *, field: str | None = None, detail: str | None = None,
-                 key: str | None = None) -> None:
+                 key: str | int | None = None) -> None:
         super().__init__(message)
         self.field = field
         self.detail = detail if detail is not None else message

@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chatprobe.locust")
 # The target options this user has a --chatprobe-* flag for (its messages name those flags; the URL is Locust's --host).
-LOCUST_FIELDS = ("name", "profile", "auth", "ca_file", "headers", "header_env")
+LOCUST_FIELDS = ("name", "profile", "auth", "ca_file", "headers", "header_env", "subprotocols")
 TALLY_MESSAGE = "chatprobe_tally"
 USAGE_ERROR_MESSAGE = "chatprobe_usage_error"
 # Connection failures that mean the server never took the chat (the handshake or the welcome failed): the user
@@ -116,6 +116,9 @@ def _arguments(parser: "argparse.ArgumentParser") -> None:
     g.add_argument("--chatprobe-header-env", action="append", metavar="NAME=VAR",
                    help="send the header NAME with the value of the environment variable VAR, read by each process "
                         "that runs users (repeatable)")
+    g.add_argument("--chatprobe-subprotocol", action="append", metavar="NAME",
+                   help="offer this WebSocket subprotocol at the upgrade (repeatable, in order of preference; "
+                        "overrides the profile's); with --chatprobe-auth subprotocol the token's jwt-auth pair follows")
     g.add_argument("--chatprobe-metrics-port", type=int, default=0, metavar="PORT",
                    help="serve chatprobe /metrics on this port (workers: PORT + worker index); 0: off")
     g.add_argument("--chatprobe-metrics-host", default="127.0.0.1", metavar="HOST",
@@ -146,6 +149,14 @@ def _refuse_misspelt(parser: "argparse.ArgumentParser", argv: list[str]) -> None
             print(f"chatprobe: error: unrecognized option {redact.clean(name, 100)} (did you mean {meant}?)",
                   file=sys.stderr, flush=True)
             sys.exit(int(ExitCode.USAGE))
+
+
+def _names(value: list[str] | str | None) -> tuple[str, ...] | None:
+    """A repeatable option's names as given: None when not given (Locust's web UI gives an empty field as "", and a
+    filled one as one string)."""
+    if not value:
+        return None
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 class _Run:
@@ -202,7 +213,8 @@ class _Run:
                 url=host, name=opts.chatprobe_target_name, profile=opts.chatprobe_profile or None,
                 auth=opts.chatprobe_auth, ca_file=opts.chatprobe_ca_file or None,
                 headers=parse_header_flags(opts.chatprobe_header, "headers"),
-                header_env=parse_header_flags(opts.chatprobe_header_env, "header_env"))
+                header_env=parse_header_flags(opts.chatprobe_header_env, "header_env"),
+                subprotocols=_names(getattr(opts, "chatprobe_subprotocol", None)))
             target = make_target(options, read_token(options), scenario.profile, transports=("websocket",))
             target.compression = scenario.compression  # offer permessage-deflate or not, as the scenario says
         except ConfigError as exc:

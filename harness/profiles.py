@@ -23,6 +23,7 @@ from .catalog import PROFILES_DIR
 from .events import DEFAULT_REQUIRED, EVENT_OVERHEAD, Event, Frame, FrameKind, Role, SessionError
 from .eventstream import StreamProblem
 from .payload_checks import CHECKS, CheckSet
+from .subprotocols import MAX_SUBPROTOCOLS, subprotocol_problem
 from .yamlfile import load_builtin_or_file
 
 _MISSING = object()
@@ -265,6 +266,9 @@ class Profile(BaseModel):
     events_name_run: bool = False
     # Whether the server takes the token as a `jwt.<token>` WebSocket subprotocol (`--auth subprotocol`).
     auth_subprotocol: bool = True
+    # WebSocket subprotocols a server of this dialect needs offered at the upgrade (`graphql-transport-ws`), in order of
+    # preference; `--subprotocol` replaces them.
+    subprotocols: list[str] = []
     # Named payload check sets (harness/payload_checks.py) run on every event: the schema, ids, arguments, state.
     checks: list[str] = []
 
@@ -351,6 +355,17 @@ class Profile(BaseModel):
                 continue
             raise ValueError(f"{marker[:40]!r} is JSON: a JSON frame is told by its type (list that in `control`); "
                              "stream_end is for a frame that is not JSON, such as [DONE]")
+        return v
+
+    @field_validator("subprotocols")
+    @classmethod
+    def _subprotocol_names(cls, v: list[str]) -> list[str]:
+        if len(v) > MAX_SUBPROTOCOLS:
+            raise ValueError(f"{len(v)} subprotocols: at most {MAX_SUBPROTOCOLS}")
+        for name in v:
+            problem = subprotocol_problem(name) or (f"{name!r}: given twice" if v.count(name) > 1 else None)
+            if problem is not None:
+                raise ValueError(problem)
         return v
 
     @field_validator("checks")

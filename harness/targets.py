@@ -20,6 +20,7 @@ from urllib.parse import SplitResult, urlsplit
 from . import redact
 from .catalog import builtin_profiles
 from .errors import ConfigError
+from .subprotocols import MAX_SUBPROTOCOLS, subprotocol_problem
 from .transports import SCHEMES, ConnectSettings
 from .transports.base import Compression
 
@@ -45,6 +46,7 @@ FLAGS: dict[str, str] = {
     "url": "--target", "name": "--target-name", "profile": "--profile", "auth": "--auth",
     "token_env": "--token-env", "token_file": "--token-file", "jwt_secret_env": "--jwt-secret-env",
     "ca_file": "--ca-file", "insecure": "--insecure", "headers": "--header", "header_env": "--header-env",
+    "subprotocols": "--subprotocol",
 }
 # Headers of the user's own, as given: (name, value) for `headers`, (name, environment variable) for `header_env`.
 HeaderPairs = tuple[tuple[str, str], ...]
@@ -100,6 +102,7 @@ class TargetOptions:
     insecure: bool = False
     headers: HeaderPairs = field(default=(), repr=False)  # every value a secret: never in a repr
     header_env: HeaderPairs = ()
+    subprotocols: tuple[str, ...] | None = None  # None: the profile's (`subprotocols:`), else none
 
 
 class TokenProvider:
@@ -174,6 +177,7 @@ class Target:
     recorder: Recorder | None = None  # --record: every connection's frames written for `chatprobe check`
     compression: Compression = "none"  # offer permessage-deflate: the scenario's `compression`
     headers: HeaderPairs = field(default=(), repr=False)  # --header / --header-env, checked: sent on every connection
+    subprotocols: tuple[str, ...] = ()  # --subprotocol (else the profile's), checked: offered on every WebSocket upgrade
 
     @property
     def transport(self) -> str:
@@ -186,7 +190,7 @@ class Target:
         return ConnectSettings(
             url=url, token=self.tokens.for_user(user_id), auth=self.auth, ca_file=self.ca_file,
             insecure=self.insecure, connect_timeout=connect_timeout, compression=self.compression,
-            extra_headers=dict(self.headers),
+            extra_headers=dict(self.headers), subprotocols=self.subprotocols,
         )
 
 
@@ -311,7 +315,10 @@ def flag_named(exc: ConfigError, prefix: str, fields: tuple[str, ...] = ("header
     if exc.field not in fields:
         return str(exc)
     flag = FLAGS[exc.field]
-    return str(exc).replace(flag, prefix + flag[2:], 1)
+    text = str(exc).replace(flag, prefix + flag[2:], 1)
+    if "subprotocols" in fields:  # a header's hint names the flag that offers a subprotocol
+        text = text.replace("with --subprotocol NAME", f"with {prefix}subprotocol NAME")
+    return text
 
 
 def _header_error(option: str, name: str | None, problem: str) -> ConfigError:
@@ -364,7 +371,9 @@ def read_headers(opts: TargetOptions, transport: str) -> HeaderPairs:
         if low in seen:
             raise _header_error(option, name, f"given twice (header names are case-insensitive: also as '{seen[low]}')")
         if low in OWNED_HEADERS or (transport == "websocket" and low.startswith("sec-websocket-")):
-            raise _header_error(option, name, f"chatprobe sends this header itself on a {transport} connection")
+            hint = "; offer a subprotocol with --subprotocol NAME (repeatable)" \
+                if low == "sec-websocket-protocol" else ""
+            raise _header_error(option, name, f"chatprobe sends this header itself on a {transport} connection{hint}")
         if low == "authorization" and opts.auth != "none":
             raise _header_error(option, name, "chatprobe sends its token in this header (or, with --auth subprotocol, "
                                               "as a subprotocol); for a bearer token use --token-env or --token-file, "
@@ -374,6 +383,23 @@ def read_headers(opts: TargetOptions, transport: str) -> HeaderPairs:
             redact.register(value)  # whatever the server echoes, no output shows it
         out.append((name, value))
     return tuple(out)
+
+
+def read_subprotocols(names: tuple[str, ...] | list[str], option: str = "subprotocols") -> tuple[str, ...]:
+    """The subprotocols a user offers, checked: RFC 6455 tokens, none given twice, at most MAX_SUBPROTOCOLS; a
+    ConfigError naming the option (its `key`, the name's place among them, finds a config file's line)."""
+    seen: set[str] = set()
+    for n, name in enumerate(names):
+        problem = subprotocol_problem(name)
+        if problem is None and name in seen:
+            problem = f"{name!r}: given twice"
+        if problem is None and n >= MAX_SUBPROTOCOLS:
+            problem = f"more than {MAX_SUBPROTOCOLS} subprotocols offered"
+        if problem is not None:
+            problem = redact.scrub(problem)
+            raise ConfigError(f"{FLAGS.get(option, option)} {problem}", field=option, detail=problem, key=n)
+        seen.add(name)
+    return tuple(names)
 
 
 def target_profile(opts: TargetOptions, default_profile: str | None = None) -> Profile:
@@ -411,6 +437,11 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
     if transport == "sse" and opts.auth == "subprotocol":
         raise option_error("auth", "subprotocol is for WebSocket targets; SSE sends the token as an Authorization "
                                    "header")
+    if opts.subprotocols and transport == "sse":
+        raise option_error("subprotocols", f"is for WebSocket targets (ws://, wss://): {parts.scheme}:// is SSE, whose "
+                                           "HTTP requests have no subprotocol to offer")
+    subprotocols = read_subprotocols(opts.subprotocols) if opts.subprotocols is not None else \
+        tuple(profile.subprotocols) if transport == "websocket" else ()
     headers = read_headers(opts, transport)
     check_not_empty(opts, "ca_file")
     if opts.ca_file:
@@ -431,7 +462,7 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
         url = url.rstrip("/") + profile.path
     return Target(url=url, profile=profile, name=opts.name or target_label(url), tokens=tokens,
                   auth=opts.auth if tokens.configured else "none", ca_file=opts.ca_file, insecure=opts.insecure,
-                  headers=headers)
+                  headers=headers, subprotocols=subprotocols)
 
 
 def check_scenario_fits(scenario: Scenario, target: Target) -> None:
@@ -484,6 +515,10 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
                         "a secret, but a command line shows in `ps`: give a secret with --header-env")
     g.add_argument("--header-env", action="append", metavar="NAME=VAR",
                    help="send the header NAME with the value of the environment variable VAR (repeatable)")
+    g.add_argument("--subprotocol", action="append", metavar="NAME",
+                   help="offer this WebSocket subprotocol at the upgrade (repeatable, in order of preference; "
+                        "overrides the profile's `subprotocols`); with --auth subprotocol the token's jwt-auth pair "
+                        "follows")
 
 
 def options_from_args(args: Any) -> TargetOptions:
@@ -492,7 +527,8 @@ def options_from_args(args: Any) -> TargetOptions:
                          token_env=args.token_env, token_file=args.token_file, jwt_secret_env=args.jwt_secret_env,
                          ca_file=args.ca_file, insecure=args.insecure,
                          headers=parse_header_flags(args.header, "headers"),
-                         header_env=parse_header_flags(args.header_env, "header_env"))
+                         header_env=parse_header_flags(args.header_env, "header_env"),
+                         subprotocols=tuple(args.subprotocol) if args.subprotocol is not None else None)
 
 
 @contextlib.asynccontextmanager

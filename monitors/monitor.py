@@ -88,6 +88,7 @@ class TargetConfig(_Strict):
     insecure: Bool = False  # as YAML writes it, like a scenario's switches: `insecure: "no"` or 1 is an error
     headers: dict[str, str] = Field(default_factory=dict)  # `--header`: NAME: value
     header_env: dict[str, str] = Field(default_factory=dict)  # `--header-env`: NAME: the variable holding the value
+    subprotocols: list[str] | None = None  # `--subprotocol`, each: offered in this order (None: the profile's)
     scenarios: list[str] | None = Field(default=None, min_length=1)
 
 
@@ -212,7 +213,7 @@ def _target_error(path: str, name: str, exc: ConfigError) -> ConfigError:
     """A target option's error, named by its field in the file (`targets.prod.ca_file`), not by its flag."""
     if exc.field is not None:
         loc = ("targets", name, exc.field)
-        # A header: the line of its name (which the detail shows).
+        # A header: the line of its name (which the detail shows); a subprotocol: the line of its item.
         return _field_error(path, loc, exc.detail, (*loc, exc.key) if exc.key is not None else ())
     return _field_error(path, ("targets", name), str(exc))
 
@@ -238,7 +239,8 @@ def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list
         opts = TargetOptions(url=tc.url, name=name, profile=profile, auth=tc.auth, token_env=tc.token_env,
                              token_file=token_file, jwt_secret_env=tc.jwt_secret_env, ca_file=ca_file,
                              insecure=tc.insecure, headers=tuple(tc.headers.items()),
-                             header_env=tuple(tc.header_env.items()))
+                             header_env=tuple(tc.header_env.items()),
+                             subprotocols=tuple(tc.subprotocols) if tc.subprotocols is not None else None)
         try:
             tokens = read_token(opts)
         except ConfigError as exc:

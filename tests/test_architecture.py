@@ -17,7 +17,7 @@ PACKAGES = ("harness", "agentsim", "monitors", "scenarios", "dashboards")
 PURE = ("harness.events", "harness.checker", "harness.flow", "harness.profiles", "harness.scenario",
         "harness.stats", "harness.report", "harness.results", "harness.eventstream", "harness.durations",
         "harness.yamlfile", "harness.sinks", "harness.recordings", "harness.offline", "harness.payload_checks",
-        "harness.errors", "harness.catalog", "harness.backoff")
+        "harness.errors", "harness.catalog", "harness.backoff", "harness.subprotocols")
 IO_LIBRARIES = ("asyncio", "websockets", "httpx", "gevent", "argparse", "locust", "socket", "threading")
 DRIVERS = ("harness.cli", "harness.client", "harness.gevent_client", "harness.runner", "harness.locust_user",
            "harness.pytest_plugin", "harness.transports", "harness.targets", "monitors", "agentsim")

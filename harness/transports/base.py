@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+from ..subprotocols import AUTH_SUBPROTOCOL
+
 if TYPE_CHECKING:
     import ssl
 
@@ -57,6 +59,8 @@ def _max_fragments() -> int:
 MAX_FRAGMENTS = _max_fragments()
 TOO_MANY_FRAGMENTS = "too many fragments"  # the reason of websockets' close frame (1009) for it
 FRAGMENTS_ERROR = f"message in more than {MAX_FRAGMENTS} fragments"  # what the chats on the connection are told (R12)
+# RFC 6455 4.1: what every client says of an upgrade answer that chose a subprotocol it did not offer (or several).
+UNOFFERED_SUBPROTOCOL = "the server chose a subprotocol the client did not offer"
 TransportName = Literal["websocket", "sse"]
 Compression = Literal["none", "deflate"]
 
@@ -142,17 +146,21 @@ class ConnectSettings:
     # Which WebSocket client carries ws:// and wss:// (WEBSOCKET_CLIENTS): "auto" takes the lean one (picows) when
     # it is installed and compression is off, else websockets, which supports everything.
     client: str = "auto"
+    # The WebSocket subprotocols of the user's own to offer (`--subprotocol`, a profile's `subprotocols`), in order of
+    # preference, checked (subprotocol_problem); with `--auth subprotocol` the token's pair follows them.
+    subprotocols: tuple[str, ...] = ()
 
 
 def auth_headers(settings: ConnectSettings) -> tuple[dict[str, str], list[str] | None]:
-    """(headers, subprotocols) of a WebSocket handshake: the bearer token as a header or as a subprotocol."""
+    """(headers, subprotocols) of a WebSocket handshake: the bearer token as a header or as a subprotocol, after the
+    subprotocols of the user's own (the server picks by its own preference; a client lists its own first)."""
     headers = dict(settings.extra_headers)
-    subprotocols = None
+    subprotocols = list(settings.subprotocols) or None
     if settings.token and settings.auth == "header":
         headers["Authorization"] = f"Bearer {settings.token}"
     elif settings.token and settings.auth == "subprotocol":
         encoded = base64.urlsafe_b64encode(settings.token.encode()).decode().rstrip("=")
-        subprotocols = ["jwt-auth", f"jwt.{encoded}"]
+        subprotocols = [*settings.subprotocols, AUTH_SUBPROTOCOL, f"jwt.{encoded}"]
     return headers, subprotocols
 
 

@@ -22,6 +22,7 @@ from picows.common import WSHandshakeError, WSInvalidMessageError
 from .base import (
     FRAGMENTS_ERROR,
     MAX_FRAGMENTS,
+    UNOFFERED_SUBPROTOCOL,
     ConnectFailed,
     ConnectSettings,
     FrameCallback,
@@ -422,7 +423,7 @@ def _unoffered(headers: Any, offered: list[str] | None) -> str | None:
         return None
     chosen = [p.strip() for h in headers.getall("Sec-WebSocket-Protocol", ()) for p in h.split(",") if p.strip()]
     if chosen and (len(chosen) > 1 or chosen[0] not in (offered or ())):
-        return "the server chose a subprotocol the client did not offer"
+        return UNOFFERED_SUBPROTOCOL
     if any(h.strip() for h in headers.getall("Sec-WebSocket-Extensions", ())):
         return "the server chose an extension the client did not offer"
     return None

@@ -17,9 +17,11 @@ from websockets.datastructures import Headers
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
+    InvalidHeader,
     InvalidMessage,
     InvalidStatus,
     InvalidURI,
+    NegotiationError,
     ProtocolError,
 )
 from websockets.http11 import MAX_LINE_LENGTH, Response
@@ -28,6 +30,7 @@ from websockets.protocol import State
 from .base import (
     FRAGMENTS_ERROR,
     TOO_MANY_FRAGMENTS,
+    UNOFFERED_SUBPROTOCOL,
     ConnectFailed,
     ConnectSettings,
     FrameCallback,
@@ -57,6 +60,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "protocol_error", "invalid WebSocket URL"
     if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, (EOFError, ConnectionError)):
         return "refused", "the server closed the connection during the handshake"
+    if isinstance(exc, (NegotiationError, InvalidHeader)) and _about_subprotocol(exc):
+        return "protocol_error", f"WebSocket handshake failed: {UNOFFERED_SUBPROTOCOL}"
     if isinstance(exc, InvalidHandshake):
         return "protocol_error", f"WebSocket handshake failed: {exc.__class__.__name__}"
     if isinstance(exc, ConnectionRefusedError):
@@ -66,6 +71,13 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, ConnectionClosed):
         return "protocol_error", f"closed during the handshake (code {exc.rcvd.code if exc.rcvd else 'none'})"
     return "protocol_error", exc.__class__.__name__
+
+
+def _about_subprotocol(exc: NegotiationError | InvalidHeader) -> bool:
+    """Whether websockets refused the server's Sec-WebSocket-Protocol (one not offered, none offered, several)."""
+    if isinstance(exc, InvalidHeader):
+        return exc.name.lower() == "sec-websocket-protocol"
+    return str(exc).startswith(("unsupported subprotocol", "no subprotocols supported"))
 
 
 def handshake_options(settings: ConnectSettings) -> dict[str, Any]:
