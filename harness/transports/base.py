@@ -152,8 +152,9 @@ class ConnectSettings:
 
 
 def auth_headers(settings: ConnectSettings) -> tuple[dict[str, str], list[str] | None]:
-    """(headers, subprotocols) of a WebSocket handshake: the bearer token as a header or as a subprotocol, after the
-    subprotocols of the user's own (the server picks by its own preference; a client lists its own first)."""
+    """(headers, subprotocols) of a WebSocket handshake: the bearer token as a header or as a subprotocol. The
+    subprotocols offered are the user's own in the order given (RFC 6455: the client's preference), then the token's
+    pair: a server that wants agent.v1 and reads the token from jwt.<token> answers agent.v1."""
     headers = dict(settings.extra_headers)
     subprotocols = list(settings.subprotocols) or None
     if settings.token and settings.auth == "header":
