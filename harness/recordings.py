@@ -754,7 +754,11 @@ def _base64(text: str) -> bytes:
 
 def _epoch(v: Any) -> float | None:
     """A HAR message time: epoch seconds (Chromium), or milliseconds when the number is too big to be seconds."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if isinstance(v, int) and not -MAX_TIME * 1000 <= v <= MAX_TIME * 1000:
+        return None  # (an integer of hundreds of digits is no float: math.isfinite raised OverflowError)
+    if not math.isfinite(v):
         return None
     t = v / 1000.0 if v > 1e11 else float(v)
     return t if abs(t) <= MAX_TIME else None

@@ -1453,3 +1453,13 @@ def test_times_other_tools_write_in_t_are_read_as_the_seconds_they_are(tmp_path,
     assert not run.connection_violations
     assert run.results[0].time_to_first_event == pytest.approx(want.results[0].time_to_first_event, abs=1e-3)
     assert run.results[0].time_to_first_event == pytest.approx(0.1, abs=1e-3)
+
+
+@pytest.mark.parametrize("t", ["1" + "0" * 400, "-" + "9" * 400, "100000000000001"])
+def test_a_t_of_an_integer_too_large_for_a_float_is_an_r12_not_a_traceback(tmp_path, t):
+    """`"t": 1000…0` of hundreds of digits: JSON reads it as an int no float holds, and reading it as milliseconds
+    raised OverflowError out of `chatprobe check` (a traceback). It is no time: an R12 naming the field, as 1e999 is."""
+    f = tmp_path / "r.jsonl"
+    f.write_text(f'{{"t": {t}, "dir": "recv", "conn": "c1", "frame": "{{}}"}}\n')
+    [rec] = read_recording(f)
+    assert rec.direction == "problem" and "field 't'" in rec.detail
