@@ -291,7 +291,12 @@ def _skip_response_head(stream: io.BufferedReader[Any], p: Path) -> None:
     `1xx` response's: read past them to the body. A response that is no event stream (a status other than 2xx, a
     Content-Type other than text/event-stream) has nothing to judge: RecordingError naming what it was."""
     got = 0
-    while _HTTP_STATUS.match(stream.peek(64).lstrip()):
+    # The file's first bytes, buffered whole (a fresh buffer's peek): a body saved without its head has no status line.
+    # After an interim response the final one's status line is read as a line, never peeked: a peek returns only what
+    # is left in the buffer, and a status line across its end was taken for the body (a 500 after a 100 judged).
+    if not _HTTP_STATUS.match(stream.peek(64).lstrip()):
+        return
+    while True:
         status_line = b""
         content_type = None
         while True:
@@ -300,14 +305,18 @@ def _skip_response_head(stream: io.BufferedReader[Any], p: Path) -> None:
             if got > MAX_RESPONSE_HEAD:
                 raise RecordingError(f"{p}: more than {MAX_RESPONSE_HEAD >> 10} KiB of HTTP response headers before "
                                      "the body: save the body alone (curl -N without -i)")
+            if not line:
+                break  # the file's end
             if not status_line:
                 status_line = line.strip()
             elif not line.strip():
-                break  # the empty line that ends the head (or the file's end)
+                break  # the empty line that ends the head
             elif line.lower().startswith(b"content-type:"):
                 content_type = line.partition(b":")[2].strip().lower()
         shown = status_line.decode("ascii", "replace")[:80]
         if (m := _HTTP_STATUS.match(status_line)) is None:
+            if not status_line:
+                raise RecordingError(f"{p}: the saved response ends after an interim (1xx) response: no body to judge")
             raise RecordingError(f"{p}: {shown!r} where an HTTP status line was expected")
         status = int(m.group(1))
         if 100 <= status < 200:

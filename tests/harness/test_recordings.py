@@ -1463,3 +1463,24 @@ def test_a_t_of_an_integer_too_large_for_a_float_is_an_r12_not_a_traceback(tmp_p
     f.write_text(f'{{"t": {t}, "dir": "recv", "conn": "c1", "frame": "{{}}"}}\n')
     [rec] = read_recording(f)
     assert rec.direction == "problem" and "field 't'" in rec.detail
+
+
+@pytest.mark.parametrize("cut", [0, 1, 5, 11, 17])
+def test_a_final_status_line_across_the_read_buffers_end_is_still_read_as_one(tmp_path, cut):
+    """`curl -i` of a 100 Continue then a 500: the 500's status line was found by peeking at what was left of the read
+    buffer, so one that began a few bytes before the buffer's end was not seen, and the error page was judged as an
+    event stream. Wherever it falls, the 500 is refused, naming it."""
+    interim = b"HTTP/1.1 100 Continue\r\nX-Pad: "
+    pad = 4096 - cut - len(interim) - 4  # the final status line begins `cut` bytes before the first read's end
+    f = tmp_path / "body.sse"
+    f.write_bytes(interim + b"a" * pad + b"\r\n\r\nHTTP/1.1 500 Internal Server Error\r\nContent-Type: text/html\r\n\r\n"
+                  b"<p>oops</p>\ndata: {}\n\n")
+    with pytest.raises(RecordingError, match="'HTTP/1.1 500 Internal Server Error', not an event stream"):
+        list(read_recording(f))
+
+
+def test_a_saved_response_that_ends_after_an_interim_one_says_so(tmp_path):
+    f = tmp_path / "body.sse"
+    f.write_bytes(b"HTTP/1.1 100 Continue\r\n\r\n\r\n")
+    with pytest.raises(RecordingError, match="ends after an interim"):
+        list(read_recording(f))
