@@ -82,3 +82,19 @@ def test_a_scenario_written_by_json_dump_reads_its_escaped_emoji(tmp_path):
     assert load_model(Scenario, scenario).message == message
     scenario.write_text(json.dumps({"name": "s", "message": message, "chat_per_user": 2}, indent=1))
     one_error(run_cli("run", str(scenario)), f"{scenario}:4: field 'chat_per_user'", "(did you mean 'chats_per_user'?)")
+
+
+def test_a_surrogate_pair_written_as_text_stays_text_beside_an_escaped_one(tmp_path):
+    r"""A double-quoted `"\ud83d\ude00"` (an escape YAML does not pair) made the whole file's `\ud83d\ude00` be
+    rewritten as `\U0001f600`: the same twelve characters in a single-quoted, plain or block scalar, where a backslash
+    is text, silently became other text (`'\U0001f600'`, ten characters). Only the escaped pair is the character."""
+    from harness.scenario import Scenario
+    from harness.yamlfile import load_model
+
+    pair = "\\ud83d\\ude00"  # as written in the file: twelve characters
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(f"name: s\n# {pair}\nsteps:\n  - chat: {{message: '{pair}'}}\n"
+                        f"  - chat: {{message: \"esc {pair} \\\\{pair}\"}}\n  - chat: {{message: plain {pair}}}\n"
+                        f"  - chat:\n      message: |\n        {pair}\n")
+    got = [step.chat.message for step in load_model(Scenario, scenario).steps]
+    assert got == [pair, "esc \U0001F600 \\\U0001F600", f"plain {pair}", f"{pair}\n"]
