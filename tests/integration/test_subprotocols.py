@@ -13,9 +13,11 @@ such flag, key or option, and the websockets clients called an unoffered subprot
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -28,7 +30,17 @@ from websockets.http11 import Request
 
 from harness.cli import main
 
-from .hostile_ws import WELCOME, chooses, raw, run_frames
+from .hostile_ws import (
+    WELCOME,
+    chooses,
+    frame,
+    offered_deflate,
+    raw,
+    read_until_gone,
+    run_frames,
+    upgrade,
+    welcome_and_message,
+)
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -167,6 +179,39 @@ async def test_a_server_that_picks_none_of_those_offered_is_accepted(tmp_path, c
         code, chat, text = await run_one(tmp_path, srv.url, CLIENTS[client], "--subprotocol", "agent.v1")
     assert (code, chat["outcome"]) == (0, "passed"), text
     assert srv.offered == [["agent.v1"]] and srv.chosen == [None]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_credential_carried_in_a_subprotocol_of_the_users_is_never_written(tmp_path, client):
+    """Kubernetes takes its bearer token as the subprotocol `base64url.bearer.authorization.k8s.io.<token>`, which only
+    `--subprotocol` can offer. A server that echoes what it was offered (an error frame quoting the upgrade) had the
+    token written to the recording as it came: the credential-like part of a name of the user's is a secret, as the
+    proxy and a HAR's offered subprotocols are read, and no report, recording or terminal line shows it."""
+    encoded = base64.urlsafe_b64encode(TOKEN.encode()).decode().rstrip("=")
+
+    async def quotes_the_offer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, srv: object,
+                               ) -> None:
+        offered = re.search(rb"(?im)^sec-websocket-protocol:[ \t]*([^\r\n]*)", head)
+        writer.write(upgrade(head, offered_deflate(head)))
+        await welcome_and_message(reader, writer)
+        writer.write(frame(1, json.dumps({
+            "type": "agent_error", "run_id": "r1", "seq": 1, "error_code": "forbidden",
+            "error_message": f"not allowed: {offered.group(1).decode() if offered else ''}"}).encode()))
+        await read_until_gone(reader)
+
+    async with raw(quotes_the_offer) as srv:
+        out = tmp_path / "out"
+        code, text = await cli("run", str(write_scenario(tmp_path, CLIENTS[client])), "--target", srv.url,
+                               "--subprotocol", f"base64url.bearer.authorization.k8s.io.{encoded}",
+                               "--json", str(out / "r.json"), "--html", str(out / "r.html"), "--record",
+                               str(out / "rec"))
+    assert encoded.encode() in srv.requests[0]  # offered, and echoed
+    assert code == 1 and encoded not in text, text
+    written = [p for p in sorted(out.rglob("*")) if p.is_file()]
+    assert len(written) >= 3 and "not allowed: [REDACTED]" in "".join(
+        p.read_text() for p in written if p.suffix == ".jsonl")  # the echo, recorded with its token scrubbed
+    for p in written:
+        assert encoded not in p.read_text(errors="replace"), p
 
 
 async def test_a_profiles_subprotocols_are_offered_and_the_flag_replaces_them(tmp_path):
