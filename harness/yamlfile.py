@@ -581,11 +581,11 @@ def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
             # are (only where they are escapes: a file YAML reads as it is never gets here).
             if "escape code" not in str(getattr(exc, "problem", "")) or (joined := _joined_surrogates(text)) is None:
                 raise
-            node, data = _compose_checked(joined, path, model)
-            if kept := _pairs_in_text(text, joined, node):  # (rare: a pair escaped, another one as text)
-                joined = _joined_surrogates(text, kept) or text
-                node, data = _compose_checked(joined, path, model)
-            text = joined
+            written, text = text, joined  # (a mark of an error further on is one of the text composed)
+            node, data = _compose_checked(text, path, model)
+            if kept := _pairs_in_text(written, text, node):  # (rare: a pair escaped, another one as text)
+                text = _joined_surrogates(written, kept) or written
+                node, data = _compose_checked(text, path, model)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         position = getattr(exc, "position", None)  # a reader error (a forbidden character) has only an offset

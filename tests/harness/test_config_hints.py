@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from harness.errors import ConfigError
+
 from .test_cli_ux import run_cli
 from .test_config_refusals import one_error
 
@@ -98,3 +100,16 @@ def test_a_surrogate_pair_written_as_text_stays_text_beside_an_escaped_one(tmp_p
                         f"  - chat:\n      message: |\n        {pair}\n")
     got = [step.chat.message for step in load_model(Scenario, scenario).steps]
     assert got == [pair, "esc \U0001F600 \\\U0001F600", f"plain {pair}", f"{pair}\n"]
+
+
+def test_a_lone_surrogate_after_escaped_pairs_is_named_by_its_own_field(tmp_path):
+    """Pairs rewritten earlier on the line shorten it: the mistake further on (a lone surrogate, which no pairing
+    reads) is still named by the field it is in, not by one the rewrite's shift lands in."""
+    from harness.scenario import Scenario
+    from harness.yamlfile import load_model
+
+    pair = "\\ud83d\\ude00"
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(f'name: s\nsteps:\n  - chat: {{message: "{pair * 12}", repeat: 1, think_time: "\\ud83d"}}\n')
+    with pytest.raises(ConfigError, match=r"s\.yaml:3: field 'steps\.0\.chat\.think_time': not valid YAML"):
+        load_model(Scenario, scenario)
