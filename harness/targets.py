@@ -442,7 +442,7 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
                                            "HTTP requests have no subprotocol to offer")
     subprotocols = read_subprotocols(opts.subprotocols) if opts.subprotocols is not None else \
         tuple(profile.subprotocols) if transport == "websocket" else ()
-    for secret in redact.credentials_of((), subprotocols):
+    for secret in redact.credentials_of((), subprotocols) if subprotocols else ():
         # A name that carries a credential (Kubernetes' `base64url.bearer.authorization.k8s.io.<token>`), as the
         # proxy and a HAR's offered subprotocols are read: whatever the server echoes, no output shows it.
         redact.register(secret)
