@@ -1,7 +1,7 @@
 """Load YAML data files into pydantic models with errors that name the file, line and field."""
 from __future__ import annotations
 
-import bisect
+import json
 import os
 import re
 import select
@@ -518,55 +518,27 @@ def _reader_problem(exc: Exception) -> str:
 
 
 # A character past U+FFFF escaped as JSON escapes it (`json.dump`'s default, ensure_ascii): a UTF-16 surrogate pair,
-# `\ud83d\ude00`, which YAML's double-quoted escapes do not pair ("invalid Unicode character escape code"). An odd
-# number of backslashes before it: an escape, not an escaped backslash followed by text.
+# `\ud83d\ude00`, which RFC 8259 allows and YAML's double-quoted escapes do not pair ("invalid Unicode character escape
+# code"). An odd number of backslashes before it: an escape, not an escaped backslash followed by text.
 _SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})")
 
 
-def _joined_surrogates(text: str, keep: frozenset[int] = frozenset()) -> str | None:
-    """`text` with each escaped surrogate pair written as YAML's one escape of that character (`\U0001f600`, on the
-    same line: lines in messages stay right), or None when it has none; but the pairs at the offsets in `keep`, which
-    are text (in a scalar that is not double-quoted, where a backslash is no escape)."""
+def _json_pairs_joined(text: str) -> str | None:
+    r"""A JSON file's text with each escaped surrogate pair written as YAML's one escape of that character
+    (`\U0001f600`, on the same line: lines in messages stay right), or None when `text` is no JSON or has no pair.
+    JSON only: every string of a JSON text is double-quoted, where `\u` is an escape; in YAML a single-quoted, plain
+    or block scalar holds `\ud83d\ude00` as twelve characters of text (and YAML itself does not pair the escapes)."""
+    if not _SURROGATE_PAIR.search(text):
+        return None
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
     def one(m: re.Match[str]) -> str:
-        if m.start() in keep:
-            return m.group(0)
         code = 0x10000 + ((int(m.group(2), 16) - 0xD800) << 10) + (int(m.group(3), 16) - 0xDC00)
         return f"{m.group(1)}\\U{code:08x}"
-    joined, n = _SURROGATE_PAIR.subn(one, text)
-    return joined if n else None
-
-
-def _pairs_in_text(text: str, joined: str, node: yaml.Node | None) -> frozenset[int]:
-    """The offsets in `text` of the escaped surrogate pairs that `joined` (_joined_surrogates(text), composed as
-    `node`) rewrote inside a scalar that is not double-quoted: a single-quoted or plain scalar, or a block, whose
-    `\\ud83d\\ude00` is twelve characters of text, never the one character, wherever else the file escapes one."""
-    rewritten: list[tuple[int, int]] = []  # (offset in joined, offset in text) of each pair rewritten
-    shift = 0
-    for m in _SURROGATE_PAIR.finditer(text):
-        rewritten.append((m.start() - shift, m.start()))
-        shift += 2  # `\uXXXX\uXXXX` (12 characters) became `\UXXXXXXXX` (10)
-    if not rewritten or node is None:
-        return frozenset()
-    starts = [at for at, _ in rewritten]
-    kept: set[int] = set()
-    seen: set[int] = set()
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if id(n) in seen:
-            continue
-        seen.add(id(n))
-        if isinstance(n, yaml.ScalarNode):
-            if n.style != '"':
-                i = bisect.bisect_left(starts, n.start_mark.index)
-                while i < len(starts) and starts[i] < n.end_mark.index:
-                    kept.add(rewritten[i][1])
-                    i += 1
-        elif isinstance(n, yaml.MappingNode):
-            stack.extend(x for pair in n.value for x in pair)
-        else:
-            stack.extend(n.value)
-    return frozenset(kept)
+    return _SURROGATE_PAIR.sub(one, text)
 
 
 def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
@@ -578,14 +550,11 @@ def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
             node, data = _compose_checked(text, path, model)
         except yaml.YAMLError as exc:
             # A scenario or profile written by json.dump: JSON's surrogate-pair escapes read as the characters they
-            # are (only where they are escapes: a file YAML reads as it is never gets here).
-            if "escape code" not in str(getattr(exc, "problem", "")) or (joined := _joined_surrogates(text)) is None:
+            # are (a file YAML reads as it is never gets here).
+            if "escape code" not in str(getattr(exc, "problem", "")) or (joined := _json_pairs_joined(text)) is None:
                 raise
-            written, text = text, joined  # (a mark of an error further on is one of the text composed)
+            text = joined  # (a mark of an error further on is one of the text composed)
             node, data = _compose_checked(text, path, model)
-            if kept := _pairs_in_text(written, text, node):  # (rare: a pair escaped, another one as text)
-                text = _joined_surrogates(written, kept) or written
-                node, data = _compose_checked(text, path, model)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         position = getattr(exc, "position", None)  # a reader error (a forbidden character) has only an offset
@@ -621,7 +590,7 @@ def line_of(path: str | Path, loc: tuple[Any, ...], text: str | None = None) -> 
     are found after validation (a URL that will not parse, a profile that does not exist)."""
     try:
         text = text if text is not None else read_text_file(path)
-        node, _ = _compose_checked(_joined_surrogates(text) or text, str(path))
+        node, _ = _compose_checked(_json_pairs_joined(text) or text, str(path))
     except (ConfigError, yaml.YAMLError, RecursionError, ValueError, OverflowError):
         return None
     return _resolve(node, loc)[0]

@@ -86,30 +86,39 @@ def test_a_scenario_written_by_json_dump_reads_its_escaped_emoji(tmp_path):
     one_error(run_cli("run", str(scenario)), f"{scenario}:4: field 'chat_per_user'", "(did you mean 'chats_per_user'?)")
 
 
-def test_a_surrogate_pair_written_as_text_stays_text_beside_an_escaped_one(tmp_path):
-    r"""A double-quoted `"\ud83d\ude00"` (an escape YAML does not pair) made the whole file's `\ud83d\ude00` be
-    rewritten as `\U0001f600`: the same twelve characters in a single-quoted, plain or block scalar, where a backslash
-    is text, silently became other text (`'\U0001f600'`, ten characters). Only the escaped pair is the character."""
+def test_surrogate_pairs_are_joined_in_json_only_never_in_yaml_text(tmp_path):
+    r"""Only a JSON file's pairs are escapes to join (every JSON string is double-quoted). In a YAML file a
+    single-quoted, plain or block scalar holds `\ud83d\ude00` as twelve characters of text, which a rewrite of the
+    whole file silently turned into other text beside one double-quoted pair; YAML's own escapes do not pair, so a
+    double-quoted one stays YAML's error there, naming its field."""
+    import json
+
     from harness.scenario import Scenario
     from harness.yamlfile import load_model
 
     pair = "\\ud83d\\ude00"  # as written in the file: twelve characters
     scenario = tmp_path / "s.yaml"
     scenario.write_text(f"name: s\n# {pair}\nsteps:\n  - chat: {{message: '{pair}'}}\n"
-                        f"  - chat: {{message: \"esc {pair} \\\\{pair}\"}}\n  - chat: {{message: plain {pair}}}\n"
-                        f"  - chat:\n      message: |\n        {pair}\n")
-    got = [step.chat.message for step in load_model(Scenario, scenario).steps]
-    assert got == [pair, "esc \U0001F600 \\\U0001F600", f"plain {pair}", f"{pair}\n"]
+                        f"  - chat: {{message: plain {pair}}}\n  - chat:\n      message: |\n        {pair}\n")
+    assert [step.chat.message for step in load_model(Scenario, scenario).steps] == [pair, f"plain {pair}", f"{pair}\n"]
+    scenario.write_text(scenario.read_text() + f'  - chat: {{message: "esc {pair}"}}\n')
+    with pytest.raises(ConfigError, match=r"s\.yaml:9: field 'steps\.3\.chat\.message': not valid YAML: .*escape"):
+        load_model(Scenario, scenario)
+    as_json = tmp_path / "s.json"
+    as_json.write_text(json.dumps({"name": "s", "steps": [{"chat": {"message": "esc \U0001F600 \\ud83d\\ude00"}}]}))
+    assert load_model(Scenario, as_json).steps[0].chat.message == "esc \U0001F600 \\ud83d\\ude00"
 
 
 def test_a_lone_surrogate_after_escaped_pairs_is_named_by_its_own_field(tmp_path):
-    """Pairs rewritten earlier on the line shorten it: the mistake further on (a lone surrogate, which no pairing
-    reads) is still named by the field it is in, not by one the rewrite's shift lands in."""
+    """Pairs joined earlier on the line shorten it: the mistake further on (a lone surrogate, which no pairing
+    reads) is still named by its line and the field the scanner was reading (in a JSON flow mapping, whose keys the
+    scanner reads ahead, the outer one), from the text composed, never one the rewrite's shift lands in."""
     from harness.scenario import Scenario
     from harness.yamlfile import load_model
 
     pair = "\\ud83d\\ude00"
-    scenario = tmp_path / "s.yaml"
-    scenario.write_text(f'name: s\nsteps:\n  - chat: {{message: "{pair * 12}", repeat: 1, think_time: "\\ud83d"}}\n')
-    with pytest.raises(ConfigError, match=r"s\.yaml:3: field 'steps\.0\.chat\.think_time': not valid YAML"):
+    scenario = tmp_path / "s.json"
+    scenario.write_text('{"name": "s",\n"steps": [{"chat": {"message": "' + pair * 12 + '", "repeat": 1, '
+                        '"think_time": "\\ud83d"}}]}\n')
+    with pytest.raises(ConfigError, match=r"s\.json:2: field 'steps': not valid YAML: found invalid Unicode"):
         load_model(Scenario, scenario)
