@@ -18,7 +18,8 @@ users (each worker on port + its index: scrape them all and sum, like any replic
 chats and serves none). Workers send the master their verdicts as counts and samples each stats interval; at the end
 the master (or the single process) judges the scenario's objectives on the whole run and sets the exit code: 0 met,
 1 an objective failed, 2 a usage error (bad --host scheme, unknown scenario or profile; a worker that cannot use the
-master's options exits 2 and so does the master), 3 the target was unreachable.
+master's options exits 2 and so does the master), 3 the target was unreachable. Without --host, the chat
+server is the `host` of the ChatUser subclasses (so that an HttpUser with its own http:// host can run beside them).
 
 A user whose connections fail backs off (exponential with jitter, capped at BACKOFF_CAP, reset by a chat that
 connects): an unreachable host costs a few attempts a second, not thousands. Locust prints `--help` before it
@@ -204,9 +205,12 @@ class _Run:
             raise ConfigError(f"--chatprobe-scenario {opts.chatprobe_scenario}: an open-model scenario (arrival_rate, "
                               "or stages with `rate`) runs under `chatprobe run` only; under Locust give stages of "
                               "`users` and a think_time", field="scenario")
-        host = self.environment.host or getattr(opts, "host", None)
+        host, source = self.environment.host or getattr(opts, "host", None), "--host"
         if not host:
-            raise ConfigError("--host: give the ws:// or wss:// URL of the chat server")
+            host, source = class_host(self.environment.user_classes)
+        if not host:
+            raise ConfigError("--host: give the ws:// or wss:// URL of the chat server (or set `host` on your ChatUser "
+                              "subclass)")
         try:
             options = TargetOptions(
                 # Locust's web UI gives an option left empty in its form as "" (not None): not given, as before.
@@ -218,8 +222,8 @@ class _Run:
             target = make_target(options, read_token(options), scenario.profile, transports=("websocket",))
             target.compression = scenario.compression  # offer permessage-deflate or not, as the scenario says
         except ConfigError as exc:
-            if exc.field == "url":  # Locust's flag for the URL is --host
-                raise ConfigError(f"--host {exc.detail} (the Locust user speaks WebSocket)", field="url",
+            if exc.field == "url":  # Locust's flag for the URL is --host (or the user class's `host`)
+                raise ConfigError(f"{source} {exc.detail} (the Locust user speaks WebSocket)", field="url",
                                   detail=exc.detail) from None
             raise ConfigError(flag_named(exc, "--chatprobe-", LOCUST_FIELDS), field=exc.field, detail=exc.detail,
                               key=exc.key) from None
@@ -298,6 +302,21 @@ class _Run:
         if self.metrics_sink is not None:
             self.metrics_sink.run_finished(ok)
         return int(code)
+
+
+def class_host(user_classes) -> tuple[str | None, str]:
+    """Without --host, Locust gives each user class its own `host` attribute (an HttpUser's http:// next to a
+    ChatUser's ws://): the chat server is the `host` of the ChatUser subclasses run → (URL, where it was set) or
+    (None, ""). They run one scenario against one target, so two that name different hosts are a usage error."""
+    hosts = {cls.host: cls.__name__ for cls in user_classes
+             if isinstance(cls, type) and issubclass(cls, ChatUser) and cls.host}
+    if len(hosts) > 1:
+        raise ConfigError("the ChatUser classes set different hosts (" + ", ".join(
+            f"{name}.host {redact.clean(host, 200)!r}" for host, name in sorted(hosts.items())) +
+            "): chatprobe plays one scenario against one chat server; give --host", field="url")
+    for host, name in hosts.items():
+        return host, f"{name}.host"
+    return None, ""
 
 
 class _ConnectionTally(Sink):
@@ -485,7 +504,8 @@ def _quitting(environment, **_kw) -> None:
     # The master judges here, not at test_stop: its test_stop fires before the workers' final reports arrive.
     if isinstance(environment.runner, WorkerRunner):
         return
-    environment.process_exit_code = current().verdict()
+    code = current().verdict()
+    environment.process_exit_code = code
     if getattr(environment.parsed_options, "csv_prefix", None):
         # Locust rewrites its CSV once per CSV_STATS_INTERVAL_SEC and not at exit: give it one more turn, so
         # the CSV holds the same final numbers as the verdict above.

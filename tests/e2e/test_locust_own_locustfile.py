@@ -1,0 +1,92 @@
+"""A locustfile of the user's own, as Locust users write them: a ChatUser subclass with its own tasks and weight next
+to a plain HttpUser, each class with its own `host` (no --host, which Locust would give every class). Real Locust,
+agentsim and a small HTTP server, loopback only."""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from .test_locust import SUMMARY, csv_row, finish, locust_bin
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+LOCUSTFILE = '''
+import os
+from locust import HttpUser, constant, task
+from harness.locust_user import ChatUser
+
+class Chatter(ChatUser):
+    host = os.environ["CHAT_HOST"]
+    weight = 3
+
+    @task(3)
+    def ask(self):
+        self.play()
+
+class Site(HttpUser):
+    host = os.environ["SITE_HOST"]
+    weight = 1
+    wait_time = constant(0.2)
+
+    @task
+    def page(self):
+        self.client.get(os.environ["SITE_PATH"])
+'''
+
+
+class _Site(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        status = 200 if self.path == "/ok" else 500
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok" if status == 200 else b"no")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def site() -> Iterator[str]:
+    """An HTTP server on loopback: /ok answers 200, anything else 500 → its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Site)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def own_locustfile(tmp_path: Path) -> str:
+    path = tmp_path / "mine.py"
+    path.write_text(LOCUSTFILE)
+    return str(path)
+
+
+def test_a_chat_user_with_its_own_host_runs_next_to_an_http_user(procs, agentsim, tmp_path: Path):
+    """FAILED on the old code: without --host, "chatprobe: error: --host: give the ws:// or wss:// URL", exit 2; and
+    --host would have given the HttpUser the ws:// URL too."""
+    _, url, env = agentsim()
+    prefix = tmp_path / "mixed"
+    with site() as base:
+        proc = procs.start("locust", [
+            locust_bin(), "-f", own_locustfile(tmp_path), "--headless", "-u", "4", "-r", "4", "--run-time", "4s",
+            "--csv", str(prefix)],
+            env={"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"], "CHAT_HOST": url, "SITE_HOST": base,
+                 "SITE_PATH": "/ok"})
+        assert finish(proc) == 0, proc.tail(60)
+    summary = SUMMARY.search(proc.out())
+    assert summary is not None and summary["verdict"] == "objectives met", proc.tail(60)
+    chat = csv_row(prefix, "chat", "basic")
+    assert int(chat["Request Count"]) == int(summary["chats"]) > 0, (chat, summary[0])
+    page = csv_row(prefix, "GET", "/ok")
+    assert int(page["Request Count"]) > 0 and int(page["Failure Count"]) == 0, page
+
