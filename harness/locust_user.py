@@ -18,7 +18,8 @@ users (each worker on port + its index: scrape them all and sum, like any replic
 chats and serves none). Workers send the master their verdicts as counts and samples each stats interval; at the end
 the master (or the single process) judges the scenario's objectives on the whole run and sets the exit code: 0 met,
 1 an objective failed, 2 a usage error (bad --host scheme, unknown scenario or profile; a worker that cannot use the
-master's options exits 2 and so does the master), 3 the target was unreachable. Without --host, the chat
+master's options exits 2 and so does the master), 3 the target was unreachable; objectives met but failed requests of
+another kind (a mixed-in HttpUser's) or a task's exception: Locust's --exit-code-on-error. Without --host, the chat
 server is the `host` of the ChatUser subclasses (so that an HttpUser with its own http:// host can run beside them).
 
 A user whose connections fail backs off (exponential with jitter, capped at BACKOFF_CAP, reset by a chat that
@@ -76,6 +77,8 @@ logger = logging.getLogger("chatprobe.locust")
 # The target options this user has a --chatprobe-* flag for (its messages name those flags; the URL is Locust's --host).
 LOCUST_FIELDS = ("name", "profile", "auth", "ca_file", "headers", "header_env", "subprotocols")
 TALLY_MESSAGE = "chatprobe_tally"
+# The Locust request types chatprobe fires and judges by the scenario's objectives.
+CHAT_REQUESTS = frozenset({"chat", "first_event"})
 USAGE_ERROR_MESSAGE = "chatprobe_usage_error"
 # Connection failures that mean the server never took the chat (the handshake or the welcome failed): the user
 # backs off (harness/backoff.py) until one of its chats connects again.
@@ -505,11 +508,27 @@ def _quitting(environment, **_kw) -> None:
     if isinstance(environment.runner, WorkerRunner):
         return
     code = current().verdict()
+    if code == int(ExitCode.OK) and environment.runner is not None:
+        code = _unjudged_exit_code(environment)
     environment.process_exit_code = code
     if getattr(environment.parsed_options, "csv_prefix", None):
         # Locust rewrites its CSV once per CSV_STATS_INTERVAL_SEC and not at exit: give it one more turn, so
         # the CSV holds the same final numbers as the verdict above.
         gevent.sleep(locust_stats.CSV_STATS_INTERVAL_SEC + 0.2)
+
+
+def _unjudged_exit_code(environment) -> int:
+    """The objectives judge the chats only: requests of another kind that failed (a mixed-in HttpUser's) or
+    exceptions raised in tasks are judged by Locust's own rule, its --exit-code-on-error (default 1)."""
+    runner = environment.runner
+    failed = sum(e.occurrences for e in runner.errors.values() if e.method not in CHAT_REQUESTS)
+    raised = sum(row["count"] for row in runner.exceptions.values())
+    if not failed and not raised:
+        return int(ExitCode.OK)
+    code = getattr(environment.parsed_options, "exit_code_on_error", 1)
+    print(f"chatprobe: the objectives are met, but {failed} request(s) chatprobe does not judge failed and {raised} "
+          f"exception(s) were raised in tasks: exit {code} (Locust's --exit-code-on-error)", flush=True)
+    return int(code)
 
 
 class ChatUser(User):

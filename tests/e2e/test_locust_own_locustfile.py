@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import start_on_free_port
 from .test_locust import SUMMARY, csv_row, finish, locust_bin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -90,3 +91,26 @@ def test_a_chat_user_with_its_own_host_runs_next_to_an_http_user(procs, agentsim
     page = csv_row(prefix, "GET", "/ok")
     assert int(page["Request Count"]) > 0 and int(page["Failure Count"]) == 0, page
 
+
+def test_failed_requests_of_another_user_class_exit_as_locust_says_when_the_objectives_are_met(procs, agentsim,
+                                                                                                tmp_path: Path):
+    """The objectives judge the chats; the HttpUser's failed requests are Locust's to judge (--exit-code-on-error).
+    FAILED on the old code: exit 0, the failures at the master ignored. Distributed: the worker's user classes have
+    their own hosts too."""
+    _, url, env = agentsim()
+    with site() as base:
+        hosts = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"], "CHAT_HOST": url, "SITE_HOST": base,
+                 "SITE_PATH": "/broken"}
+        locustfile = own_locustfile(tmp_path)
+        master, master_port = start_on_free_port(procs, "master", lambda port: [
+            locust_bin(), "-f", locustfile, "--master", "--headless", "--expect-workers", "1",
+            "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+            "-u", "4", "-r", "4", "--run-time", "4s", "--exit-code-on-error", "4"], env=hosts)
+        worker = procs.start("worker", [locust_bin(), "-f", locustfile, "--worker", "--master-host", "127.0.0.1",
+                                        "--master-port", str(master_port)], env=hosts)
+        assert finish(master) == 4, master.tail(60)
+        finish(worker, 30)
+    summary = SUMMARY.search(master.out())
+    assert summary is not None and summary["verdict"] == "objectives met" and int(summary["chats"]) > 0, \
+        master.tail(60)
+    assert "request(s) chatprobe does not judge failed" in master.out(), master.tail(60)
