@@ -50,7 +50,7 @@ import gevent
 import gevent.pool
 from locust import User, events, task
 from locust import stats as locust_stats
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
 from rich.console import Console
 
 from . import redact
@@ -383,7 +383,11 @@ def _init(environment, runner=None, **_kw) -> None:
         _load_or_exit(_run)  # fail early on a bad scenario or host
         _stop_on_sigterm(environment)  # the master ends the shape; its workers are stopped and quit as at its end
         return
-    if not isinstance(runner, WorkerRunner):
+    if isinstance(runner, WorkerRunner):
+        # Added after Locust's own quitting listener, which tells the master this worker quit: quitting fires its
+        # listeners last-added first, so this one reports before that.
+        environment.events.quitting.add_listener(_worker_quitting)
+    else:
         _load_or_exit(_run, record=True)
         _stop_on_sigterm(environment)
     port = environment.parsed_options.chatprobe_metrics_port if environment.parsed_options else 0
@@ -500,6 +504,19 @@ def _on_tally(environment, msg, **_kw) -> None:
     if run.stages is not None:
         run.stages.merge({int(i): Tally.from_dict(t) for i, t in msg.data.get("stages", {}).items()})
     run.by_worker[f"w{msg.data['worker']}"] += tally.chats
+
+
+def _worker_quitting(environment, **_kw) -> None:
+    """A worker that quits on its own (SIGTERM: a pod's scale-down, a `kill`; Ctrl-C) while its users run: Locust
+    would tell the master it quit and stop the users after, never sending what they did since the last stats report,
+    so its last seconds of chats, in Locust's stats and in the verdict alike, were lost. Stop the users first (the
+    master's --stop-timeout lets their chats end, their verdicts recorded), then send the final report, as the worker
+    does when the master tells it to quit."""
+    runner = environment.runner
+    if runner is None or runner.state not in (STATE_RUNNING, STATE_SPAWNING):
+        return  # stopped already (by the master: its final report is sent)
+    runner.stop()
+    runner._send_stats()  # (Locust's own final report: the report_to_master listeners, _report among them, then stats)
 
 
 @events.quitting.add_listener

@@ -190,11 +190,13 @@ def procs(tmp_path: Path):
 
 
 def start_agentsim(procs: ProcGroup, faults: list[str] = (), seed: int = 11, think: str = "0.002-0.01",
-                   tool_latency: str = "0.001-0.005"):
-    """agentsim as a subprocess → (Proc, ws URL, secret env)."""
+                   tool_latency: str = "0.001-0.005", ground_truth: Path | None = None):
+    """agentsim as a subprocess → (Proc, ws URL, secret env); `ground_truth`: its JSON Lines of what it did."""
     secret = secrets.token_urlsafe(32)
     argv = [sys.executable, "-m", "agentsim", "--port", "0", "--seed", str(seed), "--think", think,
             "--tool-latency", tool_latency]
+    if ground_truth is not None:
+        argv += ["--ground-truth", str(ground_truth)]
     for f in faults:
         argv += ["--fault", f]
     proc = procs.start("agentsim", argv, env={"AGENTSIM_JWT_SECRET": secret})

@@ -355,3 +355,33 @@ def test_a_websockets_bound_in_the_environment_that_is_no_number_is_one_line_and
     assert len(lines) == 1 and lines[0].startswith("chatprobe: error: the environment variable "
                                                    "WEBSOCKETS_MAX_LINE_LENGTH is not a whole number"), proc.tail()
     assert "8k" not in proc.err()
+
+
+def test_a_worker_stopped_with_sigterm_reports_its_last_chats_before_it_quits(procs, agentsim, tmp_path: Path):
+    """FAILED on the old code: the worker told the master it quit, then stopped its users, and never sent what they
+    did since its last stats report: chats agentsim ran were in neither Locust's stats nor the verdict."""
+    import signal
+
+    truth = tmp_path / "truth.jsonl"
+    _, url, env = agentsim(ground_truth=truth)
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    prefix = tmp_path / "wterm"
+    master, master_port = start_on_free_port(procs, "master", lambda port: [
+        locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
+        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+        "-u", "3", "-r", "3", "--run-time", "120s", "--stop-timeout", "20", "--host", url,
+        "--chatprobe-scenario", "basic", "--csv", str(prefix),
+    ], env=secret)
+    worker = procs.start("worker", [
+        locust_bin(), "-f", LOCUSTFILE, "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port),
+    ], env=secret)
+    wait_for(lambda: re.search(r"(?m)^chat\s+basic\s+[1-9]", master.err()), 60, "the master counts chats",
+             diagnostics=master.tail)
+    worker.popen.send_signal(signal.SIGTERM)
+    assert finish(worker, 30) == 0, worker.tail()
+    assert finish(master) == 0, master.tail(60)  # its last worker quit: the test stops, judged
+    summary = SUMMARY.search(master.out())
+    assert summary is not None and summary["verdict"] == "objectives met", master.tail(60)
+    runs = sum(json.loads(line)["kind"] == "run_started" for line in truth.read_text().splitlines())
+    assert int(summary["chats"]) == runs, (summary[0], runs)
+    assert int(csv_row(prefix, "chat", "basic")["Request Count"]) == runs
