@@ -202,13 +202,26 @@ class _Run:
 
     def load(self) -> None:
         """Scenario and target from the options (on a worker, the master's options arrive with the first spawn)."""
-        opts = self.environment.parsed_options
+        scenario, target = self.prepare(self.environment.parsed_options, self.environment.host)
+        target.recorder = self.recorder
+        if self.target is None or self.target.name != target.name:
+            from monitors.metrics import MetricsSink, default_metrics
+
+            self.metrics_sink = MetricsSink(default_metrics(), target.name, "load")
+        self.scenario, self.target = scenario, target
+        shape = scenario.shape()
+        if shape is not None and (self.stages is None or self.stages.shape.windows != shape.windows):
+            self.stages = StageTallies(shape)
+
+    def prepare(self, opts: argparse.Namespace, host: str | None) -> tuple[Scenario, Target]:
+        """The scenario and target these options and host mean; ConfigError naming the flag for options that cannot
+        be used. Nothing of this run's is changed (the web UI's form is checked with it before a test starts)."""
         scenario = load_scenario(opts.chatprobe_scenario)
         if scenario.open_model:
             raise ConfigError(f"--chatprobe-scenario {opts.chatprobe_scenario}: an open-model scenario (arrival_rate, "
                               "or stages with `rate`) runs under `chatprobe run` only; under Locust give stages of "
                               "`users` and a think_time", field="scenario")
-        host, source = self.environment.host or getattr(opts, "host", None), "--host"
+        host, source = host or getattr(opts, "host", None), "--host"
         if not host:
             host, source = class_host(self.environment.user_classes)
         if not host:
@@ -230,15 +243,7 @@ class _Run:
                                   detail=exc.detail) from None
             raise ConfigError(flag_named(exc, "--chatprobe-", LOCUST_FIELDS), field=exc.field, detail=exc.detail,
                               key=exc.key) from None
-        target.recorder = self.recorder
-        if self.target is None or self.target.name != target.name:
-            from monitors.metrics import MetricsSink, default_metrics
-
-            self.metrics_sink = MetricsSink(default_metrics(), target.name, "load")
-        self.scenario, self.target = scenario, target
-        shape = scenario.shape()
-        if shape is not None and (self.stages is None or self.stages.shape.windows != shape.windows):
-            self.stages = StageTallies(shape)
+        return scenario, target
 
     # -- verdicts --
     def record(self, result: ChatResult, elapsed: float) -> None:
@@ -374,9 +379,11 @@ def _load_or_exit(run: _Run, *, record: bool = False) -> None:
 
 
 @events.init.add_listener
-def _init(environment, runner=None, **_kw) -> None:
+def _init(environment, runner=None, web_ui=None, **_kw) -> None:
     global _run
     _run = _Run(environment)
+    if web_ui is not None:
+        web_ui.app.before_request(lambda: _check_swarm_form(environment))
     if isinstance(runner, MasterRunner):
         runner.register_message(TALLY_MESSAGE, _on_tally)
         runner.register_message(USAGE_ERROR_MESSAGE, _on_usage_error)
@@ -395,6 +402,36 @@ def _init(environment, runner=None, **_kw) -> None:
         if isinstance(runner, WorkerRunner):
             port += max(runner.worker_index, 0)
         serve_metrics(environment.parsed_options.chatprobe_metrics_host, port)
+
+
+# The chatprobe options the web UI's form can change (Locust shows every custom option there).
+FORM_OPTIONS = ("chatprobe_scenario", "chatprobe_profile", "chatprobe_auth", "chatprobe_target_name",
+                "chatprobe_ca_file")
+
+
+def _check_swarm_form(environment):
+    """The web UI starts a test from its form (POST /swarm), after this process checked its options at its start: a
+    host or chatprobe option from the form that cannot be used is refused there, as Locust refuses a bad value of its
+    own ({"success": false, "message": ...}, which the UI shows), and logged. Without this the test started, stopped at
+    once (a master's workers quit), nothing said until the process's exit 2, even after a good test from the form."""
+    from flask import jsonify, request
+
+    if request.method != "POST" or not request.path.endswith("/swarm"):
+        return None
+    opts = argparse.Namespace(**vars(environment.parsed_options))
+    host = environment.host
+    if "host" in request.form:  # as Locust's /swarm takes it
+        host = opts.host = str(request.form["host"]).replace("<", "").replace(">", "")
+    for key in FORM_OPTIONS:
+        if key in request.form:
+            setattr(opts, key, str(request.form[key]))
+    try:
+        current().prepare(opts, host)
+    except ConfigError as exc:
+        message = f"chatprobe: error: {redact.clean(str(exc), 1000)}"
+        logger.error(message)
+        return jsonify({"success": False, "message": message, "host": environment.host})
+    return None
 
 
 def serve_metrics(host: str, port: int) -> "HttpServer":

@@ -385,3 +385,36 @@ def test_a_worker_stopped_with_sigterm_reports_its_last_chats_before_it_quits(pr
     runs = sum(json.loads(line)["kind"] == "run_started" for line in truth.read_text().splitlines())
     assert int(summary["chats"]) == runs, (summary[0], runs)
     assert int(csv_row(prefix, "chat", "basic")["Request Count"]) == runs
+
+
+def test_the_web_ui_refuses_a_form_whose_host_cannot_be_used_and_a_good_test_after_it_is_judged(procs, agentsim):
+    """Web UI mode, no --autostart, driven through its HTTP API. FAILED on the old code: /swarm answered "Swarming
+    started" for an http:// host, the test stopped at once with nothing said, and the process exited 2 at the end even
+    after a good test from the form."""
+    import signal
+
+    import httpx
+
+    _, url, env = agentsim()
+    proc, web_port = start_on_free_port(procs, "locust", lambda port: [
+        locust_bin(), "-f", LOCUSTFILE, "--web-host", "127.0.0.1", "--web-port", str(port), "--host", url,
+        "--chatprobe-scenario", "basic"], env={"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]})
+    web = f"http://127.0.0.1:{web_port}"
+    bad = url.replace("ws://", "http://")
+    refused = httpx.post(f"{web}/swarm", data={"user_count": 2, "spawn_rate": 2, "host": bad}, timeout=10).json()
+    assert refused["success"] is False and f"--host '{bad}'" in refused["message"], refused
+    assert f"chatprobe: error: --host '{bad}'" in proc.err(), proc.tail()
+
+    started = httpx.post(f"{web}/swarm", data={"user_count": 2, "spawn_rate": 2, "host": url}, timeout=10).json()
+    assert started["success"] is True, started
+
+    def chats() -> int:
+        stats = httpx.get(f"{web}/stats/requests", timeout=10).json()["stats"]
+        return sum(row["num_requests"] for row in stats if row["method"] == "chat")
+
+    wait_for(chats, 30, "the web UI counts chats", diagnostics=proc.tail)
+    assert httpx.post(f"{web}/stop", timeout=30).json()["success"] is True
+    proc.popen.send_signal(signal.SIGTERM)
+    assert finish(proc) == 0, proc.tail(60)
+    summary = SUMMARY.search(proc.out())
+    assert summary is not None and summary["verdict"] == "objectives met" and int(summary["chats"]) > 0, proc.tail()
