@@ -23,8 +23,9 @@ another kind (a mixed-in HttpUser's) or a task's exception: Locust's --exit-code
 server is the `host` of the ChatUser subclasses (so that an HttpUser with its own http:// host can run beside them).
 
 A user whose connections fail backs off (exponential with jitter, capped at BACKOFF_CAP, reset by a chat that
-connects): an unreachable host costs a few attempts a second, not thousands. Locust prints `--help` before it
-imports any locustfile (locustio/locust#2917), so the chatprobe flags show with `--chatprobe-help` instead.
+connects), whatever wait_time a subclass sets: an unreachable host costs a few attempts a second, not thousands.
+Locust prints `--help` before it imports any locustfile (locustio/locust#2917), so the chatprobe flags show with
+`--chatprobe-help` instead.
 """
 from __future__ import annotations
 
@@ -606,14 +607,13 @@ class ChatUser(User):
         self._plan = self.script.plan()
         self._last: ChatCall | RawCall | ChatGroup | None = None
         self.backoff = Backoff()
+        self._retry_at = 0.0  # time.monotonic() before which the user does not connect again (the backoff)
         self._connected = self._refused = False  # of the current script item's chats
 
     def wait_time(self) -> float:
-        """The scenario's think_time (a step's own after its chats): Locust waits this between the user's chats;
-        after chats whose connection failed, at least the backoff (the load schedule of a user that cannot
-        connect, so an unreachable host is not hammered)."""
-        think = self.script.pause(self._last) if self._last is not None else 0.0
-        return max(think, self.backoff.delay())
+        """The scenario's think_time (a step's own after its chats): Locust waits this between the user's chats. A
+        subclass may set its own, as any Locust user's; the backoff after failed connections is `play`'s either way."""
+        return self.script.pause(self._last) if self._last is not None else 0.0
 
     def on_stop(self) -> None:
         self.session.close()
@@ -643,7 +643,11 @@ class ChatUser(User):
     @task
     def play(self) -> None:
         """The next item of the scenario's user script (its steps, or chats_per_user chats with parallel_chats in
-        flight), played again and again; Locust's wait_time (the think time) comes between items."""
+        flight), played again and again; Locust's wait_time (the think time) comes between items. After chats whose
+        connection failed, the next item waits out the backoff first (from when they ended: the think time counts
+        towards it), whatever wait_time the class sets, so that an unreachable host is not hammered."""
+        if (backoff := self._retry_at - time.monotonic()) > 0:
+            gevent.sleep(backoff)
         item = next(self._plan, None)
         if item is None:
             self._plan = self.script.plan()
@@ -667,5 +671,7 @@ class ChatUser(User):
         finally:
             if self._connected:
                 self.backoff.succeeded()
+                self._retry_at = 0.0
             elif self._refused:
                 self.backoff.failed()
+                self._retry_at = time.monotonic() + self.backoff.delay()

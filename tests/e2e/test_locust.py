@@ -285,8 +285,24 @@ def test_an_unreachable_host_is_backed_off_and_exits_3(procs, refused_port):
     assert int(summary["chats"]) <= MAX_ATTEMPTS, summary[0]
 
 
-def test_connection_attempts_counted_at_the_socket_stay_bounded(procs):
+# A locustfile of the user's own whose ChatUser subclass sets its own wait_time, as Locust users do: the backoff
+# holds all the same (it FAILED on the old code, where the backoff lived in ChatUser.wait_time: 17,000 attempts).
+EAGER_LOCUSTFILE = """
+from locust import constant
+from harness.locust_user import ChatUser
+
+class Eager(ChatUser):
+    wait_time = constant(0)
+"""
+
+
+@pytest.mark.parametrize("own_wait_time", [False, True])
+def test_connection_attempts_counted_at_the_socket_stay_bounded(procs, tmp_path: Path, own_wait_time: bool):
     """A raw listener that accepts and closes every connection counts the attempts exactly, after the run."""
+    locustfile = LOCUSTFILE
+    if own_wait_time:
+        (tmp_path / "eager.py").write_text(EAGER_LOCUSTFILE)
+        locustfile = str(tmp_path / "eager.py")
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     accepted = [0]
@@ -305,7 +321,7 @@ def test_connection_attempts_counted_at_the_socket_stay_bounded(procs):
     thread.start()
     try:
         proc = procs.start("locust", [
-            locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "2", "-r", "2", "--run-time", "4s",
+            locust_bin(), "-f", locustfile, "--headless", "-u", "2", "-r", "2", "--run-time", "4s",
             "--host", f"ws://127.0.0.1:{listener.getsockname()[1]}/ws", "--chatprobe-scenario", "basic",
             "--chatprobe-auth", "none", "--exit-code-on-error", "0"])
         assert finish(proc) == 3, proc.tail(60)
