@@ -30,6 +30,7 @@ Locust prints `--help` before it imports any locustfile (locustio/locust#2917), 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import logging
 import signal
@@ -593,7 +594,47 @@ class ChatUser(User):
 
     abstract = True
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A subclass's own on_start and on_stop (Locust's hooks for a user's setup, which Locust users override
+        without super(): User's do nothing) are wrapped so that the chat session is still opened before the one and
+        closed after the other."""
+        super().__init_subclass__(**kwargs)
+        own_start, own_stop = cls.__dict__.get("on_start"), cls.__dict__.get("on_stop")
+        if callable(own_start) and not getattr(own_start, "_chatprobe", False):
+            @functools.wraps(own_start)
+            def on_start(self) -> None:
+                ChatUser._open(self)
+                own_start(self)
+
+            on_start._chatprobe = True  # type: ignore[attr-defined]
+            cls.on_start = on_start  # type: ignore[method-assign]
+        if callable(own_stop) and not getattr(own_stop, "_chatprobe", False):
+            @functools.wraps(own_stop)
+            def on_stop(self) -> None:
+                try:
+                    own_stop(self)
+                finally:
+                    ChatUser._close(self)
+
+            on_stop._chatprobe = True  # type: ignore[attr-defined]
+            cls.on_stop = on_stop  # type: ignore[method-assign]
+
     def on_start(self) -> None:
+        self._open()
+
+    def on_stop(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        """Close the chat session (once: a subclass's on_stop may call super().on_stop() too)."""
+        if getattr(self, "_session_open", False):
+            self._session_open = False
+            self.session.close()
+
+    def _open(self) -> None:
+        """The user's chat session and script (once: a subclass's on_start may call super().on_start() too)."""
+        if getattr(self, "_session_open", False):
+            return
         run = current()
         if run.scenario is None:
             run.load()
@@ -609,14 +650,12 @@ class ChatUser(User):
         self.backoff = Backoff()
         self._retry_at = 0.0  # time.monotonic() before which the user does not connect again (the backoff)
         self._connected = self._refused = False  # of the current script item's chats
+        self._session_open = True
 
     def wait_time(self) -> float:
         """The scenario's think_time (a step's own after its chats): Locust waits this between the user's chats. A
         subclass may set its own, as any Locust user's; the backoff after failed connections is `play`'s either way."""
         return self.script.pause(self._last) if self._last is not None else 0.0
-
-    def on_stop(self) -> None:
-        self.session.close()
 
     def _chat(self, call: ChatCall | None = None) -> None:
         call = call or self.script.chat()

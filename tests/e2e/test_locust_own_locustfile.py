@@ -114,3 +114,29 @@ def test_failed_requests_of_another_user_class_exit_as_locust_says_when_the_obje
     assert summary is not None and summary["verdict"] == "objectives met" and int(summary["chats"]) > 0, \
         master.tail(60)
     assert "request(s) chatprobe does not judge failed" in master.out(), master.tail(60)
+
+
+HOOKS_LOCUSTFILE = '''
+from harness.locust_user import ChatUser
+
+class Mine(ChatUser):
+    def on_start(self):  # Locust's own hook, overridden without super() as Locust users do
+        self.greeting = "hi"
+
+    def on_stop(self):
+        self.greeting = None
+'''
+
+
+def test_a_chat_user_whose_class_overrides_on_start_and_on_stop_still_chats(procs, agentsim, tmp_path: Path):
+    """FAILED on the old code: the chat session was set up in ChatUser.on_start, so a subclass's own on_start (no
+    super(): Locust's User.on_start does nothing) left none: AttributeError tracebacks, 0 chats, exit 1."""
+    _, url, env = agentsim()
+    (tmp_path / "hooks.py").write_text(HOOKS_LOCUSTFILE)
+    proc = procs.start("locust", [
+        locust_bin(), "-f", str(tmp_path / "hooks.py"), "--headless", "-u", "2", "-r", "2", "--run-time", "3s",
+        "--host", url], env={"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]})
+    assert finish(proc) == 0, proc.tail(60)
+    summary = SUMMARY.search(proc.out())
+    assert summary is not None and summary["verdict"] == "objectives met" and int(summary["chats"]) > 0, proc.tail()
+    assert "Traceback" not in proc.err(), proc.tail(60)
