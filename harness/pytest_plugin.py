@@ -164,8 +164,25 @@ class ChatProbe:
         try:
             self._call(self.session.close(), 10)
         finally:
+            # Then the loop itself: what still runs on it cancelled (a chat whose wait timed out), its async
+            # generators finalized, and the loop closed with its self-pipe. A loop left open was a ResourceWarning
+            # ("unclosed event loop", two unclosed sockets) for every test that used the fixture, at whichever later
+            # test the garbage collector ran: an error under `-W error` or `filterwarnings = error`.
+            with contextlib.suppress(Exception):
+                self._call(self._cancel_the_rest(), 10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+    async def _cancel_the_rest(self) -> None:
+        here = asyncio.current_task()
+        rest = [t for t in asyncio.all_tasks() if t is not here]
+        for task in rest:
+            task.cancel()
+        if rest:
+            await asyncio.wait(rest, timeout=5)
+        await self._loop.shutdown_asyncgens()
 
 
 def _target_options(config: pytest.Config) -> tuple[TargetOptions, Target]:

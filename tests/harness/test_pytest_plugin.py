@@ -192,3 +192,28 @@ def test_a_token_the_server_echoes_is_in_no_failure_pytest_shows_nor_in_its_juni
     assert "INVALID_MESSAGE invalid token" in out and "INVALID_MESSAGE invalid token" in xml  # still said
     assert token not in out and token[:20] not in out, out
     assert token not in xml and token[:20] not in xml, xml
+
+
+def test_the_fixture_leaves_no_event_loop_or_socket_open_under_filterwarnings_error(pytester):
+    """A project whose pytest turns warnings into errors (`filterwarnings = error`, common in strict suites).
+    FAILED on the old code: each test's client loop was stopped and never closed, so the garbage collector found an
+    "unclosed event loop" and its two self-pipe sockets per test (ResourceWarnings), which pytest raised at the end
+    of the run (exit 1, a traceback of unraisable exceptions) or in whichever later test the collector ran."""
+    pytester.makeini("[pytest]\nfilterwarnings =\n    error\n    ignore::pytest.PytestDeprecationWarning\n")
+    pytester.makepyfile(test_strict="""
+        import gc
+
+        import pytest
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_chat(chatprobe, n):
+            chatprobe.check(chatprobe.chat(f"What is {n} * 7?", deadline=10))
+
+        def test_after(chatprobe):
+            gc.collect()  # what the earlier tests left behind is found here, if anything
+        """)
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", timeout=60)
+    out = res.stdout.str() + res.stderr.str()
+    assert "unclosed" not in out, out
+    res.assert_outcomes(passed=4)
+    assert res.ret == 0, out
