@@ -1,7 +1,8 @@
 """pytest plugin: a `chatprobe` fixture giving a connected chat client and the checker, so a user's own
 mission-critical tests read like `assert chatprobe.chat("refund order 42").passed`.
 
-Target: `--chatprobe-target URL` (with `--chatprobe-profile`, `--chatprobe-token-env`), else the embedded
+Target: `--chatprobe-target URL` (with `--chatprobe-profile`, `--chatprobe-auth`, `--chatprobe-token-env`, ...: the
+target options of `chatprobe run`, prefixed), else the embedded
 agentsim on a free loopback port. The client runs on its own event loop thread, so the fixture works in
 plain and in asyncio tests alike.
 """
@@ -41,29 +42,44 @@ from .targets import (
 from .yamlfile import ConfigError
 
 # The target options this plugin has a --chatprobe-* flag for (its messages name those flags).
-PYTEST_FIELDS = ("url", "profile", "token_env", "headers", "header_env")
+PYTEST_FIELDS = ("url", "profile", "auth", "token_env", "token_file", "jwt_secret_env", "ca_file", "headers",
+                 "header_env", "subprotocols")
 
 if TYPE_CHECKING:
     from .results import ScenarioRun
 
 
-_DEFAULTS = {"--chatprobe-target": None, "--chatprobe-profile": "netra", "--chatprobe-token-env": None,
-             "--chatprobe-header": None, "--chatprobe-header-env": None}
+_DEFAULTS = {"--chatprobe-target": None, "--chatprobe-profile": "netra", "--chatprobe-auth": "header",
+             "--chatprobe-token-env": None, "--chatprobe-token-file": None,
+             "--chatprobe-jwt-secret-env": None, "--chatprobe-ca-file": None, "--chatprobe-header": None,
+             "--chatprobe-header-env": None, "--chatprobe-subprotocol": None}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("chatprobe")
     g.addoption("--chatprobe-target", default=None, help="agent chat server URL (default: embedded agentsim)")
     g.addoption("--chatprobe-profile", default="netra", help="wire-format profile name or file")
+    g.addoption("--chatprobe-auth", choices=("header", "subprotocol", "none"), default="header",
+                help="send the token as an Authorization header or as the jwt.<token> subprotocol (WebSocket), or "
+                     "send none")
     # No default of its own, as `chatprobe run --token-env`: a variable named and not set is a usage error, while
     # CHATPROBE_TOKEN, taken when set, may be unset (no token: a target that needs none).
     g.addoption("--chatprobe-token-env", default=None, metavar="VAR",
                 help="read a bearer token from this environment variable (default CHATPROBE_TOKEN if set)")
+    g.addoption("--chatprobe-token-file", default=None, metavar="FILE", help="read a bearer token from this file")
+    g.addoption("--chatprobe-jwt-secret-env", default=None, metavar="VAR",
+                help="mint an HS256 JWT per test with the secret in this variable (default CHATPROBE_JWT_SECRET if "
+                     "set)")
     g.addoption("--chatprobe-header", action="append", metavar="'NAME: VALUE'",
                 help="send this HTTP header with every connection's request (repeatable); a secret: prefer "
                      "--chatprobe-header-env")
     g.addoption("--chatprobe-header-env", action="append", metavar="NAME=VAR",
                 help="send the header NAME with the value of the environment variable VAR (repeatable)")
+    g.addoption("--chatprobe-ca-file", default=None, metavar="PEM",
+                help="CA bundle to verify a wss:// or https:// --chatprobe-target")
+    g.addoption("--chatprobe-subprotocol", action="append", metavar="NAME",
+                help="offer this WebSocket subprotocol at the upgrade (repeatable, in order of preference; overrides "
+                     "the profile's); with --chatprobe-auth subprotocol the token's jwt-auth pair follows")
 
 
 # The connection's own violations a probe lists in its failure (the checker keeps at most 16 a connection).
@@ -191,10 +207,16 @@ def _target_options(config: pytest.Config) -> tuple[TargetOptions, Target]:
     exit 4, before any test runs) naming the --chatprobe- flag."""
     url = config.getoption("--chatprobe-target")
     try:
+        subprotocols = config.getoption("--chatprobe-subprotocol")
         opts = TargetOptions(url=url, name="pytest", profile=config.getoption("--chatprobe-profile"),
+                             auth=config.getoption("--chatprobe-auth"),
                              token_env=config.getoption("--chatprobe-token-env"),
+                             token_file=config.getoption("--chatprobe-token-file"),
+                             jwt_secret_env=config.getoption("--chatprobe-jwt-secret-env"),
+                             ca_file=config.getoption("--chatprobe-ca-file"),
                              headers=parse_header_flags(config.getoption("--chatprobe-header"), "headers"),
-                             header_env=parse_header_flags(config.getoption("--chatprobe-header-env"), "header_env"))
+                             header_env=parse_header_flags(config.getoption("--chatprobe-header-env"), "header_env"),
+                             subprotocols=tuple(subprotocols) if subprotocols is not None else None)
         # The token is read as `chatprobe run` reads it, for a --chatprobe-target only (the embedded agentsim's
         # are minted): a --chatprobe-token-env naming a variable that is not set is refused here, not sent as no
         # token to fail every test with the server's auth error.

@@ -309,15 +309,17 @@ def parse_header_flags(values: list[str] | None, option: str) -> HeaderPairs:
 
 
 def flag_named(exc: ConfigError, prefix: str, fields: tuple[str, ...] = ("headers", "header_env")) -> str:
-    """The message of `exc` with the flag of an option the driver has named as the driver spells it
+    """The message of `exc` with the flags of the options the driver has named as the driver spells them
     (`--chatprobe-header`, `--chatprobe-target-name` for Locust and pytest, whose flags carry a prefix): `fields`,
-    the TargetOptions fields the driver has a flag for; the other options' messages as they are."""
+    the TargetOptions fields the driver has a flag for, wherever the message names one (the option's own, and a hint
+    such as "give --auth none" or "offer a subprotocol with --subprotocol NAME"); the other options' messages as they
+    are."""
     if exc.field not in fields:
         return str(exc)
-    flag = FLAGS[exc.field]
-    text = str(exc).replace(flag, prefix + flag[2:], 1)
-    if "subprotocols" in fields:  # a header's hint names the flag that offers a subprotocol
-        text = text.replace("with --subprotocol NAME", f"with {prefix}subprotocol NAME")
+    text = str(exc)
+    for option in fields:
+        flag = FLAGS[option]
+        text = re.sub(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", prefix + flag[2:], text)
     return text
 
 

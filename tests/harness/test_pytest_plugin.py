@@ -1,6 +1,7 @@
 """The pytest plugin's `chatprobe` fixture, as a user's own tests would use it (embedded agentsim)."""
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -217,3 +218,76 @@ def test_the_fixture_leaves_no_event_loop_or_socket_open_under_filterwarnings_er
     assert "unclosed" not in out, out
     res.assert_outcomes(passed=4)
     assert res.ret == 0, out
+
+
+async def test_the_plugin_takes_auth_ca_file_and_subprotocols_as_the_other_drivers_do(pytester, tmp_path, monkeypatch):
+    """A team's own chat server behind TLS of a private CA, that takes the token only as the browser's subprotocol
+    pair and upgrades only an offer of its own subprotocol `agent.v1` (else HTTP 400). `chatprobe run`, `monitor` and
+    Locust reach it (`--auth subprotocol`, `--ca-file`, `--subprotocol`); FAILED on the old code: the plugin had no
+    such options (pytest's usage error, exit 4). Now `--chatprobe-auth`, `--chatprobe-ca-file` and
+    `--chatprobe-subprotocol` are taken as those; a chat offered without the subprotocol fails, with the server's
+    400."""
+    import base64
+    import re
+
+    from tests.integration.hostile_ws import frame, raw, run_frames, tls_context, upgrade, welcome_and_message
+
+    token = "plugin-subproto-T0ken-stays-home-91b2"
+    encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+
+    async def agent_v1_only(reader, writer, head, srv):
+        offered = [p.strip() for p in b"".join(re.findall(rb"(?im)^sec-websocket-protocol:(.*)\r$", head))
+                   .decode().split(",") if p.strip()]
+        if "agent.v1" not in offered or f"jwt.{encoded}" not in offered:
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            return
+        writer.write(upgrade(head, b"Sec-WebSocket-Protocol: agent.v1\r\n"))
+        message_id = await welcome_and_message(reader, writer)
+        writer.writelines(frame(1, f) for f in run_frames(message_id))
+        await writer.drain()
+        while await reader.read(65536):
+            pass
+
+    context, ca_file = tls_context(tmp_path)
+    monkeypatch.setenv("CHATPROBE_TOKEN", token)
+    pytester.makepyfile(test_tls="def test_chat(chatprobe):\n    chatprobe.check(chatprobe.chat('hi', deadline=10))\n")
+    async with raw(agent_v1_only, tls=context) as srv:
+        flags = ["-p", "no:cacheprovider", "-rA", "--chatprobe-target", srv.url, "--chatprobe-ca-file", ca_file,
+                 "--chatprobe-auth", "subprotocol"]
+        res = await asyncio.to_thread(pytester.runpytest_subprocess, *flags, "--chatprobe-subprotocol", "agent.v1",
+                                      "--chatprobe-subprotocol", "agent.v0", timeout=60)
+        refused = await asyncio.to_thread(pytester.runpytest_subprocess, *flags, timeout=60)
+    res.assert_outcomes(passed=1)
+    offered = [h for h in srv.requests[0].decode().split("\r\n") if h.lower().startswith("sec-websocket-protocol")]
+    assert offered == [f"Sec-WebSocket-Protocol: agent.v1, agent.v0, jwt-auth, jwt.{encoded}"], srv.requests[0]
+    assert b"authorization" not in srv.requests[0].lower()
+    refused.assert_outcomes(failed=1)
+    refused.stdout.fnmatch_lines(["*chat error: HTTP 400 at the WebSocket handshake*"])
+    assert token not in res.stdout.str() + refused.stdout.str()
+
+
+@pytest.mark.parametrize("flags,said", [
+    (["--chatprobe-subprotocol", "agent v1"], "--chatprobe-subprotocol 'agent v1': not a subprotocol name"),
+    (["--chatprobe-auth", "subprotocol", "--chatprobe-subprotocol", "jwt-auth"],
+     "--chatprobe-subprotocol 'jwt-auth': the token's subprotocols (jwt-auth, jwt.<token>) are offered by "
+     "--chatprobe-auth subprotocol, with the token from --chatprobe-token-env, --chatprobe-token-file or "
+     "--chatprobe-jwt-secret-env"),
+    (["--chatprobe-jwt-secret-env", "NO_SUCH_VAR_X"], "--chatprobe-jwt-secret-env NO_SUCH_VAR_X: the variable is not "
+                                                      "set or empty"),
+    (["--chatprobe-ca-file", "no-such-ca.pem"], "--chatprobe-ca-file no-such-ca.pem: no such file"),
+    (["--chatprobe-token-file", "no-such-token"], "--chatprobe-token-file no-such-token: cannot read"),
+    (["--chatprobe-header", "Authorization: Basic x"],
+     "--chatprobe-header 'Authorization: ...': chatprobe sends its token in this header (or, with --chatprobe-auth "
+     "subprotocol, as a subprotocol); for a bearer token use --chatprobe-token-env or --chatprobe-token-file, or "
+     "give --chatprobe-auth none to send an Authorization of your own"),
+])
+def test_a_bad_target_option_is_one_usage_line_naming_the_plugins_own_flags(pytester, flags, said):
+    """Each message names the options as the plugin spells them, its hints too (the old code named `run`'s `--auth`
+    and `--token-file`, flags pytest does not have, and had none of these options: exit 4, unrecognized)."""
+    pytester.makepyfile(test_x="def test_x(chatprobe):\n    pass\n")
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--chatprobe-target", "ws://127.0.0.1:9/ws",
+                                        *flags, timeout=60)
+    assert res.ret == pytest.ExitCode.USAGE_ERROR, res.stderr.str()
+    errors = [line for line in res.stderr.lines if line.startswith("ERROR")]
+    assert len(errors) == 1 and errors[0].startswith(f"ERROR: chatprobe: {said}"), res.stderr.str()
