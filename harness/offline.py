@@ -1050,6 +1050,7 @@ def _not_a_recording(path: str | Path) -> str:
 def assert_passed(run: ScenarioRun, worst: int = 10) -> ScenarioRun:
     """Fail with the unmet objectives and the first non-passing chats' violations, one per line, unless the run
     met its objectives."""
+    __tracebackhide__ = True  # under pytest, the traceback ends at the test's own line
     if run.passed:
         return run
     lines = [f"{run.target}: objectives not met"] + [f"  {o.describe()}" for o in run.failed_objectives]

@@ -24,7 +24,7 @@ from .checker import ChatResult, ExpectError
 from .client import Session
 from .durations import seconds_given
 from .errors import closest
-from .events import Outcome, Role, Violation
+from .events import RULES, Outcome, Role, Violation
 from .flow import DEFAULTS, ChatOptions, Conversation
 from .scenario import Expect, Scenario, expectations_for
 from .sinks import Sink
@@ -100,6 +100,25 @@ class _ConnectionViolations(Sink):
             self.listed.append(violation)
 
 
+# The chats of a test that did not pass kept to be shown beside its failure.
+MAX_CHATS_KEPT = 20
+
+
+def verdict(result: ChatResult, label: str = "chat") -> str:
+    """A chat that did not pass, for a person: its outcome and why on the first line (what pytest's short summary
+    shows), then its violations one per line; scrubbed, as every report shows what a server wrote (a server's "invalid
+    token" answer may quote the client's token back)."""
+    why = result.note or result.error
+    rules = dict.fromkeys(f"{v.rule.value} {RULES.get(v.rule.value, '')}".strip() for v in result.violations)
+    rules.update(dict.fromkeys(f"{rule} {RULES.get(rule, '')}".strip() for rule in result.violations_not_listed))
+    head = f"{label} {result.outcome.value}: " + (redact.clean(why, 1000) if why else ", ".join(rules) or "no reason given")
+    lines = [head] + [f"  {redact.clean(v, 1000)}" for v in result.violations]
+    if result.violations_not_listed:
+        more = ", ".join(f"{rule}: {n}" for rule, n in result.violations_not_listed.items())
+        lines.append(f"  ... and {sum(result.violations_not_listed.values())} more ({more})")
+    return "\n".join(lines)
+
+
 class ChatProbe:
     """A connected chat client for tests: `chat()` sends one message and returns its verdict. Closed when the test
     function returns: what its connection said after the last chat (another user's event, a malformed frame) then
@@ -113,6 +132,9 @@ class ChatProbe:
         self._thread.start()
         self._own = _ConnectionViolations()
         self._closed = False
+        self._chats = 0  # chats played so far
+        self._failed: list[tuple[int, ChatResult]] = []  # (its place among them, verdict) of those that did not pass
+        self._told: set[int] = set()  # the id() of each of those whose check() raised
         self.session = Session(target, user_id, "pytest", self._own)
         self.conversation = Conversation()  # the thread a `follow_up` chat goes on with (a scenario's thread: continue)
 
@@ -132,26 +154,41 @@ class ChatProbe:
         expect = Expect(required=required, streaming=streaming, first_event_limit=seconds_given(first_event_limit),
                         deadline=deadline, stall_limit=stall_limit, settle=options.settle)
         exp = expectations_for(self.target.profile, expect, required=required, expect_error=expect_error)
-        return self._call(self.session.chat(message, exp, options), deadline + 15)
+        return self._judged(self._call(self.session.chat(message, exp, options), deadline + 15))
 
     def check_recording(self, path: str | Path, scenario: str | Scenario | None = None,
                         fmt: str | None = None) -> ScenarioRun:
         """Judge a recording offline with this target's profile (a HAR your browser test saved, `--record`'s JSON
         Lines, an SSE body) and fail the test with the reasons unless every objective is met."""
+        __tracebackhide__ = True
         from .offline import assert_passed, check_recording
 
         return assert_passed(check_recording(path, self.target.profile, scenario, fmt))
 
-    @staticmethod
-    def check(result: ChatResult) -> ChatResult:
+    def check(self, result: ChatResult) -> ChatResult:
         """Fail the test with the chat's violations, one per line, unless it passed."""
+        __tracebackhide__ = True  # pytest's traceback ends at the test's own line, not in here
         if result.outcome is not Outcome.PASSED:
-            # Scrubbed (and one line each), as every report shows what a server wrote: a server's "invalid token"
-            # answer may quote the client's token back.
-            lines = [f"chat {result.outcome.value}: {redact.clean(result.note or result.error or '', 1000)}"]
-            lines += [f"  {redact.clean(v, 1000)}" for v in result.violations]
-            raise AssertionError("\n".join(lines))
+            self._told.add(id(result))  # its verdict is the failure's own message: not said again beside it
+            raise AssertionError(verdict(result))
         return result
+
+    def _judged(self, result: ChatResult) -> ChatResult:
+        """A chat's verdict as chat() returns it, kept (the first MAX_CHATS_KEPT that did not pass) to be shown with
+        the test's failure however the test asserted on it."""
+        if result.outcome is not Outcome.PASSED and len(self._failed) < MAX_CHATS_KEPT:
+            self._failed.append((self._chats, result))
+        self._chats += 1
+        return result
+
+    def failed_chats(self) -> str | None:
+        """The chats of this test that did not pass and whose verdict no `check()` raised, each with its verdict
+        (scrubbed), or None: what pytest shows beside a failure the test's own assertion made (`assert
+        chatprobe.chat(...).passed` shows the ChatResult's repr, cut short before its violations)."""
+        untold = [(n, r) for n, r in self._failed if id(r) not in self._told]
+        if not untold:
+            return None
+        return "\n".join(verdict(r, f"chat #{n + 1} of this test") for n, r in untold)
 
     @property
     def connection_violations(self) -> list[Violation]:
@@ -299,6 +336,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     output; an "invalid token" answer quoting the client's token back put the token in pytest's output and in
     --junitxml. Other tests' reports are left as they are."""
     report = yield
+    probe = getattr(item, "funcargs", {}).get("chatprobe")
+    if isinstance(probe, ChatProbe) and isinstance(report, pytest.TestReport) and report.failed \
+            and call.when == "call" and (told := probe.failed_chats()) is not None:
+        report.sections.append(("chatprobe: chats that did not pass", told))
     if "chatprobe" in getattr(item, "fixturenames", ()) and isinstance(report, pytest.TestReport):
         report.longrepr = _scrubbed(report.longrepr)
         report.sections = [(title, redact.scrub(text)) for title, text in report.sections]

@@ -291,3 +291,30 @@ def test_a_bad_target_option_is_one_usage_line_naming_the_plugins_own_flags(pyte
     assert res.ret == pytest.ExitCode.USAGE_ERROR, res.stderr.str()
     errors = [line for line in res.stderr.lines if line.startswith("ERROR")]
     assert len(errors) == 1 and errors[0].startswith(f"ERROR: chatprobe: {said}"), res.stderr.str()
+
+
+def test_a_failed_chat_says_its_rules_first_and_an_assert_on_passed_shows_the_violations(pytester):
+    """What a developer reads when a chat fails. FAILED on the old code: `check()` raised "chat failed: " (nothing
+    after the colon when the server gave no reason), so pytest's short summary named no rule, and the traceback went
+    on into the plugin's own frame (its locals: the ChatResult's repr); `assert chatprobe.chat(...).passed` showed
+    only that repr, cut short before its violations. Now the first line names the rules, the traceback ends at the
+    test's line, and a failed test lists its chats that did not pass (those no `check()` told already) beside
+    the failure."""
+    pytester.makepyfile(test_fail="""
+        def test_checked(chatprobe):
+            chatprobe.check(chatprobe.chat("What is 6 * 7?", deadline=10))
+            chatprobe.check(chatprobe.chat("Compute 1 + 1. #fail-agent", deadline=10))
+
+        def test_asserted(chatprobe):
+            assert chatprobe.chat("What is 6 * 7?", deadline=10).passed
+            assert chatprobe.chat("Compute 1 + 1. #fail-agent", deadline=10).passed
+        """)
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", timeout=60)
+    res.assert_outcomes(failed=2)
+    res.stdout.fnmatch_lines(["*FAILED test_fail.py::test_checked - AssertionError: chat failed: R13 *"])
+    res.stdout.fnmatch_lines(["E * chat failed: R13 *", "E * R13 *"])
+    out = res.stdout.str()
+    assert "pytest_plugin.py" not in out, out  # the plugin's frame is not part of the user's traceback
+    assert out.count("chatprobe: chats that did not pass") == 1, out  # test_asserted's: test_checked said it
+    res.stdout.fnmatch_lines(["*- chatprobe: chats that did not pass -*", "chat #2 of this test failed: R13 *",
+                              "  R13 *"])
