@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import secrets
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Coroutine, Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -146,7 +146,32 @@ class ChatProbe:
              stall_limit: float = 30.0, options: ChatOptions = DEFAULTS, follow_up: bool = False) -> ChatResult:
         """Send one message and return its verdict; the limits and roles are a scenario's `expect:`. `follow_up`: a
         further turn of the conversation, on the thread of this client's previous chat (a scenario step's
-        `thread: continue`: AG-UI's request carries the turns so far)."""
+        `thread: continue`: AG-UI's request carries the turns so far). Blocks the calling thread: in an async test
+        whose server runs on the test's own event loop, `await chatprobe.achat(...)`."""
+        played = self._play(message, required, streaming, expect_error, first_event_limit, deadline, stall_limit,
+                            options, follow_up)
+        return self._judged(self._call(played, deadline + 15))
+
+    async def achat(self, message: str, *, required: list[Role] | None = None, streaming: bool = False,
+                    expect_error: ExpectError = None, first_event_limit: float = 2.0, deadline: float = 60.0,
+                    stall_limit: float = 30.0, options: ChatOptions = DEFAULTS, follow_up: bool = False) -> ChatResult:
+        """`chat()` for an async test: the verdict awaited, the test's event loop free meanwhile (a server that a
+        fixture runs on that loop goes on answering; `chat()` there held the loop, and the server with it, until the
+        connection timed out). Cancelled, it cancels the chat."""
+        played = self._play(message, required, streaming, expect_error, first_event_limit, deadline, stall_limit,
+                            options, follow_up)
+        running = asyncio.run_coroutine_threadsafe(played, self._loop)
+        try:
+            return self._judged(await asyncio.wait_for(asyncio.wrap_future(running), deadline + 15))
+        finally:
+            running.cancel()  # (done already, but when this wait was cancelled or timed out)
+
+    def _play(self, message: str, required: list[Role] | None, streaming: bool, expect_error: ExpectError,
+              first_event_limit: float, deadline: float, stall_limit: float, options: ChatOptions,
+              follow_up: bool) -> Coroutine[Any, Any, ChatResult]:
+        """The chat as a coroutine for the client's loop, its expectations checked here, in the caller's thread."""
+        if self._closed:
+            raise RuntimeError("chatprobe: the client is closed (the test returned)")
         if follow_up and self.conversation.thread_id is None:
             raise ValueError("chat(follow_up=True) goes on with an earlier chat's thread: send one first")
         options = dataclasses.replace(options, conversation=self.conversation, continues=follow_up)
@@ -154,7 +179,7 @@ class ChatProbe:
         expect = Expect(required=required, streaming=streaming, first_event_limit=seconds_given(first_event_limit),
                         deadline=deadline, stall_limit=stall_limit, settle=options.settle)
         exp = expectations_for(self.target.profile, expect, required=required, expect_error=expect_error)
-        return self._judged(self._call(self.session.chat(message, exp, options), deadline + 15))
+        return self.session.chat(message, exp, options)
 
     def check_recording(self, path: str | Path, scenario: str | Scenario | None = None,
                         fmt: str | None = None) -> ScenarioRun:

@@ -318,3 +318,52 @@ def test_a_failed_chat_says_its_rules_first_and_an_assert_on_passed_shows_the_vi
     assert out.count("chatprobe: chats that did not pass") == 1, out  # test_asserted's: test_checked said it
     res.stdout.fnmatch_lines(["*- chatprobe: chats that did not pass -*", "chat #2 of this test failed: R13 *",
                               "  R13 *"])
+
+
+def test_an_async_test_awaits_its_chat_while_its_own_loop_serves(pytester):
+    """An async project's conftest runs its chat server on the test's own event loop (an async fixture, a
+    `websockets` server), as pytest-asyncio has fixtures. `chatprobe.chat()` blocks that loop until the verdict,
+    so the server never answered the upgrade: the chat failed "timed out while connecting" (10 s) and the test with
+    it. FAILED on the old code: there was no way to wait for a chat without blocking (no `achat`). Now `await
+    chatprobe.achat(...)` frees the loop while the chat plays; a conversation's next turn too; in strict mode and in
+    auto mode alike."""
+    pytester.makeconftest("""
+        import json
+
+        import pytest_asyncio
+        from websockets.asyncio.server import serve
+
+        async def netra(ws):
+            await ws.send(json.dumps({"type": "connection_established", "data": {"connection_id": "c"}}))
+            async for raw in ws:
+                p = json.loads(raw)["payload"]
+                run = "r-" + p["message_id"]
+                for seq, kind in enumerate(("agent_started", "agent_thinking", "tool_executing", "tool_completed",
+                                            "agent_completed"), 1):
+                    await ws.send(json.dumps({"type": kind, "run_id": run, "thread_id": p.get("thread_id"), "seq": seq,
+                                              "payload": {"message_id": p["message_id"], "tool_name": "t",
+                                                          "tool_call_id": "c1", "result": "ok"}}))
+
+        @pytest_asyncio.fixture
+        async def chatprobe_target():
+            from harness.targets import TargetOptions, TokenProvider, make_target
+
+            async with serve(netra, "127.0.0.1", 0) as server:
+                port = next(iter(server.sockets)).getsockname()[1]
+                yield make_target(TargetOptions(url=f"ws://127.0.0.1:{port}/ws"), TokenProvider())
+        """)
+    pytester.makepyfile(test_async="""
+        import pytest
+
+        @pytest.mark.asyncio
+        @pytest.mark.parametrize("n", [1, 2])
+        async def test_turns(chatprobe, n):
+            first = chatprobe.check(await chatprobe.achat("hi", deadline=5, first_event_limit=5))
+            for _ in range(n):
+                again = chatprobe.check(await chatprobe.achat("and?", deadline=5, follow_up=True))
+                assert again.thread_id == first.thread_id
+        """)
+    for mode in ("strict", "auto"):
+        res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "-o", f"asyncio_mode={mode}",
+                                            "-o", "asyncio_default_fixture_loop_scope=function", timeout=60)
+        res.assert_outcomes(passed=2)
