@@ -263,11 +263,15 @@ class ChatProbe:
         await self._loop.shutdown_asyncgens()
 
 
-def _target_options(config: pytest.Config) -> tuple[TargetOptions, Target]:
-    """The --chatprobe-* options as TargetOptions and the Target they make (the embedded agentsim's stand-in URL when
-    no --chatprobe-target), checked by the loaders `chatprobe run` uses; a mistake is pytest's usage error (one line,
-    exit 4, before any test runs) naming the --chatprobe- flag."""
-    url = config.getoption("--chatprobe-target")
+_OPTION = object()  # _target_options: the URL --chatprobe-target gives
+
+
+def _target_options(config: pytest.Config, url: Any = _OPTION) -> tuple[TargetOptions, Target]:
+    """The --chatprobe-* options as TargetOptions and the Target they make for `url` (default --chatprobe-target; the
+    embedded agentsim's stand-in URL when None), checked by the loaders `chatprobe run` uses; a mistake is pytest's
+    usage error (one line, exit 4, before any test runs) naming the --chatprobe- flag."""
+    if url is _OPTION:
+        url = config.getoption("--chatprobe-target")
     try:
         subprotocols = config.getoption("--chatprobe-subprotocol")
         opts = TargetOptions(url=url, name="pytest", profile=config.getoption("--chatprobe-profile"),
@@ -390,9 +394,26 @@ def _scrubbed(value: Any, depth: int = 0) -> Any:
 
 
 @pytest.fixture(scope="session")
-def chatprobe_target(request: pytest.FixtureRequest) -> Iterator[Target]:
-    url = request.config.getoption("--chatprobe-target")
-    opts, target = _target_options(request.config)
+def chatprobe_url(request: pytest.FixtureRequest) -> str | None:
+    """The address of the server the `chatprobe` fixture talks to: --chatprobe-target, None for the embedded agentsim.
+    A conftest that starts its own server overrides it (a session fixture of the same name returning that server's
+    URL); the other --chatprobe-* options (profile, token, headers, ...) apply to it as to --chatprobe-target."""
+    return request.config.getoption("--chatprobe-target")
+
+
+@pytest.fixture(scope="session")
+def chatprobe_target(request: pytest.FixtureRequest, chatprobe_url: str | None) -> Iterator[Target]:
+    url = chatprobe_url
+    if url is not None and not isinstance(url, str):
+        pytest.fail(f"chatprobe: the chatprobe_url fixture gave {type(url).__name__}, not a URL string (or None for "
+                    "the embedded agentsim)", pytrace=False)
+    try:
+        opts, target = _target_options(request.config, url)
+    except pytest.UsageError as exc:
+        if url == request.config.getoption("--chatprobe-target"):
+            raise
+        # A URL of the conftest's own: every test that asks for it fails with the one line, naming the fixture.
+        pytest.fail(f"{exc} (the URL the chatprobe_url fixture gave)", pytrace=False)
     if url is not None:
         yield target
         return

@@ -367,3 +367,58 @@ def test_an_async_test_awaits_its_chat_while_its_own_loop_serves(pytester):
         res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "-o", f"asyncio_mode={mode}",
                                             "-o", "asyncio_default_fixture_loop_scope=function", timeout=60)
         res.assert_outcomes(passed=2)
+
+
+def test_a_conftest_points_the_fixture_at_the_server_it_starts_with_chatprobe_url(pytester, monkeypatch):
+    """A team's conftest starts its own chat server (a session fixture, on a free port) and overrides the
+    `chatprobe_url` fixture to return its address; the --chatprobe-* options (the token from CHATPROBE_TOKEN, a header
+    of their own) apply to it. FAILED on the old code: there was no such fixture, and the fixture went on talking to
+    the embedded agentsim (the team's server saw no connection), unless the conftest rebuilt the Target itself from
+    chatprobe's internals, without the options."""
+    token = "team-server-T0ken-stays-home-5d21"
+    monkeypatch.setenv("TEAM_TOKEN", token)
+    pytester.makeconftest("""
+        import json
+        import threading
+
+        import pytest
+        from websockets.sync.server import serve
+
+        @pytest.fixture(scope="session")
+        def team_server():
+            seen = []
+
+            def netra(ws):
+                seen.append((ws.request.headers.get("Authorization"), ws.request.headers.get("X-Team")))
+                ws.send(json.dumps({"type": "connection_established", "data": {"connection_id": "c"}}))
+                for raw in ws:
+                    p = json.loads(raw)["payload"]
+                    for seq, kind in enumerate(("agent_started", "agent_thinking", "tool_executing",
+                                                "tool_completed", "agent_completed"), 1):
+                        ws.send(json.dumps({"type": kind, "run_id": "r-" + p["message_id"], "seq": seq,
+                                            "payload": {"message_id": p["message_id"], "tool_name": "t",
+                                                        "tool_call_id": "c1", "result": "from the team's server"}}))
+
+            server = serve(netra, "127.0.0.1", 0)
+            thread = threading.Thread(target=server.serve_forever, daemon=True)
+            thread.start()
+            yield server, seen
+            server.shutdown()
+            thread.join(10)
+
+        @pytest.fixture(scope="session")
+        def chatprobe_url(team_server):
+            server, _ = team_server
+            return f"ws://127.0.0.1:{server.socket.getsockname()[1]}/ws"
+        """)
+    pytester.makepyfile(test_team="""
+        import os
+
+        def test_reaches_the_teams_server(chatprobe, team_server):
+            chatprobe.check(chatprobe.chat("hi", deadline=10))
+            assert team_server[1] == [("Bearer " + os.environ["TEAM_TOKEN"], "blue")]
+        """)
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "--chatprobe-token-env", "TEAM_TOKEN",
+                                        "--chatprobe-header", "X-Team: blue", timeout=60)
+    res.assert_outcomes(passed=1)
+    assert token not in res.stdout.str()
