@@ -251,7 +251,7 @@ class Session(VirtualUser):
         """Open (or reopen) the connection and wait for the welcome (at most connect_timeout, and past `by`, a chat's
         deadline, not at all); raises ConnectFailed, classified. `resume`: a reconnect to resume a run (recorded so:
         its failure fails no chat of its own)."""
-        settings = self.target.settings_for(self.user_id, self.connect_timeout)
+        settings = self.target.settings_for(self.user_id, self.open_timeout(by))
         transport = make_transport(settings)
         if self.target.recorder is not None:  # --record: the frames both ways, for `chatprobe check`
             transport = self.target.recorder.wrap(transport, self.user_id, resume=resume,

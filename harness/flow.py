@@ -483,6 +483,19 @@ class VirtualUser:
                                          further_runs=self.profile.further_runs)
         self.router = FrameRouter(self.profile, self.checker, sink, scenario)
 
+    def open_timeout(self, by: float | None) -> float:
+        """How long opening a connection may take (the TCP, TLS and WebSocket handshakes): connect_timeout, and no
+        later than `by`, the deadline of the chat that opens it (a server that accepts and never answers held a chat
+        of a 3 s deadline for the whole connect_timeout); a moment at least, so that a chat past it fails as a timeout
+        of its connection, as before."""
+        if by is None:
+            return self.connect_timeout
+        return min(self.connect_timeout, max(by - self.clock(), MIN_OPEN_TIMEOUT))
+
+
+# Opening a connection for a chat whose deadline has (all but) passed: long enough to fail as a timeout, not an error.
+MIN_OPEN_TIMEOUT = 0.05
+
 
 # -- what a chat asks its I/O layer to do --
 

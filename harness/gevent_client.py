@@ -427,7 +427,7 @@ class SyncSession(VirtualUser):
         """Open (or reopen) the connection and wait for the welcome (at most connect_timeout, and past `by`, a chat's
         deadline, not at all); raises ConnectFailed, classified. `resume`: a reconnect to resume a run (recorded so:
         its failure fails no chat of its own)."""
-        settings = self.target.settings_for(self.user_id, self.connect_timeout)
+        settings = self.target.settings_for(self.user_id, self.open_timeout(by))
         recorder = self.target.recorder
         recording = None if recorder is None else recorder.recording(
             self.user_id, resume=resume, user=self.target.tokens.subject(self.user_id))

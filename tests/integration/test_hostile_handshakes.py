@@ -43,15 +43,19 @@ from .hostile_ws import (
     closes_then_holds,
     drips_the_upgrade,
     fragments,
+    frame,
     malformed,
+    offered_deflate,
     oversized,
     raw,
     read_until_gone,
     redirect_to,
     refuses_then_holds,
     reserved_bits,
+    run_frames,
     tls_context,
     upgrade,
+    welcome_and_message,
 )
 
 # The two WebSocket clients, as a scenario picks them: picows unless compression is on.
@@ -59,12 +63,13 @@ CLIENTS = {"picows": "none", "websockets": "deflate"}
 
 
 async def chatprobe(tmp_path: Path, url: str, compression: str, *, auth: str = "header", deadline: str = "30s",
-                    connect_timeout: str = "20s", command: str = "run", ca_file: str | None = None
-                    ) -> tuple[int, dict, str, int]:
+                    connect_timeout: str = "20s", command: str = "run", ca_file: str | None = None,
+                    reconnect: bool = False) -> tuple[int, dict, str, int]:
     """`chatprobe run SCENARIO --target URL` (or `monitor --once`), bounded: (exit code, the one chat of --json
     (run) or {} (monitor), stdout + stderr, peak RSS in KiB)."""
     scenario = tmp_path / "one.yaml"
-    scenario.write_text(f"name: one\nconnect_timeout: {connect_timeout}\ncompression: {compression}\nreconnect: false\n"
+    scenario.write_text(f"name: one\nconnect_timeout: {connect_timeout}\ncompression: {compression}\n"
+                        f"reconnect: {str(reconnect).lower()}\n"
                         f"expect: {{deadline: {deadline}, settle: 0.1s}}\n")
     out = tmp_path / "r.json"
     if command == "run":
@@ -172,6 +177,39 @@ async def test_an_upgrade_answer_dripped_a_byte_at_a_time_is_bounded_by_connect_
     async with raw(drips_the_upgrade) as srv:
         code, chat, _, _ = await chatprobe(tmp_path, srv.url, CLIENTS[client], connect_timeout="1s")
     assert (code, chat["outcome"], chat["error_kind"]) == (3, "error", "timeout"), chat
+
+
+SLOW_UPGRADE = 3.0  # seconds before a reconnect's upgrade is answered: past the chat's deadline, within connect_timeout
+
+
+async def closes_as_the_message_comes_then_answers_late(reader: Reader, writer: Writer, head: bytes, srv: Raw) -> None:
+    """The first connection: a welcome, the chat's message read, then a normal close (1000) before any event (a
+    server closing an idle connection as the message crossed). The next: its upgrade answered SLOW_UPGRADE seconds
+    late, then a welcome and a valid run."""
+    if len(srv.requests) == 1:
+        writer.write(upgrade(head, offered_deflate(head)))
+        await welcome_and_message(reader, writer)
+        writer.write(frame(8, (1000).to_bytes(2, "big")))
+        await read_until_gone(reader)
+        return
+    await asyncio.sleep(SLOW_UPGRADE)  # wait-ok: the server's own slowness
+    writer.write(upgrade(head, offered_deflate(head)))
+    message_id = await welcome_and_message(reader, writer)
+    writer.writelines(frame(1, f) for f in run_frames(message_id))
+    await read_until_gone(reader)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_resend_whose_new_connection_is_unanswered_at_the_chats_deadline_ends_then(tmp_path, client):
+    """A message that crossed the server's close is sent again on a new connection, timed from its first try: its
+    deadline (1 s) bounds the wait for that connection's welcome, and now its opening too: a `timeout` of that
+    connection at the deadline, by either client. The upgrade was waited for up to connect_timeout (20 s); answered at
+    3 s, the chat was then an R9/R10 (picows) or a "no welcome frame within 0s" protocol_error (websockets)."""
+    async with raw(closes_as_the_message_comes_then_answers_late) as srv:
+        code, chat, _, _ = await chatprobe(tmp_path, srv.url, CLIENTS[client], deadline="1s", reconnect=True)
+    assert (code, chat["outcome"], chat["error_kind"], chat["error"]) == (
+        3, "error", "timeout", "timed out while connecting"), chat
+    assert len(srv.requests) == 2
 
 
 @pytest.mark.parametrize("server", ["silent", "dripped"])
