@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import secrets
+import sys
 import threading
 from collections.abc import Coroutine, Generator, Iterator
 from pathlib import Path
@@ -327,9 +328,21 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 def pytest_configure(config: pytest.Config) -> None:
     """Options given on the command line are checked at start-up, not at the first test that asks for the fixture
-    (there a UsageError is that test's setup error, a traceback and exit 1)."""
-    if any(config.getoption(name) not in (None, default) for name, default in _DEFAULTS.items()):
+    (there a UsageError is that test's setup error, a traceback and exit 1). Not when a conftest loaded by now
+    overrides `chatprobe_url`: the server is the conftest's, whose URL is known only when its fixture runs (without
+    --chatprobe-target the options were checked against the embedded agentsim, which refused a profile of the team's
+    own dialect, or a subprotocol with AG-UI's SSE address); the fixture checks them against that URL, and a mistake
+    fails each test that asks for it with one line."""
+    if any(config.getoption(name) not in (None, default) for name, default in _DEFAULTS.items()) and \
+            not _url_overridden(config):
         _target_options(config)
+
+
+def _url_overridden(config: pytest.Config) -> bool:
+    """Whether a conftest (or plugin) loaded by now defines a `chatprobe_url` fixture of its own."""
+    here = sys.modules[__name__]
+    return any(plugin is not here and getattr(plugin, "chatprobe_url", None) is not None
+               for plugin in config.pluginmanager.get_plugins())
 
 
 @pytest.hookimpl(wrapper=True)

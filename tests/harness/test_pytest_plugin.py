@@ -369,12 +369,14 @@ def test_an_async_test_awaits_its_chat_while_its_own_loop_serves(pytester):
         res.assert_outcomes(passed=2)
 
 
-def test_a_conftest_points_the_fixture_at_the_server_it_starts_with_chatprobe_url(pytester, monkeypatch):
+@pytest.mark.parametrize("profile", ["built-in", "the team's own"])
+def test_a_conftest_points_the_fixture_at_the_server_it_starts_with_chatprobe_url(pytester, monkeypatch, profile):
     """A team's conftest starts its own chat server (a session fixture, on a free port) and overrides the
     `chatprobe_url` fixture to return its address; the --chatprobe-* options (the token from CHATPROBE_TOKEN, a header
-    of their own) apply to it. FAILED on the old code: there was no such fixture, and the fixture went on talking to
-    the embedded agentsim (the team's server saw no connection), unless the conftest rebuilt the Target itself from
-    chatprobe's internals, without the options."""
+    of their own, a profile of their own dialect) apply to it. FAILED on the old code: there was no such fixture, and
+    the fixture went on talking to the embedded agentsim (the team's server saw no connection), unless the conftest
+    rebuilt the Target itself from chatprobe's internals, without the options; then a profile of the team's own was
+    refused at start-up, checked against the embedded agentsim ("the embedded agentsim speaks ag-ui, netra")."""
     token = "team-server-T0ken-stays-home-5d21"
     monkeypatch.setenv("TEAM_TOKEN", token)
     pytester.makeconftest("""
@@ -418,7 +420,12 @@ def test_a_conftest_points_the_fixture_at_the_server_it_starts_with_chatprobe_ur
             chatprobe.check(chatprobe.chat("hi", deadline=10))
             assert team_server[1] == [("Bearer " + os.environ["TEAM_TOKEN"], "blue")]
         """)
+    own = []
+    if profile != "built-in":  # the netra dialect under a name of the team's: no dialect the embedded agentsim speaks
+        netra = (Path(__file__).parents[2] / "harness" / "profiles" / "netra.yaml").read_text()
+        (pytester.path / "team.yaml").write_text(netra.replace("name: netra", "name: team-dialect", 1))
+        own = ["--chatprobe-profile", str(pytester.path / "team.yaml")]
     res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "--chatprobe-token-env", "TEAM_TOKEN",
-                                        "--chatprobe-header", "X-Team: blue", timeout=60)
+                                        "--chatprobe-header", "X-Team: blue", *own, timeout=60)
     res.assert_outcomes(passed=1)
     assert token not in res.stdout.str()
