@@ -110,7 +110,7 @@ def _arguments(parser: "argparse.ArgumentParser") -> None:
                    help=f"chatprobe scenario to play (built-ins: {', '.join(builtin_scenarios())})")
     g.add_argument("--chatprobe-profile", default=None, metavar="NAME|FILE",
                    help="wire-format profile (default: the scenario's, else netra)")
-    g.add_argument("--chatprobe-auth", choices=("header", "subprotocol", "none"), default="header",
+    g.add_argument("--chatprobe-auth", choices=AUTH_MODES, default="header",
                    help="token as an Authorization header or the jwt.<token> subprotocol; the token comes from "
                         "CHATPROBE_TOKEN, or is minted per user from CHATPROBE_JWT_SECRET")
     g.add_argument("--chatprobe-target-name", default=None, metavar="NAME",
@@ -158,11 +158,14 @@ def _refuse_misspelt(parser: "argparse.ArgumentParser", argv: list[str]) -> None
 
 
 def _names(value: list[str] | str | None) -> tuple[str, ...] | None:
-    """A repeatable option's names as given: None when not given (Locust's web UI gives an empty field as "", and a
+    """A repeatable option's values as given: None when not given (Locust's web UI gives an empty field as "", and a
     filled one as one string)."""
     if not value:
         return None
     return (value,) if isinstance(value, str) else tuple(value)
+
+
+AUTH_MODES = ("header", "subprotocol", "none")
 
 
 class _Run:
@@ -229,13 +232,16 @@ class _Run:
         if not host:
             raise ConfigError("--host: give the ws:// or wss:// URL of the chat server (or set `host` on your ChatUser "
                               "subclass)")
+        if opts.chatprobe_auth not in AUTH_MODES:  # (argparse's choices: not applied to the web UI's form)
+            raise ConfigError(f"--chatprobe-auth {redact.clean(str(opts.chatprobe_auth), 100)!r}: one of "
+                              f"{', '.join(AUTH_MODES)}", field="auth")
         try:
             options = TargetOptions(
                 # Locust's web UI gives an option left empty in its form as "" (not None): not given, as before.
                 url=host, name=opts.chatprobe_target_name, profile=opts.chatprobe_profile or None,
                 auth=opts.chatprobe_auth, ca_file=opts.chatprobe_ca_file or None,
-                headers=parse_header_flags(opts.chatprobe_header, "headers"),
-                header_env=parse_header_flags(opts.chatprobe_header_env, "header_env"),
+                headers=parse_header_flags(list(_names(opts.chatprobe_header) or ()), "headers"),
+                header_env=parse_header_flags(list(_names(opts.chatprobe_header_env) or ()), "header_env"),
                 subprotocols=_names(getattr(opts, "chatprobe_subprotocol", None)))
             target = make_target(options, read_token(options), scenario.profile, transports=("websocket",))
             target.compression = scenario.compression  # offer permessage-deflate or not, as the scenario says
@@ -406,9 +412,16 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
         serve_metrics(environment.parsed_options.chatprobe_metrics_host, port)
 
 
-# The chatprobe options the web UI's form can change (Locust shows every custom option there).
-FORM_OPTIONS = ("chatprobe_scenario", "chatprobe_profile", "chatprobe_auth", "chatprobe_target_name",
-                "chatprobe_ca_file")
+def _form_value(current, form, key: str):
+    """A form field's value as Locust's /swarm sets it into the options (web.py: the type of the option's value)."""
+    value = form[key]
+    if isinstance(current, bool):
+        return value == "true"
+    if current is None:
+        return value
+    if isinstance(current, list):
+        return value.split(",") if "," in value else form.getlist(key)
+    return type(current)(value)
 
 
 def _check_swarm_form(environment):
@@ -424,10 +437,17 @@ def _check_swarm_form(environment):
     host = environment.host
     if "host" in request.form:  # as Locust's /swarm takes it
         host = opts.host = str(request.form["host"]).replace("<", "").replace(">", "")
-    for key in FORM_OPTIONS:
-        if key in request.form:
-            setattr(opts, key, str(request.form[key]))
     try:
+        # Every chatprobe option the form carries (Locust shows each custom option there and sets whichever the
+        # form gives, a repeatable one given once as one string), as Locust will set it.
+        for key in request.form:
+            if key.startswith("chatprobe_") and hasattr(opts, key):
+                try:
+                    setattr(opts, key, _form_value(getattr(opts, key), request.form, key))
+                except ValueError:
+                    flag = "--" + key.replace("_", "-")
+                    raise ConfigError(f"{flag} {redact.clean(str(request.form[key]), 100)!r}: not a number",
+                                      field=key) from None
         current().prepare(opts, host)
     except ConfigError as exc:
         message = f"chatprobe: error: {redact.clean(str(exc), 1000)}"
