@@ -451,9 +451,9 @@ def test_the_web_ui_form_checks_every_chatprobe_field_and_takes_a_header_typed_i
         "--chatprobe-scenario", "basic"], env={"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]})
     web = f"http://127.0.0.1:{web_port}"
     form = {"user_count": 2, "spawn_rate": 2, "host": url}
-    for field, value, needle in [("chatprobe_auth", "cookie", "--chatprobe-auth 'cookie': one of header"),
+    for field, given, needle in [("chatprobe_auth", "cookie", "--chatprobe-auth 'cookie': one of header"),
                                  ("chatprobe_metrics_port", "80a", "--chatprobe-metrics-port '80a': not a number")]:
-        answer = httpx.post(f"{web}/swarm", data={**form, field: value}, timeout=10)
+        answer = httpx.post(f"{web}/swarm", data={**form, field: given}, timeout=10)
         assert answer.status_code == 200 and answer.json()["success"] is False, answer.text
         assert needle in answer.json()["message"], answer.text
     started = httpx.post(f"{web}/swarm", data={**form, "chatprobe_header": "X-Team: blue"}, timeout=10).json()
