@@ -52,7 +52,9 @@ import gevent
 import gevent.pool
 from locust import User, events, task
 from locust import stats as locust_stats
+from locust.exception import StopUser
 from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
+from locust.user.task import LOCUST_STATE_RUNNING, LOCUST_STATE_STOPPING, LOCUST_STATE_WAITING
 from rich.console import Console
 
 from . import redact
@@ -699,6 +701,18 @@ class ChatUser(User):
         else:
             self._connected = True
 
+    def _back_off(self, seconds: float) -> None:
+        """Wait out the backoff as Locust's own wait (TaskSet.wait) waits: a user stopped meanwhile stops at once
+        (StopUser), whatever --stop-timeout gives a task to finish. A plain sleep here held the run's stop for up to
+        BACKOFF_CAP, and the user then connected once more after the run had ended."""
+        if self._state == LOCUST_STATE_STOPPING:
+            raise StopUser()
+        self._state = LOCUST_STATE_WAITING
+        gevent.sleep(seconds)
+        if self._state == LOCUST_STATE_STOPPING:
+            raise StopUser()
+        self._state = LOCUST_STATE_RUNNING
+
     @task
     def play(self) -> None:
         """The next item of the scenario's user script (its steps, or chats_per_user chats with parallel_chats in
@@ -706,7 +720,7 @@ class ChatUser(User):
         connection failed, the next item waits out the backoff first (from when they ended: the think time counts
         towards it), whatever wait_time the class sets, so that an unreachable host is not hammered."""
         if (backoff := self._retry_at - time.monotonic()) > 0:
-            gevent.sleep(backoff)
+            self._back_off(backoff)
         item = next(self._plan, None)
         if item is None:
             self._plan = self.script.plan()

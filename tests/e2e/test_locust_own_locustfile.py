@@ -140,3 +140,27 @@ def test_a_chat_user_whose_class_overrides_on_start_and_on_stop_still_chats(proc
     summary = SUMMARY.search(proc.out())
     assert summary is not None and summary["verdict"] == "objectives met" and int(summary["chats"]) > 0, proc.tail()
     assert "Traceback" not in proc.err(), proc.tail(60)
+
+
+PATIENT_LOCUSTFILE = '''
+from harness.backoff import Backoff
+from harness.locust_user import ChatUser
+
+class Patient(ChatUser):
+    def on_start(self):
+        self.backoff = Backoff(first=20, cap=20)  # 10 to 20 s after the first refused connection
+'''
+
+
+def test_a_user_backing_off_is_stopped_at_once_whatever_the_stop_timeout(procs, refused_port, tmp_path: Path):
+    """Locust lets a user finish its task within --stop-timeout but stops one that waits at once. FAILED on the old
+    code: the backoff slept inside the task, so the stop waited it out (10 to 20 s here) and the user connected once
+    more after the run had ended (2 chats, not 1)."""
+    (tmp_path / "patient.py").write_text(PATIENT_LOCUSTFILE)
+    proc = procs.start("locust", [
+        locust_bin(), "-f", str(tmp_path / "patient.py"), "--headless", "-u", "1", "-r", "1", "--run-time", "2s",
+        "--stop-timeout", "60", "--host", f"ws://127.0.0.1:{refused_port()}/ws", "--chatprobe-auth", "none",
+        "--exit-code-on-error", "0"])
+    assert finish(proc) == 3, proc.tail(60)
+    summary = SUMMARY.search(proc.out())
+    assert summary is not None and summary["verdict"] == "UNREACHABLE" and summary["chats"] == "1", proc.tail(60)
