@@ -621,7 +621,12 @@ class ChatUser(User):
         without super(): User's do nothing) are wrapped so that the chat session is still opened before the one and
         closed after the other."""
         super().__init_subclass__(**kwargs)
-        own_start, own_stop = cls.__dict__.get("on_start"), cls.__dict__.get("on_stop")
+        # As the class resolves them: its own, or a mixin's before ChatUser (`class U(Login, ChatUser)`).
+        own_start, own_stop = getattr(cls, "on_start", None), getattr(cls, "on_stop", None)
+        if own_start is ChatUser.__dict__["on_start"]:
+            own_start = None
+        if own_stop is ChatUser.__dict__["on_stop"]:
+            own_stop = None
         if callable(own_start) and not getattr(own_start, "_chatprobe", False):
             @functools.wraps(own_start)
             def on_start(self) -> None:

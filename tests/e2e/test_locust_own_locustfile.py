@@ -126,13 +126,30 @@ class Mine(ChatUser):
     def on_stop(self):
         self.greeting = None
 '''
+# The same hooks from a mixin before ChatUser, as a team shares its login between its user classes.
+MIXIN_LOCUSTFILE = '''
+from harness.locust_user import ChatUser
+
+class Login:
+    def on_start(self):
+        self.greeting = "hi"
+
+    def on_stop(self):
+        self.greeting = None
+
+class Mine(Login, ChatUser):
+    pass
+'''
 
 
-def test_a_chat_user_whose_class_overrides_on_start_and_on_stop_still_chats(procs, agentsim, tmp_path: Path):
+@pytest.mark.parametrize("locustfile", [HOOKS_LOCUSTFILE, MIXIN_LOCUSTFILE], ids=["own", "mixin"])
+def test_a_chat_user_whose_class_overrides_on_start_and_on_stop_still_chats(procs, agentsim, tmp_path: Path,
+                                                                             locustfile: str):
     """FAILED on the old code: the chat session was set up in ChatUser.on_start, so a subclass's own on_start (no
-    super(): Locust's User.on_start does nothing) left none: AttributeError tracebacks, 0 chats, exit 1."""
+    super(): Locust's User.on_start does nothing) left none: AttributeError tracebacks, 0 chats, exit 1. The same
+    with the hooks from a mixin (FAILED before its fix: only the class's own were wrapped)."""
     _, url, env = agentsim()
-    (tmp_path / "hooks.py").write_text(HOOKS_LOCUSTFILE)
+    (tmp_path / "hooks.py").write_text(locustfile)
     proc = procs.start("locust", [
         locust_bin(), "-f", str(tmp_path / "hooks.py"), "--headless", "-u", "2", "-r", "2", "--run-time", "3s",
         "--host", url], env={"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]})
