@@ -267,7 +267,8 @@ class ChatProbe:
 _OPTION = object()  # _target_options: the URL --chatprobe-target gives
 
 
-def _target_options(config: pytest.Config, url: Any = _OPTION) -> tuple[TargetOptions, Target]:
+def _target_options(config: pytest.Config, url: Any = _OPTION, *, at_start: bool = False
+                    ) -> tuple[TargetOptions, Target]:
     """The --chatprobe-* options as TargetOptions and the Target they make for `url` (default --chatprobe-target; the
     embedded agentsim's stand-in URL when None), checked by the loaders `chatprobe run` uses; a mistake is pytest's
     usage error (one line, exit 4, before any test runs) naming the --chatprobe- flag."""
@@ -291,13 +292,18 @@ def _target_options(config: pytest.Config, url: Any = _OPTION) -> tuple[TargetOp
         if url is None:
             # The embedded agentsim speaks the profile, as `chatprobe run --profile` without --target has it: a
             # stand-in URL of the profile's own transport (the SSE address for AG-UI, as the embedded server's).
+            # At start-up (`at_start`) the server may yet be a conftest's (`chatprobe_url` of a conftest that pytest
+            # loads while collecting): the options are checked against a stand-in of a transport they fit, and
+            # whether the embedded agentsim can serve them when the fixture finds it is the server.
             profile = target_profile(opts)
-            if profile.name not in EMBEDDED_DIALECTS:
+            if profile.name not in EMBEDDED_DIALECTS and not at_start:
                 raise pytest.UsageError(
                     f"chatprobe: --chatprobe-profile {profile.name}: the embedded agentsim speaks "
                     f"{', '.join(sorted(EMBEDDED_DIALECTS))}; give --chatprobe-target URL, the address of a server "
-                    f"that speaks {profile.name}")
-            url = "http://127.0.0.1:1/agent" if profile.transports[0] == "sse" else "ws://127.0.0.1:1"
+                    f"that speaks {profile.name} (or a conftest's chatprobe_url fixture)")
+            websocket = profile.transports[0] != "sse" or (
+                at_start and bool(opts.subprotocols) and "websocket" in profile.transports)
+            url = "ws://127.0.0.1:1" if websocket else "http://127.0.0.1:1/agent"
         return opts, make_target(opts, tokens, url=url)
     except ConfigError as exc:
         raise pytest.UsageError(f"chatprobe: {redact.clean(flag_named(exc, '--chatprobe-', PYTEST_FIELDS), 1000)}"
@@ -335,7 +341,7 @@ def pytest_configure(config: pytest.Config) -> None:
     fails each test that asks for it with one line."""
     if any(config.getoption(name) not in (None, default) for name, default in _DEFAULTS.items()) and \
             not _url_overridden(config):
-        _target_options(config)
+        _target_options(config, at_start=True)
 
 
 def _url_overridden(config: pytest.Config) -> bool:
@@ -423,10 +429,10 @@ def chatprobe_target(request: pytest.FixtureRequest, chatprobe_url: str | None) 
     try:
         opts, target = _target_options(request.config, url)
     except pytest.UsageError as exc:
-        if url == request.config.getoption("--chatprobe-target"):
-            raise
-        # A URL of the conftest's own: every test that asks for it fails with the one line, naming the fixture.
-        pytest.fail(f"{exc} (the URL the chatprobe_url fixture gave)", pytrace=False)
+        # What start-up could not check (the server a conftest's fixture names, or the embedded agentsim when no
+        # fixture named one): every test that asks for it fails with the one line.
+        given = url == request.config.getoption("--chatprobe-target")
+        pytest.fail(f"{exc}" if given else f"{exc} (the URL the chatprobe_url fixture gave)", pytrace=False)
     if url is not None:
         yield target
         return

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,9 @@ def test_plugin_in_a_users_own_test_files_chats_and_checks_recordings(pytester, 
 def test_profile_option_without_a_target_speaks_that_profile_to_the_embedded_agentsim(pytester):
     """`--chatprobe-profile ag-ui` with no `--chatprobe-target` started agentsim speaking netra anyway: the AG-UI
     chat got no event and waited out its deadline (75 s with the defaults), then failed. Now the embedded agentsim
-    speaks the profile, as `chatprobe run --profile ag-ui` has it; one it cannot speak is a usage error at start-up."""
+    speaks the profile, as `chatprobe run --profile ag-ui` has it; one it cannot speak fails each test that asks for
+    the fixture with one line saying so (not at start-up: a conftest pytest loads while collecting may name a server
+    of its own, test_a_conftest_points_the_fixture_at_the_server_it_starts_with_chatprobe_url)."""
     pytester.makepyfile(
         test_agui="""
         def test_agui_chat(chatprobe):
@@ -92,9 +95,10 @@ def test_profile_option_without_a_target_speaks_that_profile_to_the_embedded_age
     res.assert_outcomes(passed=1)
     other = Path(__file__).parents[2] / "docs" / "profiles" / "openai-responses.yaml"
     refused = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--chatprobe-profile", str(other), timeout=60)
-    assert refused.ret == 4
-    refused.stderr.fnmatch_lines(["*--chatprobe-profile openai-responses: the embedded agentsim speaks ag-ui, netra*"
+    refused.assert_outcomes(errors=1)
+    refused.stdout.fnmatch_lines(["*--chatprobe-profile openai-responses: the embedded agentsim speaks ag-ui, netra*"
                                   "--chatprobe-target*"])
+    assert "Traceback" not in refused.stdout.str()
 
 
 def test_a_misspelt_chatprobe_option_is_one_usage_line_naming_the_option_meant(pytester):
@@ -369,17 +373,21 @@ def test_an_async_test_awaits_its_chat_while_its_own_loop_serves(pytester):
         res.assert_outcomes(passed=2)
 
 
-@pytest.mark.parametrize("profile", ["built-in", "the team's own"])
-def test_a_conftest_points_the_fixture_at_the_server_it_starts_with_chatprobe_url(pytester, monkeypatch, profile):
+@pytest.mark.parametrize(("profile", "folder"), [("built-in", ""), ("the team's own", ""),
+                                               ("the team's own", "team")])
+def test_a_conftest_points_the_fixture_at_the_server_it_starts_with_chatprobe_url(pytester, monkeypatch, profile,
+                                                                                  folder):
     """A team's conftest starts its own chat server (a session fixture, on a free port) and overrides the
     `chatprobe_url` fixture to return its address; the --chatprobe-* options (the token from CHATPROBE_TOKEN, a header
     of their own, a profile of their own dialect) apply to it. FAILED on the old code: there was no such fixture, and
     the fixture went on talking to the embedded agentsim (the team's server saw no connection), unless the conftest
     rebuilt the Target itself from chatprobe's internals, without the options; then a profile of the team's own was
-    refused at start-up, checked against the embedded agentsim ("the embedded agentsim speaks ag-ui, netra")."""
+    refused at start-up, checked against the embedded agentsim ("the embedded agentsim speaks ag-ui, netra"), also
+    when the conftest is one pytest loads only while collecting (a test folder's own)."""
     token = "team-server-T0ken-stays-home-5d21"
     monkeypatch.setenv("TEAM_TOKEN", token)
-    pytester.makeconftest("""
+    (pytester.path / folder).mkdir(exist_ok=True)
+    (pytester.path / folder / "conftest.py").write_text(textwrap.dedent("""
         import json
         import threading
 
@@ -412,14 +420,14 @@ def test_a_conftest_points_the_fixture_at_the_server_it_starts_with_chatprobe_ur
         def chatprobe_url(team_server):
             server, _ = team_server
             return f"ws://127.0.0.1:{server.socket.getsockname()[1]}/ws"
-        """)
-    pytester.makepyfile(test_team="""
+        """))
+    (pytester.path / folder / "test_team.py").write_text(textwrap.dedent("""
         import os
 
         def test_reaches_the_teams_server(chatprobe, team_server):
             chatprobe.check(chatprobe.chat("hi", deadline=10))
             assert team_server[1] == [("Bearer " + os.environ["TEAM_TOKEN"], "blue")]
-        """)
+        """))
     own = []
     if profile != "built-in":  # the netra dialect under a name of the team's: no dialect the embedded agentsim speaks
         netra = (Path(__file__).parents[2] / "harness" / "profiles" / "netra.yaml").read_text()
