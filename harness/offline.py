@@ -172,8 +172,8 @@ class _Conn:
 class OfflineCheck:
     """Feed it one file's records in order, then `end()`: every chat found is judged as the live client would
     have judged it at the recorded times. A chat opens at each client frame of a request type (its ids from the
-    frame, as the proxy does); on a connection with none recorded, at each new run id; with neither, one chat
-    per connection."""
+    frame, as the proxy does); on a connection with none recorded, at each new run id (on an SSE body, its first);
+    with neither, one chat per connection."""
 
     def __init__(self, profile: Profile, scenario: Scenario, sink: Sink | None = None,
                  listing: ListingBudget | None = None) -> None:
@@ -259,7 +259,7 @@ class OfflineCheck:
         if direction == "recv":
             # A frame without its time (not junk, which carries no event anyway): the chats it reaches are untimed.
             self._received(conn, rec.frame, at, untimed=rec.t is None and isinstance(rec.frame, str)
-                           and rec.frame.lstrip().startswith("{"))
+                           and rec.frame.lstrip().startswith("{"), stream=rec.stream)
         elif direction == "send":
             self._sent(conn, rec, at)
         elif failed_send:
@@ -302,7 +302,8 @@ class OfflineCheck:
         # 1,000 chats x 100,000 records of time going backwards, took minutes).
         conn.router.on_protocol_error(f"{detail} ({where})" if where else detail, at)
 
-    def _received(self, conn: _Conn, frame: str | bytes | None, at: float, untimed: bool = False) -> None:
+    def _received(self, conn: _Conn, frame: str | bytes | None, at: float, untimed: bool = False,
+                  stream: bool = False) -> None:
         if frame is None:
             return
         if conn.resumes and conn.resumes.skip(self.profile, frame, at):
@@ -317,8 +318,11 @@ class OfflineCheck:
                     pass  # another user's event (the welcome named this one): cross-talk (R8), never a chat of ours
                 elif decoded.run_id is not None:
                     # A chat this run answers (ConnectionChecker's one adoption rule, as live) learns its id when
-                    # the router routes the event; else the run is a chat of its own.
-                    if decoded.run_id not in checker.by_run and checker.waiting_for_run(decoded) is None:
+                    # the router routes the event; else the run is a chat of its own. Except on an SSE response body
+                    # (`stream`): one response answers one request, so its first run is its chat, and a later run
+                    # start is what the live client makes of it on that stream (a further run, else R1, R4 or R8).
+                    if (decoded.run_id not in checker.by_run and checker.waiting_for_run(decoded) is None
+                            and not (stream and checker.chats)):
                         self._open(conn, at, run_id=decoded.run_id, thread_id=decoded.thread_id, timed=False)
                 elif (not any(not c.done for c in conn.open.values())
                       and (decoded.thread_id is None or decoded.thread_id not in checker.by_thread)

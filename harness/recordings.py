@@ -199,7 +199,10 @@ class Recorded:
     failed: str = ""
     reason: str = ""
     resume: bool = False
-    stream: bool = False  # on a close record: the connection was a chat's own event stream (SSE), ending with its run
+    # On a close record: the connection was a chat's own event stream (SSE), ending with its run. On a recv record: it
+    # came in an SSE response body (a saved body, a HAR entry's), one response to one request whether or not the
+    # request was recorded: the runs it carries after its first are that stream's, never chats of their own.
+    stream: bool = False
     code: int | None = None  # on a close record: the WebSocket close code, when recorded
     # On a send record: what a scenario step expected of the chat (the `expect` field): the error, and the roles.
     expect_error: str | None = None
@@ -589,7 +592,7 @@ def read_sse(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, conn: 
         events.reverse()
         while events:  # popped: the suspended generator holds no yielded frame
             n += 1
-            yield Recorded("recv", conn, frame=events.pop(), where=f"{name}: event {n}")
+            yield Recorded("recv", conn, frame=events.pop(), where=f"{name}: event {n}", stream=True)
 
 
 def _whole_json(data: str) -> bool:
@@ -1208,7 +1211,7 @@ def _sse_events(entry: _Entry, conn: str, where: str, max_frame: int, timed: boo
             yield Recorded("problem", conn, t=t, detail=f"frame larger than the {max_frame} byte limit",
                            where=f"{where} event {n}")
         else:
-            yield Recorded("recv", conn, t=t, frame=data, where=f"{where} event {n}")
+            yield Recorded("recv", conn, t=t, frame=data, where=f"{where} event {n}", stream=True)
 
 
 def _attached(base_dir: Path | None, file: str, limit: int) -> bytes | str:
