@@ -423,7 +423,8 @@ class ChatTracker:
             if self.exp.expect_error is None:
                 kind = "recoverable" if ev.recoverable else "fatal"
                 if not ev.recoverable:
-                    self._flag(Rule.R13, f"unexpected {kind} error event ({ev.wire_type})", idx)
+                    said = f": {ev.error_detail}" if ev.error_detail else ""
+                    self._flag(Rule.R13, f"unexpected {kind} error event ({ev.wire_type}){said}", idx)
         elif role is _STARTED:
             self.saw_started = True
 

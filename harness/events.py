@@ -157,6 +157,8 @@ class Event:
     advice: tuple[str, ...] = ()  # the frame is off the schema's advice (warnings, not violations)
     # What keeping the event costs (kept_bytes), measured by the decoder while the strings are at hand; 0: not measured.
     nbytes: int = field(default=0, compare=False, repr=False)
+    # An error event's own code and message as the server gave them, cut (`error_code: message`): what its R13 says.
+    error_detail: str | None = field(default=None, repr=False)
 
     @property
     def terminal(self) -> bool:
@@ -177,6 +179,8 @@ def kept_bytes(ev: Event) -> int:
         n += len(ev.server_time)
     if ev.span is not None and (key := ev.span[2]).__class__ is tuple:  # an owned span's owner (span_key_text)
         n += len(key[1])
+    if ev.error_detail is not None:
+        n += len(ev.error_detail)
     return n
 
 

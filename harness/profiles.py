@@ -783,6 +783,19 @@ _NOT_INTEGER = "a seq must be a JSON integer (1, 2, 3, …)"
 _TOO_WIDE = "a seq must be an integer of at most 64 bits (1, 2, 3, …)"
 
 
+def _error_detail(code: Any, message: Any) -> str:
+    """An error event's code and message as one short line (`code: message`); a value that is no string or number
+    is named by its JSON type, never written out (an error object of a megabyte)."""
+    parts = []
+    for v, limit in ((code, 60), (message, 200)):
+        if v is None:
+            continue
+        if v.__class__ is not str:
+            v = str(v) if isinstance(v, (int, float)) else f"(a JSON {'array' if isinstance(v, list) else 'object'})"
+        parts.append(v if len(v) <= limit else v[:limit] + "…")
+    return ": ".join(parts)
+
+
 def _seq_text(v: Any) -> str | None:
     """A `seq` that is not an integer of at most 64 bits: its JSON text (`1.0`, `true`, `"1"`, `[1]`, `1e400`; a long
     one cut, with its length) and what it is, for the checker's R12 (str() would show `True`, `"1"` like the number
@@ -1224,7 +1237,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     profile, n = dec.profile, dec.names
     ns: dict[str, Any] = {
         "Event": Event, "Frame": Frame, "_id": _id, "_seq_text": _seq_text, "_find_plain": _find_plain,
-        "HugeNumber": HugeNumber,
+        "_error_detail": _error_detail, "HugeNumber": HugeNumber,
         "MALFORMED": FrameKind.MALFORMED, "PING_KIND": FrameKind.PING,
         "CONTROL_KIND": FrameKind.CONTROL, "ERROR_KIND": FrameKind.ERROR, "UNKNOWN_KIND": FrameKind.UNKNOWN,
         "MARKER_KIND": FrameKind.STREAM_END,
@@ -1340,12 +1353,21 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     with src.block("if tools:"):
         for name in ("tool_call_id", "tool_name"):
             src.find_id(name, n[name], name, sized=True)
-    if n["recoverable"]:
-        with src.block("if role is R_ERROR_EVENT:"):
+    emit("error_detail = None")
+    with src.block("if role is R_ERROR_EVENT:"):
+        if n["recoverable"]:
             src.find("recoverable", n["recoverable"])
             emit("recoverable = recoverable is True")
+        # What the server says went wrong, for the R13 an unexpected one is.
+        if not src.find("code", n["error_code"]):
+            emit("code = None")
+        if not src.find("message", n["error_message"]):
+            emit("message = None")
+        emit("if code is not None or message is not None:")
+        emit("    error_detail = _error_detail(code, message)")
+        emit("    nbytes += len(error_detail)")
     if n["parent_run_id"]:
-        with src.block(("el" if n["recoverable"] else "") + "if role is R_AGENT_STARTED:"):
+        with src.block("elif role is R_AGENT_STARTED:"):
             src.find_id("parent_run_id", n["parent_run_id"], "parent_run_id")
     if dec.checks:
         # The payload checks: the stateless ones now, and the fields the checker's ones will read.
@@ -1387,7 +1409,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
             "tool_call_id": "tool_call_id", "tool_name": "tool_name", "recoverable": "recoverable", "span": "span",
             "server_time": "server_time", "bad_seq": "bad_seq", "oversized": "tuple(ov) if ov else ()",
             "parent_run_id": "parent_run_id", "payload": "payload", "problems": "problems", "advice": "advice",
-            "nbytes": "nbytes"}
+            "nbytes": "nbytes", "error_detail": "error_detail"}
     # Positional while the fields come in the order known here, by keyword after that (a field added to Event later
     # keeps its default).
     positional, keyword, in_order = [], [], True

@@ -21,6 +21,7 @@ from harness.profiles import (
     Decoder,
     HugeNumber,
     Profile,
+    _error_detail,
     _id,
     _id_or_wide,
     _json_exact,
@@ -95,6 +96,9 @@ def reference_decode_obj(self: Decoder, frame: Any, received_at: float) -> Event
         ev.tool_name = _id(find(frame, scopes, n["tool_name"]), "tool_name", oversized)[0]
     if role is Role.ERROR_EVENT:
         ev.recoverable = find(frame, scopes, n["recoverable"]) is True
+        code, message = find(frame, scopes, n["error_code"]), find(frame, scopes, n["error_message"])
+        if code is not None or message is not None:
+            ev.error_detail = _error_detail(code, message)
     elif role is Role.AGENT_STARTED:
         ev.parent_run_id = _id(find(frame, scopes, n["parent_run_id"]), "parent_run_id", oversized)[0]
     if self.checks:
