@@ -332,26 +332,32 @@ def test_connection_attempts_counted_at_the_socket_stay_bounded(procs, tmp_path:
     assert 2 <= accepted[0] <= MAX_ATTEMPTS, (accepted[0], proc.tail())
 
 
+def master_and_worker_chatting(procs, url: str, env: dict[str, str], prefix: Path, *extra: str):
+    """A headless master (basic, 3 users, 120 s, CSV at `prefix`, `extra` flags) and its one worker, returned once
+    the worker's chats are judged at the master (Locust's stats table, on stderr)."""
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    master, master_port = start_on_free_port(procs, "master", lambda port: [
+        locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
+        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+        "-u", "3", "-r", "3", "--run-time", "120s", "--host", url, "--chatprobe-scenario", "basic",
+        "--csv", str(prefix), *extra,
+    ], env=secret)
+    worker = procs.start("worker", [
+        locust_bin(), "-f", LOCUSTFILE, "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port),
+    ], env=secret)
+    wait_for(lambda: re.search(r"(?m)^chat\s+basic\s+[1-9]", master.err()), 60, "the master counts chats",
+             diagnostics=master.tail)
+    return master, worker
+
+
 # FAILED before the fix: SIGTERM killed a headless master outright (-15: no summary, no exit code, no CSV) and its
 # worker ran on; only a single process had the handler that ends the run as its run time's end would.
 def test_sigterm_ends_a_headless_master_with_its_verdict_and_quits_its_worker(procs, agentsim, tmp_path: Path):
     import signal
 
     _, url, env = agentsim()
-    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
     prefix = tmp_path / "term"
-    master, master_port = start_on_free_port(procs, "master", lambda port: [
-        locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
-        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
-        "-u", "3", "-r", "3", "--run-time", "120s", "--host", url, "--chatprobe-scenario", "basic",
-        "--csv", str(prefix), "--exit-code-on-error", "0",
-    ], env=secret)
-    worker = procs.start("worker", [
-        locust_bin(), "-f", LOCUSTFILE, "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port),
-    ], env=secret)
-    # The worker's chats are being judged at the master (Locust's stats table, on stderr).
-    wait_for(lambda: re.search(r"(?m)^chat\s+basic\s+[1-9]", master.err()), 60, "the master counts chats",
-             diagnostics=master.tail)
+    master, worker = master_and_worker_chatting(procs, url, env, prefix, "--exit-code-on-error", "0")
     master.popen.send_signal(signal.SIGTERM)
     assert finish(master) == 0, master.tail(60)
     assert finish(worker, 30) == 0, worker.tail()
@@ -380,19 +386,8 @@ def test_a_worker_stopped_with_sigterm_reports_its_last_chats_before_it_quits(pr
 
     truth = tmp_path / "truth.jsonl"
     _, url, env = agentsim(ground_truth=truth)
-    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
     prefix = tmp_path / "wterm"
-    master, master_port = start_on_free_port(procs, "master", lambda port: [
-        locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
-        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
-        "-u", "3", "-r", "3", "--run-time", "120s", "--stop-timeout", "20", "--host", url,
-        "--chatprobe-scenario", "basic", "--csv", str(prefix),
-    ], env=secret)
-    worker = procs.start("worker", [
-        locust_bin(), "-f", LOCUSTFILE, "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port),
-    ], env=secret)
-    wait_for(lambda: re.search(r"(?m)^chat\s+basic\s+[1-9]", master.err()), 60, "the master counts chats",
-             diagnostics=master.tail)
+    master, worker = master_and_worker_chatting(procs, url, env, prefix, "--stop-timeout", "20")
     worker.popen.send_signal(signal.SIGTERM)
     assert finish(worker, 30) == 0, worker.tail()
     assert finish(master) == 0, master.tail(60)  # its last worker quit: the test stops, judged
