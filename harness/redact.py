@@ -308,7 +308,7 @@ class _Runs:
         if budget is None:
             budget = Budget(len(text))
         found: list[tuple[int, int]] = []
-        forms, runs, size = self.forms, self.runs, len(text)
+        forms, runs = self.forms, self.runs
         hits, grown = budget.hits, budget.grown
         counted_to: dict[int, int] = {}  # piece -> where its last occurrence counted ends, plus _PIECE - 1
         # (form, where it starts in the text) -> where the run last followed there ends: a hit of another of the
@@ -326,15 +326,7 @@ class _Runs:
                 key = (n, at - off)
                 if reach.get(key, -1) > last:
                     continue
-                # How far, left and right of the piece, the text goes on as the form does: the first character
-                # compared here, the rest in C, a slice at a time (a character at a time, in Python, was most of a
-                # hostile frame's cost).
-                form = forms[n]
-                end, start, j = last + 1, at, off + _PIECE
-                if end < size and j < len(form) and text[end] == form[j]:
-                    end += _agree(text, end, form, j, min(size - end, len(form) - j))
-                if at and off and text[at - 1] == form[off - 1]:
-                    start -= _agree_back(text, at, form, off, min(at, off))
+                start, end = _grown(text, at, last + 1, forms[n], off, off + _PIECE)
                 reach[key] = end
                 if end - start > _PIECE:
                     grown -= 1
@@ -370,6 +362,18 @@ def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             out.append((start, end))
     return out
+
+
+def _grown(text: str, at: int, end: int, form: str, off: int, j: int) -> tuple[int, int]:
+    """The run of `text` that agrees with `form` around a piece found: text[at:end] is form[off:j]; grown right and
+    left as far as both go on alike, the first character compared here, the rest in C, a slice at a time (a character
+    at a time, in Python, was most of a hostile frame's cost)."""
+    start, size = at, len(text)
+    if end < size and j < len(form) and text[end] == form[j]:
+        end += _agree(text, end, form, j, min(size - end, len(form) - j))
+    if at and off and text[at - 1] == form[off - 1]:
+        start -= _agree_back(text, at, form, off, min(at, off))
+    return start, end
 
 
 def _agree(a: str, i: int, b: str, j: int, most: int) -> int:
@@ -921,7 +925,7 @@ class SeenCredentials:
         # then (a 4-letter piece of one in 250 is all lower case), at about one place a KB with 1,500 tokens held.
         places = list(compress(range(0, len(pieces) * _SEEN_PIECE, _SEEN_PIECE), map(index.__contains__, pieces)))
         found: list[tuple[int, int]] = []
-        size, run_of = len(text), self._runs
+        run_of = self._runs
         hits, grown = budget.hits, budget.grown
         reach: dict[tuple[str, int], int] = {}  # (credential, where it starts in the text) -> where its run ends
         for at in places:
@@ -938,11 +942,7 @@ class SeenCredentials:
                         return None
                     key = (c, at - off)
                     if reach.get(key, -1) < at + _SEEN_PIECE:
-                        end, start, j = at + _SEEN_PIECE, at, off + _SEEN_PIECE
-                        if end < size and j < len(c) and text[end] == c[j]:
-                            end += _agree(text, end, c, j, min(size - end, len(c) - j))
-                        if at and off and text[at - 1] == c[off - 1]:
-                            start -= _agree_back(text, at, c, off, min(at, off))
+                        start, end = _grown(text, at, at + _SEEN_PIECE, c, off, off + _SEEN_PIECE)
                         reach[key] = end
                         if end - start > _SEEN_PIECE:
                             grown -= 1
