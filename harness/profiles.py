@@ -23,7 +23,7 @@ from .catalog import PROFILES_DIR
 from .events import DEFAULT_REQUIRED, EVENT_OVERHEAD, Event, Frame, FrameKind, Role, SessionError
 from .eventstream import StreamProblem
 from .payload_checks import CHECKS, CheckSet
-from .subprotocols import MAX_SUBPROTOCOLS, subprotocol_problem
+from .subprotocols import names_problem
 from .yamlfile import load_builtin_or_file
 
 _MISSING = object()
@@ -360,12 +360,8 @@ class Profile(BaseModel):
     @field_validator("subprotocols")
     @classmethod
     def _subprotocol_names(cls, v: list[str]) -> list[str]:
-        if len(v) > MAX_SUBPROTOCOLS:
-            raise ValueError(f"{len(v)} subprotocols: at most {MAX_SUBPROTOCOLS}")
-        for name in v:
-            problem = subprotocol_problem(name) or (f"{name!r}: given twice" if v.count(name) > 1 else None)
-            if problem is not None:
-                raise ValueError(problem)
+        if (found := names_problem(v)) is not None:
+            raise ValueError(found[1])
         return v
 
     @field_validator("checks")

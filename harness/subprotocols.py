@@ -28,3 +28,19 @@ def subprotocol_problem(name: str) -> str | None:
         return (f"{shown}: the token's subprotocols (jwt-auth, jwt.<token>) are offered by --auth subprotocol, with "
                 "the token from --token-env, --token-file or --jwt-secret-env")
     return None
+
+
+def names_problem(names: list[str] | tuple[str, ...]) -> tuple[int, str] | None:
+    """The first name of `names` chatprobe would not offer, by its place, and why (subprotocol_problem, a name given
+    twice, more than MAX_SUBPROTOCOLS), or None: one check for the flags, a config's list and a profile's."""
+    seen: set[str] = set()
+    for n, name in enumerate(names):
+        problem = subprotocol_problem(name)
+        if problem is None and name in seen:
+            problem = f"{name!r}: given twice"
+        if problem is None and n >= MAX_SUBPROTOCOLS:
+            problem = f"more than {MAX_SUBPROTOCOLS} subprotocols offered"
+        if problem is not None:
+            return n, problem
+        seen.add(name)
+    return None

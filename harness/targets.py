@@ -20,7 +20,7 @@ from urllib.parse import SplitResult, urlsplit
 from . import redact
 from .catalog import builtin_profiles
 from .errors import ConfigError
-from .subprotocols import MAX_SUBPROTOCOLS, subprotocol_problem
+from .subprotocols import names_problem
 from .transports import SCHEMES, ConnectSettings
 from .transports.base import Compression
 
@@ -390,17 +390,10 @@ def read_headers(opts: TargetOptions, transport: str) -> HeaderPairs:
 def read_subprotocols(names: tuple[str, ...] | list[str], option: str = "subprotocols") -> tuple[str, ...]:
     """The subprotocols a user offers, checked: RFC 6455 tokens, none given twice, at most MAX_SUBPROTOCOLS; a
     ConfigError naming the option (its `key`, the name's place among them, finds a config file's line)."""
-    seen: set[str] = set()
-    for n, name in enumerate(names):
-        problem = subprotocol_problem(name)
-        if problem is None and name in seen:
-            problem = f"{name!r}: given twice"
-        if problem is None and n >= MAX_SUBPROTOCOLS:
-            problem = f"more than {MAX_SUBPROTOCOLS} subprotocols offered"
-        if problem is not None:
-            problem = redact.scrub(problem)
-            raise ConfigError(f"{FLAGS.get(option, option)} {problem}", field=option, detail=problem, key=n)
-        seen.add(name)
+    if (found := names_problem(names)) is not None:
+        n, problem = found
+        problem = redact.scrub(problem)
+        raise ConfigError(f"{FLAGS.get(option, option)} {problem}", field=option, detail=problem, key=n)
     return tuple(names)
 
 
