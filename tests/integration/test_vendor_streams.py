@@ -1,0 +1,138 @@
+"""Vendors' own streaming formats, each served byte for byte as the vendor documents it by a small raw server
+(tests/integration/outside_servers.py), and judged through the example profile docs/profiles/ ships for it, as a
+team adopting chatprobe would: `chatprobe run --profile FILE`, then `chatprobe check` of the recording.
+
+- Anthropic's Messages API streaming over SSE (`event:` lines; `message_start`, `content_block_start/delta/stop` with
+  `tool_use` and `input_json_delta`, `ping`, `message_delta`, `message_stop`, `error`);
+- OpenAI's Chat Completions streaming (data-only `chat.completion.chunk`s told apart by their fields, tool calls as
+  `choices[].delta.tool_calls` fragments, a mid-stream `{"error": …}`, `data: [DONE]`).
+
+For each: a good chat passes; an error mid-stream is R13; a stream cut before its last event is incomplete; a stream
+that never ends is ended by the deadline; a tool call left unfinished and a stream out of order are violations; live
+and offline alike.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from harness.cli import main
+
+from .outside_servers import InThread, RawSseServer
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "profiles"
+
+SCENARIO = """\
+name: vendor-chats
+users: 1
+chats_per_user: {n}
+messages: {messages}
+expect:
+  deadline: {deadline}
+  settle: 0.2s
+"""
+
+
+def tag(text: str) -> str:
+    """What a chat's message asks of the server (`#error`, `#truncated`, …), or `good`."""
+    return next((w[1:] for w in text.split() if w.startswith("#")), "good")
+
+
+def judge(tmp_path: Path, url: str, profile: str, messages: list[str], deadline: str = "5s"
+          ) -> tuple[dict[str, tuple[str, tuple[str, ...]]], int]:
+    """`chatprobe run --profile FILE --record`, then `chatprobe check` of the recording: each chat's (outcome, rules),
+    by the tag of its message (the chats run one after another, in order), the same live and offline; the exit code."""
+    scenario = tmp_path / "chats.yaml"
+    scenario.write_text(SCENARIO.format(n=len(messages), messages=json.dumps(messages), deadline=deadline))
+    live, offline, rec = tmp_path / "live.json", tmp_path / "offline.json", tmp_path / "rec"
+    code = main(["run", "--target", url, "--profile", profile, "--auth", "none", str(scenario),
+                 "--record", str(rec), "--json", str(live), "-q"])
+    assert code in (0, 1), code
+    code2 = main(["check", str(rec), "--profile", profile, "--scenario", str(scenario), "--json", str(offline), "-q"])
+    assert code2 == code, (code, code2)
+    out = []
+    for path in (live, offline):
+        (sc,) = json.loads(path.read_text())["scenarios"]
+        chats = sorted(sc["chats"], key=lambda c: (c["user"], c["chat_id"]) if "user" in c else c["chat_id"])
+        out.append({tag(m): (c["outcome"], tuple(sorted({v["rule"] for v in c["violations"]})))
+                    for m, c in zip(messages, chats, strict=True)})
+    assert out[0] == out[1], out
+    return out[0], code
+
+
+def sse(ev: dict[str, Any] | str, event: str | None = None) -> bytes:
+    data = ev if isinstance(ev, str) else json.dumps(ev)
+    return (f"event: {event}\n" if event else "").encode() + f"data: {data}\n\n".encode()
+
+
+async def forever() -> None:
+    """A server that keeps the stream open and says nothing more (until the test's server is stopped)."""
+    await asyncio.Event().wait()
+
+
+# -- 1. Anthropic Messages API streaming (SSE with `event:` lines) --------------------------------------------------
+
+ANTHROPIC = str(EXAMPLES / "anthropic-messages.yaml")
+
+
+def anthropic_events(text: str) -> list[dict[str, Any] | None]:
+    t = tag(text)
+    msg = {"id": f"msg_01{t}", "type": "message", "role": "assistant", "content": [],
+           "model": "claude-sonnet-4-5-20250929", "stop_reason": None, "stop_sequence": None,
+           "usage": {"input_tokens": 472, "output_tokens": 2}}
+    evs: list[dict[str, Any] | None] = [
+        {"type": "message_start", "message": msg},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}},
+        {"type": "ping"},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Weather tool."}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "EqQBCgIYAhIM"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "Let me check"}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": " the weather."}},
+        {"type": "content_block_stop", "index": 1},
+        {"type": "content_block_start", "index": 2, "content_block": {
+            "type": "tool_use", "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "name": "get_weather", "input": {}}},
+        {"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": ""}},
+        {"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta",
+                                                             "partial_json": "{\"location\": \"Paris\"}"}},
+        {"type": "content_block_stop", "index": 2},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+         "usage": {"output_tokens": 89}},
+        {"type": "message_stop"},
+    ]
+    if t == "error":  # overloaded mid-stream: the API's `event: error`, and the stream ends
+        evs = [*evs[:8], {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}]
+    elif t == "truncated":
+        evs = evs[:-1]
+    elif t == "hang":
+        evs = [*evs[:8], None]
+    elif t == "unstopped":  # the tool_use block never stopped, yet the message did
+        del evs[13]
+    elif t == "swapped":  # a text delta before its block's start
+        evs[6], evs[7] = evs[7], evs[6]
+    return evs
+
+
+def anthropic_script(req: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def gen() -> AsyncIterator[bytes]:
+        for ev in anthropic_events(req["messages"][-1]["content"]):
+            if ev is None:
+                await forever()
+            else:
+                yield sse(ev, event=ev["type"])
+    return gen()
+
+
+def test_anthropic_messages_stream(tmp_path):
+    messages = ["weather? #good", "weather? #error", "weather? #truncated", "weather? #hang", "weather? #unstopped",
+                "weather? #swapped"]
+    with InThread(RawSseServer(anthropic_script)) as server:
+        got, code = judge(tmp_path, server.url, ANTHROPIC, messages, deadline="2s")
+    assert code == 1
+    assert got == {"good": ("passed", ()), "error": ("failed", ("R13",)), "truncated": ("incomplete", ()),
+                   "hang": ("incomplete", ("R10",)), "unstopped": ("failed", ("R5",)),
+                   "swapped": ("failed", ("R5",))}, got
