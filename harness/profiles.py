@@ -240,12 +240,16 @@ class Profile(BaseModel):
     lookup: list[str] = [""]
     fields: Fields = Fields()
     roles: dict[Role, list[RoleEntry]]
-    # Wire types that belong to a run but map to no role (span markers, raw chunks…).
+    # Wire types that belong to a run but map to no role (span markers, raw chunks…); one ending in `*` names every
+    # type that begins with what is before it (the Vercel AI SDK's custom `data-*` parts).
     unmapped: list[str] = []
     control: list[str] = []
     # Frames that are not JSON and say the stream is over (`data: [DONE]`, the OpenAI Chat Completions' and the Vercel
     # AI SDK's last SSE event): matched as the whole text of a frame, they belong to no run, as a control frame.
     stream_end: list[str] = []
+    # Keys whose presence at a frame's root is its type when `fields.type` names none (OpenAI Chat Completions' mid-stream
+    # `{"error": {…}}` is the wire type `error`), in order: the first present (not null) wins.
+    type_keys: list[str] = []
     # A frame whose type the profile does not know: an R12 (well-formed means a type of this dialect), or ignored
     # for servers that add types of their own freely.
     unknown_types: Literal["violation", "ignore"] = "violation"
@@ -325,16 +329,41 @@ class Profile(BaseModel):
 
     @field_validator("spans")
     @classmethod
-    def _spans_disjoint(cls, spans: list[Span]) -> list[Span]:
+    def _spans_disjoint(cls, spans: list[Span], info: ValidationInfo) -> list[Span]:
         if len(spans) > MAX_NAMES:  # each span's keys are lines of the generated decoder
             raise ValueError(f"at most {MAX_NAMES} spans")
         span_types: set[str] = set()
+        # What a span may name: a role, or a wire type the profile maps to a role or lists in `unmapped` (a type named
+        # only here is never an event: a misspelt close left every span open at every terminal event, an R5 each).
+        roles = info.data.get("roles")
+        known = None if roles is None else {
+            *(r.value for r in roles), *(m if isinstance(m, str) else m.type for ms in roles.values() for m in ms),
+            *info.data.get("unmapped", ())}
         for span in spans:
             for t in span.open + span.inner + span.close:
                 if t in span_types:
                     raise ValueError(f"wire type or role {t!r} belongs to more than one span")
+                if known is not None and t not in known:
+                    raise ValueError(f"span {span.name!r}: {t!r} is no role and no wire type of `roles` or `unmapped` "
+                                     "(a type named only in a span is never an event of a run)")
                 span_types.add(t)
         return spans
+
+    @field_validator("unmapped")
+    @classmethod
+    def _unmapped_patterns(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if "*" in t[:-1] or t == "*":
+                raise ValueError(f"{t[:40]!r}: a pattern is a prefix and one `*` at its end (`data-*`)")
+        return v
+
+    @field_validator("type_keys")
+    @classmethod
+    def _type_keys_plain(cls, v: list[str]) -> list[str]:
+        for key in _bounded_names(v):
+            if not key or "." in key:
+                raise ValueError(f"{key[:40]!r}: a key of the frame's root (no dotted path, not empty)")
+        return v
 
     @field_validator("seq_start", mode="before")
     @classmethod
@@ -504,7 +533,8 @@ class Decoder:
     """A profile compiled once for the per-frame hot path: `decode_obj` is Python source generated from the profile
     (every wire name in it a repr() literal, never code), so a frame costs a few dict lookups, not a walk of tables."""
 
-    __slots__ = ("profile", "always", "with_run", "where", "unmapped", "control", "ping", "conn_error", "span_of",
+    __slots__ = ("profile", "always", "with_run", "where", "unmapped", "unmapped_prefixes", "control", "ping",
+                 "conn_error", "span_of",
                  "containers", "names", "session_errors", "request_types", "request_keys", "resume_types", "checks",
                  "check_fields", "carries_history", "last_seq_path", *_COMPILED)
 
@@ -531,6 +561,7 @@ class Decoder:
                 for t in types:
                     self.span_of[t] = (span, kind)
         self.unmapped = frozenset(profile.unmapped)
+        self.unmapped_prefixes = tuple(t[:-1] for t in profile.unmapped if t.endswith("*"))
         self.control = frozenset(profile.control)
         self.ping = frozenset(profile.ping.types)
         self.conn_error = frozenset(profile.connection_error)
@@ -1238,7 +1269,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
         "CONTROL_KIND": FrameKind.CONTROL, "ERROR_KIND": FrameKind.ERROR, "UNKNOWN_KIND": FrameKind.UNKNOWN,
         "MARKER_KIND": FrameKind.STREAM_END,
         "PING": dec.ping, "CONTROL": dec.control, "CONN_ERROR": dec.conn_error, "WITH_RUN": dec.with_run,
-        "UNMAPPED": dec.unmapped, "SESSION_ERRORS": dec.session_errors,
+        "UNMAPPED": dec.unmapped, "UNMAPPED_PREFIXES": dec.unmapped_prefixes, "SESSION_ERRORS": dec.session_errors,
         "CONN_CODES": frozenset(profile.connection_error_codes), "CHECK_FRAMES": tuple(c.frame for c in dec.checks),
         "UNKNOWN_SUFFIX": unknown_type_suffix(profile), "STREAM_END": frozenset(profile.stream_end),
         "R_TOOL_EXECUTING": Role.TOOL_EXECUTING, "R_TOOL_COMPLETED": Role.TOOL_COMPLETED,
@@ -1271,8 +1302,17 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     src = _Source(dec.containers)
     emit = src.emit
     src.find("wire_type", n["type"])
-    emit("if not isinstance(wire_type, str) or not wire_type:")
-    emit("    return Frame(MALFORMED, detail=\"JSON object without a 'type'\", raw=frame)")
+    with src.block("if not isinstance(wire_type, str) or not wire_type:"):
+        if profile.type_keys:
+            # A frame told by a key it has (only here: a frame with a type costs nothing more).
+            emit("if wire_type is None:")
+            for i, key in enumerate(profile.type_keys):
+                emit(f"    {'if' if i == 0 else 'elif'} frame.get({key!r}) is not None:")
+                emit(f"        wire_type = {key!r}")
+            emit("if wire_type.__class__ is not str or not wire_type:")
+            emit("    return Frame(MALFORMED, detail=\"JSON object without a 'type'\", raw=frame)")
+        else:
+            emit("return Frame(MALFORMED, detail=\"JSON object without a 'type'\", raw=frame)")
     emit("nbytes = len(wire_type)")
     emit(f"if nbytes > {MAX_ID_BYTES}:")
     emit(f"    return Frame(MALFORMED, detail=f'type of {{nbytes}} characters (over {MAX_ID_BYTES})')")
@@ -1312,7 +1352,8 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
             emit("    role = WITH_RUN.get(wire_type)")
         else:
             emit("role = WITH_RUN.get(wire_type) if run_id is not None else None")
-        emit("if role is None and wire_type not in UNMAPPED:")
+        emit("if role is None and wire_type not in UNMAPPED"
+             + (" and not wire_type.startswith(UNMAPPED_PREFIXES):" if dec.unmapped_prefixes else ":"))
         if profile.unknown_types == "violation":
             emit("    return Frame(MALFORMED, wire_type=wire_type, raw=frame, detail='type ' + repr(wire_type[:60]) + "
                  "UNKNOWN_SUFFIX(wire_type))")

@@ -4,6 +4,7 @@ field's value (`where`), a non-JSON end-of-stream marker (`stream_end`) and sequ
 (`seq_start`); each refused with file, line and field when misused."""
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -250,3 +251,73 @@ def test_a_where_path_is_read_from_the_root_even_without_a_dot():
     assert role({"event": "step", "kind": "tool", "run_id": "r"}) is Role.TOOL_EXECUTING
     assert role({"event": "step", "data": {"kind": "done", "run_id": "r"}}) is Role.TOOL_COMPLETED
     assert role({"event": "step", "data": {"kind": "tool", "run_id": "r"}}) is None  # `kind` is the root's only
+
+
+# -- what vendors' formats needed (tests/integration/test_vendor_streams.py drives them end to end) -----------------
+
+@pytest.mark.parametrize(("spans", "says"), [
+    # a misspelt close: every span stayed open at every terminal event, an R5 on every good run
+    ("[{name: s, open: [on_chain_start], close: [on_chain_ended], key: run_id}]", "'on_chain_ended' is no role"),
+    ("[{name: s, open: [tool_execting], close: [on_chain_end], key: run_id}]", "'tool_execting' is no role"),
+])
+def test_a_span_naming_a_type_no_list_has_exits_2(tmp_path: Path, capsys, spans, says):
+    f = tmp_path / "p.yaml"
+    f.write_text(BASE + f"spans: {spans}\n")
+    assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
+    err = capsys.readouterr().err
+    assert f"p.yaml:{BASE.count(chr(10)) + 1}: field 'spans'" in err and says in err and len(err.splitlines()) == 1, err
+
+
+def test_a_span_may_name_a_role_a_mapped_type_or_an_unmapped_one():
+    p = profile(BASE + "spans: [{name: s, open: [agent_thinking, oops], close: [on_chain_end], key: run_id}]\n")
+    assert [s.name for s in p.spans] == ["s"]
+
+
+def test_type_keys_give_a_frame_without_a_type_the_type_of_a_key_it_has():
+    # OpenAI Chat Completions: every chunk's type is its `object`, but the API's mid-stream error is `{"error": {…}}`,
+    # with no `object`: it was a malformed frame (R12, "JSON object without a 'type'"), never the error it is (R13).
+    p = profile(BASE.replace("unmapped:", "type_keys: [failure, error]\nunmapped:")
+                .replace("error_event: [{type: oops, when: run, where: {data.fatal: true}}]",
+                         "error_event: [error, {type: oops, when: run, where: {data.fatal: true}}]"))
+    ev = p.decode(json.dumps({"error": {"message": "overloaded", "type": "server_error", "code": None}}), 0.0)
+    assert isinstance(ev, Event) and ev.role is Role.ERROR_EVENT and ev.wire_type == "error", ev
+    # a type of its own comes first; the first key present names it (failure, unknown here: an R12 naming it)
+    assert p.decode(json.dumps({"event": "on_chain_start", "error": 1, "parent_ids": []}), 0.0).role is \
+        Role.AGENT_STARTED
+    odd = p.decode(json.dumps({"error": {}, "failure": "x"}), 0.0)
+    assert isinstance(odd, Frame) and odd.kind is FrameKind.MALFORMED and "'failure'" in odd.detail, odd
+    for frame in ({"error": None}, {"event": ""}, {"event": 5, "error": {}}, {}):
+        got = p.decode(json.dumps(frame), 0.0)
+        assert isinstance(got, Frame) and got.detail == "JSON object without a 'type'", (frame, got)
+
+
+def test_an_unmapped_pattern_names_every_type_with_its_prefix():
+    # The Vercel AI SDK's custom data parts are `data-<name>` (`data-weather`, `data-notification`): a server's own
+    # names, each an R12 ("not in profile") unless listed one by one.
+    p = profile(BASE.replace("unmapped: [on_chain_end, oops]", "unmapped: [on_chain_end, oops, data-*]"))
+    for t in ("data-weather", "data-"):
+        ev = p.decode(json.dumps({"event": t, "run_id": "r"}), 0.0)
+        assert isinstance(ev, Event) and ev.role is None and ev.wire_type == t, ev
+    other = p.decode(json.dumps({"event": "datum", "run_id": "r"}), 0.0)
+    assert isinstance(other, Frame) and other.kind is FrameKind.MALFORMED, other
+
+
+@pytest.mark.parametrize(("extra", "field", "says"), [
+    ("type_keys: [error.type]\n", "type_keys", "no dotted path"),
+    ("type_keys: ['']\n", "type_keys", "not empty"),
+])
+def test_a_type_key_that_is_no_key_of_the_root_exits_2(tmp_path: Path, capsys, extra, field, says):
+    f = tmp_path / "p.yaml"
+    f.write_text(BASE + extra)
+    assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
+    err = capsys.readouterr().err
+    assert f"p.yaml:{BASE.count(chr(10)) + 1}: field '{field}'" in err and says in err, err
+
+
+@pytest.mark.parametrize("pattern", ["'*'", "'data-*-x'", "'*-delta'"])
+def test_an_unmapped_pattern_is_a_prefix_and_a_star_at_its_end(tmp_path: Path, capsys, pattern):
+    f = tmp_path / "p.yaml"
+    f.write_text(BASE.replace("unmapped: [on_chain_end, oops]", f"unmapped: [on_chain_end, oops, {pattern}]"))
+    assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
+    err = capsys.readouterr().err
+    assert f"p.yaml:{BASE.count(chr(10))}: field 'unmapped'" in err and "a prefix" in err, err
