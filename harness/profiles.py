@@ -89,13 +89,7 @@ class RoleMatch(BaseModel):
     @field_validator("where")
     @classmethod
     def _where_bounded(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None:
-            if not v:
-                raise ValueError("where: at least one path: value")
-            _path_names(list(v))
-            for path, value in v.items():
-                _json_value(value, path)
-        return v
+        return v if v is None else _where_checked(v)
 
     @property
     def condition(self) -> str:
@@ -103,6 +97,33 @@ class RoleMatch(BaseModel):
         `1.0` are one condition)."""
         return self.when if self.where is None else \
             f"{self.when} where {json.dumps(_canonical(self.where), sort_keys=True)}"
+
+
+def _where_checked(v: dict[str, Any]) -> dict[str, Any]:
+    if not v:
+        raise ValueError("where: at least one path: value")
+    _path_names(list(v))
+    for path, value in v.items():
+        _json_value(value, path)
+    return v
+
+
+class ControlMatch(BaseModel):
+    """A wire type that belongs to no run when fields of the frame have given values (`where`), as a role's match:
+    OpenAI Chat Completions' usage chunk (`choices: []`) after the run's last chunk, of the type of every chunk."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str
+    where: dict[str, Any]
+
+    @field_validator("where")
+    @classmethod
+    def _where_bounded(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _where_checked(v)
+
+    @property
+    def condition(self) -> str:
+        return f"always where {json.dumps(_canonical(self.where), sort_keys=True)}"
 
 
 def _json_value(value: Any, path: str) -> None:
@@ -127,6 +148,8 @@ def _json_value(value: Any, path: str) -> None:
 # error_event.0.match.where`), not that the entry is no string.
 RoleEntry = Annotated[Annotated[str, Tag("str")] | Annotated[RoleMatch, Tag("match")],
                       Discriminator(lambda v: "match" if isinstance(v, (dict, RoleMatch)) else "str")]
+ControlEntry = Annotated[Annotated[str, Tag("str")] | Annotated[ControlMatch, Tag("match")],
+                         Discriminator(lambda v: "match" if isinstance(v, (dict, ControlMatch)) else "str")]
 
 
 class Span(BaseModel):
@@ -243,7 +266,9 @@ class Profile(BaseModel):
     # Wire types that belong to a run but map to no role (span markers, raw chunks…); one ending in `*` names every
     # type that begins with what is before it (the Vercel AI SDK's custom `data-*` parts).
     unmapped: list[str] = []
-    control: list[str] = []
+    # Wire types that belong to no run (welcome, pong, heartbeat…), or `{type: NAME, where: {PATH: VALUE}}`: frames of a
+    # type that belong to no run when those fields hold those values (tried after the roles' `where` entries of it).
+    control: list[ControlEntry] = []
     # Frames that are not JSON and say the stream is over (`data: [DONE]`, the OpenAI Chat Completions' and the Vercel
     # AI SDK's last SSE event): matched as the whole text of a frame, they belong to no run, as a control frame.
     stream_end: list[str] = []
@@ -364,6 +389,24 @@ class Profile(BaseModel):
             if not key or "." in key:
                 raise ValueError(f"{key[:40]!r}: a key of the frame's root (no dotted path, not empty)")
         return v
+
+    @field_validator("control")
+    @classmethod
+    def _control_matches_apart(cls, control: list[str | ControlMatch], info: ValidationInfo
+                               ) -> list[str | ControlMatch]:
+        # A `where` entry tells a type's frames apart from its frames of a role: one whose condition a role's entry of
+        # the type has too could never apply (the role's is tried first), nor could two alike.
+        roles = info.data.get("roles") or {}
+        seen = {(m.type, m.condition) for ms in roles.values() for m in ms if isinstance(m, RoleMatch)}
+        for m in control:
+            if isinstance(m, ControlMatch):
+                if not m.type.strip():
+                    raise ValueError("an empty wire type")
+                if (m.type, m.condition) in seen:
+                    raise ValueError(f"wire type {m.type!r} has this condition ({m.condition}) twice: the control entry "
+                                     "never applies")
+                seen.add((m.type, m.condition))
+        return control
 
     @field_validator("seq_start", mode="before")
     @classmethod
@@ -542,8 +585,9 @@ class Decoder:
         self.profile = profile
         self.always: dict[str, Role] = {}
         self.with_run: dict[str, Role] = {}
-        # Wire types whose role hangs on the frame's fields: (the paths and values, only with a run, role), in order.
-        self.where: dict[str, list[tuple[tuple[tuple[list[str], Any], ...], bool, Role]]] = {}
+        # Wire types whose role hangs on the frame's fields: (the paths and values, only with a run, role), in order; a
+        # `control` match's role is CONTROL_MATCH (the frame belongs to no run).
+        self.where: dict[str, list[tuple[tuple[tuple[list[str], Any], ...], bool, Role | str]]] = {}
         for role, matches in profile.roles.items():
             for m in matches:
                 if isinstance(m, str):
@@ -562,7 +606,11 @@ class Decoder:
                     self.span_of[t] = (span, kind)
         self.unmapped = frozenset(profile.unmapped)
         self.unmapped_prefixes = tuple(t[:-1] for t in profile.unmapped if t.endswith("*"))
-        self.control = frozenset(profile.control)
+        self.control = frozenset(c for c in profile.control if isinstance(c, str))
+        for c in profile.control:
+            if isinstance(c, ControlMatch):  # tried after the roles' matches of its type (CONTROL_MATCH: no role)
+                conds = tuple((path.split("."), value) for path, value in c.where.items())
+                self.where.setdefault(c.type, []).append((conds, False, CONTROL_MATCH))
         self.ping = frozenset(profile.ping.types)
         self.conn_error = frozenset(profile.connection_error)
         self.containers = [c.split(".") if c else [] for c in profile.lookup]
@@ -890,8 +938,12 @@ def _split_names(names: list[str]) -> Names:
     return tuple(steps)
 
 
+# What a `control` entry's `where` match gives a frame instead of a role.
+CONTROL_MATCH = "control"
+
+
 def _where_role(frame: dict[str, Any], run_id: Any,
-                matches: list[tuple[tuple[tuple[list[str], Any], ...], bool, Role]]) -> Role | None:
+                matches: list[tuple[tuple[tuple[list[str], Any], ...], bool, Role | str]]) -> Role | str | None:
     """The role of the first `where` match whose paths hold their values (a JSON value equal to it, a boolean only
     to a boolean; null: the field is absent or null), and, for `when: run`, whose frame names a run."""
     for conds, needs_run, role in matches:
@@ -1273,7 +1325,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
         "CONN_CODES": frozenset(profile.connection_error_codes), "CHECK_FRAMES": tuple(c.frame for c in dec.checks),
         "UNKNOWN_SUFFIX": unknown_type_suffix(profile), "STREAM_END": frozenset(profile.stream_end),
         "R_TOOL_EXECUTING": Role.TOOL_EXECUTING, "R_TOOL_COMPLETED": Role.TOOL_COMPLETED,
-        "R_ERROR_EVENT": Role.ERROR_EVENT, "R_AGENT_STARTED": Role.AGENT_STARTED,
+        "R_ERROR_EVENT": Role.ERROR_EVENT, "R_AGENT_STARTED": Role.AGENT_STARTED, "CONTROL_MATCH": CONTROL_MATCH,
     }
     # Spans by wire type or role: (name, kind, which key lookup), the lookups shared by spans keyed alike.
     keys: list[tuple[str, str | None, str | None]] = []
@@ -1348,6 +1400,12 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
             emit("where = WHERE.get(wire_type)")
             emit("if where is not None:")
             emit("    role = WHERE_ROLE(frame, run_id, where) or FALLBACK.get(wire_type)")
+            if any(isinstance(c, ControlMatch) for c in profile.control):
+                src.depth += 1
+                with src.block("if role is CONTROL_MATCH:"):
+                    src.find_id("user_id", n["user_id"], None)
+                    emit("return Frame(CONTROL_KIND, wire_type=wire_type, raw=frame, user_id=user_id)")
+                src.depth -= 1
             emit("if role is None and run_id is not None:")
             emit("    role = WITH_RUN.get(wire_type)")
         else:

@@ -213,9 +213,11 @@ class InThread:
         async def stop() -> None:
             assert self.server.server is not None
             self.server.server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            if tasks:  # let them end (a stream held open forever) before the loop stops, not be destroyed pending
+                await asyncio.wait(tasks, timeout=5)
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)

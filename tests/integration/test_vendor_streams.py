@@ -44,7 +44,7 @@ def tag(text: str) -> str:
 def judge(tmp_path: Path, url: str, profile: str, messages: list[str], deadline: str = "5s"
           ) -> tuple[dict[str, tuple[str, tuple[str, ...]]], int]:
     """`chatprobe run --profile FILE --record`, then `chatprobe check` of the recording: each chat's (outcome, rules),
-    by the tag of its message (the chats run one after another, in order), the same live and offline; the exit code."""
+    by the tag of its message (each server puts it in the run's id), the same live and offline; the exit code."""
     scenario = tmp_path / "chats.yaml"
     scenario.write_text(SCENARIO.format(n=len(messages), messages=json.dumps(messages), deadline=deadline))
     live, offline, rec = tmp_path / "live.json", tmp_path / "offline.json", tmp_path / "rec"
@@ -56,9 +56,9 @@ def judge(tmp_path: Path, url: str, profile: str, messages: list[str], deadline:
     out = []
     for path in (live, offline):
         (sc,) = json.loads(path.read_text())["scenarios"]
-        chats = sorted(sc["chats"], key=lambda c: (c["user"], c["chat_id"]) if "user" in c else c["chat_id"])
-        out.append({tag(m): (c["outcome"], tuple(sorted({v["rule"] for v in c["violations"]})))
-                    for m, c in zip(messages, chats, strict=True)})
+        tags = [tag(m) for m in messages]
+        out.append({next(t for t in tags if t in (c.get("run_id") or "")):
+                    (c["outcome"], tuple(sorted({v["rule"] for v in c["violations"]}))) for c in sc["chats"]})
     assert out[0] == out[1], out
     return out[0], code
 
@@ -136,3 +136,98 @@ def test_anthropic_messages_stream(tmp_path):
     assert got == {"good": ("passed", ()), "error": ("failed", ("R13",)), "truncated": ("incomplete", ()),
                    "hang": ("incomplete", ("R10",)), "unstopped": ("failed", ("R5",)),
                    "swapped": ("failed", ("R5",))}, got
+
+
+# -- 2. OpenAI Chat Completions streaming (data-only SSE, `data: [DONE]`) --------------------------------------------
+
+CHAT_COMPLETIONS = str(EXAMPLES / "openai-chat-completions.yaml")
+
+
+def chat_chunks(text: str, usage: bool = False) -> list[dict[str, Any] | str | None]:
+    """The chunks of one completion; with `usage` (the request's `stream_options: {include_usage: true}`) every chunk
+    has `"usage": null` and one more chunk, with no choices, carries the usage after the finish."""
+    t = tag(text)
+
+    def chunk(delta: dict[str, Any] | None, finish: str | None = None) -> dict[str, Any]:
+        out = {"id": f"chatcmpl-{t}-B9x", "object": "chat.completion.chunk", "created": 1764000000,
+               "model": "gpt-4.1-2025-04-14", "service_tier": "default", "system_fingerprint": "fp_3f58d112f7",
+               "choices": [] if delta is None else
+               [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        if usage:
+            out["usage"] = {"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29} if delta is None \
+                else None
+        return out
+
+    if t == "tools":  # the first chunk names the role and starts the call; the argument fragments name neither
+        return [
+            chunk({"role": "assistant", "content": None, "tool_calls": [{"index": 0, "id": "call_Dd9", "type": "function",
+                   "function": {"name": "get_weather", "arguments": ""}}], "refusal": None}),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{\"loc"}}]}),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": "ation\": \"Paris\"}"}}]}),
+            chunk({"tool_calls": [{"index": 1, "id": "call_Ee4", "type": "function",
+                                   "function": {"name": "get_time", "arguments": ""}}]}),
+            chunk({"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]}),
+            chunk({}, "tool_calls"),
+            *([chunk(None)] if usage else []),
+            "[DONE]",
+        ]
+    chunks: list[dict[str, Any] | str | None] = [
+        chunk({"role": "assistant", "content": "", "refusal": None}),
+        chunk({"content": "It is"}),
+        chunk({"content": " 21 °C."}),
+        chunk({}, "stop"),
+        *([chunk(None)] if usage else []),
+        "[DONE]",
+    ]
+    if t == "error":  # the API's mid-stream error: an object with no `object`, and the stream ends
+        chunks = [*chunks[:2], {"error": {"message": "The server had an error while processing your request.",
+                                          "type": "server_error", "param": None, "code": None}}]
+    elif t == "length":
+        chunks[3] = chunk({}, "length")
+    elif t == "truncated":  # [DONE] with no finish_reason (and no usage) before it
+        chunks = [*chunks[:3], "[DONE]"]
+    elif t == "hang":
+        chunks = [*chunks[:2], None]
+    elif t == "swapped":  # a piece of the answer after the finish
+        chunks[2], chunks[3] = chunks[3], chunks[2]
+    return chunks
+
+
+def chat_script(req: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def gen() -> AsyncIterator[bytes]:
+        usage = bool(req.get("stream_options", {}).get("include_usage"))
+        for ev in chat_chunks(req["messages"][-1]["content"], usage):
+            if ev is None:
+                await forever()
+            else:
+                yield sse(ev)
+    return gen()
+
+
+def test_openai_chat_completions_stream(tmp_path):
+    messages = ["weather? #good", "weather? #tools", "weather? #error", "weather? #length", "weather? #truncated",
+                "weather? #hang", "weather? #swapped"]
+    with InThread(RawSseServer(chat_script)) as server:
+        got, code = judge(tmp_path, server.url, CHAT_COMPLETIONS, messages, deadline="2s")
+    assert code == 1
+    assert got == {"good": ("passed", ()), "tools": ("passed", ()), "error": ("failed", ("R13",)),
+                   "length": ("failed", ("R13",)), "truncated": ("incomplete", ()), "hang": ("incomplete", ("R10",)),
+                   "swapped": ("failed", ("R4",))}, got
+
+
+def test_openai_chat_completions_stream_with_usage(tmp_path):
+    # `stream_options: {include_usage: true}` adds a chunk with no choices after the finish, with the completion's id:
+    # an event of the run after its terminal one (R4) unless the profile says it belongs to no run (a `control` entry
+    # with `where: {choices: []}`). The shipped profile, asking for usage, judges the same chats alike.
+    shipped = Path(CHAT_COMPLETIONS).read_text(encoding="utf-8")
+    variant = shipped.replace("request: {model: gpt-4.1, stream: true,",
+                              "request: {model: gpt-4.1, stream: true, stream_options: {include_usage: true},")
+    assert variant.count("include_usage: true},") == 1
+    profile = tmp_path / "usage.yaml"
+    profile.write_text(variant)
+    messages = ["weather? #good", "weather? #tools", "weather? #error", "weather? #truncated", "weather? #swapped"]
+    with InThread(RawSseServer(chat_script)) as server:
+        got, code = judge(tmp_path, server.url, str(profile), messages)
+    assert code == 1
+    assert got == {"good": ("passed", ()), "tools": ("passed", ()), "error": ("failed", ("R13",)),
+                   "truncated": ("incomplete", ()), "swapped": ("failed", ("R4",))}, got

@@ -321,3 +321,34 @@ def test_an_unmapped_pattern_is_a_prefix_and_a_star_at_its_end(tmp_path: Path, c
     assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
     err = capsys.readouterr().err
     assert f"p.yaml:{BASE.count(chr(10))}: field 'unmapped'" in err and "a prefix" in err, err
+
+
+def test_a_control_entry_with_where_takes_a_types_frames_out_of_every_run():
+    # OpenAI Chat Completions with `stream_options: {include_usage: true}`: after the finish chunk (the terminal event)
+    # comes one more chat.completion.chunk, with no choices and the completion's id: an event after the terminal
+    # one (R4) on every good stream, unless it can be said to belong to no run.
+    p = profile(BASE.replace("unmapped:", "control: [hello, {type: on_chain_end, where: {usage.total: 3}}]\nunmapped:"))
+    usage = p.decode(json.dumps({"event": "on_chain_end", "run_id": "n", "parent_ids": ["r"], "usage": {"total": 3}}),
+                     0)
+    assert isinstance(usage, Frame) and usage.kind is FrameKind.CONTROL and usage.wire_type == "on_chain_end", usage
+    # the roles' `where` entries of the type come first, then the control's, then its plain mapping (unmapped here)
+    end = p.decode(json.dumps({"event": "on_chain_end", "run_id": "r", "parent_ids": [], "usage": {"total": 3}}), 0)
+    assert isinstance(end, Event) and end.role is Role.AGENT_COMPLETED, end
+    node = p.decode(json.dumps({"event": "on_chain_end", "run_id": "n", "parent_ids": ["r"]}), 0)
+    assert isinstance(node, Event) and node.role is None and node.run_id == "r", node
+    hello = p.decode(json.dumps({"event": "hello"}), 0)
+    assert isinstance(hello, Frame) and hello.kind is FrameKind.CONTROL, hello
+
+
+@pytest.mark.parametrize(("entry", "field", "says"), [
+    ("{type: on_chain_start, where: {parent_ids: []}}", "control", "never applies"),  # agent_started's own condition
+    ("{type: x, where: {}}", "control.0.where", "at least one path"),
+    ("{type: x, when: run, where: {a: 1}}", "control.0.when", "Extra inputs"),
+    ("{type: x}", "control.0.where", "Field required"),
+])
+def test_a_control_match_that_never_applies_or_is_malformed_exits_2(tmp_path: Path, capsys, entry, field, says):
+    f = tmp_path / "p.yaml"
+    f.write_text(BASE + f"control: [{entry}]\n")
+    assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
+    err = capsys.readouterr().err
+    assert f"p.yaml:{BASE.count(chr(10)) + 1}: field '{field}'" in err and says in err, err
