@@ -231,3 +231,107 @@ def test_openai_chat_completions_stream_with_usage(tmp_path):
     assert code == 1
     assert got == {"good": ("passed", ()), "tools": ("passed", ()), "error": ("failed", ("R13",)),
                    "truncated": ("incomplete", ()), "swapped": ("failed", ("R4",))}, got
+
+
+# -- 3. OpenAI Responses API streaming: the events a real response sends beyond a text answer ------------------------
+
+RESPONSES = str(EXAMPLES / "openai-responses.yaml")
+
+
+def responses_events(text: str) -> list[dict[str, Any] | None]:
+    """A response that reasons, searches files (a hosted tool), calls a function (the client's) and answers with a
+    citation: every event as the API's stream sends it, `event:` line and `sequence_number` included."""
+    t = tag(text)
+    resp = {"id": f"resp_{t}_68af", "object": "response", "created_at": 1764000000, "status": "in_progress",
+            "model": "o4-mini-2025-04-16", "output": [], "error": None, "incomplete_details": None}
+    rs, fs, fc, msg = f"rs_{t}", f"fs_{t}", f"fc_{t}", f"msg_{t}"
+    call = {"id": fc, "type": "function_call", "status": "in_progress", "call_id": "call_9Kx", "name": "get_weather",
+            "arguments": ""}
+    evs: list[dict[str, Any] | None] = [
+        {"type": "response.created", "response": resp},
+        {"type": "response.in_progress", "response": resp},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {"id": rs, "type": "reasoning", "summary": []}},
+        {"type": "response.reasoning_summary_part.added", "item_id": rs, "output_index": 0, "summary_index": 0,
+         "part": {"type": "summary_text", "text": ""}},
+        {"type": "response.reasoning_summary_text.delta", "item_id": rs, "output_index": 0, "summary_index": 0,
+         "delta": "**Searching the docs**"},
+        {"type": "response.reasoning_summary_text.done", "item_id": rs, "output_index": 0, "summary_index": 0,
+         "text": "**Searching the docs**"},
+        {"type": "response.reasoning_summary_part.done", "item_id": rs, "output_index": 0, "summary_index": 0,
+         "part": {"type": "summary_text", "text": "**Searching the docs**"}},
+        {"type": "response.output_item.done", "output_index": 0,
+         "item": {"id": rs, "type": "reasoning", "summary": [{"type": "summary_text", "text": "**Searching**"}]}},
+        {"type": "response.output_item.added", "output_index": 1,
+         "item": {"id": fs, "type": "file_search_call", "status": "in_progress", "queries": [], "results": None}},
+        {"type": "response.file_search_call.in_progress", "output_index": 1, "item_id": fs},
+        {"type": "response.file_search_call.searching", "output_index": 1, "item_id": fs},
+        {"type": "response.file_search_call.completed", "output_index": 1, "item_id": fs},
+        {"type": "response.output_item.done", "output_index": 1,
+         "item": {"id": fs, "type": "file_search_call", "status": "completed", "queries": ["weather"],
+                  "results": None}},
+        {"type": "response.output_item.added", "output_index": 2, "item": call},
+        {"type": "response.function_call_arguments.delta", "item_id": fc, "output_index": 2, "delta": "{\"city\":"},
+        {"type": "response.function_call_arguments.delta", "item_id": fc, "output_index": 2, "delta": "\"Paris\"}"},
+        {"type": "response.function_call_arguments.done", "item_id": fc, "output_index": 2,
+         "arguments": "{\"city\":\"Paris\"}"},
+        {"type": "response.output_item.done", "output_index": 2,
+         "item": {**call, "status": "completed", "arguments": "{\"city\":\"Paris\"}"}},
+        {"type": "response.output_item.added", "output_index": 3,
+         "item": {"id": msg, "type": "message", "status": "in_progress", "role": "assistant", "content": []}},
+        {"type": "response.content_part.added", "item_id": msg, "output_index": 3, "content_index": 0,
+         "part": {"type": "output_text", "annotations": [], "text": ""}},
+        {"type": "response.output_text.delta", "item_id": msg, "output_index": 3, "content_index": 0,
+         "delta": "Sunny, per the guide.", "logprobs": []},
+        {"type": "response.output_text.annotation.added", "item_id": msg, "output_index": 3, "content_index": 0,
+         "annotation_index": 0, "annotation": {"type": "file_citation", "file_id": "file-2dtbBZ", "filename":
+                                               "guide.pdf", "index": 20}},
+        {"type": "response.output_text.done", "item_id": msg, "output_index": 3, "content_index": 0,
+         "text": "Sunny, per the guide.", "logprobs": []},
+        {"type": "response.content_part.done", "item_id": msg, "output_index": 3, "content_index": 0,
+         "part": {"type": "output_text", "annotations": [], "text": "Sunny, per the guide."}},
+        {"type": "response.output_item.done", "output_index": 3,
+         "item": {"id": msg, "type": "message", "status": "completed", "role": "assistant", "content": []}},
+        {"type": "response.completed", "response": {**resp, "status": "completed"}},
+    ]
+    if t == "incomplete":  # out of output tokens in the answer: the response ends, incomplete
+        evs = [*evs[:21], {"type": "response.incomplete", "response": {
+            **resp, "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}}]
+    elif t == "error":
+        evs = [*evs[:10], {"type": "error", "code": "server_error", "message": "The server had an error",
+                           "param": None}]
+    elif t == "unfinished":  # the function call's item never done, yet the response completed
+        del evs[17]
+    elif t == "hang":
+        evs = [*evs[:12], None]
+    seq = 0
+    for ev in evs:
+        if ev is not None:
+            ev["sequence_number"] = seq
+            seq += 1
+    if t == "swapped":
+        evs[15], evs[16] = evs[16], evs[15]
+    return evs
+
+
+def responses_script(req: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def gen() -> AsyncIterator[bytes]:
+        for ev in responses_events(req["input"]):
+            if ev is None:
+                await forever()
+            else:
+                yield sse(ev, event=ev["type"])
+    return gen()
+
+
+def test_openai_responses_stream_with_hosted_and_function_tools(tmp_path):
+    # The shipped profile knew a text answer and web search: a file search, a citation or a response ended
+    # `response.incomplete` (a terminal event) were types outside the dialect (R12), the last never the end it is.
+    messages = ["weather? #good", "weather? #incomplete", "weather? #error", "weather? #unfinished", "weather? #hang",
+                "weather? #swapped"]
+    with InThread(RawSseServer(responses_script)) as server:
+        got, code = judge(tmp_path, server.url, RESPONSES, messages, deadline="2s")
+    assert code == 1
+    assert got == {"good": ("passed", ()), "incomplete": ("failed", ("R13",)), "error": ("failed", ("R13",)),
+                   "unfinished": ("failed", ("R5",)), "hang": ("incomplete", ("R10",)),
+                   "swapped": ("failed", ("R7",))}, got
