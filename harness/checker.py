@@ -80,6 +80,9 @@ class Expectations:
     # The `seq` of a run's first event (the profile's `seq_start`: 1, or 0 for a dialect counting from 0, such as the
     # OpenAI Responses API's `sequence_number`): R7 wants seq_start, seq_start + 1, … with no gap.
     seq_start: int = 1
+    # Wire types the dialect still sends after a fatal error event, closing what it cut short (the profile's
+    # `after_error`: the Vercel AI SDK's finish-step and finish after an error part): no R3 or R4 there.
+    after_error: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -402,6 +405,9 @@ class ChatTracker:
                 role = ev.role
 
         if self.terminal_index is not None:
+            if (self.exp.after_error and ev.wire_type in self.exp.after_error and self.terminal_event is not None
+                    and self.terminal_event.role is _ERROR):
+                return  # the dialect's own close after its error (only on this path: no cost before the terminal)
             if terminal:
                 self._flag(Rule.R3, f"second terminal event {_name(ev)} "
                                     f"(the run already ended at event #{self.terminal_index})", idx)

@@ -286,6 +286,9 @@ class Profile(BaseModel):
     session_errors: SessionErrors = SessionErrors()
     # What opens, continues and closes by a key (R5).
     spans: list[Span] = []
+    # Wire types the dialect still sends after a fatal error event, to close what the error cut short (the Vercel AI
+    # SDK's finish-step and finish after an error part): not R3 or R4 after an error_event, judged as ever otherwise.
+    after_error: list[str] = []
     required: list[Role] = list(DEFAULT_REQUIRED)
     thinking_before_tool: bool = True
     # The `seq` of a run's first event: 1 (netra), or 0 for a dialect that counts from 0 (OpenAI Responses'
@@ -373,6 +376,19 @@ class Profile(BaseModel):
                                      "(a type named only in a span is never an event of a run)")
                 span_types.add(t)
         return spans
+
+    @field_validator("after_error")
+    @classmethod
+    def _after_error_known(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        roles = info.data.get("roles")
+        if roles is not None:
+            known = {*(m if isinstance(m, str) else m.type for ms in roles.values() for m in ms),
+                     *info.data.get("unmapped", ())}
+            for t in _bounded_names(v):
+                if t not in known:
+                    raise ValueError(f"{t[:40]!r} is no wire type of `roles` or `unmapped` (only an event of a run "
+                                     "comes after its error)")
+        return v
 
     @field_validator("unmapped")
     @classmethod

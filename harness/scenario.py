@@ -548,6 +548,7 @@ def expectations_for(profile: "Profile", expect: Expect | None = None, *, requir
         offered_tools=profile.offered_tools,
         step_required=frozenset(required) if required is not None else None,
         seq_start=profile.seq_start,
+        after_error=frozenset(profile.after_error),
     )
 
 

@@ -63,8 +63,11 @@ def judge(tmp_path: Path, url: str, profile: str, messages: list[str], deadline:
     return out[0], code
 
 
-def sse(ev: dict[str, Any] | str, event: str | None = None) -> bytes:
-    data = ev if isinstance(ev, str) else json.dumps(ev)
+def sse(ev: dict[str, Any] | str, event: str | None = None, compact: bool = True) -> bytes:
+    """One server-sent event: JSON as JavaScript's JSON.stringify writes it (OpenAI's, the AI SDK's), or with a space
+    after each separator (`compact=False`: Anthropic's)."""
+    data = ev if isinstance(ev, str) else json.dumps(ev, ensure_ascii=False,
+                                                     separators=(",", ":") if compact else (", ", ": "))
     return (f"event: {event}\n" if event else "").encode() + f"data: {data}\n\n".encode()
 
 
@@ -123,7 +126,7 @@ def anthropic_script(req: dict[str, Any]) -> AsyncIterator[bytes]:
             if ev is None:
                 await forever()
             else:
-                yield sse(ev, event=ev["type"])
+                yield sse(ev, event=ev["type"], compact=False)
     return gen()
 
 
@@ -335,3 +338,77 @@ def test_openai_responses_stream_with_hosted_and_function_tools(tmp_path):
     assert got == {"good": ("passed", ()), "incomplete": ("failed", ("R13",)), "error": ("failed", ("R13",)),
                    "unfinished": ("failed", ("R5",)), "hang": ("incomplete", ("R10",)),
                    "swapped": ("failed", ("R7",))}, got
+
+
+# -- 4. Vercel AI SDK v5 UI message stream (SSE, `data: [DONE]`) ------------------------------------------------------
+
+AI_SDK = str(EXAMPLES / "ai-sdk-ui-stream.yaml")
+
+
+def ai_sdk_chunks(text: str) -> list[dict[str, Any] | str | None]:
+    """What `streamText(...).toUIMessageStreamResponse()` of `ai` 5 sends: a server tool's call and result, a custom
+    data part, a source, then the answer; JSON.stringify'd, one `data:` line each, ended by `data: [DONE]`."""
+    t = tag(text)
+    evs: list[dict[str, Any] | str | None] = [
+        {"type": "start", "messageId": f"msg-{t}-Xq2"},
+        {"type": "start-step"},
+        {"type": "reasoning-start", "id": "rs_0"},
+        {"type": "reasoning-delta", "id": "rs_0", "delta": "The weather tool."},
+        {"type": "reasoning-end", "id": "rs_0"},
+        {"type": "tool-input-start", "toolCallId": "call_1", "toolName": "getWeather"},
+        {"type": "tool-input-delta", "toolCallId": "call_1", "inputTextDelta": "{\"city\":\"Paris\"}"},
+        {"type": "tool-input-available", "toolCallId": "call_1", "toolName": "getWeather", "input": {"city": "Paris"}},
+        {"type": "tool-output-available", "toolCallId": "call_1", "output": {"celsius": 21}},
+        {"type": "data-weather", "id": "w1", "data": {"city": "Paris", "celsius": 21}},
+        {"type": "source-url", "sourceId": "src_1", "url": "https://example.com/paris", "title": "Paris"},
+        {"type": "finish-step"},
+        {"type": "start-step"},
+        {"type": "text-start", "id": "txt_0"},
+        {"type": "text-delta", "id": "txt_0", "delta": "It is 21 °C "},
+        {"type": "text-delta", "id": "txt_0", "delta": "in Paris."},
+        {"type": "text-end", "id": "txt_0"},
+        {"type": "finish-step"},
+        {"type": "finish", "finishReason": "stop"},
+        "[DONE]",
+    ]
+    if t == "badinput":  # the model's tool input did not parse: the SDK says so, the call fails, the model goes on
+        evs[7:9] = [{"type": "tool-input-error", "toolCallId": "call_1", "toolName": "getWeather", "input": "{",
+                     "errorText": "Invalid input for tool getWeather"},
+                    {"type": "tool-output-error", "toolCallId": "call_1", "errorText": "Invalid input for tool"}]
+    elif t == "error":  # the provider's error part: the SDK still closes the step and the message
+        evs = [*evs[:15], {"type": "error", "errorText": "Overloaded"}, {"type": "finish-step"},
+               {"type": "finish", "finishReason": "error"}, "[DONE]"]
+    elif t == "thrown":  # an exception in the step: the error part, then the stream closes
+        evs = [*evs[:15], {"type": "error", "errorText": "An error occurred."}, "[DONE]"]
+    elif t == "truncated":
+        evs = [*evs[:-2], "[DONE]"]
+    elif t == "unfinished":  # a server tool with no output, yet the message finished
+        del evs[8]
+    elif t == "hang":
+        evs = [*evs[:15], None]
+    elif t == "swapped":
+        evs[14], evs[16] = evs[16], evs[14]
+    return evs
+
+
+def ai_sdk_script(req: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def gen() -> AsyncIterator[bytes]:
+        for ev in ai_sdk_chunks(req["messages"][-1]["parts"][0]["text"]):
+            if ev is None:
+                await forever()
+            else:
+                yield sse(ev)
+    return gen()
+
+
+def test_ai_sdk_v5_ui_message_stream(tmp_path):
+    # The shipped profile knew no `data-*` part, source, file or tool-input-error (each an R12 on a good stream), and
+    # judged the SDK's own close after an error part (finish-step, finish) as events after the end (R4, R3).
+    messages = ["weather? #good", "weather? #badinput", "weather? #error", "weather? #thrown", "weather? #truncated",
+                "weather? #unfinished", "weather? #hang", "weather? #swapped"]
+    with InThread(RawSseServer(ai_sdk_script)) as server:
+        got, code = judge(tmp_path, server.url, AI_SDK, messages, deadline="2s")
+    assert code == 1
+    assert got == {"good": ("passed", ()), "badinput": ("passed", ()), "error": ("failed", ("R13",)),
+                   "thrown": ("failed", ("R13",)), "truncated": ("incomplete", ()), "unfinished": ("failed", ("R5",)),
+                   "hang": ("incomplete", ("R10",)), "swapped": ("failed", ("R5",))}, got

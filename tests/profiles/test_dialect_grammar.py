@@ -352,3 +352,41 @@ def test_a_control_match_that_never_applies_or_is_malformed_exits_2(tmp_path: Pa
     assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
     err = capsys.readouterr().err
     assert f"p.yaml:{BASE.count(chr(10)) + 1}: field '{field}'" in err and says in err, err
+
+
+def _rules_after(p: Profile, frames: list[dict]) -> list[str]:
+    tracker = ChatTracker("c1", expectations_for(p), 0.0)
+    for i, frame in enumerate(frames):
+        ev = p.decode(json.dumps(frame), 0.01 * (i + 1))
+        assert isinstance(ev, Event), ev
+        tracker.feed(ev)
+    return [f"{v.rule.value}: {v.reason}" for v in tracker.finish(1.0).violations if v.rule is not Rule.R2]
+
+
+def test_after_error_types_close_a_failed_run_without_r3_or_r4():
+    # The Vercel AI SDK after a provider's error part: `error`, then `finish-step` and `finish` (finishReason "error"):
+    # the stream in its own order, yet R4 and R3 ("second terminal event") beside the R13 that is the failure.
+    p = profile(BASE.replace("unmapped: [on_chain_end, oops]", "unmapped: [on_chain_end, oops, step_end]")
+                .replace("error_event: [{type: oops, when: run, where: {data.fatal: true}}]", "error_event: [error]")
+                + "after_error: [step_end, on_chain_end]\n")
+    start = {"event": "on_chain_start", "run_id": "r", "parent_ids": []}
+    err = {"event": "error", "run_id": "r", "message": "Overloaded"}
+    step_end = {"event": "step_end", "run_id": "r"}
+    end = {"event": "on_chain_end", "run_id": "r", "parent_ids": []}
+    assert _rules_after(p, [start, err, step_end, end]) == ["R13: unexpected fatal error event (error): Overloaded"]
+    # after a completed run they are judged as ever; so is a type not listed after an error
+    assert [r[:3] for r in _rules_after(p, [start, end, step_end, end])] == ["R4:", "R3:"]
+    assert [r[:3] for r in _rules_after(p, [start, err, {"event": "on_chain_start", "run_id": "r",
+                                                          "parent_ids": ["r"]}])] == ["R13", "R4:"]
+    without = profile(BASE.replace("unmapped: [on_chain_end, oops]", "unmapped: [on_chain_end, oops, step_end]")
+                      .replace("error_event: [{type: oops, when: run, where: {data.fatal: true}}]",
+                               "error_event: [error]"))
+    assert [r[:3] for r in _rules_after(without, [start, err, step_end, end])] == ["R13", "R4:", "R3:"]
+
+
+def test_an_after_error_type_no_list_has_exits_2(tmp_path: Path, capsys):
+    f = tmp_path / "p.yaml"
+    f.write_text(BASE + "after_error: [on_chain_end, finsh]\n")
+    assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
+    err = capsys.readouterr().err
+    assert f"p.yaml:{BASE.count(chr(10)) + 1}: field 'after_error'" in err and "'finsh' is no wire type" in err, err
