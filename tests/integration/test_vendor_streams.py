@@ -21,7 +21,7 @@ from typing import Any
 
 from harness.cli import main
 
-from .outside_servers import InThread, RawSseServer
+from .outside_servers import InThread, RawSseServer, RawWsServer, WsConn
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "profiles"
 
@@ -412,3 +412,64 @@ def test_ai_sdk_v5_ui_message_stream(tmp_path):
     assert got == {"good": ("passed", ()), "badinput": ("passed", ()), "error": ("failed", ("R13",)),
                    "thrown": ("failed", ("R13",)), "truncated": ("incomplete", ()), "unfinished": ("failed", ("R5",)),
                    "hang": ("incomplete", ("R10",)), "swapped": ("failed", ("R5",))}, got
+
+
+# -- 5. LangGraph astream_events v2 forwarded over a WebSocket: the events besides nodes, models and tools -------------
+
+LANGGRAPH = str(EXAMPLES / "langgraph-astream-events.yaml")
+
+
+def langgraph_events(req: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """A graph that retrieves, formats a prompt, dispatches a custom event, calls a tool that raises (the ToolNode
+    turns the error into a ToolMessage and the graph goes on) and answers: each event as langchain-core 1.8's
+    astream_events(version="v2") yields it, forwarded as JSON (an exception as its repr)."""
+    t = tag(req["input"]["messages"][-1]["content"])
+    root = f"run-{t}-{n:02d}"
+    meta = {"thread_id": req["thread_id"]}
+
+    def ev(event: str, run: str, name: str, parents: list[str], data: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"event": event, "data": data or {}, "run_id": run, "name": name, "tags": [],
+                "metadata": {**meta, "langgraph_step": 1, "langgraph_node": name} if parents else meta,
+                "parent_ids": parents}
+
+    node, ret, prompt, tools, tool, model = (f"{root}-{x}" for x in ("rag", "ret", "prompt", "tools", "tool", "m"))
+    evs = [
+        ev("on_chain_start", root, "LangGraph", [], {"input": req["input"]}),
+        ev("on_chain_start", node, "rag", [root]),
+        ev("on_retriever_start", ret, "VectorStoreRetriever", [root, node], {"input": {"query": "weather"}}),
+        ev("on_retriever_end", ret, "VectorStoreRetriever", [root, node], {"output": [{"page_content": "sunny"}]}),
+        ev("on_prompt_start", prompt, "ChatPromptTemplate", [root, node], {"input": {"question": "weather"}}),
+        ev("on_prompt_end", prompt, "ChatPromptTemplate", [root, node], {"output": {"messages": []}}),
+        ev("on_custom_event", node, "progress", [root], {"step": "retrieved"}),
+        ev("on_chain_end", node, "rag", [root]),
+        ev("on_chain_start", tools, "tools", [root]),
+        ev("on_tool_start", tool, "get_weather", [root, tools], {"input": {"city": "Paris"}}),
+        ev("on_tool_error", tool, "get_weather", [root, tools], {"error": "ToolException('service down')",
+                                                                 "input": {"city": "Paris"}, "tool_call_id": "call_1"}),
+        ev("on_chain_end", tools, "tools", [root]),
+        ev("on_chat_model_start", model, "ChatOpenAI", [root], {"input": {"messages": []}}),
+        ev("on_chat_model_stream", model, "ChatOpenAI", [root],
+           {"chunk": {"content": "Sunny, says the guide.", "type": "AIMessageChunk", "id": "run-m"}}),
+        ev("on_chat_model_end", model, "ChatOpenAI", [root], {"output": {"content": "Sunny, says the guide."}}),
+        ev("on_chain_end", root, "LangGraph", [], {"output": {"messages": []}}),
+    ]
+    if t == "unended":  # the retriever never ended, yet the graph did
+        del evs[3]
+    return evs
+
+
+def test_langgraph_astream_events_beyond_nodes_models_and_tools(tmp_path):
+    # The shipped profile knew chains, chat models and tools: a retriever, a prompt, a custom event or a tool's error
+    # (which a ToolNode handles) were types outside the dialect (R12), and a tool that raised left its call open (R5).
+    count = [0]
+
+    async def handle(conn: WsConn) -> None:
+        while (text := await conn.recv()) is not None:
+            count[0] += 1
+            for ev in langgraph_events(json.loads(text), count[0]):
+                await conn.send(ev)
+
+    with InThread(RawWsServer(handle)) as ws:
+        got, code = judge(tmp_path, ws.url, LANGGRAPH, ["weather? #good", "weather? #unended"], deadline="2s")
+    assert code == 1
+    assert got == {"good": ("passed", ()), "unended": ("failed", ("R5",))}, got
