@@ -5,7 +5,11 @@ team adopting chatprobe would: `chatprobe run --profile FILE`, then `chatprobe c
 - Anthropic's Messages API streaming over SSE (`event:` lines; `message_start`, `content_block_start/delta/stop` with
   `tool_use` and `input_json_delta`, `ping`, `message_delta`, `message_stop`, `error`);
 - OpenAI's Chat Completions streaming (data-only `chat.completion.chunk`s told apart by their fields, tool calls as
-  `choices[].delta.tool_calls` fragments, a mid-stream `{"error": …}`, `data: [DONE]`).
+  `choices[].delta.tool_calls` fragments, a mid-stream `{"error": …}`, `data: [DONE]`);
+- OpenAI's Responses streaming with hosted and function tools, citations and `response.incomplete`;
+- the Vercel AI SDK 5 UI message stream with data parts, sources, a tool input that did not parse and an error part
+  the SDK follows with `finish-step` and `finish`;
+- LangGraph `astream_events` v2 with retrievers, prompts, custom events and a tool's error, over a WebSocket.
 
 For each: a good chat passes; an error mid-stream is R13; a stream cut before its last event is incomplete; a stream
 that never ends is ended by the deadline; a tool call left unfinished and a stream out of order are violations; live
@@ -473,3 +477,33 @@ def test_langgraph_astream_events_beyond_nodes_models_and_tools(tmp_path):
         got, code = judge(tmp_path, ws.url, LANGGRAPH, ["weather? #good", "weather? #unended"], deadline="2s")
     assert code == 1
     assert got == {"good": ("passed", ()), "unended": ("failed", ("R5",))}, got
+
+
+# -- a saved body (`curl -N … > body.txt`, a browser's response) of each, checked offline ----------------------------
+
+def _body(events: list[Any], **how: Any) -> bytes:
+    return b"".join(sse(e, event=e["type"] if how.get("named") else None, compact=how.get("compact", True))
+                    for e in events if e is not None)
+
+
+def test_a_saved_body_of_each_vendors_stream_is_judged_as_live(tmp_path):
+    bodies = {
+        ANTHROPIC: lambda m: _body(anthropic_events(m), named=True, compact=False),
+        CHAT_COMPLETIONS: lambda m: _body(chat_chunks(m)),
+        RESPONSES: lambda m: _body(responses_events(m), named=True),
+        AI_SDK: lambda m: _body(ai_sdk_chunks(m)),
+    }
+    got = {}
+    for profile, body in bodies.items():
+        for case in ("good", "error", "swapped"):
+            f = tmp_path / f"{Path(profile).stem}-{case}.txt"
+            f.write_bytes(body(f"weather? #{case}"))
+            out = tmp_path / "out.json"
+            code = main(["check", str(f), "--profile", profile, "--json", str(out), "-q"])
+            [chat] = json.loads(out.read_text())["scenarios"][0]["chats"]
+            got[Path(profile).stem, case] = (code, chat["outcome"], sorted({v["rule"] for v in chat["violations"]}))
+    want_swapped = {"anthropic-messages": "R5", "openai-chat-completions": "R4", "openai-responses": "R7",
+                    "ai-sdk-ui-stream": "R5"}
+    assert got == {**{(p, "good"): (0, "passed", []) for p in want_swapped},
+                   **{(p, "error"): (1, "failed", ["R13"]) for p in want_swapped},
+                   **{(p, "swapped"): (1, "failed", [r]) for p, r in want_swapped.items()}}, got
