@@ -99,6 +99,15 @@ class RoleMatch(BaseModel):
             f"{self.when} where {json.dumps(_canonical(self.where), sort_keys=True)}"
 
 
+def _role_types(roles: dict[Role, list[str | RoleMatch]]) -> dict[str, str]:
+    """Each wire type a profile maps to a role, and (the first) role it is mapped to."""
+    out: dict[str, str] = {}
+    for role, matches in roles.items():
+        for m in matches:
+            out.setdefault(m if isinstance(m, str) else m.type, role.value)
+    return out
+
+
 def _where_checked(v: dict[str, Any]) -> dict[str, Any]:
     if not v:
         raise ValueError("where: at least one path: value")
@@ -414,7 +423,11 @@ class Profile(BaseModel):
         # the type has too could never apply (the role's is tried first), nor could two alike.
         roles = info.data.get("roles") or {}
         seen = {(m.type, m.condition) for ms in roles.values() for m in ms if isinstance(m, RoleMatch)}
+        mapped = _role_types(roles)
         for m in control:
+            if isinstance(m, str) and m in mapped:  # a control frame is told before any role: the role never applies
+                raise ValueError(f"wire type {m!r} is mapped to {mapped[m]}: listed in control too, its frames would "
+                                 "belong to no run (a control entry with `where` takes only some of them)")
             if isinstance(m, ControlMatch):
                 if not m.type.strip():
                     raise ValueError("an empty wire type")
@@ -423,6 +436,19 @@ class Profile(BaseModel):
                                      "never applies")
                 seen.add((m.type, m.condition))
         return control
+
+    @field_validator("ping")
+    @classmethod
+    def _ping_not_mapped(cls, ping: Ping, info: ValidationInfo) -> Ping:
+        # A ping is told before anything else: a type mapped to a role or listed in control would never be that.
+        mapped = _role_types(info.data.get("roles") or {})
+        control = {c if isinstance(c, str) else c.type for c in info.data.get("control") or ()}
+        for t in ping.types:
+            if t in mapped or t in control:
+                raise ValueError(f"wire type {t!r} is a ping and "
+                                 f"{'mapped to ' + mapped[t] if t in mapped else 'in control'}: as a ping, it never "
+                                 "would be that")
+        return ping
 
     @field_validator("seq_start", mode="before")
     @classmethod

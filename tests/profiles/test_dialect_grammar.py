@@ -390,3 +390,17 @@ def test_an_after_error_type_no_list_has_exits_2(tmp_path: Path, capsys):
     assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
     err = capsys.readouterr().err
     assert f"p.yaml:{BASE.count(chr(10)) + 1}: field 'after_error'" in err and "'finsh' is no wire type" in err, err
+
+
+@pytest.mark.parametrize(("extra", "field", "says"), [
+    # a frame told a control frame (or a ping) before any role: every run's terminal event gone, every chat incomplete
+    ("control: [hello, on_chain_end]\n", "control", "'on_chain_end' is mapped to agent_completed"),
+    ("ping: {types: [on_chain_start], reply: null}\n", "ping", "'on_chain_start' is a ping and mapped to agent_started"),
+    ("control: [hello]\nping: {types: [hello], reply: null}\n", "ping", "'hello' is a ping and in control"),
+])
+def test_a_type_mapped_to_a_role_and_told_a_control_frame_or_ping_exits_2(tmp_path: Path, capsys, extra, field, says):
+    f = tmp_path / "p.yaml"
+    f.write_text(BASE + extra)
+    assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
+    err = capsys.readouterr().err
+    assert f"p.yaml:{len((BASE + extra).splitlines())}: field '{field}'" in err and says in err, err
