@@ -117,6 +117,9 @@ def anthropic_events(text: str) -> list[dict[str, Any] | None]:
         evs = evs[:-1]
     elif t == "hang":
         evs = [*evs[:8], None]
+    elif t == "maxtokens":  # the answer cut short: the message stops all the same
+        evs = [*evs[:10], {"type": "message_delta", "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+                           "usage": {"output_tokens": 1024}}, {"type": "message_stop"}]
     elif t == "unstopped":  # the tool_use block never stopped, yet the message did
         del evs[13]
     elif t == "swapped":  # a text delta before its block's start
@@ -135,13 +138,13 @@ def anthropic_script(req: dict[str, Any]) -> AsyncIterator[bytes]:
 
 
 def test_anthropic_messages_stream(tmp_path):
-    messages = ["weather? #good", "weather? #error", "weather? #truncated", "weather? #hang", "weather? #unstopped",
-                "weather? #swapped"]
+    messages = ["weather? #good", "weather? #error", "weather? #maxtokens", "weather? #truncated", "weather? #hang",
+                "weather? #unstopped", "weather? #swapped"]
     with InThread(RawSseServer(anthropic_script)) as server:
         got, code = judge(tmp_path, server.url, ANTHROPIC, messages, deadline="2s")
     assert code == 1
-    assert got == {"good": ("passed", ()), "error": ("failed", ("R13",)), "truncated": ("incomplete", ()),
-                   "hang": ("incomplete", ("R10",)), "unstopped": ("failed", ("R5",)),
+    assert got == {"good": ("passed", ()), "error": ("failed", ("R13",)), "maxtokens": ("failed", ("R13",)),
+                   "truncated": ("incomplete", ()), "hang": ("incomplete", ("R10",)), "unstopped": ("failed", ("R5",)),
                    "swapped": ("failed", ("R5",))}, got
 
 
