@@ -281,14 +281,14 @@ class Profile(BaseModel):
     # Frames that are not JSON and say the stream is over (`data: [DONE]`, the OpenAI Chat Completions' and the Vercel
     # AI SDK's last SSE event): matched as the whole text of a frame, they belong to no run, as a control frame.
     stream_end: list[str] = []
-    # Keys whose presence at a frame's root is its type when `fields.type` names none (OpenAI Chat Completions' mid-stream
-    # `{"error": {…}}` is the wire type `error`), in order: the first present (not null) wins.
-    type_keys: list[str] = []
     # A frame whose type the profile does not know: an R12 (well-formed means a type of this dialect), or ignored
     # for servers that add types of their own freely.
     unknown_types: Literal["violation", "ignore"] = "violation"
     ping: Ping = Ping()
     connection_error: list[str] = []
+    # Keys whose presence at a frame's root is its type when `fields.type` names none (OpenAI Chat Completions' mid-stream
+    # `{"error": {…}}` is the wire type `error`), in order: the first present (not null) wins.
+    type_keys: list[str] = []
     # Error codes of a connection_error frame that never end a run, even when the frame names one.
     connection_error_codes: list[str] = ["AUTH_FAILED", "INVALID_MESSAGE", "RESUME_UNKNOWN_RUN"]
     # Which of those codes mean "bad credentials" and "unknown run on resume".
@@ -409,10 +409,17 @@ class Profile(BaseModel):
 
     @field_validator("type_keys")
     @classmethod
-    def _type_keys_plain(cls, v: list[str]) -> list[str]:
+    def _type_keys_plain(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        roles = info.data.get("roles")
+        known = None if roles is None else {
+            *_role_types(roles), *info.data.get("unmapped", ()), *info.data.get("connection_error", ()),
+            *(c if isinstance(c, str) else c.type for c in info.data.get("control", ()))}
         for key in _bounded_names(v):
             if not key or "." in key:
                 raise ValueError(f"{key[:40]!r}: a key of the frame's root (no dotted path, not empty)")
+            if known is not None and key not in known:
+                raise ValueError(f"{key[:40]!r} is the type of no list (roles, unmapped, control, connection_error): "
+                                 "its frames would be outside the dialect")
         return v
 
     @field_validator("control")

@@ -276,16 +276,17 @@ def test_a_span_may_name_a_role_a_mapped_type_or_an_unmapped_one():
 def test_type_keys_give_a_frame_without_a_type_the_type_of_a_key_it_has():
     # OpenAI Chat Completions: every chunk's type is its `object`, but the API's mid-stream error is `{"error": {…}}`,
     # with no `object`: it was a malformed frame (R12, "JSON object without a 'type'"), never the error it is (R13).
-    p = profile(BASE.replace("unmapped:", "type_keys: [failure, error]\nunmapped:")
+    p = profile(BASE.replace("unmapped: [on_chain_end, oops]", "unmapped: [on_chain_end, oops, failure]\n"
+                                                               "type_keys: [failure, error]")
                 .replace("error_event: [{type: oops, when: run, where: {data.fatal: true}}]",
                          "error_event: [error, {type: oops, when: run, where: {data.fatal: true}}]"))
     ev = p.decode(json.dumps({"error": {"message": "overloaded", "type": "server_error", "code": None}}), 0.0)
     assert isinstance(ev, Event) and ev.role is Role.ERROR_EVENT and ev.wire_type == "error", ev
-    # a type of its own comes first; the first key present names it (failure, unknown here: an R12 naming it)
+    # a type of its own comes first; the first key present names it (failure, unmapped here: an event of no role)
     assert p.decode(json.dumps({"event": "on_chain_start", "error": 1, "parent_ids": []}), 0.0).role is \
         Role.AGENT_STARTED
-    odd = p.decode(json.dumps({"error": {}, "failure": "x"}), 0.0)
-    assert isinstance(odd, Frame) and odd.kind is FrameKind.MALFORMED and "'failure'" in odd.detail, odd
+    odd = p.decode(json.dumps({"error": {}, "failure": "x", "run_id": "r"}), 0.0)
+    assert isinstance(odd, Event) and odd.role is None and odd.wire_type == "failure", odd
     for frame in ({"error": None}, {"event": ""}, {"event": 5, "error": {}}, {}):
         got = p.decode(json.dumps(frame), 0.0)
         assert isinstance(got, Frame) and got.detail == "JSON object without a 'type'", (frame, got)
@@ -305,6 +306,7 @@ def test_an_unmapped_pattern_names_every_type_with_its_prefix():
 @pytest.mark.parametrize(("extra", "field", "says"), [
     ("type_keys: [error.type]\n", "type_keys", "no dotted path"),
     ("type_keys: ['']\n", "type_keys", "not empty"),
+    ("type_keys: [eror]\n", "type_keys", "'eror' is the type of no list"),  # every such frame an R12
 ])
 def test_a_type_key_that_is_no_key_of_the_root_exits_2(tmp_path: Path, capsys, extra, field, says):
     f = tmp_path / "p.yaml"
