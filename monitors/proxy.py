@@ -1075,7 +1075,15 @@ def front_door(args: argparse.Namespace) -> FrontDoor:
         raise ConfigError(f"--max-connections {total}: each connection takes two file descriptors and the open-file "
                           f"limit ({nofile}, ulimit -n) carries at most {fits} with headroom; raise the limit or "
                           "lower the flag")
-    per = _count(args.max_connections_per_ip, "--max-connections-per-ip") or default_per_address(total)
+    per = _count(args.max_connections_per_ip, "--max-connections-per-ip")
+    if per is None:
+        per = default_per_address(total)
+    elif per > total:
+        # A cap above the total caps nothing (one address could still take every slot) and says the operator meant
+        # something else: a typo, or the two flags swapped.
+        given = "" if args.max_connections is not None else " (the default, from the open-file limit)"
+        raise ConfigError(f"--max-connections-per-ip {per}: more than --max-connections {total}{given}; one client "
+                          "address cannot hold more connections than there are in all")
     try:
         trusted = parse_trusted(args.trusted_proxy)
     except ValueError as exc:

@@ -898,6 +898,10 @@ async def test_a_peer_that_floods_pings_and_reads_nothing_does_not_grow_the_prox
     (["--max-connections", "9" * 400], "--max-connections '9999"),
     (["--max-connections", "1000000"], "open-file limit"),  # more than the limit carries: refused up front
     (["--max-connections-per-ip", "-1"], "--max-connections-per-ip"),
+    # A per-address cap over the total caps nothing: taken silently before (one address could hold every slot).
+    (["--max-connections", "10", "--max-connections-per-ip", "11"],
+     "--max-connections-per-ip 11: more than --max-connections 10"),
+    (["--max-connections-per-ip", "999999999"], "more than --max-connections"),
     (["--trusted-proxy", "10.0.0.0/33"], "--trusted-proxy '10.0.0.0/33'"),
     (["--trusted-proxy", "lb.example"], "--trusted-proxy 'lb.example'"),
     (["--ping-interval", "soon"], "--ping-interval"),
