@@ -11,10 +11,14 @@ import resource
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import InvalidMessage
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from harness.errors import ConfigError
 from harness.transports.websocket import BoundedPongs
@@ -287,6 +291,34 @@ def install_accept_errors(loop: asyncio.AbstractEventLoop, throttle: Throttled) 
         loop.set_exception_handler(AcceptErrors(loop.get_exception_handler(), throttle))
 
 
+def unreadable_status(cause: BaseException | None) -> tuple[HTTPStatus, str]:
+    """The answer to bytes websockets could not read as a request: 501 for a transfer coding (RFC 9112 §6.1: one a
+    server does not understand), 400 for the rest (a request line that is no request line, a line ended by a bare LF,
+    a body, a method or path that is not ASCII). The reason is the proxy's own words, never the client's bytes."""
+    if isinstance(cause, NotImplementedError):
+        return HTTPStatus.NOT_IMPLEMENTED, "a request with a Transfer-Encoding"
+    if isinstance(cause, EOFError):  # the line ended, but with LF alone (the reader is not at its end)
+        return HTTPStatus.BAD_REQUEST, "a line that does not end with CRLF"
+    return HTTPStatus.BAD_REQUEST, "no HTTP/1.1 request a WebSocket upgrade could be"
+
+
+class AnsweringProtocol(ServerProtocol):
+    """websockets' server side, answering what it cannot read as an HTTP request as a reverse proxy does (nginx:
+    400, then the close): websockets answers a line or headers too long (414, 431) and closes on anything else
+    unanswered, which a client, a load balancer's health check or an operator's curl saw as a dropped connection,
+    the proxy's fault. A request cut short by the client's end is still not answered (no one reads it)."""
+
+    def send_eof(self) -> None:
+        exc = self.handshake_exc
+        # websockets' parse(), failing to read a request (never a response sent, nor a 414/431: those set no
+        # InvalidMessage), sets this and ends the connection: the answer goes out first.
+        if (self.state is State.CONNECTING and not self.eof_sent and isinstance(exc, InvalidMessage)
+                and not self.reader.eof and exc.__cause__ is not None):
+            status, why = unreadable_status(exc.__cause__)
+            self.writes.append(self.reject(status, f"Failed to open a WebSocket connection: {why}.\n").serialize())
+        super().send_eof()
+
+
 @dataclass
 class FrontDoor:
     """The proxy's admission settings and the slots they guard.
@@ -415,6 +447,14 @@ class FrontDoor:
             door_key: str | None = None
             heard = False  # a byte of a request came
             judged = False  # its refusal is counted
+
+            def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+                # websockets' serve() builds a ServerProtocol and has no option for another class: this one answers
+                # requests websockets closes on unanswered (AnsweringProtocol). Nothing is parsed yet, and only a
+                # method's lookup changes (no state).
+                if type(protocol) is ServerProtocol:
+                    protocol.__class__ = AnsweringProtocol
+                super().__init__(protocol, *args, **kwargs)
 
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 super().connection_made(transport)

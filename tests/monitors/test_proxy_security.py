@@ -199,13 +199,20 @@ async def test_an_upgrade_the_proxy_refuses_opens_no_upstream_connection_and_is_
         upstream.server.close()
 
 
-# Bytes that are no WebSocket upgrade request: websockets gives up on them before the proxy's process_request
-# (answering 414 or 431, or closing), and what it answers.
+# Bytes that are no WebSocket upgrade request, and the status the proxy answers them with before it closes (None: a
+# request cut short by the client's end, which no one reads an answer to). websockets reads a method other than GET
+# and a version other than 1.1 as a request (then refuses it: 405, 505); it gives up on the rest before the proxy's
+# process_request.
 UNREAD_REQUESTS = {
-    "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 hello\r\n\r\n", None),  # a TLS hello
-    "no-request-line": (b"HELLO\r\n\r\n", None),
-    "not-get": (b"POST /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\r\n", None),
-    "http-1.0": (b"GET /ws HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", None),
+    "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 hello\r\n\r\n", 400),  # a TLS hello
+    "no-request-line": (b"HELLO\r\n\r\n", 400),
+    "http2-preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+    "bare-lf": (b"GET /ws HTTP/1.1\nHost: 127.0.0.1\nUpgrade: websocket\nConnection: Upgrade\n\n", 400),
+    "non-ascii-path": (b"GET /\xff HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400),
+    "a-body": (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello", 400),
+    "transfer-encoding": (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501),
+    "not-get": (b"POST /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\r\n", 405),
+    "http-1.0": (b"GET /ws HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", 505),
     "request-line-too-long": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
     "header-line-too-long": (b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
     "too-many-headers": (b"GET /ws HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(200)) + b"\r\n",
@@ -215,12 +222,17 @@ UNREAD_REQUESTS = {
 
 
 @pytest.mark.parametrize("bad", list(UNREAD_REQUESTS))
-async def test_bytes_that_are_no_http_request_are_counted_as_a_bad_request(bad):
+async def test_bytes_that_are_no_http_request_are_answered_with_a_status_and_counted_as_a_bad_request(bad):
     """What websockets cannot read as an HTTP request never reaches the proxy's process_request, where every other
     refused upgrade is counted: such a connection was closed counted nowhere (chatprobe_proxy_refused_connections_total
     did not add up to what the front door turned away). Counted `bad_request` now, by the time the client reads its
     answer; no upstream connection is opened. A socket that sends nothing before its end (a load balancer's TCP
-    check) is no request and is not counted."""
+    check) is no request and is not counted.
+
+    Each is answered with an HTTP status before the proxy's end, as a reverse proxy answers: websockets closed on a
+    request line that is none, a bare LF, a body, a Transfer-Encoding, a non-ASCII path with no status at all (FAILED
+    on the code before: b"" for garbage, no-request-line, http2-preface, bare-lf, non-ascii-path, a-body,
+    transfer-encoding). The answer never echoes the client's bytes."""
     data, status = UNREAD_REQUESTS[bad]
     upstream = await Recorded().start()
     server, port, metrics = await in_process_proxy(f"ws://127.0.0.1:{upstream.port}")
@@ -234,6 +246,7 @@ async def test_bytes_that_are_no_http_request_are_counted_as_a_bad_request(bad):
                 answer = await reader.read()  # to the proxy's end
             writer.close()
             assert (int(answer.split(b" ", 2)[1]) if answer else None) == status, answer[:80]
+            assert b"hello" not in answer and b"\xff" not in answer and b"PRI" not in answer
             assert refused(metrics, "bad_request") == n
         # A socket that sends nothing is no request.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
