@@ -23,6 +23,7 @@ from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import create_server
 from waitress.task import ErrorTask
+from waitress.utilities import BadRequest, find_double_newline
 
 from harness import redact
 
@@ -283,6 +284,38 @@ def connection_limit() -> int:
     return max(16, min(MAX_CONNECTIONS, soft - FD_HEADROOM))
 
 
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+class _Parser(HTTPRequestParser):
+    """waitress's request parser, answering at once two requests it held until the slow-client timeout (10 s):
+
+    - a head with a line ended by a bare LF: waitress refuses one with 400 ("Bare CR or LF found", its defence against
+      request smuggling) but only once a CRLF CRLF ends the head, which a client writing LF alone never sends. The 400
+      now comes at the first bare LF of the head.
+    - `Expect: 100-continue` on a request with no body (no Content-Length, or 0): waitress sent `100 Continue` and then
+      waited for the body it had just been told was not coming (its send_continue marks the request unfinished). A
+      request with no body has nothing to continue (RFC 9110 §10.1.1: the server may answer at once): it is answered.
+    """
+
+    def received(self, data: bytes) -> int:
+        if self.body_rcv is None and not getattr(self, "completed", False) and data:
+            tail = self.header_plus[-1:]
+            s = tail + data  # the byte before this read: its CR may end a line this read's LF finishes
+            end = find_double_newline(self.header_plus + data)
+            if (m := _BARE_LF.search(s, len(tail))) is not None and (end < 0 or m.start() < end - len(self.header_plus)):
+                self.parse_header(b"GET / HTTP/1.0\r\n")  # as waitress readies a refusal it reads no further
+                self.error = BadRequest("a line of the request head ends with a bare LF; HTTP lines end with CRLF")
+                self.completed = True
+                return len(data)
+        return int(super().received(data))
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        if self.body_rcv is None:
+            self.expect_continue = False
+
+
 class _OneLineError(ErrorTask):
     """waitress's own refusals (a bad request line, headers over the limit) as one plain line, like the app's;
     its default body spans five lines with its name in it."""
@@ -300,6 +333,7 @@ class _OneLineError(ErrorTask):
 
 class _Channel(HTTPChannel):
     error_task_class = _OneLineError
+    parser_class = _Parser
     # When the first byte of the request being read arrived (0: none is being read). waitress times out only
     # silence: a client trickling a byte a second would otherwise hold its connection forever.
     request_started = 0.0
@@ -313,7 +347,7 @@ class _Channel(HTTPChannel):
         return done
 
 
-class _OneRequestParser(HTTPRequestParser):
+class _OneRequestParser(_Parser):
     """A request read as if it asked for its connection to be closed once answered."""
 
     def parse_header(self, header_plus: bytes) -> None:

@@ -357,3 +357,60 @@ async def test_head_of_metrics_is_gets_head_with_no_body_on_the_monitor_and_the_
                 assert after == b"", after
     finally:
         await asyncio.to_thread(metrics_only.shutdown, 1.0)
+
+
+# Requests waitress held until its slow-client timeout (10 s), answered at once now: each sent whole, the answer
+# read to the server's end within PROMPT (FAILED on the old code: socket.timeout for every one of them).
+PROMPT = 3.0
+HELD_REQUESTS = {
+    "bare LF": (b"GET /metrics HTTP/1.1\nHost: monitor\nConnection: close\n\n", 400),
+    "bare LF after a CRLF line": (b"GET /metrics HTTP/1.1\r\nHost: monitor\nConnection: close\r\n\r\n", 400),
+    # (not a bare LF: a CRLF whose LF comes in the next segment)
+    "CRLF cut in two at its CR": (b"GET /metrics HTTP/1.1\r|\nHost: monitor\r\nConnection: close\r\n\r\n", 200),
+    "Expect: 100-continue, no body": (b"GET /metrics HTTP/1.1\r\nHost: monitor\r\nExpect: 100-continue\r\n"
+                                      b"Connection: close\r\n\r\n", 200),
+    "Expect: 100-continue, Content-Length: 0": (b"GET /-/healthy HTTP/1.1\r\nHost: monitor\r\nExpect: 100-continue"
+                                                b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 200),
+}
+
+
+def send_in_parts(port: int, request: bytes, timeout: float) -> bytes:
+    """The request in the parts its `|` marks (each its own segment), the answer read to the server's end."""
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for part in request.split(b"|"):
+            sock.sendall(part)
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize("name", list(HELD_REQUESTS))
+async def test_a_bare_lf_or_an_expect_with_no_body_is_answered_at_once_on_the_monitor_and_the_metrics_port(
+        monitor_http, name):
+    """A line ended by LF alone: waitress refuses such a head with 400 (against request smuggling), but only once a
+    CRLF CRLF ends it, which such a client never sends: it waited 10 s, then closed unanswered. `Expect:
+    100-continue` on a request without a body: waitress sent `100 Continue` and waited 10 s for the body it had been
+    told was not coming. Now: the 400 at the first bare LF, and the answer to a bodiless request at once (a request
+    with a body still gets its 100 Continue first)."""
+    request, status = HELD_REQUESTS[name]
+    metrics_only = httpserver.start_metrics("127.0.0.1", 0)
+    try:
+        for port in (monitor_http.server_address[1], metrics_only.server_address[1]):
+            answer = await asyncio.to_thread(send_in_parts, port, request, PROMPT)
+            assert answer.startswith(b"HTTP/1.") and int(answer.split(b" ", 2)[1]) == status, (port, answer[:200])
+            assert b"100 Continue" not in answer, answer[:200]
+            if status == 400:
+                assert b"bare LF" in answer, answer
+        # A request with a body and Expect: 100-continue is still told to go on, then answered (405: GET and HEAD only).
+        with socket.create_connection(("127.0.0.1", metrics_only.server_address[1]), timeout=PROMPT) as sock:
+            sock.sendall(b"POST /metrics HTTP/1.1\r\nHost: m\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+            assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            sock.sendall(b"hello")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 405 "), answer[:200]
+    finally:
+        await asyncio.to_thread(metrics_only.shutdown, 1.0)
