@@ -205,6 +205,14 @@ def connections_for_fds(nofile: int | None) -> int:
     return max(0, (nofile - HEADROOM_FDS - ACCEPT_TURNS * accept_batch(nofile) - nofile // 10) // 2)
 
 
+def handshake_budget(nofile: int | None) -> int:
+    """Sockets held at once still reading their request (the tenth of the open-file limit kept free for them, at
+    least 8; with no limit, UNLIMITED_DEFAULT_CONNECTIONS): past it FrontDoor cuts one (handshake_began)."""
+    if nofile is None:
+        return UNLIMITED_DEFAULT_CONNECTIONS
+    return max(8, nofile // 10)
+
+
 def default_per_address(max_connections: int) -> int:
     return max(1, max_connections // DEFAULT_PER_ADDRESS_SHARE)
 
@@ -337,9 +345,15 @@ class FrontDoor:
     admitted: set[Any] = field(default_factory=set)  # client connections holding a slot (to cut at shutdown)
     sockets: dict[str, int] = field(default_factory=dict)  # open sockets by untrusted peer, handshake or not
     sink: Any = None  # where socket-level refusals are counted (start_proxy sets it)
+    max_handshakes: int = 0  # sockets still reading their request at once (0: handshake_budget of the open-file limit)
+    # Those sockets, by limit key (trusted peers: ""), each key's oldest first; `handshakes` their number.
+    reading: dict[str, dict[Any, None]] = field(default_factory=dict)
+    handshakes: int = 0
 
     def __post_init__(self) -> None:
         self.slots = ConnectionSlots(self.max_connections, self.max_per_address)
+        if not self.max_handshakes:
+            self.max_handshakes = handshake_budget(open_file_limit())
 
     @classmethod
     def defaults(cls, **overrides: Any) -> FrontDoor:
@@ -431,6 +445,32 @@ class FrontDoor:
         self.sockets[key] = held + 1
         return key
 
+    def handshake_began(self, conn: Any, key: str) -> None:
+        """A socket accepted, its request still to read. Past max_handshakes such sockets, the one waiting longest of
+        the key (address) holding the most is cut: silent sockets from many addresses, each within its share, would
+        otherwise take every descriptor, and no one else could connect (EMFILE) until their handshakes timed out. A
+        real client's request follows its connect at once; an address holding one such socket loses it last."""
+        if self.handshakes >= self.max_handshakes and self.reading:
+            heaviest = max(self.reading, key=lambda k: len(self.reading[k]))
+            victim = next(iter(self.reading[heaviest]))
+            self.handshake_ended(victim, heaviest)
+            self.throttle.warn("handshakes", "cut a socket of %s still sending no request: %d sockets were waiting "
+                               "for theirs (a tenth of the open-file limit), %d of them from that address",
+                               heaviest or "a trusted proxy", self.max_handshakes, len(self.reading.get(heaviest, ())) + 1)
+            transport = getattr(victim, "transport", None)
+            if transport is not None:
+                transport.abort()
+        self.reading.setdefault(key, {})[conn] = None
+        self.handshakes += 1
+
+    def handshake_ended(self, conn: Any, key: str) -> None:
+        """The socket's request is read, or it closed (idempotent)."""
+        held = self.reading.get(key)
+        if held is not None and held.pop(conn, 0) is None:
+            self.handshakes -= 1
+            if not held:
+                del self.reading[key]
+
     def socket_closed(self, key: str | None) -> None:
         if key:
             held = self.sockets.get(key, 0)
@@ -445,6 +485,7 @@ class FrontDoor:
 
         class CountedConnection(BoundedPongs, ServerConnection):
             door_key: str | None = None
+            reading_request = False  # counted in door.reading (handshake_began) until its request is read
             heard = False  # a byte of a request came
             judged = False  # its refusal is counted
 
@@ -459,13 +500,23 @@ class FrontDoor:
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 super().connection_made(transport)
                 self.door_key = door.socket_opened(transport.get_extra_info("peername"))
-                if self.door_key is None and isinstance(transport, asyncio.Transport):
-                    transport.abort()
+                if self.door_key is None:
+                    if isinstance(transport, asyncio.Transport):
+                        transport.abort()
+                    return
+                self.reading_request = True
+                door.handshake_began(self, self.door_key)
 
             def data_received(self, data: bytes) -> None:
                 self.heard = self.heard or bool(data)
                 super().data_received(data)
+                if self.reading_request and (self.request is not None or self.protocol.state is not State.CONNECTING):
+                    self._request_read()
                 self._unparsed()
+
+            def _request_read(self) -> None:
+                self.reading_request = False
+                door.handshake_ended(self, self.door_key or "")
 
             def eof_received(self) -> None:
                 super().eof_received()
@@ -485,6 +536,8 @@ class FrontDoor:
                     door.refuse(door.sink, "bad_request", peer[0] if isinstance(peer, tuple) and peer else None)
 
             def connection_lost(self, exc: Exception | None) -> None:
+                if self.reading_request:
+                    self._request_read()
                 self._unparsed(ended=True)
                 door.socket_closed(self.door_key)
                 self.door_key = None

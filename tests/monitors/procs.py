@@ -66,12 +66,14 @@ class ProxyProc:
 
 @contextlib.asynccontextmanager
 async def proxy_process(upstream: str, tmp_path: Path, *flags: str, metrics: bool = False, slow_cut: bool = False,
-                        nofile: int | None = None, stop: bool = True, pool_bytes: int | None = None
-                        ) -> AsyncIterator[ProxyProc]:
+                        nofile: int | None = None, stop: bool = True, pool_bytes: int | None = None,
+                        handshakes: int | None = None) -> AsyncIterator[ProxyProc]:
     """`chatprobe proxy` in a child process, once it listens. `metrics`: its /metrics on a free port (else off, 0); the
     proxy cannot pick one itself (0 is off), so one found free is given to it, and when another process took that port
     first the proxy exits saying so and is started again on another, at most PORT_ATTEMPTS times. `slow_cut`: its
-    metrics server's slow-client timeout is SLOW_CUT. `nofile`: its open-file limit. `pool_bytes`: the bound of its pool
+    metrics server's slow-client timeout is SLOW_CUT. `nofile`: its open-file limit. `handshakes`: the sockets it holds
+    at once still to send their request (frontdoor.handshake_budget), so that a test can make it run out of
+    descriptors. `pool_bytes`: the bound of its pool
     of users' credentials (redact.MAX_SEEN_BYTES), so that a test fills it with a few connections. `stop`: at the end of the block
     it is stopped with SIGTERM and must exit 0 within its shutdown grace (else the test stops it itself); killed if it
     still runs."""
@@ -87,6 +89,9 @@ async def proxy_process(upstream: str, tmp_path: Path, *flags: str, metrics: boo
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", (SLOW_CUT_MAIN if slow_cut else "") + (
                     f"from harness import redact; redact._seen.max_bytes = {pool_bytes}; " if pool_bytes else ""
+                ) + (
+                    f"from monitors import frontdoor; frontdoor.handshake_budget = lambda nofile: {handshakes}; "
+                    if handshakes else ""
                 ) + PROXY_MAIN, "--upstream", upstream,
                 "--listen", "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{metrics_port}", *flags,
                 stdout=asyncio.subprocess.PIPE, stderr=err, cwd=ROOT, preexec_fn=limit if nofile is not None else None)

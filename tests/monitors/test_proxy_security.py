@@ -703,11 +703,13 @@ async def test_one_address_flooding_sockets_that_never_handshake_cannot_exhaust_
 
 
 async def test_running_out_of_file_descriptors_is_one_line_and_the_open_connections_go_on(tmp_path):
+    # Silent sockets no longer take every descriptor (test_silent_sockets_from_many_addresses_...): here they may hold
+    # far more than the limit, so that they do, as the process's other files (recordings, /metrics' sockets) still may.
     sim, tokens = await start_sim()
     upstream = sim.url.rsplit("/", 1)[0]
     raw: list[socket.socket] = []
     try:
-        async with proxy_process(upstream, tmp_path, nofile=256) as proxy:
+        async with proxy_process(upstream, tmp_path, nofile=256, handshakes=10_000) as proxy:
             port, pid, err_path = proxy.port, proxy.pid, proxy.err
             alice = await open_ws(port, tokens.for_user("alice"), "127.0.0.2")
 
@@ -1012,3 +1014,46 @@ async def test_bytes_after_the_upgrade_request_that_are_no_frame_open_no_upstrea
     finally:
         server.close()
         upstream.close()
+
+
+async def test_silent_sockets_from_many_addresses_cannot_lock_others_out_of_the_handshake(tmp_path):
+    """A slowloris from many addresses: 40 of them each open their socket share (twice their connection share) of
+    sockets that send nothing, at once. No address is over its share, so none was cut at accept, and together they
+    took every descriptor the proxy had: past its open-file limit it accepted nothing more (EMFILE, "new connections
+    wait in the listen backlog") until their handshakes timed out (15 s), and a user from another address could not
+    connect until then. Now the sockets still to send their request are held to a tenth of the open-file limit (the
+    headroom kept for them): past it, the one waiting longest from the address holding the most is cut. The user
+    connects at once and chats, and the proxy never runs out of descriptors.
+
+    FAILED on the code before: the proxy ran out of descriptors ("out of file descriptors accepting a connection" in
+    its log, new connections left in the listen backlog), or held 244 of its 256 after the flood."""
+    sim, tokens = await start_sim()
+    upstream = sim.url.rsplit("/", 1)[0]
+    raw: list[socket.socket] = []
+    nofile = 256
+    try:
+        async with proxy_process(upstream, tmp_path, nofile=nofile) as proxy:
+            port, pid, err_path, line = proxy.port, proxy.pid, proxy.err, proxy.line
+            per = int(re.search(r"(\d+) per client address", line).group(1))
+            def flood(source: str) -> None:
+                for _ in range(2 * per):
+                    with contextlib.suppress(OSError):  # a connect the kernel's full accept queue held past 3 s
+                        raw.append(socket.create_connection(("127.0.0.1", port), timeout=3,
+                                                            source_address=(source, 0)))
+
+            async with asyncio.timeout(30):  # all 40 addresses at once
+                await asyncio.gather(*(asyncio.to_thread(flood, f"127.0.0.{i}") for i in range(10, 50)))
+            assert len(raw) > nofile - 2 * per, len(raw)  # more than the proxy's descriptors, less its share
+            async with asyncio.timeout(5):
+                async with await open_ws(port, tokens.for_user("alice"), "127.0.0.2") as alice:
+                    assert await chat_on(alice) == "agent_completed"
+            assert fds_of(pid) < nofile - 16
+            for s in raw:
+                s.close()
+        err = err_path.read_text()
+        assert "Traceback" not in err and "file descriptors" not in err, err
+        assert err.count("still sending no request") == 1, err  # one line a minute, not one a socket
+    finally:
+        for s in raw:
+            s.close()
+        await sim.stop()
