@@ -506,17 +506,18 @@ class FrontDoor:
                     return
                 self.reading_request = True
                 door.handshake_began(self, self.door_key)
+                # (a callback, not a test in data_received: nothing added per read of an open connection)
+                self.request_rcvd.add_done_callback(self._request_read)
 
             def data_received(self, data: bytes) -> None:
                 self.heard = self.heard or bool(data)
                 super().data_received(data)
-                if self.reading_request and (self.request is not None or self.protocol.state is not State.CONNECTING):
-                    self._request_read()
                 self._unparsed()
 
-            def _request_read(self) -> None:
-                self.reading_request = False
-                door.handshake_ended(self, self.door_key or "")
+            def _request_read(self, _: Any = None) -> None:
+                if self.reading_request:
+                    self.reading_request = False
+                    door.handshake_ended(self, self.door_key or "")
 
             def eof_received(self) -> None:
                 super().eof_received()
@@ -536,8 +537,7 @@ class FrontDoor:
                     door.refuse(door.sink, "bad_request", peer[0] if isinstance(peer, tuple) and peer else None)
 
             def connection_lost(self, exc: Exception | None) -> None:
-                if self.reading_request:
-                    self._request_read()
+                self._request_read()
                 self._unparsed(ended=True)
                 door.socket_closed(self.door_key)
                 self.door_key = None
