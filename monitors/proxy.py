@@ -82,6 +82,11 @@ FORWARDED_HEADERS = ("authorization", "cookie", "origin", "user-agent", "x-reque
 # for the key, version and origin): a request with two of one is refused with 400 (named in the log, no value).
 ONCE_HEADERS = ("Host", "Authorization", "Proxy-Authorization", "Cookie", "Origin", "Sec-WebSocket-Key",
                 "Sec-WebSocket-Version")
+# The most bytes of request line and headers an upgrade may carry (nginx's default, 4 buffers of 8 KiB, is 32 KiB; a
+# browser's is a few KiB, cookies included). websockets reads up to 128 lines of 8 KiB, 1 MiB, and keeps them for the
+# life of the connection: at --max-connections connections, a client sending that much made the proxy hold a MiB
+# each, outside the per-connection budget. Past it, 431.
+MAX_REQUEST_HEAD = 64 * 1024
 # A resume looks for its run among this many of the user's latest connections still open (a browser that lost its
 # network resumes on its next socket while the old one has not closed yet: one or two).
 MAX_RESUME_SEARCH = 64
@@ -766,6 +771,10 @@ class Proxy:
         except BadTarget as exc:
             door.refuse(sink, "bad_request", peer)
             return conn.respond(HTTPStatus.BAD_REQUEST, f"bad request target: {exc}\n")
+        if len(request.path) + sum(len(k) + len(v) + 4 for k, v in request.headers.raw_items()) > MAX_REQUEST_HEAD:
+            door.refuse(sink, "bad_request", peer)
+            return conn.respond(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                f"the request's headers are over {MAX_REQUEST_HEAD // 1024} KiB\n")
         twice = [name for name in ONCE_HEADERS if len(request.headers.get_all(name)) > 1]
         if twice:
             # Two Host headers (RFC 9110: a 400), two Authorization headers, two keys: which one counts is up to each

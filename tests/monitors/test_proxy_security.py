@@ -175,6 +175,9 @@ BAD_HANDSHAKES = {
     "version-8": ({"Sec-WebSocket-Version": "8"}, 400),
     "no-upgrade-token": ({"Connection": "keep-alive"}, 426),
     "upgrade-to-h2c": ({"Upgrade": "h2c"}, 426),
+    # 84 KB of headers, each line within websockets' 8 KiB (it reads 128 of them, 1 MiB): taken, and kept for the
+    # connection's life, before MAX_REQUEST_HEAD (FAILED on the code before: 101).
+    "head-over-64-KiB": ({f"X-Pad-{i}": "p" * 7000 for i in range(12)}, 431),
 }
 
 
