@@ -694,7 +694,7 @@ async def refused_through_proxy(upstream_client, connect_timeout: float,
             await websockets.asyncio.client.connect(url, open_timeout=open_timeout)
         labels = dict(target="up", scenario="live", source="live")
         counted = {result: sample(metrics, "chatprobe_connections_total", result=result, **labels)
-                   for result in ("timeout", "auth_failed")}
+                   for result in ("timeout", "auth_failed", "protocol_error")}
         return refused.value.response.status_code, counted
     finally:
         server.close()
@@ -728,6 +728,53 @@ async def test_an_upstreams_401_whose_body_never_ends_reaches_the_client_as_a_40
     status, counted = await refused_through_proxy(refuses, connect_timeout=10, open_timeout=5)
     assert status == 401
     assert counted["auth_failed"] == 1
+
+
+def _upgrade_answer(head: bytes, extra: str = "", accept: str | None = None) -> bytes:
+    """A 101 to the proxy's upgrade `head` (its Sec-WebSocket-Accept, or `accept`), with `extra` header lines."""
+    from websockets.utils import accept_key
+
+    key = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key:"))
+    return (f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept_key(key) if accept is None else accept}\r\n{extra}\r\n").encode()
+
+
+# What a hostile upstream answers the proxy's upgrade with, none of which is a WebSocket connection the proxy offered.
+HOSTILE_UPGRADE_ANSWERS = {
+    "junk": lambda head: b"\x00\x01 no HTTP at all\r\n\r\n",
+    "a 101 with a wrong Sec-WebSocket-Accept": lambda head: _upgrade_answer(head, accept="A" * 27 + "="),
+    "a 101 with no Sec-WebSocket-Accept": lambda head: (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
+    # the proxy offers no compression: a deflate it did not offer would be a way to a compression bomb
+    "a 101 with an extension not offered": lambda head: _upgrade_answer(
+        head, "Sec-WebSocket-Extensions: permessage-deflate\r\n"),
+    "a 101 with a subprotocol not offered": lambda head: _upgrade_answer(head, "Sec-WebSocket-Protocol: evil\r\n"),
+    "a 101 with 300 headers": lambda head: b"HTTP/1.1 101 Switching Protocols\r\n" + b"".join(
+        b"X-%d: y\r\n" % i for i in range(300)) + b"\r\n",
+    "a 101 with a 100 kB header line": lambda head: b"HTTP/1.1 101 Switching Protocols\r\nX: " + b"a" * 100_000 + b"\r\n\r\n",
+    "an HTTP/1.0 101": lambda head: _upgrade_answer(head).replace(b"HTTP/1.1", b"HTTP/1.0", 1),
+    "a 200 with a body": lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    "a status of 999": lambda head: b"HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("answer", list(HOSTILE_UPGRADE_ANSWERS))
+async def test_an_upstream_answering_the_upgrade_with_what_was_not_asked_is_a_502_and_a_protocol_error(answer, caplog):
+    """An attacker's pass over the proxy's upstream side: junk for an answer, a 101 whose Sec-WebSocket-Accept is wrong
+    or missing, an extension (permessage-deflate) or subprotocol the proxy never offered, a head too big, a version or
+    status that is no upgrade. The client gets 502, the attempt is counted once (protocol_error), and the log holds
+    no traceback."""
+    caplog.set_level(logging.INFO)
+
+    async def hostile(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(HOSTILE_UPGRADE_ANSWERS[answer](await reader.readuntil(b"\r\n\r\n")))
+        await writer.drain()
+
+    status, counted = await refused_through_proxy(hostile, connect_timeout=5, open_timeout=10)
+    assert status == 502
+    assert counted == {"timeout": 0, "auth_failed": 0, "protocol_error": 1}, counted
+    assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records), caplog.text
 
 
 async def test_an_upstream_message_in_millions_of_tiny_fragments_is_the_r12_the_clients_give():
