@@ -58,6 +58,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "protocol_error", f"HTTP {status} at the WebSocket handshake"
     if isinstance(exc, InvalidURI):
         return "protocol_error", "invalid WebSocket URL"
+    if isinstance(exc, InvalidMessage) and _bare_lf(exc):
+        return "protocol_error", "WebSocket handshake failed: a line of the answer ended with LF alone, not CRLF"
     if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, (EOFError, ConnectionError)):
         return "refused", "the server closed the connection during the handshake"
     if isinstance(exc, (NegotiationError, InvalidHeader)) and _about_subprotocol(exc):
@@ -71,6 +73,23 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, ConnectionClosed):
         return "protocol_error", f"closed during the handshake (code {exc.rcvd.code if exc.rcvd else 'none'})"
     return "protocol_error", exc.__class__.__name__
+
+
+# websockets' EOFError for a line ended by LF alone: the server answered, wrongly; not the end of the connection it
+# reads as (an EOFError too, "connection closed while reading HTTP status line", caused by this one for a status line).
+_BARE_LF_REASON = "line without CRLF"
+
+
+def _bare_lf(exc: BaseException) -> bool:
+    """Whether websockets gave up on the server's answer for a line ended by LF alone (anywhere in the causes)."""
+    cause = exc.__cause__
+    for _ in range(4):  # InvalidMessage <- EOFError(closed while reading ...) <- EOFError(line without CRLF)
+        if cause is None:
+            return False
+        if isinstance(cause, EOFError) and str(cause) == _BARE_LF_REASON:
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _about_subprotocol(exc: NegotiationError | InvalidHeader) -> bool:

@@ -299,6 +299,12 @@ REFUSALS: dict[str, Answer] = {"401 body without a length": refusal_unframed,
                                "403 body short of its Content-Length": refusal_cut_short,
                                "401 body of 500 MB": refusal_huge, "401 body in gzip transfer coding": refusal_encoded}
 
+async def bare_lf(writer: Writer, head: bytes) -> None:
+    """A right 101 but for its lines, each ended by LF alone (the connection then held open)."""
+    writer.write(upgrade(head, offered_deflate(head)).replace(b"\r\n", b"\n"))
+    await writer.drain()
+
+
 MALFORMED: dict[str, Answer] = {"HTTP/1.0 101": http10, "endless headers": endless_headers,
                                 "endless header line": endless_line, "200 with an endless body": endless_200}
 

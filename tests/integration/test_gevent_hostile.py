@@ -32,6 +32,7 @@ from .hostile_ws import (
     UNOFFERED,
     Drip,
     answers_nothing,
+    bare_lf,
     bomb,
     chooses,
     closes_then_holds,
@@ -130,6 +131,14 @@ async def test_an_answer_that_is_no_http_1_1_upgrade_is_a_protocol_error_in_boun
         chat, peak_kb = await locust_chat(tmp_path, srv.url)
     assert (chat["outcome"], chat["error_kind"]) == ("error", "protocol_error"), chat
     assert peak_kb < LIMIT_KB
+
+
+async def test_an_upgrade_answer_in_bare_lf_lines_is_a_protocol_error_not_an_unreachable_server(tmp_path):
+    """A 101 whose lines end with LF alone: the server answered, wrongly, not `refused` (FAILED on the code before:
+    websockets' "line without CRLF" EOFError read as the server's end)."""
+    async with raw(malformed(bare_lf)) as srv:
+        chat, _ = await locust_chat(tmp_path, srv.url)
+    assert (chat["outcome"], chat["error_kind"]) == ("error", "protocol_error"), chat
 
 
 @pytest.mark.parametrize("answer", REFUSALS.values(), ids=REFUSALS.keys())

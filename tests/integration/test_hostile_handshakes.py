@@ -38,6 +38,7 @@ from .hostile_ws import (
     Reader,
     Writer,
     answers_nothing,
+    bare_lf,
     bomb,
     chooses,
     closes_then_holds,
@@ -153,6 +154,19 @@ async def test_an_answer_that_is_no_http_1_1_upgrade_is_a_protocol_error_in_boun
         code, chat, _, peak_kb = await chatprobe(tmp_path, srv.url, CLIENTS[client])
     assert (code, chat["outcome"], chat["error_kind"]) == (1, "error", "protocol_error"), chat
     assert peak_kb < LIMIT_KB
+
+
+async def test_an_upgrade_answer_in_bare_lf_lines_is_a_protocol_error_not_an_unreachable_server(tmp_path):
+    """A 101 whose lines end with LF alone: websockets gives up on it with an EOFError ("line without CRLF"), which
+    the client took for the server's end, `refused` (exit 3, "unreachable"): the server answered, wrongly.
+    (picows, the default client, waits for a CRLF CRLF that never comes until connect_timeout: a `timeout`; its
+    HTTP parser is its own, in C, and is left as it is.)
+
+    FAILED on the code before: (3, 'error', 'refused')."""
+    async with raw(malformed(bare_lf)) as srv:
+        code, chat, _, _ = await chatprobe(tmp_path, srv.url, CLIENTS["websockets"])
+    assert (code, chat["outcome"], chat["error_kind"]) == (1, "error", "protocol_error"), chat
+    assert "LF alone" in chat["error"], chat
 
 
 @pytest.mark.parametrize("answer", REFUSALS.values(), ids=REFUSALS.keys())

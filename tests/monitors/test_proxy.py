@@ -756,6 +756,8 @@ HOSTILE_UPGRADE_ANSWERS = {
     "an HTTP/1.0 101": lambda head: _upgrade_answer(head).replace(b"HTTP/1.1", b"HTTP/1.0", 1),
     "a 200 with a body": lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
     "a status of 999": lambda head: b"HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n",
+    # FAILED on the code before: counted `refused` (websockets' "line without CRLF" read as the upstream's end)
+    "a 101 in bare-LF lines": lambda head: _upgrade_answer(head).replace(b"\r\n", b"\n"),
 }
 
 
