@@ -261,6 +261,7 @@ def build() -> dash_m.Dashboard:
             unit="reqps", width=12,
         ),
     ]
+    r8 = f'chatprobe_rule_violations_total{{{SEL},rule="R8"}}'
     rules_row = [
         _timeseries(
             "Rule violations by rule",
@@ -271,9 +272,13 @@ def build() -> dash_m.Dashboard:
         _stat(
             "Isolation breaches (R8)",
             "Events of a run this client did not start (R8, docs/protocol.md#r8-isolation), over the selected time "
-            "range: cross-talk between users, a security failure. ChatEventIsolationBreach is critical on the first one.",
+            "range: cross-talk between users, a security failure. ChatEventIsolationBreach is critical on the first one. "
+            "A series that first appeared within the range counts its whole value, as the alert does (a breach in the "
+            "monitor's first probe round, before Prometheus's first scrape; a pushed run), which increase() misses.",
             _query(
-                f'sum(increase(chatprobe_rule_violations_total{{{SEL},rule="R8"}}[$__range])) or vector(0)', "R8"
+                f"sum(\n  (increase({r8}[$__range]) and {r8} offset $__range)\n  or\n"
+                f"  (max_over_time({r8}[$__range]) unless {r8} offset $__range)\n) or vector(0)",
+                "R8",
             ),
             unit="short", steps=[(None, "green"), (1, "red")],
         ),

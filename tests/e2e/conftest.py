@@ -223,16 +223,21 @@ def monitor(procs):
     return functools.partial(start_monitor, procs)
 
 
-def start_prometheus(procs: ProcGroup, scrape_targets: list[str], rule_file: Path | None = None):
-    """Prometheus (its config and data in the group's workdir) → (Proc, base URL), ready to answer queries."""
+def start_prometheus(procs: ProcGroup, scrape_targets: list[str], rule_file: Path | None = None,
+                     scrape_configs: list[dict] | None = None):
+    """Prometheus (its config and data in the group's workdir) → (Proc, base URL), ready to answer queries. It scrapes
+    `scrape_targets` as the job `chatprobe`, or, given `scrape_configs`, those jobs as written (an operator's own
+    config: its jobs, relabelling, timeouts), every second by default."""
+    import yaml
+
     binary = system_binary("prometheus")
     cfg = procs.workdir / "prometheus.yml"
-    lines = ["global:", "  scrape_interval: 1s", "  scrape_timeout: 1s", "  evaluation_interval: 1s"]
+    config: dict[str, Any] = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}}
     if rule_file is not None:
-        lines += ["rule_files:", f"  - {rule_file}"]
-    lines += ["scrape_configs:", "  - job_name: chatprobe", "    static_configs:",
-              f"      - targets: [{', '.join(repr(t) for t in scrape_targets)}]"]
-    cfg.write_text("\n".join(lines) + "\n")
+        config["rule_files"] = [str(rule_file)]
+    config["scrape_configs"] = scrape_configs if scrape_configs is not None else [
+        {"job_name": "chatprobe", "static_configs": [{"targets": list(scrape_targets)}]}]
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
     data = procs.workdir / "tsdb"
     data.mkdir()
     proc = procs.start("prometheus", [binary, f"--config.file={cfg}", f"--storage.tsdb.path={data}",
