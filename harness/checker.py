@@ -112,6 +112,7 @@ class ChatResult:
     warnings: list[Violation] = field(default_factory=list)
     parent_run_id: str | None = None  # a further run of the same stream: the run it continues
     further_run: bool = False  # a run the server added to a chat's stream: reported, counted in its chat (fold_further)
+    abandoned_at: float | None = None  # when the client left it mid-run (`abandon`), on the clock of sent_at
 
     @property
     def passed(self) -> bool:
@@ -1321,8 +1322,10 @@ def abandon(tracker: ChatTracker, now: float) -> ChatResult:
     if tracker._result is not None:
         return tracker._result
     outcome = Outcome.FAILED if tracker.violations else Outcome.PASSED
-    return tracker._make(outcome, list(tracker.violations), [], now,
-                         f"abandoned by the client after {len(tracker.events)} events")
+    result = tracker._make(outcome, list(tracker.violations), [], now,
+                           f"abandoned by the client after {len(tracker.events)} events")
+    result.abandoned_at = now
+    return result
 
 
 class _Combined(RunChecks):

@@ -55,6 +55,9 @@ TIME_TO_FIRST_EVENT_BUCKETS = (
 CHAT_DURATION_BUCKETS = (
     0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0,
 )
+# The "first event within 2 s" SLO's line (a bucket boundary above): a chat its client left before any event and
+# before this long is in no side of that SLI (chats_abandoned_before_first_event).
+FIRST_EVENT_SLO_SECONDS = 2.0
 EVENT_DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
 # A scenario name comes from a file, but a proxy or a careless caller could feed anything: past this many
@@ -101,6 +104,9 @@ class ChatMetrics:
         self.connections = counter("connections", "Connection attempts, by result.", ("result",))
         self.reconnects = counter("reconnects", "Reconnections and whether the flow continued.", ("result",))
         self.chats_abandoned = counter("chats_abandoned", "Chats the user left before the terminal event.")
+        self.chats_abandoned_before_first_event = counter(
+            "chats_abandoned_before_first_event", "Abandoned chats the user left before any event came and within "
+            "2 s of sending: in chatprobe_chats_total, but neither slow nor fast for the first-event-within-2s SLI.")
         self.chats_dropped = counter(
             "chats_dropped", "Open-model chats not started because max_in_flight chats were in flight (like k6's "
             "dropped_iterations); not in chatprobe_chats_total.")
@@ -181,7 +187,7 @@ class _Children:
 
     __slots__ = ("in_flight", "chats", "chats_error", "chats_missing_events", "missing_events", "events",
                  "rule_violations", "time_to_first_event", "chat_duration", "event_delay", "connections", "reconnects",
-                 "chats_abandoned", "chats_dropped", "client_rejections", "chats_unjudged")
+                 "chats_abandoned", "chats_abandoned_before_first_event", "chats_dropped", "client_rejections", "chats_unjudged")
 
     def __init__(self, m: ChatMetrics, base: tuple[str, str, str]) -> None:
         self.in_flight = m.chats_in_flight.labels(*base)
@@ -197,6 +203,7 @@ class _Children:
         self.connections = {r: m.connections.labels(*base, r) for r in CONNECTION_RESULTS}
         self.reconnects = {r: m.reconnects.labels(*base, r) for r in RECONNECT_RESULTS}
         self.chats_abandoned = m.chats_abandoned.labels(*base)
+        self.chats_abandoned_before_first_event = m.chats_abandoned_before_first_event.labels(*base)
         self.chats_dropped = m.chats_dropped.labels(*base)
         self.client_rejections = m.client_rejections.labels(*base)
         self.chats_unjudged = {r: m.chats_unjudged.labels(*base, r) for r in UNJUDGED_REASONS}
@@ -287,6 +294,10 @@ class MetricsSink(Sink):
                 child.inc(count)
         if result.time_to_first_event is not None:
             c.time_to_first_event.observe(result.time_to_first_event)
+        elif result.abandoned_at is not None and result.abandoned_at - result.sent_at < FIRST_EVENT_SLO_SECONDS:
+            # The user left before the server was late: not held against it by the first-event SLI (the rules take
+            # it out of the denominator), as an abandoned chat is not by the outcomes.
+            c.chats_abandoned_before_first_event.inc()
         if result.duration is not None:
             c.chat_duration.observe(result.duration)
         for role, delay in result.event_delays.items():

@@ -8,17 +8,23 @@ FAILED on the code before this file, each with what was wrong:
   start, before Prometheus's first scrape; a cross-talk in it makes the R8 counter's first sample 1, and
   ChatEventIsolationBreach (critical) fired while the dashboard's "Isolation breaches (R8)" stat, an increase() that
   sees nothing of a series born above zero, said 0 in green.
+- test_users_who_leave_before_a_fast_first_event_open_no_latency_ticket: a fifth of the proxy's users closed the tab
+  0.2 s after sending, before the server's first event (0.5 s, every chat passed): each counted as a chat without a
+  first event within 2 s, the SLI read 80% and ChatTimeToFirstEventSlow went pending on a server that was never late.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
-from .conftest import ProcGroup, scrape, start_monitor, start_prometheus, value, wait_for
+from .conftest import ProcGroup, chatprobe_bin, scrape, start_monitor, start_on_free_port, start_prometheus, value, wait_for
 from .rules import write_shortened_rules
 
 pytestmark = [pytest.mark.e2e]
@@ -73,3 +79,78 @@ def test_the_isolation_stat_counts_a_breach_the_first_scrape_already_saw(procs, 
     for time_range in ("5m", "1h", "7d"):
         shown = query(prom, as_grafana(expr, time_range=time_range))
         assert [float(s["value"][1]) for s in shown] == [r8], (time_range, shown)
+
+
+def start_proxy(procs: ProcGroup, upstream: str, *flags: str) -> tuple[str, str]:
+    """`chatprobe proxy` in front of `upstream` → (its ws URL for users, its /metrics host:port)."""
+    proc, port = start_on_free_port(procs, "proxy", lambda p: [
+        chatprobe_bin(), "proxy", "--upstream", upstream, "--listen", "127.0.0.1:0", "--metrics-listen",
+        f"127.0.0.1:{p}", "--settle", "0.05s", *flags])
+    return proc.wait_for_line(r"chatprobe proxy listening on (ws://\S+)").group(1), f"127.0.0.1:{port}"
+
+
+async def a_user(url: str, leave_after: float | None, deadline: float = 10.0) -> None:
+    """One real user's chat through the proxy: send a message, then read to agent_completed, or close the tab
+    `leave_after` seconds later (a deliberate pause: the user's)."""
+    async with asyncio.timeout(deadline), connect(url) as ws:
+        await ws.recv()  # the welcome
+        await ws.send(json.dumps({"type": "user_message", "payload": {"content": "What is 1 + 1?"}}))
+        if leave_after is not None:
+            await asyncio.sleep(leave_after)  # wait-ok: the user leaves this long after sending
+            return
+        while json.loads(await ws.recv())["type"] != "agent_completed":
+            pass
+
+
+def users(url: str, seconds: float, per_round: int = 10, leaving: int = 2, leave_after: float = 0.2) -> int:
+    """Rounds of `per_round` concurrent users for `seconds`, `leaving` of each round closing the tab early → chats."""
+    async def rounds() -> int:
+        n, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            await asyncio.gather(*(a_user(url, leave_after if k < leaving else None) for k in range(per_round)))
+            n += per_round
+        return n
+
+    return asyncio.run(rounds())
+
+
+@pytest.mark.timeout(150)
+def test_users_who_leave_before_a_fast_first_event_open_no_latency_ticket(procs, tmp_path):
+    url = start_server(procs, "server", "--first-delay", "0.5")
+    proxy, metrics = start_proxy(procs, url, "--target-name", "own")
+    _, prom = start_prometheus(procs, [metrics], write_shortened_rules(tmp_path / "rules.yml", FACTOR))
+    ratio = "target_scenario:chatprobe_time_to_first_event_within_2s_per_chats:ratio_rate5m"
+    started = time.monotonic()
+    chats = users(proxy, 40)  # more than the shortened 30 s window and `for`
+    window = f"{int(time.monotonic() - started) + 5}s"
+    assert chats >= 100
+    samples = query(prom, f'{ratio}{{target="own",scenario="live"}}[{window}]')
+    assert samples and len(samples[0]["values"]) >= 20, samples
+    assert min(float(v) for _, v in samples[0]["values"]) == pytest.approx(1.0), samples
+    assert not query(prom, f'ALERTS{{alertname="ChatTimeToFirstEventSlow"}}[{window}]')
+    seen = scrape(f"http://{metrics}/metrics")
+    assert value(seen, "chatprobe_chats_abandoned_before_first_event_total") == \
+        value(seen, "chatprobe_chats_abandoned_total") == chats // 5
+    assert value(seen, "chatprobe_chats_total") == chats
+
+
+@pytest.mark.timeout(150)
+def test_a_slow_first_event_opens_the_latency_ticket_for_the_monitor_and_the_proxy_alike(procs, tmp_path):
+    """The server answers every chat 2.5 s late: the ticket fires for the probe's scenario and the proxy's, each
+    naming its target and scenario, and not before its (shortened) `for`; users who leave after 2 s of silence
+    count as slow."""
+    url = start_server(procs, "server", "--first-delay", "2.5")
+    proxy, metrics = start_proxy(procs, url, "--target-name", "own-live")
+    _, mon = start_monitor(procs, "--target", url, "--target-name", "own", "--auth", "none", "--interval", "1s")
+    _, prom = start_prometheus(procs, [mon.split("//", 1)[1], metrics],
+                               write_shortened_rules(tmp_path / "rules.yml", FACTOR))
+    started = time.monotonic()
+    users(proxy, 45, per_round=5, leaving=1, leave_after=2.2)
+    firing = wait_for(lambda: len(alerts(prom, "ChatTimeToFirstEventSlow")) == 2 and
+                      alerts(prom, "ChatTimeToFirstEventSlow"), 30, "the ticket fires for both")
+    assert time.monotonic() - started >= 30
+    assert sorted((a["labels"]["target"], a["labels"]["scenario"], a["labels"]["severity"]) for a in firing) == \
+        [("own", "probe", "ticket"), ("own-live", "live", "ticket")]
+    seen = scrape(f"http://{metrics}/metrics")
+    assert value(seen, "chatprobe_chats_abandoned_total") > 0
+    assert value(seen, "chatprobe_chats_abandoned_before_first_event_total") == 0
