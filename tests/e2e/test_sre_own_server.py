@@ -11,6 +11,9 @@ FAILED on the code before this file, each with what was wrong:
 - test_users_who_leave_before_a_fast_first_event_open_no_latency_ticket: a fifth of the proxy's users closed the tab
   0.2 s after sending, before the server's first event (0.5 s, every chat passed): each counted as a chat without a
   first event within 2 s, the SLI read 80% and ChatTimeToFirstEventSlow went pending on a server that was never late.
+- test_the_runbooks_probe_scrape_and_what_it_says_of_a_scrape_timeout_too_short: the runbook said a scrape_timeout
+  shorter than the probe's deadline made `up` 0 and ChatProbeFailing stay silent; the monitor ends each /probe
+  within the scrape timeout less 2.5 s, so `up` stays 1 and the page fires on a server that answers in 1.5 s.
 """
 from __future__ import annotations
 
@@ -154,3 +157,48 @@ def test_a_slow_first_event_opens_the_latency_ticket_for_the_monitor_and_the_pro
     seen = scrape(f"http://{metrics}/metrics")
     assert value(seen, "chatprobe_chats_abandoned_total") > 0
     assert value(seen, "chatprobe_chats_abandoned_before_first_event_total") == 0
+
+
+def runbook_probe_job() -> dict:
+    """The blackbox-style scrape job docs/runbook.md gives under ChatProbeFailing, as written."""
+    import re
+
+    import yaml
+
+    text = (ROOT / "docs" / "runbook.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```yaml\n(- job_name: chatprobe-probe\n.*?)```", text, re.S)
+    (job,) = yaml.safe_load(block)
+    return job
+
+
+@pytest.mark.timeout(150)
+def test_the_runbooks_probe_scrape_and_what_it_says_of_a_scrape_timeout_too_short(procs, tmp_path):
+    """The runbook's `/probe` job, scraped by a real Prometheus twice: with a scrape_timeout the probe fits in, and
+    with one it does not (the monitor cuts each probe within the scrape timeout less 2.5 s, as blackbox_exporter
+    does). A server whose whole chat takes 1.5 s then fails every probe: `up` stays 1 and ChatProbeFailing pages,
+    as the runbook now says (it said `up` went 0 and the alert stayed silent)."""
+    import yaml
+
+    url = start_server(procs, "server", "--first-delay", "1.5")
+    config = tmp_path / "monitor.yaml"
+    config.write_text(yaml.safe_dump({"targets": {"own": {"url": url, "auth": "none"}}, "interval": "1h"}))
+    _, mon = start_monitor(procs, "--config", str(config))
+    jobs = []
+    for name, timeout in (("fits", "6s"), ("too-short", "3s")):
+        job = runbook_probe_job()
+        assert job["relabel_configs"][-1] == {"target_label": "__address__", "replacement": "monitor:9464"}
+        job["relabel_configs"][-1]["replacement"] = mon.split("//", 1)[1]
+        job["static_configs"] = [{"targets": ["own"]}]
+        jobs.append({**job, "job_name": name, "scrape_interval": "7s", "scrape_timeout": timeout})
+    _, prom = start_prometheus(procs, [], write_shortened_rules(tmp_path / "rules.yml", FACTOR), scrape_configs=jobs)
+    firing = wait_for(lambda: alerts(prom, "ChatProbeFailing"), 60, "ChatProbeFailing fires")
+    assert [(a["labels"]["job"], a["labels"]["instance"], a["labels"]["target"], a["labels"]["scenario"])
+            for a in firing] == [("too-short", "own/probe", "own", "probe")]
+    up = {s["metric"]["job"]: s["value"][1] for s in query(prom, "up")}
+    assert up == {"fits": "1", "too-short": "1"}
+    success = {s["metric"]["job"]: s["value"][1] for s in query(prom, "probe_success")}
+    assert success == {"fits": "1", "too-short": "0"}
+    (took,) = query(prom, 'probe_duration_seconds{job="too-short"}')
+    assert float(took["value"][1]) == pytest.approx(3 - 2.5, abs=0.3)
+    section = (ROOT / "docs" / "runbook.md").read_text(encoding="utf-8").split("## ChatProbeFailing")[1].split("\n## ")[0]
+    assert "`up` stays 1" in section and "scrape timeout less 2.5 s" in section
