@@ -202,3 +202,78 @@ def test_the_runbooks_probe_scrape_and_what_it_says_of_a_scrape_timeout_too_shor
     assert float(took["value"][1]) == pytest.approx(3 - 2.5, abs=0.3)
     section = (ROOT / "docs" / "runbook.md").read_text(encoding="utf-8").split("## ChatProbeFailing")[1].split("\n## ")[0]
     assert "`up` stays 1" in section and "scrape timeout less 2.5 s" in section
+
+
+PROBE10 = """\
+name: p10
+users: 2
+chats_per_user: 5
+parallel_chats: 5
+message: "What is 1 + 1?"
+max_duration: 5s
+expect:
+  streaming: true
+  deadline: 4s
+  settle: 0.05s
+"""
+
+
+def start_monitor_on(procs: ProcGroup, name: str, url: str, scenario: Path, port: int | None = None) -> tuple[str, int]:
+    """`chatprobe monitor` of `url` as target `name` on a port of its own (again the same `port` on a restart, as a
+    service's fixed --listen) → (its host:port, port)."""
+    argv = [chatprobe_bin(), "monitor", "--target", url, "--target-name", name, "--auth", "none", "--scenario",
+            str(scenario), "--interval", "1s", "--timeout", "10s", "--listen"]
+    if port is None:
+        _, port = start_on_free_port(procs, f"monitor-{name}", lambda p: [*argv, f"127.0.0.1:{p}"])
+    else:
+        procs.start(f"monitor-{name}-again", [*argv, f"127.0.0.1:{port}"]).wait_for_line(
+            r"chatprobe monitor listening on")
+    return f"127.0.0.1:{port}", port
+
+
+@pytest.mark.timeout(200)
+def test_two_monitors_and_a_proxy_one_prometheus_a_restart_and_a_target_down(procs, tmp_path):
+    """One Prometheus job scrapes two monitors (alpha: healthy; beta: drops tool_completed in 20% of chats) and a
+    proxy in front of beta carrying many users. The page names each (target, scenario) on its own, never alpha while
+    it is healthy; alpha's monitor restarting on its address adds its counts up in Prometheus (a counter reset), and
+    alpha's server going down pages alpha too (its chats `error`), while ChatProbeDown stays silent throughout."""
+    import threading
+
+    scenario = tmp_path / "p10.yaml"
+    scenario.write_text(PROBE10)
+    alpha_url = start_server(procs, "alpha")
+    alpha_server = procs.started[-1]
+    beta_url = start_server(procs, "beta", "--drop-percent", "20")
+    alpha, alpha_port = start_monitor_on(procs, "alpha", alpha_url, scenario)
+    beta, _ = start_monitor_on(procs, "beta", beta_url, scenario)
+    proxy, proxy_metrics = start_proxy(procs, beta_url, "--target-name", "beta")
+    _, prom = start_prometheus(procs, [alpha, beta, proxy_metrics],
+                               write_shortened_rules(tmp_path / "rules.yml", FACTOR))
+    live = threading.Thread(target=users, args=(proxy, 60), kwargs={"leaving": 0}, daemon=True)
+    live.start()
+    wait_for(lambda: query(prom, 'target_scenario:chatprobe_chats:rate5m{target="alpha"}'), 30, "alpha's rate")
+
+    first = procs.started[[p.name for p in procs.started].index("monitor-alpha")]
+    before_stop = value(scrape(f"http://{alpha}/metrics"), "chatprobe_chats_total")
+    first.stop()
+    counted_first = before_stop  # a round may end between the scrape and the stop: at most one round (10 chats) more
+    start_monitor_on(procs, "alpha", alpha_url, scenario, alpha_port)
+    wait_for(lambda: value(scrape(f"http://{alpha}/metrics"), "chatprobe_chats_total") >= 50, 30, "alpha probed again")
+    assert not query(prom, 'ALERTS{target="alpha",alertstate="firing"}[2m]'), "alpha paged while healthy"
+    counted_second = value(scrape(f"http://{alpha}/metrics"), "chatprobe_chats_total")
+    # What Prometheus saw of alpha's chats: from its first scrape of the first process (which had probed before
+    # Prometheus started) across the reset to now, against what the two processes counted.
+    scraped = query(prom, 'chatprobe_chats_total{target="alpha"}[5m]')
+    unseen = sum(float(s["values"][0][1]) for s in scraped)
+    seen = float(query(prom, 'sum(increase(chatprobe_chats_total{target="alpha"}[5m]))')[0]["value"][1])
+    assert seen == pytest.approx(counted_first + counted_second - unseen, rel=0.15, abs=10), \
+        (seen, counted_first, counted_second, unseen)
+
+    alpha_server.stop()
+    pages = {("alpha", "p10"), ("beta", "p10"), ("beta", "live")}
+    firing = wait_for(lambda: (got := alerts(prom, "ChatEventsMissing")) and
+                      {(a["labels"]["target"], a["labels"]["scenario"]) for a in got} == pages and got,
+                      90, "ChatEventsMissing fires for alpha (down), beta's probe and beta's users")
+    assert {a["labels"]["severity"] for a in firing} == {"page"}
+    assert not query(prom, 'ALERTS{alertname="ChatProbeDown",alertstate="firing"}[5m]')
+    live.join(90)
