@@ -62,6 +62,13 @@ def panel_exprs(title: str) -> list[str]:
     return [t["expr"] for t in panel["targets"]]
 
 
+def empty_panels(prom: str) -> set[str]:
+    """The dashboard's panels none of whose queries finds a series in `prom`, asked as Grafana asks them."""
+    board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return {p["title"] for p in board["panels"] if p["type"] != "row"
+            and not any(query(prom, as_grafana(t["expr"])) for t in p["targets"])}
+
+
 def as_grafana(expr: str, rate_interval: str = "20s", time_range: str = "1h") -> str:
     """The query as Grafana sends it with every variable at "All" (`.*`), for a time range of `time_range`."""
     for var in ("$target", "$scenario", "$source"):
@@ -82,6 +89,9 @@ def test_the_isolation_stat_counts_a_breach_the_first_scrape_already_saw(procs, 
     for time_range in ("5m", "1h", "7d"):
         shown = query(prom, as_grafana(expr, time_range=time_range))
         assert [float(s["value"][1]) for s in shown] == [r8], (time_range, shown)
+    # A monitor-only setup: every panel shows something but the proxy's front door (docs/metrics.md#dashboard).
+    wait_for(lambda: empty_panels(prom) == {"Proxy client connections", "Proxy refused connections by reason"}, 30,
+             "every panel but the proxy's finds its series", diagnostics=lambda: repr(empty_panels(prom)))
 
 
 def start_proxy(procs: ProcGroup, upstream: str, *flags: str) -> tuple[str, str]:
@@ -135,6 +145,8 @@ def test_users_who_leave_before_a_fast_first_event_open_no_latency_ticket(procs,
     assert value(seen, "chatprobe_chats_abandoned_before_first_event_total") == \
         value(seen, "chatprobe_chats_abandoned_total") == chats // 5
     assert value(seen, "chatprobe_chats_total") == chats
+    # A proxy-only setup: every panel shows something but the probe's freshness (docs/metrics.md#dashboard).
+    assert empty_panels(prom) == {"Probe freshness"}
 
 
 @pytest.mark.timeout(150)
