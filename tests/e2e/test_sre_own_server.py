@@ -7,7 +7,8 @@ FAILED on the code before this file, each with what was wrong:
 - test_the_isolation_stat_counts_a_breach_the_first_scrape_already_saw: the monitor's first probe round runs at its
   start, before Prometheus's first scrape; a cross-talk in it makes the R8 counter's first sample 1, and
   ChatEventIsolationBreach (critical) fired while the dashboard's "Isolation breaches (R8)" stat, an increase() that
-  sees nothing of a series born above zero, said 0 in green.
+  sees nothing of a series born above zero, said 0 in green; the runbook's query for the page
+  (`increase(chatprobe_rule_violations_total{rule="R8"}[1h])` by source) read 0 alike.
 - test_users_who_leave_before_a_fast_first_event_open_no_latency_ticket: a fifth of the proxy's users closed the tab
   0.2 s after sending, before the server's first event (0.5 s, every chat passed): each counted as a chat without a
   first event within 2 s, the SLI read 80% and ChatTimeToFirstEventSlow went pending on a server that was never late.
@@ -89,6 +90,15 @@ def test_the_isolation_stat_counts_a_breach_the_first_scrape_already_saw(procs, 
     for time_range in ("5m", "1h", "7d"):
         shown = query(prom, as_grafana(expr, time_range=time_range))
         assert [float(s["value"][1]) for s in shown] == [r8], (time_range, shown)
+    # The runbook's queries for this page find the breach too, by source.
+    import re
+
+    section = (ROOT / "docs" / "runbook.md").read_text(encoding="utf-8").split("## ChatEventIsolationBreach")[1]
+    queries = [q for q in re.findall(r"`([^`\n]*chatprobe_rule_violations_total[^`\n]*)`", section.split("\n## ")[0])]
+    assert queries
+    for q in queries:
+        got = {s["metric"].get("source"): float(s["value"][1]) for s in query(prom, q)}
+        assert got.get("synthetic", 0) >= 1, (q, got)
     # A monitor-only setup: every panel shows something but the proxy's front door (docs/metrics.md#dashboard).
     wait_for(lambda: empty_panels(prom) == {"Proxy client connections", "Proxy refused connections by reason"}, 30,
              "every panel but the proxy's finds its series", diagnostics=lambda: repr(empty_panels(prom)))
