@@ -30,8 +30,10 @@ RATE = "$__rate_interval"
 # le is "2.0" from client_python and Prometheus 3, "2" from Go clients.
 LE_2S = 'le=~"2|2\\\\.0"'
 # As every rate() of the rules: Pushgateway groups (a push_time_seconds of the same job, target and scenario) hold
-# one run's totals, replaced by the next run, so rate() over them reads increases and resets that never happened.
-NOT_PUSHED = "unless on (job, target, scenario) push_time_seconds"
+# one run's totals, replaced by the next run, so rate() over them reads increases and resets that never happened;
+# and blackbox-style /probe scrapes of the monitor (a probe_success of the same job and instance): a fresh registry
+# each scrape, whose counters flip between 0 and 1.
+NOT_PUSHED = "unless on (job, target, scenario) push_time_seconds unless on (job, instance) probe_success"
 
 MISSING_EVENTS_LIMIT = 0.05  # ChatEventsMissing: more than 5% of chats
 FIRST_EVENT_LIMIT_SECONDS = 2.0

@@ -15,6 +15,10 @@ FAILED on the code before this file, each with what was wrong:
 - test_the_runbooks_probe_scrape_and_what_it_says_of_a_scrape_timeout_too_short: the runbook said a scrape_timeout
   shorter than the probe's deadline made `up` 0 and ChatProbeFailing stay silent; the monitor ends each /probe
   within the scrape timeout less 2.5 s, so `up` stays 1 and the page fires on a server that answers in 1.5 s.
+- test_the_rules_leave_out_probe_scrapes_of_a_monitor_also_scraped_on_metrics: with the README's /metrics job and the
+  runbook's /probe job on one monitor (its loop probes every target into /metrics anyway), the /probe counters'
+  flips between 0 and 1 entered every rate(): the traffic rule read 0.43 chats/s for the loop's 0.32, and the
+  missing-events ratio and its panel moved with them.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from .conftest import ProcGroup, chatprobe_bin, scrape, start_monitor, start_on_free_port, start_prometheus, value, wait_for
-from .rules import write_shortened_rules
+from .rules import shortened_rules, write_shortened_rules
 
 pytestmark = [pytest.mark.e2e]
 
@@ -299,3 +303,42 @@ def test_two_monitors_and_a_proxy_one_prometheus_a_restart_and_a_target_down(pro
     assert {a["labels"]["severity"] for a in firing} == {"page"}
     assert not query(prom, 'ALERTS{alertname="ChatProbeDown",alertstate="firing"}[5m]')
     live.join(90)
+
+
+@pytest.mark.timeout(150)
+def test_the_rules_leave_out_probe_scrapes_of_a_monitor_also_scraped_on_metrics(procs, tmp_path):
+    """The README's /metrics job and the runbook's /probe job on one monitor, for the same target and scenario
+    (the monitor's loop probes every configured target into /metrics whatever else scrapes it): the per-scrape
+    counters of /probe flip between 0 and 1 as probes fail and pass, which rate() read as chats that never were.
+    The rules and the missing-events panel read the loop's chats alone."""
+    import yaml
+
+    url = start_server(procs, "server", "--drop-percent", "20")
+    config = tmp_path / "monitor.yaml"
+    config.write_text(yaml.safe_dump({"targets": {"own": {"url": url, "auth": "none"}}, "interval": "1s"}))
+    _, mon = start_monitor(procs, "--config", str(config))
+    address = mon.split("//", 1)[1]
+    probe = runbook_probe_job()
+    probe["relabel_configs"][-1]["replacement"] = address
+    probe["static_configs"] = [{"targets": ["own"]}]
+    jobs = [{"job_name": "chatprobe-monitor", "static_configs": [{"targets": [address]}]},
+            {**probe, "scrape_interval": "1s", "scrape_timeout": "1s"}]
+    _, prom = start_prometheus(procs, [], write_shortened_rules(tmp_path / "rules.yml", FACTOR), scrape_configs=jobs)
+    flips = 'sum(changes(chatprobe_chats_total{job="chatprobe-probe",outcome="failed"}[30s])) or vector(0)'
+    wait_for(lambda: float(query(prom, flips)[0]["value"][1]) >= 4, 60, "some /probe scrapes failed and passed")
+    rules = {r["record"]: r["expr"] for g in shortened_rules(FACTOR)["groups"] for r in g["rules"] if "record" in r}
+    (panel,) = panel_exprs("Missing-events ratio")
+    ratio = ('sum by (target, scenario) (rate(chatprobe_chats_missing_events_total{job="chatprobe-monitor"}[30s]))'
+             ' / sum by (target, scenario) (rate(chatprobe_chats_total{job="chatprobe-monitor"}[30s]))')
+    loop = {
+        rules["target_scenario:chatprobe_chats:rate5m"]:
+            'sum by (target, scenario) (rate(chatprobe_chats_total{job="chatprobe-monitor"}[30s]))',
+        rules["target_scenario:chatprobe_chats_missing_events_per_chats:ratio_rate5m"]: ratio,
+        rules["target_scenario:chatprobe_chats_not_passed_per_chats:ratio_rate5m"]: ratio,  # every failure misses one
+        as_grafana(panel).replace("[5m]", "[30s]"): ratio,
+    }
+    at = time.time() - 1
+    for expr, own in loop.items():
+        got, want = (httpx.get(f"{prom}/api/v1/query", params={"query": e, "time": at}, timeout=5).json()
+                     ["data"]["result"] for e in (expr, own))
+        assert [float(s["value"][1]) for s in got] == pytest.approx([float(s["value"][1]) for s in want]), expr
