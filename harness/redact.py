@@ -15,7 +15,7 @@ from array import array
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from itertools import accumulate, compress, product
+from itertools import accumulate, compress, product, repeat
 from json.decoder import scanstring as json_scanstring  # type: ignore[attr-defined]  # the C scanner (not in typeshed)
 from urllib.parse import quote, unquote, unquote_plus
 
@@ -221,14 +221,27 @@ def _mixes(text: str) -> int:
 
 
 def _run_lengths(secrets: Iterable[str], literal: bool = True) -> dict[str, int]:
-    """Each form of each secret (all its literal_forms, or its _disguised_forms) and the shortest run of
-    it that is redacted: MIN_RUN, or MIN_RUN_WORDS for a secret that reads as words; never more than the form."""
+    """Each form of each secret (all its literal_forms and its hex, or its _disguised_forms) and the shortest run of
+    it that is redacted: MIN_RUN, or MIN_RUN_WORDS for a secret that reads as words; never more than the form. A run
+    of its hex (`token.encode().hex()`, Go's `%x`: a debug dump of the bytes) counts two characters a byte."""
     out: dict[str, int] = {}
     for secret in secrets:
         run = MIN_RUN if _mixes(secret) >= 2 else MIN_RUN_WORDS
-        for form in literal_forms(secret) if literal else _disguised_forms(secret):
-            out[form] = min(run, len(form), out.get(form, run))
+        forms = {form: run for form in (literal_forms(secret) if literal else _disguised_forms(secret))}
+        if literal:
+            forms[secret.encode("utf-8", "surrogatepass").hex()] = 2 * run
+        for form, length in forms.items():
+            out[form] = min(length, len(form), out.get(form, length))
     return out
+
+
+def _folded(text: str) -> str:
+    """The text in lower case, each character where it stood: U+0130 (`İ`), the one character whose lower case is
+    two, lowered as `I`. Secrets are matched in it, their forms lowered too: a server that upper- or lower-cases
+    what it echoes (an error message normalized, a hex dump in capitals) gives the token away all but its letters'
+    case, which a few thousand guesses recover."""
+    low = text.lower()
+    return low if len(low) == len(text) else text.replace("\u0130", "I").lower()
 
 
 def _disguised_forms(secret: str) -> set[str]:
@@ -279,12 +292,19 @@ class Budget:
 
 class _Runs:
     """Finds every run of at least its form's run length of consecutive characters of any of the forms, wherever in
-    the form it starts. Each form is cut into pieces of _PIECE characters, one every (run length + 1 - _PIECE)
-    characters, so that any such run holds a piece whole: every piece of every form is found in one pass over the
-    text (an Aho-Corasick automaton, built once per set of forms), and each hit is followed left and right while the
-    text goes on as the form does at that offset (a piece may occur at several offsets of a repetitive form)."""
+    the form it starts, in any mix of upper and lower case. Each form is cut into pieces of _PIECE characters, one
+    every (run length + 1 - _PIECE) characters, so that any such run holds a piece whole: every piece of every form is
+    found in one pass over the text (an Aho-Corasick automaton, built once per set of forms), and each hit is followed
+    left and right while the text goes on as the form does at that offset (a piece may occur at several offsets of a
+    repetitive form)."""
 
     def __init__(self, forms: dict[str, int]) -> None:
+        # Matched without regard to case (_folded): the forms lowered, the text too, where it stands.
+        folded: dict[str, int] = {}
+        for form, run in forms.items():
+            low = _folded(form)
+            folded[low] = min(run, folded.get(low, run))
+        forms = folded
         self.forms = list(forms)
         pieces: dict[str, list[tuple[int, int]]] = {}  # piece -> (form index, offset in the form)
         for n, (form, run) in enumerate(forms.items()):
@@ -307,6 +327,7 @@ class _Runs:
         # has in the forms; the pass stops as soon as their count, or that of the hits that grew, is over the bound.
         if budget is None:
             budget = Budget(len(text))
+        text = _folded(text)
         found: list[tuple[int, int]] = []
         forms, runs = self.forms, self.runs
         hits, grown = budget.hits, budget.grown
@@ -345,7 +366,7 @@ class _Runs:
         ten megabytes of them). (The pieces have one length: the longest match is the leftmost one.)"""
         out: list[str] = []
         i = 0
-        for end in [last + 1 for last, _ in self.automaton.iter_long(text)]:
+        for end in [last + 1 for last, _ in self.automaton.iter_long(_folded(text))]:
             start = end - _PIECE
             if start > i or not out:
                 out += [text[i:start], REDACTED]
@@ -427,6 +448,14 @@ _JSON_ESCAPE_SPLIT = _Lazy(rf"((?<!\\)(?:\\u[0-9A-Fa-f]{{4}})+|(?<!\\)(?:\\\\u[0
 _ESCAPED_SURROGATE_RE = _Lazy(r"\\u[Dd][89A-Fa-f][0-9A-Fa-f]{2}")
 # Spelled to start with "%" inside its group, which lets the engine skip ahead to each "%".
 _PERCENT_RUN_SPLIT = _Lazy("(%[0-9A-Fa-f]{2}(?:%[0-9A-Fa-f]{2})*)")
+# A run of at least 4 (MIN_SECRET_LEN) HTML/XML numeric character references, decimal or hex (`&#88;&#x6b;&#X39;…`): an
+# encoder that writes every character so (an HTML error page, an attacker's). One on its own, as prose holds them
+# (`agent&#39;s`, a template's `&#43;` for a `+`), is left: decoding each cost a Python call (0.13 s a megabyte of
+# HTML text), and the plain characters around it are matched as they stand. Spelled to start with "&" inside its
+# group, which lets the engine skip ahead to each "&" (its first reference outside the repeat: 5 times faster).
+_ENTITY_RUN_SPLIT = _Lazy("(&#(?:[0-9]{1,7}|[xX][0-9A-Fa-f]{1,6});(?:&#(?:[0-9]{1,7}|[xX][0-9A-Fa-f]{1,6});){3,})")
+# What such a run holds (the quick test before the pattern: a text without it costs nothing more).
+_ENTITY_MARK = ";&#"
 _SURROGATE_PAIR_SPLIT = _Lazy("([\ud800-\udbff][\udc00-\udfff])")
 _ASTRAL_RE = _Lazy("[\U00010000-\U0010ffff]")
 _INVISIBLE_SPLIT = _Lazy(f"([{_INVISIBLE}]+)")
@@ -489,6 +518,29 @@ def _in_percent_run(piece: str, decoded: str) -> Callable[[int], int]:
     return lambda off: 3 * size(off)
 
 
+def _entity_run(run: str) -> str:
+    """A run of numeric character references decoded (all decimal or all hex: in C, no Python call per reference);
+    as it is when one names no character (past U+10FFFF)."""
+    try:
+        if "x" not in run and "X" not in run:
+            return "".join(map(chr, map(int, run[2:-1].split(";&#"))))
+        refs = run[3:-1].replace("X", "x").split(";&#x")
+        if "&" not in "".join(refs):  # all hex
+            return "".join(map(chr, map(int, refs, repeat(16))))
+        return "".join(chr(int(r[1:], 16)) if r[0] in "xX" else chr(int(r)) for r in run[2:-1].split(";&#"))
+    except (ValueError, OverflowError):
+        return run
+
+
+def _in_entity_run(piece: str, decoded: str) -> Callable[[int], int]:
+    """Where the `off`th character a run of numeric character references decodes to starts in it: after the widths
+    of the references before it (`&#`, the number, `;`)."""
+    if decoded == piece:  # a run left as it was (_entity_run)
+        return lambda off: off
+    starts = array("q", accumulate((len(ref) + 3 for ref in piece[2:-1].split(";&#")), initial=0))
+    return lambda off: starts[off]
+
+
 def _percent_run(run: str) -> str:
     return bytes.fromhex(run.replace("%", "")).decode("utf-8", "surrogateescape")
 
@@ -543,9 +595,9 @@ def _decode_step(text: str, parts: list[str], decoded: list[str], positions: _Po
 
 
 def _decode(text: str, positions: _Positions | None = None, invisible: bool = False) -> str:
-    """The text with its JSON escapes (however often their backslash is doubled) and %-escapes decoded: what a
-    disguised secret reads as; `invisible`: without invisible format characters too; `positions`: where each decoded
-    character starts in the text is noted there."""
+    """The text with its JSON escapes (however often their backslash is doubled), %-escapes and runs of numeric
+    character references (_ENTITY_RUN_SPLIT) decoded: what a disguised secret reads as; `invisible`: without
+    invisible format characters too; `positions`: where each decoded character starts in the text is noted there."""
     if "\\" in text:
         parts = _JSON_ESCAPE_SPLIT.compiled.split(text)
         if len(parts) > 1:
@@ -564,6 +616,10 @@ def _decode(text: str, positions: _Positions | None = None, invisible: bool = Fa
         parts = _PERCENT_RUN_SPLIT.compiled.split(text)
         if len(parts) > 1:
             text = _decode_step(text, parts, list(map(_percent_run, parts[1::2])), positions, _in_percent_run)
+    if _ENTITY_MARK in text:
+        parts = _ENTITY_RUN_SPLIT.compiled.split(text)
+        if len(parts) > 1:
+            text = _decode_step(text, parts, list(map(_entity_run, parts[1::2])), positions, _in_entity_run)
     if invisible and not text.isprintable():
         parts = _INVISIBLE_SPLIT.compiled.split(text)
         if len(parts) > 1:
@@ -602,7 +658,7 @@ class Secrets:
         the hits it may take (see Budget)."""
         if self.literal is None:
             return text
-        if self.disguised is not None and ("\\" in text or "%" in text or not text.isprintable()):
+        if self.disguised is not None and ("\\" in text or "%" in text or _ENTITY_MARK in text or not text.isprintable()):
             if decoded is None:
                 decoded = _unescaped(text)
             if not decoded.isprintable():  # raw or escaped, an invisible format character splits no secret
@@ -691,8 +747,10 @@ def own_cached_chars() -> int:
 # not mix, a run whose pieces are each held by more than _SEEN_SHARED credentials,
 # a fragment shorter than 15 characters (the last 7 characters of another user's token), a credential inside base64
 # text (a registered secret's base64 forms are matched, a held credential's are not: an echoed `Basic` header is caught
-# by its credential, held as sent), a credential past the pool's bound (forgotten: see below). Of a JWT only its
-# signature is held: its header and payload are caught by their `eyJ` shape wherever they are.
+# by its credential, held as sent), one in another case or as hex (a registered secret's and a connection's own are
+# matched so: _Runs; the pool's dict of exact pieces is not), a credential past the pool's bound (forgotten: see
+# below). Of a JWT only its signature is held: its header and payload are caught by their `eyJ` shape wherever they
+# are.
 _SEEN_PIECE = 8
 SEEN_MIN_LEN = 2 * _SEEN_PIECE - 1  # found whole
 _SEEN_PIECES = _Lazy("(?s)" + "." * _SEEN_PIECE)
@@ -986,7 +1044,7 @@ class SeenCredentials:
             return also.sub(text, decoded, budget) if also is not None else text
         if budget is None:
             budget = Budget(len(text))
-        if "\\" in text or "%" in text or not text.isprintable():
+        if "\\" in text or "%" in text or _ENTITY_MARK in text or not text.isprintable():
             if decoded is None:
                 decoded = _unescaped(text)
             if not decoded.isprintable():
@@ -1470,7 +1528,7 @@ def scrub(text: str, also: Secrets | None = None, budget: Budget | None = None) 
     fixed, minted = _patterns()
     # Escapes decoded once, for both sets of secrets: what a secret or JWT disguised as \u0065yJ… or %65yJ… reads as.
     given = text
-    decoded = _unescaped(text) if "\\" in text or "%" in text else text
+    decoded = _unescaped(text) if "\\" in text or "%" in text or _ENTITY_MARK in text else text
     if fixed is not None:
         text = fixed.sub(text, decoded, budget)
     disguised_jwt = "eyJ" in decoded and decoded != text

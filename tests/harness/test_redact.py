@@ -264,6 +264,31 @@ def test_a_secret_in_disguise_is_redacted(shown):
     assert "w0rd" not in redact._unescaped(text)
 
 
+@pytest.mark.parametrize("shown", [
+    "PA55/W0RD+USER-SECRET",  # upper case (an error message normalized)
+    "pa55/w0rd+user-secret".title(),  # any mix of cases
+    b"Pa55/w0rd+user-secret".hex(),  # hex of its bytes (a debug dump, Go's %x)
+    b"Pa55/w0rd+user-secret".hex().upper(),
+    "".join(f"&#{ord(c)};" for c in "pa55/w0rd+user-secret"),  # HTML numeric character references
+    "".join(f"&#x{ord(c):x};" if i % 2 else f"&#X{ord(c):02X};" for i, c in enumerate("pa55/w0rd+user-secret")),
+    "pa55" + "".join(f"&#{ord(c)};" for c in "/w0rd+us") + "er-secret",  # some
+    _u("PA55/W0RD+USER-SECRET", 2),  # escaped and upper case
+])
+def test_a_secret_in_another_case_in_hex_or_as_html_references_is_redacted(shown):
+    redact.register("Pa55/w0rd+user-secret")
+    text = scrub(f"echo: {shown} end &#39;quoted&#39; &amp; &#9999999;&#1;&#2;&#3; DEADBEEF")
+    assert text == f"echo: {REDACTED} end &#39;quoted&#39; &amp; &#9999999;&#1;&#2;&#3; DEADBEEF", text
+
+
+def test_a_short_run_of_a_secrets_hex_is_left():
+    # hex counts two characters a byte: a run of 8 characters of the secret is 16 of its hex
+    secret = "pa55/w0rd+user-secret"
+    redact.register(secret)
+    short = secret.encode().hex()[2:17]
+    assert scrub(f"id {short} ok") == f"id {short} ok"
+    assert scrub(f"id {secret.encode().hex()[2:18]} ok") == f"id {REDACTED} ok"
+
+
 def test_a_secret_inside_base64_is_redacted_at_each_alignment():
     secret = "pa55/w0rd+user-secret"
     redact.register(secret)
