@@ -13,7 +13,9 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import html
 import json
+import re
 import secrets
 import struct
 from pathlib import Path
@@ -255,3 +257,58 @@ async def test_a_client_of_many_made_up_credentials_cannot_push_another_users_ou
     recorded = "\n".join(p.read_text() for p in rec.iterdir() if p.is_file())
     assert "ana's token: [REDACTED]." in recorded
     assert not any(ana_token[i:i + 15] in recorded for i in range(len(ana_token) - 14))
+
+
+def encoded(secret: str) -> list[str]:
+    """A credential as an upstream may echo it by accident or on purpose: upper or lower case, the hex of its bytes,
+    HTML numeric character references (decimal and hex)."""
+    return [secret.upper(), secret.lower(), secret.encode().hex(), secret.encode().hex().upper(),
+            "".join(f"&#{ord(c)};" for c in secret), "".join(f"&#x{ord(c):x};" for c in secret)]
+
+
+async def test_a_users_own_credentials_echoed_in_another_case_in_hex_or_as_html_references_are_in_no_recording(
+        tmp_path):
+    """A user's bearer token, its `?access_token=` and its session cookie, echoed by the upstream upper-cased, as hex,
+    as HTML references, in the welcome frame, an event and the close reason: the proxy's recording of that connection
+    (and its log) shows none of them. FAILED before: a connection's own credentials were matched as they were sent
+    (and escaped, encoded), case and all: the upper-cased token and its hex stood in the recording."""
+    token, query, cookie = secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    own = [token, query, cookie]
+
+    async def handler(ws):
+        every = " | ".join(f for s in own for f in encoded(s))
+        await ws.send(json.dumps({"type": "connection_established", "data": {"connection_id": every}}))
+        p = json.loads(await ws.recv())["payload"]
+        run = {"run_id": "run-1", "thread_id": p["thread_id"]}
+        await ws.send(json.dumps({"type": "agent_started", **run, "seq": 1, "payload": {"message_id": p["message_id"]}}))
+        await ws.send(json.dumps({"type": "agent_thinking", **run, "seq": 2, "payload": {"thought": every}}))
+        await ws.close(4000, f"{token.upper()} {cookie.encode().hex()}"[:123])
+
+    rec = tmp_path / "rec"
+    async with serve(handler, "127.0.0.1", 0, compression=None) as upstream:
+        port = upstream.sockets[0].getsockname()[1]
+        async with proxy_process(f"ws://127.0.0.1:{port}", tmp_path, "--record", str(rec), "--record-all",
+                                 "-v") as proxy, asyncio.timeout(30):
+            got: list[str] = []
+            async with connect(f"ws://127.0.0.1:{proxy.port}/ws?access_token={query}", open_timeout=10,
+                               close_timeout=2, additional_headers={"Authorization": f"Bearer {token}",
+                                                                    "Cookie": f"sid={cookie}; theme=dark"}) as ws:
+                got.append(str(await ws.recv()))
+                await ws.send(json.dumps({"type": "user_message", "payload": {
+                    "content": "hi", "thread_id": "t1", "message_id": "m1"}}))
+                with contextlib.suppress(ConnectionClosed):
+                    async for message in ws:
+                        got.append(str(message))
+                got.append(ws.close_reason or "")
+    assert token.upper() in "".join(got)  # the upstream did echo them (a passive proxy forwards)
+    files = sorted(p for p in rec.iterdir() if p.is_file())
+    assert files
+    recorded = "\n".join(p.read_text() for p in files)
+    assert "[REDACTED]" in recorded
+    for name, text in {"recording": recorded, "log": Path(proxy.err).read_text()}.items():
+        shown = html.unescape(text).lower()
+        shown += "\n".join(bytes.fromhex(run[: len(run) // 2 * 2]).decode("latin-1").lower()
+                           for run in re.findall(r"[0-9a-fA-F]{16,}", shown))
+        for secret in own:
+            runs = [secret[i:i + 8].lower() for i in range(len(secret) - 7)]
+            assert not [r for r in runs if r in shown], f"the {name} shows part of a credential"
