@@ -306,6 +306,26 @@ def test_a_jwt_in_disguise_is_redacted_whoever_minted_it():
         assert scrub(f"user {shown} ok") == f"user {REDACTED} ok", shown
 
 
+def test_a_jwt_as_html_references_or_hex_is_redacted_minted_or_not():
+    def refs(s: str) -> str:
+        return "".join(f"&#{ord(c)};" if i % 3 else f"&#x{ord(c):X};" for i, c in enumerate(s))
+
+    other = jwt.encode({"sub": "someone-else"}, "not-our-secret-0123456789abcdef0123", algorithm="HS256")
+    minted = jwt.encode({"sub": "u1"}, "our-secret-for-minting-0123456789abcdef", algorithm="HS256")
+    redact.register(minted, minted=True)
+    sig = minted.rsplit(".", 1)[1]
+    for token in (other, minted):
+        for shown in (refs(token), "eyJ" + refs(token[3:]), refs(token.split(".")[1]), token.encode().hex(),
+                      f"Bearer {token}".encode().hex().upper()):
+            out = scrub(f"user {shown} ok &#39;q&#39;")
+            assert REDACTED in out and out.endswith(" ok &#39;q&#39;"), shown
+            assert token.split(".")[1][:8] not in redact._unescaped(out) and token.encode().hex()[:20] not in out
+    assert scrub(f"sig {refs(sig)} ok") == f"sig {REDACTED} ok"  # a minted one's signature alone, too
+    # hex that is no JWT stays
+    for text in (b'{"a": 1}'.hex(), "65794a", "deadbeef65794a20"):
+        assert scrub(f"x {text} y") == f"x {text} y"
+
+
 def test_escapes_that_hold_no_secret_are_left_as_they_are():
     redact.register("pa55/w0rd+user-secret")
     for text in ('{"msg": "caf\\u00e9 50% off \\/ \\\\"}', "%41%42 \\u0041", "\\" * 10_000 + "u0070a55",

@@ -1,9 +1,10 @@
 """A server that echoes the credentials chatprobe holds (the token given, a --header-env value, the JWT secret) in the
 encodings an encoder or a careless server produces: upper or lower case (an error message normalized), hex of the
-bytes (a debug dump, Go's `%x`), HTML numeric character references (an encoder that writes every character so), in
-the welcome frame, event payloads, an error event's message, a frame that is no JSON, the close reason, and halves of
-the token in two frames. `chatprobe run` (every report, the recording) and `chatprobe check` of the recording, real
-CLI processes against a raw netra server on loopback, show none of them in any output, and judge the run alike."""
+bytes (a debug dump, Go's `%x`), HTML numeric character references (an encoder that writes every character so), and
+the JWT minted from the secret as hex and as references, in the welcome frame, event payloads, an error event's
+message, a frame that is no JSON, the close reason, and halves of the token in two frames. `chatprobe run` (every
+report, the recording) and `chatprobe check` of the recording, real CLI processes against a raw netra server on
+loopback, show none of them in any output, and judge the run alike."""
 from __future__ import annotations
 
 import asyncio
@@ -24,11 +25,13 @@ HEADER = "Hq7Zr2Lw9Xc4Vb8Nm3Ks5Jd0"
 JWT_SECRET = "Jx7Q2mPz9Lk4Rt8Vw1Yb3Nc6Hd5Fg0Se"
 
 
-def encodings(secret: str) -> list[str]:
+def encodings(secret: str, case: bool = True) -> list[str]:
+    """`case`: also upper and lower case (not for a minted JWT: its signature's letters' case is not to be guessed)."""
     raw = secret.encode()
-    return [secret.upper(), secret.lower(), raw.hex(), raw.hex().upper(),
-            "".join(f"&#{ord(c)};" for c in secret), "".join(f"&#x{ord(c):x};" for c in secret),
-            "".join(f"&#X{ord(c):X};" if i % 2 else f"&#{ord(c)};" for i, c in enumerate(secret))]
+    return [secret.upper(), secret.lower()] * case + [
+        raw.hex(), raw.hex().upper(), "".join(f"&#{ord(c)};" for c in secret),
+        "".join(f"&#x{ord(c):x};" for c in secret),
+        "".join(f"&#X{ord(c):X};" if i % 2 else f"&#{ord(c)};" for i, c in enumerate(secret))]
 
 
 def echoing_server(seen: list[str], secrets: list[str]):
@@ -37,6 +40,8 @@ def echoing_server(seen: list[str], secrets: list[str]):
     async def handler(ws):
         seen.append(ws.request.headers.get("Authorization", ""))
         forms = [f for s in secrets for f in encodings(s)]
+        if (bearer := seen[-1].removeprefix("Bearer ")).startswith("eyJ"):  # a minted JWT
+            forms += encodings(bearer, case=False) + encodings(f"Authorization: {seen[-1]}", case=False)[:2]
         every = " | ".join(forms)
         await ws.send(json.dumps({"type": "connection_established", "data": {"connection_id": every}}))
         n = 0
@@ -125,6 +130,8 @@ async def test_secrets_echoed_in_case_hex_or_html_references_are_in_no_output(tm
     outputs |= {path.name: path.read_text() for path in recordings}
     # The reports quote the server's words (the error event's message), the recording every frame: redacted.
     assert "[REDACTED]" in outputs["run.json"] and "[REDACTED]" in "".join(outputs[p.name] for p in recordings)
+    if auth == "jwt":  # the token minted, but its header (the same for every HS256 JWT)
+        secrets += [bearer.removeprefix("Bearer ").partition(".")[2] for bearer in seen]
     for name, text in outputs.items():
         shown = revealed(text)
         for secret in secrets:
