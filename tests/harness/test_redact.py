@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import html
 import json
 import re
 import unicodedata
@@ -278,6 +279,20 @@ def test_a_secret_in_another_case_in_hex_or_as_html_references_is_redacted(shown
     redact.register("Pa55/w0rd+user-secret")
     text = scrub(f"echo: {shown} end &#39;quoted&#39; &amp; &#9999999;&#1;&#2;&#3; DEADBEEF")
     assert text == f"echo: {REDACTED} end &#39;quoted&#39; &amp; &#9999999;&#1;&#2;&#3; DEADBEEF", text
+
+
+@pytest.mark.parametrize("escape", [
+    html.escape,  # Python's: &amp; &lt; &gt; &quot; &#x27;
+    lambda s: html.escape(s, quote=False),
+    lambda s: html.escape(s).replace("&#x27;", "&#39;").replace("&quot;", "&#34;").replace("+", "&#43;"),  # Go's
+    lambda s: html.escape(s).replace("&#x27;", "&apos;"),  # XML's
+])
+def test_a_secret_html_escaped_shows_no_run_between_its_entities(escape):
+    # each entity on its own is not decoded: the runs between them (Q2pL, 7mN4…) were shorter than MIN_RUN
+    secret = "Xk9f&Q2pL<7mN4>rT8v\"W1y'Zb+c0d"
+    redact.register(secret)
+    text = scrub(f"<p>bad token {escape(secret)}</p>")
+    assert text == f"<p>bad token {REDACTED}</p>", text
 
 
 def test_a_short_run_of_a_secrets_hex_is_left():
