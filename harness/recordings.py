@@ -1134,6 +1134,18 @@ def _conn_of(entry: _Entry | None) -> str:
 WS_CONTROL_OPCODES = frozenset({8, 9, 10})
 
 
+def _opcode(value: Any) -> int | None:
+    """A WebSocket message's `opcode` as the number it names: Chromium writes a number, other writers (a HAR built by a
+    script, a converter) the same number as a string ("8", "2") or a float (2.0); a control frame or a binary one
+    written so is the same frame. None for anything else (judged as a text frame, as a message without `opcode`)."""
+    if isinstance(value, str):
+        value = value.strip()
+        return int(value) if value.isascii() and value.isdigit() and len(value) <= 3 else None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) < 1000 else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _ws_message(msg: dict[str, Any], entry: _Entry, name: str, max_frame: int) -> Recorded | None:
     conn = f"ws{entry.index}"
     where = f"{name}: entry {entry.index} message {entry.messages}"
@@ -1146,7 +1158,8 @@ def _ws_message(msg: dict[str, Any], entry: _Entry, name: str, max_frame: int) -
         data = msg.get("data")
         why = data[:1024] if isinstance(data, str) and data else "no reason given"
         return Recorded("close", conn, t=t, where=where, error=f"the browser failed the WebSocket connection: {why}")
-    if msg.get("opcode") in WS_CONTROL_OPCODES and kind in ("send", "receive"):
+    opcode = _opcode(msg.get("opcode"))
+    if opcode in WS_CONTROL_OPCODES and kind in ("send", "receive"):
         return None
     direction = {"send": "send", "receive": "recv"}.get(kind) if isinstance(kind, str) else None
     if direction is None:
@@ -1156,7 +1169,7 @@ def _ws_message(msg: dict[str, Any], entry: _Entry, name: str, max_frame: int) -
     if not isinstance(data, str):
         return Recorded("problem", conn, t=t, detail="WebSocket message without data", where=where)
     frame: str | bytes = data
-    if msg.get("opcode") == 2:  # a binary frame, base64 in the HAR
+    if opcode == 2:  # a binary frame, base64 in the HAR
         try:
             frame = _base64(data)
         except (binascii.Error, ValueError):

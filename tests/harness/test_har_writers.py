@@ -171,6 +171,31 @@ def test_websocket_control_frames_listed_among_the_messages_are_no_frames_of_a_c
     assert not doc["scenarios"][0].get("connection_violations"), doc["scenarios"][0]["connection_violations"]
 
 
+def test_an_opcode_written_as_a_string_or_a_float_is_the_frame_it_names(tmp_path):
+    """A HAR built by a script or a converter may write `opcode` as a string ("8", "2") or a float (9.0): the close,
+    ping and pong frames were judged as text frames the server sent (an R12 on a chat that passed), and a binary
+    frame's base64 as its text. Each is the frame its number names, as Chromium's number is."""
+    binary = b"\x00\x01audio"
+    close = base64.b64encode(b"\x03\xe8bye").decode()
+    messages = netra_messages("r1", "t1", T0, extra=[
+        ("receive", T0 + 0.05, "9", ""), ("send", T0 + 0.051, " 10 ", ""), ("receive", T0 + 0.052, 9.0, "hb"),
+        ("receive", T0 + 0.5, "8", close), ("send", T0 + 0.501, "8", close)])
+    bad = netra_messages("r2", "t2", T0 + 1, extra=[("receive", T0 + 1.2, "2", base64.b64encode(binary).decode())])
+    for m in (*messages, *bad):
+        if m["opcode"] == 1:
+            m["opcode"] = "1"
+    har = tmp_path / "strings.har"
+    har.write_text(json.dumps(devtools_har([devtools_ws_entry(messages, T0 - 0.001),
+                                            devtools_ws_entry(bad, T0 + 0.999)])))
+    code, out, doc = chatprobe_check(har, cwd=tmp_path)
+    assert code == 1, out
+    assert chats(doc) == [("r1", "passed", []), ("r2", "failed", ["R12"])], out
+    [r2] = [c for s in doc["scenarios"] for c in s["chats"] if c["run_id"] == "r2"]
+    # the base64 was decoded: the frame judged is the 7 bytes sent, not their 12 characters of base64
+    assert any(f"binary frame of {len(binary)} bytes" in v["reason"] for v in r2["violations"]), r2["violations"]
+    assert not doc["scenarios"][0].get("connection_violations"), doc["scenarios"][0]["connection_violations"]
+
+
 def test_a_har_whose_sockets_list_no_message_says_on_the_terminal_that_no_chat_was_found(tmp_path):
     """An export that keeps a socket's handshake but none of its messages (no `_webSocketMessages`) holds no chat:
     the terminal showed 0 chats and a failed objective, never why; the reason the report has is shown with them."""
