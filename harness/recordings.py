@@ -286,6 +286,7 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
 
 
 _HTTP_STATUS = re.compile(rb"HTTP/[0-9.]{1,3} +([0-9]{3})\b")
+_BARE_CR = re.compile(rb"\r(?!\n)")
 MAX_RESPONSE_HEAD = 64 << 10  # bytes of status lines and headers before a saved body (a server's are ~1 KiB)
 
 
@@ -293,7 +294,7 @@ def _skip_response_head(stream: io.BufferedReader[Any], p: Path) -> None:
     """A body saved with `curl -i` (or `-D -`) starts with the response's status line and headers, after any interim
     `1xx` response's: read past them to the body. A response that is no event stream (a status other than 2xx, a
     Content-Type other than text/event-stream) has nothing to judge: RecordingError naming what it was."""
-    got = 0
+    got = n = 0
     # The file's first bytes, buffered whole (a fresh buffer's peek): a body saved without its head has no status line.
     # After an interim response the final one's status line is read as a line, never peeked: a peek returns only what
     # is left in the buffer, and a status line across its end was taken for the body (a 500 after a 100 judged).
@@ -305,6 +306,15 @@ def _skip_response_head(stream: io.BufferedReader[Any], p: Path) -> None:
         while True:
             line = stream.readline(MAX_RESPONSE_HEAD - got + 1)
             got += len(line)
+            n += 1
+            if _BARE_CR.search(line, 0, len(line) - line.endswith(b"\r")):  # (a CR the limit cut from its LF: not bare)
+                # Line ends of CR alone (a file whose line ends were converted so): the whole head, and the body after
+                # it, read as one header line, the body never judged ("no chat found"). HTTP has no bare CR
+                # (RFC 9112 2.2: such an element is invalid), so no header line is guessed out of it.
+                raise RecordingError(f"{p}: line {n} of the saved HTTP response head holds a CR not followed by LF "
+                                     "(line ends of CR alone?): HTTP ends header lines with CRLF, as curl -i saves "
+                                     "them; convert the file's line ends (tr '\\r' '\\n') or save the body alone "
+                                     "(curl -N without -i)")
             if got > MAX_RESPONSE_HEAD:
                 raise RecordingError(f"{p}: more than {MAX_RESPONSE_HEAD >> 10} KiB of HTTP response headers before "
                                      "the body: save the body alone (curl -N without -i)")

@@ -1484,3 +1484,24 @@ def test_a_saved_response_that_ends_after_an_interim_one_says_so(tmp_path):
     f.write_bytes(b"HTTP/1.1 100 Continue\r\n\r\n\r\n")
     with pytest.raises(RecordingError, match="ends after an interim"):
         list(read_recording(f))
+
+
+@pytest.mark.parametrize("pad", [0, 70_000], ids=["small", "past-the-head-limit"])
+def test_a_saved_response_head_with_line_ends_of_cr_alone_is_refused_naming_its_line(tmp_path, pad):
+    """A `curl -i` file whose line ends were converted to CR alone was read as one header line, head and body
+    together: exit 0 or 1 with "no chat found", the body never judged. HTTP has no bare CR: exit 2 naming the file
+    and the line, and how to convert it. Such a body saved without its head is SSE (CR ends lines there) and judged."""
+    body = ('data: {"type":"RUN_STARTED","threadId":"t","runId":"r1"}\n\n' + ": " + "p" * pad + "\n\n"
+            'data: {"type":"RUN_FINISHED","threadId":"t","runId":"r1"}\n\n')
+    f = tmp_path / "cr.sse"
+    f.write_bytes(("HTTP/1.1 200 OK\nContent-Type: text/event-stream\n\n" + body).replace("\n", "\r").encode())
+    with pytest.raises(RecordingError, match=rf"^{f}: line 1 of the saved HTTP response head holds a CR not followed "
+                                             "by LF .*tr '\\\\r' '\\\\n'"):
+        check_files([f], AGUI, SC)
+    f.write_bytes(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\rX-C: 3\r\nContent-Type: text/event-stream\r\n\r\n"
+                  + body.encode())
+    with pytest.raises(RecordingError, match="line 3 of the saved HTTP response head"):
+        check_files([f], AGUI, SC)
+    f.write_bytes(body.replace("\n", "\r").encode())
+    [run] = check_files([f], AGUI, SC)
+    assert run.passed and [c.outcome for c in run.results] == [Outcome.PASSED], run.errors
