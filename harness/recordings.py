@@ -13,7 +13,8 @@ The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\
   t       the time the frame was sent or received, in epoch seconds (a float; any clock whose differences are
           seconds will do: only differences are judged); epoch milliseconds (a number past 1e11) and an ISO 8601
           string (without an offset: UTC), as other tools' logs write them, are read too; optional: a record
-          without one takes the last time seen
+          without one takes the last time seen; one that is none of these is an R12, and a file where no record's
+          t is read (two or more having one) is refused (RecordingError)
   dir     "recv" (server to client), "send" (client to server), "close" (the connection ended: its chats still
           waiting are judged then) or "dropped" (the recorder dropped the connection's frames from this time on:
           its file was full; `frames` and `bytes` say how many); "receive" and "sent" are accepted too; default "recv"
@@ -269,7 +270,7 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
             source = _Prefixed(head, f, MAX_RECORDING_BYTES - bom)
             stream = io.BufferedReader(source, CHUNK)
             if kind == "jsonl":
-                yield from read_jsonl(stream, p.name, max_frame)
+                yield from read_jsonl(stream, p.name, max_frame, path=str(p))
             elif kind == "sse":
                 _skip_response_head(stream, p)
                 yield from read_sse(stream, p.name, max_frame)
@@ -441,10 +442,16 @@ def _next_line(f: IO[bytes], limit: int) -> tuple[bool, bytes | None]:
     return True, line.rstrip(b"\r\n")
 
 
-def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME) -> Iterator[Recorded]:
+def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, path: str | None = None
+               ) -> Iterator[Recorded]:
     """The JSON Lines form (module docstring): one record per line; a line that is not one is an R12 problem or,
-    when it is text, a frame as received (the profile's decode calls it malformed), on the last connection seen."""
+    when it is text, a frame as received (the profile's decode calls it malformed), on the last connection seen.
+
+    A file in which no record's `t` can be read, two or more having one (or its first MAX_UNREAD_TIMES), is no
+    recording of times chatprobe reads: RecordingError naming the first (exit 2), not an R12 on every record."""
     conn = DEFAULT_CONN
+    times_read = times_unread = 0
+    first_unread: tuple[int, str] | None = None  # the line and value of the first `t` not read
     max_line = 2 * max_frame + 4096
     # The line, its text, its JSON and the record are dropped before each yield: a suspended generator keeps its
     # locals, and a directory's files are merged with one record of each held at once (offline._merged bounds those).
@@ -452,7 +459,7 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME) -> I
     while True:
         more, line = _next_line(f, max_line)
         if not more:
-            return
+            break
         n += 1
         where = f"{name}:{n}"
         if line is None:
@@ -475,8 +482,32 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME) -> I
             yield held.pop()  # popped: the suspended generator holds no reference to the frame
             continue
         held = [_envelope(obj, text, conn, where, max_frame)]
+        if held[0].detail is T_UNREAD:
+            times_unread += 1
+            if first_unread is None:
+                first_unread = (n, json.dumps(obj["t"])[:40])
+            if not times_read and times_unread >= MAX_UNREAD_TIMES:
+                raise _unread_times(path or name, *first_unread, times_unread, "first ")
+        elif held[0].t is not None:
+            times_read += 1
         conn, text, obj = held[0].conn, "", None
         yield held.pop()
+    if not times_read and times_unread >= 2 and first_unread is not None:
+        raise _unread_times(path or name, *first_unread, times_unread, "")
+
+
+# A JSON Lines file with no `t` read in as many records as this (or in every one of two or more) is no recording of
+# times chatprobe reads (another tool's log, its own form of time: `"12:00:01"`, `"Dec 2 01:00"`): exit 2 saying so.
+MAX_UNREAD_TIMES = 1000
+T_UNREAD = ("field 't' must be a time in epoch seconds (or milliseconds), or an ISO 8601 date and time")
+
+
+def _unread_times(path: str, line: int, value: str, n: int, which: str) -> RecordingError:
+    return RecordingError(f"{path}:{line}: field 't': {value} is no time, nor is the t of any of the {which}{n} records "
+                          "that have one: "
+                          "chatprobe reads epoch seconds, epoch milliseconds or an ISO 8601 date and time "
+                          "(2025-12-02T01:00:00.123Z); convert the field, or leave it out (a record without t has "
+                          "no time)")
 
 
 def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Recorded:
@@ -490,8 +521,7 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
         return Recorded("problem", conn, detail="field 'conn' must be a string", where=where)
     t = obj.get("t")
     if t is not None and (t := _record_time(t)) is None:
-        return Recorded("problem", conn, detail="field 't' must be a time in epoch seconds (or milliseconds), or an "
-                        "ISO 8601 date and time", where=where)
+        return Recorded("problem", conn, detail=T_UNREAD, where=where)
     direction = DIRECTIONS.get(obj.get("dir", "recv")) if isinstance(obj.get("dir", "recv"), str) else None
     if direction is None:
         return Recorded("problem", conn, t=t, detail="field 'dir' must be recv, send or close", where=where)

@@ -1505,3 +1505,29 @@ def test_a_saved_response_head_with_line_ends_of_cr_alone_is_refused_naming_its_
     f.write_bytes(body.replace("\n", "\r").encode())
     [run] = check_files([f], AGUI, SC)
     assert run.passed and [c.outcome for c in run.results] == [Outcome.PASSED], run.errors
+
+
+def test_a_file_in_which_no_t_can_be_read_is_refused_once_naming_the_first_a_lone_bad_t_stays_an_r12(tmp_path):
+    """Another tool's log with its own form of time (`"12:00:01"`) was judged as an R12 on every record, "no chat
+    found": the file is no recording of times chatprobe reads. Exit 2 naming the file, the first such line and its
+    field, and the forms read; told after the first 1,000 such records of a large file, not at its end. A lone `t`
+    not read among ones read is still the R12 it was, on its own record."""
+    started = {"type": "agent_started", "run_id": "r1"}
+    f = write_jsonl(tmp_path / "clock.jsonl", [{"t": f"12:00:0{i}", "dir": "recv", "conn": "c", "frame": started}
+                                               for i in range(3)] + [{"dir": "recv", "conn": "c", "frame": started}])
+    with pytest.raises(RecordingError, match=rf'^{f}:1: field \'t\': "12:00:00" is no time, nor is the t of any of '
+                                             "the 3 records that have one: .*ISO 8601"):
+        check_files([f], NETRA, SC)
+    big = tmp_path / "big.jsonl"
+    with big.open("w") as out:
+        out.write('{"frame": "{}", "conn": "c"}\n')
+        out.write((json.dumps({"t": "noon", "dir": "recv", "conn": "c", "frame": started}) + "\n") * 5_000)
+    with pytest.raises(RecordingError, match=rf"^{big}:2: field 't': \"noon\" .* the first 1000 records"):
+        check_files([big], NETRA, SC)  # told at the 1,000th, not at the end ("the 5000 records")
+    lone = write_jsonl(tmp_path / "lone.jsonl", [send(1000.0), {"t": "noon", "conn": "c1", "frame": "{}"},
+                                                 *netra_run("r1", 1000.0)])
+    [run] = check_files([lone], NETRA, SC)
+    assert verdicts(run) == [("r1", "failed", ["R12"])]
+    one = write_jsonl(tmp_path / "one.jsonl", [{"t": "noon", "conn": "c1", "frame": "{}"}])
+    [run] = check_files([one], NETRA, SC)
+    assert [v.rule for v in run.connection_violations] == ["R12"]
