@@ -75,7 +75,7 @@ from typing import IO, Any
 
 from . import redact
 from .events import Role
-from .eventstream import EventStreamParser, EventTooLarge
+from .eventstream import EventStreamParser, EventTooLarge, refused_response
 from .results import STOPPED_BY
 from .sinks import CONNECTION_RESULTS
 from .yamlfile import ConfigError
@@ -844,8 +844,9 @@ def _iso(v: Any) -> float | None:
 class _Entry:
     """What is kept of one HAR entry while it is parsed: small fields, and an SSE body and request (bounded)."""
 
-    __slots__ = ("closed", "content_type", "encoding", "encoding_other", "events", "events_bytes", "events_cut",
-                 "events_missing", "index", "messages", "mime", "post", "post_file", "started", "text", "text_file")
+    __slots__ = ("accept", "closed", "content_type", "encoding", "encoding_other", "events", "events_bytes",
+                 "events_cut", "events_missing", "failure", "index", "messages", "mime", "post", "post_file",
+                 "resource_type", "started", "status", "text", "text_file")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -861,6 +862,12 @@ class _Entry:
         self.post_file = ""
         self.messages = 0
         self.closed = False  # a WebSocket message of type "error" ended the connection
+        # What tells a request for an event stream that got none (_stream_refused): its Accept header, Chromium's
+        # `_resourceType` ("eventsource"), the response's status (0: none came) and Chromium's `_error` (why not).
+        self.accept = ""
+        self.resource_type = ""
+        self.status: int | None = None
+        self.failure = ""
         # Chromium's `_eventSourceMessages` (time, data), held until the entry ends (its request may come after
         # them), bounded as an SSE body is: each counts its data's bytes and HAR_EVENT_COST (an empty one too).
         self.events: list[tuple[float | None, str]] = []
@@ -892,7 +899,12 @@ _ENTRY_FIELDS = {
     "log.entries.item.request.postData.text": "post",
     "log.entries.item.response.content._file": "text_file",
     "log.entries.item.request.postData._file": "post_file",
+    "log.entries.item._resourceType": "resource_type",
+    "log.entries.item.response._error": "failure",
 }
+_RESOURCE_TYPE = "log.entries.item._resourceType"
+EVENT_SOURCE = "eventsource"  # Chromium's `_resourceType` of an EventSource's request
+_STATUS = "log.entries.item.response.status"
 # The lists of a request (and its response) whose items may carry a credential, by the header they stand for.
 _CREDENTIAL_LISTS = {
     "log.entries.item.request.headers.item": "",
@@ -901,6 +913,7 @@ _CREDENTIAL_LISTS = {
     "log.entries.item.response.headers.item": "",
     "log.entries.item.response.cookies.item": "cookie",
 }
+_REQUEST_HEADER = "log.entries.item.request.headers.item"
 _REQUEST_ENDS = frozenset({"log.entries.item.request", "log.entries.item.response"})
 MAX_CREDENTIAL = 16 * 1024  # bytes of a header value or URL looked at for credentials (a longer one is none)
 
@@ -1005,6 +1018,8 @@ def har_order(fd: int, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, int]
                 started[-1] = _iso(value)
             elif chat and event == "string" and prefix in _SSE_TYPE_FIELDS and value.lower().startswith(EVENT_STREAM):
                 chat[-1] = 1
+            elif chat and event == "string" and prefix == _RESOURCE_TYPE and value.lower() == EVENT_SOURCE:
+                chat[-1] = 1
             if prefix == _ENTRY and event == "start_map":
                 started.append(None)
                 chat.append(0)
@@ -1044,7 +1059,9 @@ def read_har_sorted(fd: int, order: list[tuple[int, int]], name: str, max_frame:
 
 _ENTRIES_OPEN = b'{"log": {"entries": ['
 _MESSAGE_LISTS = frozenset({"log.entries.item._webSocketMessages", "log.entries.item._eventSourceMessages"})
-_SSE_TYPE_FIELDS = frozenset({"log.entries.item.response.content.mimeType", "log.entries.item.response.headers.item.value"})
+# Where an entry says it is (or asked for) an event stream: a request for one that got none is a chat that failed.
+_SSE_TYPE_FIELDS = frozenset({"log.entries.item.response.content.mimeType", "log.entries.item.response.headers.item.value",
+                              "log.entries.item.request.headers.item.value"})
 ONE_ENTRY_BUFFER = 8192  # an entry read alone from its offset: what is read past its end is read for nothing
 
 
@@ -1085,6 +1102,8 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                     pair = {}
                 elif event == "end_map" and pair is not None:
                     secrets.add(_CREDENTIAL_LISTS[prefix], pair)
+                    if prefix == _REQUEST_HEADER and pair.get("name", "").lower() == "accept":
+                        entry.accept = pair.get("value", "")[:200]
                     pair = None
                 continue
             if pair is not None and event == "string" and prefix.rpartition(".")[0] in _CREDENTIAL_LISTS:
@@ -1126,6 +1145,9 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
             elif entry is not None and prefix == _ENCODING and event in _NOT_TEXT:
                 # No string at all: no encoding HAR defines (an R12 where the body is read, _entry_end).
                 entry.encoding_other = _NOT_TEXT[event] if event in ("start_map", "start_array") else json.dumps(value)
+            elif entry is not None and prefix == _STATUS and event in ("number", "integer"):
+                entry.status = int(value) if isinstance(value, int) or (isinstance(value, float) and value.is_integer()
+                                                                         and abs(value) < 1000) else None
             elif entry is not None and prefix in _ENTRY_FIELDS and event == "string":
                 attr = _ENTRY_FIELDS[prefix]
                 setattr(entry, attr, _iso(value) if attr == "started" else value)
@@ -1294,6 +1316,65 @@ def _attached(base_dir: Path | None, file: str, limit: int) -> bytes | str:
     return data
 
 
+def _wants_stream(entry: _Entry) -> bool:
+    """Whether an entry's request asked for an event stream and nothing else: an EventSource's (Chromium's
+    `_resourceType`), or one whose Accept names text/event-stream alone (EventSource's, AG-UI's HttpAgent's). A request
+    that also accepts JSON (an MCP client's `application/json, text/event-stream`) may be answered with JSON: no chat."""
+    if entry.resource_type.lower() == EVENT_SOURCE:
+        return True
+    ranges = [r.partition(";")[0].strip().lower() for r in entry.accept.split(",")]
+    ranges = [r for r in ranges if r]
+    return bool(ranges) and all(r == EVENT_STREAM for r in ranges)
+
+
+def _browser_failure(error: str) -> str:
+    """Chromium's net error for a request that got no response (`_error`, `net::ERR_…`) as a connections_total
+    result, as the live client classifies its own failure to connect (transports/sse.classify_http)."""
+    code = error.upper()
+    if "TIMED_OUT" in code:
+        return "timeout"
+    if "CERT" in code or "SSL" in code:
+        return "tls_error"
+    if any(k in code for k in ("CONNECTION_", "NAME_", "ADDRESS_", "INTERNET_DISCONNECTED", "EMPTY_RESPONSE",
+                                "NETWORK_")):
+        return "refused"
+    return "protocol_error"  # blocked (CORS's ERR_FAILED, a client's blocker), a response the browser refused
+
+
+def _stream_refused(entry: _Entry, name: str, max_frame: int) -> Iterator[Recorded]:
+    """A request for an event stream that got none (_wants_stream): the chat it was is an `error` chat of the kind a
+    live client would have counted (a `failed` close record: HTTP 401/403 auth_failed, 503 refused, another status or
+    a content type that is no event stream protocol_error, `net::ERR_CONNECTION_REFUSED` refused, …), never "no chat
+    found". A request the page cancelled before any response (`net::ERR_ABORTED`: the user left, the page aborted
+    it), or with no response and no reason (pending when the HAR was saved), is judged as it stood (incomplete, the
+    note saying why), never held against the server. A redirect the browser followed is no chat: where it led is an
+    entry of its own."""
+    if entry.status is not None and 300 <= entry.status < 400:
+        return  # the browser followed the redirect: where it led is an entry of its own
+    conn = f"sse{entry.index}"
+    where = f"{name}: entry {entry.index}"
+    if entry.post:
+        yield Recorded("send", conn, t=entry.started, frame=_cut(entry.post, max_frame), where=f"{where} request")
+    if entry.status:
+        failure = refused_response(entry.status, entry.mime)
+        kind, reason = failure or ("protocol_error", f"HTTP {entry.status} with no event stream")
+        yield Recorded("close", conn, t=entry.started, where=where, failed=kind, reason=reason, stream=True)
+        return
+    error = " ".join(entry.failure.split())[:200]
+    if not error:
+        yield Recorded("dropped", conn, t=entry.started, detail="the response", where=where,
+                       error="the HAR holds no response to this request for an event stream (status 0 and no "
+                             "error: pending when the HAR was saved?)")
+        yield Recorded("close", conn, t=entry.started, where=where, stream=True)
+    elif "ERR_ABORTED" in error.upper():
+        yield Recorded("dropped", conn, t=entry.started, detail="the response", where=where,
+                       error=f"the page cancelled its request for an event stream before any response ({error})")
+        yield Recorded("close", conn, t=entry.started, where=where, stream=True)
+    else:
+        yield Recorded("close", conn, t=entry.started, where=where, failed=_browser_failure(error),
+                       reason=f"the browser failed the request for an event stream: {error}", stream=True)
+
+
 def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True, *, base_dir: Path | None = None,
                max_text: int = DEFAULT_MAX_TEXT) -> Iterator[Recorded]:
     if entry.messages:
@@ -1306,6 +1387,10 @@ def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True, 
     # Chromium's `_eventSourceMessages` carry each event's time: judged from them when every one has its data;
     # else from the body (no times); a response with neither is judged as the recording left it.
     timed = has_events and not entry.events_missing
+    if not is_sse and _wants_stream(entry):
+        if complete:  # (an entry the file ends inside has no whole answer to judge)
+            yield from _stream_refused(entry, name, max_frame)
+        return
     if not is_sse or (entry.text is None and not entry.text_file and not has_events and not entry.post
                       and not entry.post_file):
         return

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from ..eventstream import EventStreamParser, EventTooLarge
+from ..eventstream import EventStreamParser, EventTooLarge, refused_response
 from .base import (
     ConnectFailed,
     ConnectSettings,
@@ -132,20 +132,12 @@ def classify_http(exc: BaseException) -> tuple[str, str]:
 def classify_status(status: int, content_type: str, location: str = "", url: str = "") -> tuple[str, str] | None:
     """The response head as a failure (label, reason), or None when it opens an event stream. `location`: a redirect's
     Location header, resolved against the request's `url`."""
-    if status in (401, 403):
-        return "auth_failed", f"HTTP {status} from the SSE endpoint"
-    if status == 503:
-        return "refused", "HTTP 503: the server refused the request"
     if 300 <= status < 400 and (where := _redirect_target(location, url)):
         # No redirect is followed (the token goes to --target only), but a server mounted at `/agent/` answers a POST
         # to `/agent` so (Starlette, FastAPI): say where it points, so the user can give that URL.
         return "protocol_error", (f"HTTP {status} from the SSE endpoint, redirecting to {where} (no redirect is "
                                   "followed: give that URL as --target)")
-    if not 200 <= status < 300:
-        return "protocol_error", f"HTTP {status} from the SSE endpoint"
-    if content_type.partition(";")[0].strip().lower() != EVENT_STREAM:
-        return "protocol_error", f"content type {content_type or '(none)'!r}, not {EVENT_STREAM}"
-    return None
+    return refused_response(status, content_type)
 
 
 def _redirect_target(location: str, url: str) -> str:

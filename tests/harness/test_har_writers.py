@@ -636,3 +636,70 @@ def test_check_over_many_hars_holds_the_secrets_registry_to_its_bound_and_shows_
             assert not [c for c in credentials if c in text or c[-12:] in text], text
     finally:
         redact.forget_all()
+
+
+def chrome_failed_request(started: float, status: int, error: str | None, *, mime: str = "x-unknown",
+                          accept: str = "text/event-stream", post: bool = True) -> dict:
+    """A request DevTools saved with no stream: status 0 and `response._error` (Chromium's net error) when no
+    response came, else the answer's status; an EventSource's is a GET of `_resourceType` eventsource."""
+    entry = http_entry(iso(started), {"size": 0, "mimeType": mime},
+                       {"mimeType": "application/json", "text": json.dumps(REQUEST)})
+    entry["request"]["headers"][1]["value"] = accept
+    if not post:
+        del entry["request"]["postData"]
+        entry["request"]["method"] = "GET"
+    entry["response"] |= {"status": status, "statusText": "", "headers": [], "_transferSize": 0, "_error": error}
+    entry |= {"_initiator": {"type": "script"}, "_priority": "High", "_resourceType": "fetch" if post else "eventsource"}
+    if 300 <= status < 400:
+        entry["response"]["redirectURL"] = "https://agent.example.com/agent/"
+    return entry
+
+
+@pytest.mark.parametrize(("failed", "code", "outcome", "said"), [
+    (dict(status=0, error="net::ERR_CONNECTION_REFUSED"), 3, "error",
+     "the browser failed the request for an event stream: net::ERR_CONNECTION_REFUSED"),
+    (dict(status=0, error="net::ERR_CONNECTION_REFUSED", post=False), 3, "error", "ERR_CONNECTION_REFUSED"),
+    (dict(status=0, error="net::ERR_CERT_AUTHORITY_INVALID"), 3, "error", "ERR_CERT_AUTHORITY_INVALID"),
+    (dict(status=0, error="net::ERR_FAILED"), 1, "error", "net::ERR_FAILED"),
+    (dict(status=401, error=None, mime="application/json"), 2, "error", "HTTP 401 from the SSE endpoint"),
+    (dict(status=200, error=None, mime="text/html"), 1, "error", "content type 'text/html', not text/event-stream"),
+    (dict(status=0, error="net::ERR_ABORTED"), 1, "incomplete", "the page cancelled its request"),
+    (dict(status=0, error=None), 1, "incomplete", "the HAR holds no response to this request"),
+], ids=["refused", "eventsource-refused", "tls", "cors", "401", "html", "aborted", "pending"])
+def test_a_request_for_an_event_stream_that_got_none_is_a_chat_told_as_live_would_tell_it(tmp_path, failed, code,
+                                                                                          outcome, said):
+    """DevTools saves a fetch or EventSource the browser could not complete with status 0 and `_error`, a refused one
+    with its status: neither is an event stream, so the entry was skipped, "no chat found" and exit 1, never why. A
+    request that asked for an event stream alone and got none is the chat it was, judged as a live client counts it
+    (connection refused: `error`, exit 3 when no chat reached the server; 401: exit 2; the page cancelling it, or no
+    response kept: judged as it stood). Saved out of order, it is still read."""
+    har = tmp_path / "failed.har"
+    entry = chrome_failed_request(T0 + 5, **failed)
+    har.write_text(json.dumps(devtools_har([entry])))
+    code_got, out, doc = chatprobe_check(har, "--profile", "ag-ui", cwd=tmp_path)
+    assert code_got == code, out
+    [chat] = [c for s in doc["scenarios"] for c in s["chats"]]
+    assert chat["outcome"] == outcome and said in json.dumps(chat) + out, out
+    assert "no chat found" not in out
+    # beside a stream that passed, saved after it though it started before: both are judged
+    good = chrome_sse(agui_body(True), tmp_path)["log"]["entries"][0]
+    good["startedDateTime"] = iso(T0 + 10)
+    har.write_text(json.dumps(devtools_har([good, chrome_failed_request(T0 + 1, **failed)])))
+    code_got, out, doc = chatprobe_check(har, "--profile", "ag-ui", cwd=tmp_path)
+    assert code_got == 1 and sorted(c["outcome"] for s in doc["scenarios"] for c in s["chats"]) == sorted(
+        ["passed", outcome]), out
+
+
+def test_a_redirect_followed_or_a_request_that_also_accepts_json_is_no_chat(tmp_path):
+    """The browser follows a redirect (the stream it led to is an entry of its own), and a request that accepts JSON
+    as well as an event stream (an MCP client's `application/json, text/event-stream`) may well be answered so:
+    neither is a chat that failed."""
+    good = chrome_sse(agui_body(True), tmp_path)["log"]["entries"][0]
+    good["startedDateTime"] = iso(T0 + 1)
+    har = tmp_path / "other.har"
+    har.write_text(json.dumps(devtools_har([
+        chrome_failed_request(T0, 307, None, mime="text/html"), good,
+        chrome_failed_request(T0 + 2, 200, None, mime="application/json", accept="application/json, text/event-stream"),
+        chrome_failed_request(T0 + 3, 400, None, mime="application/json", accept="application/json, text/event-stream")])))
+    code, out, doc = chatprobe_check(har, "--profile", "ag-ui", cwd=tmp_path)
+    assert code == 0 and chats(doc) == [("r1", "passed", [])], out
