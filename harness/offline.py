@@ -45,6 +45,7 @@ from .recordings import (
     DEFAULT_MAX_TEXT,
     FORMATS,
     SEND_FAILED,
+    SILENT,
     Recorded,
     RecordingError,
     frame_bytes,
@@ -132,6 +133,9 @@ RECORDED_STOP = "the recorded run was stopped"
 UNJUDGED_WARNING = ("{n} chat(s) the proxy could not judge ({reasons}): not counted among the chats (no outcome, in no "
                     "ratio), as `chatprobe proxy` counted them")
 NOTHING_JUDGED = ("no chat judged: the {n} chat(s) in the recording are ones the proxy could not judge ({reasons})")
+SILENT_NOTE = ("no chat found in the recording: its {n} WebSocket connection(s) list no message (Firefox's HAR export "
+               "leaves WebSocket messages out): save the HAR from Chrome or Edge DevTools, or record the traffic with "
+               "`chatprobe proxy --record DIR`")
 UNTIMED_NOTE = ("no chat has a recorded first-event time (no send and receive times, or no events): first-event time "
                 "and chat duration not judged, their objectives left out")
 
@@ -193,6 +197,7 @@ class OfflineCheck:
         self.parked_wake = float("inf")  # no parked chat's (nor resend's) deadline passes before this time
         self.untimed: set[str] = set()  # chats whose send or receive times are not recorded
         self.timeless = 0  # chats judged with events and no first-event time (their times not recorded)
+        self.silent = 0  # a HAR's WebSockets that list no message (recordings.SILENT): why no chat was found, if none
         # Chats an event without its recorded time reached (it took the last time seen, which may be well before it
         # came): their first-event time and duration are not judged. The connection's other chats keep theirs.
         self.untimed_events: set[str] = set()
@@ -217,6 +222,9 @@ class OfflineCheck:
 
     # -- input --
     def feed(self, rec: Recorded) -> None:
+        if rec.direction == SILENT:  # a HAR's WebSocket listing no message: no connection of any chat
+            self.silent += 1
+            return
         conn = self.conns.get(rec.conn)
         if conn is None:
             conn = self.conns[rec.conn] = _Conn(rec.conn, self.profile, self.sink, self.name)
@@ -819,6 +827,7 @@ class OfflineCheck:
                              if self.tally.unjudged[reason])
         if not self.tally.chats:
             errors.append(NOTHING_JUDGED.format(n=sum(self.tally.unjudged.values()), reasons=unjudged) if unjudged
+                          else SILENT_NOTE.format(n=self.silent) if self.silent
                           else "no chat found in the recording (is it the profile's dialect?)")
         if (note := self.listing.note(self.tally.chats)) is not None:
             errors.append(note)

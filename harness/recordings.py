@@ -267,6 +267,8 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
             if binary := _binary(head, bom):
                 raise RecordingError(f"{p}: {binary}")
             kind = fmt or detect_format(head)
+            if fmt is None and kind == "jsonl" and (prose := _not_json_lines(head)):
+                raise RecordingError(f"{p}:{prose}")
             source = _Prefixed(head, f, MAX_RECORDING_BYTES - bom)
             stream = io.BufferedReader(source, CHUNK)
             if kind == "jsonl":
@@ -379,6 +381,41 @@ def _binary(head: bytes, offset: int = 0) -> str:
     return ""
 
 
+# What a first line that is no JSON says the file is: a transcript of a command-line WebSocket client, not a recording.
+_TRANSCRIPTS = (
+    (re.compile(r"Connected \(press CTRL\+C to quit\)|[<>] [\[{]"),
+     "a wscat transcript (`> ` sent, `< ` received, no times), which chatprobe does not read: record the traffic with "
+     "`chatprobe proxy --record DIR`"),
+    (re.compile(r"\[(?:TRACE|DEBUG|INFO|WARN|ERROR) +websocat::"),
+     "websocat's log (-v writes it to stderr): save websocat's output alone (each line a frame received, read as "
+     "such) or record the traffic with `chatprobe proxy --record DIR`"),
+)
+_PROSE = ("text, not a recording (JSON Lines, an SSE body or a HAR: docs/recordings.md); a directory's files are all "
+          "read as recordings: move other files out (--format jsonl judges each line as a frame received)")
+
+
+def _not_json_lines(head: bytes) -> str:
+    """Why a file told to be JSON Lines is none (its first line and why; "" when it may be one): a first line that is
+    whole in `head` and no JSON (a wscat transcript, websocat's -v log saved with its output, a README in a directory
+    of recordings) would make every line an R12 held against the server and "no chat found". A later line that is no
+    JSON stays a frame received (an R12 where it falls); `--format jsonl` reads the first one so too."""
+    text = head.lstrip(b" \t\r\n")
+    line_no = head[:len(head) - len(text)].count(b"\n") + 1
+    line, newline, _ = text.partition(b"\n")
+    if not newline and len(head) >= 4096:  # the first line goes on past what was read: left to the reader
+        return ""
+    try:
+        first = line.decode("utf-8").strip()
+        json.loads(first)
+    except UnicodeDecodeError:
+        return ""  # the reader's R12 says so ("line 1 is not UTF-8")
+    except (ValueError, RecursionError):
+        what = next((what for pattern, what in _TRANSCRIPTS if pattern.match(first)), "")
+        shown = json.dumps(first[:60], ensure_ascii=False)
+        return f"{line_no}: {shown} is no JSON: {what or _PROSE}"
+    return ""
+
+
 def _archive(head: bytes) -> str:
     """What packed file a recording's first bytes say it is ("" when none): a zip (Playwright's recordHar to a .zip
     path: the HAR and its bodies inside), gzip, or zlib (mitmproxy's hardump to a .zhar path)."""
@@ -452,6 +489,7 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
     conn = DEFAULT_CONN
     times_read = times_unread = 0
     first_unread: tuple[int, str] | None = None  # the line and value of the first `t` not read
+    first = True  # the first JSON line, which tells another tool's form of record
     max_line = 2 * max_frame + 4096
     # The line, its text, its JSON and the record are dropped before each yield: a suspended generator keeps its
     # locals, and a directory's files are merged with one record of each held at once (offline._merged bounds those).
@@ -481,6 +519,10 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
             held, text = [Recorded("recv", conn, frame=_cut(text, max_frame), where=where)], ""
             yield held.pop()  # popped: the suspended generator holds no reference to the frame
             continue
+        if first:
+            first = False
+            if foreign := _foreign_record(obj):
+                raise RecordingError(f"{path or name}:{n}: {foreign}")
         held = [_envelope(obj, text, conn, where, max_frame)]
         if held[0].detail is T_UNREAD:
             times_unread += 1
@@ -494,6 +536,31 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
         yield held.pop()
     if not times_read and times_unread >= 2 and first_unread is not None:
         raise _unread_times(path or name, *first_unread, times_unread, "")
+
+
+# Another tool's log record: which way the frame went and the frame, under names of its own. Which way "in" and "out"
+# go is that tool's to say (a server's "in" is a client's "out"), so no name is guessed: the file is refused, saying so.
+_FOREIGN_DIRECTIONS = ("direction", "dir", "type")
+_FOREIGN_FRAMES = ("data", "payload", "message", "msg", "body", "text", "content")
+_FOREIGN_DIRECTION_VALUES = frozenset({"in", "out", "incoming", "outgoing", "inbound", "outbound", "sent", "send",
+                                       "received", "receive", "recv", "client", "server", "up", "down"})
+
+
+def _foreign_record(obj: Any) -> str:
+    """Why a JSON Lines file's first record is another tool's form (a direction and a frame under other names, no
+    `frame`), or "" when it is none: each line was judged as a bare frame received, an R12 ("JSON object without a
+    'type'") held against the server, and "no chat found". A frame of a profile has no direction field (`type`
+    counts as one only with such a value: a WebSocket client's `{"type": "incoming", "data": …}`)."""
+    if not isinstance(obj, dict) or "frame" in obj or "frame_b64" in obj or obj.get("dir") in ("close", "dropped"):
+        return ""
+    way = next((k for k in _FOREIGN_DIRECTIONS if k in obj and (k != "type" or (
+        isinstance(obj[k], str) and obj[k].lower() in _FOREIGN_DIRECTION_VALUES))), None)
+    data = next((k for k in _FOREIGN_FRAMES if k in obj), None)
+    if way is None or data is None:
+        return ""
+    return (f"field {way!r} beside {data!r} and no 'frame': another tool's log, not chatprobe's JSON Lines, whose "
+            'records are {"t": <time>, "dir": "send"|"recv", "conn": <connection>, "frame": <the frame>} '
+            "(docs/recordings.md): rename its fields so (which way is send, which recv, is that tool's to say)")
 
 
 # A JSON Lines file with no `t` read in as many records as this (or in every one of two or more) is no recording of
@@ -905,6 +972,9 @@ _ENTRY_FIELDS = {
 _RESOURCE_TYPE = "log.entries.item._resourceType"
 EVENT_SOURCE = "eventsource"  # Chromium's `_resourceType` of an EventSource's request
 _STATUS = "log.entries.item.response.status"
+SWITCHING_PROTOCOLS = 101
+# A Recorded direction: a HAR's WebSocket that lists no message (no frame, no chat; offline counts them).
+SILENT = "silent"
 # The lists of a request (and its response) whose items may carry a credential, by the header they stand for.
 _CREDENTIAL_LISTS = {
     "log.entries.item.request.headers.item": "",
@@ -1019,6 +1089,8 @@ def har_order(fd: int, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, int]
             elif chat and event == "string" and prefix in _SSE_TYPE_FIELDS and value.lower().startswith(EVENT_STREAM):
                 chat[-1] = 1
             elif chat and event == "string" and prefix == _RESOURCE_TYPE and value.lower() == EVENT_SOURCE:
+                chat[-1] = 1
+            elif chat and prefix == _STATUS and value == SWITCHING_PROTOCOLS:  # (a socket listing no message: SILENT)
                 chat[-1] = 1
             if prefix == _ENTRY and event == "start_map":
                 started.append(None)
@@ -1377,6 +1449,11 @@ def _stream_refused(entry: _Entry, name: str, max_frame: int) -> Iterator[Record
 
 def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True, *, base_dir: Path | None = None,
                max_text: int = DEFAULT_MAX_TEXT) -> Iterator[Recorded]:
+    if not entry.messages and entry.status == SWITCHING_PROTOCOLS:
+        # A WebSocket whose messages the HAR does not list (Firefox's export lists none; a socket that carried
+        # nothing): no chat, counted, so that a check that finds none can say why.
+        yield Recorded(SILENT, f"ws{entry.index}", t=entry.started, where=f"{name}: entry {entry.index}")
+        return
     if entry.messages:
         if complete and not entry.closed:  # the socket's messages are all there: its chats still waiting are judged
             yield Recorded("close", f"ws{entry.index}", where=f"{name}: entry {entry.index}")

@@ -203,8 +203,34 @@ def test_a_har_whose_sockets_list_no_message_says_on_the_terminal_that_no_chat_w
     har.write_text(json.dumps(devtools_har([devtools_ws_entry(None, T0), devtools_ws_entry([], T0 + 1)])))
     code, out, doc = chatprobe_check(har, cwd=tmp_path)
     assert code == 1 and chats(doc) == [], out
-    assert "no chat found in the recording (is it the profile's dialect?)" in doc["scenarios"][0]["errors"]
+    assert [e for e in doc["scenarios"][0]["errors"] if e.startswith("no chat found in the recording: its 2 WebSocket "
+                                                                     "connection(s) list no message")], doc
     assert "no chat found in the recording" in out, out
+
+
+def test_a_firefox_har_of_a_websocket_chat_says_its_messages_are_not_in_it(tmp_path):
+    """Firefox's "Save All As HAR" keeps a WebSocket's handshake (101 Switching Protocols) and none of its messages:
+    the check said "no chat found in the recording (is it the profile's dialect?)", sending the user after the
+    profile. It says the sockets list no message, and where a HAR that lists them comes from. Saved out of order
+    (the entries sorted by their start), the same."""
+    entry = devtools_ws_entry(None, T0)
+    for key in ("_connectionId", "_initiator", "_priority", "_resourceType"):
+        del entry[key]
+    page = {"startedDateTime": iso(T0 - 1, timezone(timedelta(hours=1))), "time": 20.0,
+            "request": {"method": "GET", "url": "https://chat.example.com/", "httpVersion": "HTTP/1.1", "headers": [],
+                        "queryString": [], "cookies": [], "headersSize": 100, "bodySize": 0},
+            "response": {"status": 200, "statusText": "OK", "httpVersion": "HTTP/1.1", "headers": [], "cookies": [],
+                         "content": {"mimeType": "text/html", "size": 5, "text": "<p>hi"}, "redirectURL": "",
+                         "headersSize": 100, "bodySize": 5},
+            "cache": {}, "timings": {"send": 0, "wait": 10, "receive": 10}}
+    for entries in ([page, entry], [entry, page]):
+        har = tmp_path / "firefox.har"
+        har.write_text(json.dumps({"log": {"version": "1.2", "creator": {"name": "Firefox", "version": "133.0"},
+                                           "browser": {"name": "Firefox", "version": "133.0"}, "entries": entries}}))
+        code, out, doc = chatprobe_check(har, cwd=tmp_path)
+        assert code == 1 and chats(doc) == [], out
+        assert "its 1 WebSocket connection(s) list no message (Firefox's HAR export leaves WebSocket messages out)" in \
+            " ".join(out.split()), out
 
 
 # -- SSE (AG-UI) --

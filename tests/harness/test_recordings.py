@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import threading
 import time
 import tracemalloc
@@ -1531,3 +1532,47 @@ def test_a_file_in_which_no_t_can_be_read_is_refused_once_naming_the_first_a_lon
     one = write_jsonl(tmp_path / "one.jsonl", [{"t": "noon", "conn": "c1", "frame": "{}"}])
     [run] = check_files([one], NETRA, SC)
     assert [v.rule for v in run.connection_violations] == ["R12"]
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    ("Connected (press CTRL+C to quit)\n< {\"type\": \"agent_started\"}\n> {\"type\": \"user_message\"}\n",
+     'wscat.txt:1: "Connected (press CTRL+C to quit)" is no JSON: a wscat transcript'),
+    ("\n\n[INFO  websocat::ws_client_peer] Connected to ws\n{\"type\": \"agent_started\"}\n",
+     'wscat.txt:3: "[INFO  websocat::ws_client_peer] Connected to ws" is no JSON: websocat\'s log (-v'),
+    ("# Recordings of Tuesday's demo\n", "is no JSON: text, not a recording"),
+], ids=["wscat", "websocat-v", "prose"])
+def test_a_file_whose_first_line_is_no_json_is_refused_naming_what_it_looks_like(tmp_path, content, said):
+    """A wscat transcript, websocat's -v log saved with its output, a README among a directory's recordings: each line
+    was judged as a frame the server sent, an R12 each (websocat's log lines failed the chat after them), "no chat
+    found". Exit 2 naming the file, the line and what it looks like; `--format jsonl` still judges each line as a
+    frame received, and a later line that is no JSON is still an R12 where it falls (test above)."""
+    f = tmp_path / "wscat.txt"
+    f.write_text(content)
+    with pytest.raises(RecordingError, match=re.escape(said)):
+        check_files([f], NETRA, SC)
+    directory = tmp_path / "rec"
+    directory.mkdir()
+    write_jsonl(directory / "a.jsonl", [send(100.0), *netra_run("r1", 100.0)])
+    (directory / "README.md").write_text(content)
+    with pytest.raises(RecordingError, match=re.escape(f"{directory / 'README.md'}:")):
+        check_files([directory], NETRA, SC)
+    [run] = check_files([f], NETRA, SC, fmt="jsonl")
+    assert any(v.rule == "R12" for v in run.connection_violations) or any(r.violations for r in run.results)
+
+
+@pytest.mark.parametrize("record", [
+    {"ts": 1764637200.1, "direction": "in", "data": '{"type": "agent_started", "run_id": "r1"}'},
+    {"t": 1764637200.1, "dir": "recv", "payload": {"type": "agent_started", "run_id": "r1"}},
+    {"timestamp": "2025-12-02T01:00:00Z", "type": "incoming", "message": {"type": "agent_started"}},
+], ids=["direction-data", "dir-payload", "type-message"])
+def test_another_tools_log_records_are_refused_naming_their_fields_not_judged_as_frames(tmp_path, record):
+    """A log another tool wrote, its direction and frame under names of its own: each record was judged as a bare
+    frame received (R12 "JSON object without a 'type'" on every line, or a chat failed), "no chat found". Exit 2 at
+    its first record naming the fields and chatprobe's form; no field is guessed (a server's "in" is a client's
+    "out"). A frame of a profile (its own `type`, a `payload`) is still a bare frame."""
+    f = write_jsonl(tmp_path / "other.jsonl", [record, record])
+    way = next(k for k in ("direction", "dir", "type") if k in record)
+    with pytest.raises(RecordingError, match=rf"^{f}:1: field '{way}' beside '\w+' and no 'frame': another tool's log"):
+        check_files([f], NETRA, SC)
+    bare = write_jsonl(tmp_path / "bare.jsonl", [{"type": "user_message", "payload": {"content": "hi"}}])
+    assert [r.direction for r in read_recording(bare)] == ["recv"]
