@@ -29,24 +29,6 @@ class EventTooLarge(Exception):
     """What the server sent does not fit the size limit; the message is the R12's detail."""
 
 
-EVENT_STREAM = "text/event-stream"
-
-
-def refused_response(status: int, content_type: str) -> tuple[str, str] | None:
-    """An answer to a request for an event stream as the connection failure it is (a connections_total result and
-    a reason), or None when it opens one: the SSE transport's judgement live (transports/sse.classify_status, which
-    also names where a redirect points), and `chatprobe check`'s of a HAR entry's answer."""
-    if status in (401, 403):
-        return "auth_failed", f"HTTP {status} from the SSE endpoint"
-    if status == 503:
-        return "refused", "HTTP 503: the server refused the request"
-    if not 200 <= status < 300:
-        return "protocol_error", f"HTTP {status} from the SSE endpoint"
-    if content_type.partition(";")[0].strip().lower() != EVENT_STREAM:
-        return "protocol_error", f"content type {content_type or '(none)'!r}, not {EVENT_STREAM}"
-    return None
-
-
 def _data_text(data: bytes | bytearray) -> str:
     """An event's data as text; data that is not UTF-8 is a StreamProblem saying where, its text as a browser reads
     it (U+FFFD in place of the bad bytes) for a person to see."""

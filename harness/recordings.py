@@ -75,9 +75,9 @@ from typing import IO, Any
 
 from . import redact
 from .events import Role
-from .eventstream import EventStreamParser, EventTooLarge, refused_response
+from .eventstream import EventStreamParser, EventTooLarge
 from .results import STOPPED_BY
-from .sinks import CONNECTION_RESULTS
+from .sinks import CONNECTION_RESULTS, refused_response
 from .yamlfile import ConfigError
 
 # The files one `--record` run keeps in its directory (harness/recorder.py), which `check` merges as one run.

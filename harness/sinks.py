@@ -22,6 +22,34 @@ UNJUDGED_REASONS = ("proxy_stopped", "parking_full")
 PROXY_STOPPED, PARKING_FULL = UNJUDGED_REASONS
 
 
+def refused_upgrade(status: int) -> tuple[str, str]:
+    """A WebSocket upgrade answered with `status` (not 101) as the connection result it is and a reason: what every
+    WebSocket client counts live (transports/websocket, picows_ws), and `chatprobe check` of a HAR's socket."""
+    if status in (401, 403):
+        return "auth_failed", f"HTTP {status} at the WebSocket handshake"
+    if status == 503:
+        return "refused", "HTTP 503: the server refused the connection"
+    return "protocol_error", f"HTTP {status} at the WebSocket handshake"
+
+
+def refused_response(status: int, content_type: str) -> tuple[str, str] | None:
+    """An answer to a request for an event stream as the connection failure it is (a connections_total result and
+    a reason), or None when it opens one: the SSE transport's judgement live (transports/sse.classify_status, which
+    also names where a redirect points), and `chatprobe check`'s of a HAR entry's answer."""
+    if status in (401, 403):
+        return "auth_failed", f"HTTP {status} from the SSE endpoint"
+    if status == 503:
+        return "refused", "HTTP 503: the server refused the request"
+    if not 200 <= status < 300:
+        return "protocol_error", f"HTTP {status} from the SSE endpoint"
+    if content_type.partition(";")[0].strip().lower() != _EVENT_STREAM:
+        return "protocol_error", f"content type {content_type or '(none)'!r}, not {_EVENT_STREAM}"
+    return None
+
+
+_EVENT_STREAM = "text/event-stream"
+
+
 class Sink:
     """Every hook is optional; override what you need."""
 

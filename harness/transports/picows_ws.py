@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from picows.common import WSHandshakeError, WSInvalidMessageError
 
+from ..sinks import refused_upgrade
 from .base import (
     FRAGMENTS_ERROR,
     MAX_FRAGMENTS,
@@ -88,13 +89,9 @@ def classify(exc: BaseException) -> tuple[str, str]:
         if response is None:
             return "refused", "the server closed the connection during the handshake"
         status = int(response.status)
-        if status in (401, 403):
-            return "auth_failed", f"HTTP {status} at the WebSocket handshake"
-        if status == 503:
-            return "refused", "HTTP 503: the server refused the connection"
         if status == 101:
             return "protocol_error", "WebSocket handshake failed: invalid upgrade response"
-        return "protocol_error", f"HTTP {status} at the WebSocket handshake"
+        return refused_upgrade(status)
     if isinstance(exc, ConnectionRefusedError):
         return "refused", "connection refused"
     if isinstance(exc, (EOFError, ConnectionError)):

@@ -24,7 +24,8 @@ from typing import Any
 
 import httpx
 
-from ..eventstream import EventStreamParser, EventTooLarge, refused_response
+from ..eventstream import EventStreamParser, EventTooLarge
+from ..sinks import refused_response
 from .base import (
     ConnectFailed,
     ConnectSettings,

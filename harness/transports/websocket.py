@@ -27,6 +27,7 @@ from websockets.exceptions import (
 from websockets.http11 import MAX_LINE_LENGTH, Response
 from websockets.protocol import State
 
+from ..sinks import refused_upgrade
 from .base import (
     FRAGMENTS_ERROR,
     TOO_MANY_FRAGMENTS,
@@ -50,12 +51,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, ssl.SSLError):
         return "tls_error", tls_reason(exc)
     if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
-        if status in (401, 403):
-            return "auth_failed", f"HTTP {status} at the WebSocket handshake"
-        if status == 503:
-            return "refused", "HTTP 503: the server refused the connection"
-        return "protocol_error", f"HTTP {status} at the WebSocket handshake"
+        return refused_upgrade(exc.response.status_code)
     if isinstance(exc, InvalidURI):
         return "protocol_error", "invalid WebSocket URL"
     if isinstance(exc, InvalidMessage) and _bare_lf(exc):
