@@ -77,7 +77,7 @@ from . import redact
 from .events import Role
 from .eventstream import EventStreamParser, EventTooLarge
 from .results import STOPPED_BY
-from .sinks import CONNECTION_RESULTS, refused_response
+from .sinks import CONNECTION_RESULTS, refused_response, refused_upgrade
 from .yamlfile import ConfigError
 
 # The files one `--record` run keeps in its directory (harness/recorder.py), which `check` merges as one run.
@@ -912,8 +912,8 @@ class _Entry:
     """What is kept of one HAR entry while it is parsed: small fields, and an SSE body and request (bounded)."""
 
     __slots__ = ("accept", "closed", "content_type", "encoding", "encoding_other", "events", "events_bytes",
-                 "events_cut", "events_missing", "failure", "index", "messages", "mime", "post", "post_file",
-                 "resource_type", "started", "status", "text", "text_file")
+                 "events_cut", "events_missing", "failure", "frames", "held_error", "index", "messages", "mime", "post",
+                 "post_file", "resource_type", "started", "status", "text", "text_file", "upgrade")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -932,7 +932,12 @@ class _Entry:
         # What tells a request for an event stream that got none (_stream_refused): its Accept header, Chromium's
         # `_resourceType` ("eventsource"), the response's status (0: none came) and Chromium's `_error` (why not).
         self.accept = ""
+        self.upgrade = ""  # the request's Upgrade header: a WebSocket's handshake
         self.resource_type = ""
+        self.frames = 0  # the data frames (send, receive) of its `_webSocketMessages` read so far
+        # The browser's failing of a socket before any data frame (a message of type "error"), held to the entry's end:
+        # a handshake the server refused (its status is read after the messages) is a connection that failed.
+        self.held_error: Recorded | None = None
         self.status: int | None = None
         self.failure = ""
         # Chromium's `_eventSourceMessages` (time, data), held until the entry ends (its request may come after
@@ -971,6 +976,7 @@ _ENTRY_FIELDS = {
 }
 _RESOURCE_TYPE = "log.entries.item._resourceType"
 EVENT_SOURCE = "eventsource"  # Chromium's `_resourceType` of an EventSource's request
+WEBSOCKET = "websocket"  # Chromium's `_resourceType` of a WebSocket, and the Upgrade header's value
 _STATUS = "log.entries.item.response.status"
 SWITCHING_PROTOCOLS = 101
 # A Recorded direction: a HAR's WebSocket that lists no message (no frame, no chat; offline counts them).
@@ -1088,7 +1094,7 @@ def har_order(fd: int, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, int]
                 started[-1] = _iso(value)
             elif chat and event == "string" and prefix in _SSE_TYPE_FIELDS and value.lower().startswith(EVENT_STREAM):
                 chat[-1] = 1
-            elif chat and event == "string" and prefix == _RESOURCE_TYPE and value.lower() == EVENT_SOURCE:
+            elif chat and event == "string" and prefix == _RESOURCE_TYPE and value.lower() in (EVENT_SOURCE, WEBSOCKET):
                 chat[-1] = 1
             elif chat and prefix == _STATUS and value == SWITCHING_PROTOCOLS:  # (a socket listing no message: SILENT)
                 chat[-1] = 1
@@ -1174,8 +1180,8 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                     pair = {}
                 elif event == "end_map" and pair is not None:
                     secrets.add(_CREDENTIAL_LISTS[prefix], pair)
-                    if prefix == _REQUEST_HEADER and pair.get("name", "").lower() == "accept":
-                        entry.accept = pair.get("value", "")[:200]
+                    if prefix == _REQUEST_HEADER and pair.get("name", "").lower() in ("accept", "upgrade"):
+                        setattr(entry, pair["name"].lower(), pair.get("value", "")[:200])
                     pair = None
                 continue
             if pair is not None and event == "string" and prefix.rpartition(".")[0] in _CREDENTIAL_LISTS:
@@ -1291,7 +1297,11 @@ def _ws_message(msg: dict[str, Any], entry: _Entry, name: str, max_frame: int) -
         entry.closed = True
         data = msg.get("data")
         why = data[:1024] if isinstance(data, str) and data else "no reason given"
-        return Recorded("close", conn, t=t, where=where, error=f"the browser failed the WebSocket connection: {why}")
+        failed = Recorded("close", conn, t=t, where=where, error=f"the browser failed the WebSocket connection: {why}")
+        if not entry.frames:  # perhaps its handshake (_socket_refused): told at the entry's end
+            entry.held_error = failed
+            return None
+        return failed
     opcode = _opcode(msg.get("opcode"))
     if opcode in WS_CONTROL_OPCODES and kind in ("send", "receive"):
         return None
@@ -1308,6 +1318,7 @@ def _ws_message(msg: dict[str, Any], entry: _Entry, name: str, max_frame: int) -
             frame = _base64(data)
         except (binascii.Error, ValueError):
             return Recorded("problem", conn, t=t, detail="binary WebSocket message not in base64", where=where)
+    entry.frames += 1
     if frame_bytes(frame) > max_frame:
         return Recorded("problem", conn, t=t, detail=f"frame larger than the {max_frame} byte limit", where=where)
     return Recorded(direction, conn, t=t, frame=frame, where=where)
@@ -1388,6 +1399,28 @@ def _attached(base_dir: Path | None, file: str, limit: int) -> bytes | str:
     return data
 
 
+def _is_socket(entry: _Entry) -> bool:
+    """Whether an entry is a WebSocket's: Chromium's `_resourceType`, the request's `Upgrade`, or messages listed."""
+    return (entry.resource_type.lower() == WEBSOCKET or entry.upgrade.strip().lower() == WEBSOCKET
+            or entry.messages > 0)
+
+
+def _socket_refused(entry: _Entry, name: str, held: Recorded | None) -> Recorded:
+    """A WebSocket whose handshake failed (an answer other than 101, or none: Chromium's `_error`, or its message of
+    type "error" before any frame): a connection that failed, as a live client counts it (transports: 401/403
+    auth_failed, 503 refused, another status protocol_error; no answer by Chromium's net error), the chat that was to
+    use it an `error` chat, never "no chat found" nor an R12 on no chat."""
+    conn, where = f"ws{entry.index}", f"{name}: entry {entry.index}"
+    t = held.t if held is not None and held.t is not None else entry.started
+    if entry.status:
+        kind, reason = refused_upgrade(entry.status)
+    else:
+        error = " ".join(entry.failure.split())[:200]
+        why = held.error if held is not None else f"the browser failed the WebSocket connection: {error}"
+        kind, reason = _browser_failure(f"{error} {why}"), why
+    return Recorded("close", conn, t=t, where=where, failed=kind, reason=reason)
+
+
 def _wants_stream(entry: _Entry) -> bool:
     """Whether an entry's request asked for an event stream and nothing else: an EventSource's (Chromium's
     `_resourceType`), or one whose Accept names text/event-stream alone (EventSource's, AG-UI's HttpAgent's). A request
@@ -1449,6 +1482,13 @@ def _stream_refused(entry: _Entry, name: str, max_frame: int) -> Iterator[Record
 
 def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True, *, base_dir: Path | None = None,
                max_text: int = DEFAULT_MAX_TEXT) -> Iterator[Recorded]:
+    held, entry.held_error = entry.held_error, None
+    if complete and not entry.frames and entry.status != SWITCHING_PROTOCOLS and (
+            entry.status or entry.failure or held) and _is_socket(entry):
+        yield _socket_refused(entry, name, held)
+        return
+    if held is not None:
+        yield held
     if not entry.messages and entry.status == SWITCHING_PROTOCOLS:
         # A WebSocket whose messages the HAR does not list (Firefox's export lists none; a socket that carried
         # nothing): no chat, counted, so that a check that finds none can say why.

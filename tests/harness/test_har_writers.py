@@ -233,6 +233,42 @@ def test_a_firefox_har_of_a_websocket_chat_says_its_messages_are_not_in_it(tmp_p
             " ".join(out.split()), out
 
 
+@pytest.mark.parametrize(("status", "error", "message", "code", "said"), [
+    (0, "net::ERR_CONNECTION_REFUSED", "Error in connection establishment: net::ERR_CONNECTION_REFUSED", 3,
+     "the browser failed the WebSocket connection: Error in connection establishment: net::ERR_CONNECTION_REFUSED"),
+    (0, "net::ERR_CONNECTION_REFUSED", None, 3, "the browser failed the WebSocket connection: net::ERR_CONNECTION_REFUSED"),
+    (403, None, "Error during WebSocket handshake: Unexpected response code: 403", 2,
+     "HTTP 403 at the WebSocket handshake"),
+    (502, None, "Error during WebSocket handshake: Unexpected response code: 502", 1,
+     "HTTP 502 at the WebSocket handshake"),
+], ids=["refused", "refused-no-message", "403", "502"])
+def test_a_websocket_whose_handshake_failed_is_an_error_chat_as_live(tmp_path, status, error, message, code, said):
+    """DevTools keeps a WebSocket whose handshake failed: status 0 and `_error` when nothing answered, else the
+    answer's status, and a message of type "error" saying so. It was an R12 on no chat ("the browser failed the
+    WebSocket connection" among the connection's violations) or no chat at all: the chat that was to use it is an
+    `error` chat of the kind a live client counts (refused: exit 3 when no chat reached the server; 403: exit 2), and
+    the page's reconnect that passed is judged beside it. A socket that opened (101) and then failed stays an R12."""
+    messages = None if message is None else [{"type": "error", "time": T0, "opcode": -1, "data": message}]
+    failed = devtools_ws_entry(messages, T0 - 0.5)
+    failed["response"] |= {"status": status, "statusText": "", "headers": [], "_error": error}
+    har = tmp_path / "refused.har"
+    har.write_text(json.dumps(devtools_har([failed])))
+    got, out, doc = chatprobe_check(har, cwd=tmp_path)
+    assert got == code, out
+    [chat] = [c for s in doc["scenarios"] for c in s["chats"]]
+    assert chat["outcome"] == "error" and said in json.dumps(chat), chat
+    assert not doc["scenarios"][0].get("connection_violations"), out
+    har.write_text(json.dumps(devtools_har([devtools_ws_entry(netra_messages("r1", "t1", T0 + 1), T0 + 1), failed])))
+    got, out, doc = chatprobe_check(har, cwd=tmp_path)
+    assert got == 1 and sorted(c["outcome"] for s in doc["scenarios"] for c in s["chats"]) == ["error", "passed"], out
+    opened = devtools_ws_entry([{"type": "error", "time": T0, "opcode": -1,
+                                 "data": "Could not decode a text frame as UTF-8."}], T0 - 0.5)
+    har.write_text(json.dumps(devtools_har([opened])))
+    got, out, doc = chatprobe_check(har, cwd=tmp_path)
+    assert got == 1 and chats(doc) == [], out
+    assert "Could not decode a text frame as UTF-8." in json.dumps(doc["scenarios"][0]["connection_violations"])
+
+
 # -- SSE (AG-UI) --
 
 REQUEST = {"threadId": "t1", "runId": "r1", "state": {}, "tools": [], "context": [], "forwardedProps": {},
