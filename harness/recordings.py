@@ -14,7 +14,7 @@ The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\
           seconds will do: only differences are judged); epoch milliseconds (a number past 1e11) and an ISO 8601
           string (without an offset: UTC), as other tools' logs write them, are read too; optional: a record
           without one takes the last time seen; one that is none of these is an R12, and a file where no record's
-          t is read (two or more having one) is refused (RecordingError)
+          t is read (two or more having one) is refused (RecordingError), as is one where no record's dir is
   dir     "recv" (server to client), "send" (client to server), "close" (the connection ended: its chats still
           waiting are judged then) or "dropped" (the recorder dropped the connection's frames from this time on:
           its file was full; `frames` and `bytes` say how many); "receive" and "sent" are accepted too; default "recv"
@@ -484,11 +484,10 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
     """The JSON Lines form (module docstring): one record per line; a line that is not one is an R12 problem or,
     when it is text, a frame as received (the profile's decode calls it malformed), on the last connection seen.
 
-    A file in which no record's `t` can be read, two or more having one (or its first MAX_UNREAD_TIMES), is no
-    recording of times chatprobe reads: RecordingError naming the first (exit 2), not an R12 on every record."""
+    A file in which no record's `t` (or `dir`) can be read, two or more having one (or its first MAX_UNREAD), is
+    no recording chatprobe reads: RecordingError naming the first (exit 2), not an R12 on every record."""
     conn = DEFAULT_CONN
-    times_read = times_unread = 0
-    first_unread: tuple[int, str] | None = None  # the line and value of the first `t` not read
+    times, ways = _Unread("t", path or name), _Unread("dir", path or name)
     first = True  # the first JSON line, which tells another tool's form of record
     max_line = 2 * max_frame + 4096
     # The line, its text, its JSON and the record are dropped before each yield: a suspended generator keeps its
@@ -524,18 +523,16 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
             if foreign := _foreign_record(obj):
                 raise RecordingError(f"{path or name}:{n}: {foreign}")
         held = [_envelope(obj, text, conn, where, max_frame)]
-        if held[0].detail is T_UNREAD:
-            times_unread += 1
-            if first_unread is None:
-                first_unread = (n, json.dumps(obj["t"])[:40])
-            if not times_read and times_unread >= MAX_UNREAD_TIMES:
-                raise _unread_times(path or name, *first_unread, times_unread, "first ")
-        elif held[0].t is not None:
-            times_read += 1
+        detail = held[0].detail
+        if detail is T_UNREAD or held[0].t is not None:
+            times.saw(detail is not T_UNREAD, n, obj)
+        if detail is DIR_UNREAD or (detail is not T_UNREAD and isinstance(obj, dict) and "dir" in obj
+                                    and _is_envelope(obj)):
+            ways.saw(detail is not DIR_UNREAD, n, obj)
         conn, text, obj = held[0].conn, "", None
         yield held.pop()
-    if not times_read and times_unread >= 2 and first_unread is not None:
-        raise _unread_times(path or name, *first_unread, times_unread, "")
+    times.end()
+    ways.end()
 
 
 # Another tool's log record: which way the frame went and the frame, under names of its own. Which way "in" and "out"
@@ -563,23 +560,61 @@ def _foreign_record(obj: Any) -> str:
             "(docs/recordings.md): rename its fields so (which way is send, which recv, is that tool's to say)")
 
 
-# A JSON Lines file with no `t` read in as many records as this (or in every one of two or more) is no recording of
-# times chatprobe reads (another tool's log, its own form of time: `"12:00:01"`, `"Dec 2 01:00"`): exit 2 saying so.
-MAX_UNREAD_TIMES = 1000
-T_UNREAD = ("field 't' must be a time in epoch seconds (or milliseconds), or an ISO 8601 date and time")
+# A JSON Lines file with no `t` (or `dir`) read in as many records as this (or in every one of two or more) is no
+# recording chatprobe reads (another tool's log, its own form of time, `"12:00:01"`, or of direction, `"in"`): exit 2.
+MAX_UNREAD = 1000
+T_UNREAD = "field 't' must be a time in epoch seconds (or milliseconds), or an ISO 8601 date and time"
+DIR_UNREAD = "field 'dir' must be recv, send or close"
+_UNREAD_HELP = {
+    "t": ("is no time", "chatprobe reads epoch seconds, epoch milliseconds or an ISO 8601 date and time "
+                        "(2025-12-02T01:00:00.123Z); convert the field, or leave it out (a record without t has no time)"),
+    "dir": ("is no direction", "chatprobe reads recv (the server's frame), send (the client's), close and dropped; "
+                               "rename its values so (which way is in, which out, is the writing tool's to say)"),
+}
 
 
-def _unread_times(path: str, line: int, value: str, n: int, which: str) -> RecordingError:
-    return RecordingError(f"{path}:{line}: field 't': {value} is no time, nor is the t of any of the {which}{n} records "
-                          "that have one: "
-                          "chatprobe reads epoch seconds, epoch milliseconds or an ISO 8601 date and time "
-                          "(2025-12-02T01:00:00.123Z); convert the field, or leave it out (a record without t has "
-                          "no time)")
+class _Unread:
+    """A JSON Lines field (`t`, `dir`) in the records that have it: when none of them can be read, the file is no
+    recording chatprobe reads, said once (RecordingError naming its first line and value: exit 2) instead of an R12 on
+    every record; a record's own field that cannot be read among others that can is that record's R12."""
+
+    __slots__ = ("field", "first", "path", "read", "unread")
+
+    def __init__(self, field: str, path: str) -> None:
+        self.field, self.path = field, path
+        self.read = self.unread = 0
+        self.first: tuple[int, str] | None = None  # the line and value of the first not read
+
+    def saw(self, ok: bool, line: int, obj: dict[str, Any]) -> None:
+        if ok:
+            self.read += 1
+            return
+        self.unread += 1
+        if self.first is None:
+            self.first = (line, json.dumps(obj[self.field])[:40])
+        if not self.read and self.unread >= MAX_UNREAD:
+            raise self._error("first ")
+
+    def end(self) -> None:
+        if not self.read and self.unread >= 2:
+            raise self._error("")
+
+    def _error(self, which: str) -> RecordingError:
+        line, value = self.first or (0, "")
+        what, help_ = _UNREAD_HELP[self.field]
+        return RecordingError(f"{self.path}:{line}: field {self.field!r}: {value} {what}, nor is the {self.field} of "
+                              f"any of the {which}{self.unread} records that have one: {help_}")
+
+
+def _is_envelope(obj: dict[str, Any]) -> bool:
+    """Whether a JSON object is a record (`frame` or `frame_b64`, or a close or dropped one, and one of t, dir, conn),
+    not a bare frame."""
+    return (("frame" in obj or "frame_b64" in obj or obj.get("dir") in ("close", "dropped"))
+            and not obj.keys().isdisjoint(ENVELOPE_MARKS))
 
 
 def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Recorded:
-    if not isinstance(obj, dict) or not (("frame" in obj or "frame_b64" in obj or obj.get("dir") in ("close", "dropped"))
-                                         and not obj.keys().isdisjoint(ENVELOPE_MARKS)):
+    if not isinstance(obj, dict) or not _is_envelope(obj):
         return Recorded("recv", conn, frame=text, where=where)  # a bare frame
     raw_conn = obj.get("conn", DEFAULT_CONN)
     if isinstance(raw_conn, (str, int)) and not isinstance(raw_conn, bool):
@@ -591,7 +626,7 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
         return Recorded("problem", conn, detail=T_UNREAD, where=where)
     direction = DIRECTIONS.get(obj.get("dir", "recv")) if isinstance(obj.get("dir", "recv"), str) else None
     if direction is None:
-        return Recorded("problem", conn, t=t, detail="field 'dir' must be recv, send or close", where=where)
+        return Recorded("problem", conn, t=t, detail=DIR_UNREAD, where=where)
     if direction == "close":  # "by": "client": the client left on purpose (its chats are abandoned, as live)
         error = obj.get("error")
         failed, reason = obj.get("failed"), obj.get("reason")

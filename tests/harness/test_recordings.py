@@ -1534,6 +1534,25 @@ def test_a_file_in_which_no_t_can_be_read_is_refused_once_naming_the_first_a_lon
     assert [v.rule for v in run.connection_violations] == ["R12"]
 
 
+
+def test_a_file_in_which_no_dir_can_be_read_is_refused_once_a_lone_bad_dir_stays_an_r12(tmp_path):
+    """Another tool's log in chatprobe's form but its own directions (`"in"`, `"out"`): an R12 on every record, "no
+    chat found". Exit 2 naming the file, the first line and its value; no direction is guessed (a server's "in" is a
+    client's "out"). A lone `dir` not read among ones read is still the R12 it was; bare JSON values of any kind
+    (a string holding "dir", a number) are frames as ever."""
+    records = [send(1000.0), *netra_run("r1", 1000.0)]
+    f = write_jsonl(tmp_path / "inout.jsonl", [r | {"dir": {"send": "out", "recv": "in"}[r["dir"]]} for r in records])
+    with pytest.raises(RecordingError, match=rf'^{f}:1: field \'dir\': "out" is no direction, nor is the dir of any of '
+                                             "the 6 records that have one: .*recv"):
+        check_files([f], NETRA, SC)
+    lone = write_jsonl(tmp_path / "lone.jsonl", [*records[:2], {"t": 1000.11, "dir": "in", "conn": "c1", "frame": "{}"},
+                                                 *records[2:]])
+    [run] = check_files([lone], NETRA, SC)
+    assert verdicts(run) == [("r1", "failed", ["R12"])]
+    scalars = write_jsonl(tmp_path / "scalars.jsonl", ['"a dir string"', "5", "[1]", '"dir"'])
+    assert [r.direction for r in read_recording(scalars)] == ["recv"] * 4
+
+
 @pytest.mark.parametrize(("content", "said"), [
     ("Connected (press CTRL+C to quit)\n< {\"type\": \"agent_started\"}\n> {\"type\": \"user_message\"}\n",
      'wscat.txt:1: "Connected (press CTRL+C to quit)" is no JSON: a wscat transcript'),
