@@ -1279,6 +1279,9 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
         conn = _conn_of(entry)
         if not seen_log:
             raise RecordingError(f"{shown}: not a HAR file ({exc})") from None
+        if entry is not None:  # what came of it is judged as it stood (an SSE body past the limit: its request)
+            yield from _entry_end(entry, name, max_frame, complete=False, base_dir=base_dir, max_text=max_text,
+                                  cut=f"the HAR was read no further: {exc}")
         yield Recorded("problem", conn, detail=f"HAR file cut short: {exc}", where=f"{name}: byte {guard.offset}")
         return
     except (ijson.JSONError, ValueError, UnicodeDecodeError) as exc:
@@ -1286,7 +1289,8 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
             raise RecordingError(f"{shown}: not a HAR file (invalid JSON near byte {guard.offset})") from None
         secrets.register(f"{shown}: byte {guard.offset}")
         if entry is not None:
-            yield from _entry_end(entry, name, max_frame, complete=False, base_dir=base_dir, max_text=max_text)
+            yield from _entry_end(entry, name, max_frame, complete=False, base_dir=base_dir, max_text=max_text,
+                                  cut=f"the HAR file is cut short (or broken) in this entry, near byte {guard.offset}")
         # The parser's own words only: its message goes on to quote the file's bytes around the error, and a HAR
         # broken inside a request's headers (their credentials not registered yet) would show a credential there.
         message = " ".join((str(exc).strip().splitlines() or [exc.__class__.__name__])[0].split())[:120]
@@ -1516,7 +1520,9 @@ def _stream_refused(entry: _Entry, name: str, max_frame: int) -> Iterator[Record
 
 
 def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True, *, base_dir: Path | None = None,
-               max_text: int = DEFAULT_MAX_TEXT) -> Iterator[Recorded]:
+               max_text: int = DEFAULT_MAX_TEXT, cut: str = "") -> Iterator[Recorded]:
+    """What an entry holds, once read (`complete`), or as far as it was read: `cut` says why the rest was not (a
+    string past the limit, the file's end): an SSE response whose body was not reached is judged as it stood there."""
     held, entry.held_error = entry.held_error, None
     if complete and not entry.frames and entry.status != SWITCHING_PROTOCOLS and (
             entry.status or entry.failure or held) and _is_socket(entry):
@@ -1571,6 +1577,9 @@ def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True, 
         body = attached
     if entry.post:
         yield Recorded("send", conn, t=entry.started, frame=_cut(entry.post, max_frame), where=f"{where} request")
+    if cut and not timed and entry.text is None and body is None:
+        yield Recorded("dropped", conn, t=entry.started, detail="the response body", where=where, error=cut)
+        return
     if timed or (entry.text is None and body is None):
         yield from _sse_events(entry, conn, where, max_frame, timed)
         if complete:

@@ -765,3 +765,28 @@ def test_a_redirect_followed_or_a_request_that_also_accepts_json_is_no_chat(tmp_
         chrome_failed_request(T0 + 3, 400, None, mime="application/json", accept="application/json, text/event-stream")])))
     code, out, doc = chatprobe_check(har, "--profile", "ag-ui", cwd=tmp_path)
     assert code == 0 and chats(doc) == [("r1", "passed", [])], out
+
+
+@pytest.mark.parametrize("cut", ["limit", "end"])
+def test_an_sse_body_past_the_limit_or_the_files_end_judges_its_request_as_it_stood(tmp_path, cut):
+    """A HAR whose SSE body is larger than one HAR body may be (64 MiB; here a smaller limit), or whose file ends
+    inside it: the entry was dropped whole (only the R12 "HAR file cut short"), "no chat found in the recording (is it
+    the profile's dialect?)", or judged as a body the browser kept none of. Its request is the chat it was, judged as
+    it stood (incomplete, the note saying why the body was not read), never held against the server."""
+    from harness.offline import check_files
+    from harness.profiles import load_profile
+    from harness.scenario import Scenario
+
+    body = agui_body(True) + b"".join(
+        b'data: {"type": "TEXT_MESSAGE_CONTENT", "messageId": "a2", "delta": "' + b"x" * 900 + b'"}\n\n'
+        for _ in range(120))
+    text = json.dumps(chrome_sse(body, tmp_path), indent=2)
+    har = tmp_path / "cut.har"
+    har.write_text(text if cut == "limit" else text[:text.index("TEXT_MESSAGE_CONTENT") + 400])
+    [run] = check_files([har], load_profile("ag-ui"), Scenario(name="t"), max_text=64 * 1024)
+    [chat] = run.results
+    assert chat.outcome.value == "incomplete" and not chat.violations, (chat.note, chat.violations)
+    assert ("the HAR was read no further: a string longer than the 65536 byte limit" if cut == "limit"
+            else "the HAR file is cut short (or broken) in this entry") in chat.note, chat.note
+    assert [v.rule.value for v in run.connection_violations] == ["R12"]
+    assert not any("no chat found" in e for e in run.errors), run.errors
