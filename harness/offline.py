@@ -40,6 +40,7 @@ from .flow import (
 )
 from .profiles import Profile
 from .recordings import (
+    ASIDES,
     DEFAULT_MAX_FILES,
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_TEXT,
@@ -198,6 +199,7 @@ class OfflineCheck:
         self.untimed: set[str] = set()  # chats whose send or receive times are not recorded
         self.timeless = 0  # chats judged with events and no first-event time (their times not recorded)
         self.silent = 0  # a HAR's WebSockets that list no message (recordings.SILENT): why no chat was found, if none
+        self.notes: list[str] = []  # what the reader said of the files (recordings.NOTE): among the run's warnings
         # Chats an event without its recorded time reached (it took the last time seen, which may be well before it
         # came): their first-event time and duration are not judged. The connection's other chats keep theirs.
         self.untimed_events: set[str] = set()
@@ -222,8 +224,11 @@ class OfflineCheck:
 
     # -- input --
     def feed(self, rec: Recorded) -> None:
-        if rec.direction == SILENT:  # a HAR's WebSocket listing no message: no connection of any chat
-            self.silent += 1
+        if rec.direction in ASIDES:  # no frame: what a person should know of the file
+            if rec.direction == SILENT:  # a HAR's WebSocket listing no message: no connection of any chat
+                self.silent += 1
+            elif len(self.notes) < MAX_DROPPED_WARNINGS:
+                self.notes.append(rec.detail)
             return
         conn = self.conns.get(rec.conn)
         if conn is None:
@@ -832,7 +837,7 @@ class OfflineCheck:
         if (note := self.listing.note(self.tally.chats)) is not None:
             errors.append(note)
         started = self.first_t if self.first_t is not None and self.first_t > 1e9 else time.time()
-        warnings += self.gaps
+        warnings += self.notes + self.gaps
         if unjudged:
             warnings.append(UNJUDGED_WARNING.format(n=sum(self.tally.unjudged.values()), reasons=unjudged))
         if self.n_gaps > len(self.gaps):

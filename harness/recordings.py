@@ -488,6 +488,7 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
     no recording chatprobe reads: RecordingError naming the first (exit 2), not an R12 on every record."""
     conn = DEFAULT_CONN
     times, ways = _Unread("t", path or name), _Unread("dir", path or name)
+    untimed = True  # no record with a `t` yet: one that names its time otherwise is said once (_time_elsewhere)
     first = True  # the first JSON line, which tells another tool's form of record
     max_line = 2 * max_frame + 4096
     # The line, its text, its JSON and the record are dropped before each yield: a suspended generator keeps its
@@ -523,6 +524,12 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
             if foreign := _foreign_record(obj):
                 raise RecordingError(f"{path or name}:{n}: {foreign}")
         held = [_envelope(obj, text, conn, where, max_frame)]
+        if untimed and isinstance(obj, dict):
+            if "t" in obj:
+                untimed = False
+            elif elsewhere := _time_elsewhere(obj):
+                untimed = False
+                yield Recorded(NOTE, held[0].conn, detail=f"{where}: {elsewhere}", where=where)
         detail = held[0].detail
         if detail is T_UNREAD or held[0].t is not None:
             times.saw(detail is not T_UNREAD, n, obj)
@@ -604,6 +611,21 @@ class _Unread:
         what, help_ = _UNREAD_HELP[self.field]
         return RecordingError(f"{self.path}:{line}: field {self.field!r}: {value} {what}, nor is the {self.field} of "
                               f"any of the {which}{self.unread} records that have one: {help_}")
+
+
+_TIME_FIELDS = ("ts", "time", "timestamp", "@timestamp", "date", "datetime", "at")
+
+
+def _time_elsewhere(obj: dict[str, Any]) -> str:
+    """What to say of a record without `t` that names a time under another name (another tool's `ts`, `timestamp`),
+    else "": it is read without a time (t is optional), so first-event times, stalls and deadlines go unjudged, and the
+    user should know why."""
+    field = next((k for k in _TIME_FIELDS if k in obj), None) if _is_envelope(obj) else None
+    if field is None:
+        return ""
+    return (f"field {field!r} is not read as a record's time, which is 't' (epoch seconds, epoch milliseconds or ISO "
+            "8601): the records are judged without their times; rename the field to judge first-event times, stalls "
+            "and deadlines")
 
 
 def _is_envelope(obj: dict[str, Any]) -> bool:
@@ -1016,6 +1038,9 @@ _STATUS = "log.entries.item.response.status"
 SWITCHING_PROTOCOLS = 101
 # A Recorded direction: a HAR's WebSocket that lists no message (no frame, no chat; offline counts them).
 SILENT = "silent"
+# A Recorded direction: something about the file a person should know that changes no record (its detail: a warning).
+NOTE = "note"
+ASIDES = frozenset({SILENT, NOTE})
 # The lists of a request (and its response) whose items may carry a credential, by the header they stand for.
 _CREDENTIAL_LISTS = {
     "log.entries.item.request.headers.item": "",

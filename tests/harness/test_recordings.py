@@ -1595,3 +1595,19 @@ def test_another_tools_log_records_are_refused_naming_their_fields_not_judged_as
         check_files([f], NETRA, SC)
     bare = write_jsonl(tmp_path / "bare.jsonl", [{"type": "user_message", "payload": {"content": "hi"}}])
     assert [r.direction for r in read_recording(bare)] == ["recv"]
+
+
+def test_a_time_under_another_name_is_said_among_the_warnings(tmp_path):
+    """Another tool's records in chatprobe's form but for their time, `timestamp` (or `ts`, `time`…) where chatprobe
+    reads `t`: judged without times (t is optional), and the run said only that no chat had a first-event time, never
+    why. It names the field, once, among the run's warnings; the verdicts are as before."""
+    records = [send(1000.0), *netra_run("r1", 1000.0)]
+    f = write_jsonl(tmp_path / "ts.jsonl", [{"timestamp": r.pop("t"), **r} for r in records])
+    [run] = check_files([f], NETRA, SC)
+    assert verdicts(run) == [("r1", "passed", [])]
+    assert [w for w in run.warnings if w.startswith("ts.jsonl:1: field 'timestamp' is not read as a record's time, "
+                                                    "which is 't'")], run.warnings
+    assert sum("is not read as a record's time" in w for w in run.warnings) == 1
+    plain = write_jsonl(tmp_path / "plain.jsonl", [send(1000.0), *netra_run("r1", 1000.0)])
+    [run] = check_files([plain], NETRA, SC)
+    assert not any("is not read as a record's time" in w for w in run.warnings)
