@@ -1611,3 +1611,23 @@ def test_a_time_under_another_name_is_said_among_the_warnings(tmp_path):
     plain = write_jsonl(tmp_path / "plain.jsonl", [send(1000.0), *netra_run("r1", 1000.0)])
     [run] = check_files([plain], NETRA, SC)
     assert not any("is not read as a record's time" in w for w in run.warnings)
+
+
+@pytest.mark.parametrize("copies", [1, 200], ids=["small", "first-line-past-the-head"])
+def test_json_lines_with_line_ends_of_cr_alone_are_refused_crlf_still_read(tmp_path, copies):
+    """A JSON Lines file whose line ends were converted to CR alone was one line: "no JSON" (a small file) or a line
+    of junk judged as a frame the server sent, "no chat found" (a large one). Exit 2 naming the file and the line
+    ends; CRLF, and a CRLF whose LF the first read leaves behind, are line ends as ever."""
+    lines = "".join(json.dumps(r) + "\n" for r in [send(1000.0), *netra_run("r1", 1000.0)]) * copies
+    f = tmp_path / "cr.jsonl"
+    f.write_bytes(lines.replace("\n", "\r").encode())
+    with pytest.raises(RecordingError, match=rf"^{f}:1: a CR not followed by LF \(line ends of CR alone\?\)"):
+        check_files([f], NETRA, SC)
+    f.write_bytes(lines.replace("\n", "\r\n").encode())
+    [run] = check_files([f], NETRA, SC)
+    assert not run.connection_violations and run.results[0].outcome is Outcome.PASSED
+    first = json.dumps(send(1000.0) | {"pad": "p" * (4095 - len(json.dumps(send(1000.0))) - 11)})
+    f.write_bytes((first + "\r\n" + lines.replace("\n", "\r\n")).encode())
+    assert f.read_bytes()[4095:4097] == b"\r\n"  # the first read (4,096 bytes) ends between CR and LF
+    [run] = check_files([f], NETRA, SC)  # read, not refused (the padded send is a chat of its own, never answered)
+    assert not run.connection_violations and Outcome.PASSED in [r.outcome for r in run.results]
