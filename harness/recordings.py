@@ -534,12 +534,13 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
             elif elsewhere := _time_elsewhere(obj):
                 untimed = False
                 yield Recorded(NOTE, held[0].conn, detail=f"{where}: {elsewhere}", where=where)
-        detail = held[0].detail
-        if detail is T_UNREAD or held[0].t is not None:
-            times.saw(detail is not T_UNREAD, n, obj)
-        if detail is DIR_UNREAD or (detail is not T_UNREAD and isinstance(obj, dict) and "dir" in obj
-                                    and _is_envelope(obj)):
-            ways.saw(detail is not DIR_UNREAD, n, obj)
+        if not (times.read and ways.read):  # (once each was read in a record, no refusal can come: not counted)
+            detail = held[0].detail
+            if detail is T_UNREAD or held[0].t is not None:
+                times.saw(detail is not T_UNREAD, n, obj)
+            if detail is DIR_UNREAD or (detail is not T_UNREAD and isinstance(obj, dict) and "dir" in obj
+                                        and _is_envelope(obj)):
+                ways.saw(detail is not DIR_UNREAD, n, obj)
         conn, text, obj = held[0].conn, "", None
         yield held.pop()
     times.end()
