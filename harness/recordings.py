@@ -1220,9 +1220,11 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
     `_eventSourceMessages` at their times when each has its data, else the body's (no times). Streamed with ijson:
     one WebSocket message at a time (an SSE response's events are held until its entry ends, bounded). A body or
     request a writer attached as a file (Playwright's `_file`) is read from `base_dir` (the HAR's own directory), a
-    plain file name only. The credentials each request carried (its Authorization, cookies, credential-like headers
-    and query parameters, a `jwt.` subprotocol) are registered as secrets (harness/redact.py) as they are read: a
-    server that echoes one shows it in no report."""
+    plain file name only. A request for an event stream that got none, and a WebSocket whose handshake failed, is a
+    `failed` close record (an `error` chat, as live); a socket that lists no message a SILENT record (counted, so a
+    check that finds no chat can say why). The credentials each request carried (its Authorization, cookies,
+    credential-like headers and query parameters, a `jwt.` subprotocol) are registered as secrets (harness/redact.py)
+    as they are read: a server that echoes one shows it in no report."""
     import ijson  # a compiled streaming parser; imported here so the JSON Lines path needs no extra package
 
     guard = _BoundedJSON(f, max_text, MAX_HAR_DEPTH)
