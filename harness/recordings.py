@@ -391,7 +391,8 @@ _TRANSCRIPTS = (
      "such) or record the traffic with `chatprobe proxy --record DIR`"),
 )
 _PROSE = ("text, not a recording (JSON Lines, an SSE body or a HAR: docs/recordings.md); a directory's files are all "
-          "read as recordings: move other files out (--format jsonl judges each line as a frame received)")
+          "read as recordings: move other files out (--format sse reads an SSE body whose first lines are no event's, "
+          "--format jsonl judges each line as a frame received)")
 
 
 def _not_json_lines(head: bytes) -> str:
