@@ -1318,11 +1318,19 @@ def fold_further(result: ChatResult, runs: list[ChatResult]) -> None:
 
 
 def abandon(tracker: ChatTracker, now: float) -> ChatResult:
-    """The client left on purpose mid-run: judge only what arrived (no required roles, no terminal owed)."""
+    """The client left on purpose mid-run: judge only what arrived (no required roles, no terminal owed). A user who
+    left a blank screen after the first-event limit was kept waiting: an R9, as `finish` judges it (the user staring
+    at nothing and leaving is what the limit is there for)."""
     if tracker._result is not None:
         return tracker._result
-    outcome = Outcome.FAILED if tracker.violations else Outcome.PASSED
-    result = tracker._make(outcome, list(tracker.violations), [], now,
+    violations = list(tracker.violations)
+    exp = tracker.exp
+    if (tracker.first_delay is None and tracker.connection_error is None and exp.expect_error != "invalid_input"
+            and now >= tracker.sent_at + exp.first_event_limit):
+        violations.append(Violation(Rule.R9, f"no event within the {exp.first_event_limit:g}s limit (the client left "
+                                             f"after {now - tracker.sent_at:.3f}s)", None))
+    outcome = Outcome.FAILED if violations else Outcome.PASSED
+    result = tracker._make(outcome, violations, [], now,
                            f"abandoned by the client after {len(tracker.events)} events")
     result.abandoned_at = now
     return result

@@ -1250,3 +1250,40 @@ async def test_a_client_with_kilobytes_of_credentials_is_proxied_but_not_recorde
     (path,) = (tmp_path / "rec").glob("*.jsonl")  # the usual one's recording only
     assert "ping" in path.read_text()
     assert "not recorded: their credentials" in caplog.text
+
+
+async def test_a_user_who_leaves_a_blank_screen_after_the_first_event_limit_is_an_r9():
+    """The server takes the message and shows nothing: the user stares at a blank screen past the first-event limit
+    and closes the tab. That is the chat the limit is for (an R9, failed), not a chat the user chose to leave while
+    the server was on time; one who leaves before the limit, the server silent as yet, is abandoned and passed. It
+    was passed either way."""
+    limit = 1.0
+
+    async def silent(ws):
+        await ws.send(json.dumps({"type": "connection_established", "data": {"user_id": "u"}}))
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.recv()  # the message
+            await ws.wait_closed()
+
+    up = await websockets.asyncio.server.serve(silent, "127.0.0.1", 0, ping_interval=None)
+    sink = Counts(ChatMetrics(CollectorRegistry()), "up", "live")
+    exp = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=30.0, first_event_limit=limit)
+    live = LiveChats(load_profile("netra"), sink, exp, "live", 0.1)
+    server = await start_proxy(Proxy(f"ws://127.0.0.1:{up.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
+    try:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        for i, wait in enumerate((limit + 0.3, 0.0)):
+            ws = await websockets.asyncio.client.connect(url, open_timeout=5)
+            await ws.recv()  # the welcome
+            await ws.send(json.dumps({"type": "user_message", "payload": {"content": "hi", "message_id": f"m{i}"}}))
+            await asyncio.sleep(wait)  # wait-ok: the user looking at a blank screen this long is what is judged
+            await ws.close()
+            await until(lambda n=i + 1: len(sink.results) == n)
+    finally:
+        server.close()
+        up.close()
+    late, early = sink.results
+    assert sink.abandoned == 2
+    assert late.outcome is Outcome.FAILED and [v.rule.value for v in late.violations] == ["R9"], late.violations
+    assert "no event within the 1s limit" in late.violations[0].reason
+    assert early.outcome is Outcome.PASSED and not early.violations, early.violations
