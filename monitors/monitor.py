@@ -485,7 +485,7 @@ async def _main(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         if not task.cancelled() and task.exception() is not None:
-            log.error("the probe loop crashed: %r", task.exception())
+            log.error("the probe loop crashed: %s", redact.clean(repr(task.exception()), 1000))
             return EXIT_FAILED
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
