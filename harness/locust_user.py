@@ -451,6 +451,12 @@ def _check_swarm_form(environment):
                     raise ConfigError(f"{flag} {redact.clean(str(request.form[key]), 100)!r}: not a number",
                                       field=key) from None
         current().prepare(opts, host)
+        if request.form.get("chatprobe_record") and not isinstance(environment.runner, MasterRunner):
+            # The test's start opens its recording (a master's workers open theirs, on their own disks): a DIR that
+            # cannot be used is refused here, not at that start, where it ended the process with exit 2.
+            from .recorder import open_recorder
+
+            open_recorder(opts.chatprobe_record, "--chatprobe-record")
     except ConfigError as exc:
         message = f"chatprobe: error: {redact.clean(str(exc), 1000)}"
         logger.error(message)

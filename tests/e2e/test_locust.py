@@ -398,13 +398,14 @@ def test_a_worker_stopped_with_sigterm_reports_its_last_chats_before_it_quits(pr
     assert int(csv_row(prefix, "chat", "basic")["Request Count"]) == runs
 
 
-def test_the_web_ui_refuses_a_form_it_cannot_use_and_a_good_test_after_it_is_judged(procs, agentsim):
+def test_the_web_ui_refuses_a_form_it_cannot_use_and_a_good_test_after_it_is_judged(procs, agentsim, tmp_path):
     """Web UI mode, no --autostart, driven through its HTTP API. FAILED on the old code: /swarm answered "Swarming
     started" for an http:// host, the test stopped at once with nothing said, and the process exited 2 at the end even
     after a good test from the form; then only five form fields were checked, so a --chatprobe-auth out of its choices
     started the test, a --chatprobe-metrics-port that is no number was Locust's 500 and traceback, and a header typed
     in the form (Locust gives a repeatable option filled in once as one string) was read letter by letter: the test's
-    start was a usage error and the process quit."""
+    start was a usage error and the process quit; a --chatprobe-record DIR that cannot be used started the test, which
+    ended the process (exit 2) at its start."""
     import signal
 
     import httpx
@@ -416,7 +417,10 @@ def test_the_web_ui_refuses_a_form_it_cannot_use_and_a_good_test_after_it_is_jud
     web = f"http://127.0.0.1:{web_port}"
     bad = url.replace("ws://", "http://")
     form = {"user_count": 2, "spawn_rate": 2, "host": url}
+    not_a_dir = tmp_path / "rec"
+    not_a_dir.write_text("a file\n")
     for field, given, needle in [("host", bad, f"--host '{bad}'"),
+                                 ("chatprobe_record", str(not_a_dir), f"--chatprobe-record {not_a_dir}: not a directory"),
                                  ("chatprobe_auth", "cookie", "--chatprobe-auth 'cookie': one of header"),
                                  ("chatprobe_metrics_port", "80a", "--chatprobe-metrics-port '80a': not a number")]:
         answer = httpx.post(f"{web}/swarm", data={**form, field: given}, timeout=10)
