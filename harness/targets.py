@@ -255,6 +255,12 @@ def check_not_empty(opts: TargetOptions, *options: str) -> None:
 def read_token(opts: TargetOptions) -> TokenProvider:
     """The token source the options name: a file, a variable, a secret to mint per-user JWTs from, or none."""
     check_not_empty(opts, "token_file", "token_env", "jwt_secret_env")
+    # One source: two given are a usage error (which one the run used, no output would say), and one given is taken
+    # over a default variable set in the environment (CHATPROBE_TOKEN exported in CI must not outrank the
+    # --jwt-secret-env on the command line).
+    given = [option for option in ("token_file", "token_env", "jwt_secret_env") if getattr(opts, option)]
+    if len(given) > 1:
+        raise option_error(given[1], f"is given beside {FLAGS[given[0]]}: give one source of credentials")
     if opts.token_file:
         try:
             from .yamlfile import read_text_file
@@ -269,7 +275,7 @@ def read_token(opts: TargetOptions) -> TokenProvider:
     # A bearer token, else a secret to mint one per user: named by the option, or found in the default variable.
     for option, named, default, kind in (("token_env", opts.token_env, "CHATPROBE_TOKEN", "token"),
                                          ("jwt_secret_env", opts.jwt_secret_env, "CHATPROBE_JWT_SECRET", "jwt_secret")):
-        var = named or (default if os.environ.get(default) else None)
+        var = named or (default if os.environ.get(default) and not given else None)
         if var:
             value = os.environ.get(var)
             if not value:

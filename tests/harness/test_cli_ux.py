@@ -241,6 +241,25 @@ def test_credentials_refused_when_none_were_given_says_none_were(sim):
     assert "no token was sent" in proc.stderr and "CHATPROBE_TOKEN" in proc.stderr, proc.stderr
 
 
+def test_a_credentials_flag_given_outranks_the_default_variable_and_two_are_refused(sim):
+    """FAILED on the old code: with CHATPROBE_TOKEN exported (a CI's environment), `--jwt-secret-env VAR` on the
+    command line was ignored and CHATPROBE_TOKEN's token sent instead (every chat refused, exit 2, the flag given
+    named as a suspect); two sources given (`--token-env` and `--jwt-secret-env`) were taken silently, the token
+    first."""
+    _, hint = sim
+    url = re.search(r"--target (\S+)", hint).group(1)
+    secret = re.search(r"CHATPROBE_JWT_SECRET=(\S+)", hint).group(1)
+    proc = run_cli("run", "basic", "-q", "--target", url, "--jwt-secret-env", "SIM_SECRET",
+                   env={"CHATPROBE_TOKEN": "a-token-of-another-environment", "SIM_SECRET": secret})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_cli("run", "basic", "-q", "--target", url, "--token-env", "SIM_TOKEN", "--jwt-secret-env", "SIM_SECRET",
+                   env={"SIM_TOKEN": "a-token-of-another-environment", "SIM_SECRET": secret})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--jwt-secret-env" in lines[0] and "--token-env" in lines[0], proc.stderr
+    assert "a-token-of-another-environment" not in proc.stderr and secret not in proc.stderr
+
+
 def test_record_then_check_gives_the_same_verdicts(tmp_path):
     rec, live, offline = tmp_path / "rec", tmp_path / "live.json", tmp_path / "offline.json"
     proc = run_cli("run", "concurrent", "--sim-fault", "drop:tool_completed=0.3", "--sim-seed", "3",
