@@ -139,7 +139,7 @@ def test_every_flag_the_docs_name_exists():
     assert unknown == [], "flags no parser knows:\n" + "\n".join(unknown)
 
 
-@pytest.mark.parametrize("command", ["run", "check", "monitor", "proxy", "list"])
+@pytest.mark.parametrize("command", ["run", "check", "monitor", "proxy", "sim", "list"])
 def test_every_flag_of_the_commands_is_documented(command):
     """The other way round: each long flag a command takes is named in the README or a doc (a flag only its --help
     knows is one nobody finds). `monitor` and `proxy` parse their own flags (chatprobe hands them over)."""
@@ -461,6 +461,38 @@ def test_the_readmes_exit_codes_are_the_codes():
     said = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
     said = said.split("Exit codes of `chatprobe run`", 1)[1].split(". A stopped run", 1)[0]
     assert [int(n) for n in re.findall(r"\*\*(\d+)\*\*", said)] == [int(c) for c in ExitCode]
+
+
+def test_the_readmes_sim_table_is_agentsims_flags_and_defaults():
+    """README's `chatprobe sim` table: one row per flag of `sim`, each default the one SimConfig starts with."""
+    import dataclasses
+
+    from agentsim.faults import parse_size
+    from agentsim.server import DEFAULT_JWT_SECRET, SimConfig
+
+    parser = sim_parser()
+    dests = {flag: action.dest for action in parser._actions for flag in action.option_strings}
+    defaults = {f.name: f.default for f in dataclasses.fields(SimConfig)}
+    rows = _table((ROOT / "README.md").read_text(encoding="utf-8"), "### The reference server: `chatprobe sim`")
+    shown: set[str] = set()
+    for row in rows:
+        flags = [code.split()[0] for code in _code(row[0])]
+        shown.update(flags)
+        if row[1] in ("off", "none", "none (random)"):
+            for flag in flags:
+                assert defaults.get(dests[flag], None) in (False, None, []), f"README.md: sim {flag} is no {row[1]}"
+        elif flags == ["--jwt-secret"]:
+            assert "$AGENTSIM_JWT_SECRET" in row[1] and f"`{DEFAULT_JWT_SECRET}`" in row[1], row
+        else:
+            values = _code(row[1])
+            assert len(values) == len(flags), row
+            for flag, value in zip(flags, values, strict=True):
+                default = defaults[dests[flag]]
+                said = parse_size(value) if flag == "--max-size" else yaml.safe_load(value)
+                assert said == default, f"README.md: sim {flag} defaults to {default!r}, the table says {value}"
+    flags = {flag for flag in dests if flag.startswith("--") and flag != "--help"}
+    shown.discard("-v")  # --verbose's short form
+    assert shown == flags, f"README.md's sim table: not flags of sim: {shown - flags}; not in it: {flags - shown}"
 
 
 def test_agentsims_help_lists_every_config_key():
