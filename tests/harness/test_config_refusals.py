@@ -466,3 +466,15 @@ def test_an_empty_value_for_a_credential_file_or_profile_flag_is_refused_not_tak
     proc = run_cli(*argv[command], flag, "", env=token, timeout=30)
     line = one_error(proc, f"{flag}: an empty ")
     assert token["CHATPROBE_TOKEN"] not in line
+
+
+@pytest.mark.parametrize("command, flag", [
+    ("run", "--token-env"), ("run", "--jwt-secret-env"), ("run", "--token-file"),
+    ("monitor", "--token-env"), ("monitor", "--jwt-secret-env"), ("monitor", "--token-file"),
+])
+def test_an_empty_credentials_flag_is_refused_without_target_too(command, flag):
+    # FAILED on the old code: without --target (the embedded agentsim, which mints its own tokens) the credentials
+    # flags were never read, so `--token-env "$UNSET"` ran the suite and exited 0, where --ca-file and --profile, and
+    # the same flag with --target, exit 2: the README's "an empty --token-env ... exits 2 naming the flag".
+    argv = {"run": ["run", "basic", "-q"], "monitor": ["monitor", "--once"]}
+    one_error(run_cli(*argv[command], flag, "", timeout=60), f"{flag}: an empty ")
