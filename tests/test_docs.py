@@ -495,6 +495,22 @@ def test_the_readmes_sim_table_is_agentsims_flags_and_defaults():
     assert shown == flags, f"README.md's sim table: not flags of sim: {shown - flags}; not in it: {flags - shown}"
 
 
+def test_the_listen_interval_and_job_defaults_the_docs_state_are_the_codes():
+    """Where the monitor and the proxy listen unless told (loopback: an SRE must know to widen it), the monitor's
+    interval and timeout, and the Pushgateway job `run` pushes under."""
+    from monitors import monitor
+
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    said = readme.split("Both listen on loopback unless told otherwise:", 1)[1].split(" give ", 1)[0]
+    mon, prox = monitor_parser().parse_args([]), proxy_parser().parse_args(["--upstream", "ws://127.0.0.1:1"])
+    assert f"the monitor's `--listen` defaults to `{mon.listen}`" in said
+    assert f"`--interval` to {monitor.DEFAULT_INTERVAL:g} s" in said
+    assert f"`--timeout` to the interval within {monitor.MIN_DEFAULT_TIMEOUT:g}–{monitor.MAX_TIMEOUT:g} s" in said
+    assert f"the proxy's `--listen` to `{prox.listen}`" in said and f"`--metrics-listen` to `{prox.metrics_listen}`" in said
+    job = chatprobe_parser().parse_args(["run"]).job
+    assert f"--job NAME` (default `{job}`)" in " ".join(METRICS_DOC.split())
+
+
 def test_agentsims_help_lists_every_config_key():
     import dataclasses
 
