@@ -2,7 +2,10 @@
 usage error (exit 2, one line naming the flag or the file, line and field) before anything connects or is read."""
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -478,3 +481,16 @@ def test_an_empty_credentials_flag_is_refused_without_target_too(command, flag):
     # the same flag with --target, exit 2: the README's "an empty --token-env ... exits 2 naming the flag".
     argv = {"run": ["run", "basic", "-q"], "monitor": ["monitor", "--once"]}
     one_error(run_cli(*argv[command], flag, "", timeout=60), f"{flag}: an empty ")
+
+
+@pytest.mark.parametrize("flag", ["--chatprobe-token-env", "--chatprobe-jwt-secret-env", "--chatprobe-token-file"])
+def test_the_pytest_plugin_refuses_an_empty_credentials_flag_without_target_too(flag, tmp_path):
+    # FAILED on the old code: with the embedded agentsim (no --chatprobe-target) the flag was never read and the
+    # tests ran; with --chatprobe-target the same flag is pytest's usage error, as `chatprobe run`'s is exit 2.
+    (tmp_path / "test_mine.py").write_text("def test_x(chatprobe):\n    pass\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("CHATPROBE_TOKEN", "CHATPROBE_JWT_SECRET")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rootdir", str(tmp_path),
+                           str(tmp_path), flag, ""], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert proc.returncode == 4, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert f"{flag}: an empty " in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
