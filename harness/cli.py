@@ -433,6 +433,10 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
         tune_collector()
         runs: list[ScenarioRun] = []
         push_sinks = []
+        # agentsim draws a run's faults from its seed and the run's user and chat number: with --sim-seed the
+        # users are named from the seed too (not at random), so the same seed gives the same chats the same
+        # faults, run after run.
+        seed = args.sim_seed if opts.url is None else None
         for i, (scenario, target) in enumerate(zip(scenarios, targets, strict=True)):
             if interrupt.event.is_set():
                 # The scenarios the stop came before are reported as not run, not left out of the reports.
@@ -456,7 +460,8 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
                 ticker = asyncio.ensure_future(_progress(live, console, progress_every))
             try:
                 with live if not args.quiet else contextlib.nullcontext():
-                    run = await run_scenario(scenario, target, Fanout(sinks), stop=interrupt.event)
+                    prefix = None if seed is None else f"cp-seed{seed}-s{i + 1}"
+                    run = await run_scenario(scenario, target, Fanout(sinks), user_prefix=prefix, stop=interrupt.event)
             finally:
                 if ticker is not None:
                     ticker.cancel()

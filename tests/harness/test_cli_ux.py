@@ -282,6 +282,24 @@ def test_record_then_check_gives_the_same_verdicts(tmp_path):
     assert not_a_dir.returncode == 2 and "--record" in not_a_dir.stderr and "not a directory" in not_a_dir.stderr
 
 
+def test_the_same_sim_seed_gives_the_same_run(tmp_path):
+    """README: `--sim-seed N` seeds the embedded agentsim's random choices, for a repeatable run. FAILED on the old
+    code: agentsim draws a run's faults from its seed and the run's user, and the users were named at random each
+    run (`cp-<random>-uN`), so the same seed struck other chats (28 failed, then 34)."""
+    def verdicts(n: int) -> dict[str, tuple[str, list[str]]]:
+        out = tmp_path / f"run{n}.json"
+        proc = run_cli("run", "basic", "concurrent", "-q", "--sim-fault", "drop:tool_completed=0.2", "--sim-seed", "5",
+                       "--json", str(out))
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        doc = json.loads(out.read_text())
+        return {f'{s["scenario"]}/{c["run_id"]}': (c["outcome"], sorted(v["rule"] for v in c["violations"]))
+                for s in doc["scenarios"] for c in s["chats"]}
+
+    first = verdicts(1)
+    assert len(first) == 201 and any(outcome != "passed" for outcome, _ in first.values())
+    assert verdicts(2) == first
+
+
 def test_every_flag_of_every_command_has_help_text():
     import argparse
 
