@@ -68,7 +68,11 @@ _FOREIGN_NOTES = {
                 "is arrival_rate: 0.5)",
     "executor": "k6's executor: the keys give the load model, users and chats_per_user (closed), stages, or "
                 "arrival_rate with duration (open); docs/scenarios.md",
+    # Locust's -t / run-time (a locust.conf key): its users held for a time.
+    "run_time": "Locust's run_time: users held for a time are stages: [{duration: 5m, users: N, ramp: false}] "
+                "(max_duration bounds the whole scenario)",
 }
+_FOREIGN_NOTES["run-time"] = _FOREIGN_NOTES["run_time"]
 
 
 def _model_keys(model: type[BaseModel]) -> set[str]:

@@ -511,6 +511,15 @@ def test_the_listen_interval_and_job_defaults_the_docs_state_are_the_codes():
     assert f"--job NAME` (default `{job}`)" in " ".join(METRICS_DOC.split())
 
 
+def test_the_locust_names_scenarios_md_maps_are_the_loaders():
+    from harness.yamlfile import _FOREIGN_KEYS, _FOREIGN_NOTES
+
+    said = " ".join(SCENARIOS_DOC.split()).split("Locust's names, in a scenario file,", 1)[1].split(" k6's load flags", 1)[0]
+    pairs = re.findall(r"`(\w+)` is `(\w+)`", said)
+    assert pairs and all(_FOREIGN_KEYS.get(locust) == ours for locust, ours in pairs), pairs
+    assert "`run_time`" in said and "stages" in _FOREIGN_NOTES["run_time"]
+
+
 def test_agentsims_help_lists_every_config_key():
     import dataclasses
 

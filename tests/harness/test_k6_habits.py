@@ -90,6 +90,9 @@ def test_a_compound_duration_out_of_order_or_in_units_we_do_not_take_is_refused(
     ("executor: constant-vus\n", 3, "executor", "the keys give the load model"),
     # k6's vus + duration: users held for a time, a stage here.
     ("duration: 1m30s\n", 3, "duration", "stages: [{duration: 1m30s, users: 1, ramp: false}]"),
+    # Locust's run-time (locust.conf's key, or its flag's dest): answered with nothing on the old code.
+    ("run_time: 5m\n", 3, "run_time", "users held for a time are stages"),
+    ("run-time: 5m\n", 3, "run-time", "users held for a time are stages"),
 ])
 def test_k6_syntax_and_names_get_what_to_write_instead(tmp_path, body, line, field, meant):
     path = _scenario(tmp_path, body)
