@@ -435,6 +435,17 @@ def test_the_json_report_layout_is_the_schema():
     assert shown == fields, f"in the layout only: {shown - fields}; in the schema only: {fields - shown}"
 
 
+def test_the_json_reports_listing_and_indent_bounds_are_the_codes():
+    from harness.report import INDENT_MAX_CHATS
+    from harness.results import MAX_CHATS_LISTED, MAX_LISTED_BYTES
+
+    doc = " ".join((ROOT / "docs" / "json-report.md").read_text(encoding="utf-8").split())
+    assert f"Up to {INDENT_MAX_CHATS:,} listed chats in all" in doc
+    assert f"at most {2 * MAX_CHATS_LISTED:,} a scenario" in doc
+    assert (f"the first {MAX_CHATS_LISTED:,} passing and the first {MAX_CHATS_LISTED:,} not passing chats, with their "
+            f"events up to {MAX_LISTED_BYTES // 2**20} MiB") in doc
+
+
 # --- help texts --------------------------------------------------------------------------------------------------
 
 def _subparser(name: str) -> Any:
