@@ -531,6 +531,13 @@ def test_the_locust_names_scenarios_md_maps_are_the_loaders():
     assert "`run_time`" in said and "stages" in _FOREIGN_NOTES["run_time"]
 
 
+def test_the_ag_ui_faults_profiles_md_lists_are_agentsims():
+    from agentsim.faults import AGUI_ONLY
+
+    said = " ".join(PROFILES_DOC.split()).split("and a fault for each AG-UI rule:", 1)[1].split("(the list", 1)[0]
+    assert _code(said) == list(AGUI_ONLY), f"docs/profiles.md lists {_code(said)}, agentsim has {AGUI_ONLY}"
+
+
 def test_agentsims_help_lists_every_config_key():
     import dataclasses
 
