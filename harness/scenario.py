@@ -316,7 +316,9 @@ class Objectives(Strict):
             for key, number in value.items():
                 stat = _k6_stat(key) if isinstance(key, str) else ""
                 if stat in fields or not (stat in _K6_LATENCY or stat in _K6_BOUND or stat[:2] == "p(" or
-                                          stat == "min" or re.fullmatch(r"p\d+(\.\d+)?", stat)):
+                                          stat == "min" or (re.fullmatch(r"p\d+(\.\d+)?", stat)
+                                                            # p59: a typo of p95, told as one (did you mean)
+                                                            and not any(sorted(stat) == sorted(f) for f in fields))):
                     continue
                 meant = _K6_LATENCY.get(stat) if latency else "max (an upper bound) or min" if stat in _K6_BOUND \
                     else None
