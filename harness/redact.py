@@ -467,7 +467,9 @@ _PERCENT_RUN_SPLIT = _Lazy("(%[0-9A-Fa-f]{2}(?:%[0-9A-Fa-f]{2})*)")
 # (`agent&#39;s`, a template's `&#43;` for a `+`), is left: decoding each cost a Python call (0.13 s a megabyte of
 # HTML text), and the plain characters around it are matched as they stand. Spelled to start with "&" inside its
 # group, which lets the engine skip ahead to each "&" (its first reference outside the repeat: 5 times faster).
-_ENTITY_RUN_SPLIT = _Lazy("(&#(?:[0-9]{1,7}|[xX][0-9A-Fa-f]{1,6});(?:&#(?:[0-9]{1,7}|[xX][0-9A-Fa-f]{1,6});){3,})")
+# Any number of digits (possessive: one way to read them), as browsers take them: leading zeros (`&#0000000107;`)
+# and a reference past U+10FFFF (which reads as U+FFFD: _entity_run) are part of the run, not the end of it.
+_ENTITY_RUN_SPLIT = _Lazy("(&#(?:[0-9]++|[xX][0-9A-Fa-f]++);(?:&#(?:[0-9]++|[xX][0-9A-Fa-f]++);){3,})")
 # What such a run holds: the quick test before the pattern, after a test for "&" (a search for one character is
 # ~60 times faster than for three: 0.01 ms a megabyte, not 0.6).
 _ENTITY_MARK = ";&#"
@@ -534,17 +536,26 @@ def _in_percent_run(piece: str, decoded: str) -> Callable[[int], int]:
 
 
 def _entity_run(run: str) -> str:
-    """A run of numeric character references decoded (all decimal or all hex: in C, no Python call per reference);
-    as it is when one names no character (past U+10FFFF)."""
+    """A run of numeric character references decoded, one character each (all decimal or all hex: in C, no Python
+    call per reference); one that names no character (past U+10FFFF, or of more digits than int() reads) as U+FFFD,
+    as a browser reads it: the references around it are still decoded."""
     try:
         if "x" not in run and "X" not in run:
             return "".join(map(chr, map(int, run[2:-1].split(";&#"))))
         refs = run[3:-1].replace("X", "x").split(";&#x")
         if "&" not in "".join(refs):  # all hex
             return "".join(map(chr, map(int, refs, repeat(16))))
-        return "".join(chr(int(r[1:], 16)) if r[0] in "xX" else chr(int(r)) for r in run[2:-1].split(";&#"))
     except (ValueError, OverflowError):
-        return run
+        pass
+    return "".join(map(_entity_char, run[2:-1].split(";&#")))
+
+
+def _entity_char(ref: str) -> str:
+    """One numeric character reference's number (`107`, `x6b`) decoded; U+FFFD for one that names no character."""
+    try:
+        return chr(int(ref[1:], 16) if ref[0] in "xX" else int(ref))
+    except (ValueError, OverflowError):
+        return "\ufffd"
 
 
 def _in_entity_run(piece: str, decoded: str) -> Callable[[int], int]:

@@ -281,6 +281,20 @@ def test_a_secret_in_another_case_in_hex_or_as_html_references_is_redacted(shown
     assert text == f"echo: {REDACTED} end &#39;quoted&#39; &amp; &#9999999;&#1;&#2;&#3; DEADBEEF", text
 
 
+@pytest.mark.parametrize("shown", [
+    "".join(f"&#{ord(c):010d};" for c in "Pa55/w0rd+user-secret"),  # leading zeros, as browsers read them
+    "".join(f"&#x{ord(c):08x};" for c in "Pa55/w0rd+user-secret"),
+    # one reference naming no character (U+FFFD in a browser) left the whole run undecoded: both halves showed
+    "".join(f"&#x{ord(c):x};" for c in "Pa55/w0rd+") + "&#x110000;" + "".join(f"&#x{ord(c):x};" for c in "user-secret"),
+    "".join(f"&#{ord(c)};" for c in "Pa55/w0rd+") + "&#" + "9" * 5000 + ";" + "".join(f"&#{ord(c)};" for c in "user-sec"),
+])
+def test_a_secret_as_references_with_leading_zeros_or_beside_a_bad_one_is_redacted(shown):
+    redact.register("Pa55/w0rd+user-secret")
+    text = scrub(f"echo: {shown} end")
+    assert "&#" not in text.replace("&#x110000;", "").replace("&#" + "9" * 5000 + ";", ""), text
+    assert text.startswith(f"echo: {REDACTED}") and text.endswith(f"{REDACTED} end"), text
+
+
 @pytest.mark.parametrize("escape", [
     html.escape,  # Python's: &amp; &lt; &gt; &quot; &#x27;
     lambda s: html.escape(s, quote=False),
