@@ -355,6 +355,15 @@ def test_a_jwt_as_html_references_or_hex_is_redacted_minted_or_not():
         assert scrub(f"x {text} y") == f"x {text} y"
 
 
+@pytest.mark.parametrize("before", ["keyJar ", "eyJ! ", "\x06\x57\x94\xa0"])
+def test_a_jwt_in_hex_after_an_eyj_that_is_none_is_redacted(before):
+    # the first "65794a" of the run (a key named keyJar, bytes holding it across two) took the whole run with it
+    token = jwt.encode({"sub": "someone-else"}, "not-our-secret-0123456789abcdef0123", algorithm="HS256")
+    dump = f'{before}{{"token": "{token}"}}'.encode("latin-1").hex()
+    out = scrub(f"dump {dump} end")
+    assert out == f"dump {dump[:dump.index('65794a', 8)]}{REDACTED} end", out
+
+
 def test_escapes_that_hold_no_secret_are_left_as_they_are():
     redact.register("pa55/w0rd+user-secret")
     for text in ('{"msg": "caf\\u00e9 50% off \\/ \\\\"}', "%41%42 \\u0041", "\\" * 10_000 + "u0070a55",
