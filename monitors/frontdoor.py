@@ -346,8 +346,9 @@ class FrontDoor:
     sockets: dict[str, int] = field(default_factory=dict)  # open sockets by untrusted peer, handshake or not
     sink: Any = None  # where socket-level refusals are counted (start_proxy sets it)
     max_handshakes: int = 0  # sockets still reading their request at once (0: handshake_budget of the open-file limit)
-    # Those sockets, by limit key (trusted peers: ""), each key's oldest first; `handshakes` their number.
-    reading: dict[str, dict[Any, None]] = field(default_factory=dict)
+    # Those sockets, by limit key (trusted peers: ""), each key's oldest first, with when each began (time.monotonic);
+    # `handshakes` their number.
+    reading: dict[str, dict[Any, float]] = field(default_factory=dict)
     handshakes: int = 0
 
     def __post_init__(self) -> None:
@@ -449,10 +450,14 @@ class FrontDoor:
         """A socket accepted, its request still to read. Past max_handshakes such sockets, the one waiting longest of
         the key (address) holding the most is cut: silent sockets from many addresses, each within its share, would
         otherwise take every descriptor, and no one else could connect (EMFILE) until their handshakes timed out. A
-        real client's request follows its connect at once; an address holding one such socket loses it last."""
+        real client's request follows its connect at once; an address holding one such socket loses it last. A trusted
+        proxy's sockets (key "") weigh as one address's one: they are its many clients', each known only once its
+        request is read, and two of them mid-handshake made it the heaviest, cut for every silent socket from an
+        address of its own. Between keys of equal weight, the one whose socket has waited longest loses it."""
         if self.handshakes >= self.max_handshakes and self.reading:
-            heaviest = max(self.reading, key=lambda k: len(self.reading[k]))
-            victim = next(iter(self.reading[heaviest]))
+            reading = self.reading
+            heaviest = max(reading, key=lambda k: (len(reading[k]) if k else 1, -next(iter(reading[k].values()))))
+            victim = next(iter(reading[heaviest]))
             self.handshake_ended(victim, heaviest)
             self.throttle.warn("handshakes", "cut a socket of %s still sending no request: %d sockets were waiting "
                                "for theirs (a tenth of the open-file limit), %d of them from that address",
@@ -460,13 +465,13 @@ class FrontDoor:
             transport = getattr(victim, "transport", None)
             if transport is not None:
                 transport.abort()
-        self.reading.setdefault(key, {})[conn] = None
+        self.reading.setdefault(key, {})[conn] = time.monotonic()
         self.handshakes += 1
 
     def handshake_ended(self, conn: Any, key: str) -> None:
         """The socket's request is read, or it closed (idempotent)."""
         held = self.reading.get(key)
-        if held is not None and held.pop(conn, 0) is None:
+        if held is not None and held.pop(conn, None) is not None:
             self.handshakes -= 1
             if not held:
                 del self.reading[key]

@@ -1060,3 +1060,42 @@ async def test_silent_sockets_from_many_addresses_cannot_lock_others_out_of_the_
         for s in raw:
             s.close()
         await sim.stop()
+
+
+async def test_users_behind_a_trusted_balancer_mid_handshake_are_not_cut_first_for_silent_sockets():
+    """Past max_handshakes the socket cut is the oldest of the address holding the most sockets still to send their
+    request. A trusted balancer's sockets all count under one key (its clients are known only from their request's
+    X-Forwarded-For): two of its users mid-handshake made it "the address holding the most", and each silent socket
+    from an address of its own then cut one of them (FAILED on the code before: A's socket cut, no 101). The
+    balancer's sockets weigh one address each now, and between equals the oldest socket goes."""
+    upstream = await Recorded().start()
+    door = FrontDoor(max_connections=50, max_per_address=10, trusted=parse_trusted(["127.0.0.9"]), ping_interval=None,
+                     max_handshakes=8)
+    server, port, _ = await in_process_proxy(f"ws://127.0.0.1:{upstream.port}", door)
+    held_open = []
+    try:
+        for i in range(10, 18):  # silent sockets, one an address, up to the budget
+            held_open.append((await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.0.{i}", 0)))[1])
+        await until(lambda: door.handshakes == 8)
+        request = upgrade_request("/ws", f"127.0.0.1:{port}", {"X-Forwarded-For": "198.51.100.7"})
+        users = []
+        for n in range(2):  # two users through the balancer, each mid-request
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.9", 0))
+            writer.write(request[:20])
+            await writer.drain()
+            users.append((reader, writer))
+            await until(lambda n=n: len(door.reading.get("", ())) == n + 1)
+        held_open.append((await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.30", 0)))[1])
+        await until(lambda: "127.0.0.30" in door.reading)
+        for reader, writer in users:
+            writer.write(request[20:])
+            await writer.drain()
+            async with asyncio.timeout(10):
+                head = await reader.read(12)
+            assert head == b"HTTP/1.1 101", head
+            writer.close()
+    finally:
+        for w in held_open:
+            w.close()
+        server.close()
+        upstream.server.close()
