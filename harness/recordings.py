@@ -1294,6 +1294,8 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
             elif entry is not None and prefix == _STATUS and event in ("number", "integer"):
                 entry.status = int(value) if isinstance(value, int) or (isinstance(value, float) and value.is_integer()
                                                                          and abs(value) < 1000) else None
+                if entry.status is not None and not 100 <= entry.status <= 999:
+                    entry.status = 0  # no HTTP status (a writer's -1 for "none", as HAR writes unknown sizes): no answer
             elif entry is not None and prefix in _ENTRY_FIELDS and event == "string":
                 attr = _ENTRY_FIELDS[prefix]
                 setattr(entry, attr, _iso(value) if attr == "started" else value)

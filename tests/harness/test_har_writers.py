@@ -727,7 +727,9 @@ def chrome_failed_request(started: float, status: int, error: str | None, *, mim
     (dict(status=200, error=None, mime="text/html"), 1, "error", "content type 'text/html', not text/event-stream"),
     (dict(status=0, error="net::ERR_ABORTED"), 1, "incomplete", "the page cancelled its request"),
     (dict(status=0, error=None), 1, "incomplete", "the HAR holds no response to this request"),
-], ids=["refused", "eventsource-refused", "tls", "cors", "401", "html", "aborted", "pending"])
+    # -1, HAR's "none" for what it does not know, is no status either (it was "HTTP -1 from the SSE endpoint", exit 3)
+    (dict(status=-1, error=None), 1, "incomplete", "the HAR holds no response to this request"),
+], ids=["refused", "eventsource-refused", "tls", "cors", "401", "html", "aborted", "pending", "pending-minus-one"])
 def test_a_request_for_an_event_stream_that_got_none_is_a_chat_told_as_live_would_tell_it(tmp_path, failed, code,
                                                                                           outcome, said):
     """DevTools saves a fetch or EventSource the browser could not complete with status 0 and `_error`, a refused one
