@@ -315,11 +315,15 @@ class _Runs:
     def __init__(self, forms: dict[str, int]) -> None:
         # Matched without regard to case (_folded): the forms lowered, the text too, where it stands.
         folded: dict[str, int] = {}
+        originals: dict[str, list[str]] = {}
         for form, run in forms.items():
             low = _folded(form)
             folded[low] = min(run, folded.get(low, run))
+            originals.setdefault(low, []).append(form)
         forms = folded
         self.forms = list(forms)
+        # The forms as given, by folded form: a run in another case is told from one as the secret has it (_kept).
+        self.originals = [originals[form] for form in self.forms]
         pieces: dict[str, list[tuple[int, int]]] = {}  # piece -> (form index, offset in the form)
         for n, (form, run) in enumerate(forms.items()):
             step = max(1, run + 1 - _PIECE)
@@ -341,7 +345,7 @@ class _Runs:
         # has in the forms; the pass stops as soon as their count, or that of the hits that grew, is over the bound.
         if budget is None:
             budget = Budget(len(text))
-        text = _folded(text)
+        given, text = text, _folded(text)
         found: list[tuple[int, int]] = []
         forms, runs = self.forms, self.runs
         hits, grown = budget.hits, budget.grown
@@ -368,10 +372,28 @@ class _Runs:
                     if grown < 0:
                         budget.grown = -1
                         return None
-                if end - start >= runs[n]:
+                if end - start >= runs[n] and self._kept(given, start, end, n, at - off):
                     found.append((start, end))
         budget.hits, budget.grown = hits, grown
         return _merged(found) if found else []
+
+    def _kept(self, given: str, start: int, end: int, n: int, base: int) -> bool:
+        """Whether a run found without regard to case (given[start:end], where form n starts at `base`) is redacted:
+        always as one of the forms has it, and in another case unless it is a word of the secret: letters alone
+        that the secret writes as a word is written (`Password` of `Password2024`, `Internat` of `InternationalSecret`:
+        lower, upper or title case), shorter than twice its run length and not the whole form. Everyday text holds
+        such a word in lower case, a frame's type among it (`password_reset` made `[REDACTED]_reset`, an R12 in the
+        recording judged). A secret echoed upper- or lower-cased is still redacted whole, and by its runs holding a
+        digit or a sign or letters the secret mixes the case of (a random token's). (Per run found, never per piece.)"""
+        seg = given[start:end]
+        at = start - base
+        forms = self.originals[n]
+        if any(form[at:at + len(seg)] == seg for form in forms):
+            return True
+        if not seg.isalpha() or len(seg) >= 2 * self.runs[n] or len(seg) == len(self.forms[n]):
+            return True
+        mine = forms[0][at:at + len(seg)]
+        return not (mine.islower() or mine.isupper() or mine.istitle())
 
     def blunt(self, text: str) -> str:
         """A text too dense with pieces to follow each: every piece found redacted as it stands, from the left, the

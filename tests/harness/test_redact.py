@@ -281,6 +281,20 @@ def test_a_secret_in_another_case_in_hex_or_as_html_references_is_redacted(shown
     assert text == f"echo: {REDACTED} end &#39;quoted&#39; &amp; &#9999999;&#1;&#2;&#3; DEADBEEF", text
 
 
+def test_a_word_of_a_secret_in_another_case_is_left_and_the_secret_is_not():
+    # Matching without regard to case made every "password" of a secret Password2024 a run of it: a frame's type
+    # `password_reset` was recorded as `[REDACTED]_reset` (an R12 when the recording is judged), and any
+    # "international" of InternationalSecret went. A word of the secret is matched as the secret writes it.
+    redact.register("Password2024")
+    redact.register("InternationalSecret")
+    redact.register("XkQmZpLwRtBvYu")  # letters alone, their case mixed: a token, not a word
+    frame = '{"type": "password_reset", "text": "enter your password, international users"}'
+    assert scrub(frame) == frame
+    for shown in ("PASSWORD2024", "password2024", "Password2024", "INTERNATIONALSECRET", "internationalsecret",
+                  "XKQMZPLWRTBVYU", "xkqmzplw", "XKQMZPLW", "PASSWORD20"):
+        assert scrub(f"echo {shown} end") == f"echo {REDACTED} end", shown
+
+
 @pytest.mark.parametrize("shown", [
     "".join(f"&#{ord(c):010d};" for c in "Pa55/w0rd+user-secret"),  # leading zeros, as browsers read them
     "".join(f"&#x{ord(c):08x};" for c in "Pa55/w0rd+user-secret"),
