@@ -975,8 +975,8 @@ class _Entry:
     """What is kept of one HAR entry while it is parsed: small fields, and an SSE body and request (bounded)."""
 
     __slots__ = ("accept", "closed", "content_type", "encoding", "encoding_other", "events", "events_bytes",
-                 "events_cut", "events_missing", "failure", "frames", "held_error", "index", "messages", "mime", "post",
-                 "post_file", "resource_type", "started", "status", "text", "text_file", "upgrade")
+                 "events_cut", "events_missing", "failure", "frames", "held_error", "http_version", "index", "messages",
+                 "mime", "post", "post_file", "resource_type", "started", "status", "text", "text_file", "upgrade")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -1003,6 +1003,7 @@ class _Entry:
         self.held_error: Recorded | None = None
         self.status: int | None = None
         self.failure = ""
+        self.http_version = ""  # the response's: over HTTP/2 or 3 a WebSocket opens with a 2xx (RFC 8441, 9220)
         # Chromium's `_eventSourceMessages` (time, data), held until the entry ends (its request may come after
         # them), bounded as an SSE body is: each counts its data's bytes and HAR_EVENT_COST (an empty one too).
         self.events: list[tuple[float | None, str]] = []
@@ -1036,6 +1037,7 @@ _ENTRY_FIELDS = {
     "log.entries.item.request.postData._file": "post_file",
     "log.entries.item._resourceType": "resource_type",
     "log.entries.item.response._error": "failure",
+    "log.entries.item.response.httpVersion": "http_version",
 }
 _RESOURCE_TYPE = "log.entries.item._resourceType"
 EVENT_SOURCE = "eventsource"  # Chromium's `_resourceType` of an EventSource's request
@@ -1479,6 +1481,17 @@ def _is_socket(entry: _Entry) -> bool:
             or entry.messages > 0)
 
 
+def _socket_opened(entry: _Entry) -> bool:
+    """Whether an entry's answer opened a WebSocket: 101 Switching Protocols, or over HTTP/2 or HTTP/3 (extended
+    CONNECT, RFC 8441 and 9220: Firefox's, Chromium's where the server offers it) a 2xx, which over HTTP/1.1 is a
+    server that ignored the upgrade."""
+    status = entry.status or 0
+    if status == SWITCHING_PROTOCOLS:
+        return True
+    version = entry.http_version.strip().lower()
+    return 200 <= status < 300 and version.startswith(("h2", "h3", "http/2", "http/3"))
+
+
 def _socket_refused(entry: _Entry, name: str, held: Recorded | None) -> Recorded:
     """A WebSocket whose handshake failed (an answer other than 101, or none: Chromium's `_error`, or its message of
     type "error" before any frame): a connection that failed, as a live client counts it (transports: 401/403
@@ -1559,13 +1572,14 @@ def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True, 
     """What an entry holds, once read (`complete`), or as far as it was read: `cut` says why the rest was not (a
     string past the limit, the file's end): an SSE response whose body was not reached is judged as it stood there."""
     held, entry.held_error = entry.held_error, None
-    if complete and not entry.frames and entry.status != SWITCHING_PROTOCOLS and (
+    opened = _socket_opened(entry)
+    if complete and not entry.frames and not opened and (
             entry.status or entry.failure or held) and _is_socket(entry):
         yield _socket_refused(entry, name, held)
         return
     if held is not None:
         yield held
-    if not entry.messages and entry.status == SWITCHING_PROTOCOLS:
+    if not entry.messages and opened:
         # A WebSocket whose messages the HAR does not list (Firefox's export lists none; a socket that carried
         # nothing): no chat, counted, so that a check that finds none can say why.
         yield Recorded(SILENT, f"ws{entry.index}", t=entry.started, where=f"{name}: entry {entry.index}")

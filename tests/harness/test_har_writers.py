@@ -269,6 +269,35 @@ def test_a_websocket_whose_handshake_failed_is_an_error_chat_as_live(tmp_path, s
     assert "Could not decode a text frame as UTF-8." in json.dumps(doc["scenarios"][0]["connection_violations"])
 
 
+@pytest.mark.parametrize("version", ["h2", "HTTP/2.0", "h3"])
+def test_a_websocket_over_http2_or_3_that_opened_with_200_is_not_a_refused_handshake(tmp_path, version):
+    """Over HTTP/2 and HTTP/3 a WebSocket opens with a 2xx to its extended CONNECT (RFC 8441, 9220; Firefox's, and
+    Chromium's where the server offers it), not 101: such a socket that then failed before any frame was an `error`
+    chat "HTTP 200 at the WebSocket handshake" held against the server's handshake, and one that carried nothing the
+    same. As a socket opened over HTTP/1.1: the failure an R12 on no chat, the silent socket no chat, said so. A 200
+    over HTTP/1.1 (the upgrade ignored) is still a refused handshake."""
+    def entry(messages):
+        e = devtools_ws_entry(messages, T0)
+        e["response"] |= {"status": 200, "statusText": "", "httpVersion": version}
+        return e
+
+    har = tmp_path / "h2.har"
+    har.write_text(json.dumps(devtools_har([entry([{"type": "error", "time": T0, "opcode": -1,
+                                                    "data": "Could not decode a text frame as UTF-8."}])])))
+    got, out, doc = chatprobe_check(har, cwd=tmp_path)
+    assert got == 1 and chats(doc) == [], out
+    assert "Could not decode a text frame as UTF-8." in json.dumps(doc["scenarios"][0]["connection_violations"])
+    har.write_text(json.dumps(devtools_har([entry([])])))
+    got, out, doc = chatprobe_check(har, cwd=tmp_path)
+    assert got == 1 and chats(doc) == [] and "list no message" in " ".join(out.split()), out
+    ignored = devtools_ws_entry([], T0)
+    ignored["response"] |= {"status": 200, "statusText": "OK"}
+    har.write_text(json.dumps(devtools_har([ignored])))
+    got, out, doc = chatprobe_check(har, cwd=tmp_path)
+    [chat] = [c for s in doc["scenarios"] for c in s["chats"]]
+    assert chat["outcome"] == "error" and "HTTP 200 at the WebSocket handshake" in json.dumps(chat), out
+
+
 # -- SSE (AG-UI) --
 
 REQUEST = {"threadId": "t1", "runId": "r1", "state": {}, "tools": [], "context": [], "forwardedProps": {},
