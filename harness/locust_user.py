@@ -49,6 +49,7 @@ if (_problem := environment_problem()) is not None:
     sys.exit(2)
 
 import gevent
+import gevent.event
 import gevent.pool
 from locust import User, events, task
 from locust import stats as locust_stats
@@ -84,6 +85,13 @@ TALLY_MESSAGE = "chatprobe_tally"
 # The Locust request types chatprobe fires and judges by the scenario's objectives.
 CHAT_REQUESTS = frozenset({"chat", "first_event"})
 USAGE_ERROR_MESSAGE = "chatprobe_usage_error"
+# The master asking its workers to stop their users and send what they did before it quits, and a worker saying it did
+# (Locust's own quit waits half a second for the workers' final reports: a chat still in flight, which --stop-timeout
+# lets end, made a worker's report later than that, and everything it did since its last stats report was lost).
+STOP_WORKERS_MESSAGE = "chatprobe_stop_workers"
+WORKER_STOPPED_MESSAGE = "chatprobe_worker_stopped"
+# How much longer than --stop-timeout the master waits for a worker to say it stopped (the network, a slow worker).
+WORKER_STOP_SLACK = 10.0
 # Connection failures that mean the server never took the chat (the handshake or the welcome failed): the user
 # backs off (harness/backoff.py) until one of its chats connects again.
 CONNECT_FAILURES = frozenset({"refused", "timeout", "tls_error", "auth_failed"})
@@ -181,6 +189,8 @@ class _Run:
         self.tally = Tally()  # single process: the whole run; worker: since the last report; master: merged
         self.stages: StageTallies | None = None  # the same, per stage of a staged scenario
         self.by_worker: Counter = Counter()  # master: chats each worker reported
+        self.stopping_workers: set[str] = set()  # master: workers asked to stop that have not said they did
+        self.workers_stopped = gevent.event.Event()  # master: set when the last of them did
         self.usage_error: str | None = None  # master: a worker could not use the options (exit 2)
         self.started = time.monotonic()
         self.user_prefix = f"lc-{uuid.uuid4().hex[:6]}"
@@ -397,6 +407,15 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
     if isinstance(runner, MasterRunner):
         runner.register_message(TALLY_MESSAGE, _on_tally)
         runner.register_message(USAGE_ERROR_MESSAGE, _on_usage_error)
+        runner.register_message(WORKER_STOPPED_MESSAGE, _on_worker_stopped)
+        quit_ = runner.quit
+
+        def quit_after_the_workers_reported() -> None:
+            _stop_workers(runner)
+            quit_()
+
+        # Every way the master quits: the shape's end, --run-time's, SIGTERM's, the web UI's.
+        runner.quit = quit_after_the_workers_reported  # type: ignore[method-assign]
         _load_or_exit(_run)  # fail early on a bad scenario or host
         _stop_on_sigterm(environment)  # the master ends the shape; its workers are stopped and quit as at its end
         return
@@ -404,6 +423,8 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
         # Added after Locust's own quitting listener, which tells the master this worker quit: quitting fires its
         # listeners last-added first, so this one reports before that.
         environment.events.quitting.add_listener(_worker_quitting)
+        # Run beside the worker's message loop (its heartbeats go on while the users finish their chats).
+        runner.register_message(STOP_WORKERS_MESSAGE, _on_stop_asked, concurrent=True)
     else:
         _load_or_exit(_run, record=True)
         _stop_on_sigterm(environment)
@@ -573,6 +594,46 @@ def _on_tally(environment, msg, **_kw) -> None:
     run.by_worker[f"w{msg.data['worker']}"] += tally.chats
 
 
+def _stop_workers(runner) -> None:
+    """Master: before it quits, each worker still running users stops them (their chats end within --stop-timeout)
+    and sends what they did; waited for up to --stop-timeout and WORKER_STOP_SLACK. Locust's quit only tells the
+    workers to quit and waits half a second for their final reports: a worker whose users were still in a chat sent
+    its report later, when the master no longer read it, and every chat since its last stats report (up to 3 s of
+    them, and those that --stop-timeout let end) was in neither Locust's stats nor the verdict, though in its
+    --chatprobe-record recording."""
+    run = current()
+    workers = {c.id for c in runner.clients.all if c.state in (STATE_RUNNING, STATE_SPAWNING)}
+    if not workers or not runner.greenlet.greenlets:  # (none: the runner quit already, it reads no message)
+        return
+    run.stopping_workers = workers
+    run.workers_stopped.clear()
+    for worker in workers:
+        runner.send_message(STOP_WORKERS_MESSAGE, None, client_id=worker)
+    if not run.workers_stopped.wait((runner.environment.stop_timeout or 0) + WORKER_STOP_SLACK):
+        logger.warning("chatprobe: %d worker(s) did not say they stopped within --stop-timeout and %gs; what they "
+                       "did since their last stats report is not counted", len(run.stopping_workers),
+                       WORKER_STOP_SLACK)
+    run.stopping_workers = set()
+
+
+def _on_worker_stopped(environment, msg, **_kw) -> None:
+    """Master: a worker stopped its users and sent its report (which came before this message)."""
+    run = current()
+    run.stopping_workers.discard(msg.node_id)
+    if not run.stopping_workers:
+        run.workers_stopped.set()
+
+
+def _on_stop_asked(environment, msg, **_kw) -> None:
+    """Worker: the master is about to quit. Stop the users (within --stop-timeout, their verdicts recorded), send
+    the report now (the report_to_master listeners, _report among them, then Locust's stats), then say so."""
+    runner = environment.runner
+    if runner.state in (STATE_RUNNING, STATE_SPAWNING):
+        runner.stop()
+    runner._send_stats()
+    runner.send_message(WORKER_STOPPED_MESSAGE, None)
+
+
 def _worker_quitting(environment, **_kw) -> None:
     """A worker that quits on its own (SIGTERM: a pod's scale-down, a `kill`; Ctrl-C) while its users run: Locust
     would tell the master it quit and stop the users after, never sending what they did since the last stats report,
@@ -591,6 +652,8 @@ def _quitting(environment, **_kw) -> None:
     # The master judges here, not at test_stop: its test_stop fires before the workers' final reports arrive.
     if isinstance(environment.runner, WorkerRunner):
         return
+    if isinstance(environment.runner, MasterRunner):
+        _stop_workers(environment.runner)  # SIGTERM: Locust's shutdown judges before it quits the runner
     code = current().verdict()
     if code == int(ExitCode.OK) and environment.runner is not None:
         code = _unjudged_exit_code(environment)
