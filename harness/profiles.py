@@ -108,6 +108,13 @@ def _role_types(roles: dict[Role, list[str | RoleMatch]]) -> dict[str, str]:
     return out
 
 
+def _run_types(info: ValidationInfo) -> set[str] | None:
+    """The wire types of a run a profile names (mapped to a role, or in `unmapped`), for a later field's check of the
+    names it gives; None when `roles` did not validate (its own error is told)."""
+    roles = info.data.get("roles")
+    return None if roles is None else {*_role_types(roles), *info.data.get("unmapped", ())}
+
+
 def _where_checked(v: dict[str, Any]) -> dict[str, Any]:
     if not v:
         raise ValueError("where: at least one path: value")
@@ -372,10 +379,9 @@ class Profile(BaseModel):
         span_types: set[str] = set()
         # What a span may name: a role, or a wire type the profile maps to a role or lists in `unmapped` (a type named
         # only here is never an event: a misspelt close left every span open at every terminal event, an R5 each).
-        roles = info.data.get("roles")
-        known = None if roles is None else {
-            *(r.value for r in roles), *(m if isinstance(m, str) else m.type for ms in roles.values() for m in ms),
-            *info.data.get("unmapped", ())}
+        known = _run_types(info)
+        if known is not None:
+            known.update(r.value for r in info.data["roles"])
         for span in spans:
             for t in span.open + span.inner + span.close:
                 if t in span_types:
@@ -389,10 +395,7 @@ class Profile(BaseModel):
     @field_validator("after_error")
     @classmethod
     def _after_error_known(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        roles = info.data.get("roles")
-        if roles is not None:
-            known = {*(m if isinstance(m, str) else m.type for ms in roles.values() for m in ms),
-                     *info.data.get("unmapped", ())}
+        if (known := _run_types(info)) is not None:
             for t in _bounded_names(v):
                 if t not in known:
                     raise ValueError(f"{t[:40]!r} is no wire type of `roles` or `unmapped` (only an event of a run "
@@ -410,10 +413,10 @@ class Profile(BaseModel):
     @field_validator("type_keys")
     @classmethod
     def _type_keys_plain(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        roles = info.data.get("roles")
-        known = None if roles is None else {
-            *_role_types(roles), *info.data.get("unmapped", ()), *info.data.get("connection_error", ()),
-            *(c if isinstance(c, str) else c.type for c in info.data.get("control", ()))}
+        known = _run_types(info)
+        if known is not None:
+            known.update(info.data.get("connection_error", ()),
+                         (c if isinstance(c, str) else c.type for c in info.data.get("control", ())))
         for key in _bounded_names(v):
             if not key or "." in key:
                 raise ValueError(f"{key[:40]!r}: a key of the frame's root (no dotted path, not empty)")
