@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import h11
 import httpx
 
 from ..eventstream import EventStreamParser, EventTooLarge
@@ -121,13 +122,41 @@ def classify_http(exc: BaseException) -> tuple[str, str]:
         return "refused", "connection refused" if "refused" in str(exc).lower() else f"network error: {str(exc)[:80]}"
     if isinstance(exc, httpx.UnsupportedProtocol):
         return "protocol_error", "invalid SSE URL"
-    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ProtocolError)):
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ProtocolError, h11.ProtocolError)):  # (h11: the Locust user's)
         return "protocol_error", f"HTTP protocol error: {str(exc)[:80]}"
     if isinstance(exc, (ConnectionRefusedError,)):
         return "refused", "connection refused"
     if isinstance(exc, (OSError, httpx.NetworkError)):
         return "refused", f"network error: {exc.__class__.__name__}"
     return "protocol_error", exc.__class__.__name__
+
+
+def request_headers(s: ConnectSettings) -> dict[str, str]:
+    """The headers of a chat's POST, for every SSE client (this transport's, the Locust user's)."""
+    headers = with_defaults({
+        "Accept": EVENT_STREAM,
+        # Not httpx's own offer (gzip, deflate, br, zstd), which it would unpack whatever came, unbounded: 3 kB of
+        # brotli were 2 GiB of stream. The stream is read raw and unpacked by the client, bounded (Unpacker).
+        "Accept-Encoding": ACCEPT_ENCODING,
+        "Cache-Control": "no-store",
+        "Content-Type": "application/json",
+        "User-Agent": "chatprobe",
+    }, s.extra_headers)
+    if s.token and s.auth != "none":
+        headers["Authorization"] = f"Bearer {s.token}"
+    return headers
+
+
+def head_failure(status: int, content_type: str, location: str, url: str, encoding: str) -> tuple[str, str] | None:
+    """A chat's response head as a failure (label, reason), or None when it opens an event stream the client can
+    read: a status that is not one (classify_status), or a content coding it did not offer."""
+    failure = classify_status(status, content_type, location, url)
+    # Shown as sent, never case-folded: redaction finds an echoed token only in the case it was given.
+    encoding = encoding.strip()
+    if failure is None and encoding.lower() not in ("", "identity") and encoding.lower() not in CODINGS:
+        failure = ("protocol_error", f"the server encoded the event stream (Content-Encoding {encoding[:40]!r}) "
+                                     f"in a coding the client did not offer (it offers {ACCEPT_ENCODING})")
+    return failure
 
 
 def classify_status(status: int, content_type: str, location: str = "", url: str = "") -> tuple[str, str] | None:
@@ -208,19 +237,8 @@ class SSETransport(RecordingHooks):
         assert self.client is not None
         self._requested = True
         s = self.settings
-        headers = with_defaults({
-            "Accept": EVENT_STREAM,
-            # Not httpx's own offer (gzip, deflate, br, zstd), which it would unpack whatever came, unbounded: 3 kB of
-            # brotli were 2 GiB of stream. The stream is read raw (aiter_raw) and unpacked here, bounded (Unpacker).
-            "Accept-Encoding": ACCEPT_ENCODING,
-            "Cache-Control": "no-store",
-            "Content-Type": "application/json",
-            "User-Agent": "chatprobe",
-        }, s.extra_headers)
-        if s.token and s.auth != "none":
-            headers["Authorization"] = f"Bearer {s.token}"
         body = obj if isinstance(obj, (str, bytes)) else json.dumps(obj)
-        request = self.client.build_request("POST", s.url, content=body, headers=headers)
+        request = self.client.build_request("POST", s.url, content=body, headers=request_headers(s))
         response: httpx.Response | None = None
         try:
             async with asyncio.timeout(s.connect_timeout):
@@ -230,13 +248,9 @@ class SSETransport(RecordingHooks):
         finally:
             if response is None:  # no stream came of it (also when cancelled): the next chat may try again
                 self._requested = False
-        failure = classify_status(response.status_code, response.headers.get("content-type", ""),
-                                  response.headers.get("location", ""), str(request.url))
-        # Shown as sent, never case-folded: redaction finds an echoed token only in the case it was given.
-        encoding = response.headers.get("content-encoding", "").strip()
-        if failure is None and encoding.lower() not in ("", "identity") and encoding.lower() not in CODINGS:
-            failure = ("protocol_error", f"the server encoded the event stream (Content-Encoding {encoding[:40]!r}) "
-                                         f"in a coding the client did not offer (it offers {ACCEPT_ENCODING})")
+        failure = head_failure(response.status_code, response.headers.get("content-type", ""),
+                               response.headers.get("location", ""), str(request.url),
+                               response.headers.get("content-encoding", ""))
         if failure is not None:
             self._requested = False
             await response.aclose()
