@@ -1,7 +1,8 @@
 """The synchronous chat client of one virtual user, for gevent (Locust) or plain threads.
 
-The asyncio Session's twin over websockets' Sans-I/O protocol: the same sans-I/O FrameRouter and ChatFlow
-(harness/flow.py) decide; it only moves frames and waits, every wait with a deadline.
+The asyncio Session's twin over websockets' Sans-I/O protocol (ws://, wss://) and h11's (http://, https://: a chat's
+POST and the Server-Sent Events of its answer): the same sans-I/O FrameRouter and ChatFlow (harness/flow.py) decide;
+it only moves frames and waits, every wait with a deadline.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 import orjson
 from websockets.client import ClientProtocol
@@ -43,7 +45,7 @@ from .flow import (
 )
 from .sinks import Sink
 from .targets import Target
-from .transports import ConnectFailed, ConnectSettings
+from .transports import SCHEMES, ConnectFailed, ConnectSettings
 from .transports.base import MAX_FRAGMENTS, TOO_MANY_FRAGMENTS
 from .transports.websocket import classify, handshake_options, minimal_lengths, record_close, status_first
 
@@ -60,6 +62,9 @@ class _Wire:
     Locust): no second thread per connection and no hand-off of every frame through a queue and a lock, which is
     where websockets' threading client spent most of a Locust user's CPU (BENCHMARKS.md). The same handshake options,
     limits and close codes as the asyncio transport; the protocol object is what record_close reads."""
+
+    connects_on_send = False  # a WebSocket connection carries every chat of the session, and is made by open()
+    ended_note = ""  # it ends with a close code, never a note
 
     def __init__(self, settings: ConnectSettings) -> None:
         self.settings = settings
@@ -86,17 +91,9 @@ class _Wire:
         opts = handshake_options(s)
         uri = parse_uri(s.url)
         deadline = time.monotonic() + s.connect_timeout
-        sock = socket.create_connection((uri.host, uri.port), timeout=s.connect_timeout)
+        sock = _open_socket(uri.host, uri.port, s.connect_timeout, deadline, opts["ssl"])
+        self.tls = opts["ssl"] is not None
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-            # Every wait of the handshake is a poll against that one deadline, on a non-blocking socket: gevent's
-            # SSL socket waits its timeout afresh for each read, so a server that dripped its TLS handshake a byte at
-            # a time (each within the timeout) held the connect, and the chat, to the drip's end under Locust.
-            sock.setblocking(False)
-            if opts["ssl"] is not None:
-                sock = opts["ssl"].wrap_socket(sock, server_hostname=uri.host, do_handshake_on_connect=False)
-                _within(sock, deadline, sock.do_handshake)
-                self.tls = True
             extensions = [ClientPerMessageDeflateFactory()] if opts["compression"] == "deflate" else None
             protocol = ClientProtocol(uri, extensions=extensions, subprotocols=opts["subprotocols"],
                                       max_size=s.max_size)
@@ -340,6 +337,213 @@ class _Wire:
         if self.sock is not None:
             self.sock.close()
 
+    def ended(self, conn: _Connection) -> None:
+        """Tell `conn` how the connection ended (its close code and reason, an R12 this client failed it for)."""
+        assert self.protocol is not None
+        record_close(conn, self.protocol)
+
+
+class _StreamWire:
+    """One chat over SSE: its HTTP POST, and the Server-Sent Events of the answer, on h11's Sans-I/O HTTP/1.1 client
+    and a socket of its own, read by the session's reader as a WebSocket connection is; the asyncio SSE transport's
+    twin (harness/transports/sse.py: the same request headers, the same judgement of the answer's head, the same
+    bounded unpacking and event parser, the same failure labels and notes). h11, not httpx's sync client: every wait of
+    the request and the answer's head polls against one deadline, as _Wire's handshake does (httpx bounds each read
+    alone: a server dripping its head a byte at a time held the chat to the drip's end), and the reader's socket is
+    one abort() can shut down."""
+
+    connects_on_send = True  # the request is the connection: made by send_text, one chat's
+
+    def __init__(self, settings: ConnectSettings) -> None:
+        self.settings = settings
+        self.sock: socket.socket | None = None
+        self.http: Any = None  # the h11 connection, once the answer's head opened a stream
+        self.coding: str | None = None  # the stream's content coding (gzip, deflate), unpacked as read
+        self.ready = threading.Event()  # the stream opened (or the wire closed): the reader may start
+        self.closing = False  # the client closed or dropped it
+        self.requested = False
+        self.ended_note = ""  # why the stream ended, for a chat still waiting for its terminal event
+        self.close_reason = ""
+        self.protocol_error: str | None = None  # the client dropped the stream for what the server sent (R12)
+        self.protocol = None  # (no WebSocket protocol)
+
+    def open(self) -> None:
+        """Nothing to do: the server is reached when the chat's message is sent (send_text)."""
+
+    def send_text(self, data: bytes, timeout: float = 0.0, sending: Callable[[], object] | None = None) -> None:
+        """POST the chat's message and read the answer's head, within connect_timeout (a deadline on the whole of
+        it: TCP, TLS, the request, the head); raises ConnectFailed, classified, when no event stream opens.
+        `sending` is called before the request leaves (--record writes the message then, as the asyncio client's
+        recording does)."""
+        import h11
+
+        from .transports.sse import classify_http, head_failure, request_headers
+
+        if self.requested or self.closing:
+            raise ConnectFailed("protocol_error", "an SSE connection carries one chat at a time: "
+                                                  "use more users, not parallel_chats, for concurrency over SSE")
+        self.requested = True
+        s = self.settings
+        if sending is not None:
+            sending()
+        deadline = time.monotonic() + s.connect_timeout
+        url = urlsplit(s.url)
+        scheme = SCHEMES[url.scheme.lower()]
+        host = url.hostname or ""
+        shown = f"[{host}]" if ":" in host else host
+        sock: socket.socket | None = None
+        try:
+            sock = _open_socket(host, url.port or scheme.default_port, s.connect_timeout, deadline,
+                                _stream_tls(s) if scheme.secure else None)
+            http = h11.Connection(h11.CLIENT)
+            headers = [("Host", f"{shown}:{url.port}" if url.port else shown), *request_headers(s).items(),
+                       ("Content-Length", str(len(data)))]
+            target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+            out = memoryview(http.send(h11.Request(method="POST", target=target, headers=headers))
+                             + http.send(h11.Data(data=data)) + http.send(h11.EndOfMessage()))
+            while out:
+                out = out[_within(sock, deadline, functools.partial(_send_some, sock, out), select.POLLOUT):]
+            while True:
+                event = http.next_event()
+                if event is h11.NEED_DATA:
+                    http.receive_data(_within(sock, deadline, functools.partial(sock.recv, 65536)))
+                elif isinstance(event, h11.Response):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):  # as httpx says it (the asyncio transport)
+                    raise ConnectFailed("protocol_error",
+                                        "HTTP protocol error: Server disconnected without sending a response.")
+                # (a 1xx answer: the next one is awaited, within the same deadline)
+            head = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in event.headers}
+            failure = head_failure(event.status_code, head.get("content-type", ""), head.get("location", ""), s.url,
+                                   head.get("content-encoding", ""))
+            if failure is not None:
+                raise ConnectFailed(*failure)
+        except BaseException as exc:
+            self.requested = False
+            if sock is not None:
+                sock.close()
+            if isinstance(exc, Exception):
+                raise ConnectFailed(*classify_http(exc)) from None
+            raise
+        from .transports.sse import CODINGS
+
+        self.coding = CODINGS.get(head.get("content-encoding", "").strip().lower())
+        sock.settimeout(None)  # read blocking by the reader: abort()'s shutdown ends it
+        self.sock, self.http = sock, http
+        # Open: the credential is not kept for the stream's life.
+        if s.token is not None or s.extra_headers:
+            self.settings = dataclasses.replace(s, token=None, extra_headers={})
+        self.ready.set()
+
+    def read(self, deliver: Callable[[list[str | bytes]], None]) -> None:
+        """Hand over the data of each read's events until the stream ends (or the client closes it); never raises for
+        what a server does: why it ended is left in ended_note, close_reason and protocol_error."""
+        import h11
+
+        from .eventstream import EventStreamParser, EventTooLarge
+        from .transports.sse import CorruptEncoding, Unpacker
+
+        self.ready.wait()  # no end but the wire's: abort() sets it
+        http, sock = self.http, self.sock
+        if self.closing or http is None or sock is None:
+            self.close_reason = self.close_reason or "closed by the client"
+            return
+        parser = EventStreamParser(self.settings.max_size)
+        unpacker = Unpacker(self.coding) if self.coding else None
+        try:
+            while True:
+                event = http.next_event()
+                if event is h11.NEED_DATA:
+                    try:
+                        data = sock.recv(65536)
+                    except OSError as exc:
+                        if self.closing:
+                            break
+                        self.ended_note = ("the event stream broke before the run's terminal event "
+                                           f"({exc.__class__.__name__})")
+                        self.close_reason = f"{exc.__class__.__name__}: {str(exc)[:120]}"
+                        return
+                    if not data and self.closing:
+                        break
+                    http.receive_data(data)
+                elif isinstance(event, h11.Data):
+                    if unpacker is None:
+                        messages: list[str | bytes] = list(parser.feed(bytes(event.data)))
+                        if messages:
+                            deliver(messages)
+                        continue
+                    for piece in unpacker.pieces(bytes(event.data)):  # each piece handed over before the next
+                        messages = list(parser.feed(piece))
+                        if messages:
+                            deliver(messages)
+                else:  # EndOfMessage, ConnectionClosed: the body ended cleanly
+                    if unpacker is not None and not unpacker.complete():
+                        raise CorruptEncoding(f"the server's {unpacker.coding}-encoded event stream ended before "
+                                              f"its {unpacker.coding} end (cut short)")
+                    rest: list[str | bytes] = list(parser.end())  # an event its end left without the empty line
+                    if rest:
+                        deliver(rest)
+                    self.ended_note = "the server ended the event stream before the run's terminal event (truncated run)"
+                    return
+        except (CorruptEncoding, EventTooLarge) as exc:
+            # As the asyncio transport: stop reading at once, an R12, nothing the cut left pending dispatched.
+            self.protocol_error = str(exc)
+            self.ended_note = f"the client dropped the event stream: {exc}"
+            self.close_reason = str(exc)
+            return
+        except h11.ProtocolError as exc:
+            if not self.closing:
+                # The server broke HTTP's framing (a chunked or Content-Length body cut short, a bad chunk header):
+                # an R12 even after the run's terminal event, as under the asyncio transport.
+                self.ended_note = f"the event stream broke before the run's terminal event ({exc.__class__.__name__})"
+                self.close_reason = f"{exc.__class__.__name__}: {str(exc)[:120]}"
+                self.protocol_error = f"the HTTP response carrying the event stream is malformed: {str(exc)[:120]}"
+                return
+        self.close_reason = self.close_reason or "closed by the client"  # (the client ended it: abort, close)
+
+    def abort(self) -> None:
+        self.closing = True
+        self.ready.set()
+        if self.sock is not None:
+            _shutdown(self.sock, socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.abort()
+        if self.sock is not None:
+            self.sock.close()
+
+    def ended(self, conn: _Connection) -> None:
+        conn.close_code = 1000 if conn.close_code is None else conn.close_code
+        conn.close_reason = conn.close_reason or self.close_reason
+        if self.protocol_error is not None:
+            conn.protocol_error = self.protocol_error
+
+
+def _stream_tls(s: ConnectSettings) -> ssl.SSLContext:
+    from .transports.base import ssl_context
+    from .transports.sse import _no_tls
+
+    return ssl_context(s, "sse") or _no_tls()
+
+
+def _open_socket(host: str, port: int, timeout: float, deadline: float,
+                 tls: ssl.SSLContext | None) -> socket.socket:
+    """A TCP connection (TLS over it when `tls`) within `deadline`, left non-blocking for _within()."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        # Every wait of the handshake is a poll against that one deadline, on a non-blocking socket: gevent's
+        # SSL socket waits its timeout afresh for each read, so a server that dripped its TLS handshake a byte at
+        # a time (each within the timeout) held the connect, and the chat, to the drip's end under Locust.
+        sock.setblocking(False)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+            _within(sock, deadline, sock.do_handshake)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
 
 def _within(sock: socket.socket, deadline: float, op: Callable[[], Any], wait: int = select.POLLIN) -> Any:
     """`op()` on a non-blocking socket during the handshake, tried again whenever the socket is ready for it (`wait`
@@ -379,9 +583,9 @@ def _shutdown(sock: socket.socket, how: int) -> None:
 
 
 class _Connection:
-    """One WebSocket connection and how it ended (the fields record_close reads)."""
+    """One connection (a WebSocket, or an SSE chat's stream) and how it ended (the fields record_close reads)."""
 
-    def __init__(self, settings: ConnectSettings, ws: _Wire, generation: int,
+    def __init__(self, settings: ConnectSettings, ws: _Wire | _StreamWire, generation: int,
                  recording: ConnectionRecording | None = None) -> None:
         self.settings = settings
         self.ws = ws
@@ -396,12 +600,11 @@ class _Connection:
 
 
 class SyncSession(VirtualUser):
-    """One virtual user: a connection carrying its chats (several at once from several greenlets), surviving drops."""
+    """One virtual user: a connection carrying its chats (several at once from several greenlets), surviving drops;
+    over SSE, a stream per chat."""
 
     def __init__(self, target: Target, user_id: str, scenario: str, sink: Sink, *, connect_timeout: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if target.transport != "websocket":
-            raise ValueError(f"the gevent client speaks WebSocket only (ws://, wss://), not {target.url.split(':')[0]}")
         super().__init__(target, user_id, scenario, sink, connect_timeout=connect_timeout, clock=clock)
         self.conn: _Connection | None = None
         self.generation = 0
@@ -414,8 +617,10 @@ class SyncSession(VirtualUser):
         self._lock = threading.Lock()
         self._woken = threading.Event()
         self._connect_lock = threading.Lock()
-        self.ended_note = ""  # a WebSocket connection ends with a close code, never a note
-        self.stream_per_chat = False  # one WebSocket connection carries every chat of the session
+        self.ended_note = ""  # why the connection ended, when it knows (an SSE stream; a WebSocket never says)
+        self.stream_per_chat = target.transport == "sse"  # else one WebSocket connection carries every chat
+        # The failure of the last send that was a connection's (SSE: the chat's request, classified), for its chat.
+        self._send_failure: ConnectFailed | None = None
         self.closed_by_client = False  # this client closed or dropped the connection on purpose (until the next)
         # Chats listening out their settle window while the session's next chats play (ChatOptions.overlap_settle),
         # each with where its verdict goes; `_settle_at`: the earliest time one of them may be due.
@@ -431,7 +636,7 @@ class SyncSession(VirtualUser):
         recorder = self.target.recorder
         recording = None if recorder is None else recorder.recording(
             self.user_id, resume=resume, user=self.target.tokens.subject(self.user_id))
-        ws = _Wire(settings)
+        ws: _Wire | _StreamWire = _StreamWire(settings) if self.stream_per_chat else _Wire(settings)
         try:
             ws.open()
         except Exception as exc:
@@ -453,8 +658,10 @@ class SyncSession(VirtualUser):
         conn.reader = threading.Thread(target=self._read, args=(conn,), name=f"chatprobe-reader-{self.user_id}",
                                        daemon=True)
         conn.reader.start()
-        if not self.profile.welcome:
-            self.sink.connection_attempt(self.scenario, "ok")
+        if ws.connects_on_send or not self.profile.welcome:
+            # Nothing to wait for: SSE connects when the message is sent; an AG-UI server speaks only when asked.
+            if not ws.connects_on_send:
+                self.sink.connection_attempt(self.scenario, "ok")
             return
         start = self.clock()
         deadline = start + self.connect_timeout if by is None else min(start + self.connect_timeout, by)
@@ -507,15 +714,16 @@ class SyncSession(VirtualUser):
         except Exception as exc:  # what the server did never escapes the reader
             conn.close_reason = f"{exc.__class__.__name__}: {str(exc)[:120]}"
         finally:
-            record_close(conn, ws.protocol)
+            ws.ended(conn)
             ended_at = clock()  # the close record's time too: a settle window is judged against it, live as offline
             if recording is not None:
-                recording.end(conn.close_code, conn.protocol_error, at=ended_at)
+                recording.end(conn.close_code, conn.protocol_error, at=ended_at, stream=ws.connects_on_send)
             with self._lock:
                 if conn.protocol_error is not None:
                     self.router.on_protocol_error(conn.protocol_error, clock())
                 if conn.generation == self.generation:
                     self.router.connection_ended()  # what no chat was told on it: its own (R8, R12)
+                    self.ended_note = ws.ended_note
                     self.closed_at = ended_at
                     self.closed = True
                 self._wake()
@@ -548,6 +756,11 @@ class SyncSession(VirtualUser):
         try:
             conn.ws.send_text(_encode(obj), timeout, record if recording is not None else None)
             return True
+        except ConnectFailed as exc:  # SSE: the request is the connection, classified like one
+            self._send_failure = exc
+            if recording is not None:
+                recording.send_failed(exc.kind, str(exc))
+            return False
         except ConnectionError:
             return None
         except Exception as exc:
@@ -644,7 +857,9 @@ class SyncSession(VirtualUser):
         """
         flow = ChatFlow.chat(self.router, content, expectations, user_id=self.user_id, now=self.clock(),
                              options=options)
-        overlap = verdict is not None and options.overlap_settle and self.profile.events_name_run
+        # (Not over SSE: the chat's stream is its own, and ends with its run; the asyncio client's own_stream.)
+        overlap = (verdict is not None and options.overlap_settle and self.profile.events_name_run
+                   and not self.stream_per_chat)
         result = self._play(flow, verdict if overlap else None)
         if result is not None and verdict is not None:
             verdict(result)
@@ -664,6 +879,7 @@ class SyncSession(VirtualUser):
         While it plays, it also judges the session's chats whose settle windows have ended.
         """
         lock, clock = self._lock, self.clock
+        own_stream = False  # SSE: the chat's request opened a stream of its own
         try:
             while True:
                 with lock:
@@ -680,12 +896,18 @@ class SyncSession(VirtualUser):
                 if isinstance(action, Wait):
                     self._wait(woken, min(action.until, self._settle_at) - clock())
                 elif isinstance(action, Send):
+                    self._send_failure = None
                     sent = self._send(action.frame, flow.tracker.wait_deadline() - clock(),
                                       flow.tracker.exp if action.what != "resume" else None, flow.tracker.sent_at)
+                    failure = self._send_failure
+                    if sent and action.what == "message" and self.stream_per_chat:
+                        own_stream = True
+                        self.sink.connection_attempt(self.scenario, "ok")  # SSE: the request opened its stream
                     if sent is None and not self.closed and self.conn is not None:
                         self._drop(self.conn)  # found closed before its reader saw the end: ended now, for every chat
                     with lock:
-                        flow.sent(sent is True, closed=sent is None)
+                        flow.sent(sent is True, failure.kind if failure else None, str(failure) if failure else "",
+                                  closed=sent is None)
                 elif isinstance(action, Connect):
                     try:
                         self._ensure_connected(flow.connect_by)
@@ -708,6 +930,8 @@ class SyncSession(VirtualUser):
                 elif isinstance(action, Close):
                     self._close()  # chats still settling are judged now: their connection is gone
                 else:
+                    if own_stream:
+                        self._close()  # SSE: the stream was this chat's; the next chat opens its own
                     return action.result
         except BaseException:
             with lock:

@@ -70,7 +70,15 @@ from .results import ScenarioRun, exit_code
 from .scenario import ChatCall, ChatGroup, RawCall, Scenario, load_scenario
 from .sinks import Fanout, Sink
 from .stats import StageTallies, Tally, evaluate
-from .targets import Target, TargetOptions, flag_named, make_target, parse_header_flags, read_token
+from .targets import (
+    Target,
+    TargetOptions,
+    check_scenario_fits,
+    flag_named,
+    make_target,
+    parse_header_flags,
+    read_token,
+)
 from .yamlfile import ConfigError
 
 if TYPE_CHECKING:
@@ -242,8 +250,8 @@ class _Run:
         if not host:
             host, source = class_host(self.environment.user_classes)
         if not host:
-            raise ConfigError("--host: give the ws:// or wss:// URL of the chat server (or set `host` on your ChatUser "
-                              "subclass)")
+            raise ConfigError("--host: give the ws://, wss:// or http(s):// (SSE) URL of the chat server (or set "
+                              "`host` on your ChatUser subclass)")
         if opts.chatprobe_auth not in AUTH_MODES:  # (argparse's choices: not applied to the web UI's form)
             raise ConfigError(f"--chatprobe-auth {redact.clean(str(opts.chatprobe_auth), 100)!r}: one of "
                               f"{', '.join(AUTH_MODES)}", field="auth")
@@ -255,12 +263,12 @@ class _Run:
                 headers=parse_header_flags(list(_names(opts.chatprobe_header) or ()), "headers"),
                 header_env=parse_header_flags(list(_names(opts.chatprobe_header_env) or ()), "header_env"),
                 subprotocols=_names(getattr(opts, "chatprobe_subprotocol", None)))
-            target = make_target(options, read_token(options), scenario.profile, transports=("websocket",))
+            target = make_target(options, read_token(options), scenario.profile)
             target.compression = scenario.compression  # offer permessage-deflate or not, as the scenario says
+            check_scenario_fits(scenario, target)  # (a dialect or transport that cannot carry it: as `run` says)
         except ConfigError as exc:
             if exc.field == "url":  # Locust's flag for the URL is --host (or the user class's `host`)
-                raise ConfigError(f"{source} {exc.detail} (the Locust user speaks WebSocket)", field="url",
-                                  detail=exc.detail) from None
+                raise ConfigError(f"{source} {exc.detail}", field="url", detail=exc.detail) from None
             raise ConfigError(flag_named(exc, "--chatprobe-", LOCUST_FIELDS), field=exc.field, detail=exc.detail,
                               key=exc.key) from None
         return scenario, target

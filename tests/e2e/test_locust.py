@@ -164,7 +164,7 @@ def test_a_server_flooding_pings_and_never_reading_ends_in_a_verdict_not_a_crash
 # -- usage errors exit 2; an unreachable host is backed off and exits 3 -----------------------------------------
 
 @pytest.mark.parametrize("flags,needle", [
-    (["--host", "http://127.0.0.1:9/ws"], "--host 'http://127.0.0.1:9/ws': expected a ws://, wss:// URL"),
+    (["--host", "http://127.0.0.1:9/ws"], "--host http:// means sse, but profile 'netra' is spoken over websocket"),
     (["--chatprobe-scenario", "nosuch"], "scenario 'nosuch': no such file"),
     (["--chatprobe-profile", "nosuch"], "--chatprobe-profile 'nosuch': no such file"),
     (["--chatprobe-scenario", "knee"], "--chatprobe-scenario knee: an open-model scenario"),
@@ -220,9 +220,9 @@ def test_a_master_with_a_bad_host_exits_2_before_waiting_for_workers(procs):
     master, _ = start_on_free_port(procs, "master", lambda port: [
         locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
         "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
-        "-u", "1", "-r", "1", "--run-time", "2s", "--host", "https://agent.example/ws"])
+        "-u", "1", "-r", "1", "--run-time", "2s", "--host", "ftp://agent.example/ws"])
     assert finish(master, 20) == 2, master.tail()  # well before --expect-workers-max-wait
-    assert "chatprobe: error: --host 'https://agent.example/ws'" in master.err(), master.tail()
+    assert "chatprobe: error: --host 'ftp://agent.example/ws'" in master.err(), master.tail()
 
 
 def test_a_worker_that_cannot_use_the_masters_options_exits_2_and_so_does_the_master(procs, refused_port,
@@ -419,14 +419,14 @@ def test_the_web_ui_refuses_a_form_it_cannot_use_and_a_good_test_after_it_is_jud
     form = {"user_count": 2, "spawn_rate": 2, "host": url}
     not_a_dir = tmp_path / "rec"
     not_a_dir.write_text("a file\n")
-    for field, given, needle in [("host", bad, f"--host '{bad}'"),
+    for field, given, needle in [("host", bad, "--host http:// means sse, but profile 'netra'"),
                                  ("chatprobe_record", str(not_a_dir), f"--chatprobe-record {not_a_dir}: not a directory"),
                                  ("chatprobe_auth", "cookie", "--chatprobe-auth 'cookie': one of header"),
                                  ("chatprobe_metrics_port", "80a", "--chatprobe-metrics-port '80a': not a number")]:
         answer = httpx.post(f"{web}/swarm", data={**form, field: given}, timeout=10)
         assert answer.status_code == 200 and answer.json()["success"] is False, answer.text
         assert needle in answer.json()["message"], answer.text
-    assert f"chatprobe: error: --host '{bad}'" in proc.err(), proc.tail()
+    assert "chatprobe: error: --host http:// means sse" in proc.err(), proc.tail()
 
     started = httpx.post(f"{web}/swarm", data={**form, "chatprobe_header": "X-Team: blue"}, timeout=10).json()
     assert started["success"] is True, started

@@ -1,0 +1,192 @@
+"""The Locust user's client (gevent_client.SyncSession, on plain threads as the sync client runs outside Locust) over
+SSE: every chat an HTTP POST whose event stream it reads with h11, judged as `chatprobe run`'s asyncio Session judges
+the same server. Each server is a raw HTTP/1.1 server on 127.0.0.1 written here (test_sse_attacks.RawServer), so it
+can send what no framework would; both clients meet the same server in the same test and must reach the same verdict
+(outcome, error, rules), every wait bounded.
+
+Failing on the code before the Locust user spoke SSE: SyncSession refused an http:// target (ValueError), so every
+test here failed at its construction.
+"""
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import zlib
+
+import pytest
+
+from harness.checker import ChatResult
+from harness.client import Session
+from harness.events import Outcome
+from harness.flow import ChatOptions
+from harness.gevent_client import SyncSession
+from harness.scenario import Expect, Scenario
+
+from .test_sse_attacks import AGUI, HEAD, Collector, LimitedTarget, RawServer, TokenProvider, event, whole_run
+
+pytestmark = pytest.mark.timeout(90)
+
+EXP = Scenario(name="t", expect=Expect(deadline=4)).expectations(AGUI)
+OPTIONS = ChatOptions(settle=0.05)
+
+
+def verdict(result: ChatResult) -> tuple[Outcome, str | None, list[str]]:
+    return result.outcome, result.error_kind, sorted({v.rule.value for v in result.violations})
+
+
+async def both(url: str, *, connect_timeout: float = 3, max_size: int | None = None,
+               token: str | None = None) -> tuple[ChatResult, ChatResult, Collector]:
+    """One chat by the asyncio Session, then one by the SyncSession (in a thread: the server runs on this loop)."""
+    kw = {} if max_size is None else {"max_size": max_size}
+    target = LimitedTarget(url=url, profile=AGUI, name="t", tokens=TokenProvider(token), **kw)
+    session = Session(target, "u1", "t", Collector(), connect_timeout=connect_timeout)
+    try:
+        expected = await asyncio.wait_for(session.chat("What is 6 * 7?", EXP, OPTIONS), 20)
+    finally:
+        await asyncio.wait_for(session.close(), 10)
+    sink = Collector()
+    sync = SyncSession(target, "u2", "t", sink, connect_timeout=connect_timeout)
+
+    def play() -> ChatResult:
+        try:
+            result = sync.chat("What is 6 * 7?", EXP, OPTIONS)
+            assert result is not None
+            return result
+        finally:
+            sync.close()
+
+    got = await asyncio.wait_for(asyncio.to_thread(play), 20)
+    return expected, got, sink
+
+
+async def test_a_whole_run_passes_and_each_chat_has_a_stream_of_its_own():
+    requests = []
+
+    async def handler(reader, writer, head, body):
+        requests.append((head, body))
+        writer.write(HEAD + b"\r\n" + whole_run(body))
+        await writer.drain()
+
+    async with RawServer(handler) as server:
+        expected, got, sink = await both(server.url, token="tok-123")
+        assert verdict(expected) == verdict(got) == (Outcome.PASSED, None, []), (expected, got)
+        # The sync client's second chat on the same session: a second POST, a stream of its own.
+        target = LimitedTarget(url=server.url, profile=AGUI, name="t", tokens=TokenProvider("tok-123"))
+        sync = SyncSession(target, "u3", "t", Collector(), connect_timeout=3)
+
+        def two() -> list[ChatResult | None]:
+            try:
+                return [sync.chat("one", EXP, OPTIONS), sync.chat("two", EXP, OPTIONS)]
+            finally:
+                sync.close()
+
+        results = await asyncio.wait_for(asyncio.to_thread(two), 20)
+    assert [r.outcome if r else None for r in results] == [Outcome.PASSED, Outcome.PASSED], results
+    assert len(requests) == 4, len(requests)
+    sync_head = requests[1][0].lower()
+    assert sync_head.startswith(b"post /agent http/1.1\r\n"), sync_head
+    assert b"\r\nauthorization: bearer tok-123\r\n" in sync_head and b"\r\naccept: text/event-stream\r\n" in sync_head
+    assert json.loads(requests[1][1])["messages"][-1]["content"] == "What is 6 * 7?"
+
+
+async def test_a_stream_that_ends_before_the_terminal_event_fails_alike():
+    async def handler(reader, writer, head, body):
+        inp = json.loads(body)
+        writer.write(HEAD + b"\r\n" + event(type="RUN_STARTED", threadId=inp["threadId"], runId=inp["runId"]))
+        await writer.drain()
+
+    async with RawServer(handler) as server:
+        expected, got, _ = await both(server.url)
+    assert expected.outcome is not Outcome.PASSED and verdict(got) == verdict(expected), (expected, got)
+    assert "truncated run" in got.note and got.note == expected.note, (got.note, expected.note)
+
+
+async def test_a_chunked_body_cut_short_after_the_terminal_event_is_an_r12_alike():
+    async def handler(reader, writer, head, body):
+        run = whole_run(body)
+        writer.write(HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(run) + run + b"\r\n"
+                     + b"400\r\nabc")
+        await writer.drain()
+
+    async with RawServer(handler) as server:
+        expected, got, _ = await both(server.url)
+    assert "R12" in verdict(expected)[2] and verdict(got) == verdict(expected), (expected, got)
+
+
+@pytest.mark.parametrize("status, kind", [(401, "auth_failed"), (503, "refused"), (307, "protocol_error")])
+async def test_a_refused_request_is_classified_alike(status, kind):
+    async def handler(reader, writer, head, body):
+        writer.write(b"HTTP/1.1 %d Nope\r\nContent-Length: 0\r\nLocation: /agent/\r\n\r\n" % status)
+        await writer.drain()
+
+    async with RawServer(handler) as server:
+        expected, got, sink = await both(server.url)
+    assert verdict(got) == verdict(expected) and got.error_kind == expected.error_kind, (expected, got)
+    assert got.outcome is Outcome.ERROR, got
+    assert got.error == expected.error, (got.error, expected.error)
+
+
+async def test_an_answer_head_dripped_a_byte_at_a_time_is_a_timeout_at_the_connect_deadline():
+    async def handler(reader, writer, head, body):
+        for byte in HEAD:  # within any one read's timeout, never done within the connect deadline
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.1)  # wait-ok: the drip is the behaviour under test
+
+    async with RawServer(handler, within=30) as server:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        expected, got, _ = await both(server.url, connect_timeout=1)
+        took = loop.time() - start
+    assert verdict(got) == verdict(expected) and got.error_kind == "timeout", (expected, got)
+    assert took < 12, took  # (two chats of 1 s connect deadlines: not the 9 s drip each)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_an_encoded_stream_is_unpacked_and_passes_alike(coding):
+    async def handler(reader, writer, head, body):
+        run = whole_run(body)
+        packed = gzip.compress(run) if coding == "gzip" else zlib.compress(run)
+        writer.write(HEAD + f"Content-Encoding: {coding}\r\nContent-Length: {len(packed)}\r\n\r\n".encode() + packed)
+        await writer.drain()
+
+    async with RawServer(handler) as server:
+        expected, got, _ = await both(server.url)
+    assert verdict(got) == verdict(expected) == (Outcome.PASSED, None, []), (expected, got)
+
+
+async def test_a_gzip_bomb_costs_no_more_than_the_limit_and_is_an_r12_alike():
+    limit = 64 * 1024
+
+    async def handler(reader, writer, head, body):
+        inp = json.loads(body)
+        start = event(type="RUN_STARTED", threadId=inp["threadId"], runId=inp["runId"])
+        bomb = gzip.compress(start + b"data: " + b"x" * (64 * 1024 * 1024), compresslevel=9)
+        writer.write(HEAD + b"Content-Encoding: gzip\r\n\r\n" + bomb)
+        await writer.drain()
+
+    async with RawServer(handler) as server:
+        expected, got, _ = await both(server.url, max_size=limit)
+    assert "R12" in verdict(expected)[2] and verdict(got) == verdict(expected), (expected, got)
+
+
+async def test_a_coding_not_offered_is_refused_alike():
+    async def handler(reader, writer, head, body):
+        writer.write(HEAD + b"Content-Encoding: br\r\nContent-Length: 3\r\n\r\nabc")
+        await writer.drain()
+
+    async with RawServer(handler) as server:
+        expected, got, _ = await both(server.url)
+    assert verdict(got) == verdict(expected) and got.error_kind == "protocol_error", (expected, got)
+    assert got.error == expected.error
+
+
+async def test_nothing_listening_is_refused_alike():
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    expected, got, _ = await both(f"http://127.0.0.1:{port}/agent")
+    assert verdict(got) == verdict(expected) and got.error_kind == "refused", (expected, got)
+
