@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import ssl
 import zlib
 
 import pytest
+import trustme
 
 from harness.checker import ChatResult
 from harness.client import Session
@@ -35,11 +37,11 @@ def verdict(result: ChatResult) -> tuple[Outcome, str | None, list[str]]:
     return result.outcome, result.error_kind, sorted({v.rule.value for v in result.violations})
 
 
-async def both(url: str, *, connect_timeout: float = 3, max_size: int | None = None,
-               token: str | None = None) -> tuple[ChatResult, ChatResult, Collector]:
+async def both(url: str, *, connect_timeout: float = 3, max_size: int | None = None, token: str | None = None,
+               ca_file: str | None = None) -> tuple[ChatResult, ChatResult, Collector]:
     """One chat by the asyncio Session, then one by the SyncSession (in a thread: the server runs on this loop)."""
-    kw = {} if max_size is None else {"max_size": max_size}
-    target = LimitedTarget(url=url, profile=AGUI, name="t", tokens=TokenProvider(token), **kw)
+    kw: dict = {} if max_size is None else {"max_size": max_size}
+    target = LimitedTarget(url=url, profile=AGUI, name="t", tokens=TokenProvider(token), ca_file=ca_file, **kw)
     session = Session(target, "u1", "t", Collector(), connect_timeout=connect_timeout)
     try:
         expected = await asyncio.wait_for(session.chat("What is 6 * 7?", EXP, OPTIONS), 20)
@@ -190,3 +192,37 @@ async def test_nothing_listening_is_refused_alike():
     expected, got, _ = await both(f"http://127.0.0.1:{port}/agent")
     assert verdict(got) == verdict(expected) and got.error_kind == "refused", (expected, got)
 
+
+
+class TlsServer(RawServer):
+    """RawServer over TLS (https://), with a certificate for 127.0.0.1 from its own CA."""
+
+    def __init__(self, handler, ca) -> None:
+        super().__init__(handler)
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(self.ctx)
+
+    async def __aenter__(self) -> TlsServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ctx)
+        self.url = f"https://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/agent"
+        return self
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_https_is_verified_against_the_ca_file_alike(tmp_path, trusted):
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    (ca if trusted else trustme.CA()).cert_pem.write_to_path(str(ca_file))
+
+    async def handler(reader, writer, head, body):
+        writer.write(HEAD + b"Transfer-Encoding: chunked\r\n\r\n")
+        for piece in whole_run(body).split(b"\n\n")[:-1]:  # an event a chunk, as a streaming server writes them
+            writer.write(b"%x\r\n%s\n\n\r\n" % (len(piece) + 2, piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with TlsServer(handler, ca) as server:
+        expected, got, _ = await both(server.url, ca_file=str(ca_file))
+    assert verdict(got) == verdict(expected), (expected, got)
+    assert verdict(got) == ((Outcome.PASSED, None, []) if trusted else (Outcome.ERROR, "tls_error", [])), got
