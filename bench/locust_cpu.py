@@ -8,6 +8,7 @@ time, so each user overlaps its chats' settle windows as `chatprobe run` does (s
 waited out its 0.1 s window, ≈10 chats/s per user). Rounds are repeated; the median is printed. Nothing is asserted.
 
     .venv/bin/python bench/locust_cpu.py --users 50 --run-time 20 --rounds 3
+    .venv/bin/python bench/locust_cpu.py --sse      # an AG-UI server over HTTP + SSE (agentsim --protocol ag-ui)
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def main() -> int:
     p.add_argument("--users", type=int, default=50)
     p.add_argument("--run-time", type=int, default=20, help="seconds of load per round")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--sse", action="store_true", help="AG-UI over HTTP + SSE (each chat a POST and its stream), "
+                                                      "not netra over a WebSocket")
     args = p.parse_args()
     locust = Path(sys.executable).with_name("locust")
     per_chat: list[float] = []
@@ -49,14 +52,15 @@ def main() -> int:
         scenario = tmp / "locust_cpu.yaml"
         scenario.write_text('name: locust_cpu\nusers: 1\nchats_per_user: 50\nmessage: "what is 6*7"\n'
                             "expect:\n  deadline: 60s\n")
-        proc, url = start_sim("none")
+        proc, url = start_sim("none", ["--protocol", "ag-ui"] if args.sse else None)
+        profile = ["--chatprobe-profile", "ag-ui"] if args.sse else []
         try:
             for r in range(args.rounds):
                 prefix = tmp / f"r{r}"
                 cmd = [str(locust), "-f", str(ROOT / "scenarios" / "locustfile.py"), "--headless", "-u",
                        str(args.users), "-r", str(args.users), "--run-time", f"{args.run_time}s", "--host", url,
                        "--chatprobe-scenario", str(scenario), "--chatprobe-auth", "none", "--csv", str(prefix),
-                       "--only-summary", "--stop-timeout", "5"]
+                       "--only-summary", "--stop-timeout", "5", *profile]
                 ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.perf_counter()
                 done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.run_time + 120,
