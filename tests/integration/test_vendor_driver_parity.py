@@ -1,9 +1,9 @@
 """Every driver that can carry a vendor's example profile judges the same stream the same way: the profile features
 those examples use (`type_keys`, `control` entries with `where`, `unmapped` prefix patterns such as `data-*`,
 `after_error`) in `chatprobe run` (picows and websockets clients, the SSE transport), alone and with 20 users,
-`chatprobe check` of its `--record` recording, the Locust user's client, the pytest plugin and `chatprobe proxy`.
-The raw servers are tests/integration/test_vendor_streams.py's; over a WebSocket, the same frames one message each
-(the profile with `transport: websocket`), for the drivers that speak WebSocket only (the Locust user's, the proxy).
+`chatprobe check` of its `--record` recording, the Locust user's client (over SSE too), the pytest plugin and
+`chatprobe proxy`. The raw servers are tests/integration/test_vendor_streams.py's; over a WebSocket, the same frames
+one message each (the profile with `transport: websocket`), for the driver that speaks WebSocket only (the proxy).
 A master and a worker under real Locust: tests/e2e/test_locust_vendor_parity.py.
 
 Guards: these held when written (the one driver found to depart, Locust distributed, is fixed and tested there).
@@ -235,8 +235,9 @@ def test_the_sse_drivers_judge_a_vendors_stream_alike_with_twenty_users(tmp_path
     want = {t: {v} for t, v in expected(case, "sse").items()}
     with InThread(RawSseServer(CASES[case][4])) as server:
         plugin = pytest_plugin(server.url, load_profile(str(profile_path)), messages)
+        sync = sync_client(server.url, load_profile(str(profile_path)), messages)  # the Locust user's, over SSE
         live, offline, n = run_and_check(tmp_path, server.url, profile_path, messages, users=20)
-    assert {t: {v} for t, v in plugin.items()} == want, plugin
+    assert {t: {v} for t, v in plugin.items()} == want and sync == plugin, (plugin, sync)
     assert live == offline == want, (live, offline)
     assert n == 20 * len(messages)
 
