@@ -1210,7 +1210,6 @@ def main(argv: list[str] | None = None) -> int:
             metrics_server = httpserver.start_metrics(mhost, mport)
         except OSError as exc:
             return _cannot_listen("--metrics-listen", args.metrics_listen, exc)
-        print(f"chatprobe proxy metrics on http://{mhost}:{mport}/metrics", flush=True)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -1222,6 +1221,8 @@ def main(argv: list[str] | None = None) -> int:
             server = await start_proxy(proxy, host, port, door)
         except OSError as exc:
             raise _ListenFailed(exc) from None
+        if metrics_server is not None:  # said once the proxy listens too: a --listen it cannot use exits 2 first
+            print(f"chatprobe proxy metrics on http://{mhost}:{mport}/metrics", flush=True)
         print(f"chatprobe proxy listening on ws://{host}:{server.sockets[0].getsockname()[1]} (at most "
               f"{door.max_connections} connections, {door.max_per_address} per client address)", flush=True)
         await stop.wait()

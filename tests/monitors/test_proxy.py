@@ -332,16 +332,22 @@ def test_an_address_in_use_is_exit_2_with_one_line_naming_the_flag_as_the_monito
     loop that crashed. Both now exit 2, with one line naming the flag and the address, before serving anything."""
     from harness.cli import main as cli_main
 
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        metrics = f"127.0.0.1:{free.getsockname()[1]}"  # (closed at once: a port to serve metrics on)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = f"127.0.0.1:{busy.getsockname()[1]}"
         proxy = ["proxy", "--upstream", "ws://127.0.0.1:1/ws", "--listen", "127.0.0.1:0",
-                 "--metrics-listen", "127.0.0.1:0", flag, taken]  # (the last one given counts; port 0: off, or any)
+                 "--metrics-listen", metrics, flag, taken]  # (the last one given counts)
         monitor = ["monitor", "--target", "ws://127.0.0.1:1/ws", "--auth", "none", "--listen", taken]
         for argv in (proxy, monitor) if flag == "--listen" else (proxy,):
             assert cli_main(argv) == 2, argv
-            err = capsys.readouterr().err
+            out, err = capsys.readouterr()
+            # FAILED on the old code for the proxy's --listen: "chatprobe proxy metrics on http://…" was printed
+            # first, as if it served.
+            assert "metrics on" not in out, out
             lines = err.strip().splitlines()
             assert len(lines) == 1 and f"{flag} {taken}: cannot listen" in lines[0], err
             # The system's reason in its own words (FAILED on the old code for the proxy's --listen: "error while
