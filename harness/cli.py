@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 # Only what --help, `list` and every command need is imported here; the rest loads with the command that uses it,
 # so that `chatprobe --help` or `list` costs no pydantic models, no asyncio client, no reports (start-up CPU).
 from .catalog import BUILTIN_SUITE, builtin_scenarios
-from .errors import MESSAGE_LIMIT, ConfigError, ExitCode, unknown_flag_hint
+from .errors import MESSAGE_LIMIT, ConfigError, ExitCode, closest, unknown_flag_hint
 from .targets import add_target_args, options_from_args
 
 if TYPE_CHECKING:
@@ -88,9 +88,66 @@ class _Parser(argparse.ArgumentParser):
                 message = unknown_flag_hint(self, message, self.given)
         else:  # a required argument missing: a misspelt flag may be why (unknown_flag_hint)
             message = unknown_flag_hint(self, message, self.given)
+        if getattr(self, "commands", None) is not None and "(did you mean" not in message:
+            message += _command_hint(self.commands, self.given)
         from .redact import clean
 
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {clean(message, MESSAGE_LIMIT)}\n")
+
+
+_RECORDING_SUFFIXES = (".har", ".jsonl", ".sse", ".ndjson", ".log")
+_SCENARIO_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _command_hint(commands: Mapping[str, argparse.ArgumentParser], given: list[str]) -> str:
+    """What the first word of a command line that names no command was likely meant as: a misspelt command
+    (`chek`), a scenario or a recording given without its command (`chatprobe basic`, `chatprobe session.har` or a
+    directory of them), a server's URL, or a command's flag given before any command (`chatprobe --target URL`,
+    where argparse took the URL for the command). Said as what to type; "" when nothing fits. Only a usage error
+    comes here."""
+    if not given:
+        return ""
+    first = given[0]
+    if first.startswith("-"):
+        flag = first.partition("=")[0]
+        takers = [name for name in ("run", "check", "monitor", "proxy", "sim") if flag in _command_flags(commands, name)]
+        if not takers:
+            return ""
+        which = " and ".join(f"`chatprobe {name}`" for name in takers)
+        return f" ({flag} is a flag of {which}: name the command first, chatprobe {takers[0]} {flag} …)"
+    meant = closest(first, [name for name in commands if name != first])
+    if meant is None and first.lower() in commands:
+        meant = first.lower()
+    if meant is not None:
+        return f" (did you mean {meant!r}?)"
+    if "://" in first:
+        return " (a server's URL goes after run's --target: chatprobe run --target URL)"
+    lowered = first.lower()
+    if lowered.endswith(_RECORDING_SUFFIXES) or os.path.isdir(first):
+        return f" (to judge a recording: chatprobe check {first})"
+    if first in builtin_scenarios() or lowered.endswith(_SCENARIO_SUFFIXES):
+        return f" (to run a scenario: chatprobe run {first})"
+    return ""
+
+
+def _command_flags(commands: Mapping[str, argparse.ArgumentParser], name: str) -> set[str]:
+    """The flags of command `name` (sim, monitor and proxy parse their own: their parsers are built here, on a usage
+    error only)."""
+    if name == "sim":
+        from agentsim.cli import build_parser as sim_parser
+
+        parser = sim_parser()
+    elif name == "monitor":
+        from monitors.monitor import build_parser as monitor_parser
+
+        parser = monitor_parser()
+    elif name == "proxy":
+        from monitors.proxy import build_parser as proxy_parser
+
+        parser = proxy_parser()
+    else:
+        parser = commands[name]
+    return {flag for action in parser._actions for flag in action.option_strings if flag not in ("-h", "--help")}
 
 
 def _version() -> str:

@@ -290,6 +290,38 @@ def test_a_missing_argument_without_a_misspelt_flag_is_said_as_argparse_says_it(
     assert code == 2 and says in err and "did you mean" not in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("argv, hint", [
+    (["chek", "rec/"], "invalid choice: 'chek'"),
+    (["chek", "rec/"], "(did you mean 'check'?)"),
+    (["Run"], "(did you mean 'run'?)"),
+    (["basic"], "(to run a scenario: chatprobe run basic)"),
+    (["my-scenario.yaml"], "(to run a scenario: chatprobe run my-scenario.yaml)"),
+    (["session.har"], "(to judge a recording: chatprobe check session.har)"),
+    (["ws://127.0.0.1:1/ws"], "(a server's URL goes after run's --target: chatprobe run --target URL)"),
+    (["--target", "ws://127.0.0.1:1/ws", "basic"], "(--target is a flag of `chatprobe run` and `chatprobe monitor`: "
+                                                   "name the command first, chatprobe run --target …)"),
+    (["-q"], "(-q is a flag of `chatprobe run` and `chatprobe check`: name the command first"),
+    (["--upstream", "ws://127.0.0.1:1"], "(--upstream is a flag of `chatprobe proxy`"),
+    (["--port", "0"], "(--port is a flag of `chatprobe sim`"),
+])
+def test_a_command_line_that_names_no_command_says_what_to_type(capsys, argv, hint):
+    """FAILED on the old code: a misspelt command, or a scenario, a recording, a URL or a command's flag given
+    without its command, was argparse's bare "invalid choice: 'ws://…'" (for `chatprobe --target URL`, the URL taken
+    for the command) or "unrecognized arguments: -q": the line says now what was meant, as for a misspelt flag."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and hint in err and err.count("\n") == 1, err
+
+
+def test_a_command_line_with_nothing_it_looks_like_says_no_more_than_argparse(capsys):
+    with pytest.raises(SystemExit):
+        main(["frobnicate"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'frobnicate'" in err and "did you mean" not in err and " is a flag of " not in err, err
+    assert "(to " not in err and err.count("\n") == 1, err
+
+
 def test_two_reports_naming_one_file_are_refused_before_the_run(tmp_path, capsys):
     same = tmp_path / "report"
     assert main(["run", "basic", "--json", str(same), "--junit", str(same)]) == 2
