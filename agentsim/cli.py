@@ -179,24 +179,24 @@ def build_parser(prog: str = "agentsim") -> argparse.ArgumentParser:
     p.add_argument("--port", type=_checked(int, check_port), default=None, help="port to bind, 0 = any free port (default 8765)")
     p.add_argument("--no-auth", action="store_true", default=None,
                    help="accept connections without a JWT; ?user=NAME names the user")
-    p.add_argument("--jwt-secret", type=_checked(str, check_secret), default=None,
+    p.add_argument("--jwt-secret", type=_checked(str, check_secret), default=None, metavar="SECRET",
                    help=f"HS256 secret (default $AGENTSIM_JWT_SECRET or {DEFAULT_JWT_SECRET!r})")
-    p.add_argument("--think", type=_latency_arg, default=None,
+    p.add_argument("--think", type=_latency_arg, default=None, metavar="SECONDS",
                    help="think time per thinking step: 0, 0.05 or a uniform range 0.02-0.2 (default 0.05)")
-    p.add_argument("--tool-latency", type=_latency_arg, default=None,
+    p.add_argument("--tool-latency", type=_latency_arg, default=None, metavar="SECONDS",
                    help="tool call latency, same forms as --think (default 0.02)")
     p.add_argument("--protocol", choices=PROTOCOLS, default=None,
                    help="the wire dialect: netra (WebSocket, the default) or ag-ui (HTTP POST + SSE at the URL printed, "
                         "and the same events over WebSocket at a second port)")
-    p.add_argument("--seed", type=int, default=None, help="seed of every random choice, for repeatable runs")
+    p.add_argument("--seed", type=int, default=None, metavar="N", help="seed of every random choice, for repeatable runs")
     p.add_argument("--fault", type=_fault_arg, action="append", default=[], metavar="SPEC",
                    help="inject a fault, e.g. drop:tool_completed=0.08 (repeatable; grammar below)")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML file with the same settings")
     p.add_argument("--ground-truth", type=_checked(str, check_writable), default=None, metavar="FILE.jsonl",
                    help="append a JSON line per event sent, fault injected, run and connection")
-    p.add_argument("--resume-ttl", type=_checked(float, check_seconds), default=None,
+    p.add_argument("--resume-ttl", type=_checked(float, check_seconds), default=None, metavar="SECONDS",
                    help="seconds a finished run stays resumable (default 300)")
-    p.add_argument("--max-size", type=_size_arg, default=None,
+    p.add_argument("--max-size", type=_size_arg, default=None, metavar="SIZE",
                    help="largest frame accepted from a client, e.g. 1MiB (default 1MiB)")
     p.add_argument("--max-live-runs-per-user", type=_checked(int, check_positive), default=None, metavar="N",
                    help="runs one user may have in progress; a chat past it gets error QUOTA_EXCEEDED (default 100)")

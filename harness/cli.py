@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--job", default="chatprobe", help="Pushgateway job name (default chatprobe)")
     r.add_argument("--sim-fault", action="append", default=[], metavar="SPEC",
                    help="inject a fault into the embedded agentsim (see `chatprobe sim --help`)")
-    r.add_argument("--sim-seed", type=int, default=None, help="seed of the embedded agentsim")
+    r.add_argument("--sim-seed", type=int, default=None, metavar="N",
+                   help="seed of the embedded agentsim's random choices, for a repeatable run")
     r.add_argument("--max-duration", metavar="DURATION", default=None,
                    help="bound on the whole run (e.g. 10m): each scenario gets at most what is left")
     r.add_argument("--progress-interval", metavar="DURATION", default=f"{PROGRESS_EVERY:g}s",

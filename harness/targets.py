@@ -506,7 +506,8 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
                    "1 to 64 of A-Z a-z 0-9 _.:[]- (default host:port)")
     g.add_argument("--profile", metavar="NAME|FILE", help="wire-format profile: netra (default), ag-ui, or a YAML file")
     g.add_argument("--auth", choices=("header", "subprotocol", "none"), default="header",
-                   help="send the token as an Authorization header or as the jwt.<token> subprotocol")
+                   help="send the token as an Authorization header (default), as the jwt.<token> "
+                        "subprotocol, or not at all (none: an Authorization --header of your own)")
     g.add_argument("--token-env", metavar="VAR", default=None,
                    help="read a bearer token from this environment variable (default CHATPROBE_TOKEN if set)")
     g.add_argument("--token-file", metavar="FILE", help="read a bearer token from this file")
