@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 # Only what --help, `list` and every command need is imported here; the rest loads with the command that uses it,
 # so that `chatprobe --help` or `list` costs no pydantic models, no asyncio client, no reports (start-up CPU).
-from .catalog import BUILTIN_SUITE, builtin_scenarios
+from .catalog import BUILTIN_SUITE, builtin_profiles, builtin_scenarios
 from .errors import MESSAGE_LIMIT, ConfigError, ExitCode, closest, unknown_flag_hint
 from .targets import add_target_args, options_from_args
 
@@ -423,7 +423,17 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
     if not args.scenarios:
         # The built-in suite: the scenarios a server of the target's dialect can carry (its `dialects`), and against a
         # server of one's own not those that need agentsim's directives to fail on purpose (said, not silent).
-        scenarios = [s for s in scenarios if s.carried_by(load_profile(opts.profile or s.profile or "netra").carries)]
+        carried = {id(s): load_profile(opts.profile or s.profile or "netra") for s in scenarios}
+        if other := [s for s in scenarios if not s.carried_by(carried[id(s)].carries)]:
+            # Said, as the agentsim-only ones are: a suite of 3 where 6 were expected, with no word, reads as all.
+            profile = carried[id(other[0])]
+            written = sorted({d for s in other for d in s.dialects or ()})
+            own = "" if profile.name in builtin_profiles() else (
+                f"; a profile of your own that varies {written[0]} says so, `dialect: {written[0]}`, docs/profiles.md")
+            print(f"chatprobe: left out of the built-in suite for profile {profile.name}: "
+                  f"{', '.join(s.name for s in other)} (written for {', '.join(written)}{own})", file=sys.stderr)
+            left_out = {id(s) for s in other}
+            scenarios = [s for s in scenarios if id(s) not in left_out]
         if opts.url is not None and (sim_only := [s.name for s in scenarios if s.agentsim_only]):
             scenarios = [s for s in scenarios if not s.agentsim_only]
             print(f"chatprobe: left out of the built-in suite against --target: {', '.join(sim_only)} (it makes the "
@@ -678,8 +688,6 @@ def _main(argv: list[str] | None) -> int:
 
             return proxy_main(args.proxy_args)
         if args.command == "list":
-            from .catalog import builtin_profiles
-
             print("scenarios: " + ", ".join(builtin_scenarios()))
             print("profiles:  " + ", ".join(builtin_profiles()))
             return int(ExitCode.OK)

@@ -52,6 +52,27 @@ def test_builtin_suite_passes_against_embedded_agentsim(tmp_path):
     assert not passed or "objectives met" in proc.stdout
 
 
+@pytest.mark.parametrize("profile, scheme, says", [
+    ("ag-ui", "http", "left out of the built-in suite for profile ag-ui: concurrent, errors, reconnection (written "
+                      "for netra)\n"),
+    ("mine", "ws", "left out of the built-in suite for profile mynetra: concurrent, errors, reconnection (written for "
+                   "netra; a profile of your own that varies netra says so, `dialect: netra`, docs/profiles.md)\n"),
+])
+def test_the_builtin_suite_says_which_scenarios_the_profile_leaves_out(tmp_path, capsys, refused_port, profile,
+                                                                       scheme, says):
+    """FAILED on the old code: `run --profile ag-ui` (or a copy of netra.yaml under a name of its own) played 3 of
+    the suite's 6 scenarios with no word of the others, where the agentsim-only `errors` is said on stderr."""
+    from harness.catalog import PROFILES_DIR
+
+    if profile == "mine":
+        mine = tmp_path / "mynetra.yaml"
+        mine.write_text((PROFILES_DIR / "netra.yaml").read_text().replace("name: netra", "name: mynetra", 1))
+        profile = str(mine)
+    code = main(["run", "--target", f"{scheme}://127.0.0.1:{refused_port()}/x", "--profile", profile, "-q"])
+    err = capsys.readouterr().err
+    assert code == 3 and says in err, err
+
+
 def test_builtin_suite_against_a_target_leaves_out_what_needs_agentsims_directives(tmp_path):
     """`errors` makes the server fail on purpose (#fail-tool, #fail-agent): against a server of one's own, which has no
     such switch, it would fail for what it asked. Left out of the suite, and said; named, it runs."""
