@@ -617,7 +617,10 @@ def load_builtin_or_file(model: type[M], name_or_path: str, folder: Path, shown_
     # system's limit (an OSError out of is_file()).
     builtins = builtin_names(folder)
     if name_or_path not in builtins:
-        meant = closest(name_or_path, builtins)
+        # `chatprobe run slow` beside slow.yaml: the file meant, its suffix left out; else the built-in it looks like.
+        meant = next((f"{name_or_path}{suffix}" for suffix in (".yaml", ".yml")
+                      if name_or_path.strip() and "\0" not in name_or_path
+                      and _exists(Path(f"{name_or_path}{suffix}"))), None) or closest(name_or_path, builtins)
         hint = f"did you mean {meant!r}? " if meant else ""
         raise ConfigError(f"{what} {shown}: no such file and no built-in of that name ({hint}built-ins: "
                           f"{', '.join(builtins)})")

@@ -312,6 +312,24 @@ def test_a_missing_argument_without_a_misspelt_flag_is_said_as_argparse_says_it(
 
 
 @pytest.mark.parametrize("argv, hint", [
+    (["run", "slow"], "scenario 'slow': no such file and no built-in of that name (did you mean 'slow.yaml'?"),
+    (["run", "--profile", "mynetra", "basic"], "--profile 'mynetra': no such file and no built-in of that name "
+                                               "(did you mean 'mynetra.yml'?"),  # (not the built-in netra)
+    (["check", "--scenario", "slow", "rec.jsonl"], "(did you mean 'slow.yaml'?"),
+])
+def test_a_scenario_or_profile_named_without_its_suffix_is_answered_with_the_file(tmp_path, monkeypatch, capsys,
+                                                                                  argv, hint):
+    """FAILED on the old code: `chatprobe run slow` beside slow.yaml listed the built-ins (or named the built-in
+    netra for mynetra), not the file the user wrote."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "slow.yaml").write_text("name: slow\n")
+    (tmp_path / "mynetra.yml").write_text("name: mynetra\n")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert hint in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, hint", [
     (["chek", "rec/"], "invalid choice: 'chek'"),
     (["chek", "rec/"], "(did you mean 'check'?)"),
     (["Run"], "(did you mean 'run'?)"),
