@@ -521,8 +521,12 @@ def connect_hint(config: SimConfig, url: str) -> str:
         return f"chatprobe run --target '{url}?user=demo'{profile} --auth none"
     if config.jwt_secret == DEFAULT_JWT_SECRET:  # the public development secret: safe to show
         return f"CHATPROBE_JWT_SECRET={DEFAULT_JWT_SECRET} chatprobe run --target {url}{profile}"
-    return (f"chatprobe run --target {url}{profile} --jwt-secret-env AGENTSIM_JWT_SECRET  "
-            "(the secret this server was given)")
+    if os.environ.get("AGENTSIM_JWT_SECRET") == config.jwt_secret:  # a variable the user's shell holds already
+        return (f"chatprobe run --target {url}{profile} --jwt-secret-env AGENTSIM_JWT_SECRET  "
+                "(the variable this server read its secret from)")
+    # Given as --jwt-secret or a config file's jwt_secret: no variable holds it, and it is never shown.
+    return (f"CHATPROBE_JWT_SECRET='<the secret given to --jwt-secret or jwt_secret>' chatprobe run --target "
+            f"{url}{profile}")
 
 
 def main(argv: list[str] | None = None, prog: str = "agentsim") -> int:

@@ -221,6 +221,33 @@ def test_sim_says_how_to_connect_and_that_command_passes(sim):
     assert "Warning" not in proc.stderr and "site-packages" not in proc.stderr, proc.stderr
 
 
+def test_sim_given_its_secret_on_the_command_line_says_a_command_that_passes():
+    """FAILED on the old code: `chatprobe sim --jwt-secret S` printed `chatprobe run … --jwt-secret-env
+    AGENTSIM_JWT_SECRET`, a variable the user's shell did not hold (exit 2, "not set"). Followed as printed, the
+    placeholder filled with the secret given, the command passes; the secret is never printed."""
+    secret = "sim-secret-" + os.urandom(8).hex()
+    env = {k: v for k, v in ENV.items() if k != "AGENTSIM_JWT_SECRET"}
+    proc = subprocess.Popen([*CHATPROBE, "sim", "--port", "0", "--jwt-secret", secret], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        seen, m = read_until(proc, r"agentsim: connect with: (.*)$")
+        assert secret not in seen
+        hint = m.group(1)
+        assignment, _, command = hint.partition(" chatprobe ") if not hint.startswith("chatprobe ") else (
+            "", "", hint.removeprefix("chatprobe "))
+        name, _, value = assignment.partition("=")
+        given = {name: secret} if "<the secret given to --jwt-secret" in value else {}
+        done = subprocess.run([*CHATPROBE, *command.split("  (")[0].split(), "basic"], capture_output=True, text=True,
+                              timeout=120, env={**env, **given})
+        assert done.returncode == 0, hint + "\n" + done.stdout + done.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def test_credentials_refused_for_every_chat_is_a_configuration_error(sim):
     _, hint = sim
     url = re.search(r"--target (\S+)", hint).group(1)
