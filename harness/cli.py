@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run scenarios once and exit with their verdict (the CI gate)",
                        description="Run scenarios against a target (default: the built-in suite against the "
-                                   "embedded agentsim). Exit 0 objectives met, 1 failed, 2 usage, 3 unreachable, "
+                                   "embedded agentsim). Exit 0 objectives met, 1 failed, 2 usage (or the server rejected "
+                                   "the credentials of every chat), 3 unreachable, "
                                    "130/143 interrupted (reports still written).")
     r.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"built-in name or YAML file "
                    f"(built-ins: {', '.join(builtin_scenarios())}); default: {' '.join(BUILTIN_SUITE)}")

@@ -158,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"address of /, /metrics and /probe (default {DEFAULT_LISTEN}; port 0 = any free port)")
     p.add_argument("--once", action="store_true", help="run one probe round, print the verdicts and exit as "
-                   "`chatprobe run` does: 0 all passed, 1 failed, 2 usage or credentials refused, 3 unreachable; "
-                   "serves nothing")
+                   "`chatprobe run` does: 0 all passed, 1 failed (or a probe could not run), 2 usage or "
+                   "credentials refused, 3 unreachable; serves nothing")
     return p
 
 
