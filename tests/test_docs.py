@@ -242,6 +242,27 @@ def test_the_alerts_table_and_the_readme_are_the_rules_files():
     assert not left_out, f"README.md's list of the alert rules leaves out {left_out}"  # (the burn pair: "the pair")
 
 
+def _recorded() -> set[str]:
+    return {r["record"] for r in _rules() if "record" in r}
+
+
+def test_the_recording_rules_table_is_the_rules_file():
+    """docs/metrics.md's Recording rules table names every record of the rules file and no other (`…` standing for
+    `target_scenario:chatprobe_chats`, `{5m,1h}` for one name per window); a query of the docs or the dashboard
+    that reads a record names one the rules file has (a renamed record leaves a panel or a runbook query empty)."""
+    shown: set[str] = set()
+    for row in _table(METRICS_DOC, "## Recording rules"):
+        for name in _code(row[0]):
+            name = name.replace("…", "target_scenario:chatprobe_chats", 1)
+            base, _, windows = name.partition("{")
+            shown |= {base + w for w in windows.rstrip("}").split(",")} if windows else {name}
+    assert shown == _recorded(), (f"docs/metrics.md's Recording rules only: {shown - _recorded()}; "
+                                  f"the rules file only: {_recorded() - shown}")
+    for where, expr in _queries():
+        for name in re.findall(r"\b[a-z_]+:chatprobe_[a-z_0-9:]+", expr):
+            assert name in _recorded(), f"{where}: reads {name}, which no recording rule records"
+
+
 # Values each closed label may take; a selector matching anything else selects nothing, silently.
 CLOSED = {"outcome": set(metrics.OUTCOMES), "rule": set(metrics.RULE_IDS), "event": set(metrics.ROLES),
           "source": set(metrics.SOURCES), "result": set(CONNECTION_RESULTS) | set(RECONNECT_RESULTS),
