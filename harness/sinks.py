@@ -29,7 +29,7 @@ def refused_upgrade(status: int) -> tuple[str, str]:
         return "auth_failed", f"HTTP {status} at the WebSocket handshake"
     if status == 503:
         return "refused", "HTTP 503: the server refused the connection"
-    return "protocol_error", f"HTTP {status} at the WebSocket handshake"
+    return "protocol_error", f"HTTP {status} at the WebSocket handshake{_NOT_FOUND if status == 404 else ''}"
 
 
 def refused_response(status: int, content_type: str) -> tuple[str, str] | None:
@@ -41,13 +41,15 @@ def refused_response(status: int, content_type: str) -> tuple[str, str] | None:
     if status == 503:
         return "refused", "HTTP 503: the server refused the request"
     if not 200 <= status < 300:
-        return "protocol_error", f"HTTP {status} from the SSE endpoint"
+        return "protocol_error", f"HTTP {status} from the SSE endpoint{_NOT_FOUND if status == 404 else ''}"
     if content_type.partition(";")[0].strip().lower() != _EVENT_STREAM:
         return "protocol_error", f"content type {content_type or '(none)'!r}, not {_EVENT_STREAM}"
     return None
 
 
 _EVENT_STREAM = "text/event-stream"
+# A 404 is mostly a wrong path in the URL given (a profile's `path` is appended only to a URL without one).
+_NOT_FOUND = ": nothing is served at the URL's path (is it the chat endpoint's?)"
 
 
 class Sink:

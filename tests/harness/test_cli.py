@@ -73,6 +73,29 @@ def test_the_builtin_suite_says_which_scenarios_the_profile_leaves_out(tmp_path,
     assert code == 3 and says in err, err
 
 
+@pytest.mark.parametrize("protocol", ["netra", "ag-ui"])
+def test_a_404_at_the_targets_path_says_the_path_may_be_wrong(tmp_path, monkeypatch, protocol):
+    """FAILED on the old code: a --target at a path the server does not serve was "HTTP 404 at the WebSocket
+    handshake" (or "from the SSE endpoint") and nothing more, exit 1, where a 403 says the path may be wrong."""
+    from agentsim.agui import AguiSim
+    from agentsim.server import SimConfig, run_in_thread
+
+    config = SimConfig(host="127.0.0.1", port=0, no_auth=True, think=0.001, tool_latency=0.001, protocol=protocol)
+    handle = run_in_thread(server=AguiSim(config)) if protocol == "ag-ui" else run_in_thread(config)
+    monkeypatch.delenv("CHATPROBE_TOKEN", raising=False)
+    monkeypatch.delenv("CHATPROBE_JWT_SECRET", raising=False)
+    try:
+        base = handle.url.rsplit("/", 1)[0]
+        out = tmp_path / "r.json"
+        code = main(["run", "basic", "--target", f"{base}/not-the-chat", "--profile", protocol, "--auth", "none",
+                     "--json", str(out), "-q"])
+    finally:
+        handle.stop()
+    chat = json.loads(out.read_text())["scenarios"][0]["chats"][0]
+    assert code == 1 and chat["outcome"] == "error", chat
+    assert "HTTP 404" in chat["error"] and "nothing is served at the URL's path" in chat["error"], chat["error"]
+
+
 def test_builtin_suite_against_a_target_leaves_out_what_needs_agentsims_directives(tmp_path):
     """`errors` makes the server fail on purpose (#fail-tool, #fail-agent): against a server of one's own, which has no
     such switch, it would fail for what it asked. Left out of the suite, and said; named, it runs."""
