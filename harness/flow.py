@@ -1097,6 +1097,17 @@ class Resumes:
                 del self.moved[next(iter(self.moved))]
             self.moved[chat.run_id] = None
 
+    def ignore(self, run_id: str) -> None:
+        """`run_id`'s chat was judged on a connection its client left (LeftRuns): the run resumed here is not judged
+        again, its frames no one's violation."""
+        if len(self.moved) >= MAX_RESUMES_FOLLOWED:
+            del self.moved[next(iter(self.moved))]
+        self.moved[run_id] = None
+
+    def started(self, run_id: str) -> None:
+        """A new chat here names `run_id`: its frames are its own again."""
+        self.moved.pop(run_id, None)
+
     def resumed_here(self, chat: ChatTracker, run_id: str | None, last_seq: int | None = None) -> None:
         """`chat`'s run `run_id` was resumed on this connection: its frames are its own again, past the replay. The
         resume's `last_seq` (when the profile's resume frame carries one) is what the client said it had: the server
@@ -1212,6 +1223,61 @@ class PendingResumes:
 
     def __len__(self) -> int:
         return len(self.events)
+
+
+class LeftRuns:
+    """Runs whose chat the user's client left mid-run (it closed its connection: a page reload, a network change the
+    browser saw first), kept by (user, run id) until the chat's deadline: the chat was judged as the client left it
+    (abandoned), so when the same user's client resumes the run on a new connection, the server's replay and the rest
+    of the run are that judged chat's, neither a new chat nor another user's events (R8) on the new connection
+    (`Resumes.ignore`). Another user's resume of that run id finds nothing. Bounded: `max_each` runs a user (its
+    oldest forgotten first), `max_all` in all (the longest kept first); a run forgotten so is one whose resume the
+    watcher reads as it did before (R8 on the events it then gets). Pure: times come in as arguments."""
+
+    __slots__ = ("max_all", "max_each", "_by", "_n")
+
+    def __init__(self, max_all: int, max_each: int) -> None:
+        self.max_all, self.max_each = max_all, max_each
+        self._by: dict[str, dict[str, float]] = {}  # user -> run id -> until when a resume is taken, oldest first
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, user: str, run_id: str, until: float, now: float) -> None:
+        runs = self._by.pop(user, None) or {}  # put back last: the longest idle users are forgotten first
+        if run_id in runs:
+            del runs[run_id]
+            self._n -= 1
+        for old, when in list(runs.items()):  # the user's expired ones, and past max_each its oldest
+            if when >= now and len(runs) < self.max_each:
+                break
+            del runs[old]
+            self._n -= 1
+        while self._n >= self.max_all and self._by:
+            first = next(iter(self._by))
+            others = self._by[first]
+            del others[next(iter(others))]
+            self._n -= 1
+            if not others:
+                del self._by[first]
+        if self._n >= self.max_all and runs:
+            del runs[next(iter(runs))]
+            self._n -= 1
+        runs[run_id] = until
+        self._n += 1
+        self._by[user] = runs
+
+    def take(self, user: str, run_id: str | None, now: float) -> bool:
+        """Whether `user` left a chat of `run_id` whose deadline has not passed (forgotten then, either way)."""
+        runs = self._by.get(user) if run_id else None
+        if not runs or run_id not in runs:
+            return False
+        until = runs.pop(run_id)
+        self._n -= 1
+        if not runs:
+            del self._by[user]
+        return now <= until
 
 
 class ParkedChats:

@@ -32,6 +32,7 @@ from .flow import (
     STOPPED_PROBE_NOTE,
     WAKE_ALL,
     FrameRouter,
+    LeftRuns,
     ParkedChats,
     PendingResumes,
     Resumes,
@@ -195,6 +196,9 @@ class OfflineCheck:
         # Chats whose connection ended mid-run, by user (the connection's label, _user_of) and run id, until a resume
         # or their deadline: flow.ParkedChats, the proxy's too.
         self.parked = ParkedChats(MAX_PARKED, MAX_PARKED, MAX_PARKED_BYTES)
+        # Runs whose chat the client left mid-run (judged abandoned), by user: the same user's resume of the run on
+        # another connection is that judged chat's (flow.LeftRuns, as the proxy), not followed again.
+        self.left = LeftRuns(MAX_PARKED, MAX_PARKED)
         self.parked_wake = float("inf")  # no parked chat's (nor resend's) deadline passes before this time
         self.untimed: set[str] = set()  # chats whose send or receive times are not recorded
         self.timeless = 0  # chats judged with events and no first-event time (their times not recorded)
@@ -420,6 +424,8 @@ class OfflineCheck:
             conn.wake = min(conn.wake, chat.wait_deadline())
         elif sent.kind == "request":
             conn.clients = True
+            if conn.resumes is not None and sent.run_id:
+                conn.resumes.started(sent.run_id)  # a run id the client chose anew: its frames are this chat's
             # Timed from when it was due (an open-model chat sent late: its `due`), as live.
             since = rec.due if rec.due is not None and rec.due < at else at
             conn.sent_chat(self._open(conn, since, thread_id=sent.thread_id, run_id=sent.run_id,
@@ -429,7 +435,13 @@ class OfflineCheck:
             # The run of the same user only (as the proxy matches it, by credentials): another user's resume of that
             # run id adopts nothing (R8).
             tracker = self.parked.take(user, run_id)
-            if tracker is None and run_id:
+            if tracker is None and run_id and self.left.take(user, run_id, at):
+                # The client left this run's chat mid-run (judged abandoned then) and resumes it here: that chat's,
+                # not judged again, no other user's (R8), as the proxy.
+                if conn.resumes is None:
+                    conn.resumes = Resumes()
+                conn.resumes.ignore(run_id)
+            elif tracker is None and run_id:
                 entry = next(((t, c) for t, c in self.open.values()
                               if t.run_id == run_id and c is not conn and _user_of(c.key) == user), None)
                 if entry is not None:
@@ -648,6 +660,12 @@ class OfflineCheck:
             self._proxy_stopped()
         full = {c for n in rec.parking_full if (c := conn.by_send.get(n) or conn.by_resume.get(n))} if rec else set()
         resumable = self.profile.resume is not None
+        if rec is not None and rec.detail == "client" and resumable:
+            # The client left: its user's client may resume the runs of its chats on another connection (a page
+            # reload), those judged here included (their end forwarded as the page unloaded), as the proxy.
+            for chat in conn.checker.chats:
+                if chat.run_id and (chat.judged or chat.done):
+                    self.left.add(_user_of(conn.key), chat.run_id, chat.wait_deadline(), at)
         for chat in list(conn.open.values()):  # (not those followed on another connection since a resume)
             if chat.judged:
                 continue
@@ -668,6 +686,8 @@ class OfflineCheck:
                 # on what arrived, as `chatprobe run` and the proxy judge it; its pending resume too (`resumed` when
                 # events came back, else in no count), in its result.
                 self.resumed.judge(chat, left=True)
+                if resumable and chat.run_id:
+                    self.left.add(_user_of(conn.key), chat.run_id, chat.wait_deadline(), at)
                 abandon(chat, at)
                 self.sink.chat_abandoned(self.name)
                 self._finish(chat, at)

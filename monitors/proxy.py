@@ -39,6 +39,7 @@ from harness.flow import (
     RESUME_UNKNOWN_NOTE,
     WAKE_ALL,
     FrameRouter,
+    LeftRuns,
     ParkedChats,
     PassiveChats,
     PendingResumes,
@@ -112,6 +113,12 @@ CLOSED_NOTE = "the server closed the connection mid-run"
 MAX_PARKED = 10_000
 MAX_PARKED_EACH = 64
 MAX_PARKED_BYTES = 32 * 1024 * 1024
+# Runs whose chat the user's client left mid-run (it closed its connection: a page reload, a browser that saw its network
+# change first), remembered per identity until the chat's deadline (flow.LeftRuns): the chat was judged abandoned as the
+# client left it, and the same user's resume of the run on a new connection is that judged chat's, not followed again
+# (its events are no other user's, R8). At most this many in all (each a run id), this many per identity.
+MAX_LEFT = 10_000
+MAX_LEFT_EACH = 64
 NOT_RESUMED_NOTE = "the server closed the connection mid-run and no resume of the run followed by its deadline"
 DISPLACED_NOTE = ("the server closed the connection mid-run and no resume followed before another chat of the same "
                   "run id was cut short")
@@ -214,6 +221,9 @@ class LiveChats:
         # Chats whose connection the server closed mid-run, by (identity, run id), for a resume by the same user on a
         # new connection, until their deadline (one timer for them all, at the earliest).
         self.parked = ParkedChats(MAX_PARKED, MAX_PARKED_EACH, MAX_PARKED_BYTES)
+        # Runs whose chat the user's client left mid-run (judged abandoned), by identity: its resume elsewhere is that
+        # chat's, never another user's events (R8) on the new connection.
+        self.left = LeftRuns(MAX_LEFT, MAX_LEFT_EACH)
         self._parked_timer: asyncio.TimerHandle | None = None
         self._parked_wake = float("inf")  # when the timer fires
         # Chats resumed whose resume is judged with them (or when lost again): `resumed` when events came back, `lost`
@@ -302,6 +312,18 @@ class LiveChats:
             self._time_parked()
             return parked, None
         return None
+
+    def judged_run(self, identity: str, run_id: str) -> bool:
+        """Whether a chat of `run_id` was judged on one of the user's latest MAX_RESUME_SEARCH connections still open
+        (a second tab resuming a run that ended)."""
+        conns = self.open.get(identity, {})
+        for n, conn in enumerate(reversed(conns)):
+            if n >= MAX_RESUME_SEARCH:
+                break
+            chat = conn.checker.by_run.get(run_id)
+            if chat is not None and chat.judged:
+                return True
+        return False
 
     def park(self, identity: str, chat: ChatTracker, at: float) -> str:
         """Park a chat whose connection the server closed mid-run, for its user's resume on a new connection, until
@@ -526,8 +548,18 @@ class LiveConnection:
             self._by_id[tracker.chat_id] = tracker
             self._sent(tracker, sent)
             live.sink.chat_started(live.scenario)
+            if self.resumes is not None and frame.run_id:
+                self.resumes.started(frame.run_id)  # a run id the client chose anew: its frames are this chat's
         elif frame.kind == "resume":
             found = live.resumed(self.identity, frame.run_id)
+            if found is None and frame.run_id and (live.left.take(self.identity, frame.run_id, now)
+                                                   or live.judged_run(self.identity, frame.run_id)):
+                # The user's client left this run's chat (it closed its connection: judged abandoned then, or judged
+                # already), or resumes a run judged on another of its connections still open, here: what the server
+                # replays and sends on is that judged chat's, not judged again and no other user's (R8).
+                if self.resumes is None:
+                    self.resumes = Resumes()
+                self.resumes.ignore(frame.run_id)
             # Awaiting the server's answer, followed or not: a RESUME_UNKNOWN_RUN naming no run is about the one
             # resume awaiting it, as for the live client and `chatprobe check` (FrameRouter.resume_sent).
             self.router.resume_sent(frame.run_id, found[0] if found is not None else None)
@@ -652,6 +684,13 @@ class LiveConnection:
                 self._by_id.pop(chat.chat_id, None)
                 self._sent_as.pop(chat.chat_id, None)
                 self.failing = True  # its recording is kept: the chat's first connection is in it
+        if by_client and not stopping and live.profile.resume is not None:
+            # Its user's client may resume the runs of its chats elsewhere (LeftRuns): those left mid-run (judged
+            # abandoned below), and those judged here whose end the client may not have shown before it left (the
+            # terminal event forwarded as the page unloaded). Not those resumed elsewhere (no longer here).
+            for chat in self.checker.chats:
+                if chat.run_id and (chat.judged or chat.done or chat.chat_id in self._by_id):
+                    live.left.add(self.identity, chat.run_id, chat.wait_deadline(), now)
         for result, abandoned in self.chats.closed(now, by_client=by_client):
             self._finished(result, abandoned=abandoned)
         if self.router.connection_ended():

@@ -1,0 +1,154 @@
+"""`chatprobe proxy` and a user whose own client leaves a chat mid-run and resumes it on a new connection (a page
+reload, a browser that saw its network change first: it closes its socket, with a closing handshake or without, then
+sends netra's `resume` with `run_id` and `last_seq` on the next one). The chat was judged as the client left it
+(abandoned, on the events it had); the run's replay and the rest of it on the new connection are that chat's, not
+another user's events. Real agentsim, real sockets on 127.0.0.1, every wait bounded.
+
+FAILED on the code before the LeftRuns patch:
+- test_a_user_who_reloads_mid_chat_and_resumes_is_no_isolation_breach[*]: every event the server replayed or sent
+  on after the resume was an R8 of the new connection (8 a reload), which pages ChatEventIsolationBreach (critical);
+- test_the_resumed_runs_events_are_that_users_only: the same R8s.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from harness.events import Outcome, Rule
+from harness.flow import LeftRuns
+
+from .test_proxy_parked_resume import Proxied, read_until_completed
+
+
+async def start_and_leave(p: Proxied, user: str, how: str) -> tuple[str, int]:
+    """`user` sends a chat, reads its first events, and leaves (`how`: a closing handshake, or the socket dropped):
+    (its run id, the last seq it had)."""
+    ws = await p.connect(user)
+    await ws.send(json.dumps({"type": "user_message", "payload": {
+        "content": "Explain tides #think=0.2 #tools=2", "thread_id": f"t-{user}", "message_id": f"m-{user}"}}))
+    while True:
+        frame = json.loads(await ws.recv())
+        if "seq" in frame and frame["seq"] >= 2:
+            break
+    closed = p.live.closed_count
+    if how == "close":
+        await ws.close(1001)
+    else:
+        ws.transport.abort()
+    while p.live.closed_count == closed:  # the proxy is done with the connection the client left
+        p.live.closed.clear()
+        await p.live.closed.wait()
+    return frame["run_id"], frame["seq"]
+
+
+@pytest.mark.parametrize("how", ["close", "abort"], ids=["closing-handshake", "dropped"])
+async def test_a_user_who_reloads_mid_chat_and_resumes_is_no_isolation_breach(how):
+    async with Proxied([], deadline=10.0) as p:
+        async with asyncio.timeout(20):
+            run_id, last_seq = await start_and_leave(p, "alice", how)
+            assert p.outcomes() == {"passed": 1} and p.sink.abandoned == 1  # judged as the client left it
+            ws = await p.connect("alice")
+            await ws.send(json.dumps({"type": "resume", "payload": {"run_id": run_id, "last_seq": last_seq}}))
+            got = await read_until_completed(ws)
+            assert got and all(f.get("run_id") == run_id for f in got if "seq" in f)  # the client got its run back
+            closed = p.live.closed_count
+            await ws.close()
+            while p.live.closed_count == closed:
+                p.live.closed.clear()
+                await p.live.closed.wait()
+    # Counted once, as the client left it; the resumed run is no one else's: no R8, no new chat, no second verdict.
+    assert p.sample("chatprobe_rule_violations_total", rule="R8") == 0
+    assert sum(p.sample("chatprobe_rule_violations_total", rule=r.value) for r in Rule) == 0
+    assert p.outcomes() == {"passed": 1} and p.sink.started == 1 and p.sink.abandoned == 1
+    assert p.sample("chatprobe_chats_in_flight") == 0
+
+
+async def test_the_resumed_runs_events_are_that_users_only():
+    """Only the user who left the run adopts it: mallory's resume of alice's left run id gets the server's
+    RESUME_UNKNOWN_RUN and nothing is skipped for her, and alice's own resume after it still is no breach."""
+    async with Proxied([], deadline=10.0) as p:
+        async with asyncio.timeout(20):
+            run_id, last_seq = await start_and_leave(p, "alice", "close")
+            mallory = await p.connect("mallory")
+            await mallory.send(json.dumps({"type": "resume", "payload": {"run_id": run_id, "last_seq": 0}}))
+            assert json.loads(await mallory.recv()).get("error_code") == "RESUME_UNKNOWN_RUN"
+            await mallory.close()
+            alice = await p.connect("alice")
+            await alice.send(json.dumps({"type": "resume", "payload": {"run_id": run_id, "last_seq": last_seq}}))
+            await read_until_completed(alice)
+            await alice.close()
+            await p.sink.judged.wait()
+    assert p.sample("chatprobe_rule_violations_total", rule="R8") == 0
+    assert p.outcomes() == {"passed": 1} and p.sink.started == 1 and p.sink.abandoned == 1
+    assert not p.live.left  # taken by alice's resume
+
+
+def test_left_runs_are_bounded_per_user_and_in_all_and_expire():
+    left = LeftRuns(max_all=10, max_each=3)
+    for n in range(5):
+        left.add("hostile", f"r-{n}", until=100.0, now=0.0)
+    assert len(left) == 3 and not left.take("hostile", "r-0", 1.0) and left.take("hostile", "r-4", 1.0)
+    for n in range(12):
+        left.add(f"user-{n}", "r", until=100.0, now=0.0)
+    assert len(left) == 10 and not left.take("hostile", "r-3", 1.0)  # the longest idle forgotten first
+    assert left.take("user-11", "r", 1.0) and not left.take("user-11", "r", 1.0)  # taken once
+    left.add("late", "r", until=5.0, now=0.0)
+    assert not left.take("late", "r", 6.0)  # past its chat's deadline: the resume is read as before
+    assert not left.take("mallory", "r", 1.0) and not left.take("user-10", None, 1.0)
+
+
+async def test_check_of_the_recording_judges_the_reload_alike(tmp_path):
+    """`chatprobe check` of the proxy's --record-all recording: the same one chat, no R8."""
+    from harness.offline import check_files
+    from harness.profiles import load_profile
+
+    async with Proxied([], deadline=10.0, record=tmp_path / "rec", record_all=True) as p:
+        async with asyncio.timeout(20):
+            run_id, last_seq = await start_and_leave(p, "alice", "close")
+            ws = await p.connect("alice")
+            await ws.send(json.dumps({"type": "resume", "payload": {"run_id": run_id, "last_seq": last_seq}}))
+            await read_until_completed(ws)
+            await ws.close()
+    assert p.sample("chatprobe_rule_violations_total", rule="R8") == 0
+    (run,) = check_files([tmp_path / "rec"], load_profile("netra"))
+    assert [r.outcome for r in run.results] == [Outcome.PASSED], [(r.outcome, r.note, r.violations) for r in run.results]
+    assert not run.connection_violations and not any(r.violations for r in run.results)
+
+
+@pytest.mark.parametrize("tab", ["reloaded", "second-tab"])
+async def test_a_user_resuming_a_run_whose_end_it_missed_is_no_isolation_breach(tmp_path, tab):
+    """The run's terminal event was forwarded as the page unloaded (the chat judged passed at the proxy, the page
+    never showed it), and the reloaded page resumes the run from the last seq it showed; or a second tab of the same
+    user resumes a run that ended in the first, still open: the replay is that judged chat's, no R8, no second chat;
+    `chatprobe check` of the recording judges it alike."""
+    from harness.offline import check_files
+    from harness.profiles import load_profile
+
+    async with Proxied([], deadline=10.0, record=tmp_path / "rec", record_all=True) as p:
+        async with asyncio.timeout(20):
+            first = await p.connect("alice")
+            await first.send(json.dumps({"type": "user_message", "payload": {
+                "content": "What is 3 * 4? #tools=1", "thread_id": "t-a", "message_id": "m-a"}}))
+            run_id = next(f for f in await read_until_completed(first) if "seq" in f)["run_id"]
+            await p.sink.judged.wait()
+            if tab == "reloaded":
+                closed = p.live.closed_count
+                await first.close(1001)
+                while p.live.closed_count == closed:
+                    p.live.closed.clear()
+                    await p.live.closed.wait()
+            again = await p.connect("alice")
+            await again.send(json.dumps({"type": "resume", "payload": {"run_id": run_id, "last_seq": 1}}))
+            await read_until_completed(again)
+            await again.close()
+            if tab == "second-tab":
+                await first.close()
+    assert p.sample("chatprobe_rule_violations_total", rule="R8") == 0
+    assert p.outcomes() == {"passed": 1} and p.sink.started == 1
+    if tab == "reloaded":  # (check tells a second tab's resume of an ended run apart by no open chat: not followed)
+        (run,) = check_files([tmp_path / "rec"], load_profile("netra"))
+        assert [r.outcome for r in run.results] == [Outcome.PASSED], [
+            (r.outcome, r.note, r.violations) for r in run.results]
+        assert not run.connection_violations
