@@ -224,6 +224,10 @@ class LiveChats:
         # Runs whose chat the user's client left mid-run (judged abandoned), by identity: its resume elsewhere is that
         # chat's, never another user's events (R8) on the new connection.
         self.left = LeftRuns(MAX_LEFT, MAX_LEFT_EACH)
+        # Until a chat's deadline has passed since the proxy started, a resume of a run it never saw may be of a chat
+        # the process before it followed (a deploy, a restart: counted unjudged there, proxy_stopped), whose user's
+        # client resumes it here (inherited).
+        self.started_at = time.monotonic()
         self._parked_timer: asyncio.TimerHandle | None = None
         self._parked_wake = float("inf")  # when the timer fires
         # Chats resumed whose resume is judged with them (or when lost again): `resumed` when events came back, `lost`
@@ -312,6 +316,11 @@ class LiveChats:
             self._time_parked()
             return parked, None
         return None
+
+    def inherited(self, now: float) -> bool:
+        """Whether a resume at `now` of a run the proxy never saw may be of a chat the process before it followed: the
+        proxy started less than a chat's deadline ago (after that, every such chat is past its deadline)."""
+        return now < self.started_at + self.exp.deadline
 
     def judged_run(self, identity: str, run_id: str) -> bool:
         """Whether a chat of `run_id` was judged on one of the user's latest MAX_RESUME_SEARCH connections still open
@@ -553,10 +562,12 @@ class LiveConnection:
         elif frame.kind == "resume":
             found = live.resumed(self.identity, frame.run_id)
             if found is None and frame.run_id and (live.left.take(self.identity, frame.run_id, now)
-                                                   or live.judged_run(self.identity, frame.run_id)):
+                                                   or live.judged_run(self.identity, frame.run_id)
+                                                   or live.inherited(now)):
                 # The user's client left this run's chat (it closed its connection: judged abandoned then, or judged
-                # already), or resumes a run judged on another of its connections still open, here: what the server
-                # replays and sends on is that judged chat's, not judged again and no other user's (R8).
+                # already), or resumes a run judged on another of its connections still open, or one the process
+                # before this one followed (a deploy of the proxy: counted unjudged there), here: what the server
+                # replays and sends on is that chat's, not judged again and no other user's (R8).
                 if self.resumes is None:
                     self.resumes = Resumes()
                 self.resumes.ignore(frame.run_id)
