@@ -7,7 +7,11 @@ another user's events. Real agentsim, real sockets on 127.0.0.1, every wait boun
 FAILED on the code before the LeftRuns patch:
 - test_a_user_who_reloads_mid_chat_and_resumes_is_no_isolation_breach[*]: every event the server replayed or sent
   on after the resume was an R8 of the new connection (8 a reload), which pages ChatEventIsolationBreach (critical);
-- test_the_resumed_runs_events_are_that_users_only: the same R8s.
+- test_the_resumed_runs_events_are_that_users_only: the same R8s;
+- test_a_user_resuming_a_run_whose_end_it_missed_is_no_isolation_breach[*]: 7 R8s each.
+FAILED on the code before LiveChats.inherited:
+- test_a_resume_of_a_run_the_proxy_never_saw_is_inherited_only_just_after_its_start[just now]: 8 R8s (a deploy of
+  the proxy paged ChatEventIsolationBreach); [a deadline ago] checks the window ends (R8 again).
 """
 from __future__ import annotations
 
@@ -152,3 +156,38 @@ async def test_a_user_resuming_a_run_whose_end_it_missed_is_no_isolation_breach(
         assert [r.outcome for r in run.results] == [Outcome.PASSED], [
             (r.outcome, r.note, r.violations) for r in run.results]
         assert not run.connection_violations
+
+
+@pytest.mark.parametrize("started", ["just now", "a deadline ago"])
+async def test_a_resume_of_a_run_the_proxy_never_saw_is_inherited_only_just_after_its_start(started):
+    """alice's run began on a connection the proxy never carried (the process before it, after a deploy: here one
+    straight to the server) and her browser resumes it through the proxy. A proxy started less than a chat's
+    deadline ago takes it as a chat of the process before it: not judged, no R8. Past that window every such chat is
+    past its deadline, and the run is read as before: a run this client did not start (R8), so a server replaying
+    another user's run to a resume is still caught."""
+    import websockets.asyncio.client
+
+    async with Proxied([], deadline=10.0) as p:
+        if started == "a deadline ago":
+            p.live.started_at -= p.exp.deadline
+        async with asyncio.timeout(20):
+            direct = await websockets.asyncio.client.connect(
+                p.sim.url, additional_headers={"Authorization": f"Bearer {p.token['alice']}"}, open_timeout=5)
+            await direct.recv()
+            await direct.send(json.dumps({"type": "user_message", "payload": {
+                "content": "Explain tides #think=0.2 #tools=2", "thread_id": "t-a", "message_id": "m-a"}}))
+            while "seq" not in (frame := json.loads(await direct.recv())) or frame["seq"] < 2:
+                pass
+            await direct.close()
+            ws = await p.connect("alice")
+            await ws.send(json.dumps({"type": "resume", "payload": {"run_id": frame["run_id"],
+                                                                     "last_seq": frame["seq"]}}))
+            await read_until_completed(ws)
+            closed = p.live.closed_count
+            await ws.close()
+            while p.live.closed_count == closed:
+                p.live.closed.clear()
+                await p.live.closed.wait()
+    r8 = p.sample("chatprobe_rule_violations_total", rule="R8")
+    assert (r8 == 0) if started == "just now" else (r8 > 0), r8
+    assert p.outcomes() == {} and p.sink.started == 0
