@@ -262,6 +262,12 @@ class MetricsSink(Sink):
                 self._lookup[scenario] = children
         return children
 
+    def declare(self, scenario: str) -> None:
+        """Every series of `scenario` exported at zero now, before its first chat: for a process that knows its one
+        scenario from its start (the proxy), so that its first scrape after a restart on a new address (a new
+        `instance`) already holds them and rate() counts the chats judged before the next one."""
+        self._scenario(scenario)
+
     # -- hooks --
     def chat_started(self, scenario: str) -> None:
         self._scenario(scenario).in_flight.inc()

@@ -1252,6 +1252,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     exp = expectations_for(profile, expect)
     sink = MetricsSink(default_metrics(), args.target_name or target_label(args.upstream), "live")
+    # Its one scenario's series at zero from the first scrape: chats judged before the second scrape of a proxy
+    # started anew (a deploy, on a new address) are an increase for rate(), not a series born above zero.
+    sink.declare(args.scenario)
     live = LiveChats(profile, sink, exp, args.scenario, limits["settle"], recorder)
     metrics_server = None
     if mport:
