@@ -55,6 +55,11 @@ if TYPE_CHECKING:
 __all__ = ["STOPPED_NOTE", "SyncSession"]
 
 BACKLOG = 1 << 20  # bytes the server has not read past which the reader waits for it to read (pongs of a ping flood)
+# Reads after which the reader lets the other greenlets run (see _Wire.read), for YIELD_PAUSE seconds (a timer: one
+# turn of gevent's loop, its timers and I/O, for the others; a GIL release on plain threads): at most 1 MiB of the
+# wire between two turns, and a chat's few reads mostly never get there.
+YIELD_EVERY = 16
+YIELD_PAUSE = 0.0001
 
 
 class _Wire:
@@ -210,7 +215,15 @@ class _Wire:
         messages = self._messages(early)
         if messages:
             deliver(messages)
+        reads = 0
         while protocol.state is not State.CLOSED:
+            reads += 1
+            if not reads % YIELD_EVERY:
+                # A read of bytes already there never waits, and under gevent only a wait lets another greenlet run:
+                # a server sending at line rate (pongs back to back) held this chat's deadline, and every other
+                # Locust user of the process, until it stopped. A pause, not sleep(0): gevent's sleep(0) runs the
+                # greenlets ready to run but fired a chat's deadline timer seconds late (YIELD_PAUSE).
+                time.sleep(YIELD_PAUSE)
             if len(self.out) > BACKLOG:
                 # Pongs (and closes) the server does not read: read no further until it takes some (websockets'
                 # BoundedPongs for the asyncio clients), so its pings cannot grow this without end.

@@ -438,3 +438,34 @@ def breaks_framing(broken: bytes) -> Handler:
         writer.write(frame(1, first) + broken)
         await read_until_gone(reader)
     return server
+
+
+# -- a flood --
+
+FLOOD_FOR = 40.0  # seconds a flooding server goes on at most, whatever the client does (a chat's deadline is a few)
+# Control frames sent back to back: pongs no ping asked for (the client takes them and does nothing), pings (it
+# answers each, the server reading the answers).
+FLOODS = {"pongs": frame(10, b"p" * 125), "pings": frame(9, b"p" * 125)}
+
+
+def floods(control: bytes) -> Handler:
+    """After the first event, `control` frames back to back for FLOOD_FOR seconds, reading what the client sends and
+    heeding no end of it (its close frame, its FIN), as a server that streams at line rate: the socket always has
+    bytes to read. Then reads until the client goes away."""
+    async def server(reader: Reader, writer: Writer, head: bytes, srv: Raw) -> None:
+        writer.write(upgrade(head, offered_deflate(head)))
+        first, *_ = run_frames(await welcome_and_message(reader, writer))
+        writer.write(frame(1, first))
+        reading = asyncio.ensure_future(read_until_gone(reader))
+        batch = control * (65536 // len(control))
+        loop = asyncio.get_running_loop()
+        until = loop.time() + FLOOD_FOR
+        try:
+            while loop.time() < until:
+                writer.write(batch)
+                await writer.drain()  # raises once the client has dropped the connection
+            await reading
+        finally:
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+    return server

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from .hostile_ws import (
+    FLOOD_FOR,
+    FLOODS,
     LIMIT_KB,
     MALFORMED,
     MEASURE,
@@ -37,6 +39,7 @@ from .hostile_ws import (
     chooses,
     closes_then_holds,
     drips_the_upgrade,
+    floods,
     fragments,
     malformed,
     oversized,
@@ -51,13 +54,15 @@ pytestmark = pytest.mark.timeout(150)
 
 # One chat of the scenario file's, as harness/locust_user.py plays it under Locust: gevent's monkey-patching first,
 # the target from TargetOptions through make_target (WebSocket only), the scenario's compression and connect_timeout.
-# Prints the verdict (ChatResult.to_dict) as one JSON line. Without "gevent" as its last argument: on plain threads.
+# Prints the verdict (ChatResult.to_dict, and `chat_seconds`: how long the chat took) as one JSON line.
+# Without "gevent" as its last argument: on plain threads.
 CHAT = """
 import sys
 if sys.argv[-1] == "gevent":
     from gevent import monkey
     monkey.patch_all()
 import json
+import time
 from harness.gevent_client import SyncSession
 from harness.scenario import load_scenario
 from harness.sinks import Sink
@@ -68,23 +73,25 @@ target = make_target(options, read_token(options), scenario.profile, transports=
 target.compression = scenario.compression
 session = SyncSession(target, "u1", scenario.name, Sink(), connect_timeout=scenario.connect_timeout)
 call = scenario.user_script(target.profile).chat()
+start = time.monotonic()
 try:
     result = session.chat(call.content, call.expectations, call.options)
+    took = time.monotonic() - start
 finally:
     session.close()
-print(json.dumps(result.to_dict()))
+print(json.dumps({**result.to_dict(), "chat_seconds": took}))
 """
 COMPRESSION = ["none", "deflate"]
 
 
 async def locust_chat(tmp_path: Path, url: str, compression: str = "none", *, auth: str = "header",
                       connect_timeout: str = "20s", ca_file: str = "", gevent: bool = True,
-                      within: float = 120) -> tuple[dict, int]:
+                      within: float = 120, deadline: str = "30s") -> tuple[dict, int]:
     """One chat of the gevent client (on plain threads with gevent=False), bounded by `within` seconds: (its verdict,
     the process's peak RSS in KiB)."""
     scenario = tmp_path / "one.yaml"
     scenario.write_text(f"name: one\nconnect_timeout: {connect_timeout}\ncompression: {compression}\nreconnect: false\n"
-                        "expect: {deadline: 30s, settle: 0.1s}\n")
+                        f"expect: {{deadline: {deadline}, settle: 0.1s}}\n")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", MEASURE, sys.executable, "-c", CHAT, str(scenario), url, auth, ca_file,
         "gevent" if gevent else "threads",
@@ -250,4 +257,20 @@ async def test_a_message_in_millions_of_tiny_fragments_is_refused_at_the_fragmen
     assert chat["outcome"] == "incomplete", chat
     assert rules.get("R12") == "malformed frame: message in more than 4096 fragments", rules
     assert "R10" not in rules, rules
+    assert peak_kb < LIMIT_KB
+
+
+@pytest.mark.parametrize("flood", FLOODS.values(), ids=FLOODS.keys())
+@pytest.mark.parametrize("compression", COMPRESSION)
+async def test_a_server_flooding_control_frames_at_line_rate_does_not_hold_the_chat_past_its_deadline(
+        tmp_path, compression, flood):
+    """After the first event, pongs (or pings) back to back, so the socket always has bytes to read: the chat ends at
+    its deadline (2 s here, an R10). FAILED on the code before: the reader greenlet never waited for the socket, so
+    gevent never ran another greenlet, and the chat's deadline (under Locust every other user of the process too)
+    waited for the flood to end (40 s of pongs; pings held, their answers' writes let the others run)."""
+    async with raw(floods(flood)) as srv:
+        chat, peak_kb = await locust_chat(tmp_path, srv.url, compression, deadline="2s", within=FLOOD_FOR * 2)
+    assert chat["outcome"] == "incomplete", chat
+    assert "R10" in {v["rule"] for v in chat["violations"]}, chat["violations"]
+    assert chat["chat_seconds"] < 2 + 1.5, chat["chat_seconds"]
     assert peak_kb < LIMIT_KB

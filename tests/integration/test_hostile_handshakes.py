@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 
 from .hostile_ws import (
+    FLOOD_FOR,
+    FLOODS,
     LIMIT_KB,
     MALFORMED,
     MEASURE,
@@ -43,6 +45,7 @@ from .hostile_ws import (
     chooses,
     closes_then_holds,
     drips_the_upgrade,
+    floods,
     fragments,
     frame,
     malformed,
@@ -294,4 +297,21 @@ async def test_a_message_in_millions_of_tiny_fragments_is_refused_at_the_fragmen
     assert code == 1 and chat["outcome"] == "incomplete", chat
     assert rules.get("R12") == "malformed frame: message in more than 4096 fragments", rules
     assert "R10" not in rules, rules
+    assert peak_kb < LIMIT_KB
+
+
+@pytest.mark.parametrize("flood", FLOODS.values(), ids=FLOODS.keys())
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_server_flooding_control_frames_at_line_rate_does_not_hold_the_chat_past_its_deadline(
+        tmp_path, client, flood):
+    """After the first event, pongs (or pings) back to back for 40 s: the chat ends at its deadline (2 s, an R10), and
+    the run soon after. The parity guard of the Locust user's client, which this held (test_gevent_hostile.py)."""
+    loop = asyncio.get_running_loop()
+    async with raw(floods(flood)) as srv:
+        start = loop.time()
+        code, chat, _, peak_kb = await chatprobe(tmp_path, srv.url, CLIENTS[client], deadline="2s")
+        took = loop.time() - start
+    assert (code, chat["outcome"]) == (1, "incomplete"), chat
+    assert "R10" in {v["rule"] for v in chat["violations"]}, chat["violations"]
+    assert took < FLOOD_FOR / 2, took
     assert peak_kb < LIMIT_KB
