@@ -46,7 +46,7 @@ from .flow import (
 from .sinks import Sink
 from .targets import Target
 from .transports import SCHEMES, ConnectFailed, ConnectSettings
-from .transports.base import MAX_FRAGMENTS, TOO_MANY_FRAGMENTS
+from .transports.base import FRAMES_PER_TURN, MAX_FRAGMENTS, TOO_MANY_FRAGMENTS
 from .transports.websocket import classify, handshake_options, minimal_lengths, record_close, status_first
 
 if TYPE_CHECKING:
@@ -84,6 +84,7 @@ class _Wire:
         # with. A server that never reads never holds a sender past its deadline, nor the reader at all.
         self.out = bytearray()
         self.eof_out = False  # the protocol asked to end the write side once `out` is written
+        self.dropped = False  # abort() was called: nothing more is read or handed over
         self.poller: Any = None
         # wss://: the socket stays non-blocking and its SSL object is used under the lock only (_tls_read).
         self.tls = False
@@ -216,7 +217,7 @@ class _Wire:
         if messages:
             deliver(messages)
         reads = 0
-        while protocol.state is not State.CLOSED:
+        while protocol.state is not State.CLOSED and not self.dropped:
             reads += 1
             if not reads % YIELD_EVERY:
                 # A read of bytes already there never waits, and under gevent only a wait lets another greenlet run:
@@ -252,7 +253,17 @@ class _Wire:
                 except OSError:
                     pass
             messages = self._messages(events)
-            if messages:
+            if len(messages) > FRAMES_PER_TURN:
+                # A read of thousands of tiny frames (32,768 empty ones in 64 KiB): handed over FRAMES_PER_TURN at a
+                # time, the others' turn between (deliver stamps each part anew, a read of its own), and no more
+                # once the connection is dropped (the chat's deadline came meanwhile).
+                for i in range(0, len(messages), FRAMES_PER_TURN):
+                    if i:
+                        time.sleep(YIELD_PAUSE)
+                        if self.dropped:
+                            break
+                    deliver(messages[i:i + FRAMES_PER_TURN])
+            elif messages:
                 deliver(messages)
             if not data:
                 break
@@ -343,6 +354,7 @@ class _Wire:
                 pass
 
     def abort(self) -> None:
+        self.dropped = True
         if self.sock is not None:
             _shutdown(self.sock, socket.SHUT_RDWR)
 

@@ -64,6 +64,12 @@ _NO_HEADERS: Any = MappingProxyType({})
 MAX_UNSENT = 64 * 1024
 # Frames kept while nobody reads yet (between open() and run()); past it the socket is read no further.
 MAX_EARLY = 1024
+# The most one socket read takes (_CappedReads): picows doubles its read buffer whenever a read fills it, so a server
+# sending at line rate had reads of megabytes, every frame of one read handed over in one call (picows cannot pause
+# within it): 3 MB of empty text frames, each judged, held every chat of the event loop, deadlines included, for a
+# minute. 8 KiB holds at most 4,096 frames (about a tenth of a second of judging the cheapest); an agent event's
+# read is a few hundred bytes, and a frame of megabytes comes in reads of this size.
+READ_CAP = 8 * 1024
 # Bound once: an Enum member looked up on its class costs ~80 ns, several times per frame.
 _TEXT, _BINARY, _CONTINUATION, _CLOSE, _PING = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION,
                                                 WSMsgType.CLOSE, WSMsgType.PING)
@@ -173,6 +179,9 @@ class PicowsTransport(WSListener, RecordingHooks):
             if message is not None:
                 message.headers = _NO_HEADERS
         headers.clear()
+        underlying = ws.underlying_transport
+        if not underlying.is_closing():
+            underlying.set_protocol(_CappedReads(underlying.get_protocol()))
         if refusal is not None:
             # RFC 6455 4.1: the client MUST fail a connection whose server chose a subprotocol or an extension the
             # client did not offer (picows offers no extension and checks neither); websockets refuses both.
@@ -412,6 +421,34 @@ class PicowsTransport(WSListener, RecordingHooks):
         """Drop the socket without a closing handshake, as a lost network would."""
         if self.ws is not None:
             self.ws.underlying_transport.abort()
+
+
+class _CappedReads(asyncio.BufferedProtocol):
+    """picows' protocol as asyncio's transport sees it, each read at most READ_CAP bytes (asyncio reads once per
+    turn of the loop into the buffer given, over TLS too). Installed with the transport's public set_protocol; the
+    reads' hand-over, buffer_updated, is picows' own (no call of ours per read but get_buffer)."""
+
+    __slots__ = ("_inner", "_get", "buffer_updated")
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._get = inner.get_buffer
+        self.buffer_updated = inner.buffer_updated  # type: ignore[method-assign]  # picows' own, called as is
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._get(sizehint)[:READ_CAP]
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
 
 
 def _unoffered(headers: Any, offered: list[str] | None) -> str | None:

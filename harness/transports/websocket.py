@@ -30,6 +30,7 @@ from websockets.protocol import State
 from ..sinks import refused_upgrade
 from .base import (
     FRAGMENTS_ERROR,
+    FRAMES_PER_TURN,
     TOO_MANY_FRAGMENTS,
     UNOFFERED_SUBPROTOCOL,
     ConnectFailed,
@@ -305,6 +306,7 @@ class WebSocketTransport(RecordingHooks):
         self.close_code: int | None = None
         self.close_reason: str = ""
         self.protocol_error: str | None = None
+        self.dropped = False  # closed or aborted by the client: what is still queued is handed over no more
 
     async def open(self) -> None:
         s = self.settings
@@ -348,6 +350,7 @@ class WebSocketTransport(RecordingHooks):
             nonlocal read_at
             read_at = 0.0
 
+        handed = 0
         try:
             async for message in ws:
                 # The messages handed over before the event loop's next turn (websockets gives the ones it has read
@@ -357,6 +360,19 @@ class WebSocketTransport(RecordingHooks):
                 if not read_at:
                     read_at = clock()
                     loop.call_soon(read_over)
+                    handed = 0
+                elif handed >= FRAMES_PER_TURN:
+                    # A read of thousands of tiny frames: the loop's other chats, and this one's deadline, get a turn
+                    # (base.FRAMES_PER_TURN); what follows is stamped anew, as a read of its own. Once the client
+                    # has closed or dropped the connection meanwhile, the rest (a read of 256 KiB queues 131,072
+                    # empty frames) is not judged: its chats are over.
+                    await asyncio.sleep(0)
+                    if self.dropped:
+                        break
+                    read_at = clock()
+                    loop.call_soon(read_over)
+                    handed = 0
+                handed += 1
                 on_frame(message, read_at)
         except ConnectionClosed:
             pass
@@ -366,6 +382,7 @@ class WebSocketTransport(RecordingHooks):
             record_close(self, ws.protocol)
 
     async def close(self) -> None:
+        self.dropped = True
         if self.ws is not None:
             try:
                 async with asyncio.timeout(3):
@@ -375,5 +392,6 @@ class WebSocketTransport(RecordingHooks):
 
     def abort(self) -> None:
         """Drop the socket without a closing handshake, as a lost network would."""
+        self.dropped = True
         if self.ws is not None:
             self.ws.transport.abort()

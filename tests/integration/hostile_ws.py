@@ -446,12 +446,16 @@ FLOOD_FOR = 40.0  # seconds a flooding server goes on at most, whatever the clie
 # Control frames sent back to back: pongs no ping asked for (the client takes them and does nothing), pings (it
 # answers each, the server reading the answers).
 FLOODS = {"pongs": frame(10, b"p" * 125), "pings": frame(9, b"p" * 125)}
+# Text frames sent back to back, each the cheapest to send of its kind and none of them an event of the run: empty ones
+# (2 bytes, each a malformed frame to judge, an R12), `{}` (a JSON object without a type, R12 too), a keepalive the
+# dialect ignores (netra's heartbeat).
+TINY_FRAMES = {"empty": frame(1, b""), "no-type": frame(1, b"{}"), "heartbeat": frame(1, b'{"type": "heartbeat"}')}
 
 
 def floods(control: bytes) -> Handler:
-    """After the first event, `control` frames back to back for FLOOD_FOR seconds, reading what the client sends and
-    heeding no end of it (its close frame, its FIN), as a server that streams at line rate: the socket always has
-    bytes to read. Then reads until the client goes away."""
+    """After the first event, `control` frames (or one of TINY_FRAMES) back to back for FLOOD_FOR seconds, reading
+    what the client sends and heeding no end of it (its close frame, its FIN), as a server that streams at line rate:
+    the socket always has bytes to read. Then reads until the client goes away."""
     async def server(reader: Reader, writer: Writer, head: bytes, srv: Raw) -> None:
         writer.write(upgrade(head, offered_deflate(head)))
         first, *_ = run_frames(await welcome_and_message(reader, writer))

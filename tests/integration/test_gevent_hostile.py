@@ -30,6 +30,7 @@ from .hostile_ws import (
     MEASURE,
     REFUSALS,
     RESERVED,
+    TINY_FRAMES,
     TOKEN,
     UNOFFERED,
     Drip,
@@ -54,8 +55,8 @@ pytestmark = pytest.mark.timeout(150)
 
 # One chat of the scenario file's, as harness/locust_user.py plays it under Locust: gevent's monkey-patching first,
 # the target from TargetOptions through make_target (WebSocket only), the scenario's compression and connect_timeout.
-# Prints the verdict (ChatResult.to_dict, and `chat_seconds`: how long the chat took) as one JSON line.
-# Without "gevent" as its last argument: on plain threads.
+# Prints the verdict (ChatResult.to_dict; `chat_seconds`, `close_seconds`: how long the chat and the close took)
+# as one JSON line. Without "gevent" as its last argument: on plain threads.
 CHAT = """
 import sys
 if sys.argv[-1] == "gevent":
@@ -78,8 +79,9 @@ try:
     result = session.chat(call.content, call.expectations, call.options)
     took = time.monotonic() - start
 finally:
+    closing = time.monotonic()
     session.close()
-print(json.dumps({**result.to_dict(), "chat_seconds": took}))
+print(json.dumps({**result.to_dict(), "chat_seconds": took, "close_seconds": time.monotonic() - closing}))
 """
 COMPRESSION = ["none", "deflate"]
 
@@ -273,4 +275,20 @@ async def test_a_server_flooding_control_frames_at_line_rate_does_not_hold_the_c
     assert chat["outcome"] == "incomplete", chat
     assert "R10" in {v["rule"] for v in chat["violations"]}, chat["violations"]
     assert chat["chat_seconds"] < 2 + 1.5, chat["chat_seconds"]
+    assert peak_kb < LIMIT_KB
+
+
+@pytest.mark.parametrize("tiny", TINY_FRAMES.values(), ids=TINY_FRAMES.keys())
+async def test_a_server_flooding_tiny_text_frames_does_not_hold_the_chat_past_its_deadline(tmp_path, tiny):
+    """After the first event, 2-byte empty text frames (or `{}`, or heartbeats) back to back: one 64 KiB read holds
+    tens of thousands, each judged (a malformed frame is an R12). The chat ends at its deadline (2 s), its close at
+    once. FAILED on the code before: a read's frames were handed over in one go, no other greenlet running meanwhile,
+    and the frames still buffered after the chat's end were judged before the connection let go: the chat took 20 s
+    for a 5 s deadline and its close 13 s more."""
+    async with raw(floods(tiny)) as srv:
+        chat, peak_kb = await locust_chat(tmp_path, srv.url, deadline="2s", within=FLOOD_FOR * 2)
+    assert chat["outcome"] == "incomplete", chat
+    assert "R10" in {v["rule"] for v in chat["violations"]} | set(chat["violations_not_listed"]), chat["violations"]
+    assert chat["chat_seconds"] < 2 + 1.5, chat["chat_seconds"]
+    assert chat["close_seconds"] < 1.5, chat["close_seconds"]
     assert peak_kb < LIMIT_KB

@@ -25,6 +25,15 @@ from pathlib import Path
 
 import pytest
 
+from harness.checker import ChatResult
+from harness.client import Session
+from harness.events import Outcome
+from harness.flow import ChatOptions
+from harness.profiles import load_profile
+from harness.scenario import Expect, Scenario
+from harness.sinks import Sink
+from harness.targets import Target, TokenProvider
+
 from .hostile_ws import (
     FLOOD_FOR,
     FLOODS,
@@ -33,6 +42,7 @@ from .hostile_ws import (
     MEASURE,
     REFUSALS,
     RESERVED,
+    TINY_FRAMES,
     TOKEN,
     UNOFFERED,
     Drip,
@@ -64,6 +74,7 @@ from .hostile_ws import (
 
 # The two WebSocket clients, as a scenario picks them: picows unless compression is on.
 CLIENTS = {"picows": "none", "websockets": "deflate"}
+NETRA = load_profile("netra")
 
 
 async def chatprobe(tmp_path: Path, url: str, compression: str, *, auth: str = "header", deadline: str = "30s",
@@ -315,3 +326,35 @@ async def test_a_server_flooding_control_frames_at_line_rate_does_not_hold_the_c
     assert "R10" in {v["rule"] for v in chat["violations"]}, chat["violations"]
     assert took < FLOOD_FOR / 2, took
     assert peak_kb < LIMIT_KB
+
+
+async def timed_chat(url: str, compression: str, deadline: float) -> tuple[ChatResult, float, float]:
+    """One chat in this process (the clock is the test's own), against `url`: (its verdict, how long the chat took,
+    how long its session's close took), each bounded."""
+    target = Target(url=url, profile=NETRA, name="t", tokens=TokenProvider(TOKEN))
+    target.compression = compression
+    session = Session(target, "u1", "t", Sink(), connect_timeout=5)
+    expectations = Scenario(name="t", expect=Expect(deadline=deadline)).expectations(NETRA)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        result = await asyncio.wait_for(session.chat("hi", expectations, ChatOptions(settle=0.1)), FLOOD_FOR * 2)
+    finally:
+        chatted = loop.time()
+        await asyncio.wait_for(session.close(), FLOOD_FOR)
+    return result, chatted - start, loop.time() - chatted
+
+
+@pytest.mark.parametrize("tiny", TINY_FRAMES.values(), ids=TINY_FRAMES.keys())
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_server_flooding_tiny_text_frames_does_not_hold_the_chat_past_its_deadline(client, tiny):
+    """After the first event, 2-byte empty text frames (or `{}`, or heartbeats) back to back, each judged (a
+    malformed frame is an R12): the chat ends at its deadline (2 s), the close within its own 2 s. FAILED on the
+    code before: every frame of a read was handed over before the event loop's next turn, and picows' reads grew
+    to megabytes (it doubles its buffer whenever a read fills it), so the chat's deadline, and every other chat of
+    the loop, waited: picows 6.7 s for the 2 s deadline and 20 s for the close, websockets about twice the deadline."""
+    async with raw(floods(tiny)) as srv:
+        result, chat_took, close_took = await timed_chat(srv.url, CLIENTS[client], 2)
+    assert result.outcome is Outcome.INCOMPLETE, result
+    assert chat_took < 2 + 1.5, chat_took
+    assert close_took < 2 + 1.5, close_took
