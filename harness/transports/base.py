@@ -61,11 +61,11 @@ TOO_MANY_FRAGMENTS = "too many fragments"  # the reason of websockets' close fra
 FRAGMENTS_ERROR = f"message in more than {MAX_FRAGMENTS} fragments"  # what the chats on the connection are told (R12)
 # RFC 6455 4.1: what every client says of an upgrade answer that chose a subprotocol it did not offer (or several).
 UNOFFERED_SUBPROTOCOL = "the server chose a subprotocol the client did not offer"
-# Frames (SSE: events) a client hands over between two turns of its event loop (gevent's hub under Locust): a read
-# of 256 KiB holds 131,072 empty text frames, each a malformed one to judge, and handed over in one go they held
-# every chat of the loop, deadlines included, for seconds. Past this many, the client lets the loop's others run and
-# stamps what follows anew (a chat may have been judged meanwhile: as a read of its own). A chat's read mostly holds
-# a few frames, so this costs ordinary streams nothing.
+# Frames a WebSocket client (websockets', the Locust user's) hands over between two turns of its event loop (gevent's
+# hub under Locust): a read of 256 KiB holds 131,072 empty text frames, each a malformed one to judge, and handed over
+# in one go they held every chat of the loop, deadlines included, for seconds. (SSE reads are 64 KiB at most.) Past
+# this many, the client lets the loop's others run and stamps what follows anew (a chat may have been judged
+# meanwhile: as a read of its own). A chat's read mostly holds a few frames, so this costs ordinary streams nothing.
 FRAMES_PER_TURN = 256
 TransportName = Literal["websocket", "sse"]
 Compression = Literal["none", "deflate"]

@@ -66,9 +66,9 @@ MAX_UNSENT = 64 * 1024
 MAX_EARLY = 1024
 # The most one socket read takes (_CappedReads): picows doubles its read buffer whenever a read fills it, so a server
 # sending at line rate had reads of megabytes, every frame of one read handed over in one call (picows cannot pause
-# within it): 3 MB of empty text frames, each judged, held every chat of the event loop, deadlines included, for a
-# minute. 8 KiB holds at most 4,096 frames (about a tenth of a second of judging the cheapest); an agent event's
-# read is a few hundred bytes, and a frame of megabytes comes in reads of this size.
+# within it): empty text frames, each judged, held every chat of the event loop, deadlines included, for seconds (a 2
+# s deadline to 7 s, a close to 20 s). 8 KiB holds at most 4,096 frames (about a tenth of a second of judging the
+# cheapest); an agent event's read is a few hundred bytes, and a frame of megabytes comes in reads of this size.
 READ_CAP = 8 * 1024
 # Bound once: an Enum member looked up on its class costs ~80 ns, several times per frame.
 _TEXT, _BINARY, _CONTINUATION, _CLOSE, _PING = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION,
