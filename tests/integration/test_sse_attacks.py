@@ -194,3 +194,26 @@ async def test_a_chunked_stream_that_ends_properly_still_passes():
     async with RawServer(chunked) as server:
         result = await chat(server.url, settle=1.0)
     assert result.outcome is Outcome.PASSED, result.violations
+
+
+async def test_a_stream_of_tiny_events_at_line_rate_does_not_hold_the_chat_past_its_deadline():
+    """After RUN_STARTED, `data:x` events back to back (8 bytes each, each a malformed frame to judge, an R12) until the
+    client goes away: the chat ends at its deadline (2 s, an R10), as over WebSocket (test_hostile_handshakes.py,
+    where a read of tiny frames held the loop for seconds). The parity guard: a read of the response body is 64 KiB at
+    most, and an encoded body is unpacked in pieces with a turn of the loop between them."""
+    async def tiny(reader, writer, head, body):
+        inp = json.loads(body)
+        writer.write(HEAD + b"\r\n" + event(type="RUN_STARTED", threadId=inp["threadId"], runId=inp["runId"]))
+        batch = b"data:x\n\n" * 8192
+        while True:  # until the client goes away (drain raises), within the server's own 60 s
+            writer.write(batch)
+            await writer.drain()
+
+    loop = asyncio.get_running_loop()
+    async with RawServer(tiny) as server:
+        start = loop.time()
+        result = await chat(server.url, deadline=2)
+        took = loop.time() - start
+    assert result.outcome is Outcome.INCOMPLETE, result
+    assert Rule.R10 in {v.rule for v in result.violations} | set(result.violations_not_listed), result.violations
+    assert took < 2 + 1.5, took
