@@ -423,6 +423,7 @@ footer { max-width: 1000px; margin: 24px auto; padding: 0 24px; color: #888; fon
 {% endfor %}
 </dl>
 {% if s.partial %}<p class="caption">{{ s.partial }}</p>{% endif %}
+{% for w in s.run.warnings %}<p class="caption warning">warning: {{ w }}</p>{% endfor %}
 <h3>Objectives</h3>
 <table class="objectives">
 <tr><th>objective</th><th>value</th><th>must be</th><th>met</th></tr>
@@ -443,7 +444,6 @@ footer { max-width: 1000px; margin: 24px auto; padding: 0 24px; color: #888; fon
 <td class="num">{{ st.dropped }}</td>{% for k in ('p50', 'p95', 'p99') %}<td class="num">{{ st.ttfe.get(k)|ms }}</td>{% endfor %}</tr>
 {% endfor %}
 </table>
-{% for w in s.run.warnings %}<p class="caption">warning: {{ w }}</p>{% endfor %}
 {% endif %}
 <h3>Time to first event</h3>
 <figure class="chart" data-chart="ttfe">{{ s.ttfe }}</figure>

@@ -405,12 +405,24 @@ def _could_not_run(run: ScenarioRun) -> str | None:
     return None
 
 
+def _notes(run: ScenarioRun, limit: int) -> list[str]:
+    """A run's errors and warnings as lines, the first `limit` of each: what was not judged and why (a recording
+    without times, a check interrupted mid-file, chats counted but not listed, frames not recorded)."""
+    lines = []
+    for kind, notes in (("error", run.errors), ("warning", run.warnings)):
+        lines += [f"{kind}: {note}" for note in notes[:limit]]
+        if len(notes) > limit:
+            lines.append(f"… and {len(notes) - limit} more {kind}s")
+    return lines
+
+
 def _run_text(run: ScenarioRun, worst: int = 10) -> str:
     """What a person reads in the CI's test view: counts, latencies, violations, objectives, the worst chats."""
     st = run.stats
     lines = [
         f"scenario {run.scenario.name} against {run.target}: {st.chats} chats in {run.elapsed:.1f}s"
         + run.stop_note,
+        *_notes(run, worst),
         "outcomes: " + ", ".join(f"{o.value} {st.outcomes[o]}" for o in Outcome),
         (f"time to first event: p50 {_ms(st.ttfe.get('p50'))}, p95 {_ms(st.ttfe.get('p95'))}, "
          f"p99 {_ms(st.ttfe.get('p99'))}; chat duration p95 {_ms(st.duration.get('p95'))}"),

@@ -1,0 +1,56 @@
+"""What a CI that gates on `chatprobe run` / `chatprobe check` reads of them: the JUnit XML its test view shows
+(Jenkins' JUnit plugin, GitLab, GitHub's reporters), the JSON it keeps and the HTML page it publishes, each
+parsed as those tools parse it, and agreeing with the exit code."""
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+from harness.offline import UNTIMED_NOTE
+
+from .reports import check_json_report, check_junit_report
+from .test_cli import run_cli
+
+
+class _Text(HTMLParser):
+    """The text a browser shows of a page (no markup), as one string."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+
+def page_text(path: Path) -> str:
+    parser = _Text()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return " ".join(" ".join(parser.parts).split())
+
+
+def test_a_checks_warnings_reach_the_junit_test_view_and_the_html_page(tmp_path):
+    """A recording whose times are lost (a log that kept frames, not times) is judged without its latency
+    objectives, and `check` warns so. The warning was on the terminal and in the JSON only: the JUnit system-out a
+    CI's test view shows and the HTML page (a run without stages) said nothing of it, so a gate that passed with no
+    first-event time judged read as one that had judged it."""
+    rec = tmp_path / "rec"
+    proc = run_cli("run", "basic", "--record", str(rec), "-q")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for f in rec.iterdir():  # the same frames, their times dropped
+        records = [json.loads(line) for line in f.read_text().splitlines()]
+        f.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "t"}) + "\n" for r in records))
+
+    out = {kind: tmp_path / f"check.{kind}" for kind in ("json", "junit", "html")}
+    proc = run_cli("check", str(rec), *(a for kind, path in out.items() for a in (f"--{kind}", str(path))))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert UNTIMED_NOTE in " ".join(proc.stdout.split())
+
+    doc = check_json_report(out["json"])
+    assert doc["passed"] is True and doc["scenarios"][0]["warnings"] == [UNTIMED_NOTE]
+    root = check_junit_report(out["junit"])
+    [case] = root.iter("testcase")
+    assert case.find("failure") is None and case.find("error") is None
+    assert f"warning: {UNTIMED_NOTE}" in case.findtext("system-out")
+    assert f"warning: {UNTIMED_NOTE}" in page_text(out["html"])
