@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 # Only what --help, `list` and every command need is imported here; the rest loads with the command that uses it,
 # so that `chatprobe --help` or `list` costs no pydantic models, no asyncio client, no reports (start-up CPU).
 from .catalog import BUILTIN_SUITE, builtin_profiles, builtin_scenarios
-from .errors import MESSAGE_LIMIT, ConfigError, ExitCode, closest, unknown_flag_hint
+from .errors import MESSAGE_LIMIT, ConfigError, ExitCode, closest, tolerant, unknown_flag_hint
 from .targets import add_target_args, options_from_args
 
 if TYPE_CHECKING:
@@ -650,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     # the email package) when the first model is built: ~20 ms of every command's start-up that uses a model, for
     # plugins chatprobe does not use. Its documented switch, unless the user set it (`PYDANTIC_DISABLE_PLUGINS`).
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    tolerant(sys.stdout)  # a console that cannot encode a character gets its escape, never a traceback
 
     with paused_for_startup():  # `run` ends it when its chats start (tune_collector), the other commands at once
         return _main(argv)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     import argparse
@@ -93,3 +93,17 @@ def unknown_flag_hint(parser: argparse.ArgumentParser, message: str, given: Sequ
     first = next((a.partition("=")[0] for a in message.partition(":")[2].split() if a.startswith("-")), None)
     meant = closest(first, flags) if first else None
     return f"{message} (did you mean {meant}?)" if meant else message
+
+
+def tolerant(stream: TextIO) -> TextIO:
+    """`stream` (the terminal or CI log a command prints to) made to write a character its encoding lacks as an
+    escape (`\\u2713`) rather than raise: a Windows code page (cp1252 on a CI runner), `PYTHONIOENCODING=ascii` or a
+    Latin-1 locale cannot encode the summary's ✓ and →, and the UnicodeEncodeError ended a passing run with a
+    traceback, exit 1 and no report written. Python's stderr already writes so."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None and getattr(stream, "errors", "") == "strict":
+        try:
+            reconfigure(errors="backslashreplace")
+        except (ValueError, OSError):  # (not a text stream Python opened, or closed: left as it is)
+            pass
+    return stream

@@ -63,7 +63,7 @@ from .backoff import Backoff
 from .catalog import builtin_scenarios
 from .checker import ChatResult
 from .collector import tune_collector
-from .errors import ExitCode, closest, os_reason
+from .errors import ExitCode, closest, os_reason, tolerant
 from .events import RULES, Outcome, Violation
 from .gevent_client import SyncSession
 from .results import ScenarioRun, exit_code
@@ -327,7 +327,7 @@ class _Run:
         ok, unreachable = code is ExitCode.OK, code is ExitCode.UNREACHABLE
         from harness.report import print_summary
 
-        print_summary(Console(highlight=False, width=160, file=sys.stdout), [run])
+        print_summary(Console(highlight=False, width=160, file=tolerant(sys.stdout)), [run])
         workers = ""
         if self.by_worker:
             workers = " (workers: " + ", ".join(f"{w}={n}" for w, n in sorted(self.by_worker.items())) + ")"

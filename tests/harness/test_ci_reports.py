@@ -54,3 +54,20 @@ def test_a_checks_warnings_reach_the_junit_test_view_and_the_html_page(tmp_path)
     assert case.find("failure") is None and case.find("error") is None
     assert f"warning: {UNTIMED_NOTE}" in case.findtext("system-out")
     assert f"warning: {UNTIMED_NOTE}" in page_text(out["html"])
+
+
+def test_a_console_that_cannot_encode_the_summary_gets_escapes_not_a_crash(tmp_path):
+    """A CI runner's console in a Windows code page (cp1252, what Python writes a pipe in there) or an ASCII one has
+    no ✓: printing the summary raised UnicodeEncodeError, so a passing run ended in a traceback with exit 1, the
+    code of a failed objective, before any report was written."""
+    out, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    for encoding in ("cp1252", "ascii"):
+        proc = run_cli("run", "basic", "--json", str(out), "--junit", str(junit),
+                       env={"PYTHONIOENCODING": encoding, "PYTHONUTF8": "0"})
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+        assert "\\u2713 time_to_first_event.p95" in proc.stdout, proc.stdout
+        assert check_json_report(out)["passed"] is True
+        [case] = check_junit_report(junit).iter("testcase")
+        assert case.get("name") == "basic" and case.find("failure") is None
+        out.unlink()
+        junit.unlink()
