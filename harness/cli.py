@@ -637,10 +637,21 @@ def _reports_apart_from(args: argparse.Namespace, inputs: list[str], configs: li
 def _console() -> Console:
     from rich.console import Console
 
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            """Whoever read the output left (`| head`, `| grep -m1`, a log shipper that died): the rest of it goes
+            nowhere, as rich does, but the run goes on to its verdict, its reports and its exit code. rich's own
+            raised SystemExit(1) there: the run stopped mid-way, silent, exit 1 as if an objective had failed, and no
+            report written."""
+            self.quiet = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
     # No `:name:` emoji codes: nothing chatprobe prints is written with them, and rich's table of them (~2.5 ms of
     # every run's start-up) loads with the first text that could hold one (a column title).
-    return Console(highlight=False, emoji=False, no_color=bool(os.environ.get("NO_COLOR")) or None,
-                   width=None if sys.stdout.isatty() else 160)
+    return _Console(highlight=False, emoji=False, no_color=bool(os.environ.get("NO_COLOR")) or None,
+                    width=None if sys.stdout.isatty() else 160)
 
 
 def main(argv: list[str] | None = None) -> int:

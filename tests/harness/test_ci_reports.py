@@ -71,3 +71,24 @@ def test_a_console_that_cannot_encode_the_summary_gets_escapes_not_a_crash(tmp_p
         assert case.get("name") == "basic" and case.find("failure") is None
         out.unlink()
         junit.unlink()
+
+
+def test_a_reader_that_leaves_the_output_early_leaves_the_run_its_verdict_and_reports(tmp_path):
+    """`chatprobe run ... | grep -m1 FAILED`, `| head`, a log shipper that died: the pipe's reader is gone. rich's
+    answer to the broken pipe was SystemExit(1): the run stopped after its first scenario, silent, with exit 1 (an
+    objective failed) and no report. The rest of the output goes nowhere; the verdict, the exit code and the reports
+    are the run's."""
+    import os
+    import subprocess
+
+    from .test_cli import CHATPROBE
+
+    out, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    proc = subprocess.Popen([*CHATPROBE, "run", "basic", "errors", "--json", str(out), "--junit", str(junit)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "NO_COLOR": "1"})
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader leaves before the run has written a line
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0 and b"Traceback" not in err, err
+    assert [s["scenario"] for s in check_json_report(out)["scenarios"]] == ["basic", "errors"]
+    assert [c.get("name") for c in check_junit_report(junit).iter("testcase")] == ["basic", "errors"]
