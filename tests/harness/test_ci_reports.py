@@ -92,3 +92,62 @@ def test_a_reader_that_leaves_the_output_early_leaves_the_run_its_verdict_and_re
     assert proc.returncode == 0 and b"Traceback" not in err, err
     assert [s["scenario"] for s in check_json_report(out)["scenarios"]] == ["basic", "errors"]
     assert [c.get("name") for c in check_junit_report(junit).iter("testcase")] == ["basic", "errors"]
+
+
+async def test_one_scenario_failing_and_another_unreachable_exit_3_and_every_report_says_which(tmp_path):
+    """A raw server that answers the first connection with a run missing its tool_completed and then never answers
+    an upgrade again: `broken` fails, `silent` cannot reach it within its connect_timeout. Exit 3 (unreachable wins
+    over a failed objective, README), and every report tells the two apart: a JUnit <failure> and an <error>, the
+    JSON's passed/unreachable, the HTML's verdicts."""
+    import asyncio
+    import os
+    import sys
+
+    from tests.integration.hostile_ws import frame, raw, read_until_gone, run_frames, upgrade, welcome_and_message
+
+    served = 0
+
+    async def first_only(reader, writer, head, _server) -> None:
+        nonlocal served
+        served += 1
+        if served == 1:
+            writer.write(upgrade(head))
+            message_id = await welcome_and_message(reader, writer)
+            writer.write(b"".join(frame(1, f) for f in run_frames(message_id) if b"tool_completed" not in f))
+            await writer.drain()
+        await read_until_gone(reader)  # later connections: the upgrade is never answered
+
+    (tmp_path / "broken.yaml").write_text("name: broken\nexpect: {deadline: 5s, settle: 0.1s}\n")
+    (tmp_path / "silent.yaml").write_text("name: silent\nconnect_timeout: 1s\n")
+    out = {kind: tmp_path / f"r.{kind}" for kind in ("json", "junit", "html")}
+    async with raw(first_only) as server:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "harness", "run", str(tmp_path / "broken.yaml"), str(tmp_path / "silent.yaml"),
+            "--target", server.url, "--auth", "none", "-q",
+            *(a for kind, path in out.items() for a in (f"--{kind}", str(path))),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "NO_COLOR": "1"})
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    text = stdout.decode() + stderr.decode()
+    assert proc.returncode == 3 and "Traceback" not in text, text
+
+    doc = check_json_report(out["json"])
+    assert doc["passed"] is False
+    assert [(s["scenario"], s["passed"], s["unreachable"]) for s in doc["scenarios"]] == [
+        ("broken", False, False), ("silent", False, True)]
+    root = check_junit_report(out["junit"])
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("2", "1", "1")
+    [suite] = root.iter("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("2", "1", "1", "0")
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert cases["broken"].find("failure") is not None and cases["broken"].find("error") is None
+    assert "R2" in cases["broken"].find("failure").text
+    error = cases["silent"].find("error")
+    assert error is not None and error.get("type") == "Unreachable" and cases["silent"].find("failure") is None
+    assert "timeout" in error.get("message")
+    html = page_text(out["html"])
+    assert "objectives not met" in html and "FAILED (" in html and "UNREACHABLE" in html
