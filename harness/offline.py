@@ -97,6 +97,8 @@ SPARE_FILES = 64  # descriptors left for everything else (the reports, the inter
 TIME_BACK_TOLERANCE = 1.0
 
 ENDED_NOTE = "the recording ends before the run's terminal event"
+# A check stopped from outside (Ctrl-C, SIGTERM) mid-file: its open chats' end was in the recording, not read.
+INTERRUPTED_NOTE = "judged as it stood: the check was interrupted before the rest of the recording was read"
 CLOSED_NOTE = "the connection closed mid-run"
 NOT_RESUMED_NOTE = "the connection was lost mid-run and no resume of the run was recorded"
 DISPLACED_NOTE = "the connection was lost and no resume followed before another chat of the same run id was cut short"
@@ -825,15 +827,17 @@ class OfflineCheck:
         if tracker is not None:
             tracker.events = []
 
-    def end(self) -> None:
-        """The recording ended: every chat still open is judged as it stands."""
+    def end(self, interrupted: bool = False) -> None:
+        """The recording ended, or the check was `interrupted` before it did: every chat still open is judged as it
+        stands, its note saying which (a chat the stop cut short is not said to end where the recording does)."""
         for conn in list(self.conns.values()):
-            self._close(conn, conn.last_t if conn.last_t is not None else self.now, None, ENDED_NOTE)
+            self._close(conn, conn.last_t if conn.last_t is not None else self.now, None,
+                        INTERRUPTED_NOTE if interrupted else ENDED_NOTE)
         self.conns.clear()
         for chat in self.parked.drain():
-            self._finish(chat, self.now, lost=True, note=NOT_RESUMED_NOTE)
+            self._finish(chat, self.now, lost=True, note=INTERRUPTED_NOTE if interrupted else NOT_RESUMED_NOTE)
         for chat, closed_at, _clean in list(self.resends.values()):
-            self._finish(chat, closed_at, lost=True, note=CLOSED_NOTE)
+            self._finish(chat, closed_at, lost=True, note=INTERRUPTED_NOTE if interrupted else CLOSED_NOTE)
         self.resends.clear()
 
     def run(self, target: str, elapsed: float) -> ScenarioRun:
@@ -1005,7 +1009,7 @@ def _judge(name: str, target: str, records: Iterable[Recorded], profile: Profile
         close = getattr(it, "close", None)  # a reader left mid-file lets its file go now
         if close is not None:
             close()
-    check.end()
+    check.end(interrupted=stopped)
     span = (check.now - check.first_t) if check.first_t is not None else time.monotonic() - wall
     run = check.run(target, max(span, 0.0))
     if stopped:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from harness import redact
 from harness.events import Outcome, kept_bytes
-from harness.offline import UNTIMED_NOTE, assert_passed, check_files, check_recording
+from harness.offline import INTERRUPTED_NOTE, UNTIMED_NOTE, assert_passed, check_files, check_recording
 from harness.profiles import load_profile
 from harness.recorder import ConnectionLog, ConnectionRecording, Recorder
 from harness.recordings import RecordingError, detect_format, read_recording
@@ -1062,6 +1062,10 @@ def test_a_check_stopped_from_outside_judges_what_it_read_and_starts_no_other_fi
     assert run.stopped_early and run.stopped_by == "interrupted"
     assert 5 <= run.stats.chats < 40
     assert any(w.startswith("interrupted at record ") for w in run.warnings), run.warnings
+    # The chat open when the stop came is judged as it stood, and says the check was stopped, not that the recording
+    # ends there (it went on: the JUnit failure of a cancelled CI job named the recording's end as the cause).
+    cut = [r for r in run.results if r.outcome.value == "incomplete"]
+    assert cut and all(r.note == INTERRUPTED_NOTE for r in cut), [(r.outcome, r.note) for r in run.results]
     # unstopped, the same files are judged whole
     whole = check_files([first, second], NETRA, SC)
     assert [r.stats.chats for r in whole] == [40, 40] and not any(r.stopped_early for r in whole)
