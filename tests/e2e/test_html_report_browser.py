@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import sim_factory  # noqa: F401 - a fixture
+
 from .conftest import ROOT, chatprobe_bin, chromium
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -86,3 +88,45 @@ def test_report_renders_in_chromium_offline(report, browser):
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     shutil.copy(report, ARTIFACTS / "html-report.html")
     print(f"\nscreenshot: {shot}; the report: {ARTIFACTS / 'html-report.html'}")
+
+
+VERDICTS_JS = """
+return Array.from(document.querySelectorAll('table.overview tr')).slice(1).map(
+  tr => Array.from(tr.cells).map(td => td.innerText.trim()));
+"""
+
+
+async def test_every_verdict_reads_right_and_server_text_stays_text_in_chromium(browser, tmp_path, refused_port,
+                                                                                sim_factory):  # noqa: F811
+    """What a CI publishes as the run's page, in a real browser: one scenario met, one failed by a server whose
+    strings carry markup, escapes and NULs, one unreachable, one a stop came before. Each verdict reads as it is,
+    the server's `<script>` and `<img>` are shown as text (no element of theirs, nothing run, nothing fetched)."""
+    from harness.profiles import load_profile
+    from harness.report import write_html
+    from harness.results import STOPPED_BY, not_started
+    from harness.runner import run_scenario
+    from harness.targets import Target
+    from tests.harness.reports import hostile_run
+    from tests.integration.conftest import scenario
+
+    async with sim_factory() as (_sim, target, _gt):
+        good = await run_scenario(scenario(name="good", users=1, chats_per_user=2), target)
+    hostile = hostile_run()
+    nowhere = Target(url=f"ws://127.0.0.1:{refused_port()}/ws", profile=load_profile("netra"), name="down")
+    down = await run_scenario(scenario(name="down", users=1, chats_per_user=1, connect_timeout="1s"), nowhere)
+    later = not_started(scenario(name="later"), "down", STOPPED_BY["interrupted"], down.started_at)
+    page = tmp_path / "report.html"
+    write_html(str(page), [good, hostile, down, later])
+
+    browser.get(page.as_uri())
+    rows = browser.execute_script(VERDICTS_JS)
+    assert [(r[0], r[-1].partition(" (")[0]) for r in rows] == [
+        ("good", "met"), ("hostile", "FAILED"), ("down", "UNREACHABLE"), ("later", "NOT RUN")], rows
+    assert browser.find_element("css selector", "h1 .verdict").text == "objectives not met"
+    assert browser.execute_script("return document.scripts.length") == 0
+    assert browser.execute_script("return document.images.length") == 0
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
+    text = browser.find_element("css selector", "section#s-hostile").text
+    assert "<script>alert(1)</script>" in text and "\\x1b[2J" in text, text[:2000]
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == [], severe
