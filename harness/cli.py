@@ -382,7 +382,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
     from .events import Outcome
     from .profiles import load_profile
     from .report import LiveView
-    from .results import STOPPED_BY, not_started
+    from .results import RUN_OUT_OF_TIME, STOPPED_BY, not_started
     from .runner import run_scenario
     from .scenario import Scenario, apply_overrides, load_scenario, where_in
     from .sinks import Fanout
@@ -507,13 +507,16 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
         # faults, run after run.
         seed = args.sim_seed if opts.url is None else None
         for i, (scenario, target) in enumerate(zip(scenarios, targets, strict=True)):
-            if interrupt.event.is_set():
-                # The scenarios the stop came before are reported as not run, not left out of the reports.
-                runs += [not_started(s, t.name, STOPPED_BY["interrupted"], time.time())
+            left = None if run_deadline is None else max(0.0, run_deadline - time.monotonic())
+            if interrupt.event.is_set() or left == 0:
+                # The scenarios the stop, or the end of --max-duration, came before are reported as not run (in
+                # JUnit a <skipped> saying why), not left out of the reports, nor run for no time: that was an
+                # <error>, "the scenario could not run: no chat was started".
+                why = STOPPED_BY["interrupted"] if interrupt.event.is_set() else RUN_OUT_OF_TIME
+                runs += [not_started(s, t.name, why, time.time())
                          for s, t in zip(scenarios[i:], targets[i:], strict=True)]
                 break
-            if run_deadline is not None:
-                left = max(0.0, run_deadline - time.monotonic())
+            if left is not None:
                 scenario = scenario.model_copy(update={"max_duration": min(scenario.max_duration, left)})
             sinks: list[Sink] = []
             if args.pushgateway:

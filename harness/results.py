@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 # Why a run stopped early (ScenarioRun.stopped_by), by the word a recording's "client-stop" close records write for it
 # ("stop": Recorder.stopped), which `chatprobe check` reports back.
 STOPPED_BY = {"max_duration": "its max_duration", "interrupted": "interrupted"}
+# Why `chatprobe run` started no more scenarios: its --max-duration was used up (the run's, not a scenario's).
+RUN_OUT_OF_TIME = "past its --max-duration"
 
 # Connection failures that mean the target could not be reached at all (exit 3 when every chat failed so).
 UNREACHABLE_KINDS = frozenset({"refused", "timeout", "tls_error"})

@@ -151,3 +151,24 @@ async def test_one_scenario_failing_and_another_unreachable_exit_3_and_every_rep
     assert "timeout" in error.get("message")
     html = page_text(out["html"])
     assert "objectives not met" in html and "FAILED (" in html and "UNREACHABLE" in html
+
+
+def test_a_scenario_the_runs_max_duration_left_no_time_for_is_not_run_not_an_error(tmp_path):
+    """`--max-duration` bounds the whole run (README's CI example): the scenario it runs out in is stopped there, and
+    the ones after it were each started with no time left, found no chat started and were a JUnit <error>, "the
+    scenario could not run: no chat was started", with nothing in the JSON's errors: an infrastructure fault to a
+    CI's test view. They are not run, as after a stop: a <skipped> saying why, the JSON's errors too; the exit code
+    stays 1, nothing was proven of them."""
+    (tmp_path / "long.yaml").write_text('name: long\nusers: 2\nchats_per_user: 100\nmessage: "#think=0.2 hi"\n')
+    out, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    proc = run_cli("run", str(tmp_path / "long.yaml"), "basic", "--max-duration", "1s", "--json", str(out),
+                   "--junit", str(junit), "-q")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    why = "not run: the run was past its --max-duration before it started"
+    long, basic = check_json_report(out)["scenarios"]
+    assert long["stopped_early"] and long["stats"]["chats"] > 0
+    assert basic["errors"] == [why] and basic["stats"]["chats"] == 0 and basic["passed"] is False
+    [suite] = check_junit_report(junit).iter("testsuite")
+    assert (suite.get("tests"), suite.get("errors"), suite.get("skipped")) == ("2", "0", "1")
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert cases["basic"].find("error") is None and cases["basic"].find("skipped").get("message") == why
