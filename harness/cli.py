@@ -528,7 +528,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
             live = LiveView(console, scenario.name, planned=scenario.planned_chats())
             sinks.append(live)
             ticker = None
-            if not args.quiet and not console.is_terminal:
+            if not args.quiet and not console.is_interactive:
                 ticker = asyncio.ensure_future(_progress(live, console, progress_every))
             try:
                 with live if not args.quiet else contextlib.nullcontext():
@@ -544,7 +544,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
                     f"{recorder.dropped_why()}; {recorder.gaps_said(recorder.take_unfiled())}, and `chatprobe check` "
                     "judges the chats open there as they stood")
             runs.append(run)
-            if not args.quiet and not console.is_terminal:
+            if not args.quiet and not console.is_interactive:
                 st = run.stats
                 verdict = "UNREACHABLE" if run.unreachable else "objectives met" if run.passed else "OBJECTIVES FAILED"
                 console.print(f"{scenario.name}: {st.chats} chats, {st.outcomes[Outcome.PASSED]} passed, {verdict} in "
@@ -652,9 +652,13 @@ def _console() -> Console:
             os.close(devnull)
 
     # No `:name:` emoji codes: nothing chatprobe prints is written with them, and rich's table of them (~2.5 ms of
-    # every run's start-up) loads with the first text that could hold one (a column title).
+    # every run's start-up) loads with the first text that could hold one (a column title). The live line is for a
+    # terminal: FORCE_COLOR (set in CI for colours) made rich take a log for one, redrawn four times a second, with
+    # no progress line. On a terminal rich decides (not a dumb one), and rich's TTY_INTERACTIVE when it is set.
+    tty = sys.stdout.isatty()
     return _Console(highlight=False, emoji=False, no_color=bool(os.environ.get("NO_COLOR")) or None,
-                    width=None if sys.stdout.isatty() else 160)
+                    width=None if tty else 160,
+                    force_interactive=None if tty or os.environ.get("TTY_INTERACTIVE") else False)
 
 
 def main(argv: list[str] | None = None) -> int:

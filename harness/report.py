@@ -96,7 +96,7 @@ class LiveView(Sink):
         self._live: Live | None = None
 
     def __enter__(self) -> Self:
-        if self.console.is_terminal:
+        if self.console.is_interactive:
             from rich.live import Live  # a terminal's only: not imported by a run in CI or with -q
 
             self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True,

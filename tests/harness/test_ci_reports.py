@@ -172,3 +172,16 @@ def test_a_scenario_the_runs_max_duration_left_no_time_for_is_not_run_not_an_err
     assert (suite.get("tests"), suite.get("errors"), suite.get("skipped")) == ("2", "0", "1")
     cases = {c.get("name"): c for c in suite.iter("testcase")}
     assert cases["basic"].find("error") is None and cases["basic"].find("skipped").get("message") == why
+
+
+def test_force_color_in_a_ci_log_colours_it_but_keeps_the_plain_progress_lines(tmp_path):
+    """CI sets FORCE_COLOR for coloured logs; rich then takes the log for a terminal: the live line was redrawn in it
+    four times a second (carriage returns and erase-line codes, in a log that keeps them all) and the plain progress
+    line every --progress-interval never came. Colours, yes; the live line only on a terminal."""
+    (tmp_path / "paced.yaml").write_text('name: paced\nusers: 2\nchats_per_user: 5\nmessage: "#think=0.2 hi"\n')
+    proc = run_cli("run", str(tmp_path / "paced.yaml"), "--progress-interval", "0.2s",
+                   env={"FORCE_COLOR": "1", "NO_COLOR": ""})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "\x1b[" in proc.stdout  # coloured, as asked
+    assert "\r" not in proc.stdout and "\x1b[2K" not in proc.stdout, proc.stdout[:2000]
+    assert "paced running " in proc.stdout and "paced: 10 chats, 10 passed, objectives met" in proc.stdout, proc.stdout
