@@ -668,6 +668,12 @@ def main(argv: list[str] | None = None) -> int:
     # the email package) when the first model is built: ~20 ms of every command's start-up that uses a model, for
     # plugins chatprobe does not use. Its documented switch, unless the user set it (`PYDANTIC_DISABLE_PLUGINS`).
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            # Started with it closed (`>&-`, a daemon's): Python gives None, which took the console down with an
+            # AttributeError (exit 1, no report). What it prints goes nowhere; the run, its reports and exit code
+            # are the same.
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # for the process's life
     tolerant(sys.stdout)  # a console that cannot encode a character gets its escape, never a traceback
 
     with paused_for_startup():  # `run` ends it when its chats start (tune_collector), the other commands at once

@@ -185,3 +185,18 @@ def test_force_color_in_a_ci_log_colours_it_but_keeps_the_plain_progress_lines(t
     assert "\x1b[" in proc.stdout  # coloured, as asked
     assert "\r" not in proc.stdout and "\x1b[2K" not in proc.stdout, proc.stdout[:2000]
     assert "paced running " in proc.stdout and "paced: 10 chats, 10 passed, objectives met" in proc.stdout, proc.stdout
+
+
+def test_a_run_started_with_its_stdout_closed_still_writes_its_reports_and_exit_code(tmp_path):
+    """`chatprobe run ... >&-` (a daemon or a scheduler's job with no output): Python gives sys.stdout None, and the
+    console's first look at it raised AttributeError: a traceback, exit 1 and no report. The output goes nowhere."""
+    import subprocess
+
+    from .test_cli import CHATPROBE
+
+    junit = tmp_path / "r.xml"
+    proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *CHATPROBE, "run", "basic", "--junit", str(junit)],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    [case] = check_junit_report(junit).iter("testcase")
+    assert case.get("name") == "basic" and case.find("failure") is None
