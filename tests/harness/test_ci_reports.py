@@ -161,15 +161,17 @@ def test_a_scenario_the_runs_max_duration_left_no_time_for_is_not_run_not_an_err
     stays 1, nothing was proven of them."""
     (tmp_path / "long.yaml").write_text('name: long\nusers: 2\nchats_per_user: 100\nmessage: "#think=0.2 hi"\n')
     out, junit = tmp_path / "r.json", tmp_path / "r.xml"
-    proc = run_cli("run", str(tmp_path / "long.yaml"), "basic", "--max-duration", "1s", "--json", str(out),
+    proc = run_cli("run", str(tmp_path / "long.yaml"), "basic", "--max-duration", "2s", "--json", str(out),
                    "--junit", str(junit), "-q")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     why = "not run: the run was past its --max-duration before it started"
     long, basic = check_json_report(out)["scenarios"]
-    assert long["stopped_early"] and long["stats"]["chats"] > 0
+    # `long` (12 s of chats) is stopped where the 2 s run out, or, on a machine so busy that the embedded server's
+    # start took them all, not run either
+    assert long["stopped_early"] and (long["stats"]["chats"] > 0 or long["errors"] == [why]), long
     assert basic["errors"] == [why] and basic["stats"]["chats"] == 0 and basic["passed"] is False
     [suite] = check_junit_report(junit).iter("testsuite")
-    assert (suite.get("tests"), suite.get("errors"), suite.get("skipped")) == ("2", "0", "1")
+    assert suite.get("tests") == "2" and suite.get("errors") == "0", suite.attrib
     cases = {c.get("name"): c for c in suite.iter("testcase")}
     assert cases["basic"].find("error") is None and cases["basic"].find("skipped").get("message") == why
 
