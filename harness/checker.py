@@ -1055,6 +1055,15 @@ class ConnectionChecker:
                 # it listens out its settle window, a warning on it once judged), not proof of cross-talk (only
                 # several chats in flight make it so): never the next chat's R8 (`untold`).
                 chat = self.chats[-1]
+            elif active:
+                # Several chats in flight (parallel_chats): the one whose run is under way, as a server that streams
+                # one run at a time per connection sends it (the others wait for their run's first event).
+                chat, running = _under_way(active)
+                if chat is None:
+                    self._foreign(ev, f"no run, while {running} runs of this connection are under way (this dialect's "
+                                      "events name no run: runs interleaved on one connection cannot be told apart; "
+                                      "keep one chat per connection in flight, or run them over SSE)")
+                    return None
         if chat is None:
             why = "a run this client did not start" if ev.run_id else "no run of this client"
             if ev.run_id and self.malformed + self.foreign < INCIDENTS_EACH and any(
@@ -1262,6 +1271,18 @@ def malformed_reason(detail: str) -> str:
 # Whose event an R8 says it was when the event names the user the connection's welcome named, which is not the
 # user its token's `sub` names (docs/protocol.md R8: a connection is the token's `sub`).
 WELCOME_NOT_SUB = "the user the welcome named, not the token's sub (a connection is its token's sub)"
+
+
+def _under_way(active: list[ChatTracker]) -> tuple[ChatTracker | None, int]:
+    """Of chats in flight, the one whose run has started and not ended when it is the only one (else None), and how
+    many such runs there are."""
+    found = None
+    running = 0
+    for c in active:
+        if c.n_events and c.terminal_event is None:
+            found = c
+            running += 1
+    return (found if running == 1 else None), running
 
 
 def foreign_reason(ev: Event, why: str) -> str:

@@ -15,7 +15,7 @@ import datetime
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import httpx
 import pytest
 from ag_ui.core import CustomEvent, StateDeltaEvent, StateSnapshotEvent
 from ag_ui_langgraph import LangGraphAgent, add_langgraph_fastapi_endpoint
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from langchain.agents import create_agent
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
@@ -89,7 +89,7 @@ async def _pydantic_model(messages: list[ModelMessage], info: AgentInfo):
     yield "there."
 
 
-def _pydantic_app() -> Starlette:
+def _pydantic_agent() -> Agent:
     agent = Agent(FunctionModel(stream_function=_pydantic_model), output_type=[str, DeferredToolRequests])
 
     @agent.tool_plain
@@ -114,10 +114,50 @@ def _pydantic_app() -> Starlette:
     def delete(what: str) -> str:
         return "deleted"
 
+    return agent
+
+
+def _pydantic_app() -> Starlette:
+    agent = _pydantic_agent()
+
     async def endpoint(request: Request) -> Response:
         return await AGUIAdapter.dispatch_request(request, agent=agent)
 
     return Starlette(routes=[Route("/agent", endpoint, methods=["POST"])])
+
+
+def _pydantic_websocket_app(*, pairs: bool = False) -> FastAPI:
+    """The same agent behind a FastAPI WebSocket endpoint, as a team serves AG-UI over WebSocket: each RunAgentInput (a
+    JSON text frame) is run by AGUIAdapter and its events sent back as JSON text frames, one run after another on a
+    connection. `pairs`: two requests are taken, then both run at once, their events interleaved on the socket."""
+    agent = _pydantic_agent()
+    app = FastAPI()
+
+    async def events(body: str) -> AsyncIterator[str]:
+        adapter = AGUIAdapter(agent=agent, run_input=AGUIAdapter.build_run_input(body.encode()))
+        async for ev in adapter.run_stream():
+            yield ev.model_dump_json(by_alias=True)
+
+    @app.websocket("/agent")
+    async def endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            while True:
+                if not pairs:
+                    async for text in events(await ws.receive_text()):
+                        await ws.send_text(text)
+                    continue
+                streams = [events(await ws.receive_text()), events(await ws.receive_text())]
+                while streams:  # one event of each run in turn
+                    for s in list(streams):
+                        try:
+                            await ws.send_text(await anext(s))
+                        except StopAsyncIteration:
+                            streams.remove(s)
+        except WebSocketDisconnect:
+            pass
+
+    return app
 
 
 # -- LangGraph --------------------------------------------------------------------------------------------------------
@@ -287,6 +327,44 @@ def test_pydantic_ai_unexpected_model_and_tool_errors_are_r13_only(tmp_path: Pat
         code, chats, _ = run(tmp_path, f"{base}/agent", scenario(tmp_path, "unexpected", UNEXPECTED))
     assert code == 1
     only_r13_for_the_error(chats["unexpected"])
+
+
+PARALLEL = """users: 2
+chats_per_user: 4
+parallel_chats: 2
+messages: ["Hi", "What is 2 + 3? #tool", "#think first", "#two-tools"]
+expect: {streaming: true, first_event_limit: 10s}
+objectives: {time_to_first_event: {p95: 10s}}
+"""
+
+
+def test_pydantic_ai_over_a_websocket_with_parallel_chats_passes(tmp_path: Path):
+    """FAILED-ON-ORIGINAL (every event between RUN_STARTED and RUN_FINISHED an R8 'of no run of this client'): two
+    chats in flight on one connection, a server that streams one run at a time. AG-UI's events name no run, so with
+    two chats in flight the client sent its second request while the first run streamed; each such event is of the
+    one run under way (the other chat has had no event yet)."""
+    with served(_pydantic_websocket_app()) as base:
+        code, chats, out = run(tmp_path, base.replace("http", "ws") + "/agent", scenario(tmp_path, "parallel", PARALLEL))
+    assert code == 0, out
+    assert len(chats["parallel"]) == 8
+    assert all(c["outcome"] == "passed" and not c["violations"] for c in chats["parallel"]), \
+        [(c["chat_id"], c["violations"]) for c in chats["parallel"] if c["violations"]]
+    assert {"TOOL_CALL_RESULT", "REASONING_MESSAGE_CONTENT", "TEXT_MESSAGE_CONTENT"} <= types_of(chats["parallel"])
+
+
+def test_runs_interleaved_on_one_websocket_are_r8_saying_they_cannot_be_told_apart(tmp_path: Path):
+    """Two runs streamed at once on one connection, their events (which name no run) interleaved: no client can tell
+    whose each is. The R8 says that, and what to do, rather than blaming a run of another client (once one of the two
+    has ended, the rest are the other's, so what went missing of it is its R5 and R2 too)."""
+    with served(_pydantic_websocket_app(pairs=True)) as base:
+        code, chats, out = run(tmp_path, base.replace("http", "ws") + "/agent",
+                               scenario(tmp_path, "interleaved", PARALLEL.replace("chats_per_user: 4", "chats_per_user: 2")))
+    assert code == 1, out
+    reasons = {v["reason"] for c in chats["interleaved"] for v in c["violations"]}
+    assert all(c["outcome"] == "failed" for c in chats["interleaved"]), reasons
+    assert any("while 2 runs of this connection are under way" in r and "cannot be told apart" in r for r in reasons), \
+        reasons
+    assert not any("of no run of this client" in r for r in reasons), reasons
 
 
 def _har_entry(url: str, body: dict) -> dict:
