@@ -110,8 +110,11 @@ def agui_frame(frame: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]
     adapter, types = _schema()
     wire_type = frame.get("type")
     if wire_type not in types:
-        # The profile knows it (else the decoder would have refused it): a name from before AG-UI 1.0 (THINKING_*).
-        return (), (f"{str(wire_type)[:60]} is not an AG-UI 1.0 event (1.0 replaced THINKING_* with REASONING_*)",)
+        # The profile knows it (else the decoder would have refused it). A name from before AG-UI 1.0 (THINKING_*) is
+        # the run's advice, said once (AguiRunChecks._pre_1_0): a server on the old names sends one per reasoning delta.
+        if str(wire_type).startswith("THINKING_"):
+            return (), ()
+        return (), (f"{str(wire_type)[:60]} is not an AG-UI 1.0 event: not checked against the schema",)
     try:
         adapter.validate_python(frame, by_alias=True, by_name=False)
     except ValidationError as exc:
@@ -822,6 +825,10 @@ class AguiRunChecks(RunChecks):
             return None, 0, str(exc)[:120] or exc.__class__.__name__
 
     # -- advice --
+    def _pre_1_0(self, p: dict[str, Any], t: str) -> list[Finding]:
+        return self._warn_once("thinking", f"{t} is not an AG-UI 1.0 event (1.0 replaced THINKING_* with REASONING_*; "
+                                           "said once per run)")
+
     def _raw(self, p: dict[str, Any], t: str) -> list[Finding]:
         inner = p.get("event")
         _, types = _schema()
@@ -985,6 +992,9 @@ _HANDLERS: dict[str, Callable[[AguiRunChecks, dict[str, Any], str], list[Finding
     "STATE_SNAPSHOT": AguiRunChecks._state_snapshot,
     "STATE_DELTA": AguiRunChecks._state_delta,
     "RAW": AguiRunChecks._raw,
+    # The names servers used before AG-UI 1.0 (ag-ui.yaml maps them still): advice, once per run.
+    **dict.fromkeys(("THINKING_START", "THINKING_END", "THINKING_TEXT_MESSAGE_START", "THINKING_TEXT_MESSAGE_CONTENT",
+                     "THINKING_TEXT_MESSAGE_END"), AguiRunChecks._pre_1_0),
     "ACTIVITY_SNAPSHOT": AguiRunChecks._activity_snapshot,
     "ACTIVITY_DELTA": AguiRunChecks._activity_delta,
     "SUBAGENT_STARTED": AguiRunChecks._subagent_started,

@@ -118,12 +118,18 @@ def _pydantic_agent() -> Agent:
 
 
 def _pydantic_app() -> Starlette:
+    """The agent at /agent, and at /agent-0.1.10 speaking AG-UI as pydantic-ai does for a client of that version (its
+    reasoning as the pre-1.0 THINKING_* events)."""
     agent = _pydantic_agent()
 
     async def endpoint(request: Request) -> Response:
         return await AGUIAdapter.dispatch_request(request, agent=agent)
 
-    return Starlette(routes=[Route("/agent", endpoint, methods=["POST"])])
+    async def endpoint_0_1_10(request: Request) -> Response:
+        return await AGUIAdapter.dispatch_request(request, agent=agent, ag_ui_version="0.1.10")
+
+    return Starlette(routes=[Route("/agent", endpoint, methods=["POST"]),
+                             Route("/agent-0.1.10", endpoint_0_1_10, methods=["POST"])])
 
 
 def _pydantic_websocket_app(*, pairs: bool = False) -> FastAPI:
@@ -327,6 +333,20 @@ def test_pydantic_ai_unexpected_model_and_tool_errors_are_r13_only(tmp_path: Pat
         code, chats, _ = run(tmp_path, f"{base}/agent", scenario(tmp_path, "unexpected", UNEXPECTED))
     assert code == 1
     only_r13_for_the_error(chats["unexpected"])
+
+
+def test_pydantic_ai_speaking_pre_1_0_thinking_events_gets_that_advice_once_per_chat(tmp_path: Path):
+    """FAILED-ON-ORIGINAL (an advice per THINKING_* event: 6 for two reasoning deltas, and a long reasoning stream
+    filled the chat's 50 warnings, leaving no room for any other advice): pydantic-ai's `ag_ui_version="0.1.10"`."""
+    with served(_pydantic_app()) as base:
+        code, chats, out = run(tmp_path, f"{base}/agent-0.1.10", scenario(tmp_path, "old", users(
+            ["#think first", "#think then #tool"], chats=4)))
+    assert code == 0, out
+    for c in chats["old"]:
+        assert c["outcome"] == "passed" and not c["violations"], c["violations"]
+        assert "THINKING_TEXT_MESSAGE_CONTENT" in [e["wire_type"] for e in c["events"]]
+        assert [w["reason"] for w in c["warnings"] if "THINKING" in w["reason"]] == [
+            "THINKING_START is not an AG-UI 1.0 event (1.0 replaced THINKING_* with REASONING_*; said once per run)"]
 
 
 PARALLEL = """users: 2
