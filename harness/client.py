@@ -574,6 +574,11 @@ class Session(VirtualUser):
         return self.transport is not None and self.transport.connects_on_send
 
     @property
+    def close_code(self) -> int | None:
+        """The close code the connection ended with (Link.close_code)."""
+        return self.transport.close_code if self.closed and self.transport is not None else None
+
+    @property
     def closed_clean(self) -> bool:
         """The server closed the connection with a normal or going-away close (Link.closed_clean)."""
         return (self.closed and not self.closed_by_client and self.transport is not None

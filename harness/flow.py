@@ -84,9 +84,28 @@ def resend_key(message_id: str | None, run_id: str | None) -> str | None:
     return message_id or (f"\x00run {run_id}" if run_id else None)
 
 
-def lost_note_for(ended_note: str, can_resume: bool) -> str:
-    """Why a chat ended without its terminal event when the connection went and was not resumed."""
-    return ended_note or ("connection lost mid-run" + ("" if can_resume else " before the run had an id to resume"))
+# What a WebSocket close code the server ended a connection with says (RFC 6455 7.4.1, the IANA registry).
+CLOSE_CODE_MEANINGS = {1000: "a normal close", 1001: "going away", 1002: "protocol error", 1003: "unsupported data",
+                       1006: "dropped without a close frame", 1007: "invalid data", 1008: "policy violation",
+                       1009: "message too big", 1011: "the server's internal error", 1012: "service restart",
+                       1013: "try again later"}
+
+
+def lost_note_for(ended_note: str, can_resume: bool, *, dialect_resumes: bool = True,
+                  close_code: int | None = None) -> str:
+    """Why a chat ended without its terminal event when the connection went and was not resumed: the transport's note
+    (a truncated event stream), else the WebSocket close code the server ended it with (never its close reason: text
+    of the server's, which may echo anything) and why the run was not resumed (a dialect with no `resume`, AG-UI's, or
+    a run with no id yet)."""
+    if ended_note:
+        return ended_note
+    note = "connection lost mid-run"
+    if close_code is not None:
+        meaning = CLOSE_CODE_MEANINGS.get(close_code)
+        note += f" (WebSocket close code {close_code}{': ' + meaning if meaning else ''})"
+    if not can_resume:
+        note += " before the run had an id to resume" if dialect_resumes else "; the dialect has no resume"
+    return note
 
 
 # What a conversation keeps of its turns for a dialect whose requests carry them (AG-UI): at most this many bytes,
@@ -578,6 +597,12 @@ class Link(Protocol):
         ...
 
     @property
+    def close_code(self) -> int | None:
+        """The WebSocket close code the connection ended with (1006: dropped without a close frame); None while it is
+        open or when unknown."""
+        ...
+
+    @property
     def closed_by_client(self) -> bool:
         """Whether this client closed or dropped the connection on purpose (a chat's abandon_after or
         disconnect_after, the session's end): not the server failing to keep it open (R13)."""
@@ -830,7 +855,9 @@ class ChatFlow:
             self._judge_resume()
             self._lost(now, link)
             if not (options.reconnect and can_resume and self.reconnects < options.max_reconnects):
-                self.lost_note = lost_note_for(link.ended_note, can_resume)
+                self.lost_note = lost_note_for(link.ended_note, can_resume,
+                                               dialect_resumes=self.router.profile.resume is not None,
+                                               close_code=None if link.stream_per_chat else link.close_code)
                 return None
             self.reconnects += 1
             self.state = RECONNECTING

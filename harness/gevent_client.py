@@ -795,6 +795,11 @@ class SyncSession(VirtualUser):
             return False
 
     @property
+    def close_code(self) -> int | None:
+        """The close code the connection ended with (flow.Link.close_code)."""
+        return self.conn.close_code if self.closed and self.conn is not None else None
+
+    @property
     def closed_clean(self) -> bool:
         """The server closed the connection with a normal or going-away close (flow.Link.closed_clean)."""
         return (self.closed and not self.closed_by_client and self.conn is not None

@@ -40,6 +40,7 @@ class FakeLink:
     stream_per_chat: bool = False
     closed_by_client: bool = False
     closed_clean: bool = False
+    close_code: int | None = None
     closed_at: float = float("-inf")  # when the client saw it end; -inf: before anything the flow was told
 
 
@@ -305,6 +306,9 @@ def test_no_reconnect_when_told_not_to_and_the_transports_note_is_kept():
     result = flow.next(0.2, link).result
     assert result.outcome.value == "incomplete" and result.note == "the server ended the event stream"
     assert lost_note_for("", False) == "connection lost mid-run before the run had an id to resume"
+    assert lost_note_for("", False, dialect_resumes=False, close_code=1006) == \
+        "connection lost mid-run (WebSocket close code 1006: dropped without a close frame); the dialect has no resume"
+    assert lost_note_for("", True, close_code=4000) == "connection lost mid-run (WebSocket close code 4000)"
 
 
 def test_another_chat_reconnecting_is_noticed_by_the_generation():

@@ -135,13 +135,18 @@ def _pydantic_app() -> Starlette:
 def _pydantic_websocket_app(*, pairs: bool = False) -> FastAPI:
     """The same agent behind a FastAPI WebSocket endpoint, as a team serves AG-UI over WebSocket: each RunAgentInput (a
     JSON text frame) is run by AGUIAdapter and its events sent back as JSON text frames, one run after another on a
-    connection. `pairs`: two requests are taken, then both run at once, their events interleaved on the socket."""
+    connection. `pairs`: two requests are taken, then both run at once, their events interleaved on the socket. A
+    message with `#crash` fails the handler after three events: its `except` closes the socket with 1011."""
     agent = _pydantic_agent()
     app = FastAPI()
 
     async def events(body: str) -> AsyncIterator[str]:
         adapter = AGUIAdapter(agent=agent, run_input=AGUIAdapter.build_run_input(body.encode()))
+        n = 0
         async for ev in adapter.run_stream():
+            n += 1
+            if n > 3 and "#crash" in body:
+                raise RuntimeError("the handler failed")
             yield ev.model_dump_json(by_alias=True)
 
     @app.websocket("/agent")
@@ -162,6 +167,8 @@ def _pydantic_websocket_app(*, pairs: bool = False) -> FastAPI:
                             streams.remove(s)
         except WebSocketDisconnect:
             pass
+        except RuntimeError:
+            await ws.close(code=1011)
 
     return app
 
@@ -385,6 +392,19 @@ def test_runs_interleaved_on_one_websocket_are_r8_saying_they_cannot_be_told_apa
     assert any("while 2 runs of this connection are under way" in r and "cannot be told apart" in r for r in reasons), \
         reasons
     assert not any("of no run of this client" in r for r in reasons), reasons
+
+
+def test_a_websocket_closed_mid_run_says_the_close_code_and_that_ag_ui_has_no_resume(tmp_path: Path):
+    """FAILED-ON-ORIGINAL (the note said 'connection lost mid-run before the run had an id to resume': the run had one,
+    the client chose it, and nothing said how the server ended the connection): a handler failing mid-run."""
+    with served(_pydantic_websocket_app()) as base:
+        code, chats, out = run(tmp_path, base.replace("http", "ws") + "/agent", scenario(tmp_path, "crash", users(
+            ["Hi #crash"], streaming=False, chats=2)))
+    assert code == 1, out
+    for c in chats["crash"]:
+        assert c["outcome"] == "incomplete" and c["events"][0]["wire_type"] == "RUN_STARTED", c
+        assert c["note"] == ("connection lost mid-run (WebSocket close code 1011: the server's internal error); the "
+                             "dialect has no resume"), c["note"]
 
 
 def _har_entry(url: str, body: dict) -> dict:
