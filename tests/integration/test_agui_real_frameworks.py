@@ -372,11 +372,19 @@ def test_pydantic_ai_over_a_websocket_with_parallel_chats_passes(tmp_path: Path)
     one run under way (the other chat has had no event yet)."""
     with served(_pydantic_websocket_app()) as base:
         code, chats, out = run(tmp_path, base.replace("http", "ws") + "/agent", scenario(tmp_path, "parallel", PARALLEL))
+        recorded = chatprobe("run", scenario(tmp_path, "parallel", PARALLEL), "--target", base.replace("http", "ws")
+                             + "/agent", "--profile", "ag-ui", "--auth", "none", "--record", tmp_path / "rec", "-q")
     assert code == 0, out
     assert len(chats["parallel"]) == 8
     assert all(c["outcome"] == "passed" and not c["violations"] for c in chats["parallel"]), \
         [(c["chat_id"], c["violations"]) for c in chats["parallel"] if c["violations"]]
     assert {"TOOL_CALL_RESULT", "REASONING_MESSAGE_CONTENT", "TEXT_MESSAGE_CONTENT"} <= types_of(chats["parallel"])
+    # `chatprobe check` of the recording judges the connections' interleaved chats alike.
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    checked = chatprobe("check", tmp_path / "rec", "--profile", "ag-ui", "--json", tmp_path / "check.json", "-q")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    again = [c for s in json.loads((tmp_path / "check.json").read_text())["scenarios"] for c in s["chats"]]
+    assert len(again) == 8 and all(c["outcome"] == "passed" and not c["violations"] for c in again)
 
 
 def test_runs_interleaved_on_one_websocket_are_r8_saying_they_cannot_be_told_apart(tmp_path: Path):
