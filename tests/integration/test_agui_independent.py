@@ -588,15 +588,13 @@ def test_the_clients_run_under_a_thread_of_the_servers_is_r8(tmp_path: Path, sty
 
 def test_pre_1_0_thinking_events_pass_with_advice_live_and_offline(tmp_path: Path, capfd):
     """A server on an ag-ui-protocol from before 1.0 streams THINKING_* (1.0 replaced them with REASONING_*; the
-    installed package has no model for them): each is advice, the run passes, as docs/protocol.md says."""
+    installed package has no model for them): advice, said once per run (docs/profiles.md), and the run passes."""
     agent, live, offline, code, got = judged(tmp_path, capfd, "plain",
                                              'name: thinking\nsteps:\n  - chat: {message: "#fault=thinking"}\n')
     assert got == {"#fault=thinking": [("passed", (), ("R12",))]}, got
     assert code == 0
     (chat,) = live["chats"]
-    assert [w["reason"].split()[0] for w in chat["warnings"]] == [
-        "THINKING_START", "THINKING_TEXT_MESSAGE_START", "THINKING_TEXT_MESSAGE_CONTENT", "THINKING_TEXT_MESSAGE_END",
-        "THINKING_END"]
+    assert [w["reason"].split()[0] for w in chat["warnings"]] == ["THINKING_START"]
     assert "agent_thinking" in {e["role"] for e in chat["events"]}
 
 
