@@ -54,6 +54,12 @@ if TYPE_CHECKING:
 
 __all__ = ["STOPPED_NOTE", "SyncSession"]
 
+# An SSE reader lets the other greenlets run once per this many bytes of stream parsed (unpacked, for an encoded one):
+# a read that waited for the socket let them run already, but a server sending faster than it is read never makes
+# one wait, and the reader alone would hold the Locust process (its run time's end, --stop-timeout, SIGTERM) for as
+# long as the server kept sending. Counted in bytes, not reads: a read of 64 KiB of tiny lines is ~20 ms of parsing,
+# and one of gzip unpacks to a thousand times that. A chat's stream of a few kB never yields for it.
+YIELD_BYTES = 1 << 16
 BACKLOG = 1 << 20  # bytes the server has not read past which the reader waits for it to read (pongs of a ping flood)
 # Reads after which the reader lets the other greenlets run (see _Wire.read), for YIELD_PAUSE seconds (a timer: one
 # turn of gevent's loop, its timers and I/O, for the others; a GIL release on plain threads): at most 1 MiB of the
@@ -437,7 +443,12 @@ class _StreamWire:
                 elif isinstance(event, h11.ConnectionClosed):  # as httpx says it (the asyncio transport)
                     raise ConnectFailed("protocol_error",
                                         "HTTP protocol error: Server disconnected without sending a response.")
-                # (a 1xx answer: the next one is awaited, within the same deadline)
+                else:
+                    # A 1xx answer: the next one is awaited, within the same deadline (_within checks it before
+                    # every read, however fast they come), and the other greenlets get their turn meanwhile: a
+                    # server sending `100 Continue` without end, never making a read wait, held the whole Locust
+                    # process, its run time's end and its signals included, until it stopped.
+                    _yield()
             head = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in event.headers}
             failure = head_failure(event.status_code, head.get("content-type", ""), head.get("location", ""), s.url,
                                    head.get("content-encoding", ""))
@@ -475,6 +486,7 @@ class _StreamWire:
             return
         parser = EventStreamParser(self.settings.max_size)
         unpacker = Unpacker(self.coding) if self.coding else None
+        parsed = 0  # bytes parsed since the other greenlets last had a turn (YIELD_BYTES)
         try:
             while True:
                 event = http.next_event()
@@ -488,19 +500,30 @@ class _StreamWire:
                                            f"({exc.__class__.__name__})")
                         self.close_reason = f"{exc.__class__.__name__}: {str(exc)[:120]}"
                         return
-                    if not data and self.closing:
-                        break
+                    if self.closing:
+                        break  # closed or dropped by the client: what a server still streams is read no further
                     http.receive_data(data)
                 elif isinstance(event, h11.Data):
                     if unpacker is None:
-                        messages: list[str | bytes] = list(parser.feed(bytes(event.data)))
+                        data = bytes(event.data)
+                        messages: list[str | bytes] = list(parser.feed(data))
                         if messages:
                             deliver(messages)
+                        parsed += len(data)
+                        if parsed >= YIELD_BYTES:
+                            parsed = 0
+                            _yield()
                         continue
                     for piece in unpacker.pieces(bytes(event.data)):  # each piece handed over before the next
                         messages = list(parser.feed(piece))
                         if messages:
                             deliver(messages)
+                        parsed += len(piece)
+                        if parsed >= YIELD_BYTES:
+                            parsed = 0
+                            _yield()
+                            if self.closing:
+                                break  # (the rest of a bomb's read is not unpacked for a closed stream)
                 else:  # EndOfMessage, ConnectionClosed: the body ended cleanly
                     if unpacker is not None and not unpacker.complete():
                         raise CorruptEncoding(f"the server's {unpacker.coding}-encoded event stream ended before "
@@ -572,7 +595,10 @@ def _open_socket(host: str, port: int, timeout: float, deadline: float,
 
 def _within(sock: socket.socket, deadline: float, op: Callable[[], Any], wait: int = select.POLLIN) -> Any:
     """`op()` on a non-blocking socket during the handshake, tried again whenever the socket is ready for it (`wait`
-    for a plain socket; what OpenSSL asks for a TLS one), until `deadline` (time.monotonic): a TimeoutError then."""
+    for a plain socket; what OpenSSL asks for a TLS one), until `deadline` (time.monotonic): a TimeoutError then,
+    also for a caller whose ops never wait (a server that never stops sending what is not yet the answer)."""
+    if time.monotonic() >= deadline:
+        raise TimeoutError("timed out while connecting")
     while True:
         try:
             return op()
@@ -588,6 +614,13 @@ def _within(sock: socket.socket, deadline: float, op: Callable[[], Any], wait: i
         poller = select.poll()
         poller.register(sock, event)
         poller.poll(math.ceil(left * 1000))
+
+
+def _yield() -> None:
+    """Let the other greenlets run: under Locust time.sleep is gevent's, and a time past 0 waits for the next turn of
+    its loop, timers and signals included (gevent's sleep(0) may switch straight back, the loop never turning: a
+    stream flood still held the run's end for seconds); on plain threads, let the others have the interpreter."""
+    time.sleep(1e-6)
 
 
 def _send_some(sock: socket.socket, data: memoryview) -> int:

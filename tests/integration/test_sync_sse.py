@@ -145,6 +145,24 @@ async def test_an_answer_head_dripped_a_byte_at_a_time_is_a_timeout_at_the_conne
     assert took < 12, took  # (two chats of 1 s connect deadlines: not the 9 s drip each)
 
 
+async def test_1xx_answers_sent_without_end_are_a_timeout_at_the_connect_deadline():
+    """FAILED on the old code: the deadline was looked at only when a read had to wait, and `100 Continue` sent as
+    fast as the server could never made one wait: the sync client read them until the server stopped (here, the
+    test's 20 s bound), where the asyncio client's chat was a timeout at its connect deadline."""
+    async def handler(reader, writer, head, body):
+        while True:  # until the client goes away (the server's `within` bounds it)
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 512)
+            await writer.drain()
+
+    async with RawServer(handler, within=40) as server:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        expected, got, _ = await both(server.url, connect_timeout=1)
+        took = loop.time() - start
+    assert verdict(got) == verdict(expected) and got.error_kind == "timeout", (expected, got)
+    assert took < 12, took
+
+
 @pytest.mark.parametrize("coding", ["gzip", "deflate"])
 async def test_an_encoded_stream_is_unpacked_and_passes_alike(coding):
     async def handler(reader, writer, head, body):

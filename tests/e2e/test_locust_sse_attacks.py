@@ -1,0 +1,105 @@
+"""Real Locust (gevent, monkey-patched) over SSE against a hostile HTTP server: one that sends faster than it is
+read, so no read of the Locust user ever has to wait. A greenlet that never waits lets no other run, so every such
+server is a test of the process as a whole: its run time must still end the run, --stop-timeout still stop the
+users, and the summary still be printed. The server is a raw HTTP/1.1 server on 127.0.0.1 in a thread of the test,
+sending for at most FLOOD_FOR seconds a connection. Loopback only.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from .test_locust import LOCUSTFILE, SUMMARY, finish, locust_bin
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+FLOOD_FOR = 60.0  # seconds a connection is flooded at most: far past the bound the test allows the run
+
+FLOODS = {
+    # `100 Continue` without end: never the answer's head, never a read that waits
+    "1xx answers": (b"", b"HTTP/1.1 100 Continue\r\n\r\n" * 2048),
+    # an event stream of comments without end: nothing for the chat, never a read that waits
+    "an endless stream": (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n", b":\n" * 32768),
+}
+
+
+class FloodServer:
+    """Reads a request's head, writes `head`, then `chunk` again and again until the client goes away (or FLOOD_FOR
+    seconds have passed)."""
+
+    def __init__(self, head: bytes, chunk: bytes) -> None:
+        self.head, self.chunk = head, chunk
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/agent"
+        self.stopped = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._flood, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _flood(self, conn: socket.socket) -> None:
+        end = time.monotonic() + FLOOD_FOR
+        with conn:
+            conn.settimeout(5)
+            try:
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    got += data
+                conn.sendall(self.head)
+                while time.monotonic() < end and not self.stopped.is_set():
+                    conn.sendall(self.chunk)
+            except OSError:
+                pass  # the client went away
+
+    def __enter__(self) -> FloodServer:
+        thread = threading.Thread(target=self._accept, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.listener.close()
+        for thread in self.threads:
+            thread.join(10)
+
+
+@pytest.fixture(params=sorted(FLOODS))
+def flood(request) -> Iterator[FloodServer]:
+    with FloodServer(*FLOODS[request.param]) as server:
+        yield server
+
+
+def test_a_server_that_never_lets_a_read_wait_does_not_hold_the_run_past_its_end(procs, flood):
+    """FAILED on the old code: the Locust process was held by the one greenlet reading (the 1xx answers, or the
+    stream) until the server stopped sending: a 2 s run with --stop-timeout 2 had not ended after 30 s (a run with
+    the server sending for good never ends, its SIGTERM unanswered). The user's reader now lets the others run
+    once per 64 KiB it parses, and the answer's head is awaited within the connect deadline however fast the 1xx
+    answers come."""
+    started = time.monotonic()
+    proc = procs.start("locust", [
+        locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "2", "-r", "2", "--run-time", "2s", "--stop-timeout", "2",
+        "--host", flood.url, "--chatprobe-profile", "ag-ui", "--chatprobe-auth", "none",
+        "--chatprobe-scenario", "basic"])
+    code = finish(proc, 30)
+    assert time.monotonic() - started < 30
+    assert code == 1, proc.tail(60)  # no chat passed: the objectives failed, the run ended with its summary
+    assert SUMMARY.search(proc.out()) is not None, proc.tail(60)
+    assert "Traceback" not in proc.err(), proc.tail(60)
