@@ -1192,8 +1192,13 @@ class ConnectionChecker:
         """The client opened another connection (the live clients keep one checker for all of a session's): what no
         chat was told on the last one was that connection's, reported at its end (`ended`), as a watcher (the proxy,
         `chatprobe check`), with a checker per connection, reports it. So were the answers probes judged on it still
-        owed: the new connection's server owes them none."""
+        owed: the new connection's server owes them none. The flood bound (INCIDENTS_EACH, `_charged`) is the
+        connection's too: counted across a session's connections, every chat after its 16th malformed frame went
+        untold of its own stream's R12 (SSE: a stream a chat, so a user's 17th chat on), which `chatprobe check`,
+        with a checker per connection, reported."""
         self.untold = _NO_LIST
+        self.malformed = self.foreign = 0
+        self._fresh = _NO_LIST
         self.probes = [p for p in self.probes if p._result is None] or _NO_LIST
 
     def _charged(self) -> Iterable[ChatTracker]:

@@ -145,6 +145,37 @@ async def test_an_answer_head_dripped_a_byte_at_a_time_is_a_timeout_at_the_conne
     assert took < 12, took  # (two chats of 1 s connect deadlines: not the 9 s drip each)
 
 
+async def test_every_chat_of_a_user_whose_stream_breaks_after_its_run_is_an_r12_past_the_16th():
+    """FAILED on the old code: a session's checker counted malformed frames across its connections, and past 16 of
+    them (INCIDENTS_EACH, a bound on one connection's flood) told only chats still in flight: from a user's 17th
+    chat on, a chunked body cut short after the terminal event passed, under `run` and Locust alike (Locust: 1606 of
+    1622 chats passed), where `chatprobe check` found every recorded chat an R12."""
+    async def handler(reader, writer, head, body):
+        run = whole_run(body)
+        writer.write(HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(run) + run + b"\r\n5\r\nab")
+        await writer.drain()
+
+    chats = 20
+    async with RawServer(handler) as server:
+        target = LimitedTarget(url=server.url, profile=AGUI, name="t", tokens=TokenProvider(None))
+        session = Session(target, "u1", "t", Collector(), connect_timeout=3)
+        try:
+            expected = [await asyncio.wait_for(session.chat("hi", EXP, OPTIONS), 20) for _ in range(chats)]
+        finally:
+            await asyncio.wait_for(session.close(), 10)
+        sync = SyncSession(target, "u2", "t", Collector(), connect_timeout=3)
+
+        def play() -> list[ChatResult | None]:
+            try:
+                return [sync.chat("hi", EXP, OPTIONS) for _ in range(chats)]
+            finally:
+                sync.close()
+
+        got = await asyncio.wait_for(asyncio.to_thread(play), 40)
+    assert [verdict(r) for r in expected] == [(Outcome.FAILED, None, ["R12"])] * chats, expected
+    assert [verdict(r) for r in got if r is not None] == [(Outcome.FAILED, None, ["R12"])] * chats, got
+
+
 async def test_1xx_answers_sent_without_end_are_a_timeout_at_the_connect_deadline():
     """FAILED on the old code: the deadline was looked at only when a read had to wait, and `100 Continue` sent as
     fast as the server could never made one wait: the sync client read them until the server stopped (here, the
