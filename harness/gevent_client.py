@@ -54,18 +54,17 @@ if TYPE_CHECKING:
 
 __all__ = ["STOPPED_NOTE", "SyncSession"]
 
-# An SSE reader lets the other greenlets run once per this many bytes of stream parsed (unpacked, for an encoded one):
+# A reader lets the other greenlets run once per this many bytes it read (SSE: parsed, unpacked for an encoded stream):
 # a read that waited for the socket let them run already, but a server sending faster than it is read never makes
 # one wait, and the reader alone would hold the Locust process (its run time's end, --stop-timeout, SIGTERM) for as
 # long as the server kept sending. Counted in bytes, not reads: a read of 64 KiB of tiny lines is ~20 ms of parsing,
 # and one of gzip unpacks to a thousand times that. A chat's stream of a few kB never yields for it.
 YIELD_BYTES = 1 << 16
-BACKLOG = 1 << 20  # bytes the server has not read past which the reader waits for it to read (pongs of a ping flood)
-# Reads after which the reader lets the other greenlets run (see _Wire.read), for YIELD_PAUSE seconds (a timer: one
-# turn of gevent's loop, its timers and I/O, for the others; a GIL release on plain threads): at most 1 MiB of the
-# wire between two turns, and a chat's few reads mostly never get there.
-YIELD_EVERY = 16
+# How long a turn given to the others lasts (_yield): a timer, one turn of gevent's loop, its timers and I/O, for them
+# (a GIL release on plain threads). Not sleep(0): gevent's may switch straight back, the loop never turning (a chat's
+# deadline timer fired seconds late, a stream flood held the run's end).
 YIELD_PAUSE = 0.0001
+BACKLOG = 1 << 20  # bytes the server has not read past which the reader waits for it to read (pongs of a ping flood)
 
 
 class _Wire:
@@ -222,15 +221,8 @@ class _Wire:
         messages = self._messages(early)
         if messages:
             deliver(messages)
-        reads = 0
+        got = 0  # bytes read since the other greenlets last had a turn (YIELD_BYTES)
         while protocol.state is not State.CLOSED and not self.dropped:
-            reads += 1
-            if not reads % YIELD_EVERY:
-                # A read of bytes already there never waits, and under gevent only a wait lets another greenlet run:
-                # a server sending at line rate (pongs back to back) held this chat's deadline, and every other
-                # Locust user of the process, until it stopped. A pause, not sleep(0): gevent's sleep(0) runs the
-                # greenlets ready to run but fired a chat's deadline timer seconds late (YIELD_PAUSE).
-                time.sleep(YIELD_PAUSE)
             if len(self.out) > BACKLOG:
                 # Pongs (and closes) the server does not read: read no further until it takes some (websockets'
                 # BoundedPongs for the asyncio clients), so its pings cannot grow this without end.
@@ -265,7 +257,7 @@ class _Wire:
                 # once the connection is dropped (the chat's deadline came meanwhile).
                 for i in range(0, len(messages), FRAMES_PER_TURN):
                     if i:
-                        time.sleep(YIELD_PAUSE)
+                        _yield()
                         if self.dropped:
                             break
                     deliver(messages[i:i + FRAMES_PER_TURN])
@@ -273,6 +265,10 @@ class _Wire:
                 deliver(messages)
             if not data:
                 break
+            got += len(data)
+            if got >= YIELD_BYTES:  # a server sending faster than it is read (pongs back to back): see YIELD_BYTES
+                got = 0
+                _yield()
             if protocol.close_expected():
                 # A close frame went out (ours: a frame over max_size, bad UTF-8 or framing; or our answer to the
                 # server's): the connection is over. Waiting for the server's end of TCP would leave a server that
@@ -618,9 +614,8 @@ def _within(sock: socket.socket, deadline: float, op: Callable[[], Any], wait: i
 
 def _yield() -> None:
     """Let the other greenlets run: under Locust time.sleep is gevent's, and a time past 0 waits for the next turn of
-    its loop, timers and signals included (gevent's sleep(0) may switch straight back, the loop never turning: a
-    stream flood still held the run's end for seconds); on plain threads, let the others have the interpreter."""
-    time.sleep(1e-6)
+    its loop, timers and signals included (YIELD_PAUSE); on plain threads, let the others have the interpreter."""
+    time.sleep(YIELD_PAUSE)
 
 
 def _send_some(sock: socket.socket, data: memoryview) -> int:

@@ -1,15 +1,18 @@
-"""Real Locust (gevent, monkey-patched) over SSE against a hostile HTTP server: one that sends faster than it is
-read, so no read of the Locust user ever has to wait. A greenlet that never waits lets no other run, so every such
+"""Real Locust (gevent, monkey-patched) over SSE (and a WebSocket) against a hostile server: one that sends faster
+than it is read, so no read of the Locust user ever has to wait. A greenlet that never waits lets no other run, so every such
 server is a test of the process as a whole: its run time must still end the run, --stop-timeout still stop the
 users, and the summary still be printed. The server is a raw HTTP/1.1 server on 127.0.0.1 in a thread of the test,
 sending for at most FLOOD_FOR seconds a connection. Loopback only.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -19,23 +22,37 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 FLOOD_FOR = 60.0  # seconds a connection is flooded at most: far past the bound the test allows the run
 
-FLOODS = {
+
+
+def upgrade(request: bytes) -> bytes:
+    """The WebSocket handshake's answer to `request` (RFC 6455 4.2.2)."""
+    match = re.search(rb"(?im)^sec-websocket-key:\s*(\S+)", request)
+    assert match is not None, request
+    accept = base64.b64encode(hashlib.sha1(match.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+
+
+FLOODS: dict[str, tuple[str, Callable[[bytes], bytes], bytes]] = {
     # `100 Continue` without end: never the answer's head, never a read that waits
-    "1xx answers": (b"", b"HTTP/1.1 100 Continue\r\n\r\n" * 2048),
+    "1xx answers": ("http", lambda request: b"", b"HTTP/1.1 100 Continue\r\n\r\n" * 2048),
     # an event stream of comments without end: nothing for the chat, never a read that waits
-    "an endless stream": (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n", b":\n" * 32768),
+    "an endless stream": ("http", lambda request: b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n",
+                          b":\n" * 32768),
+    # the same over a WebSocket (AG-UI's events as text frames): small frames without end
+    "endless frames": ("ws", upgrade, b"\x81\x02{}" * 16384),
 }
 
 
 class FloodServer:
-    """Reads a request's head, writes `head`, then `chunk` again and again until the client goes away (or FLOOD_FOR
-    seconds have passed)."""
+    """Reads a request's head, writes `head(request)`, then `chunk` again and again until the client goes away (or
+    FLOOD_FOR seconds have passed)."""
 
-    def __init__(self, head: bytes, chunk: bytes) -> None:
+    def __init__(self, scheme: str, head: Callable[[bytes], bytes], chunk: bytes) -> None:
         self.head, self.chunk = head, chunk
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/agent"
+        self.url = f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}/agent"
         self.stopped = threading.Event()
         self.threads: list[threading.Thread] = []
 
@@ -62,7 +79,7 @@ class FloodServer:
                     if not data:
                         return
                     got += data
-                conn.sendall(self.head)
+                conn.sendall(self.head(got))
                 while time.monotonic() < end and not self.stopped.is_set():
                     conn.sendall(self.chunk)
             except OSError:
@@ -89,10 +106,10 @@ def flood(request) -> Iterator[FloodServer]:
 
 def test_a_server_that_never_lets_a_read_wait_does_not_hold_the_run_past_its_end(procs, flood):
     """FAILED on the old code: the Locust process was held by the one greenlet reading (the 1xx answers, or the
-    stream) until the server stopped sending: a 2 s run with --stop-timeout 2 had not ended after 30 s (a run with
-    the server sending for good never ends, its SIGTERM unanswered). The user's reader now lets the others run
-    once per 64 KiB it parses, and the answer's head is awaited within the connect deadline however fast the 1xx
-    answers come."""
+    stream, the frames) until the server stopped sending: a 2 s run with --stop-timeout 2 had not ended after 30 s
+    (a run with the server sending for good never ends, its SIGTERM unanswered). The user's readers now let the
+    others run once per 64 KiB they read, and the answer's head is awaited within the connect deadline however fast
+    the 1xx answers come."""
     started = time.monotonic()
     proc = procs.start("locust", [
         locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "2", "-r", "2", "--run-time", "2s", "--stop-timeout", "2",
