@@ -544,6 +544,15 @@ def _test_start(environment, **_kw) -> None:
     run.started = time.monotonic()
     opts = environment.parsed_options
     if isinstance(environment.runner, MasterRunner):
+        try:
+            # The options this test runs with: the web UI's form may have changed them since the master loaded its
+            # own at its start (the form is checked before a test starts). The workers load the same; the master
+            # judges by this scenario's objectives and its shape ramps the users by its stages.
+            run.load()
+        except ConfigError as exc:
+            run.usage_error = redact.clean(str(exc), 1000)
+            gevent.spawn(environment.runner.quit)
+            return
         if opts is not None and getattr(opts, "chatprobe_record", None):
             # Sent to the workers with the spawn messages that follow: one run id for all of this test's files.
             from .recorder import new_run_id
