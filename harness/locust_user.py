@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import itertools
 import logging
 import signal
@@ -106,6 +107,14 @@ CONNECT_FAILURES = frozenset({"refused", "timeout", "tls_error", "auth_failed"})
 # The recording's run id the master puts in the options it sends its workers at each test's start (Locust sends
 # every custom option to them), so that every worker's --chatprobe-record files carry it.
 RECORD_RUN = "chatprobe_record_run"
+# What the master loaded for the test, in the options it sends its workers at each test's start: a digest of its
+# scenario and one of its profile, which a worker compares with what it loaded from its own disk (the same path or
+# built-in name can hold another file on another machine, or in another chatprobe version).
+MASTER_DIGESTS = "chatprobe_master_digests"
+# The chatprobe options each process reads for itself (a worker its own metrics port and host): not the master's to set.
+PER_PROCESS_OPTIONS = frozenset({"chatprobe_metrics_port", "chatprobe_metrics_host"})
+# The defaults of the chatprobe options (their parser's), to tell an option given on a worker's command line.
+_option_defaults: dict[str, object] = {}
 
 
 class _HelpAction(argparse.Action):
@@ -151,6 +160,7 @@ def _arguments(parser: "argparse.ArgumentParser") -> None:
                    help="write every connection's frames to DIR as JSON Lines, secrets scrubbed, for `chatprobe check "
                         "DIR` (as `chatprobe run --record`); distributed: give it to the master, each worker writes "
                         "to DIR on its own machine, all under the master's run id (the master writes nothing)")
+    _option_defaults.update({a.dest: a.default for a in g._group_actions if a.dest.startswith("chatprobe_")})
     _refuse_misspelt(parser, sys.argv[1:])
 
 
@@ -203,6 +213,7 @@ class _Run:
         self.started = time.monotonic()
         self.user_prefix = f"lc-{uuid.uuid4().hex[:6]}"
         self.recorder: Recorder | None = None  # --chatprobe-record: this process's users' connections
+        self.own_options: dict[str, object] = {}  # worker: the chatprobe options given on its own command line
 
     def start_recording(self) -> None:
         """--chatprobe-record DIR: a Recorder for this test's connections, under the run id the master chose (RECORD_RUN
@@ -272,6 +283,41 @@ class _Run:
             raise ConfigError(flag_named(exc, "--chatprobe-", LOCUST_FIELDS), field=exc.field, detail=exc.detail,
                               key=exc.key) from None
         return scenario, target
+
+    def digests(self) -> dict[str, str]:
+        """What this process loaded for the test, as MASTER_DIGESTS carries it: a digest of the scenario and one of
+        the profile, each of its whole content."""
+        assert self.scenario is not None and self.target is not None
+        return {"scenario": hashlib.sha256(self.scenario.model_dump_json().encode()).hexdigest(),
+                "profile": hashlib.sha256(self.target.profile.model_dump_json().encode()).hexdigest()}
+
+    def check_own_options(self, opts: argparse.Namespace) -> None:
+        """Worker, at a test's start: the master's options (Locust sets them over the worker's own, silently) must be
+        those the worker was given on its command line; else ConfigError naming the flag. Without this the worker
+        played what its operator did not ask for."""
+        for dest, given in self.own_options.items():
+            master = getattr(opts, dest, None)
+            if master != given:
+                flag = "--" + dest.replace("_", "-")
+                shown = "" if dest == "chatprobe_header" else \
+                    f" ({redact.clean(repr(given), 200)} here, {redact.clean(repr(master), 200)} at the master)"
+                raise ConfigError(f"{flag}: this worker was given another value than the master{shown}; a worker "
+                                  "plays the master's chatprobe options: give them to the master only", field=dest)
+
+    def check_master_digests(self, opts: argparse.Namespace) -> None:
+        """Worker, once it loaded the test's scenario: the scenario and profile must be the master's (MASTER_DIGESTS),
+        the one it judges the run by; else ConfigError naming which differs."""
+        master_digests = getattr(opts, MASTER_DIGESTS, None)
+        if not isinstance(master_digests, dict):
+            return  # (a master without chatprobe's check)
+        mine = self.digests()
+        assert self.scenario is not None and self.target is not None
+        for what, flag, name in (("scenario", "--chatprobe-scenario", opts.chatprobe_scenario),
+                                 ("profile", "--chatprobe-profile", self.target.profile.name)):
+            if master_digests.get(what) != mine[what]:
+                raise ConfigError(f"{flag} {redact.clean(str(name), 200)}: the {what} this worker loaded differs from "
+                                  f"the master's (another file at that path, or another chatprobe version): give every "
+                                  f"machine the same {what}", field=what)
 
     # -- verdicts --
     def record(self, result: ChatResult, elapsed: float) -> None:
@@ -431,6 +477,11 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
         # Added after Locust's own quitting listener, which tells the master this worker quit: quitting fires its
         # listeners last-added first, so this one reports before that.
         environment.events.quitting.add_listener(_worker_quitting)
+        # The chatprobe options given on this worker's command line, before the master's are set over them.
+        opts = environment.parsed_options
+        _run.own_options = {dest: getattr(opts, dest) for dest, default in _option_defaults.items()
+                            if dest not in PER_PROCESS_OPTIONS and opts is not None
+                            and getattr(opts, dest, default) != default}
         # Run beside the worker's message loop (its heartbeats go on while the users finish their chats).
         runner.register_message(STOP_WORKERS_MESSAGE, _on_stop_asked, concurrent=True)
     else:
@@ -553,6 +604,8 @@ def _test_start(environment, **_kw) -> None:
             run.usage_error = redact.clean(str(exc), 1000)
             gevent.spawn(environment.runner.quit)
             return
+        if opts is not None:
+            setattr(opts, MASTER_DIGESTS, run.digests())  # sent with the spawn messages that follow
         if opts is not None and getattr(opts, "chatprobe_record", None):
             # Sent to the workers with the spawn messages that follow: one run id for all of this test's files.
             from .recorder import new_run_id
@@ -561,7 +614,11 @@ def _test_start(environment, **_kw) -> None:
     else:
         tune_collector()
         try:
+            if isinstance(environment.runner, WorkerRunner):
+                run.check_own_options(opts)
             run.load()  # a worker has the master's options now
+            if isinstance(environment.runner, WorkerRunner):
+                run.check_master_digests(opts)
             run.start_recording()  # a new run id for each test (the master's, on a worker)
         except ConfigError as exc:
             # The master checked the same options at its start: what fails here is this worker's own view of them

@@ -116,13 +116,14 @@ class Proc:
 
 
 class ProcGroup:
-    """`start(name, argv, env=...)` → Proc, its output in `workdir`; `stop_all()` stops every one started."""
+    """`start(name, argv, env=..., cwd=...)` → Proc, its output in `workdir` (its working directory too, unless `cwd`
+    says another: a "machine" of its own, for relative paths); `stop_all()` stops every one started."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.started: list[Proc] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
         # This checkout's code, not whichever one the virtualenv's editable install points at (a worktree's
         # tests otherwise ran the main checkout's harness in every child started from tmp_path).
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
@@ -130,7 +131,7 @@ class ProcGroup:
         out, err = self.workdir / f"{name}.out", self.workdir / f"{name}.err"
         with open(out, "wb") as fo, open(err, "wb") as fe:
             popen = subprocess.Popen(argv, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, env=full_env,
-                                     cwd=self.workdir, start_new_session=True)
+                                     cwd=cwd or self.workdir, start_new_session=True)
         proc = Proc(name, popen, out, err)
         self.started.append(proc)
         return proc

@@ -58,3 +58,78 @@ def test_a_web_ui_master_judges_the_scenario_its_form_started(procs, agentsim, t
     assert summary is not None and summary["scenario"] == "probe", master.tail(60)
     assert summary["verdict"] == "objectives met", master.tail(60)
     assert int(summary["chats"]) == int(csv_row(prefix, "chat", "probe")["Request Count"]) > 0, summary[0]
+
+
+def headless_master(procs, url: str, env: dict[str, str], *extra: str):
+    """A headless master on loopback waiting for one worker (2 users, 6 s) → (Proc, master port)."""
+    return start_on_free_port(procs, "master", lambda port: [
+        locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
+        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+        "-u", "2", "-r", "2", "--run-time", "6s", "--host", url, *extra], env=env)
+
+
+def start_worker(procs, master_port: int, env: dict[str, str], *extra: str, cwd: Path | None = None):
+    return procs.start("worker", [locust_bin(), "-f", LOCUSTFILE, "--worker", "--master-host", "127.0.0.1",
+                                  "--master-port", str(master_port), *extra], env=env, cwd=cwd)
+
+
+TEAM_SCENARIO = """name: team
+users: 1
+chats_per_user: 1
+message: "{message}"
+objectives:
+  passed_ratio: {{min: 1.0}}
+"""
+
+
+def test_a_worker_whose_scenario_file_differs_from_the_masters_is_refused(procs, agentsim, tmp_path: Path):
+    """The same relative path on two machines (here: two working directories) holds two different files. FAILED on
+    the old code: the worker played its own file's chats and the master judged them by its own file, exit 0, nothing
+    said."""
+    _, url, env = agentsim()
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    # The master's working directory is the test's own (procs'), the worker's one of its own.
+    (tmp_path / "team.yaml").write_text(TEAM_SCENARIO.format(message="What is 17 * 23?"))
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "team.yaml").write_text(TEAM_SCENARIO.format(message="Say hello."))
+    master, master_port = headless_master(procs, url, secret, "--chatprobe-scenario", "team.yaml")
+    worker = start_worker(procs, master_port, secret, cwd=tmp_path / "worker")
+    assert finish(worker, 30) == 2, worker.tail()
+    assert finish(master) == 2, master.tail(60)
+    needle = ("--chatprobe-scenario team.yaml: the scenario this worker loaded differs from the master's (another file "
+              "at that path, or another chatprobe version)")
+    assert needle in worker.err() and needle in master.err(), (worker.tail(), master.tail())
+    assert "Traceback" not in worker.err() + master.err()
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--chatprobe-scenario", "probe"], "--chatprobe-scenario: this worker was given another value than the master "
+                                        "('probe' here, 'basic' at the master)"),
+    (["--chatprobe-header", "X-Team: s3cr3t-value"], "--chatprobe-header: this worker was given another value than "
+                                                     "the master; a worker plays"),
+], ids=["scenario", "header"])
+def test_a_worker_given_other_chatprobe_options_than_the_master_is_refused(procs, agentsim, flags, needle):
+    """Locust sets the master's options over a worker's own. FAILED on the old code: the worker given --chatprobe-scenario
+    probe played basic (the master's) and nothing said so, exit 0. A header's value is a secret: never shown."""
+    _, url, env = agentsim()
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    master, master_port = headless_master(procs, url, secret, "--chatprobe-scenario", "basic")
+    worker = start_worker(procs, master_port, secret, *flags, "--chatprobe-metrics-port", "0")
+    assert finish(worker, 30) == 2, worker.tail()
+    assert finish(master) == 2, master.tail(60)
+    assert needle in worker.err() and needle in master.err(), (worker.tail(), master.tail())
+    assert "s3cr3t" not in worker.out() + worker.err() + master.out() + master.err()
+
+
+def test_a_worker_given_the_masters_own_options_and_its_own_metrics_port_runs(procs, agentsim, tmp_path: Path):
+    """The same command line on every machine (as a deployment's template gives it), a worker's metrics port its own."""
+    _, url, env = agentsim()
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    same = ["--chatprobe-scenario", "probe", "--chatprobe-header", "X-Team: blue"]
+    master, master_port = headless_master(procs, url, secret, *same)
+    worker = start_worker(procs, master_port, secret, *same, "--chatprobe-metrics-port", "0",
+                          "--chatprobe-metrics-host", "127.0.0.1")
+    assert finish(master) == 0, master.tail(60)
+    assert finish(worker, 30) == 0, worker.tail()
+    summary = SUMMARY.search(master.out())
+    assert summary is not None and summary["scenario"] == "probe" and int(summary["chats"]) > 0, master.tail(60)
