@@ -111,10 +111,26 @@ RECORD_RUN = "chatprobe_record_run"
 # scenario and one of its profile, which a worker compares with what it loaded from its own disk (the same path or
 # built-in name can hold another file on another machine, or in another chatprobe version).
 MASTER_DIGESTS = "chatprobe_master_digests"
-# The chatprobe options each process reads for itself (a worker its own metrics port and host): not the master's to set.
-PER_PROCESS_OPTIONS = frozenset({"chatprobe_metrics_port", "chatprobe_metrics_host"})
-# The defaults of the chatprobe options (their parser's), to tell an option given on a worker's command line.
-_option_defaults: dict[str, object] = {}
+# The chatprobe options given to this process (its command line; Locust's config file and LOCUST_* variables are read
+# as if given there), as parsed, before a master's are set over them: a worker's must be the master's. Not its metrics
+# port and host, which each process reads for itself.
+_given: dict[str, object] = {}
+
+
+class _Given(argparse._StoreAction):
+    """Stores the option, and notes it in `_given`."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        _given[self.dest] = getattr(namespace, self.dest)
+
+
+class _GivenAll(argparse._AppendAction):
+    """Appends the option's value (a repeatable option), and notes them all in `_given`."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        _given[self.dest] = list(getattr(namespace, self.dest))
 
 
 class _HelpAction(argparse.Action):
@@ -133,34 +149,33 @@ def _arguments(parser: "argparse.ArgumentParser") -> None:
     g = parser.add_argument_group("chatprobe", "Locust prints --help before it reads the locustfile: "
                                   "`locust -f scenarios/locustfile.py --chatprobe-help` shows these.")
     g.add_argument("--chatprobe-help", action=_HelpAction, help="show this help, the chatprobe flags included, and exit")
-    g.add_argument("--chatprobe-scenario", default="basic", metavar="NAME|FILE",
+    g.add_argument("--chatprobe-scenario", action=_Given, default="basic", metavar="NAME|FILE",
                    help=f"chatprobe scenario to play (built-ins: {', '.join(builtin_scenarios())})")
-    g.add_argument("--chatprobe-profile", default=None, metavar="NAME|FILE",
+    g.add_argument("--chatprobe-profile", action=_Given, default=None, metavar="NAME|FILE",
                    help="wire-format profile (default: the scenario's, else netra)")
-    g.add_argument("--chatprobe-auth", choices=AUTH_MODES, default="header",
+    g.add_argument("--chatprobe-auth", action=_Given, choices=AUTH_MODES, default="header",
                    help="token as an Authorization header or the jwt.<token> subprotocol; the token comes from "
                         "CHATPROBE_TOKEN, or is minted per user from CHATPROBE_JWT_SECRET")
-    g.add_argument("--chatprobe-target-name", default=None, metavar="NAME",
+    g.add_argument("--chatprobe-target-name", action=_Given, default=None, metavar="NAME",
                    help="the `target` label (default host:port)")
-    g.add_argument("--chatprobe-ca-file", default=None, metavar="PEM", help="CA bundle for a wss:// target")
-    g.add_argument("--chatprobe-header", action="append", metavar="'NAME: VALUE'",
+    g.add_argument("--chatprobe-ca-file", action=_Given, default=None, metavar="PEM", help="CA bundle for a wss:// target")
+    g.add_argument("--chatprobe-header", action=_GivenAll, metavar="'NAME: VALUE'",
                    help="send this HTTP header with every connection's upgrade request (repeatable); the value is a "
                         "secret, but a command line shows in `ps`: give a secret with --chatprobe-header-env")
-    g.add_argument("--chatprobe-header-env", action="append", metavar="NAME=VAR",
+    g.add_argument("--chatprobe-header-env", action=_GivenAll, metavar="NAME=VAR",
                    help="send the header NAME with the value of the environment variable VAR, read by each process "
                         "that runs users (repeatable)")
-    g.add_argument("--chatprobe-subprotocol", action="append", metavar="NAME",
+    g.add_argument("--chatprobe-subprotocol", action=_GivenAll, metavar="NAME",
                    help="offer this WebSocket subprotocol at the upgrade (repeatable, in order of preference; "
                         "overrides the profile's); with --chatprobe-auth subprotocol the token's jwt-auth pair follows")
     g.add_argument("--chatprobe-metrics-port", type=int, default=0, metavar="PORT",
                    help="serve chatprobe /metrics on this port (workers: PORT + worker index); 0: off")
     g.add_argument("--chatprobe-metrics-host", default="127.0.0.1", metavar="HOST",
                    help="address /metrics listens on (0.0.0.0 to let a remote Prometheus scrape)")
-    g.add_argument("--chatprobe-record", default=None, metavar="DIR",
+    g.add_argument("--chatprobe-record", action=_Given, default=None, metavar="DIR",
                    help="write every connection's frames to DIR as JSON Lines, secrets scrubbed, for `chatprobe check "
                         "DIR` (as `chatprobe run --record`); distributed: give it to the master, each worker writes "
                         "to DIR on its own machine, all under the master's run id (the master writes nothing)")
-    _option_defaults.update({a.dest: a.default for a in g._group_actions if a.dest.startswith("chatprobe_")})
     _refuse_misspelt(parser, sys.argv[1:])
 
 
@@ -213,7 +228,6 @@ class _Run:
         self.started = time.monotonic()
         self.user_prefix = f"lc-{uuid.uuid4().hex[:6]}"
         self.recorder: Recorder | None = None  # --chatprobe-record: this process's users' connections
-        self.own_options: dict[str, object] = {}  # worker: the chatprobe options given on its own command line
 
     def start_recording(self) -> None:
         """--chatprobe-record DIR: a Recorder for this test's connections, under the run id the master chose (RECORD_RUN
@@ -295,7 +309,7 @@ class _Run:
         """Worker, at a test's start: the master's options (Locust sets them over the worker's own, silently) must be
         those the worker was given on its command line; else ConfigError naming the flag. Without this the worker
         played what its operator did not ask for."""
-        for dest, given in self.own_options.items():
+        for dest, given in _given.items():
             master = getattr(opts, dest, None)
             if master != given:
                 flag = "--" + dest.replace("_", "-")
@@ -440,6 +454,16 @@ def current() -> _Run:
     return _run
 
 
+def _run_of(environment) -> _Run:
+    """This process's run, made at its first need: Locust's init event, or a worker's test start, which comes first
+    when the worker joins a running test (the master's answer to its hello and its spawn message arrive together,
+    and the worker handles both before Locust fires init)."""
+    global _run
+    if _run is None or _run.environment is not environment:
+        _run = _Run(environment)
+    return _run
+
+
 def _load_or_exit(run: _Run, *, record: bool = False) -> None:
     """A usage error (bad host scheme, unknown scenario, with `record` a --chatprobe-record DIR that cannot be used)
     ends the process with exit 2, as `chatprobe run` does."""
@@ -454,8 +478,7 @@ def _load_or_exit(run: _Run, *, record: bool = False) -> None:
 
 @events.init.add_listener
 def _init(environment, runner=None, web_ui=None, **_kw) -> None:
-    global _run
-    _run = _Run(environment)
+    run = _run_of(environment)
     if web_ui is not None:
         web_ui.app.before_request(lambda: _check_swarm_form(environment))
     if isinstance(runner, MasterRunner):
@@ -470,22 +493,17 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
 
         # Every way the master quits: the shape's end, --run-time's, SIGTERM's, the web UI's.
         runner.quit = quit_after_the_workers_reported  # type: ignore[method-assign]
-        _load_or_exit(_run)  # fail early on a bad scenario or host
+        _load_or_exit(run)  # fail early on a bad scenario or host
         _stop_on_sigterm(environment)  # the master ends the shape; its workers are stopped and quit as at its end
         return
     if isinstance(runner, WorkerRunner):
         # Added after Locust's own quitting listener, which tells the master this worker quit: quitting fires its
         # listeners last-added first, so this one reports before that.
         environment.events.quitting.add_listener(_worker_quitting)
-        # The chatprobe options given on this worker's command line, before the master's are set over them.
-        opts = environment.parsed_options
-        _run.own_options = {dest: getattr(opts, dest) for dest, default in _option_defaults.items()
-                            if dest not in PER_PROCESS_OPTIONS and opts is not None
-                            and getattr(opts, dest, default) != default}
         # Run beside the worker's message loop (its heartbeats go on while the users finish their chats).
         runner.register_message(STOP_WORKERS_MESSAGE, _on_stop_asked, concurrent=True)
     else:
-        _load_or_exit(_run, record=True)
+        _load_or_exit(run, record=True)
         _stop_on_sigterm(environment)
     port = environment.parsed_options.chatprobe_metrics_port if environment.parsed_options else 0
     if port:
@@ -587,7 +605,7 @@ def _on_sigterm(environment) -> None:
 
 @events.test_start.add_listener
 def _test_start(environment, **_kw) -> None:
-    run = current()
+    run = _run_of(environment)
     run.tally = Tally()
     if run.stages is not None:
         run.stages.by_stage = {}

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import free_port, start_on_free_port, wait_for
+from .conftest import free_port, scrape, start_on_free_port, value, wait_for
 from .test_locust import LOCUSTFILE, SUMMARY, csv_row, finish, locust_bin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -68,8 +68,9 @@ def headless_master(procs, url: str, env: dict[str, str], *extra: str):
         "-u", "2", "-r", "2", "--run-time", "6s", "--host", url, *extra], env=env)
 
 
-def start_worker(procs, master_port: int, env: dict[str, str], *extra: str, cwd: Path | None = None):
-    return procs.start("worker", [locust_bin(), "-f", LOCUSTFILE, "--worker", "--master-host", "127.0.0.1",
+def start_worker(procs, master_port: int, env: dict[str, str], *extra: str, cwd: Path | None = None,
+                 name: str = "worker"):
+    return procs.start(name, [locust_bin(), "-f", LOCUSTFILE, "--worker", "--master-host", "127.0.0.1",
                                   "--master-port", str(master_port), *extra], env=env, cwd=cwd)
 
 
@@ -133,3 +134,43 @@ def test_a_worker_given_the_masters_own_options_and_its_own_metrics_port_runs(pr
     assert finish(worker, 30) == 0, worker.tail()
     summary = SUMMARY.search(master.out())
     assert summary is not None and summary["scenario"] == "probe" and int(summary["chats"]) > 0, master.tail(60)
+
+
+def test_a_worker_that_joins_a_running_test_plays_its_share_and_is_judged(procs, agentsim, tmp_path: Path):
+    """Locust gives a worker that joins a running test its users at once, with the master's answer to its hello: its
+    test starts before its locustfile's init listeners ran. FAILED on the old code: "AssertionError: the chatprobe
+    locustfile's init listener has not run" out of the test start, and Locust ends a process whose init raised:
+    the late worker exited 1 at once, the master marked it missing, its users were never played."""
+    _, url, env = agentsim()
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    prefix = tmp_path / "late"
+    master, master_port = start_on_free_port(procs, "master", lambda port: [
+        locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
+        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+        "-u", "4", "-r", "4", "--run-time", "60s", "--host", url, "--csv", str(prefix)], env=secret)
+    first = start_worker(procs, master_port, secret)
+    wait_for(lambda: re.search(r"(?m)^chat\s+basic\s+[1-9]", master.err()), 60, "the master counts chats",
+             diagnostics=master.tail)
+    metrics = free_port()  # the late worker's: index 1, so --chatprobe-metrics-port one below
+    late = start_worker(procs, master_port, secret, "--chatprobe-metrics-port", str(metrics - 1), name="late")
+    wait_for(lambda: "2 workers connected" in master.err(), 30, "the late worker connects", diagnostics=master.tail)
+    # Its share of the users plays (its own /metrics counts their chats), or it exited.
+    passed = {"scenario": "basic", "source": "load", "outcome": "passed"}
+
+    def late_chats() -> bool:
+        if late.popen.poll() is not None:
+            return True
+        return value(scrape(f"http://127.0.0.1:{metrics}/metrics"), "chatprobe_chats_total", **passed) > 0
+
+    wait_for(late_chats, 30, "the late worker's chats", diagnostics=late.tail)
+    assert late.popen.poll() is None, late.tail()
+    master.popen.send_signal(signal.SIGTERM)
+    assert finish(master) == 0, master.tail(60)
+    assert finish(first, 30) == 0, first.tail()
+    assert finish(late, 30) == 0, late.tail()
+    assert "Traceback" not in late.err(), late.tail(60)
+    summary = SUMMARY.search(master.out())
+    assert summary is not None and summary["verdict"] == "objectives met", master.tail(60)
+    per_worker = dict(item.split("=") for item in (summary["workers"] or "").split(", ") if item)
+    assert set(per_worker) == {"w0", "w1"} and int(per_worker["w1"]) > 0, summary[0]
+    assert int(csv_row(prefix, "chat", "basic")["Request Count"]) == int(summary["chats"]), summary[0]
