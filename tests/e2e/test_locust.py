@@ -227,24 +227,25 @@ def test_a_master_with_a_bad_host_exits_2_before_waiting_for_workers(procs):
 
 def test_a_worker_that_cannot_use_the_masters_options_exits_2_and_so_does_the_master(procs, refused_port,
                                                                                        tmp_path: Path):
-    """The master checks the options at its start; a worker can still fail them (here the scenario file is gone
-    by the time the worker loads it). The worker exits 2, tells the master, and the master stops and exits 2."""
-    scenario = tmp_path / "mine.yaml"
-    scenario.write_text((ROOT / "scenarios" / "probe.yaml").read_text())
+    """The master checks the options at its start (and at each test's); a worker can still fail them (here the
+    scenario's relative path names no file on the worker's machine: another working directory). The worker exits 2,
+    tells the master, and the master stops and exits 2. (Until the master loaded the options again at each test's
+    start, this test removed the file after the master's start; the master now finds that itself.)"""
+    (tmp_path / "mine.yaml").write_text((ROOT / "scenarios" / "probe.yaml").read_text())
+    (tmp_path / "elsewhere").mkdir()
     master, master_port = start_on_free_port(procs, "master", lambda port: [
         locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
         "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
         "-u", "1", "-r", "1", "--run-time", "20s", "--host", f"ws://127.0.0.1:{refused_port()}/ws",
-        "--chatprobe-scenario", str(scenario), "--chatprobe-auth", "none"])
+        "--chatprobe-scenario", "mine.yaml", "--chatprobe-auth", "none"])
     wait_for(lambda: "Waiting for workers to be ready" in master.err(), 20, "the master checked its options and waits",
              diagnostics=master.tail)
-    scenario.unlink()
     worker = procs.start("worker", [locust_bin(), "-f", LOCUSTFILE, "--worker", "--master-host", "127.0.0.1",
-                                    "--master-port", str(master_port)])
+                                    "--master-port", str(master_port)], cwd=tmp_path / "elsewhere")
     assert finish(worker, 30) == 2, worker.tail()
-    assert f"chatprobe: error: {scenario}: cannot read" in worker.err(), worker.tail()
+    assert "chatprobe: error: mine.yaml: cannot read" in worker.err(), worker.tail()
     assert finish(master, 30) == 2, master.tail()  # stopped, not run out to its 20 s
-    assert f"chatprobe: error: worker 0: {scenario}: cannot read" in master.err(), master.tail()
+    assert "chatprobe: error: worker 0: mine.yaml: cannot read" in master.err(), master.tail()
     assert "Traceback" not in master.err() + worker.err()
 
 
