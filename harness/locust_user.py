@@ -39,6 +39,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .transports.base import environment_problem
@@ -586,7 +587,8 @@ def _stop_on_sigterm(environment) -> None:
     """Headless with a shape (scenarios/locustfile.py always has one), Locust waits for the shape to end before it
     installs its SIGTERM handler: a `kill`, a pod's termination or a CI job's cancel ended the process at once (143),
     no summary, no exit code, no CSV or HTML (and a master's workers ran on). Stop the run as its end would: the users
-    first (their verdicts recorded), then Locust's shutdown, this verdict and exit code, its reports."""
+    first (their verdicts recorded), then Locust's shutdown, this verdict and exit code, its reports. (Without a
+    shape Locust's own handler shuts down: `_quitting` then stops the users and writes the report itself.)"""
     if environment.shape_class is not None and getattr(environment.parsed_options, "headless", False):
         gevent.signal_handler(signal.SIGTERM, _on_sigterm, environment)
 
@@ -742,18 +744,44 @@ def _worker_quitting(environment, **_kw) -> None:
 @events.quitting.add_listener
 def _quitting(environment, **_kw) -> None:
     # The master judges here, not at test_stop: its test_stop fires before the workers' final reports arrive.
-    if isinstance(environment.runner, WorkerRunner):
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
         return
-    if isinstance(environment.runner, MasterRunner):
-        _stop_workers(environment.runner)  # SIGTERM: Locust's shutdown judges before it quits the runner
+    # Still running: Locust's own SIGTERM handler (a run without a shape, or the web UI's) or another shutdown that
+    # came before the run's end. Locust judged the run here before it stopped the users, and wrote no --html: the
+    # verdict, the CSV and the printed stats each held another number of chats. Stop the users first, as the run's
+    # end does (their chats end within --stop-timeout, their verdicts recorded), and write the report after.
+    cut_short = runner is not None and runner.state in (STATE_RUNNING, STATE_SPAWNING)
+    if isinstance(runner, MasterRunner):
+        _stop_workers(runner)  # SIGTERM: Locust's shutdown judges before it quits the runner
+    elif cut_short:
+        runner.stop()
     code = current().verdict()
-    if code == int(ExitCode.OK) and environment.runner is not None:
+    if code == int(ExitCode.OK) and runner is not None:
         code = _unjudged_exit_code(environment)
     environment.process_exit_code = code
     if getattr(environment.parsed_options, "csv_prefix", None):
         # Locust rewrites its CSV once per CSV_STATS_INTERVAL_SEC and not at exit: give it one more turn, so
         # the CSV holds the same final numbers as the verdict above.
         gevent.sleep(locust_stats.CSV_STATS_INTERVAL_SEC + 0.2)
+    if cut_short and getattr(environment.parsed_options, "html_file", None):
+        _save_html_report(environment)
+
+
+def _save_html_report(environment) -> None:
+    """--html, written as Locust writes it at a run's end (which its shutdown on SIGTERM skips)."""
+    from locust.html import get_html_report, process_html_filename
+
+    opts = environment.parsed_options
+    report = get_html_report(environment, show_download_link=False)
+    process_html_filename(opts)
+    try:
+        path = Path(opts.html_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(report, encoding="utf-8")
+    except OSError as exc:
+        logger.error("chatprobe: --html %s: cannot write the report: %s", redact.clean(opts.html_file, 200),
+                     redact.clean(os_reason(exc), 200))
 
 
 def _unjudged_exit_code(environment) -> int:
