@@ -113,9 +113,10 @@ RECORD_RUN = "chatprobe_record_run"
 # built-in name can hold another file on another machine, or in another chatprobe version).
 MASTER_DIGESTS = "chatprobe_master_digests"
 # The chatprobe options given to this process (its command line; Locust's config file and LOCUST_* variables are read
-# as if given there), as parsed, before a master's are set over them: a worker's must be the master's. Not its metrics
-# port and host, which each process reads for itself.
+# as if given there), as parsed, before a master's are set over them: a worker's must be the master's, but for its
+# metrics port and host, which each process reads for itself.
 _given: dict[str, object] = {}
+PER_PROCESS_OPTIONS = frozenset({"chatprobe_metrics_port", "chatprobe_metrics_host"})
 
 
 class _Given(argparse._StoreAction):
@@ -169,9 +170,9 @@ def _arguments(parser: "argparse.ArgumentParser") -> None:
     g.add_argument("--chatprobe-subprotocol", action=_GivenAll, metavar="NAME",
                    help="offer this WebSocket subprotocol at the upgrade (repeatable, in order of preference; "
                         "overrides the profile's); with --chatprobe-auth subprotocol the token's jwt-auth pair follows")
-    g.add_argument("--chatprobe-metrics-port", type=int, default=0, metavar="PORT",
+    g.add_argument("--chatprobe-metrics-port", action=_Given, type=int, default=0, metavar="PORT",
                    help="serve chatprobe /metrics on this port (workers: PORT + worker index); 0: off")
-    g.add_argument("--chatprobe-metrics-host", default="127.0.0.1", metavar="HOST",
+    g.add_argument("--chatprobe-metrics-host", action=_Given, default="127.0.0.1", metavar="HOST",
                    help="address /metrics listens on (0.0.0.0 to let a remote Prometheus scrape)")
     g.add_argument("--chatprobe-record", action=_Given, default=None, metavar="DIR",
                    help="write every connection's frames to DIR as JSON Lines, secrets scrubbed, for `chatprobe check "
@@ -312,7 +313,7 @@ class _Run:
         played what its operator did not ask for."""
         for dest, given in _given.items():
             master = getattr(opts, dest, None)
-            if master != given:
+            if master != given and dest not in PER_PROCESS_OPTIONS:
                 flag = "--" + dest.replace("_", "-")
                 shown = "" if dest == "chatprobe_header" else \
                     f" ({redact.clean(repr(given), 200)} here, {redact.clean(repr(master), 200)} at the master)"
@@ -506,11 +507,17 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
     else:
         _load_or_exit(run, record=True)
         _stop_on_sigterm(environment)
-    port = environment.parsed_options.chatprobe_metrics_port if environment.parsed_options else 0
+    opts = environment.parsed_options
+    port = opts.chatprobe_metrics_port if opts is not None else 0
+    host = opts.chatprobe_metrics_host if opts is not None else "127.0.0.1"
+    if isinstance(runner, WorkerRunner):
+        # Its own flags': a worker that joined a running test has the master's options over its own by now.
+        port = int(_given.get("chatprobe_metrics_port", 0))  # type: ignore[call-overload]
+        host = str(_given.get("chatprobe_metrics_host", "127.0.0.1"))
     if port:
         if isinstance(runner, WorkerRunner):
             port += max(runner.worker_index, 0)
-        serve_metrics(environment.parsed_options.chatprobe_metrics_host, port)
+        serve_metrics(host, port)
 
 
 def _form_value(current, form, key: str):

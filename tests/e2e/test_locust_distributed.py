@@ -140,7 +140,8 @@ def test_a_worker_that_joins_a_running_test_plays_its_share_and_is_judged(procs,
     """Locust gives a worker that joins a running test its users at once, with the master's answer to its hello: its
     test starts before its locustfile's init listeners ran. FAILED on the old code: "AssertionError: the chatprobe
     locustfile's init listener has not run" out of the test start, and Locust ends a process whose init raised:
-    the late worker exited 1 at once, the master marked it missing, its users were never played."""
+    the late worker exited 1 at once, the master marked it missing, its users were never played. Then (FAILED before
+    its fix) its init read its --chatprobe-metrics-port from options the master's had replaced: it served no /metrics."""
     _, url, env = agentsim()
     secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
     prefix = tmp_path / "late"
