@@ -16,7 +16,8 @@ chat starts at the run's end while the last one's settle window still listens, a
 verdict goes to the chatprobe metrics (source="load"), served on --chatprobe-metrics-port by each process that runs
 users (each worker on port + its index: scrape them all and sum, like any replicated service; the master runs no
 chats and serves none). Workers send the master their verdicts as counts and samples each stats interval; at the end
-the master (or the single process) judges the scenario's objectives on the whole run and sets the exit code: 0 met,
+the master (or the single process) judges the scenario's objectives on the whole run (since Locust's last stats reset:
+--reset-stats, the web UI's button) and sets the exit code: 0 met,
 1 an objective failed, 2 a usage error (bad --host scheme, unknown scenario or profile; a worker that cannot use the
 master's options exits 2 and so does the master), 3 the target was unreachable; objectives met but failed requests of
 another kind (a mixed-in HttpUser's) or a task's exception: Locust's --exit-code-on-error. Without --host, the chat
@@ -91,7 +92,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("chatprobe.locust")
 # The target options this user has a --chatprobe-* flag for (its messages name those flags; the URL is Locust's --host).
 LOCUST_FIELDS = ("name", "profile", "auth", "ca_file", "headers", "header_env", "subprotocols")
-TALLY_MESSAGE = "chatprobe_tally"
+# A worker's verdicts since its last report, in the stats report Locust sends its master (one message with Locust's
+# own stats: the master merges both at once, so a reset of its stats between two messages cannot split them).
+TALLY_KEY = "chatprobe_tally"
 # The Locust request types chatprobe fires and judges by the scenario's objectives.
 CHAT_REQUESTS = frozenset({"chat", "first_event"})
 USAGE_ERROR_MESSAGE = "chatprobe_usage_error"
@@ -362,6 +365,14 @@ class _Run:
         Chats' verdicts come to the tally through `record`."""
         return Fanout([self.metrics_sink, _ConnectionTally(self)])
 
+    def reset(self) -> None:
+        """The verdicts so far forgotten, as Locust resets its stats (a test's start, --reset-stats once the users
+        are spawned, the web UI's Reset Stats): the verdict judges the chats Locust's stats and reports count."""
+        self.tally = Tally()
+        if self.stages is not None:
+            self.stages.by_stage = {}
+        self.by_worker.clear()
+
     def take(self) -> tuple[Tally, dict[int, Tally]]:
         tally, self.tally = self.tally, Tally()
         stages: dict[int, Tally] = {}
@@ -484,7 +495,7 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
     if web_ui is not None:
         web_ui.app.before_request(lambda: _check_swarm_form(environment))
     if isinstance(runner, MasterRunner):
-        runner.register_message(TALLY_MESSAGE, _on_tally)
+        environment.events.worker_report.add_listener(_on_worker_report)
         runner.register_message(USAGE_ERROR_MESSAGE, _on_usage_error)
         runner.register_message(WORKER_STOPPED_MESSAGE, _on_worker_stopped)
         quit_ = runner.quit
@@ -615,10 +626,7 @@ def _on_sigterm(environment) -> None:
 @events.test_start.add_listener
 def _test_start(environment, **_kw) -> None:
     run = _run_of(environment)
-    run.tally = Tally()
-    if run.stages is not None:
-        run.stages.by_stage = {}
-    run.by_worker.clear()
+    run.reset()
     run.started = time.monotonic()
     opts = environment.parsed_options
     if isinstance(environment.runner, MasterRunner):
@@ -662,6 +670,22 @@ def _test_start(environment, **_kw) -> None:
             gevent.spawn(runner.quit)  # not from inside the spawn message's handler, which quit() kills
 
 
+@events.spawning_complete.add_listener
+def _spawning_complete(**_kw) -> None:
+    """--reset-stats: Locust resets this process's stats once the users are spawned (a master's once all its
+    workers' are, a worker's as its own options say); the ramp-up's verdicts go with them. (A worker's tally is what it
+    has not reported yet, as its Locust stats are.)"""
+    if _run is not None and _run.environment.reset_stats:
+        _run.reset()
+
+
+@events.reset_stats.add_listener
+def _reset_stats(**_kw) -> None:
+    """The web UI's Reset Stats (on the process that serves it: a single process or the master)."""
+    if _run is not None:
+        _run.reset()
+
+
 @events.test_stop.add_listener
 def _test_stop(environment, **_kw) -> None:
     current().warn_unrecorded()
@@ -669,13 +693,12 @@ def _test_stop(environment, **_kw) -> None:
 
 @events.report_to_master.add_listener
 def _report(client_id, data, **_kw) -> None:
-    """Each stats interval (and the final report), a worker sends the verdicts since the last one."""
+    """Each stats interval (and the final report), a worker adds the verdicts since the last one to its report."""
     run = current()
     tally, stages = run.take()
     if tally.chats or tally.connection_violations:
-        run.environment.runner.send_message(
-            TALLY_MESSAGE, {"worker": run.environment.runner.worker_index, "tally": tally.to_dict(),
-                            "stages": {str(i): t.to_dict() for i, t in stages.items()}})
+        data[TALLY_KEY] = {"worker": run.environment.runner.worker_index, "tally": tally.to_dict(),
+                           "stages": {str(i): t.to_dict() for i, t in stages.items()}}
 
 
 def _on_usage_error(environment, msg, **_kw) -> None:
@@ -686,13 +709,17 @@ def _on_usage_error(environment, msg, **_kw) -> None:
         gevent.spawn(environment.runner.quit)
 
 
-def _on_tally(environment, msg, **_kw) -> None:
+def _on_worker_report(client_id, data, **_kw) -> None:
+    """Master: a worker's stats report, with its verdicts since its last one (TALLY_KEY) when it has any."""
+    report = data.get(TALLY_KEY)
+    if not report:
+        return
     run = current()
-    tally = Tally.from_dict(msg.data["tally"])
+    tally = Tally.from_dict(report["tally"])
     run.tally.merge(tally)
     if run.stages is not None:
-        run.stages.merge({int(i): Tally.from_dict(t) for i, t in msg.data.get("stages", {}).items()})
-    run.by_worker[f"w{msg.data['worker']}"] += tally.chats
+        run.stages.merge({int(i): Tally.from_dict(t) for i, t in report.get("stages", {}).items()})
+    run.by_worker[f"w{report['worker']}"] += tally.chats
 
 
 def _stop_workers(runner) -> None:
