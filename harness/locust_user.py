@@ -529,6 +529,16 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
         if isinstance(runner, WorkerRunner):
             port += max(runner.worker_index, 0)
         serve_metrics(host, port)
+    _clock()  # (a master's run time starts after it waited for its workers: its clock is read by then)
+
+
+def _clock() -> None:
+    """gevent's timers count from the time its loop last read the clock, which nothing updates while the process
+    works without yielding at its start (a locustfile's heavy imports, Locust's start-up and chatprobe's init: seconds
+    on a loaded machine): the --run-time timer that Locust arms right after the init event then fired that much early
+    (a 3 s run ended after 0.3 s, no chat played, exit 1). Read the clock at the end of chatprobe's init (an init
+    listener the locustfile adds after importing this module runs after it: its own blocking work is not covered)."""
+    gevent.get_hub().loop.update_now()
 
 
 def _form_value(current, form, key: str):
