@@ -334,6 +334,17 @@ class Profile(BaseModel):
                              + (f"it is {n} items here" if info.field_name == "request" else "a resume carries none"))
         return v
 
+    @field_validator("path")
+    @classmethod
+    def _url_path(cls, v: str) -> str:
+        # Appended to the target URL as written: anything but an absolute path (`http://host/x`, `ws`) made another
+        # URL (a traceback from its port), and a space or control character a request line of its own.
+        if v and (not v.startswith("/") or any(c <= " " or c == "\x7f" or not c.isascii() for c in v) or "#" in v):
+            shown = repr(v) if len(v) <= 40 else repr(v[:40]) + "…"
+            raise ValueError(f"{shown}: a URL path, \"\" or one that starts with / (e.g. /ws), of printable ASCII with "
+                             "no space and no #fragment (percent-encode the rest)")
+        return v
+
     @field_validator("lookup")
     @classmethod
     def _lookup_nonempty(cls, v: list[str]) -> list[str]:
