@@ -299,8 +299,10 @@ def check_pushgateway(url: str) -> None:
         parts.port  # noqa: B018  (raises ValueError for a port out of range or not a number)
     except ValueError as exc:
         if "port" in str(exc).lower():
-            refuse("the port is not a number from 0 to 65535")
+            refuse("the port is not a number from 1 to 65535")
         refuse("not a URL")
+    if parts.port == 0:
+        refuse("port 0 is no server's port")
     if parts.username is not None or parts.password is not None:
         refuse("the URL holds credentials, which the push never sends")
     if not parts.hostname:

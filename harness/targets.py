@@ -231,6 +231,8 @@ def check_url(url: str, option: str, schemes: tuple[str, ...] = tuple(SCHEMES)) 
         raise option_error(option, f"{shown}: not a valid URL ({exc})") from None
     if parts.scheme not in schemes or not parts.hostname:
         raise option_error(option, f"{shown}: expected a {expected} URL with a host")
+    if parts.port == 0:  # no server listens there: every chat would be `unreachable` (exit 3), not the typo it is
+        raise option_error(option, f"{shown}: port 0 is no server's port (1 to 65535)")
     if parts.fragment or url.endswith("#"):  # a WebSocket URI has none (RFC 6455 3), and no server sees one
         raise option_error(option, f"{shown}: a server URL has no #fragment")
     host = parts.hostname

@@ -53,3 +53,23 @@ def test_a_profile_path_that_is_no_url_path_exits_2_naming_the_field_before_conn
                        "--auth", "none", timeout=60)
         one_error(proc, f"p.yaml:{line}: field 'path'", "starts with /")
         assert server.accepted() == 0
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["run", "basic", "--target", "ws://127.0.0.1:0/ws"], "--target"),
+    (["run", "basic", "--target", "http://127.0.0.1:00"], "--target"),
+    (["run", "basic", "--pushgateway", "127.0.0.1:0"], "--pushgateway"),
+    (["proxy", "--upstream", "ws://127.0.0.1:0", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
+     "--upstream"),
+])
+def test_port_0_in_a_server_url_exits_2_naming_the_flag(argv, flag):
+    # FAILED on the old code: a connection to port 0 fails (ECONNREFUSED or EADDRNOTAVAIL), so a typo'd or templated
+    # port (`:${PORT:-0}`) was every chat `unreachable`, exit 3, the proxy's every user's connection, the push a warning.
+    one_error(run_cli(*argv, timeout=60), flag, "port 0")
+
+
+def test_port_0_in_a_monitor_configs_url_exits_2_naming_file_line_and_field(tmp_path):
+    config = tmp_path / "m.yaml"
+    config.write_text("targets:\n  a:\n    url: ws://127.0.0.1:0/ws\n")
+    one_error(run_cli("monitor", "--config", str(config), "--once", timeout=60),
+              "m.yaml:3: field 'targets.a.url'", "port 0")
