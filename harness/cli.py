@@ -392,7 +392,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
         EMBEDDED_DIALECTS,
         Target,
         TokenProvider,
-        check_not_empty,
+        check_credentials,
         check_scenario_fits,
         embedded_sim,
         make_target,
@@ -470,8 +470,9 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
             url = opts.url
         else:
             # Everything is checked before the server starts: a wrong --profile or scenario is a usage error, and so
-            # is an empty credentials flag (an unset "$VAR"), which the embedded agentsim's own tokens would hide.
-            check_not_empty(opts, "token_file", "token_env", "jwt_secret_env")
+            # is a credentials flag that could not be used (an unset "$VAR", a token file that is not there), which
+            # the embedded agentsim's own tokens would hide.
+            check_credentials(opts)
             dialects = set()
             for scenario in scenarios:
                 profile = target_profile(opts, scenario.profile)

@@ -34,7 +34,7 @@ from .targets import (
     Target,
     TargetOptions,
     TokenProvider,
-    check_not_empty,
+    check_credentials,
     flag_named,
     make_target,
     parse_header_flags,
@@ -289,8 +289,9 @@ def _target_options(config: pytest.Config, url: Any = _OPTION, *, at_start: bool
         # The token is read as `chatprobe run` reads it, for a --chatprobe-target only (the embedded agentsim's
         # are minted): a --chatprobe-token-env naming a variable that is not set is refused here, not sent as no
         # token to fail every test with the server's auth error.
-        # An empty value (an unset "$VAR" in addopts) is refused whatever the server, as `chatprobe run` does.
-        check_not_empty(opts, "token_file", "token_env", "jwt_secret_env")
+        # An empty value (an unset "$VAR" in addopts), a token file that is not there, a variable named that is not
+        # set, is refused whatever the server, as `chatprobe run` does.
+        check_credentials(opts)
         tokens = read_token(opts) if url is not None else TokenProvider()
         if url is None:
             # The embedded agentsim speaks the profile, as `chatprobe run --profile` without --target has it: a

@@ -254,6 +254,16 @@ def check_not_empty(opts: TargetOptions, *options: str) -> None:
             raise option_error(option, f": {what} (an unset shell variable?)")
 
 
+def check_credentials(opts: TargetOptions) -> None:
+    """The credentials flags given where no token of theirs is sent (the embedded agentsim mints its own), checked
+    as read_token reads them: a --token-file that is not there or cannot be read, a --token-env naming a variable
+    that is not set, two sources or an empty value is the usage error it is against a server, never ignored (a run
+    without --target by mistake passed, its credentials never looked at)."""
+    check_not_empty(opts, "token_file", "token_env", "jwt_secret_env")
+    if opts.token_file or opts.token_env or opts.jwt_secret_env:
+        read_token(opts)
+
+
 def read_token(opts: TargetOptions) -> TokenProvider:
     """The token source the options name: a file, a variable, a secret to mint per-user JWTs from, or none."""
     check_not_empty(opts, "token_file", "token_env", "jwt_secret_env")

@@ -39,7 +39,7 @@ from harness.targets import (
     TargetOptions,
     TokenProvider,
     add_target_args,
-    check_not_empty,
+    check_credentials,
     embedded_sim,
     make_target,
     options_from_args,
@@ -448,7 +448,7 @@ async def _main(args: argparse.Namespace) -> int:
             opts = options_from_args(args)
             probes = probes_from_args(opts, args.scenario, args.target, read_token(opts), timeout)
         else:
-            check_not_empty(options_from_args(args), "token_file", "token_env", "jwt_secret_env")  # as `run`
+            check_credentials(options_from_args(args))  # as `run`
             sim, tokens = await stack.enter_async_context(embedded_sim([], None))
             print(f"chatprobe monitor: no --target: probing the embedded agentsim on {sim.url}", file=sys.stderr)
             # A stable `target` label (and /probe?target= name), as `run` gives it: the embedded port changes.

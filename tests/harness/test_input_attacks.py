@@ -2,7 +2,10 @@
 naming the file, line and field, or the flag) before any traffic is sent, and never a traceback."""
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,39 @@ def test_port_0_in_a_monitor_configs_url_exits_2_naming_file_line_and_field(tmp_
     config.write_text("targets:\n  a:\n    url: ws://127.0.0.1:0/ws\n")
     one_error(run_cli("monitor", "--config", str(config), "--once", timeout=60),
               "m.yaml:3: field 'targets.a.url'", "port 0")
+
+
+CREDENTIALS = [
+    (["--token-file", "{tmp}/no-such-token"], "--token-file", "No such file"),
+    (["--token-file", "{tmp}"], "--token-file", "Is a directory"),
+    (["--token-env", "CHATPROBE_ATTACK_UNSET"], "--token-env", "not set"),
+    (["--token-file", "{tmp}/token", "--jwt-secret-env", "CHATPROBE_ATTACK_SECRET"], "--jwt-secret-env",
+     "one source"),
+]
+
+
+@pytest.mark.parametrize("command", ["run", "monitor"])
+@pytest.mark.parametrize("flags, flag, says", CREDENTIALS)
+def test_a_credentials_flag_that_cannot_be_used_is_refused_without_target_too(tmp_path, command, flags, flag, says):
+    # FAILED on the old code: without --target (the embedded agentsim mints its own tokens) only an empty value was
+    # refused, so a token file that is not there, a variable that is not set or two sources ran the suite and passed:
+    # a CI job whose --target was left out by mistake never learnt its credentials were wrong.
+    (tmp_path / "token").write_text("a-token-of-the-test\n")
+    argv = {"run": ["run", "basic", "-q"], "monitor": ["monitor", "--once"]}[command]
+    env = {"CHATPROBE_ATTACK_SECRET": "a-secret-of-the-test"}
+    proc = run_cli(*argv, *(f.format(tmp=tmp_path) for f in flags), env=env, timeout=60)
+    line = one_error(proc, flag, says)
+    assert "a-token-of-the-test" not in line and "a-secret-of-the-test" not in line
+
+
+def test_the_pytest_plugin_refuses_a_token_file_that_is_not_there_without_target_too(tmp_path):
+    # FAILED on the old code: as above, the embedded agentsim's tests ran with the flag never read.
+    (tmp_path / "test_mine.py").write_text("def test_x(chatprobe):\n    pass\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("CHATPROBE_TOKEN", "CHATPROBE_JWT_SECRET")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rootdir", str(tmp_path),
+                           str(tmp_path), "--chatprobe-token-file", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert proc.returncode == 4, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "--chatprobe-token-file" in proc.stderr and "No such file" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
