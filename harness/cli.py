@@ -402,7 +402,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
 
     names = args.scenarios or list(BUILTIN_SUITE)
     check_reports(args)
-    _reports_apart_from(args, [], [*names, args.profile, args.token_file])
+    _reports_apart_from(args, [], [*names, args.profile, args.token_file], args.record)
     scenarios = [apply_overrides(load_scenario(n), args.objective) for n in names]
     sources = {id(s): n for s, n in zip(scenarios, names, strict=True)}
     first_named: dict[str, Scenario] = {}
@@ -623,21 +623,34 @@ def _check(args: argparse.Namespace, console: Console) -> int:
         return _finish(args, console, runs, [], interrupt)
 
 
-def _reports_apart_from(args: argparse.Namespace, inputs: list[str], configs: list[str | None]) -> None:
-    """A report written over a recording it judges would destroy the evidence, and one written over the scenario or
-    profile file it runs with would destroy the user's file: refused before anything is read or run."""
+def _reports_apart_from(args: argparse.Namespace, inputs: list[str], configs: list[str | None],
+                        record: str | None = None) -> None:
+    """A report written over a recording it judges would destroy the evidence, and one written over the scenario,
+    profile or token file it runs with would destroy the user's file; one written into a recording's directory (one
+    `check` reads, or the one `--record` writes) would be read by the next `chatprobe check DIR` as a recording, and
+    refused there as no recording: each is refused before anything is read or run."""
     read: dict[str, str] = {}
+    folders: dict[str, str] = {}
     for path in inputs:
         p = Path(path)
+        if p.is_dir():
+            folders[os.path.realpath(p)] = path
         files = list(p.iterdir()) if p.is_dir() else [p]
         read.update((os.path.realpath(q), "a recording") for q in files)
-    for name in configs:  # a scenario or profile given by file (a built-in's name is no file here)
+    if record:  # (made by the run when it is not there yet)
+        folders[os.path.realpath(record)] = record
+    for name in configs:  # a scenario, profile or token file given by path (a built-in's name is no file here)
         if name and os.path.isfile(name):
-            read[os.path.realpath(name)] = "a scenario or profile file"
+            read[os.path.realpath(name)] = "a file (a scenario, profile or token)"
     for flag in REPORT_FLAGS:
         target = getattr(args, flag)
-        if target and (what := read.get(os.path.realpath(target))):
+        if not target:
+            continue
+        if what := read.get(os.path.realpath(target)):
             raise ConfigError(f"--{flag} {target}: that is {what} this command reads; write the report elsewhere")
+        if folder := folders.get(os.path.dirname(os.path.realpath(target))):
+            raise ConfigError(f"--{flag} {target}: in the recording directory {folder}, whose files `chatprobe check "
+                              f"{folder}` reads all as recordings (a report is none); write the report elsewhere")
 
 
 def _console() -> Console:

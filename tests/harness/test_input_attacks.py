@@ -112,3 +112,23 @@ def test_the_pytest_plugin_refuses_a_token_file_that_is_not_there_without_target
     assert proc.returncode == 4, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert "--chatprobe-token-file" in proc.stderr and "No such file" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("flag, name", [("--json", "result.json"), ("--junit", "junit.xml"), ("--html", "r.html")])
+def test_a_report_into_the_recording_directory_check_reads_is_refused(tmp_path, flag, name):
+    # FAILED on the old code: the report was written among the recording's files, and the next `chatprobe check DIR`
+    # (every file of a directory is read as a recording) was exit 2 on it, "… is no JSON: not a recording".
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    (rec / "a.jsonl").write_text('{"t": 0, "dir": "recv", "conn": "c", "frame": "{\\"type\\": \\"ack\\"}"}\n')
+    one_error(run_cli("check", str(rec), flag, str(rec / name), "-q", timeout=60), flag, "recording directory")
+    assert sorted(p.name for p in rec.iterdir()) == ["a.jsonl"]
+
+
+def test_a_report_into_the_directory_run_records_into_is_refused_before_the_run(tmp_path):
+    # FAILED on the old code: `run --record out --json out/result.json` (a CI job's one output folder) wrote the
+    # report among the run's recording, and `chatprobe check out` then refused the recording for it.
+    out = tmp_path / "out"
+    one_error(run_cli("run", "basic", "--record", str(out), "--json", str(out / "result.json"), "-q", timeout=60),
+              "--json", "recording directory")
+    assert not out.exists()  # refused before the run: nothing recorded
