@@ -26,7 +26,7 @@ Faults (all off by default):
                            The run goes on server-side, so the client can resume it.
   malformed[:KIND]=RATE    send a malformed frame mid-run; KIND is notjson (default), binary,
                            notype or unknowntype
-  oversized[=SIZE]@RATE    send a frame of SIZE bytes mid-run (default 2MiB)
+  oversized[=SIZE]@RATE    send a frame of SIZE bytes mid-run (default 2MiB, at most 64MiB)
   after_terminal=RATE      send one more event (partial_result, next seq) after the terminal event
   refuse=RATE              answer a new connection with HTTP 503 before the upgrade (rate per connection)
   exit=RATE                os._exit(3) mid-run (rate per chat)
@@ -153,6 +153,9 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+# The largest frame `oversized` sends: past any client's frame limit (chatprobe's is 4MiB), and no more memory.
+MAX_OVERSIZED = 64 * 1024 * 1024
+
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2}
 
 
@@ -250,6 +253,9 @@ def _parse_fault(text: str) -> FaultSpec:
         value = parse_size(value_text) if value_text is not None else int(default)  # type: ignore[call-overload]
         if value < 1:
             raise FaultSpecError(f"{src!r}: size must be positive")
+        if value > MAX_OVERSIZED:  # built whole for each chat it strikes: `oversized=4000MB@1` was gigabytes a chat
+            raise FaultSpecError(f"{src!r}: size {value_text} is more than 64MiB (16 times a client's usual frame "
+                                 "limit, 4MiB, which is what the fault is for)")
     return FaultSpec(name, rate, arg, value, src)
 
 

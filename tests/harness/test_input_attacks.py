@@ -132,3 +132,13 @@ def test_a_report_into_the_directory_run_records_into_is_refused_before_the_run(
     one_error(run_cli("run", "basic", "--record", str(out), "--json", str(out / "result.json"), "-q", timeout=60),
               "--json", "recording directory")
     assert not out.exists()  # refused before the run: nothing recorded
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "basic", "--sim-fault", "oversized=65MiB@1"],
+    ["sim", "--port", "0", "--fault", "oversized=65MiB@1"],
+])
+def test_an_oversized_fault_past_64mib_is_refused_before_the_server_starts(argv):
+    # FAILED on the old code: no bound, so `oversized=4000MB@1` built a 4 GB frame for each chat it struck (the run
+    # was still at it, gigabytes in, when stopped 40 s later); 65MiB here ran (exit 1), and `sim` started and listened.
+    one_error(run_cli(*argv, timeout=30), "oversized", "64MiB")
