@@ -609,11 +609,25 @@ def _check(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(f"--max-size: {exc}") from None
     if max_frame > MAX_FRAME_LIMIT:  # the reader asks for lines of twice this: past it no read size is valid
         raise ConfigError(f"--max-size: at most {MAX_FRAME_LIMIT >> 30}GiB (a frame larger than that is no event)")
+    given: dict[str, str] = {}  # each path's real one: the path as given
     for path in args.paths:
         try:
-            os.stat(path)
+            st = os.stat(path)
         except OSError as exc:  # what is wrong, as the system says it: no such file, a symlink loop, no permission...
             raise ConfigError(f"{path}: {(exc.strerror or str(exc)).lower()}") from None
+        # Given twice (`check rec rec`, a shell glob and a name), or a file and its directory: its chats were judged
+        # twice, counted twice in the objectives, two rows of one name in every report.
+        real = os.path.realpath(path)
+        if real in given:
+            raise ConfigError(f"{path}: given twice (also as {given[real]}): each recording is judged once")
+        given[real] = path
+        if stat.S_ISDIR(st.st_mode):
+            given[real + os.sep] = path  # (its files, below)
+    for path in args.paths:
+        folder = given.get(os.path.dirname(os.path.realpath(path)) + os.sep)
+        if folder is not None and not os.path.islink(path) and os.path.isfile(path):
+            raise ConfigError(f"{path}: in the directory {folder}, also given, whose files are all read: each "
+                              "recording is judged once")
     _reports_apart_from(args, args.paths, [args.scenario, args.profile])
     import threading
 

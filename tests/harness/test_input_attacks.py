@@ -142,3 +142,22 @@ def test_an_oversized_fault_past_64mib_is_refused_before_the_server_starts(argv)
     # FAILED on the old code: no bound, so `oversized=4000MB@1` built a 4 GB frame for each chat it struck (the run
     # was still at it, gigabytes in, when stopped 40 s later); 65MiB here ran (exit 1), and `sim` started and listened.
     one_error(run_cli(*argv, timeout=30), "oversized", "64MiB")
+
+
+RECORD = '{"t": 0, "dir": "recv", "conn": "c", "frame": "{\\"type\\": \\"ack\\"}"}\n'
+
+
+@pytest.mark.parametrize("paths, says", [
+    (["rec", "rec"], "given twice"),
+    (["rec", "./rec/"], "given twice"),
+    (["rec/a.jsonl", "rec/../rec/a.jsonl"], "given twice"),
+    (["rec", "rec/a.jsonl"], "in the directory rec, also given"),
+])
+def test_a_recording_given_twice_to_check_is_refused(tmp_path, paths, says):
+    # FAILED on the old code: `check rec rec` (or a file and its directory) judged its chats twice, counted twice in
+    # the objectives, two runs of one name in every report (for scenarios `run` refuses a name given twice).
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "a.jsonl").write_text(RECORD)
+    proc = subprocess.run([sys.executable, "-m", "harness", "check", *paths], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    one_error(proc, says, "judged once")
