@@ -453,14 +453,29 @@ def load_config(path: str) -> dict[str, Any]:
                 value = str(value)
             if key in _CONFIG_CHECKS:
                 value = _CONFIG_CHECKS[key](value)
+            if key == "ground_truth":
+                _not_the_config(value, path)
         except (ValueError, FaultSpecError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
         out[key] = value
     return out
 
 
+def _not_the_config(ground_truth: str, config: str | None) -> None:
+    """The ground truth is appended to: appended to the config file, it would make that file no YAML the next start
+    reads (a JSON line after the settings)."""
+    if config and os.path.realpath(ground_truth) == os.path.realpath(config):
+        raise ValueError(f"{ground_truth} is the --config file, which the ground truth would be appended to; write "
+                         "it elsewhere")
+
+
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     settings: dict[str, Any] = load_config(args.config) if args.config else {}
+    if args.ground_truth is not None:
+        try:
+            _not_the_config(args.ground_truth, args.config)
+        except ValueError as exc:
+            raise ConfigError(f"--ground-truth: {exc}") from None
     for name in ("host", "port", "no_auth", "think", "tool_latency", "seed", "ground_truth", "resume_ttl",
                  "max_size", "compression", "max_live_runs_per_user", "allow_no_exp", "protocol"):
         value = getattr(args, name)

@@ -161,3 +161,16 @@ def test_a_recording_given_twice_to_check_is_refused(tmp_path, paths, says):
     proc = subprocess.run([sys.executable, "-m", "harness", "check", *paths], capture_output=True, text=True,
                           timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     one_error(proc, says, "judged once")
+
+
+@pytest.mark.parametrize("in_file", [False, True])
+def test_sim_refuses_a_ground_truth_file_that_is_its_config(tmp_path, in_file):
+    # FAILED on the old code: the sim started and appended a JSON line per event to its own config file, which the
+    # next `chatprobe sim --config` refused as no YAML.
+    config = tmp_path / "sim.yaml"
+    text = "port: 0\n" + (f"ground_truth: {config}\n" if in_file else "")
+    config.write_text(text)
+    flags = [] if in_file else ["--ground-truth", str(tmp_path / "." / "sim.yaml")]
+    line = one_error(run_cli("sim", "--config", str(config), *flags, timeout=20), "is the --config file")
+    assert ("sim.yaml:2: field 'ground_truth'" if in_file else "--ground-truth") in line
+    assert config.read_text() == text
