@@ -441,6 +441,10 @@ async def _main(args: argparse.Namespace) -> int:
         if not (math.isfinite(value) and value > 0):  # the flags and the file check this; a last guard
             raise ConfigError(f"{what} {value!r}: must be more than 0 and finite")
 
+    # Checked before anything starts, with --once too (which serves nothing): a value that cannot be used is never
+    # passed over in silence.
+    host, port = parse_listen(args.listen)
+
     async with contextlib.AsyncExitStack() as stack:
         if config is not None:
             probes = probes_from_config(args.config, config, timeout)
@@ -470,7 +474,6 @@ async def _main(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        host, port = parse_listen(args.listen)
         server = start_http(make_app(monitor, loop), host, port)
         stack.callback(server.server_close)
         stack.callback(server.shutdown)

@@ -174,3 +174,10 @@ def test_sim_refuses_a_ground_truth_file_that_is_its_config(tmp_path, in_file):
     line = one_error(run_cli("sim", "--config", str(config), *flags, timeout=20), "is the --config file")
     assert ("sim.yaml:2: field 'ground_truth'" if in_file else "--ground-truth") in line
     assert config.read_text() == text
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "nowhere", ""])
+def test_monitor_once_still_refuses_a_listen_address_that_cannot_be_used(listen):
+    # FAILED on the old code: --once serves nothing, so --listen was never read and the probe round ran (exit 0),
+    # where the same command without --once is exit 2: a CI smoke test of the monitor's flags proved nothing.
+    one_error(run_cli("monitor", "--once", "--listen", listen, timeout=60), "--listen")
