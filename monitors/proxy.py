@@ -184,6 +184,29 @@ def _hostport(value: str, flag: str) -> tuple[str, int]:
     return host, port
 
 
+def _is_self(listen: tuple[str, int], upstream_host: str, upstream_port: int) -> bool:
+    """Whether the upstream is the proxy's own listening address (the same address, `localhost` for a loopback one,
+    or a loopback one where it listens on every address): each client's connection would come back to the proxy,
+    and so on, connection upon connection, until the connection limits refused the last."""
+    import ipaddress
+
+    def address(host: str) -> str:
+        host = host.lower().strip("[]").rstrip(".")
+        try:
+            return str(ipaddress.ip_address(host))
+        except ValueError:
+            return host
+
+    host, port = address(listen[0]), listen[1]
+    up = address(upstream_host)
+    if port != upstream_port:
+        return False
+    if up == host:
+        return True
+    own = {"127.0.0.1", "::1"} if host in ("0.0.0.0", "::", "localhost") else {host}
+    return up in own or up == "localhost" and host in ("127.0.0.1", "::1", "0.0.0.0", "::")
+
+
 class LiveChats:
     """Every chat seen through the proxy, for all its connections: what they share (the profile, the expectations,
     the sink, runs open for a resume on another connection of the same user)."""
@@ -1214,6 +1237,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--upstream: no query or fragment (each client's own query is forwarded)")
         if upstream_parts.username is not None or upstream_parts.password is not None:
             raise ConfigError("--upstream: no credentials in the URL (clients' Authorization headers are forwarded)")
+        if port and _is_self((host, port), upstream_parts.hostname or "",
+                             upstream_parts.port or (443 if upstream_parts.scheme == "wss" else 80)):
+            raise ConfigError(f"--upstream {args.upstream[:120]!r}: that is the proxy's own --listen address; give "
+                              "the real server's")
         limits = {}
         for flag in ("settle", "send_timeout"):
             try:

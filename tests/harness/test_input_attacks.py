@@ -181,3 +181,14 @@ def test_monitor_once_still_refuses_a_listen_address_that_cannot_be_used(listen)
     # FAILED on the old code: --once serves nothing, so --listen was never read and the probe round ran (exit 0),
     # where the same command without --once is exit 2: a CI smoke test of the monitor's flags proved nothing.
     one_error(run_cli("monitor", "--once", "--listen", listen, timeout=60), "--listen")
+
+
+@pytest.mark.parametrize("upstream", ["ws://127.0.0.1:{port}/ws", "ws://localhost:{port}", "ws://127.0.0.1:{port}"])
+def test_the_proxy_refuses_an_upstream_that_is_its_own_listen_address(upstream):
+    # FAILED on the old code: the proxy started, and each client's connection would have come back to it, connection
+    # upon connection, until its connection limits refused the last.
+    with Listener() as free:  # a port nobody else holds: closed below, before the proxy would take it
+        port = free.port
+    proc = run_cli("proxy", "--upstream", upstream.format(port=port), "--listen", f"127.0.0.1:{port}",
+                   "--metrics-listen", "127.0.0.1:0", timeout=20)
+    one_error(proc, "--upstream", "own --listen address")
