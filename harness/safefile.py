@@ -31,6 +31,8 @@ def write_report(path: str | os.PathLike[str], data: str | bytes, *, stall_timeo
         mode = st.st_mode
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), p)
+        if _kernel_setting(p, st):
+            raise OSError(errno.EINVAL, _KERNEL_SETTING, p)
         if stat.S_ISBLK(mode):
             # A report written over a disk would destroy it; nobody means that.
             raise OSError(errno.EINVAL, "refusing to write a report onto a block device", p)
@@ -67,6 +69,8 @@ def writable_problem(path: str) -> str | None:
             return "is a directory"
         if stat.S_ISBLK(st.st_mode):
             return "is a block device"
+        if _kernel_setting(path, st):
+            return _KERNEL_SETTING
         # Written in place (a FIFO, a device), or replaced (rewritten in place when its directory is not
         # writable): either way the directory need not be writable.
         return None if os.access(path, os.W_OK) else "not writable"
@@ -78,6 +82,17 @@ def writable_problem(path: str) -> str | None:
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         return f"cannot write there ({parent} is not a writable directory)"
     return None
+
+
+_KERNEL_SETTING = "a kernel setting or status file (under /proc or /sys), which a report never is"
+
+
+def _kernel_setting(p: str, st: os.stat_result) -> bool:
+    """A file of procfs or sysfs that is no descriptor's link (/proc/sys/kernel/hostname, /sys/…/enabled,
+    /proc/sysrq-trigger): root may write it, and a report written there sets the kernel with its text. /dev/stdout
+    and /proc/self/fd/N lead to a terminal, a pipe or a file elsewhere, and are written to as ever."""
+    real = os.path.realpath(p)
+    return real.startswith("/sys/") or real.startswith("/proc/") and stat.S_ISREG(st.st_mode)
 
 
 def _kernel_path(p: str) -> bool:

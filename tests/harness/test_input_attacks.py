@@ -192,3 +192,14 @@ def test_the_proxy_refuses_an_upstream_that_is_its_own_listen_address(upstream):
     proc = run_cli("proxy", "--upstream", upstream.format(port=port), "--listen", f"127.0.0.1:{port}",
                    "--metrics-listen", "127.0.0.1:0", timeout=20)
     one_error(proc, "--upstream", "own --listen address")
+
+
+@pytest.mark.parametrize("flag", ["--json", "--junit", "--html"])
+@pytest.mark.parametrize("path", ["/proc/version", "/sys/devices/system/cpu/online"])
+def test_a_report_onto_a_kernel_file_is_refused_before_the_run(flag, path):
+    # FAILED on the old code: a procfs or sysfs file is a regular file to stat and writable to root (CI containers
+    # run as root), so the run went ahead and the report was written into it (/proc/sys/kernel/hostname would have
+    # been set to the report's text); these two only answer the write with an error, after the run.
+    proc = run_cli("run", "basic", flag, path, "-q", timeout=60)
+    one_error(proc, f"{flag} {path}", "kernel setting")
+    assert proc.stdout == ""  # refused before the run: no verdict table
