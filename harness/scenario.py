@@ -828,6 +828,7 @@ def apply_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
         # number is taken there (1e-320 written out is no duration).
         latency = Objectives.model_fields[name].annotation is Stat
         data[name] = {k: seconds_given(v) if latency else v for k, v in stats.items() if v is not None}
+    given: dict[tuple[str, ...], tuple[str, Any]] = {}  # each bound overridden: the flag and its value
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = key.strip().split(".")
@@ -851,6 +852,12 @@ def apply_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
             # An unset $VAR in CI (`passed_ratio.min=`) must not quietly remove the gate, defaults included.
             raise ConfigError(f"--objective {item[:80]!r}: a value is needed (an empty or null value would remove "
                               "the objective; a scenario file can leave one out)")
+        # One bound given twice with two values (a CI config's and the command line's): the last one quietly won,
+        # a gate loosened or tightened with no word, where a scenario file refuses a key given twice.
+        earlier = given.setdefault(tuple(parts), (item, parsed))
+        if earlier[1] != parsed or type(earlier[1]) is not type(parsed):
+            raise ConfigError(f"--objective {item[:80]!r}: {key.strip()} is given twice (also {earlier[0][:80]!r}): "
+                              "one bound, one value")
         data[parts[0]][parts[1]] = parsed
     try:
         objectives = Objectives.model_validate(data)

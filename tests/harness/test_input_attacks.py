@@ -203,3 +203,18 @@ def test_a_report_onto_a_kernel_file_is_refused_before_the_run(flag, path):
     proc = run_cli("run", "basic", flag, path, "-q", timeout=60)
     one_error(proc, f"{flag} {path}", "kernel setting")
     assert proc.stdout == ""  # refused before the run: no verdict table
+
+
+@pytest.mark.parametrize("second", ["passed_ratio.min=0", " passed_ratio.min = 0.5"])
+def test_one_objective_given_twice_with_two_values_is_refused(second):
+    # FAILED on the old code: the last one quietly won (a CI config's gate, `passed_ratio.min=1`, loosened to 0 by a
+    # second flag with no word), where a scenario file refuses a key given twice.
+    proc = run_cli("run", "basic", "--objective", "passed_ratio.min=1", "--objective", second, "-q", timeout=60)
+    one_error(proc, "--objective", "passed_ratio.min is given twice", "'passed_ratio.min=1'")
+    assert proc.stdout == ""  # before the run
+
+
+def test_one_objective_given_twice_with_one_value_is_taken():
+    proc = run_cli("run", "basic", "--objective", "passed_ratio.min=1", "--objective", "passed_ratio.min=1", "-q",
+                   timeout=60)
+    assert proc.returncode == 0, proc.stderr
