@@ -277,7 +277,8 @@ def read_token(opts: TargetOptions) -> TokenProvider:
         try:
             from .yamlfile import read_text_file
 
-            token = read_text_file(opts.token_file, "--token-file", limit=64 * 1024).strip()
+            # A byte order mark first (Windows Notepad's "UTF-8 with BOM"), as every file chatprobe reads ignores it.
+            token = read_text_file(opts.token_file, "--token-file", limit=64 * 1024).removeprefix("\ufeff").strip()
         except ConfigError as exc:
             raise ConfigError(str(exc), field="token_file", detail=str(exc).removeprefix("--token-file ")) from None
         if not token:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_cli_ux import run_cli
+from .test_cli_ux import run_cli, sim  # noqa: F401  (sim: a fixture)
 from .test_config_refusals import one_error
 
 NETRA = Path(__file__).parents[2] / "harness" / "profiles" / "netra.yaml"
@@ -218,3 +218,24 @@ def test_one_objective_given_twice_with_one_value_is_taken():
     proc = run_cli("run", "basic", "--objective", "passed_ratio.min=1", "--objective", "passed_ratio.min=1", "-q",
                    timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_token_file_saved_with_a_byte_order_mark_is_read_as_the_token(tmp_path, sim):  # noqa: F811
+    # FAILED on the old code: Windows Notepad's "UTF-8 with BOM" put U+FEFF before the token, which was refused as a
+    # character pasted with it (exit 2), where every other file chatprobe reads (YAML, recordings, HAR) ignores it.
+    import time
+    import warnings
+
+    import jwt
+
+    proc, hint = sim
+    url = hint.split("--target ")[1].split()[0]
+    secret = hint.split("CHATPROBE_JWT_SECRET=")[1].split()[0]
+    with warnings.catch_warnings():  # the sim's development secret is short: PyJWT says so
+        warnings.simplefilter("ignore")
+        token = jwt.encode({"sub": "bom-user", "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"\xef\xbb\xbf" + token.encode() + b"\r\n")
+    done = run_cli("run", "basic", "--target", url, "--token-file", str(token_file), "-q", timeout=60)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert token not in done.stdout + done.stderr
