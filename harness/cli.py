@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 PROGRESS_EVERY = 5.0
 REPORT_FLAGS = ("json", "junit", "html")
 MAX_FRAME_LIMIT = 1 << 30  # `check --max-size`
+MIN_PROGRESS_INTERVAL = 0.1  # seconds: `run --progress-interval`
 
 
 # k6's load flags, as a k6 user types them after `run`: the load is the scenario file's here, one way to give it.
@@ -449,6 +450,9 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
         raise ConfigError(f"--progress-interval: {exc}") from None
     if not 0 < progress_every < float("inf"):
         raise ConfigError("--progress-interval: must be more than 0")
+    if progress_every < MIN_PROGRESS_INTERVAL:  # `1ms` or `0.0001`: a thousand lines a second into a CI log
+        raise ConfigError(f"--progress-interval: at least {MIN_PROGRESS_INTERVAL * 1000:g}ms (a line more often "
+                          "floods the log and takes the run's CPU)")
     run_deadline = None if max_duration is None else time.monotonic() + max_duration
     if opts.url is not None and args.sim_fault:
         raise ConfigError("--sim-fault applies to the embedded agentsim only; leave out --target to use it")

@@ -239,3 +239,11 @@ def test_a_token_file_saved_with_a_byte_order_mark_is_read_as_the_token(tmp_path
     done = run_cli("run", "basic", "--target", url, "--token-file", str(token_file), "-q", timeout=60)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert token not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("every", ["1ms", "0.0001", "99ms"])
+def test_a_progress_interval_below_100ms_is_refused(every):
+    # FAILED on the old code: `--progress-interval 0.0001` printed a line every 0.1 ms, 184 for a one-chat run of
+    # 0.2 s, millions into a CI log for a run of minutes, on the run's own CPU.
+    proc = run_cli("run", "basic", "--progress-interval", every, "-q", timeout=60)
+    one_error(proc, "--progress-interval", "at least 100ms")
