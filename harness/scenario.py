@@ -855,7 +855,7 @@ def apply_overrides(scenario: Scenario, overrides: list[str]) -> Scenario:
         # One bound given twice with two values (a CI config's and the command line's): the last one quietly won,
         # a gate loosened or tightened with no word, where a scenario file refuses a key given twice.
         earlier = given.setdefault(tuple(parts), (item, parsed))
-        if earlier[1] != parsed or type(earlier[1]) is not type(parsed):
+        if earlier[0] is not item and (earlier[1] != parsed or type(earlier[1]) is not type(parsed)):
             raise ConfigError(f"--objective {item[:80]!r}: {key.strip()} is given twice (also {earlier[0][:80]!r}): "
                               "one bound, one value")
         data[parts[0]][parts[1]] = parsed
