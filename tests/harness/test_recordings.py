@@ -1347,12 +1347,14 @@ def test_a_sparse_terabyte_file_is_refused_from_its_size_before_a_byte_is_read(t
     import subprocess
     import sys
 
-    huge = tmp_path / "huge.jsonl"
+    rec = tmp_path / "rec"  # (the report outside it: one inside a directory check reads is refused first)
+    rec.mkdir()
+    huge = rec / "huge.jsonl"
     with open(huge, "wb") as f:
         f.truncate(1 << 40)  # a sparse file: no disk used
-    good = write_jsonl(tmp_path / "good.jsonl", [send(100.0), *netra_run("r1", 100.0)])
+    good = write_jsonl(rec / "good.jsonl", [send(100.0), *netra_run("r1", 100.0)])
     json_out = tmp_path / "out.json"
-    for args in ([str(huge)], [str(good), str(huge)], [str(tmp_path)]):
+    for args in ([str(huge)], [str(good), str(huge)], [str(rec)]):
         proc = subprocess.run([sys.executable, "-m", "harness", "check", *args, "--json", str(json_out)],
                               capture_output=True, text=True, timeout=60, env={**os.environ, "NO_COLOR": "1"})
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
