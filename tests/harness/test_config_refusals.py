@@ -52,7 +52,7 @@ def test_a_target_no_connection_could_use_is_refused(url, needle):
 def test_a_report_flag_never_overwrites_the_scenario_or_profile_it_reads(tmp_path):
     scenario = tmp_path / "mine.yaml"
     scenario.write_text("name: mine\n")
-    one_error(run_cli("run", str(scenario), "--json", str(scenario)), "--json", "scenario or profile")
+    one_error(run_cli("run", str(scenario), "--json", str(scenario)), "--json", "a scenario, profile or token")
     assert scenario.read_text() == "name: mine\n"
     profile = tmp_path / "p.yaml"
     profile.write_text(NETRA.read_text())
