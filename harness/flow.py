@@ -1306,6 +1306,10 @@ class LeftRuns:
             del self._by[user]
         return now <= until
 
+    def holds(self, run_id: str) -> bool:
+        """Whether any user's left run is `run_id` (a scan of them all: for a rare question, not per frame)."""
+        return any(run_id in runs for runs in self._by.values())
+
 
 class ParkedChats:
     """Chats whose connection ended mid-run under them (the server closed or dropped it: a deploy, a load balancer's

@@ -345,6 +345,15 @@ class LiveChats:
         proxy started less than a chat's deadline ago (after that, every such chat is past its deadline)."""
         return now < self.started_at + self.exp.deadline
 
+    def saw_run(self, run_id: str) -> bool:
+        """Whether a chat of `run_id` is this process's, any user's: on a connection still open, parked, or left by
+        its client. Another user's resume of such a run in the window of `inherited` is no chat of the process before
+        this one: what the server sends it of the run is cross-talk (R8), as past the window. Read only in that
+        window, and only for a resume the user's own runs did not explain (at most every open connection, parked
+        chat and left run)."""
+        return (any(run_id in conn.checker.by_run for conns in self.open.values() for conn in conns)
+                or any(key[1] == run_id for key in self.parked.chats) or self.left.holds(run_id))
+
     def judged_run(self, identity: str, run_id: str) -> bool:
         """Whether a chat of `run_id` was judged on one of the user's latest MAX_RESUME_SEARCH connections still open
         (a second tab resuming a run that ended)."""
@@ -586,7 +595,7 @@ class LiveConnection:
             found = live.resumed(self.identity, frame.run_id)
             if found is None and frame.run_id and (live.left.take(self.identity, frame.run_id, now)
                                                    or live.judged_run(self.identity, frame.run_id)
-                                                   or live.inherited(now)):
+                                                   or live.inherited(now) and not live.saw_run(frame.run_id)):
                 # The user's client left this run's chat (it closed its connection: judged abandoned then, or judged
                 # already), or resumes a run judged on another of its connections still open, or one the process
                 # before this one followed (a deploy of the proxy: counted unjudged there), here: what the server

@@ -191,3 +191,30 @@ async def test_a_resume_of_a_run_the_proxy_never_saw_is_inherited_only_just_afte
     r8 = p.sample("chatprobe_rule_violations_total", rule="R8")
     assert (r8 == 0) if started == "just now" else (r8 > 0), r8
     assert p.outcomes() == {} and p.sink.started == 0
+
+
+async def test_another_users_resume_in_the_window_hides_no_cross_talk_of_a_run_the_proxy_saw():
+    """The window after the proxy's start is for runs it never saw. mallory, just after the start, resumes alice's
+    run, which the proxy carries (it saw it start): a server that then sends her alice's events (cross-talk) is R8,
+    as past the window. FAILED before LiveChats.saw_run: the resume made alice's run mallory's own moved run, and the
+    cross-talk went unseen (R8 0)."""
+    async with Proxied(["crosstalk:agent_completed=1.0"], deadline=10.0) as p:
+        async with asyncio.timeout(20):
+            mallory = await p.connect("mallory")
+            alice = await p.connect("alice")
+            await alice.send(json.dumps({"type": "user_message", "payload": {
+                "content": "Explain tides #think=0.3 #tools=2", "thread_id": "t-a", "message_id": "m-a"}}))
+            while "run_id" not in (frame := json.loads(await alice.recv())):
+                pass
+            await mallory.send(json.dumps({"type": "resume", "payload": {"run_id": frame["run_id"], "last_seq": 0}}))
+            assert json.loads(await mallory.recv()).get("error_code") == "RESUME_UNKNOWN_RUN"
+            await read_until_completed(alice)
+            leak = json.loads(await mallory.recv())  # alice's terminal event, sent to mallory too
+            assert leak.get("run_id") == frame["run_id"], leak
+            for ws in (mallory, alice):
+                closed = p.live.closed_count
+                await ws.close()
+                while p.live.closed_count == closed:
+                    p.live.closed.clear()
+                    await p.live.closed.wait()
+    assert p.sample("chatprobe_rule_violations_total", rule="R8") > 0
