@@ -181,7 +181,7 @@ class PicowsTransport(WSListener, RecordingHooks):
         headers.clear()
         underlying = ws.underlying_transport
         if not underlying.is_closing():
-            underlying.set_protocol(_CappedReads(underlying.get_protocol()))
+            underlying.set_protocol(_CappedReads(underlying.get_protocol(), underlying, self))
         if refusal is not None:
             # RFC 6455 4.1: the client MUST fail a connection whose server chose a subprotocol or an extension the
             # client did not offer (picows offers no extension and checks neither); websockets refuses both.
@@ -425,18 +425,35 @@ class PicowsTransport(WSListener, RecordingHooks):
 
 class _CappedReads(asyncio.BufferedProtocol):
     """picows' protocol as asyncio's transport sees it, each read at most READ_CAP bytes (asyncio reads once per
-    turn of the loop into the buffer given, over TLS too). Installed with the transport's public set_protocol; the
-    reads' hand-over, buffer_updated, is picows' own (no call of ours per read but get_buffer)."""
+    turn of the loop into the buffer given, over TLS too), and a read that filled the cap the last of its turn:
+    uvloop (libuv) reads a socket up to 32 times a turn while it has bytes, so capped reads alone still handed over
+    32 of them (131,072 empty frames) before the next turn (a loop turn of 0.5 s, a 2 s deadline to 2.9 s). Reading
+    is paused for the rest of the turn after such a read (a full read: more is likely waiting), resumed on the next.
+    Installed with the transport's public set_protocol; per read, one call of ours each side of picows' own."""
 
-    __slots__ = ("_inner", "_get", "buffer_updated")
+    __slots__ = ("_inner", "_get", "_updated", "_transport", "_owner", "_resume")
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, transport: asyncio.BaseTransport, owner: "PicowsTransport") -> None:
         self._inner = inner
         self._get = inner.get_buffer
-        self.buffer_updated = inner.buffer_updated  # type: ignore[method-assign]  # picows' own, called as is
+        self._updated = inner.buffer_updated
+        self._transport: Any = transport
+        self._owner = owner
+        self._resume = asyncio.get_running_loop().call_soon
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._get(sizehint)[:READ_CAP]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._updated(nbytes)
+        if nbytes == READ_CAP and not (transport := self._transport).is_closing():
+            transport.pause_reading()
+            self._resume(self._resumed)
+
+    def _resumed(self) -> None:
+        early = self._owner._early
+        if not self._transport.is_closing() and (early is None or len(early) < MAX_EARLY):  # else run() resumes it
+            self._transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()

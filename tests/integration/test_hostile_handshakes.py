@@ -328,11 +328,13 @@ async def test_a_server_flooding_control_frames_at_line_rate_does_not_hold_the_c
     assert peak_kb < LIMIT_KB
 
 
-async def timed_chat(url: str, compression: str, deadline: float) -> tuple[ChatResult, float, float]:
+async def timed_chat(url: str, compression: str, deadline: float,
+                     ca_file: str | None = None) -> tuple[ChatResult, float, float]:
     """One chat in this process (the clock is the test's own), against `url`: (its verdict, how long the chat took,
     how long its session's close took), each bounded."""
     target = Target(url=url, profile=NETRA, name="t", tokens=TokenProvider(TOKEN))
     target.compression = compression
+    target.ca_file = ca_file
     session = Session(target, "u1", "t", Sink(), connect_timeout=5)
     expectations = Scenario(name="t", expect=Expect(deadline=deadline)).expectations(NETRA)
     loop = asyncio.get_running_loop()
@@ -358,3 +360,41 @@ async def test_a_server_flooding_tiny_text_frames_does_not_hold_the_chat_past_it
     assert result.outcome is Outcome.INCOMPLETE, result
     assert chat_took < 2 + 1.5, chat_took
     assert close_took < 2 + 1.5, close_took
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+def test_a_flood_of_tiny_frames_holds_no_loop_turn_on_uvloop(tls, tmp_path):
+    """The tiny-frame flood above on uvloop, the loop `chatprobe run` uses: libuv reads a socket up to 32 times a
+    turn while it has bytes, so picows' 8 KiB reads alone let one turn hand over 32 of them (131,072 empty frames,
+    each judged). No turn of the loop is held long: FAILED on the code before (plain ws): a turn of 0.44-0.52 s, the
+    2 s deadline ended at 2.9 s. (wss held: uvloop's TLS reads the application's buffer once a turn when it fills.)"""
+    import time
+
+    import uvloop
+
+    worst = 0.0
+
+    async def main() -> tuple[ChatResult, float]:
+        nonlocal worst
+
+        async def tick() -> None:
+            nonlocal worst
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0)
+                now = time.perf_counter()
+                worst, last = max(worst, now - last), now
+
+        context, ca_file = tls_context(tmp_path) if tls else (None, None)
+        async with raw(floods(TINY_FRAMES["empty"]), context) as srv:
+            ticker = asyncio.ensure_future(tick())
+            try:
+                result, took, _ = await timed_chat(srv.url, "none", 2, ca_file)
+            finally:
+                ticker.cancel()
+        return result, took
+
+    result, took = uvloop.run(main())
+    assert result.outcome is Outcome.INCOMPLETE, result
+    assert worst < 0.25, worst
+    assert took < 2 + 0.5, took
