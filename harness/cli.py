@@ -90,7 +90,7 @@ class _Parser(argparse.ArgumentParser):
         else:  # a required argument missing: a misspelt flag may be why (unknown_flag_hint)
             message = unknown_flag_hint(self, message, self.given)
         if getattr(self, "commands", None) is not None and "(did you mean" not in message:
-            message += _command_hint(self.commands, self.given)
+            message = _unechoed(message, self.commands, self.given) + _command_hint(self.commands, self.given)
         from .redact import clean
 
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {clean(message, MESSAGE_LIMIT)}\n")
@@ -131,9 +131,25 @@ def _command_hint(commands: Mapping[str, argparse.ArgumentParser], given: list[s
     return ""
 
 
-def _command_flags(commands: Mapping[str, argparse.ArgumentParser], name: str) -> set[str]:
-    """The flags of command `name` (sim, monitor and proxy parse their own: their parsers are built here, on a usage
-    error only)."""
+def _unechoed(message: str, commands: Mapping[str, argparse.ArgumentParser], given: list[str]) -> str:
+    """`message` without the value of a flag given before any command: argparse took it for the command (`invalid
+    choice: '…'`) or echoed `--flag=value` whole, and the flag may be one whose value is a secret (`chatprobe
+    --jwt-secret S`, a mistyped `--token T`): said as the flag's value, never shown. A word after a flag that takes no
+    value (`-q basic`) is no value of it, and is shown."""
+    if not given or not given[0].startswith("-"):
+        return message
+    flag, eq, value = given[0].partition("=")
+    if eq:
+        return message.replace(given[0], f"{flag}=…") if value else message
+    if len(given) < 2 or any(_command_flags(commands, name).get(flag) is False
+                             for name in ("run", "check", "monitor", "proxy", "sim")):
+        return message
+    return message.replace(f"invalid choice: {given[1]!r}", f"invalid choice: the value given to {flag}")
+
+
+def _command_flags(commands: Mapping[str, argparse.ArgumentParser], name: str) -> dict[str, bool]:
+    """The flags of command `name`, each with whether it takes a value (sim, monitor and proxy parse their own: their
+    parsers are built here, on a usage error only)."""
     if name == "sim":
         from agentsim.cli import build_parser as sim_parser
 
@@ -148,7 +164,8 @@ def _command_flags(commands: Mapping[str, argparse.ArgumentParser], name: str) -
         parser = proxy_parser()
     else:
         parser = commands[name]
-    return {flag for action in parser._actions for flag in action.option_strings if flag not in ("-h", "--help")}
+    return {flag: action.nargs != 0 for action in parser._actions for flag in action.option_strings
+            if flag not in ("-h", "--help")}
 
 
 def _version() -> str:

@@ -376,6 +376,27 @@ def test_a_command_line_that_names_no_command_says_what_to_type(capsys, argv, hi
     assert exc.value.code == 2 and hint in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("argv", [["--jwt-secret", "s3cr3t-VALUE"], ["--jwt-secret=s3cr3t-VALUE"],
+                                  ["--token", "s3cr3t-VALUE"], ["--header", "X-Api-Key:s3cr3t-VALUE"]])
+def test_a_flag_given_before_any_command_is_answered_without_its_value(capsys, argv):
+    """FAILED on the old code: argparse took the flag's value for the command and echoed it ("invalid choice:
+    's3cr3t-VALUE'"), or echoed `--flag=value` whole, the hint naming the flag (--jwt-secret: sim's) beside it: a
+    secret given to the wrong place went to the terminal and the CI log."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "s3cr3t" not in err and err.count("\n") == 1, err
+    flag = argv[0].partition("=")[0]
+    assert f"the value given to {flag}" in err or f"{flag}=…" in err, err
+
+
+def test_a_word_after_a_flag_that_takes_no_value_is_still_shown(capsys):
+    with pytest.raises(SystemExit):
+        main(["-q", "basic"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'basic'" in err and "(-q is a flag of" in err, err
+
+
 def test_a_command_line_with_nothing_it_looks_like_says_no_more_than_argparse(capsys):
     with pytest.raises(SystemExit):
         main(["frobnicate"])
