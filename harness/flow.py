@@ -1272,6 +1272,8 @@ class LeftRuns:
         return self._n
 
     def add(self, user: str, run_id: str, until: float, now: float) -> None:
+        if until < now:  # past its chat's deadline: no resume is taken for it (take), so it takes no room
+            return
         runs = self._by.pop(user, None) or {}  # put back last: the longest idle users are forgotten first
         if run_id in runs:
             del runs[run_id]

@@ -103,6 +103,17 @@ def test_left_runs_are_bounded_per_user_and_in_all_and_expire():
     assert not left.take("mallory", "r", 1.0) and not left.take("user-10", None, 1.0)
 
 
+def test_a_left_run_past_its_deadline_takes_no_room_from_another_users():
+    """A tab open for hours closes: the runs of its finished chats, long past their deadline, are remembered for no
+    resume (take refuses them) and take no room: FAILED on the code before, each one counted toward max_all and
+    pushed out another user's left run still within its deadline (whose reload then read as R8)."""
+    left = LeftRuns(max_all=2, max_each=64)
+    left.add("alice", "r-a", until=100.0, now=50.0)
+    for n in range(3):
+        left.add("old-tab", f"r-{n}", until=10.0, now=50.0)
+    assert len(left) == 1 and left.take("alice", "r-a", 51.0)
+
+
 async def test_check_of_the_recording_judges_the_reload_alike(tmp_path):
     """`chatprobe check` of the proxy's --record-all recording: the same one chat, no R8."""
     from harness.offline import check_files
