@@ -1059,7 +1059,7 @@ class ConnectionChecker:
                 # Several chats in flight (parallel_chats): the one whose run is under way, as a server that streams
                 # one run at a time per connection sends it (the others wait for their run's first event).
                 chat, running = _under_way(active)
-                if chat is None:
+                if chat is None and running:
                     self._foreign(ev, f"no run, while {running} runs of this connection are under way (this dialect's "
                                       "events name no run: runs interleaved on one connection cannot be told apart; "
                                       "keep one chat per connection in flight, or run them over SSE)")

@@ -416,3 +416,17 @@ def test_events_received_past_the_deadline_come_after_its_verdict():
     assert Role.AGENT_COMPLETED in result.missing, result.missing
     in_time = judge(valid_run(gap=0.1), exp, now=1.3)  # the last at 0.65 s
     assert in_time.outcome is Outcome.PASSED, in_time.violations
+
+
+def test_an_event_naming_no_run_with_several_chats_in_flight_and_none_under_way_is_plain_cross_talk():
+    """Several chats in flight, none of whose runs has started: an event naming no run and no thread (AG-UI's) is
+    another client's (R8, "no run of this client"), not runs that "cannot be told apart" (the reason said "while 0
+    runs of this connection are under way" before)."""
+    conn = ConnectionChecker(user_id="u1")
+    first = ChatTracker("c1", EXP, 0.0, thread_id=None)
+    second = ChatTracker("c2", EXP, 0.0, thread_id=None)
+    conn.add(first)
+    conn.add(second)
+    assert conn.route(ev(Role.AGENT_THINKING, None, 0.1, run=None, thread=None)) is None
+    reasons = [v.reason for c in (first, second) for v in c.violations if v.rule is Rule.R8]
+    assert reasons and all("no run of this client" in r and "under way" not in r for r in reasons), reasons
