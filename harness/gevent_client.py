@@ -500,18 +500,10 @@ class _StreamWire:
                         break  # closed or dropped by the client: what a server still streams is read no further
                     http.receive_data(data)
                 elif isinstance(event, h11.Data):
-                    if unpacker is None:
-                        data = bytes(event.data)
-                        messages: list[str | bytes] = list(parser.feed(data))
-                        if messages:
-                            deliver(messages)
-                        parsed += len(data)
-                        if parsed >= YIELD_BYTES:
-                            parsed = 0
-                            _yield()
-                        continue
-                    for piece in unpacker.pieces(bytes(event.data)):  # each piece handed over before the next
-                        messages = list(parser.feed(piece))
+                    data = bytes(event.data)
+                    # An encoded stream's unpacked pieces, each handed over before the next is made.
+                    for piece in (data,) if unpacker is None else unpacker.pieces(data):
+                        messages: list[str | bytes] = list(parser.feed(piece))
                         if messages:
                             deliver(messages)
                         parsed += len(piece)
