@@ -325,3 +325,12 @@ def chromium(workdir: Path, *, window: str = "1000,800", logs: dict[str, str] | 
         yield driver
     finally:
         driver.quit()
+
+
+def query(prom: str, expr: str) -> list[dict]:
+    """A PromQL instant query against Prometheus at `prom` → its result vector (or matrix)."""
+    import httpx
+
+    r = httpx.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=5)
+    r.raise_for_status()
+    return r.json()["data"]["result"]

@@ -12,23 +12,16 @@ import asyncio
 import json
 import time
 
-import httpx
 import jwt
 import pytest
 from websockets.asyncio.client import connect
 
-from .conftest import chatprobe_bin, scrape, start_on_free_port, start_prometheus, value, wait_for
+from .conftest import chatprobe_bin, query, scrape, start_on_free_port, start_prometheus, value, wait_for
 from .rules import write_shortened_rules
 
 pytestmark = [pytest.mark.e2e]
 FACTOR = 10
 CHATS = 6
-
-
-def query(prom: str, expr: str) -> list[dict]:
-    r = httpx.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=5)
-    r.raise_for_status()
-    return r.json()["data"]["result"]
 
 
 async def failing_chats(url: str, token: str) -> None:

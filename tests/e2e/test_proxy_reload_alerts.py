@@ -26,18 +26,12 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from .conftest import chatprobe_bin, scrape, start_on_free_port, start_prometheus, value, wait_for
+from .conftest import chatprobe_bin, query, scrape, start_on_free_port, start_prometheus, value, wait_for
 from .rules import write_shortened_rules
 
 pytestmark = [pytest.mark.e2e]
 FACTOR = 10
 USERS = 12
-
-
-def query(prom: str, expr: str) -> list[dict]:
-    r = httpx.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=5)
-    r.raise_for_status()
-    return r.json()["data"]["result"]
 
 
 async def leave(url: str, token: str, n: int) -> tuple[str, int]:

@@ -32,7 +32,17 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from .conftest import ProcGroup, chatprobe_bin, scrape, start_monitor, start_on_free_port, start_prometheus, value, wait_for
+from .conftest import (
+    ProcGroup,
+    chatprobe_bin,
+    query,
+    scrape,
+    start_monitor,
+    start_on_free_port,
+    start_prometheus,
+    value,
+    wait_for,
+)
 from .rules import shortened_rules, write_shortened_rules
 
 pytestmark = [pytest.mark.e2e]
@@ -47,12 +57,6 @@ def start_server(procs: ProcGroup, name: str = "server", *faults: str) -> str:
     """The team's own netra server with `faults` (its flags) → its ws URL."""
     proc = procs.start(name, [sys.executable, str(SERVER), "--port", "0", *faults])
     return proc.wait_for_line(r"netra-server listening on (ws://\S+)").group(1)
-
-
-def query(prom: str, expr: str) -> list[dict]:
-    r = httpx.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=5)
-    r.raise_for_status()
-    return r.json()["data"]["result"]
 
 
 def alerts(prom: str, name: str, state: str = "firing") -> list[dict]:
