@@ -80,6 +80,11 @@ protocol: netra
 ENV = {"FUZZ_CHAT_TOKEN": "tok-" + "x" * 20, "FUZZ_API_KEY": "key-" + "y" * 20, "FUZZ_JWT_SECRET": "s" * 32}
 
 
+# The monitor's sentinel: an address of TEST-NET-1 (RFC 5737), no host's own, so binding it fails: checked when the
+# monitor starts serving, after its config and probes are built (a --listen that is no HOST:PORT is refused first).
+NOT_HERE = "192.0.2.1:9464"
+
+
 def _seeds(folder: Path) -> list[str]:
     return [p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.yaml"))]
 
@@ -150,7 +155,7 @@ def kinds(tmp: Path) -> list[Kind]:
         Kind("profile", [*_seeds(ROOT / "harness" / "profiles"), *_seeds(ROOT / "docs" / "profiles")],
              lambda p: ["check", str(recording), "--profile", p, "--max-size", "0"], "--max-size: "),
         # monitor: the config and every probe it makes built; then --listen is parsed.
-        Kind("monitor", [MONITOR_SEED], lambda p: ["monitor", "--config", p, "--listen", "nowhere"], "--listen"),
+        Kind("monitor", [MONITOR_SEED], lambda p: ["monitor", "--config", p, "--listen", NOT_HERE], "--listen"),
         Kind("agentsim", [AGENTSIM_SEED], lambda p: ["--config", p, "--host", "127.0.0.1", "--port", port],
              ": cannot listen: ", main=sim_cli.main),
     ]
@@ -382,7 +387,7 @@ FLAG_VALUES = st.one_of(
 # the sentinel, which the command checks last before it would run.
 _RUN = (["run", "basic"], ["--sim-fault", "sentinel"], "--sim-fault: 'sentinel'")
 _PROXY = (["proxy", "--upstream", "ws://127.0.0.1:9/ws"], ["--record-all"], "--record-all needs --record")
-_MONITOR = (["monitor", "--target", "ws://127.0.0.1:9/ws"], ["--listen", "nowhere"], "--listen")
+_MONITOR = (["monitor", "--target", "ws://127.0.0.1:9/ws"], ["--listen", NOT_HERE], "--listen")
 FLAGS = {
     "run --objective": (*_RUN, "--objective"), "run --header": (*_RUN, "--header"),
     "run --header-env": (*_RUN, "--header-env"), "run --max-duration": (*_RUN, "--max-duration"),
@@ -528,7 +533,7 @@ def test_a_null_bound_in_a_file_is_refused_not_a_gate_removed(tmp_path, stat):
 def test_a_monitor_url_of_a_megabyte_is_not_echoed_whole(tmp_path):
     config = tmp_path / "m.yaml"
     config.write_text(f"targets:\n  a:\n    url: {'a' * 200_000}\n")
-    line = one_line(*invoke(cli.main, ["monitor", "--config", str(config), "--listen", "nowhere"]))
+    line = one_line(*invoke(cli.main, ["monitor", "--config", str(config), "--listen", NOT_HERE]))
     assert f"{config}:3: field 'targets.a.url'" in line and len(line) < 400, line  # was: 200 KB
 
 
@@ -548,7 +553,7 @@ def test_a_name_too_long_for_a_file_is_a_usage_error_not_a_traceback(argv):
 
 def test_an_empty_scenario_name_is_named_as_one(tmp_path):
     line = one_line(*invoke(cli.main, ["monitor", "--target", "ws://127.0.0.1:9/ws", "--scenario", "",
-                                       "--listen", "nowhere"]))
+                                       "--listen", NOT_HERE]))
     assert "scenario '': no such file and no built-in" in line, line  # was: ".: cannot read: Is a directory"
 
 

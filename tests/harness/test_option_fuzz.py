@@ -74,7 +74,7 @@ def test_pytest_plugin_token_env_naming_an_unset_variable_is_a_usage_error_as_fo
     with the server's auth errors, far from the cause). Now as `chatprobe run --target … --token-env UNSET`: a usage
     error at start-up naming the flag and the variable (run: exit 2; pytest's usage error: exit 4). The default
     variable, used implicitly and unset, is no token, as for `run`; with no --chatprobe-target (the embedded agentsim
-    mints its own tokens) no token is read, as `run` without --target reads none."""
+    mints its own tokens) a variable named that is not set is refused too, as `run` without --target refuses it."""
     from harness.cli import main
 
     (tmp_path / "test_mine.py").write_text("def test_x(chatprobe):\n    pass\n")
@@ -87,9 +87,10 @@ def test_pytest_plugin_token_env_naming_an_unset_variable_is_a_usage_error_as_fo
         return subprocess.run(argv, capture_output=True, timeout=60, env=env, cwd=tmp_path)
 
     for var in ("CP_UNSET_TOKEN", "CHATPROBE_TOKEN"):  # the default's name given explicitly is named, so needed
-        line = _judge(pytest_run("--chatprobe-target", target, "--chatprobe-token-env", var),
-                      "--chatprobe-token-env", 4, "ERROR: chatprobe:")
-        assert f"--chatprobe-token-env {var}: the variable is not set or empty" in line, line
+        for where in (["--chatprobe-target", target], []):  # (without a target: the embedded agentsim's)
+            line = _judge(pytest_run(*where, "--chatprobe-token-env", var), "--chatprobe-token-env", 4,
+                          "ERROR: chatprobe:")
+            assert f"--chatprobe-token-env {var}: the variable is not set or empty" in line, line
     # chatprobe run says the same of the same flag (exit 2).
     saved = {k: os.environ.pop(k) for k in ("CHATPROBE_TOKEN", "CHATPROBE_JWT_SECRET") if k in os.environ}
     try:
@@ -99,8 +100,7 @@ def test_pytest_plugin_token_env_naming_an_unset_variable_is_a_usage_error_as_fo
     # Taken: the implicit default unset (no token), and the named variable set.
     for flags, extra in ((["--chatprobe-target", target], {}),
                          (["--chatprobe-target", target, "--chatprobe-token-env", "CP_UNSET_TOKEN"],
-                          {"CP_UNSET_TOKEN": "t-" + "y" * 20}),
-                         (["--chatprobe-token-env", "CP_UNSET_TOKEN"], {})):
+                          {"CP_UNSET_TOKEN": "t-" + "y" * 20})):
         env.update(extra)
         proc = pytest_run(*flags)
         env.pop("CP_UNSET_TOKEN", None)
