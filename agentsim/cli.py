@@ -10,7 +10,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
 
 import yaml
@@ -75,11 +75,27 @@ class _Parser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments:"):
             # The flag the first unknown one most looks like, as `chatprobe run` says it: (did you mean --seed?)
             flags = [flag for action in self._actions for flag in action.option_strings]
-            given = next((a.partition("=")[0] for a in message.partition(":")[2].split() if a.startswith("-")), None)
+            words = message.partition(":")[2].split()
+            given = next((a.partition("=")[0] for a in words if a.startswith("-")), None)
             meant = closest(given, flags) if given else None
+            message = "unrecognized arguments: " + " ".join(_unshown(words))
             if meant:
                 message += f" (did you mean {meant}?)"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)}\n")
+
+
+def _unshown(words: list[str]) -> Iterator[str]:
+    """The words argparse did not know, each value said as `…`: a misspelt flag's value may be the secret it was meant
+    to carry (`--jwt-secrt S`). harness/errors.py's `_unshown` written again (agentsim imports nothing of harness)."""
+    after_flag = False
+    for word in words:
+        if word.startswith("-"):
+            name, eq, _ = word.partition("=")
+            yield f"{name}=…" if eq else name
+            after_flag = not eq
+        else:
+            yield "…" if after_flag else word
+            after_flag = False
 
 
 class ConfigError(Exception):

@@ -90,9 +90,25 @@ def unknown_flag_hint(parser: argparse.ArgumentParser, message: str, given: Sequ
         return message
     if not message.startswith("unrecognized arguments:"):
         return message
-    first = next((a.partition("=")[0] for a in message.partition(":")[2].split() if a.startswith("-")), None)
+    words = message.partition(":")[2].split()
+    first = next((a.partition("=")[0] for a in words if a.startswith("-")), None)
     meant = closest(first, flags) if first else None
+    message = "unrecognized arguments: " + " ".join(_unshown(words))
     return f"{message} (did you mean {meant}?)" if meant else message
+
+
+def _unshown(words: Sequence[str]) -> Iterable[str]:
+    """The words of a command line argparse did not know, each value said as `…`: a misspelt flag's value may be the
+    secret it was meant to carry (`sim --jwt-secrt S`, `--header-evn=X-Key=…`), and no flag of this parser takes it."""
+    after_flag = False
+    for word in words:
+        if word.startswith("-"):
+            name, eq, _ = word.partition("=")
+            yield f"{name}=…" if eq else name
+            after_flag = not eq
+        else:
+            yield "…" if after_flag else word
+            after_flag = False
 
 
 def tolerant(stream: TextIO) -> TextIO:

@@ -105,8 +105,8 @@ def test_bad_flag_exits_2_with_one_line(capsys, flag, needle):
 
 
 @pytest.mark.parametrize("argv,hint", [
-    (["--seeed", "3"], "unrecognized arguments: --seeed 3 (did you mean --seed?)"),
-    (["--sede=3"], "unrecognized arguments: --sede=3 (did you mean --seed?)"),
+    (["--seeed", "3"], "unrecognized arguments: --seeed … (did you mean --seed?)"),
+    (["--sede=3"], "unrecognized arguments: --sede=… (did you mean --seed?)"),
     (["--jwt-secrit", "s"], "(did you mean --jwt-secret?)"),
     (["--no-auth", "--tool-latncy", "0"], "(did you mean --tool-latency?)"),
 ])
