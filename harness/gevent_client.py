@@ -392,7 +392,6 @@ class _StreamWire:
         self.ended_note = ""  # why the stream ended, for a chat still waiting for its terminal event
         self.close_reason = ""
         self.protocol_error: str | None = None  # the client dropped the stream for what the server sent (R12)
-        self.protocol = None  # (no WebSocket protocol)
 
     def open(self) -> None:
         """Nothing to do: the server is reached when the chat's message is sent (send_text)."""
@@ -404,7 +403,7 @@ class _StreamWire:
         recording does)."""
         import h11
 
-        from .transports.sse import classify_http, head_failure, request_headers
+        from .transports.sse import CODINGS, classify_http, head_failure, request_headers
 
         if self.requested or self.closing:
             raise ConnectFailed("protocol_error", "an SSE connection carries one chat at a time: "
@@ -457,8 +456,6 @@ class _StreamWire:
             if isinstance(exc, Exception):
                 raise ConnectFailed(*classify_http(exc)) from None
             raise
-        from .transports.sse import CODINGS
-
         self.coding = CODINGS.get(head.get("content-encoding", "").strip().lower())
         sock.settimeout(None)  # read blocking by the reader: abort()'s shutdown ends it
         self.sock, self.http = sock, http
