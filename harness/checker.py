@@ -836,7 +836,7 @@ class ConnectionChecker:
 
     __slots__ = ("user_id", "user_from_welcome", "welcome_user", "events_name_run", "further_runs", "by_run",
                  "by_message", "by_thread", "chats", "_members", "unnamed", "_prune_at", "malformed", "foreign",
-                 "_fresh", "untold", "probes")
+                 "_fresh", "untold", "probes", "_settled")
 
     def __init__(self, user_id: str | None = None, *, events_name_run: bool = False, further_runs: bool = False) -> None:
         # The user this connection authenticated as (the token's `sub`), else the one its welcome names.
@@ -856,6 +856,7 @@ class ConnectionChecker:
         self.by_message = ChatIndex()
         self.by_thread = ChatIndex()
         self.chats: list[ChatTracker] = []
+        self._settled = 0  # chats[:_settled] are done or judged (active())
         # The same chats as a set, for an O(1) "is it here" (a tracker hashes by identity), once there are more than
         # SMALL_CONNECTION of them: below that a look through the list costs no more, and no set (216 bytes) is made
         # for the one or two chats most connections carry.
@@ -944,6 +945,7 @@ class ConnectionChecker:
         if not drop:
             return
         self.chats = [c for c in self.chats if id(c) not in drop]
+        self._settled = 0
         self._members = set(self.chats) if len(self.chats) > SMALL_CONNECTION else None
         if self._fresh:
             self._fresh = [c for c in self._fresh if id(c) not in drop]
@@ -959,6 +961,7 @@ class ConnectionChecker:
             if self._members is not None:
                 self._members.discard(chat)
             self.chats.remove(chat)
+            self._settled = 0
             if chat in self._fresh:
                 self._fresh.remove(chat)
         for index in (self.by_run, self.by_message, self.by_thread):
@@ -970,8 +973,19 @@ class ConnectionChecker:
             self.probes.remove(chat)
 
     def active(self) -> list[ChatTracker]:
-        """The chats still waiting for something: not done, not judged (a judged chat cut short takes no more)."""
-        return [c for c in self.chats if not c.done and c._result is None]
+        """The chats still waiting for something: not done, not judged (a judged chat cut short takes no more).
+
+        Asked for every event that names no run (most of AG-UI's): the chats before `_settled` are known to be done
+        or judged, which a chat never stops being, so a connection carrying chat after chat scans only its latest
+        (the whole list, up to KEEP_FINISHED chats, cost each event as much again)."""
+        chats = self.chats
+        settled, n = self._settled, len(chats)
+        while settled < n and ((c := chats[settled]).done or c._result is not None):
+            settled += 1
+        self._settled = settled
+        if settled == n:
+            return []
+        return [c for c in chats[settled:] if not c.done and c._result is None]
 
     def welcome(self, frame: Frame, first: bool = True) -> None:
         """A control frame: when it names the user (a welcome, decoded by the profile), events of others are R8. A

@@ -131,6 +131,41 @@ def test_membership_survives_prune_and_discard() -> None:
     assert conn.chats.count(forgotten) == 1
 
 
+def test_active_chats_are_the_unfinished_ones_through_prune_and_discard() -> None:
+    """active() skips the chats it already found finished (a chat never stops being done or judged); what it answers
+    is still every chat not done and not judged, in order, after chats finish out of order, a prune and a discard."""
+    conn = ConnectionChecker(user_id="u1")
+
+    def expected() -> list[ChatTracker]:
+        return [c for c in conn.chats if not c.done and c._result is None]
+
+    chats = [ChatTracker(f"c{i}", EXP, 0.0, thread_id=f"t{i}", run_id=f"r{i}") for i in range(3 * KEEP_FINISHED)]
+    for chat in chats[:5]:
+        conn.add(chat)
+    chats[1].finish(1.0)  # out of order: the first is still open, so nothing is skipped yet
+    assert conn.active() == [chats[0], chats[2], chats[3], chats[4]] == expected()
+    chats[0].finish(1.0)
+    for e in valid_run():  # its terminal event: done, not yet judged
+        chats[2].feed(e)
+    assert chats[2].done and chats[2].result is None
+    assert conn.active() == expected() and chats[0] not in conn.active()
+    for chat in chats[5:]:
+        conn.add(chat)
+        assert conn.active()[-1] is chat
+        chat.finish(1.0)
+        assert conn.active() == expected()
+    conn.add(last := ChatTracker("last", EXP, 0.0))  # over the prune mark: the chats list is rebuilt
+    assert conn.active() == expected() and last in conn.active()
+    open_one = conn.active()[0]
+    conn.discard(open_one)
+    assert conn.active() == expected() and open_one not in conn.active()
+    conn.add(again := ChatTracker("again", EXP, 0.0))
+    assert conn.active() == expected() and conn.active()[-1] is again
+    for chat in conn.active():
+        chat.finish(1.0)
+    assert conn.active() == [] == expected()
+
+
 def test_a_connection_with_few_chats_makes_no_membership_set_and_keeps_no_emptied_table() -> None:
     conn = ConnectionChecker(user_id="u1")
     other = ConnectionChecker(user_id="u2")
