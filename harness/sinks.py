@@ -42,12 +42,20 @@ def refused_response(status: int, content_type: str) -> tuple[str, str] | None:
         return "refused", "HTTP 503: the server refused the request"
     if not 200 <= status < 300:
         return "protocol_error", f"HTTP {status} from the SSE endpoint{_NOT_FOUND if status == 404 else ''}"
-    if content_type.partition(";")[0].strip().lower() != _EVENT_STREAM:
-        return "protocol_error", f"content type {content_type or '(none)'!r}, not {_EVENT_STREAM}"
+    media = content_type.partition(";")[0].strip().lower()
+    if media != _EVENT_STREAM:
+        said = f"content type {content_type or '(none)'!r}, not {_EVENT_STREAM}"
+        if media == _AGUI_PROTO:
+            # AG-UI's binary encoding: @ag-ui/encoder answers in it whenever the request's Accept admits it (`*/*`
+            # too). Its frames are protobuf: say so, rather than leave a user to wonder what the stream was.
+            said += (" (AG-UI's protobuf encoding, which chatprobe does not read: it asks for text/event-stream; an "
+                     "Accept header of your own that admits the protobuf type makes such a server choose it)")
+        return "protocol_error", said
     return None
 
 
 _EVENT_STREAM = "text/event-stream"
+_AGUI_PROTO = "application/vnd.ag-ui.event+proto"  # AG-UI's protobuf encoding (@ag-ui/proto's AGUI_MEDIA_TYPE)
 # A 404 is mostly a wrong path in the URL given (a profile's `path` is appended only to a URL without one).
 _NOT_FOUND = ": nothing is served at the URL's path (is it the chat endpoint's?)"
 

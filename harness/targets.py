@@ -62,8 +62,11 @@ MAX_HEADERS_BYTES = 16 * 1024
 OWNED_HEADERS = frozenset({"host", "connection", "upgrade", "content-length", "transfer-encoding"})
 # Headers whose value says what any page or client says of itself, never a credential: not registered as secrets, so
 # an `Origin` naming the target's own host does not hide the host in every report (the scrubber hides any run of 8
-# characters a secret shares with what it shows). Every other header's value is a secret, whatever its name.
-PUBLIC_HEADERS = frozenset({"origin", "user-agent"})
+# characters a secret shares with what it shows). The SSE request's own headers that a user may replace (its media
+# types, codings and caching: `Accept: application/vnd.ag-ui.event+proto, text/event-stream` hid both media types in
+# the very error that names what the server answered, "content type '[REDACTED]', not[REDACTED]") are public too.
+# Every other header's value is a secret, whatever its name.
+PUBLIC_HEADERS = frozenset({"origin", "user-agent", "accept", "accept-encoding", "cache-control", "content-type"})
 
 
 def option_error(option: str, message: str) -> ConfigError:
