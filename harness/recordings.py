@@ -77,7 +77,7 @@ from . import redact
 from .events import Role
 from .eventstream import EventStreamParser, EventTooLarge
 from .results import STOPPED_BY
-from .sinks import CONNECTION_RESULTS, refused_response, refused_upgrade
+from .sinks import AGUI_PROTO, CONNECTION_RESULTS, refused_response, refused_upgrade
 from .yamlfile import ConfigError
 
 # The files one `--record` run keeps in its directory (harness/recorder.py), which `check` merges as one run.
@@ -377,8 +377,28 @@ def _binary(head: bytes, offset: int = 0) -> str:
                 "not a recording")
     line_end = head.find(b"\n")
     if line_end < 0 or nul < line_end:
+        if _agui_protobuf(head):
+            return (f"AG-UI's protobuf encoding ({AGUI_PROTO}: each event a 4-byte length and its bytes), not a "
+                    "recording: chatprobe reads AG-UI as SSE; save the body the server sends for 'Accept: "
+                    "text/event-stream'")
         return f"binary data (a NUL byte at byte {nul + offset}, in its first line), not a recording"
     return ""
+
+
+def _agui_protobuf(head: bytes) -> bool:
+    """Whether a file begins as an AG-UI body in its protobuf encoding (@ag-ui/encoder's `encodeBinary`, what a server
+    sends for an `Accept` that admits AGUI_PROTO, `*/*` included): frames of a 4-byte big-endian length and that many
+    bytes, each an `Event` message whose one field is the event, a length-delimited field (wire type 2). Two such
+    frames, or one that is the whole file."""
+    at = 0
+    for _ in range(2):
+        if at and at == len(head):
+            return True
+        n = int.from_bytes(head[at:at + 4], "big")
+        if len(head) < at + 5 or not 2 <= n <= 1 << 24 or head[at + 4] & 7 != 2 or at + 4 + n > len(head):
+            return False
+        at += 4 + n
+    return True
 
 
 # What a first line that is no JSON says the file is: a transcript of a command-line WebSocket client, not a recording.

@@ -45,7 +45,7 @@ def refused_response(status: int, content_type: str) -> tuple[str, str] | None:
     media = content_type.partition(";")[0].strip().lower()
     if media != _EVENT_STREAM:
         said = f"content type {content_type or '(none)'!r}, not {_EVENT_STREAM}"
-        if media == _AGUI_PROTO:
+        if media == AGUI_PROTO:
             # AG-UI's binary encoding: @ag-ui/encoder answers in it whenever the request's Accept admits it (`*/*`
             # too). Its frames are protobuf: say so, rather than leave a user to wonder what the stream was.
             said += (" (AG-UI's protobuf encoding, which chatprobe does not read: it asks for text/event-stream; an "
@@ -55,7 +55,7 @@ def refused_response(status: int, content_type: str) -> tuple[str, str] | None:
 
 
 _EVENT_STREAM = "text/event-stream"
-_AGUI_PROTO = "application/vnd.ag-ui.event+proto"  # AG-UI's protobuf encoding (@ag-ui/proto's AGUI_MEDIA_TYPE)
+AGUI_PROTO = "application/vnd.ag-ui.event+proto"  # AG-UI's protobuf encoding (@ag-ui/proto's AGUI_MEDIA_TYPE)
 # A 404 is mostly a wrong path in the URL given (a profile's `path` is appended only to a URL without one).
 _NOT_FOUND = ": nothing is served at the URL's path (is it the chat endpoint's?)"
 

@@ -154,3 +154,50 @@ async def test_an_accept_of_ones_own_that_admits_protobuf_gets_an_error_that_nam
     (chat,) = json.loads((tmp_path / "r.json").read_text())["scenarios"][0]["chats"]
     assert chat["outcome"] == "error" and chat["error"] == said, chat
     assert "[REDACTED]" not in text and f"content type '{PROTO}', not text/event-stream" in text, text
+
+
+async def test_a_saved_protobuf_body_is_told_for_what_it_is(tmp_path):
+    """`curl -N -o body -H 'Content-Type: application/json' -d @input.json URL` (curl's own `Accept: */*`, which
+    admits the protobuf type) against the SDK server saves its protobuf body: `chatprobe check` said only "binary data
+    (a NUL byte at byte 0, in its first line), not a recording"."""
+    async with RawServer(sdk_protobuf_body) as srv:
+        assert srv.server is not None
+        port = srv.server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+        body = json.dumps({"threadId": "t1", "runId": "r1", "state": {}, "messages": [], "tools": [], "context": [],
+                           "forwardedProps": {}}).encode()
+        writer.write(b"POST /agent HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        answer = await asyncio.wait_for(reader.read(), 10)  # the server closes the connection after its body
+        writer.close()
+    head, _, chunked = answer.partition(b"\r\n\r\n")
+    assert PROTO.encode() in head, head
+    saved = tmp_path / "body"
+    saved.write_bytes(unchunked(chunked))
+    code, text = await chatprobe("check", str(saved), "--profile", "ag-ui")
+    assert code == 2, text
+    assert text.strip().endswith(
+        f"{saved}: AG-UI's protobuf encoding ({PROTO}: each event a 4-byte length and its bytes), not a recording: "
+        "chatprobe reads AG-UI as SSE; save the body the server sends for 'Accept: text/event-stream'"), text
+
+
+async def sdk_protobuf_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes,
+                            body: bytes) -> None:
+    """The SDK server's protobuf answer in full: its first two frames as captured, then the last chunk."""
+    assert admits_proto(head.decode().split("Accept: ", 1)[1].split("\r\n", 1)[0])
+    writer.write(PROTO_HEAD + chunk(PROTO_FRAME) + chunk(PROTO_FRAME_2) + b"0\r\n\r\n")
+    await writer.drain()
+
+
+# The second frame of the captured protobuf answer (CUSTOM 'progress').
+PROTO_FRAME_2 = bytes.fromhex("000000265a240a02080a120870726f67726573731a142a120a100a037063741209110000000000000000")
+
+
+def unchunked(data: bytes) -> bytes:
+    out = b""
+    while True:
+        size, _, data = data.partition(b"\r\n")
+        n = int(size, 16)
+        if not n:
+            return out
+        out, data = out + data[:n], data[n + 2:]
