@@ -1,0 +1,107 @@
+"""AG-UI servers of four more agent frameworks, replayed from their bytes: each was run under uvicorn on loopback with a
+scripted model (a fake OpenAI Chat Completions server, or an ADK `BaseLlm` of the test's own), and the body of one
+chat saved with `curl -N` (`agui_captures/*.sse`, the request's `threadId` and `runId` sent as THREAD and RUN, so a
+replay names the client's own); the heads below are theirs, less the Date. The frameworks are no dependency of this
+project, so a raw server here sends what they sent, each event a chunk of its own as uvicorn writes them:
+
+- `llama-index-protocols-ag-ui` 0.6.0 (llama-index-core 0.14.25): `TOOL_CALL_CHUNK`s, the backend tool's result only
+  as a `tool` message of a `MESSAGES_SNAPSHOT`, timestamps in seconds. On a model failure its router yields
+  `RUN_ERROR` and then re-raises, so uvicorn drops the connection without the chunked body's last chunk: the R12 of a
+  malformed HTTP response beside the error (a `fetch()` client, AG-UI's `HttpAgent`, fails there too) — the
+  framework's bug, the one violation chatprobe finds in these servers.
+- `ag-ui-adk` 0.11.0 (google-adk 2.13.0): sse-starlette's `EventSourceResponse` (`x-accel-buffering: no`), reasoning
+  as `REASONING_*`, `RUN_ERROR` with `code`.
+- `agno` 3.1.10's AG-UI interface: agno's own events as `RAW`, `STATE_DELTA` patches, `RUN_ERROR` with `rawEvent`.
+- `ag-ui-crewai` 1.0.0 (crewai 1.15.30), `emission_shape="chunks"` with RAW passthrough: `TOOL_CALL_CHUNK` and
+  `TEXT_MESSAGE_CHUNK`, `STEP_*` with `rawEvent`, a `RUN_ERROR` naming its thread and run.
+
+Every stream but llama-index's failure passes, live and from the recording; the errors are the expected fatal ones."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from .test_sse_attacks import RawServer
+
+pytestmark = pytest.mark.timeout(150)
+
+CAPTURES = Path(__file__).parent / "agui_captures"
+UVICORN = b"HTTP/1.1 200 OK\r\nserver: uvicorn\r\n"
+SSE = b"content-type: text/event-stream; charset=utf-8\r\n"
+HEADS = {
+    "llama": UVICORN + SSE,
+    "adk": UVICORN + b"cache-control: no-store\r\nconnection: keep-alive\r\nx-accel-buffering: no\r\n" + SSE,
+    "agno": UVICORN + b"cache-control: no-cache\r\nconnection: keep-alive\r\naccess-control-allow-origin: *\r\n"
+                      b"access-control-allow-methods: POST, GET, OPTIONS\r\naccess-control-allow-headers: *\r\n" + SSE
+                      + b"vary: Origin\r\n",
+    "crewc": UVICORN + SSE,
+    "crew": UVICORN + SSE,
+}
+# capture: (the chat's step, its outcome, the rules of its violations)
+CHATS = {
+    "llama_tool": ("", "passed", []),
+    "llama_fail": (", expect_error: fatal", "failed", ["R12"]),
+    "adk_tool": ("", "passed", []),
+    "adk_think": ("", "passed", []),
+    "agno_tool": ("", "passed", []),
+    "agno_fail": (", expect_error: fatal", "passed", []),
+    "crewc_tool": ("", "passed", []),
+    "crew_fail": (", expect_error: fatal", "passed", []),
+}
+
+
+async def replay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes) -> None:
+    """The capture the message names, for the request's thread and run."""
+    inp = json.loads(body)
+    name = inp["messages"][-1]["content"].split()[-1]
+    data = (CAPTURES / f"{name}.sse").read_bytes()
+    data = data.replace(b'"THREAD"', json.dumps(inp["threadId"]).encode())
+    data = data.replace(b'"RUN"', json.dumps(inp["runId"]).encode())
+    out = HEADS[name.split("_")[0]] + b"Transfer-Encoding: chunked\r\n\r\n"
+    for event in data.split(b"\n\n")[:-1]:
+        event += b"\n\n"
+        out += b"%x\r\n%s\r\n" % (len(event), event)
+    # llama-index re-raises after its RUN_ERROR: the connection ends with no last chunk.
+    writer.write(out if name == "llama_fail" else out + b"0\r\n\r\n")
+    await writer.drain()
+
+
+async def chatprobe(*args: str) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CHATPROBE_TOKEN", "CHATPROBE_JWT_SECRET")}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "harness", *args, env={**env, "NO_COLOR": "1"},
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)  # a hang fails here
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode or 0, stdout.decode() + stderr.decode()
+
+
+def verdicts(report: Path) -> list[tuple[str, list[str]]]:
+    chats = json.loads(report.read_text())["scenarios"][0]["chats"]
+    return [(c["outcome"], [v["rule"] for v in c["violations"]]) for c in chats]
+
+
+async def test_four_frameworks_streams_are_judged_as_they_are_live_and_from_their_recording(tmp_path):
+    scenario = tmp_path / "frameworks.yaml"
+    scenario.write_text("name: frameworks\nexpect: {deadline: 20s, settle: 0.1s}\nsteps:\n" + "".join(
+        f"  - chat: {{message: 'replay {name}'{step}}}\n" for name, (step, _, _) in CHATS.items()))
+    async with RawServer(replay) as srv:
+        code, text = await chatprobe("run", str(scenario), "--target", srv.url, "--profile", "ag-ui",
+                                     "--json", str(tmp_path / "run.json"), "--record", str(tmp_path / "rec"))
+    assert code == 1, text  # llama-index's failure, alone
+    expected = [(outcome, rules) for _, outcome, rules in CHATS.values()]
+    assert verdicts(tmp_path / "run.json") == expected, text
+    (malformed,) = json.loads((tmp_path / "run.json").read_text())["scenarios"][0]["chats"][1]["violations"]
+    assert "the HTTP response carrying the event stream is malformed" in malformed["reason"], malformed
+    code, text = await chatprobe("check", str(tmp_path / "rec"), "--profile", "ag-ui", "--json",
+                                 str(tmp_path / "check.json"))
+    assert code == 1, text
+    assert verdicts(tmp_path / "check.json") == expected, text
