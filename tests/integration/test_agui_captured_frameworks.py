@@ -9,8 +9,9 @@ project, so a raw server here sends what they sent, each event a chunk of its ow
   `RUN_ERROR` and then re-raises, so uvicorn drops the connection without the chunked body's last chunk: the R12 of a
   malformed HTTP response beside the error (a `fetch()` client, AG-UI's `HttpAgent`, fails there too) — the
   framework's bug, the one violation chatprobe finds in these servers.
-- `ag-ui-adk` 0.11.0 (google-adk 2.13.0): sse-starlette's `EventSourceResponse` (`x-accel-buffering: no`), reasoning
-  as `REASONING_*`, `RUN_ERROR` with `code`.
+- `ag-ui-adk` 0.11.0 (google-adk 2.13.0): sse-starlette's `EventSourceResponse` (`x-accel-buffering: no`; during a
+  model call of 16 s its keep-alive comment, `: ping - <time>` ended by CRLF CRLF between events ended by LF LF),
+  reasoning as `REASONING_*`, `RUN_ERROR` with `code`.
 - `agno` 3.1.10's AG-UI interface: agno's own events as `RAW`, `STATE_DELTA` patches, `RUN_ERROR` with `rawEvent`.
 - `ag-ui-crewai` 1.0.0 (crewai 1.15.30), `emission_shape="chunks"` with RAW passthrough: `TOOL_CALL_CHUNK` and
   `TEXT_MESSAGE_CHUNK`, `STEP_*` with `rawEvent`, a `RUN_ERROR` naming its thread and run.
@@ -48,6 +49,7 @@ CHATS = {
     "llama_fail": (", expect_error: fatal", "failed", ["R12"]),
     "adk_tool": ("", "passed", []),
     "adk_think": ("", "passed", []),
+    "adk_slow": ("", "passed", []),
     "agno_tool": ("", "passed", []),
     "agno_fail": (", expect_error: fatal", "passed", []),
     "crewc_tool": ("", "passed", []),
@@ -63,8 +65,7 @@ async def replay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hea
     data = data.replace(b'"THREAD"', json.dumps(inp["threadId"]).encode())
     data = data.replace(b'"RUN"', json.dumps(inp["runId"]).encode())
     out = HEADS[name.split("_")[0]] + b"Transfer-Encoding: chunked\r\n\r\n"
-    for event in data.split(b"\n\n")[:-1]:
-        event += b"\n\n"
+    for event in data.replace(b"\r\n\r\n", b"\r\n\r\n\0").replace(b"\n\n", b"\n\n\0").split(b"\0")[:-1]:
         out += b"%x\r\n%s\r\n" % (len(event), event)
     # llama-index re-raises after its RUN_ERROR: the connection ends with no last chunk.
     writer.write(out if name == "llama_fail" else out + b"0\r\n\r\n")
