@@ -193,7 +193,8 @@ class _VersionAction(argparse.Action):
 
 def _add_report_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("reports")
-    g.add_argument("--json", metavar="FILE", help="write the full result, one record per chat (docs/json-report.md)")
+    g.add_argument("--json", metavar="FILE", help="write the full result, one record per chat (docs/json-report.md); "
+                   "- for standard output")
     g.add_argument("--junit", metavar="FILE", help="write JUnit XML, one test case per scenario")
     g.add_argument("--html", metavar="FILE", help="write a self-contained HTML report with charts")
     g.add_argument("--quiet", "-q", action="store_true", help="print only the verdict table")
@@ -265,11 +266,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# What names standard output as a report's path: `-`, as for most tools that write a file (`--json - | jq`), and the
+# names of the process's own standard output (written in place, as any device is). The summary table and every other
+# line chatprobe prints go to standard error then, so that standard output is the report alone.
+STDOUT_NAMES = frozenset({"-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"})
+
+
+def report_to_stdout(args: argparse.Namespace) -> bool:
+    """Whether a report flag of this command names standard output (`--json -`)."""
+    return any(getattr(args, flag, None) in STDOUT_NAMES for flag in REPORT_FLAGS)
+
+
 def check_reports(args: argparse.Namespace) -> None:
     """Every report flag given names a writable place, and no two the same file (one would overwrite the other)."""
     seen: dict[str, str] = {}
+    to_stdout: str | None = None
     for flag in REPORT_FLAGS:
         path = getattr(args, flag)
+        if path in STDOUT_NAMES:
+            if to_stdout is not None:
+                raise ConfigError(f"--{to_stdout} and --{flag} both write to standard output ({path}): one report "
+                                  "would be mixed into the other; give one of them a file")
+            to_stdout = flag
+            continue
         check_writable(path, f"--{flag}")
         if path and not _is_device(path):  # (two reports to /dev/null or a terminal are fine)
             real = os.path.realpath(path)
@@ -679,7 +698,7 @@ def _reports_apart_from(args: argparse.Namespace, inputs: list[str], configs: li
             read[os.path.realpath(name)] = "a file (a scenario, profile or token)"
     for flag in REPORT_FLAGS:
         target = getattr(args, flag)
-        if not target:
+        if not target or target in STDOUT_NAMES:
             continue
         if what := read.get(os.path.realpath(target)):
             raise ConfigError(f"--{flag} {target}: that is {what} this command reads; write the report elsewhere")
@@ -688,8 +707,12 @@ def _reports_apart_from(args: argparse.Namespace, inputs: list[str], configs: li
                               f"{folder}` reads all as recordings (a report is none); write the report elsewhere")
 
 
-def _console() -> Console:
+def _console(*, to_stderr: bool = False) -> Console:
+    """The console of `run` and `check`: standard output's, or standard error's when a report goes to standard output
+    (`--json -`)."""
     from rich.console import Console
+
+    out = sys.stderr if to_stderr else sys.stdout
 
     class _Console(Console):
         def on_broken_pipe(self) -> None:
@@ -699,15 +722,15 @@ def _console() -> Console:
             report written."""
             self.quiet = True
             devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+            os.dup2(devnull, out.fileno())
             os.close(devnull)
 
     # No `:name:` emoji codes: nothing chatprobe prints is written with them, and rich's table of them (~2.5 ms of
     # every run's start-up) loads with the first text that could hold one (a column title). The live line is for a
     # terminal: FORCE_COLOR (set in CI for colours) made rich take a log for one, redrawn four times a second, with
     # no progress line. On a terminal rich decides (not a dumb one), and rich's TTY_INTERACTIVE when it is set.
-    tty = sys.stdout.isatty()
-    return _Console(highlight=False, emoji=False, no_color=bool(os.environ.get("NO_COLOR")) or None,
+    tty = out.isatty()
+    return _Console(file=out, highlight=False, emoji=False, no_color=bool(os.environ.get("NO_COLOR")) or None,
                     width=None if tty else 160,
                     force_interactive=None if tty or os.environ.get("TTY_INTERACTIVE") else False)
 
@@ -768,7 +791,7 @@ def _main(argv: list[str] | None) -> int:
             print("scenarios: " + ", ".join(builtin_scenarios()))
             print("profiles:  " + ", ".join(builtin_profiles()))
             return int(ExitCode.OK)
-        console = _console()
+        console = _console(to_stderr=report_to_stdout(args))
         if args.command == "check":
             return _check(args, console)
         return _event_loop_run()(_run_interruptible(args, console))

@@ -6,6 +6,7 @@ import errno
 import os
 import select
 import stat
+import sys
 import tempfile
 import time
 from contextlib import suppress
@@ -23,6 +24,10 @@ def write_report(path: str | os.PathLike[str], data: str | bytes, *, stall_timeo
         # Lone surrogates cannot be encoded; they are escaped rather than crash a report at the very end.
         data = data.encode("utf-8", "backslashreplace")
     p = os.fspath(path)
+    if p == "-":  # standard output (`--json - | jq`): written as /dev/stdout is, in place, after what was printed
+        with suppress(OSError, ValueError):
+            sys.stdout.flush()
+        p = "/dev/stdout"
     try:
         st: os.stat_result | None = os.stat(p)  # follows symlinks: the thing the report lands on
     except FileNotFoundError:

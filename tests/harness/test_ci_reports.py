@@ -4,6 +4,7 @@ parsed as those tools parse it, and agreeing with the exit code."""
 from __future__ import annotations
 
 import json
+import os
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -202,3 +203,54 @@ def test_a_run_started_with_its_stdout_closed_still_writes_its_reports_and_exit_
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     [case] = check_junit_report(junit).iter("testcase")
     assert case.get("name") == "basic" and case.find("failure") is None
+
+
+def test_a_report_given_as_dash_is_standard_output_alone(tmp_path):
+    """`--json -` (`| jq .passed`), `--junit -`, `--html -`: the report alone on standard output, the summary and every
+    other line on standard error. `-` was a file of that name in the working directory, and standard output held the
+    summary table; a recording directory that is the working directory did not make `-` a report inside it."""
+    import subprocess
+    import xml.etree.ElementTree as ET
+
+    from .test_cli import CHATPROBE
+
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    env = {**os.environ, "NO_COLOR": "1"}
+    proc = subprocess.run([*CHATPROBE, "run", "basic", "--record", ".", "--json", "-"], cwd=rec, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "r.json").write_text(proc.stdout)
+    doc = check_json_report(tmp_path / "r.json")  # the whole of standard output is the report
+    assert doc["passed"] is True and doc["scenarios"][0]["scenario"] == "basic"
+    assert "chatprobe results" in proc.stderr and "basic" in proc.stderr  # the summary, on standard error
+    assert not (rec / "-").exists() and any(rec.iterdir())
+
+    for flag, parse in (("--junit", ET.fromstring), ("--html", page_text_of)):
+        proc = subprocess.run([*CHATPROBE, "check", "rec", flag, "-"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr
+        parsed = parse(proc.stdout)
+        if flag == "--junit":
+            [case] = parsed.iter("testcase")
+            assert case.find("failure") is None and case.find("error") is None
+        else:
+            assert "passed" in parsed
+        assert "chatprobe results" in proc.stderr
+    assert not (tmp_path / "-").exists()
+
+
+def page_text_of(html: str) -> str:
+    """The text of an HTML page given whole (it must be one: a page that starts with the summary table is none)."""
+    assert html.lstrip().startswith("<!DOCTYPE html>"), html[:200]
+    parser = _Text()
+    parser.feed(html)
+    return " ".join(" ".join(parser.parts).split())
+
+
+def test_two_reports_to_standard_output_are_refused_before_the_run(tmp_path):
+    """`--json - --junit /dev/stdout`: one report would be written into the other; exit 2 naming both, nothing run."""
+    proc = run_cli("run", "basic", "--json", "-", "--junit", "/dev/stdout")
+    assert proc.returncode == 2
+    assert "--json and --junit both write to standard output" in proc.stderr
+    assert proc.stdout == "" and "chatprobe results" not in proc.stderr
