@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
 # Only what --help, `list` and every command need is imported here; the rest loads with the command that uses it,
 # so that `chatprobe --help` or `list` costs no pydantic models, no asyncio client, no reports (start-up CPU).
@@ -707,6 +707,52 @@ def _reports_apart_from(args: argparse.Namespace, inputs: list[str], configs: li
                               f"{folder}` reads all as recordings (a report is none); write the report elsewhere")
 
 
+class _Output:
+    """The console's stream as rich writes to it: a write that fails for what is behind the stream (a full disk or
+    `/dev/full`, an I/O error of a terminal gone) is said once on standard error and the rest is dropped, as when the
+    reader left (the console's on_broken_pipe): the run goes on to its verdict, its reports and its exit code. It was
+    a traceback, exit 1 and no report. (rich handles a broken pipe alone, and offers no hook for other errors.)"""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lost = False
+
+    def write(self, text: str) -> int:
+        if not self._lost:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                raise  # the console's on_broken_pipe
+            except OSError as exc:
+                self._lose(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._lost:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                self._lose(exc)
+
+    def _lose(self, exc: OSError) -> None:
+        self._lost = True
+        with contextlib.suppress(OSError, ValueError):
+            # What Python's buffer still holds goes nowhere at exit, not into one more failed write (exit 120).
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        if self._stream is not sys.stderr:
+            with contextlib.suppress(OSError, ValueError):
+                print(f"chatprobe: warning: standard output: {exc.strerror or exc.__class__.__name__}: the rest of "
+                      "what this command prints there is dropped; its verdict, reports and exit code are not",
+                      file=sys.stderr, flush=True)
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding...: the stream's own
+        return getattr(self._stream, name)
+
+
 def _console(*, to_stderr: bool = False) -> Console:
     """The console of `run` and `check`: standard output's, or standard error's when a report goes to standard output
     (`--json -`)."""
@@ -730,8 +776,8 @@ def _console(*, to_stderr: bool = False) -> Console:
     # terminal: FORCE_COLOR (set in CI for colours) made rich take a log for one, redrawn four times a second, with
     # no progress line. On a terminal rich decides (not a dumb one), and rich's TTY_INTERACTIVE when it is set.
     tty = out.isatty()
-    return _Console(file=out, highlight=False, emoji=False, no_color=bool(os.environ.get("NO_COLOR")) or None,
-                    width=None if tty else 160,
+    return _Console(file=cast(TextIO, _Output(out)), highlight=False, emoji=False,
+                    no_color=bool(os.environ.get("NO_COLOR")) or None, width=None if tty else 160,
                     force_interactive=None if tty or os.environ.get("TTY_INTERACTIVE") else False)
 
 

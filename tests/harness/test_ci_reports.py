@@ -95,6 +95,24 @@ def test_a_reader_that_leaves_the_output_early_leaves_the_run_its_verdict_and_re
     assert [c.get("name") for c in check_junit_report(junit).iter("testcase")] == ["basic", "errors"]
 
 
+def test_standard_output_on_a_full_disk_leaves_the_run_its_verdict_and_reports(tmp_path):
+    """A CI log on a full disk (`> /dev/full`): the first line the console wrote raised ENOSPC, a traceback, exit 1 and
+    no report. It is said once on standard error; the rest of the output is dropped, the verdict, the exit code and the
+    reports are the run's, and Python's own flush at exit finds nothing to fail on (exit 120)."""
+    import subprocess
+
+    from .test_cli import CHATPROBE
+
+    junit = tmp_path / "r.xml"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([*CHATPROBE, "run", "basic", "--junit", str(junit)], stdout=full, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "NO_COLOR": "1"}, timeout=240)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("standard output: No space left on device") == 1, proc.stderr
+    [case] = check_junit_report(junit).iter("testcase")
+    assert case.get("name") == "basic" and case.find("failure") is None
+
+
 async def test_one_scenario_failing_and_another_unreachable_exit_3_and_every_report_says_which(tmp_path):
     """A raw server that answers the first connection with a run missing its tool_completed and then never answers
     an upgrade again: `broken` fails, `silent` cannot reach it within its connect_timeout. Exit 3 (unreachable wins
