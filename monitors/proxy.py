@@ -1071,8 +1071,12 @@ class Proxy:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="chatprobe proxy", description="Judge real users' chats passing through to an agent chat "
-                "server (WebSocket), and serve chatprobe's metrics with source=\"live\".")
-    p.add_argument("--upstream", required=True, metavar="URL", help="the real server, e.g. ws://10.0.0.5:8000")
+                "server (WebSocket, or HTTP POST answered with an SSE event stream), and serve chatprobe's metrics "
+                "with source=\"live\".")
+    p.add_argument("--upstream", required=True, metavar="URL",
+                   help="the real server, e.g. ws://10.0.0.5:8000, or http(s)://10.0.0.5:8000 for a server answering "
+                        "chats over HTTP + SSE (a profile spoken over SSE: ag-ui); then clients' HTTP/1.1 requests "
+                        "are forwarded and --ping-interval/--ping-timeout do not apply")
     p.add_argument("--listen", default="127.0.0.1:8780", metavar="HOST:PORT",
                    help="where users connect (default 127.0.0.1:8780)")
     p.add_argument("--metrics-listen", default="127.0.0.1:9465", metavar="HOST:PORT",
@@ -1096,7 +1100,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_SEND_TIMEOUT:g}s)")
     p.add_argument("--max-size", default="4MiB", metavar="SIZE",
                    help="the largest frame taken from a client or from the upstream, e.g. 1048576, 512KiB, 4MiB; "
-                        "a bigger one closes that connection with 1009 (default 4MiB)")
+                        "a bigger one closes that connection with 1009 (default 4MiB). With an http(s):// upstream: "
+                        "the largest request body (past it HTTP 413) and the largest event checked (past it an R12, "
+                        "the rest relayed unchecked)")
     p.add_argument("--max-connections", metavar="N",
                    help="client connections held at once; past it a new one is answered HTTP 503 (default: what the "
                         "open-file limit carries with headroom, two descriptors a connection)")
@@ -1239,7 +1245,12 @@ def main(argv: list[str] | None = None) -> int:
         profile = load_profile(args.profile)
         host, port = _hostport(args.listen, "--listen")
         mhost, mport = _hostport(args.metrics_listen, "--metrics-listen")
-        upstream_parts = check_url(args.upstream, "--upstream", ("ws", "wss"))
+        upstream_parts = check_url(args.upstream, "--upstream", ("ws", "wss", "http", "https"))
+        sse = upstream_parts.scheme in ("http", "https")  # the HTTP side (monitors/sse_proxy.py)
+        if sse and "sse" not in profile.transports:
+            raise ConfigError(f"--upstream {args.upstream[:120]!r}: the {profile.name} profile is not spoken over "
+                              "HTTP + SSE (an http(s):// upstream needs one that is, e.g. --profile ag-ui); give its "
+                              "ws:// or wss:// URL")
         # The upstream URL is this one's scheme, host, port and path plus each client's path and query: a query of
         # its own would be silently replaced, and credentials belong in the clients' headers, not in argv.
         if upstream_parts.query or upstream_parts.fragment:
@@ -1247,7 +1258,7 @@ def main(argv: list[str] | None = None) -> int:
         if upstream_parts.username is not None or upstream_parts.password is not None:
             raise ConfigError("--upstream: no credentials in the URL (clients' Authorization headers are forwarded)")
         if port and _is_self((host, port), upstream_parts.hostname or "",
-                             upstream_parts.port or (443 if upstream_parts.scheme == "wss" else 80)):
+                             upstream_parts.port or (443 if upstream_parts.scheme in ("wss", "https") else 80)):
             raise ConfigError(f"--upstream {args.upstream[:120]!r}: that is the proxy's own --listen address; give "
                               "the real server's")
         limits = {}
@@ -1305,14 +1316,19 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        proxy = Proxy(args.upstream, live, send_timeout=limits["send_timeout"], max_size=max_size)
         try:
-            server = await start_proxy(proxy, host, port, door)
+            if sse:
+                from .sse_proxy import SSEProxy, start_sse_proxy
+                server: Any = await start_sse_proxy(SSEProxy(args.upstream, live, send_timeout=limits["send_timeout"],
+                                                             max_size=max_size), host, port, door)
+            else:
+                server = await start_proxy(Proxy(args.upstream, live, send_timeout=limits["send_timeout"],
+                                                 max_size=max_size), host, port, door)
         except OSError as exc:
             raise _ListenFailed(exc) from None
         if metrics_server is not None:  # said once the proxy listens too: a --listen it cannot use exits 2 first
             print(f"chatprobe proxy metrics on http://{mhost}:{mport}/metrics", flush=True)
-        print(f"chatprobe proxy listening on ws://{host}:{server.sockets[0].getsockname()[1]} (at most "
+        print(f"chatprobe proxy listening on {'http' if sse else 'ws'}://{host}:{server.sockets[0].getsockname()[1]} (at most "
               f"{door.max_connections} connections, {door.max_per_address} per client address)", flush=True)
         await stop.wait()
         live.begin_stop()  # the chats kept for a resume or a resend: unjudged, counted while /metrics is served

@@ -1,0 +1,736 @@
+"""`chatprobe proxy --upstream http(s)://…`: the proxy's HTTP side, for servers that answer a chat's POST with its
+events as `text/event-stream` (AG-UI's usual transport). Each client request is forwarded to --upstream and its answer
+relayed to the client as it comes, chunk by chunk (forward first, check second: the checking never delays the user);
+an event stream answering a chat's request (the profile reads its body as one) goes through the same road as the
+WebSocket side's frames: the SSE parser (harness.eventstream), the profile's decoder, a LiveConnection of the shared
+LiveChats (ChatTracker, the sinks, --record). Both sides speak HTTP/1.1 through h11's Sans-I/O connection.
+
+One request is one upstream connection (`Connection: close` to the upstream), so a stream is never shared; the
+client's own connection is kept alive between its requests (idle at most KEEPALIVE_TIMEOUT).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import urlsplit
+
+import h11
+
+from harness import redact
+from harness.eventstream import EventStreamParser, EventTooLarge
+from harness.redact import credentials_of
+from harness.transports.sse import CODINGS, CorruptEncoding, Unpacker, classify_http, head_failure
+
+from .frontdoor import BadTarget, FrontDoor, client_address, install_accept_errors, limit_key, upstream_url
+from .proxy import (
+    DEFAULT_MAX_SIZE,
+    DEFAULT_SEND_TIMEOUT,
+    MAX_RECORDED_CREDENTIALS,
+    MAX_REQUEST_HEAD,
+    LiveChats,
+    LiveConnection,
+    credentials_identity,
+)
+
+log = logging.getLogger("chatprobe.proxy")
+
+# A client's request (head and body) must come whole within this long of its first byte: a client that drips it (a
+# slow-loris) is answered 408 and closed, counted as a bad request.
+REQUEST_TIMEOUT = 10.0
+# A kept-alive client connection with no request begun is closed after this long (nginx's keepalive_timeout is 75s).
+KEEPALIVE_TIMEOUT = 60.0
+# The most bytes of status line and headers an upstream's answer may carry (as a client's request: MAX_REQUEST_HEAD).
+MAX_RESPONSE_HEAD = 64 * 1024
+# One read from either socket; the most the proxy holds of a response between the upstream and the client is this and
+# the client's write buffer (WRITE_LIMIT: past it, the proxy waits for the client before reading on).
+READ_CHUNK = 64 * 1024
+WRITE_LIMIT = 64 * 1024
+# Pieces of a body (chunks) parsed from the upstream's bytes per turn of the event loop: an upstream sending one-byte
+# chunks (64 KiB of them a read, some 11,000) holds the loop for a few milliseconds a turn, not a quarter second.
+EVENTS_PER_TURN = 256
+# Bytes a client may send while its answer streams (a pipelined next request); past them the connection ends with
+# the answer (the extra bytes are not kept).
+MAX_PIPELINED = MAX_REQUEST_HEAD
+# Headers of one hop, never passed on (RFC 9110 7.6.1), plus the ones the proxy sets itself for the upstream (Host:
+# the upstream's; Content-Length: of the body as read; Expect: the proxy read the body already).
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+                        "upgrade", "proxy-authorization", "proxy-authenticate"})
+REQUEST_SET = frozenset({"host", "content-length", "expect", "accept-encoding"})
+# A request's header sent twice is refused (400) as the WebSocket side refuses it: which one counts is up to each
+# reader, and the identity and the scrubbing would know one of them only.
+ONCE_HEADERS = ("host", "authorization", "proxy-authorization", "cookie", "content-length")
+# The codings the proxy can unpack to check a stream (harness.transports.sse.Unpacker): a client's Accept-Encoding
+# is passed on with only these, so the upstream never encodes a stream the proxy cannot read (br, zstd).
+PASSED_CODINGS = frozenset({*CODINGS, "identity", "*"})
+CHAT_METHODS = (b"POST", b"PUT")
+
+
+class _Refused(Exception):
+    """A request the proxy answers itself and then closes the connection: (status, the proxy's own words)."""
+
+    def __init__(self, status: HTTPStatus, why: str, counted: bool = True) -> None:
+        super().__init__(why)
+        self.status = status
+        self.why = why
+        self.counted = counted  # a bad_request refusal (chatprobe_proxy_refused_connections_total)
+
+
+class _Gone(Exception):
+    """The client closed its connection (or sent nothing more before its deadline with nothing begun)."""
+
+
+class _Socket:
+    """An upstream socket as FrontDoor.cut_all finds it (its `transport` aborted at the end of a shutdown's grace)."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+
+class ClientSocket:
+    """A client's connection as the front door holds it: `transport`, `upstream` (while a request is forwarded),
+    `wait_closed` (its slot released then)."""
+
+    handled = True  # the proxy closes its upstream itself (FrontDoor._hold closes none)
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.transport = writer.transport
+        self.upstream: _Socket | None = None
+        self.key = "unknown"  # its limit key (client address), once admitted
+        self.reading = True  # waiting for (or reading) a request: closed at once when the proxy stops
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    def done(self) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+
+def _answer(status: HTTPStatus, text: str, extra: str = "") -> bytes:
+    """A response of the proxy's own, ending the connection (never an echo of what the client sent)."""
+    body = text.encode()
+    return (f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n").encode() + body
+
+
+def _accept_encoding(value: str) -> str:
+    """A client's Accept-Encoding with only the codings the proxy can unpack ("" when none is left)."""
+    kept = [item.strip() for item in value.split(",")
+            if item.split(";", 1)[0].strip().lower() in PASSED_CODINGS]
+    return ", ".join(k for k in kept if k)
+
+
+class _Request:
+    def __init__(self, request: h11.Request, body: bytes) -> None:
+        self.head = request
+        self.body = body
+
+
+class SSEProxy:
+    """The HTTP side of `chatprobe proxy` (see the module's docstring)."""
+
+    def __init__(self, upstream: str, live: LiveChats, connect_timeout: float = 10.0,
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT, max_size: int = DEFAULT_MAX_SIZE,
+                 request_timeout: float = REQUEST_TIMEOUT, read_timeout: float | None = None) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.request_timeout = request_timeout
+        self.live = live
+        self.connect_timeout = connect_timeout
+        self.send_timeout = send_timeout
+        self.max_size = max_size  # the largest request body, and the largest event checked
+        self.clock = time.monotonic
+        # An answer that sends nothing for this long is cut (nginx's proxy_read_timeout is 60s): past a chat's deadline
+        # the chat was judged already.
+        self.read_timeout = read_timeout or max(60.0, live.exp.deadline + live.settle)
+        self.door: FrontDoor | None = None
+        self.stopping = False
+        self.clients: dict[ClientSocket, asyncio.Task[Any]] = {}
+        parts = urlsplit(self.upstream)
+        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+
+    # -- the client's connection --
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        door = self.door or FrontDoor.defaults()
+        self.door = door
+        key = door.socket_opened(writer.get_extra_info("peername"))
+        if key is None:
+            writer.transport.abort()
+            return
+        client = ClientSocket(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self.clients[client] = task
+        writer.transport.set_write_buffer_limits(WRITE_LIMIT)
+        h = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+        door.handshake_began(client, key)
+        admitted = False
+        pending: bytes | None = b""
+        try:
+            while not self.stopping:
+                client.reading = True
+                try:
+                    request = await self._read_request(h, reader, writer, pending or b"", first=not admitted)
+                except _Refused as refused:
+                    if refused.counted:
+                        self.refuse(self._peer(writer), refused.status)
+                    await self._send_and_close(writer, _answer(refused.status, refused.why + "\n"))
+                    return
+                finally:
+                    door.handshake_ended(client, key)
+                if request is None:
+                    return
+                client.reading = False
+                if not admitted:
+                    who = limit_key(client_address(self._peer(writer), [v.decode("latin-1") for n, v in
+                                                   request.head.headers if n == b"x-forwarded-for"], door.trusted))
+                    client.key = who
+                    if door.admit(client, who, self.live.sink) is not None:
+                        await self._send_and_close(writer, _answer(HTTPStatus.SERVICE_UNAVAILABLE, "too many "
+                                                   "connections, try again later\n", "Retry-After: 5\r\n"))
+                        return
+                    admitted = True
+                try:
+                    pending = await self._exchange(h, reader, writer, request, client)
+                except _Refused as refused:
+                    if refused.counted:
+                        self.refuse(self._peer(writer), refused.status)
+                    await self._send_and_close(writer, _answer(refused.status, refused.why + "\n"))
+                    return
+                if h.our_state is not h11.DONE or h.their_state is not h11.DONE or pending is None:
+                    return
+                h.start_next_cycle()
+        except _Gone:
+            pass
+        except (OSError, h11.ProtocolError, TimeoutError):
+            pass  # the client's socket failed or broke HTTP mid-answer: nothing more to tell it
+        finally:
+            self.clients.pop(client, None)
+            client.done()
+            door.socket_closed(key)
+            if not writer.transport.is_closing():
+                if h.our_state in (h11.SEND_BODY, h11.ERROR):  # an answer cut short: the client sees it cut
+                    writer.transport.abort()
+                else:
+                    writer.close()
+
+    def refuse(self, peer: str | None, status: HTTPStatus) -> None:
+        """A request the proxy answered itself and did not pass on: counted (bad_request) and said, a line a minute."""
+        door = self.door
+        if door is not None:
+            door.count_refusal(self.live.sink, "bad_request")
+            door.throttle.warn("bad_request", "refused a request the proxy does not pass on (from %s; HTTP %d): a "
+                               "request target that is not a plain path (the proxy only ever connects to --upstream), "
+                               "a head or body over its bounds, a header sent twice that is sent once, a request not "
+                               "sent whole in time, or bytes that are no HTTP/1.1 request", peer or "unknown",
+                               status.value)
+
+    def warn(self, key: str, message: str, *args: Any) -> None:
+        """A warning, a line a minute per key (the front door's throttle)."""
+        if self.door is not None:
+            self.door.throttle.warn(key, message, *args)
+
+    @staticmethod
+    def _peer(writer: asyncio.StreamWriter) -> str | None:
+        peer = writer.get_extra_info("peername")
+        return peer[0] if isinstance(peer, tuple) and peer else None
+
+    async def _send_and_close(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        with contextlib.suppress(Exception):
+            writer.write(data)
+            async with asyncio.timeout(2.0):
+                await writer.drain()
+        if writer.transport.is_closing():
+            writer.transport.abort()
+        else:
+            writer.close()
+
+    async def _read_request(self, h: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            pending: bytes, first: bool) -> _Request | None:
+        """The client's next request, head and body (at most --max-size of body), within its deadlines: None when the
+        client closed (or stayed idle) with no request begun. _Refused: a request the proxy answers itself."""
+        loop = asyncio.get_running_loop()
+        heard = bool(pending)
+        head: h11.Request | None = None
+        body = bytearray()
+        if pending:
+            h.receive_data(pending)
+        idle = self.request_timeout if first else KEEPALIVE_TIMEOUT
+        try:
+            async with asyncio.timeout(self.request_timeout if heard else idle) as deadline:
+                while True:
+                    try:
+                        event = h.next_event()
+                    except h11.RemoteProtocolError as exc:
+                        if not heard:
+                            return None
+                        status = exc.error_status_hint
+                        if status == 431:
+                            raise _Refused(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "the request's head is over "
+                                           f"{MAX_REQUEST_HEAD // 1024} KiB") from None
+                        if h.their_state is h11.ERROR and reader.at_eof():
+                            # cut short by the client's own end: no one reads an answer (counted, as the WebSocket
+                            # side counts a request cut short)
+                            raise _Refused(HTTPStatus.BAD_REQUEST, "", counted=True) from None
+                        raise _Refused(HTTPStatus.BAD_REQUEST, "no HTTP/1.1 request the proxy passes on") from None
+                    if event is h11.NEED_DATA:
+                        if h.they_are_waiting_for_100_continue:  # the body comes once told to (Expect: 100-continue)
+                            writer.write(h.send(h11.InformationalResponse(status_code=100, headers=[])))
+                        data = await reader.read(READ_CHUNK)
+                        if data and not heard:
+                            heard = True
+                            deadline.reschedule(loop.time() + self.request_timeout)
+                        h.receive_data(data)
+                        continue
+                    if isinstance(event, h11.Request):
+                        head = event
+                        self._check_head(event)
+                    elif isinstance(event, h11.Data):
+                        body += event.data
+                        if len(body) > self.max_size:
+                            raise _Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                           f"the request's body is over the proxy's {self.max_size} byte limit")
+                    elif isinstance(event, h11.EndOfMessage):
+                        assert head is not None
+                        return _Request(head, bytes(body))
+                    elif isinstance(event, h11.ConnectionClosed):
+                        return None
+                    else:  # PAUSED: nothing more is read on this connection
+                        return None
+        except TimeoutError:
+            if not heard:
+                return None
+            raise _Refused(HTTPStatus.REQUEST_TIMEOUT, f"the request did not come whole within "
+                           f"{self.request_timeout:g}s") from None
+
+    def _check_head(self, request: h11.Request) -> None:
+        # (h11's own bound is on a head still incomplete: one that came whole in a read or two passed it)
+        if len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers) > MAX_REQUEST_HEAD:
+            raise _Refused(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                           f"the request's head is over {MAX_REQUEST_HEAD // 1024} KiB")
+        length = next((v for n, v in request.headers if n == b"content-length"), None)
+        if length is not None and length.isdigit() and int(length) > self.max_size:
+            raise _Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                           f"the request's body is over the proxy's {self.max_size} byte limit")
+        names = [n for n, _ in request.headers]
+        twice = [name for name in ONCE_HEADERS if names.count(name.encode()) > 1]
+        if twice:
+            if self.door is not None:
+                self.door.throttle.warn("header_twice", "refused a request (HTTP 400) that sent a header more than "
+                                        "once: %s", ", ".join(twice))
+            raise _Refused(HTTPStatus.BAD_REQUEST, f"a header sent more than once: {', '.join(twice)}")
+
+    # -- one request, forwarded, and its answer relayed (and checked) --
+
+    async def _exchange(self, h: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        request: _Request, client: ClientSocket) -> bytes | None:
+        """Forward `request`, relay its answer; the bytes the client sent meanwhile (its next request), or None when
+        its connection is to end."""
+        try:
+            target = request.head.target.decode("ascii")
+            url = upstream_url(self.upstream, target)
+        except (BadTarget, UnicodeDecodeError) as exc:
+            raise _Refused(HTTPStatus.BAD_REQUEST, f"bad request target: {exc if isinstance(exc, BadTarget) else ''}"
+                           ) from None
+        watch = _ClientWatch(reader)
+        watcher = asyncio.ensure_future(watch.run())
+        exchange = _Exchange(self, h, writer, request, url, client, watch)
+        work = asyncio.ensure_future(exchange.run())
+        try:
+            await asyncio.wait({watcher, work}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                exchange.client_left = True
+                work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            work.cancel()
+        if work.cancelled() or work.exception() is not None:
+            failure = None if work.cancelled() else work.exception()
+            if isinstance(failure, _Refused):
+                raise failure
+            if failure is not None and not isinstance(failure, (OSError, h11.ProtocolError)):
+                # The proxy's own fault: one line a minute naming it, never the request's content.
+                self.warn("bug", "an answer failed in the proxy (%s): its connection closed; please report it",
+                          failure.__class__.__name__)
+                log.debug("the proxy's failure", exc_info=failure)
+            return None
+        keep = work.result()
+        if not keep or watch.ended or watch.overflow:
+            return None
+        return bytes(watch.pending)
+
+
+class _ClientWatch:
+    """The client's socket read while its answer streams: its end is the user leaving (the upstream's request is
+    closed, the chat judged as the WebSocket side judges a client that left); bytes it sends are kept (a pipelined
+    next request, at most MAX_PIPELINED)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.pending = bytearray()
+        self.ended = False
+        self.overflow = False
+
+    async def run(self) -> None:
+        while True:
+            try:
+                data = await self.reader.read(READ_CHUNK)
+            except OSError:
+                data = b""
+            if not data:
+                self.ended = True
+                return
+            if len(self.pending) + len(data) > MAX_PIPELINED:
+                self.overflow = True  # not kept: the connection ends with this answer
+                self.pending.clear()
+            elif not self.overflow:
+                self.pending += data
+
+
+class _Exchange:
+    """One request forwarded and its answer relayed; a chat followed when the answer is its event stream."""
+
+    def __init__(self, proxy: SSEProxy, h: h11.Connection, writer: asyncio.StreamWriter, request: _Request, url: str,
+                 client: ClientSocket, watch: _ClientWatch) -> None:
+        self.proxy = proxy
+        self.h = h
+        self.writer = writer
+        self.request = request
+        self.url = url
+        self.client = client
+        self.watch = watch
+        self.client_left = False
+        self.conn: LiveConnection | None = None
+        self.changed = asyncio.Event()
+        self.upstream: asyncio.StreamWriter | None = None
+
+    def _forwarded_headers(self, host: str) -> list[tuple[bytes, bytes]]:
+        head = self.request.head
+        connection_named = {t.strip().lower().encode() for n, v in head.headers if n == b"connection"
+                            for t in v.decode("latin-1").split(",")}
+        out: list[tuple[bytes, bytes]] = [(b"Host", host.encode("ascii"))]
+        for name, value in head.headers.raw_items():
+            low = name.lower()
+            if low.decode("latin-1") in HOP_BY_HOP or low.decode("latin-1") in REQUEST_SET or low in connection_named:
+                continue
+            out.append((name, value))
+        for name, value in head.headers:
+            if name == b"accept-encoding":
+                kept = _accept_encoding(value.decode("latin-1"))
+                if kept:
+                    out.append((b"Accept-Encoding", kept.encode("latin-1")))
+        if self.request.body or head.method in CHAT_METHODS or head.method == b"PATCH":
+            out.append((b"Content-Length", str(len(self.request.body)).encode()))
+        out.append((b"Connection", b"close"))
+        return out
+
+    async def run(self) -> bool:
+        """Whether the client's connection may carry its next request."""
+        proxy, live = self.proxy, self.proxy.live
+        head, body = self.request.head, self.request.body
+        parts = urlsplit(self.url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:
+            text = body.decode("utf-8") if head.method in CHAT_METHODS and body else ""
+        except UnicodeDecodeError:
+            text = ""  # no chat's request: relayed, not followed
+        chat = bool(text) and live.profile.decode_client(text).kind in ("request", "resume")
+        headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in head.headers.raw_items()}
+        secrets = credentials_of(headers.items(), (), target) if chat else ()
+        held: tuple[tuple[str, int], ...] = ()
+        seen = redact.seen_credentials()
+        if chat and live.recorder is not None and sum(len(s) for s in secrets) <= MAX_RECORDED_CREDENTIALS:
+            door = proxy.door
+            share = door.max_per_address / max(1, door.max_connections) if door else 0.1
+            held = seen.hold(secrets, owner=self.client.key, share=share)
+        try:
+            return await self._run(text if chat else "", target, parts, secrets, headers)
+        finally:
+            if held:
+                seen.release(held)
+
+    async def _run(self, chat: str, target: str, parts: Any, secrets: tuple[str, ...],
+                   headers: dict[str, str]) -> bool:
+        proxy, live, h, writer = self.proxy, self.proxy.live, self.h, self.writer
+        head, body = self.request.head, self.request.body
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        sent_at = proxy.clock()
+        up = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+        response: h11.Response | None = None
+        try:
+            async with asyncio.timeout(proxy.connect_timeout):
+                ureader, uwriter = await asyncio.open_connection(
+                    host, port, ssl=proxy._tls, server_hostname=host if proxy._tls else None, limit=READ_CHUNK)
+                self.upstream = uwriter
+                self.client.upstream = _Socket(uwriter.transport)
+                uwriter.write(up.send(h11.Request(method=head.method, target=target.encode("ascii"),
+                                                  headers=self._forwarded_headers(parts.netloc))))
+                if body:
+                    uwriter.write(up.send(h11.Data(data=body)))
+                uwriter.write(up.send(h11.EndOfMessage()))
+                await uwriter.drain()
+                while response is None:
+                    event = up.next_event()
+                    if event is h11.NEED_DATA:
+                        up.receive_data(await ureader.read(READ_CHUNK))
+                    elif isinstance(event, h11.Response):
+                        response = event
+                    elif isinstance(event, h11.InformationalResponse):
+                        continue  # (100 Continue and the like: the proxy sent the body whole)
+                    else:
+                        raise h11.RemoteProtocolError("the upstream closed before its answer")
+        except asyncio.CancelledError:
+            self._close_upstream()
+            raise
+        except BaseException as exc:
+            self._close_upstream()
+            if not isinstance(exc, Exception):
+                raise
+            kind, _why = classify_http(exc)
+            if chat:
+                live.sink.connection_attempt(live.scenario, kind)
+            if kind == "timeout":
+                raise _Refused(HTTPStatus.GATEWAY_TIMEOUT, f"upstream did not answer within "
+                               f"{proxy.connect_timeout:g}s", counted=False) from None
+            raise _Refused(HTTPStatus.BAD_GATEWAY, "upstream unreachable" if kind in ("refused", "tls_error")
+                           else "upstream answered no valid HTTP response", counted=False) from None
+        # The answer's head goes to the client first; then what it is decides whether a chat is followed.
+        out = [(n, v) for n, v in response.headers.raw_items() if n.lower().decode("latin-1") not in HOP_BY_HOP]
+        try:
+            writer.write(h.send(h11.Response(status_code=response.status_code, headers=out,
+                                             reason=response.reason)))
+        except h11.LocalProtocolError:
+            self._close_upstream()
+            raise _Refused(HTTPStatus.BAD_GATEWAY, "upstream answered no valid HTTP response", counted=False) from None
+        stream = None
+        if chat:
+            fields = {n: v.decode("latin-1") for n, v in response.headers}
+            failure = head_failure(response.status_code, fields.get(b"content-type", ""), fields.get(b"location", ""),
+                                   self.url, fields.get(b"content-encoding", ""))
+            live.sink.connection_attempt(live.scenario, failure[0] if failure is not None else "ok")
+            if failure is None:
+                self.conn = conn = live.connection(credentials_identity(headers, (), target), secrets)
+                conn.client_frame(chat, sent_at)
+                coding = CODINGS.get(fields.get(b"content-encoding", "").strip().lower())
+                stream = _Stream(conn, proxy.max_size, Unpacker(coding) if coding else None)
+        judge = asyncio.ensure_future(self._judge()) if self.conn is not None else None
+        ended = "server"
+        code: int | None = 1006
+        try:
+            code = await self._relay(up, ureader, stream)
+            ended = "server" if code is not None else "client"
+        except asyncio.CancelledError:
+            ended = "client"
+            raise
+        finally:
+            # All of it before the first wait: the client's end may cancel this (its watch) while it waits.
+            self._close_upstream()
+            if judge is not None:
+                judge.cancel()
+            if self.client_left:  # (a client closing after its whole answer came left no chat)
+                ended = "client"
+            if self.conn is not None:
+                self.conn.closed(proxy.clock(), by_client=ended == "client", code=None if ended == "client" else code)
+            if judge is not None:
+                await asyncio.gather(judge, return_exceptions=True)
+        return code == 1000 and h.our_state is h11.DONE
+
+    async def _relay(self, up: h11.Connection, ureader: asyncio.StreamReader, stream: _Stream | None) -> int | None:
+        """Relay the answer's body as it comes, checking an event stream once each read of it is on its way to the
+        client. 1000: the answer ended whole; 1006: the upstream broke or cut it (the client's connection is then
+        cut too, so that it sees the break, never a clean end); None: the client left or stopped reading."""
+        proxy, h, writer = self.proxy, self.h, self.writer
+        clock = proxy.clock
+        read = False  # h11 may hold the body's first bytes already (they came with the head)
+        while True:
+            if read:
+                try:
+                    async with asyncio.timeout(proxy.read_timeout):
+                        data = await ureader.read(READ_CHUNK)
+                except TimeoutError:
+                    proxy.warn("upstream_silent", "the upstream sent nothing of an answer for %gs: cut it",
+                               proxy.read_timeout)
+                    writer.transport.abort()
+                    return 1006
+                except OSError:
+                    writer.transport.abort()  # reset: a lost connection, not broken framing
+                    return 1006
+                up.receive_data(data)
+            # What h11 has of the body now (at most EVENTS_PER_TURN of its pieces: a read of thousands of one-byte
+            # chunks is parsed over several turns of the loop) goes to the client in one write, then is checked:
+            # forward first, check second. The body's bytes are the upstream's; its chunks are re-framed, one a turn.
+            pieces: list[bytes] = []
+            end: int | None = None
+            broken = ""
+            read = True
+            for _ in range(EVENTS_PER_TURN):
+                try:
+                    event = up.next_event()
+                except h11.RemoteProtocolError as exc:
+                    # A chunked or Content-Length body cut short, a bad chunk header: an R12 on the chats open, as
+                    # the SSE client judges it (a fetch()-based client fails the run with a network error there).
+                    broken = f"the HTTP response carrying the event stream is malformed: {str(exc)[:120]}"
+                    end = 1006
+                    break
+                if event is h11.NEED_DATA:
+                    break
+                if isinstance(event, h11.Data):
+                    pieces.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    end = 1000
+                    break
+                else:  # ConnectionClosed before the end
+                    end = 1006
+                    break
+            else:
+                read = False  # more is parsed from what came, next turn
+            body = b"".join(pieces)
+            if body:
+                writer.write(h.send(h11.Data(data=body)))
+            if end == 1000:
+                writer.write(h.send(h11.EndOfMessage()))
+            if stream is not None and (body or end is not None):
+                at = clock()  # one time for the events of one read, as the SSE transport stamps them
+                if body:
+                    await stream.feed(body, at)
+                if broken:
+                    stream.failed(broken, at)
+                elif end == 1000:
+                    stream.end(at)
+                self.changed.set()
+            if end == 1000:
+                with contextlib.suppress(OSError, TimeoutError):
+                    async with asyncio.timeout(proxy.send_timeout):
+                        await writer.drain()
+                return 1000
+            if end is not None:
+                writer.transport.abort()
+                return 1006
+            if writer.transport.is_closing():
+                return None
+            try:
+                async with asyncio.timeout(proxy.send_timeout):
+                    await writer.drain()
+            except TimeoutError:
+                proxy.warn("client_stuck", "a client took nothing of its answer for %gs: closing its connection",
+                           proxy.send_timeout)
+                writer.transport.abort()
+                return None
+            except OSError:
+                return None
+            # A flood of tiny chunks must not starve the proxy's other clients: the loop is handed over each turn.
+            await asyncio.sleep(0)
+
+    async def _judge(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        clock = self.proxy.clock
+        while True:
+            wake = conn.next_due()
+            self.changed.clear()
+            timeout = None if wake is None else max(0.0, wake - clock())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.changed.wait()
+            conn.judge_due(clock())
+
+    def _close_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.transport.abort()
+            self.upstream = None
+        self.client.upstream = None
+
+
+class _Stream:
+    """An answer's event stream checked as it is relayed: unpacked (gzip, deflate) and parsed bounded (no event, no
+    line past --max-size; a gzip bomb costs no more), each event's data to the LiveConnection. What breaks the
+    checking (an event too large, an encoding that cannot be unpacked) is an R12 and the rest is relayed unchecked."""
+
+    def __init__(self, conn: LiveConnection, limit: int, unpacker: Unpacker | None) -> None:
+        self.conn = conn
+        self.parser = EventStreamParser(limit)
+        self.unpacker = unpacker
+        self.broken = False
+
+    async def feed(self, chunk: bytes, at: float) -> None:
+        if self.broken:
+            return
+        conn, parser = self.conn, self.parser
+        try:
+            if self.unpacker is None:
+                for data in parser.feed(chunk):
+                    conn.server_frame(data, at)
+                return
+            for i, piece in enumerate(self.unpacker.pieces(chunk)):
+                if i:  # one read may unpack to a thousand pieces: the loop's other clients get their turn between
+                    await asyncio.sleep(0)
+                for data in parser.feed(piece):
+                    conn.server_frame(data, at)
+        except (EventTooLarge, CorruptEncoding) as exc:
+            self.failed(str(exc), at)
+
+    def failed(self, detail: str, at: float) -> None:
+        if not self.broken:
+            self.broken = True
+            self.conn.failed(detail, at)
+
+    def end(self, at: float) -> None:
+        """The answer ended whole: an encoding cut short is an R12; an event its end left pending is dispatched."""
+        if self.broken:
+            return
+        if self.unpacker is not None and not self.unpacker.complete():
+            self.failed(f"the server's {self.unpacker.coding}-encoded event stream ended before its "
+                        f"{self.unpacker.coding} end (cut short)", at)
+            return
+        try:
+            for data in self.parser.end():
+                self.conn.server_frame(data, at)
+        except EventTooLarge as exc:
+            self.failed(str(exc), at)
+
+
+class SSEServer:
+    """The listening side: `sockets`, `close()`, `wait_closed()` as stop_proxy uses them."""
+
+    def __init__(self, proxy: SSEProxy, server: asyncio.Server) -> None:
+        self.proxy = proxy
+        self.server = server
+        self.sockets = server.sockets
+
+    def close(self) -> None:
+        """Stop listening; connections waiting for a request are closed now, answers streaming go on (until
+        stop_proxy's grace cuts them: FrontDoor.cut_all)."""
+        self.proxy.stopping = True
+        self.server.close()
+        for client in list(self.proxy.clients):
+            if client.reading:
+                client.transport.abort()
+
+    async def wait_closed(self) -> None:
+        await self.server.wait_closed()
+        tasks = set(self.proxy.clients.values())
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+async def start_sse_proxy(proxy: SSEProxy, host: str, port: int, door: FrontDoor | None = None) -> SSEServer:
+    """Listen (port 0: any free port) for the HTTP side of the proxy."""
+    from .frontdoor import accept_batch, open_file_limit
+
+    proxy.door = door or proxy.door or FrontDoor.defaults()
+    proxy.door.init_metrics(proxy.live.sink)
+    proxy.door.sink = proxy.live.sink
+    install_accept_errors(asyncio.get_running_loop(), proxy.door.throttle)
+    server = await asyncio.start_server(proxy.handle, host, port, limit=READ_CHUNK,
+                                        backlog=accept_batch(open_file_limit()))
+    return SSEServer(proxy, server)

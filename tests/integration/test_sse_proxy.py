@@ -1,0 +1,509 @@
+"""`chatprobe proxy --upstream http://…`: the proxy's HTTP side in front of a server answering chats with an SSE event
+stream (monitors/sse_proxy.py), over real loopback sockets: agentsim (AG-UI) behind it with the harness's own SSE
+client, raw upstreams that misbehave and raw clients that do, written here."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import httpx
+from prometheus_client import CollectorRegistry, generate_latest
+
+from agentsim.agui import AguiSim
+from agentsim.server import SimConfig
+from harness.profiles import load_profile
+from harness.recorder import Recorder
+from harness.runner import run_scenario
+from harness.scenario import Expect, expectations_for
+from harness.targets import Target, TokenProvider
+from monitors.metrics import ChatMetrics, MetricsSink
+from monitors.proxy import LiveChats
+from monitors.sse_proxy import SSEProxy, start_sse_proxy
+
+from .conftest import scenario
+
+AGUI = load_profile("ag-ui")
+LABELS = dict(target="upstream", scenario="live", source="live")
+BODY = json.dumps({"threadId": "t1", "runId": "r1", "state": {}, "tools": [], "context": [], "forwardedProps": {},
+                   "messages": [{"id": "m1", "role": "user", "content": "hi"}]}).encode()
+RUN = [{"type": "RUN_STARTED", "threadId": "t1", "runId": "r1"},
+       {"type": "TEXT_MESSAGE_START", "messageId": "a1", "role": "assistant"},
+       {"type": "TEXT_MESSAGE_CONTENT", "messageId": "a1", "delta": "hello"},
+       {"type": "TEXT_MESSAGE_END", "messageId": "a1"},
+       {"type": "RUN_FINISHED", "threadId": "t1", "runId": "r1"}]
+
+
+def sse(*events: dict) -> list[bytes]:
+    return [f"data: {json.dumps(e)}\n\n".encode() for e in events]
+
+
+def chunked(pieces: list[bytes], end: bool = True) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + (b"0\r\n\r\n" if end else b"")
+
+
+def sample(metrics: ChatMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, {**LABELS, **labels}) or 0.0
+
+
+def refused(metrics: ChatMetrics, reason: str) -> float:
+    return metrics.registry.get_sample_value("chatprobe_proxy_refused_connections_total",
+                                             {"target": "upstream", "source": "live", "reason": reason}) or 0.0
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.02)  # wait-ok: poll interval of a condition wait bounded by the timeout
+
+
+@contextlib.asynccontextmanager
+async def proxy_to(upstream: str, settle: float = 0.05, deadline: str = "5s", record: Path | None = None,
+                   **options) -> AsyncIterator[tuple[str, ChatMetrics, SSEProxy]]:
+    metrics = ChatMetrics(CollectorRegistry())
+    sink = MetricsSink(metrics, "upstream", "live")
+    sink.declare("live")
+    live = LiveChats(AGUI, sink, expectations_for(AGUI, Expect(deadline=deadline)), "live", settle,
+                     Recorder(str(record), keep_all=True) if record else None)
+    proxy = SSEProxy(upstream, live, **options)
+    server = await start_sse_proxy(proxy, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", metrics, proxy
+    finally:
+        server.close()
+        async with asyncio.timeout(10):
+            await server.wait_closed()
+        live.stop()
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes, bytes], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(handler: Handler) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A hand-written HTTP server: reads each request's head and body (Content-Length), hands them to `handler`."""
+    heads: list[bytes] = []
+    tasks: set[asyncio.Task] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tasks.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            heads.append(head)
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            body = await reader.readexactly(length)
+            await handler(reader, writer, head, body)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", heads
+    finally:
+        server.close()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def answer(pieces: list[bytes], head: bytes = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+           b"Transfer-Encoding: chunked\r\n\r\n", end: bool = True, then: Awaitable[None] | None = None) -> Handler:
+    async def handle(reader, writer, _head, _body):
+        writer.write(head)
+        for p in pieces:  # each piece its own write: the proxy relays them as they come
+            writer.write(b"%x\r\n%s\r\n" % (len(p), p))
+            await writer.drain()
+        if end:
+            writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        if then is not None:
+            await then
+    return handle
+
+
+# -- agentsim behind the proxy, the harness's own SSE client in front --
+
+async def test_agentsim_behind_the_proxy_each_chat_judged_as_the_client_judges_it(tmp_path):
+    secret = secrets.token_urlsafe(32)
+    sim = AguiSim(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think=0.002, tool_latency=0.001,
+                            protocol="ag-ui", faults=["drop_result=0.5"], seed=3))
+    await sim.start()
+    try:
+        async with proxy_to(f"http://127.0.0.1:{sim.port}") as (url, metrics, _):
+            target = Target(url=f"{url}/agent", profile=AGUI, name="p", tokens=TokenProvider(jwt_secret=secret))
+            run = await run_scenario(scenario(users=2, chats_per_user=4), target)
+            passed = sum(r.outcome.value == "passed" for r in run.results)
+            r5 = sum(any(v.rule.value == "R5" for v in r.violations) for r in run.results)
+            assert run.stats.chats == 8 and 0 < passed < 8 and r5 == 8 - passed  # the fault hit some chats, not all
+            await until(lambda: sum(sample(metrics, "chatprobe_chats_total", outcome=o)
+                                    for o in ("passed", "failed", "incomplete", "error")) == 8)
+            assert sample(metrics, "chatprobe_chats_total", outcome="passed") == passed
+            assert sample(metrics, "chatprobe_rule_violations_total", rule="R5") >= r5
+            assert sample(metrics, "chatprobe_connections_total", result="ok") == 8
+            assert sample(metrics, "chatprobe_chats_in_flight") == 0
+            assert sample(metrics, "chatprobe_events_total", event="agent_completed") == 8
+            text = generate_latest(metrics.registry).decode()
+            assert "Bearer" not in text and secret not in text
+    finally:
+        await sim.stop()
+
+
+# -- what is relayed, and what is counted --
+
+async def test_the_relayed_bytes_are_the_upstreams_and_the_chat_is_judged():
+    pieces = sse(*RUN[:2]) + [b": a comment\n\n", sse(RUN[2])[0][:7], sse(RUN[2])[0][7:]] + sse(*RUN[3:])
+    async with raw_upstream(answer(pieces, head=b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                              b"X-Server: raw\r\nTransfer-Encoding: chunked\r\n\r\n")) as (up, heads):
+        async with proxy_to(up) as (url, metrics, _):
+            async with httpx.AsyncClient(timeout=10) as client:
+                async with client.stream("POST", f"{url}/agent?x=1", content=BODY,
+                                         headers={"Accept": "text/event-stream", "Authorization": "Bearer tok-1",
+                                                  "Accept-Encoding": "br, gzip"}) as response:
+                    got = b"".join([chunk async for chunk in response.aiter_raw()])
+                    assert response.status_code == 200 and response.headers["x-server"] == "raw"
+            assert got == b"".join(pieces)
+            await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="passed") == 1)
+            assert sample(metrics, "chatprobe_connections_total", result="ok") == 1
+            assert sample(metrics, "chatprobe_events_total", event="agent_completed") == 1
+    head = heads[0].decode().lower()
+    # forwarded: the path and query, the credentials; the upstream is told only codings the proxy can unpack
+    assert head.startswith("post /agent?x=1 http/1.1") and "authorization: bearer tok-1" in head
+    assert "accept-encoding: gzip\r\n" in head and "br" not in head.split("accept-encoding")[1].split("\r\n")[0]
+
+
+async def test_answers_that_are_no_event_stream_are_relayed_unchanged_and_no_chat():
+    async def handle(reader, writer, head, body):
+        if head.startswith(b"GET /health"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}")
+        else:
+            writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n"
+                         b"{\"error\":\"auth\"}")
+        await writer.drain()
+
+    async with raw_upstream(handle) as (up, _), proxy_to(up) as (url, metrics, _):
+        async with httpx.AsyncClient(timeout=10) as client:
+            health = await client.get(f"{url}/health")
+            denied = await client.post(f"{url}/agent", content=BODY)
+        assert (health.status_code, health.content) == (200, b'{"ok":true}')
+        assert (denied.status_code, denied.content) == (401, b'{"error":"auth"}')
+        # the chat's request answered 401 counts as the WebSocket side counts an upgrade the upstream refused
+        assert sample(metrics, "chatprobe_connections_total", result="auth_failed") == 1
+        assert sample(metrics, "chatprobe_connections_total", result="ok") == 0
+        assert sum(sample(metrics, "chatprobe_chats_total", outcome=o) for o in ("passed", "failed", "error")) == 0
+
+
+# -- hostile upstreams --
+
+async def test_an_upstream_cutting_its_chunked_body_is_an_r12_and_the_client_sees_the_cut():
+    async with raw_upstream(answer(sse(*RUN[:3]), end=False)) as (up, _), proxy_to(up) as (url, metrics, _):
+        async with httpx.AsyncClient(timeout=10) as client:
+            with contextlib.suppress(httpx.RemoteProtocolError):
+                async with client.stream("POST", f"{url}/agent", content=BODY) as response:
+                    async for _ in response.aiter_raw():
+                        pass
+                raise AssertionError("the client saw a clean end of a stream the upstream cut")
+        await until(lambda: sample(metrics, "chatprobe_rule_violations_total", rule="R12") == 1)
+        await until(lambda: sample(metrics, "chatprobe_chats_in_flight") == 0)
+        assert sample(metrics, "chatprobe_chats_total", outcome="passed") == 0
+
+
+async def test_a_gzip_bomb_costs_the_proxy_no_more_than_its_limit():
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), 9)  # one endless line once unpacked
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: gzip\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(bomb))
+
+    async def handle(reader, writer, _head, _body):
+        writer.write(head + bomb)
+        await writer.drain()
+
+    async with raw_upstream(handle) as (up, _), proxy_to(up, max_size=64 * 1024) as (url, metrics, _):
+        tracemalloc.start()
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                async with client.stream("POST", f"{url}/agent", content=BODY) as response:
+                    got = b"".join([chunk async for chunk in response.aiter_raw()])
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert got == bomb  # relayed as sent, packed
+        assert peak < 16 * 1024 * 1024, peak
+        await until(lambda: sample(metrics, "chatprobe_rule_violations_total", rule="R12") == 1)
+
+
+async def test_an_upstream_that_never_answers_is_a_504_within_the_connect_timeout():
+    never = asyncio.Event()
+
+    async def handle(reader, writer, _head, _body):
+        await never.wait()
+
+    async with raw_upstream(handle) as (up, _), proxy_to(up, connect_timeout=0.5) as (url, metrics, _):
+        async with httpx.AsyncClient(timeout=10) as client:
+            started = time.monotonic()
+            response = await client.post(f"{url}/agent", content=BODY)
+        assert response.status_code == 504 and time.monotonic() - started < 5
+        assert sample(metrics, "chatprobe_connections_total", result="timeout") == 1
+
+
+async def test_an_upstream_that_goes_silent_mid_stream_is_cut_at_the_read_timeout_and_judged():
+    never = asyncio.Event()
+    async with raw_upstream(answer(sse(RUN[0]), end=False, then=never.wait())) as (up, _), \
+            proxy_to(up, read_timeout=1.0, deadline="0.5s") as (url, metrics, _):
+        async with httpx.AsyncClient(timeout=10) as client:
+            with contextlib.suppress(httpx.RemoteProtocolError):
+                async with client.stream("POST", f"{url}/agent", content=BODY) as response:
+                    async for _ in response.aiter_raw():
+                        pass
+        await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="incomplete") == 1)
+
+
+def _flooding_upstream(stop: threading.Event) -> tuple[socket.socket, threading.Thread]:
+    """A thread answering /flood with one-byte chunks as fast as its socket takes them (until `stop`), and anything
+    else with a short JSON answer: the flood keeps the proxy's socket always readable."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+
+    def serve(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            if head.startswith(b"POST /flood"):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             + chunked(sse(RUN[0]), end=False))
+                burst = b"1\r\n:\r\n" * 4096
+                with contextlib.suppress(OSError):
+                    while not stop.is_set():
+                        conn.sendall(burst)
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+async def test_a_flood_of_tiny_chunks_does_not_starve_another_client():
+    stop = threading.Event()
+    listener, thread = _flooding_upstream(stop)
+    try:
+        up = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        async with proxy_to(up, deadline="60s") as (url, metrics, _):
+            flooded, left = threading.Event(), threading.Event()
+            port = int(url.rsplit(":", 1)[1])
+
+            def flood_client() -> None:
+                """The flood's reader, in a thread of its own (its reading costs this test's event loop nothing)."""
+                got = 0
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                    conn.sendall(b"POST /flood HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+                    with contextlib.suppress(OSError):
+                        while not left.is_set() and (data := conn.recv(65536)):
+                            got += len(data)
+                            if got > 1 << 18:
+                                flooded.set()
+
+            reader = threading.Thread(target=flood_client, daemon=True)
+            reader.start()
+            try:
+                await until(flooded.is_set, timeout=30)
+                async with httpx.AsyncClient(timeout=10) as other:
+                    started = time.monotonic()
+                    quick = await other.get(f"{url}/other")
+                    took = time.monotonic() - started
+                assert quick.status_code == 200 and quick.content == b"{}"
+                assert took < 2.0, f"another client waited {took:.2f}s behind the flood"
+            finally:
+                left.set()  # the flood's reader leaves mid-run (the upstream floods on)
+                await asyncio.to_thread(reader.join, 10)
+            # the flooded chat is judged as a client that left mid-run
+            await until(lambda: sample(metrics, "chatprobe_chats_abandoned_total") == 1)
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)
+
+
+# -- hostile clients --
+
+async def _raw_client(url: str, data: bytes, *, drip: float = 0.0, read: bool = True) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        if drip:
+            for b in data:
+                writer.write(bytes([b]))
+                try:
+                    async with asyncio.timeout(drip):  # a byte each `drip` seconds until the proxy answers
+                        first = await reader.read(1)
+                except TimeoutError:
+                    continue
+                async with asyncio.timeout(10):
+                    return first + await reader.read()
+        else:
+            writer.write(data)
+        if not read:
+            return b""
+        async with asyncio.timeout(10):
+            return await reader.read()
+    finally:
+        writer.transport.abort()
+
+
+async def test_hostile_requests_are_answered_by_the_proxy_and_counted():
+    async def handle(reader, writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with raw_upstream(handle) as (up, heads), \
+            proxy_to(up, max_size=1024, request_timeout=0.5) as (url, metrics, _):
+        big_head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (70 * 1024) + b"\r\n\r\n"
+        assert (await _raw_client(url, big_head)).startswith(b"HTTP/1.1 431 ")
+        big_body = b"POST /agent HTTP/1.1\r\nHost: x\r\nContent-Length: 2048\r\n\r\n" + b"{" * 2048
+        assert (await _raw_client(url, big_body)).startswith(b"HTTP/1.1 413 ")
+        chunked_body = (b"POST /agent HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        + chunked([b"x" * 800, b"y" * 800]))
+        assert (await _raw_client(url, chunked_body)).startswith(b"HTTP/1.1 413 ")
+        twice = b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n"
+        assert (await _raw_client(url, twice)).startswith(b"HTTP/1.1 400 ")
+        for target in (b"//evil.example/x", b"/a/../../x", b"http://evil.example/"):
+            assert (await _raw_client(url, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+                b"HTTP/1.1 400 "), target
+        assert (await _raw_client(url, b"\x16\x03\x01garbage\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
+        # a client dripping its request past the request deadline: 408, never forwarded
+        started = time.monotonic()
+        dripped = await _raw_client(url, b"GET /slow HTTP/1.1\r\nHost: x\r\nX-A: " + b"b" * 200, drip=0.01)
+        assert dripped.startswith(b"HTTP/1.1 408 ") and time.monotonic() - started < 5
+        assert refused(metrics, "bad_request") == 9
+        assert heads == []  # none of them reached the upstream
+        # the proxy still serves a good request after all that
+        assert (await _raw_client(url, b"GET /fine HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).endswith(b"ok")
+
+
+async def test_a_client_leaving_mid_stream_closes_the_upstream_request_and_abandons_the_chat():
+    upstream_saw_end = asyncio.Event()
+
+    async def handle(reader, writer, _head, _body):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + chunked(sse(RUN[0]), end=False))
+        await writer.drain()
+        async with asyncio.timeout(10):
+            await reader.read()  # the proxy's end of the upstream request
+        upstream_saw_end.set()
+
+    async with raw_upstream(handle) as (up, _), proxy_to(up) as (url, metrics, _):
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /agent HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+        async with asyncio.timeout(10):
+            assert b"RUN_STARTED" in await reader.readuntil(b"RUN_STARTED")
+        writer.close()
+        async with asyncio.timeout(10):
+            await upstream_saw_end.wait()
+        await until(lambda: sample(metrics, "chatprobe_chats_abandoned_total") == 1)
+        assert sample(metrics, "chatprobe_chats_in_flight") == 0
+
+
+# -- secrets --
+
+async def test_credentials_the_upstream_echoes_reach_no_recording_metric_or_log(tmp_path, caplog):
+    token = "tok-" + secrets.token_hex(16)
+    cookie = "sess-" + secrets.token_hex(16)
+    echo = [{"type": "RUN_STARTED", "threadId": "t1", "runId": "r1"},
+            {"type": "RUN_ERROR", "message": f"bad token Bearer {token} cookie {cookie}"}]
+
+    async def handle(reader, writer, head, body):
+        assert token.encode() in head and cookie.encode() in head  # forwarded to the upstream
+        await answer(sse(*echo), head=b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Echo: " + token.encode()
+                     + b"\r\nTransfer-Encoding: chunked\r\n\r\n")(reader, writer, head, body)
+
+    record = tmp_path / "rec"
+    async with raw_upstream(handle) as (up, _), proxy_to(up, record=record) as (url, metrics, _):
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(f"{url}/agent?access_token={token}", content=BODY,
+                                         headers={"Authorization": f"Bearer {token}", "Cookie": f"s={cookie}"})
+        assert token.encode() in response.content  # the user sees what the server sent
+        await until(lambda: sum(sample(metrics, "chatprobe_chats_total", outcome=o)
+                                for o in ("passed", "failed", "incomplete", "error")) == 1)
+        text = generate_latest(metrics.registry).decode()
+    files = list(record.rglob("*.jsonl"))
+    assert files and any(b"RUN_ERROR" in f.read_bytes() for f in files)
+    for f in files:
+        data = f.read_bytes()
+        assert token.encode() not in data and cookie.encode() not in data
+    assert token not in text and cookie not in text
+    assert token not in caplog.text and cookie not in caplog.text
+
+
+# -- the command --
+
+def _proxy_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "proxy", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_the_command_refuses_an_http_upstream_for_a_websocket_only_profile():
+    proc = _proxy_cli("--upstream", "http://127.0.0.1:9", "--profile", "netra", "--metrics-listen", "127.0.0.1:0")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and b"--upstream" in err and b"SSE" in err
+
+
+async def test_the_command_proxies_an_http_upstream_and_serves_metrics():
+    secret = secrets.token_urlsafe(32)
+    sim = AguiSim(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think=0.002, tool_latency=0.001,
+                            protocol="ag-ui"))
+    await sim.start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        mport = s.getsockname()[1]
+    proc = _proxy_cli("--upstream", f"http://127.0.0.1:{sim.port}", "--profile", "ag-ui", "--listen", "127.0.0.1:0",
+                      "--metrics-listen", f"127.0.0.1:{mport}", "--target-name", "upstream", "--settle", "0.05s")
+    try:
+        assert proc.stdout is not None
+        line = b""
+        async with asyncio.timeout(30):
+            while b"listening on" not in line:
+                line = await asyncio.to_thread(proc.stdout.readline)
+                assert line, proc.stderr.read() if proc.stderr else b""
+        url = line.decode().split("listening on ", 1)[1].split(" ", 1)[0]
+        assert url.startswith("http://127.0.0.1:")
+        target = Target(url=f"{url}/agent", profile=AGUI, name="p", tokens=TokenProvider(jwt_secret=secret))
+        run = await run_scenario(scenario(users=1, chats_per_user=2), target)
+        assert [r.outcome.value for r in run.results] == ["passed", "passed"]
+        async with httpx.AsyncClient(timeout=10) as client:
+            async def passed() -> bool:
+                text = (await client.get(f"http://127.0.0.1:{mport}/metrics")).text
+                return 'chatprobe_chats_total{outcome="passed",scenario="live",source="live",target="upstream"} 2.0' \
+                    in text
+            async with asyncio.timeout(10):
+                while not await passed():
+                    await asyncio.sleep(0.05)  # wait-ok: poll interval of a condition wait bounded by the timeout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+        await sim.stop()
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err
