@@ -507,3 +507,67 @@ async def test_the_command_proxies_an_http_upstream_and_serves_metrics():
         await sim.stop()
     assert proc.returncode == 0, err
     assert b"Traceback" not in err
+
+
+# -- --record, and the proxy stopping --
+
+async def test_record_writes_what_check_judges_as_the_proxy_did(tmp_path):
+    record = tmp_path / "rec"
+
+    async def handle(reader, writer, head, body):
+        cut = b"/cut" in head.split(b"\r\n", 1)[0]
+        await answer(sse(*RUN[:2]) if cut else sse(*RUN), end=not cut)(reader, writer, head, body)
+
+    async with raw_upstream(handle) as (up, _), proxy_to(up, record=record) as (url, metrics, _):
+        async with httpx.AsyncClient(timeout=10) as client:
+            assert (await client.post(f"{url}/agent", content=BODY)).status_code == 200
+            with contextlib.suppress(httpx.RemoteProtocolError):
+                await client.post(f"{url}/cut", content=BODY)
+        await until(lambda: sum(sample(metrics, "chatprobe_chats_total", outcome=o)
+                                for o in ("passed", "failed", "incomplete", "error")) == 2)
+        live = {o: sample(metrics, "chatprobe_chats_total", outcome=o) for o in ("passed", "failed", "incomplete")}
+        r12 = sample(metrics, "chatprobe_rule_violations_total", rule="R12")
+    report = tmp_path / "check.json"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "harness.cli", "check", str(record), "--profile",
+                                                "ag-ui", "--json", str(report), "--quiet",
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(60):
+        await proc.communicate()
+    assert proc.returncode == 1  # a chat did not pass
+    stats = json.loads(report.read_text())["scenarios"][0]["stats"]
+    assert {o: stats["outcomes"][o] for o in live} == live  # the proxy's verdicts, again from its recording
+    assert r12 == 1 and stats["violations"].get("R12") == 1
+
+
+async def test_a_stream_in_flight_as_the_proxy_stops_is_counted_unjudged_and_cut_within_the_grace():
+    from monitors.proxy import stop_proxy
+
+    never = asyncio.Event()
+    async with raw_upstream(answer(sse(RUN[0]), end=False, then=never.wait())) as (up, _):
+        metrics = ChatMetrics(CollectorRegistry())
+        sink = MetricsSink(metrics, "upstream", "live")
+        live = LiveChats(AGUI, sink, expectations_for(AGUI, Expect(deadline="60s")), "live", 0.05)
+        proxy = SSEProxy(up, live)
+        server = await start_sse_proxy(proxy, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        host, port = url.removeprefix("http://").split(":")
+        idle_reader, idle_writer = await asyncio.open_connection(host, int(port))  # a client that sent nothing yet
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /agent HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+        async with asyncio.timeout(10):
+            await reader.readuntil(b"RUN_STARTED")
+        started = time.monotonic()
+        live.begin_stop()
+        assert proxy.door is not None
+        await stop_proxy(server, proxy.door, grace=0.5)
+        live.stop()
+        assert time.monotonic() - started < 5
+        async with asyncio.timeout(5):
+            await reader.read()  # the stream was cut
+            assert await idle_reader.read() == b""  # closed at once
+        writer.close()
+        idle_writer.close()
+        assert metrics.registry.get_sample_value("chatprobe_chats_unjudged_total",
+                                                 {**LABELS, "reason": "proxy_stopped"}) == 1
+        assert sum(sample(metrics, "chatprobe_chats_total", outcome=o)
+                   for o in ("passed", "failed", "incomplete", "error")) == 0
