@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import ipaddress
 import logging
 import re
 import resource
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -20,6 +21,7 @@ from websockets.exceptions import InvalidMessage
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from harness import redact
 from harness.errors import ConfigError
 from harness.transports.websocket import BoundedPongs
 
@@ -122,6 +124,31 @@ def upstream_url(upstream: str, target: str) -> str:
     base = urlsplit(upstream)
     path = (base.path or "/") if parts.path == "/" else base.path.rstrip("/") + parts.path
     return urlunsplit((base.scheme, base.netloc, path, parts.query, ""))
+
+
+# --record scrubs a connection's own credentials from its frames with matchers built for them (redact.Secrets: every
+# form and every run of each), which cost ~20 ms and ~1.2 MiB for a 1 KB JWT and grow with their size: a client that
+# sent 8 KB each of Authorization, Cookie, subprotocol and query held the event loop over a second per connection and
+# kept ~20 MiB. A connection whose credentials (as credentials_of finds them, all forms) pass this many characters is
+# forwarded and judged, but not recorded (a line a minute says how many).
+MAX_RECORDED_CREDENTIALS = 8 * 1024
+
+
+def credentials_identity(headers: dict[str, str], subprotocols: Sequence[str] = (), path: str = "") -> str:
+    """Who a connection is, as far as a resume is concerned: a digest of its credentials (never the credentials
+    themselves, which are never kept or logged): Authorization, Cookie, the offered subprotocols (`jwt.<token>`) and
+    the query parameters that carry a credential (`?access_token=`, an opaque `?t=`). Users who authenticate by a
+    subprotocol or the query string all had one identity, so one could resume another's run."""
+    h = hashlib.sha256()
+    for name in ("authorization", "cookie"):
+        for k, v in headers.items():
+            if k.lower() == name:
+                h.update(f"{name}\0{v}\0".encode("utf-8", "replace"))
+    for p in subprotocols:
+        h.update(f"subprotocol\0{p}\0".encode("utf-8", "replace"))
+    for raw, _value in redact.query_credentials(path):
+        h.update(f"query\0{raw}\0".encode("utf-8", "replace"))
+    return h.hexdigest()[:32]
 
 
 def parse_ip(text: str | None) -> IPAddress | None:

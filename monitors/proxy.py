@@ -15,7 +15,6 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any, NoReturn
 
@@ -59,12 +58,14 @@ from . import httpserver
 from .frontdoor import (
     DEFAULT_PING_INTERVAL,
     DEFAULT_PING_TIMEOUT,
+    MAX_RECORDED_CREDENTIALS,
     WARN_EVERY,
     BadTarget,
     FrontDoor,
     accept_batch,
     client_address,
     connections_for_fds,
+    credentials_identity,
     default_per_address,
     install_accept_errors,
     limit_key,
@@ -145,12 +146,6 @@ DEFAULT_MAX_SIZE = 4 * 1024 * 1024
 # at most a connection). Size --max-connections x this budget to the host's memory.
 MAX_QUEUE = 1
 WRITE_LIMIT = 64 * 1024
-# --record scrubs a connection's own credentials from its frames with matchers built for them (redact.Secrets: every
-# form and every run of each), which cost ~20 ms and ~1.2 MiB for a 1 KB JWT and grow with their size: a client that
-# sent 8 KB each of Authorization, Cookie, subprotocol and query held the event loop over a second per connection and
-# kept ~20 MiB. A connection whose credentials (as credentials_of finds them, all forms) pass this many characters is
-# forwarded and judged, but not recorded (a line a minute says how many).
-MAX_RECORDED_CREDENTIALS = 8 * 1024
 # The bytes of events a followed chat keeps (`chatprobe run` keeps 4 MiB a chat for its reports; the proxy reports
 # none: its verdicts, counts and times are the same whether events are kept or only counted). A connection holds at
 # most 2 x MAX_OPEN_CHATS chats (the open ones and the judged ones it remembers for late events): an upstream that
@@ -790,23 +785,6 @@ async def _close_within(ws: Any, code: int, reason: str, timeout: float = CLOSE_
         transport = getattr(ws, "transport", None)
         if transport is not None:
             transport.abort()
-
-
-def credentials_identity(headers: dict[str, str], subprotocols: Sequence[str] = (), path: str = "") -> str:
-    """Who a connection is, as far as a resume is concerned: a digest of its credentials (never the credentials
-    themselves, which are never kept or logged): Authorization, Cookie, the offered subprotocols (`jwt.<token>`) and
-    the query parameters that carry a credential (`?access_token=`, an opaque `?t=`). Users who authenticate by a
-    subprotocol or the query string all had one identity, so one could resume another's run."""
-    h = hashlib.sha256()
-    for name in ("authorization", "cookie"):
-        for k, v in headers.items():
-            if k.lower() == name:
-                h.update(f"{name}\0{v}\0".encode("utf-8", "replace"))
-    for p in subprotocols:
-        h.update(f"subprotocol\0{p}\0".encode("utf-8", "replace"))
-    for raw, _value in redact.query_credentials(path):
-        h.update(f"query\0{raw}\0".encode("utf-8", "replace"))
-    return h.hexdigest()[:32]
 
 
 def _garbage_after(conn: ServerConnection) -> bool:

@@ -16,7 +16,7 @@ import logging
 import ssl
 import time
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import h11
@@ -26,19 +26,30 @@ from harness.eventstream import EventStreamParser, EventTooLarge
 from harness.redact import credentials_of
 from harness.transports.sse import CODINGS, CorruptEncoding, Unpacker, classify_http, head_failure
 
-from .frontdoor import BadTarget, FrontDoor, client_address, install_accept_errors, limit_key, upstream_url
-from .proxy import (
-    DEFAULT_MAX_SIZE,
-    DEFAULT_SEND_TIMEOUT,
+from .frontdoor import (
     MAX_RECORDED_CREDENTIALS,
-    MAX_REQUEST_HEAD,
-    LiveChats,
-    LiveConnection,
+    BadTarget,
+    FrontDoor,
+    accept_batch,
+    client_address,
     credentials_identity,
+    install_accept_errors,
+    limit_key,
+    open_file_limit,
+    upstream_url,
 )
+
+if TYPE_CHECKING:  # (proxy.py, whose LiveChats this side feeds, dispatches to it: no import back at run time)
+    from .proxy import LiveChats, LiveConnection
 
 log = logging.getLogger("chatprobe.proxy")
 
+# The most bytes of request line and headers a request may carry, as the WebSocket side's upgrade (proxy.py:
+# MAX_REQUEST_HEAD; nginx's default large_client_header_buffers, 4 x 8 KiB, is 32 KiB). Past it, 431.
+MAX_REQUEST_HEAD = 64 * 1024
+# The defaults of --max-size and --send-timeout (proxy.py's; main passes the flags).
+DEFAULT_MAX_SIZE = 4 * 1024 * 1024
+DEFAULT_SEND_TIMEOUT = 30.0
 # A client's request (head and body) must come whole within this long of its first byte: a client that drips it (a
 # slow-loris) is answered 408 and closed, counted as a bad request.
 REQUEST_TIMEOUT = 10.0
@@ -138,7 +149,8 @@ class SSEProxy:
 
     def __init__(self, upstream: str, live: LiveChats, connect_timeout: float = 10.0,
                  send_timeout: float = DEFAULT_SEND_TIMEOUT, max_size: int = DEFAULT_MAX_SIZE,
-                 request_timeout: float = REQUEST_TIMEOUT, read_timeout: float | None = None) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT, read_timeout: float | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.upstream = upstream.rstrip("/")
         self.request_timeout = request_timeout
         self.live = live
@@ -153,7 +165,9 @@ class SSEProxy:
         self.stopping = False
         self.clients: dict[ClientSocket, asyncio.Task[Any]] = {}
         parts = urlsplit(self.upstream)
-        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        # An https:// upstream's certificate verified against the system's CAs (as the WebSocket side's wss://), or
+        # against `tls`'s.
+        self._tls = (tls or ssl.create_default_context()) if parts.scheme == "https" else None
 
     # -- the client's connection --
 
@@ -725,8 +739,6 @@ class SSEServer:
 
 async def start_sse_proxy(proxy: SSEProxy, host: str, port: int, door: FrontDoor | None = None) -> SSEServer:
     """Listen (port 0: any free port) for the HTTP side of the proxy."""
-    from .frontdoor import accept_batch, open_file_limit
-
     proxy.door = door or proxy.door or FrontDoor.defaults()
     proxy.door.init_metrics(proxy.live.sink)
     proxy.door.sink = proxy.live.sink

@@ -11,6 +11,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
+import trustme
 from prometheus_client import CollectorRegistry, generate_latest
 
 from agentsim.agui import AguiSim
@@ -205,6 +207,35 @@ async def test_answers_that_are_no_event_stream_are_relayed_unchanged_and_no_cha
         assert sample(metrics, "chatprobe_connections_total", result="auth_failed") == 1
         assert sample(metrics, "chatprobe_connections_total", result="ok") == 0
         assert sum(sample(metrics, "chatprobe_chats_total", outcome=o) for o in ("passed", "failed", "error")) == 0
+
+
+async def test_an_https_upstream_is_verified_and_one_with_an_unknown_ca_is_a_tls_error():
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+            await reader.readexactly(length)
+            await answer(sse(*RUN))(reader, writer, head, b"")
+        writer.transport.abort()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_tls)
+    up = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    try:
+        async with proxy_to(up, tls=trusting) as (url, metrics, _), httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(f"{url}/agent", content=BODY)
+            assert response.status_code == 200 and response.content == b"".join(sse(*RUN))
+            await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="passed") == 1)
+        async with proxy_to(up) as (url, metrics, _), httpx.AsyncClient(timeout=10) as client:
+            assert (await client.post(f"{url}/agent", content=BODY)).status_code == 502
+            assert sample(metrics, "chatprobe_connections_total", result="tls_error") == 1
+    finally:
+        server.close()
 
 
 # -- hostile upstreams --
