@@ -276,18 +276,27 @@ async def test_a_gzip_bomb_costs_the_proxy_no_more_than_its_limit():
         await until(lambda: sample(metrics, "chatprobe_rule_violations_total", rule="R12") == 1)
 
 
-async def test_an_upstream_that_never_answers_is_a_504_within_the_connect_timeout():
+async def test_an_upstream_that_never_answers_or_drips_its_head_is_a_504_within_the_connect_timeout():
     never = asyncio.Event()
 
-    async def handle(reader, writer, _head, _body):
+    async def handle(reader, writer, head, _body):
+        if b"/drip" in head:
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            for b in b"Content-Type: text/event-stream\r\n" * 100:
+                writer.write(bytes([b]))
+                await writer.drain()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05):  # wait-ok: the drip itself (a slow upstream)
+                        await never.wait()
         await never.wait()
 
     async with raw_upstream(handle) as (up, _), proxy_to(up, connect_timeout=0.5) as (url, metrics, _):
         async with httpx.AsyncClient(timeout=10) as client:
-            started = time.monotonic()
-            response = await client.post(f"{url}/agent", content=BODY)
-        assert response.status_code == 504 and time.monotonic() - started < 5
-        assert sample(metrics, "chatprobe_connections_total", result="timeout") == 1
+            for path in ("/agent", "/drip"):
+                started = time.monotonic()
+                response = await client.post(f"{url}{path}", content=BODY)
+                assert response.status_code == 504 and time.monotonic() - started < 5
+        assert sample(metrics, "chatprobe_connections_total", result="timeout") == 2
 
 
 async def test_an_upstream_that_goes_silent_mid_stream_is_cut_at_the_read_timeout_and_judged():
@@ -602,3 +611,18 @@ async def test_a_stream_in_flight_as_the_proxy_stops_is_counted_unjudged_and_cut
                                                  {**LABELS, "reason": "proxy_stopped"}) == 1
         assert sum(sample(metrics, "chatprobe_chats_total", outcome=o)
                    for o in ("passed", "failed", "incomplete", "error")) == 0
+
+
+async def test_a_client_that_stops_reading_is_cut_at_the_send_timeout_and_its_chat_abandoned():
+    flood = sse(RUN[0]) + [b": " + b"x" * 60000 + b"\n\n"] * 400  # ~24 MB, far more than the socket buffers hold
+
+    async with raw_upstream(answer(flood)) as (up, _), proxy_to(up, send_timeout=0.5) as (url, metrics, _):
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port), limit=1024)
+        writer.transport.pause_reading()  # reads nothing of its answer
+        writer.write(b"POST /agent HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+        try:
+            await until(lambda: sample(metrics, "chatprobe_chats_abandoned_total") == 1)
+            assert sample(metrics, "chatprobe_chats_in_flight") == 0
+        finally:
+            writer.transport.abort()
