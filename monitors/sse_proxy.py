@@ -53,6 +53,8 @@ DEFAULT_SEND_TIMEOUT = 30.0
 # A client's request (head and body) must come whole within this long of its first byte: a client that drips it (a
 # slow-loris) is answered 408 and closed, counted as a bad request.
 REQUEST_TIMEOUT = 10.0
+# How long an answer of the proxy's own (a 4xx, 502, 503, 504) may take to leave before the connection is dropped.
+CLOSE_TIMEOUT = 2.0
 # A kept-alive client connection with no request begun is closed after this long (nginx's keepalive_timeout is 75s).
 KEEPALIVE_TIMEOUT = 60.0
 # The most bytes of status line and headers an upstream's answer may carry (as a client's request: MAX_REQUEST_HEAD).
@@ -89,10 +91,6 @@ class _Refused(Exception):
         self.status = status
         self.why = why
         self.counted = counted  # a bad_request refusal (chatprobe_proxy_refused_connections_total)
-
-
-class _Gone(Exception):
-    """The client closed its connection (or sent nothing more before its deadline with nothing begun)."""
 
 
 class _Socket:
@@ -195,7 +193,8 @@ class SSEProxy:
                 except _Refused as refused:
                     if refused.counted:
                         self.refuse(self._peer(writer), refused.status)
-                    await self._send_and_close(writer, _answer(refused.status, refused.why + "\n"))
+                    await self._send_and_close(writer, _answer(refused.status, refused.why + "\n")
+                                               if refused.why else None)
                     return
                 finally:
                     door.handshake_ended(client, key)
@@ -216,13 +215,12 @@ class SSEProxy:
                 except _Refused as refused:
                     if refused.counted:
                         self.refuse(self._peer(writer), refused.status)
-                    await self._send_and_close(writer, _answer(refused.status, refused.why + "\n"))
+                    await self._send_and_close(writer, _answer(refused.status, refused.why + "\n")
+                                               if refused.why else None)
                     return
                 if h.our_state is not h11.DONE or h.their_state is not h11.DONE or pending is None:
                     return
                 h.start_next_cycle()
-        except _Gone:
-            pass
         except (OSError, h11.ProtocolError, TimeoutError):
             pass  # the client's socket failed or broke HTTP mid-answer: nothing more to tell it
         finally:
@@ -256,10 +254,13 @@ class SSEProxy:
         peer = writer.get_extra_info("peername")
         return peer[0] if isinstance(peer, tuple) and peer else None
 
-    async def _send_and_close(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+    async def _send_and_close(self, writer: asyncio.StreamWriter, data: bytes | None) -> None:
+        """`data` (None: nothing) to the client, then its connection closed; at most CLOSE_TIMEOUT for a client that
+        reads nothing."""
         with contextlib.suppress(Exception):
-            writer.write(data)
-            async with asyncio.timeout(2.0):
+            if data is not None:
+                writer.write(data)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
                 await writer.drain()
         if writer.transport.is_closing():
             writer.transport.abort()
@@ -290,9 +291,9 @@ class SSEProxy:
                             raise _Refused(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "the request's head is over "
                                            f"{MAX_REQUEST_HEAD // 1024} KiB") from None
                         if h.their_state is h11.ERROR and reader.at_eof():
-                            # cut short by the client's own end: no one reads an answer (counted, as the WebSocket
-                            # side counts a request cut short)
-                            raise _Refused(HTTPStatus.BAD_REQUEST, "", counted=True) from None
+                            # cut short by the client's own end: counted, as the WebSocket side counts a request
+                            # cut short, and closed unanswered (no one reads an answer)
+                            raise _Refused(HTTPStatus.BAD_REQUEST, "") from None
                         raise _Refused(HTTPStatus.BAD_REQUEST, "no HTTP/1.1 request the proxy passes on") from None
                     if event is h11.NEED_DATA:
                         if h.they_are_waiting_for_100_continue:  # the body comes once told to (Expect: 100-continue)
@@ -458,8 +459,9 @@ class _Exchange:
         except UnicodeDecodeError:
             text = ""  # no chat's request: relayed, not followed
         chat = bool(text) and live.profile.decode_client(text).kind in ("request", "resume")
-        headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in head.headers.raw_items()}
-        secrets = credentials_of(headers.items(), (), target) if chat else ()
+        pairs = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers.raw_items()]
+        secrets = credentials_of(pairs, (), target) if chat else ()  # (every header: one sent twice, both values)
+        headers = dict(pairs)  # for the identity: Authorization and Cookie, each refused when sent twice
         held: tuple[tuple[str, int], ...] = ()
         seen = redact.seen_credentials()
         if chat and live.recorder is not None and sum(len(s) for s in secrets) <= MAX_RECORDED_CREDENTIALS:
@@ -506,10 +508,8 @@ class _Exchange:
         except asyncio.CancelledError:
             self._close_upstream()
             raise
-        except BaseException as exc:
+        except Exception as exc:
             self._close_upstream()
-            if not isinstance(exc, Exception):
-                raise
             kind, _why = classify_http(exc)
             if chat:
                 live.sink.connection_attempt(live.scenario, kind)
