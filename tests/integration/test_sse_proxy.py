@@ -626,3 +626,18 @@ async def test_a_client_that_stops_reading_is_cut_at_the_send_timeout_and_its_ch
             assert sample(metrics, "chatprobe_chats_in_flight") == 0
         finally:
             writer.transport.abort()
+
+
+async def test_both_values_of_a_credential_header_sent_twice_are_kept_out_of_the_recording(tmp_path):
+    first, second = "key-" + secrets.token_hex(12), "key-" + secrets.token_hex(12)
+    echo = [RUN[0], {"type": "RUN_ERROR", "message": f"keys {first} and {second}"}]
+    record = tmp_path / "rec"
+    async with raw_upstream(answer(sse(*echo))) as (up, _), proxy_to(up, record=record) as (url, metrics, _):
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(f"{url}/agent", content=BODY,
+                                         headers=[("X-Api-Key", first), ("X-Api-Key", second)])
+        assert first.encode() in response.content and second.encode() in response.content
+        await until(lambda: sum(sample(metrics, "chatprobe_chats_total", outcome=o)
+                                for o in ("passed", "failed", "incomplete", "error")) == 1)
+    data = b"".join(f.read_bytes() for f in record.rglob("*.jsonl"))
+    assert b"RUN_ERROR" in data and first.encode() not in data and second.encode() not in data
