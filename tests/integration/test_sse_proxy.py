@@ -375,7 +375,7 @@ async def test_a_flood_of_tiny_chunks_does_not_starve_another_client():
                     quick = await other.get(f"{url}/other")
                     took = time.monotonic() - started
                 assert quick.status_code == 200 and quick.content == b"{}"
-                assert took < 2.0, f"another client waited {took:.2f}s behind the flood"
+                assert took < 1.0, f"another client waited {took:.2f}s behind the flood"
             finally:
                 left.set()  # the flood's reader leaves mid-run (the upstream floods on)
                 await asyncio.to_thread(reader.join, 10)
