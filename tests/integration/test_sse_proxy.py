@@ -641,3 +641,55 @@ async def test_both_values_of_a_credential_header_sent_twice_are_kept_out_of_the
                                 for o in ("passed", "failed", "incomplete", "error")) == 1)
     data = b"".join(f.read_bytes() for f in record.rglob("*.jsonl"))
     assert b"RUN_ERROR" in data and first.encode() not in data and second.encode() not in data
+
+
+async def test_requests_pipelined_on_one_kept_alive_connection_are_each_forwarded_and_answered_in_order():
+    async def handle(reader, writer, head, body):
+        path = head.split(b" ", 2)[1]
+        if path == b"/agent":
+            await answer(sse(*RUN))(reader, writer, head, body)
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+            await writer.drain()
+
+    async with raw_upstream(handle) as (up, heads), proxy_to(up) as (url, metrics, _):
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"POST /agent HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+                     + b"GET /three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        async with asyncio.timeout(10):
+            got = await reader.read()
+        writer.close()
+        assert got.count(b"HTTP/1.1 200 ") == 3
+        assert got.index(b"/one") < got.index(b"RUN_FINISHED") < got.index(b"/three")
+        assert [h.split(b" ", 2)[1] for h in heads] == [b"/one", b"/agent", b"/three"]
+        await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="passed") == 1)
+
+
+async def test_a_request_sent_while_the_previous_answer_streams_is_kept_and_answered_after_it():
+    go = asyncio.Event()
+
+    async def handle(reader, writer, head, body):
+        if head.startswith(b"POST"):
+            await answer(sse(*RUN[:1]), end=False)(reader, writer, head, body)
+            await go.wait()
+            writer.write(chunked(sse(*RUN[1:])))
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n/two")
+        await writer.drain()
+
+    async with raw_upstream(handle) as (up, heads), proxy_to(up) as (url, metrics, _):
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /agent HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+        async with asyncio.timeout(10):
+            first = await reader.readuntil(b"RUN_STARTED")
+            writer.write(b"GET /two HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            go.set()  # the rest of the first answer, after the second request came
+            got = first + await reader.read()
+        writer.close()
+        assert got.count(b"HTTP/1.1 200 ") == 2 and got.index(b"RUN_FINISHED") < got.index(b"/two")
+        assert [h.split(b" ", 2)[1] for h in heads] == [b"/agent", b"/two"]
+        await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="passed") == 1)
