@@ -193,7 +193,7 @@ class SSEProxy:
                 except _Refused as refused:
                     if refused.counted:
                         self.refuse(self._peer(writer), refused.status)
-                    await self._send_and_close(writer, _answer(refused.status, refused.why + "\n")
+                    await self._send_and_close(reader, writer, _answer(refused.status, refused.why + "\n")
                                                if refused.why else None)
                     return
                 finally:
@@ -206,7 +206,7 @@ class SSEProxy:
                                                    request.head.headers if n == b"x-forwarded-for"], door.trusted))
                     client.key = who
                     if door.admit(client, who, self.live.sink) is not None:
-                        await self._send_and_close(writer, _answer(HTTPStatus.SERVICE_UNAVAILABLE, "too many "
+                        await self._send_and_close(reader, writer, _answer(HTTPStatus.SERVICE_UNAVAILABLE, "too many "
                                                    "connections, try again later\n", "Retry-After: 5\r\n"))
                         return
                     admitted = True
@@ -215,7 +215,7 @@ class SSEProxy:
                 except _Refused as refused:
                     if refused.counted:
                         self.refuse(self._peer(writer), refused.status)
-                    await self._send_and_close(writer, _answer(refused.status, refused.why + "\n")
+                    await self._send_and_close(reader, writer, _answer(refused.status, refused.why + "\n")
                                                if refused.why else None)
                     return
                 if h.our_state is not h11.DONE or h.their_state is not h11.DONE or pending is None:
@@ -254,14 +254,21 @@ class SSEProxy:
         peer = writer.get_extra_info("peername")
         return peer[0] if isinstance(peer, tuple) and peer else None
 
-    async def _send_and_close(self, writer: asyncio.StreamWriter, data: bytes | None) -> None:
-        """`data` (None: nothing) to the client, then its connection closed; at most CLOSE_TIMEOUT for a client that
-        reads nothing."""
+    async def _send_and_close(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                              data: bytes | None) -> None:
+        """`data` (None: nothing) to the client, then its connection closed, lingering (as nginx's lingering_close):
+        what the client still sends is read and dropped until it closes too, for at most CLOSE_TIMEOUT in all. Closed
+        at once, a socket with unread bytes is reset, and the reset may destroy the answer before the client read it
+        (a client still sending a body, or dripping its request, never saw its 413 or 408)."""
         with contextlib.suppress(Exception):
-            if data is not None:
-                writer.write(data)
             async with asyncio.timeout(CLOSE_TIMEOUT):
+                if data is not None:
+                    writer.write(data)
                 await writer.drain()
+                if writer.can_write_eof():
+                    writer.write_eof()
+                while await reader.read(READ_CHUNK):
+                    pass
         if writer.transport.is_closing():
             writer.transport.abort()
         else:
