@@ -51,6 +51,7 @@ from harness.redact import credentials_of
 from harness.scenario import SCENARIO_NAME_PATTERN, Expect, expectations_for
 from harness.sinks import PARKING_FULL, PROXY_STOPPED
 from harness.targets import check_label, check_url, target_label
+from harness.transports.base import FRAMES_PER_TURN
 from harness.transports.websocket import BoundedClientConnection, NoRedirects, classify, failed_for
 from harness.yamlfile import ConfigError
 
@@ -151,6 +152,13 @@ WRITE_LIMIT = 64 * 1024
 # most 2 x MAX_OPEN_CHATS chats (the open ones and the judged ones it remembers for late events): an upstream that
 # sent a client's chats thousands of events with kilobyte ids made the proxy keep ~4 MiB each, ~512 MiB a connection.
 LIVE_KEPT_BYTES = 16 * 1024
+# A relay (either direction of a connection) lets the event loop's others run once per FRAMES_PER_TURN frames or this
+# many bytes it forwarded, as the harness's clients do (base.FRAMES_PER_TURN, the Locust user's YIELD_BYTES): websockets
+# hands over the frames it has read without a yield, and a peer sending faster than the proxy forwards (a read of
+# 256 KiB holds 131,072 empty frames, each decoded and judged) never makes a relay wait. One such peer held every other
+# user's relay, the chats' deadlines and SIGTERM for seconds (an echo through another connection took 9 s, a SIGTERM
+# 19 s). A chat's stream of a few frames a read never yields for it.
+BYTES_PER_TURN = 64 * 1024
 
 
 class LiveTracker(ChatTracker):
@@ -948,8 +956,14 @@ class Proxy:
         # judged lost; a server that dropped while the client sent was the user abandoning the chat.)
         async def client_to_upstream() -> None:
             side = "client"
+            handed = size = 0  # frames and bytes forwarded since this relay last let the others run
             try:
                 async for message in client:
+                    handed += 1
+                    size += len(message)
+                    if handed > FRAMES_PER_TURN or size > BYTES_PER_TURN:
+                        await asyncio.sleep(0)
+                        handed, size = 1, len(message)
                     conn.client_frame(message, self.clock())
                     try:
                         async with asyncio.timeout(self.send_timeout):
@@ -970,8 +984,14 @@ class Proxy:
 
         async def upstream_to_client() -> None:
             side = "server"
+            handed = size = 0  # frames and bytes forwarded since this relay last let the others run
             try:
                 async for message in upstream:
+                    handed += 1
+                    size += len(message)
+                    if handed > FRAMES_PER_TURN or size > BYTES_PER_TURN:
+                        await asyncio.sleep(0)
+                        handed, size = 1, len(message)
                     try:
                         async with asyncio.timeout(self.send_timeout):
                             await client.send(message)

@@ -1,0 +1,124 @@
+"""`chatprobe proxy` under a peer that floods tiny frames, over real sockets on 127.0.0.1 against the real proxy process:
+the other users' relays and SIGTERM still get their turn. Every wait has a deadline."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.integration.hostile_ws import frame, read_frame, read_until_gone, upgrade
+
+from .procs import proxy_process
+
+FLOOD_FOR = 30.0  # seconds a flooding peer goes on at most (longer than any bound below)
+PROBE_FOR = 3.0  # seconds the other user's echoes are timed while the flood goes on
+EMPTY = frame(1, b"")  # an empty text frame from the server: 2 bytes, each decoded and judged (an R12)
+MASKED_EMPTY = b"\x81\x80\x00\x00\x00\x00"  # an empty text frame from a client (masked with a zero key): 6 bytes
+
+
+async def flood(writer: asyncio.StreamWriter, unit: bytes) -> None:
+    """`unit` back to back for FLOOD_FOR seconds, as a peer streaming at line rate: the socket always has bytes."""
+    batch = unit * (65536 // len(unit))
+    loop = asyncio.get_running_loop()
+    until = loop.time() + FLOOD_FOR
+    while loop.time() < until:
+        writer.write(batch)
+        await writer.drain()  # raises once the other side dropped the connection
+
+
+class Upstream:
+    """A raw upstream: `/flood` floods empty frames (when `floods`) or reads all it is sent; anything else echoes."""
+
+    def __init__(self, floods: bool) -> None:
+        self.floods = floods
+        self.tasks: set[asyncio.Task] = set()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.tasks.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            writer.write(upgrade(head))
+            if b" /flood " in head.split(b"\r\n", 1)[0]:
+                if self.floods:
+                    reading = asyncio.ensure_future(read_until_gone(reader))
+                    try:
+                        await flood(writer, EMPTY)
+                    finally:
+                        reading.cancel()
+                else:
+                    await read_until_gone(reader)
+                return
+            while True:
+                opcode, data = await read_frame(reader)
+                if opcode == 8:
+                    return
+                writer.write(frame(opcode, data))
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.transport.abort()
+
+
+async def raw_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16))
+    writer.write(b"GET /flood HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+@pytest.mark.parametrize("side", ["upstream", "client"])
+async def test_a_peer_flooding_tiny_frames_does_not_starve_other_users_or_sigterm(tmp_path, side):
+    """A hostile upstream (or client) sends empty text frames back to back on one connection, the other side of it
+    reading all at once. Another user's echoes through the proxy still come back within a second or two, and SIGTERM
+    ends the proxy within its shutdown grace. FAILED on the code before: each relay forwarded (and judged) every frame
+    websockets had read before the event loop's next turn, 131,072 empty frames a read: the other user's echo took
+    9 s, and the SIGTERM 19 s (until the flood ended). Now a relay lets the others run every FRAMES_PER_TURN frames or
+    BYTES_PER_TURN bytes, as the harness's clients do."""
+    upstream = Upstream(floods=side == "upstream")
+    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
+    up_port = server.sockets[0].getsockname()[1]
+    pumping: list[asyncio.Future] = []
+    try:
+        async with proxy_process(f"ws://127.0.0.1:{up_port}", tmp_path, stop=False) as proxy:
+            echo = await connect(f"ws://127.0.0.1:{proxy.port}/echo", open_timeout=10, ping_interval=None,
+                                 close_timeout=1)
+            reader, writer = await raw_client(proxy.port)
+            if side == "upstream":
+                pumping.append(asyncio.ensure_future(read_until_gone(reader)))
+            else:
+                pumping.append(asyncio.ensure_future(flood(writer, MASKED_EMPTY)))
+            loop = asyncio.get_running_loop()
+            worst, start = 0.0, loop.time()
+            async with asyncio.timeout(FLOOD_FOR):
+                while loop.time() - start < PROBE_FOR:
+                    sent = loop.time()
+                    await echo.send("ping")
+                    assert await echo.recv() == "ping"
+                    worst = max(worst, loop.time() - sent)
+            assert worst < 1.5, worst
+            stopping = loop.time()
+            proxy.proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(FLOOD_FOR):
+                assert await proxy.proc.wait() == 0, proxy.err.read_text()
+            # Its shutdown grace (5 s for the closing handshakes, then the rest cut), with room for a loaded machine.
+            assert loop.time() - stopping < 12, loop.time() - stopping
+            assert "Traceback" not in proxy.err.read_text()
+            echo.transport.abort()
+            writer.transport.abort()
+    finally:
+        for task in pumping:
+            task.cancel()
+        await asyncio.gather(*pumping, return_exceptions=True)
+        server.close()
+        for task in upstream.tasks:
+            task.cancel()
+        await asyncio.wait_for(asyncio.gather(*upstream.tasks, return_exceptions=True), 10)
