@@ -259,8 +259,12 @@ class LiveChats:
         # Chats resumed whose resume is judged with them (or when lost again): `resumed` when events came back, `lost`
         # otherwise or at once on RESUME_UNKNOWN_RUN, as the live client and `chatprobe check` judge it.
         self.pending = PendingResumes()
-        # The proxy is stopping (begin_stop): no resume or resend can reach it any more, and every chat it has not
-        # judged is counted unjudged (proxy_stopped) as its connection closes; how many, for the line it logs.
+        # The proxy drains (begin_stop: SIGTERM; it accepts no connection any more, so no resume or resend can reach
+        # it): the chats on open connections run on, to their end or the drain's, and a chat the server cuts
+        # meanwhile is counted unjudged (proxy_stopped), as one kept for a resume is. Then it is stopping (cut): it
+        # closes the connections left, and every chat it has not judged is counted unjudged (proxy_stopped) as its
+        # connection closes; how many, for the line it logs.
+        self.draining = False
         self.stopping = False
         self.stopped_unjudged = 0
         # What --record names a connection: "live-" and a pseudonym of its identity, keyed by this process's own
@@ -418,7 +422,7 @@ class LiveChats:
         its resume was answered RESUME_UNKNOWN_RUN, PendingResumes.send_again), or sent again once already."""
         resumable = not resumed and chat.run_id is not None and (self.profile.resume is not None or not clean)
         message = resend_key(chat.message_id, chat.run_id)
-        if not message or resumable or chat.chat_id in self.resent or self.stopping:  # stopping: none can come
+        if not message or resumable or chat.chat_id in self.resent or self.draining:  # draining: none can come
             return ""
         if len(self.resends) >= MAX_RESENDS:
             return PARKING_FULL
@@ -466,15 +470,16 @@ class LiveChats:
         self.finished(chat.finish(at, lost=True, note=CLOSED_NOTE))
 
     def begin_stop(self) -> None:
-        """The proxy begins to stop (SIGTERM: a deploy, a restart), before it closes its listener and connections: no
-        resume or resend can reach it any more. The chats parked for a resume or held for a resend are counted
-        unjudged (proxy_stopped) now, while /metrics is still served: nothing showed the server failed them, and a
-        user's resume after the restart goes to another process. From here on every chat not judged when its
-        connection closes is counted so too (LiveConnection.closed). With --record, a file of one close record
-        ("by": "proxy-stop") says when, so that `chatprobe check` counts them alike."""
-        if self.stopping:
+        """The proxy begins to stop (SIGTERM: a deploy, a restart) and drains: it closes its listener, so no resume or
+        resend can reach it any more. The chats parked for a resume or held for a resend are counted unjudged
+        (proxy_stopped) now, while /metrics is still served: nothing showed the server failed them, and a user's
+        resume after the restart goes to another process. From here on a chat the server cuts is counted so too, and
+        once the drain is over (cut) every chat not judged when its connection closes (LiveConnection.closed). With
+        --record, a file of one close record ("by": "proxy-stop") says when, so that `chatprobe check` counts them
+        alike."""
+        if self.draining:
             return
-        self.stopping = True
+        self.draining = True
         kept = self.parked.drain()
         self._time_parked()
         while self.resends:
@@ -491,10 +496,16 @@ class LiveChats:
             log.close(time.monotonic(), by_client=STOP_LABEL)
             self.recorder.save(log, keep=True)
 
+    def cut(self) -> None:
+        """The drain is over (every chat ended, its deadline passed, or a second signal): the proxy closes the
+        connections left, and every chat still in flight on one is counted unjudged (proxy_stopped)."""
+        self.begin_stop()
+        self.stopping = True
+
     def stop(self) -> None:
         """The proxy has stopped (its connections closed): whatever it still kept for a resume or a resend is counted
         unjudged (begin_stop, when it was not called first), so the counts add up."""
-        self.begin_stop()
+        self.cut()
 
     def unjudged(self, chat: ChatTracker, reason: str) -> None:
         """A chat the proxy will not judge (`reason`: PROXY_STOPPED, PARKING_FULL): counted apart, never as an outcome,
@@ -696,16 +707,23 @@ class LiveConnection:
             self.resumes = Resumes()
         self.resumes.let_go(self.checker, chat)
 
-    def closed(self, now: float, *, by_client: bool, code: int | None = None) -> None:
+    def busy(self) -> bool:
+        """A chat open here still awaits its terminal event (read as the proxy drains, not per frame)."""
+        return any(not chat.judged and not chat.done for chat in self._by_id.values())
+
+    def closed(self, now: float, *, by_client: bool, code: int | None = None, drained: bool = False) -> None:
         """The connection ended (`code`: the server's close code, 1006 without one, when the server closed it). A chat
         the server cut before any event of its run is held for its user's resend (LiveChats.hold_for_resend); one
         whose run has an id is parked for its user's resume on a new connection (LiveChats.park); either way the
         recording is kept (`chatprobe check` follows the chat across both connections). One the proxy has no room to
         keep so is not judged (parking_full), and its send record is named on the close record; as the proxy stops
         (LiveChats.stopping), every chat still open here is not judged (proxy_stopped: the proxy closed it, neither
-        the user nor the server), one whose terminal event came excepted, and the close record says "proxy-stop"."""
+        the user nor the server), one whose terminal event came excepted, and the close record says "proxy-stop"; so
+        too as it drains, when the server closed it (no resume or resend can reach this process: a sidecar's server
+        stopping with it), or `drained`: the proxy closed it with no chat in flight (1001, going away)."""
         live = self.live
-        stopping = live.stopping
+        stopping = live.stopping or drained or live.draining and not by_client
+        by_client = by_client or drained  # a chat whose terminal event came in its settle window: no R13
         full: list[int] = []  # the send records of the chats the proxy had no room to keep (for `check`)
         if not by_client or stopping:
             for chat in list(self.checker.chats):
@@ -824,6 +842,11 @@ class Proxy:
         self.send_timeout = send_timeout
         self.max_size = max_size
         self.clock = time.monotonic
+        # The connections open now, each with the event that wakes its judge (drain wakes them all), and whether the
+        # proxy drains (SIGTERM: no connection accepted, each closed once no chat is in flight on it).
+        self.relays: dict[LiveConnection, asyncio.Event] = {}
+        self.draining = False
+        self._all_closed: asyncio.Event | None = None
 
     door: FrontDoor | None = None  # admission limits and keepalive; start_proxy sets it
 
@@ -1014,6 +1037,8 @@ class Proxy:
 
         async def judge() -> None:
             while True:
+                if self.draining and not conn.busy():
+                    return  # drained: no chat in flight any more (a chat in its settle window is judged as it closes)
                 wake = conn.next_due()
                 changed.clear()
                 timeout = None if wake is None else max(0.0, wake - self.clock())
@@ -1026,9 +1051,15 @@ class Proxy:
 
         tasks = [asyncio.ensure_future(client_to_upstream()), asyncio.ensure_future(upstream_to_client())]
         judge_task = asyncio.ensure_future(judge())
+        self.relays[conn] = changed
+        drained = False
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([*tasks, judge_task], return_when=asyncio.FIRST_COMPLETED)
+            drained = judge_task.done() and not closed_by
         finally:
+            del self.relays[conn]
+            if not self.relays and self._all_closed is not None:
+                self._all_closed.set()
             for t in tasks:
                 t.cancel()
             judge_task.cancel()
@@ -1036,6 +1067,8 @@ class Proxy:
             # Give an upstream close to the client and vice versa (same code and reason), within a bound; a peer
             # that does not answer the close in time (it stopped reading) has its connection dropped.
             to_client, to_upstream = _close_of(upstream), _close_of(client)
+            if drained:  # both told the proxy is going away: the client reconnects to another one
+                to_client = to_upstream = 1001, DRAINED_REASON
             # A side the proxy failed for what it sent (a frame over --max-size, text that is not UTF-8, bad framing)
             # got 1009, 1007 or 1002; the other side is told why it ends, not that code (it sent nothing wrong): the
             # client that the upstream misbehaved (1014, bad gateway; a clean 1000 told it all was well), the
@@ -1060,11 +1093,34 @@ class Proxy:
                 await asyncio.gather(_close_within(client, *to_client), _close_within(upstream, *to_upstream))
             if not attempt:
                 code = _close_of(upstream)[0]
-                record("auth_failed" if code == 1008 else "ok" if closed_by[:1] == ["client"] else "protocol_error")
+                record("auth_failed" if code == 1008 else "ok" if drained or closed_by[:1] == ["client"]
+                       else "protocol_error")
             by_client = bool(closed_by) and closed_by[0] == "client"
             rcvd = getattr(getattr(upstream, "protocol", None), "close_rcvd", None)
-            conn.closed(self.clock(), by_client=by_client,
-                        code=None if by_client else rcvd.code if rcvd is not None else 1006)
+            conn.closed(self.clock(), by_client=by_client, drained=drained,
+                        code=None if by_client or drained else rcvd.code if rcvd is not None else 1006)
+
+    async def drain(self, server: Any, timeout: float, interrupted: asyncio.Event | None = None) -> int:
+        """SIGTERM's first step: stop accepting connections (the listener closed; a handshake under way is answered
+        503), close each open connection once no chat is in flight on it (1001, going away: the client reconnects to
+        another replica), and wait for the rest for at most `timeout` seconds, or until `interrupted` is set (a second
+        signal). Returns how many connections are still open (stop_proxy closes them)."""
+        self.draining = True
+        server.server.close()  # the asyncio listener only: the open connections go on
+        self._all_closed = asyncio.Event()
+        for changed in self.relays.values():
+            changed.set()
+        if self.relays and timeout > 0:
+            waits = [asyncio.ensure_future(self._all_closed.wait())]
+            if interrupted is not None:
+                waits.append(asyncio.ensure_future(interrupted.wait()))
+            try:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+        return len(self.relays)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1096,6 +1152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--send-timeout", default=f"{DEFAULT_SEND_TIMEOUT:g}s", metavar="DURATION",
                    help="a peer that takes no frame for this long has its connection closed "
                         f"(default {DEFAULT_SEND_TIMEOUT:g}s)")
+    p.add_argument("--drain-timeout", default=f"{DEFAULT_DRAIN_TIMEOUT:g}s", metavar="DURATION",
+                   help="on SIGTERM, accept no connection and let the chats in flight end for at most this long before "
+                        "closing the connections left with 1001 (0: at once; default "
+                        f"{DEFAULT_DRAIN_TIMEOUT:g}s, under Kubernetes' 30s grace period)")
     p.add_argument("--max-size", default="4MiB", metavar="SIZE",
                    help="the largest frame taken from a client or from the upstream, e.g. 1048576, 512KiB, 4MiB; "
                         "a bigger one closes that connection with 1009 (default 4MiB). With an http(s):// upstream: "
@@ -1125,6 +1185,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# A drain beyond this is a typo (an orchestrator's grace period is seconds to minutes).
+MAX_DRAIN_SECONDS = 3600.0
 # Keepalive settings beyond this are typos (and asyncio timers overflow long before infinity).
 MAX_PING_SECONDS = 3600.0
 # ... and below this (`--ping-interval 20ms` for 20s): a ping to every client and to the upstream for each of them that
@@ -1210,7 +1272,12 @@ async def start_proxy(proxy: Proxy, host: str, port: int, door: FrontDoor | None
                        backlog=accept_batch(open_file_limit()))
 
 
-# On SIGTERM, connections get 1001 and this long to finish closing; then they are cut. (websockets' close() waits
+# On SIGTERM the proxy drains first: it accepts no connection, closes each open one once no chat is in flight on it
+# (1001, going away), and waits for the rest this long at most (--drain-timeout). Kubernetes sends SIGKILL 30 s after
+# SIGTERM by default (terminationGracePeriodSeconds): this, plus SHUTDOWN_GRACE twice at worst, stays under it.
+DEFAULT_DRAIN_TIMEOUT = 15.0
+DRAINED_REASON = "the proxy is going away"
+# Then connections get 1001 and this long to finish closing; then they are cut. (websockets' close() waits
 # for its write buffer to drain before its close timeout starts, so a peer that reads nothing would hold the
 # shutdown for good, past any orchestrator's grace period.)
 SHUTDOWN_GRACE = 5.0
@@ -1260,13 +1327,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--upstream {args.upstream[:120]!r}: that is the proxy's own --listen address; give "
                               "the real server's")
         limits = {}
-        for flag in ("settle", "send_timeout"):
+        for flag in ("settle", "send_timeout", "drain_timeout"):
             try:
                 limits[flag] = parse_duration(getattr(args, flag))
             except ValueError as exc:
                 raise ConfigError(f"--{flag.replace('_', '-')}: {exc}") from None
         if limits["send_timeout"] <= 0:
             raise ConfigError("--send-timeout: must be more than 0")
+        if limits["drain_timeout"] > MAX_DRAIN_SECONDS:
+            raise ConfigError(f"--drain-timeout: at most {MAX_DRAIN_SECONDS:g}s")
         try:  # the limits as a scenario's `expect` takes them, as written (0 is refused there, and a bare first-event
             # limit of 10 or more, k6's milliseconds habit, as `expect.first_event_limit: 500` is)
             expect = Expect(streaming=args.streaming, first_event_limit=args.first_event_limit,
@@ -1330,6 +1399,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{door.max_connections} connections, {door.max_per_address} per client address)", flush=True)
         await stop.wait()
         live.begin_stop()  # the chats kept for a resume or a resend: unjudged, counted while /metrics is served
+        stop.clear()  # a second SIGTERM or Ctrl-C ends the drain at once
+        busy = len(proxy.relays)
+        if busy and limits["drain_timeout"] > 0:
+            log.info("draining: %d connection(s) open, each closed (1001) once no chat is in flight on it, the rest "
+                     "in %gs", busy, limits["drain_timeout"])
+        left = await proxy.drain(server, limits["drain_timeout"], stop)
+        if left and limits["drain_timeout"] > 0:
+            log.warning("stopping: %d connection(s) still had a chat in flight at the end of the drain (--drain-timeout "
+                        "%gs): closing them (1001)", left, limits["drain_timeout"])
+        live.cut()
         await stop_proxy(server, door)
         live.stop()
         if live.stopped_unjudged:

@@ -75,9 +75,11 @@ async def proxy_process(upstream: str, tmp_path: Path, *flags: str, metrics: boo
     at once still to send their request (frontdoor.handshake_budget), so that a test can make it run out of
     descriptors. `pool_bytes`: the bound of its pool
     of users' credentials (redact.MAX_SEEN_BYTES), so that a test fills it with a few connections. `stop`: at the end of the block
-    it is stopped with SIGTERM and must exit 0 within its shutdown grace (else the test stops it itself); killed if it
-    still runs."""
+    it is stopped with SIGTERM and must exit 0 within its drain (--drain-timeout 1s unless `flags` give one) and
+    shutdown grace (else the test stops it itself); killed if it still runs."""
     err_path = tmp_path / "proxy.stderr"
+    # A test stopping the proxy with chats in flight waits out its drain (15 s by default): a second unless it says.
+    drain = () if any(f.startswith("--drain-timeout") for f in flags) else ("--drain-timeout", "1s")
 
     def limit() -> None:
         if nofile is not None:
@@ -93,7 +95,7 @@ async def proxy_process(upstream: str, tmp_path: Path, *flags: str, metrics: boo
                     f"from monitors import frontdoor; frontdoor.handshake_budget = lambda nofile: {handshakes}; "
                     if handshakes else ""
                 ) + PROXY_MAIN, "--upstream", upstream,
-                "--listen", "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{metrics_port}", *flags,
+                "--listen", "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{metrics_port}", *drain, *flags,
                 stdout=asyncio.subprocess.PIPE, stderr=err, cwd=ROOT, preexec_fn=limit if nofile is not None else None)
         assert proc.stdout is not None
         try:

@@ -314,6 +314,8 @@ async def test_a_peer_that_stops_reading_does_not_hold_the_proxy(stuck):
     (["--upstream", "ws://127.0.0.1:1/ws", "--listen", "127.0.0.1:99999"], "--listen '127.0.0.1:99999'"),
     (["--upstream", "ws://127.0.0.1:1/ws", "--metrics-listen", "127.0.0.1:99999"], "--metrics-listen"),
     (["--upstream", "ws://127.0.0.1:1/ws", "--send-timeout", "0"], "--send-timeout"),
+    (["--upstream", "ws://127.0.0.1:1/ws", "--drain-timeout", "soon"], "--drain-timeout"),
+    (["--upstream", "ws://127.0.0.1:1/ws", "--drain-timeout", "2h"], "--drain-timeout: at most 3600s"),
     (["--upstream", "ws://127.0.0.1:1/ws", "--max-size", "lots"], "--max-size: bad size 'lots'"),
     (["--upstream", "ws://127.0.0.1:1/ws", "--max-size", "0"], "--max-size"),
 ])
