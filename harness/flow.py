@@ -1261,12 +1261,22 @@ class LeftRuns:
     oldest forgotten first), `max_all` in all (the longest kept first); a run forgotten so is one whose resume the
     watcher reads as it did before (R8 on the events it then gets). Pure: times come in as arguments."""
 
-    __slots__ = ("max_all", "max_each", "_by", "_n")
+    __slots__ = ("max_all", "max_each", "_by", "_n", "_runs")
 
     def __init__(self, max_all: int, max_each: int) -> None:
         self.max_all, self.max_each = max_all, max_each
         self._by: dict[str, dict[str, float]] = {}  # user -> run id -> until when a resume is taken, oldest first
         self._n = 0
+        self._runs: dict[str, int] = {}  # run id -> how many users hold it (holds: a lookup, not a scan)
+
+    def _forget(self, run_id: str) -> None:
+        """One user's entry of `run_id` gone (the caller removed it): its count in `_runs` with it."""
+        self._n -= 1
+        left = self._runs[run_id] - 1
+        if left:
+            self._runs[run_id] = left
+        else:
+            del self._runs[run_id]
 
     def __len__(self) -> int:
         return self._n
@@ -1277,24 +1287,27 @@ class LeftRuns:
         runs = self._by.pop(user, None) or {}  # put back last: the longest idle users are forgotten first
         if run_id in runs:
             del runs[run_id]
-            self._n -= 1
+            self._forget(run_id)
         for old, when in list(runs.items()):  # the user's expired ones, and past max_each its oldest
             if when >= now and len(runs) < self.max_each:
                 break
             del runs[old]
-            self._n -= 1
+            self._forget(old)
         while self._n >= self.max_all and self._by:
             first = next(iter(self._by))
             others = self._by[first]
-            del others[next(iter(others))]
-            self._n -= 1
+            oldest = next(iter(others))
+            del others[oldest]
+            self._forget(oldest)
             if not others:
                 del self._by[first]
         if self._n >= self.max_all and runs:
-            del runs[next(iter(runs))]
-            self._n -= 1
+            oldest = next(iter(runs))
+            del runs[oldest]
+            self._forget(oldest)
         runs[run_id] = until
         self._n += 1
+        self._runs[run_id] = self._runs.get(run_id, 0) + 1
         self._by[user] = runs
 
     def take(self, user: str, run_id: str | None, now: float) -> bool:
@@ -1303,14 +1316,15 @@ class LeftRuns:
         if not runs or run_id not in runs:
             return False
         until = runs.pop(run_id)
-        self._n -= 1
+        self._forget(run_id)
         if not runs:
             del self._by[user]
         return now <= until
 
     def holds(self, run_id: str) -> bool:
-        """Whether any user's left run is `run_id` (a scan of them all: for a rare question, not per frame)."""
-        return any(run_id in runs for runs in self._by.values())
+        """Whether any user's left run is `run_id` (a lookup: every user's were scanned, at each resume of a run the
+        process never saw in its first deadline, thousands of them after a deploy)."""
+        return run_id in self._runs
 
 
 class ParkedChats:
@@ -1325,7 +1339,7 @@ class ParkedChats:
     `chatprobe proxy` (LiveChats: the user is the connection's credentials). Pure: times come in as arguments, the
     chats to judge go out as return values; what is judged, and with which note, is the caller's."""
 
-    __slots__ = ("max_chats", "max_each", "max_bytes", "chats", "nbytes", "wake", "_each", "_weights")
+    __slots__ = ("max_chats", "max_each", "max_bytes", "chats", "nbytes", "wake", "_each", "_weights", "_runs")
 
     def __init__(self, max_chats: int, max_each: int, max_bytes: int) -> None:
         self.max_chats, self.max_each, self.max_bytes = max_chats, max_each, max_bytes
@@ -1334,6 +1348,7 @@ class ParkedChats:
         self._weights: dict[tuple[str, str], int] = {}  # what each held when it was parked
         self.wake = float("inf")  # no parked chat's deadline passes before this time
         self._each: dict[str, int] = {}  # chats parked, by user
+        self._runs: dict[str, int] = {}  # chats parked, by run id (holds: a lookup, not a scan)
 
     def park(self, user: str, chat: ChatTracker) -> tuple[bool, ChatTracker | None]:
         """Keep `chat` for a resume by `user`: (whether it is parked, an earlier chat of the same user and run id
@@ -1351,6 +1366,7 @@ class ParkedChats:
         self.chats[(user, run_id)] = chat
         self._weights[(user, run_id)] = held
         self._each[user] = self._each.get(user, 0) + 1
+        self._runs[run_id] = self._runs.get(run_id, 0) + 1
         self.nbytes += held
         self.wake = min(self.wake, chat.wait_deadline())
         return True, displaced
@@ -1394,6 +1410,7 @@ class ParkedChats:
         self.chats.clear()
         self._weights.clear()
         self._each.clear()
+        self._runs.clear()
         self.nbytes, self.wake = 0, float("inf")
         return out
 
@@ -1401,12 +1418,17 @@ class ParkedChats:
         chat = self.chats.pop(key, None)
         if chat is not None:
             self.nbytes -= self._weights.pop(key)
-            left = self._each[key[0]] - 1
-            if left:
-                self._each[key[0]] = left
-            else:
-                del self._each[key[0]]
+            for counts, name in ((self._each, key[0]), (self._runs, key[1])):
+                left = counts[name] - 1
+                if left:
+                    counts[name] = left
+                else:
+                    del counts[name]
         return chat
+
+    def holds(self, run_id: str) -> bool:
+        """Whether any user's parked chat is of `run_id`."""
+        return run_id in self._runs
 
     def __len__(self) -> int:
         return len(self.chats)

@@ -28,7 +28,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from harness import redact
-from harness.checker import ChatResult, ChatTracker, ConnectionChecker, Expectations
+from harness.checker import ChatIndex, ChatResult, ChatTracker, ConnectionChecker, Expectations
 from harness.durations import parse_duration, parse_size
 from harness.errors import MESSAGE_LIMIT, os_reason, unknown_flag_hint
 from harness.events import Outcome, Rule
@@ -168,6 +168,45 @@ class LiveTracker(ChatTracker):
     keep_bytes = LIVE_KEPT_BYTES
 
 
+class RunIndex(ChatIndex):
+    """A proxied connection's chats by run id (its ConnectionChecker.by_run), each run id it holds also counted in
+    the process's `seen` (LiveChats.runs) while the connection is open (until `detach`): LiveChats.saw_run asks there,
+    where it scanned every open connection's index, at each resume of a run the process never saw in its first
+    deadline, as thousands of users resume theirs after a deploy. A write costs a lookup more, once per run learnt."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self, seen: dict[str, int]) -> None:
+        super().__init__()
+        self._seen: dict[str, int] | None = seen
+
+    def __setitem__(self, key: str, chat: ChatTracker) -> None:
+        seen = self._seen
+        if seen is not None and key not in self:
+            seen[key] = seen.get(key, 0) + 1
+        super().__setitem__(key, chat)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        if self._seen is not None:
+            _uncount(self._seen, key)
+
+    def detach(self) -> None:
+        """The connection is closed: its runs no longer counted (the index itself may still be read)."""
+        seen, self._seen = self._seen, None
+        if seen is not None:
+            for key, _chat in self.items():
+                _uncount(seen, key)
+
+
+def _uncount(seen: dict[str, int], key: str) -> None:
+    left = seen[key] - 1
+    if left:
+        seen[key] = left
+    else:
+        del seen[key]
+
+
 class _Parser(argparse.ArgumentParser):
     given: list[str] = []
 
@@ -226,6 +265,7 @@ class LiveChats:
         # The connections open now, by identity, oldest first: where a resume looks for its run (a run is followed
         # across reconnects while the connection that carried it is open; its close judges what is left on it).
         self.open: dict[str, dict[LiveConnection, None]] = {}
+        self.runs: dict[str, int] = {}  # run id -> how many of the open connections index a chat by it (RunIndex)
         self._n = 0
         # --record's frames not written (a connection's file full), since the last line that said so: at most one
         # such warning a minute (WARN_EVERY), and the rest when the proxy stops.
@@ -356,10 +396,9 @@ class LiveChats:
         """Whether a chat of `run_id` is this process's, any user's: on a connection still open, parked, or left by
         its client. Another user's resume of such a run in the window of `inherited` is no chat of the process before
         this one: what the server sends it of the run is cross-talk (R8), as past the window. Read only in that
-        window, and only for a resume the user's own runs did not explain (at most every open connection, parked
-        chat and left run)."""
-        return (any(run_id in conn.checker.by_run for conns in self.open.values() for conn in conns)
-                or any(key[1] == run_id for key in self.parked.chats) or self.left.holds(run_id))
+        window, and only for a resume the user's own runs did not explain: three lookups (RunIndex, ParkedChats.holds,
+        LeftRuns.holds), where it scanned every open connection, parked chat and left run."""
+        return run_id in self.runs or self.parked.holds(run_id) or self.left.holds(run_id)
 
     def judged_run(self, identity: str, run_id: str) -> bool:
         """Whether a chat of `run_id` was judged on one of the user's latest MAX_RESUME_SEARCH connections still open
@@ -527,6 +566,9 @@ class LiveChats:
 
     def connection_closed(self, conn: "LiveConnection") -> None:
         """The proxy is done with a connection (its handler's last step); every chat on it is judged."""
+        by_run = conn.checker.by_run
+        if isinstance(by_run, RunIndex):
+            by_run.detach()
         conns = self.open.get(conn.identity)
         if conns is not None:
             conns.pop(conn, None)
@@ -557,6 +599,7 @@ class LiveConnection:
         self.identity = identity
         self.checker = ConnectionChecker(None, events_name_run=live.profile.events_name_run,
                                          further_runs=live.profile.further_runs)
+        self.checker.by_run = RunIndex(live.runs)  # its run ids counted in the process's (LiveChats.saw_run)
         self.router = FrameRouter(live.profile, self.checker, live.sink, live.scenario)
         self.chats = PassiveChats(self.checker, live.settle, live.pending)
         self._by_id: dict[str, ChatTracker] = {}  # the chats open on this connection, oldest first
