@@ -68,13 +68,13 @@ async def test_sigterm_drains_chats_in_flight_closes_idle_connections_and_cuts_t
             assert outcomes(judged)["passed"] == 1 and unjudged(judged)["proxy_stopped"] == 0, judged
             assert "agent_completed" not in await until_closed(long)
             assert long.close_code == 1001 and loop.time() - stopped_at >= DRAIN - 0.5, loop.time() - stopped_at
-            last = await poll(p, lambda s: unjudged(s)["proxy_stopped"] == 1)
             assert await p.proc.wait() == 0, p.err.read_text()
-    assert unjudged(last) == {"proxy_stopped": 1, "parking_full": 0}, unjudged(last)
-    assert {k: v for k, v in outcomes(last).items() if v} == {"passed": 1}, outcomes(last)
-    assert value(last, "chatprobe_chats_abandoned_total") == 0
+    assert {k: v for k, v in outcomes(judged).items() if v} == {"passed": 1}, outcomes(judged)
+    assert value(judged, "chatprobe_chats_abandoned_total") == 0
+    # The last counts may come after the last scrape (the process exits): it says them on stderr.
     err = p.err.read_text()
     assert "1 connection(s) still had a chat in flight at the end of the drain" in err, err
+    assert "stopping: 1 chat(s) it could not judge" in err, err
     assert "Traceback" not in err
     (run,) = check_files([rec], load_profile("netra"))
     assert [r.outcome.value for r in run.results] == ["passed"], [(r.outcome, r.note) for r in run.results]
