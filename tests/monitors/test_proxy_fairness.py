@@ -78,8 +78,8 @@ async def raw_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWri
 @pytest.mark.parametrize("side", ["upstream", "client"])
 async def test_a_peer_flooding_tiny_frames_does_not_starve_other_users_or_sigterm(tmp_path, side):
     """A hostile upstream (or client) sends empty text frames back to back on one connection, the other side of it
-    reading all at once. Another user's echoes through the proxy still come back within a second or two, and SIGTERM
-    ends the proxy within its shutdown grace. FAILED on the code before: each relay forwarded (and judged) every frame
+    reading all at once. Another user's echoes through the proxy still come back within a second or two, /metrics
+    answers, and SIGTERM ends the proxy within its shutdown grace. FAILED on the code before: each relay forwarded (and judged) every frame
     websockets had read before the event loop's next turn, 131,072 empty frames a read: the other user's echo took
     9 s, and the SIGTERM 19 s (until the flood ended). Now a relay lets the others run every FRAMES_PER_TURN frames or
     BYTES_PER_TURN bytes, as the harness's clients do."""
@@ -88,7 +88,7 @@ async def test_a_peer_flooding_tiny_frames_does_not_starve_other_users_or_sigter
     up_port = server.sockets[0].getsockname()[1]
     pumping: list[asyncio.Future] = []
     try:
-        async with proxy_process(f"ws://127.0.0.1:{up_port}", tmp_path, stop=False) as proxy:
+        async with proxy_process(f"ws://127.0.0.1:{up_port}", tmp_path, metrics=True, stop=False) as proxy:
             echo = await connect(f"ws://127.0.0.1:{proxy.port}/echo", open_timeout=10, ping_interval=None,
                                  close_timeout=1)
             reader, writer = await raw_client(proxy.port)
@@ -105,6 +105,9 @@ async def test_a_peer_flooding_tiny_frames_does_not_starve_other_users_or_sigter
                     assert await echo.recv() == "ping"
                     worst = max(worst, loop.time() - sent)
             assert worst < 1.5, worst
+            scraped = loop.time()
+            assert await proxy.scrape() is not None  # /metrics answers too (its own threads)
+            assert loop.time() - scraped < 2.5, loop.time() - scraped
             stopping = loop.time()
             proxy.proc.send_signal(signal.SIGTERM)
             async with asyncio.timeout(FLOOD_FOR):
