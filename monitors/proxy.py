@@ -159,6 +159,12 @@ LIVE_KEPT_BYTES = 16 * 1024
 # user's relay, the chats' deadlines and SIGTERM for seconds (an echo through another connection took 9 s, a SIGTERM
 # 19 s). A chat's stream of a few frames a read never yields for it.
 BYTES_PER_TURN = 64 * 1024
+# ... but websockets parses every frame of a read at once, before any relay has a turn, and queues them all: asyncio
+# reads up to 256 KiB of a socket at a time, 131,072 empty frames (43,690 masked ones from a client), a few tenths of
+# a second of parsing and ~20 MiB of frame objects held until forwarded, whatever --max-size says (a slow-reading
+# client made that last). The proxy reads each peer this many bytes at a time, as picows' READ_CAP reads for the
+# harness: a large frame takes a few more reads.
+READ_CAP = 16 * 1024
 
 
 class LiveTracker(ChatTracker):
@@ -838,6 +844,33 @@ class LiveConnection:
         self.live.finished(result, abandoned=abandoned)
 
 
+def cap_reads(transport: Any) -> None:
+    """Read at most READ_CAP bytes of a socket at a time (asyncio's plain socket transport takes its class's 256 KiB
+    per read from `max_size`). A transport of another kind (TLS to a wss:// upstream) is left as it is."""
+    if isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = READ_CAP
+
+
+class UpstreamConnection(BoundedClientConnection):
+    """The proxy's connection to --upstream, read READ_CAP bytes at a time from its first byte (the upgrade answer
+    and the frames that come with it)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cap_reads(transport)
+        super().connection_made(transport)
+
+
+def _capped(base: type[ServerConnection]) -> type[ServerConnection]:
+    """`base` (the front door's connection class), its clients read READ_CAP bytes at a time from their first byte."""
+
+    class ClientConnection(base):  # type: ignore[valid-type, misc]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            cap_reads(transport)
+            super().connection_made(transport)
+
+    return ClientConnection
+
+
 def _close_of(ws: Any) -> tuple[int, str]:
     """The close code and reason `ws`'s peer sent, when one may be sent on (else 1000, "")."""
     rcvd = getattr(getattr(ws, "protocol", None), "close_rcvd", None)
@@ -967,7 +1000,7 @@ class Proxy:
                                              ping_interval=door.ping_interval, ping_timeout=door.ping_timeout,
                                              close_timeout=CLOSE_TIMEOUT, compression=None, proxy=None,
                                              max_size=self.max_size, max_queue=MAX_QUEUE, write_limit=WRITE_LIMIT,
-                                             user_agent_header=None, create_connection=BoundedClientConnection)
+                                             user_agent_header=None, create_connection=UpstreamConnection)
         except InvalidStatus as exc:
             status = exc.response.status_code
             self.live.sink.connection_attempt(self.live.scenario, classify(exc)[0])
@@ -1311,7 +1344,7 @@ async def start_proxy(proxy: Proxy, host: str, port: int, door: FrontDoor | None
                        select_subprotocol=proxy.select_subprotocol, compression=None, max_size=proxy.max_size,
                        max_queue=MAX_QUEUE, write_limit=WRITE_LIMIT, ping_interval=proxy.door.ping_interval,
                        ping_timeout=proxy.door.ping_timeout, close_timeout=CLOSE_TIMEOUT,
-                       create_connection=proxy.door.connection_class(),
+                       create_connection=_capped(proxy.door.connection_class()),
                        backlog=accept_batch(open_file_limit()))
 
 

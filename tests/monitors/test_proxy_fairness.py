@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import signal
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -31,10 +33,11 @@ async def flood(writer: asyncio.StreamWriter, unit: bytes) -> None:
 
 
 class Upstream:
-    """A raw upstream: `/flood` floods empty frames (when `floods`) or reads all it is sent; anything else echoes."""
+    """A raw upstream: `/flood` floods empty frames (when `floods`) or reads all it is sent (or, when `stalls`, reads
+    nothing: FLOOD_FOR seconds of a socket held unread); anything else echoes."""
 
-    def __init__(self, floods: bool) -> None:
-        self.floods = floods
+    def __init__(self, floods: bool, stalls: bool = False) -> None:
+        self.floods, self.stalls = floods, stalls
         self.tasks: set[asyncio.Task] = set()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -49,6 +52,8 @@ class Upstream:
                         await flood(writer, EMPTY)
                     finally:
                         reading.cancel()
+                elif self.stalls:
+                    await asyncio.sleep(FLOOD_FOR)  # wait-ok: a peer that reads nothing, for as long as the flood goes
                 else:
                     await read_until_gone(reader)
                 return
@@ -79,10 +84,10 @@ async def raw_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWri
 async def test_a_peer_flooding_tiny_frames_does_not_starve_other_users_or_sigterm(tmp_path, side):
     """A hostile upstream (or client) sends empty text frames back to back on one connection, the other side of it
     reading all at once. Another user's echoes through the proxy still come back within a second or two, /metrics
-    answers, and SIGTERM ends the proxy within its shutdown grace. FAILED on the code before: each relay forwarded (and judged) every frame
-    websockets had read before the event loop's next turn, 131,072 empty frames a read: the other user's echo took
-    9 s, and the SIGTERM 19 s (until the flood ended). Now a relay lets the others run every FRAMES_PER_TURN frames or
-    BYTES_PER_TURN bytes, as the harness's clients do."""
+    answers, and SIGTERM ends the proxy within its shutdown grace. FAILED on the code before: each relay forwarded
+    (and judged) every frame websockets had read before the event loop's next turn, 131,072 empty frames a read: the
+    other user's echo took 9 s, and the SIGTERM 19 s (until the flood ended). Now a relay lets the others run every
+    FRAMES_PER_TURN frames or BYTES_PER_TURN bytes, as the harness's clients do."""
     upstream = Upstream(floods=side == "upstream")
     server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
     up_port = server.sockets[0].getsockname()[1]
@@ -121,6 +126,65 @@ async def test_a_peer_flooding_tiny_frames_does_not_starve_other_users_or_sigter
         for task in pumping:
             task.cancel()
         await asyncio.gather(*pumping, return_exceptions=True)
+        server.close()
+        for task in upstream.tasks:
+            task.cancel()
+        await asyncio.wait_for(asyncio.gather(*upstream.tasks, return_exceptions=True), 10)
+
+
+def peak_rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+
+
+FLOODERS = 8
+
+
+@pytest.mark.parametrize("side", ["upstream", "client"])
+async def test_a_tiny_frame_flood_into_a_slow_reader_costs_the_proxy_a_read_not_a_socket_full(tmp_path, side):
+    """A hostile upstream (or client) floods empty frames on each of FLOODERS connections while the other side reads
+    nothing, with --max-size 64KiB (a budget of about 1 MiB a connection): backpressure holds the flood in the
+    kernel, and the proxy's peak memory grows by a few MiB in all. FAILED on the code before: asyncio read 256 KiB of
+    the socket at once and websockets parsed and queued all of it, 131,072 frame objects (43,690 masked ones from a
+    client), ~8 MiB a connection from the upstream, ~2.5 from a client, whatever --max-size said. Now each peer is read
+    16 KiB at a time (READ_CAP)."""
+    upstream = Upstream(floods=side == "upstream", stalls=side == "client")
+    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
+    up_port = server.sockets[0].getsockname()[1]
+    pumping: list[asyncio.Future] = []
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        async with proxy_process(f"ws://127.0.0.1:{up_port}", tmp_path, "--max-size", "64KiB", "--send-timeout",
+                                 "60s", stop=False) as proxy:
+            before = peak_rss(proxy.pid)
+            for _ in range(FLOODERS):
+                _reader, writer = await raw_client(proxy.port)
+                writers.append(writer)
+                if side == "upstream":
+                    writer.transport.pause_reading()
+                else:
+                    pumping.append(asyncio.ensure_future(flood(writer, MASKED_EMPTY)))
+            # Until the flood is held back: the proxy's peak unchanged for two seconds.
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(FLOOD_FOR):
+                last, still = peak_rss(proxy.pid), loop.time()
+                while loop.time() - still < 2.0:
+                    await asyncio.sleep(0.1)  # wait-ok: poll interval of a condition wait bounded by the timeout
+                    if (now := peak_rss(proxy.pid)) != last:
+                        last, still = now, loop.time()
+            grown = peak_rss(proxy.pid) - before
+            # 8,192 empty frames a read from the upstream, 2,730 masked ones from a client: ~9 and ~3 MiB for 8 (before:
+            # 62 and 20 MiB)
+            assert grown < (24 if side == "upstream" else 10) * 1024 * 1024, grown
+            assert proxy.proc.returncode is None
+            assert "Traceback" not in proxy.err.read_text()
+            proxy.proc.kill()
+    finally:
+        for task in pumping:
+            task.cancel()
+        await asyncio.gather(*pumping, return_exceptions=True)
+        for writer in writers:
+            writer.transport.abort()
         server.close()
         for task in upstream.tasks:
             task.cancel()
