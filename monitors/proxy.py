@@ -1460,13 +1460,14 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
+            proxy: Any  # either side: its `relays` (the connections open) and `drain` are what the stop below uses
             if sse:
                 from .sse_proxy import SSEProxy, start_sse_proxy
-                server: Any = await start_sse_proxy(SSEProxy(args.upstream, live, send_timeout=limits["send_timeout"],
-                                                             max_size=max_size), host, port, door)
+                proxy = SSEProxy(args.upstream, live, send_timeout=limits["send_timeout"], max_size=max_size)
+                server: Any = await start_sse_proxy(proxy, host, port, door)
             else:
-                server = await start_proxy(Proxy(args.upstream, live, send_timeout=limits["send_timeout"],
-                                                 max_size=max_size), host, port, door)
+                proxy = Proxy(args.upstream, live, send_timeout=limits["send_timeout"], max_size=max_size)
+                server = await start_proxy(proxy, host, port, door)
         except OSError as exc:
             raise _ListenFailed(exc) from None
         if metrics_server is not None:  # said once the proxy listens too: a --listen it cannot use exits 2 first
@@ -1478,8 +1479,8 @@ def main(argv: list[str] | None = None) -> int:
         stop.clear()  # a second SIGTERM or Ctrl-C ends the drain at once
         busy = len(proxy.relays)
         if busy and limits["drain_timeout"] > 0:
-            log.info("draining: %d connection(s) open, each closed (1001) once no chat is in flight on it, the rest "
-                     "in %gs", busy, limits["drain_timeout"])
+            log.info("draining: %d connection(s) open, each closed (WebSocket: 1001) once no chat is in flight on it, "
+                     "the rest in %gs", busy, limits["drain_timeout"])
         left = await proxy.drain(server, limits["drain_timeout"], stop)
         if left and limits["drain_timeout"] > 0:
             log.warning("stopping: %d connection(s) still had a chat in flight at the end of the drain (--drain-timeout "

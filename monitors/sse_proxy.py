@@ -233,6 +233,31 @@ class SSEProxy:
                 else:
                     writer.close()
 
+    @property
+    def relays(self) -> dict[ClientSocket, asyncio.Task[Any]]:
+        """The client connections open (what the drain waits for, as the WebSocket side's relays)."""
+        return self.clients
+
+    async def drain(self, server: SSEServer, timeout: float, interrupted: asyncio.Event | None = None) -> int:
+        """SIGTERM's first step, as the WebSocket side's (proxy.Proxy.drain): no new connection (the listener closed),
+        each connection waiting for a request closed now (a kept-alive client's next request goes to another
+        replica), each answer streaming relayed to its end and its connection closed then, for at most `timeout`
+        seconds or until `interrupted` is set (a second signal). Returns how many connections are still open
+        (stop_proxy cuts them)."""
+        server.close()
+        tasks = set(self.clients.values())
+        if tasks and timeout > 0:
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(asyncio.wait(tasks))]
+            if interrupted is not None:
+                waits.append(asyncio.ensure_future(interrupted.wait()))
+            try:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+        return len(self.clients)
+
     def refuse(self, peer: str | None, status: HTTPStatus) -> None:
         """A request the proxy answered itself and did not pass on: counted (bad_request) and said, a line a minute."""
         door = self.door

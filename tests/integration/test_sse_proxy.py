@@ -693,3 +693,81 @@ async def test_a_request_sent_while_the_previous_answer_streams_is_kept_and_answ
         assert got.count(b"HTTP/1.1 200 ") == 2 and got.index(b"RUN_FINISHED") < got.index(b"/two")
         assert [h.split(b" ", 2)[1] for h in heads] == [b"/agent", b"/two"]
         await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="passed") == 1)
+
+
+async def test_sigterms_drain_lets_a_stream_in_flight_end_and_closes_an_idle_connection_at_once():
+    """The drain (`chatprobe proxy`'s SIGTERM, --drain-timeout) on the HTTP side, as on the WebSocket side: the listener
+    closes, a kept-alive connection waiting for its next request is closed at once, a stream in flight is relayed to
+    its end and judged as any other, and one still streaming when the drain's time is up is cut, counted unjudged
+    (proxy_stopped). The HTTP side had no drain: the stop sequence took the WebSocket side's proxy."""
+    from monitors.proxy import stop_proxy
+
+    release, never = asyncio.Event(), asyncio.Event()
+
+    async def handle(reader, writer, head, body):
+        if head.startswith(b"GET /health "):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            return
+        short = b"/short" in head.split(b"\r\n", 1)[0]
+        gate = release.wait() if short else never.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in sse(*RUN[:2]):
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        await writer.drain()
+        await gate
+        writer.write(chunked(sse(*RUN[2:])))
+        await writer.drain()
+
+    async with raw_upstream(handle) as (up, _):
+        metrics = ChatMetrics(CollectorRegistry())
+        sink = MetricsSink(metrics, "upstream", "live")
+        live = LiveChats(AGUI, sink, expectations_for(AGUI, Expect(deadline="60s")), "live", 0.05)
+        proxy = SSEProxy(up, live)
+        server = await start_sse_proxy(proxy, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        streams = {}
+        for path in ("short", "long"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (path.encode(), len(BODY),
+                                                                                           BODY))
+            async with asyncio.timeout(10):
+                await reader.readuntil(b"TEXT_MESSAGE_START")
+            streams[path] = (reader, writer)
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(10):  # a kept-alive client between requests: one answered, the next not sent
+            idle_writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            await idle_reader.readuntil(b"\r\n\r\nok")
+        await until(lambda: len(proxy.relays) == 3)
+        live.begin_stop()
+        drain = asyncio.ensure_future(proxy.drain(server, 3.0))
+        async with asyncio.timeout(2):
+            while await idle_reader.read(65536):  # the idle connection is closed at once
+                pass
+        try:
+            await asyncio.open_connection("127.0.0.1", port)
+            accepted = True
+        except OSError:
+            accepted = False
+        assert not accepted  # the listener is closed
+        release.set()
+        async with asyncio.timeout(10):
+            rest = await streams["short"][0].read()  # relayed to its end, then its connection closed
+        assert b"RUN_FINISHED" in rest and rest.endswith(b"0\r\n\r\n"), rest[-200:]
+        await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="passed") == 1)
+        assert not drain.done()  # the long stream holds the drain to its time
+        async with asyncio.timeout(10):
+            left = await drain
+        assert left == 1
+        live.cut()
+        assert proxy.door is not None
+        await stop_proxy(server, proxy.door, grace=0.5)
+        live.stop()
+        for _, writer in streams.values():
+            writer.close()
+        idle_writer.close()
+    assert metrics.registry.get_sample_value("chatprobe_chats_unjudged_total",
+                                             {**LABELS, "reason": "proxy_stopped"}) == 1
+    assert {o: sample(metrics, "chatprobe_chats_total", outcome=o)
+            for o in ("passed", "failed", "incomplete", "error")} == {"passed": 1, "failed": 0, "incomplete": 0,
+                                                                       "error": 0}
