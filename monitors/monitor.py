@@ -59,6 +59,9 @@ MAX_TIMEOUT = 60.0
 MIN_DEFAULT_TIMEOUT = 10.0
 # A probe that overruns its deadline gets this long to wind down (judge its chats, close sockets).
 GRACE = 2.0
+# A probe's connect_timeout ends at most at this share of its deadline: a connection that never completes its
+# handshake is then a `timeout` and its chat an `error` before the run's stop, never a chat the stop left uncounted.
+CONNECT_SHARE = 0.8
 
 log = logging.getLogger("chatprobe.monitor")
 
@@ -154,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"time between probe rounds (default {DEFAULT_INTERVAL:g}s)")
     p.add_argument("--timeout", type=_duration_arg, default=None, metavar="DURATION",
                    help=f"deadline of one probe (default the interval, within {MIN_DEFAULT_TIMEOUT:g}-{MAX_TIMEOUT:g}s); "
-                        "a round that overruns the interval skips the missed ticks")
+                        "the scenario's connect_timeout is held within 80%% of it; a round that overruns the interval "
+                        "skips the missed ticks")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"address of /, /metrics and /probe (default {DEFAULT_LISTEN}; port 0 = any free port)")
     p.add_argument("--once", action="store_true", help="run one probe round, print the verdicts and exit as "
@@ -183,12 +187,14 @@ def _relative_to(name: str, base: Path | None) -> str:
 
 
 def _cap(scenario: Scenario, timeout: float) -> Scenario:
-    """The scenario bounded by the probe's deadline, so the runner itself stops and judges every chat."""
+    """The scenario bounded by the probe's deadline, so the runner itself stops and judges every chat. Its
+    connect_timeout ends before that stop (CONNECT_SHARE): capped to the same instant, the two raced, and a target
+    that took the TCP connection and never answered the upgrade was counted in no chat whenever the stop won."""
     update: dict[str, Any] = {}
     if scenario.max_duration > timeout:
         update["max_duration"] = timeout
-    if scenario.connect_timeout > timeout:
-        update["connect_timeout"] = timeout
+    if scenario.connect_timeout > timeout * CONNECT_SHARE:
+        update["connect_timeout"] = timeout * CONNECT_SHARE
     return scenario.model_copy(update=update) if update else scenario
 
 

@@ -336,3 +336,50 @@ def test_the_embedded_agentsim_is_the_target_agentsim_as_in_run(capsys):
     out = capsys.readouterr().out
     assert out.startswith("agentsim / probe: "), out
     assert "127.0.0.1" not in out
+
+
+@pytest.mark.timeout(60)
+async def test_a_target_that_never_answers_the_handshake_is_an_error_chat_in_every_round(tmp_path):
+    """FAILED on the code before it: the probe's deadline capped both the scenario's max_duration and its
+    connect_timeout to the same instant, and whichever timer fired first won. When the run's stop came first (the
+    connection starts a moment after the run: always so in the first round, with its start-up work, and in others
+    by chance) the chat had been neither sent nor refused, so it was counted nowhere: such a round against a server
+    that takes the TCP connection and never answers its upgrade (a hung process, a full accept queue behind a
+    balancer) added no chat and no connection attempt to any series; every round raced so with a scenario's default
+    connect_timeout (10 s) under a monitor's --interval 10s. ChatEventsMissing and ChatsFailing read fewer chats than were
+    probed (none at worst: their traffic guard never met) while the target was down."""
+    held: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def accept_and_hold() -> None:  # the TCP handshake completes; the WebSocket upgrade is never answered
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept_and_hold, daemon=True)
+    thread.start()
+    try:
+        cfg = tmp_path / "m.yaml"
+        cfg.write_text(f"targets:\n  hung: {{url: 'ws://127.0.0.1:{listener.getsockname()[1]}/ws', auth: none}}\n")
+        timeout = 1.0
+        probes = probes_from_config(str(cfg), load_config(str(cfg)), timeout=timeout)
+        registry = CollectorRegistry()
+        mon = Monitor(probes, interval=timeout, timeout=timeout, metrics=ChatMetrics(registry))
+        rounds = 8
+        for _ in range(rounds):
+            await mon.round()
+        samples = _values(generate_latest(registry).decode())
+        # Every round's chat: an `error` chat whose connection timed out, each in its series.
+        assert _get(samples, "chatprobe_chats_total", outcome="error", target="hung") == rounds, samples
+        assert _get(samples, "chatprobe_connections_total", result="timeout", target="hung") == rounds
+        assert _get(samples, "chatprobe_chats_in_flight") == 0
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+        for s in held:
+            s.close()
