@@ -154,11 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"and {', '.join(k for k in MonitorConfig.model_fields if k != 'targets')}; instead of "
                         "--target (--interval and --timeout override the file's)")
     p.add_argument("--interval", type=_duration_arg, default=None, metavar="DURATION",
-                   help=f"time between probe rounds (default {DEFAULT_INTERVAL:g}s)")
+                   help=f"time between the starts of one probe's runs (default {DEFAULT_INTERVAL:g}s)")
     p.add_argument("--timeout", type=_duration_arg, default=None, metavar="DURATION",
                    help=f"deadline of one probe (default the interval, within {MIN_DEFAULT_TIMEOUT:g}-{MAX_TIMEOUT:g}s); "
-                        "the scenario's connect_timeout is held within 80%% of it; a round that overruns the interval "
-                        "skips the missed ticks")
+                        "the scenario's connect_timeout is held within 80%% of it; each target and scenario is probed "
+                        "on its own schedule, one that overruns the interval again as it ends")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"address of /, /metrics and /probe (default {DEFAULT_LISTEN}; port 0 = any free port)")
     p.add_argument("--once", action="store_true", help="run one probe round, print the verdicts and exit as "
@@ -330,14 +330,23 @@ class Monitor:
             log.info("%s / %s: %s", *probe.key, redact.clean(state if run is None else describe(run), 1000))
 
     async def run_forever(self, stop: asyncio.Event) -> None:
+        """Every probe on its own schedule, until `stop`: a target whose chats hang delays no other target's probes.
+        A probe that overruns its interval (one that takes its whole deadline, the interval by default) starts again
+        as it ends, never more than once for the ticks it missed: skipping to the next tick instead probed such a
+        target every other interval, under the alerts' traffic guard at an interval of 40 s and more."""
+        async with asyncio.TaskGroup() as group:
+            for probe in self.probes:
+                group.create_task(self._every_interval(probe, stop))
+
+    async def _every_interval(self, probe: Probe, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
+        sink = self.sinks[probe.target.name]
         next_at = loop.time()
         while not stop.is_set():
-            await self.round()
-            next_at += self.interval
+            run, started, took = await self._timed(probe, sink)
+            self._note(probe, run, started, took)
             now = loop.time()
-            if next_at < now:  # a round overran: skip the missed ticks rather than run back to back
-                next_at += math.ceil((now - next_at) / self.interval) * self.interval
+            next_at = max(next_at + self.interval, now)  # overran: at once, the missed ticks dropped
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(next_at - now):
                     await stop.wait()

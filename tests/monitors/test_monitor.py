@@ -383,3 +383,59 @@ async def test_a_target_that_never_answers_the_handshake_is_an_error_chat_in_eve
         listener.close()
         for s in held:
             s.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_target_whose_chats_hang_neither_halves_its_own_probing_nor_delays_the_other_targets(tmp_path,
+                                                                                                   monkeypatch):
+    """FAILED on the code before it: the monitor probed every target in one round and waited for the whole round.
+    A target whose chats hang (its agent stalls mid-run) holds its probe to the deadline, which is the interval by
+    default: the round ended just past the tick, which was then skipped, so every target, the healthy ones too, was
+    probed every other interval. At `--interval 1m` that is 2.5 chats in 5 minutes, under the alerts' guard of 4:
+    ChatEventsMissing and ChatsFailing could not page for the stalled target, nor for any other of that monitor."""
+    import asyncio
+    import time
+
+    secret = secrets.token_urlsafe(32)
+    healthy = AgentSim(SimConfig(port=0, jwt_secret=secret, think=0.001, tool_latency=0.001, seed=1))
+    stalled = AgentSim(SimConfig(port=0, jwt_secret=secret, think=0.001, tool_latency=0.001, seed=1,
+                                 faults=["stall=60s@1.0"]))
+    await healthy.start()
+    await stalled.start()
+    stop = asyncio.Event()
+    task: asyncio.Task | None = None
+    try:
+        cfg = tmp_path / "m.yaml"
+        cfg.write_text(f"targets:\n  healthy: {{url: '{healthy.url}', jwt_secret_env: SIM_SECRET}}\n"
+                       f"  stalled: {{url: '{stalled.url}', jwt_secret_env: SIM_SECRET}}\n")
+        monkeypatch.setenv("SIM_SECRET", secret)
+        interval = 1.0  # and the deadline, as the monitor's default deadline is its interval
+        probes = probes_from_config(str(cfg), load_config(str(cfg)), timeout=interval)
+        registry = CollectorRegistry()
+        mon = Monitor(probes, interval=interval, timeout=interval, metrics=ChatMetrics(registry))
+        started = time.monotonic()
+        task = asyncio.create_task(mon.run_forever(stop))
+
+        def chats(target: str) -> float:
+            return _get(_values(generate_latest(registry).decode()), "chatprobe_chats_total", target=target)
+
+        want = 8
+        # One probe per tick needs `want` intervals; every other tick skipped, twice as long.
+        deadline = started + want * interval * 1.4 + 0.5
+        while chats("healthy") < want or chats("stalled") < want - 1:
+            assert not task.done(), task
+            assert time.monotonic() < deadline, (
+                f"after {time.monotonic() - started:.1f}s: {chats('healthy'):g} healthy and {chats('stalled'):g} "
+                f"stalled chats, probing every {interval:g}s")
+            await asyncio.sleep(0.05)  # wait-ok: the poll interval of a deadline loop
+        samples = _values(generate_latest(registry).decode())
+        assert _get(samples, "chatprobe_chats_total", target="healthy", outcome="passed") == chats("healthy")
+        # The stalled target's chats are cut at the deadline: incomplete, each missing its events.
+        assert _get(samples, "chatprobe_chats_total", target="stalled", outcome="incomplete") == chats("stalled")
+    finally:
+        stop.set()
+        if task is not None:
+            async with asyncio.timeout(10):
+                await task
+        await healthy.stop()
+        await stalled.stop()
