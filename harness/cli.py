@@ -614,8 +614,10 @@ def _finish(args: argparse.Namespace, console: Console, runs: list[ScenarioRun],
             except OSError as exc:
                 # The verdict is printed above; a CI that asked for the file must not pass without it.
                 raise ConfigError(f"--{flag} {path}: could not write the report: {exc.strerror or exc}") from None
-    for ps in push_sinks:
-        ps.push(args.pushgateway, args.job)
+    if push_sinks:
+        from monitors.push import push_all
+
+        push_all(push_sinks, args.pushgateway, args.job)
     code = exit_code(runs)
     if code is ExitCode.USAGE:
         none_given = "" if not no_token else (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
@@ -142,3 +143,25 @@ class PushSink(Sink):
                   file=self._stderr or sys.stderr)
             return False
         return True
+
+
+def push_all(sinks: list[PushSink], url: str, job: str, *, timeout: float | None = None,
+             stderr: TextIO | None = None) -> int:
+    """Push every scenario's group within `timeout` in all (PUSH_TIMEOUT): each push has what the ones before it left,
+    so a gateway that takes connections and never answers holds a run of many scenarios after its verdict no longer
+    than a run of one (it held it PUSH_TIMEOUT per scenario). A failed push warns in one line; the groups left when
+    the time is up are not tried, and one more line says how many. → the number of groups pushed."""
+    total = PUSH_TIMEOUT if timeout is None else timeout
+    deadline = time.monotonic() + total
+    pushed = 0
+    for i, sink in enumerate(sinks):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            names = ", ".join(clean(repr(s.scenario), 80) for s in sinks[i:i + 5])
+            more = f" and {len(sinks) - i - 5} more" if len(sinks) - i > 5 else ""
+            print(f"chatprobe: warning: {len(sinks) - i} scenario(s) not pushed to the Pushgateway at "
+                  f"{clean(_redacted(url))}: no time left of the {total:g}s for pushes ({names}{more}; the run's "
+                  "verdict and exit code are unchanged)", file=stderr or sys.stderr)
+            break
+        pushed += sink.push(url, job, timeout=left)
+    return pushed
