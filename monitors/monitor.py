@@ -293,11 +293,18 @@ class Monitor:
         """One scenario run against one target, bounded by the deadline; never raises (but for cancellation)."""
         timeout = self.timeout if timeout is None else timeout
         scenario = _cap(probe.scenario, timeout)
+        # Said once, when the probe's verdict turns to none, not every interval (a daemon's log stays readable).
+        say = log.warning if self._state.get(probe.key) != "no verdict" else log.debug
         try:
             async with asyncio.timeout(timeout + GRACE):
                 return await run_scenario(scenario, probe.target, sink, user_prefix=None)
         except TimeoutError:
-            log.warning("%s / %s: the probe did not wind down within its deadline of %gs", *probe.key, timeout)
+            say("%s / %s: the probe did not wind down within its deadline of %gs and %gs more", *probe.key, timeout,
+                GRACE)
+            # Its chats were judged at the deadline (a server that never answers the closing handshake holds only
+            # the close): the probe did run. Without this its run timestamp never moved and ChatProbeDown paged
+            # "the probe stopped" for a target whose every chat was counted.
+            sink.run_finished(False)
         except Exception as exc:  # a bug in one probe must not stop the monitor, which would go blind
             log.error("%s / %s: the probe failed: %s: %s", *probe.key, type(exc).__name__, redact.clean(exc, 1000))
         return None

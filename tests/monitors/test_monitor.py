@@ -439,3 +439,41 @@ async def test_a_target_whose_chats_hang_neither_halves_its_own_probing_nor_dela
                 await task
         await healthy.stop()
         await stalled.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_server_that_never_answers_the_closing_handshake_is_a_probe_that_ran(tmp_path, caplog):
+    """FAILED on the code before it: a server that takes the chat's message, sends nothing and never answers the
+    client's close frame holds the probe past its deadline by the close's own wait (2 s, the monitor's grace), so
+    the probe was cut and returned no run. Its chat had been judged (`incomplete`), but the run's timestamp never
+    moved, so ChatProbeDown paged "the probe stopped, the chat alerts are blind" for a target every one of whose
+    chats was counted; and the cut was logged at every interval, where the monitor logs a verdict when it changes."""
+    import logging
+    import time
+
+    from tests.integration.hostile_ws import raw, read_until_gone, upgrade, welcome_and_message
+
+    async def silent(reader, writer, head, srv) -> None:
+        writer.write(upgrade(head))
+        await writer.drain()
+        await welcome_and_message(reader, writer)
+        await read_until_gone(reader)  # the close frame read and never answered
+
+    async with raw(silent) as srv:
+        cfg = tmp_path / "m.yaml"
+        cfg.write_text(f"targets:\n  silent: {{url: '{srv.url}', auth: none}}\n")
+        probes = probes_from_config(str(cfg), load_config(str(cfg)), timeout=1)
+        registry = CollectorRegistry()
+        mon = Monitor(probes, interval=1, timeout=1, metrics=ChatMetrics(registry))
+        rounds = 3
+        with caplog.at_level(logging.INFO, logger="chatprobe.monitor"):
+            for _ in range(rounds):
+                before = time.time()
+                await mon.round()
+                samples = _values(generate_latest(registry).decode())
+                assert _get(samples, "chatprobe_last_run_timestamp_seconds", target="silent") >= before, samples
+        assert _get(samples, "chatprobe_chats_total", target="silent", outcome="incomplete") == rounds
+        assert _get(samples, "chatprobe_chats_in_flight", target="silent") == 0
+        assert _get(samples, "chatprobe_last_success_timestamp_seconds", target="silent") == 0
+        cuts = [r for r in caplog.records if "did not wind down" in r.getMessage()]
+        assert len(cuts) == 1, [r.getMessage() for r in caplog.records]
