@@ -106,9 +106,10 @@ OUTPUTS = ("harness.redact", "harness.safefile", "harness.html_report")
 IO_LAYER = ("harness.transports", "harness.client", "harness.gevent_client", "harness.runner", "harness.targets",
             "harness.recorder")
 # What each layer of docs/architecture.md's folder table may import of this repository, besides the `harness`
-# package's own __init__ (`scenarios` is the built-in scenarios' folder, found through its package).
+# package's own __init__. Nothing imports `scenarios` (the built-in scenarios' folder, found by its path beside
+# `harness`): a project's own `scenarios` package would be taken for it, or hidden by it (harness/catalog.py).
 MAY_IMPORT = {
-    "the pure core": (PURE, (*PURE, *OUTPUTS, "scenarios")),
+    "the pure core": (PURE, (*PURE, *OUTPUTS)),
     "the outputs": (OUTPUTS, (*PURE, *OUTPUTS)),
     "the I/O layer": (IO_LAYER, (*PURE, *OUTPUTS, *IO_LAYER, "agentsim")),
     "the collector": (("harness.collector",), ()),

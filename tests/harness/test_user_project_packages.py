@@ -1,0 +1,73 @@
+"""chatprobe installed into a team's own project: the project's own packages named like chatprobe's folders.
+
+chatprobe's pytest plugin is loaded by every pytest run of the virtualenv it is installed in (its pytest11 entry
+point), before the project's conftest puts the project on sys.path. A load-testing project's own `scenarios/` (or a
+Grafana-as-code project's `dashboards/`) package must stay the project's, in its tests, and chatprobe's built-in
+scenarios chatprobe's, whichever of the two is first on sys.path."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _team_project(root: Path) -> None:
+    """A project with its own `scenarios` package (regular) and `dashboards` folder (a namespace package: no
+    __init__.py), a conftest at its root (pytest puts the root on sys.path when it loads it) and a test that imports
+    both and uses the `chatprobe` fixture."""
+    (root / "scenarios").mkdir()
+    (root / "scenarios" / "__init__.py").write_text("")
+    (root / "scenarios" / "checkout.py").write_text("PRICE = 42\n")
+    (root / "dashboards").mkdir()
+    (root / "dashboards" / "panels.py").write_text("PANELS = 3\n")
+    (root / "conftest.py").write_text("")
+    (root / "test_team.py").write_text(textwrap.dedent("""
+        def test_own_scenarios_package():
+            from scenarios.checkout import PRICE
+            assert PRICE == 42
+
+
+        def test_own_dashboards_namespace_package():
+            from dashboards.panels import PANELS
+            assert PANELS == 3
+
+
+        def test_chatprobe_keeps_its_built_ins(chatprobe):
+            from harness.catalog import builtin_scenarios
+            assert {"basic", "probe"} <= set(builtin_scenarios()), builtin_scenarios()
+            chatprobe.check(chatprobe.chat("What is 6 * 7?"))
+    """))
+
+
+@pytest.mark.parametrize("how", ["pytest", "python -m pytest"])
+def test_a_projects_own_scenarios_and_dashboards_packages_stay_its_own(pytester, how):
+    """`pytest` (the project put on sys.path by its conftest, after the plugin loaded) and `python -m pytest` (the
+    project first on sys.path from the start): the team's imports and chatprobe's built-ins both hold."""
+    _team_project(pytester.path)
+    pytest_script = Path(sys.executable).parent / "pytest"
+    argv = [str(pytest_script)] if how == "pytest" else [sys.executable, "-m", "pytest"]
+    proc = subprocess.run([*argv, "-p", "no:cacheprovider", "-rA", "-W", "ignore::DeprecationWarning"],
+                          cwd=pytester.path, capture_output=True, text=True, timeout=90,
+                          env={**os.environ, "PYTEST_ADDOPTS": ""})
+    out = proc.stdout + proc.stderr
+    assert "3 passed" in out and proc.returncode == 0, out
+
+
+def test_chatprobe_run_beside_a_projects_own_scenarios_package_finds_its_built_ins(tmp_path):
+    """`python -m harness` (the current directory first on sys.path) in a project with its own `scenarios`
+    package: `list` names chatprobe's built-in scenarios, and `run basic` plays chatprobe's."""
+    _team_project(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    listed = subprocess.run([sys.executable, "-m", "harness", "list"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "basic" in listed.stdout and "probe" in listed.stdout, listed.stdout
+    ran = subprocess.run([sys.executable, "-m", "harness", "run", "basic", "-q"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
