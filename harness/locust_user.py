@@ -51,7 +51,15 @@ if (_problem := environment_problem()) is not None:
     print(f"chatprobe: error: {_problem}", file=sys.stderr, flush=True)
     sys.exit(2)
 
-import gevent
+try:
+    import gevent
+    import locust  # noqa: F401
+except ModuleNotFoundError as exc:
+    # Locust is the `load` extra: a plain `pip install chatprobe` has neither it nor gevent (a locustfile of the
+    # team's imported by their own tooling, a `python -m locust` of another virtualenv's Python).
+    print(f"chatprobe: error: the Locust user needs Locust ({exc.name} is not installed): "
+          "pip install 'chatprobe[load]'", file=sys.stderr, flush=True)
+    sys.exit(2)
 import gevent.event
 import gevent.pool
 from locust import User, events, task

@@ -71,3 +71,18 @@ def test_chatprobe_run_beside_a_projects_own_scenarios_package_finds_its_built_i
     ran = subprocess.run([sys.executable, "-m", "harness", "run", "basic", "-q"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=60, env=env)
     assert ran.returncode == 0, ran.stdout + ran.stderr
+
+
+@pytest.mark.parametrize("missing", ["gevent", "locust"])
+def test_the_locust_user_without_the_load_extra_names_the_pip_install_to_run(tmp_path, missing):
+    """A plain `pip install chatprobe` has no Locust (the `load` extra): a team's locustfile importing ChatUser says
+    what to install, one line and exit 2, not a traceback ending in "No module named 'gevent'". The module is made
+    absent as Python makes a module that is not installed absent to an import (None in sys.modules)."""
+    locustfile = tmp_path / "mine.py"
+    locustfile.write_text("from harness.locust_user import ChatUser\n\n\nclass Mine(ChatUser):\n    pass\n")
+    proc = subprocess.run([sys.executable, "-c", f"import runpy, sys; sys.modules[{missing!r}] = None; "
+                           f"runpy.run_path({str(locustfile)!r})"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (f"chatprobe: error: the Locust user needs Locust ({missing} is not installed): "
+                           "pip install 'chatprobe[load]'\n"), proc.stderr
