@@ -21,10 +21,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import jsonschema
 import pytest
 
-from .conftest import ROOT, ProcGroup
+from .conftest import ROOT, ProcGroup, wait_for
 from .test_locust import SUMMARY, finish
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -162,8 +163,9 @@ def test_every_command_of_the_installed_package_runs_from_an_empty_directory(ins
 
 
 def test_sim_monitor_and_proxy_start_and_serve_a_run(installed, tmp_path):
-    """`chatprobe sim` on a free port, `run --target` against it directly and through `chatprobe proxy`, and
-    `monitor --once` probing it: the installed commands' servers, each stopped at the end."""
+    """`chatprobe sim` on a free port, `run --target` against it directly and through `chatprobe proxy`, `monitor
+    --once` probing it and the monitor's daemon serving its page: the installed commands' servers, each stopped at the
+    end."""
     procs = ProcGroup(tmp_path)
     env = installed.env(CHATPROBE_JWT_SECRET=SECRET, AGENTSIM_JWT_SECRET=SECRET)
     env["PYTHONPATH"] = ""  # (ProcGroup gives this checkout's PYTHONPATH otherwise)
@@ -174,6 +176,13 @@ def test_sim_monitor_and_proxy_start_and_serve_a_run(installed, tmp_path):
         assert direct.returncode == 0, direct.stdout[-2000:] + direct.stderr[-2000:]
         once = installed.run("chatprobe", "monitor", "--once", "--target", url, CHATPROBE_JWT_SECRET=SECRET)
         assert once.returncode == 0, once.stdout[-2000:] + once.stderr[-2000:]
+        monitor = procs.start("monitor", ["chatprobe", "monitor", "--target", url, "--listen", "127.0.0.1:0"],
+                              env=env, cwd=installed.empty)
+        base = monitor.wait_for_line(r"chatprobe monitor listening on (http://\S+)")[1]
+        page = httpx.get(f"{base}/", timeout=10)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page
+        wait_for(lambda: "chatprobe_chats_total{" in httpx.get(f"{base}/metrics", timeout=5).text, 30,
+                 "the monitor's /metrics has its first probe's chats", diagnostics=monitor.tail)
         proxy = procs.start("proxy", ["chatprobe", "proxy", "--upstream", url.rsplit("/", 1)[0], "--listen",
                                       "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"], env=env, cwd=installed.empty)
         proxied = proxy.wait_for_line(r"chatprobe proxy listening on (ws://\S+)")[1] + "/ws"
