@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 # Only what --help, `list` and every command need is imported here; the rest loads with the command that uses it,
 # so that `chatprobe --help` or `list` costs no pydantic models, no asyncio client, no reports (start-up CPU).
 from .catalog import BUILTIN_SUITE, builtin_profiles, builtin_scenarios
-from .errors import MESSAGE_LIMIT, ConfigError, ExitCode, closest, tolerant, unknown_flag_hint
+from .errors import MESSAGE_LIMIT, ConfigError, ExitCode, closest, hidden_package, tolerant, unknown_flag_hint
 from .targets import add_target_args, options_from_args
 
 if TYPE_CHECKING:
@@ -847,6 +847,11 @@ def _main(argv: list[str] | None) -> int:
         from .redact import clean
 
         print(f"chatprobe: error: {clean(str(exc), MESSAGE_LIMIT)}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    except ImportError as exc:
+        if (told := hidden_package(exc)) is None:
+            raise
+        print(f"chatprobe: error: {told}", file=sys.stderr)
         return int(ExitCode.USAGE)
     except KeyboardInterrupt:  # before the signal handlers were installed
         print("chatprobe: interrupted", file=sys.stderr)

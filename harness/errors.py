@@ -123,3 +123,30 @@ def tolerant(stream: TextIO) -> TextIO:
         except (ValueError, OSError):  # (not a text stream Python opened, or closed: left as it is)
             pass
     return stream
+
+
+# chatprobe's top-level packages that a command imports only when it needs them (`monitor`, `proxy`, `sim`, `run
+# --pushgateway`, the embedded agentsim of `run` and of the pytest fixture): each the folder of that name beside
+# `harness`, in the repository and in site-packages alike.
+LATE_PACKAGES = ("monitors", "agentsim")
+
+
+def hidden_package(exc: ImportError) -> str | None:
+    """What to tell of `exc` when it is one of chatprobe's own LATE_PACKAGES hidden by another package of that name
+    earlier on sys.path (a team's own `monitors` package, on PYTHONPATH or in the current directory under `python
+    -m`): the import found the team's and missed chatprobe's module in it. None for any other import error."""
+    import sys
+    from pathlib import Path
+
+    top = (exc.name or "").partition(".")[0]
+    found = sys.modules.get(top)
+    if top not in LATE_PACKAGES or found is None:
+        return None
+    ours = Path(__file__).resolve().parent.parent / top
+    where = getattr(found, "__file__", None) or next(iter(getattr(found, "__path__", ()) or ()), None)
+    if where is None or Path(where).resolve().is_relative_to(ours):
+        return None
+    shown = Path(where).parent if Path(where).name == "__init__.py" else Path(where)
+    return (f"the package {top!r} at {shown} hides chatprobe's own ({ours}), which this needs: it is first on "
+            "sys.path (PYTHONPATH, or the current directory under `python -m`); run chatprobe without that directory "
+            "on the path, or rename that package")

@@ -24,7 +24,7 @@ from . import redact
 from .checker import ChatResult, ExpectError
 from .client import Session
 from .durations import seconds_given
-from .errors import closest
+from .errors import closest, hidden_package
 from .events import RULES, Outcome, Role, Violation
 from .flow import DEFAULTS, ChatOptions, Conversation
 from .scenario import Expect, Scenario, expectations_for
@@ -440,8 +440,13 @@ def chatprobe_target(request: pytest.FixtureRequest, chatprobe_url: str | None) 
     if url is not None:
         yield target
         return
-    from agentsim.agui import AguiSim
-    from agentsim.server import AgentSim, SimConfig, run_in_thread
+    try:
+        from agentsim.agui import AguiSim
+        from agentsim.server import AgentSim, SimConfig, run_in_thread
+    except ImportError as exc:
+        if (told := hidden_package(exc)) is None:
+            raise
+        pytest.fail(f"chatprobe: the embedded agentsim: {told}", pytrace=False)
 
     secret = secrets.token_urlsafe(32)
     # The embedded agentsim speaks the profile (_target_options refused one it cannot speak).

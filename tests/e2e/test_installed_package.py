@@ -255,3 +255,32 @@ def test_a_teams_own_locustfile_imports_the_chat_user(installed, tmp_path):
             locust.tail(60)
     finally:
         procs.stop_all()
+
+
+def test_a_projects_own_monitors_or_agentsim_package_is_named_not_a_traceback(installed, tmp_path):
+    """A team's project with its own `monitors` and `agentsim` packages, first on sys.path (the current directory
+    under `python -m`, a conftest's directory under pytest): chatprobe's own cannot be imported there, and the
+    commands and the fixture that need them say whose package hides chatprobe's and what to do, in one line (exit 2;
+    the fixture: its test fails with that line), where they ended in a traceback, "No module named
+    'monitors.monitor'"."""
+    project = tmp_path / "team"
+    for package in ("monitors", "agentsim"):
+        (project / package).mkdir(parents=True)
+        (project / package / "__init__.py").write_text("")
+    for argv, package in ((["monitor", "--once", "--target", "ws://127.0.0.1:9/ws"], "monitors"),
+                          (["proxy", "--upstream", "ws://127.0.0.1:9"], "monitors"),
+                          (["sim", "--port", "0"], "agentsim"),
+                          (["run", "basic", "-q"], "agentsim")):
+        res = installed.run("python", "-m", "harness", *argv, cwd=project, timeout=60)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, (argv, res.stdout[-2000:], res.stderr[-3000:])
+        assert res.stderr.startswith(f"chatprobe: error: the package '{package}' at {project / package} hides "
+                                     "chatprobe's own (") and res.stderr.count("\n") == 1, (argv, res.stderr)
+    (project / "conftest.py").write_text("")
+    (project / "test_team.py").write_text(
+        "def test_chat(chatprobe):\n    chatprobe.check(chatprobe.chat('What is 6 * 7?'))\n")
+    res = installed.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-rA", cwd=project, timeout=60,
+                        COLUMNS="300")
+    out = res.stdout + res.stderr
+    assert res.returncode == 1 and re.search(
+        r"^ERROR test_team\.py::test_chat - Failed: chatprobe: the embedded agentsim: the package 'agentsim' at "
+        rf"{re.escape(str(project / 'agentsim'))} hides chatprobe's own \(", out, re.M), out
