@@ -86,3 +86,21 @@ def test_the_locust_user_without_the_load_extra_names_the_pip_install_to_run(tmp
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == (f"chatprobe: error: the Locust user needs Locust ({missing} is not installed): "
                            "pip install 'chatprobe[load]'\n"), proc.stderr
+
+
+@pytest.mark.parametrize("how", ["autoload", "-p chatprobe, autoload off", "-p no:chatprobe"])
+def test_the_plugin_is_loaded_and_left_out_by_its_entry_points_name(pytester, monkeypatch, how):
+    """As the README says: the pytest11 entry point `chatprobe` loads it in every pytest run; with plugin autoload
+    off (a hardened CI's PYTEST_DISABLE_PLUGIN_AUTOLOAD) `-p chatprobe` loads it; `-p no:chatprobe` leaves it out
+    (a project that does not use it, whose own `harness` package it would otherwise hide)."""
+    pytester.makepyfile(test_team="def test_chat(chatprobe):\n    chatprobe.check(chatprobe.chat('What is 6 * 7?'))\n")
+    flags = {"autoload": [], "-p chatprobe, autoload off": ["-p", "chatprobe"],
+             "-p no:chatprobe": ["-p", "no:chatprobe"]}[how]
+    if how.endswith("autoload off"):
+        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", *flags, timeout=60)
+    if how == "-p no:chatprobe":
+        res.assert_outcomes(errors=1)
+        res.stdout.fnmatch_lines(["*fixture 'chatprobe' not found*"])
+    else:
+        res.assert_outcomes(passed=1)
