@@ -104,3 +104,15 @@ def test_the_plugin_is_loaded_and_left_out_by_its_entry_points_name(pytester, mo
         res.stdout.fnmatch_lines(["*fixture 'chatprobe' not found*"])
     else:
         res.assert_outcomes(passed=1)
+
+
+def test_the_dashboard_generator_without_its_sdk_names_the_pip_install_to_run(tmp_path):
+    """`python -m dashboards.generate` (README) needs grafana-foundation-sdk, of the dev extra only: without it, one
+    line naming what to install and exit 2, not a traceback (the SDK made absent as a module not installed is)."""
+    proc = subprocess.run([sys.executable, "-c", "import runpy, sys; sys.modules['grafana_foundation_sdk'] = None; "
+                           "runpy.run_module('dashboards.generate', run_name='__main__')", str(tmp_path / "out.json")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == ("python -m dashboards.generate: error: it needs grafana-foundation-sdk, which is not "
+                           "installed: pip install 'chatprobe[dev]', or pip install grafana-foundation-sdk\n")
+    assert not (tmp_path / "out.json").exists()
