@@ -57,6 +57,22 @@ _DEFAULTS = {"--chatprobe-target": None, "--chatprobe-profile": "netra", "--chat
              "--chatprobe-header-env": None, "--chatprobe-subprotocol": None}
 
 
+# The plugin's two names: its pytest11 entry point's (autoload, `-p chatprobe`, `-p no:chatprobe`) and its module's
+# (`-p harness.pytest_plugin`, a conftest's `pytest_plugins`).
+_NAMES = ("chatprobe", __name__)
+
+
+def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
+    """Once registered under one of its names, the other is blocked: pytest takes a module registered a second time
+    under another name as an error that stops it at start-up ("Plugin already registered under a different name"),
+    which a conftest's `pytest_plugins = ["harness.pytest_plugin"]`, or `-p harness.pytest_plugin`, met wherever plugin
+    autoload (the entry point) had loaded it, or was to load it, first. Blocked, that name is skipped."""
+    if plugin is sys.modules[__name__]:
+        for name in _NAMES:
+            if manager.get_plugin(name) is None and not manager.is_blocked(name):
+                manager.set_blocked(name)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("chatprobe")
     g.addoption("--chatprobe-target", default=None, help="agent chat server URL (default: embedded agentsim)")

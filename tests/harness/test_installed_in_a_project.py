@@ -116,3 +116,19 @@ def test_the_dashboard_generator_without_its_sdk_names_the_pip_install_to_run(tm
     assert proc.stderr == ("python -m dashboards.generate: error: it needs grafana-foundation-sdk, which is not "
                            "installed: pip install 'chatprobe[dev]', or pip install grafana-foundation-sdk\n")
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("how", ["-p harness.pytest_plugin", "conftest", "conftest, autoload off"])
+def test_the_plugin_named_by_its_module_beside_autoload_loads_once(pytester, monkeypatch, how):
+    """`-p harness.pytest_plugin`, or a conftest's `pytest_plugins = ["harness.pytest_plugin"]` (a project that names
+    the plugins it needs, as pytest suggests, for its CI whose autoload is off), in a run where autoload loads it
+    too: one plugin, the test passes. FAILED on the old code: pytest stopped at start-up, "ValueError: Plugin already
+    registered under a different name", and a dump of every plugin."""
+    pytester.makepyfile(test_team="def test_chat(chatprobe):\n    chatprobe.check(chatprobe.chat('What is 6 * 7?'))\n")
+    flags = ["-p", "harness.pytest_plugin"] if how.startswith("-p") else []
+    if how.startswith("conftest"):
+        pytester.makeconftest('pytest_plugins = ["harness.pytest_plugin"]\n')
+    if how.endswith("autoload off"):
+        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", *flags, timeout=60)
+    res.assert_outcomes(passed=1)
