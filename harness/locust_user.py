@@ -35,7 +35,9 @@ import functools
 import hashlib
 import itertools
 import logging
+import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -65,7 +67,14 @@ import gevent.pool
 from locust import User, events, task
 from locust import stats as locust_stats
 from locust.exception import StopUser
-from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
+from locust.runners import (
+    STATE_INIT,
+    STATE_MISSING,
+    STATE_RUNNING,
+    STATE_SPAWNING,
+    MasterRunner,
+    WorkerRunner,
+)
 from locust.user.task import LOCUST_STATE_RUNNING, LOCUST_STATE_STOPPING, LOCUST_STATE_WAITING
 from rich.console import Console
 
@@ -106,6 +115,9 @@ TALLY_KEY = "chatprobe_tally"
 # The Locust request types chatprobe fires and judges by the scenario's objectives.
 CHAT_REQUESTS = frozenset({"chat", "first_event"})
 USAGE_ERROR_MESSAGE = "chatprobe_usage_error"
+# A worker saying who it is once it connected (its process id and host name), so that the master can name it: in the
+# line a master that gave up waiting for its --expect-workers prints, and when a worker is lost during a test.
+WORKER_HELLO_MESSAGE = "chatprobe_worker_hello"
 # The master asking its workers to stop their users and send what they did before it quits, and a worker saying it did
 # (Locust's own quit waits half a second for the workers' final reports: a chat still in flight, which --stop-timeout
 # lets end, made a worker's report later than that, and everything it did since its last stats report was lost).
@@ -224,6 +236,24 @@ def _names(value: list[str] | str | None) -> tuple[str, ...] | None:
 AUTH_MODES = ("header", "subprotocol", "none")
 
 
+class _Worker:
+    """Master: what it knows of one worker (by Locust's client id): who it is, and what it reported in this test."""
+
+    def __init__(self, client_id: str, index: int) -> None:
+        self.client_id = client_id
+        self.index = index
+        self.pid: int | None = None  # (its hello: a worker of another chatprobe version sends none)
+        self.host = ""
+        self.chats = 0  # chats it reported in this test (since the last stats reset)
+        self.last_report: float | None = None  # time.monotonic() of its last report in this test
+        self.stopped: bool | None = None  # its last report in this test came after its users stopped; None: no report
+
+    def named(self) -> str:
+        """"w1 (pid 4242 on host, id host_0c1f…)": the worker's index (as the summary counts it), process and id."""
+        who = f"pid {self.pid} on {redact.clean(self.host, 100)}, " if self.pid is not None else ""
+        return f"w{self.index} ({who}id {redact.clean(self.client_id, 120)})"
+
+
 class _Run:
     """This process's part of the load test: the scenario, the target, the metrics sink and the verdict tally."""
 
@@ -235,6 +265,9 @@ class _Run:
         self.tally = Tally()  # single process: the whole run; worker: since the last report; master: merged
         self.stages: StageTallies | None = None  # the same, per stage of a staged scenario
         self.by_worker: Counter = Counter()  # master: chats each worker reported
+        self.workers: dict[str, _Worker] = {}  # master: every worker that said hello or reported, by client id
+        self.tests = 0  # master: tests started (none: it quits while it waits for its workers)
+        self.said_no_test = False  # master: the line saying no test ran is printed
         self.stopping_workers: set[str] = set()  # master: workers asked to stop that have not said they did
         self.workers_stopped = gevent.event.Event()  # master: set when the last of them did
         self.usage_error: str | None = None  # master: a worker could not use the options (exit 2)
@@ -506,9 +539,14 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
         environment.events.worker_report.add_listener(_on_worker_report)
         runner.register_message(USAGE_ERROR_MESSAGE, _on_usage_error)
         runner.register_message(WORKER_STOPPED_MESSAGE, _on_worker_stopped)
+        runner.register_message(WORKER_HELLO_MESSAGE, _on_worker_hello)
         quit_ = runner.quit
 
         def quit_after_the_workers_reported() -> None:
+            if runner.state == STATE_INIT and not run.tests:
+                # (Locust's wait for --expect-workers gave up: it quits the runner and exits 1, nothing else said)
+                wait = getattr(environment.parsed_options, "expect_workers_max_wait", 0)
+                _say_no_test(runner, f"{_expected_workers(runner)} within --expect-workers-max-wait {wait:g}s")
             _stop_workers(runner)
             quit_()
 
@@ -523,6 +561,7 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
         environment.events.quitting.add_listener(_worker_quitting)
         # Run beside the worker's message loop (its heartbeats go on while the users finish their chats).
         runner.register_message(STOP_WORKERS_MESSAGE, _on_stop_asked, concurrent=True)
+        runner.send_message(WORKER_HELLO_MESSAGE, {"pid": os.getpid(), "host": socket.gethostname()})
     else:
         _load_or_exit(run, record=True)
         _stop_on_sigterm(environment)
@@ -634,6 +673,12 @@ def _on_sigterm(environment) -> None:
     shape's own end (quitting the runner from here as well raced that: verdicts came after the summary)."""
     logger.info("Got SIGTERM signal: stopping the run")
     runner = environment.runner
+    if isinstance(runner, MasterRunner) and runner.state == STATE_INIT and not current().tests:
+        # Still waiting for its --expect-workers: no shape, no run to end. Quitting the runner alone left Locust's
+        # wait going on (for ever, without --expect-workers-max-wait): say what came, tell them to quit, exit 1.
+        _say_no_test(runner, f"stopped (SIGTERM) while waiting for workers, {_expected_workers(runner)}")
+        runner.quit()
+        sys.exit(int(ExitCode.FAILED))
     shape = getattr(runner, "shape_greenlet", None)
     if shape is not None:
         shape.kill(block=False)
@@ -648,6 +693,7 @@ def _test_start(environment, **_kw) -> None:
     run.started = time.monotonic()
     opts = environment.parsed_options
     if isinstance(environment.runner, MasterRunner):
+        run.tests += 1
         try:
             # The options this test runs with: the web UI's form may have changed them since the master loaded its
             # own at its start (the form is checked before a test starts). The workers load the same; the master
@@ -738,6 +784,50 @@ def _on_worker_report(client_id, data, **_kw) -> None:
     if run.stages is not None:
         run.stages.merge({int(i): Tally.from_dict(t) for i, t in report.get("stages", {}).items()})
     run.by_worker[f"w{report['worker']}"] += tally.chats
+
+
+def _on_worker_hello(environment, msg, **_kw) -> None:
+    """Master: a worker said who it is (sent at its init, right after it connected)."""
+    data = msg.data if isinstance(msg.data, dict) else {}
+    worker = _worker_seen(environment.runner, msg.node_id)
+    pid, host = data.get("pid"), data.get("host")
+    worker.pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+    worker.host = host[:100] if isinstance(host, str) else ""
+
+
+def _worker_seen(runner, client_id: str) -> _Worker:
+    """Master: the record of this worker, made at its first hello or report."""
+    run = current()
+    worker = run.workers.get(client_id)
+    if worker is None:
+        index = runner.get_worker_index(client_id) if hasattr(runner, "get_worker_index") else len(run.workers)
+        worker = run.workers[client_id] = _Worker(client_id, index)
+    return worker
+
+
+def _say_no_test(runner, why: str) -> None:
+    """Master: it quits before any test started (it was waiting for its --expect-workers): say so in one line, with
+    the workers that came and what would have run. Locust's own line, "Gave up waiting for workers to connect", said
+    neither, and no summary came (Locust exits 1 there without its quitting event)."""
+    run = current()
+    if run.said_no_test or run.tests:
+        return
+    run.said_no_test = True
+    came = [run.workers.get(c.id) or _Worker(c.id, runner.get_worker_index(c.id)) for c in runner.clients.all
+            if c.state != STATE_MISSING]
+    workers = ("; connected: " + ", ".join(w.named() for w in sorted(came, key=lambda w: w.index))) if came else ""
+    what = (f"scenario {redact.clean(run.scenario.name, 100)} against {redact.clean(run.target.name, 200)}"
+            if run.scenario is not None and run.target is not None else "no scenario")
+    print(f"chatprobe: no test ran: {why}{workers}; {what} was not played, nothing judged: exit 1",
+          file=sys.stderr, flush=True)
+
+
+def _expected_workers(runner) -> str:
+    """"1 of the 2 workers --expect-workers asks for": how many of them connected."""
+    opts = runner.environment.parsed_options
+    expected = getattr(opts, "expect_workers", 1) or 1
+    came = sum(1 for c in runner.clients.all if c.state != STATE_MISSING)
+    return f"{came} of the {expected} worker(s) --expect-workers asks for connected"
 
 
 def _stop_workers(runner) -> None:

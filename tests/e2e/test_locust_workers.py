@@ -1,0 +1,59 @@
+"""A distributed Locust run whose workers do not all come, or do not all stay: the master says which came, which was
+lost (its index, process and Locust client id, the chats it reported, whether its last stats arrived), and a worker's
+own scenario given by another path to the master's file is the master's file. Real Locust master and worker
+processes, agentsim, loopback only."""
+from __future__ import annotations
+
+import re
+import signal
+
+import pytest
+
+from .conftest import start_on_free_port, wait_for
+from .test_locust import LOCUSTFILE, finish, locust_bin
+from .test_locust_distributed import start_worker
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+def waiting_master(procs, url: str, env: dict[str, str], *extra: str):
+    """A headless master waiting for two workers → (Proc, master port)."""
+    return start_on_free_port(procs, "master", lambda port: [
+        locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "2",
+        "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port), "-u", "2", "-r", "2", "--run-time", "5s",
+        "--host", url, *extra], env=env)
+
+
+def test_a_master_that_gives_up_waiting_for_its_workers_says_who_came(procs, agentsim):
+    """--expect-workers 2, one worker comes. FAILED on the old code: Locust's "Gave up waiting for workers to connect"
+    and exit 1, nothing saying which worker came nor what would have run."""
+    _, url, env = agentsim()
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    master, port = waiting_master(procs, url, secret, "--expect-workers-max-wait", "6", "--chatprobe-scenario", "probe")
+    worker = start_worker(procs, port, secret)
+    assert finish(master, 40) == 1, master.tail()
+    finish(worker, 30)
+    line = re.search(r"(?m)^chatprobe: no test ran: .*$", master.err())
+    assert line is not None, master.tail()
+    assert ("1 of the 2 worker(s) --expect-workers asks for connected within --expect-workers-max-wait 6s; connected: "
+            f"w0 (pid {worker.popen.pid} on ") in line[0], line[0]
+    assert "scenario probe against 127.0.0.1:" in line[0] and line[0].endswith("nothing judged: exit 1"), line[0]
+    assert "Traceback" not in master.err()
+
+
+def test_sigterm_to_a_master_waiting_for_its_workers_ends_it(procs, agentsim):
+    """No --expect-workers-max-wait: a `kill` (a CI job's cancel) while the master waits. FAILED on the old code: the
+    master logged "Got SIGTERM signal: stopping the run" and went on waiting, for ever."""
+    _, url, env = agentsim()
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    master, port = waiting_master(procs, url, secret)
+    worker = start_worker(procs, port, secret)
+    wait_for(lambda: "1 workers connected" in master.err(), 30, "the worker connects", diagnostics=master.tail)
+    master.popen.send_signal(signal.SIGTERM)
+    assert finish(master, 20) == 1, master.tail()
+    assert finish(worker, 30) == 0, worker.tail()  # told to quit by the master, not left running
+    line = re.search(r"(?m)^chatprobe: no test ran: .*$", master.err())
+    assert line is not None, master.tail()
+    assert line[0].startswith("chatprobe: no test ran: stopped (SIGTERM) while waiting for workers, 1 of the 2 "
+                              f"worker(s) --expect-workers asks for connected; connected: w0 (pid {worker.popen.pid} "), \
+        line[0]
