@@ -72,6 +72,7 @@ from locust.runners import (
     STATE_MISSING,
     STATE_RUNNING,
     STATE_SPAWNING,
+    STATE_STOPPED,
     MasterRunner,
     WorkerRunner,
 )
@@ -268,6 +269,7 @@ class _Run:
         self.workers: dict[str, _Worker] = {}  # master: every worker that said hello or reported, by client id
         self.tests = 0  # master: tests started (none: it quits while it waits for its workers)
         self.said_no_test = False  # master: the line saying no test ran is printed
+        self.in_test = False  # worker: it took part in a test (its reports say whether its users stopped)
         self.stopping_workers: set[str] = set()  # master: workers asked to stop that have not said they did
         self.workers_stopped = gevent.event.Event()  # master: set when the last of them did
         self.usage_error: str | None = None  # master: a worker could not use the options (exit 2)
@@ -413,6 +415,8 @@ class _Run:
         if self.stages is not None:
             self.stages.by_stage = {}
         self.by_worker.clear()
+        for worker in self.workers.values():
+            worker.chats = 0
 
     def take(self) -> tuple[Tally, dict[int, Tally]]:
         tally, self.tally = self.tally, Tally()
@@ -449,9 +453,35 @@ class _Run:
         print(f"{self.scenario.name}: {stats.chats} chats, {stats.outcomes[Outcome.PASSED]} passed{missing}, "
               f"{'objectives met' if ok else 'UNREACHABLE' if unreachable else 'OBJECTIVES FAILED'} "
               f"in {run.elapsed:.1f}s{workers}", flush=True)
+        self.say_lost_workers()
         if self.metrics_sink is not None:
             self.metrics_sink.run_finished(ok)
         return int(code)
+
+    def say_lost_workers(self) -> None:
+        """Master: a line for each worker whose last stats did not arrive (killed, its machine or network gone, or
+        too slow to stop): which worker (index, process, host, Locust client id), what Locust made of it, how many
+        of its chats are counted and up to when. The chats it played after its last report are in neither Locust's
+        stats nor the verdict, and the summary's count alone did not say so."""
+        runner = self.environment.runner
+        if not isinstance(runner, MasterRunner):
+            return
+        missing = {c.id for c in runner.clients.all if c.state == STATE_MISSING}
+        for worker in sorted(self.workers.values(), key=lambda w: w.index):
+            if worker.stopped is not False and worker.client_id not in missing:
+                continue
+            node = runner.clients.get(worker.client_id)
+            if node is None:
+                fate = "it left the run before its users stopped"
+            elif node.state == STATE_MISSING:
+                fate = "it stopped sending heartbeats (Locust marked it missing)"
+            else:
+                fate = "it did not send them within --stop-timeout and the slack"
+            counted = f"{worker.chats} of its chats counted"
+            if worker.last_report is not None:
+                counted += f", up to its last report {max(worker.last_report - self.started, 0):.1f}s into the test"
+            print(f"chatprobe: worker {worker.named()} was lost: its last stats never arrived, {fate}; {counted}: "
+                  "what it did after that is in neither Locust's stats nor the verdict", flush=True)
 
 
 def class_host(user_classes) -> tuple[str | None, str]:
@@ -694,6 +724,8 @@ def _test_start(environment, **_kw) -> None:
     opts = environment.parsed_options
     if isinstance(environment.runner, MasterRunner):
         run.tests += 1
+        for worker in run.workers.values():  # (what each reports in this test)
+            worker.last_report = worker.stopped = None
         try:
             # The options this test runs with: the web UI's form may have changed them since the master loaded its
             # own at its start (the form is checked before a test starts). The workers load the same; the master
@@ -712,6 +744,7 @@ def _test_start(environment, **_kw) -> None:
             setattr(opts, RECORD_RUN, new_run_id())
     else:
         tune_collector()
+        run.in_test = True
         try:
             if isinstance(environment.runner, WorkerRunner):
                 run.check_own_options(opts)
@@ -757,12 +790,16 @@ def _test_stop(environment, **_kw) -> None:
 
 @events.report_to_master.add_listener
 def _report(client_id, data, **_kw) -> None:
-    """Each stats interval (and the final report), a worker adds the verdicts since the last one to its report."""
+    """Each stats interval (and the final report), a worker adds the verdicts since the last one to its report; once it
+    took part in a test, every report says whether its users had stopped (all it did is then reported: the master
+    knows whether a worker's last stats arrived)."""
     run = current()
     tally, stages = run.take()
-    if tally.chats or tally.connection_violations:
-        data[TALLY_KEY] = {"worker": run.environment.runner.worker_index, "tally": tally.to_dict(),
-                           "stages": {str(i): t.to_dict() for i, t in stages.items()}}
+    if tally.chats or tally.connection_violations or run.in_test:
+        runner = run.environment.runner
+        data[TALLY_KEY] = {"worker": runner.worker_index, "tally": tally.to_dict(),
+                           "stages": {str(i): t.to_dict() for i, t in stages.items()},
+                           "stopped": runner.state == STATE_STOPPED}
 
 
 def _on_usage_error(environment, msg, **_kw) -> None:
@@ -784,6 +821,10 @@ def _on_worker_report(client_id, data, **_kw) -> None:
     if run.stages is not None:
         run.stages.merge({int(i): Tally.from_dict(t) for i, t in report.get("stages", {}).items()})
     run.by_worker[f"w{report['worker']}"] += tally.chats
+    worker = _worker_seen(run.environment.runner, client_id)
+    worker.chats += tally.chats
+    worker.last_report = time.monotonic()
+    worker.stopped = bool(report.get("stopped", True))  # (a worker of an older chatprobe: not said, not judged)
 
 
 def _on_worker_hello(environment, msg, **_kw) -> None:

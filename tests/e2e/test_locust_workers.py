@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from .conftest import start_on_free_port, wait_for
-from .test_locust import LOCUSTFILE, finish, locust_bin
+from .test_locust import LOCUSTFILE, SUMMARY, finish, locust_bin
 from .test_locust_distributed import start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -57,3 +57,34 @@ def test_sigterm_to_a_master_waiting_for_its_workers_ends_it(procs, agentsim):
     assert line[0].startswith("chatprobe: no test ran: stopped (SIGTERM) while waiting for workers, 1 of the 2 "
                               f"worker(s) --expect-workers asks for connected; connected: w0 (pid {worker.popen.pid} "), \
         line[0]
+
+
+def test_a_worker_lost_during_the_test_is_named_in_the_masters_summary(procs, agentsim):
+    """A worker killed outright (SIGKILL: the OOM killer, a node gone) during the test. FAILED on the old code: the
+    summary said "(workers: w0=N)" as for a worker that finished, nothing saying it was lost nor that the chats it
+    played after its last report are counted nowhere."""
+    _, url, env = agentsim()
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    master, port = start_on_free_port(procs, "master", lambda port: [
+        locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
+        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+        "-u", "2", "-r", "2", "--run-time", "90s", "--host", url], env=secret)
+    worker = start_worker(procs, port, secret)
+    # Its first report with chats reached the master (Locust's stats there count them).
+    wait_for(lambda: re.search(r"(?m)^chat\s+basic\s+[1-9]", master.err()), 60, "the master counts chats",
+             diagnostics=master.tail)
+    worker.popen.kill()
+    worker.popen.wait(10)
+    wait_for(lambda: "failed to send heartbeat, setting state to missing" in master.err(), 30,
+             "the master marks the worker missing", diagnostics=master.tail)
+    master.popen.send_signal(signal.SIGTERM)
+    finish(master)
+    summary = SUMMARY.search(master.out())
+    assert summary is not None and int(summary["chats"]) > 0, master.tail(60)
+    lost = re.search(r"(?m)^chatprobe: worker w0 \(pid (\d+) on [^,]+, id (\S+)\) was lost: its last stats never "
+                     r"arrived, it stopped sending heartbeats \(Locust marked it missing\); (\d+) of its chats counted, "
+                     r"up to its last report [\d.]+s into the test: what it did after that is in neither Locust's "
+                     r"stats nor the verdict$", master.out())
+    assert lost is not None, master.tail(60)
+    assert int(lost[1]) == worker.popen.pid and lost[2] in master.err(), lost[0]  # (Locust's log names its id)
+    assert int(lost[3]) == int(summary["chats"]), (lost[0], summary[0])
