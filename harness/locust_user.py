@@ -141,6 +141,12 @@ MASTER_DIGESTS = "chatprobe_master_digests"
 # metrics port and host, which each process reads for itself.
 _given: dict[str, object] = {}
 PER_PROCESS_OPTIONS = frozenset({"chatprobe_metrics_port", "chatprobe_metrics_host"})
+# The options whose value is a path: a worker given the master's file or directory by another path (relative from
+# another working directory, through a symlink) plays with it, at its own path. The master sends the real path of
+# each of its own (MASTER_DIGESTS' "paths"); a scenario or profile given by another path is judged by its content
+# (the digests), as one given by the same path is: the same content at two paths on two machines is the same one.
+PATH_OPTIONS = ("chatprobe_scenario", "chatprobe_profile", "chatprobe_ca_file", "chatprobe_record")
+CONTENT_OPTIONS = {"chatprobe_scenario": "scenario", "chatprobe_profile": "profile"}
 
 
 class _Given(argparse._StoreAction):
@@ -270,6 +276,7 @@ class _Run:
         self.tests = 0  # master: tests started (none: it quits while it waits for its workers)
         self.said_no_test = False  # master: the line saying no test ran is printed
         self.in_test = False  # worker: it took part in a test (its reports say whether its users stopped)
+        self.own: dict[str, str] = {}  # worker: path options of its own, used over the master's (check_own_options)
         self.stopping_workers: set[str] = set()  # master: workers asked to stop that have not said they did
         self.workers_stopped = gevent.event.Event()  # master: set when the last of them did
         self.usage_error: str | None = None  # master: a worker could not use the options (exit 2)
@@ -282,7 +289,7 @@ class _Run:
         in the options it sends its workers: `chatprobe check` judges every worker's files as the one run the master
         judged), else one of its own (a single process); every connection the users open is then recorded (the
         target's recorder, as `chatprobe run --record` sets it). Raises ConfigError for a DIR that cannot be used."""
-        opts = self.environment.parsed_options
+        opts = self.options()
         path = getattr(opts, "chatprobe_record", None) if opts is not None else None
         from .recorder import open_recorder
 
@@ -300,7 +307,7 @@ class _Run:
 
     def load(self) -> None:
         """Scenario and target from the options (on a worker, the master's options arrive with the first spawn)."""
-        scenario, target = self.prepare(self.environment.parsed_options, self.environment.host)
+        scenario, target = self.prepare(self.options(), self.environment.host)
         target.recorder = self.recorder
         if self.target is None or self.target.name != target.name:
             from monitors.metrics import MetricsSink, default_metrics
@@ -353,13 +360,30 @@ class _Run:
         return {"scenario": hashlib.sha256(self.scenario.model_dump_json().encode()).hexdigest(),
                 "profile": hashlib.sha256(self.target.profile.model_dump_json().encode()).hexdigest()}
 
+    def options(self) -> argparse.Namespace:
+        """The options this process plays with: Locust's (on a worker, the master's), a worker's own paths over them."""
+        opts = self.environment.parsed_options
+        if not self.own or opts is None:
+            return opts
+        return argparse.Namespace(**{**vars(opts), **self.own})
+
     def check_own_options(self, opts: argparse.Namespace) -> None:
         """Worker, at a test's start: the master's options (Locust sets them over the worker's own, silently) must be
         those the worker was given on its command line; else ConfigError naming the flag. Without this the worker
-        played what its operator did not ask for."""
+        played what its operator did not ask for. A path given here that names the master's file or directory (its
+        real path, the master's "paths") is the master's, used at this worker's own path; a scenario or profile
+        given by another path is used too, and judged by its content once loaded (check_master_digests)."""
+        digests = getattr(opts, MASTER_DIGESTS, None)
+        master_paths = digests.get("paths") if isinstance(digests, dict) else None
+        master_paths = master_paths if isinstance(master_paths, dict) else {}
+        self.own = {}
         for dest, given in _given.items():
             master = getattr(opts, dest, None)
             if master != given and dest not in PER_PROCESS_OPTIONS:
+                if dest in PATH_OPTIONS and isinstance(given, str) and given and isinstance(master, str) and master:
+                    if dest in CONTENT_OPTIONS or master_paths.get(dest) == os.path.realpath(given):
+                        self.own[dest] = given
+                        continue
                 flag = "--" + dest.replace("_", "-")
                 shown = "" if dest == "chatprobe_header" else \
                     f" ({redact.clean(repr(given), 200)} here, {redact.clean(repr(master), 200)} at the master)"
@@ -377,6 +401,13 @@ class _Run:
         for what, flag, name in (("scenario", "--chatprobe-scenario", opts.chatprobe_scenario),
                                  ("profile", "--chatprobe-profile", self.target.profile.name)):
             if master_digests.get(what) != mine[what]:
+                dest = flag[2:].replace("-", "_")
+                if dest in self.own:  # (given here by another path than the master's: name both)
+                    raise ConfigError(f"{flag}: this worker was given another value than the master "
+                                      f"({redact.clean(repr(self.own[dest]), 200)} here, "
+                                      f"{redact.clean(repr(getattr(opts, dest)), 200)} at the master), another {what} "
+                                      f"than the master's: a worker plays the master's {what}: give every machine the "
+                                      f"same {what}, or give it to the master only", field=what)
                 raise ConfigError(f"{flag} {redact.clean(str(name), 200)}: the {what} this worker loaded differs from "
                                   f"the master's (another file at that path, or another chatprobe version): give every "
                                   f"machine the same {what}", field=what)
@@ -736,7 +767,12 @@ def _test_start(environment, **_kw) -> None:
             gevent.spawn(environment.runner.quit)
             return
         if opts is not None:
-            setattr(opts, MASTER_DIGESTS, run.digests())  # sent with the spawn messages that follow
+            # Sent with the spawn messages that follow: what the master loaded, and the real paths of its own path
+            # options (a scenario or profile: when it is a file, not a built-in's name).
+            paths = {dest: os.path.realpath(value) for dest in PATH_OPTIONS
+                     if isinstance(value := getattr(opts, dest, None), str) and value
+                     and (dest not in CONTENT_OPTIONS or Path(value).is_file())}
+            setattr(opts, MASTER_DIGESTS, {**run.digests(), "paths": paths})
         if opts is not None and getattr(opts, "chatprobe_record", None):
             # Sent to the workers with the spawn messages that follow: one run id for all of this test's files.
             from .recorder import new_run_id

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 import signal
+from pathlib import Path
 
 import pytest
 
 from .conftest import start_on_free_port, wait_for
 from .test_locust import LOCUSTFILE, SUMMARY, finish, locust_bin
-from .test_locust_distributed import start_worker
+from .test_locust_distributed import TEAM_SCENARIO, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -88,3 +89,56 @@ def test_a_worker_lost_during_the_test_is_named_in_the_masters_summary(procs, ag
     assert lost is not None, master.tail(60)
     assert int(lost[1]) == worker.popen.pid and lost[2] in master.err(), lost[0]  # (Locust's log names its id)
     assert int(lost[3]) == int(summary["chats"]), (lost[0], summary[0])
+
+
+def test_workers_given_the_masters_scenario_and_record_dir_by_other_paths_run(procs, agentsim, tmp_path: Path):
+    """Each worker started from a directory of its own, given the master's scenario file and --chatprobe-record
+    directory by another path: relative from there, through a symlink, absolute. FAILED on the old code: both workers
+    refused, exit 2, "--chatprobe-scenario: this worker was given another value than the master ('../team.yaml' here,
+    'team.yaml' at the master)", as if they named other files; a relative path's value was compared as a string."""
+    _, url, env = agentsim()
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    (tmp_path / "team.yaml").write_text(TEAM_SCENARIO.format(message="What is 17 * 23?"))
+    for name in ("one", "two", "rec"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "two" / "team.yaml").symlink_to(tmp_path / "team.yaml")
+    (tmp_path / "two" / "rec").symlink_to(tmp_path / "rec", target_is_directory=True)
+    master, port = start_on_free_port(procs, "master", lambda port: [
+        locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "2",
+        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+        "-u", "2", "-r", "2", "--run-time", "4s", "--host", url, "--chatprobe-scenario", "team.yaml",
+        "--chatprobe-record", "rec"], env=secret)
+    one = start_worker(procs, port, secret, "--chatprobe-scenario", "../team.yaml", "--chatprobe-record",
+                       str(tmp_path / "rec"), cwd=tmp_path / "one", name="one")
+    two = start_worker(procs, port, secret, "--chatprobe-scenario", "team.yaml", "--chatprobe-record", "rec",
+                       cwd=tmp_path / "two", name="two")
+    assert finish(master) == 0, master.tail(60)
+    assert finish(one, 30) == 0, one.tail()
+    assert finish(two, 30) == 0, two.tail()
+    summary = SUMMARY.search(master.out())
+    assert summary is not None and summary["scenario"] == "team", master.tail(60)
+    per_worker = dict(item.split("=") for item in (summary["workers"] or "").split(", ") if item)
+    assert set(per_worker) == {"w0", "w1"} and all(int(n) > 0 for n in per_worker.values()), summary[0]
+    # Both recorded into the master's directory (none in the workers' own working directories).
+    assert len(list((tmp_path / "rec").rglob("*.jsonl"))) >= 2, sorted((tmp_path / "rec").rglob("*"))
+    assert not (tmp_path / "one" / "rec").exists()
+
+
+def test_a_worker_given_another_scenario_file_is_refused_naming_both(procs, agentsim, tmp_path: Path):
+    """A worker given a scenario file of its own whose content is not the master's: refused, both named."""
+    _, url, env = agentsim()
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    (tmp_path / "team.yaml").write_text(TEAM_SCENARIO.format(message="What is 17 * 23?"))
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "mine.yaml").write_text(TEAM_SCENARIO.format(message="Say hello."))
+    master, port = start_on_free_port(procs, "master", lambda port: [
+        locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
+        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+        "-u", "2", "-r", "2", "--run-time", "4s", "--host", url, "--chatprobe-scenario", "team.yaml"], env=secret)
+    worker = start_worker(procs, port, secret, "--chatprobe-scenario", "mine.yaml", cwd=tmp_path / "w")
+    assert finish(worker, 30) == 2, worker.tail()
+    assert finish(master) == 2, master.tail(60)
+    needle = ("--chatprobe-scenario: this worker was given another value than the master ('mine.yaml' here, "
+              "'team.yaml' at the master)")
+    assert needle in worker.err() and needle in master.err(), (worker.tail(), master.tail())
+    assert "Traceback" not in worker.err() + master.err()
