@@ -275,6 +275,7 @@ class _Run:
         self.workers: dict[str, _Worker] = {}  # master: every worker that said hello or reported, by client id
         self.tests = 0  # master: tests started (none: it quits while it waits for its workers)
         self.said_no_test = False  # master: the line saying no test ran is printed
+        self.quitting = False  # Locust's quitting event fired (its shutdown: the verdict is said there)
         self.in_test = False  # worker: it took part in a test (its reports say whether its users stopped)
         self.own: dict[str, str] = {}  # worker: path options of its own, used over the master's (check_own_options)
         self.stopping_workers: set[str] = set()  # master: workers asked to stop that have not said they did
@@ -465,6 +466,14 @@ class _Run:
         if self.scenario is None:
             print("chatprobe: no scenario ran", flush=True)
             return 1
+        if not self.tests:  # (the web UI's process quit before a test was started from it)
+            runner = self.environment.runner
+            if isinstance(runner, MasterRunner):
+                _say_no_test(runner, "it quit before a test was started")
+            else:
+                print(f"chatprobe: no test ran: it quit before a test was started; {self.what()} was not played, "
+                      "nothing judged: exit 1", file=sys.stderr, flush=True)
+            return int(ExitCode.FAILED)
         stats = self.tally.stats()
         objectives = evaluate(stats, self.scenario.objectives)
         run = ScenarioRun(scenario=self.scenario, target=self.target.name if self.target else "", results=[],
@@ -488,6 +497,12 @@ class _Run:
         if self.metrics_sink is not None:
             self.metrics_sink.run_finished(ok)
         return int(code)
+
+    def what(self) -> str:
+        """"scenario basic against host:port": what a test of this process plays."""
+        if self.scenario is None or self.target is None:
+            return "no scenario"
+        return f"scenario {redact.clean(self.scenario.name, 100)} against {redact.clean(self.target.name, 200)}"
 
     def say_lost_workers(self) -> None:
         """Master: a line for each worker whose last stats did not arrive (killed, its machine or network gone, or
@@ -604,9 +619,12 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
         quit_ = runner.quit
 
         def quit_after_the_workers_reported() -> None:
-            if runner.state == STATE_INIT and not run.tests:
-                # (Locust's wait for --expect-workers gave up: it quits the runner and exits 1, nothing else said)
-                wait = getattr(environment.parsed_options, "expect_workers_max_wait", 0)
+            opts = environment.parsed_options
+            wait = getattr(opts, "expect_workers_max_wait", 0)
+            if (runner.state == STATE_INIT and not run.tests and not run.quitting and wait
+                    and (getattr(opts, "headless", False) or getattr(opts, "autostart", False))):
+                # Locust's wait for --expect-workers gave up: it quits the runner and exits 1, nothing else said (its
+                # quitting event, where the verdict is said, does not fire there: run.quitting is not set).
                 _say_no_test(runner, f"{_expected_workers(runner)} within --expect-workers-max-wait {wait:g}s")
             _stop_workers(runner)
             quit_()
@@ -753,8 +771,8 @@ def _test_start(environment, **_kw) -> None:
     run.reset()
     run.started = time.monotonic()
     opts = environment.parsed_options
+    run.tests += 1
     if isinstance(environment.runner, MasterRunner):
-        run.tests += 1
         for worker in run.workers.values():  # (what each reports in this test)
             worker.last_report = worker.stopped = None
         try:
@@ -893,9 +911,7 @@ def _say_no_test(runner, why: str) -> None:
     came = [run.workers.get(c.id) or _Worker(c.id, runner.get_worker_index(c.id)) for c in runner.clients.all
             if c.state != STATE_MISSING]
     workers = ("; connected: " + ", ".join(w.named() for w in sorted(came, key=lambda w: w.index))) if came else ""
-    what = (f"scenario {redact.clean(run.scenario.name, 100)} against {redact.clean(run.target.name, 200)}"
-            if run.scenario is not None and run.target is not None else "no scenario")
-    print(f"chatprobe: no test ran: {why}{workers}; {what} was not played, nothing judged: exit 1",
+    print(f"chatprobe: no test ran: {why}{workers}; {run.what()} was not played, nothing judged: exit 1",
           file=sys.stderr, flush=True)
 
 
@@ -966,6 +982,7 @@ def _quitting(environment, **_kw) -> None:
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
         return
+    current().quitting = True
     # Still running: Locust's own SIGTERM handler (a run without a shape, or the web UI's) or another shutdown that
     # came before the run's end. Locust judged the run here before it stopped the users, and wrote no --html: the
     # verdict, the CSV and the printed stats each held another number of chats. Stop the users first, as the run's

@@ -8,11 +8,12 @@ import re
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from .conftest import start_on_free_port, wait_for
 from .test_locust import LOCUSTFILE, SUMMARY, finish, locust_bin
-from .test_locust_distributed import TEAM_SCENARIO, start_worker
+from .test_locust_distributed import TEAM_SCENARIO, start_worker, web_master
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -142,3 +143,25 @@ def test_a_worker_given_another_scenario_file_is_refused_naming_both(procs, agen
               "'team.yaml' at the master)")
     assert needle in worker.err() and needle in master.err(), (worker.tail(), master.tail())
     assert "Traceback" not in worker.err() + master.err()
+
+
+@pytest.mark.parametrize("mode", ["single", "master"])
+def test_a_web_ui_process_quit_before_any_test_says_no_test_ran(procs, agentsim, mode: str):
+    """The web UI opened, no test started from it, then SIGTERM (a deployment torn down). FAILED on the old code: a
+    chatprobe table of 0 chats and "basic: 0 chats, 0 passed, 0 missing events, OBJECTIVES FAILED", as if the
+    scenario had run and failed (and, at a master, a line saying it gave up waiting for its --expect-workers)."""
+    _, url, env = agentsim()
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    if mode == "master":
+        proc, web, _ = web_master(procs, url, secret)
+    else:
+        proc, web_port = start_on_free_port(procs, "locust", lambda port: [
+            locust_bin(), "-f", LOCUSTFILE, "--web-host", "127.0.0.1", "--web-port", str(port), "--host", url],
+            env=secret)
+        web = f"http://127.0.0.1:{web_port}"
+    wait_for(lambda: httpx.get(web, timeout=5).status_code == 200, 30, "the web UI answers", diagnostics=proc.tail)
+    proc.popen.send_signal(signal.SIGTERM)
+    assert finish(proc, 30) == 1, proc.tail()
+    assert ("chatprobe: no test ran: it quit before a test was started; scenario basic against 127.0.0.1:"
+            in proc.err()), proc.tail()
+    assert SUMMARY.search(proc.out()) is None and "expect-workers" not in proc.err(), proc.tail()
