@@ -38,7 +38,8 @@ SUBCOMMANDS = {"monitor": monitor_parser, "proxy": proxy_parser, "sim": sim_pars
 # Locust's own flags, which the README's Locust commands use beside chatprobe's (Locust is not imported here: it
 # monkey-patches the process).
 LOCUST_FLAGS = {"--headless", "--master", "--worker", "--master-host", "--expect-workers", "--run-time", "--csv",
-                "--stop-timeout", "--host", "--html", "--exit-code-on-error", "--reset-stats", "--expect-workers-max-wait"}
+                "--stop-timeout", "--host", "--html", "--exit-code-on-error", "--reset-stats", "--expect-workers-max-wait",
+                "--processes"}
 
 
 def _fences(path: Path) -> list[tuple[str, int, list[str]]]:

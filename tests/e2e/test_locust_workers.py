@@ -11,8 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.recordings import recorded_runs
+
 from .conftest import start_on_free_port, wait_for
-from .test_locust import LOCUSTFILE, SUMMARY, finish, locust_bin
+from .test_locust import LOCUSTFILE, SUMMARY, check, csv_row, finish, locust_bin
 from .test_locust_distributed import TEAM_SCENARIO, start_worker, web_master
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -165,3 +167,31 @@ def test_a_web_ui_process_quit_before_any_test_says_no_test_ran(procs, agentsim,
     assert ("chatprobe: no test ran: it quit before a test was started; scenario basic against 127.0.0.1:"
             in proc.err()), proc.tail()
     assert SUMMARY.search(proc.out()) is None and "expect-workers" not in proc.err(), proc.tail()
+
+
+def test_processes_forks_workers_whose_verdicts_metrics_and_recordings_add_up(procs, agentsim, tmp_path: Path):
+    """Locust's --processes 2 (a master forking two workers on this machine): the verdict merges both workers' chats
+    (the summary, the CSV and `chatprobe check` of the one record directory both wrote hold one count), and their
+    recordings share the directory without clashing (each file named by its worker's user)."""
+    _, url, env = agentsim(faults=["drop:tool_completed=0.3"])
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    prefix, rec = tmp_path / "forked", tmp_path / "rec"
+    proc = procs.start("locust", [
+        locust_bin(), "-f", LOCUSTFILE, "--headless", "--processes", "2", "-u", "4", "-r", "4", "--run-time", "5s",
+        "--stop-timeout", "30", "--host", url, "--chatprobe-scenario", "probe", "--csv", str(prefix),
+        "--chatprobe-record", str(rec), "--exit-code-on-error", "0"],
+        env=secret)
+    assert finish(proc) == 1, proc.tail(60)  # (dropped tool_completed events: probe's objectives fail)
+    summary = SUMMARY.search(proc.out())
+    assert summary is not None and summary["verdict"] == "OBJECTIVES FAILED", proc.tail(60)
+    per_worker = dict(item.split("=") for item in (summary["workers"] or "").split(", ") if item)
+    assert set(per_worker) == {"w0", "w1"} and all(int(n) > 0 for n in per_worker.values()), summary[0]
+    chats, missing = int(summary["chats"]), int(summary["missing"])
+    row = csv_row(prefix, "chat", "probe")
+    assert int(row["Request Count"]) == chats and int(row["Failure Count"]) == missing > 0, (row, summary[0])
+    [(run_id, files)] = recorded_runs(rec)
+    assert {"w0", "w1"} <= {part for f in files for part in f.name.split("-")}, [f.name for f in files]
+    code, doc = check(rec, "probe", tmp_path / "offline.json")
+    [scenario] = doc["scenarios"]
+    assert code == 1 and scenario["stats"]["chats"] == chats, (scenario["stats"], summary[0])
+    assert scenario["stats"]["missing_events_chats"] == missing
