@@ -34,8 +34,10 @@ import argparse
 import functools
 import hashlib
 import itertools
+import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -611,6 +613,7 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
     run = _run_of(environment)
     if web_ui is not None:
         web_ui.app.before_request(lambda: _check_swarm_form(environment))
+        web_ui.app.after_request(_scrub_web_report)
     if isinstance(runner, MasterRunner):
         environment.events.worker_report.add_listener(_on_worker_report)
         runner.register_message(USAGE_ERROR_MESSAGE, _on_usage_error)
@@ -1002,6 +1005,55 @@ def _quitting(environment, **_kw) -> None:
         gevent.sleep(locust_stats.CSV_STATS_INTERVAL_SEC + 0.2)
     if cut_short and getattr(environment.parsed_options, "html_file", None):
         _save_html_report(environment)
+    elif getattr(environment.parsed_options, "html_file", None):
+        _scrub_html_file(environment.parsed_options.html_file)  # (Locust wrote it at the run's end, before this)
+
+
+# The line of Locust's HTML report (its template, webui/dist/report.html) that holds the report's data as JSON.
+_TEMPLATE_ARGS = re.compile(r"(window\.templateArgs = )(\{.*\})[ \t]*$", re.M)
+
+
+def scrub_report(html: str) -> str:
+    """Locust's HTML report (its --html file, the web UI's report) without the credentials of the target URL it
+    shows as "Target Host" (`--host wss://…/ws?token=…`, a user:password@): the report's data is one JSON line, whose
+    host is redacted as every URL chatprobe shows is. The rest of the report (its failures: chatprobe's reasons,
+    which hold no server text) is left as Locust wrote it."""
+    found = _TEMPLATE_ARGS.search(html)
+    if found is None:
+        return html
+    try:
+        args = json.loads(found[2])
+    except ValueError:
+        return html
+    host = args.get("host") if isinstance(args, dict) else None
+    if not isinstance(host, str) or (shown := redact.scrub(redact.redact_url(host))) == host:
+        return html
+    from jinja2.utils import htmlsafe_json_dumps  # (Locust's template writes it with Jinja's tojson: the same)
+
+    args["host"] = shown
+    return html[:found.start(2)] + str(htmlsafe_json_dumps(args)) + html[found.end(2):]
+
+
+def _scrub_html_file(path: str) -> None:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        scrubbed = scrub_report(text)
+        if scrubbed != text:
+            from .safefile import write_report
+
+            write_report(path, scrubbed)
+    except OSError as exc:
+        logger.error("chatprobe: --html %s: cannot scrub the report of the host's credentials: %s",
+                     redact.clean(path, 200), redact.clean(os_reason(exc), 200))
+
+
+def _scrub_web_report(response):
+    """The web UI's report (/stats/report, and its download) scrubbed as the --html file is."""
+    from flask import request
+
+    if request.path.endswith("/stats/report") and response.mimetype == "text/html" and not response.direct_passthrough:
+        response.set_data(scrub_report(response.get_data(as_text=True)))
+    return response
 
 
 def _save_html_report(environment) -> None:
@@ -1009,7 +1061,7 @@ def _save_html_report(environment) -> None:
     from locust.html import get_html_report, process_html_filename
 
     opts = environment.parsed_options
-    report = get_html_report(environment, show_download_link=False)
+    report = scrub_report(get_html_report(environment, show_download_link=False))
     process_html_filename(opts)
     try:
         path = Path(opts.html_file)

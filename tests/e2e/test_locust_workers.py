@@ -195,3 +195,41 @@ def test_processes_forks_workers_whose_verdicts_metrics_and_recordings_add_up(pr
     [scenario] = doc["scenarios"]
     assert code == 1 and scenario["stats"]["chats"] == chats, (scenario["stats"], summary[0])
     assert scenario["stats"]["missing_events_chats"] == missing
+
+
+def test_locusts_html_report_shows_the_failures_readably_and_no_credential_of_the_host(procs, tmp_path: Path):
+    """A target URL with a credential in its query (`?token=…`, as some gateways take it) and chats that fail. FAILED
+    on the old code: Locust's --html report, and the web UI's report, showed the URL whole as its "Target Host", the
+    token with it. The failures keep chatprobe's reasons, readable, in the report and the CSV."""
+    from .conftest import start_agentsim
+
+    _, url, env = start_agentsim(procs, faults=["drop:tool_completed=0.5"])
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    token = "q5ecr3t-" + "7" * 24
+    host = f"{url}?token={token}&team=blue"
+    prefix, report = tmp_path / "rep", tmp_path / "rep.html"
+    proc = procs.start("locust", [
+        locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "2", "-r", "2", "--run-time", "3s", "--host", host,
+        "--chatprobe-scenario", "probe", "--csv", str(prefix), "--html", str(report)], env=secret)
+    assert finish(proc) == 1, proc.tail(60)
+    text = report.read_text(encoding="utf-8")
+    assert token not in text and "?token=[REDACTED]\\u0026team=blue" in text, re.findall(r'"host": "[^"]*"', text)
+    assert "ChatNotPassed(\\u0027failed: R2 required, R5 pairing, R7 seq (missing tool_completed)\\u0027)" in text
+    failures = (tmp_path / "rep_failures.csv").read_text(encoding="utf-8")
+    assert "ChatNotPassed('failed: R2 required, R5 pairing, R7 seq (missing tool_completed)')" in failures, failures
+    assert token not in failures + proc.out() + proc.err()
+
+    # The web UI's report of a test started there, alike.
+    web_proc, web_port = start_on_free_port(procs, "web", lambda port: [
+        locust_bin(), "-f", LOCUSTFILE, "--web-host", "127.0.0.1", "--web-port", str(port), "--host", host,
+        "--chatprobe-scenario", "probe"], env=secret)
+    web = f"http://127.0.0.1:{web_port}"
+    wait_for(lambda: httpx.get(web, timeout=5).status_code == 200, 30, "the web UI answers", diagnostics=web_proc.tail)
+    assert httpx.post(f"{web}/swarm", data={"user_count": 1, "spawn_rate": 1, "host": host}, timeout=10).json()["success"]
+    wait_for(lambda: any(r["method"] == "chat" and r["num_requests"] > 0
+                         for r in httpx.get(f"{web}/stats/requests", timeout=10).json()["stats"]),
+             30, "the web UI counts chats", diagnostics=web_proc.tail)
+    for query in ("", "?download=1"):
+        page = httpx.get(f"{web}/stats/report{query}", timeout=30)
+        assert page.status_code == 200 and "window.templateArgs" in page.text, page.text[:300]
+        assert token not in page.text and "?token=[REDACTED]" in page.text, re.findall(r'"host": "[^"]*"', page.text)
