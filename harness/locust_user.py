@@ -178,8 +178,46 @@ class _HelpAction(argparse.Action):
         parser.exit(0)
 
 
+# Locust's parser of this process's options (configargparse: it notes which config file set each option).
+_parser: argparse.ArgumentParser | None = None
+# The option a ConfigError's field is about (its TargetOptions or chatprobe name), as Locust's parser stores it.
+_FIELD_DESTS = {"url": "host", "scenario": "chatprobe_scenario", "profile": "chatprobe_profile",
+                "auth": "chatprobe_auth", "name": "chatprobe_target_name", "ca_file": "chatprobe_ca_file",
+                "headers": "chatprobe_header", "header_env": "chatprobe_header_env",
+                "subprotocols": "chatprobe_subprotocol", "record": "chatprobe_record"}
+
+
+def config_file_line(field: str | None) -> str | None:
+    """"locust.conf:6 (chatprobe-scenario)": where Locust's config file (--config, ./locust.conf, pyproject.toml's
+    [tool.locust], …) set the option a ConfigError is about, when one did (not the command line nor a LOCUST_
+    variable): the message then names the file, the line and the key, not only a flag nobody typed. The value is not
+    shown (a header's is a secret)."""
+    dest = _FIELD_DESTS.get(field or "")
+    sources = getattr(_parser, "_source_to_settings", None)
+    if dest is None or not isinstance(sources, dict):
+        return None
+    for source, settings in sources.items():
+        if not str(source).startswith("config_file|") or not isinstance(settings, dict):
+            continue
+        for key, setting in settings.items():
+            if getattr(setting[0] if isinstance(setting, tuple) else None, "dest", None) != dest:
+                continue
+            path = str(source).split("|", 1)[1]
+            line = 1
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    line = next((n for n, text in enumerate(f, 1)
+                                 if re.match(rf"\s*{re.escape(key)}\s*[=:\s]", text)), 1)
+            except OSError:
+                pass
+            return f"{redact.clean(path, 200)}:{line} ({redact.clean(key, 100)})"
+    return None
+
+
 @events.init_command_line_parser.add_listener
 def _arguments(parser: "argparse.ArgumentParser") -> None:
+    global _parser
+    _parser = parser
     g = parser.add_argument_group("chatprobe", "Locust prints --help before it reads the locustfile: "
                                   "`locust -f scenarios/locustfile.py --chatprobe-help` shows these.")
     g.add_argument("--chatprobe-help", action=_HelpAction, help="show this help, the chatprobe flags included, and exit")
@@ -324,7 +362,12 @@ class _Run:
     def prepare(self, opts: argparse.Namespace, host: str | None) -> tuple[Scenario, Target]:
         """The scenario and target these options and host mean; ConfigError naming the flag for options that cannot
         be used. Nothing of this run's is changed (the web UI's form is checked with it before a test starts)."""
-        scenario = load_scenario(opts.chatprobe_scenario)
+        try:
+            scenario = load_scenario(opts.chatprobe_scenario)
+        except ConfigError as exc:
+            if exc.field is not None:
+                raise
+            raise ConfigError(str(exc), field="scenario") from None  # (the option it is about: config_file_line)
         if scenario.open_model:
             raise ConfigError(f"--chatprobe-scenario {opts.chatprobe_scenario}: an open-model scenario (arrival_rate, "
                               "or stages with `rate`) runs under `chatprobe run` only; under Locust give stages of "
@@ -604,7 +647,8 @@ def _load_or_exit(run: _Run, *, record: bool = False) -> None:
         if record:
             run.start_recording()
     except ConfigError as exc:
-        print(f"chatprobe: error: {redact.clean(exc)}", file=sys.stderr, flush=True)
+        where = config_file_line(exc.field)
+        print(f"chatprobe: error: {where + ': ' if where else ''}{redact.clean(exc)}", file=sys.stderr, flush=True)
         sys.exit(int(ExitCode.USAGE))
 
 

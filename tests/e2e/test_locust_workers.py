@@ -233,3 +233,23 @@ def test_locusts_html_report_shows_the_failures_readably_and_no_credential_of_th
         page = httpx.get(f"{web}/stats/report{query}", timeout=30)
         assert page.status_code == 200 and "window.templateArgs" in page.text, page.text[:300]
         assert token not in page.text and "?token=[REDACTED]" in page.text, re.findall(r'"host": "[^"]*"', page.text)
+
+
+@pytest.mark.parametrize("name,text,needle", [
+    ("team.conf", "headless = true\n# the team's scenario\nchatprobe-scenario = probx\n",
+     "chatprobe: error: team.conf:3 (chatprobe-scenario): scenario 'probx': no such file"),
+    ("pyproject.toml", '[tool.locust]\nheadless = true\nchatprobe-profile = "nope"\n',
+     "chatprobe: error: pyproject.toml:3 (chatprobe-profile): --chatprobe-profile 'nope': no such file"),
+], ids=["config", "pyproject"])
+def test_a_bad_chatprobe_option_in_locusts_config_file_names_the_file_and_line(procs, tmp_path: Path, name, text,
+                                                                               needle):
+    """Locust's own config file (--config FILE, or pyproject.toml's [tool.locust] found in the working directory)
+    giving a chatprobe option that cannot be used. FAILED on the old code: the message named a flag nobody typed (or
+    none), never the file nor its line."""
+    (tmp_path / name).write_text(text)
+    config = ["--config", name] if name.endswith(".conf") else []
+    proc = procs.start("locust", [locust_bin(), "-f", LOCUSTFILE, *config, "--host", "ws://127.0.0.1:9/ws"])
+    assert finish(proc, 30) == 2, proc.tail()
+    lines = [line for line in proc.err().splitlines() if line.startswith("chatprobe: error:")]
+    assert len(lines) == 1 and lines[0].startswith(needle), proc.tail()
+    assert "Traceback" not in proc.err()
