@@ -802,9 +802,11 @@ def _on_sigterm(environment) -> None:
     if isinstance(runner, MasterRunner) and runner.state == STATE_INIT and not current().tests:
         # Still waiting for its --expect-workers: no shape, no run to end. Quitting the runner alone left Locust's
         # wait going on (for ever, without --expect-workers-max-wait): say what came, tell them to quit, exit 1.
-        _say_no_test(runner, f"stopped (SIGTERM) while waiting for workers, {_expected_workers(runner)}")
-        runner.quit()
-        sys.exit(int(ExitCode.FAILED))
+        try:
+            _say_no_test(runner, f"stopped (SIGTERM) while waiting for workers, {_expected_workers(runner)}")
+        finally:  # (a stderr that cannot be written, its pipe's reader gone, must not keep the process waiting)
+            runner.quit()
+            sys.exit(int(ExitCode.FAILED))
     shape = getattr(runner, "shape_greenlet", None)
     if shape is not None:
         shape.kill(block=False)

@@ -4,8 +4,12 @@ own scenario given by another path to the master's file is the master's file. Re
 processes, agentsim, loopback only."""
 from __future__ import annotations
 
+import os
 import re
+import select
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -13,7 +17,7 @@ import pytest
 
 from harness.recordings import recorded_runs
 
-from .conftest import start_on_free_port, wait_for
+from .conftest import ROOT, free_port, start_agentsim, start_on_free_port, wait_for
 from .test_locust import LOCUSTFILE, SUMMARY, check, csv_row, finish, locust_bin
 from .test_locust_distributed import TEAM_SCENARIO, start_worker, web_master
 
@@ -201,8 +205,6 @@ def test_locusts_html_report_shows_the_failures_readably_and_no_credential_of_th
     """A target URL with a credential in its query (`?token=…`, as some gateways take it) and chats that fail. FAILED
     on the old code: Locust's --html report, and the web UI's report, showed the URL whole as its "Target Host", the
     token with it. The failures keep chatprobe's reasons, readable, in the report and the CSV."""
-    from .conftest import start_agentsim
-
     _, url, env = start_agentsim(procs, faults=["drop:tool_completed=0.5"])
     secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
     token = "q5ecr3t-" + "7" * 24
@@ -253,3 +255,34 @@ def test_a_bad_chatprobe_option_in_locusts_config_file_names_the_file_and_line(p
     lines = [line for line in proc.err().splitlines() if line.startswith("chatprobe: error:")]
     assert len(lines) == 1 and lines[0].startswith(needle), proc.tail()
     assert "Traceback" not in proc.err()
+
+
+def test_sigterm_to_a_waiting_master_whose_output_pipe_is_gone_still_ends_it(tmp_path: Path):
+    """`locust --master … | head` or a CI runner that stopped reading: the master's stderr is a pipe nobody reads
+    any more when SIGTERM comes while it waits for its workers. FAILED before this fix: the line saying no test ran
+    raised BrokenPipeError in the signal's handler, which then never quit: the master waited on, for ever."""
+    read_end, write_end = os.pipe()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    proc = subprocess.Popen([
+        locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "2", "--master-bind-host",
+        "127.0.0.1", "--master-bind-port", str(free_port()), "-u", "1", "--run-time", "3s", "--host",
+        "ws://127.0.0.1:9/ws"], stdout=write_end, stderr=write_end, stdin=subprocess.DEVNULL, env=env, cwd=tmp_path,
+        start_new_session=True)
+    os.close(write_end)
+    try:
+        seen, deadline = b"", time.monotonic() + 40
+        while b"Waiting for workers to be ready, 0 of 2 connected" not in seen:  # (Locust says it after 5 s)
+            left = deadline - time.monotonic()
+            assert left > 0 and proc.poll() is None, seen.decode(errors="replace")[-2000:]
+            if select.select([read_end], [], [], left)[0]:
+                seen += os.read(read_end, 65536)
+        os.close(read_end)  # nobody reads its output any more
+        read_end = -1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 1
+    finally:
+        if read_end >= 0:
+            os.close(read_end)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
