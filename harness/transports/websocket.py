@@ -382,13 +382,21 @@ class WebSocketTransport(RecordingHooks):
             record_close(self, ws.protocol)
 
     async def close(self) -> None:
+        """The closing handshake, within close_timeout (2 s) for the peer's answer and 3 s in all; past them the socket
+        is dropped, as picows drops it. websockets' close waits to write its close frame without end: to a peer that
+        reads nothing (the write buffer full) the wait was cut at 3 s and the socket left open, its megabytes
+        queued, for the process's life (a monitor probing such a server kept one per probe)."""
         self.dropped = True
-        if self.ws is not None:
+        ws = self.ws
+        if ws is not None:
             try:
                 async with asyncio.timeout(3):
-                    await self.ws.close()
+                    await ws.close()
             except Exception:
                 pass
+            finally:
+                if ws.state is not State.CLOSED:
+                    ws.transport.abort()
 
     def abort(self) -> None:
         """Drop the socket without a closing handshake, as a lost network would."""
