@@ -133,6 +133,10 @@ class _Connection:
         self.stats = stats
         self.up = _Pipe(n, UP, faults, stats)
         self.down = _Pipe(n, DOWN, faults, stats)
+        for pipe in (self.up, self.down):
+            for f in pipe.faults:
+                if f.kind in ("latency", "split") and f.after == 0 and f.at is None:
+                    stats.struck.append((n, f.kind, f.direction))  # in force from the start
         self.holed: set[str] = set()
         self.client_gone = asyncio.Event()  # the client's side of the connection ended (EOF, reset)
         self.released = asyncio.Event()  # Relay.release(): a stalled direction reads (and drops) again
