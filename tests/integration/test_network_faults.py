@@ -382,3 +382,86 @@ async def test_a_black_hole_on_either_side_of_the_proxy(sim_factory, side):
     assert [outcome_of(r) for r in judged] == [expected]
     assert counted(registry, "chatprobe_chats_total", outcome=expected[0]) == 1
     assert counted(registry, "chatprobe_rule_violations_total", rule="R10") == (side == "server")
+
+
+async def test_a_client_reset_is_the_users_leaving_for_the_proxy(sim_factory):
+    """An RST between the user and the proxy mid-run: the proxy cannot tell it from a closed tab, and judges the chat
+    abandoned at that close (docs/protocol.md, Outcomes); the client's resume of it elsewhere is that judged chat's,
+    not another chat, not another user's (R8)."""
+    mine, judged, registry = await through_the_proxy(
+        sim_factory, (Fault("rst", DOWN, at=MID_RUN, connections=FIRST_ONLY),), ())
+    assert [(outcome_of(r), r.reconnects) for r in mine] == [(RESUMED, ["resumed"])]
+    assert [outcome_of(r) for r in judged] == [("passed", None, ())]
+    assert counted(registry, "chatprobe_chats_abandoned_total") == 1
+    assert not any(s.value for m in registry.collect() for s in m.samples
+                   if s.name == "chatprobe_rule_violations_total")
+
+
+class Pushgateway:
+    """Takes `chatprobe run --pushgateway`'s pushes (PUT, or POST for a failed run) and keeps the last body's
+    samples."""
+
+    def __init__(self) -> None:
+        self.samples: dict[tuple[str, frozenset], float] = {}
+        self.port = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")))
+            body = await reader.readexactly(length)
+        self.samples = {(s.name, frozenset(s.labels.items())): s.value
+                        for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    def value(self, name: str, **labels: str) -> float:
+        want = set(labels.items())
+        return sum(v for (n, lb), v in self.samples.items() if n == name and want <= lb)
+
+
+async def test_the_runs_metrics_are_its_report_through_a_hostile_network(tmp_path, sim_factory):
+    """Two users, two chats each: the first connection reset mid-frame (resumed), the second black-holed mid-run
+    (both its chats at their deadline). The metrics pushed say what the JSON report says: chats by outcome,
+    reconnects, violations by rule."""
+    gateway = Pushgateway()
+    server = await asyncio.start_server(gateway.serve, "127.0.0.1", 0)
+    faults = (Fault("rst", DOWN, at=MID_RUN, connections=FIRST_ONLY),
+              Fault("hole", DOWN, at=MID_RUN, connections=frozenset({1})))
+    try:
+        async with sim_factory() as (sim, target, _), relay(sim.port, *faults) as r:
+            path = tmp_path / "net.yaml"
+            path.write_text(scenario_text(users=2).replace("name: net\n", "name: net\nchats_per_user: 2\n"))
+            out = tmp_path / "r.json"
+            token = token_for(target)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "harness", "run", str(path), "--target", r.url, "--json", str(out), "-q",
+                "--pushgateway", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, "NO_COLOR": "1", "CHATPROBE_TOKEN": token}, start_new_session=True)
+            try:
+                stdout, _ = await asyncio.wait_for(proc.communicate(), within(2))
+            finally:
+                if proc.returncode is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    await proc.wait()
+    finally:
+        server.close()
+    text = stdout.decode()
+    assert proc.returncode == 1 and "Traceback" not in text and token not in text, text
+    (doc,) = json.loads(out.read_text())["scenarios"]
+    chats = add_up(doc)
+    assert len(chats) == 4
+    assert Counter(c["outcome"] for c in chats) == Counter({"passed": 2, "incomplete": 2}), chats
+    for outcome, n in doc["stats"]["outcomes"].items():
+        assert gateway.value("chatprobe_chats_total", outcome=outcome) == n, outcome
+    for rule, n in doc["stats"]["violations"].items():
+        assert gateway.value("chatprobe_rule_violations_total", rule=rule) == n, rule
+    reconnects = Counter(x for c in chats for x in c["reconnects"])
+    assert reconnects == Counter({"resumed": 1})
+    for result in ("resumed", "lost"):
+        assert gateway.value("chatprobe_reconnects_total", result=result) == reconnects[result], result
