@@ -28,6 +28,8 @@ from harness.checker import ChatResult
 from harness.client import Session
 from harness.events import Outcome
 from harness.flow import ChatOptions
+from harness.gevent_client import SyncSession
+from harness.profiles import load_profile
 from harness.runner import run_scenario
 from harness.scenario import Expect, Scenario, expectations_for
 from harness.sinks import Sink
@@ -465,3 +467,32 @@ async def test_the_runs_metrics_are_its_report_through_a_hostile_network(tmp_pat
     assert reconnects == Counter({"resumed": 1})
     for result in ("resumed", "lost"):
         assert gateway.value("chatprobe_reconnects_total", result=result) == reconnects[result], result
+
+
+@pytest.mark.parametrize("fault", SSE_FAULTS, ids=SSE_FAULTS.keys())
+async def test_the_locust_users_client_over_sse_through_a_hostile_network(fault):
+    """The Locust user's client speaks SSE too (its own HTTP/1.1 on h11, on a thread here as outside Locust): the
+    verdicts `chatprobe run` gives over SSE, within the chat's deadlines, and its close bounded."""
+    faults, expected = SSE_FAULTS[fault]
+    secret = "net-faults-secret-" + "s" * 24
+    sim = AguiSim(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think=0.002, tool_latency=0.001, seed=7))
+    await sim.start()
+    try:
+        async with relay(sim.port, *faults) as r:
+            profile = load_profile("ag-ui")
+            target = Target(url=r.address("http", "/agent"), profile=profile, name="sse",
+                            tokens=TokenProvider(jwt_secret=secret))
+            exp = expectations_for(profile, Expect(first_event_limit=FIRST, deadline=DEADLINE, settle=0.05))
+            message = "x" * 900_000 if fault == "request_body_never_read" else "What is 6 * 7?"
+            session = SyncSession(target, "u1", "net", Sink(), connect_timeout=CONNECT)
+
+            def play() -> ChatResult:
+                try:
+                    return session.chat(message, exp, ChatOptions(settle=0.05))
+                finally:
+                    session.close()
+
+            result = await asyncio.wait_for(asyncio.to_thread(play), within())
+    finally:
+        await sim.stop()
+    assert outcome_of(result) == expected, result
