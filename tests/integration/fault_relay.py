@@ -66,8 +66,9 @@ class _Pipe:
         self.forwarded = 0
         self.seen = b""  # the tail of what went, for a pattern cut across reads
 
-    def _trigger(self, chunk: bytes) -> tuple[int, Fault] | None:
-        """(bytes of `chunk` to forward before the first pending fault strikes, that fault), or None."""
+    def trigger(self, chunk: bytes) -> tuple[int, Fault] | None:
+        """(bytes of `chunk` to forward before the first pending fault strikes, that fault), or None. A pattern cut
+        across two reads is found in the tail of what went before (its middle may then be past: it strikes at once)."""
         best: tuple[int, Fault] | None = None
         for f in self.faults:
             if f.kind in ("latency", "split") and f.after == 0 and f.at is None:
@@ -159,7 +160,7 @@ class _Connection:
                             dst.write_eof()  # a FIN passed on as a FIN
                     return
                 while chunk:
-                    hit = self.stop_at(pipe, chunk)
+                    hit = pipe.trigger(chunk)
                     if hit is None:
                         await _write(dst, chunk, pipe)
                         break
@@ -177,10 +178,6 @@ class _Connection:
         finally:
             if pipe.direction == UP and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
                 self.client_gone.set()
-
-    @staticmethod
-    def stop_at(pipe: _Pipe, chunk: bytes) -> tuple[int, Fault] | None:
-        return pipe._trigger(chunk)
 
     async def apply(self, fault: Fault, pipe: _Pipe, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> bool:
         """Do what the fault does; True when this direction is over."""
