@@ -85,7 +85,7 @@ class Proxied:
         self.tokens = TokenProvider(jwt_secret=self.secret)
         self.token = {u: self.tokens.for_user(u) for u in ("alice", "mallory")}
         # chatprobe's own client as alice, with one token for all her connections, as a browser keeps its credentials
-        # (minted per connection, a token crossing a second's boundary is a new credential: another identity).
+        # (a token minted anew names the same user too: test_a_resume_under_the_users_refreshed_token_is_hers).
         self.target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="proxy",
                              tokens=TokenProvider(token=self.token["alice"]))
         return self
@@ -263,3 +263,36 @@ def test_parked_chats_are_bounded_per_user_in_all_and_in_bytes():
     assert not sink.results and not live.parked  # none judged: every parked chat counted once, unjudged
     assert sink.metrics.registry.get_sample_value(
         "chatprobe_chats_unjudged_total", {**LIVE, "reason": "proxy_stopped"}) == parked
+
+
+async def test_a_resume_under_the_users_refreshed_token_is_hers():
+    """alice's connection drops mid-run and her client resumes with a refreshed token (a new `iat` and `exp`, as an
+    identity provider's refresh, or a token minted per connection crossing a second): the same user (the JWT's `sub`),
+    so the parked chat is adopted and passes. Keyed by the raw token's digest, the resume was another identity's: the
+    run's events on it were another user's (R8) and alice's chat was lost at its deadline."""
+    import time
+
+    import jwt
+
+    async with Proxied(["close:abort=1.0"]) as p:
+        now = int(time.time())
+        refreshed = jwt.encode({"sub": "alice", "iat": now - 5, "exp": now + 7200, "jti": "refreshed"}, p.secret,
+                               algorithm="HS256")
+        assert refreshed != p.token["alice"]
+        async with asyncio.timeout(20):
+            alice = await p.connect("alice")
+            await alice.send(json.dumps({"type": "user_message", "payload": {
+                "content": "What is 3 * 4? #tools=1", "thread_id": "t-a", "message_id": "m-a"}}))
+            events = [f for f in await read_until_dropped(alice) if "seq" in f]
+            assert events and events[-1]["type"] != "agent_completed"
+            p.token["alice"] = refreshed
+            alice = await p.connect("alice")
+            await alice.send(json.dumps({"type": "resume", "payload": {"run_id": events[-1]["run_id"],
+                                                                       "last_seq": events[-1]["seq"]}}))
+            await read_until_completed(alice)
+            await p.sink.judged.wait()
+            await alice.close()
+    [proxied] = p.sink.results
+    assert (proxied.outcome, proxied.reconnects) == (Outcome.PASSED, ["resumed"]), (proxied.violations, proxied.note)
+    assert p.outcomes() == {"passed": 1} and p.sink.abandoned == 0
+    assert p.sample("chatprobe_rule_violations_total", rule="R8") == 0
