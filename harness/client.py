@@ -210,7 +210,8 @@ class Session(VirtualUser):
 
     __slots__ = ("transport", "reader", "generation", "closed", "closed_at", "closed_by_client", "_wake_id",
                  "_wake_one", "_wakes", "_welcomed", "_opening", "_pending_sends",
-                 "_send_failure", "_send_note", "_settling", "_all_settled", "_sends_now", "_listening", "_ending")
+                 "_send_failure", "_send_note", "_settling", "_all_settled", "_sends_now", "_listening", "_ending",
+                 "_kept")
 
     def __init__(self, target: Target, user_id: str, scenario: str, sink: Sink, *, connect_timeout: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -245,6 +246,8 @@ class Session(VirtualUser):
         # The connection that calls back (picows) and has not ended yet; who waits for its end.
         self._listening: Transport | None = None
         self._ending: Wake | None = None
+        # SSE: the user's HTTP client kept between its chats, its connection alive (sse.KeptConnection).
+        self._kept: Any = None
 
     # -- connection --
     async def connect(self, by: float | None = None, *, resume: bool = False) -> None:
@@ -253,6 +256,12 @@ class Session(VirtualUser):
         its failure fails no chat of its own)."""
         settings = self.target.settings_for(self.user_id, self.open_timeout(by))
         transport = make_transport(settings)
+        if transport.connects_on_send:  # SSE: the user's connection kept alive between its chats
+            from .transports.sse import KeptConnection
+
+            if self._kept is None:
+                self._kept = KeptConnection()
+            transport.kept = self._kept  # type: ignore[attr-defined]
         if self.target.recorder is not None:  # --record: the frames both ways, for `chatprobe check`
             transport = self.target.recorder.wrap(transport, self.user_id, resume=resume,
                                                   user=self.target.tokens.subject(self.user_id))
@@ -505,9 +514,10 @@ class Session(VirtualUser):
         if self.transport is not None and not self.closed:
             self.transport.stopped_by_client()
 
-    async def close(self) -> None:
+    async def close(self, *, user_ends: bool = True) -> None:
         """Listen out the settle windows still open, then close the connection. Closed by a task being cancelled
-        (the run stopped: max_duration, Ctrl-C), the windows are judged at once, on what arrived, not waited out."""
+        (the run stopped: max_duration, Ctrl-C), the windows are judged at once, on what arrived, not waited out.
+        `user_ends`: False at the end of an SSE chat's stream, whose user's idle connection stays for its next."""
         task = asyncio.current_task()
         try:
             if task is not None and task.cancelling():
@@ -516,6 +526,9 @@ class Session(VirtualUser):
                 await self.settled()
         finally:
             await self._close()
+            if user_ends and self._kept is not None:
+                kept, self._kept = self._kept, None
+                await kept.aclose()
 
     async def _close(self) -> None:
         self.closed_by_client = True
@@ -670,7 +683,8 @@ class Session(VirtualUser):
                         await self.transport.close()
                 else:
                     if own_stream:
-                        await self.close()  # SSE: the stream was this chat's; the next chat opens its own
+                        # SSE: the stream was this chat's; the next chat opens its own (on the kept connection)
+                        await self.close(user_ends=False)
                     return action.result
         except asyncio.CancelledError:
             # Stopped from outside (the scenario's max_duration, Ctrl-C): still judged, so counters add up; --record:

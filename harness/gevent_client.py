@@ -381,8 +381,10 @@ class _StreamWire:
 
     connects_on_send = True  # the request is the connection: made by send_text, one chat's
 
-    def __init__(self, settings: ConnectSettings) -> None:
+    def __init__(self, settings: ConnectSettings, keeper: StreamKeeper | None = None) -> None:
         self.settings = settings
+        # Where the user's idle connection waits for its next chat (keep-alive); None: a connection per chat.
+        self.keeper = keeper
         self.sock: socket.socket | None = None
         self.http: Any = None  # the h11 connection, once the answer's head opened a stream
         self.coding: str | None = None  # the stream's content coding (gzip, deflate), unpacked as read
@@ -417,45 +419,63 @@ class _StreamWire:
         scheme = SCHEMES[url.scheme.lower()]
         host = url.hostname or ""
         shown = f"[{host}]" if ":" in host else host
+        headers = [("Host", f"{shown}:{url.port}" if url.port else shown), *request_headers(s).items(),
+                   ("Content-Length", str(len(data)))]
+        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        kept = self.keeper.take() if self.keeper is not None else None
         sock: socket.socket | None = None
-        try:
-            sock = _open_socket(host, url.port or scheme.default_port, s.connect_timeout, deadline,
-                                _stream_tls(s) if scheme.secure else None)
-            http = h11.Connection(h11.CLIENT)
-            headers = [("Host", f"{shown}:{url.port}" if url.port else shown), *request_headers(s).items(),
-                       ("Content-Length", str(len(data)))]
-            target = (url.path or "/") + (f"?{url.query}" if url.query else "")
-            out = memoryview(http.send(h11.Request(method="POST", target=target, headers=headers))
-                             + http.send(h11.Data(data=data)) + http.send(h11.EndOfMessage()))
-            while out:
-                out = out[_within(sock, deadline, functools.partial(_send_some, sock, out), select.POLLOUT):]
-            while True:
-                event = http.next_event()
-                if event is h11.NEED_DATA:
-                    http.receive_data(_within(sock, deadline, functools.partial(sock.recv, 65536)))
-                elif isinstance(event, h11.Response):
-                    break
-                elif isinstance(event, h11.ConnectionClosed):  # as httpx says it (the asyncio transport)
-                    raise ConnectFailed("protocol_error",
-                                        "HTTP protocol error: Server disconnected without sending a response.")
+        while True:
+            answered = False  # a byte of the answer came (a request failing after one is never sent again)
+            try:
+                if kept is not None:
+                    sock, http = kept
+                    sock.setblocking(False)
                 else:
-                    # A 1xx answer: the next one is awaited, within the same deadline (_within checks it before
-                    # every read, however fast they come), and the other greenlets get their turn meanwhile: a
-                    # server sending `100 Continue` without end, never making a read wait, held the whole Locust
-                    # process, its run time's end and its signals included, until it stopped.
-                    _yield()
-            head = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in event.headers}
-            failure = head_failure(event.status_code, head.get("content-type", ""), head.get("location", ""), s.url,
-                                   head.get("content-encoding", ""))
-            if failure is not None:
-                raise ConnectFailed(*failure)
-        except BaseException as exc:
-            self.requested = False
-            if sock is not None:
-                sock.close()
-            if isinstance(exc, Exception):
-                raise ConnectFailed(*classify_http(exc)) from None
-            raise
+                    sock = _open_socket(host, url.port or scheme.default_port, s.connect_timeout, deadline,
+                                        _stream_tls(s) if scheme.secure else None)
+                    http = h11.Connection(h11.CLIENT)
+                out = memoryview(http.send(h11.Request(method="POST", target=target, headers=headers))
+                                 + http.send(h11.Data(data=data)) + http.send(h11.EndOfMessage()))
+                while out:
+                    out = out[_within(sock, deadline, functools.partial(_send_some, sock, out), select.POLLOUT):]
+                while True:
+                    event = http.next_event()
+                    if event is h11.NEED_DATA:
+                        got = _within(sock, deadline, functools.partial(sock.recv, 65536))
+                        answered = answered or bool(got)
+                        http.receive_data(got)
+                    elif isinstance(event, h11.Response):
+                        break
+                    elif isinstance(event, h11.ConnectionClosed):  # as httpx says it (the asyncio transport)
+                        raise ConnectFailed("protocol_error",
+                                            "HTTP protocol error: Server disconnected without sending a response.")
+                    else:
+                        # A 1xx answer: the next one is awaited, within the same deadline (_within checks it before
+                        # every read, however fast they come), and the other greenlets get their turn meanwhile: a
+                        # server sending `100 Continue` without end, never making a read wait, held the whole Locust
+                        # process, its run time's end and its signals included, until it stopped.
+                        _yield()
+                head = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in event.headers}
+                failure = head_failure(event.status_code, head.get("content-type", ""), head.get("location", ""),
+                                       s.url, head.get("content-encoding", ""))
+                if failure is not None:
+                    raise ConnectFailed(*failure)
+            except BaseException as exc:
+                if sock is not None:
+                    sock.close()
+                retry = (kept is not None and not answered and isinstance(exc, Exception)
+                         and time.monotonic() < deadline)
+                if retry:
+                    # A kept connection the server closed while it was idle, found so only by the request (it closed
+                    # after the check): sent again once, on a new connection, within the same deadline, as a browser
+                    # does. Never once a byte of the answer came.
+                    kept = sock = None
+                    continue
+                self.requested = False
+                if isinstance(exc, Exception):
+                    raise ConnectFailed(*classify_http(exc)) from None
+                raise
+            break
         self.coding = CODINGS.get(head.get("content-encoding", "").strip().lower())
         sock.settimeout(None)  # read blocking by the reader: abort()'s shutdown ends it
         self.sock, self.http = sock, http
@@ -517,6 +537,8 @@ class _StreamWire:
                     if rest:
                         deliver(rest)
                     self.ended_note = "the server ended the event stream before the run's terminal event (truncated run)"
+                    if self.keeper is not None and isinstance(event, h11.EndOfMessage):
+                        self._keep(http, sock)
                     return
         except (CorruptEncoding, EventTooLarge) as exc:
             # As the asyncio transport: stop reading at once, an R12, nothing the cut left pending dispatched.
@@ -534,22 +556,80 @@ class _StreamWire:
                 return
         self.close_reason = self.close_reason or "closed by the client"  # (the client ended it: abort, close)
 
+    def _keep(self, http: Any, sock: socket.socket) -> None:
+        """The answer's body ended cleanly: its connection waits for the user's next chat (keep-alive) when HTTP lets
+        it carry another (h11 both sides DONE: no `Connection: close`, HTTP/1.1) and nothing came after the body."""
+        import h11
+
+        keeper = self.keeper
+        if keeper is None or self.closing or self.protocol_error is not None:
+            return
+        if http.our_state is not h11.DONE or http.their_state is not h11.DONE or http.trailing_data[0]:
+            return  # (bytes after the body's end: not an answer to anything; the connection is not trusted again)
+        self.sock = None  # no longer this chat's: its end (abort, close) leaves it open
+        if self.closing:  # (closed meanwhile, from another thread)
+            sock.close()
+            return
+        http.start_next_cycle()
+        keeper.put(sock, http)
+
     def abort(self) -> None:
         self.closing = True
         self.ready.set()
-        if self.sock is not None:
-            _shutdown(self.sock, socket.SHUT_RDWR)
+        sock = self.sock
+        if sock is not None:
+            _shutdown(sock, socket.SHUT_RDWR)
 
     def close(self) -> None:
         self.abort()
-        if self.sock is not None:
-            self.sock.close()
+        sock = self.sock
+        if sock is not None:
+            sock.close()
 
     def ended(self, conn: _Connection) -> None:
         conn.close_code = 1000 if conn.close_code is None else conn.close_code
         conn.close_reason = conn.close_reason or self.close_reason
         if self.protocol_error is not None:
             conn.protocol_error = self.protocol_error
+
+
+class StreamKeeper:
+    """A user's idle HTTP/1.1 connection between its SSE chats (keep-alive, as a browser, k6 or Locust's HttpUser
+    keeps one): at most one, handed to the next chat's request. It holds the socket and h11's state, no credential
+    (each request's headers are made from the chat's settings and not kept)."""
+
+    __slots__ = ("_idle",)
+
+    def __init__(self) -> None:
+        self._idle: tuple[socket.socket, Any] | None = None
+
+    def put(self, sock: socket.socket, http: Any) -> None:
+        old, self._idle = self._idle, (sock, http)
+        if old is not None:
+            old[0].close()
+
+    def take(self) -> tuple[socket.socket, Any] | None:
+        """The idle connection, unless the server closed it (or sent anything) while it was idle: a socket readable
+        now has nothing to say to a request not yet sent but its end; closed then."""
+        idle, self._idle = self._idle, None
+        if idle is None:
+            return None
+        sock = idle[0]
+        try:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            stale = bool(poller.poll(0)) or (isinstance(sock, ssl.SSLSocket) and sock.pending() > 0)
+        except (OSError, ValueError):
+            stale = True
+        if stale:
+            sock.close()
+            return None
+        return idle
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, None
+        if idle is not None:
+            idle[0].close()
 
 
 def _stream_tls(s: ConnectSettings) -> ssl.SSLContext:
@@ -661,6 +741,8 @@ class SyncSession(VirtualUser):
         self._connect_lock = threading.Lock()
         self.ended_note = ""  # why the connection ended, when it knows (an SSE stream; a WebSocket never says)
         self.stream_per_chat = target.transport == "sse"  # else one WebSocket connection carries every chat
+        # SSE: the user's connection kept alive between its chats (each chat's stream still its own).
+        self._keeper: StreamKeeper | None = StreamKeeper() if self.stream_per_chat else None
         # The failure of the last send that was a connection's (SSE: the chat's request, classified), for its chat.
         self._send_failure: ConnectFailed | None = None
         self.closed_by_client = False  # this client closed or dropped the connection on purpose (until the next)
@@ -678,7 +760,7 @@ class SyncSession(VirtualUser):
         recorder = self.target.recorder
         recording = None if recorder is None else recorder.recording(
             self.user_id, resume=resume, user=self.target.tokens.subject(self.user_id))
-        ws: _Wire | _StreamWire = _StreamWire(settings) if self.stream_per_chat else _Wire(settings)
+        ws: _Wire | _StreamWire = _StreamWire(settings, self._keeper) if self.stream_per_chat else _Wire(settings)
         try:
             ws.open()
         except Exception as exc:
@@ -847,6 +929,8 @@ class SyncSession(VirtualUser):
             self._listen_out()
         finally:
             self._close()
+            if self._keeper is not None:
+                self._keeper.close()  # the user's end: its idle connection too
 
     def _close(self) -> None:
         conn = self.conn

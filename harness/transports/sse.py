@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import h11
+import httpcore
 import httpx
 
 from ..eventstream import EventStreamParser, EventTooLarge
@@ -193,6 +194,105 @@ def _no_tls() -> ssl.SSLContext:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname, no CA loaded
 
 
+class _CountedStream(httpcore.AsyncNetworkStream):
+    """A connection's stream that counts the bytes read from it: whether any of a request's answer came before it
+    failed (a request on a kept connection is sent again only when none did)."""
+
+    __slots__ = ("_stream", "got")
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+        self.got = 0
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data = await self._stream.read(max_bytes, timeout)
+        self.got += len(data)
+        return data
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        return _CountedStream(await self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _CountingBackend(httpcore.AnyIOBackend):
+    """asyncio's sockets (anyio's, as httpx uses them), each counted (_CountedStream); `connects`: how many made."""
+
+    connects = 0
+
+    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        self.connects += 1
+        return _CountedStream(await super().connect_tcp(*args, **kwargs))
+
+
+class KeptConnection:
+    """A virtual user's HTTP client between its SSE chats: its connection kept alive (HTTP/1.1 keep-alive, as a
+    browser, k6 and Locust's HttpUser keep one), at most one idle, for the user's next chat. Each chat's stream is
+    still its own transport. Holds no credential: a request's headers are given with it and not kept."""
+
+    def __init__(self) -> None:
+        self.backend = _CountingBackend()
+        self.client: httpx.AsyncClient | None = None
+        self._tls: ssl.SSLContext | None = None  # the client's TLS context (base.ssl_context's, shared)
+        self.idle: _CountedStream | None = None  # the idle connection's stream, when a chat's body ended cleanly
+
+    async def client_for(self, settings: ConnectSettings) -> httpx.AsyncClient:
+        """The user's client; made anew when the TLS context changed (the CA file was rewritten: base.ssl_context),
+        so that a new connection is verified as without keep-alive. Raises ConnectFailed as ssl_context does."""
+        tls = ssl_context(settings, "sse") or _no_tls()
+        if self.client is not None and tls is self._tls:
+            return self.client
+        await self.aclose()
+        transport = httpx.AsyncHTTPTransport(verify=tls, trust_env=False)
+        # httpx's pool, made again with the counting sockets (httpx takes no network backend of its own) and no
+        # idle expiry: a connection the server closed while idle is found so before it is used (its socket
+        # readable), and a request that finds it so anyway is sent again (SSETransport.send).
+        transport._pool = httpcore.AsyncConnectionPool(ssl_context=tls, max_keepalive_connections=1,
+                                                       keepalive_expiry=None, network_backend=self.backend)
+        self.client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(settings.connect_timeout, read=None),  # reads are bounded by the chat's deadline
+            follow_redirects=False,
+            trust_env=False,  # like the WebSocket transport: no proxy from the environment
+        )
+        self._tls = tls
+        return self.client
+
+    async def kept_clean(self, response: httpx.Response) -> None:
+        """The body of `response` was read to its end and closed: its connection is idle in the pool (unless HTTP
+        said it ends: `Connection: close`, HTTP/1.0). Bytes after the body's end are no answer to anything: such a
+        connection is not used again."""
+        stream = response.extensions.get("network_stream")
+        self.idle = stream if isinstance(stream, _CountedStream) else None
+        for conn in self.pool.connections:
+            # (httpcore keeps what h11 read past the body's end for the next answer: none may be there)
+            h11_state = getattr(getattr(conn, "_connection", None), "_h11_state", None)
+            if h11_state is not None and h11_state.trailing_data[0]:
+                self.idle = None
+                await conn.aclose()
+
+    @property
+    def pool(self) -> httpcore.AsyncConnectionPool:
+        return self.client._transport._pool  # type: ignore[union-attr]
+
+    async def aclose(self) -> None:
+        client, self.client, self.idle = self.client, None, None
+        if client is not None:
+            try:
+                async with asyncio.timeout(3):
+                    await client.aclose()
+            except Exception:
+                pass
+
+
 class SSETransport(RecordingHooks):
     """HTTP POST of the chat request, then the Server-Sent Events of one run; one stream at a time."""
 
@@ -202,6 +302,9 @@ class SSETransport(RecordingHooks):
     def __init__(self, settings: ConnectSettings) -> None:
         self.settings = settings
         self.client: httpx.AsyncClient | None = None
+        # The user's client kept between its chats (keep-alive), set by the Session before open(); None: this
+        # transport's own, closed with its stream (a connection per chat).
+        self.kept: KeptConnection | None = None
         self.response: httpx.Response | None = None
         self.close_code: int | None = None
         self.close_reason: str = ""
@@ -219,6 +322,9 @@ class SSETransport(RecordingHooks):
 
     async def open(self) -> None:
         s = self.settings
+        if self.kept is not None:
+            self.client = await self.kept.client_for(s)
+            return
         self.client = httpx.AsyncClient(
             # https: the shared context (base.ssl_context); http: no TLS is ever spoken on this client (redirects
             # are not followed): httpx's default loaded a CA bundle per client (≈29 ms) and even a bare context is
@@ -238,11 +344,28 @@ class SSETransport(RecordingHooks):
         self._requested = True
         s = self.settings
         body = obj if isinstance(obj, (str, bytes)) else json.dumps(obj)
-        request = self.client.build_request("POST", s.url, content=body, headers=request_headers(s))
+        request = self.client.build_request("POST", s.url, content=body, headers=request_headers(s),
+                                            timeout=httpx.Timeout(s.connect_timeout, read=None))
         response: httpx.Response | None = None
+        kept = self.kept
+        idle = kept.idle if kept is not None else None
         try:
             async with asyncio.timeout(s.connect_timeout):
-                response = await self.client.send(request, stream=True)
+                while True:
+                    connects = kept.backend.connects if kept is not None else 0
+                    got = idle.got if idle is not None else 0
+                    if kept is not None:
+                        kept.idle = None
+                    try:
+                        response = await self.client.send(request, stream=True)
+                        break
+                    except (httpx.TransportError, OSError):
+                        # Sent on the kept connection (none made) and failed before a byte of the answer came: the
+                        # server closed it while idle, found so only by the request. Sent again once, on a new
+                        # connection, within the same deadline, as a browser does; never once an answer byte came.
+                        if kept is None or idle is None or kept.backend.connects != connects or idle.got != got:
+                            raise
+                        idle = None
         except Exception as exc:
             raise ConnectFailed(*classify_http(exc)) from None
         finally:
@@ -270,7 +393,7 @@ class SSETransport(RecordingHooks):
             if self._pump.cancelled():
                 self.close_reason = self.close_reason or "closed by the client"
             self.close_code = self.close_code if self.close_code is not None else 1000
-            if self.client is not None:  # one stream per transport: its end is the connection's
+            if self.client is not None and self.kept is None:  # one stream per transport: its end is the connection's
                 try:
                     async with asyncio.timeout(3):
                         await self.client.aclose()
@@ -309,6 +432,11 @@ class SSETransport(RecordingHooks):
             for data in parser.end():  # the body ended cleanly: an event its end left without the empty line
                 on_frame(data, at)
             self.ended_note = "the server ended the event stream before the run's terminal event (truncated run)"
+            if self.kept is not None and not self._closing:
+                # Read to its end: closed, its connection goes back to the pool, idle, for the user's next chat
+                # (a response closed before its end closes its connection: a chat cut short keeps none).
+                await response.aclose()
+                await self.kept.kept_clean(response)
         except CorruptEncoding as exc:
             # As broken HTTP framing: an R12, and nothing the cut left pending is dispatched.
             self.protocol_error = str(exc)
@@ -340,7 +468,14 @@ class SSETransport(RecordingHooks):
         if self._pump is not None and not self._pump.done():
             self._pump.cancel()
             await asyncio.wait({self._pump}, timeout=3)
-        if self.client is not None:
+        if self.kept is not None:
+            if self.response is not None:  # (closed before its end: its connection is closed, not kept)
+                try:
+                    async with asyncio.timeout(3):
+                        await self.response.aclose()
+                except Exception:
+                    pass
+        elif self.client is not None:
             try:
                 async with asyncio.timeout(3):
                     await self.client.aclose()
