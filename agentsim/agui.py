@@ -351,36 +351,41 @@ class AguiSim:
         self._writers.add(writer)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                request, body = await self._read_request(conn, reader)
-            if request is None:
-                return await self._respond(conn, writer, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, body.decode())
-            target = urlsplit(request.target.decode("latin-1"))
-            if target.path not in AGUI_PATHS:
-                return await self._respond(conn, writer, HTTPStatus.NOT_FOUND, "agentsim (ag-ui) serves POST /agent")
-            if request.method != b"POST":
-                return await self._respond(conn, writer, HTTPStatus.METHOD_NOT_ALLOWED, "POST a RunAgentInput")
-            if self._refused():
-                return await self._respond(conn, writer, HTTPStatus.SERVICE_UNAVAILABLE, "agentsim fault: refuse")
-            headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
-            user, reason = self._user(headers.get("authorization", ""), target.query)
-            if user is None:
-                self.gt.write({"kind": "auth_failed", "connection_id": None, "reason": reason})
-                return await self._respond(conn, writer, HTTPStatus.UNAUTHORIZED, f"authentication failed: {reason}")
-            inp, why = self._input(body)
-            if inp is None:
-                return await self._respond(conn, writer, HTTPStatus.UNPROCESSABLE_ENTITY, why)
-            if (user, inp["runId"]) in self._runs:
-                return await self._respond(conn, writer, HTTPStatus.CONFLICT, "runId already in use")
-            writer.write(conn.send(h11.Response(status_code=200, headers=[
-                ("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"), ("Connection", "close")])) or b"")
-            out = SSEOut(conn, writer, f"h-{uuid.uuid4().hex[:16]}")
-            await self._run(inp, user, out)
-            try:
-                writer.write(conn.send(h11.EndOfMessage()) or b"")
-                await writer.drain()
-            except (ConnectionError, h11.LocalProtocolError, RuntimeError):  # RuntimeError: uvloop, client gone
-                pass
+            while True:  # HTTP/1.1 keep-alive: the connection carries its client's next request, as a real
+                # server's does (uvicorn, Node); REQUEST_TIMEOUT bounds the wait for each
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    request, body = await self._read_request(conn, reader)
+                if request is None:
+                    return await self._respond(conn, writer, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, body.decode())
+                target = urlsplit(request.target.decode("latin-1"))
+                if target.path not in AGUI_PATHS:
+                    return await self._respond(conn, writer, HTTPStatus.NOT_FOUND, "agentsim (ag-ui) serves POST /agent")
+                if request.method != b"POST":
+                    return await self._respond(conn, writer, HTTPStatus.METHOD_NOT_ALLOWED, "POST a RunAgentInput")
+                if self._refused():
+                    return await self._respond(conn, writer, HTTPStatus.SERVICE_UNAVAILABLE, "agentsim fault: refuse")
+                headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
+                user, reason = self._user(headers.get("authorization", ""), target.query)
+                if user is None:
+                    self.gt.write({"kind": "auth_failed", "connection_id": None, "reason": reason})
+                    return await self._respond(conn, writer, HTTPStatus.UNAUTHORIZED, f"authentication failed: {reason}")
+                inp, why = self._input(body)
+                if inp is None:
+                    return await self._respond(conn, writer, HTTPStatus.UNPROCESSABLE_ENTITY, why)
+                if (user, inp["runId"]) in self._runs:
+                    return await self._respond(conn, writer, HTTPStatus.CONFLICT, "runId already in use")
+                writer.write(conn.send(h11.Response(status_code=200, headers=[
+                    ("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])) or b"")
+                out = SSEOut(conn, writer, f"h-{uuid.uuid4().hex[:16]}")
+                await self._run(inp, user, out)
+                try:
+                    writer.write(conn.send(h11.EndOfMessage()) or b"")
+                    await writer.drain()
+                except (ConnectionError, h11.LocalProtocolError, RuntimeError):  # RuntimeError: uvloop, client gone
+                    return
+                if writer.is_closing() or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return  # (a fault cut the stream, or HTTP says the connection ends)
+                conn.start_next_cycle()
         except (TimeoutError, ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError):
             pass
         finally:
