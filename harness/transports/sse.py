@@ -255,8 +255,9 @@ class KeptConnection:
         # httpx's pool, made again with the counting sockets (httpx takes no network backend of its own) and no
         # idle expiry: a connection the server closed while idle is found so before it is used (its socket
         # readable), and a request that finds it so anyway is sent again (SSETransport.send).
-        transport._pool = httpcore.AsyncConnectionPool(ssl_context=tls, max_keepalive_connections=1,
-                                                       keepalive_expiry=None, network_backend=self.backend)
+        transport._pool = httpcore.AsyncConnectionPool(ssl_context=tls, max_connections=None,
+                                                       max_keepalive_connections=1, keepalive_expiry=None,
+                                                       network_backend=self.backend)
         self.client = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(settings.connect_timeout, read=None),  # reads are bounded by the chat's deadline
@@ -409,8 +410,12 @@ class SSETransport(RecordingHooks):
         # of one read (picows) or of one turn of the event loop (websockets). No chat woken by one of them has its
         # turn before the last is handed over, and the recording's equal times say so to `chatprobe check`
         # (offline.OfflineCheck._judge_ready): live and offline judge the read alike.
+        clean = False  # the body was read to its end
         try:
-            async for chunk in response.aiter_raw():  # as sent; an encoded body unpacked piece by piece
+            # As sent; an encoded body unpacked piece by piece. The response's stream itself, not aiter_raw, which
+            # closes the response at the body's end in this task: a chat judged at its terminal event cancels it
+            # then, and the close, cancelled, left the connection neither closed nor idle (see the end).
+            async for chunk in response.stream:  # type: ignore[union-attr]
                 at = clock()
                 if unpacker is None:
                     for data in parser.feed(chunk):
@@ -432,11 +437,7 @@ class SSETransport(RecordingHooks):
             for data in parser.end():  # the body ended cleanly: an event its end left without the empty line
                 on_frame(data, at)
             self.ended_note = "the server ended the event stream before the run's terminal event (truncated run)"
-            if self.kept is not None and not self._closing:
-                # Read to its end: closed, its connection goes back to the pool, idle, for the user's next chat
-                # (a response closed before its end closes its connection: a chat cut short keeps none).
-                await response.aclose()
-                await self.kept.kept_clean(response)
+            clean = True
         except CorruptEncoding as exc:
             # As broken HTTP framing: an R12, and nothing the cut left pending is dispatched.
             self.protocol_error = str(exc)
@@ -456,11 +457,21 @@ class SSETransport(RecordingHooks):
                 # HttpAgent) fails the run with a network error there. A reset connection is a lost one, not this.
                 self.protocol_error = f"the HTTP response carrying the event stream is malformed: {str(exc)[:120]}"
         finally:
+            # Closed in a task of its own: this one may be being cancelled (the chat ended, its deadline), and
+            # httpcore's lock (anyio's) refuses a cancelled task, which left the connection open and, in the user's
+            # kept client, active in its pool for good.
+            closer = asyncio.ensure_future(self._release(response, clean))
             try:
-                async with asyncio.timeout(2):
-                    await response.aclose()
+                await asyncio.wait({closer}, timeout=2)
             except BaseException:
                 pass
+
+    async def _release(self, response: httpx.Response, clean: bool) -> None:
+        """Close the response: read to its end, its connection goes back to the user's pool, idle, for its next chat
+        (KeptConnection.kept_clean); else the connection is closed (a chat cut short keeps none)."""
+        await response.aclose()
+        if clean and self.kept is not None:
+            await self.kept.kept_clean(response)
 
     async def close(self) -> None:
         self._closing = True

@@ -256,3 +256,23 @@ async def test_a_chat_cut_by_its_deadline_leaves_no_connection_kept(client):
             results = await asyncio.wait_for(asyncio.to_thread(play), 30)
     assert [r.outcome if r else None for r in results] == [Outcome.INCOMPLETE, Outcome.PASSED], results
     assert server.requests == [1, 1], server.requests
+
+
+async def test_chats_judged_at_their_terminal_event_still_keep_the_connection():
+    """settle 0: each chat is judged at RUN_FINISHED, and its stream closed then, while the body's end is read in the
+    same turn. httpx's aiter_raw closed the response there, in the reading task the chat's end cancels: the close was
+    cut, the connection left neither closed nor idle in the user's pool, and every chat opened another (a connection
+    and a socket held per chat until the user's end)."""
+    async def answer(n: int, body: bytes) -> tuple[bytes, bool]:
+        return sized(whole_run(body)), False
+
+    async with KeepAliveServer(answer) as server:
+        target = LimitedTarget(url=server.url, profile=AGUI, name="t", tokens=TokenProvider(None))
+        session = Session(target, "u1", "t", Collector(), connect_timeout=3)
+        try:
+            results = [await asyncio.wait_for(session.chat(f"chat {i}", EXP, ChatOptions(settle=0)), 20)
+                       for i in range(CHATS)]
+        finally:
+            await asyncio.wait_for(session.close(), 10)
+    assert verdicts(results) == PASSED, results
+    assert server.requests == [CHATS], server.requests
