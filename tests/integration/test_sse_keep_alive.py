@@ -276,3 +276,71 @@ async def test_chats_judged_at_their_terminal_event_still_keep_the_connection():
             await asyncio.wait_for(session.close(), 10)
     assert verdicts(results) == PASSED, results
     assert server.requests == [CHATS], server.requests
+
+
+def holds(root: object, secret: str, limit: int = 200_000) -> bool:
+    """Whether anything reachable from `root` (instances, containers; not classes, modules or functions, which lead to
+    every global, nor the event loop, its tasks and selector, which lead to the test server's own buffers) is a str or
+    bytes holding `secret`."""
+    import gc
+    import selectors
+    import threading
+    import types
+
+    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.CodeType, types.FrameType,
+            types.CoroutineType, asyncio.AbstractEventLoop, asyncio.Future, selectors.BaseSelector, threading.Thread)
+    seen, todo, wanted = {id(root)}, [root], (secret, secret.encode())
+    while todo and len(seen) < limit:
+        obj = todo.pop()
+        if isinstance(obj, str):
+            if wanted[0] in obj:
+                return True
+            continue
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            if wanted[1] in bytes(obj):
+                return True
+            continue
+        for ref in gc.get_referents(obj):
+            if id(ref) not in seen and not isinstance(ref, skip):
+                seen.add(id(ref))
+                todo.append(ref)
+    return False
+
+
+@CLIENTS
+async def test_the_kept_connection_holds_no_credential(client):
+    """Between chats the user's idle connection is kept, never its credential: the token (and a --header value) was
+    sent with each request, made from the chat's settings, and is not reachable from what keeps the connection."""
+    async def answer(n: int, body: bytes) -> tuple[bytes, bool]:
+        return sized(whole_run(body)), False
+
+    secret = "tok-kept-7f3a9c"
+    async with KeepAliveServer(answer) as server:
+        target = LimitedTarget(url=server.url, profile=AGUI, name="t", tokens=TokenProvider(secret),
+                               headers=(("X-Tenant", "hdr-kept-51be"),))
+        if client == "asyncio":
+            session = Session(target, "u1", "t", Collector(), connect_timeout=3)
+            try:
+                results = [await asyncio.wait_for(session.chat(f"chat {i}", EXP, OPTIONS), 20) for i in range(2)]
+                kept = session._kept
+                assert kept is not None and kept.idle is not None  # the connection is kept
+                found = holds(kept, secret) or holds(kept, "hdr-kept-51be")
+            finally:
+                await asyncio.wait_for(session.close(), 10)
+        else:
+            sync = SyncSession(target, "u1", "t", Collector(), connect_timeout=3)
+
+            def play() -> tuple[list[ChatResult | None], bool]:
+                try:
+                    out = [sync.chat(f"chat {i}", EXP, OPTIONS) for i in range(2)]
+                    keeper = sync._keeper
+                    assert keeper is not None and keeper._idle is not None  # the connection is kept
+                    return out, holds(keeper, secret) or holds(keeper, "hdr-kept-51be")
+                finally:
+                    sync.close()
+
+            results, found = await asyncio.wait_for(asyncio.to_thread(play), 30)
+    assert [r.outcome if r else None for r in results] == [Outcome.PASSED] * 2, results
+    assert server.requests == [2], server.requests
+    assert holds(target.tokens, secret)  # (the search finds a token where it is kept)
+    assert not found
