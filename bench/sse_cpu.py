@@ -42,7 +42,7 @@ def main() -> int:
                             'message: "what is 6*7"\nexpect:\n  deadline: 60s\n')
         trees = {"this tree": ROOT}
         if args.against:
-            trees[args.against] = tree_at(args.against, tmp / "against", ("harness", "agentsim"))
+            trees[args.against] = tree_at(args.against, tmp / "against", ("harness", "agentsim", "scenarios"))
         proc, url = start_sim("none", ["--protocol", "ag-ui"])
         cpu: dict[str, list[float]] = {name: [] for name in trees}
         try:
