@@ -10,6 +10,11 @@ against) or a copy of its harness/ and agentsim/; each is byte-compiled first, a
 dropped, as an installed package is compiled once.
 
     .venv/bin/python bench/paired_run.py TREE_A TREE_B [--pairs 31] [--users 100] [--chats 50]
+
+`--agui-ws` serves AG-UI over WebSocket instead (agentsim --protocol ag-ui, its WebSocket endpoint, `--profile ag-ui`):
+its events name no run, which the checker's routing handles otherwise; `--settle` sets the scenario's expect.settle.
+
+    .venv/bin/python bench/paired_run.py TREE_A TREE_B --agui-ws --users 20 --chats 250 --settle 0s
 """
 from __future__ import annotations
 
@@ -39,6 +44,8 @@ def main() -> int:
     p.add_argument("--pairs", type=int, default=31)
     p.add_argument("--users", type=int, default=100)
     p.add_argument("--chats", type=int, default=50, help="chats per user, back to back")
+    p.add_argument("--agui-ws", action="store_true", help="AG-UI over WebSocket (agentsim --protocol ag-ui)")
+    p.add_argument("--settle", default=None, help="the scenario's expect.settle (default: chatprobe's default)")
     args = p.parse_args()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     trees = [args.tree_a.resolve(), args.tree_b.resolve()]
@@ -46,16 +53,25 @@ def main() -> int:
         for package in ("harness", "agentsim"):
             compileall.compile_dir(tree / package, quiet=1)
     with tempfile.TemporaryDirectory() as tmpdir:
-        scenario = scenario_file(Path(tmpdir), args.users, args.chats, "none", None)
-        sim = subprocess.Popen([PY, "-m", "agentsim", "--port", "0", "--no-auth", "--think", "0", "--tool-latency", "0"],
+        scenario = scenario_file(Path(tmpdir), args.users, args.chats, "none", args.settle)
+        sim = subprocess.Popen([PY, "-m", "agentsim", "--port", "0", "--no-auth", "--think", "0", "--tool-latency", "0",
+                                *(["--protocol", "ag-ui"] if args.agui_ws else [])],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=trees[0],
                                env={**env, "PYTHONPATH": str(trees[0])}, preexec_fn=pin(0))
         url = agentsim_url(sim)
+        profile: list[str] = []
+        if args.agui_ws:  # its second line: "agentsim: the same AG-UI events over WebSocket at ws://…/agent"
+            assert sim.stdout is not None
+            line = sim.stdout.readline()
+            if " at ws://" not in line:
+                sim.kill()
+                raise SystemExit(f"agentsim did not say its AG-UI WebSocket endpoint: {line!r}")
+            url, profile = line.rsplit(" at ", 1)[1].strip(), ["--profile", "ag-ui"]
 
         def run(tree: Path) -> tuple[float, float]:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             done = subprocess.run([PY, "-m", "harness", "run", str(scenario), "--target", url, "--auth", "none",
-                                   "--quiet"], cwd=tree, env={**env, "PYTHONPATH": str(tree)}, preexec_fn=pin(1),
+                                   *profile, "--quiet"], cwd=tree, env={**env, "PYTHONPATH": str(tree)}, preexec_fn=pin(1),
                                   capture_output=True, text=True, timeout=600)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             if done.returncode != 0:
