@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 import time
 from http import HTTPStatus
@@ -134,6 +135,36 @@ def _accept_encoding(value: str) -> str:
     kept = [item.strip() for item in value.split(",")
             if item.split(";", 1)[0].strip().lower() in PASSED_CODINGS]
     return ", ".join(k for k in kept if k)
+
+
+# The end of a request's head as h11 finds it (its _receivebuffer: a blank line, CRLF or LF alone), and a line end
+# that is LF alone.
+_HEAD_END = re.compile(rb"\n\r?\n")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def _check_lines(raw: bytes | bytearray) -> None:
+    """_Refused (400) for a request head with a line ended by LF alone: h11 reads it as a line (RFC 9112 §2.2 lets a
+    recipient), but a server or load balancer in front that does not would read other headers, or another request,
+    from the same bytes (request smuggling). Refused as the WebSocket side's websockets and the monitor's HTTP side
+    refuse it. `raw`: the bytes read of the request, its head first."""
+    end = _HEAD_END.search(raw)
+    if _BARE_LF.search(raw, 0, end.end() if end is not None else len(raw)) is not None:
+        raise _Refused(HTTPStatus.BAD_REQUEST, "a line of the request head ends with a bare LF; HTTP lines end with "
+                       "CRLF")
+
+
+def _relayed_headers(response: h11.Response) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers as the client gets them: without those of one hop (HOP_BY_HOP and the ones
+    its Connection names, RFC 9110 §7.6.1: an upstream's `Connection: X-Internal` with `X-Internal: …` was passed on),
+    nor a Content-Length beside a Transfer-Encoding (RFC 9112 §6.3: the body is chunked, read so, and an intermediary
+    MUST drop the length before passing it on: kept, it framed the client's answer at a length its body was not, and
+    the answer was cut)."""
+    named = {t.strip() for n, v in response.headers if n == b"connection" for t in v.lower().split(b",")}
+    drop = {n.encode() for n in HOP_BY_HOP} | named
+    if any(n == b"transfer-encoding" for n, _ in response.headers):
+        drop.add(b"content-length")
+    return [(n, v) for n, v in response.headers.raw_items() if n.lower() not in drop]
 
 
 class _Request:
@@ -266,7 +297,8 @@ class SSEProxy:
             door.throttle.warn("bad_request", "refused a request the proxy does not pass on (from %s; HTTP %d): a "
                                "request target that is not a plain path (the proxy only ever connects to --upstream), "
                                "a head or body over its bounds, a header sent twice that is sent once, a request not "
-                               "sent whole in time, or bytes that are no HTTP/1.1 request", peer or "unknown",
+                               "sent whole in time, a request framed two ways or with a bare LF (smuggling), CONNECT, "
+                               "or bytes that are no HTTP/1.1 request", peer or "unknown",
                                status.value)
 
     def warn(self, key: str, message: str, *args: Any) -> None:
@@ -307,6 +339,9 @@ class SSEProxy:
         heard = bool(pending)
         head: h11.Request | None = None
         body = bytearray()
+        # The bytes of this request read so far, up to its head (h11 may hold some from the last read already): h11
+        # takes a line ended by LF alone, which the head is checked for once it came (_check_lines).
+        raw = bytearray(h.trailing_data[0]) + pending
         if pending:
             h.receive_data(pending)
         idle = self.request_timeout if first else KEEPALIVE_TIMEOUT
@@ -334,10 +369,13 @@ class SSEProxy:
                         if data and not heard:
                             heard = True
                             deadline.reschedule(loop.time() + self.request_timeout)
+                        if head is None:
+                            raw += data
                         h.receive_data(data)
                         continue
                     if isinstance(event, h11.Request):
                         head = event
+                        _check_lines(raw)
                         self._check_head(event)
                     elif isinstance(event, h11.Data):
                         body += event.data
@@ -366,7 +404,15 @@ class SSEProxy:
         if length is not None and length.isdigit() and int(length) > self.max_size:
             raise _Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                            f"the request's body is over the proxy's {self.max_size} byte limit")
+        if request.method == b"CONNECT":  # a tunnel, which an origin-form target cannot ask for and --upstream is not
+            raise _Refused(HTTPStatus.NOT_IMPLEMENTED, "CONNECT is not relayed (the proxy only forwards requests to "
+                           "--upstream)")
         names = [n for n, _ in request.headers]
+        if b"content-length" in names and b"transfer-encoding" in names:
+            # RFC 9112 §6.3: a request framed both ways may be a smuggling attempt (a server in front reading it by
+            # its Content-Length, this one by its chunks, would see two different requests): refused, as nginx
+            # and the WebSocket side (websockets refuses any Transfer-Encoding) refuse it.
+            raise _Refused(HTTPStatus.BAD_REQUEST, "a request with both Content-Length and Transfer-Encoding")
         twice = [name for name in ONCE_HEADERS if names.count(name.encode()) > 1]
         if twice:
             if self.door is not None:
@@ -551,7 +597,7 @@ class _Exchange:
             raise _Refused(HTTPStatus.BAD_GATEWAY, "upstream unreachable" if kind in ("refused", "tls_error")
                            else "upstream answered no valid HTTP response", counted=False) from None
         # The answer's head goes to the client first; then what it is decides whether a chat is followed.
-        out = [(n, v) for n, v in response.headers.raw_items() if n.lower().decode("latin-1") not in HOP_BY_HOP]
+        out = _relayed_headers(response)
         try:
             writer.write(h.send(h11.Response(status_code=response.status_code, headers=out,
                                              reason=response.reason)))

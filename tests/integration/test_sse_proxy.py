@@ -771,3 +771,68 @@ async def test_sigterms_drain_lets_a_stream_in_flight_end_and_closes_an_idle_con
     assert {o: sample(metrics, "chatprobe_chats_total", outcome=o)
             for o in ("passed", "failed", "incomplete", "error")} == {"passed": 1, "failed": 0, "incomplete": 0,
                                                                        "error": 0}
+
+
+async def test_requests_a_server_in_front_could_read_otherwise_are_refused_and_never_reach_the_upstream():
+    """Request smuggling: bytes that two HTTP readers may split into different requests. A request framed both by
+    Content-Length and chunks (CL.TE: here the chunked body is empty and a second request follows, which a server in
+    front reading 4 bytes of body saw as part of the first), a head with lines ended by LF alone (a pipelined one too,
+    behind a good request), and CONNECT: each refused (400, 501) before anything reaches the upstream, the connection
+    closed, counted bad_request. h11 took all of them: the smuggled GET reached the upstream, CONNECT /x was passed on."""
+    async def handle(reader, writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with raw_upstream(handle) as (up, heads), proxy_to(up) as (url, metrics, _):
+        smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        cl_te = (b"POST /agent HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"0\r\n\r\n" + smuggled)
+        got = await _raw_client(url, cl_te)
+        assert got.startswith(b"HTTP/1.1 400 ") and got.count(b"HTTP/1.1") == 1, got
+        te_cl = (b"POST /agent HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+                 b"0\r\n\r\n" + smuggled)
+        assert (await _raw_client(url, te_cl)).startswith(b"HTTP/1.1 400 ")
+        bare = b"GET /bare HTTP/1.1\nHost: x\nX-A: a\r\nConnection: close\r\n\r\n"
+        assert (await _raw_client(url, bare)).startswith(b"HTTP/1.1 400 ")
+        bare_header = b"GET /bare HTTP/1.1\r\nHost: x\r\nX-A: a\nTransfer-Encoding: chunked\r\n\r\n"
+        assert (await _raw_client(url, bare_header)).startswith(b"HTTP/1.1 400 ")
+        # behind a good request in the same write (the bytes h11 holds past the first request are checked too)
+        got = await _raw_client(url, b"GET /fine HTTP/1.1\r\nHost: x\r\n\r\n" + bare)
+        assert got.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 400 " in got, got
+        for target in (b"/x", b"evil.example:443"):
+            assert (await _raw_client(url, b"CONNECT " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+                b"HTTP/1.1 501 "), target
+        # a body with bare LFs is a body: passed on
+        body = b"{\n}\n"
+        got = await _raw_client(url, b"POST /fine HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close"
+                                     b"\r\n\r\n" + body)
+        assert got.startswith(b"HTTP/1.1 200 "), got
+        assert [h.split(b" ", 2)[1] for h in heads] == [b"/fine", b"/fine"]
+        assert refused(metrics, "bad_request") == 7
+
+
+async def test_an_upstreams_answer_framed_both_ways_is_relayed_whole_and_the_headers_its_connection_names_are_not():
+    """An upstream answering with Content-Length and Transfer-Encoding: chunked (RFC 9112 §6.3: the chunks frame it,
+    and an intermediary drops the length): the proxy kept the length, framed the client's answer by it, and cut it at
+    the first chunk longer than that (an event stream's chat with it). Headers the upstream's Connection names (RFC
+    9110 §7.6.1, one hop's) were passed on to the client."""
+    async def handle(reader, writer, head, body):
+        if head.startswith(b"POST"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 3\r\n"
+                         b"Transfer-Encoding: chunked\r\nConnection: keep-alive, X-Internal\r\nX-Internal: s3cr3t\r\n"
+                         b"X-Kept: yes\r\n\r\n" + chunked(sse(*RUN)))
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: s3cr3t\r\nContent-Length: 2\r\n\r\n"
+                         b"ok")
+        await writer.drain()
+
+    async with raw_upstream(handle) as (up, _), proxy_to(up) as (url, metrics, _):
+        got = await _raw_client(url, b"POST /agent HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close"
+                                     b"\r\n\r\n%s" % (len(BODY), BODY))
+        head, _, rest = got.partition(b"\r\n\r\n")
+        assert b"transfer-encoding: chunked" in head.lower() and b"content-length" not in head.lower(), head
+        assert b"X-Kept: yes" in head and b"X-Internal" not in head, head
+        assert b"RUN_FINISHED" in rest and rest.endswith(b"0\r\n\r\n"), rest[-200:]
+        await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="passed") == 1)
+        got = await _raw_client(url, b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"\r\n\r\nok") and b"X-Internal" not in got, got
