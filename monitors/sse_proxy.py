@@ -113,6 +113,7 @@ class ClientSocket:
         self.upstream: _Socket | None = None
         self.key = "unknown"  # its limit key (client address), once admitted
         self.reading = True  # waiting for (or reading) a request: closed at once when the proxy stops
+        self.heard = False  # (while reading) a byte of the request came: the drain lets it come whole and be served
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def wait_closed(self) -> None:
@@ -218,9 +219,10 @@ class SSEProxy:
         pending: bytes | None = b""
         try:
             while not self.stopping:
-                client.reading = True
+                client.reading, client.heard = True, bool(pending)
                 try:
-                    request = await self._read_request(h, reader, writer, pending or b"", first=not admitted)
+                    request = await self._read_request(h, reader, writer, pending or b"", first=not admitted,
+                                                       client=client)
                 except _Refused as refused:
                     if refused.counted:
                         self.refuse(self._peer(writer), refused.status)
@@ -272,10 +274,11 @@ class SSEProxy:
     async def drain(self, server: SSEServer, timeout: float, interrupted: asyncio.Event | None = None) -> int:
         """SIGTERM's first step, as the WebSocket side's (proxy.Proxy.drain): no new connection (the listener closed),
         each connection waiting for a request closed now (a kept-alive client's next request goes to another
-        replica), each answer streaming relayed to its end and its connection closed then, for at most `timeout`
+        replica), a request partly come let come whole and answered, each answer streaming relayed to its end and
+        its connection closed then (an answer begun during the drain says `Connection: close`), for at most `timeout`
         seconds or until `interrupted` is set (a second signal). Returns how many connections are still open
         (stop_proxy cuts them)."""
-        server.close()
+        server.close(requests_too=timeout <= 0)
         tasks = set(self.clients.values())
         if tasks and timeout > 0:
             waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(asyncio.wait(tasks))]
@@ -332,7 +335,7 @@ class SSEProxy:
             writer.close()
 
     async def _read_request(self, h: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                            pending: bytes, first: bool) -> _Request | None:
+                            pending: bytes, first: bool, client: ClientSocket | None = None) -> _Request | None:
         """The client's next request, head and body (at most --max-size of body), within its deadlines: None when the
         client closed (or stayed idle) with no request begun. _Refused: a request the proxy answers itself."""
         loop = asyncio.get_running_loop()
@@ -368,6 +371,8 @@ class SSEProxy:
                         data = await reader.read(READ_CHUNK)
                         if data and not heard:
                             heard = True
+                            if client is not None:
+                                client.heard = True
                             deadline.reschedule(loop.time() + self.request_timeout)
                         if head is None:
                             raw += data
@@ -598,6 +603,8 @@ class _Exchange:
                            else "upstream answered no valid HTTP response", counted=False) from None
         # The answer's head goes to the client first; then what it is decides whether a chat is followed.
         out = _relayed_headers(response)
+        if proxy.stopping:  # draining: the client is told this connection ends with this answer (as nginx tells it)
+            out.append((b"Connection", b"close"))
         try:
             writer.write(h.send(h11.Response(status_code=response.status_code, headers=out,
                                              reason=response.reason)))
@@ -799,13 +806,15 @@ class SSEServer:
         self.server = server
         self.sockets = server.sockets
 
-    def close(self) -> None:
+    def close(self, requests_too: bool = True) -> None:
         """Stop listening; connections waiting for a request are closed now, answers streaming go on (until
-        stop_proxy's grace cuts them: FrontDoor.cut_all)."""
+        stop_proxy's grace cuts them: FrontDoor.cut_all). `requests_too` False (the drain): a request partly come is
+        let come whole (within the request deadline), forwarded and answered, `Connection: close`; its client was
+        not told the connection ends, and a reset there lost the user's message (a chat's POST) at every deploy."""
         self.proxy.stopping = True
         self.server.close()
         for client in list(self.proxy.clients):
-            if client.reading:
+            if client.reading and (requests_too or not client.heard):
                 client.transport.abort()
 
     async def wait_closed(self) -> None:

@@ -836,3 +836,46 @@ async def test_an_upstreams_answer_framed_both_ways_is_relayed_whole_and_the_hea
         await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="passed") == 1)
         got = await _raw_client(url, b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"\r\n\r\nok") and b"X-Internal" not in got, got
+
+
+async def test_a_request_partly_sent_as_the_drain_begins_is_served_and_its_connection_closed_after():
+    """SIGTERM's drain on the HTTP side: a client that had sent part of its chat's POST (its head, half its body) when
+    the drain began had its connection reset, its message lost, at every deploy; an idle kept-alive one is still
+    closed at once. The request is now let come whole, forwarded, its answer relayed with `Connection: close` and the
+    connection closed after it; the chat is judged as any other."""
+    from monitors.proxy import stop_proxy
+
+    async with raw_upstream(answer(sse(*RUN))) as (up, heads):
+        metrics = ChatMetrics(CollectorRegistry())
+        sink = MetricsSink(metrics, "upstream", "live")
+        live = LiveChats(AGUI, sink, expectations_for(AGUI, Expect(deadline="60s")), "live", 0.05)
+        proxy = SSEProxy(up, live)
+        server = await start_sse_proxy(proxy, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /agent HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY[:20]))
+        await writer.drain()
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        await until(lambda: len(proxy.relays) == 2 and any(c.heard for c in proxy.relays))
+        live.begin_stop()
+        drain = asyncio.ensure_future(proxy.drain(server, 5.0))
+        async with asyncio.timeout(5):
+            assert await idle_reader.read() == b""  # the idle connection: closed at once
+        writer.write(BODY[20:])
+        async with asyncio.timeout(10):
+            got = await reader.read()  # the answer whole, then the connection's end
+        head = got.partition(b"\r\n\r\n")[0]
+        assert got.startswith(b"HTTP/1.1 200 ") and b"connection: close" in head.lower(), got[:300]
+        assert b"RUN_FINISHED" in got and got.endswith(b"0\r\n\r\n"), got[-200:]
+        async with asyncio.timeout(10):
+            assert await drain == 0
+        await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="passed") == 1)
+        live.cut()
+        assert proxy.door is not None
+        await stop_proxy(server, proxy.door, grace=0.5)
+        live.stop()
+        writer.close()
+        idle_writer.close()
+    assert len(heads) == 1
+    assert (metrics.registry.get_sample_value("chatprobe_chats_unjudged_total",
+                                              {**LABELS, "reason": "proxy_stopped"}) or 0) == 0
