@@ -228,6 +228,12 @@ def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[IP
     return addr
 
 
+def trusted_peer(peer: str | None, trusted: tuple[IPNetwork, ...]) -> bool:
+    """Whether a socket's peer is a --trusted-proxy (its X-Forwarded-For is believed)."""
+    addr = parse_ip(peer)
+    return addr is not None and _trusted(addr, trusted)
+
+
 def _trusted(ip: IPAddress, trusted: tuple[IPNetwork, ...]) -> bool:
     return any(ip.version == net.version and ip in net for net in trusted)
 

@@ -37,6 +37,7 @@ from .frontdoor import (
     install_accept_errors,
     limit_key,
     open_file_limit,
+    trusted_peer,
     upstream_url,
 )
 
@@ -75,6 +76,12 @@ MAX_PIPELINED = MAX_REQUEST_HEAD
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
                         "upgrade", "proxy-authorization", "proxy-authenticate"})
 REQUEST_SET = frozenset({"host", "content-length", "expect", "accept-encoding"})
+# Headers saying who the client is and how it connected, which the upstream may believe from the proxy (uvicorn's
+# --forwarded-allow-ips is 127.0.0.1 by default: a proxy beside it): passed on only from a --trusted-proxy, as the
+# per-address cap believes X-Forwarded-For only from one; X-Forwarded-For then says the socket's peer too (nginx's
+# $proxy_add_x_forwarded_for).
+CLIENT_ADDRESS = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
+                            "x-forwarded-port", "x-real-ip"})
 # A request's header sent twice is refused (400) as the WebSocket side refuses it: which one counts is up to each
 # reader, and the identity and the scrubbing would know one of them only.
 ONCE_HEADERS = ("host", "authorization", "proxy-authorization", "cookie", "content-length")
@@ -516,11 +523,24 @@ class _Exchange:
         connection_named = {t.strip().lower().encode() for n, v in head.headers if n == b"connection"
                             for t in v.decode("latin-1").split(",")}
         out: list[tuple[bytes, bytes]] = [(b"Host", host.encode("ascii"))]
+        peer = SSEProxy._peer(self.client.writer)
+        door = self.proxy.door
+        believed = door is not None and trusted_peer(peer, door.trusted)
+        hops: list[bytes] = []
         for name, value in head.headers.raw_items():
             low = name.lower()
-            if low.decode("latin-1") in HOP_BY_HOP or low.decode("latin-1") in REQUEST_SET or low in connection_named:
+            text = low.decode("latin-1")
+            if text in HOP_BY_HOP or text in REQUEST_SET or low in connection_named:
                 continue
+            if text in CLIENT_ADDRESS:
+                if not believed:
+                    continue  # a client's own word about its address: the upstream gets the socket's peer instead
+                if text == "x-forwarded-for":
+                    hops.append(value)
+                    continue
             out.append((name, value))
+        if peer is not None:
+            out.append((b"X-Forwarded-For", b", ".join([*hops, peer.encode("latin-1")])))
         for name, value in head.headers:
             if name == b"accept-encoding":
                 kept = _accept_encoding(value.decode("latin-1"))

@@ -879,3 +879,30 @@ async def test_a_request_partly_sent_as_the_drain_begins_is_served_and_its_conne
     assert len(heads) == 1
     assert (metrics.registry.get_sample_value("chatprobe_chats_unjudged_total",
                                               {**LABELS, "reason": "proxy_stopped"}) or 0) == 0
+
+
+async def test_a_clients_own_x_forwarded_for_reaches_the_upstream_only_from_a_trusted_proxy():
+    """A client's X-Forwarded-For (X-Real-IP, Forwarded, X-Forwarded-Proto…) was passed on as it came: an upstream
+    believing them from the proxy (uvicorn does from 127.0.0.1 by default: a proxy beside it) took any client's word
+    for its address, past its own per-address limits and into its logs, while the proxy's own cap believes them only
+    from --trusted-proxy. Now the upstream gets them only from a trusted proxy, and X-Forwarded-For always ends with
+    the socket's peer."""
+    import ipaddress
+
+    async def handle(reader, writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    spoof = (b"GET /x HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6"
+             b"\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nX-Other: kept\r\nConnection: close\r\n\r\n")
+    async with raw_upstream(handle) as (up, heads), proxy_to(up) as (url, _, proxy):
+        assert (await _raw_client(url, spoof)).endswith(b"ok")
+        seen = heads[-1].lower()
+        assert b"x-forwarded-for: 127.0.0.1\r\n" in seen and b"6.6.6.6" not in seen, seen
+        assert b"x-forwarded-proto" not in seen and b"evil.example" not in seen and b"x-other: kept" in seen, seen
+        assert proxy.door is not None
+        proxy.door.trusted = (ipaddress.ip_network("127.0.0.1/32"),)  # the client is now a load balancer in front
+        assert (await _raw_client(url, spoof)).endswith(b"ok")
+        seen = heads[-1].lower()
+        assert b"x-forwarded-for: 6.6.6.6, 127.0.0.1\r\n" in seen and b"x-real-ip: 6.6.6.6" in seen, seen
+        assert b"x-forwarded-proto: https" in seen and b"forwarded: for=6.6.6.6" in seen, seen
