@@ -200,6 +200,7 @@ class SSEProxy:
         self.read_timeout = read_timeout or max(60.0, live.exp.deadline + live.settle)
         self.door: FrontDoor | None = None
         self.stopping = False
+        self.drained = False  # the drain is over: what still streams is cut at the stop's close, not given its grace
         self.clients: dict[ClientSocket, asyncio.Task[Any]] = {}
         parts = urlsplit(self.upstream)
         # An https:// upstream's certificate verified against the system's CAs (as the WebSocket side's wss://), or
@@ -297,6 +298,7 @@ class SSEProxy:
                 for w in waits:
                     w.cancel()
                 await asyncio.gather(*waits, return_exceptions=True)
+        self.drained = True
         return len(self.clients)
 
     def refuse(self, peer: str | None, status: HTTPStatus) -> None:
@@ -828,13 +830,17 @@ class SSEServer:
 
     def close(self, requests_too: bool = True) -> None:
         """Stop listening; connections waiting for a request are closed now, answers streaming go on (until
-        stop_proxy's grace cuts them: FrontDoor.cut_all). `requests_too` False (the drain): a request partly come is
-        let come whole (within the request deadline), forwarded and answered, `Connection: close`; its client was
-        not told the connection ends, and a reset there lost the user's message (a chat's POST) at every deploy."""
+        stop_proxy's grace cuts them: FrontDoor.cut_all; after a drain, they are cut now). `requests_too` False (the
+        drain): a request partly come is let come whole (within the request deadline), forwarded and answered,
+        `Connection: close`; its client was not told the connection ends, and a reset there lost the user's message
+        (a chat's POST) at every deploy."""
         self.proxy.stopping = True
         self.server.close()
         for client in list(self.proxy.clients):
-            if client.reading and (requests_too or not client.heard):
+            # After a drain (its time up, or a second SIGTERM), what still streams is cut now: an HTTP answer has no
+            # closing handshake to wait for (the WebSocket side's 1001), and relaying on for stop_proxy's grace made
+            # a second SIGTERM end the proxy 5 s later, not at once.
+            if self.proxy.drained or (client.reading and (requests_too or not client.heard)):
                 client.transport.abort()
 
     async def wait_closed(self) -> None:

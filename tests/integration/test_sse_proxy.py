@@ -906,3 +906,53 @@ async def test_a_clients_own_x_forwarded_for_reaches_the_upstream_only_from_a_tr
         seen = heads[-1].lower()
         assert b"x-forwarded-for: 6.6.6.6, 127.0.0.1\r\n" in seen and b"x-real-ip: 6.6.6.6" in seen, seen
         assert b"x-forwarded-proto: https" in seen and b"forwarded: for=6.6.6.6" in seen, seen
+
+
+async def test_a_second_sigterm_ends_the_drain_and_the_streams_left_are_cut_at_once():
+    """A second SIGTERM (or the drain's time up): the streams still in flight are cut at once and counted unjudged.
+    The HTTP side relayed them on for stop_proxy's whole grace (5 s), which the WebSocket side spends on closing
+    handshakes an HTTP answer does not have: a second Ctrl-C ended the proxy 5 s later, not at once."""
+    from monitors.proxy import stop_proxy
+
+    never = asyncio.Event()
+
+    async def handle(reader, writer, head, body):  # each answer begun, never ended
+        await answer(sse(*RUN[:2]), end=False)(reader, writer, head, body)
+        await never.wait()
+
+    async with raw_upstream(handle) as (up, _):
+        metrics = ChatMetrics(CollectorRegistry())
+        sink = MetricsSink(metrics, "upstream", "live")
+        live = LiveChats(AGUI, sink, expectations_for(AGUI, Expect(deadline="60s")), "live", 0.05)
+        proxy = SSEProxy(up, live)
+        server = await start_sse_proxy(proxy, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        streams = []
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /agent HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+            async with asyncio.timeout(10):
+                await reader.readuntil(b"TEXT_MESSAGE_START")
+            streams.append((reader, writer))
+        live.begin_stop()
+        second = asyncio.Event()
+        drain = asyncio.ensure_future(proxy.drain(server, 30.0, second))
+        await until(lambda: not server.server.is_serving())
+        second.set()
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            assert await drain == 3
+        live.cut()
+        assert proxy.door is not None
+        await stop_proxy(server, proxy.door, grace=5.0)
+        live.stop()
+        assert time.monotonic() - started < 2.5
+        for reader, writer in streams:
+            async with asyncio.timeout(5):
+                rest = await reader.read()
+            assert not rest.endswith(b"0\r\n\r\n")  # cut, never a clean end
+            writer.close()
+    assert metrics.registry.get_sample_value("chatprobe_chats_unjudged_total",
+                                             {**LABELS, "reason": "proxy_stopped"}) == 3
+    assert sum(sample(metrics, "chatprobe_chats_total", outcome=o)
+               for o in ("passed", "failed", "incomplete", "error")) == 0
