@@ -359,7 +359,13 @@ class SSEProxy:
         idle = self.request_timeout if first else KEEPALIVE_TIMEOUT
         try:
             async with asyncio.timeout(self.request_timeout if heard else idle) as deadline:
+                parsed = 0
                 while True:
+                    parsed += 1
+                    if parsed % EVENTS_PER_TURN == 0:
+                        # A body of one-byte chunks (11,000 a 64 KiB read) parsed in one go held the loop, every
+                        # other user's stream with it, for most of a second: the loop is handed over as _relay does.
+                        await asyncio.sleep(0)
                     try:
                         event = h.next_event()
                     except h11.RemoteProtocolError as exc:
@@ -600,6 +606,7 @@ class _Exchange:
                     uwriter.write(up.send(h11.Data(data=body)))
                 uwriter.write(up.send(h11.EndOfMessage()))
                 await uwriter.drain()
+                informational = 0
                 while response is None:
                     event = up.next_event()
                     if event is h11.NEED_DATA:
@@ -607,7 +614,11 @@ class _Exchange:
                     elif isinstance(event, h11.Response):
                         response = event
                     elif isinstance(event, h11.InformationalResponse):
-                        continue  # (100 Continue and the like: the proxy sent the body whole)
+                        # (100 Continue and the like: the proxy sent the body whole.) A flood of them (3,600 a 64 KiB
+                        # read) held the loop for half a second at a time: it is handed over as _relay does.
+                        informational += 1
+                        if informational % EVENTS_PER_TURN == 0:
+                            await asyncio.sleep(0)
                     else:
                         raise h11.RemoteProtocolError("the upstream closed before its answer")
         except asyncio.CancelledError:

@@ -956,3 +956,91 @@ async def test_a_second_sigterm_ends_the_drain_and_the_streams_left_are_cut_at_o
                                              {**LABELS, "reason": "proxy_stopped"}) == 3
     assert sum(sample(metrics, "chatprobe_chats_total", outcome=o)
                for o in ("passed", "failed", "incomplete", "error")) == 0
+
+
+@contextlib.asynccontextmanager
+async def _loop_stalls() -> AsyncIterator[list[float]]:
+    """The longest the event loop went without running a 5 ms ticker (beyond its 5 ms), in [0] once the block ends."""
+    worst = [0.0]
+
+    async def tick() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.005)  # wait-ok: a ticker measuring how long the loop is held, not a condition wait
+            now = time.monotonic()
+            worst[0] = max(worst[0], now - last - 0.005)
+            last = now
+
+    ticker = asyncio.ensure_future(tick())
+    try:
+        yield worst
+    finally:
+        ticker.cancel()
+        await asyncio.gather(ticker, return_exceptions=True)
+
+
+def _flood(port: int, head: bytes, burst: bytes, stop: threading.Event) -> threading.Thread:
+    """A thread sending `head`, then `burst` as fast as the socket takes it until `stop` or the peer closes."""
+    def run() -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn, contextlib.suppress(OSError):
+            conn.sendall(head)
+            while not stop.is_set():
+                conn.sendall(burst)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+async def test_a_request_body_of_one_byte_chunks_does_not_hold_the_loop():
+    """A client sending its body as one-byte chunks as fast as it can: h11 parsed each read of them (11,000 chunks in
+    64 KiB) in one go, and reads kept coming without the loop being handed over: every other user's stream (and the
+    proxy's timers, its first-event clocks with them) stood still for most of a second at a time. Now the loop is
+    handed over every EVENTS_PER_TURN pieces, as for an upstream's chunks, until the request's deadline (408)."""
+    async def handle(reader, writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    stop = threading.Event()
+    async with raw_upstream(handle) as (up, heads), proxy_to(up, request_timeout=3.0) as (url, metrics, _):
+        async with _loop_stalls() as worst:
+            flood = _flood(int(url.rsplit(":", 1)[1]), b"POST /agent HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
+                           b"\r\n\r\n", b"1\r\nx\r\n" * 8192, stop)
+            try:
+                await until(lambda: refused(metrics, "bad_request") == 1, timeout=20)  # its 408
+            finally:
+                stop.set()
+                await asyncio.to_thread(flood.join, 10)
+        assert worst[0] < 0.3, f"the loop was held {worst[0]:.2f}s"
+        assert heads == []
+
+
+async def test_an_upstream_flooding_informational_answers_does_not_hold_the_loop():
+    """An upstream answering with endless `100` responses (3,600 in 64 KiB), each skipped: the loop was held for half
+    a second at a time until the connect timeout's 504."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(10)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            while not stop.is_set():
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" * 4096)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        async with proxy_to(f"http://127.0.0.1:{listener.getsockname()[1]}", connect_timeout=3.0) as (url, _, _):
+            async with _loop_stalls() as worst:
+                got = await _raw_client(url, b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert got.startswith(b"HTTP/1.1 504 "), got[:100]
+            assert worst[0] < 0.3, f"the loop was held {worst[0]:.2f}s"
+    finally:
+        stop.set()
+        listener.close()
+        await asyncio.to_thread(server.join, 10)
