@@ -167,11 +167,12 @@ def _relayed_headers(response: h11.Response) -> list[tuple[bytes, bytes]]:
     its Connection names, RFC 9110 §7.6.1: an upstream's `Connection: X-Internal` with `X-Internal: …` was passed on),
     nor a Content-Length beside a Transfer-Encoding (RFC 9112 §6.3: the body is chunked, read so, and an intermediary
     MUST drop the length before passing it on: kept, it framed the client's answer at a length its body was not, and
-    the answer was cut)."""
+    the answer was cut), nor a 204's Content-Length."""
     named = {t.strip() for n, v in response.headers if n == b"connection" for t in v.lower().split(b",")}
     drop = {n.encode() for n in HOP_BY_HOP} | named
-    if any(n == b"transfer-encoding" for n, _ in response.headers):
-        drop.add(b"content-length")
+    if response.status_code == 204 or any(n == b"transfer-encoding" for n, _ in response.headers):
+        drop.add(b"content-length")  # (a 204 has no body, and RFC 9110 §8.6 forbids it the header: a reader in
+        # front framing it by one would take the next answer's first bytes for its body)
     return [(n, v) for n, v in response.headers.raw_items() if n.lower() not in drop]
 
 

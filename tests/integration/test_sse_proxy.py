@@ -815,12 +815,15 @@ async def test_an_upstreams_answer_framed_both_ways_is_relayed_whole_and_the_hea
     """An upstream answering with Content-Length and Transfer-Encoding: chunked (RFC 9112 §6.3: the chunks frame it,
     and an intermediary drops the length): the proxy kept the length, framed the client's answer by it, and cut it at
     the first chunk longer than that (an event stream's chat with it). Headers the upstream's Connection names (RFC
-    9110 §7.6.1, one hop's) were passed on to the client."""
+    9110 §7.6.1, one hop's) were passed on to the client, and a 204's Content-Length (which a reader in front framing
+    by it would take the next answer's bytes for)."""
     async def handle(reader, writer, head, body):
         if head.startswith(b"POST"):
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 3\r\n"
                          b"Transfer-Encoding: chunked\r\nConnection: keep-alive, X-Internal\r\nX-Internal: s3cr3t\r\n"
                          b"X-Kept: yes\r\n\r\n" + chunked(sse(*RUN)))
+        elif head.startswith(b"GET /204 "):
+            writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n")
         else:
             writer.write(b"HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: s3cr3t\r\nContent-Length: 2\r\n\r\n"
                          b"ok")
@@ -836,6 +839,12 @@ async def test_an_upstreams_answer_framed_both_ways_is_relayed_whole_and_the_hea
         await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="passed") == 1)
         got = await _raw_client(url, b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"\r\n\r\nok") and b"X-Internal" not in got, got
+        # a 204 with a Content-Length (RFC 9110 §8.6: never): relayed without it, the next answer whole after it
+        got = await _raw_client(url, b"GET /204 HTTP/1.1\r\nHost: x\r\n\r\nGET /other HTTP/1.1\r\nHost: x\r\n"
+                                     b"Connection: close\r\n\r\n")
+        first, _, second = got.partition(b"\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 204 ") and b"content-length" not in first.lower(), got
+        assert second.startswith(b"HTTP/1.1 200 ") and second.endswith(b"\r\n\r\nok"), got
 
 
 async def test_a_request_partly_sent_as_the_drain_begins_is_served_and_its_connection_closed_after():
