@@ -149,17 +149,24 @@ def _accept_encoding(value: str) -> str:
 # that is LF alone.
 _HEAD_END = re.compile(rb"\n\r?\n")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+_FOLDED = re.compile(rb"\n[ \t]")  # a line beginning with whitespace: obs-fold, a continuation of the line before
 
 
 def _check_lines(raw: bytes | bytearray) -> None:
-    """_Refused (400) for a request head with a line ended by LF alone: h11 reads it as a line (RFC 9112 §2.2 lets a
-    recipient), but a server or load balancer in front that does not would read other headers, or another request,
-    from the same bytes (request smuggling). Refused as the WebSocket side's websockets and the monitor's HTTP side
-    refuse it. `raw`: the bytes read of the request, its head first."""
+    """_Refused (400) for a request head with a line ended by LF alone, or a header folded onto a line beginning with
+    whitespace (obs-fold): h11 reads the first as a line (RFC 9112 §2.2 lets a recipient) and joins the second to the
+    header before, but a server or load balancer in front that does neither would read other headers (`X-A: a` then
+    ` Transfer-Encoding: chunked`), or another request, from the same bytes (request smuggling). Refused as the
+    WebSocket side's websockets refuses both (and the monitor's HTTP side a bare LF). `raw`: the bytes read of the
+    request, its head first."""
     end = _HEAD_END.search(raw)
-    if _BARE_LF.search(raw, 0, end.end() if end is not None else len(raw)) is not None:
+    stop = end.end() if end is not None else len(raw)
+    if _BARE_LF.search(raw, 0, stop) is not None:
         raise _Refused(HTTPStatus.BAD_REQUEST, "a line of the request head ends with a bare LF; HTTP lines end with "
                        "CRLF")
+    if _FOLDED.search(raw, 0, stop) is not None:
+        raise _Refused(HTTPStatus.BAD_REQUEST, "a header line folded onto the next (obs-fold, RFC 9112 §5.2) is not "
+                       "accepted")
 
 
 def _relayed_headers(response: h11.Response) -> list[tuple[bytes, bytes]]:

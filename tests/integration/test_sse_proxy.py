@@ -1053,3 +1053,19 @@ async def test_an_upstream_flooding_informational_answers_does_not_hold_the_loop
         stop.set()
         listener.close()
         await asyncio.to_thread(server.join, 10)
+
+
+async def test_a_request_header_folded_onto_the_next_line_is_refused():
+    """obs-fold (a header line beginning with whitespace, RFC 9112 §5.2): h11 joined it to the header before and the
+    request went on, while a reader in front that takes it for a header of its own (` Transfer-Encoding: chunked`)
+    frames the request otherwise. Refused (400), counted bad_request, as the WebSocket side refuses it."""
+    async def handle(reader, writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with raw_upstream(handle) as (up, heads), proxy_to(up) as (url, metrics, _):
+        for fold in (b" ", b"\t"):
+            got = await _raw_client(url, b"POST /agent HTTP/1.1\r\nHost: x\r\nX-A: a\r\n" + fold + b"Transfer-Encoding: "
+                                    b"chunked\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            assert got.startswith(b"HTTP/1.1 400 "), got
+        assert heads == [] and refused(metrics, "bad_request") == 2
