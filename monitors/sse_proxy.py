@@ -183,6 +183,17 @@ def _relayed_headers(response: h11.Response) -> list[tuple[bytes, bytes]]:
     return [(n, v) for n, v in response.headers.raw_items() if n.lower() not in drop]
 
 
+def _check_end(consumed: bytes, end: h11.EndOfMessage) -> None:
+    """_Refused (400) for a chunked request body whose end is not `0` CRLF CRLF, or that carries trailer fields: h11
+    ends the body at `0` CRLF LF (and at a trailer section's LF LF), where a reader in front holding to CRLF reads on
+    into what comes next, the proxy's next request (smuggling). Trailers would be dropped anyway (never passed on);
+    browsers' fetch() cannot send them. `consumed`: the bytes up to the body's end, its last 4 at least."""
+    if end.headers:
+        raise _Refused(HTTPStatus.BAD_REQUEST, "a chunked request body with trailer fields is not accepted")
+    if not consumed.endswith(b"\r\n\r\n"):
+        raise _Refused(HTTPStatus.BAD_REQUEST, "a chunked request body's end is not CRLF CRLF")
+
+
 class _Request:
     def __init__(self, request: h11.Request, body: bytes) -> None:
         self.head = request
@@ -362,6 +373,8 @@ class SSEProxy:
         # The bytes of this request read so far, up to its head (h11 may hold some from the last read already): h11
         # takes a line ended by LF alone, which the head is checked for once it came (_check_lines).
         raw = bytearray(h.trailing_data[0]) + pending
+        # The last bytes given to h11 and the 4 before them: where a chunked body's end is checked (_check_end).
+        last, before = bytes(raw), b""
         if pending:
             h.receive_data(pending)
         idle = self.request_timeout if first else KEEPALIVE_TIMEOUT
@@ -399,6 +412,7 @@ class SSEProxy:
                             deadline.reschedule(loop.time() + self.request_timeout)
                         if head is None:
                             raw += data
+                        before, last = (before + last[-4:])[-4:], data
                         h.receive_data(data)
                         continue
                     if isinstance(event, h11.Request):
@@ -412,6 +426,9 @@ class SSEProxy:
                                            f"the request's body is over the proxy's {self.max_size} byte limit")
                     elif isinstance(event, h11.EndOfMessage):
                         assert head is not None
+                        if any(n == b"transfer-encoding" for n, _ in head.headers):
+                            window = before + last
+                            _check_end(window[:len(window) - len(h.trailing_data[0])], event)
                         return _Request(head, bytes(body))
                     elif isinstance(event, h11.ConnectionClosed):
                         return None

@@ -1069,3 +1069,32 @@ async def test_a_request_header_folded_onto_the_next_line_is_refused():
                                     b"chunked\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
             assert got.startswith(b"HTTP/1.1 400 "), got
         assert heads == [] and refused(metrics, "bad_request") == 2
+
+
+async def test_a_chunked_request_ended_by_lf_alone_or_with_trailers_is_refused():
+    """A chunked body ended by `0` CRLF LF (h11 takes LF alone for the end of the empty trailer section), or carrying
+    a trailer section: a reader in front holding to CRLF reads on past where h11 ended the body, so the bytes after it
+    (here a second request) are a request to the proxy only (smuggling). Refused (400); a body ended properly, in
+    one read or byte by byte, still passes."""
+    async def handle(reader, writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+
+    head = b"POST /agent HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    async with raw_upstream(handle) as (up, heads), proxy_to(up) as (url, metrics, _):
+        for ending in (b"0\r\n\n", b"0\r\nX-T: 1\r\n\r\n", b"0\r\nX-T: 1\n\n", b"0;ext=1\r\n\n"):
+            got = await _raw_client(url, head + b"2\r\n{}\r\n" + ending + smuggled)
+            assert got.startswith(b"HTTP/1.1 400 ") and got.count(b"HTTP/1.1 ") == 1, (ending, got)
+        assert heads == [] and refused(metrics, "bad_request") == 4
+        got = await _raw_client(url, head + b"2\r\n{}\r\n0;ext=1\r\n\r\n" + smuggled)
+        assert got.count(b"HTTP/1.1 200 ") == 2 and b"\r\n\r\n{}" in got, got
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        for byte in head + b"2\r\n{}\r\n0\r\n\r\n" + smuggled:  # the end split over reads
+            writer.write(bytes([byte]))
+            await writer.drain()
+        async with asyncio.timeout(10):
+            got = await reader.read()
+        writer.close()
+        assert got.count(b"HTTP/1.1 200 ") == 2, got
+        assert [h.split(b" ", 2)[1] for h in heads] == [b"/agent", b"/smuggled", b"/agent", b"/smuggled"]
