@@ -291,7 +291,11 @@ class SSEProxy:
                 if h.our_state in (h11.SEND_BODY, h11.ERROR):  # an answer cut short: the client sees it cut
                     writer.transport.abort()
                 else:
-                    writer.close()
+                    # Closed lingering, as the proxy's own answers are: closed at once with bytes of the client's
+                    # unread (a request sent behind `Connection: close`, pipelined past MAX_PIPELINED, or coming as
+                    # the drain ends the connection), the socket was reset and the kernel dropped what it had not yet
+                    # sent of the answer: the client got a whole answer's head and a silently short body.
+                    await self._send_and_close(reader, writer, None)
 
     @property
     def relays(self) -> dict[ClientSocket, asyncio.Task[Any]]:

@@ -1098,3 +1098,45 @@ async def test_a_chunked_request_ended_by_lf_alone_or_with_trailers_is_refused()
         writer.close()
         assert got.count(b"HTTP/1.1 200 ") == 2, got
         assert [h.split(b" ", 2)[1] for h in heads] == [b"/agent", b"/smuggled", b"/agent", b"/smuggled"]
+
+
+async def test_an_answer_ending_the_connection_reaches_the_client_whole_though_it_kept_sending():
+    """A connection that ends with its answer (`Connection: close`, a pipelined request past MAX_PIPELINED, the drain)
+    was closed at once: with bytes of the client's still unread the kernel reset it and dropped what it had not yet
+    sent of the answer, and the client got the head and a silently short body (0.7 of 4 MiB here). Now it is closed
+    lingering, as the proxy's own answers are: the answer whole, then the end."""
+    size = 4 << 20
+
+    async def handle(reader, writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % size
+                     + b"x" * size)
+        await writer.drain()
+
+    def client(port: int) -> int:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            conn.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            stop = threading.Event()
+
+            def chatter() -> None:  # bytes after the request, until the connection ends
+                with contextlib.suppress(OSError):
+                    while not stop.is_set():
+                        conn.send(b"j" * 512)
+                        time.sleep(0.001)  # wait-ok: a paced trickle of the client's bytes, not a condition wait
+
+            sender = threading.Thread(target=chatter, daemon=True)
+            sender.start()
+            got = b""
+            try:
+                while data := conn.recv(65536):
+                    got += data
+                    time.sleep(0.0005)  # wait-ok: a client reading slower than the proxy writes
+            except OSError:
+                pass
+            finally:
+                stop.set()
+                sender.join(10)
+            return len(got.partition(b"\r\n\r\n")[2])
+
+    async with raw_upstream(handle) as (up, _), proxy_to(up) as (url, _, _):
+        assert await asyncio.to_thread(client, int(url.rsplit(":", 1)[1])) == size
