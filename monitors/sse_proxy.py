@@ -245,8 +245,10 @@ class SSEProxy:
         admitted = False
         pending: bytes | None = b""
         try:
-            while not self.stopping:
-                client.reading, client.heard = True, bool(pending)
+            # Draining, a request the client sent while its last answer streamed (pipelined) is still answered, as
+            # one partly come when the drain began is (SSEServer.close): its answer says `Connection: close`.
+            while not self.stopping or pending or h.trailing_data[0]:
+                client.reading, client.heard = True, bool(pending or h.trailing_data[0])
                 try:
                     request = await self._read_request(h, reader, writer, pending or b"", first=not admitted,
                                                        client=client)

@@ -1140,3 +1140,49 @@ async def test_an_answer_ending_the_connection_reaches_the_client_whole_though_i
 
     async with raw_upstream(handle) as (up, _), proxy_to(up) as (url, _, _):
         assert await asyncio.to_thread(client, int(url.rsplit(":", 1)[1])) == size
+
+
+async def test_a_request_pipelined_behind_a_stream_as_the_drain_begins_is_still_answered():
+    """A client that sent its next request while its chat's answer streamed, the drain beginning meanwhile: the
+    connection was closed once the stream ended, that request unanswered (the stream's head, sent before the drain,
+    had not said the connection would end). It is answered now, `Connection: close`, and the connection closed."""
+    from monitors.proxy import stop_proxy
+
+    go = asyncio.Event()
+
+    async def handle(reader, writer, head, body):
+        if head.startswith(b"POST"):
+            await answer(sse(*RUN[:1]), end=False)(reader, writer, head, body)
+            await go.wait()
+            writer.write(chunked(sse(*RUN[1:])))
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n/two")
+        await writer.drain()
+
+    async with raw_upstream(handle) as (up, heads):
+        metrics = ChatMetrics(CollectorRegistry())
+        sink = MetricsSink(metrics, "upstream", "live")
+        live = LiveChats(AGUI, sink, expectations_for(AGUI, Expect(deadline="60s")), "live", 0.05)
+        proxy = SSEProxy(up, live)
+        server = await start_sse_proxy(proxy, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        writer.write(b"POST /agent HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+        async with asyncio.timeout(10):
+            first = await reader.readuntil(b"RUN_STARTED")
+        writer.write(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")  # kept-alive: no Connection: close of its own
+        await writer.drain()
+        live.begin_stop()
+        drain = asyncio.ensure_future(proxy.drain(server, 10.0))
+        await until(lambda: not server.server.is_serving())
+        go.set()
+        async with asyncio.timeout(10):
+            got = first + await reader.read()
+            assert await drain == 0
+        writer.close()
+        assert b"RUN_FINISHED" in got and got.count(b"HTTP/1.1 200 ") == 2 and got.endswith(b"/two"), got[-300:]
+        assert b"connection: close" in got.rpartition(b"HTTP/1.1 200 ")[2].lower()
+        assert [h.split(b" ", 2)[1] for h in heads] == [b"/agent", b"/two"]
+        live.cut()
+        assert proxy.door is not None
+        await stop_proxy(server, proxy.door, grace=0.5)
+        live.stop()
