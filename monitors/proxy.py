@@ -1483,8 +1483,10 @@ def main(argv: list[str] | None = None) -> int:
                      "the rest in %gs", busy, limits["drain_timeout"])
         left = await proxy.drain(server, limits["drain_timeout"], stop)
         if left and limits["drain_timeout"] > 0:
-            log.warning("stopping: %d connection(s) still had a chat in flight at the end of the drain (--drain-timeout "
-                        "%gs): closing them (1001)", left, limits["drain_timeout"])
+            ended = ("when a second signal ended the drain" if stop.is_set()
+                     else f"at the end of the drain (--drain-timeout {limits['drain_timeout']:g}s)")
+            log.warning("stopping: %d connection(s) still had a chat in flight %s: closing them (WebSocket: 1001)",
+                        left, ended)
         live.cut()
         await stop_proxy(server, door)
         live.stop()

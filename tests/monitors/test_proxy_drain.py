@@ -73,7 +73,7 @@ async def test_sigterm_drains_chats_in_flight_closes_idle_connections_and_cuts_t
     assert value(judged, "chatprobe_chats_abandoned_total") == 0
     # The last counts may come after the last scrape (the process exits): it says them on stderr.
     err = p.err.read_text()
-    assert "1 connection(s) still had a chat in flight at the end of the drain" in err, err
+    assert "1 connection(s) still had a chat in flight at the end of the drain (--drain-timeout" in err, err
     assert "stopping: 1 chat(s) it could not judge" in err, err
     assert "Traceback" not in err
     (run,) = check_files([rec], load_profile("netra"))
@@ -105,3 +105,5 @@ async def test_a_second_sigterm_ends_the_drain_at_once(tmp_path):
             assert "agent_completed" not in await until_closed(long)
             assert long.close_code == 1001 and loop.time() - second < 10, loop.time() - second
             assert await p.proc.wait() == 0, p.err.read_text()
+    # Said as it happened: the second signal ended the drain, not its --drain-timeout of 60 s.
+    assert "1 connection(s) still had a chat in flight when a second signal ended the drain" in p.err.read_text()
