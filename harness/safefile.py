@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import select
+import socket
 import stat
 import sys
 import tempfile
@@ -41,6 +43,11 @@ def write_report(path: str | os.PathLike[str], data: str | bytes, *, stall_timeo
         if stat.S_ISBLK(mode):
             # A report written over a disk would destroy it; nobody means that.
             raise OSError(errno.EINVAL, "refusing to write a report onto a block device", p)
+        if stat.S_ISSOCK(mode) and (fd := _own_descriptor(p)) is not None:
+            # Standard output that is a socket (a supervisor's, a log shipper's, a parent's socketpair): the kernel
+            # does not open a socket by its /proc name (ENXIO), so the report is sent on the descriptor itself.
+            _send_in_place(fd, p, data, stall_timeout)
+            return
         if not stat.S_ISREG(mode) or _kernel_path(p):
             _write_in_place(p, data, mode, stall_timeout)
             return
@@ -158,6 +165,40 @@ def _write_in_place(p: str, data: bytes, mode: int, stall_timeout: float) -> Non
             deadline = time.monotonic() + stall_timeout  # the deadline is for no progress, not for the whole write
     finally:
         os.close(fd)
+
+
+_OWN_DESCRIPTOR = re.compile(r"/dev/std(?P<std>out|err)|/dev/fd/(?P<fd>\d+)|/proc/(?:self|thread-self)/fd/(?P<pfd>\d+)")
+
+
+def _own_descriptor(p: str) -> int | None:
+    """The descriptor of this process that a kernel name stands for (/dev/stdout → 1), or None."""
+    if (m := _OWN_DESCRIPTOR.fullmatch(p)) is None:
+        return None
+    if m["std"]:
+        return 1 if m["std"] == "out" else 2
+    return int(m["fd"] or m["pfd"])
+
+
+def _send_in_place(fd: int, p: str, data: bytes, stall_timeout: float) -> None:
+    """`data` sent on the socket `fd`, each send without waiting (MSG_DONTWAIT: the descriptor's own blocking mode,
+    shared with whoever handed it over, is left as it is), a reader that takes nothing for `stall_timeout` given up."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        view = memoryview(data)
+        deadline = time.monotonic() + stall_timeout
+        while view:
+            try:
+                n = sock.send(view, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise OSError(errno.ETIMEDOUT, f"the reader took nothing for {stall_timeout:g}s", p) from None
+                select.select([], [sock], [], left)
+                continue
+            view = view[n:]
+            deadline = time.monotonic() + stall_timeout
+    finally:
+        sock.close()
 
 
 def _umask() -> int:

@@ -272,3 +272,36 @@ def test_two_reports_to_standard_output_are_refused_before_the_run(tmp_path):
     assert proc.returncode == 2
     assert "--json and --junit both write to standard output" in proc.stderr
     assert proc.stdout == "" and "chatprobe results" not in proc.stderr
+
+
+def test_a_report_to_standard_output_that_is_a_socket_is_sent_on_it(tmp_path):
+    """A supervisor, a log shipper or a parent process hands standard output over as a socket: `--json -` opened
+    /dev/stdout, which the kernel refuses for a socket (ENXIO), so the run ended 'could not write the report: No such
+    device or address', exit 2 with its chats passed. The report is sent on the socket, whole, and the run exits 0."""
+    import socket
+    import subprocess
+    import threading
+
+    from .test_cli import CHATPROBE
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        proc = subprocess.Popen([*CHATPROBE, "run", "basic", "--json", "-"], stdout=theirs, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "NO_COLOR": "1"})
+        theirs.close()
+        got: list[bytes] = []
+        ours.settimeout(240)
+
+        def read() -> None:
+            while chunk := ours.recv(65536):
+                got.append(chunk)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        _, err = proc.communicate(timeout=240)
+        reader.join(240)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    (tmp_path / "r.json").write_bytes(b"".join(got))
+    doc = check_json_report(tmp_path / "r.json")
+    assert doc["passed"] is True and doc["scenarios"][0]["scenario"] == "basic"
+    assert "chatprobe results" in err
