@@ -43,11 +43,6 @@ def write_report(path: str | os.PathLike[str], data: str | bytes, *, stall_timeo
         if stat.S_ISBLK(mode):
             # A report written over a disk would destroy it; nobody means that.
             raise OSError(errno.EINVAL, "refusing to write a report onto a block device", p)
-        if stat.S_ISSOCK(mode) and (fd := _own_descriptor(p)) is not None:
-            # Standard output that is a socket (a supervisor's, a log shipper's, a parent's socketpair): the kernel
-            # does not open a socket by its /proc name (ENXIO), so the report is sent on the descriptor itself.
-            _send_in_place(fd, p, data, stall_timeout)
-            return
         if not stat.S_ISREG(mode) or _kernel_path(p):
             _write_in_place(p, data, mode, stall_timeout)
             return
@@ -142,6 +137,12 @@ def _write_in_place(p: str, data: bytes, mode: int, stall_timeout: float) -> Non
             fd = os.open(p, flags)  # no O_CREAT, no O_TRUNC: the node stays what it is
             break
         except OSError as exc:
+            if exc.errno in (errno.ENXIO, errno.EACCES, errno.EPERM) and (own := _own_descriptor(p)) is not None:
+                # This process's own descriptor (`-`, /dev/stdout) that the kernel will not open again by its name: a
+                # socket (a supervisor's, a parent's socketpair: ENXIO), or a pipe or file of another user (`sudo -u`,
+                # a container's user given the runtime's pipe: EACCES). It is written on as it is.
+                _write_descriptor(own, p, data, stall_timeout)
+                return
             # A FIFO with no reader yet: opening it for writing fails with ENXIO until one opens it. There is no
             # call that waits for a reader with a timeout, so try again until the deadline.
             if not (fifo and exc.errno == errno.ENXIO) or time.monotonic() >= deadline:
@@ -179,26 +180,39 @@ def _own_descriptor(p: str) -> int | None:
     return int(m["fd"] or m["pfd"])
 
 
-def _send_in_place(fd: int, p: str, data: bytes, stall_timeout: float) -> None:
-    """`data` sent on the socket `fd`, each send without waiting (MSG_DONTWAIT: the descriptor's own blocking mode,
-    shared with whoever handed it over, is left as it is), a reader that takes nothing for `stall_timeout` given up."""
-    sock = socket.socket(fileno=os.dup(fd))
+def _write_descriptor(fd: int, p: str, data: bytes, stall_timeout: float) -> None:
+    """`data` written on this process's descriptor `fd` itself (shared with whoever handed it over: its blocking mode
+    is left as it is), a reader that takes nothing for `stall_timeout` given up. A socket is sent to without waiting
+    (MSG_DONTWAIT); a pipe or terminal is written PIPE_BUF bytes at a time once select says it takes them (so a write
+    never blocks on a reader that stopped); a file is written to."""
+    mode = os.fstat(fd).st_mode
+    sock = socket.socket(fileno=os.dup(fd)) if stat.S_ISSOCK(mode) else None
+    regular = stat.S_ISREG(mode)
     try:
         view = memoryview(data)
         deadline = time.monotonic() + stall_timeout
         while view:
+            left = deadline - time.monotonic()
             try:
-                n = sock.send(view, socket.MSG_DONTWAIT)
+                if sock is not None:
+                    n = sock.send(view, socket.MSG_DONTWAIT)
+                elif regular:
+                    n = os.write(fd, view)
+                elif select.select([], [fd], [], max(left, 0))[1]:
+                    n = os.write(fd, view[:select.PIPE_BUF])
+                else:
+                    raise BlockingIOError
             except BlockingIOError:
-                left = deadline - time.monotonic()
                 if left <= 0:
                     raise OSError(errno.ETIMEDOUT, f"the reader took nothing for {stall_timeout:g}s", p) from None
-                select.select([], [sock], [], left)
+                if sock is not None:
+                    select.select([], [sock], [], left)
                 continue
             view = view[n:]
             deadline = time.monotonic() + stall_timeout
     finally:
-        sock.close()
+        if sock is not None:
+            sock.close()
 
 
 def _umask() -> int:

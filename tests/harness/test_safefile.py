@@ -171,3 +171,47 @@ def test_unprivileged_user_writes_a_writable_file_in_a_read_only_directory_and_d
         assert report.read_text() == "new"
     finally:
         shutil.rmtree(base)
+
+
+# A child that loads chatprobe as root and then runs as another user (`sudo -u`, a container's user handed the
+# runtime's pipe): its standard output is a pipe of root's, which the kernel will not open again by its name for it.
+_AS_NOBODY = ("import os, sys; from harness.safefile import write_report; "
+              "os.setgid(65534); os.setuid(65534); ")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_a_report_to_standard_output_of_another_user_is_written_on_the_descriptor():
+    """`--json -` as another user than the one who made the pipe: opening /dev/stdout again is EACCES (the pipe is
+    root's, mode 0600), so the report was 'Permission denied', exit 2 after a passing run. It is written on the
+    descriptor the process was given."""
+    import subprocess
+    import sys
+
+    for name in ("-", "/dev/stdout", "/proc/self/fd/1"):
+        proc = subprocess.run([sys.executable, "-c", _AS_NOBODY + "write_report(sys.argv[1], 'the report\\n' * 5000)",
+                               name], capture_output=True, text=True, timeout=60,
+                              cwd=Path(__file__).resolve().parents[2], check=False)
+        assert proc.returncode == 0, (name, proc.stderr)
+        assert proc.stdout == "the report\n" * 5000, name
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_a_report_on_a_descriptor_nobody_reads_gives_up_at_the_stall_timeout():
+    """Written on the descriptor itself (its blocking mode is the pipe's, shared with whoever made it), a reader that
+    takes nothing still ends the write at the stall timeout, not never."""
+    import subprocess
+    import sys
+    import time
+
+    r, w = os.pipe()
+    try:
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, "-c", _AS_NOBODY + "write_report('-', b'x' * (4 << 20), "
+                               "stall_timeout=0.5)"], stdout=w, stderr=subprocess.PIPE, text=True, timeout=60,
+                              cwd=Path(__file__).resolve().parents[2], check=False)
+        took = time.monotonic() - t0
+    finally:
+        os.close(r)
+        os.close(w)
+    assert proc.returncode == 1 and "the reader took nothing for 0.5s" in proc.stderr, proc.stderr
+    assert took < 30, took
