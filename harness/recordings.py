@@ -364,7 +364,7 @@ def _binary(head: bytes, offset: int = 0) -> str:
     text, JSON at that, where a NUL is never written bare (RFC 8259: U+0000 only escaped): a file of NULs (a sparse
     or preallocated file, a disk image) or UTF-16 text is told at once instead of read to its end as lines of junk.
     (NULs after a first whole line, as a crash may leave at a file's end, are read as the junk they are: an R12.)"""
-    head = head[:4096]
+    head = head[:_HEAD]
     nul = head.find(b"\0")
     if nul < 0:
         return ""
@@ -389,16 +389,25 @@ def _agui_protobuf(head: bytes) -> bool:
     """Whether a file begins as an AG-UI body in its protobuf encoding (@ag-ui/encoder's `encodeBinary`, what a server
     sends for an `Accept` that admits AGUI_PROTO, `*/*` included): frames of a 4-byte big-endian length and that many
     bytes, each an `Event` message whose one field is the event, a length-delimited field (wire type 2). Two such
-    frames, or one that is the whole file."""
+    frames, or one that is the whole file, or frames up to one running past the head when `head` is the file's first
+    _HEAD bytes only (a RUN_STARTED echoing its input, the conversation so far, is kilobytes)."""
+    capped = len(head) >= _HEAD
     at = 0
     for _ in range(2):
         if at and at == len(head):
             return True
+        if len(head) < at + 5:
+            return bool(at) and capped  # (a first frame, then the head's end amid the next one's length)
         n = int.from_bytes(head[at:at + 4], "big")
-        if len(head) < at + 5 or not 2 <= n <= 1 << 24 or head[at + 4] & 7 != 2 or at + 4 + n > len(head):
+        if not 2 <= n <= 1 << 24 or head[at + 4] & 7 != 2:
             return False
+        if at + 4 + n > len(head):
+            return capped
         at += 4 + n
     return True
+
+
+_HEAD = 4096  # the bytes of a file _binary is given
 
 
 # What a first line that is no JSON says the file is: a transcript of a command-line WebSocket client, not a recording.

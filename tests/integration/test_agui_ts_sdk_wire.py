@@ -201,3 +201,33 @@ def unchunked(data: bytes) -> bytes:
         if not n:
             return out
         out, data = out + data[:n], data[n + 2:]
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    n, length = len(payload), b""
+    while True:
+        length += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+        n >>= 7
+        if not n:
+            return bytes([number << 3 | 2]) + length + payload
+
+
+async def test_a_saved_protobuf_body_whose_first_event_is_kilobytes_is_told_for_what_it_is(tmp_path):
+    """The SDK's RUN_STARTED echoes the run's input, the conversation so far: after a few turns its frame is past the
+    4 KiB `check` looks at first, and the body read 'binary data (a NUL byte at byte 0, in its first line)'. Built as
+    the captured PROTO_FRAME is, a user's message of 6,000 characters in it, then the captured second frame."""
+    message = _field(1, b"m1") + _field(2, b"user") + _field(3, b"What is the weather? " * 300)
+    run_input = _field(1, b"t1") + _field(2, b"r1") + _field(4, b"\x2a\x00") + _field(5, message) + \
+        _field(8, b"\x2a\x00")
+    event = _field(12, _field(1, b"\x08\x0b") + _field(2, b"t1") + _field(3, b"r1") + _field(5, run_input))
+    assert event[:1] == PROTO_FRAME[4:5]  # RUN_STARTED, as the captured frame's field
+    saved = tmp_path / "body"
+    saved.write_bytes(len(event).to_bytes(4, "big") + event + PROTO_FRAME_2)
+    code, text = await chatprobe("check", str(saved), "--profile", "ag-ui")
+    assert code == 2, text
+    assert f"{saved}: AG-UI's protobuf encoding ({PROTO}: each event a 4-byte length" in text, text
+
+    saved.write_bytes(b"\0\0\0\x05\x62" + b"x" * 5000)  # a frame of 5 bytes, then what is no frame: binary data
+    code, text = await chatprobe("check", str(saved), "--profile", "ag-ui")
+    assert code == 2 and "binary data (a NUL byte at byte 0, in its first line)" in text, text
