@@ -851,7 +851,10 @@ def _main(argv: list[str] | None) -> int:
     except ImportError as exc:
         if (told := hidden_package(exc)) is None:
             raise
-        print(f"chatprobe: error: {told}", file=sys.stderr)
+        from .redact import clean
+
+        # (the paths are the directories' names: a checkout's, anything, escape sequences included)
+        print(f"chatprobe: error: {clean(told, MESSAGE_LIMIT)}", file=sys.stderr)
         return int(ExitCode.USAGE)
     except KeyboardInterrupt:  # before the signal handlers were installed
         print("chatprobe: interrupted", file=sys.stderr)

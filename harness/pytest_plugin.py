@@ -462,7 +462,7 @@ def chatprobe_target(request: pytest.FixtureRequest, chatprobe_url: str | None) 
     except ImportError as exc:
         if (told := hidden_package(exc)) is None:
             raise
-        pytest.fail(f"chatprobe: the embedded agentsim: {told}", pytrace=False)
+        pytest.fail(f"chatprobe: the embedded agentsim: {redact.clean(told, 2000)}", pytrace=False)
 
     secret = secrets.token_urlsafe(32)
     # The embedded agentsim speaks the profile (_target_options refused one it cannot speak).

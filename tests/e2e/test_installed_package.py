@@ -284,3 +284,27 @@ def test_a_projects_own_monitors_or_agentsim_package_is_named_not_a_traceback(in
     assert res.returncode == 1 and re.search(
         r"^ERROR test_team\.py::test_chat - Failed: chatprobe: the embedded agentsim: the package 'agentsim' at "
         rf"{re.escape(str(project / 'agentsim'))} hides chatprobe's own \(", out, re.M), out
+
+
+def test_a_hiding_package_whose_path_holds_escape_sequences_is_named_without_them(installed, tmp_path):
+    """A checkout's directory named anything (a repository's folder with a terminal escape in its name): the line
+    naming the package that hides chatprobe's showed the path raw, the escape sequences sent to the terminal (here
+    one that retitles the window and one that resets the terminal)."""
+    project = tmp_path / "team\x1b]0;owned\x07\x1bc"
+    (project / "monitors").mkdir(parents=True)
+    (project / "monitors" / "__init__.py").write_text("")
+    res = installed.run("python", "-m", "harness", "proxy", "--upstream", "ws://127.0.0.1:9", cwd=project, timeout=60)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.startswith("chatprobe: error: the package 'monitors' at ") and "hides chatprobe's own (" in \
+        res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert "\x1b" not in res.stderr and "\x07" not in res.stderr, repr(res.stderr)
+    (project / "agentsim").mkdir()
+    (project / "agentsim" / "__init__.py").write_text("")
+    (project / "conftest.py").write_text("")
+    (project / "test_team.py").write_text(
+        "def test_chat(chatprobe):\n    chatprobe.check(chatprobe.chat('What is 6 * 7?'))\n")
+    res = installed.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-rA", cwd=project, timeout=60,
+                        COLUMNS="300")
+    out = res.stdout + res.stderr
+    [line] = [line for line in out.splitlines() if line.startswith("ERROR test_team.py::test_chat - ")]
+    assert "the package 'agentsim' at " in line and "\x1b" not in line and "\x07" not in line, repr(out)
