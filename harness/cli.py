@@ -270,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 # names of the process's own standard output (written in place, as any device is). The summary table and every other
 # line chatprobe prints go to standard error then, so that standard output is the report alone.
 STDOUT_NAMES = frozenset({"-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"})
+# The standard streams this process was started without (`>&-`, a daemon's): main() gives each /dev/null.
+_CLOSED_AT_START: set[str] = set()
 
 
 def report_to_stdout(args: argparse.Namespace) -> bool:
@@ -284,6 +286,10 @@ def check_reports(args: argparse.Namespace) -> None:
     for flag in REPORT_FLAGS:
         path = getattr(args, flag)
         if path in STDOUT_NAMES:
+            if "stdout" in _CLOSED_AT_START:
+                # (the run would pass with its report gone to /dev/null: a CI that asked for it must not)
+                raise ConfigError(f"--{flag} {path}: standard output is closed (started with it closed, `>&-`): the "
+                                  "report would go nowhere; give it a file")
             if to_stdout is not None:
                 raise ConfigError(f"--{to_stdout} and --{flag} both write to standard output ({path}): one report "
                                   "would be mixed into the other; give one of them a file")
@@ -796,6 +802,7 @@ def main(argv: list[str] | None = None) -> int:
             # AttributeError (exit 1, no report). What it prints goes nowhere; the run, its reports and exit code
             # are the same.
             setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # for the process's life
+            _CLOSED_AT_START.add(name)
     tolerant(sys.stdout)  # a console that cannot encode a character gets its escape, never a traceback
 
     with paused_for_startup():  # `run` ends it when its chats start (tune_collector), the other commands at once

@@ -305,3 +305,21 @@ def test_a_report_to_standard_output_that_is_a_socket_is_sent_on_it(tmp_path):
     doc = check_json_report(tmp_path / "r.json")
     assert doc["passed"] is True and doc["scenarios"][0]["scenario"] == "basic"
     assert "chatprobe results" in err
+
+
+def test_a_report_to_standard_output_that_is_closed_is_refused_before_the_run(tmp_path):
+    """`chatprobe run --json - >&-`: the process's standard output was made /dev/null, and the report went there, the
+    run passing (exit 0) with no report anywhere. Exit 2 before the run, naming the flag; a file is written as ever."""
+    import subprocess
+
+    from .test_cli import CHATPROBE
+
+    for name in ("-", "/dev/stdout"):
+        proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *CHATPROBE, "run", "basic", "--json", name],
+                              capture_output=True, text=True, timeout=240, env={**os.environ, "NO_COLOR": "1"})
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == (f"chatprobe: error: --json {name}: standard output is closed (started with it "
+                                       "closed, `>&-`): the report would go nowhere; give it a file"), proc.stderr
+    proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *CHATPROBE, "check", str(tmp_path), "--junit", "-"],
+                          capture_output=True, text=True, timeout=240, env={**os.environ, "NO_COLOR": "1"})
+    assert proc.returncode == 2 and "--junit -: standard output is closed" in proc.stderr, proc.stderr
