@@ -301,6 +301,20 @@ def check_reports(args: argparse.Namespace) -> None:
             if real in seen:
                 raise ConfigError(f"--{seen[real]} and --{flag} both name {path}: one report would overwrite the other")
             seen[real] = flag
+    if to_stdout is not None and seen:
+        # Standard output redirected to a file another report names (`--json - --junit r.xml > r.xml`): that report
+        # replaces the file, and the one written to standard output went with the file it replaced (exit 0).
+        try:
+            out = os.fstat(sys.stdout.fileno())
+        except (OSError, ValueError):
+            return
+        if stat.S_ISREG(out.st_mode):
+            for real, flag in seen.items():
+                with contextlib.suppress(OSError):
+                    if os.path.samestat(os.stat(real), out):
+                        raise ConfigError(f"--{to_stdout} {getattr(args, to_stdout)} writes to standard output, which "
+                                          f"is the file --{flag} names ({getattr(args, flag)}): one report would "
+                                          "overwrite the other; give one of them another file")
 
 
 def _is_device(path: str) -> bool:

@@ -323,3 +323,23 @@ def test_a_report_to_standard_output_that_is_closed_is_refused_before_the_run(tm
     proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *CHATPROBE, "check", str(tmp_path), "--junit", "-"],
                           capture_output=True, text=True, timeout=240, env={**os.environ, "NO_COLOR": "1"})
     assert proc.returncode == 2 and "--junit -: standard output is closed" in proc.stderr, proc.stderr
+
+
+def test_a_report_to_standard_output_redirected_to_the_file_another_report_names_is_refused(tmp_path):
+    """`chatprobe run --json - --junit r.xml > r.xml`: the JSON went into r.xml through standard output, then the JUnit
+    report replaced r.xml, and the JSON went with the file it replaced: exit 0, one report of two. Exit 2 before the
+    run, naming both, as two report flags naming one file are."""
+    import subprocess
+
+    from .test_cli import CHATPROBE
+
+    junit = tmp_path / "r.xml"
+    with open(junit, "w") as out:
+        proc = subprocess.run([*CHATPROBE, "run", "basic", "--json", "-", "--junit", "r.xml"], stdout=out,
+                              stderr=subprocess.PIPE, text=True, timeout=240, cwd=tmp_path,
+                              env={**os.environ, "NO_COLOR": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == ("chatprobe: error: --json - writes to standard output, which is the file --junit "
+                                   "names (r.xml): one report would overwrite the other; give one of them another "
+                                   "file"), proc.stderr
+    assert junit.read_text() == ""
