@@ -85,11 +85,11 @@ def test_users_reloading_mid_chat_page_no_isolation_breach(procs, agentsim, tmp_
     assert value(scrape(f"http://{metrics}/metrics"), "chatprobe_rule_violations_total") == 0
 
 
-def start_proxy(procs: Any, name: str, sim_url: str) -> tuple[Any, str, str]:
+def start_proxy(procs: Any, name: str, sim_url: str, *extra: str) -> tuple[Any, str, str]:
     """`chatprobe proxy` (target label `reload`) → (its Proc, its ws URL for users, its /metrics host:port)."""
     proc, port = start_on_free_port(procs, name, lambda p: [
         chatprobe_bin(), "proxy", "--upstream", sim_url.rsplit("/", 1)[0], "--listen", "127.0.0.1:0",
-        "--metrics-listen", f"127.0.0.1:{p}", "--target-name", "reload", "--settle", "0.05s"])
+        "--metrics-listen", f"127.0.0.1:{p}", "--target-name", "reload", "--settle", "0.05s", *extra])
     return proc, proc.wait_for_line(r"chatprobe proxy listening on (ws://\S+)").group(1) + "/ws", f"127.0.0.1:{port}"
 
 
@@ -119,12 +119,13 @@ def no_breach(prom: str, stamp: float, started: float) -> None:
 
 @pytest.mark.timeout(150)
 def test_users_resuming_on_the_next_proxy_after_a_deploy_page_nothing(procs, agentsim, tmp_path):
-    """The proxy is deployed anew mid-chat: SIGTERM closes its users' sockets (1001), their browsers reconnect to the
-    next process and resume their runs. The old process counted those chats unjudged (proxy_stopped); the new one
-    judges none of them again and reads none of their events as another user's."""
+    """The proxy is deployed anew mid-chat, with no drain (`--drain-timeout 0`: an orchestrator's grace too short for
+    one): SIGTERM closes its users' sockets (1001), their browsers reconnect to the next process and resume their runs.
+    The old process counted those chats unjudged (proxy_stopped); the new one judges none of them again and reads none
+    of their events as another user's."""
     _, sim_url, env = agentsim(think="0.05", tool_latency="0.01")
     secret = env["E2E_JWT_SECRET"]
-    old, url, old_metrics = start_proxy(procs, "proxy-old", sim_url)
+    old, url, old_metrics = start_proxy(procs, "proxy-old", sim_url, "--drain-timeout", "0")
     new, new_url, new_metrics = start_proxy(procs, "proxy-new", sim_url)  # the next process, behind the same name
     _, prom = start_prometheus(procs, [old_metrics, new_metrics], write_shortened_rules(tmp_path / "rules.yml", FACTOR))
     started = time.time()
