@@ -152,8 +152,14 @@ class TokenProvider:
         return self._subject or None
 
 
-def _jwt_subject(token: str) -> str | None:
-    if token.count(".") != 2 or len(token) > 16 * 1024:
+# A JWT longer than this is read as none (its claims decoded for every connection that carries one: bounded work).
+MAX_JWT_CHARS = 16 * 1024
+
+
+def jwt_claims(token: str) -> dict[str, Any] | None:
+    """A JWT's claims, read without its signature (whoever asks holds no key: the client's own token, a proxied
+    user's), or None when `token` is no JWT."""
+    if not 10 < len(token) <= MAX_JWT_CHARS or token.count(".") != 2:
         return None
     import jwt
 
@@ -161,7 +167,11 @@ def _jwt_subject(token: str) -> str | None:
         claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
         return None
-    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return claims if isinstance(claims, dict) else None
+
+
+def _jwt_subject(token: str) -> str | None:
+    sub = (jwt_claims(token) or {}).get("sub")
     return sub if isinstance(sub, str) and sub else None
 
 
