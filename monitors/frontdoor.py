@@ -10,7 +10,7 @@ import logging
 import re
 import resource
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -170,6 +170,20 @@ def jwt_user(token: str) -> str | None:
         return None
     iss = claims.get("iss")
     return f"jwt\0{iss if isinstance(iss, str) else ''}\0{sub}"
+
+
+async def drain_wait(done: Awaitable[Any], timeout: float, interrupted: asyncio.Event | None) -> None:
+    """The drain's wait, either side's: until `done` (every connection closed), `timeout` seconds, or `interrupted`
+    (a second signal), whichever comes first."""
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(done)]
+    if interrupted is not None:
+        waits.append(asyncio.ensure_future(interrupted.wait()))
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
 
 def parse_ip(text: str | None) -> IPAddress | None:

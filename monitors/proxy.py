@@ -68,6 +68,7 @@ from .frontdoor import (
     connections_for_fds,
     credentials_identity,
     default_per_address,
+    drain_wait,
     install_accept_errors,
     limit_key,
     listen_host_port,
@@ -1187,15 +1188,7 @@ class Proxy:
         for changed in self.relays.values():
             changed.set()
         if self.relays and timeout > 0:
-            waits = [asyncio.ensure_future(self._all_closed.wait())]
-            if interrupted is not None:
-                waits.append(asyncio.ensure_future(interrupted.wait()))
-            try:
-                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
-                await asyncio.gather(*waits, return_exceptions=True)
+            await drain_wait(self._all_closed.wait(), timeout, interrupted)
         return len(self.relays)
 
 

@@ -34,6 +34,7 @@ from .frontdoor import (
     accept_batch,
     client_address,
     credentials_identity,
+    drain_wait,
     install_accept_errors,
     limit_key,
     open_file_limit,
@@ -253,10 +254,7 @@ class SSEProxy:
                     request = await self._read_request(h, reader, writer, pending or b"", first=not admitted,
                                                        client=client)
                 except _Refused as refused:
-                    if refused.counted:
-                        self.refuse(self._peer(writer), refused.status)
-                    await self._send_and_close(reader, writer, _answer(refused.status, refused.why + "\n")
-                                               if refused.why else None)
+                    await self._refused(reader, writer, refused)
                     return
                 finally:
                     door.handshake_ended(client, key)
@@ -275,10 +273,7 @@ class SSEProxy:
                 try:
                     pending = await self._exchange(h, reader, writer, request, client)
                 except _Refused as refused:
-                    if refused.counted:
-                        self.refuse(self._peer(writer), refused.status)
-                    await self._send_and_close(reader, writer, _answer(refused.status, refused.why + "\n")
-                                               if refused.why else None)
+                    await self._refused(reader, writer, refused)
                     return
                 if h.our_state is not h11.DONE or h.their_state is not h11.DONE or pending is None:
                     return
@@ -314,17 +309,15 @@ class SSEProxy:
         server.close(requests_too=timeout <= 0)
         tasks = set(self.clients.values())
         if tasks and timeout > 0:
-            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(asyncio.wait(tasks))]
-            if interrupted is not None:
-                waits.append(asyncio.ensure_future(interrupted.wait()))
-            try:
-                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
-                await asyncio.gather(*waits, return_exceptions=True)
+            await drain_wait(asyncio.wait(tasks), timeout, interrupted)
         self.drained = True
         return len(self.clients)
+
+    async def _refused(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, refused: _Refused) -> None:
+        """A request the proxy answers itself: counted (when it is a bad request), answered, the connection closed."""
+        if refused.counted:
+            self.refuse(self._peer(writer), refused.status)
+        await self._send_and_close(reader, writer, _answer(refused.status, refused.why + "\n") if refused.why else None)
 
     def refuse(self, peer: str | None, status: HTTPStatus) -> None:
         """A request the proxy answered itself and did not pass on: counted (bad_request) and said, a line a minute."""
