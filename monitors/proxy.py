@@ -1039,7 +1039,12 @@ class Proxy:
     async def handler(self, client: ServerConnection) -> None:
         upstream = client.upstream  # type: ignore[attr-defined]
         door = self.door or FrontDoor.defaults()
-        conn = self.live.connection(getattr(client, "identity", ""), getattr(client, "secrets", ()))
+        identity = getattr(client, "identity", "")
+        conn = self.live.connection(identity, getattr(client, "secrets", ()))
+        # -v: a line at each connection's start and end, naming its peer and its user's pseudonym (--record's label),
+        # never its credentials or its request's path (a token may ride in its query).
+        peer = client.remote_address[0] if client.remote_address else "unknown"
+        log.info("connection from %s (user %s) opened", peer, self.live.label(identity))
         changed = asyncio.Event()
         closed_by: list[str] = []
         # Servers that read the JWT from a subprotocol accept the handshake and only then reject it (an AUTH_FAILED
@@ -1173,6 +1178,9 @@ class Proxy:
                 record("auth_failed" if code == 1008 else "ok" if drained or closed_by[:1] == ["client"]
                        else "protocol_error")
             by_client = bool(closed_by) and closed_by[0] == "client"
+            log.info("connection from %s closed by %s (to the client %d, to the upstream %d)", peer,
+                     "the proxy (drained)" if drained else closed_by[0] if closed_by else "the proxy", to_client[0],
+                     to_upstream[0])
             rcvd = getattr(getattr(upstream, "protocol", None), "close_rcvd", None)
             conn.closed(self.clock(), by_client=by_client, drained=drained,
                         code=None if by_client or drained else rcvd.code if rcvd is not None else 1006)
@@ -1250,7 +1258,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "to DIR as JSON Lines (for `chatprobe check`), secrets scrubbed; bounded: 1,000 files, 256 MiB on "
                    "disk with the files of connections still open, 16 MiB a connection, the oldest rotated out")
     p.add_argument("--record-all", action="store_true", help="with --record: keep every connection's frames")
-    p.add_argument("-v", "--verbose", action="store_true", help="log each connection's start and end (INFO)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log each connection's start and end (INFO; over "
+                   "HTTP, each request's answer), never a credential or a request's query")
     return p
 
 

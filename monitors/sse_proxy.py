@@ -669,6 +669,9 @@ class _Exchange:
             self._close_upstream()
             raise _Refused(HTTPStatus.BAD_GATEWAY, "upstream answered no valid HTTP response", counted=False) from None
         stream = None
+        # -v: a line per answer (its peer, method, path without the query, status), never a credential.
+        log.info("%s %s from %s: HTTP %d", head.method.decode("ascii", "replace"),
+                 redact.clean(parts.path or "/", 200), self.proxy._peer(writer) or "unknown", response.status_code)
         if chat:
             fields = {n: v.decode("latin-1") for n, v in response.headers}
             failure = head_failure(response.status_code, fields.get(b"content-type", ""), fields.get(b"location", ""),

@@ -520,7 +520,7 @@ async def test_the_command_proxies_an_http_upstream_and_serves_metrics():
         s.bind(("127.0.0.1", 0))
         mport = s.getsockname()[1]
     proc = _proxy_cli("--upstream", f"http://127.0.0.1:{sim.port}", "--profile", "ag-ui", "--listen", "127.0.0.1:0",
-                      "--metrics-listen", f"127.0.0.1:{mport}", "--target-name", "upstream", "--settle", "0.05s")
+                      "--metrics-listen", f"127.0.0.1:{mport}", "--target-name", "upstream", "--settle", "0.05s", "-v")
     try:
         assert proc.stdout is not None
         line = b""
@@ -547,6 +547,9 @@ async def test_the_command_proxies_an_http_upstream_and_serves_metrics():
         await sim.stop()
     assert proc.returncode == 0, err
     assert b"Traceback" not in err
+    # -v: a line per answer (it logged none of its own), never a credential
+    assert err.count(b"POST /agent from 127.0.0.1: HTTP 200") == 2, err
+    assert b"Bearer" not in err and b"eyJ" not in err
 
 
 # -- --record, and the proxy stopping --

@@ -107,3 +107,18 @@ async def test_a_second_sigterm_ends_the_drain_at_once(tmp_path):
             assert await p.proc.wait() == 0, p.err.read_text()
     # Said as it happened: the second signal ended the drain, not its --drain-timeout of 60 s.
     assert "1 connection(s) still had a chat in flight when a second signal ended the drain" in p.err.read_text()
+
+
+async def test_verbose_says_each_connections_start_and_end_and_never_its_credentials(tmp_path):
+    """`-v` promised a line at each connection's start and end: it logged none of its own. It names the peer, the
+    user's pseudonym and who closed, never the token in the request's query."""
+    token = "tok_" + "s3cr3t" * 6
+    async with agentsim_process() as sim, proxy_process(sim, tmp_path, "-v") as p:
+        async with asyncio.timeout(30):
+            ws = await connect(f"ws://127.0.0.1:{p.port}/ws?user=verbose&access_token={token}", open_timeout=10)
+            assert json.loads(await ws.recv())["type"] == "connection_established"
+            await ws.close()
+    err = p.err.read_text()
+    assert "connection from 127.0.0.1 (user live-" in err and ") opened" in err, err
+    assert "connection from 127.0.0.1 closed by client" in err, err
+    assert token not in err and "access_token" not in err
