@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,18 @@ class Kept(MetricsSink):
         self.results.append(result)
         self.judged.set()
         super().chat_finished(result)
+
+
+async def chatprobe_cli(*args: str) -> tuple[int, str]:
+    """`chatprobe ARGS` in a process of its own, bounded (a hang fails here), with no credential from the environment:
+    (exit code, stdout + stderr)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CHATPROBE_TOKEN", "CHATPROBE_JWT_SECRET")}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "harness", *args, env={**env, "NO_COLOR": "1"},
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode or 0, stdout.decode() + stderr.decode()

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from .conftest import chatprobe_cli as chatprobe
 from .test_sse_attacks import RawServer
 
 pytestmark = pytest.mark.timeout(150)
@@ -106,19 +105,6 @@ async def sdk_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         out += [chunk(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"), chunk(b": ping\n\n")]
     writer.write(b"".join(out) + b"0\r\n\r\n")
     await writer.drain()
-
-
-async def chatprobe(*args: str) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("CHATPROBE_TOKEN", "CHATPROBE_JWT_SECRET")}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "harness", *args, env={**env, "NO_COLOR": "1"},
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)  # a hang fails here
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode or 0, stdout.decode() + stderr.decode()
 
 
 def scenario(tmp_path: Path) -> Path:
