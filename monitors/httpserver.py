@@ -284,7 +284,7 @@ def connection_limit() -> int:
     return max(16, min(MAX_CONNECTIONS, soft - FD_HEADROOM))
 
 
-_BARE_LF = re.compile(rb"(?<!\r)\n")
+BARE_LF = re.compile(rb"(?<!\r)\n")  # a line ended by LF alone (the proxy's HTTP side refuses one too)
 
 
 class _Parser(HTTPRequestParser):
@@ -303,7 +303,7 @@ class _Parser(HTTPRequestParser):
             tail = self.header_plus[-1:]
             s = tail + data  # the byte before this read: its CR may end a line this read's LF finishes
             end = find_double_newline(self.header_plus + data)
-            if (m := _BARE_LF.search(s, len(tail))) is not None and (end < 0 or m.start() < end - len(self.header_plus)):
+            if (m := BARE_LF.search(s, len(tail))) is not None and (end < 0 or m.start() < end - len(self.header_plus)):
                 self.parse_header(b"GET / HTTP/1.0\r\n")  # as waitress readies a refusal it reads no further
                 self.error = BadRequest("a line of the request head ends with a bare LF; HTTP lines end with CRLF")
                 self.completed = True

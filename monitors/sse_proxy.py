@@ -41,6 +41,7 @@ from .frontdoor import (
     trusted_peer,
     upstream_url,
 )
+from .httpserver import BARE_LF
 
 if TYPE_CHECKING:  # (proxy.py, whose LiveChats this side feeds, dispatches to it: no import back at run time)
     from .proxy import LiveChats, LiveConnection
@@ -149,7 +150,6 @@ def _accept_encoding(value: str) -> str:
 # The end of a request's head as h11 finds it (its _receivebuffer: a blank line, CRLF or LF alone), and a line end
 # that is LF alone.
 _HEAD_END = re.compile(rb"\n\r?\n")
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 _FOLDED = re.compile(rb"\n[ \t]")  # a line beginning with whitespace: obs-fold, a continuation of the line before
 
 
@@ -162,7 +162,7 @@ def _check_lines(raw: bytes | bytearray) -> None:
     request, its head first."""
     end = _HEAD_END.search(raw)
     stop = end.end() if end is not None else len(raw)
-    if _BARE_LF.search(raw, 0, stop) is not None:
+    if BARE_LF.search(raw, 0, stop) is not None:
         raise _Refused(HTTPStatus.BAD_REQUEST, "a line of the request head ends with a bare LF; HTTP lines end with "
                        "CRLF")
     if _FOLDED.search(raw, 0, stop) is not None:
