@@ -316,7 +316,10 @@ class Session(VirtualUser):
 
     async def _join_reader(self, timeout: float, *, cancel: bool) -> None:
         """Give the connection `timeout` seconds to end; past it (when `cancel`) take it as ended: its reader is
-        cancelled, or a connection that calls back is told to stop."""
+        cancelled, or a connection that calls back is told to stop. Cancelled meanwhile from outside (the run's stop,
+        a probe's deadline), the connection is taken as ended so too (when `cancel`) and the cancellation goes on:
+        swallowed here, the task played on as if never stopped (its next chat, its deadline), past a monitor's probe
+        deadline and a stopped run's end."""
         reader = self.reader
         if reader is not None:
             try:
@@ -326,9 +329,9 @@ class Session(VirtualUser):
                 if cancel:
                     reader.cancel()
             except asyncio.CancelledError:
-                if not cancel:
-                    raise
-                reader.cancel()
+                if cancel:
+                    reader.cancel()
+                raise
             return
         transport = self._listening
         if transport is None:
@@ -339,15 +342,12 @@ class Session(VirtualUser):
         try:
             while self._listening is transport and (now := clock()) < deadline:
                 await ending.until(deadline, now)
-        except asyncio.CancelledError:
-            if not cancel:
-                raise
         finally:
             ending.cancel()
             self._ending = None
-        if cancel and self._listening is transport:
-            transport.stop_listening()  # type: ignore[attr-defined]
-            self.on_end(transport)
+            if cancel and self._listening is transport:
+                transport.stop_listening()  # type: ignore[attr-defined]
+                self.on_end(transport)
 
     async def _read(self, transport: Transport) -> None:
         try:
@@ -525,18 +525,22 @@ class Session(VirtualUser):
             else:
                 await self.settled()
         finally:
-            await self._close()
-            if user_ends and self._kept is not None:
-                kept, self._kept = self._kept, None
-                await kept.aclose()
+            try:
+                await self._close()
+            finally:  # also when cancelled from outside meanwhile: the user's kept connection is not left open
+                if user_ends and self._kept is not None:
+                    kept, self._kept = self._kept, None
+                    await kept.aclose()
 
     async def _close(self) -> None:
         self.closed_by_client = True
-        if self.transport is not None and not self.closed:
-            await self.transport.close()
-        await self._join_reader(3, cancel=True)
-        for t in list(self._pending_sends or ()):
-            t.cancel()
+        try:
+            if self.transport is not None and not self.closed:
+                await self.transport.close()
+            await self._join_reader(3, cancel=True)
+        finally:  # also when cancelled from outside meanwhile: no reply left sending on a connection closed
+            for t in list(self._pending_sends or ()):
+                t.cancel()
 
     async def _exclusive(self) -> asyncio.Future[None]:
         """Wait until no other chat of this session is (re)connecting, then claim that; set the future to release.
