@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from harness import redact
 from harness.durations import Seconds, parse_duration
-from harness.errors import MESSAGE_LIMIT, os_reason, unknown_flag_hint
+from harness.errors import MESSAGE_LIMIT, ExitCode, os_reason, unknown_flag_hint
 from harness.events import Outcome
 from harness.profiles import load_profile
 from harness.report import why_failed
@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"address of /, /metrics and /probe (default {DEFAULT_LISTEN}; port 0 = any free port)")
     p.add_argument("--once", action="store_true", help="run one probe round, print the verdicts and exit as "
                    "`chatprobe run` does: 0 all passed, 1 failed (or a probe could not run), 2 usage or "
-                   "credentials refused, 3 unreachable; serves nothing")
+                   "credentials refused, 3 unreachable, 130/143 interrupted by Ctrl-C / SIGTERM (the chats in flight "
+                   "judged as they stand, the verdicts printed); serves nothing")
     return p
 
 
@@ -289,15 +290,17 @@ class Monitor:
         self._state: dict[tuple[str, str], str] = {}
         self.recent = RecentProbes(self.by_key)  # what the / page lists
 
-    async def run_probe(self, probe: Probe, sink: MetricsSink, timeout: float | None = None) -> ScenarioRun | None:
-        """One scenario run against one target, bounded by the deadline; never raises (but for cancellation)."""
+    async def run_probe(self, probe: Probe, sink: MetricsSink, timeout: float | None = None,
+                        stop: asyncio.Event | None = None) -> ScenarioRun | None:
+        """One scenario run against one target, bounded by the deadline, or cut short when `stop` is set (its chats
+        in flight judged as they stand, as `run` stops); never raises (but for cancellation)."""
         timeout = self.timeout if timeout is None else timeout
         scenario = _cap(probe.scenario, timeout)
         # Said once, when the probe's verdict turns to none, not every interval (a daemon's log stays readable).
         say = log.warning if self._state.get(probe.key) != "no verdict" else log.debug
         try:
             async with asyncio.timeout(timeout + GRACE):
-                return await run_scenario(scenario, probe.target, sink, user_prefix=None)
+                return await run_scenario(scenario, probe.target, sink, user_prefix=None, stop=stop)
         except TimeoutError:
             say("%s / %s: the probe did not wind down within its deadline of %gs and %gs more", *probe.key, timeout,
                 GRACE)
@@ -309,16 +312,17 @@ class Monitor:
             log.error("%s / %s: the probe failed: %s: %s", *probe.key, type(exc).__name__, redact.clean(exc, 1000))
         return None
 
-    async def _timed(self, probe: Probe, sink: MetricsSink,
-                     timeout: float | None = None) -> tuple[ScenarioRun | None, float, float]:
+    async def _timed(self, probe: Probe, sink: MetricsSink, timeout: float | None = None,
+                     stop: asyncio.Event | None = None) -> tuple[ScenarioRun | None, float, float]:
         """The probe's run, its start (epoch seconds) and how long it took."""
         started, t0 = time.time(), time.monotonic()
-        run = await self.run_probe(probe, sink, timeout)
+        run = await self.run_probe(probe, sink, timeout, stop)
         return run, started, time.monotonic() - t0
 
-    async def round(self) -> list[tuple[Probe, ScenarioRun | None]]:
-        """Every probe once, concurrently."""
-        timed = await asyncio.gather(*(self._timed(p, self.sinks[p.target.name]) for p in self.probes))
+    async def round(self, stop: asyncio.Event | None = None) -> list[tuple[Probe, ScenarioRun | None]]:
+        """Every probe once, concurrently (until `stop` is set: each probe's chats in flight then judged as they
+        stand)."""
+        timed = await asyncio.gather(*(self._timed(p, self.sinks[p.target.name], stop=stop) for p in self.probes))
         for probe, (run, started, took) in zip(self.probes, timed, strict=True):
             self._note(probe, run, started, took)
         return [(probe, run) for probe, (run, _, _) in zip(self.probes, timed, strict=True)]
@@ -483,16 +487,28 @@ async def _main(args: argparse.Namespace) -> int:
             probes = probes_from_args(opts, args.scenario, sim.url, tokens, timeout)
         monitor = Monitor(probes, interval, timeout)
 
+        loop = asyncio.get_running_loop()
         if args.once:
-            results = await monitor.round()
+            # Stopped as `run` is (Ctrl-C, a CI job's timeout): the probes' chats in flight judged as they stand, the
+            # verdicts printed, exit 130 / 143. It was exit 0, "every objective met", and no verdict (SIGINT), or a
+            # kill with nothing printed (SIGTERM).
+            once = _OnceStop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, once.fire, sig)
+            try:
+                results = await monitor.round(once.event)
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
             for probe, run in results:
                 print(f"{probe.target.name} / {probe.scenario.name}: "
                       f"{redact.clean(describe(run), 1000) if run is not None else verdict(run)}")
+            if once.code is not None:
+                return once.code
             if any(run is None for _, run in results):
                 return EXIT_FAILED  # a probe that could not run proves nothing
             return int(exit_code([run for _, run in results if run is not None]))
 
-        loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -520,6 +536,22 @@ async def _main(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+class _OnceStop:
+    """SIGINT / SIGTERM during `--once`: the round stops (its probes' chats in flight judged as they stand, their
+    verdicts printed) and the exit code says which signal, as `chatprobe run`'s does."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.code: int | None = None
+
+    def fire(self, sig: int) -> None:
+        if self.code is None:
+            self.code = int(ExitCode.INTERRUPTED if sig == signal.SIGINT else ExitCode.TERMINATED)
+            print(f"chatprobe monitor: {signal.Signals(sig).name}: stopping; the probes' chats in flight are judged "
+                  "as they stand", file=sys.stderr, flush=True)
+        self.event.set()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -531,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chatprobe monitor: error: {redact.clean(exc, MESSAGE_LIMIT)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # a signal before the handlers were installed
-        return EXIT_OK
+        # The daemon stops on Ctrl-C (exit 0); `--once` is a verdict, and an interrupted one is none, as `run` says.
+        return int(ExitCode.INTERRUPTED) if args.once else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -479,7 +479,7 @@ def _subparser(name: str) -> Any:
     ("chatprobe run --help", lambda: _subparser("run").description, ("0", "1", "2", "3", "130/143")),
     ("chatprobe check --help", lambda: _subparser("check").description, ("0", "1", "2", "3", "130/143")),
     ("chatprobe monitor --once", lambda: next(a.help for a in monitor_parser()._actions if "--once" in a.option_strings),
-     ("0", "1", "2", "3")),
+     ("0", "1", "2", "3", "130/143")),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_the_help_names_every_exit_code_the_command_returns(where, text, codes):
     said = re.split(r"\b[Ee]xit ", text(), maxsplit=1)[1]
