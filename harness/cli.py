@@ -402,7 +402,8 @@ class _Interrupt:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        """The handlers for a command without an event loop (`check`), the previous ones back after it."""
+        """The handlers for a command without an event loop (`check`), or for synchronous work on the loop (`run`'s
+        reports), the previous ones back after it."""
         previous = {sig: signal.signal(sig, lambda s, _frame: self._fire(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
@@ -614,7 +615,11 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
                               f"{run.elapsed:.1f}s", markup=False, highlight=False)
     # Credentials refused when none were given (no token, none in the URL's query or a header): the message says so.
     no_token = not tokens.configured and "?" not in url and not (opts.headers or opts.header_env)
-    return _finish(args, console, runs, push_sinks, interrupt, no_token=no_token)
+    # Through the summary and the reports, the signal is taken as it comes, not when the loop next turns (after the
+    # exit code was decided): a stop then changes nothing of what is written, and the exit code is the stop's, as
+    # `check`'s is. A SIGTERM while a large run's reports were written exited 0.
+    with interrupt.installed():
+        return _finish(args, console, runs, push_sinks, interrupt, no_token=no_token)
 
 
 def _finish(args: argparse.Namespace, console: Console, runs: list[ScenarioRun], push_sinks: list[Any],

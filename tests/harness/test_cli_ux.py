@@ -369,3 +369,36 @@ def test_a_netra_variant_of_your_own_carries_netra_scenarios_when_it_says_so(sim
     proc = run_cli(*command.split(), "--profile", str(own), "errors", "-q", env={name: value})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"│ errors\s+│\s+18 │\s+18 │", proc.stdout), proc.stdout
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_run_writes_its_reports_changes_nothing_written_and_the_exit_code_is_the_stops(tmp_path, sig,
+                                                                                                     code):
+    """FAILED on the old code: a signal that came while `run` wrote its reports (a CI job's timeout as a large run's
+    HTML is written) was seen only when the event loop next turned, after the exit code was decided: exit 0 after
+    "stopping" was said, where `check` exits 143 (tests/integration/test_hostile_inputs.py). The signal is sent by
+    the process to itself as the first report is written: no timing guess."""
+    from tests.harness.reports import check_json_report, check_junit_report
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(f"""
+import os, signal, sys
+from harness import report
+from harness.cli import main
+write_json = report.write_json
+def signalled(*a, **k):
+    os.kill(os.getpid(), signal.{signal.Signals(sig).name})  # as the first report is written
+    return write_json(*a, **k)
+report.write_json = signalled
+sys.exit(main(sys.argv[1:]))
+""")
+    out, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    proc = subprocess.run([sys.executable, str(probe), "run", "basic", "--json", str(out), "--junit", str(junit), "-q"],
+                          capture_output=True, text=True, timeout=120, env=ENV)
+    assert proc.returncode == code, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    # The run had ended: its reports are whole and say what it did (all its chats, not stopped early).
+    (run,) = check_json_report(out)["scenarios"]
+    assert run["stats"]["chats"] == len(run["chats"]) > 0 and not run["stopped_early"]
+    check_junit_report(junit)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.py", "r.json", "r.xml"]  # no temporary file left
