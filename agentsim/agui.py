@@ -250,6 +250,9 @@ class AguiSim:
         self.ws_port: int | None = None
         self._tasks: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        # Each HTTP connection's handler task, ended by stop() (it may be between two events of a run).
+        self._http_tasks: set[asyncio.Task] = set()
+        self._stopping = False
         self._requests = 0
         self.chats_started = self.chats_finished = 0
         self._run_faults = [f for f in self.config.faults if f.name not in ("refuse", "exit_after")]
@@ -281,10 +284,12 @@ class AguiSim:
                        "seed": self.seed, "faults": [str(f) for f in self.config.faults], "pid": os.getpid()})
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
+        self._stopping = True
+        tasks = [*self._tasks, *self._http_tasks]
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
         if self._http is not None:
             self._http.close()
             for w in list(self._writers):
@@ -348,6 +353,9 @@ class AguiSim:
 
     # ---- HTTP + SSE ---------------------------------------------------------------------------------
     async def _handle_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._http_tasks.add(task)
         self._writers.add(writer)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
         try:
@@ -388,7 +396,17 @@ class AguiSim:
                 conn.start_next_cycle()
         except (TimeoutError, ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            if not self._stopping or task is None:
+                raise
+            # Ended by stop() (its server stopping mid-stream: Ctrl-C of `chatprobe run` or `sim`): the connection
+            # closes as any the server closes. Ended cancelled, Python 3.11's asyncio streams logged each such handler
+            # as "Exception in callback" with a traceback (its done-callback reads the task's exception). The
+            # cancellation is stop()'s own, which waits for this end: taken back, the task ends as it returns.
+            task.uncancel()
         finally:
+            if task is not None:
+                self._http_tasks.discard(task)
             self._writers.discard(writer)
             writer.close()
 

@@ -402,3 +402,29 @@ sys.exit(main(sys.argv[1:]))
     assert run["stats"]["chats"] == len(run["chats"]) > 0 and not run["stopped_early"]
     check_junit_report(junit)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.py", "r.json", "r.xml"]  # no temporary file left
+
+
+def test_ctrl_c_mid_chat_against_the_embedded_ag_ui_server_prints_no_traceback(tmp_path):
+    """FAILED on the old code (Python 3.11): Ctrl-C while the embedded AG-UI server streamed its runs printed one
+    "Exception in callback … CancelledError" traceback per chat in flight on standard error: the server's stop left
+    each HTTP connection's handler waiting between two events, cancelled at the loop's end, and asyncio's streams log
+    a handler that ends cancelled. The signal is sent once a chat in flight has had an event (the server mid-run)."""
+    scenario = tmp_path / "long.yaml"
+    scenario.write_text("name: long\nusers: 3\nchats_per_user: 20\nmessage: 'Think hard. #think=0.5'\n"
+                        "expect: {deadline: 30s}\n")
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen([*CHATPROBE, "run", str(scenario), "--profile", "ag-ui", "--json", str(out),
+                             "--progress-interval", "0.1s"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        read_until(proc, r"long running .* in flight [1-9]\d*, first event p95 [\d.,]+ ms")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+        stderr = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Exception in callback" not in stderr, stderr
+    (run,) = json.loads(out.read_text())["scenarios"]
+    assert run["stopped_early"] and any(c["note"] == "stopped before the chat ended" for c in run["chats"])
