@@ -59,6 +59,9 @@ MAX_TIMEOUT = 60.0
 MIN_DEFAULT_TIMEOUT = 10.0
 # A probe that overruns its deadline gets this long to wind down (judge its chats, close sockets).
 GRACE = 2.0
+# How long the /probe runs in flight as the monitor stops get to end (their chats judged, sockets closed) and be
+# answered: a closing handshake's bound (3 s) and some.
+WIND_DOWN = 5.0
 # A probe's connect_timeout ends at most at this share of its deadline: a connection that never completes its
 # handshake is then a `timeout` and its chat an `error` before the run's stop, never a chat the stop left uncounted.
 CONNECT_SHARE = 0.8
@@ -289,6 +292,7 @@ class Monitor:
         self.sinks = {p.target.name: MetricsSink(m, p.target.name, "synthetic") for p in probes}
         self._state: dict[tuple[str, str], str] = {}
         self.recent = RecentProbes(self.by_key)  # what the / page lists
+        self._on_demand: set[asyncio.Task] = set()  # the /probe runs in flight (wind_down)
 
     async def run_probe(self, probe: Probe, sink: MetricsSink, timeout: float | None = None,
                         stop: asyncio.Event | None = None) -> ScenarioRun | None:
@@ -371,12 +375,31 @@ class Monitor:
         registry = CollectorRegistry()
         metrics = ChatMetrics(registry, probe=True)
         sink = MetricsSink(metrics, probe.target.name, "synthetic")
-        run, started, took = await self._timed(probe, sink, timeout)
+        task = asyncio.current_task()
+        if task is not None:
+            self._on_demand.add(task)
+        try:
+            run, started, took = await self._timed(probe, sink, timeout)
+        finally:
+            if task is not None:
+                self._on_demand.discard(task)
         assert metrics.probe_success is not None and metrics.probe_duration is not None
         metrics.probe_duration.set(took)
         metrics.probe_success.set(1 if run is not None and run.passed else 0)
         self._note(probe, run, started, took, via="/probe")
         return encode(registry)
+
+    async def wind_down(self) -> None:
+        """The monitor stops: each /probe in flight is cancelled and awaited (WIND_DOWN at most: its sockets closed),
+        so that its scraper gets its answer, a 503 (no verdict: the monitor stopped, not the target, so no
+        probe_success 0 to page on), before the HTTP server closes. Stopping the HTTP server first blocked the loop
+        while its workers waited on probes that loop ran: the exit took seconds more, the scrape got no answer and
+        the log said "thread(s) still running"."""
+        tasks = list(self._on_demand)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=WIND_DOWN)
 
     def lookup(self, target: str, scenario: str | None) -> Probe:
         """The configured probe of that name; KeyError with a message for anything else (never a URL)."""
@@ -525,8 +548,10 @@ async def _main(args: argparse.Namespace) -> int:
         await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
         task.cancel()
         stopped.cancel()
+        winding = asyncio.ensure_future(monitor.wind_down())  # the /probe runs in flight, while the interval's end
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await winding
         if not task.cancelled() and task.exception() is not None:
             log.error("the probe loop crashed: %s", redact.clean(repr(task.exception()), 1000))
             return EXIT_FAILED

@@ -95,3 +95,51 @@ def test_once_stopped_by_a_signal_prints_its_verdict_and_exits_as_run_does(sig, 
     # The chat the stop cut short is counted, judged as it stood (incomplete: not passed).
     assert "held / probe: failed: 1 chats, 0 passed" in out, out
     assert took < 15, took
+
+
+def test_the_daemon_stopped_during_a_probe_scrape_ends_it_and_exits_promptly():
+    """FAILED on the old code: SIGTERM while a /probe ran (Prometheus scrapes every 15 s: a deploy's SIGTERM often
+    finds one) stopped the HTTP server first, from the event loop, whose worker waited on the probe that same loop
+    ran: the loop stood still for the workers' 5 s, "1 thread(s) still running" was logged, and the exit took some
+    10 s. Now the probe is cancelled first (no verdict: the monitor stopped, not the target) and the exit comes
+    within a closing handshake's bound. The signal is sent once the server holds both chats (the interval's probe
+    and the scrape's)."""
+    import urllib.request
+
+    server = HoldingServer()
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "monitor", "--target", server.url, "--target-name", "held",
+                             "--listen", "127.0.0.1:0", "--interval", "60s", "--timeout", "30s"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT),
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "CHATPROBE_TOKEN": "t0ken"})
+    scraped: list[object] = []
+    try:
+        line = proc.stdout.readline()  # "chatprobe monitor listening on http://127.0.0.1:PORT"
+        base = line.split()[-1]
+        assert base.startswith("http://127.0.0.1:"), line
+        assert server.chat_held.wait(30), "the interval's probe never reached the server"
+        server.chat_held.clear()
+
+        def scrape() -> None:
+            try:
+                with urllib.request.urlopen(f"{base}/probe?target=held", timeout=60) as answer:
+                    scraped.append(answer.status)
+            except Exception as exc:  # the monitor stopped mid-scrape: no answer is one outcome
+                scraped.append(exc)
+
+        scraper = threading.Thread(target=scrape, daemon=True)
+        scraper.start()
+        assert server.chat_held.wait(30), "the scrape's probe never reached the server"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+        scraper.join(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        server.close()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "still running" not in err, err
+    assert took < 8, took
+    assert scraped and scraped[0] != 200, scraped  # never a probe_success from a probe the stop cut short
