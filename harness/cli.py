@@ -382,6 +382,10 @@ def _max_duration(text: str | None) -> float | None:
     return seconds
 
 
+class _Stopped(Exception):
+    """A signal broke a wait before the run started (_Interrupt.breaking)."""
+
+
 class _Interrupt:
     """SIGINT / SIGTERM while a run (or a check) goes on: stop starting chats (reading records), judge those in
     flight (open) as they stand, write the reports; exit 130 / 143."""
@@ -405,6 +409,22 @@ class _Interrupt:
         """The handlers for a command without an event loop (`check`), or for synchronous work on the loop (`run`'s
         reports), the previous ones back after it."""
         previous = {sig: signal.signal(sig, lambda s, _frame: self._fire(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def breaking(self) -> Iterator[None]:
+        """The handlers for a blocking wait on the event loop's thread before any chat starts (a `--token-file` pipe,
+        which has 30 s to deliver): the signal is taken at once and breaks the wait (_Stopped raised), where the loop's
+        handler would have seen it only once the wait was over (Ctrl-C ignored for 30 s, then exit 2)."""
+        def fire(sig: int, _frame: Any) -> None:
+            self._fire(sig)
+            raise _Stopped
+
+        previous = {sig: signal.signal(sig, fire) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
@@ -455,6 +475,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
         embedded_sim,
         make_target,
         read_token,
+        target_label,
         target_profile,
     )
 
@@ -525,15 +546,29 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
 
         recorder = open_recorder(args.record, "--record")
 
+    read: TokenProvider | None = None
+    try:
+        with interrupt.breaking():
+            # Everything is checked before the embedded server starts: a credentials flag that could not be used (an
+            # unset "$VAR", a token file that is not there) is a usage error, which its own tokens would hide.
+            if opts.url is not None:
+                read = read_token(opts)
+            else:
+                check_credentials(opts)
+    except _Stopped:
+        # Stopped while the credentials were read (a --token-file pipe that has not delivered yet): no chat was
+        # started, and every scenario is in the reports as not run, as for a stop between two scenarios.
+        name = opts.name or (target_label(opts.url) if opts.url is not None else "agentsim")
+        stopped = [not_started(s, name, STOPPED_BY["interrupted"], time.time()) for s in scenarios]
+        with interrupt.installed():
+            return _finish(args, console, stopped, [], interrupt)
+
     async with contextlib.AsyncExitStack() as stack:
         if opts.url is not None:
-            tokens = read_token(opts)
+            assert read is not None
+            tokens = read
             url = opts.url
         else:
-            # Everything is checked before the server starts: a wrong --profile or scenario is a usage error, and so
-            # is a credentials flag that could not be used (an unset "$VAR", a token file that is not there), which
-            # the embedded agentsim's own tokens would hide.
-            check_credentials(opts)
             dialects = set()
             for scenario in scenarios:
                 profile = target_profile(opts, scenario.profile)

@@ -428,3 +428,49 @@ def test_ctrl_c_mid_chat_against_the_embedded_ag_ui_server_prints_no_traceback(t
     assert "Traceback" not in stderr and "Exception in callback" not in stderr, stderr
     (run,) = json.loads(out.read_text())["scenarios"]
     assert run["stopped_early"] and any(c["note"] == "stopped before the chat ended" for c in run["chats"])
+
+
+def _waits_on(proc: subprocess.Popen, path: Path, timeout: float = 30) -> None:
+    """Until the process holds `path` open (its /proc fd table: its state, not a guess of time), within a deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if any(os.readlink(f"/proc/{proc.pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{proc.pid}/fd")):
+                return
+        except OSError:  # an fd closed while listed
+            pass
+        time.sleep(0.01)  # wait-ok: poll interval of a state wait bounded by its deadline
+    raise AssertionError(f"the process never opened {path} (exit {proc.poll()})")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_token_pipe_has_not_delivered_stops_the_run_at_once(tmp_path, sig, code):
+    """FAILED on the old code: `--token-file <(vault read …)` has 30 s to deliver, and Ctrl-C (or a CI job's
+    SIGTERM) meanwhile was seen only once that wait was over: 30 s later, exit 2 "no end of text within 30s" and no
+    report. Now the signal breaks the wait: exit 130 / 143 at once, every scenario in the reports as not run."""
+    from tests.harness.reports import check_json_report, check_junit_report
+
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    out, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    proc = subprocess.Popen([*CHATPROBE, "run", "basic", "--target", "ws://127.0.0.1:9/ws", "--token-file", str(fifo),
+                             "--json", str(out), "--junit", str(junit)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        _waits_on(proc, fifo)
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code, stdout[-2000:] + stderr[-2000:]
+    assert took < 15, took  # not the pipe's 30 s
+    assert "Traceback" not in stderr and "no end of text" not in stderr, stderr
+    (run,) = check_json_report(out)["scenarios"]
+    assert run["errors"] == ["not run: the run was interrupted before it started"] and run["stats"]["chats"] == 0
+    assert run["target"] == "127.0.0.1:9"
+    (case,) = check_junit_report(junit).iter("testcase")
+    assert case.find("skipped") is not None
