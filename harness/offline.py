@@ -46,6 +46,7 @@ from .recordings import (
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_TEXT,
     FORMATS,
+    PART_FILE_RE,
     SEND_FAILED,
     SILENT,
     Recorded,
@@ -921,7 +922,11 @@ def _recording_files(directory: Path) -> list[tuple[str | None, list[Path]]]:
     """A directory's recordings, one group per run `--record` wrote into it (then the other files as one)."""
     runs = recorded_runs(directory)
     if not runs:
-        raise RecordingError(f"{directory}: no recording file in the directory")
+        parts = sorted(p.name for p in directory.iterdir() if PART_FILE_RE.match(p.name))
+        killed = "" if not parts else (
+            f"; {len(parts)} part file(s) of connections the recording process had open when it was killed (SIGKILL, "
+            f"a grace period's end), such as {directory / parts[0]}: name one to check it, judged up to its last line")
+        raise RecordingError(f"{directory}: no recording file in the directory{killed}")
     for run_id, files in runs:
         run = f" (run {run_id})" if run_id else ""
         for f in files:

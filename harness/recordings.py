@@ -147,6 +147,8 @@ def _cut(text: str, limit: int) -> str:
 RUN_ID_PATTERN = r"\d{8}T\d{6}(?:\d{6})?Z-[0-9a-f]{6}"
 RUN_ID_RE = re.compile(RUN_ID_PATTERN)
 RECORDED_RUN_RE = re.compile(rf"^({RUN_ID_PATTERN})-\d{{6}}-.*\.jsonl$")
+# A recorder's part file (recorder.Recorder.connection): a connection still open, renamed to its file at its close.
+PART_FILE_RE = re.compile(rf"^\.{RUN_ID_PATTERN}-\d{{6}}-.*\.jsonl\.part$")
 
 
 def recorded_runs(directory: Path) -> list[tuple[str | None, list[Path]]]:

@@ -1637,3 +1637,28 @@ def test_json_lines_with_line_ends_of_cr_alone_are_refused_crlf_still_read(tmp_p
     assert f.read_bytes()[4095:4097] == b"\r\n"  # the first read (4,096 bytes) ends between CR and LF
     [run] = check_files([f], NETRA, SC)  # read, not refused (the padded send is a chat of its own, never answered)
     assert not run.connection_violations and Outcome.PASSED in [r.outcome for r in run.results]
+
+
+def test_a_recording_killed_outright_is_named_by_its_part_files_and_each_reads_up_to_its_last_line(tmp_path):
+    """FAILED on the old code: a `run --record` killed outright (SIGKILL at a grace period's end) leaves only the
+    hidden part files of its open connections, and `check DIR` said "no recording file in the directory", nothing
+    more: the recording seemed lost. Now the message names a part file, which `check` reads when named: the chats
+    up to its last line, the one open at its end judged as a recording that ends there."""
+    rec = Recorder(tmp_path / "rec")
+    log = rec.connection("cp-1-u0")
+    i = 0
+    while not any(p.name.endswith(".jsonl.part") for p in rec.directory.iterdir()):  # the recorder's own flush
+        log.frame("send", send(0.0)["frame"], i * 1.0)
+        for r in netra_run(f"r{i}", i * 1.0):
+            log.frame("recv", r["frame"], r["t"])
+        i += 1
+    log.frame("send", send(0.0)["frame"], i * 1.0)  # a chat open when the process was killed (never saved)
+    log.flush()
+    (part,) = [p for p in rec.directory.iterdir()]  # what a killed process leaves: never renamed to its file
+    with pytest.raises(RecordingError) as refused:
+        check_files([rec.directory], NETRA, SC)
+    said = str(refused.value)
+    assert "no recording file in the directory" in said and str(part) in said and "killed" in said, said
+    (run,) = check_files([part], NETRA, SC)
+    assert run.stats.chats == i + 1
+    assert [r.outcome for r in run.results][:i] == [Outcome.PASSED] * i
