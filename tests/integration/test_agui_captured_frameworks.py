@@ -1,4 +1,4 @@
-"""AG-UI servers of four more agent frameworks, replayed from their bytes: each was run under uvicorn on loopback with a
+"""AG-UI servers of seven more agent frameworks, replayed from their bytes: each was run under uvicorn on loopback with a
 scripted model (a fake OpenAI Chat Completions server, or an ADK `BaseLlm` of the test's own), and the body of one
 chat saved with `curl -N` (`agui_captures/*.sse`, the request's `threadId` and `runId` sent as THREAD and RUN, so a
 replay names the client's own); the heads below are theirs, less the Date. The frameworks are no dependency of this
@@ -15,6 +15,23 @@ project, so a raw server here sends what they sent, each event a chunk of its ow
 - `agno` 3.1.10's AG-UI interface: agno's own events as `RAW`, `STATE_DELTA` patches, `RUN_ERROR` with `rawEvent`.
 - `ag-ui-crewai` 1.0.0 (crewai 1.15.30), `emission_shape="chunks"` with RAW passthrough: `TOOL_CALL_CHUNK` and
   `TEXT_MESSAGE_CHUNK`, `STEP_*` with `rawEvent`, a `RUN_ERROR` naming its thread and run.
+
+- `agent-framework-ag-ui` 1.7.0 (Microsoft Agent Framework, agent-framework-core 1.26.0, on `ag-ui-protocol` 0.1.22;
+  its OpenAIChatCompletionClient on the fake): a tool call inside an open, textless `TEXT_MESSAGE_START` that names it
+  as `parentMessageId`, two calls' args interleaved with one's result, `MESSAGES_SNAPSHOT` before `RUN_FINISHED`,
+  reasoning as an empty reasoning message with `REASONING_ENCRYPTED_VALUE`, predictive state (`CUSTOM`
+  `PredictState`, `STATE_SNAPSHOT`, a `replace` `STATE_DELTA` while the call streams), its keep-alive comment
+  (`: keepalive` ended by CRLF CRLF) between events, `RUN_ERROR` with `code`.
+- `ag2` 1.2.1's `AGUIStream` (its scripted `ag2.testing.TestConfig`): a one-event answer as `TEXT_MESSAGE_CHUNK`,
+  `REASONING_*` under one id for the phase and its message, a delegated task as `SUBAGENT_STARTED`/`_FINISHED`
+  (suspended when the task asked the user), a question or a tool approval as the `interrupt` outcome (its proof
+  scrubbed), a `RUN_ERROR` without `code`.
+- `ag-ui-strands` 1.0.2 (strands-agents 1.62.0, its OpenAIModel on the fake): `STATE_SNAPSHOT` and
+  `MESSAGES_SNAPSHOT` around the answer, a `parentMessageId` that only a later `MESSAGES_SNAPSHOT` shows (advice,
+  not a failure).
+
+Their `*_client` captures (a frontend tool the request offered) and AG2's `ag2_resume` (the run that resumes
+`ag2_ask`'s interrupt) need the client's own request, not the profile's template.
 
 Every stream but llama-index's failure passes, live and from the recording; the errors are the expected fatal ones."""
 from __future__ import annotations
@@ -41,6 +58,9 @@ HEADS = {
                       + b"vary: Origin\r\n",
     "crewc": UVICORN + SSE,
     "crew": UVICORN + SSE,
+    "maf": UVICORN + b"cache-control: no-cache\r\nconnection: keep-alive\r\nx-accel-buffering: no\r\n" + SSE,
+    "ag2": UVICORN + SSE,
+    "strands": UVICORN + b"cache-control: no-cache\r\n" + SSE,
 }
 # capture: (the chat's step, its outcome, the rules of its violations)
 CHATS = {
@@ -53,6 +73,22 @@ CHATS = {
     "agno_fail": (", expect_error: fatal", "passed", []),
     "crewc_tool": ("", "passed", []),
     "crew_fail": (", expect_error: fatal", "passed", []),
+    "maf_tool": ("", "passed", []),
+    "maf_two": ("", "passed", []),
+    "maf_think": ("", "passed", []),
+    "maf_state": ("", "passed", []),
+    "maf_slow": ("", "passed", []),
+    "maf_fail": (", expect_error: fatal", "passed", []),
+    "ag2_tool": ("", "passed", []),
+    "ag2_think": ("", "passed", []),
+    "ag2_sub": ("", "passed", []),
+    "ag2_subask": ("", "passed", []),
+    "ag2_approve": ("", "passed", []),
+    "ag2_ask": ("", "passed", []),
+    "ag2_fail": (", expect_error: fatal", "passed", []),
+    "strands_tool": ("", "passed", []),
+    "strands_think": ("", "passed", []),
+    "strands_fail": (", expect_error: fatal", "passed", []),
 }
 
 
@@ -76,7 +112,7 @@ def verdicts(report: Path) -> list[tuple[str, list[str]]]:
     return [(c["outcome"], [v["rule"] for v in c["violations"]]) for c in chats]
 
 
-async def test_four_frameworks_streams_are_judged_as_they_are_live_and_from_their_recording(tmp_path):
+async def test_the_frameworks_streams_are_judged_as_they_are_live_and_from_their_recording(tmp_path):
     scenario = tmp_path / "frameworks.yaml"
     scenario.write_text("name: frameworks\nexpect: {deadline: 20s, settle: 0.1s}\nsteps:\n" + "".join(
         f"  - chat: {{message: 'replay {name}'{step}}}\n" for name, (step, _, _) in CHATS.items()))
