@@ -190,7 +190,10 @@ class ChatTracker:
         thread_id: str | None = None,
         run_id: str | None = None,
         message_id: str | None = None,
+        request: dict[str, Any] | None = None,
     ) -> None:
+        """`request`: the client's own request where this program did not send it (the proxy, `chatprobe check`), for
+        the payload checks to read as they start (payload_checks.RunContext); not kept."""
         self.chat_id = chat_id
         self.scenario = scenario
         self.exp = expectations
@@ -232,7 +235,7 @@ class ChatTracker:
         self.warnings: list[Violation] = _NO_LIST
         self.run_checks: RunChecks | None = None
         if expectations.checks:
-            ctx = RunContext(expectations.offered_tools, (message_id,) if message_id else ())
+            ctx = RunContext(expectations.offered_tools, (message_id,) if message_id else (), request)
             self.run_checks = _Combined([CHECKS[name].start(ctx) for name in expectations.checks])
         # Further runs the stream carried after this one (multi-run streams), each judged as its own chat; they wake
         # the flow that plays this chat (wake_id).

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .checker import (
     ChatResult,
@@ -432,7 +432,8 @@ class OfflineCheck:
             # Timed from when it was due (an open-model chat sent late: its `due`), as live.
             since = rec.due if rec.due is not None and rec.due < at else at
             conn.sent_chat(self._open(conn, since, thread_id=sent.thread_id, run_id=sent.run_id,
-                                      message_id=sent.message_id, timed=True, exp=self._step_expectations(rec)))
+                                      message_id=sent.message_id, timed=True, exp=self._step_expectations(rec),
+                                      request=sent.request))
         elif sent.kind == "resume":
             run_id, user = sent.run_id, _user_of(conn.key)
             # The run of the same user only (as the proxy matches it, by credentials): another user's resume of that
@@ -577,10 +578,11 @@ class OfflineCheck:
 
     # -- chats --
     def _open(self, conn: _Conn, at: float, *, thread_id: str | None = None, run_id: str | None = None,
-              message_id: str | None = None, timed: bool, exp: Expectations | None = None) -> ChatTracker:
+              message_id: str | None = None, timed: bool, exp: Expectations | None = None,
+              request: dict[str, Any] | None = None) -> ChatTracker:
         self.n += 1
         tracker = ChatTracker(f"{conn.key}#{self.n}", exp or self.exp, at, scenario=self.name, thread_id=thread_id,
-                              run_id=run_id, message_id=message_id)
+                              run_id=run_id, message_id=message_id, request=request)
         conn.checker.add(tracker)
         self._track(tracker, conn)
         if not timed:

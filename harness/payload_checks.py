@@ -36,6 +36,7 @@ OP_WORK = 256  # what any operation is charged (a JsonPatch built, its pointer r
 SHIFT_WORK = 8  # what each array item an insert or removal shifts is charged (a pointer moved)
 NODE_WORK = 32  # what each container or item of a value added, copied, tested or dropped is charged (~1 us)
 MAX_LANES = 1000  # chunk streams open at once, one per lane (the parent agent, each subagent)
+MAX_OFFERED = 1000  # tools of a client's own request taken for frontend tools (their names cut at MAX_ID_CHARS)
 # Schema failures reported per event, each cut to this many characters.
 MAX_PROBLEMS = 3
 MAX_PROBLEM_CHARS = 200
@@ -54,6 +55,9 @@ class RunContext(NamedTuple):
 
     offered_tools: frozenset[str] = frozenset()  # tools the client offered (the request's `tools`)
     request_message_ids: tuple[str, ...] = ()  # ids of the messages the client sent
+    # The request itself, where the client that sent it is not this program (the proxy's users, a recording's sends):
+    # what it offers, carries and resumes is read from it as the run's checks start, not from the profile's template.
+    request: dict[str, Any] | None = None
 
 
 class RunChecks:
@@ -243,6 +247,27 @@ class AguiRunChecks(RunChecks):
         self.announced: dict[str, None] = {}
         self.finished: dict[str, None] = {}
         self.attributed: dict[str, None] = {}
+        self.resuming = False  # the request answers interrupts: the run may answer the interrupted run's calls
+        if ctx.request is not None:
+            self._request(ctx.request)
+
+    def _request(self, req: dict[str, Any]) -> None:
+        """The client's own RunAgentInput (the proxy's user's, a recording's): the messages it carries and their tool
+        calls are known ids, as when RUN_STARTED echoes them; the tools it offers are the frontend tools (not the
+        profile's template's); a non-empty `resume` answers interrupts of an earlier run of the thread, on another
+        stream, whose calls this run may answer ("Run 2 begins; resume[].interruptId links back to run 1's
+        interrupts ... ToolCallResult", spec 1.1, Interrupts). Read once, not kept: followups get the tools alone."""
+        messages = req.get("messages")
+        if isinstance(messages, list):
+            self._messages_snapshot({"messages": messages}, "")
+        tools = req.get("tools")
+        offered = self.ctx.offered_tools
+        if isinstance(tools, list):
+            offered = frozenset(name for t in tools[:MAX_OFFERED]
+                                if isinstance(t, dict) and (name := _text(t.get("name"))) is not None)
+        resume = req.get("resume")
+        self.resuming = isinstance(resume, list) and bool(resume)
+        self.ctx = RunContext(offered, self.ctx.request_message_ids)
 
     def followup(self) -> "AguiRunChecks":
         nxt = AguiRunChecks(self.ctx)
@@ -653,7 +678,10 @@ class AguiRunChecks(RunChecks):
         out = []
         call = self.calls.get(cid)
         if call is None:
-            if not self.ids_full:  # (else it may be a call forgotten)
+            if self.resuming:
+                # A call of the interrupted run this one resumes (another stream): answered here, once.
+                self._new_call(cid, _Call("", ended=True, answered=True, owed=False))
+            elif not self.ids_full:  # (else it may be a call forgotten)
                 out.append(Finding(Rule.R5, f"{t} for tool call {cid[:80]!r}, which never started"))
         elif not call.ended:
             out.append(Finding(Rule.R5, f"{t} for tool call {cid[:80]!r} before its TOOL_CALL_END"))

@@ -14,7 +14,7 @@ import string
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationInfo, field_validator
@@ -630,6 +630,9 @@ class ClientFrame:
     thread_id: str | None = None
     message_id: str | None = None
     last_seq: int | None = None  # a resume's: the highest seq the client says it had
+    # A request's frame as decoded (what the user's own client sent, for the proxy and `chatprobe check`): the payload
+    # checks read what it says of the chat (AG-UI: the tools it offers, its history, a resume), then let it go.
+    request: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 _COMPILED = ("_source", "_decode_obj", "_decode", "_fillers")
@@ -821,7 +824,8 @@ class Decoder:
                         else None)
         return ClientFrame(kind, wire_type, run_id=_id(self.find(frame, scopes, n["run_id"]))[0],
                            thread_id=_id(self.find(frame, scopes, n["thread_id"]))[0],
-                           message_id=_id(self.find(frame, scopes, n["message_id"]))[0], last_seq=last_seq)
+                           message_id=_id(self.find(frame, scopes, n["message_id"]))[0], last_seq=last_seq,
+                           request=frame if kind == "request" and self.checks else None)
 
 
 def _placeholder_path(template: Any, placeholder: str) -> tuple[str, ...] | None:

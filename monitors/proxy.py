@@ -648,7 +648,8 @@ class LiveConnection:
         elif frame.kind == "request":
             self._make_room(now)
             tracker = LiveTracker(live.new_chat_id(), live.exp, now, scenario=live.scenario,
-                                  thread_id=frame.thread_id, run_id=frame.run_id, message_id=frame.message_id)
+                                  thread_id=frame.thread_id, run_id=frame.run_id, message_id=frame.message_id,
+                                  request=frame.request)
             self.checker.add(tracker)
             self._by_id[tracker.chat_id] = tracker
             self._sent(tracker, sent)

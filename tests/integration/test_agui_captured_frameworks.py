@@ -31,7 +31,7 @@ project, so a raw server here sends what they sent, each event a chunk of its ow
   not a failure).
 
 Their `*_client` captures (a frontend tool the request offered) and AG2's `ag2_resume` (the run that resumes
-`ag2_ask`'s interrupt) need the client's own request, not the profile's template.
+`ag2_ask`'s interrupt) need the client's own request: test_agui_client_request.py replays them behind the proxy.
 
 Every stream but llama-index's failure passes, live and from the recording; the errors are the expected fatal ones."""
 from __future__ import annotations
