@@ -21,7 +21,8 @@ project, so a raw server here sends what they sent, each event a chunk of its ow
   as `parentMessageId`, two calls' args interleaved with one's result, `MESSAGES_SNAPSHOT` before `RUN_FINISHED`,
   reasoning as an empty reasoning message with `REASONING_ENCRYPTED_VALUE`, predictive state (`CUSTOM`
   `PredictState`, `STATE_SNAPSHOT`, a `replace` `STATE_DELTA` while the call streams), its keep-alive comment
-  (`: keepalive` ended by CRLF CRLF) between events, `RUN_ERROR` with `code`.
+  (`: keepalive` ended by CRLF CRLF) between events, a call held for approval as a `CUSTOM` event, a synthetic
+  `confirm_changes` call and the `interrupt` outcome (on its 0.1 models), `RUN_ERROR` with `code`.
 - `ag2` 1.2.1's `AGUIStream` (its scripted `ag2.testing.TestConfig`): a one-event answer as `TEXT_MESSAGE_CHUNK`,
   `REASONING_*` under one id for the phase and its message, a delegated task as `SUBAGENT_STARTED`/`_FINISHED`
   (suspended when the task asked the user), a question or a tool approval as the `interrupt` outcome (its proof
@@ -30,8 +31,8 @@ project, so a raw server here sends what they sent, each event a chunk of its ow
   `MESSAGES_SNAPSHOT` around the answer, a `parentMessageId` that only a later `MESSAGES_SNAPSHOT` shows (advice,
   not a failure).
 
-Their `*_client` captures (a frontend tool the request offered) and AG2's `ag2_resume` (the run that resumes
-`ag2_ask`'s interrupt) need the client's own request: test_agui_client_request.py replays them behind the proxy.
+Their `*_client` captures (a frontend tool the request offered) and the runs that resume an interrupt
+(`ag2_resume`, `maf_resume`) need the client's own request: test_agui_client_request.py replays them behind the proxy.
 
 Every stream but llama-index's failure passes, live and from the recording; the errors are the expected fatal ones."""
 from __future__ import annotations
@@ -79,6 +80,7 @@ CHATS = {
     "maf_state": ("", "passed", []),
     "maf_slow": ("", "passed", []),
     "maf_fail": (", expect_error: fatal", "passed", []),
+    "maf_approve": ("", "passed", []),
     "ag2_tool": ("", "passed", []),
     "ag2_think": ("", "passed", []),
     "ag2_sub": ("", "passed", []),

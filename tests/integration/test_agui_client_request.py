@@ -6,11 +6,11 @@ raw upstream replays what two real frameworks sent (agui_captures/, see test_agu
   client's request offered and ends the run, as the spec's frontend-tool path says, with no `TOOL_CALL_RESULT` and no
   `pendingToolCallIds`. The proxy took every call for a backend call and failed the chat (R5) for any client that
   offers tools, as CopilotKit-style apps do. A request offering no tools still makes the call a backend one (R5).
-- A resume: AG2's `AGUIStream` (`ag2` 1.2.1) ends a run that asks the user with the `interrupt` outcome; the client's
-  next request on the thread carries `resume`, and that run answers the call the interrupted one left
-  (`TOOL_CALL_RESULT`), as "Run 2 begins; resume[].interruptId links back to run 1's interrupts ... ToolCallResult"
-  (spec 1.1, Interrupts). The proxy judged it a result for a call that never started (R5). Without `resume`, the same
-  stream still is."""
+- A resume: AG2's `AGUIStream` (`ag2` 1.2.1) ends a run that asks the user, and Microsoft Agent Framework one whose
+  tool call awaits approval, with the `interrupt` outcome; the client's next request on the thread carries `resume`,
+  and that run answers the call the interrupted one left (`TOOL_CALL_RESULT`), as "Run 2 begins;
+  resume[].interruptId links back to run 1's interrupts ... ToolCallResult" (spec 1.1, Interrupts). The proxy judged
+  it a result for a call that never started (R5). Without `resume`, the same stream still is."""
 from __future__ import annotations
 
 import asyncio
@@ -85,18 +85,22 @@ async def test_a_frontend_tool_the_users_client_offered_owes_no_result_behind_th
     assert live == {"passed": 1, "failed": 1, "incomplete": 0, "error": 0} and rules == {"R5": 1}
 
 
+@pytest.mark.parametrize("asking, resuming, answer", [
+    ("ag2_ask", "ag2_resume", "the blue one"),  # a tool asked the user (reason input_required, no toolCallId)
+    ("maf_approve", "maf_resume", {"approved": True}),  # a tool call held for approval (reason tool_call)
+], ids=["ag2-question", "maf-approval"])
 async def test_a_run_resuming_an_interrupt_answers_the_interrupted_runs_call_behind_the_proxy_and_in_its_recording(
-        tmp_path):
+        tmp_path, asking, resuming, answer):
     asked = request("t-1", "r-ask", [])
-    ask_events = events("ag2_ask", asked)
+    ask_events = events(asking, asked)
     interrupt = json.loads(ask_events[-1][len(b"data: "):])["outcome"]["interrupts"][0]
     resumed = request("t-1", "r-resume", [], resume=[{"interruptId": interrupt["id"], "status": "resolved",
-                                                      "payload": "the blue one"}])
+                                                      "payload": answer}])
     unasked = request("t-2", "r-unasked", [])  # no resume: a result for a call no run of it started
 
     def pick(body: bytes) -> str:
         inp = json.loads(body)
-        return "ag2_ask" if inp["runId"] == "r-ask" else "ag2_resume"
+        return asking if inp["runId"] == "r-ask" else resuming
 
     live, rules = await judged_alike(tmp_path, "resume", [asked, resumed, unasked], pick)
     assert live == {"passed": 2, "failed": 1, "incomplete": 0, "error": 0} and rules == {"R5": 1}
