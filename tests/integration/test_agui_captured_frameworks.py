@@ -1,8 +1,9 @@
-"""AG-UI servers of seven more agent frameworks, replayed from their bytes: each was run under uvicorn on loopback with a
-scripted model (a fake OpenAI Chat Completions server, or an ADK `BaseLlm` of the test's own), and the body of one
-chat saved with `curl -N` (`agui_captures/*.sse`, the request's `threadId` and `runId` sent as THREAD and RUN, so a
-replay names the client's own); the heads below are theirs, less the Date. The frameworks are no dependency of this
-project, so a raw server here sends what they sent, each event a chunk of its own as uvicorn writes them:
+"""AG-UI servers of seven more agent frameworks and CopilotKit's runtime, replayed from their bytes: each was run on
+loopback (under uvicorn, CopilotKit's under Node) with a scripted model (a fake OpenAI Chat Completions server, an ADK
+`BaseLlm` or AG2 `TestConfig` of the test's own), and the body of one chat saved with `curl -N`
+(`agui_captures/*.sse`, the request's `threadId` and `runId` sent as THREAD and RUN, so a replay names the client's
+own); the heads below are theirs, less the Date. The frameworks are no dependency of this project, so a raw server
+here sends what they sent, each event a chunk of its own as uvicorn writes them:
 
 - `llama-index-protocols-ag-ui` 0.6.0 (llama-index-core 0.14.25): `TOOL_CALL_CHUNK`s, the backend tool's result only
   as a `tool` message of a `MESSAGES_SNAPSHOT`, timestamps in seconds. On a model failure its router yields
@@ -31,10 +32,18 @@ project, so a raw server here sends what they sent, each event a chunk of its ow
   `MESSAGES_SNAPSHOT` around the answer, a `parentMessageId` that only a later `MESSAGES_SNAPSHOT` shows (advice,
   not a failure).
 
+- `@copilotkit/runtime` 1.75.0's v2 endpoint (`createCopilotEndpoint` on Hono under Node 20, its `BuiltInAgent` on the
+  AI SDK's OpenAI provider pointed at the fake, `POST /api/agent/default/run`): `RUN_STARTED.input` echoing the
+  request, a `parentMessageId` no event shows (advice), `RUN_FINISHED.finishReason`, `RUN_ERROR` naming its run. When
+  a backend tool throws, the runtime drops the AI SDK's tool-error part: the call never gets its `TOOL_CALL_RESULT`
+  and the model goes on, so a client shows the call pending forever: the R5 of a backend call without result, the one
+  violation besides llama-index's (`copilotkit_failtool`).
+
 Their `*_client` captures (a frontend tool the request offered) and the runs that resume an interrupt
 (`ag2_resume`, `maf_resume`) need the client's own request: test_agui_client_request.py replays them behind the proxy.
 
-Every stream but llama-index's failure passes, live and from the recording; the errors are the expected fatal ones."""
+Every stream but llama-index's failure and CopilotKit's failed tool passes, live and from the recording; the errors
+are the expected fatal ones."""
 from __future__ import annotations
 
 import asyncio
@@ -62,6 +71,8 @@ HEADS = {
     "maf": UVICORN + b"cache-control: no-cache\r\nconnection: keep-alive\r\nx-accel-buffering: no\r\n" + SSE,
     "ag2": UVICORN + SSE,
     "strands": UVICORN + b"cache-control: no-cache\r\n" + SSE,
+    "copilotkit": b"HTTP/1.1 200 OK\r\naccess-control-allow-origin: *\r\ncache-control: no-cache\r\n"
+                  b"connection: keep-alive\r\ncontent-type: text/event-stream\r\n",
 }
 # capture: (the chat's step, its outcome, the rules of its violations)
 CHATS = {
@@ -91,6 +102,10 @@ CHATS = {
     "strands_tool": ("", "passed", []),
     "strands_think": ("", "passed", []),
     "strands_fail": (", expect_error: fatal", "passed", []),
+    "copilotkit_tool": ("", "passed", []),
+    "copilotkit_slow": ("", "passed", []),
+    "copilotkit_fail": (", expect_error: fatal", "passed", []),
+    "copilotkit_failtool": ("", "failed", ["R5"]),
 }
 
 
@@ -121,7 +136,7 @@ async def test_the_frameworks_streams_are_judged_as_they_are_live_and_from_their
     async with RawServer(replay) as srv:
         code, text = await chatprobe("run", str(scenario), "--target", srv.url, "--profile", "ag-ui",
                                      "--json", str(tmp_path / "run.json"), "--record", str(tmp_path / "rec"))
-    assert code == 1, text  # llama-index's failure, alone
+    assert code == 1, text  # llama-index's failure and CopilotKit's failed tool, alone
     expected = [(outcome, rules) for _, outcome, rules in CHATS.values()]
     assert verdicts(tmp_path / "run.json") == expected, text
     (malformed,) = json.loads((tmp_path / "run.json").read_text())["scenarios"][0]["chats"][1]["violations"]

@@ -1,8 +1,9 @@
 """`chatprobe proxy` and `chatprobe check` of its recording judge an AG-UI chat against the RunAgentInput the user's own
 client sent, not the profile's template (which offers no tools and resumes nothing), over real loopback sockets: a
-raw upstream replays what two real frameworks sent (agui_captures/, see test_agui_captured_frameworks.py).
+raw upstream replays what real frameworks sent (agui_captures/, see test_agui_captured_frameworks.py).
 
-- A frontend tool: Microsoft Agent Framework's AG-UI endpoint (`agent-framework-ag-ui` 1.7.0) calls a tool the
+- A frontend tool: Microsoft Agent Framework's AG-UI endpoint (`agent-framework-ag-ui` 1.7.0), and CopilotKit's
+  runtime (`@copilotkit/runtime` 1.75.0), call a tool the
   client's request offered and ends the run, as the spec's frontend-tool path says, with no `TOOL_CALL_RESULT` and no
   `pendingToolCallIds`. The proxy took every call for a backend call and failed the chat (R5) for any client that
   offers tools, as CopilotKit-style apps do. A request offering no tools still makes the call a backend one (R5).
@@ -76,10 +77,12 @@ async def judged_alike(tmp_path: Path, name: str, bodies: list[bytes], pick) -> 
     return live, live_rules
 
 
-async def test_a_frontend_tool_the_users_client_offered_owes_no_result_behind_the_proxy_nor_in_its_recording(tmp_path):
+@pytest.mark.parametrize("capture", ["maf_client", "copilotkit_client"])
+async def test_a_frontend_tool_the_users_client_offered_owes_no_result_behind_the_proxy_nor_in_its_recording(tmp_path,
+                                                                                                            capture):
     offered = request("t-offered", "r-1", [CONFIRM])
     not_offered = request("t-bare", "r-2", [])
-    live, rules = await judged_alike(tmp_path, "frontend", [offered, not_offered], lambda body: "maf_client")
+    live, rules = await judged_alike(tmp_path, "frontend", [offered, not_offered], lambda body: capture)
     # The call of the tool the client offered is the client's to answer; the same call with no tool offered is a
     # backend call the server left unanswered.
     assert live == {"passed": 1, "failed": 1, "incomplete": 0, "error": 0} and rules == {"R5": 1}
