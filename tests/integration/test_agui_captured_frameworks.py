@@ -23,7 +23,10 @@ here sends what they sent, each event a chunk of its own as uvicorn writes them:
   reasoning as an empty reasoning message with `REASONING_ENCRYPTED_VALUE`, predictive state (`CUSTOM`
   `PredictState`, `STATE_SNAPSHOT`, a `replace` `STATE_DELTA` while the call streams), its keep-alive comment
   (`: keepalive` ended by CRLF CRLF) between events, a call held for approval as a `CUSTOM` event, a synthetic
-  `confirm_changes` call and the `interrupt` outcome (on its 0.1 models), `RUN_ERROR` with `code`.
+  `confirm_changes` call and the `interrupt` outcome (on its 0.1 models), `RUN_ERROR` with `code`. A workflow (two
+  agents in a `SequentialBuilder`) nests `STEP_*` per superstep and executor with an `ACTIVITY_SNAPSHOT` each; when
+  it fails, it sends a `CUSTOM` `status` event after its `RUN_ERROR`: the R4 of an event after the terminal one
+  (AG-UI's own client refuses it too), its own bug (`mafwf_fail`).
 - `ag2` 1.2.1's `AGUIStream` (its scripted `ag2.testing.TestConfig`): a one-event answer as `TEXT_MESSAGE_CHUNK`,
   `REASONING_*` under one id for the phase and its message, a delegated task as `SUBAGENT_STARTED`/`_FINISHED`
   (suspended when the task asked the user), a question or a tool approval as the `interrupt` outcome (its proof
@@ -37,13 +40,13 @@ here sends what they sent, each event a chunk of its own as uvicorn writes them:
   request, a `parentMessageId` no event shows (advice), `RUN_FINISHED.finishReason`, `RUN_ERROR` naming its run. When
   a backend tool throws, the runtime drops the AI SDK's tool-error part: the call never gets its `TOOL_CALL_RESULT`
   and the model goes on, so a client shows the call pending forever: the R5 of a backend call without result, the one
-  violation besides llama-index's (`copilotkit_failtool`).
+  violation of its streams (`copilotkit_failtool`).
 
 Their `*_client` captures (a frontend tool the request offered) and the runs that resume an interrupt
 (`ag2_resume`, `maf_resume`) need the client's own request: test_agui_client_request.py replays them behind the proxy.
 
-Every stream but llama-index's failure and CopilotKit's failed tool passes, live and from the recording; the errors
-are the expected fatal ones."""
+Every stream but llama-index's failure, the failed Agent Framework workflow and CopilotKit's failed tool passes, live
+and from the recording; the errors are the expected fatal ones."""
 from __future__ import annotations
 
 import asyncio
@@ -69,6 +72,7 @@ HEADS = {
     "crewc": UVICORN + SSE,
     "crew": UVICORN + SSE,
     "maf": UVICORN + b"cache-control: no-cache\r\nconnection: keep-alive\r\nx-accel-buffering: no\r\n" + SSE,
+    "mafwf": UVICORN + b"cache-control: no-cache\r\nconnection: keep-alive\r\nx-accel-buffering: no\r\n" + SSE,
     "ag2": UVICORN + SSE,
     "strands": UVICORN + b"cache-control: no-cache\r\n" + SSE,
     "copilotkit": b"HTTP/1.1 200 OK\r\naccess-control-allow-origin: *\r\ncache-control: no-cache\r\n"
@@ -92,6 +96,8 @@ CHATS = {
     "maf_slow": ("", "passed", []),
     "maf_fail": (", expect_error: fatal", "passed", []),
     "maf_approve": ("", "passed", []),
+    "mafwf_tool": ("", "passed", []),
+    "mafwf_fail": (", expect_error: fatal", "failed", ["R4"]),
     "ag2_tool": ("", "passed", []),
     "ag2_think": ("", "passed", []),
     "ag2_sub": ("", "passed", []),
@@ -136,7 +142,7 @@ async def test_the_frameworks_streams_are_judged_as_they_are_live_and_from_their
     async with RawServer(replay) as srv:
         code, text = await chatprobe("run", str(scenario), "--target", srv.url, "--profile", "ag-ui",
                                      "--json", str(tmp_path / "run.json"), "--record", str(tmp_path / "rec"))
-    assert code == 1, text  # llama-index's failure and CopilotKit's failed tool, alone
+    assert code == 1, text  # the three frameworks' own bugs, alone
     expected = [(outcome, rules) for _, outcome, rules in CHATS.values()]
     assert verdicts(tmp_path / "run.json") == expected, text
     (malformed,) = json.loads((tmp_path / "run.json").read_text())["scenarios"][0]["chats"][1]["violations"]
