@@ -124,3 +124,31 @@ def test_a_hostile_request_is_read_without_a_failure_and_within_its_bounds(req):
     assert all(len(name) <= MAX_ID_CHARS for name in checks.ctx.offered_tools)
     assert checks.followup().ctx == checks.ctx  # a further run of the stream offers the same tools, resumes nothing
     assert not checks.followup().resuming
+
+
+async def test_a_browsers_har_of_a_frontend_tool_is_judged_against_the_request_it_holds(tmp_path):
+    """A HAR a browser saved of an app on CopilotKit's runtime: its POST body offers the tool the run calls."""
+    body = request("t1", "r1", [CONFIRM])
+    stream = b"".join(events("copilotkit_client", body)).decode()
+    entry = {"startedDateTime": "2026-12-05T09:00:00.000Z", "time": 50, "cache": {},
+             "timings": {"send": 0, "wait": 10, "receive": 40},
+             "request": {"method": "POST", "url": "http://127.0.0.1:3000/api/agent/default/run", "httpVersion": "HTTP/1.1",
+                         "headers": [{"name": "Content-Type", "value": "application/json"}], "queryString": [],
+                         "cookies": [], "headersSize": -1, "bodySize": len(body),
+                         "postData": {"mimeType": "application/json", "text": body.decode()}},
+             "response": {"status": 200, "statusText": "OK", "httpVersion": "HTTP/1.1", "cookies": [],
+                          "headers": [{"name": "content-type", "value": "text/event-stream"}], "redirectURL": "",
+                          "headersSize": -1, "bodySize": -1,
+                          "content": {"size": len(stream), "mimeType": "text/event-stream", "text": stream}}}
+    har = tmp_path / "page.har"
+    har.write_text(json.dumps({"log": {"version": "1.2", "creator": {"name": "browser", "version": "1"},
+                                       "entries": [entry]}}))
+    report = tmp_path / "check.json"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "harness.cli", "check", str(har), "--profile",
+                                                "ag-ui", "--json", str(report), "--quiet",
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(60):
+        _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    (chat,) = json.loads(report.read_text())["scenarios"][0]["chats"]
+    assert chat["outcome"] == "passed" and chat["violations"] == [], chat
