@@ -33,7 +33,7 @@ here sends what they sent, each event a chunk of its own as uvicorn writes them:
   scrubbed), a `RUN_ERROR` without `code`.
 - `ag-ui-strands` 1.0.2 (strands-agents 1.62.0, its OpenAIModel on the fake): `STATE_SNAPSHOT` and
   `MESSAGES_SNAPSHOT` around the answer, a `parentMessageId` that only a later `MESSAGES_SNAPSHOT` shows (advice,
-  not a failure).
+  not a failure), a tool's `tool_context.interrupt()` as the `interrupt` outcome.
 
 - `@copilotkit/runtime` 1.75.0's v2 endpoint (`createCopilotEndpoint` on Hono under Node 20, its `BuiltInAgent` on the
   AI SDK's OpenAI provider pointed at the fake, `POST /api/agent/default/run`): `RUN_STARTED.input` echoing the
@@ -43,7 +43,8 @@ here sends what they sent, each event a chunk of its own as uvicorn writes them:
   violation of its streams (`copilotkit_failtool`).
 
 Their `*_client` captures (a frontend tool the request offered) and the runs that resume an interrupt
-(`ag2_resume`, `maf_resume`) need the client's own request: test_agui_client_request.py replays them behind the proxy.
+(`ag2_resume`, `maf_resume`, `strands_resume`) need the client's own request: test_agui_client_request.py replays
+them behind the proxy.
 
 Every stream but llama-index's failure, the failed Agent Framework workflow and CopilotKit's failed tool passes, live
 and from the recording; the errors are the expected fatal ones."""
@@ -108,6 +109,7 @@ CHATS = {
     "strands_tool": ("", "passed", []),
     "strands_think": ("", "passed", []),
     "strands_fail": (", expect_error: fatal", "passed", []),
+    "strands_ask": ("", "passed", []),
     "copilotkit_tool": ("", "passed", []),
     "copilotkit_slow": ("", "passed", []),
     "copilotkit_fail": (", expect_error: fatal", "passed", []),

@@ -7,11 +7,12 @@ raw upstream replays what real frameworks sent (agui_captures/, see test_agui_ca
   client's request offered and ends the run, as the spec's frontend-tool path says, with no `TOOL_CALL_RESULT` and no
   `pendingToolCallIds`. The proxy took every call for a backend call and failed the chat (R5) for any client that
   offers tools, as CopilotKit-style apps do. A request offering no tools still makes the call a backend one (R5).
-- A resume: AG2's `AGUIStream` (`ag2` 1.2.1) ends a run that asks the user, and Microsoft Agent Framework one whose
-  tool call awaits approval, with the `interrupt` outcome; the client's next request on the thread carries `resume`,
-  and that run answers the call the interrupted one left (`TOOL_CALL_RESULT`), as "Run 2 begins;
-  resume[].interruptId links back to run 1's interrupts ... ToolCallResult" (spec 1.1, Interrupts). The proxy judged
-  it a result for a call that never started (R5). Without `resume`, the same stream still is."""
+- A resume: AG2's `AGUIStream` (`ag2` 1.2.1) and `ag-ui-strands` 1.0.2 end a run whose tool asks the user, and
+  Microsoft Agent Framework one whose tool call awaits approval, with the `interrupt` outcome; the client's next
+  request on the thread carries `resume`, and that run answers the call the interrupted one left
+  (`TOOL_CALL_RESULT`), as "Run 2 begins; resume[].interruptId links back to run 1's interrupts ... ToolCallResult"
+  (spec 1.1, Interrupts). The proxy judged it a result for a call that never started (R5). Without `resume`, the
+  same stream still is."""
 from __future__ import annotations
 
 import asyncio
@@ -91,7 +92,8 @@ async def test_a_frontend_tool_the_users_client_offered_owes_no_result_behind_th
 @pytest.mark.parametrize("asking, resuming, answer", [
     ("ag2_ask", "ag2_resume", "the blue one"),  # a tool asked the user (reason input_required, no toolCallId)
     ("maf_approve", "maf_resume", {"approved": True}),  # a tool call held for approval (reason tool_call)
-], ids=["ag2-question", "maf-approval"])
+    ("strands_ask", "strands_resume", "the blue one"),  # a tool's native interrupt (tool_context.interrupt)
+], ids=["ag2-question", "maf-approval", "strands-interrupt"])
 async def test_a_run_resuming_an_interrupt_answers_the_interrupted_runs_call_behind_the_proxy_and_in_its_recording(
         tmp_path, asking, resuming, answer):
     asked = request("t-1", "r-ask", [])
