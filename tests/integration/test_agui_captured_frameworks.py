@@ -1,4 +1,4 @@
-"""AG-UI servers of seven more agent frameworks and CopilotKit's runtime, replayed from their bytes: each was run on
+"""AG-UI servers of eight more agent frameworks and CopilotKit's runtime, replayed from their bytes: each was run on
 loopback (under uvicorn, CopilotKit's under Node) with a scripted model (a fake OpenAI Chat Completions server, an ADK
 `BaseLlm` or AG2 `TestConfig` of the test's own), and the body of one chat saved with `curl -N`
 (`agui_captures/*.sse`, the request's `threadId` and `runId` sent as THREAD and RUN, so a replay names the client's
@@ -40,14 +40,17 @@ here sends what they sent, each event a chunk of its own as uvicorn writes them:
   request, a `parentMessageId` no event shows (advice), `RUN_FINISHED.finishReason`, `RUN_ERROR` naming its run. When
   a backend tool throws, the runtime drops the AI SDK's tool-error part: the call never gets its `TOOL_CALL_RESULT`
   and the model goes on, so a client shows the call pending forever: the R5 of a backend call without result, the one
-  violation of its streams (`copilotkit_failtool`).
+  violation of its streams (`copilotkit_failtool`). A Mastra agent (`@mastra/core` 1.71, its model the AI SDK's
+  OpenAI provider on the fake) through `@ag-ui/mastra` 1.1.2 on the same runtime does the same with a failing tool
+  (`mastra_failtool`); it sends `RUN_FINISHED.usage` and a text message id other than the `parentMessageId` its
+  tool calls name (advice).
 
 Their `*_client` captures (a frontend tool the request offered) and the runs that resume an interrupt
 (`ag2_resume`, `maf_resume`, `strands_resume`) need the client's own request: test_agui_client_request.py replays
 them behind the proxy.
 
-Every stream but llama-index's failure, the failed Agent Framework workflow and CopilotKit's failed tool passes, live
-and from the recording; the errors are the expected fatal ones."""
+Every stream but llama-index's failure, the failed Agent Framework workflow and the failed tools on CopilotKit's runtime
+passes, live and from the recording; the errors are the expected fatal ones."""
 from __future__ import annotations
 
 import asyncio
@@ -79,6 +82,7 @@ HEADS = {
     "copilotkit": b"HTTP/1.1 200 OK\r\naccess-control-allow-origin: *\r\ncache-control: no-cache\r\n"
                   b"connection: keep-alive\r\ncontent-type: text/event-stream\r\n",
 }
+HEADS["mastra"] = HEADS["copilotkit"]
 # capture: (the chat's step, its outcome, the rules of its violations)
 CHATS = {
     "llama_tool": ("", "passed", []),
@@ -114,6 +118,9 @@ CHATS = {
     "copilotkit_slow": ("", "passed", []),
     "copilotkit_fail": (", expect_error: fatal", "passed", []),
     "copilotkit_failtool": ("", "failed", ["R5"]),
+    "mastra_tool": ("", "passed", []),
+    "mastra_fail": (", expect_error: fatal", "passed", []),
+    "mastra_failtool": ("", "failed", ["R5"]),
 }
 
 

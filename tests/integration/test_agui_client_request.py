@@ -3,7 +3,7 @@ client sent, not the profile's template (which offers no tools and resumes nothi
 raw upstream replays what real frameworks sent (agui_captures/, see test_agui_captured_frameworks.py).
 
 - A frontend tool: Microsoft Agent Framework's AG-UI endpoint (`agent-framework-ag-ui` 1.7.0), and CopilotKit's
-  runtime (`@copilotkit/runtime` 1.75.0), call a tool the
+  runtime (`@copilotkit/runtime` 1.75.0, its own agent or a Mastra one), call a tool the
   client's request offered and ends the run, as the spec's frontend-tool path says, with no `TOOL_CALL_RESULT` and no
   `pendingToolCallIds`. The proxy took every call for a backend call and failed the chat (R5) for any client that
   offers tools, as CopilotKit-style apps do. A request offering no tools still makes the call a backend one (R5).
@@ -78,7 +78,7 @@ async def judged_alike(tmp_path: Path, name: str, bodies: list[bytes], pick) -> 
     return live, live_rules
 
 
-@pytest.mark.parametrize("capture", ["maf_client", "copilotkit_client"])
+@pytest.mark.parametrize("capture", ["maf_client", "copilotkit_client", "mastra_client"])
 async def test_a_frontend_tool_the_users_client_offered_owes_no_result_behind_the_proxy_nor_in_its_recording(tmp_path,
                                                                                                             capture):
     offered = request("t-offered", "r-1", [CONFIRM])
