@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 import orjson
 from websockets.client import ClientProtocol
-from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Frame as WireFrame
 from websockets.frames import Opcode
 from websockets.http11 import Response
@@ -105,8 +104,7 @@ class _Wire:
         sock = _open_socket(uri.host, uri.port, s.connect_timeout, deadline, opts["ssl"])
         self.tls = opts["ssl"] is not None
         try:
-            extensions = [ClientPerMessageDeflateFactory()] if opts["compression"] == "deflate" else None
-            protocol = ClientProtocol(uri, extensions=extensions, subprotocols=opts["subprotocols"],
+            protocol = ClientProtocol(uri, extensions=opts["extensions"], subprotocols=opts["subprotocols"],
                                       max_size=s.max_size)
             status_first(protocol)  # a refusal (401, 403, …) judged by its status line, its body never awaited
             minimal_lengths(protocol)  # a frame's length in more bytes than it needs fails it, as picows does

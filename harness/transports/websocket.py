@@ -24,6 +24,7 @@ from websockets.exceptions import (
     NegotiationError,
     ProtocolError,
 )
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 from websockets.http11 import MAX_LINE_LENGTH, Response
 from websockets.protocol import State
 
@@ -96,6 +97,26 @@ def _about_subprotocol(exc: NegotiationError | InvalidHeader) -> bool:
     return str(exc).startswith(("unsupported subprotocol", "no subprotocols supported"))
 
 
+class DeflateOffer(ClientPerMessageDeflateFactory):
+    """permessage-deflate as a browser offers and takes it (RFC 7692). A server may limit the client's window to 8 bits
+    (`client_max_window_bits=8`: Node's `ws` with `clientMaxWindowBits: 8`), which websockets refuses, failing the
+    handshake (zlib cannot compress with an 8-bit window), where Chromium and Node's own client take it and compress
+    with zlib's 9-bit window: zlib's back-references then reach at most 2^9 - 262 = 250 bytes back, which a peer
+    inflating with a 256-byte window reads (Chromium's WebSocketDeflater says so). Taken here alike, at
+    the handshake only: nothing per frame."""
+
+    def process_response_params(self, params: Any, accepted_extensions: Any) -> PerMessageDeflate:
+        params = [(name, "9" if name == "client_max_window_bits" and value == "8" else value)
+                  for name, value in params]
+        return super().process_response_params(params, accepted_extensions)
+
+
+def deflate_offer(settings: ConnectSettings) -> list[DeflateOffer] | None:
+    """The extensions a websockets client offers: permessage-deflate when compression is on (memLevel 5, websockets'
+    own default for `compression="deflate"`), else none."""
+    return [DeflateOffer(compress_settings={"memLevel": 5})] if settings.compression == "deflate" else None
+
+
 def handshake_options(settings: ConnectSettings) -> dict[str, Any]:
     """Keyword arguments of a websockets `connect` (asyncio or sync): auth, TLS, limits; the one handshake."""
     headers, subprotocols = auth_headers(settings)
@@ -109,7 +130,8 @@ def handshake_options(settings: ConnectSettings) -> dict[str, Any]:
         # Frames buffered before the socket is read no further: a bound in bytes too (16 x max_size = 64 MiB at the
         # default), where 1,024 frames of 4 MiB let a fast server push the client past 4 GiB.
         "max_queue": 16,
-        "compression": "deflate" if settings.compression == "deflate" else None,
+        "compression": None,
+        "extensions": deflate_offer(settings),
         "proxy": None,
         "user_agent_header": "chatprobe",
     }

@@ -539,3 +539,146 @@ def judge(tmp_path: Any, serve: Serve, scenario: dict[str, Any], *,
                 lt.loop.call_soon_threadsafe(front.close)
         out["proxy"] = sorted((r.outcome.value, tuple(sorted(r.rule_counts()))) for r in results)
     return out
+
+
+# aiohttp's WebSocketResponse
+
+class AiohttpConn:
+    def __init__(self, ws: Any, request: Any, close_reason: bytes | None = None, written: bool = False) -> None:
+        self.ws, self.request, self.close_reason, self.written = ws, request, close_reason, written
+
+    async def send_text(self, text: str, pieces: int = 1) -> None:
+        await self.ws.send_str(text)  # aiohttp has no fragments: one frame a message
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def ping(self) -> None:
+        await self.ws.ping(b"aiohttp")
+
+    async def recv(self) -> str | None:
+        from aiohttp import WSMsgType
+
+        msg = await self.ws.receive()
+        if msg.type == WSMsgType.TEXT:
+            return str(msg.data)
+        if msg.type == WSMsgType.BINARY:
+            return bytes(msg.data).decode("utf-8", "replace")
+        return None  # CLOSE, CLOSING, CLOSED, ERROR
+
+    async def close(self, code: int) -> None:
+        if self.close_reason is not None and self.written:
+            # a close frame written on aiohttp's frame writer, past its close(): aiohttp does not know it closed, so
+            # it answers the client's close frame with its own 1000 (an intermediary's close before the server's)
+            await self.ws._writer.send_frame(code.to_bytes(2, "big") + self.close_reason, 0x8)
+            return
+        if self.close_reason is not None:  # the code and reason on the wire as they are: aiohttp checks neither
+            await self.ws.close(code=code, message=self.close_reason)
+            return
+        if code == 1006:  # no close frame: the TCP connection dropped (a crash)
+            self.request.transport.abort()
+            return
+        await self.ws.close(code=code, message=b"" if code == 1005 else b"going")
+
+
+@contextlib.contextmanager
+def serve_aiohttp(app: NetraApp, *, headers: dict[str, str] | None = None, close_reason: bytes | None = None,
+                  written_close: bool = False, **options: Any) -> Iterator[str]:
+    """`aiohttp.web.WebSocketResponse(**options)` at /ws (compress: True or the server's window bits, heartbeat: its
+    pings, protocols, receive_timeout...), with `headers` added to its 101 answer. With `close_reason`, a `Close(code)`
+    is `ws.close(code=code, message=close_reason)` whatever the code (1006 and 0 too: aiohttp sends any), or with
+    `written_close` that close frame written on aiohttp's frame writer, past its close()."""
+    from aiohttp import web
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(**options)
+        ws.headers.update(headers or {})
+        await ws.prepare(request)
+        with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+            await app.serve(AiohttpConn(ws, request, close_reason, written_close))
+        return ws
+
+    web_app = web.Application()
+    web_app.router.add_get("/ws", endpoint)
+    sock = listening_socket()
+    with LoopThread() as lt:
+        runner = web.AppRunner(web_app, handle_signals=False, shutdown_timeout=1)
+        lt.run(runner.setup())
+        lt.run(web.SockSite(runner, sock).start())
+        try:
+            yield f"ws://127.0.0.1:{sock.getsockname()[1]}/ws"
+        finally:
+            lt.run(runner.cleanup())
+            sock.close()
+
+
+# Hypercorn (wsproto underneath; permessage-deflate taken whenever the client offers it)
+
+def asgi_netra(app: NetraApp, *, subprotocol: str | None = None,
+               headers: list[tuple[bytes, bytes]] | None = None) -> Any:
+    """The netra app as a bare ASGI application: `websocket.accept` with `subprotocol` and extra `headers`."""
+
+    class AsgiConn:
+        def __init__(self, receive: Any, send: Any) -> None:
+            self.receive, self.send = receive, send
+
+        async def send_text(self, text: str, pieces: int = 1) -> None:
+            await self.send({"type": "websocket.send", "text": text})
+
+        async def send_bytes(self, data: bytes) -> None:
+            await self.send({"type": "websocket.send", "bytes": data})
+
+        async def ping(self) -> None:  # ASGI has no ping: the server's own (websocket_ping_interval)
+            return None
+
+        async def recv(self) -> str | None:
+            msg = await self.receive()
+            if msg["type"] != "websocket.receive":
+                return None
+            return msg.get("text") if msg.get("text") is not None else (msg.get("bytes") or b"").decode("utf-8",
+                                                                                                       "replace")
+
+        async def close(self, code: int) -> None:
+            await self.send({"type": "websocket.close", "code": code, "reason": "going"})
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        if scope["path"] != "/ws":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": headers or []})
+        with contextlib.suppress(Exception):
+            await app.serve(AsgiConn(receive, send))
+
+    return asgi
+
+
+@contextlib.contextmanager
+def serve_hypercorn(app: NetraApp, *, ping_interval: float | None = None, subprotocol: str | None = None,
+                    headers: list[tuple[bytes, bytes]] | None = None) -> Iterator[str]:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]  # hypercorn's from here on: it closes it
+    config.graceful_timeout = 1
+    config.websocket_ping_interval = ping_interval
+    config.accesslog = config.errorlog = None
+
+    async def event() -> asyncio.Event:
+        return asyncio.Event()
+
+    with LoopThread() as lt:
+        stop = lt.run(event())
+        done = asyncio.run_coroutine_threadsafe(
+            serve(asgi_netra(app, subprotocol=subprotocol, headers=headers), config, shutdown_trigger=stop.wait),
+            lt.loop)
+        try:
+            yield f"ws://127.0.0.1:{port}/ws"
+        finally:
+            lt.loop.call_soon_threadsafe(stop.set)
+            done.result(10)

@@ -1,0 +1,106 @@
+"""The netra dialect served by more WebSocket stacks (tests/integration/ws_stacks.py): aiohttp's WebSocketResponse
+(its permessage-deflate, its `heartbeat` pings, an idle `receive_timeout`, extra headers in its 101 answer) and
+Hypercorn (wsproto underneath, deflate whenever offered, its own pings), and the websockets library's server where it
+takes a deflate parameter a browser takes. Each is judged by every road (`chatprobe run` with picows, recorded, and
+`chatprobe check` of it; `chatprobe run` with the websockets client, which `compression: deflate` picks; `chatprobe
+proxy` in front of the server), and every road must give each chat the verdict docs/protocol.md gives it.
+
+FAILED on the code before this file, each with what was wrong:
+- test_a_server_that_limits_the_clients_deflate_window_to_8_bits_is_taken_as_browsers_take_it and
+  test_the_locust_users_client_takes_an_8_bit_deflate_window_too: a server answering
+  permessage-deflate with `client_max_window_bits=8` (RFC 7692's smallest; Node's `ws` `clientMaxWindowBits: 8`,
+  the websockets library's own server) failed every connection of the websockets client and of the Locust user's
+  ("WebSocket handshake failed: NegotiationError"): websockets refuses 8, which Chromium takes (compressing with
+  zlib's 9-bit window, whose back-references stay within 256 bytes).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+
+from .test_gevent_hostile import locust_chat
+from .test_ws_stacks import FAULTS, PASS, ROADS, closes_mid_run, lively
+from .ws_stacks import Action, Close, NetraApp, judge, run_events, serve_aiohttp, serve_hypercorn, serve_websockets
+
+pytestmark = pytest.mark.timeout(60)
+
+STACKS = {
+    "aiohttp": lambda app: serve_aiohttp(app),
+    # its pings every 20 ms, a pong owed within 10 ms, and a 9-bit deflate window of its own
+    "aiohttp-heartbeat-deflate-9": lambda app: serve_aiohttp(app, heartbeat=0.02, compress=9),
+    "aiohttp-no-deflate-odd-headers": lambda app: serve_aiohttp(app, compress=False, headers={
+        "X-Empty": "", "Set-Cookie": "lb=a1; Path=/; HttpOnly", "X-Long": "y" * 4000, "Sec-WebSocket-Version": "13"}),
+    "hypercorn": lambda app: serve_hypercorn(app),
+    "hypercorn-pings-extra-headers": lambda app: serve_hypercorn(app, ping_interval=0.02,
+                                                                 headers=[(b"x-request-id", b"r-1"), (b"x-empty", b"")]),
+}
+
+
+@pytest.mark.parametrize("stack", list(STACKS))
+def test_a_conforming_server_on_each_stack_passes_every_chat_by_every_road(tmp_path, stack):
+    # three chats in flight at once on one connection, interleaved
+    got = judge(tmp_path, lambda: STACKS[stack](NetraApp(lively)),
+                {"chats_per_user": 3, "parallel_chats": 3, "expect": {"streaming": True}})
+    assert got == {road: [PASS] * 3 for road in ROADS}, got
+
+
+@pytest.mark.parametrize("rule", list(FAULTS))
+def test_each_broken_rule_is_that_rule_on_that_chat_only(tmp_path, rule):
+    fault, expect = FAULTS[rule]
+    stack = list(STACKS)[int(rule[1:]) % len(STACKS)]  # the rules spread over the stacks
+
+    def answer(p: dict[str, Any], n: int) -> list[Action]:
+        return fault(run_events(p)) if n == 2 else list(run_events(p))
+
+    got = judge(tmp_path, lambda: STACKS[stack](NetraApp(answer)),
+                {"chats_per_user": 3, "parallel_chats": 3, "expect": {"streaming": True, **expect}})
+    culprit = ("incomplete" if rule == "R10" else "failed", (rule,))
+    assert got == {road: sorted([culprit, PASS, PASS]) for road in ROADS}, (stack, got)
+
+
+@pytest.mark.parametrize("server", [
+    # a close mid-run: 4000-range (the application's own), no close frame at all (the TCP connection dropped), a
+    # closing handshake with no status code (1005): each chat resumes its run on a new connection and passes
+    pytest.param(lambda: serve_aiohttp(NetraApp(closes_mid_run(4001))), id="aiohttp-4001-mid-run"),
+    pytest.param(lambda: serve_aiohttp(NetraApp(closes_mid_run(1006))), id="aiohttp-no-close-frame-mid-run"),
+    pytest.param(lambda: serve_hypercorn(NetraApp(closes_mid_run(1011))), id="hypercorn-1011-mid-run"),
+    # a clean close before any event of the run (the message crossed it): sent again, once, and the chat passes
+    pytest.param(lambda: serve_aiohttp(NetraApp(lambda p, n: [Close(1000)] if n == 1 else list(run_events(p)))),
+                 id="aiohttp-1000-before-any-event"),
+    pytest.param(lambda: serve_hypercorn(NetraApp(lambda p, n: [Close(1001)] if n == 1 else list(run_events(p)))),
+                 id="hypercorn-1001-before-any-event"),
+])
+def test_a_server_closing_a_connection_mid_chat_is_judged_as_the_docs_say(tmp_path, server):
+    got = judge(tmp_path, server, {"chats_per_user": 1})
+    assert got == {road: [PASS] for road in ROADS}, got
+
+
+def test_a_server_that_closes_idle_connections_passes(tmp_path):
+    """aiohttp's `receive_timeout`: a connection that carries nothing for 0.2 s is closed by the server, between the
+    chats of a user who reads each answer for 0.4 s: each next chat goes on a new connection and passes."""
+    got = judge(tmp_path, lambda: serve_aiohttp(NetraApp(), receive_timeout=0.2),
+                {"chats_per_user": 3, "think_time": "0.4s"})
+    assert got == {road: [PASS] * 3 for road in ROADS}, got
+
+
+# a message of 3,000 characters whose repeats lie further apart than 256 bytes: what the client compresses must
+# inflate in the 8-bit window the server keeps for it
+LONG = " ".join(f"w{(i * 7919) % 1000:03d}" for i in range(600))
+
+
+def window_of_8_bits(app: NetraApp) -> Any:
+    return serve_websockets(app, compression=None, extensions=[ServerPerMessageDeflateFactory(client_max_window_bits=8)])
+
+
+def test_a_server_that_limits_the_clients_deflate_window_to_8_bits_is_taken_as_browsers_take_it(tmp_path):
+    got = judge(tmp_path, lambda: window_of_8_bits(NetraApp()), {"chats_per_user": 2, "message": LONG})
+    assert got == {road: [PASS] * 2 for road in ROADS}, got
+
+
+async def test_the_locust_users_client_takes_an_8_bit_deflate_window_too(tmp_path):
+    with window_of_8_bits(NetraApp()) as url:
+        chat, _ = await locust_chat(tmp_path, url, "deflate", auth="none", deadline="3s")
+    assert (chat["outcome"], chat["violations"]) == ("passed", []), chat
+
