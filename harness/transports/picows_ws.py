@@ -279,15 +279,29 @@ class PicowsTransport(WSListener, RecordingHooks):
             return None
 
     def _on_close_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        try:
-            code = int(frame.get_close_code().value)
-        except ValueError:
+        handshake = transport.close_handshake
+        if handshake is not None and handshake.sent is not None and not handshake.recv_then_sent:
+            sent = getattr(handshake.sent.code, "value", handshake.sent.code)
+            if sent in PROTOCOL_ERRORS:
+                # picows failed the connection itself (its parser refuses a close frame whose code RFC 6455 7.4
+                # forbids, 1004, 1005, 1015, 2999, or whose reason is not UTF-8, and answers it with 1002 or 1007)
+                # and this is the server's answer: the connection was the client's to fail, as websockets fails it,
+                # never the server's clean close (a 1000 echo read so sent a message that crossed it again).
+                self.protocol_error = self.protocol_error or PROTOCOL_ERRORS[sent].format(self._max_size)
+                transport.disconnect()
+                return
+        if frame.payload_size == 0:  # picows' NO_INFO: a close frame with no payload (websockets and RFC 6455: 1005)
             code = 1005
-        if code == 0:  # picows' NO_INFO: a close frame with no payload (websockets and RFC 6455 say 1005)
-            code = 1005
-        elif code >= 5000:  # picows refuses the other codes RFC 6455 7.4 forbids, not these
-            self._fail(transport, 1002)
-            return
+        else:
+            try:
+                code = int(frame.get_close_code().value)
+            except ValueError:
+                code = 1005
+            if code == 0 or code == 1006 or code >= 5000:
+                # picows refuses the other codes RFC 6455 7.4 forbids on the wire, not these (0 and 1006 are in its
+                # WSCloseCode): websockets fails the connection for them, and so does every client here
+                self._fail(transport, 1002)
+                return
         self.close_code = code
         try:
             self.close_reason = self.close_reason or frame.get_close_reason() or ""

@@ -12,6 +12,14 @@ FAILED on the code before this file, each with what was wrong:
   the websockets library's own server) failed every connection of the websockets client and of the Locust user's
   ("WebSocket handshake failed: NegotiationError"): websockets refuses 8, which Chromium takes (compressing with
   zlib's 9-bit window, whose back-references stay within 256 bytes).
+- test_a_close_frame_whose_code_or_reason_rfc_6455_forbids_fails_the_connection_with_every_client: the picows
+  client (`chatprobe run`'s default, `monitor`) took a close frame with code 1006 or 0 on the wire (aiohttp sends
+  whatever `ws.close(code=...)` is given) for the server's close, where websockets, the proxy and the Locust user's
+  client fail the connection (RFC 6455 7.4): 0 was read as a closing handshake with no status code, so a message that
+  crossed it was sent again and the chat passed with no R12; and when picows' own parser refused a close frame (1004,
+  1015, 2999, a reason not UTF-8) and answered it with 1002, the server's 1000 answer to that was read as the
+  server's clean close, and the message was sent again. Verdicts differed by client; `check` of picows' recording
+  followed picows'. (Its 1015 and reason-not-UTF-8 cases, where aiohttp answers nothing, held already: parity guards.)
 """
 from __future__ import annotations
 
@@ -104,3 +112,28 @@ async def test_the_locust_users_client_takes_an_8_bit_deflate_window_too(tmp_pat
         chat, _ = await locust_chat(tmp_path, url, "deflate", auth="none", deadline="3s")
     assert (chat["outcome"], chat["violations"]) == ("passed", []), chat
 
+
+@pytest.mark.parametrize("code, reason, before", [
+    # aiohttp's WSCloseCode.ABNORMAL_CLOSURE given to ws.close(): a code RFC 6455 7.4.1 says MUST NOT be sent
+    pytest.param(1006, b"", False, id="1006-mid-run"),
+    pytest.param(1006, b"", True, id="1006-before-any-event"),
+    pytest.param(0, b"", True, id="0-before-any-event"),
+    pytest.param(1015, b"", True, id="1015-before-any-event"),
+    pytest.param(1000, b"\xff\xfe", True, id="reason-not-utf-8-before-any-event"),
+    # one that picows' own parser refuses (1004), and then aiohttp's clean 1000 answering the client's 1002
+    pytest.param(1004, b"", True, id="1004-then-the-servers-1000-before-any-event"),
+])
+def test_a_close_frame_whose_code_or_reason_rfc_6455_forbids_fails_the_connection_with_every_client(
+        tmp_path, code, reason, before):
+    """Such a close frame is no closing handshake: the client fails the connection (1002, or 1007 for the reason), an
+    R12 on the chat in flight (docs/protocol.md), and a message that crossed it before any event of its run is judged
+    as after a crash, never sent again (`incomplete`); mid-run, the run is resumed on a new connection (the R12 stays:
+    `failed`). Every road alike."""
+    def answer(p: dict[str, Any], n: int) -> list[Action]:
+        events: list[Action] = list(run_events(p))
+        return ([Close(code)] if before else [*events[:3], Close(code), *events[3:]]) if n == 1 else events
+
+    got = judge(tmp_path, lambda: serve_aiohttp(NetraApp(answer), close_reason=reason, written_close=code == 1004),
+                {"chats_per_user": 1})
+    verdict = ("incomplete" if before else "failed", ("R12",))
+    assert got == {road: [verdict] for road in ROADS}, got
