@@ -61,6 +61,9 @@ TOO_MANY_FRAGMENTS = "too many fragments"  # the reason of websockets' close fra
 FRAGMENTS_ERROR = f"message in more than {MAX_FRAGMENTS} fragments"  # what the chats on the connection are told (R12)
 # RFC 6455 4.1: what every client says of an upgrade answer that chose a subprotocol it did not offer (or several).
 UNOFFERED_SUBPROTOCOL = "the server chose a subprotocol the client did not offer"
+UNOFFERED_EXTENSION = "the server chose an extension the client did not offer"
+# A Sec-WebSocket-Extensions header that names no extension (RFC 6455 9.1: 1#extension), an empty one included.
+MALFORMED_EXTENSIONS = "the server's Sec-WebSocket-Extensions header is malformed"
 # Frames a WebSocket client (websockets', the Locust user's) hands over between two turns of its event loop (gevent's
 # hub under Locust): a read of 256 KiB holds 131,072 empty text frames, each a malformed one to judge, and handed over
 # in one go they held every chat of the loop, deadlines included, for seconds. (SSE reads are 64 KiB at most.) Past

@@ -22,7 +22,9 @@ from picows.common import WSHandshakeError, WSInvalidMessageError
 from ..sinks import refused_upgrade
 from .base import (
     FRAGMENTS_ERROR,
+    MALFORMED_EXTENSIONS,
     MAX_FRAGMENTS,
+    UNOFFERED_EXTENSION,
     UNOFFERED_SUBPROTOCOL,
     ConnectFailed,
     ConnectSettings,
@@ -483,14 +485,21 @@ class _CappedReads(asyncio.BufferedProtocol):
 
 
 def _unoffered(headers: Any, offered: list[str] | None) -> str | None:
-    """What an upgrade response chose that the client did not offer (a subprotocol, any extension), or None."""
+    """What an upgrade response chose that the client did not offer (a subprotocol, any extension), or None. A
+    Sec-WebSocket-Protocol header that names no subprotocol (empty: a server echoing the request's header whatever it
+    held) chose none the client offered, as websockets and browsers read it; an empty Sec-WebSocket-Extensions header
+    is malformed (websockets refuses it too)."""
     if headers is None:
         return None
-    chosen = [p.strip() for h in headers.getall("Sec-WebSocket-Protocol", ()) for p in h.split(",") if p.strip()]
-    if chosen and (len(chosen) > 1 or chosen[0] not in (offered or ())):
+    values = headers.getall("Sec-WebSocket-Protocol", ())
+    chosen = [p.strip() for h in values for p in h.split(",") if p.strip()]
+    if values and (len(chosen) != 1 or chosen[0] not in (offered or ())):
         return UNOFFERED_SUBPROTOCOL
-    if any(h.strip() for h in headers.getall("Sec-WebSocket-Extensions", ())):
-        return "the server chose an extension the client did not offer"
+    extensions = headers.getall("Sec-WebSocket-Extensions", ())
+    if any(h.strip() for h in extensions):
+        return UNOFFERED_EXTENSION
+    if extensions:
+        return MALFORMED_EXTENSIONS
     return None
 
 

@@ -32,7 +32,9 @@ from ..sinks import refused_upgrade
 from .base import (
     FRAGMENTS_ERROR,
     FRAMES_PER_TURN,
+    MALFORMED_EXTENSIONS,
     TOO_MANY_FRAGMENTS,
+    UNOFFERED_EXTENSION,
     UNOFFERED_SUBPROTOCOL,
     ConnectFailed,
     ConnectSettings,
@@ -62,6 +64,10 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "refused", "the server closed the connection during the handshake"
     if isinstance(exc, (NegotiationError, InvalidHeader)) and _about_subprotocol(exc):
         return "protocol_error", f"WebSocket handshake failed: {UNOFFERED_SUBPROTOCOL}"
+    if isinstance(exc, InvalidHeader) and exc.name.lower() == "sec-websocket-extensions":
+        return "protocol_error", f"WebSocket handshake failed: {MALFORMED_EXTENSIONS}"
+    if isinstance(exc, NegotiationError):  # the rest are of extensions: one not offered, or parameters not offered
+        return "protocol_error", f"WebSocket handshake failed: {UNOFFERED_EXTENSION}"
     if isinstance(exc, InvalidHandshake):
         return "protocol_error", f"WebSocket handshake failed: {exc.__class__.__name__}"
     if isinstance(exc, ConnectionRefusedError):

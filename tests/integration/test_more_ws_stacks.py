@@ -20,9 +20,15 @@ FAILED on the code before this file, each with what was wrong:
   1015, 2999, a reason not UTF-8) and answered it with 1002, the server's 1000 answer to that was read as the
   server's clean close, and the message was sent again. Verdicts differed by client; `check` of picows' recording
   followed picows'. (Its 1015 and reason-not-UTF-8 cases, where aiohttp answers nothing, held already: parity guards.)
+- test_an_empty_subprotocol_or_extensions_header_fails_the_handshake_with_every_client: a 101 answer with an empty
+  `Sec-WebSocket-Protocol` (a server echoing the request's header whatever it held) or `Sec-WebSocket-Extensions`
+  passed with picows (`chatprobe run`'s default, `monitor`), where websockets and the Locust user's client (and a
+  browser) fail the connection; the websockets clients called the extensions one `InvalidHeaderFormat`, and an
+  extension answer they did not offer `NegotiationError`.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -137,3 +143,36 @@ def test_a_close_frame_whose_code_or_reason_rfc_6455_forbids_fails_the_connectio
                 {"chats_per_user": 1})
     verdict = ("incomplete" if before else "failed", ("R12",))
     assert got == {road: [verdict] for road in ROADS}, got
+
+
+EMPTY_HEADER = {
+    "Sec-WebSocket-Protocol": "WebSocket handshake failed: the server chose a subprotocol the client did not offer",
+    "Sec-WebSocket-Extensions": "WebSocket handshake failed: the server's Sec-WebSocket-Extensions header is malformed",
+}
+
+
+@pytest.mark.parametrize("header", list(EMPTY_HEADER))
+def test_an_empty_subprotocol_or_extensions_header_fails_the_handshake_with_every_client(tmp_path, header):
+    """RFC 6455 4.1: a Sec-WebSocket-Protocol header that names none of the subprotocols offered (here none was)
+    fails the connection, and Sec-WebSocket-Extensions names one extension at least (9.1): each client, picows (the
+    default) and websockets (`compression: deflate`), says so alike, the user's own subprotocol offered or not."""
+    from harness.cli import main
+
+    got = []
+    for compression in ("none", "deflate"):
+        for extra in ([], ["--subprotocol", "netra.v1"]):
+            scenario = tmp_path / "scenario.yaml"
+            scenario.write_text(json.dumps({"name": "h", "connect_timeout": "3s", "compression": compression}))
+            with serve_aiohttp(NetraApp(), compress=False, headers={header: ""}) as url:
+                code = main(["run", "--target", url, "--auth", "none", str(scenario), "-q", "--json",
+                             str(tmp_path / "run.json"), *extra])
+            [chat] = json.loads((tmp_path / "run.json").read_text())["scenarios"][0]["chats"]
+            got.append((code, chat["outcome"], chat["error_kind"], chat["error"]))
+    assert got == [(1, "error", "protocol_error", EMPTY_HEADER[header])] * 4, got
+
+
+async def test_the_locust_users_client_refuses_an_empty_extensions_header_saying_why(tmp_path):
+    with serve_aiohttp(NetraApp(), compress=False, headers={"Sec-WebSocket-Extensions": ""}) as url:
+        chat, _ = await locust_chat(tmp_path, url, "deflate", auth="none", deadline="3s")
+    assert (chat["outcome"], chat["error_kind"], chat["error"]) == (
+        "error", "protocol_error", EMPTY_HEADER["Sec-WebSocket-Extensions"]), chat
