@@ -62,8 +62,11 @@ FRAGMENTS_ERROR = f"message in more than {MAX_FRAGMENTS} fragments"  # what the 
 # RFC 6455 4.1: what every client says of an upgrade answer that chose a subprotocol it did not offer (or several).
 UNOFFERED_SUBPROTOCOL = "the server chose a subprotocol the client did not offer"
 UNOFFERED_EXTENSION = "the server chose an extension the client did not offer"
-# A Sec-WebSocket-Extensions header that names no extension (RFC 6455 9.1: 1#extension), an empty one included.
-MALFORMED_EXTENSIONS = "the server's Sec-WebSocket-Extensions header is malformed"
+# What every client says of a header of the upgrade answer that RFC 6455 4.1 fails the connection for: an Upgrade or a
+# Sec-WebSocket-Accept header missing, repeated or wrong, a Connection header without the `upgrade` token, a
+# Sec-WebSocket-Extensions header that names no extension (9.1: 1#extension), an empty one included.
+MALFORMED_HEADER = "the server's {} header is malformed"
+MALFORMED_EXTENSIONS = MALFORMED_HEADER.format("Sec-WebSocket-Extensions")
 # Frames a WebSocket client (websockets', the Locust user's) hands over between two turns of its event loop (gevent's
 # hub under Locust): a read of 256 KiB holds 131,072 empty text frames, each a malformed one to judge, and handed over
 # in one go they held every chat of the loop, deadlines included, for seconds. (SSE reads are 64 KiB at most.) Past

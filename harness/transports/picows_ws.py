@@ -17,12 +17,13 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
-from picows.common import WSHandshakeError, WSInvalidMessageError
+from picows.common import WSHandshakeError, WSInvalidHeaderError, WSInvalidMessageError
 
 from ..sinks import refused_upgrade
 from .base import (
     FRAGMENTS_ERROR,
     MALFORMED_EXTENSIONS,
+    MALFORMED_HEADER,
     MAX_FRAGMENTS,
     UNOFFERED_EXTENSION,
     UNOFFERED_SUBPROTOCOL,
@@ -80,6 +81,10 @@ PROTOCOL_ERRORS = {1009: "frame larger than the {} byte limit", 1007: "text fram
                    1002: "WebSocket protocol error"}
 
 
+# The headers of an upgrade answer picows refuses that the websockets clients name alike (MALFORMED_HEADER).
+_HANDSHAKE_HEADERS = frozenset({"Upgrade", "Connection", "Sec-WebSocket-Accept"})
+
+
 def classify(exc: BaseException) -> tuple[str, str]:
     """A picows connection failure as (result label, one-line reason with no secret in it)."""
     if isinstance(exc, ConnectFailed):
@@ -97,6 +102,13 @@ def classify(exc: BaseException) -> tuple[str, str]:
         if response is None:
             return "refused", "the server closed the connection during the handshake"
         status = int(response.status)
+        if status == 101 and isinstance(exc, WSInvalidHeaderError) and exc.name in _HANDSHAKE_HEADERS:
+            tokens = [t.strip().lower() for t in (exc.value or "").split(",")]
+            if exc.name == "Connection" and "upgrade" in tokens:
+                # RFC 6455 4.1 asks for the token, which websockets and browsers find; picows wants the whole value
+                return "protocol_error", ("WebSocket handshake failed: picows takes only 'Connection: Upgrade', not "
+                                          "a list of tokens (the websockets client, `compression: deflate`, takes it)")
+            return "protocol_error", f"WebSocket handshake failed: {MALFORMED_HEADER.format(exc.name)}"
         if status == 101:
             return "protocol_error", "WebSocket handshake failed: invalid upgrade response"
         return refused_upgrade(status)
@@ -491,6 +503,11 @@ def _unoffered(headers: Any, offered: list[str] | None) -> str | None:
     is malformed (websockets refuses it too)."""
     if headers is None:
         return None
+    # RFC 6455 4.1 asks for one Upgrade (websocket) and one Sec-WebSocket-Accept: picows reads the first of several,
+    # where websockets and browsers fail the connection (a proxy that adds its own to the server's)
+    for name in ("Upgrade", "Sec-WebSocket-Accept"):
+        if len([v for h in headers.getall(name, ()) for v in h.split(",") if v.strip()]) > 1:
+            return MALFORMED_HEADER.format(name)
     values = headers.getall("Sec-WebSocket-Protocol", ())
     chosen = [p.strip() for h in values for p in h.split(",") if p.strip()]
     if values and (len(chosen) != 1 or chosen[0] not in (offered or ())):

@@ -32,7 +32,7 @@ from ..sinks import refused_upgrade
 from .base import (
     FRAGMENTS_ERROR,
     FRAMES_PER_TURN,
-    MALFORMED_EXTENSIONS,
+    MALFORMED_HEADER,
     TOO_MANY_FRAGMENTS,
     UNOFFERED_EXTENSION,
     UNOFFERED_SUBPROTOCOL,
@@ -44,6 +44,10 @@ from .base import (
     ssl_context,
     tls_reason,
 )
+
+# The headers of an upgrade answer whose refusal every client names alike (MALFORMED_HEADER), by lowercase name.
+_HANDSHAKE_HEADERS = {name.lower(): name for name in ("Upgrade", "Connection", "Sec-WebSocket-Accept",
+                                                      "Sec-WebSocket-Extensions")}
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -64,8 +68,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "refused", "the server closed the connection during the handshake"
     if isinstance(exc, (NegotiationError, InvalidHeader)) and _about_subprotocol(exc):
         return "protocol_error", f"WebSocket handshake failed: {UNOFFERED_SUBPROTOCOL}"
-    if isinstance(exc, InvalidHeader) and exc.name.lower() == "sec-websocket-extensions":
-        return "protocol_error", f"WebSocket handshake failed: {MALFORMED_EXTENSIONS}"
+    if isinstance(exc, InvalidHeader) and exc.name.lower() in _HANDSHAKE_HEADERS:
+        return "protocol_error", f"WebSocket handshake failed: {MALFORMED_HEADER.format(_HANDSHAKE_HEADERS[exc.name.lower()])}"
     if isinstance(exc, NegotiationError):  # the rest are of extensions: one not offered, or parameters not offered
         return "protocol_error", f"WebSocket handshake failed: {UNOFFERED_EXTENSION}"
     if isinstance(exc, InvalidHandshake):

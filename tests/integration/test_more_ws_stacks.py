@@ -20,11 +20,19 @@ FAILED on the code before this file, each with what was wrong:
   1015, 2999, a reason not UTF-8) and answered it with 1002, the server's 1000 answer to that was read as the
   server's clean close, and the message was sent again. Verdicts differed by client; `check` of picows' recording
   followed picows'. (Its 1015 and reason-not-UTF-8 cases, where aiohttp answers nothing, held already: parity guards.)
+- test_monitor_once_fails_a_probe_whose_server_closes_with_a_code_no_close_frame_may_carry: `chatprobe monitor`
+  (picows) passed a probe whose server closed mid-run with code 0 or 1006 (the fix above).
 - test_an_empty_subprotocol_or_extensions_header_fails_the_handshake_with_every_client: a 101 answer with an empty
   `Sec-WebSocket-Protocol` (a server echoing the request's header whatever it held) or `Sec-WebSocket-Extensions`
   passed with picows (`chatprobe run`'s default, `monitor`), where websockets and the Locust user's client (and a
   browser) fail the connection; the websockets clients called the extensions one `InvalidHeaderFormat`, and an
   extension answer they did not offer `NegotiationError`.
+- test_a_repeated_upgrade_or_accept_header_fails_the_handshake_with_every_client: a 101 answer with a second `Upgrade:
+  websocket` or `Sec-WebSocket-Accept` (an application's or a proxy's added to the server's own) passed with picows,
+  where websockets, the Locust user's client and browsers fail the connection; the websockets clients said only
+  `InvalidUpgrade` / `InvalidHeader`.
+- test_a_connection_header_listing_upgrade_among_tokens_is_named_for_what_it_is: picows' refusal of `Connection:
+  keep-alive, Upgrade` (a valid answer websockets takes) said only "invalid upgrade response".
 """
 from __future__ import annotations
 
@@ -42,8 +50,10 @@ pytestmark = pytest.mark.timeout(60)
 
 STACKS = {
     "aiohttp": lambda app: serve_aiohttp(app),
-    # its pings every 20 ms, a pong owed within 10 ms, and a 9-bit deflate window of its own
-    "aiohttp-heartbeat-deflate-9": lambda app: serve_aiohttp(app, heartbeat=0.02, compress=9),
+    # its pings every 100 ms of quiet, a pong owed within 50 ms (past it aiohttp drops the connection: tighter, a loaded
+    # machine's client misses it and the chats whose messages crossed the drop are lost, as docs/protocol.md says),
+    # and a 9-bit deflate window of its own
+    "aiohttp-heartbeat-deflate-9": lambda app: serve_aiohttp(app, heartbeat=0.1, compress=9),
     "aiohttp-no-deflate-odd-headers": lambda app: serve_aiohttp(app, compress=False, headers={
         "X-Empty": "", "Set-Cookie": "lb=a1; Path=/; HttpOnly", "X-Long": "y" * 4000, "Sec-WebSocket-Version": "13"}),
     "hypercorn": lambda app: serve_hypercorn(app),
@@ -176,3 +186,54 @@ async def test_the_locust_users_client_refuses_an_empty_extensions_header_saying
         chat, _ = await locust_chat(tmp_path, url, "deflate", auth="none", deadline="3s")
     assert (chat["outcome"], chat["error_kind"], chat["error"]) == (
         "error", "protocol_error", EMPTY_HEADER["Sec-WebSocket-Extensions"]), chat
+
+
+
+@pytest.mark.parametrize("header", ["Upgrade", "Sec-WebSocket-Accept"])
+def test_a_repeated_upgrade_or_accept_header_fails_the_handshake_with_every_client(tmp_path, header):
+    """RFC 6455 4.1 (and browsers): one Upgrade, websocket, and one Sec-WebSocket-Accept; here the server's own twice
+    (the same value: an application's or a proxy's copy beside it). Each client says so alike."""
+    from harness.cli import main
+
+    got = []
+    for compression in ("none", "deflate"):
+        scenario = tmp_path / "scenario.yaml"
+        scenario.write_text(json.dumps({"name": "h", "connect_timeout": "3s", "compression": compression}))
+        with serve_aiohttp(NetraApp(), compress=False, headers={header: None}) as url:
+            code = main(["run", "--target", url, "--auth", "none", str(scenario), "-q", "--json",
+                         str(tmp_path / "run.json")])
+        [chat] = json.loads((tmp_path / "run.json").read_text())["scenarios"][0]["chats"]
+        got.append((code, chat["outcome"], chat["error_kind"], chat["error"]))
+    malformed = f"WebSocket handshake failed: the server's {header} header is malformed"
+    assert got == [(1, "error", "protocol_error", malformed)] * 2, got
+
+
+def test_a_connection_header_listing_upgrade_among_tokens_is_named_for_what_it_is(tmp_path):
+    """`Connection: keep-alive, Upgrade` holds the token RFC 6455 4.1 asks for: websockets takes it (the chat passes),
+    picows wants the value `Upgrade` alone (its own check, compiled: it cannot be told otherwise) and its refusal said
+    only "invalid upgrade response"; it now says what picows wants and which client takes it (docs/profiles.md)."""
+    from harness.cli import main
+
+    got = []
+    for compression in ("none", "deflate"):
+        scenario = tmp_path / "scenario.yaml"
+        scenario.write_text(json.dumps({"name": "h", "connect_timeout": "3s", "compression": compression}))
+        with serve_aiohttp(NetraApp(), compress=False, headers={"=Connection": "keep-alive, Upgrade"}) as url:
+            main(["run", "--target", url, "--auth", "none", str(scenario), "-q", "--json", str(tmp_path / "run.json")])
+        [chat] = json.loads((tmp_path / "run.json").read_text())["scenarios"][0]["chats"]
+        got.append((chat["outcome"], chat["error"]))
+    assert got == [("error", "WebSocket handshake failed: picows takes only 'Connection: Upgrade', not a list of tokens "
+                             "(the websockets client, `compression: deflate`, takes it)"), ("passed", None)], got
+
+
+@pytest.mark.parametrize("code", [0, 1006])
+def test_monitor_once_fails_a_probe_whose_server_closes_with_a_code_no_close_frame_may_carry(capsys, code):
+    """`chatprobe monitor --once` (picows) against aiohttp closing mid-run with `ws.close(code=0 or 1006)`: the probe
+    resumes its run and is judged `failed`, R12, as `chatprobe run` with either client judges it. It passed."""
+    from harness.cli import main
+
+    with serve_aiohttp(NetraApp(closes_mid_run(code)), close_reason=b"") as url:
+        exit_code = main(["monitor", "--once", "--target", url, "--auth", "none", "--target-name", "t"])
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("t / probe: "))
+    assert exit_code == 1 and line.startswith("t / probe: failed") and "violations R12 x1" in line, out

@@ -582,23 +582,31 @@ class AiohttpConn:
 
 
 @contextlib.contextmanager
-def serve_aiohttp(app: NetraApp, *, headers: dict[str, str] | None = None, close_reason: bytes | None = None,
+def serve_aiohttp(app: NetraApp, *, headers: dict[str, str | None] | None = None, close_reason: bytes | None = None,
                   written_close: bool = False, **options: Any) -> Iterator[str]:
     """`aiohttp.web.WebSocketResponse(**options)` at /ws (compress: True or the server's window bits, heartbeat: its
-    pings, protocols, receive_timeout...), with `headers` added to its 101 answer. With `close_reason`, a `Close(code)`
+    pings, protocols, receive_timeout...), with `headers` added to its 101 answer (on_response_prepare: beside its own;
+    None: a copy of aiohttp's own value; a name written "=Name": in place of aiohttp's own). With `close_reason`, a `Close(code)`
     is `ws.close(code=code, message=close_reason)` whatever the code (1006 and 0 too: aiohttp sends any), or with
     `written_close` that close frame written on aiohttp's frame writer, past its close()."""
     from aiohttp import web
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(**options)
-        ws.headers.update(headers or {})
         await ws.prepare(request)
         with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
             await app.serve(AiohttpConn(ws, request, close_reason, written_close))
         return ws
 
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in (headers or {}).items():  # added to aiohttp's own, as a middleware's would be
+            if name.startswith("="):  # in place of aiohttp's own
+                response.headers[name[1:]] = value or ""
+            else:
+                response.headers.add(name, response.headers[name] if value is None else value)
+
     web_app = web.Application()
+    web_app.on_response_prepare.append(add_headers)
     web_app.router.add_get("/ws", endpoint)
     sock = listening_socket()
     with LoopThread() as lt:
