@@ -70,7 +70,8 @@ def test_a_conforming_server_on_each_stack_passes_every_chat_by_every_road(tmp_p
     assert got == {road: [PASS] * 3 for road in ROADS}, got
 
 
-@pytest.mark.parametrize("rule", list(FAULTS))
+# The rules of time (R9, R10, R11) are judged alike whatever the stack: tests/integration/test_ws_stacks.py has them.
+@pytest.mark.parametrize("rule", [rule for rule in FAULTS if rule not in ("R9", "R10", "R11")])
 def test_each_broken_rule_is_that_rule_on_that_chat_only(tmp_path, rule):
     fault, expect = FAULTS[rule]
     stack = list(STACKS)[int(rule[1:]) % len(STACKS)]  # the rules spread over the stacks
@@ -102,10 +103,10 @@ def test_a_server_closing_a_connection_mid_chat_is_judged_as_the_docs_say(tmp_pa
 
 
 def test_a_server_that_closes_idle_connections_passes(tmp_path):
-    """aiohttp's `receive_timeout`: a connection that carries nothing for 0.2 s is closed by the server, between the
-    chats of a user who reads each answer for 0.4 s: each next chat goes on a new connection and passes."""
-    got = judge(tmp_path, lambda: serve_aiohttp(NetraApp(), receive_timeout=0.2),
-                {"chats_per_user": 3, "think_time": "0.4s"})
+    """aiohttp's `receive_timeout`: a connection that carries nothing for 0.1 s is closed by the server, between the
+    chats of a user who reads each answer for 0.25 s: each next chat goes on a new connection and passes."""
+    got = judge(tmp_path, lambda: serve_aiohttp(NetraApp(), receive_timeout=0.1),
+                {"chats_per_user": 3, "think_time": "0.25s"})
     assert got == {road: [PASS] * 3 for road in ROADS}, got
 
 
@@ -149,8 +150,9 @@ def test_a_close_frame_whose_code_or_reason_rfc_6455_forbids_fails_the_connectio
         events: list[Action] = list(run_events(p))
         return ([Close(code)] if before else [*events[:3], Close(code), *events[3:]]) if n == 1 else events
 
+    # (a deadline of 1 s: the proxy keeps a chat cut before its end for a resume until then)
     got = judge(tmp_path, lambda: serve_aiohttp(NetraApp(answer), close_reason=reason, written_close=code == 1004),
-                {"chats_per_user": 1})
+                {"chats_per_user": 1, "expect": {"deadline": "1s"}})
     verdict = ("incomplete" if before else "failed", ("R12",))
     assert got == {road: [verdict] for road in ROADS}, got
 

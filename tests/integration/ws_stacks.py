@@ -610,7 +610,7 @@ def serve_aiohttp(app: NetraApp, *, headers: dict[str, str | None] | None = None
     web_app.router.add_get("/ws", endpoint)
     sock = listening_socket()
     with LoopThread() as lt:
-        runner = web.AppRunner(web_app, handle_signals=False, shutdown_timeout=1)
+        runner = web.AppRunner(web_app, handle_signals=False, shutdown_timeout=0.1)
         lt.run(runner.setup())
         lt.run(web.SockSite(runner, sock).start())
         try:
@@ -673,7 +673,7 @@ def serve_hypercorn(app: NetraApp, *, ping_interval: float | None = None, subpro
     port = sock.getsockname()[1]
     config = Config()
     config.bind = [f"fd://{sock.detach()}"]  # hypercorn's from here on: it closes it
-    config.graceful_timeout = 1
+    config.graceful_timeout = 0.1  # open WebSockets a test left are not waited for
     config.websocket_ping_interval = ping_interval
     config.accesslog = config.errorlog = None
 
