@@ -319,10 +319,12 @@ class LiveChats:
         # proxy does (a resume, a resend), and no digest of a credential is in a recording.
         self._label_key = os.urandom(16)
 
-    def connection(self, identity: str = "", secrets: tuple[str, ...] = ()) -> "LiveConnection":
+    def connection(self, identity: str = "", secrets: tuple[str, ...] = (), *, stream: bool = False
+                   ) -> "LiveConnection":
         """A new proxied connection; `identity` stands for its credentials (a resume only picks up a run that a
-        connection with the same credentials started), `secrets` are those credentials, kept out of --record."""
-        conn = LiveConnection(self, identity, secrets)
+        connection with the same credentials started), `secrets` are those credentials, kept out of --record;
+        `stream`: it is one chat's own event stream (the HTTP side's SSE answer), which ends with its run."""
+        conn = LiveConnection(self, identity, secrets, stream=stream)
         self.open.setdefault(identity, {})[conn] = None
         return conn
 
@@ -601,9 +603,14 @@ class LiveConnection:
     """One proxied connection on the one road: the client's frames open chats (the profile tells requests and
     resumes apart), the server's go through the FrameRouter to the ChatTrackers, PassiveChats judges them when due."""
 
-    def __init__(self, live: LiveChats, identity: str, secrets: tuple[str, ...] = ()) -> None:
+    def __init__(self, live: LiveChats, identity: str, secrets: tuple[str, ...] = (), *, stream: bool = False) -> None:
         self.live = live
         self.identity = identity
+        # One chat's own event stream (the HTTP side: an SSE answer to its POST), which ends with its run: a stream
+        # the server ended before any event of the run is judged then, never held for a resend (a client sends a new
+        # request, a chat of its own: the harness's SSE client sends nothing again), and its recording's close record
+        # says "stream": true, so that `chatprobe check` judges it so too (as `run --record` writes an SSE chat's).
+        self.stream = stream
         self.checker = ConnectionChecker(None, events_name_run=live.profile.events_name_run,
                                          further_runs=live.profile.further_runs)
         self.checker.by_run = RunIndex(live.runs)  # its run ids counted in the process's (LiveChats.saw_run)
@@ -764,7 +771,8 @@ class LiveConnection:
 
     def closed(self, now: float, *, by_client: bool, code: int | None = None, drained: bool = False) -> None:
         """The connection ended (`code`: the server's close code, 1006 without one, when the server closed it). A chat
-        the server cut before any event of its run is held for its user's resend (LiveChats.hold_for_resend); one
+        the server cut before any event of its run is held for its user's resend (LiveChats.hold_for_resend; not on
+        a chat's own event stream, `stream`, which is judged then, as `check` judges a "stream": true close); one
         whose run has an id is parked for its user's resume on a new connection (LiveChats.park); either way the
         recording is kept (`chatprobe check` follows the chat across both connections). One the proxy has no room to
         keep so is not judged (parking_full), and its send record is named on the close record; as the proxy stops
@@ -782,12 +790,12 @@ class LiveConnection:
                     continue
                 clean = code in CLEAN_CLOSE_CODES
                 kept = PROXY_STOPPED if stopping else ""  # the proxy closed it as it stops: not the server, nor the user
-                if not kept and chat.n_events == 0:
+                if not kept and chat.n_events == 0 and not self.stream:
                     kept = live.hold_for_resend(self.identity, chat, now, clean)
                 if not kept:
                     live.pending.judge(chat)  # lost again: its last resume is judged now, as live
                     kept = live.park(self.identity, chat, now)
-                    if kept == "parked" and clean and chat.chat_id not in live.resent:
+                    if kept == "parked" and clean and not self.stream and chat.chat_id not in live.resent:
                         live.pending.cut_clean(chat)  # a RESUME_UNKNOWN_RUN answer: sent again, as live
                 if not kept:
                     continue
@@ -814,7 +822,7 @@ class LiveConnection:
             self.failing = True
         if self.log is not None and self.live.recorder is not None:
             self.log.close(now, code, by_client=STOP_LABEL if stopping else by_client, error=self.protocol_error,
-                           parking_full=full)
+                           stream=self.stream, parking_full=full)
             self.live.recorder.save(self.log, keep=True if self.failing else None)  # None: --record-all decides
             self.live.recorded(now)
         self.live.connection_closed(self)

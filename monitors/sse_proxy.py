@@ -678,7 +678,7 @@ class _Exchange:
                                    self.url, fields.get(b"content-encoding", ""))
             live.sink.connection_attempt(live.scenario, failure[0] if failure is not None else "ok")
             if failure is None:
-                self.conn = conn = live.connection(credentials_identity(headers, (), target), secrets)
+                self.conn = conn = live.connection(credentials_identity(headers, (), target), secrets, stream=True)
                 conn.client_frame(chat, sent_at)
                 coding = CODINGS.get(fields.get(b"content-encoding", "").strip().lower())
                 stream = _Stream(conn, proxy.max_size, Unpacker(coding) if coding else None)
