@@ -411,6 +411,7 @@ class FrontDoor:
     throttle: Throttled = field(default_factory=Throttled)
     _holders: set[asyncio.Task[None]] = field(default_factory=set)
     admitted: set[Any] = field(default_factory=set)  # client connections holding a slot (to cut at shutdown)
+    moved: dict[Any, str] = field(default_factory=dict)  # of those, the ones whose slot moved to another key (rekey)
     sockets: dict[str, int] = field(default_factory=dict)  # open sockets by untrusted peer, handshake or not
     sink: Any = None  # where socket-level refusals are counted (start_proxy sets it)
     max_handshakes: int = 0  # sockets still reading their request at once (0: handshake_budget of the open-file limit)
@@ -468,12 +469,27 @@ class FrontDoor:
         holder.add_done_callback(self._holders.discard)
         return None
 
+    def rekey(self, conn: Any, old: str, new: str, sink: Any) -> str | None:
+        """`conn`'s slot (admitted under `old`) moved to limit key `new`: the HTTP side's kept-alive connection from a
+        trusted proxy carrying another client's request. None if moved; else the refusal reason (counted: `new`
+        holds its --max-connections-per-ip already), `conn` keeping its slot under `old`."""
+        if old == new:
+            return None
+        self.slots.release(old)
+        reason = self.slots.acquire(new)
+        if reason is not None:
+            self.slots.acquire(old)  # (the slot it freed just now: taken back, never refused)
+            self.refuse(sink, reason, new)
+            return reason
+        self.moved[conn] = new
+        return None
+
     async def _hold(self, conn: Any, key: str, sink: Any) -> None:
         try:
             await conn.wait_closed()
         finally:
             self.admitted.discard(conn)
-            self.slots.release(key)
+            self.slots.release(self.moved.pop(conn, key))
             self._gauge(sink, -1)
             # The client's handshake failed after the upstream was opened for it (the handler, which closes the
             # upstream, never ran): close it here, or it would leak a descriptor and an upstream session.

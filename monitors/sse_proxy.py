@@ -261,14 +261,21 @@ class SSEProxy:
                 if request is None:
                     return
                 client.reading = False
-                if not admitted:
-                    who = limit_key(client_address(self._peer(writer), [v.decode("latin-1") for n, v in
-                                                   request.head.headers if n == b"x-forwarded-for"], door.trusted))
-                    client.key = who
-                    if door.admit(client, who, self.live.sink) is not None:
+                # Whose request this is, per request: a trusted proxy in front (a load balancer keeping its
+                # connections to the proxy alive) carries one client's request and then another's on one connection,
+                # and each is that client's own (X-Forwarded-For), as the WebSocket side's upgrade is: the
+                # connection's slot moves to the client of its request (FrontDoor.rekey), and so does its share of
+                # the credentials pool. From an untrusted peer it is the peer's, whatever the request says.
+                who = limit_key(client_address(self._peer(writer), [v.decode("latin-1") for n, v in
+                                               request.head.headers if n == b"x-forwarded-for"], door.trusted))
+                if not admitted or who != client.key:
+                    over = (door.admit(client, who, self.live.sink) if not admitted
+                            else door.rekey(client, client.key, who, self.live.sink))
+                    if over is not None:
                         await self._send_and_close(reader, writer, _answer(HTTPStatus.SERVICE_UNAVAILABLE, "too many "
                                                    "connections, try again later\n", "Retry-After: 5\r\n"))
                         return
+                    client.key = who
                     admitted = True
                 try:
                     pending = await self._exchange(h, reader, writer, request, client)

@@ -1,0 +1,113 @@
+"""The proxy's HTTP side (monitors/sse_proxy.py) against a trusted proxy in front multiplexing its users over one
+kept-alive connection, hostile clients and hostile upstreams, over real loopback sockets: each gets a sane answer,
+the chat a classified verdict, the counters add up, nothing hangs."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from collections.abc import AsyncIterator
+
+from prometheus_client import CollectorRegistry
+
+from harness.scenario import Expect, expectations_for
+from monitors.frontdoor import FrontDoor
+from monitors.metrics import ChatMetrics, MetricsSink
+from monitors.proxy import LiveChats
+from monitors.sse_proxy import SSEProxy, start_sse_proxy
+
+from .test_sse_proxy import AGUI, raw_upstream, refused
+
+TRUSTED = (ipaddress.ip_network("127.0.0.1/32"),)
+
+
+@contextlib.asynccontextmanager
+async def proxy_with(upstream: str, door: FrontDoor | None = None, **options
+                     ) -> AsyncIterator[tuple[str, ChatMetrics, SSEProxy, MetricsSink]]:
+    metrics = ChatMetrics(CollectorRegistry())
+    sink = MetricsSink(metrics, "upstream", "live")
+    sink.declare("live")
+    live = LiveChats(AGUI, sink, expectations_for(AGUI, Expect(deadline="5s")), "live", 0.05)
+    proxy = SSEProxy(upstream, live, **options)
+    server = await start_sse_proxy(proxy, "127.0.0.1", 0, door)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", metrics, proxy, sink
+    finally:
+        server.close()
+        async with asyncio.timeout(10):
+            await server.wait_closed()
+        live.stop()
+
+
+async def connect(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
+    """One request on a kept-alive connection, and its answer (head and a Content-Length body)."""
+    writer.write(request)
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        return head + await reader.readexactly(length)
+
+
+def get(path: str, forwarded_for: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {forwarded_for}\r\n\r\n".encode()
+
+
+async def ok(reader, writer, head, body):
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    await writer.drain()
+
+
+# -- a trusted proxy in front, its users over one kept-alive connection --
+
+async def test_a_trusted_proxys_kept_alive_connection_counts_under_the_client_of_each_request():
+    """A load balancer (--trusted-proxy) keeps its connection to the proxy alive and sends one user's request on it,
+    then another's. The connection's per-address slot was taken under its FIRST request's X-Forwarded-For and kept
+    there: the first user was held to hold the connection (their own next connection refused 503 at
+    --max-connections-per-ip 1) while the user it now carries was not counted at all. Now it counts under the client
+    of its latest request, as the WebSocket side's upgrade (one request a connection) always did."""
+    door = FrontDoor(max_connections=10, max_per_address=1, trusted=TRUSTED)
+    async with raw_upstream(ok) as (up, heads), proxy_with(up, door) as (url, metrics, _, _sink):
+        front_r, front_w = await connect(url)
+        assert (await exchange(front_r, front_w, get("/a", "1.1.1.1"))).endswith(b"ok")
+        assert (await exchange(front_r, front_w, get("/b", "2.2.2.2"))).endswith(b"ok")  # now 2.2.2.2's
+        # 1.1.1.1 holds nothing now: its request on another connection is served
+        other_r, other_w = await connect(url)
+        assert (await exchange(other_r, other_w, get("/c", "1.1.1.1"))).endswith(b"ok")
+        # 2.2.2.2 holds the front connection: a second one of its own is at its limit
+        third_r, third_w = await connect(url)
+        answer = await exchange(third_r, third_w, get("/d", "2.2.2.2"))
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 5" in answer
+        # the front connection carrying 1.1.1.1's request again, which holds the other connection: refused (503),
+        # and that connection ends (as every refusal of the proxy's own), its slot given back
+        answer = await exchange(front_r, front_w, get("/e", "1.1.1.1"))
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        async with asyncio.timeout(10):
+            assert await front_r.read() == b""
+        assert refused(metrics, "per_address_limit") == 2
+        assert [h.split(b" ", 2)[1] for h in heads] == [b"/a", b"/b", b"/c"]
+        for w in (front_w, other_w, third_w):
+            w.close()
+        # every slot given back under the key it was held under at the end (none leaked, none freed twice)
+        async with asyncio.timeout(10):
+            while door.slots.open or door.moved:
+                await asyncio.sleep(0.02)  # wait-ok: poll interval of a condition wait bounded by the timeout
+        assert door.slots.by_key == {}
+        assert metrics.registry.get_sample_value("chatprobe_proxy_connections",
+                                                 {"target": "upstream", "source": "live"}) == 0
+
+
+async def test_an_untrusted_clients_x_forwarded_for_never_moves_its_connections_slot():
+    door = FrontDoor(max_connections=10, max_per_address=1, trusted=())
+    async with raw_upstream(ok) as (up, _), proxy_with(up, door) as (url, metrics, _, _sink):
+        reader, writer = await connect(url)
+        for n in range(3):  # a client claiming another address each request is its socket's peer still
+            assert (await exchange(reader, writer, get(f"/{n}", f"9.9.9.{n}"))).endswith(b"ok")
+        assert door.slots.by_key == {"127.0.0.1": 1}
+        writer.close()
+        assert refused(metrics, "per_address_limit") == 0
