@@ -373,12 +373,16 @@ class SSEProxy:
         """The client's next request, head and body (at most --max-size of body), within its deadlines: None when the
         client closed (or stayed idle) with no request begun. _Refused: a request the proxy answers itself."""
         loop = asyncio.get_running_loop()
-        heard = bool(pending)
         head: h11.Request | None = None
         body = bytearray()
         # The bytes of this request read so far, up to its head (h11 may hold some from the last read already): h11
         # takes a line ended by LF alone, which the head is checked for once it came (_check_lines).
         raw = bytearray(h.trailing_data[0]) + pending
+        # Begun already: what came behind the last request (pipelined in its read, or while its answer streamed),
+        # blank lines aside. A request begun in the last request's read was taken for none: garbage there closed the
+        # connection unanswered and uncounted, and a request cut short there (a slow-loris's next one) was given the
+        # 60 s of an idle connection, not the 10 s of a request begun, and then closed uncounted too.
+        heard = bool(raw.lstrip(b"\r\n"))
         # The last bytes given to h11 and the 4 before them: where a chunked body's end is checked (_check_end).
         last, before = bytes(raw), b""
         if pending:

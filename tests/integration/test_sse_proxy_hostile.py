@@ -111,3 +111,39 @@ async def test_an_untrusted_clients_x_forwarded_for_never_moves_its_connections_
         assert door.slots.by_key == {"127.0.0.1": 1}
         writer.close()
         assert refused(metrics, "per_address_limit") == 0
+
+
+# -- a hostile client --
+
+async def raw_exchange(url: str, data: bytes, *, timeout: float = 10) -> bytes:
+    """`data` sent in one write, and all the proxy answers until it closes."""
+    reader, writer = await connect(url)
+    try:
+        writer.write(data)
+        async with asyncio.timeout(timeout):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_a_request_begun_in_the_previous_requests_read_is_answered_and_counted_as_one_begun():
+    """Bytes pipelined in the same read as a request (h11's trailing data) were taken for no request begun: garbage
+    there closed the connection after the first answer with nothing said and nothing counted, and a next request cut
+    short there (a slow-loris) was held for the kept-alive connection's 60 s, not the 10 s a request begun has, and
+    then closed uncounted. Now they are what a request sent later is: 400, and 408 at the request deadline, counted."""
+    async with raw_upstream(ok) as (up, heads), proxy_with(up, request_timeout=0.5) as (url, metrics, _, _sink):
+        got = await raw_exchange(url, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n")
+        first, second = got.split(b"ok", 1)
+        assert first.startswith(b"HTTP/1.1 200 ") and second.startswith(b"HTTP/1.1 400 "), got
+        assert refused(metrics, "bad_request") == 1
+        # the next request cut short in the first one's read: 408 at the request deadline (0.5 s), not at 60 s
+        got = await raw_exchange(url, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n", timeout=5)
+        first, second = got.split(b"ok", 1)
+        assert first.startswith(b"HTTP/1.1 200 ") and second.startswith(b"HTTP/1.1 408 "), got
+        assert refused(metrics, "bad_request") == 2
+        # a blank line after a request is no request begun (h11 reads no request after it: the connection ends after
+        # the answer), not one the proxy answers 400 nor counts
+        got = await raw_exchange(url, b"GET /d HTTP/1.1\r\nHost: x\r\n\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"ok"), got
+        assert refused(metrics, "bad_request") == 2
+        assert [h.split(b" ", 2)[1] for h in heads] == [b"/a", b"/b", b"/d"]
