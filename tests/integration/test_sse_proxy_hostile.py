@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import ipaddress
 from collections.abc import AsyncIterator
 
@@ -16,7 +17,7 @@ from monitors.metrics import ChatMetrics, MetricsSink
 from monitors.proxy import LiveChats
 from monitors.sse_proxy import SSEProxy, start_sse_proxy
 
-from .test_sse_proxy import AGUI, raw_upstream, refused
+from .test_sse_proxy import AGUI, BODY, RUN, answer, chunked, raw_upstream, refused, sample, sse, until
 
 TRUSTED = (ipaddress.ip_network("127.0.0.1/32"),)
 
@@ -147,3 +148,110 @@ async def test_a_request_begun_in_the_previous_requests_read_is_answered_and_cou
         assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"ok"), got
         assert refused(metrics, "bad_request") == 2
         assert [h.split(b" ", 2)[1] for h in heads] == [b"/a", b"/b", b"/d"]
+
+
+async def test_expect_100_continue_a_head_request_and_a_get_with_a_chunked_body_each_get_a_sane_answer():
+    async def echo(reader, writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+
+    async with raw_upstream(echo) as (up, heads), proxy_with(up, max_size=1024) as (url, metrics, _, _sink):
+        reader, writer = await connect(url)
+        # the body comes once the proxy says 100 Continue, and is forwarded (with its length, without the Expect)
+        writer.write(b"POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        async with asyncio.timeout(10):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100 ")
+        assert (await exchange(reader, writer, b"hello")).endswith(b"\r\n\r\nhello")
+        # kept alive: a HEAD's answer has no body, and the next request is answered after it
+        got = await exchange(reader, writer, b"HEAD /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"\r\n\r\n")
+        # a GET with a chunked body: forwarded with its body and its length
+        got = await exchange(reader, writer, b"GET /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                             b"3\r\nabc\r\n0\r\n\r\n")
+        assert got.endswith(b"\r\n\r\nabc")
+        writer.close()
+        # a body over --max-size announced with Expect: 413 at once, never invited (no 100), never forwarded
+        got = await raw_exchange(url, b"POST /d HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4096"
+                                      b"\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 413 "), got
+        assert [h.split(b" ", 2)[1] for h in heads] == [b"/a", b"/b", b"/c"]
+        assert b"expect" not in heads[0].lower() and b"content-length: 5\r\n" in heads[0].lower()
+        assert b"transfer-encoding" not in heads[2].lower() and b"content-length: 3\r\n" in heads[2].lower()
+        assert refused(metrics, "bad_request") == 1  # the 413
+
+
+# -- a hostile upstream --
+
+OUTCOMES = ("passed", "failed", "incomplete", "error")
+CHAT = b"POST /agent HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(BODY), BODY)
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+
+
+def sent_as(head: bytes, body: bytes = b""):
+    async def handle(reader, writer, _head, _body):
+        writer.write(head + body)
+        await writer.drain()
+    return handle
+
+
+def dechunked(answer: bytes) -> bytes:
+    """The body of a chunked answer (head and all), as its client reads it."""
+    body, rest = b"", answer.split(b"\r\n\r\n", 1)[1]
+    while True:
+        size, rest = rest.split(b"\r\n", 1)
+        if not int(size, 16):
+            return body
+        body, rest = body + rest[:int(size, 16)], rest[int(size, 16) + 2:]
+
+
+def counts(metrics: ChatMetrics) -> tuple[dict[str, float], dict[str, float], float]:
+    """(chats by outcome, connection attempts by result, R12s)."""
+    return ({o: sample(metrics, "chatprobe_chats_total", outcome=o) for o in OUTCOMES if
+             sample(metrics, "chatprobe_chats_total", outcome=o)},
+            {r: sample(metrics, "chatprobe_connections_total", result=r) for r in ("ok", "protocol_error", "refused")
+             if sample(metrics, "chatprobe_connections_total", result=r)},
+            sample(metrics, "chatprobe_rule_violations_total", rule="R12"))
+
+
+async def test_sse_line_endings_and_encodings_each_read_as_a_browser_reads_them():
+    """LF, CRLF and CR alone end SSE lines (WHATWG), each in one-byte chunks (a CRLF cut between its CR and LF is one
+    line end, a CR alone at a chunk's end too), and gzip in two members (browsers unpack them in a row): the chat
+    passes, the client gets the upstream's bytes."""
+    events = b"".join(sse(*RUN))
+    cases = [[bytes([c]) for c in events.replace(b"\n", end)] for end in (b"\n", b"\r\n", b"\r")]
+    for pieces in cases:
+        async with raw_upstream(answer(pieces)) as (up, _), proxy_with(up) as (url, metrics, _, _sink):
+            got = await raw_exchange(url, CHAT)
+            assert dechunked(got) == b"".join(pieces)
+            await until(lambda: counts(metrics) == ({"passed": 1}, {"ok": 1}, 0))
+    packed = gzip.compress(events[:200]) + gzip.compress(events[200:])
+    head = STREAM_HEAD + b"Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+    async with raw_upstream(sent_as(head, chunked([packed[:30], packed[30:]]))) as (up, _), \
+            proxy_with(up) as (url, metrics, _, _sink):
+        got = await raw_exchange(url, CHAT)
+        assert b"Content-Encoding: gzip" in got and dechunked(got) == packed
+        await until(lambda: counts(metrics) == ({"passed": 1}, {"ok": 1}, 0))
+
+
+async def test_an_upstreams_odd_statuses_and_codings_get_the_client_a_sane_answer_and_are_counted():
+    """101 (no upgrade was asked), 304 and 204 to a chat's POST, 103 before the stream, a brotli stream (a coding the
+    proxy never offered and cannot check): each relayed or answered sanely, the chat's POST counted by what it got."""
+    cases = [
+        # (what the upstream sends, what the client's answer begins with, the counts then)
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nbytes",
+         b"HTTP/1.1 502 ", ({}, {"protocol_error": 1}, 0)),
+        (b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n", b"HTTP/1.1 304 ", ({}, {"protocol_error": 1}, 0)),
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello", b"HTTP/1.1 204 ",
+         ({}, {"protocol_error": 1}, 0)),
+        (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + STREAM_HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+         + chunked(sse(*RUN)), b"HTTP/1.1 200 ", ({"passed": 1}, {"ok": 1}, 0)),
+        (STREAM_HEAD + b"Content-Encoding: br\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked([b"\x0b\x02\x80?"]),
+         b"HTTP/1.1 200 ", ({}, {"protocol_error": 1}, 0)),
+    ]
+    for sent, begins, expected in cases:
+        async with raw_upstream(sent_as(sent)) as (up, _), proxy_with(up) as (url, metrics, _, _sink):
+            got = await raw_exchange(url, CHAT)
+            assert got.startswith(begins), (sent[:40], got[:200])
+            assert b"Early Hints" not in got and not got.endswith(b"\r\n\r\nhello"), got
+            await until(lambda: counts(metrics) == expected)  # noqa: B023
+            assert sample(metrics, "chatprobe_chats_in_flight") == 0
