@@ -96,11 +96,12 @@ CHAT_METHODS = (b"POST", b"PUT")
 class _Refused(Exception):
     """A request the proxy answers itself and then closes the connection: (status, the proxy's own words)."""
 
-    def __init__(self, status: HTTPStatus, why: str, counted: bool = True) -> None:
+    def __init__(self, status: HTTPStatus, why: str, counted: bool = True, extra: str = "") -> None:
         super().__init__(why)
         self.status = status
         self.why = why
         self.counted = counted  # a bad_request refusal (chatprobe_proxy_refused_connections_total)
+        self.extra = extra  # header lines of the answer's own (Retry-After)
 
 
 class _Socket:
@@ -121,6 +122,7 @@ class ClientSocket:
         self.transport = writer.transport
         self.upstream: _Socket | None = None
         self.key = "unknown"  # its limit key (client address), once admitted
+        self.admitted = False  # it holds a slot of the front door (from its first request's head on)
         self.reading = True  # waiting for (or reading) a request: closed at once when the proxy stops
         self.heard = False  # (while reading) a byte of the request came: the drain lets it come whole and be served
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -243,7 +245,6 @@ class SSEProxy:
         writer.transport.set_write_buffer_limits(WRITE_LIMIT)
         h = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         door.handshake_began(client, key)
-        admitted = False
         pending: bytes | None = b""
         try:
             # Draining, a request the client sent while its last answer streamed (pipelined) is still answered, as
@@ -251,7 +252,7 @@ class SSEProxy:
             while not self.stopping or pending or h.trailing_data[0]:
                 client.reading, client.heard = True, bool(pending or h.trailing_data[0])
                 try:
-                    request = await self._read_request(h, reader, writer, pending or b"", first=not admitted,
+                    request = await self._read_request(h, reader, writer, pending or b"", first=not client.admitted,
                                                        client=client)
                 except _Refused as refused:
                     await self._refused(reader, writer, refused)
@@ -261,22 +262,6 @@ class SSEProxy:
                 if request is None:
                     return
                 client.reading = False
-                # Whose request this is, per request: a trusted proxy in front (a load balancer keeping its
-                # connections to the proxy alive) carries one client's request and then another's on one connection,
-                # and each is that client's own (X-Forwarded-For), as the WebSocket side's upgrade is: the
-                # connection's slot moves to the client of its request (FrontDoor.rekey), and so does its share of
-                # the credentials pool. From an untrusted peer it is the peer's, whatever the request says.
-                who = limit_key(client_address(self._peer(writer), [v.decode("latin-1") for n, v in
-                                               request.head.headers if n == b"x-forwarded-for"], door.trusted))
-                if not admitted or who != client.key:
-                    over = (door.admit(client, who, self.live.sink) if not admitted
-                            else door.rekey(client, client.key, who, self.live.sink))
-                    if over is not None:
-                        await self._send_and_close(reader, writer, _answer(HTTPStatus.SERVICE_UNAVAILABLE, "too many "
-                                                   "connections, try again later\n", "Retry-After: 5\r\n"))
-                        return
-                    client.key = who
-                    admitted = True
                 try:
                     pending = await self._exchange(h, reader, writer, request, client)
                 except _Refused as refused:
@@ -324,7 +309,8 @@ class SSEProxy:
         """A request the proxy answers itself: counted (when it is a bad request), answered, the connection closed."""
         if refused.counted:
             self.refuse(self._peer(writer), refused.status)
-        await self._send_and_close(reader, writer, _answer(refused.status, refused.why + "\n") if refused.why else None)
+        await self._send_and_close(reader, writer, _answer(refused.status, refused.why + "\n", refused.extra)
+                                   if refused.why else None)
 
     def refuse(self, peer: str | None, status: HTTPStatus) -> None:
         """A request the proxy answered itself and did not pass on: counted (bad_request) and said, a line a minute."""
@@ -429,6 +415,8 @@ class SSEProxy:
                         head = event
                         _check_lines(raw)
                         self._check_head(event)
+                        if client is not None:
+                            self._admit(client, event, writer)
                     elif isinstance(event, h11.Data):
                         body += event.data
                         if len(body) > self.max_size:
@@ -449,6 +437,27 @@ class SSEProxy:
                 return None
             raise _Refused(HTTPStatus.REQUEST_TIMEOUT, f"the request did not come whole within "
                            f"{self.request_timeout:g}s") from None
+
+    def _admit(self, client: ClientSocket, request: h11.Request, writer: asyncio.StreamWriter) -> None:
+        """The front door's slot for this request's client, taken once its head came, before its body is read (or
+        invited: Expect: 100-continue), as nginx's limit_conn: _Refused (503, counted by the door) when its client
+        holds its --max-connections-per-ip already, or every connection is in use. Whose request it is, per request:
+        a trusted proxy in front (a load balancer keeping its connections to the proxy alive) carries one client's
+        request and then another's on one connection, and each is that client's own (X-Forwarded-For), as the
+        WebSocket side's upgrade is: the connection's slot moves to the client of its request (FrontDoor.rekey), and
+        so does its share of the credentials pool. From an untrusted peer it is the peer's, whatever a request says."""
+        door = self.door
+        assert door is not None
+        who = limit_key(client_address(self._peer(writer), [v.decode("latin-1") for n, v in request.headers
+                                                            if n == b"x-forwarded-for"], door.trusted))
+        if client.admitted and who == client.key:
+            return
+        over = (door.rekey(client, client.key, who, self.live.sink) if client.admitted
+                else door.admit(client, who, self.live.sink))
+        if over is not None:
+            raise _Refused(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections, try again later", counted=False,
+                           extra="Retry-After: 5\r\n")
+        client.key, client.admitted = who, True
 
     def _check_head(self, request: h11.Request) -> None:
         # (h11's own bound is on a head still incomplete: one that came whole in a read or two passed it)

@@ -255,3 +255,27 @@ async def test_an_upstreams_odd_statuses_and_codings_get_the_client_a_sane_answe
             assert b"Early Hints" not in got and not got.endswith(b"\r\n\r\nhello"), got
             await until(lambda: counts(metrics) == expected)  # noqa: B023
             assert sample(metrics, "chatprobe_chats_in_flight") == 0
+
+
+async def test_a_client_over_its_limit_is_refused_at_its_requests_head_never_invited_to_send_its_body():
+    """The per-address slot was taken once the request came whole: a client at its --max-connections-per-ip sending
+    `Expect: 100-continue` was told 100 Continue, sent its body (up to --max-size, held in memory), and only then got
+    its 503. Now the slot is taken at the head, as nginx's limit_conn: 503 at once, no 100, the body never read."""
+    release = asyncio.Event()
+
+    async def hold(reader, writer, head, body):
+        await answer(sse(RUN[0]), end=False)(reader, writer, head, body)
+        await release.wait()
+
+    door = FrontDoor(max_connections=10, max_per_address=1)
+    async with raw_upstream(hold) as (up, heads), proxy_with(up, door) as (url, metrics, _, _sink):
+        reader, writer = await connect(url)
+        writer.write(CHAT.replace(b"Connection: close\r\n", b""))
+        async with asyncio.timeout(10):
+            await reader.readuntil(b"RUN_STARTED")  # this address's one connection, streaming
+        got = await raw_exchange(url, b"POST /agent HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                                      b"Content-Length: 100000\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 5" in got and b" 100 " not in got, got
+        assert refused(metrics, "per_address_limit") == 1 and len(heads) == 1
+        release.set()
+        writer.close()
