@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gzip
 import ipaddress
+import tracemalloc
 from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry
@@ -279,3 +280,39 @@ async def test_a_client_over_its_limit_is_refused_at_its_requests_head_never_inv
         assert refused(metrics, "per_address_limit") == 1 and len(heads) == 1
         release.set()
         writer.close()
+
+
+async def test_a_very_long_sse_line_is_an_r12_relayed_whole_in_bounded_memory():
+    """One `data:` line of 16 MiB (no line end until its last byte, CR alone), then the rest of the run: the client
+    gets every byte, the proxy holds no more of it than --max-size (the line is an R12, the rest relayed unchecked),
+    and the chat is judged when the stream ends."""
+    piece = b"x" * (64 * 1024)
+
+    async def handle(reader, writer, _head, _body):
+        writer.write(STREAM_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + chunked(sse(RUN[0]), end=False))
+        writer.write(chunked([b"data: "], end=False))
+        for _ in range(256):
+            writer.write(chunked([piece], end=False))
+            await writer.drain()
+        writer.write(chunked([b"\r\r", *sse(*RUN[1:])]))
+        await writer.drain()
+
+    async with raw_upstream(handle) as (up, _), proxy_with(up, max_size=64 * 1024) as (url, metrics, _, _sink):
+        tracemalloc.start()
+        try:
+            reader, writer = await connect(url)
+            writer.write(CHAT)
+            got = 0
+            tail = b""
+            async with asyncio.timeout(30):
+                while data := await reader.read(256 * 1024):
+                    got += len(data)
+                    tail = (tail + data)[-200:]
+            writer.close()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert got > 256 * len(piece) and b"RUN_FINISHED" in tail and tail.endswith(b"0\r\n\r\n")
+        assert peak < 8 * 1024 * 1024, peak
+        await until(lambda: counts(metrics) == ({"incomplete": 1}, {"ok": 1}, 1))
+        assert sample(metrics, "chatprobe_chats_in_flight") == 0
