@@ -1073,15 +1073,15 @@ def check_files(paths: Iterable[str | Path], profile: Profile, scenario: Scenari
     return runs
 
 
-def check_recording(path: str | Path, profile: str | Profile = "netra", scenario: str | Scenario | None = None,
-                    fmt: str | None = None) -> ScenarioRun:
-    """One recording judged, the profile and the scenario given by name or file (the pytest plugin's helper, for
-    browser tests that already save HAR files): `assert_passed(check_recording("run.har"))`."""
+def check_recording(path: str | Path, profile: str | Profile = "netra",
+                    scenario: str | os.PathLike[str] | Scenario | None = None, fmt: str | None = None) -> ScenarioRun:
+    """One recording judged, the profile and the scenario given by name or file (a str or a Path: the pytest plugin's
+    helper, for browser tests that already save HAR files): `assert_passed(check_recording("run.har"))`."""
     from .profiles import load_profile
     from .scenario import load_scenario
 
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
-    sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
+    sc = load_scenario(os.fspath(scenario)) if isinstance(scenario, (str, os.PathLike)) else scenario
     if fmt is not None and fmt not in FORMATS:
         raise RecordingError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if not (Path(path).is_file() or Path(path).is_dir()):

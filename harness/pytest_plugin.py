@@ -199,14 +199,24 @@ class ChatProbe:
         exp = expectations_for(self.target.profile, expect, required=required, expect_error=expect_error)
         return self.session.chat(message, exp, options)
 
-    def check_recording(self, path: str | Path, scenario: str | Scenario | None = None,
+    def check_recording(self, path: str | Path, scenario: str | Path | Scenario | None = None,
                         fmt: str | None = None) -> ScenarioRun:
         """Judge a recording offline with this target's profile (a HAR your browser test saved, `--record`'s JSON
-        Lines, an SSE body) and fail the test with the reasons unless every objective is met."""
+        Lines, an SSE body) and fail the test with the reasons unless every objective is met. A scenario file or a
+        recording that cannot be read (ConfigError, RecordingError: its file, line and field) is raised at the test's
+        own line, without chatprobe's frames under it."""
         __tracebackhide__ = True
         from .offline import assert_passed, check_recording
 
-        return assert_passed(check_recording(path, self.target.profile, scenario, fmt))
+        try:
+            run = check_recording(path, self.target.profile, scenario, fmt)
+        except ConfigError as exc:
+            refused = exc
+        else:
+            return assert_passed(run)
+        # Raised here, outside the handler (this frame hidden, the chain cut): the traceback pytest shows is the test's
+        # line and the one message, where it was every loader frame down to the one that raised.
+        raise refused.with_traceback(None) from None
 
     def check(self, result: ChatResult) -> ChatResult:
         """Fail the test with the chat's violations, one per line, unless it passed."""

@@ -437,3 +437,41 @@ def test_a_conftest_points_the_fixture_at_the_server_it_starts_with_chatprobe_ur
                                         "--chatprobe-header", "X-Team: blue", *own, timeout=60)
     res.assert_outcomes(passed=1)
     assert token not in res.stdout.str()
+
+
+def test_a_malformed_scenario_or_recording_given_to_check_recording_is_one_message_at_the_tests_line(pytester,
+                                                                                                     monkeypatch):
+    """A team's browser test judges the HAR it saved against a scenario file of its own. FAILED on the old code: a
+    scenario file with a misspelt field, or a file that is no recording, failed the test with a traceback through
+    chatprobe's loaders (offline.py, scenario.py, yamlfile.py, recordings.py) down to the frame that raised, the
+    message at the very end; and a scenario given as a Path (pytest's tmp_path / "x.yaml") ended in AttributeError:
+    'PosixPath' object has no attribute 'model_copy'. Now the message, naming the file, line and field, is raised
+    at the test's own line, and a Path is read as its str is."""
+    pytester.makefile(".yaml", checkout="name: checkout\nusers: 1\nmessage: hi\nexpect:\n  streamng: true\n")
+    pytester.makefile(".har", session='{"log": {"version": "1.2", "entries": []}}')
+    pytester.makefile(".txt", notes="these are my notes\n")
+    pytester.makepyfile(test_rec="""
+        from pathlib import Path
+
+        def test_str_scenario(chatprobe):
+            chatprobe.check(chatprobe.chat("What is 6 * 7?", deadline=10))
+            chatprobe.check_recording("session.har", "checkout.yaml")
+
+        def test_path_scenario(chatprobe):
+            chatprobe.check_recording("session.har", Path("checkout.yaml"))
+
+        def test_not_a_recording(chatprobe):
+            chatprobe.check_recording("notes.txt")
+        """)
+    monkeypatch.setenv("COLUMNS", "400")  # the short summary's lines whole
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", timeout=60)
+    res.assert_outcomes(failed=3)
+    out = res.stdout.str()
+    for test in ("test_str_scenario", "test_path_scenario"):
+        res.stdout.fnmatch_lines([f"FAILED test_rec.py::{test} - harness.errors.ConfigError: checkout.yaml:5: field "
+                                  "'expect.streamng': *"])
+    res.stdout.fnmatch_lines(["FAILED test_rec.py::test_not_a_recording - harness.recordings.RecordingError: "
+                              "notes.txt:1: *"])
+    for module in ("offline.py", "scenario.py", "yamlfile.py", "recordings.py", "pytest_plugin.py"):
+        assert module not in out, out  # the traceback ends at the test's own line
+    assert "AttributeError" not in out and "During handling" not in out, out
