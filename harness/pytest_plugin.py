@@ -118,8 +118,9 @@ class _ConnectionViolations(Sink):
             self.listed.append(violation)
 
 
-# The chats of a test that did not pass kept to be shown beside its failure.
+# The chats of a test that did not pass kept to be shown beside its failure, in a section of this title.
 MAX_CHATS_KEPT = 20
+CHATS_NOT_PASSED = "chatprobe: chats that did not pass"
 
 
 def verdict(result: ChatResult, label: str = "chat") -> str:
@@ -417,7 +418,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     probe = getattr(item, "funcargs", {}).get("chatprobe")
     if isinstance(probe, ChatProbe) and isinstance(report, pytest.TestReport) and report.failed \
             and call.when == "call" and (told := probe.failed_chats()) is not None:
-        report.sections.append(("chatprobe: chats that did not pass", told))
+        # A section of the failure itself (its traceback's, where pytest has one): part of what --junitxml writes as
+        # the failure's text and shown whatever --show-capture says. A report section (report.sections) was neither:
+        # JUnit XML keeps only the captured output's, and --show-capture=no (or =stdout, =log) left it out.
+        if (addsection := getattr(report.longrepr, "addsection", None)) is not None:
+            addsection(CHATS_NOT_PASSED, told)
+        else:  # (a failure without a traceback, pytest.fail(..., pytrace=False): its text is the test's own)
+            report.sections.append((CHATS_NOT_PASSED, told))
     if "chatprobe" in getattr(item, "fixturenames", ()) and isinstance(report, pytest.TestReport):
         report.longrepr = _scrubbed(report.longrepr)
         report.sections = [(title, redact.scrub(text)) for title, text in report.sections]

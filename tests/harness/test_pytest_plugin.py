@@ -5,6 +5,7 @@ import asyncio
 import json
 import textwrap
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -475,3 +476,32 @@ def test_a_malformed_scenario_or_recording_given_to_check_recording_is_one_messa
     for module in ("offline.py", "scenario.py", "yamlfile.py", "recordings.py", "pytest_plugin.py"):
         assert module not in out, out  # the traceback ends at the test's own line
     assert "AttributeError" not in out and "During handling" not in out, out
+
+
+def test_the_chats_that_did_not_pass_are_in_the_junit_xml_failure_and_shown_whatever_show_capture_says(pytester,
+                                                                                                     tmp_path):
+    """A team's CI reads the JUnit XML; its tests assert on `.passed`, parametrized over messages, on two xdist
+    workers, with `--show-capture=no` (their own captured output is noise in CI). FAILED on the old code: the verdicts
+    of the chats that did not pass were a report section of their own, which pytest's --junitxml never writes (it
+    keeps only the captured output's sections) and --show-capture=no left off the terminal: the XML's failure said
+    `assert False` and the ChatResult's repr cut short before its violations, no rule named. Now they are a section
+    of the failure itself, in the XML's failure text and on the terminal alike."""
+    pytester.makepyfile(test_ci="""
+        import pytest
+
+        @pytest.mark.parametrize("message", ["What is 6 * 7?", "Compute 1 + 1. #fail-agent"])
+        def test_asserted(chatprobe, message):
+            print("the team's own", "output")
+            assert chatprobe.chat(message, deadline=10).passed
+        """)
+    junit = tmp_path / "junit.xml"
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--show-capture=no",
+                                        f"--junitxml={junit}", timeout=90)
+    res.assert_outcomes(passed=1, failed=1)
+    res.stdout.fnmatch_lines(["*- chatprobe: chats that did not pass -*", "chat #1 of this test failed: R13 *",
+                              "  R13 error handling: *#fail-agent*"])
+    assert "the team's own output" not in res.stdout.str()  # --show-capture=no holds for the team's output
+    failures = ElementTree.parse(junit).getroot().findall(".//testcase/failure")
+    assert len(failures) == 1, ElementTree.tostring(ElementTree.parse(junit).getroot(), encoding="unicode")
+    text = failures[0].text or ""
+    assert "chat #1 of this test failed: R13 error handling" in text and "#fail-agent" in text, text
