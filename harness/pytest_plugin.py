@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import secrets
 import sys
 import threading
@@ -118,6 +119,9 @@ class _ConnectionViolations(Sink):
             self.listed.append(violation)
 
 
+# The name of the thread each fixture's client runs on (its event loop's).
+CLIENT_THREAD = "chatprobe-client"
+
 # The chats of a test that did not pass kept to be shown beside its failure, in a section of this title.
 MAX_CHATS_KEPT = 20
 CHATS_NOT_PASSED = "chatprobe: chats that did not pass"
@@ -147,7 +151,7 @@ class ChatProbe:
         self.target = target
         self.timeout = timeout
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="chatprobe-client", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name=CLIENT_THREAD, daemon=True)
         self._thread.start()
         self._own = _ConnectionViolations()
         self._closed = False
@@ -363,6 +367,29 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     return result
 
 
+class _ScrubbedOwnRequests(logging.Filter):
+    """httpx logs each request at INFO with its whole URL ("HTTP Request: POST http://…/agent?api_key=… "HTTP/1.1 200
+    OK""), a query's credential included: in a team's pytest run at log level INFO, pytest's live log (log_cli), its
+    --log-file and any handler of the team's own showed it as it was (only the report sections this plugin scrubs had
+    it redacted). The records the fixture's own client makes (on its thread) are scrubbed as its reports are; the
+    team's own requests, on its own threads, are left as they are. One record a request, never one an event."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.threadName == CLIENT_THREAD:
+            try:
+                said = record.getMessage()
+            except Exception:  # (a record no handler could write either: not written, never written raw)
+                return False
+            record.msg, record.args = redact.scrub(said), None
+        return True
+
+
+_SCRUBBED_OWN_REQUESTS = _ScrubbedOwnRequests()
+# The loggers of the HTTP client chatprobe's SSE transport uses (httpcore's DEBUG lines name no URL, filtered all the
+# same).
+_HTTP_LOGGERS = ("httpx", "httpcore")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Options given on the command line are checked at start-up, not at the first test that asks for the fixture
     (there a UsageError is that test's setup error, a traceback and exit 1). Not when a conftest loaded by now
@@ -370,9 +397,16 @@ def pytest_configure(config: pytest.Config) -> None:
     --chatprobe-target the options were checked against the embedded agentsim, which refused a profile of the team's
     own dialect, or a subprotocol with AG-UI's SSE address); the fixture checks them against that URL, and a mistake
     fails each test that asks for it with one line."""
+    for name in _HTTP_LOGGERS:
+        logging.getLogger(name).addFilter(_SCRUBBED_OWN_REQUESTS)  # (once: a filter added again is not added)
     if any(config.getoption(name) not in (None, default) for name, default in _DEFAULTS.items()) and \
             not _url_overridden(config):
         _target_options(config, at_start=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for name in _HTTP_LOGGERS:
+        logging.getLogger(name).removeFilter(_SCRUBBED_OWN_REQUESTS)
 
 
 def _url_overridden(config: pytest.Config) -> bool:
