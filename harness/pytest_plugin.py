@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from pydantic import Field, ValidationError
 
 from . import redact
 from .checker import ChatResult, ExpectError
@@ -28,7 +29,7 @@ from .durations import seconds_given
 from .errors import closest, hidden_package
 from .events import RULES, Outcome, Role, Violation
 from .flow import DEFAULTS, ChatOptions, Conversation
-from .scenario import Expect, Scenario, expectations_for
+from .scenario import Expect, Int, Scenario, Strict, expectations_for
 from .sinks import Sink
 from .targets import (
     EMBEDDED_DIALECTS,
@@ -142,6 +143,32 @@ def verdict(result: ChatResult, label: str = "chat") -> str:
     return "\n".join(lines)
 
 
+class _ChatGiven(Strict):
+    """The arguments of chat() that Expect does not hold, with a scenario step's constraints (ChatStep)."""
+
+    expect_error: ExpectError = None
+    disconnect_after: Int | None = Field(default=None, ge=1, le=1_000_000)
+    abandon_after: Int | None = Field(default=None, ge=0, le=1_000_000)
+    max_reconnects: Int = Field(default=3, ge=0, le=1_000_000)
+
+
+# Where each of chat()'s checked values comes from, as the test wrote it.
+_GIVEN_AS = {"disconnect_after": "options.disconnect_after", "abandon_after": "options.abandon_after",
+             "max_reconnects": "options.max_reconnects", "settle": "options.settle"}
+
+
+def _refusal(exc: ValidationError) -> str:
+    """chat()'s arguments that pydantic refused, one clause each, in the words a test reads: the argument as written
+    (`required[1]`, `options.disconnect_after`), the value given and why (no pydantic URL or model name)."""
+    clauses = []
+    for err in exc.errors(include_url=False):
+        name, *rest = [str(part) for part in err["loc"]] or ["?"]
+        where = _GIVEN_AS.get(name, name) + "".join(f"[{part}]" for part in rest)
+        why = err["msg"].removeprefix("Value error, ")
+        clauses.append(f"{where}={redact.clean(repr(err.get('input')), 80)}: {why}")
+    return "chatprobe.chat(): " + "; ".join(clauses)
+
+
 class ChatProbe:
     """A connected chat client for tests: `chat()` sends one message and returns its verdict. Closed when the test
     function returns: what its connection said after the last chat (another user's event, a malformed frame) then
@@ -171,9 +198,10 @@ class ChatProbe:
         further turn of the conversation, on the thread of this client's previous chat (a scenario step's
         `thread: continue`: AG-UI's request carries the turns so far). Blocks the calling thread: in an async test
         whose server runs on the test's own event loop, `await chatprobe.achat(...)`."""
-        played = self._play(message, required, streaming, expect_error, first_event_limit, deadline, stall_limit,
-                            options, follow_up)
-        return self._judged(self._call(played, deadline + 15))
+        __tracebackhide__ = True
+        played, seconds = self._play(message, required, streaming, expect_error, first_event_limit, deadline,
+                                     stall_limit, options, follow_up)
+        return self._judged(self._call(played, seconds + 15))
 
     async def achat(self, message: str, *, required: list[Role] | None = None, streaming: bool = False,
                     expect_error: ExpectError = None, first_event_limit: float = 2.0, deadline: float = 60.0,
@@ -181,28 +209,43 @@ class ChatProbe:
         """`chat()` for an async test: the verdict awaited, the test's event loop free meanwhile (a server that a
         fixture runs on that loop goes on answering; `chat()` there held the loop, and the server with it, until the
         connection timed out). Cancelled, it cancels the chat."""
-        played = self._play(message, required, streaming, expect_error, first_event_limit, deadline, stall_limit,
-                            options, follow_up)
+        __tracebackhide__ = True
+        played, seconds = self._play(message, required, streaming, expect_error, first_event_limit, deadline,
+                                     stall_limit, options, follow_up)
         running = asyncio.run_coroutine_threadsafe(played, self._loop)
         try:
-            return self._judged(await asyncio.wait_for(asyncio.wrap_future(running), deadline + 15))
+            return self._judged(await asyncio.wait_for(asyncio.wrap_future(running), seconds + 15))
         finally:
             running.cancel()  # (done already, but when this wait was cancelled or timed out)
 
     def _play(self, message: str, required: list[Role] | None, streaming: bool, expect_error: ExpectError,
               first_event_limit: float, deadline: float, stall_limit: float, options: ChatOptions,
-              follow_up: bool) -> Coroutine[Any, Any, ChatResult]:
-        """The chat as a coroutine for the client's loop, its expectations checked here, in the caller's thread."""
+              follow_up: bool) -> tuple[Coroutine[Any, Any, ChatResult], float]:
+        """The chat as a coroutine for the client's loop and its deadline in seconds, its arguments checked here, in
+        the caller's thread: a mistake is a ValueError naming the argument (the constraints a scenario step has), at
+        the test's own line."""
+        __tracebackhide__ = True
         if self._closed:
             raise RuntimeError("chatprobe: the client is closed (the test returned)")
         if follow_up and self.conversation.thread_id is None:
             raise ValueError("chat(follow_up=True) goes on with an earlier chat's thread: send one first")
-        options = dataclasses.replace(options, conversation=self.conversation, continues=follow_up)
-        # The limit is seconds a program holds, not a person's bare `500` (which a scenario refuses): with its unit.
-        expect = Expect(required=required, streaming=streaming, first_event_limit=seconds_given(first_event_limit),
-                        deadline=deadline, stall_limit=stall_limit, settle=options.settle)
-        exp = expectations_for(self.target.profile, expect, required=required, expect_error=expect_error)
-        return self.session.chat(message, exp, options)
+        if not isinstance(options, ChatOptions):
+            raise TypeError(f"chatprobe.chat(options=...): a harness.flow.ChatOptions, not {type(options).__name__}")
+        try:
+            # The limit is seconds a program holds, not a person's bare `500` (which a scenario refuses): with its
+            # unit.
+            expect = Expect(required=required, streaming=streaming, first_event_limit=seconds_given(first_event_limit),
+                            deadline=deadline, stall_limit=stall_limit, settle=options.settle)
+            _ChatGiven(expect_error=expect_error, disconnect_after=options.disconnect_after,
+                       abandon_after=options.abandon_after, max_reconnects=options.max_reconnects)
+        except ValidationError as exc:
+            refused = ValueError(_refusal(exc))
+        else:
+            options = dataclasses.replace(options, conversation=self.conversation, continues=follow_up,
+                                          settle=expect.settle)
+            exp = expectations_for(self.target.profile, expect, required=expect.required, expect_error=expect_error)
+            return self.session.chat(message, exp, options), expect.deadline
+        raise refused  # (outside the handler: no "during handling" of pydantic's error under it)
 
     def check_recording(self, path: str | Path, scenario: str | Path | Scenario | None = None,
                         fmt: str | None = None) -> ScenarioRun:

@@ -541,3 +541,46 @@ def test_a_credential_in_the_targets_query_is_in_no_live_log_or_log_file_line(py
     for text in (out, logged):
         assert "the team's own line" in text and "HTTP Request: POST" in text, text  # the lines are there
         assert key not in text and "api_key=[REDACTED]" in text, text
+
+
+def test_a_mistaken_chat_argument_is_one_value_error_naming_it_at_the_tests_line(pytester, monkeypatch):
+    """A team's tests pass chat() what a scenario step takes, some of it mistaken. FAILED on the old code: a role
+    misspelt, a deadline of 0, a negative limit were pydantic's ValidationError ("1 validation error for Expect", its
+    URL) under the plugin's frames; `options=ChatOptions(disconnect_after="2")` a TypeError from deep in the chat's
+    flow on the client's thread; `deadline="5s"` (a duration a scenario takes) a TypeError that left the chat's
+    coroutine never awaited (a RuntimeWarning, an error under -W error); and `expect_error="Fatal"` was taken, the
+    chat then passing with any error. Now each is a ValueError at the test's line naming the argument, the value and
+    why; "5s" is five seconds, and the client goes on chatting."""
+    pytester.makepyfile(test_args="""
+        import pytest
+        from harness.flow import ChatOptions
+
+        @pytest.mark.parametrize("kwargs", [
+            {"required": ["agent_started", "agent_finished"]},
+            {"deadline": 0},
+            {"first_event_limit": -1},
+            {"expect_error": "Fatal"},
+            {"options": ChatOptions(disconnect_after="2")},
+        ], ids=["role", "deadline", "limit", "expect_error", "options"])
+        def test_mistaken(chatprobe, kwargs):
+            chatprobe.chat("What is 6 * 7?", **kwargs)
+
+        def test_then_chats(chatprobe):
+            with pytest.raises(ValueError):
+                chatprobe.chat("What is 6 * 7?", deadline=0)
+            chatprobe.check(chatprobe.chat("What is 6 * 7?", deadline="5s", options=ChatOptions(settle="50ms")))
+        """)
+    monkeypatch.setenv("COLUMNS", "400")  # the short summary's lines whole
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "-W", "error::RuntimeWarning", timeout=60)
+    res.assert_outcomes(failed=5, passed=1)
+    said = {"role": "required[1]='agent_finished': Input should be 'agent_started', *",
+            "deadline": "deadline=0: must be more than 0 *",
+            "limit": "first_event_limit=-1: a duration cannot be negative",
+            "expect_error": "expect_error='Fatal': Input should be 'recoverable', 'fatal' or 'invalid_input'",
+            "options": "options.disconnect_after='2': Input should be a valid integer"}
+    for test, why in said.items():
+        line = f"FAILED test_args.py::test_mistaken[{test}] - ValueError: chatprobe.chat(): {why}"
+        res.stdout.fnmatch_lines([line.replace("[", "[[]")])  # (a [ of fnmatch's own is a character class)
+    out = res.stdout.str() + res.stderr.str()
+    for noise in ("pytest_plugin.py", "flow.py", "pydantic", "validation error for", "never awaited"):
+        assert noise not in out, out
