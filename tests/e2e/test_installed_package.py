@@ -20,6 +20,7 @@ import textwrap
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
 import httpx
 import jsonschema
@@ -205,6 +206,10 @@ def test_a_failing_chat(chatprobe):
     chatprobe.check(chatprobe.chat("Refund order 42 #fail-agent"))
 
 
+def test_an_asserted_chat(chatprobe):
+    assert chatprobe.chat("What is 6 * 7? #fail-agent").passed
+
+
 @pytest.mark.asyncio
 async def test_async_chat(chatprobe):
     chatprobe.check(await chatprobe.achat("What is 6 * 7?"))
@@ -215,7 +220,8 @@ async def test_async_chat(chatprobe):
 def test_the_pytest_plugin_in_a_teams_own_project(installed, tmp_path, asyncio_mode, workers):
     """The team's test files, their own pytest run (the plugin from the wheel's pytest11 entry point, no -p), on
     pytest-xdist workers and without, pytest-asyncio strict and auto: a failing chat fails its test with the chat's
-    rules on the line pytest's summary shows."""
+    rules on the line pytest's summary shows, and one asserted on (`.passed`) lists the chat's rules in its failure, in
+    the JUnit XML's failure text too (a section of the failure, through xdist's workers)."""
     project = tmp_path / "team"
     project.mkdir()
     (project / "test_team.py").write_text(TEAM_TESTS)
@@ -224,13 +230,17 @@ def test_the_pytest_plugin_in_a_teams_own_project(installed, tmp_path, asyncio_m
         asyncio_mode = "{asyncio_mode}"
         asyncio_default_fixture_loop_scope = "function"
     """))
-    res = installed.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-n", workers, cwd=project,
-                        timeout=120, COLUMNS="200")
+    res = installed.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-n", workers,
+                        "--junitxml=junit.xml", cwd=project, timeout=120, COLUMNS="200")
     out = res.stdout + res.stderr
     assert res.returncode == 1, out
     failed = r"^FAILED test_team\.py::test_a_failing_chat - AssertionError: chat failed: R13 error handling$"
     assert re.search(failed, out, re.M), out
-    assert re.search(r"\b2 passed\b", out) and re.search(r"\b1 failed\b", out), out
+    assert re.search(r"\b2 passed\b", out) and re.search(r"\b2 failed\b", out), out
+    failures = {case.get("name"): case.find("failure") for case in ElementTree.parse(project / "junit.xml").iter("testcase")}
+    for name in ("test_a_failing_chat", "test_an_asserted_chat"):
+        text = failures[name].text if failures.get(name) is not None else None
+        assert text is not None and "failed: R13 error handling" in text and "#fail-agent" in text, (name, text)
 
 
 def test_a_teams_own_locustfile_imports_the_chat_user(installed, tmp_path):

@@ -480,12 +480,13 @@ def test_a_malformed_scenario_or_recording_given_to_check_recording_is_one_messa
 
 def test_the_chats_that_did_not_pass_are_in_the_junit_xml_failure_and_shown_whatever_show_capture_says(pytester,
                                                                                                      tmp_path):
-    """A team's CI reads the JUnit XML; its tests assert on `.passed`, parametrized over messages, on two xdist
-    workers, with `--show-capture=no` (their own captured output is noise in CI). FAILED on the old code: the verdicts
+    """A team's CI reads the JUnit XML; its tests assert on `.passed`, parametrized over messages, with
+    `--show-capture=no` (their own captured output is noise in CI). FAILED on the old code: the verdicts
     of the chats that did not pass were a report section of their own, which pytest's --junitxml never writes (it
     keeps only the captured output's sections) and --show-capture=no left off the terminal: the XML's failure said
     `assert False` and the ChatResult's repr cut short before its violations, no rule named. Now they are a section
-    of the failure itself, in the XML's failure text and on the terminal alike."""
+    of the failure itself, in the XML's failure text and on the terminal alike (through xdist's workers too:
+    test_installed_package.py's team project)."""
     pytester.makepyfile(test_ci="""
         import pytest
 
@@ -495,7 +496,7 @@ def test_the_chats_that_did_not_pass_are_in_the_junit_xml_failure_and_shown_what
             assert chatprobe.chat(message, deadline=10).passed
         """)
     junit = tmp_path / "junit.xml"
-    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--show-capture=no",
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--show-capture=no",
                                         f"--junitxml={junit}", timeout=90)
     res.assert_outcomes(passed=1, failed=1)
     res.stdout.fnmatch_lines(["*- chatprobe: chats that did not pass -*", "chat #1 of this test failed: R13 *",
