@@ -29,6 +29,7 @@ from .durations import seconds_given
 from .errors import closest, hidden_package
 from .events import RULES, Outcome, Role, Violation
 from .flow import DEFAULTS, ChatOptions, Conversation
+from .results import UNREACHABLE_KINDS
 from .scenario import Expect, Int, Scenario, Strict, expectations_for
 from .sinks import Sink
 from .targets import (
@@ -128,14 +129,17 @@ MAX_CHATS_KEPT = 20
 CHATS_NOT_PASSED = "chatprobe: chats that did not pass"
 
 
-def verdict(result: ChatResult, label: str = "chat") -> str:
+def verdict(result: ChatResult, label: str = "chat", url: str | None = None) -> str:
     """A chat that did not pass, for a person: its outcome and why on the first line (what pytest's short summary
     shows), then its violations one per line; scrubbed, as every report shows what a server wrote (a server's "invalid
-    token" answer may quote the client's token back)."""
+    token" answer may quote the client's token back). A chat that could not reach the server (refused, timed out,
+    TLS) names the address it tried, `url` (without its credentials)."""
     why = result.note or result.error
     rules = dict.fromkeys(f"{v.rule.value} {RULES.get(v.rule.value, '')}".strip() for v in result.violations)
     rules.update(dict.fromkeys(f"{rule} {RULES.get(rule, '')}".strip() for rule in result.violations_not_listed))
     head = f"{label} {result.outcome.value}: " + (redact.clean(why, 1000) if why else ", ".join(rules) or "no reason given")
+    if url is not None and result.error_kind in UNREACHABLE_KINDS:
+        head += f", at {redact.clean(redact.redact_url(url), 300)}"  # (last: a scrubbed value ends the line)
     lines = [head] + [f"  {redact.clean(v, 1000)}" for v in result.violations]
     if result.violations_not_listed:
         more = ", ".join(f"{rule}: {n}" for rule, n in result.violations_not_listed.items())
@@ -271,7 +275,7 @@ class ChatProbe:
         __tracebackhide__ = True  # pytest's traceback ends at the test's own line, not in here
         if result.outcome is not Outcome.PASSED:
             self._told.add(id(result))  # its verdict is the failure's own message: not said again beside it
-            raise AssertionError(verdict(result))
+            raise AssertionError(verdict(result, url=self.target.url))
         return result
 
     def _judged(self, result: ChatResult) -> ChatResult:
@@ -289,7 +293,7 @@ class ChatProbe:
         untold = [(n, r) for n, r in self._failed if id(r) not in self._told]
         if not untold:
             return None
-        return "\n".join(verdict(r, f"chat #{n + 1} of this test") for n, r in untold)
+        return "\n".join(verdict(r, f"chat #{n + 1} of this test", self.target.url) for n, r in untold)
 
     @property
     def connection_violations(self) -> list[Violation]:

@@ -118,6 +118,8 @@ def classify_http(exc: BaseException) -> tuple[str, str]:
     while cause is not None:  # httpx wraps the socket's own error
         if isinstance(cause, ssl.SSLError):
             return "tls_error", tls_reason(cause)
+        if isinstance(cause, ConnectionRefusedError):  # (anyio's "All connection attempts failed" from it)
+            return "refused", "connection refused"
         cause = cause.__cause__ or cause.__context__
     if isinstance(exc, httpx.ConnectError):
         return "refused", "connection refused" if "refused" in str(exc).lower() else f"network error: {str(exc)[:80]}"

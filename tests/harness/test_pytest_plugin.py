@@ -585,3 +585,31 @@ def test_a_mistaken_chat_argument_is_one_value_error_naming_it_at_the_tests_line
     out = res.stdout.str() + res.stderr.str()
     for noise in ("pytest_plugin.py", "flow.py", "pydantic", "validation error for", "never awaited"):
         assert noise not in out, out
+
+
+def test_a_server_that_is_not_running_fails_each_test_at_once_saying_refused_and_where(pytester, refused_port,
+                                                                                     monkeypatch):
+    """The team's AG-UI server is not up (a port where every connection is refused; its key in the URL's query).
+    FAILED on the old code: the failure said "chat error: network error: All connection attempts failed" (httpx's
+    words for a refused connection, where a WebSocket target says "connection refused") and no address, so a team
+    whose conftest or addopts picks the server could not tell which one was down. Now it says refused and where,
+    without the key, for a check() and beside an assert on `.passed` alike, within seconds."""
+    key = "team-Api-K3y-that-stays-home-9e4b7a"
+    url = f"http://127.0.0.1:{refused_port()}/agent?api_key={key}"
+    pytester.makepyfile(test_down="""
+        def test_checked(chatprobe):
+            chatprobe.check(chatprobe.chat("What is 6 * 7?", deadline=10))
+
+        def test_asserted(chatprobe):
+            assert chatprobe.chat("What is 6 * 7?", deadline=10).passed
+        """)
+    monkeypatch.setenv("COLUMNS", "400")  # the short summary's lines whole
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "--chatprobe-target", url,
+                                        "--chatprobe-profile", "ag-ui", "--chatprobe-auth", "none", timeout=60)
+    res.assert_outcomes(failed=2)
+    shown = url.replace(key, "[REDACTED]").replace("[", "[[]")  # (a [ of fnmatch's own is a character class)
+    res.stdout.fnmatch_lines([f"FAILED test_down.py::test_checked - AssertionError: chat error: connection refused, "
+                              f"at {shown}"])
+    res.stdout.fnmatch_lines([f"chat #1 of this test error: connection refused, at {shown}"])
+    out = res.stdout.str()
+    assert key not in out and "All connection attempts failed" not in out, out
