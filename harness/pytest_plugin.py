@@ -161,7 +161,7 @@ _GIVEN_AS = {"disconnect_after": "options.disconnect_after", "abandon_after": "o
              "max_reconnects": "options.max_reconnects", "settle": "options.settle"}
 
 
-def _refusal(exc: ValidationError) -> str:
+def _refusal(exc: ValidationError, called: str) -> str:
     """chat()'s arguments that pydantic refused, one clause each, in the words a test reads: the argument as written
     (`required[1]`, `options.disconnect_after`), the value given and why (no pydantic URL or model name)."""
     clauses = []
@@ -170,7 +170,7 @@ def _refusal(exc: ValidationError) -> str:
         where = _GIVEN_AS.get(name, name) + "".join(f"[{part}]" for part in rest)
         why = err["msg"].removeprefix("Value error, ")
         clauses.append(f"{where}={redact.clean(repr(err.get('input')), 80)}: {why}")
-    return "chatprobe.chat(): " + "; ".join(clauses)
+    return f"chatprobe.{called}(): " + "; ".join(clauses)
 
 
 class ChatProbe:
@@ -204,7 +204,7 @@ class ChatProbe:
         whose server runs on the test's own event loop, `await chatprobe.achat(...)`."""
         __tracebackhide__ = True
         played, seconds = self._play(message, required, streaming, expect_error, first_event_limit, deadline,
-                                     stall_limit, options, follow_up)
+                                     stall_limit, options, follow_up, "chat")
         return self._judged(self._call(played, seconds + 15))
 
     async def achat(self, message: str, *, required: list[Role] | None = None, streaming: bool = False,
@@ -215,7 +215,7 @@ class ChatProbe:
         connection timed out). Cancelled, it cancels the chat."""
         __tracebackhide__ = True
         played, seconds = self._play(message, required, streaming, expect_error, first_event_limit, deadline,
-                                     stall_limit, options, follow_up)
+                                     stall_limit, options, follow_up, "achat")
         running = asyncio.run_coroutine_threadsafe(played, self._loop)
         try:
             return self._judged(await asyncio.wait_for(asyncio.wrap_future(running), seconds + 15))
@@ -224,17 +224,17 @@ class ChatProbe:
 
     def _play(self, message: str, required: list[Role] | None, streaming: bool, expect_error: ExpectError,
               first_event_limit: float, deadline: float, stall_limit: float, options: ChatOptions,
-              follow_up: bool) -> tuple[Coroutine[Any, Any, ChatResult], float]:
+              follow_up: bool, called: str) -> tuple[Coroutine[Any, Any, ChatResult], float]:
         """The chat as a coroutine for the client's loop and its deadline in seconds, its arguments checked here, in
         the caller's thread: a mistake is a ValueError naming the argument (the constraints a scenario step has), at
-        the test's own line."""
+        the test's own line, and the method `called` ("chat" or "achat")."""
         __tracebackhide__ = True
         if self._closed:
             raise RuntimeError("chatprobe: the client is closed (the test returned)")
         if follow_up and self.conversation.thread_id is None:
-            raise ValueError("chat(follow_up=True) goes on with an earlier chat's thread: send one first")
+            raise ValueError(f"{called}(follow_up=True) goes on with an earlier chat's thread: send one first")
         if not isinstance(options, ChatOptions):
-            raise TypeError(f"chatprobe.chat(options=...): a harness.flow.ChatOptions, not {type(options).__name__}")
+            raise TypeError(f"chatprobe.{called}(options=...): a harness.flow.ChatOptions, not {type(options).__name__}")
         try:
             # The limit is seconds a program holds, not a person's bare `500` (which a scenario refuses): with its
             # unit.
@@ -243,7 +243,7 @@ class ChatProbe:
             _ChatGiven(expect_error=expect_error, disconnect_after=options.disconnect_after,
                        abandon_after=options.abandon_after, max_reconnects=options.max_reconnects)
         except ValidationError as exc:
-            refused = ValueError(_refusal(exc))
+            refused = ValueError(_refusal(exc, called))
         else:
             options = dataclasses.replace(options, conversation=self.conversation, continues=follow_up,
                                           settle=expect.settle)

@@ -566,6 +566,10 @@ def test_a_mistaken_chat_argument_is_one_value_error_naming_it_at_the_tests_line
         def test_mistaken(chatprobe, kwargs):
             chatprobe.chat("What is 6 * 7?", **kwargs)
 
+        @pytest.mark.asyncio
+        async def test_awaited(chatprobe):
+            await chatprobe.achat("What is 6 * 7?", stall_limit="soon")
+
         def test_then_chats(chatprobe):
             with pytest.raises(ValueError):
                 chatprobe.chat("What is 6 * 7?", deadline=0)
@@ -573,7 +577,7 @@ def test_a_mistaken_chat_argument_is_one_value_error_naming_it_at_the_tests_line
         """)
     monkeypatch.setenv("COLUMNS", "400")  # the short summary's lines whole
     res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "-W", "error::RuntimeWarning", timeout=60)
-    res.assert_outcomes(failed=5, passed=1)
+    res.assert_outcomes(failed=6, passed=1)
     said = {"role": "required[1]='agent_finished': Input should be 'agent_started', *",
             "deadline": "deadline=0: must be more than 0 *",
             "limit": "first_event_limit=-1: a duration cannot be negative",
@@ -582,6 +586,7 @@ def test_a_mistaken_chat_argument_is_one_value_error_naming_it_at_the_tests_line
     for test, why in said.items():
         line = f"FAILED test_args.py::test_mistaken[{test}] - ValueError: chatprobe.chat(): {why}"
         res.stdout.fnmatch_lines([line.replace("[", "[[]")])  # (a [ of fnmatch's own is a character class)
+    res.stdout.fnmatch_lines(["FAILED test_args.py::test_awaited - ValueError: chatprobe.achat(): stall_limit='soon': *"])
     out = res.stdout.str() + res.stderr.str()
     for noise in ("pytest_plugin.py", "flow.py", "pydantic", "validation error for", "never awaited"):
         assert noise not in out, out
