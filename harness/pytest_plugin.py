@@ -147,6 +147,10 @@ def verdict(result: ChatResult, label: str = "chat", url: str | None = None) -> 
     return "\n".join(lines)
 
 
+# A limit chat() takes: seconds, or a duration as a scenario writes it ("90s", "500ms").
+Duration = float | str
+
+
 class _ChatGiven(Strict):
     """The arguments of chat() that Expect does not hold, with a scenario step's constraints (ChatStep)."""
 
@@ -196,8 +200,8 @@ class ChatProbe:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout or self.timeout)
 
     def chat(self, message: str, *, required: list[Role] | None = None, streaming: bool = False,
-             expect_error: ExpectError = None, first_event_limit: float = 2.0, deadline: float = 60.0,
-             stall_limit: float = 30.0, options: ChatOptions = DEFAULTS, follow_up: bool = False) -> ChatResult:
+             expect_error: ExpectError = None, first_event_limit: Duration = 2.0, deadline: Duration = 60.0,
+             stall_limit: Duration = 30.0, options: ChatOptions = DEFAULTS, follow_up: bool = False) -> ChatResult:
         """Send one message and return its verdict; the limits and roles are a scenario's `expect:`. `follow_up`: a
         further turn of the conversation, on the thread of this client's previous chat (a scenario step's
         `thread: continue`: AG-UI's request carries the turns so far). Blocks the calling thread: in an async test
@@ -208,8 +212,9 @@ class ChatProbe:
         return self._judged(self._call(played, seconds + 15))
 
     async def achat(self, message: str, *, required: list[Role] | None = None, streaming: bool = False,
-                    expect_error: ExpectError = None, first_event_limit: float = 2.0, deadline: float = 60.0,
-                    stall_limit: float = 30.0, options: ChatOptions = DEFAULTS, follow_up: bool = False) -> ChatResult:
+                    expect_error: ExpectError = None, first_event_limit: Duration = 2.0,
+                    deadline: Duration = 60.0, stall_limit: Duration = 30.0, options: ChatOptions = DEFAULTS,
+                    follow_up: bool = False) -> ChatResult:
         """`chat()` for an async test: the verdict awaited, the test's event loop free meanwhile (a server that a
         fixture runs on that loop goes on answering; `chat()` there held the loop, and the server with it, until the
         connection timed out). Cancelled, it cancels the chat."""
@@ -223,7 +228,7 @@ class ChatProbe:
             running.cancel()  # (done already, but when this wait was cancelled or timed out)
 
     def _play(self, message: str, required: list[Role] | None, streaming: bool, expect_error: ExpectError,
-              first_event_limit: float, deadline: float, stall_limit: float, options: ChatOptions,
+              first_event_limit: Duration, deadline: Duration, stall_limit: Duration, options: ChatOptions,
               follow_up: bool, called: str) -> tuple[Coroutine[Any, Any, ChatResult], float]:
         """The chat as a coroutine for the client's loop and its deadline in seconds, its arguments checked here, in
         the caller's thread: a mistake is a ValueError naming the argument (the constraints a scenario step has), at

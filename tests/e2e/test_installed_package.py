@@ -243,6 +243,37 @@ def test_the_pytest_plugin_in_a_teams_own_project(installed, tmp_path, asyncio_m
         assert text is not None and "failed: R13 error handling" in text and "#fail-agent" in text, (name, text)
 
 
+TYPED_TEAM_TESTS = '''
+from harness.checker import ChatResult
+from harness.flow import ChatOptions
+from harness.pytest_plugin import ChatProbe
+
+
+def test_typed(chatprobe: ChatProbe) -> None:
+    result: ChatResult = chatprobe.check(chatprobe.chat("What is 6 * 7?", deadline="10s",
+                                                        options=ChatOptions(settle=0.2)))
+    assert result.time_to_first_event is not None
+'''
+
+
+def test_a_teams_mypy_checks_its_tests_against_the_installed_packages_types(installed, tmp_path):
+    """A team whose CI runs `mypy --strict` over its tests, which annotate the fixture and the results with
+    chatprobe's own types. FAILED on the old code: the wheel had no PEP 561 marker, so mypy refused every import of
+    `harness` ("Skipping analyzing "harness.flow": module is installed, but missing library stubs or py.typed
+    marker"), three errors for three imports, and checked none of the calls."""
+    project = tmp_path / "team"
+    project.mkdir()
+    (project / "test_typed.py").write_text(TYPED_TEAM_TESTS)
+    res = installed.run("python", "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "mypy-cache"),
+                        "test_typed.py", cwd=project, timeout=180)
+    assert res.returncode == 0 and "Success: no issues found in 1 source file" in res.stdout, res.stdout + res.stderr
+    (project / "test_typed.py").write_text(TYPED_TEAM_TESTS.replace("settle=0.2", 'settle="0.2"'))
+    wrong = installed.run("python", "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "mypy-cache"),
+                          "test_typed.py", cwd=project, timeout=180)
+    assert wrong.returncode == 1 and 'Argument "settle" to "ChatOptions" has incompatible type "str"' in wrong.stdout, \
+        wrong.stdout + wrong.stderr  # the types are chatprobe's: a call against them is checked
+
+
 def test_a_teams_own_locustfile_imports_the_chat_user(installed, tmp_path):
     """A locustfile of the team's, outside any checkout of chatprobe, subclassing the installed ChatUser, under the
     virtualenv's Locust against the installed `chatprobe sim`: the scenario's verdict and exit code."""
