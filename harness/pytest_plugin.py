@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import logging
 import secrets
 import sys
@@ -276,8 +277,16 @@ class ChatProbe:
         raise refused.with_traceback(None) from None
 
     def check(self, result: ChatResult) -> ChatResult:
-        """Fail the test with the chat's violations, one per line, unless it passed."""
+        """Fail the test with the chat's violations, one per line, unless it passed. Given what is no verdict (an
+        `achat()` not awaited: its coroutine), a TypeError saying what it takes."""
         __tracebackhide__ = True  # pytest's traceback ends at the test's own line, not in here
+        if not isinstance(result, ChatResult):
+            if inspect.iscoroutine(result):
+                result.close()  # never started: nothing sent (and no "coroutine was never awaited" warning)
+                raise TypeError("chatprobe.check() takes a chat's verdict, not a coroutine: "
+                                "chatprobe.check(await chatprobe.achat(...))")
+            raise TypeError(f"chatprobe.check() takes a chat's verdict (a ChatResult, what chat() returns), not "
+                            f"{type(result).__name__}")
         if result.outcome is not Outcome.PASSED:
             self._told.add(id(result))  # its verdict is the failure's own message: not said again beside it
             raise AssertionError(verdict(result, url=self.target.url))

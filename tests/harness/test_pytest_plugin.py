@@ -549,9 +549,11 @@ def test_a_mistaken_chat_argument_is_one_value_error_naming_it_at_the_tests_line
     misspelt, a deadline of 0, a negative limit were pydantic's ValidationError ("1 validation error for Expect", its
     URL) under the plugin's frames; `options=ChatOptions(disconnect_after="2")` a TypeError from deep in the chat's
     flow on the client's thread; `deadline="5s"` (a duration a scenario takes) a TypeError that left the chat's
-    coroutine never awaited (a RuntimeWarning, an error under -W error); and `expect_error="Fatal"` was taken, the
-    chat then passing with any error. Now each is a ValueError at the test's line naming the argument, the value and
-    why; "5s" is five seconds, and the client goes on chatting."""
+    coroutine never awaited (a RuntimeWarning, an error under -W error); `expect_error="Fatal"` was taken, the
+    chat then passing with any error; and `chatprobe.check(chatprobe.achat(...))`, the await forgotten, was an
+    AttributeError ('coroutine' object has no attribute 'outcome') and the coroutine never awaited. Now each is a
+    ValueError at the test's line naming the argument, the value and why (the forgotten await a TypeError saying
+    so); "5s" is five seconds, and the client goes on chatting."""
     pytester.makepyfile(test_args="""
         import pytest
         from harness.flow import ChatOptions
@@ -570,6 +572,10 @@ def test_a_mistaken_chat_argument_is_one_value_error_naming_it_at_the_tests_line
         async def test_awaited(chatprobe):
             await chatprobe.achat("What is 6 * 7?", stall_limit="soon")
 
+        @pytest.mark.asyncio
+        async def test_not_awaited(chatprobe):
+            chatprobe.check(chatprobe.achat("What is 6 * 7?"))
+
         def test_then_chats(chatprobe):
             with pytest.raises(ValueError):
                 chatprobe.chat("What is 6 * 7?", deadline=0)
@@ -577,7 +583,7 @@ def test_a_mistaken_chat_argument_is_one_value_error_naming_it_at_the_tests_line
         """)
     monkeypatch.setenv("COLUMNS", "400")  # the short summary's lines whole
     res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "-W", "error::RuntimeWarning", timeout=60)
-    res.assert_outcomes(failed=6, passed=1)
+    res.assert_outcomes(failed=7, passed=1)
     said = {"role": "required[1]='agent_finished': Input should be 'agent_started', *",
             "deadline": "deadline=0: must be more than 0 *",
             "limit": "first_event_limit=-1: a duration cannot be negative",
@@ -587,6 +593,8 @@ def test_a_mistaken_chat_argument_is_one_value_error_naming_it_at_the_tests_line
         line = f"FAILED test_args.py::test_mistaken[{test}] - ValueError: chatprobe.chat(): {why}"
         res.stdout.fnmatch_lines([line.replace("[", "[[]")])  # (a [ of fnmatch's own is a character class)
     res.stdout.fnmatch_lines(["FAILED test_args.py::test_awaited - ValueError: chatprobe.achat(): stall_limit='soon': *"])
+    res.stdout.fnmatch_lines(["FAILED test_args.py::test_not_awaited - TypeError: chatprobe.check() takes a chat's "
+                              "verdict, not a coroutine: chatprobe.check(await chatprobe.achat(...))"])
     out = res.stdout.str() + res.stderr.str()
     for noise in ("pytest_plugin.py", "flow.py", "pydantic", "validation error for", "never awaited"):
         assert noise not in out, out
