@@ -111,7 +111,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chatprobe.locust")
 # The target options this user has a --chatprobe-* flag for (its messages name those flags; the URL is Locust's --host).
-LOCUST_FIELDS = ("name", "profile", "auth", "ca_file", "headers", "header_env", "subprotocols")
+LOCUST_FIELDS = ("name", "profile", "auth", "ca_file", "client_cert", "client_key", "headers", "header_env", "subprotocols")
 # A worker's verdicts since its last report, in the stats report Locust sends its master (one message with Locust's
 # own stats: the master merges both at once, so a reset of its stats between two messages cannot split them).
 TALLY_KEY = "chatprobe_tally"
@@ -147,7 +147,8 @@ PER_PROCESS_OPTIONS = frozenset({"chatprobe_metrics_port", "chatprobe_metrics_ho
 # another working directory, through a symlink) plays with it, at its own path. The master sends the real path of
 # each of its own (MASTER_DIGESTS' "paths"); a scenario or profile given by another path is judged by its content
 # (the digests), as one given by the same path is: the same content at two paths on two machines is the same one.
-PATH_OPTIONS = ("chatprobe_scenario", "chatprobe_profile", "chatprobe_ca_file", "chatprobe_record")
+PATH_OPTIONS = ("chatprobe_scenario", "chatprobe_profile", "chatprobe_ca_file", "chatprobe_client_cert",
+                "chatprobe_client_key", "chatprobe_record")
 CONTENT_OPTIONS = {"chatprobe_scenario": "scenario", "chatprobe_profile": "profile"}
 
 
@@ -183,6 +184,7 @@ _parser: argparse.ArgumentParser | None = None
 # The option a ConfigError's field is about (its TargetOptions or chatprobe name), as Locust's parser stores it.
 _FIELD_DESTS = {"url": "host", "scenario": "chatprobe_scenario", "profile": "chatprobe_profile",
                 "auth": "chatprobe_auth", "name": "chatprobe_target_name", "ca_file": "chatprobe_ca_file",
+                "client_cert": "chatprobe_client_cert", "client_key": "chatprobe_client_key",
                 "headers": "chatprobe_header", "header_env": "chatprobe_header_env",
                 "subprotocols": "chatprobe_subprotocol", "record": "chatprobe_record"}
 
@@ -230,7 +232,13 @@ def _arguments(parser: "argparse.ArgumentParser") -> None:
                         "CHATPROBE_TOKEN, or is minted per user from CHATPROBE_JWT_SECRET")
     g.add_argument("--chatprobe-target-name", action=_Given, default=None, metavar="NAME",
                    help="the `target` label (default host:port)")
-    g.add_argument("--chatprobe-ca-file", action=_Given, default=None, metavar="PEM", help="CA bundle for a wss:// target")
+    g.add_argument("--chatprobe-ca-file", action=_Given, default=None, metavar="PEM",
+                   help="CA bundle to verify a wss:// or https:// target")
+    g.add_argument("--chatprobe-client-cert", action=_Given, default=None, metavar="PEM",
+                   help="client certificate to show a target that asks for one (mutual TLS); its private key in the "
+                        "same file or in --chatprobe-client-key")
+    g.add_argument("--chatprobe-client-key", action=_Given, default=None, metavar="PEM",
+                   help="the unencrypted private key of --chatprobe-client-cert, when not in its file")
     g.add_argument("--chatprobe-header", action=_GivenAll, metavar="'NAME: VALUE'",
                    help="send this HTTP header with every connection's upgrade request (repeatable); the value is a "
                         "secret, but a command line shows in `ps`: give a secret with --chatprobe-header-env")
@@ -386,6 +394,8 @@ class _Run:
                 # Locust's web UI gives an option left empty in its form as "" (not None): not given, as before.
                 url=host, name=opts.chatprobe_target_name, profile=opts.chatprobe_profile or None,
                 auth=opts.chatprobe_auth, ca_file=opts.chatprobe_ca_file or None,
+                client_cert=getattr(opts, "chatprobe_client_cert", None) or None,
+                client_key=getattr(opts, "chatprobe_client_key", None) or None,
                 headers=parse_header_flags(list(_names(opts.chatprobe_header) or ()), "headers"),
                 header_env=parse_header_flags(list(_names(opts.chatprobe_header_env) or ()), "header_env"),
                 subprotocols=_names(getattr(opts, "chatprobe_subprotocol", None)))

@@ -48,8 +48,8 @@ from .targets import (
 from .yamlfile import ConfigError
 
 # The target options this plugin has a --chatprobe-* flag for (its messages name those flags).
-PYTEST_FIELDS = ("url", "profile", "auth", "token_env", "token_file", "jwt_secret_env", "ca_file", "headers",
-                 "header_env", "subprotocols")
+PYTEST_FIELDS = ("url", "profile", "auth", "token_env", "token_file", "jwt_secret_env", "ca_file", "client_cert",
+                 "client_key", "headers", "header_env", "subprotocols")
 
 if TYPE_CHECKING:
     from .results import ScenarioRun
@@ -57,7 +57,8 @@ if TYPE_CHECKING:
 
 _DEFAULTS = {"--chatprobe-target": None, "--chatprobe-profile": "netra", "--chatprobe-auth": "header",
              "--chatprobe-token-env": None, "--chatprobe-token-file": None,
-             "--chatprobe-jwt-secret-env": None, "--chatprobe-ca-file": None, "--chatprobe-header": None,
+             "--chatprobe-jwt-secret-env": None, "--chatprobe-ca-file": None,
+             "--chatprobe-client-cert": None, "--chatprobe-client-key": None, "--chatprobe-header": None,
              "--chatprobe-header-env": None, "--chatprobe-subprotocol": None}
 
 
@@ -99,6 +100,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="send the header NAME with the value of the environment variable VAR (repeatable)")
     g.addoption("--chatprobe-ca-file", default=None, metavar="PEM",
                 help="CA bundle to verify a wss:// or https:// --chatprobe-target")
+    g.addoption("--chatprobe-client-cert", default=None, metavar="PEM",
+                help="client certificate to show a --chatprobe-target that asks for one (mutual TLS); its private "
+                     "key in the same file or in --chatprobe-client-key")
+    g.addoption("--chatprobe-client-key", default=None, metavar="PEM",
+                help="the unencrypted private key of --chatprobe-client-cert, when not in its file")
     g.addoption("--chatprobe-subprotocol", action="append", metavar="NAME",
                 help="offer this WebSocket subprotocol at the upgrade (repeatable, in order of preference; overrides "
                      "the profile's); with --chatprobe-auth subprotocol the token's jwt-auth pair follows")
@@ -375,6 +381,8 @@ def _target_options(config: pytest.Config, url: Any = _OPTION, *, at_start: bool
                              token_file=config.getoption("--chatprobe-token-file"),
                              jwt_secret_env=config.getoption("--chatprobe-jwt-secret-env"),
                              ca_file=config.getoption("--chatprobe-ca-file"),
+                             client_cert=config.getoption("--chatprobe-client-cert"),
+                             client_key=config.getoption("--chatprobe-client-key"),
                              headers=parse_header_flags(config.getoption("--chatprobe-header"), "headers"),
                              header_env=parse_header_flags(config.getoption("--chatprobe-header-env"), "header_env"),
                              subprotocols=tuple(subprotocols) if subprotocols is not None else None)

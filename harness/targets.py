@@ -45,7 +45,8 @@ warnings.filterwarnings("ignore", message=r"The HMAC key is \d+ bytes long")
 FLAGS: dict[str, str] = {
     "url": "--target", "name": "--target-name", "profile": "--profile", "auth": "--auth",
     "token_env": "--token-env", "token_file": "--token-file", "jwt_secret_env": "--jwt-secret-env",
-    "ca_file": "--ca-file", "insecure": "--insecure", "headers": "--header", "header_env": "--header-env",
+    "ca_file": "--ca-file", "client_cert": "--client-cert", "client_key": "--client-key", "insecure": "--insecure",
+    "headers": "--header", "header_env": "--header-env",
     "subprotocols": "--subprotocol",
 }
 # Headers of the user's own, as given: (name, value) for `headers`, (name, environment variable) for `header_env`.
@@ -102,6 +103,8 @@ class TargetOptions:
     token_file: str | None = None
     jwt_secret_env: str | None = None
     ca_file: str | None = None
+    client_cert: str | None = None  # mutual TLS: the client's certificate (PEM), its key beside it or in client_key
+    client_key: str | None = None
     insecure: bool = False
     headers: HeaderPairs = field(default=(), repr=False)  # every value a secret: never in a repr
     header_env: HeaderPairs = ()
@@ -185,6 +188,8 @@ class Target:
     tokens: TokenProvider = field(default_factory=TokenProvider)
     auth: str = "header"
     ca_file: str | None = None
+    client_cert: str | None = None  # --client-cert / --client-key, checked: shown to a server that asks (mutual TLS)
+    client_key: str | None = None
     insecure: bool = False
     no_auth_user_param: bool = False  # agentsim --no-auth: name the user with ?user=
     recorder: Recorder | None = None  # --record: every connection's frames written for `chatprobe check`
@@ -202,7 +207,8 @@ class Target:
             url += ("&" if "?" in url else "?") + f"user={user_id}"
         return ConnectSettings(
             url=url, token=self.tokens.for_user(user_id), auth=self.auth, ca_file=self.ca_file,
-            insecure=self.insecure, connect_timeout=connect_timeout, compression=self.compression,
+            client_cert=self.client_cert, client_key=self.client_key, insecure=self.insecure,
+            connect_timeout=connect_timeout, compression=self.compression,
             extra_headers=dict(self.headers), subprotocols=self.subprotocols,
         )
 
@@ -489,11 +495,35 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
             ssl.create_default_context(cafile=opts.ca_file)
         except (ssl.SSLError, OSError, ValueError) as exc:
             raise option_error("ca_file", f"{opts.ca_file}: not a PEM bundle of CA certificates ({exc})") from None
+    check_client_cert(opts)
     if not parts.path and profile.path:
         url = url.rstrip("/") + profile.path
     return Target(url=url, profile=profile, name=opts.name or target_label(url), tokens=tokens,
-                  auth=opts.auth if tokens.configured else "none", ca_file=opts.ca_file, insecure=opts.insecure,
-                  headers=headers, subprotocols=subprotocols)
+                  auth=opts.auth if tokens.configured else "none", ca_file=opts.ca_file,
+                  client_cert=opts.client_cert, client_key=opts.client_key, insecure=opts.insecure, headers=headers,
+                  subprotocols=subprotocols)
+
+
+def check_client_cert(opts: TargetOptions) -> None:
+    """The client certificate and key of `opts` loaded as every connection will load them: a file that is not there,
+    holds no certificate or key, a key that is not the certificate's or is encrypted is a usage error naming the file
+    and its option (never a prompt for a passphrase, never the key's content)."""
+    check_not_empty(opts, "client_cert", "client_key")
+    if opts.client_key and not opts.client_cert:
+        raise option_error("client_key", f"{opts.client_key}: is the key of a client certificate: give the "
+                                         "certificate with --client-cert")
+    if not opts.client_cert:
+        return
+    from .transports.base import client_cert_problem
+
+    try:
+        problem = client_cert_problem(opts.client_cert, opts.client_key)
+    except ValueError as exc:  # a path with a NUL in it
+        problem = "client_cert", str(exc)
+    if problem is not None:
+        option, why = problem
+        path = opts.client_cert if option == "client_cert" else opts.client_key or opts.client_cert
+        raise option_error(option, f"{redact.clean(path, 200)}: {why}")
 
 
 def check_scenario_fits(scenario: Scenario, target: Target) -> None:
@@ -541,6 +571,10 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
                    help="mint an HS256 JWT per virtual user with the secret in this variable "
                         "(default CHATPROBE_JWT_SECRET if set)")
     g.add_argument("--ca-file", metavar="PEM", help="CA bundle to verify a wss:// / https:// server")
+    g.add_argument("--client-cert", metavar="PEM", help="client certificate to show a wss:// / https:// server that "
+                   "asks for one (mutual TLS); its private key in the same file or in --client-key")
+    g.add_argument("--client-key", metavar="PEM", help="the unencrypted private key of --client-cert, when not in its "
+                   "file")
     g.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
     g.add_argument("--header", action="append", metavar="'NAME: VALUE'",
                    help="send this HTTP header with every connection's request (repeatable); its value is treated as "
@@ -557,7 +591,8 @@ def options_from_args(args: Any) -> TargetOptions:
     """The TargetOptions of parsed `add_target_args` flags."""
     return TargetOptions(url=args.target, name=args.target_name, profile=args.profile, auth=args.auth,
                          token_env=args.token_env, token_file=args.token_file, jwt_secret_env=args.jwt_secret_env,
-                         ca_file=args.ca_file, insecure=args.insecure,
+                         ca_file=args.ca_file, client_cert=args.client_cert, client_key=args.client_key,
+                         insecure=args.insecure,
                          headers=parse_header_flags(args.header, "headers"),
                          header_env=parse_header_flags(args.header_env, "header_env"),
                          subprotocols=tuple(args.subprotocol) if args.subprotocol is not None else None)

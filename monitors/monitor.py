@@ -92,6 +92,8 @@ class TargetConfig(_Strict):
     token_file: str | None = None
     jwt_secret_env: str | None = None
     ca_file: str | None = None
+    client_cert: str | None = None  # `--client-cert`: mutual TLS
+    client_key: str | None = None  # `--client-key`
     insecure: Bool = False  # as YAML writes it, like a scenario's switches: `insecure: "no"` or 1 is an error
     headers: dict[str, str] = Field(default_factory=dict)  # `--header`: NAME: value
     header_env: dict[str, str] = Field(default_factory=dict)  # `--header-env`: NAME: the variable holding the value
@@ -234,12 +236,9 @@ def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list
     base = Path(path).resolve().parent
     probes: list[Probe] = []
     for name, tc in config.targets.items():
-        ca_file = tc.ca_file
-        if ca_file and not Path(ca_file).is_absolute():
-            ca_file = str(base / ca_file)
-        token_file = tc.token_file
-        if token_file and not Path(token_file).is_absolute():
-            token_file = str(base / token_file)
+        ca_file, token_file, client_cert, client_key = (
+            str(base / p) if p and not Path(p).is_absolute() else p
+            for p in (tc.ca_file, tc.token_file, tc.client_cert, tc.client_key))
         profile = _relative_to(tc.profile, base) if tc.profile else tc.profile  # "": refused by make_target
         if profile is not None:
             try:
@@ -249,7 +248,8 @@ def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list
                 raise _field_error(path, ("targets", name, "profile"), message) from None
         opts = TargetOptions(url=tc.url, name=name, profile=profile, auth=tc.auth, token_env=tc.token_env,
                              token_file=token_file, jwt_secret_env=tc.jwt_secret_env, ca_file=ca_file,
-                             insecure=tc.insecure, headers=tuple(tc.headers.items()),
+                             client_cert=client_cert, client_key=client_key, insecure=tc.insecure,
+                             headers=tuple(tc.headers.items()),
                              header_env=tuple(tc.header_env.items()),
                              subprotocols=tuple(tc.subprotocols) if tc.subprotocols is not None else None)
         try:

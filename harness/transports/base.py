@@ -149,6 +149,10 @@ class ConnectSettings:
     auth: str = "header"  # header | subprotocol | none
     ca_file: str | None = None
     insecure: bool = False
+    # The client certificate (PEM) shown to a server that asks for one (mutual TLS), and its private key's PEM file
+    # (None: in the certificate's file). Paths only: the key itself is read by OpenSSL, never by chatprobe.
+    client_cert: str | None = None
+    client_key: str | None = None
     connect_timeout: float = 10.0
     max_size: int = 4 * 1024 * 1024
     extra_headers: dict[str, str] = field(default_factory=dict, repr=False)  # may carry a cookie
@@ -187,9 +191,10 @@ def with_defaults(defaults: dict[str, str], headers: dict[str, str]) -> dict[str
 # TLS contexts are shared: building one loads the CA bundle (≈26 ms of CPU, and a few hundred KB it keeps), which
 # every wss:// connection and every SSE chat paid before (a load test of 1,000 chats over TLS spent ≈26 CPU-s loading
 # the same certificates). An SSLContext is made to be shared by connections (and threads: the Locust user). One per
-# (CA file and its modification time, --insecure, use, hour): a CA bundle rewritten on disk gives a new context at the
-# next connection, and the system store is read again every TLS_CONTEXT_TTL seconds (a monitor runs for days). The
-# use keeps httpx's contexts apart from the WebSocket clients' (httpcore sets its ALPN protocols on the context).
+# (CA file, client certificate and key, and their modification times, --insecure, use, hour): a CA bundle or a client
+# certificate rewritten on disk (a rotated one) gives a new context at the next connection, and the system store is
+# read again every TLS_CONTEXT_TTL seconds (a monitor runs for days). The use keeps httpx's contexts apart from the
+# WebSocket clients' (httpcore sets its ALPN protocols on the context).
 TLS_CONTEXT_TTL = 3600.0
 
 
@@ -215,44 +220,104 @@ def tls_reason(exc: ssl.SSLError) -> str:
 
 
 def ssl_context(settings: ConnectSettings, use: str = "websocket") -> ssl.SSLContext | None:
-    """The TLS context of a connection to settings.url (None for ws:// and http://), shared (see above). A CA file
-    that cannot be loaded now (checked at start, it may have been rewritten since: emptied for a moment, or turned
-    into a FIFO or a device, which would block or spin the event loop in OpenSSL's read) raises ConnectFailed
-    (`tls_error`, naming the file), as every client classifies a failed connection; a FIFO or a device is never
-    opened."""
+    """The TLS context of a connection to settings.url (None for ws:// and http://), shared (see above). A CA file,
+    client certificate or key that cannot be loaded now (checked at start, it may have been rewritten since: emptied
+    for a moment, or turned into a FIFO or a device, which would block or spin the event loop in OpenSSL's read) raises
+    ConnectFailed (`tls_error`, naming the file), as every client classifies a failed connection; a FIFO or a device
+    is never opened."""
     scheme = scheme_of(settings.url)
     if scheme is None or not scheme.secure:
         return None
-    ca_file = settings.ca_file
-    stamp = 0
-    if ca_file:
-        try:
-            st = os.stat(ca_file)
-        except OSError as exc:
-            raise _ca_failed(ca_file, exc.strerror or exc.__class__.__name__) from None
-        if not stat.S_ISREG(st.st_mode):
-            raise _ca_failed(ca_file, "not a regular file")
-        stamp = st.st_mtime_ns
+    ca_file, cert, key = settings.ca_file, settings.client_cert, settings.client_key
+    stamps = (_stamp(ca_file, "CA file"), _stamp(cert, "client certificate"), _stamp(key, "client key"))
     import ssl  # here, not at the top: the command line's `--help` and `list` load no TLS library
 
     try:
-        return _tls_context(ca_file, stamp, settings.insecure, use, int(time.monotonic() // TLS_CONTEXT_TTL))
-    except (ssl.SSLError, OSError, ValueError) as exc:  # (nothing failed is cached)
-        if not ca_file:
+        return _tls_context(ca_file, cert, key, stamps, settings.insecure, use,
+                            int(time.monotonic() // TLS_CONTEXT_TTL))
+    except (ssl.SSLError, OSError, ValueError, _Encrypted) as exc:  # (nothing failed is cached)
+        if cert and (problem := client_cert_problem(cert, key)) is not None:
+            option, why = problem
+            path = cert if option == "client_cert" else key or cert
+            what = "client certificate" if option == "client_cert" else "client key"
+            raise _file_failed(what, path, why) from None
+        if not ca_file and not cert:
             raise
         why = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc.__class__.__name__
-        raise _ca_failed(ca_file, why) from None
+        raise _file_failed("CA file" if ca_file else "client certificate", ca_file or cert or "", why) from None
 
 
-def _ca_failed(ca_file: str, why: str) -> ConnectFailed:
-    return ConnectFailed("tls_error", f"TLS: the CA file {os.path.basename(ca_file)[:80]!r} cannot be loaded: {why}")
+def _stamp(path: str | None, what: str) -> int:
+    """The modification time of a file the TLS context loads (0 for none): a file rewritten gives a new context; one
+    that is not a regular file now is a ConnectFailed naming it, and never opened."""
+    if not path:
+        return 0
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise _file_failed(what, path, exc.strerror or exc.__class__.__name__) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _file_failed(what, path, "not a regular file")
+    return st.st_mtime_ns
+
+
+def _file_failed(what: str, path: str, why: str) -> ConnectFailed:
+    return ConnectFailed("tls_error", f"TLS: the {what} {os.path.basename(path)[:80]!r} cannot be loaded: {why}")
+
+
+class _Encrypted(Exception):
+    """A client key that asks for a passphrase: chatprobe has none to give (OpenSSL would prompt on the terminal)."""
+
+
+def _no_passphrase() -> bytes:
+    raise _Encrypted
+
+
+def client_cert_problem(cert: str, key: str | None) -> tuple[str, str] | None:
+    """What keeps a client certificate and its key (None: in the certificate's file) from being used, as (the
+    option it is about, `client_cert` or `client_key`, and why, in words that never hold the key), or None. The
+    files are read by OpenSSL only; an encrypted key is refused, never prompted for."""
+    import ssl
+
+    for option, path in (("client_cert", cert), ("client_key", key)):
+        if path is None:
+            continue
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            return option, exc.strerror or exc.__class__.__name__
+        if not stat.S_ISREG(st.st_mode):
+            return option, "not a regular file"
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=cert)
+    except (ssl.SSLError, ValueError):
+        return "client_cert", "holds no PEM certificate"
+    except OSError as exc:
+        return "client_cert", exc.strerror or exc.__class__.__name__
+    key_option = "client_key" if key else "client_cert"
+    try:
+        ssl.create_default_context().load_cert_chain(cert, key, password=_no_passphrase)
+    except _Encrypted:
+        return key_option, ("the private key is encrypted (passphrase-protected); chatprobe takes an unencrypted key "
+                            "file, readable by this user only")
+    except ssl.SSLError as exc:
+        if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+            return key_option, "the private key is not the certificate's (key values mismatch)"
+        return key_option, ("holds no PEM private key" if key else
+                            "holds no PEM private key beside the certificate (give the key's file with --client-key)")
+    except OSError as exc:
+        return key_option, exc.strerror or exc.__class__.__name__
+    return None
 
 
 @functools.lru_cache(maxsize=8)
-def _tls_context(ca_file: str | None, _stamp: int, insecure: bool, _use: str, _hour: int) -> ssl.SSLContext:
+def _tls_context(ca_file: str | None, cert: str | None, key: str | None, _stamps: tuple[int, int, int],
+                 insecure: bool, _use: str, _hour: int) -> ssl.SSLContext:
     import ssl
 
     ctx = ssl.create_default_context(cafile=ca_file)
+    if cert:
+        ctx.load_cert_chain(cert, key, password=_no_passphrase)
     if insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

@@ -1,0 +1,107 @@
+"""Mutual TLS: a server that requires a client certificate, met by every client chatprobe connects with (picows,
+websockets, SSE, and the Locust user's WebSocket and SSE clients), with `--client-cert`/`--client-key` and without."""
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+from agentsim.agui import AguiSim
+from agentsim.server import SimConfig
+from harness.profiles import load_profile
+from harness.results import ChatResult
+from harness.runner import run_scenario
+from harness.scenario import Scenario
+from harness.sinks import Sink
+from harness.targets import Target
+
+from .tls_front import TlsFront
+
+pytestmark = pytest.mark.timeout(120)
+
+# client: (scheme, compression, driver). websockets is the client of a connection that offers deflate.
+CLIENTS = {"picows": ("wss", "none", "run"), "websockets": ("wss", "deflate", "run"), "sse": ("https", "none", "run"),
+           "gevent-ws": ("wss", "none", "locust"), "gevent-sse": ("https", "none", "locust")}
+SCENARIO = Scenario.model_validate({"name": "mtls", "connect_timeout": "5s", "reconnect": False,
+                                    "expect": {"deadline": "5s", "settle": "0.05s"}})
+
+
+@dataclass
+class Pki:
+    ca_file: str  # the server's CA, for --ca-file
+    cert: str  # a client certificate the server trusts, its key in `key`
+    key: str
+    combined: str  # the same certificate and key in one file
+    server: ssl.SSLContext  # requires a client certificate of the client CA
+
+
+def make_pki(tmp_path: Path, host: str = "127.0.0.1") -> Pki:
+    server_ca, client_ca = trustme.CA(), trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ca.issue_cert(host).configure_cert(server)
+    server.verify_mode = ssl.CERT_REQUIRED
+    client_ca.configure_trust(server)
+    leaf = client_ca.issue_cert("probe@example.com")
+    paths = {name: str(tmp_path / f"{name}.pem") for name in ("ca", "cert", "key", "combined")}
+    server_ca.cert_pem.write_to_path(paths["ca"])
+    leaf.cert_chain_pems[0].write_to_path(paths["cert"])
+    leaf.private_key_pem.write_to_path(paths["key"])
+    leaf.private_key_and_cert_chain_pem.write_to_path(paths["combined"])
+    return Pki(paths["ca"], paths["cert"], paths["key"], paths["combined"], server)
+
+
+@asynccontextmanager
+async def agui_behind(context: ssl.SSLContext) -> AsyncIterator[tuple[str, str, TlsFront, TlsFront]]:
+    """agentsim in AG-UI (no auth) behind two TLS fronts: (its wss:// URL, its https:// URL, the fronts)."""
+    sim = AguiSim(SimConfig(host="127.0.0.1", port=0, no_auth=True, protocol="ag-ui", think=0.001,
+                            tool_latency=0.001))
+    await sim.start()
+    try:
+        assert sim.ws_port is not None and sim.port is not None
+        with TlsFront(context, sim.ws_port) as ws, TlsFront(context, sim.port) as http:
+            yield f"wss://127.0.0.1:{ws.port}/agent", f"https://127.0.0.1:{http.port}/agent", ws, http
+    finally:
+        await sim.stop()
+
+
+def locust_chat(target: Target) -> ChatResult:
+    """One chat of the Locust user's client (harness/gevent_client.py), on this thread."""
+    from harness.gevent_client import SyncSession
+
+    session = SyncSession(target, "u1", SCENARIO.name, Sink(), connect_timeout=SCENARIO.connect_timeout)
+    call = SCENARIO.user_script(target.profile).chat()
+    try:
+        return session.chat(call.content, call.expectations, call.options)
+    finally:
+        session.close()
+
+
+async def one_chat(client: str, wss: str, https: str, **tls: str | None) -> ChatResult:
+    scheme, compression, driver = CLIENTS[client]
+    target = Target(url=wss if scheme == "wss" else https, profile=load_profile("ag-ui"), name="mtls",
+                    compression=compression, **tls)  # type: ignore[arg-type]
+    if driver == "locust":
+        return await asyncio.wait_for(asyncio.to_thread(locust_chat, target), 60)
+    (result,) = (await asyncio.wait_for(run_scenario(SCENARIO, target), 60)).results
+    return result
+
+
+@pytest.mark.parametrize("key_beside", [True, False], ids=["key-file", "one-file"])
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_server_that_requires_a_client_certificate_accepts_the_one_given(tmp_path, client, key_beside):
+    """`--client-cert PEM [--client-key PEM]`: every client shows it, and the chat passes (there was no way to give
+    one: every chat with such a server failed)."""
+    pki = make_pki(tmp_path)
+    tls = {"client_cert": pki.cert, "client_key": pki.key} if key_beside else {"client_cert": pki.combined}
+    async with agui_behind(pki.server) as (wss, https, ws_front, http_front):
+        result = await one_chat(client, wss, https, ca_file=pki.ca_file, **tls)
+    assert (result.outcome.value, result.error) == ("passed", None), result.violations
+    fronts = ws_front.handshakes + http_front.handshakes
+    assert fronts and set(fronts) == {"ok"}, fronts
+    assert "probe@example.com" in " ".join(ws_front.peer_certs + http_front.peer_certs)
