@@ -480,6 +480,19 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
         # proxy and a HAR's offered subprotocols are read: whatever the server echoes, no output shows it.
         redact.register(secret)
     headers = read_headers(opts, transport)
+    check_ca_file(opts)
+    check_client_cert(opts)
+    if not parts.path and profile.path:
+        url = url.rstrip("/") + profile.path
+    return Target(url=url, profile=profile, name=opts.name or target_label(url), tokens=tokens,
+                  auth=opts.auth if tokens.configured else "none", ca_file=opts.ca_file,
+                  client_cert=opts.client_cert, client_key=opts.client_key, insecure=opts.insecure, headers=headers,
+                  subprotocols=subprotocols)
+
+
+def check_ca_file(opts: TargetOptions) -> None:
+    """The CA file of `opts` loaded as every connection will load it: not there, not a regular file or not a PEM bundle
+    is a usage error naming it and its option."""
     check_not_empty(opts, "ca_file")
     if opts.ca_file:
         try:
@@ -495,13 +508,6 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
             ssl.create_default_context(cafile=opts.ca_file)
         except (ssl.SSLError, OSError, ValueError) as exc:
             raise option_error("ca_file", f"{opts.ca_file}: not a PEM bundle of CA certificates ({exc})") from None
-    check_client_cert(opts)
-    if not parts.path and profile.path:
-        url = url.rstrip("/") + profile.path
-    return Target(url=url, profile=profile, name=opts.name or target_label(url), tokens=tokens,
-                  auth=opts.auth if tokens.configured else "none", ca_file=opts.ca_file,
-                  client_cert=opts.client_cert, client_key=opts.client_key, insecure=opts.insecure, headers=headers,
-                  subprotocols=subprotocols)
 
 
 def check_client_cert(opts: TargetOptions) -> None:

@@ -50,8 +50,16 @@ from harness.recorder import Recorder
 from harness.redact import credentials_of
 from harness.scenario import SCENARIO_NAME_PATTERN, Expect, expectations_for
 from harness.sinks import PARKING_FULL, PROXY_STOPPED
-from harness.targets import check_label, check_url, target_label
-from harness.transports.base import FRAMES_PER_TURN
+from harness.targets import (
+    TargetOptions,
+    check_ca_file,
+    check_client_cert,
+    check_label,
+    check_url,
+    flag_named,
+    target_label,
+)
+from harness.transports.base import FRAMES_PER_TURN, ConnectSettings, ssl_context
 from harness.transports.websocket import BoundedClientConnection, NoRedirects, classify, failed_for
 from harness.yamlfile import ConfigError
 
@@ -921,8 +929,13 @@ async def _garbled(conn: ServerConnection, door: FrontDoor, sink: MetricsSink, p
 
 class Proxy:
     def __init__(self, upstream: str, live: LiveChats, connect_timeout: float = 10.0,
-                 send_timeout: float = DEFAULT_SEND_TIMEOUT, max_size: int = DEFAULT_MAX_SIZE) -> None:
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT, max_size: int = DEFAULT_MAX_SIZE,
+                 tls: ConnectSettings | None = None) -> None:
         self.upstream = upstream.rstrip("/")
+        # A wss:// upstream's TLS: its CA file (else the system's CAs) and the client certificate the proxy shows it
+        # (--upstream-ca-file, --upstream-client-cert/--upstream-client-key), the clients' shared context
+        # (transports.base.ssl_context: loaded once, again when a file is rewritten).
+        self.tls = tls or ConnectSettings(url=self.upstream)
         self.live = live
         self.connect_timeout = connect_timeout
         self.send_timeout = send_timeout
@@ -1001,12 +1014,13 @@ class Proxy:
         where = parse_uri(url)
         try:
             async with asyncio.timeout(self.connect_timeout):
+                tls = ssl_context(self.tls) if where.secure else None  # (ConnectFailed for a file gone bad: a 502)
                 # No redirect is followed, to another origin (the credentials would go with it) or the same one: a
                 # passive proxy answers what --upstream answered to the path the client asked, a 502 here. Followed,
                 # a same-origin 3xx made a 101 from a path the client never asked for (watched under its name; a
                 # browser's WebSocket fails on any redirect), and a redirect to itself cost 11 upstream handshakes.
                 upstream = await NoRedirects(url, additional_headers=headers, subprotocols=offered or None,  # type: ignore[arg-type]
-                                             host=where.host, port=where.port, open_timeout=None,
+                                             ssl=tls, host=where.host, port=where.port, open_timeout=None,
                                              ping_interval=door.ping_interval, ping_timeout=door.ping_timeout,
                                              close_timeout=CLOSE_TIMEOUT, compression=None, proxy=None,
                                              max_size=self.max_size, max_queue=MAX_QUEUE, write_limit=WRITE_LIMIT,
@@ -1217,6 +1231,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the real server, e.g. ws://10.0.0.5:8000, or http(s)://10.0.0.5:8000 for a server answering "
                         "chats over HTTP + SSE (a profile spoken over SSE: ag-ui); then clients' HTTP/1.1 requests "
                         "are forwarded and --ping-interval/--ping-timeout do not apply")
+    p.add_argument("--upstream-ca-file", metavar="PEM", help="CA bundle to verify a wss:// or https:// --upstream "
+                   "(default: the system's CAs)")
+    p.add_argument("--upstream-client-cert", metavar="PEM", help="client certificate the proxy shows an --upstream "
+                   "that asks for one (mutual TLS); its private key in the same file or in --upstream-client-key")
+    p.add_argument("--upstream-client-key", metavar="PEM", help="the unencrypted private key of "
+                   "--upstream-client-cert, when not in its file")
     p.add_argument("--listen", default="127.0.0.1:8780", metavar="HOST:PORT",
                    help="where users connect (default 127.0.0.1:8780)")
     p.add_argument("--metrics-listen", default="127.0.0.1:9465", metavar="HOST:PORT",
@@ -1413,6 +1433,7 @@ def main(argv: list[str] | None = None) -> int:
                              upstream_parts.port or (443 if upstream_parts.scheme in ("wss", "https") else 80)):
             raise ConfigError(f"--upstream {args.upstream[:120]!r}: that is the proxy's own --listen address; give "
                               "the real server's")
+        tls = upstream_tls(args, upstream_parts.scheme)
         limits = {}
         for flag in ("settle", "send_timeout", "drain_timeout"):
             try:
@@ -1474,10 +1495,11 @@ def main(argv: list[str] | None = None) -> int:
             proxy: Any  # either side: its `relays` (the connections open) and `drain` are what the stop below uses
             if sse:
                 from .sse_proxy import SSEProxy, start_sse_proxy
-                proxy = SSEProxy(args.upstream, live, send_timeout=limits["send_timeout"], max_size=max_size)
+                proxy = SSEProxy(args.upstream, live, send_timeout=limits["send_timeout"], max_size=max_size,
+                                 tls=tls)
                 server: Any = await start_sse_proxy(proxy, host, port, door)
             else:
-                proxy = Proxy(args.upstream, live, send_timeout=limits["send_timeout"], max_size=max_size)
+                proxy = Proxy(args.upstream, live, send_timeout=limits["send_timeout"], max_size=max_size, tls=tls)
                 server = await start_proxy(proxy, host, port, door)
         except OSError as exc:
             raise _ListenFailed(exc) from None
@@ -1521,6 +1543,28 @@ def main(argv: list[str] | None = None) -> int:
         if metrics_server is not None:
             metrics_server.shutdown(timeout=1.0)
     return EXIT_OK
+
+
+# The upstream's TLS options, by their TargetOptions names (checked as `run` checks --ca-file and --client-cert).
+UPSTREAM_TLS = ("ca_file", "client_cert", "client_key")
+
+
+def upstream_tls(args: argparse.Namespace, scheme: str) -> ConnectSettings:
+    """The upstream's TLS settings of --upstream-ca-file, --upstream-client-cert and --upstream-client-key, checked
+    (a file that cannot be used, or one given for a ws:// or http:// upstream, which would never read it: a
+    ConfigError naming the flag)."""
+    opts = TargetOptions(**{f: getattr(args, f"upstream_{f}") for f in UPSTREAM_TLS})
+    given = [f for f in UPSTREAM_TLS if getattr(opts, f) is not None]
+    if given and scheme not in ("wss", "https"):
+        raise ConfigError(f"--upstream-{given[0].replace('_', '-')}: is for a wss:// or https:// --upstream "
+                          f"({scheme}:// speaks no TLS)")
+    try:
+        check_ca_file(opts)
+        check_client_cert(opts)
+    except ConfigError as exc:
+        raise ConfigError(flag_named(exc, "--upstream-", UPSTREAM_TLS), field=exc.field, detail=exc.detail) from None
+    return ConnectSettings(url=args.upstream, ca_file=opts.ca_file, client_cert=opts.client_cert,
+                           client_key=opts.client_key)
 
 
 class _ListenFailed(Exception):

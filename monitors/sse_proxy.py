@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import ssl
 import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ import h11
 from harness import redact
 from harness.eventstream import EventStreamParser, EventTooLarge
 from harness.redact import credentials_of
+from harness.transports.base import ConnectSettings, ssl_context
 from harness.transports.sse import CODINGS, CorruptEncoding, Unpacker, classify_http, head_failure
 
 from .frontdoor import (
@@ -209,7 +209,7 @@ class SSEProxy:
     def __init__(self, upstream: str, live: LiveChats, connect_timeout: float = 10.0,
                  send_timeout: float = DEFAULT_SEND_TIMEOUT, max_size: int = DEFAULT_MAX_SIZE,
                  request_timeout: float = REQUEST_TIMEOUT, read_timeout: float | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ConnectSettings | None = None) -> None:
         self.upstream = upstream.rstrip("/")
         self.request_timeout = request_timeout
         self.live = live
@@ -224,10 +224,10 @@ class SSEProxy:
         self.stopping = False
         self.drained = False  # the drain is over: what still streams is cut at the stop's close, not given its grace
         self.clients: dict[ClientSocket, asyncio.Task[Any]] = {}
-        parts = urlsplit(self.upstream)
-        # An https:// upstream's certificate verified against the system's CAs (as the WebSocket side's wss://), or
-        # against `tls`'s.
-        self._tls = (tls or ssl.create_default_context()) if parts.scheme == "https" else None
+        # An https:// upstream's TLS, as the WebSocket side's wss://: its certificate verified against the system's
+        # CAs or `tls`'s CA file, and `tls`'s client certificate shown when it asks for one (the clients' shared
+        # context, transports.base.ssl_context: loaded once, again when a file is rewritten).
+        self.tls = tls or ConnectSettings(url=self.upstream)
 
     # -- the client's connection --
 
@@ -640,8 +640,10 @@ class _Exchange:
         response: h11.Response | None = None
         try:
             async with asyncio.timeout(proxy.connect_timeout):
+                # (ConnectFailed, a tls_error, for a CA or certificate file gone bad since the start: a 502)
+                tls = ssl_context(proxy.tls) if parts.scheme == "https" else None
                 ureader, uwriter = await asyncio.open_connection(
-                    host, port, ssl=proxy._tls, server_hostname=host if proxy._tls else None, limit=READ_CHUNK)
+                    host, port, ssl=tls, server_hostname=host if tls else None, limit=READ_CHUNK)
                 self.upstream = uwriter
                 self.client.upstream = _Socket(uwriter.transport)
                 uwriter.write(up.send(h11.Request(method=head.method, target=target.encode("ascii"),

@@ -31,6 +31,7 @@ from harness.recorder import Recorder
 from harness.runner import run_scenario
 from harness.scenario import Expect, expectations_for
 from harness.targets import Target, TokenProvider
+from harness.transports.base import ConnectSettings
 from monitors.metrics import ChatMetrics, MetricsSink
 from monitors.proxy import LiveChats
 from monitors.sse_proxy import SSEProxy, start_sse_proxy
@@ -209,7 +210,7 @@ async def test_answers_that_are_no_event_stream_are_relayed_unchanged_and_no_cha
         assert sum(sample(metrics, "chatprobe_chats_total", outcome=o) for o in ("passed", "failed", "error")) == 0
 
 
-async def test_an_https_upstream_is_verified_and_one_with_an_unknown_ca_is_a_tls_error():
+async def test_an_https_upstream_is_verified_and_one_with_an_unknown_ca_is_a_tls_error(tmp_path):
     ca = trustme.CA()
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_tls)
@@ -224,8 +225,8 @@ async def test_an_https_upstream_is_verified_and_one_with_an_unknown_ca_is_a_tls
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_tls)
     up = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    trusting = ssl.create_default_context()
-    ca.configure_trust(trusting)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    trusting = ConnectSettings(url=up, ca_file=str(tmp_path / "ca.pem"))  # --upstream-ca-file
     try:
         async with proxy_to(up, tls=trusting) as (url, metrics, _), httpx.AsyncClient(timeout=10) as client:
             response = await client.post(f"{url}/agent", content=BODY)
