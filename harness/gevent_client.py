@@ -440,13 +440,16 @@ class _StreamWire:
                     event = http.next_event()
                     if event is h11.NEED_DATA:
                         got = _within(sock, deadline, functools.partial(sock.recv, 65536))
+                        if not got and not answered:
+                            # The server closed without a byte of an answer (h11 says only that its state forbids
+                            # it): in the words of the asyncio transport's httpx.
+                            raise ConnectFailed("protocol_error", NO_RESPONSE)
                         answered = answered or bool(got)
                         http.receive_data(got)
                     elif isinstance(event, h11.Response):
                         break
                     elif isinstance(event, h11.ConnectionClosed):  # as httpx says it (the asyncio transport)
-                        raise ConnectFailed("protocol_error",
-                                            "HTTP protocol error: Server disconnected without sending a response.")
+                        raise ConnectFailed("protocol_error", NO_RESPONSE)
                     else:
                         # A 1xx answer: the next one is awaited, within the same deadline (_within checks it before
                         # every read, however fast they come), and the other greenlets get their turn meanwhile: a
@@ -628,6 +631,10 @@ class StreamKeeper:
         idle, self._idle = self._idle, None
         if idle is not None:
             idle[0].close()
+
+
+# httpx's words (through classify_http) for a server that closed before a byte of its answer.
+NO_RESPONSE = "HTTP protocol error: Server disconnected without sending a response."
 
 
 def _stream_tls(s: ConnectSettings) -> ssl.SSLContext:

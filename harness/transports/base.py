@@ -204,10 +204,32 @@ _UNTRUSTED_ISSUER = frozenset({2, 18, 19, 20, 21})
 _OTHER_NAME = frozenset({62, 64})
 
 
+# A certificate out of its validity dates (X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED).
+_OUT_OF_DATE = frozenset({9, 10})
+# OpenSSL's reasons for bytes that are no TLS record where the server's handshake was due: a plain-HTTP server's
+# answer to the ClientHello (nginx's `400 Bad Request`, ...).
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE", "HTTP_REQUEST",
+                      "UNKNOWN_PROTOCOL"})
+# A server's alert saying it wants a client certificate (TLS 1.3's certificate_required), and the alerts of one that
+# refused the certificate shown (not its CA's, expired, revoked, or not allowed in).
+_CERT_REQUIRED = frozenset({"TLSV13_ALERT_CERTIFICATE_REQUIRED"})
+_CERT_REFUSED = frozenset({"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+                           "SSLV3_ALERT_CERTIFICATE_EXPIRED", "SSLV3_ALERT_CERTIFICATE_REVOKED",
+                           "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE", "TLSV1_ALERT_ACCESS_DENIED"})
+# What every client says of a server that hung up during the TLS handshake (OpenSSL's unexpected EOF; asyncio's
+# ConnectionResetError out of the handshake): what a server that speaks no TLS does with a ClientHello.
+TLS_CUT = ("TLS: the server closed the connection during the TLS handshake: a server that speaks no TLS does so (is it "
+           "a ws:// or http:// one?)")
+
+
 def tls_reason(exc: ssl.SSLError) -> str:
     """A TLS failure in one line: OpenSSL's reason and, for a certificate not verified, why (a self-signed one, a name
-    or IP address it is not for, expired) and, where one helps, what to give (`--ca-file`, another host name)."""
-    reason = f"TLS: {getattr(exc, 'reason', None) or exc.__class__.__name__}"
+    or IP address it is not for, expired) and, where one helps, what to give (`--ca-file`, `--client-cert`, another
+    host name, another scheme): each of docs/protocol.md's TLS failures in words of its own, on every client."""
+    name = getattr(exc, "reason", None) or exc.__class__.__name__
+    if name in ("UNEXPECTED_EOF_WHILE_READING", "SSLEOFError"):
+        return TLS_CUT
+    reason = f"TLS: {name}"
     why = getattr(exc, "verify_message", None)
     if isinstance(why, str) and why:
         reason += f" ({why.strip().rstrip('.')[:200]})"
@@ -216,6 +238,15 @@ def tls_reason(exc: ssl.SSLError) -> str:
             reason += ": give the server's CA with --ca-file, or --insecure"
         elif code in _OTHER_NAME:
             reason += ": connect by a name or address the certificate is for, or --insecure"
+        elif code in _OUT_OF_DATE:
+            reason += ": the server's certificate is out of its validity dates (renew it, or check this machine's " \
+                      "clock), or --insecure"
+    elif name in _NOT_TLS:
+        reason += ": the server answered in plain text, not TLS (is it a ws:// or http:// one?)"
+    elif name in _CERT_REQUIRED:
+        reason += ": the server requires a client certificate: give one with --client-cert"
+    elif name in _CERT_REFUSED:
+        reason += ": the server refused the client certificate shown (--client-cert): give one it trusts"
     return reason
 
 

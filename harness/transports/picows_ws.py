@@ -25,6 +25,7 @@ from .base import (
     MALFORMED_EXTENSIONS,
     MALFORMED_HEADER,
     MAX_FRAGMENTS,
+    TLS_CUT,
     UNOFFERED_EXTENSION,
     UNOFFERED_SUBPROTOCOL,
     ConnectFailed,
@@ -125,6 +126,25 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return "protocol_error", exc.__class__.__name__
 
 
+def _ended_before_answer(ws: WSTransport, s: ConnectSettings) -> tuple[str, str]:
+    """Why a connection ended before the upgrade's answer. Over TLS, picows drops the TLS error that ended it (a TLS
+    1.3 server's alert comes after the client's handshake is done: `certificate_required` from a server that wants a
+    client certificate): what the TLS object says when read once more tells a fatal alert (it reads as the end, b"")
+    from a plain end (it wants more), as the other clients, which get OpenSSL's error, tell it."""
+    tls = ws.underlying_transport.get_extra_info("ssl_object")
+    if tls is not None:
+        try:
+            alert = tls.read(1) == b""
+        except (ssl.SSLError, ValueError):
+            alert = False
+        if alert:
+            return "tls_error", (
+                "TLS: the server ended the connection with a TLS alert before answering: "
+                + ("the server refused the client certificate shown (--client-cert)?" if s.client_cert else
+                   "the server requires a client certificate? give one with --client-cert"))
+    return "refused", "the server closed the connection during the handshake"
+
+
 class FrameListener(Protocol):
     """Whom a listening connection calls (`PicowsTransport.listen`): with each frame and its time, and once with the
     connection's end. One object, not two callbacks: a bound method each would be 128 bytes per open connection."""
@@ -179,11 +199,15 @@ class PicowsTransport(WSListener, RecordingHooks):
                     max_redirects=0, proxy=None, use_aiofastnet=False, read_buffer_init_size=READ_BUFFER)
         except Exception as exc:
             kind, reason = classify(exc)
+            if type(exc) is ConnectionResetError and s.url[:4].lower() == "wss:":
+                # asyncio's word for a server that hung up during the TLS handshake (OpenSSL's unexpected EOF,
+                # which the other clients see): what a server that speaks no TLS does with the ClientHello.
+                kind, reason = "tls_error", TLS_CUT
             raise ConnectFailed(kind, reason) from None
         ws = self.ws
         if ws.is_disconnected and ws.response is None:
             # picows returns, not raises, when the server hangs up before answering the upgrade.
-            raise ConnectFailed("refused", "the server closed the connection during the handshake")
+            raise ConnectFailed(*_ended_before_answer(ws, s))
         self.settings = None
         refusal = _unoffered(ws.response.headers if ws.response is not None else None, subprotocols)
         # The upgrade's headers are not read again: ~1 KiB per open connection, and the request's carry the credential.

@@ -33,6 +33,7 @@ from .base import (
     FRAGMENTS_ERROR,
     FRAMES_PER_TURN,
     MALFORMED_HEADER,
+    TLS_CUT,
     TOO_MANY_FRAGMENTS,
     UNOFFERED_EXTENSION,
     UNOFFERED_SUBPROTOCOL,
@@ -311,7 +312,13 @@ class BoundedClientConnection(BoundedPongs, ClientConnection):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
+        handshaking = self.protocol.state is State.CONNECTING
         super().connection_lost(exc)
+        if handshaking and isinstance(exc, ssl.SSLError):
+            # A TLS alert read before the upgrade's answer (TLS 1.3: a server's certificate_required comes after the
+            # client's handshake is done): the handshake's failure is it, not the end of the stream websockets says
+            # (`the server closed the connection during the handshake`, where the other clients say what TLS said).
+            self.protocol.handshake_exc = exc
 
 
 class NoRedirects(connect):
@@ -348,6 +355,8 @@ class WebSocketTransport(RecordingHooks):
                                              **handshake_options(s))
         except Exception as exc:
             kind, reason = classify(exc)
+            if type(exc) is ConnectionResetError and s.url[:4].lower() == "wss:":
+                kind, reason = "tls_error", TLS_CUT  # (the server hung up during the TLS handshake: picows_ws.py)
             raise ConnectFailed(kind, reason) from None
         # Open: the credential is not kept for the connection's life (the upgrade request, headers and all, is not
         # read again; the settings keep what the connection's end is told by, max_size).
