@@ -241,6 +241,11 @@ def _hostport(value: str, flag: str) -> tuple[str, int]:
     return host, port
 
 
+def _url_host(host: str) -> str:
+    """A host as a URL writes it: an IPv6 address in brackets (`ws://[::1]:8780`; `ws://::1:8780` is no URL)."""
+    return f"[{host}]" if ":" in host else host
+
+
 def _is_self(listen: tuple[str, int], upstream_host: str, upstream_port: int) -> bool:
     """Whether the upstream is the proxy's own listening address (the same address, `localhost` for a loopback one,
     or a loopback one where it listens on every address): each client's connection would come back to the proxy,
@@ -1504,8 +1509,9 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             raise _ListenFailed(exc) from None
         if metrics_server is not None:  # said once the proxy listens too: a --listen it cannot use exits 2 first
-            print(f"chatprobe proxy metrics on http://{mhost}:{mport}/metrics", flush=True)
-        print(f"chatprobe proxy listening on {'http' if sse else 'ws'}://{host}:{server.sockets[0].getsockname()[1]} (at most "
+            print(f"chatprobe proxy metrics on http://{_url_host(mhost)}:{mport}/metrics", flush=True)
+        print(f"chatprobe proxy listening on {'http' if sse else 'ws'}://{_url_host(host)}:"
+              f"{server.sockets[0].getsockname()[1]} (at most "
               f"{door.max_connections} connections, {door.max_per_address} per client address)", flush=True)
         await stop.wait()
         live.begin_stop()  # the chats kept for a resume or a resend: unjudged, counted while /metrics is served

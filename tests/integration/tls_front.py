@@ -1,6 +1,6 @@
 """A TLS server in front of a plain one, on 127.0.0.1, for the TLS tests: `TlsFront(context, upstream_port)` accepts
 connections, does the TLS handshake with `context` (a server context of a trustme CA: it may require a client
-certificate), and relays the decrypted bytes to the plain server at `upstream_port` and back.
+certificate), and relays the decrypted bytes to the plain server at `upstream_port` (on the same `host`) and back.
 
 It runs on threads of its own (blocking sockets, every wait bounded by TIMEOUT), so that a client under test on the
 asyncio loop, on plain threads or under gevent meets the same server. A handshake that fails ends as a TLS server
@@ -77,7 +77,7 @@ class TlsFront:
         peer = tls.getpeercert()
         if peer:
             self.peer_certs.append(str(peer.get("subjectAltName") or peer.get("subject")))
-        upstream = self._keep(socket.create_connection(("127.0.0.1", self.upstream_port), timeout=TIMEOUT))
+        upstream = self._keep(socket.create_connection((self.host, self.upstream_port), timeout=TIMEOUT))
         upstream.sendall(first)
         threading.Thread(target=self._pipe, args=(upstream, tls), daemon=True).start()
         self._pipe(tls, upstream)
