@@ -105,3 +105,21 @@ def test_the_pytest_plugin_names_its_own_flag(tmp_path):
     assert proc.returncode == 4, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     assert "--chatprobe-client-key" in proc.stderr and "passphrase-protected" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_locust_user_names_its_own_flag(tmp_path, refused_port):
+    from .test_option_fuzz import ENV as LOCUST_ENV
+    from .test_option_fuzz import LOCUST, ROOT
+
+    p = pems(tmp_path)
+    argv = [str(LOCUST), "-f", str(ROOT / "scenarios" / "locustfile.py"), "--headless", "-u", "1", "-r", "1", "-t",
+            "2s", "--host", f"wss://127.0.0.1:{refused_port()}/ws", "--chatprobe-client-cert", p["cert"],
+            "--chatprobe-client-key", p["other_key"]]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=LOCUST_ENV, cwd=ROOT)
+    out = proc.stdout + proc.stderr
+    lines = [line for line in out.splitlines() if line.startswith("chatprobe: error:")]
+    assert proc.returncode == 2 and "Traceback" not in out, (proc.returncode, out[-3000:])
+    assert len(lines) == 1 and "--chatprobe-client-key" in lines[0] and "not the certificate's" in lines[0], lines
+    assert p["other_key"] in lines[0]
+    for line in key_lines(p["other_key"], p["key"]):
+        assert line not in out

@@ -113,3 +113,31 @@ async def test_a_server_that_requires_a_client_certificate_accepts_the_one_given
     fronts = ws_front.handshakes + http_front.handshakes
     assert fronts and set(fronts) == {"ok"}, fronts
     assert "probe@example.com" in " ".join(ws_front.peer_certs + http_front.peer_certs)
+
+
+def test_the_client_certificate_is_loaded_once_and_again_when_rewritten(tmp_path):
+    """One shared context per certificate and key as for the CA file (loaded once, not per connection), made anew
+    when either file is rewritten (a rotated certificate is shown at the next connection); a file that turned bad
+    under a run (emptied, a FIFO put in its place) fails the connection as a tls_error naming it, never opened."""
+    import os
+
+    from harness.transports.base import ConnectFailed, ConnectSettings, ssl_context
+
+    pki = make_pki(tmp_path)
+    settings = ConnectSettings(url="wss://127.0.0.1:1/agent", ca_file=pki.ca_file, client_cert=pki.cert,
+                               client_key=pki.key)
+    first = ssl_context(settings)
+    assert first is not None and ssl_context(settings) is first
+    assert ssl_context(ConnectSettings(url="wss://127.0.0.1:1/agent", ca_file=pki.ca_file)) is not first
+    stat = os.stat(pki.key)
+    os.utime(pki.key, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert ssl_context(settings) is not first
+    Path(pki.key).write_bytes(b"")
+    with pytest.raises(ConnectFailed) as failed:
+        ssl_context(settings)
+    assert failed.value.kind == "tls_error" and "the client key 'key.pem' cannot be loaded" in str(failed.value)
+    os.unlink(pki.cert)
+    os.mkfifo(pki.cert)
+    with pytest.raises(ConnectFailed) as failed:
+        ssl_context(settings)
+    assert str(failed.value) == "TLS: the client certificate 'cert.pem' cannot be loaded: not a regular file"
