@@ -172,6 +172,28 @@ def jwt_user(token: str) -> str | None:
     return f"jwt\0{iss if isinstance(iss, str) else ''}\0{sub}"
 
 
+class UpstreamTls:
+    """Says why the upstream's TLS failed, in the log (WARNING), once until the reason changes, on either side of the
+    proxy: a 502 and a `tls_error` count say only that it failed, and an unknown CA, an expired certificate or a client
+    certificate the upstream wants are each the operator's to fix. The reason is the clients' (transports.base.
+    tls_reason), with what to give named by the proxy's own flags; never a credential (OpenSSL's words, file names)."""
+
+    __slots__ = ("said",)
+
+    def __init__(self) -> None:
+        self.said = ""
+
+    def failed(self, kind: str, reason: str) -> None:
+        if kind != "tls_error":
+            return
+        reason = (reason.replace(", or --insecure", "").replace("--ca-file", "--upstream-ca-file")
+                  .replace("--client-cert", "--upstream-client-cert"))
+        if reason != self.said:
+            self.said = reason
+            log.warning("the upstream's TLS failed: %s (502 to the clients; said again when the reason changes)",
+                        redact.clean(reason, 400))
+
+
 async def drain_wait(done: Awaitable[Any], timeout: float, interrupted: asyncio.Event | None) -> None:
     """The drain's wait, either side's: until `done` (every connection closed), `timeout` seconds, or `interrupted`
     (a second signal), whichever comes first."""

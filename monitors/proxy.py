@@ -71,6 +71,7 @@ from .frontdoor import (
     WARN_EVERY,
     BadTarget,
     FrontDoor,
+    UpstreamTls,
     accept_batch,
     client_address,
     connections_for_fds,
@@ -941,6 +942,7 @@ class Proxy:
         # (--upstream-ca-file, --upstream-client-cert/--upstream-client-key), the clients' shared context
         # (transports.base.ssl_context: loaded once, again when a file is rewritten).
         self.tls = tls or ConnectSettings(url=self.upstream)
+        self.tls_failure = UpstreamTls()
         self.live = live
         self.connect_timeout = connect_timeout
         self.send_timeout = send_timeout
@@ -1041,7 +1043,9 @@ class Proxy:
             return conn.respond(HTTPStatus.GATEWAY_TIMEOUT,
                                 f"upstream did not answer within {self.connect_timeout:g}s\n")
         except Exception as exc:
-            self.live.sink.connection_attempt(self.live.scenario, classify(exc)[0])
+            kind, reason = classify(exc)
+            self.live.sink.connection_attempt(self.live.scenario, kind)
+            self.tls_failure.failed(kind, reason)
             return conn.respond(HTTPStatus.BAD_GATEWAY, "upstream unreachable\n")
         conn.upstream = upstream  # type: ignore[attr-defined]
         if _garbage_after(conn):

@@ -31,6 +31,7 @@ from .frontdoor import (
     MAX_RECORDED_CREDENTIALS,
     BadTarget,
     FrontDoor,
+    UpstreamTls,
     accept_batch,
     client_address,
     credentials_identity,
@@ -228,6 +229,7 @@ class SSEProxy:
         # CAs or `tls`'s CA file, and `tls`'s client certificate shown when it asks for one (the clients' shared
         # context, transports.base.ssl_context: loaded once, again when a file is rewritten).
         self.tls = tls or ConnectSettings(url=self.upstream)
+        self.tls_failure = UpstreamTls()
 
     # -- the client's connection --
 
@@ -672,7 +674,8 @@ class _Exchange:
             raise
         except Exception as exc:
             self._close_upstream()
-            kind, _why = classify_http(exc)
+            kind, why = classify_http(exc)
+            proxy.tls_failure.failed(kind, why)
             if chat:
                 live.sink.connection_attempt(live.scenario, kind)
             if kind == "timeout":

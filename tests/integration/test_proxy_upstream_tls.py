@@ -5,6 +5,7 @@ CAs only, and had no certificate to show: every chat through it was a 502)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -65,7 +66,7 @@ async def chat_through(url: str) -> str:
 
 
 @pytest.mark.parametrize("side", ["wss", "https"])
-async def test_the_proxy_verifies_its_upstream_with_its_ca_and_shows_its_client_certificate(tmp_path, side):
+async def test_the_proxy_verifies_its_upstream_with_its_ca_and_shows_its_client_certificate(tmp_path, side, caplog):
     pki = make_pki(tmp_path)
     async with agui_behind(pki.server) as (wss, https, ws_front, http_front):
         upstream = (wss if side == "wss" else https).removesuffix("/agent")
@@ -77,12 +78,19 @@ async def test_the_proxy_verifies_its_upstream_with_its_ca_and_shows_its_client_
             assert attempts(metrics) == {"ok": 1.0}
         assert "probe@example.com" in " ".join(front.peer_certs)
         # Without the upstream's CA: the system's CAs do not know it; without the certificate: the upstream refuses.
+        caplog.set_level(logging.WARNING, logger="chatprobe.proxy")
         async with proxy_for(upstream, "--upstream-client-cert", pki.combined) as (url, metrics):
             assert await chat_through(url) == "error"
             assert attempts(metrics) == {"tls_error": 1.0}
+        # why, once, in the proxy's own flags (a 502 and a count said only that it failed)
+        (said,) = [r.getMessage() for r in caplog.records if "TLS failed" in r.getMessage()]
+        assert "give the server's CA with --upstream-ca-file" in said and "--insecure" not in said, said
+        caplog.clear()
         async with proxy_for(upstream, "--upstream-ca-file", pki.ca_file) as (url, metrics):
             assert await chat_through(url) == "error"
             assert attempts(metrics) == {"tls_error": 1.0}  # the upstream's alert (certificate required), read
+        (said,) = [r.getMessage() for r in caplog.records if "TLS failed" in r.getMessage()]
+        assert "the server requires a client certificate: give one with --upstream-client-cert" in said, said
 
 
 @pytest.mark.parametrize("flags, needles", [
