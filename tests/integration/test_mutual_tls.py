@@ -141,3 +141,20 @@ def test_the_client_certificate_is_loaded_once_and_again_when_rewritten(tmp_path
     with pytest.raises(ConnectFailed) as failed:
         ssl_context(settings)
     assert str(failed.value) == "TLS: the client certificate 'cert.pem' cannot be loaded: not a regular file"
+
+
+async def test_the_pytest_plugin_shows_its_client_certificate(pytester, tmp_path):
+    """`--chatprobe-client-cert` (and `--chatprobe-client-key`) as `run`'s: the chat passes; without it the test
+    fails with the TLS failure's reason (the plugin had no way to give one)."""
+    pki = make_pki(tmp_path)
+    pytester.makepyfile(test_mtls="def test_chat(chatprobe):\n    chatprobe.check(chatprobe.chat('hi', deadline=10))\n")
+    async with agui_behind(pki.server) as (_, https, _ws_front, http_front):
+        flags = ["-p", "no:cacheprovider", "-rA", "--chatprobe-target", https, "--chatprobe-profile", "ag-ui",
+                 "--chatprobe-ca-file", pki.ca_file]
+        shown = await asyncio.to_thread(pytester.runpytest_subprocess, *flags, "--chatprobe-client-cert", pki.cert,
+                                        "--chatprobe-client-key", pki.key, timeout=60)
+        refused = await asyncio.to_thread(pytester.runpytest_subprocess, *flags, timeout=60)
+    shown.assert_outcomes(passed=1)
+    refused.assert_outcomes(failed=1)
+    refused.stdout.fnmatch_lines(["*TLSV13_ALERT_CERTIFICATE_REQUIRED: the server requires a client certificate*"])
+    assert http_front.handshakes[0] == "ok" and "probe@example.com" in http_front.peer_certs[0]
