@@ -320,14 +320,14 @@ def client_cert_problem(cert: str, key: str | None) -> tuple[str, str] | None:
         if not stat.S_ISREG(st.st_mode):
             return option, "not a regular file"
     try:
-        ssl.create_default_context().load_verify_locations(cafile=cert)
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)  # (no system CAs loaded)
     except (ssl.SSLError, ValueError):
         return "client_cert", "holds no PEM certificate"
     except OSError as exc:
         return "client_cert", exc.strerror or exc.__class__.__name__
     key_option = "client_key" if key else "client_cert"
     try:
-        ssl.create_default_context().load_cert_chain(cert, key, password=_no_passphrase)
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=_no_passphrase)
     except _Encrypted:
         return key_option, ("the private key is encrypted (passphrase-protected); chatprobe takes an unencrypted key "
                             "file, readable by this user only")
