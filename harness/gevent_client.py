@@ -45,7 +45,7 @@ from .flow import (
 from .sinks import Sink
 from .targets import Target
 from .transports import SCHEMES, ConnectFailed, ConnectSettings
-from .transports.base import FRAMES_PER_TURN, MAX_FRAGMENTS, TOO_MANY_FRAGMENTS
+from .transports.base import FRAMES_PER_TURN, MAX_FRAGMENTS, NO_RESPONSE, TOO_MANY_FRAGMENTS, plain_close_hint
 from .transports.websocket import classify, handshake_options, minimal_lengths, record_close, status_first
 
 if TYPE_CHECKING:
@@ -474,7 +474,8 @@ class _StreamWire:
                     continue
                 self.requested = False
                 if isinstance(exc, Exception):
-                    raise ConnectFailed(*classify_http(exc)) from None
+                    kind, reason = classify_http(exc)
+                    raise ConnectFailed(kind, plain_close_hint(s.url, reason)) from None
                 raise
             break
         self.coding = CODINGS.get(head.get("content-encoding", "").strip().lower())
@@ -633,10 +634,6 @@ class StreamKeeper:
             idle[0].close()
 
 
-# httpx's words (through classify_http) for a server that closed before a byte of its answer.
-NO_RESPONSE = "HTTP protocol error: Server disconnected without sending a response."
-
-
 def _stream_tls(s: ConnectSettings) -> ssl.SSLContext:
     from .transports.base import ssl_context
     from .transports.sse import _no_tls
@@ -770,6 +767,7 @@ class SyncSession(VirtualUser):
             ws.open()
         except Exception as exc:
             kind, reason = classify(exc)
+            reason = plain_close_hint(settings.url, reason)
             if recording is not None:
                 recording.open_failed(kind, reason)  # the recording keeps the attempt, and why it failed
             self.sink.connection_attempt(self.scenario, kind)

@@ -222,6 +222,22 @@ TLS_CUT = ("TLS: the server closed the connection during the TLS handshake: a se
            "a ws:// or http:// one?)")
 
 
+# What the clients say of a server that closed the connection before a byte of its answer: WebSocket's (picows,
+# websockets, the Locust user's), SSE's (httpx's words, the Locust user's SSE client too).
+CLOSED_IN_HANDSHAKE = "the server closed the connection during the handshake"
+NO_RESPONSE = "HTTP protocol error: Server disconnected without sending a response."
+
+
+def plain_close_hint(url: str, reason: str) -> str:
+    """`reason`, and for such a close at a ws:// or http:// URL what it may be: a TLS server (an OpenSSL-based one)
+    closes on a request that is not TLS without a word, and the client cannot tell it from any server's close."""
+    if reason == CLOSED_IN_HANDSHAKE or reason == NO_RESPONSE:
+        scheme = url.partition(":")[0].lower()
+        if scheme in ("ws", "http"):
+            return f"{reason} (a TLS server does so at {'an' if scheme == 'http' else 'a'} {scheme}:// URL: is it {scheme}s://?)"
+    return reason
+
+
 def tls_reason(exc: ssl.SSLError) -> str:
     """A TLS failure in one line: OpenSSL's reason and, for a certificate not verified, why (a self-signed one, a name
     or IP address it is not for, expired) and, where one helps, what to give (`--ca-file`, `--client-cert`, another

@@ -21,6 +21,7 @@ from picows.common import WSHandshakeError, WSInvalidHeaderError, WSInvalidMessa
 
 from ..sinks import refused_upgrade
 from .base import (
+    CLOSED_IN_HANDSHAKE,
     FRAGMENTS_ERROR,
     MALFORMED_EXTENSIONS,
     MALFORMED_HEADER,
@@ -33,6 +34,7 @@ from .base import (
     FrameCallback,
     RecordingHooks,
     auth_headers,
+    plain_close_hint,
     ssl_context,
     tls_reason,
     with_defaults,
@@ -101,7 +103,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, WSHandshakeError):
         response = exc.response
         if response is None:
-            return "refused", "the server closed the connection during the handshake"
+            return "refused", CLOSED_IN_HANDSHAKE
         status = int(response.status)
         if status == 101 and isinstance(exc, WSInvalidHeaderError) and exc.name in _HANDSHAKE_HEADERS:
             tokens = [t.strip().lower() for t in (exc.value or "").split(",")]
@@ -116,7 +118,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, ConnectionRefusedError):
         return "refused", "connection refused"
     if isinstance(exc, (EOFError, ConnectionError)):
-        return "refused", "the server closed the connection during the handshake"
+        return "refused", CLOSED_IN_HANDSHAKE
     if isinstance(exc, OSError):
         return "refused", f"network error: {exc.strerror or exc.__class__.__name__}"
     if isinstance(exc, WSError):
@@ -142,7 +144,7 @@ def _ended_before_answer(ws: WSTransport, s: ConnectSettings) -> tuple[str, str]
                 "TLS: the server ended the connection with a TLS alert before answering: "
                 + ("the server refused the client certificate shown (--client-cert)?" if s.client_cert else
                    "the server requires a client certificate? give one with --client-cert"))
-    return "refused", "the server closed the connection during the handshake"
+    return "refused", plain_close_hint(s.url, CLOSED_IN_HANDSHAKE)
 
 
 class FrameListener(Protocol):
@@ -203,7 +205,7 @@ class PicowsTransport(WSListener, RecordingHooks):
                 # asyncio's word for a server that hung up during the TLS handshake (OpenSSL's unexpected EOF,
                 # which the other clients see): what a server that speaks no TLS does with the ClientHello.
                 kind, reason = "tls_error", TLS_CUT
-            raise ConnectFailed(kind, reason) from None
+            raise ConnectFailed(kind, plain_close_hint(s.url, reason)) from None
         ws = self.ws
         if ws.is_disconnected and ws.response is None:
             # picows returns, not raises, when the server hangs up before answering the upgrade.

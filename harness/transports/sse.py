@@ -33,6 +33,7 @@ from .base import (
     ConnectSettings,
     FrameCallback,
     RecordingHooks,
+    plain_close_hint,
     ssl_context,
     tls_reason,
     with_defaults,
@@ -370,7 +371,8 @@ class SSETransport(RecordingHooks):
                             raise
                         idle = None
         except Exception as exc:
-            raise ConnectFailed(*classify_http(exc)) from None
+            kind, reason = classify_http(exc)
+            raise ConnectFailed(kind, plain_close_hint(s.url, reason)) from None
         finally:
             if response is None:  # no stream came of it (also when cancelled): the next chat may try again
                 self._requested = False

@@ -30,6 +30,7 @@ from websockets.protocol import State
 
 from ..sinks import refused_upgrade
 from .base import (
+    CLOSED_IN_HANDSHAKE,
     FRAGMENTS_ERROR,
     FRAMES_PER_TURN,
     MALFORMED_HEADER,
@@ -42,6 +43,7 @@ from .base import (
     FrameCallback,
     RecordingHooks,
     auth_headers,
+    plain_close_hint,
     ssl_context,
     tls_reason,
 )
@@ -66,7 +68,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, InvalidMessage) and _bare_lf(exc):
         return "protocol_error", "WebSocket handshake failed: a line of the answer ended with LF alone, not CRLF"
     if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, (EOFError, ConnectionError)):
-        return "refused", "the server closed the connection during the handshake"
+        return "refused", CLOSED_IN_HANDSHAKE
     if isinstance(exc, (NegotiationError, InvalidHeader)) and _about_subprotocol(exc):
         return "protocol_error", f"WebSocket handshake failed: {UNOFFERED_SUBPROTOCOL}"
     if isinstance(exc, InvalidHeader) and exc.name.lower() in _HANDSHAKE_HEADERS:
@@ -357,7 +359,7 @@ class WebSocketTransport(RecordingHooks):
             kind, reason = classify(exc)
             if type(exc) is ConnectionResetError and s.url[:4].lower() == "wss:":
                 kind, reason = "tls_error", TLS_CUT  # (the server hung up during the TLS handshake: picows_ws.py)
-            raise ConnectFailed(kind, reason) from None
+            raise ConnectFailed(kind, plain_close_hint(s.url, reason)) from None
         # Open: the credential is not kept for the connection's life (the upgrade request, headers and all, is not
         # read again; the settings keep what the connection's end is told by, max_size).
         self.ws.request = None

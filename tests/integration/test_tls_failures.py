@@ -6,7 +6,8 @@ FAILED on the code before: an expired certificate said only "certificate has exp
 certificate that was not given was `refused`, "the server closed the connection during the handshake" (picows,
 websockets) or "network error" (SSE); one refusing the certificate shown, likewise; a plain-HTTP server at a wss://
 URL was `refused` on picows and websockets and "TLS: UNEXPECTED_EOF_WHILE_READING" on the others; the Locust user's
-SSE client said h11's "can't handle event type ConnectionClosed" of a server that closed without an answer."""
+SSE client said h11's "can't handle event type ConnectionClosed" of a server that closed without an answer, and no
+client said what a close without an answer at a ws:// or http:// URL may be (a TLS server's)."""
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,12 @@ from .tls_front import TlsFront
 
 pytestmark = pytest.mark.timeout(180)
 CONNECT_TIMEOUT = 5.0  # the scenario's connect_timeout (test_mutual_tls.scenario)
-NO_ANSWER = {"wss": ("refused", "the server closed the connection during the handshake"),
-             "https": ("protocol_error", "HTTP protocol error: Server disconnected without sending a response.")}
+# A TLS server at a ws:// or http:// URL: it closes without a word, as any server's close reads (the kind stays the
+# transport's), with what it may be said.
+NO_ANSWER = {"wss": ("refused", "the server closed the connection during the handshake (a TLS server does so at a "
+                                "ws:// URL: is it wss://?)"),
+             "https": ("protocol_error", "HTTP protocol error: Server disconnected without sending a response. (a TLS "
+                                         "server does so at an http:// URL: is it https://?)")}
 
 
 def server_context(ca: trustme.CA, *names: str, expired: bool = False,
