@@ -501,18 +501,40 @@ class _Prefixed(io.RawIOBase):
 
 # -- JSON Lines --
 
-def _next_line(f: IO[bytes], limit: int) -> tuple[bool, bytes | None]:
-    """(False, None) at the end; (True, None) for a line over `limit` bytes (skipped in pieces: never more than
-    `limit` bytes held); else (True, the line without its end). A function, not a generator: a suspended generator
+_END, _LINE, _UNENDED = 0, 1, 2  # what _next_line read: nothing (the end), a line, the file's last line with no end
+
+
+def _next_line(f: IO[bytes], limit: int) -> tuple[int, bytes | None]:
+    """(_END, None) at the end; (_LINE, None) for a line over `limit` bytes (skipped in pieces: never more than
+    `limit` bytes held); else (_LINE, the line without its end), or (_UNENDED, the line) for a last line the file ends
+    without its line end (what a writer stopped mid-line leaves). A function, not a generator: a suspended generator
     would hold the last line while the caller goes on."""
     line = f.readline(limit + 1)
     if not line:
-        return False, None
+        return _END, None
     if len(line) > limit and not line.endswith(b"\n"):
         while line and not line.endswith(b"\n"):
             line = f.readline(CHUNK)
-        return True, None
-    return True, line.rstrip(b"\r\n")
+        return _LINE, None
+    return (_LINE if line.endswith(b"\n") else _UNENDED), line.rstrip(b"\r\n")
+
+
+# The cut record's connection, when its cut left that field whole.
+_CUT_CONN = re.compile(r'"conn"\s*:\s*("(?:[^"\\]|\\.)*")')
+CUT_RECORD = ("the file ends inside a record that is not whole: its writer stopped mid-line, crashed or killed, or the "
+              "file was copied while written")
+
+
+def _cut_record(text: str, conn: str, where: str) -> Recorded:
+    """A dropped record for the file's last line, cut mid-record: no frame the server sent (an R12 held against it
+    would say the server sent broken JSON), the end of what was recorded of its connection (named in what the cut
+    left, else the last one seen): its open chats are judged as they stood there, as at an SSE body's cut event."""
+    if (named := _CUT_CONN.search(text)) is not None:
+        try:
+            conn = str(json.loads(named.group(1)))
+        except ValueError:
+            pass
+    return Recorded("dropped", conn, detail="the rest of a record", where=where, error=CUT_RECORD)
 
 
 def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, path: str | None = None
@@ -532,7 +554,7 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
     n = 0
     while True:
         more, line = _next_line(f, max_line)
-        if not more:
+        if more == _END:
             break
         n += 1
         where = f"{name}:{n}"
@@ -551,6 +573,12 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
         try:
             obj = json.loads(text)
         except (ValueError, RecursionError):
+            if more == _UNENDED and text.lstrip().startswith("{") and "\0" not in text:
+                # The file's last line, begun as a record (or a JSON frame) and ending with neither its JSON nor its
+                # line end: cut there, not a frame that came so.
+                held, text = [_cut_record(text, conn, where)], ""
+                yield held.pop()
+                continue
             # Not JSON: what a server sent that is not a frame of any profile; judged as received.
             held, text = [Recorded("recv", conn, frame=_cut(text, max_frame), where=where)], ""
             yield held.pop()  # popped: the suspended generator holds no reference to the frame
