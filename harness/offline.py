@@ -972,6 +972,19 @@ class Stop(Protocol):
 STOPPED_NOTE = ("interrupted at record {n}: the rest of the recording was not read, and the chats open then were "
                 "judged as they stood")
 
+# The names `--record` gave its files before it wrote what `check` needs to judge a run's steps as live: NNNNNN-LABEL
+# (no run id: the first recorder), then a run id to the second (until 2026-12-02 05:29 UTC). Every field `check` reads
+# beyond t, dir, conn, frame and code came later, so such a recording is judged as a plain one, which its chats of
+# steps were not live: said in the run's warnings.
+OLD_RECORDING_RE = re.compile(r"^(?:\d{6}|\d{8}T\d{6}Z-[0-9a-f]{6}-\d{6})-.+\.jsonl$")
+OLD_RECORDING_NOTE = (
+    "{name}: written by a chatprobe --record of before 2026-12-02 05:29 UTC (its file names carry no run id, or one to "
+    "the second), which recorded no step's expectations ('expect'), no close by the client ('by'), no connection that "
+    "never opened ('failed'), no send that never left, no due time ('due') nor the token's user ('user'): a step's "
+    "expected error or send_raw probe, a chat left with abandon_after, a refused connection are judged here as plain "
+    "chats, not as the run judged them live (an error expected is an R13 or an error chat here, a probe no chat, a chat "
+    "abandoned incomplete); record the run again with this chatprobe to judge it as live")
+
 
 def _check_each(path: str | Path, profile: Profile, scenario: Scenario | None, fmt: str | None, sink: Sink | None,
                 max_frame: int, max_text: int, stop: Stop | None = None, listing: ListingBudget | None = None
@@ -994,7 +1007,10 @@ def _check_each(path: str | Path, profile: Profile, scenario: Scenario | None, f
             continue
         records = (read_recording(p, fmt, max_frame=max_frame, max_text=max_text) if files is None
                    else _merged(files, fmt, max_frame, max_text))
-        yield _judge(name, target, records, profile, scenario, sink, stop, listing)
+        run = _judge(name, target, records, profile, scenario, sink, stop, listing)
+        if old := next((f for f in files or [p] if OLD_RECORDING_RE.match(f.name)), None):
+            run.warnings.insert(0, OLD_RECORDING_NOTE.format(name=old.name))
+        yield run
 
 
 def _judge(name: str, target: str, records: Iterable[Recorded], profile: Profile, scenario: Scenario | None,
