@@ -46,12 +46,13 @@ from .recordings import (
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_TEXT,
     FORMATS,
-    PART_FILE_RE,
     SEND_FAILED,
     SILENT,
     Recorded,
     RecordingError,
     frame_bytes,
+    part_files,
+    parts_note,
     read_recording,
     recorded_runs,
     too_large,
@@ -924,11 +925,9 @@ def _recording_files(directory: Path) -> list[tuple[str | None, list[Path]]]:
     """A directory's recordings, one group per run `--record` wrote into it (then the other files as one)."""
     runs = recorded_runs(directory)
     if not runs:
-        parts = sorted(p.name for p in directory.iterdir() if PART_FILE_RE.match(p.name))
-        killed = "" if not parts else (
-            f"; {len(parts)} part file(s) of connections the recording process had open when it was killed (SIGKILL, "
-            f"a grace period's end), such as {directory / parts[0]}: name one to check it, judged up to its last line")
-        raise RecordingError(f"{directory}: no recording file in the directory{killed}")
+        parts = [p for ps in part_files(directory).values() for p in ps]
+        raise RecordingError(f"{directory}: no recording file in the directory"
+                             + (f"; {parts_note(parts)}" if parts else ""))
     for run_id, files in runs:
         run = f" (run {run_id})" if run_id else ""
         for f in files:
@@ -994,12 +993,17 @@ def _check_each(path: str | Path, profile: Profile, scenario: Scenario | None, f
     each run not begun is reported as not run (a JUnit <skipped>), not left out of the reports."""
     p = Path(path)
     planned: list[tuple[str, str, list[Path] | None]] = [(run_name(path), str(path), None)]
+    left: list[list[Path]] = []  # each planned run's part files left (recordings.part_files)
     if p.is_dir():
         runs = _recording_files(p)
         planned = [(run_name(f"{p.name}-{run_id}"), f"{path} (run {run_id})", files)
                    if len(runs) > 1 and run_id is not None else (run_name(path), str(path), files)
                    for run_id, files in runs]
-    for name, target, files in planned:
+        if parts := part_files(p):
+            # Each run's part files are said in its own warnings; those of a run with no file kept, in the first run's.
+            left = [parts.pop(run_id, []) if run_id is not None else [] for run_id, _ in runs]
+            left[0] += [f for fs in parts.values() for f in fs]
+    for i, (name, target, files) in enumerate(planned):
         if stop is not None and stop.is_set():
             base = scenario or Scenario(name="check")
             yield not_started(base.model_copy(update={"name": name}), target, STOPPED_BY["interrupted"], time.time(),
@@ -1010,6 +1014,8 @@ def _check_each(path: str | Path, profile: Profile, scenario: Scenario | None, f
         run = _judge(name, target, records, profile, scenario, sink, stop, listing)
         if old := next((f for f in files or [p] if OLD_RECORDING_RE.match(f.name)), None):
             run.warnings.insert(0, OLD_RECORDING_NOTE.format(name=old.name))
+        if left and left[i]:
+            run.warnings.append(parts_note(left[i]))
         yield run
 
 

@@ -147,8 +147,6 @@ def _cut(text: str, limit: int) -> str:
 RUN_ID_PATTERN = r"\d{8}T\d{6}(?:\d{6})?Z-[0-9a-f]{6}"
 RUN_ID_RE = re.compile(RUN_ID_PATTERN)
 RECORDED_RUN_RE = re.compile(rf"^({RUN_ID_PATTERN})-\d{{6}}-.*\.jsonl$")
-# A recorder's part file (recorder.Recorder.connection): a connection still open, renamed to its file at its close.
-PART_FILE_RE = re.compile(rf"^\.{RUN_ID_PATTERN}-\d{{6}}-.*\.jsonl\.part$")
 
 
 def recorded_runs(directory: Path) -> list[tuple[str | None, list[Path]]]:
@@ -163,6 +161,29 @@ def recorded_runs(directory: Path) -> list[tuple[str | None, list[Path]]]:
         m = RECORDED_RUN_RE.match(p.name)
         runs.setdefault(m.group(1) if m else None, []).append(p)
     return sorted(runs.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))
+
+
+# A connection's part file (harness/recorder.py): hidden while its connection is open, renamed when it is kept. One left
+# in a directory is the recording of a connection that was open when its recorder stopped without closing it (killed,
+# or still running): never read (it may be growing), but said (offline).
+PART_FILE_RE = re.compile(rf"^\.({RUN_ID_PATTERN})-\d{{6}}-.*\.jsonl\.part$")
+
+
+def part_files(directory: Path) -> dict[str, list[Path]]:
+    """The part files left in a directory, by run id (each run's, in name order)."""
+    parts: dict[str, list[Path]] = {}
+    for p in sorted(directory.iterdir()):
+        if (m := PART_FILE_RE.match(p.name)) is not None and not p.is_symlink() and p.is_file():
+            parts.setdefault(m.group(1), []).append(p)
+    return parts
+
+
+def parts_note(parts: list[Path]) -> str:
+    """What the part files left by one run's recorder are, and how to judge them."""
+    return (f"{len(parts)} part file(s) of connections open when their recorder stopped without closing them "
+            f"({parts[0].name}{', …' if len(parts) > 1 else ''}: the recording process was killed, or still runs) are "
+            "not read: their chats are in no count here; each holds its connection's frames up to its last write: name "
+            "one to check it alone, or rename each without its leading '.' and its '.part' to judge it with its run")
 
 
 class RecordingError(ConfigError):
