@@ -1410,7 +1410,10 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                                   cut=f"the HAR file is cut short (or broken) in this entry, near byte {guard.offset}")
         # The parser's own words only: its message goes on to quote the file's bytes around the error, and a HAR
         # broken inside a request's headers (their credentials not registered yet) would show a credential there.
-        message = " ".join((str(exc).strip().splitlines() or [exc.__class__.__name__])[0].split())[:120]
+        # yajl's message may be bytes, whose repr is one line, the quoted bytes and all: decoded first.
+        said = exc.args[0] if exc.args and isinstance(exc.args[0], bytes | bytearray) else None
+        text = bytes(said).decode("utf-8", "replace") if said is not None else str(exc)
+        message = " ".join((text.strip().splitlines() or [exc.__class__.__name__])[0].split())[:120]
         what = "truncated" if "premature eof" in message.lower() or "incomplete" in message.lower() else "invalid JSON"
         yield Recorded("problem", _conn_of(entry), detail=f"HAR file {what} near byte {guard.offset}: {message}",
                        where=f"{name}: byte {guard.offset}")
@@ -1659,9 +1662,10 @@ def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True, 
         return
     if held is not None:
         yield held
-    if not entry.messages and opened:
+    if not entry.messages and opened and complete:
         # A WebSocket whose messages the HAR does not list (Firefox's export lists none; a socket that carried
-        # nothing): no chat, counted, so that a check that finds none can say why.
+        # nothing): no chat, counted, so that a check that finds none can say why. (An entry the file was cut or
+        # broken in may have listed them: the R12 that follows says where it stopped.)
         yield Recorded(SILENT, f"ws{entry.index}", t=entry.started, where=f"{name}: entry {entry.index}")
         return
     if entry.messages:

@@ -52,3 +52,42 @@ def test_a_last_line_without_its_end_is_read_when_whole_and_junk_stays_a_frame(t
     [run] = check_files([junk], NETRA, SC)
     [chat] = run.results
     assert [v.rule for v in chat.violations] == ["R12"] and "not JSON" in chat.violations[0].reason
+
+
+def _har_bytes(entry_headers: bytes, message_time: bytes = b"1764637200.0") -> bytes:
+    """A DevTools HAR of one WebSocket, its request headers and its first message's time given as raw bytes."""
+    frames = [json.dumps({"type": "connection_established", "user_id": "u1"}),
+              json.dumps({"type": "user_message", "payload": {"content": "hi", "thread_id": "t1"}})]
+    msgs = b", ".join(b'{"type": "%s", "time": %s, "opcode": 1, "data": %s}'
+                      % (kind, t, json.dumps(data).encode())
+                      for kind, t, data in [(b"receive", message_time, frames[0]), (b"send", b"1764637200.01", frames[1])])
+    return (b'{"log": {"version": "1.2", "creator": {"name": "WebInspector", "version": "537.36"}, "entries": [{'
+            b'"startedDateTime": "2026-12-02T01:00:00.000Z", "request": {"method": "GET", "url": "ws://127.0.0.1/ws", '
+            b'"headers": [' + entry_headers + b']}, "response": {"status": 101, "headers": []}, '
+            b'"_resourceType": "websocket", "_webSocketMessages": [' + msgs + b"]}]}}")
+
+
+def test_a_har_broken_inside_a_credential_never_shows_it_in_the_r12(tmp_path):
+    """A byte that is not UTF-8 inside a request's cookie: the parser's error quotes the bytes around it, the cookie's
+    value among them, before the request's credentials are registered. Only the message's first line is kept, but
+    yajl gives it as bytes, whose repr is one line: the R12 (and every report) showed the session token."""
+    token = b"Zq8xK2mN7pR4vT9wY3aB6cD1eF5gH0jL"
+    f = tmp_path / "broken.har"
+    f.write_bytes(_har_bytes(b'{"name": "Cookie", "value": "session=' + token + b'\xff"}'))
+    [run] = check_files([f], NETRA, SC)
+    reasons = [v.reason for v in run.connection_violations] + [v.reason for r in run.results for v in r.violations]
+    assert reasons and all("HAR file invalid JSON near byte" in r for r in reasons), reasons
+    assert any("invalid bytes in UTF8 string" in r for r in reasons), reasons
+    assert not any(token[8:20].decode() in r for r in reasons), reasons
+
+
+def test_a_har_cut_by_a_number_it_cannot_hold_is_no_firefox_export_without_messages(tmp_path):
+    """A message's `time` of 1e400 (past a float) stops the parser there: an R12 naming the byte. The socket, its
+    messages unread, was then taken for one that lists none, and the check said Firefox leaves WebSocket messages
+    out: advice for another file."""
+    f = tmp_path / "absurd.har"
+    f.write_bytes(_har_bytes(b"", message_time=b"1e400"))
+    [run] = check_files([f], NETRA, SC)
+    assert [v.rule for v in run.connection_violations] == ["R12"]
+    assert "near byte" in run.connection_violations[0].reason and "overflow" in run.connection_violations[0].reason
+    assert not any("Firefox" in e for e in run.errors + run.warnings), run.errors + run.warnings
