@@ -522,6 +522,7 @@ class _Prefixed(io.RawIOBase):
 
 # -- JSON Lines --
 
+_NOT_JSON = object()  # a line json.loads did not read (None is the JSON null)
 _END, _LINE, _UNENDED = 0, 1, 2  # what _next_line read: nothing (the end), a line, the file's last line with no end
 
 
@@ -594,6 +595,13 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
         try:
             obj = json.loads(text)
         except (ValueError, RecursionError):
+            obj = _NOT_JSON
+            if text.startswith("\ufeff"):  # a byte order mark where files were joined (`cat a.jsonl b.jsonl`)
+                try:
+                    obj, text = json.loads(text[1:]), text[1:]
+                except (ValueError, RecursionError):
+                    pass
+        if obj is _NOT_JSON:
             if more == _UNENDED and text.lstrip().startswith("{") and "\0" not in text:
                 # The file's last line, begun as a record (or a JSON frame) and ending with neither its JSON nor its
                 # line end: cut there, not a frame that came so.

@@ -91,3 +91,18 @@ def test_a_har_cut_by_a_number_it_cannot_hold_is_no_firefox_export_without_messa
     assert [v.rule for v in run.connection_violations] == ["R12"]
     assert "near byte" in run.connection_violations[0].reason and "overflow" in run.connection_violations[0].reason
     assert not any("Firefox" in e for e in run.errors + run.warnings), run.errors + run.warnings
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_recordings_each_written_with_a_byte_order_mark_and_joined_are_judged_as_each_alone(tmp_path, newline):
+    """`cat a.jsonl b.jsonl > all.jsonl` of files a Windows tool wrote with a BOM: the BOM before b's first record
+    made it a line of no JSON, a frame received: an R12 on a chat of a server that sent nothing broken, and the record
+    (here b's message, its chat with it) lost."""
+    a = [send(100.0, "a1"), *netra_run("r1", 100.0, "a1")]
+    b = [send(200.0, "b1", thread="t2", message="m2"), *netra_run("r2", 200.0, "b1", thread="t2")]
+    joined = "".join("\ufeff" + newline.join(json.dumps(r) for r in recs) + newline for recs in (a, b))
+    f = tmp_path / "all.jsonl"
+    f.write_bytes(joined.encode())
+    [run] = check_files([f], NETRA, SC)
+    assert [(r.run_id, r.outcome) for r in run.results] == [("r1", Outcome.PASSED), ("r2", Outcome.PASSED)]
+    assert not run.connection_violations and sum(run.stats.violations.values()) == 0
