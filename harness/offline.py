@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import json
 import os
 import re
 import sys
@@ -975,7 +976,7 @@ STOPPED_NOTE = ("interrupted at record {n}: the rest of the recording was not re
 # (no run id: the first recorder), then a run id to the second (until 2026-12-02 05:29 UTC). Every field `check` reads
 # beyond t, dir, conn, frame and code came later, so such a recording is judged as a plain one, which its chats of
 # steps were not live: said in the run's warnings.
-OLD_RECORDING_RE = re.compile(r"^(?:\d{6}|\d{8}T\d{6}Z-[0-9a-f]{6}-\d{6})-.+\.jsonl$")
+OLD_RECORDING_RE = re.compile(r"^(?:(\d{6})-(.+)|\d{8}T\d{6}Z-[0-9a-f]{6}-\d{6}-.+)\.jsonl$")
 OLD_RECORDING_NOTE = (
     "{name}: written by a chatprobe --record of before 2026-12-02 05:29 UTC (its file names carry no run id, or one to "
     "the second), which recorded no step's expectations ('expect'), no close by the client ('by'), no connection that "
@@ -983,6 +984,21 @@ OLD_RECORDING_NOTE = (
     "expected error or send_raw probe, a chat left with abandon_after, a refused connection are judged here as plain "
     "chats, not as the run judged them live (an error expected is an R13 or an error chat here, a probe no chat, a chat "
     "abandoned incomplete); record the run again with this chatprobe to judge it as live")
+
+
+def _old_recording(path: Path) -> bool:
+    """Whether a file is one an old `--record` wrote (OLD_RECORDING_RE): a run id to the second says so; a name of
+    six digits and a label only with its first record's connection, which that recorder named LABEL.N after its file
+    NNNNNN-LABEL (a file of a team's own, `202612-prod.jsonl`, is not taken for one)."""
+    m = OLD_RECORDING_RE.match(path.name)
+    if m is None or m.group(1) is None:
+        return m is not None
+    try:
+        with path.open("rb") as f:
+            first = json.loads(f.readline(1 << 16))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(first, dict) and first.get("conn") == f"{m.group(2)}.{int(m.group(1))}"
 
 
 def _check_each(path: str | Path, profile: Profile, scenario: Scenario | None, fmt: str | None, sink: Sink | None,
@@ -1012,7 +1028,7 @@ def _check_each(path: str | Path, profile: Profile, scenario: Scenario | None, f
         records = (read_recording(p, fmt, max_frame=max_frame, max_text=max_text) if files is None
                    else _merged(files, fmt, max_frame, max_text))
         run = _judge(name, target, records, profile, scenario, sink, stop, listing)
-        if old := next((f for f in files or [p] if OLD_RECORDING_RE.match(f.name)), None):
+        if old := next((f for f in files or [p] if _old_recording(f)), None):
             run.warnings.insert(0, OLD_RECORDING_NOTE.format(name=old.name))
         if left and left[i]:
             run.warnings.append(parts_note(left[i]))

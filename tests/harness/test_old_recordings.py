@@ -63,3 +63,15 @@ def test_a_recording_from_before_the_fields_that_judge_steps_says_so_naming_its_
                          text=True, timeout=60)
     assert cli.returncode == 1 and "Traceback" not in cli.stderr
     assert SAID in " ".join((cli.stdout + cli.stderr).split()), cli.stdout + cli.stderr
+
+
+def test_a_teams_own_file_named_with_six_digits_is_no_old_recording(tmp_path):
+    f = tmp_path / "202612-prod.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"t": 100.0, "dir": "send", "conn": "c1",
+         "frame": {"type": "user_message", "payload": {"content": "hi", "thread_id": "t1", "message_id": "m1"}}},
+        *({"t": 100.1 + i / 100, "dir": "recv", "conn": "c1",
+           "frame": {"type": role, "run_id": "r1", "thread_id": "t1", "seq": i + 1}}
+          for i, role in enumerate(["agent_started", "agent_thinking", "agent_completed"]))]))
+    [run] = check_files([f], NETRA)
+    assert not any(SAID in w for w in run.warnings), run.warnings
