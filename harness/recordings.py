@@ -467,6 +467,9 @@ def _not_json_lines(head: bytes) -> str:
     except UnicodeDecodeError:
         return ""  # the reader's R12 says so ("line 1 is not UTF-8")
     except (ValueError, RecursionError):
+        if not newline and first.startswith("{") and "\0" not in first:  # the whole file, one line begun as a record
+            return (f"{line_no}: the file ends inside its first record, which is not whole ({CUT_WHY}): nothing was "
+                    "recorded to judge")
         what = next((what for pattern, what in _TRANSCRIPTS if pattern.match(first)), "")
         shown = json.dumps(first[:60], ensure_ascii=False)
         return f"{line_no}: {shown} is no JSON: {what or _PROSE}"
@@ -543,8 +546,8 @@ def _next_line(f: IO[bytes], limit: int) -> tuple[int, bytes | None]:
 
 # The cut record's connection, when its cut left that field whole.
 _CUT_CONN = re.compile(r'"conn"\s*:\s*("(?:[^"\\]|\\.)*")')
-CUT_RECORD = ("the file ends inside a record that is not whole: its writer stopped mid-line, crashed or killed, or the "
-              "file was copied while written")
+CUT_WHY = "its writer stopped mid-line, crashed or killed, or the file was copied while written"
+CUT_RECORD = f"the file ends inside a record that is not whole: {CUT_WHY}"
 
 
 def _cut_record(text: str, conn: str, where: str) -> Recorded:

@@ -7,7 +7,7 @@ import pytest
 
 from harness.events import Outcome
 from harness.offline import check_files
-from harness.recordings import CUT_RECORD
+from harness.recordings import CUT_RECORD, RecordingError
 
 from .test_recordings import NETRA, SC, netra_run, send
 
@@ -106,3 +106,14 @@ def test_recordings_each_written_with_a_byte_order_mark_and_joined_are_judged_as
     [run] = check_files([f], NETRA, SC)
     assert [(r.run_id, r.outcome) for r in run.results] == [("r1", Outcome.PASSED), ("r2", Outcome.PASSED)]
     assert not run.connection_violations and sum(run.stats.violations.values()) == 0
+
+
+def test_a_recording_cut_inside_its_first_record_is_refused_as_such_not_as_text(tmp_path):
+    """A writer killed at its first line leaves a file of one record cut short: it was refused as prose ("is no JSON:
+    text, not a recording … move other files out"), which it is not."""
+    f = tmp_path / "u1.jsonl"
+    f.write_text(json.dumps(send(100.0))[:40])
+    with pytest.raises(RecordingError) as refused:
+        check_files([f], NETRA, SC)
+    said = str(refused.value)
+    assert said.startswith(f"{f}:1: the file ends inside its first record") and "no JSON" not in said, said
