@@ -181,7 +181,7 @@ def part_files(directory: Path) -> dict[str, list[Path]]:
 def parts_note(parts: list[Path]) -> str:
     """What the part files left by one run's recorder are, and how to judge them."""
     return (f"{len(parts)} part file(s) of connections open when their recorder stopped without closing them "
-            f"({parts[0].name}{', …' if len(parts) > 1 else ''}: the recording process was killed, or still runs) are "
+            f"({parts[0]}{', …' if len(parts) > 1 else ''}: the recording process was killed, or still runs) are "
             "not read: their chats are in no count here; each holds its connection's frames up to its last write: name "
             "one to check it alone, or rename each without its leading '.' and its '.part' to judge it with its run")
 
