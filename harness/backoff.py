@@ -36,3 +36,40 @@ class Backoff:
     def delay(self) -> float:
         ceiling = self.ceiling()
         return ceiling * self.rng.uniform(0.5, 1.0) if ceiling else 0.0
+
+
+# Every chat's reconnect retries draw their jitter from one generator, not one each (a Random's state is ~2.5 KB).
+_RETRY_RNG = random.Random()
+
+
+class ReconnectRetries:
+    """One lost connection's reconnect attempts, decided from data only: after a failed attempt, whether another
+    follows and when (Backoff's capped, jittered exponential delay), until one connects, `max_attempts` were made, or
+    the next would start at or past `give_up_at` (clock time: the chat's own deadline or the scenario's
+    reconnect_timeout after the loss, the earlier). The one decision for every driver (flow.ChatFlow plays it for the
+    asyncio Session and the Locust user's SyncSession alike); a recording asks it at the failure it records, so the
+    close record says whether the client tried again (`chatprobe check` judges the chat as live did)."""
+
+    __slots__ = ("max_attempts", "give_up_at", "backoff", "attempts", "retry_at", "_decided")
+
+    def __init__(self, max_attempts: int, give_up_at: float) -> None:
+        self.max_attempts = max_attempts
+        self.give_up_at = give_up_at
+        self.backoff = Backoff(rng=_RETRY_RNG)
+        self.attempts = 0
+        self.retry_at = 0.0  # when the next attempt is due, after a failed one that is retried
+        self._decided: bool | None = None  # the current attempt failed: whether another follows
+
+    def attempt(self) -> None:
+        """An attempt starts."""
+        self.attempts += 1
+        self._decided = None
+
+    def failed(self, now: float) -> bool:
+        """The current attempt failed at `now`: True when another follows (at `retry_at`). Decided once per attempt:
+        asked again (the recording asked first), the answer is the same."""
+        if self._decided is None:
+            self.backoff.failed()
+            self.retry_at = now + self.backoff.delay()
+            self._decided = self.attempts < self.max_attempts and self.retry_at < self.give_up_at
+        return self._decided

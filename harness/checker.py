@@ -53,6 +53,7 @@ _NONE_REQUIRED: frozenset[Role] = frozenset()
 # container that replaces it; a write that forgot to replace one raises (they are immutable) instead of sharing it.
 _NO_LIST: Any = ()
 _NO_DICT: Any = MappingProxyType({})
+_NO_TRIES = (0, 0)  # a chat that never tried to reconnect
 _NO_SET: Any = frozenset()
 
 ExpectError = Literal["recoverable", "fatal", "invalid_input"] | None
@@ -102,6 +103,9 @@ class ChatResult:
     run_id: str | None = None
     thread_id: str | None = None
     reconnects: list[str] = field(default_factory=list)
+    # Connections this chat tried to open to reconnect (every attempt, retries too), and how many of them failed.
+    reconnect_attempts: int = 0
+    reconnect_failures: int = 0
     error: str | None = None
     error_kind: str | None = None
     note: str = ""
@@ -158,6 +162,8 @@ class ChatResult:
             "events_received": self.events_received,
             "violations_not_listed": self.violations_not_listed,
             "reconnects": self.reconnects,
+            "reconnect_attempts": self.reconnect_attempts,
+            "reconnect_failures": self.reconnect_failures,
             "error": self.error,
             "error_kind": self.error_kind,
             "note": self.note,
@@ -175,7 +181,7 @@ class ChatTracker:
         "chat_id", "scenario", "exp", "sent_at", "thread_id", "run_id", "message_id", "events",
         "violations", "saw_started", "roles_past_kept", "first_delay", "terminal_index", "terminal_at", "last_at",
         "seq_low", "seqs_above", "max_seq", "bad_seqs",
-        "open_spans", "saw_tool", "saw_thinking", "error_seen", "reconnects", "lost", "connection_error",
+        "open_spans", "saw_tool", "saw_thinking", "error_seen", "reconnects", "reconnect_tries", "lost", "connection_error",
         "_result", "n_events", "kept_bytes", "overflow", "unkept_counts", "terminal_event", "warnings", "run_checks", "followups",
         "wake_id", "parent_run_id", "_root",
     )
@@ -222,6 +228,7 @@ class ChatTracker:
         self.saw_thinking = False
         self.error_seen: Event | None = None
         self.reconnects: list[str] = _NO_LIST
+        self.reconnect_tries = _NO_TRIES  # (attempts, failed ones): reconnect_tried
         self.lost = False
         self.connection_error: Frame | None = None
         self._result: ChatResult | None = None
@@ -600,6 +607,11 @@ class ChatTracker:
         elif self.exp.expect_error == "invalid_input" and self.connection_error is not None:
             self._flag(Rule.R13, "the connection closed after the invalid message; it must stay open", None)
 
+    def reconnect_tried(self, connected: bool) -> None:
+        """An attempt to open a connection to reconnect this chat: it connected, or failed."""
+        attempts, failures = self.reconnect_tries
+        self.reconnect_tries = (attempts + 1, failures if connected else failures + 1)
+
     def reconnected(self, resumed: bool) -> None:
         if not self.reconnects:
             self.reconnects = []
@@ -711,6 +723,8 @@ class ChatTracker:
             run_id=self.run_id,
             thread_id=self.thread_id,
             reconnects=list(self.reconnects),
+            reconnect_attempts=self.reconnect_tries[0],
+            reconnect_failures=self.reconnect_tries[1],
             note=note,
             events_received=self.n_events,
             violations_not_listed=dict(self.overflow),

@@ -250,10 +250,12 @@ class Session(VirtualUser):
         self._kept: Any = None
 
     # -- connection --
-    async def connect(self, by: float | None = None, *, resume: bool = False) -> None:
+    async def connect(self, by: float | None = None, *, resume: bool = False,
+                      retry: Callable[[], bool] | None = None) -> None:
         """Open (or reopen) the connection and wait for the welcome (at most connect_timeout, and past `by`, a chat's
         deadline, not at all); raises ConnectFailed, classified. `resume`: a reconnect to resume a run (recorded so:
-        its failure fails no chat of its own)."""
+        its failure fails no chat of its own); `retry`, asked when it fails: whether the chat tries again (recorded
+        so: Reconnect.will_retry)."""
         settings = self.target.settings_for(self.user_id, self.open_timeout(by))
         transport = make_transport(settings)
         if transport.connects_on_send:  # SSE: the user's connection kept alive between its chats
@@ -263,7 +265,7 @@ class Session(VirtualUser):
                 self._kept = KeptConnection()
             transport.kept = self._kept  # type: ignore[attr-defined]
         if self.target.recorder is not None:  # --record: the frames both ways, for `chatprobe check`
-            transport = self.target.recorder.wrap(transport, self.user_id, resume=resume,
+            transport = self.target.recorder.wrap(transport, self.user_id, resume=resume, retry=retry,
                                                   user=self.target.tokens.subject(self.user_id))
         self._welcomed = welcomed = Wake()
         self.router.new_connection()
@@ -509,10 +511,16 @@ class Session(VirtualUser):
             self._settled(flow, wake)
             self._stopping()
 
-    def _stopping(self) -> None:
-        """The run stopped a chat of this connection (ChatFlow.stopped): --record says so at the connection's close."""
+    def _stopping(self, between_attempts: bool = False) -> None:
+        """The run stopped a chat of this connection (ChatFlow.stopped): --record says so at the connection's close;
+        `between_attempts`: the chat waited out a backoff between two reconnects, no connection open or opening, and
+        --record writes a file of one close record "by": "client-stop" for the user, as for a reconnect whose opening
+        the stop cut short (so that `check` judges its chat stopped, as live, not lost for want of a resume)."""
         if self.transport is not None and not self.closed:
             self.transport.stopped_by_client()
+        elif between_attempts and self.target.recorder is not None:
+            self.target.recorder.recording(self.user_id, resume=True,
+                                           user=self.target.tokens.subject(self.user_id)).open_stopped()
 
     async def close(self, *, user_ends: bool = True) -> None:
         """Listen out the settle windows still open, then close the connection. Closed by a task being cancelled
@@ -565,17 +573,18 @@ class Session(VirtualUser):
         finally:
             self._release(claim)
 
-    async def _reconnect(self, seen_generation: int) -> bool:
-        """Reconnect once per lost connection, however many chats noticed; True when connected."""
+    async def _reconnect(self, action: Reconnect) -> tuple[bool, bool]:
+        """One attempt to reconnect a lost connection, however many chats noticed: (connected, whether this call
+        tried: False when another chat had reconnected it already)."""
         claim = await self._exclusive()
         try:
-            if self.generation != seen_generation and not self.closed:
-                return True
+            if self.generation != action.generation and not self.closed:
+                return True, False
             try:
-                await self.connect(resume=True)
-                return True
+                await self.connect(action.by, resume=True, retry=lambda: action.will_retry(self.clock()))
+                return True, True
             except ConnectFailed:
-                return False
+                return False, True
         finally:
             self._release(claim)
 
@@ -677,7 +686,8 @@ class Session(VirtualUser):
                     else:
                         flow.connected()
                 elif isinstance(action, Reconnect):
-                    flow.reconnected(await self._reconnect(action.generation))
+                    ok, attempted = await self._reconnect(action)
+                    flow.reconnected(ok, clock(), attempted=attempted)
                 elif isinstance(action, Drop):
                     self.closed_by_client = True  # until the next connect (a resume's)
                     await self._drop_on_purpose()
@@ -693,8 +703,9 @@ class Session(VirtualUser):
         except asyncio.CancelledError:
             # Stopped from outside (the scenario's max_duration, Ctrl-C): still judged, so counters add up; --record:
             # the connection's close record says the run stopped it, so `check` judges the chat as this does.
+            between_attempts = flow.backing_off
             flow.stopped(clock())
-            self._stopping()
+            self._stopping(between_attempts)
             raise
         finally:
             if not background:

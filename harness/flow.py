@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from .backoff import ReconnectRetries
 from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, error_result, judge_followups
 from .events import Event, Frame, FrameKind, Role, Rule, SessionError, Violation
 from .profiles import Profile
@@ -547,9 +548,14 @@ class Close(NamedTuple):
 
 
 class Reconnect(NamedTuple):
-    """Reconnect unless another chat already replaced connection `generation`, then report `flow.reconnected(ok)`."""
+    """Reconnect unless another chat already replaced connection `generation` (its opening and welcome awaited until
+    `by` at the latest, clock time), then report `flow.reconnected(ok, now, attempted=...)`. A failed attempt is
+    retried with backoff (ReconnectRetries): `will_retry(now)` says, at the failure, whether the chat tries again
+    (what a recording's close record of the failure says, asked before the flow is told)."""
 
     generation: int
+    by: float
+    will_retry: Callable[[float], bool]
 
 
 class Finish(NamedTuple):
@@ -619,16 +625,19 @@ class Link(Protocol):
 @dataclass(frozen=True, slots=True)
 class ChatOptions:
     """How a chat is played, the same for every driver: name the run from the client (`client_run_id`), drop the
-    socket after N events (then reconnect and resume, at most max_reconnects times, when `reconnect`), leave for good
-    after N events, listen `settle` seconds after the terminal event. `due_at` (clock time): when an open-model
-    chat was due; its times (first event, duration, deadline) count from then, so a saturated client or server
-    cannot hide the queueing before the message left (coordinated omission)."""
+    socket after N events (then reconnect and resume, at most max_reconnects times, when `reconnect`: each lost
+    connection tried again with backoff, at most max_reconnect_attempts times within reconnect_timeout seconds and
+    the chat's deadline), leave for good after N events, listen `settle` seconds after the terminal event. `due_at`
+    (clock time): when an open-model chat was due; its times (first event, duration, deadline) count from then, so a
+    saturated client or server cannot hide the queueing before the message left (coordinated omission)."""
 
     client_run_id: bool = False
     disconnect_after: int | None = None
     abandon_after: int | None = None
     reconnect: bool = True
     max_reconnects: int = 3
+    max_reconnect_attempts: int = 10
+    reconnect_timeout: float = 30.0
     settle: float = 0.1
     # Listen out the settle window in the background: the asyncio Session returns at the terminal event with the
     # verdict as it stands (`ChatFlow.provisional`) and judges the chat, to the sink, when the window ends, so the
@@ -660,13 +669,14 @@ class ChatState(enum.IntEnum):
     ENDING = 8
     SETTLING = 9
     FINISHED = 10
+    BACKING_OFF = 11  # a reconnect attempt failed: the next one is due at ReconnectRetries.retry_at
 
     def __str__(self) -> str:
         return self.name
 
 
 (NEW, CONNECTING, CONNECTED, SENDING, FOLLOWING, RECONNECTING, RESUMING, ABANDONING, ENDING, SETTLING,
- FINISHED) = tuple(ChatState)
+ FINISHED, BACKING_OFF) = tuple(ChatState)
 
 STOPPED_NOTE = "stopped by the load generator before the chat ended"
 # Why a chat the run itself cut short (its max_duration, Ctrl-C) is incomplete (ChatFlow.stopped), live and in
@@ -686,7 +696,7 @@ class ChatFlow:
 
     __slots__ = ("router", "tracker", "frame", "options", "probe", "chat_id", "state", "result", "generation",
                  "reconnects", "dropped_on_purpose", "events_at_reconnect", "lost_note", "_until", "_wait", "resend",
-                 "content", "user_id", "history", "crossed")
+                 "content", "user_id", "history", "crossed", "retries")
 
     def __init__(self, router: FrameRouter, tracker: ChatTracker, frame: object, options: ChatOptions = DEFAULTS, *,
                  probe: bool = False) -> None:
@@ -714,6 +724,8 @@ class ChatFlow:
         # has an id): if the server answers the resume with RESUME_UNKNOWN_RUN, it never took the message, which
         # crossed its close, and the message is sent again (`_on_the_way`).
         self.crossed = False
+        # The attempts to reconnect after the connection was lost, while the chat reconnects (None otherwise).
+        self.retries: ReconnectRetries | None = None
 
     @classmethod
     def chat(cls, router: FrameRouter, content: str, expectations: Expectations, *, user_id: str, now: float,
@@ -803,6 +815,8 @@ class ChatFlow:
             return self._finish(abandon(self.tracker, now), now)
         if state == ENDING:
             return self._end(now, link)
+        if state == BACKING_OFF:
+            return self._back_off(now, link)
         if state == FINISHED:
             assert self.result is not None
             return Finish(self.result)
@@ -860,8 +874,11 @@ class ChatFlow:
                                                close_code=None if link.stream_per_chat else link.close_code)
                 return None
             self.reconnects += 1
-            self.state = RECONNECTING
-            return Reconnect(self.generation)
+            # Tried again with backoff until connected, out of attempts, or out of time: the chat's own deadline bounds
+            # every attempt and every wait, and so does the scenario's reconnect_timeout from this loss on.
+            self.retries = ReconnectRetries(options.max_reconnect_attempts,
+                                            min(self._until, now + options.reconnect_timeout))
+            return self._reconnect()
         if forgot_run(self.router, tracker):
             if self.crossed and self.content is not None and not self.resend:
                 # The resume of a run the server closed the connection on before any event was answered with
@@ -954,6 +971,11 @@ class ChatFlow:
         return self._until if self.resend else None
 
     @property
+    def backing_off(self) -> bool:
+        """Between two attempts to reconnect: no connection of the chat is open or opening."""
+        return self.state == BACKING_OFF
+
+    @property
     def settling(self) -> bool:
         """The run ended and the chat listens out its settle window (the next action is a Wait or its Finish)."""
         return self.state == SETTLING
@@ -1006,11 +1028,43 @@ class ChatFlow:
         self.router.checker.discard(self.tracker)
         self.state = NEW
 
-    def reconnected(self, ok: bool) -> None:
+    def _reconnect(self) -> Reconnect:
+        """An attempt to reconnect, bounded by the give-up time (ReconnectRetries)."""
+        retries = self.retries
+        assert retries is not None
+        retries.attempt()
+        self.state = RECONNECTING
+        return Reconnect(self.generation, retries.give_up_at, retries.failed)
+
+    def _back_off(self, now: float, link: Link) -> Action:
+        """Between attempts: the next one when it is due, or at once when another chat of the connection has
+        reconnected it meanwhile (the attempt then finds it open)."""
+        retries = self.retries
+        assert retries is not None
+        if now >= retries.retry_at or (link.generation != self.generation and not link.closed):
+            return self._reconnect()
+        if retries.retry_at != self._wait.until:
+            self._wait = Wait(retries.retry_at)  # (the chat's deadline wait is set again when it resumes)
+        return self._wait
+
+    def reconnected(self, ok: bool, now: float, *, attempted: bool = True) -> None:
+        """The outcome of a Reconnect: connected or not; `attempted`: this chat's attempt opened (or failed to open) a
+        connection (False: another chat had reconnected it already). A failed attempt is tried again after a backoff
+        while ReconnectRetries allows, else the chat is lost there (RECONNECT_FAILED_NOTE)."""
         self._expect(RECONNECTING)
+        retries = self.retries
+        assert retries is not None
+        if attempted:
+            self.tracker.reconnect_tried(ok)
         if ok:
+            self.retries = None
+            self._wait = Wait(self._until)
             self.state = RESUMING
             return
+        if retries.failed(now):
+            self.state = BACKING_OFF
+            return
+        self.retries = None
         self.lost_note = RECONNECT_FAILED_NOTE
         self.tracker.reconnected(False)
         self.router.sink.reconnect(self.router.scenario, "lost")
@@ -1396,13 +1450,13 @@ class ParkedChats:
             return []
         return [c for key, c in list(self.chats.items()) if key[0] == user and self._take(key) is c]
 
-    def oldest(self, user: str) -> ChatTracker | None:
-        """The chat `user` parked first, no longer parked (a reconnect of that user to resume a run failed: the
-        client tries once for each chat it lost, the one that noticed first first); None when none is."""
+    def oldest(self, user: str, *, take: bool = True) -> ChatTracker | None:
+        """The chat `user` parked first, no longer parked unless not `take` (a reconnect of that user to resume a run
+        failed: the client reconnects for each chat it lost, the one that noticed first first); None when none is."""
         if user not in self._each:
             return None
         key = next(key for key in self.chats if key[0] == user)
-        return self._take(key)
+        return self._take(key) if take else self.chats[key]
 
     def drain(self) -> list[ChatTracker]:
         """Every parked chat, no longer parked (the recording or the proxy ends): judge each as it stood."""

@@ -754,14 +754,16 @@ class SyncSession(VirtualUser):
         self._settle_at = float("inf")
 
     # -- connection --
-    def connect(self, by: float | None = None, *, resume: bool = False) -> None:
+    def connect(self, by: float | None = None, *, resume: bool = False,
+                retry: Callable[[], bool] | None = None) -> None:
         """Open (or reopen) the connection and wait for the welcome (at most connect_timeout, and past `by`, a chat's
         deadline, not at all); raises ConnectFailed, classified. `resume`: a reconnect to resume a run (recorded so:
-        its failure fails no chat of its own)."""
+        its failure fails no chat of its own); `retry`, asked when it fails: whether the chat tries again (recorded
+        so: Reconnect.will_retry)."""
         settings = self.target.settings_for(self.user_id, self.open_timeout(by))
         recorder = self.target.recorder
         recording = None if recorder is None else recorder.recording(
-            self.user_id, resume=resume, user=self.target.tokens.subject(self.user_id))
+            self.user_id, resume=resume, retry=retry, user=self.target.tokens.subject(self.user_id))
         ws: _Wire | _StreamWire = _StreamWire(settings, self._keeper) if self.stream_per_chat else _Wire(settings)
         try:
             ws.open()
@@ -960,16 +962,17 @@ class SyncSession(VirtualUser):
             if self.closed:
                 self.connect(by)
 
-    def _reconnect(self, seen_generation: int) -> bool:
-        """Reconnect once per lost connection, however many chats noticed; True when connected."""
+    def _reconnect(self, action: Reconnect) -> tuple[bool, bool]:
+        """One attempt to reconnect a lost connection, however many chats noticed: (connected, whether this call
+        tried: False when another chat had reconnected it already)."""
         with self._connect_lock:
-            if self.generation != seen_generation and not self.closed:
-                return True
+            if self.generation != action.generation and not self.closed:
+                return True, False
             try:
-                self.connect(resume=True)
-                return True
+                self.connect(action.by, resume=True, retry=lambda: action.will_retry(self.clock()))
+                return True, True
             except ConnectFailed:
-                return False
+                return False, True
 
     @staticmethod
     def _wait(woken: threading.Event, timeout: float) -> None:
@@ -1052,9 +1055,9 @@ class SyncSession(VirtualUser):
                         with lock:
                             flow.connected()
                 elif isinstance(action, Reconnect):
-                    reconnected = self._reconnect(action.generation)
+                    reconnected, attempted = self._reconnect(action)
                     with lock:
-                        flow.reconnected(reconnected)
+                        flow.reconnected(reconnected, clock(), attempted=attempted)
                 elif isinstance(action, Drop):
                     if self.conn is not None and not self.closed:
                         self.closed_by_client = True

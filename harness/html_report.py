@@ -262,6 +262,8 @@ def _chat(r: ChatResult, limit: float) -> _Chat:
         caption.append("missing " + ", ".join(m.value for m in r.missing))
     if r.reconnects:
         caption.append(f"{len(r.reconnects)} reconnect(s)")
+    if r.reconnect_failures:
+        caption.append(f"{r.reconnect_attempts} reconnect attempt(s), {r.reconnect_failures} failed")
     if r.error:
         caption.append(f"error ({r.error_kind or 'unknown'}): {r.error}")
     if r.note:

@@ -294,7 +294,7 @@ class OfflineCheck:
             if rec.failed and not rec.resume:
                 self._failed(conn, rec, at)
             elif rec.failed:
-                self._resume_failed(conn, at)
+                self._resume_failed(conn, at, retried=rec.retry)
             self._close(conn, at, rec, CLOSED_NOTE)
         elif direction == "dropped":
             self._gap(conn, rec, at)
@@ -459,6 +459,10 @@ class OfflineCheck:
             # awaiting it), as live and as the proxy (FrameRouter.resume_sent).
             conn.router.resume_sent(run_id, tracker)
             if tracker is not None:
+                if not conn.by_resume:
+                    # The connection's first resume: the attempt that opened it was this chat's (the client's other
+                    # chats lost with it found it open), as live counts it (ChatResult.reconnect_attempts).
+                    tracker.reconnect_tried(True)
                 if conn.resumes is None:
                     conn.resumes = Resumes()
                 conn.resumes.resumed_here(tracker, run_id, sent.last_seq)
@@ -512,16 +516,21 @@ class OfflineCheck:
             conn.checker.discard(chat)
             self._count(None, error_result(chat.chat_id, self.name, chat.sent_at, rec.failed, reason))
 
-    def _resume_failed(self, conn: _Conn, at: float) -> None:
+    def _resume_failed(self, conn: _Conn, at: float, *, retried: bool) -> None:
         """A reconnect to resume a run never became usable (a close record with "resume": true: refused, no welcome,
-        …): the chat of that user kept for the resume (the oldest: the client reconnects once for each chat it lost,
-        in turn) is lost there and then, its reconnect `lost`, "connection lost mid-run and reconnecting failed", as
-        live (flow.ChatFlow.reconnected), not kept to its deadline for a resume that cannot come on that attempt."""
-        chat = self.parked.oldest(_user_of(conn.key))
+        …): an attempt that failed of the chat of that user kept for the resume (the oldest: the client reconnects
+        for each chat it lost, in turn). With "retry": true the client tried again after a backoff: the chat stays
+        kept. Else that was its last attempt, and the chat is lost there and then, its reconnect `lost`, "connection
+        lost mid-run and reconnecting failed", as live (flow.ChatFlow.reconnected), not kept to its deadline for a
+        resume that cannot come."""
+        user = _user_of(conn.key)
+        chat = self.parked.oldest(user, take=not retried)
         if chat is None:  # judged already (its deadline passed), or not kept (no run id, a bound)
             return
-        chat.reconnected(False)
-        self.sink.reconnect(self.name, "lost")
+        chat.reconnect_tried(False)
+        if retried:
+            return
+        chat.reconnected(False)  # counted with its verdict (_count), as every reconnect
         self._finish(chat, at, lost=True, note=RECONNECT_FAILED_NOTE)
 
     def _send_failed(self, conn: _Conn, rec: Recorded) -> bool:
@@ -823,6 +832,8 @@ class OfflineCheck:
 
     def _count(self, tracker: ChatTracker | None, result: ChatResult) -> None:
         self.tally.add(result)
+        for reconnect in result.reconnects:  # each judged with its chat (PendingResumes), counted with its verdict
+            self.sink.reconnect(self.name, reconnect)
         if tracker is not None and tracker.n_events and result.time_to_first_event is None:
             self.timeless += 1  # events came, their times were not recorded
         self.sink.chat_finished(result)

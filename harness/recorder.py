@@ -73,11 +73,12 @@ def expect_note(exp: Expectations) -> dict[str, Any] | None:
     return note
 
 
-def connect_failure(kind: str, reason: str, *, resume: bool) -> dict[str, Any]:
+def connect_failure(kind: str, reason: str, *, resume: bool, retry: bool = False) -> dict[str, Any]:
     """The fields a close record gets for a connection that never became usable (refused at the handshake, HTTP
     401/403/503, closed during the upgrade, no welcome, AUTH_FAILED): `failed` (the connections_total result label),
     `status` (the HTTP status answered, when there was one), `reason`, and `resume` when it was a reconnect to resume
-    a run (whose chat is judged lost, not failed: no chat of its own)."""
+    a run (whose chat is judged lost, not failed: no chat of its own), with `retry` when the client tries that
+    reconnect again (after a backoff: the chat is not lost at this failure)."""
     fields: dict[str, Any] = {"failed": kind}
     m = _HTTP_STATUS_RE.search(reason)
     if m is not None:
@@ -85,6 +86,8 @@ def connect_failure(kind: str, reason: str, *, resume: bool) -> dict[str, Any]:
     fields["reason"] = reason[:1024]
     if resume:
         fields["resume"] = True
+        if retry:
+            fields["retry"] = True
     return fields
 
 
@@ -531,18 +534,20 @@ class Recorder:
         return ConnectionLog(self, f"{safe}.{n}", self.directory / f".{self.run_id}-{n:06d}-{safe}.jsonl.part", own,
                              user)
 
-    def wrap(self, transport: Transport, label: str, *, resume: bool = False,
+    def wrap(self, transport: Transport, label: str, *, resume: bool = False, retry: Callable[[], bool] | None = None,
              user: str | None = None) -> RecordingTransport:
         """`transport` recorded as connection `label` (the runner's hook: every connection a client opens);
-        `resume`: a reconnect to resume a run (its failure fails no chat of its own); `user`: the user the client
-        authenticated as (its token's `sub`), when the token names one."""
-        return RecordingTransport(transport, self.connection(label, user=user), resume=resume)
+        `resume`: a reconnect to resume a run (its failure fails no chat of its own); `retry`: asked once it failed,
+        whether the client tries that reconnect again; `user`: the user the client authenticated as (its token's
+        `sub`), when the token names one."""
+        return RecordingTransport(transport, self.connection(label, user=user), resume=resume, retry=retry)
 
-    def recording(self, label: str, *, resume: bool = False, user: str | None = None) -> ConnectionRecording:
+    def recording(self, label: str, *, resume: bool = False, retry: Callable[[], bool] | None = None,
+                  user: str | None = None) -> ConnectionRecording:
         """Connection `label`'s recording for a client that is no Transport (the Locust user's SyncSession), which
-        calls it at the moments the asyncio client calls a RecordingTransport's hooks; `resume`, `user` as for
-        wrap()."""
-        return ConnectionRecording(self.connection(label, user=user), resume=resume)
+        calls it at the moments the asyncio client calls a RecordingTransport's hooks; `resume`, `retry`, `user` as
+        for wrap()."""
+        return ConnectionRecording(self.connection(label, user=user), resume=resume, retry=retry)
 
     def save(self, log: ConnectionLog, keep: bool | None = None) -> Path | None:
         """The connection ended: its file kept (when `keep`, or always with keep_all) or deleted; returns the path."""
@@ -586,13 +591,15 @@ class ConnectionRecording:
     `gevent_client.SyncSession` (`Recorder.recording`) call it at the same moments. Thread-safe (the sync client's
     reader and its chats write to one connection from different threads or greenlets)."""
 
-    def __init__(self, log: ConnectionLog, clock: Callable[[], float] = time.monotonic, *, resume: bool = False) -> None:
+    def __init__(self, log: ConnectionLog, clock: Callable[[], float] = time.monotonic, *, resume: bool = False,
+                 retry: Callable[[], bool] | None = None) -> None:
         self.log = log
         self._clock = clock
         self._lock = threading.Lock()
         self._saved = False
         self._by_client = False
         self._resume = resume  # a reconnect to resume a run: its failure fails no chat of its own
+        self._retry = retry  # asked at its failure: whether the client tries that reconnect again
         self._dropped = False  # the client dropped it on purpose (disconnect_after), to reconnect and resume
         self._stopped = False  # the run stopped with a chat of it open: the client's close is that stop
         self._failure: dict[str, Any] | None = None
@@ -615,8 +622,9 @@ class ConnectionRecording:
         """The connection opened but never became usable (no welcome, AUTH_FAILED, closed before the welcome): its
         close record says so (the client drops it next), or, when the server closed it first, a close record of the
         failure follows the one written then."""
+        retry = self._resume and self._retry is not None and self._retry()
         with self._lock:
-            self._failure = connect_failure(kind, reason, resume=self._resume)
+            self._failure = connect_failure(kind, reason, resume=self._resume, retry=retry)
             if self._saved:
                 self.log.failed(self._clock(), self._failure)
 
@@ -645,7 +653,9 @@ class ConnectionRecording:
         or could not be sent: a close record saying so, in its place, naming the send record of that frame (`send`,
         its ordinal: another chat's send record may have come in between), after which the connection goes on (its
         other chats, its end)."""
-        failure = connect_failure(kind, reason, resume=self._resume and kind != SEND_FAILED)
+        resume = self._resume and kind != SEND_FAILED
+        failure = connect_failure(kind, reason, resume=resume,
+                                  retry=resume and self._retry is not None and self._retry())
         if kind == SEND_FAILED and send is not None:
             failure["send"] = send
         with self._lock:
@@ -701,9 +711,9 @@ class RecordingTransport(RecordingHooks):
     purpose)."""
 
     def __init__(self, inner: Transport, log: ConnectionLog, clock: Callable[[], float] = time.monotonic, *,
-                 resume: bool = False) -> None:
+                 resume: bool = False, retry: Callable[[], bool] | None = None) -> None:
         self._inner = inner
-        self._rec = ConnectionRecording(log, clock, resume=resume)
+        self._rec = ConnectionRecording(log, clock, resume=resume, retry=retry)
         # The send record of the chat's frame whose send just failed (its ordinal), for the `send_failed` record the
         # client writes next (Session._safe_send): other chats' frames may have been recorded since it was.
         self._failed_send: int | None = None

@@ -40,7 +40,8 @@ The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\
           (refused, auth_failed, timeout, tls_error, protocol_error), with `status` (the HTTP status answered, when
           there was one) and `reason`: the chat that was to use it is an `error` chat, as live; with "resume": true it
           was a reconnect to resume a run, and fails no chat of its own: the user's oldest chat kept for a resume
-          is lost there, as live ("reconnecting failed"); "send_failed": a chat's WebSocket frame did
+          is lost there, as live ("reconnecting failed"), unless "retry": true says the client tried again after
+          it (a backoff: the chat stays kept, its failed attempt counted); "send_failed": a chat's WebSocket frame did
           not leave within connect_timeout (the server stopped reading), that chat (the last one a send record opened
           on the connection and nothing answered yet) is an `error` chat of that kind, as live, and the connection
           goes on
@@ -223,6 +224,7 @@ class Recorded:
     failed: str = ""
     reason: str = ""
     resume: bool = False
+    retry: bool = False  # (with `resume`) the client tried that reconnect again: the chat is not lost at this failure
     # On a close record: the connection was a chat's own event stream (SSE), ending with its run. On a recv record: it
     # came in an SSE response body (a saved body, a HAR entry's), one response to one request whether or not the
     # request was recorded: the runs it carries after its first are that stream's, never chats of their own.
@@ -771,7 +773,9 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
                         where=where, send=send, stop=stop or "", parking_full=tuple(full),
                         error=error[:1024] if isinstance(error, str) else "", failed=failed or "",
                         reason=reason[:1024] if failed and isinstance(reason, str) else "",
-                        resume=bool(failed) and obj.get("resume") is True, stream=obj.get("stream") is True,
+                        resume=bool(failed) and obj.get("resume") is True,
+                        retry=bool(failed) and obj.get("resume") is True and obj.get("retry") is True,
+                        stream=obj.get("stream") is True,
                         code=code if isinstance(code := obj.get("code"), int) and not isinstance(code, bool)
                         and 0 <= code < 65536 else None)
     if direction == "dropped":

@@ -348,6 +348,10 @@ class Scenario(Strict):
     client_run_id: Bool = False
     reconnect: Bool = True
     max_reconnects: Int = Field(default=3, ge=0, le=100)
+    # Each lost connection is reconnected with capped, jittered exponential backoff (harness/backoff.py): at most this
+    # many attempts, none starting past reconnect_timeout after the loss (nor past the chat's deadline).
+    max_reconnect_attempts: Int = Field(default=10, ge=1, le=1000)
+    reconnect_timeout: PositiveSeconds = 30.0
     connect_timeout: PositiveSeconds = 10.0
     # Offer permessage-deflate on WebSocket connections (as browsers do) or not. "none" by default: on loopback and
     # a LAN it costs both ends more CPU than it saves in bytes (BENCHMARKS.md), and chatprobe's lean client does
@@ -448,6 +452,12 @@ class Scenario(Strict):
         elif "max_in_flight" in given:
             raise _field_error(("max_in_flight",), "max_in_flight goes with an open model (arrival_rate, or "
                                "stages with `rate`)", self.max_in_flight)
+        if not self.reconnect or not self.max_reconnects:
+            for name in ("max_reconnect_attempts", "reconnect_timeout"):
+                if name in given:
+                    why = "reconnect: false" if not self.reconnect else "max_reconnects: 0"
+                    raise _field_error((name,), f"with {why} the client never reconnects; leave out {name}",
+                                       getattr(self, name))
         return self
 
     @property
@@ -511,7 +521,9 @@ class Scenario(Strict):
         # chat()'s provisional result; the Locust user does it too). A user who thinks waits the window out first,
         # under both engines, so one scenario file gives the same load under both.
         options = ChatOptions(client_run_id=self.client_run_id, reconnect=self.reconnect,
-                              max_reconnects=self.max_reconnects, settle=self.expect.settle,
+                              max_reconnects=self.max_reconnects,
+                              max_reconnect_attempts=self.max_reconnect_attempts,
+                              reconnect_timeout=self.reconnect_timeout, settle=self.expect.settle,
                               overlap_settle=self.think_time is None)
         _SHARED[key] = (weakref.ref(self, lambda ref: _forget_shared(key, ref)), profile, expectations, options)
         return expectations, options

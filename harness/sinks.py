@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 # Values of the `result` label of chatprobe_connections_total (docs/metrics.md).
 CONNECTION_RESULTS = ("ok", "refused", "auth_failed", "timeout", "tls_error", "protocol_error")
 RECONNECT_RESULTS = ("resumed", "lost")
+# The `result` label of chatprobe_reconnect_attempts_total: each connection opened to reconnect a chat connected or not.
+RECONNECT_ATTEMPT_RESULTS = ("connected", "failed")
 # Why a watched chat was not judged (docs/metrics.md, chatprobe_chats_unjudged_total{reason}): the proxy stopped while
 # it was in flight or kept for its user's resume or resend, or the proxy's bounds on chats so kept were full when the
 # server cut it. Nothing showed the server failed it; no outcome is counted for it.

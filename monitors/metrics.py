@@ -21,7 +21,7 @@ from prometheus_client import (
 )
 
 from harness.events import ALL_ROLES, RULES, Outcome
-from harness.sinks import CONNECTION_RESULTS, RECONNECT_RESULTS, UNJUDGED_REASONS, Sink
+from harness.sinks import CONNECTION_RESULTS, RECONNECT_ATTEMPT_RESULTS, RECONNECT_RESULTS, UNJUDGED_REASONS, Sink
 from harness.targets import target_label  # re-exported: one definition for every driver
 
 _C = TypeVar("_C")
@@ -103,6 +103,9 @@ class ChatMetrics:
         )
         self.connections = counter("connections", "Connection attempts, by result.", ("result",))
         self.reconnects = counter("reconnects", "Reconnections and whether the flow continued.", ("result",))
+        self.reconnect_attempts = counter(
+            "reconnect_attempts", "Connections opened to reconnect a chat (retries with backoff included), whether "
+            "each connected; counted with the chat's verdict.", ("result",))
         self.chats_abandoned = counter("chats_abandoned", "Chats the user left before the terminal event.")
         self.chats_abandoned_before_first_event = counter(
             "chats_abandoned_before_first_event", "Abandoned chats the user left before any event came and within "
@@ -187,7 +190,8 @@ class _Children:
 
     __slots__ = ("in_flight", "chats", "chats_error", "chats_missing_events", "missing_events", "events",
                  "rule_violations", "time_to_first_event", "chat_duration", "event_delay", "connections", "reconnects",
-                 "chats_abandoned", "chats_abandoned_before_first_event", "chats_dropped", "client_rejections", "chats_unjudged")
+                 "reconnect_attempts", "chats_abandoned", "chats_abandoned_before_first_event", "chats_dropped",
+                 "client_rejections", "chats_unjudged")
 
     def __init__(self, m: ChatMetrics, base: tuple[str, str, str]) -> None:
         self.in_flight = m.chats_in_flight.labels(*base)
@@ -202,6 +206,7 @@ class _Children:
         self.event_delay = _keyed(ALL_ROLES, lambda r: m.event_delay.labels(*base, r))
         self.connections = {r: m.connections.labels(*base, r) for r in CONNECTION_RESULTS}
         self.reconnects = {r: m.reconnects.labels(*base, r) for r in RECONNECT_RESULTS}
+        self.reconnect_attempts = {r: m.reconnect_attempts.labels(*base, r) for r in RECONNECT_ATTEMPT_RESULTS}
         self.chats_abandoned = m.chats_abandoned.labels(*base)
         self.chats_abandoned_before_first_event = m.chats_abandoned_before_first_event.labels(*base)
         self.chats_dropped = m.chats_dropped.labels(*base)
@@ -308,6 +313,9 @@ class MetricsSink(Sink):
             c.chat_duration.observe(result.duration)
         for role, delay in result.event_delays.items():
             c.event_delay[role].observe(delay)
+        if result.reconnect_attempts:
+            c.reconnect_attempts["connected"].inc(result.reconnect_attempts - result.reconnect_failures)
+            c.reconnect_attempts["failed"].inc(result.reconnect_failures)
 
     def chat_abandoned(self, scenario: str) -> None:
         self._scenario(scenario).chats_abandoned.inc()

@@ -25,7 +25,7 @@ from harness.cli import build_parser as chatprobe_parser
 from harness.events import ALL_ROLES, RULES, Outcome
 from harness.profiles import Fields, Profile, Span, load_profile
 from harness.scenario import ChatStep, Expect, Objectives, RawStep, Scenario, load_scenario
-from harness.sinks import CONNECTION_RESULTS, RECONNECT_RESULTS, UNJUDGED_REASONS
+from harness.sinks import CONNECTION_RESULTS, RECONNECT_ATTEMPT_RESULTS, RECONNECT_RESULTS, UNJUDGED_REASONS
 from monitors import metrics
 from monitors.frontdoor import REFUSAL_REASONS
 from monitors.monitor import build_parser as monitor_parser
@@ -199,7 +199,9 @@ def test_the_label_values_the_metrics_doc_lists_are_the_codes():
     assert _code(re.sub(r"\([^)]*\)", "", labels["source"])) == list(metrics.SOURCES)
     assert _code(labels["outcome"])[: len(metrics.OUTCOMES)] == list(metrics.OUTCOMES)
     connections, reconnects = labels["result"].split("; reconnects:")
+    reconnects, attempts = reconnects.split("; reconnect attempts:")
     assert _code(connections) == list(CONNECTION_RESULTS) and _code(reconnects) == list(RECONNECT_RESULTS)
+    assert _code(attempts) == list(RECONNECT_ATTEMPT_RESULTS)
     refused = next(r for r in _table(METRICS_DOC, "## Metrics") if "proxy_refused" in r[0])
     assert _code(refused[2].split("`reason` = ")[1]) == list(REFUSAL_REASONS)
     unjudged = next(r for r in _table(METRICS_DOC, "## Metrics") if "chats_unjudged" in r[0])

@@ -239,8 +239,8 @@ def test_disconnect_after_drops_once_then_reconnects_and_resumes_from_the_last_s
     feed(flow, 2, 0.1)
     assert flow.next(0.1, link) == DROP
     link.closed = True
-    assert flow.next(0.2, link) == Reconnect(1)
-    flow.reconnected(True)
+    assert flow.next(0.2, link).generation == 1
+    flow.reconnected(True, 0.2)
     link.closed, link.generation = False, 2
     resume = flow.next(0.3, link)
     assert isinstance(resume, Send) and resume.what == "resume"
@@ -258,13 +258,13 @@ def test_a_resume_that_brings_nothing_back_is_lost():
     start(flow, link)
     feed(flow, 2, 0.1)
     link.closed = True
-    assert flow.next(0.2, link) == Reconnect(1)
-    flow.reconnected(True)
+    assert flow.next(0.2, link).generation == 1
+    flow.reconnected(True, 0.2)
     link.closed, link.generation = False, 2
     flow.next(0.2, link)
     flow.sent(True)
     link.closed = True  # gone again before any event: the first resume lost the run, and no more tries
-    assert flow.next(0.3, link) == Reconnect(2)
+    assert flow.next(0.3, link).generation == 2
     assert flow.tracker.reconnects == ["lost"] and ("reconnect", "lost") in sink.calls
 
 
@@ -274,7 +274,7 @@ def test_reconnect_gives_up_after_max_reconnects_and_judges_the_chat_lost():
     feed(flow, 1, 0.1)
     link.closed = True
     assert isinstance(flow.next(0.2, link), Reconnect)
-    flow.reconnected(True)
+    flow.reconnected(True, 0.2)
     link.closed, link.generation = False, 2
     flow.next(0.2, link)
     flow.sent(True)
@@ -286,16 +286,98 @@ def test_reconnect_gives_up_after_max_reconnects_and_judges_the_chat_lost():
 
 
 def test_failed_reconnect_is_reported_lost_and_ends_the_chat():
-    flow, sink, link = make()
+    flow, sink, link = make(max_reconnect_attempts=1)
     start(flow, link)
     feed(flow, 1, 0.1)
     link.closed = True
     flow.next(0.2, link)
-    flow.reconnected(False)
+    flow.reconnected(False, 0.2)
     result = flow.next(0.3, link).result
     assert result.outcome.value == "incomplete"
     assert result.note == "connection lost mid-run and reconnecting failed"
     assert result.reconnects == ["lost"] and sink.calls[-2:] == [("reconnect", "lost"), ("finished", "incomplete")]
+
+
+def test_a_failed_reconnect_is_tried_again_with_backoff_until_one_connects():
+    """A lost connection whose first reconnects are refused (a server restarting): each failure waits a capped,
+    jittered exponential backoff (harness/backoff.py), then tries again; the attempts and failures show on the chat."""
+    flow, sink, link = make(settle=0)
+    start(flow, link)
+    feed(flow, 1, 0.1)
+    link.closed = True
+    now = 0.2
+    waits = []
+    for _ in range(3):
+        action = flow.next(now, link)
+        assert isinstance(action, Reconnect) and action.generation == 1 and action.by == 10.0  # the chat's deadline
+        assert action.will_retry(now) is True  # what a recording's close record says, asked first
+        flow.reconnected(False, now)
+        wait = flow.next(now, link)
+        assert isinstance(wait, Wait) and now < wait.until
+        waits.append(wait.until - now)
+        assert flow.next(wait.until - 0.001, link) == wait  # woken early: still waiting
+        now = wait.until
+    assert 0.05 <= waits[0] <= 0.1 and 0.1 <= waits[1] <= 0.2 and 0.2 <= waits[2] <= 0.4  # doubled, jittered
+    assert isinstance(flow.next(now, link), Reconnect)
+    flow.reconnected(True, now)
+    link.closed, link.generation = False, 2
+    assert flow.next(now, link).what == "resume"
+    flow.sent(True)
+    assert flow.next(now, link) == Wait(10.0)  # the chat's own deadline again
+    feed(flow, 5, now + 0.1, first=1)
+    result = flow.next(now + 0.1, link).result
+    assert result.outcome.value == "passed" and result.reconnects == ["resumed"]
+    assert (result.reconnect_attempts, result.reconnect_failures) == (4, 3)
+    assert sink.count("reconnect") == 1
+
+
+def test_reconnect_attempts_are_bounded_by_count_and_by_time():
+    """A server that never comes back: the chat is lost after max_reconnect_attempts, or once the next attempt would
+    start past reconnect_timeout after the loss (or the chat's deadline), never later."""
+    flow, sink, link = make(settle=0, max_reconnect_attempts=3)
+    start(flow, link)
+    feed(flow, 1, 0.1)
+    link.closed = True
+    now, attempts = 0.2, 0
+    while not isinstance(action := flow.next(now, link), Finish):
+        if isinstance(action, Wait):
+            now = action.until
+            continue
+        attempts += 1
+        flow.reconnected(False, now)
+    assert attempts == 3 and action.result.reconnects == ["lost"]
+    assert action.result.note == "connection lost mid-run and reconnecting failed"
+    assert (action.result.reconnect_attempts, action.result.reconnect_failures) == (3, 3)
+
+    flow, sink, link = make(settle=0, reconnect_timeout=1.0)
+    start(flow, link)
+    feed(flow, 1, 0.1)
+    link.closed = True
+    now, attempts = 0.2, 0
+    while not isinstance(action := flow.next(now, link), Finish):
+        if isinstance(action, Wait):
+            now = action.until
+            continue
+        attempts += 1
+        assert action.by == 1.2 and now < 1.2  # no attempt starts past the give-up time
+        flow.reconnected(False, now)
+    assert 2 <= attempts < 10 and now < 1.2 and action.result.note == "connection lost mid-run and reconnecting failed"
+
+
+def test_a_chat_backing_off_reconnects_at_once_when_another_chat_reconnected():
+    flow, _, link = make(settle=0)
+    start(flow, link)
+    feed(flow, 1, 0.1)
+    link.closed = True
+    flow.next(0.2, link)
+    flow.reconnected(False, 0.2)
+    assert isinstance(flow.next(0.2, link), Wait)
+    link.closed, link.generation = False, 2  # another chat of the connection reconnected it
+    action = flow.next(0.21, link)
+    assert isinstance(action, Reconnect)
+    flow.reconnected(True, 0.21, attempted=False)
+    assert flow.next(0.21, link).what == "resume"
+    assert flow.tracker.reconnect_tries == (1, 1)
 
 
 def test_no_reconnect_when_told_not_to_and_the_transports_note_is_kept():
@@ -315,7 +397,7 @@ def test_another_chat_reconnecting_is_noticed_by_the_generation():
     flow, _, link = make()
     start(flow, link)
     link.generation = 2  # closed and reopened by a chat in parallel
-    assert flow.next(0.2, link) == Reconnect(1)
+    assert flow.next(0.2, link).generation == 1
 
 
 def test_resume_unknown_run_ends_the_chat():
@@ -425,7 +507,7 @@ def test_an_outcome_reported_out_of_turn_is_refused():
         flow.connected()
     start(flow, link)
     with pytest.raises(RuntimeError):
-        flow.reconnected(True)
+        flow.reconnected(True, 0.0)
 
 
 # -- the user script --

@@ -172,7 +172,8 @@ WS_FAULTS: dict[str, tuple[tuple[Fault, ...], tuple, int, list[str]]] = {
     "fin_mid_frame": ((Fault("half_close", DOWN, at=MID_RUN, connections=FIRST_ONLY),), RESUMED, 0, ["resumed"]),
     "dropped_after_600_bytes": ((Fault("drop", DOWN, after=600, connections=FIRST_ONLY),), RESUMED, 0, ["resumed"]),
     "handshake_never_answered": ((Fault("silent"),), TIMEOUT, 3, []),
-    # One try per lost connection: the reconnect's handshake unanswered by connect_timeout, the run is lost.
+    # Every reconnect's handshake unanswered: each attempt ends at connect_timeout, and the chat's deadline ends them:
+    # the run is lost (test_reconnect_backoff.py: the retries).
     "reconnect_never_answered": ((Fault("rst", DOWN, at=MID_RUN, connections=FIRST_ONLY),
                                   Fault("silent", connections=frozenset(range(1, 8)))),
                                  ("incomplete", None, ()), 1, ["lost"]),

@@ -218,6 +218,7 @@ def test_label_combinations_exist_from_zero_on_first_use():
     assert by_name["chatprobe_connections_total"] == {
         "ok", "refused", "auth_failed", "timeout", "tls_error", "protocol_error"}
     assert by_name["chatprobe_reconnects_total"] == {"resumed", "lost"}
+    assert by_name["chatprobe_reconnect_attempts_total"] == {"connected", "failed"}
     unjudged = {s.labels["reason"] for s in _samples(reg) if s.name == "chatprobe_chats_unjudged_total"}
     assert unjudged == {"proxy_stopped", "parking_full"}
     assert by_name["chatprobe_rule_violations_total"] == {f"R{i}" for i in range(1, 14)}
