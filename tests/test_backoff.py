@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from harness.backoff import Backoff
+from harness.backoff import Backoff, ReconnectRetries
 
 
 def test_doubles_caps_and_resets():
@@ -47,3 +47,24 @@ def test_bad_bounds_are_refused():
         Backoff(first=0, cap=1)
     with pytest.raises(ValueError):
         Backoff(first=2, cap=1)
+
+
+def test_a_reconnects_retry_is_decided_once_per_attempt_and_bounded_by_count_and_time():
+    """The recording asks first, the flow after it, later: one answer per attempt, so the close record of a failed
+    attempt says what the client did (`retry`); no attempt past max_attempts, none starting at or past give_up_at."""
+    retries = ReconnectRetries(max_attempts=3, give_up_at=100.0)
+    retries.attempt()
+    assert retries.failed(1.0) is True and 1.05 <= retries.retry_at <= 1.1
+    at = retries.retry_at
+    assert retries.failed(99.0) is True and retries.retry_at == at  # asked again later: the same answer
+    retries.attempt()
+    assert retries.failed(2.0) is True and 2.1 <= retries.retry_at <= 2.2
+    retries.attempt()
+    assert retries.failed(3.0) is False  # the third of 3
+
+    retries = ReconnectRetries(max_attempts=10, give_up_at=1.0)
+    retries.attempt()
+    assert retries.failed(0.85) is True  # the next at 0.9-0.95: before the give-up time
+    retries = ReconnectRetries(max_attempts=10, give_up_at=1.0)
+    retries.attempt()
+    assert retries.failed(0.96) is False  # the next would start at 1.01 or later
