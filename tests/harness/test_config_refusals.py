@@ -494,3 +494,21 @@ def test_the_pytest_plugin_refuses_an_empty_credentials_flag_without_target_too(
                            str(tmp_path), flag, ""], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert proc.returncode == 4, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert f"{flag}: an empty " in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("yaml_text, line, field, needle", [
+    ("max_reconnect_attempts: 0", 2, "max_reconnect_attempts", "greater than or equal to 1"),
+    ("max_reconnect_attempts: 1001", 2, "max_reconnect_attempts", "less than or equal to 1000"),
+    ("max_reconnect_attempts: true", 2, "max_reconnect_attempts", ""),
+    ("reconnect_timeout: 0s", 2, "reconnect_timeout", "more than 0"),
+    ("reconnect_timeout: soon", 2, "reconnect_timeout", ""),
+    ("reconnect: false\nreconnect_timeout: 5s", 3, "reconnect_timeout", "never reconnects"),
+    ("max_reconnects: 0\nmax_reconnect_attempts: 5", 3, "max_reconnect_attempts", "never reconnects"),
+])
+def test_a_reconnect_bound_that_is_no_bound_names_the_file_line_and_field(tmp_path, yaml_text, line, field, needle):
+    """The reconnect retries' bounds (docs/scenarios.md): none that would never let an attempt start, retry for ever,
+    or never be read; exit 2 before anything connects."""
+    scenario = tmp_path / "retry.yaml"
+    scenario.write_text(f"name: retry\n{yaml_text}\n")
+    one_error(run_cli("run", str(scenario), "--target", "ws://127.0.0.1:9/ws"), f"{scenario}:{line}",
+              f"field '{field}'", needle)
