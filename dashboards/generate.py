@@ -300,11 +300,15 @@ def build() -> dash_m.Dashboard:
         ),
         _timeseries(
             "Reconnects and abandoned chats",
-            "Reconnections (resumed: the run continued; lost: it could not) and, from the proxy, chats the user "
-            "left before the terminal event.",
+            "Reconnections (resumed: the run continued; lost: it could not), the connections opened to reconnect "
+            "(each retry after a backoff included: connected or failed; failed attempts with no lost reconnects are "
+            "a server restarting that clients got back to) and, from the proxy, chats the user left before the "
+            "terminal event.",
             [
                 _query(f"sum by (result) (rate(chatprobe_reconnects_total{{{SEL}}}[{RATE}]))", "reconnect {{result}}"),
                 _query(f"sum(rate(chatprobe_chats_abandoned_total{{{SEL}}}[{RATE}]))", "abandoned", "B"),
+                _query(f"sum by (result) (rate(chatprobe_reconnect_attempts_total{{{SEL}}}[{RATE}]))",
+                       "reconnect attempt {{result}}", "C"),
             ],
             unit="reqps", width=8,
         ),
