@@ -626,3 +626,39 @@ def test_the_readmes_monitor_config_and_its_failing_scenario_load(tmp_path, monk
     probes = probes_from_config(str(config), load_config(str(config)), 10.0)
     assert {p.key for p in probes} == {("chat-prod", "probe"), ("chat-staging", "probe"), ("chat-staging", "fatal")}
     assert next(p.scenario for p in probes if p.key[1] == "fatal").message.startswith("#fail-agent")
+
+
+# --- TLS failures --------------------------------------------------------------------------------------------------
+
+# The verification errors of the table's rows, as OpenSSL numbers them (X509_V_ERR_*).
+VERIFY_CODES = {"unable to get local issuer certificate": 20, "IP address mismatch": 64, "certificate has expired": 10}
+
+
+def test_the_tls_failures_table_is_what_every_client_says():
+    """docs/protocol.md's TLS failures: each row's reason is the one `base.tls_reason` gives for OpenSSL's error of
+    that row (every client's words; `…` stands for the rest of OpenSSL's message)."""
+    import ssl
+
+    from harness.transports.base import tls_reason
+
+    rows = _table(PROTOCOL_DOC, "### TLS failures")
+    assert len(rows) >= 7, rows
+    for what, cell in rows:
+        said = "TLS: " + "".join(_code(cell))
+        name = re.split(r"[ :(]", said.removeprefix("TLS: "), maxsplit=1)[0]
+        if said.startswith("TLS: the server closed the connection"):
+            exc: ssl.SSLError = ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+            exc.reason = "UNEXPECTED_EOF_WHILE_READING"
+        elif name == "CERTIFICATE_VERIFY_FAILED":
+            message = re.search(r"\(([^)]*)\)", said).group(1)
+            cert = ssl.SSLCertVerificationError(1, "certificate verify failed")
+            cert.reason = name
+            cert.verify_message = message.replace(", …", ", for 127.0.0.1")
+            cert.verify_code = next(code for text, code in VERIFY_CODES.items() if message.startswith(text))
+            exc = cert
+        else:
+            exc = ssl.SSLError(1, "alert")
+            exc.reason = name
+        pattern = re.escape(said).replace("…", ".*")
+        got = tls_reason(exc)
+        assert re.fullmatch(pattern, got), f"docs/protocol.md, TLS failures, {what!r}: says {said!r}, the code {got!r}"
