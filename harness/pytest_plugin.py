@@ -45,6 +45,7 @@ from .targets import (
     read_token,
     target_profile,
 )
+from .transports.base import tls_advice_as
 from .yamlfile import ConfigError
 
 # The target options this plugin has a --chatprobe-* flag for (its messages name those flags).
@@ -142,6 +143,8 @@ def verdict(result: ChatResult, label: str = "chat", url: str | None = None) -> 
     token" answer may quote the client's token back). A chat that could not reach the server (refused, timed out,
     TLS) names the address it tried, `url` (without its credentials)."""
     why = result.note or result.error
+    if why and result.error_kind == "tls_error":
+        why = tls_advice_as(why, "chatprobe-")  # the plugin's own flags (it has no --insecure)
     rules = dict.fromkeys(f"{v.rule.value} {RULES.get(v.rule.value, '')}".strip() for v in result.violations)
     rules.update(dict.fromkeys(f"{rule} {RULES.get(rule, '')}".strip() for rule in result.violations_not_listed))
     head = f"{label} {result.outcome.value}: " + (redact.clean(why, 1000) if why else ", ".join(rules) or "no reason given")

@@ -24,6 +24,7 @@ from websockets.server import ServerProtocol
 from harness import redact
 from harness.errors import ConfigError
 from harness.targets import jwt_claims
+from harness.transports.base import tls_advice_as
 from harness.transports.websocket import BoundedPongs
 
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62})?)*\.?")
@@ -186,8 +187,7 @@ class UpstreamTls:
     def failed(self, kind: str, reason: str) -> None:
         if kind != "tls_error":
             return
-        reason = (reason.replace(", or --insecure", "").replace("--ca-file", "--upstream-ca-file")
-                  .replace("--client-cert", "--upstream-client-cert"))
+        reason = tls_advice_as(reason, "upstream-")
         if reason != self.said:
             self.said = reason
             log.warning("the upstream's TLS failed: %s (502 to the clients; said again when the reason changes)",

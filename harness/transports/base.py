@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import functools
 import os
+import re
 import stat
 import time
 from collections.abc import Callable
@@ -264,6 +265,14 @@ def tls_reason(exc: ssl.SSLError) -> str:
     elif name in _CERT_REFUSED:
         reason += ": the server refused the client certificate shown (--client-cert): give one it trusts"
     return reason
+
+
+def tls_advice_as(reason: str, prefix: str) -> str:
+    """A TLS failure's reason (tls_reason's, picows') with the flags it advises named as a driver of other flags names
+    them: `--ca-file`, `--client-cert` and `--client-key` as `--{prefix}ca-file` and so on, and `or --insecure` left
+    out (neither the proxy's upstream nor the pytest plugin has one). Said once per failure, never per event."""
+    reason = reason.replace(", or --insecure", "")
+    return re.sub(r"(?<![\w-])--(ca-file|client-cert|client-key)\b", rf"--{prefix}\1", reason)
 
 
 def ssl_context(settings: ConnectSettings, use: str = "websocket") -> ssl.SSLContext | None:

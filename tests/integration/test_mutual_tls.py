@@ -154,7 +154,15 @@ async def test_the_pytest_plugin_shows_its_client_certificate(pytester, tmp_path
         shown = await asyncio.to_thread(pytester.runpytest_subprocess, *flags, "--chatprobe-client-cert", pki.cert,
                                         "--chatprobe-client-key", pki.key, timeout=60)
         refused = await asyncio.to_thread(pytester.runpytest_subprocess, *flags, timeout=60)
+        untrusted = await asyncio.to_thread(pytester.runpytest_subprocess, *flags[:-2], timeout=60)
     shown.assert_outcomes(passed=1)
     refused.assert_outcomes(failed=1)
-    refused.stdout.fnmatch_lines(["*TLSV13_ALERT_CERTIFICATE_REQUIRED: the server requires a client certificate*"])
+    # The advice names the plugin's own flags (it said run's --client-cert, --ca-file and --insecure, which pytest
+    # does not take: the plugin has no --insecure at all).
+    refused.stdout.fnmatch_lines(["*TLSV13_ALERT_CERTIFICATE_REQUIRED: the server requires a client certificate: "
+                                  "give one with --chatprobe-client-cert, at https://*"])
+    untrusted.assert_outcomes(failed=1)
+    untrusted.stdout.fnmatch_lines(["*CERTIFICATE_VERIFY_FAILED (unable to get local issuer certificate): give the "
+                                    "server's CA with --chatprobe-ca-file, at https://*"])
+    assert "--insecure" not in untrusted.stdout.str() and " --client-cert" not in refused.stdout.str()
     assert http_front.handshakes[0] == "ok" and "probe@example.com" in http_front.peer_certs[0]
