@@ -457,9 +457,13 @@ class _ScrubbedOwnRequests(logging.Filter):
 
 
 _SCRUBBED_OWN_REQUESTS = _ScrubbedOwnRequests()
-# The loggers of the HTTP client chatprobe's SSE transport uses (httpcore's DEBUG lines name no URL, filtered all the
-# same).
-_HTTP_LOGGERS = ("httpx", "httpcore")
+# The loggers the fixture's clients log on: httpx's (the SSE transport's), httpcore's under it and websockets' client
+# (the WebSocket transport without picows). Each by its own name: a logger's filter is asked only for the records
+# logged on that logger, never for its children's ("httpcore" itself logs nothing; httpcore.http11's DEBUG line holds
+# each response's headers, a credential the server echoes among them), and websockets' DEBUG lines hold the upgrade
+# request's headers and path.
+_HTTP_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy",
+                 "httpcore.socks", "websockets.client")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -626,3 +627,48 @@ def test_a_server_that_is_not_running_fails_each_test_at_once_saying_refused_and
     res.stdout.fnmatch_lines([f"chat #1 of this test error: connection refused, at {shown}"])
     out = res.stdout.str()
     assert key not in out and "All connection attempts failed" not in out, out
+
+
+def test_a_credential_the_server_echoes_in_a_response_header_is_in_no_debug_live_log_or_log_file_line(pytester,
+                                                                                                       tmp_path):
+    """A team's pytest at log level DEBUG (live log and a log file): httpcore, under httpx, logs each response's
+    headers ("receive_response_headers.complete return_value=(b'HTTP/1.1', 200, b'', [(b'X-Api-Key', b'…')])"), and
+    a server that echoes the team's credential header back (or sets a session cookie of it) had it there. FAILED on
+    the old code: the filter was on the "httpcore" logger, whose records are none (httpcore logs on its modules'
+    loggers, "httpcore.http11" and others, and a logger's filter is not asked for its children's records): the key
+    went out as it was. The team's own DEBUG lines are still there, and so are httpcore's."""
+    from tests.integration.outside_servers import InThread, RawSseServer
+
+    key = "hdr-Api-K3y-echoed-back-0c4d7e1f"
+
+    async def answer(request: dict) -> AsyncIterator[bytes]:
+        t, r = request["threadId"], request["runId"]
+        for frame in ({"type": "RUN_STARTED", "threadId": t, "runId": r},
+                      {"type": "TEXT_MESSAGE_START", "messageId": "m", "role": "assistant"},
+                      {"type": "TEXT_MESSAGE_CONTENT", "messageId": "m", "delta": "42"},
+                      {"type": "TEXT_MESSAGE_END", "messageId": "m"},
+                      {"type": "RUN_FINISHED", "threadId": t, "runId": r}):
+            yield b"data: " + json.dumps(frame).encode() + b"\n\n"
+
+    def echoed(headers: dict[str, str]) -> bytes:
+        return f"X-Echoed-Api-Key: {headers.get('x-api-key', '')}\r\n".encode("latin-1")
+
+    pytester.makepyfile(test_logged="""
+        import logging
+
+        def test_chat(chatprobe):
+            logging.getLogger("team").debug("the team's own debug line")
+            chatprobe.check(chatprobe.chat("What is 6 * 7?", deadline=10))
+        """)
+    log_file = tmp_path / "run.log"
+    with InThread(RawSseServer(answer, headers=echoed)) as server:
+        res = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "-rA", "--chatprobe-target", server.url, "--chatprobe-profile", "ag-ui",
+            "--chatprobe-auth", "none", "--chatprobe-header", f"X-Api-Key: {key}", "-o", "log_cli=true",
+            "--log-cli-level=DEBUG", "--log-level=DEBUG", f"--log-file={log_file}", "--log-file-level=DEBUG",
+            timeout=60)
+    res.assert_outcomes(passed=1)
+    out, logged = res.stdout.str() + res.stderr.str(), log_file.read_text()
+    for text in (out, logged):
+        assert "the team's own debug line" in text and "receive_response_headers.complete" in text, text
+        assert key not in text and key[:16] not in text and "[REDACTED]" in text, text

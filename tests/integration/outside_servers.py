@@ -146,9 +146,11 @@ SseScript = Callable[[dict[str, Any]], Any]  # async generator of bytes (raw SSE
 class RawSseServer:
     """HTTP/1.1 by hand: POST a JSON body, answer `text/event-stream` with chunked transfer encoding."""
 
-    def __init__(self, script: SseScript, framing: str = "chunked") -> None:
+    def __init__(self, script: SseScript, framing: str = "chunked",
+                 headers: Callable[[dict[str, str]], bytes] | None = None) -> None:
         self.script = script
         self.framing = framing  # chunked, length (a Content-Length body) or close (HTTP/1.0, ended by the close)
+        self.headers = headers  # more response header lines (each ending CRLF), given the request's headers
         self.server: asyncio.Server | None = None
         self.requests: list[dict[str, Any]] = []
 
@@ -173,6 +175,8 @@ class RawSseServer:
         request = json.loads(body)
         self.requests.append(request)
         head = b"Content-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
+        if self.headers is not None:
+            head += self.headers(headers)
         try:
             if self.framing == "length":
                 body = b"".join([piece async for piece in self.script(request)])
