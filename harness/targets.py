@@ -502,6 +502,10 @@ def check_ca_file(opts: TargetOptions) -> None:
         if not regular:
             raise option_error("ca_file", f"{opts.ca_file}: " + ("not a regular file" if os.path.lexists(opts.ca_file)
                                                                   else "no such file"))
+        from .transports.base import MAX_PEM_FILE, pem_too_big
+
+        if (size := os.path.getsize(opts.ca_file)) > MAX_PEM_FILE:
+            raise option_error("ca_file", f"{opts.ca_file}: {pem_too_big(size)}")
         import ssl  # here, not at the top: `--help` and `list` load no TLS library (~10 ms of their start-up)
 
         try:

@@ -197,6 +197,10 @@ def with_defaults(defaults: dict[str, str], headers: dict[str, str]) -> dict[str
 # read again every TLS_CONTEXT_TTL seconds (a monitor runs for days). The use keeps httpx's contexts apart from the
 # WebSocket clients' (httpcore sets its ALPN protocols on the context).
 TLS_CONTEXT_TTL = 3600.0
+# The largest CA file, client certificate or key loaded: OpenSSL holds a PEM block's whole base64 in memory (a file
+# of one `BEGIN CERTIFICATE` line and then 300 MB of base64 took 500 MB, at start or at any connection once it was
+# rewritten so). Mozilla's whole CA bundle is a quarter of a megabyte; a key or certificate a few kilobytes.
+MAX_PEM_FILE = 16 * 1024 * 1024
 
 
 # OpenSSL's verify codes (X509_V_ERR_*) of a certificate whose issuer the client does not trust: a private CA's or a
@@ -314,7 +318,13 @@ def _stamp(path: str | None, what: str) -> int:
         raise _file_failed(what, path, exc.strerror or exc.__class__.__name__) from None
     if not stat.S_ISREG(st.st_mode):
         raise _file_failed(what, path, "not a regular file")
+    if st.st_size > MAX_PEM_FILE:
+        raise _file_failed(what, path, pem_too_big(st.st_size))
     return st.st_mtime_ns
+
+
+def pem_too_big(size: int) -> str:
+    return f"{size:,} bytes, over the {MAX_PEM_FILE // (1024 * 1024)} MiB a PEM file may be"
 
 
 def _file_failed(what: str, path: str, why: str) -> ConnectFailed:
@@ -344,6 +354,8 @@ def client_cert_problem(cert: str, key: str | None) -> tuple[str, str] | None:
             return option, exc.strerror or exc.__class__.__name__
         if not stat.S_ISREG(st.st_mode):
             return option, "not a regular file"
+        if st.st_size > MAX_PEM_FILE:
+            return option, pem_too_big(st.st_size)
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)  # (no system CAs loaded)
     except (ssl.SSLError, ValueError):

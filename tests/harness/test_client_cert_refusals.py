@@ -123,3 +123,29 @@ def test_the_locust_user_names_its_own_flag(tmp_path, refused_port):
     assert p["other_key"] in lines[0]
     for line in key_lines(p["other_key"], p["key"]):
         assert line not in out
+
+
+def one_pem_block_of(path: Path, size: int) -> str:
+    """A file of one `BEGIN CERTIFICATE` line and then `size` bytes of base64 with no end: OpenSSL holds a PEM block's
+    whole base64 in memory before it finds the block unended (300 MB of it took 500 MB)."""
+    line = b"A" * 64 + b"\n"
+    with path.open("wb") as f:
+        f.write(b"-----BEGIN CERTIFICATE-----\n")
+        f.write(line * (size // len(line) + 1))
+    return str(path)
+
+
+@pytest.mark.parametrize("flag", ["--client-cert", "--client-key", "--ca-file"])
+def test_a_pem_file_over_its_bound_is_refused_unread_naming_the_file_and_flag(tmp_path, flag):
+    """FAILED on the old code: the file was read whole by OpenSSL (its memory the file's and more), and refused only
+    as no PEM certificate or key. Now a CA file, certificate or key past MAX_PEM_FILE is exit 2 saying its size."""
+    from harness.transports.base import MAX_PEM_FILE
+
+    p = pems(tmp_path)
+    huge = one_pem_block_of(tmp_path / "huge.pem", MAX_PEM_FILE + 1)
+    flags = {"--client-cert": ["--client-cert", huge, "--client-key", p["key"]],
+             "--client-key": ["--client-cert", p["cert"], "--client-key", huge],
+             "--ca-file": ["--ca-file", huge]}[flag]
+    proc = run_cli("run", "basic", "--target", TARGET, *flags)
+    err = one_error(proc, flag, huge, "over the 16 MiB a PEM file may be")
+    assert "Traceback" not in proc.stderr, err

@@ -166,3 +166,25 @@ async def test_the_pytest_plugin_shows_its_client_certificate(pytester, tmp_path
                                     "server's CA with --chatprobe-ca-file, at https://*"])
     assert "--insecure" not in untrusted.stdout.str() and " --client-cert" not in refused.stdout.str()
     assert http_front.handshakes[0] == "ok" and "probe@example.com" in http_front.peer_certs[0]
+
+
+def test_a_client_certificate_rewritten_past_its_bound_under_a_run_fails_the_connection_unread(tmp_path):
+    """FAILED on the old code: a certificate file rewritten under a run into one PEM block of megabytes of base64 was
+    loaded by OpenSSL at the next connection, on the event loop, its memory the file's and more; now it is a
+    tls_error naming it, never read (and so is a CA file so rewritten)."""
+    from harness.transports.base import MAX_PEM_FILE, ConnectFailed, ConnectSettings, ssl_context
+
+    pki = make_pki(tmp_path)
+    settings = ConnectSettings(url="wss://127.0.0.1:1/agent", ca_file=pki.ca_file, client_cert=pki.cert,
+                               client_key=pki.key)
+    assert ssl_context(settings) is not None
+    for path, what in ((pki.cert, "client certificate"), (pki.ca_file, "CA file")):
+        kept = Path(path).read_bytes()
+        with open(path, "wb") as f:
+            f.write(b"-----BEGIN CERTIFICATE-----\n" + (b"A" * 64 + b"\n") * (MAX_PEM_FILE // 65 + 1))
+        with pytest.raises(ConnectFailed) as failed:
+            ssl_context(settings)
+        assert failed.value.kind == "tls_error", failed.value
+        assert str(failed.value).startswith(f"TLS: the {what} {Path(path).name!r} cannot be loaded: "), failed.value
+        assert "over the 16 MiB a PEM file may be" in str(failed.value), failed.value
+        Path(path).write_bytes(kept)
