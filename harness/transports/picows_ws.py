@@ -530,9 +530,12 @@ def _unoffered(headers: Any, offered: list[str] | None) -> str | None:
     if headers is None:
         return None
     # RFC 6455 4.1 asks for one Upgrade (websocket) and one Sec-WebSocket-Accept: picows reads the first of several,
-    # where websockets and browsers fail the connection (a proxy that adds its own to the server's)
+    # where websockets and browsers fail the connection (a proxy that adds its own to the server's). An empty one
+    # beside it is one more too: websockets refuses a second Sec-WebSocket-Accept whatever it holds, and an Upgrade
+    # header naming no protocol.
     for name in ("Upgrade", "Sec-WebSocket-Accept"):
-        if len([v for h in headers.getall(name, ()) for v in h.split(",") if v.strip()]) > 1:
+        given = headers.getall(name, ())
+        if len(given) > 1 or len([v for h in given for v in h.split(",") if v.strip()]) > 1:
             return MALFORMED_HEADER.format(name)
     values = headers.getall("Sec-WebSocket-Protocol", ())
     chosen = [p.strip() for h in values for p in h.split(",") if p.strip()]

@@ -192,16 +192,19 @@ async def test_the_locust_users_client_refuses_an_empty_extensions_header_saying
 
 
 @pytest.mark.parametrize("header", ["Upgrade", "Sec-WebSocket-Accept"])
-def test_a_repeated_upgrade_or_accept_header_fails_the_handshake_with_every_client(tmp_path, header):
+@pytest.mark.parametrize("value", [None, ""], ids=["copy", "empty"])
+def test_a_repeated_upgrade_or_accept_header_fails_the_handshake_with_every_client(tmp_path, header, value):
     """RFC 6455 4.1 (and browsers): one Upgrade, websocket, and one Sec-WebSocket-Accept; here the server's own twice
-    (the same value: an application's or a proxy's copy beside it). Each client says so alike."""
+    (the same value: an application's or a proxy's copy beside it), or an empty one beside it. Each client says so
+    alike. The empty one FAILED on the code before: picows counted only the headers' non-empty values, so it passed the
+    chat where the websockets client failed the connection."""
     from harness.cli import main
 
     got = []
     for compression in ("none", "deflate"):
         scenario = tmp_path / "scenario.yaml"
         scenario.write_text(json.dumps({"name": "h", "connect_timeout": "3s", "compression": compression}))
-        with serve_aiohttp(NetraApp(), compress=False, headers={header: None}) as url:
+        with serve_aiohttp(NetraApp(), compress=False, headers={header: value}) as url:
             code = main(["run", "--target", url, "--auth", "none", str(scenario), "-q", "--json",
                          str(tmp_path / "run.json")])
         [chat] = json.loads((tmp_path / "run.json").read_text())["scenarios"][0]["chats"]
