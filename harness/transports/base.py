@@ -352,6 +352,8 @@ def client_cert_problem(cert: str, key: str | None) -> tuple[str, str] | None:
             st = os.stat(path)
         except OSError as exc:
             return option, exc.strerror or exc.__class__.__name__
+        except ValueError:  # a NUL in it (a config file's "\0"): the file's own option, not the certificate's
+            return option, "no file name can hold a NUL character"
         if not stat.S_ISREG(st.st_mode):
             return option, "not a regular file"
         if st.st_size > MAX_PEM_FILE:

@@ -149,3 +149,16 @@ def test_a_pem_file_over_its_bound_is_refused_unread_naming_the_file_and_flag(tm
     proc = run_cli("run", "basic", "--target", TARGET, *flags)
     err = one_error(proc, flag, huge, "over the 16 MiB a PEM file may be")
     assert "Traceback" not in proc.stderr, err
+
+
+def test_a_key_path_with_a_nul_in_a_monitor_config_names_the_keys_line_and_field(tmp_path):
+    """FAILED on the old code: a `client_key` holding a NUL (YAML's "\\0") made the path check raise ValueError, taken
+    for the certificate's: the error named line 4, `client_cert`, and the certificate's path. Now the key's own line,
+    field and path."""
+    pems(tmp_path)
+    config = tmp_path / "monitor.yaml"
+    config.write_text("targets:\n  prod:\n    url: wss://127.0.0.1:9/agent\n    client_cert: cert.pem\n"
+                      '    client_key: "ke\\0y.pem"\n')
+    proc = run_cli("monitor", "--config", str(config), "--once")
+    err = one_error(proc, f"{config}:5", "targets.prod.client_key", "NUL")
+    assert "client_cert" not in err, err
