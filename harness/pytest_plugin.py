@@ -444,10 +444,12 @@ class _ScrubbedOwnRequests(logging.Filter):
     OK""), a query's credential included: in a team's pytest run at log level INFO, pytest's live log (log_cli), its
     --log-file and any handler of the team's own showed it as it was (only the report sections this plugin scrubs had
     it redacted). The records the fixture's own client makes (on its thread) are scrubbed as its reports are; the
-    team's own requests, on its own threads, are left as they are. One record a request, never one an event."""
+    team's own requests, on its own threads, are left as they are. One record a request, never one an event. The
+    thread is the one logging (a logger's filter runs on it), not the record's threadName: None in a run whose
+    conftest set `logging.logThreads = False`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.threadName == CLIENT_THREAD:
+        if threading.current_thread().name == CLIENT_THREAD:
             try:
                 said = record.getMessage()
             except Exception:  # (a record no handler could write either: not written, never written raw)

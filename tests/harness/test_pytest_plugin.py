@@ -672,3 +672,40 @@ def test_a_credential_the_server_echoes_in_a_response_header_is_in_no_debug_live
     for text in (out, logged):
         assert "the team's own debug line" in text and "receive_response_headers.complete" in text, text
         assert key not in text and key[:16] not in text and "[REDACTED]" in text, text
+
+
+def test_the_fixtures_request_lines_are_scrubbed_when_the_team_turns_off_logging_thread_names(pytester, tmp_path,
+                                                                                              monkeypatch):
+    """A team's conftest sets `logging.logThreads = False` (the logging cookbook's advice for a faster logger): each
+    record's threadName is None then. FAILED on the old code: the filter told the fixture's own records by the
+    record's threadName, so none was scrubbed and httpx's INFO line showed the query's key in the live log and the
+    log file. Now it asks the thread that logs (the filter runs on it), which logging.logThreads does not change."""
+    from agentsim.agui import AguiSim
+    from agentsim.server import SimConfig, run_in_thread
+
+    key = "team-Api-K3y-no-thread-names-8d2b4f"
+    secret = "team-jwt-secret-0123456789abcdef01234567"
+    monkeypatch.setenv("CHATPROBE_JWT_SECRET", secret)
+    pytester.makeconftest("import logging\n\nlogging.logThreads = False\n")
+    pytester.makepyfile(test_logged="""
+        import logging
+
+        def test_chat(chatprobe):
+            logging.getLogger("team").info("the team's own line")
+            chatprobe.check(chatprobe.chat("What is 6 * 7?", deadline=10))
+        """)
+    log_file = tmp_path / "run.log"
+    handle = run_in_thread(server=AguiSim(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think=0.002,
+                                                    tool_latency=0.001, protocol="ag-ui")))
+    try:
+        res = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "-rA", "--chatprobe-target", f"{handle.url}?api_key={key}",
+            "--chatprobe-profile", "ag-ui", "-o", "log_cli=true", "--log-cli-level=INFO", "--log-level=INFO",
+            f"--log-file={log_file}", "--log-file-level=INFO", timeout=60)
+    finally:
+        handle.stop()
+    res.assert_outcomes(passed=1)
+    out, logged = res.stdout.str() + res.stderr.str(), log_file.read_text()
+    for text in (out, logged):
+        assert "the team's own line" in text and "HTTP Request: POST" in text, text
+        assert key not in text and "api_key=[REDACTED]" in text, text
