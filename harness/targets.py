@@ -504,7 +504,11 @@ def check_ca_file(opts: TargetOptions) -> None:
                                                                   else "no such file"))
         from .transports.base import MAX_PEM_FILE, pem_too_big
 
-        if (size := os.path.getsize(opts.ca_file)) > MAX_PEM_FILE:
+        try:
+            size = os.path.getsize(opts.ca_file)
+        except OSError as exc:  # (gone since: as load_verify_locations would say it)
+            raise option_error("ca_file", f"{opts.ca_file}: {exc.strerror or exc}") from None
+        if size > MAX_PEM_FILE:
             raise option_error("ca_file", f"{opts.ca_file}: {pem_too_big(size)}")
         import ssl  # here, not at the top: `--help` and `list` load no TLS library (~10 ms of their start-up)
 
