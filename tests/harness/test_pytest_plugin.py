@@ -709,3 +709,24 @@ def test_the_fixtures_request_lines_are_scrubbed_when_the_team_turns_off_logging
     for text in (out, logged):
         assert "the team's own line" in text and "HTTP Request: POST" in text, text
         assert key not in text and "api_key=[REDACTED]" in text, text
+
+
+def test_the_websockets_clients_debug_lines_of_the_upgrade_show_no_credential(pytester, tmp_path):
+    """An install without picows (the lean client is optional) carries the fixture's chats on the websockets client,
+    which logs the upgrade request's every header at DEBUG ("> X-Api-Key: …"). FAILED on the old code: the filter was
+    on httpx's loggers only, and a team's DEBUG live log and log file showed the header's key as it was."""
+    key = "hdr-Api-K3y-upgrade-header-5e9a21c7"
+    pytester.makeconftest("import sys\n\nsys.modules['picows'] = None  # as if not installed\n")
+    pytester.makepyfile(test_logged="""
+        def test_chat(chatprobe):
+            chatprobe.check(chatprobe.chat("What is 6 * 7?", deadline=10))
+        """)
+    log_file = tmp_path / "run.log"
+    res = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-rA", "--chatprobe-header", f"X-Api-Key: {key}", "-o", "log_cli=true",
+        "--log-cli-level=DEBUG", "--log-level=DEBUG", f"--log-file={log_file}", "--log-file-level=DEBUG", timeout=60)
+    res.assert_outcomes(passed=1)
+    out, logged = res.stdout.str() + res.stderr.str(), log_file.read_text()
+    for text in (out, logged):
+        assert "websockets.client" in text and "> GET " in text, text  # the websockets client's lines are there
+        assert key not in text and key[:16] not in text, text
