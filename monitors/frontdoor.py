@@ -260,6 +260,17 @@ def trusted_peer(peer: str | None, trusted: tuple[IPNetwork, ...]) -> bool:
     return addr is not None and _trusted(addr, trusted)
 
 
+def idle_key(peer: str | None, trusted: tuple[IPNetwork, ...]) -> str | None:
+    """The limit key a trusted proxy's kept-alive connection holds its slot under between two requests (None for a
+    peer that is not a --trusted-proxy: its connection is its own, requests or none). Between requests it carries no
+    user's: counted in --max-connections, in no client's --max-connections-per-ip (nginx's limit_conn counts a
+    connection only while a request of it is being processed). Kept under its last client, a pool of connections a
+    load balancer keeps alive held each user to the idle connections that last carried it: a user who had used that
+    many of them was refused 503 with nothing in flight."""
+    addr = parse_ip(peer)
+    return f"{limit_key(addr)} (idle)" if addr is not None and _trusted(addr, trusted) else None
+
+
 def _trusted(ip: IPAddress, trusted: tuple[IPNetwork, ...]) -> bool:
     return any(ip.version == net.version and ip in net for net in trusted)
 
@@ -316,12 +327,13 @@ class ConnectionSlots:
         self.open = 0
         self.by_key: dict[str, int] = {}  # only keys holding a slot: bounded by `total`
 
-    def acquire(self, key: str) -> str | None:
-        """Take a slot for `key`; None if taken, else the refusal reason."""
+    def acquire(self, key: str, *, limited: bool = True) -> str | None:
+        """Take a slot for `key`; None if taken, else the refusal reason. Not `limited`: no per-address cap (a trusted
+        proxy's idle kept-alive connection, FrontDoor.rekey), the total still counted."""
         if self.open >= self.total:
             return "over_capacity"
         held = self.by_key.get(key, 0)
-        if held >= self.per_address:
+        if limited and held >= self.per_address:
             return "per_address_limit"
         self.open += 1
         self.by_key[key] = held + 1
@@ -491,14 +503,15 @@ class FrontDoor:
         holder.add_done_callback(self._holders.discard)
         return None
 
-    def rekey(self, conn: Any, old: str, new: str, sink: Any) -> str | None:
+    def rekey(self, conn: Any, old: str, new: str, sink: Any, *, limited: bool = True) -> str | None:
         """`conn`'s slot (admitted under `old`) moved to limit key `new`: the HTTP side's kept-alive connection from a
-        trusted proxy carrying another client's request. None if moved; else the refusal reason (counted: `new`
-        holds its --max-connections-per-ip already), `conn` keeping its slot under `old`."""
+        trusted proxy carrying another client's request, or (not `limited`) idle again between two (idle_key). None
+        if moved; else the refusal reason (counted: `new` holds its --max-connections-per-ip already), `conn` keeping
+        its slot under `old`."""
         if old == new:
             return None
         self.slots.release(old)
-        reason = self.slots.acquire(new)
+        reason = self.slots.acquire(new, limited=limited)
         if reason is not None:
             self.slots.acquire(old)  # (the slot it freed just now: taken back, never refused)
             self.refuse(sink, reason, new)

@@ -36,6 +36,7 @@ from .frontdoor import (
     client_address,
     credentials_identity,
     drain_wait,
+    idle_key,
     install_accept_errors,
     limit_key,
     open_file_limit,
@@ -272,6 +273,10 @@ class SSEProxy:
                 if h.our_state is not h11.DONE or h.their_state is not h11.DONE or pending is None:
                     return
                 h.start_next_cycle()
+                if client.admitted and (idle := idle_key(self._peer(writer), door.trusted)) is not None:
+                    # A trusted proxy's connection between two requests: no user's (frontdoor.idle_key)
+                    door.rekey(client, client.key, idle, self.live.sink, limited=False)
+                    client.key = idle
         except (OSError, h11.ProtocolError, TimeoutError):
             pass  # the client's socket failed or broke HTTP mid-answer: nothing more to tell it
         finally:

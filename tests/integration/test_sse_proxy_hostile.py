@@ -71,28 +71,38 @@ async def test_a_trusted_proxys_kept_alive_connection_counts_under_the_client_of
     """A load balancer (--trusted-proxy) keeps its connection to the proxy alive and sends one user's request on it,
     then another's. The connection's per-address slot was taken under its FIRST request's X-Forwarded-For and kept
     there: the first user was held to hold the connection (their own next connection refused 503 at
-    --max-connections-per-ip 1) while the user it now carries was not counted at all. Now it counts under the client
-    of its latest request, as the WebSocket side's upgrade (one request a connection) always did."""
+    --max-connections-per-ip 1) while the user it now carries was not counted at all. Now a request counts under its
+    own client while it is served, as the WebSocket side's upgrade (one request a connection) always did."""
+    gate = asyncio.Event()
+
+    async def held(reader, writer, head, body):  # /hold is answered once the test opens the gate
+        if b" /hold" in head:
+            async with asyncio.timeout(10):
+                await gate.wait()
+        await ok(reader, writer, head, body)
+
     door = FrontDoor(max_connections=10, max_per_address=1, trusted=TRUSTED)
-    async with raw_upstream(ok) as (up, heads), proxy_with(up, door) as (url, metrics, _, _sink):
+    async with raw_upstream(held) as (up, heads), proxy_with(up, door) as (url, metrics, _, _sink):
         front_r, front_w = await connect(url)
         assert (await exchange(front_r, front_w, get("/a", "1.1.1.1"))).endswith(b"ok")
-        assert (await exchange(front_r, front_w, get("/b", "2.2.2.2"))).endswith(b"ok")  # now 2.2.2.2's
+        assert (await exchange(front_r, front_w, get("/b", "2.2.2.2"))).endswith(b"ok")
         # 1.1.1.1 holds nothing now: its request on another connection is served
         other_r, other_w = await connect(url)
         assert (await exchange(other_r, other_w, get("/c", "1.1.1.1"))).endswith(b"ok")
-        # 2.2.2.2 holds the front connection: a second one of its own is at its limit
+        # a request of 2.2.2.2 in flight on the front connection: a second one of its own at once is at its limit
+        front_w.write(get("/hold", "2.2.2.2"))
+        async with asyncio.timeout(10):
+            while door.slots.by_key.get("2.2.2.2") != 1:
+                await asyncio.sleep(0.02)  # wait-ok: poll interval of a condition wait bounded by the timeout
         third_r, third_w = await connect(url)
         answer = await exchange(third_r, third_w, get("/d", "2.2.2.2"))
         assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 5" in answer
-        # the front connection carrying 1.1.1.1's request again, which holds the other connection: refused (503),
-        # and that connection ends (as every refusal of the proxy's own), its slot given back
-        answer = await exchange(front_r, front_w, get("/e", "1.1.1.1"))
-        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert refused(metrics, "per_address_limit") == 1
+        gate.set()
         async with asyncio.timeout(10):
-            assert await front_r.read() == b""
-        assert refused(metrics, "per_address_limit") == 2
-        assert [h.split(b" ", 2)[1] for h in heads] == [b"/a", b"/b", b"/c"]
+            head = await front_r.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and await front_r.readexactly(2) == b"ok"
+        assert [h.split(b" ", 2)[1] for h in heads] == [b"/a", b"/b", b"/c", b"/hold"]
         for w in (front_w, other_w, third_w):
             w.close()
         # every slot given back under the key it was held under at the end (none leaked, none freed twice)
@@ -102,6 +112,32 @@ async def test_a_trusted_proxys_kept_alive_connection_counts_under_the_client_of
         assert door.slots.by_key == {}
         assert metrics.registry.get_sample_value("chatprobe_proxy_connections",
                                                  {"target": "upstream", "source": "live"}) == 0
+
+
+async def test_a_trusted_proxys_idle_kept_alive_connections_hold_no_users_slot():
+    """A load balancer keeps a pool of connections to the proxy alive and sends each request on whichever is free. A
+    connection between two requests carries no user: kept under the client of its last request, it held that user
+    to it, and a user who had used --max-connections-per-ip of the pool's connections was refused 503 on the next one
+    with nothing in flight (nginx's limit_conn counts a connection only while it serves a request)."""
+    door = FrontDoor(max_connections=10, max_per_address=2, trusted=TRUSTED)
+    async with raw_upstream(ok) as (up, heads), proxy_with(up, door) as (url, metrics, _, _sink):
+        pool = [await connect(url) for _ in range(4)]
+        for n, (r, w) in enumerate(pool):  # one user's requests, one after the other, each on the next connection
+            answer = await exchange(r, w, get(f"/{n}", "1.1.1.1"))
+            assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok"), (n, answer)
+        assert refused(metrics, "per_address_limit") == 0
+        # the four idle connections are counted (--max-connections), under the balancer's own idle key only (the last
+        # one once the proxy is back to reading its next request)
+        async with asyncio.timeout(10):
+            while door.slots.by_key != {"127.0.0.1 (idle)": 4}:
+                await asyncio.sleep(0.02)  # wait-ok: poll interval of a condition wait bounded by the timeout
+        assert door.slots.open == 4
+        for _, w in pool:
+            w.close()
+        async with asyncio.timeout(10):
+            while door.slots.open or door.moved:
+                await asyncio.sleep(0.02)  # wait-ok: poll interval of a condition wait bounded by the timeout
+        assert door.slots.by_key == {}
 
 
 async def test_an_untrusted_clients_x_forwarded_for_never_moves_its_connections_slot():
