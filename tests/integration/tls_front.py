@@ -2,8 +2,11 @@
 connections, does the TLS handshake with `context` (a server context of a trustme CA: it may require a client
 certificate), and relays the decrypted bytes to the plain server at `upstream_port` (on the same `host`) and back.
 
-It runs on threads of its own (blocking sockets, every wait bounded by TIMEOUT), so that a client under test on the
-asyncio loop, on plain threads or under gevent meets the same server. A handshake that fails ends as a TLS server
+It runs on threads of its own (a thread per connection, every wait bounded by TIMEOUT), so that a client under test
+on the asyncio loop, on plain threads or under gevent meets the same server. One thread relays both ways: an SSL
+object used by two threads at once (one reading, one writing) is not safe in OpenSSL. A relayed connection is not cut
+for being quiet (a chat on a busy machine may be quiet for longer than any wait here): it ends when either side
+closes, or when the front is left (its sockets are shut then, which wakes the relay). A handshake that fails ends as a TLS server
 ends it: the alert OpenSSL wrote (`certificate required`, `unknown ca`, ...) goes out, then the connection's write
 side is shut and what the client still sends is read and dropped until it closes (a lingering close, as nginx's):
 the client reads the alert, not a reset that would have lost it. `handshakes` lists each handshake's outcome ("ok",
@@ -12,6 +15,7 @@ or OpenSSL's reason); `peer_certs` the subject of each client certificate verifi
 from __future__ import annotations
 
 import contextlib
+import selectors
 import socket
 import ssl
 import threading
@@ -78,18 +82,31 @@ class TlsFront:
         if peer:
             self.peer_certs.append(str(peer.get("subjectAltName") or peer.get("subject")))
         upstream = self._keep(socket.create_connection((self.host, self.upstream_port), timeout=TIMEOUT))
-        upstream.sendall(first)
-        threading.Thread(target=self._pipe, args=(upstream, tls), daemon=True).start()
-        self._pipe(tls, upstream)
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
         try:
-            while data := src.recv(65536):
-                dst.sendall(data)
+            upstream.sendall(first)
+            self._relay(tls, upstream)
         except OSError:
             pass
         finally:
-            for s in (src, dst):
+            for s in (tls, upstream):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+    @staticmethod
+    def _relay(tls: ssl.SSLSocket, upstream: socket.socket) -> None:
+        """Bytes both ways until either side closes; each read is of a socket found readable (or of the TLS record
+        already read), each write bounded by the sockets' TIMEOUT."""
+        with selectors.DefaultSelector() as sel:
+            sel.register(tls, selectors.EVENT_READ, (tls, upstream))
+            sel.register(upstream, selectors.EVENT_READ, (upstream, tls))
+            while True:
+                # (decrypted bytes OpenSSL holds already are not the socket's: select would not see them)
+                ready = [(tls, upstream)] if tls.pending() else [key.data for key, _ in sel.select(TIMEOUT)]
+                for src, dst in ready:
+                    try:
+                        data = src.recv(65536)
+                    except ssl.SSLWantReadError:  # (a part of a TLS record: the rest comes)
+                        continue
+                    if not data:
+                        return
+                    dst.sendall(data)
