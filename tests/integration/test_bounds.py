@@ -22,7 +22,11 @@ class Count(Sink):
 async def test_max_duration_stops_the_scenario_and_every_started_chat_is_judged(sim_factory):
     count = Count()
     async with sim_factory(think="0.05-0.2") as (sim, target, gt):
-        sc = scenario(users=30, chats_per_user=50, max_duration="0.5s")
+        # The stop must find chats in flight: the users' first connections (the first of the process loads the
+        # client) took 0.8-1.0 s to open under a load of 12 on 2 cores, past a max_duration of 0.5 s, which then
+        # stopped a run with no chat started. 5 s is a bound that leaves them time, not a latency; the run's 1,500
+        # chats of about a second each are far from done by then.
+        sc = scenario(users=30, chats_per_user=50, max_duration="5s")
         run = await run_scenario(sc, target, count)
     assert run.stopped_early and not run.passed
     assert count.started == count.finished == run.stats.chats > 0
