@@ -229,7 +229,10 @@ def test_the_runbooks_probe_scrape_and_what_it_says_of_a_scrape_timeout_too_shor
     success = {s["metric"]["job"]: s["value"][1] for s in query(prom, "probe_success")}
     assert success == {"fits": "1", "too-short": "0"}
     (took,) = query(prom, 'probe_duration_seconds{job="too-short"}')
-    assert float(took["value"][1]) == pytest.approx(3 - 2.5, abs=0.3)
+    # Cut at its deadline (the scrape timeout less 2.5 s: 0.5 s, short of the server's 1.5 s), ended within the scrape
+    # (`up` 1). How long past its deadline the cut ends is the machine's (the monitor's loop, a busy CPU): it was held
+    # to 0.5 +- 0.3 s, a wall-clock bound a loaded machine can overrun.
+    assert 3 - 2.5 <= float(took["value"][1]) < 3
     section = (ROOT / "docs" / "runbook.md").read_text(encoding="utf-8").split("## ChatProbeFailing")[1].split("\n## ")[0]
     assert "`up` stays 1" in section and "scrape timeout less 2.5 s" in section
 
