@@ -307,11 +307,13 @@ def ssl_context(settings: ConnectSettings, use: str = "websocket") -> ssl.SSLCon
         raise _file_failed("CA file" if ca_file else "client certificate", ca_file or cert or "", why) from None
 
 
-def _stamp(path: str | None, what: str) -> int:
-    """The modification time of a file the TLS context loads (0 for none): a file rewritten gives a new context; one
-    that is not a regular file now is a ConnectFailed naming it, and never opened."""
+def _stamp(path: str | None, what: str) -> tuple[int, ...]:
+    """What tells a file the TLS context loads from a rewrite of it (() for none): its modification time, and its
+    inode, size and change time (a file rewritten within one tick of the file system's clock, 1-4 ms, keeps its
+    modification time: a certificate renamed over it, or one of another size, still gives a new context); one that
+    is not a regular file now is a ConnectFailed naming it, and never opened."""
     if not path:
-        return 0
+        return ()
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -320,7 +322,7 @@ def _stamp(path: str | None, what: str) -> int:
         raise _file_failed(what, path, "not a regular file")
     if st.st_size > MAX_PEM_FILE:
         raise _file_failed(what, path, pem_too_big(st.st_size))
-    return st.st_mtime_ns
+    return st.st_mtime_ns, st.st_ino, st.st_size, st.st_ctime_ns
 
 
 def pem_too_big(size: int) -> str:
@@ -381,7 +383,7 @@ def client_cert_problem(cert: str, key: str | None) -> tuple[str, str] | None:
 
 
 @functools.lru_cache(maxsize=8)
-def _tls_context(ca_file: str | None, cert: str | None, key: str | None, _stamps: tuple[int, int, int],
+def _tls_context(ca_file: str | None, cert: str | None, key: str | None, _stamps: tuple[tuple[int, ...], ...],
                  insecure: bool, _use: str, _hour: int) -> ssl.SSLContext:
     import ssl
 

@@ -147,6 +147,31 @@ def test_the_client_certificate_is_loaded_once_and_again_when_rewritten(tmp_path
     assert str(failed.value) == "TLS: the client certificate 'cert.pem' cannot be loaded: not a regular file"
 
 
+def test_a_client_certificate_rotated_within_one_tick_of_the_clock_gives_a_new_context(tmp_path):
+    """A certificate and key rotated in place (another pair renamed over them, as a secret manager does) within one
+    tick of the file system's clock keep their modification time: the shared context was keyed on it alone, and the
+    old pair was shown until the next rewrite or the hour's end. Its inode and size tell it now."""
+    import os
+
+    from harness.transports.base import ConnectSettings, ssl_context
+
+    pki = make_pki(tmp_path)
+    settings = ConnectSettings(url="wss://127.0.0.1:1/agent", ca_file=pki.ca_file, client_cert=pki.cert,
+                               client_key=pki.key)
+    first = ssl_context(settings)
+    assert first is not None and ssl_context(settings) is first
+    for path in (pki.cert, pki.key):
+        before = os.stat(path)
+        rotated = Path(path).with_suffix(".new")
+        rotated.write_bytes(Path(path).read_bytes() + b"\n")  # the same pair, another file of another size
+        os.utime(rotated, ns=(before.st_atime_ns, before.st_mtime_ns))  # within the same tick of the clock
+        os.replace(rotated, path)
+        assert os.stat(path).st_mtime_ns == before.st_mtime_ns
+        fresh = ssl_context(settings)
+        assert fresh is not None and fresh is not first, path
+        first = fresh
+
+
 async def test_the_pytest_plugin_shows_its_client_certificate(pytester, tmp_path):
     """`--chatprobe-client-cert` (and `--chatprobe-client-key`) as `run`'s: the chat passes; without it the test
     fails with the TLS failure's reason (the plugin had no way to give one)."""
