@@ -26,7 +26,7 @@ from pydantic import Field, ValidationError
 from . import redact
 from .checker import ChatResult, ExpectError
 from .client import Session
-from .durations import seconds_given
+from .durations import PositiveSeconds, seconds_given
 from .errors import closest, hidden_package
 from .events import RULES, Outcome, Role, Violation
 from .flow import DEFAULTS, ChatOptions, Conversation
@@ -168,11 +168,16 @@ class _ChatGiven(Strict):
     disconnect_after: Int | None = Field(default=None, ge=1, le=1_000_000)
     abandon_after: Int | None = Field(default=None, ge=0, le=1_000_000)
     max_reconnects: Int = Field(default=3, ge=0, le=1_000_000)
+    # As a scenario's top-level keys bound them (Scenario): a bound that is no bound is refused here too.
+    max_reconnect_attempts: Int = Field(default=10, ge=1, le=1000)
+    reconnect_timeout: PositiveSeconds = 30.0
 
 
 # Where each of chat()'s checked values comes from, as the test wrote it.
 _GIVEN_AS = {"disconnect_after": "options.disconnect_after", "abandon_after": "options.abandon_after",
-             "max_reconnects": "options.max_reconnects", "settle": "options.settle"}
+             "max_reconnects": "options.max_reconnects", "settle": "options.settle",
+             "max_reconnect_attempts": "options.max_reconnect_attempts",
+             "reconnect_timeout": "options.reconnect_timeout"}
 
 
 def _refusal(exc: ValidationError, called: str) -> str:
@@ -255,13 +260,15 @@ class ChatProbe:
             # unit.
             expect = Expect(required=required, streaming=streaming, first_event_limit=seconds_given(first_event_limit),
                             deadline=deadline, stall_limit=stall_limit, settle=options.settle)
-            _ChatGiven(expect_error=expect_error, disconnect_after=options.disconnect_after,
-                       abandon_after=options.abandon_after, max_reconnects=options.max_reconnects)
+            given = _ChatGiven(expect_error=expect_error, disconnect_after=options.disconnect_after,
+                               abandon_after=options.abandon_after, max_reconnects=options.max_reconnects,
+                               max_reconnect_attempts=options.max_reconnect_attempts,
+                               reconnect_timeout=options.reconnect_timeout)
         except ValidationError as exc:
             refused = ValueError(_refusal(exc, called))
         else:
             options = dataclasses.replace(options, conversation=self.conversation, continues=follow_up,
-                                          settle=expect.settle)
+                                          settle=expect.settle, reconnect_timeout=given.reconnect_timeout)
             exp = expectations_for(self.target.profile, expect, required=expect.required, expect_error=expect_error)
             return self.session.chat(message, exp, options), expect.deadline
         raise refused  # (outside the handler: no "during handling" of pydantic's error under it)

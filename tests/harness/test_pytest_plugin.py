@@ -730,3 +730,48 @@ def test_the_websockets_clients_debug_lines_of_the_upgrade_show_no_credential(py
     for text in (out, logged):
         assert "websockets.client" in text and "> GET " in text, text  # the websockets client's lines are there
         assert key not in text and key[:16] not in text, text
+
+
+def test_a_reconnect_bound_that_is_no_bound_is_one_value_error_naming_it(pytester, monkeypatch):
+    """chat()'s `options` carry the reconnect bounds a scenario's top-level keys set (max_reconnect_attempts,
+    reconnect_timeout), which a scenario file refuses out of range (exit 2). FAILED on the old code: the plugin
+    checked neither, so `ChatOptions(max_reconnect_attempts=0)` or `reconnect_timeout=-1` was taken (a chat whose
+    connection is lost then tries once, its attempt given no time), and `reconnect_timeout="5s"` (a duration as a
+    scenario writes it) a TypeError from deep in the chat's flow on the client's thread at the first lost
+    connection. Now each mistake is a ValueError at the test's line naming the argument, and "5s" is five seconds:
+    the chat dropped after two events reconnects, resumes and passes."""
+    pytester.makepyfile(test_bounds="""
+        import pytest
+        from harness.flow import ChatOptions
+
+        @pytest.mark.parametrize("kwargs", [
+            {"max_reconnect_attempts": 0},
+            {"max_reconnect_attempts": "3"},
+            {"max_reconnect_attempts": 10_000},
+            {"reconnect_timeout": -1},
+            {"reconnect_timeout": 0},
+            {"reconnect_timeout": "soon"},
+        ], ids=["attempts0", "attempts_str", "attempts_huge", "timeout_negative", "timeout0", "timeout_word"])
+        def test_mistaken(chatprobe, kwargs):
+            chatprobe.chat("What is 6 * 7?", options=ChatOptions(disconnect_after=2, **kwargs))
+
+        def test_then_chats(chatprobe):
+            result = chatprobe.chat("What is 6 * 7?", options=ChatOptions(disconnect_after=2, reconnect_timeout="5s"))
+            chatprobe.check(result)
+            assert result.reconnects == ["resumed"] and result.reconnect_attempts == 1, result
+        """)
+    monkeypatch.setenv("COLUMNS", "400")  # the short summary's lines whole
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", timeout=60)
+    res.assert_outcomes(failed=6, passed=1)
+    said = {"attempts0": "options.max_reconnect_attempts=0: Input should be greater than or equal to 1",
+            "attempts_str": "options.max_reconnect_attempts='3': Input should be a valid integer",
+            "attempts_huge": "options.max_reconnect_attempts=10000: Input should be less than or equal to 1000",
+            "timeout_negative": "options.reconnect_timeout=-1: a duration cannot be negative",
+            "timeout0": "options.reconnect_timeout=0: *",
+            "timeout_word": "options.reconnect_timeout='soon': *"}
+    for test, why in said.items():
+        line = f"FAILED test_bounds.py::test_mistaken[{test}] - ValueError: chatprobe.chat(): {why}"
+        res.stdout.fnmatch_lines([line.replace("[", "[[]")])  # (a [ of fnmatch's own is a character class)
+    out = res.stdout.str() + res.stderr.str()
+    for noise in ("pytest_plugin.py", "flow.py", "pydantic", "validation error for", "TypeError"):
+        assert noise not in out, out
