@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 # The first wait after a failed connection, doubled per failure in a row up to the cap.
 BACKOFF_FIRST = 0.1
@@ -48,27 +49,59 @@ class ReconnectRetries:
     the next would start at or past `give_up_at` (clock time: the chat's own deadline or the scenario's
     reconnect_timeout after the loss, the earlier). The one decision for every driver (flow.ChatFlow plays it for the
     asyncio Session and the Locust user's SyncSession alike); a recording asks it at the failure it records, so the
-    close record says whether the client tried again (`chatprobe check` judges the chat as live did)."""
+    close record says whether the client tried again (`chatprobe check` judges the chat as live did).
 
-    __slots__ = ("max_attempts", "give_up_at", "backoff", "attempts", "retry_at", "_decided")
+    Shared by every chat that lost connection `generation` (parallel_chats): one attempt at a time for all of them,
+    not one each (`take`), one count, one schedule; `members` are their flows, each attempt's failure counted on the
+    oldest still reconnecting (as `chatprobe check` counts it on the oldest chat it keeps for that user's resume)."""
 
-    def __init__(self, max_attempts: int, give_up_at: float) -> None:
+    __slots__ = ("max_attempts", "give_up_at", "backoff", "attempts", "retry_at", "_decided", "generation",
+                 "members", "pending", "_limit", "_latest")
+
+    def __init__(self, max_attempts: int, give_up_at: float, generation: int = 0) -> None:
         self.max_attempts = max_attempts
         self.give_up_at = give_up_at
         self.backoff = Backoff(rng=_RETRY_RNG)
         self.attempts = 0
         self.retry_at = 0.0  # when the next attempt is due, after a failed one that is retried
         self._decided: bool | None = None  # the current attempt failed: whether another follows
+        self.pending = False  # an attempt is under way (started, not yet known to have failed or connected)
+        self.generation = generation  # the connection lost
+        self.members: list[Any] = []  # the flows (flow.ChatFlow) reconnecting after it, in the order they noticed
+        self._limit = give_up_at  # reconnect_timeout after the loss
+        self._latest = float("-inf")  # the latest deadline of a member
+
+    def join(self, flow: Any, until: float) -> None:
+        """A chat that lost the connection reconnects with these attempts; `until`: its deadline. Attempts go on while
+        a member's deadline allows (each member gives up at its own), within reconnect_timeout of the loss."""
+        self.members.append(flow)
+        self._latest = max(self._latest, until)
+        self.give_up_at = min(self._limit, self._latest)
 
     def attempt(self) -> None:
         """An attempt starts."""
         self.attempts += 1
         self._decided = None
+        self.pending = True
+
+    def take(self, seen: int) -> bool:
+        """Whether a chat that asked to reconnect when `seen` attempts had been made makes the next one (it starts);
+        False when another chat made one since (it failed: the connection is still lost), which is its outcome too."""
+        if self.attempts != seen:
+            return False
+        self.attempt()
+        return True
+
+    @property
+    def gave_up(self) -> bool:
+        """The last attempt failed and none follows."""
+        return self._decided is False
 
     def failed(self, now: float) -> bool:
         """The current attempt failed at `now`: True when another follows (at `retry_at`). Decided once per attempt:
-        asked again (the recording asked first), the answer is the same."""
+        asked again (the recording asked first, another chat sharing it), the answer is the same."""
         if self._decided is None:
+            self.pending = False
             self.backoff.failed()
             self.retry_at = now + self.backoff.delay()
             self._decided = self.attempts < self.max_attempts and self.retry_at < self.give_up_at

@@ -258,7 +258,7 @@ class FrameRouter:
     """
 
     __slots__ = ("profile", "checker", "sink", "scenario", "answered", "last_pong", "auth_failed", "resume_unknown",
-                 "awaiting", "every_event", "conversations", "resumes", "_decode", "_on_event")
+                 "awaiting", "every_event", "conversations", "resumes", "reconnecting", "_decode", "_on_event")
 
     def __init__(self, profile: Profile, checker: ConnectionChecker, sink: Sink, scenario: str) -> None:
         profile.prepare()  # before any chat of the connection is timed (a no-op once done)
@@ -286,6 +286,8 @@ class FrameRouter:
         # The runs this client resumed on the current connection (`resumed`): the replay's exact copies of events its
         # chats had are left unjudged, as the proxy and `chatprobe check` leave them (Resumes). None until a resume.
         self.resumes: Resumes | None = None
+        # The reconnect attempts the chats that lost the last lost connection share (ChatFlow), None until a loss.
+        self.reconnecting: ReconnectRetries | None = None
         # The compiled decoder, bound once: pydantic's private-attribute lookup on every frame costs more than JSON.
         self._decode = profile._decoder.decode
         # The sink's per-event hook, or None when no sink listens to events (a call per event saved).
@@ -556,6 +558,23 @@ class Reconnect(NamedTuple):
     generation: int
     by: float
     will_retry: Callable[[float], bool]
+    # The attempts every chat that lost connection `generation` shares, and how many had started when this chat
+    # asked: one made since (by another chat) was this one's too (`takes_attempt`).
+    retries: ReconnectRetries
+    seen: int
+
+
+def takes_attempt(action: Reconnect, generation: int, closed: bool) -> bool | None:
+    """What a driver does with a Reconnect, under its one-opening-at-a-time claim, its connection at `generation`:
+    None: another chat reconnected it already (resume on it, no attempt of this chat's); False: another chat of the
+    connection made an attempt since this chat asked, which failed: that is this chat's outcome too (no attempt of its
+    own: the chats that lost one connection reconnect it together, not once each); True: make the attempt."""
+    if generation != action.generation:
+        if not closed:
+            return None
+        action.retries.attempt()  # (that connection lost too: tried, counted with the attempts it started from)
+        return True
+    return action.retries.take(action.seen)
 
 
 class Finish(NamedTuple):
@@ -875,9 +894,19 @@ class ChatFlow:
                 return None
             self.reconnects += 1
             # Tried again with backoff until connected, out of attempts, or out of time: the chat's own deadline bounds
-            # every attempt and every wait, and so does the scenario's reconnect_timeout from this loss on.
-            self.retries = ReconnectRetries(options.max_reconnect_attempts,
-                                            min(self._until, now + options.reconnect_timeout))
+            # every attempt and every wait, and so does the scenario's reconnect_timeout from this loss on. The
+            # attempts are shared by every chat that lost this connection (parallel_chats): one attempt for all.
+            shared = self.router.reconnecting
+            if shared is None or shared.generation != self.generation:
+                shared = ReconnectRetries(options.max_reconnect_attempts, now + options.reconnect_timeout,
+                                          self.generation)
+                if self.router.reconnecting is None or self.router.reconnecting.generation < self.generation:
+                    self.router.reconnecting = shared
+            shared.join(self, self._until)
+            self.retries = shared
+            if shared.gave_up:  # the others' last attempt failed before this chat noticed the loss
+                self._give_up()
+                return self.next(now, link)
             return self._reconnect()
         if forgot_run(self.router, tracker):
             if self.crossed and self.content is not None and not self.resend:
@@ -1029,19 +1058,26 @@ class ChatFlow:
         self.state = NEW
 
     def _reconnect(self) -> Reconnect:
-        """An attempt to reconnect, bounded by the give-up time (ReconnectRetries)."""
+        """An attempt to reconnect, bounded by the give-up time (ReconnectRetries), or the outcome of the one another
+        chat sharing them has under way."""
         retries = self.retries
         assert retries is not None
-        retries.attempt()
         self.state = RECONNECTING
-        return Reconnect(self.generation, retries.give_up_at, retries.failed)
+        return Reconnect(self.generation, min(retries.give_up_at, self._until), retries.failed, retries,
+                         retries.attempts - 1 if retries.pending else retries.attempts)
 
     def _back_off(self, now: float, link: Link) -> Action:
         """Between attempts: the next one when it is due, or at once when another chat of the connection has
         reconnected it meanwhile (the attempt then finds it open)."""
         retries = self.retries
         assert retries is not None
-        if now >= retries.retry_at or (link.generation != self.generation and not link.closed):
+        if link.generation != self.generation and not link.closed:
+            return self._reconnect()
+        if retries.gave_up or retries.retry_at >= self._until:
+            # Another chat sharing the attempts saw the last one fail, or the next is due past this chat's deadline.
+            self._give_up()
+            return self.next(now, link)
+        if now >= retries.retry_at or retries.pending:
             return self._reconnect()
         if retries.retry_at != self._wait.until:
             self._wait = Wait(retries.retry_at)  # (the chat's deadline wait is set again when it resumes)
@@ -1054,16 +1090,30 @@ class ChatFlow:
         self._expect(RECONNECTING)
         retries = self.retries
         assert retries is not None
-        if attempted:
-            self.tracker.reconnect_tried(ok)
         if ok:
+            if attempted:
+                retries.pending = False
+                self.tracker.reconnect_tried(True)
+            if self.router.reconnecting is retries:
+                self.router.reconnecting = None
             self.retries = None
             self._wait = Wait(self._until)
             self.state = RESUMING
             return
-        if retries.failed(now):
+        if attempted:
+            # Counted on the oldest chat still reconnecting after that loss, as `chatprobe check` counts it.
+            oldest = min((f for f in retries.members if f.state in (RECONNECTING, BACKING_OFF)),
+                         key=lambda f: f.tracker.sent_at, default=self)
+            oldest.tracker.reconnect_tried(False)
+        if retries.failed(now) and retries.retry_at < self._until:
             self.state = BACKING_OFF
             return
+        self._give_up()
+
+    def _give_up(self) -> None:
+        """Out of attempts or time: the chat is lost (RECONNECT_FAILED_NOTE), its reconnect `lost`."""
+        if self.retries is not None and self.retries.gave_up:
+            self.retries.members.clear()  # (no attempt follows to count: the router keeps no chat through them)
         self.retries = None
         self.lost_note = RECONNECT_FAILED_NOTE
         self.tracker.reconnected(False)
@@ -1450,13 +1500,12 @@ class ParkedChats:
             return []
         return [c for key, c in list(self.chats.items()) if key[0] == user and self._take(key) is c]
 
-    def oldest(self, user: str, *, take: bool = True) -> ChatTracker | None:
-        """The chat `user` parked first, no longer parked unless not `take` (a reconnect of that user to resume a run
-        failed: the client reconnects for each chat it lost, the one that noticed first first); None when none is."""
+    def oldest(self, user: str) -> ChatTracker | None:
+        """The chat `user` parked first, still parked (a reconnect of that user to resume a run failed: its failure is
+        counted on the oldest of the chats that share the reconnect); None when none is."""
         if user not in self._each:
             return None
-        key = next(key for key in self.chats if key[0] == user)
-        return self._take(key) if take else self.chats[key]
+        return next(chat for (owner, _), chat in self.chats.items() if owner == user)
 
     def drain(self) -> list[ChatTracker]:
         """Every parked chat, no longer parked (the recording or the proxy ends): judge each as it stood."""

@@ -41,6 +41,7 @@ from .flow import (
     Send,
     VirtualUser,
     Wait,
+    takes_attempt,
 )
 from .sinks import Sink
 from .targets import Target
@@ -964,10 +965,14 @@ class SyncSession(VirtualUser):
 
     def _reconnect(self, action: Reconnect) -> tuple[bool, bool]:
         """One attempt to reconnect a lost connection, however many chats noticed: (connected, whether this call
-        tried: False when another chat had reconnected it already)."""
+        tried: False when another chat had reconnected it already, or made the attempt since this one asked, which
+        failed: flow.takes_attempt)."""
         with self._connect_lock:
-            if self.generation != action.generation and not self.closed:
+            takes = takes_attempt(action, self.generation, self.closed)
+            if takes is None:
                 return True, False
+            if not takes:
+                return False, False
             try:
                 self.connect(action.by, resume=True, retry=lambda: action.will_retry(self.clock()))
                 return True, True

@@ -518,20 +518,24 @@ class OfflineCheck:
 
     def _resume_failed(self, conn: _Conn, at: float, *, retried: bool) -> None:
         """A reconnect to resume a run never became usable (a close record with "resume": true: refused, no welcome,
-        …): an attempt that failed of the chat of that user kept for the resume (the oldest: the client reconnects
-        for each chat it lost, in turn). With "retry": true the client tried again after a backoff: the chat stays
-        kept. Else that was its last attempt, and the chat is lost there and then, its reconnect `lost`, "connection
-        lost mid-run and reconnecting failed", as live (flow.ChatFlow.reconnected), not kept to its deadline for a
-        resume that cannot come."""
+        …): an attempt that failed, counted on the chat of that user kept for the resume first (the oldest: the chats
+        that lost one connection share its reconnect, as live counts it on the oldest still reconnecting). With
+        "retry": true the client tried again after a backoff: the chats stay kept. Else that was its last attempt, and
+        every chat of the user kept is lost there and then, its reconnect `lost`, "connection lost mid-run and
+        reconnecting failed", as live (flow.ChatFlow.reconnected), not kept to its deadline for a resume that cannot
+        come."""
         user = _user_of(conn.key)
-        chat = self.parked.oldest(user, take=not retried)
+        chat = self.parked.oldest(user)
         if chat is None:  # judged already (its deadline passed), or not kept (no run id, a bound)
             return
         chat.reconnect_tried(False)
         if retried:
             return
-        chat.reconnected(False)  # counted with its verdict (_count), as every reconnect
-        self._finish(chat, at, lost=True, note=RECONNECT_FAILED_NOTE)
+        # The client's last attempt: every chat of the user kept for a resume is lost (the chats that lost one
+        # connection reconnect it together, as live: flow.takes_attempt).
+        for lost in self.parked.of(user):
+            lost.reconnected(False)  # counted with its verdict (_count), as every reconnect
+            self._finish(lost, at, lost=True, note=RECONNECT_FAILED_NOTE)
 
     def _send_failed(self, conn: _Conn, rec: Recorded) -> bool:
         """A chat's frame did not leave within connect_timeout (the server stopped reading): that chat, the last one a

@@ -21,6 +21,7 @@ from harness.flow import (
     Send,
     Wait,
     lost_note_for,
+    takes_attempt,
 )
 from harness.profiles import load_profile
 from harness.scenario import ChatCall, ChatGroup, RawCall, Scenario
@@ -233,6 +234,13 @@ def test_a_message_that_cannot_be_sent_is_send_failed_or_the_connect_kind_when_s
     assert flow.tracker not in flow.router.checker.active()  # never reached the server
 
 
+def attempted(flow, ok, now):
+    """The driver's part of a Reconnect (Session._reconnect): the attempt taken (takes_attempt), made, its outcome."""
+    retries = flow.retries
+    assert retries.take(retries.attempts - 1 if retries.pending else retries.attempts)
+    flow.reconnected(ok, now)
+
+
 def test_disconnect_after_drops_once_then_reconnects_and_resumes_from_the_last_seq():
     flow, sink, link = make(disconnect_after=2, settle=0)
     start(flow, link)
@@ -240,7 +248,7 @@ def test_disconnect_after_drops_once_then_reconnects_and_resumes_from_the_last_s
     assert flow.next(0.1, link) == DROP
     link.closed = True
     assert flow.next(0.2, link).generation == 1
-    flow.reconnected(True, 0.2)
+    attempted(flow, True, 0.2)
     link.closed, link.generation = False, 2
     resume = flow.next(0.3, link)
     assert isinstance(resume, Send) and resume.what == "resume"
@@ -259,7 +267,7 @@ def test_a_resume_that_brings_nothing_back_is_lost():
     feed(flow, 2, 0.1)
     link.closed = True
     assert flow.next(0.2, link).generation == 1
-    flow.reconnected(True, 0.2)
+    attempted(flow, True, 0.2)
     link.closed, link.generation = False, 2
     flow.next(0.2, link)
     flow.sent(True)
@@ -274,7 +282,7 @@ def test_reconnect_gives_up_after_max_reconnects_and_judges_the_chat_lost():
     feed(flow, 1, 0.1)
     link.closed = True
     assert isinstance(flow.next(0.2, link), Reconnect)
-    flow.reconnected(True, 0.2)
+    attempted(flow, True, 0.2)
     link.closed, link.generation = False, 2
     flow.next(0.2, link)
     flow.sent(True)
@@ -291,7 +299,7 @@ def test_failed_reconnect_is_reported_lost_and_ends_the_chat():
     feed(flow, 1, 0.1)
     link.closed = True
     flow.next(0.2, link)
-    flow.reconnected(False, 0.2)
+    attempted(flow, False, 0.2)
     result = flow.next(0.3, link).result
     assert result.outcome.value == "incomplete"
     assert result.note == "connection lost mid-run and reconnecting failed"
@@ -310,7 +318,8 @@ def test_a_failed_reconnect_is_tried_again_with_backoff_until_one_connects():
     for _ in range(3):
         action = flow.next(now, link)
         assert isinstance(action, Reconnect) and action.generation == 1 and action.by == 10.0  # the chat's deadline
-        assert action.will_retry(now) is True  # what a recording's close record says, asked first
+        assert takes_attempt(action, link.generation, link.closed) is True  # the driver makes it
+        assert action.will_retry(now) is True  # what a recording's close record says, asked first at the failure
         flow.reconnected(False, now)
         wait = flow.next(now, link)
         assert isinstance(wait, Wait) and now < wait.until
@@ -319,7 +328,7 @@ def test_a_failed_reconnect_is_tried_again_with_backoff_until_one_connects():
         now = wait.until
     assert 0.05 <= waits[0] <= 0.1 and 0.1 <= waits[1] <= 0.2 and 0.2 <= waits[2] <= 0.4  # doubled, jittered
     assert isinstance(flow.next(now, link), Reconnect)
-    flow.reconnected(True, now)
+    attempted(flow, True, now)
     link.closed, link.generation = False, 2
     assert flow.next(now, link).what == "resume"
     flow.sent(True)
@@ -344,7 +353,7 @@ def test_reconnect_attempts_are_bounded_by_count_and_by_time():
             now = action.until
             continue
         attempts += 1
-        flow.reconnected(False, now)
+        attempted(flow, False, now)
     assert attempts == 3 and action.result.reconnects == ["lost"]
     assert action.result.note == "connection lost mid-run and reconnecting failed"
     assert (action.result.reconnect_attempts, action.result.reconnect_failures) == (3, 3)
@@ -360,7 +369,7 @@ def test_reconnect_attempts_are_bounded_by_count_and_by_time():
             continue
         attempts += 1
         assert action.by == 1.2 and now < 1.2  # no attempt starts past the give-up time
-        flow.reconnected(False, now)
+        attempted(flow, False, now)
     assert 2 <= attempts < 10 and now < 1.2 and action.result.note == "connection lost mid-run and reconnecting failed"
 
 
@@ -370,7 +379,7 @@ def test_a_chat_backing_off_reconnects_at_once_when_another_chat_reconnected():
     feed(flow, 1, 0.1)
     link.closed = True
     flow.next(0.2, link)
-    flow.reconnected(False, 0.2)
+    attempted(flow, False, 0.2)
     assert isinstance(flow.next(0.2, link), Wait)
     link.closed, link.generation = False, 2  # another chat of the connection reconnected it
     action = flow.next(0.21, link)

@@ -257,3 +257,38 @@ async def test_the_locust_users_client_retries_as_run_does(tmp_path, sim_factory
     [checked] = check_files([tmp_path / "rec"], target.profile, sc)
     (offline,) = checked.results
     assert attempts_of(offline) == expected, offline
+
+
+@pytest.mark.parametrize("client", ["picows", "websockets"])
+@pytest.mark.parametrize("refused", [2, 1000], ids=["comes_back", "never_comes_back"])
+async def test_chats_that_lose_one_connection_together_share_one_reconnect(tmp_path, sim_factory, client, refused):
+    """Three chats in flight on one user's connection (parallel_chats: 3) lose it together. FAILED on the old code:
+    each chat reconnected on its own schedule, so a lost connection got up to 3 × max_reconnect_attempts connection
+    attempts (13 accepted by the relay with 4 attempts each against a server that never comes back), against
+    "at most max_reconnect_attempts attempts per lost connection"; and `check` of the recording counted those
+    attempts on other chats than live did ((10, 1, 1) failures where live said (4, 4, 4)). Now the chats share one
+    schedule, one attempt at a time for all: 1 + 4 connections when it never comes back (every chat lost at the last
+    failure, as `check` judges it), 1 + 3 when the third attempt gets through (every chat resumed); each attempt's
+    failure counted on the oldest chat, as `check` counts it, and the counters add up live and in `check`."""
+    sc = load(tmp_path, scenario_text(client=client, attempts=4) + "parallel_chats: 3\nchats_per_user: 3\n")
+    live_registry, checked_registry = CollectorRegistry(), CollectorRegistry()
+    async with sim_factory() as (sim, target, _):
+        async with relay(sim.port, LOST_MID_RUN, refusing(1, refused)) as r:
+            recorded = dataclasses.replace(target, url=r.url, recorder=Recorder(tmp_path / "rec"))
+            live = await asyncio.wait_for(
+                run_scenario(sc, recorded, MetricsSink(ChatMetrics(live_registry), "agentsim")), DEADLINE + SLACK)
+        [checked] = check_files([tmp_path / "rec"], target.profile, sc,
+                                sink=MetricsSink(ChatMetrics(checked_registry), "agentsim"))
+    attempts = 3 if refused == 2 else 4
+    assert r.stats.accepted == 1 + attempts, r.stats  # one reconnect for the three chats, not one each
+    by_age = sorted(live.results, key=lambda c: c.sent_at)
+    assert [c.reconnect_failures for c in by_age] == [attempts - 1 if refused == 2 else attempts, 0, 0], by_age
+    assert sum(c.reconnect_attempts for c in by_age) == attempts, by_age  # (the one that connected: its maker's)
+    verdict = (("passed", ["resumed"], "") if refused == 2 else ("incomplete", ["lost"], RECONNECT_FAILED_NOTE))
+    assert {(c.outcome.value, tuple(c.reconnects), c.note) for c in by_age} == {
+        (verdict[0], tuple(verdict[1]), verdict[2])}, by_age
+    assert sorted(attempts_of(c) for c in checked.results) == sorted(attempts_of(c) for c in live.results), \
+        checked.results
+    live_counts, checked_counts = counted(live_registry), counted(checked_registry)
+    assert live_counts == checked_counts == ({"resumed": 3, "lost": 0, "connected": 1, "failed": 2} if refused == 2
+                                             else {"resumed": 0, "lost": 3, "connected": 0, "failed": 4})
