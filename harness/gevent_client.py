@@ -777,7 +777,12 @@ class SyncSession(VirtualUser):
             raise ConnectFailed(kind, reason) from None
         except BaseException:
             if recording is not None:
-                recording.discard()  # stopped from outside (Locust stopping the user): nothing passed, no file
+                # Stopped from outside (Locust stopping the user): nothing passed, no file; but for a reconnect to
+                # resume a run, a close record saying the client left (its chat waiting for it abandoned, as live).
+                if resume:
+                    recording.open_left()
+                else:
+                    recording.discard()
             raise
         with self._lock:
             self.generation += 1
@@ -1077,7 +1082,13 @@ class SyncSession(VirtualUser):
                     return action.result
         except BaseException:
             with lock:
+                between_attempts = flow.backing_off
                 flow.left(clock())
+            recorder = self.target.recorder
+            if between_attempts and recorder is not None:
+                # Left between two reconnect attempts, no connection open or opening: --record says the client left
+                # there, as it does when it closes a connection with the chat open (check: abandoned, as live).
+                recorder.recording(self.user_id, resume=True, user=self.target.tokens.subject(self.user_id)).open_left()
             raise
 
     # -- settle windows listened out in the background --

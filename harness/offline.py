@@ -686,6 +686,18 @@ class OfflineCheck:
             for chat in conn.checker.chats:
                 if chat.run_id and (chat.judged or chat.done):
                     self.left.add(_user_of(conn.key), chat.run_id, chat.wait_deadline(), at)
+        if (rec is not None and rec.detail == "client" and resumable and not conn.sends and not conn.router.answered
+                and not conn.checker.chats):
+            # A connection of nothing the client closed: it left (Locust stopping the user) while it reconnected to
+            # resume its runs (recorder.open_left): the user's chats kept for that resume are abandoned, as live
+            # (ChatFlow.left) and as those open on a connection the client closes.
+            for chat in self.parked.of(_user_of(conn.key)):
+                self.resumed.judge(chat, left=True)
+                if chat.run_id:
+                    self.left.add(_user_of(conn.key), chat.run_id, chat.wait_deadline(), at)
+                abandon(chat, at)
+                self.sink.chat_abandoned(self.name)
+                self._finish(chat, at)
         for chat in list(conn.open.values()):  # (not those followed on another connection since a resume)
             if chat.judged:
                 continue

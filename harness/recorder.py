@@ -646,6 +646,13 @@ class ConnectionRecording:
         self.stopped_by_client()
         self.end(keep=True)
 
+    def open_left(self) -> None:
+        """The client left (Locust stopping the user) while reconnecting to resume a run, its connection not open or
+        its opening cut short: a file of one close record, "by": "client", so that `chatprobe check` judges the
+        user's chats waiting for that resume abandoned, as live (ChatFlow.left), not lost for want of a resume."""
+        self.closed_by_client()
+        self.end(keep=True)
+
     def send_failed(self, kind: str, reason: str, send: int | None = None) -> None:
         """SSE: the request is the stream's connection, and no stream came of it (refused, an HTTP status, or no
         answer within connect_timeout, which the client times): a close record of the failure, in its place.

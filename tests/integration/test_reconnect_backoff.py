@@ -28,7 +28,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from harness.events import Outcome
-from harness.flow import RECONNECT_FAILED_NOTE, STOPPED_CHAT_NOTE
+from harness.flow import RECONNECT_FAILED_NOTE, STOPPED_CHAT_NOTE, STOPPED_NOTE
 from harness.offline import check_files
 from harness.recorder import Recorder
 from harness.runner import run_scenario
@@ -292,3 +292,73 @@ async def test_chats_that_lose_one_connection_together_share_one_reconnect(tmp_p
     live_counts, checked_counts = counted(live_registry), counted(checked_registry)
     assert live_counts == checked_counts == ({"resumed": 3, "lost": 0, "connected": 1, "failed": 2} if refused == 2
                                              else {"resumed": 0, "lost": 3, "connected": 0, "failed": 4})
+
+
+# The Locust user's client stopped as Locust stops a user (its greenlet killed) while its chat waits out a backoff
+# between two refused reconnects; the verdict the client gave, as its sink got it.
+LOCUST_STOPPED = """
+import sys
+from gevent import monkey
+monkey.patch_all()
+import json
+import gevent
+from harness.gevent_client import SyncSession
+from harness.recorder import Recorder
+from harness.scenario import load_scenario
+from harness.sinks import Sink
+from harness.targets import TargetOptions, make_target, read_token
+
+class Verdicts(Sink):
+    def __init__(self):
+        self.results = []
+    def chat_finished(self, result):
+        self.results.append(result)
+
+scenario = load_scenario(sys.argv[1])
+options = TargetOptions(url=sys.argv[2], auth="header")
+target = make_target(options, read_token(options), scenario.profile, transports=("websocket",))
+target.recorder = Recorder(sys.argv[3])
+sink = Verdicts()
+session = SyncSession(target, "u1", scenario.name, sink, connect_timeout=scenario.connect_timeout)
+expectations, options = scenario.shared_by_users(target.profile)
+user = gevent.spawn(session.chat, scenario.message, expectations, options)
+gevent.sleep(1.0)  # wait-ok: the chat is between refused reconnects for the 20 s reconnect_timeout
+user.kill()
+session.close()
+print(json.dumps([r.to_dict() for r in sink.results]))
+"""
+
+
+async def test_a_locust_user_stopped_between_two_reconnect_attempts_is_judged_alike_by_check(tmp_path, sim_factory):
+    """Locust stops a user (kills its greenlet) while its chat waits out a backoff between refused reconnects. Live,
+    the chat is abandoned by the load generator (ChatFlow.left), as a chat whose connection the stopped user closes.
+    FAILED on the old code: nothing of that stop was recorded (no connection was open), so `check` of the recording
+    kept the chat for a resume to the end of the recording and judged it `incomplete`, "the connection was lost
+    mid-run and no resume of the run was recorded". Now the recording has a close record "by": "client" for the
+    user (recorder.open_left) and `check` judges the chat abandoned, as live: the same outcome, note and attempts."""
+    sc_path = tmp_path / "restart.yaml"
+    sc_path.write_text(scenario_text(timeout="20s"))
+    sc = load_scenario(str(sc_path))
+    async with sim_factory() as (sim, target, _), relay(sim.port, LOST_MID_RUN, refusing(1, 1000)) as r:
+        token = token_for(target)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", LOCUST_STOPPED, str(sc_path), r.url, str(tmp_path / "rec"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "NO_COLOR": "1", "CHATPROBE_TOKEN": token}, start_new_session=True)
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), DEADLINE + SLACK)  # a hang fails here
+        finally:
+            if proc.returncode is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+    text = stdout.decode() + stderr.decode()
+    assert proc.returncode == 0 and "Traceback" not in text and token not in text, text
+    (chat,) = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert chat["reconnect_attempts"] == chat["reconnect_failures"] >= 2, chat  # stopped while retrying
+    assert (chat["note"], chat["reconnects"]) == (STOPPED_NOTE, []), chat
+    [checked] = check_files([tmp_path / "rec"], target.profile, sc)
+    (offline,) = checked.results
+    got = (offline.outcome.value, offline.reconnects, offline.reconnect_attempts, offline.reconnect_failures,
+           offline.abandoned_at is not None)
+    assert got == (chat["outcome"], chat["reconnects"], chat["reconnect_attempts"], chat["reconnect_failures"],
+                   True), (offline, chat)
