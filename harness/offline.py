@@ -275,6 +275,12 @@ class OfflineCheck:
         # send failed (flow.ChatFlow.sent), past its deadline too (a recorder slow to scrub a huge frame on a busy
         # machine, a connect_timeout longer than what was left of the deadline).
         failed_chat = failed_send and self._send_failed(conn, rec)
+        if direction == "close" and rec.failed and rec.resume:
+            # A reconnect to resume failed: counted on the user's chat kept for it (lost there without "retry") before
+            # the chats due by now are judged. Live, a chat reconnecting is never judged at its deadline mid-attempt:
+            # each attempt is bounded by that deadline, and its failure (then recorded at the deadline or just past
+            # it) ends the chat, "reconnecting failed", its failed attempt counted (flow.ChatFlow.reconnected).
+            self._resume_failed(conn, at, retried=rec.retry)
         if rec.t is not None:
             self._judge_ready(conn, at)
             self._judge_parked(at)
@@ -293,8 +299,6 @@ class OfflineCheck:
             del self.conns[conn.key]
             if rec.failed and not rec.resume:
                 self._failed(conn, rec, at)
-            elif rec.failed:
-                self._resume_failed(conn, at, retried=rec.retry)
             self._close(conn, at, rec, CLOSED_NOTE)
         elif direction == "dropped":
             self._gap(conn, rec, at)

@@ -362,3 +362,24 @@ async def test_a_locust_user_stopped_between_two_reconnect_attempts_is_judged_al
            offline.abandoned_at is not None)
     assert got == (chat["outcome"], chat["reconnects"], chat["reconnect_attempts"], chat["reconnect_failures"],
                    True), (offline, chat)
+
+
+async def test_reconnects_never_answered_end_at_the_deadline_and_check_counts_the_last_one(tmp_path, sim_factory):
+    """After the loss every reconnect is accepted and never answered (a server whose port takes TCP while it
+    restarts): each attempt waits connect_timeout (2 s), the last one cut at the chat's deadline (6 s), and the chat
+    is `incomplete`, "reconnecting failed", at that failure. FAILED on the old code: the last attempt's failure is
+    recorded at the deadline or a few milliseconds past it, and `check` judged the chat kept for the resume at its
+    deadline first ("no resume of the run was recorded", no reconnect `lost`, that attempt in no count: 2 failures
+    where live said 3), so live and `check` counters disagreed. Now a resume's failure record is read before the
+    chats due by its time are judged (live never judges a chat at its deadline during an attempt)."""
+    sc = load(tmp_path, scenario_text())
+    silent = Fault("silent", connections=frozenset(range(1, 100)))
+    async with sim_factory() as (sim, target, _):
+        chat, offline, live_counts, checked_counts, stats, took = await played_and_checked(
+            tmp_path, sim, target, sc, LOST_MID_RUN, silent)
+    assert (chat.outcome, chat.reconnects, chat.note) == (Outcome.INCOMPLETE, ["lost"], RECONNECT_FAILED_NOTE), chat
+    assert chat.reconnect_attempts == chat.reconnect_failures == stats.accepted - 1 >= 2, chat
+    assert took < DEADLINE + 3, took  # bounded by the chat's deadline, not by attempts × connect_timeout
+    assert attempts_of(offline) == attempts_of(chat), offline
+    n = chat.reconnect_failures
+    assert live_counts == checked_counts == {"resumed": 0, "lost": 1, "connected": 0, "failed": n}
