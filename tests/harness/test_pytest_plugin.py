@@ -509,18 +509,12 @@ def test_the_chats_that_did_not_pass_are_in_the_junit_xml_failure_and_shown_what
     assert "chat #1 of this test failed: R13 error handling" in text and "#fail-agent" in text, text
 
 
-def test_a_credential_in_the_targets_query_is_in_no_live_log_or_log_file_line(pytester, tmp_path, monkeypatch):
-    """A team's AG-UI server takes its API key in the URL's query (`--chatprobe-target http://…/agent?api_key=…`), and
-    its pytest runs at log level INFO with live logging and a log file, as a team debugging its CI has it. FAILED on
-    the old code: httpx's "HTTP Request: POST http://…/agent?api_key=… "HTTP/1.1 200 OK"" line, one a chat, went
-    to the terminal (live log) and the log file with the key as it was; only the captured-log section of a failed
-    test's report was scrubbed. Now the fixture's own request lines are scrubbed as its reports are."""
+def _team_logged_chat(pytester, tmp_path, key: str, secret: str) -> tuple[str, str]:
+    """A team's test chatting with an AG-UI agentsim whose URL carries `key` in its query, logging at INFO to the
+    live log and a log file: (what pytest printed, the log file)."""
     from agentsim.agui import AguiSim
     from agentsim.server import SimConfig, run_in_thread
 
-    key = "team-Api-K3y-that-stays-home-51c0e2"
-    secret = "team-jwt-secret-0123456789abcdef01234567"
-    monkeypatch.setenv("CHATPROBE_JWT_SECRET", secret)
     pytester.makepyfile(test_logged="""
         import logging
 
@@ -539,7 +533,20 @@ def test_a_credential_in_the_targets_query_is_in_no_live_log_or_log_file_line(py
     finally:
         handle.stop()
     res.assert_outcomes(passed=1)
-    out, logged = res.stdout.str() + res.stderr.str(), log_file.read_text()
+    return res.stdout.str() + res.stderr.str(), log_file.read_text()
+
+
+def test_a_credential_in_the_targets_query_is_in_no_live_log_or_log_file_line(pytester, tmp_path, monkeypatch):
+    """A team's AG-UI server takes its API key in the URL's query (`--chatprobe-target http://…/agent?api_key=…`), and
+    its pytest runs at log level INFO with live logging and a log file, as a team debugging its CI has it. FAILED on
+    the old code: httpx's "HTTP Request: POST http://…/agent?api_key=… "HTTP/1.1 200 OK"" line, one a chat, went
+    to the terminal (live log) and the log file with the key as it was; only the captured-log section of a failed
+    test's report was scrubbed. Now the fixture's own request lines are scrubbed as its reports are."""
+
+    key = "team-Api-K3y-that-stays-home-51c0e2"
+    secret = "team-jwt-secret-0123456789abcdef01234567"
+    monkeypatch.setenv("CHATPROBE_JWT_SECRET", secret)
+    out, logged = _team_logged_chat(pytester, tmp_path, key, secret)
     for text in (out, logged):
         assert "the team's own line" in text and "HTTP Request: POST" in text, text  # the lines are there
         assert key not in text and "api_key=[REDACTED]" in text, text
@@ -680,32 +687,12 @@ def test_the_fixtures_request_lines_are_scrubbed_when_the_team_turns_off_logging
     record's threadName is None then. FAILED on the old code: the filter told the fixture's own records by the
     record's threadName, so none was scrubbed and httpx's INFO line showed the query's key in the live log and the
     log file. Now it asks the thread that logs (the filter runs on it), which logging.logThreads does not change."""
-    from agentsim.agui import AguiSim
-    from agentsim.server import SimConfig, run_in_thread
 
     key = "team-Api-K3y-no-thread-names-8d2b4f"
     secret = "team-jwt-secret-0123456789abcdef01234567"
     monkeypatch.setenv("CHATPROBE_JWT_SECRET", secret)
     pytester.makeconftest("import logging\n\nlogging.logThreads = False\n")
-    pytester.makepyfile(test_logged="""
-        import logging
-
-        def test_chat(chatprobe):
-            logging.getLogger("team").info("the team's own line")
-            chatprobe.check(chatprobe.chat("What is 6 * 7?", deadline=10))
-        """)
-    log_file = tmp_path / "run.log"
-    handle = run_in_thread(server=AguiSim(SimConfig(host="127.0.0.1", port=0, jwt_secret=secret, think=0.002,
-                                                    tool_latency=0.001, protocol="ag-ui")))
-    try:
-        res = pytester.runpytest_subprocess(
-            "-p", "no:cacheprovider", "-rA", "--chatprobe-target", f"{handle.url}?api_key={key}",
-            "--chatprobe-profile", "ag-ui", "-o", "log_cli=true", "--log-cli-level=INFO", "--log-level=INFO",
-            f"--log-file={log_file}", "--log-file-level=INFO", timeout=60)
-    finally:
-        handle.stop()
-    res.assert_outcomes(passed=1)
-    out, logged = res.stdout.str() + res.stderr.str(), log_file.read_text()
+    out, logged = _team_logged_chat(pytester, tmp_path, key, secret)
     for text in (out, logged):
         assert "the team's own line" in text and "HTTP Request: POST" in text, text
         assert key not in text and "api_key=[REDACTED]" in text, text

@@ -49,9 +49,9 @@ async def test_a_cancellation_while_the_client_waits_for_its_reader_is_not_swall
             transport = session.transport
             assert transport is not None and not session.closed
             dropping = asyncio.create_task(session._drop(transport))
-            # wait-ok: one turn of the loop, no time: the drop runs, aborts the socket and waits for its reader to see
-            # the end, which it can only see on the loop's next turn; the cancellation comes before then.
-            await asyncio.sleep(0)
+            # One turn of the loop, no time: the drop runs, aborts the socket and waits for its reader to see the end,
+            # which it can only see on the loop's next turn; the cancellation comes before then.
+            await asyncio.sleep(0)  # wait-ok: one loop turn, no time
             assert not dropping.done()
             dropping.cancel()
             with pytest.raises(asyncio.CancelledError):

@@ -381,7 +381,7 @@ class TurnCounter(Sink):
     async def tick(self) -> None:
         while True:
             self.turn += 1
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # wait-ok: one turn of the loop, no time (what the counter counts)
 
 
 # 28 bytes a frame (2 of header): an event each, counted by a sink as it is judged.
