@@ -14,7 +14,7 @@ from itertools import islice
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
-from .events import ALL_ROLES, Event, Frame, Outcome, Role, Rule, SpanKey, Violation, kept_bytes, span_key_text
+from .events import ALL_ROLES, Event, Frame, Outcome, Role, Rule, SessionError, SpanKey, Violation, kept_bytes, span_key_text
 from .payload_checks import CHECKS, Finding, RunChecks, RunContext
 
 # Judged chats a connection remembers for late events; older ones are forgotten (bounded memory).
@@ -632,6 +632,12 @@ class ChatTracker:
         if exp.expect_error != "invalid_input" and self.connection_error is not None:
             frame = self.connection_error
             res = self._make(Outcome.ERROR, violations, [], now, note)
+            if frame.session_error is SessionError.AUTH_FAILED:
+                # The credentials refused once the connection was open (checked at the message, or expired on a
+                # connection that outlived its token): what an AUTH_FAILED at the welcome is, said the same way.
+                res.error = f"the server rejected the credentials ({frame.error_code or frame.wire_type})"
+                res.error_kind = "auth_failed"
+                return res
             res.error = f"the server rejected the message: {frame.error_code or frame.wire_type} {frame.detail}".rstrip()
             res.error_kind = "rejected"
             return res
@@ -1247,10 +1253,15 @@ class ConnectionChecker:
         judged without its answer (its deadline passed) still owes it, sent before every chat waiting now, is that
         probe's answer, come late: it goes to that probe, whose verdict stands (R13: not answered in time), and is
         no other chat's rejection."""
-        if frame.session_error is not None:  # credentials and resumes answer the session, never a chat's message
+        if frame.session_error is not None:  # credentials and resumes answer the session, never one chat's message
+            auth = frame.session_error is SessionError.AUTH_FAILED
             for chat in self.active():
                 if chat.exp.expect_error == "invalid_input":
                     chat.error_frame(frame, at)
+                elif auth:
+                    # Refused credentials after the welcome: no chat waiting for its run gets one (a run under way
+                    # is judged by the connection's end, as any cut run).
+                    chat.rejected(frame, at)
             return
         active = self.active()
         owed = self.probes

@@ -108,6 +108,9 @@ MAX_RESUME_SEARCH = 64
 # connection had made 40,000 trackers wait for their deadline, and every message rebuilt an index of them all.
 MAX_OPEN_CHATS = 64
 TOO_MANY_OPEN = f"the client had more than {MAX_OPEN_CHATS} chats open at once on the connection"
+# A chat error that is the user's client's doing, not the server's: its message rejected as invalid, or its credentials
+# refused once the connection was open (an expired token).
+CLIENTS_DOING = frozenset({"rejected", "auth_failed"})
 # Messages held for a resend at once (across users): a chat whose connection the server closed before any event of its
 # run waits, until its deadline, for its user to send the message again on a new connection. Past it, not judged
 # (parking_full: the proxy cannot follow the resend).
@@ -599,15 +602,16 @@ class LiveChats:
                 del self.open[conn.identity]
 
     def finished(self, result: ChatResult, *, abandoned: bool = False) -> None:
-        """A verdict to the sink. A message the server rejected because the client sent something invalid is the
-        client's doing: counted apart (client_rejected), never as one of the server's outcomes."""
+        """A verdict to the sink. A message the server rejected because the client sent something invalid, or under
+        credentials it refused (AUTH_FAILED after the welcome: an expired token), is the client's doing: counted apart
+        (client_rejected), never as one of the server's outcomes."""
         self.resent.discard(result.chat_id)
         self.pending.ended(result.chat_id)
         for reconnect in result.reconnects:  # each judged with its chat (PendingResumes), counted with its verdict
             self.sink.reconnect(self.scenario, reconnect)
         if abandoned:
             self.sink.chat_abandoned(self.scenario)
-        if result.error_kind == "rejected":
+        if result.error_kind in CLIENTS_DOING:
             self.sink.client_rejected(result)
         else:
             self.sink.chat_finished(result)

@@ -345,11 +345,21 @@ def test_rejections_end_waiting_chats_oldest_first():
     assert {c.finish(6.0).error_kind for c in chats} == {"rejected"}
     late = ChatTracker("c9", EXP, 6.0, message_id="m9")
     conn.add(late)
-    # A session error (the profile decoded AUTH_FAILED as one) never ends a chat's message.
-    auth = load_profile("netra").decode('{"type": "error_message", "payload": {"error_code": "AUTH_FAILED"}}', 6.0)
+    # A session error is no rejection of one message: a RESUME_UNKNOWN_RUN ends no chat waiting for its run...
+    netra = load_profile("netra")
+    unknown = netra.decode('{"type": "error_message", "error_code": "RESUME_UNKNOWN_RUN", "run_id": "r-x"}', 6.0)
+    assert isinstance(unknown, Frame) and unknown.session_error is SessionError.RESUME_UNKNOWN
+    conn.on_error(unknown, 6.05)
+    assert not late.done
+    # ...while refused credentials (AUTH_FAILED after the welcome) refuse every message waiting on the connection:
+    # `error`, `auth_failed`, as at the welcome (it waited for the close, then for its deadline, incomplete).
+    auth = netra.decode('{"type": "error_message", "payload": {"error_code": "AUTH_FAILED"}}', 6.0)
     assert isinstance(auth, Frame) and auth.session_error is SessionError.AUTH_FAILED
     conn.on_error(auth, 6.1)
-    assert not late.done
+    assert late.done
+    res = late.finish(6.2)
+    assert (res.outcome, res.error_kind, res.error) == (
+        Outcome.ERROR, "auth_failed", "the server rejected the credentials (AUTH_FAILED)")
 
 
 def test_a_flood_of_malformed_frames_tells_each_open_chat_without_charging_every_frame_to_every_chat():
