@@ -888,6 +888,7 @@ def _json_float(text: str) -> float:
 # json for the frames orjson refuses or reads loosely (Decoder._compile): every number JSON can write is read, none
 # refuses the frame as "not JSON" (json's int() refused an integer of 4,301 digits) or turns into an anonymous inf.
 _json_exact = json.JSONDecoder(parse_int=_json_int, parse_float=_json_float).decode
+_json_exact_raw = json.JSONDecoder(parse_int=_json_int, parse_float=_json_float).raw_decode
 
 
 def _id(v: Any, name: str = "", oversized: list[str] | None = None, limit: int = MAX_ID_BYTES) -> tuple[str | None, bool]:
@@ -1200,10 +1201,25 @@ def _loads_or_malformed(text: str) -> Any:
     # (Integers past 64 bits orjson reads as floats instead: see Decoder._compile.)
     try:
         return _json_exact(text)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError) as exc:
         if isinstance(text, StreamProblem):  # what the transport found wrong in the stream itself
             return Frame(FrameKind.MALFORMED, detail=str(text))
+        if isinstance(exc, json.JSONDecodeError) and exc.msg == "Extra data":
+            return Frame(FrameKind.MALFORMED, detail=_extra_data(text, exc.pos))
         return Frame(FrameKind.MALFORMED, detail=f"not JSON: {text[:60]!r}")
+
+
+def _extra_data(text: str, at: int) -> str:
+    """What a frame that is JSON up to character `at`, then more, is: two values in one frame (a server that writes
+    two events in one WebSocket message, back to back or a line each, as NDJSON), or JSON and junk. The first 60
+    characters alone made it read as a frame cut short, "not JSON: '{"seq": 2, …'", which it is not."""
+    rest = text[at:].lstrip(" \t\r\n")
+    try:
+        _json_exact_raw(rest)
+    except (ValueError, RecursionError):
+        return f"not JSON: a JSON value, then other text at character {at}: {text[:60]!r}"
+    return (f"not one JSON value: a second one at character {at} (one event per frame: were two events sent in one "
+            f"message?): {text[:60]!r}")
 
 
 # A field looked up in more (container, name) pairs than this is looked up in a loop (_find_plain), not unrolled.

@@ -51,6 +51,7 @@ FAULTS = {
     "two-events-concatenated": "two events in one WebSocket message, JSON objects back to back",
     "two-events-newline": "two events in one WebSocket message, newline separated",
     "never-answers": "takes the message and sends nothing",
+    "seq-per-connection": "one seq counter per connection, not per run",
 }
 
 # what a correct server may do all the same
@@ -58,6 +59,7 @@ CONDUCT = {
     "drops-mid-run": "drops each run's connection (TCP, no closing handshake) after its third event, once",
     "goes-away-mid-run": "closes each run's connection with 1001 after its third event, once (a deploy)",
     "numeric-run-ids": "run ids as JSON integers",
+    "closes-after-each-run": "closes the connection (1000) right after each agent_completed",
     "lazy-auth": "welcomes every connection, checks the token at each message (AUTH_FAILED, close 1008)",
     "lazy-auth-stays-open": "as lazy-auth, but answers each message AUTH_FAILED and keeps the connection open",
 }
@@ -93,6 +95,7 @@ class Conn:
         self.pause = fragment_pause
         self.out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.open = True
+        self.seq = 0  # the seq-per-connection bug's counter
 
     def send(self, text: str) -> None:
         if self.open:
@@ -355,6 +358,9 @@ class IndepServer:
             if kind == "tool_executing" and "completed-without-executing" in f:
                 continue
             seq += 1
+            if "seq-per-connection" in f and run.conn is not None:
+                run.conn.seq += 1
+                seq = run.conn.seq
             if "seq-gap" in f and i == 3:
                 seq += 1
             if "seq-repeat" in f and i == 3:
@@ -387,6 +393,8 @@ class IndepServer:
                            number=False)
             if last:
                 run.live = False
+                if "closes-after-each-run" in f and run.conn is not None:
+                    run.conn.close(1000)
                 if "completed-twice" in f:
                     seq += 1
                     self._emit(run, self._frame(run, kind, seq, payload))

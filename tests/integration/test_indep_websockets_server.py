@@ -147,11 +147,13 @@ def test_credentials_refused_after_the_welcome_are_auth_failed_on_every_road(tmp
 
 # -- what a correct server may do ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("conduct", ["drops-mid-run", "goes-away-mid-run", "numeric-run-ids"])
+@pytest.mark.parametrize("conduct", ["drops-mid-run", "goes-away-mid-run", "numeric-run-ids",
+                                     "closes-after-each-run"])
 def test_a_server_that_drops_or_deploys_mid_run_or_names_runs_by_number_passes(tmp_path, secret, conduct):
     # the built-in reconnection scenario (the client drops the socket after the 3rd event and resumes) against a server
-    # that also cuts each run's connection itself after its 3rd event (TCP, or a 1001 close), or names its runs by
-    # JSON integers (docs/protocol.md R12: an id written as a number is its text): its resume picks each run up
+    # that also cuts each run's connection itself after its 3rd event (TCP, or a 1001 close), names its runs by JSON
+    # integers (docs/protocol.md R12: an id written as a number is its text), or closes after each run: its resume
+    # picks each run up
     got = judged(tmp_path, secret, frozenset({conduct}), "reconnection")
     assert got == {way: [PASS] * 15 for way in ("run", "check", "proxy")}, got
 
@@ -202,6 +204,8 @@ BUGS: dict[str, tuple[frozenset[str], dict[str, Any], list[Verdict]]] = {
     "two-events-concatenated": (frozenset(), ONE, [("failed", ("R12", "R5", "R6", "R7"))]),
     "two-events-newline": (frozenset(), ONE, [("failed", ("R12", "R5", "R6", "R7"))]),
     "never-answers": (frozenset(), ONE, [("incomplete", ("R10", "R9"))]),
+    # the second run on the connection starts at the seq the first one ended at: its seqs from 1 never arrived
+    "seq-per-connection": (frozenset(), {"chats_per_user": 2, **MESSAGE}, [PASS, ("failed", ("R7",))]),
 }
 
 
@@ -210,6 +214,22 @@ def test_each_bug_is_one_verdict_on_every_road(tmp_path, secret, bug):
     also, scenario, verdicts = BUGS[bug]
     got = judged(tmp_path, secret, frozenset({bug}) | also, scenario)
     assert got == {way: sorted(verdicts) for way in ("run", "check", "proxy")}, got
+
+
+@pytest.mark.parametrize("bug", ["two-events-concatenated", "two-events-newline"])
+def test_two_events_in_one_message_are_named_so_on_every_road(tmp_path, secret, bug):
+    # The R12 said "malformed frame: not JSON: '{"seq": 2, "payload": {"step_number": 1, "thought": "Reading'": the
+    # frame's first 60 characters, read as a frame cut short, while the frame was two whole events. It says what it is.
+    kept = Kept()
+    judged(tmp_path, secret, frozenset({bug}), ONE, kept=kept)
+    said = {"proxy": [v.reason for r in kept.results for v in r.violations if v.rule.value == "R12"]}
+    for way, doc in (("run", "live.json"), ("check", "offline.json")):
+        (sc,) = json.loads((tmp_path / doc).read_text())["scenarios"]
+        said[way] = [v["reason"] for c in sc["chats"] for v in c["violations"] if v["rule"] == "R12"]
+    for way, reasons in said.items():
+        assert len(reasons) == 1 and reasons[0].startswith(
+            "malformed frame: not one JSON value: a second one at character "), (way, reasons)
+        assert "were two events sent in one message?" in reasons[0], (way, reasons)
 
 
 def test_every_bug_is_judged():
