@@ -60,6 +60,8 @@ CONDUCT = {
     "goes-away-mid-run": "closes each run's connection with 1001 after its third event, once (a deploy)",
     "numeric-run-ids": "run ids as JSON integers",
     "closes-after-each-run": "closes the connection (1000) right after each agent_completed",
+    "selects-no-subprotocol": "takes the token from the subprotocols offered, and selects none of them",
+    "selects-token-subprotocol": "selects the token's own subprotocol (jwt.<...>), not jwt-auth",
     "lazy-auth": "welcomes every connection, checks the token at each message (AUTH_FAILED, close 1008)",
     "lazy-auth-stays-open": "as lazy-auth, but answers each message AUTH_FAILED and keeps the connection open",
 }
@@ -173,6 +175,10 @@ class IndepServer:
         return None
 
     def _select(self, conn: ServerConnection, offered: Any) -> Any:
+        if "selects-no-subprotocol" in self.faults:
+            return None
+        if "selects-token-subprotocol" in self.faults:
+            return next((p for p in offered if p.startswith("jwt.")), None)
         return "jwt-auth" if "jwt-auth" in offered else None
 
     def _user(self, token: str) -> str | None:

@@ -1,8 +1,8 @@
 """A second team's netra server (tests/integration/indep_server.py: the `websockets` library's asyncio server, written
 from README.md and docs/protocol.md alone, its own field order, ids, fragments split across time, JWT auth and
-resume), judged by `chatprobe run` (the CLI, `--target`, recorded), `chatprobe check` of that recording and `chatprobe
-proxy` in front of it: correct, it passes the built-in suite; each bug it can be switched to is the same verdict on all
-three roads, with the rule docs/protocol.md names for it.
+resume), judged by `chatprobe run` (the CLI, `--target`, recorded), `chatprobe check` of that recording, `chatprobe proxy` in
+front of it and `check` of the proxy's own `--record`: correct, it passes the built-in suite; each bug it can be
+switched to is the same verdict on every road, with the rule docs/protocol.md names for it.
 
 What tests/integration/test_independent_servers.py (a raw RFC 6455 server that knows no tokens) already pins is not
 repeated; this module is about what a server of its own brings: real token checking (its users are the tokens'
@@ -21,6 +21,7 @@ import pytest
 from harness.checker import ChatResult
 from harness.cli import main
 from harness.profiles import load_profile
+from harness.recorder import Recorder
 from harness.scenario import Scenario
 from monitors.proxy import LiveChats, Proxy, start_proxy
 
@@ -65,6 +66,12 @@ def judged(tmp_path: Path, secret: str, faults: frozenset[str], scenario: dict[s
     out["check"], _ = chat_verdicts(json.loads(offline.read_text()))
     if proxy:
         out["proxy"] = behind_proxy(tmp_path, server_secret or secret, faults, named, stats["chats"], extra, kept)
+        # the proxy's own --record, judged by `check`: it keeps the connections with a chat that did not pass
+        kept_rec = tmp_path / "proxy-rec"
+        if any(v != PASS for v in out["proxy"]) and kept_rec.exists():
+            judged_again = tmp_path / "proxy-check.json"
+            main(["check", str(kept_rec), "--scenario", named, "--json", str(judged_again), "-q"])
+            out["proxy-check"], _ = chat_verdicts(json.loads(judged_again.read_text()))
     return out
 
 
@@ -100,7 +107,8 @@ def behind_proxy(tmp_path: Path, secret: str, faults: frozenset[str], named: str
     kept = kept if kept is not None else Kept()
     hosted = Hosted(IndepServer(secret, faults))
     with hosted as server:
-        live = LiveChats(profile, kept, sc.expectations(profile), "live", sc.expect.settle)
+        live = LiveChats(profile, kept, sc.expectations(profile), "live", sc.expect.settle,
+                         recorder=Recorder(tmp_path / "proxy-rec"))
         front = asyncio.run_coroutine_threadsafe(
             start_proxy(Proxy(server.url.rsplit("/", 1)[0], live), "127.0.0.1", 0), hosted.loop).result(10)
         try:
@@ -137,7 +145,7 @@ def test_credentials_refused_after_the_welcome_are_auth_failed_on_every_road(tmp
     scenario = {"chats_per_user": 2} if server == "lazy-auth-stays-open" else {"users": 2, "chats_per_user": 1}
     got = judged(tmp_path, secret, frozenset({server}), scenario, kept=kept,
                  server_secret=secret + "-not-the-clients", exit_code=(2,))
-    assert got == {way: [("error", ())] * 2 for way in ("run", "check", "proxy")}, got
+    assert got == {way: [("error", ())] * 2 for way in ("run", "check", "proxy", "proxy-check")}, got
     for doc in ("live.json", "offline.json"):
         (sc,) = json.loads((tmp_path / doc).read_text())["scenarios"]
         assert [(c["error_kind"], c["error"]) for c in sc["chats"]] == [
@@ -156,6 +164,14 @@ def test_a_server_that_drops_or_deploys_mid_run_or_names_runs_by_number_passes(t
     # picks each run up
     got = judged(tmp_path, secret, frozenset({conduct}), "reconnection")
     assert got == {way: [PASS] * 15 for way in ("run", "check", "proxy")}, got
+
+
+@pytest.mark.parametrize("conduct", ["selects-no-subprotocol", "selects-token-subprotocol"])
+def test_a_server_taking_the_token_from_the_subprotocols_its_own_way_passes(tmp_path, secret, conduct):
+    # README: a server that chose none of the subprotocols offered is accepted, as browsers do; one choosing the
+    # token's own `jwt.<...>` chose one offered (RFC 6455 4.1)
+    got = judged(tmp_path, secret, frozenset({conduct}), "basic", extra=("--auth", "subprotocol"))
+    assert got == {way: [PASS] for way in ("run", "check", "proxy")}, got
 
 
 def test_a_run_id_given_again_once_its_run_ended_passes(tmp_path, secret):
@@ -213,7 +229,7 @@ BUGS: dict[str, tuple[frozenset[str], dict[str, Any], list[Verdict]]] = {
 def test_each_bug_is_one_verdict_on_every_road(tmp_path, secret, bug):
     also, scenario, verdicts = BUGS[bug]
     got = judged(tmp_path, secret, frozenset({bug}) | also, scenario)
-    assert got == {way: sorted(verdicts) for way in ("run", "check", "proxy")}, got
+    assert got == {way: sorted(verdicts) for way in ("run", "check", "proxy", "proxy-check")}, got
 
 
 @pytest.mark.parametrize("bug", ["two-events-concatenated", "two-events-newline"])
