@@ -52,6 +52,9 @@ FAULTS = {
     "two-events-newline": "two events in one WebSocket message, newline separated",
     "never-answers": "takes the message and sends nothing",
     "seq-per-connection": "one seq counter per connection, not per run",
+    "closes-after-fatal-error": "closes the connection (1011) right after a fatal agent_error",
+    "closes-after-invalid": "answers an invalid frame INVALID_MESSAGE, then closes the connection (1008)",
+    "ignores-invalid": "answers an invalid frame with nothing",
 }
 
 # what a correct server may do all the same
@@ -256,7 +259,11 @@ class IndepServer:
             writer.cancel()
 
     def _invalid(self, conn: Conn, why: str) -> None:
+        if "ignores-invalid" in self.faults:
+            return
         conn.send(json.dumps({"error_code": "INVALID_MESSAGE", "error_message": why, "type": "error_message"}))
+        if "closes-after-invalid" in self.faults:
+            conn.close(1008)
 
     def _start(self, conn: Conn, p: dict[str, Any], conn_run_id: str) -> Run | None:
         self.messages += 1
@@ -331,7 +338,16 @@ class IndepServer:
         for i in range(tools):
             call = {"tool_call_id": f"call_{uuid.uuid4().hex[:12]}", "tool_name": ["calculator", "search"][i % 2]}
             yield "tool_executing", {**call, "parameters": {"q": text[:40], "i": i}}
+            if i == 0 and "#fail-tool" in text:  # README's directive: the first call fails, recoverably
+                yield "tool_completed", {**call, "result": None, "success": False, "duration_ms": 1.0}
+                yield "agent_error", {"is_recoverable": True, "severity": "warning", "error_type": "ToolError",
+                                      "error_message": "the tool timed out; going on without it"}
+                continue
             yield "tool_completed", {**call, "result": {"value": i}, "success": True, "duration_ms": 3.5}
+            if "#fail-agent" in text:  # README's directive: a fatal error ends the run
+                yield "agent_error", {"is_recoverable": False, "severity": "critical", "error_type": "AgentError",
+                                      "error_message": "the agent gave up"}
+                return
         yield "agent_thinking", {"step_number": 2, "thought": "Putting it together"}
         for i in range(chunks):
             yield "partial_result", {"is_complete": i == chunks - 1, "content": f"Part {i + 1} ✓ "}
@@ -350,7 +366,7 @@ class IndepServer:
         for i, (kind, payload) in enumerate(steps):
             if i:
                 await asyncio.sleep(self.step)  # wait-ok: the server's pace between events
-            last = i == len(steps) - 1
+            last = i == len(steps) - 1 or kind == "agent_error" and not payload["is_recoverable"]
             if kind == "agent_completed" and "close-without-completed" in f:
                 run.live = False
                 if run.conn is not None:
@@ -399,6 +415,8 @@ class IndepServer:
                            number=False)
             if last:
                 run.live = False
+                if kind == "agent_error" and "closes-after-fatal-error" in f and run.conn is not None:
+                    run.conn.close(1011)
                 if "closes-after-each-run" in f and run.conn is not None:
                     run.conn.close(1000)
                 if "completed-twice" in f:

@@ -248,5 +248,33 @@ def test_two_events_in_one_message_are_named_so_on_every_road(tmp_path, secret, 
         assert "were two events sent in one message?" in reasons[0], (way, reasons)
 
 
+# -- errors as README's directives ask for them (run and check: the proxy watches a client's frames, not its steps) --
+
+def test_the_built_in_errors_scenario_passes(tmp_path, secret):
+    # this server honours README's #fail-tool and #fail-agent, and answers every invalid frame INVALID_MESSAGE
+    got = judged(tmp_path, secret, frozenset(), "errors", proxy=False)
+    assert got == {way: [PASS] * 18 for way in ("run", "check")}, got
+
+
+def error_steps(last: dict[str, Any]) -> dict[str, Any]:
+    return {"users": 1, "steps": [{"chat": {"message": "What is 9 * 9?"}}, last]}
+
+
+FATAL_STEP = {"chat": {"message": "Compute 1 + 1. #fail-agent", "expect_error": "fatal"}}
+PROBE_STEP = {"send_raw": "this is not json"}
+ERROR_BUGS: dict[str, tuple[dict[str, Any], Verdict]] = {
+    "closes-after-fatal-error": (error_steps(FATAL_STEP), ("failed", ("R13",))),
+    "closes-after-invalid": (error_steps(PROBE_STEP), ("failed", ("R13",))),
+    "ignores-invalid": (error_steps(PROBE_STEP), ("failed", ("R13",))),
+}
+
+
+@pytest.mark.parametrize("bug", list(ERROR_BUGS))
+def test_each_error_handling_bug_is_r13_live_and_offline(tmp_path, secret, bug):
+    scenario, verdict = ERROR_BUGS[bug]
+    got = judged(tmp_path, secret, frozenset({bug}), scenario, proxy=False)
+    assert got == {way: sorted([PASS, verdict]) for way in ("run", "check")}, got
+
+
 def test_every_bug_is_judged():
-    assert set(BUGS) == set(FAULTS)
+    assert set(BUGS) | set(ERROR_BUGS) == set(FAULTS)
