@@ -55,6 +55,7 @@ FAULTS = {
     "closes-after-fatal-error": "closes the connection (1011) right after a fatal agent_error",
     "closes-after-invalid": "answers an invalid frame INVALID_MESSAGE, then closes the connection (1008)",
     "ignores-invalid": "answers an invalid frame with nothing",
+    "broadcast": "sends every event to every open connection, whoever's",
 }
 
 # what a correct server may do all the same
@@ -145,6 +146,7 @@ class IndepServer:
     step: float = 0.01  # between two events of a run
     fragment_pause: float = 0.002
     runs: dict[tuple[str, str], Run] = field(default_factory=dict)  # (user, str(run id))
+    conns: set[Conn] = field(default_factory=set)  # the broadcast bug's audience
     messages: int = 0
     server: Server | None = None
     port: int = 0
@@ -206,6 +208,7 @@ class IndepServer:
             await ws.close(1008, "auth")
             return
         conn = Conn(ws, user, self.fragment_pause)
+        self.conns.add(conn)
         writer = asyncio.create_task(conn.writer())
         conn.send(json.dumps({"timestamp": time.time(), "x-srv": {"build": "indep-1"},
                               "data": {"server_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -252,6 +255,7 @@ class IndepServer:
         except ConnectionClosed:
             pass
         finally:
+            self.conns.discard(conn)
             conn.open = False
             for run in self.runs.values():
                 if run.conn is conn:
@@ -323,7 +327,10 @@ class IndepServer:
     def _emit(self, run: Run, text: str, *, number: bool = True) -> None:
         if number:
             run.events.append(text)
-        if run.conn is not None:
+        if "broadcast" in self.faults:
+            for other in list(self.conns):
+                other.send(text)
+        elif run.conn is not None:
             run.conn.send(text)
 
     def _script(self, run: Run, text: str) -> Iterator[tuple[str, dict[str, Any]]]:

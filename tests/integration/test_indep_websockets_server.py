@@ -220,6 +220,9 @@ BUGS: dict[str, tuple[frozenset[str], dict[str, Any], list[Verdict]]] = {
     "two-events-concatenated": (frozenset(), ONE, [("failed", ("R12", "R5", "R6", "R7"))]),
     "two-events-newline": (frozenset(), ONE, [("failed", ("R12", "R5", "R6", "R7"))]),
     "never-answers": (frozenset(), ONE, [("incomplete", ("R10", "R9"))]),
+    # two users at once, each run's events sent to both users' sockets: every chat sees the other user's (R8)
+    "broadcast": (frozenset(), {"users": 2, "chats_per_user": 2, "message": "What is 6 * 7? #tools=2 #chunks=5"},
+                  [("failed", ("R8",))] * 4),
     # the second run on the connection starts at the seq the first one ended at: its seqs from 1 never arrived
     "seq-per-connection": (frozenset(), {"chats_per_user": 2, **MESSAGE}, [PASS, ("failed", ("R7",))]),
 }
