@@ -62,6 +62,7 @@ FAULTS = {
 CONDUCT = {
     "drops-mid-run": "drops each run's connection (TCP, no closing handshake) after its third event, once",
     "goes-away-mid-run": "closes each run's connection with 1001 after its third event, once (a deploy)",
+    "goes-away-at-once": "closes the connection with 1001 on the first message it gets, before any event (a deploy)",
     "numeric-run-ids": "run ids as JSON integers",
     "closes-after-each-run": "closes the connection (1000) right after each agent_completed",
     "selects-no-subprotocol": "takes the token from the subprotocols offered, and selects none of them",
@@ -246,6 +247,9 @@ class IndepServer:
                         self._invalid(conn, "a chat needs its text")
                         continue
                     run = self._start(conn, payload, conn_run_id)
+                    if run is not None and "goes-away-at-once" in self.faults and self.messages == 1:
+                        conn.close(1001)
+                        run.conn = None  # the run goes on; a resume picks it up
                     if run is not None:
                         task = asyncio.create_task(self._play(run, text))
                         tasks.add(task)
@@ -469,6 +473,10 @@ class Hosted:
             assert self.server.server is not None
             self.server.server.close()
             await asyncio.wait_for(self.server.server.wait_closed(), 5)
+            runs = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in runs:  # runs whose client went away go on until here
+                task.cancel()
+            await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), 5)
 
         try:
             asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)

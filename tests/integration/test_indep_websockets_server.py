@@ -174,6 +174,20 @@ def test_a_server_taking_the_token_from_the_subprotocols_its_own_way_passes(tmp_
     assert got == {way: [PASS] for way in ("run", "check", "proxy")}, got
 
 
+@pytest.mark.parametrize("client_run_id", [False, True])
+def test_a_server_that_goes_away_as_the_first_message_arrives_passes(tmp_path, secret, client_run_id):
+    # docs/protocol.md: a message that crossed the server's clean close (1001, a deploy) before any event of its run is
+    # sent again once (an R13 warning), or, when the client named the run, resumed: this server took the message and
+    # goes on with the run, so the resume gets it all and nothing is sent twice
+    got = judged(tmp_path, secret, frozenset({"goes-away-at-once"}),
+                 {"chats_per_user": 2, "client_run_id": client_run_id, **MESSAGE})
+    assert got == {way: [PASS] * 2 for way in ("run", "check", "proxy")}, got
+    for doc in ("live.json", "offline.json"):
+        first = json.loads((tmp_path / doc).read_text())["scenarios"][0]["chats"][0]
+        said = ([w["rule"] for w in first["warnings"]], first["reconnects"])
+        assert said == (([], ["resumed"]) if client_run_id else (["R13"], [])), (doc, said)
+
+
 def test_a_run_id_given_again_once_its_run_ended_passes(tmp_path, secret):
     # docs/protocol.md: ids are unique only among runs in progress; this server gives every run on a connection the
     # same id, one run at a time
