@@ -62,6 +62,7 @@ FAULTS = {
 CONDUCT = {
     "drops-mid-run": "drops each run's connection (TCP, no closing handshake) after its third event, once",
     "goes-away-mid-run": "closes each run's connection with 1001 after its third event, once (a deploy)",
+    "pings-often": "WebSocket pings every 20 ms, the connection dropped when a pong takes over 200 ms",
     "goes-away-at-once": "closes the connection with 1001 on the first message it gets, before any event (a deploy)",
     "numeric-run-ids": "run ids as JSON integers",
     "closes-after-each-run": "closes the connection (1000) right after each agent_completed",
@@ -445,8 +446,10 @@ class IndepServer:
     # -- serving ------------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        often = "pings-often" in self.faults
         self.server = await serve(self.handler, "127.0.0.1", 0, process_request=self._process_request,
-                                  select_subprotocol=self._select, compression=None, ping_interval=None)
+                                  select_subprotocol=self._select, compression=None,
+                                  ping_interval=0.02 if often else None, ping_timeout=0.2 if often else None)
         self.port = next(iter(self.server.sockets)).getsockname()[1]
 
     @property

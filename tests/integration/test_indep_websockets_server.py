@@ -156,12 +156,12 @@ def test_credentials_refused_after_the_welcome_are_auth_failed_on_every_road(tmp
 # -- what a correct server may do ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("conduct", ["drops-mid-run", "goes-away-mid-run", "numeric-run-ids",
-                                     "closes-after-each-run"])
+                                     "closes-after-each-run", "pings-often"])
 def test_a_server_that_drops_or_deploys_mid_run_or_names_runs_by_number_passes(tmp_path, secret, conduct):
     # the built-in reconnection scenario (the client drops the socket after the 3rd event and resumes) against a server
     # that also cuts each run's connection itself after its 3rd event (TCP, or a 1001 close), names its runs by JSON
-    # integers (docs/protocol.md R12: an id written as a number is its text), or closes after each run: its resume
-    # picks each run up
+    # integers (docs/protocol.md R12: an id written as a number is its text), closes after each run, or pings every
+    # 20 ms and drops a connection whose pong is late: its resume picks each run up
     got = judged(tmp_path, secret, frozenset({conduct}), "reconnection")
     assert got == {way: [PASS] * 15 for way in ("run", "check", "proxy")}, got
 
