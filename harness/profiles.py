@@ -635,7 +635,7 @@ class ClientFrame:
     request: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
-_COMPILED = ("_source", "_decode_obj", "_decode", "_fillers")
+_COMPILED = ("_source", "_decode_obj", "_decode", "_fillers", "_fast")
 
 
 class Decoder:
@@ -712,6 +712,8 @@ class Decoder:
         self._decode_obj: Callable[[Any, float], Event | Frame] | None = None
         self._decode: Callable[[str | bytes, float], Event | Frame] | None = None
         self._fillers: dict[int, tuple[Any, Filler]] = {}
+        # The fast path's source and namespace (_generate_fast), None for a profile it cannot serve.
+        self._fast: tuple[str, dict[str, Any]] | None = None
 
     # Functions made by exec do not pickle: a copy or an unpickled decoder compiles again on first use.
     def __getstate__(self) -> dict[str, Any]:
@@ -720,7 +722,7 @@ class Decoder:
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
             setattr(self, name, value)
-        self._source, self._decode_obj, self._decode, self._fillers = "", None, None, {}
+        self._source, self._decode_obj, self._decode, self._fillers, self._fast = "", None, None, {}, None
 
     # -- frames from the server: the compiled functions (bind them once: each is the whole per-frame work) --
     @property
@@ -732,6 +734,13 @@ class Decoder:
     def decode_obj(self) -> Callable[[Any, float], Event | Frame]:
         """(parsed JSON frame, receipt time) -> the Event or Frame it is."""
         return self._decode_obj or self._compile()[1]
+
+    @property
+    def decode_exact(self) -> Callable[[str | bytes, float], Event | Frame]:
+        """`decode` without its fast path (what the fast path hands every other frame to): the same results, for the
+        tests that hold them equal and bench/decode_frames.py."""
+        decode = self.decode
+        return decode if self._fast is None else self._fast[1]["_exact"]
 
     @property
     def source(self) -> str:
@@ -750,6 +759,15 @@ class Decoder:
         wide = dict(namespace, _id=_id_or_wide, _seq_text=_seq_text_or_wide, _plain_obj=decode_obj)
         exec(code, wide)
         decode = wide["decode"]
+        # The common frame read from a msgspec Struct, the rest by `decode` as above (_generate_fast).
+        self._fast = _generate_fast(self, namespace)
+        if self._fast is not None:
+            fast_source, fast_ns = self._fast
+            fast_ns["_exact"] = decode
+            exec(compile(fast_source, f"<fast decoder of profile {self.profile.name[:60]!r}>", "exec"), fast_ns)
+            decode = fast_ns["decode"]
+            source += "\n# The text path's fast path (decode above is its _exact)\n" + fast_source.replace(
+                "def decode(", "def decode_fast(", 1)
         self._source, self._decode, self._decode_obj = source, decode, decode_obj
         return decode, decode_obj, source
 
@@ -1392,6 +1410,30 @@ def _other_dialects(name: str) -> dict[str, str]:
     return other
 
 
+def _event_call(**given: str) -> str:
+    """`return Event(...)` of the generated decoders: each field from the variable of its name, or the expression
+    `given` names."""
+    args = {name: name for name in (
+        "role", "wire_type", "received_at", "run_id", "thread_id", "user_id", "message_id", "seq", "tool_call_id",
+        "tool_name", "recoverable", "span", "server_time", "bad_seq", "oversized", "parent_run_id", "payload",
+        "problems", "advice", "nbytes", "error_detail")}
+    args.update(given)
+    # Positional while the fields come in the order known here, by keyword after that (a field added to Event later
+    # keeps its default).
+    positional, keyword, in_order = [], [], True
+    for f in dataclasses.fields(Event):
+        if f.name not in args:
+            in_order = False
+            continue
+        if in_order:
+            positional.append(args.pop(f.name))
+        else:
+            keyword.append(f"{f.name}={args.pop(f.name)}")
+    if args:
+        raise AssertionError(f"Event has no field {next(iter(args))}")
+    return f"return Event({', '.join(positional + keyword)})"
+
+
 def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     """The source of `decode_obj` (a parsed frame) and `decode` (a text frame) for one profile, and the namespace they
     run in: the same Event or Frame for every frame as the table-driven lookups (Decoder.find) give, each field looked
@@ -1418,6 +1460,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
             keys.append((sp.key, sp.key_fallback, sp.owner))
         span_of[t] = (sp.name, kind, keys.index((sp.key, sp.key_fallback, sp.owner)))
     ns["SPAN_OF"] = span_of
+    ns["SPAN_KEYS"] = tuple(keys)
     span_of_role = {role: span_of[role.value] for role in Role if role.value in span_of}
     ns["SPAN_OF_ROLE"] = span_of_role
     # Wire types whose role does not hang on the frame (all but `when: run` ones): role, span and whether the tool
@@ -1582,26 +1625,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
                             emit("nbytes += len(owner)")
                             emit("key = (key, owner)")
             emit("span = (sp[0], sp[1], key)")
-    args = {"role": "role", "wire_type": "wire_type", "received_at": "received_at", "run_id": "run_id",
-            "thread_id": "thread_id", "user_id": "user_id", "message_id": "message_id", "seq": "seq",
-            "tool_call_id": "tool_call_id", "tool_name": "tool_name", "recoverable": "recoverable", "span": "span",
-            "server_time": "server_time", "bad_seq": "bad_seq", "oversized": "tuple(ov) if ov else ()",
-            "parent_run_id": "parent_run_id", "payload": "payload", "problems": "problems", "advice": "advice",
-            "nbytes": "nbytes", "error_detail": "error_detail"}
-    # Positional while the fields come in the order known here, by keyword after that (a field added to Event later
-    # keeps its default).
-    positional, keyword, in_order = [], [], True
-    for f in dataclasses.fields(Event):
-        if f.name not in args:
-            in_order = False
-            continue
-        if in_order:
-            positional.append(args.pop(f.name))
-        else:
-            keyword.append(f"{f.name}={args.pop(f.name)}")
-    if args:
-        raise AssertionError(f"Event has no field {next(iter(args))}")
-    emit(f"return Event({', '.join(positional + keyword)})")
+    emit(_event_call(oversized="tuple(ov) if ov else ()"))
     body = ["    if not isinstance(frame, dict):",
             "        return Frame(MALFORMED, detail=f'a JSON {type(frame).__name__}, not an object')", *src.lines]
     # The same body twice: after the JSON parse of a text frame (a call fewer per frame), and for a parsed frame.
@@ -1622,6 +1646,238 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     guarded = ["    try:", *("    " + line for line in body),
                "    except _WideInt:", "        return _plain_obj(_json_loads(text), received_at)"]
     return "\n".join(["def decode_obj(frame, received_at):", *body, "", *parse, *guarded]) + "\n", ns
+
+
+class _StructTree:
+    """The keys the fast path reads, as a tree: a leaf is a field's value (any JSON), an inner node an object
+    (a lookup container, or a step of a dotted path). A key both (or a list index) makes no tree: no fast path."""
+
+    def __init__(self) -> None:
+        self.children: dict[str, _StructTree] = {}
+        self.leaf = False
+
+    def node(self, path: tuple[str, ...] | list[str], leaf: bool) -> bool:
+        """Add a path; False when it cannot be told by a struct (a key both a value and an object, a list index)."""
+        at = self
+        for i, key in enumerate(path):
+            if _index(key) or at.leaf:
+                return False
+            at = at.children.setdefault(key, _StructTree())
+            if i < len(path) - 1 and at.leaf:
+                return False
+        if leaf and at.children or not leaf and at.leaf:
+            return False
+        at.leaf = at.leaf or leaf
+        return True
+
+    def struct(self, made: list[Any]) -> Any:
+        """The msgspec Struct of this object (every field None when absent); attribute `a{i}` is its i-th key."""
+        import msgspec
+
+        fields: list[tuple[str, Any, None]] = []
+        for i, child in enumerate(self.children.values()):
+            kind = object if child.leaf else child.struct(made) | None
+            fields.append((f"a{i}", kind, None))
+        cls = msgspec.defstruct(f"S{len(made)}", fields, rename=dict(zip((f[0] for f in fields), self.children,
+                                                                       strict=True)), gc=False)
+        made.append(cls)
+        return cls
+
+    def attr(self, path: tuple[str, ...] | list[str]) -> str:
+        at, out = self, []
+        for key in path:
+            out.append(f"a{list(at.children).index(key)}")
+            at = at.children[key]
+        return ".".join(out)
+
+
+def _generate_fast(dec: Decoder, ns: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The source of a `decode` of text frames that reads the common frame (an event of a known type whose fields are
+    short strings and an integer seq) from a msgspec Struct made of the profile's names: no dict for the keys it does
+    not read, an attribute for each it does. Anything else (not a struct's shape, a value not of the common kind, a
+    frame that is not an event, any error) is `_exact`'s, the decode of `_generate`: the same Event for every frame.
+    None for a profile it cannot serve (payload checks read the whole frame; a list index, a key both an object and a
+    value; a field of more names than is unrolled)."""
+    if dec.checks:
+        return None
+    try:
+        import msgspec
+    except ImportError:  # pragma: no cover - msgspec is a dependency
+        return None
+    n = dec.names
+    span_keys: tuple[tuple[str, str | None, str | None], ...] = ns["SPAN_KEYS"]
+
+    def names_of(key: str) -> Names:
+        return n.get(key) or _split_names([key])
+
+    fields = ["type", "run_id", "seq", "thread_id", "user_id", "message_id", "timestamp", "tool_call_id", "tool_name",
+              "recoverable", "error_code", "error_message", "parent_run_id"]
+    lookups: list[Names] = [n[f] for f in fields]
+    for key, fallback, owner in span_keys:
+        lookups += [names_of(k) for k in (key, fallback, owner) if k]
+    tree = _StructTree()
+    for path in dec.containers:
+        if path and not tree.node(path, leaf=False):
+            return None
+    for names in lookups:
+        for step in names:
+            if step.__class__ is tuple:
+                if len(dec.containers) * len(step) > _UNROLL_MAX:
+                    return None
+                for path in dec.containers:
+                    for name in step:
+                        if not tree.node((*path, name), leaf=True):
+                            return None
+            elif not tree.node(step, leaf=True):
+                return None
+    root = tree.struct([])
+
+    lines: list[str] = []
+    depth = [1]
+
+    def emit(line: str) -> None:
+        lines.append("    " * depth[0] + line)
+
+    scopes: list[tuple[str, tuple[str, ...]]] = []
+    emit("if text.__class__ is not str:")
+    emit("    return _exact(text, received_at)")
+    emit("try:")
+    emit("    f = _struct(text)")
+    emit("except Exception:")  # not JSON, not the struct's shape, nesting past the stack: as ever
+    emit("    return _exact(text, received_at)")
+    for i, path in enumerate(dec.containers):
+        if not path:
+            scopes.append(("f", ()))
+            continue
+        var = f"c{i}"
+        emit(f"{var} = f.{tree.attr(path[:1])}")
+        for j in range(2, len(path) + 1):
+            emit(f"if {var} is not None: {var} = {var}.{tree.attr(path[:j]).rsplit('.', 1)[-1]}")
+        scopes.append((var, tuple(path)))
+
+    def find(var: str, names: Names) -> bool:
+        first = True
+        for step in names:
+            if step.__class__ is tuple:
+                for scope, path in scopes:
+                    for name in step:
+                        get = f"{scope}.{tree.attr((*path, name)).rsplit('.', 1)[-1]}"
+                        if scope == "f":
+                            emit(f"{var} = {get}" if first else f"if {var} is None: {var} = {get}")
+                        elif first:
+                            emit(f"{var} = {get} if {scope} is not None else None")
+                        else:
+                            emit(f"if {var} is None and {scope} is not None: {var} = {get}")
+                        first = False
+                continue
+            if first:
+                emit(f"{var} = None")
+                first = False
+            attrs = tree.attr(step).split(".")
+            emit(f"if {var} is None:")
+            emit(f"    _w = f.{attrs[0]}")
+            for a in attrs[1:]:
+                emit(f"    if _w is not None: _w = _w.{a}")
+            emit(f"    {var} = _w")
+        if first:
+            emit(f"{var} = None")
+            return False
+        return True
+
+    def plain_id(var: str, sized: bool) -> None:
+        emit(f"if {var} is not None:")
+        emit(f"    if {var}.__class__ is not str or len({var}) > {MAX_ID_BYTES}:")
+        emit("        return _exact(text, received_at)")
+        if sized:
+            emit(f"    nbytes += len({var})")
+
+    # The event types the fast path serves: those whose role hangs on nothing but the type, never a Frame's.
+    frame_types = dec.ping | dec.control | dec.conn_error
+    ns = dict(ns, FAST_KNOWN={t: v for t, v in ns["KNOWN"].items()
+                              if t not in frame_types and 0 < len(t) <= MAX_ID_BYTES},
+              _struct=msgspec.json.Decoder(root).decode, SEQ_MIN=SEQ_MIN, SEQ_MAX=SEQ_MAX)
+    find("wire_type", n["type"])
+    emit("known = FAST_KNOWN.get(wire_type) if wire_type.__class__ is str else None")
+    emit("if known is None:")
+    emit("    return _exact(text, received_at)")
+    emit("role, sp, tools = known")
+    emit(f"nbytes = len(wire_type) + {EVENT_OVERHEAD}")
+    find("run_id", n["run_id"])
+    plain_id("run_id", sized=True)
+    if find("seq", n["seq"]):
+        emit("if seq is not None and (seq.__class__ is not int or not SEQ_MIN <= seq <= SEQ_MAX):")
+        emit("    return _exact(text, received_at)")
+    for name in ("thread_id", "user_id", "message_id"):
+        if find(name, n[name]):
+            plain_id(name, sized=True)
+    if find("server_time", n["timestamp"]):
+        # A float or an integer of 64 bits reads the same in both parsers (orjson's float for a wider integer is not
+        # msgspec's int: that one is _exact's); a short string is kept as sent.
+        emit("if server_time is not None and server_time.__class__ is not float:")
+        emit("    if server_time.__class__ is int and SEQ_MIN <= server_time <= SEQ_MAX:")
+        emit("        pass")
+        emit(f"    elif server_time.__class__ is str and len(server_time) <= {MAX_TIME_BYTES}:")
+        emit("        nbytes += len(server_time)")
+        emit("    else:")
+        emit("        return _exact(text, received_at)")
+    emit("tool_call_id = tool_name = parent_run_id = error_detail = None")
+    emit("recoverable = False")
+    emit("if tools:")
+    depth[0] += 1
+    emit("pass")
+    for name in ("tool_call_id", "tool_name"):
+        if find(name, n[name]):
+            plain_id(name, sized=True)
+    depth[0] -= 1
+    emit("if role is R_ERROR_EVENT:")
+    depth[0] += 1
+    if n["recoverable"]:
+        find("recoverable", n["recoverable"])
+        emit("recoverable = recoverable is True")
+    for var, name in (("code", "error_code"), ("message", "error_message")):
+        if find(var, n[name]):  # (what _error_detail makes of any other value is _exact's)
+            emit(f"if {var} is not None and {var}.__class__ is not str:")
+            emit("    return _exact(text, received_at)")
+    emit("if code is not None or message is not None:")
+    emit("    error_detail = _error_detail(code, message)")
+    emit("    nbytes += len(error_detail)")
+    depth[0] -= 1
+    if n["parent_run_id"]:
+        emit("elif role is R_AGENT_STARTED:")
+        depth[0] += 1
+        find("parent_run_id", n["parent_run_id"])
+        plain_id("parent_run_id", sized=False)
+        depth[0] -= 1
+    emit("span = None")
+    if span_keys:
+        emit("if sp is not None:")
+        depth[0] += 1
+        for i, (key, fallback, owner) in enumerate(span_keys):
+            if len(span_keys) > 1:
+                emit(f"{'if' if i == 0 else 'elif'} sp[2] == {i}:")
+                depth[0] += 1
+            find("key", names_of(key))
+            if fallback:
+                emit("if key is None:")
+                depth[0] += 1
+                emit("pass")
+                find("key", names_of(fallback))
+                depth[0] -= 1
+            plain_id("key", sized=False)
+            if owner:
+                find("owner", names_of(owner))
+                emit("if owner is not None:")
+                emit(f"    if owner.__class__ is not str or len(owner) > {MAX_ID_BYTES}:")
+                emit("        return _exact(text, received_at)")
+                emit("    nbytes += len(owner)")
+                emit("    key = (key, owner)")
+            if len(span_keys) > 1:
+                depth[0] -= 1
+        emit("span = (sp[0], sp[1], key)")
+        depth[0] -= 1
+    emit(_event_call(bad_seq="None", oversized="()", payload="None",
+                     problems="()", advice="()"))
+    return "\n".join(["def decode(text, received_at):", *lines]) + "\n", ns
 
 
 BUILTIN_DIR = PROFILES_DIR
