@@ -1697,8 +1697,9 @@ def _generate_fast(dec: Decoder, ns: dict[str, Any]) -> tuple[str, dict[str, Any
     not read, an attribute for each it does. Anything else (not a struct's shape, a value not of the common kind, a
     frame that is not an event, any error) is `_exact`'s, the decode of `_generate`: the same Event for every frame.
     None for a profile it cannot serve (payload checks read the whole frame; a list index, a key both an object and a
-    value; a field of more names than is unrolled)."""
-    if dec.checks:
+    value; a field of more names than is unrolled) or whose frames it would often hand on, each parsed twice then
+    (`where` matches walk the frame's dict; unknown types ignored are Frames that keep it, as many as a server likes)."""
+    if dec.checks or dec.where or dec.profile.unknown_types == "ignore":
         return None
     try:
         import msgspec
