@@ -1649,39 +1649,51 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
 
 
 class _StructTree:
-    """The keys the fast path reads, as a tree: a leaf is a field's value (any JSON), an inner node an object
-    (a lookup container, or a step of a dotted path). A key both (or a list index) makes no tree: no fast path."""
+    """The keys the fast path reads, as a tree: a leaf is a field's value, of the kinds of the fields that read it, an
+    inner node an object (a lookup container, or a step of a dotted path). A key both (or a list index) makes no tree:
+    no fast path."""
 
     def __init__(self) -> None:
         self.children: dict[str, _StructTree] = {}
-        self.leaf = False
+        self.kinds: set[str] = set()
 
-    def node(self, path: tuple[str, ...] | list[str], leaf: bool) -> bool:
-        """Add a path; False when it cannot be told by a struct (a key both a value and an object, a list index)."""
+    def node(self, path: tuple[str, ...] | list[str], kind: str | None) -> bool:
+        """Add a path, a leaf of `kind` (None: an object); False when a struct cannot tell it (a key both a value and
+        an object, a list index)."""
         at = self
         for i, key in enumerate(path):
-            if _index(key) or at.leaf:
+            if _index(key) or at.kinds:
                 return False
             at = at.children.setdefault(key, _StructTree())
-            if i < len(path) - 1 and at.leaf:
+            if i < len(path) - 1 and at.kinds:
                 return False
-        if leaf and at.children or not leaf and at.leaf:
+        if kind is not None and at.children or kind is None and at.kinds:
             return False
-        at.leaf = at.leaf or leaf
+        if kind is not None:
+            at.kinds.add(kind)
         return True
 
-    def struct(self, made: list[Any]) -> Any:
-        """The msgspec Struct of this object (every field None when absent); attribute `a{i}` is its i-th key."""
+    def struct(self, types: dict[str, Any], made: list[Any]) -> Any:
+        """The msgspec Struct of this object (every field None when absent); attribute `a{i}` is its i-th key, of its
+        kind's type (a value of another type is a ValidationError: the frame is not the common one), `object` when
+        fields of two kinds read it."""
         import msgspec
 
         fields: list[tuple[str, Any, None]] = []
         for i, child in enumerate(self.children.values()):
-            kind = object if child.leaf else child.struct(made) | None
+            kind = (types[next(iter(child.kinds))] if len(child.kinds) == 1 else object) if child.kinds \
+                else child.struct(types, made) | None
             fields.append((f"a{i}", kind, None))
         cls = msgspec.defstruct(f"S{len(made)}", fields, rename=dict(zip((f[0] for f in fields), self.children,
                                                                        strict=True)), gc=False)
         made.append(cls)
         return cls
+
+    def at(self, path: tuple[str, ...] | list[str]) -> _StructTree:
+        at = self
+        for key in path:
+            at = at.children[key]
+        return at
 
     def attr(self, path: tuple[str, ...] | list[str]) -> str:
         at, out = self, []
@@ -1694,11 +1706,12 @@ class _StructTree:
 def _generate_fast(dec: Decoder, ns: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """The source of a `decode` of text frames that reads the common frame (an event of a known type whose fields are
     short strings and an integer seq) from a msgspec Struct made of the profile's names: no dict for the keys it does
-    not read, an attribute for each it does. Anything else (not a struct's shape, a value not of the common kind, a
-    frame that is not an event, any error) is `_exact`'s, the decode of `_generate`: the same Event for every frame.
-    None for a profile it cannot serve (payload checks read the whole frame; a list index, a key both an object and a
-    value; a field of more names than is unrolled) or whose frames it would often hand on, each parsed twice then
-    (`where` matches walk the frame's dict; unknown types ignored are Frames that keep it, as many as a server likes)."""
+    not read, an attribute for each it does, its type checked by msgspec. Anything else (not a struct's shape, a value
+    not of the common kind, a frame that is not an event, any error) is `_exact`'s, the decode of `_generate`: the
+    same Event for every frame. None for a profile it cannot serve (payload checks read the whole frame; a list index,
+    a key both an object and a value; a field of more names than is unrolled) or whose frames it would often hand on,
+    each parsed twice then (`where` matches walk the frame's dict; unknown types ignored are Frames that keep it, as
+    many as a server likes)."""
     if dec.checks or dec.where or dec.profile.unknown_types == "ignore":
         return None
     try:
@@ -1711,27 +1724,39 @@ def _generate_fast(dec: Decoder, ns: dict[str, Any]) -> tuple[str, dict[str, Any
     def names_of(key: str) -> Names:
         return n.get(key) or _split_names([key])
 
-    fields = ["type", "run_id", "seq", "thread_id", "user_id", "message_id", "timestamp", "tool_call_id", "tool_name",
-              "recoverable", "error_code", "error_message", "parent_run_id"]
-    lookups: list[Names] = [n[f] for f in fields]
+    # What a field's value must be for the common frame (whatever else it is, _exact reads the frame): an id a string
+    # within the bound, a seq an integer of 64 bits (signed: one of 2**63 and more is _exact's), a timestamp a number
+    # (an integer orjson reads as one) or a short string, an error's code and message strings.
+    int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+    types = {"id": Annotated[str, msgspec.Meta(max_length=MAX_ID_BYTES)] | None, "seq": int64 | None,
+             "time": float | int64 | Annotated[str, msgspec.Meta(max_length=MAX_TIME_BYTES)] | None,
+             "text": str | None, "any": object}
+    kinds = {"type": "id", "run_id": "id", "seq": "seq", "thread_id": "id", "user_id": "id", "message_id": "id",
+             "timestamp": "time", "tool_call_id": "id", "tool_name": "id", "recoverable": "any", "error_code": "text",
+             "error_message": "text", "parent_run_id": "id"}
+    lookups: list[tuple[str, Names]] = [(kind, n[f]) for f, kind in kinds.items()]
     for key, fallback, owner in span_keys:
-        lookups += [names_of(k) for k in (key, fallback, owner) if k]
+        lookups += [("id", names_of(k)) for k in (key, fallback, owner) if k]
+
+    def leaves(names: Names) -> list[tuple[str, ...] | list[str]]:
+        return [path for step in names
+                for path in ([(*c, name) for c in dec.containers for name in step] if step.__class__ is tuple
+                             else [step])]
+
     tree = _StructTree()
     for path in dec.containers:
-        if path and not tree.node(path, leaf=False):
+        if path and not tree.node(path, None):
             return None
-    for names in lookups:
-        for step in names:
-            if step.__class__ is tuple:
-                if len(dec.containers) * len(step) > _UNROLL_MAX:
-                    return None
-                for path in dec.containers:
-                    for name in step:
-                        if not tree.node((*path, name), leaf=True):
-                            return None
-            elif not tree.node(step, leaf=True):
-                return None
-    root = tree.struct([])
+    for kind, names in lookups:
+        if any(step.__class__ is tuple and len(dec.containers) * len(step) > _UNROLL_MAX for step in names):
+            return None
+        if not all(tree.node(path, kind) for path in leaves(names)):
+            return None
+    root = tree.struct(types, [])
+
+    def typed(names: Names, kind: str) -> bool:
+        """Whether msgspec checked every value these names find (else a check of the value is written)."""
+        return all(tree.at(path).kinds == {kind} for path in leaves(names))
 
     lines: list[str] = []
     depth = [1]
@@ -1785,10 +1810,15 @@ def _generate_fast(dec: Decoder, ns: dict[str, Any]) -> tuple[str, dict[str, Any
             return False
         return True
 
-    def plain_id(var: str, sized: bool) -> None:
+    def plain_id(var: str, sized: bool, *names: Names) -> None:
+        """An id: a string within the bound (msgspec's check, or one written here), its length counted if `sized`."""
+        checked = all(typed(ns, "id") for ns in names)
+        if checked and not sized:
+            return
         emit(f"if {var} is not None:")
-        emit(f"    if {var}.__class__ is not str or len({var}) > {MAX_ID_BYTES}:")
-        emit("        return _exact(text, received_at)")
+        if not checked:
+            emit(f"    if {var}.__class__ is not str or len({var}) > {MAX_ID_BYTES}:")
+            emit("        return _exact(text, received_at)")
         if sized:
             emit(f"    nbytes += len({var})")
 
@@ -1798,20 +1828,23 @@ def _generate_fast(dec: Decoder, ns: dict[str, Any]) -> tuple[str, dict[str, Any
                               if t not in frame_types and 0 < len(t) <= MAX_ID_BYTES},
               _struct=msgspec.json.Decoder(root).decode, SEQ_MIN=SEQ_MIN, SEQ_MAX=SEQ_MAX)
     find("wire_type", n["type"])
-    emit("known = FAST_KNOWN.get(wire_type) if wire_type.__class__ is str else None")
+    emit("known = FAST_KNOWN.get(wire_type)" + ("" if typed(n["type"], "id") else " if wire_type.__class__ is str else None"))
     emit("if known is None:")
     emit("    return _exact(text, received_at)")
     emit("role, sp, tools = known")
     emit(f"nbytes = len(wire_type) + {EVENT_OVERHEAD}")
     find("run_id", n["run_id"])
-    plain_id("run_id", sized=True)
-    if find("seq", n["seq"]):
+    plain_id("run_id", True, n["run_id"])
+    if find("seq", n["seq"]) and not typed(n["seq"], "seq"):
         emit("if seq is not None and (seq.__class__ is not int or not SEQ_MIN <= seq <= SEQ_MAX):")
         emit("    return _exact(text, received_at)")
     for name in ("thread_id", "user_id", "message_id"):
         if find(name, n[name]):
-            plain_id(name, sized=True)
-    if find("server_time", n["timestamp"]):
+            plain_id(name, True, n[name])
+    if find("server_time", n["timestamp"]) and typed(n["timestamp"], "time"):
+        emit("if server_time.__class__ is str:")
+        emit("    nbytes += len(server_time)")
+    elif n["timestamp"]:
         # A float or an integer of 64 bits reads the same in both parsers (orjson's float for a wider integer is not
         # msgspec's int: that one is _exact's); a short string is kept as sent.
         emit("if server_time is not None and server_time.__class__ is not float:")
@@ -1828,7 +1861,7 @@ def _generate_fast(dec: Decoder, ns: dict[str, Any]) -> tuple[str, dict[str, Any
     emit("pass")
     for name in ("tool_call_id", "tool_name"):
         if find(name, n[name]):
-            plain_id(name, sized=True)
+            plain_id(name, True, n[name])
     depth[0] -= 1
     emit("if role is R_ERROR_EVENT:")
     depth[0] += 1
@@ -1836,7 +1869,7 @@ def _generate_fast(dec: Decoder, ns: dict[str, Any]) -> tuple[str, dict[str, Any
         find("recoverable", n["recoverable"])
         emit("recoverable = recoverable is True")
     for var, name in (("code", "error_code"), ("message", "error_message")):
-        if find(var, n[name]):  # (what _error_detail makes of any other value is _exact's)
+        if find(var, n[name]) and not typed(n[name], "text"):  # (what _error_detail makes of others is _exact's)
             emit(f"if {var} is not None and {var}.__class__ is not str:")
             emit("    return _exact(text, received_at)")
     emit("if code is not None or message is not None:")
@@ -1847,7 +1880,7 @@ def _generate_fast(dec: Decoder, ns: dict[str, Any]) -> tuple[str, dict[str, Any
         emit("elif role is R_AGENT_STARTED:")
         depth[0] += 1
         find("parent_run_id", n["parent_run_id"])
-        plain_id("parent_run_id", sized=False)
+        plain_id("parent_run_id", False, n["parent_run_id"])
         depth[0] -= 1
     emit("span = None")
     if span_keys:
@@ -1864,13 +1897,11 @@ def _generate_fast(dec: Decoder, ns: dict[str, Any]) -> tuple[str, dict[str, Any
                 emit("pass")
                 find("key", names_of(fallback))
                 depth[0] -= 1
-            plain_id("key", sized=False)
+            plain_id("key", False, names_of(key), *([names_of(fallback)] if fallback else []))
             if owner:
                 find("owner", names_of(owner))
+                plain_id("owner", True, names_of(owner))
                 emit("if owner is not None:")
-                emit(f"    if owner.__class__ is not str or len(owner) > {MAX_ID_BYTES}:")
-                emit("        return _exact(text, received_at)")
-                emit("    nbytes += len(owner)")
                 emit("    key = (key, owner)")
             if len(span_keys) > 1:
                 depth[0] -= 1
