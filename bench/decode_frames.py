@@ -75,9 +75,10 @@ def main() -> int:
         i += 1
     frames = frames[:args.frames]
     decoders = {"exact": dec.decode_exact, "fast": dec.decode}
-    for name, decode in decoders.items():  # both see every frame as an event, the same one
-        assert all(isinstance(decode(f, 1.0), Event) for f in frames[:16]), name
-    assert all(repr(dec.decode(f, 1.0)) == repr(dec.decode_exact(f, 1.0)) for f in frames)
+    # Both see every frame as an event, the same one (else the figures compare different work).
+    if not all(isinstance(dec.decode(f, 1.0), Event) and repr(dec.decode(f, 1.0)) == repr(dec.decode_exact(f, 1.0))
+               for f in frames):
+        raise SystemExit("the two decoders disagree on a frame: tests/profiles/test_decode_fast.py says where")
     rates: dict[str, list[float]] = {name: [] for name in decoders}
     ratios: list[float] = []
     for r in range(args.rounds):
