@@ -645,7 +645,7 @@ class Decoder:
     __slots__ = ("profile", "always", "with_run", "where", "unmapped", "unmapped_prefixes", "control", "ping",
                  "conn_error", "span_of",
                  "containers", "names", "session_errors", "request_types", "request_keys", "resume_types", "checks",
-                 "check_fields", "carries_history", "last_seq_path", *_COMPILED)
+                 "check_fields", "carries_history", "last_seq_path", "request_paths", "resume_paths", *_COMPILED)
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
@@ -704,6 +704,11 @@ class Decoder:
         # Where the resume template puts `{last_seq}`: a watcher (the proxy, `chatprobe check`) reads what the client
         # said it had, so that a replay of it is told from a replay of what only the watcher saw.
         self.last_seq_path = _placeholder_path(profile.resume, "{last_seq}") if profile.resume else None
+        # Where the templates put the chat's ids: a watcher reads a client frame's run, thread and message there when
+        # the profile's `fields` (the events' places) find none in it (A2A's `params.message.contextId`, under no
+        # container the events use), so `chatprobe check` and the proxy know a chat's ids as the live client does.
+        self.request_paths = _id_paths(profile.request)
+        self.resume_paths = _id_paths(profile.resume) if profile.resume else ()
         self.checks: tuple[CheckSet, ...] = tuple(CHECKS[name] for name in profile.checks)
         self.check_fields = tuple(dict.fromkeys(f for c in self.checks for f in c.fields))
         self.carries_history = _names_history(profile.request) > 0
@@ -840,10 +845,22 @@ class Decoder:
                 value = int(value)
             last_seq = (value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEQ_MAX
                         else None)
-        return ClientFrame(kind, wire_type, run_id=_id(self.find(frame, scopes, n["run_id"]))[0],
-                           thread_id=_id(self.find(frame, scopes, n["thread_id"]))[0],
-                           message_id=_id(self.find(frame, scopes, n["message_id"]))[0], last_seq=last_seq,
+        ids = {name: _id(self.find(frame, scopes, n[name]))[0] for name in ("run_id", "thread_id", "message_id")}
+        for name, path in self.request_paths if kind == "request" else self.resume_paths:
+            if ids[name] is None:
+                at: Any = frame
+                for step in path:
+                    at = at.get(step) if isinstance(at, dict) else None
+                ids[name] = _id(at)[0]
+        return ClientFrame(kind, wire_type, run_id=ids["run_id"], thread_id=ids["thread_id"],
+                           message_id=ids["message_id"], last_seq=last_seq,
                            request=frame if kind == "request" and self.checks else None)
+
+
+def _id_paths(template: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(field, the keys that lead to its placeholder) for each chat id a template carries in nested objects."""
+    return tuple((name, path) for name in ("run_id", "thread_id", "message_id")
+                 if (path := _placeholder_path(template, "{" + name + "}")) is not None)
 
 
 def _placeholder_path(template: Any, placeholder: str) -> tuple[str, ...] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 from harness.checker import KEEP_FINISHED, ChatTracker, ConnectionChecker, Expectations
 from harness.events import DEFAULT_REQUIRED, Outcome
@@ -123,6 +124,19 @@ def test_client_frames_are_told_apart_by_the_profile():
     assert (request.kind, request.thread_id) == ("request", "t1")
     assert (resume.kind, resume.run_id) == ("resume", "r9")
     assert other.kind == "other" and NETRA.decode_client("{").kind == "malformed"
+
+
+def test_a_request_carrying_the_chats_ids_where_no_event_does_is_read_where_the_template_puts_them():
+    # A2A's JSON-RPC request names its context and message under params.message; its events under result: the
+    # watcher (the proxy, `chatprobe check`) reads the request's ids where the request template puts them.
+    a2a = load_profile(str(Path(__file__).resolve().parents[2] / "docs" / "profiles" / "a2a.yaml"))
+    sent = a2a.decode_client(json.dumps({"jsonrpc": "2.0", "id": "m1", "method": "message/stream", "params": {
+        "message": {"kind": "message", "role": "user", "messageId": "m1", "contextId": "t1",
+                    "parts": [{"kind": "text", "text": "hi"}]}}}))
+    assert (sent.kind, sent.thread_id, sent.message_id, sent.run_id) == ("request", "t1", "m1", None)
+    # Where the events' fields find an id in the client's frame, they win (netra's thread at the root, not payload's).
+    both = NETRA.decode_client(json.dumps({"type": "user_message", "thread_id": "t1", "payload": {"thread_id": "t2"}}))
+    assert both.thread_id == "t1"
 
 
 AGUI = load_profile("ag-ui")
