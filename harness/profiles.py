@@ -219,8 +219,6 @@ class Fields(BaseModel):
     @field_validator("*")
     @classmethod
     def _bounded(cls, v: Any, info: ValidationInfo) -> Any:
-        if info.field_name == "type" and not v:  # every frame is told by its type: no name, no event ever
-            raise ValueError("at least one name for the frame's type")
         if isinstance(v, dict):
             if len(v) > MAX_NAMES:
                 raise ValueError(f"at most {MAX_NAMES} extra fields")
@@ -294,8 +292,11 @@ class Profile(BaseModel):
     ping: Ping = Ping()
     connection_error: list[str] = []
     # Keys whose presence at a frame's root is its type when `fields.type` names none (OpenAI Chat Completions' mid-stream
-    # `{"error": {…}}` is the wire type `error`), in order: the first present (not null) wins.
-    type_keys: list[str] = []
+    # `{"error": {…}}` is the wire type `error`), in order: the first present (not null) wins. A dotted path names a key
+    # below the root, the path as written its type (A2A 1.0's `result.statusUpdate`: protobuf's oneof as JSON).
+    # Checked when absent too: a profile with no `fields.type` tells every frame by these (A2A 1.0), and one with
+    # neither tells none (no name, no event ever).
+    type_keys: list[str] = Field(default=[], validate_default=True)
     # Error codes of a connection_error frame that never end a run, even when the frame names one.
     connection_error_codes: list[str] = ["AUTH_FAILED", "INVALID_MESSAGE", "RESUME_UNKNOWN_RUN"]
     # Which of those codes mean "bad credentials" and "unknown run on resume".
@@ -423,14 +424,18 @@ class Profile(BaseModel):
 
     @field_validator("type_keys")
     @classmethod
-    def _type_keys_plain(cls, v: list[str], info: ValidationInfo) -> list[str]:
+    def _type_keys_named(cls, v: list[str], info: ValidationInfo) -> list[str]:
         known = _run_types(info)
         if known is not None:
             known.update(info.data.get("connection_error", ()),
                          (c if isinstance(c, str) else c.type for c in info.data.get("control", ())))
-        for key in _bounded_names(v):
-            if not key or "." in key:
-                raise ValueError(f"{key[:40]!r}: a key of the frame's root (no dotted path, not empty)")
+        fields = info.data.get("fields")
+        if fields is not None and not fields.type and not v:
+            raise ValueError("no name for the frame's type: give `fields.type`, or `type_keys` when frames are told "
+                             "by the key they have")
+        for key in _path_names(v):
+            if not key:
+                raise ValueError("'': a key of the frame's root, or a dotted path to one (not empty)")
             if known is not None and key not in known:
                 raise ValueError(f"{key[:40]!r} is the type of no list (roles, unmapped, control, connection_error): "
                                  "its frames would be outside the dialect")
@@ -1457,7 +1462,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     up only where the frame needs it."""
     profile, n = dec.profile, dec.names
     ns: dict[str, Any] = {
-        "Event": Event, "Frame": Frame, "_id": _id, "_seq_text": _seq_text, "_find_plain": _find_plain,
+        "Event": Event, "Frame": Frame, "_id": _id, "_seq_text": _seq_text, "_find_plain": _find_plain, "_walk": _walk,
         "_error_detail": _error_detail, "HugeNumber": HugeNumber,
         "MALFORMED": FrameKind.MALFORMED, "PING_KIND": FrameKind.PING,
         "CONTROL_KIND": FrameKind.CONTROL, "ERROR_KIND": FrameKind.ERROR, "UNKNOWN_KIND": FrameKind.UNKNOWN,
@@ -1502,7 +1507,8 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
             # A frame told by a key it has (only here: a frame with a type costs nothing more).
             emit("if wire_type is None:")
             for i, key in enumerate(profile.type_keys):
-                emit(f"    {'if' if i == 0 else 'elif'} frame.get({key!r}) is not None:")
+                has = f"frame.get({key!r})" if "." not in key else f"_walk(frame, {key.split('.')!r})"
+                emit(f"    {'if' if i == 0 else 'elif'} {has} is not None:")
                 emit(f"        wire_type = {key!r}")
             emit("if wire_type.__class__ is not str or not wire_type:")
             emit("    return Frame(MALFORMED, detail=\"JSON object without a 'type'\", raw=frame)")

@@ -4,7 +4,7 @@ here. The message picks what the agent does: `#good` (a task: submitted, working
 two artifact chunks, completed), `#raise` (the executor raises: the SDK's JSON-RPC error in the stream), `#failed`
 (the task fails), `#input` (the task stops for the user's input), `#nofinal` (the executor returns without a final
 status: the SDK ends the stream), `#otherctx` (a status update naming another context), `#message` (a Message alone,
-no task).
+no task). The same server speaks A2A 1.0 (`SendStreamingMessage`, the SDK's default) to docs/profiles/a2a-v1.yaml.
 
 Judged as a team adopting chatprobe would: `chatprobe run --profile docs/profiles/a2a.yaml --record`, then `chatprobe
 check` of the recording, the same verdicts; then `chatprobe proxy` in front of the same server, with chatprobe's own
@@ -56,6 +56,7 @@ from .outside_servers import InThread, RawSseServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 A2A = str(Path(__file__).resolve().parents[2] / "docs" / "profiles" / "a2a.yaml")
+A2A_V1 = str(Path(__file__).resolve().parents[2] / "docs" / "profiles" / "a2a-v1.yaml")
 
 SCENARIO = """\
 name: a2a-chats
@@ -134,16 +135,17 @@ def verdicts(report: Path, messages: list[str]) -> tuple[Verdicts, list[str | No
              for m, c in zip(messages, chats, strict=True)], [c["thread_id"] for c in chats])
 
 
-def judge(tmp_path: Path, url: str, messages: list[str], deadline: str = "5s") -> tuple[Verdicts, int]:
+def judge(tmp_path: Path, url: str, messages: list[str], deadline: str = "5s", profile: str = A2A,
+          *options: str) -> tuple[Verdicts, int]:
     """`chatprobe run --profile docs/profiles/a2a.yaml --record`, then `chatprobe check` of the recording: the same
     verdicts, each chat of the same thread (the recording tells the chat's context from the request it sent)."""
     scenario = tmp_path / "chats.yaml"
     scenario.write_text(SCENARIO.format(n=len(messages), messages=json.dumps(messages), deadline=deadline))
     live, offline, rec = tmp_path / "live.json", tmp_path / "offline.json", tmp_path / "rec"
-    code = main(["run", "--target", url, "--profile", A2A, "--auth", "none", str(scenario),
+    code = main(["run", "--target", url, "--profile", profile, "--auth", "none", *options, str(scenario),
                  "--record", str(rec), "--json", str(live), "-q"])
     assert code in (0, 1), code
-    code2 = main(["check", str(rec), "--profile", A2A, "--scenario", str(scenario), "--json", str(offline), "-q"])
+    code2 = main(["check", str(rec), "--profile", profile, "--scenario", str(scenario), "--json", str(offline), "-q"])
     got, threads = verdicts(live, messages)
     assert verdicts(offline, messages) == (got, threads)
     assert code2 == code
@@ -162,6 +164,23 @@ def test_the_sdks_streams_judged_live_and_from_the_recording(tmp_path):
         got, code = judge(tmp_path, f"http://127.0.0.1:{port}/", MESSAGES)
     assert code == 1
     assert got == EXPECTED, got
+
+
+def test_the_sdks_own_a2a_1_0_streams_judged_by_the_v1_profile(tmp_path):
+    # The SDK's default: SendStreamingMessage with `A2A-Version: 1.0`, results told by their key (type_keys paths),
+    # TASK_STATE_* states and no `final`: the same verdicts.
+    with uvicorn_on_loopback(a2a_app()) as port:
+        url = f"http://127.0.0.1:{port}/"
+        got, code = judge(tmp_path, url, MESSAGES, "5s", A2A_V1, "--header", "A2A-Version: 1.0")
+        assert code == 1
+        assert got == EXPECTED, got
+        # Without the header the SDK reads the request as 0.3's and refuses it with a JSON answer: no stream.
+        report = tmp_path / "no-header.json"
+        assert main(["run", "--target", url, "--profile", A2A_V1, "--auth", "none", "basic", "--json", str(report),
+                     "-q"]) == 1
+    (sc,) = json.loads(report.read_text())["scenarios"]
+    assert {(c["outcome"], c["error_kind"], c["error"]) for c in sc["chats"]} == \
+        {("error", "protocol_error", "content type 'application/json', not text/event-stream")}, sc["chats"]
 
 
 async def test_behind_the_proxy_and_from_its_recording_as_the_client_judges(tmp_path):

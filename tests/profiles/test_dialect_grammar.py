@@ -292,6 +292,24 @@ def test_type_keys_give_a_frame_without_a_type_the_type_of_a_key_it_has():
         assert isinstance(got, Frame) and got.detail == "JSON object without a 'type'", (frame, got)
 
 
+def test_a_dotted_type_key_names_a_key_below_the_root_and_is_the_type_as_written():
+    # A2A 1.0's stream: each event is a JSON-RPC response whose `result` holds one key, `task`, `statusUpdate`,
+    # `artifactUpdate` or `message` (protobuf's oneof as JSON), and nothing names its type; with no `fields.type` at all.
+    p = profile(BASE.replace("  type: [event]\n", "  type: []\n")
+                .replace("agent_started: [{type: on_chain_start, where: {parent_ids: []}}]",
+                         "agent_started: [result.task]")
+                .replace("agent_thinking: [on_chain_start]", "agent_thinking: [result.statusUpdate]")
+                .replace("unmapped: [on_chain_end, oops]", "unmapped: [on_chain_end, oops]\n"
+                         "type_keys: [result.task, result.statusUpdate]"))
+    task = p.decode(json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"task": {"id": "t1"}}, "run_id": "t1"}), 0.0)
+    assert isinstance(task, Event) and task.role is Role.AGENT_STARTED and task.wire_type == "result.task", task
+    update = p.decode(json.dumps({"result": {"statusUpdate": {}, "task": None}, "run_id": "t1"}), 0.0)
+    assert isinstance(update, Event) and update.wire_type == "result.statusUpdate", update  # a null is no key had
+    for frame in ({"result": {"statusUpdate": None}}, {"result": "task"}, {"result.task": {}}, {"result": [{}]}, {}):
+        got = p.decode(json.dumps(frame), 0.0)
+        assert isinstance(got, Frame) and got.detail == "JSON object without a 'type'", (frame, got)
+
+
 def test_an_unmapped_pattern_names_every_type_with_its_prefix():
     # The Vercel AI SDK's custom data parts are `data-<name>` (`data-weather`, `data-notification`): a server's own
     # names, each an R12 ("not in profile") unless listed one by one.
@@ -304,7 +322,8 @@ def test_an_unmapped_pattern_names_every_type_with_its_prefix():
 
 
 @pytest.mark.parametrize(("extra", "field", "says"), [
-    ("type_keys: [error.type]\n", "type_keys", "no dotted path"),
+    ("type_keys: [error..type]\n", "type_keys", "an empty part"),
+    ("type_keys: [result.eror]\n", "type_keys", "'result.eror' is the type of no list"),
     ("type_keys: ['']\n", "type_keys", "not empty"),
     ("type_keys: [eror]\n", "type_keys", "'eror' is the type of no list"),  # every such frame an R12
 ])
@@ -314,6 +333,14 @@ def test_a_type_key_that_is_no_key_of_the_root_exits_2(tmp_path: Path, capsys, e
     assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
     err = capsys.readouterr().err
     assert f"p.yaml:{BASE.count(chr(10)) + 1}: field '{field}'" in err and says in err, err
+
+
+def test_a_profile_naming_no_type_at_all_exits_2(tmp_path: Path, capsys):
+    f = tmp_path / "p.yaml"  # no `fields.type` and no `type_keys`: no frame would ever have a type
+    f.write_text(BASE.replace("  type: [event]\n", "  type: []\n"))
+    assert main(["run", "--target", "ws://127.0.0.1:9/ws", "--profile", str(f), "basic"]) == 2
+    err = capsys.readouterr().err
+    assert "p.yaml:1: field 'type_keys'" in err and "no name for the frame's type" in err, err
 
 
 @pytest.mark.parametrize("pattern", ["'*'", "'data-*-x'", "'*-delta'"])
