@@ -17,16 +17,22 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-# The stamp names what was installed ("base" or "dev"); dev includes base. Reinstalled when pyproject.toml changes.
+# The stamp names what was installed ("base" or "dev"; dev includes base), then for what: pyproject.toml's content
+# (its hash) and this checkout's path (the editable install points at it). Reinstalled when either differs. Not its
+# modification time: a fresh clone's, or a checkout's of another branch, is newer than a kept .venv's stamp whatever
+# it holds, and that reinstall took half a minute of every test command on a machine where all was installed.
 stamp=.venv/.chatprobe-installed
-have=$(cat "$stamp" 2>/dev/null || true)
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || { [ "$want" = dev ] && [ "$have" != dev ]; }; then
+have=$(sed -n 1p "$stamp" 2>/dev/null || true)
+installed_for=$(sed -n 2p "$stamp" 2>/dev/null || true)
+for_this="$(sha256sum pyproject.toml | cut -d' ' -f1) $(pwd -P)"
+if [ "$installed_for" != "$for_this" ] || { [ "$want" = dev ] && [ "$have" != dev ]; }; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
   if [ "$want" = dev ] || [ "$have" = dev ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
-    echo dev > "$stamp"
+    kind=dev
   else
     .venv/bin/python -m pip install -q --disable-pip-version-check -e .
-    echo base > "$stamp"
+    kind=base
   fi
+  printf '%s\n%s\n' "$kind" "$for_this" > "$stamp"
 fi
