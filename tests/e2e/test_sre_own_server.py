@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -133,11 +134,13 @@ async def a_user(url: str, leave_after: float | None, deadline: float = 10.0) ->
             pass
 
 
-def users(url: str, seconds: float, per_round: int = 10, leaving: int = 2, leave_after: float = 0.2) -> int:
-    """Rounds of `per_round` concurrent users for `seconds`, `leaving` of each round closing the tab early → chats."""
+def users(url: str, seconds: float, per_round: int = 10, leaving: int = 2, leave_after: float = 0.2,
+          stop: threading.Event | None = None) -> int:
+    """Rounds of `per_round` concurrent users for `seconds` (or until `stop` is set: no round starts after it),
+    `leaving` of each round closing the tab early → chats."""
     async def rounds() -> int:
         n, end = 0, time.monotonic() + seconds
-        while time.monotonic() < end:
+        while time.monotonic() < end and not (stop is not None and stop.is_set()):
             await asyncio.gather(*(a_user(url, leave_after if k < leaving else None) for k in range(per_round)))
             n += per_round
         return n
@@ -178,9 +181,18 @@ def test_a_slow_first_event_opens_the_latency_ticket_for_the_monitor_and_the_pro
     _, prom = start_prometheus(procs, [mon.split("//", 1)[1], metrics],
                                write_shortened_rules(tmp_path / "rules.yml", FACTOR))
     started = time.monotonic()
-    users(proxy, 45, per_round=5, leaving=1, leave_after=2.2)
-    firing = wait_for(lambda: len(alerts(prom, "ChatTimeToFirstEventSlow")) == 2 and
-                      alerts(prom, "ChatTimeToFirstEventSlow"), 30, "the ticket fires for both")
+    # Users come until the ticket fired for both (it was 45 s of users, then the wait: the `for` is 30 s).
+    stop = threading.Event()
+    live = threading.Thread(target=users, args=(proxy, 75), kwargs={"per_round": 5, "leaving": 1, "leave_after": 2.2,
+                                                                    "stop": stop}, daemon=True)
+    live.start()
+    try:
+        firing = wait_for(lambda: len(alerts(prom, "ChatTimeToFirstEventSlow")) == 2 and
+                          alerts(prom, "ChatTimeToFirstEventSlow"), 75, "the ticket fires for both")
+    finally:
+        stop.set()
+        live.join(30)
+    assert not live.is_alive(), "the users' last round did not end"
     assert time.monotonic() - started >= 30
     assert sorted((a["labels"]["target"], a["labels"]["scenario"], a["labels"]["severity"]) for a in firing) == \
         [("own", "probe", "ticket"), ("own-live", "live", "ticket")]
@@ -270,8 +282,6 @@ def test_two_monitors_and_a_proxy_one_prometheus_a_restart_and_a_target_down(pro
     proxy in front of beta carrying many users. The page names each (target, scenario) on its own, never alpha while
     it is healthy; alpha's monitor restarting on its address adds its counts up in Prometheus (a counter reset), and
     alpha's server going down pages alpha too (its chats `error`), while ChatProbeDown stays silent throughout."""
-    import threading
-
     scenario = tmp_path / "p10.yaml"
     scenario.write_text(PROBE10)
     alpha_url = start_server(procs, "alpha")
@@ -282,7 +292,8 @@ def test_two_monitors_and_a_proxy_one_prometheus_a_restart_and_a_target_down(pro
     proxy, proxy_metrics = start_proxy(procs, beta_url, "--target-name", "beta")
     _, prom = start_prometheus(procs, [alpha, beta, proxy_metrics],
                                write_shortened_rules(tmp_path / "rules.yml", FACTOR))
-    live = threading.Thread(target=users, args=(proxy, 60), kwargs={"leaving": 0}, daemon=True)
+    stop_users = threading.Event()  # set once the last page fired: no more users are needed
+    live = threading.Thread(target=users, args=(proxy, 60), kwargs={"leaving": 0, "stop": stop_users}, daemon=True)
     live.start()
     wait_for(lambda: query(prom, 'target_scenario:chatprobe_chats:rate5m{target="alpha"}'), 30, "alpha's rate")
 
@@ -307,9 +318,11 @@ def test_two_monitors_and_a_proxy_one_prometheus_a_restart_and_a_target_down(pro
     firing = wait_for(lambda: (got := alerts(prom, "ChatEventsMissing")) and
                       {(a["labels"]["target"], a["labels"]["scenario"]) for a in got} == pages and got,
                       90, "ChatEventsMissing fires for alpha (down), beta's probe and beta's users")
+    stop_users.set()
     assert {a["labels"]["severity"] for a in firing} == {"page"}
     assert not query(prom, 'ALERTS{alertname="ChatProbeDown",alertstate="firing"}[5m]')
     live.join(90)
+    assert not live.is_alive(), "the users' last round did not end"
 
 
 @pytest.mark.timeout(150)
