@@ -41,26 +41,27 @@ def run_chatprobe(procs, args: list[str], env: dict[str, str], timeout: float = 
 
 
 def test_an_arrival_rate_starts_every_chat_due_none_before_its_time(procs, tmp_path: Path):
-    """40 chats/s for 22 s, seen by the server: the 880 chats due all run (max_in_flight is above what can be in
+    """40 chats/s for 10 s, seen by the server: the 400 chats due all run (max_in_flight is above what can be in
     flight, 40/s times a chat's 30 s deadline), none began before it was due (the k-th run the server saw started no
     earlier than the k-th due time), and the stage's account adds up: the chats begun on time (the achieved rate times
-    the stage's length) and those begun late are the 880 due. How many began on time is this machine's speed under
+    the stage's length) and those begun late are the 400 due. How many began on time is this machine's speed under
     whatever else it runs, not the feature (BENCHMARKS.md has what one process sustains); a late chat's wait counts
-    in its first-event time (tests/integration/test_load_shapes.py). The limits are wide for the same reason."""
+    in its first-event time (tests/integration/test_load_shapes.py). The limits are wide for the same reason. (It ran
+    22 s, 880 chats, from when it measured the achieved rate over a 20 s window; nothing asserted needs that long.)"""
     url, gt, env = start_sim(procs, tmp_path, "sim")
     scenario = tmp_path / "rate.yaml"
-    scenario.write_text("name: rate\narrival_rate: 40\nduration: 22s\nmax_in_flight: 2000\nmessage: hi\n"
+    scenario.write_text("name: rate\narrival_rate: 40\nduration: 10s\nmax_in_flight: 2000\nmessage: hi\n"
                         "expect: {settle: 20ms, deadline: 30s, first_event_limit: 30s}\n"
                         "objectives: {time_to_first_event: {p95: 30s}}\n")
     report = tmp_path / "rate.json"
     assert run_chatprobe(procs, [str(scenario), "--target", url, "--json", str(report)], env) == 0
     doc = json.loads(report.read_text())["scenarios"][0]
-    assert doc["stats"]["chats"] == 880 and doc["stats"]["outcomes"]["passed"] == 880, doc["stats"]
+    assert doc["stats"]["chats"] == 400 and doc["stats"]["outcomes"]["passed"] == 400, doc["stats"]
     [stage] = doc["stages"]
     assert doc["stats"]["dropped_chats"] == stage["dropped_chats"] == 0 and stage["asked_rate"] == 40, stage
-    assert round(stage["achieved_rate"] * 22) + stage["late_chats"] == 880, stage
+    assert round(stage["achieved_rate"] * 10) + stage["late_chats"] == 400, stage
     starts = sorted(r["t"] for r in records(gt, "run_started"))
-    assert len(starts) == 880
+    assert len(starts) == 400
     # The k-th chat is due (k + 0.5) / 40 s after the start (Shape.arrivals); 5 ms for the two clocks' reads.
     early = [(k, t - doc["started_at"]) for k, t in enumerate(starts) if t < doc["started_at"] + (k + 0.5) / 40 - 0.005]
     assert not early, early[:5]
