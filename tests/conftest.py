@@ -2,6 +2,7 @@
 jobs: nothing here may depend on being alone on the loopback interface or on how fast the CPU is today."""
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Iterator
 
@@ -17,6 +18,26 @@ pytest_plugins = ["pytester"]
 # checks. Off for the whole suite; every other health check (data too large, too much filtering, ...) stays on.
 settings.register_profile("chatprobe", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("chatprobe")
+
+
+# Every pytest a test starts (pytester's, a team's project's, the README's example) autoloads the plugins of this
+# virtualenv. LangSmith's, there with the AG-UI LangGraph server the integration tests serve, imports LangSmith's client
+# at start-up: 1.3 s of such a run's 2.9 s (0.45 s of its 1 s of CPU), for the few dozen runs of the suite. No test is
+# about it; chatprobe's own plugin loads as before. PYTEST_ADDOPTS for the runs started from this process's
+# environment; pytester drops that variable, so its runs are told by `pytester.plugins` (below).
+NO_LANGSMITH = "no:langsmith_plugin"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    addopts = os.environ.get("PYTEST_ADDOPTS", "")
+    if f"-p {NO_LANGSMITH}" not in addopts:
+        os.environ["PYTEST_ADDOPTS"] = f"{addopts} -p {NO_LANGSMITH}".strip()
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.plugins.append(NO_LANGSMITH)  # runpytest_subprocess passes each as `-p NAME`
+    return pytester
 
 
 # The process's secret registry (harness.redact): what one test registers (a token, a JWT secret) is scrubbed from
