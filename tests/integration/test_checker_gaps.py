@@ -1,0 +1,52 @@
+"""Rules whose every branch a test holds: each raw server here breaks (or keeps) one rule at its edge, over a real
+socket, and the verdict must be exactly what docs/protocol.md says. Each case is one a small change to
+harness/checker.py or harness/flow.py let through while every other test still passed."""
+from __future__ import annotations
+
+import json
+
+from harness.events import Outcome
+
+from .test_misbehaving_server import WELCOME, quick, run_against
+
+
+def ev(kind: str, seq: int, run_id: str = "r1", **payload) -> str:
+    return json.dumps({"type": kind, "run_id": run_id, "seq": seq, "payload": payload})
+
+
+def clean_run(mid: str, start: int = 1) -> list[str]:
+    """started, thinking, a tool call, completed: every role netra requires, seqs from `start`."""
+    return [ev("agent_started", start, message_id=mid), ev("agent_thinking", start + 1),
+            ev("tool_executing", start + 2, tool_name="calc", tool_call_id="t1"),
+            ev("tool_completed", start + 3, tool_name="calc", tool_call_id="t1"),
+            ev("agent_completed", start + 4, result="42")]
+
+
+async def test_a_recoverable_error_as_the_first_event_is_r1():
+    # R1 allows a *fatal* error first (the run failed before it started); a recoverable one is no start of a run.
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        await ws.send(ev("agent_error", 1, is_recoverable=True, error_message="warming up"))
+        for frame in clean_run(mid, start=2):
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    run = await run_against(handler)
+    (r,) = run.results
+    assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R1": 1}, r.violations
+    assert r.violations[0].event_index == 0 and "not agent_started" in r.violations[0].reason
+
+
+async def test_an_agent_started_after_the_terminal_event_is_r4_not_a_second_start():
+    # "A second agent_started before the terminal event is an R1": after it, it is an event after the end (R4) only.
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        for frame in [*clean_run(mid), ev("agent_started", 6)]:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    run = await run_against(handler, quick(expect={"deadline": "2s", "first_event_limit": "1s", "settle": "0.5s"}))
+    (r,) = run.results
+    assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R4": 1}, r.violations
