@@ -50,3 +50,53 @@ async def test_an_agent_started_after_the_terminal_event_is_r4_not_a_second_star
     run = await run_against(handler, quick(expect={"deadline": "2s", "first_event_limit": "1s", "settle": "0.5s"}))
     (r,) = run.results
     assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R4": 1}, r.violations
+
+
+async def test_another_event_under_a_used_seq_is_judged_by_every_rule_not_only_r7():
+    # A duplicate seq whose event is not a copy of the one that had it (another wire type) is an R7 and is judged as
+    # any event: a tool_completed under the tool_executing's seq closes a call already closed (R5).
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        *head, done = clean_run(mid)
+        for frame in [*head, ev("tool_completed", 3, tool_name="calc", tool_call_id="t1"), done]:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    run = await run_against(handler)
+    (r,) = run.results
+    assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R7": 1, "R5": 1}, r.violations
+    assert "received twice" in next(v.reason for v in r.violations if v.rule == "R7")
+
+
+async def test_an_error_under_a_used_seq_that_turns_fatal_is_no_copy_and_ends_the_run():
+    # The same wire type under the same seq, but fatal where the first was recoverable: no copy of it (another
+    # terminality), so the run ends there (R13, an unexpected fatal error) besides the R7, not left to its deadline.
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        for frame in [ev("agent_started", 1, message_id=mid), ev("agent_thinking", 2),
+                      ev("agent_error", 3, is_recoverable=True, error_message="retrying"),
+                      ev("agent_error", 3, is_recoverable=False, error_message="gave up")]:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    run = await run_against(handler)
+    (r,) = run.results
+    assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R7": 1, "R13": 1}, r.violations
+    assert r.duration is not None and r.duration < 1.0, r
+
+
+async def test_a_seq_below_the_first_is_one_r7_not_also_a_lost_event():
+    # docs/protocol.md R7: "a run 0, 2, 3 is that one R7, not a second one for seq 1 never arrived".
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        for frame in [ev("agent_started", 0, message_id=mid), *clean_run(mid, start=1)[1:]]:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    run = await run_against(handler)
+    (r,) = run.results
+    assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R7": 1}, r.violations
+    assert "seq 0 is not a positive sequence number" in r.violations[0].reason
