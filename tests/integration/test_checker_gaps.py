@@ -100,3 +100,24 @@ async def test_a_seq_below_the_first_is_one_r7_not_also_a_lost_event():
     (r,) = run.results
     assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R7": 1}, r.violations
     assert "seq 0 is not a positive sequence number" in r.violations[0].reason
+
+
+async def test_tools_before_any_thinking_are_one_r6_however_many():
+    # R6 asks for thinking before the *first* tool_executing: two calls before it are one order fault, counted once
+    # (chatprobe_rule_violations_total must not grow with the number of tools).
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        for frame in [ev("agent_started", 1, message_id=mid),
+                      ev("tool_executing", 2, tool_name="calc", tool_call_id="t1"),
+                      ev("tool_completed", 3, tool_name="calc", tool_call_id="t1"),
+                      ev("tool_executing", 4, tool_name="search", tool_call_id="t2"),
+                      ev("tool_completed", 5, tool_name="search", tool_call_id="t2"),
+                      ev("agent_thinking", 6), ev("agent_completed", 7, result="42")]:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    run = await run_against(handler)
+    (r,) = run.results
+    assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R6": 1}, r.violations
+    assert r.violations[0].event_index == 1
