@@ -3,11 +3,12 @@ socket, and the verdict must be exactly what docs/protocol.md says. Each case is
 harness/checker.py or harness/flow.py let through while every other test still passed."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 from harness.events import Outcome
 
-from .test_misbehaving_server import WELCOME, quick, run_against
+from .test_misbehaving_server import WELCOME, quick, resume_unknown, run_against
 
 
 def ev(kind: str, seq: int, run_id: str = "r1", **payload) -> str:
@@ -121,3 +122,75 @@ async def test_tools_before_any_thinking_are_one_r6_however_many():
     (r,) = run.results
     assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R6": 1}, r.violations
     assert r.violations[0].event_index == 1
+
+
+async def test_a_fatal_error_does_not_meet_an_expected_recoverable_one():
+    # R13: the expected error must be of the kind expected; a run that dies where the step expected it to recover
+    # and go on fails (the reverse is test_protocol_gaps' test_a_recoverable_error_does_not_meet_an_expected_fatal_one).
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        for frame in [ev("agent_started", 1, message_id=mid), ev("agent_thinking", 2),
+                      ev("agent_error", 3, is_recoverable=False, error_message="tool failed")]:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    run = await run_against(handler, quick(steps=[{"chat": {"expect_error": "recoverable"}}]))
+    (r,) = run.results
+    assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R13": 1}, r.violations
+    assert "a recoverable error was expected, the error was fatal" in r.violations[0].reason
+
+
+async def test_a_silence_ended_by_a_dropped_connection_is_incomplete_with_no_rule_broken():
+    # docs/protocol.md, When the network misbehaves: a drop mid-run that no resume brings back is `incomplete` with no
+    # rule broken; the silence before the drop is no stall (R11) held against the verdict of a lost run.
+    async def handler(ws):
+        await ws.send(WELCOME)
+        msg = json.loads(await ws.recv())
+        if msg["type"] == "resume":
+            await ws.send(resume_unknown(msg["payload"]["run_id"]))
+            await ws.wait_closed()
+            return
+        await ws.send(ev("agent_started", 1, message_id=msg["payload"]["message_id"]))
+        await asyncio.sleep(0.4)  # wait-ok: the silence under test, past the 0.1 s stall limit
+        await ws.close(1011, "crash")
+
+    run = await run_against(handler, quick(expect={"deadline": "3s", "first_event_limit": "1s", "stall_limit": "0.1s",
+                                                   "settle": "0.05s"}))
+    (r,) = run.results
+    assert r.outcome is Outcome.INCOMPLETE and not r.violations, r.violations
+    assert r.reconnects == ["lost"] and "RESUME_UNKNOWN_RUN" in r.note, r
+
+
+async def test_two_calls_of_one_tool_without_ids_may_be_open_at_once_and_each_close_closes_one():
+    # R5 keys a netra tool call by its tool_name when it has no tool_call_id: two calls of one tool may then be open
+    # at once (no R5), and each tool_completed closes one of them (the second close is no "not open").
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        for frame in [ev("agent_started", 1, message_id=mid), ev("agent_thinking", 2),
+                      ev("tool_executing", 3, tool_name="calc"), ev("tool_executing", 4, tool_name="calc"),
+                      ev("tool_completed", 5, tool_name="calc"), ev("tool_completed", 6, tool_name="calc"),
+                      ev("agent_completed", 7, result="42")]:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    run = await run_against(handler)
+    (r,) = run.results
+    assert r.outcome is Outcome.PASSED and not r.violations, r.violations
+
+
+async def test_an_expected_error_that_never_comes_is_a_missing_role_too():
+    # R2: a step that expects an error requires error_event besides R13's "never arrived": the chat misses an event,
+    # which the missing-events share (and its alert) counts.
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        for frame in clean_run(mid):
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    run = await run_against(handler, quick(steps=[{"chat": {"expect_error": "recoverable"}}]))
+    (r,) = run.results
+    assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R13": 1, "R2": 1}, r.violations
+    assert [m.value for m in r.missing] == ["error_event"], r.missing
