@@ -194,3 +194,20 @@ async def test_an_expected_error_that_never_comes_is_a_missing_role_too():
     (r,) = run.results
     assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R13": 1, "R2": 1}, r.violations
     assert [m.value for m in r.missing] == ["error_event"], r.missing
+
+
+async def test_another_users_event_on_the_chats_own_run_is_r8_without_an_r7_gap():
+    # docs/protocol.md R8: such an event is no event of any run, but when it names the run of a chat it was recorded on
+    # and a seq, that seq counts as received, so the run shows no lost event (R7) for what the R8 says already.
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        leaked = json.dumps({"type": "partial_result", "run_id": "r1", "seq": 2, "user_id": "someone-else",
+                             "payload": {"content": "someone else's answer"}})
+        for frame in [ev("agent_started", 1, message_id=mid), leaked, *clean_run(mid, start=2)[1:]]:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    run = await run_against(handler)
+    (r,) = run.results
+    assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R8": 1}, r.violations
