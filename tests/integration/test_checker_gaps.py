@@ -211,3 +211,19 @@ async def test_another_users_event_on_the_chats_own_run_is_r8_without_an_r7_gap(
     run = await run_against(handler)
     (r,) = run.results
     assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R8": 1}, r.violations
+
+
+async def test_a_malformed_frame_while_the_chat_listens_out_its_settle_window_is_that_chats_r12():
+    # docs/protocol.md R12: a malformed frame is recorded on every chat in flight "or the latest one while it listens
+    # out its settle window": the user was still looking at that answer.
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        for frame in [*clean_run(mid), "not json {"]:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    run = await run_against(handler, quick(expect={"deadline": "3s", "first_event_limit": "1s", "settle": "0.5s"}))
+    (r,) = run.results
+    assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R12": 1}, r.violations
+    assert "malformed frame" in r.violations[0].reason
