@@ -7,6 +7,9 @@ import asyncio
 import json
 
 from harness.events import Outcome
+from harness.offline import check_files
+from harness.profiles import load_profile
+from harness.scenario import Scenario
 
 from .test_misbehaving_server import WELCOME, quick, resume_unknown, run_against
 
@@ -227,3 +230,42 @@ async def test_a_malformed_frame_while_the_chat_listens_out_its_settle_window_is
     (r,) = run.results
     assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R12": 1}, r.violations
     assert "malformed frame" in r.violations[0].reason
+
+
+async def test_an_event_as_the_connections_first_frame_is_an_answer_and_the_next_chats_r8():
+    # The client waits for a first frame before it sends: an event is one (the server spoke), not "no welcome". Another
+    # run's event before the connection's first chat is that chat's R8 (docs/protocol.md R8: before the first chat).
+    async def handler(ws):
+        await ws.send(ev("agent_thinking", 7, run_id="someone-elses-run"))
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        for frame in clean_run(mid):
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    run = await run_against(handler)
+    (r,) = run.results
+    assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R8": 1}, (r.outcome, r.error, r.violations)
+
+
+def test_a_replay_at_or_below_the_last_seq_the_client_said_it_had_is_r7_for_a_watcher(tmp_path):
+    # docs/protocol.md R7, across a resume: a resume carrying {last_seq} tells the server what the client had, so a
+    # replayed event at or below it is the server's duplicate (R7), while the copies past it, which the client asked
+    # for, are not judged again. A watcher (`chatprobe check`, the proxy) sees a client say less than the chat had.
+    def recv(t: float, conn: str, frame: str) -> dict:
+        return {"t": t, "dir": "recv", "conn": conn, "frame": frame}
+
+    run = clean_run("m1")
+    records = [{"t": 100.0, "dir": "send", "conn": "a", "frame": {"type": "user_message", "payload": {
+                   "content": "hi", "thread_id": "t1", "message_id": "m1", "run_id": "r1"}}},
+               *(recv(100.1 + i / 100, "a", f) for i, f in enumerate(run[:3])),
+               {"t": 100.2, "dir": "close", "conn": "a"},
+               {"t": 100.3, "dir": "send", "conn": "b", "frame": {"type": "resume", "payload": {
+                   "run_id": "r1", "last_seq": 1}}},
+               *(recv(100.4 + i / 100, "b", f) for i, f in enumerate(run))]  # seq 1 again, then 2, 3 asked for
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    scenario = Scenario(name="t", expect={"settle": "0.05s", "deadline": "10s", "first_event_limit": "1s"})
+    [checked] = check_files([path], load_profile("netra"), scenario)
+    [chat] = checked.results
+    assert chat.outcome is Outcome.FAILED and chat.rule_counts() == {"R7": 1}, chat.violations
+    assert "seq 1 received twice" in chat.violations[0].reason and chat.reconnects == ["resumed"]
