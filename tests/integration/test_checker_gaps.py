@@ -247,25 +247,59 @@ async def test_an_event_as_the_connections_first_frame_is_an_answer_and_the_next
     assert r.outcome is Outcome.FAILED and r.rule_counts() == {"R8": 1}, (r.outcome, r.error, r.violations)
 
 
-def test_a_replay_at_or_below_the_last_seq_the_client_said_it_had_is_r7_for_a_watcher(tmp_path):
-    # docs/protocol.md R7, across a resume: a resume carrying {last_seq} tells the server what the client had, so a
-    # replayed event at or below it is the server's duplicate (R7), while the copies past it, which the client asked
-    # for, are not judged again. A watcher (`chatprobe check`, the proxy) sees a client say less than the chat had.
+def _resumed_with_last_seq_1(tmp_path, replayed: list[str]):
+    """`chatprobe check` of a recording: the chat had seqs 1-3 on connection a, which ended; its client resumed the run
+    on b saying it had seq 1 (a watcher sees a client say less than the chat had), and b received `replayed`."""
     def recv(t: float, conn: str, frame: str) -> dict:
         return {"t": t, "dir": "recv", "conn": conn, "frame": frame}
 
-    run = clean_run("m1")
     records = [{"t": 100.0, "dir": "send", "conn": "a", "frame": {"type": "user_message", "payload": {
                    "content": "hi", "thread_id": "t1", "message_id": "m1", "run_id": "r1"}}},
-               *(recv(100.1 + i / 100, "a", f) for i, f in enumerate(run[:3])),
+               *(recv(100.1 + i / 100, "a", f) for i, f in enumerate(clean_run("m1")[:3])),
                {"t": 100.2, "dir": "close", "conn": "a"},
                {"t": 100.3, "dir": "send", "conn": "b", "frame": {"type": "resume", "payload": {
                    "run_id": "r1", "last_seq": 1}}},
-               *(recv(100.4 + i / 100, "b", f) for i, f in enumerate(run))]  # seq 1 again, then 2, 3 asked for
+               *(recv(100.4 + i / 100, "b", f) for i, f in enumerate(replayed))]
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     scenario = Scenario(name="t", expect={"settle": "0.05s", "deadline": "10s", "first_event_limit": "1s"})
     [checked] = check_files([path], load_profile("netra"), scenario)
     [chat] = checked.results
+    return chat
+
+
+def test_a_replay_at_or_below_the_last_seq_the_client_said_it_had_is_r7_for_a_watcher(tmp_path):
+    # docs/protocol.md R7, across a resume: a resume carrying {last_seq} tells the server what the client had, so a
+    # replayed event at or below it is the server's duplicate (R7), while the copies past it, which the client asked
+    # for, are not judged again.
+    chat = _resumed_with_last_seq_1(tmp_path, clean_run("m1"))  # seq 1 again, then 2, 3 asked for, then 4, 5
     assert chat.outcome is Outcome.FAILED and chat.rule_counts() == {"R7": 1}, chat.violations
     assert "seq 1 received twice" in chat.violations[0].reason and chat.reconnects == ["resumed"]
+
+
+def test_a_copy_sent_again_after_the_replay_ended_is_r7_for_a_watcher(tmp_path):
+    # The replay ends at the first event past the highest seq the chat had: a copy of seq 3 after seq 4 is no replay
+    # the client asked for but a duplicate (R7).
+    run = clean_run("m1")
+    chat = _resumed_with_last_seq_1(tmp_path, [run[1], run[2], run[3], run[2], run[4]])
+    assert chat.outcome is Outcome.FAILED and chat.rule_counts() == {"R7": 1}, chat.violations
+    assert "seq 3 received twice" in chat.violations[0].reason
+
+
+async def test_a_rejection_naming_a_later_message_ends_that_chat_not_the_oldest_waiting_one():
+    # docs/protocol.md: an error_message that names the message it answers is that chat's; the earlier chat, whose run
+    # the server then starts, is judged by its run (a server checking quotas as messages arrive refuses out of order).
+    async def handler(ws):
+        await ws.send(WELCOME)
+        first = json.loads(await ws.recv())["payload"]
+        second = json.loads(await ws.recv())["payload"]
+        await ws.send(json.dumps({"type": "error_message", "error_code": "QUOTA_EXCEEDED",
+                                  "error_message": "too many runs", "message_id": second["message_id"]}))
+        for frame in clean_run(first["message_id"]):
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    run = await run_against(handler, quick(chats_per_user=2, parallel_chats=2,
+                                           expect={"deadline": "2s", "first_event_limit": "1s", "settle": "0.05s"}))
+    outcomes = sorted((r.outcome.value, r.error_kind or "") for r in run.results)
+    assert outcomes == [("error", "rejected"), ("passed", "")], [(r.outcome, r.error, r.violations) for r in run.results]
