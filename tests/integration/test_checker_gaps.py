@@ -303,3 +303,39 @@ async def test_a_rejection_naming_a_later_message_ends_that_chat_not_the_oldest_
                                            expect={"deadline": "2s", "first_event_limit": "1s", "settle": "0.05s"}))
     outcomes = sorted((r.outcome.value, r.error_kind or "") for r in run.results)
     assert outcomes == [("error", "rejected"), ("passed", "")], [(r.outcome, r.error, r.violations) for r in run.results]
+
+
+async def test_a_finished_run_is_judged_after_its_settle_window_not_at_its_deadline():
+    # The chat's flow is woken by its terminal event: the verdict comes `settle` after it, however far the deadline.
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        for frame in clean_run(mid):
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    run = await run_against(handler, quick(expect={"deadline": "60s", "first_event_limit": "1s", "settle": "0.05s"}))
+    assert [r.outcome for r in run.results] == [Outcome.PASSED]
+    assert loop.time() - began < 10, "the chat waited for its deadline: its flow was not woken by the terminal event"
+
+
+async def test_an_unnamed_rejection_is_the_waiting_chats_not_an_older_one_whose_run_started():
+    # Servers answer messages in order: an error_message naming no message is the oldest chat still waiting for its
+    # run's first event; a chat whose run has started is no longer waiting for one.
+    async def handler(ws):
+        await ws.send(WELCOME)
+        first = json.loads(await ws.recv())["payload"]
+        await ws.recv()
+        run = clean_run(first["message_id"])
+        await ws.send(run[0])
+        await ws.send(json.dumps({"type": "error_message", "error_code": "SERVER_BUSY", "error_message": "busy"}))
+        for frame in run[1:]:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    run = await run_against(handler, quick(chats_per_user=2, parallel_chats=2,
+                                           expect={"deadline": "2s", "first_event_limit": "1s", "settle": "0.05s"}))
+    outcomes = sorted((r.outcome.value, r.error_kind or "") for r in run.results)
+    assert outcomes == [("error", "rejected"), ("passed", "")], [(r.outcome, r.error, r.violations) for r in run.results]
