@@ -339,3 +339,22 @@ async def test_an_unnamed_rejection_is_the_waiting_chats_not_an_older_one_whose_
                                            expect={"deadline": "2s", "first_event_limit": "1s", "settle": "0.05s"}))
     outcomes = sorted((r.outcome.value, r.error_kind or "") for r in run.results)
     assert outcomes == [("error", "rejected"), ("passed", "")], [(r.outcome, r.error, r.violations) for r in run.results]
+
+
+def test_a_client_closing_after_the_run_ended_is_no_abandonment_for_a_watcher(tmp_path):
+    # A chat whose client closes its connection mid-run is abandoned (judged on what arrived, nothing owed); one whose
+    # run had ended (its terminal event came, the settle window still open) is judged as any finished run: here it
+    # missed its tool call (R2), which a tab closed a moment later must not hide.
+    run = clean_run("m1")
+    records = [{"t": 100.0, "dir": "send", "conn": "a", "frame": {"type": "user_message", "payload": {
+                   "content": "hi", "thread_id": "t1", "message_id": "m1", "run_id": "r1"}}},
+               *({"t": 100.1 + i / 100, "dir": "recv", "conn": "a", "frame": f}
+                 for i, f in enumerate([run[0], run[1], ev("agent_completed", 3, result="42")])),
+               {"t": 100.14, "dir": "close", "conn": "a", "by": "client"}]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    scenario = Scenario(name="t", expect={"settle": "0.5s", "deadline": "10s", "first_event_limit": "1s"})
+    [checked] = check_files([path], load_profile("netra"), scenario)
+    [chat] = checked.results
+    assert chat.outcome is Outcome.FAILED and chat.rule_counts() == {"R2": 1}, (chat.note, chat.violations)
+    assert chat.abandoned_at is None and "abandoned" not in chat.note
