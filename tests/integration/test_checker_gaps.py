@@ -6,10 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 
+from websockets.asyncio.server import serve
+
 from harness.events import Outcome
 from harness.offline import check_files
 from harness.profiles import load_profile
+from harness.runner import run_scenario
 from harness.scenario import Scenario
+from harness.sinks import Sink
+from harness.targets import Target
 
 from .test_misbehaving_server import WELCOME, quick, resume_unknown, run_against
 
@@ -358,3 +363,44 @@ def test_a_client_closing_after_the_run_ended_is_no_abandonment_for_a_watcher(tm
     [chat] = checked.results
     assert chat.outcome is Outcome.FAILED and chat.rule_counts() == {"R2": 1}, (chat.note, chat.violations)
     assert chat.abandoned_at is None and "abandoned" not in chat.note
+
+
+class _Counted(Sink):
+    """What a sink is told of chats started and judged: the counters that must add up (started = judged + in flight)."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.judged: list = []
+
+    def chat_started(self, scenario: str) -> None:
+        self.started += 1
+
+    def chat_finished(self, result) -> None:
+        self.judged.append(result)
+
+
+async def test_a_message_sent_again_after_the_servers_clean_close_is_one_chat_started():
+    # The message crossed the server's closing handshake before any event: it is sent again once on a new connection,
+    # as the same chat (an R13 warning says so), counted started once, so started = judged still adds up.
+    connections = []
+
+    async def handler(ws):
+        connections.append(ws)
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        if len(connections) == 1:
+            await ws.close(1000)
+            return
+        for frame in clean_run(mid):
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    sink = _Counted()
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="raw")
+        async with asyncio.timeout(15):
+            run = await run_scenario(quick(), target, sink)
+    (r,) = run.results
+    assert r.outcome is Outcome.PASSED and any(w.rule == "R13" for w in r.warnings), (r.violations, r.warnings)
+    assert len(connections) == 2 and sink.started == len(sink.judged) == 1, (sink.started, sink.judged)
