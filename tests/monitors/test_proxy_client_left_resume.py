@@ -229,3 +229,22 @@ async def test_another_users_resume_in_the_window_hides_no_cross_talk_of_a_run_t
                     p.live.closed.clear()
                     await p.live.closed.wait()
     assert p.sample("chatprobe_rule_violations_total", rule="R8") > 0
+
+
+async def test_a_user_who_closes_the_tab_after_the_run_ended_has_the_finished_run_judged_not_abandoned():
+    """A client that closes its connection mid-run abandons the chat (nothing owed); one that closes it once the run
+    ended, while the proxy still listens out the settle window, left a finished run, judged as one: here agentsim
+    dropped its tool_completed, an R2 (and R5) that the tab closed a moment later must not hide as an abandonment."""
+    async with Proxied(["drop:tool_completed=1.0"], deadline=10.0) as p:
+        async with asyncio.timeout(20):
+            ws = await p.connect("alice")
+            await ws.send(json.dumps({"type": "user_message", "payload": {
+                "content": "Compute 2 + 2 #tools=1", "thread_id": "t-alice", "message_id": "m-alice"}}))
+            await read_until_completed(ws)
+            closed = p.live.closed_count
+            await ws.close(1001)  # at once: within the proxy's 0.1 s settle window
+            while p.live.closed_count == closed:
+                p.live.closed.clear()
+                await p.live.closed.wait()
+    assert p.outcomes() == {"failed": 1} and p.sink.abandoned == 0, (p.outcomes(), p.sink.abandoned)
+    assert p.sample("chatprobe_rule_violations_total", rule="R2") == 1
