@@ -1,6 +1,7 @@
 """Rules whose every branch a test holds: each raw server here breaks (or keeps) one rule at its edge, over a real
-socket, and the verdict must be exactly what docs/protocol.md says. Each case is one a small change to
-harness/checker.py or harness/flow.py let through while every other test still passed."""
+socket (or, for what only a watcher sees, a recording `chatprobe check` reads), and the verdict must be exactly what
+docs/protocol.md says. Each case is one a small change to harness/checker.py or harness/flow.py let through while
+every other test still passed."""
 from __future__ import annotations
 
 import asyncio
@@ -349,7 +350,8 @@ async def test_an_unnamed_rejection_is_the_waiting_chats_not_an_older_one_whose_
 def test_a_client_closing_after_the_run_ended_is_no_abandonment_for_a_watcher(tmp_path):
     # A chat whose client closes its connection mid-run is abandoned (judged on what arrived, nothing owed); one whose
     # run had ended (its terminal event came, the settle window still open) is judged as any finished run: here it
-    # missed its tool call (R2), which a tab closed a moment later must not hide.
+    # missed its tool call (R2), which a tab closed a moment later must not hide. `chatprobe check` of such a recording
+    # judges it as the proxy does (tests/monitors/test_proxy_client_left_resume.py, the same case live).
     run = clean_run("m1")
     records = [{"t": 100.0, "dir": "send", "conn": "a", "frame": {"type": "user_message", "payload": {
                    "content": "hi", "thread_id": "t1", "message_id": "m1", "run_id": "r1"}}},
