@@ -406,3 +406,30 @@ async def test_a_message_sent_again_after_the_servers_clean_close_is_one_chat_st
     (r,) = run.results
     assert r.outcome is Outcome.PASSED and any(w.rule == "R13" for w in r.warnings), (r.violations, r.warnings)
     assert len(connections) == 2 and sink.started == len(sink.judged) == 1, (sink.started, sink.judged)
+
+
+async def test_a_message_whose_resend_cannot_connect_is_still_one_chat_started():
+    # The message crossed the server's clean close; the new connection to send it again is refused (HTTP 503): the
+    # chat ends as an error of that connection, counted started once (it was counted when its message first left).
+    attempts = []
+
+    def refuse_the_second(connection, request):
+        attempts.append(request.path)
+        if len(attempts) > 1:
+            return connection.respond(503, "restarting\n")
+        return None
+
+    async def handler(ws):
+        await ws.send(WELCOME)
+        await ws.recv()
+        await ws.close(1000)
+
+    sink = _Counted()
+    async with serve(handler, "127.0.0.1", 0, compression=None, process_request=refuse_the_second) as server:
+        port = server.sockets[0].getsockname()[1]
+        target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="raw")
+        async with asyncio.timeout(15):
+            run = await run_scenario(quick(), target, sink)
+    (r,) = run.results
+    assert r.outcome is Outcome.ERROR and len(attempts) == 2, (r.outcome, r.error_kind, r.error, attempts)
+    assert sink.started == len(sink.judged) == 1, (sink.started, sink.judged)
