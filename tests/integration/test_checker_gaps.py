@@ -433,3 +433,36 @@ async def test_a_message_whose_resend_cannot_connect_is_still_one_chat_started()
     (r,) = run.results
     assert r.outcome is Outcome.ERROR and len(attempts) == 2, (r.outcome, r.error_kind, r.error, attempts)
     assert sink.started == len(sink.judged) == 1, (sink.started, sink.judged)
+
+
+async def test_a_resume_of_a_run_without_seqs_asks_for_the_events_past_those_the_client_had():
+    # A dialect variant with no `seq` (netra's oldest): the resume's last_seq is then the count of events the client
+    # had, so a server replaying past it sends only the rest, never the run again from its start (which would be a
+    # second agent_started, R1, and a tool call opened twice, R5).
+    def bare(kind: str, **payload) -> str:
+        return json.dumps({"type": kind, "run_id": "r1", "payload": payload})
+
+    def run_of(mid: str) -> list[str]:
+        return [bare("agent_started", message_id=mid), bare("agent_thinking"),
+                bare("tool_executing", tool_name="calc", tool_call_id="t1"),
+                bare("tool_completed", tool_name="calc", tool_call_id="t1"), bare("agent_completed", result="42")]
+
+    resumes = []
+
+    async def handler(ws):
+        await ws.send(WELCOME)
+        msg = json.loads(await ws.recv())
+        if msg["type"] == "resume":
+            resumes.append(msg["payload"])
+            for frame in run_of("")[msg["payload"]["last_seq"]:]:
+                await ws.send(frame)
+            await ws.wait_closed()
+            return
+        for frame in run_of(msg["payload"]["message_id"])[:3]:
+            await ws.send(frame)
+        await ws.close(1011, "crash")
+
+    run = await run_against(handler, quick(expect={"deadline": "3s", "first_event_limit": "1s", "settle": "0.05s"}))
+    (r,) = run.results
+    assert resumes == [{"run_id": "r1", "last_seq": 3}], resumes
+    assert r.outcome is Outcome.PASSED and r.reconnects == ["resumed"], (r.violations, r.note)
