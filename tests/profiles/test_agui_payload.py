@@ -180,6 +180,12 @@ CASES = {
                      raw({"type": "RUN_FINISHED", "threadId": inp.thread_id, "runId": inp.run_id,
                           "outcome": {"type": "success", "pendingToolCallIds": ["ghost"]}})], AGUI, "R5",
         "pendingToolCallIds names 'ghost', which never started"),
+    "pendingToolCallIds on an outcome other than success": (
+        lambda inp: [RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS),
+                     *call(name="confirm", result=False),
+                     raw({"type": "RUN_FINISHED", "threadId": inp.thread_id, "runId": inp.run_id,
+                          "outcome": {"type": "cancelled", "pendingToolCallIds": ["c1"]}})], offering("confirm"), "R5",
+        "pendingToolCallIds on a 'cancelled' outcome: only a success outcome leaves tool calls to the application"),
     # the official schema
     "TOOL_CALL_START without toolCallName": (
         run(raw({"type": "TOOL_CALL_START", "toolCallId": "c1"}), raw({"type": "TOOL_CALL_END", "toolCallId": "c1"}),
