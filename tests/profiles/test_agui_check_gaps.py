@@ -2,6 +2,8 @@
 one a small change to the check set let through while every other test still passed."""
 from __future__ import annotations
 
+import asyncio
+
 from ag_ui.core import (
     RunAgentInput,
     RunErrorEvent,
@@ -15,9 +17,13 @@ from ag_ui.core import (
     ToolCallStartEvent,
 )
 
+from harness.client import Session
 from harness.events import Outcome
+from harness.flow import ChatOptions
+from harness.scenario import Expect, Scenario
+from harness.targets import Target
 
-from .servers import AguiSSEServer
+from .servers import AguiSSEServer, Pause
 from .test_agui import chat, rules
 
 
@@ -53,3 +59,26 @@ async def test_a_tool_result_under_the_id_of_a_message_already_shown_is_r5():
         result = await chat(server.url)
     assert result.outcome is Outcome.FAILED
     assert rules(result) == ["R5"] and "reuses message id 'a1'" in result.violations[0].reason, result.violations
+
+
+async def test_a_further_run_still_open_at_its_deadline_is_r10_not_cut_short():
+    # A further run the stream carried, with no terminal event by its deadline while the stream stays open: judged at
+    # that deadline, R10 (a run that ran out of time), not "the stream ended before this run's terminal event".
+    from .test_agui_multirun import AGUI, Collector, hitl
+
+    def unfinished(inp: RunAgentInput):
+        yield from hitl(inp, second_ends=False)
+        yield Pause(3.0)  # the stream stays open past the 1 s deadline
+
+    sink = Collector()
+    async with AguiSSEServer(unfinished) as server:
+        session = Session(Target(url=server.url, profile=AGUI, name="t"), "u1", "t", sink, connect_timeout=5)
+        try:
+            async with asyncio.timeout(15):
+                result = await session.chat("book it", Scenario(name="t", expect=Expect(deadline=1)).expectations(AGUI),
+                                            ChatOptions(settle=0.05))
+        finally:
+            await session.close()
+    [further] = [r for r in sink.results if r.further_run]
+    assert further.outcome is Outcome.INCOMPLETE and rules(further) == ["R10"], (further.note, further.violations)
+    assert result.outcome is Outcome.INCOMPLETE and "R10" in rules(result), result.violations
