@@ -180,6 +180,18 @@ CASES = {
                      raw({"type": "RUN_FINISHED", "threadId": inp.thread_id, "runId": inp.run_id,
                           "outcome": {"type": "success", "pendingToolCallIds": ["ghost"]}})], AGUI, "R5",
         "pendingToolCallIds names 'ghost', which never started"),
+    "pendingToolCallIds leaving out a call the run left unanswered": (
+        lambda inp: [RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS),
+                     *call(name="confirm", result=False), *call(cid="c2", name="confirm", result=False),
+                     raw({"type": "RUN_FINISHED", "threadId": inp.thread_id, "runId": inp.run_id,
+                          "outcome": {"type": "success", "pendingToolCallIds": ["c1"]}})], offering("confirm"), "R5",
+        "pendingToolCallIds leaves out tool call 'c2'"),
+    "two interrupts of a run under one id": (
+        lambda inp: [RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS),
+                     raw({"type": "RUN_FINISHED", "threadId": inp.thread_id, "runId": inp.run_id, "outcome": {
+                         "type": "interrupt", "interrupts": [{"id": "i1", "reason": "approve"},
+                                                            {"id": "i1", "reason": "confirm"}]}})], AGUI, "R5",
+        "two interrupts of the run have the id 'i1'"),
     "pendingToolCallIds on an outcome other than success": (
         lambda inp: [RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS),
                      *call(name="confirm", result=False),
