@@ -186,6 +186,12 @@ CASES = {
                      raw({"type": "RUN_FINISHED", "threadId": inp.thread_id, "runId": inp.run_id,
                           "outcome": {"type": "success", "pendingToolCallIds": ["c1"]}})], offering("confirm"), "R5",
         "pendingToolCallIds leaves out tool call 'c2'"),
+    "pendingToolCallIds naming one call twice": (
+        lambda inp: [RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS),
+                     *call(name="confirm", result=False),
+                     raw({"type": "RUN_FINISHED", "threadId": inp.thread_id, "runId": inp.run_id,
+                          "outcome": {"type": "success", "pendingToolCallIds": ["c1", "c1"]}})], offering("confirm"),
+        "R5", "pendingToolCallIds names 'c1' twice"),
     "two interrupts of a run under one id": (
         lambda inp: [RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS),
                      raw({"type": "RUN_FINISHED", "threadId": inp.thread_id, "runId": inp.run_id, "outcome": {
