@@ -466,3 +466,48 @@ async def test_a_resume_of_a_run_without_seqs_asks_for_the_events_past_those_the
     (r,) = run.results
     assert resumes == [{"run_id": "r1", "last_seq": 3}], resumes
     assert r.outcome is Outcome.PASSED and r.reconnects == ["resumed"], (r.violations, r.note)
+
+
+async def test_a_chat_abandoned_after_a_broken_rule_fails():
+    # An abandoned chat is judged on what arrived: nothing more is owed, but a rule already broken (R1 here) stands.
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        for frame in [ev("agent_thinking", 1), ev("agent_started", 2, message_id=mid)]:  # thinking first: R1
+            await ws.send(frame)
+        await ws.wait_closed()  # the run goes on: the client leaves it after two events
+
+    run = await run_against(handler, quick(steps=[{"chat": {"abandon_after": 2}}]))
+    (r,) = run.results
+    assert r.abandoned_at is not None and r.outcome is Outcome.FAILED, (r.outcome, r.note, r.violations)
+    assert r.rule_counts() == {"R1": 1}, r.violations
+
+
+async def test_a_new_connections_first_server_ping_is_answered_however_soon_after_the_last_pong():
+    # The pong bound (one a PONG_INTERVAL) is a connection's: after a reconnect, a server that pings at once and drops
+    # a connection whose ping goes unanswered must get its pong, even within the interval of the last connection's.
+    pongs: list[int] = []
+    connections = []
+
+    async def handler(ws):
+        connections.append(ws)
+        n = len(connections)
+        await ws.send(WELCOME)
+        msg = json.loads(await ws.recv())
+        if n == 1:
+            mid = msg["payload"]["message_id"]
+            await ws.send(ev("agent_started", 1, message_id=mid))
+        await ws.send(json.dumps({"type": "ping"}))
+        if json.loads(await ws.recv()) == {"type": "pong"}:
+            pongs.append(n)
+        if n == 1:
+            await ws.close(1011, "crash")  # mid-run: the client reconnects and resumes at once
+            return
+        for frame in clean_run("")[1:]:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    run = await run_against(handler, quick(expect={"deadline": "3s", "first_event_limit": "1s", "settle": "0.05s"}))
+    (r,) = run.results
+    assert pongs == [1, 2], pongs
+    assert r.outcome is Outcome.PASSED and r.reconnects == ["resumed"], (r.violations, r.note)
