@@ -69,6 +69,8 @@ def sample(latency: Latency, rng: random.Random) -> float:
 
 @dataclass
 class Directives:
+    """What a message's `#name=value` directives ask of its run: failures, tool calls, chunks, latencies."""
+
     fail_tool: bool = False
     fail_agent: bool = False
     tools: int | None = None
@@ -111,6 +113,8 @@ def parse_directives(content: str) -> tuple[Directives, str]:
 
 @dataclass
 class Step:
+    """One event of a run's script: its role, the delay before it, and how its frame is built."""
+
     role: str
     delay: float
     build: Callable[[dict[str, Any]], dict[str, Any]]
@@ -118,6 +122,8 @@ class Step:
 
 @dataclass
 class Script:
+    """A run's planned events, in order, and the agent that sends them."""
+
     agent_name: str
     steps: list[Step] = field(default_factory=list)
 

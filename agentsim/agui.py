@@ -112,6 +112,8 @@ def _reasoning(step: int, mid: str) -> list[Slot]:
 
 @dataclass
 class Planned:
+    """A fault planned for an AG-UI run, and where in its slots it strikes."""
+
     spec: FaultSpec
     position: int  # index into the slots (-1: after the terminal event)
 

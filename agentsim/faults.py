@@ -121,6 +121,8 @@ class FaultSpecError(ValueError):
 
 @dataclass(frozen=True)
 class FaultSpec:
+    """One fault asked for (`--fault`): its name, the share of runs it hits, and its argument or value."""
+
     name: str
     rate: float = 1.0
     arg: str | None = None
@@ -266,6 +268,8 @@ RUN_FAULTS = ("drop", "delay_first", "duplicate", "swap", "crosstalk", "stall", 
 
 @dataclass
 class PlannedFault:
+    """A fault planned for a run, and where in its planned events it strikes."""
+
     spec: FaultSpec
     position: int  # index into the run's planned event list (-1: after the terminal event)
 

@@ -92,6 +92,8 @@ _WORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 @dataclass
 class ToolCall:
+    """A tool call the agent will make: the tool's name and its parameters."""
+
     tool_name: str
     parameters: dict[str, Any]
 

@@ -186,6 +186,8 @@ def kept_bytes(ev: Event) -> int:
 
 @dataclass(slots=True, frozen=True)
 class Violation:
+    """A rule broken: which, why (one line), and at which event of the chat's list if one."""
+
     rule: Rule
     reason: str  # one line a person understands
     event_index: int | None = None  # index of the offending event in the chat's event list

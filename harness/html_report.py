@@ -62,6 +62,8 @@ def write_html(path: str, runs: list[ScenarioRun]) -> None:
 
 @dataclass
 class _Chat:
+    """One failing chat as the page shows it: its result, its timeline's SVG, caption and violations listed."""
+
     result: ChatResult
     svg: Markup
     caption: list[str]
@@ -71,6 +73,8 @@ class _Chat:
 
 @dataclass
 class _Section:
+    """One scenario's part of the page: its facts, charts, rule table, own violations and failing chats."""
+
     run: ScenarioRun
     anchor: str
     facts: list[tuple[str, str]]

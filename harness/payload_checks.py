@@ -158,6 +158,8 @@ def _input_echo(frame: dict[str, Any], inp: dict[str, Any]) -> tuple[str, ...]:
 
 @dataclass(slots=True)
 class _Call:
+    """A tool call of the run: its name, whether it ended and was answered, its argument text as it came."""
+
     name: str
     ended: bool = False
     answered: bool = False

@@ -112,6 +112,8 @@ def _let_go(result: ChatResult) -> None:
 
 @dataclass
 class ScenarioRun:
+    """One scenario's run: its chats' results, stats and objectives, when and how long, and why it stopped."""
+
     scenario: "Scenario"
     target: str
     results: list[ChatResult]

@@ -25,6 +25,8 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 @dataclass
 class ObjectiveResult:
+    """One objective judged: its name, limit and comparison, the value measured (None: none), met or not."""
+
     name: str  # e.g. "time_to_first_event.p95"
     limit: float
     op: str  # "<=" or ">="
@@ -38,6 +40,8 @@ class ObjectiveResult:
 
 @dataclass
 class ScenarioStats:
+    """A scenario's chats summed up: counts by outcome, rule and error kind, and the latency percentiles."""
+
     chats: int = 0
     outcomes: Counter[Outcome] = field(default_factory=Counter)
     missing_chats: int = 0

@@ -201,6 +201,20 @@ def test_commands_do_not_scan_for_pydantic_plugins(tmp_path):
     assert plugins == "NoneType", out.stdout
 
 
+def test_every_dataclass_has_a_docstring():
+    """A dataclass without a docstring of its own is given one at class creation: `inspect.signature` of the class,
+    made into text (~0.1 ms a class, start-up CPU of every run, BENCHMARKS.md issue 10). Each one in harness/ and
+    agentsim/ (the embedded server of a `chatprobe run`) has its own."""
+    bare = []
+    for package in ("harness", "agentsim"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ClassDef) and ast.get_docstring(node) is None and any(
+                        "dataclass" in ast.unparse(d) for d in node.decorator_list):
+                    bare.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert bare == [], "dataclasses without a docstring: " + ", ".join(bare)
+
+
 def test_the_client_reaches_the_recorder_only_through_the_transport_hooks():
     """`--record`'s hooks are the transports' no-op RecordingHooks (transports/base.py), which the recorder's wrapper
     overrides: the client imports nothing of the recorder (a run without --record pays no import of it) and asks no

@@ -80,6 +80,8 @@ Compression = Literal["none", "deflate"]
 
 @dataclass(frozen=True, slots=True)
 class Scheme:
+    """What a URL scheme means: the transport that carries it, whether it is TLS, its default port."""
+
     transport: TransportName
     secure: bool
     default_port: int
@@ -145,6 +147,8 @@ class RecordingHooks:
 
 @dataclass
 class ConnectSettings:
+    """How a transport connects: the URL, the credentials and how they are sent, TLS, limits, headers and client."""
+
     url: str
     token: str | None = field(default=None, repr=False)  # never in a repr: pytest -l, a traceback's locals
     auth: str = "header"  # header | subprotocol | none
