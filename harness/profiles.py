@@ -4,7 +4,8 @@ A profile is a YAML file (see harness/profiles/netra.yaml). `Profile.decode` tur
 Event (an agent event of some run) or a Frame (welcome, ping, connection-level error, malformed): the only
 place where wire-format details live.
 """
-from __future__ import annotations
+# No `from __future__ import annotations` here: the models' annotations are objects, which pydantic takes as they
+# are; as text it compiled and evaluated each one at import (start-up CPU of every run, tests/test_architecture.py).
 
 import dataclasses
 import functools
@@ -552,7 +553,7 @@ class Profile(BaseModel):
     def decode_obj(self, frame: Any, received_at: float) -> Event | Frame:
         return _decoder_of(self).decode_obj(frame, received_at)
 
-    def decode_client(self, text: str | bytes) -> ClientFrame:
+    def decode_client(self, text: str | bytes) -> "ClientFrame":
         """One frame from the client (what the proxy and recordings see): a chat request, a resume, or other."""
         return _decoder_of(self).decode_client(text)
 
@@ -607,7 +608,7 @@ class Profile(BaseModel):
             check.load()
 
 
-def _decoder_of(profile: Profile) -> Decoder:
+def _decoder_of(profile: Profile) -> "Decoder":
     """profile._decoder without pydantic's private-attribute __getattr__ (about 1.5 us a call: more than a decode)."""
     private = profile.__pydantic_private__
     assert private is not None
@@ -781,7 +782,7 @@ class Decoder:
         self._source, self._decode, self._decode_obj = source, decode, decode_obj
         return decode, decode_obj, source
 
-    def filler(self, template: dict[str, Any]) -> Filler:
+    def filler(self, template: dict[str, Any]) -> "Filler":
         """The function filling this template (the request or resume) with values, made once per template object."""
         known = self._fillers.get(id(template))
         if known is not None and known[0] is template:
@@ -895,7 +896,7 @@ class HugeNumber(float):
     __slots__ = ("text",)
     text: str
 
-    def __new__(cls, value: float, text: str) -> HugeNumber:
+    def __new__(cls, value: float, text: str) -> "HugeNumber":
         number = super().__new__(cls, value)
         number.text = text
         return number
@@ -905,7 +906,7 @@ class HugeNumber(float):
 
     __repr__ = __str__
 
-    def __reduce__(self) -> tuple[type[HugeNumber], tuple[float, str]]:
+    def __reduce__(self) -> "tuple[type[HugeNumber], tuple[float, str]]":
         return HugeNumber, (float(self), self.text)
 
 

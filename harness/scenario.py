@@ -1,5 +1,6 @@
 """Scenarios as YAML data: who chats, what they send, which roles are required, and the objectives to meet."""
-from __future__ import annotations
+# No `from __future__ import annotations` here: the models' annotations are objects, which pydantic takes as they
+# are; as text it compiled and evaluated each one at import (start-up CPU of every run, tests/test_architecture.py).
 
 import dataclasses
 import math
@@ -100,7 +101,7 @@ class ThinkTime(Strict):
         return {"min": value, "max": value} if not isinstance(value, dict) else value
 
     @model_validator(mode="after")
-    def _ordered(self) -> ThinkTime:
+    def _ordered(self) -> "ThinkTime":
         if self.min > self.max:
             raise ValueError(f"min {self.min:g}s is above max {self.max:g}s")
         return self
@@ -121,7 +122,7 @@ class Stage(Strict):
     ramp: Bool = True
 
     @model_validator(mode="after")
-    def _one_of_each(self) -> Stage:
+    def _one_of_each(self) -> "Stage":
         if (self.duration is None) == (self.until is None):
             raise ValueError("a stage has either `duration` (its length) or `until` (its end, since the start)")
         if (self.users is None) == (self.rate is None):
@@ -223,7 +224,7 @@ class Bound(Strict):
         return _not_null(value)
 
     @model_validator(mode="after")
-    def _meetable(self) -> Bound:
+    def _meetable(self) -> "Bound":
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min:g} is above max {self.max:g}: no run can meet both")
         return self

@@ -215,6 +215,38 @@ def test_every_dataclass_has_a_docstring():
     assert bare == [], "dataclasses without a docstring: " + ", ".join(bare)
 
 
+def test_pydantic_reads_no_annotation_text_of_the_scenario_and_profile_models():
+    """harness/scenario.py and harness/profiles.py hold every model a run validates; without `from __future__ import
+    annotations` their fields' annotations are objects, which pydantic takes as they are. As text, pydantic made a
+    `typing.ForwardRef` of each (a `compile()` of it) and evaluated it in the module's namespace: ~140 of them, ~0.9%
+    of a one-chat run's instructions (BENCHMARKS.md, issue 10). Counted in a fresh interpreter: the ForwardRefs made
+    while pydantic is on the stack, importing the two modules after what they import."""
+    import subprocess
+    import sys
+
+    code = ("import sys, typing, pydantic\n"
+            "from harness import catalog, checker, durations, events, eventstream, payload_checks, subprotocols\n"
+            "from harness import yamlfile\n"
+            "class Warm(pydantic.BaseModel):  # pydantic's one-time set-up, before the count\n"
+            "    x: int = 0\n"
+            "made, init = [], typing.ForwardRef.__init__\n"
+            "def spy(self, arg, *args, **kwargs):\n"
+            "    frame = sys._getframe(1)\n"
+            "    while frame is not None and '/pydantic/' not in frame.f_code.co_filename.replace('\\\\', '/'):\n"
+            "        frame = frame.f_back\n"
+            "    if frame is not None:\n"
+            "        made.append(arg)\n"
+            "    init(self, arg, *args, **kwargs)\n"
+            "typing.ForwardRef.__init__ = spy\n"
+            "import harness.profiles, harness.scenario\n"
+            "# Profile's private `_decoder: \"Decoder\"` names a class defined after it: text it stays\n"
+            "others = [arg for arg in made if arg != 'Decoder']\n"
+            "print(len(others), others[:5])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("0 "), out.stdout
+
+
 def test_the_client_reaches_the_recorder_only_through_the_transport_hooks():
     """`--record`'s hooks are the transports' no-op RecordingHooks (transports/base.py), which the recorder's wrapper
     overrides: the client imports nothing of the recorder (a run without --record pays no import of it) and asks no
