@@ -17,7 +17,8 @@ _N = r"([0-9]*\.?[0-9]+)"
 # expression, and Go's other units (ns, us, µs) and signs are nothing a chat harness can honour anyway.
 _RE = re.compile(rf"\s*(?:{_N}|(?:{_N}\s*h\s*)?(?:{_N}\s*m(?!s)\s*)?(?:{_N}\s*s\s*)?(?:{_N}\s*ms\s*)?)\s*")
 # A clock-like text (`1:30`, `1:30:00`): YAML 1.1's base-60 number, left as text by the loader (yamlfile.SEXAGESIMAL).
-_CLOCK = re.compile(r"\s*[-+]?[0-9][0-9_]*(?::[0-9]+)+(?:\.[0-9_]*)?\s*")
+# (Text, compiled by re where it is used: only a refusal reads it, and a run compiles none at import.)
+_CLOCK = r"\s*[-+]?[0-9][0-9_]*(?::[0-9]+)+(?:\.[0-9_]*)?\s*"
 # Longer than this is a typo, and past about 292 years the OS's timeouts (threading, sockets) overflow.
 MAX_SECONDS = 366 * 24 * 3600.0
 
@@ -37,7 +38,7 @@ def parse_duration(value: Any) -> float:
             seconds = float(value)
         elif isinstance(value, str) and len(value) <= 64 and (seconds_of := _seconds_of(value)) is not None:
             seconds = seconds_of
-        elif isinstance(value, str) and _CLOCK.fullmatch(value):
+        elif isinstance(value, str) and re.fullmatch(_CLOCK, value):
             raise ValueError(f"{_shown(value.strip())} is no duration: YAML 1.1 reads it as a base-60 number "
                              f"(1:30 as 90) and it may as well mean hours:minutes; write it with units "
                              "(1m30s, 1h30m)")

@@ -168,12 +168,13 @@ def _write_in_place(p: str, data: bytes, mode: int, stall_timeout: float) -> Non
         os.close(fd)
 
 
-_OWN_DESCRIPTOR = re.compile(r"/dev/std(?P<std>out|err)|/dev/fd/(?P<fd>\d+)|/proc/(?:self|thread-self)/fd/(?P<pfd>\d+)")
+# (Text, compiled by re where it is used: only an open that failed reads it.)
+_OWN_DESCRIPTOR = r"/dev/std(?P<std>out|err)|/dev/fd/(?P<fd>\d+)|/proc/(?:self|thread-self)/fd/(?P<pfd>\d+)"
 
 
 def _own_descriptor(p: str) -> int | None:
     """The descriptor of this process that a kernel name stands for (/dev/stdout → 1), or None."""
-    if (m := _OWN_DESCRIPTOR.fullmatch(p)) is None:
+    if (m := re.fullmatch(_OWN_DESCRIPTOR, p)) is None:
         return None
     if m["std"]:
         return 1 if m["std"] == "out" else 2

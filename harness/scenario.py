@@ -240,7 +240,8 @@ class RatioBound(Bound):
 # k6's threshold expressions as a k6 user pastes them into an objective (`p(95)<500`, `['rate<0.05']`) and k6's
 # statistic names as keys (`med:`, `p(95):`, `rate:`): refused with the objective as chatprobe writes it, never read
 # as something else (k6's numbers of a latency are milliseconds).
-_K6_EXPR = re.compile(r"\s*(avg|min|med|max|p\(\s*[0-9.]+\s*\)|rate|count|value)\s*(<=|<|>=|>|===|==|!=)\s*(\S+?)\s*")
+# (Text, compiled by re where it is used: only a refusal's hint reads it.)
+_K6_EXPR = r"\s*(avg|min|med|max|p\(\s*[0-9.]+\s*\)|rate|count|value)\s*(<=|<|>=|>|===|==|!=)\s*(\S+?)\s*"
 _K6_LATENCY = {"avg": "avg", "med": "p50", "max": "max", "p(50)": "p50", "p(90)": "p90", "p(95)": "p95",
                "p(99)": "p99"}
 _K6_BOUND = ("rate", "count", "value")
@@ -273,7 +274,7 @@ def k6_threshold_hint(name: str, value: Any, flag: bool = False) -> str | None:
         return None
     latency = field.annotation is Stat
     for text in texts:
-        m = _K6_EXPR.fullmatch(text[:200])
+        m = re.fullmatch(_K6_EXPR, text[:200])
         if m is None:
             continue
         stat, op, number = _k6_stat(m.group(1)), m.group(2), m.group(3)

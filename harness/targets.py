@@ -52,7 +52,8 @@ FLAGS: dict[str, str] = {
 # Headers of the user's own, as given: (name, value) for `headers`, (name, environment variable) for `header_env`.
 HeaderPairs = tuple[tuple[str, str], ...]
 # What a shell calls a variable: a `--header-env` variable that is not one may be a secret pasted in its place.
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# (Text, compiled by re where it is used: only a refusal reads it, and a run compiles none at import.)
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
 # RFC 9110 5.1: a field name is a token.
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # One header (name, ": " and value), and all of them: within what common servers take in a request head (nginx reads
@@ -383,7 +384,7 @@ def read_headers(opts: TargetOptions, transport: str) -> HeaderPairs:
         if not value:
             # The variable named only when it reads as a variable's name: `--header-env 'X-Key=sk-live-…'` (the
             # value pasted where its variable goes) is never shown.
-            shown = var if _ENV_NAME.fullmatch(var) else "named (not shown: it does not read as a variable's name)"
+            shown = var if re.fullmatch(_ENV_NAME, var) else "named (not shown: it does not read as a variable's name)"
             raise _header_error("header_env", name, f"the variable {shown} is not set or empty")
         given.append(("header_env", name, value))
     seen: dict[str, str] = {}

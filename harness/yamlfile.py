@@ -524,7 +524,8 @@ def _reader_problem(exc: Exception) -> str:
 # A character past U+FFFF escaped as JSON escapes it (`json.dump`'s default, ensure_ascii): a UTF-16 surrogate pair,
 # `\ud83d\ude00`, which RFC 8259 allows and YAML's double-quoted escapes do not pair ("invalid Unicode character escape
 # code"). An odd number of backslashes before it: an escape, not an escaped backslash followed by text.
-_SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})")
+# (Text, compiled by re where it is used: only a file YAML refused an escape of reads it, or a refusal's line.)
+_SURROGATE_PAIR = r"(?<!\\)((?:\\\\)*)\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"
 
 
 def _json_pairs_joined(text: str) -> str | None:
@@ -532,7 +533,7 @@ def _json_pairs_joined(text: str) -> str | None:
     (`\U0001f600`, on the same line: lines in messages stay right), or None when `text` is no JSON or has no pair.
     JSON only: every string of a JSON text is double-quoted, where `\u` is an escape; in YAML a single-quoted, plain
     or block scalar holds `\ud83d\ude00` as twelve characters of text (and YAML itself does not pair the escapes)."""
-    if not _SURROGATE_PAIR.search(text):
+    if not re.search(_SURROGATE_PAIR, text):
         return None
     try:
         json.loads(text)
@@ -542,7 +543,7 @@ def _json_pairs_joined(text: str) -> str | None:
     def one(m: re.Match[str]) -> str:
         code = 0x10000 + ((int(m.group(2), 16) - 0xD800) << 10) + (int(m.group(3), 16) - 0xDC00)
         return f"{m.group(1)}\\U{code:08x}"
-    return _SURROGATE_PAIR.sub(one, text)
+    return re.sub(_SURROGATE_PAIR, one, text)
 
 
 def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:

@@ -296,9 +296,11 @@ def test_a_run_without_record_imports_no_recorder(tmp_path):
 def test_a_run_against_a_server_compiles_no_redaction_pattern_and_loads_no_emoji_table(tmp_path):
     """Start-up CPU of every `chatprobe run` (BENCHMARKS.md, issue 10): harness/redact.py's patterns (~3.5 ms to
     compile) are compiled on first use, each where a substring test says it could match, and the console reads no
-    `:name:` emoji codes (rich's table of them, ~2.5 ms, loads with the first text that could hold one). `list`,
-    `run --help` and a one-chat run against a server of its own (`--auth none`, as bench/vs_k6.py runs it), in a
-    fresh interpreter, compile none of them (re.compile called from harness/redact.py) and load no emoji table."""
+    `:name:` emoji codes (rich's table of them, ~2.5 ms, loads with the first text that could hold one). The patterns
+    only a refusal, a hint or a rare option reads (a k6 threshold's expression, a clock-like duration, a `--header-env`
+    variable's name, a descriptor's path, a JSON file's surrogate pairs) are compiled where they are used, not at
+    import. `list`, `run --help` and a one-chat run against a server of its own (`--auth none`, as bench/vs_k6.py runs
+    it), in a fresh interpreter, compile none of them and load no emoji table."""
     import selectors
     import subprocess
     import sys
@@ -323,18 +325,26 @@ def test_a_run_against_a_server_compiles_no_redaction_pattern_and_loads_no_emoji
                 "        made.append(pattern)\n"
                 "    return compile(pattern, flags)\n"
                 "re.compile = spy\n"
+                "sre_compile, compiled = re._compiler.compile, []\n"
+                "def sre_spy(pattern, flags=0):\n"
+                "    compiled.append(pattern)\n"
+                "    return sre_compile(pattern, flags)\n"
+                "re._compiler.compile = sre_spy  # what re.compile and re.fullmatch(text, ...) compile with\n"
+                "from harness import durations, safefile, scenario, targets, yamlfile\n"
                 "from harness.cli import main\n"
                 "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
                 "    main(['list'])\n"
                 "    try:\n        main(['run', '--help'])\n    except SystemExit:\n        pass\n"
                 f"    code = main(['run', {str(scenario)!r}, '--target', {url!r}, '--auth', 'none', '--quiet'])\n"
-                "print(code, len(made), 'rich._emoji_codes' in sys.modules)")
+                "rare = {getattr(p, 'pattern', p) for p in (scenario._K6_EXPR, durations._CLOCK, targets._ENV_NAME,\n"
+                "        safefile._OWN_DESCRIPTOR, yamlfile._SURROGATE_PAIR)}\n"
+                "print(code, len(made), len(rare & set(compiled)), 'rich._emoji_codes' in sys.modules)")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     finally:
         sim.kill()
         sim.wait(timeout=10)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "0 0 False", out.stdout  # exit 0, no pattern compiled, no emoji table
+    assert out.stdout.strip() == "0 0 0 False", out.stdout  # exit 0, no pattern compiled, no emoji table
 
 
 def _folder_table() -> dict[str, set[str]]:
