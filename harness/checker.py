@@ -14,8 +14,8 @@ from itertools import islice
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
+from .checksets import CHECKS, Finding, RunChecks, RunContext
 from .events import ALL_ROLES, Event, Frame, Outcome, Role, Rule, SessionError, SpanKey, Violation, kept_bytes, span_key_text
-from .payload_checks import CHECKS, Finding, RunChecks, RunContext
 
 # Judged chats a connection remembers for late events; older ones are forgotten (bounded memory).
 KEEP_FINISHED = 64

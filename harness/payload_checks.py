@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from pydantic import ValidationError  # (imported at the top: an import statement per frame costs 0.3 us)
 
+from .checksets import CHECKS, CheckSet, Finding, RunChecks, RunContext
 from .events import Event, Rule
 
 # Per run: remembered ids (messages, tool calls), argument text per tool call, and the agent state, bounded so that a
@@ -40,54 +41,6 @@ MAX_OFFERED = 1000  # tools of a client's own request taken for frontend tools (
 # Schema failures reported per event, each cut to this many characters.
 MAX_PROBLEMS = 3
 MAX_PROBLEM_CHARS = 200
-
-
-class Finding(NamedTuple):
-    """One rule broken by an event's payload; `warning` findings are advice, shown in reports, never failing a chat."""
-
-    rule: Rule
-    reason: str
-    warning: bool = False
-
-
-class RunContext(NamedTuple):
-    """What a run's checks know of the request that started it."""
-
-    offered_tools: frozenset[str] = frozenset()  # tools the client offered (the request's `tools`)
-    request_message_ids: tuple[str, ...] = ()  # ids of the messages the client sent
-    # The request itself, where the client that sent it is not this program (the proxy's users, a recording's sends):
-    # what it offers, carries and resumes is read from it as the run's checks start, not from the profile's template.
-    request: dict[str, Any] | None = None
-
-
-class RunChecks:
-    """The stateful checks of one run; `event` sees each event in order, `end` the terminal one."""
-
-    def event(self, ev: Event) -> Iterable[Finding]:
-        return ()
-
-    def end(self, ev: Event) -> Iterable[Finding]:
-        return ()
-
-    def followup(self) -> "RunChecks":
-        """The checks of a further run on the same stream (it inherits what is known: ids, state)."""
-        return type(self)()
-
-    def held_bytes(self) -> int:
-        """About what the checks hold now (ids, buffered text, state), in bytes: what a parked chat is weighed."""
-        return 0
-
-
-@dataclass(frozen=True)
-class CheckSet:
-    """A named set of checks: the payload fields it reads, a stateless check of the whole frame, a run's checks."""
-
-    name: str
-    fields: tuple[str, ...]
-    frame: Callable[[dict[str, Any]], tuple[tuple[str, ...], tuple[str, ...]]]  # (problems: R12, advice)
-    start: Callable[[RunContext], RunChecks]
-    # What the checks load on first use (a schema's models): `Decoder.prepare` has it loaded before a chat is timed
-    load: Callable[[], object] = lambda: None
 
 
 # -- AG-UI ---------------------------------------------------------------------------------------------------------
@@ -1042,5 +995,5 @@ AGUI = CheckSet(
     load=_schema,  # ag_ui.core's models: about a second of imports, which must not stall a chat in flight
 )
 
-# The registry a profile's `checks:` names come from.
-CHECKS: dict[str, CheckSet] = {AGUI.name: AGUI}
+# In the registry (harness/checksets.py) as this module is imported: at a profile's first look-up of `agui`.
+CHECKS[AGUI.name] = AGUI

@@ -21,9 +21,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationInfo, field_validator
 
 from .catalog import PROFILES_DIR
+from .checksets import CHECKS, CheckSet
+from .checksets import NAMES as CHECK_NAMES
 from .events import DEFAULT_REQUIRED, EVENT_OVERHEAD, Event, Frame, FrameKind, Role, SessionError
 from .eventstream import StreamProblem
-from .payload_checks import CHECKS, CheckSet
 from .subprotocols import names_problem
 from .yamlfile import load_builtin_or_file
 
@@ -508,9 +509,9 @@ class Profile(BaseModel):
     @field_validator("checks")
     @classmethod
     def _checks_known(cls, v: list[str]) -> list[str]:
-        unknown = [n for n in v if n not in CHECKS]
+        unknown = [n for n in v if n not in CHECK_NAMES]
         if unknown:
-            raise ValueError(f"unknown check set {unknown[0]!r} (known: {', '.join(CHECKS)})")
+            raise ValueError(f"unknown check set {unknown[0]!r} (known: {', '.join(CHECK_NAMES)})")
         return v
 
     @property
@@ -1713,7 +1714,7 @@ class _StructTree:
         made.append(cls)
         return cls
 
-    def at(self, path: tuple[str, ...] | list[str]) -> _StructTree:
+    def at(self, path: tuple[str, ...] | list[str]) -> "_StructTree":
         at = self
         for key in path:
             at = at.children[key]

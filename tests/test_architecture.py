@@ -17,7 +17,7 @@ PACKAGES = ("harness", "agentsim", "monitors", "scenarios", "dashboards")
 PURE = ("harness.events", "harness.checker", "harness.flow", "harness.profiles", "harness.scenario",
         "harness.stats", "harness.report", "harness.results", "harness.eventstream", "harness.durations",
         "harness.yamlfile", "harness.sinks", "harness.recordings", "harness.offline", "harness.payload_checks",
-        "harness.errors", "harness.catalog", "harness.backoff", "harness.subprotocols")
+        "harness.errors", "harness.catalog", "harness.backoff", "harness.subprotocols", "harness.checksets")
 IO_LIBRARIES = ("asyncio", "websockets", "httpx", "gevent", "argparse", "locust", "socket", "threading")
 DRIVERS = ("harness.cli", "harness.client", "harness.gevent_client", "harness.runner", "harness.locust_user",
            "harness.pytest_plugin", "harness.transports", "harness.targets", "monitors", "agentsim")
@@ -245,6 +245,25 @@ def test_pydantic_reads_no_annotation_text_of_the_scenario_and_profile_models():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("0 "), out.stdout
+
+
+def test_a_check_set_loads_with_the_first_profile_that_names_it():
+    """AG-UI's payload checks (harness/payload_checks.py, ~0.5% of a one-chat run's start-up instructions) load when a
+    profile naming `agui` is read, as its decoder is made (harness/checksets.py's registry), not with the profiles
+    module: reading netra leaves them unloaded, and a netra run never loads them. In a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from harness.profiles import load_profile\n"
+            "load_profile('netra')\n"
+            "before = 'harness.payload_checks' in sys.modules\n"
+            "decoded = load_profile('ag-ui').decode('{\"type\": \"RUN_STARTED\", \"threadId\": \"t\", \"runId\": \"r\"}', 0.0)\n"
+            "from harness import payload_checks, profiles\n"
+            "print(before, profiles.CHECKS['agui'] is payload_checks.AGUI, type(decoded).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "Event"], out.stdout
 
 
 def test_the_client_reaches_the_recorder_only_through_the_transport_hooks():
