@@ -203,8 +203,8 @@ def test_commands_do_not_scan_for_pydantic_plugins(tmp_path):
 
 def test_every_dataclass_has_a_docstring():
     """A dataclass without a docstring of its own is given one at class creation: `inspect.signature` of the class,
-    made into text (~0.1 ms a class, start-up CPU of every run, BENCHMARKS.md issue 10). Each one in harness/ and
-    agentsim/ (the embedded server of a `chatprobe run`) has its own."""
+    made into text (~0.3 M instructions a class, start-up CPU of every run, BENCHMARKS.md issue 10). Each one in
+    harness/ and agentsim/ (the embedded server of a `chatprobe run`) has its own."""
     bare = []
     for package in ("harness", "agentsim"):
         for path in sorted((ROOT / package).rglob("*.py")):
