@@ -147,8 +147,9 @@ class LiveView(Sink):
         self.events += result.events_received
         if result.time_to_first_event is not None:
             self.recent_ttfe.append(result.time_to_first_event)
-        for rule, n in result.rule_counts().items():
-            self.rules[rule] += n
+        if result.violations or result.violations_not_listed:  # a clean chat (most) makes no Counter to read
+            for rule, n in result.rule_counts().items():
+                self.rules[rule] += n
 
     def connection_violation(self, scenario: str, violation: Violation) -> None:
         self.rules[str(violation.rule)] += 1  # a connection's own: in the rules, in no chat

@@ -144,7 +144,8 @@ class Tally:
         if r.missing:
             self.missing_chats += 1
             self.missing_roles.update(r.missing)
-        self.violations.update(r.rule_counts())
+        if r.violations or r.violations_not_listed:  # a clean chat (most) makes no Counter to merge
+            self.violations.update(r.rule_counts())
         if r.time_to_first_event is not None:
             self.ttfe.append(r.time_to_first_event)
         if r.duration is not None:
