@@ -625,7 +625,8 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
                 push_sinks.append(ps)
                 sinks.append(ps)
             live = LiveView(console, scenario.name, planned=scenario.planned_chats())
-            sinks.append(live)
+            if not args.quiet:  # -q shows no progress: nothing would read what it counts, per chat
+                sinks.append(live)
             ticker = None
             if not args.quiet and not console.is_interactive:
                 ticker = asyncio.ensure_future(_progress(live, console, progress_every))

@@ -100,7 +100,14 @@ class Sink:
 
 class Fanout(Sink):
     def __init__(self, sinks: Iterable[Sink]) -> None:
-        self.sinks = [s for s in sinks if s is not None]
+        # A Fanout among them is flattened into this one (the runner's fans out to the CLI's): the same sinks in the
+        # same order, one loop per hook instead of one per level (hooks run for every chat).
+        self.sinks: list[Sink] = []
+        for s in sinks:
+            if type(s) is Fanout:
+                self.sinks.extend(s.sinks)
+            elif s is not None:
+                self.sinks.append(s)
 
     def chat_started(self, scenario: str) -> None:
         for s in self.sinks:
