@@ -585,6 +585,10 @@ class Finish(NamedTuple):
 
 Action = Connect | Send | Wait | Drop | Close | Reconnect | Finish
 CONNECT, DROP, CLOSE = Connect(), Drop(), Close()
+# The actions of every chat's steps are made as the tuples they are (`_action(Wait, (until,))`): a NamedTuple's own
+# constructor is a Python function (its generated `__new__`) on top, four times a chat.
+_action: Any = tuple.__new__
+_NO_WAIT = Wait(0.0)  # a new chat's, until it has a deadline (one for all)
 
 
 # A normal close (1000), going away (1001) and a close frame with no status code (1005, RFC 6455 7.1.5: what a browser's
@@ -735,7 +739,7 @@ class ChatFlow:
         self.events_at_reconnect: int | None = None  # events when the last resume was sent, until it is judged
         self.lost_note = ""
         self._until = 0.0
-        self._wait = Wait(0.0)
+        self._wait = _NO_WAIT
         # The message found the connection closed before it left (the server closed it between chats): 1 while the
         # client reconnects to send it again, 2 once it did (once per chat).
         self.resend = 0
@@ -809,7 +813,7 @@ class ChatFlow:
                 due = self.options.due_at
                 tracker.sent_at = tracker.last_at = now if due is None or due > now else due
                 self._until = tracker.wait_deadline()
-                self._wait = Wait(self._until)
+                self._wait = _action(Wait, (self._until,))
             self.generation = link.generation
             self.state = SENDING
             # Kept until sent (a message that found the connection closed is sent again on a new one), not for the
@@ -819,7 +823,8 @@ class ChatFlow:
                 self.frame = self.router.profile.build_request(
                     content=self.content, thread_id=tracker.thread_id, run_id=tracker.run_id,
                     message_id=tracker.message_id, user_id=self.user_id, history=self.history)
-            return Send(self.frame, "raw" if self.probe else "message")
+            send: Send = _action(Send, (self.frame, "raw" if self.probe else "message"))
+            return send
         if state == RESUMING:
             self.generation = link.generation
             self.router.checker.add(self.tracker)
@@ -933,7 +938,7 @@ class ChatFlow:
             self._until = verdict_due(tracker, self.options.settle)
             if now < self._until:
                 self.state = SETTLING
-                self._wait = Wait(self._until)
+                self._wait = _action(Wait, (self._until,))
                 return self._wait
         elif tracker.done and self._closed_within(link, verdict_due(tracker, self.options.settle)):
             # The run ended and the connection closed within its settle window before the chat was next stepped (in
@@ -986,7 +991,8 @@ class ChatFlow:
             # never as chats the client started.
             for run in judge_followups(self.tracker, now):
                 sink.chat_finished(run)
-        return Finish(result)
+        finish: Finish = _action(Finish, (result,))
+        return finish
 
     def _error(self, kind: str, message: str) -> None:
         tracker = self.tracker
