@@ -170,11 +170,14 @@ class Wake:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def arm(self, when: float, now: float) -> None:
-        """Have the deadline pass at `when` (clock time; `now` is the clock now), or within a millisecond after."""
+    def arm(self, when: float, now: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Have the deadline pass at `when` (clock time; `now` is the clock now), or within a millisecond after.
+        `loop`: the running loop, when the caller has it (asyncio.get_running_loop() is a getpid(2) system call each
+        time: a chat passes its own, looked up once)."""
         timer = self._timer
         if timer is None or self._timer_at > when:
-            loop = asyncio.get_running_loop()
+            if loop is None:
+                loop = asyncio.get_running_loop()
             deadlines = _deadlines(loop)
             if timer is not None:
                 self._timer = None
@@ -186,11 +189,13 @@ class Wake:
         """Two deadlines due at the same moment: either first (a heap entry compares its wake only then)."""
         return False
 
-    def until(self, when: float, now: float) -> asyncio.Future[None]:
+    def until(self, when: float, now: float, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[None]:
         """What to await: resolved by `set()` or at `when` (clock time; `now` is the clock now), whichever is first.
-        Whoever waits looks again afterwards: a wake is a reason to look, not a verdict."""
-        self.arm(when, now)
-        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        Whoever waits looks again afterwards: a wake is a reason to look, not a verdict. `loop`: as for `arm`."""
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        self.arm(when, now, loop)
+        self._waiter = waiter = loop.create_future()
         return waiter
 
     def cancel(self) -> None:
@@ -651,6 +656,7 @@ class Session(VirtualUser):
         """Perform what the chat's flow asks, with this connection and asyncio's waits, until its verdict (with
         `overlap`: until its settle window starts, then listen it out in the background)."""
         clock = self.clock
+        loop = asyncio.get_running_loop()  # once a chat, not at each of its waits
         wake = Wake()
         self._add_wake(flow.chat_id, wake)
         own_stream = False
@@ -661,10 +667,10 @@ class Session(VirtualUser):
                 action = flow.next(now, self)
                 if isinstance(action, Wait):
                     if overlap and flow.settling and not own_stream:
-                        self._listen_out(flow, wake, action.until, now)
+                        self._listen_out(flow, wake, action.until, now, loop)
                         background = True
                         return flow.provisional(clock()) if provisional else None
-                    waiter = wake.until(action.until, now)
+                    waiter = wake.until(action.until, now, loop)
                     del now  # not kept while the chat waits, maybe minutes (a float per open chat)
                     await waiter
                     del waiter
@@ -717,14 +723,15 @@ class Session(VirtualUser):
                 self._drop_wake(flow.chat_id)
                 wake.cancel()
 
-    def _listen_out(self, flow: ChatFlow, wake: Wake, until: float, now: float) -> None:
+    def _listen_out(self, flow: ChatFlow, wake: Wake, until: float, now: float,
+                    loop: asyncio.AbstractEventLoop) -> None:
         """A chat's settle window, in the background and with no task of its own: what wakes the chat (a late event,
         the connection's end, the window's end) asks its flow again; judged, to the sink, when the window ends."""
         if self._settling is None:
             self._settling = {}
         self._settling[flow] = wake
         wake.call = functools.partial(self._settle_step, flow, wake)
-        wake.arm(until, now)
+        wake.arm(until, now, loop)
 
     def _settle_step(self, flow: ChatFlow, wake: Wake) -> None:
         now = self.clock()
