@@ -643,3 +643,49 @@ def test_a_user_message_past_the_bound_is_left_out_never_sent_cut_under_its_id()
     conv.turn("c3", "t-1", "m-3", fits, continues=True, keep=True)
     assert conv.turn("c4", "t-1", "m-4", "z", continues=True, keep=True) == [
         {"id": "m-3", "role": "user", "content": fits}]
+
+
+def test_chat_ids_come_from_one_read_of_the_oss_randomness_per_batch_of_chats(monkeypatch):
+    """A chat's four ids are random digits read ahead for ID_BATCH chats (a getrandom(2) per chat cost a system call
+    each): every chat's still its own, as many random bits each."""
+    import os
+
+    import harness.flow as flow
+
+    reads = []
+    real = os.urandom
+
+    def counted(n: int) -> bytes:
+        reads.append(n)
+        return real(n)
+
+    monkeypatch.setattr(os, "urandom", counted)
+    monkeypatch.setattr(flow, "_random_ids", [])
+    chats = [flow.new_tracker(EXP, "s", 0.0, True) for _ in range(2 * flow.ID_BATCH)]
+    assert len(reads) <= 2
+    for ids in (c.thread_id for c in chats), (c.message_id for c in chats), (c.run_id for c in chats):
+        seen = list(ids)
+        assert len(set(seen)) == len(seen) and all(i is not None and len(i) == 14 for i in seen)
+
+
+def test_a_forked_child_never_reuses_the_ids_its_parent_read_ahead():
+    import os
+
+    import harness.flow as flow
+
+    flow.new_tracker(EXP, "s", 0.0, False)  # the parent has ids read ahead
+    if not flow._random_ids:
+        flow.new_tracker(EXP, "s", 0.0, False)
+    ahead = set(flow._random_ids)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next chat's digits, to the parent
+        try:
+            os.write(write_end, (flow.new_tracker(EXP, "s", 0.0, False).thread_id or "").encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        child = f.read().decode()
+    os.waitpid(pid, 0)
+    assert child.startswith("t-") and not any(d.startswith(child[2:]) for d in ahead)
