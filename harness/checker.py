@@ -365,7 +365,7 @@ class ChatTracker:
                     self.unkept_counts = {}
                 self.unkept_counts[role] = self.unkept_counts.get(role, 0) + 1
         at = ev.received_at
-        terminal = ev.terminal
+        terminal = role is _COMPLETED or (role is _ERROR and not ev.recoverable)  # Event.terminal, with no call
         if idx == 0:
             self.first_delay = at - self.sent_at
             # A run may fail before it starts: a fatal error as the first event is told to the user.

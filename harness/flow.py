@@ -377,7 +377,10 @@ class FrameRouter:
             self.answered = True
             if chat is None:
                 return WAKE_ALL, None
-            if chat.done or chat.root is not chat or chat.wake_id in self.every_event:
+            # chat.done and chat.root, read without their property calls for the events before the terminal one
+            # (done needs a terminal event or a connection error; `_root` is set only on a further run).
+            if (((chat.terminal_index is not None or chat.connection_error is not None) and chat.done)
+                    or chat._root is not None or chat.wake_id in self.every_event):
                 return chat.wake_id, None
             return None, None
         kind = decoded.kind
