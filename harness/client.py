@@ -436,14 +436,9 @@ class Session(VirtualUser):
         self._pending_sends.add(t)
         t.add_done_callback(self._pending_sends.discard)
 
-    async def _safe_send(self, obj: object, expectations: Expectations | None = None,
-                         since: float = 0.0) -> bool | None:
-        """Send a frame: True when sent; None when the connection was found closed before the frame left (the
-        server closed it between chats), False for any other failure (as SyncSession._send). The outcome is this
-        call's own: a pong sent meanwhile by another task, or another chat's send, cannot change it.
-        `expectations`: given (only with --record) for a chat's message or probe, which the recording writes with
-        them (Transport.send_chat), and `since`, when its times count from (its first try, or when an open-model chat
-        was due)."""
+    def _send_now(self, obj: object) -> bool | None:
+        """_safe_send on a transport that sends without waiting (picows): the same outcomes, with no coroutine made
+        and run for it (one a chat)."""
         transport = self.transport
         if transport is None:
             return False
@@ -452,14 +447,29 @@ class Session(VirtualUser):
             # asked before --record writes the frame, so that a recording holds no send that never went (`check`
             # would judge the message as crossing the server's close: sent twice, or a run lost).
             return None
+        try:
+            transport.send_now(obj)  # type: ignore[attr-defined]
+            return True
+        except ConnectionError:
+            return None
+        except Exception:
+            return False
+
+    async def _safe_send(self, obj: object, expectations: Expectations | None = None,
+                         since: float = 0.0) -> bool | None:
+        """Send a frame: True when sent; None when the connection was found closed before the frame left (the
+        server closed it between chats), False for any other failure (as SyncSession._send). The outcome is this
+        call's own: a pong sent meanwhile by another task, or another chat's send, cannot change it.
+        `expectations`: given (only with --record) for a chat's message or probe, which the recording writes with
+        them (Transport.send_chat), and `since`, when its times count from (its first try, or when an open-model chat
+        was due)."""
         if self._sends_now:
-            try:
-                transport.send_now(obj)  # type: ignore[attr-defined]
-                return True
-            except ConnectionError:
-                return None
-            except Exception:
-                return False
+            return self._send_now(obj)
+        transport = self.transport
+        if transport is None:
+            return False
+        if self.closed or transport.closing:
+            return None  # (as in _send_now)
         try:
             async with asyncio.timeout(self.connect_timeout):
                 if expectations is not None:
@@ -678,8 +688,11 @@ class Session(VirtualUser):
                     self._send_failure, self._send_note = None, ""
                     # --record: a chat's message (or probe) is written with what its step expected (expect_note).
                     recorded = self.target.recorder is not None and action.what != "resume"
-                    sent = await self._safe_send(action.frame, flow.tracker.exp if recorded else None,
-                                                 flow.tracker.sent_at)
+                    if self._sends_now:  # (what a transport that sends now is told of the chat: nothing more)
+                        sent = self._send_now(action.frame)
+                    else:
+                        sent = await self._safe_send(action.frame, flow.tracker.exp if recorded else None,
+                                                     flow.tracker.sent_at)
                     if sent and action.what == "message" and self.transport is not None and self.transport.connects_on_send:
                         own_stream = True  # SSE: the request opened this chat's stream
                         self.sink.connection_attempt(self.scenario, "ok")

@@ -394,7 +394,7 @@ class PicowsTransport(WSListener, RecordingHooks):
             data = obj
         else:
             data = _encode(obj)
-        ws.send(WSMsgType.TEXT, data)
+        ws.send(_TEXT, data)
 
     async def send(self, obj: Any) -> None:
         self.send_now(obj)
