@@ -702,7 +702,7 @@ async def refused_through_proxy(upstream_client, connect_timeout: float,
             await websockets.asyncio.client.connect(url, open_timeout=open_timeout)
         labels = dict(target="up", scenario="live", source="live")
         counted = {result: sample(metrics, "chatprobe_connections_total", result=result, **labels)
-                   for result in ("timeout", "auth_failed", "protocol_error")}
+                   for result in ("timeout", "auth_failed", "protocol_error", "refused")}
         return refused.value.response.status_code, counted
     finally:
         server.close()
@@ -736,6 +736,21 @@ async def test_an_upstreams_401_whose_body_never_ends_reaches_the_client_as_a_40
     status, counted = await refused_through_proxy(refuses, connect_timeout=10, open_timeout=5)
     assert status == 401
     assert counted["auth_failed"] == 1
+
+
+@pytest.mark.parametrize(("upstream_status", "client_status", "result"),
+                         [(503, 503, "refused"), (500, 500, "protocol_error"), (599, 502, "protocol_error")])
+async def test_an_upstreams_5xx_at_the_upgrade_reaches_the_client_as_it_came(upstream_status, client_status, result):
+    """An upstream refusing the upgrade with a server error (503 while it is overloaded or deploying, 500) is what the
+    client gets, as a 4xx is: a client told 503 backs off and retries, where a 502 of the proxy's own says the proxy
+    could not reach it. A status HTTP does not name (599) is no answer to pass on: a 502."""
+    async def refuses(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 {upstream_status} Whatever\r\nContent-Length: 0\r\n\r\n".encode())
+
+    status, counted = await refused_through_proxy(refuses, connect_timeout=10, open_timeout=5)
+    assert status == client_status
+    assert counted[result] == 1 and sum(counted.values()) == 1, counted
 
 
 def _upgrade_answer(head: bytes, extra: str = "", accept: str | None = None) -> bytes:
