@@ -87,3 +87,31 @@ def test_netra_events_naming_no_run_are_cross_talk_offline_as_live(tmp_path):
     [run] = json.loads(report.read_text())["scenarios"]
     [chat] = run["chats"]
     assert chat["outcome"] != "passed" and any(v["rule"] == "R8" for v in chat["violations"]), chat
+
+
+def test_connections_followed_at_once_are_bounded_the_least_recently_seen_judged_as_it_stands(tmp_path, monkeypatch):
+    """Past MAX_OPEN_CONNS connections followed at once, the least recently seen one is judged as it stands: a
+    recording of endless connections that never close must not hold them all (each with its router and checker)."""
+    import harness.offline as offline
+    from harness.profiles import load_profile
+    from harness.recordings import read_recording
+    from harness.scenario import Scenario
+
+    monkeypatch.setattr(offline, "MAX_OPEN_CONNS", 3)
+    recording = tmp_path / "endless-conns.jsonl"
+    with recording.open("w") as f:
+        for c in range(8):
+            f.write(json.dumps({"t": T + c, "dir": "send", "conn": f"c{c}", "frame": {
+                "type": "user_message", "payload": {"content": "q", "thread_id": f"t{c}", "message_id": f"m{c}"}}})
+                + "\n")
+            # c0 is seen again after each new connection: never the least recently seen, so never let go.
+            f.write(json.dumps({"t": T + c + 0.5, "dir": "recv", "conn": "c0",
+                                "frame": {"type": "heartbeat"}}) + "\n")
+    check = offline.OfflineCheck(load_profile("netra"), Scenario(name="endless"))
+    for rec in read_recording(recording):
+        check.feed(rec)
+        assert len(check.conns) <= offline.MAX_OPEN_CONNS
+    assert "c0" in check.conns  # the least recently seen went first, not the oldest opened
+    assert check.tally.chats == 5  # c1..c5 judged as they stood, counted
+    check.end()
+    assert check.tally.chats == 8
