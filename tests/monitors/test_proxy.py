@@ -235,13 +235,22 @@ async def test_a_server_that_drops_while_the_user_sends_closed_the_connection_it
                for r in sink.results), [(r.outcome, r.note) for r in sink.results]
 
 
-async def test_bad_token_is_passed_through_as_auth_failure():
+@pytest.mark.parametrize("auth", ["header", "subprotocol"])
+async def test_bad_token_is_passed_through_as_auth_failure(auth):
+    """The client's refusal is passed on as it came, and the proxy counts the attempt auth_failed, never ok: a server
+    reading the token from a subprotocol accepts the upgrade and refuses it in its first frame (AUTH_FAILED)."""
     sim, server, metrics, live, target = await setup()
     try:
-        bad = dataclasses.replace(target, tokens=TokenProvider(token="not-a-jwt"))
+        bad = dataclasses.replace(target, tokens=TokenProvider(token="not-a-jwt"), auth=auth)
         client = Session(bad, "mallory", "user", Recorder_())
         r = await client.chat("hi", EXP)
         assert r.outcome is Outcome.ERROR and r.error_kind == "auth_failed"
+        await client.close()
+        labels = dict(target="agentsim", scenario="live", source="live")
+        await until(lambda: not live.open)
+        counted = {result: sample(metrics, "chatprobe_connections_total", result=result, **labels)
+                   for result in ("ok", "auth_failed", "protocol_error")}
+        assert counted == {"ok": 0, "auth_failed": 1, "protocol_error": 0}, counted
     finally:
         server.close()
         await sim.stop()
