@@ -927,6 +927,40 @@ def test_a_small_step_back_of_the_recorded_clock_is_kept_in_order_and_passes(tmp
     assert result.time_to_first_event == 0
 
 
+def test_a_step_back_of_more_than_a_second_is_an_r12(tmp_path):
+    """The tolerance is a second (docs/recordings.md): a step back of two is the recording's problem, an R12 on the chat,
+    though its events are kept in order."""
+    recs = [send(1000.0)] + netra_run("r1", 997.9)  # its first event 2 s before the message
+    [run] = check_files([write_jsonl(tmp_path / "back2.jsonl", recs)], NETRA, SC)
+    [result] = run.results
+    assert result.outcome is Outcome.FAILED
+    assert any(v.rule == "R12" and "recorded time goes back 2.000s" in v.reason for v in result.violations), \
+        result.violations
+
+
+@pytest.mark.parametrize("bound", ["MAX_OPEN_PER_CONN", "MAX_OPEN_CHATS"])
+def test_chats_open_at_once_are_bounded_on_a_connection_and_in_all(tmp_path, monkeypatch, bound):
+    """Messages never answered, one connection (MAX_OPEN_PER_CONN) or one each on many (MAX_OPEN_CHATS): past the bound
+    the oldest open chat is judged as it stands (incomplete, CROWDED_NOTE), so that neither the open chats nor a
+    frame's routing over them grows without end; every chat is counted."""
+    from harness import offline
+    from harness.recordings import read_recording
+
+    monkeypatch.setattr(offline, bound, 3)
+    one_conn = bound == "MAX_OPEN_PER_CONN"
+    recs = [send(1000.0 + i, conn="c1" if one_conn else f"c{i}", thread=f"t{i}", message=f"m{i}") for i in range(7)]
+    check = offline.OfflineCheck(NETRA, SC)
+    for rec in read_recording(write_jsonl(tmp_path / "crowded.jsonl", recs)):
+        check.feed(rec)
+        assert len(check.open) <= 3 and all(len(c.open) <= 3 for c in check.conns.values())
+    assert check.tally.chats == 4  # the 4 oldest judged as they stood
+    check.end()
+    run = check.run("t", 1.0)
+    assert run.stats.chats == 7
+    crowded = [r for r in run.results if r.note == offline.CROWDED_NOTE]
+    assert len(crowded) == 4 and all(r.outcome is Outcome.INCOMPLETE for r in crowded)
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
