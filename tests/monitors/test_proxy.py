@@ -1319,3 +1319,56 @@ async def test_a_user_who_leaves_a_blank_screen_after_the_first_event_limit_is_a
     assert late.outcome is Outcome.FAILED and [v.rule.value for v in late.violations] == ["R9"], late.violations
     assert "no event within the 1s limit" in late.violations[0].reason
     assert early.outcome is Outcome.PASSED and not early.violations, early.violations
+
+
+@contextlib.asynccontextmanager
+async def _behind_proxy(handler):
+    """A websockets upstream served by `handler`, a proxy in front of it judging into fresh metrics: (the metrics, the
+    LiveChats, the proxy's ws:// URL)."""
+    upstream = await websockets.asyncio.server.serve(handler, "127.0.0.1", 0)
+    metrics = ChatMetrics(CollectorRegistry())
+    live = LiveChats(load_profile("netra"), MetricsSink(metrics, "up", "live"), EXP, "live", 0.2)
+    server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
+    try:
+        yield metrics, live, f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+    finally:
+        server.close()
+        upstream.close()
+
+
+async def test_an_upstream_that_accepts_then_closes_with_1008_before_any_frame_is_counted_auth_failed():
+    """A server that reads the credentials after the upgrade and refuses them with a bare close 1008 (policy
+    violation), no frame first: the proxy passes the close on and counts the attempt auth_failed, not ok."""
+    async def refuses(ws) -> None:
+        await ws.close(1008, "unauthorized")
+
+    async with _behind_proxy(refuses) as (metrics, live, url):
+        async with asyncio.timeout(20):
+            async with websockets.asyncio.client.connect(url, open_timeout=10) as ws:
+                with pytest.raises(websockets.ConnectionClosed):
+                    await ws.recv()
+            assert ws.close_code == 1008
+            await until(lambda: not live.open)
+        counted = {result: sample(metrics, "chatprobe_connections_total", result=result, target="up", scenario="live",
+                                  source="live") for result in ("ok", "auth_failed", "protocol_error")}
+        assert counted == {"ok": 0, "auth_failed": 1, "protocol_error": 0}, counted
+
+
+async def test_an_upstream_that_drops_the_connection_is_a_drop_for_the_client_too_not_a_clean_close():
+    """An upstream that crashes (a TCP reset, no close frame) is dropped for the client as it came: a clean 1000 in its
+    place would tell the client the server closed with a handshake (and a client sends again a message that crossed
+    such a close, docs/protocol.md, never one cut by a crash)."""
+    async def crashes(ws) -> None:
+        await ws.send(json.dumps({"type": "connection_established", "data": {"connection_id": "c", "user_id": "u"}}))
+        await ws.recv()
+        _reset(ws)
+
+    async with _behind_proxy(crashes) as (metrics, live, url):
+        async with asyncio.timeout(20):
+            async with websockets.asyncio.client.connect(url, open_timeout=10) as ws:
+                await ws.recv()
+                await ws.send(json.dumps({"type": "user_message", "payload": {"content": "hi", "thread_id": "t1",
+                                                                                "message_id": "m1"}}))
+                with pytest.raises(websockets.ConnectionClosed):
+                    await ws.recv()
+            assert ws.protocol.close_rcvd is None and ws.close_code == 1006, (ws.close_code, ws.close_reason)
