@@ -420,6 +420,7 @@ async def test_one_identity_cannot_take_every_place_held_for_a_resend():
     assert again is not None and cut("hostile", 10_000) == "held"  # a place given back is a place again
     live.stop()
     assert not results and not live.resends  # none judged: each held chat counted once, unjudged
+    assert not live._held_by  # no identity's count kept once it holds nothing (one key a user ever cut, for good)
     unjudged = metrics.registry.get_sample_value(
         "chatprobe_chats_unjudged_total", {"target": "up", "scenario": "live", "source": "live",
                                            "reason": "proxy_stopped"})
