@@ -1322,12 +1322,12 @@ async def test_a_user_who_leaves_a_blank_screen_after_the_first_event_limit_is_a
 
 
 @contextlib.asynccontextmanager
-async def _behind_proxy(handler):
-    """A websockets upstream served by `handler`, a proxy in front of it judging into fresh metrics: (the metrics, the
-    LiveChats, the proxy's ws:// URL)."""
+async def _behind_proxy(handler, recorder=None):
+    """A websockets upstream served by `handler`, a proxy in front of it judging into fresh metrics (and recording
+    into `recorder`): (the metrics, the LiveChats, the proxy's ws:// URL)."""
     upstream = await websockets.asyncio.server.serve(handler, "127.0.0.1", 0)
     metrics = ChatMetrics(CollectorRegistry())
-    live = LiveChats(load_profile("netra"), MetricsSink(metrics, "up", "live"), EXP, "live", 0.2)
+    live = LiveChats(load_profile("netra"), MetricsSink(metrics, "up", "live"), EXP, "live", 0.2, recorder)
     server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
     try:
         yield metrics, live, f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
@@ -1354,16 +1354,19 @@ async def test_an_upstream_that_accepts_then_closes_with_1008_before_any_frame_i
         assert counted == {"ok": 0, "auth_failed": 1, "protocol_error": 0}, counted
 
 
-async def test_an_upstream_that_drops_the_connection_is_a_drop_for_the_client_too_not_a_clean_close():
+async def test_an_upstream_that_drops_the_connection_is_a_drop_for_the_client_too_not_a_clean_close(tmp_path):
     """An upstream that crashes (a TCP reset, no close frame) is dropped for the client as it came: a clean 1000 in its
     place would tell the client the server closed with a handshake (and a client sends again a message that crossed
-    such a close, docs/protocol.md, never one cut by a crash)."""
+    such a close, docs/protocol.md, never one cut by a crash). The recording's close record says 1006 too, so that
+    `chatprobe check` reads the crash the proxy saw, not a closing handshake."""
+    from harness.recorder import Recorder
+
     async def crashes(ws) -> None:
         await ws.send(json.dumps({"type": "connection_established", "data": {"connection_id": "c", "user_id": "u"}}))
         await ws.recv()
         _reset(ws)
 
-    async with _behind_proxy(crashes) as (metrics, live, url):
+    async with _behind_proxy(crashes, Recorder(tmp_path / "rec", keep_all=True)) as (metrics, live, url):
         async with asyncio.timeout(20):
             async with websockets.asyncio.client.connect(url, open_timeout=10) as ws:
                 await ws.recv()
@@ -1372,3 +1375,7 @@ async def test_an_upstream_that_drops_the_connection_is_a_drop_for_the_client_to
                 with pytest.raises(websockets.ConnectionClosed):
                     await ws.recv()
             assert ws.protocol.close_rcvd is None and ws.close_code == 1006, (ws.close_code, ws.close_reason)
+            await until(lambda: not live.open)
+    (recording,) = (tmp_path / "rec").glob("*.jsonl")
+    (close,) = [r for r in map(json.loads, recording.read_text().splitlines()) if r["dir"] == "close"]
+    assert close.get("code") == 1006 and "by" not in close, close
