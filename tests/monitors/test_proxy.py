@@ -1379,3 +1379,21 @@ async def test_an_upstream_that_drops_the_connection_is_a_drop_for_the_client_to
     (recording,) = (tmp_path / "rec").glob("*.jsonl")
     (close,) = [r for r in map(json.loads, recording.read_text().splitlines()) if r["dir"] == "close"]
     assert close.get("code") == 1006 and "by" not in close, close
+
+
+@pytest.mark.parametrize("code", [3000, 4000, 1011])
+async def test_an_upstreams_close_code_of_a_registered_or_private_range_reaches_the_client(code):
+    """A close code the upstream may send on (1011, IANA's registered 3000-3999: 3000 "unauthorized" of some servers,
+    the application's 4000-4999) reaches the client as it came, with its reason: a 1000 in its place tells the client
+    all was well."""
+    async def closes(ws) -> None:
+        await ws.send(json.dumps({"type": "connection_established", "data": {"connection_id": "c", "user_id": "u"}}))
+        await ws.close(code, "why")
+
+    async with _behind_proxy(closes) as (metrics, live, url):
+        async with asyncio.timeout(20):
+            async with websockets.asyncio.client.connect(url, open_timeout=10) as ws:
+                await ws.recv()
+                with pytest.raises(websockets.ConnectionClosed):
+                    await ws.recv()
+            assert (ws.close_code, ws.close_reason) == (code, "why")
