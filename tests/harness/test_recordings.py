@@ -961,6 +961,26 @@ def test_chats_open_at_once_are_bounded_on_a_connection_and_in_all(tmp_path, mon
     assert len(crowded) == 4 and all(r.outcome is Outcome.INCOMPLETE for r in crowded)
 
 
+def test_messages_held_for_a_resend_are_bounded(tmp_path, monkeypatch):
+    """Chats the server cut before any event (no run id: held for their message to be sent again, until their
+    deadline) are held at most MAX_PARKED at once: past it the chat is judged at once, lost, not held without end."""
+    from harness import offline
+    from harness.recordings import read_recording
+
+    monkeypatch.setattr(offline, "MAX_PARKED", 3)
+    recs = []
+    for i in range(6):
+        recs += [send(1000.0 + i, conn=f"u{i}.1", thread=f"t{i}", message=f"m{i}"),
+                 {"t": 1000.5 + i, "dir": "close", "conn": f"u{i}.1", "code": 1006}]
+    check = offline.OfflineCheck(NETRA, SC)
+    for rec in read_recording(write_jsonl(tmp_path / "cut.jsonl", recs)):
+        check.feed(rec)
+        assert len(check.resends) <= 3
+    assert len(check.resends) == 3 and check.tally.chats == 3  # the rest judged as they stood
+    check.end()
+    assert check.run("t", 1.0).stats.chats == 6
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
