@@ -981,6 +981,19 @@ def test_messages_held_for_a_resend_are_bounded(tmp_path, monkeypatch):
     assert check.run("t", 1.0).stats.chats == 6
 
 
+@pytest.mark.parametrize(("code", "warned"), [(1006, False), (1000, True)])
+def test_a_message_sent_again_is_warned_r13_only_after_a_closing_handshake(tmp_path, code, warned):
+    """A message whose connection closed before any event of its run, sent again on the user's next connection: the
+    same chat, timed from its first try. The live client warns R13 when the close was a closing handshake (the server
+    closed cleanly as the message went), never after a crash (1006): so does check."""
+    recs = [send(1000.0, conn="u1.1"), {"t": 1000.1, "dir": "close", "conn": "u1.1", "code": code},
+            send(1000.2, conn="u1.2")] + netra_run("r1", 1000.2, conn="u1.2")
+    [run] = check_files([write_jsonl(tmp_path / "again.jsonl", recs)], NETRA, SC)
+    [result] = run.results
+    assert result.outcome is Outcome.PASSED, result.violations
+    assert [w.rule.value for w in result.warnings] == (["R13"] if warned else []), result.warnings
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
