@@ -1397,3 +1397,37 @@ async def test_an_upstreams_close_code_of_a_registered_or_private_range_reaches_
                 with pytest.raises(websockets.ConnectionClosed):
                     await ws.recv()
             assert (ws.close_code, ws.close_reason) == (code, "why")
+
+
+async def test_a_chat_the_server_cuts_while_the_proxy_drains_is_unjudged_not_parked_where_no_resume_can_come():
+    """The proxy drains (SIGTERM: its listener closed, so no resume or resend can reach it) and the server cuts a chat
+    mid-run (a sidecar's server stopping with it): the chat is counted unjudged (proxy_stopped) at once, as one kept
+    for a resume is at the drain's start. Parked instead, it waited for a resume that cannot come, out of every count
+    (the drain's start had counted the parked chats already): in flight for good on the dashboard."""
+    cut = asyncio.Event()
+
+    async def cuts_mid_run(ws) -> None:
+        await ws.send(json.dumps({"type": "connection_established", "data": {"connection_id": "c", "user_id": "u"}}))
+        p = json.loads(await ws.recv())["payload"]
+        await ws.send(json.dumps({"type": "agent_started", "run_id": "r1", "thread_id": p["thread_id"], "seq": 1,
+                                  "user_id": "u", "payload": {"message_id": p["message_id"]}}))
+        await cut.wait()
+        await ws.close(1001, "going away")
+
+    async with _behind_proxy(cuts_mid_run) as (metrics, live, url):
+        labels = dict(target="up", scenario="live", source="live")
+        async with asyncio.timeout(20):
+            async with websockets.asyncio.client.connect(url, open_timeout=10) as ws:
+                await ws.recv()
+                await ws.send(json.dumps({"type": "user_message", "payload": {"content": "hi", "thread_id": "t1",
+                                                                                "message_id": "m1"}}))
+                assert json.loads(await ws.recv())["type"] == "agent_started"
+                await until(lambda: sample(metrics, "chatprobe_chats_in_flight", **labels) == 1)
+                live.begin_stop()
+                cut.set()
+                with pytest.raises(websockets.ConnectionClosed):
+                    await ws.recv()
+            await until(lambda: not live.open)
+        assert not live.parked
+        assert sample(metrics, "chatprobe_chats_unjudged_total", reason="proxy_stopped", **labels) == 1
+        assert sample(metrics, "chatprobe_chats_in_flight", **labels) == 0
