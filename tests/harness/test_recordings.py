@@ -994,6 +994,19 @@ def test_a_message_sent_again_is_warned_r13_only_after_a_closing_handshake(tmp_p
     assert [w.rule.value for w in result.warnings] == (["R13"] if warned else []), result.warnings
 
 
+@pytest.mark.parametrize(("code", "chats"), [(1000, ["error"]), (1006, ["error", "incomplete"])])
+def test_a_failed_connect_is_the_error_of_a_message_to_be_sent_again_only_after_a_closing_handshake(tmp_path, code,
+                                                                                                   chats):
+    """The user's next connection never became usable (refused) while a message of theirs waited to be sent again:
+    after a closing handshake the live client sends that message again for certain, so the failure is that chat's
+    (one error chat); after a crash (1006) the recording cannot tell which chat's attempt failed, so the failure is a
+    chat of its own and the message's chat is judged as it stood when its connection closed (docs/recordings.md)."""
+    recs = [send(1000.0, conn="u1.1"), {"t": 1000.1, "dir": "close", "conn": "u1.1", "code": code},
+            {"t": 1000.2, "dir": "close", "conn": "u1.2", "failed": "refused", "reason": "connection refused"}]
+    [run] = check_files([write_jsonl(tmp_path / "refused.jsonl", recs)], NETRA, SC)
+    assert sorted(r.outcome.value for r in run.results) == chats, [(r.outcome, r.note) for r in run.results]
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
