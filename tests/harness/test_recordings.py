@@ -1007,6 +1007,21 @@ def test_a_failed_connect_is_the_error_of_a_message_to_be_sent_again_only_after_
     assert sorted(r.outcome.value for r in run.results) == chats, [(r.outcome, r.note) for r in run.results]
 
 
+def test_connection_labels_sharing_what_follows_a_colon_are_still_two_users(tmp_path):
+    """A connection label names its user (`USER.N`); only a merge's `FILE:` prefix (digits) is not the user's. Labels
+    `alice:web.1` and `bob:web.2` are two users: bob's resume of the run alice's dropped connection carried adopts
+    nothing (R8 isolation, as the proxy matches a resume by credentials), and alice's chat is judged lost."""
+    run = netra_run("r1", 1000.0, conn="alice:web.1")
+    recs = [send(1000.0, conn="alice:web.1"), *run[:2], {"t": 1000.2, "dir": "close", "conn": "alice:web.1", "code": 1006},
+            {"t": 1000.5, "dir": "send", "conn": "bob:web.2",
+             "frame": {"type": "resume", "payload": {"run_id": "r1", "last_seq": 2}}}]
+    recs += [{**r, "conn": "bob:web.2", "t": r["t"] + 0.5} for r in run[2:]]
+    [checked] = check_files([write_jsonl(tmp_path / "two-users.jsonl", recs)], NETRA, SC)
+    alice = [r for r in checked.results if r.chat_id.startswith("alice:web.1#")]
+    assert [r.outcome for r in alice] == [Outcome.INCOMPLETE], [(r.chat_id, r.outcome) for r in checked.results]
+    assert Outcome.PASSED not in [r.outcome for r in checked.results]
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
