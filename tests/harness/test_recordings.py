@@ -1022,6 +1022,17 @@ def test_connection_labels_sharing_what_follows_a_colon_are_still_two_users(tmp_
     assert Outcome.PASSED not in [r.outcome for r in checked.results]
 
 
+def test_a_chat_sent_late_is_timed_from_when_it_was_due_as_live(tmp_path):
+    """An open-model chat whose message left later than it was due (a send record's `due`): its times count from the
+    due time, as live, so a first event 0.6 s after the send but 1.1 s after the due time is an R9 (limit 1 s)."""
+    recs = [{**send(1000.5), "due": 1000.0}] + netra_run("r1", 1000.5, roles=ROLES)
+    recs[1]["t"] = 1001.1  # the first event: 0.6 s after the send, 1.1 s after it was due
+    [run] = check_files([write_jsonl(tmp_path / "late.jsonl", recs)], NETRA, SC)
+    [result] = run.results
+    assert [v.rule.value for v in result.violations] == ["R9"], result.violations
+    assert result.time_to_first_event is not None and abs(result.time_to_first_event - 1.1) < 1e-6
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
