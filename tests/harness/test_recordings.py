@@ -1033,6 +1033,21 @@ def test_a_chat_sent_late_is_timed_from_when_it_was_due_as_live(tmp_path):
     assert result.time_to_first_event is not None and abs(result.time_to_first_event - 1.1) < 1e-6
 
 
+def test_another_users_resume_never_adopts_a_chat_still_open_on_its_users_connection(tmp_path):
+    """Bob's resume of the run alice's chat follows on her connection, still open: adopts nothing (as the proxy looks
+    for a resumed run among the same user's connections only); bob's events never reach alice's chat."""
+    run = netra_run("r1", 1000.0, conn="alice.1")
+    recs = [send(1000.0, conn="alice.1"), *run[:2],
+            {"t": 1000.5, "dir": "send", "conn": "bob.1",
+             "frame": {"type": "resume", "payload": {"run_id": "r1", "last_seq": 2}}}]
+    recs += [{**r, "conn": "bob.1", "t": r["t"] + 0.5} for r in run[2:]]
+    recs.append({"t": 1001.0, "dir": "close", "conn": "alice.1", "by": "client"})
+    [checked] = check_files([write_jsonl(tmp_path / "open.jsonl", recs)], NETRA, SC)
+    alice = [r for r in checked.results if r.chat_id.startswith("alice.1#")]
+    # Left by her client mid-run (abandoned, judged on what arrived): her two events, none of bob's.
+    assert len(alice) == 1 and alice[0].abandoned_at == 1001.0 and alice[0].events_received == 2, alice
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
