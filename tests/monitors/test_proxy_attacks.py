@@ -425,3 +425,24 @@ async def test_one_identity_cannot_take_every_place_held_for_a_resend():
         "chatprobe_chats_unjudged_total", {"target": "up", "scenario": "live", "source": "live",
                                            "reason": "proxy_stopped"})
     assert unjudged == MAX_RESENDS_EACH + 1
+
+
+def test_the_chats_held_for_a_resend_are_bounded_in_all(monkeypatch):
+    """Past MAX_RESENDS chats held at once (across users), the next is not held (PARKING_FULL: its connection counts it
+    unjudged), whoever's it is; a place let go is a place again."""
+    from harness.sinks import PARKING_FULL
+    from monitors import proxy
+    from monitors.proxy import LiveTracker
+
+    monkeypatch.setattr(proxy, "MAX_RESENDS", 5)
+    exp = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=10.0)
+    live = LiveChats(load_profile("netra"), MetricsSink(ChatMetrics(CollectorRegistry()), "up", "live"), exp, "live",
+                     0.05)
+
+    def cut(identity: str) -> str:
+        chat = LiveTracker(f"c-{identity}", exp, 0.0, scenario="live", thread_id="t", message_id="m")
+        return live.hold_for_resend(identity, chat, 0.0, True)
+
+    assert [cut(f"user-{n}") for n in range(7)] == ["held"] * 5 + [PARKING_FULL] * 2
+    assert live.take_resend("user-0", "m") is not None and cut("user-7") == "held"
+    live.stop()
