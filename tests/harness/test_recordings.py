@@ -1048,6 +1048,20 @@ def test_another_users_resume_never_adopts_a_chat_still_open_on_its_users_connec
     assert len(alice) == 1 and alice[0].abandoned_at == 1001.0 and alice[0].events_received == 2, alice
 
 
+def test_a_chat_resumed_on_a_new_connection_counts_the_attempt_that_opened_it(tmp_path):
+    """A run resumed on the user's next connection after a drop: the reconnect is `resumed` and the attempt that opened
+    that connection is the chat's (reconnect_attempts 1), as live counts it (chatprobe_reconnect_attempts_total)."""
+    run = netra_run("r1", 1000.0, conn="u1.1")
+    recs = [send(1000.0, conn="u1.1"), *run[:2], {"t": 1000.2, "dir": "close", "conn": "u1.1", "code": 1006},
+            {"t": 1000.5, "dir": "send", "conn": "u1.2",
+             "frame": {"type": "resume", "payload": {"run_id": "r1", "last_seq": 2}}}]
+    recs += [{**r, "conn": "u1.2", "t": r["t"] + 0.5} for r in run[2:]]
+    [checked] = check_files([write_jsonl(tmp_path / "resumed.jsonl", recs)], NETRA, SC)
+    [result] = checked.results
+    assert result.outcome is Outcome.PASSED and result.reconnects == ["resumed"], result
+    assert result.reconnect_attempts == 1
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
