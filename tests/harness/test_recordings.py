@@ -1062,6 +1062,42 @@ def test_a_chat_resumed_on_a_new_connection_counts_the_attempt_that_opened_it(tm
     assert result.reconnect_attempts == 1
 
 
+def test_a_failed_reconnect_the_client_retried_keeps_the_chat_for_its_resume(tmp_path):
+    """A reconnect to resume that failed with "retry": true (the client tried again after a backoff): the chat stays
+    kept, and the next attempt's resume finds it (resumed, two attempts), as live; only a last attempt loses it."""
+    run = netra_run("r1", 1000.0, conn="u1.1")
+    recs = [send(1000.0, conn="u1.1"), *run[:2], {"t": 1000.2, "dir": "close", "conn": "u1.1", "code": 1006},
+            {"t": 1000.4, "dir": "close", "conn": "u1.2", "failed": "refused", "reason": "connection refused",
+             "resume": True, "retry": True},
+            {"t": 1000.5, "dir": "send", "conn": "u1.3",
+             "frame": {"type": "resume", "payload": {"run_id": "r1", "last_seq": 2}}}]
+    recs += [{**r, "conn": "u1.3", "t": r["t"] + 0.5} for r in run[2:]]
+    [checked] = check_files([write_jsonl(tmp_path / "retried.jsonl", recs)], NETRA, SC)
+    [result] = checked.results
+    assert result.outcome is Outcome.PASSED and result.reconnects == ["resumed"], result
+    assert result.reconnect_attempts == 2
+
+
+def test_a_message_never_sent_again_is_judged_as_it_stood_when_its_connection_closed(tmp_path):
+    """Cut before any event (held for a resend) and never sent again before the recording ends: judged as it stood at
+    its connection's close, 0.2 s after the message, not at the recording's end (no R9 for a first event limit that
+    passed after the close)."""
+    recs = [send(1000.0, conn="u1.1"), {"t": 1000.2, "dir": "close", "conn": "u1.1", "code": 1006},
+            {"t": 1003.0, "dir": "recv", "conn": "u2.1", "frame": json.dumps({"type": "heartbeat"})}]
+    [checked] = check_files([write_jsonl(tmp_path / "never-again.jsonl", recs)], NETRA, SC)
+    [result] = checked.results
+    assert result.outcome is Outcome.INCOMPLETE and not result.violations, result.violations
+
+
+def test_a_message_held_for_a_resend_when_the_proxy_stopped_is_unjudged_as_the_proxy_counted_it(tmp_path):
+    """The proxy's recording: a chat cut before any event (held for its user's resend), then the proxy's stop record.
+    Not judged (proxy_stopped), as the proxy counted it, never an incomplete chat the server is blamed for."""
+    recs = [send(1000.0, conn="live-a.1"), {"t": 1000.2, "dir": "close", "conn": "live-a.1", "code": 1006},
+            {"t": 1001.0, "dir": "close", "conn": "proxy-stop.2", "by": "proxy-stop"}]
+    [checked] = check_files([write_jsonl(tmp_path / "stopped.jsonl", recs)], NETRA, SC)
+    assert checked.results == [] and "proxy_stopped: 1" in checked.errors[0], checked.errors
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
