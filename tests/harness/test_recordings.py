@@ -1098,6 +1098,30 @@ def test_a_message_held_for_a_resend_when_the_proxy_stopped_is_unjudged_as_the_p
     assert checked.results == [] and "proxy_stopped: 1" in checked.errors[0], checked.errors
 
 
+def test_a_resume_of_a_run_whose_end_the_client_left_with_is_that_judged_chats(tmp_path):
+    """The run ended and the client left (a page reload as the terminal event was forwarded); its user's next
+    connection resumes the run and the server replays its end: those events are the judged chat's, not a chat of
+    their own failing R1, R2, R7 (as the proxy remembers the runs of a connection its client closed)."""
+    run = netra_run("r1", 1000.0, conn="u1.1")
+    recs = [send(1000.0, conn="u1.1"), *run, {"t": 1000.2, "dir": "close", "conn": "u1.1", "by": "client"},
+            {"t": 1000.5, "dir": "send", "conn": "u1.2",
+             "frame": {"type": "resume", "payload": {"run_id": "r1", "last_seq": 3}}}]
+    recs += [{**r, "conn": "u1.2", "t": r["t"] + 0.5} for r in run[3:]]
+    recs.append({"t": 1001.0, "dir": "close", "conn": "u1.2", "by": "client"})
+    [checked] = check_files([write_jsonl(tmp_path / "reload.jsonl", recs)], NETRA, SC)
+    assert verdicts(checked) == [("r1", "passed", [])]
+
+
+def test_a_directory_run_of_more_files_than_check_merges_is_refused_before_any_is_read(tmp_path, monkeypatch):
+    from harness import offline
+
+    monkeypatch.setattr(offline, "MAX_FILES_MERGED", 3)
+    for n in range(4):
+        write_jsonl(tmp_path / f"20261205T085630Z-abcdef-{n:06d}-u{n}.jsonl", [send(1000.0 + n, conn=f"u{n}.1")])
+    with pytest.raises(RecordingError, match="4 files, more than the 3 judged together"):
+        check_files([tmp_path], NETRA, SC)
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
