@@ -1122,6 +1122,21 @@ def test_a_directory_run_of_more_files_than_check_merges_is_refused_before_any_i
         check_files([tmp_path], NETRA, SC)
 
 
+@pytest.mark.parametrize(("after", "warned"), [(0.1, True), (0.4, False)])
+def test_an_event_just_after_its_chats_verdict_was_due_is_said_within_the_late_margin_only(tmp_path, after, warned):
+    """An event of a chat judged already, `after` seconds past its verdict's due time (the settle window's end): said
+    among the run's warnings within LATE_MARGIN (0.25 s: a live timer late under load may have taken it in), not past
+    it. The chat is the connection's second: the margin is measured from that chat's verdict, not the first one's."""
+    first = netra_run("r1", 1000.0, conn="u1.1")
+    second = netra_run("r2", 1002.0, conn="u1.1", thread="t2")
+    late = {**second[-1], "t": second[-1]["t"] + 0.05 + after}  # settle 0.05 s
+    recs = [send(1000.0, conn="u1.1"), *first, send(1002.0, conn="u1.1", thread="t2", message="m2"), *second, late]
+    [checked] = check_files([write_jsonl(tmp_path / "late.jsonl", recs)], NETRA, SC)
+    assert [r.outcome for r in checked.results] == [Outcome.PASSED, Outcome.PASSED]
+    assert any("came within 0.25s after their chat's verdict was due" in w for w in checked.warnings) is warned, \
+        checked.warnings
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
