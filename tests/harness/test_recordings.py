@@ -1137,6 +1137,19 @@ def test_an_event_just_after_its_chats_verdict_was_due_is_said_within_the_late_m
         checked.warnings
 
 
+def test_events_are_judged_by_the_recorded_user_not_the_welcomes_as_live(tmp_path):
+    """A connection's first record names the user its client authenticated as (`user`, its token's `sub`): R8 judges
+    the events by it, as live, never by the user id the welcome names (a tenant's, here), which would make every event
+    of the user's own run another user's."""
+    run = netra_run("r1", 1000.0, conn="u1.1")
+    for r in run:
+        r["frame"] = json.dumps({**json.loads(r["frame"]), "user_id": "alice"})
+    welcome = {"t": 999.9, "dir": "recv", "conn": "u1.1", "user": "alice",
+               "frame": json.dumps({"type": "connection_established", "data": {"connection_id": "c", "user_id": "t7"}})}
+    [checked] = check_files([write_jsonl(tmp_path / "user.jsonl", [welcome, send(1000.0, conn="u1.1"), *run])], NETRA, SC)
+    assert verdicts(checked) == [("r1", "passed", [])]
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
