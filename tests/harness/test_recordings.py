@@ -1150,6 +1150,20 @@ def test_events_are_judged_by_the_recorded_user_not_the_welcomes_as_live(tmp_pat
     assert verdicts(checked) == [("r1", "passed", [])]
 
 
+def test_a_second_run_on_one_saved_sse_body_is_a_further_run_of_its_chat_not_a_chat_of_its_own(tmp_path):
+    """One SSE response answers one request: a run the body carries after its first is that stream's further run, as
+    the live client counts it (one chat started), not a second chat."""
+    f = tmp_path / "two-runs.sse"
+    f.write_bytes(b'data: {"type":"RUN_STARTED","threadId":"t","runId":"r1"}\n\n'
+                  b'data: {"type":"RUN_FINISHED","threadId":"t","runId":"r1"}\n\n'
+                  b'data: {"type":"RUN_STARTED","threadId":"t","runId":"r2"}\n\n'
+                  b'data: {"type":"RUN_FINISHED","threadId":"t","runId":"r2"}\n\n')
+    [run] = check_files([f], AGUI, SC)
+    assert [(r.run_id, r.outcome, r.further_run) for r in run.results] == [("r1", Outcome.PASSED, False),
+                                                                          ("r2", Outcome.PASSED, True)]
+    assert run.stats.chats == 1
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
