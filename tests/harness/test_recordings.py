@@ -1164,6 +1164,20 @@ def test_a_second_run_on_one_saved_sse_body_is_a_further_run_of_its_chat_not_a_c
     assert run.stats.chats == 1
 
 
+def test_dropped_frames_past_the_warnings_listed_are_still_counted_in_all(tmp_path):
+    """The first MAX_DROPPED_WARNINGS connections whose recorder dropped frames are each said; past them, one warning
+    gives how many connections in all: no gap goes unsaid however many there are."""
+    from harness.offline import MAX_DROPPED_WARNINGS
+
+    n = MAX_DROPPED_WARNINGS + 3
+    recs = []
+    for i in range(n):
+        recs += [send(1000.0 + i, conn=f"u{i}.1"), {"t": 1000.1 + i, "dir": "dropped", "conn": f"u{i}.1", "frames": 2}]
+    [checked] = check_files([write_jsonl(tmp_path / "gaps.jsonl", recs)], NETRA, SC)
+    assert sum("the recording dropped 2 frames of connection" in w for w in checked.warnings) == MAX_DROPPED_WARNINGS
+    assert f"the recording dropped frames on {n} connections in all" in checked.warnings, checked.warnings
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
