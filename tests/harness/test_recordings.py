@@ -1178,6 +1178,21 @@ def test_dropped_frames_past_the_warnings_listed_are_still_counted_in_all(tmp_pa
     assert f"the recording dropped frames on {n} connections in all" in checked.warnings, checked.warnings
 
 
+def test_a_json_lines_frame_written_as_an_object_is_held_to_the_frame_limit_and_a_user_to_its_own(tmp_path):
+    """A record's frame written as a JSON object (not a string) is bounded by the frame limit once written out, as a
+    string frame is; a record's `user` past MAX_USER characters is the record's problem (an R12), not an id kept."""
+    from harness.recordings import MAX_USER
+
+    f = write_jsonl(tmp_path / "big.jsonl", [
+        {"t": 1.0, "dir": "recv", "conn": "c1", "frame": {"type": "agent_thinking", "pad": "x" * 150}},
+        {"t": 2.0, "dir": "recv", "conn": "c1", "frame": "{}", "user": "u" * (MAX_USER + 1)},
+        {"t": 3.0, "dir": "recv", "conn": "c1", "frame": "{}", "user": "u" * MAX_USER}])
+    big, long_user, user = list(read_recording(f, max_frame=100))
+    assert big.direction == "problem" and "frame larger than the 100 byte limit" in big.detail, big
+    assert long_user.direction == "problem" and "field 'user'" in long_user.detail, long_user
+    assert user.direction == "recv" and user.user == "u" * MAX_USER
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
