@@ -1322,12 +1322,12 @@ async def test_a_user_who_leaves_a_blank_screen_after_the_first_event_limit_is_a
 
 
 @contextlib.asynccontextmanager
-async def _behind_proxy(handler, recorder=None):
+async def _behind_proxy(handler, recorder=None, exp=EXP, sink=None):
     """A websockets upstream served by `handler`, a proxy in front of it judging into fresh metrics (and recording
     into `recorder`): (the metrics, the LiveChats, the proxy's ws:// URL)."""
     upstream = await websockets.asyncio.server.serve(handler, "127.0.0.1", 0)
     metrics = ChatMetrics(CollectorRegistry())
-    live = LiveChats(load_profile("netra"), MetricsSink(metrics, "up", "live"), EXP, "live", 0.2, recorder)
+    live = LiveChats(load_profile("netra"), (sink or MetricsSink)(metrics, "up", "live"), exp, "live", 0.2, recorder)
     server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
     try:
         yield metrics, live, f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
@@ -1431,3 +1431,33 @@ async def test_a_chat_the_server_cuts_while_the_proxy_drains_is_unjudged_not_par
         assert not live.parked
         assert sample(metrics, "chatprobe_chats_unjudged_total", reason="proxy_stopped", **labels) == 1
         assert sample(metrics, "chatprobe_chats_in_flight", **labels) == 0
+
+
+async def test_a_message_never_sent_again_is_judged_at_its_deadline_as_it_stood_when_its_connection_closed():
+    """A chat the server cut before any event, held for its user's resend that never comes: judged at its deadline as
+    it stood when its connection closed (`chatprobe check` judges it so), not as it stands at the deadline: no R9 for
+    a first-event limit that passed after the close."""
+    results = []
+
+    class Kept(MetricsSink):
+        def chat_finished(self, result):
+            results.append(result)
+            super().chat_finished(result)
+
+    async def crashes(ws) -> None:
+        await ws.send(json.dumps({"type": "connection_established", "data": {"connection_id": "c", "user_id": "u"}}))
+        await ws.recv()
+        _reset(ws)
+
+    exp = Expectations(required=frozenset(DEFAULT_REQUIRED), first_event_limit=0.5, deadline=1.0)
+    async with _behind_proxy(crashes, exp=exp, sink=Kept) as (metrics, live, url):
+        async with asyncio.timeout(20):
+            async with websockets.asyncio.client.connect(url, open_timeout=10) as ws:
+                await ws.recv()
+                await ws.send(json.dumps({"type": "user_message", "payload": {"content": "hi", "thread_id": "t1",
+                                                                                "message_id": "m1"}}))
+                with pytest.raises(websockets.ConnectionClosed):
+                    await ws.recv()
+            await until(lambda: results)
+    [result] = results
+    assert result.outcome is Outcome.INCOMPLETE and not result.violations, result.violations
