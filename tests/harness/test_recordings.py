@@ -1193,6 +1193,17 @@ def test_a_json_lines_frame_written_as_an_object_is_held_to_the_frame_limit_and_
     assert user.direction == "recv" and user.user == "u" * MAX_USER
 
 
+def test_a_records_connection_name_is_cut_and_a_due_after_its_send_is_a_problem(tmp_path):
+    """A `conn` of kilobytes is kept to its first 200 characters (every record of the connection holds it); a send
+    record's `due` later than the record's own time is no due time (at most a day before it): the record's problem."""
+    f = write_jsonl(tmp_path / "odd.jsonl", [
+        {"t": 1.0, "dir": "recv", "conn": "c" * 10_000, "frame": "{}"},
+        {**send(1000.0), "due": 1000.5}])
+    long_conn, late_due = list(read_recording(f))
+    assert long_conn.direction == "recv" and long_conn.conn == "c" * 200
+    assert late_due.direction == "problem" and "field 'due'" in late_due.detail, late_due
+
+
 def test_a_byte_order_mark_before_a_recording_is_no_problem(tmp_path):
     f = tmp_path / "bom.jsonl"
     write_jsonl(f, [send(1.0)] + netra_run("r1", 1.0))
