@@ -1194,13 +1194,16 @@ def test_a_json_lines_frame_written_as_an_object_is_held_to_the_frame_limit_and_
 
 
 def test_a_records_connection_name_is_cut_and_a_due_after_its_send_is_a_problem(tmp_path):
-    """A `conn` of kilobytes is kept to its first 200 characters (every record of the connection holds it); a send
-    record's `due` later than the record's own time is no due time (at most a day before it): the record's problem."""
+    """A `conn` of kilobytes is kept to its first 200 characters (every record of the connection holds it), a close
+    record's `error` and `reason` to 1,024; a send record's `due` later than the record's own time is no due time (at
+    most a day before it): the record's problem."""
     f = write_jsonl(tmp_path / "odd.jsonl", [
         {"t": 1.0, "dir": "recv", "conn": "c" * 10_000, "frame": "{}"},
-        {**send(1000.0), "due": 1000.5}])
-    long_conn, late_due = list(read_recording(f))
+        {**send(1000.0), "due": 1000.5},
+        {"t": 2.0, "dir": "close", "conn": "c1", "error": "e" * 10_000, "failed": "refused", "reason": "r" * 10_000}])
+    long_conn, late_due, close = list(read_recording(f))
     assert long_conn.direction == "recv" and long_conn.conn == "c" * 200
+    assert close.error == "e" * 1024 and close.reason == "r" * 1024  # what the reports quote of them, bounded
     assert late_due.direction == "problem" and "field 'due'" in late_due.detail, late_due
 
 
