@@ -807,7 +807,7 @@ async def test_an_upstream_answering_the_upgrade_with_what_was_not_asked_is_a_50
 
     status, counted = await refused_through_proxy(hostile, connect_timeout=5, open_timeout=10)
     assert status == 502
-    assert counted == {"timeout": 0, "auth_failed": 0, "protocol_error": 1}, counted
+    assert counted == {"timeout": 0, "auth_failed": 0, "protocol_error": 1, "refused": 0}, counted
     assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records), caplog.text
 
 
