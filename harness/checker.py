@@ -335,11 +335,12 @@ class ChatTracker:
         if self._result is not None:
             self._after_verdict(ev)
             return
-        if self.terminal_index is None and ev.received_at > self.sent_at + self.exp.deadline and self._root is None:
+        if self.terminal_index is None and ev.received_at > self.sent_at + self.exp.deadline:
             # Received past the chat's deadline, before any terminal event: the chat was due to be judged at its
             # deadline as it stood (R10), and this event comes after that verdict, as a watcher (`chatprobe check`)
             # judges it from the same receipt times. A live client busy when its deadline passed (a loaded machine, a
-            # long frame) reads the event only now: it must not let the event into the verdict.
+            # long frame) reads the event only now: it must not let the event into the verdict. So for a further run
+            # of the stream (timed from the end of the run before it): `check` judges it at its deadline as well.
             self.finish(self.wait_deadline())
             self._after_verdict(ev)
             return

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from harness.checker import ChatTracker, ConnectionChecker, Expectations, abandon
+from harness.checker import ChatTracker, ConnectionChecker, Expectations, abandon, judge_followups
 from harness.events import Frame, Outcome, Role, Rule, SessionError
 from harness.profiles import load_profile
 
@@ -447,6 +447,25 @@ def test_events_received_past_the_deadline_come_after_its_verdict():
     in_time = judge(valid_run(gap=0.1), exp, now=1.3)  # the last at 0.65 s
     assert in_time.outcome is Outcome.PASSED, in_time.violations
 
+
+def test_a_further_runs_events_received_past_its_deadline_come_after_its_verdict_too():
+    # The same for a further run its chat's stream carried (AG-UI): timed from the end of the run before it, judged at
+    # its own deadline. A busy live client that read its terminal event only after that deadline passed it, where
+    # `chatprobe check` of the recording (the same receipt times) had it incomplete with an R10, and the chat too.
+    exp = dataclasses.replace(EXP, deadline=1.0)
+    root = ChatTracker("c1", exp, 0.0, thread_id="t1", run_id="r1")
+    for e in valid_run():  # 0.05 s to 0.1 s
+        root.feed(e)
+    further = root.followup("r2")  # timed from 0.1 s: its deadline 1.1 s
+    second = [ev(e.role, e.seq, e.received_at + 0.1 + i * 0.2, run="r2", call=e.tool_call_id)
+              for i, e in enumerate(valid_run())]  # 0.15 s to 1.2 s: the terminal event alone past 1.1 s
+    for e in second:
+        further.feed(e)
+    [run] = judge_followups(root, 1.3)
+    assert run.outcome is Outcome.INCOMPLETE and [v.rule for v in run.violations] == [Rule.R10], run.violations
+    assert [w.rule for w in run.warnings] == [Rule.R10] and run.events_received == 5, run.warnings
+    result = root.finish(1.3)
+    assert result.outcome is Outcome.INCOMPLETE and [v.rule for v in result.violations] == [Rule.R10]
 
 def test_an_event_naming_no_run_with_several_chats_in_flight_and_none_under_way_is_plain_cross_talk():
     """Several chats in flight, none of whose runs has started: an event naming no run and no thread (AG-UI's) is

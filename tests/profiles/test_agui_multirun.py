@@ -3,6 +3,8 @@
 user; another RUN_STARTED inside a run is R1 whatever its runId, never cross-talk."""
 from __future__ import annotations
 
+import json
+
 from ag_ui.core import (
     RunAgentInput,
     RunErrorEvent,
@@ -16,10 +18,11 @@ from ag_ui.core import (
     ToolCallStartEvent,
 )
 
-from harness.checker import ChatResult
+from harness.checker import ChatResult, ChatTracker, ConnectionChecker, judge_followups
 from harness.client import Session
 from harness.events import Outcome, Rule
 from harness.flow import ChatOptions
+from harness.offline import check_files
 from harness.profiles import load_profile
 from harness.scenario import Expect, Scenario
 from harness.sinks import Sink
@@ -209,3 +212,48 @@ async def test_a_run_started_under_another_id_than_the_client_sent_is_its_run_wi
         result, sink = await chat(server.url)
     assert result.outcome is Outcome.PASSED and len(sink.results) == 1, result.violations
     assert [w.rule for w in result.warnings] == [Rule.R8] and "'server-chosen', not the run id" in result.warnings[0].reason
+
+
+def test_a_further_runs_terminal_event_read_past_its_deadline_is_r10_live_as_in_check(tmp_path):
+    # A further run whose RUN_FINISHED was received past its deadline (timed from the end of the run before it): a
+    # busy live client reads it before its timer judges the run, and the receipt time decides, as `chatprobe check`
+    # of the recording decides from the same times: R10, the event a warning after the verdict. Live it passed.
+    t0 = 1_764_639_000.0
+    request = {"threadId": "t1", "runId": "r1", "state": {}, "messages": [{"id": "m1", "role": "user", "content": "hi"}],
+               "tools": [], "context": [], "forwardedProps": {}}
+
+    def run(t: float, run_id: str, parent: str | None = None) -> list[tuple[float, dict]]:
+        started = {"type": "RUN_STARTED", "threadId": "t1", "runId": run_id} | ({"parentRunId": parent} if parent else {})
+        mid = f"a-{run_id}"
+        return [(t, started), (t + 0.01, {"type": "TEXT_MESSAGE_START", "messageId": mid, "role": "assistant"}),
+                (t + 0.02, {"type": "TEXT_MESSAGE_CONTENT", "messageId": mid, "delta": "ok"}),
+                (t + 0.03, {"type": "TEXT_MESSAGE_END", "messageId": mid})]
+
+    first_end = t0 + 0.2
+    received = [*run(t0 + 0.1, "r1"), (first_end, {"type": "RUN_FINISHED", "threadId": "t1", "runId": "r1"}),
+                *run(first_end + 0.01, "r2", "r1"),
+                (first_end + 1.5, {"type": "RUN_FINISHED", "threadId": "t1", "runId": "r2"})]  # its deadline: +1 s
+    received = [(t, frame | {"timestamp": TS}) for t, frame in received]
+    recording = tmp_path / "late.jsonl"
+    recording.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"t": t0, "dir": "send", "conn": "c1", "frame": request},
+        *({"t": t, "dir": "recv", "conn": "c1", "frame": json.dumps(frame)} for t, frame in received),
+        {"t": first_end + 1.6, "dir": "close", "conn": "c1"}]))
+    scenario = Scenario(name="t", expect=Expect(deadline=1, first_event_limit=1))
+    [checked] = check_files([recording], AGUI, scenario)
+
+    # Live: the client's checker takes each event at its receipt time, and the late timer judges the chat then.
+    checker = ConnectionChecker("u1", events_name_run=AGUI.events_name_run, further_runs=AGUI.further_runs)
+    chat = ChatTracker("c1", scenario.expectations(AGUI), t0, scenario="t", thread_id="t1", message_id="m1", run_id="r1")
+    checker.add(chat)
+    for t, frame in received:
+        checker.route(AGUI.decode(json.dumps(frame), t))
+    late = first_end + 1.7
+    live = [*judge_followups(chat, late), chat.finish(late)]
+
+    def verdicts(results: list[ChatResult]) -> list[tuple[bool, str, list[Rule], list[Rule]]]:
+        return sorted((r.further_run, r.outcome.value, rules(r), [w.rule for w in r.warnings]) for r in results)
+
+    assert verdicts(checked.results) == [(False, "incomplete", [Rule.R10], []),
+                                         (True, "incomplete", [Rule.R10], [Rule.R10])], checked.results
+    assert verdicts(live) == verdicts(checked.results)
