@@ -124,8 +124,7 @@ LATE_MARGIN = 0.25
 LATE_WARNING = ("{n} event(s) came within {margin:g}s after their chat's verdict was due (its settle window's end or "
                 "its deadline): judged after the verdict here, by the recorded times (an event of the chat's run is "
                 "shown as a warning on it); the live client, its timer late under load, may have taken them into the "
-                "verdict (an R3, R4, R7, R8 or R12 more, or a chat that passed instead of an R10), so this check can "
-                "differ from the live run there")
+                "verdict (an R3, R4, R7, R8 or R12 more), so this check can differ from the live run there")
 # A `send_failed` record that came after its chat was judged: past the chat's deadline, with another record of its
 # connection in between (a frame the server sent while the send waited), which judged the chat at its deadline (the
 # recording cannot tell a send still waiting from one that left). The live client waited for the send and judged the
