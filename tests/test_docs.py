@@ -444,6 +444,42 @@ def test_every_profile_and_scenario_the_docs_show_loads(where, data, tmp_path):
         load_scenario(str(path))
 
 
+def test_every_example_profile_is_linked_from_profiles_md_and_loads():
+    """docs/profiles/*.yaml: each is linked from docs/profiles.md (where a user looks for their format) and loads."""
+    shown = set(re.findall(r"\(profiles/([\w.-]+\.yaml)\)", PROFILES_DOC))
+    there = {p.name for p in (ROOT / "docs" / "profiles").glob("*.yaml")}
+    assert there <= shown, f"docs/profiles.md links no {sorted(there - shown)}"
+    for name in sorted(there):
+        load_profile(str(ROOT / "docs" / "profiles" / name))
+
+
+def test_the_checks_key_names_every_check_set():
+    """docs/profiles.md's `checks` row names each set of harness/checksets.py's registry, and where sets are kept."""
+    from harness.checksets import MODULES
+
+    row = next(r for r in _table(PROFILES_DOC, "## Keys") if r[0] == "`checks`")
+    for name, module in MODULES.items():
+        assert f"`{name}`" in row[2], f"docs/profiles.md's `checks` row does not name the set {name}"
+        assert f"`{module.replace('.', '/')}.py`" in row[2], f"docs/profiles.md's `checks` row does not name {module}"
+    assert "`harness/checksets.py`" in row[2], "docs/profiles.md's `checks` row does not name the registry"
+
+
+def test_every_dependency_says_why():
+    """pyproject.toml's runtime dependencies: each has a comment saying what it is for, on its line or just above
+    (a dependency nobody can account for is one nobody dares remove)."""
+    lines = (ROOT / "pyproject.toml").read_text(encoding="utf-8").splitlines()
+    start = lines.index("dependencies = [") + 1
+    end = lines.index("]", start)
+    said_above = False
+    for n in range(start, end):
+        line = lines[n].strip()
+        if line.startswith("#"):
+            said_above = True
+            continue
+        assert "#" in line or said_above, f"pyproject.toml:{n + 1}: {line} says not what it is for"
+        said_above = False
+
+
 # --- the JSON report -------------------------------------------------------------------------------------------
 
 def test_the_json_report_layout_is_the_schema():
