@@ -71,7 +71,7 @@ class Expectations:
     expect_error: ExpectError = None
     # Span names that must be closed by the terminal event (from the profile); others may stay open.
     spans_must_close: frozenset[str] | None = None
-    # The profile's payload check sets (harness/payload_checks.py) and the tools the request offered the agent.
+    # The profile's payload check sets (harness/checksets.py) and the tools the request offered the agent.
     checks: tuple[str, ...] = ()
     offered_tools: frozenset[str] = frozenset()
     # The roles a scenario step listed (`required:`), as it listed them; None: the scenario's or the profile's. Not
@@ -199,7 +199,7 @@ class ChatTracker:
         request: dict[str, Any] | None = None,
     ) -> None:
         """`request`: the client's own request where this program did not send it (the proxy, `chatprobe check`), for
-        the payload checks to read as they start (payload_checks.RunContext); not kept."""
+        the payload checks to read as they start (checksets.RunContext); not kept."""
         self.chat_id = chat_id
         self.scenario = scenario
         self.exp = expectations

@@ -150,7 +150,7 @@ class Event:
     bad_seq: Any = None
     oversized: tuple[str, ...] = ()  # fields over the size limit, kept truncated (an R12)
     parent_run_id: str | None = None  # the run this one continues (AG-UI's parentRunId): a new run on the stream
-    # The fields the profile's payload checks read (harness/payload_checks.py): references into the decoded frame,
+    # The fields the profile's payload checks read (harness/checksets.py): references into the decoded frame,
     # dropped by the checker once read, so events kept for reports hold none of them.
     payload: dict[str, Any] | None = None
     problems: tuple[str, ...] = ()  # the frame breaks the dialect's schema (an R12 each), field named

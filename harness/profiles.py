@@ -320,7 +320,7 @@ class Profile(BaseModel):
     # WebSocket subprotocols a server of this dialect needs offered at the upgrade (`graphql-transport-ws`), in order of
     # preference; `--subprotocol` replaces them.
     subprotocols: list[str] = []
-    # Named payload check sets (harness/payload_checks.py) run on every event: the schema, ids, arguments, state.
+    # Named payload check sets (harness/checksets.py; AG-UI's: payload_checks.py) run on every event: schema, ids, state.
     checks: list[str] = []
 
     _decoder: "Decoder" = PrivateAttr()
