@@ -480,6 +480,18 @@ def test_every_dependency_says_why():
         said_above = False
 
 
+def test_the_readmes_setup_stamp_is_the_scripts():
+    """README.md says when scripts/setup-venv.sh installs again, naming its stamp: the one the script writes, and
+    what the script compares (pyproject.toml's content and the checkout's path, not a modification time)."""
+    script = (ROOT / "scripts" / "setup-venv.sh").read_text(encoding="utf-8")
+    stamp = re.search(r"^stamp=(\S+)$", script, re.M)
+    assert stamp is not None
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert f"`{stamp.group(1)}`" in readme, f"README.md does not name setup-venv.sh's stamp {stamp.group(1)}"
+    assert "sha256sum pyproject.toml" in script and "pwd -P" in script and " -nt " not in script
+    assert "`pyproject.toml`'s content or the checkout's path" in readme
+
+
 # --- the JSON report -------------------------------------------------------------------------------------------
 
 def test_the_json_report_layout_is_the_schema():
