@@ -16,9 +16,21 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .catalog import PROFILES_DIR
 from .checksets import CHECKS, CheckSet
@@ -424,6 +436,17 @@ class Profile(BaseModel):
                 raise ValueError(f"{t[:40]!r}: a pattern is a prefix and one `*` at its end (`data-*`)")
         return v
 
+    @model_validator(mode="after")
+    def _type_named(self) -> Self:
+        """A frame's type must have a name: `fields.type`, or `type_keys` when frames are told by the key they have.
+        Said of `fields.type`, the line a profile empties it on (said of `type_keys`, it named a key never written)."""
+        if not self.fields.type and not self.type_keys:
+            raise ValidationError.from_exception_data("Profile", [InitErrorDetails(
+                type=PydanticCustomError("no_type", "no name for the frame's type: give `fields.type`, or `type_keys` "
+                                                    "when frames are told by the key they have"),
+                loc=("fields", "type"), input=self.fields.type)])
+        return self
+
     @field_validator("type_keys")
     @classmethod
     def _type_keys_named(cls, v: list[str], info: ValidationInfo) -> list[str]:
@@ -431,10 +454,6 @@ class Profile(BaseModel):
         if known is not None:
             known.update(info.data.get("connection_error", ()),
                          (c if isinstance(c, str) else c.type for c in info.data.get("control", ())))
-        fields = info.data.get("fields")
-        if fields is not None and not fields.type and not v:
-            raise ValueError("no name for the frame's type: give `fields.type`, or `type_keys` when frames are told "
-                             "by the key they have")
         for key in _path_names(v):
             if not key:
                 raise ValueError("'': a key of the frame's root, or a dotted path to one (not empty)")
