@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import string
 import sys
 from collections.abc import Callable, Iterator
@@ -1692,10 +1693,15 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     return "\n".join(["def decode_obj(frame, received_at):", *body, "", *parse, *guarded]) + "\n", ns
 
 
+# What msgspec refuses in a struct field's (renamed) name: defstruct raised ValueError at the first frame's decode.
+_NO_STRUCT_NAME = re.compile(r'["\\\x00-\x1f]')
+
+
 class _StructTree:
     """The keys the fast path reads, as a tree: a leaf is a field's value, of the kinds of the fields that read it, an
     inner node an object (a lookup container, or a step of a dotted path). A key both (or a list index) makes no tree:
-    no fast path."""
+    no fast path; nor does a key msgspec will not take for a field's name (one with a '"', a backslash or a control
+    character: the exact decode reads it as any other)."""
 
     def __init__(self) -> None:
         self.children: dict[str, _StructTree] = {}
@@ -1706,7 +1712,7 @@ class _StructTree:
         an object, a list index)."""
         at = self
         for i, key in enumerate(path):
-            if _index(key) or at.kinds:
+            if _index(key) or at.kinds or _NO_STRUCT_NAME.search(key):
                 return False
             at = at.children.setdefault(key, _StructTree())
             if i < len(path) - 1 and at.kinds:

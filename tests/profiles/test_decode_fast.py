@@ -276,3 +276,20 @@ def test_fast_and_exact_agree_on_generated_frames(frame: dict[str, Any]) -> None
     for profile in PROFILES.values():
         for text in texts:
             _check(profile, text)
+
+
+@pytest.mark.parametrize("key", ['say "hi"', "back\\slash", "nul\x00", "tab\there", "line\nfeed", "\x1f"])
+def test_a_name_msgspec_will_not_take_is_read_by_the_exact_decode(key: str) -> None:
+    """A profile's name with a '"', a backslash or a control character (a JSON key may hold any, escaped): msgspec
+    takes none for a Struct field's name, and the fast path's defstruct raised ValueError at the first frame's decode
+    (a traceback mid-run). Such a profile has no fast path; its frames read as ever, the key found."""
+    profile = Profile.model_validate({
+        "name": "odd-keys", "request": {"kind": "ask"}, "lookup": ["", "env"], "unknown_types": "violation",
+        "fields": {"type": ["kind"], "run_id": [key], "seq": ["n"], "message_id": [f"deep.{key}"]},
+        "roles": {"agent_started": ["begin"], "agent_completed": ["done"], "error_event": ["oops"]}})
+    dec = profile._decoder
+    frame = json.dumps({"kind": "begin", "n": 2, "env": {key: "r-1"}, "deep": {key: "m-1"}})
+    got = _check(profile, frame)
+    assert isinstance(got, Event) and (got.run_id, got.message_id, got.seq) == ("r-1", "m-1", 2)
+    assert dec.decode is dec.decode_exact  # no fast path for this profile; netra's keeps its own
+    assert PROFILES["netra"]._decoder.decode is not PROFILES["netra"]._decoder.decode_exact
