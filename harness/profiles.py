@@ -1693,8 +1693,9 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     return "\n".join(["def decode_obj(frame, received_at):", *body, "", *parse, *guarded]) + "\n", ns
 
 
-# What msgspec refuses in a struct field's (renamed) name: defstruct raised ValueError at the first frame's decode.
-_NO_STRUCT_NAME = re.compile(r'["\\\x00-\x1f]')
+# What msgspec refuses in a struct field's (renamed) name: defstruct raised ValueError at the decoder's compile (and
+# UnicodeEncodeError for a lone surrogate, which no YAML file holds but a profile built in Python may).
+_NO_STRUCT_NAME = re.compile(r'["\\\x00-\x1f\ud800-\udfff]')
 
 
 class _StructTree:

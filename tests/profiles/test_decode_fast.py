@@ -278,7 +278,8 @@ def test_fast_and_exact_agree_on_generated_frames(frame: dict[str, Any]) -> None
             _check(profile, text)
 
 
-@pytest.mark.parametrize("key", ['say "hi"', "back\\slash", "nul\x00", "tab\there", "line\nfeed", "\x1f"])
+@pytest.mark.parametrize("key", ['say "hi"', "back\\slash", "nul\x00", "tab\there", "line\nfeed", "\x1f",
+                                 "lone\ud800"])
 def test_a_name_msgspec_will_not_take_is_read_by_the_exact_decode(key: str) -> None:
     """A profile's name with a '"', a backslash or a control character (a JSON key may hold any, escaped): msgspec
     takes none for a Struct field's name, and the fast path's defstruct raised ValueError at the first frame's decode
