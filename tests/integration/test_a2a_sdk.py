@@ -269,3 +269,68 @@ def test_events_of_another_task_a_stream_never_ended_and_a_status_not_final(tmp_
     assert code == 1
     assert got == [("good", "passed", ()), ("othertask", "failed", ("R8",)), ("hang", "incomplete", ("R10",)),
                    ("notfinal", "incomplete", ())], got
+
+
+class Attempts(Kept):
+    """Kept, with each chat connection the proxy counted (chatprobe_connections_total's result)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.attempts: list[str] = []
+
+    def connection_attempt(self, scenario: str, result: str) -> None:
+        self.attempts.append(result)
+        super().connection_attempt(scenario, result)
+
+
+async def post(port: int, body: dict[str, Any]) -> bytes:
+    """One POST through the proxy, its whole answer (the connection closed after it), within a deadline."""
+    data = json.dumps(body).encode()
+    async with asyncio.timeout(10):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Accept: application/json, text/event-stream\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+            await writer.drain()
+            return await reader.read(-1)
+        finally:
+            writer.close()
+
+
+async def test_the_other_json_rpc_calls_of_a_client_through_the_proxy_are_no_chats(tmp_path):
+    """An A2A client calls more than message/stream on the same endpoint (tasks/get, message/send, tasks/cancel): each
+    has the template's `id`, which was all the proxy looked for, so each was a chat's request, and the SDK's JSON
+    answer a protocol_error connection counted against the server (chatprobe_connections_total). They are relayed,
+    not followed; the message/stream of the same client is a chat, judged as ever."""
+    profile = load_profile(A2A)
+    sink = Attempts(ChatMetrics(CollectorRegistry()), "upstream", "live")
+    live = LiveChats(profile, sink, expectations_for(profile, Expect(deadline="5s")), "live", 0.2)
+    context = str(uuid.uuid4())
+    with uvicorn_on_loopback(a2a_app()) as port:
+        server = await start_sse_proxy(SSEProxy(f"http://127.0.0.1:{port}", live), "127.0.0.1", 0)
+        try:
+            proxied = server.sockets[0].getsockname()[1]
+            message = {"kind": "message", "role": "user", "messageId": str(uuid.uuid4()), "contextId": context,
+                       "parts": [{"kind": "text", "text": "weather? #good"}]}
+            for method, params in (("tasks/get", {"id": str(uuid.uuid4())}), ("tasks/cancel", {"id": "t-none"}),
+                                   ("message/send", {"message": {**message, "messageId": str(uuid.uuid4())}})):
+                answer = await post(proxied, {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": method,
+                                              "params": params})
+                assert answer.startswith(b"HTTP/1.1 200") and b"application/json" in answer.split(b"\r\n\r\n")[0]
+            assert sink.attempts == [] and sink.results == []
+            streamed = await post(proxied, {"jsonrpc": "2.0", "id": message["messageId"], "method": "message/stream",
+                                            "params": {"message": message}})
+            assert b"text/event-stream" in streamed.split(b"\r\n\r\n")[0]
+            async with asyncio.timeout(10):
+                while not sink.results:
+                    sink.judged.clear()
+                    await sink.judged.wait()
+        finally:
+            server.close()
+            async with asyncio.timeout(10):
+                await server.wait_closed()
+            live.stop()
+    assert sink.attempts == ["ok"]
+    ((result),) = sink.results
+    assert (result.thread_id, result.outcome.value) == (context, "passed")
