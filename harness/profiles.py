@@ -672,7 +672,7 @@ class Decoder:
     __slots__ = ("profile", "always", "with_run", "where", "unmapped", "unmapped_prefixes", "control", "ping",
                  "conn_error", "span_of",
                  "containers", "names", "session_errors", "request_types", "request_keys", "resume_types", "checks",
-                 "check_fields", "carries_history", "last_seq_path", "request_paths", "resume_paths", "request_method",
+                 "check_fields", "carries_history", "last_seq_path", "request_paths", "resume_paths", "request_fixed",
                  *_COMPILED)
 
     def __init__(self, profile: Profile) -> None:
@@ -726,11 +726,15 @@ class Decoder:
         keys = [k for k in profile.request if k not in _plain_names(self.names["type"])]
         placeholders = [k for k in keys if _entry(profile.request[k])[0] == _PLACEHOLDER]
         self.request_keys = frozenset(() if self.request_types else placeholders or keys)
-        # A JSON-RPC request (`jsonrpc` and a fixed `method` at the template's root: A2A) is told by its method too:
-        # every call of the dialect has the keys (`id`), and a client's `tasks/get` or `message/send` through the
-        # proxy was a chat (its JSON answer a protocol_error connection, a `tasks/resubscribe` stream a chat judged).
+        # Such a request is told by what makes it a chat's stream too, where the template's root fixes it: a JSON-RPC
+        # call's `method` (`jsonrpc` beside it: A2A's message/stream) and `stream: true` (OpenAI's and Anthropic's
+        # APIs). Every call of the dialect has the keys, and a client's `tasks/get`, or a completion asked with
+        # `stream: false`, through the proxy was a chat: its JSON answer a protocol_error connection of the server's.
         method = profile.request.get("method") if "jsonrpc" in profile.request else None
-        self.request_method = method if self.request_keys and isinstance(method, str) and "{" not in method else None
+        fixed: list[tuple[str, str | bool]] = [("method", method)] if isinstance(method, str) and "{" not in method else []
+        if profile.request.get("stream") is True:
+            fixed.append(("stream", True))
+        self.request_fixed = tuple(fixed) if self.request_keys else ()
         resume_type = (self.find(profile.resume, self.scopes(profile.resume), self.names["type"])
                        if profile.resume else None)
         self.resume_types = frozenset(profile.resume_types or ([resume_type] if isinstance(resume_type, str) else []))
@@ -865,8 +869,8 @@ class Decoder:
         wire_type = _id(self.find(frame, scopes, n["type"]))[0]
         kind: Literal["request", "resume", "other"] = (
             "request" if wire_type in self.request_types else "resume" if wire_type in self.resume_types else "other")
-        if kind == "other" and wire_type is None and self.request_keys and self.request_keys <= frame.keys() and (
-                self.request_method is None or frame.get("method") == self.request_method):
+        if kind == "other" and wire_type is None and self.request_keys and self.request_keys <= frame.keys() and all(
+                (v := frame.get(key)) == value and v.__class__ is value.__class__ for key, value in self.request_fixed):
             kind = "request"
         if kind == "other":
             return ClientFrame("other", wire_type)

@@ -7,6 +7,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,6 +78,33 @@ class Kept(MetricsSink):
         self.results.append(result)
         self.judged.set()
         super().chat_finished(result)
+
+
+class Attempts(Kept):
+    """Kept, with each chat connection the proxy counted (chatprobe_connections_total's result)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.attempts: list[str] = []
+
+    def connection_attempt(self, scenario: str, result: str) -> None:
+        self.attempts.append(result)
+        super().connection_attempt(scenario, result)
+
+
+async def post_through(port: int, body: dict[str, Any]) -> bytes:
+    """One POST through the proxy, its whole answer (the connection closed after it), within a deadline."""
+    data = json.dumps(body).encode()
+    async with asyncio.timeout(10):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Accept: application/json, text/event-stream\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+            await writer.drain()
+            return await reader.read(-1)
+        finally:
+            writer.close()
 
 
 async def chatprobe_cli(*args: str) -> tuple[int, str]:

@@ -51,7 +51,7 @@ from monitors.proxy import LiveChats
 from monitors.sse_proxy import SSEProxy, start_sse_proxy
 
 from .asgi import uvicorn_on_loopback
-from .conftest import Kept, chatprobe_cli
+from .conftest import Attempts, Kept, chatprobe_cli, post_through
 from .outside_servers import InThread, RawSseServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -271,33 +271,6 @@ def test_events_of_another_task_a_stream_never_ended_and_a_status_not_final(tmp_
                    ("notfinal", "incomplete", ())], got
 
 
-class Attempts(Kept):
-    """Kept, with each chat connection the proxy counted (chatprobe_connections_total's result)."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.attempts: list[str] = []
-
-    def connection_attempt(self, scenario: str, result: str) -> None:
-        self.attempts.append(result)
-        super().connection_attempt(scenario, result)
-
-
-async def post(port: int, body: dict[str, Any]) -> bytes:
-    """One POST through the proxy, its whole answer (the connection closed after it), within a deadline."""
-    data = json.dumps(body).encode()
-    async with asyncio.timeout(10):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Accept: application/json, text/event-stream\r\nConnection: close\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
-            await writer.drain()
-            return await reader.read(-1)
-        finally:
-            writer.close()
-
-
 async def test_the_other_json_rpc_calls_of_a_client_through_the_proxy_are_no_chats(tmp_path):
     """An A2A client calls more than message/stream on the same endpoint (tasks/get, message/send, tasks/cancel): each
     has the template's `id`, which was all the proxy looked for, so each was a chat's request, and the SDK's JSON
@@ -315,11 +288,11 @@ async def test_the_other_json_rpc_calls_of_a_client_through_the_proxy_are_no_cha
                        "parts": [{"kind": "text", "text": "weather? #good"}]}
             for method, params in (("tasks/get", {"id": str(uuid.uuid4())}), ("tasks/cancel", {"id": "t-none"}),
                                    ("message/send", {"message": {**message, "messageId": str(uuid.uuid4())}})):
-                answer = await post(proxied, {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": method,
+                answer = await post_through(proxied, {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": method,
                                               "params": params})
                 assert answer.startswith(b"HTTP/1.1 200") and b"application/json" in answer.split(b"\r\n\r\n")[0]
             assert sink.attempts == [] and sink.results == []
-            streamed = await post(proxied, {"jsonrpc": "2.0", "id": message["messageId"], "method": "message/stream",
+            streamed = await post_through(proxied, {"jsonrpc": "2.0", "id": message["messageId"], "method": "message/stream",
                                             "params": {"message": message}})
             assert b"text/event-stream" in streamed.split(b"\r\n\r\n")[0]
             async with asyncio.timeout(10):

@@ -510,3 +510,67 @@ def test_a_saved_body_of_each_vendors_stream_is_judged_as_live(tmp_path):
     assert got == {**{(p, "good"): (0, "passed", []) for p in want_swapped},
                    **{(p, "error"): (1, "failed", ["R13"]) for p in want_swapped},
                    **{(p, "swapped"): (1, "failed", [r]) for p, r in want_swapped.items()}}, got
+
+
+async def test_a_completion_asked_without_streaming_through_the_proxy_is_no_chat() -> None:
+    """A client of the Chat Completions API asks some completions with `stream: false` (a title, a summary): it has
+    every key of the template, so the proxy took it for a chat, and the API's JSON answer was a protocol_error
+    connection counted against the server. Only `stream: true` is a chat's request; it is judged as ever."""
+    from prometheus_client import CollectorRegistry
+
+    from harness.profiles import load_profile
+    from harness.scenario import Expect, expectations_for
+    from monitors.metrics import ChatMetrics
+    from monitors.proxy import LiveChats
+    from monitors.sse_proxy import SSEProxy, start_sse_proxy
+
+    from .conftest import Attempts, post_through
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The API as it answers: a JSON completion, or (stream: true) the chunks as SSE, the connection closed after."""
+        try:
+            async with asyncio.timeout(10):
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+                length = int(head.split("content-length:", 1)[1].split("\r\n", 1)[0])
+                req = json.loads(await reader.readexactly(length))
+            if req.get("stream") is True:
+                body = b"".join(sse(c) for c in chat_chunks("hi") if c is not None)
+                kind = b"text/event-stream"
+            else:
+                body = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "A title"}, "finish_reason": "stop"}]}
+                                  ).encode()
+                kind = b"application/json"
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                         % (kind, len(body), body))
+            await writer.drain()
+        finally:
+            writer.close()
+
+    profile = load_profile(CHAT_COMPLETIONS)
+    sink = Attempts(ChatMetrics(CollectorRegistry()), "upstream", "live")
+    live = LiveChats(profile, sink, expectations_for(profile, Expect(deadline="5s")), "live", 0.2)
+    api = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    server = await start_sse_proxy(SSEProxy(f"http://127.0.0.1:{api.sockets[0].getsockname()[1]}", live),
+                                   "127.0.0.1", 0)
+    try:
+        proxied = server.sockets[0].getsockname()[1]
+        ask = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "Name this chat"}]}
+        for stream in ({"stream": False}, {}):
+            answer = await post_through(proxied, {**ask, **stream})
+            assert answer.startswith(b"HTTP/1.1 200") and b"A title" in answer
+        assert sink.attempts == [] and sink.results == []
+        assert b"[DONE]" in await post_through(proxied, {**ask, "stream": True})
+        async with asyncio.timeout(10):
+            while not sink.results:
+                sink.judged.clear()
+                await sink.judged.wait()
+    finally:
+        server.close()
+        api.close()
+        async with asyncio.timeout(10):
+            await server.wait_closed()
+            await api.wait_closed()
+        live.stop()
+    assert sink.attempts == ["ok"]
+    assert [r.outcome.value for r in sink.results] == ["passed"]
