@@ -446,6 +446,8 @@ class FrontDoor:
     _holders: set[asyncio.Task[None]] = field(default_factory=set)
     admitted: set[Any] = field(default_factory=set)  # client connections holding a slot (to cut at shutdown)
     moved: dict[Any, str] = field(default_factory=dict)  # of those, the ones whose slot moved to another key (rekey)
+    # Upstream connections open (to cut at shutdown): one outlives its client's socket while its relay closes it.
+    upstreams: set[Any] = field(default_factory=set)
     sockets: dict[str, int] = field(default_factory=dict)  # open sockets by untrusted peer, handshake or not
     sink: Any = None  # where socket-level refusals are counted (start_proxy sets it)
     max_handshakes: int = 0  # sockets still reading their request at once (0: handshake_budget of the open-file limit)
@@ -669,13 +671,20 @@ class FrontDoor:
 
         return CountedConnection
 
+    def upstream_opened(self, ws: Any) -> None:
+        """`ws`, an upstream connection, is cut by cut_all until its socket closes (websockets' connection_lost_waiter),
+        even once its client's socket closed: a client that left while the proxy's writes to a stuck upstream backed
+        up took its upstream out of cut_all's reach, and the shutdown waited a second grace for it."""
+        self.upstreams.add(ws)
+        ws.connection_lost_waiter.add_done_callback(lambda _: self.upstreams.discard(ws))
+
     def cut_all(self) -> None:
-        """Abort every admitted connection and its upstream, at once (the end of a shutdown's grace period)."""
-        for conn in list(self.admitted):
-            for ws in (conn, getattr(conn, "upstream", None)):
-                transport = getattr(ws, "transport", None)
-                if transport is not None:
-                    transport.abort()
+        """Abort every admitted connection and its upstream, and every upstream still open, at once (the end of a
+        shutdown's grace period)."""
+        for ws in [*self.admitted, *(getattr(c, "upstream", None) for c in self.admitted), *self.upstreams]:
+            transport = getattr(ws, "transport", None)
+            if transport is not None:
+                transport.abort()
 
     def init_metrics(self, sink: Any) -> None:
         """Every refusal reason at 0 from the start, so rate() and alerts see the series before the first one."""

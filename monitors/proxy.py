@@ -1052,6 +1052,7 @@ class Proxy:
             self.tls_failure.failed(kind, reason)
             return conn.respond(HTTPStatus.BAD_GATEWAY, "upstream unreachable\n")
         conn.upstream = upstream  # type: ignore[attr-defined]
+        door.upstream_opened(upstream)
         if _garbage_after(conn):
             # The same, sent while the upstream answered (the client may have hung up since): the upstream connection
             # closed, the refusal counted.
