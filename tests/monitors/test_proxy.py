@@ -1284,6 +1284,64 @@ async def test_a_client_with_kilobytes_of_credentials_is_proxied_but_not_recorde
     assert "not recorded: their credentials" in caplog.text
 
 
+async def test_credentials_of_exactly_max_recorded_credentials_are_recorded_and_held_one_more_is_not(tmp_path,
+                                                                                                  caplog):
+    """The bound is MAX_RECORDED_CREDENTIALS characters inclusive, for both of its uses: a connection whose credentials
+    come to exactly that many is recorded, and its credentials are held in the process's pool (an upstream that tells
+    them to another user is scrubbed from that user's recording); one character more and the connection is not
+    recorded (a line says so). An Authorization of scheme `Token` counts the header and its credential: 6 + 2n."""
+    from harness import redact
+    from harness.recorder import Recorder
+    from monitors import frontdoor
+
+    bound = frontdoor.MAX_RECORDED_CREDENTIALS
+    assert bound % 2 == 0
+    told: list[str] = []
+
+    async def tells_the_first_token(ws):
+        told.append(ws.request.headers["Authorization"].partition(" ")[2])
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for message in ws:
+                await ws.send(json.dumps({"type": "ping", "said": message, "first": told[0]}))
+
+    upstream = await websockets.asyncio.server.serve(tells_the_first_token, "127.0.0.1", 0, ping_interval=None,
+                                                     max_size=None)
+    live = WatchedChats(load_profile("netra"), MetricsSink(ChatMetrics(CollectorRegistry()), "up", "live"), EXP,
+                        "live", 0.05, Recorder(tmp_path / "rec", keep_all=True))
+    server = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}", live), "127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+    # A token of letters only that no shape rule redacts on its own (a random token might be): only the pool does.
+    first = ("Token", secrets.token_urlsafe(bound)[:(bound - 6) // 2])
+    over = ("Bearer", secrets.token_urlsafe(bound)[:(bound - 6) // 2])
+    usual = ("Bearer", secrets.token_urlsafe(32))
+    assert sum(map(len, redact.credentials_of([("Authorization", " ".join(first))], []))) == bound
+    assert sum(map(len, redact.credentials_of([("Authorization", " ".join(over))], []))) == bound + 1
+    try:
+        async with websockets.asyncio.client.connect(url, additional_headers={"Authorization": " ".join(first)},
+                                                     ping_interval=None, max_size=None) as at_bound:
+            for scheme, token in (over, usual):
+                async with websockets.asyncio.client.connect(url, additional_headers={"Authorization": f"{scheme} "
+                                                             f"{token}"}, ping_interval=None, max_size=None) as user:
+                    await user.send(json.dumps({"type": "ping", "who": scheme}))
+                    async with asyncio.timeout(10):
+                        assert json.loads(await user.recv())["first"] == first[1]  # forwarded either way
+            await at_bound.send(json.dumps({"type": "ping", "who": "at-bound"}))
+            async with asyncio.timeout(10):
+                assert json.loads(await at_bound.recv())["first"] == first[1]
+        await until(lambda: live.closed_count == 3)
+    finally:
+        server.close()
+        upstream.close()
+    recorded = [p.read_text() for p in (tmp_path / "rec").glob("*.jsonl")]
+    # The one at the bound and the usual one; the one over it not.
+    assert sorted("at-bound" in r for r in recorded) == [False, True], [r[:300] for r in recorded]
+    (usual_rec,) = [r for r in recorded if "at-bound" not in r]
+    assert "Bearer" in usual_rec  # (the usual user's own frame: its `who`)
+    # The first user's credentials, held in the pool, scrubbed from the usual user's recording too.
+    assert all(first[1] not in r and first[1][:64] not in r for r in recorded), "a held credential stood in clear"
+    assert "not recorded: their credentials" in caplog.text
+
+
 async def test_a_user_who_leaves_a_blank_screen_after_the_first_event_limit_is_an_r9():
     """The server takes the message and shows nothing: the user stares at a blank screen past the first-event limit
     and closes the tab. That is the chat the limit is for (an R9, failed), not a chat the user chose to leave while
