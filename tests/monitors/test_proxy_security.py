@@ -925,6 +925,10 @@ async def test_a_peer_that_floods_pings_and_reads_nothing_does_not_grow_the_prox
     (["--ping-interval", "soon"], "--ping-interval"),
     (["--ping-interval", "9" * 400], "--ping-interval"),
     (["--ping-timeout", "2h"], "--ping-timeout: at most 3600s"),
+    # Just past the bound (MAX_PING_SECONDS, MAX_DRAIN_SECONDS): the bound itself is taken (see the test below).
+    (["--ping-timeout", "3600.5s"], "--ping-timeout: at most 3600s"),
+    (["--ping-interval", "3600.5s"], "--ping-interval: at most 3600s"),
+    (["--drain-timeout", "3600.5s"], "--drain-timeout: at most 3600s"),
     (["--ping-timeout", "0"], "--ping-timeout: must be more than 0"),
     (["--upstream", "ws://127.0.0.1:1/ws?token=s3cret"], "--upstream: no query"),
     (["--upstream", "ws://user:s3cret@127.0.0.1:1/ws"], "--upstream: no credentials"),
@@ -942,6 +946,17 @@ def test_bad_front_door_flags_exit_2_with_one_line(capsys, flags, needle):
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "s3cret" not in err
+
+
+async def test_keepalive_and_drain_at_their_bounds_are_taken(tmp_path):
+    """--ping-interval, --ping-timeout and --drain-timeout of exactly 3600s (MAX_PING_SECONDS, MAX_DRAIN_SECONDS) are
+    taken: the proxy listens, and stops on SIGTERM with exit 0 (no connection: no drain to wait out). 0.5 s more is
+    refused (above): an off-by-one either way fails one of them."""
+    from .procs import proxy_process
+
+    async with proxy_process("ws://127.0.0.1:1/ws", tmp_path, "--ping-interval", "3600s", "--ping-timeout", "3600s",
+                             "--drain-timeout", "3600s") as p:
+        assert "listening on ws://127.0.0.1:" in p.line
 
 
 @pytest.mark.parametrize("flag, value", [("--ping-interval", "1ms"), ("--ping-interval", "0.5"),
