@@ -273,6 +273,25 @@ def _is_self(listen: tuple[str, int], upstream_host: str, upstream_port: int) ->
     return up in own or up == "localhost" and host in ("127.0.0.1", "::1", "0.0.0.0", "::")
 
 
+# Of a connection's credentials past MAX_RECORDED_CREDENTIALS, the first this many characters of each are held in the
+# process's pool (MAX_RECORDED_CREDENTIALS characters in all, as a recorded connection's): a 4,093-character token
+# after `Bearer ` (8,193 characters with the header) told to another user shows at most its tail there.
+PAST_BOUND_HEAD = 512
+
+
+def heads_of(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """The head of each credential (PAST_BOUND_HEAD characters), while they come to MAX_RECORDED_CREDENTIALS in all."""
+    out: list[str] = []
+    left = MAX_RECORDED_CREDENTIALS
+    for s in secrets:
+        head = s.strip()[:min(PAST_BOUND_HEAD, left)]
+        left -= len(head)
+        out.append(head)
+        if left <= 0:
+            break
+    return tuple(out)
+
+
 class LiveChats:
     """Every chat seen through the proxy, for all its connections: what they share (the profile, the expectations,
     the sink, runs open for a resume on another connection of the same user)."""
@@ -1011,15 +1030,18 @@ class Proxy:
             return refusal
         headers = {k: v for k, v in request.headers.raw_items() if k.lower() in FORWARDED_HEADERS}
         secrets = credentials_of(headers.items(), offered, request.path)
-        if self.live.recorder is not None and sum(len(s) for s in secrets) <= MAX_RECORDED_CREDENTIALS:
+        if self.live.recorder is not None:
             # The user's credentials held in the process's pool (redact.SeenCredentials) from before the upstream
             # sees them (it may echo them on another connection at once, before this one's handshake is answered)
             # until the client's socket closes, and within the pool's bound after that: scrubbed from every
             # connection's recording, not only this one's. (Without --record the proxy writes no server text anywhere:
             # its logs and labels are its own words.)
             seen = redact.seen_credentials()
+            # A connection whose credentials pass MAX_RECORDED_CREDENTIALS is not recorded, but the upstream may still
+            # tell them to another user: the head of each is held (heads_of), so that no recording shows one whole.
+            pooled = secrets if sum(len(s) for s in secrets) <= MAX_RECORDED_CREDENTIALS else heads_of(secrets)
             # One client address holds at most the share of the pool it has of the connections (a tenth by default).
-            held = seen.hold(secrets, owner=key, share=door.max_per_address / max(1, door.max_connections))
+            held = seen.hold(pooled, owner=key, share=door.max_per_address / max(1, door.max_connections))
             if held:
                 conn.connection_lost_waiter.add_done_callback(lambda _: seen.release(held))
         where = parse_uri(url)
