@@ -30,8 +30,7 @@ from harness.events import Outcome
 from harness.flow import ChatOptions
 from harness.gevent_client import SyncSession
 from harness.profiles import load_profile
-from harness.runner import run_scenario
-from harness.scenario import Expect, Scenario, expectations_for
+from harness.scenario import ChatCall, Expect, Scenario, expectations_for
 from harness.sinks import Sink
 from harness.targets import Target, TokenProvider
 from monitors.metrics import ChatMetrics, MetricsSink
@@ -315,9 +314,14 @@ async def test_the_locust_users_client_through_a_hostile_network(tmp_path, sim_f
 
 async def through_the_proxy(sim_factory, client_side: tuple[Fault, ...], server_side: tuple[Fault, ...]
                             ) -> tuple[list[ChatResult], list[ChatResult], CollectorRegistry]:
-    """One chat of `chatprobe run`'s client through the proxy: (the client's verdicts, the proxy's, its metrics).
-    One fixed token: the proxy knows a user by its credentials (a resume under a token minted anew is another
-    user's)."""
+    """One chat of `chatprobe run`'s client (its user's session, played as the runner plays it) through the proxy:
+    (the client's verdicts, the proxy's, its metrics). One fixed token: the proxy knows a user by its credentials (a
+    resume under a token minted anew is another user's).
+
+    The user leaves (closes its connection) only once the proxy has judged the chat. The proxy times a chat from when
+    its message reached it, later than the client's send, so at equal deadlines the client's falls first, and its
+    close right after can reach the proxy before the proxy's own deadline: a user leaving mid-run, judged abandoned
+    (docs/protocol.md, Outcomes), not the verdict at the deadline that a test of the deadline asserts."""
     registry = CollectorRegistry()
     kept = ProxyKept(registry)
     sc = Scenario.model_validate({"name": "net", "connect_timeout": CONNECT,
@@ -328,16 +332,34 @@ async def through_the_proxy(sim_factory, client_side: tuple[Fault, ...], server_
                                   "127.0.0.1", 0)
         try:
             async with relay(proxy.sockets[0].getsockname()[1], *client_side) as front:
-                played = await asyncio.wait_for(
-                    run_scenario(sc, Target(url=front.url, profile=target.profile, name="proxied",
-                                            tokens=TokenProvider(token=token_for(target)))), within())
-                async with asyncio.timeout(DEADLINE + SLACK):  # the proxy judges each chat by its deadline
-                    while len(kept.results) < len(played.results):
-                        kept.judged.clear()
-                        await kept.judged.wait()
+                mine = Kept()
+                session = Session(Target(url=front.url, profile=target.profile, name="proxied",
+                                         tokens=TokenProvider(token=token_for(target))),
+                                  "u1", sc.name, mine, connect_timeout=sc.connect_timeout)
+                (call,) = sc.user_script(target.profile).plan()
+                assert isinstance(call, ChatCall)
+                try:
+                    await asyncio.wait_for(session.play(call.content, call.expectations, call.options), within())
+                    await asyncio.wait_for(session.settled(), within())
+                    async with asyncio.timeout(DEADLINE + SLACK):  # the proxy judges each chat by its deadline
+                        while len(kept.results) < len(mine.results):
+                            kept.judged.clear()
+                            await kept.judged.wait()
+                finally:
+                    await asyncio.wait_for(session.close(), within())
         finally:
             proxy.close()
-    return played.results, kept.results, registry
+    return mine.results, kept.results, registry
+
+
+class Kept(Sink):
+    """The client's verdicts, as its sink gets them (the runner's report lists these)."""
+
+    def __init__(self) -> None:
+        self.results: list[ChatResult] = []
+
+    def chat_finished(self, result: ChatResult) -> None:
+        self.results.append(result)
 
 
 class ProxyKept(MetricsSink):
