@@ -1106,6 +1106,7 @@ class Proxy:
         log.info("connection from %s (user %s) opened", peer, self.live.label(identity))
         changed = asyncio.Event()
         closed_by: list[str] = []
+        ended: list[float] = []  # when the side that ended the connection was seen to end it (closed_by[0])
         # Servers that read the JWT from a subprotocol accept the handshake and only then reject it (an AUTH_FAILED
         # frame, close 1008): the attempt's result is known at the first server frame, or at the close.
         attempt: list[str] = []
@@ -1144,6 +1145,7 @@ class Proxy:
                 pass
             finally:
                 closed_by.append(side)
+                ended.append(self.clock())
                 changed.set()
 
         async def upstream_to_client() -> None:
@@ -1174,6 +1176,7 @@ class Proxy:
                 pass
             finally:
                 closed_by.append(side)
+                ended.append(self.clock())
                 changed.set()
 
         async def judge() -> None:
@@ -1241,7 +1244,10 @@ class Proxy:
                      "the proxy (drained)" if drained else closed_by[0] if closed_by else "the proxy", to_client[0],
                      to_upstream[0])
             rcvd = getattr(getattr(upstream, "protocol", None), "close_rcvd", None)
-            conn.closed(self.clock(), by_client=by_client, drained=drained,
+            # A user who left is judged as of its leaving (abandoned at that close, docs/protocol.md), not once the
+            # close handshakes are over: an upstream slow to answer its own (up to CLOSE_TIMEOUT) made a user who left
+            # before the first-event limit an R9.
+            conn.closed(ended[0] if by_client and ended else self.clock(), by_client=by_client, drained=drained,
                         code=None if by_client or drained else rcvd.code if rcvd is not None else 1006)
 
     async def drain(self, server: Any, timeout: float, interrupted: asyncio.Event | None = None) -> int:

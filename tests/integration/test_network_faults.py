@@ -519,3 +519,46 @@ async def test_the_locust_users_client_over_sse_through_a_hostile_network(fault)
     finally:
         await sim.stop()
     assert outcome_of(result) == expected, result
+
+
+async def test_a_user_leaving_before_the_first_event_limit_is_no_r9_when_the_upstream_takes_long_to_close(sim_factory):
+    """The user sends its message and leaves at 0.5 s, before the 1.5 s first-event limit; the message never reached
+    the server (a black hole up, after the welcome), whose answer to the proxy's close then never comes either: the
+    proxy waits for it up to its close timeout (2 s). The chat is judged abandoned at the user's close (docs/protocol.md,
+    Outcomes): passed, no R9, abandoned 0.5 s after its message.
+
+    FAILED on the code before: judged once the upstream's close had timed out, 2.5 s after the message, past the
+    limit: an R9 ("the client left after 2.5s") for a user who left after half a second."""
+    registry = CollectorRegistry()
+    kept = ProxyKept(registry)
+    sc = Scenario.model_validate({"name": "net", "connect_timeout": CONNECT,
+                                  "expect": {"first_event_limit": FIRST, "deadline": DEADLINE, "settle": 0.05}})
+    leave = 0.5
+    async with sim_factory() as (sim, target, _), \
+            relay(sim.port, Fault("hole", UP, at=AFTER_UPGRADE, mid=False)) as upstream:
+        live = LiveChats(target.profile, kept, sc.expectations(target.profile), "live", sc.expect.settle)
+        proxy = await start_proxy(Proxy(f"ws://127.0.0.1:{upstream.port}", live, connect_timeout=CONNECT),
+                                  "127.0.0.1", 0)
+        try:
+            port = proxy.sockets[0].getsockname()[1]
+            session = Session(Target(url=f"ws://127.0.0.1:{port}/ws", profile=target.profile, name="proxied",
+                                     tokens=TokenProvider(token=token_for(target))), "u1", sc.name, Sink(),
+                              connect_timeout=CONNECT)
+            # The user's own limits: it leaves at its deadline, 0.5 s after its message.
+            exp = expectations_for(target.profile, Expect(first_event_limit=leave, deadline=leave, settle=0.05))
+            try:
+                mine = await asyncio.wait_for(session.chat("hello", exp, ChatOptions(settle=0.05)), within())
+            finally:
+                await asyncio.wait_for(session.close(), within())
+            assert mine.violations and not mine.events, mine  # nothing came: the user stared at a blank screen
+            async with asyncio.timeout(DEADLINE + SLACK):
+                while not kept.results:
+                    kept.judged.clear()
+                    await kept.judged.wait()
+        finally:
+            proxy.close()
+    (judged,) = kept.results
+    assert outcome_of(judged) == ("passed", None, ()), judged
+    assert judged.abandoned_at is not None and judged.abandoned_at - judged.sent_at < FIRST, judged
+    assert counted(registry, "chatprobe_chats_abandoned_total") == 1
+    assert upstream.stats.struck
