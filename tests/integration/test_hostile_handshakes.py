@@ -367,7 +367,7 @@ async def test_a_server_flooding_tiny_text_frames_does_not_hold_the_chat_past_it
 
 class TurnCounter(Sink):
     """The events handed to the sink in each turn of the loop while `counting`: `tick` is a task that steps once a
-    turn (asyncio.sleep(0) yields to the next turn), so the events between two of its steps are one turn's."""
+    turn (a zero-length pause, marked below, yields to the next turn), so the events between two of its steps are one turn's."""
 
     def __init__(self) -> None:
         self.turn = 0
