@@ -63,8 +63,6 @@ class CheckSet:
     load: Callable[[], object] = lambda: None
 
 
-
-
 # Each set's name -> the module that defines it, which registers it in CHECKS as it is imported.
 MODULES = {"agui": "harness.payload_checks"}
 NAMES = tuple(MODULES)

@@ -911,7 +911,6 @@ class OfflineCheck:
                            connection_violations=self.listing.connection_violations)
 
 
-
 def _user_of(key: str) -> str:
     """The user a `--record` connection label names (`USER.N`, `FILE:USER.N` in a merge), else ""."""
     head, colon, label = key.partition(":")

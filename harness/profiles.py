@@ -1977,8 +1977,6 @@ def _generate_fast(dec: Decoder, ns: dict[str, Any]) -> tuple[str, dict[str, Any
 BUILTIN_DIR = PROFILES_DIR
 
 
-
-
 def load_profile(name_or_path: str) -> Profile:
     """A built-in profile by name ("netra", "ag-ui") or a user's YAML file by path."""
     return load_builtin_or_file(Profile, name_or_path, BUILTIN_DIR, "harness/profiles", "--profile")

@@ -783,8 +783,6 @@ BUILTIN_DIR = SCENARIOS_DIR
 # `knee` is built in but not in the suite: it drives the process to saturation on purpose.
 
 
-
-
 # Scripts of the tools a load tester comes from, given where a scenario goes: named for what they are, not parsed as
 # YAML (a k6 script read as YAML said "mapping values are not allowed in this context" at an `import` line).
 _SCRIPTS = {

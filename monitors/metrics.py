@@ -69,7 +69,6 @@ MAX_LABEL_LENGTH = 64
 MAX_LOOKUPS = 4 * MAX_SCENARIOS
 
 
-
 class ChatMetrics:
     """The full set of chatprobe metrics on one registry. Attribute names follow the metric names."""
 
