@@ -15,6 +15,12 @@ dropped, as an installed package is compiled once.
 its events name no run, which the checker's routing handles otherwise; `--settle` sets the scenario's expect.settle.
 
     .venv/bin/python bench/paired_run.py TREE_A TREE_B --agui-ws --users 20 --chats 250 --settle 0s
+
+`--python-b PY` runs tree B's chatprobe on another interpreter (a virtualenv of another Python version with
+chatprobe's dependencies installed: `python3.13 -m venv /tmp/py313 && /tmp/py313/bin/pip install .`); give the same
+tree twice to compare interpreters alone (B writes its own byte-code in the warm-up run):
+
+    .venv/bin/python bench/paired_run.py . . --python-b /tmp/py313/bin/python --pairs 11
 """
 from __future__ import annotations
 
@@ -46,6 +52,7 @@ def main() -> int:
     p.add_argument("--chats", type=int, default=50, help="chats per user, back to back")
     p.add_argument("--agui-ws", action="store_true", help="AG-UI over WebSocket (agentsim --protocol ag-ui)")
     p.add_argument("--settle", default=None, help="the scenario's expect.settle (default: chatprobe's default)")
+    p.add_argument("--python-b", default=PY, metavar="PY", help="the interpreter of tree B's runs (default: this one)")
     args = p.parse_args()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     trees = [args.tree_a.resolve(), args.tree_b.resolve()]
@@ -68,9 +75,9 @@ def main() -> int:
                 raise SystemExit(f"agentsim did not say its AG-UI WebSocket endpoint: {line!r}")
             url, profile = line.rsplit(" at ", 1)[1].strip(), ["--profile", "ag-ui"]
 
-        def run(tree: Path) -> tuple[float, float]:
+        def run(tree: Path, python: str = PY) -> tuple[float, float]:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            done = subprocess.run([PY, "-m", "harness", "run", str(scenario), "--target", url, "--auth", "none",
+            done = subprocess.run([python, "-m", "harness", "run", str(scenario), "--target", url, "--auth", "none",
                                    *profile, "--quiet"], cwd=tree, env={**env, "PYTHONPATH": str(tree)}, preexec_fn=pin(1),
                                   capture_output=True, text=True, timeout=600)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -83,13 +90,13 @@ def main() -> int:
         user_ratios: list[float] = []
         try:
             run(trees[0])
-            run(trees[1])  # warm: the OS's caches, not counted
+            run(trees[1], args.python_b)  # warm: the OS's caches (and B's byte-code), not counted
             for i in range(args.pairs):
                 if i % 2 == 0:
                     a = run(trees[0])
-                    b = run(trees[1])
+                    b = run(trees[1], args.python_b)
                 else:
-                    b = run(trees[1])
+                    b = run(trees[1], args.python_b)
                     a = run(trees[0])
                 ratios.append(b[0] / a[0])
                 user_ratios.append(b[1] / a[1])
