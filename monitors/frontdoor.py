@@ -136,23 +136,41 @@ def upstream_url(upstream: str, target: str) -> str:
 MAX_RECORDED_CREDENTIALS = 8 * 1024
 
 
+# JWTs read for the user they name, per connection (or request): a client that packed its 64 KiB of head with a
+# thousand `jwt.` subprotocols, or a query of a thousand tokens, had each one decoded (PyJWT, ~70 us each): 100 ms and
+# more of the event loop per handshake, every other user's relay stalled meanwhile. A client's own few (its
+# Authorization, a subprotocol, a query token) are read; any past these are digested as they come, as any other
+# credential is.
+MAX_JWT_USERS = 4
+
+
 def credentials_identity(headers: dict[str, str], subprotocols: Sequence[str] = (), path: str = "") -> str:
     """Who a connection is, as far as a resume is concerned: a digest of its credentials (never the credentials
     themselves, which are never kept or logged): Authorization, Cookie, the offered subprotocols (`jwt.<token>`) and
     the query parameters that carry a credential (`?access_token=`, an opaque `?t=`). Users who authenticate by a
-    subprotocol or the query string all had one identity, so one could resume another's run."""
+    subprotocol or the query string all had one identity, so one could resume another's run. A JWT stands for the
+    user it names (jwt_user), the first MAX_JWT_USERS of them."""
     h = hashlib.sha256()
+    left = MAX_JWT_USERS
+
+    def user_of(token: str) -> str | None:
+        nonlocal left
+        if token.count(".") != 2 or left <= 0:  # (no JWT, or past the bound: digested as it is)
+            return None
+        left -= 1
+        return jwt_user(token)
+
     for name in ("authorization", "cookie"):
         for k, v in headers.items():
             if k.lower() == name:
                 scheme, _, credential = v.partition(" ")
-                user = jwt_user(credential.strip()) if name == "authorization" and scheme.lower() == "bearer" else None
+                user = user_of(credential.strip()) if name == "authorization" and scheme.lower() == "bearer" else None
                 h.update(f"{name}\0{v if user is None else user}\0".encode("utf-8", "replace"))
     for p in subprotocols:
-        user = jwt_user(p[4:]) if p.startswith("jwt.") else None
+        user = user_of(p[4:]) if p.startswith("jwt.") else None
         h.update(f"subprotocol\0{p if user is None else user}\0".encode("utf-8", "replace"))
     for raw, value in redact.query_credentials(path):
-        user = jwt_user(value)
+        user = user_of(value)
         h.update(f"query\0{raw if user is None else user}\0".encode("utf-8", "replace"))
     return h.hexdigest()[:32]
 
