@@ -72,6 +72,11 @@ WRITE_LIMIT = 64 * 1024
 # Pieces of a body (chunks) parsed from the upstream's bytes per turn of the event loop: an upstream sending one-byte
 # chunks (64 KiB of them a read, some 11,000) holds the loop for a few milliseconds a turn, not a quarter second.
 EVENTS_PER_TURN = 256
+# Bytes of an event stream checked (parsed, each event judged) per turn of the event loop: a 64 KiB read of tiny events
+# (`data:1` and a blank line: 8,192 of them; blank lines alone: 65,536 lines) was checked in one go, 40-100 ms of the
+# loop a read, every other user's stream and the chats' clocks stood still meanwhile. A slice of this many bytes holds
+# at most 512 events (as the WebSocket side's 256 frames a turn, base.FRAMES_PER_TURN, about) or 4,096 lines.
+PARSE_SLICE = 4 * 1024
 # Bytes a client may send while its answer streams (a pipelined next request); past them the connection ends with
 # the answer (the extra bytes are not kept).
 MAX_PIPELINED = MAX_REQUEST_HEAD
@@ -855,18 +860,39 @@ class _Stream:
         if self.broken:
             return
         conn, parser = self.conn, self.parser
+        left: asyncio.CancelledError | None = None  # the client left while this read was checked
         try:
-            if self.unpacker is None:
+            if self.unpacker is None and len(chunk) <= PARSE_SLICE:  # (a chat's events of a few KiB: one slice)
                 for data in parser.feed(chunk):
                     conn.server_frame(data, at)
                 return
-            for i, piece in enumerate(self.unpacker.pieces(chunk)):
-                if i:  # one read may unpack to a thousand pieces: the loop's other clients get their turn between
-                    await asyncio.sleep(0)
-                for data in parser.feed(piece):
-                    conn.server_frame(data, at)
+            # One read may unpack to a thousand pieces, and a piece hold thousands of tiny events: the loop's other
+            # clients get their turn between slices. A client that leaves meanwhile (its end cancels this) had this
+            # read relayed whole already: the next READ_CHUNK bytes are still checked, in one go, as a read was before
+            # (a user who got its run's end and closed at once is no abandoned chat), and then the leaving goes on.
+            turned = False
+            after = 0  # bytes checked since the client left
+            for piece in (chunk,) if self.unpacker is None else self.unpacker.pieces(chunk):
+                for start in range(0, len(piece), PARSE_SLICE):
+                    if left is not None:
+                        if after >= READ_CHUNK:
+                            raise left
+                        after += PARSE_SLICE
+                    elif turned:
+                        try:
+                            await asyncio.sleep(0)
+                        except asyncio.CancelledError as exc:
+                            left = exc
+                            after = PARSE_SLICE
+                    turned = True
+                    for data in parser.feed(piece[start:start + PARSE_SLICE]):
+                        conn.server_frame(data, at)
+            if left is not None:
+                raise left
         except (EventTooLarge, CorruptEncoding) as exc:
             self.failed(str(exc), at)
+            if left is not None:
+                raise left from None
 
     def failed(self, detail: str, at: float) -> None:
         if not self.broken:
