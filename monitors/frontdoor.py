@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import InvalidMessage
+from websockets.exceptions import InvalidMessage, SecurityError
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -82,6 +82,18 @@ WARN_EVERY = 60.0
 
 # Controls, space, DEL, backslash (some servers read it as "/"), and "#" (a fragment has no place in a request).
 _UNSAFE = re.compile(r"[\x00-\x20\x7f\\#]")
+
+
+# The most bytes of request line and headers an upgrade may carry (nginx's default, 4 buffers of 8 KiB, is 32 KiB; a
+# browser's is a few KiB, cookies included): past it, 431 (proxy.Proxy.process_request, once the head is read).
+# websockets keeps a request's head for the connection's life: at --max-connections connections, a client sending a
+# MiB of it made the proxy hold a MiB each, outside the per-connection budget ...
+MAX_REQUEST_HEAD = 64 * 1024
+# ... and the bytes a socket may send before its request is read whole: that head, its line ends, and a read more
+# (proxy.READ_CAP). websockets reads up to 128 header lines of 8 KiB, 1 MiB, before it gives up on a request: a head
+# that went on without end (a slow loris's) held that much of the proxy's memory to the handshake's deadline, 15 s,
+# for each of the tenth of the open-file limit of sockets allowed to be reading one. Past it, 431 as the bytes come.
+MAX_HEAD_READ = MAX_REQUEST_HEAD + 16 * 1024
 
 
 class BadTarget(ValueError):
@@ -630,6 +642,7 @@ class FrontDoor:
         class CountedConnection(BoundedPongs, ServerConnection):
             door_key: str | None = None
             reading_request = False  # counted in door.reading (handshake_began) until its request is read
+            head_read = 0  # bytes read of it, while it is read
             heard = False  # a byte of a request came
             judged = False  # its refusal is counted
 
@@ -655,8 +668,25 @@ class FrontDoor:
 
             def data_received(self, data: bytes) -> None:
                 self.heard = self.heard or bool(data)
+                if self.reading_request:
+                    self.head_read += len(data)
+                    if self.head_read > MAX_HEAD_READ:
+                        self._head_too_large()
+                        return
                 super().data_received(data)
                 self._unparsed()
+
+            def _head_too_large(self) -> None:
+                """431 and the close, as websockets answers a header line too long, for a request whose head goes
+                on past MAX_HEAD_READ: what came is not parsed (nor what comes after)."""
+                protocol = self.protocol
+                if protocol.state is State.CONNECTING and protocol.handshake_exc is None:
+                    protocol.handshake_exc = SecurityError(f"request head over {MAX_REQUEST_HEAD // 1024} KiB")
+                    protocol.send_response(protocol.reject(
+                        HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Failed to open a WebSocket connection: the "
+                        f"request's head is over {MAX_REQUEST_HEAD // 1024} KiB.\n"))
+                    self.send_data()
+                    self._unparsed()
 
             def _request_read(self, _: Any = None) -> None:
                 if self.reading_request:

@@ -68,6 +68,7 @@ from .frontdoor import (
     DEFAULT_PING_INTERVAL,
     DEFAULT_PING_TIMEOUT,
     MAX_RECORDED_CREDENTIALS,
+    MAX_REQUEST_HEAD,
     WARN_EVERY,
     BadTarget,
     FrontDoor,
@@ -95,11 +96,6 @@ FORWARDED_HEADERS = ("authorization", "cookie", "origin", "user-agent", "x-reque
 # for the key, version and origin): a request with two of one is refused with 400 (named in the log, no value).
 ONCE_HEADERS = ("Host", "Authorization", "Proxy-Authorization", "Cookie", "Origin", "Sec-WebSocket-Key",
                 "Sec-WebSocket-Version")
-# The most bytes of request line and headers an upgrade may carry (nginx's default, 4 buffers of 8 KiB, is 32 KiB; a
-# browser's is a few KiB, cookies included). websockets reads up to 128 lines of 8 KiB, 1 MiB, and keeps them for the
-# life of the connection: at --max-connections connections, a client sending that much made the proxy hold a MiB
-# each, outside the per-connection budget. Past it, 431.
-MAX_REQUEST_HEAD = 64 * 1024
 # A resume looks for its run among this many of the user's latest connections still open (a browser that lost its
 # network resumes on its next socket while the old one has not closed yet: one or two).
 MAX_RESUME_SEARCH = 64
