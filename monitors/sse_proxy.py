@@ -162,6 +162,23 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 _FOLDED = re.compile(rb"\n[ \t]")  # a line beginning with whitespace: obs-fold, a continuation of the line before
 
 
+# Header fields a request may carry, as many as the WebSocket side's upgrade (websockets' MAX_NUM_HEADERS; a browser
+# sends some 20, a load balancer adds a few): h11 reads as many as 64 KiB holds (6,500 of `a:b`), some 30-50 ms of the
+# event loop for each such head, every other user's stream stalled meanwhile, and the proxy then copied, checked and
+# forwarded them all. Past it, 431, before h11 parses the head.
+MAX_HEADERS = 128
+
+
+def _check_count(raw: bytes | bytearray) -> None:
+    """_Refused (431) for a request head (the start of `raw`, blank lines before it aside) of more than MAX_HEADERS
+    header fields. Called only once the line ends read pass that many (a head's, or a body's in the same read)."""
+    raw = bytes(raw).lstrip(b"\r\n")
+    end = _HEAD_END.search(raw)
+    if raw.count(b"\n", 0, end.end() if end is not None else len(raw)) > MAX_HEADERS + 2:  # + request line, blank line
+        raise _Refused(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"the request has more than {MAX_HEADERS} header "
+                       "fields")
+
+
 def _check_lines(raw: bytes | bytearray) -> None:
     """_Refused (400) for a request head with a line ended by LF alone, or a header folded onto a line beginning with
     whitespace (obs-fold): h11 reads the first as a line (RFC 9112 §2.2 lets a recipient) and joins the second to the
@@ -383,6 +400,10 @@ class SSEProxy:
         heard = bool(raw.lstrip(b"\r\n"))
         # The last bytes given to h11 and the 4 before them: where a chunked body's end is checked (_check_end).
         last, before = bytes(raw), b""
+        # Line ends read while the head is (a cheap count: the head itself is looked at only past MAX_HEADERS).
+        lines = raw.count(b"\n")
+        if lines > MAX_HEADERS + 2:
+            _check_count(raw)
         if pending:
             h.receive_data(pending)
         idle = self.request_timeout if first else KEEPALIVE_TIMEOUT
@@ -420,6 +441,9 @@ class SSEProxy:
                             deadline.reschedule(loop.time() + self.request_timeout)
                         if head is None:
                             raw += data
+                            lines += data.count(b"\n")
+                            if lines > MAX_HEADERS + 2:
+                                _check_count(raw)
                         before, last = (before + last[-4:])[-4:], data
                         h.receive_data(data)
                         continue
