@@ -132,6 +132,7 @@ class ClientSocket:
         self.admitted = False  # it holds a slot of the front door (from its first request's head on)
         self.reading = True  # waiting for (or reading) a request: closed at once when the proxy stops
         self.heard = False  # (while reading) a byte of the request came: the drain lets it come whole and be served
+        self.lingering = False  # its last answer sent, its connection closing lingering (SSEProxy._send_and_close)
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def wait_closed(self) -> None:
@@ -302,23 +303,30 @@ class SSEProxy:
         except (OSError, h11.ProtocolError, TimeoutError):
             pass  # the client's socket failed or broke HTTP mid-answer: nothing more to tell it
         finally:
-            self.clients.pop(client, None)
             client.done()
             door.socket_closed(key)
-            if not writer.transport.is_closing():
-                if h.our_state in (h11.SEND_BODY, h11.ERROR):  # an answer cut short: the client sees it cut
-                    writer.transport.abort()
-                else:
-                    # Closed lingering, as the proxy's own answers are: closed at once with bytes of the client's
-                    # unread (a request sent behind `Connection: close`, pipelined past MAX_PIPELINED, or coming as
-                    # the drain ends the connection), the socket was reset and the kernel dropped what it had not yet
-                    # sent of the answer: the client got a whole answer's head and a silently short body.
-                    await self._send_and_close(reader, writer, None)
+            client.lingering = True
+            try:
+                if not writer.transport.is_closing():
+                    if h.our_state in (h11.SEND_BODY, h11.ERROR):  # an answer cut short: the client sees it cut
+                        writer.transport.abort()
+                    else:
+                        # Closed lingering, as the proxy's own answers are: closed at once with bytes of the client's
+                        # unread (a request sent behind `Connection: close`, pipelined past MAX_PIPELINED, or coming
+                        # as the drain ends the connection), the socket was reset and the kernel dropped what it had
+                        # not yet sent of the answer: the client got a whole answer's head and a silently short body.
+                        await self._send_and_close(reader, writer, None)
+            finally:
+                # Only now: the stop waits for (or cuts) a connection closing lingering too. Left out of it, its task
+                # was still running as the proxy's event loop ended, which cancelled it, and Python 3.11's asyncio
+                # logs a connection handler's cancellation as an "Exception in callback" traceback.
+                self.clients.pop(client, None)
 
     @property
     def relays(self) -> dict[ClientSocket, asyncio.Task[Any]]:
-        """The client connections open (what the drain waits for, as the WebSocket side's relays)."""
-        return self.clients
+        """The client connections open, as the WebSocket side's relays (what the stop's lines count), those closing
+        lingering aside (the drain waits for those too, CLOSE_TIMEOUT at most, but they carry no request)."""
+        return {c: t for c, t in self.clients.items() if not c.lingering}
 
     async def drain(self, server: SSEServer, timeout: float, interrupted: asyncio.Event | None = None) -> int:
         """SIGTERM's first step, as the WebSocket side's (proxy.Proxy.drain): no new connection (the listener closed),
@@ -332,7 +340,7 @@ class SSEProxy:
         if tasks and timeout > 0:
             await drain_wait(asyncio.wait(tasks), timeout, interrupted)
         self.drained = True
-        return len(self.clients)
+        return len(self.relays)
 
     async def _refused(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, refused: _Refused) -> None:
         """A request the proxy answers itself: counted (when it is a bad request), answered, the connection closed."""
