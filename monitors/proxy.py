@@ -299,6 +299,10 @@ class LiveChats:
 
     def __init__(self, profile: Profile, sink: MetricsSink, expectations: Expectations, scenario: str,
                  settle: float, recorder: Recorder | None = None) -> None:
+        # At start-up, before the proxy listens: done by the first connection's FrameRouter (flow), the profile's
+        # decoder and what its checks load (AG-UI's schema: ~0.3-0.5 s of imports) held the event loop as the first
+        # user connected, every other user's handshake and request stalled behind it (all of them, after a deploy).
+        profile.prepare()
         self.profile = profile
         # --record: each connection's frames, kept when a chat on it did not pass (or all, with --record-all).
         self.recorder = recorder
