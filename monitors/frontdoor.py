@@ -16,6 +16,9 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+# PyJWT, loaded with the proxy for harness.targets.jwt_claims, which imports it on first use: ~0.3 s of imports inside
+# the event loop at the first user's JWT, every other user's handshake and request stalled behind it.
+import jwt  # noqa: F401
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import InvalidMessage, SecurityError
 from websockets.protocol import State
