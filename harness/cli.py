@@ -472,6 +472,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
         TokenProvider,
         check_credentials,
         check_scenario_fits,
+        check_tls_fits,
         embedded_sim,
         make_target,
         read_token,
@@ -569,6 +570,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
             tokens = read
             url = opts.url
         else:
+            check_tls_fits(opts, "the embedded agentsim", "give --target wss://… for a server of yours")
             dialects = set()
             for scenario in scenarios:
                 profile = target_profile(opts, scenario.profile)
@@ -577,7 +579,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
                                       f"{', '.join(sorted(EMBEDDED_DIALECTS))}; give --target URL, the "
                                       f"address of a server that speaks {profile.name}")
                 probe_url = "http://127.0.0.1:1" if profile.transports[0] == "sse" else "ws://127.0.0.1:1"
-                fits(scenario, make_target(opts, TokenProvider(), scenario.profile, url=probe_url))
+                fits(scenario, make_target(opts, TokenProvider(), scenario.profile, url=probe_url, stand_in=True))
                 dialects.add(profile.name)
             if len(dialects) > 1:
                 raise ConfigError(f"the embedded agentsim speaks one dialect per run; these scenarios need "

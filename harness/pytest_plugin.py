@@ -39,6 +39,7 @@ from .targets import (
     TargetOptions,
     TokenProvider,
     check_credentials,
+    check_tls_fits,
     flag_named,
     make_target,
     parse_header_flags,
@@ -418,6 +419,9 @@ def _target_options(config: pytest.Config, url: Any = _OPTION, *, at_start: bool
             websocket = profile.transports[0] != "sse" or (
                 at_start and bool(opts.subprotocols) and "websocket" in profile.transports)
             url = "ws://127.0.0.1:1" if websocket else "http://127.0.0.1:1/agent"
+            if not at_start:  # (at start a conftest's chatprobe_url may yet name a wss:// server)
+                check_tls_fits(opts, "the embedded agentsim", "give --chatprobe-target wss://… for a server of yours")
+            return opts, make_target(opts, tokens, url=url, stand_in=True)
         return opts, make_target(opts, tokens, url=url)
     except ConfigError as exc:
         raise pytest.UsageError(f"chatprobe: {redact.clean(flag_named(exc, '--chatprobe-', PYTEST_FIELDS), 1000)}"

@@ -449,9 +449,25 @@ def target_profile(opts: TargetOptions, default_profile: str | None = None) -> P
         raise ConfigError(message, field="profile", detail=message.removeprefix("--profile ")) from None
 
 
+# The TLS options, by their TargetOptions names: what a ws:// or http:// target never reads.
+TLS_OPTIONS = ("ca_file", "client_cert", "client_key", "insecure")
+
+
+def check_tls_fits(opts: TargetOptions, target: str, hint: str) -> None:
+    """TLS options given for `target` (a URL or the embedded server), which speaks no TLS: a usage error naming the
+    option and the target, not options silently ignored (a ws:// typed for wss:// would run unverified while the user
+    believes its certificate checked), as the proxy refuses its --upstream-ca-file beside a ws:// upstream."""
+    for option in TLS_OPTIONS:
+        if getattr(opts, option):
+            raise option_error(option, f": is for a wss:// or https:// target; {target} speaks no TLS ({hint})")
+
+
 def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str | None = None, *,
-                url: str | None = None, transports: tuple[str, ...] | None = None) -> Target:
-    """The checked Target for `url` (default `opts.url`); `transports` limits what a driver can speak."""
+                url: str | None = None, transports: tuple[str, ...] | None = None,
+                stand_in: bool = False) -> Target:
+    """The checked Target for `url` (default `opts.url`); `transports` limits what a driver can speak. `stand_in`:
+    `url` is not the server's (a placeholder of its transport, to check the rest against before the server is
+    known): whether it speaks TLS is not checked."""
     url = opts.url if url is None else url
     if url is None:
         raise option_error("url", ": no URL given")
@@ -462,6 +478,8 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
     if parts.username or parts.password:
         raise option_error("url", ": put credentials in --token-env or --token-file, not in the URL")
     transport = SCHEMES[parts.scheme].transport
+    if parts.scheme in ("ws", "http") and not stand_in:
+        check_tls_fits(opts, redact.clean(url, 120), f"did you mean {parts.scheme}s://?")
     if transport not in profile.transports:
         raise option_error("url", f"{parts.scheme}:// means {transport}, but profile {profile.name!r} is spoken over "
                                   f"{' or '.join(profile.transports)} only")

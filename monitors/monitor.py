@@ -40,6 +40,7 @@ from harness.targets import (
     TokenProvider,
     add_target_args,
     check_credentials,
+    check_tls_fits,
     embedded_sim,
     make_target,
     options_from_args,
@@ -502,6 +503,7 @@ async def _main(args: argparse.Namespace) -> int:
             probes = probes_from_args(opts, args.scenario, args.target, read_token(opts), timeout)
         else:
             check_credentials(options_from_args(args))  # as `run`
+            check_tls_fits(options_from_args(args), "the embedded agentsim", "give --target wss://… for a server of yours")
             sim, tokens = await stack.enter_async_context(embedded_sim([], None))
             print(f"chatprobe monitor: no --target: probing the embedded agentsim on {sim.url}", file=sys.stderr)
             # A stable `target` label (and /probe?target= name), as `run` gives it: the embedded port changes.

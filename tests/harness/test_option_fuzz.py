@@ -40,8 +40,10 @@ def _judge(proc: subprocess.CompletedProcess, flag: str, code: int, prefix: str)
 ])
 def test_a_hostile_locust_option_exits_2_with_one_line_naming_it(flag, value, refused_port):
     # (a --host given as the value comes later and wins)
+    scheme = "wss" if flag == "--chatprobe-ca-file" else "ws"  # (beside a ws:// host any CA file is refused)
     argv = [str(LOCUST), "-f", str(ROOT / "scenarios" / "locustfile.py"), "--headless", "-u", "1", "-r", "1",
-            "-t", "2s", "--exit-code-on-error", "1", "--host", f"ws://127.0.0.1:{refused_port()}/ws", flag, value]
+            "-t", "2s", "--exit-code-on-error", "1", "--host", f"{scheme}://127.0.0.1:{refused_port()}/ws", flag,
+            value]
     proc = subprocess.run(argv, capture_output=True, timeout=60, env=ENV, cwd=ROOT)
     _judge(proc, flag, 2, "chatprobe: error:")
 

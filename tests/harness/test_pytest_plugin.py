@@ -281,7 +281,14 @@ async def test_the_plugin_takes_auth_ca_file_and_subprotocols_as_the_other_drive
      "--chatprobe-jwt-secret-env"),
     (["--chatprobe-jwt-secret-env", "NO_SUCH_VAR_X"], "--chatprobe-jwt-secret-env NO_SUCH_VAR_X: the variable is not "
                                                       "set or empty"),
-    (["--chatprobe-ca-file", "no-such-ca.pem"], "--chatprobe-ca-file no-such-ca.pem: no such file"),
+    (["--chatprobe-target", "wss://127.0.0.1:9/ws", "--chatprobe-ca-file", "no-such-ca.pem"],
+     "--chatprobe-ca-file no-such-ca.pem: no such file"),
+    # A TLS option beside a ws:// target, which speaks no TLS: refused, not ignored (it was: the run went on
+    # unverified while the user believed the certificate checked).
+    (["--chatprobe-ca-file", "ca.pem"], "--chatprobe-ca-file: is for a wss:// or https:// target; "
+                                        "ws://127.0.0.1:9/ws speaks no TLS (did you mean wss://?)"),
+    (["--chatprobe-client-cert", "me.pem"], "--chatprobe-client-cert: is for a wss:// or https:// target; "
+                                            "ws://127.0.0.1:9/ws speaks no TLS (did you mean wss://?)"),
     (["--chatprobe-token-file", "no-such-token"], "--chatprobe-token-file no-such-token: cannot read"),
     (["--chatprobe-header", "Authorization: Basic x"],
      "--chatprobe-header 'Authorization: ...': chatprobe sends its token in this header (or, with --chatprobe-auth "
