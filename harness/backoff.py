@@ -1,6 +1,7 @@
 """How long a load user waits after its connections failed: exponential, capped, jittered, reset by a success."""
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -38,14 +39,30 @@ class Backoff:
         ceiling = self.ceiling()
         return ceiling * self.rng.uniform(0.5, 1.0) if ceiling else 0.0
 
+    def first_delay(self, within: float = float("inf")) -> float:
+        """The wait before the first attempt after a connection that worked was lost, less than `within` (the time
+        the attempts have): "full jitter" (AWS, "Exponential
+        Backoff And Jitter"), anywhere in [0, first]. Users whose connections a restarting server dropped at one
+        instant all lose them together: an attempt at once (no wait) sent them all back at that same instant, a
+        thundering herd on a server that is coming up. Full jitter spreads them over the whole window, so the widest
+        spread for the ceiling, and the shortest wait on average (first / 2) for the lone user whose connection a load
+        balancer's idle timeout cut, which one attempt fixes. Equal jitter ([first / 2, first], as `delay` draws after a
+        failed attempt: the server has just refused, and the floor keeps the retry from coming straight back) would
+        make every lost connection wait half the window for nothing."""
+        return min(self.first, within) * self.rng.random()
+
 
 # Every chat's reconnect retries draw their jitter from one generator, not one each (a Random's state is ~2.5 KB).
+# Unseeded, as the think times (scenario._THINK_RNG); seeded anew in a forked child (Locust's --processes), or every
+# worker would draw the parent's sequence: the same waits in step across workers.
 _RETRY_RNG = random.Random()
+os.register_at_fork(after_in_child=_RETRY_RNG.seed)
 
 
 class ReconnectRetries:
-    """One lost connection's reconnect attempts, decided from data only: after a failed attempt, whether another
-    follows and when (Backoff's capped, jittered exponential delay), until one connects, `max_attempts` were made, or
+    """One lost connection's reconnect attempts, decided from data only: when the first is due (a fully jittered
+    wait after the loss, Backoff.first_delay), and after a failed attempt, whether another follows and when (Backoff's
+    capped, jittered exponential delay), until one connects, `max_attempts` were made, or
     the next would start at or past `give_up_at` (clock time: the chat's own deadline or the scenario's
     reconnect_timeout after the loss, the earlier). The one decision for every driver (flow.ChatFlow plays it for the
     asyncio Session and the Locust user's SyncSession alike); a recording asks it at the failure it records, so the
@@ -58,12 +75,14 @@ class ReconnectRetries:
     __slots__ = ("max_attempts", "give_up_at", "backoff", "attempts", "retry_at", "_decided", "generation",
                  "members", "pending", "_limit", "_latest")
 
-    def __init__(self, max_attempts: int, give_up_at: float, generation: int = 0) -> None:
+    def __init__(self, max_attempts: int, give_up_at: float, generation: int = 0, lost_at: float = 0.0) -> None:
         self.max_attempts = max_attempts
         self.give_up_at = give_up_at
         self.backoff = Backoff(rng=_RETRY_RNG)
         self.attempts = 0
-        self.retry_at = 0.0  # when the next attempt is due, after a failed one that is retried
+        # When the next attempt is due: the first, a fully jittered wait after the loss (`lost_at`,
+        # Backoff.first_delay); after a failed one that is retried, its backoff.
+        self.retry_at = lost_at + self.backoff.first_delay(give_up_at - lost_at)
         self._decided: bool | None = None  # the current attempt failed: whether another follows
         self.pending = False  # an attempt is under way (started, not yet known to have failed or connected)
         self.generation = generation  # the connection lost

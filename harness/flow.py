@@ -713,7 +713,7 @@ class ChatState(enum.IntEnum):
     ENDING = 8
     SETTLING = 9
     FINISHED = 10
-    BACKING_OFF = 11  # a reconnect attempt failed: the next one is due at ReconnectRetries.retry_at
+    BACKING_OFF = 11  # the connection was lost, or a reconnect attempt failed: the next is due at ReconnectRetries.retry_at
 
     def __str__(self) -> str:
         return self.name
@@ -921,11 +921,13 @@ class ChatFlow:
             self.reconnects += 1
             # Tried again with backoff until connected, out of attempts, or out of time: the chat's own deadline bounds
             # every attempt and every wait, and so does the scenario's reconnect_timeout from this loss on. The
-            # attempts are shared by every chat that lost this connection (parallel_chats): one attempt for all.
+            # attempts are shared by every chat that lost this connection (parallel_chats): one attempt for all. The
+            # first waits a jittered moment too (ReconnectRetries.retry_at): users a restarting server dropped at one
+            # instant come back spread out, not all at that instant.
             shared = self.router.reconnecting
             if shared is None or shared.generation != self.generation:
                 shared = ReconnectRetries(options.max_reconnect_attempts, now + options.reconnect_timeout,
-                                          self.generation)
+                                          self.generation, now)
                 if self.router.reconnecting is None or self.router.reconnecting.generation < self.generation:
                     self.router.reconnecting = shared
             shared.join(self, self._until)
@@ -933,7 +935,8 @@ class ChatFlow:
             if shared.gave_up:  # the others' last attempt failed before this chat noticed the loss
                 self._give_up()
                 return self.next(now, link)
-            return self._reconnect()
+            self.state = BACKING_OFF  # until the first attempt is due (at once if one is under way or due already)
+            return self._back_off(now, link)
         if forgot_run(self.router, tracker):
             if self.crossed and self.content is not None and not self.resend:
                 # The resume of a run the server closed the connection on before any event was answered with

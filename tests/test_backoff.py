@@ -68,3 +68,13 @@ def test_a_reconnects_retry_is_decided_once_per_attempt_and_bounded_by_count_and
     retries = ReconnectRetries(max_attempts=10, give_up_at=1.0)
     retries.attempt()
     assert retries.failed(0.96) is False  # the next would start at 1.01 or later
+
+
+def test_the_first_attempt_after_a_loss_is_fully_jittered_within_the_time_the_attempts_have():
+    """Full jitter: anywhere in [0, first) after the loss, not at once for every user (a thundering herd on a server
+    that dropped them all); never at or past the give-up time (a reconnect_timeout shorter than `first`)."""
+    waits = [ReconnectRetries(max_attempts=3, give_up_at=110.0, lost_at=100.0).retry_at - 100.0 for _ in range(200)]
+    assert all(0 <= w < 0.1 for w in waits)
+    assert max(waits) - min(waits) > 0.05  # spread over the window (200 draws: below half of it ~never)
+    short = [ReconnectRetries(max_attempts=3, give_up_at=100.01, lost_at=100.0).retry_at for _ in range(200)]
+    assert all(100.0 <= at < 100.01 for at in short)

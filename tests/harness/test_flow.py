@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from harness.backoff import BACKOFF_FIRST
 from harness.checker import ConnectionChecker, Expectations
 from harness.events import DEFAULT_REQUIRED, Event, Frame, Role
 from harness.flow import (
@@ -234,6 +235,17 @@ def test_a_message_that_cannot_be_sent_is_send_failed_or_the_connect_kind_when_s
     assert flow.tracker not in flow.router.checker.active()  # never reached the server
 
 
+def lost(flow, link, now):
+    """The connection's loss noticed at `now`: the first attempt waits a fully jittered moment, [0, BACKOFF_FIRST)
+    (harness/backoff.py: users a server dropped together do not all come back at that instant); woken then, the
+    chat's Reconnect."""
+    wait = flow.next(now, link)
+    assert isinstance(wait, Wait) and now <= wait.until < now + BACKOFF_FIRST, wait
+    action = flow.next(wait.until, link)
+    assert isinstance(action, Reconnect), action
+    return action
+
+
 def attempted(flow, ok, now):
     """The driver's part of a Reconnect (Session._reconnect): the attempt taken (takes_attempt), made, its outcome."""
     retries = flow.retries
@@ -247,7 +259,7 @@ def test_disconnect_after_drops_once_then_reconnects_and_resumes_from_the_last_s
     feed(flow, 2, 0.1)
     assert flow.next(0.1, link) == DROP
     link.closed = True
-    assert flow.next(0.2, link).generation == 1
+    assert lost(flow, link, 0.2).generation == 1
     attempted(flow, True, 0.2)
     link.closed, link.generation = False, 2
     resume = flow.next(0.3, link)
@@ -266,13 +278,13 @@ def test_a_resume_that_brings_nothing_back_is_lost():
     start(flow, link)
     feed(flow, 2, 0.1)
     link.closed = True
-    assert flow.next(0.2, link).generation == 1
+    assert lost(flow, link, 0.2).generation == 1
     attempted(flow, True, 0.2)
     link.closed, link.generation = False, 2
     flow.next(0.2, link)
     flow.sent(True)
     link.closed = True  # gone again before any event: the first resume lost the run, and no more tries
-    assert flow.next(0.3, link).generation == 2
+    assert lost(flow, link, 0.3).generation == 2
     assert flow.tracker.reconnects == ["lost"] and ("reconnect", "lost") in sink.calls
 
 
@@ -281,7 +293,7 @@ def test_reconnect_gives_up_after_max_reconnects_and_judges_the_chat_lost():
     start(flow, link)
     feed(flow, 1, 0.1)
     link.closed = True
-    assert isinstance(flow.next(0.2, link), Reconnect)
+    lost(flow, link, 0.2)
     attempted(flow, True, 0.2)
     link.closed, link.generation = False, 2
     flow.next(0.2, link)
@@ -298,7 +310,7 @@ def test_failed_reconnect_is_reported_lost_and_ends_the_chat():
     start(flow, link)
     feed(flow, 1, 0.1)
     link.closed = True
-    flow.next(0.2, link)
+    lost(flow, link, 0.2)
     attempted(flow, False, 0.2)
     result = flow.next(0.3, link).result
     assert result.outcome.value == "incomplete"
@@ -314,9 +326,11 @@ def test_a_failed_reconnect_is_tried_again_with_backoff_until_one_connects():
     feed(flow, 1, 0.1)
     link.closed = True
     now = 0.2
+    action = lost(flow, link, now)
     waits = []
-    for _ in range(3):
-        action = flow.next(now, link)
+    for i in range(3):
+        if i:
+            action = flow.next(now, link)
         assert isinstance(action, Reconnect) and action.generation == 1 and action.by == 10.0  # the chat's deadline
         assert takes_attempt(action, link.generation, link.closed) is True  # the driver makes it
         assert action.will_retry(now) is True  # what a recording's close record says, asked first at the failure
@@ -378,7 +392,7 @@ def test_a_chat_backing_off_reconnects_at_once_when_another_chat_reconnected():
     start(flow, link)
     feed(flow, 1, 0.1)
     link.closed = True
-    flow.next(0.2, link)
+    lost(flow, link, 0.2)
     attempted(flow, False, 0.2)
     assert isinstance(flow.next(0.2, link), Wait)
     link.closed, link.generation = False, 2  # another chat of the connection reconnected it

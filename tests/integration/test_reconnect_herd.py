@@ -1,0 +1,85 @@
+"""A restarting server drops every user's connection at one instant: their first reconnect attempts must not all come
+back at that instant (a thundering herd on a server coming up). harness/backoff.py draws the first attempt's wait
+with full jitter, anywhere in [0, BACKOFF_FIRST] after the loss (docs/protocol.md), as it draws every later one.
+
+A raw WebSocket server on 127.0.0.1 (tests/integration/hostile_ws.py's framing), real picows and websockets clients
+under run_scenario. The server starts a run for each user's chat, and once every user's chat is under way it drops
+all their connections at once (an abort: no closing handshake, a lost network); it times each reconnect that comes
+to resume, and finishes the run there, so every chat resumes and passes.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from harness.backoff import BACKOFF_FIRST
+from harness.profiles import load_profile
+from harness.runner import run_scenario
+from harness.scenario import Scenario
+from harness.targets import Target, TokenProvider
+
+from .hostile_ws import TOKEN, WELCOME, Raw, Reader, Writer, frame, raw, read_frame, read_until_gone, run_frames, upgrade
+
+USERS = 20
+# The spread of the reconnects of USERS users is that of USERS draws over [0, BACKOFF_FIRST]: below half the window
+# with a chance of about USERS / 2^(USERS-1) (2e-5), so at least half of it, where all of them at the instant of the
+# loss (the code before: an attempt at once) come within the few milliseconds the client takes to open 20 connections.
+# At most the window, and what the client and the server take for 20 connections beside it (generous: a loaded
+# machine), not a backoff's whole second or more.
+SPREAD_AT_LEAST = BACKOFF_FIRST / 2
+SPREAD_AT_MOST = BACKOFF_FIRST + 1.0
+
+
+class Herd:
+    """The server's state: the first connections (until all USERS are under way) and when each resume came."""
+
+    def __init__(self) -> None:
+        self.first: list[Writer] = []
+        self.resumed_at: list[float] = []
+
+
+def drops_everyone(herd: Herd):
+    async def server(reader: Reader, writer: Writer, head: bytes, srv: Raw) -> None:
+        came = asyncio.get_running_loop().time()
+        writer.write(upgrade(head))
+        writer.write(frame(1, WELCOME))
+        await writer.drain()
+        _, data = await read_frame(reader)
+        request = json.loads(data)
+        if request["type"] == "resume":
+            herd.resumed_at.append(came)
+            for f in run_frames("-")[request["payload"]["last_seq"]:]:
+                writer.write(frame(1, f))
+            await read_until_gone(reader)
+            return
+        started, *_ = run_frames(request["payload"]["message_id"])
+        writer.write(frame(1, started))
+        await writer.drain()
+        herd.first.append(writer)
+        if len(herd.first) == USERS:  # every chat's run under way: the server goes down, all at once
+            for w in herd.first:
+                w.transport.abort()
+        await read_until_gone(reader)
+    return server
+
+
+@pytest.mark.parametrize("compression", ["none", "deflate"], ids=["picows", "websockets"])
+async def test_users_dropped_at_once_do_not_reconnect_at_once(compression):
+    """FAILED on the code before: the first reconnect after a lost connection was made at once, so the 20 users came
+    back within a millisecond of each other (a spread of 0.0004 s); now within [0, 0.1 s] of the loss each,
+    spread over that window."""
+    sc = Scenario.model_validate({
+        "name": "herd", "users": USERS, "connect_timeout": "5s", "compression": compression,
+        "expect": {"first_event_limit": "5s", "deadline": "20s", "settle": "0.05s"}})
+    herd = Herd()
+    async with raw(drops_everyone(herd)) as srv:
+        target = Target(url=srv.url, profile=load_profile("netra"), name="t", tokens=TokenProvider(TOKEN))
+        target.compression = compression
+        run = await asyncio.wait_for(run_scenario(sc, target), 60)
+    assert len(herd.first) == USERS and len(herd.resumed_at) == USERS, (len(herd.first), herd.resumed_at)
+    assert {(c.outcome.value, tuple(c.reconnects), c.reconnect_attempts) for c in run.results} == {
+        ("passed", ("resumed",), 1)}, run.results
+    spread = max(herd.resumed_at) - min(herd.resumed_at)
+    assert SPREAD_AT_LEAST <= spread <= SPREAD_AT_MOST, spread
