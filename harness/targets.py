@@ -478,8 +478,8 @@ def make_target(opts: TargetOptions, tokens: TokenProvider, default_profile: str
     if parts.username or parts.password:
         raise option_error("url", ": put credentials in --token-env or --token-file, not in the URL")
     transport = SCHEMES[parts.scheme].transport
-    if parts.scheme in ("ws", "http") and not stand_in:
-        check_tls_fits(opts, redact.clean(url, 120), f"did you mean {parts.scheme}s://?")
+    if parts.scheme in ("ws", "http") and not stand_in and any(getattr(opts, o) for o in TLS_OPTIONS):
+        check_tls_fits(opts, redact.clean(url, 120), f"did you mean {parts.scheme}s://?")  # (cleaned only then)
     if transport not in profile.transports:
         raise option_error("url", f"{parts.scheme}:// means {transport}, but profile {profile.name!r} is spoken over "
                                   f"{' or '.join(profile.transports)} only")
