@@ -32,6 +32,7 @@ from .flow import (
 from .sinks import Sink
 from .targets import Target
 from .transports import ConnectFailed, Transport, make_transport
+from .transports.base import SendStalled
 
 _MIN_TIMER = 0.001  # seconds (see Wake.arm)
 
@@ -452,6 +453,9 @@ class Session(VirtualUser):
             return True
         except ConnectionError:
             return None
+        except SendStalled as exc:  # the server stopped reading: the chat's send_failed says so
+            self._send_note = str(exc)
+            return False
         except Exception:
             return False
 
@@ -497,7 +501,8 @@ class Session(VirtualUser):
             return None
         except Exception as exc:
             if not transport.connects_on_send:
-                self._send_note = f"the frame could not be sent ({type(exc).__name__})"
+                self._send_note = str(exc) if isinstance(exc, SendStalled) else \
+                    f"the frame could not be sent ({type(exc).__name__})"
                 if expectations is not None:  # --record: as a stalled frame
                     transport.send_failed("send_failed", self._send_note)
             return False

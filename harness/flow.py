@@ -1071,7 +1071,7 @@ class ChatFlow:
         elif closed and not self.probe and failure_kind is None and not self.resend:
             self._send_again()
         elif self.probe:
-            self._error("send_failed", "the connection closed before the frame could be sent")
+            self._error("send_failed", failure_message or "the connection closed before the frame could be sent")
         elif failure_kind is not None:
             self.router.checker.discard(self.tracker)  # never reached the server: not a chat to route events to
             self.router.sink.connection_attempt(self.router.scenario, failure_kind)

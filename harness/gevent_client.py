@@ -46,7 +46,15 @@ from .flow import (
 from .sinks import Sink
 from .targets import Target
 from .transports import SCHEMES, ConnectFailed, ConnectSettings
-from .transports.base import FRAMES_PER_TURN, MAX_FRAGMENTS, NO_RESPONSE, TOO_MANY_FRAGMENTS, plain_close_hint
+from .transports.base import (
+    FRAMES_PER_TURN,
+    MAX_FRAGMENTS,
+    MAX_UNSENT_SEND,
+    NO_RESPONSE,
+    TOO_MANY_FRAGMENTS,
+    SendStalled,
+    plain_close_hint,
+)
 from .transports.websocket import classify, handshake_options, minimal_lengths, record_close, status_first
 
 if TYPE_CHECKING:
@@ -148,7 +156,8 @@ class _Wire:
     def send_text(self, data: bytes, timeout: float = 0.0, sending: Callable[[], object] | None = None) -> None:
         """Send one text message, given as UTF-8: queued at once, written within `timeout` seconds as far as the
         server reads; what it has not taken by then stays queued (the chat's own deadline judges a server that
-        never reads, as under `chatprobe run`), never a wait without an end. `sending` is called once the message
+        never reads, as under `chatprobe run`), never a wait without an end; SendStalled, and nothing queued, while
+        more than MAX_UNSENT_SEND bytes are (bounded memory). `sending` is called once the message
         is sure to go (the connection open, under the lock the reader changes its state under): --record writes
         it then, never for a message that found the connection closed."""
         assert self.protocol is not None and self.sock is not None
@@ -157,6 +166,8 @@ class _Wire:
                 raise ConnectionError("the connection is closed")
             if sending is not None:
                 sending()
+            if len(self.out) > MAX_UNSENT_SEND:  # the server stopped reading: not queued behind what it left unread
+                raise SendStalled(len(self.out))  # (recorded as sent, then failed: as a stalled send under `run`)
             self.protocol.send_text(data)
             if self._flush():
                 return
@@ -748,6 +759,7 @@ class SyncSession(VirtualUser):
         self._keeper: StreamKeeper | None = StreamKeeper() if self.stream_per_chat else None
         # The failure of the last send that was a connection's (SSE: the chat's request, classified), for its chat.
         self._send_failure: ConnectFailed | None = None
+        self._send_note = ""  # why a chat's frame was not sent (SendStalled), for its send_failed verdict
         self.closed_by_client = False  # this client closed or dropped the connection on purpose (until the next)
         # Chats listening out their settle window while the session's next chats play (ChatOptions.overlap_settle),
         # each with where its verdict goes; `_settle_at`: the earliest time one of them may be due.
@@ -899,9 +911,12 @@ class SyncSession(VirtualUser):
         except ConnectionError:
             return None
         except Exception as exc:
+            note = str(exc) if isinstance(exc, SendStalled) else f"the frame could not be sent ({type(exc).__name__})"
+            if isinstance(exc, SendStalled):
+                self._send_note = note  # the chat's send_failed says why
             if recording is not None and expectations is not None:  # the chat fails (send_failed): recorded so,
                 # naming its send record (another chat's may have been recorded since)
-                recording.send_failed("send_failed", f"the frame could not be sent ({type(exc).__name__})", send)
+                recording.send_failed("send_failed", note, send)
             return False
 
     @property
@@ -1043,7 +1058,7 @@ class SyncSession(VirtualUser):
                 if isinstance(action, Wait):
                     self._wait(woken, min(action.until, self._settle_at) - clock())
                 elif isinstance(action, Send):
-                    self._send_failure = None
+                    self._send_failure, self._send_note = None, ""
                     sent = self._send(action.frame, flow.tracker.wait_deadline() - clock(),
                                       flow.tracker.exp if action.what != "resume" else None, flow.tracker.sent_at)
                     failure = self._send_failure
@@ -1053,8 +1068,8 @@ class SyncSession(VirtualUser):
                     if sent is None and not self.closed and self.conn is not None:
                         self._drop(self.conn)  # found closed before its reader saw the end: ended now, for every chat
                     with lock:
-                        flow.sent(sent is True, failure.kind if failure else None, str(failure) if failure else "",
-                                  closed=sent is None)
+                        flow.sent(sent is True, failure.kind if failure else None,
+                                  str(failure) if failure else self._send_note, closed=sent is None)
                 elif isinstance(action, Connect):
                     try:
                         self._ensure_connected(flow.connect_by)

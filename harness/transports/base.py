@@ -113,6 +113,24 @@ class ConnectFailed(Exception):
         self.kind = kind
 
 
+# The bytes a connection may hold unsent (written by the client, not yet taken by the socket) before a frame is sent:
+# past it the server has stopped reading (the kernel's socket buffers, megabytes on loopback, are full already and a
+# megabyte more waits behind them), and the next frame is refused (SendStalled), not queued: a server that never
+# reads while a scenario sends large `send_raw:` frames or many chats grew the client's memory by every frame, without
+# end (picows and the Locust user's client write without waiting). One frame more than this at most (the frame that
+# passed it), per connection.
+MAX_UNSENT_SEND = 1024 * 1024
+
+
+class SendStalled(Exception):
+    """A frame not sent: the connection already holds more than MAX_UNSENT_SEND bytes the server has not read. The
+    chat it was is an `error`, `send_failed`, with this message as its note."""
+
+    def __init__(self, unsent: int) -> None:
+        super().__init__(f"the frame was not sent: {unsent:,} bytes sent before are still unread (past the "
+                         f"{MAX_UNSENT_SEND // 1024:,} KiB bound: the server stopped reading)")
+
+
 class RecordingHooks:
     """What a client tells a connection's recording (`--record`) beyond the frames that pass: no-ops here, so that a
     client calls them on any transport and imports nothing of the recorder; `recorder.RecordingTransport`, the

@@ -26,6 +26,7 @@ from .base import (
     MALFORMED_EXTENSIONS,
     MALFORMED_HEADER,
     MAX_FRAGMENTS,
+    MAX_UNSENT_SEND,
     TLS_CUT,
     UNOFFERED_EXTENSION,
     UNOFFERED_SUBPROTOCOL,
@@ -33,6 +34,7 @@ from .base import (
     ConnectSettings,
     FrameCallback,
     RecordingHooks,
+    SendStalled,
     auth_headers,
     plain_close_hint,
     ssl_context,
@@ -382,12 +384,16 @@ class PicowsTransport(WSListener, RecordingHooks):
         return ws is None or ws.is_disconnected or ws.is_close_frame_sent
 
     def send_now(self, obj: Any) -> None:
-        """Send one frame: a write into the socket's buffer, nothing to wait for (raises when the connection is
-        closed)."""
+        """Send one frame: a write into the socket's buffer, nothing to wait for (raises ConnectionError when the
+        connection is closed, SendStalled when the server has left more than MAX_UNSENT_SEND bytes unread)."""
         ws = self.ws
         assert ws is not None
         if self.closing:
             raise ConnectionError("the connection is closed")
+        # picows writes into the socket's buffer without waiting: bounded here, or a server that never reads grows it
+        # by every frame (one C call a send; a send is per chat, not per frame received).
+        if (unsent := ws.underlying_transport.get_write_buffer_size()) > MAX_UNSENT_SEND:
+            raise SendStalled(unsent)
         if isinstance(obj, str):
             data = obj.encode()
         elif isinstance(obj, bytes):
