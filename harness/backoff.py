@@ -41,14 +41,14 @@ class Backoff:
 
     def first_delay(self, within: float = float("inf")) -> float:
         """The wait before the first attempt after a connection that worked was lost, less than `within` (the time
-        the attempts have): "full jitter" (AWS, "Exponential
-        Backoff And Jitter"), anywhere in [0, first]. Users whose connections a restarting server dropped at one
-        instant all lose them together: an attempt at once (no wait) sent them all back at that same instant, a
-        thundering herd on a server that is coming up. Full jitter spreads them over the whole window, so the widest
-        spread for the ceiling, and the shortest wait on average (first / 2) for the lone user whose connection a load
-        balancer's idle timeout cut, which one attempt fixes. Equal jitter ([first / 2, first], as `delay` draws after a
-        failed attempt: the server has just refused, and the floor keeps the retry from coming straight back) would
-        make every lost connection wait half the window for nothing."""
+        the attempts have): "full jitter" (AWS, "Exponential Backoff And Jitter"), anywhere in [0, first). Users
+        whose connections a restarting server dropped at one instant all lose them together: an attempt at once (no
+        wait) sent them all back at that same instant, a thundering herd on a server that is coming up. Full jitter
+        spreads them over the whole window, so the widest spread for the ceiling, and the shortest wait on average
+        (first / 2) for the lone user whose connection a load balancer's idle timeout cut, which one attempt fixes.
+        Equal jitter ([first / 2, first], as `delay` draws after a failed attempt: the server has just refused, and
+        the floor keeps the retry from coming straight back) would make every lost connection wait half the window
+        for nothing."""
         return min(self.first, within) * self.rng.random()
 
 
