@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 
 import pytest
 
@@ -83,3 +86,56 @@ async def test_users_dropped_at_once_do_not_reconnect_at_once(compression):
         ("passed", ("resumed",), 1)}, run.results
     spread = max(herd.resumed_at) - min(herd.resumed_at)
     assert SPREAD_AT_LEAST <= spread <= SPREAD_AT_MOST, spread
+
+
+# The Locust user's client under gevent, as Locust runs its users: USERS sessions, one greenlet each, one chat each;
+# prints each verdict's (outcome, reconnects, attempts) as one JSON line.
+LOCUST_USERS = """
+import sys
+from gevent import monkey
+monkey.patch_all()
+import json
+import gevent
+from harness.gevent_client import SyncSession
+from harness.scenario import load_scenario
+from harness.sinks import Sink
+from harness.targets import TargetOptions, make_target, read_token
+scenario = load_scenario(sys.argv[1])
+options = TargetOptions(url=sys.argv[2], auth="header")
+target = make_target(options, read_token(options), scenario.profile, transports=("websocket",))
+expectations, options = scenario.shared_by_users(target.profile)
+sessions = [SyncSession(target, f"u{i}", scenario.name, Sink(), connect_timeout=scenario.connect_timeout)
+            for i in range(int(sys.argv[3]))]
+users = [gevent.spawn(s.chat, scenario.message, expectations, options) for s in sessions]
+gevent.joinall(users, timeout=30)
+for s in sessions:
+    s.close()
+print(json.dumps([(u.value.outcome.value, u.value.reconnects, u.value.reconnect_attempts) if u.successful() else
+                  repr(u.exception) for u in users]))
+"""
+
+
+async def test_the_locust_users_come_back_spread_out_too(tmp_path):
+    """The Locust user's client plays the same reconnect decision (flow.ChatFlow, backoff.ReconnectRetries). FAILED on
+    the code before, as under `run`."""
+    path = tmp_path / "herd.yaml"
+    path.write_text("name: herd\nconnect_timeout: 5s\ncompression: none\n"
+                    "expect: {first_event_limit: 5s, deadline: 20s, settle: 0.05s}\n")
+    herd = Herd()
+    async with raw(drops_everyone(herd)) as srv:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", LOCUST_USERS, str(path), srv.url, str(USERS),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "CHATPROBE_TOKEN": TOKEN}, start_new_session=True)
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), 90)  # a hang fails here
+        finally:
+            if proc.returncode is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+    text = stdout.decode() + stderr.decode()
+    assert proc.returncode == 0 and "Traceback" not in text, text[-2000:]
+    verdicts = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert {tuple(map(str, v)) for v in verdicts} == {("passed", "['resumed']", "1")}, verdicts
+    spread = max(herd.resumed_at) - min(herd.resumed_at)
+    assert len(herd.resumed_at) == USERS and SPREAD_AT_LEAST <= spread <= SPREAD_AT_MOST, (spread, herd.resumed_at)
