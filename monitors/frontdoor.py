@@ -3,6 +3,8 @@ connections it may hold, and quiet handling of running out of file descriptors."
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import errno
 import hashlib
 import ipaddress
@@ -26,7 +28,7 @@ from websockets.server import ServerProtocol
 
 from harness import redact
 from harness.errors import ConfigError
-from harness.targets import jwt_claims
+from harness.targets import MAX_JWT_CHARS, jwt_claims
 from harness.transports.base import tls_advice_as
 from harness.transports.websocket import BoundedPongs
 
@@ -182,7 +184,10 @@ def credentials_identity(headers: dict[str, str], subprotocols: Sequence[str] = 
                 user = user_of(credential.strip()) if name == "authorization" and scheme.lower() == "bearer" else None
                 h.update(f"{name}\0{v if user is None else user}\0".encode("utf-8", "replace"))
     for p in subprotocols:
-        user = user_of(p[4:]) if p.startswith("jwt.") else None
+        user = None
+        if p.startswith("jwt.") and left > 0:  # its token as it is or base64url-encoded: one of the bound's reads
+            left -= 1
+            user = subprotocol_user(p[4:])
         h.update(f"subprotocol\0{p if user is None else user}\0".encode("utf-8", "replace"))
     for raw, value in redact.query_credentials(path):
         user = user_of(value)
@@ -204,6 +209,22 @@ def jwt_user(token: str) -> str | None:
         return None
     iss = claims.get("iss")
     return f"jwt\0{iss if isinstance(iss, str) else ''}\0{sub}"
+
+
+def subprotocol_user(value: str) -> str | None:
+    """The user a `jwt.<token>` subprotocol names (jwt_user): its token as it is, or base64url-encoded, the form
+    docs/protocol.md gives for browsers and chatprobe's own clients send (`--auth subprotocol`). Read as it is only, the
+    encoded form was no JWT, and the raw subprotocol's digest was the identity: a client whose token was minted anew
+    for its reconnection (a new `iat`, crossing a second) resumed as another user, the run's events there another
+    user's (R8) and its recording's connections labelled as two users'."""
+    user = jwt_user(value)
+    if user is not None or "." in value or len(value) > MAX_JWT_CHARS * 4 // 3 + 3:
+        return user
+    try:
+        decoded = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii")
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    return jwt_user(decoded)
 
 
 class UpstreamTls:
