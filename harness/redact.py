@@ -1524,6 +1524,23 @@ def _basic_credentials(credential: str) -> list[str]:
     return [pair] + ([password] if password and not plain_word(password) else [])
 
 
+_JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+MAX_ENCODED_JWT = 24 * 1024  # a 16 KiB JWT (harness.targets.MAX_JWT_CHARS) base64url-encoded
+
+
+def subprotocol_jwt(value: str) -> str | None:
+    """The JWT a `jwt.<base64url(JWT)>` subprotocol carries (docs/protocol.md's form for browsers, and what chatprobe's
+    clients send with `--auth subprotocol`), decoded; None when `value` is no such encoding (a JWT as it is, among
+    others)."""
+    if "." in value or not 10 < len(value) <= MAX_ENCODED_JWT:
+        return None
+    try:
+        decoded = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii")
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    return decoded if _JWT_SHAPE.fullmatch(decoded) else None
+
+
 def credentials_of(headers: Iterable[tuple[str, str]], subprotocols: Iterable[str], url: str = "") -> tuple[str, ...]:
     """A connection's credentials as a server might echo them (the proxy's users', a HAR's requests): the
     Authorization value and its credential (for Basic, also the `user:password` it encodes and the password), each
@@ -1554,6 +1571,8 @@ def credentials_of(headers: Iterable[tuple[str, str]], subprotocols: Iterable[st
     for p in subprotocols:
         if p.lower().startswith("jwt."):
             out += [p, p[4:]]
+            if (token := subprotocol_jwt(p[4:])) is not None:  # the token itself, as the server decodes it
+                out.append(token)
             continue
         parts = [part for part in p.split(".") if credential_like("", part)]
         out += [p, *parts] if parts else []

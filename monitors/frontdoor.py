@@ -3,8 +3,6 @@ connections it may hold, and quiet handling of running out of file descriptors."
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import errno
 import hashlib
 import ipaddress
@@ -28,7 +26,7 @@ from websockets.server import ServerProtocol
 
 from harness import redact
 from harness.errors import ConfigError
-from harness.targets import MAX_JWT_CHARS, jwt_claims
+from harness.targets import jwt_claims
 from harness.transports.base import tls_advice_as
 from harness.transports.websocket import BoundedPongs
 
@@ -218,13 +216,9 @@ def subprotocol_user(value: str) -> str | None:
     for its reconnection (a new `iat`, crossing a second) resumed as another user, the run's events there another
     user's (R8) and its recording's connections labelled as two users'."""
     user = jwt_user(value)
-    if user is not None or "." in value or len(value) > MAX_JWT_CHARS * 4 // 3 + 3:
-        return user
-    try:
-        decoded = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii")
-    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
-        return None
-    return jwt_user(decoded)
+    if user is None and (token := redact.subprotocol_jwt(value)) is not None:
+        user = jwt_user(token)
+    return user
 
 
 class UpstreamTls:

@@ -36,11 +36,12 @@ Send = Callable[[str], Awaitable[None]]
 Recv = Callable[[], Awaitable[str | None]]
 
 
-def token_user(authorization: str | None, offered: list[str]) -> tuple[str | None, str | None]:
-    """(the user an HS256 JWT with `exp` names, the subprotocol to select), as docs/protocol.md's Connection says: a
+def token_user(authorization: str | None, offered: list[str]) -> tuple[str | None, str | None, str]:
+    """(the user an HS256 JWT with `exp` names, the subprotocol to select, the token), as docs/protocol.md's Connection says: a
     bearer header, else `jwt-auth` with `jwt.<base64url(JWT)>` (or the JWT itself after `jwt.`); (None, None) when
     refused."""
-    token, chosen = None, None
+    token: str | None = None
+    chosen: str | None = None
     if authorization and authorization.lower().startswith("bearer "):
         token = authorization[7:].strip()
     elif "jwt-auth" in offered:
@@ -52,12 +53,12 @@ def token_user(authorization: str | None, offered: list[str]) -> tuple[str | Non
                     raw = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
                 token = raw if raw.count(".") == 2 else p[4:]
     if token is None:
-        return None, None
+        return None, None, ""
     try:
         claims = jwt.decode(token, SECRET, algorithms=["HS256"], options={"require": ["exp"]})
     except jwt.PyJWTError:
-        return None, None
-    return str(claims["sub"]), chosen
+        return None, None, ""
+    return str(claims["sub"]), chosen, token
 
 
 class Run:
@@ -71,15 +72,18 @@ class Run:
 class NetraServer:
     """One netra server, whatever framework carries it: a welcome, each `user_message` answered by a run (a tool call
     per `#tools=N`, two chunks), JSON pings answered, a run resumed from `last_seq` by its own user on a new connection
-    (else RESUME_UNKNOWN_RUN). With `hold_after`, a run whose message says `#hold` stops after that many events until
+    (else RESUME_UNKNOWN_RUN). With `echo`, a run's first thought quotes the signature of the user's token (a server's
+debug output). With `hold_after`, a run whose message says `#hold` stops after that many events until
     it is resumed (a user who left mid-run and came back, with no timing to guess)."""
 
-    def __init__(self, hold_after: int | None = None) -> None:
-        self.hold_after = hold_after
+    def __init__(self, hold_after: int | None = None, echo: bool = False) -> None:
+        self.hold_after, self.echo = hold_after, echo
         self.runs: dict[tuple[str, str], Run] = {}
+        self.tokens: list[str] = []  # with `echo`, each token a connection authenticated with, its signature echoed
 
-    async def serve(self, user: str, send: Send, recv: Recv) -> None:
+    async def serve(self, user: str, send: Send, recv: Recv, token: str = "") -> None:
         lock = asyncio.Lock()
+        self.tokens.append(token)
         tasks: set[asyncio.Task[None]] = set()
 
         async def say_text(text: str) -> None:
@@ -110,7 +114,7 @@ class NetraServer:
                     self.runs[(user, run.run_id)] = run
                     run.send = say_text
                     mine.append(run)
-                    task = asyncio.ensure_future(self.play(run, str(p["content"])))
+                    task = asyncio.ensure_future(self.play(run, str(p["content"]), token.rpartition(".")[2]))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 elif kind == "resume" and (run := self.runs.get((user, str(p.get("run_id"))))) is not None:
@@ -130,11 +134,13 @@ class NetraServer:
                 if run.send is say_text:
                     run.send = None
 
-    async def play(self, run: Run, text: str) -> None:
+    async def play(self, run: Run, text: str, signature: str = "") -> None:
         tools = next((int(w[7:]) for w in text.split() if w.startswith("#tools=") and w[7:].isdigit()), 1)
         head = {"run_id": run.run_id, "thread_id": run.thread_id, "user_id": run.user}
         events: list[tuple[str, dict[str, Any]]] = [("agent_started", {"agent_name": "fw", "message_id": run.message_id}),
                                                     ("agent_thinking", {"thought": "hm", "step_number": 1})]
+        if self.echo:
+            events[1][1]["thought"] = f"checked your token (signature {signature})"
         for i in range(tools):
             events += [("tool_executing", {"tool_name": "calc", "tool_call_id": f"c-{i}", "parameters": {}}),
                        ("tool_completed", {"tool_name": "calc", "tool_call_id": f"c-{i}", "result": i,
@@ -161,7 +167,7 @@ def starlette_app(server: NetraServer) -> Any:
     from starlette.websockets import WebSocket, WebSocketDisconnect
 
     async def endpoint(ws: WebSocket) -> None:
-        user, chosen = token_user(ws.headers.get("authorization"), list(ws.scope.get("subprotocols", [])))
+        user, chosen, token = token_user(ws.headers.get("authorization"), list(ws.scope.get("subprotocols", [])))
         if user is None:
             await ws.close(code=1008)  # before accept: uvicorn answers the upgrade with 403
             return
@@ -174,7 +180,7 @@ def starlette_app(server: NetraServer) -> Any:
             return m["text"] if m.get("text") is not None else "binary"
 
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            await server.serve(user, ws.send_text, recv)
+            await server.serve(user, ws.send_text, recv, token)
 
     return Starlette(routes=[WebSocketRoute("/ws", endpoint)])
 
@@ -191,7 +197,7 @@ def serve_aiohttp(server: NetraServer) -> Iterator[str]:
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
         offered = [p.strip() for h in request.headers.getall("Sec-WebSocket-Protocol", []) for p in h.split(",")]
-        user, chosen = token_user(request.headers.get("Authorization"), offered)
+        user, chosen, token = token_user(request.headers.get("Authorization"), offered)
         if user is None:
             raise web.HTTPUnauthorized()
         ws = web.WebSocketResponse(protocols=(chosen,) if chosen else ())
@@ -202,7 +208,7 @@ def serve_aiohttp(server: NetraServer) -> Iterator[str]:
             return str(m.data) if m.type == WSMsgType.TEXT else "binary" if m.type == WSMsgType.BINARY else None
 
         with contextlib.suppress(ConnectionError):
-            await server.serve(user, ws.send_str, recv)
+            await server.serve(user, ws.send_str, recv, token)
         return ws
 
     app = web.Application()
@@ -317,6 +323,55 @@ def test_a_user_who_resumes_under_a_token_minted_anew_is_the_same_user_behind_th
     verdicts = sorted((r.outcome.value, tuple(sorted(r.rule_counts())), r.reconnects) for r in results)
     # the run resumed is the user's own, whole; the next chat has no other user's events
     assert verdicts == [("passed", (), [])] * 2, [(r.outcome, r.violations) for r in results]
+
+
+@pytest.mark.parametrize("auth", ["header", "subprotocol"])
+def test_a_token_the_server_echoes_is_in_no_recording_of_the_proxy(tmp_path, auth):
+    """FAILED-ON-ORIGINAL (subprotocol: the signature in the proxy's recording as the server sent it): the server quotes
+    the signature of the user's JWT in a thought. The proxy scrubs a connection's credentials from what it records;
+    for a `jwt.<base64url(JWT)>` subprotocol it knew the encoded form only, never the token the server decodes from
+    it, so a part of that token went unscrubbed (a bearer header's token is known whole, and every run of it)."""
+    from websockets.asyncio.client import connect
+
+    from harness.profiles import load_profile
+    from harness.recorder import Recorder
+    from harness.scenario import Scenario
+    from monitors.proxy import LiveChats, Proxy, start_proxy
+
+    from .test_independent_servers import KeptSink
+
+    profile = load_profile("netra")
+    scenario = Scenario.model_validate({"name": "live", "expect": {"deadline": "5s", "settle": "0.1s"}})
+    kept, server = KeptSink(), NetraServer(echo=True)
+    # minted here, not by `chatprobe run`, whose own tokens the process's scrubber knows whatever the proxy does
+    token = minted("carol", int(time.time()))
+    offer: dict[str, Any] = ({"additional_headers": {"Authorization": f"Bearer {token}"}} if auth == "header"
+                             else {"subprotocols": as_subprotocols(token)})
+
+    async def user(url: str) -> str:
+        async with asyncio.timeout(15), connect(url, **offer) as ws:
+            assert json.loads(await ws.recv())["type"] == "connection_established"
+            await ws.send(json.dumps({"type": "user_message", "payload": {"content": "What is 2 + 2?"}}))
+            seen = [json.loads(await ws.recv())]
+            while seen[-1]["type"] != "agent_completed":
+                seen.append(json.loads(await ws.recv()))
+            return str(seen[-1]["type"])
+
+    with serve_uvicorn(server, "websockets-sansio") as url, LoopThread() as lt:
+        live = LiveChats(profile, kept, scenario.expectations(profile), "live", scenario.expect.settle,
+                         Recorder(tmp_path / "proxied", keep_all=True))
+        front = lt.run(start_proxy(Proxy(url.rsplit("/", 1)[0], live), "127.0.0.1", 0))
+        try:
+            last = asyncio.run(user(f"ws://127.0.0.1:{front.sockets[0].getsockname()[1]}/ws"))
+            results = kept.wait_for(1, 10)
+        finally:
+            lt.loop.call_soon_threadsafe(front.close)
+    assert last == "agent_completed" and [r.outcome.value for r in results] == ["passed"]
+    assert server.tokens == [token]
+    signature = token.rpartition(".")[2]
+    recorded = "".join(f.read_text() for f in (tmp_path / "proxied").rglob("*") if f.is_file())
+    assert "checked your token (signature " in recorded and len(signature) > 20
+    assert signature not in recorded and signature[:16] not in recorded
 
 
 # -- AG-UI over FastAPI's own server-sent events ---------------------------------------------------------------------
