@@ -1524,7 +1524,7 @@ def _basic_credentials(credential: str) -> list[str]:
     return [pair] + ([password] if password and not plain_word(password) else [])
 
 
-_JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_JWT_SHAPE = _Lazy(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 MAX_ENCODED_JWT = 24 * 1024  # a 16 KiB JWT (harness.targets.MAX_JWT_CHARS) base64url-encoded
 
 
@@ -1538,7 +1538,7 @@ def subprotocol_jwt(value: str) -> str | None:
         decoded = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii")
     except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
         return None
-    return decoded if _JWT_SHAPE.fullmatch(decoded) else None
+    return decoded if _JWT_SHAPE.compiled.fullmatch(decoded) else None
 
 
 def credentials_of(headers: Iterable[tuple[str, str]], subprotocols: Iterable[str], url: str = "") -> tuple[str, ...]:
