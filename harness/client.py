@@ -375,9 +375,10 @@ class Session(VirtualUser):
             if self._ending is not None:
                 self._ending.set()
         if transport is self.transport:
-            self.router.connection_ended()
             ended_at = getattr(transport, "ended_at", None)  # the close record's time (--record), else now
             self.closed_at = ended_at if ended_at is not None else self.clock()
+            self.router.closed_refusing(transport.close_code, self.closed_at)  # 1008, 4401, 4403 before it spoke
+            self.router.connection_ended()
             self.closed = True
             if self._welcomed is not None:
                 self._welcomed.set()

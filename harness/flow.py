@@ -103,11 +103,17 @@ def resend_key(message_id: str | None, run_id: str | None) -> str | None:
     return message_id or (f"\x00run {run_id}" if run_id else None)
 
 
-# What a WebSocket close code the server ended a connection with says (RFC 6455 7.4.1, the IANA registry).
+# What a WebSocket close code the server ended a connection with says (RFC 6455 7.4.1, the IANA registry; 4401 and
+# 4403, application codes, as graphql-ws and many agent servers use them).
 CLOSE_CODE_MEANINGS = {1000: "a normal close", 1001: "going away", 1002: "protocol error", 1003: "unsupported data",
                        1006: "dropped without a close frame", 1007: "invalid data", 1008: "policy violation",
                        1009: "message too big", 1011: "the server's internal error", 1012: "service restart",
-                       1013: "try again later"}
+                       1013: "try again later", 4401: "unauthorized", 4403: "forbidden"}
+# The close codes that refuse the credentials when they answer a connection (before its welcome): the policy-violation
+# close (1008) and the de-facto application codes for "unauthorized" and "forbidden" (4401, 4403: graphql-ws, many
+# agent servers), as an AUTH_FAILED frame or an HTTP 401/403 at the handshake. The one set every driver reads
+# (FrameRouter.welcome_outcome; the proxy's count of its upstream's answer).
+AUTH_CLOSE_CODES = frozenset({1008, 4401, 4403})
 
 
 def lost_note_for(ended_note: str, can_resume: bool, *, dialect_resumes: bool = True,
@@ -470,6 +476,20 @@ class FrameRouter:
             if not self.conversations:
                 self.conversations = None
 
+    def closed_refusing(self, close_code: int | None, at: float) -> bool:
+        """The server closed the connection with a code of AUTH_CLOSE_CODES before it said anything on it (before its
+        welcome; with a dialect that has none, before any event): the credentials refused, as an AUTH_FAILED frame
+        refuses them (the same road: the chats waiting on the connection are `error` chats, `auth_failed`, and the
+        connection, awaiting its welcome, is an `auth_failed` one). Every driver calls it at the server's close (live
+        clients, the proxy, `chatprobe check`); True when it was such a close. Once the server spoke, a close is
+        judged as any cut run's."""
+        if close_code not in AUTH_CLOSE_CODES or self.answered or self.auth_failed is not None:
+            return False
+        frame = Frame(FrameKind.ERROR, error_code=f"close code {close_code}", session_error=SessionError.AUTH_FAILED)
+        self.auth_failed = frame
+        self.checker.on_error(frame, at)
+        return True
+
     def welcome_outcome(self, in_time: bool, closed: bool, close_code: int | None, timeout: float) -> tuple[str, str]:
         """How opening the connection went once the welcome was awaited (`in_time`: the server answered or the
         connection closed within `timeout`), reported to the sink: ("ok", "") or a ConnectFailed's (kind, reason)."""
@@ -478,11 +498,13 @@ class FrameRouter:
             # or stuck (a handshake that never completes is the transport's `timeout`).
             outcome = "protocol_error", (f"no welcome frame within {timeout:g}s (does the profile list the server's "
                                          "welcome type under control?)")
-        elif self.auth_failed is not None or (closed and close_code == 1008):
+        elif self.auth_failed is not None or (closed and close_code in AUTH_CLOSE_CODES):
             # The code the server said it with (the profile's `session_errors.auth_failed`: AUTH_FAILED, or a
-            # dialect's own), else the policy-violation close.
+            # dialect's own; the close code, closed_refusing, when the driver told the router of the close), else the
+            # close code (AUTH_CLOSE_CODES).
             said = self.auth_failed.error_code if self.auth_failed is not None else None
-            outcome = "auth_failed", f"the server rejected the credentials ({said or 'close code 1008'})"
+            said = said or f"close code {close_code}"
+            outcome = "auth_failed", f"the server rejected the credentials ({said})"
         elif closed:
             # A welcome and the close read together (one write of the server's) is a welcome: the connection still
             # ended before it could carry a chat, and the reason says which of the two came first.

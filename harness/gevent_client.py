@@ -231,6 +231,17 @@ class _Wire:
         messages = self._messages(early)
         if messages:
             deliver(messages)
+        if early and protocol.close_expected():
+            # The server's close came in the read that ended the handshake (a server that refuses the credentials
+            # at once, 1008 or 4401): answered now and over, as below. Left to the loop, the answer waited for a
+            # read the server never sends (it awaits it): the chats heard nothing until their connect_timeout.
+            with self.lock:
+                try:
+                    self._flush()
+                except OSError:
+                    pass
+            self.abort()
+            return
         got = 0  # bytes read since the other greenlets last had a turn (YIELD_BYTES)
         while protocol.state is not State.CLOSED and not self.dropped:
             if len(self.out) > BACKLOG:
@@ -869,6 +880,7 @@ class SyncSession(VirtualUser):
                 if conn.protocol_error is not None:
                     self.router.on_protocol_error(conn.protocol_error, clock())
                 if conn.generation == self.generation:
+                    self.router.closed_refusing(conn.close_code, ended_at)  # 1008, 4401, 4403 before it spoke
                     self.router.connection_ended()  # what no chat was told on it: its own (R8, R12)
                     self.ended_note = ws.ended_note
                     self.closed_at = ended_at

@@ -677,6 +677,10 @@ class OfflineCheck:
         for violation in conn.router.connection_ended():
             self.tally.add_connection_violation(violation)
             self.listing.add_connection_violation(violation)
+        if rec is not None and not rec.detail and not rec.stream:
+            # The server's close of AUTH_CLOSE_CODES (1008, 4401, 4403) before it said anything: the credentials
+            # refused, as an AUTH_FAILED frame says it, as live and the proxy judge it (FrameRouter.closed_refusing).
+            conn.router.closed_refusing(rec.code, at)
         self._judge_ready(conn, at)
         stopped = rec is not None and rec.detail == "proxy-stop"
         if stopped:

@@ -33,6 +33,7 @@ from harness.durations import parse_duration, parse_size
 from harness.errors import MESSAGE_LIMIT, os_reason, unknown_flag_hint
 from harness.events import Outcome, Rule
 from harness.flow import (
+    AUTH_CLOSE_CODES,
     CLEAN_CLOSE_CODES,
     RESENT_WARNING,
     RESUME_UNKNOWN_NOTE,
@@ -823,6 +824,10 @@ class LiveConnection:
         too as it drains, when the server closed it (no resume or resend can reach this process: a sidecar's server
         stopping with it), or `drained`: the proxy closed it with no chat in flight (1001, going away)."""
         live = self.live
+        if not by_client and not drained:
+            # A close of AUTH_CLOSE_CODES (1008, 4401, 4403) before the server said anything: the credentials refused,
+            # as an AUTH_FAILED frame says it (the chats waiting are `auth_failed`, the client's doing), as live.
+            self.router.closed_refusing(code, now)
         stopping = live.stopping or drained or live.draining and not by_client
         by_client = by_client or drained  # a chat whose terminal event came in its settle window: no R13
         full: list[int] = []  # the send records of the chats the proxy had no room to keep (for `check`)
@@ -1116,7 +1121,8 @@ class Proxy:
         closed_by: list[str] = []
         ended: list[float] = []  # when the side that ended the connection was seen to end it (closed_by[0])
         # Servers that read the JWT from a subprotocol accept the handshake and only then reject it (an AUTH_FAILED
-        # frame, close 1008): the attempt's result is known at the first server frame, or at the close.
+        # frame, or a close of AUTH_CLOSE_CODES: 1008, 4401, 4403): the attempt's result is known at the first server
+        # frame, or at the close.
         attempt: list[str] = []
 
         def record(result: str) -> None:
@@ -1245,7 +1251,7 @@ class Proxy:
                 await asyncio.gather(_close_within(client, *to_client), _close_within(upstream, *to_upstream))
             if not attempt:
                 code = _close_of(upstream)[0]
-                record("auth_failed" if code == 1008 else "ok" if drained or closed_by[:1] == ["client"]
+                record("auth_failed" if code in AUTH_CLOSE_CODES else "ok" if drained or closed_by[:1] == ["client"]
                        else "protocol_error")
             by_client = bool(closed_by) and closed_by[0] == "client"
             log.info("connection from %s closed by %s (to the client %d, to the upstream %d)", peer,

@@ -1394,22 +1394,49 @@ async def _behind_proxy(handler, recorder=None, exp=EXP, sink=None):
         upstream.close()
 
 
-async def test_an_upstream_that_accepts_then_closes_with_1008_before_any_frame_is_counted_auth_failed():
+@pytest.mark.parametrize("code", [1008, 4401, 4403])
+async def test_an_upstream_that_accepts_then_closes_with_1008_before_any_frame_is_counted_auth_failed(code):
     """A server that reads the credentials after the upgrade and refuses them with a bare close 1008 (policy
-    violation), no frame first: the proxy passes the close on and counts the attempt auth_failed, not ok."""
+    violation), or 4401/4403 (the application codes for unauthorized and forbidden, graphql-ws's), no frame first:
+    the proxy passes the close on and counts the attempt auth_failed, as `run` counts it, not protocol_error."""
     async def refuses(ws) -> None:
-        await ws.close(1008, "unauthorized")
+        await ws.close(code, "unauthorized")
 
     async with _behind_proxy(refuses) as (metrics, live, url):
         async with asyncio.timeout(20):
             async with websockets.asyncio.client.connect(url, open_timeout=10) as ws:
                 with pytest.raises(websockets.ConnectionClosed):
                     await ws.recv()
-            assert ws.close_code == 1008
+            assert ws.close_code == code
             await until(lambda: not live.open)
         counted = {result: sample(metrics, "chatprobe_connections_total", result=result, target="up", scenario="live",
                                   source="live") for result in ("ok", "auth_failed", "protocol_error")}
         assert counted == {"ok": 0, "auth_failed": 1, "protocol_error": 0}, counted
+
+
+@pytest.mark.parametrize("code", [1008, 4401, 4403])
+async def test_a_chat_whose_upstream_closes_refusing_the_credentials_before_any_frame_is_the_clients_doing(code):
+    """A user's client that sends its message at once (no welcome awaited) and an upstream that reads it and closes
+    with 1008/4401/4403 before any frame: the credentials refused, as an AUTH_FAILED frame refuses them, so the chat
+    is an `auth_failed` error counted as the client's doing (chatprobe_client_rejections_total), not one of the
+    server's outcomes. It was held for a resend, then judged `incomplete` against the server."""
+    async def refuses(ws) -> None:
+        await ws.recv()
+        await ws.close(code, "unauthorized")
+
+    async with _behind_proxy(refuses, exp=SHORT) as (metrics, live, url):
+        async with asyncio.timeout(20):
+            async with websockets.asyncio.client.connect(url, open_timeout=10) as ws:
+                await ws.send(json.dumps({"type": "user_message", "payload": {"content": "hi", "thread_id": "t1",
+                                                                                "message_id": "m1"}}))
+                with pytest.raises(websockets.ConnectionClosed):
+                    await ws.recv()
+            assert ws.close_code == code
+            labels = {"target": "up", "scenario": "live", "source": "live"}
+            await until(lambda: sample(metrics, "chatprobe_client_rejections_total", **labels) == 1)
+        assert sum(sample(metrics, "chatprobe_chats_total", outcome=o, **labels)
+                   for o in ("passed", "failed", "incomplete", "error")) == 0
+        assert sample(metrics, "chatprobe_connections_total", result="auth_failed", **labels) == 1
 
 
 async def test_an_upstream_that_drops_the_connection_is_a_drop_for_the_client_too_not_a_clean_close(tmp_path):

@@ -1,0 +1,133 @@
+"""Close codes and an upgrade answer that real servers send and chatprobe's client side misread, over real sockets on
+127.0.0.1 (raw `websockets` servers and raw TCP), for `chatprobe run` (and `check` of its recording), the Locust
+user's client and the proxy:
+
+- 4401 / 4403 (graphql-ws's, and many agent servers', "unauthorized" / "forbidden") closing a connection before its
+  welcome, or before any event with a dialect that has none, refuse the credentials as a 1008 close or an
+  AUTH_FAILED frame does: `error` chats, `auth_failed`, exit 2 when every chat got it.
+
+Each failed on the code before this file: the 4401/4403 closes were `protocol_error` ("closed before the welcome
+frame", exit 1), and a no-welcome dialect's chat `incomplete`; the Locust user's client did not answer a close that
+came in the read that ended the handshake, and heard of it only at connect_timeout ("no welcome frame", 1008 too).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection
+
+from harness.cli import main
+from harness.events import Outcome
+from tests.profiles.servers import InThread, Served
+
+from .test_misbehaving_server import quick
+
+
+class Refusing(Served):
+    """A WebSocket server that takes the upgrade and then closes every connection with `code` (the credentials read
+    after the upgrade and refused), before any frame; with `read_first`, once the client's first frame came (a dialect
+    with no welcome: the client speaks first)."""
+
+    def __init__(self, code: int, *, read_first: bool = False) -> None:
+        self.code, self.read_first = code, read_first
+        self.connections = 0
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return f"ws://{host}:{port}/ws"
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        if self.read_first:
+            await ws.recv()
+        await ws.close(self.code, "unauthorized")
+
+
+def chats_of(path: Path) -> tuple[list[tuple[str, str | None, str | None]], dict[str, Any]]:
+    report = json.loads(path.read_text())
+    [scenario] = report["scenarios"]
+    return [(c["outcome"], c.get("error_kind"), c.get("error")) for c in scenario["chats"]], scenario
+
+
+@pytest.mark.parametrize("code", [4401, 4403, 1008])
+def test_a_close_refusing_the_credentials_before_the_welcome_is_auth_failed_live_and_in_check(tmp_path, code):
+    """`chatprobe run --record` against a server that closes every connection with 4401/4403 (1008 as it was) before its
+    welcome: every chat an `error`, `auth_failed`, exit 2 (the credentials, as for HTTP 401); `chatprobe check` of the
+    recording says the same, exit 2."""
+    sc = tmp_path / "s.yaml"
+    sc.write_text(json.dumps({"name": "refused", "users": 2, "chats_per_user": 1, "connect_timeout": "3s",
+                              "expect": {"deadline": "3s"}}))
+    with InThread(Refusing(code)) as server:
+        live = main(["run", "--target", server.url, "--auth", "none", str(sc), "--record", str(tmp_path / "rec"),
+                     "--json", str(tmp_path / "run.json"), "-q"])
+    refused = ("error", "auth_failed", f"the server rejected the credentials (close code {code})")
+    got, _ = chats_of(tmp_path / "run.json")
+    assert (live, got) == (2, [refused] * 2), (live, got)
+    offline = main(["check", str(tmp_path / "rec"), "--scenario", str(sc), "--json", str(tmp_path / "check.json"),
+                    "-q"])
+    got, _ = chats_of(tmp_path / "check.json")
+    assert (offline, got) == (2, [refused] * 2), (offline, got)
+
+
+NO_WELCOME = """\
+name: hushed
+transport: websocket
+welcome: false
+request: {type: say, text: "{content}", thread: "{thread_id}", id: "{message_id}"}
+fields:
+  type: [type]
+  run_id: [run]
+  thread_id: [thread]
+  message_id: [id]
+roles:
+  agent_started: [start]
+  partial_result: [delta]
+  agent_completed: [done]
+"""
+
+
+@pytest.mark.parametrize("code", [4401, 4403])
+def test_a_close_refusing_the_credentials_as_the_answer_to_a_no_welcome_dialects_message_is_auth_failed(tmp_path,
+                                                                                                      code):
+    """A dialect with no welcome (the client speaks first): the server's answer to the message is the 4401/4403 close,
+    before any event. The chat is an `error`, `auth_failed` (it was `incomplete`, "connection lost mid-run"), exit
+    2, and `check` of the recording agrees."""
+    (tmp_path / "hushed.yaml").write_text(NO_WELCOME)
+    sc = tmp_path / "s.yaml"
+    sc.write_text(json.dumps({"name": "refused", "users": 1, "chats_per_user": 1, "connect_timeout": "3s",
+                              "expect": {"deadline": "3s"}}))
+    profile = ["--profile", str(tmp_path / "hushed.yaml")]
+    with InThread(Refusing(code, read_first=True)) as server:
+        live = main(["run", "--target", server.url, *profile, "--auth", "none", str(sc), "--record",
+                     str(tmp_path / "rec"), "--json", str(tmp_path / "run.json"), "-q"])
+    refused = ("error", "auth_failed", f"the server rejected the credentials (close code {code})")
+    got, _ = chats_of(tmp_path / "run.json")
+    assert (live, got) == (2, [refused]), (live, got)
+    offline = main(["check", str(tmp_path / "rec"), "--scenario", str(sc), *profile, "--json",
+                    str(tmp_path / "check.json"), "-q"])
+    got, _ = chats_of(tmp_path / "check.json")
+    assert (offline, got) == (2, [refused]), (offline, got)
+
+
+@pytest.mark.parametrize("code", [4401, 4403, 1008])
+def test_the_locust_users_client_counts_the_close_auth_failed_too(code):
+    """The Locust user's threaded client (SyncSession) reads the close on the same road."""
+    from harness.gevent_client import SyncSession
+    from harness.profiles import load_profile
+    from harness.scenario import expectations_for
+    from harness.sinks import Sink
+    from harness.targets import Target
+
+    with InThread(Refusing(code)) as server:
+        target = Target(url=server.url, profile=load_profile("netra"), name="raw", auth="none")
+        session = SyncSession(target, "u1", "raw", Sink(), connect_timeout=3.0)
+        try:
+            exp = expectations_for(target.profile, quick().expect)
+            result = session.chat("hi", exp)
+        finally:
+            session.close()
+    assert (result.outcome, result.error_kind) == (Outcome.ERROR, "auth_failed"), result.error
