@@ -635,12 +635,14 @@ _NO_WAIT = Wait(0.0)  # a new chat's, until it has a deadline (one for all)
 
 
 # A normal close (1000), going away (1001) and a close frame with no status code (1005, RFC 6455 7.1.5: what a browser's
-# or Node's `ws` `close()` called without a code sends): what a server closing an idle connection on purpose sends
-# (Link.closed_clean). A connection that ended with no close frame is 1006, never one of these.
-CLEAN_CLOSE_CODES = frozenset({1000, 1001, 1005})
+# or Node's `ws` `close()` called without a code sends): what a server closing an idle connection on purpose sends;
+# and service restart (1012) and try again later (1013): what a server going down under a rolling deploy, or shedding
+# load, sends, asking the client to come back (Link.closed_clean). A message that crossed one is sent again on a new
+# connection. A connection that ended with no close frame is 1006, never one of these.
+CLEAN_CLOSE_CODES = frozenset({1000, 1001, 1005, 1012, 1013})
 # The advice (R13) on a chat whose message was sent again because the server's closing handshake crossed it.
-RESENT_WARNING = ("the server closed the connection (a normal close) as the message went, before any event of its run: "
-                  "sent again on a new connection")
+RESENT_WARNING = ("the server closed the connection on purpose (a closing handshake: a normal close, going away or a "
+                  "restart) as the message went, before any event of its run: sent again on a new connection")
 
 
 class Link(Protocol):

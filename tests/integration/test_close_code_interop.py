@@ -5,13 +5,17 @@ user's client and the proxy:
 - 4401 / 4403 (graphql-ws's, and many agent servers', "unauthorized" / "forbidden") closing a connection before its
   welcome, or before any event with a dialect that has none, refuse the credentials as a 1008 close or an
   AUTH_FAILED frame does: `error` chats, `auth_failed`, exit 2 when every chat got it.
+- 1012 (service restart) and 1013 (try again later) closing the connection as the message went, before any event of
+  its run, are closes the client comes back from: the message is sent again on a new connection, as after 1001.
 
 Each failed on the code before this file: the 4401/4403 closes were `protocol_error` ("closed before the welcome
 frame", exit 1), and a no-welcome dialect's chat `incomplete`; the Locust user's client did not answer a close that
-came in the read that ended the handshake, and heard of it only at connect_timeout ("no welcome frame", 1008 too).
+came in the read that ended the handshake, and heard of it only at connect_timeout ("no welcome frame", 1008 too);
+the 1012/1013 chats were `incomplete`, their message never sent again.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,11 @@ from harness.cli import main
 from harness.events import Outcome
 from tests.profiles.servers import InThread, Served
 
-from .test_misbehaving_server import quick
+from .conftest import scenario
+from .test_misbehaving_server import quick, run_against
+from .test_netra_conformance import verdicts
+from .test_record_check_parity import assert_parity, live_and_offline_raw
+from .test_resend_attacks import Scripted, warned_resend
 
 
 class Refusing(Served):
@@ -131,3 +139,54 @@ def test_the_locust_users_client_counts_the_close_auth_failed_too(code):
         finally:
             session.close()
     assert (result.outcome, result.error_kind) == (Outcome.ERROR, "auth_failed"), result.error
+
+
+@pytest.mark.parametrize("code", [1012, 1013])
+async def test_a_restart_or_try_again_close_before_any_event_sends_the_message_again(code):
+    """A server under a rolling deploy closes with 1012 (service restart) or 1013 (try again later) as the first
+    message arrives, before any event, then serves: the message goes again on a new connection (same ids), the chat
+    passes with the R13 warning that says so, as after a 1001."""
+    server = Scripted(lambda n, msg: f"close{code}" if n == 1 else None)
+    run = await run_against(server.handler, quick(expect={"deadline": "3s", "settle": "0.05s"}))
+    [chat] = run.results
+    assert chat.outcome is Outcome.PASSED and warned_resend(chat), verdicts(run)
+    first, again = server.received
+    assert first["payload"] == again["payload"]
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize("code", [1012, 1013])
+async def test_a_restart_close_after_the_events_began_is_a_cut_run_not_a_resend(code):
+    """Once events of the run came, a 1012/1013 is judged as any cut run: the message is never sent twice (netra
+    resumes the run when it has an id; this server forgets it, so the chat is `incomplete`)."""
+    async def cut(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"type": "connection_established", "data": {"connection_id": "c", "user_id": "u"}}))
+        async for raw in ws:
+            msg = json.loads(raw)
+            if msg.get("type") == "user_message":
+                started = {"type": "agent_started", "run_id": "r1", "seq": 1,
+                           "payload": {"message_id": msg["payload"]["message_id"]}}
+                await ws.send(json.dumps(started))
+                await ws.close(code)
+                return
+            if msg.get("type") == "resume_run":
+                await ws.send(json.dumps({"type": "error_message", "error_code": "RESUME_UNKNOWN_RUN",
+                                          "run_id": "r1"}))
+
+    async with asyncio.timeout(20):
+        run = await run_against(cut, quick(expect={"deadline": "2s", "settle": "0.05s"}))
+    [chat] = run.results
+    assert chat.outcome is Outcome.INCOMPLETE and not warned_resend(chat), verdicts(run)
+
+
+@pytest.mark.parametrize("code", [1012, 1013])
+async def test_a_message_sent_again_after_a_restart_close_is_one_chat_in_check_too(tmp_path, code):
+    """`chatprobe check` of the recording follows the message across both connections, as live: one chat per message,
+    the one sent again with the R13 warning (it was two offline as live: the cut chat `incomplete`, then a new one)."""
+    server = Scripted(lambda n, msg: f"close{code}" if n == 1 else None)
+    sc = scenario(name="raw", users=1, chats_per_user=2, connect_timeout="1s",
+                  expect={"deadline": "2s", "settle": "0.05s"}, message="hi")
+    live, offline = await live_and_offline_raw(server.handler, sc, tmp_path / "rec")
+    assert [r.outcome for r in live.results] == [Outcome.PASSED] * 2, verdicts(live)
+    assert_parity(live, offline)
+    assert [warned_resend(r) for r in offline.results].count(True) == 1, verdicts(offline)
