@@ -31,7 +31,7 @@ from .flow import (
 )
 from .sinks import Sink
 from .targets import Target
-from .transports import ConnectFailed, Transport, make_transport
+from .transports import ConnectFailed, LeanClientRefused, Transport, make_transport
 from .transports.base import SendStalled
 
 _MIN_TIMER = 0.001  # seconds (see Wake.arm)
@@ -278,6 +278,13 @@ class Session(VirtualUser):
         self.router.new_connection()
         try:
             await transport.open()
+        except LeanClientRefused as exc:
+            # picows refused a valid answer of this server (`Connection: keep-alive, Upgrade`): the websockets client
+            # opens it, now and for the rest of the run (said once, in the run's warnings). Nothing was counted or
+            # recorded of the refused attempt; the websockets client never raises this, so this happens once.
+            self._welcomed = None
+            self.target.websocket_client.fall_back(str(exc))
+            return await self.connect(by, resume=resume, retry=retry)
         except ConnectFailed as exc:
             self._welcomed = None
             self.sink.connection_attempt(self.scenario, exc.kind)

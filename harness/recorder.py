@@ -30,7 +30,7 @@ from .checker import Expectations
 from .profiles import parses_as_json
 from .recordings import DEFAULT_MAX_FILES, RUN_ID_RE, SEND_FAILED
 from .redact import MIN_SECRET_LEN, Budget, scrub, secrets_of
-from .transports import ConnectFailed, FrameCallback, RecordingHooks, Transport
+from .transports import ConnectFailed, FrameCallback, LeanClientRefused, RecordingHooks, Transport
 
 # All recordings in DIR written by one process, at any moment: the files kept and the part files of the connections
 # still open (each charged what it has written and buffered, and the room kept for its last lines).
@@ -732,6 +732,9 @@ class RecordingTransport(RecordingHooks):
     async def open(self) -> None:
         try:
             await self._inner.open()
+        except LeanClientRefused:
+            self._rec.discard()  # the client's limit, not the server's answer: opened again by the other client
+            raise
         except ConnectFailed as exc:
             self._rec.open_failed(exc.kind, str(exc))
             raise

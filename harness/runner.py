@@ -297,6 +297,8 @@ async def run_scenario(scenario: Scenario, target: Target, sink: Sink | None = N
         run.warnings = generator_warnings([s for s in run.stages if s.end <= elapsed])
     if (note := collector.listing.note(stats.chats)) is not None:
         run.warnings.append(note)
+    if (note := target.websocket_client.take_note()) is not None:  # picows refused a valid answer: said once
+        run.warnings.append(note)
     out.run_finished(run.passed)
     return run
 

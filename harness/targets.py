@@ -21,7 +21,7 @@ from . import redact
 from .catalog import builtin_profiles
 from .errors import ConfigError
 from .subprotocols import names_problem
-from .transports import SCHEMES, ConnectSettings
+from .transports import SCHEMES, ConnectSettings, WebSocketChoice
 from .transports.base import Compression
 
 if TYPE_CHECKING:
@@ -197,6 +197,9 @@ class Target:
     compression: Compression = "none"  # offer permessage-deflate: the scenario's `compression`
     headers: HeaderPairs = field(default=(), repr=False)  # --header / --header-env, checked: sent on every connection
     subprotocols: tuple[str, ...] = ()  # --subprotocol (else the profile's), checked: offered on every WebSocket upgrade
+    # The WebSocket client its connections take: picows, until it refuses a valid answer of this server (then the
+    # websockets client for the rest of the run); one object shared by the target's copies (dataclasses.replace).
+    websocket_client: WebSocketChoice = field(default_factory=WebSocketChoice, repr=False, compare=False)
 
     @property
     def transport(self) -> str:
@@ -210,7 +213,7 @@ class Target:
             url=url, token=self.tokens.for_user(user_id), auth=self.auth, ca_file=self.ca_file,
             client_cert=self.client_cert, client_key=self.client_key, insecure=self.insecure,
             connect_timeout=connect_timeout, compression=self.compression,
-            extra_headers=dict(self.headers), subprotocols=self.subprotocols,
+            extra_headers=dict(self.headers), subprotocols=self.subprotocols, client=self.websocket_client.client,
         )
 
 

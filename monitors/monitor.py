@@ -305,7 +305,10 @@ class Monitor:
         say = log.warning if self._state.get(probe.key) != "no verdict" else log.debug
         try:
             async with asyncio.timeout(timeout + GRACE):
-                return await run_scenario(scenario, probe.target, sink, user_prefix=None, stop=stop)
+                run = await run_scenario(scenario, probe.target, sink, user_prefix=None, stop=stop)
+            if probe.target.websocket_client.note in run.warnings:  # picows refused a valid answer: said once
+                log.warning("%s / %s: %s", *probe.key, probe.target.websocket_client.note)
+            return run
         except TimeoutError:
             say("%s / %s: the probe did not wind down within its deadline of %gs and %gs more", *probe.key, timeout,
                 GRACE)

@@ -14,17 +14,19 @@ from .base import (
     ConnectFailed,
     ConnectSettings,
     FrameCallback,
+    LeanClientRefused,
     RecordingHooks,
     Scheme,
     TransportName,
+    WebSocketChoice,
     scheme_of,
     schemes_for,
     ssl_context,
 )
 
-__all__ = ["SCHEMES", "WEBSOCKET_CLIENTS", "ConnectFailed", "ConnectSettings", "FrameCallback", "RecordingHooks",
-           "Scheme", "Transport",
-           "TransportName", "make_transport", "scheme_of", "schemes_for", "ssl_context", "websocket_client"]
+__all__ = ["SCHEMES", "WEBSOCKET_CLIENTS", "ConnectFailed", "ConnectSettings", "FrameCallback", "LeanClientRefused",
+           "RecordingHooks", "Scheme", "Transport", "TransportName", "WebSocketChoice", "make_transport", "scheme_of",
+           "schemes_for", "ssl_context", "websocket_client"]
 
 
 class Transport(Protocol):

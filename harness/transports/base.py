@@ -131,6 +131,44 @@ class SendStalled(Exception):
                          f"{MAX_UNSENT_SEND // 1024:,} KiB bound: the server stopped reading)")
 
 
+class LeanClientRefused(ConnectFailed):
+    """picows (the lean WebSocket client) refused an upgrade answer that RFC 6455 allows and the websockets client
+    takes (its compiled check wants a header's whole value where the RFC asks for a token in it): the client's
+    limit, not the server's fault. The caller opens the target with the websockets client instead (WebSocketChoice);
+    the message says what picows refused, never the server's value."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("protocol_error", message)
+
+
+class WebSocketChoice:
+    """Which WebSocket client a target's connections take (ConnectSettings.client), shared by every copy of a Target
+    (one per scenario): "auto" (picows unless compression is on) until picows refuses a valid answer of that server
+    (LeanClientRefused), then "websockets" for the rest of the run, said once (`take_note`: the run's warning)."""
+
+    __slots__ = ("client", "note", "told")
+
+    def __init__(self) -> None:
+        self.client = "auto"
+        self.note: str | None = None
+        self.told = False
+
+    def fall_back(self, refused: str) -> None:
+        """picows refused `refused` (LeanClientRefused's message): the websockets client carries the target now."""
+        if self.client == "websockets":
+            return
+        self.client = "websockets"
+        self.note = (f"{refused}, which RFC 6455 allows and picows (the default WebSocket client) refuses: this "
+                     "target's connections went over the websockets client from then on")
+
+    def take_note(self) -> str | None:
+        """The warning of the fall-back, once (the first run report after it)."""
+        if self.note is None or self.told:
+            return None
+        self.told = True
+        return self.note
+
+
 class RecordingHooks:
     """What a client tells a connection's recording (`--record`) beyond the frames that pass: no-ops here, so that a
     client calls them on any transport and imports nothing of the recorder; `recorder.RecordingTransport`, the

@@ -33,6 +33,7 @@ from .base import (
     ConnectFailed,
     ConnectSettings,
     FrameCallback,
+    LeanClientRefused,
     RecordingHooks,
     SendStalled,
     auth_headers,
@@ -108,11 +109,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
             return "refused", CLOSED_IN_HANDSHAKE
         status = int(response.status)
         if status == 101 and isinstance(exc, WSInvalidHeaderError) and exc.name in _HANDSHAKE_HEADERS:
-            tokens = [t.strip().lower() for t in (exc.value or "").split(",")]
-            if exc.name == "Connection" and "upgrade" in tokens:
-                # RFC 6455 4.1 asks for the token, which websockets and browsers find; picows wants the whole value
-                return "protocol_error", ("WebSocket handshake failed: picows takes only 'Connection: Upgrade', not "
-                                          "a list of tokens (the websockets client, `compression: deflate`, takes it)")
+            if (refused := _valid_refused(exc.name, exc.value)) is not None:
+                return "protocol_error", f"WebSocket handshake failed: {refused}"
             return "protocol_error", f"WebSocket handshake failed: {MALFORMED_HEADER.format(exc.name)}"
         if status == 101:
             return "protocol_error", "WebSocket handshake failed: invalid upgrade response"
@@ -128,6 +126,20 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, ValueError):  # picows' URL parser
         return "protocol_error", "invalid WebSocket URL"
     return "protocol_error", exc.__class__.__name__
+
+
+def _valid_refused(name: str, value: str | None) -> str | None:
+    """What picows refused, when it refused a 101 answer's header that RFC 6455 4.1 allows and the websockets client
+    takes (LeanClientRefused): a `Connection` header that lists the `Upgrade` token among others (`keep-alive,
+    Upgrade`, which RFC 6455 asks for and browsers find), or an `Upgrade` header whose list holds `websocket` alone
+    with empty elements (`websocket,`: RFC 9110's list syntax). picows' compiled check wants the whole value: it
+    cannot be told otherwise. None for any other header or value (malformed for every client)."""
+    tokens = [t.strip().lower() for t in (value or "").split(",")]
+    if name == "Connection" and "upgrade" in tokens:
+        return "the server's upgrade answer lists Upgrade among other tokens in its Connection header"
+    if name == "Upgrade" and [t for t in tokens if t] == ["websocket"]:
+        return "the server's upgrade answer lists websocket with empty elements in its Upgrade header"
+    return None
 
 
 def _ended_before_answer(ws: WSTransport, s: ConnectSettings) -> tuple[str, str]:
@@ -202,6 +214,9 @@ class PicowsTransport(WSListener, RecordingHooks):
                     logger_name=_LOG, enable_auto_pong=False, max_frame_size=s.max_size, extra_headers=headers,
                     max_redirects=0, proxy=None, use_aiofastnet=False, read_buffer_init_size=READ_BUFFER)
         except Exception as exc:
+            if (isinstance(exc, WSInvalidHeaderError) and exc.response is not None and int(exc.response.status) == 101
+                    and (refused := _valid_refused(exc.name, exc.value)) is not None):
+                raise LeanClientRefused(refused) from None  # the caller opens it with the websockets client
             kind, reason = classify(exc)
             if type(exc) is ConnectionResetError and s.url[:4].lower() == "wss:":
                 # asyncio's word for a server that hung up during the TLS handshake (OpenSSL's unexpected EOF,

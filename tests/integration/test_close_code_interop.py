@@ -7,16 +7,22 @@ user's client and the proxy:
   AUTH_FAILED frame does: `error` chats, `auth_failed`, exit 2 when every chat got it.
 - 1012 (service restart) and 1013 (try again later) closing the connection as the message went, before any event of
   its run, are closes the client comes back from: the message is sent again on a new connection, as after 1001.
+- A 101 answer with `Connection: keep-alive, Upgrade` (or `Upgrade: websocket,`), valid, which picows (the default
+  client) refuses: the target is carried by the websockets client from then on, said once.
 
 Each failed on the code before this file: the 4401/4403 closes were `protocol_error` ("closed before the welcome
 frame", exit 1), and a no-welcome dialect's chat `incomplete`; the Locust user's client did not answer a close that
 came in the read that ended the handshake, and heard of it only at connect_timeout ("no welcome frame", 1008 too);
-the 1012/1013 chats were `incomplete`, their message never sent again.
+the 1012/1013 chats were `incomplete`, their message never sent again; every chat of the lenient upgrade answers
+was an `error` (exit 1), `monitor`'s probe too.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,7 @@ from harness.events import Outcome
 from tests.profiles.servers import InThread, Served
 
 from .conftest import scenario
+from .hostile_ws import GUID, WELCOME, Raw, Reader, Writer, frame, read_frame
 from .test_misbehaving_server import quick, run_against
 from .test_netra_conformance import verdicts
 from .test_record_check_parity import assert_parity, live_and_offline_raw
@@ -190,3 +197,68 @@ async def test_a_message_sent_again_after_a_restart_close_is_one_chat_in_check_t
     assert [r.outcome for r in live.results] == [Outcome.PASSED] * 2, verdicts(live)
     assert_parity(live, offline)
     assert [warned_resend(r) for r in offline.results].count(True) == 1, verdicts(offline)
+
+
+def lenient_upgrade(connection: bytes, upgrade: bytes = b"websocket") -> Any:
+    """A raw netra server whose 101 answer carries these `Connection` and `Upgrade` values (valid under RFC 6455 4.1
+    and RFC 9110's lists), then serves each chat a full run and answers the client's close."""
+    async def handler(reader: Reader, writer: Writer, head: bytes, server: Raw) -> None:
+        key = re.search(rb"(?im)^sec-websocket-key:\s*(\S+)", head)
+        assert key is not None
+        accept = base64.b64encode(hashlib.sha1(key.group(1) + GUID).digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + upgrade + b"\r\nConnection: " + connection
+                     + b"\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        writer.write(frame(1, WELCOME))
+        await writer.drain()
+        while True:
+            opcode, data = await read_frame(reader)
+            if opcode == 8:  # the client's close: answered, the connection over
+                writer.write(frame(8, data[:2]))
+                await writer.drain()
+                return
+            if opcode == 1:
+                message_id = json.loads(data)["payload"]["message_id"]
+                roles = [("agent_started", {"message_id": message_id}), ("agent_thinking", {"thought": "t"}),
+                         ("tool_executing", {"tool_name": "c", "tool_call_id": "c1"}),
+                         ("tool_completed", {"tool_name": "c", "tool_call_id": "c1"}),
+                         ("stream_chunk", {"content": "ok"}), ("agent_completed", {"result": "ok"})]
+                for seq, (kind, payload) in enumerate(roles, 1):
+                    writer.write(frame(1, json.dumps({"type": kind, "run_id": f"r{message_id}", "seq": seq,
+                                                      "payload": payload}).encode()))
+                await writer.drain()
+
+    return handler
+
+
+@pytest.mark.parametrize(("connection", "upgrade"), [(b"keep-alive, Upgrade", b"websocket"),
+                                                     (b"Upgrade", b"websocket,")])
+def test_a_valid_upgrade_answer_picows_refuses_is_carried_by_the_websockets_client(tmp_path, connection, upgrade):
+    """`Connection: keep-alive, Upgrade` (and `Upgrade: websocket,`) are valid 101 answers that picows, `run`'s
+    default client, refuses (its compiled check wants the whole value). With the default settings the run passes: the
+    target's connections go over the websockets client from the first refusal on, said once in the run's warnings;
+    the refused attempt is neither counted nor recorded (`check` of the recording passes too). Every chat was an
+    `error` before ("picows takes only 'Connection: Upgrade'…", exit 1)."""
+    sc = tmp_path / "s.yaml"
+    sc.write_text(json.dumps({"name": "lenient", "users": 2, "chats_per_user": 2, "connect_timeout": "3s",
+                              "expect": {"deadline": "3s", "settle": "0.05s"}}))
+    with InThread(Raw(lenient_upgrade(connection, upgrade))) as server:
+        code = main(["run", "--target", server.url, "--auth", "none", str(sc), "--record", str(tmp_path / "rec"),
+                     "--json", str(tmp_path / "run.json"), "-q"])
+        served = len(server.requests)
+    got, report = chats_of(tmp_path / "run.json")
+    assert (code, got) == (0, [("passed", None, None)] * 4), (code, got)
+    told = [w for w in report["warnings"] if "picows" in w]
+    assert len(told) == 1 and "websockets client" in told[0], report["warnings"]
+    assert served <= 2 + 2, served  # at most one refused attempt per user, then one connection each
+    assert main(["check", str(tmp_path / "rec"), "--scenario", str(sc), "-q"]) == 0
+
+
+def test_monitor_once_passes_against_it_and_logs_the_client_it_took_once(capsys, caplog):
+    """`chatprobe monitor --once` (picows by default) against the same server: the probe passes over the websockets
+    client, and the monitor's log says why, once."""
+    with InThread(Raw(lenient_upgrade(b"keep-alive, Upgrade"))) as server:
+        code = main(["monitor", "--once", "--target", server.url, "--auth", "none", "--target-name", "t"])
+    out = capsys.readouterr().out
+    assert code == 0 and "t / probe: passed" in out, out
+    said = [r.getMessage() for r in caplog.records if "picows (the default WebSocket client) refuses" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("t / probe: "), caplog.records
