@@ -274,6 +274,12 @@ class OfflineCheck:
         # send failed (flow.ChatFlow.sent), past its deadline too (a recorder slow to scrub a huge frame on a busy
         # machine, a connect_timeout longer than what was left of the deadline).
         failed_chat = failed_send and self._send_failed(conn, rec)
+        # An SSE request no stream came of (refused, or no answer within connect_timeout): live, its chat waited for
+        # the answer's head, its deadline unwatched too (client.Session._safe_send), and is an `error` of that kind
+        # however late the failure: it fails before the chats due by now are judged, or a connect_timeout longer than
+        # the deadline made it an incomplete chat (R9, R10) and an error chat more.
+        failed_open = direction == "close" and bool(rec.failed) and not rec.resume and not failed_send
+        failed_waiting = failed_open and self._failed_waiting(conn, rec)
         if direction == "close" and rec.failed and rec.resume:
             # A reconnect to resume failed: counted on the user's chat kept for it (lost there without "retry") before
             # the chats due by now are judged. Live, a chat reconnecting is never judged at its deadline mid-attempt:
@@ -296,7 +302,7 @@ class OfflineCheck:
             if rec.error:  # the client dropped the connection for what the server sent: an R12, as live
                 conn.router.on_protocol_error(rec.error, at)
             del self.conns[conn.key]
-            if rec.failed and not rec.resume:
+            if failed_open and not failed_waiting:
                 self._failed(conn, rec, at)
             self._close(conn, at, rec, CLOSED_NOTE)
         elif direction == "dropped":
@@ -494,30 +500,35 @@ class OfflineCheck:
             self.step_exp[key] = exp
         return exp
 
-    def _failed(self, conn: _Conn, rec: Recorded, at: float) -> None:
-        """The connection never became usable (refused at the handshake, no welcome, AUTH_FAILED; an SSE request
-        refused): the chat that was to use it is an `error` chat of that kind, as live (exit 3 when every chat was
-        unreachable, 2 when every one's credentials were refused). Over SSE that chat's request is recorded on the
-        connection; over WebSocket no message was sent, and the chat is counted here."""
-        reason = rec.reason or f"the connection failed ({rec.failed})"
+    def _failed_waiting(self, conn: _Conn, rec: Recorded) -> bool:
+        """The connection never became usable and chats recorded on it wait for their first answer (over SSE, the
+        request that no stream came of): each is an `error` chat of the failure's kind, as live. False when none
+        waits (over WebSocket no message was sent: _failed counts the chat)."""
         waiting = [c for c in conn.open.values() if not c.judged and c.n_events == 0 and not c.done]
-        if not waiting and (again := self._resend_for(conn.key, at)) is not None:
-            # The new connection a message was to be sent again on (its own closed before any event): the chat is an
-            # error of that kind, as live (flow.ChatFlow: its Connect failed), not a lost chat and an error chat more.
-            chat = self.resends.pop(again)[0]
-            self._count(None, error_result(chat.chat_id, self.name, chat.sent_at, rec.failed, reason))
-            return
-        if not waiting:
-            self.n += 1
-            self.sink.chat_started(self.name)
-            self._count(None, error_result(f"{conn.key}#{self.n}", self.name, at, rec.failed, reason))
-            return
+        reason = rec.reason or f"the connection failed ({rec.failed})"
         for chat in waiting:
             self.open.pop(chat.chat_id, None)
             conn.open.pop(chat.chat_id, None)
             self.untimed.discard(chat.chat_id)
             conn.checker.discard(chat)
             self._count(None, error_result(chat.chat_id, self.name, chat.sent_at, rec.failed, reason))
+        return bool(waiting)
+
+    def _failed(self, conn: _Conn, rec: Recorded, at: float) -> None:
+        """The connection never became usable (refused at the handshake, no welcome, AUTH_FAILED) and no chat
+        recorded on it waits (_failed_waiting): the chat that was to use it is an `error` chat of that kind, as live
+        (exit 3 when every chat was unreachable, 2 when every one's credentials were refused); over WebSocket no
+        message was sent, and the chat is counted here."""
+        reason = rec.reason or f"the connection failed ({rec.failed})"
+        if (again := self._resend_for(conn.key, at)) is not None:
+            # The new connection a message was to be sent again on (its own closed before any event): the chat is an
+            # error of that kind, as live (flow.ChatFlow: its Connect failed), not a lost chat and an error chat more.
+            chat = self.resends.pop(again)[0]
+            self._count(None, error_result(chat.chat_id, self.name, chat.sent_at, rec.failed, reason))
+            return
+        self.n += 1
+        self.sink.chat_started(self.name)
+        self._count(None, error_result(f"{conn.key}#{self.n}", self.name, at, rec.failed, reason))
 
     def _resume_failed(self, conn: _Conn, at: float, *, retried: bool) -> None:
         """A reconnect to resume a run never became usable (a close record with "resume": true: refused, no welcome,

@@ -56,6 +56,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -1003,3 +1004,38 @@ async def test_a_close_read_with_the_welcome_is_said_to_come_after_it(tmp_path, 
         assert [(r.outcome, r.error_kind, r.error) for r in results] == [
             (Outcome.ERROR, "protocol_error", "closed right after the welcome frame (code 1000)")]
     assert_parity(live, offline)
+
+
+def sse_answers_late(status: bytes | None):
+    """A raw SSE server that reads a chat's POST and answers it with `status` (a refusal, no body) 1.5 s later, past
+    the chat's 1 s deadline and within its 2 s connect_timeout; None: never answers (the client's connect_timeout)."""
+    async def handler(reader, writer, head: bytes, srv) -> None:
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        await reader.readexactly(int(length.group(1)) if length else 0)
+        if status is None:
+            await read_until_gone(reader)  # until the client gives up and hangs up
+            return
+        await asyncio.sleep(1.5)  # wait-ok: the answer's lateness is the case under test
+        writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await read_until_gone(reader)
+    return handler
+
+
+@pytest.mark.parametrize(("status", "kind"), [(None, "timeout"), (b"503 Service Unavailable", "refused"),
+                                              (b"401 Unauthorized", "auth_failed")], ids=["unanswered", "503", "401"])
+async def test_an_sse_request_answered_past_the_deadline_is_one_error_chat_live_and_in_check(tmp_path, status, kind):
+    # Live, an SSE chat waits for its POST's answer up to connect_timeout, its deadline unwatched, and is one `error`
+    # chat of the failure's kind. `check` judged the recorded request at its deadline first (incomplete: R9, R10),
+    # then counted the close record's failure as an error chat more: two chats of one, and exit 1 for a live 3 or 2.
+    sc = scenario(name="sse", users=1, chats_per_user=1, connect_timeout="2s", reconnect=False,
+                  expect={"deadline": "1s", "first_event_limit": "1s", "settle": "0.05s"})
+    async with raw_server(sse_answers_late(status)) as server:
+        url = f"http://127.0.0.1:{server.port}/agent"
+        target = Target(url=url, profile=load_profile("ag-ui"), name="sse", recorder=Recorder(tmp_path / "rec"))
+        async with asyncio.timeout(15):  # a hang fails the test
+            live = await run_scenario(sc, target)
+    [offline] = check_files([tmp_path / "rec"], target.profile, sc)
+    assert [(r.outcome, r.error_kind) for r in live.results] == [(Outcome.ERROR, kind)]
+    assert_parity(live, offline)
+    assert offline.stats.chats == live.stats.chats == 1
