@@ -68,6 +68,10 @@ UNOFFERED_EXTENSION = "the server chose an extension the client did not offer"
 # Sec-WebSocket-Extensions header that names no extension (9.1: 1#extension), an empty one included.
 MALFORMED_HEADER = "the server's {} header is malformed"
 MALFORMED_EXTENSIONS = MALFORMED_HEADER.format("Sec-WebSocket-Extensions")
+# What every client says of a 101 that announces a body (a Content-Length other than 0, a Transfer-Encoding): RFC 9110
+# 8.6 and RFC 9112 6.1 forbid both on a 1xx. picows refuses such an answer, so every client does (websockets took it).
+UPGRADE_BODY = "the server's 101 answer announces a body ({} header), which a 101 may not have (RFC 9110)"
+UPGRADE_BODY_HEADERS = ("Content-Length", "Transfer-Encoding")
 # Frames a WebSocket client (websockets', the Locust user's) hands over between two turns of its event loop (gevent's
 # hub under Locust): a read of 256 KiB holds 131,072 empty text frames, each a malformed one to judge, and handed over
 # in one go they held every chat of the loop, deadlines included, for seconds. (SSE reads are 64 KiB at most.) Past

@@ -30,6 +30,8 @@ from .base import (
     TLS_CUT,
     UNOFFERED_EXTENSION,
     UNOFFERED_SUBPROTOCOL,
+    UPGRADE_BODY,
+    UPGRADE_BODY_HEADERS,
     ConnectFailed,
     ConnectSettings,
     FrameCallback,
@@ -112,6 +114,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
             if (refused := _valid_refused(exc.name, exc.value)) is not None:
                 return "protocol_error", f"WebSocket handshake failed: {refused}"
             return "protocol_error", f"WebSocket handshake failed: {MALFORMED_HEADER.format(exc.name)}"
+        if status == 101 and isinstance(exc, WSInvalidHeaderError) and exc.name in UPGRADE_BODY_HEADERS:
+            return "protocol_error", f"WebSocket handshake failed: {UPGRADE_BODY.format(exc.name)}"
         if status == 101:
             return "protocol_error", "WebSocket handshake failed: invalid upgrade response"
         return refused_upgrade(status)

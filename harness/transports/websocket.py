@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import re
 import ssl
@@ -38,6 +39,7 @@ from .base import (
     TOO_MANY_FRAGMENTS,
     UNOFFERED_EXTENSION,
     UNOFFERED_SUBPROTOCOL,
+    UPGRADE_BODY,
     ConnectFailed,
     ConnectSettings,
     FrameCallback,
@@ -71,6 +73,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "refused", CLOSED_IN_HANDSHAKE
     if isinstance(exc, (NegotiationError, InvalidHeader)) and _about_subprotocol(exc):
         return "protocol_error", f"WebSocket handshake failed: {UNOFFERED_SUBPROTOCOL}"
+    if isinstance(exc, UpgradeBody):
+        return "protocol_error", f"WebSocket handshake failed: {UPGRADE_BODY.format(exc.name)}"
     if isinstance(exc, InvalidHeader) and exc.name.lower() in _HANDSHAKE_HEADERS:
         return "protocol_error", f"WebSocket handshake failed: {MALFORMED_HEADER.format(_HANDSHAKE_HEADERS[exc.name.lower()])}"
     if isinstance(exc, NegotiationError):  # the rest are of extensions: one not offered, or parameters not offered
@@ -199,6 +203,23 @@ def status_first(protocol: ClientProtocol) -> None:
     byte. Called on a protocol that has read nothing yet."""
     protocol.parser = _status_first(protocol)
     next(protocol.parser)
+    # A 101 that announces a body is refused, as picows refuses it (UPGRADE_BODY); websockets took it.
+    protocol.process_response = functools.partial(_no_body, protocol)  # type: ignore[method-assign]
+
+
+class UpgradeBody(InvalidHeader):
+    """A 101 answer with a Content-Length other than 0 or a Transfer-Encoding (UPGRADE_BODY)."""
+
+
+def _no_body(protocol: ClientProtocol, response: Response) -> None:
+    """ClientProtocol.process_response, a 101 that announces a body refused first, as picows refuses it (its value
+    never shown: a server may echo the token there)."""
+    headers = response.headers
+    if "Transfer-Encoding" in headers:
+        raise UpgradeBody("Transfer-Encoding")
+    if any(v.strip().lstrip("0") or not v.strip() for v in headers.get_all("Content-Length")):  # (0 is no body)
+        raise UpgradeBody("Content-Length")
+    ClientProtocol.process_response(protocol, response)
 
 
 def _status_first(protocol: ClientProtocol) -> Generator[None]:

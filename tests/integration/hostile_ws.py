@@ -237,6 +237,14 @@ UNOFFERED = {"subprotocol": b"Sec-WebSocket-Protocol: chat.evil\r\n",
              "extension": b"Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n"}
 
 
+# A 101 that announces a body (RFC 9110 8.6 and RFC 9112 6.1 forbid both on a 1xx), sent with `chooses`: the header,
+# and the name every client's refusal gives (UPGRADE_BODY_SAID).
+UPGRADE_BODIES = {"content-length": (b"Content-Length: 5\r\n", "Content-Length"),
+                  "transfer-encoding": (b"Transfer-Encoding: chunked\r\n", "Transfer-Encoding")}
+UPGRADE_BODY_SAID = "WebSocket handshake failed: the server's 101 answer announces a body ({} header), which a 101 may " \
+                    "not have (RFC 9110)"
+
+
 def chooses(chosen: bytes) -> Handler:
     """Upgrades with `chosen` among the headers, then plays a whole valid run."""
     async def server(reader: Reader, writer: Writer, head: bytes, srv: Raw) -> None:

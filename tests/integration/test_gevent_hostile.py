@@ -33,6 +33,8 @@ from .hostile_ws import (
     TINY_FRAMES,
     TOKEN,
     UNOFFERED,
+    UPGRADE_BODIES,
+    UPGRADE_BODY_SAID,
     Drip,
     answers_nothing,
     bare_lf,
@@ -131,6 +133,19 @@ async def test_an_upgrade_choosing_what_the_client_never_offered_fails_the_conne
     async with raw(chooses(chosen)) as srv:
         chat, _ = await locust_chat(tmp_path, srv.url, compression)
     assert (chat["outcome"], chat["error_kind"]) == ("error", "protocol_error"), chat
+
+
+@pytest.mark.parametrize("header", UPGRADE_BODIES.values(), ids=UPGRADE_BODIES.keys())
+@pytest.mark.parametrize("compression", COMPRESSION)
+async def test_a_101_that_announces_a_body_fails_the_connection_as_in_the_asyncio_clients(tmp_path, compression,
+                                                                                         header):
+    """A Content-Length other than 0 or a Transfer-Encoding on the 101: refused, naming the header, as picows and
+    the websockets client refuse it (test_hostile_handshakes.py); the chat passed here before."""
+    sent, name = header
+    async with raw(chooses(sent)) as srv:
+        chat, _ = await locust_chat(tmp_path, srv.url, compression)
+    assert (chat["outcome"], chat["error_kind"], chat["error"]) == (
+        "error", "protocol_error", UPGRADE_BODY_SAID.format(name)), chat
 
 
 @pytest.mark.parametrize("answer", MALFORMED.values(), ids=MALFORMED.keys())

@@ -46,6 +46,8 @@ from .hostile_ws import (
     TINY_FRAMES,
     TOKEN,
     UNOFFERED,
+    UPGRADE_BODIES,
+    UPGRADE_BODY_SAID,
     Drip,
     Raw,
     Reader,
@@ -144,6 +146,19 @@ async def test_an_upgrade_choosing_what_the_client_never_offered_fails_the_conne
     async with raw(chooses(chosen)) as srv:
         code, chat, _, _ = await chatprobe(tmp_path, srv.url, CLIENTS[client])
     assert (code, chat["outcome"], chat["error_kind"]) == (1, "error", "protocol_error"), chat
+
+
+@pytest.mark.parametrize("header", UPGRADE_BODIES.values(), ids=UPGRADE_BODIES.keys())
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_101_that_announces_a_body_fails_the_connection_alike_in_both_clients(tmp_path, client, header):
+    """picows refuses such an answer ("invalid upgrade response", naming nothing), where the websockets client took
+    it and the chat passed: one server, two verdicts by the scenario's `compression`. Both refuse it now, naming the
+    header (its value never shown)."""
+    sent, name = header
+    async with raw(chooses(sent)) as srv:
+        code, chat, _, _ = await chatprobe(tmp_path, srv.url, CLIENTS[client])
+    assert (code, chat["outcome"], chat["error_kind"]) == (1, "error", "protocol_error"), chat
+    assert chat["error"] == UPGRADE_BODY_SAID.format(name), chat
 
 
 async def test_picows_refuses_permessage_deflate_it_never_offered(tmp_path):
