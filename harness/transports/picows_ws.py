@@ -510,7 +510,7 @@ class _CappedReads(asyncio.BufferedProtocol):
     is paused for the rest of the turn after such a read (a full read: more is likely waiting), resumed on the next.
     Installed with the transport's public set_protocol; per read, one call of ours each side of picows' own."""
 
-    __slots__ = ("_inner", "_get", "_updated", "_transport", "_owner", "_resume")
+    __slots__ = ("_inner", "_get", "_updated", "_transport", "_owner", "_resume", "_ws")
 
     def __init__(self, inner: Any, transport: asyncio.BaseTransport, owner: "PicowsTransport") -> None:
         self._inner = inner
@@ -519,11 +519,18 @@ class _CappedReads(asyncio.BufferedProtocol):
         self._transport: Any = transport
         self._owner = owner
         self._resume = asyncio.get_running_loop().call_soon
+        self._ws: Any = owner.ws  # (set: installed once the connection is open)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._get(sizehint)[:READ_CAP]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if (handshake := self._ws.close_handshake) is not None and _failed_by_client(handshake):
+            # The client failed the connection (a frame picows' parser refused: a close frame with a code RFC 6455
+            # forbids or a reason that is not UTF-8 moves its parser past the frame): picows parsed and handed over
+            # the frames of the reads that came before its disconnect (10 ms later), judged as the run's events (a
+            # chat passed). RFC 6455 7.1.7: nothing more is processed; this read is not given to picows.
+            return
         self._updated(nbytes)
         if nbytes == READ_CAP and not (transport := self._transport).is_closing():
             transport.pause_reading()
@@ -545,6 +552,14 @@ class _CappedReads(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
+
+
+def _failed_by_client(handshake: Any) -> bool:
+    """Whether the client sent its close first, with a code that fails the connection for what the server sent
+    (PROTOCOL_ERRORS), not in answer to the server's close."""
+    sent = handshake.sent
+    return sent is not None and not handshake.recv_then_sent and getattr(sent.code, "value", sent.code) in \
+        PROTOCOL_ERRORS
 
 
 def _unoffered(headers: Any, offered: list[str] | None) -> str | None:

@@ -86,3 +86,47 @@ async def test_nothing_after_a_close_or_a_failing_frame_in_the_same_read_is_take
     transport, echoed, got = await _ended_by(first + frame(1, b'{"type":"agent_completed"}'))
     assert got == []
     assert transport.close_code is not None
+
+
+@pytest.mark.parametrize(("refused", "error"), [
+    (frame(8, struct.pack("!H", 1004)), "WebSocket protocol error"),  # a close code RFC 6455 7.4 forbids
+    (frame(8, struct.pack("!H", 1000) + b"\xff\xfe"), "text frame that is not valid UTF-8"),  # a reason not UTF-8
+], ids=["close-code-1004", "close-reason-not-utf8"])
+async def test_nothing_the_server_sends_after_a_frame_picows_refuses_is_taken(refused: bytes, error: str) -> None:
+    """picows' parser refuses such a close frame past it, answers with its own close and drops the socket 10 ms
+    later: the frames of the reads that came meanwhile were handed over and judged as the run's events (a chat whose
+    run ended there passed, its R12 the connection's, with `settle: 0`; the websockets client takes none of them).
+    RFC 6455 7.1.7: nothing more is processed once the client has failed the connection."""
+    got: list[object] = []
+    ends: list[object] = []
+    late = frame(1, b'{"type":"agent_completed"}')
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await upgrade(reader, writer)
+            await read_frame(reader)
+            writer.write(frame(1, b'{"type":"agent_started"}') + refused)
+            async with asyncio.timeout(5):
+                while (await read_frame(reader))[0] != 8:  # until the client's close: it has failed the connection
+                    pass
+                while not reader.at_eof():  # then events, each in a read of its own, until it hangs up
+                    writer.write(late)
+                    await writer.drain()
+                    await asyncio.sleep(0.001)  # wait-ok: spaces the writes, so each comes in a read of its own
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    srv, url = await serve(handler)
+    transport = PicowsTransport(ConnectSettings(url=url, connect_timeout=3))
+    try:
+        async with asyncio.timeout(10):  # a hang fails the test
+            await transport.open()
+            transport.listen(Listener(lambda message, at: got.append(message), ends.append))
+            transport.send_now("start")
+            await until(lambda: bool(ends))
+    finally:
+        srv.close()
+    assert got == ['{"type":"agent_started"}']
+    assert transport.protocol_error == error
