@@ -68,6 +68,9 @@ UNOFFERED_EXTENSION = "the server chose an extension the client did not offer"
 # Sec-WebSocket-Extensions header that names no extension (9.1: 1#extension), an empty one included.
 MALFORMED_HEADER = "the server's {} header is malformed"
 MALFORMED_EXTENSIONS = MALFORMED_HEADER.format("Sec-WebSocket-Extensions")
+# What every client says of an upgrade answer it cannot parse as HTTP/1.1 (not HTTP/1.1, a folded header line, a head
+# past its client's limits).
+MALFORMED_UPGRADE = "malformed upgrade response"
 # What every client says of a 101 that announces a body (a Content-Length other than 0, a Transfer-Encoding): RFC 9110
 # 8.6 and RFC 9112 6.1 forbid both on a 1xx. picows refuses such an answer, so every client does (websockets took it).
 UPGRADE_BODY = "the server's 101 answer announces a body ({} header), which a 101 may not have (RFC 9110)"

@@ -25,6 +25,7 @@ from .base import (
     FRAGMENTS_ERROR,
     MALFORMED_EXTENSIONS,
     MALFORMED_HEADER,
+    MALFORMED_UPGRADE,
     MAX_FRAGMENTS,
     MAX_UNSENT_SEND,
     TLS_CUT,
@@ -104,7 +105,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, WSInvalidMessageError) and exc.response is None:
         # What picows could not parse as an HTTP/1.1 response (HTTP/1.0, a bad status line, a head past 16 KiB):
         # the server answered, wrongly, as websockets' InvalidMessage says; a server that hangs up is an EOF.
-        return "protocol_error", "WebSocket handshake failed: malformed upgrade response"
+        return "protocol_error", f"WebSocket handshake failed: {MALFORMED_UPGRADE}"
     if isinstance(exc, WSHandshakeError):
         response = exc.response
         if response is None:
@@ -116,6 +117,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
             return "protocol_error", f"WebSocket handshake failed: {MALFORMED_HEADER.format(exc.name)}"
         if status == 101 and isinstance(exc, WSInvalidHeaderError) and exc.name in UPGRADE_BODY_HEADERS:
             return "protocol_error", f"WebSocket handshake failed: {UPGRADE_BODY.format(exc.name)}"
+        if status == 101 and isinstance(exc, WSInvalidMessageError):  # a 101 whose head it could not parse (a header
+            return "protocol_error", f"WebSocket handshake failed: {MALFORMED_UPGRADE}"  # line folded, 100+ headers)
         if status == 101:
             return "protocol_error", "WebSocket handshake failed: invalid upgrade response"
         return refused_upgrade(status)

@@ -35,6 +35,7 @@ from .base import (
     FRAGMENTS_ERROR,
     FRAMES_PER_TURN,
     MALFORMED_HEADER,
+    MALFORMED_UPGRADE,
     TLS_CUT,
     TOO_MANY_FRAGMENTS,
     UNOFFERED_EXTENSION,
@@ -71,6 +72,10 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "protocol_error", "WebSocket handshake failed: a line of the answer ended with LF alone, not CRLF"
     if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, (EOFError, ConnectionError)):
         return "refused", CLOSED_IN_HANDSHAKE
+    if isinstance(exc, InvalidMessage):
+        # What websockets could not parse as an HTTP/1.1 answer (a folded header line, a line past 8 KiB, more than
+        # 128 headers): the server answered, wrongly, in picows' words for it (the class name said nothing).
+        return "protocol_error", f"WebSocket handshake failed: {MALFORMED_UPGRADE}"
     if isinstance(exc, (NegotiationError, InvalidHeader)) and _about_subprotocol(exc):
         return "protocol_error", f"WebSocket handshake failed: {UNOFFERED_SUBPROTOCOL}"
     if isinstance(exc, UpgradeBody):

@@ -161,6 +161,16 @@ async def test_a_101_that_announces_a_body_fails_the_connection_alike_in_both_cl
     assert chat["error"] == UPGRADE_BODY_SAID.format(name), chat
 
 
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_101_whose_head_cannot_be_parsed_is_called_so_alike_by_both_clients(tmp_path, client):
+    """A header line folded onto the next (obs-fold, which RFC 9112 5.2 no longer allows): picows said "invalid
+    upgrade response" and the websockets client "InvalidMessage", its exception's class name."""
+    async with raw(chooses(b"X-Folded: a\r\n b\r\n")) as srv:
+        code, chat, _, _ = await chatprobe(tmp_path, srv.url, CLIENTS[client])
+    assert (code, chat["outcome"], chat["error_kind"]) == (1, "error", "protocol_error"), chat
+    assert chat["error"] == "WebSocket handshake failed: malformed upgrade response", chat
+
+
 async def test_picows_refuses_permessage_deflate_it_never_offered(tmp_path):
     """The brief's own case for the lean client, which offers no extension: a server answering permessage-deflate
     and then sending deflated frames is refused at the handshake, not read as garbage."""
