@@ -42,3 +42,4 @@ def test_a_terminal_event_at_the_deadline_itself_is_within_it(tmp_path, end, out
         assert not result.violations and not result.warnings
     else:
         assert [v.rule.value for v in result.violations] == ["R10"]
+

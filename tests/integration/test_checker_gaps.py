@@ -511,3 +511,38 @@ async def test_a_new_connections_first_server_ping_is_answered_however_soon_afte
     (r,) = run.results
     assert pongs == [1, 2], pongs
     assert r.outcome is Outcome.PASSED and r.reconnects == ["resumed"], (r.violations, r.note)
+
+
+async def test_events_after_a_verdict_fill_the_chats_caps_and_no_more():
+    """A server that goes on sending a judged run's events (here: as the client's next message comes): each shows with
+    the chat it belongs to as a warning and a kept event, within that chat's caps (MAX_WARNINGS_KEPT warnings,
+    MAX_EVENTS_KEPT events), never without end. The first chat is a few events short of its event cap, so the late
+    ones pass it half way: it holds MAX_EVENTS_KEPT events exactly, and MAX_WARNINGS_KEPT warnings."""
+    from harness.checker import MAX_EVENTS_KEPT, MAX_WARNINGS_KEPT
+
+    late = MAX_WARNINGS_KEPT + 10
+    own = MAX_EVENTS_KEPT - late // 2  # the first chat's own events
+
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        *head, done = clean_run(mid)
+        thinking = [ev("agent_thinking", 5 + i) for i in range(own - len(head) - 1)]
+        for frame in [*head, *thinking, done.replace('"seq": 5', f'"seq": {own}')]:
+            await ws.send(frame)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]  # chat 1 was judged: its settle window is over
+        for frame in [ev("agent_thinking", own + 1 + i) for i in range(late)]:
+            await ws.send(frame)
+        for frame in clean_run(mid):
+            await ws.send(frame.replace('"r1"', '"r2"'))
+        await ws.wait_closed()
+
+    # A user who thinks between chats waits the first one's settle window out before the next message.
+    run = await run_against(handler, quick(chats_per_user=2, think_time="0.01s",
+                                           expect={"deadline": "10s", "first_event_limit": "5s", "settle": "0.05s"}))
+    first, second = run.results
+    assert first.outcome is Outcome.PASSED and second.outcome is Outcome.PASSED, (first.violations, second.violations)
+    assert first.events_received == own and not second.warnings
+    assert len(first.events) == MAX_EVENTS_KEPT, len(first.events)
+    assert len(first.warnings) == MAX_WARNINGS_KEPT, len(first.warnings)
+    assert all(w.rule.value == "R4" and "after the chat was judged" in w.reason for w in first.warnings)
