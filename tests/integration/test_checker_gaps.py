@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from websockets.asyncio.server import serve
 
+from harness.checker import MAX_SEQS_AHEAD
 from harness.events import Outcome
 from harness.offline import check_files
 from harness.profiles import load_profile
@@ -546,3 +548,28 @@ async def test_events_after_a_verdict_fill_the_chats_caps_and_no_more():
     assert len(first.events) == MAX_EVENTS_KEPT, len(first.events)
     assert len(first.warnings) == MAX_WARNINGS_KEPT, len(first.warnings)
     assert all(w.rule.value == "R4" and "after the chat was judged" in w.reason for w in first.warnings)
+
+
+@pytest.mark.parametrize(("ahead", "said"), [(MAX_SEQS_AHEAD, "seq 2 never arrived"),
+                                             (MAX_SEQS_AHEAD + 1, "stopped tracking the gaps")],
+                         ids=["at-the-cap", "one-past-it"])
+async def test_seqs_ahead_of_a_gap_are_tracked_up_to_the_cap_exactly(ahead, said):
+    """docs/protocol.md: a chat tracks at most 10,000 `seq` numbers ahead of a gap. seq 2 never comes: with exactly that
+    many after it the gap is still tracked (R7, seq 2 lost); with one more the chat stops tracking (R7 says so)."""
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        started, thinking, executing, completed, done = clean_run(mid, start=2)
+        await ws.send(started.replace('"seq": 2', '"seq": 1'))
+        for frame in [thinking, executing, completed]:
+            await ws.send(frame)
+        for seq in range(6, ahead + 2):
+            await ws.send(ev("agent_thinking", seq))
+        await ws.send(done.replace('"seq": 6', f'"seq": {ahead + 2}'))
+        await ws.wait_closed()
+
+    run = await run_against(handler, quick(expect={"deadline": "10s", "first_event_limit": "5s", "settle": "0.05s"}))
+    (r,) = run.results
+    assert r.events_received == ahead + 1
+    assert r.rule_counts() == {"R7": 1}, r.violations
+    assert said in r.violations[0].reason, r.violations
