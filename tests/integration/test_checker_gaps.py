@@ -10,7 +10,7 @@ import json
 import pytest
 from websockets.asyncio.server import serve
 
-from harness.checker import MAX_SEQS_AHEAD
+from harness.checker import MAX_OPEN_SPANS, MAX_SEQS_AHEAD
 from harness.events import Outcome
 from harness.offline import check_files
 from harness.profiles import load_profile
@@ -573,3 +573,29 @@ async def test_seqs_ahead_of_a_gap_are_tracked_up_to_the_cap_exactly(ahead, said
     assert r.events_received == ahead + 1
     assert r.rule_counts() == {"R7": 1}, r.violations
     assert said in r.violations[0].reason, r.violations
+
+
+@pytest.mark.parametrize("spans", [MAX_OPEN_SPANS, MAX_OPEN_SPANS + 1], ids=["at-the-cap", "one-past-it"])
+async def test_spans_open_at_once_are_tracked_up_to_the_cap_exactly(spans):
+    """docs/protocol.md: a chat tracks at most 1,000 spans open at once. A run that opens exactly that many tool calls
+    and closes them all passes; one more is not tracked, and R5 says so."""
+    async def handler(ws):
+        await ws.send(WELCOME)
+        mid = json.loads(await ws.recv())["payload"]["message_id"]
+        await ws.send(ev("agent_started", 1, message_id=mid))
+        await ws.send(ev("agent_thinking", 2))
+        seq = 3
+        for kind in ("tool_executing", "tool_completed"):
+            for n in range(spans):
+                await ws.send(ev(kind, seq, tool_name="calc", tool_call_id=f"t{n}"))
+                seq += 1
+        await ws.send(ev("agent_completed", seq, result="42"))
+        await ws.wait_closed()
+
+    run = await run_against(handler, quick(expect={"deadline": "10s", "first_event_limit": "5s", "settle": "0.05s"}))
+    (r,) = run.results
+    if spans == MAX_OPEN_SPANS:
+        assert r.outcome is Outcome.PASSED, r.violations
+    else:
+        assert r.outcome is Outcome.FAILED and set(r.rule_counts()) == {"R5"}, r.violations
+        assert f"more than {MAX_OPEN_SPANS} spans open at once" in r.violations[0].reason, r.violations
