@@ -564,3 +564,20 @@ def test_a_parked_chat_is_weighed_with_the_ids_its_checks_hold():
     room = ParkedChats(10, 10, 1024 * 1024)
     assert room.park("u", tracker) == (True, None) and room.nbytes == tracker.held_bytes > ID_BOUND // 2
     assert room.take("u", "r") is tracker and room.nbytes == 0
+
+
+async def test_an_event_after_the_terminal_one_is_r4_alone_not_judged_by_the_runs_checks():
+    """The run's payload checks end with its terminal event (their end-of-run findings are said there): an event after
+    it is R4 (docs/protocol.md) and nothing more, even one those checks would speak of mid-run (a tool call naming an
+    assistant message no event showed: advice before RUN_FINISHED)."""
+    def script(inp: RunAgentInput):
+        yield RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS)
+        yield from text("a1")
+        yield RunFinishedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS)
+        yield ToolCallStartEvent(tool_call_id="late", tool_call_name="calc", parent_message_id="nowhere", timestamp=TS)
+
+    async with AguiSSEServer(script) as server:
+        result = await chat(server.url)
+    assert result.outcome is Outcome.FAILED
+    assert [v.rule for v in result.violations] == [Rule.R4], result.violations
+    assert result.warnings == [], result.warnings
