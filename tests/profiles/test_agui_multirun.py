@@ -257,3 +257,32 @@ def test_a_further_runs_terminal_event_read_past_its_deadline_is_r10_live_as_in_
     assert verdicts(checked.results) == [(False, "incomplete", [Rule.R10], []),
                                          (True, "incomplete", [Rule.R10], [Rule.R10])], checked.results
     assert verdicts(live) == verdicts(checked.results)
+
+
+async def test_further_runs_of_one_stream_are_followed_up_to_the_cap_exactly():
+    """A stream carries at most MAX_FOLLOWUP_RUNS further runs (checker.py: each is a chat of its own, held with the
+    chat that asked): that many each passed and reported; one more is no further run but events after the last one's
+    end (R4, R3), so that past the cap a stream no longer grows the chat's list of runs."""
+    from harness.checker import MAX_FOLLOWUP_RUNS
+
+    def script(inp: RunAgentInput):
+        previous = inp.run_id
+        yield RunStartedEvent(thread_id=inp.thread_id, run_id=previous, timestamp=TS)
+        yield from text("a0")
+        yield RunFinishedEvent(thread_id=inp.thread_id, run_id=previous, timestamp=TS)
+        for n in range(1, MAX_FOLLOWUP_RUNS + 2):
+            yield RunStartedEvent(thread_id=inp.thread_id, run_id=f"run-{n}", parent_run_id=previous, timestamp=TS)
+            yield from text(f"a{n}")
+            yield RunFinishedEvent(thread_id=inp.thread_id, run_id=f"run-{n}", timestamp=TS)
+            previous = f"run-{n}"
+
+    async with AguiSSEServer(script) as server:
+        first, sink = await chat(server.url)
+    further = [r for r in sink.results if r.further_run]
+    assert [r.run_id for r in further] == [f"run-{n}" for n in range(1, MAX_FOLLOWUP_RUNS + 1)]
+    assert [r.outcome for r in further[:-1]] == [Outcome.PASSED] * (MAX_FOLLOWUP_RUNS - 1), [r.violations for r in further]
+    # The run past the cap is events after the last followed run's end: its R4s and its second terminal event (R3).
+    last = further[-1]
+    assert last.outcome is Outcome.FAILED and set(rules(last)) == {Rule.R3, Rule.R4}, last.violations
+    named = f"further run 'run-{MAX_FOLLOWUP_RUNS}'"
+    assert first.outcome is Outcome.FAILED and all(v.reason.startswith(named) for v in first.violations), first.violations
