@@ -26,12 +26,13 @@ from harness.flow import LeftRuns
 from .test_proxy_parked_resume import Proxied, read_until_completed
 
 
-async def start_and_leave(p: Proxied, user: str, how: str) -> tuple[str, int]:
-    """`user` sends a chat, reads its first events, and leaves (`how`: a closing handshake, or the socket dropped):
-    (its run id, the last seq it had)."""
+async def start_and_leave(p: Proxied, user: str, how: str, think: float = 0.2, n: int = 0) -> tuple[str, int]:
+    """`user` sends a chat (its `n`th: its message id), reads its first events, and leaves (`how`: a closing
+    handshake, or the socket dropped): (its run id, the last seq it had)."""
     ws = await p.connect(user)
     await ws.send(json.dumps({"type": "user_message", "payload": {
-        "content": "Explain tides #think=0.2 #tools=2", "thread_id": f"t-{user}", "message_id": f"m-{user}"}}))
+        "content": f"Explain tides #think={think} #tools=2", "thread_id": f"t-{user}",
+        "message_id": f"m-{user}" + (f"-{n}" if n else "")}}))
     while True:
         frame = json.loads(await ws.recv())
         if "seq" in frame and frame["seq"] >= 2:
@@ -248,3 +249,28 @@ async def test_a_user_who_closes_the_tab_after_the_run_ended_has_the_finished_ru
                 await p.live.closed.wait()
     assert p.outcomes() == {"failed": 1} and p.sink.abandoned == 0, (p.outcomes(), p.sink.abandoned)
     assert p.sample("chatprobe_rule_violations_total", rule="R2") == 1
+
+
+async def test_a_users_left_runs_are_held_up_to_the_bound_exactly_over_the_proxy():
+    """README: the proxy keeps a user's left runs "64 an identity". A user who leaves one more chat mid-run than that
+    (65 reloads) has its oldest left run forgotten and the 64 latest held: a resume of the second oldest is still that
+    judged chat's (no R8), while the oldest's is read as any resume of a run the proxy does not hold (the server's
+    replay is cross-talk, R8): the bound, not the user, decides, and it is 64."""
+    from monitors.proxy import MAX_LEFT_EACH
+
+    async with Proxied([], deadline=30.0) as p:
+        async with asyncio.timeout(60):
+            left = [await start_and_leave(p, "alice", "close", think=0.01, n=n) for n in range(1, MAX_LEFT_EACH + 2)]
+            assert len(p.live.left) == MAX_LEFT_EACH
+            assert not p.live.left.holds(left[0][0]) and all(p.live.left.holds(run) for run, _ in left[1:])
+            run_id, last_seq = left[1]  # the oldest still held
+            ws = await p.connect("alice")
+            await ws.send(json.dumps({"type": "resume", "payload": {"run_id": run_id, "last_seq": last_seq}}))
+            await read_until_completed(ws)
+            closed = p.live.closed_count
+            await ws.close()
+            while p.live.closed_count == closed:
+                p.live.closed.clear()
+                await p.live.closed.wait()
+    assert p.sample("chatprobe_rule_violations_total", rule="R8") == 0
+    assert not p.live.left.holds(run_id) and len(p.live.left) == MAX_LEFT_EACH - 1  # taken by the resume
