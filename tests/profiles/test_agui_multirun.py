@@ -286,3 +286,32 @@ async def test_further_runs_of_one_stream_are_followed_up_to_the_cap_exactly():
     assert last.outcome is Outcome.FAILED and set(rules(last)) == {Rule.R3, Rule.R4}, last.violations
     named = f"further run 'run-{MAX_FOLLOWUP_RUNS}'"
     assert first.outcome is Outcome.FAILED and all(v.reason.startswith(named) for v in first.violations), first.violations
+
+
+async def test_a_further_runs_violations_past_the_listing_cap_still_add_up_in_the_chat():
+    """A further run that breaks a rule more than MAX_VIOLATIONS_KEPT times, after the chat's own run broke it once:
+    the chat that asked lists MAX_VIOLATIONS_KEPT violations in all (checker.fold_further) and counts the rest, the
+    further run's listed and unlisted ones both, so its rule counts add up to its own and the further run's
+    (docs/protocol.md: the rest are counted, so verdicts and metrics stay exact)."""
+    from harness.checker import MAX_VIOLATIONS_KEPT
+
+    n = MAX_VIOLATIONS_KEPT + 10
+
+    def script(inp: RunAgentInput):
+        yield RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS)
+        yield ToolCallEndEvent(tool_call_id="own", timestamp=TS)  # the chat's own run breaks it once
+        yield from text("a0")
+        yield RunFinishedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS)
+        yield RunStartedEvent(thread_id=inp.thread_id, run_id="run-2", parent_run_id=inp.run_id, timestamp=TS)
+        for i in range(n):  # the end of a tool call that never started: R5 each
+            yield ToolCallEndEvent(tool_call_id=f"x{i}", timestamp=TS)
+        yield from text("a1")
+        yield RunFinishedEvent(thread_id=inp.thread_id, run_id="run-2", timestamp=TS)
+
+    async with AguiSSEServer(script) as server:
+        first, sink = await chat(server.url)
+    (second,) = [r for r in sink.results if r.further_run]
+    assert second.rule_counts() == {"R5": n}, second.rule_counts()
+    assert len(second.violations) == MAX_VIOLATIONS_KEPT
+    assert first.outcome is Outcome.FAILED and first.rule_counts() == {"R5": n + 1}, first.rule_counts()
+    assert len(first.violations) == MAX_VIOLATIONS_KEPT
