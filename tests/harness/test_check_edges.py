@@ -43,3 +43,47 @@ def test_a_terminal_event_at_the_deadline_itself_is_within_it(tmp_path, end, out
     else:
         assert [v.rule.value for v in result.violations] == ["R10"]
 
+
+
+CLEAN = [(1000.1, "agent_started"), (1000.2, "agent_thinking"), (1000.3, "tool_executing"), (1000.4, "tool_completed"),
+         (1000.5, "agent_completed")]
+
+
+@pytest.mark.parametrize(("timed", "rules"), [
+    # the first event at the first-event limit itself (1 s): within it, no R9
+    ([(1001.0, "agent_started"), *CLEAN[1:3], (1001.4, "tool_completed"), (1001.5, "agent_completed")], []),
+    ([(1001.001, "agent_started"), *CLEAN[1:3], (1001.4, "tool_completed"), (1001.5, "agent_completed")], ["R9"]),
+    # two seconds without an event (the stall limit) itself: no R11; a millisecond more is one
+    # (times a float holds exactly, so the gap is 2.0 itself)
+    ([CLEAN[0], (1000.25, "agent_thinking"), (1002.25, "tool_executing"), (1002.3, "tool_completed"),
+      (1002.4, "agent_completed")], []),
+    ([CLEAN[0], (1000.25, "agent_thinking"), (1002.251, "tool_executing"), (1002.3, "tool_completed"),
+      (1002.4, "agent_completed")], ["R11"]),
+    # no terminal event: its last event the stall limit itself before the deadline (1010.0) is R10 and no R11
+    ([(1000.5, "agent_started"), (1002.0, "agent_thinking"), (1003.5, "tool_executing"), (1005.0, "tool_completed"),
+      (1006.5, "agent_thinking"), (1008.0, "agent_thinking")], ["R10"]),
+    ([(1000.5, "agent_started"), (1002.0, "agent_thinking"), (1003.5, "tool_executing"), (1005.0, "tool_completed"),
+      (1006.5, "agent_thinking"), (1007.999, "agent_thinking")], ["R10", "R11"]),
+], ids=["first-event-at-the-limit", "just-past-it", "stall-at-the-limit", "stall-just-past-it",
+        "silent-to-the-deadline-at-the-limit", "silent-just-over-it"])
+def test_a_time_equal_to_a_limit_is_within_it(tmp_path, timed, rules):
+    """docs/protocol.md: R9 and R11 are for times *over* their limit. A recording whose times fall on a limit exactly
+    (sent at 1000.0, first_event_limit 1 s, stall_limit 2 s, deadline 10 s) is within it; a millisecond over is not."""
+    # (the user's next message, past the deadline: the first chat is judged at its deadline, not at the file's end)
+    recs = [send(1000.0, conn="c1"), *netra_frames("r1", "c1", timed), send(1011.0, conn="c1", message="m2")]
+    [run] = check_files([write_jsonl(tmp_path / "limits.jsonl", recs)], NETRA, SC)
+    result = run.results[0]
+    assert sorted(v.rule.value for v in result.violations) == rules, result.violations
+
+
+def test_no_event_by_a_first_event_limit_equal_to_the_deadline_is_r9(tmp_path):
+    """A chat with no event is judged at its deadline; with expect.first_event_limit equal to it, that is the limit's
+    own time: R9 as well as R10 (checker.finish: `>=` on the time, as the live client, its timer a moment late, gives
+    one)."""
+    from harness.scenario import Scenario
+
+    scenario = Scenario(name="t", expect={"settle": "0.05s", "deadline": "2s", "first_event_limit": "2s"})
+    recs = [send(1000.0, conn="c1"), {"t": 1005.0, "dir": "close", "conn": "c1", "code": 1000, "by": "client"}]
+    [run] = check_files([write_jsonl(tmp_path / "silent.jsonl", recs)], NETRA, scenario)
+    [result] = run.results
+    assert sorted(v.rule.value for v in result.violations) == ["R10", "R9"], result.violations
