@@ -87,3 +87,14 @@ def test_no_event_by_a_first_event_limit_equal_to_the_deadline_is_r9(tmp_path):
     [run] = check_files([write_jsonl(tmp_path / "silent.jsonl", recs)], NETRA, scenario)
     [result] = run.results
     assert sorted(v.rule.value for v in result.violations) == ["R10", "R9"], result.violations
+
+
+@pytest.mark.parametrize(("left_at", "rules"), [(1001.0, ["R9"]), (1000.999, [])], ids=["at-the-limit", "before-it"])
+def test_a_user_who_leaves_a_blank_screen_at_the_first_event_limit_was_kept_waiting(tmp_path, left_at, rules):
+    """checker.abandon: a user who left with no event at the first-event limit itself (1 s) or later was kept waiting
+    (R9); a moment before it, not."""
+    recs = [send(1000.0, conn="c1"), {"t": left_at, "dir": "close", "conn": "c1", "by": "client"}]
+    [run] = check_files([write_jsonl(tmp_path / "left.jsonl", recs)], NETRA, SC)
+    [result] = run.results
+    assert result.abandoned_at == left_at
+    assert [v.rule.value for v in result.violations] == rules, result.violations
