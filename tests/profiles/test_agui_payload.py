@@ -581,3 +581,16 @@ async def test_an_event_after_the_terminal_one_is_r4_alone_not_judged_by_the_run
     assert result.outcome is Outcome.FAILED
     assert [v.rule for v in result.violations] == [Rule.R4], result.violations
     assert result.warnings == [], result.warnings
+
+
+async def test_a_second_terminal_event_is_kept_without_its_payload():
+    """Events kept for reports hold no payload (bounded memory); the terminal one is read at its end. A second
+    terminal event (R3) is read by no end: kept without its payload too."""
+    def script(inp: RunAgentInput):
+        yield from run(*text("a1"))(inp)
+        yield RunFinishedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS, result={"big": "x" * 1000})
+
+    async with AguiSSEServer(script) as server:
+        result = await chat(server.url)
+    assert [v.rule for v in result.violations] == [Rule.R3], result.violations
+    assert len(result.events) == 6 and all(e.payload is None for e in result.events)
