@@ -101,6 +101,12 @@ def test_left_runs_are_bounded_per_user_and_in_all_and_expire():
     assert left.take("user-11", "r", 1.0) and not left.take("user-11", "r", 1.0)  # taken once
     left.add("late", "r", until=5.0, now=0.0)
     assert not left.take("late", "r", 6.0)  # past its chat's deadline: the resume is read as before
+    left.add("late", "r", until=5.0, now=0.0)
+    assert left.take("late", "r", 5.0)  # at its deadline itself: still taken
+    alone = LeftRuns(max_all=2, max_each=64)  # one user reaching the bound in all: its own oldest goes
+    for n in range(3):
+        alone.add("alice", f"r-{n}", until=100.0, now=0.0)
+    assert len(alone) == 2 and not alone.holds("r-0") and alone.holds("r-2")
     assert not left.take("mallory", "r", 1.0) and not left.take("user-10", None, 1.0)
 
 
