@@ -103,6 +103,8 @@ def test_left_runs_are_bounded_per_user_and_in_all_and_expire():
     assert not left.take("late", "r", 6.0)  # past its chat's deadline: the resume is read as before
     left.add("late", "r", until=5.0, now=0.0)
     assert left.take("late", "r", 5.0)  # at its deadline itself: still taken
+    left.add("edge", "r", until=5.0, now=5.0)  # left at its chat's deadline itself: still kept for a resume
+    assert left.take("edge", "r", 5.0)
     alone = LeftRuns(max_all=2, max_each=64)  # one user reaching the bound in all: its own oldest goes
     for n in range(3):
         alone.add("alice", f"r-{n}", until=100.0, now=0.0)
