@@ -265,6 +265,30 @@ def test_parked_chats_are_bounded_per_user_in_all_and_in_bytes():
         "chatprobe_chats_unjudged_total", {**LIVE, "reason": "proxy_stopped"}) == parked
 
 
+
+def test_parked_chats_in_all_are_bounded_at_max_parked_exactly():
+    """README: at most 10,000 chats parked in all (MAX_PARKED), of many users each within MAX_PARKED_EACH: that many
+    are parked, the next one is not (PARKING_FULL), and a place given back is a place again."""
+    from harness.sinks import PARKING_FULL
+    from monitors.proxy import MAX_PARKED, MAX_PARKED_EACH, LiveChats, LiveTracker
+
+    profile = load_profile("netra")
+    exp = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=10.0)
+    live = LiveChats(profile, Judged(ChatMetrics(CollectorRegistry())), exp, "live", 0.05)
+    started = profile.decode(json.dumps({"type": "agent_started", "run_id": "r", "seq": 1,
+                                         "payload": {"agent_name": "a"}}), 0.1)
+
+    def cut(n: int) -> str:
+        chat = LiveTracker(f"c-{n}", exp, 0.0, scenario="live", thread_id="t", run_id=f"r-{n}")
+        chat.feed(started)
+        return live.park(f"user-{n // MAX_PARKED_EACH}", chat, 0.2)
+
+    assert all(cut(n) == "parked" for n in range(MAX_PARKED)) and len(live.parked) == MAX_PARKED
+    assert cut(MAX_PARKED) == PARKING_FULL and len(live.parked) == MAX_PARKED
+    assert live.resumed("user-0", "r-0") is not None  # taken by its user's resume: a place again
+    assert cut(MAX_PARKED + 1) == "parked"
+    live.stop()
+
 async def test_a_resume_under_the_users_refreshed_token_is_hers():
     """alice's connection drops mid-run and her client resumes with a refreshed token (a new `iat` and `exp`, as an
     identity provider's refresh, or a token minted per connection crossing a second): the same user (the JWT's `sub`),
