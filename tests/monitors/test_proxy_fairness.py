@@ -191,3 +191,66 @@ async def test_a_tiny_frame_flood_into_a_slow_reader_costs_the_proxy_a_read_not_
         for task in upstream.tasks:
             task.cancel()
         await asyncio.wait_for(asyncio.gather(*upstream.tasks, return_exceptions=True), 10)
+
+
+BIG = frame(1, b"x" * (1024 * 1024))  # a 1 MiB text frame from the server (within the default --max-size, 4 MiB)
+
+
+async def test_big_frames_into_a_client_that_reads_nothing_hold_a_few_frames_a_connection(tmp_path):
+    """An upstream streams 1 MiB frames to a client that reads nothing: the proxy's writes to the client back up, its
+    forwarding loop waits, and what it reads of the upstream waits in websockets' queue, which pauses reading past
+    MAX_QUEUE frames (monitors/proxy.py: at most two queued, one being written). So the proxy holds a few MiB a
+    connection, not a queue of frames: the rest stays in the kernel, backpressure all the way to the upstream."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(upgrade(await reader.readuntil(b"\r\n\r\n")))
+            reading = asyncio.ensure_future(read_until_gone(reader))
+            try:
+                loop = asyncio.get_running_loop()
+                until = loop.time() + FLOOD_FOR
+                while loop.time() < until:
+                    writer.write(BIG)
+                    await writer.drain()
+            finally:
+                reading.cancel()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    tasks: set[asyncio.Task] = set()
+
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tasks.add(asyncio.current_task())  # type: ignore[arg-type]
+        await serve(reader, writer)
+
+    server = await asyncio.start_server(tracked, "127.0.0.1", 0)
+    up_port = server.sockets[0].getsockname()[1]
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        async with proxy_process(f"ws://127.0.0.1:{up_port}", tmp_path, "--send-timeout", "60s", stop=False) as proxy:
+            before = peak_rss(proxy.pid)
+            for _ in range(2):
+                _reader, writer = await raw_client(proxy.port)
+                writer.transport.pause_reading()
+                writers.append(writer)
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(FLOOD_FOR):  # until the flood is held back: the peak unchanged for two seconds
+                last, still = peak_rss(proxy.pid), loop.time()
+                while loop.time() - still < 2.0:
+                    await asyncio.sleep(0.1)  # wait-ok: poll interval of a condition wait bounded by the timeout
+                    if (now := peak_rss(proxy.pid)) != last:
+                        last, still = now, loop.time()
+            grown = peak_rss(proxy.pid) - before
+            # Measured for the two: ~10 MiB (MAX_QUEUE 1: ~3 frames and the write buffer a connection, with their
+            # decoding), ~16 MiB with a queue of 4, ~42 MiB with 16.
+            assert grown < 14 * 1024 * 1024, grown
+            assert proxy.proc.returncode is None and "Traceback" not in proxy.err.read_text()
+            proxy.proc.kill()
+    finally:
+        for writer in writers:
+            writer.transport.abort()
+        server.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
