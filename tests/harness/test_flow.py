@@ -703,3 +703,26 @@ def test_a_forked_child_never_reuses_the_ids_its_parent_read_ahead():
         child = f.read().decode()
     os.waitpid(pid, 0)
     assert child.startswith("t-") and not any(d.startswith(child[2:]) for d in ahead)
+
+
+def test_runs_a_connection_follows_across_resumes_are_bounded_at_the_cap_exactly():
+    """flow.Resumes remembers at most MAX_RESUMES_FOLLOWED runs moved away (let go, or judged where their client left
+    them) and as many replays under way: past it the oldest goes, the latest are all kept."""
+    from harness.checker import ChatTracker
+    from harness.flow import MAX_RESUMES_FOLLOWED, Resumes
+
+    checker = ConnectionChecker(EXP)
+    resumes = Resumes()
+    for n in range(MAX_RESUMES_FOLLOWED + 1):
+        chat = ChatTracker(f"c{n}", EXP, 0.0, run_id=f"gone-{n}")
+        checker.add(chat)
+        resumes.let_go(checker, chat)
+    assert len(resumes.moved) == MAX_RESUMES_FOLLOWED and "gone-0" not in resumes.moved
+    for n in range(MAX_RESUMES_FOLLOWED + 1):
+        resumes.ignore(f"left-{n}")
+    assert len(resumes.moved) == MAX_RESUMES_FOLLOWED and list(resumes.moved)[0] == "left-1"
+    for n in range(MAX_RESUMES_FOLLOWED + 1):
+        chat = ChatTracker(f"r{n}", EXP, 0.0, run_id=f"back-{n}")
+        chat.max_seq = 5
+        resumes.resumed_here(chat, f"back-{n}", last_seq=2)
+    assert len(resumes.replay) == MAX_RESUMES_FOLLOWED and "back-0" not in resumes.replay
