@@ -98,3 +98,25 @@ def test_a_user_who_leaves_a_blank_screen_at_the_first_event_limit_was_kept_wait
     [result] = run.results
     assert result.abandoned_at == left_at
     assert [v.rule.value for v in result.violations] == rules, result.violations
+
+
+def test_connections_followed_at_once_are_bounded_at_the_cap_exactly(tmp_path, monkeypatch):
+    """docs/recordings.md: 10,000 connections are followed at once (MAX_OPEN_CONNS, here 3): that many are all kept;
+    one more and the one least recently seen is ended as the recording's end would end it (its chat judged as it
+    stood), never a table of connections without end."""
+    from harness import offline
+    from harness.recordings import read_recording
+
+    monkeypatch.setattr(offline, "MAX_OPEN_CONNS", 3)
+    recs = [send(1000.0 + i, conn=f"c{i}", message=f"m{i}") for i in range(4)]
+    check = offline.OfflineCheck(NETRA, SC)
+    fed = list(read_recording(write_jsonl(tmp_path / "conns.jsonl", recs)))
+    for rec in fed[:3]:
+        check.feed(rec)
+    assert len(check.conns) == 3 and check.tally.chats == 0  # at the cap: every connection still followed
+    check.feed(fed[3])
+    assert sorted(check.conns) == ["c1", "c2", "c3"] and check.tally.chats == 1  # c0's chat judged as it stood
+    check.end()
+    run = check.run("t", 1.0)
+    assert run.stats.chats == 4
+    assert [r.note for r in run.results if r.chat_id.startswith("c0")] == [offline.ENDED_NOTE]
