@@ -726,3 +726,26 @@ def test_runs_a_connection_follows_across_resumes_are_bounded_at_the_cap_exactly
         chat.max_seq = 5
         resumes.resumed_here(chat, f"back-{n}", last_seq=2)
     assert len(resumes.replay) == MAX_RESUMES_FOLLOWED and "back-0" not in resumes.replay
+
+
+def test_a_replayed_event_at_the_seq_the_client_said_it_had_is_judged_not_skipped():
+    """docs/protocol.md: the server replays only what is past the resume's `last_seq`, so a copy of the event at that
+    seq itself is the server's duplicate (R7), judged; a copy of one past it is what the client asked for, skipped."""
+    import json
+
+    from harness.checker import ChatTracker
+    from harness.flow import Resumes
+
+    netra = load_profile("netra")
+
+    def frame(seq: int, kind: str = "agent_thinking") -> str:
+        return json.dumps({"type": kind, "run_id": "r1", "seq": seq, "payload": {}})
+
+    chat = ChatTracker("c1", EXP, 0.0, run_id="r1")
+    chat.feed(netra.decode(frame(1, "agent_started"), 0.1))
+    for seq in range(2, 6):
+        chat.feed(netra.decode(frame(seq), 0.1 + seq / 100))
+    resumes = Resumes()
+    resumes.resumed_here(chat, "r1", last_seq=3)
+    assert not resumes.skips(netra.decode(frame(3), 1.0))  # at what the client had: the server's duplicate
+    assert resumes.skips(netra.decode(frame(4), 1.0))  # past it: the replay the client asked for
