@@ -749,3 +749,18 @@ def test_a_replayed_event_at_the_seq_the_client_said_it_had_is_judged_not_skippe
     resumes.resumed_here(chat, "r1", last_seq=3)
     assert not resumes.skips(netra.decode(frame(3), 1.0))  # at what the client had: the server's duplicate
     assert resumes.skips(netra.decode(frame(4), 1.0))  # past it: the replay the client asked for
+
+
+def test_resumes_awaited_and_runs_the_server_did_not_know_are_bounded_at_the_cap_exactly():
+    """A connection awaits the answers of at most MAX_RESUME_UNKNOWN resumes, and remembers as many runs the server
+    said it did not know (RESUME_UNKNOWN_RUN): past the cap the oldest goes, the latest are all kept."""
+    from harness.flow import MAX_RESUME_UNKNOWN
+
+    router = FrameRouter(load_profile("netra"), ConnectionChecker(None), Sink(), "s")
+    for n in range(MAX_RESUME_UNKNOWN + 1):
+        router.resume_sent(f"r-{n}", None)
+    assert router.awaiting is not None and len(router.awaiting) == MAX_RESUME_UNKNOWN and "r-0" not in router.awaiting
+    for n in range(MAX_RESUME_UNKNOWN + 1):
+        router._unknown_run(f"u-{n}")
+    unknown = router.resume_unknown
+    assert unknown is not None and len(unknown) == MAX_RESUME_UNKNOWN and "u-0" not in unknown and "u-1" in unknown
