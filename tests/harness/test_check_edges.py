@@ -120,3 +120,14 @@ def test_connections_followed_at_once_are_bounded_at_the_cap_exactly(tmp_path, m
     run = check.run("t", 1.0)
     assert run.stats.chats == 4
     assert [r.note for r in run.results if r.chat_id.startswith("c0")] == [offline.ENDED_NOTE]
+
+
+def test_a_directory_run_of_exactly_the_files_check_merges_is_judged(tmp_path, monkeypatch):
+    """MAX_FILES_MERGED (here 3) files of one run are merged and judged; one more is refused (test_recordings.py)."""
+    from harness import offline
+
+    monkeypatch.setattr(offline, "MAX_FILES_MERGED", 3)
+    for n in range(3):
+        write_jsonl(tmp_path / f"20261205T085630Z-abcdef-{n:06d}-u{n}.jsonl", [send(1000.0 + n, conn=f"u{n}.1")])
+    [run] = check_files([tmp_path], NETRA, SC)
+    assert run.stats.chats == 3
