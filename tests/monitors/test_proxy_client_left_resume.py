@@ -282,3 +282,28 @@ async def test_a_users_left_runs_are_held_up_to_the_bound_exactly_over_the_proxy
                 await p.live.closed.wait()
     assert p.sample("chatprobe_rule_violations_total", rule="R8") == 0
     assert not p.live.left.holds(run_id) and len(p.live.left) == MAX_LEFT_EACH - 1  # taken by the resume
+
+
+@pytest.mark.parametrize("chats", [64, 65], ids=["at-the-bound", "one-past-it"])
+async def test_chats_open_on_one_connection_are_followed_up_to_the_bound_exactly(chats):
+    """docs/architecture.md: the proxy follows at most 64 chats open at once on one connection; past it the oldest is
+    judged as it stands, as the client's doing (chatprobe_client_rejections_total). Exactly 64 open: none is."""
+    from monitors.proxy import MAX_OPEN_CHATS
+
+    assert MAX_OPEN_CHATS == 64
+    async with Proxied([], deadline=30.0) as p:
+        async with asyncio.timeout(30):
+            ws = await p.connect("alice")
+            for n in range(chats):  # every run thinks for a second: all open at once
+                await ws.send(json.dumps({"type": "user_message", "payload": {
+                    "content": "Explain tides #think=1 #tools=1", "thread_id": f"t-{n}", "message_id": f"m-{n}"}}))
+            started = 0
+            while started < chats:  # the server started every run: each chat is open at the proxy
+                started += json.loads(await ws.recv()).get("type") == "agent_started"
+            rejected = p.sample("chatprobe_client_rejections_total")
+            closed = p.live.closed_count
+            ws.transport.abort()
+            while p.live.closed_count == closed:
+                p.live.closed.clear()
+                await p.live.closed.wait()
+    assert rejected == chats - MAX_OPEN_CHATS, rejected
