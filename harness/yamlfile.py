@@ -1,6 +1,7 @@
 """Load YAML data files into pydantic models with errors that name the file, line and field."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -24,14 +25,37 @@ __all__ = ["ConfigError", "did_you_mean"]
 M = TypeVar("M", bound=BaseModel)
 
 
-def _resolve(node: yaml.Node | None, loc: tuple[Any, ...], at_key: bool = False) -> tuple[int | None, list[str]]:
+_NO_KEY = object()
+
+
+def _key_value(key_node: yaml.Node) -> Any:
+    """The value a mapping's key is read as (`true` the boolean, `~` None), or _NO_KEY."""
+    loader = _LOADER("")
+    try:
+        return loader.construct_object(key_node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError):
+        return _NO_KEY
+    finally:
+        loader.dispose()
+
+
+def _resolve(node: yaml.Node | None, loc: tuple[Any, ...], at_key: bool = False,
+             bad_key: Any = _NO_KEY) -> tuple[int | None, list[str]]:
     """Follow a pydantic error location through the YAML node tree: the line it points at (with `at_key`, the
     line of the last key itself, not of its value: a key not taken) and the field path as the file spells it
-    (union tags and model names, which are not in the file, are dropped)."""
+    (union tags and model names, which are not in the file, are dropped). With `bad_key`, the last part is a key
+    that is no text (pydantic's "Keys should be strings": `true:` is located as 1, `~:` as 'None'): the key read as
+    that value, at its own line and as the file writes it."""
     line = node.start_mark.line + 1 if node is not None else None
     shown: list[str] = []
     for i, part in enumerate(loc):
         nxt = key_at = None
+        if isinstance(node, yaml.MappingNode) and bad_key is not _NO_KEY and i == len(loc) - 1:
+            for key_node, _ in node.value:
+                value = _key_value(key_node)
+                if type(value) is type(bad_key) and value == bad_key:
+                    shown.append(key_node.value if isinstance(key_node, yaml.ScalarNode) else "?")
+                    return key_node.start_mark.line + 1, shown
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 if key_node.value == str(part):
@@ -112,13 +136,17 @@ def format_validation_error(path: str, err: ValidationError, node: yaml.Node | N
     errors = err.errors()
     # The problem the file shows first: pydantic lists a misspelt key (`mesage:` on line 3) after the fields'
     # own errors (`expect:` on line 4), and one fix at a time should go down the file, not up.
-    first = min(errors, key=lambda e: _resolve(node, tuple(e["loc"]), at_key=e["type"] == "extra_forbidden")[0] or 0)
+    def place(e: Any) -> tuple[int | None, list[str]]:
+        return _resolve(node, tuple(e["loc"]), at_key=e["type"] == "extra_forbidden",
+                        bad_key=e.get("input") if e["type"] == "invalid_key" else _NO_KEY)
+
+    first = min(errors, key=lambda e: place(e)[0] or 0)
     if any(e["type"] == "missing" for e in errors):
         # A misspelt required key is two errors, the key missing and the key not taken: the misspelling is the one
         # to name, with the key meant, rather than "Field required" for a key the user believes they wrote.
         first = next((e for e in errors if e["type"] == "extra_forbidden" and e["loc"]
                       and did_you_mean(e["loc"][-1], model)), first)
-    line, shown = _resolve(node, tuple(first["loc"]), at_key=first["type"] == "extra_forbidden")
+    line, shown = place(first)
     field = ".".join(_part_text(part) for part in shown) or "(top level)"
     where = f"{path}:{line}" if line else path
     more = len(errors) - 1
@@ -128,6 +156,16 @@ def format_validation_error(path: str, err: ValidationError, node: yaml.Node | N
         # YAML 1.1's booleans: `message: no`, `name: on`, `user: yes` are read as false/true, not as the word written.
         hint = (f" (YAML read the value as the boolean {str(first['input']).lower()}: a word such as no, yes, on or off "
                 "is text only in quotes, e.g. 'no')")
+    if first["type"] == "invalid_key" and shown:
+        # `true:`, `no:`, `null:`, `1:` as a key: YAML 1.1 reads it as a boolean, null or number, not as the name.
+        written = shown[-1]
+        value = first.get("input")
+        read = ("null" if value is None else f"the boolean {str(value).lower()}" if isinstance(value, bool) else
+                "a date" if isinstance(value, datetime.date) else f"the number {value!r}")
+        hint = f" (YAML read the key {written} as {read}: a key that is a name such as no, on or 1 is text only in quotes)"
+    elif first["type"] == "string_type" and isinstance(first.get("input"), datetime.date):
+        example = "" if isinstance(first["input"], datetime.datetime) else f", e.g. '{first['input']}'"
+        hint = f" (YAML read the value as a date: text that looks like one is text only in quotes{example})"
     return f"{where}: field '{field}': {first['msg']}{hint}{tail}"
 
 
@@ -148,16 +186,42 @@ _BASE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
 
 
+class ValueProblem(yaml.MarkedYAMLError):
+    """A scalar YAML resolved to a type whose value cannot be built: an integer of more digits than Python converts
+    (`users: 999…` past 4,300 digits), a date that is none (`message: 2001-02-29`, read as a date). Marked with the
+    scalar's place, so the message names its line and field, as every other mistake in a file is named."""
+
+
 class _Loader(_BASE_LOADER):  # type: ignore[misc]
     def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
         if kind is yaml.ScalarNode and implicit[0] and SEXAGESIMAL.fullmatch(value):
             return "tag:yaml.org,2002:str"
         return super().resolve(kind, value, implicit)
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:  # (at the scalar itself: a collection's values are built inside)
+            raise ValueProblem(problem=_value_problem(node, exc), problem_mark=node.start_mark) from None
+
+
+def _value_problem(node: yaml.Node, exc: Exception) -> str:
+    """Why a scalar YAML typed cannot be built, in words: never the scalar whole (it may be a megabyte of digits)."""
+    text = node.value if isinstance(node, yaml.ScalarNode) else ""
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    if node.tag == _INT_TAG:
+        digits = sum(c.isdigit() for c in text)
+        return f"an integer of {digits} digits cannot be read; too long to be a value of a configuration"
+    if node.tag == _TIMESTAMP_TAG:
+        return (f"{shown} is read by YAML as a date, and is none ({exc}); if it is text, quote it: "
+                + "'" + shown.replace("'", "''") + "'")
+    return f"{shown} cannot be read as {node.tag.rsplit(':', 1)[-1]}: {str(exc)[:120]}"
+
 
 _LOADER: Any = _Loader
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 # YAML 1.1's other readings of a number that its writer may well not have meant: an integer with a leading 0 is octal
 # (PyYAML reads `deadline: 010` as 8, YAML 1.2 and most people as 10), and an explicit `!!int 1:30` (or `!!float`)
 # tag still asks for base-60 (90), which the plain form is kept from above. Neither is guessed: the file is refused,
@@ -289,10 +353,12 @@ def _check_events(text: str, path: str) -> None:
     scanner works per open level on every token, and its composer recurses)."""
     # Per open collection: [is_mapping, children so far, last key]; the path shown names where it went wrong.
     stack: list[list[Any]] = []
+    anchors: list[str | None] = []  # the anchor of each open collection: an alias of one is the collection in itself
     nodes = aliases = 0
     for event in yaml.parse(text, Loader=_LOADER):
         if isinstance(event, yaml.CollectionEndEvent):
             stack.pop()
+            anchors.pop()
             continue
         if not isinstance(event, yaml.NodeEvent):
             continue
@@ -311,12 +377,17 @@ def _check_events(text: str, path: str) -> None:
             if aliases > MAX_ALIASES:
                 raise ConfigError(f"{path}:{line}:{_field_text(_open_parts(stack))} more than {MAX_ALIASES} YAML "
                                   "aliases; refusing to expand them")
+            if event.anchor in anchors:  # `a: &x [*x]`: a value that holds itself, endless to any reader
+                raise ConfigError(f"{path}:{line}:{_field_text(_open_parts(stack))} the alias *{_part_text(event.anchor)}"
+                                  f" is inside the value its anchor &{_part_text(event.anchor)} names (a value that "
+                                  "holds itself, without end); no configuration is recursive")
         elif isinstance(event, yaml.CollectionStartEvent):
             if len(stack) >= MAX_DEPTH:
                 field = _path_text([top[2] if top[0] else top[1] - 1 for top in stack])
                 raise ConfigError(f"{path}:{line}: field '{field}': nested too deeply (more than {MAX_DEPTH} "
                                   "levels) to be a configuration")
             stack.append([isinstance(event, yaml.MappingStartEvent), 0, None])
+            anchors.append(event.anchor)
 
 
 def _check_nodes(node: yaml.Node | None, path: str, model: type[BaseModel] | None = None) -> None:
@@ -425,9 +496,12 @@ def _yaml_problem(exc: yaml.YAMLError, text: str, mark: Any) -> str:
     """PyYAML's problem in words a person acts on: a tag that would build an object (`!!python/object/apply:…`,
     which a safe loader never does) named as written; a tab where YAML wants spaces said so."""
     problem = getattr(exc, "problem", None) or str(exc)
-    tag = re.search(r"constructor for the tag '(?:tag:yaml\.org,2002:)?([^']{0,200})'", problem)
+    tag = re.search(r"constructor for the tag '(tag:yaml\.org,2002:)?([^']{0,200})'", problem)
     if tag is not None:
-        return (f"the tag !!{tag.group(1)} is not allowed: chatprobe reads plain YAML data (no tag that builds an "
+        # As written: `!!python/…` (YAML's own prefix), a local `!foo` as it is, any other URI in YAML's verbatim form.
+        name = tag.group(2)
+        shown = f"!!{name}" if tag.group(1) else name if name.startswith("!") else f"!<{name}>"
+        return (f"the tag {shown} is not allowed: chatprobe reads plain YAML data (no tag that builds an "
                 "object); write the value itself")
     if "tab character" in problem:
         return f"{problem}; YAML indents with spaces only"
@@ -565,6 +639,9 @@ def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
         position = getattr(exc, "position", None)  # a reader error (a forbidden character) has only an offset
         where = (f"{path}:{mark.line + 1}" if mark else
                  f"{path}:{text.count(chr(10), 0, position) + 1}" if isinstance(position, int) else path)
+        if isinstance(exc, ValueProblem):  # a plain value that cannot be built: no mistake of YAML's syntax
+            field = _field_text(_field_at(text, mark.index)) if mark else ""
+            raise ConfigError(f"{where}:{field} {exc.problem}") from None
         if isinstance(position, int) and not mark:
             problem = _reader_problem(exc)
         else:

@@ -185,6 +185,30 @@ YAML_MISTAKES = {
                     "duplicate key 'deadline' (first on line 3)"),
     "a tab for indentation": ("name: x\nexpect:\n\tdeadline: 5s\n", 3, "expect", "YAML indents with spaces only"),
     "an alias of nothing": ("name: x\nexpect:\n  deadline: *nope\n", 3, "expect.deadline", "undefined alias"),
+    # Named the file only: "a value cannot be read: Exceeds the limit (4300 digits) for integer string conversion…"
+    # and "a value cannot be read: day is out of range for month" (PyYAML reads 2001-02-29 as a date, and fails).
+    "an integer of 5,000 digits": (f"name: x\nexpect:\n  deadline: {'9' * 5000}\n", 3, "expect.deadline",
+                                   "an integer of 5000 digits cannot be read"),
+    "a message that is a date that is none": ("name: x\nmessage: 2001-02-29\n", 2, "message",
+                                              "read by YAML as a date, and is none (day is out of range for month); "
+                                              "if it is text, quote it: '2001-02-29'"),
+    "an impossible date in a list": ("name: x\nmessages:\n  - hi\n  - 2024-13-01\n", 4, "messages.1",
+                                     "read by YAML as a date"),
+    # "nested too deeply to be a configuration", no line nor field: the alias made the value hold itself.
+    "an alias inside its own anchor": ("name: x\nexpect: &e\n  deadline: 5s\n  x: [*e]\n", 4, "expect.x.0",
+                                       "the alias *e is inside the value its anchor &e names"),
+    "a merge of the mapping into itself": ("name: x\nexpect: &e {<<: *e}\n", 2, "expect.<<",
+                                           "the alias *e is inside"),
+    # Line 1 and field '1' (pydantic locates the key `on` as 1, `~` as 'None', which no key of the file spells).
+    "a key YAML reads as a boolean": ("name: x\nexpect:\n  deadline: 5s\n  on: 1\n", 4, "expect.on",
+                                      "Keys should be strings (YAML read the key on as the boolean true"),
+    "a key YAML reads as null": ("name: x\n~: 1\n", 2, "~", "YAML read the key ~ as null"),
+    # Only "Input should be a valid string".
+    "a message that is a date": ("name: x\nmessage: 2026-12-05\n", 2, "message",
+                                 "YAML read the value as a date: text that looks like one is text only in quotes, "
+                                 "e.g. '2026-12-05'"),
+    # "the tag !!!secret": a local tag shown with YAML's own prefix before it.
+    "a local tag": ("name: x\nmessage: !secret hi\n", 2, "message", "the tag !secret is not allowed"),
 }
 
 
