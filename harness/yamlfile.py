@@ -137,7 +137,14 @@ def format_validation_error(path: str, err: ValidationError, node: yaml.Node | N
     # The problem the file shows first: pydantic lists a misspelt key (`mesage:` on line 3) after the fields'
     # own errors (`expect:` on line 4), and one fix at a time should go down the file, not up.
     def place(e: Any) -> tuple[int | None, list[str]]:
-        return _resolve(node, tuple(e["loc"]), at_key=e["type"] == "extra_forbidden",
+        loc = tuple(e["loc"])
+        if loc[-1:] == ("[key]",):
+            # A key a mapping's key type refuses (`targets: {a b: …}`, `targets: {on: …}`): pydantic locates it as
+            # (…, key, "[key]"), the key mangled when it is no text (1 for true, 'None' for null); named as written
+            # (`[key]` after it: the key is what is wrong), at its own line, not at its value's.
+            line, shown = _resolve(node, loc[:-1], bad_key=e.get("input"))
+            return line, [*shown, "[key]"]
+        return _resolve(node, loc, at_key=e["type"] == "extra_forbidden",
                         bad_key=e.get("input") if e["type"] == "invalid_key" else _NO_KEY)
 
     first = min(errors, key=lambda e: place(e)[0] or 0)
@@ -152,18 +159,19 @@ def format_validation_error(path: str, err: ValidationError, node: yaml.Node | N
     more = len(errors) - 1
     tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     hint = did_you_mean(first["loc"][-1], model) if first["type"] == "extra_forbidden" and first["loc"] else ""
-    if first["type"] == "string_type" and isinstance(first.get("input"), bool):
+    is_key = first["type"] == "invalid_key" or tuple(first["loc"])[-1:] == ("[key]",)
+    if first["type"] == "string_type" and isinstance(first.get("input"), bool) and not is_key:
         # YAML 1.1's booleans: `message: no`, `name: on`, `user: yes` are read as false/true, not as the word written.
         hint = (f" (YAML read the value as the boolean {str(first['input']).lower()}: a word such as no, yes, on or off "
                 "is text only in quotes, e.g. 'no')")
-    if first["type"] == "invalid_key" and shown:
+    if is_key and shown and not isinstance(first.get("input"), str):
         # `true:`, `no:`, `null:`, `1:` as a key: YAML 1.1 reads it as a boolean, null or number, not as the name.
-        written = shown[-1]
+        written = shown[-2] if shown[-1] == "[key]" and len(shown) > 1 else shown[-1]
         value = first.get("input")
         read = ("null" if value is None else f"the boolean {str(value).lower()}" if isinstance(value, bool) else
                 "a date" if isinstance(value, datetime.date) else f"the number {value!r}")
         hint = f" (YAML read the key {written} as {read}: a key that is a name such as no, on or 1 is text only in quotes)"
-    elif first["type"] == "string_type" and isinstance(first.get("input"), datetime.date):
+    elif first["type"] == "string_type" and isinstance(first.get("input"), datetime.date) and not is_key:
         example = "" if isinstance(first["input"], datetime.datetime) else f", e.g. '{first['input']}'"
         hint = f" (YAML read the value as a date: text that looks like one is text only in quotes{example})"
     return f"{where}: field '{field}': {first['msg']}{hint}{tail}"

@@ -222,6 +222,30 @@ def test_a_yaml_mistake_names_file_line_and_field(tmp_path, case):
     assert "pwned" not in proc.stdout + proc.stderr
 
 
+# A target's name the monitor's config refuses, named as written at its own line: each was named at its url's line
+# (the value's), and a name YAML reads as no text as 'targets.[key]' (which target?) or as 'targets.1.[key]' (`on`),
+# with "Input should be a valid string" for a word such as `on`.
+BAD_TARGET_NAMES = {
+    "'a b'": ("targets.a b.[key]", "String should match pattern"),
+    "on": ("targets.on.[key]", "YAML read the key on as the boolean true"),
+    "~": ("targets.~.[key]", "YAML read the key ~ as null"),
+    "1": ("targets.1.[key]", "YAML read the key 1 as the number 1"),
+    "2024-01-01": ("targets.2024-01-01.[key]", "YAML read the key 2024-01-01 as a date"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_TARGET_NAMES))
+def test_a_monitor_target_name_that_is_refused_is_named_at_its_own_line(tmp_path, name):
+    field, reason = BAD_TARGET_NAMES[name]
+    path = tmp_path / "monitor.yaml"
+    path.write_text(f"interval: 30s\ntargets:\n  ok:\n    url: ws://127.0.0.1:9/ws\n  {name}:\n"
+                    "    url: ws://127.0.0.1:9/ws\n")
+    proc = subprocess.run([str(CHATPROBE), "monitor", "--config", str(path), "--once"], capture_output=True,
+                          text=True, timeout=HANG_SECONDS, check=False,
+                          env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", **PYTHONPATH})
+    assert_one_clean_message(proc, f"{path}:5: field '{field}': ", reason)
+
+
 BAD_OBJECTIVE_FLAGS = {
     "error_ratio.max=.nan": ("error_ratio.max", "finite"),
     "error_ratio.max=nan": ("error_ratio.max", "number"),
