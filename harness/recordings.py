@@ -292,6 +292,12 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
             if binary := _binary(head, bom):
                 raise RecordingError(f"{p}: {binary}")
             kind = fmt or detect_format(head)
+            if fmt is None and kind == "jsonl" and p.suffix.lower() == ".har":
+                # A HAR is told from its first key, "log"; one whose root has a custom field first (HAR 1.2 allows
+                # `_name` fields anywhere: `{"_comment": …, "log": {…}}`), or a file named .har that is no HAR, is
+                # read as what its name says: the HAR reader reads the first, and refuses the second as no HAR
+                # (exit 2), where JSON Lines judged a lone line as a frame (exit 1) or said "no JSON" of a pretty one.
+                kind = "har"
             if fmt is None and kind == "jsonl" and (prose := _not_json_lines(head)):
                 raise RecordingError(f"{p}:{prose}")
             source = _Prefixed(head, f, MAX_RECORDING_BYTES - bom)

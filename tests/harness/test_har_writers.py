@@ -821,3 +821,28 @@ def test_an_sse_body_past_the_limit_or_the_files_end_judges_its_request_as_it_st
             else "the HAR file is cut short (or broken) in this entry") in chat.note, chat.note
     assert [v.rule.value for v in run.connection_violations] == ["R12"]
     assert not any("no chat found" in e for e in run.errors), run.errors
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_har_whose_root_has_a_custom_field_before_log_is_read_as_a_har(tmp_path, indent):
+    """HAR 1.2 allows custom fields (`_name`) in any object, the root too. A HAR whose root had one before `log` was
+    told from its content as JSON Lines: compact, one line judged as a frame (an R12, exit 1, no chat); indented,
+    exit 2 saying the file was no JSON. A file named .har is read as a HAR: judged as the same HAR with `log` first."""
+    log = devtools_har([devtools_ws_entry(netra_messages("r1", "t1", T0), T0 - 0.001)])
+    plain, custom = tmp_path / "plain.har", tmp_path / "custom.har"
+    plain.write_text(json.dumps(log, indent=indent))
+    custom.write_text(json.dumps({"_comment": "exported by a tool of our own", **log}, indent=indent))
+    code, out, doc = chatprobe_check(plain, cwd=tmp_path)
+    assert code == 0 and chats(doc) == [("r1", "passed", [])], out
+    code, out, doc = chatprobe_check(custom, cwd=tmp_path)
+    assert code == 0 and chats(doc) == [("r1", "passed", [])], out
+
+
+@pytest.mark.parametrize("text", ["[]", '{"log": 5}', '{"entries": []}'])
+def test_a_file_named_har_that_is_no_har_exits_2_saying_so(tmp_path, text):
+    """It was read as JSON Lines, its one line a frame received: an R12 and exit 1, as if a server had sent it."""
+    har = tmp_path / "page.har"
+    har.write_text(text)
+    code, out, _ = chatprobe_check(har, cwd=tmp_path)
+    assert code == 2 and "Traceback" not in out, out
+    assert f"{har}: not a HAR file" in out and len(out.strip().splitlines()) == 1, out
