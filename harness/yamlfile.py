@@ -511,6 +511,9 @@ def _yaml_problem(exc: yaml.YAMLError, text: str, mark: Any) -> str:
         shown = f"!!{name}" if tag.group(1) else name if name.startswith("!") else f"!<{name}>"
         return (f"the tag {shown} is not allowed: chatprobe reads plain YAML data (no tag that builds an "
                 "object); write the value itself")
+    if "unhashable key" in problem:  # `[a]: x`, `{a: 1}: x`, `? [a, b]`
+        return ("found a key that is a list or a mapping (`[a]: x`, `? [a, b]`); a key is a name: write it as text "
+                "(in quotes if it holds [ ] { } or a comma)")
     if "tab character" in problem:
         return f"{problem}; YAML indents with spaces only"
     if mark is not None and 0 <= mark.index < len(text) and text[mark.index] == "\t":
@@ -657,8 +660,10 @@ def load_model(model: type[M], path: str | Path, text: str | None = None) -> M:
         if "maximum nesting depth" in problem:  # libyaml's own limit, met while it reads ahead of our check
             raise ConfigError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels) to be a configuration") from None
         # The field the mistake is in, as every other message names it (the key a `!!python/…` tag sits under).
-        field = _field_text(_field_at(text, mark.index)) if mark else ""
-        raise ConfigError(f"{where}:{field} not valid YAML: {problem}") from None
+        parts = _field_at(text, mark.index) if mark else []
+        if "unhashable key" in str(getattr(exc, "problem", "")) and parts[-1:] == ["?"]:
+            parts = parts[:-1]  # the key has no name to show ("?"): the mapping it is in is the field
+        raise ConfigError(f"{where}:{_field_text(parts)} not valid YAML: {problem}") from None
     except RecursionError:  # not expected past _check_events; kept so that no parser change brings a traceback
         raise ConfigError(f"{path}: nested too deeply to be a configuration") from None
     except (ValueError, OverflowError) as exc:  # e.g. an integer of thousands of digits

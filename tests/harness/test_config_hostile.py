@@ -207,6 +207,9 @@ YAML_MISTAKES = {
     "a message that is a date": ("name: x\nmessage: 2026-12-05\n", 2, "message",
                                  "YAML read the value as a date: text that looks like one is text only in quotes, "
                                  "e.g. '2026-12-05'"),
+    # "field '?': not valid YAML: found unhashable key" (a key with no name shown as '?', in words of PyYAML's).
+    "a key that is a list": ("name: x\nexpect:\n  deadline: 5s\n  [a]: x\n", 4, "expect",
+                             "found a key that is a list or a mapping"),
     # "the tag !!!secret": a local tag shown with YAML's own prefix before it.
     "a local tag": ("name: x\nmessage: !secret hi\n", 2, "message", "the tag !secret is not allowed"),
 }
