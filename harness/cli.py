@@ -862,8 +862,26 @@ def main(argv: list[str] | None = None) -> int:
             _CLOSED_AT_START.add(name)
     tolerant(sys.stdout)  # a console that cannot encode a character gets its escape, never a traceback
 
-    with paused_for_startup():  # `run` ends it when its chats start (tune_collector), the other commands at once
+    with paused_for_startup(), _without_aiofastnet():  # `run` ends the pause when its chats start (tune_collector)
         return _main(argv)
+
+
+@contextlib.contextmanager
+def _without_aiofastnet() -> Iterator[None]:
+    """picows imports aiofastnet at its top when it is installed (`try: import aiofastnet`, an optional accelerator
+    its connections use by default; ~9 ms of a one-chat run's start-up, BENCHMARKS.md). chatprobe connects with
+    `use_aiofastnet=False`: the command's process never uses it. While a command runs, an import of it finds None in
+    sys.modules and raises ImportError, which picows takes as not installed; the entry goes when the command returns
+    (main() called in a process that goes on), and is not made when aiofastnet is already loaded."""
+    if "aiofastnet" in sys.modules:
+        yield
+        return
+    sys.modules["aiofastnet"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if "aiofastnet" in sys.modules and sys.modules["aiofastnet"] is None:
+            del sys.modules["aiofastnet"]
 
 
 def _main(argv: list[str] | None) -> int:

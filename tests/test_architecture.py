@@ -312,6 +312,27 @@ def test_a_run_without_record_imports_no_recorder(tmp_path):
     assert loaded("--record", str(tmp_path / "rec")) == "0 ['harness.recorder', 'harness.recordings']"
 
 
+def test_a_run_on_picows_loads_no_aiofastnet_and_leaves_it_importable(tmp_path):
+    """picows imports aiofastnet at its top when it is installed (~9 ms of every run's start-up, BENCHMARKS.md), for
+    connections chatprobe makes with `use_aiofastnet=False`: a one-chat run over picows (against the embedded agentsim)
+    in a fresh interpreter loads picows and not aiofastnet, and once main() has returned the process imports it as
+    before."""
+    import subprocess
+    import sys
+
+    scenario = tmp_path / "one.yaml"
+    scenario.write_text('name: one\nusers: 1\nchats_per_user: 1\nmessage: "hi"\n', encoding="utf-8")
+    code = ("import sys, contextlib, io; from harness.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            f"    code = main(['run', {str(scenario)!r}, '--quiet'])\n"
+            "loaded = [m for m in ('picows', 'aiofastnet') if sys.modules.get(m) is not None]\n"
+            "import aiofastnet\n"
+            "print(code, loaded, aiofastnet.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0 ['picows'] aiofastnet", out.stdout
+
+
 def test_a_run_against_a_server_compiles_no_redaction_pattern_and_loads_no_emoji_table(tmp_path):
     """Start-up CPU of every `chatprobe run` (BENCHMARKS.md, issue 10): harness/redact.py's patterns (~3.5 ms to
     compile) are compiled on first use, each where a substring test says it could match, and the console reads no
