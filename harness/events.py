@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+import msgspec
+
 
 class Role(str, Enum):
     AGENT_STARTED = "agent_started"
@@ -128,9 +130,14 @@ def span_key_text(key: SpanKey) -> str:
     return repr(key)
 
 
-@dataclass(slots=True)
-class Event:
-    """One agent event as the profile decoded it, stamped with the client's monotonic receipt time."""
+class Event(msgspec.Struct, gc=False):
+    """One agent event as the profile decoded it, stamped with the client's monotonic receipt time.
+
+    A msgspec Struct with gc=False, not a dataclass: made in C (eight a chat, each ~0.15 µs instead of the dataclass
+    `__init__`'s ~0.9 µs) and never walked by the garbage collector (a run keeps every judged chat's events: each young
+    collection walked them). It holds strings, numbers, tuples and `payload`'s references into the decoded frame,
+    none of which refers back to an event, so it can be in no reference cycle. Compared and shown as the dataclass was:
+    `nbytes` not compared, neither it nor `error_detail` shown."""
 
     role: Role | None  # None: a wire type the profile knows but maps to no role (e.g. TEXT_MESSAGE_START)
     wire_type: str
@@ -156,14 +163,31 @@ class Event:
     problems: tuple[str, ...] = ()  # the frame breaks the dialect's schema (an R12 each), field named
     advice: tuple[str, ...] = ()  # the frame is off the schema's advice (warnings, not violations)
     # What keeping the event costs (kept_bytes), measured by the decoder while the strings are at hand; 0: not measured.
-    nbytes: int = field(default=0, compare=False, repr=False)
+    nbytes: int = 0
     # An error event's own code and message as the server gave them, cut (`error_code: message`): what its R13 says.
-    error_detail: str | None = field(default=None, repr=False)
+    error_detail: str | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Event:
+            return NotImplemented
+        return _compared(self) == _compared(other)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _SHOWN)
+        return f"Event({shown})"
 
     @property
     def terminal(self) -> bool:
         role = self.role
         return role is _COMPLETED or (role is _ERROR and not self.recoverable)
+
+
+_SHOWN = tuple(name for name in Event.__struct_fields__ if name not in ("nbytes", "error_detail"))
+_COMPARED = tuple(name for name in Event.__struct_fields__ if name != "nbytes")
+
+
+def _compared(ev: Event) -> tuple[Any, ...]:
+    return tuple(getattr(ev, name) for name in _COMPARED)
 
 
 EVENT_OVERHEAD = 200  # an Event's own size, roughly

@@ -7,7 +7,6 @@ place where wire-format details live.
 # No `from __future__ import annotations` here: the models' annotations are objects, which pydantic takes as they
 # are; as text it compiled and evaluated each one at import (start-up CPU of every run, tests/test_architecture.py).
 
-import dataclasses
 import functools
 import json
 import math
@@ -1476,14 +1475,14 @@ def _event_call(**given: str) -> str:
     # Positional while the fields come in the order known here, by keyword after that (a field added to Event later
     # keeps its default).
     positional, keyword, in_order = [], [], True
-    for f in dataclasses.fields(Event):
-        if f.name not in args:
+    for name in Event.__struct_fields__:
+        if name not in args:
             in_order = False
             continue
         if in_order:
-            positional.append(args.pop(f.name))
+            positional.append(args.pop(name))
         else:
-            keyword.append(f"{f.name}={args.pop(f.name)}")
+            keyword.append(f"{name}={args.pop(name)}")
     if args:
         raise AssertionError(f"Event has no field {next(iter(args))}")
     return f"return Event({', '.join(positional + keyword)})"

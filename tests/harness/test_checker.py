@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgspec
+
 from harness.checker import ChatTracker, ConnectionChecker, Expectations, abandon, judge_followups
 from harness.events import Frame, Outcome, Role, Rule, SessionError
 from harness.profiles import load_profile
@@ -92,7 +94,7 @@ def test_r7_gap_duplicate_out_of_order():
     res = judge(gap)
     assert any(v.rule == "R7" and "seq 3 never arrived" in v.reason for v in res.violations)
     dup = valid_run()
-    dup.insert(2, dataclasses.replace(dup[1]))
+    dup.insert(2, msgspec.structs.replace(dup[1]))
     assert any(v.rule == "R7" and "twice" in v.reason for v in judge(dup).violations)
     swapped = valid_run(thinks=2)
     swapped[1], swapped[2] = swapped[2], swapped[1]

@@ -357,3 +357,49 @@ def test_what_no_chat_was_told_is_the_connections_own_at_its_end_and_bounded() -
     assert "another user" in told[0].reason
     assert checker.ended() == [] and not checker.untold  # reported once
     assert chat.result is not None and chat.result.passed  # no chat's verdict changed
+
+
+def test_events_are_never_walked_by_the_garbage_collector():
+    """A run keeps every judged chat's events (the report lists them, late events join them): as objects the collector
+    tracks, each young collection walked them (vs_k6's 5,000 chats: 40,000 events, ~2.6% of the run's CPU in 16
+    collections, BENCHMARKS.md). An Event holds no reference back to anything that holds it, so it is not tracked:
+    made by the decoder's fast path, by its exact decode (a frame of another shape), or by hand."""
+    from harness.events import Event
+    from harness.profiles import load_profile
+
+    dec = load_profile("netra")._decoder
+    frame = ('{"type":"tool_executing","run_id":"r1","seq":2,"thread_id":"t1",'
+             '"payload":{"tool_call_id":"c1","tool_name":"search"}}')
+    odd = '{"type":"tool_executing","run_id":"r1","seq":2,"payload":{"tool_call_id":"c1","tool_name":"search"},"x":[1]}'
+    fast, exact, by_hand = dec.decode(frame, 1.0), dec.decode(odd, 1.0), Event(Role.AGENT_STARTED, "agent_started", 1.0)
+    for event in (fast, exact, by_hand, dec.decode_exact(frame, 1.0)):
+        assert isinstance(event, Event), event
+        assert not gc.is_tracked(event), event
+    assert fast == dec.decode_exact(frame, 1.0)
+    chat = ChatTracker("c1", EXP, 0.0, thread_id="t1", run_id="r1")
+    for event in valid_run():
+        chat.feed(event)
+    res = chat.finish(10.0)
+    assert res.events and not any(gc.is_tracked(e) for e in res.events)
+
+
+def test_an_event_compares_and_shows_as_before():
+    """What an Event's `==` and repr leave out: `nbytes` (what keeping it costs, measured or not) is not compared,
+    neither it nor `error_detail` is shown; every other field counts, and an Event is not hashable (it is mutable)."""
+    from harness.events import Event
+
+    a = Event(Role.ERROR_EVENT, "error_event", 1.0, run_id="r1", nbytes=300, error_detail="E1: no")
+    b = Event(Role.ERROR_EVENT, "error_event", 1.0, run_id="r1", nbytes=0, error_detail="E1: no")
+    assert a == b and not a != b
+    assert a != Event(Role.ERROR_EVENT, "error_event", 1.0, run_id="r1", error_detail="E2: no")
+    assert a != Event(Role.ERROR_EVENT, "error_event", 1.0, run_id="r2", nbytes=300, error_detail="E1: no")
+    assert repr(a) == ("Event(role=<Role.ERROR_EVENT: 'error_event'>, wire_type='error_event', received_at=1.0, "
+                       "run_id='r1', thread_id=None, user_id=None, message_id=None, seq=None, tool_call_id=None, "
+                       "tool_name=None, recoverable=False, span=None, server_time=None, bad_seq=None, oversized=(), "
+                       "parent_run_id=None, payload=None, problems=(), advice=())")
+    try:
+        hash(a)
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("an Event is hashable")

@@ -28,6 +28,13 @@ from .test_decode_pinned import FRAMES as PINNED_FRAMES
 DOCS = Path(__file__).parents[2] / "docs" / "profiles"
 
 
+
+def _field_names(decoded: Event | Frame) -> tuple[str, ...]:
+    """Every field of an Event (a msgspec Struct) or a Frame (a dataclass)."""
+    if isinstance(decoded, Event):
+        return decoded.__struct_fields__
+    return tuple(f.name for f in dataclasses.fields(decoded))
+
 def _all_profiles() -> dict[str, Profile]:
     out = dict(profiles())
     for path in sorted(DOCS.glob("*.yaml")):
@@ -63,8 +70,8 @@ def _check(profile: Profile, text: Any) -> Event | Frame:
     try:
         _same(got, want)
         # Every field, those repr leaves out too (nbytes, error_detail, raw).
-        assert [repr(getattr(got, f.name)) for f in dataclasses.fields(got)] == \
-            [repr(getattr(want, f.name)) for f in dataclasses.fields(want)]
+        assert [repr(getattr(got, name)) for name in _field_names(got)] == \
+            [repr(getattr(want, name)) for name in _field_names(want)]
         if isinstance(want, Frame):
             assert isinstance(got, Frame) and got.raw == want.raw and type(got.raw) is type(want.raw)
     finally:
