@@ -228,12 +228,13 @@ def _arguments(parser: "argparse.ArgumentParser") -> None:
     g.add_argument("--chatprobe-profile", action=_Given, default=None, metavar="NAME|FILE",
                    help="wire-format profile (default: the scenario's, else netra)")
     g.add_argument("--chatprobe-auth", action=_Given, choices=AUTH_MODES, default="header",
-                   help="token as an Authorization header or the jwt.<token> subprotocol; the token comes from "
+                   help="token as an Authorization header or the jwt.<base64url(token)> subprotocol; the token comes from "
                         "CHATPROBE_TOKEN, or is minted per user from CHATPROBE_JWT_SECRET")
     g.add_argument("--chatprobe-target-name", action=_Given, default=None, metavar="NAME",
                    help="the `target` label (default host:port)")
     g.add_argument("--chatprobe-ca-file", action=_Given, default=None, metavar="PEM",
-                   help="CA bundle to verify a wss:// or https:// target")
+                   help="CA bundle to verify a wss:// or https:// target (beside a ws:// or http:// one, a "
+                        "usage error: those speak no TLS)")
     g.add_argument("--chatprobe-client-cert", action=_Given, default=None, metavar="PEM",
                    help="client certificate to show a target that asks for one (mutual TLS); its private key in the "
                         "same file or in --chatprobe-client-key")

@@ -85,7 +85,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--chatprobe-target", default=None, help="agent chat server URL (default: embedded agentsim)")
     g.addoption("--chatprobe-profile", default="netra", help="wire-format profile name or file")
     g.addoption("--chatprobe-auth", choices=("header", "subprotocol", "none"), default="header",
-                help="send the token as an Authorization header or as the jwt.<token> subprotocol (WebSocket), or "
+                help="send the token as an Authorization header or as the jwt.<base64url(token)> subprotocol (WebSocket), or "
                      "send none")
     # No default of its own, as `chatprobe run --token-env`: a variable named and not set is a usage error, while
     # CHATPROBE_TOKEN, taken when set, may be unset (no token: a target that needs none).
@@ -101,7 +101,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--chatprobe-header-env", action="append", metavar="NAME=VAR",
                 help="send the header NAME with the value of the environment variable VAR (repeatable)")
     g.addoption("--chatprobe-ca-file", default=None, metavar="PEM",
-                help="CA bundle to verify a wss:// or https:// --chatprobe-target")
+                help="CA bundle to verify a wss:// or https:// --chatprobe-target (beside a ws:// or http:// "
+                     "one, or none, a usage error: those speak no TLS)")
     g.addoption("--chatprobe-client-cert", default=None, metavar="PEM",
                 help="client certificate to show a --chatprobe-target that asks for one (mutual TLS); its private "
                      "key in the same file or in --chatprobe-client-key")

@@ -598,20 +598,22 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
                    "1 to 64 of A-Z a-z 0-9 _.:[]- (default host:port)")
     g.add_argument("--profile", metavar="NAME|FILE", help="wire-format profile: netra (default), ag-ui, or a YAML file")
     g.add_argument("--auth", choices=("header", "subprotocol", "none"), default="header",
-                   help="send the token as an Authorization header (default), as the jwt.<token> "
-                        "subprotocol, or not at all (none: an Authorization --header of your own)")
+                   help="send the token as an Authorization header (default), as the subprotocols jwt-auth and "
+                        "jwt.<base64url(token)>, or not at all (none: an Authorization --header of your own)")
     g.add_argument("--token-env", metavar="VAR", default=None,
                    help="read a bearer token from this environment variable (default CHATPROBE_TOKEN if set)")
     g.add_argument("--token-file", metavar="FILE", help="read a bearer token from this file")
     g.add_argument("--jwt-secret-env", metavar="VAR", default=None,
                    help="mint an HS256 JWT per virtual user with the secret in this variable "
                         "(default CHATPROBE_JWT_SECRET if set)")
-    g.add_argument("--ca-file", metavar="PEM", help="CA bundle to verify a wss:// / https:// server")
+    g.add_argument("--ca-file", metavar="PEM", help="CA bundle to verify a wss:// / https:// server (beside a ws:// "
+                   "or http:// target, or none, a usage error: those speak no TLS)")
     g.add_argument("--client-cert", metavar="PEM", help="client certificate to show a wss:// / https:// server that "
                    "asks for one (mutual TLS); its private key in the same file or in --client-key")
     g.add_argument("--client-key", metavar="PEM", help="the unencrypted private key of --client-cert, when not in its "
                    "file")
-    g.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
+    g.add_argument("--insecure", action="store_true", help="do not verify a wss:// / https:// server's TLS "
+                   "certificate (as the other TLS options, a usage error beside a ws:// or http:// target)")
     g.add_argument("--header", action="append", metavar="'NAME: VALUE'",
                    help="send this HTTP header with every connection's request (repeatable); its value is treated as "
                         "a secret, but a command line shows in `ps`: give a secret with --header-env")

@@ -1288,7 +1288,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "chats over HTTP + SSE (a profile spoken over SSE: ag-ui); then clients' HTTP/1.1 requests "
                         "are forwarded and --ping-interval/--ping-timeout do not apply")
     p.add_argument("--upstream-ca-file", metavar="PEM", help="CA bundle to verify a wss:// or https:// --upstream "
-                   "(default: the system's CAs)")
+                   "(default: the system's CAs; beside a ws:// or http:// one, as the other --upstream-* TLS options, "
+                   "a usage error)")
     p.add_argument("--upstream-client-cert", metavar="PEM", help="client certificate the proxy shows an --upstream "
                    "that asks for one (mutual TLS); its private key in the same file or in --upstream-client-key")
     p.add_argument("--upstream-client-key", metavar="PEM", help="the unencrypted private key of "
