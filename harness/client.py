@@ -639,7 +639,7 @@ class Session(VirtualUser):
 
     @property
     def closed_clean(self) -> bool:
-        """The server closed the connection with a normal or going-away close (Link.closed_clean)."""
+        """The server closed the connection with a closing handshake of CLEAN_CLOSE_CODES (Link.closed_clean)."""
         return (self.closed and not self.closed_by_client and self.transport is not None
                 and self.transport.close_code in CLEAN_CLOSE_CODES)
 

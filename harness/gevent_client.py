@@ -938,7 +938,7 @@ class SyncSession(VirtualUser):
 
     @property
     def closed_clean(self) -> bool:
-        """The server closed the connection with a normal or going-away close (flow.Link.closed_clean)."""
+        """The server closed the connection with a closing handshake of CLEAN_CLOSE_CODES (flow.Link.closed_clean)."""
         return (self.closed and not self.closed_by_client and self.conn is not None
                 and self.conn.close_code in CLEAN_CLOSE_CODES)
 

@@ -111,7 +111,7 @@ MAX_RESUME_SEARCH = 64
 MAX_OPEN_CHATS = 64
 TOO_MANY_OPEN = f"the client had more than {MAX_OPEN_CHATS} chats open at once on the connection"
 # A chat error that is the user's client's doing, not the server's: its message rejected as invalid, or its credentials
-# refused once the connection was open (an expired token).
+# refused (an expired token's AUTH_FAILED once the connection was open, a close of AUTH_CLOSE_CODES before it spoke).
 CLIENTS_DOING = frozenset({"rejected", "auth_failed"})
 # Messages held for a resend at once (across users): a chat whose connection the server closed before any event of its
 # run waits, until its deadline, for its user to send the message again on a new connection. Past it, not judged
