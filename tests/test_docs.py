@@ -21,15 +21,20 @@ from pydantic import BaseModel
 
 from agentsim.cli import build_parser as sim_parser
 from harness import checker, cli
+from harness.backoff import BACKOFF_FIRST
 from harness.cli import build_parser as chatprobe_parser
 from harness.events import ALL_ROLES, RULES, Outcome
+from harness.flow import AUTH_CLOSE_CODES, CLEAN_CLOSE_CODES, MAX_RESUMES_FOLLOWED
 from harness.profiles import Fields, Profile, Span, load_profile
 from harness.scenario import ChatStep, Expect, Objectives, RawStep, Scenario, load_scenario
 from harness.sinks import CONNECTION_RESULTS, RECONNECT_ATTEMPT_RESULTS, RECONNECT_RESULTS, UNJUDGED_REASONS
+from harness.transports.base import MAX_UNSENT_SEND
 from monitors import metrics
-from monitors.frontdoor import REFUSAL_REASONS
+from monitors.frontdoor import MAX_HEAD_READ, MAX_JWT_USERS, MAX_REQUEST_HEAD, REFUSAL_REASONS
 from monitors.monitor import build_parser as monitor_parser
+from monitors.proxy import MAX_SUBPROTOCOLS
 from monitors.proxy import build_parser as proxy_parser
+from monitors.sse_proxy import MAX_HEADERS, PARSE_SLICE
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -337,8 +342,39 @@ def test_the_bounds_protocol_md_states_are_the_checkers():
     bounds = PROTOCOL_DOC.split("## Bounds", 1)[1].split("\n## ", 1)[0]
     for shown in (f"{checker.MAX_EVENTS_KEPT:,} events", f"{checker.MAX_KEPT_BYTES // 2**20} MiB of events",
                   f"{checker.MAX_VIOLATIONS_KEPT} violations", f"{checker.MAX_OPEN_SPANS:,} spans",
-                  f"{checker.MAX_SEQS_AHEAD:,} `seq`", f"{checker.KEEP_FINISHED} latest judged chats"):
+                  f"{checker.MAX_SEQS_AHEAD:,} `seq`", f"{checker.KEEP_FINISHED} latest judged chats",
+                  f"{checker.MAX_WARNINGS_KEPT} warnings", f"at most {checker.MAX_FOLLOWUP_RUNS} further runs",
+                  f"its {MAX_RESUMES_FOLLOWED} latest runs resumed away from it and {MAX_RESUMES_FOLLOWED} replays"):
         assert shown in " ".join(bounds.split()), f"docs/protocol.md, Bounds, does not say {shown!r}"
+
+
+def _kib(n: int) -> str:
+    return f"{n // 1024} KiB"
+
+
+def test_the_close_codes_and_bounds_of_the_connection_the_docs_state_are_the_codes():
+    """The close codes that refuse credentials or ask for a resend, the reconnect's first wait, the unsent-bytes bound
+    and the proxy's bounds on a request's head, as the docs a user reads state them."""
+    protocol = " ".join(PROTOCOL_DOC.split())
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    metrics_doc = " ".join((ROOT / "docs" / "metrics.md").read_text(encoding="utf-8").split())
+    scenarios = " ".join(SCENARIOS_DOC.split())
+    auth = sorted(AUTH_CLOSE_CODES)
+    said = f"{', '.join(map(str, auth[:-1]))} or {auth[-1]}"  # "1008, 4401 or 4403"
+    for where, text in (("README.md", readme), ("docs/metrics.md", metrics_doc), ("docs/protocol.md", protocol)):
+        assert f"close {said}" in text or f"close of {said}" in text, f"{where} does not name the close codes {said}"
+    assert "1008 (policy violation), or 4401 / 4403" in protocol and auth == [1008, 4401, 4403]
+    clean = sorted(CLEAN_CLOSE_CODES)
+    assert f"{', '.join(map(str, clean[:3]))}, and {clean[3]} or {clean[4]}" in protocol, (
+        f"docs/protocol.md's changes do not list the resend's close codes {clean}")
+    assert f"the first 0–{BACKOFF_FIRST:g} s after the loss" in scenarios
+    assert f"random in 0–{BACKOFF_FIRST:g} s after the loss" in protocol
+    assert MAX_UNSENT_SEND == 2**20 and "more than 1 MiB the server has not read" in protocol
+    assert f"past the {MAX_UNSENT_SEND // 1024:,} KiB bound" in protocol
+    for shown in (f"more than {MAX_SUBPROTOCOLS} offered", f"as its bytes pass {_kib(MAX_HEAD_READ)}",
+                  f"{_kib(MAX_REQUEST_HEAD)} and {MAX_HEADERS} header fields",
+                  f"checked {PARSE_SLICE // 1024} KiB at a time", f"the first {MAX_JWT_USERS} JWTs a request carries"):
+        assert shown in readme, f"README.md does not say {shown!r}"
 
 
 def test_the_default_limits_the_docs_state_are_the_codes():
