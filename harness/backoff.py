@@ -75,14 +75,17 @@ class ReconnectRetries:
     __slots__ = ("max_attempts", "give_up_at", "backoff", "attempts", "retry_at", "_decided", "generation",
                  "members", "pending", "_limit", "_latest")
 
-    def __init__(self, max_attempts: int, give_up_at: float, generation: int = 0, lost_at: float = 0.0) -> None:
+    def __init__(self, max_attempts: int, give_up_at: float, generation: int = 0, lost_at: float = 0.0,
+                 until: float = float("inf")) -> None:
         self.max_attempts = max_attempts
         self.give_up_at = give_up_at
         self.backoff = Backoff(rng=_RETRY_RNG)
         self.attempts = 0
         # When the next attempt is due: the first, a fully jittered wait after the loss (`lost_at`,
-        # Backoff.first_delay); after a failed one that is retried, its backoff.
-        self.retry_at = lost_at + self.backoff.first_delay(give_up_at - lost_at)
+        # Backoff.first_delay) within the time the attempts have: reconnect_timeout after the loss and the deadline
+        # of the chat that noticed it (`until`), the earlier; drawn past that deadline, the chat gave up without a
+        # single attempt ("reconnecting failed", none made). After a failed one that is retried, its backoff.
+        self.retry_at = lost_at + self.backoff.first_delay(min(give_up_at, until) - lost_at)
         self._decided: bool | None = None  # the current attempt failed: whether another follows
         self.pending = False  # an attempt is under way (started, not yet known to have failed or connected)
         self.generation = generation  # the connection lost

@@ -139,3 +139,57 @@ async def test_the_locust_users_come_back_spread_out_too(tmp_path):
     assert {tuple(map(str, v)) for v in verdicts} == {("passed", "['resumed']", "1")}, verdicts
     spread = max(herd.resumed_at) - min(herd.resumed_at)
     assert len(herd.resumed_at) == USERS and SPREAD_AT_LEAST <= spread <= SPREAD_AT_MOST, (spread, herd.resumed_at)
+
+
+# How long before its chat's deadline the server drops each connection: less than the first reconnect's jitter window
+# (BACKOFF_FIRST), so that a first wait drawn over the whole window lands past the deadline for most users.
+LATE = BACKOFF_FIRST * 0.3
+LATE_USERS = 10
+
+
+def drops_near_the_deadline(herd: Herd, deadline: float):
+    """Each chat's run begins; the server drops its connection LATE before the chat's deadline (counted from the
+    message's arrival), and serves the resume that comes at once: the rest of the run."""
+    async def server(reader: Reader, writer: Writer, head: bytes, srv: Raw) -> None:
+        loop = asyncio.get_running_loop()
+        writer.write(upgrade(head) + frame(1, WELCOME))
+        await writer.drain()
+        _, data = await read_frame(reader)
+        came = loop.time()
+        request = json.loads(data)
+        if request["type"] == "resume":
+            herd.resumed_at.append(came)
+            for f in run_frames("-")[request["payload"]["last_seq"]:]:
+                writer.write(frame(1, f))
+            await read_until_gone(reader)
+            return
+        started, *_ = run_frames(request["payload"]["message_id"])
+        writer.write(frame(1, started))
+        await writer.drain()
+        herd.first.append(writer)
+        dropped = asyncio.Event()
+        loop.call_at(came + deadline - LATE, dropped.set)
+        await dropped.wait()
+        writer.transport.abort()
+    return server
+
+
+async def test_a_connection_lost_just_before_the_chats_deadline_is_still_reconnected_once():
+    """The first reconnect's jittered wait falls within the time the chat has left, so a chat whose connection drops
+    LATE before its deadline tries one reconnect (and resumes, when the server is quick), never gives up without a
+    single attempt. FAILED on the code before: the wait was drawn over the whole window whatever the chat's deadline,
+    and most chats were `incomplete`, "connection lost mid-run and reconnecting failed", with no attempt made
+    (reconnect_attempts 0) against a server that resumed every run at once."""
+    deadline = 1.0
+    sc = Scenario.model_validate({
+        "name": "late", "users": LATE_USERS, "connect_timeout": "5s", "compression": "none",
+        "expect": {"first_event_limit": "5s", "deadline": f"{deadline}s", "settle": "0.01s"}})
+    herd = Herd()
+    async with raw(drops_near_the_deadline(herd, deadline)) as srv:
+        target = Target(url=srv.url, profile=load_profile("netra"), name="t", tokens=TokenProvider(TOKEN))
+        run = await asyncio.wait_for(run_scenario(sc, target), 60)
+    assert len(herd.first) == LATE_USERS, len(herd.first)
+    got = [(c.outcome.value, tuple(c.reconnects), c.reconnect_attempts) for c in run.results]
+    # Each attempt starts before the deadline; one that starts too near it to bring the run back in time (failed, or
+    # the chat judged at its deadline meanwhile) leaves the chat `incomplete`, its one attempt counted.
+    assert all(c in {("passed", ("resumed",), 1), ("incomplete", ("lost",), 1)} for c in got), got
