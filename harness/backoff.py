@@ -73,19 +73,18 @@ class ReconnectRetries:
     oldest still reconnecting (as `chatprobe check` counts it on the oldest chat it keeps for that user's resume)."""
 
     __slots__ = ("max_attempts", "give_up_at", "backoff", "attempts", "retry_at", "_decided", "generation",
-                 "members", "pending", "_limit", "_latest")
+                 "members", "pending", "_limit", "_latest", "_lost_at")
 
-    def __init__(self, max_attempts: int, give_up_at: float, generation: int = 0, lost_at: float = 0.0,
-                 until: float = float("inf")) -> None:
+    def __init__(self, max_attempts: int, give_up_at: float, generation: int = 0, lost_at: float = 0.0) -> None:
         self.max_attempts = max_attempts
         self.give_up_at = give_up_at
         self.backoff = Backoff(rng=_RETRY_RNG)
         self.attempts = 0
         # When the next attempt is due: the first, a fully jittered wait after the loss (`lost_at`,
-        # Backoff.first_delay) within the time the attempts have: reconnect_timeout after the loss and the deadline
-        # of the chat that noticed it (`until`), the earlier; drawn past that deadline, the chat gave up without a
-        # single attempt ("reconnecting failed", none made). After a failed one that is retried, its backoff.
-        self.retry_at = lost_at + self.backoff.first_delay(min(give_up_at, until) - lost_at)
+        # Backoff.first_delay) within the time the attempts have (reconnect_timeout, and each member's deadline:
+        # `join`); after a failed one that is retried, its backoff.
+        self._lost_at = lost_at
+        self.retry_at = lost_at + self.backoff.first_delay(give_up_at - lost_at)
         self._decided: bool | None = None  # the current attempt failed: whether another follows
         self.pending = False  # an attempt is under way (started, not yet known to have failed or connected)
         self.generation = generation  # the connection lost
@@ -99,6 +98,11 @@ class ReconnectRetries:
         self.members.append(flow)
         self._latest = max(self._latest, until)
         self.give_up_at = min(self._limit, self._latest)
+        if self.attempts == 0 and not self.pending and self.retry_at >= until > self._lost_at:
+            # The first wait was drawn past this chat's deadline (less than the window was left of it): drawn again
+            # within what is left, or the chat gave up without a single attempt, "reconnecting failed" with none made,
+            # against a server that would have resumed its run. (Uniform over what is left, as the first draw was.)
+            self.retry_at = self._lost_at + self.backoff.first_delay(until - self._lost_at)
 
     def attempt(self) -> None:
         """An attempt starts."""

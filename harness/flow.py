@@ -951,7 +951,7 @@ class ChatFlow:
             shared = self.router.reconnecting
             if shared is None or shared.generation != self.generation:
                 shared = ReconnectRetries(options.max_reconnect_attempts, now + options.reconnect_timeout,
-                                          self.generation, now, self._until)
+                                          self.generation, now)
                 if self.router.reconnecting is None or self.router.reconnecting.generation < self.generation:
                     self.router.reconnecting = shared
             shared.join(self, self._until)

@@ -78,3 +78,22 @@ def test_the_first_attempt_after_a_loss_is_fully_jittered_within_the_time_the_at
     assert max(waits) - min(waits) > 0.05  # spread over the window (200 draws: below half of it ~never)
     short = [ReconnectRetries(max_attempts=3, give_up_at=100.01, lost_at=100.0).retry_at for _ in range(200)]
     assert all(100.0 <= at < 100.01 for at in short)
+
+
+def test_the_first_attempt_falls_before_the_deadline_of_every_chat_that_lost_the_connection():
+    """A chat whose deadline is less than the window away (its connection lost 0.01 s before it) gets its first
+    attempt before that deadline, however its sharers' deadlines (parallel_chats) fall: drawn past it, the chat gave up
+    without a single attempt (flow.ChatFlow._back_off), "reconnecting failed" with none made. FAILED on the code
+    before: the wait was drawn over [0, 0.1 s) whatever the chat's deadline."""
+    for first_until in (100.01, 130.0):  # the chat that noticed the loss first: this one, or one with a later deadline
+        draws = []
+        for _ in range(200):
+            retries = ReconnectRetries(max_attempts=3, give_up_at=130.0, lost_at=100.0)
+            retries.join(object(), first_until)
+            retries.join(object(), 100.01)
+            draws.append(retries.retry_at)
+        assert all(100.0 <= at < 100.01 for at in draws), max(draws)
+    retries = ReconnectRetries(max_attempts=3, give_up_at=130.0, lost_at=100.0)
+    retries.attempt()  # an attempt under way: a chat that notices the loss only now takes that one (no new draw)
+    retries.join(object(), 100.01)
+    assert retries.pending and retries.attempts == 1
