@@ -1250,8 +1250,11 @@ class Proxy:
             else:
                 await asyncio.gather(_close_within(client, *to_client), _close_within(upstream, *to_upstream))
             if not attempt:
+                # The client's close first (a user who left before the welcome) is the client's doing, whatever code
+                # the upstream answered it with: a server echoes the code it got (RFC 6455 5.5.1, as websockets does),
+                # and a client closing with 1008, 4401 or 4403 was counted the server refusing its credentials.
                 code = _close_of(upstream)[0]
-                record("auth_failed" if code in AUTH_CLOSE_CODES else "ok" if drained or closed_by[:1] == ["client"]
+                record("ok" if drained or closed_by[:1] == ["client"] else "auth_failed" if code in AUTH_CLOSE_CODES
                        else "protocol_error")
             by_client = bool(closed_by) and closed_by[0] == "client"
             log.info("connection from %s closed by %s (to the client %d, to the upstream %d)", peer,

@@ -1415,6 +1415,27 @@ async def test_an_upstream_that_accepts_then_closes_with_1008_before_any_frame_i
 
 
 @pytest.mark.parametrize("code", [1008, 4401, 4403])
+async def test_a_client_that_closes_with_an_auth_code_before_the_welcome_is_no_refusal_of_its_credentials(code):
+    """A user's client that closes (with 1008, 4401 or 4403) before the upstream said anything, and an upstream that
+    answers the close with the code it got (RFC 6455 5.5.1; websockets does): the client left, its attempt `ok`, as for
+    any other code it closes with. FAILED on the code before: counted `auth_failed`, the server refusing credentials
+    (an auth outage on the dashboard), whatever the client closed with first."""
+    async def silent(ws) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.recv()  # no frame ever: the client's close comes, answered with its own code
+
+    async with _behind_proxy(silent) as (metrics, live, url):
+        async with asyncio.timeout(20):
+            async with websockets.asyncio.client.connect(url, open_timeout=10) as ws:
+                await ws.close(code, "bye")
+            assert ws.close_code == code  # (the upstream's answer, passed on)
+            await until(lambda: not live.open)
+        counted = {result: sample(metrics, "chatprobe_connections_total", result=result, target="up", scenario="live",
+                                  source="live") for result in ("ok", "auth_failed", "protocol_error")}
+        assert counted == {"ok": 1, "auth_failed": 0, "protocol_error": 0}, counted
+
+
+@pytest.mark.parametrize("code", [1008, 4401, 4403])
 async def test_a_chat_whose_upstream_closes_refusing_the_credentials_before_any_frame_is_the_clients_doing(code):
     """A user's client that sends its message at once (no welcome awaited) and an upstream that reads it and closes
     with 1008/4401/4403 before any frame: the credentials refused, as an AUTH_FAILED frame refuses them, so the chat
