@@ -114,7 +114,8 @@ class ChatMetrics:
             "dropped_iterations); not in chatprobe_chats_total.")
         self.client_rejections = counter(
             "client_rejections", "Chats the server rejected because the client sent an invalid message "
-            "(proxy: the user's client, not the server, is at fault); not in chatprobe_chats_total.")
+            "(proxy: the user's client, not the server, is at fault), or whose timing rules broke only while the "
+            "client read too slowly; not in chatprobe_chats_total.")
         self.chats_unjudged = counter(
             "chats_unjudged", "Chats the proxy could not judge, by reason: it stopped with them in flight or kept for "
             "a resume (proxy_stopped), or its bounds on chats kept for a resume were full (parking_full); not in "

@@ -111,8 +111,25 @@ MAX_RESUME_SEARCH = 64
 MAX_OPEN_CHATS = 64
 TOO_MANY_OPEN = f"the client had more than {MAX_OPEN_CHATS} chats open at once on the connection"
 # A chat error that is the user's client's doing, not the server's: its message rejected as invalid, or its credentials
-# refused (an expired token's AUTH_FAILED once the connection was open, a close of AUTH_CLOSE_CODES before it spoke).
-CLIENTS_DOING = frozenset({"rejected", "auth_failed"})
+# refused (an expired token's AUTH_FAILED once the connection was open, a close of AUTH_CLOSE_CODES before it spoke), or
+# its timing the client's (HELD_BACK_MIN).
+CLIENTS_DOING = frozenset({"rejected", "auth_failed", "client_slow"})
+# The proxy stamps the server's events as it reads them from the upstream, and it reads the upstream of a connection
+# only as fast as that connection's client takes what it forwards: while its writes to the client are backed up
+# (asyncio paused them: the write buffer over WRITE_LIMIT, the kernel's buffers full), the relay waits on the client
+# and a healthy server's events reach the proxy late. A chat whose only violations are timing rules (R9, R10, R11;
+# `incomplete` at its deadline included) is then the client's doing, counted as one (chatprobe_client_rejections_total,
+# error_kind "client_slow"), not one of the server's outcomes, when the proxy was held back so for at least this long
+# in all from the chat's message to its verdict: a slow or hostile client (a phone on a bad network, a user who stops
+# reading) cannot page the SRE for the server. Not a discount of the paused time from the server's: the rules are
+# judged per event in the tracker (a hot path), across connections (a resume, a resend), and the proxy cannot know
+# when an event it did not read was sent. A client that reads as it comes holds the proxy back for milliseconds at
+# most (a large frame draining), far under it, so a slow server behind it is still blamed; a slow server behind a
+# client that held the proxy back this long is not (which of the two made the chat late cannot be told).
+HELD_BACK_MIN = 0.25
+HELD_BACK_NOTE = ("the client read slowly: the proxy's writes to it were backed up for {:.3f}s of the chat "
+                  "(the upstream not read meanwhile), so its timing is not the server's")
+TIMING_RULES = frozenset({Rule.R9.value, Rule.R10.value, Rule.R11.value})
 # Messages held for a resend at once (across users): a chat whose connection the server closed before any event of its
 # run waits, until its deadline, for its user to send the message again on a new connection. Past it, not judged
 # (parking_full: the proxy cannot follow the resend).
@@ -180,6 +197,30 @@ BYTES_PER_TURN = 64 * 1024
 # client made that last). The proxy reads each peer this many bytes at a time, as picows' READ_CAP reads for the
 # harness: a large frame takes a few more reads.
 READ_CAP = 16 * 1024
+
+
+class HeldBack:
+    """How long the proxy's writes to one client have been backed up (asyncio's pause_writing to resume_writing), in
+    all since the connection opened: set on pause and resume (never per frame), read when a chat is judged."""
+
+    __slots__ = ("since", "total")
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # paused since then (None: not paused now)
+        self.total = 0.0  # the pauses ended so far
+
+    def paused(self, now: float) -> None:
+        if self.since is None:
+            self.since = now
+
+    def resumed(self, now: float) -> None:
+        if self.since is not None:
+            self.total += now - self.since
+            self.since = None
+
+    def upto(self, now: float) -> float:
+        """The time held back in all up to `now` (the pause under way included)."""
+        return self.total + (now - self.since if self.since is not None else 0.0)
 
 
 class LiveTracker(ChatTracker):
@@ -663,6 +704,10 @@ class LiveConnection:
         # With --record: the send record (its ordinal on this connection) that brought each of them here (its message,
         # its message sent again, its resume), for the close record to name those the proxy had no room to keep.
         self._sent_as: dict[str, int] = {}
+        # How long the proxy's writes to the client have been held back (HeldBack: the WebSocket side's client
+        # connection sets it; None on the HTTP side), and its total as each open chat came here (HELD_BACK_MIN).
+        self.held: HeldBack | None = None
+        self._held_from: dict[str, float] = {}
         self.resumes: Resumes | None = None  # runs resumed across connections (flow.Resumes), from the first one
         self.log = None
         if live.recorder is not None:
@@ -750,7 +795,11 @@ class LiveConnection:
                 live.pending.sent(resumed)
 
     def _sent(self, chat: ChatTracker, sent: int | None) -> None:
-        """`chat` came to this connection with the send record `sent` (None: not recorded)."""
+        """`chat` came to this connection with the send record `sent` (None: not recorded). Once a chat."""
+        if self.held is not None:
+            if len(self._held_from) >= 2 * MAX_OPEN_CHATS:  # only the chats open here are judged here: the rest let go
+                self._held_from = {k: v for k, v in self._held_from.items() if k in self._by_id}
+            self._held_from[chat.chat_id] = self.held.upto(time.monotonic())
         if sent is None:
             return
         if len(self._sent_as) >= 2 * MAX_OPEN_CHATS:  # only the chats open here can be named: the rest let go
@@ -896,9 +945,21 @@ class LiveConnection:
         # A further run the server carried on the stream is never counted started: the sinks count it in the chat
         # whose stream carried it (checker.fold_further), as the harness's own flow does.
         self._by_id.pop(result.chat_id, None)
+        held_from = self._held_from.pop(result.chat_id, None)
+        if held_from is not None and self.held is not None and result.error_kind is None and not result.further_run:
+            held = self.held.upto(time.monotonic()) - held_from
+            if held >= HELD_BACK_MIN and _timing_only(result):
+                # Late for the client's slowness, not the server's (HELD_BACK_MIN): the client's doing.
+                result.error_kind, result.error = "client_slow", HELD_BACK_NOTE.format(held)
         if result.outcome is not Outcome.PASSED:
             self.failing = True
         self.live.finished(result, abandoned=abandoned)
+
+
+def _timing_only(result: ChatResult) -> bool:
+    """The chat broke timing rules (R9, R10, R11) and no other (read once, at its verdict)."""
+    rules = {v.rule.value for v in result.violations} | set(result.violations_not_listed)
+    return bool(rules) and rules <= TIMING_RULES
 
 
 def cap_reads(transport: Any) -> None:
@@ -921,9 +982,22 @@ def _capped(base: type[ServerConnection]) -> type[ServerConnection]:
     """`base` (the front door's connection class), its clients read READ_CAP bytes at a time from their first byte."""
 
     class ClientConnection(base):  # type: ignore[valid-type, misc]
+        held: HeldBack
+
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.held = HeldBack()
             cap_reads(transport)
             super().connection_made(transport)
+
+        # asyncio calls these as the write buffer to the client passes WRITE_LIMIT and drains below a quarter of it:
+        # while paused, the relay's send waits and the upstream is not read (HELD_BACK_MIN). Not per frame.
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self.held.paused(time.monotonic())
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self.held.resumed(time.monotonic())
 
     return ClientConnection
 
@@ -1113,6 +1187,7 @@ class Proxy:
         door = self.door or FrontDoor.defaults()
         identity = getattr(client, "identity", "")
         conn = self.live.connection(identity, getattr(client, "secrets", ()))
+        conn.held = getattr(client, "held", None)  # how long its writes to the client were backed up (HeldBack)
         # -v: a line at each connection's start and end, naming its peer and its user's pseudonym (--record's label),
         # never its credentials or its request's path (a token may ride in its query).
         peer = client.remote_address[0] if client.remote_address else "unknown"
