@@ -759,3 +759,28 @@ class FrontDoor:
             for reason in REFUSAL_REASONS:
                 metrics.proxy_refused.labels(sink.target, sink.source, reason)
             metrics.proxy_connections.labels(sink.target, sink.source)
+
+
+class HeldBack:
+    """How long the proxy's writes to one client have been backed up (asyncio's pause_writing to resume_writing), in
+    all since the connection opened: set on pause and resume (never per frame), read when a chat is judged
+    (proxy.HELD_BACK_MIN). Kept by the client's connection on either side of the proxy."""
+
+    __slots__ = ("since", "total")
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # paused since then (None: not paused now)
+        self.total = 0.0  # the pauses ended so far
+
+    def paused(self, now: float) -> None:
+        if self.since is None:
+            self.since = now
+
+    def resumed(self, now: float) -> None:
+        if self.since is not None:
+            self.total += now - self.since
+            self.since = None
+
+    def upto(self, now: float) -> float:
+        """The time held back in all up to `now` (the pause under way included)."""
+        return self.total + (now - self.since if self.since is not None else 0.0)

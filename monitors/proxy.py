@@ -73,6 +73,7 @@ from .frontdoor import (
     WARN_EVERY,
     BadTarget,
     FrontDoor,
+    HeldBack,
     UpstreamTls,
     accept_batch,
     client_address,
@@ -116,16 +117,17 @@ TOO_MANY_OPEN = f"the client had more than {MAX_OPEN_CHATS} chats open at once o
 CLIENTS_DOING = frozenset({"rejected", "auth_failed", "client_slow"})
 # The proxy stamps the server's events as it reads them from the upstream, and it reads the upstream of a connection
 # only as fast as that connection's client takes what it forwards: while its writes to the client are backed up
-# (asyncio paused them: the write buffer over WRITE_LIMIT, the kernel's buffers full), the relay waits on the client
-# and a healthy server's events reach the proxy late. A chat whose only violations are timing rules (R9, R10, R11;
-# `incomplete` at its deadline included) is then the client's doing, counted as one (chatprobe_client_rejections_total,
-# error_kind "client_slow"), not one of the server's outcomes, when the proxy was held back so for at least this long
-# in all from the chat's message to its verdict: a slow or hostile client (a phone on a bad network, a user who stops
-# reading) cannot page the SRE for the server. Not a discount of the paused time from the server's: the rules are
-# judged per event in the tracker (a hot path), across connections (a resume, a resend), and the proxy cannot know
-# when an event it did not read was sent. A client that reads as it comes holds the proxy back for milliseconds at
-# most (a large frame draining), far under it, so a slow server behind it is still blamed; a slow server behind a
-# client that held the proxy back this long is not (which of the two made the chat late cannot be told).
+# (asyncio paused them: the write buffer over WRITE_LIMIT, the kernel's buffers full; either side: HeldBack), the
+# relay waits on the client and a healthy server's events reach the proxy late. A chat whose only violations are
+# timing rules (R9, R10, R11; `incomplete` at its deadline included) is then the client's doing, counted as one
+# (chatprobe_client_rejections_total, error_kind "client_slow"), not one of the server's outcomes, when the proxy was
+# held back so for at least this long in all from the chat's message to its verdict: a slow or hostile client (a phone
+# on a bad network, a user who stops reading) cannot page the SRE for the server. Not a discount of the paused time
+# from the server's: the rules are judged per event in the tracker (a hot path), across connections (a resume, a
+# resend), and the proxy cannot know when an event it did not read was sent. A client that reads as it comes holds the
+# proxy back for milliseconds at most (a large frame draining), far under it, so a slow server behind it is still
+# blamed; a slow server behind a client that held the proxy back this long is not (which of the two made the chat late
+# cannot be told).
 HELD_BACK_MIN = 0.25
 HELD_BACK_NOTE = ("the client read slowly: the proxy's writes to it were backed up for {:.3f}s of the chat "
                   "(the upstream not read meanwhile), so its timing is not the server's")
@@ -197,30 +199,6 @@ BYTES_PER_TURN = 64 * 1024
 # client made that last). The proxy reads each peer this many bytes at a time, as picows' READ_CAP reads for the
 # harness: a large frame takes a few more reads.
 READ_CAP = 16 * 1024
-
-
-class HeldBack:
-    """How long the proxy's writes to one client have been backed up (asyncio's pause_writing to resume_writing), in
-    all since the connection opened: set on pause and resume (never per frame), read when a chat is judged."""
-
-    __slots__ = ("since", "total")
-
-    def __init__(self) -> None:
-        self.since: float | None = None  # paused since then (None: not paused now)
-        self.total = 0.0  # the pauses ended so far
-
-    def paused(self, now: float) -> None:
-        if self.since is None:
-            self.since = now
-
-    def resumed(self, now: float) -> None:
-        if self.since is not None:
-            self.total += now - self.since
-            self.since = None
-
-    def upto(self, now: float) -> float:
-        """The time held back in all up to `now` (the pause under way included)."""
-        return self.total + (now - self.since if self.since is not None else 0.0)
 
 
 class LiveTracker(ChatTracker):
@@ -704,8 +682,8 @@ class LiveConnection:
         # With --record: the send record (its ordinal on this connection) that brought each of them here (its message,
         # its message sent again, its resume), for the close record to name those the proxy had no room to keep.
         self._sent_as: dict[str, int] = {}
-        # How long the proxy's writes to the client have been held back (HeldBack: the WebSocket side's client
-        # connection sets it; None on the HTTP side), and its total as each open chat came here (HELD_BACK_MIN).
+        # How long the proxy's writes to the client have been held back (HeldBack, which the client's connection
+        # keeps: either side sets it before the first chat), and its total as each open chat came here (HELD_BACK_MIN).
         self.held: HeldBack | None = None
         self._held_from: dict[str, float] = {}
         self.resumes: Resumes | None = None  # runs resumed across connections (flow.Resumes), from the first one

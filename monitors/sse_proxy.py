@@ -31,6 +31,7 @@ from .frontdoor import (
     MAX_RECORDED_CREDENTIALS,
     BadTarget,
     FrontDoor,
+    HeldBack,
     UpstreamTls,
     accept_batch,
     client_address,
@@ -127,6 +128,8 @@ class ClientSocket:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.transport = writer.transport
+        # How long the proxy's writes to it have been backed up (_HeldProtocol; None for another protocol).
+        self.held: HeldBack | None = getattr(writer.transport.get_protocol(), "held", None)
         self.upstream: _Socket | None = None
         self.key = "unknown"  # its limit key (client address), once admitted
         self.admitted = False  # it holds a slot of the front door (from its first request's head on)
@@ -746,6 +749,7 @@ class _Exchange:
             live.sink.connection_attempt(live.scenario, failure[0] if failure is not None else "ok")
             if failure is None:
                 self.conn = conn = live.connection(credentials_identity(headers, (), target), secrets, stream=True)
+                conn.held = self.client.held  # before the chat: its timing is the client's while it reads slowly
                 conn.client_frame(chat, sent_at)
                 coding = CODINGS.get(fields.get(b"content-encoding", "").strip().lower())
                 stream = _Stream(conn, proxy.max_size, Unpacker(coding) if coding else None)
@@ -982,6 +986,28 @@ async def start_sse_proxy(proxy: SSEProxy, host: str, port: int, door: FrontDoor
     proxy.door.init_metrics(proxy.live.sink)
     proxy.door.sink = proxy.live.sink
     install_accept_errors(asyncio.get_running_loop(), proxy.door.throttle)
-    server = await asyncio.start_server(proxy.handle, host, port, limit=READ_CHUNK,
-                                        backlog=accept_batch(open_file_limit()))
+    loop = asyncio.get_running_loop()
+
+    def protocol() -> _HeldProtocol:  # what asyncio.start_server makes, keeping how long its writes were backed up
+        return _HeldProtocol(asyncio.StreamReader(limit=READ_CHUNK, loop=loop), proxy.handle, loop=loop)
+
+    server = await loop.create_server(protocol, host, port, backlog=accept_batch(open_file_limit()))
     return SSEServer(proxy, server)
+
+
+class _HeldProtocol(asyncio.StreamReaderProtocol):
+    """A client's connection as asyncio.start_server makes it, noting how long asyncio held its writes paused (the
+    write buffer over WRITE_LIMIT): meanwhile the relay's drain waits and the upstream is read no further, so a chat's
+    timing is the client's (proxy.HELD_BACK_MIN). Set on pause and resume, never per chunk."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.held = HeldBack()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.held.paused(time.monotonic())
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.held.resumed(time.monotonic())

@@ -2,9 +2,10 @@
 are backed up (the client reads slowly: a phone on a bad network, or a hostile user) it reads the upstream no
 further: a healthy server's events reach it late. Its timing rules (R9, R10, R11) broken while it was held back so
 are the client's doing (chatprobe_client_rejections_total), not the server's outcome; a slow server behind a client
-that reads at once is still blamed. Real sockets on 127.0.0.1: a raw netra upstream written here, the proxy in this
-process, and a raw client whose receive buffer is small and which stops reading its socket. Every wait has a
-deadline and waits on the proxy's own state or on bytes read."""
+that reads at once is still blamed. Real sockets on 127.0.0.1: raw upstreams written here (netra over WebSocket,
+AG-UI over SSE), the proxy in this process (its WebSocket side and its HTTP side), and a raw client whose receive
+buffer is small and which stops reading its socket. Every wait has a deadline and waits on the proxy's own state or
+on bytes read."""
 from __future__ import annotations
 
 import asyncio
@@ -24,6 +25,7 @@ from harness.events import DEFAULT_REQUIRED
 from harness.profiles import load_profile
 from monitors.metrics import ChatMetrics, MetricsSink
 from monitors.proxy import LiveChats, Proxy, start_proxy
+from monitors.sse_proxy import WRITE_LIMIT, SSEProxy, start_sse_proxy
 
 # Limits short enough for a test; the client holds the proxy back for longer than the deadline.
 EXP = Expectations(required=frozenset(DEFAULT_REQUIRED), first_event_limit=0.5, deadline=1.5, stall_limit=1.0)
@@ -224,3 +226,114 @@ async def test_a_client_that_pauses_mid_run_does_not_make_a_prompt_server_stall(
     assert outcomes(metrics) == {"passed": 0, "failed": 0, "incomplete": 0, "error": 0}
     assert timing_violations(metrics) == {"R9": 0, "R10": 0, "R11": 0}
     assert sample(metrics, "chatprobe_client_rejections_total") == 1
+
+
+# The HTTP side: an AG-UI run answered over SSE, the same large padding (SSE comment lines, no event) before it.
+AGUI_BODY = json.dumps({"threadId": "t1", "runId": "r1", "state": {}, "tools": [], "context": [], "forwardedProps": {},
+                        "messages": [{"id": "m1", "role": "user", "content": "hi"}]}).encode()
+AGUI_RUN = [{"type": "RUN_STARTED", "threadId": "t1", "runId": "r1"},
+            {"type": "TEXT_MESSAGE_START", "messageId": "a1", "role": "assistant"},
+            {"type": "TEXT_MESSAGE_CONTENT", "messageId": "a1", "delta": "hello"},
+            {"type": "TEXT_MESSAGE_END", "messageId": "a1"},
+            {"type": "RUN_FINISHED", "threadId": "t1", "runId": "r1"}]
+COMMENT = b": " + b"x" * 60_000 + b"\n\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@contextlib.asynccontextmanager
+async def sse_upstream(answers: bool):
+    """A raw HTTP upstream answering a chat's POST at once with an event stream: 8 MiB of comment lines, then, when
+    `answers`, the whole AG-UI run; else nothing more (a server that hangs)."""
+    never = asyncio.get_running_loop().create_future()
+
+    async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(HEARTBEATS * len(PAD) // len(COMMENT)):
+                writer.write(_chunk(COMMENT))
+            if answers:
+                writer.write(b"".join(_chunk(f"data: {json.dumps(e)}\n\n".encode()) for e in AGUI_RUN) + b"0\r\n\r\n")
+            await writer.drain()
+            await never
+        writer.transport.abort()
+
+    server = await asyncio.start_server(serve_one, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        never.cancel()
+        server.close()
+
+
+@contextlib.asynccontextmanager
+async def sse_proxied(url: str):
+    metrics = ChatMetrics(CollectorRegistry())
+    profile = load_profile("ag-ui")
+    exp = Expectations(required=frozenset(), first_event_limit=0.5, deadline=1.5, stall_limit=1.0)
+    live = LiveChats(profile, MetricsSink(metrics, "up", "live"), exp, "live", 0.1)
+    proxy = SSEProxy(url, live, send_timeout=60.0)
+    server = await start_sse_proxy(proxy, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], metrics, proxy
+    finally:
+        server.close()
+        async with asyncio.timeout(10):
+            await server.wait_closed()
+
+
+async def _raw_post(port: int) -> RawClient:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write(b"POST /agent HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAccept: text/event-stream\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(AGUI_BODY), AGUI_BODY))
+    return RawClient(reader, writer)
+
+
+def _writes_paused(proxy: SSEProxy) -> bool:
+    """The proxy's own state: a client's write buffer over its limit (asyncio paused writing to it)."""
+    return any(c.transport.get_write_buffer_size() > WRITE_LIMIT for c in proxy.clients)
+
+
+async def test_over_sse_a_client_that_stops_reading_does_not_make_a_prompt_server_look_late():
+    """The HTTP side alike: the server answers the chat's POST at once, the client reads nothing of the stream until
+    the chat's deadline has passed. FAILED before the fix: `incomplete`, R9 and R10, the server's."""
+    async with sse_upstream(answers=True) as url, sse_proxied(url) as (port, metrics, proxy):
+        client = await _raw_post(port)
+        try:
+            await until(lambda: sample(metrics, "chatprobe_chats_in_flight") == 1)
+            await until(lambda: _writes_paused(proxy))
+            await until(lambda: sample(metrics, "chatprobe_chats_in_flight") == 0)
+            assert _writes_paused(proxy)
+            await client.read_until(b"RUN_FINISHED")
+        finally:
+            client.close()
+    assert outcomes(metrics) == {"passed": 0, "failed": 0, "incomplete": 0, "error": 0}
+    assert timing_violations(metrics) == {"R9": 0, "R10": 0, "R11": 0}
+    assert sample(metrics, "chatprobe_client_rejections_total") == 1
+
+
+async def test_over_sse_a_hung_server_is_still_blamed_behind_a_client_that_reads_at_once():
+    async with sse_upstream(answers=False) as url, sse_proxied(url) as (port, metrics, _proxy):
+        client = await _raw_post(port)
+        try:
+            reading = asyncio.ensure_future(client.read_until(b"never comes", timeout=60.0))
+            await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="incomplete") == 1)
+            assert not reading.done()
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+        finally:
+            client.close()
+    assert outcomes(metrics) == {"passed": 0, "failed": 0, "incomplete": 1, "error": 0}
+    assert timing_violations(metrics) == {"R9": 1, "R10": 1, "R11": 0}
+    assert sample(metrics, "chatprobe_client_rejections_total") == 0
