@@ -766,11 +766,12 @@ class HeldBack:
     all since the connection opened: set on pause and resume (never per frame), read when a chat is judged
     (proxy.HELD_BACK_MIN). Kept by the client's connection on either side of the proxy."""
 
-    __slots__ = ("since", "total")
+    __slots__ = ("since", "total", "resumed_at")
 
     def __init__(self) -> None:
         self.since: float | None = None  # paused since then (None: not paused now)
         self.total = 0.0  # the pauses ended so far
+        self.resumed_at = float("-inf")  # when the last one ended
 
     def paused(self, now: float) -> None:
         if self.since is None:
@@ -780,7 +781,12 @@ class HeldBack:
         if self.since is not None:
             self.total += now - self.since
             self.since = None
+            self.resumed_at = now
 
     def upto(self, now: float) -> float:
         """The time held back in all up to `now` (the pause under way included)."""
         return self.total + (now - self.since if self.since is not None else 0.0)
+
+    def within(self, now: float, span: float) -> bool:
+        """Whether writing is paused at `now`, or was less than `span` ago (what it held back is still being read)."""
+        return self.since is not None or now - self.resumed_at < span

@@ -127,7 +127,8 @@ CLIENTS_DOING = frozenset({"rejected", "auth_failed", "client_slow"})
 # resend), and the proxy cannot know when an event it did not read was sent. A client that reads as it comes holds the
 # proxy back for milliseconds at most (a large frame draining), far under it, so a slow server behind it is still
 # blamed; a slow server behind a client that held the proxy back this long is not (which of the two made the chat late
-# cannot be told).
+# cannot be told), but for a chat with no terminal event only while it still held the proxy back as the chat was judged
+# (LiveConnection._finished).
 HELD_BACK_MIN = 0.25
 HELD_BACK_NOTE = ("the client read slowly: the proxy's writes to it were backed up for {:.3f}s of the chat "
                   "(the upstream not read meanwhile), so its timing is not the server's")
@@ -925,8 +926,13 @@ class LiveConnection:
         self._by_id.pop(result.chat_id, None)
         held_from = self._held_from.pop(result.chat_id, None)
         if held_from is not None and self.held is not None and result.error_kind is None and not result.further_run:
-            held = self.held.upto(time.monotonic()) - held_from
-            if held >= HELD_BACK_MIN and _timing_only(result):
+            now = time.monotonic()
+            held = self.held.upto(now) - held_from
+            # A chat with no terminal event (R10, or R9/R11 judged at its verdict) was late for the client only when
+            # the proxy was still held back as it was judged: held back earlier and not since, the proxy read all the
+            # server had sent by then, so a terminal event it has not read was never sent (a hung server).
+            if (held >= HELD_BACK_MIN and _timing_only(result)
+                    and (result.duration is not None or self.held.within(now, HELD_BACK_MIN))):
                 # Late for the client's slowness, not the server's (HELD_BACK_MIN): the client's doing.
                 result.error_kind, result.error = "client_slow", HELD_BACK_NOTE.format(held)
         if result.outcome is not Outcome.PASSED:

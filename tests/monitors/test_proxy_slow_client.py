@@ -337,3 +337,28 @@ async def test_over_sse_a_hung_server_is_still_blamed_behind_a_client_that_reads
     assert outcomes(metrics) == {"passed": 0, "failed": 0, "incomplete": 1, "error": 0}
     assert timing_violations(metrics) == {"R9": 1, "R10": 1, "R11": 0}
     assert sample(metrics, "chatprobe_client_rejections_total") == 0
+
+
+async def test_a_server_that_hangs_after_its_client_caught_up_is_still_blamed():
+    """The client holds the proxy back for a while mid-run, then reads everything; the server sends nothing more (it
+    hangs) and the chat reaches its deadline with the proxy reading freely for seconds: the missing terminal event
+    was never sent, the R10 is the server's (`incomplete`), though the client had held the proxy back earlier."""
+    exp = Expectations(required=frozenset(DEFAULT_REQUIRED), first_event_limit=0.5, deadline=3.0, stall_limit=5.0)
+    async with upstream(answers=False, started=2) as url, proxied(url, exp) as (server, metrics):
+        client = await RawClient.connect(server.sockets[0].getsockname()[1])
+        try:
+            client.send(MESSAGE)
+            await client.read_until(b"agent_thinking")
+            await until(lambda: any(c.paused for c in server.connections))
+            await asyncio.sleep(0.5)  # wait-ok: the client reading nothing for a while is what the test is about
+            reading = asyncio.ensure_future(client.read_until(b"never comes", timeout=60.0))
+            await until(lambda: sample(metrics, "chatprobe_chats_in_flight") == 0)
+            assert not reading.done()
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+        finally:
+            client.close()
+    assert outcomes(metrics) == {"passed": 0, "failed": 0, "incomplete": 1, "error": 0}
+    assert timing_violations(metrics) == {"R9": 0, "R10": 1, "R11": 0}
+    assert sample(metrics, "chatprobe_client_rejections_total") == 0
