@@ -226,6 +226,8 @@ class InThread:
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()  # its descriptors (ws_stacks.LoopThread says why)
 
 
 def leaks_at_close(leak: str, *, after: str | None = None) -> Handler:

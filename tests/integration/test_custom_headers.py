@@ -243,6 +243,8 @@ def test_the_pytest_plugin_sends_the_headers(pytester, monkeypatch):
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(30)
+        if not thread.is_alive():
+            loop.close()  # its descriptors (ws_stacks.LoopThread says why)
     (head,) = heads
     assert_headers_arrived(head)
 

@@ -80,6 +80,8 @@ class RestartingServer:
         assert self.stop is not None
         self.loop.call_soon_threadsafe(self.stop.set_result, None)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()  # its descriptors (ws_stacks.LoopThread says why)
 
 
 def play(driver: str, target: Target, sc: Scenario, directory: Path):

@@ -52,6 +52,8 @@ class ServerThread:
     def __exit__(self, *exc) -> None:
         self.loop.call_soon_threadsafe(self.stop.set_result, None)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()  # its descriptors (ws_stacks.LoopThread says why)
 
 
 def play(handler, max_size: int | None = None):
