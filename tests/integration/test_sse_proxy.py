@@ -109,6 +109,14 @@ async def raw_upstream(handler: Handler) -> AsyncIterator[tuple[str, list[bytes]
                            if line.lower().startswith(b"content-length:")), 0)
             body = await reader.readexactly(length)
             await handler(reader, writer, head, body)
+            # What the handler wrote reaches the kernel before the reset: drain() returns with up to its low-water
+            # mark (16 KiB) still buffered (64 KiB when not paused), which abort() drops. A proxy reading slowly (a
+            # loaded machine) then saw a body cut short by the server. With no write buffer allowed, drain() waits
+            # for every byte to leave it (or for the proxy to drop the connection).
+            writer.transport.set_write_buffer_limits(0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30):
+                    await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
