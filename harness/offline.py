@@ -46,6 +46,7 @@ from .recordings import (
     DEFAULT_MAX_FILES,
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_TEXT,
+    DUE_SLACK,
     FORMATS,
     SEND_FAILED,
     SILENT,
@@ -644,7 +645,7 @@ class OfflineCheck:
         self.open[tracker.chat_id] = (tracker, conn)
         conn.open[tracker.chat_id] = tracker
 
-    def _judge_ready(self, conn: _Conn, at: float) -> None:
+    def _judge_ready(self, conn: _Conn, at: float, slack: float = 0.0) -> None:
         """Judge the chats whose verdict was due before `at` (flow.verdict_due, as the live client and the proxy time
         theirs); one whose deadline passed is judged as at its deadline, not at the next recorded frame.
 
@@ -653,7 +654,7 @@ class OfflineCheck:
         read, so such a frame reaches the chat before its verdict, here too. That decides for a chat judged at once
         (its message rejected, verdict_due's -inf): the rest of the read that rejected it (a run naming its message)
         is in its verdict, as live, and what a later read brings is not."""
-        if at < conn.wake:
+        if at + slack < conn.wake:
             return
         wake = float("inf")
         for chat in list(conn.open.values()):
@@ -662,10 +663,10 @@ class OfflineCheck:
             due = verdict_due(chat, self.settle)
             if due == float("-inf"):
                 due = chat.last_at  # at once: after the read that rejected it (its time: ChatTracker.rejected)
-            if at <= due:
+            if at + slack <= due:
                 wake = min(wake, due)
             else:
-                self._finish(chat, at if chat.done else due)
+                self._finish(chat, max(at, due) if chat.done else due)
         conn.wake = wake
 
     def _judge_parked(self, at: float) -> None:
@@ -692,7 +693,13 @@ class OfflineCheck:
             # The server's close of AUTH_CLOSE_CODES (1008, 4401, 4403) before it said anything: the credentials
             # refused, as an AUTH_FAILED frame says it, as live and the proxy judge it (FrameRouter.closed_refusing).
             conn.router.closed_refusing(rec.code, at)
-        self._judge_ready(conn, at)
+        if rec is not None and rec.detail == "client":
+            # The client's own close comes after the verdicts it judged before it: a chat whose verdict falls due
+            # within DUE_SLACK after the close (its send record up to that much later than the live client's start
+            # of its clock: no "due" written for less) was judged at its deadline live, not left by the client.
+            self._judge_ready(conn, at, DUE_SLACK)
+        else:
+            self._judge_ready(conn, at)
         stopped = rec is not None and rec.detail == "proxy-stop"
         if stopped:
             self._proxy_stopped()

@@ -28,7 +28,7 @@ from typing import Any
 
 from .checker import Expectations
 from .profiles import parses_as_json
-from .recordings import DEFAULT_MAX_FILES, RUN_ID_RE, SEND_FAILED
+from .recordings import DEFAULT_MAX_FILES, DUE_SLACK, RUN_ID_RE, SEND_FAILED
 from .redact import MIN_SECRET_LEN, Budget, scrub, secrets_of
 from .transports import ConnectFailed, FrameCallback, LeanClientRefused, RecordingHooks, Transport
 
@@ -51,9 +51,6 @@ _SEPARATORS = "".join(chr(c) for c in (*range(0x00, 0x09), *range(0x0E, 0x20)))
 # Added to a frame that was not JSON as received and that scrubbing made read as JSON (a credential cut out of an
 # unterminated string can end it): the recording keeps it malformed, an R12 offline as it was live.
 NOT_JSON_MARK = " [chatprobe --record: this frame was not JSON as received]"
-# A chat whose times count from this much before its message was recorded as sent (ChatOptions.due_at: an open-model
-# chat due before the load generator got to it) has its send record say so ("due").
-DUE_SLACK = 0.001
 # An HTTP status in a connection failure's reason, as the transports word it ("HTTP 503: …", "HTTP 401 at the …").
 _HTTP_STATUS_RE = re.compile(r"\bHTTP ([1-5]\d\d)\b")
 

@@ -81,6 +81,10 @@ from .results import STOPPED_BY
 from .sinks import AGUI_PROTO, CONNECTION_RESULTS, refused_response, refused_upgrade
 from .yamlfile import ConfigError
 
+# A chat whose times count from this much before its message was recorded as sent (ChatOptions.due_at: an open-model
+# chat due before the load generator got to it) has its send record say so ("due"); within it, the record's own time
+# stands for the chat's start, so a chat's deadline read from a recording may fall up to this much after the live one.
+DUE_SLACK = 0.001
 # The files one `--record` run keeps in its directory (harness/recorder.py), which `check` merges as one run.
 DEFAULT_MAX_FILES = 1000
 # One frame (the harness's WebSocket frame limit); a JSON Lines line may be about twice that (a frame's escaping).

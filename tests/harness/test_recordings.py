@@ -1942,3 +1942,24 @@ def test_a_recording_killed_outright_is_named_by_its_part_files_and_each_reads_u
     (run,) = check_files([part], NETRA, SC)
     assert run.stats.chats == i + 1
     assert [r.outcome for r in run.results][:i] == [Outcome.PASSED] * i
+
+
+@pytest.mark.parametrize("before, judged", [(0.0005, "at its deadline"), (0.05, "abandoned")])
+def test_a_clients_close_just_before_a_deadline_read_from_a_send_record_is_after_that_verdict_live(tmp_path, before,
+                                                                                                  judged):
+    """A send record's time is the chat's start within DUE_SLACK (recorder: no `due` written for less), so the
+    verdict the live client judged at the chat's deadline, then closed, can fall due up to that much after the
+    recorded close. Such a probe answered with a run (no error_message) was R13 + R8 live: so it is here, not a chat
+    the client left (abandoned, judged on what arrived: R8 alone). A close well before the deadline is the client
+    leaving."""
+    probe = {"t": 1000.0, "dir": "send", "conn": "c1", "expect": {"error": "invalid_input"}, "frame": '{"type": "what"}'}
+    run = {"t": 1000.0002, "dir": "recv", "conn": "c1",
+           "frame": json.dumps({"type": "agent_started", "run_id": "r-x", "user_id": "someone-else", "seq": 1})}
+    close = {"t": 1000.0 + SC.expect.deadline - before, "dir": "close", "conn": "c1", "code": 1000, "by": "client"}
+    [checked] = check_files([write_jsonl(tmp_path / "probe.jsonl", [probe, run, close])], NETRA, SC)
+    [result] = checked.results
+    rules = sorted(v.rule.value for v in result.violations)
+    if judged == "at its deadline":
+        assert (rules, result.abandoned_at) == (["R13", "R8"], None), (rules, result.abandoned_at)
+    else:
+        assert result.abandoned_at == close["t"] and "R13" not in rules, (rules, result.abandoned_at)
