@@ -160,20 +160,30 @@ MAX_JWT_USERS = 4
 
 
 def credentials_identity(headers: dict[str, str], subprotocols: Sequence[str] = (), path: str = "") -> str:
+    """Who a connection is, as far as a resume is concerned (identity_of, without whether a claim named it)."""
+    return identity_of(headers, subprotocols, path)[0]
+
+
+def identity_of(headers: dict[str, str], subprotocols: Sequence[str] = (), path: str = "") -> tuple[str, bool]:
     """Who a connection is, as far as a resume is concerned: a digest of its credentials (never the credentials
     themselves, which are never kept or logged): Authorization, Cookie, the offered subprotocols (`jwt.<token>`) and
     the query parameters that carry a credential (`?access_token=`, an opaque `?t=`). Users who authenticate by a
     subprotocol or the query string all had one identity, so one could resume another's run. A JWT stands for the
-    user it names (jwt_user), the first MAX_JWT_USERS of them."""
+    user it names (jwt_user), the first MAX_JWT_USERS of them. With it, whether a JWT's claim (read unverified) named
+    the user: anyone can write such a claim, so the identity is only a claim until the server accepts the connection
+    (LiveConnection.confirm); a digest of the credentials as they are is the credentials' holder's."""
     h = hashlib.sha256()
     left = MAX_JWT_USERS
+    claimed = False
 
     def user_of(token: str) -> str | None:
-        nonlocal left
+        nonlocal left, claimed
         if token.count(".") != 2 or left <= 0:  # (no JWT, or past the bound: digested as it is)
             return None
         left -= 1
-        return jwt_user(token)
+        user = jwt_user(token)
+        claimed = claimed or user is not None
+        return user
 
     for name in ("authorization", "cookie"):
         for k, v in headers.items():
@@ -186,11 +196,12 @@ def credentials_identity(headers: dict[str, str], subprotocols: Sequence[str] = 
         if p.startswith("jwt.") and left > 0:  # its token as it is or base64url-encoded: one of the bound's reads
             left -= 1
             user = subprotocol_user(p[4:])
+            claimed = claimed or user is not None
         h.update(f"subprotocol\0{p if user is None else user}\0".encode("utf-8", "replace"))
     for raw, value in redact.query_credentials(path):
         user = user_of(value)
         h.update(f"query\0{raw if user is None else user}\0".encode("utf-8", "replace"))
-    return h.hexdigest()[:32]
+    return h.hexdigest()[:32], claimed
 
 
 def jwt_user(token: str) -> str | None:
@@ -198,9 +209,10 @@ def jwt_user(token: str) -> str | None:
     when `token` is no JWT naming one. A user's refreshed token (a new `iat`, `exp`, `jti`), or one minted per
     connection, names the same user: a resume under it is that user's, where the raw token's digest made it another
     identity's (the run's events another user's, R8, and the parked chat lost). Unverified is enough for what the
-    identity is for, pairing a resume with the chat it continues: a token forged to name another user is refused by
-    the server at the handshake (no run reaches the proxy through it); a server that verifies nothing has no users to
-    tell apart."""
+    identity is for, pairing a resume with the chat it continues, once the server has accepted the connection: a token
+    forged to name another user is refused by the server, at the handshake or after it (AUTH_FAILED, a close of 1008,
+    4401 or 4403), and until the server spoke the proxy binds nothing of the user to the connection (LiveConnection.
+    confirm); a server that verifies nothing has no users to tell apart."""
     claims = jwt_claims(token) or {}
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:

@@ -31,7 +31,7 @@ from harness import redact
 from harness.checker import ChatIndex, ChatResult, ChatTracker, ConnectionChecker, Expectations
 from harness.durations import parse_duration, parse_size
 from harness.errors import MESSAGE_LIMIT, os_reason, unknown_flag_hint
-from harness.events import Outcome, Rule
+from harness.events import Event, FrameKind, Outcome, Rule, SessionError
 from harness.flow import (
     AUTH_CLOSE_CODES,
     CLEAN_CLOSE_CODES,
@@ -47,7 +47,7 @@ from harness.flow import (
     resend_key,
 )
 from harness.profiles import Profile, load_profile
-from harness.recorder import Recorder
+from harness.recorder import ConnectionLog, Recorder
 from harness.redact import credentials_of
 from harness.scenario import SCENARIO_NAME_PATTERN, Expect, expectations_for
 from harness.sinks import PARKING_FULL, PROXY_STOPPED
@@ -78,9 +78,10 @@ from .frontdoor import (
     accept_batch,
     client_address,
     connections_for_fds,
-    credentials_identity,
+    credentials_identity,  # noqa: F401  (the identity of a connection's credentials, as tests read it from here)
     default_per_address,
     drain_wait,
+    identity_of,
     install_accept_errors,
     limit_key,
     listen_host_port,
@@ -111,6 +112,17 @@ MAX_RESUME_SEARCH = 64
 # connection had made 40,000 trackers wait for their deadline, and every message rebuilt an index of them all.
 MAX_OPEN_CHATS = 64
 TOO_MANY_OPEN = f"the client had more than {MAX_OPEN_CHATS} chats open at once on the connection"
+# A connection whose user is named by a JWT's claim, read without its signature (frontdoor.identity_of: the proxy
+# holds no key, and anyone can write a token naming another user), is that user's only once the upstream accepted it:
+# until the server spoke on it (a welcome, an event, an answer that is no AUTH_FAILED), its client's frames are held
+# unjudged (forwarded at once, as ever) and nothing of the user's is touched, neither a parked chat, a message held for
+# a resend, a run the user left, nor the user's open connections (LiveConnection.confirm). Refused (AUTH_FAILED, or a
+# close of AUTH_CLOSE_CODES before the server spoke), the claim was false: the frames are judged as a connection of
+# nobody's (a pseudonym of its own), and its chats are auth_failed, the client's doing. At most this many frames and
+# bytes are held so: past either (a client flooding before the server spoke, a server silent on it for a chat's
+# deadline) the claim is let go the same way.
+MAX_UNCONFIRMED_FRAMES = 64
+MAX_UNCONFIRMED_BYTES = 4 * 1024 * 1024
 # A chat error that is the user's client's doing, not the server's: its message rejected as invalid, or its credentials
 # refused (an expired token's AUTH_FAILED once the connection was open, a close of AUTH_CLOSE_CODES before it spoke), or
 # its timing the client's (HELD_BACK_MIN).
@@ -336,6 +348,7 @@ class LiveChats:
         self.open: dict[str, dict[LiveConnection, None]] = {}
         self.runs: dict[str, int] = {}  # run id -> how many of the open connections index a chat by it (RunIndex)
         self._n = 0
+        self._strangers = 0
         # --record's frames not written (a connection's file full), since the last line that said so: at most one
         # such warning a minute (WARN_EVERY), and the rest when the proxy stops.
         self._dropped = (0, 0, 0)
@@ -381,14 +394,22 @@ class LiveChats:
         # proxy does (a resume, a resend), and no digest of a credential is in a recording.
         self._label_key = os.urandom(16)
 
-    def connection(self, identity: str = "", secrets: tuple[str, ...] = (), *, stream: bool = False
-                   ) -> "LiveConnection":
+    def connection(self, identity: str = "", secrets: tuple[str, ...] = (), *, stream: bool = False,
+                   claimed: bool = False) -> "LiveConnection":
         """A new proxied connection; `identity` stands for its credentials (a resume only picks up a run that a
         connection with the same credentials started), `secrets` are those credentials, kept out of --record;
-        `stream`: it is one chat's own event stream (the HTTP side's SSE answer), which ends with its run."""
-        conn = LiveConnection(self, identity, secrets, stream=stream)
-        self.open.setdefault(identity, {})[conn] = None
+        `stream`: it is one chat's own event stream (the HTTP side's SSE answer), which ends with its run; `claimed`:
+        `identity` is a JWT's unverified claim, the connection's only once the server accepts it (confirm)."""
+        conn = LiveConnection(self, identity, secrets, stream=stream, claimed=claimed)
+        if not claimed:
+            self.open.setdefault(identity, {})[conn] = None
         return conn
+
+    def stranger(self) -> str:
+        """An identity of one connection's own, matching no user's (a claim not confirmed): its chats resume, are
+        resumed by and are sent again by nobody else's."""
+        self._strangers += 1
+        return f"unconfirmed\0{self._strangers}"
 
     def recorded(self, now: float) -> None:
         """A connection's recording was saved: say (at most once a minute) what --record could not write."""
@@ -666,9 +687,17 @@ class LiveConnection:
     """One proxied connection on the one road: the client's frames open chats (the profile tells requests and
     resumes apart), the server's go through the FrameRouter to the ChatTrackers, PassiveChats judges them when due."""
 
-    def __init__(self, live: LiveChats, identity: str, secrets: tuple[str, ...] = (), *, stream: bool = False) -> None:
+    def __init__(self, live: LiveChats, identity: str, secrets: tuple[str, ...] = (), *, stream: bool = False,
+                 claimed: bool = False) -> None:
         self.live = live
-        self.identity = identity
+        # A JWT's unverified claim (`claimed`) is the connection's identity once the server accepts the connection
+        # (confirm); until then it is a stranger's, and the frames that came are held here, in order, with their times
+        # (None once confirmed: nothing is held per frame after that).
+        self._claim: str | None = identity if claimed else None
+        self._early: list[tuple[bool, str | bytes, float]] | None = [] if claimed else None
+        self._early_bytes = 0
+        self.identity = live.stranger() if claimed else identity
+        self._secrets = secrets
         # One chat's own event stream (the HTTP side: an SSE answer to its POST), which ends with its run: a stream
         # the server ended before any event of the run is judged then, never held for a resend (a client sends a new
         # request, a chat of its own: the harness's SSE client sends nothing again), and its recording's close record
@@ -688,21 +717,82 @@ class LiveConnection:
         self.held: HeldBack | None = None
         self._held_from: dict[str, float] = {}
         self.resumes: Resumes | None = None  # runs resumed across connections (flow.Resumes), from the first one
-        self.log = None
-        if live.recorder is not None:
-            if sum(len(s) for s in secrets) <= MAX_RECORDED_CREDENTIALS:
-                self.log = live.recorder.connection(live.label(identity), secrets)
-            else:
-                live.too_many_credentials()
+        self.log: ConnectionLog | None = None
+        if not claimed:
+            self._open_log()
         self.failing = False  # a chat on this connection did not pass (or was held or sent again): its recording is kept
         self.protocol_error: str | None = None  # what the upstream sent that the proxy failed its connection for
+
+    def _open_log(self) -> None:
+        """--record's file of this connection, labelled by its identity (a pseudonym), once that is known."""
+        live, secrets = self.live, self._secrets
+        if live.recorder is not None:
+            if sum(len(s) for s in secrets) <= MAX_RECORDED_CREDENTIALS:
+                self.log = live.recorder.connection(live.label(self.identity), secrets)
+            else:
+                live.too_many_credentials()
 
     @property
     def auth_failed(self) -> bool:
         return self.router.auth_failed is not None
 
+    @property
+    def confirmed(self) -> bool:
+        """Whether the connection's identity is settled (no claim awaiting the server's acceptance)."""
+        return self._early is None
+
+    def confirm(self, accepted: bool) -> None:
+        """The server accepted the connection (`accepted`: its claimed user is its own from now on), or refused it
+        or never said (the claim let go: the connection stays a stranger's). Either way it joins its user's open
+        connections, its recording is opened under that user's label, and the frames held since it opened are taken
+        in their order, at their times, as if they had come now."""
+        early, self._early = self._early, None
+        if early is None:
+            return
+        if accepted and self._claim is not None:
+            self.identity = self._claim
+        self._claim = None
+        self.live.open.setdefault(self.identity, {})[self] = None
+        self._open_log()
+        for sent, text, at in early:
+            if sent:
+                self.client_frame(text, at)
+            else:
+                self.server_frame(text, at)
+
+    def _hold(self, sent: bool, text: str | bytes, now: float) -> None:
+        """A frame that came before the server accepted the claim: held (bounded; past it the claim is let go)."""
+        early = self._early
+        assert early is not None
+        early.append((sent, text, now))
+        self._early_bytes += len(text)
+        if len(early) > MAX_UNCONFIRMED_FRAMES or self._early_bytes > MAX_UNCONFIRMED_BYTES:
+            self.confirm(False)
+
+    def first_server_frames(self, text: str | bytes, now: float) -> bool:
+        """A frame from the server while the claim awaits its acceptance (the relay calls this instead of
+        server_frame until it returns True, the connection confirmed): an event, a welcome, or an answer other than
+        AUTH_FAILED accepts it; AUTH_FAILED refuses it; a ping, a stream's end or a malformed frame says neither,
+        and is held with the client's frames."""
+        decoded = self.live.profile.decode(text, now)
+        if isinstance(decoded, Event) or decoded.kind is FrameKind.CONTROL:
+            accepted: bool | None = True
+        elif decoded.kind is FrameKind.ERROR:
+            accepted = decoded.session_error is not SessionError.AUTH_FAILED
+        else:
+            accepted = None
+        if accepted is None:
+            self._hold(False, text, now)
+            return self.confirmed
+        self.confirm(accepted)
+        self.server_frame(text, now)
+        return True
+
     def client_frame(self, text: str | bytes, now: float) -> None:
         """A frame from the user to the server: a new chat, a resume, or anything else (not judged)."""
+        if self._early is not None:  # the server has not accepted the connection's claimed user yet: held
+            self._hold(True, text, now)
+            return
         sent = self.log.frame("send", text, now) if self.log is not None else None
         frame = self.live.profile.decode_client(text)
         live = self.live
@@ -814,14 +904,27 @@ class LiveConnection:
         more than MAX_FRAGMENTS frames, text that is not UTF-8, bad framing: `detail`, websocket.failed_for): an R12
         on the chats open, as the harness's clients judge it, and the recording's close record says so (`check`)."""
         self.protocol_error = detail
+        if self._early is not None:  # before the server accepted the claim: the claim let go, the held frames first
+            self.confirm(False)
         self.router.on_protocol_error(detail, now)
 
     def judge_due(self, now: float) -> None:
+        if self._early is not None and (due := self._unconfirmed_due()) is not None and now >= due:
+            self.confirm(False)  # the server said nothing for a chat's deadline: its chats judged as they stand
         for result in self.chats.due(now):
             self._finished(result)
 
     def next_due(self) -> float | None:
-        return self.chats.next_due()
+        due = self.chats.next_due()
+        if self._early is not None and (held := self._unconfirmed_due()) is not None:
+            due = held if due is None else min(due, held)
+        return due
+
+    def _unconfirmed_due(self) -> float | None:
+        """While the claim awaits the server: the deadline of a chat sent first among the client's held frames."""
+        assert self._early is not None
+        first = next((at for sent, _text, at in self._early if sent), None)
+        return None if first is None else first + self.live.exp.deadline
 
     def owns(self, chat: ChatTracker) -> bool:
         """The chat is followed here (started here or resumed here, and not resumed elsewhere since)."""
@@ -837,7 +940,10 @@ class LiveConnection:
         self.resumes.let_go(self.checker, chat)
 
     def busy(self) -> bool:
-        """A chat open here still awaits its terminal event (read as the proxy drains, not per frame)."""
+        """A chat open here still awaits its terminal event (read as the proxy drains, not per frame), or the client
+        sent a frame the server has not answered yet (the claim awaiting its acceptance)."""
+        if self._early is not None and any(sent for sent, _text, _at in self._early):
+            return True
         return any(not chat.judged and not chat.done for chat in self._by_id.values())
 
     def closed(self, now: float, *, by_client: bool, code: int | None = None, drained: bool = False) -> None:
@@ -852,6 +958,10 @@ class LiveConnection:
         too as it drains, when the server closed it (no resume or resend can reach this process: a sidecar's server
         stopping with it), or `drained`: the proxy closed it with no chat in flight (1001, going away)."""
         live = self.live
+        if self._early is not None:
+            # Closed before the server accepted the claim (refused with a close of AUTH_CLOSE_CODES, dropped, or the
+            # client gone): the claim is let go, the frames held judged as a stranger's.
+            self.confirm(False)
         if not by_client and not drained:
             # A close of AUTH_CLOSE_CODES (1008, 4401, 4403) before the server said anything: the credentials refused,
             # as an AUTH_FAILED frame says it (the chats waiting are `auth_failed`, the client's doing), as live.
@@ -1158,7 +1268,9 @@ class Proxy:
             # connection each time.
             await _close_within(upstream, 1001, "the client is gone")
             return None
-        conn.identity = credentials_identity(headers, offered, request.path)  # type: ignore[attr-defined]
+        # Who the user is, and whether only a JWT's claim says so (then the connection is the user's once the server
+        # accepted it: LiveConnection.confirm).
+        conn.identity, conn.claimed = identity_of(headers, offered, request.path)  # type: ignore[attr-defined]
         conn.secrets = secrets  # type: ignore[attr-defined]
         return None
 
@@ -1170,7 +1282,7 @@ class Proxy:
         upstream = client.upstream  # type: ignore[attr-defined]
         door = self.door or FrontDoor.defaults()
         identity = getattr(client, "identity", "")
-        conn = self.live.connection(identity, getattr(client, "secrets", ()))
+        conn = self.live.connection(identity, getattr(client, "secrets", ()), claimed=getattr(client, "claimed", False))
         conn.held = getattr(client, "held", None)  # how long its writes to the client were backed up (HeldBack)
         # -v: a line at each connection's start and end, naming its peer and its user's pseudonym (--record's label),
         # never its credentials or its request's path (a token may ride in its query).
@@ -1224,6 +1336,7 @@ class Proxy:
         async def upstream_to_client() -> None:
             side = "server"
             handed = size = 0  # frames and bytes forwarded since this relay last let the others run
+            confirming = not conn.confirmed  # until the server accepts (or refuses) a claimed user: a test per frame
             try:
                 async for message in upstream:
                     handed += 1
@@ -1242,7 +1355,10 @@ class Proxy:
                                            self.send_timeout)
                         side = "client"
                         break
-                    conn.server_frame(message, self.clock())
+                    if confirming:
+                        confirming = not conn.first_server_frames(message, self.clock())
+                    else:
+                        conn.server_frame(message, self.clock())
                     record("auth_failed" if conn.auth_failed else "ok")
                     changed.set()
             except ConnectionClosed:

@@ -1,0 +1,156 @@
+"""`chatprobe proxy` reads a connection's user from its JWT without verifying the signature (it holds no key): a
+hostile client can write a token naming another user. Such a claim binds nothing of that user's until the upstream
+has accepted the connection (its welcome, or any answer that is no AUTH_FAILED): a forged token's resume of the
+victim's parked run (her connection dropped mid-run) is the client's rejection, and her own resume is judged as
+ever. Real agentsim (JWT auth: it accepts every upgrade and refuses a bad token with AUTH_FAILED and a 1008 close)
+behind the proxy, real sockets on 127.0.0.1, every wait bounded. Between them a relay (tests/integration/fault_relay)
+makes the server's refusal slow to come, as a server checking a token with an identity provider makes it: agentsim
+refuses at once, and the proxy read the refusal before the attacker's first frame.
+
+FAILED on the code before the proxyjwt27 patch: the attacker's resume, read before (or after) the server's
+AUTH_FAILED, adopted alice's parked chat on the attacker's connection; her chat was then judged there (an
+`auth_failed` client rejection) or lost and parked again (a `lost` reconnect counted), and her own resume's events
+were no chat's: not the one passed chat the proxy counts without the attacker.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import jwt
+import pytest
+import websockets.asyncio.client
+from prometheus_client import CollectorRegistry
+
+from agentsim.server import AgentSim, SimConfig
+from harness.events import Outcome
+from harness.profiles import load_profile
+from harness.targets import Target, TokenProvider
+from monitors.metrics import ChatMetrics
+from monitors.proxy import Proxy, start_proxy
+from tests.integration.fault_relay import DOWN, Fault, relay
+
+from .test_proxy import WatchedChats
+from .test_proxy_parked_resume import Judged, Proxied, read_until_completed, read_until_dropped
+
+# How long the server's AUTH_FAILED takes to reach the proxy (an identity provider's round trip, made long): the
+# attacker's resume is read first. (On the code before the fix the takeover needed it; after it, the order is moot.)
+SLOW_REFUSAL = 1.0
+
+
+class SlowRefusal(Proxied):
+    """Proxied, with the upstream reached through a relay that delays what follows the server's AUTH_FAILED."""
+
+    async def __aenter__(self) -> "SlowRefusal":
+        self.sim = AgentSim(SimConfig(port=0, jwt_secret=self.secret, think=0.02, tool_latency=0.01,
+                                      faults=self.faults, seed=7))
+        await self.sim.start()
+        port = self.sim.port
+        self._relay = relay(port, Fault("latency", DOWN, at=b"AUTH_FAILED", seconds=SLOW_REFUSAL))  # wait-ok: slow server
+        self.relay = await self._relay.__aenter__()
+        self.metrics = ChatMetrics(CollectorRegistry())
+        self.sink = Judged(self.metrics)
+        self.live = WatchedChats(load_profile("netra"), self.sink, self.exp, "live", 0.1)
+        self.server = await start_proxy(Proxy(f"ws://127.0.0.1:{self.relay.port}", self.live), "127.0.0.1", 0)
+        listen = self.server.sockets[0].getsockname()[1]
+        self.tokens = TokenProvider(jwt_secret=self.secret)
+        self.token = {u: self.tokens.for_user(u) for u in ("alice", "mallory")}
+        self.target = Target(url=f"ws://127.0.0.1:{listen}/ws", profile=load_profile("netra"), name="proxy",
+                             tokens=TokenProvider(token=self.token["alice"]))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+        self.live.stop()
+        await self._relay.__aexit__(None, None, None)
+        await self.sim.stop()
+
+
+def forged(sub: str) -> str:
+    """A token naming `sub`, signed with a key that is not the server's."""
+    return jwt.encode({"sub": sub, "exp": int(time.time()) + 300}, "not-the-servers-secret-" + "x" * 16,
+                      algorithm="HS256")
+
+
+async def proxy_done_with(p: Proxied, count: int) -> None:
+    """Until the proxy's handler has ended `count` connections (bounded by the caller's timeout)."""
+    while p.live.closed_count < count:
+        p.live.closed.clear()
+        await p.live.closed.wait()
+
+
+def credentials(token: str, how: str) -> dict:
+    """The connect() arguments carrying `token` as a client sends it: an Authorization header, or the `jwt.`
+    subprotocol base64url-encoded, as browsers send it."""
+    if how == "header":
+        return {"additional_headers": {"Authorization": f"Bearer {token}"}}
+    encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+    return {"subprotocols": [f"jwt.{encoded}"]}
+
+
+async def connect(p: Proxied, token: str, how: str) -> websockets.asyncio.client.ClientConnection:
+    return await websockets.asyncio.client.connect(p.target.url, open_timeout=5, ping_interval=None,
+                                                   close_timeout=1, **credentials(token, how))
+
+
+async def as_alice(p: Proxied, how: str) -> websockets.asyncio.client.ClientConnection:
+    ws = await connect(p, p.token["alice"], how)
+    assert json.loads(await ws.recv())["type"] == "connection_established"
+    return ws
+
+
+async def attack(p: Proxied, run_id: str, how: str) -> tuple[list[dict], int | None]:
+    """A client with a forged token naming alice, sent as she sends hers: resumes her run at once (pipelined after
+    the upgrade, before any answer). Returns what it got and the close code."""
+    ws = await connect(p, forged("alice"), how)
+    await ws.send(json.dumps({"type": "resume", "payload": {"run_id": run_id, "last_seq": 0}}))
+    got = []
+    try:
+        async for raw in ws:
+            got.append(json.loads(raw))
+    except websockets.ConnectionClosed:
+        pass
+    return got, ws.close_code
+
+
+@pytest.mark.parametrize("how", ["header", "subprotocol"])
+async def test_a_forged_token_never_takes_over_the_victims_parked_run(how):
+    async with SlowRefusal(["close:abort=1.0"]) as p:
+        async with asyncio.timeout(20):
+            alice = await as_alice(p, how)
+            await alice.send(json.dumps({"type": "user_message", "payload": {
+                "content": "What is 3 * 4? #tools=1", "thread_id": "t-a", "message_id": "m-a"}}))
+            events = [f for f in await read_until_dropped(alice) if "seq" in f]
+            assert events and events[-1]["type"] != "agent_completed"
+            run_id, last_seq = events[-1]["run_id"], events[-1]["seq"]
+            await proxy_done_with(p, 1)
+            assert len(p.live.parked) == 1  # alice's chat, parked for her resume
+
+            got, code = await attack(p, run_id, how)
+            assert [f.get("error_code") for f in got] == ["AUTH_FAILED"] and code == 1008, (got, code)
+            assert [kind for _n, kind, _d in p.relay.stats.struck] == ["latency"]  # the refusal came late
+            await proxy_done_with(p, 2)
+            assert len(p.live.parked) == 1  # still hers
+
+            alice = await as_alice(p, how)
+            await alice.send(json.dumps({"type": "resume", "payload": {"run_id": run_id, "last_seq": last_seq}}))
+            await read_until_completed(alice)
+            await p.sink.judged.wait()
+            await alice.close()
+            await proxy_done_with(p, 3)
+    [proxied] = p.sink.results
+    assert (proxied.outcome, proxied.reconnects) == (Outcome.PASSED, ["resumed"]), (proxied.violations, proxied.note)
+    # alice's one chat passed, resumed once; the attacker's connection is the client's doing (its credentials
+    # refused: auth_failed), no chat and no reconnect of the server's; nothing in flight; no cross-talk.
+    assert p.outcomes() == {"passed": 1}
+    assert p.sample("chatprobe_reconnects_total", result="resumed") == 1
+    assert p.sample("chatprobe_reconnects_total", result="lost") == 0
+    assert p.sample("chatprobe_client_rejections_total") == 0
+    assert p.sample("chatprobe_connections_total", result="auth_failed") == 1
+    assert p.sample("chatprobe_connections_total", result="ok") == 2
+    assert p.sample("chatprobe_chats_in_flight") == 0 and p.sink.started == 1
+    assert p.sample("chatprobe_rule_violations_total", rule="R8") == 0
+    assert not p.live.parked and not p.live.open
