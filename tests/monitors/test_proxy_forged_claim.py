@@ -16,24 +16,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 
 import jwt
 import pytest
 import websockets.asyncio.client
+import websockets.asyncio.server
 from prometheus_client import CollectorRegistry
 
 from agentsim.server import AgentSim, SimConfig
-from harness.events import Outcome
+from harness.checker import Expectations
+from harness.events import DEFAULT_REQUIRED, Outcome
 from harness.profiles import load_profile
+from harness.recorder import Recorder
 from harness.targets import Target, TokenProvider
+from monitors.frontdoor import credentials_identity
 from monitors.metrics import ChatMetrics
-from monitors.proxy import Proxy, start_proxy
+from monitors.proxy import MAX_UNCONFIRMED_FRAMES, LiveTracker, Proxy, start_proxy
 from tests.integration.fault_relay import DOWN, Fault, relay
 
 from .test_proxy import WatchedChats
-from .test_proxy_parked_resume import Judged, Proxied, read_until_completed, read_until_dropped
+from .test_proxy_parked_resume import LIVE, Judged, Proxied, read_until_completed, read_until_dropped
 
 # How long the server's AUTH_FAILED takes to reach the proxy (an identity provider's round trip, made long): the
 # attacker's resume is read first. (On the code before the fix the takeover needed it; after it, the order is moot.)
@@ -52,7 +57,8 @@ class SlowRefusal(Proxied):
         self.relay = await self._relay.__aenter__()
         self.metrics = ChatMetrics(CollectorRegistry())
         self.sink = Judged(self.metrics)
-        self.live = WatchedChats(load_profile("netra"), self.sink, self.exp, "live", 0.1)
+        recorder = Recorder(self.record, keep_all=self.record_all) if self.record is not None else None
+        self.live = WatchedChats(load_profile("netra"), self.sink, self.exp, "live", 0.1, recorder)
         self.server = await start_proxy(Proxy(f"ws://127.0.0.1:{self.relay.port}", self.live), "127.0.0.1", 0)
         listen = self.server.sockets[0].getsockname()[1]
         self.tokens = TokenProvider(jwt_secret=self.secret)
@@ -117,8 +123,13 @@ async def attack(p: Proxied, run_id: str, how: str) -> tuple[list[dict], int | N
 
 
 @pytest.mark.parametrize("how", ["header", "subprotocol"])
-async def test_a_forged_token_never_takes_over_the_victims_parked_run(how):
-    async with SlowRefusal(["close:abort=1.0"]) as p:
+async def test_a_forged_token_never_takes_over_the_victims_parked_run(how, tmp_path):
+    """alice's connection drops mid-run; a client with a token naming her (wrong signature) resumes her run before the
+    server's refusal comes: refused, it adopted nothing, and her own resume is judged as ever, live and by `chatprobe
+    check` of the proxy's --record-all recording (the attacker's connection labelled apart from hers)."""
+    from harness.offline import check_files
+
+    async with SlowRefusal(["close:abort=1.0"], record=tmp_path / "rec", record_all=True) as p:
         async with asyncio.timeout(20):
             alice = await as_alice(p, how)
             await alice.send(json.dumps({"type": "user_message", "payload": {
@@ -154,3 +165,124 @@ async def test_a_forged_token_never_takes_over_the_victims_parked_run(how):
     assert p.sample("chatprobe_chats_in_flight") == 0 and p.sink.started == 1
     assert p.sample("chatprobe_rule_violations_total", rule="R8") == 0
     assert not p.live.parked and not p.live.open
+    files = sorted((tmp_path / "rec").glob("*.jsonl"))
+    labels = {json.loads(f.read_text().splitlines()[0])["conn"].rpartition(".")[0] for f in files}
+    assert len(files) == 3 and len(labels) == 2  # alice's two connections under one pseudonym, the attacker's apart
+    (run,) = check_files([tmp_path / "rec"], load_profile("netra"))
+    assert [(r.outcome, r.reconnects) for r in run.results] == [(Outcome.PASSED, ["resumed"])], [
+        (r.outcome, r.note, r.violations) for r in run.results]
+
+
+class RawUpstream:
+    """A WebSocket server of the test's own behind the proxy (`handler` per connection), the proxy's LiveChats and
+    metrics at hand; `deadline`: a chat's."""
+
+    def __init__(self, handler, deadline: float = 10.0) -> None:
+        self.handler = handler
+        self.exp = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=deadline)
+
+    async def __aenter__(self) -> "RawUpstream":
+        self.upstream = await websockets.asyncio.server.serve(self.handler, "127.0.0.1", 0, ping_interval=None,
+                                                              close_timeout=1)
+        self.metrics = ChatMetrics(CollectorRegistry())
+        self.sink = Started(self.metrics)
+        self.live = WatchedChats(load_profile("netra"), self.sink, self.exp, "live", 0.1)
+        port = self.upstream.sockets[0].getsockname()[1]
+        self.server = await start_proxy(Proxy(f"ws://127.0.0.1:{port}", self.live), "127.0.0.1", 0)
+        self.url = f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/ws"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+        self.live.stop()
+        self.upstream.close()
+        await self.upstream.wait_closed()
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, {**LIVE, **labels}) or 0.0
+
+
+class Started(Judged):
+    def __init__(self, metrics: ChatMetrics) -> None:
+        super().__init__(metrics)
+        self.began = asyncio.Event()
+
+    def chat_started(self, scenario: str) -> None:
+        super().chat_started(scenario)
+        self.began.set()
+
+
+@pytest.mark.parametrize("code", [4401, 4403, 1008])
+async def test_a_close_refusing_the_claim_before_the_server_spoke_leaves_the_users_parked_chat_alone(code):
+    """A server that refuses the token with a close before it said anything (4401, 4403, 1008), after the forged
+    client's resume came: the victim's chat, parked for her resume, is still parked, hers, untouched; the connection
+    counts auth_failed."""
+    async def refusing(ws) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.recv()  # the client's resume came first: only then the token is refused
+            await ws.close(code, "bad token")
+
+    async with RawUpstream(refusing) as p:
+        profile, now = load_profile("netra"), time.monotonic()
+        real = jwt.encode({"sub": "alice", "exp": int(time.time()) + 300}, "the-servers-secret-" + "y" * 16,
+                          algorithm="HS256")
+        chat = LiveTracker("live-alice", p.exp, now, scenario="live", thread_id="t-a", run_id="r-alice")
+        chat.feed(profile.decode(json.dumps({"type": "agent_started", "run_id": "r-alice", "seq": 1,
+                                             "payload": {"agent_name": "a"}}), now))
+        p.sink.chat_started("live")  # as the proxy counted it when her message came
+        assert p.live.park(credentials_identity({"Authorization": f"Bearer {real}"}), chat, now) == "parked"
+        async with asyncio.timeout(20):
+            ws = await websockets.asyncio.client.connect(p.url, open_timeout=5, ping_interval=None, close_timeout=1,
+                                                         **credentials(forged("alice"), "header"))
+            await ws.send(json.dumps({"type": "resume", "payload": {"run_id": "r-alice", "last_seq": 0}}))
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.recv()
+            assert ws.close_code == code
+            await proxy_done_with(p, 1)  # type: ignore[arg-type]
+        assert p.live.parked.holds("r-alice") and len(p.live.parked) == 1  # still parked, for alice
+        assert not p.sink.results and p.sample("chatprobe_client_rejections_total") == 0
+        assert p.sample("chatprobe_connections_total", result="auth_failed") == 1
+        assert p.sample("chatprobe_reconnects_total", result="lost") == 0
+    assert p.sample("chatprobe_chats_in_flight") == 0  # counted unjudged (proxy_stopped) at the stop, as ever
+
+
+async def test_a_claim_the_server_never_answers_is_judged_at_the_chats_deadline():
+    """The server accepts the upgrade and says nothing: the client's message, held while the claim awaits the server,
+    is still judged, at its deadline (incomplete), and nothing stays in flight."""
+    async def silent(ws) -> None:
+        await ws.wait_closed()
+
+    async with RawUpstream(silent, deadline=1.0) as p:
+        async with asyncio.timeout(20):
+            ws = await websockets.asyncio.client.connect(p.url, open_timeout=5, ping_interval=None, close_timeout=1,
+                                                         **credentials(forged("bob"), "header"))
+            await ws.send(json.dumps({"type": "user_message", "payload": {"content": "hi", "message_id": "m-1"}}))
+            await p.sink.judged.wait()
+            await ws.close()
+            await proxy_done_with(p, 1)  # type: ignore[arg-type]
+        [result] = p.sink.results
+        assert result.outcome is Outcome.INCOMPLETE, (result.note, result.violations)
+        assert p.sample("chatprobe_chats_in_flight") == 0 and p.sink.started == 1
+
+
+async def test_a_client_flooding_before_the_server_spoke_lets_its_claim_go():
+    """Past MAX_UNCONFIRMED_FRAMES frames held for a claim the server has not answered, the claim is let go: the
+    frames are judged at once (the message is a chat now, not at the deadline), under no user's identity."""
+    async def silent(ws) -> None:
+        await ws.wait_closed()
+
+    async with RawUpstream(silent, deadline=60.0) as p:
+        async with asyncio.timeout(20):
+            ws = await websockets.asyncio.client.connect(p.url, open_timeout=5, ping_interval=None, close_timeout=1,
+                                                         **credentials(forged("bob"), "header"))
+            for _ in range(MAX_UNCONFIRMED_FRAMES):
+                await ws.send(json.dumps({"type": "ping"}))
+            await ws.send(json.dumps({"type": "user_message", "payload": {"content": "hi", "message_id": "m-1"}}))
+            await p.sink.began.wait()  # long before its 60 s deadline
+            [conn] = [c for conns in p.live.open.values() for c in conns]
+            assert conn.confirmed and conn.identity != credentials_identity(
+                {"Authorization": f"Bearer {forged('bob')}"})
+            await ws.close()
+            await proxy_done_with(p, 1)  # type: ignore[arg-type]
+        assert p.sink.abandoned == 1 and p.sample("chatprobe_chats_in_flight") == 0
