@@ -788,11 +788,13 @@ class LiveConnection:
         self.server_frame(text, now)
         return True
 
-    def client_frame(self, text: str | bytes, now: float) -> None:
-        """A frame from the user to the server: a new chat, a resume, or anything else (not judged)."""
+    def client_frame(self, text: str | bytes, now: float) -> bool:
+        """A frame from the user to the server: a new chat, a resume, or anything else (not judged). True when a chat
+        came to this connection with it (or it was held for a claim awaiting the server): when one is next due may
+        have changed (the relay wakes its judge, which waited for the server's next frame only)."""
         if self._early is not None:  # the server has not accepted the connection's claimed user yet: held
             self._hold(True, text, now)
-            return
+            return True
         sent = self.log.frame("send", text, now) if self.log is not None else None
         frame = self.live.profile.decode_client(text)
         live = self.live
@@ -809,6 +811,7 @@ class LiveConnection:
             # Its recording is kept, as its first try's is: `check` follows the chat across both (the first alone is
             # a chat never sent again), whatever its verdict here.
             self.failing = True
+            return True
         elif frame.kind == "request":
             self._make_room(now)
             tracker = LiveTracker(live.new_chat_id(), live.exp, now, scenario=live.scenario,
@@ -820,6 +823,7 @@ class LiveConnection:
             live.sink.chat_started(live.scenario)
             if self.resumes is not None and frame.run_id:
                 self.resumes.started(frame.run_id)  # a run id the client chose anew: its frames are this chat's
+            return True
         elif frame.kind == "resume":
             found = live.resumed(self.identity, frame.run_id)
             if found is None and frame.run_id and (live.left.take(self.identity, frame.run_id, now)
@@ -862,6 +866,8 @@ class LiveConnection:
                 # Judged with the chat (or at its next loss): resumed if events come back, lost if none do or the
                 # server does not know the run (RESUME_UNKNOWN_RUN), as the live client judges its own.
                 live.pending.sent(resumed)
+                return True
+        return False
 
     def _sent(self, chat: ChatTracker, sent: int | None) -> None:
         """`chat` came to this connection with the send record `sent` (None: not recorded). Once a chat."""
@@ -1314,7 +1320,8 @@ class Proxy:
                     if handed > FRAMES_PER_TURN or size > BYTES_PER_TURN:
                         await asyncio.sleep(0)
                         handed, size = 1, len(message)
-                    conn.client_frame(message, self.clock())
+                    if conn.client_frame(message, self.clock()):
+                        changed.set()  # a chat came: its deadline is for the judge to wait for, the server silent or not
                     try:
                         async with asyncio.timeout(self.send_timeout):
                             await upstream.send(message)

@@ -241,22 +241,27 @@ async def test_a_close_refusing_the_claim_before_the_server_spoke_leaves_the_use
             assert ws.close_code == code
             await proxy_done_with(p, 1)  # type: ignore[arg-type]
         assert p.live.parked.holds("r-alice") and len(p.live.parked) == 1  # still parked, for alice
+        assert not chat.reconnects and chat.connection_error is None and not chat.judged  # untouched: no resume, no loss
         assert not p.sink.results and p.sample("chatprobe_client_rejections_total") == 0
         assert p.sample("chatprobe_connections_total", result="auth_failed") == 1
         assert p.sample("chatprobe_reconnects_total", result="lost") == 0
     assert p.sample("chatprobe_chats_in_flight") == 0  # counted unjudged (proxy_stopped) at the stop, as ever
 
 
-async def test_a_claim_the_server_never_answers_is_judged_at_the_chats_deadline():
-    """The server accepts the upgrade and says nothing: the client's message, held while the claim awaits the server,
-    is still judged, at its deadline (incomplete), and nothing stays in flight."""
+@pytest.mark.parametrize("token", ["jwt", "opaque"])
+async def test_a_chat_the_server_never_answers_is_judged_at_its_deadline(token):
+    """The server accepts the upgrade and says nothing: the client's message (held while a JWT's claim awaits the
+    server; an opaque token's taken at once) is judged at its deadline (incomplete), the connection still open, and
+    nothing stays in flight. FAILED before for both: the proxy's judge waited for the server's next frame, so a
+    chat on a connection whose server never spoke was judged only when the connection closed."""
     async def silent(ws) -> None:
         await ws.wait_closed()
 
     async with RawUpstream(silent, deadline=1.0) as p:
         async with asyncio.timeout(20):
-            ws = await websockets.asyncio.client.connect(p.url, open_timeout=5, ping_interval=None, close_timeout=1,
-                                                         **credentials(forged("bob"), "header"))
+            ws = await websockets.asyncio.client.connect(
+                p.url, open_timeout=5, ping_interval=None, close_timeout=1,
+                **credentials(forged("bob") if token == "jwt" else "opaque-" + "z" * 24, "header"))
             await ws.send(json.dumps({"type": "user_message", "payload": {"content": "hi", "message_id": "m-1"}}))
             await p.sink.judged.wait()
             await ws.close()
