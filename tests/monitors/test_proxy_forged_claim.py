@@ -216,11 +216,12 @@ class Started(Judged):
 @pytest.mark.parametrize("code", [4401, 4403, 1008])
 async def test_a_close_refusing_the_claim_before_the_server_spoke_leaves_the_users_parked_chat_alone(code):
     """A server that refuses the token with a close before it said anything (4401, 4403, 1008), after the forged
-    client's resume came: the victim's chat, parked for her resume, is still parked, hers, untouched; the connection
-    counts auth_failed."""
+    client's resume and message came: the victim's chat, parked for her resume, is still parked, hers, untouched; the
+    connection counts auth_failed and its message is the client's doing (a client rejection)."""
     async def refusing(ws) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
-            await ws.recv()  # the client's resume came first: only then the token is refused
+            await ws.recv()  # the client's resume and message came first: only then the token is refused
+            await ws.recv()
             await ws.close(code, "bad token")
 
     async with RawUpstream(refusing) as p:
@@ -236,14 +237,15 @@ async def test_a_close_refusing_the_claim_before_the_server_spoke_leaves_the_use
             ws = await websockets.asyncio.client.connect(p.url, open_timeout=5, ping_interval=None, close_timeout=1,
                                                          **credentials(forged("alice"), "header"))
             await ws.send(json.dumps({"type": "resume", "payload": {"run_id": "r-alice", "last_seq": 0}}))
+            await ws.send(json.dumps({"type": "user_message", "payload": {"content": "hi", "message_id": "m-m"}}))
             with contextlib.suppress(websockets.ConnectionClosed):
                 await ws.recv()
             assert ws.close_code == code
             await proxy_done_with(p, 1)  # type: ignore[arg-type]
         assert p.live.parked.holds("r-alice") and len(p.live.parked) == 1  # still parked, for alice
         assert not chat.reconnects and chat.connection_error is None and not chat.judged  # untouched: no resume, no loss
-        assert not p.sink.results and p.sample("chatprobe_client_rejections_total") == 0
-        assert p.sample("chatprobe_connections_total", result="auth_failed") == 1
+        assert not p.sink.results and p.sample("chatprobe_client_rejections_total") == 1
+        assert p.sample("chatprobe_connections_total", result="auth_failed") == 1 and p.sink.started == 2
         assert p.sample("chatprobe_reconnects_total", result="lost") == 0
     assert p.sample("chatprobe_chats_in_flight") == 0  # counted unjudged (proxy_stopped) at the stop, as ever
 
