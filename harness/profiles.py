@@ -773,8 +773,9 @@ class Decoder:
 
     @property
     def decode_obj(self) -> Callable[[Any, float], Event | Frame]:
-        """(parsed JSON frame, receipt time) -> the Event or Frame it is."""
-        return self._decode_obj or self._compile()[1]
+        """(parsed JSON frame, receipt time) -> the Event or Frame it is (compiled on its own first use: a live run's
+        frames are text, `decode`'s, and its source is half the decoder's)."""
+        return self._decode_obj or self._compile_obj()
 
     @property
     def decode_exact(self) -> Callable[[str | bytes, float], Event | Frame]:
@@ -785,21 +786,20 @@ class Decoder:
 
     @property
     def source(self) -> str:
-        """The generated Python of both functions (for reading; it is exec'd once)."""
-        return self._source or self._compile()[2]
+        """The generated Python of both functions (for reading; each is exec'd once, when first used)."""
+        return self._source or self._compile()[1]
 
-    def _compile(self) -> tuple[Callable[[str | bytes, float], Event | Frame], Callable[[Any, float], Event | Frame], str]:
-        source, namespace = _generate(self)
-        code = compile(source, f"<decoder of profile {self.profile.name[:60]!r}>", "exec")
-        exec(code, namespace)
-        decode_obj = namespace["decode_obj"]
+    def _compile(self) -> tuple[Callable[[str | bytes, float], Event | Frame], str]:
+        """`decode`, the text path: all a live run's frames take (`decode_obj` is compiled apart, when first used)."""
+        obj_source, text_source, namespace = _generate(self)
         # orjson reads an integer past 64 bits as a float (it does not refuse it), so two ids sent as huge numbers
         # could read as one: the text path runs with an _id that gives up on an integral float that large, and the
         # generated decode then hands the frame, parsed by json (which keeps the integer), to the plain decode_obj.
         # Nothing changes for strings or ordinary numbers, and no call is added per frame.
-        wide = dict(namespace, _id=_id_or_wide, _seq_text=_seq_text_or_wide, _plain_obj=decode_obj)
-        exec(code, wide)
+        wide = dict(namespace, _id=_id_or_wide, _seq_text=_seq_text_or_wide, _plain_obj=self._decode_wide)
+        exec(compile(text_source, f"<decoder of profile {self.profile.name[:60]!r}>", "exec"), wide)
         decode = wide["decode"]
+        source = obj_source + "\n" + text_source
         # The common frame read from a msgspec Struct, the rest by `decode` as above (_generate_fast).
         self._fast = _generate_fast(self, namespace)
         if self._fast is not None:
@@ -809,8 +809,19 @@ class Decoder:
             decode = fast_ns["decode"]
             source += "\n# The text path's fast path (decode above is its _exact)\n" + fast_source.replace(
                 "def decode(", "def decode_fast(", 1)
-        self._source, self._decode, self._decode_obj = source, decode, decode_obj
-        return decode, decode_obj, source
+        self._source, self._decode = source, decode
+        return decode, source
+
+    def _compile_obj(self) -> Callable[[Any, float], Event | Frame]:
+        obj_source, _, namespace = _generate(self)
+        exec(compile(obj_source, f"<decoder of profile {self.profile.name[:60]!r}>", "exec"), namespace)
+        decode_obj: Callable[[Any, float], Event | Frame] = namespace["decode_obj"]
+        self._decode_obj = decode_obj
+        return decode_obj
+
+    def _decode_wide(self, frame: Any, received_at: float) -> Event | Frame:
+        """A text frame that holds an integer past 64 bits, parsed by json (`_plain_obj` of the text path)."""
+        return self.decode_obj(frame, received_at)
 
     def filler(self, template: dict[str, Any]) -> "Filler":
         """The function filling this template (the request or resume) with values, made once per template object."""
@@ -1488,8 +1499,8 @@ def _event_call(**given: str) -> str:
     return f"return Event({', '.join(positional + keyword)})"
 
 
-def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
-    """The source of `decode_obj` (a parsed frame) and `decode` (a text frame) for one profile, and the namespace they
+def _generate(dec: Decoder) -> tuple[str, str, dict[str, Any]]:
+    """The sources of `decode_obj` (a parsed frame) and `decode` (a text frame) for one profile, and the namespace they
     run in: the same Event or Frame for every frame as the table-driven lookups (Decoder.find) give, each field looked
     up only where the frame needs it."""
     profile, n = dec.profile, dec.names
@@ -1700,7 +1711,7 @@ def _generate(dec: Decoder) -> tuple[str, dict[str, Any]]:
     # The text path's body inside a try (free in Python 3.11 until it raises): see Decoder._compile for _WideInt.
     guarded = ["    try:", *("    " + line for line in body),
                "    except _WideInt:", "        return _plain_obj(_json_loads(text), received_at)"]
-    return "\n".join(["def decode_obj(frame, received_at):", *body, "", *parse, *guarded]) + "\n", ns
+    return "\n".join(["def decode_obj(frame, received_at):", *body]) + "\n", "\n".join([*parse, *guarded]) + "\n", ns
 
 
 # What msgspec refuses in a struct field's (renamed) name: defstruct raised ValueError at the decoder's compile (and

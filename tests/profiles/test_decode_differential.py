@@ -317,3 +317,20 @@ def test_the_decoder_is_compiled_once() -> None:
     """Compiling is milliseconds: the functions are made on first use and kept, not made again per frame."""
     dec = Profile.model_validate(PROFILES["netra"].model_dump())._decoder
     assert dec.decode is dec.decode and dec.decode_obj is dec.decode_obj and dec.source is dec.source
+
+
+def test_a_text_frame_compiles_the_text_path_alone() -> None:
+    """Start-up of every run (BENCHMARKS.md, issue 10): a live run's frames are text, so `prepare()` and the text
+    frames compile `decode` alone, not `decode_obj` (half the generated source, ~2 ms of `compile()`). A frame with an
+    integer past 64 bits, which the text path hands to `decode_obj`, compiles it then and decodes as the reference;
+    the source read whole is both functions, as before."""
+    profile = Profile.model_validate(PROFILES["netra"].model_dump())
+    dec = profile._decoder
+    profile.prepare()
+    text = '{"type":"agent_started","run_id":"r","seq":1}'
+    _same(profile.decode(text, 1.0), reference_decode(dec, text, 1.0))
+    assert dec._decode_obj is None
+    wide = '{"type":"agent_started","run_id":123456789012345678901234567890,"seq":1}'
+    _same(profile.decode(wide, 1.0), reference_decode(dec, wide, 1.0))
+    assert dec._decode_obj is not None and dec.decode_obj is dec._decode_obj
+    assert dec.source.startswith("def decode_obj(frame, received_at):") and "\ndef decode(text, received_at):" in dec.source
