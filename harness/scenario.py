@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    GetCoreSchemaHandler,
     Tag,
     ValidationError,
     ValidationInfo,
@@ -27,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic import Strict as StrictType
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 
 from .catalog import SCENARIOS_DIR
 from .checker import Expectations, ExpectError
@@ -46,6 +47,12 @@ SCENARIO_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class StrictLater(Strict):
+    """A model only some scenarios use (a field of it is BuiltWhenUsed): its validator is built when first used."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 # Numbers and switches as YAML writes them, never coerced: `users: true` is a mistake, not 1 user; `reconnect: 1`
@@ -89,7 +96,31 @@ def _field_error(loc: tuple[int | str, ...], message: str, value: Any) -> Valida
         type=PydanticCustomError("shape", message), loc=loc, input=value)])
 
 
-class ThinkTime(Strict):
+class BuiltWhenUsed:
+    """A field whose type's models only some scenarios use (steps, stages, a think time): its validator is built from
+    the type the first time a file gives the field, not at import (pydantic builds a model's validator as its class is
+    made: start-up CPU of every run, BENCHMARKS.md). The value is validated by that type as a field of it would be: the
+    same errors, each at its place under the field (pydantic prefixes a ValidationError raised by a field's validator
+    with the field's location); the type's own models are made with `defer_build`, so none is built before."""
+
+    __slots__ = ("tp", "adapter")
+
+    def __init__(self, tp: Any) -> None:
+        self.tp = tp
+        self.adapter: Any = None
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(self._validate)
+
+    def _validate(self, value: Any) -> Any:
+        if self.adapter is None:
+            from pydantic import TypeAdapter  # (its module too: loaded by a scenario that gives such a field)
+
+            self.adapter = TypeAdapter(self.tp)
+        return self.adapter.validate_python(value)
+
+
+class ThinkTime(StrictLater):
     """A user's pause between two chats: `2s` (fixed) or `{min: 1s, max: 3s}` (uniform)."""
 
     min: Seconds
@@ -110,7 +141,7 @@ class ThinkTime(Strict):
         return self.min if self.min == self.max else rng.uniform(self.min, self.max)
 
 
-class Stage(Strict):
+class Stage(StrictLater):
     """One stage of the load, like k6's stages: for `duration` (or `until` that time since the start, as Locust's
     stages example writes it), ramp linearly from the previous stage's target to `users` (closed model) or `rate`
     (chats per second, open model); `ramp: false` holds the target for the whole stage (a step)."""
@@ -149,7 +180,7 @@ class Expect(Strict):
     settle: Seconds = 0.1
 
 
-class ChatStep(Strict):
+class ChatStep(StrictLater):
     message: str | None = Field(default=None, min_length=1)
     expect_error: Literal["recoverable", "fatal"] | None = None
     # Drop the socket after this many events of the run, reconnect and resume (no event lost or duplicated).
@@ -165,14 +196,14 @@ class ChatStep(Strict):
     thread: Literal["new", "continue"] = "new"
 
 
-class RawStep(Strict):
+class RawStep(StrictLater):
     """Send a frame the server must reject with an error_message while keeping the connection open."""
 
     send_raw: str
     repeat: Int = Field(default=1, ge=1, le=1000)
 
 
-class ChatStepWrapper(Strict):
+class ChatStepWrapper(StrictLater):
     chat: ChatStep
 
 
@@ -361,13 +392,14 @@ class Scenario(Strict):
     compression: Literal["none", "deflate"] = "none"
     max_duration: PositiveSeconds = 600.0
     expect: Expect = Expect()
-    steps: list[Step] | None = None
+    steps: Annotated[list[Step] | None, BuiltWhenUsed(list[Step] | None)] = None
     objectives: Objectives = Objectives()
     # Load shape: a user's pause between chats; stages of users (closed model) or of chats per second (open model);
     # a constant `arrival_rate` for `duration`; at most `max_in_flight` chats at once in the open model (a chat due
     # when that many are in flight is dropped and counted, never delayed).
-    think_time: ThinkTime | None = None
-    stages: list[Stage] | None = Field(default=None, min_length=1, max_length=1000)
+    think_time: Annotated[ThinkTime | None, BuiltWhenUsed(ThinkTime | None)] = None
+    stages: Annotated[list[Stage] | None, BuiltWhenUsed(
+        Annotated[list[Stage], Field(min_length=1, max_length=1000)] | None)] = None
     arrival_rate: Rate | None = None
     duration: Seconds | None = None
     max_in_flight: Int = Field(default=100, ge=1, le=100000)

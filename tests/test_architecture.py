@@ -247,6 +247,45 @@ def test_pydantic_reads_no_annotation_text_of_the_scenario_and_profile_models():
     assert out.stdout.startswith("0 "), out.stdout
 
 
+def test_the_models_of_steps_stages_and_think_times_are_built_only_for_a_scenario_that_gives_them():
+    """pydantic builds a model's validator as its class is made: the models only some scenarios use (a step, a stage,
+    a think time) were ~0.5% of a one-chat run's instructions (BENCHMARKS.md, issue 10). In a fresh interpreter,
+    loading a built-in scenario that gives none of them builds none; one that gives steps, stages and a think time
+    gets them validated, a mistake in each named at its place as before."""
+    import subprocess
+    import sys
+
+    code = ("import pydantic\n"
+            "from harness import scenario as s\n"
+            "later = (s.ThinkTime, s.Stage, s.ChatStep, s.RawStep, s.ChatStepWrapper)\n"
+            "plain = s.Scenario.model_validate({'name': 'plain', 'users': 2, 'message': 'hi'})\n"
+            "print([m.__name__ for m in later if m.__pydantic_complete__])\n"
+            "full = s.Scenario.model_validate({'name': 'full', 'think_time': '1s', 'steps': [{'chat': {'message': 'a'}},\n"
+            "    {'send_raw': 'x'}]})\n"
+            "print(type(full.think_time).__name__, [type(st).__name__ for st in full.steps])\n"
+            "print(type(s.Scenario.model_validate({'name': 'staged', 'stages': [{'duration': '1s', 'users': 1}]})\n"
+            "           .stages[0]).__name__)\n"
+            "for bad in ({'stages': [{'duration': '1s'}]}, {'stages': []}, {'steps': [{'chat': {'mesage': 'a'}}]},\n"
+            "            {'think_time': {'min': '2s', 'max': '1s'}}, {'steps': [{'chat': {'think_time': 'x'}}]}):\n"
+            "    try:\n"
+            "        s.Scenario.model_validate({'name': 'bad', **bad})\n"
+            "    except pydantic.ValidationError as err:\n"
+            "        print([(e['loc'], e['type']) for e in err.errors()])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "[]",
+        "ThinkTime ['ChatStepWrapper', 'RawStep']",
+        "Stage",
+        "[(('stages', 0), 'value_error')]",
+        "[(('stages',), 'too_short')]",
+        "[(('steps', 0, 'chat', 'chat', 'mesage'), 'extra_forbidden')]",
+        "[(('think_time',), 'value_error')]",
+        "[(('steps', 0, 'chat', 'chat', 'think_time', 'min'), 'value_error'), "
+        "(('steps', 0, 'chat', 'chat', 'think_time', 'max'), 'value_error')]",
+    ], out.stdout
+
+
 def test_a_check_set_loads_with_the_first_profile_that_names_it():
     """AG-UI's payload checks (harness/payload_checks.py, ~0.5% of a one-chat run's start-up instructions) load when a
     profile naming `agui` is read, as its decoder is made (harness/checksets.py's registry), not with the profiles
