@@ -602,22 +602,22 @@ class Session(VirtualUser):
         finally:
             self._release(claim)
 
-    async def _reconnect(self, action: Reconnect) -> tuple[bool, bool]:
+    async def _reconnect(self, action: Reconnect) -> tuple[bool, bool, ConnectFailed | None]:
         """One attempt to reconnect a lost connection, however many chats noticed: (connected, whether this call
         tried: False when another chat had reconnected it already, or made the attempt since this one asked, which
-        failed: flow.takes_attempt)."""
+        failed: flow.takes_attempt), and why this call's attempt failed."""
         claim = await self._exclusive()
         try:
             takes = takes_attempt(action, self.generation, self.closed)
             if takes is None:
-                return True, False
+                return True, False, None
             if not takes:
-                return False, False
+                return False, False, None
             try:
                 await self.connect(action.by, resume=True, retry=lambda: action.will_retry(self.clock()))
-                return True, True
-            except ConnectFailed:
-                return False, True
+                return True, True, None
+            except ConnectFailed as exc:
+                return False, True, exc
         finally:
             self._release(claim)
 
@@ -723,8 +723,12 @@ class Session(VirtualUser):
                     else:
                         flow.connected()
                 elif isinstance(action, Reconnect):
-                    ok, attempted = await self._reconnect(action)
-                    flow.reconnected(ok, clock(), attempted=attempted)
+                    ok, attempted, failure = await self._reconnect(action)
+                    if failure is None:
+                        flow.reconnected(ok, clock(), attempted=attempted)
+                    else:
+                        flow.reconnected(ok, clock(), attempted=attempted, failure_kind=failure.kind,
+                                         failure_message=str(failure))
                 elif isinstance(action, Drop):
                     self.closed_by_client = True  # until the next connect (a resume's)
                     await self._drop_on_purpose()

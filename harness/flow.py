@@ -841,6 +841,8 @@ class ChatFlow:
             return self._wait
         if state == NEW:
             if link.closed:
+                if self.resend and self.options.reconnect:
+                    return self._resend_retries(now, link)
                 self.state = CONNECTING
                 return CONNECT
             state = CONNECTED
@@ -1105,11 +1107,26 @@ class ChatFlow:
 
     def _send_again(self) -> None:
         """The message goes again, once, on a new connection: the chat leaves the old one's routing (added again once
-        connected) and starts over from NEW, which connects unless another chat has (a failure classified as any
-        connection's), timed from its first try."""
+        connected) and starts over from NEW, which opens one unless another chat has, as a lost connection is
+        reconnected (`_resend_retries`; with `reconnect` off, one Connect: a failure classified as any connection's),
+        timed from its first try."""
         self.resend = 1
         self.router.checker.discard(self.tracker)
         self.state = NEW
+
+    def _resend_retries(self, now: float, link: Link) -> Action:
+        """The new connection a message goes again on is opened as a lost connection is reconnected: tried again with
+        backoff (ReconnectRetries: at most max_reconnect_attempts, within reconnect_timeout and the chat's deadline, the
+        first after a jittered moment), each attempt counted as a reconnect's; a server restarting under a rolling
+        deploy refuses a connection or two before it serves. The chat's own attempts (each of a user's chats waiting to
+        send again makes its own, as one would connect); out of them, the chat is an `error` of the last failure's kind
+        (`reconnected`)."""
+        options = self.options
+        retries = ReconnectRetries(options.max_reconnect_attempts, now + options.reconnect_timeout, self.generation, now)
+        retries.join(self, self._until)
+        self.retries = retries
+        self.state = BACKING_OFF
+        return self._back_off(now, link)
 
     def _reconnect(self) -> Reconnect:
         """An attempt to reconnect, bounded by the give-up time (ReconnectRetries), or the outcome of the one another
@@ -1127,8 +1144,10 @@ class ChatFlow:
         assert retries is not None
         if link.generation != self.generation and not link.closed:
             return self._reconnect()
-        if retries.gave_up or retries.retry_at >= self._until:
-            # Another chat sharing the attempts saw the last one fail, or the next is due past this chat's deadline.
+        if retries.gave_up or (retries.retry_at >= self._until and (retries.attempts or not self.resend)):
+            # Another chat sharing the attempts saw the last one fail, or the next is due past this chat's deadline (a
+            # message to be sent again makes its first attempt whatever is left: it fails as a timeout, as it did
+            # when its new connection was opened at once).
             self._give_up()
             return self.next(now, link)
         if now >= retries.retry_at or retries.pending:
@@ -1137,10 +1156,13 @@ class ChatFlow:
             self._wait = Wait(retries.retry_at)  # (the chat's deadline wait is set again when it resumes)
         return self._wait
 
-    def reconnected(self, ok: bool, now: float, *, attempted: bool = True) -> None:
+    def reconnected(self, ok: bool, now: float, *, attempted: bool = True, failure_kind: str = "refused",
+                    failure_message: str = "") -> None:
         """The outcome of a Reconnect: connected or not; `attempted`: this chat's attempt opened (or failed to open) a
-        connection (False: another chat had reconnected it already). A failed attempt is tried again after a backoff
-        while ReconnectRetries allows, else the chat is lost there (RECONNECT_FAILED_NOTE)."""
+        connection (False: another chat had reconnected it already); `failure_kind` and `failure_message`: why the
+        attempt failed, classified. A failed attempt is tried again after a backoff while ReconnectRetries allows,
+        else the chat is lost there (RECONNECT_FAILED_NOTE), or, for a message to be sent again, an `error` of that
+        kind."""
         self._expect(RECONNECTING)
         retries = self.retries
         assert retries is not None
@@ -1151,6 +1173,9 @@ class ChatFlow:
             if self.router.reconnecting is retries:
                 self.router.reconnecting = None
             self.retries = None
+            if self.resend:
+                self.state = CONNECTED  # the message goes again on it
+                return
             self._wait = Wait(self._until)
             self.state = RESUMING
             return
@@ -1162,10 +1187,21 @@ class ChatFlow:
         if retries.failed(now) and retries.retry_at < self._until:
             self.state = BACKING_OFF
             return
-        self._give_up()
+        self._give_up(failure_kind, failure_message)
 
-    def _give_up(self) -> None:
-        """Out of attempts or time: the chat is lost (RECONNECT_FAILED_NOTE), its reconnect `lost`."""
+    def _give_up(self, failure_kind: str = "timeout", failure_message: str = "") -> None:
+        """Out of attempts or time: the chat is lost (RECONNECT_FAILED_NOTE), its reconnect `lost`; a message to be
+        sent again never left again: an `error` of the last attempt's failure (a connection that failed), its attempts
+        counted."""
+        if self.resend:
+            self.retries = None
+            tracker = self.tracker
+            result = error_result(tracker.chat_id, self.router.scenario, tracker.sent_at, failure_kind,
+                                  failure_message or "the message was to be sent again on a new connection, and none "
+                                  "opened before the chat's deadline")
+            result.reconnect_attempts, result.reconnect_failures = tracker.reconnect_tries
+            self._finish(result)
+            return
         if self.retries is not None and self.retries.gave_up:
             self.retries.members.clear()  # (no attempt follows to count: the router keeps no chat through them)
         self.retries = None

@@ -995,21 +995,21 @@ class SyncSession(VirtualUser):
             if self.closed:
                 self.connect(by)
 
-    def _reconnect(self, action: Reconnect) -> tuple[bool, bool]:
+    def _reconnect(self, action: Reconnect) -> tuple[bool, bool, ConnectFailed | None]:
         """One attempt to reconnect a lost connection, however many chats noticed: (connected, whether this call
         tried: False when another chat had reconnected it already, or made the attempt since this one asked, which
-        failed: flow.takes_attempt)."""
+        failed: flow.takes_attempt), and why this call's attempt failed."""
         with self._connect_lock:
             takes = takes_attempt(action, self.generation, self.closed)
             if takes is None:
-                return True, False
+                return True, False, None
             if not takes:
-                return False, False
+                return False, False, None
             try:
                 self.connect(action.by, resume=True, retry=lambda: action.will_retry(self.clock()))
-                return True, True
-            except ConnectFailed:
-                return False, True
+                return True, True, None
+            except ConnectFailed as exc:
+                return False, True, exc
 
     @staticmethod
     def _wait(woken: threading.Event, timeout: float) -> None:
@@ -1092,9 +1092,13 @@ class SyncSession(VirtualUser):
                         with lock:
                             flow.connected()
                 elif isinstance(action, Reconnect):
-                    reconnected, attempted = self._reconnect(action)
+                    reconnected, attempted, failure = self._reconnect(action)
                     with lock:
-                        flow.reconnected(reconnected, clock(), attempted=attempted)
+                        if failure is None:
+                            flow.reconnected(reconnected, clock(), attempted=attempted)
+                        else:
+                            flow.reconnected(reconnected, clock(), attempted=attempted, failure_kind=failure.kind,
+                                             failure_message=str(failure))
                 elif isinstance(action, Drop):
                     if self.conn is not None and not self.closed:
                         self.closed_by_client = True

@@ -286,7 +286,7 @@ class OfflineCheck:
             # the chats due by now are judged. Live, a chat reconnecting is never judged at its deadline mid-attempt:
             # each attempt is bounded by that deadline, and its failure (then recorded at the deadline or just past
             # it) ends the chat, "reconnecting failed", its failed attempt counted (flow.ChatFlow.reconnected).
-            self._resume_failed(conn, at, retried=rec.retry)
+            self._resume_failed(conn, rec, at, retried=rec.retry)
         if rec.t is not None:
             self._judge_ready(conn, at)
             self._judge_parked(at)
@@ -431,6 +431,10 @@ class OfflineCheck:
             chat, _closed_at, clean = again
             if clean:
                 chat._warn(Rule.R13, RESENT_WARNING, None)
+            if not conn.clients:
+                # The connection's first message: the attempt that opened it was this chat's (a reconnect's, as
+                # live counts it: flow.ChatFlow._resend_retries).
+                chat.reconnect_tried(True)
             conn.clients = True
             self.resent.add(chat.chat_id)
             conn.checker.add(chat)
@@ -531,7 +535,7 @@ class OfflineCheck:
         self.sink.chat_started(self.name)
         self._count(None, error_result(f"{conn.key}#{self.n}", self.name, at, rec.failed, reason))
 
-    def _resume_failed(self, conn: _Conn, at: float, *, retried: bool) -> None:
+    def _resume_failed(self, conn: _Conn, rec: Recorded, at: float, *, retried: bool) -> None:
         """A reconnect to resume a run never became usable (a close record with "resume": true: refused, no welcome,
         …): an attempt that failed, counted on the chat of that user kept for the resume first (the oldest: the chats
         that lost one connection share its reconnect, as live counts it on the oldest still reconnecting). With
@@ -542,6 +546,7 @@ class OfflineCheck:
         user = _user_of(conn.key)
         chat = self.parked.oldest(user)
         if chat is None:  # judged already (its deadline passed), or not kept (no run id, a bound)
+            self._resend_connect_failed(conn, rec, at, retried=retried)
             return
         chat.reconnect_tried(False)
         if retried:
@@ -551,6 +556,23 @@ class OfflineCheck:
         for lost in self.parked.of(user):
             lost.reconnected(False)  # counted with its verdict (_count), as every reconnect
             self._finish(lost, at, lost=True, note=RECONNECT_FAILED_NOTE)
+
+    def _resend_connect_failed(self, conn: _Conn, rec: Recorded, at: float, *, retried: bool) -> None:
+        """An attempt to open the new connection a message was to be sent again on (its own closed before any event
+        of its run) failed: live opens it as a reconnect (flow.ChatFlow._resend_retries), so its close record says
+        "resume", and "retry" when the client tried again after a backoff: counted on that chat, kept. Else that was
+        its last attempt: the chat is an `error` of that kind, its attempts counted, as live."""
+        if (again := self._resend_for(conn.key, at, any_close=True)) is None:
+            return
+        chat = self.resends[again][0]
+        chat.reconnect_tried(False)
+        if retried:
+            return
+        del self.resends[again]
+        result = error_result(chat.chat_id, self.name, chat.sent_at, rec.failed,
+                              rec.reason or f"the connection failed ({rec.failed})")
+        result.reconnect_attempts, result.reconnect_failures = chat.reconnect_tries
+        self._count(None, result)
 
     def _send_failed(self, conn: _Conn, rec: Recorded) -> bool:
         """A chat's frame did not leave within connect_timeout (the server stopped reading): that chat, the last one a
@@ -592,17 +614,18 @@ class OfflineCheck:
         else:
             self._problem(conn, "a send_failed close record with no chat waiting for its send", rec.where, at)
 
-    def _resend_for(self, key: str, at: float) -> str | None:
+    def _resend_for(self, key: str, at: float, *, any_close: bool = False) -> str | None:
         """The message id of the oldest message waiting to be sent again (`resends`) by the user whose connection `key`
         is: `--record` labels a connection `USER.N` (in a directory's run, `FILE:USER.N`: _merged), and each of a
         user's chats makes its own attempt to connect. Only a message whose connection the server closed with a
         closing handshake: live sends that one again for certain; after a crash (1006) only one that found the
-        connection closed is, which the recording cannot tell from one that went (the failure may be another chat's)."""
+        connection closed is, which the recording cannot tell from one that went (the failure may be another chat's),
+        unless the failure says it was a reconnect's (`any_close`: "resume", with no chat of the user kept for one)."""
         user = _user_of(key)
         if not user:
             return None
         for message_id, (chat, closed_at, clean) in self.resends.items():
-            if clean and closed_at <= at and _user_of(chat.chat_id.rpartition("#")[0]) == user:
+            if (clean or any_close) and closed_at <= at and _user_of(chat.chat_id.rpartition("#")[0]) == user:
                 return message_id
         return None
 

@@ -495,7 +495,8 @@ def test_stopped_from_outside_is_still_judged_once():
     link = FakeLink()
     start(flow, link)
     link.closed, link.closed_clean = True, True
-    assert flow.next(0.2, link) == CONNECT  # sent again, on a new connection
+    # Sent again on a new connection, opened as a lost one is reconnected: first a jittered wait (ReconnectRetries).
+    assert isinstance(flow.next(0.2, link), Wait) and flow.backing_off
     result = flow.stopped(0.3)
     assert result.outcome.value == "incomplete" and result.note == "stopped before the chat ended"
     assert [w.rule for w in result.warnings] == ["R13"]  # "sent again"

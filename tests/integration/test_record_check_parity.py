@@ -404,8 +404,9 @@ async def test_message_sent_again_after_a_clean_close_is_one_chat_offline(tmp_pa
 @pytest.mark.parametrize("users", [1, 2])
 async def test_message_whose_new_connection_is_refused_is_one_error_chat_offline(tmp_path, users):
     # A deploy: the server closes (1000) as the first message arrives, before any event, and refuses every connection
-    # after (HTTP 503). Live, the message is to go again on a new connection, which is refused: one `error` chat (the
-    # other user's chat too, with 2 users). Offline the resend waiting and the failed connection were two chats (an
+    # after (HTTP 503). Live, the message is to go again on a new connection, refused at every attempt (retried with
+    # backoff until the chat's deadline: test_resend_backoff.py): one `error` chat (the other user's chat too, with 2
+    # users). Offline the resend waiting and the failed connection were two chats (an
     # incomplete one and an error one).
     server = Scripted(lambda n, msg: "close1000")
 
