@@ -841,7 +841,7 @@ class ChatFlow:
             return self._wait
         if state == NEW:
             if link.closed:
-                if self.resend and self.options.reconnect:
+                if self.resend and self.options.reconnect and self.options.max_reconnects:
                     return self._resend_retries(now, link)
                 self.state = CONNECTING
                 return CONNECT
@@ -1108,8 +1108,8 @@ class ChatFlow:
     def _send_again(self) -> None:
         """The message goes again, once, on a new connection: the chat leaves the old one's routing (added again once
         connected) and starts over from NEW, which opens one unless another chat has, as a lost connection is
-        reconnected (`_resend_retries`; with `reconnect` off, one Connect: a failure classified as any connection's),
-        timed from its first try."""
+        reconnected (`_resend_retries`; with `reconnect` off or `max_reconnects` 0, one Connect: a failure classified
+        as any connection's), timed from its first try."""
         self.resend = 1
         self.router.checker.discard(self.tracker)
         self.state = NEW
