@@ -841,7 +841,12 @@ class ChatFlow:
             return self._wait
         if state == NEW:
             if link.closed:
-                if self.resend and self.options.reconnect and self.options.max_reconnects:
+                # A message the server's clean close crossed (it left; `crossed`) is sent again on a connection
+                # opened with the reconnect's retries, where reconnecting is allowed; one that found the connection
+                # closed before a byte left (`sent`, closed) never reached the server: one Connect, as a chat that
+                # finds it closed here (nothing in a recording tells the two apart, and `check` reads neither as a
+                # reconnect).
+                if self.resend and self.crossed and self.options.reconnect and self.options.max_reconnects:
                     return self._resend_retries(now, link)
                 self.state = CONNECTING
                 return CONNECT
@@ -934,6 +939,7 @@ class ChatFlow:
                 # is judged as it stands, and so is an SSE stream that ended: the server took its request (it
                 # answered with the stream). A run with an id is resumed first: the server may have taken it.
                 tracker._warn(Rule.R13, RESENT_WARNING, None)
+                self.crossed = True  # its new connection is opened with the reconnect's retries (`_resend_retries`)
                 self._send_again()
                 return self.next(now, link)
             self.crossed = crossed
@@ -1107,9 +1113,10 @@ class ChatFlow:
 
     def _send_again(self) -> None:
         """The message goes again, once, on a new connection: the chat leaves the old one's routing (added again once
-        connected) and starts over from NEW, which opens one unless another chat has, as a lost connection is
-        reconnected (`_resend_retries`; with `reconnect` off or `max_reconnects` 0, one Connect: a failure classified
-        as any connection's), timed from its first try."""
+        connected) and starts over from NEW, which opens one unless another chat has: for a message the server's
+        clean close crossed (`crossed`), as a lost connection is reconnected (`_resend_retries`; with `reconnect` off or
+        `max_reconnects` 0, one Connect), for one that found the connection closed before it left, one Connect (a
+        failure classified as any connection's); timed from its first try."""
         self.resend = 1
         self.router.checker.discard(self.tracker)
         self.state = NEW
@@ -1144,10 +1151,10 @@ class ChatFlow:
         assert retries is not None
         if link.generation != self.generation and not link.closed:
             return self._reconnect()
-        if retries.gave_up or (retries.retry_at >= self._until and (retries.attempts or not self.resend)):
+        if retries.gave_up or (retries.retry_at >= self._until and (retries.attempts or self.resend != 1)):
             # Another chat sharing the attempts saw the last one fail, or the next is due past this chat's deadline (a
-            # message to be sent again makes its first attempt whatever is left: it fails as a timeout, as it did
-            # when its new connection was opened at once).
+            # message waiting to be sent again makes its first attempt whatever is left: it fails as a timeout, as it
+            # did when its new connection was opened at once).
             self._give_up()
             return self.next(now, link)
         if now >= retries.retry_at or retries.pending:
@@ -1173,8 +1180,11 @@ class ChatFlow:
             if self.router.reconnecting is retries:
                 self.router.reconnecting = None
             self.retries = None
-            if self.resend:
-                self.state = CONNECTED  # the message goes again on it
+            if self.resend == 1:
+                # The message waiting to be sent again goes on it. Only then: a chat whose message went again (2) and
+                # whose connection was lost later (a drop, the server's close mid-run) resumes its run as any other,
+                # never sends its message a second time (its frame is gone by then: it was sent as `null`).
+                self.state = CONNECTED
                 return
             self._wait = Wait(self._until)
             self.state = RESUMING
@@ -1192,8 +1202,9 @@ class ChatFlow:
     def _give_up(self, failure_kind: str = "timeout", failure_message: str = "") -> None:
         """Out of attempts or time: the chat is lost (RECONNECT_FAILED_NOTE), its reconnect `lost`; a message to be
         sent again never left again: an `error` of the last attempt's failure (a connection that failed), its attempts
-        counted."""
-        if self.resend:
+        counted (only while the message waits to be sent again: a later loss of a chat whose message went again is
+        lost as any other)."""
+        if self.resend == 1:
             self.retries = None
             tracker = self.tracker
             result = error_result(tracker.chat_id, self.router.scenario, tracker.sent_at, failure_kind,

@@ -410,9 +410,14 @@ async def test_a_message_sent_again_after_the_servers_clean_close_is_one_chat_st
     assert len(connections) == 2 and sink.started == len(sink.judged) == 1, (sink.started, sink.judged)
 
 
-async def test_a_message_whose_resend_cannot_connect_is_still_one_chat_started():
-    # The message crossed the server's clean close; the new connection to send it again is refused (HTTP 503): the
-    # chat ends as an error of that connection, counted started once (it was counted when its message first left).
+@pytest.mark.parametrize("allowed", [{}, {"reconnect": False}, {"max_reconnects": 0}])
+async def test_a_message_whose_resend_cannot_connect_is_still_one_chat_started(allowed):
+    # The message crossed the server's clean close; every new connection to send it again is refused (HTTP 503): the
+    # chat ends as an error of the last one, counted started once (it was counted when its message first left).
+    # docs/protocol.md: where reconnecting is allowed (the default) that connection is tried again with the
+    # reconnect's backoff until the chat's deadline, each attempt counted as a reconnect attempt; with `max_reconnects:
+    # 0`, which allows none, one connection is tried, as before; with `reconnect: false` the message is not sent again
+    # at all: the chat is judged at the close, `incomplete`, on its one connection.
     attempts = []
 
     def refuse_the_second(connection, request):
@@ -431,9 +436,18 @@ async def test_a_message_whose_resend_cannot_connect_is_still_one_chat_started()
         port = server.sockets[0].getsockname()[1]
         target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="raw")
         async with asyncio.timeout(15):
-            run = await run_scenario(quick(), target, sink)
+            run = await run_scenario(quick(**allowed), target, sink)
     (r,) = run.results
-    assert r.outcome is Outcome.ERROR and len(attempts) == 2, (r.outcome, r.error_kind, r.error, attempts)
+    if allowed == {"reconnect": False}:
+        assert r.outcome is Outcome.INCOMPLETE and len(attempts) == 1, (r.outcome, r.error_kind, r.error, attempts)
+        assert sink.started == len(sink.judged) == 1, (sink.started, sink.judged)
+        return
+    assert r.outcome is Outcome.ERROR and r.error_kind == "refused", (r.outcome, r.error_kind, r.error, attempts)
+    if allowed:
+        assert len(attempts) == 2 and r.reconnect_attempts == r.reconnect_failures == 0, (attempts, r)
+    else:
+        # the first connection and at least two refused ones, each a failed reconnect attempt of the chat
+        assert len(attempts) >= 3 and r.reconnect_attempts == r.reconnect_failures == len(attempts) - 1, (attempts, r)
     assert sink.started == len(sink.judged) == 1, (sink.started, sink.judged)
 
 
