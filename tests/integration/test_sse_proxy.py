@@ -335,10 +335,17 @@ def _flooding_upstream(stop: threading.Event) -> tuple[socket.socket, threading.
             if head.startswith(b"POST /flood"):
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
                              + chunked(sse(RUN[0]), end=False))
-                burst = b"1\r\n:\r\n" * 4096
+                # On until `stop`, however long the proxy takes to read it (its backlog of one-byte chunks on a
+                # loaded machine): a sendall() timing out ended the flood early, mid-test, and a send cut short by a
+                # timeout would leave a chunk half-written, so each send's remainder is sent next.
+                burst = memoryview(b"1\r\n:\r\n" * 4096)
+                rest = burst
                 with contextlib.suppress(OSError):
                     while not stop.is_set():
-                        conn.sendall(burst)
+                        try:
+                            rest = rest[conn.send(rest):] or burst
+                        except TimeoutError:
+                            continue
             else:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
 
@@ -372,7 +379,9 @@ async def test_a_flood_of_tiny_chunks_does_not_starve_another_client():
                     with contextlib.suppress(OSError):
                         while not left.is_set() and (data := conn.recv(65536)):
                             got += len(data)
-                            if got > 1 << 18:
+                            # the flood under way through the proxy (one-byte chunks are slow to relay: 256 KiB
+                            # of them took 25 s on a loaded machine, past the wait for them below)
+                            if got > 1 << 14:
                                 flooded.set()
 
             reader = threading.Thread(target=flood_client, daemon=True)
