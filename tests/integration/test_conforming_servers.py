@@ -187,11 +187,14 @@ async def judged_three_ways(make: Callable[[], Any], *, profile_name: str = "net
     sc = Scenario.model_validate({"name": "conform", "users": 1, "connect_timeout": "2s",
                                   "expect": {"deadline": "3s", "settle": "0.1s"}, **scenario})
     out: dict[str, list[Verdict]] = {}
+    # Each road's hang guard: past the deadlines the scenario gives its chats (one user's one after another), never
+    # below them (a run of 30,000 frames given 60 s took over 30 s through the proxy on a loaded machine)
+    guard = max(30.0, sc.chats_per_user * sc.expect.deadline + 10)
     with tempfile.TemporaryDirectory() as rec:
         server = RawWsServer(make().handler)
         await server.start()
         try:
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(guard):
                 live = await run_scenario(sc, Target(url=server.url, profile=profile, name="raw",
                                                      recorder=Recorder(rec)))
         finally:
@@ -209,7 +212,7 @@ async def judged_three_ways(make: Callable[[], Any], *, profile_name: str = "net
                                                                             "live", sc.expect.settle)),
                               "127.0.0.1", 0)
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(guard):
             played = await run_scenario(sc, Target(url=f"ws://127.0.0.1:{proxy.sockets[0].getsockname()[1]}/ws",
                                                    profile=profile, name="proxy"))
         with contextlib.suppress(TimeoutError):  # a chat the proxy does not judge shows in the comparison
