@@ -384,7 +384,8 @@ class Session(VirtualUser):
         if transport is self.transport:
             ended_at = getattr(transport, "ended_at", None)  # the close record's time (--record), else now
             self.closed_at = ended_at if ended_at is not None else self.clock()
-            self.router.closed_refusing(transport.close_code, self.closed_at)  # 1008, 4401, 4403 before it spoke
+            # 1008, 4401, 4403 before the server said anything, in a close the client did not start
+            self.router.closed_refusing(transport.close_code, self.closed_at, by_client=self.closed_by_client)
             self.router.connection_ended()
             self.closed = True
             if self._welcomed is not None:

@@ -111,8 +111,9 @@ CLOSE_CODE_MEANINGS = {1000: "a normal close", 1001: "going away", 1002: "protoc
                        1013: "try again later", 4401: "unauthorized", 4403: "forbidden"}
 # The close codes that refuse the credentials when they answer a connection (before its welcome): the policy-violation
 # close (1008) and the de-facto application codes for "unauthorized" and "forbidden" (4401, 4403: graphql-ws, many
-# agent servers), as an AUTH_FAILED frame or an HTTP 401/403 at the handshake. The one set every driver reads
-# (FrameRouter.welcome_outcome; the proxy's count of its upstream's answer).
+# agent servers), as an AUTH_FAILED frame or an HTTP 401/403 at the handshake; only when the server sent no frame
+# before it. Read in one place, FrameRouter.closed_refusing, which every driver calls at a close (welcome_outcome and
+# the proxy's count of its upstream's answer read what it decided).
 AUTH_CLOSE_CODES = frozenset({1008, 4401, 4403})
 
 
@@ -281,8 +282,9 @@ class FrameRouter:
     says what the I/O layer must do: which chat to wake (a chat id, WAKE_ALL or None) and what to reply (a ping).
     """
 
-    __slots__ = ("profile", "checker", "sink", "scenario", "answered", "last_pong", "auth_failed", "resume_unknown",
-                 "awaiting", "every_event", "conversations", "resumes", "reconnecting", "_decode", "_on_event")
+    __slots__ = ("profile", "checker", "sink", "scenario", "answered", "spoke", "said", "last_pong", "auth_failed",
+                 "resume_unknown", "awaiting", "every_event", "conversations", "resumes", "reconnecting", "_decode",
+                 "_on_event")
 
     def __init__(self, profile: Profile, checker: ConnectionChecker, sink: Sink, scenario: str) -> None:
         profile.prepare()  # before any chat of the connection is timed (a no-op once done)
@@ -290,7 +292,13 @@ class FrameRouter:
         self.checker = checker
         self.sink = sink
         self.scenario = scenario
-        self.answered = False  # the server spoke on this connection (welcome, event or AUTH_FAILED)
+        self.answered = False  # the server answered the opening of this connection (welcome, event or AUTH_FAILED)
+        # The server sent a frame on this connection that is no event (an event sets `answered`): set at the first
+        # such frame, once a connection. With `answered`, whether the server said anything at all (closed_refusing).
+        self.spoke = False
+        # The code of the last connection-level error the server sent on this connection (not AUTH_FAILED): what a
+        # connection that closes before its welcome says it heard (welcome_outcome).
+        self.said: str | None = None
         self.last_pong = _NEVER
         self.auth_failed: Frame | None = None
         # The run ids the server answered RESUME_UNKNOWN_RUN for on the current connection, oldest first; None until
@@ -320,7 +328,8 @@ class FrameRouter:
     def new_connection(self) -> None:
         self.connection_ended()  # (reported at the last one's end already: nothing is left but for a driver that forgot)
         self.checker.new_connection()
-        self.answered = False
+        self.answered = self.spoke = False
+        self.said = None
         self.auth_failed = None
         # The pong bound is a connection's: a new connection's first ping is answered, however soon after the last
         # connection's (a reconnect within PONG_INTERVAL left it unanswered, and a server that drops a connection whose
@@ -390,6 +399,8 @@ class FrameRouter:
                 return chat.wake_id, None
             return None, None
         kind = decoded.kind
+        if not self.spoke:
+            self.spoke = True  # the server said something (once a connection: never a refusal by close, below)
         if kind is FrameKind.PING:
             # At most one reply per PONG_INTERVAL: a server flooding pings must not make the client flood back
             # (or pile up sends on a socket it never reads).
@@ -407,8 +418,10 @@ class FrameRouter:
             if decoded.session_error is SessionError.AUTH_FAILED:
                 self.auth_failed = decoded
                 self.answered = True
-            elif decoded.session_error is SessionError.RESUME_UNKNOWN:
-                self._unknown_run(decoded.run_id or self._unnamed_unknown() or "*")
+            else:
+                self.said = decoded.error_code or decoded.wire_type
+                if decoded.session_error is SessionError.RESUME_UNKNOWN:
+                    self._unknown_run(decoded.run_id or self._unnamed_unknown() or "*")
             self.checker.on_error(decoded, at)
             return WAKE_ALL, None
         elif kind is FrameKind.MALFORMED:
@@ -476,14 +489,18 @@ class FrameRouter:
             if not self.conversations:
                 self.conversations = None
 
-    def closed_refusing(self, close_code: int | None, at: float) -> bool:
-        """The server closed the connection with a code of AUTH_CLOSE_CODES before it said anything on it (before its
-        welcome; with a dialect that has none, before any event): the credentials refused, as an AUTH_FAILED frame
-        refuses them (the same road: the chats waiting on the connection are `error` chats, `auth_failed`, and the
-        connection, awaiting its welcome, is an `auth_failed` one). Every driver calls it at the server's close (live
-        clients, the proxy, `chatprobe check`); True when it was such a close. Once the server spoke, a close is
-        judged as any cut run's."""
-        if close_code not in AUTH_CLOSE_CODES or self.answered or self.auth_failed is not None:
+    def closed_refusing(self, close_code: int | None, at: float, *, by_client: bool) -> bool:
+        """The server closed the connection with a code of AUTH_CLOSE_CODES before it said anything on it (no frame at
+        all: no welcome, no event, no error, no ping): the credentials refused, as an AUTH_FAILED frame refuses them
+        (the same road: the chats waiting on the connection are `error` chats, `auth_failed`, and the connection,
+        awaiting its welcome, is an `auth_failed` one). Every driver calls it at the connection's end, before it marks
+        the connection closed (live clients, the proxy, `chatprobe check`): the one place this is decided
+        (welcome_outcome reads `auth_failed`). True when it was such a close. Once the server spoke (an error frame
+        rejecting a message, then 1008: that message's policy, not the credentials), a close is judged as any cut
+        run's; and a close the client started (`by_client`: it left, dropped or stopped; a server answers a close
+        with the code it got, or its own) is never the server refusing."""
+        if (by_client or close_code not in AUTH_CLOSE_CODES or self.answered or self.spoke
+                or self.auth_failed is not None):
             return False
         frame = Frame(FrameKind.ERROR, error_code=f"close code {close_code}", session_error=SessionError.AUTH_FAILED)
         self.auth_failed = frame
@@ -498,18 +515,19 @@ class FrameRouter:
             # or stuck (a handshake that never completes is the transport's `timeout`).
             outcome = "protocol_error", (f"no welcome frame within {timeout:g}s (does the profile list the server's "
                                          "welcome type under control?)")
-        elif self.auth_failed is not None or (closed and close_code in AUTH_CLOSE_CODES):
+        elif self.auth_failed is not None:
             # The code the server said it with (the profile's `session_errors.auth_failed`: AUTH_FAILED, or a
-            # dialect's own; the close code, closed_refusing, when the driver told the router of the close), else the
-            # close code (AUTH_CLOSE_CODES).
-            said = self.auth_failed.error_code if self.auth_failed is not None else None
-            said = said or f"close code {close_code}"
-            outcome = "auth_failed", f"the server rejected the credentials ({said})"
+            # dialect's own), or the close code that refused them (closed_refusing, which every driver calls at the
+            # close before the connection counts as closed here: a close of AUTH_CLOSE_CODES is decided there alone).
+            outcome = "auth_failed", ("the server rejected the credentials "
+                                          f"({self.auth_failed.error_code or self.auth_failed.wire_type})")
         elif closed:
             # A welcome and the close read together (one write of the server's) is a welcome: the connection still
-            # ended before it could carry a chat, and the reason says which of the two came first.
+            # ended before it could carry a chat, and the reason says which of the two came first (and the error the
+            # server sent before it closed, if any: a 1008 after it is about that, not the credentials).
             when = "right after" if self.answered else "before"
-            outcome = "protocol_error", f"closed {when} the welcome frame (code {close_code})"
+            after = f", after the server's error {self.said}" if self.said is not None else ""
+            outcome = "protocol_error", f"closed {when} the welcome frame (code {close_code}{after})"
         else:
             outcome = "ok", ""
         self.sink.connection_attempt(self.scenario, outcome[0])

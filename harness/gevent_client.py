@@ -880,7 +880,8 @@ class SyncSession(VirtualUser):
                 if conn.protocol_error is not None:
                     self.router.on_protocol_error(conn.protocol_error, clock())
                 if conn.generation == self.generation:
-                    self.router.closed_refusing(conn.close_code, ended_at)  # 1008, 4401, 4403 before it spoke
+                    # 1008, 4401, 4403 before the server said anything, in a close the client did not start
+                    self.router.closed_refusing(conn.close_code, ended_at, by_client=self.closed_by_client)
                     self.router.connection_ended()  # what no chat was told on it: its own (R8, R12)
                     self.ended_note = ws.ended_note
                     self.closed_at = ended_at

@@ -712,10 +712,11 @@ class OfflineCheck:
         for violation in conn.router.connection_ended():
             self.tally.add_connection_violation(violation)
             self.listing.add_connection_violation(violation)
-        if rec is not None and not rec.detail and not rec.stream:
+        if rec is not None and not rec.stream:
             # The server's close of AUTH_CLOSE_CODES (1008, 4401, 4403) before it said anything: the credentials
-            # refused, as an AUTH_FAILED frame says it, as live and the proxy judge it (FrameRouter.closed_refusing).
-            conn.router.closed_refusing(rec.code, at)
+            # refused, as an AUTH_FAILED frame says it, as live and the proxy judge it (FrameRouter.closed_refusing);
+            # never a close the client started (`by`: it left, dropped or stopped; or the proxy stopping).
+            conn.router.closed_refusing(rec.code, at, by_client=bool(rec.detail))
         if rec is not None and rec.detail == "client":
             # The client's own close comes after the verdicts it judged before it: a chat whose verdict falls due
             # within DUE_SLACK after the close (its send record up to that much later than the live client's start

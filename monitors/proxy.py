@@ -33,7 +33,6 @@ from harness.durations import parse_duration, parse_size
 from harness.errors import MESSAGE_LIMIT, os_reason, unknown_flag_hint
 from harness.events import Event, FrameKind, Outcome, Rule, SessionError
 from harness.flow import (
-    AUTH_CLOSE_CODES,
     CLEAN_CLOSE_CODES,
     RESENT_WARNING,
     RESUME_UNKNOWN_NOTE,
@@ -968,10 +967,10 @@ class LiveConnection:
             # Closed before the server accepted the claim (refused with a close of AUTH_CLOSE_CODES, dropped, or the
             # client gone): the claim is let go, the frames held judged as a stranger's.
             self.confirm(False)
-        if not by_client and not drained:
-            # A close of AUTH_CLOSE_CODES (1008, 4401, 4403) before the server said anything: the credentials refused,
-            # as an AUTH_FAILED frame says it (the chats waiting are `auth_failed`, the client's doing), as live.
-            self.router.closed_refusing(code, now)
+        # A close of AUTH_CLOSE_CODES (1008, 4401, 4403) before the server said anything: the credentials refused, as
+        # an AUTH_FAILED frame says it (the chats waiting are `auth_failed`, the client's doing), as live; never when
+        # the client (or the proxy, draining) closed it.
+        self.router.closed_refusing(code, now, by_client=by_client or drained)
         stopping = live.stopping or drained or live.draining and not by_client
         by_client = by_client or drained  # a chat whose terminal event came in its settle window: no R13
         full: list[int] = []  # the send records of the chats the proxy had no room to keep (for `check`)
@@ -1431,13 +1430,6 @@ class Proxy:
                 await _close_within(upstream, *to_upstream)
             else:
                 await asyncio.gather(_close_within(client, *to_client), _close_within(upstream, *to_upstream))
-            if not attempt:
-                # The client's close first (a user who left before the welcome) is the client's doing, whatever code
-                # the upstream answered it with: a server echoes the code it got (RFC 6455 5.5.1, as websockets does),
-                # and a client closing with 1008, 4401 or 4403 was counted the server refusing its credentials.
-                code = _close_of(upstream)[0]
-                record("ok" if drained or closed_by[:1] == ["client"] else "auth_failed" if code in AUTH_CLOSE_CODES
-                       else "protocol_error")
             by_client = bool(closed_by) and closed_by[0] == "client"
             log.info("connection from %s closed by %s (to the client %d, to the upstream %d)", peer,
                      "the proxy (drained)" if drained else closed_by[0] if closed_by else "the proxy", to_client[0],
@@ -1448,6 +1440,13 @@ class Proxy:
             # before the first-event limit an R9.
             conn.closed(ended[0] if by_client and ended else self.clock(), by_client=by_client, drained=drained,
                         code=None if by_client or drained else rcvd.code if rcvd is not None else 1006)
+            if not attempt:
+                # No frame of the server's came: refused (a close of AUTH_CLOSE_CODES, FrameRouter.closed_refusing
+                # decided it at conn.closed, as every driver), else the connection ended before the welcome. The
+                # client's close first (a user who left before the welcome) is the client's doing, whatever code the
+                # upstream answered it with: a server echoes the code it got (RFC 6455 5.5.1, as websockets does), and
+                # a client closing with 1008, 4401 or 4403 was counted the server refusing its credentials.
+                record("ok" if drained or by_client else "auth_failed" if conn.auth_failed else "protocol_error")
 
     async def drain(self, server: Any, timeout: float, interrupted: asyncio.Event | None = None) -> int:
         """SIGTERM's first step: stop accepting connections (the listener closed; a handshake under way is answered

@@ -570,8 +570,13 @@ def test_welcome_outcome_classifies_the_handshake_and_reports_it():
     assert router.welcome_outcome(True, False, None, 5) == ("ok", "")
     kind, reason = router.welcome_outcome(False, False, None, 5)
     assert kind == "protocol_error" and reason.startswith("no welcome frame within 5s")
-    assert router.welcome_outcome(True, True, 1008, 5)[0] == "auth_failed"
+    assert router.closed_refusing(1008, 0.0, by_client=False)  # every driver, at the close, before welcome_outcome
+    assert router.welcome_outcome(True, True, 1008, 5) == ("auth_failed",
+                                                           "the server rejected the credentials (close code 1008)")
+    router.new_connection()
+    assert not router.closed_refusing(1011, 0.0, by_client=False)
     assert router.welcome_outcome(True, True, 1011, 5) == ("protocol_error", "closed before the welcome frame (code 1011)")
+    router.new_connection()
     router.on_frame('{"type": "error_message", "error_code": "AUTH_FAILED", "error_message": "no"}', 0.0)
     assert router.welcome_outcome(True, False, None, 5)[0] == "auth_failed"
     assert [c[1] for c in sink.calls] == ["ok", "protocol_error", "auth_failed", "protocol_error", "auth_failed"]
@@ -582,6 +587,52 @@ def test_a_close_read_with_the_welcome_is_told_as_after_it():
     router.on_frame('{"type": "connection_established", "data": {"connection_id": "c", "user_id": "u"}}', 0.0)
     assert router.welcome_outcome(True, True, 1000, 5) == ("protocol_error",
                                                            "closed right after the welcome frame (code 1000)")
+
+
+@pytest.mark.parametrize("first", [
+    '{"type": "error_message", "error_code": "INVALID_MESSAGE", "error_message": "bad"}',  # a message rejected
+    '{"type": "ping"}', '{"type": "mystery"}', "not json", "[DONE]",
+])
+def test_a_close_of_an_auth_code_after_any_frame_of_the_servers_refuses_no_credentials(first):
+    """closed_refusing: 1008/4401/4403 refuse the credentials only when the server said nothing on the connection; any
+    frame of its own first (an error, a ping, a type of no list, a malformed frame, a stream-end marker) and the close is
+    judged as any other. FAILED on the code before for the error frame, the ping, the unknown and malformed frames and
+    the marker: every one was a refusal (only a welcome, an event or AUTH_FAILED counted as the server speaking)."""
+    for code in (1008, 4401, 4403):
+        router = FrameRouter(PROFILE, ConnectionChecker(None), Recorder(), "s")
+        router.on_frame(first, 0.0)
+        assert not router.closed_refusing(code, 1.0, by_client=False) and router.auth_failed is None, (first, code)
+        kind, reason = router.welcome_outcome(True, True, code, 5)
+        assert kind == "protocol_error" and reason.startswith(f"closed before the welcome frame (code {code}"), reason
+
+
+def test_the_close_before_the_welcome_names_the_error_the_server_sent_before_it():
+    router = FrameRouter(PROFILE, ConnectionChecker(None), Recorder(), "s")
+    router.on_frame('{"type": "error_message", "error_code": "INVALID_MESSAGE", "error_message": "bad"}', 0.0)
+    router.closed_refusing(1008, 1.0, by_client=False)
+    assert router.welcome_outcome(True, True, 1008, 5) == (
+        "protocol_error", "closed before the welcome frame (code 1008, after the server's error INVALID_MESSAGE)")
+    router.new_connection()  # the next connection's error is its own
+    assert router.closed_refusing(1008, 2.0, by_client=False)
+    assert router.welcome_outcome(True, True, 1008, 5) == ("auth_failed",
+                                                           "the server rejected the credentials (close code 1008)")
+
+
+def test_a_close_the_client_started_is_never_the_server_refusing():
+    """However the server answers a close the client started (its own code, or the client's echoed), the client left."""
+    router = FrameRouter(PROFILE, ConnectionChecker(None), Recorder(), "s")
+    assert not router.closed_refusing(4401, 1.0, by_client=True) and router.auth_failed is None
+    assert router.closed_refusing(4401, 1.0, by_client=False)
+
+
+def test_a_welcome_and_a_1008_read_together_is_no_refusal_the_server_spoke():
+    """One place decides a refusal by close (closed_refusing); welcome_outcome reads only its answer. FAILED on the
+    code before: welcome_outcome took any 1008/4401/4403 close for a refusal itself, a welcome before it or not."""
+    router = FrameRouter(PROFILE, ConnectionChecker(None), Recorder(), "s")
+    router.on_frame('{"type": "connection_established", "data": {"connection_id": "c", "user_id": "u"}}', 0.0)
+    assert not router.closed_refusing(1008, 0.0, by_client=False)
+    assert router.welcome_outcome(True, True, 1008, 5) == ("protocol_error",
+                                                           "closed right after the welcome frame (code 1008)")
 
 
 def test_a_ping_flood_gets_at_most_one_pong_per_interval():

@@ -1460,6 +1460,37 @@ async def test_a_chat_whose_upstream_closes_refusing_the_credentials_before_any_
         assert sample(metrics, "chatprobe_connections_total", result="auth_failed", **labels) == 1
 
 
+async def test_an_upstream_that_rejects_a_message_then_closes_1008_refuses_no_credentials():
+    """A user's client that sends two messages at once (no welcome awaited) and an upstream that rejects the first
+    (INVALID_MESSAGE, naming it) and then closes with 1008: the server spoke before its close, which is about that
+    message, not the credentials. The first chat is the client's doing (rejected); the second, cut before any event,
+    is the server's (`incomplete`, held for a resend that never came), as `run` and `check` judge it. FAILED on the code
+    before: the second chat `auth_failed`, counted as the client's doing too (two client rejections)."""
+    async def rejects(ws) -> None:
+        first = json.loads(await ws.recv())
+        await ws.recv()
+        await ws.send(json.dumps({"type": "error_message", "error_code": "INVALID_MESSAGE", "error_message": "no",
+                                  "message_id": first["payload"]["message_id"]}))
+        await ws.close(1008, "invalid message")
+
+    labels = {"target": "up", "scenario": "live", "source": "live"}
+    async with _behind_proxy(rejects, exp=SHORT) as (metrics, live, url):
+        async with asyncio.timeout(30):
+            async with websockets.asyncio.client.connect(url, open_timeout=10) as ws:
+                for n in (1, 2):
+                    await ws.send(json.dumps({"type": "user_message", "payload": {
+                        "content": "hi", "thread_id": f"t{n}", "message_id": f"m{n}"}}))
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    while True:
+                        await ws.recv()
+            assert ws.close_code == 1008
+            judged = ("chatprobe_client_rejections_total", {}), ("chatprobe_chats_total", {"outcome": "incomplete"})
+            await until(lambda: sum(sample(metrics, name, **more, **labels) for name, more in judged) >= 2, timeout=20)
+        assert [sample(metrics, name, **more, **labels) for name, more in judged] == [1, 1]
+        assert sample(metrics, "chatprobe_connections_total", result="auth_failed", **labels) == 0
+        assert sample(metrics, "chatprobe_connections_total", result="ok", **labels) == 1
+
+
 async def test_an_upstream_that_drops_the_connection_is_a_drop_for_the_client_too_not_a_clean_close(tmp_path):
     """An upstream that crashes (a TCP reset, no close frame) is dropped for the client as it came: a clean 1000 in its
     place would tell the client the server closed with a handshake (and a client sends again a message that crossed
