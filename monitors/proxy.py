@@ -122,6 +122,11 @@ TOO_MANY_OPEN = f"the client had more than {MAX_OPEN_CHATS} chats open at once o
 # deadline) the claim is let go the same way.
 MAX_UNCONFIRMED_FRAMES = 64
 MAX_UNCONFIRMED_BYTES = 4 * 1024 * 1024
+# ... and at most this many bytes across all the connections whose claims await their servers: held for up to a
+# chat's deadline, 4 MiB each at --max-connections (a silent or slow upstream, clients sending large frames with a
+# token naming anyone) made the proxy keep gigabytes. A frame that takes the total past it lets its own connection's
+# claim go, as its connection's bound does (a real user's first frames before the server's answer are a few kilobytes).
+MAX_UNCONFIRMED_TOTAL_BYTES = 32 * 1024 * 1024
 # A chat error that is the user's client's doing, not the server's: its message rejected as invalid, or its credentials
 # refused (an expired token's AUTH_FAILED once the connection was open, a close of AUTH_CLOSE_CODES before it spoke), or
 # its timing the client's (HELD_BACK_MIN).
@@ -348,6 +353,9 @@ class LiveChats:
         self.runs: dict[str, int] = {}  # run id -> how many of the open connections index a chat by it (RunIndex)
         self._n = 0
         self._strangers = 0
+        # The bytes of client and server frames held across all connections whose JWT claims await their servers
+        # (LiveConnection._hold; at most MAX_UNCONFIRMED_TOTAL_BYTES).
+        self.unconfirmed_bytes = 0
         # --record's frames not written (a connection's file full), since the last line that said so: at most one
         # such warning a minute (WARN_EVERY), and the rest when the proxy stops.
         self._dropped = (0, 0, 0)
@@ -748,6 +756,8 @@ class LiveConnection:
         early, self._early = self._early, None
         if early is None:
             return
+        self.live.unconfirmed_bytes -= self._early_bytes
+        self._early_bytes = 0
         if accepted and self._claim is not None:
             self.identity = self._claim
         self._claim = None
@@ -765,7 +775,10 @@ class LiveConnection:
         assert early is not None
         early.append((sent, text, now))
         self._early_bytes += len(text)
-        if len(early) > MAX_UNCONFIRMED_FRAMES or self._early_bytes > MAX_UNCONFIRMED_BYTES:
+        live = self.live
+        live.unconfirmed_bytes += len(text)
+        if (len(early) > MAX_UNCONFIRMED_FRAMES or self._early_bytes > MAX_UNCONFIRMED_BYTES
+                or live.unconfirmed_bytes > MAX_UNCONFIRMED_TOTAL_BYTES):
             self.confirm(False)
 
     def first_server_frames(self, text: str | bytes, now: float) -> bool:

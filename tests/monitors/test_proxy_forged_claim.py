@@ -34,7 +34,7 @@ from harness.recorder import Recorder
 from harness.targets import Target, TokenProvider
 from monitors.frontdoor import credentials_identity
 from monitors.metrics import ChatMetrics
-from monitors.proxy import MAX_UNCONFIRMED_FRAMES, LiveTracker, Proxy, start_proxy
+from monitors.proxy import MAX_UNCONFIRMED_FRAMES, MAX_UNCONFIRMED_TOTAL_BYTES, LiveTracker, Proxy, start_proxy
 from tests.integration.fault_relay import DOWN, Fault, relay
 
 from .test_proxy import WatchedChats
@@ -188,7 +188,8 @@ class RawUpstream:
         self.sink = Started(self.metrics)
         self.live = WatchedChats(load_profile("netra"), self.sink, self.exp, "live", 0.1)
         port = self.upstream.sockets[0].getsockname()[1]
-        self.server = await start_proxy(Proxy(f"ws://127.0.0.1:{port}", self.live), "127.0.0.1", 0)
+        self.proxy = Proxy(f"ws://127.0.0.1:{port}", self.live)
+        self.server = await start_proxy(self.proxy, "127.0.0.1", 0)
         self.url = f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/ws"
         return self
 
@@ -293,3 +294,55 @@ async def test_a_client_flooding_before_the_server_spoke_lets_its_claim_go():
             await ws.close()
             await proxy_done_with(p, 1)  # type: ignore[arg-type]
         assert p.sink.abandoned == 1 and p.sample("chatprobe_chats_in_flight") == 0
+
+
+async def test_the_frames_held_for_claims_are_bounded_across_connections():
+    """Many connections, each with a token naming a user of its own and a silent server, each send just under their
+    connection's bound (MAX_UNCONFIRMED_BYTES) before the server spoke: the proxy holds at most
+    MAX_UNCONFIRMED_TOTAL_BYTES across them all (the connection whose frame takes the total past it lets its claim
+    go), measured by tracemalloc and by its own count, which returns to 0 as they close. FAILED before: each
+    connection held its ~3.6 MiB until a chat's deadline, 86 MiB for 24 connections (gigabytes at --max-connections)."""
+    import tracemalloc
+
+    # Frames of 60 KiB: what else the proxy holds a connection (the frame being read, the one being forwarded) is
+    # small beside what it holds for a claim.
+    conns, frames, size = 24, 60, 60 * 1024
+    got = {"bytes": 0}
+    all_in = asyncio.Event()
+
+    async def silent(ws) -> None:  # reads and counts what the proxy forwarded, says nothing
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for message in ws:
+                got["bytes"] += len(message)
+                del message
+                if got["bytes"] >= conns * frames * size:
+                    all_in.set()
+
+    async with RawUpstream(silent, deadline=60.0) as p:
+        async with asyncio.timeout(60):
+            frame = json.dumps({"type": "ping", "pad": ""})
+            frame = frame[:-2] + "x" * (size - len(frame)) + frame[-2:]
+            assert len(frame) == size
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                clients = [await websockets.asyncio.client.connect(
+                    p.url, open_timeout=5, ping_interval=None, close_timeout=1,
+                    **credentials(forged(f"user-{n}"), "header")) for n in range(conns)]
+                for ws in clients:
+                    for _ in range(frames):
+                        await ws.send(frame)
+                await all_in.wait()  # the proxy took every frame (it holds a frame before it forwards it)
+                grown = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                tracemalloc.stop()
+            assert grown < MAX_UNCONFIRMED_TOTAL_BYTES + 8 * 1024 * 1024, grown
+            held = [c for c in p.proxy.relays if not c.confirmed]
+            assert len(held) < conns  # some let their claims go
+            assert p.live.unconfirmed_bytes == sum(c._early_bytes for c in held)
+            assert p.live.unconfirmed_bytes <= MAX_UNCONFIRMED_TOTAL_BYTES
+            for ws in clients:
+                await ws.close()
+            await proxy_done_with(p, conns)  # type: ignore[arg-type]
+        assert p.live.unconfirmed_bytes == 0
+        assert p.sample("chatprobe_chats_in_flight") == 0
