@@ -959,9 +959,12 @@ class LiveConnection:
 
     def busy(self) -> bool:
         """A chat open here still awaits its terminal event (read as the proxy drains, not per frame), or the client
-        sent a frame the server has not answered yet (the claim awaiting its acceptance)."""
-        if self._early is not None and any(sent for sent, _text, _at in self._early):
-            return True
+        sent a chat (a request or a resume) the server has not answered yet (the claim awaiting its acceptance): a
+        frame that opens none (the client's own ping) holds no drain up, as on a connection of no claim."""
+        if self._early is not None:
+            decode = self.live.profile.decode_client
+            if any(sent and decode(text).kind in ("request", "resume") for sent, text, _at in self._early):
+                return True
         return any(not chat.judged and not chat.done for chat in self._by_id.values())
 
     def closed(self, now: float, *, by_client: bool, code: int | None = None, drained: bool = False) -> None:

@@ -346,3 +346,39 @@ async def test_the_frames_held_for_claims_are_bounded_across_connections():
             await proxy_done_with(p, conns)  # type: ignore[arg-type]
         assert p.live.unconfirmed_bytes == 0
         assert p.sample("chatprobe_chats_in_flight") == 0
+
+
+@pytest.mark.parametrize("sent", ["ping", "message"])
+async def test_a_drain_with_a_claim_awaiting_a_silent_server(sent):
+    """SIGTERM's drain while a JWT's claim awaits a silent server. The client sent a frame that opens no chat (its
+    own ping): nothing is in flight, the connection is closed at once (1001), as an opaque token's is. FAILED before:
+    the held frame counted as busy, and the drain waited for a chat's deadline (here past the drain's bound: the
+    connection was left open). The client sent a message: the drain waits for it, judged at its deadline
+    (incomplete), and the counts add up (one chat started, one judged, none in flight)."""
+    came = asyncio.Event()
+
+    async def silent(ws) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.recv()
+            came.set()
+            await ws.wait_closed()
+
+    async with RawUpstream(silent, deadline=60.0 if sent == "ping" else 1.0) as p:
+        async with asyncio.timeout(30):
+            ws = await websockets.asyncio.client.connect(p.url, open_timeout=5, ping_interval=None, close_timeout=1,
+                                                         **credentials(forged("bob"), "header"))
+            await ws.send(json.dumps({"type": "ping"} if sent == "ping" else {
+                "type": "user_message", "payload": {"content": "hi", "message_id": "m-1"}}))
+            await came.wait()  # the proxy took it (it takes a frame before it forwards it)
+            left = await p.proxy.drain(p.server, 5.0)
+            assert left == 0
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.recv()
+            assert ws.close_code == 1001
+            await proxy_done_with(p, 1)  # type: ignore[arg-type]
+        if sent == "ping":
+            assert not p.sink.results and p.sink.started == 0
+        else:
+            [result] = p.sink.results
+            assert result.outcome is Outcome.INCOMPLETE and p.sink.started == 1, (result.note, result.violations)
+        assert p.sample("chatprobe_chats_in_flight") == 0 and p.live.unconfirmed_bytes == 0
