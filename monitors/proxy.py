@@ -785,7 +785,11 @@ class LiveConnection:
         """A frame from the server while the claim awaits its acceptance (the relay calls this instead of
         server_frame until it returns True, the connection confirmed): an event, a welcome, or an answer other than
         AUTH_FAILED accepts it; AUTH_FAILED refuses it; a ping, a stream's end or a malformed frame says neither,
-        and is held with the client's frames."""
+        and is held with the client's frames. The claim may have been let go by another road since the last one (the
+        client's flood, the deadline's judge, the budget across connections): then the frame is taken as ever."""
+        if self._early is None:
+            self.server_frame(text, now)
+            return True
         decoded = self.live.profile.decode(text, now)
         if isinstance(decoded, Event) or decoded.kind is FrameKind.CONTROL:
             accepted: bool | None = True

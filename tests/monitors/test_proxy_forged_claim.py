@@ -382,3 +382,33 @@ async def test_a_drain_with_a_claim_awaiting_a_silent_server(sent):
             [result] = p.sink.results
             assert result.outcome is Outcome.INCOMPLETE and p.sink.started == 1, (result.note, result.violations)
         assert p.sample("chatprobe_chats_in_flight") == 0 and p.live.unconfirmed_bytes == 0
+
+
+@pytest.mark.parametrize("first", ["ping", "malformed"])
+async def test_a_server_frame_that_says_nothing_after_the_claim_was_let_go_is_relayed(first):
+    """The client floods before the server spoke (its claim let go by the client's relay); then the server's first
+    frame is one that neither accepts nor refuses a claim (its ping, a frame of no dialect), then an event: both reach
+    the client, the connection goes on, and the proxy's relay does not fail. FAILED before: the relay still tested
+    the server's frames for the claim and held that one for a claim no longer awaited (an AssertionError): the
+    connection was cut, as if the server had dropped it."""
+    async def late(ws) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for _ in range(MAX_UNCONFIRMED_FRAMES + 1):
+                await ws.recv()
+            await ws.send(json.dumps({"type": "ping"}) if first == "ping" else "not a frame of this dialect")
+            await ws.send(json.dumps({"type": "heartbeat"}))
+            await ws.wait_closed()
+
+    async with RawUpstream(late) as p:
+        async with asyncio.timeout(20):
+            ws = await websockets.asyncio.client.connect(p.url, open_timeout=5, ping_interval=None, close_timeout=1,
+                                                         **credentials(forged("bob"), "header"))
+            for _ in range(MAX_UNCONFIRMED_FRAMES + 1):
+                await ws.send(json.dumps({"type": "ping"}))
+            got = [await ws.recv(), await ws.recv()]
+            assert json.loads(got[1]) == {"type": "heartbeat"}
+            await ws.close()
+            assert ws.close_code == 1000
+            await proxy_done_with(p, 1)  # type: ignore[arg-type]
+        assert p.sample("chatprobe_connections_total", result="ok") + p.sample(
+            "chatprobe_connections_total", result="protocol_error") == 1
