@@ -124,8 +124,9 @@ MAX_UNCONFIRMED_FRAMES = 64
 MAX_UNCONFIRMED_BYTES = 4 * 1024 * 1024
 # ... and at most this many bytes across all the connections whose claims await their servers: held for up to a
 # chat's deadline, 4 MiB each at --max-connections (a silent or slow upstream, clients sending large frames with a
-# token naming anyone) made the proxy keep gigabytes. A frame that takes the total past it lets its own connection's
-# claim go, as its connection's bound does (a real user's first frames before the server's answer are a few kilobytes).
+# token naming anyone) made the proxy keep gigabytes. A frame that takes the total past it lets the claims holding the
+# most go, as a connection's own bound does (LiveChats.let_go_largest: a real user's first frames before the server's
+# answer are a few kilobytes, and stay held while others fill the budget).
 MAX_UNCONFIRMED_TOTAL_BYTES = 32 * 1024 * 1024
 # A chat error that is the user's client's doing, not the server's: its message rejected as invalid, or its credentials
 # refused (an expired token's AUTH_FAILED once the connection was open, a close of AUTH_CLOSE_CODES before it spoke), or
@@ -356,6 +357,7 @@ class LiveChats:
         # The bytes of client and server frames held across all connections whose JWT claims await their servers
         # (LiveConnection._hold; at most MAX_UNCONFIRMED_TOTAL_BYTES).
         self.unconfirmed_bytes = 0
+        self.unconfirmed: dict[LiveConnection, None] = {}  # those connections
         # --record's frames not written (a connection's file full), since the last line that said so: at most one
         # such warning a minute (WARN_EVERY), and the rest when the proxy stops.
         self._dropped = (0, 0, 0)
@@ -411,6 +413,14 @@ class LiveChats:
         if not claimed:
             self.open.setdefault(identity, {})[conn] = None
         return conn
+
+    def let_go_largest(self) -> None:
+        """Past MAX_UNCONFIRMED_TOTAL_BYTES held for claims awaiting their servers: the claims holding the most are
+        let go, until the rest fit (a scan of the connections awaiting, only as the budget overflows; each one let go
+        frees at least its share of the budget). The connection that held most pays, not the one whose few bytes came
+        last: clients filling the budget with large frames no longer make every real user's first frames let go."""
+        while self.unconfirmed_bytes > MAX_UNCONFIRMED_TOTAL_BYTES and self.unconfirmed:
+            max(self.unconfirmed, key=LiveConnection.held_bytes).confirm(False)
 
     def stranger(self) -> str:
         """An identity of one connection's own, matching no user's (a claim not confirmed): its chats resume, are
@@ -704,6 +714,8 @@ class LiveConnection:
         self._early: list[tuple[bool, str | bytes, float]] | None = [] if claimed else None
         self._early_bytes = 0
         self.identity = live.stranger() if claimed else identity
+        if claimed:
+            live.unconfirmed[self] = None
         self._secrets = secrets
         # One chat's own event stream (the HTTP side: an SSE answer to its POST), which ends with its run: a stream
         # the server ended before any event of the run is judged then, never held for a resend (a client sends a new
@@ -743,6 +755,10 @@ class LiveConnection:
     def auth_failed(self) -> bool:
         return self.router.auth_failed is not None
 
+    def held_bytes(self) -> int:
+        """The bytes of frames held here for a claim awaiting the server."""
+        return self._early_bytes
+
     @property
     def confirmed(self) -> bool:
         """Whether the connection's identity is settled (no claim awaiting the server's acceptance)."""
@@ -757,6 +773,7 @@ class LiveConnection:
         if early is None:
             return
         self.live.unconfirmed_bytes -= self._early_bytes
+        self.live.unconfirmed.pop(self, None)
         self._early_bytes = 0
         if accepted and self._claim is not None:
             self.identity = self._claim
@@ -777,9 +794,10 @@ class LiveConnection:
         self._early_bytes += len(text)
         live = self.live
         live.unconfirmed_bytes += len(text)
-        if (len(early) > MAX_UNCONFIRMED_FRAMES or self._early_bytes > MAX_UNCONFIRMED_BYTES
-                or live.unconfirmed_bytes > MAX_UNCONFIRMED_TOTAL_BYTES):
+        if len(early) > MAX_UNCONFIRMED_FRAMES or self._early_bytes > MAX_UNCONFIRMED_BYTES:
             self.confirm(False)
+        elif live.unconfirmed_bytes > MAX_UNCONFIRMED_TOTAL_BYTES:
+            live.let_go_largest()
 
     def first_server_frames(self, text: str | bytes, now: float) -> bool:
         """A frame from the server while the claim awaits its acceptance (the relay calls this instead of

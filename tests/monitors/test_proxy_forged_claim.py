@@ -34,7 +34,14 @@ from harness.recorder import Recorder
 from harness.targets import Target, TokenProvider
 from monitors.frontdoor import credentials_identity
 from monitors.metrics import ChatMetrics
-from monitors.proxy import MAX_UNCONFIRMED_FRAMES, MAX_UNCONFIRMED_TOTAL_BYTES, LiveTracker, Proxy, start_proxy
+from monitors.proxy import (
+    MAX_UNCONFIRMED_BYTES,
+    MAX_UNCONFIRMED_FRAMES,
+    MAX_UNCONFIRMED_TOTAL_BYTES,
+    LiveTracker,
+    Proxy,
+    start_proxy,
+)
 from tests.integration.fault_relay import DOWN, Fault, relay
 
 from .test_proxy import WatchedChats
@@ -412,3 +419,52 @@ async def test_a_server_frame_that_says_nothing_after_the_claim_was_let_go_is_re
             await proxy_done_with(p, 1)  # type: ignore[arg-type]
         assert p.sample("chatprobe_connections_total", result="ok") + p.sample(
             "chatprobe_connections_total", result="protocol_error") == 1
+
+
+async def test_clients_filling_the_claims_budget_do_not_let_a_real_users_claim_go():
+    """Eight clients with tokens naming users of their own and a silent server hold exactly the budget across
+    connections (MAX_UNCONFIRMED_TOTAL_BYTES, each at its own MAX_UNCONFIRMED_BYTES); then alice, with the server's
+    own token, sends her resume before her server's welcome: the claim holding the most is let go, not hers, and once
+    her server welcomes her the connection is hers. FAILED with the first budget (the frame taking the total past it
+    let its own connection's claim go): her resume was a stranger's, her parked chat out of its reach."""
+    attackers = MAX_UNCONFIRMED_TOTAL_BYTES // MAX_UNCONFIRMED_BYTES
+    size = MAX_UNCONFIRMED_BYTES // MAX_UNCONFIRMED_FRAMES
+    real = jwt.encode({"sub": "alice", "exp": int(time.time()) + 300}, "the-servers-secret-" + "y" * 16,
+                      algorithm="HS256")
+    got = {"bytes": 0}
+    all_in = asyncio.Event()
+
+    async def server(ws) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            if real in ws.request.headers.get("Authorization", ""):  # alice: welcomed once her first frame came
+                await ws.recv()
+                await ws.send(json.dumps({"type": "connection_established"}))
+            async for message in ws:  # the others: read, never answered
+                got["bytes"] += len(message)
+                del message
+                if got["bytes"] >= attackers * MAX_UNCONFIRMED_BYTES:
+                    all_in.set()
+
+    async with RawUpstream(server, deadline=60.0) as p:
+        async with asyncio.timeout(60):
+            frame = json.dumps({"type": "ping", "pad": ""})
+            frame = frame[:-2] + "x" * (size - len(frame)) + frame[-2:]
+            clients = [await websockets.asyncio.client.connect(
+                p.url, open_timeout=5, ping_interval=None, close_timeout=1,
+                **credentials(forged(f"user-{n}"), "header")) for n in range(attackers)]
+            for ws in clients:
+                for _ in range(MAX_UNCONFIRMED_FRAMES):
+                    await ws.send(frame)
+            await all_in.wait()
+            assert p.live.unconfirmed_bytes == MAX_UNCONFIRMED_TOTAL_BYTES  # full, none let go yet
+            alice = await websockets.asyncio.client.connect(p.url, open_timeout=5, ping_interval=None,
+                                                            close_timeout=1, **credentials(real, "header"))
+            await alice.send(json.dumps({"type": "resume", "payload": {"run_id": "r-alice", "last_seq": 0}}))
+            assert json.loads(await alice.recv())["type"] == "connection_established"
+            hers = credentials_identity({"Authorization": f"Bearer {real}"})
+            assert [c.confirmed for c in p.proxy.relays if c.identity == hers] == [True]
+            assert sum(not c.confirmed for c in p.proxy.relays) == attackers - 1
+            for ws in [*clients, alice]:
+                await ws.close()
+            await proxy_done_with(p, attackers + 1)  # type: ignore[arg-type]
+        assert p.live.unconfirmed_bytes == 0 and not p.live.unconfirmed
