@@ -184,16 +184,18 @@ class RawUpstream:
     """A WebSocket server of the test's own behind the proxy (`handler` per connection), the proxy's LiveChats and
     metrics at hand; `deadline`: a chat's."""
 
-    def __init__(self, handler, deadline: float = 10.0) -> None:
+    def __init__(self, handler, deadline: float = 10.0, record=None) -> None:
         self.handler = handler
         self.exp = Expectations(required=frozenset(DEFAULT_REQUIRED), deadline=deadline)
+        self.record = record  # --record-all's directory, if any
 
     async def __aenter__(self) -> "RawUpstream":
         self.upstream = await websockets.asyncio.server.serve(self.handler, "127.0.0.1", 0, ping_interval=None,
                                                               close_timeout=1)
         self.metrics = ChatMetrics(CollectorRegistry())
         self.sink = Started(self.metrics)
-        self.live = WatchedChats(load_profile("netra"), self.sink, self.exp, "live", 0.1)
+        recorder = Recorder(self.record, keep_all=True) if self.record is not None else None
+        self.live = WatchedChats(load_profile("netra"), self.sink, self.exp, "live", 0.1, recorder)
         port = self.upstream.sockets[0].getsockname()[1]
         self.proxy = Proxy(f"ws://127.0.0.1:{port}", self.live)
         self.server = await start_proxy(self.proxy, "127.0.0.1", 0)
@@ -468,3 +470,57 @@ async def test_clients_filling_the_claims_budget_do_not_let_a_real_users_claim_g
                 await ws.close()
             await proxy_done_with(p, attackers + 1)  # type: ignore[arg-type]
         assert p.live.unconfirmed_bytes == 0 and not p.live.unconfirmed
+
+
+@pytest.mark.parametrize("server", ["silent", "refused", "flooded", "welcomed_late", "rate_limited"])
+async def test_check_of_the_recording_agrees_with_the_proxy_on_a_claims_chat(server, tmp_path):
+    """A chat sent under a JWT's claim before the server spoke, whatever came of the claim: the server never spoke
+    (judged at its deadline), refused it (AUTH_FAILED, 1008), the client flooded past MAX_UNCONFIRMED_FRAMES, the
+    server welcomed it late and said nothing more, or answered with an error that is no AUTH_FAILED: `chatprobe check`
+    of the proxy's --record-all recording gives the verdicts the proxy counted (a client rejection is a chat of the
+    client's error kind there), and the counts add up (started = judged + rejected, nothing in flight)."""
+    from harness.offline import check_files
+    from harness.scenario import Scenario
+    from monitors.proxy import CLIENTS_DOING
+
+    message = json.dumps({"type": "user_message", "payload": {"content": "hi", "message_id": "m-1"}})
+    floods = MAX_UNCONFIRMED_FRAMES + 1 if server == "flooded" else 0
+
+    async def upstream(ws) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for _ in range(floods + 1):
+                await ws.recv()
+            if server == "refused":
+                await ws.send(json.dumps({"type": "error_message", "error_code": "AUTH_FAILED", "error_message": "no"}))
+                await ws.close(1008, "bad token")
+            elif server == "welcomed_late":
+                await ws.send(json.dumps({"type": "connection_established"}))
+            elif server == "rate_limited":
+                await ws.send(json.dumps({"type": "error_message", "error_code": "RATE_LIMITED",
+                                          "error_message": "slow down"}))
+            await ws.wait_closed()
+
+    async with RawUpstream(upstream, deadline=1.0, record=tmp_path / "rec") as p:
+        async with asyncio.timeout(20):
+            ws = await websockets.asyncio.client.connect(p.url, open_timeout=5, ping_interval=None, close_timeout=1,
+                                                         **credentials(forged("bob"), "header"))
+            for _ in range(floods):
+                await ws.send(json.dumps({"type": "ping"}))
+            await ws.send(message)
+            if server in ("refused", "rate_limited"):
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await ws.recv()
+            else:
+                await p.sink.judged.wait()
+            await ws.close()
+            await proxy_done_with(p, 1)  # type: ignore[arg-type]
+    live = [(r.outcome, r.error_kind) for r in p.sink.results]
+    rejected = p.sample("chatprobe_client_rejections_total")
+    assert p.sink.started == len(live) + rejected == 1 and p.sample("chatprobe_chats_in_flight") == 0
+    (run,) = check_files([tmp_path / "rec"], load_profile("netra"),
+                         Scenario(name="live", expect={"settle": "0.1s", "deadline": "1s"}))
+    checked = [(r.outcome, r.error_kind) for r in run.results]
+    assert [c for c in checked if c[1] not in CLIENTS_DOING] == live, (checked, live)
+    assert sum(c[1] in CLIENTS_DOING for c in checked) == rejected
+    if server == "refused":
+        assert p.sample("chatprobe_connections_total", result="auth_failed") == 1 and checked[0][1] == "auth_failed"
