@@ -713,6 +713,9 @@ class LiveConnection:
         self._claim: str | None = identity if claimed else None
         self._early: list[tuple[bool, str | bytes, float]] | None = [] if claimed else None
         self._early_bytes = 0
+        # When the first chat (a request or a resume) among the held frames came: a chat's deadline after it the claim
+        # is let go (its chats judged as they stand); frames that open no chat (the client's own ping) set no deadline.
+        self._early_chat: float | None = None
         self.identity = live.stranger() if claimed else identity
         if claimed:
             live.unconfirmed[self] = None
@@ -792,6 +795,8 @@ class LiveConnection:
         assert early is not None
         early.append((sent, text, now))
         self._early_bytes += len(text)
+        if sent and self._early_chat is None and self.live.profile.decode_client(text).kind in ("request", "resume"):
+            self._early_chat = now
         live = self.live
         live.unconfirmed_bytes += len(text)
         if len(early) > MAX_UNCONFIRMED_FRAMES or self._early_bytes > MAX_UNCONFIRMED_BYTES:
@@ -961,9 +966,8 @@ class LiveConnection:
         return due
 
     def _unconfirmed_due(self) -> float | None:
-        """While the claim awaits the server: the deadline of a chat sent first among the client's held frames."""
-        assert self._early is not None
-        first = next((at for sent, _text, at in self._early if sent), None)
+        """While the claim awaits the server: the deadline of the first chat among the client's held frames."""
+        first = self._early_chat
         return None if first is None else first + self.live.exp.deadline
 
     def owns(self, chat: ChatTracker) -> bool:
@@ -983,10 +987,8 @@ class LiveConnection:
         """A chat open here still awaits its terminal event (read as the proxy drains, not per frame), or the client
         sent a chat (a request or a resume) the server has not answered yet (the claim awaiting its acceptance): a
         frame that opens none (the client's own ping) holds no drain up, as on a connection of no claim."""
-        if self._early is not None:
-            decode = self.live.profile.decode_client
-            if any(sent and decode(text).kind in ("request", "resume") for sent, text, _at in self._early):
-                return True
+        if self._early is not None and self._early_chat is not None:
+            return True
         return any(not chat.judged and not chat.done for chat in self._by_id.values())
 
     def closed(self, now: float, *, by_client: bool, code: int | None = None, drained: bool = False) -> None:

@@ -524,3 +524,33 @@ async def test_check_of_the_recording_agrees_with_the_proxy_on_a_claims_chat(ser
     assert sum(c[1] in CLIENTS_DOING for c in checked) == rejected
     if server == "refused":
         assert p.sample("chatprobe_connections_total", result="auth_failed") == 1 and checked[0][1] == "auth_failed"
+
+
+async def test_a_users_own_ping_before_her_first_message_does_not_let_her_claim_go():
+    """A server that speaks only when asked (no welcome, as AG-UI's): alice's client sends its own ping, she idles
+    past a chat's deadline, then sends her message, which her server answers with her run's first event: the
+    connection is hers (a resume of that run on her next connection finds it). FAILED before: a chat's deadline was
+    counted from the first frame held, whatever it was, so an idle user's claim was let go at it and her chats on the
+    connection were a stranger's."""
+    real = jwt.encode({"sub": "alice", "exp": int(time.time()) + 300}, "the-servers-secret-" + "y" * 16,
+                      algorithm="HS256")
+
+    async def asked(ws) -> None:  # answers her message with its run's first event, nothing before
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in ws:
+                if json.loads(raw)["type"] == "user_message":
+                    await ws.send(json.dumps({"type": "agent_started", "run_id": "r-1", "seq": 1,
+                                              "payload": {"agent_name": "a"}}))
+
+    async with RawUpstream(asked, deadline=0.5) as p:
+        async with asyncio.timeout(20):
+            ws = await websockets.asyncio.client.connect(p.url, open_timeout=5, ping_interval=None, close_timeout=1,
+                                                         **credentials(real, "header"))
+            await ws.send(json.dumps({"type": "ping"}))
+            await asyncio.sleep(1.0)  # wait-ok: the user idles past a chat's deadline before her first message
+            await ws.send(json.dumps({"type": "user_message", "payload": {"content": "hi", "message_id": "m-1"}}))
+            assert json.loads(await ws.recv())["type"] == "agent_started"
+            hers = credentials_identity({"Authorization": f"Bearer {real}"})
+            assert [c.identity == hers for c in p.proxy.relays] == [True]
+            await ws.close()
+            await proxy_done_with(p, 1)  # type: ignore[arg-type]
