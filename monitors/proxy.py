@@ -113,7 +113,7 @@ MAX_OPEN_CHATS = 64
 TOO_MANY_OPEN = f"the client had more than {MAX_OPEN_CHATS} chats open at once on the connection"
 # A connection whose user is named by a JWT's claim, read without its signature (frontdoor.identity_of: the proxy
 # holds no key, and anyone can write a token naming another user), is that user's only once the upstream accepted it:
-# until the server spoke on it (a welcome, an event, an answer that is no AUTH_FAILED), its client's frames are held
+# until the server spoke on it (a welcome, an event, an error that is no AUTH_FAILED), its client's frames are held
 # unjudged (forwarded at once, as ever) and nothing of the user's is touched, neither a parked chat, a message held for
 # a resend, a run the user left, nor the user's open connections (LiveConnection.confirm). Refused (AUTH_FAILED, or a
 # close of AUTH_CLOSE_CODES before the server spoke), the claim was false: the frames are judged as a connection of
@@ -806,16 +806,21 @@ class LiveConnection:
 
     def first_server_frames(self, text: str | bytes, now: float) -> bool:
         """A frame from the server while the claim awaits its acceptance (the relay calls this instead of
-        server_frame until it returns True, the connection confirmed): an event, a welcome, or an answer other than
-        AUTH_FAILED accepts it; AUTH_FAILED refuses it; a ping, a stream's end or a malformed frame says neither,
-        and is held with the client's frames. The claim may have been let go by another road since the last one (the
+        server_frame until it returns True, the connection confirmed): an event, a welcome (a control frame before
+        any of the client's), or an error other than AUTH_FAILED accepts it; AUTH_FAILED refuses it; a control frame
+        after the client's (a pong, an ack), a ping, a stream's end or a malformed frame says neither, and is held
+        with the client's frames. The claim may have been let go by another road since the last one (the
         client's flood, the deadline's judge, the budget across connections): then the frame is taken as ever."""
         if self._early is None:
             self.server_frame(text, now)
             return True
         decoded = self.live.profile.decode(text, now)
-        if isinstance(decoded, Event) or decoded.kind is FrameKind.CONTROL:
+        if isinstance(decoded, Event):
             accepted: bool | None = True
+        elif decoded.kind is FrameKind.CONTROL:
+            # A welcome: sent before the client said anything. After a frame of the client's, a control frame may be
+            # the answer to it (a pong, an ack) that a server gives before it checks the token: it accepts nothing.
+            accepted = True if not any(sent for sent, _text, _at in self._early) else None
         elif decoded.kind is FrameKind.ERROR:
             accepted = decoded.session_error is not SessionError.AUTH_FAILED
         else:

@@ -427,8 +427,8 @@ async def test_clients_filling_the_claims_budget_do_not_let_a_real_users_claim_g
     """Eight clients with tokens naming users of their own and a silent server hold exactly the budget across
     connections (MAX_UNCONFIRMED_TOTAL_BYTES, each at its own MAX_UNCONFIRMED_BYTES); then alice, with the server's
     own token, sends her resume before her server's welcome: the claim holding the most is let go, not hers, and once
-    her server welcomes her the connection is hers. FAILED with the first budget (the frame taking the total past it
-    let its own connection's claim go): her resume was a stranger's, her parked chat out of its reach."""
+    her server answers her resume the connection is hers. FAILED with the first budget (the frame taking the total
+    past it let its own connection's claim go): her resume was a stranger's, her parked chat out of its reach."""
     attackers = MAX_UNCONFIRMED_TOTAL_BYTES // MAX_UNCONFIRMED_BYTES
     size = MAX_UNCONFIRMED_BYTES // MAX_UNCONFIRMED_FRAMES
     real = jwt.encode({"sub": "alice", "exp": int(time.time()) + 300}, "the-servers-secret-" + "y" * 16,
@@ -438,9 +438,11 @@ async def test_clients_filling_the_claims_budget_do_not_let_a_real_users_claim_g
 
     async def server(ws) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
-            if real in ws.request.headers.get("Authorization", ""):  # alice: welcomed once her first frame came
+            if real in ws.request.headers.get("Authorization", ""):  # alice: her resume answered once it came
                 await ws.recv()
                 await ws.send(json.dumps({"type": "connection_established"}))
+                await ws.send(json.dumps({"type": "agent_started", "run_id": "r-alice", "seq": 1,
+                                          "payload": {"agent_name": "a"}}))
             async for message in ws:  # the others: read, never answered
                 got["bytes"] += len(message)
                 del message
@@ -463,6 +465,7 @@ async def test_clients_filling_the_claims_budget_do_not_let_a_real_users_claim_g
                                                             close_timeout=1, **credentials(real, "header"))
             await alice.send(json.dumps({"type": "resume", "payload": {"run_id": "r-alice", "last_seq": 0}}))
             assert json.loads(await alice.recv())["type"] == "connection_established"
+            assert json.loads(await alice.recv())["type"] == "agent_started"
             hers = credentials_identity({"Authorization": f"Bearer {real}"})
             assert [c.confirmed for c in p.proxy.relays if c.identity == hers] == [True]
             assert sum(not c.confirmed for c in p.proxy.relays) == attackers - 1
@@ -554,3 +557,45 @@ async def test_a_users_own_ping_before_her_first_message_does_not_let_her_claim_
             assert [c.identity == hers for c in p.proxy.relays] == [True]
             await ws.close()
             await proxy_done_with(p, 1)  # type: ignore[arg-type]
+
+
+async def test_a_pong_to_the_forged_clients_own_ping_accepts_no_claim():
+    """A server that answers a ping before it checks a token (a heartbeat handler ahead of its auth), then refuses
+    the token at the client's next frame: a forged client naming alice pings, reads the pong, then resumes her parked
+    run. The pong answered the client's own frame, it is no welcome: the claim still awaits the server, which refuses
+    it, and alice's parked chat is untouched. FAILED before: any control frame accepted the claim, so the resume was
+    alice's, her chat adopted on the forged client's connection and judged there (auth_failed)."""
+    async def pongs_first(ws) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in ws:
+                if json.loads(raw).get("type") == "ping":
+                    await ws.send(json.dumps({"type": "pong"}))
+                else:
+                    await ws.send(json.dumps({"type": "error_message", "error_code": "AUTH_FAILED",
+                                              "error_message": "bad token"}))
+                    await ws.close(1008, "bad token")
+
+    async with RawUpstream(pongs_first) as p:
+        profile, now = load_profile("netra"), time.monotonic()
+        real = jwt.encode({"sub": "alice", "exp": int(time.time()) + 300}, "the-servers-secret-" + "y" * 16,
+                          algorithm="HS256")
+        chat = LiveTracker("live-alice", p.exp, now, scenario="live", thread_id="t-a", run_id="r-alice")
+        chat.feed(profile.decode(json.dumps({"type": "agent_started", "run_id": "r-alice", "seq": 1,
+                                             "payload": {"agent_name": "a"}}), now))
+        p.sink.chat_started("live")
+        assert p.live.park(credentials_identity({"Authorization": f"Bearer {real}"}), chat, now) == "parked"
+        async with asyncio.timeout(20):
+            ws = await websockets.asyncio.client.connect(p.url, open_timeout=5, ping_interval=None, close_timeout=1,
+                                                         **credentials(forged("alice"), "header"))
+            await ws.send(json.dumps({"type": "ping"}))
+            assert json.loads(await ws.recv())["type"] == "pong"
+            await ws.send(json.dumps({"type": "resume", "payload": {"run_id": "r-alice", "last_seq": 0}}))
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    await ws.recv()
+            assert ws.close_code == 1008
+            await proxy_done_with(p, 1)  # type: ignore[arg-type]
+        assert p.live.parked.holds("r-alice") and len(p.live.parked) == 1  # still parked, for alice
+        assert not chat.reconnects and chat.connection_error is None and not chat.judged
+        assert not p.sink.results and p.sample("chatprobe_client_rejections_total") == 0
+        assert p.sample("chatprobe_reconnects_total", result="lost") == 0
