@@ -18,7 +18,7 @@ FLOOD = 512 * 1024  # bytes of the flood, a few reads of 64 KiB
 
 class PerTurn:
     """The most calls of `name` (in a file ending with `filename`) made in one turn of the event loop: a ticker task
-    counts the turns, a profile hook the calls since the ticker last ran."""
+    counts the turns, a profile hook the calls since the ticker last ran (and `calls`, all of them)."""
 
     def __init__(self, name: str, filename: str) -> None:
         self.name, self.filename = name, filename
@@ -26,6 +26,7 @@ class PerTurn:
         self._seen_turn = -1
         self.run = 0
         self.most = 0
+        self.calls = 0
 
     def __call__(self, frame, event, arg) -> None:
         code = frame.f_code
@@ -33,6 +34,7 @@ class PerTurn:
             if self._seen_turn != self.turn:
                 self._seen_turn, self.run = self.turn, 0
             self.run += 1
+            self.calls += 1
             self.most = max(self.most, self.run)
 
     @contextlib.asynccontextmanager
