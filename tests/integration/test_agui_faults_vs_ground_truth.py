@@ -15,7 +15,7 @@ from harness.profiles import load_profile
 from harness.runner import run_scenario
 from harness.targets import Target, TokenProvider
 
-from .conftest import faults_by_run, ground_truth, scenario
+from .conftest import TIMED, faults_by_run, ground_truth, scenario
 
 AGUI = load_profile("ag-ui")
 
@@ -41,13 +41,8 @@ class AguiSimCtx:
         await self.sim.stop()
 
 
-# The chats' expectations where the fault is not one of time: 20 runs of some 20 events, each done in well under a
-# second, given 10 s (3 s went by on a loaded machine before a faulted run reached its fault: an R10 where the fault's
-# own rule was due). A run that never ends (drop:agent_completed) is given conftest's 3 s: the R2 waits for it.
-UNTIMED = {"expect": {"streaming": True, "settle": "0.05s", "deadline": "10s"}}
-
 # fault spec -> (rule that must fire — "R5|R12": either; "advice R12": a warning only, the chat passes —,
-# scenario overrides; none: UNTIMED)
+# scenario overrides; none: conftest's UNTIMED, 10 s a chat, as the faults here are not of time)
 CASES = {
     "drop_result=0.5": ("R5", {}),
     "drop:tool_completed=0.5": ("R5", {}),
@@ -64,8 +59,8 @@ CASES = {
     "chunk_without_id=0.5": ("R5", {}),
     "string_timestamp=0.5": ("R12", {}),
     "duplicate:tool_executing=0.5": ("R5", {}),
-    # the stream ends without RUN_FINISHED: incomplete, agent_completed missing
-    "drop:agent_completed=0.5": ("R2", {"expect": {"streaming": True, "settle": "0.05s", "deadline": "3s"}}),
+    # the stream ends without RUN_FINISHED: incomplete, agent_completed missing (at the deadline: TIMED's 3 s)
+    "drop:agent_completed=0.5": ("R2", {"expect": TIMED}),
     "after_terminal=0.5": ("R4", {"expect": {"streaming": True, "settle": "0.3s", "deadline": "10s"}}),
     "malformed:notjson=0.5": ("R12", {}),
     "malformed:unknowntype=0.5": ("R12", {}),
@@ -79,7 +74,7 @@ CASES = {
 async def test_agui_fault_fires_its_rule_exactly_where_injected(tmp_path, spec, transport):
     rule, overrides = CASES[spec]
     async with AguiSimCtx(tmp_path, faults=[spec], ws=transport == "websocket") as (sim, target, gt):
-        run = await run_scenario(scenario(**(overrides or UNTIMED)), target)
+        run = await run_scenario(scenario(**overrides), target)
     faulted = faults_by_run(gt)
     assert run.stats.chats == 20 and all(r.run_id for r in run.results)
     hit = [r for r in run.results if r.run_id in faulted]

@@ -7,12 +7,12 @@ import pytest
 from harness.events import Outcome
 from harness.runner import run_scenario
 
-from .conftest import faults_by_run, scenario
+from .conftest import TIMED, faults_by_run, scenario
 
-# fault spec -> (rule that must fire — "R7|R10": either —, scenario overrides)
+# fault spec -> (rule that must fire — "R7|R10": either —, scenario overrides; none: conftest's UNTIMED, 10 s a chat)
 CASES = {
     "drop:tool_completed=0.5": ("R2", {"message": "What is 2 * 3? #tools=1"}),
-    "drop=0.5": ("R7|R10", {}),  # a dropped terminal event leaves the chat incomplete
+    "drop=0.5": ("R7|R10", {"expect": TIMED}),  # a dropped terminal event leaves the chat incomplete until its deadline
     "duplicate=0.5": ("R7", {}),
     "swap=0.5": ("R7", {}),
     "after_terminal=0.5": ("R4", {"expect": {"streaming": True, "settle": "0.3s", "deadline": "10s"}}),
