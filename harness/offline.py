@@ -219,6 +219,12 @@ class OfflineCheck:
         # the close's time and whether it was a closing handshake (CLEAN_CLOSE_CODES: the live client warns, R13).
         self.resends: dict[str, tuple[ChatTracker, float, bool]] = {}
         self.resent: set[str] = set()  # chats sent again already (a second loss is judged as any other)
+        # A plain connection failure (no "resume") of a user while a message of theirs waited to be sent again, where
+        # reconnecting is allowed, by that message's id: the failure's connection, record and time. Live opens that
+        # message's connection as a reconnect ("resume" records), so such a failure is another chat's (one that found
+        # the connection closed before its message left, or the user's next); a recording written before those
+        # retries opened one plain connection for it. Which it was shows later (_held_failure_is_own, _resend_held).
+        self.held_failures: dict[str, tuple[str, Recorded, float]] = {}
         self.tally = Tally()
         self.listing = Listing(max_events=MAX_EVENTS_LISTED, budget=listing)  # (shared by a check's runs)
         self.first_t: float | None = None
@@ -382,7 +388,7 @@ class OfflineCheck:
                     self.open.pop(chat.chat_id, None)
                     conn.open.pop(chat.chat_id, None)
                     conn.checker.discard(chat)
-                    if (earlier := self.resends.pop(key, None)) is not None:
+                    if (earlier := self.resends.pop(key, None)) is not None and not self._resend_held(key, earlier[0]):
                         self._finish(earlier[0], earlier[1], lost=True, note=CLOSED_NOTE)
                     self.resends[key] = (chat, at, True)
                     self.parked_wake = min(self.parked_wake, chat.wait_deadline())
@@ -429,6 +435,7 @@ class OfflineCheck:
             # The message sent again after its connection closed before any event of its run: the same chat, timed
             # from its first try, as live (flow.ChatFlow._send_again).
             chat, _closed_at, clean = again
+            self._held_failure_is_own(key)
             if clean:
                 chat._warn(Rule.R13, RESENT_WARNING, None)
             if not conn.clients:
@@ -524,16 +531,47 @@ class OfflineCheck:
         recorded on it waits (_failed_waiting): the chat that was to use it is an `error` chat of that kind, as live
         (exit 3 when every chat was unreachable, 2 when every one's credentials were refused); over WebSocket no
         message was sent, and the chat is counted here."""
-        reason = rec.reason or f"the connection failed ({rec.failed})"
         if (again := self._resend_for(conn.key, at)) is not None:
-            # The new connection a message was to be sent again on (its own closed before any event): the chat is an
-            # error of that kind, as live (flow.ChatFlow: its Connect failed), not a lost chat and an error chat more.
-            chat = self.resends.pop(again)[0]
-            self._count(None, error_result(chat.chat_id, self.name, chat.sent_at, rec.failed, reason))
-            return
+            if not self.scenario.max_reconnects:
+                # The new connection a message was to be sent again on (its own closed before any event), where
+                # reconnecting is not allowed: one plain connection, as live (flow.ChatFlow: its Connect failed); the
+                # chat is an error of that kind, not a lost chat and an error chat more.
+                chat = self.resends.pop(again)[0]
+                self._count(None, error_result(chat.chat_id, self.name, chat.sent_at, rec.failed,
+                                               rec.reason or f"the connection failed ({rec.failed})"))
+                return
+            if again not in self.held_failures:
+                # Where it is allowed, whose failure this was shows later: the message's own attempts ("resume"
+                # records) or its send make it another chat's; none before its deadline, its one plain connection (a
+                # recording written before the resend's retries).
+                self.held_failures[again] = (conn.key, rec, at)
+                return
+        self._own_failure(conn.key, rec, at)
+
+    def _own_failure(self, key: str, rec: Recorded, at: float) -> None:
+        """A connection that never became usable: the chat that was to use it, an `error` chat of that kind."""
         self.n += 1
         self.sink.chat_started(self.name)
-        self._count(None, error_result(f"{conn.key}#{self.n}", self.name, at, rec.failed, reason))
+        self._count(None, error_result(f"{key}#{self.n}", self.name, at, rec.failed,
+                                       rec.reason or f"the connection failed ({rec.failed})"))
+
+    def _held_failure_is_own(self, message_id: str) -> None:
+        """The message waiting to be sent again made an attempt of its own (a "resume" record, or its send): the plain
+        failure held for it (held_failures) was another chat's, counted as that chat now."""
+        if (held := self.held_failures.pop(message_id, None)) is not None:
+            self._own_failure(*held)
+
+    def _resend_held(self, message_id: str, chat: ChatTracker) -> bool:
+        """The message waiting to be sent again made no attempt of its own before its deadline, the recording's end or
+        the run's stop, and a plain failure of its user was held for it (a recording written before the resend's
+        retries): that was its one connection, and the chat an `error` of that kind, as live was then. False when
+        none was held."""
+        if (held := self.held_failures.pop(message_id, None)) is None:
+            return False
+        _key, rec, _at = held
+        self._count(None, error_result(chat.chat_id, self.name, chat.sent_at, rec.failed,
+                                       rec.reason or f"the connection failed ({rec.failed})"))
+        return True
 
     def _resume_failed(self, conn: _Conn, rec: Recorded, at: float, *, retried: bool) -> None:
         """A reconnect to resume a run never became usable (a close record with "resume": true: refused, no welcome,
@@ -565,6 +603,7 @@ class OfflineCheck:
         if (again := self._resend_for(conn.key, at, any_close=True)) is None:
             return
         chat = self.resends[again][0]
+        self._held_failure_is_own(again)
         chat.reconnect_tried(False)
         if retried:
             return
@@ -702,7 +741,8 @@ class OfflineCheck:
         for message_id, (chat, closed_at, _clean) in list(self.resends.items()):
             if at >= chat.wait_deadline():  # never sent again: judged as it stood when its connection closed
                 del self.resends[message_id]
-                self._finish(chat, closed_at, lost=True, note=CLOSED_NOTE)
+                if not self._resend_held(message_id, chat):
+                    self._finish(chat, closed_at, lost=True, note=CLOSED_NOTE)
 
     def _close(self, conn: _Conn, at: float, rec: Recorded | None, note: str) -> None:
         """The connection ended (a close record, or the end of the recording: `rec` None)."""
@@ -795,7 +835,7 @@ class OfflineCheck:
                 # that send.
                 self.open.pop(chat.chat_id, None)
                 conn.open.pop(chat.chat_id, None)
-                if (earlier := self.resends.pop(key, None)) is not None:
+                if (earlier := self.resends.pop(key, None)) is not None and not self._resend_held(key, earlier[0]):
                     self._finish(earlier[0], earlier[1], lost=True, note=CLOSED_NOTE)
                 self.resends[key] = (chat, at, rec.code in CLEAN_CLOSE_CODES)
                 self.parked_wake = min(self.parked_wake, chat.wait_deadline())
@@ -839,6 +879,8 @@ class OfflineCheck:
         for key, (chat, _closed_at, clean) in list(self.resends.items()):
             if _user_of(chat.chat_id.rpartition("#")[0]) == user:
                 del self.resends[key]
+                if self._resend_held(key, chat):
+                    continue
                 if clean:  # crossed a closing handshake: the live client said so as it went to send it again
                     chat._warn(Rule.R13, RESENT_WARNING, None)
                 self._finish(chat, at, lost=True, note=STOPPED_CHAT_NOTE)
@@ -876,8 +918,9 @@ class OfflineCheck:
         judged (proxy_stopped), as the proxy counted them (those whose deadline passed before were judged then)."""
         for chat in self.parked.drain():
             self._unjudged(chat, PROXY_STOPPED)
-        for chat, _closed_at, _clean in list(self.resends.values()):
-            self._unjudged(chat, PROXY_STOPPED)
+        for key, (chat, _closed_at, _clean) in list(self.resends.items()):
+            if not self._resend_held(key, chat):
+                self._unjudged(chat, PROXY_STOPPED)
         self.resends.clear()
         self.parked_wake = float("inf")
 
@@ -917,8 +960,9 @@ class OfflineCheck:
         self.conns.clear()
         for chat in self.parked.drain():
             self._finish(chat, self.now, lost=True, note=INTERRUPTED_NOTE if interrupted else NOT_RESUMED_NOTE)
-        for chat, closed_at, _clean in list(self.resends.values()):
-            self._finish(chat, closed_at, lost=True, note=INTERRUPTED_NOTE if interrupted else CLOSED_NOTE)
+        for key, (chat, closed_at, _clean) in list(self.resends.items()):
+            if not self._resend_held(key, chat):
+                self._finish(chat, closed_at, lost=True, note=INTERRUPTED_NOTE if interrupted else CLOSED_NOTE)
         self.resends.clear()
 
     def run(self, target: str, elapsed: float) -> ScenarioRun:

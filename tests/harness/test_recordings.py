@@ -1007,6 +1007,42 @@ def test_a_failed_connect_is_the_error_of_a_message_to_be_sent_again_only_after_
     assert sorted(r.outcome.value for r in run.results) == chats, [(r.outcome, r.note) for r in run.results]
 
 
+@pytest.mark.parametrize("then", ["refused", "sent"])
+def test_a_plain_failure_while_a_message_waits_to_go_again_with_its_own_attempts_is_another_chat(tmp_path, then):
+    """A message crossed the server's closing handshake (1000) and waits to be sent again; the user's next connection,
+    a plain one (no "resume"), is refused: live, where reconnecting is allowed, that was another chat's (one that found
+    the connection closed before its message left: one plain connection), and the waiting message opens its own
+    connection as a reconnect, refused ("resume" records, the last with no "retry") or sent on it. Two chats, as live:
+    the plain failure an error chat of its own, the waiting message an error with its two attempts counted, or passed
+    with its one. (Check took that plain failure for the waiting message's: one chat fewer than live, the message's
+    attempts counted on no chat.)"""
+    recs = [send(1000.0, conn="u1.1"), {"t": 1000.1, "dir": "close", "conn": "u1.1", "code": 1000},
+            {"t": 1000.15, "dir": "close", "conn": "u1.2", "failed": "refused", "reason": "HTTP 503", "status": 503},
+            {"t": 1000.2, "dir": "close", "conn": "u1.3", "failed": "refused", "reason": "HTTP 503", "status": 503,
+             "resume": True, "retry": True}]
+    if then == "refused":
+        recs.append({"t": 1000.4, "dir": "close", "conn": "u1.4", "failed": "refused", "reason": "HTTP 503",
+                     "status": 503, "resume": True})
+    else:
+        recs += [send(1000.4, conn="u1.4"), *netra_run("r1", 1000.4, conn="u1.4")]
+    [run] = check_files([write_jsonl(tmp_path / "plain.jsonl", recs)], NETRA, SC)
+    said = sorted((r.outcome.value, r.error_kind, r.reconnect_attempts, r.reconnect_failures) for r in run.results)
+    resent = ("error", "refused", 2, 2) if then == "refused" else ("passed", None, 2, 1)
+    assert said == sorted([("error", "refused", 0, 0), resent]), said
+    assert run.stats.chats == 2
+
+
+def test_a_plain_failure_with_no_attempt_of_the_waiting_message_after_it_is_that_message_s(tmp_path):
+    """A recording written before the resend's retries: the message waiting to be sent again opened one plain
+    connection, refused, and made no attempt after it (no "resume" record, no send of it before its deadline): that
+    failure was the message's, one error chat, as live was then."""
+    recs = [send(1000.0, conn="u1.1"), {"t": 1000.1, "dir": "close", "conn": "u1.1", "code": 1000},
+            {"t": 1000.2, "dir": "close", "conn": "u1.2", "failed": "refused", "reason": "connection refused"},
+            {"t": 1020.0, "dir": "recv", "conn": "u2.1", "frame": json.dumps({"type": "heartbeat"})}]
+    [run] = check_files([write_jsonl(tmp_path / "old.jsonl", recs)], NETRA, SC)
+    assert [(r.outcome.value, r.error_kind) for r in run.results] == [("error", "refused")], run.results
+
+
 def test_connection_labels_sharing_what_follows_a_colon_are_still_two_users(tmp_path):
     """A connection label names its user (`USER.N`); only a merge's `FILE:` prefix (digits) is not the user's. Labels
     `alice:web.1` and `bob:web.2` are two users: bob's resume of the run alice's dropped connection carried adopts

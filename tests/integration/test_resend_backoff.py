@@ -220,3 +220,26 @@ def test_a_message_that_found_the_connection_closed_is_no_reconnect(tmp_path, dr
     resent = sum(resent for resent, _, _ in said["live"])
     assert [m["payload"]["content"] for m in server.received] == ["hi"] * (4 + resent)
     assert_parity(live, offline)
+
+
+
+@pytest.mark.parametrize("driver", ["asyncio", "sync"])
+def test_chats_refused_while_a_message_waits_to_go_again_are_each_counted_once(tmp_path, driver):
+    # Three chats in parallel on one connection; the server closes it (1000) on the first message it reads and refuses
+    # every connection after (503). A message that crossed the close waits to go again, its connection opened with the
+    # reconnect's retries ("resume" records); a chat that found the connection closed before its message left opens
+    # one plain connection, refused: an `error` chat of its own. Check took such a plain failure for the waiting
+    # message's (as when a resend opened one plain connection): one chat fewer than live (the asyncio client's
+    # second and third chats find the connection closed in most runs), the waiting message's attempts on no chat.
+    # The recording cannot say which waiting message an attempt was (each makes its own): the totals agree.
+    sc = scenario(**{**SC, "chats_per_user": 3, "parallel_chats": 3}, expect={"deadline": "1.5s", "settle": "0.05s"})
+    server = Scripted(lambda n, msg: "close1000")
+    with RestartingServer(None, "503", server) as target:
+        live, offline = play(driver, target, sc, tmp_path / "rec")
+    assert live.stats.outcomes == offline.stats.outcomes == {"error": 3}, (live.stats.outcomes, offline.stats.outcomes)
+    assert live.stats.chats == offline.stats.chats == 3
+    for counted in ("reconnect_attempts", "reconnect_failures"):
+        assert (sum(getattr(r, counted) for r in live.results)
+                == sum(getattr(r, counted) for r in offline.results)), counted
+    assert exit_code([live]) == exit_code([offline])
+    assert_parity(live, offline)
