@@ -23,7 +23,7 @@ PROXY_MAIN = "import sys; from monitors.proxy import main; sys.exit(main(sys.arg
 SLOW_CUT = 2
 SLOW_CUT_MAIN = f"from monitors import httpserver; httpserver.SLOW_CLIENT_TIMEOUT = {SLOW_CUT}; "
 PORT_ATTEMPTS = 5
-LISTENING = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)")
+LISTENING = re.compile(r"listening on (?:ws|http)://127\.0\.0\.1:(\d+)")
 
 
 def free_port() -> int:

@@ -38,6 +38,9 @@ def closes(rec) -> list[dict]:
 
 @pytest.mark.parametrize("token", ["jwt", "opaque"])
 async def test_a_chat_its_server_never_answered_is_proxy_stopped_at_the_drains_end(token, tmp_path):
+    """The server accepts the upgrade and the message and says nothing (a JWT's claim: the client's frames held all
+    along; an opaque token: a chat in flight at once). SIGTERM, the drain runs out, the proxy closes the connection
+    with 1001: counted proxy_stopped, in no outcome, not abandoned, nothing in flight, and `check` agrees."""
     came = asyncio.Event()
 
     async def silent(ws) -> None:  # accepts the upgrade and the message, then says nothing
@@ -76,5 +79,56 @@ async def test_a_chat_its_server_never_answered_is_proxy_stopped_at_the_drains_e
     assert value(last, "chatprobe_chats_in_flight") == 0 and value(last, "chatprobe_client_rejections_total") == 0
     assert "proxy-stop" in {c.get("by") for c in closes(rec)}, closes(rec)
     (run,) = check_files([rec], load_profile("netra"))
+    assert (run.stats.chats, run.results) == (0, []), [(r.outcome, r.note) for r in run.results]
+    assert dict(run.stats.unjudged) == {"proxy_stopped": 1}, run.stats.unjudged
+
+
+async def test_an_event_stream_its_server_went_silent_on_is_proxy_stopped_at_the_drains_end(tmp_path):
+    """The HTTP side: the server answered the chat's POST with an event stream, sent RUN_STARTED and went silent. The
+    drain runs out, the proxy cuts the stream: proxy_stopped, not abandoned. (The cut ends every client connection at
+    once, so nothing keeps /metrics served after it: the process's stderr and its recording say what it counted.)"""
+    never = asyncio.Event()
+    started = b'data: {"type": "RUN_STARTED", "threadId": "t1", "runId": "r1"}\n\n'
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"%x\r\n%s\r\n" % (len(started), started))
+            await writer.drain()
+            await never.wait()  # silent until the test ends
+        writer.transport.abort()
+
+    body = json.dumps({"threadId": "t1", "runId": "r1", "state": {}, "tools": [], "context": [], "forwardedProps": {},
+                       "messages": [{"id": "m1", "role": "user", "content": "hi"}]}).encode()
+    rec = tmp_path / "rec"
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        upstream = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        async with proxy_process(upstream, tmp_path, "--profile", "ag-ui", "--drain-timeout", "1s", "--deadline",
+                                 "60s", "--record", str(rec), "--record-all", metrics=True, stop=False) as p:
+            async with asyncio.timeout(60):
+                reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+                writer.write(b"POST /agent HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer opaque-%s\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (b"z" * 24, len(body), body))
+                await reader.readuntil(b"RUN_STARTED")
+                before = await poll(p, lambda s: value(s, "chatprobe_chats_in_flight") == 1)
+                assert value(before, "chatprobe_chats_in_flight") == 1
+                p.proc.send_signal(signal.SIGTERM)
+                rest = await reader.read()  # cut at the drain's end: never the stream's end
+                assert not rest.endswith(b"0\r\n\r\n"), rest
+                assert await p.proc.wait() == 0, p.err.read_text()
+                writer.close()
+    finally:
+        never.set()
+        server.close()
+    err = p.err.read_text()
+    assert "1 connection(s) still had a chat in flight at the end of the drain" in err, err
+    assert "stopping: 1 chat(s) it could not judge" in err and "Traceback" not in err, err
+    assert {c.get("by") for c in closes(rec)} == {"proxy-stop"}, closes(rec)
+    (run,) = check_files([rec], load_profile("ag-ui"))
     assert (run.stats.chats, run.results) == (0, []), [(r.outcome, r.note) for r in run.results]
     assert dict(run.stats.unjudged) == {"proxy_stopped": 1}, run.stats.unjudged
