@@ -802,3 +802,21 @@ class HeldBack:
     def within(self, now: float, span: float) -> bool:
         """Whether writing is paused at `now`, or was less than `span` ago (what it held back is still being read)."""
         return self.since is not None or now - self.resumed_at < span
+
+
+class NotesHeldWrites:
+    """Mixed into a client connection's asyncio protocol on either side of the proxy (before the protocol class):
+    asyncio calls pause_writing and resume_writing as the write buffer to the client passes its high-water mark and
+    drains below its low one; while paused, the relay's send waits and the upstream is read no further, so a chat's
+    timing is the client's (proxy.HELD_BACK_MIN). Noted in `held` (set where the connection is made), never per
+    frame."""
+
+    held: HeldBack
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[misc]
+        self.held.paused(time.monotonic())
+
+    def resume_writing(self) -> None:
+        super().resume_writing()  # type: ignore[misc]
+        self.held.resumed(time.monotonic())

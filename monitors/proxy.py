@@ -73,6 +73,7 @@ from .frontdoor import (
     BadTarget,
     FrontDoor,
     HeldBack,
+    NotesHeldWrites,
     UpstreamTls,
     accept_batch,
     client_address,
@@ -1125,23 +1126,13 @@ class UpstreamConnection(BoundedClientConnection):
 def _capped(base: type[ServerConnection]) -> type[ServerConnection]:
     """`base` (the front door's connection class), its clients read READ_CAP bytes at a time from their first byte."""
 
-    class ClientConnection(base):  # type: ignore[valid-type, misc]
+    class ClientConnection(NotesHeldWrites, base):  # type: ignore[valid-type, misc]
         held: HeldBack
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.held = HeldBack()
             cap_reads(transport)
             super().connection_made(transport)
-
-        # asyncio calls these as the write buffer to the client passes WRITE_LIMIT and drains below a quarter of it:
-        # while paused, the relay's send waits and the upstream is not read (HELD_BACK_MIN). Not per frame.
-        def pause_writing(self) -> None:
-            super().pause_writing()
-            self.held.paused(time.monotonic())
-
-        def resume_writing(self) -> None:
-            super().resume_writing()
-            self.held.resumed(time.monotonic())
 
     return ClientConnection
 

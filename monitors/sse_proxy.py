@@ -32,6 +32,7 @@ from .frontdoor import (
     BadTarget,
     FrontDoor,
     HeldBack,
+    NotesHeldWrites,
     UpstreamTls,
     accept_batch,
     client_address,
@@ -995,7 +996,7 @@ async def start_sse_proxy(proxy: SSEProxy, host: str, port: int, door: FrontDoor
     return SSEServer(proxy, server)
 
 
-class _HeldProtocol(asyncio.StreamReaderProtocol):
+class _HeldProtocol(NotesHeldWrites, asyncio.StreamReaderProtocol):
     """A client's connection as asyncio.start_server makes it, noting how long asyncio held its writes paused (the
     write buffer over WRITE_LIMIT): meanwhile the relay's drain waits and the upstream is read no further, so a chat's
     timing is the client's (proxy.HELD_BACK_MIN). Set on pause and resume, never per chunk."""
@@ -1003,11 +1004,3 @@ class _HeldProtocol(asyncio.StreamReaderProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.held = HeldBack()
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self.held.paused(time.monotonic())
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self.held.resumed(time.monotonic())
