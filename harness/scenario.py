@@ -38,6 +38,9 @@ from .flow import ChatOptions, Conversation
 from .yamlfile import ConfigError, line_of, load_builtin_or_file, load_scalar
 
 if TYPE_CHECKING:
+    from pydantic import GetJsonSchemaHandler
+    from pydantic.json_schema import JsonSchemaValue
+
     from .profiles import Profile
 
 
@@ -112,12 +115,20 @@ class BuiltWhenUsed:
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         return core_schema.no_info_plain_validator_function(self._validate)
 
-    def _validate(self, value: Any) -> Any:
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: "GetJsonSchemaHandler") -> "JsonSchemaValue":
+        """The JSON Schema of the type (not of a plain function): `Scenario.model_json_schema()` describes the field
+        as the file gives it, its models under the document's own `$defs`."""
+        return handler(self._adapter().core_schema)
+
+    def _adapter(self) -> Any:
         if self.adapter is None:
             from pydantic import TypeAdapter  # (its module too: loaded by a scenario that gives such a field)
 
             self.adapter = TypeAdapter(self.tp)
-        return self.adapter.validate_python(value)
+        return self.adapter
+
+    def _validate(self, value: Any) -> Any:
+        return self._adapter().validate_python(value)
 
 
 class ThinkTime(StrictLater):

@@ -9,6 +9,7 @@ import ast
 import re
 from pathlib import Path
 
+import pydantic
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,6 +285,29 @@ def test_the_models_of_steps_stages_and_think_times_are_built_only_for_a_scenari
         "[(('steps', 0, 'chat', 'chat', 'think_time', 'min'), 'value_error'), "
         "(('steps', 0, 'chat', 'chat', 'think_time', 'max'), 'value_error')]",
     ], out.stdout
+
+
+def test_the_scenario_json_schema_describes_the_fields_validated_on_first_use():
+    """`Scenario.model_json_schema()` (an editor's or a linter's view of a scenario file) describes steps, stages and
+    think times as a file gives them, though their validators are built on first use (BuiltWhenUsed): a
+    well-formed scenario with all three is valid under the schema, and the schema refuses a stage with a misspelt field
+    and a step that is neither a chat nor a raw send, as the loader does."""
+    import jsonschema
+
+    from harness.scenario import Scenario
+
+    schema = Scenario.model_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    good = {"name": "full", "think_time": {"min": 1, "max": 2},
+            "steps": [{"chat": {"message": "a"}}, {"send_raw": "x"}], "stages": [{"duration": 1, "users": 2}]}
+    assert list(validator.iter_errors(good)) == []
+    Scenario.model_validate(good)
+    for bad in ({"name": "b", "stages": [{"duration": 1, "userz": 2}]}, {"name": "b", "steps": [{"wait": 1}]},
+                {"name": "b", "think_time": {"min": 1, "max": 2, "mean": 3}}):
+        assert list(validator.iter_errors(bad)), bad
+        with pytest.raises(pydantic.ValidationError):
+            Scenario.model_validate(bad)
 
 
 def test_a_check_set_loads_with_the_first_profile_that_names_it():
