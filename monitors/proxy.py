@@ -745,6 +745,7 @@ class LiveConnection:
             self._open_log()
         self.failing = False  # a chat on this connection did not pass (or was held or sent again): its recording is kept
         self.protocol_error: str | None = None  # what the upstream sent that the proxy failed its connection for
+        self.peer = "unknown"  # the client's address, for -v's lines
 
     def _open_log(self) -> None:
         """--record's file of this connection, labelled by its identity (a pseudonym), once that is known."""
@@ -781,6 +782,7 @@ class LiveConnection:
         self._early_bytes = 0
         if accepted and self._claim is not None:
             self.identity = self._claim
+            log.info("connection from %s (user %s): the server accepted its token", self.peer, self.live.label(self.identity))
         self._claim = None
         self.live.open.setdefault(self.identity, {})[self] = None
         self._open_log()
@@ -1326,9 +1328,14 @@ class Proxy:
         conn = self.live.connection(identity, getattr(client, "secrets", ()), claimed=getattr(client, "claimed", False))
         conn.held = getattr(client, "held", None)  # how long its writes to the client were backed up (HeldBack)
         # -v: a line at each connection's start and end, naming its peer and its user's pseudonym (--record's label),
-        # never its credentials or its request's path (a token may ride in its query).
+        # never its credentials or its request's path (a token may ride in its query). A user named only by a JWT's
+        # unverified claim is not yet the connection's (LiveConnection.confirm): the line names the stranger it is
+        # until the server accepts it (then a line of its own names the user), never the claimed user before (a forger
+        # would otherwise be logged as its victim).
         peer = client.remote_address[0] if client.remote_address else "unknown"
-        log.info("connection from %s (user %s) opened", peer, self.live.label(identity))
+        conn.peer = peer
+        log.info("connection from %s (user %s) opened", peer,
+                 self.live.label(conn.identity) if conn.confirmed else "unconfirmed: its token's claim awaits the server")
         changed = asyncio.Event()
         closed_by: list[str] = []
         ended: list[float] = []  # when the side that ended the connection was seen to end it (closed_by[0])

@@ -599,3 +599,54 @@ async def test_a_pong_to_the_forged_clients_own_ping_accepts_no_claim():
         assert not chat.reconnects and chat.connection_error is None and not chat.judged
         assert not p.sink.results and p.sample("chatprobe_client_rejections_total") == 0
         assert p.sample("chatprobe_reconnects_total", result="lost") == 0
+
+
+async def test_the_opened_log_line_never_names_a_forged_claims_victim(caplog):
+    """`-v`'s "opened" line names a connection's user by its pseudonym (--record's label). A token naming alice
+    whose signature the server refuses is not alice's connection (the claim awaits the server's acceptance): the
+    line says the claim awaits the server, and only the server's acceptance names the user. FAILED before:
+    the line was written from the claimed user, so a forger was logged as its victim. Alice's own connection is
+    named hers once the server accepted her token, on a line of its own."""
+    async def refuses_forgeries(ws) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            auth = ws.request.headers.get("Authorization", "")
+            if not _signed_by_server(auth.removeprefix("Bearer ")):
+                await ws.send(json.dumps({"type": "error_message", "error_code": "AUTH_FAILED",
+                                          "error_message": "bad token"}))
+                await ws.close(1008, "bad token")
+                return
+            await ws.send(json.dumps({"type": "connection_established", "payload": {}}))
+            await ws.wait_closed()
+
+    caplog.set_level("INFO", logger="chatprobe.proxy")
+    async with RawUpstream(refuses_forgeries) as p:
+        alices = p.live.label(credentials_identity({"Authorization": f"Bearer {SERVERS_ALICE}"}))
+        async with asyncio.timeout(20):
+            ws = await websockets.asyncio.client.connect(p.url, open_timeout=5, ping_interval=None, close_timeout=1,
+                                                         **credentials(SERVERS_ALICE, "header"))
+            assert json.loads(await ws.recv())["type"] == "connection_established"
+            await ws.close()
+            await proxy_done_with(p, 1)  # type: ignore[arg-type]
+            ws = await websockets.asyncio.client.connect(p.url, open_timeout=5, ping_interval=None, close_timeout=1,
+                                                         **credentials(forged("alice"), "header"))
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    await ws.recv()
+            assert ws.close_code == 1008
+            await proxy_done_with(p, 2)  # type: ignore[arg-type]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("connection from")]
+    named = [line for line in lines if alices in line]
+    assert named == [f"connection from 127.0.0.1 (user {alices}): the server accepted its token"], lines
+    assert sum("opened" in line and "awaits the server" in line for line in lines) == 2, lines
+
+
+SERVERS_SECRET = "the-servers-secret-" + "y" * 16
+SERVERS_ALICE = jwt.encode({"sub": "alice", "exp": int(time.time()) + 3600}, SERVERS_SECRET, algorithm="HS256")
+
+
+def _signed_by_server(token: str) -> bool:
+    try:
+        jwt.decode(token, SERVERS_SECRET, algorithms=["HS256"])
+    except jwt.PyJWTError:
+        return False
+    return True
