@@ -307,7 +307,7 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
             source = _Prefixed(head, f, MAX_RECORDING_BYTES - bom)
             stream = io.BufferedReader(source, CHUNK)
             if kind == "jsonl":
-                yield from read_jsonl(stream, p.name, max_frame, path=str(p))
+                yield from read_jsonl(stream, p.name, max_frame, path=str(p), refuse_prose=fmt is None)
             elif kind == "sse":
                 _skip_response_head(stream, p)
                 yield from read_sse(stream, p.name, max_frame)
@@ -478,14 +478,28 @@ def _not_json_lines(head: bytes) -> str:
         json.loads(first)
     except UnicodeDecodeError:
         return ""  # the reader's R12 says so ("line 1 is not UTF-8")
-    except (ValueError, RecursionError):
-        if not newline and first.startswith("{") and "\0" not in first:  # the whole file, one line begun as a record
-            return (f"{line_no}: the file ends inside its first record, which is not whole ({CUT_WHY}): nothing was "
-                    "recorded to judge")
-        what = next((what for pattern, what in _TRANSCRIPTS if pattern.match(first)), "")
-        shown = json.dumps(first[:60], ensure_ascii=False)
-        return f"{line_no}: {shown} is no JSON: {what or _PROSE}"
+    except (ValueError, RecursionError) as exc:
+        return _first_line_why(first, line_no, bool(newline), exc)
     return ""
+
+
+_DIGITS = re.compile(r"Exceeds the limit \(\d+ digits\) for integer string conversion.*?(\d+) digits")
+
+
+def _first_line_why(first: str, line_no: int, ended: bool, exc: Exception) -> str:
+    """Why a file whose first line, `first`, is no JSON (json.loads raised `exc`) is no recording: cut inside its
+    first record (no line end), a transcript or log of another tool, or text."""
+    first = first.strip()
+    if not ended and first.startswith("{") and "\0" not in first:  # the whole file, one line begun as a record
+        return (f"{line_no}: the file ends inside its first record, which is not whole ({CUT_WHY}): nothing was "
+                "recorded to judge")
+    what = next((what for pattern, what in _TRANSCRIPTS if pattern.match(first)), "")
+    if not what and isinstance(exc, RecursionError):
+        what = "JSON nested too deeply to read; no record of a recording is"
+    elif not what and (digits := _DIGITS.search(str(exc))) is not None:  # Python reads at most 4,300 digits
+        what = f"it holds an integer of {digits.group(1)} digits, too long to read; no value of a recording is"
+    shown = json.dumps(first[:60], ensure_ascii=False)
+    return f"{line_no}: {shown} is no JSON: {what or _PROSE}"
 
 
 def _archive(head: bytes) -> str:
@@ -574,10 +588,14 @@ def _cut_record(text: str, conn: str, where: str) -> Recorded:
     return Recorded("dropped", conn, detail="the rest of a record", where=where, error=CUT_RECORD)
 
 
-def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, path: str | None = None
-               ) -> Iterator[Recorded]:
+def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, path: str | None = None,
+               refuse_prose: bool = False) -> Iterator[Recorded]:
     """The JSON Lines form (module docstring): one record per line; a line that is not one is an R12 problem or,
     when it is text, a frame as received (the profile's decode calls it malformed), on the last connection seen.
+
+    With `refuse_prose` (the format was told from the content, not forced), a first line that is no JSON is
+    RecordingError (exit 2), as read_recording refuses one whole in the file's first 4 KiB: a longer one (a README's
+    long first paragraph, a first record cut past 4 KiB) was judged line by line as frames the server sent.
 
     A file in which no record's `t` (or `dir`) can be read, two or more having one (or its first MAX_UNREAD), is
     no recording chatprobe reads: RecordingError naming the first (exit 2), not an R12 on every record."""
@@ -596,6 +614,7 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
         n += 1
         where = f"{name}:{n}"
         if line is None:
+            refuse_prose = False  # (what it is was not read)
             yield Recorded("problem", conn, detail=f"line {n} longer than the {max_line} byte limit", where=where)
             continue
         if not line.strip():
@@ -603,19 +622,23 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
         try:
             text, line = line.decode("utf-8"), None
         except UnicodeDecodeError:
+            refuse_prose = False
             yield Recorded("problem", conn, detail=f"line {n} is not UTF-8", where=where)
             continue
         if n == 1:
             text = text.removeprefix("\ufeff")  # a byte order mark some editors and tools write first
         try:
             obj = json.loads(text)
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError) as exc:
             obj = _NOT_JSON
+            if refuse_prose:  # the file's first line (read_recording saw none of it end in the first 4 KiB)
+                raise RecordingError(f"{path or name}:{_first_line_why(text, n, more == _LINE, exc)}") from None
             if text.startswith("\ufeff"):  # a byte order mark where files were joined (`cat a.jsonl b.jsonl`)
                 try:
                     obj, text = json.loads(text[1:]), text[1:]
                 except (ValueError, RecursionError):
                     pass
+        refuse_prose = False
         if obj is _NOT_JSON:
             if more == _UNENDED and text.lstrip().startswith("{") and "\0" not in text:
                 # The file's last line, begun as a record (or a JSON frame) and ending with neither its JSON nor its

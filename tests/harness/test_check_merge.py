@@ -89,7 +89,8 @@ def test_a_non_json_line_is_cut_to_the_limit_in_bytes(tmp_path):
     line = "\u00e9" * 3000  # 2 bytes each in UTF-8; not JSON: judged as a frame as received, cut to the limit
     f = tmp_path / "text.jsonl"
     f.write_text(line + "\n")
-    [rec] = read_recording(f, max_frame=1000)
+    # (--format jsonl: told from the content, a file whose first line is no JSON is no recording, exit 2)
+    [rec] = read_recording(f, "jsonl", max_frame=1000)
     assert isinstance(rec.frame, str) and len(rec.frame.encode()) <= 1000 and rec.frame == "\u00e9" * 500
 
 

@@ -1901,6 +1901,40 @@ def test_a_file_whose_first_line_is_no_json_is_refused_naming_what_it_looks_like
     assert any(v.rule == "R12" for v in run.connection_violations) or any(r.violations for r in run.results)
 
 
+@pytest.mark.parametrize(("first", "said"), [
+    ("This README explains how the recordings of Tuesday's demo were made. " * 80 + "\n",
+     "is no JSON: text, not a recording"),
+    ('{"t": 1764637200.1, "dir": "recv", "conn": "c1", "frame": "' + "x" * 6000,
+     "the file ends inside its first record, which is not whole"),
+    ('{"t": ' + "9" * 5000 + ', "dir": "recv", "conn": "c1", "frame": "{}"}\n',
+     "is no JSON: it holds an integer of 5000 digits, too long to read"),
+    ("[" * 3000 + "]" * 3000 + "\n", '"' + "[" * 60 + '" is no JSON: JSON nested too deeply to read'),
+], ids=["prose", "cut-record", "huge-integer", "deep"])
+def test_a_first_line_past_the_first_4_kib_that_is_no_json_is_refused_as_a_short_one_is(tmp_path, first, said):
+    """The first line was looked at in the file's first 4 KiB only: a README whose first paragraph is one long line,
+    a file cut inside its first record past 4 KiB, a first line Python's JSON cannot read (more than 4,300 digits,
+    nested thousands deep) were judged line by line as frames the server sent (exit 1, an R12 each, "no chat found")
+    where the same line shorter is exit 2 naming the file and line. Now each is exit 2, one line; `--format jsonl`
+    still judges the lines as frames."""
+    import subprocess
+    import sys
+
+    f = tmp_path / "long.jsonl"
+    f.write_text(first + "more text\n")
+    if not first.endswith("\n"):
+        f.write_text(first)
+    with pytest.raises(RecordingError) as refused:
+        check_files([f], NETRA, SC)
+    assert str(refused.value).startswith(f"{f}:1: ") and said in str(refused.value), refused.value
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "harness", "check", str(f), "-q"], cwd=root, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"chatprobe: error: {f}:1: "), proc.stderr
+    [run] = check_files([f], NETRA, SC, fmt="jsonl")
+    assert run.connection_violations or any(r.violations for r in run.results) or run.warnings
+
+
 @pytest.mark.parametrize("record", [
     {"ts": 1764637200.1, "direction": "in", "data": '{"type": "agent_started", "run_id": "r1"}'},
     {"t": 1764637200.1, "dir": "recv", "payload": {"type": "agent_started", "run_id": "r1"}},
