@@ -1808,7 +1808,8 @@ def _generate_fast(dec: Decoder, ns: dict[str, Any]) -> tuple[str, dict[str, Any
              "error_message": "text", "parent_run_id": "id"}
     lookups: list[tuple[str, Names]] = [(kind, n[f]) for f, kind in kinds.items()]
     for key, fallback, owner in span_keys:
-        lookups += [("id", names_of(k)) for k in (key, fallback, owner) if k]
+        # The key always (`key: ""` reads the frame's field "", as the exact decode does); a fallback or owner when named.
+        lookups += [("id", names_of(k)) for k in (key, fallback, owner) if k or k is key]
 
     def leaves(names: Names) -> list[tuple[str, ...] | list[str]]:
         return [path for step in names

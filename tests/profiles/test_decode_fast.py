@@ -301,3 +301,30 @@ def test_a_name_msgspec_will_not_take_is_read_by_the_exact_decode(key: str) -> N
     assert isinstance(got, Event) and (got.run_id, got.message_id, got.seq) == ("r-1", "m-1", 2)
     assert dec.decode is dec.decode_exact  # no fast path for this profile; netra's keeps its own
     assert PROFILES["netra"]._decoder.decode is not PROFILES["netra"]._decoder.decode_exact
+
+
+def test_a_span_keyed_by_the_empty_name_is_read_as_the_exact_decode_reads_it(tmp_path: Path) -> None:
+    """`key: ""` (a span keyed by the frame's field named "", which JSON allows) loaded and passed every check, then
+    the fast path's compile failed at the first connection: a ValueError traceback from `chatprobe run` and `check`
+    where the profile was accepted. The fast path reads the key as the exact decode does (its fallback when the
+    frame has no such field), and a run with the profile against agentsim is judged as with netra's own."""
+    import subprocess
+
+    text = (Path(__file__).parents[2] / "harness" / "profiles" / "netra.yaml").read_text()
+    assert "    key: tool_call_id\n" in text
+    path = tmp_path / "empty-key.yaml"
+    path.write_text(text.replace("    key: tool_call_id\n", '    key: ""\n'))
+    profile = Profile.model_validate(yaml.safe_load(path.read_text()))
+    assert profile._decoder.decode is not profile._decoder.decode_exact  # a fast path, and it agrees
+    for frame in ({"type": "tool_executing", "run_id": "r", "seq": 3, "": "call-1", "tool_name": "calc"},
+                  {"type": "tool_executing", "run_id": "r", "seq": 3, "payload": {"": "call-2"}},
+                  {"type": "tool_completed", "run_id": "r", "seq": 4, "tool_name": "calc"},
+                  {"type": "tool_completed", "run_id": "r", "seq": 4, "": 5},
+                  {"type": "tool_completed", "run_id": "r", "seq": 4, "": "x" * (MAX_ID_BYTES + 1)}):
+        _check(profile, json.dumps(frame))
+    assert _check(profile, json.dumps({"type": "tool_executing", "run_id": "r", "": "c1"})).span == \
+        ("tool call", "open", "c1")
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "basic", "--profile", str(path), "-q",
+                           "--sim-seed", "1"], cwd=Path(__file__).parents[2], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
