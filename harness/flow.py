@@ -1118,7 +1118,10 @@ class ChatFlow:
             # the run's first event: a message that crossed the server's close is sent again).
             self.frame = None
             self.state = FOLLOWING
-        elif closed and not self.probe and failure_kind is None and not self.resend:
+            return
+        if closed:
+            self._incidents_to_connection()
+        if closed and not self.probe and failure_kind is None and not self.resend:
             self._send_again()
         elif self.probe:
             self._error("send_failed", failure_message or "the connection closed before the frame could be sent")
@@ -1128,6 +1131,19 @@ class ChatFlow:
             self._error(failure_kind, failure_message)
         else:  # why, when the client knows (a frame that did not leave in time: the server read nothing)
             self._error("send_failed", failure_message or "the connection closed before the message could be sent")
+
+    def _incidents_to_connection(self) -> None:
+        """The message found the connection closed before a byte of it left: what the chat was told on that connection
+        meanwhile (a malformed frame, R12, such as the frame over the size limit the client closed it for; another
+        user's event, R8) came before the server could have seen the message, so it is the connection's own violation
+        (`Sink.connection_violation`), as `chatprobe check` judges the recording (no send record there: no chat open),
+        never held in the verdict of the message sent again on a new connection, nor lost with a chat that fails."""
+        tracker = self.tracker
+        if tracker.n_events or not tracker.violations:
+            return
+        told, tracker.violations = tracker.violations, []
+        for violation in told:
+            self.router.sink.connection_violation(self.router.scenario, violation)
 
     def _send_again(self) -> None:
         """The message goes again, once, on a new connection: the chat leaves the old one's routing (added again once
