@@ -1550,15 +1550,21 @@ class LeftRuns:
         self._by[user] = runs
 
     def take(self, user: str, run_id: str | None, now: float) -> bool:
-        """Whether `user` left a chat of `run_id` whose deadline has not passed (forgotten then, either way)."""
+        """Whether `user` left a chat of `run_id` whose deadline has not passed. Kept until that deadline (forgotten
+        once past it): the server may cut the connection a resume of it came on (a keepalive timeout, a deploy) and
+        the client resume it again elsewhere, and that resume is the judged chat's too (forgetting the run at its first
+        resume made the second one's replay a chat of its own: R1, R2, R5, R6, R7 at `check`, an R12 at the proxy)."""
         runs = self._by.get(user) if run_id else None
         if not runs or run_id not in runs:
             return False
-        until = runs.pop(run_id)
+        until = runs[run_id]
+        if now <= until:
+            return True
+        del runs[run_id]
         self._forget(run_id)
         if not runs:
             del self._by[user]
-        return now <= until
+        return False
 
     def holds(self, run_id: str) -> bool:
         """Whether any user's left run is `run_id` (a lookup: every user's were scanned, at each resume of a run the

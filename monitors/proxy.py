@@ -187,6 +187,7 @@ DEFAULT_SEND_TIMEOUT = 30.0
 HANDSHAKE_SLACK = 5.0
 # How long a closing handshake may take before the connection is dropped.
 CLOSE_TIMEOUT = 2.0
+MAX_CROSSED = 64  # the client's messages that crossed the upstream's close, read as it closes (Proxy._crossed)
 # The largest frame taken from either side (the harness's WebSocket limit): a bigger one closes that connection
 # with 1009, so neither a client nor the upstream can make the proxy buffer more than this per connection.
 DEFAULT_MAX_SIZE = 4 * 1024 * 1024
@@ -1052,6 +1053,11 @@ class LiveConnection:
             for chat in self.checker.chats:
                 if chat.run_id and (chat.judged or chat.done or chat.chat_id in self._by_id):
                     live.left.add(self.identity, chat.run_id, chat.wait_deadline(), now)
+                    if not (chat.judged or chat.done):
+                        # Left mid-run: its recording is kept, as a cut chat's is. A resume of the run on a later
+                        # connection is this chat's, and `check` of a recording holding that connection (kept for a
+                        # chat of its own that did not pass) without this one read the replay as a chat of its own.
+                        self.failing = True
         for result, abandoned in self.chats.closed(now, by_client=by_client):
             self._finished(result, abandoned=abandoned)
         if self.router.connection_ended():
@@ -1463,6 +1469,17 @@ class Proxy:
             client_failure = failed_for(client.protocol, self.max_size)
             if client_failure is not None:
                 to_upstream = 1001, f"the client is gone ({client_failure})"
+            # The chats are judged as the connection ended, before the close handshakes below (which wait up to
+            # CLOSE_TIMEOUT for a peer slow to answer): a user who left is judged as of its leaving (abandoned at that
+            # close, docs/protocol.md; an upstream slow to answer its own made a user who left before the first-event
+            # limit an R9), and its chats are left as the recording orders it, the close record before the resume its
+            # client sends on a new connection meanwhile (that resume found the chat still open here and moved it: one
+            # cut again on that connection was judged live on frames of three connections, `check` of the recording
+            # on two, the first not kept: R1, R2, R5, R6, R7 where the proxy passed it). Nothing reads the connection's
+            # frames any more (the relays have ended); the upstream's close frame, when it sent one, has come.
+            by_client = bool(closed_by) and closed_by[0] == "client"
+            if by_client or drained:
+                conn.closed(ended[0] if by_client and ended else self.clock(), by_client=by_client, drained=drained)
             # An upstream that dropped the connection (no close frame: a crash, a load balancer cut it) is dropped for
             # the client too, as it came: a clean 1000 in its place told the client the server closed with a handshake,
             # and a client sends again a message that crossed such a close (docs/protocol.md), never one cut by a crash.
@@ -1473,16 +1490,18 @@ class Proxy:
                 await _close_within(upstream, *to_upstream)
             else:
                 await asyncio.gather(_close_within(client, *to_client), _close_within(upstream, *to_upstream))
-            by_client = bool(closed_by) and closed_by[0] == "client"
+            if not (by_client or drained):
+                if closed_by[:1] == ["server"]:
+                    # What the client sent before the server's close reached it crossed that close: its messages,
+                    # read now (RFC 6455: the proxy forwards none of them), are chats as the client counts them,
+                    # judged as a message that crossed such a close (sent again after a clean one), as `check`
+                    # reads them in the recording, sent before the close record.
+                    await self._crossed(client, conn)
+                rcvd = getattr(getattr(upstream, "protocol", None), "close_rcvd", None)
+                conn.closed(self.clock(), by_client=False, code=rcvd.code if rcvd is not None else 1006)
             log.info("connection from %s closed by %s (to the client %d, to the upstream %d)", peer,
                      "the proxy (drained)" if drained else closed_by[0] if closed_by else "the proxy", to_client[0],
                      to_upstream[0])
-            rcvd = getattr(getattr(upstream, "protocol", None), "close_rcvd", None)
-            # A user who left is judged as of its leaving (abandoned at that close, docs/protocol.md), not once the
-            # close handshakes are over: an upstream slow to answer its own (up to CLOSE_TIMEOUT) made a user who left
-            # before the first-event limit an R9.
-            conn.closed(ended[0] if by_client and ended else self.clock(), by_client=by_client, drained=drained,
-                        code=None if by_client or drained else rcvd.code if rcvd is not None else 1006)
             if not attempt:
                 # No frame of the server's came: refused (a close of AUTH_CLOSE_CODES, FrameRouter.closed_refusing
                 # decided it at conn.closed, as every driver), else the connection ended before the welcome. The
@@ -1490,6 +1509,21 @@ class Proxy:
                 # upstream answered it with: a server echoes the code it got (RFC 6455 5.5.1, as websockets does), and
                 # a client closing with 1008, 4401 or 4403 was counted the server refusing its credentials.
                 record("ok" if drained or by_client else "auth_failed" if conn.auth_failed else "protocol_error")
+
+    async def _crossed(self, client: ServerConnection, conn: LiveConnection) -> None:
+        """The client's messages that came after the relay stopped reading it (the upstream had closed), before its
+        connection closed: at most MAX_CROSSED of them, those received already (once closed, a read waits for none)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await client.wait_closed()  # a transport aborted: its connection ends at the loop's next turn
+        if client.state is not State.CLOSED:
+            return
+        for _ in range(MAX_CROSSED):
+            try:
+                message = await client.recv()
+            except ConnectionClosed:
+                return
+            conn.client_frame(message, self.clock())
 
     async def drain(self, server: Any, timeout: float, interrupted: asyncio.Event | None = None) -> int:
         """SIGTERM's first step: stop accepting connections (the listener closed; a handshake under way is answered
