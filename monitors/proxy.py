@@ -1153,6 +1153,22 @@ def _close_of(ws: Any) -> tuple[int, str]:
     return 1000, ""
 
 
+def _close_at_once(client: ServerConnection, upstream: Any, max_size: int) -> None:
+    """The upstream's close frame, passed on to the client in the turn its last frames were (before the relay's end
+    lets another task run): a server that wrote a run's last event and its close in one write is seen so by the client,
+    which sends its next message on a new connection, as it does talking to that server. Passed on only after the
+    relays had ended (Proxy.handler), the close came to the client a few turns after that event, and the next message
+    it sent meanwhile crossed a close its server never had it cross (R13, sent again; an `incomplete` chat after a
+    1011), live, at the client and in the recording alike. The close handshake is waited for as ever (_close_within:
+    close() once the close frame went only waits). An upstream that closed with no close frame (a drop), or that the
+    proxy failed for what it sent (1014 to the client), is closed as ever."""
+    rcvd = upstream.protocol.close_rcvd
+    if rcvd is None or failed_for(upstream.protocol, max_size) is not None or client.protocol.state is not State.OPEN:
+        return
+    client.protocol.send_close(*_close_of(upstream))
+    client.send_data()
+
+
 async def _close_within(ws: Any, code: int, reason: str, timeout: float = CLOSE_TIMEOUT) -> None:
     try:
         async with asyncio.timeout(timeout):
@@ -1416,8 +1432,9 @@ class Proxy:
                         conn.server_frame(message, self.clock())
                     record("auth_failed" if conn.auth_failed else "ok")
                     changed.set()
+                _close_at_once(client, upstream, self.max_size)
             except ConnectionClosed:
-                pass
+                _close_at_once(client, upstream, self.max_size)
             finally:
                 closed_by.append(side)
                 ended.append(self.clock())

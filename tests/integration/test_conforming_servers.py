@@ -8,7 +8,11 @@ FAILED on the code before this file, each with what was wrong:
 - test_correct_servers_pass_everywhere[run-and-close-in-one-write-*]: the server streams a run and closes the idle
   connection (1001) in one TCP write; the client's next message found the connection closed and was sent on a new one,
   but `--record` had written it as sent on the old one: `check` warned the message crossed the close (R13) and, with
-  client run ids, judged it a lost run (incomplete, exit 1) where `run` passed every chat.
+  client run ids, judged it a lost run (incomplete, exit 1) where `run` passed every chat. Through the proxy, the
+  client's next message went on the old connection: the proxy passed the server's close on only once its relays had
+  ended, a few turns after the run's last event, and the client counted the message sent again (R13) on chats 2 and 3
+  where `run` passed them (the "client" verdicts); once the proxy read the messages that crossed a close
+  (Proxy._crossed), it judged them so too.
 - test_correct_servers_pass_everywhere[closes-on-the-next-message-client-run-id]: the server closes an idle
   connection (1000) as the next message arrives (it crossed the close) and answers the client's resume of that run
   with RESUME_UNKNOWN_RUN (it never took the message): a run without an id was sent again, one with an id ended
@@ -179,10 +183,12 @@ class Kept(MetricsSink):
         super().chat_finished(result)
 
 
-async def judged_three_ways(make: Callable[[], Any], *, profile_name: str = "netra",
+async def judged_three_ways(make: Callable[[], Any], *, profile_name: str = "netra", client: bool = False,
                             **scenario: Any) -> dict[str, list[Verdict]]:
     """Each chat's verdict by `run` (recorded), by `check` of its recording and by the proxy (a fresh server each
-    time: `make().handler`), sorted; the exit codes of `run` and `check` must agree."""
+    time: `make().handler`), sorted; the exit codes of `run` and `check` must agree. `client`: the verdicts of the
+    client that played through the proxy too ("client"), which sees the server as `run` did (the proxy passes on what
+    came in one write of the server's without a gap for the client to send into)."""
     profile = load_profile(profile_name)
     sc = Scenario.model_validate({"name": "conform", "users": 1, "connect_timeout": "2s",
                                   "expect": {"deadline": "3s", "settle": "0.1s"}, **scenario})
@@ -225,6 +231,8 @@ async def judged_three_ways(make: Callable[[], Any], *, profile_name: str = "net
         assert server.server is not None
         server.server.close()
     out["proxy"] = sorted(verdict(r) for r in kept.results)
+    if client:
+        out["client"] = sorted(verdict(r) for r in played.results)
     return out
 
 
@@ -246,8 +254,8 @@ CORRECT = {
 @pytest.mark.parametrize("name", list(CORRECT))
 async def test_correct_servers_pass_everywhere(name):
     answer, options, expected = CORRECT[name]
-    got = await judged_three_ways(lambda: Server(answer), chats_per_user=3, **options)
-    assert got == {"run": expected, "check": expected, "proxy": expected}, got
+    got = await judged_three_ways(lambda: Server(answer), chats_per_user=3, client=True, **options)
+    assert got == {"run": expected, "check": expected, "proxy": expected, "client": expected}, got
 
 
 def _agui_run(thread: str, run: str, message: str) -> list[dict[str, Any]]:
