@@ -1,9 +1,11 @@
 """How long a load user waits after its connections failed: exponential, capped, jittered, reset by a success."""
 from __future__ import annotations
 
+import email.utils
 import os
 import random
-from typing import Any
+import time
+from typing import Any, Protocol
 
 # The first wait after a failed connection, doubled per failure in a row up to the cap.
 BACKOFF_FIRST = 0.1
@@ -52,6 +54,66 @@ class Backoff:
         return min(self.first, within) * self.rng.random()
 
 
+# The answers to a reconnect (or a resend's new connection) that refuse the client's credentials: retrying with the
+# same credentials only hammers the auth service, so the chat ends at once with the auth outcome, no further attempt.
+# Decided by the codes, never by a close reason's text (the server's, which may say anything): HTTP 401/403 at the
+# handshake (or the SSE request), the application close codes "unauthorized" and "forbidden" (4401, 4403), and an
+# AUTH_FAILED session error frame. A plain 1008 (policy violation) says nothing of credentials: retried as any.
+CREDENTIAL_STATUSES = frozenset({401, 403})
+CREDENTIAL_CLOSE_CODES = frozenset({4401, 4403})
+# The HTTP statuses whose Retry-After header the next attempt honours (RFC 9110 10.2.3), and the longest wait it may
+# ask for: past it the value is capped (an absurd one, a date years ahead). The wait is bounded by the chat's deadline
+# and reconnect_timeout anyway: one past them ends the chat as running out of attempts does, without waiting.
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+MAX_RETRY_AFTER = 600.0
+
+
+# What a chat whose reconnect was refused for the credentials is told (its `error`, auth_failed), live and in `check`.
+CREDENTIALS_REFUSED = "the server rejected the credentials ({})"
+
+
+def credentials_refusal(status: int | None, close_code: int | None, auth_frame: str | None) -> str | None:
+    """How a failed attempt's answer refused the credentials ("HTTP 401", "close code 4401", the AUTH_FAILED frame's
+    code), or None when it did not (it is retried): the one decision for every driver and for `chatprobe check` of a
+    recording (its failure record's status, close code and session error)."""
+    if status in CREDENTIAL_STATUSES:
+        return f"HTTP {status}"
+    if close_code in CREDENTIAL_CLOSE_CODES:
+        return f"close code {close_code}"
+    return auth_frame or None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header's value as seconds to wait (RFC 9110 10.2.3: delta-seconds, or an HTTP-date, read with
+    email.utils against `now`, the wall clock): at most MAX_RETRY_AFTER, 0 for a date past; None when absent or
+    unreadable (then the backoff alone decides)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text or len(text) > 64:
+        return None
+    if text.isdigit():
+        return min(float(text), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # (-0000: RFC 2822's "unknown zone"; an HTTP-date is GMT)
+        return None
+    wait = when.timestamp() - (time.time() if now is None else now)
+    return min(max(wait, 0.0), MAX_RETRY_AFTER)
+
+
+class AttemptAnswer(Protocol):
+    """What a failed attempt's answer says for retrying it (transports.ConnectFailed carries it)."""
+
+    @property
+    def refusal(self) -> str | None: ...
+
+    @property
+    def retry_after(self) -> float | None: ...
+
+
 # Every chat's reconnect retries draw their jitter from one generator, not one each (a Random's state is ~2.5 KB).
 # Unseeded, as the think times (scenario._THINK_RNG); seeded anew in a forked child (Locust's --processes), or every
 # worker would draw the parent's sequence: the same waits in step across workers.
@@ -73,7 +135,7 @@ class ReconnectRetries:
     oldest still reconnecting (as `chatprobe check` counts it on the oldest chat it keeps for that user's resume)."""
 
     __slots__ = ("max_attempts", "give_up_at", "backoff", "attempts", "retry_at", "_decided", "generation",
-                 "members", "pending", "_limit", "_latest", "_lost_at")
+                 "members", "pending", "_limit", "_latest", "_lost_at", "refused")
 
     def __init__(self, max_attempts: int, give_up_at: float, generation: int = 0, lost_at: float = 0.0) -> None:
         self.max_attempts = max_attempts
@@ -90,6 +152,9 @@ class ReconnectRetries:
         self.generation = generation  # the connection lost
         self.members: list[Any] = []  # the flows (flow.ChatFlow) reconnecting after it, in the order they noticed
         self._limit = give_up_at  # reconnect_timeout after the loss
+        # How the last attempt's answer refused the credentials (credentials_refusal): none follows, and the chats
+        # end with the auth outcome, not as lost for want of a reconnect. None: not refused so.
+        self.refused: str | None = None
         self._latest = float("-inf")  # the latest deadline of a member
 
     def join(self, flow: Any, until: float) -> None:
@@ -123,12 +188,20 @@ class ReconnectRetries:
         """The last attempt failed and none follows."""
         return self._decided is False
 
-    def failed(self, now: float) -> bool:
-        """The current attempt failed at `now`: True when another follows (at `retry_at`). Decided once per attempt:
-        asked again (the recording asked first, another chat sharing it), the answer is the same."""
+    def failed(self, now: float, answer: AttemptAnswer | None = None) -> bool:
+        """The current attempt failed at `now`, answered `answer` (None: no answer known): True when another follows
+        (at `retry_at`). None follows an answer that refused the credentials (`refused`); an answer's Retry-After puts
+        the next no earlier than that (past the give-up time: none follows, without waiting). Decided once per
+        attempt: asked again (the recording asked first, another chat sharing it), the answer is the same."""
         if self._decided is None:
             self.pending = False
+            if answer is not None and (refused := answer.refusal) is not None:
+                self.refused = refused
+                self._decided = False
+                return False
             self.backoff.failed()
             self.retry_at = now + self.backoff.delay()
+            if answer is not None and (after := answer.retry_after) is not None:
+                self.retry_at = max(self.retry_at, now + after)
             self._decided = self.attempts < self.max_attempts and self.retry_at < self.give_up_at
         return self._decided

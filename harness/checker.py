@@ -15,7 +15,20 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 from .checksets import CHECKS, Finding, RunChecks, RunContext
-from .events import ALL_ROLES, Event, Frame, Outcome, Role, Rule, SessionError, SpanKey, Violation, kept_bytes, span_key_text
+from .events import (
+    ALL_ROLES,
+    Event,
+    Frame,
+    FrameKind,
+    Outcome,
+    Role,
+    Rule,
+    SessionError,
+    SpanKey,
+    Violation,
+    kept_bytes,
+    span_key_text,
+)
 
 # Judged chats a connection remembers for late events; older ones are forgotten (bounded memory).
 KEEP_FINISHED = 64
@@ -612,6 +625,13 @@ class ChatTracker:
         """An attempt to open a connection to reconnect this chat: it connected, or failed."""
         attempts, failures = self.reconnect_tries
         self.reconnect_tries = (attempts + 1, failures if connected else failures + 1)
+
+    def credentials_refused(self, how: str) -> None:
+        """A reconnect of this chat (or the new connection its message was to be sent again on) was refused for the
+        credentials (`how`: "HTTP 401", "close code 4401", the AUTH_FAILED frame's code): no attempt follows, and the
+        chat is an `error`, auth_failed, as one whose credentials were refused on its open connection."""
+        if self.connection_error is None:
+            self.connection_error = Frame(FrameKind.ERROR, error_code=how, session_error=SessionError.AUTH_FAILED)
 
     def reconnected(self, resumed: bool) -> None:
         if not self.reconnects:

@@ -258,7 +258,7 @@ class Session(VirtualUser):
 
     # -- connection --
     async def connect(self, by: float | None = None, *, resume: bool = False,
-                      retry: Callable[[], bool] | None = None) -> None:
+                      retry: Callable[[ConnectFailed | None], bool] | None = None) -> None:
         """Open (or reopen) the connection and wait for the welcome (at most connect_timeout, and past `by`, a chat's
         deadline, not at all); raises ConnectFailed, classified. `resume`: a reconnect to resume a run (recorded so:
         its failure fails no chat of its own); `retry`, asked when it fails: whether the chat tries again (recorded
@@ -322,9 +322,12 @@ class Session(VirtualUser):
         kind_, reason = self.router.welcome_outcome(in_time, self.closed, transport.close_code,
                                                     max(deadline - start, 0.0))
         if kind_ != "ok":
-            transport.connect_failed(kind_, reason)  # --record: the recording says the connection failed, and why
+            # What the server answered (its close code, an AUTH_FAILED) goes with the failure: the retry decision's.
+            failed = ConnectFailed(kind_, reason, **self.router.failure_answer(transport.close_code if self.closed
+                                                                               else None))
+            transport.connect_failed(kind_, reason, failed)  # --record: the recording says the connection failed, and why
             await self._drop(transport)
-            raise ConnectFailed(kind_, reason)
+            raise failed
 
     async def _drop(self, transport: Transport) -> None:
         transport.abort()
@@ -615,7 +618,8 @@ class Session(VirtualUser):
             if not takes:
                 return False, False, None
             try:
-                await self.connect(action.by, resume=True, retry=lambda: action.will_retry(self.clock()))
+                await self.connect(action.by, resume=True,
+                                   retry=lambda answer: action.will_retry(self.clock(), answer))
                 return True, True, None
             except ConnectFailed as exc:
                 return False, True, exc
@@ -715,7 +719,7 @@ class Session(VirtualUser):
                         # Found closed before its reader saw the end: ended now, so every chat on it sees that.
                         await self._drop(self.transport)
                     flow.sent(sent is True, failure.kind if failure else None, str(failure) if failure else self._send_note,
-                              closed=sent is None)
+                              closed=sent is None, answer=failure)
                 elif isinstance(action, Connect):
                     try:
                         await self._open_shared(flow.connect_by)
@@ -729,7 +733,7 @@ class Session(VirtualUser):
                         flow.reconnected(ok, clock(), attempted=attempted)
                     else:
                         flow.reconnected(ok, clock(), attempted=attempted, failure_kind=failure.kind,
-                                         failure_message=str(failure))
+                                         failure_message=str(failure), answer=failure)
                 elif isinstance(action, Drop):
                     self.closed_by_client = True  # until the next connect (a resume's)
                     await self._drop_on_purpose()

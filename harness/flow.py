@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from .backoff import ReconnectRetries
+from .backoff import CREDENTIALS_REFUSED, AttemptAnswer, ReconnectRetries
 from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, error_result, judge_followups
 from .events import Event, Frame, FrameKind, Role, Rule, SessionError, Violation
 from .profiles import Profile
@@ -284,7 +284,7 @@ class FrameRouter:
 
     __slots__ = ("profile", "checker", "sink", "scenario", "answered", "spoke", "said", "last_pong", "auth_failed",
                  "resume_unknown", "awaiting", "every_event", "conversations", "resumes", "reconnecting", "_decode",
-                 "_on_event")
+                 "_on_event", "refused_by_close")
 
     def __init__(self, profile: Profile, checker: ConnectionChecker, sink: Sink, scenario: str) -> None:
         profile.prepare()  # before any chat of the connection is timed (a no-op once done)
@@ -301,6 +301,7 @@ class FrameRouter:
         self.said: str | None = None
         self.last_pong = _NEVER
         self.auth_failed: Frame | None = None
+        self.refused_by_close = False  # `auth_failed` is the close's (closed_refusing), not a frame the server sent
         # The run ids the server answered RESUME_UNKNOWN_RUN for on the current connection, oldest first; None until
         # the first. A resume is answered on the connection that carried it: a new connection starts with none.
         self.resume_unknown: dict[str, None] | None = None
@@ -331,6 +332,7 @@ class FrameRouter:
         self.answered = self.spoke = False
         self.said = None
         self.auth_failed = None
+        self.refused_by_close = False
         # The pong bound is a connection's: a new connection's first ping is answered, however soon after the last
         # connection's (a reconnect within PONG_INTERVAL left it unanswered, and a server that drops a connection whose
         # ping goes unanswered dropped the resumed one).
@@ -504,8 +506,18 @@ class FrameRouter:
             return False
         frame = Frame(FrameKind.ERROR, error_code=f"close code {close_code}", session_error=SessionError.AUTH_FAILED)
         self.auth_failed = frame
+        self.refused_by_close = True
         self.checker.on_error(frame, at)
         return True
+
+    def failure_answer(self, close_code: int | None) -> dict[str, Any]:
+        """What the server answered a connection that never became usable, as ConnectFailed's fields for the retry
+        decision (backoff.ReconnectRetries.failed): the close code it ended the connection with, and the code of the
+        AUTH_FAILED session error it sent (not one closed_refusing made of a close: the close code says that)."""
+        frame = self.auth_failed
+        by_frame = frame is not None and not self.refused_by_close
+        return {"close_code": close_code,
+                "auth_frame": (frame.error_code or frame.wire_type or "AUTH_FAILED") if by_frame and frame else None}
 
     def welcome_outcome(self, in_time: bool, closed: bool, close_code: int | None, timeout: float) -> tuple[str, str]:
         """How opening the connection went once the welcome was awaited (`in_time`: the server answered or the
@@ -613,12 +625,13 @@ class Close(NamedTuple):
 class Reconnect(NamedTuple):
     """Reconnect unless another chat already replaced connection `generation` (its opening and welcome awaited until
     `by` at the latest, clock time), then report `flow.reconnected(ok, now, attempted=...)`. A failed attempt is
-    retried with backoff (ReconnectRetries): `will_retry(now)` says, at the failure, whether the chat tries again
-    (what a recording's close record of the failure says, asked before the flow is told)."""
+    retried with backoff (ReconnectRetries): `will_retry(now, answer)` says, at the failure (`answer`: the ConnectFailed,
+    whose status, close code and Retry-After decide too), whether the chat tries again (what a recording's close
+    record of the failure says, asked before the flow is told)."""
 
     generation: int
     by: float
-    will_retry: Callable[[float], bool]
+    will_retry: Callable[[float, AttemptAnswer | None], bool]
     # The attempts every chat that lost connection `generation` shares, and how many had started when this chat
     # asked: one made since (by another chat) was this one's too (`takes_attempt`).
     retries: ReconnectRetries
@@ -1106,12 +1119,18 @@ class ChatFlow:
         self._error(kind, message)
 
     def sent(self, ok: bool, failure_kind: str | None = None, failure_message: str = "", *,
-             closed: bool = False) -> None:
+             closed: bool = False, answer: AttemptAnswer | None = None) -> None:
         """The outcome of a Send: `failure_kind` when sending was connecting and that failed (SSE), classified;
         `closed` when the connection was found closed before a byte of the frame left (the server closed it
         between chats, or as the message went): a chat's message is then sent again, once, on a new connection, as a
-        chat UI reconnects and sends; the server never saw it, so nothing is held against it."""
+        chat UI reconnects and sends; the server never saw it, so nothing is held against it. `answer`: the failure
+        (SSE: what the server answered the request)."""
         if self.state != SENDING:  # a resume frame: a failure shows as the connection's end
+            if (not ok and answer is not None and self.events_at_reconnect is not None
+                    and (refused := answer.refusal) is not None):
+                # SSE: the resume's request is the reconnect, refused for the credentials: not tried again, the chat
+                # an `error`, auth_failed (as a WebSocket reconnect so refused: `reconnected`).
+                self.tracker.credentials_refused(refused)
             return
         if ok:
             # Sent: not kept for the chat's life (memory per open chat); rebuilt if sent again (its text is kept until
@@ -1198,12 +1217,13 @@ class ChatFlow:
         return self._wait
 
     def reconnected(self, ok: bool, now: float, *, attempted: bool = True, failure_kind: str = "refused",
-                    failure_message: str = "") -> None:
+                    failure_message: str = "", answer: AttemptAnswer | None = None) -> None:
         """The outcome of a Reconnect: connected or not; `attempted`: this chat's attempt opened (or failed to open) a
         connection (False: another chat had reconnected it already); `failure_kind` and `failure_message`: why the
-        attempt failed, classified. A failed attempt is tried again after a backoff while ReconnectRetries allows,
-        else the chat is lost there (RECONNECT_FAILED_NOTE), or, for a message to be sent again, an `error` of that
-        kind."""
+        attempt failed, classified, and `answer` what the server answered (the ConnectFailed: its status, close code,
+        Retry-After). A failed attempt is tried again after a backoff while ReconnectRetries allows, else the chat is
+        lost there (RECONNECT_FAILED_NOTE), or, for a message to be sent again, an `error` of that kind; one whose
+        answer refused the credentials is tried no more, and the chat ends with the auth outcome (`auth_failed`)."""
         self._expect(RECONNECTING)
         retries = self.retries
         assert retries is not None
@@ -1228,7 +1248,7 @@ class ChatFlow:
             oldest = min((f for f in retries.members if f.state in (RECONNECTING, BACKING_OFF)),
                          key=lambda f: f.tracker.sent_at, default=self)
             oldest.tracker.reconnect_tried(False)
-        if retries.failed(now) and retries.retry_at < self._until:
+        if retries.failed(now, answer) and retries.retry_at < self._until:
             self.state = BACKING_OFF
             return
         self._give_up(failure_kind, failure_message)
@@ -1238,9 +1258,13 @@ class ChatFlow:
         sent again never left again: an `error` of the last attempt's failure (a connection that failed), its attempts
         counted (only while the message waits to be sent again: a later loss of a chat whose message went again is
         lost as any other)."""
+        retries = self.retries
+        refused = retries.refused if retries is not None else None
         if self.resend == 1:
             self.retries = None
             tracker = self.tracker
+            if refused is not None:  # (another chat's attempt was refused so: this chat's outcome too)
+                failure_kind, failure_message = "auth_failed", CREDENTIALS_REFUSED.format(refused)
             result = error_result(tracker.chat_id, self.router.scenario, tracker.sent_at, failure_kind,
                                   failure_message or "the message was to be sent again on a new connection, and none "
                                   "opened before the chat's deadline")
@@ -1252,6 +1276,10 @@ class ChatFlow:
         self.retries = None
         self.lost_note = RECONNECT_FAILED_NOTE
         self.tracker.reconnected(False)
+        if refused is not None:
+            # The credentials were refused: no attempt follows, and the chat is an `error`, auth_failed, as a chat
+            # whose credentials an AUTH_FAILED refused on its open connection (its events and violations kept).
+            self.tracker.credentials_refused(refused)
         self.router.sink.reconnect(self.router.scenario, "lost")
         self.state = ENDING
 

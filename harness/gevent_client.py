@@ -53,9 +53,17 @@ from .transports.base import (
     NO_RESPONSE,
     TOO_MANY_FRAGMENTS,
     SendStalled,
+    answer_of,
     plain_close_hint,
 )
-from .transports.websocket import classify, handshake_options, minimal_lengths, record_close, status_first
+from .transports.websocket import (
+    classify,
+    handshake_answer,
+    handshake_options,
+    minimal_lengths,
+    record_close,
+    status_first,
+)
 
 if TYPE_CHECKING:
     from .recorder import ConnectionRecording
@@ -483,7 +491,7 @@ class _StreamWire:
                 failure = head_failure(event.status_code, head.get("content-type", ""), head.get("location", ""),
                                        s.url, head.get("content-encoding", ""))
                 if failure is not None:
-                    raise ConnectFailed(*failure)
+                    raise ConnectFailed(*failure, **answer_of(event.status_code, head.get))
             except BaseException as exc:
                 if sock is not None:
                     sock.close()
@@ -496,6 +504,9 @@ class _StreamWire:
                     kept = sock = None
                     continue
                 self.requested = False
+                if isinstance(exc, ConnectFailed):
+                    raise ConnectFailed(exc.kind, plain_close_hint(s.url, str(exc)), status=exc.status,
+                                        retry_after=exc.retry_after) from None
                 if isinstance(exc, Exception):
                     kind, reason = classify_http(exc)
                     raise ConnectFailed(kind, plain_close_hint(s.url, reason)) from None
@@ -779,7 +790,7 @@ class SyncSession(VirtualUser):
 
     # -- connection --
     def connect(self, by: float | None = None, *, resume: bool = False,
-                retry: Callable[[], bool] | None = None) -> None:
+                retry: Callable[[ConnectFailed | None], bool] | None = None) -> None:
         """Open (or reopen) the connection and wait for the welcome (at most connect_timeout, and past `by`, a chat's
         deadline, not at all); raises ConnectFailed, classified. `resume`: a reconnect to resume a run (recorded so:
         its failure fails no chat of its own); `retry`, asked when it fails: whether the chat tries again (recorded
@@ -794,10 +805,12 @@ class SyncSession(VirtualUser):
         except Exception as exc:
             kind, reason = classify(exc)
             reason = plain_close_hint(settings.url, reason)
+            # What the server answered (its status, a Retry-After) goes with the failure: the retry decision's.
+            failed = ConnectFailed(kind, reason, **handshake_answer(exc))
             if recording is not None:
-                recording.open_failed(kind, reason)  # the recording keeps the attempt, and why it failed
+                recording.open_failed(kind, reason, failed)  # the recording keeps the attempt, and why it failed
             self.sink.connection_attempt(self.scenario, kind)
-            raise ConnectFailed(kind, reason) from None
+            raise failed from None
         except BaseException:
             if recording is not None:
                 # Stopped from outside (Locust stopping the user): nothing passed, no file; but for a reconnect to
@@ -834,10 +847,13 @@ class SyncSession(VirtualUser):
                 woken = self._woken
             woken.wait(left)
         if kind != "ok":
+            with self._lock:  # what the server answered (its close code, an AUTH_FAILED): the retry decision's
+                failed = ConnectFailed(kind, reason, **self.router.failure_answer(conn.close_code if self.closed
+                                                                                  else None))
             if recording is not None:
-                recording.connect_failed(kind, reason)  # the recording says the connection failed, and why
+                recording.connect_failed(kind, reason, failed)  # the recording says the connection failed, and why
             self._drop(conn)
-            raise ConnectFailed(kind, reason)
+            raise failed
 
     def _read(self, conn: _Connection) -> None:
         ws = conn.ws
@@ -919,7 +935,7 @@ class SyncSession(VirtualUser):
         except ConnectFailed as exc:  # SSE: the request is the connection, classified like one
             self._send_failure = exc
             if recording is not None:
-                recording.send_failed(exc.kind, str(exc))
+                recording.send_failed(exc.kind, str(exc), answer=exc)
             return False
         except ConnectionError:
             return None
@@ -1007,7 +1023,7 @@ class SyncSession(VirtualUser):
             if not takes:
                 return False, False, None
             try:
-                self.connect(action.by, resume=True, retry=lambda: action.will_retry(self.clock()))
+                self.connect(action.by, resume=True, retry=lambda answer: action.will_retry(self.clock(), answer))
                 return True, True, None
             except ConnectFailed as exc:
                 return False, True, exc
@@ -1082,7 +1098,7 @@ class SyncSession(VirtualUser):
                         self._drop(self.conn)  # found closed before its reader saw the end: ended now, for every chat
                     with lock:
                         flow.sent(sent is True, failure.kind if failure else None,
-                                  str(failure) if failure else self._send_note, closed=sent is None)
+                                  str(failure) if failure else self._send_note, closed=sent is None, answer=failure)
                 elif isinstance(action, Connect):
                     try:
                         self._ensure_connected(flow.connect_by)
@@ -1099,7 +1115,7 @@ class SyncSession(VirtualUser):
                             flow.reconnected(reconnected, clock(), attempted=attempted)
                         else:
                             flow.reconnected(reconnected, clock(), attempted=attempted, failure_kind=failure.kind,
-                                             failure_message=str(failure))
+                                             failure_message=str(failure), answer=failure)
                 elif isinstance(action, Drop):
                     if self.conn is not None and not self.closed:
                         self.closed_by_client = True

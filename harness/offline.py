@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from .backoff import CREDENTIALS_REFUSED, credentials_refusal
 from .checker import (
     ChatResult,
     ChatTracker,
@@ -590,9 +591,13 @@ class OfflineCheck:
         if retried:
             return
         # The client's last attempt: every chat of the user kept for a resume is lost (the chats that lost one
-        # connection reconnect it together, as live: flow.takes_attempt).
+        # connection reconnect it together, as live: flow.takes_attempt); an `error`, auth_failed, when the attempt
+        # was refused for the credentials (no attempt follows one), as live.
+        refused = _refusal(rec)
         for lost in self.parked.of(user):
             lost.reconnected(False)  # counted with its verdict (_count), as every reconnect
+            if refused is not None:
+                lost.credentials_refused(refused)
             self._finish(lost, at, lost=True, note=RECONNECT_FAILED_NOTE)
 
     def _resend_connect_failed(self, conn: _Conn, rec: Recorded, at: float, *, retried: bool) -> None:
@@ -608,8 +613,10 @@ class OfflineCheck:
         if retried:
             return
         del self.resends[again]
+        refused = _refusal(rec)
         result = error_result(chat.chat_id, self.name, chat.sent_at, rec.failed,
-                              rec.reason or f"the connection failed ({rec.failed})")
+                              CREDENTIALS_REFUSED.format(refused) if refused is not None
+                              else rec.reason or f"the connection failed ({rec.failed})")
         result.reconnect_attempts, result.reconnect_failures = chat.reconnect_tries
         self._count(None, result)
 
@@ -999,6 +1006,12 @@ class OfflineCheck:
                            objectives=evaluate(stats, objectives), started_at=started, elapsed=elapsed, errors=errors,
                            warnings=warnings, stopped_by=self.stopped_by,
                            connection_violations=self.listing.connection_violations)
+
+
+def _refusal(rec: Recorded) -> str | None:
+    """How a reconnect's failure record says the credentials were refused (its status, close code, AUTH_FAILED code),
+    or None: the one decision the live client made (backoff.credentials_refusal)."""
+    return credentials_refusal(rec.status, rec.code, rec.auth_error or None)
 
 
 def _user_of(key: str) -> str:

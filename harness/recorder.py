@@ -70,16 +70,26 @@ def expect_note(exp: Expectations) -> dict[str, Any] | None:
     return note
 
 
-def connect_failure(kind: str, reason: str, *, resume: bool, retry: bool = False) -> dict[str, Any]:
+def connect_failure(kind: str, reason: str, *, resume: bool, retry: bool = False,
+                    answer: ConnectFailed | None = None) -> dict[str, Any]:
     """The fields a close record gets for a connection that never became usable (refused at the handshake, HTTP
     401/403/503, closed during the upgrade, no welcome, AUTH_FAILED): `failed` (the connections_total result label),
     `status` (the HTTP status answered, when there was one), `reason`, and `resume` when it was a reconnect to resume
     a run (whose chat is judged lost, not failed: no chat of its own), with `retry` when the client tries that
-    reconnect again (after a backoff: the chat is not lost at this failure)."""
+    reconnect again (after a backoff: the chat is not lost at this failure). From the `answer` (the ConnectFailed)
+    what decided that with the status: `code`, the close code the server ended the connection with before it was
+    usable, and `auth_error`, the code of the AUTH_FAILED session error that refused it (`chatprobe check` reads a
+    refusal of the credentials from them as live did: backoff.credentials_refusal)."""
     fields: dict[str, Any] = {"failed": kind}
     m = _HTTP_STATUS_RE.search(reason)
-    if m is not None:
+    if answer is not None and answer.status is not None:
+        fields["status"] = answer.status
+    elif m is not None:
         fields["status"] = int(m.group(1))
+    if answer is not None and answer.close_code is not None:
+        fields["code"] = answer.close_code
+    if answer is not None and answer.auth_frame:
+        fields["auth_error"] = answer.auth_frame[:64]
     fields["reason"] = reason[:1024]
     if resume:
         fields["resume"] = True
@@ -264,6 +274,8 @@ class ConnectionLog:
         record: dict[str, Any] = {"t": round(self.recorder.epoch(at), 6), "dir": "close", "conn": self.label}
         record.update(failure)
         record["reason"] = self._scrub(str(record.get("reason", "")))
+        if "auth_error" in record:
+            record["auth_error"] = self._scrub(str(record["auth_error"]))
         if self._write(json.dumps(record), force=True) and ends:
             self.ended = True
         if self.closed:
@@ -310,6 +322,8 @@ class ConnectionLog:
         if failure:
             record.update(failure)
             record["reason"] = self._scrub(str(record.get("reason", "")))
+            if "auth_error" in record:
+                record["auth_error"] = self._scrub(str(record["auth_error"]))
         self._write(json.dumps(record), force=True)
         self.closed = True
 
@@ -531,7 +545,8 @@ class Recorder:
         return ConnectionLog(self, f"{safe}.{n}", self.directory / f".{self.run_id}-{n:06d}-{safe}.jsonl.part", own,
                              user)
 
-    def wrap(self, transport: Transport, label: str, *, resume: bool = False, retry: Callable[[], bool] | None = None,
+    def wrap(self, transport: Transport, label: str, *, resume: bool = False,
+             retry: Callable[[ConnectFailed | None], bool] | None = None,
              user: str | None = None) -> RecordingTransport:
         """`transport` recorded as connection `label` (the runner's hook: every connection a client opens);
         `resume`: a reconnect to resume a run (its failure fails no chat of its own); `retry`: asked once it failed,
@@ -539,7 +554,7 @@ class Recorder:
         `sub`), when the token names one."""
         return RecordingTransport(transport, self.connection(label, user=user), resume=resume, retry=retry)
 
-    def recording(self, label: str, *, resume: bool = False, retry: Callable[[], bool] | None = None,
+    def recording(self, label: str, *, resume: bool = False, retry: Callable[[ConnectFailed | None], bool] | None = None,
                   user: str | None = None) -> ConnectionRecording:
         """Connection `label`'s recording for a client that is no Transport (the Locust user's SyncSession), which
         calls it at the moments the asyncio client calls a RecordingTransport's hooks; `resume`, `retry`, `user` as
@@ -589,7 +604,7 @@ class ConnectionRecording:
     reader and its chats write to one connection from different threads or greenlets)."""
 
     def __init__(self, log: ConnectionLog, clock: Callable[[], float] = time.monotonic, *, resume: bool = False,
-                 retry: Callable[[], bool] | None = None) -> None:
+                 retry: Callable[[ConnectFailed | None], bool] | None = None) -> None:
         self.log = log
         self._clock = clock
         self._lock = threading.Lock()
@@ -615,20 +630,21 @@ class ConnectionRecording:
         with self._lock:
             self.log.frame("recv", message, at)
 
-    def connect_failed(self, kind: str, reason: str) -> None:
+    def connect_failed(self, kind: str, reason: str, answer: ConnectFailed | None = None) -> None:
         """The connection opened but never became usable (no welcome, AUTH_FAILED, closed before the welcome): its
         close record says so (the client drops it next), or, when the server closed it first, a close record of the
-        failure follows the one written then."""
-        retry = self._resume and self._retry is not None and self._retry()
+        failure follows the one written then. `answer`: the failure, with what the server answered (its status,
+        close code, AUTH_FAILED code, Retry-After), which the retry decision reads."""
+        retry = self._resume and self._retry is not None and self._retry(answer)
         with self._lock:
-            self._failure = connect_failure(kind, reason, resume=self._resume, retry=retry)
+            self._failure = connect_failure(kind, reason, resume=self._resume, retry=retry, answer=answer)
             if self._saved:
                 self.log.failed(self._clock(), self._failure)
 
-    def open_failed(self, kind: str, reason: str) -> None:
+    def open_failed(self, kind: str, reason: str, answer: ConnectFailed | None = None) -> None:
         """Refused at the handshake (HTTP 401/403/503, closed during the upgrade, nothing listening, a timeout): the
         file keeps the attempt, so that `chatprobe check` counts the chat it failed as live did."""
-        self.connect_failed(kind, reason)
+        self.connect_failed(kind, reason, answer)
         self.end(keep=True)
 
     def discard(self) -> None:
@@ -650,7 +666,7 @@ class ConnectionRecording:
         self.closed_by_client()
         self.end(keep=True)
 
-    def send_failed(self, kind: str, reason: str, send: int | None = None) -> None:
+    def send_failed(self, kind: str, reason: str, send: int | None = None, answer: ConnectFailed | None = None) -> None:
         """SSE: the request is the stream's connection, and no stream came of it (refused, an HTTP status, or no
         answer within connect_timeout, which the client times): a close record of the failure, in its place.
         WebSocket (`send_failed`): the chat's frame did not leave within connect_timeout (the server stopped reading),
@@ -659,7 +675,7 @@ class ConnectionRecording:
         other chats, its end)."""
         resume = self._resume and kind != SEND_FAILED
         failure = connect_failure(kind, reason, resume=resume,
-                                  retry=resume and self._retry is not None and self._retry())
+                                  retry=resume and self._retry is not None and self._retry(answer), answer=answer)
         if kind == SEND_FAILED and send is not None:
             failure["send"] = send
         with self._lock:
@@ -715,7 +731,7 @@ class RecordingTransport(RecordingHooks):
     purpose)."""
 
     def __init__(self, inner: Transport, log: ConnectionLog, clock: Callable[[], float] = time.monotonic, *,
-                 resume: bool = False, retry: Callable[[], bool] | None = None) -> None:
+                 resume: bool = False, retry: Callable[[ConnectFailed | None], bool] | None = None) -> None:
         self._inner = inner
         self._rec = ConnectionRecording(log, clock, resume=resume, retry=retry)
         # The send record of the chat's frame whose send just failed (its ordinal), for the `send_failed` record the
@@ -733,14 +749,14 @@ class RecordingTransport(RecordingHooks):
             self._rec.discard()  # the client's limit, not the server's answer: opened again by the other client
             raise
         except ConnectFailed as exc:
-            self._rec.open_failed(exc.kind, str(exc))
+            self._rec.open_failed(exc.kind, str(exc), exc)
             raise
         except BaseException:
             self._rec.open_stopped()
             raise
 
-    def connect_failed(self, kind: str, reason: str) -> None:
-        self._rec.connect_failed(kind, reason)
+    def connect_failed(self, kind: str, reason: str, answer: ConnectFailed | None = None) -> None:
+        self._rec.connect_failed(kind, reason, answer)
 
     async def send(self, obj: Any) -> None:
         """The frame recorded, then sent."""
@@ -763,7 +779,7 @@ class RecordingTransport(RecordingHooks):
         try:
             await self._inner.send(obj)
         except ConnectFailed as exc:
-            self._rec.send_failed(exc.kind, str(exc))
+            self._rec.send_failed(exc.kind, str(exc), answer=exc)
             raise
 
     def send_failed(self, kind: str, reason: str) -> None:

@@ -38,10 +38,14 @@ The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\
           that is not UTF-8; that frame is not recorded): an R12 on the chats open then, as live
   failed  on a close record, optional: the connection never became usable, and why, as a connections_total result
           (refused, auth_failed, timeout, tls_error, protocol_error), with `status` (the HTTP status answered, when
-          there was one) and `reason`: the chat that was to use it is an `error` chat, as live; with "resume": true it
+          there was one), `code` (the close code the server ended it with before it was usable, when it did),
+          `auth_error` (the code of the AUTH_FAILED session error that refused it, when one did) and `reason`: the chat
+          that was to use it is an `error` chat, as live; with "resume": true it
           was a reconnect to resume a run, and fails no chat of its own: the user's oldest chat kept for a resume
           is lost there, as live ("reconnecting failed"), unless "retry": true says the client tried again after
-          it (a backoff: the chat stays kept, its failed attempt counted); "send_failed": a chat's WebSocket frame did
+          it (a backoff: the chat stays kept, its failed attempt counted); a last attempt refused for the credentials
+          (`status` 401/403, `code` 4401/4403, or `auth_error`: no attempt follows one) ends those chats `error`,
+          auth_failed, as live; "send_failed": a chat's WebSocket frame did
           not leave within connect_timeout (the server stopped reading), that chat (the last one a send record opened
           on the connection and nothing answered yet) is an `error` chat of that kind, as live, and the connection
           goes on
@@ -229,6 +233,10 @@ class Recorded:
     reason: str = ""
     resume: bool = False
     retry: bool = False  # (with `resume`) the client tried that reconnect again: the chat is not lost at this failure
+    # On a failure's close record: the HTTP status answered, and the code of the AUTH_FAILED session error that
+    # refused the connection (with `code`, what says the credentials were refused: backoff.credentials_refusal).
+    status: int | None = None
+    auth_error: str = ""
     # On a close record: the connection was a chat's own event stream (SSE), ending with its run. On a recv record: it
     # came in an SSE response body (a saved body, a HAR entry's), one response to one request whether or not the
     # request was recorded: the runs it carries after its first are that stream's, never chats of their own.
@@ -808,6 +816,9 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
                         reason=reason[:1024] if failed and isinstance(reason, str) else "",
                         resume=bool(failed) and obj.get("resume") is True,
                         retry=bool(failed) and obj.get("resume") is True and obj.get("retry") is True,
+                        status=status if failed and isinstance(status := obj.get("status"), int)
+                        and not isinstance(status, bool) and 100 <= status < 600 else None,
+                        auth_error=auth[:64] if failed and isinstance(auth := obj.get("auth_error"), str) else "",
                         stream=obj.get("stream") is True,
                         code=code if isinstance(code := obj.get("code"), int) and not isinstance(code, bool)
                         and 0 <= code < 65536 else None)

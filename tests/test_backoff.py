@@ -97,3 +97,36 @@ def test_the_first_attempt_falls_before_the_deadline_of_every_chat_that_lost_the
     retries.attempt()  # an attempt under way: a chat that notices the loss only now takes that one (no new draw)
     retries.join(object(), 100.01)
     assert retries.pending and retries.attempts == 1
+
+
+def test_an_answer_refusing_the_credentials_is_never_retried_and_a_plain_1008_is():
+    # The decision is by codes (HTTP status, close code, the AUTH_FAILED frame), never a close reason's text.
+    from harness.transports import ConnectFailed
+
+    refusals = {ConnectFailed("auth_failed", "x", status=401): "HTTP 401",
+                ConnectFailed("auth_failed", "x", status=403): "HTTP 403",
+                ConnectFailed("auth_failed", "x", close_code=4401): "close code 4401",
+                ConnectFailed("auth_failed", "x", close_code=4403): "close code 4403",
+                ConnectFailed("auth_failed", "x", close_code=1008, auth_frame="AUTH_FAILED"): "AUTH_FAILED"}
+    for answer, how in refusals.items():
+        r = ReconnectRetries(max_attempts=10, give_up_at=100.0)
+        r.attempt()
+        assert r.failed(1.0, answer) is False and r.gave_up and r.refused == how
+        assert r.failed(1.0, None) is False  # decided once per attempt
+    for answer in (ConnectFailed("auth_failed", "unauthorized", close_code=1008), ConnectFailed("refused", "x", status=503),
+                   ConnectFailed("protocol_error", "forbidden 4401", status=400), None):
+        r = ReconnectRetries(max_attempts=10, give_up_at=100.0)
+        r.attempt()
+        assert r.failed(1.0, answer) is True and r.refused is None
+
+
+def test_retry_after_puts_the_next_attempt_no_sooner_and_past_the_bound_gives_up_without_waiting():
+    from harness.transports import ConnectFailed
+
+    r = ReconnectRetries(max_attempts=10, give_up_at=100.0)
+    r.attempt()
+    assert r.failed(1.0, ConnectFailed("refused", "x", status=503, retry_after=7.0)) is True
+    assert r.retry_at >= 8.0
+    r.attempt()
+    assert r.failed(9.0, ConnectFailed("protocol_error", "x", status=429, retry_after=200.0)) is False
+    assert r.gave_up and r.refused is None

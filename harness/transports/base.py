@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+from ..backoff import RETRY_AFTER_STATUSES, credentials_refusal, parse_retry_after
 from ..subprotocols import AUTH_SUBPROTOCOL
 
 if TYPE_CHECKING:
@@ -113,11 +114,35 @@ def scheme_of(url: str) -> Scheme | None:
 
 
 class ConnectFailed(Exception):
-    """Could not open a usable connection; `kind` is a connections_total result label."""
+    """Could not open a usable connection; `kind` is a connections_total result label. What the server answered, for
+    the reconnect's retry decision (backoff.ReconnectRetries.failed): `status`, the HTTP status of the handshake (or
+    the SSE request); `close_code`, the WebSocket close code it ended the connection with before it was usable;
+    `auth_frame`, the code of the AUTH_FAILED session error that refused it; `retry_after`, the seconds a 429's or
+    503's Retry-After asked the client to wait (backoff.parse_retry_after)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, *, status: int | None = None, close_code: int | None = None,
+                 auth_frame: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.status = status
+        self.close_code = close_code
+        self.auth_frame = auth_frame
+        self.retry_after = retry_after
+
+    @property
+    def refusal(self) -> str | None:
+        """How the answer refused the credentials, or None: no reconnect attempt follows one
+        (backoff.credentials_refusal)."""
+        return credentials_refusal(self.status, self.close_code, self.auth_frame)
+
+
+def answer_of(status: int | None, header: Callable[[str], str | None]) -> dict[str, Any]:
+    """The ConnectFailed fields of a handshake (or SSE request) answered `status`, its headers read by `header`: the
+    status, and a 429's or 503's Retry-After in seconds."""
+    if status is None:
+        return {}
+    retry_after = parse_retry_after(header("retry-after")) if status in RETRY_AFTER_STATUSES else None
+    return {"status": status, "retry_after": retry_after}
 
 
 # The bytes a connection may hold unsent (written by the client, not yet taken by the socket) before a frame is sent:
@@ -191,9 +216,9 @@ class RecordingHooks:
         `since`, when its times count from (its first try, or when an open-model chat was due)."""
         await self.send(obj)
 
-    def connect_failed(self, kind: str, reason: str) -> None:
+    def connect_failed(self, kind: str, reason: str, answer: ConnectFailed | None = None) -> None:
         """The connection opened but never became usable (no welcome, AUTH_FAILED): `kind` a connections_total
-        result."""
+        result; `answer`, the failure the client raises, with what the server answered (the retry decision's)."""
 
     def send_failed(self, kind: str, reason: str) -> None:
         """A send never went: over SSE no stream came of the request (`kind` a connections_total result, `timeout`

@@ -39,6 +39,7 @@ from .base import (
     LeanClientRefused,
     RecordingHooks,
     SendStalled,
+    answer_of,
     auth_headers,
     plain_close_hint,
     ssl_context,
@@ -229,7 +230,10 @@ class PicowsTransport(WSListener, RecordingHooks):
                 # asyncio's word for a server that hung up during the TLS handshake (OpenSSL's unexpected EOF,
                 # which the other clients see): what a server that speaks no TLS does with the ClientHello.
                 kind, reason = "tls_error", TLS_CUT
-            raise ConnectFailed(kind, plain_close_hint(s.url, reason)) from None
+            answer = {}
+            if isinstance(exc, WSHandshakeError) and exc.response is not None and int(exc.response.status) != 101:
+                answer = answer_of(int(exc.response.status), exc.response.headers.get)
+            raise ConnectFailed(kind, plain_close_hint(s.url, reason), **answer) from None
         ws = self.ws
         if ws.is_disconnected and ws.response is None:
             # picows returns, not raises, when the server hangs up before answering the upgrade.

@@ -33,6 +33,7 @@ from .base import (
     ConnectSettings,
     FrameCallback,
     RecordingHooks,
+    answer_of,
     plain_close_hint,
     ssl_context,
     tls_reason,
@@ -382,7 +383,7 @@ class SSETransport(RecordingHooks):
         if failure is not None:
             self._requested = False
             await response.aclose()
-            raise ConnectFailed(*failure)
+            raise ConnectFailed(*failure, **answer_of(response.status_code, response.headers.get))
         self.response = response
         self._stream_ready.set()
 

@@ -29,6 +29,7 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 from websockets.http11 import MAX_LINE_LENGTH, Response
 from websockets.protocol import State
 
+from ..backoff import RETRY_AFTER_STATUSES
 from ..sinks import refused_upgrade
 from .base import (
     CLOSED_IN_HANDSHAKE,
@@ -45,6 +46,7 @@ from .base import (
     ConnectSettings,
     FrameCallback,
     RecordingHooks,
+    answer_of,
     auth_headers,
     plain_close_hint,
     ssl_context,
@@ -93,6 +95,14 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, ConnectionClosed):
         return "protocol_error", f"closed during the handshake (code {exc.rcvd.code if exc.rcvd else 'none'})"
     return "protocol_error", exc.__class__.__name__
+
+
+def handshake_answer(exc: BaseException) -> dict[str, Any]:
+    """What a refused upgrade answered (websockets' InvalidStatus: its status, a 429's or 503's Retry-After), as
+    ConnectFailed's fields for the reconnect's retry decision; {} for any other failure."""
+    if isinstance(exc, InvalidStatus):
+        return answer_of(exc.response.status_code, exc.response.headers.get)
+    return {}
 
 
 # websockets' EOFError for a line ended by LF alone: the server answered, wrongly; not the end of the connection it
@@ -196,6 +206,10 @@ def record_close(transport: Any, protocol: Any) -> None:
 
 # The status line of an answer to the upgrade that refuses it: any status but 101, HTTP/1.1 as websockets requires.
 _REFUSAL = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9])(?: ([^\r\n]*))?\r?\n")
+# A refusal's Retry-After header (429, 503), its value at most 64 characters (longer is no value parse_retry_after
+# reads), in a head of at most _REFUSAL_HEAD bytes.
+_RETRY_AFTER = re.compile(rb"\nretry-after:[ \t]*([^\r\n]{0,64})[ \t]*\r?\n", re.IGNORECASE)
+_REFUSAL_HEAD = 16 * 1024
 
 
 def status_first(protocol: ClientProtocol) -> None:
@@ -236,8 +250,18 @@ def _status_first(protocol: ClientProtocol) -> Generator[None]:
     if refusal is None or refusal[1] == b"101":
         yield from ClientProtocol.parse(protocol)  # websockets' own parser, nothing of the answer read yet
         return
-    # What websockets does with a response it refuses (ClientProtocol.parse), with no headers and no body.
-    response = Response(int(refusal[1]), (refusal[2] or b"").decode("iso-8859-1"), Headers())
+    status, headers = int(refusal[1]), Headers()
+    if status in RETRY_AFTER_STATUSES:
+        # Its Retry-After is read (the next reconnect attempt waits that long): the head awaited to its end, within
+        # 16 KiB (picows' bound on a head), never its body.
+        while ((end := reader.buffer.find(b"\r\n\r\n", 0, _REFUSAL_HEAD)) < 0 and not reader.eof
+               and len(reader.buffer) < _REFUSAL_HEAD):
+            yield
+        after = _RETRY_AFTER.search(reader.buffer, 0, end if end >= 0 else _REFUSAL_HEAD)
+        if after is not None:
+            headers["Retry-After"] = after[1].decode("iso-8859-1")
+    # What websockets does with a response it refuses (ClientProtocol.parse), with no body.
+    response = Response(status, (refusal[2] or b"").decode("iso-8859-1"), headers)
     protocol.handshake_exc = InvalidStatus(response)
     protocol.events.append(response)
     protocol.send_eof()
@@ -385,7 +409,7 @@ class WebSocketTransport(RecordingHooks):
             kind, reason = classify(exc)
             if type(exc) is ConnectionResetError and s.url[:4].lower() == "wss:":
                 kind, reason = "tls_error", TLS_CUT  # (the server hung up during the TLS handshake: picows_ws.py)
-            raise ConnectFailed(kind, plain_close_hint(s.url, reason)) from None
+            raise ConnectFailed(kind, plain_close_hint(s.url, reason), **handshake_answer(exc)) from None
         # Open: the credential is not kept for the connection's life (the upgrade request, headers and all, is not
         # read again; the settings keep what the connection's end is told by, max_size).
         self.ws.request = None
