@@ -585,6 +585,12 @@ class OfflineCheck:
         user = _user_of(conn.key)
         chat = self.parked.oldest(user)
         if chat is None:  # judged already (its deadline passed), or not kept (no run id, a bound)
+            if (refused := _refusal(rec)) is not None:
+                # SSE: the resume's request was the reconnect (the chat it resumed is on this connection), refused for
+                # the credentials: the chat an `error`, auth_failed, as live (flow.ChatFlow.sent).
+                for resumed in conn.open.values():
+                    if not resumed.judged:
+                        resumed.credentials_refused(refused)
             self._resend_connect_failed(conn, rec, at, retried=retried)
             return
         chat.reconnect_tried(False)

@@ -306,3 +306,53 @@ def test_retry_after_dates_are_read_against_now():
     now = time.time()
     assert parse_retry_after(email.utils.formatdate(now + 120, usegmt=True), now) == pytest.approx(120, abs=1)
     assert parse_retry_after(email.utils.formatdate(now + 10**8, usegmt=True), now) == MAX_RETRY_AFTER
+
+
+class RefusingSSEServer(RefusingServer):
+    """netra over SSE (a dialect of the user's own, with a resume): the first POST is answered with a stream of two
+    events of its run that then ends (the run lost mid-stream: the client resumes it); every later POST (the resume)
+    is answered HTTP 401."""
+
+    async def _handle(self, reader: Reader, writer: Writer) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            body = json.loads(await reader.readexactly(length))
+            self.received.append(body)
+            if len(self.answered) == 0:
+                self.answered.append("drop")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n"
+                             b"Connection: close\r\n\r\n")
+                for f in run_frames(body["payload"]["message_id"])[:2]:
+                    writer.write(b"data: " + f + b"\n\n")
+                await writer.drain()
+                return
+            self.answered.append(self.how)
+            await REFUSALS[self.how](reader, writer, head)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    @property
+    def target(self) -> Target:
+        netra = load_profile("netra")
+        profile = netra.model_validate({**netra.model_dump(), "name": "netra-sse", "transport": "sse", "path": ""})
+        return Target(url=f"http://127.0.0.1:{self.port}/chat", profile=profile, name="raw-sse")
+
+
+@pytest.mark.parametrize("how", ["http401", "http403"])
+@pytest.mark.parametrize("driver", ["asyncio", "sync"])
+def test_an_sse_resume_refused_for_the_credentials_is_not_tried_again(tmp_path, driver, how):
+    # Over SSE the resume's request is the reconnect: answered 401/403, it is not sent again; the chat an `error`,
+    # auth_failed, live and in check (it was `incomplete`, "the run could not be resumed", and in check "no resume of
+    # the run was recorded").
+    with RefusingSSEServer(how) as server:
+        live, offline = play(driver, server.target, scenario_for(), tmp_path / "rec")
+    assert server.answered == ["drop", how], server.answered
+    assert [m["type"] for m in server.received] == ["user_message", "resume"], server.received
+    [chat] = live.results
+    [judged] = offline.results
+    assert (chat.outcome, chat.error_kind) == (judged.outcome, judged.error_kind) == (Outcome.ERROR, "auth_failed"), (
+        chat.outcome, chat.error, chat.note, judged.outcome, judged.error, judged.note)
