@@ -190,6 +190,9 @@ async def test_a_connection_lost_just_before_the_chats_deadline_is_still_reconne
         run = await asyncio.wait_for(run_scenario(sc, target), 60)
     assert len(herd.first) == LATE_USERS, len(herd.first)
     got = [(c.outcome.value, tuple(c.reconnects), c.reconnect_attempts) for c in run.results]
-    # Each attempt starts before the deadline; one that starts too near it to bring the run back in time (failed, or
-    # the chat judged at its deadline meanwhile) leaves the chat `incomplete`, its one attempt counted.
-    assert all(c in {("passed", ("resumed",), 1), ("incomplete", ("lost",), 1)} for c in got), got
+    # Each attempt starts before the deadline; one that starts too near it to bring the run back in time leaves the
+    # chat `incomplete`, its one attempt counted: failed ("lost"), or still under way when the chat was judged at its
+    # deadline (no reconnect result yet: a loaded machine's, where the attempt's connect took the time the chat had).
+    # Never a chat with no attempt (the bug this guards).
+    assert all(c in {("passed", ("resumed",), 1), ("incomplete", ("lost",), 1), ("incomplete", (), 1)}
+               for c in got), got
