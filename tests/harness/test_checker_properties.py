@@ -126,3 +126,37 @@ def test_late_event_after_terminal(run, role, delay):
     late = ev(role, len(run) + 1, run[-1].received_at + delay, call="late")
     res = judge(run + [late])
     assert rules(res) == {"R4"}
+
+
+@FAST
+@given(st.lists(st.tuples(st.sampled_from([*Role, None]), st.booleans()), max_size=14), st.integers(0, 3))
+def test_verdict_delays_counts_and_missing_are_those_of_the_events_fed(stream, keep_first):
+    """Each role's first time up to the terminal event, every event by role and the required roles missing, in
+    ALL_ROLES' order, are what the events say: kept or not (past the byte budget), after the terminal one or not."""
+    from collections import Counter
+
+    from harness.checker import MAX_KEPT_BYTES
+    from harness.events import ALL_ROLES, Event
+
+    fed = []
+    for i, (role, recoverable) in enumerate(stream):
+        e = (Event(None, "TEXT_MESSAGE_START", 0.1 * (i + 1), run_id="r1") if role is None
+             else ev(role, None, 0.1 * (i + 1), call=f"c{i}", recoverable=recoverable))
+        if i == keep_first and len(stream) > 4:
+            e.nbytes = MAX_KEPT_BYTES  # the events after it are counted, not kept
+        fed.append(e)
+    chat = ChatTracker("c1", EXP, 0.0, thread_id="t1", run_id="r1")
+    for e in fed:
+        chat.feed(e)
+    res = chat.finish(10.0)
+    end = next((i for i, e in enumerate(fed) if e.terminal), len(fed) - 1)
+    delays: dict[Role, float] = {}
+    for e in fed[:end + 1]:
+        if e.role is not None:
+            delays.setdefault(e.role, e.received_at)
+    assert list(res.event_delays.items()) == list(delays.items())
+    counts = Counter(e.role for e in fed if e.role is not None)
+    assert res.event_counts == counts and list(res.event_counts) == list(counts)
+    terminal = fed[end] if fed and fed[end].terminal else None
+    required = EXP.required if terminal is None or terminal.role is not Role.ERROR_EVENT else frozenset()
+    assert res.missing == [r for r in ALL_ROLES if r in required and r not in delays]
