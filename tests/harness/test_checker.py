@@ -22,6 +22,32 @@ def test_valid_run_passes_with_timings():
                                      Role.TOOL_COMPLETED, Role.PARTIAL_RESULT, Role.AGENT_COMPLETED}
 
 
+
+def test_a_verdict_fills_chat_result_by_its_fields_order():
+    """ChatTracker._make passes ChatResult's fields by position: RESULT_FIELDS is their order, and a verdict holds
+    each value where its name says."""
+    from harness.checker import RESULT_FIELDS, ChatResult
+
+    names = [f.name for f in dataclasses.fields(ChatResult)]
+    assert names[:len(RESULT_FIELDS)] == list(RESULT_FIELDS)
+    assert all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+               for f in dataclasses.fields(ChatResult)[len(RESULT_FIELDS):])
+    t = ChatTracker("c9", EXP, 1.0, scenario="sc", thread_id="t1", run_id="r1")
+    t.reconnect_tried(False)
+    t.reconnect_tried(True)
+    t.reconnected(True)
+    for e in valid_run(chunks=2, gap=0.25, start=1.25):  # (times exact in binary)
+        t.feed(e)
+    res = t.finish(9.0, note="said")
+    assert (res.chat_id, res.scenario, res.outcome, res.sent_at, res.run_id, res.thread_id) == (
+        "c9", "sc", Outcome.PASSED, 1.0, "r1", "t1")
+    assert res.time_to_first_event == 0.25 and res.duration == 1.75
+    assert (res.reconnect_attempts, res.reconnect_failures, res.reconnects) == (2, 1, ["resumed"])
+    assert (res.error, res.error_kind, res.note, res.events_received) == (None, None, "said", 7)
+    assert res.event_counts[Role.PARTIAL_RESULT] == 2 and res.event_delays[Role.AGENT_STARTED] == 0.25
+    assert (res.violations, res.missing, res.warnings, res.violations_not_listed) == ([], [], [], {})
+    assert res.events is t.events and (res.parent_run_id, res.further_run, res.abandoned_at) == (None, False, None)
+
 def test_r1_first_event_must_be_agent_started():
     run = valid_run()
     run[0], run[1] = run[1], run[0]
