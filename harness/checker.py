@@ -204,7 +204,6 @@ class ChatTracker:
         chat_id: str,
         expectations: Expectations,
         sent_at: float,
-        *,
         scenario: str = "",
         thread_id: str | None = None,
         run_id: str | None = None,
@@ -212,7 +211,8 @@ class ChatTracker:
         request: dict[str, Any] | None = None,
     ) -> None:
         """`request`: the client's own request where this program did not send it (the proxy, `chatprobe check`), for
-        the payload checks to read as they start (checksets.RunContext); not kept."""
+        the payload checks to read as they start (checksets.RunContext); not kept. (Every argument may be given by
+        position: a class called with keywords gets them as a dict, a chat's cost on the client's path, new_tracker.)"""
         self.chat_id = chat_id
         self.scenario = scenario
         self.exp = expectations

@@ -49,10 +49,11 @@ def new_tracker(expectations: Expectations, scenario: str, now: float, client_ru
         r = _random_ids.pop()
     except IndexError:
         r = _read_ids()
-    return ChatTracker(
-        f"c{n}-{r[36:44]}", expectations, now, scenario=scenario,
-        thread_id=thread_id or f"t-{r[:12]}", message_id=f"m-{r[12:24]}",
-        run_id=f"r-{r[24:36]}" if client_run_id else None,
+    return ChatTracker(  # (by position: see ChatTracker.__init__)
+        f"c{n}-{r[36:44]}", expectations, now, scenario,
+        thread_id or f"t-{r[:12]}",  # thread_id
+        f"r-{r[24:36]}" if client_run_id else None,  # run_id
+        f"m-{r[12:24]}",  # message_id
     )
 
 
