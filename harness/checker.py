@@ -130,6 +130,9 @@ class ChatResult:
     parent_run_id: str | None = None  # a further run of the same stream: the run it continues
     further_run: bool = False  # a run the server added to a chat's stream: reported, counted in its chat (fold_further)
     abandoned_at: float | None = None  # when the client left it mid-run (`abandon`), on the clock of sent_at
+    # What its events cost to keep (events.kept_bytes of each), as the tracker counted them up to the verdict: what a
+    # run's listing charges for them (results.Listing), with no second pass over them; 0: not counted (summed then).
+    events_bytes: int = field(default=0, compare=False, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -492,7 +495,10 @@ class ChatTracker:
         if events is res.events and len(events) < MAX_EVENTS_KEPT and self.kept_bytes < self.keep_bytes:
             ev.payload = None
             events.append(ev)
-            self.kept_bytes += ev.nbytes or kept_bytes(ev)
+            n = ev.nbytes or kept_bytes(ev)
+            self.kept_bytes += n
+            if res.events_bytes:
+                res.events_bytes += n  # (the list is the result's too)
             ev.nbytes = 0
 
     def _payload(self, ev: Event, idx: int) -> None:
@@ -764,6 +770,8 @@ class ChatTracker:
             list(self.warnings),
             self.parent_run_id,
             self._root is not None,  # further_run
+            None,  # abandoned_at
+            self.kept_bytes,  # events_bytes
         )
         if self.followups:
             fold_further(res, [c._result for c in self.followups if c._result is not None])
@@ -828,7 +836,7 @@ class ChatTracker:
 RESULT_FIELDS = ("chat_id", "scenario", "outcome", "violations", "missing", "events", "sent_at", "time_to_first_event",
                  "duration", "event_delays", "run_id", "thread_id", "reconnects", "reconnect_attempts",
                  "reconnect_failures", "error", "error_kind", "note", "events_received", "violations_not_listed",
-                 "event_counts", "warnings", "parent_run_id", "further_run")
+                 "event_counts", "warnings", "parent_run_id", "further_run", "abandoned_at", "events_bytes")
 
 
 def _slot_copier(cls: type[ChatTracker]) -> Callable[[ChatTracker], ChatTracker]:

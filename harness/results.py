@@ -83,8 +83,11 @@ class Listing:
             _let_go(result)
         else:
             if self.max_events is not None:
+                if len(result.events) > self.max_events:
+                    result.events_bytes = 0  # (those left are summed)
                 result.events = result.events[:self.max_events]
-            budget.bytes += sum(kept_bytes(ev) for ev in result.events)
+            # What the chat's tracker counted as it kept them (each event's kept_bytes), else summed here.
+            budget.bytes += result.events_bytes or sum(kept_bytes(ev) for ev in result.events)
         self.listed.append(result)
         if passing:
             budget.passing += 1
@@ -108,6 +111,7 @@ def _let_go(result: ChatResult) -> None:
     in place, it holds nothing there either, and a late event is no longer added to it (_after_verdict)."""
     events, result.events = result.events, []
     events.clear()
+    result.events_bytes = 0
 
 
 @dataclass

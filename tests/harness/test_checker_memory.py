@@ -403,3 +403,57 @@ def test_an_event_compares_and_shows_as_before():
         pass
     else:
         raise AssertionError("an Event is hashable")
+
+
+def test_a_listing_charges_what_each_event_costs_to_keep_as_its_tracker_counted_it() -> None:
+    """results.Listing charges a listed chat's events by the bytes its tracker counted as it kept them
+    (ChatResult.events_bytes): each event's kept_bytes, measured by the decoder or not, late events included; a
+    listing keeping fewer events sums those it keeps."""
+    import orjson
+
+    from harness.checker import MAX_KEPT_BYTES
+    from harness.profiles import load_profile
+    from harness.results import Listing, ListingBudget
+
+    decode = load_profile("netra")._decoder.decode
+    base = {"run_id": "r-1", "thread_id": "t-1", "user_id": "u-1"}
+    frames = [
+        {"type": "agent_started", "timestamp": "2026-12-05T21:00:00Z", **base},
+        {"type": "agent_thinking", "payload": {"message_id": "m-1", "thought": "x"}, **base},
+        {"type": "agent_error", "is_recoverable": True, "error_code": "E1", "error_message": "slow", **base},
+        {"type": "tool_executing", "payload": {"tool_call_id": "call-7", "tool_name": "calculator"}, **base},
+        {"type": "tool_completed", "data": {"tool_call_id": "call-7", "tool_name": "calculator"}, **base},
+        {},  # agent_completed with an integer past 64 bits (written below): the exact decoder's
+    ]
+    huge = '{"type":"agent_completed","seq":' + str(2**70) + ',"run_id":"r-1","thread_id":"t-1","user_id":"u-1"}'
+    texts = [orjson.dumps(f).decode() for f in frames[:-1]] + [huge]
+    events = [decode(text, 0.1 * (i + 1)) for i, text in enumerate(texts)]
+    assert all(e.nbytes for e in events[:5])  # measured by the decoder
+    for case in ("measured", "unmeasured"):
+        conn = ConnectionChecker(user_id="u-1")
+        chat = ChatTracker("c1", EXP, 0.0, thread_id="t-1", run_id="r-1", message_id="m-1")
+        conn.add(chat)
+        for e in events:
+            e = e.__copy__()
+            if case == "unmeasured":
+                e.nbytes = 0
+            conn.route(e)
+        res = chat.finish(1.0)
+        assert res.events_bytes == sum(kept_bytes(e) for e in res.events) == chat.kept_bytes > 0
+        late = events[1].__copy__()
+        late.received_at = 2.0
+        conn.route(late)  # after the verdict: shown with the chat, and charged
+        assert len(res.events) == len(events) + 1
+        assert res.events_bytes == sum(kept_bytes(e) for e in res.events)
+        listing = Listing(budget=ListingBudget())
+        assert listing.add(res) and listing.budget.bytes == res.events_bytes
+        fewer = Listing(max_events=2, budget=ListingBudget())
+        res.events = list(res.events)
+        assert fewer.add(res) and fewer.budget.bytes == sum(kept_bytes(e) for e in res.events[:2]) > 0
+    big = ChatTracker("c2", EXP, 0.0, run_id="r-1")
+    first, second = valid_run()[:2]
+    first.nbytes = MAX_KEPT_BYTES  # the events after it are counted, not kept
+    big.feed(first)
+    big.feed(second)
+    res = big.finish(1.0)
+    assert res.events == [first] and res.events_bytes == MAX_KEPT_BYTES
