@@ -384,7 +384,7 @@ class FrameRouter:
     def on_frame(self, message: str | bytes, at: float) -> tuple[str | None, dict[str, Any] | None]:
         """(whom to wake, what to send back) for one received frame."""
         decoded = self._decode(message, at)
-        if isinstance(decoded, Event):
+        if decoded.__class__ is Event:  # (an Event or a Frame, neither subclassed: no isinstance call per frame)
             if self.resumes is not None and self.resumes.skips(decoded):
                 return None, None  # an exact copy of an event its chat had, replayed as asked (Resumes)
             chat = self.checker.route(decoded)
@@ -401,6 +401,7 @@ class FrameRouter:
                     or chat._root is not None or chat.wake_id in self.every_event):
                 return chat.wake_id, None
             return None, None
+        assert isinstance(decoded, Frame)  # (for the type checker: not an event frame's cost)
         kind = decoded.kind
         if not self.spoke:
             self.spoke = True  # the server said something (once a connection: never a refusal by close, below)
