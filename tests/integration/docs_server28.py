@@ -28,7 +28,7 @@ from websockets.http11 import Request, Response
 # The variants a test may turn on (all legal per docs/protocol.md).
 VARIANTS = ("fragment", "pings", "system_welcome", "data_layout", "flat_layout", "iso_time", "interleave_tools",
             "unicode", "big", "idle_close", "close_after_terminal", "escaped_json", "uuid_ids", "extra_fields",
-            "ws_pings")
+            "ws_pings", "alt_names", "recoverable_error", "oldest", "numeric_ids", "restart_mid_run")
 
 BUGS = ("drop_event", "reorder", "other_user", "late_first", "dup_seq", "after_terminal", "error_no_code",
         "drop_no_resume", "fatal_no_code", "binary_event", "no_message_id")
@@ -126,7 +126,8 @@ class Conn:
 
 class DocsServer:
     def __init__(self, secret: str, *, variants: tuple[str, ...] = (), bug: str | None = None, seed: int = 28,
-                 step: float = 0.003, idle_close_after: float = 0.05, late_first: float = 0.8) -> None:
+                 step: float = 0.003, idle_close_after: float = 0.05, late_first: float = 0.8,
+                 big_size: int = 600_000) -> None:
         assert all(v in VARIANTS for v in variants), variants
         assert bug is None or bug in BUGS, bug
         self.secret = secret
@@ -136,6 +137,7 @@ class DocsServer:
         self.step = step
         self.idle_close_after = idle_close_after
         self.late_first = late_first
+        self.big_size = big_size
         self.runs: dict[tuple[str, str], Run] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.port = 0
@@ -198,6 +200,12 @@ class DocsServer:
                                 "seq": seq, "timestamp": self._now()}
         if "extra_fields" in self.variants:
             body = {**body, "x_trace": {"span": uuid.uuid4().hex, "tags": ["a", 1, None]}, "x_cost": 0.0012}
+        if "alt_names" in self.variants:
+            etype = {"agent_completed": "agent_response", "partial_result": "stream_chunk"}.get(etype, etype)
+        if "oldest" in self.variants:
+            # the oldest shape: run and thread inside payload, no seq, a sender
+            return self._dump({"type": etype, "payload": {**body, "run_id": run.run_id, "thread_id": run.thread_id},
+                               "sender": None, "timestamp": head["timestamp"]})
         if "flat_layout" in self.variants:
             frame = {**body, **head, "type": etype}        # type last, everything at the root
         elif "data_layout" in self.variants:
@@ -221,7 +229,9 @@ class DocsServer:
             started.pop("message_id")
         out: list[tuple[str, dict[str, Any]]] = [("agent_started", started),
                                                  ("agent_thinking", {"thought": "planning", "step_number": 1})]
-        calls = [("calculator", "c-1"), ("lookup", "c-2")]
+        calls: list[tuple[str, Any]] = [("calculator", "c-1"), ("lookup", "c-2")]
+        if "numeric_ids" in self.variants:
+            calls = [("calculator", 1), ("lookup", 2)]
         if "interleave_tools" in self.variants:
             out += [("tool_executing", {"tool_name": n, "tool_call_id": i, "parameters": {"q": content[:40]}})
                     for n, i in calls]
@@ -232,12 +242,17 @@ class DocsServer:
                 out.append(("tool_executing", {"tool_name": n, "tool_call_id": i, "parameters": {"q": content[:40]}}))
                 out.append(("tool_completed", {"tool_name": n, "tool_call_id": i, "result": 391, "duration_ms": 2,
                                                "success": True}))
+        if "recoverable_error" in self.variants:
+            out.append(("agent_error", {"error_message": "retrying the lookup", "error_type": "ToolTimeout",
+                                        "is_recoverable": True, "severity": "warning"}))
         out.append(("agent_thinking", {"thought": "writing", "step_number": 2}))
         chunk = "part "
         if "unicode" in self.variants:
             chunk = "Résultat 😀 — 𝄞 ☃ \u2028 ok \"quoted\" \\ "
         if "big" in self.variants:
-            chunk = chunk * (600_000 // len(chunk))      # ~0.6 MB of text (more when escaped): under 4 MiB
+            # about big_size bytes of frame as written (escaped or not): under the 4 MiB limit
+            written = len(json.dumps(chunk, ensure_ascii="escaped_json" in self.variants).encode())
+            chunk = chunk * (self.big_size // written)
         for _ in range(3):
             out.append(("partial_result", {"content": chunk, "is_complete": False}))
         out.append(("agent_completed", {"result": "391; Paris", "duration_ms": 12.0}))
@@ -259,10 +274,10 @@ class DocsServer:
                 self._emit(run, self._event(run, "agent_error", {"error_message": "boom", "is_recoverable": False}))
                 run.done = True
                 break
-            if self.bug == "drop_event" and etype == "tool_completed" and body["tool_call_id"] == "c-1":
+            if self.bug == "drop_event" and etype == "tool_completed" and body["tool_call_id"] in ("c-1", 1):
                 run.events.append("")          # its seq is used, the frame never sent
                 continue
-            if self.bug == "binary_event" and etype == "tool_completed" and body["tool_call_id"] == "c-1":
+            if self.bug == "binary_event" and etype == "tool_completed" and body["tool_call_id"] in ("c-1", 1):
                 self._emit(run, self._event(run, etype, body), kind="binary")
                 continue
             if self.bug == "reorder" and i == 2:
@@ -282,6 +297,12 @@ class DocsServer:
                     run.conn.put(("drop", ""))
                 return
             text = self._event(run, etype, body)
+            if "restart_mid_run" in self.variants and i == 3 and run.conn is not None:
+                # a rolling deploy: the connection closed with 1012 mid-run, the run goes on for a resume
+                conn = run.conn
+                run.conn = None
+                conn.live.discard(run.run_id)
+                conn.put(("close", 1012))
             if last:
                 run.done = True
                 conn = run.conn

@@ -5,12 +5,17 @@ passes everywhere; each bug a real server ships is the rule the docs name for it
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import secrets
+import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import jwt as pyjwt
 import pytest
 
 from harness.cli import main
@@ -133,6 +138,10 @@ CORRECT = {
     "big_frames": ("big", "unicode"),
     "close_after_terminal": ("close_after_terminal",),
     "idle_close": ("idle_close", "pings"),
+    "alt_names_recoverable_error": ("alt_names", "recoverable_error", "data_layout"),
+    "oldest_layout": ("oldest", "fragment"),
+    "numeric_tool_call_ids": ("numeric_ids", "interleave_tools"),
+    "restart_mid_run": ("restart_mid_run", "fragment", "pings"),
 }
 
 
@@ -154,6 +163,97 @@ def test_chats_interleaved_on_one_connection_pass_on_every_road(tmp_path, secret
     got = roads(tmp_path, secret, {"chats_per_user": 4, "parallel_chats": 2, "users": 2},
                 variants=("interleave_tools", "pings", "close_after_terminal", "flat_layout"))
     assert got == {way: [PASS] * 8 for way in ALL}, got
+
+
+# -- chatprobe's own faults this server showed ---------------------------------------------------------------------
+
+async def _raw_client(port: int, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket client of raw bytes, so that it can leave a close frame unanswered (a busy tab)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n")
+                 .encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+def _masked(text: str) -> bytes:
+    data, mask = text.encode(), os.urandom(4)
+    n = len(data)
+    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n))
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+async def _server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked, unfragmented server frame: (opcode, payload)."""
+    head = await asyncio.wait_for(reader.readexactly(2), 10)
+    n = head[1] & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", await reader.readexactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", await reader.readexactly(8))[0]
+    return head[0] & 0x0F, await asyncio.wait_for(reader.readexactly(n), 10)
+
+
+def _message(thread: str, message: str) -> str:
+    return json.dumps({"type": "user_message", "payload": {"content": "What is 17 * 23?", "thread_id": thread,
+                                                           "message_id": message}})
+
+
+def test_a_message_crossing_the_servers_close_is_recorded_by_the_proxy_as_judged_live(tmp_path, secret):
+    # The server writes its terminal event and its close frame in one write (a close once the connection idles,
+    # legal: docs/protocol.md). The user's client sends its next message as it reads the terminal event, so the
+    # message crosses the server's close (RFC 6455: never read), and the client, busy, answers the proxy's close
+    # only late; it sends the message again on a new connection at once, which the proxy follows as the same chat.
+    # The proxy wrote the close in its --record as of when its own closing handshake with the client was over (up to
+    # CLOSE_TIMEOUT, 2 s, later), so `check` of that recording saw the message wait past its first-event limit on an
+    # open connection (R9, incomplete) and its resend as a chat of its own: three chats, where the proxy saw two pass.
+    sc = Scenario.model_validate({"name": "docs28", "expect": {"first_event_limit": "1s", "deadline": "4s",
+                                                                "settle": "0.1s"}})
+    profile = load_profile("netra")
+    kept = KeptSink()
+    rec = tmp_path / "proxy-rec"
+    token = pyjwt.encode({"sub": "u-28", "exp": int(time.time()) + 300}, secret, algorithm="HS256")
+    with InThread(DocsServer(secret, variants=("close_after_terminal",))) as hosted:
+        live = LiveChats(profile, kept, sc.expectations(profile), "live", sc.expect.settle, recorder=Recorder(rec))
+        front = asyncio.run_coroutine_threadsafe(
+            start_proxy(Proxy(hosted.server.url.rsplit("/", 1)[0], live), "127.0.0.1", 0), hosted.loop).result(10)
+        port = front.sockets[0].getsockname()[1]
+
+        async def user() -> None:
+            reader, writer = await _raw_client(port, token)
+            await _server_frame(reader)  # the welcome
+            writer.write(_masked(_message("t-1", "m-1")))
+            while b"agent_completed" not in (await _server_frame(reader))[1]:
+                pass
+            writer.write(_masked(_message("t-2", "m-2")))  # crosses the server's close
+            await writer.drain()
+            # the same message again on a new connection, at once; the first one's close is left unanswered
+            reader2, writer2 = await _raw_client(port, token)
+            await _server_frame(reader2)
+            writer2.write(_masked(_message("t-2", "m-2")))
+            while b"agent_completed" not in (await _server_frame(reader2))[1]:
+                pass
+            writer2.close()
+            # the proxy gives up on the first connection's closing handshake and drops it
+            while await asyncio.wait_for(reader.read(65536), 10):
+                pass
+            writer.close()
+
+        try:
+            asyncio.run(user())
+            results = kept.wait_for(2, 15)
+        finally:
+            hosted.loop.call_soon_threadsafe(front.close)
+    proxy = sorted((r.outcome.value, tuple(sorted(r.rule_counts()))) for r in results)
+    assert proxy == [PASS, PASS], proxy
+    judged_again = tmp_path / "proxy-check.json"
+    main(["check", str(rec), "--json", str(judged_again), "-q", "--scenario", scenario_file(tmp_path, {
+        "expect": {"first_event_limit": "1s", "deadline": "4s", "settle": "0.1s"}})])
+    offline, _ = chat_verdicts(json.loads(judged_again.read_text()))
+    assert offline == proxy, offline
 
 
 # -- the bugs real servers ship, one at a time: the rule the docs name, on every road -------------------------------
@@ -187,3 +287,26 @@ def test_each_bug_is_the_rule_the_docs_name_on_every_road(tmp_path, secret, bug)
     got = roads(tmp_path, secret, {"expect": {"first_event_limit": "0.5s", "streaming": True}},
                 variants=("fragment", "uuid_ids"), bug=bug, late_first=0.8)
     assert got == {way: [(outcome, tuple(sorted(rules)))] for way in ALL}, got
+
+
+@pytest.mark.parametrize("variants", [("restart_mid_run", "interleave_tools"),
+                                      ("restart_mid_run", "close_after_terminal", "escaped_json")],
+                         ids=["restart", "restart_close_after_terminal"])
+def test_interleaved_runs_resumed_after_a_server_restart_pass_on_every_road(tmp_path, secret, variants):
+    # two runs in flight on a connection the server closes with 1012 mid-run: both resumed on the next one
+    got = roads(tmp_path, secret, {"users": 2, "chats_per_user": 4, "parallel_chats": 2}, variants=variants)
+    assert got == {way: [PASS] * 8 for way in ALL}, got
+
+
+def test_an_idle_close_racing_the_next_message_passes_on_every_road(tmp_path, secret):
+    # the server closes an idle connection (1000 or 1001) about when the client sends its next message after its
+    # settle window: a message that crossed the close is sent again on a new connection
+    got = roads(tmp_path, secret, {"users": 3, "chats_per_user": 4}, variants=("idle_close",),
+                idle_close_after=0.2)
+    assert got == {way: [PASS] * 12 for way in ALL}, got
+
+
+def test_frames_near_the_size_limit_pass_on_every_road(tmp_path, secret):
+    got = roads(tmp_path, secret, {"expect": {"deadline": "15s"}}, variants=("big", "unicode", "escaped_json"),
+                big_size=3_900_000)
+    assert got == {way: [PASS] for way in ALL}, got
