@@ -8,8 +8,13 @@ import asyncio
 import base64
 import json
 import os
+import queue
+import re
 import secrets
+import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -310,3 +315,39 @@ def test_frames_near_the_size_limit_pass_on_every_road(tmp_path, secret):
     # three partial results of 3.9 MB each (the limit is 4 MiB), fragmented
     got = roads(tmp_path, secret, {"expect": {"deadline": "15s"}}, variants=("big", "fragment"), big_size=3_900_000)
     assert got == {way: [PASS] for way in ALL}, got
+
+
+@pytest.mark.parametrize("bug", [None, "dup_seq"])
+def test_the_proxy_command_in_front_of_it_agrees_with_run(tmp_path, secret, bug):
+    # `chatprobe proxy` as users start it (a process of its own, --record-all), `run` through it, `check` of its
+    # recording: the verdicts `run --target` gives the server directly
+    named = scenario_file(tmp_path, {"chats_per_user": 2, "expect": {"streaming": True}})
+    variants = ("fragment", "pings", "system_welcome", "close_after_terminal", "uuid_ids")
+    expected = [(("failed", ("R7",)) if bug else PASS)] * 2
+    rec = tmp_path / "proxy-rec"
+    with InThread(DocsServer(secret, variants=variants, bug=bug)) as hosted:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness", "proxy", "--upstream", hosted.server.url.rsplit("/", 1)[0],
+             "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--record", str(rec), "--record-all",
+             "--deadline", "4s", "--settle", "0.2s", "--streaming"],
+            env={**os.environ, "NO_COLOR": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        try:
+            lines: queue.Queue[str] = queue.Queue()
+            threading.Thread(target=lambda: lines.put(proc.stdout.readline() if proc.stdout else ""),
+                             daemon=True).start()
+            line = lines.get(timeout=30)
+            found = re.search(r"listening on (\S+)", line)
+            assert found, line
+            code = main(["run", "--target", f"{found.group(1)}/ws", "--jwt-secret-env", SECRET_ENV, named, "-q",
+                         "--json", str(tmp_path / "played.json")])
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+    assert code == (1 if bug else 0), code
+    played, _ = chat_verdicts(json.loads((tmp_path / "played.json").read_text()))
+    main(["check", str(rec), "--scenario", named, "--json", str(tmp_path / "proxy-check.json"), "-q"])
+    judged, _ = chat_verdicts(json.loads((tmp_path / "proxy-check.json").read_text()))
+    assert {"run": played, "proxy-check": judged} == {"run": expected, "proxy-check": expected}
