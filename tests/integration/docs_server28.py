@@ -28,7 +28,7 @@ from websockets.http11 import Request, Response
 # The variants a test may turn on (all legal per docs/protocol.md).
 VARIANTS = ("fragment", "pings", "system_welcome", "data_layout", "flat_layout", "iso_time", "interleave_tools",
             "unicode", "big", "idle_close", "close_after_terminal", "escaped_json", "uuid_ids", "extra_fields",
-            "ws_pings", "alt_names", "recoverable_error", "oldest", "numeric_ids", "restart_mid_run")
+            "ws_pings", "alt_names", "recoverable_error", "oldest", "numeric_ids", "restart_mid_run", "quota")
 
 BUGS = ("drop_event", "reorder", "other_user", "late_first", "dup_seq", "after_terminal", "error_no_code",
         "drop_no_resume", "fatal_no_code", "binary_event", "no_message_id")
@@ -399,6 +399,11 @@ class DocsServer:
         rid = p.get("run_id") if isinstance(p.get("run_id"), str) else None
         if rid and (conn.user, rid) in self.runs and not self.runs[(conn.user, rid)].done:
             conn.put(("text", self._error("INVALID_MESSAGE", "run id in use", run_id=rid)))
+            return
+        if "quota" in self.variants and conn.live:
+            # one run at a time per user: a later message refused, named by its message_id (under data)
+            conn.put(("text", self._dump({"data": {"message_id": mid, "retry_after": 1}, "error_code": "QUOTA_EXCEEDED",
+                                          "error_message": "one run at a time", "type": "error_message"})))
             return
         rid = rid or (str(uuid.uuid4()) if "uuid_ids" in self.variants else f"docs28-{uuid.uuid4().hex[:10]}")
         tid = p.get("thread_id") if isinstance(p.get("thread_id"), str) else f"th-{uuid.uuid4()}"

@@ -23,6 +23,7 @@ from typing import Any
 import jwt as pyjwt
 import pytest
 
+from harness.checker import ChatResult
 from harness.cli import main
 from harness.profiles import load_profile
 from harness.recorder import Recorder
@@ -113,7 +114,7 @@ def behind_proxy(tmp_path: Path, secret: str, named: str, chats: int, variants: 
     else:
         sc = load_scenario(named)
         player = named
-    kept = KeptSink()
+    kept = Kept()
     with InThread(DocsServer(secret, variants=variants, bug=bug, **knobs)) as hosted:
         live = LiveChats(profile, kept, sc.expectations(profile), "live", sc.expect.settle,
                          recorder=Recorder(tmp_path / "proxy-rec", keep_all=True))
@@ -131,6 +132,13 @@ def behind_proxy(tmp_path: Path, secret: str, named: str, chats: int, variants: 
 
 
 ALL = ("run", "check", "proxy", "proxy-check")
+
+
+class Kept(KeptSink):
+    """The proxy's verdicts, with the chats it counts as the client's doing (a rejected message) as verdicts too."""
+
+    def client_rejected(self, result: ChatResult) -> None:
+        self.chat_finished(result)
 
 # -- the correct server, in each of its legal variants --------------------------------------------------------------
 
@@ -351,3 +359,17 @@ def test_the_proxy_command_in_front_of_it_agrees_with_run(tmp_path, secret, bug)
     main(["check", str(rec), "--scenario", named, "--json", str(tmp_path / "proxy-check.json"), "-q"])
     judged, _ = chat_verdicts(json.loads((tmp_path / "proxy-check.json").read_text()))
     assert {"run": played, "proxy-check": judged} == {"run": expected, "proxy-check": expected}
+
+
+def test_a_start_event_naming_only_the_thread_is_matched_to_its_chat_on_every_road(tmp_path, secret):
+    # agent_started without the client's message_id, two chats in flight: the thread tells them apart
+    got = roads(tmp_path, secret, {"users": 2, "chats_per_user": 4, "parallel_chats": 2},
+                variants=("interleave_tools", "data_layout"), bug="no_message_id")
+    assert got == {way: [PASS] * 8 for way in ALL}, got
+
+
+def test_a_refusal_naming_the_later_message_is_that_chats_on_every_road(tmp_path, secret):
+    # one run at a time per user: the second message in flight is refused (QUOTA_EXCEEDED naming its message_id),
+    # an `error` chat, the first one's run going on (the proxy counts the refusal as the client's doing)
+    got = roads(tmp_path, secret, {"chats_per_user": 2, "parallel_chats": 2}, variants=("quota", "pings"))
+    assert got == {way: [("error", ()), PASS] for way in ALL}, got
