@@ -105,7 +105,9 @@ class Conn:
                 return
             if "pings" in self.srv.variants and rnd.random() < 0.3:
                 await self.ws.send(rnd.choice(['{"type":"ping"}', '{"type":"heartbeat","data":{"n":1}}',
-                                               '{"type":"ack"}']))
+                                               '{"type":"ack"}', '{"type":"heartbeat_ack"}',
+                                               '{"data":{"status":"working"},"type":"agent_update"}',
+                                               '{"type":"system_message","data":{"event":"note","text":"hi"}}']))
             if "ws_pings" in self.srv.variants and rnd.random() < 0.3:
                 await self.ws.ping(b"odd")
             if "fragment" in self.srv.variants and len(text) > 8:
