@@ -1495,8 +1495,14 @@ class Proxy:
             # on two, the first not kept: R1, R2, R5, R6, R7 where the proxy passed it). Nothing reads the connection's
             # frames any more (the relays have ended); the upstream's close frame, when it sent one, has come.
             by_client = bool(closed_by) and closed_by[0] == "client"
+            # When the side that ended the connection was seen to end it: a server's close is judged and recorded as
+            # of its coming too, not once the close handshakes are over (a client slow to answer the proxy's close
+            # put it up to CLOSE_TIMEOUT late in --record, after a message that had crossed it: `check` saw that
+            # message wait on an open connection, an R9, and its resend as a chat of its own, where the proxy saw
+            # one chat pass).
+            end = ended[0] if ended else self.clock()
             if by_client or drained:
-                conn.closed(ended[0] if by_client and ended else self.clock(), by_client=by_client, drained=drained)
+                conn.closed(end if by_client else self.clock(), by_client=by_client, drained=drained)
             # An upstream that dropped the connection (no close frame: a crash, a load balancer cut it) is dropped for
             # the client too, as it came: a clean 1000 in its place told the client the server closed with a handshake,
             # and a client sends again a message that crossed such a close (docs/protocol.md), never one cut by a crash.
@@ -1513,9 +1519,9 @@ class Proxy:
                     # read now (RFC 6455: the proxy forwards none of them), are chats as the client counts them,
                     # judged as a message that crossed such a close (sent again after a clean one), as `check`
                     # reads them in the recording, sent before the close record.
-                    await self._crossed(client, conn)
+                    await self._crossed(client, conn, end)
                 rcvd = getattr(getattr(upstream, "protocol", None), "close_rcvd", None)
-                conn.closed(self.clock(), by_client=False, code=rcvd.code if rcvd is not None else 1006)
+                conn.closed(end, by_client=False, code=rcvd.code if rcvd is not None else 1006)
             log.info("connection from %s closed by %s (to the client %d, to the upstream %d)", peer,
                      "the proxy (drained)" if drained else closed_by[0] if closed_by else "the proxy", to_client[0],
                      to_upstream[0])
@@ -1527,9 +1533,11 @@ class Proxy:
                 # a client closing with 1008, 4401 or 4403 was counted the server refusing its credentials.
                 record("ok" if drained or by_client else "auth_failed" if conn.auth_failed else "protocol_error")
 
-    async def _crossed(self, client: ServerConnection, conn: LiveConnection) -> None:
+    async def _crossed(self, client: ServerConnection, conn: LiveConnection, at: float) -> None:
         """The client's messages that came after the relay stopped reading it (the upstream had closed), before its
-        connection closed: at most MAX_CROSSED of them, those received already (once closed, a read waits for none)."""
+        connection closed: at most MAX_CROSSED of them, those received already (once closed, a read waits for none),
+        taken as of `at`, when the upstream's close came (they crossed it; read only once the close handshakes
+        were over, up to CLOSE_TIMEOUT later)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await client.wait_closed()  # a transport aborted: its connection ends at the loop's next turn
@@ -1540,7 +1548,7 @@ class Proxy:
                 message = await client.recv()
             except ConnectionClosed:
                 return
-            conn.client_frame(message, self.clock())
+            conn.client_frame(message, at)
 
     async def drain(self, server: Any, timeout: float, interrupted: asyncio.Event | None = None) -> int:
         """SIGTERM's first step: stop accepting connections (the listener closed; a handshake under way is answered
