@@ -215,7 +215,7 @@ class DocsServer:
         else:
             frame = {"payload": body, "seq": head.pop("seq"), **head, "type": etype}
         if "extra_fields" in self.variants:
-            frame["server_version"] = "docs28/1.0"
+            frame["server_version"] = "docs-only/1.0"
         return self._dump(frame)
 
     def _emit(self, run: Run, text: str, *, record: bool = True, kind: str = "text") -> None:

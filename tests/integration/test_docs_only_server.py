@@ -1,4 +1,4 @@
-"""A netra server another team wrote from docs/protocol.md and README.md alone (tests/integration/docs_server28.py),
+"""A netra server another team wrote from docs/protocol.md and README.md alone (tests/integration/docs_only_server.py),
 judged on every road: `chatprobe run --target` (recorded), `chatprobe check` of that recording, `chatprobe proxy` in
 front of it with a `run` through it, and `check` of the proxy's `--record`. Correct in each of its legal variants it
 passes everywhere; each bug a real server ships is the rule the docs name for it, on every road alike."""
@@ -30,7 +30,7 @@ from harness.recorder import Recorder
 from harness.scenario import Scenario, load_scenario
 from monitors.proxy import LiveChats, Proxy, start_proxy
 
-from .docs_server28 import DocsServer
+from .docs_only_server import DocsServer
 from .test_independent_servers import KeptSink, Verdict, chat_verdicts
 
 pytestmark = pytest.mark.timeout(120)
@@ -71,7 +71,7 @@ def secret(monkeypatch: pytest.MonkeyPatch) -> str:
 def scenario_file(tmp_path: Path, scenario: dict[str, Any] | str) -> str:
     if isinstance(scenario, str):
         return scenario
-    sc = {"name": "docs28", "users": 1, "connect_timeout": "3s", **scenario}
+    sc = {"name": "docs-only", "users": 1, "connect_timeout": "3s", **scenario}
     sc["expect"] = {"deadline": "4s", "settle": "0.2s", **scenario.get("expect", {})}
     path = tmp_path / "scenario.yaml"
     path.write_text(json.dumps(sc))
@@ -223,7 +223,7 @@ def test_a_message_crossing_the_servers_close_is_recorded_by_the_proxy_as_judged
     # The proxy wrote the close in its --record as of when its own closing handshake with the client was over (up to
     # CLOSE_TIMEOUT, 2 s, later), so `check` of that recording saw the message wait past its first-event limit on an
     # open connection (R9, incomplete) and its resend as a chat of its own: three chats, where the proxy saw two pass.
-    sc = Scenario.model_validate({"name": "docs28", "expect": {"first_event_limit": "1s", "deadline": "4s",
+    sc = Scenario.model_validate({"name": "docs-only", "expect": {"first_event_limit": "1s", "deadline": "4s",
                                                                 "settle": "0.1s"}})
     profile = load_profile("netra")
     kept = KeptSink()
