@@ -314,6 +314,10 @@ def read_token(opts: TargetOptions) -> TokenProvider:
         var = named or (default if os.environ.get(default) and not given else None)
         if var:
             value = os.environ.get(var)
+            if kind == "token" and value:
+                # Stripped as a --token-file's is (a secret store's value often ends in a line break): a variable of
+                # only blanks is an empty one, never sent as "Bearer " to be refused by every server.
+                value = value.strip()
             if not value:
                 raise option_error(option, f"{var}: the variable is not set or empty")
             if kind == "token":

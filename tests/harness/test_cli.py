@@ -458,3 +458,24 @@ def test_a_typo_in_a_flag_or_a_name_is_answered_with_what_was_meant(capsys, argv
     err = capsys.readouterr().err
     assert code == 2, err
     assert hint in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("value", [" ", "\t \n", "\n"])
+def test_a_token_variable_of_only_blanks_is_refused_as_an_empty_one(monkeypatch, capsys, value):
+    """--token-env naming a variable that holds only blanks (a secret store's empty value with its line break) is
+    refused as an empty variable, exit 2 naming it, as an empty --token-file is; it was sent as `Bearer  `, and every
+    chat ended refused by the server."""
+    monkeypatch.setenv("CHATPROBE_BLANK_TOKEN", value)
+    assert main(["run", "basic", "--target", "ws://127.0.0.1:1/ws", "--token-env", "CHATPROBE_BLANK_TOKEN"]) == 2
+    err = capsys.readouterr().err
+    assert "--token-env CHATPROBE_BLANK_TOKEN: the variable is not set or empty" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_token_variable_is_stripped_as_a_token_file_is(monkeypatch):
+    """A token from a variable ending in a line break (a secret pasted with its newline) is sent without it, as a
+    --token-file's is, not refused as a token holding a line break."""
+    from harness.targets import TargetOptions, read_token
+
+    monkeypatch.setenv("CHATPROBE_PASTED_TOKEN", "  tok-abc.def.ghi\n")
+    assert read_token(TargetOptions(token_env="CHATPROBE_PASTED_TOKEN")).for_user("u") == "tok-abc.def.ghi"
