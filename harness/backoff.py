@@ -1,7 +1,6 @@
 """How long a load user waits after its connections failed: exponential, capped, jittered, reset by a success."""
 from __future__ import annotations
 
-import email.utils
 import os
 import random
 import time
@@ -94,6 +93,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     if text.isdigit():
         return min(float(text), MAX_RETRY_AFTER)
+    import email.utils  # (only for a date: most answers give none, or seconds)
+
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
