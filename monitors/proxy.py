@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, NoReturn
 
@@ -187,7 +188,13 @@ DEFAULT_SEND_TIMEOUT = 30.0
 HANDSHAKE_SLACK = 5.0
 # How long a closing handshake may take before the connection is dropped.
 CLOSE_TIMEOUT = 2.0
-MAX_CROSSED = 64  # the client's messages that crossed the upstream's close, read as it closes (Proxy._crossed)
+MAX_CROSSED = 64  # the client's messages that crossed the upstream's close, judged as it closes (_read_out)
+# While a side's closing handshake goes on, what that side sent after the relay stopped reading it (messages that
+# crossed the close: chats, a protocol's pongs) is read, so that its answer to the close, behind them, is read too: the
+# proxy reads one frame ahead (MAX_QUEUE), and a side with two or more frames in flight had its answer left unread
+# until CLOSE_TIMEOUT dropped the connection, a reset where a clean close was due. At most this many messages and
+# 2 x --max-size bytes a side (a peer that keeps sending past them is dropped at CLOSE_TIMEOUT, as before).
+MAX_CLOSING_FRAMES = 256
 # The largest frame taken from either side (the harness's WebSocket limit): a bigger one closes that connection
 # with 1009, so neither a client nor the upstream can make the proxy buffer more than this per connection.
 DEFAULT_MAX_SIZE = 4 * 1024 * 1024
@@ -1169,6 +1176,25 @@ def _close_at_once(client: ServerConnection, upstream: Any, max_size: int) -> No
     client.send_data()
 
 
+async def _read_out(ws: Any, max_bytes: int, take: Callable[[str | bytes], object] | None = None) -> None:
+    """Read what `ws`'s peer sent after its relay stopped reading it, while its closing handshake goes on, until its
+    connection closes (its close frame came and the handshake ended, or the proxy dropped it), MAX_CLOSING_FRAMES
+    messages or `max_bytes` bytes: `take` is given the first MAX_CROSSED messages (those that crossed the upstream's
+    close, for the client's side: chats as its client counts them), the rest are dropped. Once closed, a read waits for
+    none: what came already is read, and the reading ends."""
+    read = 0
+    for n in range(MAX_CLOSING_FRAMES):
+        if read >= max_bytes:
+            return
+        try:
+            message = await ws.recv()
+        except ConnectionClosed:
+            return
+        read += len(message)
+        if take is not None and n < MAX_CROSSED:
+            take(message)
+
+
 async def _close_within(ws: Any, code: int, reason: str, timeout: float = CLOSE_TIMEOUT) -> None:
     try:
         async with asyncio.timeout(timeout):
@@ -1506,20 +1532,35 @@ class Proxy:
             # An upstream that dropped the connection (no close frame: a crash, a load balancer cut it) is dropped for
             # the client too, as it came: a clean 1000 in its place told the client the server closed with a handshake,
             # and a client sends again a message that crossed such a close (docs/protocol.md), never one cut by a crash.
-            if (closed_by[:1] == ["server"] and up_failure is None and upstream.protocol.state is State.CLOSED
-                    and upstream.protocol.close_rcvd is None and upstream.protocol.close_sent is None):
-                if client.transport is not None:
-                    client.transport.abort()
-                await _close_within(upstream, *to_upstream)
-            else:
-                await asyncio.gather(_close_within(client, *to_client), _close_within(upstream, *to_upstream))
+            # What each side sent after its relay stopped reading it is read while its closing handshake goes on
+            # (_read_out), so that its answer to the close, behind those frames, is read too (the proxy reads one frame
+            # ahead: a side with two chats or pongs in flight had its answer left unread, and was dropped at
+            # CLOSE_TIMEOUT). What the client sent before the server's close reached it crossed that close: its
+            # messages (RFC 6455: the proxy forwards none of them) are chats as the client counts them, judged as a
+            # message that crossed such a close (sent again after a clean one) as of the close's coming, as `check`
+            # reads them in the recording, sent before the close record. Anything else read so is dropped.
+            crossed = not (by_client or drained) and closed_by[:1] == ["server"]
+            readers = [asyncio.ensure_future(_read_out(client, 2 * self.max_size,
+                                                       (lambda m: conn.client_frame(m, end)) if crossed else None)),
+                       asyncio.ensure_future(_read_out(upstream, 2 * self.max_size))]
+            try:
+                if (closed_by[:1] == ["server"] and up_failure is None and upstream.protocol.state is State.CLOSED
+                        and upstream.protocol.close_rcvd is None and upstream.protocol.close_sent is None):
+                    if client.transport is not None:
+                        client.transport.abort()
+                    await _close_within(upstream, *to_upstream)
+                else:
+                    await asyncio.gather(_close_within(client, *to_client), _close_within(upstream, *to_upstream))
+                # Both connections are closed, or dropped (their end comes at the loop's next turn): the readers take
+                # what came before it and end.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLOSE_TIMEOUT):
+                        await asyncio.gather(*readers)
+            finally:
+                for r in readers:
+                    r.cancel()
+                await asyncio.gather(*readers, return_exceptions=True)
             if not (by_client or drained):
-                if closed_by[:1] == ["server"]:
-                    # What the client sent before the server's close reached it crossed that close: its messages,
-                    # read now (RFC 6455: the proxy forwards none of them), are chats as the client counts them,
-                    # judged as a message that crossed such a close (sent again after a clean one), as `check`
-                    # reads them in the recording, sent before the close record.
-                    await self._crossed(client, conn, end)
                 rcvd = getattr(getattr(upstream, "protocol", None), "close_rcvd", None)
                 conn.closed(end, by_client=False, code=rcvd.code if rcvd is not None else 1006)
             log.info("connection from %s closed by %s (to the client %d, to the upstream %d)", peer,
@@ -1532,23 +1573,6 @@ class Proxy:
                 # upstream answered it with: a server echoes the code it got (RFC 6455 5.5.1, as websockets does), and
                 # a client closing with 1008, 4401 or 4403 was counted the server refusing its credentials.
                 record("ok" if drained or by_client else "auth_failed" if conn.auth_failed else "protocol_error")
-
-    async def _crossed(self, client: ServerConnection, conn: LiveConnection, at: float) -> None:
-        """The client's messages that came after the relay stopped reading it (the upstream had closed), before its
-        connection closed: at most MAX_CROSSED of them, those received already (once closed, a read waits for none),
-        taken as of `at`, when the upstream's close came (they crossed it; read only once the close handshakes
-        were over, up to CLOSE_TIMEOUT later)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await client.wait_closed()  # a transport aborted: its connection ends at the loop's next turn
-        if client.state is not State.CLOSED:
-            return
-        for _ in range(MAX_CROSSED):
-            try:
-                message = await client.recv()
-            except ConnectionClosed:
-                return
-            conn.client_frame(message, at)
 
     async def drain(self, server: Any, timeout: float, interrupted: asyncio.Event | None = None) -> int:
         """SIGTERM's first step: stop accepting connections (the listener closed; a handshake under way is answered

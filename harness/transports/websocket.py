@@ -332,6 +332,15 @@ class BoundedPongs:
             self.transport.resume_reading()
 
 
+def _awaits_answer(protocol: Any) -> bool:
+    """This end started a closing handshake of its own (not a failure: RFC 6455 7.1.7 reads nothing after one) and the
+    server's close frame has not come: what the server sent before its answer is still to be read, then the answer
+    (the close waiting on it ends the connection at close_timeout). Ended at the first frame read after the close, the
+    socket was closed with the answer unread: a reset where the server had a clean close due."""
+    return (protocol.state is State.CLOSING and protocol.close_rcvd is None and protocol.parser_exc is None
+            and close_detail(protocol.close_sent, 0) is None)
+
+
 class BoundedClientConnection(BoundedPongs, ClientConnection):
     """websockets' asyncio connection notes when the TCP connection is over (`close_expected()`: the server's answer
     failed the handshake, the client failed the connection for what the server sent, or a close frame went out in
@@ -340,7 +349,8 @@ class BoundedClientConnection(BoundedPongs, ClientConnection):
     reader, and the chat with it, until the chat's deadline (an R10 instead of the R12 or the lost connection). Here
     the connection ends there and then, as picows and the Locust user's client end it: a failed handshake at once
     (nothing of HTTP is left to wait for), anything else once what is written has gone (FIN), and at close_timeout
-    at the latest (a server that reads nothing)."""
+    at the latest (a server that reads nothing). A close of this end's own awaits the server's answer, the frames the
+    server sent before it read first (_awaits_answer)."""
 
     _close_timer: asyncio.TimerHandle | None = None
 
@@ -351,7 +361,7 @@ class BoundedClientConnection(BoundedPongs, ClientConnection):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._close_timer is not None or not self.protocol.close_expected():
+        if self._close_timer is not None or not self.protocol.close_expected() or _awaits_answer(self.protocol):
             return
         if self.protocol.state is State.CONNECTING:
             self.transport.abort()

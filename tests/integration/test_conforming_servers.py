@@ -12,7 +12,7 @@ FAILED on the code before this file, each with what was wrong:
   client's next message went on the old connection: the proxy passed the server's close on only once its relays had
   ended, a few turns after the run's last event, and the client counted the message sent again (R13) on chats 2 and 3
   where `run` passed them (the "client" verdicts); once the proxy read the messages that crossed a close
-  (Proxy._crossed), it judged them so too.
+  (proxy._read_out), it judged them so too.
 - test_correct_servers_pass_everywhere[closes-on-the-next-message-client-run-id]: the server closes an idle
   connection (1000) as the next message arrives (it crossed the close) and answers the client's resume of that run
   with RESUME_UNKNOWN_RUN (it never took the message): a run without an id was sent again, one with an id ended

@@ -23,7 +23,7 @@ FAILED on the code before: resume-crosses-1011 and resume-crosses-drop (a 4th ch
 the proxy and the client passed 3), and the kept connections of message-crosses-1011 (the same 4th chat). The other
 cases guard the rest of the ground; before-message-1011 failed on it 1 run in 3 (the client's message crossed the
 server's close at the proxy, which never read it: the client counted an `incomplete` chat the proxy and its recording
-did not have; the proxy now reads what came before its connection to the client closed, Proxy._crossed).
+did not have; the proxy now reads what came before its connection to the client closed, proxy._read_out).
 """
 from __future__ import annotations
 
