@@ -1181,10 +1181,12 @@ async def _read_out(ws: Any, max_bytes: int, take: Callable[[str | bytes], objec
     connection closes (its close frame came and the handshake ended, or the proxy dropped it), MAX_CLOSING_FRAMES
     messages or `max_bytes` bytes: `take` is given the first MAX_CROSSED messages (those that crossed the upstream's
     close, for the client's side: chats as its client counts them), the rest are dropped. Once closed, a read waits for
-    none: what came already is read, and the reading ends."""
+    none: what came already is read, and the reading ends. A connection the proxy failed for what its peer sent (a
+    message in too many fragments, text that is not UTF-8) is read no further: websockets reads nothing after that
+    (RFC 6455 7.1.7), and the rest of a message it cut short is no message."""
     read = 0
     for n in range(MAX_CLOSING_FRAMES):
-        if read >= max_bytes:
+        if read >= max_bytes or failed_for(ws.protocol, max_bytes) is not None:
             return
         try:
             message = await ws.recv()
