@@ -32,7 +32,7 @@ from harness.transports.base import MAX_UNSENT_SEND
 from monitors import metrics
 from monitors.frontdoor import MAX_HEAD_READ, MAX_JWT_USERS, MAX_REQUEST_HEAD, REFUSAL_REASONS
 from monitors.monitor import build_parser as monitor_parser
-from monitors.proxy import MAX_SUBPROTOCOLS
+from monitors.proxy import MAX_CLOSING_FRAMES, MAX_SUBPROTOCOLS
 from monitors.proxy import build_parser as proxy_parser
 from monitors.sse_proxy import MAX_HEADERS, PARSE_SLICE
 
@@ -373,7 +373,8 @@ def test_the_close_codes_and_bounds_of_the_connection_the_docs_state_are_the_cod
     assert f"past the {MAX_UNSENT_SEND // 1024:,} KiB bound" in protocol
     for shown in (f"more than {MAX_SUBPROTOCOLS} offered", f"as its bytes pass {_kib(MAX_HEAD_READ)}",
                   f"{_kib(MAX_REQUEST_HEAD)} and {MAX_HEADERS} header fields",
-                  f"checked {PARSE_SLICE // 1024} KiB at a time", f"the first {MAX_JWT_USERS} JWTs a request carries"):
+                  f"checked {PARSE_SLICE // 1024} KiB at a time", f"the first {MAX_JWT_USERS} JWTs a request carries",
+                  f"at most {MAX_CLOSING_FRAMES} messages and 2 × `--max-size` bytes a side"):
         assert shown in readme, f"README.md does not say {shown!r}"
 
 
