@@ -197,11 +197,14 @@ def assert_holds_no_token(root: object, encoded: str) -> None:
     loop: it reaches everything, this test's raw server and what it received too."""
     import gc
     import types
+    import weakref
 
     seen: set[int] = set()
     todo: list = [root]
     while todo:
         obj = todo.pop()
+        if type(obj) in weakref.ProxyTypes:
+            continue  # a weak proxy (another test's garbage, its referent perhaps gone: any use raises ReferenceError)
         if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType, asyncio.AbstractEventLoop)):
             continue
         seen.add(id(obj))
