@@ -16,7 +16,6 @@ from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from itertools import accumulate, compress, product, repeat
-from json.decoder import scanstring as json_scanstring  # type: ignore[attr-defined]  # the C scanner (not in typeshed)
 from urllib.parse import quote, unquote, unquote_plus
 
 import ahocorasick
@@ -472,13 +471,22 @@ def _redacted_spans(text: str, spans: list[tuple[int, int]]) -> str:
     return "".join(out)
 
 
-# A JSON escape after a run of backslashes (a `\u0065`, `\"` or `\/`, its backslash doubled any number of times). Split
-# out in C by re.split, not one re.sub callback per escape (a Python call per escape made a 4 MB frame of escaped text,
-# a CJK answer as `json.dumps` writes it, cost a second, twice over when the connection had its own secrets): a run of
-# `\uXXXX` with one backslash each, or two (a JSON string inside one), almost every escape there is, is decoded by the
-# json module's C scanner; each other escape on its own.
-_JSON_ESCAPE_SPLIT = _Lazy(rf"((?<!\\)(?:\\u[0-9A-Fa-f]{{4}})+|(?<!\\)(?:\\\\u[0-9A-Fa-f]{{4}})+)"
-                           rf"|({_BACKSLASHES}(?:u[0-9A-Fa-f]{{4}}|[/\"]))")
+# A JSON escape after a run of backslashes (a `\u0065`, `\"` or `\/`, its backslash doubled any number of times), the
+# run taken whole from its start (never given back: _BACKSLASHES): a `\uXXXX` (its hex digits kept; a surrogate pair's
+# two escapes as one, `\ud83d\ude00` one emoji), or a `\"` or `\/` (the character kept). Each decodes to one
+# character, and the escapes of a text are decoded all at once, in C: re.split hands the kept parts back as a list,
+# the hex digits of all the `\uXXXX` are read as one UTF-16 text, and the whole is joined. A Python call per escape
+# (or per run of `\uXXXX`) cost a legal frame of prose full of quotes, backslashes and emoji 0.26 s a megabyte, each
+# way through the proxy, on its one event loop.
+_UNICODE_ESCAPE = (rf"{_BACKSLASHES}u([Dd][89ABab][0-9A-Fa-f]{{2}}{_BACKSLASHES}u[Dd][C-Fc-f][0-9A-Fa-f]{{2}}"
+                   r"|[0-9A-Fa-f]{4})")
+_CHAR_ESCAPE = rf'{_BACKSLASHES}([/"])'
+_UNICODE_ESCAPE_SPLIT = _Lazy(_UNICODE_ESCAPE)
+_CHAR_ESCAPE_SPLIT = _Lazy(_CHAR_ESCAPE)
+# The same, each escape kept whole too (group 1): where a decoded character starts in the text (_Positions).
+_UNICODE_ESCAPE_SPLIT_AT = _Lazy(f"({_UNICODE_ESCAPE})")
+_CHAR_ESCAPE_SPLIT_AT = _Lazy(f"({_CHAR_ESCAPE})")
+_PAIR_JOIN = _Lazy(r"\\+u")  # between the two halves of a surrogate pair kept
 # An escaped surrogate (any `\uD800`…`\uDFFF` is one: an escape ends every run of backslashes before a `u` and 4 hex
 # digits): the pairs of the decoded text are joined then (all of them).
 _ESCAPED_SURROGATE_RE = _Lazy(r"\\u[Dd][89A-Fa-f][0-9A-Fa-f]{2}")
@@ -504,18 +512,7 @@ def _has_escapes(text: str) -> bool:
 
 
 _SURROGATE_PAIR_SPLIT = _Lazy("([\ud800-\udbff][\udc00-\udfff])")
-_ASTRAL_RE = _Lazy("[\U00010000-\U0010ffff]")
 _INVISIBLE_SPLIT = _Lazy(f"([{_INVISIBLE}]+)")
-
-
-def _json_escape(piece: str) -> str:
-    """A run of `\\uXXXX` escapes (their backslash doubled or not), or one escape of any kind, decoded."""
-    if piece[1] == "u":
-        return json_scanstring(piece + '"', 0)[0]
-    if piece[1:3] == "\\u":
-        return json_scanstring(piece.replace("\\\\", "\\") + '"', 0)[0]
-    last = piece[-1]
-    return last if last in '/"' else chr(int(piece[-4:], 16))
 
 
 # A piece a span's end falls in is measured from its start once, in strides of this many characters (see _Prefix).
@@ -540,22 +537,8 @@ class _Prefix:
         return self.marks[k] + self.measure(self.text[k * _STRIDE:off])
 
 
-def _astral_count(text: str) -> int:
-    return len(_ASTRAL_RE.compiled.findall(text))
-
-
 def _utf8_size(text: str) -> int:
     return len(text.encode("utf-8", "surrogateescape"))
-
-
-def _in_json_run(piece: str, decoded: str) -> Callable[[int], int]:
-    """Where the `off`th character a run of `\\uXXXX` escapes decodes to (`decoded`) starts in it: 6 characters an
-    escape (7 with its backslash doubled), twice that for a character outside the BMP (a surrogate pair)."""
-    width = 6 if piece[1] == "u" else 7 if piece[1:3] == "\\u" else 0  # one escape of another kind: one character
-    if not width:
-        return lambda off: 0
-    astral = _Prefix(decoded, _astral_count)
-    return lambda off: width * (off + astral(off))
 
 
 def _in_percent_run(piece: str, decoded: str) -> Callable[[int], int]:
@@ -650,24 +633,55 @@ def _decode_step(text: str, parts: list[str], decoded: list[str], positions: _Po
     return "".join(out)
 
 
+def _chars(kept: list[str]) -> list[str]:
+    return kept
+
+
+def _code_units(kept: list[str]) -> list[str]:
+    """The characters of `\\uXXXX` escapes by their hex digits (a surrogate pair's 8, the escape between them), one
+    each, in C: read as one UTF-16 text. A surrogate on its own stays one (it is no character: read as it is); two of
+    them that the text does not hold side by side joined there (a high one, then a low one elsewhere), each is read
+    on its own."""
+    joined = "".join(kept)
+    if "\\" in joined:  # (one backslash a half, as almost always: str.replace, ~10 times faster than the pattern)
+        joined = _PAIR_JOIN.compiled.sub("", joined) if "\\\\" in joined else joined.replace("\\u", "")
+    out = bytes.fromhex(joined).decode("utf-16-be", "surrogatepass")
+    if len(out) == len(kept):
+        return list(out)
+    return [bytes.fromhex(_PAIR_JOIN.compiled.sub("", k)).decode("utf-16-be", "surrogatepass") for k in kept]
+
+
+def _decode_escapes(text: str, split: _Lazy, split_at: _Lazy, decode: Callable[[list[str]], list[str]],
+                    positions: _Positions | None) -> str:
+    """The text with each escape `split` finds replaced by the one character `decode` makes of what its group kept,
+    all at once (no Python call per escape); the step noted in `positions` (`split_at` keeps each escape whole)."""
+    if positions is None:
+        parts = split.compiled.split(text)
+        if len(parts) > 1:
+            parts[1::2] = decode(parts[1::2])
+            text = "".join(parts)
+        return text
+    parts = split_at.compiled.split(text)
+    if len(parts) > 1:
+        kept = parts[2::3]
+        del parts[2::3]
+        text = _decode_step(text, parts, decode(kept), positions)
+    return text
+
+
 def _decode(text: str, positions: _Positions | None = None, invisible: bool = False) -> str:
     """The text with its JSON escapes (however often their backslash is doubled), %-escapes and runs of numeric
     character references (_ENTITY_RUN_SPLIT) decoded: what a disguised secret reads as; `invisible`: without
     invisible format characters too; `positions`: where each decoded character starts in the text is noted there."""
     if "\\" in text:
-        parts = _JSON_ESCAPE_SPLIT.compiled.split(text)
-        if len(parts) > 1:
-            plain = parts[::3]
-            pieces = [run or one for run, one in zip(parts[1::3], parts[2::3], strict=True)]
-            surrogates = _ESCAPED_SURROGATE_RE.compiled.search(text) is not None
-            parts[:] = [""] * (2 * len(pieces) + 1)
-            parts[::2], parts[1::2] = plain, pieces
-            text = _decode_step(text, parts, list(map(_json_escape, pieces)), positions, _in_json_run)
-            if surrogates:
-                parts = _SURROGATE_PAIR_SPLIT.compiled.split(text)
-                if len(parts) > 1:
-                    text = _decode_step(text, parts, [p.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
-                                                      for p in parts[1::2]], positions)
+        surrogates = _ESCAPED_SURROGATE_RE.compiled.search(text) is not None
+        text = _decode_escapes(text, _CHAR_ESCAPE_SPLIT, _CHAR_ESCAPE_SPLIT_AT, _chars, positions)
+        text = _decode_escapes(text, _UNICODE_ESCAPE_SPLIT, _UNICODE_ESCAPE_SPLIT_AT, _code_units, positions)
+        if surrogates:
+            parts = _SURROGATE_PAIR_SPLIT.compiled.split(text)
+            if len(parts) > 1:  # each pair one character: all of them at once, in C
+                pairs = "".join(parts[1::2]).encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+                text = _decode_step(text, parts, list(pairs), positions)
     if "%" in text:
         parts = _PERCENT_RUN_SPLIT.compiled.split(text)
         if len(parts) > 1:

@@ -1155,6 +1155,34 @@ async def test_recording_a_frame_of_escapes_echoing_the_token_often_decodes_each
         assert text.count(REDACTED) == 300 and token[:8] not in text and token[-8:] not in text
 
 
+async def test_recording_a_legal_frame_full_of_short_escapes_costs_no_python_call_per_escape(tmp_path):
+    """A legal 4 MB answer of prose full of quotes, backslashes and emoji, as `json.dumps` writes it (`\\"`, `\\\\`,
+    `\\ud83d\\ude00`: 800,000 escapes), cost a Python call per escape to decode before it was searched for
+    secrets, each way through the proxy: seconds of its one event loop a frame on a loaded machine, every other user's
+    chat stalled meanwhile (a hostile client may send such frames, up to --max-size). The escapes are decoded all at
+    once now; the token it echoes (plain, and with its characters escaped) is still redacted, the rest intact."""
+    from harness.redact import REDACTED
+
+    token = secrets.token_urlsafe(32)
+    disguised = "".join(f"\\u{ord(c):04x}" if i % 3 else c for i, c in enumerate(token))
+    words = ['"', "\\", "\U0001f600", "\U0001f44d\U0001f3fd", ' he said "hi" ', "C:\\dir\\", "\u00e9", "/"]
+    answer = "".join(words[i * 7 % len(words)] for i in range(450_000))
+    head = json.dumps({"type": "partial_result", "data": {"text": f"{answer} (key={token} is invalid)"}})
+    frame = head[:-3] + f" {disguised}" + head[-3:]  # the token again, its characters \\u-escaped but each third
+    assert len(frame) > 4_000_000 and frame.count("\\") > 900_000
+    calls, path = await recorded_through_proxy(tmp_path, echo, [(frame, frame)],
+                                               {"Authorization": f"Bearer {token}"})
+    # 800,000 escapes each way: a Python call per escape (or per run of them) was over a million.
+    assert sum(calls.values()) < 5_000, calls.most_common(6)
+    recorded = [json.loads(line)["frame"] for line in path.read_text().splitlines() if '"frame"' in line]
+    assert len(recorded) == 2
+    for text in recorded:
+        assert not any(token[i:i + 8] in text for i in range(len(token) - 7))
+        # (the space before the escaped token is redacted with it: "Bearer <token>" is one of the user's secrets)
+        assert json.loads(text)["data"]["text"] in (f"{answer} (key={REDACTED} is invalid){REDACTED}",
+                                                    f"{answer} (key={REDACTED} is invalid) {REDACTED}")
+
+
 @pytest.mark.parametrize("token", ["Zx9k%41Q7mP2", "Zx9kQ7\\mP2vR"])
 async def test_a_token_holding_a_percent_escape_or_a_backslash_escaped_by_the_server_is_not_recorded(tmp_path, token):
     """A user's token holding `%41` or a backslash, echoed by a hostile upstream with every character a `\\uXXXX`
