@@ -5,14 +5,16 @@ The frame holds one of the secrets (its first) cut short, so the redacting path 
 `--shape` picks other frames: `escaped`, a CJK answer as `json.dumps` writes it (every character a `\\uXXXX`
 escape) echoing the secret once; `dense`, a JSON frame of strings each holding a run of the secret (a hostile
 client's); `html`, an answer of HTML text (numeric character references: `&#39;`) echoing the secret once, every
-character a reference. `--record` times what `chatprobe proxy --record` does with the frame instead (`ConnectionLog.frame`, the
-secrets a connection's own credentials, as the proxy's users' are). `--users` holds that many other users' tokens
+character a reference; `prose`, an answer of prose full of quotes, backslashes and emoji as `json.dumps` writes it
+(`\\"`, `\\\\`, `\\ud83d\\ude00`: an escape every 5 characters) echoing the secret once. `--record` times what
+`chatprobe proxy --record` does with the frame instead (`ConnectionLog.frame`, the secrets a connection's own
+credentials, as the proxy's users' are). `--users` holds that many other users' tokens
 (random 43-character ones) in the pool the proxy keeps of its users' credentials (redact.SeenCredentials), which
 scrub() looks for in every text. A frame under 1 MB is scrubbed as many times as make 1 MB a round (its time per frame
 printed too). CPU seconds of this process.
 
     .venv/bin/python bench/scrub.py [--mb 3.2] [--secrets 0,10,100] [--users 0] [--rounds 3]
-                                    [--shape events|escaped|dense|html] [--record]
+                                    [--shape events|escaped|dense|html|prose] [--record]
 """
 from __future__ import annotations
 
@@ -64,6 +66,11 @@ def shaped(shape: str, size: int, secret: str | None, rng: random.Random) -> tup
         answer = " ".join(rng.choices(words, k=size // 7))
         echo = "".join(f"&#{ord(c)};" for c in secret) if secret else ""
         return json.dumps({"type": "partial_result", "data": {"text": answer + f" {echo}"}}), secret or ""
+    if shape == "prose":
+        words = ['"', "\\", "\U0001f600", "\U0001f44d\U0001f3fd", ' he said "hi" ', "C:\\dir\\", "\u00e9", "/"]
+        answer = "".join(rng.choices(words, k=size // 9))
+        return json.dumps({"type": "partial_result", "data": {"text": answer + (f" {secret}" if secret else "")}}), (
+            secret or "")
     # dense: a string per run of 10 characters of the secret, numbered
     piece = (secret or "".join(rng.choices(_ALPHABET, k=32)))[:10]
     return json.dumps([f"{piece}{i}" for i in range(size // 16)]), piece if secret else ""
@@ -74,7 +81,7 @@ def main() -> None:
     p.add_argument("--mb", type=float, default=3.2)
     p.add_argument("--secrets", default="0,10,100")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--shape", choices=("events", "escaped", "dense", "html"), default="events")
+    p.add_argument("--shape", choices=("events", "escaped", "dense", "html", "prose"), default="events")
     p.add_argument("--record", action="store_true", help="time the proxy's --record of the frame")
     p.add_argument("--users", default="0", help="other users' tokens held in the proxy's pool (comma-separated counts)")
     args = p.parse_args()
