@@ -15,7 +15,7 @@ from array import array
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from itertools import accumulate, compress, product, repeat
+from itertools import accumulate, compress, pairwise, product, repeat
 from urllib.parse import quote, unquote, unquote_plus
 
 import ahocorasick
@@ -487,6 +487,10 @@ _CHAR_ESCAPE_SPLIT = _Lazy(_CHAR_ESCAPE)
 _UNICODE_ESCAPE_SPLIT_AT = _Lazy(f"({_UNICODE_ESCAPE})")
 _CHAR_ESCAPE_SPLIT_AT = _Lazy(f"({_CHAR_ESCAPE})")
 _PAIR_JOIN = _Lazy(r"\\+u")  # between the two halves of a surrogate pair kept
+# A run of `\uXXXX` escapes (each its backslashes): what a text decoded without its positions is split into. One
+# backslash each first (almost every run: twice as fast as _BACKSLASHES at each).
+_UNICODE_RUN_SPLIT = _Lazy(rf"((?<!\\)(?:\\u[0-9A-Fa-f]{{4}})+(?:{_BACKSLASHES}u[0-9A-Fa-f]{{4}})*"
+                           rf"|(?:{_BACKSLASHES}u[0-9A-Fa-f]{{4}})+)")
 # An escaped surrogate (any `\uD800`…`\uDFFF` is one: an escape ends every run of backslashes before a `u` and 4 hex
 # digits): the pairs of the decoded text are joined then (all of them).
 _ESCAPED_SURROGATE_RE = _Lazy(r"\\u[Dd][89A-Fa-f][0-9A-Fa-f]{2}")
@@ -669,14 +673,35 @@ def _decode_escapes(text: str, split: _Lazy, split_at: _Lazy, decode: Callable[[
     return text
 
 
+def _decode_unicode_runs(text: str) -> str:
+    """The text with its `\\uXXXX` escapes decoded, a run of them at a time (a CJK answer as `json.dumps` writes it is
+    a few runs, not a list item an escape): the hex digits of all the runs read as one UTF-16 text, U+FFFF (a
+    noncharacter) between them, and cut there. A run that holds `\\uffff` itself: an escape at a time."""
+    parts = _UNICODE_RUN_SPLIT.compiled.split(text)
+    if len(parts) == 1:
+        return text
+    runs = parts[1::2]
+    joined = "\\uFFFF".join(runs)
+    joined = _PAIR_JOIN.compiled.sub("", joined) if "\\\\" in joined else joined.replace("\\u", "")
+    decoded = bytes.fromhex(joined).decode("utf-16-be", "surrogatepass").split("\uffff")
+    if len(decoded) != len(runs):
+        return _decode_escapes(text, _UNICODE_ESCAPE_SPLIT, _UNICODE_ESCAPE_SPLIT_AT, _code_units, None)
+    parts[1::2] = decoded
+    return "".join(parts)
+
+
 def _decode(text: str, positions: _Positions | None = None, invisible: bool = False) -> str:
     """The text with its JSON escapes (however often their backslash is doubled), %-escapes and runs of numeric
     character references (_ENTITY_RUN_SPLIT) decoded: what a disguised secret reads as; `invisible`: without
     invisible format characters too; `positions`: where each decoded character starts in the text is noted there."""
     if "\\" in text:
         surrogates = _ESCAPED_SURROGATE_RE.compiled.search(text) is not None
-        text = _decode_escapes(text, _CHAR_ESCAPE_SPLIT, _CHAR_ESCAPE_SPLIT_AT, _chars, positions)
-        text = _decode_escapes(text, _UNICODE_ESCAPE_SPLIT, _UNICODE_ESCAPE_SPLIT_AT, _code_units, positions)
+        if '\\"' in text or "\\/" in text:  # (what a run of backslashes before either ends with)
+            text = _decode_escapes(text, _CHAR_ESCAPE_SPLIT, _CHAR_ESCAPE_SPLIT_AT, _chars, positions)
+        if positions is None:
+            text = _decode_unicode_runs(text)
+        else:
+            text = _decode_escapes(text, _UNICODE_ESCAPE_SPLIT, _UNICODE_ESCAPE_SPLIT_AT, _code_units, positions)
         if surrogates:
             parts = _SURROGATE_PAIR_SPLIT.compiled.split(text)
             if len(parts) > 1:  # each pair one character: all of them at once, in C
@@ -703,12 +728,49 @@ def _unescaped(text: str) -> str:
     return _decode(text)
 
 
-def _unescaped_at(text: str) -> tuple[str, _Positions]:
+# A text whose positions are asked for (_unescaped_at) is decoded in chunks of about this many characters, each cut
+# before a character no escape holds (_PLAIN_CHAR): decoded alike, alone or in the text (no escape, run of escapes or
+# surrogate pair spans the cut), and only a chunk a span's end falls in is decoded again, its positions kept. Lists
+# of a few items an escape, kept for the whole text, cost a frame that echoes a secret more than decoding it did.
+# (A text holding a raw surrogate pair, which no frame received as UTF-8 does, may read otherwise by chunks than
+# whole: the callers compare the two and search the one by chunks again when they differ.)
+_CHUNK = 64 * 1024
+_PLAIN_CHAR = _Lazy(f"[^\\\\%&#;/\"0-9A-Fa-fuxX\ud800-\udfff{_INVISIBLE}]")
+
+
+class _ChunkPositions:
+    """Where each position of a text decoded by chunks (see _CHUNK) starts in the text (the text's length for the
+    decoded text's end): the chunk it falls in found by bisection, then its place there (_Positions, made for the
+    chunk when first asked)."""
+
+    __slots__ = ("text", "cuts", "starts", "located")
+
+    def __init__(self, text: str, cuts: list[int], decoded: list[str]) -> None:
+        self.text, self.cuts = text, cuts
+        self.starts = array("q", accumulate(map(len, decoded), initial=0))
+        self.located: dict[int, _Positions] = {}
+
+    def __getitem__(self, pos: int) -> int:
+        if pos >= self.starts[-1]:
+            return len(self.text)
+        i = bisect_right(self.starts, pos) - 1
+        if (located := self.located.get(i)) is None:
+            located = self.located[i] = _Positions()
+            _decode(self.text[self.cuts[i]:self.cuts[i + 1]], located, invisible=True)
+        return self.cuts[i] + located[pos - self.starts[i]]
+
+
+def _unescaped_at(text: str) -> tuple[str, _ChunkPositions]:
     """_unescaped(text) without invisible format characters, and where in the text each of its characters starts
     (then len(text)): a run found in the decoded text is redacted in the text as its escapes spell it (a secret
     with a zero-width space after each character too: the span redacted holds them, nothing else is dropped)."""
-    positions = _Positions()
-    return _decode(text, positions, invisible=True), positions
+    cuts = [0]
+    plain = _PLAIN_CHAR.compiled
+    while (m := plain.search(text, cuts[-1] + _CHUNK)) is not None:
+        cuts.append(m.start())
+    cuts.append(len(text))
+    decoded = [_decode(text[a:b], invisible=True) for a, b in pairwise(cuts)]
+    return "".join(decoded), _ChunkPositions(text, cuts, decoded)
 
 
 class Secrets:
