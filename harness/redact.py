@@ -735,7 +735,10 @@ def _unescaped(text: str) -> str:
 # (A text holding a raw surrogate pair, which no frame received as UTF-8 does, may read otherwise by chunks than
 # whole: the callers compare the two and search the one by chunks again when they differ.)
 _CHUNK = 64 * 1024
-_PLAIN_CHAR = _Lazy(f"[^\\\\%&#;/\"0-9A-Fa-fuxX\ud800-\udfff{_INVISIBLE}]")
+# Or before a `\uXXXX` of one backslash that reads as a CJK character (U+4000…U+9FFF: part of no escape of any kind,
+# no surrogate, no invisible character), as between two escapes of a CJK answer, every character escaped (it has no
+# other place to cut).
+_PLAIN_CHAR = _Lazy(f"[^\\\\%&#;/\"0-9A-Fa-fuxX\ud800-\udfff{_INVISIBLE}]|(?<!\\\\)\\\\u(?=[4-9][0-9A-Fa-f]{{3}})")
 
 
 class _ChunkPositions:

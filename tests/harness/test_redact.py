@@ -388,9 +388,10 @@ def test_escapes_that_hold_no_secret_are_left_as_they_are():
 def test_a_long_text_s_positions_found_by_chunks_are_those_of_the_whole_text():
     """A text a secret was found in decoded is mapped back by chunks (redact._CHUNK characters, each cut before a
     character no escape holds): every position agrees with the whole text decoded at once, escapes of every kind
-    (JSON, a surrogate pair, %-runs, references, an invisible character) on both sides of many cuts."""
+    (JSON, a surrogate pair, %-runs, references, an invisible character, a run of escaped CJK characters, a %-escape
+    spelled with a JSON one) on both sides of many cuts."""
     pieces = ["\\u0041", "\\ud83d\\ude00", '\\"', "\\\\/", "%e4%b8%ad", "&#65;&#66;&#67;&#68;", "\\u200b", " ", "g",
-              "\u00e9", "\U0001f600", "abc", "\\\\u0042", "z"]
+              "\u00e9", "\U0001f600", "abc", "\\\\u0042", "z", "\\u4e2d\\u6587" * 3, "%e", "\\u0025"]
     text = "".join(pieces[i * 5 % len(pieces)] + pieces[i * 3 % len(pieces)] for i in range(30_000))
     whole = redact._Positions()
     decoded = redact._decode(text, whole, invisible=True)
