@@ -91,7 +91,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     text = value.strip()
     if not text or len(text) > 64:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # (RFC 9110's DIGIT: str.isdigit alone takes "²" or "٣", float() not all)
         return min(float(text), MAX_RETRY_AFTER)
     import email.utils  # (only for a date: most answers give none, or seconds)
 

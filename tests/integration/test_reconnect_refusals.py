@@ -83,7 +83,15 @@ REFUSALS: dict[str, Callable[[Reader, Writer, bytes], Awaitable[None]]] = {
         w, "503 Service Unavailable", f"Retry-After: {email.utils.formatdate(time.time() + 3600, usegmt=True)}\r\n"),
     "503_1s": lambda r, w, h: http_answer(w, "503 Service Unavailable", "Retry-After: 1\r\n"),
     "429_0s": lambda r, w, h: http_answer(w, "429 Too Many Requests", "Retry-After: 0\r\n"),
+    # A Retry-After of a byte that decodes (ISO-8859-1, as HTTP headers are read) to a superscript two: a "digit" to
+    # str.isdigit, no number to float().
+    "429_sup2": lambda r, w, h: http_raw_answer(w, b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: \xb2\r\n"),
 }
+
+
+async def http_raw_answer(writer: Writer, head: bytes) -> None:
+    writer.write(head + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    await writer.drain()
 
 
 class RefusingServer:
@@ -294,8 +302,23 @@ def test_a_retry_after_of_zero_is_tried_again_and_resumes(tmp_path, driver):
             Outcome.PASSED, ["resumed"], 2, 1), (chat.outcome, chat.note, chat.error)
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_retry_after_that_is_no_number_is_the_backoffs_alone(tmp_path, driver):
+    """A hostile server's Retry-After holding a byte read as a superscript digit ("\xb2"): no wait it asks for, the
+    client's own backoff decides, the attempt retried and the run resumed, live and in `check`. FAILED before: a
+    ValueError out of the header's parse (str.isdigit takes "²" for a digit, float() does not)."""
+    with RefusingServer("429_sup2", refusals=1) as server:
+        live, offline = play(driver, server.target, scenario_for(), tmp_path / "rec")
+    assert server.answered == ["drop", "429_sup2", "served"], server.answered
+    for run in (live, offline):
+        [chat] = run.results
+        assert (chat.outcome, chat.reconnects, chat.reconnect_attempts, chat.reconnect_failures) == (
+            Outcome.PASSED, ["resumed"], 2, 1), (chat.outcome, chat.note, chat.error)
+
+
 @pytest.mark.parametrize(("value", "seconds"), [
     ("7", 7.0), (" 0 ", 0.0), ("99999999", MAX_RETRY_AFTER), ("-3", None), ("1.5", None), ("soon", None), ("", None),
+    ("\u00b2", None), ("\u0663", None), ("\uff17", None),  # digits to str.isdigit, none to RFC 9110 (ASCII DIGIT)
     (None, None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("x" * 100, None),
 ])
 def test_retry_after_values(value, seconds):
