@@ -48,6 +48,7 @@ def test_a_verdict_fills_chat_result_by_its_fields_order():
     assert (res.violations, res.missing, res.warnings, res.violations_not_listed) == ([], [], [], {})
     assert res.events is t.events and (res.parent_run_id, res.further_run, res.abandoned_at) == (None, False, None)
 
+
 def test_r1_first_event_must_be_agent_started():
     run = valid_run()
     run[0], run[1] = run[1], run[0]
