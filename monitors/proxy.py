@@ -1138,16 +1138,34 @@ class UpstreamConnection(BoundedClientConnection):
         super().connection_made(transport)
 
 
-def _capped(base: type[ServerConnection]) -> type[ServerConnection]:
-    """`base` (the front door's connection class), its clients read READ_CAP bytes at a time from their first byte."""
+def _capped(base: type[ServerConnection], clock: Callable[[], float] = time.monotonic) -> type[ServerConnection]:
+    """`base` (the front door's connection class), its clients read READ_CAP bytes at a time from their first byte;
+    `clock` (the proxy's) times a failure of the client's (failed_at)."""
 
     class ClientConnection(NotesHeldWrites, base):  # type: ignore[valid-type, misc]
         held: HeldBack
+        # When the proxy failed the client for what it sent (a reserved bit, text that is not UTF-8, a message in
+        # too many fragments: a close of 1002, 1007 or 1009 it started): the client left its chats then, though its
+        # connection ends only once it answers that close or the close timeout drops it (Proxy.handler).
+        failed_at: float | None = None
+        _close_deadline: float | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.held = HeldBack()
             cap_reads(transport)
             super().connection_made(transport)
+
+        # websockets sets its close deadline once, as a close is first expected (never per frame): the moment a
+        # failure of the client's is noted.
+        @property
+        def close_deadline(self) -> float | None:
+            return self._close_deadline
+
+        @close_deadline.setter
+        def close_deadline(self, value: float | None) -> None:
+            self._close_deadline = value
+            if value is not None and self.failed_at is None and failed_for(self.protocol, 0) is not None:
+                self.failed_at = clock()
 
     return ClientConnection
 
@@ -1402,6 +1420,8 @@ class Proxy:
         # Who ended the connection is the side whose connection closed: a send to the other side that finds it gone
         # is that side's doing. (A user who dropped while the server streamed was the server closing mid-run, parked and
         # judged lost; a server that dropped while the client sent was the user abandoning the chat.)
+        last_from_client = [0.0]  # when the client's last frame was taken (client_to_upstream)
+
         async def client_to_upstream() -> None:
             side = "client"
             handed = size = 0  # frames and bytes forwarded since this relay last let the others run
@@ -1412,7 +1432,8 @@ class Proxy:
                     if handed > FRAMES_PER_TURN or size > BYTES_PER_TURN:
                         await asyncio.sleep(0)
                         handed, size = 1, len(message)
-                    if conn.client_frame(message, self.clock()):
+                    last_from_client[0] = now = self.clock()
+                    if conn.client_frame(message, now):
                         changed.set()  # a chat came: its deadline is for the judge to wait for, the server silent or not
                     try:
                         async with asyncio.timeout(self.send_timeout):
@@ -1529,6 +1550,13 @@ class Proxy:
             # message wait on an open connection, an R9, and its resend as a chat of its own, where the proxy saw
             # one chat pass).
             end = ended[0] if ended else self.clock()
+            failed_at = getattr(client, "failed_at", None)
+            if by_client and failed_at is not None:
+                # The proxy failed the client for what it sent: it left its chats then (nothing of it is read after
+                # that, RFC 6455 7.1.7), not once it answered the close, or the close timeout dropped it (a client
+                # holding its socket open made a prompt server's chat an R9, left 2 s late with no event relayed:
+                # a send to a closing client waits for its close). No earlier than its last frame handed on.
+                end = min(end, max(failed_at, last_from_client[0]))
             if by_client or drained:
                 conn.closed(end if by_client else self.clock(), by_client=by_client, drained=drained)
             # An upstream that dropped the connection (no close frame: a crash, a load balancer cut it) is dropped for
@@ -1744,7 +1772,7 @@ async def start_proxy(proxy: Proxy, host: str, port: int, door: FrontDoor | None
                        select_subprotocol=proxy.select_subprotocol, compression=None, max_size=proxy.max_size,
                        max_queue=MAX_QUEUE, write_limit=WRITE_LIMIT, ping_interval=proxy.door.ping_interval,
                        ping_timeout=proxy.door.ping_timeout, close_timeout=CLOSE_TIMEOUT,
-                       create_connection=_capped(proxy.door.connection_class()),
+                       create_connection=_capped(proxy.door.connection_class(), lambda: proxy.clock()),
                        backlog=accept_batch(open_file_limit()))
 
 

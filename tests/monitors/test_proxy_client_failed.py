@@ -1,0 +1,98 @@
+"""A client the proxy fails for what it sent (a frame with a reserved bit set, text that is not UTF-8, a message in
+too many fragments) left its chat then: the proxy's close went out at once and nothing of the client is read after
+it (RFC 6455 7.1.7). A client that then answers no close and keeps its socket open holds the connection until the
+proxy's close timeout (2 s) drops it; its chat was judged as left at that drop, two seconds late: with no event relayed
+meanwhile (the relay to a closing client waits for its close), a prompt server was charged an R9 ("no event within the
+limit, the client left after 2.0s"), a failed chat on its dashboard that any client could make at will. Real processes
+over real sockets on 127.0.0.1: agentsim, the proxy, and raw clients written here. Every wait has a deadline."""
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import subprocess
+import sys
+
+from harness.events import Outcome
+
+from .procs import ROOT, agentsim_process, proxy_process
+from .test_proxy_unjudged import outcomes, poll, value
+
+UPGRADE = ("GET /ws?user={user} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+MASK = b"\x01\x02\x03\x04"
+
+
+def frame(opcode: int, data: bytes, fin: bool = True, rsv: int = 0) -> bytes:
+    """A masked client frame (payloads under 64 KiB)."""
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
+    size = len(data)
+    head += bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack(">H", size)
+    return head + MASK + bytes(b ^ MASK[i % 4] for i, b in enumerate(data))
+
+
+def chat(n: int) -> bytes:
+    return json.dumps({"type": "user_message", "payload": {
+        "content": f"What is 17 * {n}?", "thread_id": f"t-{n}", "message_id": f"m-{n}"}}).encode()
+
+
+# What each client sends right behind its chat, in the same write.
+VIOLATIONS = {
+    "reserved-bit": frame(1, b"x", rsv=0x40),  # 1002, failed as it is read
+    "not-utf8": frame(1, b"\xff\xfe"),  # 1007, failed as the message is taken
+    "fragments": frame(1, b"", fin=False) + frame(0, b"", fin=False) * 4200,  # 1009, past 4096 fragments
+}
+
+
+async def hostile(port: int, user: str, n: int, violation: bytes, judged: asyncio.Event) -> None:
+    """Upgrade, send a chat and the violation, then answer nothing and close nothing (the proxy's close frame and its
+    end of the socket read and ignored): the socket is held open until the test saw the chats judged."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async with asyncio.timeout(40):
+            writer.write(UPGRADE.format(user=user).encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101"), head
+            writer.write(frame(1, chat(n)) + violation)
+            await writer.drain()
+            try:
+                while await reader.read(65536):
+                    pass
+            except ConnectionError:
+                pass
+            await judged.wait()
+    finally:
+        writer.transport.abort()
+
+
+async def test_a_client_failed_for_what_it_sent_left_its_chat_at_the_failure_not_the_close_timeout(tmp_path):
+    """FAILED before: each chat was judged left at the close timeout, 2 s after it was sent with no event relayed,
+    an R9 against agentsim (which answers in milliseconds) and a failed chat. Now each is a chat its client left
+    before any event came, at once: not the server's doing (no R9, none failed), and `chatprobe check` of the
+    recording judges it so too."""
+    record = tmp_path / "rec"
+    judged = asyncio.Event()
+    # A server as prompt as a real agent's: its first event half a second after the message, within the limit.
+    async with agentsim_process("--fault", "delay_first=0.5s@1") as url, proxy_process(
+            url, tmp_path, "--first-event-limit", "1s", "--settle", "0.2s", "--record", str(record), "--record-all",
+            metrics=True) as p:
+        clients = asyncio.gather(*(hostile(p.port, name, n, violation, judged)
+                                   for n, (name, violation) in enumerate(VIOLATIONS.items(), 1)))
+        try:
+            samples = await poll(p, lambda s: sum(outcomes(s).values()) >= len(VIOLATIONS))
+        finally:
+            judged.set()
+            await clients
+    assert sum(outcomes(samples).values()) == len(VIOLATIONS), samples
+    assert outcomes(samples)[Outcome.FAILED.value] == 0, samples
+    assert value(samples, "chatprobe_rule_violations_total", rule="R9") == 0, samples
+    assert value(samples, "chatprobe_chats_abandoned_before_first_event_total") == len(VIOLATIONS), samples
+    assert "Traceback" not in p.err.read_text()
+    checked = subprocess.run([sys.executable, "-m", "harness", "check", str(record),
+                              "--json", str(tmp_path / "check.json")],
+                             capture_output=True, text=True, cwd=ROOT, timeout=60)
+    report = json.loads((tmp_path / "check.json").read_text())
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    stats = report["scenarios"][0]["stats"]
+    assert stats["chats"] == len(VIOLATIONS) and stats["outcomes"]["passed"] == len(VIOLATIONS), stats
+    assert not stats["violations"], stats
