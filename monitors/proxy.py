@@ -1535,6 +1535,12 @@ class Proxy:
             client_failure = failed_for(client.protocol, self.max_size)
             if client_failure is not None:
                 to_upstream = 1001, f"the client is gone ({client_failure})"
+            # A side failed so got its close already (websockets sent it as it failed the connection, failed_for):
+            # that close is the one it gets, and the one -v's line names (it named 1000, a close never sent).
+            if up_failure is not None and (sent := upstream.protocol.close_sent) is not None:
+                to_upstream = sent.code, sent.reason
+            if client_failure is not None and (sent := client.protocol.close_sent) is not None:
+                to_client = sent.code, sent.reason
             # The chats are judged as the connection ended, before the close handshakes below (which wait up to
             # CLOSE_TIMEOUT for a peer slow to answer): a user who left is judged as of its leaving (abandoned at that
             # close, docs/protocol.md; an upstream slow to answer its own made a user who left before the first-event

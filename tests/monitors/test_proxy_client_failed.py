@@ -8,10 +8,18 @@ over real sockets on 127.0.0.1: agentsim, the proxy, and raw clients written her
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
 import json
+import re
 import struct
 import subprocess
 import sys
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from harness.events import Outcome
 
@@ -75,7 +83,7 @@ async def test_a_client_failed_for_what_it_sent_left_its_chat_at_the_failure_not
     # A server as prompt as a real agent's: its first event half a second after the message, within the limit.
     async with agentsim_process("--fault", "delay_first=0.5s@1") as url, proxy_process(
             url, tmp_path, "--first-event-limit", "1s", "--settle", "0.2s", "--record", str(record), "--record-all",
-            metrics=True) as p:
+            "-v", metrics=True) as p:
         clients = asyncio.gather(*(hostile(p.port, name, n, violation, judged)
                                    for n, (name, violation) in enumerate(VIOLATIONS.items(), 1)))
         try:
@@ -87,7 +95,11 @@ async def test_a_client_failed_for_what_it_sent_left_its_chat_at_the_failure_not
     assert outcomes(samples)[Outcome.FAILED.value] == 0, samples
     assert value(samples, "chatprobe_rule_violations_total", rule="R9") == 0, samples
     assert value(samples, "chatprobe_chats_abandoned_before_first_event_total") == len(VIOLATIONS), samples
-    assert "Traceback" not in p.err.read_text()
+    err = p.err.read_text()
+    assert "Traceback" not in err, err
+    # -v's line names the close each client got, the failure's (it said 1000, a close never sent).
+    for code in (1002, 1007, 1009):
+        assert f"closed by client (to the client {code}, to the upstream 1001)" in err, err
     checked = subprocess.run([sys.executable, "-m", "harness", "check", str(record),
                               "--json", str(tmp_path / "check.json")],
                              capture_output=True, text=True, cwd=ROOT, timeout=60)
@@ -96,3 +108,32 @@ async def test_a_client_failed_for_what_it_sent_left_its_chat_at_the_failure_not
     stats = report["scenarios"][0]["stats"]
     assert stats["chats"] == len(VIOLATIONS) and stats["outcomes"]["passed"] == len(VIOLATIONS), stats
     assert not stats["violations"], stats
+
+
+async def test_an_upstream_failed_for_what_it_sent_is_logged_with_the_close_it_got(tmp_path):
+    """FAILED before: an upstream that sent a frame with a reserved bit set was failed with 1002 by the proxy, and -v's
+    line said "to the upstream 1000", a close it never got."""
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = re.search(rb"(?i)sec-websocket-key: *(\S+)", head).group(1)
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + bytes([0xC1, 1]) + b"x")
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the proxy ends it
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    try:
+        async with proxy_process(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", tmp_path, "-v") as p:
+            async with asyncio.timeout(20):
+                async with connect(f"ws://127.0.0.1:{p.port}/ws", open_timeout=10) as ws:
+                    with pytest.raises(ConnectionClosed):
+                        await ws.recv()
+                    assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1014
+                while "closed by server" not in (err := p.err.read_text()):
+                    await asyncio.sleep(0.02)  # wait-ok: poll interval of a condition wait bounded by the timeout
+    finally:
+        server.close()
+    assert "closed by server (to the client 1014, to the upstream 1002)" in err, err
