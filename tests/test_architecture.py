@@ -287,6 +287,47 @@ def test_the_models_of_steps_stages_and_think_times_are_built_only_for_a_scenari
     ], out.stdout
 
 
+def test_the_objectives_models_are_built_only_for_a_scenario_or_flag_that_gives_objectives():
+    """The objectives' models (Stat, Bound, RatioBound, Objectives) were ~0.8% of a one-chat run's instructions
+    (BENCHMARKS.md, issue 10), and a run by the default objectives validates none. In a fresh interpreter, a scenario
+    that gives no objectives is judged by defaults equal to the validated ones (`violations.max` 0.0, a float, as
+    validation made it) with none of the four built; one that gives objectives, or an --objective, gets them
+    validated, a mistake named at its place as before."""
+    import subprocess
+    import sys
+
+    code = ("import pydantic\n"
+            "from harness import scenario as s\n"
+            "from harness.stats import compute, evaluate\n"
+            "models = (s.Stat, s.Bound, s.RatioBound, s.Objectives)\n"
+            "plain = s.Scenario.model_validate({'name': 'plain', 'message': 'hi'})\n"
+            "judged = [(o.name, o.limit, type(o.limit).__name__, o.ok) for o in evaluate(compute([]), plain.objectives)]\n"
+            "print([m.__name__ for m in models if m.__pydantic_complete__], judged)\n"
+            "print(plain.objectives == s.Objectives(), repr(plain.objectives) == repr(s.Objectives()),\n"
+            "      plain.objectives.model_fields_set, plain.model_dump()['objectives'] == s.Objectives().model_dump())\n"
+            "given = s.Scenario.model_validate({'name': 'given', 'objectives': {'violations': {'max': 3}}})\n"
+            "print(given.objectives.violations, s.apply_overrides(plain, ['passed_ratio.min=0.5']).objectives.passed_ratio)\n"
+            "for bad in ({'objectives': {'time_to_first_event': {'p95': 'soon'}}}, {'objectives': {'violatons': {}}},\n"
+            "            {'objectives': 3}, {'objectives': {'passed_ratio': {'min': 2}}}):\n"
+            "    try:\n"
+            "        s.Scenario.model_validate({'name': 'bad', **bad})\n"
+            "    except pydantic.ValidationError as err:\n"
+            "        print([(e['loc'], e['type']) for e in err.errors()])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "[] [('time_to_first_event.p95', 2.0, 'float', False), ('missing_events_ratio.max', 0.0, 'float', True), "
+        "('violations.max', 0.0, 'float', True), ('passed_ratio.min', 1.0, 'float', False), "
+        "('error_ratio.max', 0.0, 'float', True)]",
+        "True True set() True",
+        "max=3.0 min=None max=None min=0.5",
+        "[(('objectives', 'time_to_first_event', 'p95'), 'value_error')]",
+        "[(('objectives', 'violatons'), 'extra_forbidden')]",
+        "[(('objectives',), 'model_type')]",
+        "[(('objectives', 'passed_ratio', 'min'), 'less_than_equal')]",
+    ], out.stdout
+
+
 def test_the_scenario_json_schema_describes_the_fields_validated_on_first_use():
     """`Scenario.model_json_schema()` (an editor's or a linter's view of a scenario file) describes steps, stages and
     think times as a file gives them, though their validators are built on first use (BuiltWhenUsed): a
