@@ -10,8 +10,8 @@ to core 1, A and B alternating), and the median of the pair ratios is printed.
 core 0) serves every run; each run is `python -m harness run ONE.yaml --target URL --auth none --quiet`, as vs_k6.py
 runs chatprobe, pinned to core 1, its CPU the child's rusage. With `--baseline REV` the runs are paired with the
 same command on the tree at git revision REV (git archive; the server is this tree's either way): A and B
-alternate, each pair's order swapped from the last, and the median of the pairs' B/A ratios is printed (on a
-machine shared with other work, the ratios, not the single figures, are what to read).
+alternate, each pair's order swapped from the last, and the median of the pairs' B/A ratios is printed with their
+quartiles and spread (on a machine shared with other work, the ratios, not the single figures, are what to read).
 
     .venv/bin/python bench/startup.py --run [--runs 15] [--baseline REV]
 
@@ -127,7 +127,8 @@ def one_chat(runs: int, rev: str | None) -> None:
         a, b = cpu[names[0]], cpu[names[1]]
         ratios = sorted(y / x for x, y in zip(a, b, strict=True))
         print(f"  this tree / {names[0]}: median of the {runs} pair ratios {statistics.median(ratios):.3f} "
-              f"(spread {ratios[0]:.2f}-{ratios[-1]:.2f})")
+              f"(quartiles {ratios[len(ratios) // 4]:.3f}-{ratios[(3 * len(ratios)) // 4]:.3f}, "
+              f"spread {ratios[0]:.2f}-{ratios[-1]:.2f}; load average {os.getloadavg()[0]:.2f})")
 
 
 def main() -> None:
