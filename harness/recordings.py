@@ -584,6 +584,12 @@ CUT_WHY = "its writer stopped mid-line, crashed or killed, or the file was copie
 CUT_RECORD = f"the file ends inside a record that is not whole: {CUT_WHY}"
 
 
+def _cut_character(exc: UnicodeDecodeError, data: bytes | bytearray) -> bool:
+    """Whether `data` failed to decode only because it ends inside a UTF-8 character (its first bytes, the rest
+    missing): what a file cut between two bytes of one ends with, not bytes that are no UTF-8."""
+    return exc.reason == "unexpected end of data" and exc.end == len(data)
+
+
 def _cut_record(text: str, conn: str, where: str) -> Recorded:
     """A dropped record for the file's last line, cut mid-record: no frame the server sent (an R12 held against it
     would say the server sent broken JSON), the end of what was recorded of its connection (named in what the cut
@@ -628,11 +634,16 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
         if not line.strip():
             continue
         try:
-            text, line = line.decode("utf-8"), None
-        except UnicodeDecodeError:
-            refuse_prose = False
-            yield Recorded("problem", conn, detail=f"line {n} is not UTF-8", where=where)
-            continue
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if not (more == _UNENDED and _cut_character(exc, line)):
+                refuse_prose = False
+                yield Recorded("problem", conn, detail=f"line {n} is not UTF-8", where=where)
+                continue
+            # The file's last line ends inside a character (a writer killed, or a copy taken, between its bytes):
+            # what came before it is read as the rest of the line is, a record cut there.
+            text = line[:exc.start].decode("utf-8")
+        line = None
         if n == 1:
             text = text.removeprefix("\ufeff")  # a byte order mark some editors and tools write first
         try:
@@ -880,9 +891,13 @@ def read_sse(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, conn: 
     as the live transport drops such a stream."""
     parser = EventStreamParser(max_frame)
     n = 0
-    ended = False
-    while not ended:
-        chunk = f.read(CHUNK)
+    chunk = f.read(CHUNK)
+    while True:
+        after = f.read(CHUNK) if chunk else b""
+        if chunk and not after:
+            # The body's last bytes: a character begun and not finished there is where the file was cut (curl
+            # stopped, a copy taken while written, between two bytes of one), not bytes the server sent broken.
+            chunk = chunk[:len(chunk) - _partial_character(chunk)]
         ended = not chunk
         try:
             # At the body's end: the event it left without its empty line, as the live transport takes it at a
@@ -902,6 +917,19 @@ def read_sse(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, conn: 
         while events:  # popped: the suspended generator holds no yielded frame
             n += 1
             yield Recorded("recv", conn, frame=events.pop(), where=f"{name}: event {n}", stream=True)
+        if ended:
+            return
+        chunk = after
+
+
+def _partial_character(data: bytes) -> int:
+    """How many bytes at the end of `data` begin a UTF-8 character whose other bytes are not there (0 to 3)."""
+    for back in range(1, min(4, len(data)) + 1):
+        lead = data[-back]
+        if lead & 0xC0 != 0x80:  # not a continuation byte: ASCII or the character's first byte
+            need = 2 if 0xC2 <= lead <= 0xDF else 3 if 0xE0 <= lead <= 0xEF else 4 if 0xF0 <= lead <= 0xF4 else 0
+            return back if need > back else 0
+    return 0
 
 
 def _whole_json(data: str) -> bool:

@@ -9,7 +9,7 @@ from harness.events import Outcome
 from harness.offline import check_files
 from harness.recordings import CUT_RECORD, RecordingError
 
-from .test_recordings import NETRA, SC, netra_run, send
+from .test_recordings import AGUI, NETRA, SC, netra_run, send
 
 
 def _lines(records: list[dict]) -> str:
@@ -117,3 +117,69 @@ def test_a_recording_cut_inside_its_first_record_is_refused_as_such_not_as_text(
         check_files([f], NETRA, SC)
     said = str(refused.value)
     assert said.startswith(f"{f}:1: the file ends inside its first record") and "no JSON" not in said, said
+
+
+# Characters of two, three and four bytes in UTF-8, each cut after each of its first bytes.
+_CUT_CHARACTERS = [(ch, k) for ch in ("é", "€", "𝄞") for k in range(1, len(ch.encode()))]
+
+
+@pytest.mark.parametrize(("char", "kept"), _CUT_CHARACTERS)
+def test_a_recording_cut_inside_a_character_is_judged_as_it_stood_not_as_bytes_the_server_broke(tmp_path, char, kept):
+    """`--record` writes frames' text as it is (UTF-8, not \\u escapes), and a writer killed mid-line (or a copy taken
+    then) cuts wherever the bytes stop: between two bytes of one character of a reply in French, Chinese or emoji.
+    That last line was "line N is not UTF-8", an R12 held against a server that sent nothing broken, where a cut
+    between two ASCII bytes was judged as the recording's end. It is that end either way."""
+    whole = [send(100.0, "c1"), *netra_run("r1", 100.0, "c1"),
+             send(100.0, "c2", thread="t2", message="m2"), *netra_run("r2", 100.0, "c2", thread="t2")]
+    frame = json.loads(whole[-2]["frame"]) | {"payload": {"result": f"391 {char} cents"}}
+    last = json.dumps(whole[-2] | {"frame": json.dumps(frame, ensure_ascii=False)}, ensure_ascii=False).encode()
+    at = last.index(char.encode()) + kept
+    f = tmp_path / "crashed.jsonl"
+    f.write_bytes(_lines(whole[:-2]).encode() + last[:at])
+    [run] = check_files([f], NETRA, SC)
+    by_run = {r.run_id: r for r in run.results}
+    assert by_run["r1"].outcome is Outcome.PASSED
+    cut = by_run["r2"]
+    assert cut.outcome is Outcome.INCOMPLETE and not cut.violations, cut.violations
+    assert "crashed.jsonl:11" in cut.note and CUT_RECORD in cut.note
+    assert not run.connection_violations and sum(run.stats.violations.values()) == 0
+
+    first = tmp_path / "first.jsonl"  # a file of its first record, cut so: nothing to judge (exit 2), saying why
+    first.write_bytes(last[:at])
+    with pytest.raises(RecordingError) as refused:
+        check_files([first], NETRA, SC)
+    assert str(refused.value).startswith(f"{first}:1: the file ends inside its first record"), str(refused.value)
+
+
+def test_a_last_line_ending_in_a_byte_no_character_begins_with_is_still_not_utf8(tmp_path):
+    """Only a character begun and cut is the file's cut: a last line whose bytes are no UTF-8 (a Latin-1 writer's
+    0xFF, a stray continuation byte) is the R12 it was."""
+    recs = [send(100.0), *netra_run("r1", 100.0)[:3]]
+    for junk in (b'{"t": 100.5, "frame": "\xff', b'{"t": 100.5, "frame": "\x80'):
+        f = tmp_path / "junk.jsonl"
+        f.write_bytes(_lines(recs).encode() + junk)
+        [run] = check_files([f], NETRA, SC)
+        [chat] = run.results
+        assert [v.rule for v in chat.violations] == ["R12"] and "line 5 is not UTF-8" in chat.violations[0].reason
+
+
+@pytest.mark.parametrize(("char", "kept"), _CUT_CHARACTERS)
+def test_an_sse_body_cut_inside_a_character_is_judged_as_it_stood(tmp_path, char, kept):
+    """`curl -N … > body.sse` stopped between two bytes of a character of the reply: the event's data was "not valid
+    UTF-8", an R12 held against the server, where a cut between two ASCII bytes is the recording's end."""
+    body = ('data: {"type":"RUN_STARTED","threadId":"t","runId":"r1"}\n\n'
+            'data: {"type":"TEXT_MESSAGE_START","messageId":"a","role":"assistant"}\n\n'
+            f'data: {{"type":"TEXT_MESSAGE_CONTENT","messageId":"a","delta":"caf{char} ok"}}\n\n').encode()
+    f = tmp_path / "body.sse"
+    f.write_bytes(body[:body.index(char.encode()) + kept])
+    [run] = check_files([f], AGUI, SC)
+    [chat] = run.results
+    assert chat.outcome is Outcome.INCOMPLETE and not chat.violations and not run.passed, chat.violations
+    assert "the body ends inside an event that is not whole: the recording was cut there" in (chat.note or "")
+    assert "(body.sse: event 3)" in (chat.note or "")
+    assert not run.connection_violations
+
+    f.write_bytes(body + "data: [caf\xe9]\n\n".encode("latin-1"))  # bytes no UTF-8 before the end: the server's
+    [run] = check_files([f], AGUI, SC)
+    [chat] = run.results
+    assert any("not valid UTF-8" in v.reason for v in chat.violations + run.connection_violations)
