@@ -485,7 +485,7 @@ def _not_json_lines(head: bytes) -> str:
         first = line.decode("utf-8").strip()
         json.loads(first)
     except UnicodeDecodeError:
-        return ""  # the reader's R12 says so ("line 1 is not UTF-8")
+        return ""  # the reader says so (read_jsonl's refusal, naming the byte)
     except (ValueError, RecursionError) as exc:
         return _first_line_why(first, line_no, bool(newline), exc)
     return ""
@@ -637,6 +637,12 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
             if not (more == _UNENDED and _cut_character(exc, line)):
+                if refuse_prose:  # the file's first line: no JSON (RFC 8259: JSON text is UTF-8), so no recording
+                    raise RecordingError(f"{path or name}:{n}: not UTF-8 (byte {exc.start + 1} of the line, "
+                                         f"0x{line[exc.start]:02x}), so no JSON: a recording is UTF-8 text; "
+                                         "convert it (iconv -f WINDOWS-1252 -t UTF-8, or the encoding it was "
+                                         "written in); a directory's files are all read as recordings: move other "
+                                         "files out") from None
                 refuse_prose = False
                 yield Recorded("problem", conn, detail=f"line {n} is not UTF-8", where=where)
                 continue

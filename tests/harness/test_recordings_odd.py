@@ -9,7 +9,7 @@ from harness.events import Outcome
 from harness.offline import check_files
 from harness.recordings import CUT_RECORD, RecordingError
 
-from .test_recordings import AGUI, NETRA, SC, netra_run, send
+from .test_recordings import AGUI, NETRA, SC, netra_run, send, write_jsonl
 
 
 def _lines(records: list[dict]) -> str:
@@ -183,3 +183,26 @@ def test_an_sse_body_cut_inside_a_character_is_judged_as_it_stood(tmp_path, char
     [run] = check_files([f], AGUI, SC)
     [chat] = run.results
     assert any("not valid UTF-8" in v.reason for v in chat.violations + run.connection_violations)
+
+
+def test_a_first_line_that_is_not_utf8_is_no_recording_as_a_first_line_of_no_json_is_none(tmp_path):
+    """A README saved by a Windows editor (`Café notes` in Windows-1252) among a directory's recordings, or a log
+    another tool wrote in Latin-1: its first line was "line 1 is not UTF-8", an R12 held against the server and exit
+    1 with "no chat found", where the same README in ASCII is exit 2 naming the file and line. JSON text is UTF-8
+    (RFC 8259), so that line is no JSON either: exit 2, naming the file, the line and the byte. A later line so stays
+    the R12 on the chat it falls in, and `--format jsonl` judges the first one so too."""
+    d = tmp_path / "rec"
+    d.mkdir()
+    write_jsonl(d / "u1.jsonl", [send(100.0), *netra_run("r1", 100.0)])
+    (d / "README.txt").write_bytes("\n  Café notes: the run of Tuesday\n".encode("cp1252"))
+    with pytest.raises(RecordingError) as refused:
+        check_files([d], NETRA, SC)
+    said = str(refused.value)
+    assert said.startswith(f"{d / 'README.txt'}:2: not UTF-8 (byte 6 of the line, 0xe9)"), said
+
+    later = tmp_path / "later.jsonl"
+    later.write_bytes(_lines([send(100.0), *netra_run("r1", 100.0)[:3]]).encode()
+                      + '{"t": 100.5, "frame": "Café"}\n'.encode("cp1252") + _lines(netra_run("r1", 100.0)[3:]).encode())
+    [run] = check_files([later], NETRA, SC)
+    [chat] = run.results
+    assert [v.rule for v in chat.violations] == ["R12"] and "line 5 is not UTF-8" in chat.violations[0].reason
