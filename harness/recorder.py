@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .checker import Expectations
+from .eventstream import StreamProblem
 from .profiles import parses_as_json
 from .recordings import DEFAULT_MAX_FILES, DUE_SLACK, RUN_ID_RE, SEND_FAILED
 from .redact import MIN_SECRET_LEN, Budget, scrub, secrets_of
@@ -165,6 +166,8 @@ class ConnectionLog:
         else:
             text = frame if isinstance(frame, str) else json.dumps(frame)
             record["frame"] = self._scrub_frame(text)  # a token a client put in a frame never reaches a file
+            if isinstance(frame, StreamProblem):  # what the SSE parser found wrong in the stream, not data it carried
+                record["problem"] = True
         if not self._write(json.dumps(record, ensure_ascii=False)):
             self._drop(frame, at)
             return None

@@ -80,7 +80,7 @@ from typing import IO, Any
 
 from . import redact
 from .events import Role
-from .eventstream import EventStreamParser, EventTooLarge
+from .eventstream import EventStreamParser, EventTooLarge, StreamProblem
 from .results import STOPPED_BY
 from .sinks import AGUI_PROTO, CONNECTION_RESULTS, refused_response, refused_upgrade
 from .yamlfile import ConfigError
@@ -850,7 +850,9 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
         except (binascii.Error, ValueError):
             return Recorded("problem", conn, t=t, detail="field 'frame_b64' is not base64", where=where)
     elif isinstance(obj["frame"], str):
-        frame = obj["frame"]
+        # "problem": what the live SSE parser found wrong in the stream (data not UTF-8, a line of no field), judged
+        # as live judged it, not as a frame of that text the server sent
+        frame = StreamProblem(obj["frame"]) if obj.get("problem") is True and direction == "recv" else obj["frame"]
     else:
         frame = json.dumps(obj["frame"], separators=(",", ":"))
     if frame_bytes(frame) > max_frame:

@@ -1040,3 +1040,39 @@ async def test_an_sse_request_answered_past_the_deadline_is_one_error_chat_live_
     assert [(r.outcome, r.error_kind) for r in live.results] == [(Outcome.ERROR, kind)]
     assert_parity(live, offline)
     assert offline.stats.chats == live.stats.chats == 1
+
+
+async def test_an_sse_streams_own_faults_are_judged_offline_with_the_reasons_given_live(tmp_path):
+    """What the SSE parser finds wrong in a stream (an event's data that is not UTF-8, a line that is no SSE field) is
+    an R12 live saying so; the recording wrote that text as a frame received, and `check` judged it as a frame of that
+    text the server sent: "not JSON: 'event data is not valid UTF-8 …'", not the reason given live."""
+    async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        request = json.loads(await reader.readexactly(length))
+        thread, run = request["threadId"], request["runId"]
+        events = [b'{"type":"RUN_STARTED","threadId":"%s","runId":"%s"}' % (thread.encode(), run.encode()),
+                  b'{"type":"TEXT_MESSAGE_START","messageId":"a","role":"assistant"}',
+                  '{"type":"TEXT_MESSAGE_CONTENT","messageId":"a","delta":"café"}'.encode("latin-1"),
+                  b'{"type":"TEXT_MESSAGE_CONTENT","messageId":"a","delta":"ok"}',
+                  b'{"type":"RUN_FINISHED","threadId":"%s","runId":"%s"}' % (thread.encode(), run.encode())]
+        body = b"".join(b"data: " + e + b"\n\n" for e in events[:4])
+        body += b'Data: {"type":"TEXT_MESSAGE_END","messageId":"a"}\n\n' + b"data: " + events[4] + b"\n\n"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(stream, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        target = Target(url=f"http://127.0.0.1:{port}/agent", profile=load_profile("ag-ui"), name="raw")
+        sc = scenario(users=1, chats_per_user=1, message="hi", expect={"settle": "0.05s", "deadline": "3s"})
+        async with asyncio.timeout(15):
+            live, offline = await live_and_offline(target, sc, tmp_path / "rec")
+    [live_chat], [offline_chat] = live.results, offline.results
+    said_live = sorted(v.reason for v in live_chat.violations if v.rule == "R12")
+    assert len(said_live) == 2 and any("not valid UTF-8" in r for r in said_live), said_live
+    assert any("is not an SSE field" in r for r in said_live), said_live
+    assert sorted(v.reason for v in offline_chat.violations if v.rule == "R12") == said_live
+    assert_parity(live, offline)
