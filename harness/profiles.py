@@ -1289,7 +1289,13 @@ def _loads_or_malformed(text: str) -> Any:
             return Frame(FrameKind.MALFORMED, detail=str(text))
         if isinstance(exc, json.JSONDecodeError) and exc.msg == "Extra data":
             return Frame(FrameKind.MALFORMED, detail=_extra_data(text, exc.pos))
+        if isinstance(exc, RecursionError):  # JSON it may well be, but nested past what a parser reads
+            return Frame(FrameKind.MALFORMED, detail=f"JSON nested too deeply to read (over {_MAX_NESTING:,} levels of "
+                                                     f"arrays and objects): {text[:60]!r}")
         return Frame(FrameKind.MALFORMED, detail=f"not JSON: {text[:60]!r}")
+
+
+_MAX_NESTING = 1000  # about what json reads (Python's recursion limit) after orjson refused past 1,024
 
 
 def _extra_data(text: str, at: int) -> str:

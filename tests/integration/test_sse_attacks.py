@@ -217,3 +217,23 @@ async def test_a_stream_of_tiny_events_at_line_rate_does_not_hold_the_chat_past_
     assert result.outcome is Outcome.INCOMPLETE, result
     assert Rule.R10 in {v.rule for v in result.violations} | set(result.violations_not_listed), result.violations
     assert took < 2 + 1.5, took
+
+
+async def test_an_event_nested_past_what_a_parser_reads_is_said_so_not_called_no_json():
+    """An event of valid JSON nested 5,000 levels deep (a hostile server's, or a runaway serializer's) is an R12 that
+    ends nothing: it said "not JSON: '{"type":"CUSTOM"…'", sending whoever reads it to look for broken JSON that is
+    not there. It says what it is."""
+    nested = b'{"type":"CUSTOM","name":"deep","value":' + b"[" * 5000 + b"]" * 5000 + b"}"
+
+    async def deep(reader, writer, head, body):
+        run = whole_run(body)
+        first_end = run.index(b"\n\n") + 2
+        writer.write(HEAD + b"Content-Length: %d\r\n\r\n" % (len(run) + len(nested) + 8)
+                     + run[:first_end] + b"data: " + nested + b"\n\n" + run[first_end:])
+        await writer.drain()
+
+    async with RawServer(deep) as server:
+        result = await chat(server.url)
+    [r12] = [v for v in result.violations if v.rule is Rule.R12]
+    assert "JSON nested too deeply to read" in r12.reason and "not JSON" not in r12.reason, r12.reason
+    assert result.outcome is Outcome.FAILED and [v.rule for v in result.violations] == [Rule.R12], result.violations

@@ -142,9 +142,12 @@ def reference_decode(self: Decoder, text: str | bytes, received_at: float) -> Ev
         # frame means what it always meant (reading every number JSON can write: _json_exact, one rule added since).
         try:
             frame = _json_exact(text)
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError) as exc:
             if isinstance(text, StreamProblem):  # what the transport found wrong in the stream itself
                 return Frame(FrameKind.MALFORMED, detail=str(text))
+            if isinstance(exc, RecursionError):  # (one rule added since: said so, not "not JSON")
+                return Frame(FrameKind.MALFORMED, detail="JSON nested too deeply to read (over 1,000 levels of arrays "
+                                                         f"and objects): {text[:60]!r}")
             return Frame(FrameKind.MALFORMED, detail=f"not JSON: {text[:60]!r}")
     # One rule added since (tested on its own in test_integers_past_64_bits_stay_integers): an integral float past 64
     # bits that the decoder reads as an id or seq, where orjson parsed the text, means json parses the frame again.
