@@ -1140,7 +1140,8 @@ def _iso(v: Any) -> float | None:
     if not isinstance(v, str):
         return None
     try:
-        when = datetime.fromisoformat(v)
+        # (RFC 3339 5.6: the "T" and "Z" may be written in lower case; a long text, no time, is not copied)
+        when = datetime.fromisoformat(v.upper() if len(v) <= 64 else v)
     except ValueError:
         return None
     return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()

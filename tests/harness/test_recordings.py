@@ -1750,7 +1750,7 @@ def test_a_recording_problem_on_a_connection_whose_chat_was_judged_is_no_new_cha
     assert "recorded time goes back" in run.connection_violations[0].reason
 
 
-@pytest.mark.parametrize("form", ["milliseconds", "iso-z", "iso-offset", "iso-naive-nanoseconds"])
+@pytest.mark.parametrize("form", ["milliseconds", "iso-z", "iso-offset", "iso-naive-nanoseconds", "rfc3339-lower-case"])
 def test_times_other_tools_write_in_t_are_read_as_the_seconds_they_are(tmp_path, form):
     """A JSON Lines log another tool wrote: `t` in epoch milliseconds (JavaScript's Date.now()) or an ISO 8601 string
     (UTC `Z`, an offset, none, nanoseconds). Each record was an R12 ("field 't' must be a time in epoch seconds"),
@@ -1764,6 +1764,8 @@ def test_times_other_tools_write_in_t_are_read_as_the_seconds_they_are(tmp_path,
             return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         if form == "iso-offset":
             return dt.astimezone(timezone(timedelta(hours=-5))).isoformat()
+        if form == "rfc3339-lower-case":  # RFC 3339 5.6: "T" and "Z" may be lower case (it was an R12 on every record)
+            return dt.isoformat(timespec="milliseconds").replace("+00:00", "z").replace("T", "t")
         return dt.replace(tzinfo=None).isoformat(timespec="microseconds") + "789"
 
     t0 = 1764637200.0
