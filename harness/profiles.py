@@ -1920,29 +1920,48 @@ def _generate_fast(dec: Decoder, ns: dict[str, Any]) -> tuple[str, dict[str, Any
         scopes.append((var, tuple(path)))
 
     def find(var: str, names: Names) -> bool:
-        first = True
+        """`var` found by `names`, the first place that holds it; the places after the first are looked at under one
+        `if var is None:` (a field at its first place, as most are, costs one test, not one for each other place)."""
+        first, opened, fresh = True, False, False
+
+        def another() -> None:  # before each look-up after the first
+            nonlocal opened, fresh
+            fresh = not opened  # the first look-up in the block: `var` is None there
+            if not opened:
+                emit(f"if {var} is None:")
+                depth[0] += 1
+                opened = True
+
         for step in names:
             if step.__class__ is tuple:
                 for scope, path in scopes:
                     for name in step:
                         get = f"{scope}.{tree.attr((*path, name)).rsplit('.', 1)[-1]}"
+                        if first:
+                            emit(f"{var} = {get}" if scope == "f" else f"{var} = {get} if {scope} is not None else None")
+                            first = False
+                            continue
+                        another()
                         if scope == "f":
-                            emit(f"{var} = {get}" if first else f"if {var} is None: {var} = {get}")
-                        elif first:
-                            emit(f"{var} = {get} if {scope} is not None else None")
+                            emit(f"{var} = {get}" if fresh else f"if {var} is None: {var} = {get}")
                         else:
-                            emit(f"if {var} is None and {scope} is not None: {var} = {get}")
-                        first = False
+                            emit(f"if {scope} is not None: {var} = {get}" if fresh
+                                 else f"if {var} is None and {scope} is not None: {var} = {get}")
                 continue
             if first:
                 emit(f"{var} = None")
                 first = False
+            another()
             attrs = tree.attr(step).split(".")
-            emit(f"if {var} is None:")
-            emit(f"    _w = f.{attrs[0]}")
+            pad = "" if fresh else "    "
+            if not fresh:
+                emit(f"if {var} is None:")
+            emit(f"{pad}_w = f.{attrs[0]}")
             for a in attrs[1:]:
-                emit(f"    if _w is not None: _w = _w.{a}")
-            emit(f"    {var} = _w")
+                emit(f"{pad}if _w is not None: _w = _w.{a}")
+            emit(f"{pad}{var} = _w")
+        if opened:
+            depth[0] -= 1
         if first:
             emit(f"{var} = None")
             return False
