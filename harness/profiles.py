@@ -1218,7 +1218,7 @@ def _generated_dict_filler(template: dict[str, Any]) -> Filler | None:
     of a netra request). The same dicts as the loop makes (tests/profiles/test_request_fill.py); None past
     _GENERATED_ENTRIES_MAX entries (then the loop fills it)."""
     ns: dict[str, Any] = {"_MISSING": _MISSING}
-    lines = ["def fill_dict(values):", "    get = values.get"]
+    lines = ["def fill_dict(values):"]
     entries = 0
 
     def name_of(value: Any) -> str:
@@ -1246,7 +1246,7 @@ def _generated_dict_filler(template: dict[str, Any]) -> Filler | None:
             if how == _CONSTANT:
                 lines.append(f"    {out}[{key}] = {name_of(what)}")
             elif how == _PLACEHOLDER:
-                lines.extend((f"    v = get({name_of(what)})", f"    if v is not None: {out}[{key}] = v"))
+                lines.extend((f"    v = values.get({name_of(what)})", f"    if v is not None: {out}[{key}] = v"))
             else:
                 lines.extend((f"    v = {name_of(what)}(values)", f"    if v is not _MISSING: {out}[{key}] = v"))
         return out
