@@ -13,6 +13,9 @@ from .events import Outcome, Role, Violation
 from .scenario import Objectives, Shape
 from .sinks import UNJUDGED_REASONS
 
+# An enum member looked up on its class costs ~0.1 us each time (Python 3.11): the one Tally.add asks of every chat, once.
+_ERROR = Outcome.ERROR
+
 
 def percentile(values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile (q in 0..100) of the values; None for no values."""
@@ -138,7 +141,7 @@ class Tally:
             return
         self.chats += 1
         self.outcomes[r.outcome] += 1
-        if r.outcome is Outcome.ERROR:
+        if r.outcome is _ERROR:
             self.error_kinds[r.error_kind or "unknown"] += 1
         self.events += r.events_received
         if r.missing:
