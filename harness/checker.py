@@ -372,7 +372,9 @@ class ChatTracker:
             if n := ev.nbytes:  # the decoder measured it (else measured here); spent: no int kept per event
                 ev.nbytes = 0
             self.kept_bytes += n or kept_bytes(ev)
-            if role is not None and ev.wire_type == role._value_:
+            # (Role is a str enum: the wire type is compared with the member itself, its `_value_` attribute read only
+            # to be kept, ~25 ns an event less)
+            if role is not None and ev.wire_type == role:
                 ev.wire_type = role._value_  # the role's own string, not a copy per kept event (netra's wire types)
         else:
             if self.roles_past_kept is _NO_DICT:
