@@ -704,11 +704,11 @@ class Session(VirtualUser):
                     del waiter
                 elif isinstance(action, Send):
                     self._send_failure, self._send_note = None, ""
-                    # --record: a chat's message (or probe) is written with what its step expected (expect_note).
-                    recorded = self.target.recorder is not None and action.what != "resume"
                     if self._sends_now:  # (what a transport that sends now is told of the chat: nothing more)
                         sent = self._send_now(action.frame)
                     else:
+                        # --record: a chat's message (or probe) is written with what its step expected (expect_note).
+                        recorded = self.target.recorder is not None and action.what != "resume"
                         sent = await self._safe_send(action.frame, flow.tracker.exp if recorded else None,
                                                      flow.tracker.sent_at)
                     if sent and action.what == "message" and self.transport is not None and self.transport.connects_on_send:
