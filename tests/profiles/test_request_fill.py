@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.profiles import _MISSING, _Blank, _filler, load_profile
+from harness.profiles import _GENERATED_ENTRIES_MAX, _MISSING, _Blank, _filler, load_profile
 
 
 def reference_fill(template: Any, values: dict[str, Any]) -> Any:
@@ -76,3 +76,17 @@ def test_a_replaced_template_is_filled_as_it_is_now() -> None:
     profile.build_request(content="a")
     profile.request = {"type": "chat", "text": "{content}"}
     assert profile.build_request(content="b") == {"type": "chat", "text": "b"}
+
+
+def test_templates_about_the_generated_fillers_bound_fill_as_the_recursive_fill() -> None:
+    """A dict template's filler is generated up to _GENERATED_ENTRIES_MAX entries (nested dicts counted), filled by the
+    loop past it: the same frames either side, keys in the template's order, odd keys and constants as they are."""
+    values = {"content": "hi", "thread_id": None, "run_id": "r1"}
+    for n in (_GENERATED_ENTRIES_MAX - 1, _GENERATED_ENTRIES_MAX, _GENERATED_ENTRIES_MAX + 1, 3 * _GENERATED_ENTRIES_MAX):
+        inner = {f'k"{i}\n': ["{content}", i, None, 1.5, float("inf"), True][i % 6] for i in range(n - 3)}
+        template = {"type": "chat", "payload": inner, "thread": "{thread_id}", "run": "id {run_id}"}  # n + 1 entries
+        generated = _filler(template).__code__.co_filename == "<request filler>"
+        assert generated == (n + 1 <= _GENERATED_ENTRIES_MAX)
+        assert repr(_filler(template)(values)) == repr(reference_fill(template, values))
+        again = _filler(template)(values)
+        assert again == _filler(template)(values) and again["payload"] is not _filler(template)(values)["payload"]
