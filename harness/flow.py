@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .backoff import CREDENTIALS_REFUSED, AttemptAnswer, ReconnectRetries
 from .checker import ChatResult, ChatTracker, ConnectionChecker, Expectations, abandon, error_result, judge_followups
-from .events import Event, Frame, FrameKind, Role, Rule, SessionError, Violation
+from .events import Event, Frame, FrameKind, Outcome, Role, Rule, SessionError, Violation
 from .profiles import Profile
 from .sinks import Fanout, Sink
 
@@ -75,6 +75,24 @@ RESUME_UNKNOWN_NOTE = "the server did not know the run when resuming (RESUME_UNK
 # (ChatFlow.reconnected) and in `chatprobe check` of the recording (its close record of the failed reconnect,
 # "resume": true), alike.
 RECONNECT_FAILED_NOTE = "connection lost mid-run and reconnecting failed"
+# Chats one connection `chatprobe proxy` watches may have open at once (a chat UI has one or a few). Past it the proxy
+# judges the oldest as it stands, as the client's doing (crowded_out): a client that sent 40,000 messages on one
+# connection had made 40,000 trackers wait for their deadline, and every message rebuilt an index of them all. Its
+# `--record` names that chat on the send record that crowded it out ("crowded_out"), so that `chatprobe check` of the
+# recording judges the same chat so, at the same record: which chat it was is the proxy's to say, not the records',
+# since the proxy judges the chats whose verdict fell due on a timer of its own, and one due a moment before a new
+# message came may still have been open there.
+MAX_OPEN_WATCHED = 64
+TOO_MANY_OPEN = f"the client had more than {MAX_OPEN_WATCHED} chats open at once on the connection"
+
+
+def crowded_out(result: ChatResult) -> ChatResult:
+    """The verdict of a chat judged as it stood because its client had more than MAX_OPEN_WATCHED open on the
+    connection (its note TOO_MANY_OPEN): an `error`, `rejected`, the client's doing (the proxy counts it in
+    chatprobe_client_rejections_total, `check` of its recording among the `error` chats of that kind), whatever the
+    chat had received. One verdict for the proxy and `chatprobe check`."""
+    result.outcome, result.error_kind, result.error = Outcome.ERROR, "rejected", TOO_MANY_OPEN
+    return result
 
 
 def judge_resume(tracker: ChatTracker, events_before: int, *, left: bool = False) -> str | None:

@@ -32,12 +32,14 @@ from .flow import (
     RESUME_UNKNOWN_NOTE,
     STOPPED_CHAT_NOTE,
     STOPPED_PROBE_NOTE,
+    TOO_MANY_OPEN,
     WAKE_ALL,
     FrameRouter,
     LeftRuns,
     ParkedChats,
     PendingResumes,
     Resumes,
+    crowded_out,
     resend_key,
     verdict_due,
 )
@@ -294,6 +296,11 @@ class OfflineCheck:
             # each attempt is bounded by that deadline, and its failure (then recorded at the deadline or just past
             # it) ends the chat, "reconnecting failed", its failed attempt counted (flow.ChatFlow.reconnected).
             self._resume_failed(conn, rec, at, retried=rec.retry)
+        if direction == "send" and rec.crowded_out is not None:
+            # The proxy let a chat go to make room for this record's (its client had more than MAX_OPEN_WATCHED open
+            # on the connection): judged so before the chats due by now, which the proxy, judging them on a timer of
+            # its own, had not judged yet when it chose that one (it let go one still open there).
+            self._crowded_out(conn, rec.crowded_out, at)
         if rec.t is not None:
             self._judge_ready(conn, at)
             self._judge_parked(at)
@@ -317,6 +324,18 @@ class OfflineCheck:
             self._gap(conn, rec, at)
         else:  # a problem: what the recording holds there could not be read
             self._problem(conn, rec.detail, rec.where, at)
+
+    def _crowded_out(self, conn: _Conn, n: int, at: float) -> None:
+        """The chat that the connection's send record `n` brought there (its message, its message sent again, or its
+        resume), let go by the proxy as the next one came: judged as it stood, an `error` (rejected), the client's doing,
+        as the proxy judged it (flow.crowded_out; a resume it had pending as a chat left with one). Nothing when that
+        chat is judged already or not on this connection (a record naming none: another tool's, or hand-made)."""
+        chat_id = conn.by_send.get(n) or conn.by_resume.get(n)
+        chat = conn.open.get(chat_id) if chat_id is not None else None
+        if chat is None or chat.judged:
+            return
+        self.resumed.judge(chat, left=True)
+        self._finish(chat, at, note=TOO_MANY_OPEN, crowded=True)
 
     def _gap(self, conn: _Conn, rec: Recorded, at: float) -> None:
         """The recorder dropped this connection's frames from here on: its chats open now are judged as they stand
@@ -898,8 +917,10 @@ class OfflineCheck:
                     chat._warn(Rule.R13, RESENT_WARNING, None)
                 self._finish(chat, at, lost=True, note=STOPPED_CHAT_NOTE)
 
-    def _finish(self, tracker: ChatTracker, now: float, *, lost: bool = False, note: str = "") -> None:
-        """Judge the chat at `now` (ChatTracker.finish) and count its verdict."""
+    def _finish(self, tracker: ChatTracker, now: float, *, lost: bool = False, note: str = "",
+                crowded: bool = False) -> None:
+        """Judge the chat at `now` (ChatTracker.finish) and count its verdict; `crowded`: as one the proxy let go for
+        its client's too many chats open at once (flow.crowded_out)."""
         entry = self.open.pop(tracker.chat_id, None)
         if entry is not None:
             entry[1].open.pop(tracker.chat_id, None)
@@ -911,6 +932,8 @@ class OfflineCheck:
         further = [c for c in tracker.followups if not c.judged]
         judge_followups(tracker, now)
         result = tracker.finish(now, lost=lost, note=note)
+        if crowded:
+            crowded_out(result)
         untimed = tracker.chat_id in self.untimed or tracker.chat_id in self.untimed_events
         self.untimed.discard(tracker.chat_id)
         self.untimed_events.discard(tracker.chat_id)

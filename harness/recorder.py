@@ -137,10 +137,12 @@ class ConnectionLog:
         self._buffered = 0
 
     def frame(self, direction: str, frame: Any, at: float, expect: dict[str, Any] | None = None,
-              due: float | None = None) -> int | None:
+              due: float | None = None, crowded_out: int | None = None) -> int | None:
         """A frame sent ("send") or received ("recv") at `at` (the recorder's clock, time.monotonic by default);
         `expect`: what the client expected of the chat this frame sends (expect_note), written as "expect"; `due`:
-        the earlier time the chat's times count from (an open-model chat due before it could be sent), as "due".
+        the earlier time the chat's times count from (an open-model chat due before it could be sent), as "due";
+        `crowded_out` (the proxy): the send record (its ordinal) of the chat the proxy let go to make room for the one
+        this frame brought (flow.MAX_OPEN_WATCHED), written as "crowded_out".
         A send record written: its ordinal among the connection's send records (from 1), else None."""
         self.ended = False
         raw = len(frame) * 4 // 3 if isinstance(frame, (bytes, bytearray)) else len(frame) if isinstance(frame, str) else 0
@@ -159,6 +161,8 @@ class ConnectionLog:
             record["expect"] = expect
         if due is not None:
             record["due"] = round(self.recorder.epoch(due), 6)
+        if crowded_out is not None:
+            record["crowded_out"] = crowded_out
         if isinstance(frame, (bytes, bytearray)):
             # A token a server echoes in a binary frame is scrubbed too (its text as UTF-8, other bytes kept).
             data = self._scrub(bytes(frame).decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")

@@ -34,6 +34,9 @@ The JSON Lines form (what `--record` writes; one UTF-8 JSON object per line, `\\
   parking_full  on a close record, optional (`chatprobe proxy`): the send records (their ordinals, from 1, among
           the connection's send records) of the chats the server cut on it that the proxy had no room to keep for a
           resume or a resend: not judged (counted unjudged, parking_full), as the proxy counted them
+  crowded_out  on a send record, optional (`chatprobe proxy`): the send record (its ordinal, from 1) of the chat
+          the proxy let go to make room for the one this record brought, its client having more than 64 open on
+          the connection: judged as it stood there, an `error` (rejected), the client's doing, as the proxy judged it
   error   on a close record, optional: why the client dropped the connection (a frame over the size limit, text
           that is not UTF-8; that frame is not recorded): an R12 on the chats open then, as live
   failed  on a close record, optional: the connection never became usable, and why, as a connections_total result
@@ -252,6 +255,9 @@ class Recorded:
     stop: str = ""
     # On a close record the proxy wrote: the send records (ordinals) of the chats it had no room to keep for a resume.
     parking_full: tuple[int, ...] = ()
+    # On a send record the proxy wrote: the send record (ordinal) of the chat it let go to make room for this one's
+    # (more than flow.MAX_OPEN_WATCHED open on the connection), judged as it stood, the client's doing.
+    crowded_out: int | None = None
     # On a connection's first frame record (`chatprobe run --record`): the user its client authenticated as (its
     # token's `sub`), by which R8 judges its events, as live (the `user` field).
     user: str | None = None
@@ -861,7 +867,7 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
     if user is not None and (not isinstance(user, str) or not 0 < len(user) <= MAX_USER):
         return Recorded("problem", conn, t=t, detail=f"field 'user' must be a user id of 1 to {MAX_USER} characters",
                         where=where)
-    if direction == "send" and ("expect" in obj or "due" in obj):
+    if direction == "send" and ("expect" in obj or "due" in obj or "crowded_out" in obj):
         expect = _expectation(obj["expect"]) if "expect" in obj else (None, None)
         if isinstance(expect, str):
             return Recorded("problem", conn, t=t, detail=expect, where=where)
@@ -870,8 +876,13 @@ def _envelope(obj: Any, text: str, conn: str, where: str, max_frame: int) -> Rec
                                 or not t - MAX_DUE_BEFORE <= due <= t):
             return Recorded("problem", conn, t=t, detail="field 'due' must be a time in epoch seconds, at most "
                             f"{MAX_DUE_BEFORE:g}s before the record's t", where=where)
+        crowded = obj.get("crowded_out")
+        if crowded is not None and (isinstance(crowded, bool) or not isinstance(crowded, int)
+                                    or not 1 <= crowded < 10**18):
+            return Recorded("problem", conn, t=t, detail="field 'crowded_out' must be the ordinal (from 1) of an "
+                            "earlier send record of the connection", where=where)
         return Recorded(direction, conn, t=t, frame=frame, where=where, expect_error=expect[0], required=expect[1],
-                        due=due, user=user)
+                        due=due, user=user, crowded_out=crowded)
     return Recorded(direction, conn, t=t, frame=frame, where=where, user=user)
 
 

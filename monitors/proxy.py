@@ -35,8 +35,10 @@ from harness.errors import MESSAGE_LIMIT, os_reason, unknown_flag_hint
 from harness.events import Event, FrameKind, Outcome, Rule, SessionError
 from harness.flow import (
     CLEAN_CLOSE_CODES,
+    MAX_OPEN_WATCHED,
     RESENT_WARNING,
     RESUME_UNKNOWN_NOTE,
+    TOO_MANY_OPEN,
     WAKE_ALL,
     FrameRouter,
     LeftRuns,
@@ -44,6 +46,7 @@ from harness.flow import (
     PassiveChats,
     PendingResumes,
     Resumes,
+    crowded_out,
     resend_key,
 )
 from harness.profiles import Profile, load_profile
@@ -109,10 +112,9 @@ MAX_SUBPROTOCOLS = 32
 # network resumes on its next socket while the old one has not closed yet: one or two).
 MAX_RESUME_SEARCH = 64
 # Chats one connection may have open at once (a chat UI has one or a few). Past it the oldest is judged as it stands
-# and counted as the client's doing (chatprobe_client_rejections_total): a client that sent 40,000 messages on one
-# connection had made 40,000 trackers wait for their deadline, and every message rebuilt an index of them all.
-MAX_OPEN_CHATS = 64
-TOO_MANY_OPEN = f"the client had more than {MAX_OPEN_CHATS} chats open at once on the connection"
+# and counted as the client's doing (chatprobe_client_rejections_total), and --record names it on the send record that
+# crowded it out, for `chatprobe check` to judge it alike (flow.MAX_OPEN_WATCHED, flow.crowded_out).
+MAX_OPEN_CHATS = MAX_OPEN_WATCHED
 # A connection whose user is named by a JWT's claim, read without its signature (frontdoor.identity_of: the proxy
 # holds no key, and anyone can write a token naming another user), is that user's only once the upstream accepted it:
 # until the server spoke on it (a welcome, an event, an error that is no AUTH_FAILED), its client's frames are held
@@ -850,35 +852,32 @@ class LiveConnection:
         if self._early is not None:  # the server has not accepted the connection's claimed user yet: held
             self._hold(True, text, now)
             return True
-        sent = self.log.frame("send", text, now) if self.log is not None else None
         frame = self.live.profile.decode_client(text)
         live = self.live
+        came: ChatTracker | None = None  # the chat this frame brought here
+        crowded: int | None = None  # the send record of the chat let go to make room for it (_make_room)
         if frame.kind == "request" and (again := live.take_resend(self.identity, frame.message_id, frame.run_id)) is not None:
             # The message sent again after the server closed its connection before any event of its run: the same
             # chat, timed from its first try, as the harness's own client and `chatprobe check` count it.
-            tracker, clean = again
+            came, clean = again
             if clean:
-                tracker._warn(Rule.R13, RESENT_WARNING, None)
-            self._make_room(now)
-            self.checker.add(tracker)
-            self._by_id[tracker.chat_id] = tracker
-            self._sent(tracker, sent)
+                came._warn(Rule.R13, RESENT_WARNING, None)
+            crowded = self._make_room(now)
+            self.checker.add(came)
+            self._by_id[came.chat_id] = came
             # Its recording is kept, as its first try's is: `check` follows the chat across both (the first alone is
             # a chat never sent again), whatever its verdict here.
             self.failing = True
-            return True
         elif frame.kind == "request":
-            self._make_room(now)
-            tracker = LiveTracker(live.new_chat_id(), live.exp, now, scenario=live.scenario,
-                                  thread_id=frame.thread_id, run_id=frame.run_id, message_id=frame.message_id,
-                                  request=frame.request)
-            self.checker.add(tracker)
-            self._by_id[tracker.chat_id] = tracker
-            self._sent(tracker, sent)
+            crowded = self._make_room(now)
+            came = LiveTracker(live.new_chat_id(), live.exp, now, scenario=live.scenario,
+                               thread_id=frame.thread_id, run_id=frame.run_id, message_id=frame.message_id,
+                               request=frame.request)
+            self.checker.add(came)
+            self._by_id[came.chat_id] = came
             live.sink.chat_started(live.scenario)
             if self.resumes is not None and frame.run_id:
                 self.resumes.started(frame.run_id)  # a run id the client chose anew: its frames are this chat's
-            return True
         elif frame.kind == "resume":
             found = live.resumed(self.identity, frame.run_id)
             if found is None and frame.run_id and (live.left.take(self.identity, frame.run_id, now)
@@ -895,34 +894,38 @@ class LiveConnection:
             # resume awaiting it, as for the live client and `chatprobe check` (FrameRouter.resume_sent).
             self.router.resume_sent(frame.run_id, found[0] if found is not None else None)
             if found is not None:
-                resumed, previous = found
+                came, previous = found
                 if previous is None:
                     # Parked since the server closed its connection mid-run: adopted here, judged once, on all its
                     # events. The recording is kept, as the first connection's is: `check` follows the chat across
                     # both (the first alone is a chat never resumed), whatever its verdict here.
-                    self._make_room(now)
+                    crowded = self._make_room(now)
                     self.failing = True
                 elif previous is not self:
                     # The chat moves here: the connection it leaves neither routes the run's frames to it any more,
                     # nor counts it among its open chats, nor judges it when it closes (the user did not abandon it,
                     # and the server did not lose it: it goes on here).
-                    previous.let_go(resumed)
-                    self._make_room(now)
+                    previous.let_go(came)
+                    crowded = self._make_room(now)
                 # The server replays what the client says it missed: events the proxy forwarded (and judged)
                 # before the client lost them. Judged once, not again as duplicates (R7) of the server's.
                 if self.resumes is None:
                     self.resumes = Resumes()
-                self.resumes.resumed_here(resumed, frame.run_id, frame.last_seq)
+                self.resumes.resumed_here(came, frame.run_id, frame.last_seq)
                 # Told what came here before it (another user's events, R8; malformed frames, R12): in flight for its
                 # user then, as `chatprobe check` judges it (ConnectionChecker.add).
-                self.checker.add(resumed)
-                self._by_id[resumed.chat_id] = resumed
-                self._sent(resumed, sent)
+                self.checker.add(came)
+                self._by_id[came.chat_id] = came
                 # Judged with the chat (or at its next loss): resumed if events come back, lost if none do or the
                 # server does not know the run (RESUME_UNKNOWN_RUN), as the live client judges its own.
-                live.pending.sent(resumed)
-                return True
-        return False
+                live.pending.sent(came)
+        # Written once the proxy knows which chat, if any, it let go for this one (the record names it: "crowded_out"),
+        # before any frame the server sends after it (nothing here writes another record of the connection).
+        sent = self.log.frame("send", text, now, crowded_out=crowded) if self.log is not None else None
+        if came is None:
+            return False
+        self._sent(came, sent)
+        return True
 
     def _sent(self, chat: ChatTracker, sent: int | None) -> None:
         """`chat` came to this connection with the send record `sent` (None: not recorded). Once a chat."""
@@ -1078,23 +1081,25 @@ class LiveConnection:
             self.live.recorded(now)
         self.live.connection_closed(self)
 
-    def _make_room(self, now: float) -> None:
+    def _make_room(self, now: float) -> int | None:
         """Room for one more open chat: past MAX_OPEN_CHATS the oldest is judged as it stands, as the client's doing
-        (not the server's). A resumed chat judged on another connection meanwhile just leaves the count."""
+        (not the server's). A resumed chat judged on another connection meanwhile just leaves the count. The send
+        record (its ordinal) that brought the chat let go here, when one did (for the send record of the chat that
+        crowded it out to name: `chatprobe check` judges it alike), else None."""
         if len(self._by_id) < MAX_OPEN_CHATS:
-            return
+            return None
         for chat_id, chat in list(self._by_id.items()):
             if chat.judged:
                 del self._by_id[chat_id]
         if len(self._by_id) < MAX_OPEN_CHATS:
-            return
+            return None
         oldest = next(iter(self._by_id.values()))
+        sent = self._sent_as.get(oldest.chat_id)
         # A resume it had pending is judged as one a client left (flow.judge_resume): `resumed` when events came back,
         # else in neither result. Judged `lost`, the proxy's own bound read as a run the server failed to resume.
         self.live.pending.judge(oldest, left=True)
-        result = oldest.finish(now, note=TOO_MANY_OPEN)
-        result.outcome, result.error_kind, result.error = Outcome.ERROR, "rejected", TOO_MANY_OPEN
-        self._finished(result)
+        self._finished(crowded_out(oldest.finish(now, note=TOO_MANY_OPEN)))
+        return sent
 
     def _finished(self, result: ChatResult, *, abandoned: bool = False) -> None:
         # A further run the server carried on the stream is never counted started: the sinks count it in the chat

@@ -961,6 +961,39 @@ def test_chats_open_at_once_are_bounded_on_a_connection_and_in_all(tmp_path, mon
     assert len(crowded) == 4 and all(r.outcome is Outcome.INCOMPLETE for r in crowded)
 
 
+@pytest.mark.parametrize("named", [1, None, 9])
+def test_a_send_record_naming_the_chat_the_proxy_crowded_out_judges_it_so(tmp_path, named):
+    """`chatprobe proxy --record` names, on the send record of a chat past its bound of chats open on a connection
+    (flow.MAX_OPEN_WATCHED), the send record of the chat it let go for it ("crowded_out"): `check` judges that chat as
+    the proxy did, an `error` (rejected, TOO_MANY_OPEN) at that record, even when its verdict was due a moment before
+    (the proxy judges on a timer of its own: the chat was still open there). A recording without the field (an older
+    proxy's, another tool's), or naming no chat of the connection, is judged as before: the chat passed."""
+    from harness.flow import TOO_MANY_OPEN
+
+    second = send(1000.2, thread="t2", message="m2")  # chat 1's settle window ended at 1000.19
+    if named is not None:
+        second["crowded_out"] = named
+    recs = [send(1000.0), *netra_run("r1", 1000.0), second]
+    [run] = check_files([write_jsonl(tmp_path / "crowded.jsonl", recs)], NETRA, SC)
+    first = next(r for r in run.results if r.thread_id == "t1")
+    if named == 1:
+        assert (first.outcome, first.error_kind, first.error, first.note) == (
+            Outcome.ERROR, "rejected", TOO_MANY_OPEN, TOO_MANY_OPEN), first
+        assert first.events_received == len(ROLES)  # judged as it stood, on what it had received
+    else:
+        assert first.outcome is Outcome.PASSED, first
+    assert run.stats.chats == 2 and not run.stats.connection_violations
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "1", 1.0, [1]])
+def test_a_crowded_out_field_that_is_no_ordinal_is_an_r12_naming_it(tmp_path, bad):
+    second = send(1000.0, thread="t2", message="m2") | {"crowded_out": bad}
+    [run] = check_files([write_jsonl(tmp_path / "bad.jsonl", [second])], NETRA, SC)
+    assert run.stats.chats == 0  # the record cannot be read: it opens no chat
+    assert any("field 'crowded_out' must be the ordinal" in v.reason for v in run.connection_violations), \
+        run.connection_violations
+
+
 def test_messages_held_for_a_resend_are_bounded(tmp_path, monkeypatch):
     """Chats the server cut before any event (no run id: held for their message to be sent again, until their
     deadline) are held at most MAX_PARKED at once: past it the chat is judged at once, lost, not held without end."""
