@@ -378,6 +378,23 @@ def test_the_close_codes_and_bounds_of_the_connection_the_docs_state_are_the_cod
         assert shown in readme, f"README.md does not say {shown!r}"
 
 
+def test_the_open_chats_bounds_of_the_proxy_and_check_the_docs_state_are_the_codes():
+    """The chats the proxy follows open at once on a connection (its client's doing past it, named on the recording for
+    `check`), and `check`'s own bound, as protocol.md, recordings.md and metrics.md state them."""
+    from harness.flow import MAX_OPEN_WATCHED, TOO_MANY_OPEN
+    from harness.offline import MAX_OPEN_PER_CONN
+
+    protocol = " ".join(PROTOCOL_DOC.split())
+    recordings = " ".join((ROOT / "docs" / "recordings.md").read_text(encoding="utf-8").split())
+    metrics_doc = " ".join((ROOT / "docs" / "metrics.md").read_text(encoding="utf-8").split())
+    assert f"at most {MAX_OPEN_WATCHED} chats open at once on one connection" in protocol
+    assert f'"{TOO_MANY_OPEN}"' in protocol and f'"{TOO_MANY_OPEN}"' in recordings
+    assert f"the proxy follows at most {MAX_OPEN_WATCHED} chats open at once on a connection" in recordings
+    assert f"{MAX_OPEN_PER_CONN:,} of them on one connection" in recordings
+    assert f"`check`'s own bound being {MAX_OPEN_PER_CONN:,} a connection" in protocol
+    assert f"than {MAX_OPEN_WATCHED} chats open on the connection" in metrics_doc
+
+
 def test_the_default_limits_the_docs_state_are_the_codes():
     expect = Expect()
     flat = " ".join(PROTOCOL_DOC.split())
