@@ -113,9 +113,10 @@ class ChatMetrics:
             "chats_dropped", "Open-model chats not started because max_in_flight chats were in flight (like k6's "
             "dropped_iterations); not in chatprobe_chats_total.")
         self.client_rejections = counter(
-            "client_rejections", "Chats the server rejected because the client sent an invalid message "
-            "(proxy: the user's client, not the server, is at fault), or whose timing rules broke only while the "
-            "client read too slowly; not in chatprobe_chats_total.")
+            "client_rejections", "(proxy) Chats the server rejected with an error_message (any code: an invalid "
+            "message, a quota, SERVER_BUSY) or under credentials it refused, chats let go because the client had "
+            "more than 64 open on one connection, or whose timing rules broke only while the client read too "
+            "slowly: the client's doing; not in chatprobe_chats_total.")
         self.chats_unjudged = counter(
             "chats_unjudged", "Chats the proxy could not judge, by reason: it stopped with them in flight or kept for "
             "a resume (proxy_stopped), or its bounds on chats kept for a resume were full (parking_full); not in "

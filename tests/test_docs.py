@@ -393,6 +393,13 @@ def test_the_open_chats_bounds_of_the_proxy_and_check_the_docs_state_are_the_cod
     assert f"{MAX_OPEN_PER_CONN:,} of them on one connection" in recordings
     assert f"`check`'s own bound being {MAX_OPEN_PER_CONN:,} a connection" in protocol
     assert f"than {MAX_OPEN_WATCHED} chats open on the connection" in metrics_doc
+    # and the counter's HELP, as /metrics shows it to whoever reads the series
+    from prometheus_client import CollectorRegistry
+
+    from monitors.metrics import ChatMetrics
+
+    help_text = ChatMetrics(CollectorRegistry()).client_rejections._documentation
+    assert f"more than {MAX_OPEN_WATCHED} open on one connection" in help_text, help_text
 
 
 def test_the_default_limits_the_docs_state_are_the_codes():
