@@ -248,13 +248,30 @@ def test_pydantic_reads_no_annotation_text_of_the_scenario_and_profile_models():
     assert out.stdout.startswith("0 "), out.stdout
 
 
+# In a child's code (its `s` harness.scenario, pydantic imported): each bad scenario's errors, as (loc, type) pairs.
+_PRINT_ERRORS_OF = ("def errors(*bads):\n"
+                    "    for bad in bads:\n"
+                    "        try:\n"
+                    "            s.Scenario.model_validate({'name': 'bad', **bad})\n"
+                    "        except pydantic.ValidationError as err:\n"
+                    "            print([(e['loc'], e['type']) for e in err.errors()])\n")
+
+
+def _fresh_interpreter(code: str) -> list[str]:
+    """The lines `code` prints in a fresh interpreter (what a module builds at import is not built yet there)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
 def test_the_models_of_steps_stages_and_think_times_are_built_only_for_a_scenario_that_gives_them():
     """pydantic builds a model's validator as its class is made: the models only some scenarios use (a step, a stage,
     a think time) were ~0.5% of a one-chat run's instructions (BENCHMARKS.md, issue 10). In a fresh interpreter,
     loading a built-in scenario that gives none of them builds none; one that gives steps, stages and a think time
     gets them validated, a mistake in each named at its place as before."""
-    import subprocess
-    import sys
 
     code = ("import pydantic\n"
             "from harness import scenario as s\n"
@@ -266,15 +283,11 @@ def test_the_models_of_steps_stages_and_think_times_are_built_only_for_a_scenari
             "print(type(full.think_time).__name__, [type(st).__name__ for st in full.steps])\n"
             "print(type(s.Scenario.model_validate({'name': 'staged', 'stages': [{'duration': '1s', 'users': 1}]})\n"
             "           .stages[0]).__name__)\n"
-            "for bad in ({'stages': [{'duration': '1s'}]}, {'stages': []}, {'steps': [{'chat': {'mesage': 'a'}}]},\n"
-            "            {'think_time': {'min': '2s', 'max': '1s'}}, {'steps': [{'chat': {'think_time': 'x'}}]}):\n"
-            "    try:\n"
-            "        s.Scenario.model_validate({'name': 'bad', **bad})\n"
-            "    except pydantic.ValidationError as err:\n"
-            "        print([(e['loc'], e['type']) for e in err.errors()])\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [
+            + _PRINT_ERRORS_OF +
+            "errors({'stages': [{'duration': '1s'}]}, {'stages': []}, {'steps': [{'chat': {'mesage': 'a'}}]},\n"
+            "       {'think_time': {'min': '2s', 'max': '1s'}}, {'steps': [{'chat': {'think_time': 'x'}}]})\n")
+    lines = _fresh_interpreter(code)
+    assert lines == [
         "[]",
         "ThinkTime ['ChatStepWrapper', 'RawStep']",
         "Stage",
@@ -284,7 +297,7 @@ def test_the_models_of_steps_stages_and_think_times_are_built_only_for_a_scenari
         "[(('think_time',), 'value_error')]",
         "[(('steps', 0, 'chat', 'chat', 'think_time', 'min'), 'value_error'), "
         "(('steps', 0, 'chat', 'chat', 'think_time', 'max'), 'value_error')]",
-    ], out.stdout
+    ], lines
 
 
 def test_the_objectives_models_are_built_only_for_a_scenario_or_flag_that_gives_objectives():
@@ -293,8 +306,6 @@ def test_the_objectives_models_are_built_only_for_a_scenario_or_flag_that_gives_
     that gives no objectives is judged by defaults equal to the validated ones (`violations.max` 0.0, a float, as
     validation made it) with none of the four built; one that gives objectives, or an --objective, gets them
     validated, a mistake named at its place as before."""
-    import subprocess
-    import sys
 
     code = ("import pydantic\n"
             "from harness import scenario as s\n"
@@ -307,15 +318,11 @@ def test_the_objectives_models_are_built_only_for_a_scenario_or_flag_that_gives_
             "      plain.objectives.model_fields_set, plain.model_dump()['objectives'] == s.Objectives().model_dump())\n"
             "given = s.Scenario.model_validate({'name': 'given', 'objectives': {'violations': {'max': 3}}})\n"
             "print(given.objectives.violations, s.apply_overrides(plain, ['passed_ratio.min=0.5']).objectives.passed_ratio)\n"
-            "for bad in ({'objectives': {'time_to_first_event': {'p95': 'soon'}}}, {'objectives': {'violatons': {}}},\n"
-            "            {'objectives': 3}, {'objectives': {'passed_ratio': {'min': 2}}}):\n"
-            "    try:\n"
-            "        s.Scenario.model_validate({'name': 'bad', **bad})\n"
-            "    except pydantic.ValidationError as err:\n"
-            "        print([(e['loc'], e['type']) for e in err.errors()])\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [
+            + _PRINT_ERRORS_OF +
+            "errors({'objectives': {'time_to_first_event': {'p95': 'soon'}}}, {'objectives': {'violatons': {}}},\n"
+            "       {'objectives': 3}, {'objectives': {'passed_ratio': {'min': 2}}})\n")
+    lines = _fresh_interpreter(code)
+    assert lines == [
         "[] [('time_to_first_event.p95', 2.0, 'float', False), ('missing_events_ratio.max', 0.0, 'float', True), "
         "('violations.max', 0.0, 'float', True), ('passed_ratio.min', 1.0, 'float', False), "
         "('error_ratio.max', 0.0, 'float', True)]",
@@ -325,7 +332,7 @@ def test_the_objectives_models_are_built_only_for_a_scenario_or_flag_that_gives_
         "[(('objectives', 'violatons'), 'extra_forbidden')]",
         "[(('objectives',), 'model_type')]",
         "[(('objectives', 'passed_ratio', 'min'), 'less_than_equal')]",
-    ], out.stdout
+    ], lines
 
 
 def test_the_scenario_json_schema_describes_the_fields_validated_on_first_use():

@@ -16,6 +16,19 @@ def _lines(records: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in records)
 
 
+def _judged_cut_at_line_11(f):
+    """`f`'s two chats judged: r1 passed, r2 cut at line 11 (incomplete, the cut named, nothing held against the
+    server); the run."""
+    [run] = check_files([f], NETRA, SC)
+    by_run = {r.run_id: r for r in run.results}
+    assert by_run["r1"].outcome is Outcome.PASSED
+    cut = by_run["r2"]
+    assert cut.outcome is Outcome.INCOMPLETE and not cut.violations, cut.violations
+    assert "crashed.jsonl:11" in cut.note and CUT_RECORD in cut.note
+    assert not run.connection_violations and sum(run.stats.violations.values()) == 0
+    return run
+
+
 @pytest.mark.parametrize("cut_at", ['"t": 100.', '"dir": "re', '"conn": "c2", "frame": "{\\"type\\": \\"tool_'])
 def test_a_recording_cut_mid_record_is_judged_as_it_stood_there_not_as_a_frame_the_server_broke(tmp_path, cut_at):
     """A process killed while it wrote a line (or a copy taken then) leaves a last line that is neither JSON nor ended:
@@ -28,13 +41,7 @@ def test_a_recording_cut_mid_record_is_judged_as_it_stood_there_not_as_a_frame_t
     text = _lines(whole[:-2]) + last[: last.index(cut_at) + len(cut_at)]
     f = tmp_path / "crashed.jsonl"
     f.write_text(text)
-    [run] = check_files([f], NETRA, SC)
-    by_run = {r.run_id: r for r in run.results}
-    assert by_run["r1"].outcome is Outcome.PASSED
-    cut = by_run["r2"]
-    assert cut.outcome is Outcome.INCOMPLETE and not cut.violations, cut.violations
-    assert "crashed.jsonl:11" in cut.note and CUT_RECORD in cut.note
-    assert not run.connection_violations and sum(run.stats.violations.values()) == 0
+    run = _judged_cut_at_line_11(f)
     assert any("crashed.jsonl:11" in w and "not held against the server" in w for w in run.warnings), run.warnings
 
 
@@ -136,13 +143,7 @@ def test_a_recording_cut_inside_a_character_is_judged_as_it_stood_not_as_bytes_t
     at = last.index(char.encode()) + kept
     f = tmp_path / "crashed.jsonl"
     f.write_bytes(_lines(whole[:-2]).encode() + last[:at])
-    [run] = check_files([f], NETRA, SC)
-    by_run = {r.run_id: r for r in run.results}
-    assert by_run["r1"].outcome is Outcome.PASSED
-    cut = by_run["r2"]
-    assert cut.outcome is Outcome.INCOMPLETE and not cut.violations, cut.violations
-    assert "crashed.jsonl:11" in cut.note and CUT_RECORD in cut.note
-    assert not run.connection_violations and sum(run.stats.violations.values()) == 0
+    _judged_cut_at_line_11(f)
 
     first = tmp_path / "first.jsonl"  # a file of its first record, cut so: nothing to judge (exit 2), saying why
     first.write_bytes(last[:at])
