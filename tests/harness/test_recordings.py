@@ -245,6 +245,15 @@ def test_sse_body_parsed_as_the_spec_says(tmp_path):
     assert verdicts(run) == [("r1", "passed", [])] and run.passed
 
 
+def assert_sse_cut_at_event_3(run) -> None:
+    """body.sse's one chat judged as it stood where the body was cut inside its event 3: incomplete, no violation."""
+    [chat] = run.results
+    assert chat.outcome is Outcome.INCOMPLETE and not chat.violations and not run.passed, chat.violations
+    assert "the body ends inside an event that is not whole: the recording was cut there" in (chat.note or "")
+    assert "(body.sse: event 3)" in (chat.note or "")
+    assert not run.connection_violations
+
+
 @pytest.mark.parametrize("cut", ["mid-line", "between-data-lines"])
 def test_an_sse_body_cut_mid_event_is_judged_as_it_stood_not_as_a_malformed_frame(tmp_path, cut):
     """`curl -N … > body.sse` stopped with Ctrl-C (or a capture saved while the stream ran) ends inside an event:
@@ -261,11 +270,7 @@ def test_an_sse_body_cut_mid_event_is_judged_as_it_stood_not_as_a_malformed_fram
     f = tmp_path / "body.sse"
     f.write_bytes(body)
     [run] = check_files([f], AGUI, SC)
-    [chat] = run.results
-    assert chat.outcome is Outcome.INCOMPLETE and not chat.violations and not run.passed, chat.violations
-    assert "the body ends inside an event that is not whole: the recording was cut there" in (chat.note or "")
-    assert "(body.sse: event 3)" in (chat.note or "")
-    assert not run.connection_violations
+    assert_sse_cut_at_event_3(run)
 
 
 def test_a_stream_end_marker_left_without_its_empty_line_is_no_cut(tmp_path):

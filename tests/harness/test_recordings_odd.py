@@ -9,7 +9,7 @@ from harness.events import Outcome
 from harness.offline import check_files
 from harness.recordings import CUT_RECORD, RecordingError
 
-from .test_recordings import AGUI, NETRA, SC, netra_run, send, write_jsonl
+from .test_recordings import AGUI, NETRA, SC, assert_sse_cut_at_event_3, netra_run, send, write_jsonl
 
 
 def _lines(records: list[dict]) -> str:
@@ -174,11 +174,7 @@ def test_an_sse_body_cut_inside_a_character_is_judged_as_it_stood(tmp_path, char
     f = tmp_path / "body.sse"
     f.write_bytes(body[:body.index(char.encode()) + kept])
     [run] = check_files([f], AGUI, SC)
-    [chat] = run.results
-    assert chat.outcome is Outcome.INCOMPLETE and not chat.violations and not run.passed, chat.violations
-    assert "the body ends inside an event that is not whole: the recording was cut there" in (chat.note or "")
-    assert "(body.sse: event 3)" in (chat.note or "")
-    assert not run.connection_violations
+    assert_sse_cut_at_event_3(run)
 
     f.write_bytes(body + "data: [caf\xe9]\n\n".encode("latin-1"))  # bytes no UTF-8 before the end: the server's
     [run] = check_files([f], AGUI, SC)
