@@ -25,6 +25,10 @@ SCHEDULE_TICK = 0.05
 USER_TASK, CHAT_TASK = "chatprobe-user", "chatprobe-chat"
 # The closed model's list of user tasks is swept of ended ones past twice the users playing plus this many.
 SWEEP_MIN = 64
+# Users started in one turn of the event loop at most: each one's first step (its session, its token, its connection
+# opened) is ~0.5 ms, and a signal or the run's deadline is seen only between two turns: 9,000 users started in one
+# turn held a SIGTERM for 5 s.
+START_BATCH = 100
 
 
 def _tasks_context() -> contextvars.Context:
@@ -90,42 +94,33 @@ class _Play:
 
             await asyncio.gather(*(one() for _ in range(item.count)))
 
-    async def user(self, leave: asyncio.Event | None = None, *, again: bool = False,
-                   slots: asyncio.Semaphore | None = None) -> None:
+    async def user(self, leave: asyncio.Event | None = None, *, again: bool = False) -> None:
         """One virtual user: its script once (or, `again`, over and over until `leave`), thinking between chats;
-        a user asked to leave finishes the chat it is in (k6's graceful ramp-down). It starts once it holds one of
-        `slots` (the scenario's concurrency): here, not in a coroutine around this one, which every user would keep
-        for its whole life (~250 bytes per open chat)."""
-        if slots is not None:
-            await slots.acquire()
+        a user asked to leave finishes the chat it is in (k6's graceful ramp-down)."""
+        session = self.session()
+        script = self.scenario.user_script(self.target.profile)
+        last: ChatCall | RawCall | ChatGroup | None = None
         try:
-            session = self.session()
-            script = self.scenario.user_script(self.target.profile)
-            last: ChatCall | RawCall | ChatGroup | None = None
-            try:
-                while True:
-                    for item in script.plan():
-                        if last is not None and (pause := script.pause(last)) > 0:
-                            if await _wait(leave, pause):
-                                return
-                        if leave is not None and leave.is_set():
+            while True:
+                for item in script.plan():
+                    if last is not None and (pause := script.pause(last)) > 0:
+                        if await _wait(leave, pause):
                             return
-                        if isinstance(item, ChatCall):  # played here: no coroutine of its own per open chat
-                            await session.play(item.content, item.expectations, item.options)
-                        else:
-                            await self.item(session, script, item)
-                        last = item
-                    if not again:
+                    if leave is not None and leave.is_set():
                         return
-            finally:
-                await session.close()
+                    if isinstance(item, ChatCall):  # played here: no coroutine of its own per open chat
+                        await session.play(item.content, item.expectations, item.options)
+                    else:
+                        await self.item(session, script, item)
+                    last = item
+                if not again:
+                    return
         finally:
-            if slots is not None:
-                slots.release()
+            await session.close()
 
     async def closed(self) -> None:
         sc = self.scenario
-        slots = asyncio.Semaphore(sc.concurrency or sc.users)
+        at_once = sc.concurrency or sc.users
         ramp = sc.ramp_up if sc.users > 1 else 0.0
         # Each user's task is made when the ramp says it starts, as k6 starts a VU, not all at once to sleep until
         # then (100,000 users over a long ramp were 100,000 sleeping tasks, ~1 KB each, before the first connection).
@@ -136,18 +131,25 @@ class _Play:
         # holds the users still playing: it is swept of the ended ones once it is twice what the last sweep left plus
         # SWEEP_MIN (amortized O(1) a user). Each user kept to the run's end was ~700 bytes, a task and its finished
         # coroutine: a run of a new user per chat grew by that much a chat.
+        # A user's task is made once fewer than `concurrency` are playing, so at most that many user tasks (and their
+        # sessions, connections and file descriptors) exist at once: made at once and each waiting for a slot, the
+        # 100,000 users of `users: 100000` were 100,000 tasks, and with no `concurrency` 100,000 connections opened
+        # in one turn of the loop, which a signal then waited behind.
         loop = asyncio.get_running_loop()
         users: list[asyncio.Task[None]] = []
         # Set to the first user that failed, or to None once every user has ended after the ramp; a user that ends
         # cancelled (not by this) is no failure, as in a TaskGroup: the others go on.
         over: asyncio.Future[asyncio.Task[None] | None] = loop.create_future()
-        left = 0
+        left = 0  # users playing (their tasks not ended)
+        room: asyncio.Future[None] | None = None  # set when a user ends: one more may start
         swept = SWEEP_MIN  # the list's length at which it is swept next
         ramping = True
 
         def ended(task: asyncio.Task[None]) -> None:  # one function for every user: no bound method each
             nonlocal left
             left -= 1
+            if room is not None and not room.done():
+                room.set_result(None)
             if over.done():
                 return
             if not task.cancelled() and task.exception() is not None:
@@ -162,15 +164,20 @@ class _Play:
                 due = start + ramp * i / sc.users
                 while not over.done() and (delay := due - time.monotonic()) > 0:
                     await asyncio.wait((over,), timeout=delay)  # the ramp's schedule itself, cut by a failure
+                while not over.done() and left >= at_once:  # all `concurrency` playing: until one ends
+                    room = loop.create_future()
+                    await asyncio.wait((over, room), return_when=asyncio.FIRST_COMPLETED)
                 if over.done():
                     break
-                task = loop.create_task(self.user(slots=slots), name=USER_TASK, context=context)
+                task = loop.create_task(self.user(), name=USER_TASK, context=context)
                 task.add_done_callback(ended)
                 if len(users) >= swept:
                     users = [t for t in users if not t.done()]  # (`ended` still comes: its callback holds it)
                     swept = 2 * len(users) + SWEEP_MIN
                 users.append(task)
                 left += 1
+                if (i + 1) % START_BATCH == 0:
+                    await asyncio.sleep(0)  # one turn of the loop: the users started so far take their first step
             ramping = False
             if left == 0 and not over.done():
                 over.set_result(None)
