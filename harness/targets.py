@@ -588,6 +588,55 @@ def check_scenario_fits(scenario: Scenario, target: Target) -> None:
                               "(over SSE every request is its own stream)", field="steps")
 
 
+# Descriptors kept from the open-file limit for what is not a connection: the interpreter's own files, a report being
+# written, the embedded server's listening sockets, a --record's files (up to 1,000 more, harness/recorder.py).
+FILES_KEPT, RECORD_FILES_KEPT = 100, 1000
+
+
+def connections_at_once(scenario: Scenario) -> tuple[int, str]:
+    """The most connections the scenario holds open at once, and the field that says so: one per user playing (closed
+    model: `concurrency`, else `users`; stages: the most users of a stage), one per chat in flight (open model)."""
+    if scenario.arrival_rate is not None or (scenario.stages and scenario.stages[0].rate is not None):
+        return scenario.max_in_flight, "max_in_flight"
+    if scenario.stages:
+        return max(st.users or 0 for st in scenario.stages), "stages"
+    if scenario.concurrency is not None and scenario.concurrency < scenario.users:
+        return scenario.concurrency, "concurrency"
+    return scenario.users, "users"
+
+
+def check_open_files(scenario: Scenario, *, embedded: bool, recording: bool) -> None:
+    """A scenario whose connections at once need more file descriptors than the process may open (ulimit -n, its soft
+    limit raised up to the hard one if need be) is a usage error before the run: each connection past the limit would
+    fail as the client's own `Too many open files`, never reaching the server, a load test of nothing. The embedded
+    agentsim serves the same connections from this process: two descriptors each."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX: no limit to read
+        return
+    n, where = connections_at_once(scenario)
+    each = 2 if embedded else 1
+    kept = FILES_KEPT + (RECORD_FILES_KEPT if recording else 0)
+    need = n * each + kept
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or need <= soft:
+        return
+    if hard == resource.RLIM_INFINITY or need <= hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+            return
+    limit = soft if hard == resource.RLIM_INFINITY else max(soft, hard)
+    most = max(0, (limit - kept) // each)
+    served = ", each also served from this process by the embedded agentsim (two files a connection)" if embedded else ""
+    fix = {"users": f"set `concurrency: {most:,}` or less (users playing at once) or fewer `users`",
+           "concurrency": f"set `concurrency: {most:,}` or less",
+           "stages": f"keep every stage's `users` at {most:,} or less",
+           "max_in_flight": f"set `max_in_flight: {most:,}` or less"}[where]
+    raise ConfigError(f"scenario {scenario.name!r}: field {where!r}: {n:,} connections open at once{served} need "
+                      f"{need:,} open files ({kept:,} kept for the process's own), and this process may open "
+                      f"{limit:,} (`ulimit -n`): {fix}, or raise the limit", field=where)
+
+
 # The dialects the embedded agentsim speaks (a run with no --target in another one is a usage error).
 EMBEDDED_DIALECTS = frozenset({"netra", "ag-ui"})
 
