@@ -434,8 +434,14 @@ class _Interrupt:
     def _fire(self, sig: int) -> None:
         if self.signal is None:
             self.signal = sig
-            print(f"\nchatprobe: {signal.Signals(sig).name}: stopping; {self.what} are judged as they stand",
+            print(f"\nchatprobe: {signal.Signals(sig).name}: stopping; {self.what} are judged as they stand "
+                  "(again to end at once)", file=sys.stderr, flush=True)
+        else:
+            # A second signal: the process ends now, as k6's second Ctrl-C does, with the first signal's code; what
+            # the stop had not judged or written yet is not (a report is written whole or not at all, safefile.py).
+            print(f"\nchatprobe: {signal.Signals(sig).name} again: ending now, unjudged and unreported",
                   file=sys.stderr, flush=True)
+            os._exit(int(self.exit_code or ExitCode.TERMINATED))
         self.event.set()
 
     @property
