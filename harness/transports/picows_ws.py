@@ -217,8 +217,12 @@ class PicowsTransport(WSListener, RecordingHooks):
             async with asyncio.timeout(s.connect_timeout):
                 # Pings are answered here, not by picows (enable_auto_pong): a ping it swallowed as the last frame
                 # of a read would leave that read's time stamped on the next one's frames.
+                # picows' own handshake deadline, from the TCP connection on (so later than this one, which this
+                # one's classification keeps): ws_connect cut by this timeout while it waits for the upgrade's
+                # answer leaves the connection open, and without it a server that never answers kept every one a
+                # user's chats opened (a socket and its buffers per attempt, to the end of the run).
                 self.ws, _ = await ws_connect(
-                    lambda: self, s.url, ssl_context=ssl_context(s), websocket_handshake_timeout=None,
+                    lambda: self, s.url, ssl_context=ssl_context(s), websocket_handshake_timeout=s.connect_timeout,
                     logger_name=_LOG, enable_auto_pong=False, max_frame_size=s.max_size, extra_headers=headers,
                     max_redirects=0, proxy=None, use_aiofastnet=False, read_buffer_init_size=READ_BUFFER)
         except Exception as exc:

@@ -30,6 +30,7 @@ class Silent:
         self.open = self.most = self.accepted = 0
         self.want = want
         self.opened = asyncio.Event()
+        self.ended = asyncio.Event()  # set whenever a connection ends
         self.writers: list[asyncio.StreamWriter] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -44,6 +45,7 @@ class Silent:
                 pass
         finally:
             self.open -= 1
+            self.ended.set()
             writer.close()
 
 
@@ -72,6 +74,29 @@ async def test_users_past_concurrency_wait_as_no_task_and_no_connection() -> Non
     assert users <= 20, users
     assert silent.most <= 20, silent.most
     assert result.stopped_by and result.stats.chats <= 20
+
+
+async def test_a_connect_cut_during_the_upgrade_leaves_no_connection_open() -> None:
+    """One user, ten chats, against a server that accepts and never answers the upgrade: each chat's connect times
+    out (connect_timeout), and its connection is closed, not left open to the end of the run (picows, cut while it
+    waited for the answer, kept it: ten users' worth of sockets for one user, growing with every chat)."""
+    silent = Silent()
+    server = await asyncio.start_server(silent.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = Target(url=f"ws://127.0.0.1:{port}", profile=load_profile("netra"), name="silent",
+                    tokens=TokenProvider(jwt_secret="s" * 32))
+    try:
+        async with asyncio.timeout(60):
+            run = await run_scenario(scenario(users=1, chats_per_user=10, connect_timeout=0.2), target)
+            while silent.open:
+                silent.ended.clear()
+                await silent.ended.wait()
+    finally:
+        server.close()
+        for w in silent.writers:
+            w.close()
+    assert run.stats.chats == 10 and silent.accepted == 10
+    assert silent.most < 10, silent.most
 
 
 def _limited(nofile: int) -> None:
