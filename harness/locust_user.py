@@ -88,7 +88,7 @@ from .checker import ChatResult
 from .collector import tune_collector
 from .errors import ExitCode, closest, os_reason, tolerant
 from .events import RULES, Outcome, Violation
-from .gevent_client import SyncSession
+from .gevent_client import STOPPED_NOTE, SyncSession
 from .results import ScenarioRun, exit_code
 from .scenario import ChatCall, ChatGroup, RawCall, Scenario, load_scenario
 from .sinks import Fanout, Sink
@@ -321,6 +321,9 @@ class _Run:
         self.tally = Tally()  # single process: the whole run; worker: since the last report; master: merged
         self.stages: StageTallies | None = None  # the same, per stage of a staged scenario
         self.by_worker: Counter = Counter()  # master: chats each worker reported
+        # Chats still in flight when Locust stopped their users (left, in no verdict), and those of them that had no
+        # event yet: single process, the whole run; worker, since the last report; master, merged.
+        self.left = Left()
         self.workers: dict[str, _Worker] = {}  # master: every worker that said hello or reported, by client id
         self.tests = 0  # master: tests started (none: it quits while it waits for its workers)
         self.said_no_test = False  # master: the line saying no test ran is printed
@@ -503,10 +506,12 @@ class _Run:
         if self.stages is not None:
             self.stages.by_stage = {}
         self.by_worker.clear()
+        self.left = Left()
         for worker in self.workers.values():
             worker.chats = 0
 
     def take(self) -> tuple[Tally, dict[int, Tally]]:
+        """The verdicts since the last report, forgotten here (a worker's report carries them; `left` too)."""
         tally, self.tally = self.tally, Tally()
         stages: dict[int, Tally] = {}
         if self.stages is not None:
@@ -549,10 +554,20 @@ class _Run:
         print(f"{self.scenario.name}: {stats.chats} chats, {stats.outcomes[Outcome.PASSED]} passed{missing}, "
               f"{'objectives met' if ok else 'UNREACHABLE' if unreachable else 'OBJECTIVES FAILED'} "
               f"in {run.elapsed:.1f}s{workers}", flush=True)
+        self.say_left()
         self.say_lost_workers()
         if self.metrics_sink is not None:
             self.metrics_sink.run_finished(ok)
         return int(code)
+
+    def say_left(self) -> None:
+        """A line for the chats Locust stopped in flight at the run's end: they are in no verdict, and without this
+        line a server that hung for every user showed `0 chats` and objectives `n/a`, as if no chat had been tried."""
+        if not self.left.chats:
+            return
+        silent = f", {self.left.silent} of them with no event yet" if self.left.silent else ""
+        print(f"chatprobe: {self.left.chats} chat(s) still in flight when the users stopped were abandoned{silent}: "
+              "in neither Locust's stats nor the verdict (--stop-timeout lets chats finish)", flush=True)
 
     def what(self) -> str:
         """"scenario basic against host:port": what a test of this process plays."""
@@ -601,15 +616,41 @@ def class_host(user_classes) -> tuple[str | None, str]:
     return None, ""
 
 
+class Left:
+    """The chats Locust stopped in flight (ChatFlow.left): how many, and how many of them had no event yet."""
+
+    def __init__(self, chats: int = 0, silent: int = 0) -> None:
+        self.chats = chats
+        self.silent = silent
+
+    def to_dict(self) -> dict[str, int]:
+        return {"chats": self.chats, "silent": self.silent}
+
+    def merge(self, data: object) -> None:
+        """A worker's report's counts added (what is not two counts, from a worker of another version: ignored)."""
+        if isinstance(data, dict):
+            chats, silent = data.get("chats"), data.get("silent")
+            if type(chats) is int and type(silent) is int and 0 <= silent <= chats:
+                self.chats += chats
+                self.silent += silent
+
+
 class _ConnectionTally(Sink):
     """A connection's own violations (FrameRouter.connection_ended) into the run's tally, as `chatprobe run` counts
-    them: with their rule among every violation (the `violations` objective), in no chat."""
+    them: with their rule among every violation (the `violations` objective), in no chat; and the chats Locust
+    stopped in flight, counted for the line that says so."""
 
     def __init__(self, run: _Run) -> None:
         self.run = run
 
     def connection_violation(self, scenario: str, violation: Violation) -> None:
         self.run.tally.add_connection_violation(violation)
+
+    def chat_finished(self, result: ChatResult) -> None:
+        if result.note == STOPPED_NOTE and not result.further_run:
+            self.run.left.chats += 1
+            if not result.events_received:
+                self.run.left.silent += 1
 
 
 def connect_failed(result: ChatResult) -> bool:
@@ -909,11 +950,12 @@ def _report(client_id, data, **_kw) -> None:
     knows whether a worker's last stats arrived)."""
     run = current()
     tally, stages = run.take()
-    if tally.chats or tally.connection_violations or run.in_test:
+    left, run.left = run.left, Left()
+    if tally.chats or tally.connection_violations or left.chats or run.in_test:
         runner = run.environment.runner
         data[TALLY_KEY] = {"worker": runner.worker_index, "tally": tally.to_dict(),
                            "stages": {str(i): t.to_dict() for i, t in stages.items()},
-                           "stopped": runner.state == STATE_STOPPED}
+                           "stopped": runner.state == STATE_STOPPED, "left": left.to_dict()}
 
 
 def _on_usage_error(environment, msg, **_kw) -> None:
@@ -932,6 +974,7 @@ def _on_worker_report(client_id, data, **_kw) -> None:
     run = current()
     tally = Tally.from_dict(report["tally"])
     run.tally.merge(tally)
+    run.left.merge(report.get("left"))
     if run.stages is not None:
         run.stages.merge({int(i): Tally.from_dict(t) for i, t in report.get("stages", {}).items()})
     run.by_worker[f"w{report['worker']}"] += tally.chats
