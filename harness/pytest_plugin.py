@@ -152,11 +152,26 @@ def verdict(result: ChatResult, label: str = "chat", url: str | None = None) -> 
     head = f"{label} {result.outcome.value}: " + (redact.clean(why, 1000) if why else ", ".join(rules) or "no reason given")
     if url is not None and result.error_kind in UNREACHABLE_KINDS:
         head += f", at {redact.clean(redact.redact_url(url), 300)}"  # (last: a scrubbed value ends the line)
-    lines = [head] + [f"  {redact.clean(v, 1000)}" for v in result.violations]
+    lines = [head]
+    if result.outcome is Outcome.INCOMPLETE:
+        lines.append("  " + _how_far(result))
+    lines += [f"  {redact.clean(v, 1000)}" for v in result.violations]
     if result.violations_not_listed:
         more = ", ".join(f"{rule}: {n}" for rule, n in result.violations_not_listed.items())
         lines.append(f"  ... and {sum(result.violations_not_listed.values())} more ({more})")
     return "\n".join(lines)
+
+
+def _how_far(result: ChatResult) -> str:
+    """An incomplete chat's progress, which its note (why it ended) does not say: how many events came, the last of
+    them (when every event was kept), and the required events that never came."""
+    n = result.events_received
+    got = f"{n} event{'s' if n != 1 else ''} received" if n else "no event received"
+    if n and len(result.events) == n:
+        got += f", the last {redact.clean(result.events[-1].wire_type, 100)}"
+    if result.missing:
+        got += "; missing " + ", ".join(role.value for role in result.missing)
+    return got
 
 
 # A limit chat() takes: seconds, or a duration as a scenario writes it ("90s", "500ms").

@@ -769,3 +769,48 @@ def test_a_reconnect_bound_that_is_no_bound_is_one_value_error_naming_it(pyteste
     out = res.stdout.str() + res.stderr.str()
     for noise in ("pytest_plugin.py", "flow.py", "pydantic", "validation error for", "TypeError"):
         assert noise not in out, out
+
+
+def test_a_chat_the_server_cut_mid_run_says_how_far_it_got_and_what_never_came(pytester):
+    """A team's server sends a chat's first two events, then closes the connection (1011) and refuses the resume.
+    FAILED on the old code: the failure said only "chat incomplete: connection lost mid-run (WebSocket close code
+    1011: ...)", neither how far the chat had got nor which events never came, in `check()`'s failure and in the
+    section beside an assertion's alike; now a second line says both."""
+    pytester.makeconftest("""
+        import json
+        import threading
+
+        import pytest
+        from websockets.sync.server import serve
+
+        @pytest.fixture(scope="session")
+        def chatprobe_url():
+            def netra(ws):
+                ws.send(json.dumps({"type": "connection_established", "data": {"connection_id": "c"}}))
+                p = json.loads(ws.recv(timeout=10))["payload"]
+                if "message_id" in p:  # (a resume has none: refused as the first message was)
+                    for seq, kind in enumerate(("agent_started", "agent_thinking"), 1):
+                        ws.send(json.dumps({"type": kind, "run_id": "r-" + p["message_id"], "seq": seq,
+                                            "payload": {"message_id": p["message_id"]}}))
+                ws.close(1011, "gone")
+
+            server = serve(netra, "127.0.0.1", 0)
+            thread = threading.Thread(target=server.serve_forever, daemon=True)
+            thread.start()
+            yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}/ws"
+            server.shutdown()
+            thread.join(10)
+        """)
+    pytester.makepyfile(test_cut="""
+        def test_checked(chatprobe):
+            chatprobe.check(chatprobe.chat("hi", deadline=10))
+
+        def test_asserted(chatprobe):
+            assert chatprobe.chat("hi", deadline=10).passed
+        """)
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", timeout=60)
+    res.assert_outcomes(failed=2)
+    how_far = "2 events received, the last agent_thinking; missing tool_executing, tool_completed, agent_completed"
+    res.stdout.fnmatch_lines(["E * chat incomplete: connection lost mid-run *", "E  * " + how_far])
+    res.stdout.fnmatch_lines(["chat #1 of this test incomplete: connection lost mid-run *", "  " + how_far])
+    assert "pytest_plugin.py" not in res.stdout.str(), res.stdout.str()
