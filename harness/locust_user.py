@@ -333,6 +333,10 @@ class _Run:
         self.stopping_workers: set[str] = set()  # master: workers asked to stop that have not said they did
         self.workers_stopped = gevent.event.Event()  # master: set when the last of them did
         self.usage_error: str | None = None  # master: a worker could not use the options (exit 2)
+        # Worker that joined a running test: why it cannot play the master's test, found at its test start (before
+        # Locust set its runner), said and sent to the master at its init; its users play nothing meanwhile.
+        self.refused: str | None = None
+        self.refused_by: set[str] = set()  # master: the workers that said they cannot play its test (they quit)
         self.started = time.monotonic()
         self.user_prefix = f"lc-{uuid.uuid4().hex[:6]}"
         self.recorder: Recorder | None = None  # --chatprobe-record: this process's users' connections
@@ -740,6 +744,8 @@ def _init(environment, runner=None, web_ui=None, **_kw) -> None:
         # Run beside the worker's message loop (its heartbeats go on while the users finish their chats).
         runner.register_message(STOP_WORKERS_MESSAGE, _on_stop_asked, concurrent=True)
         runner.send_message(WORKER_HELLO_MESSAGE, {"pid": os.getpid(), "host": socket.gethostname()})
+        if run.refused is not None:
+            _refuse(runner, run.refused)
     else:
         _load_or_exit(run, record=True)
         _stop_on_sigterm(environment)
@@ -900,11 +906,12 @@ def _test_start(environment, **_kw) -> None:
     else:
         tune_collector()
         run.in_test = True
+        is_worker = _is_worker(environment)
         try:
-            if isinstance(environment.runner, WorkerRunner):
+            if is_worker:
                 run.check_own_options(opts)
             run.load()  # a worker has the master's options now
-            if isinstance(environment.runner, WorkerRunner):
+            if is_worker:
                 run.check_master_digests(opts)
             run.start_recording()  # a new run id for each test (the master's, on a worker)
         except ConfigError as exc:
@@ -913,13 +920,29 @@ def _test_start(environment, **_kw) -> None:
             # same: exit 2 here and at the master.
             environment.process_exit_code = int(ExitCode.USAGE)
             runner = environment.runner
-            if not isinstance(runner, WorkerRunner):
+            if not is_worker:
                 run.usage_error = redact.clean(str(exc), 1000)  # a single process: its verdict says it, exit 2
+                gevent.spawn(runner.quit)
+            elif runner is None:
+                run.refused = redact.clean(str(exc), 1000)  # (a worker joining a running test: said at its init)
             else:
-                print(f"chatprobe: error: {redact.clean(str(exc), 1000)}", file=sys.stderr, flush=True)
-                runner.send_message(USAGE_ERROR_MESSAGE, {"worker": runner.worker_index,
-                                                          "error": redact.clean(str(exc), 1000)})
-            gevent.spawn(runner.quit)  # not from inside the spawn message's handler, which quit() kills
+                _refuse(runner, redact.clean(str(exc), 1000))
+
+
+def _is_worker(environment) -> bool:
+    """Whether this process is a worker, also at the test start of a worker that joins a running test: Locust hands
+    it the master's spawn message inside its runner's constructor, before `environment.runner` is set (the options'
+    checks were skipped there, and a worker with another scenario than the master's played and was judged)."""
+    runner = environment.runner
+    return isinstance(runner, WorkerRunner) or (runner is None and bool(getattr(environment.parsed_options, "worker",
+                                                                                  False)))
+
+
+def _refuse(runner, error: str) -> None:
+    """Worker: it cannot play the master's test: say why, tell the master (which exits 2 too), quit with exit 2."""
+    print(f"chatprobe: error: {error}", file=sys.stderr, flush=True)
+    runner.send_message(USAGE_ERROR_MESSAGE, {"worker": runner.worker_index, "error": error})
+    gevent.spawn(runner.quit)  # not from inside the spawn message's handler, which quit() kills
 
 
 @events.spawning_complete.add_listener
@@ -961,6 +984,7 @@ def _report(client_id, data, **_kw) -> None:
 def _on_usage_error(environment, msg, **_kw) -> None:
     """A worker could not use the options: the run is a usage error (exit 2); stop it rather than run short."""
     run = current()
+    run.refused_by.add(msg.node_id)  # (it quits: no word that it stopped will come from it)
     if run.usage_error is None:
         run.usage_error = redact.clean(f"worker {msg.data.get('worker')}: {msg.data.get('error')}", 1000)
         gevent.spawn(environment.runner.quit)
@@ -1034,7 +1058,7 @@ def _stop_workers(runner) -> None:
     them, and those that --stop-timeout let end) was in neither Locust's stats nor the verdict, though in its
     --chatprobe-record recording."""
     run = current()
-    workers = {c.id for c in runner.clients.all if c.state in (STATE_RUNNING, STATE_SPAWNING)}
+    workers = {c.id for c in runner.clients.all if c.state in (STATE_RUNNING, STATE_SPAWNING)} - run.refused_by
     if not workers or not runner.greenlet.greenlets:  # (none: the runner quit already, it reads no message)
         return
     run.stopping_workers = workers
@@ -1240,6 +1264,8 @@ class ChatUser(User):
         if getattr(self, "_session_open", False):
             return
         run = current()
+        if run.refused is not None:
+            return  # (a worker that cannot play the master's test: `play` stops the user)
         if run.scenario is None:
             run.load()
         assert run.scenario is not None and run.target is not None
@@ -1301,6 +1327,8 @@ class ChatUser(User):
         flight), played again and again; Locust's wait_time (the think time) comes between items. After chats whose
         connection failed, the next item waits out the backoff first (from when they ended: the think time counts
         towards it), whatever wait_time the class sets, so that an unreachable host is not hammered."""
+        if current().refused is not None:
+            raise StopUser()  # (a worker that cannot play the master's test: it quits)
         if (backoff := self._retry_at - time.monotonic()) > 0:
             self._back_off(backoff)
         item = next(self._plan, None)

@@ -3,6 +3,7 @@ and workers whose own scenario or chatprobe options differ from the master's. Re
 agentsim, loopback only."""
 from __future__ import annotations
 
+import json
 import re
 import signal
 from pathlib import Path
@@ -298,3 +299,35 @@ def test_a_slow_start_up_does_not_shorten_the_run_time(procs, agentsim, tmp_path
     assert summary is not None and summary["verdict"] == "objectives met" and int(summary["chats"]) > 0, proc.tail()
     elapsed = float(re.search(r" in ([\d.]+)s", summary[0])[1])
     assert elapsed >= 2.5, summary[0]
+
+
+def test_a_worker_that_joins_a_running_test_with_another_scenario_file_is_refused(procs, agentsim, tmp_path: Path):
+    """A worker that joins a running test gets the master's options inside Locust's runner constructor, before
+    `environment.runner` is set. FAILED on the old code: its checks were skipped there, so a late worker whose
+    team.yaml (same relative path) says another thing played its own file's chats, judged by the master's: exit 0,
+    nothing said (the same worker from the start was refused). Now it is refused as that one is: exit 2 at both, and
+    no chat of its own is played (it sends no chat to the server)."""
+    truth = tmp_path / "truth.jsonl"
+    _, url, env = agentsim(ground_truth=truth)
+    secret = {"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]}
+    (tmp_path / "team.yaml").write_text(TEAM_SCENARIO.format(message="What is 17 * 23?"))
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "team.yaml").write_text(TEAM_SCENARIO.format(message="Say hello."))
+    master, master_port = start_on_free_port(procs, "master", lambda port: [
+        locust_bin(), "-f", LOCUSTFILE, "--master", "--headless", "--expect-workers", "1",
+        "--expect-workers-max-wait", "30", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+        "-u", "4", "-r", "4", "--run-time", "60s", "--host", url, "--chatprobe-scenario", "team.yaml"], env=secret)
+    first = start_worker(procs, master_port, secret)
+    wait_for(lambda: re.search(r"(?m)^chat\s+team\s+[1-9]", master.err()), 60, "the master counts chats",
+             diagnostics=master.tail)
+    late = start_worker(procs, master_port, secret, cwd=tmp_path / "worker", name="late")
+    assert finish(late, 30) == 2, late.tail()
+    assert finish(master) == 2, master.tail(60)
+    finish(first, 30)
+    needle = ("--chatprobe-scenario team.yaml: the scenario this worker loaded differs from the master's (another file "
+              "at that path, or another chatprobe version)")
+    assert needle in late.err() and f"worker 1: {needle}" in master.err(), (late.tail(), master.tail())
+    assert "Traceback" not in late.err() + master.err()
+    # The late worker opened no connection: every user the server saw is the first worker's (one process's prefix).
+    users = [json.loads(line).get("user_id") for line in truth.read_text().splitlines()]
+    assert len({u.split("-w")[0] for u in users if u}) == 1, sorted(set(users))
