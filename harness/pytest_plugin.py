@@ -476,23 +476,12 @@ class _ScrubbedOwnRequests(logging.Filter):
     conftest set `logging.logThreads = False`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if threading.current_thread().name == CLIENT_THREAD:
-            try:
-                said = record.getMessage()
-            except Exception:  # (a record no handler could write either: not written, never written raw)
-                return False
-            record.msg, record.args = redact.scrub(said), None
-        return True
+        return redact.scrub_record(record) if threading.current_thread().name == CLIENT_THREAD else True
 
 
 _SCRUBBED_OWN_REQUESTS = _ScrubbedOwnRequests()
-# The loggers the fixture's clients log on: httpx's (the SSE transport's), httpcore's under it and websockets' client
-# (the WebSocket transport without picows). Each by its own name: a logger's filter is asked only for the records
-# logged on that logger, never for its children's ("httpcore" itself logs nothing; httpcore.http11's DEBUG line holds
-# each response's headers, a credential the server echoes among them), and websockets' DEBUG lines hold the upgrade
-# request's headers and path.
-_HTTP_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy",
-                 "httpcore.socks", "websockets.client")
+# The loggers the fixture's clients log on (each by its own name: redact.CLIENT_LOGGERS says why).
+_HTTP_LOGGERS = redact.CLIENT_LOGGERS
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import sys
 import threading
@@ -1785,3 +1786,23 @@ def clean(value: object, limit: int | None = None) -> str:
     if limit is not None and len(text) > limit:
         text = f"{text[:limit]}…(+{len(text) - limit} chars)"
     return text
+
+
+# The loggers chatprobe's clients log on: httpx's (the SSE transport's), httpcore's under it and websockets' client
+# (the WebSocket transport without picows, and the Locust user's). Each by its own name: a logger's filter is asked only
+# for the records logged on that logger, never for its children's ("httpcore" itself logs nothing; httpcore.http11's
+# DEBUG line holds each response's headers, a credential the server echoes among them), and websockets' DEBUG lines
+# hold the upgrade request's headers (`Authorization: Bearer …`) and path.
+CLIENT_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy",
+                  "httpcore.socks", "websockets.client")
+
+
+def scrub_record(record: logging.LogRecord) -> bool:
+    """A log record's message scrubbed in place (a logging filter: `logger.addFilter(scrub_record)`); one that cannot
+    be formatted is dropped, never written raw."""
+    try:
+        said = record.getMessage()
+    except Exception:  # (a record no handler could write either)
+        return False
+    record.msg, record.args = scrub(said), None
+    return True

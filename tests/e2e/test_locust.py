@@ -443,3 +443,17 @@ def test_the_web_ui_refuses_a_form_it_cannot_use_and_a_good_test_after_it_is_jud
     summary = SUMMARY.search(proc.out())
     assert summary is not None and summary["verdict"] == "objectives met" and int(summary["chats"]) > 0, proc.tail()
     assert "Traceback" not in proc.err(), proc.tail(60)
+
+
+def test_a_users_token_is_in_no_debug_log_line(procs, agentsim, tmp_path: Path):
+    """Locust's --loglevel DEBUG shows the websockets client's lines, the upgrade request's headers among them.
+    FAILED on the old code: `> Authorization: Bearer eyJ…`, each user's minted JWT, on the console and in --logfile."""
+    _, url, env = agentsim()
+    log = tmp_path / "locust.log"
+    proc = procs.start("locust", [locust_bin(), "-f", LOCUSTFILE, "--headless", "-u", "2", "-r", "2", "--run-time",
+                                  "2s", "--host", url, "--chatprobe-scenario", "basic", "--loglevel", "DEBUG",
+                                  "--logfile", str(log)], env={"CHATPROBE_JWT_SECRET": env["E2E_JWT_SECRET"]})
+    finish(proc)
+    said = proc.out() + proc.err() + log.read_text()
+    assert "> Authorization: Bearer [REDACTED]" in log.read_text(), proc.tail(60)  # the line is there, scrubbed
+    assert "Bearer eyJ" not in said and env["E2E_JWT_SECRET"] not in said
