@@ -44,7 +44,7 @@ SUBCOMMANDS = {"monitor": monitor_parser, "proxy": proxy_parser, "sim": sim_pars
 # monkey-patches the process).
 LOCUST_FLAGS = {"--headless", "--master", "--worker", "--master-host", "--expect-workers", "--run-time", "--csv",
                 "--stop-timeout", "--host", "--html", "--exit-code-on-error", "--reset-stats", "--expect-workers-max-wait",
-                "--processes"}
+                "--processes", "--loglevel", "--logfile"}
 
 
 def _fences(path: Path) -> list[tuple[str, int, list[str]]]:
