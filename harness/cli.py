@@ -504,7 +504,7 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
     def fits(scenario: Scenario, target: Target) -> None:  # a misfit names the scenario's file and line
         try:
             check_scenario_fits(scenario, target)
-            check_open_files(scenario, embedded=opts.url is None, recording=args.record is not None)
+            check_open_files(scenario, embedded=opts.url is None)
         except ConfigError as exc:
             if exc.field is None:
                 raise

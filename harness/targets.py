@@ -589,8 +589,9 @@ def check_scenario_fits(scenario: Scenario, target: Target) -> None:
 
 
 # Descriptors kept from the open-file limit for what is not a connection: the interpreter's own files, a report being
-# written, the embedded server's listening sockets, a --record's files (up to 1,000 more, harness/recorder.py).
-FILES_KEPT, RECORD_FILES_KEPT = 100, 1000
+# written, the embedded server's listening sockets, a --record's file being written (harness/recorder.py opens a
+# recording's file for each flush and closes it there: its 1,000 files are on disk, never open at once).
+FILES_KEPT = 100
 
 
 def connections_at_once(scenario: Scenario) -> tuple[int, str]:
@@ -605,7 +606,7 @@ def connections_at_once(scenario: Scenario) -> tuple[int, str]:
     return scenario.users, "users"
 
 
-def check_open_files(scenario: Scenario, *, embedded: bool, recording: bool) -> None:
+def check_open_files(scenario: Scenario, *, embedded: bool) -> None:
     """A scenario whose connections at once need more file descriptors than the process may open (ulimit -n, its soft
     limit raised up to the hard one if need be) is a usage error before the run: each connection past the limit would
     fail as the client's own `Too many open files`, never reaching the server, a load test of nothing. The embedded
@@ -616,7 +617,7 @@ def check_open_files(scenario: Scenario, *, embedded: bool, recording: bool) -> 
         return
     n, where = connections_at_once(scenario)
     each = 2 if embedded else 1
-    kept = FILES_KEPT + (RECORD_FILES_KEPT if recording else 0)
+    kept = FILES_KEPT
     need = n * each + kept
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or need <= soft:
@@ -632,9 +633,10 @@ def check_open_files(scenario: Scenario, *, embedded: bool, recording: bool) -> 
            "concurrency": f"set `concurrency: {most:,}` or less",
            "stages": f"keep every stage's `users` at {most:,} or less",
            "max_in_flight": f"set `max_in_flight: {most:,}` or less"}[where]
+    fix = f"{fix}, or raise the limit" if most else "raise the limit (not even one connection fits)"
     raise ConfigError(f"scenario {scenario.name!r}: field {where!r}: {n:,} connections open at once{served} need "
                       f"{need:,} open files ({kept:,} kept for the process's own), and this process may open "
-                      f"{limit:,} (`ulimit -n`): {fix}, or raise the limit", field=where)
+                      f"{limit:,} (`ulimit -n`): {fix}", field=where)
 
 
 # The dialects the embedded agentsim speaks (a run with no --target in another one is a usage error).

@@ -99,21 +99,24 @@ async def test_a_connect_cut_during_the_upgrade_leaves_no_connection_open() -> N
     assert silent.most < 10, silent.most
 
 
-def _limited(nofile: int) -> None:
-    """A CLI run's open-file limit, as `ulimit -n` would set it (the hard one left as it is), and its address space
-    bounded (3 GB: a run that grows past it fails here, never the machine)."""
-    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+def _limited(nofile: int, hard: bool = False) -> None:
+    """A CLI run's open-file limit, as `ulimit -n` would set it (the hard one left as it is, or with `hard` set to it
+    too, as `ulimit -Hn`), and its address space bounded (3 GB: a run that grows past it fails here, never the
+    machine)."""
+    resource.setrlimit(resource.RLIMIT_NOFILE,
+                       (nofile, nofile if hard else resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     resource.setrlimit(resource.RLIMIT_AS, (3 << 30, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
-async def _cli(*args: str, nofile: int = NOFILE, signals: tuple[int, ...] = ()) -> tuple[int, str]:
+async def _cli(*args: str, nofile: int = NOFILE, hard: bool = False,
+               signals: tuple[int, ...] = ()) -> tuple[int, str]:
     """`chatprobe ARGS` in a process of its own under an open-file limit; `signals` sent, one after the other, once a
     progress line says chats are in flight. The exit code and stderr, awaited with a deadline (a hang
     fails here)."""
     env = {k: v for k, v in os.environ.items() if k not in ("CHATPROBE_TOKEN", "CHATPROBE_JWT_SECRET")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "harness", *args, env={**env, "NO_COLOR": "1"}, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, preexec_fn=lambda: _limited(nofile))
+        stderr=asyncio.subprocess.PIPE, preexec_fn=lambda: _limited(nofile, hard))
     assert proc.stdout is not None and proc.stderr is not None
     out = b""
     try:
@@ -145,6 +148,28 @@ async def test_users_past_the_open_file_limit_are_refused_naming_the_field(tmp_p
     assert code == 2, err
     assert f"{path}:2:" in err and "field 'users'" in err and f"may open {limit:,}" in err, err
     assert f"concurrency: {(limit - FILES_KEPT) // 2:,}" in err, err
+
+
+async def test_a_recording_run_is_not_refused_for_files_it_never_holds_open(tmp_path: Path) -> None:
+    """`--record` under a hard limit of 1,024 open files (a common default): the recorder opens a recording's file
+    for each write and closes it, so a run of 2 users records as it runs without it. It was refused, as if the
+    recorder held its 1,000 files open at once, telling the user to set `concurrency: 0`."""
+    path = tmp_path / "two.yaml"
+    path.write_text("name: two\nusers: 2\n")
+    record = tmp_path / "rec"
+    code, err = await _cli("run", str(path), "-q", "--record", str(record), nofile=1024, hard=True)
+    assert code == 0, err
+    assert list(record.glob("*.jsonl")), err
+
+
+async def test_no_connection_fitting_the_limit_is_told_to_raise_it(tmp_path: Path) -> None:
+    """A limit that leaves no descriptor for one connection once the process's own are kept: the answer is to raise
+    the limit, never `concurrency: 0`, a value the scenario refuses."""
+    path = tmp_path / "one.yaml"
+    path.write_text("name: one\nusers: 1\n")
+    code, err = await _cli("run", str(path), "-q", nofile=FILES_KEPT, hard=True)
+    assert code == 2, err
+    assert f"{path}:2:" in err and "raise the limit" in err and "concurrency: 0" not in err, err
 
 
 async def test_a_run_of_many_users_answers_sigterm(tmp_path: Path) -> None:
