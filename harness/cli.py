@@ -441,6 +441,8 @@ class _Interrupt:
             # the stop had not judged or written yet is not (a report is written whole or not at all, safefile.py).
             print(f"\nchatprobe: {signal.Signals(sig).name} again: ending now, unjudged and unreported",
                   file=sys.stderr, flush=True)
+            if (safefile := sys.modules.get("harness.safefile")) is not None:  # a report half-written is not left
+                safefile.discard_unfinished()
             os._exit(int(self.exit_code or ExitCode.TERMINATED))
         self.event.set()
 

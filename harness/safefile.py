@@ -106,10 +106,23 @@ def _kernel_path(p: str) -> bool:
     return any(x.startswith(_IN_PLACE_ROOTS) for x in (os.path.abspath(p) + "/", os.path.realpath(p) + "/"))
 
 
+# The temporary files being written, each to be renamed over its report: a process that ends at once mid-write (a
+# second Ctrl-C, harness/cli.py) deletes them first (discard_unfinished), or one would stay beside the report.
+_UNFINISHED: set[str] = set()
+
+
+def discard_unfinished() -> None:
+    """Delete the temporary files of the reports being written (for a process about to end with os._exit)."""
+    for tmp in list(_UNFINISHED):
+        with suppress(OSError):
+            os.unlink(tmp)
+
+
 def _replace(real: str, data: bytes, st: os.stat_result | None) -> None:
     directory = os.path.dirname(real) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(real)}.", suffix=".tmp", dir=directory)
+    _UNFINISHED.add(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -122,6 +135,8 @@ def _replace(real: str, data: bytes, st: os.stat_result | None) -> None:
         with suppress(OSError):
             os.unlink(tmp)
         raise
+    finally:
+        _UNFINISHED.discard(tmp)
 
 
 def _write_in_place(p: str, data: bytes, mode: int, stall_timeout: float) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -124,9 +126,6 @@ def test_directory_is_refused(tmp_path):
 
 def test_dev_stdout_redirected_to_a_file_is_appended_to(tmp_path):
     # /dev/stdout of a child whose stdout is a file: the report goes after what it printed, into the same file.
-    import subprocess
-    import sys
-
     out = tmp_path / "stdout.txt"
     code = ("import sys; print('printed first', flush=True); "
             "from harness.safefile import write_report; write_report('/dev/stdout', 'the report\\n')")
@@ -215,3 +214,37 @@ def test_a_report_on_a_descriptor_nobody_reads_gives_up_at_the_stall_timeout():
         os.close(w)
     assert proc.returncode == 1 and "the reader took nothing for 0.5s" in proc.stderr, proc.stderr
     assert took < 30, took
+
+
+# A process that ends at once mid-write: `run`'s second signal while its reports are written (the first one taken), sent
+# as the report's temporary file is synced, before it is renamed over the report.
+_SECOND_SIGNAL_MID_WRITE = """
+import os, signal, sys
+from harness.cli import _Interrupt
+from harness.safefile import write_report
+
+interrupt = _Interrupt(what="the chats in flight")
+with interrupt.installed():
+    os.kill(os.getpid(), signal.SIGINT)
+    assert interrupt.signal == signal.SIGINT
+
+    def at(frame, event, arg):
+        if event == "c_call" and arg is os.fsync:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    sys.setprofile(at)
+    write_report(sys.argv[1], b"{}" * 100_000)
+    sys.setprofile(None)
+print("not ended", flush=True)
+"""
+
+
+def test_a_report_cut_by_a_second_signal_leaves_no_temporary_file(tmp_path):
+    """A second SIGINT or SIGTERM ends the process with os._exit, past the `except` that deletes a report's temporary
+    file: it stayed beside the report, half of it, as `.out.json.XXXX.tmp`."""
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, "-c", _SECOND_SIGNAL_MID_WRITE, str(out)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert proc.returncode == 130, proc.stderr
+    assert "SIGTERM again: ending now" in proc.stderr and "not ended" not in proc.stdout, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], sorted(p.name for p in tmp_path.iterdir())
