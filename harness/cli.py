@@ -443,6 +443,11 @@ class _Interrupt:
                   file=sys.stderr, flush=True)
             if (safefile := sys.modules.get("harness.safefile")) is not None:  # a report half-written is not left
                 safefile.discard_unfinished()
+            for stream in (sys.stdout, sys.stderr):  # the live view hid a terminal's cursor: shown again, as it ends
+                with contextlib.suppress(Exception):
+                    if stream.isatty():
+                        stream.write("\x1b[?25h")
+                        stream.flush()
             os._exit(int(self.exit_code or ExitCode.TERMINATED))
         self.event.set()
 

@@ -194,3 +194,50 @@ async def test_a_second_signal_ends_the_run_at_once(tmp_path: Path) -> None:
     second = "SIGTERM" if first[1] == "SIGINT" else "SIGINT"
     assert code == (130 if first[1] == "SIGINT" else 143), err
     assert f"{second} again: ending now" in err and "Traceback" not in err, err
+
+
+def test_a_second_signal_shows_the_terminals_cursor_again(tmp_path: Path) -> None:
+    """On a terminal the live view hides the cursor while the run goes on and shows it as it ends: a second signal,
+    ending the process at once (os._exit), left the user's shell with no cursor."""
+    import pty
+    import select
+    import subprocess
+    import time
+
+    path = tmp_path / "many.yaml"
+    path.write_text("name: many\nusers: 100000\nconcurrency: 20\nchats_per_user: 100000\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CHATPROBE_TOKEN", "CHATPROBE_JWT_SECRET", "NO_COLOR", "CI")}
+    main, side = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(path)], stdin=side, stdout=side,
+                            stderr=side, env={**env, "TERM": "xterm", "COLUMNS": "120"},
+                            preexec_fn=lambda: _limited(NOFILE))
+    os.close(side)
+    out = b""
+    deadline = time.monotonic() + 60
+    sent = False
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([main], [], [], left)[0]:
+                continue
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the process ended, the terminal closed
+                break
+            if not chunk:
+                break
+            out += chunk
+            if not sent and b"\x1b[?25l" in out:  # the live view is up, the cursor hidden
+                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGTERM)
+                sent = True
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        os.close(main)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.decode(errors="replace")
+    assert sent and code in (130, 143), text
+    assert "again: ending now" in text and "Traceback" not in text, text
+    assert out.rfind(b"\x1b[?25h") > out.rfind(b"\x1b[?25l"), text[-400:]
