@@ -362,7 +362,11 @@ def test_a_welcome_then_1008_is_no_refusal_of_the_credentials_the_server_spoke(t
     assert live == 1 and all(kind != "auth_failed" for _, kind, _ in got), (live, got)
     offline = main(["check", str(tmp_path / "rec"), "--scenario", str(sc), "--json", str(tmp_path / "check.json"),
                     "-q"])
-    assert (offline, chats_of(tmp_path / "check.json")[0]) == (live, got)
+    # A client that read the welcome alone and the close as its message went (rare, a loaded machine) has a chat
+    # `error`, `send_failed` live and none in `check`: the message never left, no send record stands for it (a known
+    # difference, docs/recordings.md). Every other chat `check` judges as live did.
+    sent = [chat for chat in got if chat[1] != "send_failed"]
+    assert (offline, chats_of(tmp_path / "check.json")[0]) == (live, sent)
 
 
 class RejectsOneOfTwo(Served):
