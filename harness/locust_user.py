@@ -138,15 +138,15 @@ RECORD_RUN = "chatprobe_record_run"
 # scenario and one of its profile, which a worker compares with what it loaded from its own disk (the same path or
 # built-in name can hold another file on another machine, or in another chatprobe version).
 MASTER_DIGESTS = "chatprobe_master_digests"
-# The chatprobe options given to this process (its command line; Locust's config file and LOCUST_* variables are read
-# as if given there), as parsed, before a master's are set over them: a worker's must be the master's, but for its
-# metrics port and host, which each process reads for itself.
 # The users' clients log the upgrade request at DEBUG (websockets: `Authorization: Bearer <the user's token>`, a query's
 # credential): under Locust's --loglevel DEBUG each was written to the console and --logfile as it was. Added on import,
 # before any user runs (a worker that joins a running test starts its users before Locust's init event).
 for _name in redact.CLIENT_LOGGERS:
     logging.getLogger(_name).addFilter(redact.scrub_record)  # (once: a filter added again is not added)
 
+# The chatprobe options given to this process (its command line; Locust's config file and LOCUST_* variables are read
+# as if given there), as parsed, before a master's are set over them: a worker's must be the master's, but for its
+# metrics port and host, which each process reads for itself.
 _given: dict[str, object] = {}
 PER_PROCESS_OPTIONS = frozenset({"chatprobe_metrics_port", "chatprobe_metrics_host"})
 # The options whose value is a path: a worker given the master's file or directory by another path (relative from
