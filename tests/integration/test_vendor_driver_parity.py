@@ -129,8 +129,11 @@ def by_tag(report: Path) -> dict[str, set[Verdict]]:
     out: dict[str, set[Verdict]] = {}
     for chat in scenario["chats"]:
         found = RUN_ID.search(chat.get("run_id") or "")
-        out.setdefault(found.group(1) if found else "?", set()).add(
-            (chat["outcome"], tuple(sorted({v["rule"] for v in chat["violations"]}))))
+        broke = tuple(sorted({v["rule"] for v in chat["violations"]}))
+        if not found:  # no run of the server's: what the chat says of why (a failure says what went wrong)
+            broke += (f"{chat.get('error_kind')}: {chat.get('error')}", f"note: {chat.get('note')}",
+                      f"events: {chat.get('events_received')}")
+        out.setdefault(found.group(1) if found else "?", set()).add((chat["outcome"], broke))
     return out
 
 
