@@ -100,6 +100,19 @@ class WsConn:
 Handler = Callable[[WsConn], Awaitable[None]]
 
 
+_HANDLERS: set[asyncio.Task[Any]] = set()
+
+
+def hold_handler() -> None:
+    """Keep a connection's handler task referenced until it ends. asyncio's stream protocol lets go of it once the
+    client has gone: a handler still waiting (a stream held open forever) was then collected by the garbage collector,
+    in whichever thread ran it, as "Task was destroyed but it is pending!", and never cancelled by InThread's stop."""
+    task = asyncio.current_task()
+    if task is not None:
+        _HANDLERS.add(task)
+        task.add_done_callback(_HANDLERS.discard)
+
+
 class RawWsServer:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
@@ -115,6 +128,7 @@ class RawWsServer:
         return f"ws://127.0.0.1:{port}/ws"
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hold_handler()
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
@@ -164,6 +178,7 @@ class RawSseServer:
         return f"http://127.0.0.1:{port}/agent"
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hold_handler()
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             lines = head.decode("latin-1").split("\r\n")
