@@ -234,7 +234,8 @@ def _arguments(parser: "argparse.ArgumentParser") -> None:
     g.add_argument("--chatprobe-profile", action=_Given, default=None, metavar="NAME|FILE",
                    help="wire-format profile (default: the scenario's, else netra)")
     g.add_argument("--chatprobe-auth", action=_Given, choices=AUTH_MODES, default="header",
-                   help="token as an Authorization header or the jwt.<base64url(token)> subprotocol; the token comes from "
+                   help="token as an Authorization header (default), as the jwt.<base64url(token)> subprotocol, or "
+                        "none (an Authorization --chatprobe-header of your own); the token comes from "
                         "CHATPROBE_TOKEN, or is minted per user from CHATPROBE_JWT_SECRET")
     g.add_argument("--chatprobe-target-name", action=_Given, default=None, metavar="NAME",
                    help="the `target` label (default host:port)")
@@ -247,8 +248,9 @@ def _arguments(parser: "argparse.ArgumentParser") -> None:
     g.add_argument("--chatprobe-client-key", action=_Given, default=None, metavar="PEM",
                    help="the unencrypted private key of --chatprobe-client-cert, when not in its file")
     g.add_argument("--chatprobe-header", action=_GivenAll, metavar="'NAME: VALUE'",
-                   help="send this HTTP header with every connection's upgrade request (repeatable); the value is a "
-                        "secret, but a command line shows in `ps`: give a secret with --chatprobe-header-env")
+                   help="send this HTTP header with every connection's request, the WebSocket upgrade or each SSE "
+                        "POST (repeatable); the value is a secret, but a command line shows in `ps`: give a secret "
+                        "with --chatprobe-header-env")
     g.add_argument("--chatprobe-header-env", action=_GivenAll, metavar="NAME=VAR",
                    help="send the header NAME with the value of the environment variable VAR, read by each process "
                         "that runs users (repeatable)")

@@ -253,9 +253,17 @@ def test_chatprobe_help_lists_the_chatprobe_flags(procs):
     """Locust prints --help before it imports the locustfile; --chatprobe-help prints it after, flags included."""
     proc = procs.start("help", [locust_bin(), "-f", LOCUSTFILE, "--chatprobe-help"])
     assert finish(proc, 30) == 0, proc.tail()
-    for flag in ("--chatprobe-scenario", "--chatprobe-profile", "--chatprobe-auth", "--chatprobe-target-name",
-                 "--chatprobe-ca-file", "--chatprobe-metrics-port", "--chatprobe-metrics-host", "--host", "--users"):
+    registered = re.findall(r'add_argument\(\s*"(--chatprobe-[a-z-]+)"', (ROOT / "harness/locust_user.py").read_text())
+    assert len(registered) >= 14, registered
+    for flag in (*registered, "--host", "--users"):
         assert flag in proc.out(), (flag, proc.tail(80))
+    # Each flag's text says what it takes: --chatprobe-auth's every mode (`none` too, as run's --auth says), and
+    # --chatprobe-header's every request (the Locust user speaks SSE too, where there is no upgrade).
+    flat = " ".join(proc.out().split())
+    auth = flat.split("--chatprobe-auth {header,subprotocol,none} ", 1)[1].split(" --chatprobe-", 1)[0]
+    assert all(mode in auth for mode in ("Authorization header", "subprotocol", "none")), auth
+    header = flat.split("--chatprobe-header 'NAME: VALUE' ", 1)[1].split(" --chatprobe-", 1)[0]
+    assert "upgrade" in header and "SSE" in header, header
 
 
 # Two users for 4 s against a host that refuses: ~12,000 connection attempts before the backoff (0.1 s doubling
