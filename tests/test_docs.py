@@ -158,6 +158,41 @@ def test_every_flag_of_the_commands_is_documented(command):
     assert flags <= named, f"chatprobe {command}: flags no doc names: {sorted(flags - named)}"
 
 
+@pytest.mark.parametrize(("path", "call"), [("harness/locust_user.py", "add_argument"),
+                                          ("harness/pytest_plugin.py", "addoption")])
+def test_every_flag_of_the_locust_user_and_the_pytest_plugin_is_documented(path, call):
+    """The Locust user's and the pytest plugin's `--chatprobe-*` options, as the commands' flags above: each is named
+    in the README or a doc (their own --help is Locust's or pytest's, where few look)."""
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*",
+                           "\n".join(doc.read_text(encoding="utf-8") for doc in USER_DOCS)))
+    flags = _registered(path, call)
+    assert len(flags) >= 12, f"{path}: no options found: {flags}"
+    assert flags <= named, f"{path}: options no doc names: {sorted(flags - named)}"
+
+
+def test_the_proxys_defaults_the_readme_states_are_its_parsers():
+    """The proxy's judging, keepalive and size defaults as README.md states them, and as `chatprobe proxy --help` does."""
+    from harness.durations import parse_duration, parse_size
+
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    parser = proxy_parser()
+    args = parser.parse_args(["--upstream", "ws://127.0.0.1:1"])
+    helps = {action.dest: action.help or "" for action in parser._actions}
+    for flag, said in (("--first-event-limit", "(2 s;"), ("--deadline", "(60 s)"), ("--stall-limit", "(30 s)"),
+                       ("--settle", "(0.5 s)"), ("--send-timeout", "(30 s)"), ("--drain-timeout", "(15 s,"),
+                       ("--max-size", "(4 MiB)"), ("--ping-interval`/`--ping-timeout", "(20 s each,")):
+        assert f"`{flag}` {said}" in readme, f"README.md does not say `{flag}` {said}"
+        value = said.strip("(;,)").removesuffix(" each")
+        for name in flag.split("`/`"):
+            dest = name[2:].replace("-", "_")
+            default = getattr(args, dest)
+            if name == "--max-size":
+                assert parse_size(default) == parse_size(value.replace(" ", "")), (name, default, said)
+            else:
+                assert parse_duration(default) == parse_duration(value.replace(" ", "")), (name, default, said)
+            assert f"default {default}" in helps[dest], f"chatprobe proxy --help: {name} does not say its default"
+
+
 # --- metrics ---------------------------------------------------------------------------------------------------
 
 METRICS_DOC = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
