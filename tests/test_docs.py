@@ -519,6 +519,26 @@ def test_the_objective_defaults_are_the_models():
                 assert f"`{name}.{stat}`" in readme, f"README.md does not list the default {name}.{stat}"
 
 
+def test_a_set_objective_replaces_its_defaults_statistics_and_an_override_one(tmp_path):
+    """An objective a scenario sets has only the statistics written there (its default's are not merged in: `{}` is no
+    bound at all, as `knee` judges by its stages' table), while `--objective` overrides one statistic and keeps the
+    others, as docs/scenarios.md and README.md say."""
+    from harness.scenario import apply_overrides
+
+    path = tmp_path / "set.yaml"
+    path.write_text("name: set\nobjectives:\n  time_to_first_event: {p99: 3s}\n  passed_ratio: {}\n")
+    scenario = load_scenario(str(path))
+    assert scenario.objectives.time_to_first_event.model_dump(exclude_none=True) == {"p99": 3.0}
+    assert scenario.objectives.passed_ratio.model_dump(exclude_none=True) == {}
+    overridden = apply_overrides(load_scenario("basic"), ["time_to_first_event.p99=3s"])
+    assert overridden.objectives.time_to_first_event.model_dump(exclude_none=True) == {"p95": 2.0, "p99": 3.0, "max": 2.0}
+    flat = " ".join(SCENARIOS_DOC.split())
+    assert "`time_to_first_event: {p99: 3s}` leaves no `p95` bound" in flat and "`{}` sets none" in flat
+    assert "`--objective NAME.STAT=VALUE` overrides one statistic, the objective's others kept" in flat
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert "(`time_to_first_event: {p99: 3s}` drops the default p95), while `--objective` overrides one statistic" in readme
+
+
 def _yaml_blocks() -> list[tuple[str, dict[str, Any]]]:
     out = []
     for path in USER_DOCS:
