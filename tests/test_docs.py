@@ -361,6 +361,20 @@ def test_queries_filter_on_labels_their_metrics_have_with_values_they_take(where
             assert label in grouped, f"{where}: groups by {label!r}, a label none of its metrics has"
 
 
+def test_every_dashboard_panel_the_runbook_names_is_one():
+    """The runbook sends an SRE to dashboard panels by their titles ("Connections by result"): each quoted title
+    outside code is a panel of the dashboard, or a section a doc has (a renamed panel is one nobody finds at 3 am)."""
+    board = json.loads((ROOT / "dashboards/chatprobe-overview.json").read_text())
+    titles = {panel["title"] for panel in board["panels"]}
+    headings = {line.lstrip("#").strip() for path in USER_DOCS
+                for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#")}
+    text = re.sub(r"`[^`]*`", "", " ".join((ROOT / "docs" / "runbook.md").read_text(encoding="utf-8").split()))
+    named = re.findall(r'"([A-Z][^"]{3,80})"', text)
+    assert len([n for n in named if n in titles]) >= 8, named
+    unknown = [n for n in named if n not in titles | headings]
+    assert unknown == [], f"runbook.md names panels the dashboard has not: {unknown} (it has {sorted(titles)})"
+
+
 # --- rules -----------------------------------------------------------------------------------------------------
 
 PROTOCOL_DOC = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
