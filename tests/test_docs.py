@@ -677,6 +677,16 @@ def test_the_help_names_every_exit_code_the_command_returns(where, text, codes):
     assert tuple(shown) == codes, f"{where} states exit codes {shown}, the command returns {codes}"
 
 
+def test_the_warning_the_readme_quotes_for_a_check_without_times_is_the_codes():
+    """README.md quotes what `check` warns of a recording with no times (in the JUnit's <system-out> too): words a
+    user greps the report for."""
+    from harness.offline import UNTIMED_NOTE
+
+    said = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    quoted = re.search(r'such as a check\'s "([^"]+)"', said)
+    assert quoted and quoted.group(1) in UNTIMED_NOTE, (quoted and quoted.group(1), UNTIMED_NOTE)
+
+
 def test_the_readmes_exit_codes_are_the_codes():
     """README's "Exit codes of `chatprobe run`" names each ExitCode, in order, and no other."""
     from harness.errors import ExitCode
