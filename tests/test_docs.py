@@ -687,6 +687,15 @@ def test_the_warning_the_readme_quotes_for_a_check_without_times_is_the_codes():
     assert quoted and quoted.group(1) in UNTIMED_NOTE, (quoted and quoted.group(1), UNTIMED_NOTE)
 
 
+def test_the_html_report_the_readme_describes_marks_the_scenarios_first_event_limit():
+    """The HTML report's first-event histogram marks `expect.first_event_limit` (harness/html_report.py), which the
+    README names, with its default."""
+    said = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert (f"the first-event histogram with its first-event limit marked (`expect.first_event_limit`, "
+            f"{Expect().first_event_limit:g} s by default)") in said
+    assert "run.scenario.expect.first_event_limit" in (ROOT / "harness/html_report.py").read_text(encoding="utf-8")
+
+
 def test_the_readmes_exit_codes_are_the_codes():
     """README's "Exit codes of `chatprobe run`" names each ExitCode, in order, and no other."""
     from harness.errors import ExitCode

@@ -117,6 +117,19 @@ def test_the_page_loads_nothing_from_anywhere(tmp_path):
     assert "R2 required" in text and "2 s limit" in text
 
 
+def test_the_first_event_limit_marked_is_the_scenarios(tmp_path):
+    """The histogram marks the scenario's `expect.first_event_limit` (the README: 2 s by default), not a fixed 2 s."""
+    results = [chat(i, 100.0, first_at=3.0 if i == 0 else 0.01).finish(105.0 + i) for i in range(5)]
+    scenario = Scenario.model_validate({"name": "slow", "expect": {"first_event_limit": "5s"}})
+    stats = compute(results)
+    run = ScenarioRun(scenario=scenario, target="agentsim", results=results, stats=stats,
+                      objectives=evaluate(stats, scenario.objectives), started_at=time.time(), elapsed=20.0)
+    out = tmp_path / "r.html"
+    write_html(str(out), [run])
+    text = out.read_text(encoding="utf-8")
+    assert "5 s limit" in text and "2 s limit" not in text
+
+
 def test_ten_thousand_chats_give_a_bounded_report(tmp_path):
     t0 = 1000.0
     results = []
