@@ -285,6 +285,31 @@ def test_the_alerts_table_and_the_readme_are_the_rules_files():
     assert not left_out, f"README.md's list of the alert rules leaves out {left_out}"  # (the burn pair: "the pair")
 
 
+def test_the_alerts_tables_thresholds_are_the_rules_files():
+    """Each percentage docs/metrics.md's Alerts table says an alert fires past (`> 5%`, `< 95%`, `> 72%`) is a bound
+    of its rule's expression, on the same side, and its traffic guard (`≥ 4 chats in 5 m`) is the rule's `>= 4 / 300`:
+    a threshold tuned in the rules file and not in the doc misleads whoever reads why it paged."""
+    exprs: dict[str, list[str]] = {}
+    for rule in _rules():
+        if "alert" in rule:  # (a name's second rule: the Pushgateway one, of the same threshold)
+            exprs.setdefault(rule["alert"], []).append(re.sub(r"#[^\n]*", "", rule["expr"]))
+    checked = 0
+    for row in _table(METRICS_DOC, "## Alerts"):
+        name, fires = row[0].split("]")[0].lstrip("["), row[1]
+        for op, percent in re.findall(r"([<>]) (\d+)%", fires):
+            for expr in exprs[name]:
+                said = [float(n) for n in re.findall(rf"{re.escape(op)} (\d+(?:\.\d+)?)(?!\s*/)", expr)]
+                assert said and set(said) == {float(percent) / 100}, (
+                    f"docs/metrics.md: {name} fires at {op} {percent}%, its rule's bounds are {op} {said}")
+            checked += 1
+        guard = re.search(r"≥ (\d+) (?:such )?chats in 5 m", fires)
+        if guard:
+            assert any(f">= {guard.group(1)} / 300" in expr for expr in exprs[name]), (
+                f"docs/metrics.md: {name}'s guard of {guard.group(1)} chats in 5 m is not its rule's")
+            checked += 1
+    assert checked >= 10, checked
+
+
 def _recorded() -> set[str]:
     return {r["record"] for r in _rules() if "record" in r}
 
