@@ -681,6 +681,14 @@ def test_the_json_reports_listing_and_indent_bounds_are_the_codes():
     assert f"at most {2 * MAX_CHATS_LISTED:,} a scenario" in doc
     assert (f"the first {MAX_CHATS_LISTED:,} passing and the first {MAX_CHATS_LISTED:,} not passing chats, with their "
             f"events up to {MAX_LISTED_BYTES // 2**20} MiB") in doc
+    # a chat's events and violations, and the run's connection violations, as the layout's notes bound them
+    from harness.results import MAX_CONNECTION_VIOLATIONS_LISTED
+
+    assert f"in no chat (the first {MAX_CONNECTION_VIOLATIONS_LISTED})" in doc
+    assert f"the first {MAX_CONNECTION_VIOLATIONS_LISTED} of a run are listed" in doc
+    assert f"At most {checker.INCIDENTS_EACH} a connection" in doc
+    assert f"per rule, past the {checker.MAX_VIOLATIONS_KEPT} listed" in doc
+    assert f"the first {checker.MAX_EVENTS_KEPT:,}" in doc
 
 
 # --- help texts --------------------------------------------------------------------------------------------------
