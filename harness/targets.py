@@ -574,7 +574,8 @@ def check_scenario_fits(scenario: Scenario, target: Target) -> None:
             f" (a profile of your own that varies one of these says so: `dialect: {(scenario.dialects or ['netra'])[0]}`"
             ", docs/profiles.md)")
         raise ConfigError(f"scenario {scenario.name!r}: field 'dialects': written for "
-                          f"{', '.join(scenario.dialects or [])}; a {profile.carries} server cannot carry it{hint}",
+                          f"{', '.join(scenario.dialects or [])}; {'an' if profile.carries[:1] in 'aeiou' else 'a'} "
+                          f"{profile.carries} server cannot carry it{hint}",
                           field="dialects")
     if target.transport == "sse":
         if scenario.parallel_chats > 1:

@@ -87,7 +87,7 @@ def test_a_server_that_drops_a_tool_result_fails_the_run_on_master_and_worker(pr
 
 @pytest.mark.parametrize("scheme, scenario, needle", [
     ("http", "twice", "scenario 'twice': field 'parallel_chats': 2 chats in flight per user cannot be carried over SSE"),
-    ("ws", "errors", "scenario 'errors': field 'dialects': written for netra; a ag-ui server cannot carry it"),
+    ("ws", "errors", "scenario 'errors': field 'dialects': written for netra; an ag-ui server cannot carry it"),
 ])
 def test_a_scenario_the_target_cannot_carry_exits_2_with_one_line_as_run_says_it(procs, refused_port, tmp_path: Path,
                                                                                  scheme, scenario, needle):
