@@ -26,7 +26,8 @@ Faults (all off by default):
                            The run goes on server-side, so the client can resume it.
   malformed[:KIND]=RATE    send a malformed frame mid-run; KIND is notjson (default), binary,
                            notype or unknowntype
-  oversized[=SIZE]@RATE    send a frame of SIZE bytes mid-run (default 2MiB, at most 64MiB)
+  oversized[=SIZE]@RATE    send a frame of SIZE bytes mid-run (default 5MiB: past a
+                           client's usual 4MiB frame limit; at most 64MiB)
   after_terminal=RATE      send one more event (partial_result, next seq) after the terminal event
   refuse=RATE              answer a new connection with HTTP 503 before the upgrade (rate per connection)
   exit=RATE                os._exit(3) mid-run (rate per chat)
@@ -87,7 +88,7 @@ FAULTS: dict[str, tuple[object, str | None, object]] = {
     "stall": (None, "duration", 5.0),
     "close": (CLOSE_KINDS, None, "clean"),
     "malformed": (MALFORMED_KINDS, None, "notjson"),
-    "oversized": (None, "size", 2 * 1024 * 1024),
+    "oversized": (None, "size", 5 * 1024 * 1024),  # past chatprobe's max_size (4 MiB)
     "after_terminal": (None, None, None),
     "refuse": (None, None, None),
     "exit": (None, None, None),

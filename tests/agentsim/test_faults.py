@@ -219,7 +219,7 @@ async def test_oversized_default_breaks_a_default_client(make_sim):
         while True:
             await recv(ws)
     assert info.value.sent is not None and info.value.sent.code == 1009  # "message too big"
-    assert faults(sim, "oversized")[0]["value"] == 2 * 1024 * 1024
+    assert faults(sim, "oversized")[0]["value"] == 5 * 1024 * 1024
 
 
 async def test_refuse_rate(make_sim):

@@ -133,6 +133,16 @@ def test_fault_makes_the_gate_fail_with_reasons(tmp_path):
     assert failure is not None and "missing tool_completed" in failure.text
 
 
+def test_the_oversized_fault_by_default_is_past_the_clients_frame_limit(tmp_path):
+    """`--sim-fault oversized@1` with no size is a frame no client with the default max_size (4 MiB) takes: each chat
+    it strikes is an R12 and the gate fails (a default under the limit, 2 MiB, injected a fault that passed)."""
+    out = tmp_path / "r.json"
+    proc = run_cli("run", "basic", "--sim-fault", "oversized@1", "--json", str(out), "-q")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (scenario,) = json.loads(out.read_text())["scenarios"]
+    assert scenario["stats"]["chats"] > 0 and scenario["stats"]["violations"].get("R12") == scenario["stats"]["chats"]
+
+
 def test_objective_override_on_the_command_line():
     # 0 ms is impossible: the override must make the gate fail.
     proc = run_cli("run", "basic", "--objective", "time_to_first_event.p95=0ms")
