@@ -106,7 +106,11 @@ _HANDLERS: set[asyncio.Task[Any]] = set()
 def hold_handler() -> None:
     """Keep a connection's handler task referenced until it ends. asyncio's stream protocol lets go of it once the
     client has gone: a handler still waiting (a stream held open forever) was then collected by the garbage collector,
-    in whichever thread ran it, as "Task was destroyed but it is pending!", and never cancelled by InThread's stop."""
+    in whichever thread ran it, as "Task was destroyed but it is pending!", and never cancelled by InThread's stop.
+    Worse than noise: the collector closed the socket first, then the handler's `finally` closed its transport from
+    that thread (the client's, often), on the server's loop, by the old descriptor's number, which a connection
+    accepted meanwhile may have taken: its reader removed, its request was never read, and its chat failed with no
+    answer within connect_timeout (the twenty-user SSE parity test, now and then)."""
     task = asyncio.current_task()
     if task is not None:
         _HANDLERS.add(task)
@@ -189,6 +193,20 @@ class RawSseServer:
             return
         request = json.loads(body)
         self.requests.append(request)
+        # One request a connection: what the client sends after it is read and dropped, and its end (the client closed
+        # the connection) ends the answer, as a real server's failed write would: a stream that never ends
+        # (`forever()`) does not wait on, for good, for a client that left.
+        answer = asyncio.ensure_future(self._answer(request, headers, writer))
+        gone = asyncio.ensure_future(_until_closed(reader))
+        try:
+            await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (answer, gone):
+                task.cancel()
+            await asyncio.wait({answer, gone})
+            writer.close()
+
+    async def _answer(self, request: dict[str, Any], headers: dict[str, str], writer: asyncio.StreamWriter) -> None:
         head = b"Content-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
         if self.headers is not None:
             head += self.headers(headers)
@@ -211,8 +229,13 @@ class RawSseServer:
             await writer.drain()
         except ConnectionError:
             pass
-        finally:
-            writer.close()
+
+
+async def _until_closed(reader: asyncio.StreamReader) -> None:
+    """Until the client's end of the connection closes (its EOF, a reset); what it sends meanwhile is dropped."""
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(1 << 16):
+            pass
 
 
 class InThread:
