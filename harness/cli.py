@@ -364,6 +364,10 @@ def check_pushgateway(url: str) -> None:
         refuse("the URL holds credentials, which the push never sends")
     if not parts.hostname:
         refuse("the URL names no host")
+    from .targets import host_name_fits
+
+    if not host_name_fits(parts.hostname):  # (a push to it fails only after the run, its warning echoing the name)
+        refuse("not a valid host name (labels of 1 to 63 characters, 253 in all)")
     if parts.query or parts.fragment or "?" in url or "#" in url:
         refuse("the URL has a query or a fragment (the push appends /metrics/job/… to it)")
 

@@ -258,10 +258,15 @@ def check_url(url: str, option: str, schemes: tuple[str, ...] = tuple(SCHEMES)) 
         raise option_error(option, f"{shown}: port 0 is no server's port (1 to 65535)")
     if parts.fragment or url.endswith("#"):  # a WebSocket URI has none (RFC 6455 3), and no server sees one
         raise option_error(option, f"{shown}: a server URL has no #fragment")
-    host = parts.hostname
-    if ":" not in host and (len(host) > 253 or any(not 0 < len(label) <= 63 for label in host.rstrip(".").split("."))):
+    if not host_name_fits(parts.hostname):
         raise option_error(option, f"{shown}: not a valid host name (labels of 1 to 63 characters, 253 in all)")
     return parts
+
+
+def host_name_fits(host: str) -> bool:
+    """Whether a URL's host is one DNS could resolve the length of (labels of 1 to 63 characters, 253 in all), or
+    an IPv6 address."""
+    return ":" in host or (len(host) <= 253 and all(0 < len(label) <= 63 for label in host.rstrip(".").split(".")))
 
 
 def check_not_empty(opts: TargetOptions, *options: str) -> None:

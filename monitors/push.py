@@ -139,7 +139,7 @@ class PushSink(Sink):
             # The reason phrase is the gateway's own text (anything, escape sequences included): cleaned.
             reason = getattr(exc, "reason", None) or exc
             print(f"chatprobe: warning: could not push scenario {clean(repr(self.scenario))} to the Pushgateway at "
-                  f"{clean(_redacted(url))}: {clean(reason, 300)} (the run's verdict and exit code are unchanged)",
+                  f"{clean(_redacted(url), 300)}: {clean(reason, 300)} (the run's verdict and exit code are unchanged)",
                   file=self._stderr or sys.stderr)
             return False
         return True
@@ -160,7 +160,7 @@ def push_all(sinks: list[PushSink], url: str, job: str, *, timeout: float | None
             names = ", ".join(clean(repr(s.scenario), 80) for s in sinks[i:i + 5])
             more = f" and {len(sinks) - i - 5} more" if len(sinks) - i > 5 else ""
             print(f"chatprobe: warning: {len(sinks) - i} scenario(s) not pushed to the Pushgateway at "
-                  f"{clean(_redacted(url))}: no time left of the {total:g}s for pushes ({names}{more}; the run's "
+                  f"{clean(_redacted(url), 300)}: no time left of the {total:g}s for pushes ({names}{more}; the run's "
                   "verdict and exit code are unchanged)", file=stderr or sys.stderr)
             break
         pushed += sink.push(url, job, timeout=left)

@@ -247,3 +247,15 @@ def test_a_progress_interval_below_100ms_is_refused(every):
     # 0.2 s, millions into a CI log for a run of minutes, on the run's own CPU.
     proc = run_cli("run", "basic", "--progress-interval", every, "-q", timeout=60)
     one_error(proc, "--progress-interval", "at least 100ms")
+
+
+@pytest.mark.parametrize("url", ["http://" + "x" * 300 + ":9091", "http://gw." + "y" * 64 + ".example:9091",
+                                 "x" * 100_000])
+def test_a_pushgateway_host_no_resolver_takes_is_refused_before_the_run(url):
+    # FAILED on the old code: the host went unchecked, the run went on to its end, and the push's warning after it
+    # echoed the whole URL (a 100 KB line for a 100 KB value), exit 3, the metrics gone nowhere.
+    with Listener() as server:
+        proc = run_cli("run", "probe", "--target", f"ws://127.0.0.1:{server.port}", "--pushgateway", url, timeout=60)
+        err = one_error(proc, "--pushgateway", "not a valid host name")
+        assert server.accepted() == 0 and len(err) < 1000
+
