@@ -554,6 +554,8 @@ async def _run(args: argparse.Namespace, console: Console, interrupt: _Interrupt
     run_deadline = None if max_duration is None else time.monotonic() + max_duration
     if opts.url is not None and args.sim_fault:
         raise ConfigError("--sim-fault applies to the embedded agentsim only; leave out --target to use it")
+    if opts.url is not None and args.sim_seed is not None:  # (it was ignored: a run believed repeatable was not)
+        raise ConfigError("--sim-seed applies to the embedded agentsim only; leave out --target to use it")
     if args.job and args.pushgateway is None and args.job != "chatprobe":
         raise ConfigError("--job needs --pushgateway")
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", args.job or ""):

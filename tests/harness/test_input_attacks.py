@@ -259,3 +259,11 @@ def test_a_pushgateway_host_no_resolver_takes_is_refused_before_the_run(url):
         err = one_error(proc, "--pushgateway", "not a valid host name")
         assert server.accepted() == 0 and len(err) < 1000
 
+
+def test_a_sim_seed_beside_a_target_is_refused_as_a_sim_fault_is():
+    # FAILED on the old code: `--sim-seed` beside --target was dropped without a word (the run against the server
+    # named its users at random), where `--sim-fault` there is a usage error: a run believed repeatable was not.
+    with Listener() as server:
+        proc = run_cli("run", "probe", "--target", f"ws://127.0.0.1:{server.port}", "--sim-seed", "5", timeout=60)
+        one_error(proc, "--sim-seed", "embedded agentsim only")
+        assert server.accepted() == 0
