@@ -525,6 +525,11 @@ async def _serve(config: SimConfig) -> int:
         print(f"agentsim: error: {_one_line(host)}:{config.port}: cannot listen: {_one_line(os_reason(exc))}",
               file=sys.stderr)
         return EXIT_USAGE
+    if sim.gt.failed is not None:  # its first line, server_started: the file given takes nothing (/dev/full)
+        await sim.stop()
+        print(f"agentsim: error: cannot write the ground truth file {config.ground_truth}: "
+              f"{sim.gt.failed.strerror or sim.gt.failed}", file=sys.stderr)
+        return EXIT_USAGE
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ipaddress
 import json
 import logging
@@ -11,6 +12,7 @@ import math
 import os
 import random
 import re
+import sys
 import threading
 import time
 import uuid
@@ -208,6 +210,12 @@ class GroundTruth:
     def __init__(self, path: str | None) -> None:
         # Open for the server's whole life, closed by close(): no single block to put a `with` around.
         self._file = open(path, "a", encoding="utf-8") if path else None
+        self.path = path
+        # Why a write failed (a full disk, /dev/full, an I/O error): the file is closed then, and nothing more is
+        # written; said once on stderr, and at start-up a usage error (_serve). It was a traceback out of every
+        # connection's handler, and out of stop() too, which wrote once more.
+        self.failed: OSError | None = None
+        self._written = False  # (the first line is server_started: its failure is said by _serve, as a usage error)
 
     @property
     def enabled(self) -> bool:
@@ -217,13 +225,23 @@ class GroundTruth:
         if self._file is None:
             return
         record.setdefault("t", time.time())
-        self._file.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            self.failed = exc
+            self.close()
+            if self._written:
+                print(f"agentsim: warning: cannot write the ground truth file {self.path}: {exc.strerror or exc}; "
+                      "nothing more is written to it", file=sys.stderr, flush=True)
+        else:
+            self._written = True
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):  # (what was buffered, when the write itself failed)
+                file.close()
 
 
 class Conn:

@@ -267,3 +267,11 @@ def test_a_sim_seed_beside_a_target_is_refused_as_a_sim_fault_is():
         proc = run_cli("run", "probe", "--target", f"ws://127.0.0.1:{server.port}", "--sim-seed", "5", timeout=60)
         one_error(proc, "--sim-seed", "embedded agentsim only")
         assert server.accepted() == 0
+
+
+@pytest.mark.parametrize("protocol", ["netra", "ag-ui"])
+def test_a_sim_ground_truth_file_that_takes_no_write_exits_2_naming_it(protocol):
+    # FAILED on the old code: `sim --ground-truth /dev/full` opened, then its first line (server_started) failed to
+    # be written: a traceback, twice over (stop() wrote once more), exit 1.
+    proc = run_cli("sim", "--port", "0", "--protocol", protocol, "--ground-truth", "/dev/full", timeout=60)
+    one_error(proc, "ground truth file /dev/full", "No space left on device")
