@@ -165,7 +165,7 @@ def _command_flags(commands: Mapping[str, argparse.ArgumentParser], name: str) -
     else:
         parser = commands[name]
     return {flag: action.nargs != 0 for action in parser._actions for flag in action.option_strings
-            if flag not in ("-h", "--help")}
+            if flag not in ("-h", "--help") and action.help != argparse.SUPPRESS}
 
 
 def _version() -> str:

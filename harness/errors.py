@@ -77,6 +77,14 @@ def unknown_flag_hint(parser: argparse.ArgumentParser, message: str, given: Sequ
     not know (`proxy --upstrem URL`: "the following arguments are required: --upstream"): then, with the arguments
     the parser was `given`, the first misspelt long flag among them is what is reported, as if nothing were missing."""
     flags = [flag for action in parser._actions for flag in action.option_strings]
+    # The flags --help shows: a hidden one (`run --jwt-secret`, there only to refuse a secret) is never suggested.
+    shown = [flag for action in parser._actions if action.help != "==SUPPRESS==" for flag in action.option_strings]
+    if message.startswith("ambiguous option: ") and " could match " in message:
+        # argparse shows the word given whole: `--to=VALUE` (a token, a secret) said as `--to=…`.
+        word, _, matches = message.removeprefix("ambiguous option: ").rpartition(" could match ")
+        name, eq, _ = word.partition("=")
+        listed = ", ".join(m for m in matches.split(", ") if m in shown) or matches
+        return f"ambiguous option: {name}{'=…' if eq else ''} could match {listed}"
     if message.startswith("the following arguments are required:"):
         for arg in given:
             if arg == "--":  # what follows is positional
@@ -84,7 +92,7 @@ def unknown_flag_hint(parser: argparse.ArgumentParser, message: str, given: Sequ
             name = arg.partition("=")[0]
             # A long flag the parser does not know, not even as the prefix argparse would take for one of its own.
             if name.startswith("--") and len(name) > 2 and not any(f.startswith(name) for f in flags):
-                meant = closest(name, flags)
+                meant = closest(name, shown)
                 if meant:
                     return f"unrecognized arguments: {name} (did you mean {meant}?)"
         return message
@@ -92,7 +100,7 @@ def unknown_flag_hint(parser: argparse.ArgumentParser, message: str, given: Sequ
         return message
     words = message.partition(":")[2].split()
     first = next((a.partition("=")[0] for a in words if a.startswith("-")), None)
-    meant = closest(first, flags) if first else None
+    meant = closest(first, shown) if first else None
     message = "unrecognized arguments: " + " ".join(_unshown(words))
     return f"{message} (did you mean {meant}?)" if meant else message
 

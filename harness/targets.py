@@ -652,6 +652,20 @@ EMBEDDED_DIALECTS = frozenset({"netra", "ag-ui"})
 # -- the command line's view of the same options ---------------------------------------------------------------
 
 def add_target_args(p: argparse.ArgumentParser) -> None:
+    import argparse  # (the command line's alone: a driver that builds its options otherwise loads none of it)
+
+    class SecretGiven(argparse.Action):
+        """A secret given on the command line where chatprobe takes the name of the variable that holds it: refused,
+        the value never shown."""
+
+        def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+            super().__init__(option_strings, argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                     option_string: str | None = None) -> None:
+            parser.error(f"{option_string} takes no secret here (a command line shows in `ps`): put it in an "
+                         "environment variable and give its name, --jwt-secret-env VAR (the value given is not shown)")
+
     g = p.add_argument_group("target")
     g.add_argument("--target", metavar="URL", help="ws://, wss://, http(s):// (SSE) URL of the server; "
                    "omitted: start the embedded agentsim on a free loopback port")
@@ -667,6 +681,9 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jwt-secret-env", metavar="VAR", default=None,
                    help="mint an HS256 JWT per virtual user with the secret in this variable "
                         "(default CHATPROBE_JWT_SECRET if set)")
+    # agentsim's own flag, as a user of `chatprobe sim` types it here: argparse took it for the start of
+    # --jwt-secret-env and the secret for a variable's name, which "the variable is not set" then showed.
+    g.add_argument("--jwt-secret", nargs="?", action=SecretGiven, help=argparse.SUPPRESS)
     g.add_argument("--ca-file", metavar="PEM", help="CA bundle to verify a wss:// / https:// server (beside a ws:// "
                    "or http:// target, or none, a usage error: those speak no TLS)")
     g.add_argument("--client-cert", metavar="PEM", help="client certificate to show a wss:// / https:// server that "

@@ -275,3 +275,22 @@ def test_a_sim_ground_truth_file_that_takes_no_write_exits_2_naming_it(protocol)
     # be written: a traceback, twice over (stop() wrote once more), exit 1.
     proc = run_cli("sim", "--port", "0", "--protocol", protocol, "--ground-truth", "/dev/full", timeout=60)
     one_error(proc, "ground truth file /dev/full", "No space left on device")
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "probe", "--jwt-secret", "S3CRET-jwt-01"],  # agentsim's own flag, typed to `run`
+    ["run", "probe", "--jwt-secret=S3CRET-jwt-01"],
+    ["monitor", "--once", "--jwt-secret", "S3CRET-jwt-01"],
+    ["run", "probe", "--jwt-secre=S3CRET-jwt-01"],
+    ["run", "probe", "--token=S3CRET-jwt-01"],  # curl's and many a client's flag: ambiguous here
+    ["monitor", "--once", "--tok=S3CRET-jwt-01"],
+])
+def test_a_secret_given_on_the_command_line_is_refused_and_never_shown(argv):
+    # FAILED on the old code: argparse took `--jwt-secret` for the start of --jwt-secret-env, so the secret was a
+    # variable's name, shown whole in "--jwt-secret-env S3CRET…: the variable is not set or empty"; and an ambiguous
+    # `--token=S3CRET…` was echoed whole in argparse's "ambiguous option" message.
+    with Listener() as server:
+        proc = run_cli(*argv, "--target", f"ws://127.0.0.1:{server.port}", timeout=60)
+        err = one_error(proc, "--")
+        assert "S3CRET" not in err + proc.stdout and server.accepted() == 0
+        assert "--jwt-secret-env" in err or "--token-env" in err, err
