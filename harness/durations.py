@@ -129,12 +129,15 @@ PositiveSeconds = Annotated[float, BeforeValidator(parse_duration), AfterValidat
 PositiveLatencySeconds = Annotated[float, BeforeValidator(parse_latency_bound), AfterValidator(_positive)]
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2}
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+               "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
 
 
 def parse_size(text: str) -> int:
-    """A byte count: `1048576`, `512KiB`, `4MiB`, `2MB` (agentsim's size syntax); raises ValueError."""
-    m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([a-z]*)", text.strip().lower())
+    """A byte count: `1048576`, `512KiB`, `4MiB`, `2MB`, `1GiB` (agentsim's size syntax, and the unit `check --max-size`
+    states its bound in); raises ValueError. Digits are ASCII ones, as a duration's are: `٣` (an Arabic-Indic three)
+    was read as 3 bytes, every frame then too large."""
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]*)?)\s*([a-z]*)", text.strip().lower())
     if not m or m.group(2) not in _SIZE_UNITS:
         raise ValueError(f"bad size {text!r} (use e.g. 4MiB, 512KiB, 1000000)")
     size = float(m.group(1)) * _SIZE_UNITS[m.group(2)]

@@ -294,3 +294,22 @@ def test_a_secret_given_on_the_command_line_is_refused_and_never_shown(argv):
         err = one_error(proc, "--")
         assert "S3CRET" not in err + proc.stdout and server.accepted() == 0
         assert "--jwt-secret-env" in err or "--token-env" in err, err
+
+
+RECORDING = Path(__file__).parent / "old_recordings" / "8afd7b8-abandonment"
+
+
+@pytest.mark.parametrize("size, says", [("٣", "bad size"), ("٣MiB", "bad size"), ("2GiB", "at most 1GiB")])
+def test_a_check_max_size_of_other_digits_or_past_the_bound_exits_2_naming_the_flag(size, says):
+    # FAILED on the old code: `٣` (an Arabic-Indic three) was read as 3 bytes, every frame of the recording then too
+    # large (exit 1, the chats failed for the flag's typo); and the bound was said as "at most 1GiB" in a unit the
+    # flag did not take (`2GiB` was a "bad size").
+    one_error(run_cli("check", str(RECORDING), "--scenario", "abandonment", "--max-size", size, timeout=60),
+              "--max-size", says)
+
+
+def test_a_check_max_size_in_gib_is_taken():
+    # FAILED on the old code: `--max-size 1GiB`, the bound the flag states, was a "bad size".
+    # (the recording's verdict is its own, 0 or 1, as with the default --max-size)
+    proc = run_cli("check", str(RECORDING), "--scenario", "abandonment", "--max-size", "1GiB", "-q", timeout=60)
+    assert proc.returncode in (0, 1) and "max-size" not in proc.stderr, proc.stderr[-2000:]
