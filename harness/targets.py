@@ -324,7 +324,12 @@ def read_token(opts: TargetOptions) -> TokenProvider:
                 # only blanks is an empty one, never sent as "Bearer " to be refused by every server.
                 value = value.strip()
             if not value:
-                raise option_error(option, f"{var}: the variable is not set or empty")
+                # The variable named only when it reads as a variable's name: a token or secret pasted where its
+                # variable's name goes is never shown (as --header-env's).
+                shown = var if re.fullmatch(_ENV_NAME, var) else \
+                    "the variable named (not shown: it does not read as a variable's name)"
+                raise option_error(option, f"{shown}: the variable is not set or empty" if shown is var else
+                                   f"{shown} is not set or empty")
             if kind == "token":
                 _one_line(value, option, var)
             return TokenProvider(token=value) if kind == "token" else TokenProvider(jwt_secret=value)

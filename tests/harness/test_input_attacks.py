@@ -284,6 +284,11 @@ def test_a_sim_ground_truth_file_that_takes_no_write_exits_2_naming_it(protocol)
     ["run", "probe", "--jwt-secre=S3CRET-jwt-01"],
     ["run", "probe", "--token=S3CRET-jwt-01"],  # curl's and many a client's flag: ambiguous here
     ["monitor", "--once", "--tok=S3CRET-jwt-01"],
+    # The secret pasted where its variable's name goes (FAILED on the old code: "--token-env S3CRET…: the variable
+    # is not set or empty"); named only when it reads as a variable's name, as --header-env's is.
+    ["run", "probe", "--token-env", "S3CRET-jwt-01"],
+    ["run", "probe", "--jwt-secret-env=S3CRET.jwt/01+x"],
+    ["monitor", "--once", "--token-env", "eyJhbGciOiJIUzI1NiJ9.S3CRET.sig"],
 ])
 def test_a_secret_given_on_the_command_line_is_refused_and_never_shown(argv):
     # FAILED on the old code: argparse took `--jwt-secret` for the start of --jwt-secret-env, so the secret was a
