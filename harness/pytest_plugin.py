@@ -480,8 +480,6 @@ class _ScrubbedOwnRequests(logging.Filter):
 
 
 _SCRUBBED_OWN_REQUESTS = _ScrubbedOwnRequests()
-# The loggers the fixture's clients log on (each by its own name: redact.CLIENT_LOGGERS says why).
-_HTTP_LOGGERS = redact.CLIENT_LOGGERS
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -491,7 +489,7 @@ def pytest_configure(config: pytest.Config) -> None:
     --chatprobe-target the options were checked against the embedded agentsim, which refused a profile of the team's
     own dialect, or a subprotocol with AG-UI's SSE address); the fixture checks them against that URL, and a mistake
     fails each test that asks for it with one line."""
-    for name in _HTTP_LOGGERS:
+    for name in redact.CLIENT_LOGGERS:  # (each by its own name: redact says why)
         logging.getLogger(name).addFilter(_SCRUBBED_OWN_REQUESTS)  # (once: a filter added again is not added)
     if any(config.getoption(name) not in (None, default) for name, default in _DEFAULTS.items()) and \
             not _url_overridden(config):
@@ -499,7 +497,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for name in _HTTP_LOGGERS:
+    for name in redact.CLIENT_LOGGERS:  # (each by its own name: redact says why)
         logging.getLogger(name).removeFilter(_SCRUBBED_OWN_REQUESTS)
 
 

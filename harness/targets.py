@@ -51,9 +51,19 @@ FLAGS: dict[str, str] = {
 }
 # Headers of the user's own, as given: (name, value) for `headers`, (name, environment variable) for `header_env`.
 HeaderPairs = tuple[tuple[str, str], ...]
-# What a shell calls a variable: a `--header-env` variable that is not one may be a secret pasted in its place.
+# What a shell calls a variable: a `--header-env`/`--token-env` variable that is not one may be a secret pasted in
+# its place.
 # (Text, compiled by re where it is used: only a refusal reads it, and a run compiles none at import.)
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
+_NOT_SHOWN = "named (not shown: it does not read as a variable's name)"
+
+
+def _reads_as_name(var: str) -> bool:
+    """Whether an option's value reads as an environment variable's name, so may be shown in a message: a token or
+    secret pasted where its variable's name goes (`--token-env eyJ…`, `--header-env 'X-Key=sk-live-…'`) is not."""
+    return re.fullmatch(_ENV_NAME, var) is not None
+
+
 # RFC 9110 5.1: a field name is a token.
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # One header (name, ": " and value), and all of them: within what common servers take in a request head (nginx reads
@@ -324,12 +334,8 @@ def read_token(opts: TargetOptions) -> TokenProvider:
                 # only blanks is an empty one, never sent as "Bearer " to be refused by every server.
                 value = value.strip()
             if not value:
-                # The variable named only when it reads as a variable's name: a token or secret pasted where its
-                # variable's name goes is never shown (as --header-env's).
-                shown = var if re.fullmatch(_ENV_NAME, var) else \
-                    "the variable named (not shown: it does not read as a variable's name)"
-                raise option_error(option, f"{shown}: the variable is not set or empty" if shown is var else
-                                   f"{shown} is not set or empty")
+                raise option_error(option, f"{var}: the variable is not set or empty" if _reads_as_name(var) else
+                                   f"the variable {_NOT_SHOWN} is not set or empty")
             if kind == "token":
                 _one_line(value, option, var)
             return TokenProvider(token=value) if kind == "token" else TokenProvider(jwt_secret=value)
@@ -399,9 +405,7 @@ def read_headers(opts: TargetOptions, transport: str) -> HeaderPairs:
             raise _header_error("header_env", name, "names no environment variable (Name=VAR)")
         value = os.environ.get(var)
         if not value:
-            # The variable named only when it reads as a variable's name: `--header-env 'X-Key=sk-live-…'` (the
-            # value pasted where its variable goes) is never shown.
-            shown = var if re.fullmatch(_ENV_NAME, var) else "named (not shown: it does not read as a variable's name)"
+            shown = var if _reads_as_name(var) else _NOT_SHOWN
             raise _header_error("header_env", name, f"the variable {shown} is not set or empty")
         given.append(("header_env", name, value))
     seen: dict[str, str] = {}

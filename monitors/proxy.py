@@ -111,10 +111,6 @@ MAX_SUBPROTOCOLS = 32
 # A resume looks for its run among this many of the user's latest connections still open (a browser that lost its
 # network resumes on its next socket while the old one has not closed yet: one or two).
 MAX_RESUME_SEARCH = 64
-# Chats one connection may have open at once (a chat UI has one or a few). Past it the oldest is judged as it stands
-# and counted as the client's doing (chatprobe_client_rejections_total), and --record names it on the send record that
-# crowded it out, for `chatprobe check` to judge it alike (flow.MAX_OPEN_WATCHED, flow.crowded_out).
-MAX_OPEN_CHATS = MAX_OPEN_WATCHED
 # A connection whose user is named by a JWT's claim, read without its signature (frontdoor.identity_of: the proxy
 # holds no key, and anyone can write a token naming another user), is that user's only once the upstream accepted it:
 # until the server spoke on it (a welcome, an event, an error that is no AUTH_FAILED), its client's frames are held
@@ -212,7 +208,7 @@ MAX_QUEUE = 1
 WRITE_LIMIT = 64 * 1024
 # The bytes of events a followed chat keeps (`chatprobe run` keeps 4 MiB a chat for its reports; the proxy reports
 # none: its verdicts, counts and times are the same whether events are kept or only counted). A connection holds at
-# most 2 x MAX_OPEN_CHATS chats (the open ones and the judged ones it remembers for late events): an upstream that
+# most 2 x MAX_OPEN_WATCHED chats (the open ones and the judged ones it remembers for late events): an upstream that
 # sent a client's chats thousands of events with kilobyte ids made the proxy keep ~4 MiB each, ~512 MiB a connection.
 LIVE_KEPT_BYTES = 16 * 1024
 # A relay (either direction of a connection) lets the event loop's others run once per FRAMES_PER_TURN frames or this
@@ -930,12 +926,12 @@ class LiveConnection:
     def _sent(self, chat: ChatTracker, sent: int | None) -> None:
         """`chat` came to this connection with the send record `sent` (None: not recorded). Once a chat."""
         if self.held is not None:
-            if len(self._held_from) >= 2 * MAX_OPEN_CHATS:  # only the chats open here are judged here: the rest let go
+            if len(self._held_from) >= 2 * MAX_OPEN_WATCHED:  # only the chats open here are judged here: the rest let go
                 self._held_from = {k: v for k, v in self._held_from.items() if k in self._by_id}
             self._held_from[chat.chat_id] = self.held.upto(time.monotonic())
         if sent is None:
             return
-        if len(self._sent_as) >= 2 * MAX_OPEN_CHATS:  # only the chats open here can be named: the rest let go
+        if len(self._sent_as) >= 2 * MAX_OPEN_WATCHED:  # only the chats open here can be named: the rest let go
             self._sent_as = {k: v for k, v in self._sent_as.items() if k in self._by_id}
         self._sent_as[chat.chat_id] = sent
 
@@ -1082,16 +1078,16 @@ class LiveConnection:
         self.live.connection_closed(self)
 
     def _make_room(self, now: float) -> int | None:
-        """Room for one more open chat: past MAX_OPEN_CHATS the oldest is judged as it stands, as the client's doing
+        """Room for one more open chat: past MAX_OPEN_WATCHED the oldest is judged as it stands, as the client's doing
         (not the server's). A resumed chat judged on another connection meanwhile just leaves the count. The send
         record (its ordinal) that brought the chat let go here, when one did (for the send record of the chat that
         crowded it out to name: `chatprobe check` judges it alike), else None."""
-        if len(self._by_id) < MAX_OPEN_CHATS:
+        if len(self._by_id) < MAX_OPEN_WATCHED:
             return None
         for chat_id, chat in list(self._by_id.items()):
             if chat.judged:
                 del self._by_id[chat_id]
-        if len(self._by_id) < MAX_OPEN_CHATS:
+        if len(self._by_id) < MAX_OPEN_WATCHED:
             return None
         oldest = next(iter(self._by_id.values()))
         sent = self._sent_as.get(oldest.chat_id)

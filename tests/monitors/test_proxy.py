@@ -621,21 +621,21 @@ async def _thinking_sim_behind_proxy():
 
 
 async def test_a_client_with_too_many_chats_open_at_once_is_bounded_and_counted_as_its_own_doing():
-    from monitors.proxy import MAX_OPEN_CHATS
+    from harness.flow import MAX_OPEN_WATCHED
 
     # Runs that take long: every chat the client opens stays open while it sends the next ones.
     async with _thinking_sim_behind_proxy() as (secret, metrics, port):
         target = Target(url=f"ws://127.0.0.1:{port}/ws", profile=load_profile("netra"), name="proxy",
                         tokens=TokenProvider(jwt_secret=secret))
-        sent = 3 * MAX_OPEN_CHATS
+        sent = 3 * MAX_OPEN_WATCHED
         ws = await _raw_client(target, "flood")
         reader = asyncio.ensure_future(_drain(ws))  # the user's client reads what comes, as a chat UI does
         for i in range(sent):
             await ws.send(json.dumps({"type": "user_message", "payload": {
                 "content": "What is 2 * 2?", "thread_id": f"t-{i}", "message_id": f"m-{i}"}}))
-        rejected = sent - MAX_OPEN_CHATS
+        rejected = sent - MAX_OPEN_WATCHED
         await until(lambda: sample(metrics, "chatprobe_client_rejections_total", **LIVE) == rejected)
-        assert sample(metrics, "chatprobe_chats_in_flight", **LIVE) == MAX_OPEN_CHATS
+        assert sample(metrics, "chatprobe_chats_in_flight", **LIVE) == MAX_OPEN_WATCHED
         assert sum(sample(metrics, "chatprobe_chats_total", outcome=o, **LIVE)
                    for o in ("passed", "failed", "incomplete", "error")) == 0  # no verdict burnt on the server
         await ws.close()
@@ -644,16 +644,16 @@ async def test_a_client_with_too_many_chats_open_at_once_is_bounded_and_counted_
         await until(lambda: sample(metrics, "chatprobe_chats_in_flight", **LIVE) == 0)
         judged = sum(sample(metrics, "chatprobe_chats_total", outcome=o, **LIVE)
                      for o in ("passed", "failed", "incomplete", "error"))
-        assert judged == MAX_OPEN_CHATS and judged + rejected == sent
+        assert judged == MAX_OPEN_WATCHED and judged + rejected == sent
 
 
 async def test_a_chat_past_the_open_chats_bound_with_a_resume_pending_is_no_lost_reconnect():
-    """The proxy stops following the oldest chat of a connection with more than MAX_OPEN_CHATS open (the client's
+    """The proxy stops following the oldest chat of a connection with more than MAX_OPEN_WATCHED open (the client's
     doing, counted in chatprobe_client_rejections_total). When that chat had a resume of its run pending, the resume
     was judged there and then: no event back yet, so `lost`, a reconnect the server failed, on the dashboard and in
     the runbook's reading of `reconnects{result="lost"}`, for what was the proxy's own bound. It is judged as a chat the
     client left with a resume pending is: `resumed` had events come back, else in neither result."""
-    from monitors.proxy import MAX_OPEN_CHATS
+    from harness.flow import MAX_OPEN_WATCHED
 
     # Runs that take long: nothing of the resumed run comes back while the client opens chat after chat.
     async with _thinking_sim_behind_proxy() as (secret, metrics, port):
@@ -673,7 +673,7 @@ async def test_a_chat_past_the_open_chats_bound_with_a_resume_pending_is_no_lost
         # resume awaiting events (the run thinks for 30 s).
         await second.send(json.dumps({"type": "resume", "payload": {"run_id": run_id, "last_seq": seq}}))
         reader = asyncio.ensure_future(_drain(second))
-        for i in range(1, MAX_OPEN_CHATS + 1):  # the 64th chat opened there makes the proxy let the oldest go
+        for i in range(1, MAX_OPEN_WATCHED + 1):  # the 64th chat opened there makes the proxy let the oldest go
             await second.send(json.dumps({"type": "user_message", "payload": {
                 "content": "What is 2 * 2?", "thread_id": f"t-{i}", "message_id": f"m-{i}"}}))
         await until(lambda: sample(metrics, "chatprobe_client_rejections_total", **LIVE) == 1)
@@ -685,7 +685,7 @@ async def test_a_chat_past_the_open_chats_bound_with_a_resume_pending_is_no_lost
         await until(lambda: sample(metrics, "chatprobe_chats_in_flight", **LIVE) == 0)
         judged = sum(sample(metrics, "chatprobe_chats_total", outcome=o, **LIVE)
                      for o in ("passed", "failed", "incomplete", "error"))
-        assert judged + 1 == MAX_OPEN_CHATS + 1  # every chat started counted once: judged, or the one let go
+        assert judged + 1 == MAX_OPEN_WATCHED + 1  # every chat started counted once: judged, or the one let go
         assert sample(metrics, "chatprobe_reconnects_total", result="lost", **LIVE) == 0
 
 

@@ -291,9 +291,9 @@ async def test_a_users_left_runs_are_held_up_to_the_bound_exactly_over_the_proxy
 async def test_chats_open_on_one_connection_are_followed_up_to_the_bound_exactly(chats):
     """docs/architecture.md: the proxy follows at most 64 chats open at once on one connection; past it the oldest is
     judged as it stands, as the client's doing (chatprobe_client_rejections_total). Exactly 64 open: none is."""
-    from monitors.proxy import MAX_OPEN_CHATS
+    from harness.flow import MAX_OPEN_WATCHED
 
-    assert MAX_OPEN_CHATS == 64
+    assert MAX_OPEN_WATCHED == 64
     async with Proxied([], deadline=30.0) as p:
         async with asyncio.timeout(30):
             ws = await p.connect("alice")
@@ -309,4 +309,4 @@ async def test_chats_open_on_one_connection_are_followed_up_to_the_bound_exactly
             while p.live.closed_count == closed:
                 p.live.closed.clear()
                 await p.live.closed.wait()
-    assert rejected == chats - MAX_OPEN_CHATS, rejected
+    assert rejected == chats - MAX_OPEN_WATCHED, rejected
