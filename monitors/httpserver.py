@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import re
 import resource
 import socket
@@ -23,6 +24,7 @@ from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import create_server
 from waitress.task import ErrorTask
+from waitress.trigger import trigger as WaitressTrigger
 from waitress.utilities import BadRequest, find_double_newline
 
 from harness import redact
@@ -397,6 +399,45 @@ def _make_room(channels: dict[int, Any]) -> None:
         victim.handle_close()
 
 
+class _Trigger(WaitressTrigger):
+    """waitress's wake-up pipe (a worker writes a byte to wake the I/O thread), never written once closed.
+
+    A worker wakes the I/O thread at the end of each request, once it has seen its connection open, and whenever its
+    answer outgrows the send size; nothing orders that after a shutdown. A shutdown in between (the monitor stopped
+    while a /probe was being answered) closed the connection and the pipe first, and the worker wrote into a closed
+    descriptor: EBADF, logged by waitress as "Exception when servicing" with a traceback; or, the number taken again
+    meanwhile (a probe's socket, the proxy's client), a stray byte into someone else's stream.
+
+    Here the check and the write are one step under `_pull_lock`, and close() marks the pipe closed under it before
+    closing the descriptors: a write that began before close() ends before them, one after sees the mark and does
+    nothing (the I/O thread it would wake is gone). That holds for every order, which stopping the workers before
+    closing the pipe would not: a worker can outlive any bounded wait for it (a /probe past its deadline), and a
+    worker waiting for its answer to drain needs the I/O thread running. No other lock is taken under `_pull_lock`
+    (a thunk is queued before it, under waitress's own lock, which the I/O thread holds while it runs close_all), and
+    the write never blocks (a full pipe already holds a pending wake-up): close() from the I/O thread, the pipe's only
+    reader, never waits on a worker that waits on it."""
+
+    def __init__(self, map: dict) -> None:
+        super().__init__(map)
+        self._pull_lock = threading.Lock()
+        self._shut = False
+        os.set_blocking(self.trigger, False)
+
+    def pull_trigger(self, thunk: Callable[[], None] | None = None) -> None:
+        if thunk is not None and not self._shut:  # a thunk queued once closed would never run: dropped
+            with self.lock:
+                self.thunks.append(thunk)
+        with self._pull_lock:
+            if not self._shut:
+                with contextlib.suppress(BlockingIOError):
+                    self._physical_pull()
+
+    def close(self) -> None:
+        with self._pull_lock:
+            self._shut = True
+        super().close()
+
+
 class HttpServer:
     """waitress serving one WSGI app on one socket, in a daemon I/O thread plus `threads` workers."""
 
@@ -412,6 +453,9 @@ class HttpServer:
             ident="chatprobe-monitor", expose_tracebacks=False,
             log_socket_errors=False)  # a client that resets, or an accept() that fails, is not worth a traceback
         self._server.channel_class = _OneRequestChannel if one_request_per_connection else _Channel
+        # waitress's trigger, for one never written once closed (_Trigger); swapped before the I/O thread starts
+        self._server.trigger.close()
+        self._server.trigger = _Trigger(self._map)
         sweep = self._server.maintenance
 
         def maintenance(now: float) -> None:  # every cleanup_interval, in the I/O thread

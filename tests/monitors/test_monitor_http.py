@@ -414,3 +414,67 @@ async def test_a_bare_lf_or_an_expect_with_no_body_is_answered_at_once_on_the_mo
             assert answer.startswith(b"HTTP/1.1 405 "), answer[:200]
     finally:
         await asyncio.to_thread(metrics_only.shutdown, 1.0)
+
+
+# -- a worker finishing as the server shuts down -------------------------------------------------------------------
+
+@pytest.mark.parametrize("descriptor", ["left closed", "reused"])
+def test_a_worker_that_wakes_the_io_thread_after_shutdown_neither_fails_nor_writes_into_another_descriptor(
+        descriptor, caplog):
+    """FAILED on the old code: a worker ends each request by waking waitress's I/O thread through its trigger (a
+    pipe), once it has checked that its connection is open. A shutdown in between (the monitor stopped while a
+    /probe was being answered: once in some six runs of test_monitor_signals) closed the connection and the pipe, and
+    the worker wrote its byte into a closed descriptor: `OSError: [Errno 9] Bad file descriptor`, logged by waitress
+    as "Exception when servicing" with a traceback; or, the number taken again by a socket opened meanwhile, into
+    that socket. The worker is held here at that point (waitress's server.pull_trigger, which it calls) until the
+    shutdown has ended the I/O thread; then, for "reused", a socket pair is opened until one end has the pipe's
+    number. The byte must go nowhere, and nothing be logged."""
+    caplog.set_level(logging.DEBUG)
+    answering, answer = threading.Event(), threading.Event()
+
+    def app(environ, start_response):
+        answering.set()
+        assert answer.wait(DEADLINE), "the answer was never let go"
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+        return [b"gone\n"]
+
+    server = httpserver.start_http(app, "127.0.0.1", 0, threads=1)
+    waitress_server, io_thread = server._server, server._thread
+    pipe_fd = waitress_server.trigger.trigger  # the pipe's end the workers write into
+    wake, held = waitress_server.pull_trigger, threading.Event()
+    strangers: list[socket.socket] = []
+    stranger: list[socket.socket] = []  # the peer of the socket that got the pipe's number
+
+    def pull_trigger() -> None:
+        if threading.current_thread() is not io_thread and not held.is_set():
+            held.set()
+            io_thread.join(DEADLINE)  # the shutdown has closed every connection and the pipe
+            if descriptor == "reused":
+                for _ in range(64):
+                    pair = socket.socketpair()
+                    strangers.extend(pair)
+                    if pipe_fd in (pair[0].fileno(), pair[1].fileno()):
+                        stranger.append(pair[1] if pair[0].fileno() == pipe_fd else pair[0])
+                        break
+        wake()
+
+    waitress_server.pull_trigger = pull_trigger
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=DEADLINE) as client:
+            client.sendall(b"GET /probe?target=x HTTP/1.1\r\nHost: monitor\r\n\r\n")
+            assert answering.wait(DEADLINE)
+            answer.set()
+            assert held.wait(DEADLINE), "the worker never woke the I/O thread"
+            server.shutdown()
+            assert not io_thread.is_alive()
+        if descriptor == "reused":
+            assert stranger, f"descriptor {pipe_fd} was not free again"
+            stranger[0].setblocking(False)
+            with pytest.raises(BlockingIOError):  # nothing to read: no byte was written into the stranger's socket
+                stranger[0].recv(16)
+    finally:
+        answer.set()
+        server.shutdown()
+        for sock in strangers:
+            sock.close()
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text
