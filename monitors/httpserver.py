@@ -504,7 +504,12 @@ class HttpServer:
         def close_all() -> None:  # runs in the I/O thread, which owns the map: the loop ends when it is empty
             for channel in list(self._map.values()):
                 with contextlib.suppress(OSError):
-                    channel.close()
+                    # A connection by its handle_close (the listening socket and the trigger by close): under the
+                    # lock a worker holds while it checks the connection and writes to it, and waking a worker
+                    # that waits for its answer to drain. close() alone woke none: that worker waited for good,
+                    # and the shutdown its whole timeout for it ("1 thread(s) still running"); and a worker
+                    # writing meanwhile could find the socket gone under it (a logged AttributeError).
+                    (channel.handle_close if isinstance(channel, HTTPChannel) else channel.close)()
 
         self._server.trigger.pull_trigger(close_all)
         self._thread.join(timeout)

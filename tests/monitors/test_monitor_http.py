@@ -478,3 +478,48 @@ def test_a_worker_that_wakes_the_io_thread_after_shutdown_neither_fails_nor_writ
         for sock in strangers:
             sock.close()
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text
+
+
+def test_shutdown_wakes_a_worker_waiting_for_its_answer_to_drain(caplog):
+    """FAILED on the old code: a worker whose answer is more than waitress's high watermark (16 MiB) ahead of what
+    the client took waits for the I/O thread to drain it, woken only by that thread. The shutdown closed the
+    connection without waking it: the shutdown waited its whole `timeout` for that worker and logged "1 thread(s)
+    still running", and the worker waited for good. The worker's wait is seen as its call to wake the I/O thread with
+    its buffer over the watermark (it waits right after, holding the lock the shutdown's close needs until then)."""
+    caplog.set_level(logging.DEBUG)
+    big = b"m" * (20 * 1024 * 1024)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(big) + 1))])
+        return [big, b"\n"]  # the second write waits until the first has drained below the watermark
+
+    server = httpserver.start_http(app, "127.0.0.1", 0, threads=1)
+    waitress_server, io_thread = server._server, server._thread
+    wake, waiting = waitress_server.pull_trigger, threading.Event()
+    channels: list = []
+
+    def pull_trigger() -> None:
+        if threading.current_thread() is not io_thread:
+            for channel in list(waitress_server.active_channels.values()):
+                if channel.total_outbufs_len > channel.adj.outbuf_high_watermark:
+                    channels.append(channel)
+                    waiting.set()
+        wake()
+
+    waitress_server.pull_trigger = pull_trigger
+    try:
+        with socket.socket() as client:  # reads nothing, with a small receive buffer: the answer stays in the server
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.settimeout(DEADLINE)
+            client.connect(server.server_address[:2])
+            client.sendall(b"GET / HTTP/1.1\r\nHost: monitor\r\n\r\n")
+            assert waiting.wait(DEADLINE), "the worker never waited for its answer to drain"
+            server.shutdown(timeout=DEADLINE)
+        assert not io_thread.is_alive()
+        assert not waitress_server.task_dispatcher.threads, "a worker is still running"
+    finally:
+        server.shutdown()
+        for channel in channels:  # the old code's worker, still waiting: let go
+            with channel.outbuf_lock:
+                channel.outbuf_lock.notify_all()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
