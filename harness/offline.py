@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import redact
 from .backoff import CREDENTIALS_REFUSED, credentials_refusal
 from .checker import (
     ChatResult,
@@ -24,6 +25,7 @@ from .checker import (
     error_result,
     judge_followups,
 )
+from .errors import MESSAGE_LIMIT
 from .events import Event, Outcome, Rule
 from .flow import (
     CLEAN_CLOSE_CODES,
@@ -1306,4 +1308,6 @@ def assert_passed(run: ScenarioRun, worst: int = 10) -> ScenarioRun:
     for r in [r for r in run.results if r.outcome is not Outcome.PASSED][:worst]:
         lines.append(f"  chat {r.chat_id} (run {r.run_id}) {r.outcome.value}: {r.note or r.error or ''}".rstrip())
         lines += [f"    {v}" for v in r.violations[:10]]
-    raise AssertionError("\n".join(lines))
+    # What pytest prints on a terminal and writes into --junitxml: the recorded server's words redacted, escaped and
+    # bounded line by line, as every report shows them (a quoted credential, an escape sequence, a bidi override).
+    raise AssertionError("\n".join(redact.clean(line, MESSAGE_LIMIT) for line in lines))

@@ -738,6 +738,29 @@ def test_the_pytest_helper_fails_with_the_chats_reasons(tmp_path):
         check_recording(tmp_path / "nope.har")
 
 
+def test_the_pytest_helper_shows_a_recorded_servers_words_as_every_report_does(tmp_path):
+    # A recording (a HAR a browser test saved) of a server whose error quotes a JWT and writes escape sequences: an OSC
+    # 52 that sets the reader's clipboard, a screen clear, a CR that overwrites the line, a bidi override, a NUL. The
+    # failure's text is what pytest prints on a terminal and writes into --junitxml: escaped and redacted, as the
+    # summary, JSON and JUnit reports show it, and bounded.
+    jwt_ = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEifQ.c2lnbmF0dXJlLW9mLXRoZS10b2tlbi1oZXJl"
+    said = f"denied {jwt_} \x1b]52;c;ZXZpbA==\x07\x1b[2J\rall good\u202eevil\x00"
+    error = {"type": "agent_error", "run_id": "r1", "thread_id": "t1", "seq": 2,
+             "payload": {"is_recoverable": False, "error_message": said}}
+    records = [send(100.0), netra_run("r1", 100.0)[0], {"t": 100.2, "dir": "recv", "conn": "c1", "frame": error},
+               {"t": 100.3, "dir": "recv", "conn": "c1",
+                "frame": {"type": "agent_\x1b]0;title\x07" + "x" * 5000, "run_id": "r1", "seq": 3}}]
+    bad = write_jsonl(tmp_path / "bad.jsonl", records)
+    with pytest.raises(AssertionError) as failed:
+        assert_passed(check_recording(bad))
+    text = str(failed.value)
+    assert "R13" in text and "denied" in text  # the reason is there...
+    assert jwt_ not in text and "[REDACTED]" in text  # ... without the credential
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", text), repr(text)
+    assert "\\x1b]52;c;" in text and "\\u202e" in text  # shown escaped, still readable
+    assert all(len(line) <= 1100 for line in text.splitlines())
+
+
 # -- the recorder --
 
 def test_a_full_recording_file_drops_frames_before_scrubbing_them(tmp_path, monkeypatch):
