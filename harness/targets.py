@@ -249,7 +249,18 @@ def target_label(url: str) -> str:
 def check_url(url: str, option: str, schemes: tuple[str, ...] = tuple(SCHEMES)) -> SplitResult:
     """A server URL checked whole (scheme, host, port) before anything connects; a ConfigError about `option`."""
     expected = ", ".join(f"{x}://" for x in schemes)
-    shown = repr(url) if len(url) <= 120 else repr(url[:120]) + "…"  # a megabyte URL is not echoed whole
+    # A URL refused is quoted without what may be its password: everything between its scheme's `://` (or its start)
+    # and its last '@'. The URLs refused here are those neither urlsplit nor redact's URL pattern reads userinfo from:
+    # a scheme missing or mistyped (`user:pw@host`, `wss:/user:pw@host`), a '/', '#', '?' or space unencoded in the
+    # password (urlsplit's own error then quotes the password's head as the port, or the whole netloc); so, with an
+    # '@', urlsplit's error is not quoted either.
+    at = url.rfind("@")
+    if at >= 0:
+        start = url.find("://", 0, at)
+        url_shown = f"{url[:start + 3 if start >= 0 else 0]}{redact.REDACTED}{url[at:]}"
+    else:
+        url_shown = url
+    shown = repr(url_shown) if len(url_shown) <= 120 else repr(url_shown[:120]) + "…"  # not a megabyte URL whole
     if not url.strip():
         raise option_error(option, f"{shown}: is empty (expected a {expected} URL); leave the option out to use the "
                                    "embedded server")
@@ -261,7 +272,9 @@ def check_url(url: str, option: str, schemes: tuple[str, ...] = tuple(SCHEMES)) 
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
     except ValueError as exc:
-        raise option_error(option, f"{shown}: not a valid URL ({exc})") from None
+        why = str(exc) if at < 0 else "its port is not a number from 1 to 65535" if "port" in str(exc).lower() \
+            else "its host cannot be read"
+        raise option_error(option, f"{shown}: not a valid URL ({why})") from None
     if parts.scheme not in schemes or not parts.hostname:
         raise option_error(option, f"{shown}: expected a {expected} URL with a host")
     if parts.port == 0:  # no server listens there: every chat would be `unreachable` (exit 3), not the typo it is

@@ -319,6 +319,29 @@ def test_a_pushgateway_url_no_push_could_use_is_refused_before_the_run(capsys, u
     assert "PUSHSECRET" not in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("url", [
+    # A password that urlsplit reads no userinfo from, nor redact's URL pattern: a '/', '#', '?' or space unencoded
+    # in it (urlsplit's own error then quoted the password's head as the port), a scheme missing or mistyped, a
+    # full-width '#' that NFKC makes a '#' (urlsplit's error quoted the whole netloc).
+    "ws://ci:pw-TARGET/SECRET-1@127.0.0.1:1/ws",
+    "ws://ci:pw-TARGET#SECRET-1@127.0.0.1:1/ws",
+    "ws://ci:pw-TARGET?SECRET-1@127.0.0.1:1/ws",
+    "ws://ci:pw-TARGET SECRET-1@127.0.0.1:99999/ws",
+    "ws://ci:pw-TARGET\uff03SECRET-1@127.0.0.1:1/ws",
+    "ci:pw-TARGETSECRET-1@127.0.0.1:1",
+    "wss:/ci:pw-TARGETSECRET-1@127.0.0.1:1/ws",
+    "//ci:pw-TARGETSECRET-1@127.0.0.1:1/ws",
+])
+@pytest.mark.parametrize("command", [["run", "basic", "-q", "--target"], ["proxy", "--upstream"]])
+def test_a_server_url_refused_never_shows_its_password(capsys, command, url):
+    """A --target (or --upstream) that cannot be read is refused naming the flag, the URL and what is wrong, but
+    never the password in it: the message goes to a CI job's log."""
+    assert main([*command, url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {command[-1]} " in err and "[REDACTED]@" in err, err
+    assert "TARGET" not in err and "SECRET" not in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("url", ["127.0.0.1:1", "pushgateway:9091", "http://127.0.0.1:1", "https://127.0.0.1:1/gw/",
                                  "http://[::1]:1"])
 def test_a_pushgateway_given_as_prometheus_client_takes_it_is_taken(capsys, url):
