@@ -185,6 +185,13 @@ _INVISIBLE = (
     "\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
 )
 _INVISIBLE_RE = _Lazy(f"[{_INVISIBLE}]+")
+# The variation selectors show nothing either (category Mn, so printable to Python): each picks a glyph of the character
+# before it, and the 256 of them spell any byte, so a run of them after an emoji is hidden text as the tag characters
+# are ("emoji smuggling"), and a token with one after each character reads as the token. clean() drops them with the
+# invisible format characters; scrub() and printable() leave them (an emoji's own selector, a frame's bytes as sent).
+_SELECTORS = "\ufe00-\ufe0f\U000e0100-\U000e01ef"
+_SELECTOR_RE = _Lazy(f"[{_SELECTORS}]")
+_HIDDEN_RE = _Lazy(f"[{_INVISIBLE}{_SELECTORS}]+")
 # Characters a terminal or an XML 1.0 parser must never get raw: C0/C1 controls and DEL (escape sequences,
 # NUL), bidi overrides and isolates (text that reads other than it is), line/paragraph separators, lone
 # surrogates (not encodable, forbidden in XML), U+FFFE/U+FFFF (forbidden in XML), the invisible format characters
@@ -1776,12 +1783,14 @@ def printable(text: str) -> str:
 
 
 def clean(value: object, limit: int | None = None) -> str:
-    """A value from the server (or anywhere) made fit to show: invisible format characters dropped, scrubbed,
-    printable, at most `limit` characters. (scrub() itself drops nothing: the recorder scrubs a frame's raw text,
-    where a character dropped could make an invalid frame valid.)"""
+    """A value from the server (or anywhere) made fit to show: invisible format characters and variation selectors
+    dropped, scrubbed, printable, at most `limit` characters. (scrub() itself drops nothing: the recorder scrubs a
+    frame's raw text, where a character dropped could make an invalid frame valid.)"""
     text = value if isinstance(value, str) else str(value)
-    if not text.isprintable():  # no format character is printable: the common case costs one C scan
-        text = _INVISIBLE_RE.compiled.sub("", text)
+    # Neither is ASCII, no format character is printable: the common case costs one look at the string's kind, text
+    # with "✓" or "→" two C scans.
+    if not text.isascii() and (not text.isprintable() or _SELECTOR_RE.compiled.search(text)):
+        text = _HIDDEN_RE.compiled.sub("", text)
     text = printable(scrub(text))
     if limit is not None and len(text) > limit:
         text = f"{text[:limit]}…(+{len(text) - limit} chars)"
