@@ -50,7 +50,16 @@ FIELD_LIMIT = 1024
 def write_html(path: str, runs: list[ScenarioRun]) -> None:
     """The report of these runs at `path` (through safefile, like every report). Raises OSError if it cannot."""
     t0 = time.perf_counter()
-    sections = [_scenario(run) for run in runs]
+    # One anchor a section: runs of one name (`check a/run.jsonl b/run.jsonl`) are s-NAME, s-NAME-2, … in order.
+    anchors: set[str] = set()
+    sections = []
+    for run in runs:
+        anchor, n = f"s-{run.scenario.name}", 1
+        while anchor in anchors:
+            n += 1
+            anchor = f"s-{run.scenario.name}-{n}"
+        anchors.add(anchor)
+        sections.append(_scenario(run, anchor))
     page = _TEMPLATE.render(
         runs=runs, sections=sections, passed=bool(runs) and all(r.passed for r in runs),
         generated=_iso(time.time()), write_seconds=time.perf_counter() - t0,
@@ -92,7 +101,7 @@ class _Section:
     knee: str
 
 
-def _scenario(run: ScenarioRun) -> _Section:
+def _scenario(run: ScenarioRun, anchor: str) -> _Section:
     limit = float(run.scenario.expect.first_event_limit)
     results = run.results
     failing = [r for r in results if r.outcome is not Outcome.PASSED]
@@ -113,7 +122,7 @@ def _scenario(run: ScenarioRun) -> _Section:
     facts += [("error", e) for e in run.errors]
     rules = sorted(st.violations.items(), key=lambda kv: _rule_key(kv[0]))
     return _Section(
-        run=run, anchor=f"s-{run.scenario.name}", facts=facts, partial=partial,
+        run=run, anchor=anchor, facts=facts, partial=partial,
         ttfe=_ttfe_chart([r.time_to_first_event for r in results if r.time_to_first_event is not None], limit),
         over_time=_over_time_chart(results),
         by_rule=_rules_chart(rules),

@@ -3,6 +3,7 @@ bounded in size for 10,000 chats, and a failing-chat sample that shows rare fail
 from __future__ import annotations
 
 import html.parser
+import json
 import re
 import time
 
@@ -232,3 +233,31 @@ def test_a_scenario_a_stop_came_before_reads_not_run_not_failed(tmp_path):
     row = re.search(r'>later</a></td>.*?</tr>', text, re.S)
     assert row is not None and "NOT RUN" in row.group(0) and "FAILED" not in row.group(0), row
     assert ">not run<" in text and "not run: the run was interrupted before it started" in text
+
+
+def test_recordings_of_one_name_in_two_directories_each_have_their_own_section_link(tmp_path):
+    # `chatprobe check a/run.jsonl b/run.jsonl`: two runs named after their file, run.jsonl. Each section had the id
+    # s-run.jsonl, so the page held one id twice and the overview's second link led to the first recording's section.
+    from harness.offline import check_files
+    from harness.profiles import load_profile
+
+    paths = []
+    for folder, kind in (("a", "agent_completed"), ("b", "agent_error")):
+        (tmp_path / folder).mkdir()
+        frames = [{"type": "agent_started", "run_id": "r1", "seq": 1}, {"type": kind, "run_id": "r1", "seq": 2}]
+        lines = [{"t": 100.0, "dir": "send", "conn": "c1", "frame": {"type": "user_message", "payload": {}}}]
+        lines += [{"t": 100.1 + i / 10, "dir": "recv", "conn": "c1", "frame": f} for i, f in enumerate(frames)]
+        (tmp_path / folder / "run.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        paths.append(tmp_path / folder / "run.jsonl")
+    runs = check_files(paths, load_profile("netra"))
+    assert [r.scenario.name for r in runs] == ["run.jsonl", "run.jsonl"] and [r.target for r in runs] == [
+        str(p) for p in paths]
+    out = tmp_path / "r.html"
+    write_html(str(out), runs)
+    page = parse(out.read_text(encoding="utf-8"))
+    ids = [attrs["id"] for tag, attrs in page.tags if attrs.get("id")]
+    assert len(ids) == len(set(ids)), ids
+    sections = [attrs["id"] for tag, attrs in page.tags if tag == "section"]
+    links = [attrs["href"] for tag, attrs in page.tags if tag == "a" and (attrs.get("href") or "").startswith("#")]
+    assert links == [f"#{s}" for s in sections] and len(sections) == 2
+    assert sections[0] == "s-run.jsonl"  # the first of a name keeps the anchor it always had
