@@ -72,16 +72,28 @@ def closest(word: str, candidates: Iterable[str]) -> str | None:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        if message.startswith("unrecognized arguments:"):
-            # The flag the first unknown one most looks like, as `chatprobe run` says it: (did you mean --seed?)
-            flags = [flag for action in self._actions for flag in action.option_strings]
-            words = message.partition(":")[2].split()
-            given = next((a.partition("=")[0] for a in words if a.startswith("-")), None)
-            meant = closest(given, flags) if given else None
-            message = "unrecognized arguments: " + " ".join(_unshown(words))
-            if meant:
-                message += f" (did you mean {meant}?)"
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(unknown_flag_hint(self, message))}\n")
+
+
+def unknown_flag_hint(parser: argparse.ArgumentParser, message: str) -> str:
+    """argparse's usage error said without the values it echoes, with the flag a misspelt one most looks like, as
+    `chatprobe run` says it: 'unrecognized arguments: --jwt-secrt … (did you mean --jwt-secret?)', and 'ambiguous
+    option: --t=… could match --think, --tool-latency'. Either word may carry the secret meant for --jwt-secret.
+    harness/errors.py's `unknown_flag_hint` written again (agentsim imports nothing of harness), a test holding the
+    two alike; agentsim has no required argument, nor a hidden flag."""
+    if message.startswith("ambiguous option: ") and " could match " in message:
+        # argparse shows the word given whole: `--t=VALUE` (a secret) said as `--t=…`.
+        word, _, matches = message.removeprefix("ambiguous option: ").rpartition(" could match ")
+        name, eq, _ = word.partition("=")
+        return f"ambiguous option: {name}{'=…' if eq else ''} could match {matches}"
+    if not message.startswith("unrecognized arguments:"):
+        return message
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    words = message.partition(":")[2].split()
+    first = next((a.partition("=")[0] for a in words if a.startswith("-")), None)
+    meant = closest(first, flags) if first else None
+    message = "unrecognized arguments: " + " ".join(_unshown(words))
+    return f"{message} (did you mean {meant}?)" if meant else message
 
 
 def _unshown(words: list[str]) -> Iterator[str]:

@@ -121,6 +121,52 @@ def test_a_misspelt_flag_exits_2_naming_the_flag_meant(argv, hint):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+SECRET = "S3CRET-jwt-01"
+
+
+@pytest.mark.parametrize("command", [["-m", "agentsim"], ["-m", "harness", "sim"]], ids=["agentsim", "chatprobe-sim"])
+@pytest.mark.parametrize("argv, said", [
+    ([f"--t={SECRET}"], "ambiguous option: --t=… could match --think, --tool-latency"),
+    (["--no-auth", f"--co={SECRET}"], "ambiguous option: --co=… could match --config, --compression"),
+    (["--jwt-secrt", SECRET], "unrecognized arguments: --jwt-secrt … (did you mean --jwt-secret?)"),
+    ([f"--jwt-secrt={SECRET}"], "unrecognized arguments: --jwt-secrt=… (did you mean --jwt-secret?)"),
+])
+def test_the_secret_given_to_a_mistyped_flag_is_never_shown(command, argv, said):
+    """FAILED on the old code (the ambiguous ones): "ambiguous option: --t=S3CRET-jwt-01 could match --think,
+    --tool-latency": the value given to a flag abbreviated past telling (a --jwt-secret's secret, mistyped) was
+    echoed to the terminal and the CI log, by `agentsim` and `chatprobe sim` alike. Now said as `…`, exit 2, one line."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, *command, *argv], capture_output=True, text=True, timeout=60, env=env,
+                          cwd=str(ROOT))
+    prog = "agentsim" if command[-1] == "agentsim" else "chatprobe sim"
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"{prog}: error: {said}\n", proc.stderr
+    assert SECRET not in proc.stdout + proc.stderr
+
+
+def test_a_usage_error_is_said_as_chatprobe_says_it():
+    """agentsim's unknown_flag_hint is harness.errors.unknown_flag_hint written again (agentsim imports nothing of
+    harness): of agentsim's own parser, the two say every misspelt or ambiguous flag alike."""
+    from harness.errors import unknown_flag_hint
+
+    parser = cli.build_parser()
+    messages = [
+        f"ambiguous option: --t={SECRET} could match --think, --tool-latency",
+        "ambiguous option: --co could match --config, --compression",
+        f"ambiguous option: --ma={SECRET}=x could match --max-size, --max-live-runs-per-user",
+        f"unrecognized arguments: --jwt-secrt {SECRET}",
+        f"unrecognized arguments: --jwt-secrt={SECRET} extra",
+        "unrecognized arguments: --seeed 3 --fualt x",
+        f"unrecognized arguments: {SECRET}",
+        "unrecognized arguments: -x",
+        "argument --seed: invalid int value: 'x'",
+    ]
+    for message in messages:
+        assert cli.unknown_flag_hint(parser, message) == unknown_flag_hint(parser, message), message
+        if message.startswith(("ambiguous", "unrecognized arguments: --")):
+            assert SECRET not in cli.unknown_flag_hint(parser, message), message
+
+
 @pytest.mark.parametrize("protocol", ["netra", "ag-ui"])
 def test_a_port_in_use_exits_2_with_one_line_naming_the_address_and_the_reason(protocol, tmp_path):
     """FAILED on the old code: exit 1, with asyncio's wrapping of the reason ("cannot listen on 127.0.0.1:P: error while
