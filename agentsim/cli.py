@@ -22,6 +22,7 @@ from .faults import FaultSpecError, parse_fault, parse_size
 from .server import (
     DEFAULT_JWT_SECRET,
     PROTOCOLS,
+    READER_DEADLINE,
     AgentSim,
     SimConfig,
     check_host,
@@ -221,7 +222,8 @@ def build_parser(prog: str = "agentsim") -> argparse.ArgumentParser:
                    help="inject a fault, e.g. drop:tool_completed=0.08 (repeatable; grammar below)")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML file with the same settings")
     p.add_argument("--ground-truth", type=_checked(str, check_writable), default=None, metavar="FILE.jsonl",
-                   help="append a JSON line per event sent, fault injected, run and connection")
+                   help="append a JSON line per event sent, fault injected, run and connection (a FIFO's reader has "
+                        f"{READER_DEADLINE:g}s to open it)")
     p.add_argument("--resume-ttl", type=_checked(float, check_seconds), default=None, metavar="SECONDS",
                    help="seconds a finished run stays resumable (default 300)")
     p.add_argument("--max-size", type=_size_arg, default=None, metavar="SIZE",

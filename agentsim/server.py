@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
@@ -21,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
@@ -204,12 +205,41 @@ def verify_token(config: SimConfig, token: str) -> tuple[str | None, str]:
     return sub, ""
 
 
+# Seconds a ground truth file that is a FIFO may go without a reader before the server gives up starting: the
+# answer chatprobe's reports give a FIFO nobody reads (harness/safefile.py STALL_TIMEOUT), said in the same words.
+READER_DEADLINE = 60.0
+
+
+def open_to_append(path: str) -> TextIO:
+    """`path` opened to append text to, as open(path, "a") does, but never waiting for ever: a FIFO is opened
+    without blocking, again until a reader has opened it (`mkfifo gt; agentsim --ground-truth gt & cat gt`), and an
+    OSError (ENXIO) once READER_DEADLINE passes without one. Its writes then block as a file's do."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    deadline = time.monotonic() + READER_DEADLINE
+    while True:
+        try:
+            fd = os.open(path, flags, 0o666)
+            break
+        except OSError as exc:  # ENXIO: a FIFO no process has open for reading (there is no call that waits for one)
+            if exc.errno != errno.ENXIO:
+                raise
+            if time.monotonic() >= deadline:
+                raise OSError(errno.ENXIO, f"no reader opened the FIFO within {READER_DEADLINE:g}s", path) from None
+            time.sleep(0.05)
+    try:
+        os.set_blocking(fd, True)
+        return open(fd, "a", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class GroundTruth:
     """Append-only JSON-lines record of what the server really did, flushed per line."""
 
     def __init__(self, path: str | None) -> None:
         # Open for the server's whole life, closed by close(): no single block to put a `with` around.
-        self._file = open(path, "a", encoding="utf-8") if path else None
+        self._file = open_to_append(path) if path else None
         self.path = path
         # Why a write failed (a full disk, /dev/full, an I/O error): the file is closed then, and nothing more is
         # written; said once on stderr, and at start-up a usage error (_serve). It was a traceback out of every

@@ -6,8 +6,10 @@ import asyncio
 import errno
 import json
 import os
+import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -320,6 +322,72 @@ def test_ground_truth_that_cannot_be_written_exits_2(tmp_path, capsys):
         assert f"{path}:2: field 'ground_truth'" in err and needle in err, err
         assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "no").exists()
+
+
+# One command's main in a process of its own, the wait for a FIFO's reader shortened (60 s in use): the subprocess's
+# timeout is the test's "hangs".
+_SHORT_READER_WAIT = """
+import sys
+from agentsim import server
+server.READER_DEADLINE = 1.0
+if sys.argv[1] == "agentsim":
+    from agentsim.cli import main
+    sys.exit(main(sys.argv[2:]))
+from harness.cli import main
+sys.exit(main(["sim", *sys.argv[2:]]))
+"""
+
+
+@pytest.mark.parametrize("protocol", ["netra", "ag-ui"])
+@pytest.mark.parametrize("given", ["flag", "config"])
+@pytest.mark.parametrize("command", ["agentsim", "chatprobe-sim"])
+def test_a_ground_truth_fifo_nobody_reads_exits_2_never_a_hang(tmp_path, command, given, protocol):
+    """FAILED on the old code (killed at the timeout): `--ground-truth FIFO` (or the config's ground_truth) with no
+    reader waited at open() for ever, before listening, with no word. Now the answer chatprobe's reports give a FIFO
+    nobody reads: the server waits READER_DEADLINE for a reader, then exit 2, one line naming the file."""
+    fifo = tmp_path / "gt.jsonl"
+    os.mkfifo(fifo)
+    args = ["--ground-truth", str(fifo)]
+    if given == "config":
+        config = tmp_path / "agentsim.yaml"
+        config.write_text(f"ground_truth: '{fifo}'\n")
+        args = ["--config", str(config)]
+    proc = subprocess.run([sys.executable, "-c", _SHORT_READER_WAIT, command, "--port", "0", "--protocol", protocol,
+                           *args], capture_output=True, text=True, timeout=30, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "warning" not in line]
+    assert lines == [f"agentsim: error: cannot open the ground truth file {fifo}: no reader opened the FIFO within "
+                     "1s"], proc.stderr
+    assert proc.stdout == "" and stat.S_ISFIFO(os.lstat(fifo).st_mode)  # never "listening"; still the FIFO
+
+
+def test_a_ground_truth_fifo_read_after_the_start_gets_every_line(tmp_path):
+    """`mkfifo gt; agentsim --ground-truth gt & cat gt`: a reader that comes after the server started waiting for it
+    gets the ground truth, from server_started to server_stopped."""
+    fifo = tmp_path / "gt.jsonl"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "agentsim", "--port", "0", "--ground-truth", str(fifo)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdin=subprocess.DEVNULL)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the reader, now: the server may be waiting for it
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "no listening line within 30 s"
+        assert proc.stdout.readline().startswith("agentsim listening on ws://127.0.0.1:")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        data = b""
+        while chunk := os.read(reader, 1 << 16):  # the writer is gone: what it wrote, then the end
+            data += chunk
+    finally:
+        os.close(reader)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    kinds = [json.loads(line)["kind"] for line in data.decode().splitlines()]
+    assert kinds[0] == "server_started" and kinds[-1] == "server_stopped", kinds
 
 
 def test_non_utf8_config_names_the_file(tmp_path, capsys):
