@@ -316,8 +316,13 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
                 # read as what its name says: the HAR reader reads the first, and refuses the second as no HAR
                 # (exit 2), where JSON Lines judged a lone line as a frame (exit 1) or said "no JSON" of a pretty one.
                 kind = "har"
-            if fmt is None and kind == "jsonl" and (prose := _not_json_lines(head)):
-                raise RecordingError(f"{p}:{prose}")
+            if fmt is None and kind == "jsonl":
+                whole = stat.S_ISREG((st := os.fstat(f.fileno())).st_mode) and st.st_size <= len(head) + bom
+                if _a_scenario(head, whole):
+                    raise RecordingError(f"{p}: a scenario, not a recording: run it with `chatprobe run {p}` (or judge "
+                                         f"a recording by it: chatprobe check RECORDING --scenario {p})")
+                if prose := _not_json_lines(head):
+                    raise RecordingError(f"{p}:{prose}")
             source = _Prefixed(head, f, MAX_RECORDING_BYTES - bom)
             stream = io.BufferedReader(source, CHUNK)
             if kind == "jsonl":
@@ -495,6 +500,62 @@ def _not_json_lines(head: bytes) -> str:
     except (ValueError, RecursionError) as exc:
         return _first_line_why(first, line_no, bool(newline), exc)
     return ""
+
+
+# A line of a scenario's top-level mapping, in YAML (`users: 5`) or pretty-printed JSON (`  "users": 5,`): its key.
+_KEY_LINE = re.compile(r'([ \t]*)(?:"([A-Za-z_][A-Za-z0-9_]*)"|([A-Za-z_][A-Za-z0-9_]*))[ \t]*:(?:[ \t]|$)')
+# Keys a scenario shares with many a JSON record: one of them is no sign of a scenario in a line of JSON.
+_COMMON_KEYS = frozenset({"name", "description", "message", "profile", "duration", "compression"})
+
+
+def _a_scenario(head: bytes, whole: bool) -> bool:
+    """Whether a file told to be JSON Lines, whose first bytes are `head` (all of it when `whole`), is plainly a
+    scenario (docs/scenarios.md), a mapping of a scenario's keys, `name` among them, and nothing else: a scenario
+    given to `check` where a recording goes. One line of JSON was judged as a recording of one frame (a verdict of
+    nothing); a scenario in YAML, or in JSON over several lines, was refused as "text, not a recording". A recording
+    is never such a file: its records carry keys no scenario has (`t`, `dir`, `conn`, an event's `type`)."""
+    from .scenario import Scenario
+
+    known = Scenario.model_fields.keys()
+    text = head.decode("utf-8", "replace")
+    first, _, rest = text.lstrip().partition("\n")
+    if first.startswith("{") and whole and not rest.strip():  # one line of JSON, the whole file
+        try:
+            obj = json.loads(first)
+        except (ValueError, RecursionError):
+            obj = None
+        if isinstance(obj, dict):  # (a record of a recording shares a few keys with a scenario at most)
+            return "name" in obj and obj.keys() <= known and not obj.keys() <= _COMMON_KEYS
+    if whole:
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError):
+            obj = None
+        if obj is not None:  # JSON over several lines: a mapping of a scenario's keys, or no scenario
+            return isinstance(obj, dict) and "name" in obj and len(obj) > 1 and obj.keys() <= known
+    # YAML, or JSON whose head is not all of it: the keys of the lines at the first key's indentation.
+    lines = text.splitlines()
+    if not whole:
+        lines = lines[:-1]  # (the last may be cut where the head ends)
+    keys: set[str] = set()
+    indent: str | None = None
+    for line in lines:
+        bare = line.strip()
+        if not bare or bare.startswith("#") or bare in ("---", "{", "}"):
+            continue
+        m = _KEY_LINE.match(line)
+        if indent is None:
+            if m is None:
+                return False
+            indent = m.group(1)
+        if len(line) - len(line.lstrip()) > len(indent):
+            continue  # a value's own lines
+        if m is None or m.group(1) != indent:
+            if bare.startswith("-") and line.startswith(indent + "-"):  # a YAML list at its key's indentation
+                continue
+            return False
+        keys.add(m.group(2) or m.group(3))
+    return "name" in keys and len(keys) > 1 and keys <= known
 
 
 _DIGITS = re.compile(r"Exceeds the limit \(\d+ digits\) for integer string conversion.*?(\d+) digits")

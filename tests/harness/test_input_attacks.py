@@ -318,3 +318,38 @@ def test_a_check_max_size_in_gib_is_taken():
     # (the recording's verdict is its own, 0 or 1, as with the default --max-size)
     proc = run_cli("check", str(RECORDING), "--scenario", "abandonment", "--max-size", "1GiB", "-q", timeout=60)
     assert proc.returncode in (0, 1) and "max-size" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name, text", [
+    ("mine.json", '{"name": "mine", "users": 2, "message": "hi", "objectives": {"violations": {"max": 0}}}\n'),
+    ("mine.json", '{\n  "name": "mine",\n  "users": 2,\n  "steps": [{"chat": {"message": "hi"}}]\n}\n'),
+    ("mine.yaml", "# my scenario\nname: mine\nusers: 2\nsteps:\n- chat:\n    message: hi\nobjectives:\n  violations: "
+                  "{max: 0}\n"),
+    ("mine.jsonl", "name: mine\nchats_per_user: 3\n"),  # told by what it holds, not by its name
+])
+def test_a_scenario_given_to_check_is_refused_naming_run(tmp_path, name, text):
+    # FAILED on the old code: a scenario in one line of JSON was judged as a recording of one frame (exit 1, "R12",
+    # an objective failed: a verdict of nothing), and one in YAML or pretty-printed JSON was "text, not a recording",
+    # never said to be the scenario it is.
+    path = tmp_path / name
+    path.write_text(text)
+    one_error(run_cli("check", str(path), timeout=60), f"{path}: a scenario, not a recording",
+              f"`chatprobe run {path}`")
+
+
+def test_a_built_in_scenario_file_given_to_check_is_refused_naming_run():
+    path = Path(__file__).parents[2] / "scenarios" / "basic.yaml"
+    one_error(run_cli("check", str(path), timeout=60), f"{path}: a scenario, not a recording",
+              f"`chatprobe run {path}`")
+
+
+@pytest.mark.parametrize("text", [
+    '{"name": "x", "message": "hi"}\n',  # keys any record may have
+    '{"name": "x", "users": 2, "type": "agent_started"}\n',  # an event's key besides
+    '{"name": "x", "users": 2}\n{"name": "y", "users": 1}\n',  # two records
+])
+def test_a_json_line_that_is_no_plain_scenario_is_still_judged_as_a_recording(tmp_path, text):
+    path = tmp_path / "rec.jsonl"
+    path.write_text(text)
+    proc = run_cli("check", str(path), "-q", timeout=60)
+    assert proc.returncode == 1 and "a scenario" not in proc.stderr, proc.stderr[-2000:]
