@@ -502,60 +502,55 @@ def _not_json_lines(head: bytes) -> str:
     return ""
 
 
-# A line of a scenario's top-level mapping, in YAML (`users: 5`) or pretty-printed JSON (`  "users": 5,`): its key.
-_KEY_LINE = re.compile(r'([ \t]*)(?:"([A-Za-z_][A-Za-z0-9_]*)"|([A-Za-z_][A-Za-z0-9_]*))[ \t]*:(?:[ \t]|$)')
-# Keys a scenario shares with many a JSON record: one of them is no sign of a scenario in a line of JSON.
+# Keys a scenario shares with many a JSON record: these alone are no sign of a scenario.
 _COMMON_KEYS = frozenset({"name", "description", "message", "profile", "duration", "compression"})
 
 
 def _a_scenario(head: bytes, whole: bool) -> bool:
     """Whether a file told to be JSON Lines, whose first bytes are `head` (all of it when `whole`), is plainly a
-    scenario (docs/scenarios.md), a mapping of a scenario's keys, `name` among them, and nothing else: a scenario
-    given to `check` where a recording goes. One line of JSON was judged as a recording of one frame (a verdict of
-    nothing); a scenario in YAML, or in JSON over several lines, was refused as "text, not a recording". A recording
-    is never such a file: its records carry keys no scenario has (`t`, `dir`, `conn`, an event's `type`)."""
+    scenario (docs/scenarios.md): one mapping of a scenario's keys, `name` and one a JSON record seldom has among them,
+    and nothing else; a scenario given to `check` where a recording goes. One line of JSON was judged as a recording
+    of one frame (a verdict of nothing); a scenario in YAML, or in JSON over several lines, was refused as "text, not a
+    recording". A recording is never such a file: its records carry keys no scenario has (`t`, `dir`, `conn`, an
+    event's `type`), and it is more than one mapping. The top-level keys are read by PyYAML's event parser (JSON is
+    YAML), which builds nothing, so an alias or a deep value costs no more than its bytes; a head that is not the
+    whole file may end mid-value: a parse error there is its cut, one before it no scenario."""
+    import yaml
+
     from .scenario import Scenario
 
-    known = Scenario.model_fields.keys()
     text = head.decode("utf-8", "replace")
-    first, _, rest = text.lstrip().partition("\n")
-    if first.startswith("{") and whole and not rest.strip():  # one line of JSON, the whole file
-        try:
-            obj = json.loads(first)
-        except (ValueError, RecursionError):
-            obj = None
-        if isinstance(obj, dict):  # (a record of a recording shares a few keys with a scenario at most)
-            return "name" in obj and obj.keys() <= known and not obj.keys() <= _COMMON_KEYS
-    if whole:
-        try:
-            obj = json.loads(text)
-        except (ValueError, RecursionError):
-            obj = None
-        if obj is not None:  # JSON over several lines: a mapping of a scenario's keys, or no scenario
-            return isinstance(obj, dict) and "name" in obj and len(obj) > 1 and obj.keys() <= known
-    # YAML, or JSON whose head is not all of it: the keys of the lines at the first key's indentation.
-    lines = text.splitlines()
-    if not whole:
-        lines = lines[:-1]  # (the last may be cut where the head ends)
+    cut_from = len(text) if whole else text.rfind("\n") + 1  # (the head's last line may be cut short)
     keys: set[str] = set()
-    indent: str | None = None
-    for line in lines:
-        bare = line.strip()
-        if not bare or bare.startswith("#") or bare in ("---", "{", "}"):
-            continue
-        m = _KEY_LINE.match(line)
-        if indent is None:
-            if m is None:
-                return False
-            indent = m.group(1)
-        if len(line) - len(line.lstrip()) > len(indent):
-            continue  # a value's own lines
-        if m is None or m.group(1) != indent:
-            if bare.startswith("-") and line.startswith(indent + "-"):  # a YAML list at its key's indentation
+    depth = 0  # 1 inside the top-level mapping
+    want_key = ended = False
+    try:
+        for event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+            if isinstance(event, (yaml.StreamStartEvent, yaml.DocumentStartEvent, yaml.DocumentEndEvent,
+                                  yaml.StreamEndEvent)):
                 continue
-            return False
-        keys.add(m.group(2) or m.group(3))
-    return "name" in keys and len(keys) > 1 and keys <= known
+            if ended or depth == 0 and not isinstance(event, yaml.MappingStartEvent):
+                return False  # no mapping, or more after it (a second record or document)
+            if depth == 1 and want_key:
+                if isinstance(event, yaml.MappingEndEvent):
+                    ended, depth = True, 0
+                elif isinstance(event, yaml.ScalarEvent):
+                    keys.add(event.value)
+                    want_key = False
+                else:
+                    return False  # a key that is a mapping, a list or an alias: no scenario's
+                continue
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+            want_key = depth == 1
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        if whole or mark is None or mark.index < cut_from:
+            return False  # a file that is no YAML (nor JSON) before where the head ends
+    known = Scenario.model_fields.keys()
+    return "name" in keys and keys <= known and not keys <= _COMMON_KEYS
 
 
 _DIGITS = re.compile(r"Exceeds the limit \(\d+ digits\) for integer string conversion.*?(\d+) digits")

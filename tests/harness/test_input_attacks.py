@@ -2,6 +2,7 @@
 naming the file, line and field, or the flag) before any traffic is sent, and never a traceback."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -351,5 +352,29 @@ def test_a_built_in_scenario_file_given_to_check_is_refused_naming_run():
 def test_a_json_line_that_is_no_plain_scenario_is_still_judged_as_a_recording(tmp_path, text):
     path = tmp_path / "rec.jsonl"
     path.write_text(text)
+    proc = run_cli("check", str(path), "-q", timeout=60)
+    assert proc.returncode == 1 and "a scenario" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_scenario_longer_than_the_head_read_is_refused_naming_run(tmp_path):
+    # Only the file's first 4 KiB are looked at: a scenario of many steps is told by the keys its head holds, the
+    # value the head ends in cut short.
+    steps = "".join(f"- chat:\n    message: question number {i} about the weather in a long sentence\n"
+                    for i in range(200))
+    path = tmp_path / "long.yaml"
+    path.write_text(f"name: long\nusers: 2\nsteps:\n{steps}objectives:\n  violations: {{max: 0}}\n")
+    assert path.stat().st_size > 3 * 4096
+    one_error(run_cli("check", str(path), timeout=60), f"{path}: a scenario, not a recording",
+              f"`chatprobe run {path}`")
+
+
+def test_a_long_recording_whose_first_record_has_a_scenarios_keys_is_still_judged_as_a_recording(tmp_path):
+    # A record with keys a scenario has, then more records past the head's 4 KiB: records, not a scenario.
+    lines = ['{"name": "x", "users": 2}'] + [
+        json.dumps({"t": 1700000000 + i, "dir": "recv", "conn": "c1", "frame": {"type": "thinking", "i": i}})
+        for i in range(200)]
+    path = tmp_path / "rec.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size > 3 * 4096
     proc = run_cli("check", str(path), "-q", timeout=60)
     assert proc.returncode == 1 and "a scenario" not in proc.stderr, proc.stderr[-2000:]
