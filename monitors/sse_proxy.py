@@ -201,6 +201,29 @@ def _check_lines(raw: bytes | bytearray) -> None:
                        "accepted")
 
 
+# The status line of an informational (1xx) answer, which another head follows.
+_INFORMATIONAL = re.compile(rb"HTTP/[0-9]\.[0-9] 1")
+
+
+def _check_response_heads(raw: bytes) -> int:
+    """h11.RemoteProtocolError (a 502, `protocol_error`) for an upstream's answer whose head (a 1xx's or the final
+    one's, the start of `raw` its first byte) has more than MAX_HEADERS header fields, as the WebSocket side's upstream
+    answer (websockets reads at most 128) and a client's request here: h11 parses a head whole once it came, and 64 KiB
+    of `a:1` is 10,000 fields, some 50-80 ms of the event loop to parse and send on, every other user's stream and the
+    chats' clocks stood still meanwhile, for each answer. Returns where the head still to come begins (after the whole
+    informational heads in `raw`, checked): the bytes before it need not be looked at again. Line ends are counted,
+    nothing parsed; the final head's body is not looked at."""
+    pos = 0
+    while True:
+        end = _HEAD_END.search(raw, pos)
+        stop = end.end() if end is not None else len(raw)
+        if raw.count(b"\n", pos, stop) > MAX_HEADERS + 2:  # + the status line and the blank line
+            raise h11.RemoteProtocolError(f"the upstream's answer has more than {MAX_HEADERS} header fields")
+        if end is None or not _INFORMATIONAL.match(raw, pos):
+            return pos
+        pos = stop
+
+
 def _relayed_headers(response: h11.Response) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers as the client gets them: without those of one hop (HOP_BY_HOP and the ones
     its Connection names, RFC 9110 §7.6.1: an upstream's `Connection: X-Internal` with `X-Internal: …` was passed on),
@@ -701,10 +724,14 @@ class _Exchange:
                 uwriter.write(up.send(h11.EndOfMessage()))
                 await uwriter.drain()
                 informational = 0
+                unread = b""  # the answer's bytes from the start of the head still to come (_check_response_heads)
                 while response is None:
                     event = up.next_event()
                     if event is h11.NEED_DATA:
-                        up.receive_data(await ureader.read(READ_CHUNK))
+                        data = await ureader.read(READ_CHUNK)
+                        unread += data
+                        unread = unread[_check_response_heads(unread):]
+                        up.receive_data(data)
                     elif isinstance(event, h11.Response):
                         response = event
                     elif isinstance(event, h11.InformationalResponse):
