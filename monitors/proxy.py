@@ -1585,7 +1585,9 @@ class Proxy:
                         and upstream.protocol.close_rcvd is None and upstream.protocol.close_sent is None):
                     if client.transport is not None:
                         client.transport.abort()
-                    await _close_within(upstream, *to_upstream)
+                    await _close_within(upstream, *to_upstream)  # (closed already: nothing is sent)
+                    # Neither side got a close frame: -v's line says so (it named 1000 to each, closes never sent).
+                    to_client = to_upstream = 1006, ""
                 else:
                     await asyncio.gather(_close_within(client, *to_client), _close_within(upstream, *to_upstream))
                 # Both connections are closed, or dropped (their end comes at the loop's next turn): the readers take

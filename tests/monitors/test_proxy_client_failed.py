@@ -137,3 +137,35 @@ async def test_an_upstream_failed_for_what_it_sent_is_logged_with_the_close_it_g
     finally:
         server.close()
     assert "closed by server (to the client 1014, to the upstream 1002)" in err, err
+
+
+async def test_an_upstream_that_drops_the_connection_is_logged_as_a_drop_for_both_sides(tmp_path):
+    """FAILED before: an upstream that dropped its connection (no close frame: a crash, a reset) had its client dropped
+    as it came, yet -v's line said "to the client 1000, to the upstream 1000", closes neither side ever got (an SRE
+    reading it took a crash for a clean close)."""
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = re.search(rb"(?i)sec-websocket-key: *(\S+)", head).group(1)
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + bytes([0x81, 2]) + b"{}")
+        await writer.drain()
+        async with asyncio.timeout(10):
+            await reader.read(2)  # the client's first frame came: dropped, no close frame
+        writer.transport.abort()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    try:
+        async with proxy_process(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", tmp_path, "-v") as p:
+            async with asyncio.timeout(20):
+                async with connect(f"ws://127.0.0.1:{p.port}/ws", open_timeout=10, close_timeout=2) as ws:
+                    await ws.recv()
+                    await ws.send("hello")
+                    with pytest.raises(ConnectionClosed):
+                        await ws.recv()
+                    assert ws.protocol.close_rcvd is None  # dropped, as the upstream dropped it
+                while "closed by server" not in (err := p.err.read_text()):
+                    await asyncio.sleep(0.02)  # wait-ok: poll interval of a condition wait bounded by the timeout
+    finally:
+        server.close()
+    assert "closed by server (to the client 1006, to the upstream 1006)" in err, err
