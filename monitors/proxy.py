@@ -1285,6 +1285,11 @@ class Proxy:
             door.refuse(sink, "bad_request", peer)
             return conn.respond(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
                                 f"the request's headers are over {MAX_REQUEST_HEAD // 1024} KiB\n")
+        if "Host" not in request.headers:
+            # RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host, as the HTTP side (h11)
+            # does; websockets does not ask for one, and such an upgrade was proxied.
+            door.refuse(sink, "bad_request", peer)
+            return conn.respond(HTTPStatus.BAD_REQUEST, "no Host header\n")
         twice = [name for name in ONCE_HEADERS if len(request.headers.get_all(name)) > 1]
         if twice:
             # Two Host headers (RFC 9110: a 400), two Authorization headers, two keys: which one counts is up to each

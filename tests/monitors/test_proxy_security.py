@@ -306,6 +306,28 @@ async def test_an_upgrade_with_a_header_sent_twice_is_refused_counted_and_logged
         upstream.server.close()
 
 
+async def test_an_upgrade_without_host_is_refused_and_counted_as_the_http_side_refuses_it():
+    """RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request that lacks Host. FAILED before: websockets asks
+    for none, and an upgrade without one was proxied (101, an upstream connection opened with the user's credentials),
+    while the HTTP side (h11) refused the same request 400. Now 400 too, counted bad_request, no upstream connection."""
+    upstream = await Recorded().start()
+    server, port, metrics = await in_process_proxy(f"ws://127.0.0.1:{upstream.port}")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
+                     + base64.b64encode(os.urandom(16)) + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        async with asyncio.timeout(10):
+            answer = await reader.read()  # to the proxy's end
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"no Host header" in answer, answer[:200]
+        assert upstream.requests == []
+        assert refused(metrics, "bad_request") == 1
+        assert await status_of(port, "/ws") == 101  # with its Host, the same upgrade goes through
+    finally:
+        server.close()
+        upstream.server.close()
+
+
 async def test_a_request_never_finished_before_the_handshake_deadline_is_counted_as_a_bad_request():
     """A slowloris: a request head sent a byte at a time and never finished, until the handshake deadline
     (connect_timeout + HANDSHAKE_SLACK) cuts it. The same bytes followed by the client's end are a bad_request, but cut
