@@ -186,9 +186,15 @@ def _redirect_target(location: str, url: str) -> str:
         target = given if given.scheme or not url else httpx.URL(url).join(location)
     except Exception:
         return ""
-    if target.scheme not in ("http", "https") or not target.host:
+    try:
+        host = target.host
+    except ValueError:
+        # An A-label IDNA cannot read back (`xn--ls8h.la`, `xn--`: httpx decodes the host as it is asked for it, and
+        # raised, which left the answer unclassified): shown as sent.
+        host = target.raw_host.decode("ascii", "replace")
+    if target.scheme not in ("http", "https") or not host:
         return ""
-    host = f"[{target.host}]" if ":" in target.host else target.host
+    host = f"[{host}]" if ":" in host else host
     port = f":{target.port}" if target.port is not None else ""
     return f"{target.scheme}://{host}{port}{target.path}"[:200]
 

@@ -352,3 +352,27 @@ async def test_a_very_long_sse_line_is_an_r12_relayed_whole_in_bounded_memory():
         assert peak < 8 * 1024 * 1024, peak
         await until(lambda: counts(metrics) == ({"incomplete": 1}, {"ok": 1}, 1))
         assert sample(metrics, "chatprobe_chats_in_flight") == 0
+
+
+async def test_an_upstream_redirect_to_a_host_idna_cannot_read_is_relayed_and_counted(caplog):
+    """An upstream's 302 whose Location names an A-label IDNA cannot read back (an emoji domain's `xn--ls8h.la`): the
+    proxy, judging the answer's head, read where it points and IDNA's error escaped (logged as "an answer failed in
+    the proxy (InvalidCodepoint) ... please report it"): the client got no answer, its connection closed, the attempt
+    never counted. It is relayed and counted as any redirect: a protocol_error."""
+    async def moved(reader, writer, head, body):
+        writer.write(b"HTTP/1.1 302 Found\r\nLocation: http://xn--ls8h.la/agent\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with raw_upstream(moved) as (up, _), proxy_with(up) as (url, metrics, _, _):
+        reader, writer = await connect(url)
+        try:
+            answer = await exchange(reader, writer, b"POST /agent HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                                    b"\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+            assert answer.startswith(b"HTTP/1.1 302 ") and b"xn--ls8h.la" in answer, answer
+            # the connection is still the client's: a second request on it is answered
+            again = await exchange(reader, writer, get("/health", "127.0.0.1"))
+            assert again.startswith(b"HTTP/1.1 302 "), again
+        finally:
+            writer.close()
+        await until(lambda: sample(metrics, "chatprobe_connections_total", result="protocol_error") == 1)
+    assert "Traceback" not in caplog.text and "failed in the proxy" not in caplog.text, caplog.text
