@@ -199,6 +199,22 @@ def _redirect_target(location: str, url: str) -> str:
     return f"{target.scheme}://{host}{port}{target.path}"[:200]
 
 
+async def _judge_head(response: httpx.Response) -> None:
+    """The response hook of every chat's client: the answer's head judged (head_failure) as soon as it comes, its
+    failure raised (ConnectFailed, with what the server answered), and httpx closes the response. Not after httpx's
+    send: it builds the request a redirect would make even when it follows none (its `next_request`), reading the
+    Location's host, and one IDNA cannot read (`xn--ls8h.la`) raised IDNA's own error from it: a 302 answer was a
+    chat failed for a reason it did not say ("IDNAError")."""
+    failure = head_failure(response.status_code, response.headers.get("content-type", ""),
+                           response.headers.get("location", ""), str(response.request.url),
+                           response.headers.get("content-encoding", ""))
+    if failure is not None:
+        raise ConnectFailed(*failure, **answer_of(response.status_code, response.headers.get))
+
+
+_HOOKS = {"response": [_judge_head]}
+
+
 @functools.cache
 def _no_tls() -> ssl.SSLContext:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname, no CA loaded
@@ -273,6 +289,7 @@ class KeptConnection:
             timeout=httpx.Timeout(settings.connect_timeout, read=None),  # reads are bounded by the chat's deadline
             follow_redirects=False,
             trust_env=False,  # like the WebSocket transport: no proxy from the environment
+            event_hooks=_HOOKS,
         )
         self._tls = tls
         return self.client
@@ -344,10 +361,12 @@ class SSETransport(RecordingHooks):
             timeout=httpx.Timeout(s.connect_timeout, read=None),  # reads are bounded by the chat's deadline
             follow_redirects=False,
             trust_env=False,  # like the WebSocket transport: no proxy from the environment
+            event_hooks=_HOOKS,
         )
 
     async def send(self, obj: Any) -> None:
-        """POST the request and read the response head; raises ConnectFailed, classified, when no stream opens."""
+        """POST the request and read the response head (judged by _judge_head); raises ConnectFailed, classified, when
+        no stream opens."""
         if self._requested or self._closing:
             raise ConnectFailed("protocol_error", "an SSE connection carries one chat at a time: "
                                                   "use more users, not parallel_chats, for concurrency over SSE")
@@ -377,19 +396,14 @@ class SSETransport(RecordingHooks):
                         if kept is None or idle is None or kept.backend.connects != connects or idle.got != got:
                             raise
                         idle = None
+        except ConnectFailed:
+            raise  # the answer's head refused (_judge_head)
         except Exception as exc:
             kind, reason = classify_http(exc)
             raise ConnectFailed(kind, plain_close_hint(s.url, reason)) from None
         finally:
             if response is None:  # no stream came of it (also when cancelled): the next chat may try again
                 self._requested = False
-        failure = head_failure(response.status_code, response.headers.get("content-type", ""),
-                               response.headers.get("location", ""), str(request.url),
-                               response.headers.get("content-encoding", ""))
-        if failure is not None:
-            self._requested = False
-            await response.aclose()
-            raise ConnectFailed(*failure, **answer_of(response.status_code, response.headers.get))
         self.response = response
         self._stream_ready.set()
 

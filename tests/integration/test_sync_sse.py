@@ -133,6 +133,27 @@ async def test_a_refused_request_is_classified_alike(status, kind):
     assert got.error == expected.error, (got.error, expected.error)
 
 
+@pytest.mark.parametrize("status", [300, 302, 307])
+@pytest.mark.parametrize("host", ["xn--ls8h.la", "xn--"])
+async def test_a_redirect_to_a_host_idna_cannot_read_is_said_as_any_redirect_alike(status, host):
+    """A Location whose host is an A-label IDNA cannot read back (an emoji domain's `xn--ls8h.la`, a bare `xn--`):
+    httpx read it for the redirect it builds even when it follows none, and its IDNA error became the chat's error
+    ("InvalidCodepoint", a 302's status unsaid); a 300, whose redirect it builds none of, failed where the client says
+    where a redirect points (IDNAError out of send: "the connection closed before the message could be sent", the
+    response never closed), and the Locust user's client said "IDNAError" for every one."""
+    async def handler(reader, writer, head, body):
+        writer.write(b"HTTP/1.1 %d Moved\r\nLocation: http://%s/agent\r\nContent-Length: 0\r\n\r\n"
+                     % (status, host.encode()))
+        await writer.drain()
+
+    async with RawServer(handler) as server:
+        expected, got, _ = await both(server.url)
+    want = (f"HTTP {status} from the SSE endpoint, redirecting to http://{host}/agent (no redirect is followed: give "
+            "that URL as --target)")
+    for result in (expected, got):
+        assert (result.outcome, result.error_kind, result.error) == (Outcome.ERROR, "protocol_error", want), result
+
+
 async def test_an_answer_head_dripped_a_byte_at_a_time_is_a_timeout_at_the_connect_deadline():
     async def handler(reader, writer, head, body):
         for byte in HEAD:  # within any one read's timeout, never done within the connect deadline
