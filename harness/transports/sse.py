@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http.cookiejar
 import json
 import ssl
 import time
@@ -215,6 +216,19 @@ async def _judge_head(response: httpx.Response) -> None:
 _HOOKS = {"response": [_judge_head]}
 
 
+class _NoCookies(http.cookiejar.CookieJar):
+    """The cookie jar of every chat's client: it keeps none. httpx's own kept each `Set-Cookie` of a user's answers
+    and sent them all with its next chats: a server's cookies held without bound (20 of 3 kB an answer made the third
+    chat's request 120 kB), a session cookie kept as no other credential is, and the Locust user's client and the
+    WebSocket clients keep none. A cookie the server needs goes with `--header 'Cookie: …'`."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: Any) -> None:
+        return None
+
+
 @functools.cache
 def _no_tls() -> ssl.SSLContext:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname, no CA loaded
@@ -290,6 +304,7 @@ class KeptConnection:
             follow_redirects=False,
             trust_env=False,  # like the WebSocket transport: no proxy from the environment
             event_hooks=_HOOKS,
+            cookies=_NoCookies(),
         )
         self._tls = tls
         return self.client
@@ -362,6 +377,7 @@ class SSETransport(RecordingHooks):
             follow_redirects=False,
             trust_env=False,  # like the WebSocket transport: no proxy from the environment
             event_hooks=_HOOKS,
+            cookies=_NoCookies(),
         )
 
     async def send(self, obj: Any) -> None:

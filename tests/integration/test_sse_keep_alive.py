@@ -55,6 +55,7 @@ class KeepAliveServer:
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
         self.requests: list[int] = []
+        self.heads: list[bytes] = []  # each request's head, in the order they came
         self.server: asyncio.Server | None = None
         self.url = ""
 
@@ -65,6 +66,7 @@ class KeepAliveServer:
             async with asyncio.timeout(30):
                 while True:
                     head = await reader.readuntil(b"\r\n\r\n")
+                    self.heads.append(head)
                     length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
                     body = await reader.readexactly(int(length.group(1))) if length else b""
                     self.requests[index] += 1
@@ -344,3 +346,21 @@ async def test_the_kept_connection_holds_no_credential(client):
     assert server.requests == [2], server.requests
     assert holds(target.tokens, secret)  # (the search finds a token where it is kept)
     assert not found
+
+
+@CLIENTS
+async def test_cookies_the_server_sets_are_not_kept_between_a_users_chats(client):
+    """A server setting cookies with each answer (20 of 3 kB, new names each time): the asyncio client's httpx kept
+    every one in its cookie jar and sent them all with the user's next chats, a Cookie header growing by 60 kB a chat
+    without bound (the third chat's request, 120 kB, was refused by the server: an error) and a session cookie kept
+    as no credential is; the Locust user's client kept none. Neither keeps any: a cookie goes with --header."""
+    async def answer(n: int, body: bytes) -> tuple[bytes, bool]:
+        cookies = b"".join(b"Set-Cookie: c%d_%d=%s; Max-Age=99999; Path=/\r\n" % (n, k, b"v" * 3000)
+                           for k in range(20))
+        return sized(whole_run(body), cookies), False
+
+    async with KeepAliveServer(answer) as server:
+        results = await chats(server.url, client)
+    assert verdicts(results) == PASSED, results
+    assert len(server.heads) == CHATS and not any(re.search(rb"(?im)^cookie:", h) for h in server.heads), \
+        [h[:300] for h in server.heads]
