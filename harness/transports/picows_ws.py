@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import ssl
 import time
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -95,6 +97,28 @@ PROTOCOL_ERRORS = {1009: "frame larger than the {} byte limit", 1007: "text fram
 _HANDSHAKE_HEADERS = frozenset({"Upgrade", "Connection", "Sec-WebSocket-Accept"})
 
 
+# An upgrade answer's status line as websockets reads it (RFC 9112 4): HTTP/1.1, a status from 100 to 599, a reason
+# phrase of any visible bytes, obs-text (0x80-0xFF) among them.
+_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*")
+
+
+def _unparsed_answer(exc: WSInvalidMessageError) -> tuple[int, Callable[[str], str | None]] | None:
+    """The status of an upgrade answer picows could not read for its status line alone, and a reader of its headers,
+    or None: picows reads the line as UTF-8 and the status as an HTTPStatus member, so a reason phrase in Latin-1 (`401
+    Non autoris\xe9`) or a status Python names not (a CDN's 520-526, nginx's 499) was a "malformed upgrade response",
+    where websockets, browsers and the Locust user's client read the status (a 401 refuses the credentials)."""
+    line, _, rest = (exc.raw_header or b"").partition(b"\r\n")
+    status = _STATUS_LINE.fullmatch(line)
+    if status is None:
+        return None
+    fields: dict[str, str] = {}
+    for field in rest.split(b"\r\n"):
+        name, colon, value = field.partition(b":")
+        if colon:
+            fields.setdefault(name.strip().decode("latin-1").lower(), value.strip().decode("latin-1"))
+    return int(status.group(1)), lambda name: fields.get(name.lower())
+
+
 def classify(exc: BaseException) -> tuple[str, str]:
     """A picows connection failure as (result label, one-line reason with no secret in it)."""
     if isinstance(exc, ConnectFailed):
@@ -104,6 +128,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, ssl.SSLError):
         return "tls_error", tls_reason(exc)
     if isinstance(exc, WSInvalidMessageError) and exc.response is None:
+        if (answer := _unparsed_answer(exc)) is not None and answer[0] != 101:
+            return refused_upgrade(answer[0])
         # What picows could not parse as an HTTP/1.1 response (HTTP/1.0, a bad status line, a head past 16 KiB):
         # the server answered, wrongly, as websockets' InvalidMessage says; a server that hangs up is an EOF.
         return "protocol_error", f"WebSocket handshake failed: {MALFORMED_UPGRADE}"
@@ -237,6 +263,9 @@ class PicowsTransport(WSListener, RecordingHooks):
             answer = {}
             if isinstance(exc, WSHandshakeError) and exc.response is not None and int(exc.response.status) != 101:
                 answer = answer_of(int(exc.response.status), exc.response.headers.get)
+            elif isinstance(exc, WSInvalidMessageError) and (unparsed := _unparsed_answer(exc)) is not None \
+                    and unparsed[0] != 101:
+                answer = answer_of(*unparsed)
             raise ConnectFailed(kind, plain_close_hint(s.url, reason), **answer) from None
         ws = self.ws
         if ws.is_disconnected and ws.response is None:

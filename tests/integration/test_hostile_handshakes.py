@@ -224,6 +224,32 @@ async def test_a_refusal_whose_body_never_ends_is_auth_failed_by_its_status_line
     assert peak_kb < LIMIT_KB
 
 
+# Refusals whose status line picows could not read, though HTTP allows them: (the line, exit code, result, error).
+ODD_STATUS_LINES = {
+    "cdn 520": (b"HTTP/1.1 520 Unknown Error", 1, "protocol_error", "HTTP 520 at the WebSocket handshake"),
+    "nginx 499": (b"HTTP/1.1 499 Client Closed Request", 1, "protocol_error", "HTTP 499 at the WebSocket handshake"),
+    "latin-1 reason": (b"HTTP/1.1 401 Non autoris\xe9", 2, "auth_failed", "HTTP 401 at the WebSocket handshake"),
+}
+
+
+@pytest.mark.parametrize("odd", ODD_STATUS_LINES.values(), ids=ODD_STATUS_LINES.keys())
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_refusal_whose_status_python_names_not_or_reason_is_latin_1_is_said_by_its_status(tmp_path, client,
+                                                                                                  odd):
+    """A status no HTTPStatus member names (a CDN's 520, nginx's 499) or a reason phrase in Latin-1 (RFC 9112's
+    obs-text): websockets reads the status, picows called the answer "malformed upgrade response" (a 401 then a
+    protocol_error, exit 1, not the credentials refused, exit 2)."""
+    line, exit_code, kind, error = odd
+
+    async def answer(writer: Writer, head: bytes) -> None:
+        writer.write(line + b"\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with raw(malformed(answer)) as srv:
+        code, chat, _, _ = await chatprobe(tmp_path, srv.url, CLIENTS[client])
+    assert (code, chat["outcome"], chat["error_kind"], chat["error"]) == (exit_code, "error", kind, error), chat
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_an_upgrade_answer_dripped_a_byte_at_a_time_is_bounded_by_connect_timeout(tmp_path, client):
     """A valid 101 that comes one byte every 0.25 s (some 30 s for the whole head): connect_timeout (1 s) bounds the
