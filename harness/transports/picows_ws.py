@@ -255,6 +255,11 @@ class PicowsTransport(WSListener, RecordingHooks):
             if (isinstance(exc, WSInvalidHeaderError) and exc.response is not None and int(exc.response.status) == 101
                     and (refused := _valid_refused(exc.name, exc.value)) is not None):
                 raise LeanClientRefused(refused) from None  # the caller opens it with the websockets client
+            if (isinstance(exc, WSInvalidMessageError) and exc.response is None
+                    and (unparsed := _unparsed_answer(exc)) is not None and unparsed[0] == 101):
+                # A 101 whose reason phrase is not UTF-8 (obs-text, RFC 9112 4): only picows' reading refuses it.
+                raise LeanClientRefused("the server's upgrade answer has a reason phrase that is not UTF-8 in its "
+                                        "status line") from None
             kind, reason = classify(exc)
             if type(exc) is ConnectionResetError and s.url[:4].lower() == "wss:":
                 # asyncio's word for a server that hung up during the TLS handshake (OpenSSL's unexpected EOF,

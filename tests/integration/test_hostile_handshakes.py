@@ -251,6 +251,22 @@ async def test_a_refusal_whose_status_python_names_not_or_reason_is_latin_1_is_s
 
 
 @pytest.mark.parametrize("client", CLIENTS)
+async def test_an_upgrade_whose_reason_phrase_is_latin_1_opens_alike(tmp_path, client):
+    """A 101 whose reason phrase is in Latin-1 (RFC 9112's obs-text), then a whole run: websockets takes it, picows
+    refused it as a "malformed upgrade response" (an error chat, exit 1); the websockets client now carries the
+    target from picows' refusal on, as for the other answers RFC 6455 allows and picows refuses."""
+    async def server(reader: Reader, writer: Writer, head: bytes, srv: Raw) -> None:
+        writer.write(upgrade(head, offered_deflate(head), status=b"HTTP/1.1 101 Protocoles chang\xe9s"))
+        message_id = await welcome_and_message(reader, writer)
+        writer.writelines(frame(1, f) for f in run_frames(message_id))
+        await read_until_gone(reader)
+
+    async with raw(server) as srv:
+        code, chat, _, _ = await chatprobe(tmp_path, srv.url, CLIENTS[client])
+    assert (code, chat["outcome"], chat["error"]) == (0, "passed", None), chat
+
+
+@pytest.mark.parametrize("client", CLIENTS)
 async def test_an_upgrade_answer_dripped_a_byte_at_a_time_is_bounded_by_connect_timeout(tmp_path, client):
     """A valid 101 that comes one byte every 0.25 s (some 30 s for the whole head): connect_timeout (1 s) bounds the
     whole handshake, not each read, so the chat is a `timeout` error, not a pass once the drip is done."""
