@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import ssl
 import time
 from collections.abc import Callable
@@ -97,26 +96,31 @@ PROTOCOL_ERRORS = {1009: "frame larger than the {} byte limit", 1007: "text fram
 _HANDSHAKE_HEADERS = frozenset({"Upgrade", "Connection", "Sec-WebSocket-Accept"})
 
 
-# An upgrade answer's status line as websockets reads it (RFC 9112 4): HTTP/1.1, a status from 100 to 599, a reason
-# phrase of any visible bytes, obs-text (0x80-0xFF) among them.
-_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*")
-
-
 def _unparsed_answer(exc: WSInvalidMessageError) -> tuple[int, Callable[[str], str | None]] | None:
     """The status of an upgrade answer picows could not read for its status line alone, and a reader of its headers,
     or None: picows reads the line as UTF-8 and the status as an HTTPStatus member, so a reason phrase in Latin-1 (`401
     Non autoris\xe9`) or a status Python names not (a CDN's 520-526, nginx's 499) was a "malformed upgrade response",
-    where websockets, browsers and the Locust user's client read the status (a 401 refuses the credentials)."""
-    line, _, rest = (exc.raw_header or b"").partition(b"\r\n")
-    status = _STATUS_LINE.fullmatch(line)
-    if status is None:
+    where websockets, browsers and the Locust user's client read the status (a 401 refuses the credentials). The head
+    is read by h11 (RFC 9112, obs-text in a reason phrase allowed), as the answer to the upgrade request it was; h11
+    is loaded only for such an answer (the lean client's start-up does without it)."""
+    import h11
+
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[
+        ("Host", "chatprobe"), ("Connection", "Upgrade"), ("Upgrade", "websocket")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data((exc.raw_header or b"").rstrip(b"\r\n") + b"\r\n\r\n")
+    try:
+        answer = conn.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    if not isinstance(answer, (h11.Response, h11.InformationalResponse)) or answer.http_version != b"1.1" \
+            or not 100 <= answer.status_code <= 599:
         return None
     fields: dict[str, str] = {}
-    for field in rest.split(b"\r\n"):
-        name, colon, value = field.partition(b":")
-        if colon:
-            fields.setdefault(name.strip().decode("latin-1").lower(), value.strip().decode("latin-1"))
-    return int(status.group(1)), lambda name: fields.get(name.lower())
+    for name, value in answer.headers:  # (h11 gives the names lower-cased)
+        fields.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return answer.status_code, lambda name: fields.get(name.lower())
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
