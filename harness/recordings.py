@@ -328,7 +328,8 @@ def read_recording(path: str | Path, fmt: str | None = None, *, max_frame: int =
             if kind == "jsonl":
                 yield from read_jsonl(stream, p.name, max_frame, path=str(p), refuse_prose=fmt is None)
             elif kind == "sse":
-                _skip_response_head(stream, p)
+                if first := _skip_response_head(stream, p):  # the body's first line, read to see it was no head
+                    stream = io.BufferedReader(_Prefixed(first, stream), CHUNK)
                 yield from read_sse(stream, p.name, max_frame)
             elif (order := har_order(f.fileno(), max_text)) is not None:
                 yield from read_har_sorted(f.fileno(), order, p.name, max_frame, max_text, base_dir=p.parent, path=str(p))
@@ -347,18 +348,23 @@ _BARE_CR = re.compile(rb"\r(?!\n)")
 MAX_RESPONSE_HEAD = 64 << 10  # bytes of status lines and headers before a saved body (a server's are ~1 KiB)
 
 
-def _skip_response_head(stream: io.BufferedReader[Any], p: Path) -> None:
+def _skip_response_head(stream: io.BufferedReader[Any], p: Path) -> bytes:
     """A body saved with `curl -i` (or `-D -`) starts with the response's status line and headers, after any interim
-    `1xx` response's: read past them to the body. A response that is no event stream (a status other than 2xx, a
-    Content-Type other than text/event-stream) has nothing to judge: RecordingError naming what it was."""
+    `1xx` response's: read past them to the body, and return what was read of the body's first line (b"" when none).
+    curl writes the head of each response it got for the request, the final one's last: an interim response, and a
+    head another status line follows (a proxy's `200 Connection established` to curl's CONNECT, unless
+    --suppress-connect-headers; a redirect followed with -L, an auth challenge answered with --digest: curl writes
+    none of their bodies). A final response that is no event stream (a status other than 2xx, a Content-Type other
+    than text/event-stream) has nothing to judge: RecordingError naming what it was."""
     got = n = 0
+    pending = b""  # the status line of the next response, read past a head's end
     # The file's first bytes, buffered whole (a fresh buffer's peek): a body saved without its head has no status line.
     # After an interim response the final one's status line is read as a line, never peeked: a peek returns only what
     # is left in the buffer, and a status line across its end was taken for the body (a 500 after a 100 judged).
     if not _HTTP_STATUS.match(stream.peek(64).lstrip()):
-        return
+        return b""
     while True:
-        status_line = b""
+        status_line, pending = pending.strip(), b""
         content_type = None
         while True:
             line = stream.readline(MAX_RESPONSE_HEAD - got + 1)
@@ -391,13 +397,20 @@ def _skip_response_head(stream: io.BufferedReader[Any], p: Path) -> None:
         status = int(m.group(1))
         if 100 <= status < 200:
             continue  # an interim response (100 Continue): the final one follows
+        # Read as a line, never peeked (a peek returns only what is left in the read buffer, see above).
+        first = stream.readline(MAX_RESPONSE_HEAD)
+        if _HTTP_STATUS.match(first):  # no body follows this head, but another response's: that one is the final one
+            got += len(first)
+            n += 1
+            pending = first
+            continue
         if not 200 <= status < 300:
             raise RecordingError(f"{p}: the saved response is {shown!r}, not an event stream: nothing to judge")
         if content_type is not None and not content_type.startswith(b"text/event-stream"):
             raise RecordingError(f"{p}: the saved response's Content-Type is "
                                  f"{content_type.decode('ascii', 'replace')[:80]!r}, not text/event-stream: nothing "
                                  "to judge")
-        return
+        return first
 
 
 def too_large(path: str | Path, st: os.stat_result | None = None) -> str | None:

@@ -310,6 +310,32 @@ def test_a_body_saved_with_its_response_head_is_judged_from_its_body(tmp_path):
             list(read_recording(f))
 
 
+@pytest.mark.parametrize("before", [
+    b"HTTP/1.1 200 Connection established\r\n\r\n",  # an HTTPS request through a proxy: its answer to CONNECT
+    b"HTTP/1.1 200 Connection established\r\nProxy-agent: Squid/6.6\r\n\r\n",
+    b"HTTP/1.1 307 Temporary Redirect\r\nlocation: /agent/\r\ncontent-length: 0\r\n\r\n",  # -L followed it
+    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Digest realm=\"a\", nonce=\"n\"\r\n\r\n",  # --digest
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 302 Found\r\nLocation: https://b.example/agent\r\n\r\n",
+], ids=["connect", "connect-proxy-agent", "redirect", "digest", "continue-then-redirect"])
+def test_a_body_saved_with_each_response_head_curl_wrote_is_judged_from_its_body(tmp_path, before):
+    """`curl -i` writes the head of every response it got for the request, not only the final one's: through an HTTPS
+    proxy its answer to CONNECT first (`HTTP/1.1 200 Connection established`), with -L each redirect it followed,
+    with --digest the challenge it answered (their bodies it does not write). The final head was read as the body:
+    its status line an R12 held against the server, a valid chat failed; a redirect was exit 2, "not an event
+    stream". The last head is the response's; a first event longer than the head's limit is still read whole."""
+    events = (b'data: {"type":"RUN_STARTED","threadId":"t","runId":"r1"}\n\n'
+              b'data: {"type":"RUN_FINISHED","threadId":"t","runId":"r1","result":"' + b"x" * (70 << 10) + b'"}\n\n')
+    final = b"HTTP/2 200 \r\ncontent-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\n\r\n"
+    f = tmp_path / "body.sse"
+    f.write_bytes(before + final + events)
+    [run] = check_files([f], AGUI, SC)
+    [chat] = run.results
+    assert chat.outcome is Outcome.PASSED and run.passed, (chat.violations, run.connection_violations)
+    f.write_bytes(before + b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n\r\n<p>down</p>\n")
+    with pytest.raises(RecordingError, match="'HTTP/1.1 502 Bad Gateway', not an event stream"):
+        list(read_recording(f))
+
+
 def test_sse_event_over_the_limit_ends_the_stream_with_an_r12(tmp_path):
     f = tmp_path / "body.sse"
     f.write_bytes(b'data: {"type":"RUN_STARTED","threadId":"t","runId":"r1"}\n\ndata: ' + b"y" * (3 << 20) + b"\n\n")
