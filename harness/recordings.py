@@ -1293,6 +1293,7 @@ _ENTRY_FIELDS = {
     "log.entries.item.request.postData._file": "post_file",
     "log.entries.item._resourceType": "resource_type",
     "log.entries.item.response._error": "failure",
+    "log.entries.item.response._failureText": "failure",  # Playwright's recordHar: the browser's reason, status -1
     "log.entries.item.response.httpVersion": "http_version",
 }
 _RESOURCE_TYPE = "log.entries.item._resourceType"
@@ -1779,15 +1780,16 @@ def _wants_stream(entry: _Entry) -> bool:
 
 
 def _browser_failure(error: str) -> str:
-    """Chromium's net error for a request that got no response (`_error`, `net::ERR_…`) as a connections_total
-    result, as the live client classifies its own failure to connect (transports/sse.classify_http)."""
+    """The browser's error for a request that got no response (Chromium's `_error`, `net::ERR_…`; Playwright's
+    `_failureText`, that or Firefox's `NS_ERROR_…` by the browser it drove) as a connections_total result, as the live
+    client classifies its own failure to connect (transports/sse.classify_http)."""
     code = error.upper()
-    if "TIMED_OUT" in code:
+    if "TIMED_OUT" in code or "NET_TIMEOUT" in code:
         return "timeout"
-    if "CERT" in code or "SSL" in code:
+    if "CERT" in code or "SSL" in code or "SEC_ERROR" in code:
         return "tls_error"
     if any(k in code for k in ("CONNECTION_", "NAME_", "ADDRESS_", "INTERNET_DISCONNECTED", "EMPTY_RESPONSE",
-                                "NETWORK_")):
+                                "NETWORK_", "UNKNOWN_HOST", "NET_RESET", "NET_INTERRUPT")):
         return "refused"
     return "protocol_error"  # blocked (CORS's ERR_FAILED, a client's blocker), a response the browser refused
 
@@ -1817,7 +1819,7 @@ def _stream_refused(entry: _Entry, name: str, max_frame: int) -> Iterator[Record
                        error="the HAR holds no response to this request for an event stream (status 0 and no "
                              "error: pending when the HAR was saved?)")
         yield Recorded("close", conn, t=entry.started, where=where, stream=True)
-    elif "ERR_ABORTED" in error.upper():
+    elif "ERR_ABORTED" in error.upper() or "NS_BINDING_ABORTED" in error.upper():
         yield Recorded("dropped", conn, t=entry.started, detail="the response", where=where,
                        error=f"the page cancelled its request for an event stream before any response ({error})")
         yield Recorded("close", conn, t=entry.started, where=where, stream=True)

@@ -783,6 +783,50 @@ def test_a_request_for_an_event_stream_that_got_none_is_a_chat_told_as_live_woul
         ["passed", outcome]), out
 
 
+def playwright_failed_request(failure: str) -> dict:
+    """A request the browser could not complete as Playwright's recordHar writes it (harTracer.ts: the response
+    createHarEntry leaves, status -1 and content `x-unknown`; `_onRequestFailed` adds `response._failureText`, the
+    browser's reason: Chromium's `net::ERR_…`, Firefox's `NS_ERROR_…`)."""
+    return {"startedDateTime": iso(T0), "time": -1,
+            "request": {"method": "POST", "url": "http://127.0.0.1:8000/agent", "httpVersion": "HTTP/1.1",
+                        "cookies": [], "headers": [{"name": "accept", "value": "text/event-stream"},
+                                                   {"name": "content-type", "value": "application/json"}],
+                        "queryString": [], "headersSize": -1, "bodySize": 180,
+                        "postData": {"mimeType": "application/json", "text": json.dumps(REQUEST), "params": []}},
+            "response": {"status": -1, "statusText": "", "httpVersion": "HTTP/1.1", "cookies": [], "headers": [],
+                         "content": {"size": -1, "mimeType": "x-unknown"}, "headersSize": -1, "bodySize": -1,
+                         "redirectURL": "", "_transferSize": -1, "_failureText": failure},
+            "cache": {}, "timings": {"send": -1, "wait": -1, "receive": -1}, "pageref": "page@1f2e"}
+
+
+@pytest.mark.parametrize(("failure", "code", "outcome", "kind"), [
+    ("net::ERR_CONNECTION_REFUSED", 3, "error", "refused"),
+    ("NS_ERROR_CONNECTION_REFUSED", 3, "error", "refused"),
+    ("net::ERR_TIMED_OUT", 3, "error", "timeout"),
+    ("NS_ERROR_NET_TIMEOUT", 3, "error", "timeout"),
+    ("SEC_ERROR_UNKNOWN_ISSUER", 3, "error", "tls_error"),
+    ("NS_ERROR_UNKNOWN_HOST", 3, "error", "refused"),
+    ("net::ERR_ABORTED", 1, "incomplete", None),
+    ("NS_BINDING_ABORTED", 1, "incomplete", None),
+])
+def test_a_playwright_request_for_an_event_stream_that_failed_is_told_by_its_failure_text(tmp_path, failure, code,
+                                                                                          outcome, kind):
+    """Playwright's recordHar names why a request got no response in `response._failureText` (not Chromium's
+    `_error`): it was read as no reason at all, "pending when the HAR was saved?", an incomplete chat and exit 1 where
+    the live client counted a connection refused (exit 3). Read as DevTools' `_error` is, Firefox's names too."""
+    har = tmp_path / "pw.har"
+    har.write_text(json.dumps({"log": {"version": "1.2", "creator": {"name": "Playwright", "version": "1.49.0"},
+                                       "browser": {"name": "chromium", "version": "131.0.6778.33"}, "pages": [],
+                                       "entries": [playwright_failed_request(failure)]}}, indent=2))
+    code_got, out, doc = chatprobe_check(har, "--profile", "ag-ui", cwd=tmp_path)
+    assert code_got == code, out
+    [chat] = [c for s in doc["scenarios"] for c in s["chats"]]
+    assert chat["outcome"] == outcome and failure in json.dumps(chat), chat
+    assert "pending when the HAR was saved" not in out
+    if kind is not None:
+        assert doc["scenarios"][0]["stats"]["error_kinds"] == {kind: 1}, doc["scenarios"][0]["stats"]
+
+
 def test_a_redirect_followed_or_a_request_that_also_accepts_json_is_no_chat(tmp_path):
     """The browser follows a redirect (the stream it led to is an entry of its own), and a request that accepts JSON
     as well as an event stream (an MCP client's `application/json, text/event-stream`) may well be answered so:
