@@ -499,8 +499,9 @@ def _not_json_lines(head: bytes) -> str:
     text = head.lstrip(b" \t\r\n")
     line_no = head[:len(head) - len(text)].count(b"\n") + 1
     line, newline, _ = text.partition(b"\n")
-    # JSON has no raw CR inside a string: one outside is a line's end, of CR alone (not CRLF's, nor one the read cut)
-    if _BARE_CR.search(line, 0, len(line) - line.endswith(b"\r")):
+    # JSON has no raw CR inside a string: one outside is a line's end, of CR alone (not CRLF's, nor one the read cut
+    # from its LF, nor a CR before the line's end, which is JSON's white space: `\r\r\n`, a CRLF file converted again)
+    if _BARE_CR.search(line.rstrip(b" \t\r")):
         return (f"{line_no}: a CR not followed by LF (line ends of CR alone?): JSON Lines ends each line with LF or "
                 "CRLF; convert the file's line ends (tr '\\r' '\\n')")
     if not newline and len(head) >= 4096:  # the first line goes on past what was read: left to the reader

@@ -2078,6 +2078,18 @@ def test_json_lines_with_line_ends_of_cr_alone_are_refused_crlf_still_read(tmp_p
     assert not run.connection_violations and Outcome.PASSED in [r.outcome for r in run.results]
 
 
+
+def test_json_lines_ended_with_cr_cr_lf_are_read(tmp_path):
+    """A CRLF file whose line ends were converted once more (git's autocrlf over a file written with CRLF, unix2dos
+    run twice) ends each line with CR CR LF: the CR before the line end is JSON's white space, and jsonlines.org reads
+    such a line, but `check` refused the file as one of line ends of CR alone (exit 2)."""
+    lines = [json.dumps(r) for r in [send(1000.0), *netra_run("r1", 1000.0)]]
+    f = tmp_path / "crcrlf.jsonl"
+    f.write_bytes(("\r\r\n".join(lines) + "\r\r\n").encode())
+    [run] = check_files([f], NETRA, SC)
+    assert not run.connection_violations and [r.outcome for r in run.results] == [Outcome.PASSED], run.errors
+
+
 def test_a_recording_killed_outright_is_named_by_its_part_files_and_each_reads_up_to_its_last_line(tmp_path):
     """FAILED on the old code: a `run --record` killed outright (SIGKILL at a grace period's end) leaves only the
     hidden part files of its open connections, and `check DIR` said "no recording file in the directory", nothing
