@@ -701,7 +701,10 @@ def _exists(p: Path) -> bool:
 def load_builtin_or_file(model: type[M], name_or_path: str, folder: Path, shown_folder: str, what: str) -> M:
     """A built-in data file by name (from a package folder) or the user's own YAML file by path."""
     p = Path(name_or_path)
-    if name_or_path.strip() and (p.suffix in (".yaml", ".yml") or _exists(p)):
+    # A directory of a built-in's name is no file of that name: the built-in (`chatprobe run --record netra` leaves
+    # one in the working directory, which then refused every `--profile netra`, the default, as "Is a directory").
+    if name_or_path.strip() and (p.suffix in (".yaml", ".yml") or _exists(p)) and not (
+            name_or_path in builtin_names(folder) and p.is_dir()):
         return load_model(model, p)
     shown = repr(name_or_path) if len(name_or_path) <= 80 else repr(name_or_path[:80]) + "…"
     # A name is a built-in's file name: never a path, an empty text (the current directory) or a name past the

@@ -385,6 +385,33 @@ def test_a_scenario_or_profile_named_without_its_suffix_is_answered_with_the_fil
     assert hint in err and err.count("\n") == 1, err
 
 
+def test_a_directory_named_as_a_built_in_profile_or_scenario_leaves_the_built_in_in_use(tmp_path, monkeypatch,
+                                                                                     capsys):
+    """FAILED on the old code: a directory of recordings named after a profile (`chatprobe run --record netra`, or
+    `--profile ag-ui --record ag-ui`) made every later command in that directory refuse the built-in, "--profile
+    netra: cannot read: Is a directory", `chatprobe run` with the default profile too: a name of a built-in that is a
+    directory is the built-in; a file of that name is still the user's."""
+    monkeypatch.chdir(tmp_path)
+    rec = tmp_path / "netra"
+    rec.mkdir()
+    roles = ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed"]
+    frames = [{"type": "connection_established", "user_id": "u1"},
+              *({"type": role, "run_id": "r1", "thread_id": "t1", "seq": i + 1}
+                | ({"tool_call_id": "c1", "tool_name": "calc"} if role.startswith("tool_") else {})
+                for i, role in enumerate(roles))]
+    (rec / "rec.jsonl").write_text(
+        json.dumps({"t": 1000.0, "dir": "send", "conn": "u1.1", "frame": json.dumps(
+            {"type": "user_message", "payload": {"content": "hi", "thread_id": "t1"}})}) + "\n"
+        + "".join(json.dumps({"t": 1000.1 + i / 10, "dir": "recv", "conn": "u1.1", "frame": json.dumps(f)}) + "\n"
+                  for i, f in enumerate(frames)))
+    (tmp_path / "basic").mkdir()
+    assert main(["check", "netra", "-q"]) == 0
+    assert main(["check", "netra", "--profile", "netra", "--scenario", "basic", "-q"]) == 1  # judged: basic's roles
+    assert "Is a directory" not in capsys.readouterr().err
+    (tmp_path / "netra.d").mkdir()
+    assert main(["check", "netra", "--profile", "netra.d", "-q"]) == 2  # no built-in of that name: the path, refused
+
+
 @pytest.mark.parametrize("argv, hint", [
     (["chek", "rec/"], "invalid choice: 'chek'"),
     (["chek", "rec/"], "(did you mean 'check'?)"),
