@@ -486,6 +486,8 @@ _TRANSCRIPTS = (
      "websocat's log (-v writes it to stderr): save websocat's output alone (each line a frame received, read as "
      "such) or record the traffic with `chatprobe proxy --record DIR`"),
 )
+_PRETTY = ("a JSON document written over several lines (pretty-printed, as `jq .` writes it, or an array of records), "
+           "not JSON Lines, which holds one record a line: `jq -c .` rewrites it so (an array: `jq -c '.[]'`)")
 _PROSE = ("text, not a recording (JSON Lines, an SSE body or a HAR: docs/recordings.md); a directory's files are all "
           "read as recordings: move other files out (--format sse reads an SSE body whose first lines are no event's, "
           "--format jsonl judges each line as a frame received)")
@@ -578,6 +580,8 @@ def _first_line_why(first: str, line_no: int, ended: bool, exc: Exception) -> st
         return (f"{line_no}: the file ends inside its first record, which is not whole ({CUT_WHY}): nothing was "
                 "recorded to judge")
     what = next((what for pattern, what in _TRANSCRIPTS if pattern.match(first)), "")
+    if not what and ended and first in ("{", "[", "[{"):  # the line opens a JSON document that the next lines go on
+        what = _PRETTY
     if not what and isinstance(exc, RecursionError):
         what = "JSON nested too deeply to read; no record of a recording is"
     elif not what and (digits := _DIGITS.search(str(exc))) is not None:  # Python reads at most 4,300 digits

@@ -1970,7 +1970,11 @@ def test_a_file_in_which_no_dir_can_be_read_is_refused_once_a_lone_bad_dir_stays
     ("\n\n[INFO  websocat::ws_client_peer] Connected to ws\n{\"type\": \"agent_started\"}\n",
      'wscat.txt:3: "[INFO  websocat::ws_client_peer] Connected to ws" is no JSON: websocat\'s log (-v'),
     ("# Recordings of Tuesday's demo\n", "is no JSON: text, not a recording"),
-], ids=["wscat", "websocat-v", "prose"])
+    # a recording passed through `jq .` (pretty-printed) or saved as one JSON array: said so, not "text"
+    ('{\n  "t": 1000.0,\n  "dir": "recv",\n  "frame": "{}"\n}\n', 'wscat.txt:1: "{" is no JSON: a JSON document '
+                                                                'written over several lines (pretty-printed'),
+    ('[\n  {\n    "t": 1000.0,\n    "frame": "{}"\n  }\n]\n', "`jq -c .` rewrites it so (an array: `jq -c '.[]'`)"),
+], ids=["wscat", "websocat-v", "prose", "pretty", "array"])
 def test_a_file_whose_first_line_is_no_json_is_refused_naming_what_it_looks_like(tmp_path, content, said):
     """A wscat transcript, websocat's -v log saved with its output, a README among a directory's recordings: each line
     was judged as a frame the server sent, an R12 each (websocat's log lines failed the chat after them), "no chat
