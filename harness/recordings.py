@@ -1501,6 +1501,7 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
     # by the first pass: what stops it is the file cut short there (an R12), never "not a HAR file" (exit 2), entries
     # judged already, should the file have been written over in place since.
     seen_log = one_entry
+    judged = False  # a record to judge was read (a message, an entry's chat): a file cut before that holds none
     n_entries = first_index
     pair: dict[str, str] | None = None  # a request's header, cookie or query parameter being read (name, value)
     secrets = secrets or _HarSecrets()
@@ -1526,6 +1527,7 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                 elif event == "end_map" and msg is not None and entry is not None:
                     entry.messages += 1
                     if (got := _ws_message(msg, entry, name, max_frame)) is not None:
+                        judged = True
                         yield got
                     msg = got = None
             elif msg is not None and prefix.startswith(_MSG + ".") and event in ("string", "number", "integer"):
@@ -1548,7 +1550,9 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                     n_entries += 1
                 elif event == "end_map" and entry is not None:
                     secrets.register(f"{shown}: byte {guard.offset}")
-                    yield from _entry_end(entry, name, max_frame, base_dir=base_dir, max_text=max_text)
+                    for got in _entry_end(entry, name, max_frame, base_dir=base_dir, max_text=max_text):
+                        judged = judged or got.direction not in ASIDES
+                        yield got
                     entry = None
                     if one_entry:
                         return
@@ -1587,9 +1591,6 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
         if not seen_log:
             raise RecordingError(f"{shown}: not a HAR file (invalid JSON near byte {guard.offset})") from None
         secrets.register(f"{shown}: byte {guard.offset}")
-        if entry is not None:
-            yield from _entry_end(entry, name, max_frame, complete=False, base_dir=base_dir, max_text=max_text,
-                                  cut=f"the HAR file is cut short (or broken) in this entry, near byte {guard.offset}")
         # The parser's own words only: its message goes on to quote the file's bytes around the error, and a HAR
         # broken inside a request's headers (their credentials not registered yet) would show a credential there.
         # yajl's message may be bytes, whose repr is one line, the quoted bytes and all: decoded first.
@@ -1597,6 +1598,15 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
         text = bytes(said).decode("utf-8", "replace") if said is not None else str(exc)
         message = " ".join((text.strip().splitlines() or [exc.__class__.__name__])[0].split())[:120]
         what = "truncated" if "premature eof" in message.lower() or "incomplete" in message.lower() else "invalid JSON"
+        tail = [] if entry is None else list(_entry_end(
+            entry, name, max_frame, complete=False, base_dir=base_dir, max_text=max_text,
+            cut=f"the HAR file is cut short (or broken) in this entry, near byte {guard.offset}"))
+        if not judged and not one_entry and all(got.direction in ASIDES for got in tail):
+            # Cut (or broken) before any message or chat of it was read: nothing to judge, as a JSON Lines file cut
+            # inside its first record (never "no chat found" and an R12 held against no server).
+            raise RecordingError(f"{shown}: the HAR file is {what} near byte {guard.offset} ({message}), before any "
+                                 "of its WebSocket messages or requests was read: nothing to judge") from None
+        yield from tail
         yield Recorded("problem", _conn_of(entry), detail=f"HAR file {what} near byte {guard.offset}: {message}",
                        where=f"{name}: byte {guard.offset}")
         return

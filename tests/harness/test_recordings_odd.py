@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -61,14 +62,21 @@ def test_a_last_line_without_its_end_is_read_when_whole_and_junk_stays_a_frame(t
     assert [v.rule for v in chat.violations] == ["R12"] and "not JSON" in chat.violations[0].reason
 
 
-def _har_bytes(entry_headers: bytes, message_time: bytes = b"1764637200.0") -> bytes:
-    """A DevTools HAR of one WebSocket, its request headers and its first message's time given as raw bytes."""
+# A WebSocket entry read whole, whose message comes before what breaks a HAR: the break is then an R12 where it falls.
+_GOOD_ENTRY = (b'{"startedDateTime": "2026-12-02T00:59:59.000Z", "request": {"method": "GET", "url": "ws://127.0.0.1/ws"}, '
+               b'"response": {"status": 101}, "_resourceType": "websocket", "_webSocketMessages": [{"type": "receive", '
+               b'"time": 1764637199.0, "opcode": 1, "data": "{\\"type\\": \\"connection_established\\"}"}]}, ')
+
+
+def _har_bytes(entry_headers: bytes, message_time: bytes = b"1764637200.0", before: bytes = b"") -> bytes:
+    """A DevTools HAR of one WebSocket, its request headers and its first message's time given as raw bytes (after
+    the entries `before`)."""
     frames = [json.dumps({"type": "connection_established", "user_id": "u1"}),
               json.dumps({"type": "user_message", "payload": {"content": "hi", "thread_id": "t1"}})]
     msgs = b", ".join(b'{"type": "%s", "time": %s, "opcode": 1, "data": %s}'
                       % (kind, t, json.dumps(data).encode())
                       for kind, t, data in [(b"receive", message_time, frames[0]), (b"send", b"1764637200.01", frames[1])])
-    return (b'{"log": {"version": "1.2", "creator": {"name": "WebInspector", "version": "537.36"}, "entries": [{'
+    return (b'{"log": {"version": "1.2", "creator": {"name": "WebInspector", "version": "537.36"}, "entries": [' + before + b'{'
             b'"startedDateTime": "2026-12-02T01:00:00.000Z", "request": {"method": "GET", "url": "ws://127.0.0.1/ws", '
             b'"headers": [' + entry_headers + b']}, "response": {"status": 101, "headers": []}, '
             b'"_resourceType": "websocket", "_webSocketMessages": [' + msgs + b"]}]}}")
@@ -81,6 +89,10 @@ def test_a_har_broken_inside_a_credential_never_shows_it_in_the_r12(tmp_path):
     token = b"Zq8xK2mN7pR4vT9wY3aB6cD1eF5gH0jL"
     f = tmp_path / "broken.har"
     f.write_bytes(_har_bytes(b'{"name": "Cookie", "value": "session=' + token + b'\xff"}'))
+    with pytest.raises(RecordingError, match="invalid bytes in UTF8 string") as refused:  # nothing read before it
+        check_files([f], NETRA, SC)
+    assert token[8:20].decode() not in str(refused.value)
+    f.write_bytes(_har_bytes(b'{"name": "Cookie", "value": "session=' + token + b'\xff"}', before=_GOOD_ENTRY))
     [run] = check_files([f], NETRA, SC)
     reasons = [v.reason for v in run.connection_violations] + [v.reason for r in run.results for v in r.violations]
     assert reasons and all("HAR file invalid JSON near byte" in r for r in reasons), reasons
@@ -93,11 +105,28 @@ def test_a_har_cut_by_a_number_it_cannot_hold_is_no_firefox_export_without_messa
     messages unread, was then taken for one that lists none, and the check said Firefox leaves WebSocket messages
     out: advice for another file."""
     f = tmp_path / "absurd.har"
-    f.write_bytes(_har_bytes(b"", message_time=b"1e400"))
+    f.write_bytes(_har_bytes(b"", message_time=b"1e400", before=_GOOD_ENTRY))
     [run] = check_files([f], NETRA, SC)
     assert [v.rule for v in run.connection_violations] == ["R12"]
     assert "near byte" in run.connection_violations[0].reason and "overflow" in run.connection_violations[0].reason
     assert not any("Firefox" in e for e in run.errors + run.warnings), run.errors + run.warnings
+
+
+@pytest.mark.parametrize("cut", [40, 150, 300], ids=["before-any-entry", "in-the-request", "in-the-handshake"])
+def test_a_har_cut_before_anything_in_it_was_read_is_exit_2_naming_the_byte(tmp_path, cut):
+    """A HAR cut (a save interrupted, a copy of a file still written, an upload's limit) before its first WebSocket
+    message or request was read whole was judged as a recording: exit 1, "no chat found" and an R12 held against no
+    server. It holds nothing to judge: exit 2 naming the file and the byte, as a JSON Lines file cut inside its first
+    record. Cut after a message was read, it is judged up to there (the R12 says where it stopped)."""
+    whole = _har_bytes(b"")
+    f = tmp_path / "cut.har"
+    f.write_bytes(whole[:cut])
+    with pytest.raises(RecordingError, match=rf"^{re.escape(str(f))}: the HAR file is truncated near byte {cut} "
+                                             r"\(parse error: premature EOF\), before any .* nothing to judge"):
+        check_files([f], NETRA, SC)
+    f.write_bytes(whole[:whole.index(b'"send"')])  # the first message read whole
+    [run] = check_files([f], NETRA, SC)
+    assert [v.rule for v in run.connection_violations] == ["R12"], run.connection_violations
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
