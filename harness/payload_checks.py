@@ -629,7 +629,9 @@ class AguiRunChecks(RunChecks):
         return self._call_end({"toolCallId": cur.id}, cur.kind)
 
     def _call_result(self, p: dict[str, Any], t: str) -> list[Finding]:
-        cid = _text(p.get("toolCallId")) or ""
+        cid = _text(p.get("toolCallId"))
+        if cid is None:
+            return []  # no toolCallId, or not a string: the schema's R12 (it answers no call this run can name)
         out = []
         call = self.calls.get(cid)
         if call is None:
@@ -653,6 +655,12 @@ class AguiRunChecks(RunChecks):
 
     # -- state --
     def _state_snapshot(self, p: dict[str, Any], t: str) -> list[Finding]:
+        if self.schema_failed and "snapshot" not in p:
+            # (Already an R12: `snapshot` missing.) The server replaced its state with one the event does not show:
+            # the state is unknown from here, and a delta against it is not judged (it was judged against null, an
+            # R12 for a delta doing nothing wrong).
+            self.state, self.state_tracked = None, False
+            return []
         snapshot = p.get("snapshot")
         size = _json_size(snapshot)
         if size > MAX_STATE_BYTES:
@@ -676,7 +684,14 @@ class AguiRunChecks(RunChecks):
     # -- activities: the same snapshot/delta pattern, per activity message --
     def _activity_snapshot(self, p: dict[str, Any], t: str) -> list[Finding]:
         mid, content = _text(p.get("messageId")), p.get("content")
-        if mid is None or self.schema_failed:
+        if mid is None:
+            return []
+        if self.schema_failed:
+            # (Already an R12.) It started (or re-minted) the activity with content that cannot be followed: its
+            # deltas are not judged (they were an R5 for an activity no snapshot started).
+            if (old := self.activities.pop(mid, None)) is not None:
+                self.activity_bytes -= old[1]
+            self._remember(self.activities_dropped, mid)
             return []
         if p.get("replace") is False and mid in self.activities:
             # "Leave what is already there": the existing content stands, and its owner, with which "the snapshot's
@@ -857,8 +872,10 @@ class AguiRunChecks(RunChecks):
         for cid in pending if isinstance(pending, list) else ():
             if len(out) >= 20:
                 return out  # (a list may hold ~a million ids: a finding each was hundreds of MB)
-            call = self.calls.get(cid) if isinstance(cid, str) else None
-            if call is None and self.ids_full and isinstance(cid, str):
+            if not isinstance(cid, str):
+                continue  # the schema's R12 (it names no call)
+            call = self.calls.get(cid)
+            if call is None and self.ids_full:
                 continue  # it may be a call forgotten (IDS_FULL)
             if call is None or call.answered or not call.owed:
                 out.append(Finding(Rule.R5, f"pendingToolCallIds names {str(cid)[:80]!r}, " + (

@@ -215,6 +215,27 @@ CASES = {
             TextMessageEndEvent(message_id="a1", timestamp=TS)), AGUI, "R12", "field 'delta'"),
     "a fractional timestamp": (run(raw({"type": "CUSTOM", "name": "n", "value": 1, "timestamp": 1.5})), AGUI, "R12",
                                "CUSTOM field 'timestamp'"),
+    # an event that breaks the schema is its R12 alone: the run's checks do not read it as if it said something else
+    # (an absent snapshot as a null state, an absent call id as '', content that is not an object as no snapshot)
+    "STATE_SNAPSHOT without snapshot, then a STATE_DELTA": (
+        run(raw({"type": "STATE_SNAPSHOT"}), StateDeltaEvent(delta=[{"op": "add", "path": "/n", "value": 1}],
+                                                             timestamp=TS)),
+        AGUI, "R12", "STATE_SNAPSHOT field 'snapshot': Field required"),
+    "ACTIVITY_SNAPSHOT whose content is not an object, then its ACTIVITY_DELTA": (
+        run(raw({"type": "ACTIVITY_SNAPSHOT", "messageId": "p1", "activityType": "PLAN", "content": ["search"]}),
+            raw({"type": "ACTIVITY_DELTA", "messageId": "p1", "activityType": "PLAN",
+                 "patch": [{"op": "add", "path": "/steps", "value": []}]})), AGUI, "R12", "field 'content'"),
+    "TOOL_CALL_RESULT without toolCallId": (
+        run(raw({"type": "TOOL_CALL_RESULT", "messageId": "r", "content": "x"})), AGUI, "R12",
+        "TOOL_CALL_RESULT field 'toolCallId': Field required"),
+    "TOOL_CALL_RESULT with a numeric toolCallId": (
+        run(raw({"type": "TOOL_CALL_RESULT", "messageId": "r", "toolCallId": 7, "content": "x"})), AGUI, "R12",
+        "TOOL_CALL_RESULT field 'toolCallId'"),
+    "pendingToolCallIds holding a number": (
+        lambda inp: [RunStartedEvent(thread_id=inp.thread_id, run_id=inp.run_id, timestamp=TS),
+                     raw({"type": "RUN_FINISHED", "threadId": inp.thread_id, "runId": inp.run_id,
+                          "outcome": {"type": "success", "pendingToolCallIds": [7]}})], AGUI, "R12",
+        "field 'outcome.success.pendingToolCallIds.0'"),
 }
 
 
