@@ -750,6 +750,9 @@ class AguiRunChecks(RunChecks):
         when a bound ended it; an R12 when it does not apply to `target`."""
         if problem is TOO_BIG:
             return self._warn_once(key, f"{t}: {what} over {MAX_STATE_BYTES} bytes, {later} not checked")
+        if problem is TOO_DEEP:
+            return self._warn_once(key, f"{t}: {what} nested too deeply to follow (past the interpreter's recursion "
+                                        f"limit), {later} not checked")
         if problem is TOO_MUCH:
             return self._warn_once("work", f"{t}: the run's patches weighed over {MAX_STATE_WORK} bytes of state, "
                                            f"{later} not checked")
@@ -771,7 +774,8 @@ class AguiRunChecks(RunChecks):
     def _apply(self, doc: Any, size: int, patch: list[Any], limit: int = MAX_STATE_BYTES) -> tuple[Any, int, str]:
         """`patch` applied to `doc` IN PLACE with the jsonpatch library, one operation at a time: (the result, its
         size as compact JSON, "") or (None, 0, why it does not apply), TOO_BIG when an operation would take it past
-        `limit` bytes (or its size can no longer be known), TOO_MUCH past the run's MAX_STATE_WORK.
+        `limit` bytes (or its size can no longer be known), TOO_MUCH past the run's MAX_STATE_WORK, TOO_DEEP when a
+        value is too deep for the library to copy or compare.
 
         Each operation is weighed before it is applied, and charged what applying it costs: the values it adds,
         copies, tests or drops (their size), a new member's name, and the items an array insert or removal shifts.
@@ -818,8 +822,12 @@ class AguiRunChecks(RunChecks):
                         return None, 0, TOO_MUCH
                 doc = jsonpatch.JsonPatch([op]).apply(doc, in_place=True)
             return doc, size, ""
+        except RecursionError:
+            # A value JSON can write (it was weighed) but too deep for the library to copy or compare: the patch may
+            # well apply, the client cannot follow it. (It was an R12 "does not apply".)
+            return None, 0, TOO_DEEP
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError, IndexError,
-                ValueError, AttributeError, RecursionError) as exc:
+                ValueError, AttributeError) as exc:
             return None, 0, str(exc)[:120] or exc.__class__.__name__
 
     # -- advice --
@@ -909,10 +917,12 @@ class AguiRunChecks(RunChecks):
         return out
 
 
-# What _apply says when a patch would grow the document past its limit, or the run's patches past MAX_STATE_WORK
+# What _apply says when a patch would grow the document past its limit, the run's patches past MAX_STATE_WORK, or a value
+# is too deep to copy or compare
 # (it stops before the operation that would).
 TOO_BIG = "over the byte limit"
 TOO_MUCH = "over the work limit"
+TOO_DEEP = "too deep to copy or compare"
 _NOTHING = object()
 
 

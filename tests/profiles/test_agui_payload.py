@@ -615,3 +615,17 @@ async def test_a_second_terminal_event_is_kept_without_its_payload():
         result = await chat(server.url)
     assert [v.rule for v in result.violations] == [Rule.R3], result.violations
     assert len(result.events) == 6 and all(e.payload is None for e in result.events)
+
+
+async def test_a_patch_on_a_state_too_deep_to_copy_is_advice_not_a_violation():
+    """Moves nest the state 600 deep, which JSON can write; copying or comparing that value goes past the
+    interpreter's recursion limit. A valid patch is then not followable, which is no fault of the server: advice, the
+    chat passes (it was an R12 "does not apply ... maximum recursion depth exceeded")."""
+    nest = [{"op": "add", "path": "/d", "value": {}}]
+    for _ in range(600):
+        nest += [{"op": "add", "path": "/x", "value": {}}, {"op": "move", "from": "/d", "path": "/x/d"},
+                 {"op": "move", "from": "/x", "path": "/d"}]
+    for deep in ([{"op": "copy", "from": "/d", "path": "/e"}],
+                 [{"op": "test", "path": "/d", "value": json.loads('{"d":' * 600 + "{}" + "}" * 600)}]):
+        await judged_as(run(raw({"type": "STATE_DELTA", "delta": nest}), raw({"type": "STATE_DELTA", "delta": deep})),
+                        AGUI, "advice R12", "nested too deeply to follow")
