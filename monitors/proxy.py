@@ -49,7 +49,7 @@ from harness.flow import (
     crowded_out,
     resend_key,
 )
-from harness.profiles import Profile, load_profile
+from harness.profiles import ClientFrame, Profile, load_profile
 from harness.recorder import ConnectionLog, Recorder
 from harness.redact import credentials_of
 from harness.scenario import SCENARIO_NAME_PATTERN, Expect, expectations_for
@@ -841,14 +841,15 @@ class LiveConnection:
         self.server_frame(text, now)
         return True
 
-    def client_frame(self, text: str | bytes, now: float) -> bool:
+    def client_frame(self, text: str | bytes, now: float, decoded: ClientFrame | None = None) -> bool:
         """A frame from the user to the server: a new chat, a resume, or anything else (not judged). True when a chat
         came to this connection with it (or it was held for a claim awaiting the server): when one is next due may
-        have changed (the relay wakes its judge, which waited for the server's next frame only)."""
+        have changed (the relay wakes its judge, which waited for the server's next frame only). `decoded`: what
+        the profile made of it already (Profile.decode_client), where the caller had to know (the HTTP side)."""
         if self._early is not None:  # the server has not accepted the connection's claimed user yet: held
             self._hold(True, text, now)
             return True
-        frame = self.live.profile.decode_client(text)
+        frame = decoded if decoded is not None else self.live.profile.decode_client(text)
         live = self.live
         came: ChatTracker | None = None  # the chat this frame brought here
         crowded: int | None = None  # the send record of the chat let go to make room for it (_make_room)

@@ -23,6 +23,7 @@ import h11
 
 from harness import redact
 from harness.eventstream import EventStreamParser, EventTooLarge
+from harness.profiles import ClientFrame
 from harness.redact import credentials_of
 from harness.transports.base import ConnectSettings, ssl_context
 from harness.transports.sse import CODINGS, CorruptEncoding, Unpacker, classify_http, head_failure
@@ -684,7 +685,8 @@ class _Exchange:
             text = body.decode("utf-8") if head.method in CHAT_METHODS and body else ""
         except UnicodeDecodeError:
             text = ""  # no chat's request: relayed, not followed
-        chat = bool(text) and live.profile.decode_client(text).kind in ("request", "resume")
+        sent = live.profile.decode_client(text) if text else None  # (once: the chat's tracker is made of it)
+        chat = sent is not None and sent.kind in ("request", "resume")
         pairs = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers.raw_items()]
         secrets = credentials_of(pairs, (), target) if chat else ()  # (every header: one sent twice, both values)
         headers = dict(pairs)  # for the identity: Authorization and Cookie, each refused when sent twice
@@ -695,13 +697,13 @@ class _Exchange:
             share = door.max_per_address / max(1, door.max_connections) if door else 0.1
             held = seen.hold(secrets, owner=self.client.key, share=share)
         try:
-            return await self._run(text if chat else "", target, parts, secrets, headers)
+            return await self._run(text if chat else "", target, parts, secrets, headers, sent)
         finally:
             if held:
                 seen.release(held)
 
     async def _run(self, chat: str, target: str, parts: Any, secrets: tuple[str, ...],
-                   headers: dict[str, str]) -> bool:
+                   headers: dict[str, str], sent: ClientFrame | None) -> bool:
         proxy, live, h, writer = self.proxy, self.proxy.live, self.h, self.writer
         head, body = self.request.head, self.request.body
         host = parts.hostname or ""
@@ -778,7 +780,7 @@ class _Exchange:
             if failure is None:
                 self.conn = conn = live.connection(credentials_identity(headers, (), target), secrets, stream=True)
                 conn.held = self.client.held  # before the chat: its timing is the client's while it reads slowly
-                conn.client_frame(chat, sent_at)
+                conn.client_frame(chat, sent_at, sent)
                 coding = CODINGS.get(fields.get(b"content-encoding", "").strip().lower())
                 stream = _Stream(conn, proxy.max_size, Unpacker(coding) if coding else None)
         judge = asyncio.ensure_future(self._judge()) if self.conn is not None else None

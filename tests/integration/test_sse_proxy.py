@@ -197,6 +197,31 @@ async def test_the_relayed_bytes_are_the_upstreams_and_the_chat_is_judged():
     assert "accept-encoding: gzip\r\n" in head and "br" not in head.split("accept-encoding")[1].split("\r\n")[0]
 
 
+async def test_a_chats_request_body_is_decoded_once():
+    """The request's body is read by the profile once, for whether it is a chat and for the chat's tracker (a client's
+    body of 4 MiB was decoded twice)."""
+    decodes: list[str] = []
+
+    def hook(frame, event, arg) -> None:
+        if event == "call" and frame.f_code.co_qualname == "Decoder.decode_client":
+            decodes.append(frame.f_code.co_filename)
+
+    async with raw_upstream(answer(sse(*RUN))) as (up, _):
+        async with proxy_to(up) as (url, metrics, _proxy):
+            async with httpx.AsyncClient(timeout=10) as client:
+                previous = sys.getprofile()
+                sys.setprofile(hook)
+                try:
+                    async with client.stream("POST", f"{url}/agent", content=BODY,
+                                             headers={"Accept": "text/event-stream"}) as response:
+                        assert response.status_code == 200
+                        await response.aread()
+                finally:
+                    sys.setprofile(previous)
+            await until(lambda: sample(metrics, "chatprobe_chats_total", outcome="passed") == 1)
+    assert len(decodes) == 1, decodes
+
+
 async def test_answers_that_are_no_event_stream_are_relayed_unchanged_and_no_chat():
     async def handle(reader, writer, head, body):
         if head.startswith(b"GET /health"):
