@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import json
 import math
@@ -1050,6 +1051,32 @@ class _Reads:
         self.read = guard.read
 
 
+_SEPARATORS = frozenset(b' \t\n\r\f\v[]{}:,"')  # the bytes outside a number or literal (_BoundedJSON._TOKEN)
+
+
+# Brackets nested this deep inside an entry (depth 4 and more) are skipped with the rest (_skipper): Chrome's deepest
+# (an initiator's call frames) are four below the entry.
+SKIP_NESTING = 4
+SKIP_RUN = 16  # bytes (an escape is 2)
+
+
+@functools.lru_cache(maxsize=16)
+def _skipper(units: int, nesting: int) -> re.Pattern[bytes]:
+    """A run, outside strings, of what cannot change _BoundedJSON's state but its position, matched in C where a loop
+    in Python had taken a few steps per string and bracket: separators, whole strings of at most `units` bytes (over
+    neither the string limit nor MAX_HAR_KEY: in one run without escapes, or in escapes and runs of at most SKIP_RUN
+    bytes, `units // SKIP_RUN` of them), whole tokens of at most MAX_HAR_TOKEN bytes followed by a byte outside them,
+    and (`nesting` > 0) whole bracketed groups of the same nested at most `nesting` deep (the run ends at the depth
+    it starts at). It stops before a bracket it cannot close, a longer string, a string the data ends in and a
+    longer token (or one the data ends in), which _BoundedJSON._scan reads as before."""
+    short_string = rb'"[^"\\]{0,%d}+"|"(?:[^"\\]{1,%d}+|\\.){0,%d}+"' % (units, SKIP_RUN, units // SKIP_RUN)
+    atom = rb'%s|[\s:,]++|[^\s\[\]{}:,"]{1,%d}+(?=[\s\[\]{}:,"])' % (short_string, MAX_HAR_TOKEN)
+    run = rb"(?:%s)*+" % atom
+    for _ in range(nesting):
+        run = rb"(?:%s|[\[{]%s[\]}])*+" % (atom, run)
+    return re.compile(run, re.DOTALL)
+
+
 class HarTooLarge(Exception):
     """A string or a nesting level in a HAR file over its limit (ijson itself has no bound on either)."""
 
@@ -1068,6 +1095,8 @@ class _BoundedJSON(io.RawIOBase):
     # its reads, so a 300 MB number took hours; HAR numbers are short.
     _TOKEN = re.compile(rb'[^\s\[\]{}:,"]+')
     _SPACE = re.compile(rb'[ \t\n\r]*')
+    # More token bytes in a row than MAX_HAR_TOKEN: the leftmost such run starts the first token over the limit.
+    _LONG_TOKEN = re.compile(rb'[^\s\[\]{}:,"]{%d}' % (MAX_HAR_TOKEN + 1))
 
     def __init__(self, raw: IO[bytes], max_string: int, max_depth: int) -> None:
         self.raw = raw
@@ -1086,6 +1115,9 @@ class _BoundedJSON(io.RawIOBase):
         self.third = -1  # ordinal of the current container three deep
         self.item_starts: list[tuple[int, int]] | None = None  # None: not recorded (past MAX_SORTED_ENTRIES)
         self.last_read = 0  # the size of the last read (read: doubled while a string runs past it)
+        # By the nesting a skipped group may add (_skipper): none above an entry's own level (4: where item starts
+        # are noted), none past max_depth.
+        self._skips = [_skipper(min(max_string, MAX_HAR_KEY), k) for k in range(SKIP_NESTING + 1)]
 
     def readable(self) -> bool:
         return True
@@ -1145,6 +1177,9 @@ class _BoundedJSON(io.RawIOBase):
                     raise HarTooLarge(f"an object key of {self.long_string} bytes (over {MAX_HAR_KEY}) at byte "
                                       f"{self.offset + pos}")
                 self.long_string = 0
+            if not self.token_len:  # (a token the last chunk ended in: _tokens counts it on)
+                nesting = min(SKIP_NESTING, self.max_depth - self.depth) if self.depth >= 4 else 0
+                pos = self._skips[nesting].match(data, pos).end()  # type: ignore[union-attr]  # matches the empty string
             m = self._OUTSIDE.search(data, pos)
             self._tokens(data, pos, end if m is None else m.start())
             if m is None:
@@ -1170,13 +1205,29 @@ class _BoundedJSON(io.RawIOBase):
             pos = m.end()
 
     def _tokens(self, data: bytes, start: int, stop: int) -> None:
+        """Raises HarTooLarge at the first token in data[start:stop] over MAX_HAR_TOKEN bytes (the first counting the
+        `token_len` the last chunk ended in), and keeps the length of a token running to `stop` in `token_len`."""
         carried, self.token_len = self.token_len, 0
-        for t in self._TOKEN.finditer(data, start, stop):
-            n = t.end() - t.start() + (carried if t.start() == start else 0)
-            if n > MAX_HAR_TOKEN:
-                raise HarTooLarge(f"a number or literal longer than {MAX_HAR_TOKEN} bytes at byte {self.offset + t.start()}")
-            if t.end() == stop:
-                self.token_len = n
+        if start == stop:
+            return
+        if carried:
+            first = self._TOKEN.match(data, start, stop)
+            if first is not None:
+                n = carried + first.end() - start
+                if n > MAX_HAR_TOKEN:
+                    raise HarTooLarge(f"a number or literal longer than {MAX_HAR_TOKEN} bytes at byte {self.offset + start}")
+                if first.end() == stop:
+                    self.token_len = n
+                    return
+                start = first.end()
+        long = self._LONG_TOKEN.search(data, start, stop)
+        if long is not None:  # the leftmost run of so many token bytes starts the first token over the limit
+            raise HarTooLarge(f"a number or literal longer than {MAX_HAR_TOKEN} bytes at byte {self.offset + long.start()}")
+        if data[stop - 1] not in _SEPARATORS:  # a token runs to `stop`
+            last = stop - 1
+            while last > start and data[last - 1] not in _SEPARATORS:
+                last -= 1
+            self.token_len = stop - last
 
     def _grow(self, n: int) -> None:
         self.string_len += n
