@@ -1337,11 +1337,63 @@ def parses_as_json(text: str) -> bool:
     return True
 
 
+class _NotJSONNumber:
+    """A frame json read that holds JavaScript's NaN, Infinity or -Infinity as a value (json reads them, JSON has no
+    such numbers): the value as read and what the R12 says (_with_not_json)."""
+
+    __slots__ = ("value", "reason")
+
+    def __init__(self, value: Any, reason: str) -> None:
+        self.value, self.reason = value, reason
+
+
+_CONSTANTS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+# A JSON string (skipped whole: a "NaN" in one is text) or one of the constants json reads outside strings.
+_CONSTANT_AT = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|(-?Infinity|NaN)', re.S)
+
+
+def _json_noting_constants(text: str) -> Any:
+    """json's reading of a text that may hold NaN or Infinity outside its strings: a _NotJSONNumber if it does."""
+    seen: list[str] = []
+
+    def constant(name: str) -> float:
+        if not seen:  # the first one only: a frame of a million NaN holds no list of them
+            seen.append(name)
+        return _CONSTANTS[name]
+
+    value = json.JSONDecoder(parse_int=_json_int, parse_float=_json_float, parse_constant=constant).decode(text)
+    if not seen:
+        return value
+    at = next((m.start(1) for m in _CONSTANT_AT.finditer(text) if m.start(1) >= 0), -1)
+    where = f" at character {at}" if at >= 0 else ""
+    return _NotJSONNumber(value, f"{seen[0]}{where}: {_NOT_A_NUMBER}")
+
+
+_NOT_A_NUMBER = "not a JSON number (JSON has no NaN or Infinity; a browser's JSON.parse refuses the frame)"
+# What a seq of NaN or Infinity already says (_seq_text): that frame's one R12.
+_CONSTANT_SEQ = tuple(f"{name}, not a JSON number" for name in _CONSTANTS)
+
+
+def _with_not_json(decoded: "Event | Frame", reason: str) -> "Event | Frame":
+    """An event of a frame holding NaN or Infinity, with the R12 that says so (first of its problems), unless its
+    seq's R12 already does."""
+    if isinstance(decoded, Event):
+        bad_seq = decoded.bad_seq
+        if not (bad_seq.__class__ is str and bad_seq.startswith(_CONSTANT_SEQ)):
+            reason = f"{decoded.wire_type[:60]} holds {reason}"
+            decoded.problems = (reason, *decoded.problems)
+    return decoded
+
+
 def _loads_or_malformed(text: str) -> Any:
-    """A text frame orjson refused, as json reads it, or the MALFORMED Frame it is."""
-    # orjson refuses what json accepts (NaN, depth past 1024): json decides, so a frame means what it always meant.
-    # (Integers past 64 bits orjson reads as floats instead: see Decoder._compile.)
+    """A text frame orjson refused, as json reads it, or the MALFORMED Frame it is (a _NotJSONNumber: one holding NaN
+    or Infinity, read all the same)."""
+    # orjson refuses what json accepts (NaN, depth past 1024): json decides, so a frame means what it always meant,
+    # and one holding NaN or Infinity is an R12 besides (a browser's JSON.parse refuses it). Only a text that has the
+    # words is read with the hook that notes them. (Integers past 64 bits orjson reads as floats: Decoder._compile.)
     try:
+        if "NaN" in text or "Infinity" in text:
+            return _json_noting_constants(text)
         return _json_exact(text)
     except (ValueError, RecursionError) as exc:
         if isinstance(text, StreamProblem):  # what the transport found wrong in the stream itself
@@ -1760,7 +1812,8 @@ def _generate(dec: Decoder) -> tuple[str, str, dict[str, Any]]:
     body = ["    if not isinstance(frame, dict):",
             "        return Frame(MALFORMED, detail=f'a JSON {type(frame).__name__}, not an object')", *src.lines]
     # The same body twice: after the JSON parse of a text frame (a call fewer per frame), and for a parsed frame.
-    ns.update(_loads=_fast_loads, _loads_or_malformed=_loads_or_malformed, _WideInt=_WideInt, _json_loads=_json_exact,
+    ns.update(_loads=_fast_loads, _loads_or_malformed=_loads_or_malformed, _WideInt=_WideInt,
+              _NotJSONNumber=_NotJSONNumber, _with_not_json=_with_not_json, _json_loads=_json_exact,
               _plain_obj=None)
     parse = ["def decode(text, received_at):",
              "    if text.__class__ is not str and isinstance(text, (bytes, bytearray)):",
@@ -1772,7 +1825,9 @@ def _generate(dec: Decoder) -> tuple[str, str, dict[str, Any]]:
                 "            return Frame(MARKER_KIND, wire_type=str(text))"] if profile.stream_end else []),
              "        frame = _loads_or_malformed(text)",
              "        if frame.__class__ is Frame:",
-             "            return frame"]
+             "            return frame",
+             "        if frame.__class__ is _NotJSONNumber:",  # NaN or Infinity: read by the plain decode_obj, an R12
+             "            return _with_not_json(_plain_obj(frame.value, received_at), frame.reason)"]
     # The text path's body inside a try (free in Python 3.11 until it raises): see Decoder._compile for _WideInt.
     guarded = ["    try:", *("    " + line for line in body),
                "    except _WideInt:", "        return _plain_obj(_json_loads(text), received_at)"]

@@ -4,6 +4,7 @@ Event or Frame, byte for byte, for generated frames over every profile's names, 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -132,6 +133,27 @@ def _reference_check(self: Decoder, frame: dict[str, Any], scopes: list[dict[str
     ev.payload = payload
 
 
+CONSTANTS = ("NaN", "Infinity", "-Infinity")
+
+
+def _constant_outside_strings(text: str) -> tuple[str, int] | None:
+    """The first NaN, Infinity or -Infinity of a JSON text outside its strings, and its character, by counting the
+    unescaped quotes before each occurrence (slow and plain)."""
+    for m in re.finditer(r"-?Infinity|NaN", text):
+        inside, i = False, 0
+        while i < m.start():
+            c = text[i]
+            if c == "\\" and inside:
+                i += 2
+                continue
+            if c == '"':
+                inside = not inside
+            i += 1
+        if not inside:
+            return m.group(), m.start()
+    return None
+
+
 def reference_decode(self: Decoder, text: str | bytes, received_at: float) -> Event | Frame:
     if isinstance(text, (bytes, bytearray)):
         return Frame(FrameKind.MALFORMED, detail=f"binary frame of {len(text)} bytes where JSON text was expected")
@@ -149,6 +171,17 @@ def reference_decode(self: Decoder, text: str | bytes, received_at: float) -> Ev
                 return Frame(FrameKind.MALFORMED, detail="JSON nested too deeply to read (over 1,000 levels of arrays "
                                                          f"and objects): {text[:60]!r}")
             return Frame(FrameKind.MALFORMED, detail=f"not JSON: {text[:60]!r}")
+        # One rule added since (tested on its own in tests/integration/test_nan_frames.py): a frame holding NaN or
+        # Infinity outside its strings is an event with an R12 saying where, first of its problems, unless its seq's
+        # R12 already says it.
+        found = _constant_outside_strings(text)
+        if found is not None:
+            got = reference_decode_obj(self, frame, received_at)
+            if isinstance(got, Event) and not (isinstance(got.bad_seq, str) and got.bad_seq.split(",")[0] in CONSTANTS):
+                name, at = found
+                got.problems = (f"{got.wire_type[:60]} holds {name} at character {at}: not a JSON number (JSON has no "
+                                "NaN or Infinity; a browser's JSON.parse refuses the frame)", *got.problems)
+            return got
     # One rule added since (tested on its own in test_integers_past_64_bits_stay_integers): an integral float past 64
     # bits that the decoder reads as an id or seq, where orjson parsed the text, means json parses the frame again.
     global _id, _seq_text
