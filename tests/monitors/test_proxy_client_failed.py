@@ -110,16 +110,21 @@ async def test_a_client_failed_for_what_it_sent_left_its_chat_at_the_failure_not
     assert not stats["violations"], stats
 
 
+async def _accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, frames: bytes) -> None:
+    """A raw upstream's side of the handshake: the proxy's upgrade request read and accepted, then `frames` sent."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    key = re.search(rb"(?i)sec-websocket-key: *(\S+)", head).group(1)
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + frames)
+    await writer.drain()
+
+
 async def test_an_upstream_failed_for_what_it_sent_is_logged_with_the_close_it_got(tmp_path):
     """FAILED before: an upstream that sent a frame with a reserved bit set was failed with 1002 by the proxy, and -v's
     line said "to the upstream 1000", a close it never got."""
     async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        key = re.search(rb"(?i)sec-websocket-key: *(\S+)", head).group(1)
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + bytes([0xC1, 1]) + b"x")
-        await writer.drain()
+        await _accepted(reader, writer, bytes([0xC1, 1]) + b"x")  # a text frame with RSV1 set
         with contextlib.suppress(ConnectionError):
             await reader.read()  # until the proxy ends it
         writer.close()
@@ -144,12 +149,7 @@ async def test_an_upstream_that_drops_the_connection_is_logged_as_a_drop_for_bot
     as it came, yet -v's line said "to the client 1000, to the upstream 1000", closes neither side ever got (an SRE
     reading it took a crash for a clean close)."""
     async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        key = re.search(rb"(?i)sec-websocket-key: *(\S+)", head).group(1)
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + bytes([0x81, 2]) + b"{}")
-        await writer.drain()
+        await _accepted(reader, writer, bytes([0x81, 2]) + b"{}")
         async with asyncio.timeout(10):
             await reader.read(2)  # the client's first frame came: dropped, no close frame
         writer.transport.abort()
