@@ -434,7 +434,7 @@ class _StreamWire:
         recording does)."""
         import h11
 
-        from .transports.sse import CODINGS, classify_http, head_failure, request_headers
+        from .transports.sse import CODINGS, MAX_HEAD, classify_http, head_failure, request_headers
 
         if self.requested or self.closing:
             raise ConnectFailed("protocol_error", "an SSE connection carries one chat at a time: "
@@ -462,7 +462,7 @@ class _StreamWire:
                 else:
                     sock = _open_socket(host, url.port or scheme.default_port, s.connect_timeout, deadline,
                                         _stream_tls(s) if scheme.secure else None)
-                    http = h11.Connection(h11.CLIENT)
+                    http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
                 out = memoryview(http.send(h11.Request(method="POST", target=target, headers=headers))
                                  + http.send(h11.Data(data=data)) + http.send(h11.EndOfMessage()))
                 while out:

@@ -50,6 +50,11 @@ CODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}  # x-gzip is 
 # be 64 MiB: deflate packs up to 1032:1) before anything sees it, so the stream is read raw and unpacked here in
 # pieces this large, each fed to the bounded SSE parser before the next is made.
 UNPACK_PIECE = 1 << 16
+# The most bytes of an answer's head (its status line and headers) read before it is refused as a protocol error:
+# httpx's (httpcore's h11 connection), which the synchronous client (gevent_client, under Locust) gives its own h11
+# connection too. h11's default (16 KiB) refused there a head that `chatprobe run` reads: a server's 20 KiB of
+# Set-Cookie failed every chat under Locust as protocol_error, and opened the stream under `run`.
+MAX_HEAD = httpcore.HTTP11Connection.MAX_INCOMPLETE_EVENT_SIZE
 
 
 class CorruptEncoding(Exception):
