@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from .rawserver import ThreadedRawServer
 from .test_locust import LOCUSTFILE, SUMMARY, finish, locust_bin
 from .test_locust_sse_attacks import upgrade
 
@@ -154,57 +155,19 @@ ATTACKS: dict[str, tuple[str, Behaviour, str]] = {
 }
 
 
-class HostileServer:
+class HostileServer(ThreadedRawServer):
     def __init__(self, scheme: str, behaviour: Behaviour) -> None:
+        super().__init__(scheme, "/ws")
         self.behaviour = behaviour
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.url = f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}/ws"
         self.tls = scheme == "wss"
-        self.stopped = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.connections = 0
         self.requests: list[bytes] = []  # each request's head
 
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(5)
-            try:
-                got = b""
-                while not self.tls and b"\r\n\r\n" not in got:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    got += data
-                self.requests.append(got)
-                self.behaviour(conn, got, self.stopped)
-            except OSError:
-                pass  # the client went away
-
-    def __enter__(self) -> HostileServer:
-        thread = threading.Thread(target=self._accept, daemon=True)
-        self.threads.append(thread)
-        thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        self.listener.close()
-        for thread in self.threads:
-            thread.join(10)
+    def serve(self, conn: socket.socket) -> None:
+        got = b"" if self.tls else self.read_head(conn)
+        if got is None:
+            return
+        self.requests.append(got)
+        self.behaviour(conn, got, self.stopped)
 
 
 @pytest.fixture(params=sorted(ATTACKS))

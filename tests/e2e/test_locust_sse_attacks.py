@@ -10,12 +10,12 @@ import base64
 import hashlib
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from .rawserver import ThreadedRawServer
 from .test_locust import LOCUSTFILE, SUMMARY, finish, locust_bin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -44,58 +44,22 @@ FLOODS: dict[str, tuple[str, Callable[[bytes], bytes], bytes]] = {
 }
 
 
-class FloodServer:
+class FloodServer(ThreadedRawServer):
     """Reads a request's head, writes `head(request)`, then `chunk` again and again until the client goes away (or
     FLOOD_FOR seconds have passed)."""
 
     def __init__(self, scheme: str, head: Callable[[bytes], bytes], chunk: bytes) -> None:
+        super().__init__(scheme, "/agent")
         self.head, self.chunk = head, chunk
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.url = f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}/agent"
-        self.stopped = threading.Event()
-        self.threads: list[threading.Thread] = []
 
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._flood, args=(conn,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _flood(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         end = time.monotonic() + FLOOD_FOR
-        with conn:
-            conn.settimeout(5)
-            try:
-                got = b""
-                while b"\r\n\r\n" not in got:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    got += data
-                conn.sendall(self.head(got))
-                while time.monotonic() < end and not self.stopped.is_set():
-                    conn.sendall(self.chunk)
-            except OSError:
-                pass  # the client went away
-
-    def __enter__(self) -> FloodServer:
-        thread = threading.Thread(target=self._accept, daemon=True)
-        self.threads.append(thread)
-        thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        self.listener.close()
-        for thread in self.threads:
-            thread.join(10)
+        got = self.read_head(conn)
+        if got is None:
+            return
+        conn.sendall(self.head(got))
+        while time.monotonic() < end and not self.stopped.is_set():
+            conn.sendall(self.chunk)
 
 
 @pytest.fixture(params=sorted(FLOODS))
