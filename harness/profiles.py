@@ -646,11 +646,38 @@ MAX_TIME_BYTES = 64
 Names = tuple[tuple[str, ...] | list[str], ...]
 
 
+# The most JSON structural characters (`,` `:` `[` `{`, each counted wherever it stands, inside a string too) a frame
+# the client sent may hold to be parsed (decode_client). A client's frame is parsed to find its chat, and the parse
+# costs per value, not per byte: a frame of --max-size (4 MiB) made of millions of tiny values (`[0,0,…]`,
+# `{"a":[[],[],…]}`, `[0.5,0.5,…]`) held the proxy's event loop, every other user's relay with it, 0.3-0.7 s per
+# frame. No JSON library offers a bound on the values it reads (json, orjson and msgspec parse the whole text, or
+# stop at an error), so it is counted here before the parse, with str.count (C speed: ~0.3 ms per MiB and character,
+# and only for a frame longer than the bound itself). 65,536 of them, past what a chat's request holds (an AG-UI
+# run's whole history, its tools' schemas and its state: thousands; prose has a comma or colon every few dozen
+# characters), cost the parse ~5-30 ms at worst (floats, the dearest values). A frame past it is "dense": not parsed,
+# no chat; the proxy refuses it as it refuses a frame over --max-size (docs/protocol.md).
+MAX_CLIENT_STRUCTURE = 65_536
+STRUCTURE_CHARACTERS = (",", ":", "[", "{")
+
+
+def too_dense(text: str, limit: int = MAX_CLIENT_STRUCTURE) -> bool:
+    """Whether `text` holds more than `limit` JSON structural characters (MAX_CLIENT_STRUCTURE)."""
+    if len(text) <= limit:
+        return False
+    count = 0
+    for mark in STRUCTURE_CHARACTERS:
+        count += text.count(mark)
+        if count > limit:
+            return True
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class ClientFrame:
-    """What a profile made of a frame the client sent: a chat request, a resume, or anything else."""
+    """What a profile made of a frame the client sent: a chat request, a resume, or anything else; "dense": a text
+    frame of more than MAX_CLIENT_STRUCTURE structural characters, not parsed."""
 
-    kind: Literal["request", "resume", "other", "malformed"]
+    kind: Literal["request", "resume", "other", "malformed", "dense"]
     wire_type: str | None = None
     run_id: str | None = None
     thread_id: str | None = None
@@ -870,6 +897,8 @@ class Decoder:
     def decode_client(self, text: str | bytes) -> ClientFrame:
         if not isinstance(text, str):
             return ClientFrame("malformed")
+        if too_dense(text):  # (parsed, it could hold the event loop for most of a second)
+            return ClientFrame("dense")
         try:
             frame = _json_exact(text)
         except (ValueError, RecursionError):

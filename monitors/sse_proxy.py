@@ -685,7 +685,11 @@ class _Exchange:
             text = body.decode("utf-8") if head.method in CHAT_METHODS and body else ""
         except UnicodeDecodeError:
             text = ""  # no chat's request: relayed, not followed
-        sent = live.profile.decode_client(text) if text else None  # (once: the chat's tracker is made of it)
+        # (once: the chat's tracker is made of it). A body of more JSON values than the proxy parses ("dense",
+        # profiles.MAX_CLIENT_STRUCTURE) is no chat's request either: relayed, not followed, as any request the proxy
+        # cannot read as a chat is (a request is its own stream here: nothing is judged of its answer; the WebSocket
+        # side, where a run nothing follows would be another user's, refuses such a message).
+        sent = live.profile.decode_client(text) if text else None
         chat = sent is not None and sent.kind in ("request", "resume")
         pairs = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers.raw_items()]
         secrets = credentials_of(pairs, (), target) if chat else ()  # (every header: one sent twice, both values)
