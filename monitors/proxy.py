@@ -64,7 +64,7 @@ from harness.targets import (
     target_label,
 )
 from harness.transports.base import FRAMES_PER_TURN, ConnectSettings, ssl_context
-from harness.transports.websocket import BoundedClientConnection, NoRedirects, classify, failed_for
+from harness.transports.websocket import TOO_DENSE, BoundedClientConnection, NoRedirects, classify, failed_for
 from harness.yamlfile import ConfigError
 
 from . import httpserver
@@ -798,13 +798,15 @@ class LiveConnection:
             else:
                 self.server_frame(text, at)
 
-    def _hold(self, sent: bool, text: str | bytes, now: float) -> None:
-        """A frame that came before the server accepted the claim: held (bounded; past it the claim is let go)."""
+    def _hold(self, sent: bool, text: str | bytes, now: float, decoded: ClientFrame | None = None) -> None:
+        """A frame that came before the server accepted the claim: held (bounded; past it the claim is let go).
+        `decoded`: a frame of the client's as the profile made it already (Profile.decode_client)."""
         early = self._early
         assert early is not None
         early.append((sent, text, now))
         self._early_bytes += len(text)
-        if sent and self._early_chat is None and self.live.profile.decode_client(text).kind in ("request", "resume"):
+        if sent and self._early_chat is None and (
+                decoded or self.live.profile.decode_client(text)).kind in ("request", "resume"):
             self._early_chat = now
         live = self.live
         live.unconfirmed_bytes += len(text)
@@ -847,7 +849,7 @@ class LiveConnection:
         have changed (the relay wakes its judge, which waited for the server's next frame only). `decoded`: what
         the profile made of it already (Profile.decode_client), where the caller had to know (the HTTP side)."""
         if self._early is not None:  # the server has not accepted the connection's claimed user yet: held
-            self._hold(True, text, now)
+            self._hold(True, text, now, decoded)
             return True
         frame = decoded if decoded is not None else self.live.profile.decode_client(text)
         live = self.live
@@ -1196,6 +1198,16 @@ def _close_at_once(client: ServerConnection, upstream: Any, max_size: int) -> No
     client.send_data()
 
 
+def _fail_dense(client: ServerConnection) -> None:
+    """Fail the client's connection for a message too dense to parse (profiles.too_dense) as websockets fails it for
+    one over --max-size (RFC 6455 7.1.7): its close (1009, TOO_DENSE) sent at once and nothing more of it read, its
+    close deadline (and so failed_at, when its chats were left) set now."""
+    client.protocol.fail(1009, TOO_DENSE)
+    client.send_data()
+    if client.close_deadline is None and client.close_timeout is not None:
+        client.close_deadline = client.loop.time() + client.close_timeout
+
+
 async def _read_out(ws: Any, max_bytes: int, take: Callable[[str | bytes], object] | None = None) -> None:
     """Read what `ws`'s peer sent after its relay stopped reading it, while its closing handshake goes on, until its
     connection closes (its close frame came and the handshake ended, or the proxy dropped it), MAX_CLOSING_FRAMES
@@ -1440,7 +1452,13 @@ class Proxy:
                         await asyncio.sleep(0)
                         handed, size = 1, len(message)
                     last_from_client[0] = now = self.clock()
-                    if conn.client_frame(message, now):
+                    sent = self.live.profile.decode_client(message)
+                    if sent.kind == "dense":
+                        # Too many JSON values to parse (profiles.MAX_CLIENT_STRUCTURE): refused as a frame over
+                        # --max-size is, never passed on (1009 to the client, 1001 to the upstream; counted below).
+                        _fail_dense(client)
+                        break
+                    if conn.client_frame(message, now, sent):
                         changed.set()  # a chat came: its deadline is for the judge to wait for, the server silent or not
                     try:
                         async with asyncio.timeout(self.send_timeout):
@@ -1542,6 +1560,12 @@ class Proxy:
             client_failure = failed_for(client.protocol, self.max_size)
             if client_failure is not None:
                 to_upstream = 1001, f"the client is gone ({client_failure})"
+                # A client failed for what it sent after its upgrade (a frame over --max-size, a message too dense to
+                # parse, in too many fragments, not UTF-8, bad framing) is refused as a bad upgrade is: counted
+                # bad_request (the HTTP side's 413 alike), and said a line a minute, never what it sent.
+                door.count_refusal(self.live.sink, "bad_request")
+                door.throttle.warn("client_failed", "closed a client's connection for what it sent (from %s): %s",
+                                   peer, client_failure)
             # A side failed so got its close already (websockets sent it as it failed the connection, failed_for):
             # that close is the one it gets, and the one -v's line names (it named 1000, a close never sent).
             if up_failure is not None and (sent := upstream.protocol.close_sent) is not None:

@@ -30,6 +30,7 @@ from websockets.http11 import MAX_LINE_LENGTH, Response
 from websockets.protocol import State
 
 from ..backoff import RETRY_AFTER_STATUSES
+from ..profiles import MAX_CLIENT_STRUCTURE
 from ..sinks import refused_upgrade
 from .base import (
     CLOSED_IN_HANDSHAKE,
@@ -169,14 +170,22 @@ def handshake_options(settings: ConnectSettings) -> dict[str, Any]:
     }
 
 
+# The reason of the proxy's close (1009) for a client's message of more than MAX_CLIENT_STRUCTURE JSON structural
+# characters (profiles.too_dense), and what its log line and the upstream's close say of it.
+TOO_DENSE = "message too dense"
+DENSE_ERROR = f"message of more than {MAX_CLIENT_STRUCTURE} JSON structural characters"
+
+
 def close_detail(sent: Any, max_size: int) -> str | None:
     """The R12 detail of a close frame this end sent for what its peer sent (None for any other code): a frame over
-    `max_size` or a message in too many fragments (1009), text that is not UTF-8 (1007), bad framing (1002: a reserved
-    bit or opcode, a masked server frame, a control frame over 125 bytes or fragmented, a close code or reason that is
-    none), the words every driver gives."""
+    `max_size` or a message in too many fragments (1009; the proxy's, a client's message too dense to parse), text
+    that is not UTF-8 (1007), bad framing (1002: a reserved bit or opcode, a masked server frame, a control frame over
+    125 bytes or fragmented, a close code or reason that is none), the words every driver gives."""
     if sent is None or sent.code not in (1002, 1007, 1009):
         return None
     if sent.code == 1009:
+        if sent.reason == TOO_DENSE:
+            return DENSE_ERROR
         return FRAGMENTS_ERROR if sent.reason == TOO_MANY_FRAGMENTS else f"frame larger than the {max_size} byte limit"
     return "text frame that is not valid UTF-8" if sent.code == 1007 else "WebSocket protocol error"
 
