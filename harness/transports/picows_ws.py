@@ -76,6 +76,10 @@ READ_BUFFER = 2048
 _NO_HEADERS: Any = MappingProxyType({})
 # Bytes waiting to be written past which a ping is not answered (see on_ws_frame).
 MAX_UNSENT = 64 * 1024
+# picows' bound on an upgrade answer's head (WebSocketProtocol._http_max_size: it fails the handshake with its bytes so
+# far), and what a 101 past it is opened with the websockets client for (LeanClientRefused).
+PICOWS_HEAD = 16 * 1024
+HEAD_PAST_PICOWS = f"the server's upgrade answer's head is over picows' {PICOWS_HEAD // 1024} KiB"
 # Frames kept while nobody reads yet (between open() and run()); past it the socket is read no further.
 MAX_EARLY = 1024
 # The most one socket read takes (_CappedReads): picows doubles its read buffer whenever a read fills it, so a server
@@ -261,8 +265,10 @@ class PicowsTransport(WSListener, RecordingHooks):
                 raise LeanClientRefused(refused) from None  # the caller opens it with the websockets client
             if (isinstance(exc, WSInvalidMessageError) and exc.response is None
                     and (unparsed := _unparsed_answer(exc)) is not None and unparsed[0] == 101):
-                # A 101 whose reason phrase is not UTF-8 (obs-text, RFC 9112 4): only picows' reading refuses it.
-                raise LeanClientRefused("the server's upgrade answer has a reason phrase that is not UTF-8 in its "
+                # A 101 whose head is past picows' 16 KiB (websockets reads 128 fields of up to 8 KiB), or whose
+                # reason phrase is not UTF-8 (obs-text, RFC 9112 4): only picows' reading refuses either.
+                raise LeanClientRefused(HEAD_PAST_PICOWS if len(exc.raw_header or b"") >= PICOWS_HEAD else
+                                        "the server's upgrade answer has a reason phrase that is not UTF-8 in its "
                                         "status line") from None
             kind, reason = classify(exc)
             if type(exc) is ConnectionResetError and s.url[:4].lower() == "wss:":

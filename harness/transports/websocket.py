@@ -24,9 +24,10 @@ from websockets.exceptions import (
     InvalidURI,
     NegotiationError,
     ProtocolError,
+    SecurityError,
 )
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
-from websockets.http11 import MAX_LINE_LENGTH, Response
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
 from websockets.protocol import State
 
 from ..backoff import RETRY_AFTER_STATUSES
@@ -54,6 +55,11 @@ from .base import (
     tls_reason,
 )
 
+# What the websockets-based clients (the asyncio one, the proxy's upstream connection, the Locust user's) say of an
+# upgrade answer past websockets' bounds on a head (WEBSOCKETS_MAX_LINE_LENGTH, WEBSOCKETS_MAX_NUM_HEADERS).
+UPGRADE_TOO_LARGE = (f"the server's upgrade answer is too large (a line over {MAX_LINE_LENGTH} bytes or more than "
+                     f"{MAX_NUM_HEADERS} header fields)")
+
 # The headers of an upgrade answer whose refusal every client names alike (MALFORMED_HEADER), by lowercase name.
 _HANDSHAKE_HEADERS = {name.lower(): name for name in ("Upgrade", "Connection", "Sec-WebSocket-Accept",
                                                       "Sec-WebSocket-Extensions")}
@@ -75,9 +81,13 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "protocol_error", "WebSocket handshake failed: a line of the answer ended with LF alone, not CRLF"
     if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, (EOFError, ConnectionError)):
         return "refused", CLOSED_IN_HANDSHAKE
+    if isinstance(exc, SecurityError) or isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, SecurityError):
+        # An answer past websockets' bounds on a head (a status or header line past 8 KiB, more than 128 header
+        # fields): too large, not malformed (a status line was StatusLineTooLong, its class name).
+        return "protocol_error", f"WebSocket handshake failed: {UPGRADE_TOO_LARGE}"
     if isinstance(exc, InvalidMessage):
-        # What websockets could not parse as an HTTP/1.1 answer (a folded header line, a line past 8 KiB, more than
-        # 128 headers): the server answered, wrongly, in picows' words for it (the class name said nothing).
+        # What websockets could not parse as an HTTP/1.1 answer (a folded header line): the server answered, wrongly,
+        # in picows' words for it (the class name said nothing).
         return "protocol_error", f"WebSocket handshake failed: {MALFORMED_UPGRADE}"
     if isinstance(exc, (NegotiationError, InvalidHeader)) and _about_subprotocol(exc):
         return "protocol_error", f"WebSocket handshake failed: {UNOFFERED_SUBPROTOCOL}"

@@ -34,6 +34,8 @@ from harness.profiles import load_profile
 from harness.scenario import Expect, Scenario
 from harness.sinks import Sink
 from harness.targets import Target, TokenProvider
+from harness.transports.picows_ws import HEAD_PAST_PICOWS
+from harness.transports.websocket import UPGRADE_TOO_LARGE
 
 from .hostile_ws import (
     FLOOD_FOR,
@@ -169,6 +171,30 @@ async def test_a_101_whose_head_cannot_be_parsed_is_called_so_alike_by_both_clie
         code, chat, _, _ = await chatprobe(tmp_path, srv.url, CLIENTS[client])
     assert (code, chat["outcome"], chat["error_kind"]) == (1, "error", "protocol_error"), chat
     assert chat["error"] == "WebSocket handshake failed: malformed upgrade response", chat
+
+
+# 101 answers past both clients' bounds on a head: picows' 16 KiB in all, and websockets' (the one picows falls back
+# to for a 101 it refuses) 128 header fields, or a line of 8 KiB.
+TOO_LARGE = {"200 header fields": b"".join(b"X-Junk-%d: " % i + b"a" * 90 + b"\r\n" for i in range(200)),
+             "a 20,000-byte header line": b"X-Junk: " + b"a" * 20000 + b"\r\n"}
+
+
+@pytest.mark.parametrize("head", TOO_LARGE.values(), ids=TOO_LARGE.keys())
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_101_whose_head_is_past_the_clients_bounds_is_called_too_large_alike_by_both_clients(tmp_path, client,
+                                                                                                     head):
+    """FAILED before: both clients said "malformed upgrade response" (a well-formed head, only too large), and picows'
+    fall-back to the websockets client said it refused "a reason phrase that is not UTF-8", of a status line that had
+    none."""
+    async with raw(chooses(head)) as srv:
+        code, chat, text, _ = await chatprobe(tmp_path, srv.url, CLIENTS[client])
+    assert (code, chat["outcome"], chat["error_kind"]) == (1, "error", "protocol_error"), chat
+    assert chat["error"] == f"WebSocket handshake failed: {UPGRADE_TOO_LARGE}", chat
+    (warnings,) = [scenario["warnings"] for scenario in json.loads((tmp_path / "r.json").read_text())["scenarios"]]
+    said = " ".join([text, *warnings])
+    assert "UTF-8" not in said and "malformed" not in said, said
+    if client == "picows":
+        assert any(HEAD_PAST_PICOWS in w for w in warnings), warnings  # the run's word on why it took websockets
 
 
 async def test_picows_refuses_permessage_deflate_it_never_offered(tmp_path):
