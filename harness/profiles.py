@@ -651,7 +651,7 @@ Names = tuple[tuple[str, ...] | list[str], ...]
 # costs per value, not per byte: a frame of --max-size (4 MiB) made of millions of tiny values (`[0,0,…]`,
 # `{"a":[[],[],…]}`, `[0.5,0.5,…]`) held the proxy's event loop, every other user's relay with it, 0.3-0.7 s per
 # frame. No JSON library offers a bound on the values it reads (json, orjson and msgspec parse the whole text, or
-# stop at an error), so it is counted here before the parse, with str.count (C speed: ~0.3 ms per MiB and character,
+# give up at an error), so it is counted here before the parse, with str.count (C speed: ~0.3 ms per MiB and character,
 # and only for a frame longer than the bound itself). 65,536 of them, past what a chat's request holds (an AG-UI
 # run's whole history, its tools' schemas and its state: thousands; prose has a comma or colon every few dozen
 # characters), cost the parse ~5-30 ms at worst (floats, the dearest values). A frame past it is "dense": not parsed,
