@@ -646,24 +646,39 @@ MAX_TIME_BYTES = 64
 Names = tuple[tuple[str, ...] | list[str], ...]
 
 
-# The most JSON structural characters (`,` `:` `[` `{`, each counted wherever it stands, inside a string too) a frame
-# the client sent may hold to be parsed (decode_client). A client's frame is parsed to find its chat, and the parse
-# costs per value, not per byte: a frame of --max-size (4 MiB) made of millions of tiny values (`[0,0,…]`,
-# `{"a":[[],[],…]}`, `[0.5,0.5,…]`) held the proxy's event loop, every other user's relay with it, 0.3-0.7 s per
-# frame. No JSON library offers a bound on the values it reads (json, orjson and msgspec parse the whole text, or
-# give up at an error), so it is counted here before the parse, with str.count (C speed: ~0.3 ms per MiB and character,
-# and only for a frame longer than the bound itself). 65,536 of them, past what a chat's request holds (an AG-UI
-# run's whole history, its tools' schemas and its state: thousands; prose has a comma or colon every few dozen
-# characters), cost the parse ~5-30 ms at worst (floats, the dearest values). A frame past it is "dense": not parsed,
-# no chat; the proxy refuses it as it refuses a frame over --max-size (docs/protocol.md).
+# The most JSON structural characters (`,` `:` `[` `{` outside the frame's strings) a frame the client sent may hold
+# to be parsed (decode_client). A client's frame is parsed to find its chat, and the parse costs per value, not per
+# byte: a frame of --max-size (4 MiB) made of millions of tiny values (`[0,0,…]`, `{"a":[[],[],…]}`, `[0.5,0.5,…]`,
+# `["","",…]`) held the proxy's event loop, every other user's relay with it, 0.3-0.7 s per frame. No JSON library
+# offers a bound on the values it reads (json, orjson and msgspec parse the whole text, or give up at an error), so
+# they are counted here before the parse, with str methods (C speed, a few ms for 4 MiB, and only for a frame longer
+# than the bound itself). 65,536 of them, past what a chat's request holds (an AG-UI run's whole history, its tools'
+# schemas and its state: thousands), cost the parse ~5-30 ms at worst (floats, the dearest values). What a string
+# holds does not count: a user's pasted CSV, code or JSON document is one string, as cheap to parse as prose, and
+# must not get a real user's connection refused. A frame past the bound is "dense": not parsed, no chat; the proxy
+# refuses it as it refuses a frame over --max-size (docs/protocol.md).
 MAX_CLIENT_STRUCTURE = 65_536
 STRUCTURE_CHARACTERS = (",", ":", "[", "{")
 
 
 def too_dense(text: str, limit: int = MAX_CLIENT_STRUCTURE) -> bool:
-    """Whether `text` holds more than `limit` JSON structural characters (MAX_CLIENT_STRUCTURE)."""
+    """Whether `text` holds more than `limit` JSON structural characters outside its strings
+    (MAX_CLIENT_STRUCTURE), or more than 4 x `limit` quotes (each string is a value, and two strings stand apart by
+    a structural character)."""
     if len(text) <= limit:
         return False
+    if "\\" in text:
+        # Every escape pair dropped first, left to right as a JSON reader pairs them (`\\` before `\"`: in `\\"` the
+        # quote ends its string): each quote left opens or closes a string. (Text that is not JSON gets a count
+        # that means nothing, and fails its parse.)
+        text = text.replace("\\\\", "").replace('\\"', "")
+    quotes = text.count('"')
+    if quotes > 4 * limit:
+        return True
+    if quotes:
+        text = "".join(text.split('"')[::2])  # what stands outside the strings: every other piece between quotes
+        if len(text) <= limit:
+            return False
     count = 0
     for mark in STRUCTURE_CHARACTERS:
         count += text.count(mark)
