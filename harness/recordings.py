@@ -1105,6 +1105,7 @@ class _BoundedJSON(io.RawIOBase):
         self.offset = 0
         self.in_string = False
         self.string_len = 0
+        self.string_at = 0  # the byte the string being read starts at (its opening quote), named when it is too long
         self.escape_pending = False  # the last chunk ended inside a string on a backslash
         self.depth = 0
         self.token_len = 0  # a number or literal running up to the last chunk's end
@@ -1187,7 +1188,7 @@ class _BoundedJSON(io.RawIOBase):
             self.token_len = 0
             c = m.group()
             if c == b'"':
-                self.in_string, self.string_len = True, 0
+                self.in_string, self.string_len, self.string_at = True, 0, self.offset + m.start()
             elif c in (b"[", b"{"):
                 self.depth += 1
                 if self.depth > self.max_depth:
@@ -1232,7 +1233,7 @@ class _BoundedJSON(io.RawIOBase):
     def _grow(self, n: int) -> None:
         self.string_len += n
         if self.string_len > self.max_string:
-            raise HarTooLarge(f"a string longer than the {self.max_string} byte limit at byte {self.offset}")
+            raise HarTooLarge(f"a string longer than the {self.max_string} byte limit at byte {self.string_at}")
 
 
 _B64_SPACE = {ord(c): None for c in " \t\r\n"}

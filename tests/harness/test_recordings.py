@@ -636,6 +636,17 @@ def test_har_with_a_huge_string_or_deep_nesting_is_refused_in_bounded_memory(tmp
         check_files([deep], NETRA, SC)
 
 
+def test_a_har_string_past_the_limit_is_named_by_the_byte_it_starts_at(tmp_path):
+    """The R12 for a string over the limit named the byte of the read it outgrew the limit in (a multiple of the
+    reads' sizes, megabytes past the string's start), not where the string starts: the place to look in the file."""
+    head = '{"log": {"version": "1.2", "entries": [{"_webSocketMessages": [{"type": "receive", "time": 1, "data": '
+    f = tmp_path / "long.har"
+    f.write_text(head + '"' + "x" * (3 << 20) + '"}]}]}}')
+    [run] = check_files([f], NETRA, SC, max_text=1 << 20)
+    [violation] = run.connection_violations
+    assert f"a string longer than the 1048576 byte limit at byte {len(head)}" in violation.reason, violation.reason
+
+
 def test_har_with_long_keys_nested_is_cut_short_at_the_first_in_bounded_memory(tmp_path):
     """ijson's prefixes join every key above a value: 16 nested keys of 2 MB would make 32 MB prefixes, anew for
     each event. A key over MAX_HAR_KEY cuts the file short there; a long string value is still read."""

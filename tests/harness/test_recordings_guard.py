@@ -28,6 +28,7 @@ class _Reference:
         self.offset = 0
         self.in_string = False
         self.string_len = 0
+        self.string_at = 0
         self.escape_pending = False
         self.depth = 0
         self.token_len = 0
@@ -72,7 +73,7 @@ class _Reference:
             self.token_len = 0
             c = m.group()
             if c == b'"':
-                self.in_string, self.string_len = True, 0
+                self.in_string, self.string_len, self.string_at = True, 0, self.offset + m.start()
             elif c in (b"[", b"{"):
                 self.depth += 1
                 if self.depth > self.max_depth:
@@ -101,7 +102,7 @@ class _Reference:
     def _grow(self, n: int) -> None:
         self.string_len += n
         if self.string_len > self.max_string:
-            raise HarTooLarge(f"a string longer than the {self.max_string} byte limit at byte {self.offset}")
+            raise HarTooLarge(f"a string longer than the {self.max_string} byte limit at byte {self.string_at}")
 
 
 def _state(g: Any) -> tuple[Any, ...]:
