@@ -1866,8 +1866,9 @@ def _stream_refused(entry: _Entry, name: str, max_frame: int) -> Iterator[Record
     live client would have counted (a `failed` close record: HTTP 401/403 auth_failed, 503 refused, another status or
     a content type that is no event stream protocol_error, `net::ERR_CONNECTION_REFUSED` refused, …), never "no chat
     found". A request the page cancelled before any response (`net::ERR_ABORTED`: the user left, the page aborted
-    it), or with no response and no reason (pending when the HAR was saved), is judged as it stood (incomplete, the
-    note saying why), never held against the server. A redirect the browser followed is no chat: where it led is an
+    it), or with no response and no reason (pending when the HAR was saved, or failed in a Firefox HAR: Firefox's
+    export writes status 0 and nothing of why, har-builder.js), is judged as it stood (incomplete, the note saying
+    why), never held against the server. A redirect the browser followed is no chat: where it led is an
     entry of its own."""
     if entry.status is not None and 300 <= entry.status < 400:
         return  # the browser followed the redirect: where it led is an entry of its own
@@ -1883,8 +1884,10 @@ def _stream_refused(entry: _Entry, name: str, max_frame: int) -> Iterator[Record
     error = " ".join(entry.failure.split())[:200]
     if not error:
         yield Recorded("dropped", conn, t=entry.started, detail="the response", where=where,
-                       error="the HAR holds no response to this request for an event stream (status 0 and no "
-                             "error: pending when the HAR was saved?)")
+                       error="the HAR holds no response to this request for an event stream and no reason: the "
+                             "browser failed, blocked or cancelled it (Firefox's HAR export names no reason, status 0 "
+                             "with no error field; Chrome's and Edge's write `_error`), or it was still pending when "
+                             "the HAR was saved")
         yield Recorded("close", conn, t=entry.started, where=where, stream=True)
     elif "ERR_ABORTED" in error.upper() or "NS_BINDING_ABORTED" in error.upper():
         yield Recorded("dropped", conn, t=entry.started, detail="the response", where=where,

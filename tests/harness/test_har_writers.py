@@ -783,6 +783,37 @@ def test_a_request_for_an_event_stream_that_got_none_is_a_chat_told_as_live_woul
         ["passed", outcome]), out
 
 
+def firefox_failed_request(started: float) -> dict:
+    """A request Firefox's "Save All As HAR" kept with no response (devtools/client/netmonitor/src/har/har-builder.js:
+    `status: 0` "if it's aborted", statusText and httpVersion "", no headers, content of size -1 and no mimeType,
+    sizes -1, `_securityState`): what it writes for a request the browser failed (refused, blocked, cancelled) and for
+    one still pending alike, with no error field of any kind."""
+    entry = http_entry(iso(started, timezone(timedelta(hours=1))), {"size": -1},
+                       {"mimeType": "application/json", "params": [], "text": json.dumps(REQUEST)})
+    entry["response"] = {"status": 0, "statusText": "", "httpVersion": "", "headers": [], "cookies": [],
+                         "content": {"size": -1}, "redirectURL": "", "headersSize": -1, "bodySize": -1}
+    entry |= {"time": 0, "timings": {"blocked": -1, "dns": -1, "connect": -1, "ssl": -1, "send": -1, "wait": -1,
+                                     "receive": -1}, "_securityState": "insecure", "pageref": "page_1"}
+    return entry
+
+
+def test_a_firefox_request_for_an_event_stream_that_got_none_says_the_har_does_not_tell_why(tmp_path):
+    """Firefox writes a request the browser failed (a refused connection, a CORS block, the page's abort) as status 0
+    and nothing of why, as it writes one still pending: the note said only "pending when the HAR was saved?", where
+    the user's stream may well have been refused. The chat is judged as it stood (the HAR tells no more), the note
+    saying what the HAR cannot tell and where to save one that does."""
+    har = tmp_path / "firefox.har"
+    har.write_text(json.dumps({"log": {"version": "1.2", "creator": {"name": "Firefox", "version": "133.0"},
+                                       "browser": {"name": "Firefox", "version": "133.0"}, "pages": [],
+                                       "entries": [firefox_failed_request(T0)]}}, indent=2))
+    code, out, doc = chatprobe_check(har, "--profile", "ag-ui", cwd=tmp_path)
+    assert code == 1, out
+    [chat] = [c for s in doc["scenarios"] for c in s["chats"]]
+    assert chat["outcome"] == "incomplete" and not chat.get("violations"), chat
+    said = json.dumps(chat)
+    assert "the browser failed, blocked or cancelled it" in said and "Firefox's HAR export names no reason" in said, said
+
+
 def playwright_failed_request(failure: str) -> dict:
     """A request the browser could not complete as Playwright's recordHar writes it (harTracer.ts: the response
     createHarEntry leaves, status -1 and content `x-unknown`; `_onRequestFailed` adds `response._failureText`, the
