@@ -1808,6 +1808,12 @@ def _is_socket(entry: _Entry) -> bool:
             or entry.messages > 0)
 
 
+NO_SOCKET_ANSWER = ("a WebSocket handshake the HAR holds no answer to and no reason for: the browser failed, blocked "
+                    "or cancelled it (Firefox's HAR export names no reason, status 0 with no error field; Chrome's and "
+                    "Edge's write `_error`), or it was still pending when the HAR was saved; no message was sent on "
+                    "it, so no chat is judged for it")
+
+
 def _socket_opened(entry: _Entry) -> bool:
     """Whether an entry's answer opened a WebSocket: 101 Switching Protocols, or over HTTP/2 or HTTP/3 (extended
     CONNECT, RFC 8441 and 9220: Firefox's, Chromium's where the server offers it) a 2xx, which over HTTP/1.1 is a
@@ -1907,6 +1913,12 @@ def _entry_end(entry: _Entry, name: str, max_frame: int, complete: bool = True, 
     if complete and not entry.frames and not opened and (
             entry.status or entry.failure or held) and _is_socket(entry):
         yield _socket_refused(entry, name, held)
+        return
+    if complete and not entry.messages and not opened and not entry.status and _is_socket(entry):
+        # No answer and no reason (status 0, no `_error`): what Firefox's export writes for a handshake the browser
+        # failed, blocked or cancelled, and for one still pending. No frame left: no chat to judge, but said.
+        where = f"{name}: entry {entry.index}"
+        yield Recorded(NOTE, f"ws{entry.index}", t=entry.started, where=where, detail=f"{where}: {NO_SOCKET_ANSWER}")
         return
     if held is not None:
         yield held

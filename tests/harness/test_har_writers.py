@@ -814,6 +814,27 @@ def test_a_firefox_request_for_an_event_stream_that_got_none_says_the_har_does_n
     assert "the browser failed, blocked or cancelled it" in said and "Firefox's HAR export names no reason" in said, said
 
 
+def test_a_firefox_websocket_that_got_no_answer_is_said_among_the_warnings(tmp_path):
+    """Firefox writes a WebSocket handshake the browser failed as status 0, no headers and no reason (its request's
+    `Upgrade: websocket` says what it was): read as nothing at all, the check said only "no chat found (is it the
+    profile's dialect?)", never that the user's socket had no answer. No message left on it, so no chat is judged,
+    but the run's warnings name the entry and what the HAR cannot tell."""
+    entry = firefox_failed_request(T0)
+    entry["request"] |= {"method": "GET", "url": "wss://chat.example.com/ws",
+                         "headers": [{"name": "Upgrade", "value": "websocket"},
+                                     {"name": "Connection", "value": "keep-alive, Upgrade"}]}
+    del entry["request"]["postData"]
+    har = tmp_path / "firefox-ws.har"
+    har.write_text(json.dumps({"log": {"version": "1.2", "creator": {"name": "Firefox", "version": "133.0"},
+                                       "browser": {"name": "Firefox", "version": "133.0"}, "pages": [],
+                                       "entries": [entry]}}, indent=2))
+    code, out, doc = chatprobe_check(har, cwd=tmp_path)
+    assert code == 1 and chats(doc) == [], out
+    said = " ".join(out.split())
+    assert "firefox-ws.har: entry 0: a WebSocket handshake the HAR holds no answer to and no reason for" in said, out
+    assert "Firefox's HAR export names no reason" in said, out
+
+
 def playwright_failed_request(failure: str) -> dict:
     """A request the browser could not complete as Playwright's recordHar writes it (harTracer.ts: the response
     createHarEntry leaves, status -1 and content `x-unknown`; `_onRequestFailed` adds `response._failureText`, the
