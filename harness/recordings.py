@@ -76,6 +76,7 @@ import math
 import os
 import re
 import stat
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -110,7 +111,8 @@ MAX_HAR_TOKEN = 4096  # bytes of one number or literal (true, false, null) in a 
 # Bytes of one object key in a HAR (field and header names: a few dozen). ijson's prefix of a value joins every key
 # above it, made anew for each event: 16 nested keys of 15 MB each had taken 2.6 GB.
 MAX_HAR_KEY = 4096
-# Entries of a HAR file sorted by their start when the file has them out of order (one number each is held).
+# Entries of a chat's traffic (WebSocket, event stream) in a HAR file sorted by their start when the file has them out
+# of order (three numbers each are held; other entries cost nothing).
 MAX_SORTED_ENTRIES = 100_000
 CHUNK = 1 << 16
 # The largest read the HAR parser is given at once (_BoundedJSON.read doubles its reads up to it while a string runs
@@ -1447,9 +1449,10 @@ def har_order(fd: int, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, int]
     """The entries of a HAR file as (index, byte offset) sorted by startedDateTime, when they are not in that order
     in the file (HAR 1.2: "the reader application should always make sure the array is sorted"): a resumed chat's
     connections must be read in the order they were opened. None when they are in order already, or the file is no
-    regular file, holds more than MAX_SORTED_ENTRIES entries or cannot be parsed whole (then it is read as it is,
-    and the reading says what is wrong with it). A first pass over the file opened (`fd`), holding one number per
-    entry."""
+    regular file, holds more than MAX_SORTED_ENTRIES entries of a chat's traffic (WebSocket, event stream) or cannot
+    be parsed whole (then it is read as it is, and the reading says what is wrong with it). A first pass over the file
+    opened (`fd`), holding three numbers per such entry and none per other entry (a browser's images, scripts and
+    calls: most of a long session's entries), whose byte offsets are taken from the guard as each entry ends."""
     import ijson
 
     try:
@@ -1460,9 +1463,14 @@ def har_order(fd: int, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, int]
         capped = _Prefixed(b"", raw, MAX_RECORDING_BYTES)  # (a file that grew past it: read as it is)
         guard = _BoundedJSON(io.BufferedReader(capped, CHUNK), max_text, MAX_HAR_DEPTH)
         guard.item_starts = []
+        taken = 0  # the guard's item starts read so far (those before it are dropped now and then)
         depth, third, entries_third = 0, -1, -1
-        started: list[float | None] = []
-        chat = bytearray()  # per entry: 1 when it holds WebSocket messages or an SSE response (a chat's traffic)
+        # Of each entry of a chat's traffic: its ordinal among the entries, its start (an entry without a time keeps
+        # its place after the one before it) and its byte offset.
+        indices, keys, offsets = array("q"), array("d"), array("q")
+        n_entries, last = 0, float("-inf")
+        started: float | None = None
+        chat = in_entry = False  # (chat: the entry holds WebSocket messages or an SSE response, a chat's traffic)
         for prefix, event, value in ijson.parse(_Reads(guard), buf_size=CHUNK, use_float=True):
             if event in ("start_map", "start_array"):
                 depth += 1
@@ -1472,37 +1480,48 @@ def har_order(fd: int, max_text: int = DEFAULT_MAX_TEXT) -> list[tuple[int, int]
                         entries_third = third
             elif event in ("end_map", "end_array"):
                 depth -= 1
-            elif prefix == "log.entries.item.startedDateTime" and depth == 4 and started:
-                started[-1] = _iso(value)
-            elif chat and event == "string" and prefix in _SSE_TYPE_FIELDS and value.lower().startswith(EVENT_STREAM):
-                chat[-1] = 1
-            elif chat and event == "string" and prefix == _RESOURCE_TYPE and value.lower() in (EVENT_SOURCE, WEBSOCKET):
-                chat[-1] = 1
-            elif chat and prefix == _STATUS and value == SWITCHING_PROTOCOLS:  # (a socket listing no message: SILENT)
-                chat[-1] = 1
+            elif prefix == "log.entries.item.startedDateTime" and depth == 4 and in_entry:
+                started = _iso(value)
+            elif in_entry and event == "string" and prefix in _SSE_TYPE_FIELDS and value.lower().startswith(EVENT_STREAM):
+                chat = True
+            elif in_entry and event == "string" and prefix == _RESOURCE_TYPE and value.lower() in (EVENT_SOURCE, WEBSOCKET):
+                chat = True
+            elif in_entry and prefix == _STATUS and value == SWITCHING_PROTOCOLS:  # (a socket listing no message: SILENT)
+                chat = True
             if prefix == _ENTRY and event == "start_map":
-                started.append(None)
-                chat.append(0)
-                if len(started) > MAX_SORTED_ENTRIES:
+                started, chat, in_entry = None, False, True
+            elif prefix == _ENTRY and event == "end_map":
+                # This entry's start is among the guard's (which reads ahead of the parser): the next one in log.entries.
+                starts = guard.item_starts
+                if starts is None:
                     return None
-            elif prefix in _MESSAGE_LISTS and event == "start_array" and chat:
-                chat[-1] = 1
+                while taken < len(starts) and starts[taken][0] != entries_third:
+                    taken += 1
+                if taken == len(starts):
+                    return None
+                last = started if started is not None else last
+                if chat:
+                    if len(indices) >= MAX_SORTED_ENTRIES:
+                        return None
+                    indices.append(n_entries)
+                    keys.append(last)
+                    offsets.append(starts[taken][1])
+                taken += 1
+                if taken >= 4096:
+                    del starts[:taken]
+                    taken = 0
+                n_entries += 1
+                in_entry = False
+            elif prefix in _MESSAGE_LISTS and event == "start_array" and in_entry:
+                chat = True
     except (OSError, HarTooLarge, ValueError, UnicodeDecodeError, ijson.JSONError):
         return None
     if guard.item_starts is None or capped.capped:
         return None
-    offsets = [offset for ordinal, offset in guard.item_starts if ordinal == entries_third]
-    if len(offsets) != len(started):
+    order = sorted(range(len(keys)), key=keys.__getitem__)  # only these entries are read again
+    if all(i == n for n, i in enumerate(order)):
         return None
-    keys, last = [], float("-inf")
-    for t in started:  # an entry without a time keeps its place after the one before it
-        last = t if t is not None else last
-        keys.append(last)
-    chats = [i for i in range(len(keys)) if chat[i]]  # only these are read again
-    order = sorted(chats, key=keys.__getitem__)
-    if order == chats:
-        return None
-    return [(i, offsets[i]) for i in order]
+    return [(indices[i], offsets[i]) for i in order]
 
 
 def read_har_sorted(fd: int, order: list[tuple[int, int]], name: str, max_frame: int = DEFAULT_MAX_FRAME,

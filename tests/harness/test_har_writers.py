@@ -119,6 +119,32 @@ def test_a_devtools_har_of_several_websockets_is_judged_socket_by_socket(tmp_pat
     assert doc["scenarios"][0]["stats"]["chats"] == 3
 
 
+def test_a_long_sessions_har_of_many_other_entries_still_has_its_chats_read_in_start_order(tmp_path):
+    """A browser's HAR of a long session holds an entry for each image, script and call beside a chat's few sockets.
+    Past 100,000 entries in all the first pass gave up (after parsing that many) and the file was read in its own
+    order: a chat resumed on a new connection, the later socket saved first, was two chats (the resume's an R1, the
+    first "no resume of the run was recorded"). Only the entries of a chat's traffic count toward the bound."""
+    from harness.offline import check_files
+    from harness.profiles import load_profile
+    from harness.scenario import Scenario
+
+    messages = netra_messages("r1", "t1", T0)
+    resume = {"type": "send", "time": T0 + 1.01, "opcode": 1,
+              "data": json.dumps({"type": "resume", "payload": {"run_id": "r1", "last_seq": 2}})}
+    first = devtools_ws_entry(messages[:4], T0)
+    second = devtools_ws_entry([messages[0] | {"time": T0 + 1}, resume,
+                                *(m | {"time": m["time"] + 1} for m in messages[4:])], T0 + 1)
+    other = json.dumps({"startedDateTime": iso(T0 - 60)})  # (an image's, a script's: only its start is read)
+    har = tmp_path / "session.har"
+    with har.open("w") as out:
+        out.write('{"log": {"version": "1.2", "creator": {"name": "WebInspector", "version": "537.36"}, "entries": [')
+        out.write(",".join([other] * 100_001))
+        out.write(f",{json.dumps(second)},{json.dumps(first)}]}}}}")
+    [run] = check_files([har], load_profile("netra"), Scenario(name="t"))
+    assert [(c.outcome.value, c.violations) for c in run.results] == [("passed", [])], [
+        (c.outcome, c.note, c.violations) for c in run.results]
+
+
 def mitmproxy_ws_entries(messages: list[dict], started: float, *, hardump: bool) -> list[dict]:
     """A WebSocket flow as mitmproxy's savehar writes it: `save.har` one entry; the `hardump` addon one at the
     handshake's response (no message yet) and one more at the socket's end. Timings may be null."""
