@@ -581,10 +581,14 @@ class ChatTracker:
     def _span(self, ev: Event, idx: int) -> None:
         name, kind, key = ev.span  # type: ignore[misc]
         k = (name, key)
+        # An event naming no key whose frame already has its R12 (AG-UI's schema: `toolCallId`, `messageId`, `stepName`
+        # required): that one violation says what it lacks, and an R5 for "tool call (no key)" would say it again. It
+        # still opens and closes by order, as keyless spans pair.
+        told = ev.problems and (key[0] if key.__class__ is tuple else key) is None
         if kind == "open":
             # Several open at once are fine when keyed by a fallback (two calls of one tool, no call ids).
             by_fallback = ev.tool_call_id is None and key is not None and key == ev.tool_name
-            if k in self.open_spans and not by_fallback:
+            if k in self.open_spans and not by_fallback and not told:
                 self._flag(Rule.R5, f"{_name(ev)} opens {name} {span_key_text(key)} again while it is open", idx)
             elif k not in self.open_spans and len(self.open_spans) >= MAX_OPEN_SPANS:
                 self._flag(Rule.R5, f"more than {MAX_OPEN_SPANS} spans open at once: {name} {span_key_text(key)} not "
@@ -594,6 +598,8 @@ class ChatTracker:
                 self.open_spans = {}
             self.open_spans[k] = self.open_spans.get(k, 0) + 1
         elif k not in self.open_spans:
+            if told:
+                return
             what = "closes" if kind == "close" else "continues"
             self._flag(Rule.R5, f"{_name(ev)} {what} {name} {span_key_text(key)}, which is not open", idx)
         elif kind == "close":

@@ -123,11 +123,14 @@ SpanKey = str | None | tuple[str | None, str]
 
 
 def span_key_text(key: SpanKey) -> str:
-    """A span key as violation messages show it."""
+    """A span key as violation messages show it (an absent key as such: the event named none, never "None")."""
     if key.__class__ is tuple:
         k, owner = key
-        return f"{k!r} of {owner!r}"
-    return repr(key)
+        return f"{NO_KEY if k is None else repr(k)} of {owner!r}"
+    return NO_KEY if key is None else repr(key)
+
+
+NO_KEY = "(no key)"  # a span event that names no key: spans of such events pair by order of appearance
 
 
 class Event(msgspec.Struct, gc=False):
