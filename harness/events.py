@@ -249,3 +249,6 @@ class Frame:
     # The client's message a connection-level error names (its message id, else its thread id): the chat it rejects
     message_id: str | None = None
     thread_id: str | None = None
+    # What makes the frame malformed although it was read (it holds NaN or Infinity: profiles._with_not_json): an
+    # R12, while the frame is still what it says (a ping answered, an error ending the chat it answers)
+    problem: str = ""

@@ -423,6 +423,10 @@ class FrameRouter:
         kind = decoded.kind
         if not self.spoke:
             self.spoke = True  # the server said something (once a connection: never a refusal by close, below)
+        if decoded.problem:
+            # Read, but malformed (NaN or Infinity: a browser's JSON.parse refuses it): its R12 on the chats on screen,
+            # as any malformed frame's, before what it says is taken (an error still ends the chat it answers).
+            self.checker.on_malformed(Frame(FrameKind.MALFORMED, detail=decoded.problem), at)
         if kind is FrameKind.PING:
             # At most one reply per PONG_INTERVAL: a server flooding pings must not make the client flood back
             # (or pile up sends on a socket it never reads).

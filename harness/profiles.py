@@ -1420,12 +1420,16 @@ _CONSTANT_SEQ = tuple(f"{name}, not a JSON number" for name in _CONSTANTS)
 
 def _with_not_json(decoded: "Event | Frame", reason: str) -> "Event | Frame":
     """An event of a frame holding NaN or Infinity, with the R12 that says so (first of its problems), unless its
-    seq's R12 already does."""
+    seq's R12 already does; any other frame (control, ping, error, an unknown type ignored) with that R12 as its
+    `problem` (FrameRouter.on_frame reports it, then takes the frame for what it says). A frame already malformed
+    keeps its own one R12."""
     if isinstance(decoded, Event):
         bad_seq = decoded.bad_seq
         if not (bad_seq.__class__ is str and bad_seq.startswith(_CONSTANT_SEQ)):
             reason = f"{decoded.wire_type[:60]} holds {reason}"
             decoded.problems = (reason, *decoded.problems)
+    elif decoded.kind is not FrameKind.MALFORMED:
+        decoded.problem = f"{str(decoded.wire_type)[:60]} holds {reason}"
     return decoded
 
 

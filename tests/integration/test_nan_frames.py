@@ -3,14 +3,18 @@ so: JSON (RFC 8259) has no such numbers, and a browser's JSON.parse refuses the 
 that event. Python's json reads them (the exact fallback the fast decoder hands such a frame to), so the event is
 otherwise read as any: one R12, no cascade of R7s. Judged alike by `chatprobe run` (picows and the websockets
 client), `chatprobe check` of its recording and `chatprobe proxy`, over a raw RFC 6455 server on 127.0.0.1, and over
-SSE (AG-UI, live and a saved body). A seq of NaN keeps its own R12 (one per frame, not two).
+SSE (AG-UI, live and a saved body). A seq of NaN keeps its own R12 (one per frame, not two). A frame that is no
+event (a heartbeat, a ping, an error_message rejecting the message) holding one is that R12 too, and still what it
+says: the ping answered, the chat ended as the error reports.
 
-FAILED on the code before it: each run passed (a NaN or Infinity outside `seq` went unflagged).
+FAILED on the code before it: each run passed (a NaN or Infinity outside `seq` went unflagged); then, with events
+flagged, a control, ping or error frame holding one still passed unflagged.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,8 +24,9 @@ from harness.offline import check_files
 from harness.profiles import _decoder_of, load_profile
 from harness.scenario import Scenario
 
+from .outside_servers import WsConn
 from .test_agui_wire_variants import _run, answer, framed
-from .test_conforming_servers import Server, judged_three_ways, run_frames
+from .test_conforming_servers import Server, frame, judged_three_ways, run_frames, text
 from .test_seq_integers import _run_and_check, with_seq
 
 pytestmark = pytest.mark.timeout(120)
@@ -112,3 +117,75 @@ def test_check_of_a_saved_sse_body_with_infinity_is_one_r12(tmp_path: Path):
         ("R12", "STATE_SNAPSHOT holds Infinity")], result.violations
 
 
+
+
+# -- frames that are no event: a control frame, a ping, a connection-level error ---------------------------------------
+
+def _not_an_event(kind: str, written: str) -> Server:
+    """A netra server whose answer holds one frame that is no event of the run, holding `written` as a value: a
+    heartbeat (control) or a ping among the run's events, or, instead of a run, the error_message rejecting the
+    message (`written` None: the same frames, plain JSON)."""
+    def raw(obj: dict[str, Any]) -> bytes:
+        data = json.dumps(obj)
+        return frame((data[:-1] + f', "score": {written}}}' if written else data).encode())
+
+    async def answer(conn: WsConn, p: dict[str, Any], n: int, server: Server) -> None:
+        if kind == "error":
+            conn.writer.write(raw({"type": "error_message", "error_code": "INVALID_MESSAGE",
+                                   "error_message": "no such tool"}))
+            return
+        frames = [text(f) for f in run_frames(p)]
+        frames.insert(2, raw({"type": "heartbeat", "data": {}} if kind == "control" else {"type": "ping"}))
+        conn.writer.write(b"".join(frames))
+    return Server(answer)
+
+
+class PongsSeen(Server):
+    """The server above, counting the client's answers to its ping."""
+
+    pongs = 0
+
+    async def handler(self, conn: WsConn) -> None:
+        recv = conn.recv
+
+        async def counting() -> str | None:
+            raw = await recv()
+            if raw is not None and json.loads(raw).get("type") == "pong":
+                PongsSeen.pongs += 1
+            return raw
+
+        conn.recv = counting  # type: ignore[method-assign]
+        await super().handler(conn)
+
+
+@pytest.mark.parametrize("kind", ["control", "ping", "error"])
+@pytest.mark.parametrize("written", ["NaN", "-Infinity"])
+async def test_a_control_ping_or_error_frame_holding_nan_is_its_r12_and_still_what_it_says(kind, written):
+    # FAILED on the code before: such a frame was no R12 at all (an event's was), judged as if it were JSON.
+    clean = await judged_three_ways(lambda: _not_an_event(kind, ""))
+    got = await judged_three_ways(lambda: _not_an_event(kind, written))
+    # What the frame says stands (the error still ends its chat as the error it reports: `error`, not a deadline's
+    # R10), with one R12 besides. (The proxy judges no chat its server rejected, plain JSON or not.)
+    expected = {road: [("failed" if outcome == "passed" else outcome, tuple(sorted({**dict(rules), "R12": 1}.items())),
+                        warnings) for outcome, rules, warnings in verdicts] for road, verdicts in clean.items()}
+    assert got == expected, (clean, got)
+    assert clean["run"] == [("error", (), ())] if kind == "error" else [("passed", (), ())], clean
+
+
+@pytest.mark.parametrize("kind", ["control", "ping", "error"])
+def test_the_frame_s_r12_names_what_it_holds_and_where_live_and_offline(tmp_path, kind):
+    async def answer(conn: WsConn, p: dict[str, Any], n: int, server: Server) -> None:
+        await _not_an_event(kind, "Infinity").answer(conn, p, n, server)
+
+    live, offline = _run_and_check(tmp_path, answer)
+    assert live == offline
+    [(rule, reason)] = [(r, why) for r, why in live if r == "R12"]
+    name = {"control": "heartbeat", "ping": "ping", "error": "error_message"}[kind]
+    assert reason.startswith(f"malformed frame: {name} holds Infinity at character ") and SAYS in reason, reason
+
+
+async def test_a_ping_holding_nan_is_still_answered():
+    PongsSeen.pongs = 0
+    got = await judged_three_ways(lambda: PongsSeen(_not_an_event("ping", "NaN").answer))
+    assert got["run"] == [("failed", (("R12", 1),), ())], got
+    assert PongsSeen.pongs >= 2, PongsSeen.pongs  # `run`'s client and the one playing through the proxy answered
