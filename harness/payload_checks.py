@@ -36,6 +36,13 @@ MAX_STATE_WORK = 32 * 1024 * 1024
 OP_WORK = 256  # what any operation is charged (a JsonPatch built, its pointer resolved: ~10 us)
 SHIFT_WORK = 8  # what each array item an insert or removal shifts is charged (a pointer moved)
 NODE_WORK = 32  # what each container or item of a value added, copied, tested or dropped is charged (~1 us)
+# Operations in one patch (a STATE_DELTA's `delta`, an ACTIVITY_DELTA's `patch`), counted before any is validated or
+# applied: each costs ~3 us to validate against the schema and ~14 us to weigh and apply (jsonpatch, one operation at a
+# time), so a 4 MiB frame of 90,000 operations held the client's event loop ~2 s in one go, stalling every chat on it
+# (MAX_STATE_WORK bounds a run's patches in all, not one frame's). AG-UI sets patches no size, and a server diffing a
+# large state may send a long one: past the bound the patch is validated up to it and not applied, the state (or the
+# activity) not followed from there, said once (advice, as the other bounds here).
+MAX_PATCH_OPS = 4096
 MAX_LANES = 1000  # chunk streams open at once, one per lane (the parent agent, each subagent)
 MAX_OFFERED = 1000  # tools of a client's own request taken for frontend tools (their names cut at MAX_ID_CHARS)
 # Schema failures reported per event, each cut to this many characters.
@@ -72,6 +79,11 @@ def agui_frame(frame: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]
         if str(wire_type).startswith("THINKING_"):
             return (), ()
         return (), (f"{str(wire_type)[:60]} is not an AG-UI 1.0 event: not checked against the schema",)
+    if wire_type == "STATE_DELTA" or wire_type == "ACTIVITY_DELTA":
+        key = "delta" if wire_type == "STATE_DELTA" else "patch"
+        if (ops := frame.get(key)).__class__ is list and len(ops) > MAX_PATCH_OPS:
+            # Validated up to the bound only (the run's checks apply none of it: AguiRunChecks._apply).
+            frame = {**frame, key: ops[:MAX_PATCH_OPS]}
     try:
         adapter.validate_python(frame, by_alias=True, by_name=False)
     except ValidationError as exc:
@@ -753,6 +765,9 @@ class AguiRunChecks(RunChecks):
         if problem is TOO_DEEP:
             return self._warn_once(key, f"{t}: {what} nested too deeply to follow (past the interpreter's recursion "
                                         f"limit), {later} not checked")
+        if problem is TOO_LONG:
+            return self._warn_once(key, f"{t}: a patch of over {MAX_PATCH_OPS:,} operations (not applied, nor "
+                                        f"validated past them): {what} not followed from here, {later} not checked")
         if problem is TOO_MUCH:
             return self._warn_once("work", f"{t}: the run's patches weighed over {MAX_STATE_WORK} bytes of state, "
                                            f"{later} not checked")
@@ -774,8 +789,8 @@ class AguiRunChecks(RunChecks):
     def _apply(self, doc: Any, size: int, patch: list[Any], limit: int = MAX_STATE_BYTES) -> tuple[Any, int, str]:
         """`patch` applied to `doc` IN PLACE with the jsonpatch library, one operation at a time: (the result, its
         size as compact JSON, "") or (None, 0, why it does not apply), TOO_BIG when an operation would take it past
-        `limit` bytes (or its size can no longer be known), TOO_MUCH past the run's MAX_STATE_WORK, TOO_DEEP when a
-        value is too deep for the library to copy or compare.
+        `limit` bytes (or its size can no longer be known), TOO_MUCH past the run's MAX_STATE_WORK, TOO_LONG past
+        MAX_PATCH_OPS operations (none applied), TOO_DEEP when a value is too deep for the library to copy or compare.
 
         Each operation is weighed before it is applied, and charged what applying it costs: the values it adds,
         copies, tests or drops (their size), a new member's name, and the items an array insert or removal shifts.
@@ -784,6 +799,8 @@ class AguiRunChecks(RunChecks):
         import jsonpatch
         import jsonpointer
 
+        if len(patch) > MAX_PATCH_OPS:
+            return None, 0, TOO_LONG  # counted before any operation is applied: nothing of it is
         try:
             for op in patch:
                 if isinstance(op, dict):
@@ -923,6 +940,7 @@ class AguiRunChecks(RunChecks):
 TOO_BIG = "over the byte limit"
 TOO_MUCH = "over the work limit"
 TOO_DEEP = "too deep to copy or compare"
+TOO_LONG = "over the operations limit"
 _NOTHING = object()
 
 
