@@ -800,7 +800,9 @@ class AguiRunChecks(RunChecks):
         import jsonpointer
 
         if len(patch) > MAX_PATCH_OPS:
-            return None, 0, TOO_LONG  # counted before any operation is applied: nothing of it is
+            # Counted before any operation is weighed or applied (none is): what one frame may cost the client's
+            # loop is bounded here, what a run's frames may cost in all by MAX_STATE_WORK below (MAX_PATCH_OPS).
+            return None, 0, TOO_LONG
         try:
             for op in patch:
                 if isinstance(op, dict):
