@@ -634,27 +634,34 @@ def connections_at_once(scenario: Scenario) -> tuple[int, str]:
     return scenario.users, "users"
 
 
+def open_files_short(need: int) -> int | None:
+    """None when this process may open `need` files at once (its soft open-file limit raised up to the hard one if
+    need be), else the most it may open: the one reading of the limit for `run` and `monitor` alike."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX: no limit to read
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or need <= soft:
+        return None
+    if hard == resource.RLIM_INFINITY or need <= hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+            return None
+    return soft if hard == resource.RLIM_INFINITY else max(soft, hard)
+
+
 def check_open_files(scenario: Scenario, *, embedded: bool) -> None:
     """A scenario whose connections at once need more file descriptors than the process may open (ulimit -n, its soft
     limit raised up to the hard one if need be) is a usage error before the run: each connection past the limit would
     fail as the client's own `Too many open files`, never reaching the server, a load test of nothing. The embedded
     agentsim serves the same connections from this process: two descriptors each."""
-    try:
-        import resource
-    except ImportError:  # not on POSIX: no limit to read
-        return
     n, where = connections_at_once(scenario)
     each = 2 if embedded else 1
     kept = FILES_KEPT
     need = n * each + kept
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or need <= soft:
+    if (limit := open_files_short(need)) is None:
         return
-    if hard == resource.RLIM_INFINITY or need <= hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-            return
-    limit = soft if hard == resource.RLIM_INFINITY else max(soft, hard)
     most = max(0, (limit - kept) // each)
     served = ", each also served from this process by the embedded agentsim (two files a connection)" if embedded else ""
     fix = {"users": f"set `concurrency: {most:,}` or less (users playing at once) or fewer `users`",

@@ -33,6 +33,7 @@ from harness.results import ScenarioRun, exit_code
 from harness.runner import run_scenario
 from harness.scenario import Bool, Scenario, load_scenario
 from harness.targets import (
+    FILES_KEPT,
     FLAGS,
     TARGET_NAME_PATTERN,
     Target,
@@ -41,8 +42,10 @@ from harness.targets import (
     add_target_args,
     check_credentials,
     check_tls_fits,
+    connections_at_once,
     embedded_sim,
     make_target,
+    open_files_short,
     options_from_args,
     read_token,
 )
@@ -275,6 +278,32 @@ def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list
                 raise _target_error(path, name, exc) from None
             probes.append(Probe(target, _cap(s, timeout)))
     return probes
+
+
+def check_open_files(probes: list[Probe], *, embedded: bool, serving: bool, config: str | None) -> None:
+    """Probes whose connections at once need more file descriptors than the process may open (`ulimit -n`, raised up to
+    the hard limit if need be) are a usage error at start, as `run` refuses such a scenario: each connection past the
+    limit failed as the monitor's own `Too many open files`, reported as the target's `refused` connection and
+    `probe_success 0`, paging for a target that was never asked. Every probe may be in flight at once (each on its own
+    schedule), and while serving, /probe's runs beside them; the embedded agentsim serves its connections from this
+    process (two descriptors each)."""
+    if not probes:
+        return
+    each = 2 if embedded else 1
+    widest = max(probes, key=lambda p: connections_at_once(p.scenario)[0])
+    most = connections_at_once(widest.scenario)[0]
+    on_demand = httpserver.MAX_CONCURRENT_PROBES * most if serving else 0
+    n = sum(connections_at_once(p.scenario)[0] for p in probes) + on_demand
+    need = n * each + FILES_KEPT
+    if (limit := open_files_short(need)) is None:
+        return
+    alone = f", {most:,} for scenario {widest.scenario.name!r} alone" if most > 1 else ""
+    demand = f" with {on_demand:,} for /probe's runs beside them" if on_demand else ""
+    served = ", each also served by the embedded agentsim (two files a connection)" if embedded else ""
+    message = (f"{len(probes):,} probes (targets x scenarios) hold {n:,} connections at once{demand}{alone}{served}: "
+               f"they need {need:,} open files ({FILES_KEPT:,} kept for the process's own), and this process may open "
+               f"{limit:,} (`ulimit -n`): probe fewer targets or scenarios, or raise the limit")
+    raise _field_error(config, ("targets",), message) if config is not None else ConfigError(message)
 
 
 # -- probing ---------------------------------------------------------------------------------------------------
@@ -513,6 +542,8 @@ async def _main(args: argparse.Namespace) -> int:
             opts = options_from_args(args)
             opts = dataclasses.replace(opts, name=opts.name or "agentsim")
             probes = probes_from_args(opts, args.scenario, sim.url, tokens, timeout)
+        check_open_files(probes, embedded=config is None and args.target is None, serving=not args.once,
+                         config=args.config)
         monitor = Monitor(probes, interval, timeout)
 
         loop = asyncio.get_running_loop()
