@@ -277,13 +277,14 @@ def _open_file_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def connection_limit() -> int:
-    """Open connections the server holds: below the open-file limit, with room left for the probes' sockets. Past
-    it, a new connection closes the one that has waited longest on its client (`_make_room`)."""
+def connection_limit(kept: int = FD_HEADROOM) -> int:
+    """Open connections the server holds: below the open-file limit, with room left for the probes' sockets (`kept`
+    descriptors, FD_HEADROOM at least). Past it, a new connection closes the one that has waited longest on its
+    client (`_make_room`)."""
     soft = _open_file_limit()
     if soft is None:
         return MAX_CONNECTIONS
-    return max(16, min(MAX_CONNECTIONS, soft - FD_HEADROOM))
+    return max(16, min(MAX_CONNECTIONS, soft - max(kept, FD_HEADROOM)))
 
 
 BARE_LF = re.compile(rb"(?<!\r)\n")  # a line ended by LF alone (the proxy's HTTP side refuses one too)

@@ -280,15 +280,16 @@ def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list
     return probes
 
 
-def check_open_files(probes: list[Probe], *, embedded: bool, serving: bool, config: str | None) -> None:
+def check_open_files(probes: list[Probe], *, embedded: bool, serving: bool, config: str | None) -> int:
     """Probes whose connections at once need more file descriptors than the process may open (`ulimit -n`, raised up to
     the hard limit if need be) are a usage error at start, as `run` refuses such a scenario: each connection past the
     limit failed as the monitor's own `Too many open files`, reported as the target's `refused` connection and
     `probe_success 0`, paging for a target that was never asked. Every probe may be in flight at once (each on its own
     schedule), and while serving, /probe's runs beside them; the embedded agentsim serves its connections from this
-    process (two descriptors each)."""
+    process (two descriptors each). The descriptors they need, with those kept for the process's own: what the HTTP
+    side leaves them (its own few connections, at the least, come out of those kept)."""
     if not probes:
-        return
+        return FILES_KEPT
     each = 2 if embedded else 1
     widest = max(probes, key=lambda p: connections_at_once(p.scenario)[0])
     most = connections_at_once(widest.scenario)[0]
@@ -296,7 +297,7 @@ def check_open_files(probes: list[Probe], *, embedded: bool, serving: bool, conf
     n = sum(connections_at_once(p.scenario)[0] for p in probes) + on_demand
     need = n * each + FILES_KEPT
     if (limit := open_files_short(need)) is None:
-        return
+        return need
     alone = f", {most:,} for scenario {widest.scenario.name!r} alone" if most > 1 else ""
     demand = f" with {on_demand:,} for /probe's runs beside them" if on_demand else ""
     served = ", each also served by the embedded agentsim (two files a connection)" if embedded else ""
@@ -482,10 +483,11 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host or "0.0.0.0", port
 
 
-def start_http(app: Callable, host: str, port: int) -> httpserver.HttpServer:
-    """The HTTP server, serving (bounded worker threads, slow clients timed out: see monitors.httpserver)."""
+def start_http(app: Callable, host: str, port: int, kept: int = httpserver.FD_HEADROOM) -> httpserver.HttpServer:
+    """The HTTP server, serving (bounded worker threads, slow clients timed out: see monitors.httpserver), its
+    connections held below the open-file limit less `kept`, the descriptors the probes need (check_open_files)."""
     try:
-        return httpserver.start_http(app, host, port)
+        return httpserver.start_http(app, host, port, max_connections=httpserver.connection_limit(kept))
     except OSError as exc:
         raise ConfigError(f"--listen {host}:{port}: cannot listen: {os_reason(exc)}") from None
 
@@ -542,8 +544,8 @@ async def _main(args: argparse.Namespace) -> int:
             opts = options_from_args(args)
             opts = dataclasses.replace(opts, name=opts.name or "agentsim")
             probes = probes_from_args(opts, args.scenario, sim.url, tokens, timeout)
-        check_open_files(probes, embedded=config is None and args.target is None, serving=not args.once,
-                         config=args.config)
+        kept = check_open_files(probes, embedded=config is None and args.target is None, serving=not args.once,
+                                config=args.config)
         monitor = Monitor(probes, interval, timeout)
 
         loop = asyncio.get_running_loop()
@@ -571,7 +573,7 @@ async def _main(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        server = start_http(make_app(monitor, loop), host, port)
+        server = start_http(make_app(monitor, loop), host, port, kept)
         stack.callback(server.server_close)
         stack.callback(server.shutdown)
         bound_host, bound_port = server.server_address[:2]
