@@ -31,7 +31,7 @@ from harness.profiles import load_profile
 from harness.report import why_failed
 from harness.results import ScenarioRun, exit_code
 from harness.runner import run_scenario
-from harness.scenario import Bool, Scenario, load_scenario
+from harness.scenario import Bool, Scenario, load_scenario, where_in
 from harness.targets import (
     FILES_KEPT,
     FLAGS,
@@ -41,6 +41,7 @@ from harness.targets import (
     TokenProvider,
     add_target_args,
     check_credentials,
+    check_scenario_fits,
     check_tls_fits,
     connections_at_once,
     embedded_sim,
@@ -208,10 +209,27 @@ def _cap(scenario: Scenario, timeout: float) -> Scenario:
     return scenario.model_copy(update=update) if update else scenario
 
 
+def _fits(scenario: Scenario, source: str, target: Target) -> None:
+    """A scenario its target cannot carry (harness.targets.check_scenario_fits: a dialect it was not written for, two
+    chats in flight per user or a `send_raw:` step over SSE) refused as `run` refuses it, naming the scenario's file,
+    line and field."""
+    try:
+        check_scenario_fits(scenario, target)
+    except ConfigError as exc:
+        if exc.field is None:
+            raise
+        raise ConfigError(f"{where_in(source, (exc.field,))}: {exc}", field=exc.field) from None
+
+
 def probes_from_args(opts: TargetOptions, scenario_names: list[str] | None, url: str, tokens: TokenProvider,
                      timeout: float) -> list[Probe]:
-    scenarios = _load_scenarios(scenario_names or ["probe"])
-    return [Probe(make_target(opts, tokens, s.profile, url=url), _cap(s, timeout)) for s in scenarios]
+    names = scenario_names or ["probe"]
+    probes = []
+    for name, s in zip(names, _load_scenarios(names), strict=True):
+        target = make_target(opts, tokens, s.profile, url=url)
+        _fits(s, name, target)
+        probes.append(Probe(target, _cap(s, timeout)))
+    return probes
 
 
 def load_config(path: str) -> MonitorConfig:
@@ -271,11 +289,15 @@ def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list
             if any(s.name == scenarios[-1].name for s in scenarios[:-1]):
                 raise _field_error(path, (*prefix, i), f"scenario name {scenarios[-1].name!r} is given twice: "
                                    "/probe and the labels need unique names")
-        for s in scenarios:
+        for i, (scenario_name, s) in enumerate(zip(names, scenarios, strict=True)):
             try:
                 target = make_target(opts, tokens, s.profile)
             except ConfigError as exc:
                 raise _target_error(path, name, exc) from None
+            try:
+                _fits(s, _relative_to(scenario_name, base), target)
+            except ConfigError as exc:
+                raise _field_error(path, (*prefix, i), str(exc)) from None
             probes.append(Probe(target, _cap(s, timeout)))
     return probes
 

@@ -152,3 +152,27 @@ async def test_idle_connections_to_the_monitor_take_no_descriptor_its_probes_nee
         server.close()
         for writer in held:
             writer.close()
+
+
+@pytest.mark.parametrize("scenario,field,line", [
+    ("name: par\nparallel_chats: 2\nmessage: hi\n", "parallel_chats", 2),
+    ("name: rawy\nsteps:\n  - send_raw: hello\n", "steps", 3)])
+def test_a_scenario_its_target_cannot_carry_is_exit_2_as_run_says_it(tmp_path, scenario, field, line):
+    """FAILED on the code before it: the monitor never asked whether a target can carry its scenario, which `run`
+    and the Locust user refuse (exit 2, naming the scenario's field): two chats in flight per user, or a `send_raw:`
+    step, over an SSE target (one stream per chat) were probed as if they could be, every interval. Refused at start,
+    from a config file (its file, line and field, and the scenario's) and from --target alike."""
+    (tmp_path / "s.yaml").write_text(scenario)
+    url = f"http://127.0.0.1:{_closed_port()}/run"
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(f"targets:\n  ok: {{url: '{url}', profile: ag-ui, auth: none}}\n"
+                   f"  sse:\n    url: '{url}'\n    profile: ag-ui\n    auth: none\n    scenarios: [probe, s.yaml]\n")
+    for args, where in ((["--config", str(cfg)], f"{cfg}:7: field 'targets.sse.scenarios.1': "),
+                        (["--target", url, "--profile", "ag-ui", "--auth", "none", "--scenario", "probe",
+                          "--scenario", str(tmp_path / "s.yaml")], "")):
+        proc = _monitor(*args, "--once", nofile=1024)
+        err = proc.stderr.strip()
+        assert proc.returncode == 2, (proc.returncode, proc.stdout, err)
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert err.startswith(f"chatprobe monitor: error: {where}{tmp_path / 's.yaml'}:{line}: scenario "), err
+        assert f"field '{field}'" in err and "SSE" in err, err
