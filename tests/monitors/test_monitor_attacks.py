@@ -1,5 +1,6 @@
-"""`chatprobe monitor` against a hostile configuration and hostile servers: more probes than the open-file limit
-carries is exit 2 at start, as `run` says it. Real processes and real loopback sockets, every wait with a deadline."""
+"""`chatprobe monitor` against a hostile configuration and hostile clients: more probes than the open-file limit
+carries, or a scenario its target cannot carry, is exit 2 at start, as `run` says it; idle connections to its port
+never take the descriptors its probes need. Real processes and real loopback sockets, every wait with a deadline."""
 from __future__ import annotations
 
 import asyncio
