@@ -37,6 +37,9 @@ SHAPES = {
     '{"a":[[],[],...]}': filled(b'{"a":[', b"[],", b"[]]}"),
     "[0.5,0.5,...]": filled(b"[", b"0.5,", b"0.5]"),
     "4 MiB of text (a chat)": filled(b'{"type":"user_message","payload":{"content":"', b"x", b'"}}'),
+    # a user's pasted CSV: commas, escaped quotes and line ends inside the message's one string (not its structure)
+    "4 MiB of pasted CSV (a chat)": filled(b'{"type":"user_message","payload":{"content":"', b'1,a,\\"b, c\\"\\n',
+                                           b'"}}'),
 }
 
 
