@@ -47,8 +47,10 @@ FLUSH_BYTES = 64 * 1024  # a connection's lines are buffered this much, then app
 _LITERAL_RE = re.compile(r'("[^"\\]*(?:\\.[^"\\]*)*")(\s*:\s*)?', re.DOTALL)
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 SCRUB_BATCH = 1024  # a JSON frame's strings scrubbed at once
-# Control characters, one of which joins a batch of strings to scrub them at once.
-_SEPARATORS = "".join(chr(c) for c in (*range(0x00, 0x09), *range(0x0E, 0x20)))
+# Noncharacters (U+FDD0…U+FDEF), one of which, on a line of its own, joins a batch of strings to scrub them at once:
+# characters no rule reads past, nor the secrets' matchers drop (a control character, which they do drop, made every
+# batch's joined text differ from what they search, and searched twice).
+_SEPARATORS = "".join(chr(c) for c in range(0xFDD0, 0xFDF0))
 # Added to a frame that was not JSON as received and that scrubbing made read as JSON (a credential cut out of an
 # unterminated string can end it): the recording keeps it malformed, an R12 offline as it was live.
 NOT_JSON_MARK = " [chatprobe --record: this frame was not JSON as received]"
@@ -256,7 +258,7 @@ class ConnectionLog:
         return done
 
     def _scrub_each(self, texts: list[str], budget: Budget) -> list[str]:
-        """Each text scrubbed: in one scrub, joined by a line holding a control character none of them holds (no
+        """Each text scrubbed: in one scrub, joined by a line holding a noncharacter none of them holds (no
         rule matches across it; a match that did would take a separator with it, and then each is scrubbed
         alone)."""
         if len(texts) > 1:

@@ -184,14 +184,27 @@ _INVISIBLE = (
     "\u00ad\u180e\u200b-\u200d\u2060-\u2064\u206a-\u206f\ufeff"
     "\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
 )
-_INVISIBLE_RE = _Lazy(f"[{_INVISIBLE}]+")
 # The variation selectors show nothing either (category Mn, so printable to Python): each picks a glyph of the character
 # before it, and the 256 of them spell any byte, so a run of them after an emoji is hidden text as the tag characters
 # are ("emoji smuggling"), and a token with one after each character reads as the token. clean() drops them with the
-# invisible format characters; scrub() and printable() leave them (an emoji's own selector, a frame's bytes as sent).
+# invisible format characters; scrub() and printable() leave them (an emoji's own selector, a frame's bytes as sent)
+# but in a secret's run (_UNSEEN).
 _SELECTORS = "\ufe00-\ufe0f\U000e0100-\U000e01ef"
 _SELECTOR_RE = _Lazy(f"[{_SELECTORS}]")
 _HIDDEN_RE = _Lazy(f"[{_INVISIBLE}{_SELECTORS}]+")
+# The control characters but the line's own whitespace (tab, line feed, carriage return): C0, DEL and C1. A report
+# shows each as an escape (printable), and a token with one after each character (`t\x07o\x07k…`) reads as the token
+# there. Neither they nor the characters above split a secret: the matchers (Secrets, SeenCredentials) look for the
+# secrets in the text without them too (_UNSEEN), and redact a run found so in the text as it stands, these characters
+# inside it with it; everything else stays as it came (a recorded frame keeps its bytes: an emoji's own selector, a
+# control character of its own). Tab, line feed and carriage return are left out: they are in most multi-line texts,
+# which would each be searched twice. So is a variation selector after anything but a visible ASCII character (or
+# another of these): an emoji's own (❤️, ⚠️) splits no token, and a chat's answer with one was searched twice; a token
+# (ASCII) with one after each character is found.
+_CONTROLS = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+_SPLITTERS = f"{_INVISIBLE}{_CONTROLS}"
+_UNSEEN = f"[{_SPLITTERS}]+|(?<=[\x21-\x7e{_SPLITTERS}])[{_SELECTORS}]+"
+_UNSEEN_RE = _Lazy(_UNSEEN)
 # Characters a terminal or an XML 1.0 parser must never get raw: C0/C1 controls and DEL (escape sequences,
 # NUL), bidi overrides and isolates (text that reads other than it is), line/paragraph separators, lone
 # surrogates (not encodable, forbidden in XML), U+FFFE/U+FFFF (forbidden in XML), the invisible format characters
@@ -524,7 +537,20 @@ def _has_escapes(text: str) -> bool:
 
 
 _SURROGATE_PAIR_SPLIT = _Lazy("([\ud800-\udbff][\udc00-\udfff])")
-_INVISIBLE_SPLIT = _Lazy(f"([{_INVISIBLE}]+)")
+_UNSEEN_SPLIT = _Lazy(f"({_UNSEEN})")
+
+
+def _has_unseen(text: str) -> bool:
+    """Whether the text may hold characters that split no secret (_UNSEEN): a control or format character (none is
+    printable: one C scan), or a variation selector after a visible ASCII character (printable, never ASCII: a text
+    of ASCII costs nothing more; any selector is searched for, the cheaper search, and only those _UNSEEN names are
+    dropped)."""
+    return not text.isprintable() or (not text.isascii() and _SELECTOR_RE.compiled.search(text) is not None)
+
+
+def _without_unseen(text: str) -> str:
+    """The text without the characters that split no secret (_UNSEEN)."""
+    return _UNSEEN_RE.compiled.sub("", text) if _has_unseen(text) else text
 
 
 # A piece a span's end falls in is measured from its start once, in strides of this many characters (see _Prefix).
@@ -701,7 +727,8 @@ def _decode_unicode_runs(text: str) -> str:
 def _decode(text: str, positions: _Positions | None = None, invisible: bool = False) -> str:
     """The text with its JSON escapes (however often their backslash is doubled), %-escapes and runs of numeric
     character references (_ENTITY_RUN_SPLIT) decoded: what a disguised secret reads as; `invisible`: without
-    invisible format characters too; `positions`: where each decoded character starts in the text is noted there."""
+    the characters that split no secret (_UNSEEN) too; `positions`: where each decoded character starts in the text
+    is noted there."""
     if "\\" in text:
         surrogates = _ESCAPED_SURROGATE_RE.compiled.search(text) is not None
         if '\\"' in text or "\\/" in text:  # (what a run of backslashes before either ends with)
@@ -723,8 +750,8 @@ def _decode(text: str, positions: _Positions | None = None, invisible: bool = Fa
         parts = _ENTITY_RUN_SPLIT.compiled.split(text)
         if len(parts) > 1:
             text = _decode_step(text, parts, list(map(_entity_run, parts[1::2])), positions, _in_entity_run)
-    if invisible and not text.isprintable():
-        parts = _INVISIBLE_SPLIT.compiled.split(text)
+    if invisible and _has_unseen(text):
+        parts = _UNSEEN_SPLIT.compiled.split(text)
         if len(parts) > 1:
             text = _decode_step(text, parts, [""] * (len(parts) // 2), positions)
     return text
@@ -737,8 +764,9 @@ def _unescaped(text: str) -> str:
 
 
 # A text whose positions are asked for (_unescaped_at) is decoded in chunks of about this many characters, each cut
-# before a character no escape holds (_PLAIN_CHAR): decoded alike, alone or in the text (no escape, run of escapes or
-# surrogate pair spans the cut), and only a chunk a span's end falls in is decoded again, its positions kept. Lists
+# before a character no escape holds and that is none of _UNSEEN (_PLAIN_CHAR): decoded alike, alone or in the text
+# (no escape, run of escapes, surrogate pair or run of _UNSEEN spans the cut, and no selector is cut from the
+# character before it), and only a chunk a span's end falls in is decoded again, its positions kept. Lists
 # of a few items an escape, kept for the whole text, cost a frame that echoes a secret more than decoding it did.
 # (A text holding a raw surrogate pair, which no frame received as UTF-8 does, may read otherwise by chunks than
 # whole: the callers compare the two and search the one by chunks again when they differ.)
@@ -746,7 +774,8 @@ _CHUNK = 64 * 1024
 # Or before a `\uXXXX` of one backslash that reads as a CJK character (U+4000…U+9FFF: part of no escape of any kind,
 # no surrogate, no invisible character), as between two escapes of a CJK answer, every character escaped (it has no
 # other place to cut).
-_PLAIN_CHAR = _Lazy(f"[^\\\\%&#;/\"0-9A-Fa-fuxX\ud800-\udfff{_INVISIBLE}]|(?<!\\\\)\\\\u(?=[4-9][0-9A-Fa-f]{{3}})")
+_PLAIN_CHAR = _Lazy(f"[^\\\\%&#;/\"0-9A-Fa-fuxX\ud800-\udfff{_SPLITTERS}{_SELECTORS}]"
+                    "|(?<!\\\\)\\\\u(?=[4-9][0-9A-Fa-f]{3})")
 
 
 class _ChunkPositions:
@@ -754,10 +783,10 @@ class _ChunkPositions:
     decoded text's end): the chunk it falls in found by bisection, then its place there (_Positions, made for the
     chunk when first asked)."""
 
-    __slots__ = ("text", "cuts", "starts", "located")
+    __slots__ = ("text", "cuts", "starts", "located", "unseen")
 
-    def __init__(self, text: str, cuts: list[int], decoded: list[str]) -> None:
-        self.text, self.cuts = text, cuts
+    def __init__(self, text: str, cuts: list[int], decoded: list[str], unseen: bool) -> None:
+        self.text, self.cuts, self.unseen = text, cuts, unseen
         self.starts = array("q", accumulate(map(len, decoded), initial=0))
         self.located: dict[int, _Positions] = {}
 
@@ -767,21 +796,23 @@ class _ChunkPositions:
         i = bisect_right(self.starts, pos) - 1
         if (located := self.located.get(i)) is None:
             located = self.located[i] = _Positions()
-            _decode(self.text[self.cuts[i]:self.cuts[i + 1]], located, invisible=True)
+            _decode(self.text[self.cuts[i]:self.cuts[i + 1]], located, invisible=self.unseen)
         return self.cuts[i] + located[pos - self.starts[i]]
 
 
-def _unescaped_at(text: str) -> tuple[str, _ChunkPositions]:
-    """_unescaped(text) without invisible format characters, and where in the text each of its characters starts
-    (then len(text)): a run found in the decoded text is redacted in the text as its escapes spell it (a secret
-    with a zero-width space after each character too: the span redacted holds them, nothing else is dropped)."""
+def _unescaped_at(text: str, unseen: bool = True) -> tuple[str, _ChunkPositions]:
+    """_unescaped(text) without the characters that split no secret (_UNSEEN), and where in the text each of its
+    characters starts (then len(text)): a run found in the decoded text is redacted in the text as its escapes spell
+    it (a secret with a zero-width space, a variation selector or a control character after each character too: the
+    span redacted holds them, nothing else is dropped). `unseen` False: the caller knows the text decodes to none of
+    them (no chunk is searched for them)."""
     cuts = [0]
     plain = _PLAIN_CHAR.compiled
     while (m := plain.search(text, cuts[-1] + _CHUNK)) is not None:
         cuts.append(m.start())
     cuts.append(len(text))
-    decoded = [_decode(text[a:b], invisible=True) for a, b in pairwise(cuts)]
-    return "".join(decoded), _ChunkPositions(text, cuts, decoded)
+    decoded = [_decode(text[a:b], invisible=unseen) for a, b in pairwise(cuts)]
+    return "".join(decoded), _ChunkPositions(text, cuts, decoded, unseen)
 
 
 class Secrets:
@@ -801,16 +832,14 @@ class Secrets:
         the hits it may take (see Budget)."""
         if self.literal is None:
             return text
-        if self.disguised is not None and (_has_escapes(text) or not text.isprintable()):
-            if decoded is None:
-                decoded = _unescaped(text)
-            if not decoded.isprintable():  # raw or escaped, an invisible format character splits no secret
-                decoded = _INVISIBLE_RE.compiled.sub("", decoded)
+        if self.disguised is not None and (_has_escapes(text) or _has_unseen(text)):
+            plain = _unescaped(text) if decoded is None else decoded
+            decoded = _without_unseen(plain)  # raw or escaped, a control or invisible character splits no secret
             # Where the decoded text's characters start in the text, only for a text that does hold a run of a secret.
             if decoded != text and (spans := self.disguised.spans(decoded, budget)) != []:
                 if spans is None:  # escaped text dense with a secret's pieces (hostile): nothing of it is shown
                     return REDACTED
-                mapped, at = _unescaped_at(text)
+                mapped, at = _unescaped_at(text, decoded is not plain and decoded != plain)
                 if mapped != decoded:  # (the same decoding: found again only if it ever differed)
                     spans = self.disguised.spans(mapped, budget)
                     if spans is None:
@@ -877,7 +906,7 @@ def own_cached_chars() -> int:
 # least 2 * _SEEN_PIECE - 1 (15) characters of a held credential that mixes two of lower case, upper case and digits,
 # the whole credential included (a shorter run is caught where it holds a piece that starts at a multiple of
 # _SEEN_PIECE, and is at least MIN_RUN long), as it stands or as scrub() decodes the text (its JSON escapes however
-# often their backslash is doubled, its %-escapes, invisible format characters dropped: `\u0041bc…`, `abc%2Bdef`, a
+# often their backslash is doubled, its %-escapes, the characters of _UNSEEN dropped: `\u0041bc…`, `abc%2Bdef`, a
 # `\"` inside it). A credential is held only from SEEN_MIN_LEN characters and when it reads as a token (one word,
 # mixing two of those classes), so it is always found whole.
 # Any client chooses its credentials, and the pool scrubs them from every user's text: a run that does not mix (a
@@ -1187,15 +1216,13 @@ class SeenCredentials:
             return also.sub(text, decoded, budget) if also is not None else text
         if budget is None:
             budget = Budget(len(text))
-        if _has_escapes(text) or not text.isprintable():
-            if decoded is None:
-                decoded = _unescaped(text)
-            if not decoded.isprintable():
-                decoded = _INVISIBLE_RE.compiled.sub("", decoded)
+        if _has_escapes(text) or _has_unseen(text):
+            plain = _unescaped(text) if decoded is None else decoded
+            decoded = _without_unseen(plain)
             if decoded != text and (spans := self._spans_with(also, decoded, budget, disguised=True)) != []:
                 if spans is None:
                     return REDACTED
-                mapped, at = _unescaped_at(text)
+                mapped, at = _unescaped_at(text, decoded is not plain and decoded != plain)
                 if mapped != decoded:
                     spans = self._spans_with(also, mapped, budget, disguised=True)
                     if spans is None:

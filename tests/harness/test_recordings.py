@@ -2149,3 +2149,69 @@ def test_a_clients_close_just_before_a_deadline_read_from_a_send_record_is_after
         assert (rules, result.abandoned_at) == (["R13", "R8"], None), (rules, result.abandoned_at)
     else:
         assert result.abandoned_at == close["t"] and "R13" not in rules, (rules, result.abandoned_at)
+
+
+def test_a_token_echoed_with_a_selector_or_control_after_each_character_is_in_no_recording_or_report(
+        tmp_path, monkeypatch, capsys):
+    """`chatprobe run --record DIR --json` against a server that echoes the run's token back, a variation selector
+    (U+FE0F) after each of its characters in an answer, a BEL after each in an error. FAILED on the old code: the
+    recording kept the first as the server sent it (scrub() leaves variation selectors, a recording being the bytes as
+    sent, and its matchers did not read past them: the token whole for any reader that ignores them), and the
+    report and the console showed the second escaped (`t\\x07o\\x07k…`), the token there to read. Now the matchers
+    read past both (as past zero-width characters) and redact the run where it stands, the characters inside it with
+    it; the rest of the frame is recorded as it came, an emoji's own selector and a BEL of its own kept."""
+    from harness.cli import main
+    from tests.integration.outside_servers import InThread, RawWsServer, WsConn
+
+    token = "rec-Tok3n-selector-5b8e2f7a1c9d"
+    answer = f"echo {chr(0xfe0f).join(token)}{chr(0xfe0f)} end \u2764\ufe0f ding\x07"
+
+    async def echoes(conn: WsConn) -> None:
+        await conn.send({"type": "connection_established", "data": {"connection_id": "c"}})
+        n = 0
+        while (raw := await conn.recv()) is not None:
+            p = json.loads(raw).get("payload", {})
+            n += 1
+            if n == 2:
+                await conn.send({"type": "error_message", "error_code": "INVALID_MESSAGE",
+                                 "error_message": f"bad token {chr(7).join(token)}", "message_id": p["message_id"]})
+                continue
+            run = f"run-{n}"
+            for seq, (kind, fields) in enumerate((("agent_started", {"message_id": p["message_id"]}),
+                                                  ("agent_thinking", {"thought": "t"}),
+                                                  ("tool_executing", {"tool_name": "calc", "tool_call_id": "c0"}),
+                                                  ("tool_completed", {"tool_name": "calc", "tool_call_id": "c0"}),
+                                                  ("partial_result", {"content": answer}),
+                                                  ("agent_completed", {"result": "ok"})), 1):
+                await conn.send({"type": kind, "run_id": run, "thread_id": p.get("thread_id"), "seq": seq,
+                                 "payload": fields})
+
+    monkeypatch.setenv("ECHOED_TOKEN", token)
+    rec, live = tmp_path / "rec", tmp_path / "live.json"
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("name: s\nusers: 1\nchats_per_user: 2\nmessage: hi\nconnect_timeout: 5s\n"
+                        "expect: {deadline: 5s, settle: 0.05s}\n")
+    try:
+        with InThread(RawWsServer(echoes)) as server:
+            main(["run", str(scenario), "--target", server.url, "--token-env", "ECHOED_TOKEN", "--record", str(rec),
+                  "--json", str(live)])
+    finally:
+        redact.forget_all()
+    shown = json.loads(live.read_text())
+    [sc] = shown["scenarios"]
+    chats = {c["outcome"]: c for c in sc["chats"]}
+    assert sorted(chats) == ["error", "passed"], sc["chats"]
+    error = chats["error"]["error"]
+    assert error.startswith("the server rejected the message: INVALID_MESSAGE bad token [REDACTED]"), error
+    recorded = [r.frame for p in rec.iterdir() for r in read_recording(p) if r.direction == "recv"]
+    answers = [json.loads(f) for f in recorded if '"partial_result"' in f]
+    assert [a["payload"]["content"] for a in answers] == [f"echo {redact.REDACTED} end \u2764\ufe0f ding\x07"]
+    console = capsys.readouterr().out
+    assert "INVALID_MESSAGE bad token [REDACTED]" in console, console
+    text = "".join(p.read_text(encoding="utf-8") for p in rec.iterdir()) + live.read_text() + console
+    for echoed in (token[:8], token[-8:], "\\u0007".join(token[:8]), "\\x07".join(token[:8]),
+                   "\\ufe0f".join(token[:8]), chr(0xfe0f).join(token[:8])):
+        assert echoed not in text, echoed
+    # The other frames of the run as the server sent them, byte for byte.
+    assert any(f.startswith('{"type": "agent_thinking", "run_id": "run-1"') and f.endswith('"payload": {"thought": '
+                                                                                            '"t"}}') for f in recorded)

@@ -233,6 +233,34 @@ def test_a_token_with_invisible_characters_inside_is_redacted_when_shown():
         assert json.loads(text) == {"echo": REDACTED, "n": 1}, text
 
 
+@pytest.mark.parametrize("sep", ["\x07", "\x1b", "\x00", "\x0b", "\x7f", "\x85", "\x9b", "\x1b\x07"])
+def test_a_token_with_control_characters_inside_is_redacted(sep):
+    """A token with a control character (or two) after each of its characters. FAILED on the old code: clean()
+    showed it escaped (`s\\x07k\\x07_…`), the token there to read, and scrub() (a recorded frame) left it whole. Now
+    the matchers read past them, as past invisible characters; a control character of the text's own stays."""
+    redact.register(TOKEN)
+    assert clean(f"echo {sep.join(TOKEN)} end \x1b[0m") == f"echo {REDACTED} end \\x1b[0m"
+    assert scrub(f"echo {sep.join(TOKEN)} end\x07") == f"echo {REDACTED} end\x07"
+    for ensure_ascii in (True, False):  # a recorded frame, raw or JSON-escaped (\u0007)
+        frame = json.dumps({"echo": sep.join(TOKEN), "bell": "ding\x07"}, ensure_ascii=ensure_ascii)
+        assert json.loads(scrub(frame)) == {"echo": REDACTED, "bell": "ding\x07"}, scrub(frame)
+    # A line break after each: left (ordinary multi-line text would each be searched twice); shown escaped.
+    assert scrub("a\x07b\tc\nd") == "a\x07b\tc\nd"
+
+
+def test_a_token_with_a_variation_selector_after_each_character_is_redacted_by_scrub():
+    """scrub() keeps variation selectors (a recorded frame is the bytes as sent), and FAILED on the old code to find a
+    token with one after each of its characters: written so into a recording. Now the run is redacted where it stands,
+    the selectors inside it with it; an emoji's own selector stays."""
+    redact.register(TOKEN)
+    for vs in ("\ufe0f", "\ufe00", "\U000e0100", "\U000e01ef"):
+        assert scrub(f"echo {vs.join(TOKEN)} \u2764\ufe0f") == f"echo {REDACTED} \u2764\ufe0f", vs
+        for ensure_ascii in (True, False):
+            frame = json.dumps({"echo": vs.join(TOKEN), "love": "\u2764\ufe0f"}, ensure_ascii=ensure_ascii)
+            assert json.loads(scrub(frame)) == {"echo": REDACTED, "love": "\u2764\ufe0f"}, vs
+    assert scrub("\u2764\ufe0f ok") == "\u2764\ufe0f ok"
+
+
 def test_clean_bounds_length_after_redacting():
     redact.register("a-secret-value-xyz")
     text = clean("x" * 2000 + " a-secret-value-xyz", limit=100)

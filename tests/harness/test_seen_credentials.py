@@ -277,3 +277,16 @@ def test_one_client_address_holds_at_most_its_share_of_the_pool(monkeypatch):
     for t in tokens[:10]:
         lone.hold(bearer(t), owner="10.0.0.9", share=1.0)
     assert lone.held() == set(tokens[:10]) and lone.forgotten == 0
+
+
+@pytest.mark.parametrize("sep", ["\x07", "\x1b", "\x9b", "\ufe0f", "\U000e0100"])
+def test_a_held_credential_with_a_control_or_selector_after_each_character_is_redacted(sep):
+    """The pool (the proxy's users' credentials, looked for in every text) reads past control characters and
+    variation selectors as it does past invisible characters. FAILED on the old code: such a credential was left whole
+    in a recorded frame and in a report."""
+    token = opaque_token()
+    pool = SeenCredentials()
+    pool.hold([token])
+    assert pool.sub(f"echo {sep.join(token)} end") == f"echo {REDACTED} end"
+    frame = json.dumps({"echo": sep.join(token)})
+    assert json.loads(pool.sub(frame)) == {"echo": REDACTED}
