@@ -162,6 +162,28 @@ def verdict(result: ChatResult, label: str = "chat", url: str | None = None) -> 
     return "\n".join(lines)
 
 
+def handed(result: ChatResult) -> ChatResult:
+    """The verdict as the fixture hands it to a test: a copy whose text for a person (`error`, `note`, each violation's
+    and warning's reason) and ids (`run_id`, `thread_id`, `parent_run_id`) are cleaned (redact.clean: secrets
+    redacted, control characters, escape sequences and bidi overrides shown as escapes), so that a test's own
+    `assert r.passed, r.error` or `print(r.error)` shows no server's escape sequence raw on the terminal. A ChatResult
+    holds what the server said as it came, and each output cleans it (the reports, the sinks): a test is one more.
+    `events` are left as decoded (the server's data, to compare): what a test prints of them is its own to clean."""
+    return dataclasses.replace(
+        result, error=None if result.error is None else redact.clean(result.error), note=redact.clean(result.note),
+        violations=[_cleaned(v) for v in result.violations], warnings=[_cleaned(v) for v in result.warnings],
+        run_id=_clean_id(result.run_id), thread_id=_clean_id(result.thread_id),
+        parent_run_id=_clean_id(result.parent_run_id))
+
+
+def _cleaned(violation: Violation) -> Violation:
+    return dataclasses.replace(violation, reason=redact.clean(violation.reason))
+
+
+def _clean_id(value: str | None) -> str | None:
+    return None if value is None else redact.clean(value)
+
+
 def _how_far(result: ChatResult) -> str:
     """An incomplete chat's progress, which its note (why it ended) does not say: how many events came, the last of
     them (when every event was kept), and the required events that never came."""
@@ -326,8 +348,9 @@ class ChatProbe:
         return result
 
     def _judged(self, result: ChatResult) -> ChatResult:
-        """A chat's verdict as chat() returns it, kept (the first MAX_CHATS_KEPT that did not pass) to be shown with
-        the test's failure however the test asserted on it."""
+        """A chat's verdict as chat() returns it (its text cleaned: `handed`), kept (the first MAX_CHATS_KEPT that did
+        not pass) to be shown with the test's failure however the test asserted on it."""
+        result = handed(result)
         if result.outcome is not Outcome.PASSED and len(self._failed) < MAX_CHATS_KEPT:
             self._failed.append((self._chats, result))
         self._chats += 1
@@ -345,8 +368,8 @@ class ChatProbe:
     @property
     def connection_violations(self) -> list[Violation]:
         """The violations the client's connections reported as their own so far (at their end: `close()`), the first
-        MAX_CONNECTION_VIOLATIONS_LISTED."""
-        return list(self._own.listed)
+        MAX_CONNECTION_VIOLATIONS_LISTED, their reasons cleaned (`handed`)."""
+        return [_cleaned(v) for v in self._own.listed]
 
     def connection_failure(self) -> str | None:
         """What fails the test for its connections' own violations, one per line (scrubbed, as the server wrote
@@ -559,7 +582,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def _scrubbed(value: Any, depth: int = 0) -> Any:
     """`value` (a pytest failure representation: dataclasses of strings, lists and tuples of them) with each string
-    scrubbed; a list or dataclass changed in place (pytest and xdist keep their types)."""
+    scrubbed; a list or dataclass changed in place (pytest and xdist keep their types). Scrubbed, not cleaned: pytest
+    colours an assertion's diff with escape sequences in this text, which escaping would show as `\x1b[94m`; the
+    server's words a test is handed are cleaned already (`handed`), and what else a test puts here is its own."""
     if isinstance(value, str):
         return redact.scrub(value)
     if depth > 12:

@@ -1834,11 +1834,12 @@ CLIENT_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.h
 
 
 def scrub_record(record: logging.LogRecord) -> bool:
-    """A log record's message scrubbed in place (a logging filter: `logger.addFilter(scrub_record)`); one that cannot
-    be formatted is dropped, never written raw."""
+    """A log record's message cleaned in place (a logging filter: `logger.addFilter(scrub_record)`), as a report's
+    text is (clean: a server's words reach these lines, websockets' DEBUG line of a close frame holds its reason as
+    it came, escape sequences and all); one that cannot be formatted is dropped, never written raw."""
     try:
         said = record.getMessage()
     except Exception:  # (a record no handler could write either)
         return False
-    record.msg, record.args = scrub(said), None
+    record.msg, record.args = clean(said), None
     return True

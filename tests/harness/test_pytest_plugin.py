@@ -814,3 +814,99 @@ def test_a_chat_the_server_cut_mid_run_says_how_far_it_got_and_what_never_came(p
     res.stdout.fnmatch_lines(["E * chat incomplete: connection lost mid-run *", "E  * " + how_far])
     res.stdout.fnmatch_lines(["chat #1 of this test incomplete: connection lost mid-run *", "  " + how_far])
     assert "pytest_plugin.py" not in res.stdout.str(), res.stdout.str()
+
+
+# What a hostile server puts in its words to drive the terminal of whoever reads them: a screen clear, an OSC 8
+# hyperlink, an OSC 52 clipboard write, a bidi override and a C1 control sequence introducer.
+TERMINAL_ATTACK = ("\x1b[2J\x1b]8;;https://evil.example/\x1b\\click\x1b]8;;\x1b\\ \x1b]52;c;aGk=\x07 "
+                   "\u202edesrever\u202c \x9b31m")
+RAW_TERMINAL_CHARS = ("\x1b", "\x07", "\x9b", "\u202e")
+
+
+def test_a_servers_escape_sequences_reach_no_terminal_through_the_verdict_a_test_prints_or_asserts_with(pytester):
+    """A server that refuses every message with an error_message holding escape sequences, and sends an event of a
+    type holding them. FAILED on the old code: the verdict chat() returned carried them as they came, and a test's
+    own `assert r.passed, r.error` (pytest shows the message as it is), `print(r.error)` or `print(violation)` put
+    them raw on the terminal (pytest's output was scrubbed of secrets, not of control characters). Now the verdict the
+    fixture hands a test has its text cleaned as every report's is: shown as escapes, the words still there."""
+    from tests.integration.outside_servers import InThread, RawWsServer, WsConn
+
+    async def hostile(conn: WsConn) -> None:
+        await conn.send({"type": "connection_established", "data": {"connection_id": "c"}})
+        while (raw := await conn.recv()) is not None:
+            p = json.loads(raw).get("payload", {})
+            if p.get("content") == "typed":
+                await conn.send({"type": f"agent_started{TERMINAL_ATTACK}", "run_id": "r1",
+                                 "thread_id": p.get("thread_id"), "seq": 1, "payload": {}})
+                continue
+            await conn.send({"type": "error_message", "error_code": "INVALID_MESSAGE",
+                             "error_message": f"quota exceeded {TERMINAL_ATTACK}", "message_id": p.get("message_id")})
+
+    pytester.makepyfile(test_hostile="""
+        def test_asserted(chatprobe):
+            r = chatprobe.chat("hi", deadline=5)
+            assert r.passed, r.error
+
+        def test_printed(chatprobe):
+            r = chatprobe.chat("typed", deadline=2, first_event_limit=1, stall_limit=1)
+            for v in r.violations + r.warnings:
+                print("violation:", v)
+            print("note:", r.note)
+            assert r.passed
+
+        def test_checked(chatprobe):
+            chatprobe.check(chatprobe.chat("hi", deadline=5))
+        """)
+    with InThread(RawWsServer(hostile)) as server:
+        res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "--color=no", "--chatprobe-target",
+                                            server.url, timeout=60)
+    res.assert_outcomes(failed=3)
+    out = res.stdout.str() + res.stderr.str()
+    assert out.count("quota exceeded \\x1b[2J\\x1b]8;;https://evil.example/") >= 2, out  # said, as escapes
+    assert "violation: R12" in out and "\\x1b]52;c;aGk=\\x07" in out.partition("violation: R12")[2], out
+    for c in RAW_TERMINAL_CHARS:
+        assert c not in out, (c, out)
+
+
+def test_a_servers_close_reason_in_the_websockets_clients_debug_line_reaches_the_live_log_escaped(pytester,
+                                                                                                  tmp_path):
+    """The websockets client (an install without picows) logs each frame it receives at DEBUG, a close frame's reason
+    as the server wrote it ("< CLOSE 1000 (OK) …"). FAILED on the old code: the fixture's log filter scrubbed the
+    line of secrets only, and a team's DEBUG live log and log file had the server's escape sequences raw. Now the
+    line is cleaned as a report's text is."""
+    from tests.integration.outside_servers import InThread, RawWsServer, WsConn
+
+    async def closes_with_a_hostile_reason(conn: WsConn) -> None:
+        send_frame = conn._frame
+
+        async def with_reason(opcode: int, payload: bytes, fin: bool = True) -> None:
+            if opcode == 0x8:  # the answer to the client's close
+                payload = payload[:2] + f"bye {TERMINAL_ATTACK}".encode()
+            await send_frame(opcode, payload, fin)
+
+        conn._frame = with_reason  # type: ignore[method-assign]
+        await conn.send({"type": "connection_established", "data": {"connection_id": "c"}})
+        while (raw := await conn.recv()) is not None:
+            p = json.loads(raw)["payload"]
+            run = f"run-{p['message_id']}"
+            for seq, kind in enumerate(("agent_started", "agent_thinking", "partial_result", "agent_completed"), 1):
+                await conn.send({"type": kind, "run_id": run, "thread_id": p.get("thread_id"), "seq": seq,
+                                 "payload": {"message_id": p["message_id"]} if seq == 1 else {}})
+
+    pytester.makeconftest("import sys\n\nsys.modules['picows'] = None  # as if not installed\n")
+    pytester.makepyfile(test_logged="""
+        def test_chat(chatprobe):
+            chatprobe.check(chatprobe.chat("hi", deadline=10, required=[]))
+        """)
+    log_file = tmp_path / "run.log"
+    with InThread(RawWsServer(closes_with_a_hostile_reason)) as server:
+        res = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "-rA", "--color=no", "--chatprobe-target", server.url, "-o", "log_cli=true",
+            "--log-cli-level=DEBUG", "--log-level=DEBUG", f"--log-file={log_file}", "--log-file-level=DEBUG",
+            timeout=60)
+    res.assert_outcomes(passed=1)
+    out, logged = res.stdout.str() + res.stderr.str(), log_file.read_text()
+    for text in (out, logged):
+        assert "< CLOSE 1000 (OK) bye \\x1b[2J" in text, text  # the line is there, its reason escaped
+        for c in RAW_TERMINAL_CHARS:
+            assert c not in text, (c, text)
