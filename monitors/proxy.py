@@ -130,7 +130,8 @@ MAX_UNCONFIRMED_BYTES = 4 * 1024 * 1024
 MAX_UNCONFIRMED_TOTAL_BYTES = 32 * 1024 * 1024
 # A chat error that is the user's client's doing, not the server's: its message rejected as invalid, or its credentials
 # refused (an expired token's AUTH_FAILED once the connection was open, a close of AUTH_CLOSE_CODES before it spoke), or
-# its timing the client's (HELD_BACK_MIN).
+# its timing the client's (HELD_BACK_MIN). A rejection with a violation of the server's on the chat besides (its error
+# frame holding NaN: an R12) is the server's `error` chat, counted with that violation (_clients_doing).
 CLIENTS_DOING = frozenset({"rejected", "auth_failed", "client_slow"})
 # The proxy stamps the server's events as it reads them from the upstream, and it reads the upstream of a connection
 # only as fast as that connection's client takes what it forwards: while its writes to the client are backed up
@@ -701,7 +702,7 @@ class LiveChats:
             self.sink.reconnect(self.scenario, reconnect)
         if abandoned:
             self.sink.chat_abandoned(self.scenario)
-        if result.error_kind in CLIENTS_DOING:
+        if _clients_doing(result):
             self.sink.client_rejected(result)
         else:
             self.sink.chat_finished(result)
@@ -1118,6 +1119,19 @@ class LiveConnection:
         if result.outcome is not Outcome.PASSED:
             self.failing = True
         self.live.finished(result, abandoned=abandoned)
+
+
+def _clients_doing(result: ChatResult) -> bool:
+    """The chat ended by the client's doing (CLIENTS_DOING), counted apart from the server's outcomes. A message the
+    server rejected, or under credentials it refused, with a violation of the server's on the chat besides (the error
+    frame itself malformed: NaN in it, an R12) is the server's `error` chat with that violation, as `run` and `check`
+    judge it: counted apart, the violation was in no counter. A chat the client crowded out (TOO_MANY_OPEN) stays the
+    client's whatever it had received, and a slow client's (client_slow) broke timing rules only by construction."""
+    kind = result.error_kind
+    if kind not in CLIENTS_DOING:
+        return False
+    return (kind == "client_slow" or result.error == TOO_MANY_OPEN
+            or not (result.violations or result.violations_not_listed))
 
 
 def _timing_only(result: ChatResult) -> bool:

@@ -165,9 +165,14 @@ async def test_a_control_ping_or_error_frame_holding_nan_is_its_r12_and_still_wh
     clean = await judged_three_ways(lambda: _not_an_event(kind, ""))
     got = await judged_three_ways(lambda: _not_an_event(kind, written))
     # What the frame says stands (the error still ends its chat as the error it reports: `error`, not a deadline's
-    # R10), with one R12 besides. (The proxy judges no chat its server rejected, plain JSON or not.)
+    # R10), with one R12 besides. (The proxy counts a plain rejection as the client's doing, in no verdict of the
+    # server's; a rejection holding NaN is the server's `error` chat with its R12, as run and check judge it:
+    # test_proxy_rejected_chat.)
     expected = {road: [("failed" if outcome == "passed" else outcome, tuple(sorted({**dict(rules), "R12": 1}.items())),
                         warnings) for outcome, rules, warnings in verdicts] for road, verdicts in clean.items()}
+    if kind == "error":
+        assert clean["proxy"] == [], clean
+        expected["proxy"] = expected["run"]
     assert got == expected, (clean, got)
     assert clean["run"] == [("error", (), ())] if kind == "error" else [("passed", (), ())], clean
 
