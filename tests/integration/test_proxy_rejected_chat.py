@@ -31,9 +31,11 @@ from harness.scenario import Scenario
 from harness.targets import Target
 from monitors.metrics import ChatMetrics, MetricsSink
 from monitors.proxy import LiveChats, Proxy, start_proxy
+from monitors.sse_proxy import SSEProxy, start_sse_proxy
 
 from .outside_servers import RawWsServer, WsConn
 from .test_conforming_servers import Server, frame, verdict
+from .test_sse_proxy import answer, raw_upstream
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -146,4 +148,91 @@ async def test_a_rejection_holding_nan_is_the_server_s_error_chat_through_the_pr
     assert sink.value("chatprobe_chats_total", outcome="error") == 1
     assert sink.value("chatprobe_rule_violations_total", rule="R12") == 1
     assert sink.value("chatprobe_client_rejections_total") == 0
+    assert sink.value("chatprobe_chats_in_flight") == 0
+
+
+# -- the proxy's HTTP side (--upstream http://): an error status at the chat's request, an error event in its stream --
+
+AGUI = load_profile("ag-ui")
+SSE_SC = Scenario.model_validate({"name": "rejected", "users": 1, "connect_timeout": "2s",
+                                  "expect": {"deadline": "3s", "settle": "0.1s"}})
+
+
+def _status(code: int) -> Any:
+    async def handle(reader: Any, writer: Any, head: bytes, body: bytes) -> None:
+        text = b'{"error":"too many runs"}'
+        writer.write(b"HTTP/1.1 %d Refused\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (code, len(text), text))
+    return handle
+
+
+def _run_error(written: str) -> Any:
+    """The run started, then a RUN_ERROR (holding `written` besides, or nothing) ends it."""
+    async def handle(reader: Any, writer: Any, head: bytes, body: bytes) -> None:
+        given = json.loads(body)
+        started = {"type": "RUN_STARTED", "threadId": given["threadId"], "runId": given["runId"]}
+        error = '{"type": "RUN_ERROR", "message": "too many runs", "code": "QUOTA_EXCEEDED"%s}' % (
+            f', "score": {written}' if written else "")
+        await answer([f"data: {json.dumps(started)}\n\n".encode(), f"data: {error}\n\n".encode()])(
+            reader, writer, head, body)
+    return handle
+
+
+async def _judged_over_sse(handler: Any, rec: Path, *, judged: bool) -> tuple[dict[str, list[Any]], Counted]:
+    async with raw_upstream(handler) as (up, _):
+        async with asyncio.timeout(30):
+            live = await run_scenario(SSE_SC, Target(url=f"{up}/agent", profile=AGUI, name="raw",
+                                                     recorder=Recorder(rec / "run")))
+        [offline] = check_files([rec / "run"], AGUI, SSE_SC)
+        sink = Counted()
+        watched = Watched(AGUI, sink, SSE_SC.expectations(AGUI), "live", SSE_SC.expect.settle,
+                          Recorder(rec / "proxy"))
+        proxy = await start_sse_proxy(SSEProxy(up, watched), "127.0.0.1", 0)
+        try:
+            async with asyncio.timeout(30):
+                await run_scenario(SSE_SC, Target(url=f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}/agent",
+                                                  profile=AGUI, name="proxy"))
+                if judged:  # (an answer that opens no stream is counted before its head reaches the client)
+                    await sink.done.wait()
+                    await watched.closed.wait()
+        finally:
+            proxy.close()
+            async with asyncio.timeout(10):
+                await proxy.wait_closed()
+            watched.stop()
+    kinds = {"run": [(verdict(r), r.error_kind) for r in live.results],
+             "check": [(verdict(r), r.error_kind) for r in offline.results],
+             "proxy": [(verdict(r), r.error_kind) for r in sink.results],
+             "proxy: the client's doing": [(verdict(r), r.error_kind) for r in sink.rejected]}
+    files = sorted((rec / "proxy").glob("*.jsonl"))
+    if files:
+        [recorded] = check_files(files, AGUI, SSE_SC)
+        kinds["check of the proxy's recording"] = [(verdict(r), r.error_kind) for r in recorded.results]
+    return kinds, sink
+
+
+@pytest.mark.parametrize(("code", "result"), [(429, "protocol_error"), (503, "refused")])
+async def test_over_sse_an_error_status_at_the_chat_s_request_is_the_proxy_s_connection_result_not_a_chat(
+        code, result):
+    # By design (docs/metrics.md, "How a verdict is counted"): the proxy follows a chat only once the server accepted
+    # its request, as the WebSocket side an upgrade; `run` counts the same connection result, and an `error` chat.
+    with tempfile.TemporaryDirectory() as rec:
+        got, sink = await _judged_over_sse(_status(code), Path(rec), judged=False)
+    error = [(("error", (), ()), result)]
+    assert got == {"run": error, "check": error, "proxy": [], "proxy: the client's doing": []}, got  # nothing recorded
+    assert sink.value("chatprobe_connections_total", result=result) == 1
+    assert sink.value("chatprobe_chats_in_flight") == 0 and sink.value("chatprobe_client_rejections_total") == 0
+    assert sum(sink.value("chatprobe_chats_total", outcome=o) for o in ("passed", "failed", "incomplete", "error")) == 0
+
+
+@pytest.mark.parametrize("written", ["", "NaN"])
+async def test_over_sse_an_error_event_ends_the_chat_alike_through_the_proxy_in_run_and_check(written):
+    with tempfile.TemporaryDirectory() as rec:
+        got, sink = await _judged_over_sse(_run_error(written), Path(rec), judged=True)
+    rules = (("R12", 1), ("R13", 1)) if written else (("R13", 1),)
+    failed = [(("failed", rules, ()), None)]
+    assert got == {"run": failed, "check": failed, "check of the proxy's recording": failed, "proxy": failed,
+                   "proxy: the client's doing": []}, got
+    assert sink.value("chatprobe_chats_total", outcome="failed") == 1
+    assert sink.value("chatprobe_rule_violations_total", rule="R12") == (1 if written else 0)
     assert sink.value("chatprobe_chats_in_flight") == 0
