@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import resource
 import selectors
 import socket
 import sys
@@ -17,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.fdlimit import room_for_files
 
 from .conftest import PORT_ATTEMPTS, free_port, port_taken_first, scrape, start_on_free_port, value, wait_for
 from .test_locust import LOCUSTFILE, SUMMARY, finish, locust_bin
@@ -56,14 +57,8 @@ def open_fds(pid: int) -> int:
 @pytest.fixture
 def enough_files():
     """Room in this process for both ends of every hostile socket, under a low default open-file limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 4 * HOSTILE + 256
-    if soft != resource.RLIM_INFINITY and soft < want:
-        if hard != resource.RLIM_INFINITY and hard < want:
-            pytest.fail(f"the open-file limit ({hard}) is below the {want} this test needs")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with room_for_files(4 * HOSTILE + 256):
+        yield
 
 
 def raw_scrape(port: int, timeout: float = 5.0) -> tuple[int, bytes]:

@@ -66,13 +66,15 @@ def offered_deflate(request: bytes, params: bytes = b"") -> bytes:
 
 
 async def read_frame(reader: Reader) -> tuple[int, bytes]:
-    """One masked client frame: (opcode, payload as sent, still deflated when it was)."""
+    """One frame: a client's (masked) or a server's: (opcode, payload as sent, still deflated when it was)."""
     head = await reader.readexactly(2)
     n = head[1] & 0x7F
     if n == 126:
         n = struct.unpack("!H", await reader.readexactly(2))[0]
     elif n == 127:
         n = struct.unpack("!Q", await reader.readexactly(8))[0]
+    if not head[1] & 0x80:  # a server's frame: not masked
+        return head[0] & 0x0F, await reader.readexactly(n)
     mask = await reader.readexactly(4)
     data = await reader.readexactly(n)
     payload = bytes(b ^ mask[i % 4] for i, b in enumerate(data))

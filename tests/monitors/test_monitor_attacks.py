@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fdlimit import room_for_files
+
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 10.0
 
@@ -63,14 +65,8 @@ def test_more_probes_than_the_open_file_limit_carries_is_exit_2_naming_the_file_
 @pytest.fixture
 def files_for_a_flood():
     """Room in this process for both ends of the flood's and the probes' sockets, under a low default limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 4096
-    if soft != resource.RLIM_INFINITY and soft < want:
-        if hard != resource.RLIM_INFINITY and hard < want:
-            pytest.fail(f"the open-file limit ({hard}) is below the {want} this test needs")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with room_for_files(4096):
+        yield
 
 
 async def _scrape(port: int) -> dict[str, float]:

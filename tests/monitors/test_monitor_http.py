@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import resource
 import secrets
 import selectors
 import socket
@@ -25,6 +24,7 @@ from monitors.monitor import (
     probes_from_config,
     start_http,
 )
+from tests.fdlimit import room_for_files
 
 DEADLINE = 10.0
 
@@ -153,14 +153,8 @@ SLOW_TIMEOUT = 3
 @pytest.fixture
 def enough_files():
     """Room for both ends of every slowloris socket in this one process, under a low default open-file limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 4 * N_SLOWLORIS + 256
-    if soft != resource.RLIM_INFINITY and soft < want:
-        if hard != resource.RLIM_INFINITY and hard < want:
-            pytest.fail(f"the open-file limit ({hard}) is below the {want} this test needs")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with room_for_files(4 * N_SLOWLORIS + 256):
+        yield
 
 
 def open_slowloris(port: int) -> list[socket.socket]:
@@ -522,4 +516,7 @@ def test_shutdown_wakes_a_worker_waiting_for_its_answer_to_drain(caplog):
         for channel in channels:  # the old code's worker, still waiting: let go
             with channel.outbuf_lock:
                 channel.outbuf_lock.notify_all()
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    # (waitress's "Task queue depth is 1": the one worker busy as the shutdown's close is queued, on a loaded machine;
+    # not what this test is about, the "thread(s) still running" of a shutdown that waited)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING
+                and not r.getMessage().startswith("Task queue depth")], caplog.text

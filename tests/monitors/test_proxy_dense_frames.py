@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 
 from harness.events import Outcome
 from harness.transports.websocket import DENSE_ERROR, TOO_DENSE
+from tests.integration.hostile_ws import read_frame
 from tests.profiles.test_client_structure import DENSE
 
 from .procs import ROOT, agentsim_process, proxy_process
@@ -40,14 +41,8 @@ def chat(user: str, n: int) -> dict:
 async def close_of(reader: asyncio.StreamReader) -> tuple[int, str]:
     """The server frames read (unmasked) until the close frame: its code and reason."""
     while True:
-        head = await reader.readexactly(2)
-        n = head[1] & 0x7F
-        if n == 126:
-            n = struct.unpack("!H", await reader.readexactly(2))[0]
-        elif n == 127:
-            n = struct.unpack("!Q", await reader.readexactly(8))[0]
-        data = await reader.readexactly(n)
-        if head[0] & 0x0F == 8:
+        opcode, data = await read_frame(reader)
+        if opcode == 8:
             return struct.unpack("!H", data[:2])[0], data[2:].decode()
 
 
