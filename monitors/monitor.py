@@ -27,7 +27,7 @@ from harness import redact
 from harness.durations import Seconds, parse_duration
 from harness.errors import MESSAGE_LIMIT, ExitCode, os_reason, unknown_flag_hint
 from harness.events import Outcome
-from harness.profiles import load_profile
+from harness.profiles import load_profile, loaded_once
 from harness.report import why_failed
 from harness.results import ScenarioRun, exit_code
 from harness.runner import run_scenario
@@ -225,10 +225,11 @@ def probes_from_args(opts: TargetOptions, scenario_names: list[str] | None, url:
                      timeout: float) -> list[Probe]:
     names = scenario_names or ["probe"]
     probes = []
-    for name, s in zip(names, _load_scenarios(names), strict=True):
-        target = make_target(opts, tokens, s.profile, url=url)
-        _fits(s, name, target)
-        probes.append(Probe(target, _cap(s, timeout)))
+    with loaded_once():
+        for name, s in zip(names, _load_scenarios(names), strict=True):
+            target = make_target(opts, tokens, s.profile, url=url)
+            _fits(s, name, target)
+            probes.append(Probe(target, _cap(s, timeout)))
     return probes
 
 
@@ -254,9 +255,18 @@ def _target_error(path: str, name: str, exc: ConfigError) -> ConfigError:
 
 
 def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list[Probe]:
-    """The probes of a config file; every error names the file, the line and the field it is about."""
+    """The probes of a config file; every error names the file, the line and the field it is about. A profile (and
+    its compiled decoder) and a scenario are loaded once per name or path, and shared by the targets naming it: per
+    target, 1,000 targets cost ~2 s of CPU to start and ~10 ms more each at their first probe (bench/monitor_targets.py)."""
+    with loaded_once():
+        return _probes_from_config(path, config, timeout)
+
+
+def _probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list[Probe]:
     base = Path(path).resolve().parent
     probes: list[Probe] = []
+    loaded: dict[str, Scenario] = {}  # by the name or path it was loaded from
+    capped: dict[int, Scenario] = {}  # by the id of the loaded one (alive in `loaded`)
     for name, tc in config.targets.items():
         ca_file, token_file, client_cert, client_key = (
             str(base / p) if p and not Path(p).is_absolute() else p
@@ -282,8 +292,9 @@ def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list
         prefix: tuple[Any, ...] = ("targets", name, "scenarios") if tc.scenarios else ("scenarios",)
         scenarios: list[Scenario] = []
         for i, scenario_name in enumerate(names):
+            where = _relative_to(scenario_name, base)
             try:
-                scenarios.append(load_scenario(_relative_to(scenario_name, base)))
+                scenarios.append(loaded[where] if where in loaded else loaded.setdefault(where, load_scenario(where)))
             except ConfigError as exc:
                 raise _field_error(path, (*prefix, i), str(exc)) from None
             if any(s.name == scenarios[-1].name for s in scenarios[:-1]):
@@ -298,7 +309,9 @@ def probes_from_config(path: str, config: MonitorConfig, timeout: float) -> list
                 _fits(s, _relative_to(scenario_name, base), target)
             except ConfigError as exc:
                 raise _field_error(path, (*prefix, i), str(exc)) from None
-            probes.append(Probe(target, _cap(s, timeout)))
+            if id(s) not in capped:
+                capped[id(s)] = _cap(s, timeout)
+            probes.append(Probe(target, capped[id(s)]))
     return probes
 
 
