@@ -70,6 +70,13 @@ WIND_DOWN = 5.0
 # A probe's connect_timeout ends at most at this share of its deadline: a connection that never completes its
 # handshake is then a `timeout` and its chat an `error` before the run's stop, never a chat the stop left uncounted.
 CONNECT_SHARE = 0.8
+# A round (`--once`) runs this many probes at once at most, the next starting as one ends. All at once, 1,000
+# probes' first steps queued on the one event loop for seconds, and a connection refused at once was judged after its
+# connect_timeout had run out, a `timeout` (129 to 565 of 1,000 probes of a closed port, by the machine's load), and
+# 3,000 ended without a verdict. At most this many, what waits on the loop is a fraction of a second (~3 ms of CPU
+# a probe), whatever the number of targets; a round of N targets that all hang takes ceil(N / ROUND_AT_ONCE)
+# deadlines.
+ROUND_AT_ONCE = 200
 
 log = logging.getLogger("chatprobe.monitor")
 
@@ -393,9 +400,17 @@ class Monitor:
         return run, started, time.monotonic() - t0
 
     async def round(self, stop: asyncio.Event | None = None) -> list[tuple[Probe, ScenarioRun | None]]:
-        """Every probe once, concurrently (until `stop` is set: each probe's chats in flight then judged as they
-        stand)."""
-        timed = await asyncio.gather(*(self._timed(p, self.sinks[p.target.name], stop=stop) for p in self.probes))
+        """Every probe once, ROUND_AT_ONCE of them at a time at most (until `stop` is set: each probe's chats in
+        flight then judged as they stand, those not started yet left without a verdict)."""
+        slots = asyncio.Semaphore(ROUND_AT_ONCE)
+
+        async def one(p: Probe) -> tuple[ScenarioRun | None, float, float]:
+            async with slots:
+                if stop is not None and stop.is_set():
+                    return None, time.time(), 0.0
+                return await self._timed(p, self.sinks[p.target.name], stop=stop)
+
+        timed = await asyncio.gather(*(one(p) for p in self.probes))
         for probe, (run, started, took) in zip(self.probes, timed, strict=True):
             self._note(probe, run, started, took)
         return [(probe, run) for probe, (run, _, _) in zip(self.probes, timed, strict=True)]
