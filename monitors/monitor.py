@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import math
 import signal
@@ -77,6 +78,14 @@ CONNECT_SHARE = 0.8
 # a probe), whatever the number of targets; a round of N targets that all hang takes ceil(N / ROUND_AT_ONCE)
 # deadlines.
 ROUND_AT_ONCE = 200
+# The daemon starts each probe at its own offset into the interval, as Prometheus spreads its scrapes: a share of a
+# window of this much per probe, up to the whole interval. Started together, every probe's first steps queued on the
+# one event loop at each tick (~3 ms of CPU each, seconds for thousands), and a refusal was seen after the probe's
+# connect_timeout; spread, 1,000 probes at an interval of 15 s start ~67 a second. One probe waits 50 ms at most.
+SPREAD_STEP = 0.05
+# ... and a window of at most this: a restart delays no probe's first run by more (ChatProbeDown pages when a target's
+# last run is over 300 s old for 5 minutes), and 4,000 probes (about as many as a config may name) start ~67 a second.
+MAX_SPREAD = 60.0
 
 log = logging.getLogger("chatprobe.monitor")
 
@@ -429,18 +438,31 @@ class Monitor:
             log.info("%s / %s: %s", *probe.key, redact.clean(state if run is None else describe(run), 1000))
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        """Every probe on its own schedule, until `stop`: a target whose chats hang delays no other target's probes.
-        A probe that overruns its interval (one that takes its whole deadline, the interval by default) starts again
-        as it ends, never more than once for the ticks it missed: skipping to the next tick instead probed such a
-        target every other interval, under the alerts' traffic guard at an interval of 40 s and more."""
+        """Every probe on its own schedule (from its offset into the interval), until `stop`: a target whose chats
+        hang delays no other target's probes. A probe that overruns its interval (one that takes its whole deadline,
+        the interval by default) starts again as it ends, never more than once for the ticks it missed: skipping to
+        the next tick instead probed such a target every other interval, under the alerts' traffic guard at an
+        interval of 40 s and more."""
         async with asyncio.TaskGroup() as group:
             for probe in self.probes:
                 group.create_task(self._every_interval(probe, stop))
 
+    def offset(self, probe: Probe) -> float:
+        """How long after the start the daemon first runs `probe` (then every interval): the same for the same target
+        and scenario among as many probes (a hash of their names, not Python's, which changes per process), spread
+        evenly over SPREAD_STEP a probe, at most the interval and MAX_SPREAD."""
+        window = min(self.interval, SPREAD_STEP * len(self.probes), MAX_SPREAD)
+        digest = hashlib.blake2b("\0".join(probe.key).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        share = int.from_bytes(digest) / 2**64
+        return share * window
+
     async def _every_interval(self, probe: Probe, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         sink = self.sinks[probe.target.name]
-        next_at = loop.time()
+        next_at = loop.time() + self.offset(probe)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(next_at - loop.time()):
+                await stop.wait()
         while not stop.is_set():
             run, started, took = await self._timed(probe, sink)
             self._note(probe, run, started, took)
