@@ -409,11 +409,14 @@ class ConnectionSlots:
 
 
 class Throttled:
-    """A warning logged at most once per `every` seconds per key, with the count of the ones held back."""
+    """A warning logged at most once per `every` seconds per key, with the count of the ones held back (to `logger`,
+    the proxy's unless told)."""
 
-    def __init__(self, every: float = WARN_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, every: float = WARN_EVERY, clock: Callable[[], float] = time.monotonic,
+                 logger: logging.Logger = log) -> None:
         self.every = every
         self.clock = clock
+        self.logger = logger
         self._next: dict[str, float] = {}
         self._held: dict[str, int] = {}
 
@@ -424,7 +427,7 @@ class Throttled:
             return
         held = self._held.pop(key, 0)
         self._next[key] = now + self.every
-        log.warning(message + (f" ({held} more since the last such line)" if held else ""), *args)
+        self.logger.warning(message + (f" ({held} more since the last such line)" if held else ""), *args)
 
 
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)

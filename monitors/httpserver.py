@@ -527,6 +527,34 @@ def start_metrics(host: str, port: int) -> HttpServer:
                       max_connections=metrics_connections(_open_file_limit()), one_request_per_connection=True)
 
 
+class _QueueDepth(logging.Filter):
+    """waitress logs "Task queue depth is N" at WARNING for each request it queues while every worker is busy: a
+    client flooding the port wrote a line a request into the log, thousands a second. Those lines are dropped here and
+    said as one of ours a minute at most (the front door's throttle), with the count of those held back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from .frontdoor import Throttled  # (websockets and jwt: imported once a server starts, not with this module)
+
+        self._throttle = Throttled(logger=log)
+        self._lock = threading.Lock()  # waitress's I/O thread and its workers queue tasks
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Task queue depth"):
+            return True
+        depth = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        with self._lock:
+            self._throttle.warn("queue_depth", "HTTP requests wait for a free worker (%s queued, every worker busy): "
+                                "a client sends requests faster than they are answered", depth)
+        return False
+
+
+def _throttle_queue_depth() -> None:
+    queue_log = logging.getLogger("waitress.queue")
+    if not any(isinstance(f, _QueueDepth) for f in queue_log.filters):
+        queue_log.addFilter(_QueueDepth())
+
+
 def start_http(app: Callable, host: str, port: int, *, threads: int = HTTP_THREADS,
                slow_client_timeout: int | None = None, max_connections: int | None = None,
                one_request_per_connection: bool = False) -> HttpServer:
@@ -543,4 +571,5 @@ def start_http(app: Callable, host: str, port: int, *, threads: int = HTTP_THREA
         raise
     # waitress logs "Serving on ..." and each closed idle channel at INFO: the monitor says what it listens on.
     logging.getLogger("waitress").setLevel(logging.WARNING)
+    _throttle_queue_depth()
     return server.start()

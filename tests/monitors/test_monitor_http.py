@@ -516,7 +516,56 @@ def test_shutdown_wakes_a_worker_waiting_for_its_answer_to_drain(caplog):
         for channel in channels:  # the old code's worker, still waiting: let go
             with channel.outbuf_lock:
                 channel.outbuf_lock.notify_all()
-    # (waitress's "Task queue depth is 1": the one worker busy as the shutdown's close is queued, on a loaded machine;
-    # not what this test is about, the "thread(s) still running" of a shutdown that waited)
+    # (requests waiting for the one worker, the shutdown's close queued behind it on a loaded machine: not what this
+    # test is about, the "thread(s) still running" of a shutdown that waited)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING
-                and not r.getMessage().startswith("Task queue depth")], caplog.text
+                and "wait for a free worker" not in r.getMessage()], caplog.text
+
+
+def test_a_flood_of_requests_is_one_log_line_not_one_a_request(caplog):
+    """waitress logs "Task queue depth is N" at WARNING for each request it queues while every worker is busy: a
+    client flooding the port wrote a line a request. Now one line (a minute at most) says requests wait."""
+    caplog.set_level(logging.INFO)
+    busy, entered, release = 2, threading.Semaphore(0), threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/block":
+            entered.release()
+            release.wait(DEADLINE)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    server = httpserver.start_http(app, "127.0.0.1", 0, threads=busy, slow_client_timeout=60)
+    port = server.server_address[1]
+    socks: list[socket.socket] = []
+    try:
+        def send(path: bytes) -> None:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+            sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: monitor\r\nConnection: close\r\n\r\n")
+            socks.append(sock)
+
+        for _ in range(busy):
+            send(b"/block")
+        for _ in range(busy):
+            assert entered.acquire(timeout=DEADLINE), "a worker never took its request"
+        flood = 50
+        for _ in range(flood):
+            send(b"/x")
+        dispatcher = server._server.task_dispatcher
+        with dispatcher.queue_cv:  # notified as each request is queued
+            assert dispatcher.queue_cv.wait_for(lambda: len(dispatcher.queue) >= flood, timeout=DEADLINE)
+        release.set()
+        for sock in socks:
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200"), data[:100]
+    finally:
+        release.set()
+        for sock in socks:
+            sock.close()
+        server.shutdown()
+        server.server_close()
+    depth = [r.getMessage() for r in caplog.records if "queue depth" in r.getMessage() or "free worker" in r.getMessage()]
+    assert len(depth) <= 1, depth[:5]
+    assert all("wait for a free worker" in line for line in depth)
