@@ -1537,6 +1537,11 @@ def read_har_sorted(fd: int, order: list[tuple[int, int]], name: str, max_frame:
 
 
 _ENTRIES_OPEN = b'{"log": {"entries": ['
+# HAR 1.2's one rule on where the entries are (an empty array is a HAR with no request in it: "no chat found").
+_HAR_ENTRIES = "(HAR 1.2 requires log.entries to be an array of the requests)"
+# What a JSON value is, by ijson's first event of it (a value other than an array where one is required).
+_JSON_KINDS = {"start_map": "an object", "string": "a string", "number": "a number", "integer": "a number",
+               "boolean": "true or false", "null": "null"}
 _MESSAGE_LISTS = frozenset({"log.entries.item._webSocketMessages", "log.entries.item._eventSourceMessages"})
 # Where an entry says it is (or asked for) an event stream: a request for one that got none is a chat that failed.
 _SSE_TYPE_FIELDS = frozenset({"log.entries.item.response.content.mimeType", "log.entries.item.response.headers.item.value",
@@ -1571,7 +1576,7 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
     # An entry read alone (read_har_sorted) follows a `{"log":` of our own, the whole file having been parsed as a HAR
     # by the first pass: what stops it is the file cut short there (an R12), never "not a HAR file" (exit 2), entries
     # judged already, should the file have been written over in place since.
-    seen_log = one_entry
+    seen_log = seen_entries = one_entry
     judged = False  # a record to judge was read (a message, an entry's chat): a file cut before that holds none
     n_entries = first_index
     pair: dict[str, str] | None = None  # a request's header, cookie or query parameter being read (name, value)
@@ -1648,6 +1653,11 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                     entry.content_type = EVENT_STREAM
             elif prefix == "log" and event == "start_map":
                 seen_log = True
+            elif prefix == "log.entries" and seen_log and not seen_entries:
+                if event != "start_array":  # (an object's entries would be read as none: "no chat found")
+                    raise RecordingError(f"{shown}: not a HAR 1.2 file: field log.entries is {_JSON_KINDS[event]}, "
+                                         f"not an array {_HAR_ENTRIES}")
+                seen_entries = True
     except HarTooLarge as exc:
         secrets.register(f"{shown}: byte {guard.offset}")
         conn = _conn_of(entry)
@@ -1683,6 +1693,8 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
         return
     if not seen_log:
         raise RecordingError(f"{shown}: not a HAR file (no \"log\" object)")
+    if not seen_entries:
+        raise RecordingError(f"{shown}: not a HAR 1.2 file: field log.entries is missing {_HAR_ENTRIES}")
 
 
 def _conn_of(entry: _Entry | None) -> str:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -232,3 +235,48 @@ def test_a_first_line_that_is_not_utf8_is_no_recording_as_a_first_line_of_no_jso
     [run] = check_files([later], NETRA, SC)
     [chat] = run.results
     assert [v.rule for v in chat.violations] == ["R12"] and "line 5 is not UTF-8" in chat.violations[0].reason
+
+
+_WS_ENTRY = {"startedDateTime": "2026-12-02T01:00:00.000Z",
+             "request": {"method": "GET", "url": "ws://127.0.0.1/ws", "headers": []},
+             "response": {"status": 101, "headers": []}, "_resourceType": "websocket", "_webSocketMessages": []}
+
+
+def _check_cli(path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`chatprobe check PATH` (quiet unless flags are given) run as a user runs it."""
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-m", "harness", "check", str(path), *(flags or ("-q",))], cwd=root,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("log", "said"), [
+    ({"version": "1.2", "entries": {}}, "field log.entries is an object, not an array"),
+    ({"version": "1.2", "entries": {"0": _WS_ENTRY}}, "field log.entries is an object, not an array"),
+    ({"version": "1.2", "entries": "none"}, "field log.entries is a string, not an array"),
+    ({"version": "1.2", "entries": None}, "field log.entries is null, not an array"),
+    ({"version": "1.2", "creator": {"name": "x"}}, "field log.entries is missing"),
+])
+def test_a_har_whose_entries_are_no_array_is_exit_2_naming_the_field_not_no_chat_found(tmp_path, log, said):
+    """HAR 1.2 requires log.entries to be an array: a file whose entries are an object (or missing) was read as a HAR
+    with no request in it, exit 1 and "no chat found (is it the profile's dialect?)". Now it is refused as the HAR
+    reader refuses a file with no `log` object: exit 2, one line naming the file and the field."""
+    har = tmp_path / "odd.har"
+    har.write_text(json.dumps({"log": log}))
+    proc = _check_cli(har)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"chatprobe: error: {har}: not a HAR 1.2 file: {said} "), proc.stderr
+    assert "requires log.entries to be an array" in proc.stderr
+
+
+def test_a_har_with_no_entries_is_still_no_chat_found_and_a_log_of_no_object_still_no_har(tmp_path):
+    """An empty `entries` array is a valid HAR with no request in it: judged (exit 1, "no chat found"), not refused;
+    a `log` that is no object stays "no \\"log\\" object"."""
+    empty = tmp_path / "empty.har"
+    empty.write_text(json.dumps({"log": {"version": "1.2", "entries": []}}))
+    proc = _check_cli(empty, "--json", str(tmp_path / "empty.json"))
+    assert proc.returncode == 1 and "no chat found in the recording" in proc.stdout, proc.stdout + proc.stderr
+    bare = tmp_path / "bare.har"
+    bare.write_text(json.dumps({"log": [{"entries": []}]}))
+    proc = _check_cli(bare)
+    assert proc.returncode == 2 and 'not a HAR file (no "log" object)' in proc.stderr, proc.stderr
