@@ -697,7 +697,7 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
     A file in which no record's `t` (or `dir`) can be read, two or more having one (or its first MAX_UNREAD), is
     no recording chatprobe reads: RecordingError naming the first (exit 2), not an R12 on every record."""
     conn = DEFAULT_CONN
-    times, ways = _Unread("t", path or name), _Unread("dir", path or name)
+    times, ways = _Unread("t"), _Unread("dir")
     untimed = True  # no record with a `t` yet: one that names its time otherwise is said once (_time_elsewhere)
     first = True  # the first JSON line, which tells another tool's form of record
     max_line = 2 * max_frame + 4096
@@ -772,10 +772,10 @@ def read_jsonl(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME, *, p
         if not (times.read and ways.read):  # (once each was read in a record, no refusal can come: not counted)
             detail = held[0].detail
             if detail is T_UNREAD or held[0].t is not None:
-                times.saw(detail is not T_UNREAD, n, obj)
+                times.saw(detail is not T_UNREAD, f"{path or name}:{n}", obj["t"])
             if detail is DIR_UNREAD or (detail is not T_UNREAD and isinstance(obj, dict) and "dir" in obj
                                         and _is_envelope(obj)):
-                ways.saw(detail is not DIR_UNREAD, n, obj)
+                ways.saw(detail is not DIR_UNREAD, f"{path or name}:{n}", obj["dir"])
         conn, text, obj = held[0].conn, "", None
         yield held.pop()
     times.end()
@@ -815,30 +815,34 @@ DIR_UNREAD = "field 'dir' must be recv, send or close"
 _UNREAD_HELP = {
     "t": ("is no time", "chatprobe reads epoch seconds, epoch milliseconds or an ISO 8601 date and time "
                         "(2025-12-02T01:00:00.123Z); convert the field, or leave it out (a record without t has no time)"),
+    "time": ("is no time", "chatprobe reads epoch seconds (a number, as Chromium writes it), epoch milliseconds or an "
+                           "ISO 8601 date and time (2025-12-02T01:00:00.123Z), never a number written as a string; "
+                           "convert the field, or leave it out (a message without time has no time)"),
     "dir": ("is no direction", "chatprobe reads recv (the server's frame), send (the client's), close and dropped; "
                                "rename its values so (which way is in, which out, is the writing tool's to say)"),
 }
 
 
 class _Unread:
-    """A JSON Lines field (`t`, `dir`) in the records that have it: when none of them can be read, the file is no
-    recording chatprobe reads, said once (RecordingError naming its first line and value: exit 2) instead of an R12 on
-    every record; a record's own field that cannot be read among others that can is that record's R12."""
+    """A JSON Lines field (`t`, `dir`) in the records that have it, or a HAR WebSocket message's `time` in the messages
+    that have one: when none of them can be read, the file is no recording chatprobe reads, said once (RecordingError
+    naming where the first is, its line or its entry and message, and its value: exit 2) instead of an R12 on every
+    record; a record's own field that cannot be read among others that can is that record's R12."""
 
-    __slots__ = ("field", "first", "path", "read", "unread")
+    __slots__ = ("field", "first", "noun", "read", "unread")
 
-    def __init__(self, field: str, path: str) -> None:
-        self.field, self.path = field, path
+    def __init__(self, field: str, noun: str = "records") -> None:
+        self.field, self.noun = field, noun
         self.read = self.unread = 0
-        self.first: tuple[int, str] | None = None  # the line and value of the first not read
+        self.first: tuple[str, str] | None = None  # where the first not read is (its file and line) and its value
 
-    def saw(self, ok: bool, line: int, obj: dict[str, Any]) -> None:
+    def saw(self, ok: bool, at: str, value: Any) -> None:
         if ok:
             self.read += 1
             return
         self.unread += 1
         if self.first is None:
-            self.first = (line, json.dumps(obj[self.field])[:40])
+            self.first = (at, json.dumps(value)[:40])
         if not self.read and self.unread >= MAX_UNREAD:
             raise self._error("first ")
 
@@ -847,10 +851,10 @@ class _Unread:
             raise self._error("")
 
     def _error(self, which: str) -> RecordingError:
-        line, value = self.first or (0, "")
+        at, value = self.first or ("", "")
         what, help_ = _UNREAD_HELP[self.field]
-        return RecordingError(f"{self.path}:{line}: field {self.field!r}: {value} {what}, nor is the {self.field} of "
-                              f"any of the {which}{self.unread} records that have one: {help_}")
+        return RecordingError(f"{at}: field {self.field!r}: {value} {what}, nor is the {self.field} of any of the "
+                              f"{which}{self.unread} {self.noun} that have one: {help_}")
 
 
 _TIME_FIELDS = ("ts", "time", "timestamp", "@timestamp", "date", "datetime", "at")
@@ -1530,10 +1534,13 @@ def read_har_sorted(fd: int, order: list[tuple[int, int]], name: str, max_frame:
     """A HAR file's entries read in the order given (har_order): each parsed alone from its offset in the file opened
     (`fd`, by position: never opened again by its name, which may name another file by then)."""
     secrets = _HarSecrets()  # one bound on the credentials registered for the whole file
+    times = _Unread("time", "WebSocket messages")  # (none of the file's message times read: exit 2, as read_har)
     for index, offset in order:
         stream = io.BufferedReader(_Prefixed(_ENTRIES_OPEN, _At(fd, offset)), ONE_ENTRY_BUFFER)
         yield from read_har(stream, name, max_frame, max_text, first_index=index, one_entry=True,
-                            base_offset=offset - len(_ENTRIES_OPEN), base_dir=base_dir, secrets=secrets, path=path)
+                            base_offset=offset - len(_ENTRIES_OPEN), base_dir=base_dir, secrets=secrets, path=path,
+                            times=times)
+    times.end()
 
 
 _ENTRIES_OPEN = b'{"log": {"entries": ['
@@ -1552,7 +1559,7 @@ ONE_ENTRY_BUFFER = 8192  # an entry read alone from its offset: what is read pas
 def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
              max_text: int = DEFAULT_MAX_TEXT, *, first_index: int = 0, one_entry: bool = False,
              base_offset: int = 0, base_dir: Path | None = None, secrets: _HarSecrets | None = None,
-             path: str | None = None
+             path: str | None = None, times: _Unread | None = None
              ) -> Iterator[Recorded]:
     """WebSocket messages (`_webSocketMessages`, Chromium's and Firefox's form: type send/receive, time in epoch
     seconds, opcode 1 text / 2 binary base64, data; type "error": the browser failed the connection) on connection
@@ -1581,6 +1588,8 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
     n_entries = first_index
     pair: dict[str, str] | None = None  # a request's header, cookie or query parameter being read (name, value)
     secrets = secrets or _HarSecrets()
+    own_times = times is None  # (entries read alone share their file's, read_har_sorted)
+    times = times or _Unread("time", "WebSocket messages")
     try:
         for prefix, event, value in ijson.parse(_Reads(guard), buf_size=ONE_ENTRY_BUFFER if one_entry else CHUNK,
                                                 use_float=True):
@@ -1604,6 +1613,9 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
                     entry.messages += 1
                     if (got := _ws_message(msg, entry, name, max_frame)) is not None:
                         judged = True
+                        if not times.read and (got.t is not None or got.detail is HAR_TIME_UNREAD):
+                            times.saw(got.detail is not HAR_TIME_UNREAD,
+                                      f"{shown}: entry {entry.index} message {entry.messages}", msg.get("time"))
                         yield got
                     msg = got = None
             elif msg is not None and prefix.startswith(_MSG + ".") and event in ("string", "number", "integer"):
@@ -1695,6 +1707,8 @@ def read_har(f: IO[bytes], name: str, max_frame: int = DEFAULT_MAX_FRAME,
         raise RecordingError(f"{shown}: not a HAR file (no \"log\" object)")
     if not seen_entries:
         raise RecordingError(f"{shown}: not a HAR 1.2 file: field log.entries is missing {_HAR_ENTRIES}")
+    if own_times:
+        times.end()
 
 
 def _conn_of(entry: _Entry | None) -> str:
@@ -1720,10 +1734,15 @@ def _opcode(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+HAR_TIME_UNREAD = ("field 'time' must be a time in epoch seconds (or milliseconds), or an ISO 8601 date and time, never a "
+                   "number written as a string")
+
+
 def _ws_message(msg: dict[str, Any], entry: _Entry, name: str, max_frame: int) -> Recorded | None:
     conn = f"ws{entry.index}"
     where = f"{name}: entry {entry.index} message {entry.messages}"
-    t = _epoch(msg.get("time"))
+    raw_time = msg.get("time")
+    t = _record_time(raw_time) if raw_time is not None else None  # (the rule of a JSON Lines record's `t`)
     kind = msg.get("type")
     if kind == "error":
         # Chromium's record of the browser failing the connection ("Invalid frame header", "Could not decode a text
@@ -1743,6 +1762,8 @@ def _ws_message(msg: dict[str, Any], entry: _Entry, name: str, max_frame: int) -
     if direction is None:
         return Recorded("problem", conn, t=t, detail=f"WebSocket message type {str(kind)[:20]!r} is not send or "
                         "receive", where=where)
+    if raw_time is not None and t is None:
+        return Recorded("problem", conn, detail=HAR_TIME_UNREAD, where=where)
     data = msg.get("data")
     if not isinstance(data, str):
         return Recorded("problem", conn, t=t, detail="WebSocket message without data", where=where)

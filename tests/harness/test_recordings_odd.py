@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,75 @@ def test_a_har_with_no_entries_is_still_no_chat_found_and_a_log_of_no_object_sti
     bare.write_text(json.dumps({"log": [{"entries": []}]}))
     proc = _check_cli(bare)
     assert proc.returncode == 2 and 'not a HAR file (no "log" object)' in proc.stderr, proc.stderr
+
+
+def _ws_har(times: list) -> dict:
+    """A DevTools HAR of one WebSocket whose two messages (the server's greeting, the client's message) have the
+    times given."""
+    frames = [("receive", json.dumps({"type": "connection_established", "user_id": "u1"})),
+              ("send", json.dumps({"type": "user_message", "payload": {"content": "hi", "thread_id": "t1"}}))]
+    msgs = [{"type": kind, "time": t, "opcode": 1, "data": data} for (kind, data), t in zip(frames, times, strict=True)]
+    return {"log": {"version": "1.2", "creator": {"name": "WebInspector", "version": "537.36"},
+                    "entries": [{**_WS_ENTRY, "_webSocketMessages": msgs}]}}
+
+
+def test_har_message_times_written_as_strings_are_refused_as_a_jsonl_records_are(tmp_path):
+    """A WebSocket message's `time` holding an epoch number written as a string ("1764637200.5") was read as no time:
+    the run only warned of no first-event time. The rule is a JSON Lines record's `t`: a number (epoch seconds or
+    milliseconds) or an ISO 8601 date and time; a number written as a string is no time. When none of the file's
+    message times can be read: exit 2, one line naming the file, entry, message and field, as a JSON Lines file whose
+    every `t` is such a string is refused naming its file, line and field."""
+    har = tmp_path / "strings.har"
+    har.write_text(json.dumps(_ws_har(["1764637200.0", "1764637200.01"])))
+    proc = _check_cli(har)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"chatprobe: error: {har}: entry 0 message 1: field 'time': \"1764637200.0\" is no "
+                                  "time, nor is the time of any of the 2 WebSocket messages that have one"), proc.stderr
+    # entries out of order (read one by one in the order they started): the same, over the whole file
+    doc = _ws_har(["1764637200.0", "1764637200.01"])
+    earlier = {**doc["log"]["entries"][0], "startedDateTime": "2026-12-02T00:00:00.000Z"}
+    doc["log"]["entries"].append(earlier)
+    har.write_text(json.dumps(doc))
+    proc = _check_cli(har)
+    assert proc.returncode == 2 and proc.stderr.startswith(
+        f"chatprobe: error: {har}: entry 1 message 1: field 'time': \"1764637200.0\" is no time, nor is the time of "
+        "any of the 4 WebSocket messages"), proc.stdout[-2000:] + proc.stderr
+    jsonl = tmp_path / "strings.jsonl"
+    jsonl.write_text("".join(json.dumps({"t": t, "dir": "recv", "frame": "{}"}) + "\n"
+                             for t in ("1764637200.0", "1764637200.01")))
+    proc = _check_cli(jsonl)
+    assert proc.returncode == 2 and proc.stderr.startswith(
+        f"chatprobe: error: {jsonl}:1: field 't': \"1764637200.0\" is no time, nor is the t of any of the 2 records"), \
+        proc.stderr
+
+
+def test_one_har_message_time_written_as_a_string_among_numbers_is_that_messages_r12(tmp_path):
+    """Among messages whose times are read, one whose time is a number written as a string is that message's R12
+    (as a JSON Lines record's `t` so among others), never a frame judged as if it had no time."""
+    har = tmp_path / "one.har"
+    har.write_text(json.dumps(_ws_har(["1764637200.0", 1764637200.01])))
+    [run] = check_files([har], NETRA, SC)
+    reasons = [v.reason for r in run.results for v in r.violations if v.rule == "R12"]
+    reasons += [v.reason for v in run.connection_violations if v.rule == "R12"]
+    assert any("field 'time' must be a time" in r and "entry 0 message 1" in r for r in reasons), (reasons, run)
+
+
+def test_har_message_times_in_iso_8601_are_read_as_startedDateTime_is(tmp_path):
+    """An ISO 8601 message time is read (as an entry's startedDateTime, and a JSON Lines record's `t`): the same
+    clean chat, with its first-event time, as with Chromium's epoch seconds."""
+    t0 = 1764637200.0
+    records = [send(t0), *netra_run("r1", t0)]
+    iso_of = lambda t: datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")  # noqa: E731
+    runs = []
+    for name, when in [("iso", iso_of), ("num", float)]:
+        msgs = [{"type": "send" if r["dir"] == "send" else "receive", "time": when(r["t"]), "opcode": 1,
+                 "data": r["frame"] if isinstance(r["frame"], str) else json.dumps(r["frame"])} for r in records]
+        har = tmp_path / f"{name}.har"
+        har.write_text(json.dumps({"log": {"version": "1.2", "entries": [{**_WS_ENTRY, "_webSocketMessages": msgs}]}}))
+        [run] = check_files([har], NETRA, SC)
+        runs.append(run)
+    iso, num = runs
+    assert [(r.outcome, r.time_to_first_event) for r in iso.results] == [(r.outcome, r.time_to_first_event) for r in num.results]
+    assert [r.outcome for r in iso.results] == [Outcome.PASSED] and iso.results[0].time_to_first_event is not None
+    assert iso.warnings == num.warnings
