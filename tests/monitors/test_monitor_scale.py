@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from bench.monitor_targets import closed_ports
 from monitors.metrics import ChatMetrics
 from monitors.monitor import SPREAD_STEP, Monitor, load_config, probes_from_config
 
@@ -39,22 +39,12 @@ def test_targets_share_the_profile_and_the_scenario_they_name(tmp_path):
     assert again[0].target.profile is not probes[0].target.profile
 
 
-def _closed_ports(n: int) -> list[int]:
-    """Loopback ports nothing listens on (bound, then closed): a connection to one is refused at once."""
-    ports = []
-    for _ in range(n):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    return ports
-
-
 def test_once_over_a_thousand_closed_ports_reports_every_one_refused(tmp_path):
     """Started all at once, 1,000 probes' first steps held the one event loop for seconds, and connections refused at
     once were judged after their connect_timeout ran out: `timeout` (a different alert, a different page), and at
     3,000 targets no verdict at all. A probe's verdict is the target's, however many run beside it."""
     n = 1000
-    ports = _closed_ports(20)
+    ports = closed_ports(20)
     cfg = tmp_path / "m.yaml"
     cfg.write_text("targets:\n" + "".join(f"  t{i}: {{url: 'ws://127.0.0.1:{ports[i % len(ports)]}/ws', auth: none}}\n"
                                           for i in range(n)))
