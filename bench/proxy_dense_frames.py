@@ -25,10 +25,11 @@ from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 PROXY_MAIN = "import sys; from monitors.proxy import main; sys.exit(main(sys.argv[1:]))"
-SIZE = 4 * 1024 * 1024 - 64
+SIZE = 4 * 1024 * 1024 - 64  # within the proxy's default --max-size (4 MiB): no frame the byte cap refuses
 
 
 def filled(head: bytes, unit: bytes, tail: bytes) -> bytes:
+    """`head`, `unit` as many times as SIZE holds, `tail`: a JSON text of SIZE bytes at most (tests use it too)."""
     return head + unit * ((SIZE - len(head) - len(tail)) // len(unit)) + tail
 
 

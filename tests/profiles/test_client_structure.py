@@ -7,15 +7,8 @@ import json
 
 import pytest
 
+from bench.proxy_dense_frames import SIZE, filled  # (~4 MiB, within the proxy's default --max-size)
 from harness.profiles import MAX_CLIENT_STRUCTURE, load_profile
-
-SIZE = 4 * 1024 * 1024 - 64  # within the proxy's default --max-size (4 MiB): no frame the byte cap refuses
-
-
-def filled(head: bytes, unit: bytes, tail: bytes) -> bytes:
-    """`head`, `unit` as many times as SIZE holds, `tail`: a JSON text of SIZE bytes at most."""
-    return head + unit * ((SIZE - len(head) - len(tail)) // len(unit)) + tail
-
 
 # Each a valid JSON text of ~4 MiB, each well past the bound (hundreds of thousands of values and more).
 DENSE = {
